@@ -1,0 +1,68 @@
+import type { Challenge } from './types.ts';
+
+/**
+ * The default preference, strongest first (T2). `Transport` (TLS client certificates) is absent on
+ * purpose: it is ranked only when the caller puts it in the order.
+ */
+export const DEFAULT_SCHEME_ORDER: readonly string[] = Object.freeze(['Negotiate', 'NTLM', 'Digest', 'Basic']);
+
+// Strength of RFC 7616 algorithms; `-sess` variants rank with their hash.
+const DIGEST_STRENGTH: ReadonlyMap<string, number> = new Map([
+  ['md5', 1],
+  ['sha-256', 2],
+  ['sha-512-256', 3],
+]);
+
+/**
+ * Strength of a Digest `algorithm` parameter: MD5 1, SHA-256 2, SHA-512-256 3, each with or without `-sess`
+ * (case-insensitive). Absent means MD5 (RFC 7616 §3.3). Unknown algorithms give -1: the client cannot
+ * answer them.
+ */
+export function digestAlgorithmStrength(algorithm: string | undefined): number {
+  if (algorithm === undefined) return 1;
+  let a = algorithm.toLowerCase();
+  if (a.endsWith('-sess')) a = a.slice(0, -5);
+  return DIGEST_STRENGTH.get(a) ?? -1;
+}
+
+/**
+ * Pick the strongest offered challenge the client can use (T2).
+ *
+ * A challenge is eligible when its scheme is both in `available` and in `order` (case-insensitive);
+ * the earliest scheme in `order` wins. Among several Digest challenges the strongest algorithm wins
+ * (SHA-512-256 > SHA-256 > MD5), and Digest challenges with an unknown algorithm are never chosen, so
+ * the next scheme can be. Otherwise ties go to the challenge sent first, as the server listed it.
+ *
+ * @param challenges - From {@link parseChallenges}.
+ * @param available - Scheme names the agent has mechanisms and credentials for.
+ * @param order - Preference, strongest first; schemes not listed are never chosen. Defaults to
+ *   {@link DEFAULT_SCHEME_ORDER}.
+ * @returns The chosen challenge (one of `challenges`), or undefined when none is usable.
+ */
+export function chooseChallenge(
+  challenges: readonly Challenge[],
+  available: readonly string[],
+  order: readonly string[] = DEFAULT_SCHEME_ORDER,
+): Challenge | undefined {
+  const rank = new Map<string, number>();
+  order.forEach((name, i) => {
+    const key = name.toLowerCase();
+    if (!rank.has(key)) rank.set(key, i);
+  });
+  const usable = new Set(available.map((name) => name.toLowerCase()));
+  let best: Challenge | undefined;
+  let bestRank = Number.POSITIVE_INFINITY;
+  let bestStrength = 0;
+  for (const c of challenges) {
+    const r = rank.get(c.schemeKey);
+    if (r === undefined || !usable.has(c.schemeKey)) continue;
+    const strength = c.schemeKey === 'digest' ? digestAlgorithmStrength(c.params.algorithm) : 0;
+    if (strength < 0) continue;
+    if (r < bestRank || (r === bestRank && strength > bestStrength)) {
+      best = c;
+      bestRank = r;
+      bestStrength = strength;
+    }
+  }
+  return best;
+}

@@ -1,0 +1,109 @@
+/**
+ * Typed errors. Every failure the library reports is a {@link MultilegError} with a stable `code`,
+ * and its message names the cause and the fix. Messages never contain secrets (S2): callers pass
+ * facts (limits, scheme names, origins), never header values or tokens.
+ */
+export class MultilegError extends Error {
+  /** Stable machine-readable code, e.g. `MULTILEG_LEG_LIMIT`. */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A handshake needed more legs than `limits.maxLegs` (C11). */
+export class LegLimitError extends MultilegError {
+  constructor(limit: number, scheme: string) {
+    super(
+      'MULTILEG_LEG_LIMIT',
+      `${scheme} handshake exceeded limits.maxLegs (${limit}): the server keeps challenging; check credentials or raise limits.maxLegs`,
+    );
+  }
+}
+
+/** The per-session queue of waiting requests is full (C11). */
+export class QueueFullError extends MultilegError {
+  constructor(limit: number) {
+    super(
+      'MULTILEG_QUEUE_FULL',
+      `request queue is full (limits.maxQueue = ${limit}) while a handshake is in progress; raise limits.maxQueue or send fewer concurrent requests`,
+    );
+  }
+}
+
+/** A request waited in the queue longer than `limits.queueTimeout` (C11). */
+export class QueueTimeoutError extends MultilegError {
+  constructor(ms: number) {
+    super(
+      'MULTILEG_QUEUE_TIMEOUT',
+      `request waited ${ms} ms (limits.queueTimeout) for a handshake on its session to finish; raise limits.queueTimeout or check the server`,
+    );
+  }
+}
+
+/** A handshake took longer than `limits.handshakeTimeout` (C11). */
+export class HandshakeTimeoutError extends MultilegError {
+  constructor(ms: number, scheme: string) {
+    super(
+      'MULTILEG_HANDSHAKE_TIMEOUT',
+      `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms); check the server or raise limits.handshakeTimeout`,
+    );
+  }
+}
+
+/** A request body had to be replayed for another leg but could not be (C10). */
+export class BodyNotReplayableError extends MultilegError {
+  constructor(limit: number) {
+    super(
+      'MULTILEG_BODY_NOT_REPLAYABLE',
+      `the request body is a one-shot stream larger than limits.maxReplayBodyBytes (${limit} bytes) and authentication needs to send it again; pass a Buffer/string body or raise limits.maxReplayBodyBytes`,
+    );
+  }
+}
+
+/** A server token or header failed validation: too long, bad base64, malformed message (S3). */
+export class InvalidTokenError extends MultilegError {
+  constructor(what: string) {
+    super('MULTILEG_INVALID_TOKEN', `server sent an invalid ${what}; the server or something in between is misbehaving`);
+  }
+}
+
+/** The server's final token did not prove its identity (M2 mutual authentication). */
+export class MutualAuthError extends MultilegError {
+  constructor(detail: string) {
+    super(
+      'MULTILEG_MUTUAL_AUTH',
+      `mutual authentication failed: ${detail}; the server may be an impostor, or pass negotiate.mutualAuth: 'optional' if it never sends a final token`,
+    );
+  }
+}
+
+/** A mechanism cannot run here (e.g. the optional `kerberos` package is missing). */
+export class MechanismUnavailableError extends MultilegError {
+  constructor(scheme: string, fix: string, options?: { cause?: unknown }) {
+    super('MULTILEG_MECHANISM_UNAVAILABLE', `${scheme} is not available: ${fix}`, options);
+  }
+}
+
+/** A mechanism failed to produce or accept a token (credentials, protocol). */
+export class MechanismError extends MultilegError {
+  constructor(scheme: string, detail: string, options?: { cause?: unknown }) {
+    super('MULTILEG_MECHANISM', `${scheme}: ${detail}`, options);
+  }
+}
+
+/** Invalid options given to the agent. */
+export class ConfigError extends MultilegError {
+  constructor(detail: string) {
+    super('MULTILEG_CONFIG', detail);
+  }
+}
+
+/** The agent was closed or destroyed; the request was not sent. */
+export class AgentClosedError extends MultilegError {
+  constructor() {
+    super('MULTILEG_CLOSED', 'MultilegAgent is closed; create a new agent');
+  }
+}

@@ -1,0 +1,164 @@
+import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
+import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { log } from '../log.ts';
+import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
+import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
+import type { UserSink } from './user-sink.ts';
+
+/** Sends one leg with extra headers on the handshake's connection; supplied by the session. */
+export type SendLeg = (extra: Record<string, string>, classify: (status: number, headers: ResponseHeaders) => Verdict) => Promise<LegResult>;
+
+export interface HandshakeInput {
+  readonly mechanism: Mechanism;
+  /** The server's challenge for this scheme from the 401 that started it; undefined = proactive. */
+  readonly challenge: Challenge | undefined;
+  readonly leg: LegInfo;
+  readonly send: SendLeg;
+  readonly sink: UserSink;
+  readonly maxLegs: number;
+  readonly timeout: number;
+  /** HTTP/2: a connection-bound exchange that loses its state between streams means "use HTTP/1.1". */
+  readonly onHttp2: boolean;
+}
+
+export type HandshakeResult =
+  | {
+      readonly kind: 'success';
+      readonly legs: number;
+      /** Persistent-Auth on the final response (C4), or a connection-only scheme (C5). */
+      readonly sessionAuthenticated: boolean;
+      readonly authIdCarried: boolean;
+      readonly identity?: string;
+      readonly done: Promise<void>;
+    }
+  /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
+  | { readonly kind: 'failed'; readonly legs: number; readonly authIdCarried: boolean; readonly done: Promise<void> }
+  /** Not finished here and nothing reached the caller: run the request again elsewhere. */
+  | { readonly kind: 'relocate'; readonly legs: number; readonly reason: 'http1' | 'connection-ended'; readonly error?: Error }
+  /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
+  | { readonly kind: 'unusable'; readonly error: Error };
+
+const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KERBEROS_NO_TICKET']);
+const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
+
+/** Errors that mean "this connection is gone or refuses us", not "this request failed". */
+export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
+  const e = err as Error & { http2ErrorCode?: number; code?: string };
+  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED/.test(e.message)) return 'http1';
+  if (e.code === 'MULTILEG_STALE_CONNECTION') return 'connection-ended';
+  return undefined;
+}
+
+function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
+  const key = scheme.toLowerCase();
+  return readChallenges(headers).find((c) => c.schemeKey === key);
+}
+
+/**
+ * Runs one handshake to its end: each leg carries the mechanism's next token and the server's
+ * latest Auth-ID (C3) — on this handshake's legs only, one leg in flight at a time.
+ */
+export async function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
+  const { mechanism, sink } = input;
+  let legs = 0;
+  let authId: string | undefined;
+  let authIdCarried = false;
+  let timedOut = false;
+  let context: MechanismContext;
+  const fail = (err: Error): HandshakeResult => {
+    sink.fail(err);
+    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve() };
+  };
+  try {
+    context = mechanism.createContext(input.leg);
+  } catch (err) {
+    if (isUnusable(err)) return { kind: 'unusable', error: err };
+    return fail(err as Error);
+  }
+  // Aborting through the sink reaches whichever leg is on the wire, or fails the caller at once.
+  const timer = setTimeout(() => {
+    timedOut = true;
+    sink.abort(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+  }, input.timeout);
+  try {
+    let challenge = input.challenge;
+    for (;;) {
+      if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+      if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
+      let authorization: string;
+      try {
+        authorization = await context.step(challenge, input.leg);
+      } catch (err) {
+        if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
+        return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
+      }
+      legs += 1;
+      const extra: Record<string, string> = { authorization };
+      if (authId !== undefined) {
+        extra['auth-id'] = authId;
+        authIdCarried = true;
+      }
+      const sentAfterServerToken = challenge?.token68 !== undefined;
+      let legacyLost = false;
+      let finishError: Error | undefined;
+      let persistent = false;
+      const result = await input.send(extra, (status, headers) => {
+        if (status === 401) {
+          const next = challengeFor(headers, mechanism.scheme);
+          if (next?.token68 !== undefined && !context.complete) return 'swallow';
+          // A legacy HTTP/2 server (Apache) keeps connection-bound state per stream: our answer to
+          // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
+          if (input.onHttp2 && sentAfterServerToken && authId === undefined && next && next.token68 === undefined) {
+            legacyLost = true;
+            return 'swallow';
+          }
+          return 'deliver';
+        }
+        persistent = readPersistentAuth(headers);
+        if (status >= 200 && status < 300) {
+          return context.finish(challengeFor(headers, mechanism.scheme), input.leg).catch((err: Error) => {
+            finishError = err;
+            throw err;
+          });
+        }
+        return 'deliver';
+      });
+      if (timedOut && result.kind !== 'delivered') return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+      switch (result.kind) {
+        case 'failed': {
+          const reason = relocationReason(result.error);
+          if (reason) return { kind: 'relocate', legs, reason, error: result.error };
+          return fail(result.error);
+        }
+        case 'swallowed': {
+          if (legacyLost) {
+            log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', mechanism.scheme);
+            return { kind: 'relocate', legs, reason: 'http1' };
+          }
+          const reading = readAuthId(result.headers);
+          if (reading && !reading.ok) return fail(new InvalidTokenError('Auth-ID header (too long)'));
+          if (reading?.ok) authId = reading.value;
+          challenge = challengeFor(result.headers, mechanism.scheme);
+          continue;
+        }
+        case 'delivered': {
+          if (result.status === 401 || finishError) {
+            return { kind: 'failed', legs, authIdCarried, done: result.done };
+          }
+          const sessionAuthenticated = persistent || mechanism.level === 'connection';
+          return {
+            kind: 'success',
+            legs,
+            sessionAuthenticated,
+            authIdCarried,
+            done: result.done,
+            ...(context.identity ? { identity: context.identity } : {}),
+          };
+        }
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,171 @@
+import type { Dispatcher } from 'undici';
+import type { UserSink } from './user-sink.ts';
+
+type Controller = Dispatcher.DispatchController;
+export type ResponseHeaders = Record<string, string | string[]>;
+
+/**
+ * What to do with a response, decided when its head arrives:
+ * - `swallow`: an intermediate leg (401 challenge, 421): drained, never shown to the caller;
+ * - `deliver`: the caller's response;
+ * - a promise: deliver once it settles — used to verify the server's final token (mutual
+ *   authentication) before the caller sees a byte; a rejection becomes the caller's error.
+ */
+export type Verdict = 'swallow' | 'deliver' | Promise<void>;
+
+export type LegResult =
+  | { readonly kind: 'swallowed'; readonly status: number; readonly headers: ResponseHeaders }
+  /** The response reached the caller; `done` settles when its body has ended or failed. */
+  | { readonly kind: 'delivered'; readonly status: number; readonly headers: ResponseHeaders; readonly done: Promise<void> }
+  /** The leg failed before anything reached the caller; nothing was reported to the caller yet. */
+  | { readonly kind: 'failed'; readonly error: Error };
+
+/**
+ * The undici v2 handler of one leg. Intermediate bodies are drained, never aborted: aborting on
+ * HTTP/1.1 destroys the socket and with it a connection-bound handshake.
+ */
+export class LegHandler implements Dispatcher.DispatchHandler {
+  readonly result: Promise<LegResult>;
+  #resolve!: (r: LegResult) => void;
+  #doneResolve!: () => void;
+  readonly #done: Promise<void>;
+  #mode: 'head' | 'drain' | 'deliver' | 'gated' | 'over' = 'head';
+  #status = 0;
+  #headers: ResponseHeaders = {};
+  #drained = 0;
+  #buffered: Array<() => void> = [];
+  #controller: Controller | undefined;
+  readonly #sink: UserSink;
+  readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
+  readonly #beforeStart: (controller: Controller) => void;
+  readonly #maxDrain: number;
+
+  constructor(opts: {
+    sink: UserSink;
+    classify: (status: number, headers: ResponseHeaders) => Verdict;
+    /** Runs when undici is about to write the leg; may abort it (stale session). */
+    beforeStart: (controller: Controller) => void;
+    maxDrainBytes: number;
+  }) {
+    this.#sink = opts.sink;
+    this.#classify = opts.classify;
+    this.#beforeStart = opts.beforeStart;
+    this.#maxDrain = opts.maxDrainBytes;
+    this.result = new Promise((r) => {
+      this.#resolve = r;
+    });
+    this.#done = new Promise((r) => {
+      this.#doneResolve = r;
+    });
+  }
+
+  /** Aborts the leg on the wire (caller abort, timeout). */
+  abort(reason: Error): void {
+    this.#controller?.abort(reason);
+  }
+
+  onRequestStart(controller: Controller): void {
+    this.#controller = controller;
+    this.#mode = 'head';
+    this.#beforeStart(controller);
+  }
+
+  onResponseStart(controller: Controller, status: number, headers: ResponseHeaders, message: string): void {
+    if (status < 200) return; // 1xx: informational, not a leg result
+    this.#status = status;
+    this.#headers = headers;
+    let verdict: Verdict;
+    try {
+      verdict = this.#classify(status, headers);
+    } catch (err) {
+      this.#mode = 'over';
+      this.#resolve({ kind: 'failed', error: err as Error });
+      controller.abort(err as Error);
+      return;
+    }
+    if (verdict === 'swallow') {
+      this.#mode = 'drain';
+      return;
+    }
+    if (verdict === 'deliver') {
+      this.#startDelivery(controller, message);
+      return;
+    }
+    this.#mode = 'gated';
+    controller.pause();
+    verdict.then(
+      () => {
+        this.#startDelivery(controller, message);
+        for (const replay of this.#buffered.splice(0)) replay();
+        controller.resume();
+      },
+      (err: Error) => {
+        this.#mode = 'over';
+        this.#buffered = [];
+        this.#sink.fail(err);
+        this.#resolve({ kind: 'delivered', status, headers, done: this.#done });
+        this.#doneResolve();
+        controller.abort(err);
+      },
+    );
+  }
+
+  #startDelivery(controller: Controller, message: string): void {
+    this.#mode = 'deliver';
+    this.#sink.responseStart(controller, this.#status, this.#headers, message);
+    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#done });
+  }
+
+  onResponseData(controller: Controller, chunk: Buffer): void {
+    switch (this.#mode) {
+      case 'drain':
+        this.#drained += chunk.length;
+        if (this.#drained > this.#maxDrain) {
+          // A huge challenge body is not worth the bandwidth; losing the connection is the lesser evil.
+          this.#mode = 'over';
+          this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+          controller.abort(new Error('challenge body too large'));
+        }
+        return;
+      case 'deliver':
+        this.#sink.responseData(chunk);
+        return;
+      case 'gated':
+        this.#buffered.push(() => this.#sink.responseData(chunk));
+        return;
+      default:
+        return;
+    }
+  }
+
+  onResponseEnd(_controller: Controller, trailers: ResponseHeaders): void {
+    switch (this.#mode) {
+      case 'drain':
+        this.#mode = 'over';
+        this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+        return;
+      case 'deliver':
+        this.#mode = 'over';
+        this.#sink.responseEnd(trailers);
+        this.#doneResolve();
+        return;
+      case 'gated':
+        this.#buffered.push(() => this.onResponseEnd(_controller, trailers));
+        return;
+      default:
+        return;
+    }
+  }
+
+  onResponseError(_controller: Controller | null, err: Error): void {
+    const mode = this.#mode;
+    this.#mode = 'over';
+    if (mode === 'deliver' || mode === 'gated') {
+      this.#sink.fail(err);
+      this.#doneResolve();
+      if (mode === 'gated') this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#done });
+      return;
+    }
+    if (mode !== 'over') this.#resolve({ kind: 'failed', error: err });
+  }
+}

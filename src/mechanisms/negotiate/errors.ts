@@ -1,0 +1,111 @@
+/**
+ * Actionable Kerberos / GSS-API errors: the text GSS-API gives (via the `kerberos` addon) is mapped to a
+ * typed error with a stable code whose message names the cause and the fix. GSS messages carry names
+ * (principals, ccache paths), never keys or tokens, so the original text is kept as `gssMessage`.
+ */
+import { MechanismError, MultilegError } from '../../errors.ts';
+
+/** Base class of the typed Kerberos failures. */
+export class KerberosError extends MultilegError {
+  /** The GSS-API message as reported (major: minor), for diagnostics. */
+  readonly gssMessage: string;
+  constructor(code: string, message: string, gssMessage: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.gssMessage = gssMessage;
+  }
+}
+
+/** No usable Kerberos credentials (no ccache / no TGT / principal not in the cache). */
+export class KerberosNoTicketError extends KerberosError {
+  constructor(gssMessage: string, principal?: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_NO_TICKET',
+      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}` : ''}: run kinit${principal ? ` ${principal}` : ''} or pass principal (or give credentials for the NTLM fallback) [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+  }
+}
+
+/** The TGT (or the service ticket) has expired. */
+export class KerberosTicketExpiredError extends KerberosError {
+  constructor(gssMessage: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_TICKET_EXPIRED',
+      `Negotiate: the Kerberos ticket has expired: run kinit again (or renew it with kinit -R) [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+  }
+}
+
+/** No KDC of the realm answered (or none is configured). */
+export class KerberosKdcUnreachableError extends KerberosError {
+  constructor(gssMessage: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_KDC_UNREACHABLE',
+      `Negotiate: cannot reach a Kerberos KDC: check the realm's kdc entries in krb5.conf (KRB5_CONFIG), DNS, and the network/firewall to the KDC [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+  }
+}
+
+/** The KDC does not know the service principal the client asked a ticket for. */
+export class KerberosUnknownServiceError extends KerberosError {
+  readonly spn: string;
+  constructor(gssMessage: string, spn: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_UNKNOWN_SPN',
+      `Negotiate: the KDC does not know the service principal for ${spn}: check the SPN (the server's keytab name; a CNAME may need negotiate.canonicalizeHost, a non-default port negotiate.includePort) or pass negotiate.spn [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+    this.spn = spn;
+  }
+}
+
+/** Client and KDC/server clocks differ by more than the allowed skew (5 minutes by default). */
+export class KerberosClockSkewError extends KerberosError {
+  constructor(gssMessage: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_CLOCK_SKEW',
+      `Negotiate: Kerberos clock skew too great: sync this machine's clock with the KDC (NTP) [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+  }
+}
+
+function messageOf(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+const NO_TICKET =
+  /No Kerberos credentials available|SPNEGO cannot find mechanisms to negotiate|No credentials cache found|Can't find client principal|Matching credential not found|No credentials were supplied.*(?:not found|No such file)/i;
+const EXPIRED = /Ticket expired|credential\(?s\)? (?:have|has) expired/i;
+const KDC = /Cannot contact any KDC|Cannot find KDC|Cannot resolve network address for KDC|Cannot reach any KDC/i;
+const UNKNOWN_SPN = /not found in Kerberos database|Server not found in Kerberos database|Server principal unknown/i;
+const SKEW = /Clock skew too great/i;
+
+/**
+ * Maps an error thrown by the `kerberos` addon to a typed error. Unknown texts become a
+ * {@link MechanismError} that still carries the GSS text. Never includes tokens (the addon's messages
+ * have none).
+ */
+export function mapGssError(err: unknown, ctx: { spn: string; principal?: string }): MultilegError {
+  if (err instanceof MultilegError) return err;
+  const msg = messageOf(err).replace(/\s+/g, ' ').trim();
+  const cause = { cause: err };
+  if (SKEW.test(msg)) return new KerberosClockSkewError(msg, cause);
+  if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
+  if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
+  if (UNKNOWN_SPN.test(msg)) return new KerberosUnknownServiceError(msg, ctx.spn, cause);
+  if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, cause);
+  // MIT, when `principal` names a client that has no cache in the collection.
+  if (ctx.principal && /A required argument is missing/.test(msg)) {
+    return new KerberosNoTicketError(msg, ctx.principal, cause);
+  }
+  return new MechanismError('Negotiate', `GSS-API failure: ${msg}`, cause);
+}

@@ -1,0 +1,163 @@
+/**
+ * The NTLM mechanism (MS-NLMP, NTLMv2 only) as a {@link Mechanism}: NEGOTIATE, then AUTHENTICATE
+ * in answer to the server's CHALLENGE. The same engine can run under the `Negotiate` scheme,
+ * since Windows/IIS and MIT mechglue accept a raw NTLMSSP token there.
+ */
+import type { Challenge } from '../../challenge/types.ts';
+import { InvalidTokenError, MechanismError } from '../../errors.ts';
+import type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
+import { decodeChallenge, encodeNegotiate } from './messages.ts';
+import { CLIENT_FLAGS, createAuthenticate } from './ntlmv2.ts';
+
+export { NtlmAcceptor, type NtlmAcceptorOptions, type NtlmAcceptorResult } from './acceptor.ts';
+
+/** Largest base64 token accepted from a server (S3): 64 KiB of text. */
+export const MAX_TOKEN_LENGTH = 64 * 1024;
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** Options for {@link ntlmMechanism}. */
+export interface NtlmOptions {
+  /** Header scheme to speak under: `NTLM` (default) or `Negotiate` (raw NTLMSSP inside Negotiate). */
+  readonly scheme?: 'NTLM' | 'Negotiate';
+  /** Send MsvAvTargetName `HTTP/<hostname>` (default true; never for proxies). */
+  readonly sendTargetName?: boolean;
+  /** Test hook: source of random bytes (client challenge, exported session key). */
+  readonly randomBytes?: (n: number) => Buffer;
+  /** Test hook: current time as FILETIME, used when the server sends no timestamp. */
+  readonly now?: () => bigint;
+}
+
+/** A user name split into NTLM's user and domain parts. */
+export interface NtlmIdentity {
+  readonly user: string;
+  readonly domain: string;
+}
+
+/**
+ * Splits `DOMAIN\user`, `user@domain` (at the last `@`) or a plain `user` (domain from
+ * `credentials.domain`, else empty). A domain inside the user name wins over `credentials.domain`.
+ */
+export function parseNtlmUser(credentials: Pick<Credentials, 'username' | 'domain'>): NtlmIdentity {
+  const name = credentials.username;
+  const bs = name.indexOf('\\');
+  if (bs >= 0) return { domain: name.slice(0, bs), user: name.slice(bs + 1) };
+  const at = name.lastIndexOf('@');
+  if (at > 0) return { user: name.slice(0, at), domain: name.slice(at + 1) };
+  return { user: name, domain: credentials.domain ?? '' };
+}
+
+/** Strictly decodes a server token: canonical base64 alphabet and padding, bounded length (S3). */
+export function decodeToken(token: string): Buffer {
+  if (token.length === 0 || token.length > MAX_TOKEN_LENGTH || token.length % 4 !== 0 || !BASE64.test(token)) {
+    throw new InvalidTokenError('NTLM token (bad base64 or too long)');
+  }
+  return Buffer.from(token, 'base64');
+}
+
+type State = 'initial' | 'negotiated' | 'complete';
+
+class NtlmContext implements MechanismContext {
+  readonly #scheme: string;
+  readonly #credentials: Credentials;
+  readonly #id: NtlmIdentity;
+  readonly #options: NtlmOptions;
+  #state: State = 'initial';
+  #negotiate: Buffer | undefined;
+
+  constructor(scheme: string, credentials: Credentials, options: NtlmOptions) {
+    this.#scheme = scheme;
+    this.#credentials = credentials;
+    this.#id = parseNtlmUser(credentials);
+    this.#options = options;
+  }
+
+  get complete(): boolean {
+    return this.#state === 'complete';
+  }
+
+  get identity(): string {
+    return this.#id.domain ? `${this.#id.domain}\\${this.#id.user}` : this.#id.user;
+  }
+
+  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    const token = challenge?.token68;
+    if (token === undefined) {
+      if (this.#state === 'complete') {
+        throw new MechanismError(
+          this.#scheme,
+          'the server rejected the NTLM credentials; check user name, domain and password',
+        );
+      }
+      if (this.#state === 'negotiated') {
+        throw new MechanismError(
+          this.#scheme,
+          'the server answered NTLM NEGOTIATE without a CHALLENGE; it rejected the handshake',
+        );
+      }
+      this.#negotiate = encodeNegotiate(CLIENT_FLAGS);
+      this.#state = 'negotiated';
+      return `${this.#scheme} ${this.#negotiate.toString('base64')}`;
+    }
+    if (this.#state === 'complete') {
+      throw new MechanismError(
+        this.#scheme,
+        'the server sent a second NTLM CHALLENGE after AUTHENTICATE; the handshake failed',
+      );
+    }
+    if (this.#negotiate === undefined) {
+      throw new MechanismError(this.#scheme, 'the server sent an NTLM CHALLENGE before the client sent NEGOTIATE');
+    }
+    const raw = decodeToken(token);
+    const parsed = decodeChallenge(raw);
+    const random = this.#options.randomBytes;
+    const now = this.#options.now;
+    const sendTargetName = (this.#options.sendTargetName ?? true) && !leg.proxy && leg.hostname !== '';
+    const { message } = createAuthenticate({
+      user: this.#id.user,
+      domain: this.#id.domain,
+      password: this.#credentials.password,
+      workstation: this.#credentials.workstation ?? '',
+      negotiateMessage: this.#negotiate,
+      challengeMessage: raw,
+      challenge: parsed,
+      clientFlags: CLIENT_FLAGS,
+      ...(leg.channelBinding && !leg.proxy ? { channelBinding: leg.channelBinding } : {}),
+      ...(sendTargetName ? { targetName: `HTTP/${leg.hostname}` } : {}),
+      ...(random ? { clientChallenge: random(8), exportedSessionKey: random(16) } : {}),
+      ...(now ? { timestamp: now() } : {}),
+    });
+    this.#state = 'complete';
+    return `${this.#scheme} ${message.toString('base64')}`;
+  }
+
+  async finish(): Promise<void> {
+    // NTLM has no final server token to verify.
+  }
+}
+
+/**
+ * NTLM (NTLMv2 with MIC and channel bindings) under the `NTLM` scheme: connection-level, multileg,
+ * not proactive (though `step(undefined)` yields NEGOTIATE, for callers that already know the
+ * origin wants NTLM).
+ */
+export function ntlmMechanism(credentials: Credentials, options: NtlmOptions = {}): Mechanism {
+  const scheme = options.scheme ?? 'NTLM';
+  const level: AuthLevel = scheme === 'Negotiate' ? 'either' : 'connection';
+  return {
+    scheme,
+    level,
+    multileg: true,
+    proactive: false,
+    createContext: () => new NtlmContext(scheme, credentials, options),
+  };
+}
+
+/** The NTLM token engine under another header scheme: `Negotiate` carries raw NTLMSSP tokens. */
+export function ntlmMechanismWithScheme(
+  credentials: Credentials,
+  scheme: 'NTLM' | 'Negotiate',
+  options: Omit<NtlmOptions, 'scheme'> = {},
+): Mechanism {
+  return ntlmMechanism(credentials, { ...options, scheme });
+}

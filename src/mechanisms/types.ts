@@ -1,0 +1,69 @@
+import type { Challenge } from '../challenge/types.ts';
+
+/**
+ * How far a successful authentication reaches (draft Table 1):
+ * - `connection`: only the connection/session (NTLM);
+ * - `request`: only the request (Basic, Digest);
+ * - `either`: the server decides; `Persistent-Auth` tells (Negotiate, Kerberos).
+ */
+export type AuthLevel = 'connection' | 'request' | 'either';
+
+/** What a mechanism knows about the request a leg belongs to. */
+export interface LegInfo {
+  /** `https://host:port` */
+  readonly origin: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly method: string;
+  /** Request-target path with query, as sent. */
+  readonly path: string;
+  /** `tls-server-end-point` channel binding data (RFC 5929: hash of the server certificate), when TLS. */
+  readonly channelBinding?: Buffer;
+  /** True when authenticating to a proxy (407 / Proxy-Authenticate). */
+  readonly proxy: boolean;
+}
+
+/**
+ * One authentication exchange in progress — the pyspnego-style context proxy. A context is used
+ * for exactly one handshake and then dropped.
+ */
+export interface MechanismContext {
+  /**
+   * Produce the credentials for the next leg: the whole header value after nothing, e.g.
+   * `NTLM TlRMTVNT...` or `Digest username="..."`. `challenge` is the server's challenge for this
+   * scheme (undefined on a proactive first leg).
+   */
+  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string>;
+  /** True once the mechanism has nothing more to send. */
+  readonly complete: boolean;
+  /**
+   * Called with the scheme's challenge on the final (non-401) response, if any: verifies the
+   * server's last token (mutual authentication). Throws {@link MutualAuthError} on failure.
+   */
+  finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void>;
+  /** Who authenticated, for reporting only (never a secret). */
+  readonly identity?: string;
+}
+
+/** A mechanism: a factory of contexts plus fixed properties. Adding one touches one folder. */
+export interface Mechanism {
+  /** Canonical scheme name as written on the wire: `NTLM`, `Negotiate`, `Digest`, `Basic`. */
+  readonly scheme: string;
+  readonly level: AuthLevel;
+  /** Needs more than one round trip and so the Auth-ID / queueing machinery. */
+  readonly multileg: boolean;
+  /** Can send a useful token before any challenge (Negotiate/Kerberos, Basic). */
+  readonly proactive: boolean;
+  /** Creates a context for one handshake, or throws a MultilegError naming why it can't. */
+  createContext(leg: LegInfo): MechanismContext;
+}
+
+/** Credentials given to the agent. */
+export interface Credentials {
+  readonly username: string;
+  readonly password: string;
+  /** NTLM domain. May also be given in the username as `DOMAIN\\user` or `user@domain`. */
+  readonly domain?: string;
+  /** NTLM workstation name sent in AUTHENTICATE (default: empty). */
+  readonly workstation?: string;
+}

@@ -1,0 +1,88 @@
+import type { ConnectionOptions } from 'node:tls';
+import { ConfigError } from './errors.ts';
+import type { Credentials, Mechanism } from './mechanisms/types.ts';
+
+/** Bounds on handshakes and queues (C11). Every one fails with a typed error naming it. */
+export interface Limits {
+  /** Maximum legs (requests carrying credentials) in one handshake. Default 6. */
+  maxLegs: number;
+  /** Maximum requests waiting on one session while a handshake runs. Default 10 000. */
+  maxQueue: number;
+  /** Maximum time a request may wait in that queue, in ms. Default 60 000. */
+  queueTimeout: number;
+  /** Maximum time for a whole handshake, in ms. Default 30 000. */
+  handshakeTimeout: number;
+  /** One-shot bodies up to this size are buffered so they can be replayed on every leg (C10). Default 1 MiB. */
+  maxReplayBodyBytes: number;
+  /** Intermediate 401 bodies larger than this are not drained but the connection is dropped. Default 64 KiB. */
+  maxChallengeBodyBytes: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxLegs: 6,
+  maxQueue: 10_000,
+  queueTimeout: 60_000,
+  handshakeTimeout: 30_000,
+  maxReplayBodyBytes: 1024 * 1024,
+  maxChallengeBodyBytes: 64 * 1024,
+};
+
+/** Options of {@link MultilegAgent}. */
+export interface MultilegAgentOptions {
+  /** Username/password used by NTLM (and by Negotiate's NTLM fallback, Digest and Basic). */
+  credentials?: Credentials;
+  /**
+   * Origins credentials may be sent to (S1): a list of origins (`https://host:port`) or a predicate.
+   * Default: every origin this agent is asked to talk to.
+   */
+  trustedOrigins?: readonly string[] | ((origin: string) => boolean);
+  /** Scheme preference, strongest first (T2). Default `['Negotiate', 'NTLM', 'Digest', 'Basic']`. */
+  schemes?: readonly string[];
+  /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
+  mechanisms?: readonly Mechanism[];
+  /** TLS options for connections to origins (ca, cert, key, rejectUnauthorized, ...). */
+  connect?: ConnectionOptions;
+  /** See {@link Limits}. */
+  limits?: Partial<Limits>;
+  /** Maximum HTTP/1.1 connections per origin. Default 16. */
+  maxHttp1Connections?: number;
+  /** Keep-alive for idle connections in ms; long, because an NTLM connection is worth keeping. Default 60 000. */
+  keepAliveTimeout?: number;
+  /** How long an origin stays "HTTP/1.1 for authentication" after a downgrade, in ms. Default 1 hour. */
+  http1MemoryTtl?: number;
+}
+
+export interface ResolvedOptions {
+  credentials?: Credentials;
+  trusts: (origin: string) => boolean;
+  schemes: readonly string[];
+  mechanisms: readonly Mechanism[];
+  connect: ConnectionOptions;
+  limits: Limits;
+  maxHttp1Connections: number;
+  keepAliveTimeout: number;
+  http1MemoryTtl: number;
+}
+
+function positive(name: string, value: number): number {
+  if (!Number.isFinite(value) || value <= 0) throw new ConfigError(`${name} must be a positive number, got ${value}`);
+  return value;
+}
+
+export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
+  const limits = { ...DEFAULT_LIMITS, ...partial };
+  for (const [name, value] of Object.entries(limits)) positive(`limits.${name}`, value);
+  return limits;
+}
+
+export function normalizeOrigin(origin: string | URL): string {
+  const url = typeof origin === 'string' ? new URL(origin) : origin;
+  return url.origin;
+}
+
+export function resolveTrust(trusted: MultilegAgentOptions['trustedOrigins']): (origin: string) => boolean {
+  if (trusted === undefined) return () => true;
+  if (typeof trusted === 'function') return trusted;
+  const set = new Set(trusted.map((o) => normalizeOrigin(o)));
+  return (origin) => set.has(origin);
+}

@@ -1,0 +1,244 @@
+/**
+ * Types of the reference server: the server half of draft-montenegro-httpbis-multilegged-auth,
+ * used as the test peer for everything no public server implements.
+ */
+
+/**
+ * How the server scopes a successful authentication.
+ * - `session`: the h2 session / HTTP/1.1 connection is authenticated; the final 200 carries
+ *   `Persistent-Auth: true` (D§3 step 5).
+ * - `none`: the session is authenticated, but no `Persistent-Auth` is sent (the client must infer
+ *   it for NTLM, C5).
+ * - `per-request`: only the request that completed the handshake is authenticated; the final 200
+ *   carries `Persistent-Auth: false` (IIS style) or nothing (see `persistentAuthFalseHeader`).
+ * - `iis`: like IIS/http.sys with Windows authentication: over HTTP/2 every unauthenticated request
+ *   that needs auth is refused with `HTTP_1_1_REQUIRED` (H2); over HTTP/1.1 behaves like `session`.
+ * - `legacy`: like Apache mod_auth_gssapi over h2: no Auth-ID, security contexts do not survive
+ *   between streams (so multilegged schemes fail on h2); over HTTP/1.1 the context is bound to the
+ *   connection and the connection is authenticated.
+ */
+export type ReferenceServerMode = 'session' | 'none' | 'per-request' | 'iis' | 'legacy';
+
+/** Result of one acceptor step. */
+export type AcceptorStep =
+  | { readonly kind: 'challenge'; readonly token: Buffer }
+  | { readonly kind: 'accepted'; readonly user: string }
+  | { readonly kind: 'rejected'; readonly reason: string };
+
+/** A server-side security context (one handshake). `NtlmAcceptor` satisfies it. */
+export interface AcceptorLike {
+  step(token: Buffer): AcceptorStep | Promise<AcceptorStep>;
+}
+
+/** What the server tells an acceptor factory about the handshake it is creating a context for. */
+export interface AcceptorFactoryInfo {
+  /** The scheme as offered by the server (`Negotiate`, `NTLM`). */
+  readonly scheme: string;
+  readonly users: Readonly<Record<string, string>>;
+  readonly domain: string;
+  /** Expected tls-server-end-point hash, when `requireChannelBinding` is on. */
+  readonly channelBinding?: Buffer;
+}
+
+/** Switches for the faults the client tests need. All are read live, per request. */
+export interface ReferenceServerFaults {
+  /**
+   * Right after sending a 401 leg that carries an Auth-ID, end the session: GOAWAY(NO_ERROR) on
+   * h2, `Connection: close` on HTTP/1.1. The handshake is cut in the middle (C8).
+   */
+  goawayAfterChallenge?: boolean;
+  /**
+   * Hold responses this long (ms) so tests can observe what the client does meanwhile: a number
+   * for every request, or a function choosing per request (e.g. only legs carrying Authorization).
+   * A `?delay=ms` query parameter on a request also delays it (at most 60 s).
+   */
+  delayMs?: number | ((request: IncomingRequestInfo) => number);
+  /** Answer 421 when `:authority`/Host is not one of `authorities` (C9). */
+  misdirectedForOtherHosts?: boolean;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS for h2 sessions (applied to new and live sessions). */
+  maxConcurrentStreams?: number;
+  /** After the final 200 of a successful handshake, close the session/connection (C8). */
+  destroySessionAfterAuth?: boolean;
+}
+
+/** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */
+export interface IncomingRequestInfo {
+  readonly sessionId: string;
+  readonly streamId?: number;
+  readonly requestIndex: number;
+  readonly protocol: 'h2' | 'http/1.1';
+  readonly method: string;
+  readonly path: string;
+  /** Lower-cased request headers (h2 pseudo-headers included). */
+  readonly headers: Readonly<Record<string, string | string[]>>;
+}
+
+/** Options of {@link startReferenceServer}. Every field is optional. */
+export interface ReferenceServerOptions {
+  /** Listening port on 127.0.0.1. Default 0 (any free port). */
+  port?: number;
+  /** Listening address. Default `127.0.0.1`. */
+  host?: string;
+  /** Default `session`. */
+  mode?: ReferenceServerMode;
+  /** Schemes offered in the bare 401, in this order. Default `['Negotiate', 'NTLM']`. */
+  schemes?: string[];
+  /** Accounts: `'DOMAIN\\user'` or `'user'` → password. Default alice/alicepw, bob/bobpw in EXAMPLE. */
+  users?: Record<string, string>;
+  /** NTLM domain (target name). Default `EXAMPLE`. */
+  domain?: string;
+  /** Limit on incomplete security contexts per session (D§3.1). Default 8. */
+  maxIncompleteContexts?: number;
+  /** An incomplete context older than this is forgotten (treated as unknown). Default 120000 ms. */
+  contextTimeoutMs?: number;
+  /** In `per-request` mode, send `Persistent-Auth: false` on the final 200 (true) or nothing (false). Default true. */
+  persistentAuthFalseHeader?: boolean;
+  /**
+   * Header name used for Persistent-Auth on the final 200. Default `Persistent-Auth`; the draft
+   * also spells it `Persistent-auth` / `Persisted-auth` (C4).
+   */
+  persistentAuthHeaderName?: string;
+  /** Value sent for a session-authenticating 200. Default `true` (the draft also allows empty). */
+  persistentAuthValue?: string;
+  /** In `iis` mode on h2: refuse with RST_STREAM (default) or GOAWAY, both `HTTP_1_1_REQUIRED`. */
+  iisVia?: 'rst' | 'goaway';
+  /** Keep the `exchanges` record (default true). Turn off for benchmarks; events still fire. */
+  record?: boolean;
+  /** Pass the tls-server-end-point hash of the server certificate to the acceptor to check. Default false. */
+  requireChannelBinding?: boolean;
+  /**
+   * Authorities (`host:port`) this server considers its own for `misdirectedForOtherHosts`.
+   * Default `['localhost:PORT']`.
+   */
+  authorities?: string[];
+  /** Fault switches. */
+  faults?: ReferenceServerFaults;
+  /** Creates a security context per handshake. Default: the NTLM acceptor (serves NTLM and Negotiate). */
+  acceptorFactory?: (info: AcceptorFactoryInfo) => AcceptorLike;
+  /** Called with every recorded exchange. */
+  onExchange?: (exchange: Exchange) => void;
+}
+
+/** The live, resolved options (mutable at runtime through `server.options`). */
+export interface ResolvedReferenceServerOptions {
+  mode: ReferenceServerMode;
+  schemes: string[];
+  users: Record<string, string>;
+  domain: string;
+  maxIncompleteContexts: number;
+  contextTimeoutMs: number;
+  persistentAuthFalseHeader: boolean;
+  persistentAuthHeaderName: string;
+  persistentAuthValue: string;
+  iisVia: 'rst' | 'goaway';
+  record: boolean;
+  requireChannelBinding: boolean;
+  authorities: string[];
+  faults: ReferenceServerFaults;
+  acceptorFactory?: (info: AcceptorFactoryInfo) => AcceptorLike;
+  onExchange?: (exchange: Exchange) => void;
+}
+
+/**
+ * What the server did with a request.
+ * - `unauthenticated`: 401 with bare challenges to a request without credentials;
+ * - `challenge`: 401 carrying a mechanism token (a handshake leg in progress);
+ * - `accepted`: the handshake completed; 200;
+ * - `rejected`: credentials present but refused (bad token, wrong password, no context); bare 401;
+ * - `refused`: no context created because of a limit (`refused` names it); bare 401;
+ * - `anonymous`: a `/public/` path; 200 without auth;
+ * - `session`: 200 because the session (or connection) is already authenticated;
+ * - `rst` / `goaway`: refused with `HTTP_1_1_REQUIRED` (iis mode on h2), no response;
+ * - `misdirected`: 421 for another authority.
+ */
+export type ExchangeOutcome =
+  | 'unauthenticated'
+  | 'challenge'
+  | 'accepted'
+  | 'rejected'
+  | 'refused'
+  | 'anonymous'
+  | 'session'
+  | 'rst'
+  | 'goaway'
+  | 'misdirected';
+
+/** One request/response pair as the server saw it on the wire. */
+export interface Exchange {
+  /** 1-based order of arrival over the whole server. */
+  readonly seq: number;
+  /** `s1`, `s2`, ...: one per h2 session or HTTP/1.1 connection. */
+  readonly sessionId: string;
+  /** h2 stream id (h2 only). */
+  readonly streamId?: number;
+  /** 1-based index of the request within its session/connection (both protocols). */
+  readonly requestIndex: number;
+  readonly protocol: 'h2' | 'http/1.1';
+  readonly method: string;
+  /** Request target as sent (path and query). */
+  readonly path: string;
+  /** `:authority` (h2) or Host (HTTP/1.1). */
+  readonly authority: string;
+  /** Request headers, lower-cased names; h2 pseudo-headers included. Secrets included: test server. */
+  readonly requestHeaders: Readonly<Record<string, string | string[]>>;
+  /** Response status; `null` when the stream was reset or the session sent GOAWAY instead. */
+  readonly status: number | null;
+  /** Response headers, lower-cased names. */
+  readonly responseHeaders: Readonly<Record<string, string | string[]>>;
+  readonly bodyLength: number;
+  /** Hex SHA-256 of the request body as received. */
+  readonly bodySha256: string;
+  /** Auth-ID sent on the response, if any. */
+  readonly authIdSent?: string;
+  /** Auth-ID received on the request, if any. */
+  readonly authIdReceived?: string;
+  readonly outcome: ExchangeOutcome;
+  /** Scheme of the Authorization header, as the server offers it (`NTLM`, `Negotiate`). */
+  readonly scheme?: string;
+  /** The user this request was served as (accepted/session). */
+  readonly user?: string;
+  /** Why credentials were rejected (acceptor reason, `malformed`, `no-context`, ...). */
+  readonly reason?: string;
+  /** Which limit refused to create a context. */
+  readonly refused?: 'context-limit';
+  /** The mode in force when the request was handled. */
+  readonly mode: ReferenceServerMode;
+}
+
+/** The JSON body of every response the server writes. */
+export interface ReferenceResponseBody {
+  readonly user: string | null;
+  readonly method: string;
+  readonly path: string;
+  readonly protocol: 'h2' | 'http/1.1';
+  readonly sessionId: string;
+  readonly bodyLength: number;
+  readonly bodySha256: string;
+  /** Present on non-200 answers. */
+  readonly error?: string;
+}
+
+/** A snapshot of one session/connection. */
+export interface SessionInfo {
+  readonly id: string;
+  readonly protocol: 'h2' | 'http/1.1';
+  /** The authenticated user of the session, if any. */
+  readonly user?: string;
+  readonly open: boolean;
+  readonly requests: number;
+  /** Incomplete security contexts currently held for this session. */
+  readonly incompleteContexts: number;
+}
+
+/** Counters over the server's lifetime (reset by `reset()`). */
+export interface ReferenceServerStats {
+  /** Sessions + connections opened. */
+  readonly sessions: number;
+  readonly h2Sessions: number;
+  readonly h1Connections: number;
+  /** Sessions + connections currently open. */
+  readonly openSessions: number;
+  readonly requests: number;
+  /** Incomplete contexts created (handshakes started). */
+  readonly contextsCreated: number;
+}

@@ -1,0 +1,206 @@
+import { readChallenges } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
+import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
+import type { Limits } from '../options.ts';
+import type { MechanismSet } from '../mechanisms/registry.ts';
+import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
+import type { Job } from './job.ts';
+import type { OriginMemory } from './origin-memory.ts';
+import type { Session } from './session.ts';
+
+/** One finished handshake, as reported by the agent's `handshake` event and stats. */
+export interface HandshakeReport {
+  readonly origin: string;
+  readonly sessionId: string;
+  readonly protocol: 'h2' | 'http/1.1' | undefined;
+  readonly scheme: string;
+  readonly legs: number;
+  /** `session`: the connection is authenticated; `per-request`: each request authenticates itself. */
+  readonly outcome: 'session' | 'per-request' | 'failed';
+  /** Whether a server Auth-ID was echoed on a later leg (C3). */
+  readonly authIdCarried: boolean;
+  readonly identity?: string;
+}
+
+export interface ExchangeEnv {
+  readonly memory: OriginMemory;
+  readonly mechanisms: MechanismSet;
+  readonly limits: Limits;
+  /** Credentials may be sent to this origin (S1). */
+  readonly trusted: boolean;
+  report(r: HandshakeReport): void;
+}
+
+export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected';
+export type ExchangeOutcome =
+  | { readonly kind: 'done'; readonly done: Promise<void> }
+  | { readonly kind: 'relocate'; readonly reason: RelocateReason };
+
+const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
+
+function legInfo(job: Job, session: Session): LegInfo {
+  const url = new URL(job.origin);
+  return {
+    origin: job.origin,
+    hostname: url.hostname,
+    port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+    method: job.dispatchOptions.method,
+    path: job.dispatchOptions.path,
+    proxy: false,
+    // Read late: a proactive first token is made before the connection (and its certificate) exists.
+    get channelBinding() {
+      return session.connection?.channelBinding;
+    },
+  };
+}
+
+/**
+ * Carries one caller request on one session to its end: waits while another request's handshake
+ * blocks the session (C1), sends without credentials on an authenticated session (C2), leads a
+ * handshake when challenged, authenticates proactively where the origin is known to want it (C4),
+ * or asks the pool to relocate it (connection ended, HTTP/1.1 required, 421).
+ */
+export async function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
+  // Schemes that cannot run here (no ticket, package missing), and why the last one could not (T2).
+  const excluded = new Set<string>();
+  let lastUnusable: Error | undefined;
+  for (;;) {
+    const state = session.state;
+    if (state.kind === 'closed') return { kind: 'relocate', reason: 'connection-ended' };
+    if (state.kind === 'handshaking') {
+      try {
+        if ((await session.waitForHandshake(job)) === 'failed') job.noAuth = true;
+      } catch (err) {
+        job.sink.fail(err as Error);
+        return DONE;
+      }
+      continue;
+    }
+    if (env.memory.requiresHttp1 && session.lane === 'auto' && session.protocol === 'h2') {
+      return { kind: 'relocate', reason: 'http1' };
+    }
+    const mayAuthenticate = env.trusted && !job.callerAuthorization && !job.noAuth && !env.mechanisms.empty;
+
+    // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
+    if (mayAuthenticate && state.kind !== 'authenticated') {
+      const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
+      const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
+      const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
+      if (mechanism && !excluded.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
+        const outcome = await lead(session, job, env, mechanism, undefined, !perRequest && mechanism.multileg);
+        if (outcome.kind !== 'unusable') return outcome;
+        lastUnusable = outcome.error;
+        excluded.add(mechanism.scheme.toLowerCase());
+        continue;
+      }
+    }
+
+    let challenges: Challenge[] = [];
+    let misdirected = false;
+    const reauth = state.kind === 'authenticated';
+    const result = await session.send(job, {}, (status, headers) => {
+      if (status === 401 && mayAuthenticate && !(reauth && job.reauthenticated)) {
+        const offered = readChallenges(headers);
+        if (env.mechanisms.choose(offered, excluded)) {
+          challenges = offered;
+          return 'swallow';
+        }
+      }
+      // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
+      if (status === 421 && job.relocations < 2) {
+        misdirected = true;
+        return 'swallow';
+      }
+      return 'deliver';
+    });
+    if (result.kind === 'failed') {
+      const reason = relocationReason(result.error);
+      if (reason) return { kind: 'relocate', reason };
+      job.sink.fail(result.error);
+      return DONE;
+    }
+    if (result.kind === 'delivered') return { kind: 'done', done: result.done };
+    if (misdirected) return { kind: 'relocate', reason: 'misdirected' };
+    // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1).
+    const now = session.state;
+    if (now.kind === 'handshaking' || now.kind === 'closed') continue;
+    if (reauth) job.reauthenticated = true; // T4: an authenticated session re-authenticates once
+    for (;;) {
+      const chosen = env.mechanisms.choose(challenges, excluded);
+      if (!chosen) {
+        // Every offered scheme we have proved unusable here: say why, rather than show a bare 401.
+        job.sink.fail(lastUnusable!);
+        return DONE;
+      }
+      const blocking = chosen.mechanism.multileg && now.kind !== 'per-request';
+      const outcome = await lead(session, job, env, chosen.mechanism, chosen.challenge, blocking);
+      if (outcome.kind !== 'unusable') return outcome;
+      lastUnusable = outcome.error;
+      excluded.add(chosen.mechanism.scheme.toLowerCase());
+    }
+  }
+}
+
+async function lead(
+  session: Session,
+  job: Job,
+  env: ExchangeEnv,
+  mechanism: Mechanism,
+  challenge: Challenge | undefined,
+  blocking: boolean,
+): Promise<ExchangeOutcome | { readonly kind: 'unusable'; readonly error: Error }> {
+  const scheme = mechanism.scheme;
+  if (blocking) session.apply({ type: 'handshake-start', scheme, leader: job.id });
+  const result: HandshakeResult = await runHandshake({
+    mechanism,
+    challenge,
+    leg: legInfo(job, session),
+    send: (extra, classify) => session.send(job, extra, classify),
+    sink: job.sink,
+    maxLegs: env.limits.maxLegs,
+    timeout: env.limits.handshakeTimeout,
+    onHttp2: session.protocol === 'h2',
+  });
+  const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
+    env.report({
+      origin: job.origin,
+      sessionId: session.id,
+      protocol: session.protocol,
+      scheme,
+      legs,
+      outcome,
+      authIdCarried,
+      ...(identity ? { identity } : {}),
+    });
+  switch (result.kind) {
+    case 'success': {
+      if (blocking && session.state.kind === 'handshaking') {
+        session.apply({
+          type: 'handshake-success',
+          leader: job.id,
+          scheme,
+          sessionAuthenticated: result.sessionAuthenticated,
+          ...(result.identity ? { identity: result.identity } : {}),
+        });
+      }
+      env.memory.rememberScheme(scheme, result.sessionAuthenticated ? 'session' : 'per-request');
+      report(result.sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
+      return { kind: 'done', done: result.done };
+    }
+    case 'failed':
+      if (blocking && session.state.kind === 'handshaking') session.apply({ type: 'handshake-failure', leader: job.id });
+      report('failed', result.legs, result.authIdCarried);
+      return { kind: 'done', done: result.done };
+    case 'relocate':
+      // Remember first, so the requests this releases already know where to go.
+      if (result.reason === 'http1') env.memory.rememberHttp1();
+      // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
+      session.apply({ type: 'closed' });
+      return { kind: 'relocate', reason: result.reason };
+    case 'unusable':
+      if (blocking && session.state.kind === 'handshaking') {
+        session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+      }
+      return result;
+  }
+}

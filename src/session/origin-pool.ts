@@ -1,0 +1,187 @@
+import { MultilegError } from '../errors.ts';
+import { log } from '../log.ts';
+import type { MechanismSet } from '../mechanisms/registry.ts';
+import type { ResolvedOptions } from '../options.ts';
+import { type ExchangeEnv, type HandshakeReport, runOnSession } from './exchange.ts';
+import type { Job } from './job.ts';
+import { OriginMemory } from './origin-memory.ts';
+import { type Lane, Session } from './session.ts';
+
+/** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
+const MAX_RELOCATIONS = 4;
+
+export class RelocationLimitError extends MultilegError {
+  constructor() {
+    super(
+      'MULTILEG_RELOCATION_LIMIT',
+      `request was moved to a new connection ${MAX_RELOCATIONS} times (connections keep ending or refusing it); check the server or the network`,
+    );
+  }
+}
+
+interface Waiting {
+  readonly lane: Lane;
+  readonly resolve: (s: Session) => void;
+}
+
+/**
+ * The sessions of one origin: an HTTP/2-capable lane (normally one multiplexed session) and an
+ * HTTP/1.1 lane (several connections, each bound to its handshake, H1). It knows what the agent
+ * learnt about the origin and moves requests between sessions when one ends or refuses them.
+ */
+export class OriginPool {
+  readonly origin: string;
+  readonly memory: OriginMemory;
+  readonly #sessions: Session[] = [];
+  readonly #waiting: Waiting[] = [];
+  readonly #options: ResolvedOptions;
+  readonly #env: ExchangeEnv;
+  #sessionsCreated = 0;
+
+  constructor(origin: string, options: ResolvedOptions, mechanisms: MechanismSet, report: (r: HandshakeReport) => void) {
+    this.origin = origin;
+    this.#options = options;
+    this.memory = new OriginMemory(options.http1MemoryTtl);
+    this.#env = {
+      memory: this.memory,
+      mechanisms,
+      limits: options.limits,
+      trusted: options.trusts(origin),
+      report,
+    };
+  }
+
+  get sessionsCreated(): number {
+    return this.#sessionsCreated;
+  }
+
+  get sessions(): readonly Session[] {
+    return this.#sessions;
+  }
+
+  /** Runs a request to its end, relocating it between sessions as needed. Never throws. */
+  async run(job: Job): Promise<void> {
+    for (;;) {
+      const lane: Lane = job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
+      let session: Session;
+      try {
+        session = await this.#acquire(lane, job);
+      } catch (err) {
+        job.sink.fail(err as Error);
+        return;
+      }
+      const outcome = await runOnSession(session, job, this.#env).catch((err: Error) => {
+        job.sink.fail(err);
+        return { kind: 'done', done: Promise.resolve() } as const;
+      });
+      if (outcome.kind === 'done') {
+        outcome.done.finally(() => session.release());
+        return;
+      }
+      session.release();
+      log.pool('%s job %d relocates from %s: %s', this.origin, job.id, session.id, outcome.reason);
+      if (outcome.reason === 'misdirected') session.apply({ type: 'closed' });
+      job.relocations += 1;
+      if (job.relocations > MAX_RELOCATIONS) {
+        job.sink.fail(new RelocationLimitError());
+        return;
+      }
+    }
+  }
+
+  #maxSessions(lane: Lane): number {
+    if (lane === 'http1') return this.#options.maxHttp1Connections;
+    // An "auto" session that negotiated HTTP/1.1 serves one request at a time: allow more of them.
+    const h1 = this.#sessions.some((s) => s.lane === 'auto' && s.protocol === 'http/1.1');
+    return h1 ? this.#options.maxHttp1Connections : 1;
+  }
+
+  #pick(lane: Lane): Session | undefined {
+    let best: Session | undefined;
+    let bestScore = -1;
+    for (const s of this.#sessions) {
+      if (s.lane !== lane || s.closed || s.inflight >= s.capacity) continue;
+      // Prefer a connection that is already authenticated: it needs no handshake (H1).
+      const score = s.state.kind === 'authenticated' ? 2 : s.state.kind === 'per-request' ? 1 : 0;
+      if (score > bestScore) {
+        best = s;
+        bestScore = score;
+      }
+    }
+    return best;
+  }
+
+  #acquire(lane: Lane, job: Job): Promise<Session> {
+    const ready = this.#take(lane);
+    if (ready) return Promise.resolve(ready);
+    return new Promise<Session>((resolve, reject) => {
+      const waiting: Waiting = {
+        lane,
+        resolve: (s) => {
+          job.sink.onAbort(undefined);
+          resolve(s);
+        },
+      };
+      this.#waiting.push(waiting);
+      job.sink.onAbort((reason) => {
+        const i = this.#waiting.indexOf(waiting);
+        if (i >= 0) this.#waiting.splice(i, 1);
+        job.sink.onAbort(undefined);
+        reject(reason);
+      });
+    });
+  }
+
+  /** A session with room for one more request, creating one if the lane allows; marks it used. */
+  #take(lane: Lane): Session | undefined {
+    let session = this.#pick(lane);
+    if (!session) {
+      const open = this.#sessions.filter((s) => s.lane === lane && !s.closed).length;
+      if (open >= this.#maxSessions(lane)) return undefined;
+      session = this.#create(lane);
+    }
+    session.acquire();
+    return session;
+  }
+
+  #create(lane: Lane): Session {
+    const session = new Session({
+      origin: this.origin,
+      lane,
+      tls: this.#options.connect,
+      keepAliveTimeout: this.#options.keepAliveTimeout,
+      limits: this.#options.limits,
+      onChange: () => this.#pump(),
+    });
+    this.#sessionsCreated += 1;
+    this.#sessions.push(session);
+    log.pool('%s new session %s (%s)', this.origin, session.id, lane);
+    return session;
+  }
+
+  /** Hands freed capacity to waiting requests, in arrival order per lane. */
+  #pump(): void {
+    for (let i = this.#sessions.length - 1; i >= 0; i--) {
+      const s = this.#sessions[i]!;
+      if (s.closed && s.inflight === 0) this.#sessions.splice(i, 1);
+    }
+    for (let i = 0; i < this.#waiting.length; ) {
+      const w = this.#waiting[i]!;
+      const s = this.#take(w.lane);
+      if (!s) {
+        i++;
+        continue;
+      }
+      this.#waiting.splice(i, 1);
+      w.resolve(s);
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#sessions.map((s) => s.client.close().catch(() => {})));
+  }
+
+  async destroy(err: Error): Promise<void> {
+    await Promise.all(this.#sessions.map((s) => s.client.destroy(err).catch(() => {})));
+  }
+}

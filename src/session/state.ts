@@ -1,0 +1,78 @@
+/**
+ * The authentication state of one session (one HTTP/2 connection, or one HTTP/1.1 connection), as
+ * an explicit state type and a pure transition function (draft §3, SPEC C1–C8).
+ *
+ *   fresh ──start──▶ handshaking ──success(session)──▶ authenticated ──start──▶ handshaking …
+ *     ▲                  │  └──success(per-request)──▶ per-request
+ *     └────failure───────┘
+ *   any ──closed──▶ closed   (terminal: the connection ended; a new session starts fresh)
+ */
+export type SessionState =
+  | { readonly kind: 'fresh' }
+  | { readonly kind: 'handshaking'; readonly scheme: string; readonly leader: number; readonly previous: SettledState }
+  | { readonly kind: 'authenticated'; readonly scheme: string; readonly identity?: string }
+  | { readonly kind: 'per-request'; readonly scheme: string }
+  | { readonly kind: 'closed' };
+
+/** States a handshake can start from and return to on failure. */
+export type SettledState = Extract<SessionState, { kind: 'fresh' | 'authenticated' | 'per-request' }>;
+
+export type SessionEvent =
+  /** A request (the leader) started a handshake that blocks the session (C1). */
+  | { readonly type: 'handshake-start'; readonly scheme: string; readonly leader: number }
+  /** The leader's handshake ended with a final non-401 response. */
+  | {
+      readonly type: 'handshake-success';
+      readonly leader: number;
+      readonly scheme: string;
+      /** Persistent-Auth said true, or the scheme is connection-only (C4, C5). */
+      readonly sessionAuthenticated: boolean;
+      readonly identity?: string;
+    }
+  /**
+   * The leader's handshake failed (final 401, mechanism error, limit, abort). `retry`: it failed
+   * before sending anything (an unusable scheme), so waiters should try again rather than give up.
+   */
+  | { readonly type: 'handshake-failure'; readonly leader: number; readonly retry?: boolean }
+  /** The connection ended: GOAWAY, reset, idle close, error (C8). */
+  | { readonly type: 'closed' };
+
+export const FRESH: SessionState = { kind: 'fresh' };
+
+export class IllegalTransitionError extends Error {}
+
+/**
+ * The transition function. Illegal events throw: they are bugs in the caller, not conditions of
+ * the network, so they must not be silently absorbed.
+ */
+export function transition(state: SessionState, event: SessionEvent): SessionState {
+  if (event.type === 'closed') return { kind: 'closed' };
+  switch (state.kind) {
+    case 'fresh':
+    case 'authenticated':
+    case 'per-request':
+      if (event.type === 'handshake-start') {
+        return { kind: 'handshaking', scheme: event.scheme, leader: event.leader, previous: state };
+      }
+      break;
+    case 'handshaking':
+      if (event.type === 'handshake-success' && event.leader === state.leader) {
+        return event.sessionAuthenticated
+          ? { kind: 'authenticated', scheme: event.scheme, ...(event.identity ? { identity: event.identity } : {}) }
+          : { kind: 'per-request', scheme: event.scheme };
+      }
+      if (event.type === 'handshake-failure' && event.leader === state.leader) {
+        // A failed re-authentication does not keep the old identity (C7): the server has dropped it.
+        return state.previous.kind === 'authenticated' ? FRESH : state.previous;
+      }
+      break;
+    case 'closed':
+      return state;
+  }
+  throw new IllegalTransitionError(`session: event ${event.type} is not allowed in state ${state.kind}`);
+}
+
+/** Whether a request arriving now must wait for the session's handshake (C1). */
+export function mustQueue(state: SessionState): boolean {
+  return state.kind === 'handshaking';
+}

@@ -1,0 +1,229 @@
+/**
+ * Apache httpd with mod_auth_gssapi (Kerberos, gss-ntlmssp), Basic, Digest, h2 over TLS, and a GSSAPI
+ * forward proxy (recipe: /work/shared/notes/real-peers.md §5).
+ */
+import { createHash } from 'node:crypto';
+import { chmod, chown, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { freePort } from './net.ts';
+import { APACHE_MODULES } from './peers.ts';
+import { type Daemon, runOk, spawnDaemon, waitDaemon } from './proc.ts';
+
+export interface ApacheOptions {
+  readonly labDir: string;
+  readonly krb5Conf: string;
+  readonly keytab: string;
+  readonly ntlmUserFile: string;
+  /** Add the GSSAPI forward-proxy vhost. */
+  readonly proxy: boolean;
+  /** `www-data` uid/gid when running as root. */
+  readonly runAs?: { uid: number; gid: number };
+}
+
+export interface Apache {
+  /** `https://localhost:PORT` (TLS, h2 + http/1.1). */
+  readonly origin: string;
+  /** `http://localhost:PORT` (cleartext, h2c + http/1.1). */
+  readonly cleartextOrigin: string;
+  /** `http://localhost:PORT` of the forward proxy vhost, when started with `apacheProxy`. */
+  readonly proxyOrigin?: string;
+  readonly tlsPort: number;
+  readonly port: number;
+  readonly proxyPort?: number;
+  /** PEM of Apache's self-signed server certificate (trust it as the CA). */
+  readonly ca: string;
+  readonly certFile: string;
+  readonly errorLog: string;
+  readonly accessLog: string;
+  stop(): Promise<void>;
+}
+
+export const APACHE_LOCATIONS = ['protected', 'ntlm', 'spnego2', 'basic', 'digest', 'public'] as const;
+export const BASIC_USER = { username: 'alice', password: 'alicepw' } as const;
+export const DIGEST_REALM = 'digest-realm';
+
+export async function startApache(o: ApacheOptions): Promise<Apache> {
+  const A = join(o.labDir, 'apache');
+  for (const d of ['conf', 'logs', 'run', 'rcache', ...APACHE_LOCATIONS.map((l) => `htdocs/${l}`)]) {
+    await mkdir(join(A, d), { recursive: true });
+  }
+  if (o.runAs) {
+    for (const d of ['rcache', 'logs']) await chown(join(A, d), o.runAs.uid, o.runAs.gid);
+  }
+  await chmod(join(A, 'rcache'), 0o700);
+  const key = join(A, 'conf/server.key');
+  const certFile = join(A, 'conf/server.crt');
+  await runOk('/usr/bin/openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    certFile,
+    '-days',
+    '30',
+    '-subj',
+    '/CN=localhost',
+    '-addext',
+    'subjectAltName=DNS:localhost,IP:127.0.0.1',
+  ]);
+  for (const l of APACHE_LOCATIONS) await writeFile(join(A, `htdocs/${l}/index.html`), `hello from /${l}\n`);
+  await runOk('/usr/bin/htpasswd', ['-cbm', join(A, 'conf/htpasswd'), BASIC_USER.username, BASIC_USER.password]);
+  const ha1 = createHash('md5').update(`${BASIC_USER.username}:${DIGEST_REALM}:${BASIC_USER.password}`).digest('hex');
+  await writeFile(join(A, 'conf/htdigest'), `${BASIC_USER.username}:${DIGEST_REALM}:${ha1}\n`);
+
+  const tlsPort = await freePort();
+  const port = await freePort();
+  const proxyPort = o.proxy ? await freePort() : undefined;
+  const M = APACHE_MODULES;
+  const mods = [
+    'mpm_event',
+    'authn_core',
+    'authn_file',
+    'authz_core',
+    'authz_user',
+    'auth_basic',
+    'auth_digest',
+    'auth_gssapi',
+    'socache_shmcb',
+    'ssl',
+    'http2',
+    'headers',
+    'mime',
+    'dir',
+    ...(o.proxy ? ['proxy', 'proxy_connect', 'proxy_http'] : []),
+  ];
+  const conf = `ServerRoot ${A}
+ServerName localhost
+DefaultRuntimeDir ${A}/run
+PidFile ${A}/run/httpd.pid
+Listen 127.0.0.1:${tlsPort}
+Listen 127.0.0.1:${port}
+${o.runAs ? 'User www-data\nGroup www-data' : ''}
+${mods.map((m) => `LoadModule ${m}_module ${M}/mod_${m}.so`).join('\n')}
+TypesConfig /etc/mime.types
+DirectoryIndex index.html
+ErrorLog ${A}/logs/error.log
+LogLevel warn auth_gssapi:debug
+LogFormat "%h \\"%r\\" %>s %{remote}p proto=%H user=%u" lab
+CustomLog ${A}/logs/access.log lab
+KeepAliveTimeout 30
+MaxKeepAliveRequests 1000
+StartServers 1
+ServerLimit 2
+ThreadsPerChild 16
+MaxRequestWorkers 32
+Protocols h2 http/1.1
+H2Direct on
+SSLSessionCache shmcb:${A}/run/ssl_scache(512000)
+DocumentRoot ${A}/htdocs
+<Directory ${A}/htdocs>
+    Require all granted
+</Directory>
+Header always set X-Remote-User "expr=%{REMOTE_USER}"
+Header always set X-Protocol "expr=%{SERVER_PROTOCOL}"
+<VirtualHost 127.0.0.1:${tlsPort}>
+    SSLEngine on
+    SSLCertificateFile ${certFile}
+    SSLCertificateKeyFile ${key}
+    Protocols h2 http/1.1
+</VirtualHost>
+<VirtualHost 127.0.0.1:${port}>
+    Protocols h2c http/1.1
+</VirtualHost>
+# Kerberos only (1 leg)
+<Location /protected>
+    AuthType GSSAPI
+    AuthName "GSSAPI Kerberos"
+    GssapiCredStore keytab:${o.keytab}
+    GssapiAllowedMech krb5
+    GssapiPublishMech On
+    Require valid-user
+</Location>
+# NTLM via gss-ntlmssp, multi-leg, HTTP/1.1 only in practice
+<Location /ntlm>
+    AuthType GSSAPI
+    AuthName "GSSAPI NTLM"
+    GssapiAllowedMech ntlmssp
+    GssapiConnectionBound On
+    GssapiPublishMech On
+    Require valid-user
+</Location>
+<Location /basic>
+    AuthType Basic
+    AuthName "basic-realm"
+    AuthUserFile ${A}/conf/htpasswd
+    Require valid-user
+</Location>
+<Location /digest>
+    AuthType Digest
+    AuthName "${DIGEST_REALM}"
+    AuthDigestProvider file
+    AuthUserFile ${A}/conf/htdigest
+    Require valid-user
+</Location>
+# krb5 + ntlmssp; NO GssapiCredStore (keytab via KRB5_KTNAME env): with it the child segfaults on SPNEGO/NTLM
+<Location /spnego2>
+    AuthType GSSAPI
+    AuthName "GSSAPI SPNEGO2"
+    GssapiAllowedMech krb5
+    GssapiAllowedMech ntlmssp
+    GssapiConnectionBound On
+    GssapiPublishMech On
+    Require valid-user
+</Location>
+${
+  proxyPort
+    ? `Listen 127.0.0.1:${proxyPort}
+<VirtualHost 127.0.0.1:${proxyPort}>
+    Protocols http/1.1
+    ProxyRequests On
+    AllowCONNECT ${tlsPort} ${port}
+    <Proxy "*">
+        AuthType GSSAPI
+        AuthName "GSSAPI proxy"
+        GssapiAllowedMech krb5
+        GssapiAllowedMech ntlmssp
+        GssapiConnectionBound On
+        Require valid-user
+    </Proxy>
+    # never proxy off-box
+    <ProxyMatch "^(?!(https?://)?(localhost|127\\.0\\.0\\.1)[:/])">
+        Require all denied
+    </ProxyMatch>
+</VirtualHost>`
+    : ''
+}
+`;
+  const confFile = join(A, 'conf/httpd.conf');
+  await writeFile(confFile, conf);
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+    LANG: 'C',
+    KRB5_CONFIG: o.krb5Conf,
+    KRB5RCACHEDIR: join(A, 'rcache'),
+    NTLM_USER_FILE: o.ntlmUserFile,
+    KRB5_KTNAME: `FILE:${o.keytab}`,
+  };
+  const log = join(A, 'logs/stdout.log');
+  const d: Daemon = spawnDaemon('apache2', '/usr/sbin/apache2', ['-f', confFile, '-DFOREGROUND'], env, log);
+  await waitDaemon(d, tlsPort, log);
+  await waitDaemon(d, port, log);
+  if (proxyPort) await waitDaemon(d, proxyPort, log);
+  const ca = await readFile(certFile, 'utf8');
+  return {
+    origin: `https://localhost:${tlsPort}`,
+    cleartextOrigin: `http://localhost:${port}`,
+    ...(proxyPort ? { proxyOrigin: `http://localhost:${proxyPort}`, proxyPort } : {}),
+    tlsPort,
+    port,
+    ca,
+    certFile,
+    errorLog: join(A, 'logs/error.log'),
+    accessLog: join(A, 'logs/access.log'),
+    stop: () => d.stop(),
+  };
+}
