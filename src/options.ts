@@ -16,6 +16,11 @@ export interface Limits {
   maxReplayBodyBytes: number;
   /** Intermediate 401 bodies larger than this are not drained but the connection is dropped. Default 64 KiB. */
   maxChallengeBodyBytes: number;
+  /**
+   * Handshakes running at once on one session (per-request mode runs one per request). Servers
+   * limit incomplete security contexts per session (draft §3.1) and refuse the excess. Default 4.
+   */
+  maxConcurrentHandshakes: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -25,6 +30,7 @@ export const DEFAULT_LIMITS: Limits = {
   handshakeTimeout: 30_000,
   maxReplayBodyBytes: 1024 * 1024,
   maxChallengeBodyBytes: 64 * 1024,
+  maxConcurrentHandshakes: 4,
 };
 
 /** Options of {@link MultilegAgent}. */

@@ -683,11 +683,22 @@ describe('reference server', () => {
     expect(info).toMatchObject({ id: sid, open: false });
     expect(server.sessions().find((x) => x.id === sid)?.open).toBe(false);
 
-    const a = agent();
-    const first = await h1Request(a, server.origin, { path: '/public/x' });
+    // Abruptly: the client sees its session die.
+    const s2 = await connect();
+    await h2Request(s2, { path: '/public/x' });
+    const clientClosed = once(s2, 'close');
     server.endSessions({ abrupt: true });
-    const second = await h1Request(a, server.origin, { path: '/public/x' });
-    expect(second.json?.sessionId).not.toBe(first.json?.sessionId);
+    await clientClosed;
+
+    // Gracefully on a busy HTTP/1.1 connection: the response in flight carries Connection: close.
+    server.setFaults({ delayMs: (r) => (r.path === '/public/held?' ? 50 : 0) });
+    const a = agent();
+    const held = h1Request(a, server.origin, { path: '/public/held?' });
+    await once(server, 'request');
+    server.endSessions();
+    const r = await held;
+    expect(r.status).toBe(200);
+    expect(r.headers.connection).toBe('close');
   });
 
   it('Ref: Persistent-Auth spelling and value are configurable; record can be switched off', async () => {

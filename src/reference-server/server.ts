@@ -362,6 +362,8 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     if (delay > 0) await this.#sleep(delay);
     if (this.#closing || res.destroyed || stream?.destroyed) return;
 
+    // The mode may have changed while the response was held; record the one that decided.
+    draft.mode = this.options.mode;
     const decision = await this.#decide(state, draft, headers, authority);
     if (decision.kind === 'iis') {
       this.#refuseIis(state, draft, req as Http2ServerRequest);

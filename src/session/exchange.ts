@@ -115,6 +115,7 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     });
     if (result.kind === 'failed') {
       const reason = relocationReason(result.error);
+      if (reason === 'http1') env.memory.rememberHttp1();
       if (reason) return { kind: 'relocate', reason };
       job.sink.fail(result.error);
       return DONE;
@@ -151,16 +152,18 @@ async function lead(
 ): Promise<ExchangeOutcome | { readonly kind: 'unusable'; readonly error: Error }> {
   const scheme = mechanism.scheme;
   if (blocking) session.apply({ type: 'handshake-start', scheme, leader: job.id });
-  const result: HandshakeResult = await runHandshake({
-    mechanism,
-    challenge,
-    leg: legInfo(job, session),
-    send: (extra, classify) => session.send(job, extra, classify),
-    sink: job.sink,
-    maxLegs: env.limits.maxLegs,
-    timeout: env.limits.handshakeTimeout,
-    onHttp2: session.protocol === 'h2',
-  });
+  const result: HandshakeResult = await session.withHandshakeSlot(() =>
+    runHandshake({
+      mechanism,
+      challenge,
+      leg: legInfo(job, session),
+      send: (extra, classify) => session.send(job, extra, classify),
+      sink: job.sink,
+      maxLegs: env.limits.maxLegs,
+      timeout: env.limits.handshakeTimeout,
+      onHttp2: session.protocol === 'h2',
+    }),
+  );
   const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
     env.report({
       origin: job.origin,

@@ -45,6 +45,8 @@ export class Session {
   /** True once a first response came back, so a probe is no longer needed (see capacity). */
   #probed = false;
   readonly #queue: Waiter[] = [];
+  #handshakes = 0;
+  readonly #handshakeWaiters: Array<() => void> = [];
   readonly #limits: Limits;
   readonly #onChange: () => void;
 
@@ -158,6 +160,23 @@ export class Session {
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();
+  }
+
+  /**
+   * Runs a handshake within the session's bound on concurrent handshakes (draft §3.1: servers cap
+   * incomplete contexts per session). Each waiting handshake is bounded by the running ones' timeouts.
+   */
+  async withHandshakeSlot<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.#handshakes >= this.#limits.maxConcurrentHandshakes) {
+      await new Promise<void>((resolve) => this.#handshakeWaiters.push(resolve));
+    }
+    this.#handshakes += 1;
+    try {
+      return await fn();
+    } finally {
+      this.#handshakes -= 1;
+      this.#handshakeWaiters.shift()?.();
+    }
   }
 
   /** Waits for the running handshake to end (C1), bounded by maxQueue and queueTimeout (C11). */
