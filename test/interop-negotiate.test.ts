@@ -6,6 +6,7 @@
 import { join } from 'node:path';
 import type { Client } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Challenge } from '../src/challenge/types.ts';
 import { MutualAuthError } from '../src/errors.ts';
 import {
   GSS_C_DELEG_FLAG,
@@ -13,18 +14,17 @@ import {
   GSS_C_SEQUENCE_FLAG,
   GSS_MECH_OID_KRB5,
   GSS_MECH_OID_SPNEGO,
+  type KerberosClientOptions,
   KerberosClockSkewError,
   KerberosKdcUnreachableError,
+  type KerberosModuleLike,
   KerberosNoTicketError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
-  type KerberosClientOptions,
-  type KerberosModuleLike,
   loadKerberos,
   type NegotiateOptions,
   negotiateMechanism,
 } from '../src/mechanisms/negotiate/index.ts';
-import type { Challenge } from '../src/challenge/types.ts';
 import type { Credentials } from '../src/mechanisms/types.ts';
 import { challengeFor, driveHandshake, header, labClient, legInfo, send } from './lab/http.ts';
 import { freePort, type Lab, requirePeer, run, startLab } from './lab/index.ts';
@@ -320,7 +320,20 @@ describe.skipIf(!havePeers)('M2 Negotiate/Kerberos interop (MIT KDC, Apache mod_
     const a = lab.apache!;
     const r = await run(
       '/usr/bin/curl',
-      ['-sS', '-o', '/dev/null', '-w', '%{http_code} %{http_version}', '--negotiate', '-u', ':', '--http2', '--cacert', a.certFile, `${a.origin}/protected/`],
+      [
+        '-sS',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code} %{http_version}',
+        '--negotiate',
+        '-u',
+        ':',
+        '--http2',
+        '--cacert',
+        a.certFile,
+        `${a.origin}/protected/`,
+      ],
       { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...lab.env } },
     );
     expect(r.stdout).toBe('200 2');

@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import type { Client } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ntlmMechanism } from '../src/mechanisms/ntlm/index.ts';
+import { spnegoNtlmMechanism } from '../src/mechanisms/spnego/index.ts';
 import type { Credentials } from '../src/mechanisms/types.ts';
 import { challengeFor, driveHandshake, labClient, legInfo, send, tlsServerEndPoint } from './lab/http.ts';
 import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
@@ -151,6 +152,32 @@ describe.skipIf(!havePeers)('M1 NTLM interop (Apache gss-ntlmssp, python3-gssapi
       expect(r.kind).toBe('error');
     });
 
+    it('M1 M2: NTLM inside SPNEGO with the right/wrong binding at a python SPNEGO acceptor; its mechListMIC verifies', async () => {
+      const acc = lab.acceptor!;
+      for (const [clientCb, ok] of [
+        [cbHash(), true],
+        [Buffer.alloc(32, 7), false],
+      ] as const) {
+        await acc.reset('spnego', cbHash());
+        const leg = legInfo('https://localhost:443', '/', { channelBinding: clientCb });
+        const ctx = spnegoNtlmMechanism(ALICE).createContext(leg);
+        const r1 = await acc.step((await ctx.step(undefined, leg)).slice('Negotiate '.length));
+        expect(r1.kind).toBe('continue');
+        const tok = r1.kind === 'continue' ? r1.token : '';
+        const t3 = await ctx.step({ scheme: 'Negotiate', schemeKey: 'negotiate', token68: tok, params: {} }, leg);
+        const r2 = await acc.step(t3.slice('Negotiate '.length));
+        if (!ok) {
+          expect(r2.kind).toBe('error');
+          continue;
+        }
+        expect(r2).toMatchObject({ kind: 'complete', user: 'EXAMPLE\\alice' });
+        const fin = r2.kind === 'complete' ? r2.token : undefined;
+        expect(fin).toBeTruthy();
+        await ctx.finish({ scheme: 'Negotiate', schemeKey: 'negotiate', token68: fin!, params: {} }, leg);
+        expect((ctx as unknown as { serverVerified: boolean }).serverVerified).toBe(true);
+      }
+    });
+
     it('M1: peer quirk: gss-ntlmssp does not enforce bindings the client did not send', async () => {
       // Not our behaviour: recorded so a change in the peer is noticed (recipe §4: CB on one side → accepted).
       const r = await exchange(undefined, cbHash());
@@ -162,7 +189,20 @@ describe.skipIf(!havePeers)('M1 NTLM interop (Apache gss-ntlmssp, python3-gssapi
     const a = lab.apache!;
     const r = await run(
       '/usr/bin/curl',
-      ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '--http1.1', '--ntlm', '-u', 'alice:alicepw', '--cacert', a.certFile, `${a.origin}/ntlm/`],
+      [
+        '-sS',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '--http1.1',
+        '--ntlm',
+        '-u',
+        'alice:alicepw',
+        '--cacert',
+        a.certFile,
+        `${a.origin}/ntlm/`,
+      ],
       { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...lab.env } },
     );
     expect(r.stdout).toBe('401');

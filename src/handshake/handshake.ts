@@ -43,9 +43,11 @@ const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KERBEROS_N
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
-export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
+export function relocationReason(err: Error | undefined): 'http1' | 'connection-ended' | undefined {
+  if (!err) return undefined;
   const e = err as Error & { http2ErrorCode?: number; code?: string };
-  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED/.test(e.message)) return 'http1';
+  // RST_STREAM carries the code on the error; undici reports a GOAWAY's code only in its message.
+  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED|"GOAWAY" frame received with code 13\b/.test(e.message)) return 'http1';
   if (e.code === 'MULTILEG_STALE_CONNECTION') return 'connection-ended';
   return undefined;
 }

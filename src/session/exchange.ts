@@ -66,7 +66,7 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
   let lastUnusable: Error | undefined;
   for (;;) {
     const state = session.state;
-    if (state.kind === 'closed') return { kind: 'relocate', reason: 'connection-ended' };
+    if (state.kind === 'closed') return { kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' };
     if (state.kind === 'handshaking') {
       try {
         if ((await session.waitForHandshake(job)) === 'failed') job.noAuth = true;
@@ -115,7 +115,10 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     });
     if (result.kind === 'failed') {
       const reason = relocationReason(result.error);
-      if (reason === 'http1') env.memory.rememberHttp1();
+      // A stale replay after the session ended: it goes where the session's end says.
+      if (reason === 'connection-ended' && session.state.kind === 'closed' && session.state.http1Required) {
+        return { kind: 'relocate', reason: 'http1' };
+      }
       if (reason) return { kind: 'relocate', reason };
       job.sink.fail(result.error);
       return DONE;
@@ -194,12 +197,12 @@ async function lead(
       if (blocking && session.state.kind === 'handshaking') session.apply({ type: 'handshake-failure', leader: job.id });
       report('failed', result.legs, result.authIdCarried);
       return { kind: 'done', done: result.done };
-    case 'relocate':
-      // Remember first, so the requests this releases already know where to go.
-      if (result.reason === 'http1') env.memory.rememberHttp1();
+    case 'relocate': {
       // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
-      session.apply({ type: 'closed' });
-      return { kind: 'relocate', reason: result.reason };
+      const http1 = result.reason === 'http1' || (session.state.kind === 'closed' && session.state.http1Required === true);
+      session.apply({ type: 'closed', http1Required: http1 });
+      return { kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' };
+    }
     case 'unusable':
       if (blocking && session.state.kind === 'handshaking') {
         session.apply({ type: 'handshake-failure', leader: job.id, retry: true });

@@ -81,6 +81,7 @@ export class OriginPool {
       session.release();
       log.pool('%s job %d relocates from %s: %s', this.origin, job.id, session.id, outcome.reason);
       if (outcome.reason === 'misdirected') session.apply({ type: 'closed' });
+      if (outcome.reason === 'http1') this.memory.rememberHttp1();
       job.relocations += 1;
       if (job.relocations > MAX_RELOCATIONS) {
         job.sink.fail(new RelocationLimitError());

@@ -2,6 +2,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
 import { BodyNotReplayableError, MultilegError, QueueFullError, QueueTimeoutError } from '../errors.ts';
 import type { HeaderMap } from '../headers.ts';
+import { relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
@@ -73,7 +74,7 @@ export class Session {
     });
     this.client.on('disconnect', (_origin, _targets, err) => {
       log.session('%s disconnected (%s)', this.id, (err as Error | undefined)?.message ?? 'closed');
-      this.apply({ type: 'closed' });
+      this.apply({ type: 'closed', http1Required: relocationReason(err as Error | undefined) === 'http1' });
     });
   }
 

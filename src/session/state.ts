@@ -12,7 +12,8 @@ export type SessionState =
   | { readonly kind: 'handshaking'; readonly scheme: string; readonly leader: number; readonly previous: SettledState }
   | { readonly kind: 'authenticated'; readonly scheme: string; readonly identity?: string }
   | { readonly kind: 'per-request'; readonly scheme: string }
-  | { readonly kind: 'closed' };
+  /** `http1Required`: it ended because the server wants HTTP/1.1 (GOAWAY HTTP_1_1_REQUIRED, legacy h2). */
+  | { readonly kind: 'closed'; readonly http1Required?: boolean };
 
 /** States a handshake can start from and return to on failure. */
 export type SettledState = Extract<SessionState, { kind: 'fresh' | 'authenticated' | 'per-request' }>;
@@ -34,8 +35,8 @@ export type SessionEvent =
    * before sending anything (an unusable scheme), so waiters should try again rather than give up.
    */
   | { readonly type: 'handshake-failure'; readonly leader: number; readonly retry?: boolean }
-  /** The connection ended: GOAWAY, reset, idle close, error (C8). */
-  | { readonly type: 'closed' };
+  /** The connection ended: GOAWAY, reset, idle close, error (C8); or the server wants HTTP/1.1 (H2). */
+  | { readonly type: 'closed'; readonly http1Required?: boolean };
 
 export const FRESH: SessionState = { kind: 'fresh' };
 
@@ -46,7 +47,10 @@ export class IllegalTransitionError extends Error {}
  * the network, so they must not be silently absorbed.
  */
 export function transition(state: SessionState, event: SessionEvent): SessionState {
-  if (event.type === 'closed') return { kind: 'closed' };
+  if (event.type === 'closed') {
+    if (state.kind === 'closed') return state;
+    return event.http1Required ? { kind: 'closed', http1Required: true } : { kind: 'closed' };
+  }
   switch (state.kind) {
     case 'fresh':
     case 'authenticated':
@@ -69,6 +73,7 @@ export function transition(state: SessionState, event: SessionEvent): SessionSta
     case 'closed':
       return state;
   }
+  // (closed is terminal: events after it are ignored above.)
   throw new IllegalTransitionError(`session: event ${event.type} is not allowed in state ${state.kind}`);
 }
 

@@ -17,11 +17,11 @@ import { type Realm, startRealm } from './krb5.ts';
 import { type PyAcceptor, startPyAcceptor } from './py-acceptor.ts';
 import { type Squid, startSquid } from './squid.ts';
 
-export { type Apache, APACHE_LOCATIONS, BASIC_USER, DIGEST_REALM } from './apache.ts';
+export { APACHE_LOCATIONS, type Apache, BASIC_USER, DIGEST_REALM } from './apache.ts';
 export { ALICE, REALM, type Realm } from './krb5.ts';
 export { freePort, waitForPort } from './net.ts';
 export { type PeerName, type PeerStatus, PYTHON, peerAvailability, requirePeer } from './peers.ts';
-export { run, runOk, type RunResult } from './proc.ts';
+export { type RunResult, run, runOk } from './proc.ts';
 export { type AcceptorMech, type AcceptorReply, type PyAcceptor, startPyAcceptor } from './py-acceptor.ts';
 export type { Squid } from './squid.ts';
 
@@ -125,7 +125,10 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       });
     } else {
       // Never fall back to /etc/krb5.conf (it names external KDCs).
-      await writeFile(join(dir, 'krb5.conf'), '[libdefaults]\n    default_realm = EXAMPLE.TEST\n    dns_lookup_kdc = false\n');
+      await writeFile(
+        join(dir, 'krb5.conf'),
+        '[libdefaults]\n    default_realm = EXAMPLE.TEST\n    dns_lookup_kdc = false\n',
+      );
       Object.assign(env, { KRB5_CONFIG: join(dir, 'krb5.conf'), KRB5CCNAME: `FILE:${join(dir, 'no-ccache')}` });
     }
     let apache: Apache | undefined;
@@ -174,3 +177,16 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     throw e;
   }
 }
+export {
+  challengeFor,
+  driveHandshake,
+  type HandshakeResult,
+  type HttpResult,
+  header,
+  headerValues,
+  labClient,
+  legInfo,
+  parseChallenges,
+  send,
+  tlsServerEndPoint,
+} from './http.ts';

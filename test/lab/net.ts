@@ -1,6 +1,7 @@
 /** Loopback port helpers for the real-peer lab. */
-import { createServer, Socket } from 'node:net';
+
 import { createSocket } from 'node:dgram';
+import { createServer, Socket } from 'node:net';
 
 async function tcpFree(port: number): Promise<number> {
   return await new Promise<number>((resolve, reject) => {

@@ -6,7 +6,15 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
-export type PeerName = 'kdc' | 'apache' | 'gssntlmssp' | 'python-gssapi' | 'squid' | 'curl' | 'openssl' | 'kerberos-addon';
+export type PeerName =
+  | 'kdc'
+  | 'apache'
+  | 'gssntlmssp'
+  | 'python-gssapi'
+  | 'squid'
+  | 'curl'
+  | 'openssl'
+  | 'kerberos-addon';
 
 export const PYTHON = '/usr/bin/python3';
 export const GSSNTLMSSP_SO = '/usr/lib/x86_64-linux-gnu/gssntlmssp/gssntlmssp.so';

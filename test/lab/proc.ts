@@ -1,6 +1,6 @@
 /** Spawning and stopping lab daemons (no shell, waited on by PID). */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { openSync, closeSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { waitForPort } from './net.ts';
 
 export interface Daemon {
@@ -11,7 +11,13 @@ export interface Daemon {
 }
 
 /** Starts `cmd` in the foreground of a child process with stdout/stderr going to `logFile`. */
-export function spawnDaemon(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, logFile: string): Daemon {
+export function spawnDaemon(
+  name: string,
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  logFile: string,
+): Daemon {
   const fd = openSync(logFile, 'a');
   const child = spawn(cmd, args, { env, stdio: ['ignore', fd, fd], detached: false });
   closeSync(fd);

@@ -6,7 +6,7 @@
  * (src/mechanisms/spnego).
  */
 import type { Challenge } from '../../challenge/types.ts';
-import { InvalidTokenError, MechanismError, MutualAuthError, type MultilegError } from '../../errors.ts';
+import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../../errors.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import {
@@ -82,7 +82,12 @@ export interface NegotiateOptions {
 
 /** Strictly decodes nothing, but validates a server token (canonical base64, bounded length; S3). */
 function checkToken(token: string): string {
-  if (token.length === 0 || token.length > MAX_NEGOTIATE_TOKEN_LENGTH || token.length % 4 !== 0 || !BASE64.test(token)) {
+  if (
+    token.length === 0 ||
+    token.length > MAX_NEGOTIATE_TOKEN_LENGTH ||
+    token.length % 4 !== 0 ||
+    !BASE64.test(token)
+  ) {
     throw new InvalidTokenError('Negotiate token (bad base64 or too long)');
   }
   return token;

@@ -1,4 +1,12 @@
 /** SPNEGO (RFC 4178): DER tokens and NTLM inside SPNEGO for the Negotiate scheme. */
+
+export {
+  ntlmSign,
+  SPNEGO_NTLM_FLAGS,
+  SpnegoNtlmContext,
+  type SpnegoNtlmOptions,
+  spnegoNtlmMechanism,
+} from './ntlm.ts';
 export {
   decodeNegTokenInit,
   decodeNegTokenResp,
@@ -12,10 +20,3 @@ export {
   OID_NTLMSSP,
   OID_SPNEGO,
 } from './tokens.ts';
-export {
-  ntlmSign,
-  SPNEGO_NTLM_FLAGS,
-  SpnegoNtlmContext,
-  type SpnegoNtlmOptions,
-  spnegoNtlmMechanism,
-} from './ntlm.ts';

@@ -127,10 +127,16 @@ export class SpnegoNtlmContext implements MechanismContext {
     const token = challenge?.token68;
     if (token === undefined) {
       if (this.#state === 'complete') {
-        throw new MechanismError(SCHEME, 'the server rejected the NTLM credentials (SPNEGO); check user name, domain and password');
+        throw new MechanismError(
+          SCHEME,
+          'the server rejected the NTLM credentials (SPNEGO); check user name, domain and password',
+        );
       }
       if (this.#state === 'negotiated') {
-        throw new MechanismError(SCHEME, 'the server answered the SPNEGO/NTLM NEGOTIATE without a CHALLENGE; it rejected the handshake');
+        throw new MechanismError(
+          SCHEME,
+          'the server answered the SPNEGO/NTLM NEGOTIATE without a CHALLENGE; it rejected the handshake',
+        );
       }
       this.#negotiate = encodeNegotiate(SPNEGO_NTLM_FLAGS);
       this.#state = 'negotiated';

@@ -1,0 +1,177 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fetch, getGlobalDispatcher, request, setGlobalDispatcher } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
+
+let r: Rig | undefined;
+afterEach(async () => {
+  await r?.close();
+  r = undefined;
+});
+
+describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
+  it('H1: every leg of an NTLM handshake uses one TCP connection, which then stays bound to that identity', async () => {
+    r = await rig({ mode: 'legacy', schemes: ['NTLM'] });
+    const responses = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${r.server.origin}/auth/${i}`, { dispatcher: r.agent, allowH2: false } as never);
+      responses.push({ status: res.statusCode, body: (await res.body.json()) as { sessionId: string; user: string } });
+    }
+    expect(responses.every((x) => x.status === 200 && x.body.user === 'EXAMPLE\\alice')).toBe(true);
+    const ex = r.server.exchanges;
+    expect(ex.every((e) => e.protocol === 'http/1.1')).toBe(true);
+    // One connection: probe, two legs, then two requests without credentials.
+    expect(new Set(ex.map((e) => e.sessionId)).size).toBe(1);
+    expect(ex.map((e) => [e.status, hasAuth(e.requestHeaders)])).toEqual([
+      [401, false],
+      [401, true],
+      [200, true],
+      [200, false],
+      [200, false],
+    ]);
+  });
+
+  it('H1: concurrent HTTP/1.1 requests each authenticate their own connection, then reuse it', async () => {
+    r = await rig({ mode: 'legacy', schemes: ['NTLM'] }, { maxHttp1Connections: 3 });
+    const results = await Promise.all(
+      Array.from({ length: 12 }, (_, i) =>
+        request(`${r!.server.origin}/auth/${i}`, { dispatcher: r!.agent, allowH2: false } as never).then(async (res) => ({
+          status: res.statusCode,
+          body: (await res.body.json()) as { sessionId: string },
+        })),
+      ),
+    );
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    const connections = new Set(r.server.exchanges.map((e) => e.sessionId));
+    expect(connections.size).toBeLessThanOrEqual(3);
+    // Each connection ran exactly one handshake: legs on a connection are never interleaved.
+    for (const id of connections) {
+      const onIt = r.server.exchanges.filter((e) => e.sessionId === id);
+      const legs = onIt.filter((e) => hasAuth(e.requestHeaders));
+      expect(legs).toHaveLength(2);
+      expect(onIt.indexOf(legs[1]!)).toBe(onIt.indexOf(legs[0]!) + 1);
+    }
+  });
+
+  it('H1: a legacy HTTP/2 server that loses NTLM state between streams gets the handshake over HTTP/1.1, remembered', async () => {
+    r = await rig({ mode: 'legacy', schemes: ['NTLM'] });
+    const first = await get(r, '/auth/first');
+    expect(first.status).toBe(200);
+    expect(first.body.protocol).toBe('http/1.1');
+    const h2 = r.server.exchanges.filter((e) => e.protocol === 'h2');
+    expect(h2.length).toBeGreaterThan(0); // it was tried on h2 first
+    r.server.reset();
+    const again = await many(r, 5);
+    expect(again.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+    expect(r.server.exchanges.every((e) => e.protocol === 'http/1.1')).toBe(true);
+  });
+
+  it.each(['rst', 'goaway'] as const)(
+    'H2: HTTP_1_1_REQUIRED in a %s makes the agent retry over HTTP/1.1 with the body, and remember the origin',
+    async (via) => {
+      r = await rig({ mode: 'iis', iisVia: via });
+      const body = 'payload-'.repeat(1000);
+      const res = await get(r, '/auth/post', { method: 'POST', body });
+      expect(res.status).toBe(200);
+      expect(res.body.protocol).toBe('http/1.1');
+      expect(res.body.bodyLength).toBe(body.length);
+      // Served once: exactly one 200 for the path.
+      expect(r.server.exchanges.filter((e) => e.status === 200)).toHaveLength(1);
+      r.server.reset();
+      const more = await many(r, 6);
+      expect(more.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+      expect(r.server.exchanges.some((e) => e.protocol === 'h2')).toBe(false);
+    },
+  );
+
+  it('H2: concurrent requests refused with HTTP_1_1_REQUIRED all complete over HTTP/1.1, none twice', async () => {
+    r = await rig({ mode: 'iis', iisVia: 'goaway' });
+    const results = await many(r, 20, '/auth', { method: 'POST', body: 'x' });
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    const served = r.server.exchanges.filter((e) => e.status === 200).map((e) => e.path);
+    expect(served).toHaveLength(20);
+    expect(new Set(served).size).toBe(20);
+  });
+
+  it('works with undici.request, undici.fetch and setGlobalDispatcher + undici.fetch', async () => {
+    r = await rig({ mode: 'session' });
+    const viaRequest = await request(`${r.server.origin}/auth/request`, { dispatcher: r.agent });
+    expect(viaRequest.statusCode).toBe(200);
+    await viaRequest.body.dump();
+    const viaFetch = await fetch(`${r.server.origin}/auth/fetch`, { dispatcher: r.agent });
+    expect(viaFetch.status).toBe(200);
+    await viaFetch.arrayBuffer();
+    const previous = getGlobalDispatcher();
+    setGlobalDispatcher(r.agent);
+    try {
+      const viaGlobal = await fetch(`${r.server.origin}/auth/global`);
+      expect(viaGlobal.status).toBe(200);
+      expect(((await viaGlobal.json()) as { protocol: string }).protocol).toBe('h2');
+    } finally {
+      setGlobalDispatcher(previous);
+    }
+  });
+
+  it("works with Node's built-in fetch through the global dispatcher (which forces HTTP/1.1)", async () => {
+    r = await rig({ mode: 'session' });
+    const previous = getGlobalDispatcher();
+    setGlobalDispatcher(r.agent);
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 5 }, (_, i) => globalThis.fetch(`${r!.server.origin}/auth/builtin/${i}`).then(async (res) => ({ status: res.status, body: (await res.json()) as { protocol: string; user: string } }))),
+      );
+      expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1' && x.body.user === 'EXAMPLE\\alice')).toBe(true);
+    } finally {
+      setGlobalDispatcher(previous);
+    }
+  });
+
+  it('an abort while queued removes the request and reports the abort', async () => {
+    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 200 : 0) } });
+    const leader = get(r, '/auth/leader');
+    await new Promise((res) => setTimeout(res, 30));
+    const ac = new AbortController();
+    const queued = get(r, '/auth/queued', { signal: ac.signal }).catch((e: Error) => e);
+    await new Promise((res) => setTimeout(res, 10));
+    ac.abort();
+    const err = await queued;
+    expect((err as Error).name).toBe('AbortError');
+    expect((await leader).status).toBe(200);
+    expect(r.server.exchanges.some((e) => e.path === '/auth/queued')).toBe(false);
+  });
+});
+
+describe('S2: secrets never reach logs', () => {
+  it('S2: DEBUG=multileg:* shows each leg but no password, token or Authorization value', async () => {
+    const script = `
+      import { fetch } from 'undici';
+      import { MultilegAgent } from './src/index.ts';
+      import { startReferenceServer } from './src/reference-server/index.ts';
+      for (const mode of ['session', 'per-request', 'iis']) {
+        const server = await startReferenceServer({ mode, onExchange: (e) => {
+          const a = e.requestHeaders.authorization; if (a) console.log('WIRE-AUTH ' + a);
+          if (e.authIdSent) console.log('WIRE-AUTHID ' + e.authIdSent);
+        } });
+        const agent = new MultilegAgent({ credentials: { username: 'EXAMPLE\\\\alice', password: 'alicepw' }, connect: { ca: server.ca } });
+        await Promise.all([1,2,3].map((i) => fetch(server.origin + '/auth/' + i, { dispatcher: agent }).then((r) => r.text())));
+        const bad = new MultilegAgent({ credentials: { username: 'EXAMPLE\\\\alice', password: 'Sekr3t-wrong' }, connect: { ca: server.ca } });
+        await fetch(server.origin + '/auth/x', { dispatcher: bad }).then((r) => r.text());
+        await agent.close(); await bad.close(); await server.close();
+      }
+    `;
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: new URL('..', import.meta.url).pathname,
+      env: { ...process.env, DEBUG: 'multileg:*', DEBUG_COLORS: '0' },
+    });
+    expect(stderr).toContain('multileg:leg');
+    expect(stderr).toContain('auth-id=true');
+    const secrets = ['alicepw', 'Sekr3t-wrong'];
+    for (const line of stdout.split('\n')) {
+      if (line.startsWith('WIRE-AUTH ')) secrets.push(line.slice('WIRE-AUTH '.length).split(' ')[1]!);
+      if (line.startsWith('WIRE-AUTHID ')) secrets.push(line.slice('WIRE-AUTHID '.length));
+    }
+    expect(secrets.length).toBeGreaterThan(10);
+    for (const s of secrets) expect(stderr).not.toContain(s);
+  });
+});

@@ -1,0 +1,294 @@
+import { Readable } from 'node:stream';
+import { fetch, request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  BodyNotReplayableError,
+  HandshakeTimeoutError,
+  LegLimitError,
+  QueueFullError,
+  QueueTimeoutError,
+} from '../src/index.ts';
+import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
+
+let r: Rig | undefined;
+afterEach(async () => {
+  await r?.close();
+  r = undefined;
+});
+
+const authorized = (rg: Rig) => rg.server.exchanges.filter((e) => hasAuth(e.requestHeaders));
+
+describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
+  it('C1: new requests queue while a handshake runs; nothing else reaches the wire until it ends', async () => {
+    r = await rig({ mode: 'session' });
+    const results = await many(r, 30);
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    const ex = r.server.exchanges;
+    // One probe, two legs, then one request per user request: no anonymous request raced the handshake.
+    expect(ex).toHaveLength(32);
+    const final = ex.find((e) => e.outcome === 'accepted')!;
+    const before = ex.filter((e) => e.seq < final.seq);
+    expect(before.map((e) => e.status)).toEqual([401, 401]);
+    expect(new Set(ex.map((e) => e.sessionId)).size).toBe(1);
+    expect(r.agent.stats().handshakes).toBe(1);
+  });
+
+  it('C1: a request in flight that comes back 401 joins the queue instead of starting a handshake', async () => {
+    // Per-request session: every request needs auth. Two batches race; the second batch's requests
+    // come back 401 while... the leader finishes; each runs at most one handshake, none fails.
+    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 50 : 0) } });
+    const first = get(r, '/auth/leader');
+    // Let the probe go out alone, then send more while the handshake's legs are delayed.
+    await new Promise((res) => setTimeout(res, 20));
+    const rest = await many(r, 10);
+    expect((await first).status).toBe(200);
+    expect(rest.every((x) => x.status === 200)).toBe(true);
+    expect(r.agent.stats().handshakes).toBe(1);
+    // Only the leader's legs carried credentials.
+    expect(authorized(r)).toHaveLength(2);
+  });
+
+  it('C2: once the session is authenticated, later requests carry no Authorization and start no handshake', async () => {
+    r = await rig({ mode: 'session' });
+    await many(r, 5);
+    r.server.reset();
+    const again = await many(r, 20);
+    expect(again.every((x) => x.status === 200 && x.body.user === 'EXAMPLE\\alice')).toBe(true);
+    expect(r.server.exchanges).toHaveLength(20);
+    expect(authorized(r)).toHaveLength(0);
+    expect(r.server.exchanges.every((e) => e.requestHeaders['auth-id'] === undefined)).toBe(true);
+    expect(r.agent.stats().handshakes).toBe(1);
+  });
+
+  it('C3: the Auth-ID is echoed byte for byte on the next leg of its handshake, and on nothing else', async () => {
+    r = await rig({ mode: 'session' });
+    await many(r, 10);
+    const legs = authorized(r);
+    expect(legs).toHaveLength(2);
+    expect(legs[0]!.authIdReceived).toBeUndefined();
+    expect(legs[0]!.authIdSent).toBeTruthy();
+    expect(legs[1]!.requestHeaders['auth-id']).toBe(legs[0]!.authIdSent);
+    const carrying = r.server.exchanges.filter((e) => e.requestHeaders['auth-id'] !== undefined);
+    expect(carrying).toEqual([legs[1]]);
+    expect(r.agent.handshakes()[0]!.authIdCarried).toBe(true);
+  });
+
+  it('C3/C8: an Auth-ID is never reused on another session', async () => {
+    r = await rig({ mode: 'per-request' });
+    await many(r, 6);
+    const sentIds = new Map(r.server.exchanges.filter((e) => e.authIdSent).map((e) => [e.authIdSent!, e.sessionId]));
+    for (const e of r.server.exchanges) {
+      const id = e.requestHeaders['auth-id'];
+      if (typeof id === 'string') expect(sentIds.get(id)).toBe(e.sessionId);
+    }
+    // Never two requests in flight with the same Auth-ID: each is used exactly once.
+    const used = r.server.exchanges.map((e) => e.requestHeaders['auth-id']).filter((v) => v !== undefined);
+    expect(new Set(used).size).toBe(used.length);
+  });
+
+  it('C4: Persistent-Auth: true on the final 200 authenticates the session', async () => {
+    r = await rig({ mode: 'session' });
+    await many(r, 4);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+  });
+
+  it.each(['Persistent-auth', 'Persisted-auth', 'persistent-auth'])('C4: the spelling %s is accepted', async (name) => {
+    r = await rig({ mode: 'session', schemes: ['Negotiate'], persistentAuthHeaderName: name });
+    await many(r, 4);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+  });
+
+  it('C4: an empty Persistent-Auth value means true', async () => {
+    r = await rig({ mode: 'session', schemes: ['Negotiate'], persistentAuthValue: '' });
+    await many(r, 4);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+  });
+
+  it.each([true, false])(
+    'C4: per-request (Persistent-Auth: false sent = %s): requests authenticate on their own, proactively, without blocking',
+    async (falseHeader) => {
+      r = await rig({ mode: 'per-request', schemes: ['Negotiate'], persistentAuthFalseHeader: falseHeader });
+      const first = await get(r, '/auth/first');
+      expect(first.status).toBe(200);
+      expect(r.agent.handshakes()[0]!.outcome).toBe('per-request');
+      r.server.reset();
+      const results = await many(r, 12);
+      expect(results.every((x) => x.status === 200)).toBe(true);
+      // Proactive: every request's first leg already carries a token; no anonymous probe, no 401 bare.
+      expect(r.server.exchanges.every((e) => hasAuth(e.requestHeaders))).toBe(true);
+      expect(r.server.exchanges).toHaveLength(24);
+      // Not blocking: handshakes overlapped on the session.
+      const seqOfFirstFinal = Math.min(...r.server.exchanges.filter((e) => e.status === 200).map((e) => e.seq));
+      const startedBefore = r.server.exchanges.filter((e) => e.seq < seqOfFirstFinal && e.status === 401);
+      expect(startedBefore.length).toBeGreaterThan(1);
+    },
+  );
+
+  it('C5: NTLM that succeeds authenticates the session even without Persistent-Auth', async () => {
+    r = await rig({ mode: 'none', schemes: ['NTLM'] });
+    await many(r, 10);
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['NTLM', 'session']]);
+    expect(authorized(r)).toHaveLength(2);
+  });
+
+  it('C6: without Persistent-Auth, Negotiate is per-request; the decision waits for the final response', async () => {
+    r = await rig({ mode: 'none', schemes: ['Negotiate'] });
+    const results = await many(r, 3);
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    // The 401 legs carried no Persistent-Auth; only the final 200 decided.
+    expect(r.agent.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
+  });
+
+  it('C7: a failed handshake releases the queue: every caller gets the server\'s own 401, nothing hangs', async () => {
+    r = await rig({ mode: 'session' }, { credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
+    const results = await many(r, 15);
+    expect(results.map((x) => x.status)).toEqual(Array(15).fill(401));
+    expect(r.agent.stats().failedHandshakes).toBeGreaterThanOrEqual(1);
+    // The released requests were sent without credentials and did not each start a handshake.
+    expect(r.agent.stats().handshakes).toBe(1);
+  });
+
+  it('C7: a new successful handshake on an authenticated session replaces the identity', async () => {
+    r = await rig({ mode: 'session' });
+    expect((await get(r, '/auth/a')).body.user).toBe('EXAMPLE\\alice');
+    // The server forgets the session's authentication and re-challenges (T4): the agent re-runs the
+    // handshake once, on the same session.
+    r.server.forgetAuthentication();
+    const again = await get(r, '/auth/b');
+    expect(again.status).toBe(200);
+    expect(r.agent.handshakes().map((h) => [h.sessionId, h.outcome])).toEqual([
+      [r.agent.handshakes()[0]!.sessionId, 'session'],
+      [r.agent.handshakes()[0]!.sessionId, 'session'],
+    ]);
+  });
+
+  it('C8: a session that ends mid-handshake (GOAWAY) moves its queue to a new session; nothing lost or sent twice', async () => {
+    r = await rig({ mode: 'session', faults: { goawayAfterChallenge: true } });
+    // Cut the first handshake only.
+    r.server.on('exchange', (e) => {
+      if (e.authIdSent) r!.server.options.faults.goawayAfterChallenge = false;
+    });
+    const results = await many(r, 20);
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+    const paths = r.server.exchanges.filter((e) => e.status === 200).map((e) => e.path);
+    expect(new Set(paths).size).toBe(paths.length); // each request served once
+    expect(paths).toHaveLength(20);
+    // The Auth-ID of the dead session was never sent on the new one.
+    const ids = r.server.exchanges.filter((e) => e.authIdSent).map((e) => [e.authIdSent, e.sessionId]);
+    for (const e of r.server.exchanges) {
+      const id = e.requestHeaders['auth-id'];
+      if (id !== undefined) expect(ids.find(([a]) => a === id)?.[1]).toBe(e.sessionId);
+    }
+    expect(new Set(r.server.exchanges.map((e) => e.sessionId)).size).toBeGreaterThan(1);
+  });
+
+  it('C8: a session closed after authentication: later requests authenticate on the new session', async () => {
+    r = await rig({ mode: 'session', faults: { destroySessionAfterAuth: true } });
+    expect((await get(r, '/auth/1')).status).toBe(200);
+    r.server.options.faults.destroySessionAfterAuth = false;
+    const results = await many(r, 5);
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    expect(r.agent.stats().handshakes).toBe(2);
+    const hs = r.agent.handshakes();
+    expect(hs[0]!.sessionId).not.toBe(hs[1]!.sessionId);
+  });
+
+  it('C9: a 421 on an authenticated session is retried on a fresh session', async () => {
+    r = await rig({ mode: 'session' });
+    const first = await get(r, '/auth/a');
+    expect(first.status).toBe(200);
+    // The agent never coalesces, so provoke a 421: the server disowns its own name once.
+    const own = r.server.options.authorities;
+    r.server.options.authorities = ['elsewhere:1'];
+    r.server.options.faults.misdirectedForOtherHosts = true;
+    r.server.on('exchange', (e) => {
+      if (e.status === 421) r!.server.options.authorities = own;
+    });
+    const res = await get(r, '/auth/b');
+    expect(res.status).toBe(200);
+    expect(res.body.sessionId).not.toBe(first.body.sessionId);
+    expect(r.server.exchanges.filter((e) => e.status === 421)).toHaveLength(1);
+    expect(r.agent.stats().handshakes).toBe(2);
+  });
+
+  it('C9: each origin gets its own sessions; an authenticated session never carries another origin', async () => {
+    r = await rig({ mode: 'session' });
+    const other = r.server.origin.replace('localhost', '127.0.0.1');
+    await get(r, '/auth/a');
+    const res = await fetch(`${other}/auth/b`, { dispatcher: r.agent });
+    expect(res.status).toBe(200);
+    const byAuthority = new Map<string, Set<string>>();
+    for (const e of r.server.exchanges) {
+      const set = byAuthority.get(e.authority) ?? new Set();
+      set.add(e.sessionId);
+      byAuthority.set(e.authority, set);
+    }
+    const [a, b] = [...byAuthority.values()];
+    expect([...a!].some((s) => b!.has(s))).toBe(false);
+  });
+
+  it('C10: every leg carries the same method, URL and body (fetch hands us a one-shot stream)', async () => {
+    r = await rig({ mode: 'session' });
+    const body = 'x'.repeat(100_000);
+    const res = await get(r, '/auth/upload?q=1', { method: 'PUT', body });
+    expect(res.status).toBe(200);
+    const legs = r.server.exchanges;
+    expect(legs.map((e) => [e.method, e.path, e.bodyLength])).toEqual(Array(3).fill(['PUT', '/auth/upload?q=1', 100_000]));
+    expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
+  });
+
+  it('C10: a one-shot body over the buffer limit that must be replayed fails with a typed error', async () => {
+    r = await rig({ mode: 'session' }, { limits: { maxReplayBodyBytes: 1024 } });
+    const err = await request(`${r.server.origin}/auth/big`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: Readable.from([Buffer.alloc(4096, 1)]),
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BodyNotReplayableError);
+    expect((err as BodyNotReplayableError).code).toBe('MULTILEG_BODY_NOT_REPLAYABLE');
+  });
+
+  it('C10: a one-shot body over the limit is fine when no replay is needed', async () => {
+    r = await rig({ mode: 'session' }, { limits: { maxReplayBodyBytes: 1024 } });
+    await get(r, '/auth/warmup');
+    const res = await request(`${r.server.origin}/auth/big`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: Readable.from([Buffer.alloc(4096, 1)]),
+    });
+    expect(res.statusCode).toBe(200);
+    expect(((await res.body.json()) as { bodyLength: number }).bodyLength).toBe(4096);
+  });
+
+  it('C11: maxLegs bounds a handshake', async () => {
+    r = await rig({ mode: 'session' }, { limits: { maxLegs: 1 } });
+    const err = await get(r, '/auth/x').catch((e: { cause?: unknown }) => e.cause);
+    expect(err).toBeInstanceOf(LegLimitError);
+    expect((err as LegLimitError).message).toContain('limits.maxLegs');
+  });
+
+  it('C11: maxQueue bounds the queue', async () => {
+    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 100 : 0) } }, { limits: { maxQueue: 2 } });
+    const results = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => get(r!, `/auth/${i}`)));
+    const errors = results.filter((x) => x.status === 'rejected').map((x) => (x as PromiseRejectedResult).reason.cause);
+    expect(errors.length).toBeGreaterThan(0);
+    expect(errors.every((e) => e instanceof QueueFullError)).toBe(true);
+    expect(results.filter((x) => x.status === 'fulfilled').length).toBeGreaterThanOrEqual(3);
+  });
+
+  it('C11: queueTimeout bounds the wait in the queue', async () => {
+    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 400 : 0) } }, { limits: { queueTimeout: 50 } });
+    const results = await Promise.allSettled(Array.from({ length: 4 }, (_, i) => get(r!, `/auth/${i}`)));
+    const errors = results.filter((x) => x.status === 'rejected').map((x) => (x as PromiseRejectedResult).reason.cause);
+    expect(errors.length).toBe(3);
+    expect(errors.every((e) => e instanceof QueueTimeoutError)).toBe(true);
+  });
+
+  it('C11: handshakeTimeout bounds the handshake', async () => {
+    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 2_000 : 0) } }, { limits: { handshakeTimeout: 100 } });
+    const err = await get(r, '/auth/x').catch((e: { cause?: unknown }) => e.cause);
+    expect(err).toBeInstanceOf(HandshakeTimeoutError);
+    expect((err as HandshakeTimeoutError).code).toBe('MULTILEG_HANDSHAKE_TIMEOUT');
+  });
+});

@@ -1,0 +1,41 @@
+import { fetch } from 'undici';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { type ReferenceServer, type ReferenceServerOptions, startReferenceServer } from '../src/reference-server/index.ts';
+
+export const ALICE = { username: 'EXAMPLE\\alice', password: 'alicepw' } as const;
+
+export interface Rig {
+  server: ReferenceServer;
+  agent: MultilegAgent;
+  close(): Promise<void>;
+}
+
+/** A reference server and an agent trusting its CA. */
+export async function rig(server: ReferenceServerOptions = {}, agent: Partial<MultilegAgentOptions> = {}): Promise<Rig> {
+  const s = await startReferenceServer(server);
+  const a = new MultilegAgent({ credentials: ALICE, connect: { ca: s.ca }, ...agent });
+  return {
+    server: s,
+    agent: a,
+    async close() {
+      await a.destroy().catch(() => {});
+      await s.close();
+    },
+  };
+}
+
+export interface Result {
+  status: number;
+  body: { user: string | null; sessionId: string; protocol: string; bodySha256: string; bodyLength: number };
+}
+
+export async function get(r: Rig, path: string, init: Parameters<typeof fetch>[1] = {}): Promise<Result> {
+  const res = await fetch(`${r.server.origin}${path}`, { dispatcher: r.agent, ...init });
+  return { status: res.status, body: (await res.json()) as Result['body'] };
+}
+
+export function many(r: Rig, n: number, path = '/auth', init: Parameters<typeof fetch>[1] = {}): Promise<Result[]> {
+  return Promise.all(Array.from({ length: n }, (_, i) => get(r, `${path}/${i}`, init)));
+}
+
+export const hasAuth = (h: Readonly<Record<string, unknown>>) => h.authorization !== undefined;

@@ -1,0 +1,336 @@
+/**
+ * M2 unit tests (no peers): GSS error → typed error mapping from the real MIT texts, SPN rules, GSS
+ * flags, the Negotiate context state machine over a fake `kerberos` module, SPNEGO DER, and the missing
+ * addon. The real-peer proofs are in interop-negotiate.test.ts.
+ */
+import fc from 'fast-check';
+import { describe, expect, it, vi } from 'vitest';
+import type { Challenge } from '../src/challenge/types.ts';
+import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../src/errors.ts';
+import {
+  GSS_C_DELEG_FLAG,
+  GSS_C_MUTUAL_FLAG,
+  GSS_C_SEQUENCE_FLAG,
+  type KerberosClientLike,
+  type KerberosClientOptions,
+  KerberosClockSkewError,
+  KerberosKdcUnreachableError,
+  type KerberosModuleLike,
+  KerberosNoTicketError,
+  KerberosTicketExpiredError,
+  KerberosUnknownServiceError,
+  mapGssError,
+  negotiateFlags,
+  negotiateMechanism,
+  normalizeSpn,
+  spnFor,
+} from '../src/mechanisms/negotiate/index.ts';
+import {
+  decodeNegTokenInit,
+  decodeNegTokenResp,
+  encodeMechTypeList,
+  encodeNegTokenInit,
+  encodeNegTokenResp,
+  NegState,
+  ntlmSign,
+  OID_KRB5,
+  OID_NTLMSSP,
+  SPNEGO_NTLM_FLAGS,
+} from '../src/mechanisms/spnego/index.ts';
+import type { LegInfo } from '../src/mechanisms/types.ts';
+
+const leg: LegInfo = {
+  origin: 'https://web.example.test:8443',
+  hostname: 'web.example.test',
+  port: 8443,
+  method: 'GET',
+  path: '/',
+  proxy: false,
+};
+const ch = (token68?: string): Challenge =>
+  token68 === undefined
+    ? { scheme: 'Negotiate', schemeKey: 'negotiate', params: {} }
+    : { scheme: 'Negotiate', schemeKey: 'negotiate', token68, params: {} };
+
+// Texts as the kerberos addon reported them against the lab's MIT KDC (see interop-negotiate.test.ts).
+const GSS = {
+  noTicketSpnego:
+    'No credentials were supplied, or the credentials were unavailable or inaccessible: SPNEGO cannot find mechanisms to negotiate',
+  noTicketKrb5:
+    'No credentials were supplied, or the credentials were unavailable or inaccessible: No Kerberos credentials available (default cache: FILE:/tmp/x/none)',
+  expired: 'Unspecified GSS failure.  Minor code may provide more information: Ticket expired',
+  kdc: "Unspecified GSS failure.  Minor code may provide more information: Cannot contact any KDC for realm 'EXAMPLE.TEST'",
+  kdcFind:
+    "Unspecified GSS failure.  Minor code may provide more information: Cannot find KDC for realm 'EXAMPLE.TEST'",
+  spn: 'Unspecified GSS failure.  Minor code may provide more information: Server HTTP/nosuchhost@EXAMPLE.TEST not found in Kerberos database',
+  skew: 'Unspecified GSS failure.  Minor code may provide more information: Clock skew too great',
+  other: 'Invalid token was supplied: Unknown error',
+};
+
+describe('M2: GSS-API errors map to actionable typed errors', () => {
+  it('M2: each known MIT text maps to its error class, code and fix', () => {
+    const spn = { spn: 'HTTP@nosuchhost' };
+    const cases: Array<[string, new (...a: never[]) => MultilegError, string, RegExp]> = [
+      [GSS.noTicketSpnego, KerberosNoTicketError, 'MULTILEG_KRB_NO_TICKET', /run kinit or pass principal/],
+      [GSS.noTicketKrb5, KerberosNoTicketError, 'MULTILEG_KRB_NO_TICKET', /run kinit or pass principal/],
+      [GSS.expired, KerberosTicketExpiredError, 'MULTILEG_KRB_TICKET_EXPIRED', /run kinit again/],
+      [GSS.kdc, KerberosKdcUnreachableError, 'MULTILEG_KRB_KDC_UNREACHABLE', /krb5\.conf.*network/],
+      [GSS.kdcFind, KerberosKdcUnreachableError, 'MULTILEG_KRB_KDC_UNREACHABLE', /krb5\.conf/],
+      [GSS.spn, KerberosUnknownServiceError, 'MULTILEG_KRB_UNKNOWN_SPN', /HTTP@nosuchhost.*check the SPN/],
+      [GSS.skew, KerberosClockSkewError, 'MULTILEG_KRB_CLOCK_SKEW', /sync this machine's clock/],
+    ];
+    for (const [text, cls, code, fix] of cases) {
+      const e = mapGssError(new Error(text), spn);
+      expect(e, text).toBeInstanceOf(cls);
+      expect(e.code).toBe(code);
+      expect(e.message).toMatch(fix);
+      expect(e.cause).toBeInstanceOf(Error);
+    }
+    const other = mapGssError(new Error(GSS.other), spn);
+    expect(other).toBeInstanceOf(MechanismError);
+    expect(other.message).toContain('Invalid token was supplied');
+  });
+
+  it('M2: "A required argument is missing" with a chosen principal means no ticket for that principal', () => {
+    const text = 'Unspecified GSS failure.  Minor code may provide more information: A required argument is missing';
+    expect(mapGssError(new Error(text), { spn: 'HTTP@h', principal: 'bob@R' })).toBeInstanceOf(KerberosNoTicketError);
+    expect(mapGssError(new Error(text), { spn: 'HTTP@h' })).toBeInstanceOf(MechanismError);
+  });
+});
+
+describe('M2: SPN and flags', () => {
+  it('M2: default SPN is HTTP@host; serviceName, includePort, explicit spn forms', async () => {
+    expect(await spnFor({}, 'Web.Example.Test', 443)).toBe('HTTP@web.example.test');
+    expect(await spnFor({ serviceName: 'HOST' }, 'h', 443)).toBe('HOST@h');
+    expect(await spnFor({ includePort: true }, 'h', 8443)).toBe('HTTP@h:8443');
+    expect(await spnFor({ spn: 'HTTP/h2.example@REALM' }, 'h', 443)).toBe('HTTP@h2.example');
+    expect(await spnFor({}, '[::1]', 443)).toBe('HTTP@::1');
+    expect(normalizeSpn('HTTP@x')).toBe('HTTP@x');
+    expect(normalizeSpn('HTTP/x')).toBe('HTTP@x');
+  });
+
+  it('M2: canonicalizeHost (opt-in) follows the CNAME chain; DNS failure keeps the name', async () => {
+    const cnames: Record<string, string> = { 'alias.example': 'mid.example.', 'mid.example': 'real.example' };
+    const resolve = async (h: string): Promise<string[]> => {
+      const c = cnames[h];
+      if (!c) throw Object.assign(new Error('ENODATA'), { code: 'ENODATA' });
+      return [c];
+    };
+    expect(await spnFor({ canonicalizeHost: true }, 'alias.example', 443, resolve)).toBe('HTTP@real.example');
+    expect(await spnFor({}, 'alias.example', 443, resolve)).toBe('HTTP@alias.example');
+    expect(await spnFor({ canonicalizeHost: true }, 'other', 443, resolve)).toBe('HTTP@other');
+  });
+
+  it('M2: GSS flags: MUTUAL|SEQUENCE, DELEG only when asked', () => {
+    expect(negotiateFlags({})).toBe(GSS_C_MUTUAL_FLAG | GSS_C_SEQUENCE_FLAG);
+    expect(negotiateFlags({ delegate: true }) & GSS_C_DELEG_FLAG).toBe(GSS_C_DELEG_FLAG);
+    expect(negotiateFlags({ delegate: false }) & GSS_C_DELEG_FLAG).toBe(0);
+  });
+});
+
+/** A scripted fake of the addon's client. */
+function fakeKerberos(script: {
+  init?: (spn: string, o?: KerberosClientOptions) => void;
+  steps: Array<(input: string, c: { complete: boolean }) => string | null>;
+  username?: string;
+}): KerberosModuleLike & { calls: string[] } {
+  const calls: string[] = [];
+  return {
+    calls,
+    async initializeClient(spn, o) {
+      script.init?.(spn, o);
+      const state = { complete: false, i: 0 };
+      const client: KerberosClientLike = {
+        async step(input) {
+          calls.push(input);
+          const f = script.steps[state.i++];
+          if (!f) throw new Error('Invalid token was supplied: Unknown error');
+          return f(input, state);
+        },
+        get username() {
+          return script.username ?? 'u@R';
+        },
+        get contextComplete() {
+          return state.complete;
+        },
+      };
+      return client;
+    },
+  };
+}
+
+describe('M2: Negotiate context state machine (fake GSS)', () => {
+  it('M2: mechanism properties', () => {
+    expect(negotiateMechanism()).toMatchObject({
+      scheme: 'Negotiate',
+      level: 'either',
+      multileg: true,
+      proactive: true,
+    });
+  });
+
+  it('M2: step → token, finish(final token) completes; identity from the context', async () => {
+    let seen: KerberosClientOptions | undefined;
+    const k = fakeKerberos({
+      init: (_s, o) => {
+        seen = o;
+      },
+      steps: [
+        () => 'AAAA',
+        (_i, c) => {
+          c.complete = true;
+          return null;
+        },
+      ],
+    });
+    const ctx = negotiateMechanism({ kerberos: k, mech: 'kerberos', principal: 'alice@R' }).createContext(leg);
+    expect(await ctx.step(ch(), leg)).toBe('Negotiate AAAA');
+    expect(ctx.complete).toBe(false);
+    await ctx.finish(ch('BBBB'), leg);
+    expect(ctx.complete).toBe(true);
+    expect(ctx.identity).toBe('u@R');
+    expect(k.calls).toEqual(['', 'BBBB']);
+    expect(seen).toEqual({ mechOID: 9, flags: GSS_C_MUTUAL_FLAG | GSS_C_SEQUENCE_FLAG, principal: 'alice@R' });
+  });
+
+  it('M2: no final token → MutualAuthError when required, fine when optional', async () => {
+    const mk = () => fakeKerberos({ steps: [() => 'AAAA'] });
+    const req = negotiateMechanism({ kerberos: mk() }).createContext(leg);
+    await req.step(undefined, leg);
+    await expect(req.finish(undefined, leg)).rejects.toBeInstanceOf(MutualAuthError);
+    const opt = negotiateMechanism({ kerberos: mk(), mutualAuth: 'optional' }).createContext(leg);
+    await opt.step(undefined, leg);
+    await expect(opt.finish(undefined, leg)).resolves.toBeUndefined();
+  });
+
+  it('M2: a final token GSS rejects, or that leaves the context incomplete → MutualAuthError (also when optional)', async () => {
+    const bad = negotiateMechanism({
+      kerberos: fakeKerberos({ steps: [() => 'AAAA'] }),
+      mutualAuth: 'optional',
+    }).createContext(leg);
+    await bad.step(undefined, leg);
+    await expect(bad.finish(ch('BBBB'), leg)).rejects.toBeInstanceOf(MutualAuthError);
+    const incomplete = negotiateMechanism({
+      kerberos: fakeKerberos({ steps: [() => 'AAAA', () => null] }),
+    }).createContext(leg);
+    await incomplete.step(undefined, leg);
+    await expect(incomplete.finish(ch('BBBB'), leg)).rejects.toBeInstanceOf(MutualAuthError);
+  });
+
+  it('M2: 401 without a token after our token → MechanismError; finish() with no handshake is a no-op', async () => {
+    const ctx = negotiateMechanism({ kerberos: fakeKerberos({ steps: [() => 'AAAA'] }) }).createContext(leg);
+    await expect(ctx.finish(undefined, leg)).resolves.toBeUndefined();
+    await ctx.step(undefined, leg);
+    await expect(ctx.step(ch(), leg)).rejects.toBeInstanceOf(MechanismError);
+  });
+
+  it('M2 S3: server tokens must be canonical base64 within 64 KiB', async () => {
+    for (const t of ['!!!!', 'AAA', 'A'.repeat(64 * 1024 + 4)]) {
+      const ctx = negotiateMechanism({ kerberos: fakeKerberos({ steps: [() => 'AAAA', () => 'CCCC'] }) }).createContext(
+        leg,
+      );
+      await ctx.step(undefined, leg);
+      await expect(ctx.step(ch(t), leg)).rejects.toBeInstanceOf(InvalidTokenError);
+    }
+  });
+
+  it('M2: GSS errors surface typed; no-ticket + credentials switches to NTLM inside SPNEGO', async () => {
+    const noTicket: KerberosModuleLike = {
+      initializeClient: async () => {
+        throw new Error(GSS.noTicketSpnego);
+      },
+    };
+    const plain = negotiateMechanism({ kerberos: noTicket }).createContext(leg);
+    await expect(plain.step(undefined, leg)).rejects.toBeInstanceOf(KerberosNoTicketError);
+    const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
+    const fb = negotiateMechanism({ kerberos: noTicket, credentials: creds }).createContext(leg);
+    const tok = await fb.step(undefined, leg);
+    const init = decodeNegTokenInit(Buffer.from(tok.slice('Negotiate '.length), 'base64'));
+    expect(init.mechTypes).toEqual([OID_NTLMSSP]);
+    expect(init.mechToken?.subarray(0, 8).toString('latin1')).toBe('NTLMSSP\0');
+    expect(init.mechToken?.length).toBe(40); // gss-ntlmssp needs the Version field
+    const off = negotiateMechanism({ kerberos: noTicket, credentials: creds, ntlmFallback: false }).createContext(leg);
+    await expect(off.step(undefined, leg)).rejects.toBeInstanceOf(KerberosNoTicketError);
+  });
+});
+
+describe('M2: missing kerberos addon', () => {
+  it("M2: a missing 'kerberos' package is MechanismUnavailableError with the install hint", async () => {
+    vi.resetModules();
+    vi.doMock('kerberos', () => {
+      throw new Error("Cannot find package 'kerberos'");
+    });
+    try {
+      const { negotiateMechanism: fresh } = await import('../src/mechanisms/negotiate/index.ts');
+      const err = await fresh()
+        .createContext(leg)
+        .step(undefined, leg)
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+      expect((err as Error).message).toContain(
+        "install the optional 'kerberos' package (needs libkrb5-dev / GSS-API headers to build)",
+      );
+    } finally {
+      vi.doUnmock('kerberos');
+      vi.resetModules();
+    }
+  });
+});
+
+describe('M2: SPNEGO DER', () => {
+  // Captured from MIT SPNEGO + gss-ntlmssp (the kerberos addon without a ticket) against python3-gssapi.
+  const REF_INIT =
+    '604806062b0601050502a03e303ca00e300c060a2b06010401823702020aa22a04284e544c4d5353500001000000178208e200000000000000000000000000000000060200000000000f';
+  const REF_FINAL = 'a11b3019a0030a0100a3120410010000006a0d68f9f426cc4b00000000';
+
+  it('M2: NegTokenInit with only NTLMSSP encodes exactly like MIT/gss-ntlmssp', () => {
+    const ref = Buffer.from(REF_INIT, 'hex');
+    const parsed = decodeNegTokenInit(ref);
+    expect(parsed.mechTypes).toEqual([OID_NTLMSSP]);
+    expect(encodeNegTokenInit([OID_NTLMSSP], parsed.mechToken).equals(ref)).toBe(true);
+  });
+
+  it('M2: NegTokenResp decode of an accept-completed + mechListMIC and round trips', () => {
+    const r = decodeNegTokenResp(Buffer.from(REF_FINAL, 'hex'));
+    expect(r.negState).toBe(NegState.ACCEPT_COMPLETED);
+    expect(r.mechListMIC?.length).toBe(16);
+    expect(encodeNegTokenResp(r).toString('hex')).toBe(REF_FINAL);
+    const full = {
+      negState: 1,
+      supportedMech: OID_KRB5,
+      responseToken: Buffer.alloc(300, 7),
+      mechListMIC: Buffer.alloc(16, 1),
+    };
+    expect(decodeNegTokenResp(encodeNegTokenResp(full))).toEqual(full);
+  });
+
+  it('M2 S3: malformed SPNEGO input only ever throws InvalidTokenError', () => {
+    const good = encodeNegTokenResp({ negState: 1, supportedMech: OID_NTLMSSP, responseToken: Buffer.alloc(40, 1) });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), fc.nat(good.length), fc.nat(255), (bytes, pos, v) => {
+        const mutated = Buffer.from(good);
+        mutated[pos % mutated.length] = v;
+        for (const input of [Buffer.from(bytes), mutated, mutated.subarray(0, pos)]) {
+          try {
+            decodeNegTokenResp(input);
+          } catch (e) {
+            if (!(e instanceof InvalidTokenError)) throw e;
+          }
+        }
+      }),
+    );
+  });
+
+  it('M2: mechListMIC is the NTLM ESS signature over the DER MechTypeList; directions differ', () => {
+    const esk = Buffer.alloc(16, 0x55);
+    const list = encodeMechTypeList([OID_NTLMSSP]);
+    expect(list.toString('hex')).toBe('300c060a2b06010401823702020a');
+    const c = ntlmSign(esk, SPNEGO_NTLM_FLAGS, 'client-to-server', list);
+    const s = ntlmSign(esk, SPNEGO_NTLM_FLAGS, 'server-to-client', list);
+    expect(c.length).toBe(16);
+    expect(c.subarray(0, 4).toString('hex')).toBe('01000000');
+    expect(c.subarray(12).toString('hex')).toBe('00000000');
+    expect(c.equals(s)).toBe(false);
+    expect(() => ntlmSign(esk, 0, 'client-to-server', list)).toThrow(MechanismError);
+  });
+});
