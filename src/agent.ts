@@ -7,7 +7,13 @@ import { normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
-import { type MultilegAgentOptions, normalizeOrigin, type ResolvedOptions, resolveLimits, resolveTrust } from './options.ts';
+import {
+  type MultilegAgentOptions,
+  normalizeOrigin,
+  type ResolvedOptions,
+  resolveLimits,
+  resolveTrust,
+} from './options.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
@@ -79,7 +85,8 @@ export class MultilegAgent extends Dispatcher {
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     try {
       if (this.#closed) throw new AgentClosedError();
-      if (!opts.origin) throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
+      if (!opts.origin)
+        throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
       const origin = normalizeOrigin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
         this.#passthrough ??= new Agent({ connect: this.#options.connect });
@@ -133,7 +140,15 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.legs += r.legs;
     if (r.outcome === 'failed') this.#stats.failedHandshakes += 1;
     this.#reports.push(r);
-    log.agent('handshake %s %s %s legs=%d outcome=%s auth-id=%s', r.origin, r.sessionId, r.scheme, r.legs, r.outcome, r.authIdCarried);
+    log.agent(
+      'handshake %s %s %s legs=%d outcome=%s auth-id=%s',
+      r.origin,
+      r.sessionId,
+      r.scheme,
+      r.legs,
+      r.outcome,
+      r.authIdCarried,
+    );
     (this as unknown as NodeJS.EventEmitter).emit('handshake', r);
   }
 

@@ -66,7 +66,10 @@ export class BodyNotReplayableError extends MultilegError {
 /** A server token or header failed validation: too long, bad base64, malformed message (S3). */
 export class InvalidTokenError extends MultilegError {
   constructor(what: string) {
-    super('MULTILEG_INVALID_TOKEN', `server sent an invalid ${what}; the server or something in between is misbehaving`);
+    super(
+      'MULTILEG_INVALID_TOKEN',
+      `server sent an invalid ${what}; the server or something in between is misbehaving`,
+    );
   }
 }
 

@@ -24,7 +24,11 @@ export function normalizeRequestHeaders(headers: unknown): HeaderMap {
     }
     return out;
   }
-  if (typeof headers === 'object' && Symbol.iterator in headers && typeof (headers as Iterable<unknown>)[Symbol.iterator] === 'function') {
+  if (
+    typeof headers === 'object' &&
+    Symbol.iterator in headers &&
+    typeof (headers as Iterable<unknown>)[Symbol.iterator] === 'function'
+  ) {
     for (const pair of headers as Iterable<[unknown, unknown]>) add(pair[0], pair[1]);
     return out;
   }

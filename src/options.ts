@@ -1,5 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
 import { ConfigError } from './errors.ts';
+import type { NegotiateOptions } from './mechanisms/negotiate/index.ts';
 import type { Credentials, Mechanism } from './mechanisms/types.ts';
 
 /** Bounds on handshakes and queues (C11). Every one fails with a typed error naming it. */
@@ -44,6 +45,13 @@ export interface MultilegAgentOptions {
   trustedOrigins?: readonly string[] | ((origin: string) => boolean);
   /** Scheme preference, strongest first (T2). Default `['Negotiate', 'NTLM', 'Digest', 'Basic']`. */
   schemes?: readonly string[];
+  /**
+   * Negotiate (Kerberos/SPNEGO through the optional `kerberos` package): SPN, principal, delegation,
+   * mutual authentication. Without a ticket, `credentials` authenticate through NTLM inside
+   * Negotiate (`ntlmFallback`, default `'raw'`: accepted by IIS, MIT/Apache and the reference
+   * server; `'spnego'` wraps it with a mechListMIC). `false` disables Negotiate.
+   */
+  negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
   mechanisms?: readonly Mechanism[];
   /** TLS options for connections to origins (ca, cert, key, rejectUnauthorized, ...). */

@@ -36,10 +36,12 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     r = await rig({ mode: 'legacy', schemes: ['NTLM'] }, { maxHttp1Connections: 3 });
     const results = await Promise.all(
       Array.from({ length: 12 }, (_, i) =>
-        request(`${r!.server.origin}/auth/${i}`, { dispatcher: r!.agent, allowH2: false } as never).then(async (res) => ({
-          status: res.statusCode,
-          body: (await res.body.json()) as { sessionId: string },
-        })),
+        request(`${r!.server.origin}/auth/${i}`, { dispatcher: r!.agent, allowH2: false } as never).then(
+          async (res) => ({
+            status: res.statusCode,
+            body: (await res.body.json()) as { sessionId: string },
+          }),
+        ),
       ),
     );
     expect(results.every((x) => x.status === 200)).toBe(true);
@@ -119,9 +121,16 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     setGlobalDispatcher(r.agent);
     try {
       const results = await Promise.all(
-        Array.from({ length: 5 }, (_, i) => globalThis.fetch(`${r!.server.origin}/auth/builtin/${i}`).then(async (res) => ({ status: res.status, body: (await res.json()) as { protocol: string; user: string } }))),
+        Array.from({ length: 5 }, (_, i) =>
+          globalThis.fetch(`${r!.server.origin}/auth/builtin/${i}`).then(async (res) => ({
+            status: res.status,
+            body: (await res.json()) as { protocol: string; user: string },
+          })),
+        ),
       );
-      expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1' && x.body.user === 'EXAMPLE\\alice')).toBe(true);
+      expect(
+        results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1' && x.body.user === 'EXAMPLE\\alice'),
+      ).toBe(true);
     } finally {
       setGlobalDispatcher(previous);
     }

@@ -139,7 +139,7 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(r.agent.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
   });
 
-  it('C7: a failed handshake releases the queue: every caller gets the server\'s own 401, nothing hangs', async () => {
+  it("C7: a failed handshake releases the queue: every caller gets the server's own 401, nothing hangs", async () => {
     r = await rig({ mode: 'session' }, { credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
     const results = await many(r, 15);
     expect(results.map((x) => x.status)).toEqual(Array(15).fill(401));
@@ -234,7 +234,9 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     const res = await get(r, '/auth/upload?q=1', { method: 'PUT', body });
     expect(res.status).toBe(200);
     const legs = r.server.exchanges;
-    expect(legs.map((e) => [e.method, e.path, e.bodyLength])).toEqual(Array(3).fill(['PUT', '/auth/upload?q=1', 100_000]));
+    expect(legs.map((e) => [e.method, e.path, e.bodyLength])).toEqual(
+      Array(3).fill(['PUT', '/auth/upload?q=1', 100_000]),
+    );
     expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
   });
 
@@ -269,7 +271,10 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   });
 
   it('C11: maxQueue bounds the queue', async () => {
-    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 100 : 0) } }, { limits: { maxQueue: 2 } });
+    r = await rig(
+      { mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 100 : 0) } },
+      { limits: { maxQueue: 2 } },
+    );
     const results = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => get(r!, `/auth/${i}`)));
     const errors = results.filter((x) => x.status === 'rejected').map((x) => (x as PromiseRejectedResult).reason.cause);
     expect(errors.length).toBeGreaterThan(0);
@@ -278,7 +283,10 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   });
 
   it('C11: queueTimeout bounds the wait in the queue', async () => {
-    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 400 : 0) } }, { limits: { queueTimeout: 50 } });
+    r = await rig(
+      { mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 400 : 0) } },
+      { limits: { queueTimeout: 50 } },
+    );
     const results = await Promise.allSettled(Array.from({ length: 4 }, (_, i) => get(r!, `/auth/${i}`)));
     const errors = results.filter((x) => x.status === 'rejected').map((x) => (x as PromiseRejectedResult).reason.cause);
     expect(errors.length).toBe(3);
@@ -286,7 +294,10 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   });
 
   it('C11: handshakeTimeout bounds the handshake', async () => {
-    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 2_000 : 0) } }, { limits: { handshakeTimeout: 100 } });
+    r = await rig(
+      { mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 2_000 : 0) } },
+      { limits: { handshakeTimeout: 100 } },
+    );
     const err = await get(r, '/auth/x').catch((e: { cause?: unknown }) => e.cause);
     expect(err).toBeInstanceOf(HandshakeTimeoutError);
     expect((err as HandshakeTimeoutError).code).toBe('MULTILEG_HANDSHAKE_TIMEOUT');

@@ -1,6 +1,10 @@
 import { fetch } from 'undici';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
-import { type ReferenceServer, type ReferenceServerOptions, startReferenceServer } from '../src/reference-server/index.ts';
+import {
+  type ReferenceServer,
+  type ReferenceServerOptions,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
 
 export const ALICE = { username: 'EXAMPLE\\alice', password: 'alicepw' } as const;
 
@@ -11,7 +15,10 @@ export interface Rig {
 }
 
 /** A reference server and an agent trusting its CA. */
-export async function rig(server: ReferenceServerOptions = {}, agent: Partial<MultilegAgentOptions> = {}): Promise<Rig> {
+export async function rig(
+  server: ReferenceServerOptions = {},
+  agent: Partial<MultilegAgentOptions> = {},
+): Promise<Rig> {
   const s = await startReferenceServer(server);
   const a = new MultilegAgent({ credentials: ALICE, connect: { ca: s.ca }, ...agent });
   return {

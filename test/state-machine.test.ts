@@ -13,11 +13,15 @@ describe('session state machine', () => {
 
   it('C4: success with Persistent-Auth authenticates the session; without it, per-request', () => {
     const h = transition(FRESH, start);
-    expect(transition(h, { type: 'handshake-success', leader: 1, scheme: 'NTLM', sessionAuthenticated: true })).toEqual({
-      kind: 'authenticated',
-      scheme: 'NTLM',
-    });
-    expect(transition(h, { type: 'handshake-success', leader: 1, scheme: 'Negotiate', sessionAuthenticated: false })).toEqual({
+    expect(transition(h, { type: 'handshake-success', leader: 1, scheme: 'NTLM', sessionAuthenticated: true })).toEqual(
+      {
+        kind: 'authenticated',
+        scheme: 'NTLM',
+      },
+    );
+    expect(
+      transition(h, { type: 'handshake-success', leader: 1, scheme: 'Negotiate', sessionAuthenticated: false }),
+    ).toEqual({
       kind: 'per-request',
       scheme: 'Negotiate',
     });
@@ -26,7 +30,13 @@ describe('session state machine', () => {
   it('C7: a new handshake on an authenticated session replaces the identity; a failed one drops it', () => {
     const auth: SessionState = { kind: 'authenticated', scheme: 'NTLM', identity: 'EXAMPLE\\alice' };
     const h = transition(auth, { ...start, leader: 2 });
-    const bob = transition(h, { type: 'handshake-success', leader: 2, scheme: 'NTLM', sessionAuthenticated: true, identity: 'EXAMPLE\\bob' });
+    const bob = transition(h, {
+      type: 'handshake-success',
+      leader: 2,
+      scheme: 'NTLM',
+      sessionAuthenticated: true,
+      identity: 'EXAMPLE\\bob',
+    });
     expect(bob).toEqual({ kind: 'authenticated', scheme: 'NTLM', identity: 'EXAMPLE\\bob' });
     expect(transition(h, { type: 'handshake-failure', leader: 2 })).toEqual(FRESH);
   });
@@ -38,7 +48,12 @@ describe('session state machine', () => {
   });
 
   it('C8: closing is terminal from every state', () => {
-    const states: SessionState[] = [FRESH, transition(FRESH, start), { kind: 'authenticated', scheme: 'NTLM' }, { kind: 'per-request', scheme: 'Negotiate' }];
+    const states: SessionState[] = [
+      FRESH,
+      transition(FRESH, start),
+      { kind: 'authenticated', scheme: 'NTLM' },
+      { kind: 'per-request', scheme: 'Negotiate' },
+    ];
     for (const s of states) {
       const closed = transition(s, { type: 'closed' });
       expect(closed).toEqual({ kind: 'closed' });

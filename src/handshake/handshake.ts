@@ -7,7 +7,10 @@ import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
 
 /** Sends one leg with extra headers on the handshake's connection; supplied by the session. */
-export type SendLeg = (extra: Record<string, string>, classify: (status: number, headers: ResponseHeaders) => Verdict) => Promise<LegResult>;
+export type SendLeg = (
+  extra: Record<string, string>,
+  classify: (status: number, headers: ResponseHeaders) => Verdict,
+) => Promise<LegResult>;
 
 export interface HandshakeInput {
   readonly mechanism: Mechanism;
@@ -35,11 +38,16 @@ export type HandshakeResult =
   /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
   | { readonly kind: 'failed'; readonly legs: number; readonly authIdCarried: boolean; readonly done: Promise<void> }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
-  | { readonly kind: 'relocate'; readonly legs: number; readonly reason: 'http1' | 'connection-ended'; readonly error?: Error }
+  | {
+      readonly kind: 'relocate';
+      readonly legs: number;
+      readonly reason: 'http1' | 'connection-ended';
+      readonly error?: Error;
+    }
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
   | { readonly kind: 'unusable'; readonly error: Error };
 
-const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KERBEROS_NO_TICKET']);
+const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
@@ -47,7 +55,8 @@ export function relocationReason(err: Error | undefined): 'http1' | 'connection-
   if (!err) return undefined;
   const e = err as Error & { http2ErrorCode?: number; code?: string };
   // RST_STREAM carries the code on the error; undici reports a GOAWAY's code only in its message.
-  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED|"GOAWAY" frame received with code 13\b/.test(e.message)) return 'http1';
+  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED|"GOAWAY" frame received with code 13\b/.test(e.message))
+    return 'http1';
   if (e.code === 'MULTILEG_STALE_CONNECTION') return 'connection-ended';
   return undefined;
 }
@@ -126,7 +135,8 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         }
         return 'deliver';
       });
-      if (timedOut && result.kind !== 'delivered') return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+      if (timedOut && result.kind !== 'delivered')
+        return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
       switch (result.kind) {
         case 'failed': {
           const reason = relocationReason(result.error);

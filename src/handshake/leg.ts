@@ -16,7 +16,12 @@ export type Verdict = 'swallow' | 'deliver' | Promise<void>;
 export type LegResult =
   | { readonly kind: 'swallowed'; readonly status: number; readonly headers: ResponseHeaders }
   /** The response reached the caller; `done` settles when its body has ended or failed. */
-  | { readonly kind: 'delivered'; readonly status: number; readonly headers: ResponseHeaders; readonly done: Promise<void> }
+  | {
+      readonly kind: 'delivered';
+      readonly status: number;
+      readonly headers: ResponseHeaders;
+      readonly done: Promise<void>;
+    }
   /** The leg failed before anything reached the caller; nothing was reported to the caller yet. */
   | { readonly kind: 'failed'; readonly error: Error };
 
@@ -163,7 +168,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     if (mode === 'deliver' || mode === 'gated') {
       this.#sink.fail(err);
       this.#doneResolve();
-      if (mode === 'gated') this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#done });
+      if (mode === 'gated')
+        this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#done });
       return;
     }
     if (mode !== 'over') this.#resolve({ kind: 'failed', error: err });

@@ -1,17 +1,24 @@
 import type { MultilegAgentOptions } from '../options.ts';
+import { negotiateMechanism } from './negotiate/index.ts';
 import { ntlmMechanism } from './ntlm/index.ts';
 import type { Mechanism } from './types.ts';
 
 /**
- * The mechanisms an agent gets from its options. With a password: NTLM, and Negotiate carrying
- * raw NTLMSSP tokens (as Windows SSPI falls back to, and IIS and MIT's mechglue accept). Negotiate
- * may send its first token proactively on a per-request origin (C4).
+ * The mechanisms an agent gets from its options: Negotiate (Kerberos from the ticket cache, or
+ * NTLM inside Negotiate with the password when there is no ticket) unless turned off, and NTLM
+ * when there is a password. Later entries of `options.mechanisms` replace these by scheme.
  */
 export function defaultMechanisms(options: MultilegAgentOptions): Mechanism[] {
   const out: Mechanism[] = [];
-  if (options.credentials) {
-    out.push({ ...ntlmMechanism(options.credentials, { scheme: 'Negotiate' }), proactive: true });
-    out.push(ntlmMechanism(options.credentials));
+  if (options.negotiate !== false) {
+    out.push(
+      negotiateMechanism({
+        ntlmFallback: 'raw',
+        ...options.negotiate,
+        ...(options.credentials ? { credentials: options.credentials } : {}),
+      }),
+    );
   }
+  if (options.credentials) out.push(ntlmMechanism(options.credentials));
   return out;
 }

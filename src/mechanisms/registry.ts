@@ -21,7 +21,10 @@ export class MechanismSet {
   }
 
   /** The strongest offered challenge we have a mechanism for, skipping `excluded` schemes. */
-  choose(challenges: readonly Challenge[], excluded: ReadonlySet<string> = new Set()): { challenge: Challenge; mechanism: Mechanism } | undefined {
+  choose(
+    challenges: readonly Challenge[],
+    excluded: ReadonlySet<string> = new Set(),
+  ): { challenge: Challenge; mechanism: Mechanism } | undefined {
     const available = [...this.#byScheme.keys()].filter((k) => !excluded.has(k));
     const challenge = chooseChallenge(challenges, available, this.#order);
     if (!challenge) return undefined;

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import type { TLSSocket, ConnectionOptions } from 'node:tls';
+import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector } from 'undici';
 import { tlsServerEndPoint } from './channel-binding.ts';
 
@@ -32,7 +32,8 @@ export function sessionConnector(
       }
       const tlsSocket = socket as Socket & Partial<TLSSocket>;
       const protocol = tlsSocket.alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
-      const cert = typeof tlsSocket.getPeerX509Certificate === 'function' ? tlsSocket.getPeerX509Certificate() : undefined;
+      const cert =
+        typeof tlsSocket.getPeerX509Certificate === 'function' ? tlsSocket.getPeerX509Certificate() : undefined;
       generation += 1;
       onConnection({ generation, protocol, channelBinding: tlsServerEndPoint(cert) });
       callback(null, socket);

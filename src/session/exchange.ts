@@ -1,9 +1,9 @@
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import type { Limits } from '../options.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
+import type { Limits } from '../options.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session } from './session.ts';
@@ -66,7 +66,8 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
   let lastUnusable: Error | undefined;
   for (;;) {
     const state = session.state;
-    if (state.kind === 'closed') return { kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' };
+    if (state.kind === 'closed')
+      return { kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' };
     if (state.kind === 'handshaking') {
       try {
         if ((await session.waitForHandshake(job)) === 'failed') job.noAuth = true;
@@ -190,16 +191,23 @@ async function lead(
         });
       }
       env.memory.rememberScheme(scheme, result.sessionAuthenticated ? 'session' : 'per-request');
-      report(result.sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
+      report(
+        result.sessionAuthenticated ? 'session' : 'per-request',
+        result.legs,
+        result.authIdCarried,
+        result.identity,
+      );
       return { kind: 'done', done: result.done };
     }
     case 'failed':
-      if (blocking && session.state.kind === 'handshaking') session.apply({ type: 'handshake-failure', leader: job.id });
+      if (blocking && session.state.kind === 'handshaking')
+        session.apply({ type: 'handshake-failure', leader: job.id });
       report('failed', result.legs, result.authIdCarried);
       return { kind: 'done', done: result.done };
     case 'relocate': {
       // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
-      const http1 = result.reason === 'http1' || (session.state.kind === 'closed' && session.state.http1Required === true);
+      const http1 =
+        result.reason === 'http1' || (session.state.kind === 'closed' && session.state.http1Required === true);
       session.apply({ type: 'closed', http1Required: http1 });
       return { kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' };
     }

@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import type { PreparedBody } from '../body/replayable.ts';
-import type { HeaderMap } from '../headers.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
+import type { HeaderMap } from '../headers.ts';
 
 let nextJobId = 0;
 

@@ -38,7 +38,12 @@ export class OriginPool {
   readonly #env: ExchangeEnv;
   #sessionsCreated = 0;
 
-  constructor(origin: string, options: ResolvedOptions, mechanisms: MechanismSet, report: (r: HandshakeReport) => void) {
+  constructor(
+    origin: string,
+    options: ResolvedOptions,
+    mechanisms: MechanismSet,
+    report: (r: HandshakeReport) => void,
+  ) {
     this.origin = origin;
     this.#options = options;
     this.memory = new OriginMemory(options.http1MemoryTtl);

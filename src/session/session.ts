@@ -1,9 +1,9 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
 import { BodyNotReplayableError, MultilegError, QueueFullError, QueueTimeoutError } from '../errors.ts';
-import type { HeaderMap } from '../headers.ts';
 import { relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
+import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import { type ConnectionInfo, sessionConnector } from './connector.ts';
@@ -13,7 +13,10 @@ import { FRESH, type SessionEvent, type SessionState, transition } from './state
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
   constructor() {
-    super('MULTILEG_STALE_CONNECTION', 'the connection this request was bound to has ended; it is retried on a new one');
+    super(
+      'MULTILEG_STALE_CONNECTION',
+      'the connection this request was bound to has ended; it is retried on a new one',
+    );
   }
 }
 
@@ -101,7 +104,8 @@ export class Session {
    */
   get capacity(): number {
     if (this.closed) return 0;
-    if (this.#connection?.protocol === 'h2' && (this.#probed || this.#state.kind !== 'fresh')) return Number.POSITIVE_INFINITY;
+    if (this.#connection?.protocol === 'h2' && (this.#probed || this.#state.kind !== 'fresh'))
+      return Number.POSITIVE_INFINITY;
     return 1;
   }
 
@@ -209,7 +213,11 @@ export class Session {
   }
 
   /** Sends one leg of `job` on this session's connection. */
-  send(job: Job, extra: Record<string, string>, classify: (status: number, headers: ResponseHeaders) => Verdict): Promise<LegResult> {
+  send(
+    job: Job,
+    extra: Record<string, string>,
+    classify: (status: number, headers: ResponseHeaders) => Verdict,
+  ): Promise<LegResult> {
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });

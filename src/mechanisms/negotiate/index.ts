@@ -6,7 +6,13 @@
  * (src/mechanisms/spnego).
  */
 import type { Challenge } from '../../challenge/types.ts';
-import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../../errors.ts';
+import {
+  InvalidTokenError,
+  MechanismError,
+  MechanismUnavailableError,
+  type MultilegError,
+  MutualAuthError,
+} from '../../errors.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import {
@@ -144,7 +150,6 @@ class NegotiateContext implements MechanismContext {
     const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
     if (this.#state === 'initial') {
       // A token in the first challenge is not meaningful to an initiator with no context: ignored.
-      const k = this.#o.kerberos ?? (await loadKerberos());
       this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
       const options: KerberosClientOptions = {
         mechOID: this.#o.mech === 'kerberos' ? GSS_MECH_OID_KRB5 : GSS_MECH_OID_SPNEGO,
@@ -153,13 +158,16 @@ class NegotiateContext implements MechanismContext {
       };
       let out: string | null;
       try {
+        const k = this.#o.kerberos ?? (await loadKerberos());
         this.#client = await k.initializeClient(this.#spn, options);
         out = await this.#client.step('');
       } catch (e) {
-        const err = this.#mapError(e);
+        const err = e instanceof MechanismUnavailableError ? e : this.#mapError(e);
         const creds = this.#o.credentials;
         const mode = this.#o.ntlmFallback ?? 'spnego';
-        if (err instanceof KerberosNoTicketError && creds && mode !== false && this.#o.mech !== 'kerberos') {
+        // No ticket, or no GSS-API here at all: a password can still authenticate, with NTLM (as SSPI does).
+        const noKerberos = err instanceof KerberosNoTicketError || err instanceof MechanismUnavailableError;
+        if (noKerberos && creds && mode !== false && this.#o.mech !== 'kerberos') {
           this.#client = undefined;
           this.#fallback = new SpnegoNtlmContext(creds, {
             wrap: mode,
