@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 # prebuild-install would look up a prebuilt binary on GitHub; build the kerberos addon locally.
 export npm_config_build_from_source=true
-npm ci --no-audit --no-fund
+# npm install, not npm ci: the registry this project installs from lacks some platform builds of
+# @biomejs/cli-* (optional), so the lock file cannot list them and npm ci would refuse it.
+npm install --no-audit --no-fund
 npm run lint
 npm run typecheck
 npm run build
