@@ -1,0 +1,147 @@
+/**
+ * The MultilegAgent end to end against real, independent peers: MIT Kerberos (KDC + GSS-API) and
+ * Apache httpd with mod_http2 and mod_auth_gssapi (+ gss-ntlmssp). What the agent must do here is
+ * what no mock can show: Apache authenticates Negotiate per request and sends no Persistent-Auth,
+ * and loses NTLM state between HTTP/2 streams without saying so.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fetch, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { type Lab, requirePeer, startLab } from './lab/index.ts';
+
+const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
+
+describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real peers)', () => {
+  let lab: Lab;
+  let restoreEnv: () => void;
+  const agents: MultilegAgent[] = [];
+  const agent = (o: Partial<MultilegAgentOptions> = {}) => {
+    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, ...o });
+    agents.push(a);
+    return a;
+  };
+  /** Apache's access log lines for a path prefix: [status, client port, protocol]. */
+  const accessLog = (prefix: string) =>
+    readFileSync(lab.apache!.accessLog, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes(` ${prefix}`))
+      .map((l) => {
+        const m = /" (\d{3}) (\d+) proto=(\S+)/.exec(l);
+        return { status: Number(m?.[1]), port: m?.[2], proto: m?.[3] };
+      });
+
+  beforeAll(async () => {
+    lab = await startLab({ apache: true });
+    // alice's ticket cache; no NTLM_USER_FILE, else GSS would quietly use gss-ntlmssp's first user.
+    restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
+  });
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.destroy()));
+    restoreEnv?.();
+    await lab?.stop();
+  });
+
+  it('M2/C4: Kerberos per-request over HTTP/2: after the first handshake each request carries a fresh token on its first leg', async () => {
+    const a = agent();
+    const first = await fetch(`${lab.apache!.origin}/protected/first`, { dispatcher: a });
+    // /protected/first does not exist: Apache authenticates before it looks, so 404 proves the handshake.
+    expect(first.status).toBe(404);
+    expect(first.headers.get('x-remote-user')).toBe('alice@EXAMPLE.TEST');
+    expect(a.handshakes().map((h) => [h.scheme, h.outcome, h.protocol])).toEqual([['Negotiate', 'per-request', 'h2']]);
+    const before = accessLog('/protected/').length;
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a }).then(
+          async (r) => [r.status, r.headers.get('x-remote-user'), await r.text()] as const,
+        ),
+      ),
+    );
+    expect(results.every(([s, u]) => s === 200 && u === 'alice@EXAMPLE.TEST')).toBe(true);
+    // One wire request per user request: no anonymous probe, no 401.
+    const wire = accessLog('/protected/').slice(before);
+    expect(wire.map((w) => w.status)).toEqual(Array(10).fill(200));
+    expect(wire.every((w) => w.proto === 'HTTP/2.0')).toBe(true);
+    expect(a.handshakes().every((h) => h.outcome === 'per-request' && h.legs === 1)).toBe(true);
+  });
+
+  it('M2/C4: Kerberos per-request over HTTP/1.1 as well', async () => {
+    const a = agent();
+    const run = async () => {
+      const res = await request(`${lab.apache!.origin}/protected/`, { dispatcher: a, allowH2: false } as never);
+      await res.body.text();
+      return [res.statusCode, res.headers['x-remote-user']];
+    };
+    expect(await run()).toEqual([200, 'alice@EXAMPLE.TEST']);
+    const before = accessLog('/protected/').length;
+    for (let i = 0; i < 5; i++) expect(await run()).toEqual([200, 'alice@EXAMPLE.TEST']);
+    const wire = accessLog('/protected/').slice(before);
+    expect(wire.map((w) => [w.status, w.proto])).toEqual(Array(5).fill([200, 'HTTP/1.1']));
+  });
+
+  it('M2: a wrong SPN fails with a typed error that names the fix', async () => {
+    const a = agent({ negotiate: { spn: 'HTTP@nosuchhost' } });
+    const err = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a }).catch(
+      (e: { cause?: Error }) => e.cause,
+    );
+    expect((err as { code?: string }).code).toBe('MULTILEG_KRB_UNKNOWN_SPN');
+    expect((err as Error).message).toMatch(/spn/i);
+  });
+
+  it('M2/H1: no ticket but a password: NTLM inside SPNEGO at /spnego2; HTTP/2 loses it, HTTP/1.1 completes it', async () => {
+    const restore = lab.applyEnv({ KRB5CCNAME: `FILE:${join(lab.dir, 'no-such-ccache')}`, NTLM_USER_FILE: undefined });
+    try {
+      const a = agent({
+        credentials: { username: 'alice', password: 'alicepw', domain: 'EXAMPLE' },
+        negotiate: { ntlmFallback: 'spnego' },
+        schemes: ['Negotiate'],
+      });
+      const res = await fetch(`${lab.apache!.origin}/spnego2/`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\alice');
+      expect(res.headers.get('x-protocol')).toBe('HTTP/1.1');
+      const hs = a.handshakes();
+      expect(hs.at(-1)).toMatchObject({ scheme: 'Negotiate', protocol: 'http/1.1' });
+    } finally {
+      restore();
+    }
+  });
+
+  it('M1/H1: our NTLM at Apache /ntlm: the legacy HTTP/2 failure falls back to one HTTP/1.1 connection, remembered', async () => {
+    const a = agent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      schemes: ['NTLM'],
+      negotiate: false,
+    });
+    const before = accessLog('/ntlm/').length;
+    const res = await fetch(`${lab.apache!.origin}/ntlm/`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\alice');
+    await res.text();
+    const wire = accessLog('/ntlm/').slice(before);
+    const h1 = wire.filter((w) => w.proto === 'HTTP/1.1');
+    expect(wire.some((w) => w.proto === 'HTTP/2.0')).toBe(true); // tried on h2 first
+    expect(new Set(h1.map((w) => w.port)).size).toBe(1); // every HTTP/1.1 leg on one connection
+    // Remembered, and the connection stays authenticated: later requests go straight to it, no 401.
+    for (let i = 0; i < 3; i++) {
+      const again = await fetch(`${lab.apache!.origin}/ntlm/`, { dispatcher: a });
+      expect(again.status).toBe(200);
+      await again.text();
+    }
+    const after = accessLog('/ntlm/').slice(before + wire.length);
+    expect(after).toEqual(Array(3).fill({ status: 200, port: h1[0]!.port, proto: 'HTTP/1.1' }));
+    expect(a.stats().handshakes).toBe(1);
+  });
+
+  it("M1: a wrong NTLM password at Apache ends with Apache's own 401, not a hang", async () => {
+    const a = agent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'nope' },
+      schemes: ['NTLM'],
+      negotiate: false,
+    });
+    const res = await fetch(`${lab.apache!.origin}/ntlm/`, { dispatcher: a });
+    expect(res.status).toBe(401);
+    expect(a.stats().failedHandshakes).toBeGreaterThanOrEqual(1);
+  });
+});
