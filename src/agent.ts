@@ -8,6 +8,7 @@ import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import {
+  type ClientCertificateSelector,
   type MultilegAgentOptions,
   normalizeOrigin,
   type ResolvedOptions,
@@ -54,10 +55,16 @@ export class MultilegAgent extends Dispatcher {
 
   constructor(options: MultilegAgentOptions = {}) {
     super();
-    const schemes = options.schemes ?? DEFAULT_SCHEME_ORDER;
+    const certificate = options.clientCertificate;
+    const selectCertificate: ClientCertificateSelector | undefined =
+      typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
+    let schemes = options.schemes ?? DEFAULT_SCHEME_ORDER;
+    // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
+    if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
     this.#options = {
       ...(options.credentials ? { credentials: options.credentials } : {}),
-      trusts: resolveTrust(options.trustedOrigins),
+      ...(selectCertificate ? { clientCertificate: selectCertificate } : {}),
+      trust: resolveTrust(options.trustedOrigins),
       schemes,
       mechanisms: options.mechanisms ?? [],
       connect: options.connect ?? {},
@@ -67,7 +74,7 @@ export class MultilegAgent extends Dispatcher {
       http1MemoryTtl: options.http1MemoryTtl ?? 3_600_000,
     };
     const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
-    this.#mechanisms = new MechanismSet(mechanisms, schemes);
+    this.#mechanisms = new MechanismSet(mechanisms, schemes, selectCertificate !== undefined);
   }
 
   /** A snapshot of the counters. */
@@ -95,7 +102,9 @@ export class MultilegAgent extends Dispatcher {
       const sink = new UserSink(handler);
       sink.begin();
       if (sink.aborted) return true;
-      const task = this.#run(origin, opts, sink).catch((err: Error) => sink.fail(err));
+      const task = this.#run(origin, opts, sink, this.#credentialsAllowed(origin, handler)).catch((err: Error) =>
+        sink.fail(err),
+      );
       this.#running.add(task);
       task.finally(() => this.#running.delete(task));
       return true;
@@ -105,7 +114,26 @@ export class MultilegAgent extends Dispatcher {
     }
   }
 
-  async #run(origin: string, opts: Dispatcher.DispatchOptions, sink: UserSink): Promise<void> {
+  /**
+   * S1: credentials go to trusted origins only. undici's redirect interceptor hands us its handler,
+   * whose `history` names where the request started: a hop to another origin gets no credentials
+   * unless that origin is trusted explicitly. (fetch follows redirects itself and shows us no such
+   * sign: configure `trustedOrigins` when fetch may be redirected.)
+   */
+  #credentialsAllowed(origin: string, handler: Dispatcher.DispatchHandler): boolean {
+    const { trust } = this.#options;
+    if (!trust.trusts(origin)) return false;
+    const first = (handler as { history?: readonly URL[] }).history?.[0];
+    const redirectedFromElsewhere = first !== undefined && normalizeOrigin(first) !== origin;
+    return !redirectedFromElsewhere || trust.explicit;
+  }
+
+  async #run(
+    origin: string,
+    opts: Dispatcher.DispatchOptions,
+    sink: UserSink,
+    credentialsAllowed: boolean,
+  ): Promise<void> {
     this.#stats.requests += 1;
     const headers = normalizeRequestHeaders(opts.headers);
     const body = await prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
@@ -119,7 +147,7 @@ export class MultilegAgent extends Dispatcher {
       sink,
       http1Only: (opts as { allowH2?: boolean }).allowH2 === false,
       callerAuthorization: 'authorization' in headers,
-      noAuth: false,
+      noAuth: !credentialsAllowed,
       reauthenticated: false,
       relocations: 0,
     };

@@ -1,4 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
+import type { Challenge } from './challenge/types.ts';
 import { ConfigError } from './errors.ts';
 import type { NegotiateOptions } from './mechanisms/negotiate/index.ts';
 import type { Credentials, Mechanism } from './mechanisms/types.ts';
@@ -34,6 +35,19 @@ export const DEFAULT_LIMITS: Limits = {
   maxConcurrentHandshakes: 4,
 };
 
+/** A TLS client certificate (PEM or DER), presented to origins that ask for one (T3). */
+export interface ClientCertificate {
+  readonly cert: string | Buffer;
+  readonly key: string | Buffer;
+  readonly passphrase?: string;
+}
+
+/** Picks a client certificate for an origin that offered `Transport mode="tls-client-certificate"`. */
+export type ClientCertificateSelector = (
+  origin: string,
+  challenge: Challenge,
+) => ClientCertificate | undefined | Promise<ClientCertificate | undefined>;
+
 /** Options of {@link MultilegAgent}. */
 export interface MultilegAgentOptions {
   /** Username/password used by NTLM (and by Negotiate's NTLM fallback, Digest and Basic). */
@@ -54,8 +68,15 @@ export interface MultilegAgentOptions {
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
   mechanisms?: readonly Mechanism[];
-  /** TLS options for connections to origins (ca, cert, key, rejectUnauthorized, ...). */
+  /** TLS options for connections to origins (ca, rejectUnauthorized, ...). */
   connect?: ConnectionOptions;
+  /**
+   * Answers `WWW-Authenticate: Transport mode="tls-client-certificate"` (T3): the request moves to a
+   * new session that presents this certificate (HTTP/2 cannot renegotiate), and the origin keeps
+   * using it. A function chooses per origin and challenge, or declines with undefined. Unless
+   * `schemes` places `Transport`, it is preferred over every other scheme.
+   */
+  clientCertificate?: ClientCertificate | ClientCertificateSelector;
   /** See {@link Limits}. */
   limits?: Partial<Limits>;
   /** Maximum HTTP/1.1 connections per origin. Default 16. */
@@ -68,7 +89,8 @@ export interface MultilegAgentOptions {
 
 export interface ResolvedOptions {
   credentials?: Credentials;
-  trusts: (origin: string) => boolean;
+  clientCertificate?: ClientCertificateSelector;
+  trust: Trust;
   schemes: readonly string[];
   mechanisms: readonly Mechanism[];
   connect: ConnectionOptions;
@@ -94,9 +116,19 @@ export function normalizeOrigin(origin: string | URL): string {
   return url.origin;
 }
 
-export function resolveTrust(trusted: MultilegAgentOptions['trustedOrigins']): (origin: string) => boolean {
-  if (trusted === undefined) return () => true;
-  if (typeof trusted === 'function') return trusted;
+/**
+ * Who may receive credentials (S1). With a list or predicate, exactly those origins. Without one,
+ * every origin the caller names itself — but not another origin reached by a redirect.
+ */
+export interface Trust {
+  trusts(origin: string): boolean;
+  /** The caller configured the trusted origins explicitly (then redirects do not narrow it). */
+  readonly explicit: boolean;
+}
+
+export function resolveTrust(trusted: MultilegAgentOptions['trustedOrigins']): Trust {
+  if (trusted === undefined) return { trusts: () => true, explicit: false };
+  if (typeof trusted === 'function') return { trusts: trusted, explicit: true };
   const set = new Set(trusted.map((o) => normalizeOrigin(o)));
-  return (origin) => set.has(origin);
+  return { trusts: (origin) => set.has(origin), explicit: true };
 }

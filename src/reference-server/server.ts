@@ -364,7 +364,8 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
 
     // The mode may have changed while the response was held; record the one that decided.
     draft.mode = this.options.mode;
-    const decision = await this.#decide(state, draft, headers, authority);
+    const tlsSocket = (stream ? stream.session?.socket : req.socket) as TLSSocket | undefined;
+    const decision = await this.#decide(state, draft, headers, authority, peerCertificate(tlsSocket));
     if (decision.kind === 'iis') {
       this.#refuseIis(state, draft, req as Http2ServerRequest);
       return;
@@ -400,19 +401,38 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
   }
 
   /** The authorization logic of the draft (D§3, D§3.1) and of the modes. */
-  async #decide(state: SessionState, draft: Draft, headers: Headers, authority: string): Promise<Decision> {
+  async #decide(
+    state: SessionState,
+    draft: Draft,
+    headers: Headers,
+    authority: string,
+    peer: PeerCertificate = { presented: false, authorized: false },
+  ): Promise<Decision> {
     const o = this.options;
     const mode = o.mode;
     const h2 = state.protocol === 'h2';
-    const bare = (): Headers => ({ 'www-authenticate': [...o.schemes] });
+    // T (TLS list message): a client certificate is offered as one more challenge.
+    const transport = o.clientCertificate === 'offer' ? [TRANSPORT_CHALLENGE] : [];
+    const bare = (): Headers => ({ 'www-authenticate': [...o.schemes, ...transport] });
 
     if (o.faults.misdirectedForOtherHosts && !o.authorities.some((a) => a.toLowerCase() === authority.toLowerCase())) {
       return { kind: 'respond', status: 421, outcome: 'misdirected', headers: {} };
     }
     const pathname = draft.path.split('?')[0] ?? '';
     const sessionUser = mode !== 'per-request' ? state.user : undefined;
+    if (pathname === '/public/redirect') {
+      // A redirect to wherever `?to=` says: for tests of credentials across redirects (S1).
+      const to = new URLSearchParams(draft.path.split('?')[1] ?? '').get('to') ?? '/public/';
+      return { kind: 'respond', status: 302, outcome: 'anonymous', headers: { location: to } };
+    }
     if (pathname === '/public' || pathname.startsWith('/public/')) {
       return { kind: 'respond', status: 200, outcome: 'anonymous', headers: {}, ...userField(sessionUser) };
+    }
+    if (o.clientCertificate === 'offer' && peer.presented) {
+      // A certificate from our CA authenticates; any other is final (T4: 403, no retry).
+      if (peer.authorized)
+        return { kind: 'respond', status: 200, outcome: 'certificate', headers: {}, user: `cert:${peer.subject}` };
+      return { kind: 'respond', status: 403, outcome: 'forbidden', headers: {} };
     }
     const authorization = headerValue(headers.authorization);
     if (mode === 'iis' && h2 && sessionUser === undefined) return { kind: 'iis' };
@@ -645,6 +665,7 @@ function resolveOptions(opts: ReferenceServerOptions): ResolvedReferenceServerOp
     requireChannelBinding: opts.requireChannelBinding ?? false,
     authorities: [...(opts.authorities ?? [])],
     faults: { ...(opts.faults ?? {}) },
+    clientCertificate: opts.clientCertificate ?? 'off',
   };
   if (opts.acceptorFactory) resolved.acceptorFactory = opts.acceptorFactory;
   if (opts.onExchange) resolved.onExchange = opts.onExchange;
@@ -680,6 +701,8 @@ export async function startReferenceServer(opts: ReferenceServerOptions = {}): P
     allowHTTP1: true,
     cert: SERVER_CERT,
     key: SERVER_KEY,
+    // Ask for a client certificate but let the handshake go on without one: the HTTP layer decides.
+    ...(options.clientCertificate === 'offer' ? { requestCert: true, rejectUnauthorized: false, ca: CA_CERT } : {}),
     ...(max !== undefined ? { settings: { maxConcurrentStreams: max } } : {}),
   });
   await new Promise<void>((resolve, reject) => {
@@ -691,4 +714,20 @@ export async function startReferenceServer(opts: ReferenceServerOptions = {}): P
   });
   const port = (server.address() as AddressInfo).port;
   return new ReferenceServer(server, port, options, defaultFactory);
+}
+
+/** What the TLS layer says about the client's certificate (T3). */
+interface PeerCertificate {
+  readonly presented: boolean;
+  readonly authorized: boolean;
+  readonly subject?: string;
+}
+
+const TRANSPORT_CHALLENGE = 'Transport mode="tls-client-certificate"';
+
+function peerCertificate(socket: TLSSocket | undefined): PeerCertificate {
+  const cert = socket?.getPeerX509Certificate?.();
+  if (!socket || !cert) return { presented: false, authorized: false };
+  const cn = /CN=([^\n,]+)/.exec(cert.subject)?.[1] ?? cert.subject;
+  return { presented: true, authorized: socket.authorized === true, subject: cn };
 }

@@ -111,6 +111,12 @@ export interface ReferenceServerOptions {
    * Default `['localhost:PORT']`.
    */
   authorities?: string[];
+  /**
+   * `offer`: request a TLS client certificate (without requiring one), offer
+   * `Transport mode="tls-client-certificate"` in every bare 401 (T3), accept a certificate issued by
+   * the test CA (user `cert:<CN>`) and answer 403 to any other (T4). Fixed at start. Default `off`.
+   */
+  clientCertificate?: 'off' | 'offer';
   /** Fault switches. */
   faults?: ReferenceServerFaults;
   /** Creates a security context per handshake. Default: the NTLM acceptor (serves NTLM and Negotiate). */
@@ -134,6 +140,7 @@ export interface ResolvedReferenceServerOptions {
   record: boolean;
   requireChannelBinding: boolean;
   authorities: string[];
+  clientCertificate: 'off' | 'offer';
   faults: ReferenceServerFaults;
   acceptorFactory?: (info: AcceptorFactoryInfo) => AcceptorLike;
   onExchange?: (exchange: Exchange) => void;
@@ -161,7 +168,9 @@ export type ExchangeOutcome =
   | 'session'
   | 'rst'
   | 'goaway'
-  | 'misdirected';
+  | 'misdirected'
+  | 'certificate'
+  | 'forbidden';
 
 /** One request/response pair as the server saw it on the wire. */
 export interface Exchange {

@@ -1,9 +1,9 @@
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import type { MechanismSet } from '../mechanisms/registry.ts';
+import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
-import type { Limits } from '../options.ts';
+import type { ClientCertificateSelector, Limits } from '../options.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session } from './session.ts';
@@ -26,12 +26,12 @@ export interface ExchangeEnv {
   readonly memory: OriginMemory;
   readonly mechanisms: MechanismSet;
   readonly limits: Limits;
-  /** Credentials may be sent to this origin (S1). */
-  readonly trusted: boolean;
+  /** Picks a client certificate for a Transport challenge (T3). */
+  readonly selectCertificate?: ClientCertificateSelector;
   report(r: HandshakeReport): void;
 }
 
-export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected';
+export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
 export type ExchangeOutcome =
   | { readonly kind: 'done'; readonly done: Promise<void> }
   | { readonly kind: 'relocate'; readonly reason: RelocateReason };
@@ -64,6 +64,8 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
   // Schemes that cannot run here (no ticket, package missing), and why the last one could not (T2).
   const excluded = new Set<string>();
   let lastUnusable: Error | undefined;
+  // A session that already presents the certificate cannot answer Transport again.
+  if (env.memory.clientCertificate) excluded.add(TRANSPORT);
   for (;;) {
     const state = session.state;
     if (state.kind === 'closed')
@@ -80,7 +82,7 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     if (env.memory.requiresHttp1 && session.lane === 'auto' && session.protocol === 'h2') {
       return { kind: 'relocate', reason: 'http1' };
     }
-    const mayAuthenticate = env.trusted && !job.callerAuthorization && !job.noAuth && !env.mechanisms.empty;
+    const mayAuthenticate = !job.callerAuthorization && !job.noAuth && !env.mechanisms.empty;
 
     // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
     if (mayAuthenticate && state.kind !== 'authenticated') {
@@ -133,9 +135,24 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     for (;;) {
       const chosen = env.mechanisms.choose(challenges, excluded);
       if (!chosen) {
-        // Every offered scheme we have proved unusable here: say why, rather than show a bare 401.
-        job.sink.fail(lastUnusable!);
-        return DONE;
+        // Every offered scheme we have proved unusable here: say why; or, when nothing said why
+        // (a certificate selector declined), send the request again as it is and show the 401.
+        if (lastUnusable) {
+          job.sink.fail(lastUnusable);
+          return DONE;
+        }
+        job.noAuth = true;
+        break;
+      }
+      if (!chosen.mechanism) {
+        // T3: present a client certificate, on a new session (HTTP/2 cannot renegotiate).
+        const certificate = await env.selectCertificate?.(job.origin, chosen.challenge);
+        if (!certificate) {
+          excluded.add(TRANSPORT);
+          continue;
+        }
+        env.memory.clientCertificate = certificate;
+        return { kind: 'relocate', reason: 'client-certificate' };
       }
       const blocking = chosen.mechanism.multileg && now.kind !== 'per-request';
       const outcome = await lead(session, job, env, chosen.mechanism, chosen.challenge, blocking);

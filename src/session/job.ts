@@ -19,7 +19,10 @@ export interface Job {
   readonly http1Only: boolean;
   /** The caller set its own Authorization: we never touch such a request. */
   readonly callerAuthorization: boolean;
-  /** Set when the handshake this request waited for failed: send as is, show the server's 401 (C7). */
+  /**
+   * Send without credentials and show the server's 401: the origin is not trusted with them (S1),
+   * or the handshake this request waited for failed (C7).
+   */
   noAuth: boolean;
   /** Set once this request re-authenticated an authenticated session (T4: once). */
   reauthenticated: boolean;

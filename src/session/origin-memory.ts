@@ -1,3 +1,5 @@
+import type { ClientCertificate } from '../options.ts';
+
 /**
  * What the agent has learnt about one origin, shared by its sessions: which scheme it wants and
  * whether that authenticates sessions or requests (C4), and whether authentication must use
@@ -5,6 +7,8 @@
  */
 export class OriginMemory {
   scheme: string | undefined;
+  /** Set once the origin asked for a client certificate and one was chosen (T3): sessions present it. */
+  clientCertificate: ClientCertificate | undefined;
   mode: 'session' | 'per-request' | undefined;
   #http1Until = 0;
   readonly #ttl: number;

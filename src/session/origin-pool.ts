@@ -51,7 +51,7 @@ export class OriginPool {
       memory: this.memory,
       mechanisms,
       limits: options.limits,
-      trusted: options.trusts(origin),
+      ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       report,
     };
   }
@@ -98,15 +98,20 @@ export class OriginPool {
   #maxSessions(lane: Lane): number {
     if (lane === 'http1') return this.#options.maxHttp1Connections;
     // An "auto" session that negotiated HTTP/1.1 serves one request at a time: allow more of them.
-    const h1 = this.#sessions.some((s) => s.lane === 'auto' && s.protocol === 'http/1.1');
+    const h1 = this.#sessions.some((s) => this.#usable(s, 'auto') && s.protocol === 'http/1.1');
     return h1 ? this.#options.maxHttp1Connections : 1;
+  }
+
+  /** Sessions that may carry new requests: the lane's, and with the certificate once one is in use (T3). */
+  #usable(s: Session, lane: Lane): boolean {
+    return s.lane === lane && !s.closed && s.certified === (this.memory.clientCertificate !== undefined);
   }
 
   #pick(lane: Lane): Session | undefined {
     let best: Session | undefined;
     let bestScore = -1;
     for (const s of this.#sessions) {
-      if (s.lane !== lane || s.closed || s.inflight >= s.capacity) continue;
+      if (!this.#usable(s, lane) || s.inflight >= s.capacity) continue;
       // Prefer a connection that is already authenticated: it needs no handshake (H1).
       const score = s.state.kind === 'authenticated' ? 2 : s.state.kind === 'per-request' ? 1 : 0;
       if (score > bestScore) {
@@ -142,7 +147,7 @@ export class OriginPool {
   #take(lane: Lane): Session | undefined {
     let session = this.#pick(lane);
     if (!session) {
-      const open = this.#sessions.filter((s) => s.lane === lane && !s.closed).length;
+      const open = this.#sessions.filter((s) => this.#usable(s, lane)).length;
       if (open >= this.#maxSessions(lane)) return undefined;
       session = this.#create(lane);
     }
@@ -151,10 +156,12 @@ export class OriginPool {
   }
 
   #create(lane: Lane): Session {
+    const certificate = this.memory.clientCertificate;
     const session = new Session({
       origin: this.origin,
       lane,
-      tls: this.#options.connect,
+      tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
+      certified: certificate !== undefined,
       keepAliveTimeout: this.#options.keepAliveTimeout,
       limits: this.#options.limits,
       onChange: () => this.#pump(),

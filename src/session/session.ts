@@ -54,10 +54,14 @@ export class Session {
   readonly #limits: Limits;
   readonly #onChange: () => void;
 
+  /** This session presents a client certificate (T3): only such sessions serve the origin then. */
+  readonly certified: boolean;
+
   constructor(opts: {
     origin: string;
     lane: Lane;
     tls: ConnectionOptions;
+    certified: boolean;
     keepAliveTimeout: number;
     limits: Limits;
     /** Called when capacity may have grown or the session closed: the pool pumps its queue. */
@@ -65,6 +69,7 @@ export class Session {
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
+    this.certified = opts.certified;
     this.#limits = opts.limits;
     this.#onChange = opts.onChange;
     const allowH2 = opts.lane === 'auto';

@@ -1,0 +1,141 @@
+import { fetch, interceptors, request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Challenge } from '../src/index.ts';
+import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
+
+let r: Rig | undefined;
+afterEach(async () => {
+  await r?.close();
+  r = undefined;
+});
+
+const CERT = { cert: CLIENT_CERT, key: CLIENT_KEY };
+
+describe('choosing credentials: Transport (client certificates), 401 vs 403, trusted origins', () => {
+  it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
+    r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: CERT });
+    const res = await get(r, '/auth/a', { method: 'POST', body: 'same body' });
+    expect(res.status).toBe(200);
+    expect(res.body.user).toBe('cert:alice');
+    const [first, second] = r.server.exchanges;
+    expect(first!.status).toBe(401);
+    expect(first!.responseHeaders['www-authenticate']).toContain('Transport mode="tls-client-certificate"');
+    expect(second!.outcome).toBe('certificate');
+    expect(second!.sessionId).not.toBe(first!.sessionId);
+    expect(second!.bodySha256).toBe(first!.bodySha256);
+    // No credentials were sent: the certificate was the stronger (configured) choice (T2).
+    expect(r.server.exchanges.some((e) => hasAuth(e.requestHeaders))).toBe(false);
+    // The origin keeps using certificate sessions.
+    const more = await many(r, 5);
+    expect(more.every((x) => x.status === 200 && x.body.user === 'cert:alice')).toBe(true);
+    expect(new Set(more.map((x) => x.body.sessionId))).toEqual(new Set([second!.sessionId]));
+  });
+
+  it('T3: a selector is given the origin and the challenge, and may decline (the next scheme is used)', async () => {
+    const seen: Array<[string, Challenge]> = [];
+    r = await rig(
+      { mode: 'session', clientCertificate: 'offer' },
+      {
+        clientCertificate: (origin, challenge) => {
+          seen.push([origin, challenge]);
+          return undefined;
+        },
+      },
+    );
+    const res = await get(r, '/auth/a');
+    expect(res.status).toBe(200);
+    expect(res.body.user).toBe('EXAMPLE\\alice');
+    expect(seen).toHaveLength(1);
+    expect(seen[0]![0]).toBe(r.server.origin);
+    expect(seen[0]![1].params.mode).toBe('tls-client-certificate');
+  });
+
+  it('T2: Transport is ranked by configuration: placed last, Negotiate wins', async () => {
+    r = await rig(
+      { mode: 'session', clientCertificate: 'offer' },
+      { clientCertificate: CERT, schemes: ['Negotiate', 'NTLM', 'Transport'] },
+    );
+    const res = await get(r, '/auth/a');
+    expect(res.status).toBe(200);
+    expect(res.body.user).toBe('EXAMPLE\\alice');
+    expect(r.agent.handshakes()[0]!.scheme).toBe('Negotiate');
+  });
+
+  it('T2: the strongest offered scheme wins (Negotiate over NTLM)', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM', 'Negotiate'] });
+    await get(r, '/auth/a');
+    expect(r.agent.handshakes().map((h) => h.scheme)).toEqual(['Negotiate']);
+  });
+
+  it('T2: a configurable order: NTLM first', async () => {
+    r = await rig({ mode: 'session' }, { schemes: ['NTLM', 'Negotiate'] });
+    await get(r, '/auth/a');
+    expect(r.agent.handshakes().map((h) => h.scheme)).toEqual(['NTLM']);
+  });
+
+  it('T4: a 403 is final: no retry with other credentials', async () => {
+    // The server certificate is not for client authentication: the server refuses it with 403.
+    r = await rig(
+      { mode: 'session', clientCertificate: 'offer' },
+      { clientCertificate: { cert: SERVER_CERT, key: SERVER_KEY } },
+    );
+    const res = await fetch(`${r.server.origin}/auth/a`, { dispatcher: r.agent });
+    expect(res.status).toBe(403);
+    await res.arrayBuffer();
+    expect(r.server.exchanges.map((e) => e.status)).toEqual([401, 403]);
+    expect(r.agent.stats().handshakes).toBe(0);
+  });
+
+  it('T4: a 401 from an authenticated session re-runs authentication once, then shows the 401', async () => {
+    r = await rig({ mode: 'session' });
+    expect((await get(r, '/auth/a')).status).toBe(200);
+    // The server forgets the session again and again: one re-authentication per request, no loop.
+    r.server.on('exchange', (e) => {
+      if (e.outcome === 'accepted') r!.server.forgetAuthentication();
+    });
+    r.server.forgetAuthentication();
+    const res = await get(r, '/auth/b');
+    expect(res.status).toBe(200); // the re-run succeeded and the original request was resent
+    expect(r.agent.stats().handshakes).toBe(2);
+  });
+
+  it('S1: credentials go only to trusted origins', async () => {
+    r = await rig({ mode: 'session' });
+    await r.agent.close();
+    const { MultilegAgent } = await import('../src/index.ts');
+    r.agent = new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      connect: { ca: r.server.ca },
+      trustedOrigins: [r.server.origin],
+    });
+    expect((await get(r, '/auth/trusted')).status).toBe(200);
+    const other = r.server.origin.replace('localhost', '127.0.0.1');
+    const res = await fetch(`${other}/auth/untrusted`, { dispatcher: r.agent });
+    expect(res.status).toBe(401);
+    await res.arrayBuffer();
+    const toOther = r.server.exchanges.filter((e) => e.authority.startsWith('127.0.0.1'));
+    expect(toOther.length).toBeGreaterThan(0);
+    expect(toOther.some((e) => hasAuth(e.requestHeaders))).toBe(false);
+  });
+
+  it('S1: a redirect to another origin loses the credentials; a same-origin redirect keeps them', async () => {
+    r = await rig({ mode: 'session' });
+    const redirecting = r.agent.compose(interceptors.redirect({ maxRedirections: 3 }));
+    const other = r.server.origin.replace('localhost', '127.0.0.1');
+    const cross = await request(`${r.server.origin}/public/redirect?to=${encodeURIComponent(`${other}/auth/x`)}`, {
+      dispatcher: redirecting,
+    });
+    expect(cross.statusCode).toBe(401);
+    await cross.body.dump();
+    expect(
+      r.server.exchanges.filter((e) => e.authority.startsWith('127.0.0.1')).some((e) => hasAuth(e.requestHeaders)),
+    ).toBe(false);
+    const same = await request(`${r.server.origin}/public/redirect?to=${encodeURIComponent('/auth/y')}`, {
+      dispatcher: redirecting,
+    });
+    expect(same.statusCode).toBe(200);
+    expect(((await same.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+});
