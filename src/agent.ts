@@ -84,6 +84,16 @@ export class MultilegAgent extends Dispatcher {
     return { ...this.#stats, sessions };
   }
 
+  /**
+   * Calls `listener` with every finished handshake (also emitted as the `'handshake'` event, which
+   * undici's Dispatcher typings do not know). Returns a function that unsubscribes.
+   */
+  onHandshake(listener: (report: HandshakeReport) => void): () => void {
+    const emitter = this as unknown as NodeJS.EventEmitter;
+    emitter.on('handshake', listener);
+    return () => emitter.off('handshake', listener);
+  }
+
   /** Every finished handshake so far, oldest first. */
   handshakes(): readonly HandshakeReport[] {
     return this.#reports;
