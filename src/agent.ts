@@ -15,6 +15,7 @@ import {
   resolveLimits,
   resolveTrust,
 } from './options.ts';
+import { ProxyResolver } from './proxy/options.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
@@ -72,6 +73,7 @@ export class MultilegAgent extends Dispatcher {
       maxHttp1Connections: options.maxHttp1Connections ?? 16,
       keepAliveTimeout: options.keepAliveTimeout ?? 60_000,
       http1MemoryTtl: options.http1MemoryTtl ?? 3_600_000,
+      proxy: new ProxyResolver(options.proxy),
     };
     const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
     this.#mechanisms = new MechanismSet(mechanisms, schemes, selectCertificate !== undefined);
@@ -146,7 +148,8 @@ export class MultilegAgent extends Dispatcher {
   ): Promise<void> {
     this.#stats.requests += 1;
     const headers = normalizeRequestHeaders(opts.headers);
-    const body = await prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
+    const prepared = prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
+    const body = prepared instanceof Promise ? await prepared : prepared;
     const { headers: _h, body: _b, origin: _o, ...rest } = opts;
     const job: Job = {
       id: newJobId(),

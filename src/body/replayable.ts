@@ -38,10 +38,15 @@ function toBuffer(chunk: unknown): Buffer {
  * fits in `limit` bytes. Larger bodies keep their buffered prefix and the rest of the iterator, to
  * be written once.
  */
-export async function prepareBody(body: unknown, limit: number): Promise<PreparedBody> {
+export function prepareBody(body: unknown, limit: number): PreparedBody | Promise<PreparedBody> {
+  // Most bodies (none, a string, a Buffer) need no reading: answer synchronously, no extra tick.
   if (REPLAYABLE_AS_IS(body) || !isAsyncSource(body)) {
     return { replayable: true, take: () => body };
   }
+  return bufferBody(body, limit);
+}
+
+async function bufferBody(body: AsyncIterable<unknown> | Iterable<unknown>, limit: number): Promise<PreparedBody> {
   const iterator = (
     Symbol.asyncIterator in body
       ? (body as AsyncIterable<unknown>)[Symbol.asyncIterator]()
