@@ -20,6 +20,9 @@ import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
 
+/** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
+export const MAX_REPORTS = 1000;
+
 /** Counters since the agent was created. */
 export interface MultilegStats {
   /** Requests dispatched by callers. */
@@ -96,7 +99,7 @@ export class MultilegAgent extends Dispatcher {
     return () => emitter.off('handshake', listener);
   }
 
-  /** Every finished handshake so far, oldest first. */
+  /** The last {@link MAX_REPORTS} finished handshakes, oldest first (`stats()` counts them all). */
   handshakes(): readonly HandshakeReport[] {
     return this.#reports;
   }
@@ -181,6 +184,8 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.legs += r.legs;
     if (r.outcome === 'failed') this.#stats.failedHandshakes += 1;
     this.#reports.push(r);
+    // Per-request mode runs a handshake per request: keep a window, not the whole history.
+    if (this.#reports.length > MAX_REPORTS) this.#reports.splice(0, this.#reports.length - MAX_REPORTS);
     log.agent(
       'handshake %s %s %s legs=%d outcome=%s auth-id=%s',
       r.origin,
