@@ -1,9 +1,29 @@
-export { MultilegAgent, type MultilegStats } from './agent.ts';
+export { MAX_REPORTS, MultilegAgent, type MultilegStats } from './agent.ts';
 export { chooseChallenge, DEFAULT_SCHEME_ORDER, parseChallenges } from './challenge/index.ts';
 export type { Challenge } from './challenge/types.ts';
 export * from './errors.ts';
+export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts';
+export { DigestChallengeError, digestMechanism } from './mechanisms/digest/index.ts';
+export {
+  KerberosClockSkewError,
+  KerberosError,
+  KerberosKdcUnreachableError,
+  KerberosNoTicketError,
+  KerberosTicketExpiredError,
+  KerberosUnknownServiceError,
+  type NegotiateOptions,
+  negotiateMechanism,
+} from './mechanisms/negotiate/index.ts';
 export { ntlmMechanism, ntlmMechanismWithScheme } from './mechanisms/ntlm/index.ts';
 export type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from './mechanisms/types.ts';
-export type { Limits, MultilegAgentOptions } from './options.ts';
+export type { ClientCertificate, ClientCertificateSelector, Limits, MultilegAgentOptions } from './options.ts';
+export {
+  ProxyAuthenticationError,
+  ProxyConnectError,
+  ProxyProtocolError,
+  ProxyTimeoutError,
+  RemoteHttp1Error,
+} from './proxy/errors.ts';
+export type { ProxyOptions } from './proxy/options.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';

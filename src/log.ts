@@ -11,4 +11,5 @@ export const log = {
   session: createDebug('multileg:session'),
   leg: createDebug('multileg:leg'),
   handshake: createDebug('multileg:handshake'),
+  proxy: createDebug('multileg:proxy'),
 };

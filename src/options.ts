@@ -3,6 +3,7 @@ import type { Challenge } from './challenge/types.ts';
 import { ConfigError } from './errors.ts';
 import type { NegotiateOptions } from './mechanisms/negotiate/index.ts';
 import type { Credentials, Mechanism } from './mechanisms/types.ts';
+import type { ProxyOptions, ProxyResolver } from './proxy/options.ts';
 
 /** Bounds on handshakes and queues (C11). Every one fails with a typed error naming it. */
 export interface Limits {
@@ -66,6 +67,11 @@ export interface MultilegAgentOptions {
    * server; `'spnego'` wraps it with a mechListMIC). `false` disables Negotiate.
    */
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
+  /**
+   * Let Basic send the password to cleartext `http:` origins and proxies (M4). Default false: such a
+   * Basic challenge is refused with a `BasicOverHttpError` (or another offered scheme is used).
+   */
+  allowBasicOverHttp?: boolean;
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
   mechanisms?: readonly Mechanism[];
   /** TLS options for connections to origins (ca, rejectUnauthorized, ...). */
@@ -85,6 +91,13 @@ export interface MultilegAgentOptions {
   keepAliveTimeout?: number;
   /** How long an origin stays "HTTP/1.1 for authentication" after a downgrade, in ms. Default 1 hour. */
   http1MemoryTtl?: number;
+  /**
+   * Proxy (H5): a URI, {@link ProxyOptions} (with its own credentials, never the origin's), or `false`
+   * to ignore the environment. Default: `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as undici's
+   * EnvHttpProxyAgent reads them. https targets go through a CONNECT tunnel; http targets are
+   * forwarded (absolute-form) unless `http: 'tunnel'`.
+   */
+  proxy?: string | ProxyOptions | false;
 }
 
 export interface ResolvedOptions {
@@ -98,6 +111,7 @@ export interface ResolvedOptions {
   maxHttp1Connections: number;
   keepAliveTimeout: number;
   http1MemoryTtl: number;
+  proxy: ProxyResolver;
 }
 
 function positive(name: string, value: number): number {

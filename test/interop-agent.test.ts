@@ -33,7 +33,7 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
       });
 
   async function logSettled(prefix: string, from: number, count: number) {
-    for (let i = 0; i < 100 && accessLog(prefix).length - from < count; i++)
+    for (let i = 0; i < 250 && accessLog(prefix).length - from < count; i++)
       await new Promise((r) => setTimeout(r, 20));
     return accessLog(prefix).slice(from);
   }
@@ -56,7 +56,6 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     expect(first.status).toBe(404);
     expect(first.headers.get('x-remote-user')).toBe('alice@EXAMPLE.TEST');
     expect(a.handshakes().map((h) => [h.scheme, h.outcome, h.protocol])).toEqual([['Negotiate', 'per-request', 'h2']]);
-    expect((await logSettled('/protected/first', 0, 2)).map((w) => w.status)).toEqual([401, 404]);
     const results = await Promise.all(
       Array.from({ length: 10 }, () =>
         fetch(`${lab.apache!.origin}/protected/index.html`, { dispatcher: a }).then(
@@ -65,8 +64,10 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
       ),
     );
     expect(results.every(([s, u]) => s === 200 && u === 'alice@EXAMPLE.TEST')).toBe(true);
-    // One wire request per user request: no anonymous probe, no 401.
+    // One wire request per user request: no anonymous probe, no 401. (mod_http2 may write a
+    // stream's log line only when later traffic cleans it up: read the log after the batch.)
     const wire = await logSettled('/protected/index.html', 0, 10);
+    expect((await logSettled('/protected/first', 0, 2)).map((w) => w.status)).toEqual([401, 404]);
     expect(wire.map((w) => [w.status, w.proto])).toEqual(Array(10).fill([200, 'HTTP/2.0']));
     expect(a.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
     expect(

@@ -3,6 +3,13 @@
  * (Auth-ID, Persistent-Auth, context limits, IIS/legacy behaviours, fault switches), recording
  * every exchange. A test peer, not a production server.
  */
+
+export {
+  type ProxyExchange,
+  ReferenceProxy,
+  type ReferenceProxyOptions,
+  startReferenceProxy,
+} from './proxy.ts';
 export {
   DEFAULT_USERS,
   ReferenceServer,

@@ -11,6 +11,7 @@ import {
 } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { DigestResponder } from './digest.ts';
 import { type PendingContext, SessionState } from './session-state.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from './test-pki.ts';
 import type {
@@ -97,6 +98,8 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
   readonly options: ResolvedReferenceServerOptions;
   /** Every exchange seen, in order of completion. Cleared by {@link reset}. */
   readonly exchanges: Exchange[] = [];
+  /** Digest and Basic, served when `schemes` names them; its `options` are live. */
+  readonly digest: DigestResponder = new DigestResponder();
 
   readonly #server: Http2SecureServer;
   readonly #sockets = new Set<Socket>();
@@ -413,7 +416,9 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const h2 = state.protocol === 'h2';
     // T (TLS list message): a client certificate is offered as one more challenge.
     const transport = o.clientCertificate === 'offer' ? [TRANSPORT_CHALLENGE] : [];
-    const bare = (): Headers => ({ 'www-authenticate': [...o.schemes, ...transport] });
+    const bare = (stale = false): Headers => ({
+      'www-authenticate': [...this.digest.challenges(o.schemes, stale), ...transport],
+    });
 
     if (o.faults.misdirectedForOtherHosts && !o.authorities.some((a) => a.toLowerCase() === authority.toLowerCase())) {
       return { kind: 'respond', status: 421, outcome: 'misdirected', headers: {} };
@@ -440,6 +445,15 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       if (sessionUser !== undefined)
         return { kind: 'respond', status: 200, outcome: 'session', headers: {}, user: sessionUser };
       return { kind: 'respond', status: 401, outcome: 'unauthenticated', headers: bare() };
+    }
+
+    // Digest and Basic authenticate the request alone (M3, M4).
+    const requestScheme = this.digest.schemeOf(authorization, o.schemes);
+    if (requestScheme !== undefined) {
+      draft.scheme = requestScheme;
+      const v = this.digest.verify(requestScheme, authorization, draft.method, draft.path, o.users);
+      if (v.ok) return { kind: 'respond', status: 200, outcome: 'accepted', headers: {}, user: v.user };
+      return { kind: 'respond', status: 401, outcome: 'rejected', headers: bare(v.stale), reason: v.reason };
     }
 
     const parsed = parseAuthorization(authorization);

@@ -1,6 +1,10 @@
 import type { Socket } from 'node:net';
-import type { ConnectionOptions, TLSSocket } from 'node:tls';
+import { isIP } from 'node:net';
+import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { buildConnector } from 'undici';
+import type { Limits } from '../options.ts';
+import type { ProxyRoute } from '../proxy/options.ts';
+import { connectToProxy, openTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
 
 /** What the connector learned about one new connection: the only source of session identity. */
@@ -16,26 +20,89 @@ export interface ConnectionInfo {
  * Builds the connect function for one session's Client. It honours the lane's `allowH2` itself —
  * undici's connector ignores the per-call flag — and turns off TLS session resumption, because a
  * resumed session has no peer certificate to derive channel bindings from.
+ *
+ * Through a proxy (H5): `tunnel` opens a CONNECT tunnel (authenticating to the proxy on its one
+ * socket) and runs TLS + ALPN to the origin inside it, so the channel binding is the origin's;
+ * `forward` connects to the proxy itself (TLS + ALPN for an https:// proxy) and has no channel
+ * binding, since the origin's certificate is never seen.
  */
 export function sessionConnector(
   tls: ConnectionOptions,
   allowH2: boolean,
   onConnection: (info: ConnectionInfo) => void,
+  route?: {
+    readonly proxy: ProxyRoute;
+    readonly limits: Limits;
+    /** forward: the first connection, opened early so the session knows its protocol before its first request. */
+    readonly preopened?: Promise<Socket>;
+  },
 ): buildConnector.connector {
-  const base = buildConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 });
   let generation = 0;
+  const done = (socket: Socket, callback: buildConnector.Callback, proxied: 'tunnel' | 'forward' | undefined) => {
+    const tlsSocket = socket as Socket & Partial<TLSSocket>;
+    const protocol = tlsSocket.alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
+    const cert =
+      proxied !== 'forward' && typeof tlsSocket.getPeerX509Certificate === 'function'
+        ? tlsSocket.getPeerX509Certificate()
+        : undefined;
+    generation += 1;
+    onConnection({ generation, protocol, channelBinding: tlsServerEndPoint(cert) });
+    callback(null, socket);
+  };
+  const alpn = allowH2 ? ['h2', 'http/1.1'] : ['http/1.1'];
+  if (route?.proxy.kind === 'forward') {
+    const proxy = route.proxy.proxy;
+    let first = route.preopened;
+    return (_opts, callback) => {
+      const opening = first ?? connectToProxy(proxy, alpn);
+      first = undefined;
+      opening.then(
+        (socket) => done(socket, callback, 'forward'),
+        (err: Error) => callback(err, null),
+      );
+    };
+  }
+  if (route?.proxy.kind === 'tunnel') {
+    const { proxy } = route.proxy;
+    const limits = route.limits;
+    return (opts, callback) => {
+      const hostname = opts.hostname.replace(/^\[(.*)\]$/, '$1');
+      const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
+      openTunnel(proxy, hostname, port, limits).then(
+        ({ socket }) => {
+          if (opts.protocol !== 'https:') {
+            done(socket, callback, 'tunnel');
+            return;
+          }
+          const servername = opts.servername ?? (isIP(hostname) ? undefined : hostname);
+          const secure = tlsConnect({
+            ...tls,
+            socket,
+            ...(servername ? { servername } : {}),
+            ALPNProtocols: alpn,
+          });
+          const onError = (err: Error) => {
+            secure.destroy();
+            socket.destroy();
+            callback(err, null);
+          };
+          secure.once('error', onError);
+          secure.once('secureConnect', () => {
+            secure.off('error', onError);
+            done(secure, callback, 'tunnel');
+          });
+        },
+        (err: Error) => callback(err, null),
+      );
+    };
+  }
+  const base = buildConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 });
   return (opts, callback) =>
     base(opts, (err, socket) => {
       if (err || !socket) {
         callback(err ?? new Error('connect failed'), null);
         return;
       }
-      const tlsSocket = socket as Socket & Partial<TLSSocket>;
-      const protocol = tlsSocket.alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
-      const cert =
-        typeof tlsSocket.getPeerX509Certificate === 'function' ? tlsSocket.getPeerX509Certificate() : undefined;
-      generation += 1;
-      onConnection({ generation, protocol, channelBinding: tlsServerEndPoint(cert) });
-      callback(null, socket);
+      done(socket as Socket, callback, undefined);
     });
 }

@@ -173,12 +173,26 @@ async function lead(
 ): Promise<ExchangeOutcome | { readonly kind: 'unusable'; readonly error: Error }> {
   const scheme = mechanism.scheme;
   if (blocking) session.apply({ type: 'handshake-start', scheme, leader: job.id });
+  // A nonce-based one-leg scheme (Digest) answers a 401 once more when only its nonce was refused:
+  // `stale=true` (RFC 7616 §3.3), or a fresh challenge after a proactive answer to a remembered nonce.
+  const schemeKey = scheme.toLowerCase();
+  let renewed = false;
+  const renewNonce = (status: number, headers: Parameters<typeof readChallenges>[0]): boolean => {
+    if (status !== 401 || renewed || mechanism.multileg) return false;
+    const next = readChallenges(headers).find((c) => c.schemeKey === schemeKey);
+    if (next?.params.nonce === undefined) return false;
+    renewed = next.params.stale?.toLowerCase() === 'true' || challenge === undefined;
+    return renewed;
+  };
   const result: HandshakeResult = await session.withHandshakeSlot(() =>
     runHandshake({
       mechanism,
       challenge,
       leg: legInfo(job, session),
-      send: (extra, classify) => session.send(job, extra, classify),
+      send: (extra, classify) =>
+        session.send(job, extra, (status, headers) =>
+          renewNonce(status, headers) ? 'swallow' : classify(status, headers),
+        ),
       sink: job.sink,
       maxLegs: env.limits.maxLegs,
       timeout: env.limits.handshakeTimeout,
@@ -198,22 +212,19 @@ async function lead(
     });
   switch (result.kind) {
     case 'success': {
+      // H4: through a forward proxy that does not vouch for it, session auth counts as per-request.
+      const sessionAuthenticated = result.sessionAuthenticated && session.trustsSessionAuth;
       if (blocking && session.state.kind === 'handshaking') {
         session.apply({
           type: 'handshake-success',
           leader: job.id,
           scheme,
-          sessionAuthenticated: result.sessionAuthenticated,
+          sessionAuthenticated,
           ...(result.identity ? { identity: result.identity } : {}),
         });
       }
-      env.memory.rememberScheme(scheme, result.sessionAuthenticated ? 'session' : 'per-request');
-      report(
-        result.sessionAuthenticated ? 'session' : 'per-request',
-        result.legs,
-        result.authIdCarried,
-        result.identity,
-      );
+      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request');
+      report(sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
       return { kind: 'done', done: result.done };
     }
     case 'failed':

@@ -2,6 +2,7 @@ import { MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { ResolvedOptions } from '../options.ts';
+import type { ProxyRoute } from '../proxy/options.ts';
 import { type ExchangeEnv, type HandshakeReport, runOnSession } from './exchange.ts';
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
@@ -36,6 +37,8 @@ export class OriginPool {
   readonly #waiting: Waiting[] = [];
   readonly #options: ResolvedOptions;
   readonly #env: ExchangeEnv;
+  /** Through a proxy (H5), decided once for the origin. */
+  readonly #route: ProxyRoute | undefined;
   #sessionsCreated = 0;
 
   constructor(
@@ -47,6 +50,8 @@ export class OriginPool {
     this.origin = origin;
     this.#options = options;
     this.memory = new OriginMemory(options.http1MemoryTtl);
+    this.#route = options.proxy.route(origin);
+    if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
     this.#env = {
       memory: this.memory,
       mechanisms,
@@ -165,6 +170,7 @@ export class OriginPool {
       keepAliveTimeout: this.#options.keepAliveTimeout,
       limits: this.#options.limits,
       onChange: () => this.#pump(),
+      ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),
     });
     this.#sessionsCreated += 1;
     this.#sessions.push(session);

@@ -1,11 +1,17 @@
+import type { Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
+import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { BodyNotReplayableError, MultilegError, QueueFullError, QueueTimeoutError } from '../errors.ts';
 import { relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
+import { ProxyAuth, proxyLeg } from '../proxy/auth.ts';
+import { RemoteHttp1Error } from '../proxy/errors.ts';
+import { authority, type ProxyRoute } from '../proxy/options.ts';
+import { connectToProxy } from '../proxy/tunnel.ts';
 import { type ConnectionInfo, sessionConnector } from './connector.ts';
 import type { Job } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
@@ -53,6 +59,17 @@ export class Session {
   readonly #handshakeWaiters: Array<() => void> = [];
   readonly #limits: Limits;
   readonly #onChange: () => void;
+  /** Through a forward proxy (plain-http target, H3-H5): the proxy connection's own state. */
+  readonly #forward:
+    | {
+        readonly route: Extract<ProxyRoute, { kind: 'forward' }>;
+        readonly auth: ProxyAuth;
+        readonly protocol: Promise<'h2' | 'http/1.1' | undefined>;
+        readonly onRemoteHttp1: () => void;
+        /** The proxy's last answer carried `Proxy-support: Session-Based-Authentication` (H4). */
+        vouched: boolean;
+      }
+    | undefined;
 
   /** This session presents a client certificate (T3): only such sessions serve the origin then. */
   readonly certified: boolean;
@@ -66,6 +83,10 @@ export class Session {
     limits: Limits;
     /** Called when capacity may have grown or the session closed: the pool pumps its queue. */
     onChange: () => void;
+    /** Connect through this proxy (H5). */
+    route?: ProxyRoute;
+    /** A forward proxy said the origin speaks HTTP/1.1 (H3). */
+    onRemoteHttp1?: () => void;
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
@@ -73,8 +94,31 @@ export class Session {
     this.#limits = opts.limits;
     this.#onChange = opts.onChange;
     const allowH2 = opts.lane === 'auto';
-    this.client = new Client(opts.origin, {
-      connect: sessionConnector(opts.tls, allowH2, (info) => this.#connected(info)),
+    let origin = opts.origin;
+    let preopened: Promise<Socket> | undefined;
+    if (opts.route?.kind === 'forward') {
+      // The Client talks to the proxy (`http:` so that HTTP/2 sends `:scheme http`; the connector does
+      // TLS for an https:// proxy). Its connection is opened now, so the first request knows whether to
+      // use absolute-form (HTTP/1.1) or :authority (HTTP/2).
+      const proxy = opts.route.proxy;
+      origin = `http://${authority(proxy.hostname, proxy.port)}`;
+      preopened = connectToProxy(proxy, allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
+      this.#forward = {
+        route: opts.route,
+        auth: new ProxyAuth(proxy, opts.limits.maxLegs),
+        protocol: preopened.then(
+          (s) => ((s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1'),
+          () => undefined,
+        ),
+        onRemoteHttp1: opts.onRemoteHttp1 ?? (() => {}),
+        vouched: false,
+      };
+    }
+    const route = opts.route
+      ? { proxy: opts.route, limits: opts.limits, ...(preopened ? { preopened } : {}) }
+      : undefined;
+    this.client = new Client(origin, {
+      connect: sessionConnector(opts.tls, allowH2, (info) => this.#connected(info), route),
       allowH2,
       pipelining: 1,
       keepAliveTimeout: opts.keepAliveTimeout,
@@ -100,6 +144,15 @@ export class Session {
   }
   get inflight(): number {
     return this.#inflight;
+  }
+
+  /**
+   * Whether a session-based authentication result may be trusted here (H4): always on a direct or
+   * tunnelled connection (it is ours alone); through a forward proxy only when the proxy said
+   * `Proxy-support: Session-Based-Authentication` — otherwise each request authenticates on its own.
+   */
+  get trustsSessionAuth(): boolean {
+    return this.#forward ? this.#forward.vouched : true;
   }
 
   /**
@@ -223,6 +276,68 @@ export class Session {
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
   ): Promise<LegResult> {
+    if (this.#forward) return this.#sendForward(job, extra, classify);
+    return this.#send(job, extra, classify);
+  }
+
+  /**
+   * A leg through a forward proxy: absolute-form on HTTP/1.1, `:authority` on HTTP/2; the proxy's 407s
+   * are answered here, on this connection, before the origin's exchange sees anything (H5). Responses
+   * tell whether the proxy vouches for session-based authentication (H4) and whether the origin
+   * speaks HTTP/1.1 (H3).
+   */
+  async #sendForward(
+    job: Job,
+    extra: Record<string, string>,
+    classify: (status: number, headers: ResponseHeaders) => Verdict,
+  ): Promise<LegResult> {
+    const forward = this.#forward!;
+    const protocol = await forward.protocol;
+    const path = protocol === 'h2' ? job.dispatchOptions.path : `${job.origin}${job.dispatchOptions.path}`;
+    const leg = proxyLeg(forward.route.proxy, job.dispatchOptions.method, path);
+    const host = new URL(job.origin).host;
+    for (let answers = 0; ; answers++) {
+      const credentials = forward.auth.header();
+      let challenged: ResponseHeaders | undefined;
+      const result = await this.#send(
+        job,
+        { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+        (status, headers) => {
+          if (status === 407 && answers <= this.#limits.maxLegs) {
+            challenged = headers;
+            return 'swallow';
+          }
+          forward.vouched = readProxySupport(headers);
+          if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
+            forward.onRemoteHttp1();
+            // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
+            if (status === 401 && this.protocol === 'h2') throw new RemoteHttp1Error();
+          }
+          if (credentials && forward.auth.state === 'handshaking') {
+            forward.auth.succeeded(headers, leg).catch((err: Error) => {
+              log.session('%s proxy final token failed verification (%s): closing', this.id, err.message);
+              this.apply({ type: 'closed' });
+            });
+          }
+          return classify(status, headers);
+        },
+        path,
+      );
+      if (result.kind !== 'swallowed' || !challenged) return result;
+      try {
+        await forward.auth.answer(challenged, leg);
+      } catch (err) {
+        return { kind: 'failed', error: err as Error };
+      }
+    }
+  }
+
+  #send(
+    job: Job,
+    extra: Record<string, string>,
+    classify: (status: number, headers: ResponseHeaders) => Verdict,
+    path?: string,
+  ): Promise<LegResult> {
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
@@ -246,6 +361,7 @@ export class Session {
     job.sink.onAbort((reason) => leg.abort(reason));
     const opts: Dispatcher.DispatchOptions = {
       ...job.dispatchOptions,
+      ...(path !== undefined ? { path } : {}),
       headers,
       body: body as Dispatcher.DispatchOptions['body'],
       // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.

@@ -1,0 +1,289 @@
+/**
+ * HTTP Digest (RFC 7616) as a {@link Mechanism}: MD5, SHA-256 and SHA-512-256, each also `-sess`;
+ * `qop=auth` with a nonce count and a random cnonce; `opaque` echoed; `userhash`; UTF-8 user names
+ * (`username*` when they are not ASCII). One round trip per request: the last nonce of each origin
+ * and realm is remembered, so later requests authenticate proactively with the next nonce count
+ * and only a stale nonce costs a second leg.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Challenge } from '../../challenge/types.ts';
+import { MechanismError, MechanismUnavailableError } from '../../errors.ts';
+import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
+import {
+  type DigestAlgorithm,
+  digestResponse,
+  digestUserhash,
+  encodeExtValue,
+  formatNonceCount,
+  isPlainQuotable,
+  parseDigestAlgorithm,
+  quote,
+  wireOctets,
+} from './compute.ts';
+
+export {
+  type DigestAlgorithm,
+  type DigestResponseInput,
+  decodeExtValue,
+  digestHash,
+  digestResponse,
+  digestUserhash,
+  encodeExtValue,
+  formatNonceCount,
+  parseDigestAlgorithm,
+  quote,
+} from './compute.ts';
+
+/** Longest `realm`, `nonce` or `opaque` accepted from a server (S3). Real ones are tens of characters. */
+export const MAX_DIGEST_PARAM_LENGTH = 1024;
+/** Default for {@link DigestOptions.maxCachedOrigins}. */
+export const DEFAULT_MAX_CACHED_ORIGINS = 10_000;
+const MAX_NONCE_COUNT = 0xffff_ffff;
+
+/**
+ * A Digest challenge this client cannot answer (missing or oversized parameters, unknown algorithm,
+ * only `qop=auth-int`). The agent treats it as "Digest unusable here" and tries the next offered
+ * scheme; when there is none, the caller gets this error.
+ */
+export class DigestChallengeError extends MechanismUnavailableError {
+  constructor(detail: string) {
+    super('Digest', `the server's Digest challenge ${detail}`);
+  }
+}
+
+/** Options for {@link digestMechanism}. */
+export interface DigestOptions {
+  /** Remember each origin's last nonce and authenticate later requests with it proactively. Default true. */
+  readonly reuseNonce?: boolean;
+  /** Origins whose last nonce is remembered (least recently used forgotten first). Default 10 000. */
+  readonly maxCachedOrigins?: number;
+  /** Test hook: the cnonce of each response. Default 16 random bytes in hex. */
+  readonly cnonce?: () => string;
+}
+
+/** What a challenge said, and how many times its nonce has been used. Shared by concurrent requests. */
+interface NonceState {
+  readonly realm: string;
+  readonly nonce: string;
+  readonly opaque: string | undefined;
+  readonly algorithm: DigestAlgorithm;
+  /** `auth`, or undefined for an RFC 2069 server that sent no qop. */
+  readonly qop: 'auth' | undefined;
+  readonly userhash: boolean;
+  /** Last nonce count used; incremented synchronously, so concurrent requests never share one. */
+  nc: number;
+}
+
+/** The last nonce per origin (and realm), least recently used first. */
+class NonceCache {
+  readonly #max: number;
+  readonly #byOrigin = new Map<string, { last: string; realms: Map<string, NonceState> }>();
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  get size(): number {
+    return this.#byOrigin.size;
+  }
+
+  /** The state last stored for `key`, marking it recently used. */
+  latest(key: string): NonceState | undefined {
+    const entry = this.#byOrigin.get(key);
+    if (!entry) return undefined;
+    this.#byOrigin.delete(key);
+    this.#byOrigin.set(key, entry);
+    return entry.realms.get(entry.last);
+  }
+
+  store(key: string, state: NonceState): void {
+    const entry = this.#byOrigin.get(key) ?? { last: state.realm, realms: new Map<string, NonceState>() };
+    this.#byOrigin.delete(key);
+    entry.last = state.realm;
+    entry.realms.delete(state.realm);
+    entry.realms.set(state.realm, state);
+    // A server with ever-new realms must not grow this without bound.
+    while (entry.realms.size > 16) entry.realms.delete(entry.realms.keys().next().value as string);
+    this.#byOrigin.set(key, entry);
+    while (this.#byOrigin.size > this.#max) this.#byOrigin.delete(this.#byOrigin.keys().next().value as string);
+  }
+
+  forget(key: string, state: NonceState): void {
+    const entry = this.#byOrigin.get(key);
+    if (entry?.realms.get(state.realm) === state) entry.realms.delete(state.realm);
+    if (entry && entry.realms.size === 0) this.#byOrigin.delete(key);
+  }
+}
+
+function cacheKey(leg: LegInfo): string {
+  return `${leg.proxy ? 'proxy' : 'origin'} ${leg.origin}`;
+}
+
+/** A server-supplied value we echo: bounded, and nothing that could break the header (S3). */
+function wireValue(challenge: Challenge, name: string, required: boolean): string | undefined {
+  const value = challenge.params[name];
+  if (value === undefined) {
+    if (required) throw new DigestChallengeError(`has no ${name}`);
+    return undefined;
+  }
+  if (value.length > MAX_DIGEST_PARAM_LENGTH) {
+    throw new DigestChallengeError(`has a ${name} longer than ${MAX_DIGEST_PARAM_LENGTH} characters`);
+  }
+  // Visible ASCII, space, tab and obs-text: anything else (CR, LF, NUL...) cannot be echoed in a header.
+  if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(value)) throw new DigestChallengeError(`has control characters in ${name}`);
+  return value;
+}
+
+/** Reads and validates a Digest challenge (S3). Throws {@link DigestChallengeError}. */
+function readChallenge(challenge: Challenge): NonceState {
+  if (challenge.token68 !== undefined) throw new DigestChallengeError('is a token, not parameters');
+  const realm = wireValue(challenge, 'realm', true)!;
+  const nonce = wireValue(challenge, 'nonce', true)!;
+  if (nonce.length === 0) throw new DigestChallengeError('has an empty nonce');
+  const opaque = wireValue(challenge, 'opaque', false);
+  const algorithmName = challenge.params.algorithm;
+  if (algorithmName !== undefined && algorithmName.length > 64)
+    throw new DigestChallengeError('names an unknown algorithm');
+  const algorithm = parseDigestAlgorithm(algorithmName);
+  if (!algorithm) {
+    throw new DigestChallengeError(
+      `names an unknown algorithm; this client answers MD5, SHA-256 and SHA-512-256 (and their -sess variants)`,
+    );
+  }
+  let qop: 'auth' | undefined;
+  const qopParam = challenge.params.qop;
+  if (qopParam !== undefined) {
+    const offered = qopParam
+      .split(',')
+      .map((q) => q.trim().toLowerCase())
+      .filter((q) => q !== '');
+    if (offered.includes('auth')) qop = 'auth';
+    else if (offered.includes('auth-int')) {
+      throw new DigestChallengeError(
+        'offers only qop=auth-int, which needs the request body hashed before sending; configure the server to offer qop=auth as well',
+      );
+    } else throw new DigestChallengeError('offers no qop this client knows (auth)');
+  } else if (algorithm.sess) {
+    throw new DigestChallengeError(`asks for ${algorithm.name} without qop, which RFC 7616 does not define`);
+  }
+  return {
+    realm,
+    nonce,
+    opaque,
+    algorithm,
+    qop,
+    userhash: challenge.params.userhash?.toLowerCase() === 'true',
+    nc: 0,
+  };
+}
+
+/** The whole `Authorization` value for one use of a nonce. */
+function authorization(state: NonceState, credentials: Credentials, leg: LegInfo, nc: number, cnonce: string): string {
+  const { algorithm, qop } = state;
+  const realm = wireOctets(state.realm);
+  const nonce = wireOctets(state.nonce);
+  const uri = leg.path;
+  const ncText = formatNonceCount(nc);
+  const response = digestResponse({
+    algorithm,
+    username: credentials.username,
+    realm,
+    password: credentials.password,
+    method: leg.method,
+    uri,
+    nonce,
+    ...(qop ? { qop, nc: ncText, cnonce } : {}),
+    ...(algorithm.sess ? { cnonce } : {}),
+  });
+  const parts: string[] = [];
+  if (state.userhash) parts.push(`username=${quote(digestUserhash(algorithm, credentials.username, realm))}`);
+  else if (isPlainQuotable(credentials.username)) parts.push(`username=${quote(credentials.username)}`);
+  else parts.push(`username*=${encodeExtValue(credentials.username)}`);
+  parts.push(`realm=${quote(state.realm)}`, `uri=${quote(uri)}`);
+  // Always named, also when the server left it out (which means MD5).
+  parts.push(`algorithm=${algorithm.name}`);
+  parts.push(`nonce=${quote(state.nonce)}`);
+  if (qop) parts.push(`nc=${ncText}`, `cnonce=${quote(cnonce)}`, `qop=${qop}`);
+  else if (algorithm.sess) parts.push(`cnonce=${quote(cnonce)}`);
+  parts.push(`response=${quote(response)}`);
+  if (state.opaque !== undefined) parts.push(`opaque=${quote(state.opaque)}`);
+  if (state.userhash) parts.push('userhash=true');
+  return `Digest ${parts.join(', ')}`;
+}
+
+class DigestContext implements MechanismContext {
+  readonly #credentials: Credentials;
+  readonly #cache: NonceCache | undefined;
+  readonly #cnonce: () => string;
+  #steps = 0;
+
+  constructor(credentials: Credentials, cache: NonceCache | undefined, cnonce: () => string) {
+    this.#credentials = credentials;
+    this.#cache = cache;
+    this.#cnonce = cnonce;
+  }
+
+  /** Digest never has more to send once it has answered; a stale nonce is answered by the agent asking again. */
+  get complete(): boolean {
+    return this.#steps > 0;
+  }
+
+  get identity(): string {
+    return this.#credentials.username;
+  }
+
+  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    const key = cacheKey(leg);
+    let state: NonceState;
+    if (challenge === undefined) {
+      const cached = this.#cache?.latest(key);
+      if (!cached) {
+        throw new MechanismUnavailableError(
+          'Digest',
+          `no server nonce is known for ${leg.origin} yet, so nothing can be sent before its challenge`,
+        );
+      }
+      state = cached;
+    } else {
+      if (this.#steps >= 2) {
+        throw new MechanismError('Digest', 'the server keeps answering with new challenges; check the credentials');
+      }
+      state = readChallenge(challenge);
+      this.#cache?.store(key, state);
+    }
+    if (state.nc >= MAX_NONCE_COUNT) {
+      this.#cache?.forget(key, state);
+      throw new MechanismUnavailableError(
+        'Digest',
+        'the remembered nonce is used up; the next request asks for a new one',
+      );
+    }
+    state.nc += 1;
+    this.#steps += 1;
+    return authorization(state, this.#credentials, leg, state.nc, this.#cnonce());
+  }
+
+  async finish(): Promise<void> {
+    // Authentication-Info (rspauth, nextnonce) is optional in RFC 7616 and is not checked.
+  }
+}
+
+/**
+ * Digest (RFC 7616) with the given credentials. The user name is used as given (`DOMAIN\user` is a
+ * literal name here); `credentials.domain` is ignored. Request-level, one round trip, proactive once
+ * a nonce is known: `proactive` is true while any nonce is remembered.
+ */
+export function digestMechanism(credentials: Credentials, options: DigestOptions = {}): Mechanism {
+  const cache =
+    options.reuseNonce === false ? undefined : new NonceCache(options.maxCachedOrigins ?? DEFAULT_MAX_CACHED_ORIGINS);
+  const cnonce = options.cnonce ?? (() => randomBytes(16).toString('hex'));
+  return {
+    scheme: 'Digest',
+    level: 'request',
+    multileg: false,
+    get proactive(): boolean {
+      return cache !== undefined && cache.size > 0;
+    },
+    createContext: () => new DigestContext(credentials, cache, cnonce),
+  };
+}

@@ -1,0 +1,154 @@
+/**
+ * Authentication to a proxy (H5): answers 407 `Proxy-Authenticate` challenges with the proxy's own
+ * mechanisms — the same {@link Mechanism} interface as origins, with `leg.proxy = true` — choosing the
+ * strongest offered scheme. One instance per proxy connection: connection-bound schemes (NTLM,
+ * Negotiate) authenticate that connection; Basic goes on every request.
+ */
+import { readChallenges } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
+import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { log } from '../log.ts';
+import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
+import { ProxyAuthenticationError } from './errors.ts';
+import type { ResolvedProxy } from './options.ts';
+
+type Headers = Record<string, string | string[] | undefined>;
+
+const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
+
+function offeredSchemes(challenges: readonly Challenge[]): string[] {
+  return [...new Set(challenges.map((c) => c.scheme))];
+}
+
+/** What a mechanism learns about a leg to the proxy: the proxy's host (SPN `HTTP@proxyhost`), no channel binding. */
+export function proxyLeg(proxy: ResolvedProxy, method: string, path: string): LegInfo {
+  return { origin: proxy.origin, hostname: proxy.hostname, port: proxy.port, method, path, proxy: true };
+}
+
+export class ProxyAuth {
+  readonly #proxy: ResolvedProxy;
+  readonly #maxLegs: number;
+  readonly #excluded = new Set<string>();
+  #mechanism: Mechanism | undefined;
+  #context: MechanismContext | undefined;
+  #pending: string | undefined;
+  #legs = 0;
+  #restarted = false;
+  #first: Challenge | undefined;
+  #state: 'idle' | 'handshaking' | 'done' = 'idle';
+
+  constructor(proxy: ResolvedProxy, maxLegs: number) {
+    this.#proxy = proxy;
+    this.#maxLegs = maxLegs;
+  }
+
+  get state(): 'idle' | 'handshaking' | 'done' {
+    return this.#state;
+  }
+  get scheme(): string | undefined {
+    return this.#mechanism?.scheme;
+  }
+
+  /**
+   * `Proxy-Authorization` for the next request on this connection: the handshake's next token; after
+   * a success, the same header again only for per-request schemes (Basic). Never logged.
+   */
+  header(): string | undefined {
+    if (this.#state === 'handshaking') return this.#pending;
+    if (this.#state === 'done' && this.#mechanism?.level === 'request') return this.#pending;
+    return undefined;
+  }
+
+  /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
+  async answer(headers: Headers, leg: LegInfo): Promise<void> {
+    const offered = readChallenges(headers, true);
+    if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
+      const key = this.#mechanism.scheme.toLowerCase();
+      const next = offered.find((c) => c.schemeKey === key);
+      if (next?.token68 !== undefined && !this.#context.complete) {
+        await this.#step(next, leg);
+        return;
+      }
+      this.#state = 'idle';
+      throw new ProxyAuthenticationError(
+        this.#proxy.origin,
+        `the proxy rejected the ${this.#mechanism.scheme} credentials; check proxy.credentials (user, domain, password) or the Kerberos ticket for HTTP@${this.#proxy.hostname}`,
+        offeredSchemes(offered),
+      );
+    }
+    // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
+    this.#state = 'idle';
+    this.#legs = 0;
+    for (;;) {
+      const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);
+      if (!chosen?.mechanism) {
+        throw new ProxyAuthenticationError(
+          this.#proxy.origin,
+          this.#excluded.size
+            ? `no offered scheme could be used (${[...this.#excluded].join(', ')} unavailable); give proxy.credentials or a Kerberos ticket`
+            : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
+          offeredSchemes(offered),
+        );
+      }
+      const { mechanism, challenge } = chosen as { mechanism: Mechanism; challenge: Challenge };
+      try {
+        this.#mechanism = mechanism;
+        this.#context = mechanism.createContext(leg);
+        this.#first = challenge;
+        await this.#step(challenge, leg);
+        return;
+      } catch (err) {
+        if (this.#legs === 0 && err instanceof MultilegError && UNUSABLE.has(err.code)) {
+          log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
+          this.#excluded.add(challenge.schemeKey);
+          this.#legs = 0;
+          this.#state = 'idle';
+          continue;
+        }
+        this.#state = 'idle';
+        throw err;
+      }
+    }
+  }
+
+  /**
+   * The connection was lost in the middle of a connection-bound handshake: start it again (once) on
+   * a new connection. Returns false when it was restarted already.
+   */
+  restart(leg: LegInfo): Promise<boolean> {
+    if (this.#restarted || !this.#mechanism) return Promise.resolve(false);
+    this.#restarted = true;
+    this.#context = this.#mechanism.createContext(leg);
+    this.#legs = 0;
+    return this.#step(this.#first, leg).then(() => true);
+  }
+
+  /** A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final token. */
+  async succeeded(headers: Headers, leg: LegInfo): Promise<void> {
+    if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
+    this.#state = 'done';
+    const key = this.#mechanism.scheme.toLowerCase();
+    const final = readChallenges(headers, true).find((c) => c.schemeKey === key);
+    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
+    await this.#context.finish(final, leg);
+  }
+
+  async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
+    const mechanism = this.#mechanism!;
+    if (this.#legs >= this.#maxLegs) {
+      this.#state = 'idle';
+      throw new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
+    }
+    let header: string;
+    try {
+      header = await this.#context!.step(challenge, leg);
+    } catch (err) {
+      if (err instanceof MultilegError) throw err;
+      throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`);
+    }
+    this.#legs += 1;
+    this.#pending = header;
+    this.#state = 'handshaking';
+    log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, this.#legs);
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Proxy errors (H5). Messages name the proxy by its origin (never its userinfo), the cause and the
+ * fix; they never carry a Proxy-Authorization value, a password or a token (S2).
+ */
+import { MultilegError } from '../errors.ts';
+
+/** The proxy refused authentication: a final 407, or no usable scheme among those it offers. */
+export class ProxyAuthenticationError extends MultilegError {
+  /** Always 407. */
+  readonly statusCode = 407;
+  /** The proxy, as `http://host:port`. */
+  readonly proxy: string;
+  /** Schemes the proxy offered in its last Proxy-Authenticate. */
+  readonly offered: readonly string[];
+  constructor(proxy: string, detail: string, offered: readonly string[]) {
+    super(
+      'MULTILEG_PROXY_AUTH',
+      `proxy ${proxy} requires authentication (407; offers ${offered.length ? offered.join(', ') : 'no scheme'}): ${detail}`,
+    );
+    this.proxy = proxy;
+    this.offered = offered;
+  }
+}
+
+/** The proxy answered CONNECT with a status other than 2xx or 407. */
+export class ProxyConnectError extends MultilegError {
+  readonly statusCode: number;
+  readonly proxy: string;
+  constructor(proxy: string, target: string, status: number) {
+    super(
+      'MULTILEG_PROXY_CONNECT',
+      `proxy ${proxy} refused to open a tunnel to ${target} (status ${status}); check that the proxy allows CONNECT to that host and port, or exclude it with NO_PROXY`,
+    );
+    this.statusCode = status;
+    this.proxy = proxy;
+  }
+}
+
+/** The proxy broke the protocol: malformed or oversized response head, connection closed early. */
+export class ProxyProtocolError extends MultilegError {
+  readonly proxy: string;
+  constructor(proxy: string, detail: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_PROXY_PROTOCOL',
+      `proxy ${proxy}: ${detail}; check the proxy address and that it is an HTTP proxy`,
+      options,
+    );
+    this.proxy = proxy;
+  }
+}
+
+/** The CONNECT handshake (all its legs) took longer than `limits.handshakeTimeout`. */
+export class ProxyTimeoutError extends MultilegError {
+  readonly proxy: string;
+  constructor(proxy: string, ms: number) {
+    super(
+      'MULTILEG_PROXY_TIMEOUT',
+      `proxy ${proxy} did not open the tunnel within limits.handshakeTimeout (${ms} ms); check the proxy or raise limits.handshakeTimeout`,
+    );
+    this.proxy = proxy;
+  }
+}
+
+/**
+ * A forward proxy said the origin speaks HTTP/1.1 (`Remote-http-version`, H3): authenticated traffic
+ * for it moves to HTTP/1.1. Carries HTTP/2's HTTP_1_1_REQUIRED code so the pool relocates the request
+ * exactly as it does for H2; the caller never sees it.
+ */
+export class RemoteHttp1Error extends MultilegError {
+  readonly http2ErrorCode = 0xd;
+  constructor() {
+    super(
+      'MULTILEG_REMOTE_HTTP1',
+      'the proxy reports the origin speaks HTTP/1.1 (Remote-http-version); authentication is retried over HTTP/1.1 (HTTP_1_1_REQUIRED)',
+    );
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * Proxy options and where a request goes (H5): the `proxy` option, or `HTTPS_PROXY` / `HTTP_PROXY` /
+ * `NO_PROXY` read the way undici's EnvHttpProxyAgent reads them.
+ */
+import { isIP } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
+import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
+import { ConfigError } from '../errors.ts';
+import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/index.ts';
+import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
+import { MechanismSet } from '../mechanisms/registry.ts';
+import type { Credentials, Mechanism } from '../mechanisms/types.ts';
+import { proxyBasicMechanism } from './basic.ts';
+
+/** The `proxy` option of {@link MultilegAgent}. */
+export interface ProxyOptions {
+  /**
+   * `http://host:port` or `https://host:port` (TLS to the proxy). `user:password@` in it become
+   * `credentials`. Default: `HTTPS_PROXY` for https targets, `HTTP_PROXY` for http ones (and
+   * `NO_PROXY`), as undici's EnvHttpProxyAgent reads them.
+   */
+  readonly uri?: string;
+  /** For the proxy only (never sent to origins): NTLM, Basic, and Negotiate's NTLM fallback. */
+  readonly credentials?: Credentials;
+  /** Scheme preference towards the proxy, strongest first. Default Negotiate > NTLM > Digest > Basic. */
+  readonly schemes?: readonly string[];
+  /**
+   * Negotiate to the proxy: SPN `HTTP@<proxy host>` unless `spn` is given; credentials are never
+   * delegated to a proxy. Mutual authentication defaults to `optional` (proxies rarely send a final
+   * token; one that is sent is verified). `false` disables Negotiate towards the proxy.
+   */
+  readonly negotiate?: Omit<NegotiateOptions, 'credentials' | 'delegate'> | false;
+  /** Extra or replacement mechanisms towards the proxy, keyed by scheme. */
+  readonly mechanisms?: readonly Mechanism[];
+  /** TLS options for an `https://` proxy (ca, cert, key, ...). */
+  readonly connect?: ConnectionOptions;
+  /**
+   * Hosts not to proxy, in NO_PROXY syntax (`*`, `host`, `.suffix`, `*.suffix`, `host:port`). Default:
+   * the `NO_PROXY` environment variable when the proxy comes from the environment, none otherwise.
+   */
+  readonly noProxy?: string;
+  /**
+   * Plain-http targets: `forward` (default) sends absolute-form requests to the proxy, which sees
+   * them (and may answer with `Proxy-support` / `Remote-http-version`, H3/H4); `tunnel` uses
+   * CONNECT for them too.
+   */
+  readonly http?: 'forward' | 'tunnel';
+}
+
+/** One proxy, resolved: address, its own mechanisms. */
+export interface ResolvedProxy {
+  /** `http://host:port` / `https://host:port`, without userinfo: safe to print. */
+  readonly origin: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly tls: boolean;
+  readonly connect: ConnectionOptions;
+  readonly mechanisms: MechanismSet;
+  readonly http: 'forward' | 'tunnel';
+}
+
+/** How a connection to one origin is made. */
+export type ProxyRoute =
+  | { readonly kind: 'tunnel'; readonly proxy: ResolvedProxy }
+  | { readonly kind: 'forward'; readonly proxy: ResolvedProxy };
+
+/** The mechanisms for a proxy, from proxy options only (never from origin credentials). */
+export function proxyMechanisms(o: ProxyOptions, credentials: Credentials | undefined): MechanismSet {
+  const list: Mechanism[] = [];
+  if (o.negotiate !== false) {
+    list.push(
+      negotiateMechanism({
+        ntlmFallback: 'raw',
+        mutualAuth: 'optional',
+        ...o.negotiate,
+        delegate: false,
+        ...(credentials ? { credentials } : {}),
+      }),
+    );
+  }
+  if (credentials) list.push(ntlmMechanism(credentials), proxyBasicMechanism(credentials));
+  list.push(...(o.mechanisms ?? []));
+  return new MechanismSet(list, o.schemes ?? DEFAULT_SCHEME_ORDER);
+}
+
+function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
+  let url: URL;
+  try {
+    url = new URL(uri.includes('://') ? uri : `http://${uri}`);
+  } catch {
+    throw new ConfigError('proxy: the proxy address is not a URL; use http://host:port');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(`proxy: unsupported proxy protocol ${url.protocol}; use http:// or https://`);
+  }
+  let credentials = o.credentials;
+  if (!credentials && url.username) {
+    credentials = { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
+  }
+  const tls = url.protocol === 'https:';
+  return {
+    origin: url.origin,
+    hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: Number(url.port || (tls ? 443 : 80)),
+    tls,
+    connect: o.connect ?? {},
+    mechanisms: proxyMechanisms(o, credentials),
+    http: o.http ?? 'forward',
+  };
+}
+
+interface NoProxyEntry {
+  readonly hostname: string;
+  readonly port: number;
+  readonly wildcard: boolean;
+}
+
+/** Parses a NO_PROXY value exactly as undici's EnvHttpProxyAgent does. */
+export function parseNoProxy(value: string): NoProxyEntry[] {
+  const out: NoProxyEntry[] = [];
+  for (const entry of value.split(/[,\s]/)) {
+    if (!entry) continue;
+    let hostname: string;
+    let port: number;
+    const v6 = /^\[(.+)\]:(\d+)$/.exec(entry);
+    if (v6) {
+      hostname = v6[1]!;
+      port = Number.parseInt(v6[2]!, 10);
+    } else {
+      const unbracketed = entry.replace(/^\[(.+)\]$/, '$1');
+      const colons = (unbracketed.match(/:/g) ?? []).length;
+      const parsed = colons === 1 ? /^(.+):(\d+)$/.exec(unbracketed) : null;
+      hostname = parsed ? parsed[1]! : unbracketed;
+      port = parsed ? Number.parseInt(parsed[2]!, 10) : 0;
+    }
+    out.push({
+      hostname: hostname
+        .replace(/^\*?\./, '')
+        .replace(/^(.+)\.$/, '$1')
+        .toLowerCase(),
+      port,
+      wildcard: entry.charCodeAt(0) === 42,
+    });
+  }
+  return out;
+}
+
+/** Whether a URL should go through the proxy given NO_PROXY entries (undici's rules). */
+export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean {
+  if (entries.length === 0) return true;
+  let hostname = url.host
+    .replace(/:\d*$/, '')
+    .replace(/^\[(.+)\]$/, '$1')
+    .toLowerCase();
+  if (hostname.length > 1 && hostname.endsWith('.')) hostname = hostname.slice(0, -1);
+  const port = Number.parseInt(url.port, 10) || (url.protocol === 'https:' ? 443 : url.protocol === 'http:' ? 80 : 0);
+  for (const e of entries) {
+    if (e.hostname === '*') {
+      if (e.port && e.port !== port) continue;
+      return false;
+    }
+    if (e.port && e.port !== port) continue;
+    if (!e.wildcard && hostname === e.hostname) return false;
+    if (hostname.endsWith(`.${e.hostname}`)) return false;
+  }
+  return true;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Decides, per origin, whether and how to go through a proxy. With no `proxy` option the proxies come
+ * from the environment when the agent is created (`https_proxy`/`HTTPS_PROXY` for https targets,
+ * falling back to `http_proxy`/`HTTP_PROXY`; `http_proxy`/`HTTP_PROXY` for http), and `no_proxy`/
+ * `NO_PROXY` is re-read when it changes — as undici's EnvHttpProxyAgent does.
+ */
+export class ProxyResolver {
+  readonly #http: ResolvedProxy | undefined;
+  readonly #https: ResolvedProxy | undefined;
+  readonly #fixedNoProxy: string | undefined;
+  readonly #env: Env;
+  #noProxyValue: string | undefined;
+  #noProxy: NoProxyEntry[] = [];
+
+  constructor(option: string | ProxyOptions | false | undefined, env: Env = process.env) {
+    this.#env = env;
+    const o: ProxyOptions = typeof option === 'string' ? { uri: option } : option || {};
+    if (option === false) {
+      this.#fixedNoProxy = '';
+      return;
+    }
+    if (o.uri !== undefined) {
+      this.#http = this.#https = resolveProxy(o.uri, o);
+      this.#fixedNoProxy = o.noProxy ?? '';
+    } else {
+      const http = env.http_proxy ?? env.HTTP_PROXY;
+      const https = env.https_proxy ?? env.HTTPS_PROXY;
+      if (http) this.#http = resolveProxy(http, o);
+      this.#https = https ? resolveProxy(https, o) : this.#http;
+      this.#fixedNoProxy = o.noProxy;
+    }
+  }
+
+  /** The route for `origin` (`https://host:port`), or undefined to connect directly. */
+  route(origin: string): ProxyRoute | undefined {
+    const url = new URL(origin);
+    const proxy = url.protocol === 'https:' ? this.#https : url.protocol === 'http:' ? this.#http : undefined;
+    if (!proxy) return undefined;
+    const noProxy = this.#fixedNoProxy ?? this.#env.no_proxy ?? this.#env.NO_PROXY ?? '';
+    if (noProxy !== this.#noProxyValue) {
+      this.#noProxyValue = noProxy;
+      this.#noProxy = parseNoProxy(noProxy);
+    }
+    if (!shouldProxy(this.#noProxy, url)) return undefined;
+    return url.protocol === 'https:' || proxy.http === 'tunnel'
+      ? { kind: 'tunnel', proxy }
+      : { kind: 'forward', proxy };
+  }
+}
+
+/** `host:port` as written in a CONNECT request line and Host header (IPv6 in brackets). */
+export function authority(hostname: string, port: number): string {
+  const h = hostname.replace(/^\[(.*)\]$/, '$1');
+  return `${isIP(h) === 6 ? `[${h}]` : h}:${port}`;
+}

@@ -1,0 +1,167 @@
+/**
+ * The CONNECT tunnel (H5): `CONNECT host:port` written by hand on one proxy socket, every leg of a
+ * 407 `Proxy-Authenticate` handshake on that same socket, then the raw socket is handed back for TLS
+ * to the origin. If the proxy closes the connection between legs, the handshake restarts once on a
+ * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { readChallenges } from '../challenge/index.ts';
+import { MultilegError } from '../errors.ts';
+import { log } from '../log.ts';
+import type { Limits } from '../options.ts';
+import { ProxyAuth, proxyLeg } from './auth.ts';
+import { ProxyAuthenticationError, ProxyConnectError, ProxyProtocolError, ProxyTimeoutError } from './errors.ts';
+import { authority, type ResolvedProxy } from './options.ts';
+import { ResponseReader, WireError } from './wire.ts';
+
+/** Opens a TCP (or, for an https:// proxy, TLS) connection to the proxy. */
+export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1']): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket: Socket = proxy.tls
+      ? tlsConnect({
+          host: proxy.hostname,
+          port: proxy.port,
+          ...(isIpLiteral(proxy.hostname) ? {} : { servername: proxy.hostname }),
+          ALPNProtocols: alpn,
+          ...proxy.connect,
+        })
+      : netConnect({ host: proxy.hostname, port: proxy.port });
+    const ready = proxy.tls ? 'secureConnect' : 'connect';
+    const onError = (err: Error) => {
+      socket.destroy();
+      reject(
+        new ProxyProtocolError(proxy.origin, `cannot connect (${(err as { code?: string }).code ?? err.message})`, {
+          cause: err,
+        }),
+      );
+    };
+    socket.once('error', onError);
+    socket.once(ready, () => {
+      socket.off('error', onError);
+      socket.setNoDelay(true);
+      resolve(socket);
+    });
+  });
+}
+
+function isIpLiteral(host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(':');
+}
+
+/** Established tunnel: a socket whose next bytes are the origin's. */
+export interface Tunnel {
+  readonly socket: Socket;
+  /** CONNECT requests written (legs plus the unauthenticated first one), and proxy connections used. */
+  readonly requests: number;
+  readonly connections: number;
+}
+
+/**
+ * Opens a tunnel to `host:port` through `proxy`, authenticating to it as it asks. Rejects with
+ * {@link ProxyAuthenticationError} (final 407), {@link ProxyConnectError} (other status),
+ * {@link ProxyTimeoutError} or {@link ProxyProtocolError}.
+ */
+export async function openTunnel(proxy: ResolvedProxy, host: string, port: number, limits: Limits): Promise<Tunnel> {
+  const target = authority(host, port);
+  let socket: Socket | undefined;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    socket?.destroy();
+  }, limits.handshakeTimeout);
+  try {
+    return await handshake(proxy, target, limits, (s) => {
+      socket = s;
+      if (timedOut) s.destroy();
+    });
+  } catch (err) {
+    socket?.destroy();
+    if (timedOut) throw new ProxyTimeoutError(proxy.origin, limits.handshakeTimeout);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function handshake(
+  proxy: ResolvedProxy,
+  target: string,
+  limits: Limits,
+  track: (s: Socket) => void,
+): Promise<Tunnel> {
+  const auth = new ProxyAuth(proxy, limits.maxLegs);
+  const leg = proxyLeg(proxy, 'CONNECT', target);
+  let requests = 0;
+  let connections = 0;
+  let socket: Socket | undefined;
+  let reader: ResponseReader | undefined;
+  for (;;) {
+    if (!socket || !reader || reader.ended) {
+      socket?.destroy();
+      socket = await connectToProxy(proxy);
+      track(socket);
+      connections += 1;
+      reader = new ResponseReader(socket);
+      log.proxy('%s connection %d for CONNECT %s', proxy.origin, connections, target);
+    }
+    const credentials = auth.header();
+    socket.write(
+      `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Connection: keep-alive\r\n${
+        credentials ? `Proxy-Authorization: ${credentials}\r\n` : ''
+      }\r\n`,
+    );
+    requests += 1;
+    let head: Awaited<ReturnType<ResponseReader['readHead']>>;
+    try {
+      head = await reader.readHead();
+    } catch (err) {
+      throw wireError(proxy, err);
+    }
+    log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
+    if (head.status >= 200 && head.status < 300) {
+      if (credentials) await auth.succeeded(head.headers, leg);
+      reader.detach();
+      return { socket, requests, connections };
+    }
+    if (head.status !== 407) {
+      socket.destroy();
+      throw new ProxyConnectError(proxy.origin, target, head.status);
+    }
+    let drained: boolean;
+    try {
+      drained = await reader.drainBody(head, limits.maxChallengeBodyBytes);
+    } catch (err) {
+      throw wireError(proxy, err);
+    }
+    const closing = head.close || !drained || reader.ended;
+    const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
+    const challenged = readChallenges(head.headers, true).some(
+      (c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined,
+    );
+    if (closing && midHandshake && challenged) {
+      // The proxy dropped the connection that holds the handshake's state: start over, once.
+      socket.destroy();
+      socket = undefined;
+      if (!(await auth.restart(leg))) {
+        throw new ProxyAuthenticationError(
+          proxy.origin,
+          `the proxy closes the connection between ${auth.scheme} legs, so a connection-bound handshake cannot finish; check the proxy's keep-alive settings`,
+          [],
+        );
+      }
+      continue;
+    }
+    await auth.answer(head.headers, leg);
+    if (closing) {
+      socket.destroy();
+      socket = undefined;
+    }
+  }
+}
+
+function wireError(proxy: ResolvedProxy, err: unknown): MultilegError {
+  if (err instanceof MultilegError) return err;
+  if (err instanceof WireError) return new ProxyProtocolError(proxy.origin, err.message);
+  return new ProxyProtocolError(proxy.origin, `connection failed (${(err as Error).message})`, { cause: err });
+}

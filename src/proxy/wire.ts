@@ -1,0 +1,178 @@
+/**
+ * Reading an HTTP/1.1 response from a raw socket: the proxy's answers to CONNECT (H5). Bounded: the
+ * head by {@link MAX_PROXY_HEAD_BYTES}, a body by the caller's limit.
+ */
+import type { Duplex } from 'node:stream';
+
+/** Largest response head (status line and headers) accepted from a proxy (S3). */
+export const MAX_PROXY_HEAD_BYTES = 64 * 1024;
+
+export interface ResponseHead {
+  readonly status: number;
+  readonly version: string;
+  /** Lower-case names; a repeated field is an array. */
+  readonly headers: Record<string, string | string[]>;
+  /** The proxy will close the connection after this response. */
+  readonly close: boolean;
+}
+
+export class WireError extends Error {}
+
+/** Pull-style reader over a socket's 'data' events. */
+export class ResponseReader {
+  readonly #socket: Duplex;
+  #buf: Buffer = Buffer.alloc(0);
+  #ended = false;
+  #error: Error | undefined;
+  #wake: (() => void) | undefined;
+  readonly #onData = (chunk: Buffer) => {
+    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    this.#notify();
+  };
+  readonly #onEnd = () => {
+    this.#ended = true;
+    this.#notify();
+  };
+  readonly #onError = (err: Error) => {
+    this.#error = err;
+    this.#notify();
+  };
+
+  constructor(socket: Duplex) {
+    this.#socket = socket;
+    socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('close', this.#onEnd);
+    socket.on('error', this.#onError);
+  }
+
+  get ended(): boolean {
+    return this.#ended || this.#error !== undefined;
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = undefined;
+    w?.();
+  }
+
+  async #more(): Promise<void> {
+    if (this.#error) throw this.#error;
+    if (this.#ended) throw new WireError('the proxy closed the connection');
+    await new Promise<void>((resolve) => {
+      this.#wake = resolve;
+    });
+    if (this.#error) throw this.#error;
+  }
+
+  async readHead(): Promise<ResponseHead> {
+    for (;;) {
+      const end = this.#buf.indexOf('\r\n\r\n');
+      if (end >= 0) {
+        const head = this.#buf.subarray(0, end).toString('latin1');
+        this.#buf = this.#buf.subarray(end + 4);
+        return parseHead(head);
+      }
+      if (this.#buf.length > MAX_PROXY_HEAD_BYTES)
+        throw new WireError(`response head larger than ${MAX_PROXY_HEAD_BYTES} bytes`);
+      await this.#more();
+    }
+  }
+
+  /** Reads and discards the body of `head` (not of a 2xx CONNECT). Returns false if it exceeds `max`. */
+  async drainBody(head: ResponseHead, max: number): Promise<boolean> {
+    if (head.status === 204 || head.status === 304 || (head.status >= 100 && head.status < 200)) return true;
+    const te = headerValue(head.headers, 'transfer-encoding');
+    if (te && /(^|,)\s*chunked\s*$/i.test(te)) return this.#drainChunked(max);
+    const cl = headerValue(head.headers, 'content-length');
+    if (cl !== undefined) {
+      if (!/^\d+$/.test(cl.trim())) throw new WireError('invalid Content-Length');
+      const n = Number(cl.trim());
+      if (n > max) return false;
+      return this.#skip(n).then(() => true);
+    }
+    // No length: the body runs to the end of the connection.
+    while (!this.ended) {
+      if (this.#buf.length > max) return false;
+      await this.#more().catch(() => {});
+    }
+    this.#buf = Buffer.alloc(0);
+    return true;
+  }
+
+  async #skip(n: number): Promise<void> {
+    let left = n;
+    for (;;) {
+      const take = Math.min(left, this.#buf.length);
+      this.#buf = this.#buf.subarray(take);
+      left -= take;
+      if (left === 0) return;
+      await this.#more();
+    }
+  }
+
+  async #line(): Promise<string> {
+    for (;;) {
+      const i = this.#buf.indexOf('\r\n');
+      if (i >= 0) {
+        const line = this.#buf.subarray(0, i).toString('latin1');
+        this.#buf = this.#buf.subarray(i + 2);
+        return line;
+      }
+      if (this.#buf.length > 8192) throw new WireError('chunk line too long');
+      await this.#more();
+    }
+  }
+
+  async #drainChunked(max: number): Promise<boolean> {
+    let total = 0;
+    for (;;) {
+      const size = Number.parseInt((await this.#line()).split(';', 1)[0]!.trim(), 16);
+      if (!Number.isFinite(size) || size < 0) throw new WireError('invalid chunk size');
+      if (size === 0) {
+        while ((await this.#line()) !== '') {} // trailers
+        return true;
+      }
+      total += size;
+      if (total > max) return false;
+      await this.#skip(size);
+      if ((await this.#line()) !== '') throw new WireError('malformed chunk');
+    }
+  }
+
+  /** Stops reading; bytes read past the head go back into the socket for whoever reads next. */
+  detach(): void {
+    this.#socket.off('data', this.#onData);
+    this.#socket.off('end', this.#onEnd);
+    this.#socket.off('close', this.#onEnd);
+    this.#socket.off('error', this.#onError);
+    this.#socket.pause();
+    if (this.#buf.length) this.#socket.unshift(this.#buf);
+    this.#buf = Buffer.alloc(0);
+  }
+}
+
+export function headerValue(headers: Record<string, string | string[]>, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+function parseHead(text: string): ResponseHead {
+  const lines = text.split('\r\n');
+  const m = /^HTTP\/(\d\.\d) (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
+  if (!m) throw new WireError('malformed status line');
+  const headers: Record<string, string | string[]> = {};
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(':');
+    if (colon <= 0) throw new WireError('malformed header line');
+    const name = line.slice(0, colon).trim().toLowerCase();
+    const value = line.slice(colon + 1).trim();
+    const prev = headers[name];
+    headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
+  }
+  const version = m[1]!;
+  const connection =
+    `${headerValue(headers, 'connection') ?? ''},${headerValue(headers, 'proxy-connection') ?? ''}`.toLowerCase();
+  const close = /(^|,)\s*close\s*(,|$)/.test(connection) || (version === '1.0' && !/keep-alive/.test(connection));
+  return { status: Number(m[2]), version, headers, close };
+}

@@ -1,0 +1,274 @@
+/**
+ * The reference server's proxy mode: a small forward proxy on loopback for the parts of the draft no
+ * public proxy implements (H3, H4; D§4, D§6). It speaks HTTP/2 and HTTP/1.1 over TLS (ALPN) to the
+ * client, takes plain-http targets (absolute-form on HTTP/1.1, `:authority` on HTTP/2) and forwards
+ * them to the reference server over TLS — each client connection bound to its own upstream connection
+ * (D§4.1: "Proxies MUST bind the client-to-proxy and proxy-to-server connections"). It can add
+ * `Proxy-support: Session-Based-Authentication` and `Remote-http-version` to every response, can ask
+ * for Basic proxy authentication, and tunnels CONNECT (HTTP/1.1) to loopback. Test-only.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
+import { Client } from 'undici';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from './test-pki.ts';
+
+/** Live options of {@link ReferenceProxy}; change any field at runtime. */
+export interface ReferenceProxyOptions {
+  /** Add `Proxy-support: Session-Based-Authentication` to responses (H4). Default false. */
+  proxySupport?: boolean;
+  /** Add `Remote-http-version: <value>` to responses (H3), e.g. `1.1`. Default none. */
+  remoteHttpVersion?: string;
+  /** Require Basic proxy authentication with these `user → password` (407 otherwise). Default none. */
+  basicUsers?: Record<string, string>;
+  /** CA for the TLS connections to upstream origins. Default the reference server's test CA. */
+  upstreamCa?: string;
+}
+
+/** One request the proxy handled. */
+export interface ProxyExchange {
+  readonly seq: number;
+  /** `c1`, `c2`, ...: one per client connection (h2 session or HTTP/1.1 connection). */
+  readonly connectionId: string;
+  readonly protocol: 'h2' | 'http/1.1';
+  readonly method: string;
+  /** The target as the client named it: absolute URL, or `host:port` for CONNECT. */
+  readonly target: string;
+  readonly proxyAuthorization: boolean;
+  readonly authorization: boolean;
+  readonly status: number;
+}
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+  'http2-settings',
+]);
+
+type AnyRequest = IncomingMessage | Http2ServerRequest;
+type AnyResponse = ServerResponse | Http2ServerResponse;
+
+export class ReferenceProxy {
+  /** `https://localhost:PORT`. */
+  readonly origin: string;
+  readonly port: number;
+  /** PEM of the CA of the proxy's certificate. */
+  readonly ca: string = CA_CERT;
+  readonly options: ReferenceProxyOptions;
+  /** Every request and CONNECT handled, in order. */
+  readonly exchanges: ProxyExchange[];
+  readonly #close: () => Promise<void>;
+
+  /** @internal Use {@link startReferenceProxy}. */
+  constructor(port: number, options: ReferenceProxyOptions, exchanges: ProxyExchange[], close: () => Promise<void>) {
+    this.port = port;
+    this.origin = `https://localhost:${port}`;
+    this.options = options;
+    this.exchanges = exchanges;
+    this.#close = close;
+  }
+
+  close(): Promise<void> {
+    return this.#close();
+  }
+}
+
+function authorized(options: ReferenceProxyOptions, header: string | string[] | undefined): boolean {
+  if (!options.basicUsers) return true;
+  const value = Array.isArray(header) ? header[0] : header;
+  const m = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(value ?? '');
+  if (!m) return false;
+  const decoded = Buffer.from(m[1]!, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  return colon > 0 && options.basicUsers[decoded.slice(0, colon)] === decoded.slice(colon + 1);
+}
+
+/** Starts a {@link ReferenceProxy} on 127.0.0.1 (any free port). */
+export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Promise<ReferenceProxy> {
+  const options: ReferenceProxyOptions = { ...opts };
+  const exchanges: ProxyExchange[] = [];
+  const ids = new WeakMap<object, string>();
+  const upstreams = new WeakMap<object, Map<string, Client>>();
+  const allUpstreams = new Set<Client>();
+  const sockets = new Set<Socket>();
+  let nextConn = 0;
+  let seq = 0;
+
+  const connectionOf = (req: AnyRequest): object =>
+    'stream' in req && req.stream ? (req.stream.session as object) : (req.socket as object);
+  const idOf = (conn: object): string => {
+    let id = ids.get(conn);
+    if (!id) {
+      id = `c${++nextConn}`;
+      ids.set(conn, id);
+    }
+    return id;
+  };
+  const proxyHeaders = (): Record<string, string> => ({
+    ...(options.proxySupport ? { 'proxy-support': 'Session-Based-Authentication' } : {}),
+    ...(options.remoteHttpVersion ? { 'remote-http-version': options.remoteHttpVersion } : {}),
+  });
+  /** The upstream connection bound to this client connection and target. */
+  const upstreamFor = (conn: object, target: URL): Client => {
+    let byTarget = upstreams.get(conn);
+    if (!byTarget) {
+      byTarget = new Map();
+      upstreams.set(conn, byTarget);
+      const closeAll = () => {
+        for (const c of byTarget!.values()) {
+          allUpstreams.delete(c);
+          c.close().catch(() => {});
+        }
+      };
+      (conn as { once(e: string, f: () => void): void }).once('close', closeAll);
+    }
+    const key = target.host;
+    let client = byTarget.get(key);
+    if (!client) {
+      client = new Client(`https://${target.host}`, {
+        connect: { ca: options.upstreamCa ?? CA_CERT },
+        allowH2: true,
+        pipelining: 1,
+      });
+      byTarget.set(key, client);
+      allUpstreams.add(client);
+    }
+    return client;
+  };
+
+  const server = createSecureServer({ allowHTTP1: true, cert: SERVER_CERT, key: SERVER_KEY });
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+
+  const handle = async (req: AnyRequest, anyRes: AnyResponse): Promise<void> => {
+    // The compat APIs of node:http and node:http2 agree on what is used here.
+    const res = anyRes as ServerResponse;
+    const h2 = req.httpVersionMajor === 2;
+    const conn = connectionOf(req);
+    const headers = req.headers as Record<string, string | string[] | undefined>;
+    let target: URL;
+    try {
+      target = h2 ? new URL(`http://${String(headers[':authority'])}${req.url}`) : new URL(req.url ?? '');
+    } catch {
+      target = new URL('http://invalid/');
+    }
+    const record = (status: number) =>
+      exchanges.push({
+        seq: ++seq,
+        connectionId: idOf(conn),
+        protocol: h2 ? 'h2' : 'http/1.1',
+        method: req.method ?? '',
+        target: target.href,
+        proxyAuthorization: headers['proxy-authorization'] !== undefined,
+        authorization: headers.authorization !== undefined,
+        status,
+      });
+    const end = (status: number, extra: Record<string, string> = {}) => {
+      record(status);
+      res.writeHead(status, { ...proxyHeaders(), ...extra, 'content-length': '0' });
+      res.end();
+    };
+    if (!authorized(options, headers['proxy-authorization'])) {
+      req.resume();
+      end(407, { 'proxy-authenticate': 'Basic realm="reference-proxy"' });
+      return;
+    }
+    if (target.protocol !== 'http:' || !['localhost', '127.0.0.1'].includes(target.hostname)) {
+      req.resume();
+      end(403); // loopback only
+      return;
+    }
+    const forwarded: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(headers)) {
+      if (v !== undefined && !k.startsWith(':') && !HOP_BY_HOP.has(k)) forwarded[k] = v;
+    }
+    try {
+      const body = req.method === 'GET' || req.method === 'HEAD' ? null : (req as IncomingMessage);
+      if (!body) req.resume();
+      const up = await upstreamFor(conn, target).request({
+        method: (req.method ?? 'GET') as 'GET',
+        path: `${target.pathname}${target.search}`,
+        headers: forwarded,
+        body,
+      });
+      const out: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(up.headers)) {
+        if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+      }
+      record(up.statusCode);
+      res.writeHead(up.statusCode, { ...out, ...proxyHeaders() });
+      for await (const chunk of up.body) res.write(chunk);
+      res.end();
+    } catch {
+      if (!res.headersSent) end(502);
+      else res.end();
+    }
+  };
+  server.on('request', (req: AnyRequest, res: AnyResponse) => {
+    handle(req, res).catch(() => {});
+  });
+  // HTTP/1.1 CONNECT: a tunnel to a loopback port.
+  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const target = req.url ?? '';
+    const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+    const record = (status: number) =>
+      exchanges.push({
+        seq: ++seq,
+        connectionId: idOf(req.socket),
+        protocol: 'http/1.1',
+        method: 'CONNECT',
+        target,
+        proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
+        authorization: req.headers.authorization !== undefined,
+        status,
+      });
+    const extra = Object.entries(proxyHeaders())
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('');
+    if (!authorized(options, req.headers['proxy-authorization'])) {
+      record(407);
+      // node:http stops parsing a connection after CONNECT, so the client must answer on a new one.
+      socket.end(
+        `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="reference-proxy"\r\n${extra}Connection: close\r\nContent-Length: 0\r\n\r\n`,
+      );
+      return;
+    }
+    if (!['localhost', '127.0.0.1'].includes(host) || !Number.isInteger(port)) {
+      record(403);
+      socket.end(`HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n`);
+      return;
+    }
+    const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+      record(200);
+      socket.write(`HTTP/1.1 200 Connection Established\r\n${extra}\r\n`);
+      if (head.length) upstream.write(head);
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    sockets.add(upstream);
+    upstream.once('close', () => sockets.delete(upstream));
+    upstream.on('error', () => socket.destroy());
+    socket.on('error', () => upstream.destroy());
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  return new ReferenceProxy(port, options, exchanges, async () => {
+    for (const c of allUpstreams) await c.destroy().catch(() => {});
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+}

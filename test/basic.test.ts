@@ -1,0 +1,153 @@
+/**
+ * Basic (RFC 7617): UTF-8 credentials, proactive after the first success, and refusal over
+ * cleartext unless the caller allows it — against the reference server and a hand-made http server.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fetch } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MechanismError, MultilegAgent, type MultilegError } from '../src/index.ts';
+import { BasicOverHttpError, basicAuthorization, basicMechanism } from '../src/mechanisms/basic/index.ts';
+import type { LegInfo } from '../src/mechanisms/types.ts';
+import { get, type Rig, rig } from './helpers.ts';
+
+const leg = (origin: string): LegInfo => {
+  const u = new URL(origin);
+  return { origin, hostname: u.hostname, port: Number(u.port), method: 'GET', path: '/', proxy: false };
+};
+
+let r: Rig | undefined;
+let agents: MultilegAgent[] = [];
+let servers: Server[] = [];
+afterEach(async () => {
+  await r?.close();
+  r = undefined;
+  await Promise.all(agents.map((a) => a.destroy().catch(() => {})));
+  agents = [];
+  await Promise.all(servers.map((s) => new Promise((res) => s.close(res))));
+  servers = [];
+});
+
+describe('Basic (RFC 7617)', () => {
+  it('M4: RFC 7617 §2.1 example: test / 123£ in UTF-8 is dGVzdDoxMjPCow==', async () => {
+    expect(basicAuthorization('test', '123£')).toBe('Basic dGVzdDoxMjPCow==');
+    const m = basicMechanism({ username: 'test', password: '123£' });
+    expect(m).toMatchObject({ scheme: 'Basic', level: 'request', multileg: false, proactive: true });
+    const ctx = m.createContext(leg('https://example.org'));
+    expect(await ctx.step(undefined, leg('https://example.org'))).toBe('Basic dGVzdDoxMjPCow==');
+    expect(ctx.complete).toBe(true);
+  });
+
+  it('M4: DOMAIN\\user is a literal Basic user name; a ":" in the name is refused without echoing it', async () => {
+    const ctx = basicMechanism({ username: 'EXAMPLE\\alice', password: 'pw', domain: 'X' }).createContext(
+      leg('https://example.org'),
+    );
+    const header = await ctx.step(undefined, leg('https://example.org'));
+    expect(Buffer.from(header.slice(6), 'base64').toString('utf8')).toBe('EXAMPLE\\alice:pw');
+    const bad = basicMechanism({ username: 'a:b', password: 'secret-pw' }).createContext(leg('https://example.org'));
+    const err = await bad.step(undefined, leg('https://example.org')).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(MechanismError);
+    expect((err as Error).message).not.toContain('secret-pw');
+    expect((err as Error).message).not.toContain('a:b');
+  });
+
+  it('M4: refused for http: origins unless allowHttp; the error names the fix and no secret', () => {
+    const creds = { username: 'alice', password: 'top-secret' };
+    let err: unknown;
+    try {
+      basicMechanism(creds).createContext(leg('http://intranet:8080'));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(BasicOverHttpError);
+    expect((err as MultilegError).code).toBe('MULTILEG_MECHANISM_UNAVAILABLE');
+    expect((err as Error).message).toMatch(/allowBasicOverHttp: true/);
+    expect((err as Error).message).not.toContain('top-secret');
+    expect(() => basicMechanism(creds, { allowHttp: true }).createContext(leg('http://intranet:8080'))).not.toThrow();
+    expect(() => basicMechanism(creds).createContext(leg('https://intranet'))).not.toThrow();
+  });
+
+  it('M4: through the agent over HTTP/2: UTF-8 credentials, then proactive (one request per user request)', async () => {
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request', users: { test: '123£' } },
+      { negotiate: false, credentials: { username: 'test', password: '123£' } },
+    );
+    for (let i = 0; i < 3; i++) {
+      expect(await get(r, `/auth/${i}`)).toMatchObject({ status: 200, body: { user: 'test' } });
+    }
+    const ex = r.server.exchanges;
+    expect(ex[0]!.responseHeaders['www-authenticate']).toEqual(['Basic realm="reference-basic", charset="UTF-8"']);
+    expect(ex.map((e) => [e.status, e.requestHeaders.authorization ?? null])).toEqual([
+      [401, null],
+      [200, 'Basic dGVzdDoxMjPCow=='],
+      [200, 'Basic dGVzdDoxMjPCow=='],
+      [200, 'Basic dGVzdDoxMjPCow=='],
+    ]);
+    expect(ex.every((e) => e.protocol === 'h2')).toBe(true);
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual(Array(3).fill(['Basic', 'per-request']));
+  });
+
+  it("M4: a wrong password gets the server's 401, once", async () => {
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request' },
+      { negotiate: false, credentials: { username: 'alice', password: 'wrong' } },
+    );
+    expect((await get(r, '/auth/x')).status).toBe(401);
+    expect(r.server.exchanges.map((e) => [e.status, e.reason ?? ''])).toEqual([
+      [401, ''],
+      [401, 'bad-password'],
+    ]);
+  });
+});
+
+async function basicServer() {
+  const seen: Array<string | undefined> = [];
+  const server = createServer((req, res) => {
+    seen.push(req.headers.authorization);
+    if (req.headers.authorization === basicAuthorization('alice', 'alicepw')) res.writeHead(200).end('ok');
+    else res.writeHead(401, { 'www-authenticate': 'Basic realm="plain"' }).end();
+  });
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+  servers.push(server);
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen };
+}
+
+describe('M4: Basic over cleartext through the agent', () => {
+  const agent = (o: ConstructorParameters<typeof MultilegAgent>[0] = {}) => {
+    const a = new MultilegAgent({ credentials: { username: 'alice', password: 'alicepw' }, negotiate: false, ...o });
+    agents.push(a);
+    return a;
+  };
+
+  it('M4: refused over http without allowBasicOverHttp: a typed error naming the fix; nothing sent', async () => {
+    const s = await basicServer();
+    const err = await fetch(`${s.origin}/x`, { dispatcher: agent() }).then(
+      () => undefined,
+      (e: Error) => (e.cause ?? e) as Error,
+    );
+    expect(err).toBeInstanceOf(BasicOverHttpError);
+    expect(err!.message).toMatch(/allowBasicOverHttp/);
+    expect(err!.message).not.toContain('alicepw');
+    expect(s.seen).toEqual([undefined]);
+  });
+
+  it('M4: allowed over http with allowBasicOverHttp: true, then proactive', async () => {
+    const s = await basicServer();
+    const a = agent({ allowBasicOverHttp: true });
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${s.origin}/x`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      await res.text();
+    }
+    expect(s.seen).toEqual([undefined, basicAuthorization('alice', 'alicepw'), basicAuthorization('alice', 'alicepw')]);
+  });
+
+  it('S1: Basic is not sent to an origin the agent does not trust', async () => {
+    const s = await basicServer();
+    const res = await fetch(`${s.origin}/x`, {
+      dispatcher: agent({ allowBasicOverHttp: true, trustedOrigins: ['https://elsewhere.example'] }),
+    });
+    expect(res.status).toBe(401);
+    expect(s.seen).toEqual([undefined]);
+  });
+});

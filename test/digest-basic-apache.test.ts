@@ -1,0 +1,160 @@
+/**
+ * Digest and Basic through MultilegAgent against a real, independent server: Apache httpd's
+ * mod_auth_digest (MD5, realm `digest-realm`) and mod_auth_basic, over HTTP/2 and HTTP/1.1, and
+ * Basic refused over Apache's cleartext port unless the caller allows it.
+ */
+import { readFileSync } from 'node:fs';
+import { fetch, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseChallenges } from '../src/challenge/index.ts';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { BasicOverHttpError } from '../src/mechanisms/basic/index.ts';
+import { BASIC_USER, DIGEST_REALM, type Lab, requirePeer, startLab } from './lab/index.ts';
+
+const havePeers = requirePeer('kdc', 'apache');
+
+describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)', () => {
+  let lab: Lab;
+  const agents: MultilegAgent[] = [];
+  const agent = (o: Partial<MultilegAgentOptions> = {}) => {
+    // Negotiate off: Apache's /digest and /basic offer only their own scheme anyway; this keeps Kerberos out of it.
+    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, credentials: BASIC_USER, negotiate: false, ...o });
+    agents.push(a);
+    return a;
+  };
+  /** Access-log lines for paths starting with `prefix`: status, protocol, user. */
+  const accessLog = (prefix: string) =>
+    readFileSync(lab.apache!.accessLog, 'utf8')
+      .split('\n')
+      .filter((l) => / "[A-Z]+ (\S+) /.exec(l)?.[1]?.startsWith(prefix))
+      .map((l) => {
+        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+)/.exec(l);
+        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3] };
+      });
+  // mod_http2 may write a stream's log line only once the stream is cleaned up: allow it time.
+  async function logSettled(prefix: string, count: number) {
+    for (let i = 0; i < 500 && accessLog(prefix).length < count; i++) await new Promise((r) => setTimeout(r, 20));
+    return accessLog(prefix);
+  }
+
+  beforeAll(async () => {
+    lab = await startLab({ apache: true });
+  });
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.destroy()));
+    await lab?.stop();
+  });
+
+  it('M3: Apache mod_auth_digest (MD5) over HTTP/2: one challenge, then one request per user request', async () => {
+    const a = agent();
+    for (let i = 0; i < 4; i++) {
+      const res = await fetch(`${lab.apache!.origin}/digest/?h2=${i}`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-remote-user')).toBe('alice');
+      expect(res.headers.get('x-protocol')).toBe('HTTP/2.0');
+      expect(await res.text()).toBe('hello from /digest\n');
+    }
+    const wire = await logSettled('/digest/?h2=', 5);
+    expect(wire.map((w) => [w.status, w.proto])).toEqual([
+      [401, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+    ]);
+    expect(a.handshakes().map((h) => [h.scheme, h.outcome, h.legs])).toEqual(
+      Array(4).fill(['Digest', 'per-request', 1]),
+    );
+  });
+
+  it('M3: Apache mod_auth_digest over HTTP/1.1, concurrent proactive requests included', async () => {
+    const a = agent();
+    const get = async (i: number) => {
+      const res = await request(`${lab.apache!.origin}/digest/?h1=${i}`, { dispatcher: a, allowH2: false } as never);
+      const body = await res.body.text();
+      return [res.statusCode, res.headers['x-remote-user'], res.headers['x-protocol'], body] as const;
+    };
+    expect(await get(0)).toEqual([200, 'alice', 'HTTP/1.1', 'hello from /digest\n']);
+    const rest = await Promise.all(Array.from({ length: 6 }, (_, i) => get(i + 1)));
+    expect(rest.every(([s, u, p]) => s === 200 && u === 'alice' && p === 'HTTP/1.1')).toBe(true);
+    const wire = await logSettled('/digest/?h1=', 8);
+    expect(wire.map((w) => w.status)).toEqual([401, 200, 200, 200, 200, 200, 200, 200]);
+  });
+
+  it("M3: Apache's challenge is what the mechanism expects (realm, MD5, qop=auth)", async () => {
+    const res = await fetch(`${lab.apache!.origin}/digest/`, {
+      dispatcher: new MultilegAgent({ connect: { ca: lab.apache!.ca }, negotiate: false }),
+    });
+    await res.text();
+    expect(res.status).toBe(401);
+    const [c] = parseChallenges(res.headers.get('www-authenticate') ?? '');
+    expect(c).toMatchObject({ schemeKey: 'digest', params: { realm: DIGEST_REALM, algorithm: 'MD5', qop: 'auth' } });
+  });
+
+  it("M3: a wrong Digest password gets Apache's 401", async () => {
+    const a = agent({ credentials: { username: 'alice', password: 'nope' } });
+    const res = await fetch(`${lab.apache!.origin}/digest/?wrong`, { dispatcher: a });
+    await res.text();
+    expect(res.status).toBe(401);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['failed']);
+  });
+
+  it('M4: Apache Basic over HTTP/2 and HTTP/1.1', async () => {
+    const a = agent();
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${lab.apache!.origin}/basic/?h2=${i}`, { dispatcher: a });
+      expect([res.status, res.headers.get('x-remote-user'), res.headers.get('x-protocol')]).toEqual([
+        200,
+        'alice',
+        'HTTP/2.0',
+      ]);
+      await res.text();
+    }
+    const b = agent();
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${lab.apache!.origin}/basic/?h1=${i}`, { dispatcher: b, allowH2: false } as never);
+      expect([res.statusCode, res.headers['x-remote-user'], res.headers['x-protocol']]).toEqual([
+        200,
+        'alice',
+        'HTTP/1.1',
+      ]);
+      await res.body.text();
+    }
+    expect((await logSettled('/basic/?h2=', 3)).map((w) => [w.status, w.proto])).toEqual([
+      [401, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+    ]);
+    expect((await logSettled('/basic/?h1=', 3)).map((w) => [w.status, w.proto])).toEqual([
+      [401, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+    ]);
+  });
+
+  it("M4: Basic is refused over Apache's cleartext port without allowBasicOverHttp, and allowed with it", async () => {
+    const refused = await fetch(`${lab.apache!.cleartextOrigin}/basic/?clear=refused`, { dispatcher: agent() }).then(
+      () => undefined,
+      (e: Error) => (e.cause ?? e) as Error,
+    );
+    expect(refused).toBeInstanceOf(BasicOverHttpError);
+    expect(refused!.message).toMatch(/allowBasicOverHttp: true/);
+    expect(refused!.message).not.toContain(BASIC_USER.password);
+    const res = await fetch(`${lab.apache!.cleartextOrigin}/basic/?clear=allowed`, {
+      dispatcher: agent({ allowBasicOverHttp: true }),
+    });
+    expect([res.status, res.headers.get('x-remote-user')]).toEqual([200, 'alice']);
+    await res.text();
+    expect((await logSettled('/basic/?clear=', 3)).map((w) => [w.status, w.user])).toEqual([
+      [401, '-'],
+      [401, '-'],
+      [200, 'alice'],
+    ]);
+  });
+
+  it("M3: Digest is fine over Apache's cleartext port", async () => {
+    const res = await fetch(`${lab.apache!.cleartextOrigin}/digest/?clear`, { dispatcher: agent() });
+    expect([res.status, res.headers.get('x-remote-user')]).toEqual([200, 'alice']);
+    await res.text();
+  });
+});

@@ -1,0 +1,71 @@
+/** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as undici reads them. */
+import { describe, expect, it } from 'vitest';
+import { MultilegAgent } from '../src/index.ts';
+import { ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
+
+const via = (r: ProxyResolver, origin: string) => {
+  const route = r.route(origin);
+  return route ? `${route.kind} ${route.proxy.origin}` : 'direct';
+};
+
+describe('proxy selection', () => {
+  it('H5: HTTPS_PROXY for https targets, HTTP_PROXY for http ones; https falls back to HTTP_PROXY', () => {
+    const both = new ProxyResolver(undefined, { HTTPS_PROXY: 'http://secure:3128', HTTP_PROXY: 'http://plain:8080' });
+    expect(via(both, 'https://a.example')).toBe('tunnel http://secure:3128');
+    expect(via(both, 'http://a.example')).toBe('forward http://plain:8080');
+    const onlyHttp = new ProxyResolver(undefined, { HTTP_PROXY: 'http://plain:8080' });
+    expect(via(onlyHttp, 'https://a.example')).toBe('tunnel http://plain:8080');
+    const lower = new ProxyResolver(undefined, { https_proxy: 'http://lower:1', HTTPS_PROXY: 'http://upper:2' });
+    expect(via(lower, 'https://a.example')).toBe('tunnel http://lower:1');
+    expect(via(new ProxyResolver(undefined, { HTTPS_PROXY: '' }), 'https://a.example')).toBe('direct');
+    expect(via(new ProxyResolver(false, { HTTPS_PROXY: 'http://p:1' }), 'https://a.example')).toBe('direct');
+  });
+
+  it('H5: NO_PROXY: *, exact hosts, suffixes with and without a dot, *.suffix, host:port, case-insensitive', () => {
+    const r = (noProxy: string) => new ProxyResolver(undefined, { HTTPS_PROXY: 'http://p:1', NO_PROXY: noProxy });
+    expect(via(r('*'), 'https://x.test')).toBe('direct');
+    expect(via(r('Example.COM'), 'https://example.com')).toBe('direct');
+    expect(via(r('example.com'), 'https://www.example.com')).toBe('direct');
+    expect(via(r('.example.com'), 'https://example.com')).toBe('direct');
+    expect(via(r('*.example.com'), 'https://example.com')).toBe('tunnel http://p:1');
+    expect(via(r('*.example.com'), 'https://a.example.com')).toBe('direct');
+    expect(via(r('example.com:8443'), 'https://example.com')).toBe('tunnel http://p:1');
+    expect(via(r('example.com:8443'), 'https://example.com:8443')).toBe('direct');
+    expect(via(r('other.org, example.com'), 'https://EXAMPLE.com')).toBe('direct');
+    expect(via(r('notexample.com'), 'https://example.com')).toBe('tunnel http://p:1');
+    expect(via(r('[::1]:443'), 'https://[::1]')).toBe('direct');
+  });
+
+  it('H5: NO_PROXY is re-read when it changes; the `proxy` option ignores it unless given noProxy', () => {
+    const env: Record<string, string | undefined> = { HTTPS_PROXY: 'http://p:1' };
+    const r = new ProxyResolver(undefined, env);
+    expect(via(r, 'https://a.test')).toBe('tunnel http://p:1');
+    env.NO_PROXY = 'a.test';
+    expect(via(r, 'https://a.test')).toBe('direct');
+    const explicit = new ProxyResolver('http://q:2', env);
+    expect(via(explicit, 'https://a.test')).toBe('tunnel http://q:2');
+    const withList = new ProxyResolver({ uri: 'http://q:2', noProxy: '.test' }, env);
+    expect(via(withList, 'https://a.test')).toBe('direct');
+    const tunnelHttp = new ProxyResolver({ uri: 'http://q:2', http: 'tunnel' }, {});
+    expect(via(tunnelHttp, 'http://a.test')).toBe('tunnel http://q:2');
+  });
+
+  it('H5: the proxy origin never shows userinfo; userinfo becomes proxy credentials', () => {
+    const r = new ProxyResolver(undefined, { HTTPS_PROXY: 'http://al%40ice:s3cret@proxy.test:3128' });
+    const route = r.route('https://a.test')!;
+    expect(route.proxy.origin).toBe('http://proxy.test:3128');
+    expect(JSON.stringify(route.proxy)).not.toContain('s3cret');
+    expect(route.proxy.mechanisms.get('Basic')).toBeDefined();
+  });
+
+  it('H5: matches undici EnvHttpProxyAgent parsing on mixed separators', () => {
+    const entries = parseNoProxy(' a.test,,b.test  .c.test *.d.test');
+    expect(entries.map((e) => e.hostname)).toEqual(['a.test', 'b.test', 'c.test', 'd.test']);
+    expect(shouldProxy(entries, new URL('https://x.c.test'))).toBe(false);
+    expect(shouldProxy(entries, new URL('https://e.test'))).toBe(true);
+  });
+
+  it('H5: a bad proxy URL is a ConfigError at construction', () => {
+    expect(() => new MultilegAgent({ proxy: 'ftp://p:1' })).toThrow(/MULTILEG|proxy protocol/);
+  });
+});

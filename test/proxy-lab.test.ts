@@ -1,0 +1,238 @@
+/**
+ * Authenticating proxies against real ones (H5): Squid 5 (Basic; Negotiate through
+ * negotiate_kerberos_auth) and Apache httpd as a forward proxy with mod_auth_gssapi (NTLM through
+ * gss-ntlmssp, with a real password check) — CONNECT tunnels then TLS + ALPN to Apache, and plain-http
+ * targets forwarded in absolute form. Proxy credentials are separate from origin credentials.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fetch } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import { type Lab, requirePeer, startLab } from './lab/index.ts';
+
+const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'squid', 'kerberos-addon');
+
+const ALICE_BASIC = { username: 'alice', password: 'alicepw' };
+const ALICE_NTLM = { username: 'EXAMPLE\\alice', password: 'alicepw' };
+const BOB_NTLM = { username: 'EXAMPLE\\bob', password: 'bobpw' };
+
+describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peers)', () => {
+  let lab: Lab;
+  let restoreEnv: () => void;
+  const agents: MultilegAgent[] = [];
+  const agent = (o: Partial<MultilegAgentOptions>) => {
+    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, ...o });
+    agents.push(a);
+    return a;
+  };
+  const squidLog = () =>
+    readFileSync(join(lab.dir, 'squid/logs/access.log'), 'utf8')
+      .split('\n')
+      .filter((l) => l.trim())
+      .map((l) => {
+        const f = l.trim().split(/\s+/);
+        return { result: f[3], method: f[5], url: f[6], user: f[7] };
+      });
+  /** Apache's access-log lines for one request line target (the proxy vhost shares the log). */
+  const apacheLog = (method: string, target: string) =>
+    readFileSync(lab.apache!.accessLog, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes(`"${method} ${target} `))
+      .map((l) => {
+        const m = /" (\d{3}) (\d+) proto=(\S+) user=(\S*)/.exec(l);
+        return { status: Number(m?.[1]), port: m?.[2], user: m?.[4] };
+      });
+  async function settled<T>(read: () => T[], count: number): Promise<T[]> {
+    for (let i = 0; i < 150 && read().length < count; i++) await new Promise((r) => setTimeout(r, 20));
+    return read();
+  }
+  const cause = (p: Promise<unknown>) =>
+    p.then(
+      () => undefined,
+      (e: { cause?: Error }) => e.cause,
+    );
+
+  beforeAll(async () => {
+    lab = await startLab({ apache: true, apacheProxy: true, squid: true });
+    // alice's ticket cache; no NTLM_USER_FILE, else GSS would quietly use gss-ntlmssp's first user.
+    restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
+  }, 60_000);
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.destroy()));
+    restoreEnv?.();
+    await lab?.stop();
+  });
+
+  it('H5: CONNECT through Squid with Basic, then TLS + ALPN h2 to the origin', async () => {
+    const a = agent({ proxy: { uri: lab.squid!.origin, credentials: ALICE_BASIC, schemes: ['Basic'] } });
+    const res = await fetch(`${lab.apache!.origin}/public/`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-protocol')).toBe('HTTP/2.0');
+    expect(await res.text()).toBe('hello from /public\n');
+    await a.close();
+    const tunnels = await settled(() => squidLog().filter((l) => l.method === 'CONNECT' && l.user === 'alice'), 1);
+    expect(tunnels[0]).toMatchObject({ result: 'TCP_TUNNEL/200', url: `localhost:${lab.apache!.tlsPort}` });
+  });
+
+  it('H5: a wrong Basic password at Squid fails with ProxyAuthenticationError, no secret in it', async () => {
+    const a = agent({
+      proxy: { uri: lab.squid!.origin, credentials: { username: 'alice', password: 'wrong-pw' }, schemes: ['Basic'] },
+    });
+    const err = await cause(fetch(`${lab.apache!.origin}/public/`, { dispatcher: a }));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect((err as ProxyAuthenticationError).code).toBe('MULTILEG_PROXY_AUTH');
+    expect(err!.message).toContain(lab.squid!.origin);
+    expect(err!.message).not.toContain('wrong-pw');
+  });
+
+  it('H5/M2: Negotiate (Kerberos, SPN HTTP@proxyhost) to Squid, then Kerberos to Apache /protected/ through the tunnel', async () => {
+    const a = agent({ proxy: { uri: lab.squid!.origin, schemes: ['Negotiate'] } });
+    const res = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-remote-user')).toBe('alice@EXAMPLE.TEST');
+    expect(res.headers.get('x-protocol')).toBe('HTTP/2.0');
+    await res.text();
+    await a.close();
+    const tunnels = await settled(
+      () => squidLog().filter((l) => l.method === 'CONNECT' && l.user === 'alice@EXAMPLE.TEST'),
+      1,
+    );
+    expect(tunnels[0]?.result).toBe('TCP_TUNNEL/200');
+  });
+
+  it('H5: NTLM to the Apache forward proxy (real password check): every CONNECT leg on one proxy socket', async () => {
+    const target = `localhost:${lab.apache!.tlsPort}`;
+    const before = apacheLog('CONNECT', target).length;
+    const a = agent({ proxy: { uri: lab.apache!.proxyOrigin!, credentials: ALICE_NTLM, schemes: ['NTLM'] } });
+    const res = await fetch(`${lab.apache!.origin}/public/`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-protocol')).toBe('HTTP/2.0');
+    await res.text();
+    await a.close(); // Apache logs the CONNECT when the tunnel ends
+    const legs = (await settled(() => apacheLog('CONNECT', target), before + 3)).slice(before);
+    expect(legs.map((l) => l.status)).toEqual([407, 407, 200]);
+    expect(new Set(legs.map((l) => l.port)).size).toBe(1);
+    expect(legs[2]!.user).toBe('EXAMPLE\\\\alice'); // Apache escapes the backslash in its log
+  });
+
+  it('H5: a wrong NTLM password at the Apache proxy fails with ProxyAuthenticationError', async () => {
+    const a = agent({
+      proxy: { uri: lab.apache!.proxyOrigin!, credentials: { ...ALICE_NTLM, password: 'nope' }, schemes: ['NTLM'] },
+    });
+    const err = await cause(fetch(`${lab.apache!.origin}/public/`, { dispatcher: a }));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err!.message).toMatch(/rejected the NTLM credentials/);
+    expect(err!.message).not.toContain('nope');
+  });
+
+  it('H5/H1: proxy and origin credentials are separate: alice to the proxy, bob to Apache /ntlm/ through it', async () => {
+    const a = agent({
+      credentials: BOB_NTLM,
+      schemes: ['NTLM'],
+      negotiate: false,
+      proxy: { uri: lab.apache!.proxyOrigin!, credentials: ALICE_NTLM, schemes: ['NTLM'] },
+    });
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${lab.apache!.origin}/ntlm/`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\bob');
+      await res.text();
+    }
+    // Apache loses NTLM between HTTP/2 streams; the agent moved it to one HTTP/1.1 connection (its own tunnel).
+    expect(a.handshakes().at(-1)).toMatchObject({ scheme: 'NTLM', protocol: 'http/1.1', outcome: 'session' });
+    expect(a.stats().handshakes).toBe(1);
+  });
+
+  it('H5: HTTPS_PROXY (with userinfo) and NO_PROXY from the environment, as undici reads them', async () => {
+    const squid = new URL(lab.squid!.origin);
+    const restore = lab.applyEnv({
+      NTLM_USER_FILE: undefined,
+      HTTPS_PROXY: `http://alice:alicepw@${squid.host}`,
+      https_proxy: undefined,
+      NO_PROXY: undefined,
+      no_proxy: undefined,
+    });
+    try {
+      const count = () => squidLog().filter((l) => l.method === 'CONNECT' && l.user === 'alice').length;
+      const before = count();
+      const viaEnv = agent({ proxy: { schemes: ['Basic'] } });
+      expect((await fetch(`${lab.apache!.origin}/public/`, { dispatcher: viaEnv })).status).toBe(200);
+      await viaEnv.close();
+      await settled(() => Array(count()), before + 1);
+      expect(count()).toBe(before + 1);
+
+      process.env.NO_PROXY = 'example.org, .localhost,localhost';
+      const bypass = agent({ proxy: { schemes: ['Basic'] } });
+      const res = await fetch(`${lab.apache!.origin}/public/`, { dispatcher: bypass });
+      expect(res.status).toBe(200);
+      await bypass.close();
+      process.env.NO_PROXY = '';
+      const off = agent({ proxy: false });
+      expect((await fetch(`${lab.apache!.origin}/public/`, { dispatcher: off })).status).toBe(200);
+      await off.close();
+      await new Promise((r) => setTimeout(r, 200));
+      expect(count()).toBe(before + 1); // neither went through squid
+    } finally {
+      restore();
+    }
+  });
+
+  it('H5: a plain-http target is forwarded in absolute form through Squid with Basic', async () => {
+    const a = agent({ proxy: { uri: lab.squid!.origin, credentials: ALICE_BASIC, schemes: ['Basic'] } });
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${lab.apache!.cleartextOrigin}/public/`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe('hello from /public\n');
+    }
+    const url = `${lab.apache!.cleartextOrigin}/public/`;
+    const lines = await settled(() => squidLog().filter((l) => l.url === url && l.user === 'alice'), 2);
+    expect(lines.map((l) => l.method)).toEqual(['GET', 'GET']);
+  });
+
+  it('H5: a plain-http target through Squid with Negotiate: one 407, then the connection stays authenticated', async () => {
+    const url = `${lab.apache!.cleartextOrigin}/public/index.html`;
+    const a = agent({ proxy: { uri: lab.squid!.origin, schemes: ['Negotiate'] } });
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(url, { dispatcher: a });
+      expect(res.status).toBe(200);
+      await res.text();
+    }
+    const lines = await settled(() => squidLog().filter((l) => l.url === url), 4);
+    expect(lines.map((l) => [l.result, l.user])).toEqual([
+      ['TCP_DENIED/407', '-'],
+      ...Array(3).fill(['TCP_MISS/200', 'alice@EXAMPLE.TEST']),
+    ]);
+  });
+
+  it("H5: a plain-http target through a CONNECT tunnel (proxy.http = 'tunnel') with NTLM to the Apache proxy", async () => {
+    const target = `localhost:${lab.apache!.port}`;
+    const before = apacheLog('CONNECT', target).length;
+    const a = agent({
+      proxy: { uri: lab.apache!.proxyOrigin!, credentials: ALICE_NTLM, schemes: ['NTLM'], http: 'tunnel' },
+    });
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${lab.apache!.cleartextOrigin}/public/`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe('hello from /public\n');
+    }
+    await a.close();
+    const legs = (await settled(() => apacheLog('CONNECT', target), before + 3)).slice(before);
+    expect(legs.map((l) => l.status)).toEqual([407, 407, 200]);
+  });
+
+  it('H5: a plain-http target through the Apache proxy with NTLM: every leg on one proxy connection', async () => {
+    const url = `${lab.apache!.cleartextOrigin}/public/?ntlm`;
+    const a = agent({ proxy: { uri: lab.apache!.proxyOrigin!, credentials: ALICE_NTLM, schemes: ['NTLM'] } });
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(url, { dispatcher: a });
+      expect(res.status).toBe(200);
+      await res.text();
+    }
+    const lines = await settled(() => apacheLog('GET', url), 4);
+    expect(lines.map((l) => l.status)).toEqual([407, 407, 200, 200]);
+    expect(new Set(lines.map((l) => l.port)).size).toBe(1);
+    expect(lines.slice(2).every((l) => l.user === 'EXAMPLE\\\\alice')).toBe(true);
+  });
+});

@@ -1,0 +1,157 @@
+/**
+ * H3/H4 (and H5 without real peers) against the reference server's proxy mode: a forward proxy that
+ * binds each client connection to its own upstream connection and can say
+ * `Proxy-support: Session-Based-Authentication` and `Remote-http-version`.
+ */
+import { fetch } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Mechanism, MultilegAgent, type MultilegAgentOptions, ntlmMechanism } from '../src/index.ts';
+import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceProxyOptions,
+  type ReferenceServer,
+  type ReferenceServerOptions,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
+import { ALICE } from './helpers.ts';
+
+/** NTLM that sends NEGOTIATE on the first leg once the origin is known to want it (as Negotiate does). */
+const proactiveNtlm: Mechanism = { ...ntlmMechanism(ALICE), proactive: true };
+
+let server: ReferenceServer | undefined;
+let proxy: ReferenceProxy | undefined;
+let agent: MultilegAgent | undefined;
+afterEach(async () => {
+  await agent?.destroy().catch(() => {});
+  await proxy?.close();
+  await server?.close();
+  agent = proxy = server = undefined;
+});
+
+async function setup(p: ReferenceProxyOptions, s: ReferenceServerOptions = {}, a: Partial<MultilegAgentOptions> = {}) {
+  server = await startReferenceServer({ mode: 'session', ...s });
+  proxy = await startReferenceProxy(p);
+  agent = new MultilegAgent({
+    credentials: ALICE,
+    negotiate: false,
+    schemes: ['NTLM'],
+    mechanisms: [proactiveNtlm],
+    proxy: {
+      uri: proxy.origin,
+      connect: { ca: proxy.ca },
+      credentials: { username: 'proxyuser', password: 'proxypw' },
+    },
+    ...a,
+  });
+  // The target is plain http: the proxy forwards it (to the reference server, over TLS).
+  return { base: `http://localhost:${server.port}`, server, proxy, agent };
+}
+
+async function get(url: string) {
+  const res = await fetch(url, { dispatcher: agent! });
+  return { status: res.status, body: (await res.json()) as { user: string | null } };
+}
+
+describe('authentication through a forward proxy (reference proxy)', () => {
+  it('H4: without Proxy-support, session-based authentication is not trusted: every request authenticates', async () => {
+    const { base, server: s, proxy: p, agent: a } = await setup({ proxySupport: false });
+    for (let i = 0; i < 3; i++) {
+      const r = await get(`${base}/auth/${i}`);
+      expect(r).toMatchObject({ status: 200, body: { user: 'EXAMPLE\\alice' } });
+    }
+    // The server said Persistent-Auth: true each time, but the agent counted it as per-request…
+    expect(
+      s.exchanges.filter((e) => e.outcome === 'accepted').every((e) => e.responseHeaders['persistent-auth'] === 'true'),
+    ).toBe(true);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['per-request', 'per-request', 'per-request']);
+    // …so each request carried its own credentials through the proxy (2 legs: NEGOTIATE, AUTHENTICATE).
+    for (let i = 0; i < 3; i++) {
+      const legs = p.exchanges.filter((e) => e.target.endsWith(`/auth/${i}`) && e.authorization);
+      expect(legs).toHaveLength(2);
+    }
+  });
+
+  it('H4: with Proxy-support: Session-Based-Authentication, the session is authenticated once', async () => {
+    const { base, proxy: p, agent: a } = await setup({ proxySupport: true });
+    for (let i = 0; i < 4; i++) {
+      expect((await get(`${base}/auth/${i}`)).status).toBe(200);
+    }
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['session']);
+    const authorized = p.exchanges.filter((e) => e.authorization);
+    expect(authorized).toHaveLength(2);
+    expect(p.exchanges.filter((e) => !e.authorization && e.status === 200)).toHaveLength(3);
+    // One client connection to the proxy (bound upstream), HTTP/2 to the proxy.
+    expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
+    expect(p.exchanges.every((e) => e.protocol === 'h2')).toBe(true);
+  });
+
+  it('H3: Remote-http-version: 1.1 moves authenticated traffic for that origin to HTTP/1.1', async () => {
+    const { base, proxy: p, agent: a } = await setup({ proxySupport: true, remoteHttpVersion: '1.1' });
+    for (let i = 0; i < 3; i++) {
+      expect((await get(`${base}/auth/${i}`)).status).toBe(200);
+    }
+    // The first anonymous request met the challenge over HTTP/2; everything after went over HTTP/1.1.
+    expect(p.exchanges[0]).toMatchObject({ protocol: 'h2', status: 401, authorization: false });
+    const rest = p.exchanges.slice(1);
+    expect(rest.every((e) => e.protocol === 'http/1.1')).toBe(true);
+    expect(rest.filter((e) => e.authorization)).toHaveLength(2);
+    expect(a.handshakes()).toHaveLength(1);
+    expect(a.handshakes()[0]).toMatchObject({ protocol: 'http/1.1', outcome: 'session' });
+  });
+
+  it('H3: without Remote-http-version the handshake stays on HTTP/2 to the proxy', async () => {
+    const { base, proxy: p, agent: a } = await setup({ proxySupport: true });
+    expect((await get(`${base}/auth/x`)).status).toBe(200);
+    expect(p.exchanges.every((e) => e.protocol === 'h2')).toBe(true);
+    expect(a.handshakes()[0]).toMatchObject({ protocol: 'h2' });
+  });
+
+  it('H5: Basic proxy authentication on forwarded requests goes on every request, separate from origin NTLM', async () => {
+    const { base, proxy: p } = await setup({ proxySupport: true, basicUsers: { proxyuser: 'proxypw' } });
+    for (let i = 0; i < 3; i++) expect((await get(`${base}/auth/${i}`)).status).toBe(200);
+    expect(p.exchanges[0]).toMatchObject({ status: 407, proxyAuthorization: false });
+    expect(p.exchanges.slice(1).every((e) => e.proxyAuthorization && e.status !== 407)).toBe(true);
+    // Origin credentials went to the origin only, proxy credentials to the proxy only.
+    expect(server!.exchanges.every((e) => e.requestHeaders['proxy-authorization'] === undefined)).toBe(true);
+  });
+
+  it('H5: CONNECT tunnel with Basic through the reference proxy (which closes after its 407), then HTTP/2 and NTLM to an https origin', async () => {
+    const {
+      server: s,
+      proxy: p,
+      agent: a,
+    } = await setup(
+      { basicUsers: { proxyuser: 'proxypw' } },
+      {},
+      { connect: { ca: (await import('../src/reference-server/index.ts')).CA_CERT } },
+    );
+    const res = await fetch(`${s.origin}/auth/t`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { protocol: string }).protocol).toBe('h2');
+    expect(p.exchanges.map((e) => [e.method, e.status, e.proxyAuthorization])).toEqual([
+      ['CONNECT', 407, false],
+      ['CONNECT', 200, true],
+    ]);
+    // This proxy closes the connection after a 407 to CONNECT: the agent answered on a new one.
+    expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(2);
+    // Over a tunnel the session is ours alone: session auth is trusted without Proxy-support.
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['session']);
+  });
+
+  it('H5: a wrong proxy password is a ProxyAuthenticationError that names the proxy and no secret', async () => {
+    const { base } = await setup({ basicUsers: { proxyuser: 'other' } });
+    const err = (await fetch(`${base}/auth/x`, { dispatcher: agent! }).catch(
+      (e: { cause?: Error }) => e.cause,
+    )) as Error;
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect((err as ProxyAuthenticationError).code).toBe('MULTILEG_PROXY_AUTH');
+    expect(err.message).toContain(proxy!.origin);
+    expect(err.message).not.toContain('proxypw');
+    const tunnelErr = (await fetch(`${server!.origin}/auth/x`, { dispatcher: agent! }).catch(
+      (e: { cause?: Error }) => e.cause,
+    )) as Error;
+    expect(tunnelErr).toBeInstanceOf(ProxyAuthenticationError);
+  });
+});
