@@ -254,6 +254,30 @@ describe('M2: Negotiate context state machine (fake GSS)', () => {
   });
 });
 
+describe('M2: no ticket is remembered for a while', () => {
+  it('M2: after "no ticket", later handshakes go straight to NTLM without asking GSS-API again', async () => {
+    let asked = 0;
+    const noTicket: KerberosModuleLike = {
+      initializeClient: async () => {
+        asked += 1;
+        throw new Error(GSS.noTicketSpnego);
+      },
+    };
+    const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
+    const mech = negotiateMechanism({ kerberos: noTicket, credentials: creds, ntlmFallback: 'raw' });
+    for (let i = 0; i < 5; i++) {
+      const tok = await mech.createContext(leg).step(undefined, leg);
+      expect(Buffer.from(tok.slice('Negotiate '.length), 'base64').subarray(0, 8).toString('latin1')).toBe('NTLMSSP\0');
+    }
+    expect(asked).toBe(1);
+    // Without a fallback there is nothing to shortcut to: every context asks, and reports the error.
+    const strict = negotiateMechanism({ kerberos: noTicket });
+    await expect(strict.createContext(leg).step(undefined, leg)).rejects.toBeInstanceOf(KerberosNoTicketError);
+    await expect(strict.createContext(leg).step(undefined, leg)).rejects.toBeInstanceOf(KerberosNoTicketError);
+    expect(asked).toBe(3);
+  });
+});
+
 describe('M2: missing kerberos addon', () => {
   it("M2: a missing 'kerberos' package is MechanismUnavailableError with the install hint", async () => {
     vi.resetModules();

@@ -108,16 +108,26 @@ export function negotiateFlags(o: Pick<NegotiateOptions, 'delegate' | 'mutualAut
 
 type State = 'initial' | 'sent' | 'done';
 
+/** How long "no Kerberos here" is remembered before GSS-API is asked again (a kinit may follow). */
+export const NO_KERBEROS_MEMORY_MS = 30_000;
+
+/** Shared by one mechanism's contexts: when GSS-API last said it cannot help (no ticket, no addon). */
+interface KerberosMemory {
+  unavailableUntil: number;
+}
+
 class NegotiateContext implements MechanismContext {
   readonly #o: NegotiateOptions;
+  readonly #memory: KerberosMemory;
   #state: State = 'initial';
   #client: KerberosClientLike | undefined;
   #fallback: SpnegoNtlmContext | undefined;
   #spn = '';
   #mutualVerified = false;
 
-  constructor(o: NegotiateOptions) {
+  constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
+    this.#memory = memory;
   }
 
   get complete(): boolean {
@@ -129,6 +139,10 @@ class NegotiateContext implements MechanismContext {
     if (this.#fallback) return this.#fallback.identity;
     const u = this.#client?.contextComplete ? this.#client.username : undefined;
     return u || undefined;
+  }
+
+  #canFallBack(): boolean {
+    return this.#o.credentials !== undefined && this.#o.ntlmFallback !== false && this.#o.mech !== 'kerberos';
   }
 
   /** The SPN this context asked a ticket for (after the first step). */
@@ -158,15 +172,23 @@ class NegotiateContext implements MechanismContext {
       };
       let out: string | null;
       try {
+        // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
+        // just said it has no ticket — answer as that failure would, straight away.
+        if (Date.now() < this.#memory.unavailableUntil && this.#canFallBack()) throw NO_TICKET_REMEMBERED;
         const k = this.#o.kerberos ?? (await loadKerberos());
         this.#client = await k.initializeClient(this.#spn, options);
         out = await this.#client.step('');
       } catch (e) {
-        const err = e instanceof MechanismUnavailableError ? e : this.#mapError(e);
+        const err = e === NO_TICKET_REMEMBERED || e instanceof MechanismUnavailableError ? e : this.#mapError(e);
         const creds = this.#o.credentials;
         const mode = this.#o.ntlmFallback ?? 'spnego';
         // No ticket, or no GSS-API here at all: a password can still authenticate, with NTLM (as SSPI does).
-        const noKerberos = err instanceof KerberosNoTicketError || err instanceof MechanismUnavailableError;
+        const noKerberos =
+          err === NO_TICKET_REMEMBERED ||
+          err instanceof KerberosNoTicketError ||
+          err instanceof MechanismUnavailableError;
+        if (noKerberos && err !== NO_TICKET_REMEMBERED)
+          this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
         if (noKerberos && creds && mode !== false && this.#o.mech !== 'kerberos') {
           this.#client = undefined;
           this.#fallback = new SpnegoNtlmContext(creds, {
@@ -239,11 +261,15 @@ class NegotiateContext implements MechanismContext {
  * may take several legs), proactive (a Kerberos token can go on the first request).
  */
 export function negotiateMechanism(opts: NegotiateOptions = {}): Mechanism {
+  const memory: KerberosMemory = { unavailableUntil: 0 };
   return {
     scheme: SCHEME,
     level: 'either',
     multileg: true,
     proactive: true,
-    createContext: () => new NegotiateContext(opts),
+    createContext: () => new NegotiateContext(opts, memory),
   };
 }
+
+/** Stands for a remembered "no ticket": only ever leads to the NTLM fallback, never reaches a caller. */
+const NO_TICKET_REMEMBERED = new Error('no Kerberos ticket (remembered)');
