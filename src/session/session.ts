@@ -1,17 +1,13 @@
-import type { Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
-import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { BodyNotReplayableError, MultilegError, QueueFullError, QueueTimeoutError } from '../errors.ts';
 import { relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
-import { ProxyAuth, proxyLeg } from '../proxy/auth.ts';
-import { RemoteHttp1Error } from '../proxy/errors.ts';
+import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
-import { connectToProxy } from '../proxy/tunnel.ts';
 import { type ConnectionInfo, sessionConnector } from './connector.ts';
 import type { Job } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
@@ -59,17 +55,8 @@ export class Session {
   readonly #handshakeWaiters: Array<() => void> = [];
   readonly #limits: Limits;
   readonly #onChange: () => void;
-  /** Through a forward proxy (plain-http target, H3-H5): the proxy connection's own state. */
-  readonly #forward:
-    | {
-        readonly route: Extract<ProxyRoute, { kind: 'forward' }>;
-        readonly auth: ProxyAuth;
-        readonly protocol: Promise<'h2' | 'http/1.1' | undefined>;
-        readonly onRemoteHttp1: () => void;
-        /** The proxy's last answer carried `Proxy-support: Session-Based-Authentication` (H4). */
-        vouched: boolean;
-      }
-    | undefined;
+  /** Through a forwarding proxy (plain-http target, H3-H5): that connection's own state. */
+  readonly #forward: ForwardProxy | undefined;
 
   /** This session presents a client certificate (T3): only such sessions serve the origin then. */
   readonly certified: boolean;
@@ -95,27 +82,24 @@ export class Session {
     this.#onChange = opts.onChange;
     const allowH2 = opts.lane === 'auto';
     let origin = opts.origin;
-    let preopened: Promise<Socket> | undefined;
     if (opts.route?.kind === 'forward') {
-      // The Client talks to the proxy (`http:` so that HTTP/2 sends `:scheme http`; the connector does
-      // TLS for an https:// proxy). Its connection is opened now, so the first request knows whether to
-      // use absolute-form (HTTP/1.1) or :authority (HTTP/2).
+      // The Client talks to the proxy (`http:` so that HTTP/2 sends `:scheme http`; the connector
+      // does TLS for an https:// proxy), over the connection the ForwardProxy opened.
       const proxy = opts.route.proxy;
       origin = `http://${authority(proxy.hostname, proxy.port)}`;
-      preopened = connectToProxy(proxy, allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
-      this.#forward = {
+      this.#forward = new ForwardProxy({
         route: opts.route,
-        auth: new ProxyAuth(proxy, opts.limits.maxLegs),
-        protocol: preopened.then(
-          (s) => ((s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1'),
-          () => undefined,
-        ),
+        allowH2,
+        limits: opts.limits,
         onRemoteHttp1: opts.onRemoteHttp1 ?? (() => {}),
-        vouched: false,
-      };
+        onProxyVerificationFailed: (err) => {
+          log.session('%s proxy final token failed verification (%s): closing', this.id, err.message);
+          this.apply({ type: 'closed' });
+        },
+      });
     }
     const route = opts.route
-      ? { proxy: opts.route, limits: opts.limits, ...(preopened ? { preopened } : {}) }
+      ? { proxy: opts.route, limits: opts.limits, ...(this.#forward ? { preopened: this.#forward.socket } : {}) }
       : undefined;
     this.client = new Client(origin, {
       connect: sessionConnector(opts.tls, allowH2, (info) => this.#connected(info), route),
@@ -276,60 +260,15 @@ export class Session {
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
   ): Promise<LegResult> {
-    if (this.#forward) return this.#sendForward(job, extra, classify);
-    return this.#send(job, extra, classify);
-  }
-
-  /**
-   * A leg through a forward proxy: absolute-form on HTTP/1.1, `:authority` on HTTP/2; the proxy's 407s
-   * are answered here, on this connection, before the origin's exchange sees anything (H5). Responses
-   * tell whether the proxy vouches for session-based authentication (H4) and whether the origin
-   * speaks HTTP/1.1 (H3).
-   */
-  async #sendForward(
-    job: Job,
-    extra: Record<string, string>,
-    classify: (status: number, headers: ResponseHeaders) => Verdict,
-  ): Promise<LegResult> {
-    const forward = this.#forward!;
-    const protocol = await forward.protocol;
-    const path = protocol === 'h2' ? job.dispatchOptions.path : `${job.origin}${job.dispatchOptions.path}`;
-    const leg = proxyLeg(forward.route.proxy, job.dispatchOptions.method, path);
-    const host = new URL(job.origin).host;
-    for (let answers = 0; ; answers++) {
-      const credentials = forward.auth.header();
-      let challenged: ResponseHeaders | undefined;
-      const result = await this.#send(
-        job,
-        { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
-        (status, headers) => {
-          if (status === 407 && answers <= this.#limits.maxLegs) {
-            challenged = headers;
-            return 'swallow';
-          }
-          forward.vouched = readProxySupport(headers);
-          if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
-            forward.onRemoteHttp1();
-            // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
-            if (status === 401 && this.protocol === 'h2') throw new RemoteHttp1Error();
-          }
-          if (credentials && forward.auth.state === 'handshaking') {
-            forward.auth.succeeded(headers, leg).catch((err: Error) => {
-              log.session('%s proxy final token failed verification (%s): closing', this.id, err.message);
-              this.apply({ type: 'closed' });
-            });
-          }
-          return classify(status, headers);
-        },
-        path,
-      );
-      if (result.kind !== 'swallowed' || !challenged) return result;
-      try {
-        await forward.auth.answer(challenged, leg);
-      } catch (err) {
-        return { kind: 'failed', error: err as Error };
-      }
-    }
+    if (!this.#forward) return this.#send(job, extra, classify);
+    const request = { origin: job.origin, method: job.dispatchOptions.method, path: job.dispatchOptions.path };
+    return this.#forward.send(
+      request,
+      extra,
+      classify,
+      (e, c, path) => this.#send(job, e, c, path),
+      () => this.protocol === 'h2',
+    );
   }
 
   #send(

@@ -1,0 +1,100 @@
+import type { Socket } from 'node:net';
+import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
+import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
+import type { Limits } from '../options.ts';
+import { ProxyAuth, proxyLeg } from './auth.ts';
+import { RemoteHttp1Error } from './errors.ts';
+import type { ProxyRoute } from './options.ts';
+import { connectToProxy } from './tunnel.ts';
+
+type Classify = (status: number, headers: ResponseHeaders) => Verdict;
+/** Sends one leg on the proxy connection with extra headers and the request-target `path`. */
+export type SendOnProxy = (extra: Record<string, string>, classify: Classify, path: string) => Promise<LegResult>;
+
+/**
+ * One connection to a forwarding proxy (plain-http targets, H5): absolute-form requests on
+ * HTTP/1.1, `:authority` on HTTP/2; the proxy's 407s are answered on this connection before the
+ * origin's exchange sees anything. Its answers say whether the proxy vouches for session-based
+ * authentication (H4) and whether the origin speaks HTTP/1.1 (H3).
+ */
+export class ForwardProxy {
+  readonly route: Extract<ProxyRoute, { kind: 'forward' }>;
+  /** The proxy connection, opened at once so the first request knows its request-target form. */
+  readonly socket: Promise<Socket>;
+  readonly #auth: ProxyAuth;
+  readonly #protocol: Promise<'h2' | 'http/1.1' | undefined>;
+  readonly #limits: Limits;
+  readonly #onRemoteHttp1: () => void;
+  readonly #onProxyVerificationFailed: (err: Error) => void;
+  #vouched = false;
+
+  constructor(opts: {
+    route: Extract<ProxyRoute, { kind: 'forward' }>;
+    allowH2: boolean;
+    limits: Limits;
+    /** The proxy said the origin speaks HTTP/1.1 (H3). */
+    onRemoteHttp1: () => void;
+    /** The proxy's final token failed mutual authentication: the connection must not be used. */
+    onProxyVerificationFailed: (err: Error) => void;
+  }) {
+    this.route = opts.route;
+    this.#limits = opts.limits;
+    this.#onRemoteHttp1 = opts.onRemoteHttp1;
+    this.#onProxyVerificationFailed = opts.onProxyVerificationFailed;
+    this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
+    this.socket = connectToProxy(opts.route.proxy, opts.allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
+    this.#protocol = this.socket.then(
+      (s) => ((s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1'),
+      () => undefined,
+    );
+  }
+
+  /** The proxy's last answer carried `Proxy-support: Session-Based-Authentication` (H4). */
+  get vouched(): boolean {
+    return this.#vouched;
+  }
+
+  /** Sends one leg of a request for `origin` through the proxy, answering its 407s. */
+  async send(
+    request: { origin: string; method: string; path: string },
+    extra: Record<string, string>,
+    classify: Classify,
+    sendOnProxy: SendOnProxy,
+    onHttp2: () => boolean,
+  ): Promise<LegResult> {
+    const protocol = await this.#protocol;
+    const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
+    const leg = proxyLeg(this.route.proxy, request.method, path);
+    const host = new URL(request.origin).host;
+    for (let answers = 0; ; answers++) {
+      const credentials = this.#auth.header();
+      let challenged: ResponseHeaders | undefined;
+      const result = await sendOnProxy(
+        { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+        (status, headers) => {
+          if (status === 407 && answers <= this.#limits.maxLegs) {
+            challenged = headers;
+            return 'swallow';
+          }
+          this.#vouched = readProxySupport(headers);
+          if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
+            this.#onRemoteHttp1();
+            // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
+            if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
+          }
+          if (credentials && this.#auth.state === 'handshaking') {
+            this.#auth.succeeded(headers, leg).catch(this.#onProxyVerificationFailed);
+          }
+          return classify(status, headers);
+        },
+        path,
+      );
+      if (result.kind !== 'swallowed' || !challenged) return result;
+      try {
+        await this.#auth.answer(challenged, leg);
+      } catch (err) {
+        return { kind: 'failed', error: err as Error };
+      }
+    }
+  }
+}
