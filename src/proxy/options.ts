@@ -6,11 +6,11 @@ import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { ConfigError } from '../errors.ts';
+import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/index.ts';
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
-import { proxyBasicMechanism } from './basic.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -78,7 +78,9 @@ export function proxyMechanisms(o: ProxyOptions, credentials: Credentials | unde
       }),
     );
   }
-  if (credentials) list.push(ntlmMechanism(credentials), proxyBasicMechanism(credentials));
+  // Proxy credentials are meant for the proxy at its configured address: Basic goes to it even over
+  // a cleartext connection, as curl and browsers send it.
+  if (credentials) list.push(ntlmMechanism(credentials), basicMechanism(credentials, { allowHttp: true }));
   list.push(...(o.mechanisms ?? []));
   return new MechanismSet(list, o.schemes ?? DEFAULT_SCHEME_ORDER);
 }

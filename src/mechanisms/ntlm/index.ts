@@ -108,24 +108,14 @@ class NtlmContext implements MechanismContext {
     if (this.#negotiate === undefined) {
       throw new MechanismError(this.#scheme, 'the server sent an NTLM CHALLENGE before the client sent NEGOTIATE');
     }
-    const raw = decodeToken(token);
-    const parsed = decodeChallenge(raw);
-    const random = this.#options.randomBytes;
-    const now = this.#options.now;
-    const sendTargetName = (this.#options.sendTargetName ?? true) && !leg.proxy && leg.hostname !== '';
-    const { message } = createAuthenticate({
-      user: this.#id.user,
-      domain: this.#id.domain,
-      password: this.#credentials.password,
-      workstation: this.#credentials.workstation ?? '',
+    const { message } = authenticateForLeg({
+      credentials: this.#credentials,
+      identity: this.#id,
       negotiateMessage: this.#negotiate,
-      challengeMessage: raw,
-      challenge: parsed,
+      challengeMessage: decodeToken(token),
       clientFlags: CLIENT_FLAGS,
-      ...(leg.channelBinding && !leg.proxy ? { channelBinding: leg.channelBinding } : {}),
-      ...(sendTargetName ? { targetName: `HTTP/${leg.hostname}` } : {}),
-      ...(random ? { clientChallenge: random(8), exportedSessionKey: random(16) } : {}),
-      ...(now ? { timestamp: now() } : {}),
+      leg,
+      options: this.#options,
     });
     this.#state = 'complete';
     return `${this.#scheme} ${message.toString('base64')}`;
@@ -134,6 +124,39 @@ class NtlmContext implements MechanismContext {
   async finish(): Promise<void> {
     // NTLM has no final server token to verify.
   }
+}
+
+/**
+ * The AUTHENTICATE message answering `challengeMessage` for one leg: channel bindings and the
+ * `HTTP/<host>` target name for an origin, neither for a proxy. Shared by raw NTLM and NTLM inside
+ * SPNEGO. The result carries key material (`exportedSessionKey`): never log it.
+ */
+export function authenticateForLeg(input: {
+  credentials: Credentials;
+  identity: NtlmIdentity;
+  negotiateMessage: Buffer;
+  challengeMessage: Buffer;
+  clientFlags: number;
+  leg: LegInfo;
+  options: Pick<NtlmOptions, 'sendTargetName' | 'randomBytes' | 'now'>;
+}): ReturnType<typeof createAuthenticate> {
+  const { leg, options } = input;
+  const random = options.randomBytes;
+  const sendTargetName = (options.sendTargetName ?? true) && !leg.proxy && leg.hostname !== '';
+  return createAuthenticate({
+    user: input.identity.user,
+    domain: input.identity.domain,
+    password: input.credentials.password,
+    workstation: input.credentials.workstation ?? '',
+    negotiateMessage: input.negotiateMessage,
+    challengeMessage: input.challengeMessage,
+    challenge: decodeChallenge(input.challengeMessage),
+    clientFlags: input.clientFlags,
+    ...(leg.channelBinding && !leg.proxy ? { channelBinding: leg.channelBinding } : {}),
+    ...(sendTargetName ? { targetName: `HTTP/${leg.hostname}` } : {}),
+    ...(random ? { clientChallenge: random(8), exportedSessionKey: random(16) } : {}),
+    ...(options.now ? { timestamp: options.now() } : {}),
+  });
 }
 
 /**

@@ -13,9 +13,9 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
 import { MechanismError, MutualAuthError } from '../../errors.ts';
-import { decodeToken, type NtlmIdentity, parseNtlmUser } from '../ntlm/index.ts';
+import { authenticateForLeg, decodeToken, type NtlmIdentity, parseNtlmUser } from '../ntlm/index.ts';
 import { decodeChallenge, encodeNegotiate, NegotiateFlags, NTLMSSP_SIGNATURE } from '../ntlm/messages.ts';
-import { CLIENT_FLAGS, createAuthenticate } from '../ntlm/ntlmv2.ts';
+import { CLIENT_FLAGS } from '../ntlm/ntlmv2.ts';
 import { rc4 } from '../ntlm/rc4.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import {
@@ -163,21 +163,14 @@ export class SpnegoNtlmContext implements MechanismContext {
       if (!resp.responseToken) throw new MechanismError(SCHEME, 'the server sent SPNEGO without an NTLM CHALLENGE');
       type2 = resp.responseToken;
     }
-    const parsed = decodeChallenge(type2);
-    const random = this.#options.randomBytes;
-    const sendTargetName = (this.#options.sendTargetName ?? true) && !leg.proxy && leg.hostname !== '';
-    const { message, flags, exportedSessionKey } = createAuthenticate({
-      user: this.#id.user,
-      domain: this.#id.domain,
-      password: this.#credentials.password,
-      workstation: this.#credentials.workstation ?? '',
+    const { message, flags, exportedSessionKey } = authenticateForLeg({
+      credentials: this.#credentials,
+      identity: this.#id,
       negotiateMessage: this.#negotiate,
       challengeMessage: type2,
-      challenge: parsed,
       clientFlags: SPNEGO_NTLM_FLAGS,
-      ...(leg.channelBinding && !leg.proxy ? { channelBinding: leg.channelBinding } : {}),
-      ...(sendTargetName ? { targetName: `HTTP/${leg.hostname}` } : {}),
-      ...(random ? { clientChallenge: random(8), exportedSessionKey: random(16) } : {}),
+      leg,
+      options: this.#options,
     });
     this.#esk = exportedSessionKey;
     this.#flags = flags;
