@@ -14,7 +14,7 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
 import { MechanismError, MutualAuthError } from '../../errors.ts';
 import { authenticateForLeg, decodeToken, type NtlmIdentity, parseNtlmUser } from '../ntlm/index.ts';
-import { decodeChallenge, encodeNegotiate, NegotiateFlags, NTLMSSP_SIGNATURE } from '../ntlm/messages.ts';
+import { encodeNegotiate, NegotiateFlags, NTLMSSP_SIGNATURE } from '../ntlm/messages.ts';
 import { CLIENT_FLAGS } from '../ntlm/ntlmv2.ts';
 import { rc4 } from '../ntlm/rc4.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
