@@ -87,6 +87,12 @@ export interface MultilegAgentOptions {
   limits?: Partial<Limits>;
   /** Maximum HTTP/1.1 connections per origin. Default 16. */
   maxHttp1Connections?: number;
+  /**
+   * Streams at once on one HTTP/2 session, at most what the server's SETTINGS allow. An
+   * authenticated session is worth filling: another one would need its own handshake. Default 1000
+   * (undici's own default is 100, and it opens more sessions instead).
+   */
+  maxConcurrentStreams?: number;
   /** Keep-alive for idle connections in ms; long, because an NTLM connection is worth keeping. Default 60 000. */
   keepAliveTimeout?: number;
   /** How long an origin stays "HTTP/1.1 for authentication" after a downgrade, in ms. Default 1 hour. */
@@ -109,6 +115,7 @@ export interface ResolvedOptions {
   connect: ConnectionOptions;
   limits: Limits;
   maxHttp1Connections: number;
+  maxConcurrentStreams: number;
   keepAliveTimeout: number;
   http1MemoryTtl: number;
   proxy: ProxyResolver;

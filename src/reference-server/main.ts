@@ -3,8 +3,10 @@
  *   node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port 8443]
  *     [--host 127.0.0.1] [--iis-via rst|goaway] [--schemes Negotiate,NTLM] [--max-contexts 8]
  *     [--channel-binding] [--log]
- * Prints its origin on the first line of stdout (scripts read it), then runs until SIGINT/SIGTERM.
+ * Prints its origin on the first line of stdout (scripts read it), then runs until SIGINT/SIGTERM;
+ * answers a `stats` line on stdin with its counters as JSON.
  */
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { startReferenceServer } from './server.ts';
 import type { ReferenceServerMode, ReferenceServerOptions } from './types.ts';
@@ -79,6 +81,10 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  // A line `stats` on stdin is answered with the counters as one JSON line (the benchmark reads it).
+  createInterface({ input: process.stdin }).on('line', (line) => {
+    if (line.trim() === 'stats') process.stdout.write(`${JSON.stringify(server.stats)}\n`);
+  });
 }
 
 main().catch((err: unknown) => fail(err instanceof Error ? err.message : String(err)));

@@ -168,6 +168,7 @@ export class OriginPool {
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
       certified: certificate !== undefined,
       keepAliveTimeout: this.#options.keepAliveTimeout,
+      maxConcurrentStreams: this.#options.maxConcurrentStreams,
       limits: this.#options.limits,
       onChange: () => this.#pump(),
       ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),

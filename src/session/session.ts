@@ -67,6 +67,7 @@ export class Session {
     tls: ConnectionOptions;
     certified: boolean;
     keepAliveTimeout: number;
+    maxConcurrentStreams: number;
     limits: Limits;
     /** Called when capacity may have grown or the session closed: the pool pumps its queue. */
     onChange: () => void;
@@ -106,6 +107,7 @@ export class Session {
       allowH2,
       pipelining: 1,
       keepAliveTimeout: opts.keepAliveTimeout,
+      h2Options: { maxConcurrentStreams: opts.maxConcurrentStreams },
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
     });
     this.client.on('disconnect', (_origin, _targets, err) => {
