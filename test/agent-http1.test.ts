@@ -152,22 +152,42 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
 });
 
 describe('S2: secrets never reach logs', () => {
-  it('S2: DEBUG=multileg:* shows each leg but no password, token or Authorization value', async () => {
+  it('S2: DEBUG=multileg:* shows each leg but no password, token or Authorization value, for every scheme and a proxy', async () => {
+    // Runs NTLM/Negotiate in three server modes, Digest, Basic, a wrong password, and Basic to a
+    // proxy, in a child process with every debug namespace on; prints what went over the wire.
     const script = `
       import { fetch } from 'undici';
       import { MultilegAgent } from './src/index.ts';
-      import { startReferenceServer } from './src/reference-server/index.ts';
-      for (const mode of ['session', 'per-request', 'iis']) {
-        const server = await startReferenceServer({ mode, onExchange: (e) => {
-          const a = e.requestHeaders.authorization; if (a) console.log('WIRE-AUTH ' + a);
-          if (e.authIdSent) console.log('WIRE-AUTHID ' + e.authIdSent);
-        } });
-        const agent = new MultilegAgent({ credentials: { username: 'EXAMPLE\\\\alice', password: 'alicepw' }, connect: { ca: server.ca } });
-        await Promise.all([1,2,3].map((i) => fetch(server.origin + '/auth/' + i, { dispatcher: agent }).then((r) => r.text())));
-        const bad = new MultilegAgent({ credentials: { username: 'EXAMPLE\\\\alice', password: 'Sekr3t-wrong' }, connect: { ca: server.ca } });
-        await fetch(server.origin + '/auth/x', { dispatcher: bad }).then((r) => r.text());
-        await agent.close(); await bad.close(); await server.close();
+      import { startReferenceProxy, startReferenceServer } from './src/reference-server/index.ts';
+      const wire = (e) => {
+        const a = e.requestHeaders.authorization; if (a) console.log('WIRE-AUTH ' + a);
+        if (e.authIdSent) console.log('WIRE-AUTHID ' + e.authIdSent);
+      };
+      const alice = { username: 'EXAMPLE\\\\alice', password: 'alicepw' };
+      async function run(server, options, n = 3) {
+        const agent = new MultilegAgent({ credentials: alice, connect: { ca: server.ca }, ...options });
+        await Promise.all(Array.from({ length: n }, (_, i) => fetch(server.origin + '/auth/' + i, { dispatcher: agent }).then((r) => r.text())));
+        await agent.close();
       }
+      for (const mode of ['session', 'per-request', 'iis']) {
+        const server = await startReferenceServer({ mode, onExchange: wire });
+        await run(server, {});
+        await run(server, { credentials: { username: 'EXAMPLE\\\\alice', password: 'Sekr3t-wrong' } }, 1);
+        await server.close();
+      }
+      for (const scheme of ['Digest', 'Basic']) {
+        const server = await startReferenceServer({ mode: 'per-request', schemes: [scheme], onExchange: wire,
+          users: { alice: 'alicepw' } });
+        await run(server, { negotiate: false, credentials: { username: 'alice', password: 'alicepw' } });
+        await server.close();
+      }
+      const server = await startReferenceServer({ mode: 'session', onExchange: wire });
+      const proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'Pr0xy-pass' } });
+      const agent = new MultilegAgent({ credentials: alice, proxy: { uri: proxy.origin, connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'Pr0xy-pass' } } });
+      await fetch('http://localhost:' + server.port + '/auth/p', { dispatcher: agent }).then((r) => r.text());
+      console.log('PROXY-EXCHANGES ' + proxy.exchanges.filter((e) => e.proxyAuthorization).length);
+      await agent.close(); await proxy.close(); await server.close();
     `;
     const { stdout, stderr } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
       cwd: new URL('..', import.meta.url).pathname,
@@ -175,12 +195,21 @@ describe('S2: secrets never reach logs', () => {
     });
     expect(stderr).toContain('multileg:leg');
     expect(stderr).toContain('auth-id=true');
-    const secrets = ['alicepw', 'Sekr3t-wrong'];
+    expect(stdout).toMatch(/PROXY-EXCHANGES [1-9]/);
+    const secrets = ['alicepw', 'Sekr3t-wrong', 'Pr0xy-pass', Buffer.from('proxyuser:Pr0xy-pass').toString('base64')];
+    const schemes = new Set<string>();
     for (const line of stdout.split('\n')) {
-      if (line.startsWith('WIRE-AUTH ')) secrets.push(line.slice('WIRE-AUTH '.length).split(' ')[1]!);
+      if (line.startsWith('WIRE-AUTH ')) {
+        const value = line.slice('WIRE-AUTH '.length);
+        schemes.add(value.split(' ')[0]!);
+        secrets.push(value, value.slice(value.indexOf(' ') + 1));
+        const response = /response="([^"]+)"/.exec(value)?.[1];
+        if (response) secrets.push(response);
+      }
       if (line.startsWith('WIRE-AUTHID ')) secrets.push(line.slice('WIRE-AUTHID '.length));
     }
-    expect(secrets.length).toBeGreaterThan(10);
-    for (const s of secrets) expect(stderr).not.toContain(s);
+    expect(schemes.has('Digest') && schemes.has('Basic') && schemes.has('Negotiate')).toBe(true);
+    expect(secrets.length).toBeGreaterThan(20);
+    for (const secret of secrets) expect(stderr).not.toContain(secret);
   });
 });
