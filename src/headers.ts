@@ -35,10 +35,3 @@ export function normalizeRequestHeaders(headers: unknown): HeaderMap {
   for (const [k, v] of Object.entries(headers as Record<string, unknown>)) add(k, v);
   return out;
 }
-
-/** Response header lookup tolerant of undici's shapes (string on h2, string[] for repeats on h1). */
-export function headerValues(headers: Record<string, string | string[] | undefined>, name: string): string[] {
-  const v = headers[name];
-  if (v === undefined) return [];
-  return Array.isArray(v) ? v : [v];
-}

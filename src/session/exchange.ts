@@ -7,6 +7,7 @@ import type { ClientCertificateSelector, Limits } from '../options.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session } from './session.ts';
+import { mustQueue } from './state.ts';
 
 /** One finished handshake, as reported by the agent's `handshake` event and stats. */
 export interface HandshakeReport {
@@ -70,7 +71,7 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     const state = session.state;
     if (state.kind === 'closed')
       return { kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' };
-    if (state.kind === 'handshaking') {
+    if (mustQueue(state)) {
       try {
         if ((await session.waitForHandshake(job)) === 'failed') job.noAuth = true;
       } catch (err) {

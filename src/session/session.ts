@@ -153,7 +153,7 @@ export class Session {
     return 1;
   }
 
-  markProbed(): void {
+  #markProbed(): void {
     if (!this.#probed) {
       this.#probed = true;
       this.#onChange();
@@ -290,7 +290,7 @@ export class Session {
       classify: (status, h) => {
         const verdict = classify(status, h);
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
-        if (verdict !== 'swallow') this.markProbed();
+        if (verdict !== 'swallow') this.#markProbed();
         return verdict;
       },
       beforeStart: (controller) => {
