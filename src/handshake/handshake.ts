@@ -35,8 +35,18 @@ export type HandshakeResult =
       readonly identity?: string;
       readonly done: Promise<void>;
     }
-  /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
-  | { readonly kind: 'failed'; readonly legs: number; readonly authIdCarried: boolean; readonly done: Promise<void> }
+  /**
+   * The caller got the server's final 401 or a typed error; `done` settles when it has it all.
+   * `proofFailed`: the server's final token failed verification (mutual authentication): the
+   * connection must not be used again (its peer never proved who it is).
+   */
+  | {
+      readonly kind: 'failed';
+      readonly legs: number;
+      readonly authIdCarried: boolean;
+      readonly done: Promise<void>;
+      readonly proofFailed?: MultilegError;
+    }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
       readonly kind: 'relocate';
@@ -155,9 +165,12 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           continue;
         }
         case 'delivered': {
-          if (result.status === 401 || finishError) {
-            return { kind: 'failed', legs, authIdCarried, done: result.done };
+          if (finishError) {
+            const proofFailed =
+              finishError instanceof MultilegError ? finishError : new InvalidTokenError('final token');
+            return { kind: 'failed', legs, authIdCarried, done: result.done, proofFailed };
           }
+          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',

@@ -117,6 +117,8 @@ export interface ReferenceServerOptions {
    * the test CA (user `cert:<CN>`) and answer 403 to any other (T4). Fixed at start. Default `off`.
    */
   clientCertificate?: 'off' | 'offer';
+  /** Serve cleartext HTTP/1.1 (`http://`) instead of TLS with HTTP/2 and HTTP/1.1. Fixed at start. Default false. */
+  cleartext?: boolean;
   /** Fault switches. */
   faults?: ReferenceServerFaults;
   /** Creates a security context per handshake. Default: the NTLM acceptor (serves NTLM and Negotiate). */
@@ -141,6 +143,7 @@ export interface ResolvedReferenceServerOptions {
   requireChannelBinding: boolean;
   authorities: string[];
   clientCertificate: 'off' | 'offer';
+  cleartext: boolean;
   faults: ReferenceServerFaults;
   acceptorFactory?: (info: AcceptorFactoryInfo) => AcceptorLike;
   onExchange?: (exchange: Exchange) => void;

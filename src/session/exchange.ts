@@ -1,9 +1,11 @@
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
+import { log } from '../log.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificateSelector, Limits } from '../options.ts';
+import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session } from './session.ts';
@@ -69,8 +71,13 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
   if (env.memory.clientCertificate) excluded.add(TRANSPORT);
   for (;;) {
     const state = session.state;
-    if (state.kind === 'closed')
+    if (state.kind === 'closed') {
+      if (state.failure) {
+        job.sink.fail(state.failure);
+        return DONE;
+      }
       return { kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' };
+    }
     if (mustQueue(state)) {
       try {
         if ((await session.waitForHandshake(job)) === 'failed') job.noAuth = true;
@@ -83,7 +90,7 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     if (env.memory.requiresHttp1 && session.lane === 'auto' && session.protocol === 'h2') {
       return { kind: 'relocate', reason: 'http1' };
     }
-    const mayAuthenticate = !job.callerAuthorization && !job.noAuth && !env.mechanisms.empty;
+    const mayAuthenticate = job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty;
 
     // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
     if (mayAuthenticate && state.kind !== 'authenticated') {
@@ -101,12 +108,21 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
 
     let challenges: Challenge[] = [];
     let misdirected = false;
+    let cleartextRefused = false;
     const reauth = state.kind === 'authenticated';
     const result = await session.send(job, {}, (status, headers) => {
       if (status === 401 && mayAuthenticate && !(reauth && job.reauthenticated)) {
         const offered = readChallenges(headers);
         if (env.mechanisms.choose(offered, excluded)) {
           challenges = offered;
+          return 'swallow';
+        }
+      }
+      if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
+        log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, job.withheld);
+        // S4: a challenge over cleartext is refused with a typed error, not shown as a bare 401.
+        if (job.withheld === 'cleartext') {
+          cleartextRefused = true;
           return 'swallow';
         }
       }
@@ -128,6 +144,10 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
       return DONE;
     }
     if (result.kind === 'delivered') return { kind: 'done', done: result.done };
+    if (cleartextRefused) {
+      job.sink.fail(new CleartextCredentialsError(job.origin));
+      return DONE;
+    }
     if (misdirected) return { kind: 'relocate', reason: 'misdirected' };
     // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1).
     const now = session.state;
@@ -229,8 +249,13 @@ async function lead(
       return { kind: 'done', done: result.done };
     }
     case 'failed':
-      if (blocking && session.state.kind === 'handshaking')
+      if (result.proofFailed) {
+        // The server failed mutual authentication: nothing more goes on this connection, and the
+        // requests queued behind the leader fail with the same error (never a 200 from it).
+        session.apply({ type: 'closed', failure: result.proofFailed });
+      } else if (blocking && session.state.kind === 'handshaking') {
         session.apply({ type: 'handshake-failure', leader: job.id });
+      }
       report('failed', result.legs, result.authIdCarried);
       return { kind: 'done', done: result.done };
     case 'relocate': {

@@ -6,7 +6,7 @@ import type { ProxyRoute } from '../proxy/options.ts';
 import { type ExchangeEnv, type HandshakeReport, runOnSession } from './exchange.ts';
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
-import { type Lane, Session } from './session.ts';
+import { type Identity, type Lane, Session } from './session.ts';
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
 const MAX_RELOCATIONS = 4;
@@ -22,6 +22,7 @@ export class RelocationLimitError extends MultilegError {
 
 interface Waiting {
   readonly lane: Lane;
+  readonly identity: Identity;
   readonly resolve: (s: Session) => void;
 }
 
@@ -100,23 +101,31 @@ export class OriginPool {
     }
   }
 
-  #maxSessions(lane: Lane): number {
+  #maxSessions(lane: Lane, identity: Identity): number {
     if (lane === 'http1') return this.#options.maxHttp1Connections;
     // An "auto" session that negotiated HTTP/1.1 serves one request at a time: allow more of them.
-    const h1 = this.#sessions.some((s) => this.#usable(s, 'auto') && s.protocol === 'http/1.1');
+    const h1 = this.#sessions.some((s) => this.#usable(s, 'auto', identity) && s.protocol === 'http/1.1');
     return h1 ? this.#options.maxHttp1Connections : 1;
   }
 
-  /** Sessions that may carry new requests: the lane's, and with the certificate once one is in use (T3). */
-  #usable(s: Session, lane: Lane): boolean {
-    return s.lane === lane && !s.closed && s.certified === (this.memory.clientCertificate !== undefined);
+  /**
+   * Sessions that may carry new requests: the lane's, of the request's identity (S6), and with the
+   * certificate once one is in use (T3).
+   */
+  #usable(s: Session, lane: Lane, identity: Identity): boolean {
+    return (
+      s.lane === lane &&
+      s.identity === identity &&
+      !s.closed &&
+      s.certified === (identity === 'agent' && this.memory.clientCertificate !== undefined)
+    );
   }
 
-  #pick(lane: Lane): Session | undefined {
+  #pick(lane: Lane, identity: Identity): Session | undefined {
     let best: Session | undefined;
     let bestScore = -1;
     for (const s of this.#sessions) {
-      if (!this.#usable(s, lane) || s.inflight >= s.capacity) continue;
+      if (!this.#usable(s, lane, identity) || s.inflight >= s.capacity) continue;
       // Prefer a connection that is already authenticated: it needs no handshake (H1).
       const score = s.state.kind === 'authenticated' ? 2 : s.state.kind === 'per-request' ? 1 : 0;
       if (score > bestScore) {
@@ -128,11 +137,12 @@ export class OriginPool {
   }
 
   #acquire(lane: Lane, job: Job): Promise<Session> {
-    const ready = this.#take(lane);
+    const ready = this.#take(lane, job.identity);
     if (ready) return Promise.resolve(ready);
     return new Promise<Session>((resolve, reject) => {
       const waiting: Waiting = {
         lane,
+        identity: job.identity,
         resolve: (s) => {
           job.sink.onAbort(undefined);
           resolve(s);
@@ -149,22 +159,24 @@ export class OriginPool {
   }
 
   /** A session with room for one more request, creating one if the lane allows; marks it used. */
-  #take(lane: Lane): Session | undefined {
-    let session = this.#pick(lane);
+  #take(lane: Lane, identity: Identity): Session | undefined {
+    let session = this.#pick(lane, identity);
     if (!session) {
-      const open = this.#sessions.filter((s) => this.#usable(s, lane)).length;
-      if (open >= this.#maxSessions(lane)) return undefined;
-      session = this.#create(lane);
+      const open = this.#sessions.filter((s) => this.#usable(s, lane, identity)).length;
+      if (open >= this.#maxSessions(lane, identity)) return undefined;
+      session = this.#create(lane, identity);
     }
     session.acquire();
     return session;
   }
 
-  #create(lane: Lane): Session {
-    const certificate = this.memory.clientCertificate;
+  #create(lane: Lane, identity: Identity): Session {
+    // Only the agent's own sessions present its client certificate: it is a credential too.
+    const certificate = identity === 'agent' ? this.memory.clientCertificate : undefined;
     const session = new Session({
       origin: this.origin,
       lane,
+      identity,
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
       certified: certificate !== undefined,
       keepAliveTimeout: this.#options.keepAliveTimeout,
@@ -175,7 +187,7 @@ export class OriginPool {
     });
     this.#sessionsCreated += 1;
     this.#sessions.push(session);
-    log.pool('%s new session %s (%s)', this.origin, session.id, lane);
+    log.pool('%s new session %s (%s, %s)', this.origin, session.id, lane, identity);
     return session;
   }
 
@@ -187,7 +199,7 @@ export class OriginPool {
     }
     for (let i = 0; i < this.#waiting.length; ) {
       const w = this.#waiting[i]!;
-      const s = this.#take(w.lane);
+      const s = this.#take(w.lane, w.identity);
       if (!s) {
         i++;
         continue;

@@ -23,6 +23,15 @@ export class StaleConnectionError extends MultilegError {
 }
 
 export type Lane = 'auto' | 'http1';
+
+/**
+ * Whose credentials a session's requests carry (S6). A session serves one identity for its whole
+ * life: `agent` (the agent's credentials), `anonymous` (requests that must go without them: an
+ * untrusted origin, a cross-origin redirect hop) or `caller` (requests that bring their own
+ * `Authorization` / `Proxy-Authorization`). So a request never rides on a connection that is
+ * authenticated, or being authenticated, as someone else.
+ */
+export type Identity = 'agent' | 'anonymous' | 'caller';
 type WaitOutcome = 'released' | 'failed' | 'closed';
 
 interface Waiter {
@@ -43,6 +52,7 @@ let nextSessionSeq = 0;
 export class Session {
   readonly id: string;
   readonly lane: Lane;
+  readonly identity: Identity;
   readonly client: Client;
   #state: SessionState = FRESH;
   #connection: ConnectionInfo | undefined;
@@ -64,6 +74,7 @@ export class Session {
   constructor(opts: {
     origin: string;
     lane: Lane;
+    identity: Identity;
     tls: ConnectionOptions;
     certified: boolean;
     keepAliveTimeout: number;
@@ -78,6 +89,7 @@ export class Session {
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
+    this.identity = opts.identity;
     this.certified = opts.certified;
     this.#limits = opts.limits;
     this.#onChange = opts.onChange;
@@ -186,26 +198,24 @@ export class Session {
     if (before.kind === 'closed') return;
     this.#state = transition(before, event);
     log.session('%s %s -> %s', this.id, before.kind, this.#state.kind);
-    if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
-      const outcome: WaitOutcome =
-        this.#state.kind === 'closed'
-          ? 'closed'
-          : event.type === 'handshake-failure' && !event.retry
-            ? 'failed'
-            : 'released';
+    if (this.#state.kind === 'closed') {
+      const failure = this.#state.failure;
+      for (const w of this.#queue.splice(0)) {
+        clearTimeout(w.timer);
+        w.job.sink.onAbort(undefined);
+        if (failure) w.reject(failure);
+        else w.resolve('closed');
+      }
+      // A server that failed to prove itself gets nothing more, not even what undici has queued.
+      if (failure) this.client.destroy(failure).catch(() => {});
+      else this.client.close().catch(() => {});
+    } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
+      const outcome: WaitOutcome = event.type === 'handshake-failure' && !event.retry ? 'failed' : 'released';
       for (const w of this.#queue.splice(0)) {
         clearTimeout(w.timer);
         w.job.sink.onAbort(undefined);
         w.resolve(outcome);
       }
-    }
-    if (this.#state.kind === 'closed') {
-      for (const w of this.#queue.splice(0)) {
-        clearTimeout(w.timer);
-        w.job.sink.onAbort(undefined);
-        w.resolve('closed');
-      }
-      this.client.close().catch(() => {});
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();
