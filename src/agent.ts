@@ -71,7 +71,7 @@ export class MultilegAgent extends Dispatcher {
     if (options.trustedOrigins === undefined) {
       // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
       if (options.credentials) throw new TrustRequiredError('an agent with a password (credentials)');
-      if (options.negotiate && options.negotiate.delegate) throw new TrustRequiredError('negotiate.delegate');
+      if (options.negotiate && options.negotiate.delegate === true) throw new TrustRequiredError('negotiate.delegate');
       if (options.mechanisms?.length) throw new TrustRequiredError('an agent with custom mechanisms');
     }
     const certificate = options.clientCertificate;

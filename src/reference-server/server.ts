@@ -427,8 +427,13 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const sessionUser = mode !== 'per-request' ? state.user : undefined;
     if (pathname === '/public/redirect') {
       // A redirect to wherever `?to=` says: for tests of credentials across redirects (S1).
-      const to = new URLSearchParams(draft.path.split('?')[1] ?? '').get('to') ?? '/public/';
-      return { kind: 'respond', status: 302, outcome: 'anonymous', headers: { location: to } };
+      // `?status=` picks the redirect code (301, 302, 303, 307, 308; default 302).
+      const query = new URLSearchParams(draft.path.split('?')[1] ?? '');
+      const to = query.get('to') ?? '/public/';
+      const status = [301, 302, 303, 307, 308].includes(Number(query.get('status')))
+        ? Number(query.get('status'))
+        : 302;
+      return { kind: 'respond', status, outcome: 'anonymous', headers: { location: to } };
     }
     if (pathname === '/public' || pathname.startsWith('/public/')) {
       return { kind: 'respond', status: 200, outcome: 'anonymous', headers: {}, ...userField(sessionUser) };
@@ -535,6 +540,11 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     }
     const user = result.user;
     const headersOut: Headers = {};
+    const finalToken = result.token ? Buffer.from(result.token) : undefined;
+    if (finalToken && o.faults.finalToken !== 'omit') {
+      if (o.faults.finalToken === 'corrupt') finalToken[Math.max(0, finalToken.length - 8)]! ^= 0x55;
+      headersOut['www-authenticate'] = `${ctx.scheme} ${finalToken.toString('base64')}`;
+    }
     if (mode === 'per-request') {
       if (o.persistentAuthFalseHeader) headersOut[o.persistentAuthHeaderName] = 'false';
     } else if (!legacyH2) {

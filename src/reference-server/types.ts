@@ -22,7 +22,8 @@ export type ReferenceServerMode = 'session' | 'none' | 'per-request' | 'iis' | '
 /** Result of one acceptor step. */
 export type AcceptorStep =
   | { readonly kind: 'challenge'; readonly token: Buffer }
-  | { readonly kind: 'accepted'; readonly user: string }
+  /** `token`: the acceptor's final token (Kerberos AP-REP), sent on the final 200 for mutual authentication. */
+  | { readonly kind: 'accepted'; readonly user: string; readonly token?: Buffer }
   | { readonly kind: 'rejected'; readonly reason: string };
 
 /** A server-side security context (one handshake). `NtlmAcceptor` satisfies it. */
@@ -59,6 +60,11 @@ export interface ReferenceServerFaults {
   maxConcurrentStreams?: number;
   /** After the final 200 of a successful handshake, close the session/connection (C8). */
   destroySessionAfterAuth?: boolean;
+  /**
+   * The acceptor's final token on the 200 (mutual authentication, M2): `corrupt` flips a byte in
+   * its last part, `omit` leaves it out, as an impostor or a broken server would.
+   */
+  finalToken?: 'corrupt' | 'omit';
 }
 
 /** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */
