@@ -22,6 +22,9 @@ import type { Identity } from './session/session.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { RedirectHops } from './trust/redirects.ts';
 
+/** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
+const POOL_SWEEP_THRESHOLD = 64;
+
 /** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
 export const MAX_REPORTS = 1000;
 
@@ -59,6 +62,8 @@ export class MultilegAgent extends Dispatcher {
   /** Upgrades and CONNECT are not authenticated here; a plain Agent carries them. */
   #passthrough: Agent | undefined;
   #closed = false;
+  /** Sessions of pools dropped while idle, so `stats()` still counts them. */
+  #droppedSessions = 0;
   #running = new Set<Promise<void>>();
 
   /**
@@ -100,7 +105,7 @@ export class MultilegAgent extends Dispatcher {
 
   /** A snapshot of the counters. */
   stats(): MultilegStats {
-    let sessions = 0;
+    let sessions = this.#droppedSessions;
     for (const pool of this.#pools.values()) sessions += pool.sessionsCreated;
     return { ...this.#stats, sessions };
   }
@@ -181,6 +186,7 @@ export class MultilegAgent extends Dispatcher {
       identity,
       ...(identity === 'anonymous' && !grant.allowed ? { withheld: grant.reason } : {}),
       noAuth: false,
+      waits: 0,
       reauthenticated: false,
       relocations: 0,
     };
@@ -190,6 +196,14 @@ export class MultilegAgent extends Dispatcher {
   #pool(origin: string): OriginPool {
     let pool = this.#pools.get(origin);
     if (!pool) {
+      // A process that talks to many origins over time must not keep a pool for each forever.
+      if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
+        for (const [o, p] of this.#pools) {
+          if (!p.idle) continue;
+          this.#droppedSessions += p.sessionsCreated;
+          this.#pools.delete(o);
+        }
+      }
       pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r));
       this.#pools.set(origin, pool);
     }

@@ -23,6 +23,8 @@ export interface HandshakeInput {
   readonly timeout: number;
   /** HTTP/2: a connection-bound exchange that loses its state between streams means "use HTTP/1.1". */
   readonly onHttp2: boolean;
+  /** An Auth-ID the server put on the 401 that started it (C3: sent on every later leg). */
+  readonly authId?: string;
 }
 
 export type HandshakeResult =
@@ -46,6 +48,8 @@ export type HandshakeResult =
       readonly authIdCarried: boolean;
       readonly done: Promise<void>;
       readonly proofFailed?: MultilegError;
+      /** The error the caller got, when it was not the server's own 401. */
+      readonly error?: Error;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -83,13 +87,13 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
 export async function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
   const { mechanism, sink } = input;
   let legs = 0;
-  let authId: string | undefined;
+  let authId: string | undefined = input.authId;
   let authIdCarried = false;
   let timedOut = false;
   let context: MechanismContext;
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve() };
+    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve(), error: err };
   };
   try {
     context = mechanism.createContext(input.leg);
@@ -97,10 +101,18 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     if (isUnusable(err)) return { kind: 'unusable', error: err };
     return fail(err as Error);
   }
-  // Aborting through the sink reaches whichever leg is on the wire, or fails the caller at once.
+  // R3: the timeout bounds the mechanism's own work too (GSS-API calls, DNS canonicalisation):
+  // each step is raced against it. Aborting through the sink reaches whichever leg is on the wire.
+  let expired!: (err: Error) => void;
+  const expiry = new Promise<never>((_, reject) => {
+    expired = reject;
+  });
+  expiry.catch(() => {});
   const timer = setTimeout(() => {
     timedOut = true;
-    sink.abort(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
+    expired(err);
+    sink.abort(err);
   }, input.timeout);
   try {
     let challenge = input.challenge;
@@ -109,8 +121,9 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
       let authorization: string;
       try {
-        authorization = await context.step(challenge, input.leg);
+        authorization = await Promise.race([context.step(challenge, input.leg), expiry]);
       } catch (err) {
+        if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
         if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }

@@ -29,6 +29,8 @@ export interface Job {
   readonly withheld?: WithheldReason;
   /** Send without credentials and show the server's 401: the handshake this request waited for failed (C7). */
   noAuth: boolean;
+  /** How many times it waited for another request's handshake (bounded after 401s, R4). */
+  waits: number;
   /** Set once this request re-authenticated an authenticated session (T4: once). */
   reauthenticated: boolean;
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */

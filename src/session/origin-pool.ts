@@ -1,4 +1,4 @@
-import { MultilegError } from '../errors.ts';
+import { AgentClosedError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { ResolvedOptions } from '../options.ts';
@@ -7,6 +7,7 @@ import { type ExchangeEnv, type HandshakeReport, runOnSession } from './exchange
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
+import { WaitQueue } from './wait-queue.ts';
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
 const MAX_RELOCATIONS = 4;
@@ -20,12 +21,6 @@ export class RelocationLimitError extends MultilegError {
   }
 }
 
-interface Waiting {
-  readonly lane: Lane;
-  readonly identity: Identity;
-  readonly resolve: (s: Session) => void;
-}
-
 /**
  * The sessions of one origin: an HTTP/2-capable lane (normally one multiplexed session) and an
  * HTTP/1.1 lane (several connections, each bound to its handshake, H1). It knows what the agent
@@ -35,7 +30,9 @@ export class OriginPool {
   readonly origin: string;
   readonly memory: OriginMemory;
   readonly #sessions: Session[] = [];
-  readonly #waiting: Waiting[] = [];
+  /** Requests waiting for a session with room, per lane and identity (R1: bounded like every wait). */
+  readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
+  #closed = false;
   readonly #options: ResolvedOptions;
   readonly #env: ExchangeEnv;
   /** Through a proxy (H5), decided once for the origin. */
@@ -70,9 +67,20 @@ export class OriginPool {
     return this.#sessions;
   }
 
+  /** Nothing open and nothing waiting: the agent may drop this pool. */
+  get idle(): boolean {
+    if (this.#sessions.some((s) => !s.closed || s.inflight > 0)) return false;
+    for (const w of this.#waiting.values()) if (w.queue.length > 0) return false;
+    return true;
+  }
+
   /** Runs a request to its end, relocating it between sessions as needed. Never throws. */
   async run(job: Job): Promise<void> {
     for (;;) {
+      if (this.#closed) {
+        job.sink.fail(new AgentClosedError());
+        return;
+      }
       const lane: Lane = job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
       let session: Session;
       try {
@@ -139,23 +147,14 @@ export class OriginPool {
   #acquire(lane: Lane, job: Job): Promise<Session> {
     const ready = this.#take(lane, job.identity);
     if (ready) return Promise.resolve(ready);
-    return new Promise<Session>((resolve, reject) => {
-      const waiting: Waiting = {
-        lane,
-        identity: job.identity,
-        resolve: (s) => {
-          job.sink.onAbort(undefined);
-          resolve(s);
-        },
-      };
-      this.#waiting.push(waiting);
-      job.sink.onAbort((reason) => {
-        const i = this.#waiting.indexOf(waiting);
-        if (i >= 0) this.#waiting.splice(i, 1);
-        job.sink.onAbort(undefined);
-        reject(reason);
-      });
-    });
+    const key = `${lane}/${job.identity}`;
+    let waiting = this.#waiting.get(key);
+    if (!waiting) {
+      const what = `a connection to ${this.origin} (a new session's first response, or a free HTTP/1.1 connection)`;
+      waiting = { lane, identity: job.identity, queue: new WaitQueue<Session>(this.#options.limits, what) };
+      this.#waiting.set(key, waiting);
+    }
+    return waiting.queue.wait(job);
   }
 
   /** A session with room for one more request, creating one if the lane allows; marks it used. */
@@ -191,29 +190,31 @@ export class OriginPool {
     return session;
   }
 
-  /** Hands freed capacity to waiting requests, in arrival order per lane. */
+  /** Hands freed capacity to waiting requests, in arrival order per lane and identity. */
   #pump(): void {
     for (let i = this.#sessions.length - 1; i >= 0; i--) {
       const s = this.#sessions[i]!;
       if (s.closed && s.inflight === 0) this.#sessions.splice(i, 1);
     }
-    for (let i = 0; i < this.#waiting.length; ) {
-      const w = this.#waiting[i]!;
-      const s = this.#take(w.lane, w.identity);
-      if (!s) {
-        i++;
-        continue;
+    if (this.#closed) return;
+    for (const { lane, identity, queue } of this.#waiting.values()) {
+      while (queue.length > 0) {
+        const s = this.#take(lane, identity);
+        if (!s) break;
+        // A waiter that went away meanwhile gives the place back.
+        if (!queue.shift(s)) s.release();
       }
-      this.#waiting.splice(i, 1);
-      w.resolve(s);
     }
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     await Promise.all(this.#sessions.map((s) => s.client.close().catch(() => {})));
   }
 
   async destroy(err: Error): Promise<void> {
+    this.#closed = true;
+    for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.client.destroy(err).catch(() => {})));
   }
 }

@@ -27,6 +27,8 @@ export type SettledState = Extract<SessionState, { kind: 'fresh' | 'authenticate
 export type SessionEvent =
   /** A request (the leader) started a handshake that blocks the session (C1). */
   | { readonly type: 'handshake-start'; readonly scheme: string; readonly leader: number }
+  /** The leader gave up for its own reasons (R2); `next`, a request that waited, takes the handshake over. */
+  | { readonly type: 'handshake-handover'; readonly leader: number; readonly next: number }
   /** The leader's handshake ended with a final non-401 response. */
   | {
       readonly type: 'handshake-success';
@@ -77,6 +79,9 @@ export function transition(state: SessionState, event: SessionEvent): SessionSta
         return event.sessionAuthenticated
           ? { kind: 'authenticated', scheme: event.scheme, ...(event.identity ? { identity: event.identity } : {}) }
           : { kind: 'per-request', scheme: event.scheme };
+      }
+      if (event.type === 'handshake-handover' && event.leader === state.leader) {
+        return { ...state, leader: event.next };
       }
       if (event.type === 'handshake-failure' && event.leader === state.leader) {
         // A failed re-authentication does not keep the old identity (C7): the server has dropped it.
