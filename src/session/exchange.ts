@@ -123,11 +123,6 @@ interface Run {
  */
 export async function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
   const run: Run = { session, job, env, excluded: new Set(), lastUnusable: undefined };
-  // What the origin already proved unusable here (R4): not tried again by every waiting request.
-  for (const [scheme, error] of env.memory.unusable()) {
-    run.excluded.add(scheme);
-    run.lastUnusable = error;
-  }
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) run.excluded.add(TRANSPORT);
   let step: Step = CHECK;
@@ -159,6 +154,11 @@ function mayAuthenticate({ job, env }: Run): boolean {
 
 function check(run: Run): Step {
   const { session, env } = run;
+  // What the origin proved unusable meanwhile (R4): not tried again by every waiting request.
+  for (const [scheme, error] of env.memory.unusable()) {
+    run.excluded.add(scheme);
+    run.lastUnusable = error;
+  }
   const state = session.state;
   if (state.kind === 'closed') {
     if (state.failure) return failed(run.job, state.failure);
@@ -206,6 +206,7 @@ async function send(run: Run): Promise<Step> {
   let authId: string | undefined;
   let misdirected = false;
   let cleartextRefused = false;
+  let unusable = false;
   const result = await session.send(job, {}, (status, headers) => {
     // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
     if (status === 401 && may && !(reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
@@ -214,6 +215,11 @@ async function send(run: Run): Promise<Step> {
         challenges = offered;
         const reading = readAuthId(headers);
         if (reading?.ok) authId = reading.value;
+        return 'swallow';
+      }
+      // Only schemes already proved unusable here are offered: the caller gets why (R4, T2).
+      if (run.lastUnusable && env.mechanisms.choose(offered)) {
+        unusable = true;
         return 'swallow';
       }
     }
@@ -243,6 +249,7 @@ async function send(run: Run): Promise<Step> {
   }
   if (result.kind === 'delivered') return end({ kind: 'done', done: result.done });
   if (cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
+  if (unusable && run.lastUnusable) return failed(job, run.lastUnusable);
   if (misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
   // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1).
   const now = session.state.kind;
@@ -278,9 +285,11 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   const mechanism = chosen.mechanism;
   // C5: a connection-only scheme (NTLM) authenticates the session even where requests did so one
   // by one — unless authentication was seen not to hold on this session (R4).
+  // R4: where authentication does not hold, each request authenticates itself, blocking no one.
   const blocking =
     mechanism.multileg &&
-    (session.state.kind !== 'per-request' || (mechanism.level === 'connection' && !session.authenticationFails));
+    !session.authenticationFails &&
+    (session.state.kind !== 'per-request' || mechanism.level === 'connection');
   return {
     kind: 'lead',
     mechanism,
