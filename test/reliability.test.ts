@@ -260,6 +260,7 @@ describe('R4: no storms', () => {
         kinds.set(k, (kinds.get(k) ?? 0) + 1);
       }
       expect(Object.fromEntries(kinds)).toEqual({ KerberosNoTicketError: 200 });
+      expect(results.every((r) => !r.ok && r.e instanceof KerberosNoTicketError && /kinit/.test(r.e.message))).toBe(true);
       // One bare request per user request (the server's 401 tells the scheme), nothing more.
       expect(s.exchanges.length).toBeLessThanOrEqual(200);
       const perPath = new Map<string, number>();
@@ -303,5 +304,64 @@ describe('C3: an Auth-ID on the very first 401', () => {
     );
     expect(statuses).toEqual(Array(30).fill(200));
     expect(a.handshakes().map((h) => [h.outcome, h.authIdCarried])).toEqual([['session', true]]);
+  });
+});
+
+describe('R5: GOAWAY', () => {
+  it('R5: a GOAWAY refusing the AUTHENTICATE leg (above its last-stream-id): nothing more on that session, the request and its queue finish on a new one, nothing twice', async () => {
+    let refused = false;
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: {
+        // The first AUTHENTICATE (NTLM type 3: 'TlRMTVNTUAADAAAA…') is refused by a GOAWAY below it.
+        refuseWithGoaway: (q) => {
+          const auth = String(q.headers.authorization ?? '');
+          if (refused || !auth.startsWith('NTLM TlRMTVNTUAADAAAA')) return false;
+          refused = true;
+          return true;
+        },
+      },
+    });
+    const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false });
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then(async (r) => [
+          r.status,
+          ((await r.json()) as { user: string }).user,
+        ]),
+      ),
+    );
+    expect(results).toEqual(Array(10).fill([200, 'EXAMPLE\\alice']));
+    const goaway = s.exchanges.find((e) => e.outcome === 'goaway')!;
+    expect(goaway).toBeDefined();
+    // RFC 9113 §6.8: no stream was opened on the session after its GOAWAY.
+    expect(s.exchanges.filter((e) => e.sessionId === goaway.sessionId && e.seq > goaway.seq)).toEqual([]);
+    const served = s.exchanges.filter((e) => e.status === 200).map((e) => e.path);
+    expect(new Set(served).size).toBe(10);
+    expect(served).toHaveLength(10);
+  });
+
+  it('R5: a streamed body refused by a GOAWAY (above its last-stream-id) is a typed error, not a socket error; nothing more on that session', async () => {
+    let refuse = false;
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { refuseWithGoaway: (q) => refuse && q.method === 'PUT' },
+    });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      limits: { maxReplayBodyBytes: 1024 },
+    });
+    expect((await fetch(`${s.origin}/auth/first`, { dispatcher: a })).status).toBe(200);
+    refuse = true;
+    // Authenticated session: the one-shot body is streamed as it comes; undici cannot replay it.
+    const body = Readable.from([Buffer.alloc(16 * 1024, 2)]);
+    const r = await settle(request(`${s.origin}/auth/put`, { dispatcher: a, method: 'PUT', body }));
+    expect(r.ok === false && r.e).toBeInstanceOf(BodyNotReplayableError);
+    const goaway = s.exchanges.find((e) => e.outcome === 'goaway')!;
+    expect(s.exchanges.filter((e) => e.sessionId === goaway.sessionId && e.seq > goaway.seq)).toEqual([]);
   });
 });
