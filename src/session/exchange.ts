@@ -109,8 +109,8 @@ interface Run {
   readonly session: Session;
   readonly job: Job;
   readonly env: ExchangeEnv;
-  /** Schemes that cannot run here (no ticket, package missing), lower-case (T2). */
-  readonly excluded: Set<string>;
+  /** Schemes that cannot run here (no ticket, package missing), lower-case (T2); made when needed. */
+  excluded: Set<string> | undefined;
   /** Why the last excluded scheme could not run: the caller's error when nothing else is left. */
   lastUnusable: Error | undefined;
 }
@@ -122,18 +122,27 @@ interface Run {
  * or asks the pool to relocate it (connection ended, HTTP/1.1 required, 421).
  */
 export async function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
-  const run: Run = { session, job, env, excluded: new Set(), lastUnusable: undefined };
+  const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined };
   // A session that already presents the certificate cannot answer Transport again.
-  if (env.memory.clientCertificate) run.excluded.add(TRANSPORT);
+  if (env.memory.clientCertificate) exclude(run, TRANSPORT);
   let step: Step = CHECK;
   while (step.kind !== 'end') {
     switch (step.kind) {
       case 'check':
         step = check(run);
         break;
-      case 'wait':
-        step = await wait(run);
+      case 'wait': {
+        // Awaited here rather than in a step function: one suspended frame less per queued request (R6).
+        let outcome: WaitOutcome;
+        try {
+          outcome = await session.waitForHandshake(job);
+        } catch (err) {
+          step = failed(job, err as Error);
+          break;
+        }
+        step = afterWait(run, outcome);
         break;
+      }
       case 'send':
         step = await send(run);
         break;
@@ -148,6 +157,11 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
   return step.outcome;
 }
 
+function exclude(run: Run, scheme: string): void {
+  run.excluded ??= new Set();
+  run.excluded.add(scheme);
+}
+
 function mayAuthenticate({ job, env }: Run): boolean {
   return job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty;
 }
@@ -156,7 +170,7 @@ function check(run: Run): Step {
   const { session, env } = run;
   // What the origin proved unusable meanwhile (R4): not tried again by every waiting request.
   for (const [scheme, error] of env.memory.unusable()) {
-    run.excluded.add(scheme);
+    exclude(run, scheme);
     run.lastUnusable = error;
   }
   const state = session.state;
@@ -173,21 +187,15 @@ function check(run: Run): Step {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
     const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
-    if (mechanism && !run.excluded.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
+    if (mechanism && !run.excluded?.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
       return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
     }
   }
   return SEND;
 }
 
-async function wait(run: Run): Promise<Step> {
+function afterWait(run: Run, outcome: WaitOutcome): Step {
   const { session, job, env } = run;
-  let outcome: WaitOutcome;
-  try {
-    outcome = await session.waitForHandshake(job);
-  } catch (err) {
-    return failed(job, err as Error);
-  }
   job.waits += 1;
   if (outcome === 'failed') job.noAuth = true;
   if (outcome !== 'lead') return CHECK;
@@ -276,7 +284,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
     // T3: present a client certificate, on a new session (HTTP/2 cannot renegotiate).
     const certificate = await env.selectCertificate?.(job.origin, chosen.challenge);
     if (!certificate) {
-      run.excluded.add(TRANSPORT);
+      exclude(run, TRANSPORT);
       return step;
     }
     env.memory.clientCertificate = certificate;
@@ -403,7 +411,7 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       // R4: known for the origin at once, so the waiters released now do not each try it again.
       env.memory.markUnusable(schemeKey, result.error);
       if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
-      run.excluded.add(schemeKey);
+      exclude(run, schemeKey);
       run.lastUnusable = result.error;
       return step.offered ? { kind: 'answer', challenges: step.offered } : CHECK;
   }
