@@ -5,6 +5,7 @@ import {
   BodyNotReplayableError,
   HandshakeTimeoutError,
   LegLimitError,
+  MechanismUnavailableError,
   MultilegAgent,
   QueueFullError,
   QueueTimeoutError,
@@ -143,6 +144,34 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     await many(r, 10);
     expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['NTLM', 'session']]);
     expect(authorized(r)).toHaveLength(2);
+  });
+
+  it('C5: NTLM that succeeds on a session that was per-request makes it session-authenticated', async () => {
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate', 'NTLM'] },
+      // No GSS-API here: Negotiate runs NTLM inside it, which a per-request server scopes to one request.
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () =>
+              Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+          },
+        },
+      },
+    );
+    expect((await get(r, '/auth/neg')).status).toBe(200);
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    // Now the origin offers only NTLM and authenticates sessions: the remembered Negotiate is declined
+    // on its proactive first leg, NTLM is answered, and the per-request session becomes authenticated.
+    r.server.options.schemes = ['NTLM'];
+    r.server.options.mode = 'session';
+    const nt = await get(r, '/auth/ntlm');
+    expect([nt.status, nt.body.user]).toEqual([200, 'EXAMPLE\\alice']);
+    expect(r.agent.handshakes().at(-1)).toMatchObject({ scheme: 'NTLM', outcome: 'session' });
+    const after = await get(r, '/auth/after');
+    expect([after.status, after.body.sessionId]).toEqual([200, nt.body.sessionId]);
+    const last = r.server.exchanges.at(-1)!;
+    expect([last.path, hasAuth(last.requestHeaders), last.outcome]).toEqual(['/auth/after', false, 'session']);
   });
 
   it('C6: without Persistent-Auth, Negotiate is per-request; the decision waits for the final response', async () => {

@@ -59,7 +59,12 @@ export type HandshakeResult =
       readonly error?: Error;
     }
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
-  | { readonly kind: 'unusable'; readonly error: Error };
+  | { readonly kind: 'unusable'; readonly error: Error }
+  /**
+   * A proactive first leg was answered with a 401 that does not offer this scheme any more (the
+   * origin changed, or what was remembered is stale): nothing reached the caller; answer `offered`.
+   */
+  | { readonly kind: 'declined'; readonly offered: readonly Challenge[] };
 
 const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
@@ -144,6 +149,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       }
       const sentAfterServerToken = challenge?.token68 !== undefined;
       let legacyLost = false;
+      let declined = false;
       let finishError: Error | undefined;
       let persistent = false;
       const result = await input.send(extra, (status, headers) => {
@@ -154,6 +160,10 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
           if (input.onHttp2 && sentAfterServerToken && authId === undefined && next && next.token68 === undefined) {
             legacyLost = true;
+            return 'swallow';
+          }
+          if (input.challenge === undefined && legs === 1 && !next && readChallenges(headers).length > 0) {
+            declined = true;
             return 'swallow';
           }
           return 'deliver';
@@ -176,6 +186,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           return fail(result.error);
         }
         case 'swallowed': {
+          if (declined) return { kind: 'declined', offered: readChallenges(result.headers) };
           if (legacyLost) {
             log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', mechanism.scheme);
             return { kind: 'relocate', legs, reason: 'http1' };

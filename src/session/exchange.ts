@@ -407,6 +407,11 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       session.apply({ type: 'closed', http1Required: http1 });
       return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
     }
+    case 'declined':
+      // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
+      env.memory.forgetScheme();
+      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+      return { kind: 'answer', challenges: result.offered };
     case 'unusable':
       // R4: known for the origin at once, so the waiters released now do not each try it again.
       env.memory.markUnusable(schemeKey, result.error);

@@ -51,6 +51,12 @@ export class OriginMemory {
     return out;
   }
 
+  /** The remembered scheme was refused: learn it again from the next challenge. */
+  forgetScheme(): void {
+    this.scheme = undefined;
+    this.mode = undefined;
+  }
+
   rememberScheme(scheme: string, mode: 'session' | 'per-request'): void {
     this.scheme = scheme;
     this.mode = mode;
