@@ -1,4 +1,4 @@
-import { Agent, Dispatcher } from 'undici';
+import { Dispatcher } from 'undici';
 import { prepareBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
@@ -19,6 +19,7 @@ import { ProxyResolver } from './proxy/options.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
+import { UpgradeDispatcher } from './upgrade/index.ts';
 
 /** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
 export const MAX_REPORTS = 1000;
@@ -52,8 +53,8 @@ export class MultilegAgent extends Dispatcher {
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: MultilegStats = { requests: 0, sessions: 0, handshakes: 0, legs: 0, failedHandshakes: 0 };
   readonly #reports: HandshakeReport[] = [];
-  /** Upgrades and CONNECT are not authenticated here; a plain Agent carries them. */
-  #passthrough: Agent | undefined;
+  /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
+  #upgrades: UpgradeDispatcher | undefined;
   #closed = false;
   #running = new Set<Promise<void>>();
 
@@ -112,8 +113,8 @@ export class MultilegAgent extends Dispatcher {
         throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
       const origin = normalizeOrigin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
-        this.#passthrough ??= new Agent({ connect: this.#options.connect });
-        return this.#passthrough.dispatch(opts, handler);
+        this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
+        return this.#upgrades.dispatch(origin, opts, handler, this.#credentialsAllowed(origin, handler));
       }
       const sink = new UserSink(handler);
       sink.begin();
@@ -206,7 +207,7 @@ export class MultilegAgent extends Dispatcher {
     const done = (async () => {
       await Promise.allSettled([...this.#running]);
       await Promise.all([...this.#pools.values()].map((p) => p.close()));
-      await this.#passthrough?.close();
+      await this.#upgrades?.close();
     })();
     if (callback) {
       done.then(callback, callback);
@@ -225,7 +226,7 @@ export class MultilegAgent extends Dispatcher {
     this.#closed = true;
     const done = (async () => {
       await Promise.all([...this.#pools.values()].map((p) => p.destroy(err)));
-      await this.#passthrough?.destroy(err);
+      await this.#upgrades?.destroy(err);
     })();
     if (cb) {
       done.then(cb, cb);

@@ -1,0 +1,311 @@
+/**
+ * Upgrade (WebSocket-style) and CONNECT requests (H5, H1): through the configured proxy's CONNECT
+ * tunnel with proxy authentication, and authenticated when the origin challenges the upgrade —
+ * every leg on one HTTP/1.1 connection. The origin is a small loopback HTTP/1.1 server that uses
+ * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
+ * switches protocols and echoes.
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { connect, type Dispatcher, upgrade } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
+import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import { type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
+import { ALICE } from './helpers.ts';
+
+interface Seen {
+  readonly connection: number;
+  readonly method: string;
+  readonly path: string;
+  readonly upgrade: string | undefined;
+  /** The scheme and NTLM message type of Authorization, e.g. `NTLM/1`, or undefined. */
+  readonly authorization: string | undefined;
+  readonly status: number;
+}
+
+interface UpgradeServer {
+  readonly origin: string;
+  readonly port: number;
+  readonly seen: Seen[];
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTP/1.1 origin that wants NTLM (when `ntlm`) and then answers `Upgrade: websocket` with 101,
+ * a greeting naming the user in the same write as the 101, and an echo of whatever comes next.
+ */
+async function upgradeServer(opts: { ntlm: boolean; challengeBody?: string }): Promise<UpgradeServer> {
+  const seen: Seen[] = [];
+  const sockets = new Set<Socket>();
+  let connections = 0;
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    const connection = ++connections;
+    const acceptor = new NtlmAcceptor({ users: { 'EXAMPLE\\alice': 'alicepw' }, domain: 'EXAMPLE' });
+    let user: string | undefined;
+    let buf = Buffer.alloc(0);
+    const respond = (status: number, text: string, headers: Record<string, string>, body = '') => {
+      socket.write(
+        `HTTP/1.1 ${status} ${text}\r\n${Object.entries({
+          ...headers,
+          'content-length': String(Buffer.byteLength(body)),
+        })
+          .map(([k, v]) => `${k}: ${v}\r\n`)
+          .join('')}\r\n${body}`,
+      );
+    };
+    const onData = (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+        buf = buf.subarray(end + 4);
+        const [method = '', path = ''] = lines[0]!.split(' ');
+        const headers: Record<string, string> = {};
+        for (const l of lines.slice(1)) {
+          const i = l.indexOf(':');
+          headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+        }
+        const auth = headers.authorization;
+        const token = /^NTLM (\S+)$/.exec(auth ?? '')?.[1];
+        const record = (status: number) =>
+          seen.push({
+            connection,
+            method,
+            path,
+            upgrade: headers.upgrade?.toLowerCase(),
+            authorization: token ? `NTLM/${Buffer.from(token, 'base64').readUInt32LE(8)}` : auth?.split(' ')[0],
+            status,
+          });
+        if (opts.ntlm && !user) {
+          const result = token ? acceptor.step(Buffer.from(token, 'base64')) : undefined;
+          if (result?.kind === 'accepted') {
+            user = result.user;
+          } else {
+            const challenge = result?.kind === 'challenge' ? `NTLM ${result.token.toString('base64')}` : 'NTLM';
+            record(401);
+            respond(401, 'Unauthorized', { 'www-authenticate': challenge }, opts.challengeBody ?? 'who are you?');
+            continue;
+          }
+        }
+        const tunnel = method === 'CONNECT';
+        if (headers.upgrade?.toLowerCase() !== 'websocket' && !tunnel) {
+          record(426);
+          respond(426, 'Upgrade Required', { upgrade: 'websocket' }, 'upgrade only');
+          continue;
+        }
+        record(tunnel ? 200 : 101);
+        socket.off('data', onData);
+        // The greeting rides in the same write as the 101: it must reach the caller's socket.
+        socket.write(
+          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n'}\r\nhello ${user ?? 'anonymous'}\n`,
+        );
+        socket.on('data', (chunk: Buffer) => socket.write(chunk));
+        if (buf.length) socket.write(buf);
+        return;
+      }
+    };
+    socket.on('data', onData);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  return {
+    origin: `http://localhost:${port}`,
+    port,
+    seen,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Reads from `socket` until `count` bytes arrived. */
+async function read(socket: Socket, count: number): Promise<string> {
+  let text = '';
+  while (text.length < count) {
+    const [chunk] = (await once(socket, 'data')) as [Buffer];
+    text += chunk.toString('latin1');
+  }
+  return text;
+}
+
+/** An upgrade through `agent` that resolves with the response the caller got instead, if any. */
+function upgradeOrResponse(
+  agent: Dispatcher,
+  origin: string,
+): Promise<{ kind: 'upgraded'; socket: Socket } | { kind: 'response'; status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    let body = '';
+    agent.dispatch(
+      { origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+      {
+        onRequestUpgrade: (_c, _s, _h, socket) => resolve({ kind: 'upgraded', socket: socket as Socket }),
+        onResponseStart: (_c, s) => {
+          status = s;
+        },
+        onResponseData: (_c, chunk) => {
+          body += chunk.toString();
+        },
+        onResponseEnd: () => resolve({ kind: 'response', status, body }),
+        onResponseError: (_c, err) => reject(err),
+      },
+    );
+  });
+}
+
+let origin: UpgradeServer | undefined;
+let proxy: ReferenceProxy | undefined;
+let agent: MultilegAgent | undefined;
+const sockets: Socket[] = [];
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await agent?.destroy().catch(() => {});
+  await proxy?.close();
+  await origin?.close();
+  agent = proxy = origin = undefined;
+});
+
+function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
+  return new MultilegAgent({
+    credentials: ALICE,
+    trustedOrigins: [origin!.origin],
+    negotiate: false,
+    proxy: false,
+    ...o,
+  });
+}
+
+describe('upgrade and CONNECT requests (H5, H1)', () => {
+  it('H1: an upgrade the origin challenges with NTLM: every leg on one connection, then 101 and the socket', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 'hello EXAMPLE\\alice\n'.length)).toBe('hello EXAMPLE\\alice\n');
+    socket.write('ping');
+    expect(await read(socket as Socket, 4)).toBe('ping');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status, s.upgrade])).toEqual([
+      [1, undefined, 401, 'websocket'],
+      [1, 'NTLM/1', 401, 'websocket'],
+      [1, 'NTLM/3', 101, 'websocket'],
+    ]);
+  });
+
+  it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
+    origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
+    agent = ntlmAgent();
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(new Set(origin.seen.map((s) => s.connection))).toEqual(new Set([1]));
+  });
+
+  it('H1: a wrong password: the caller gets the origin’s final 401 after one handshake', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toEqual({ kind: 'response', status: 401, body: 'who are you?' });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toMatchObject({ kind: 'response', status: 401 });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('H5: an upgrade goes through the configured proxy: CONNECT with Basic proxy authentication, then NTLM to the origin inside the tunnel', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = ntlmAgent({
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.target, e.status, e.proxyAuthorization])).toEqual([
+      ['CONNECT', `localhost:${origin.port}`, 407, false],
+      ['CONNECT', `localhost:${origin.port}`, 200, true],
+    ]);
+    // The origin's credentials never went to the proxy, and all legs used the one tunnel.
+    expect(proxy.exchanges.every((e) => !e.authorization)).toBe(true);
+    expect(origin.seen.map((s) => [s.connection, s.authorization])).toEqual([
+      [1, undefined],
+      [1, 'NTLM/1'],
+      [1, 'NTLM/3'],
+    ]);
+  });
+
+  it('H5: a wrong proxy password on an upgrade is a ProxyAuthenticationError, not a direct connection', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = ntlmAgent({
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, credentials: { username: 'proxyuser', password: 'x' } },
+    });
+    const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(origin.seen).toEqual([]);
+  });
+
+  it('H5: a CONNECT request (undici connect()) goes through the proxy tunnel; a 401 to it is the caller’s', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({});
+    agent = ntlmAgent({ proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const ok = await connect(`${origin.origin}/`, { dispatcher: agent });
+    sockets.push(ok.socket as Socket);
+    expect(ok.statusCode).toBe(200);
+    expect(await read(ok.socket as Socket, 16)).toBe('hello anonymous\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.target, e.status])).toEqual([
+      ['CONNECT', `localhost:${origin.port}`, 200],
+    ]);
+    // undici ends HTTP on a connection at any answer to CONNECT, so a challenge cannot get a next leg there.
+    await origin.close();
+    origin = await upgradeServer({ ntlm: true });
+    await agent.destroy().catch(() => {});
+    agent = ntlmAgent({ proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const challenged = await connect(`${origin.origin}/`, { dispatcher: agent });
+    sockets.push(challenged.socket as Socket);
+    expect(challenged.statusCode).toBe(401);
+    expect(origin.seen.map((s) => [s.method, s.authorization, s.status])).toEqual([['CONNECT', undefined, 401]]);
+  });
+
+  it('H5: HTTPS_PROXY-style environment configuration applies to upgrades too (proxy from the agent’s resolver)', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({});
+    const before = { ...process.env };
+    // The resolver reads the environment when the agent is created.
+    process.env.HTTP_PROXY = proxy.origin;
+    delete process.env.NO_PROXY;
+    delete process.env.no_proxy;
+    try {
+      agent = new MultilegAgent({ proxy: { connect: { ca: proxy.ca } } });
+    } finally {
+      for (const k of ['HTTP_PROXY']) {
+        if (before[k] === undefined) delete process.env[k];
+        else process.env[k] = before[k];
+      }
+      if (before.NO_PROXY !== undefined) process.env.NO_PROXY = before.NO_PROXY;
+      if (before.no_proxy !== undefined) process.env.no_proxy = before.no_proxy;
+    }
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 16)).toBe('hello anonymous\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.status])).toEqual([['CONNECT', 200]]);
+  });
+});
