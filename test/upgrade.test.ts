@@ -9,7 +9,13 @@ import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { connect, type Dispatcher, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import {
+  type Mechanism,
+  MultilegAgent,
+  type MultilegAgentOptions,
+  MutualAuthError,
+  ntlmMechanism,
+} from '../src/index.ts';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
@@ -36,7 +42,12 @@ interface UpgradeServer {
  * An HTTP/1.1 origin that wants NTLM (when `ntlm`) and then answers `Upgrade: websocket` with 101,
  * a greeting naming the user in the same write as the 101, and an echo of whatever comes next.
  */
-async function upgradeServer(opts: { ntlm: boolean; challengeBody?: string }): Promise<UpgradeServer> {
+async function upgradeServer(opts: {
+  ntlm: boolean;
+  challengeBody?: string;
+  /** Authenticate, then refuse the upgrade with 403. */
+  refuse?: boolean;
+}): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
   let connections = 0;
@@ -92,6 +103,11 @@ async function upgradeServer(opts: { ntlm: boolean; challengeBody?: string }): P
             respond(401, 'Unauthorized', { 'www-authenticate': challenge }, opts.challengeBody ?? 'who are you?');
             continue;
           }
+        }
+        if (opts.refuse) {
+          record(403);
+          respond(403, 'Forbidden', {}, `not for ${user}`);
+          continue;
         }
         const tunnel = method === 'CONNECT';
         if (headers.upgrade?.toLowerCase() !== 'websocket' && !tunnel) {
@@ -186,7 +202,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it('H1: an upgrade the origin challenges with NTLM: every leg on one connection, then 101 and the socket', async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent();
-    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 'hello EXAMPLE\\alice\n'.length)).toBe('hello EXAMPLE\\alice\n');
     socket.write('ping');
@@ -201,10 +217,22 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
     origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
     agent = ntlmAgent();
-    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
     expect(new Set(origin.seen.map((s) => s.connection))).toEqual(new Set([1]));
+  });
+
+  it('C11: an intermediate 401 body over limits.maxChallengeBodyBytes ends the handshake with a typed error naming the limit', async () => {
+    origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(200_000) });
+    agent = ntlmAgent({ limits: { maxChallengeBodyBytes: 1000 } });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toMatchObject({ code: 'MULTILEG_CHALLENGE_BODY_TOO_LARGE' });
+    expect(err?.message).toContain('limits.maxChallengeBodyBytes (1000)');
+    expect(origin.seen).toHaveLength(1);
   });
 
   it('H1: a wrong password: the caller gets the origin’s final 401 after one handshake', async () => {
@@ -213,6 +241,78 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     const r = await upgradeOrResponse(agent, origin.origin);
     expect(r).toEqual({ kind: 'response', status: 401, body: 'who are you?' });
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it('H1: an authenticated upgrade the origin refuses: the caller gets that response, body and all', async () => {
+    origin = await upgradeServer({ ntlm: true, refuse: true });
+    agent = ntlmAgent();
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toEqual({ kind: 'response', status: 403, body: 'not for EXAMPLE\\alice' });
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 403],
+    ]);
+  });
+
+  it('M2: an upgrade whose final mutual authentication fails is withheld: the socket is destroyed, the caller gets MutualAuthError', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const base = ntlmMechanism(ALICE);
+    const distrustful: Mechanism = {
+      ...base,
+      createContext(leg) {
+        const inner = base.createContext(leg);
+        return {
+          step: (challenge, l) => inner.step(challenge, l),
+          get complete() {
+            return inner.complete;
+          },
+          finish: () => Promise.reject(new MutualAuthError('test: the final token does not verify')),
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [distrustful] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(MutualAuthError);
+    // The server did switch protocols; the socket never reached the caller.
+    expect(origin.seen.at(-1)).toMatchObject({ authorization: 'NTLM/3', status: 101 });
+  });
+
+  it('M2: an authenticated final response whose mutual authentication fails is withheld too', async () => {
+    origin = await upgradeServer({ ntlm: true, refuse: true });
+    const base = ntlmMechanism(ALICE);
+    agent = ntlmAgent({
+      mechanisms: [
+        {
+          ...base,
+          createContext(leg) {
+            const inner = base.createContext(leg);
+            return {
+              ...inner,
+              step: (c, l) => inner.step(c, l),
+              finish: () => Promise.reject(new MutualAuthError('test')),
+            };
+          },
+        },
+      ],
+    });
+    const seenStatus: number[] = [];
+    const err = await new Promise<Error>((resolve) =>
+      agent!.dispatch(
+        { origin: origin!.origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+        {
+          onResponseStart: (_c, s) => {
+            seenStatus.push(s);
+          },
+          onResponseError: (_c, e) => resolve(e),
+        },
+      ),
+    );
+    expect(err).toBeInstanceOf(MutualAuthError);
+    expect(seenStatus).toEqual([]);
   });
 
   it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {
@@ -233,7 +333,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
         credentials: { username: 'proxyuser', password: 'proxypw' },
       },
     });
-    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
     expect(proxy.exchanges.map((e) => [e.method, e.target, e.status, e.proxyAuthorization])).toEqual([
@@ -255,7 +355,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     agent = ntlmAgent({
       proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, credentials: { username: 'proxyuser', password: 'x' } },
     });
-    const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' }).then(
+    const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
       () => undefined,
       (e: Error) => e,
     );
@@ -303,7 +403,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       if (before.NO_PROXY !== undefined) process.env.NO_PROXY = before.NO_PROXY;
       if (before.no_proxy !== undefined) process.env.no_proxy = before.no_proxy;
     }
-    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, upgrade: 'websocket' });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 16)).toBe('hello anonymous\n');
     expect(proxy.exchanges.map((e) => [e.method, e.status])).toEqual([['CONNECT', 200]]);
