@@ -7,7 +7,7 @@
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
-import { MultilegError } from '../errors.ts';
+import type { MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
@@ -229,8 +229,8 @@ async function handshake(
   }
 }
 
+/** The reader throws only WireError (the proxy broke HTTP) or the socket's own error. */
 function wireError(proxy: ResolvedProxy, err: unknown): MultilegError {
-  if (err instanceof MultilegError) return err;
   if (err instanceof WireError) return new ProxyProtocolError(proxy.origin, err.message);
   return new ProxyProtocolError(proxy.origin, `connection failed (${(err as Error).message})`, { cause: err });
 }
