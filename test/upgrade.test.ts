@@ -385,7 +385,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => [s.method, s.authorization, s.status])).toEqual([['CONNECT', undefined, 401]]);
   });
 
-  it('H5: HTTPS_PROXY-style environment configuration applies to upgrades too (proxy from the agent’s resolver)', async () => {
+  it('H5: a proxy from the environment (HTTP_PROXY for an http: target) carries upgrades too', async () => {
     origin = await upgradeServer({ ntlm: false });
     proxy = await startReferenceProxy({});
     const before = { ...process.env };
