@@ -11,6 +11,7 @@ import { connect, type Dispatcher, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type Mechanism,
+  MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
   MutualAuthError,
@@ -35,6 +36,8 @@ interface UpgradeServer {
   readonly origin: string;
   readonly port: number;
   readonly seen: Seen[];
+  /** Resolves once connection `n` (1-based) has closed. */
+  closed(n: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -47,15 +50,22 @@ async function upgradeServer(opts: {
   challengeBody?: string;
   /** Authenticate, then refuse the upgrade with 403. */
   refuse?: boolean;
+  /** Another challenge offered next to NTLM's first one. */
+  alsoOffer?: string;
+  /** Never answer the request with this index (0-based, across connections). */
+  stallAt?: number;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
+  const closedOnes = new Map<number, () => void>();
+  const closedEarly = new Set<number>();
   let connections = 0;
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     socket.on('error', () => {});
     const connection = ++connections;
+    socket.once('close', () => closedOnes.get(connection)?.() ?? closedEarly.add(connection));
     const acceptor = new NtlmAcceptor({ users: { 'EXAMPLE\\alice': 'alicepw' }, domain: 'EXAMPLE' });
     let user: string | undefined;
     let buf = Buffer.alloc(0);
@@ -82,6 +92,10 @@ async function upgradeServer(opts: {
           const i = l.indexOf(':');
           headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
         }
+        if (seen.length === opts.stallAt) {
+          seen.push({ connection, method, path, upgrade: undefined, authorization: 'stalled', status: 0 });
+          return;
+        }
         const auth = headers.authorization;
         const token = /^NTLM (\S+)$/.exec(auth ?? '')?.[1];
         const record = (status: number) =>
@@ -100,7 +114,8 @@ async function upgradeServer(opts: {
           } else {
             const challenge = result?.kind === 'challenge' ? `NTLM ${result.token.toString('base64')}` : 'NTLM';
             record(401);
-            respond(401, 'Unauthorized', { 'www-authenticate': challenge }, opts.challengeBody ?? 'who are you?');
+            const offer = !token && opts.alsoOffer ? `${opts.alsoOffer}, ${challenge}` : challenge;
+            respond(401, 'Unauthorized', { 'www-authenticate': offer }, opts.challengeBody ?? 'who are you?');
             continue;
           }
         }
@@ -134,6 +149,7 @@ async function upgradeServer(opts: {
     origin: `http://localhost:${port}`,
     port,
     seen,
+    closed: (n) => (closedEarly.has(n) ? Promise.resolve() : new Promise<void>((r) => closedOnes.set(n, r))),
     async close() {
       for (const s of sockets) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));
@@ -313,6 +329,45 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     );
     expect(err).toBeInstanceOf(MutualAuthError);
     expect(seenStatus).toEqual([]);
+  });
+
+  it('R1: a caller that aborts an upgrade while its handshake waits on the server gets its abort, and the connection is closed', async () => {
+    origin = await upgradeServer({ ntlm: true, stallAt: 1 });
+    agent = ntlmAgent();
+    const controller = new AbortController();
+    const pending = upgrade(`${origin.origin}/ws`, {
+      dispatcher: agent,
+      protocol: 'websocket',
+      signal: controller.signal,
+    }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    while (origin.seen.length < 2) await new Promise((r) => setTimeout(r, 5));
+    controller.abort(new Error('caller gave up'));
+    const err = await pending;
+    expect(err?.message).toMatch(/caller gave up|aborted/i);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'stalled']);
+    // The stalled leg's connection is gone: the server sees it closed.
+    await origin.closed(1);
+  });
+
+  it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
+    const gone: Mechanism = {
+      scheme: 'Gone',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        throw new MechanismUnavailableError('Gone', 'test: not on this machine');
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone', 'NTLM'] });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
   });
 
   it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {
