@@ -2,7 +2,8 @@
  * The CONNECT tunnel (H5): `CONNECT host:port` written by hand on one proxy socket, every leg of a
  * 407 `Proxy-Authenticate` handshake on that same socket, then the raw socket is handed back for TLS
  * to the origin. If the proxy closes the connection between legs, the handshake restarts once on a
- * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`.
+ * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`; each connect (to the proxy,
+ * and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
@@ -69,7 +70,7 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
 export interface TunnelTarget {
   readonly hostname: string;
   readonly port: number;
-  /** `https:` runs TLS with the origin inside the tunnel; `http:` (and `ws:`) does not. */
+  /** `https:` runs TLS with the origin inside the tunnel; `http:` does not. */
   readonly protocol: string;
   readonly servername?: string | null;
 }
@@ -88,7 +89,7 @@ export async function connectThroughTunnel(
 ): Promise<Socket> {
   const hostname = target.hostname.replace(/^\[(.*)\]$/, '$1');
   const { socket } = await openTunnel(proxy, hostname, target.port, limits);
-  if (target.protocol !== 'https:' && target.protocol !== 'wss:') return socket;
+  if (target.protocol !== 'https:') return socket;
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
     const secure = tlsConnect({ ...tls, socket, ...(servername ? { servername } : {}), ALPNProtocols: alpn });
