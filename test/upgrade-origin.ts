@@ -4,8 +4,11 @@
  * echoes. It records every request it reads.
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTcpServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
+import { serverEndPointHash } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
 export interface Seen {
   readonly connection: number;
@@ -39,19 +42,28 @@ export async function upgradeServer(opts: {
   alsoOffer?: string;
   /** Never answer the request with this index (0-based, across connections). */
   stallAt?: number;
+  /**
+   * TLS with the reference server's certificate (`https://localhost`), and NTLM requires the
+   * client's channel binding to be that certificate's tls-server-end-point hash.
+   */
+  tls?: boolean;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
   const closedOnes = new Map<number, () => void>();
   const closedEarly = new Set<number>();
   let connections = 0;
-  const server: Server = createServer((socket) => {
+  const onConnection = (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     socket.on('error', () => {});
     const connection = ++connections;
     socket.once('close', () => closedOnes.get(connection)?.() ?? closedEarly.add(connection));
-    const acceptor = new NtlmAcceptor({ users: { 'EXAMPLE\\alice': 'alicepw' }, domain: 'EXAMPLE' });
+    const acceptor = new NtlmAcceptor({
+      users: { 'EXAMPLE\\alice': 'alicepw' },
+      domain: 'EXAMPLE',
+      ...(opts.tls ? { channelBinding: serverEndPointHash() } : {}),
+    });
     let user: string | undefined;
     let buf = Buffer.alloc(0);
     const respond = (status: number, text: string, headers: Record<string, string>, body = '') => {
@@ -127,11 +139,14 @@ export async function upgradeServer(opts: {
       }
     };
     socket.on('data', onData);
-  });
+  };
+  const server: Server = opts.tls
+    ? createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY }, onConnection)
+    : createTcpServer(onConnection);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as { port: number }).port;
   return {
-    origin: `http://localhost:${port}`,
+    origin: `${opts.tls ? 'https' : 'http'}://localhost:${port}`,
     port,
     seen,
     closed: (n) => (closedEarly.has(n) ? Promise.resolve() : new Promise<void>((r) => closedOnes.set(n, r))),

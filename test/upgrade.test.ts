@@ -17,7 +17,7 @@ import {
   ntlmMechanism,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
-import { type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
+import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
 import { ALICE } from './helpers.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -255,6 +255,24 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       [1, undefined],
       [1, 'NTLM/1'],
       [1, 'NTLM/3'],
+    ]);
+  });
+
+  it('H5/H1: a TLS (wss-style) upgrade through the proxy tunnel, NTLM with channel bindings of the origin’s certificate', async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true });
+    proxy = await startReferenceProxy({});
+    agent = ntlmAgent({ connect: { ca: CA_CERT }, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    // The acceptor checks the binding: a wrong or missing one would have been rejected with a 401.
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.target, e.status])).toEqual([
+      ['CONNECT', `localhost:${origin.port}`, 200],
+    ]);
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
     ]);
   });
 
