@@ -70,15 +70,16 @@ export class ProxyConnectTimeoutError extends MultilegError {
   readonly proxy: string;
   /** `proxy` (connecting to the proxy) or `origin` (TLS with the origin through the tunnel). */
   readonly stage: 'proxy' | 'origin';
-  constructor(proxy: string, stage: 'proxy' | 'origin', ms: number, target?: string) {
+  /** `target` (`host:port`) names the origin when the TLS handshake inside the tunnel timed out. */
+  constructor(proxy: string, ms: number, target?: string) {
     super(
       'MULTILEG_PROXY_CONNECT_TIMEOUT',
-      stage === 'proxy'
+      target === undefined
         ? `proxy ${proxy} accepted no connection within proxy.connectTimeout (${ms} ms); check the proxy address and that it is up, or raise proxy.connectTimeout`
-        : `the TLS handshake with ${target ?? 'the origin'} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
+        : `the TLS handshake with ${target} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
     );
     this.proxy = proxy;
-    this.stage = stage;
+    this.stage = target === undefined ? 'proxy' : 'origin';
   }
 }
 

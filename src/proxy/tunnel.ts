@@ -46,7 +46,7 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       reject(err);
     };
     const timer = setTimeout(
-      () => fail(new ProxyConnectTimeoutError(proxy.origin, 'proxy', proxy.connectTimeout)),
+      () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
       proxy.connectTimeout,
     );
     const onError = (err: Error) =>
@@ -100,10 +100,7 @@ export async function connectThroughTunnel(
       reject(err);
     };
     const timer = setTimeout(
-      () =>
-        fail(
-          new ProxyConnectTimeoutError(proxy.origin, 'origin', proxy.connectTimeout, authority(hostname, target.port)),
-        ),
+      () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, authority(hostname, target.port))),
       proxy.connectTimeout,
     );
     secure.once('error', fail);
