@@ -173,6 +173,16 @@ describe('CONNECT through scripted proxies: framing of 407 answers (S3)', () => 
     expect(seen.map((s) => s.connection)).toEqual([1, 2]);
   });
 
+  it('H5: interim 1xx answers before the real one are skipped', async () => {
+    const { uri } = await scripted(({ socket, proxyAuthorization }) => {
+      if (proxyAuthorization) return void socket.write(`HTTP/1.1 100 Continue\r\n\r\n${OK}`);
+      socket.write(`HTTP/1.1 102 Processing\r\n\r\n${CHALLENGE}Content-Length: 0\r\n\r\n`);
+    });
+    const t = await tunnel(resolved(uri));
+    t.socket.destroy();
+    expect(t).toMatchObject({ requests: 2, connections: 1 });
+  });
+
   it('H5: bytes the proxy sends right after its 200 are the tunnel’s first bytes, not lost', async () => {
     const { uri } = await scripted(({ socket }) => socket.write(`${OK}early`));
     const t = await tunnel(resolved(uri));

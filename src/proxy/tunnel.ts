@@ -181,7 +181,9 @@ async function handshake(
     requests += 1;
     let head: Awaited<ReturnType<ResponseReader['readHead']>>;
     try {
-      head = await reader.readHead();
+      // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
+      do head = await reader.readHead();
+      while (head.status < 200);
     } catch (err) {
       throw wireError(proxy, err);
     }
