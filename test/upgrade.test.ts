@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { connect, type Dispatcher, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  BasicOverHttpError,
   type Mechanism,
   MechanismUnavailableError,
   MultilegAgent,
@@ -222,6 +223,30 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it('M4: an upgrade challenged with Basic over cleartext http (the only scheme allowed) fails with BasicOverHttpError, the password unsent', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Basic realm="ws"' });
+    agent = ntlmAgent({ schemes: ['Basic'] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(BasicOverHttpError);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('R1: an upgrade to a port nobody listens on fails with the connect error', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    const dead = origin.origin;
+    await origin.close();
+    origin = undefined;
+    agent = new MultilegAgent({ proxy: false });
+    const err = await upgradeOrResponse(agent, dead).then(
+      () => undefined,
+      (e: Error & { code?: string }) => e,
+    );
+    expect((err as { code?: string })?.code).toBe('ECONNREFUSED');
   });
 
   it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {

@@ -185,9 +185,12 @@ export class UpgradeDispatcher {
 
     /** The first leg with credentials: the strongest usable offered scheme (T2). */
     async function start(challenges: readonly Challenge[]): Promise<Auth> {
+      let unusable: MultilegError | undefined;
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
         if (!chosen?.mechanism) {
+          // The last scheme's own reason names its fix (e.g. allowBasicOverHttp, kinit).
+          if (unusable) throw unusable;
           throw new MultilegError(
             'MULTILEG_MECHANISM_UNAVAILABLE',
             `${origin} asks for authentication of an upgrade request and no offered scheme can be used here (${[...excluded].join(', ')}); give credentials or a Kerberos ticket`,
@@ -208,6 +211,7 @@ export class UpgradeDispatcher {
         } catch (err) {
           if (err instanceof MultilegError && UNUSABLE.has(err.code)) {
             excluded.add(challenge.schemeKey);
+            unusable = err;
             continue;
           }
           throw err;
