@@ -275,10 +275,13 @@ export class UpgradeDispatcher {
           };
           if (!verify) return done();
           // undici hands over the socket in paused mode: nothing is lost while we verify.
-          verify(h as Headers).then(done, (err: Error) => {
-            (socket as Socket).destroy();
-            resolve({ kind: 'failed', error: err });
-          });
+          // A caller handler that throws here fails the request, as undici does on the sync path.
+          verify(h as Headers)
+            .then(done)
+            .catch((err: Error) => {
+              (socket as Socket).destroy();
+              resolve({ kind: 'failed', error: err });
+            });
         },
         onResponseStart(c, status, h, message) {
           if (answer(status, h as Headers)) {
