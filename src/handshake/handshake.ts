@@ -23,6 +23,8 @@ export interface HandshakeInput {
   readonly timeout: number;
   /** HTTP/2: a connection-bound exchange that loses its state between streams means "use HTTP/1.1". */
   readonly onHttp2: boolean;
+  /** An Auth-ID the server put on the 401 that started it (C3: sent on every later leg). */
+  readonly authId?: string;
 }
 
 export type HandshakeResult =
@@ -35,8 +37,20 @@ export type HandshakeResult =
       readonly identity?: string;
       readonly done: Promise<void>;
     }
-  /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
-  | { readonly kind: 'failed'; readonly legs: number; readonly authIdCarried: boolean; readonly done: Promise<void> }
+  /**
+   * The caller got the server's final 401 or a typed error; `done` settles when it has it all.
+   * `proofFailed`: the server's final token failed verification (mutual authentication): the
+   * connection must not be used again (its peer never proved who it is).
+   */
+  | {
+      readonly kind: 'failed';
+      readonly legs: number;
+      readonly authIdCarried: boolean;
+      readonly done: Promise<void>;
+      readonly proofFailed?: MultilegError;
+      /** The error the caller got, when it was not the server's own 401. */
+      readonly error?: Error;
+    }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
       readonly kind: 'relocate';
@@ -54,11 +68,20 @@ const isUnusable = (err: unknown): err is MultilegError => err instanceof Multil
 export function relocationReason(err: Error | undefined): 'http1' | 'connection-ended' | undefined {
   if (!err) return undefined;
   const e = err as Error & { http2ErrorCode?: number; code?: string };
-  // RST_STREAM carries the code on the error; undici reports a GOAWAY's code only in its message.
-  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED|"GOAWAY" frame received with code 13\b/.test(e.message))
-    return 'http1';
+  // RST_STREAM HTTP_1_1_REQUIRED: undici puts the code on the error (structured).
+  if (e.http2ErrorCode === 0xd || e.code === 'MULTILEG_HTTP1_REQUIRED') return 'http1';
   if (e.code === 'MULTILEG_STALE_CONNECTION') return 'connection-ended';
   return undefined;
+}
+
+/**
+ * The error code of a GOAWAY, from the error undici emits with `disconnect` and fails the refused
+ * streams with. undici (client-h2.js getGoAwayError) has no structured field for it, only this
+ * message text, so it is read here and nowhere else.
+ */
+export function goawayCode(err: Error | undefined): number | undefined {
+  const m = err ? /"GOAWAY" frame received with code (\d+)/.exec(err.message) : null;
+  return m ? Number(m[1]) : undefined;
 }
 
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
@@ -73,13 +96,13 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
 export async function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
   const { mechanism, sink } = input;
   let legs = 0;
-  let authId: string | undefined;
+  let authId: string | undefined = input.authId;
   let authIdCarried = false;
   let timedOut = false;
   let context: MechanismContext;
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve() };
+    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve(), error: err };
   };
   try {
     context = mechanism.createContext(input.leg);
@@ -87,10 +110,18 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     if (isUnusable(err)) return { kind: 'unusable', error: err };
     return fail(err as Error);
   }
-  // Aborting through the sink reaches whichever leg is on the wire, or fails the caller at once.
+  // R3: the timeout bounds the mechanism's own work too (GSS-API calls, DNS canonicalisation):
+  // each step is raced against it. Aborting through the sink reaches whichever leg is on the wire.
+  let expired!: (err: Error) => void;
+  const expiry = new Promise<never>((_, reject) => {
+    expired = reject;
+  });
+  expiry.catch(() => {});
   const timer = setTimeout(() => {
     timedOut = true;
-    sink.abort(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
+    expired(err);
+    sink.abort(err);
   }, input.timeout);
   try {
     let challenge = input.challenge;
@@ -99,8 +130,9 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
       let authorization: string;
       try {
-        authorization = await context.step(challenge, input.leg);
+        authorization = await Promise.race([context.step(challenge, input.leg), expiry]);
       } catch (err) {
+        if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
         if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }
@@ -155,9 +187,12 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           continue;
         }
         case 'delivered': {
-          if (result.status === 401 || finishError) {
-            return { kind: 'failed', legs, authIdCarried, done: result.done };
+          if (finishError) {
+            const proofFailed =
+              finishError instanceof MultilegError ? finishError : new InvalidTokenError('final token');
+            return { kind: 'failed', legs, authIdCarried, done: result.done, proofFailed };
           }
+          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',
