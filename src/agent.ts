@@ -1,4 +1,4 @@
-import { Agent, Dispatcher } from 'undici';
+import { Dispatcher } from 'undici';
 import { type PreparedBody, prepareBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
@@ -21,6 +21,7 @@ import { OriginPool } from './session/origin-pool.ts';
 import type { Identity } from './session/session.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { RedirectHops } from './trust/redirects.ts';
+import { UpgradeDispatcher } from './upgrade/index.ts';
 
 /** The Job, once its body is prepared (fetch's bodies are read first, C10). */
 function withBody(job: Omit<Job, 'body'>, body: PreparedBody): Job {
@@ -65,8 +66,8 @@ export class MultilegAgent extends Dispatcher {
   readonly #reports: HandshakeReport[] = [];
   /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
   readonly #hops = new RedirectHops();
-  /** Upgrades and CONNECT are not authenticated here; a plain Agent carries them. */
-  #passthrough: Agent | undefined;
+  /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
+  #upgrades: UpgradeDispatcher | undefined;
   #closed = false;
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
   #droppedSessions = 0;
@@ -140,8 +141,9 @@ export class MultilegAgent extends Dispatcher {
         throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
       const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
-        this.#passthrough ??= new Agent({ connect: this.#options.connect });
-        return this.#passthrough.dispatch(opts, handler);
+        this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
+        const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
+        return this.#upgrades.dispatch(origin, opts, handler, grant.allowed);
       }
       const sink = new UserSink(handler, this.#hops, origin, opts.path);
       sink.begin();
@@ -284,7 +286,7 @@ export class MultilegAgent extends Dispatcher {
     const done = (async () => {
       await this.#idle();
       await Promise.all([...this.#pools.values()].map((p) => p.close()));
-      await this.#passthrough?.close();
+      await this.#upgrades?.close();
     })();
     if (callback) {
       done.then(callback, callback);
@@ -303,7 +305,7 @@ export class MultilegAgent extends Dispatcher {
     this.#closed = true;
     const done = (async () => {
       await Promise.all([...this.#pools.values()].map((p) => p.destroy(err)));
-      await this.#passthrough?.destroy(err);
+      await this.#upgrades?.destroy(err);
     })();
     if (cb) {
       done.then(cb, cb);

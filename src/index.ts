@@ -20,6 +20,7 @@ export type { ClientCertificate, ClientCertificateSelector, Limits, MultilegAgen
 export {
   ProxyAuthenticationError,
   ProxyConnectError,
+  ProxyConnectTimeoutError,
   ProxyProtocolError,
   ProxyTimeoutError,
   RemoteHttp1Error,
