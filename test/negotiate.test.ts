@@ -37,7 +37,7 @@ import {
   OID_NTLMSSP,
   SPNEGO_NTLM_FLAGS,
 } from '../src/mechanisms/spnego/index.ts';
-import type { LegInfo } from '../src/mechanisms/types.ts';
+import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 
 const leg: LegInfo = {
   origin: 'https://web.example.test:8443',
@@ -278,26 +278,69 @@ describe('M2: no ticket is remembered for a while', () => {
   });
 });
 
-describe('M2: missing kerberos addon', () => {
-  it("M2: a missing 'kerberos' package is MechanismUnavailableError with the install hint", async () => {
+describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () => {
+  async function withMissing<T>(
+    pkg: string,
+    factory: () => unknown,
+    fn: (m: typeof import('../src/mechanisms/negotiate/index.ts')) => Promise<T>,
+  ) {
     vi.resetModules();
-    vi.doMock('kerberos', () => {
-      throw new Error("Cannot find package 'kerberos'");
-    });
+    vi.doMock(pkg, factory);
     try {
-      const { negotiateMechanism: fresh } = await import('../src/mechanisms/negotiate/index.ts');
-      const err = await fresh()
-        .createContext(leg)
-        .step(undefined, leg)
-        .catch((e: unknown) => e);
-      expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
-      expect((err as Error).message).toContain(
-        "install the optional 'kerberos' package (needs libkrb5-dev / GSS-API headers to build)",
-      );
+      return await fn(await import('../src/mechanisms/negotiate/index.ts'));
     } finally {
-      vi.doUnmock('kerberos');
+      vi.doUnmock(pkg);
       vi.resetModules();
     }
+  }
+  const firstStep = (m: Mechanism) =>
+    m
+      .createContext(leg)
+      .step(undefined, leg)
+      .catch((e: unknown) => e);
+
+  it("M2: a missing 'kerberos' package is MechanismUnavailableError with the install hint", async () => {
+    const err = await withMissing(
+      'kerberos',
+      () => {
+        throw new Error("Cannot find package 'kerberos'");
+      },
+      (m) => firstStep(m.negotiateMechanism({ backend: 'kerberos' })),
+    );
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+    expect((err as Error).message).toContain(
+      "install the optional 'kerberos' package (needs libkrb5-dev / GSS-API headers to build)",
+    );
+  });
+
+  it("M5: a missing 'koffi' package: typed error naming it; auto uses the addon; ccache/keytab say they need it", async () => {
+    const noKoffi = () => {
+      throw new Error("Cannot find package 'koffi'");
+    };
+    const err = await withMissing('koffi', noKoffi, (m) => firstStep(m.negotiateMechanism({ backend: 'gssapi' })));
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE', name: 'GssapiUnavailableError' });
+    expect((err as Error).message).toContain("install the optional 'koffi' package");
+    const store = await withMissing('koffi', noKoffi, (m) =>
+      firstStep(m.negotiateMechanism({ ccache: 'FILE:/tmp/x' })),
+    );
+    expect((store as Error).message).toMatch(/negotiate\.ccache \/ negotiate\.keytab need it: .*koffi/);
+    // auto without a credential store: the kerberos addon takes over (here: it reports its own outcome).
+    const chosen = await withMissing('koffi', noKoffi, async (m) => (await m.loadBackend({})).name);
+    expect(chosen).toBe('kerberos');
+  });
+
+  it('M5: the system libgssapi_krb5 missing (dlopen fails): typed error naming the library and the package to install', async () => {
+    const err = await withMissing(
+      'koffi',
+      () => ({
+        load: () => {
+          throw new Error('libgssapi_krb5.so.2: cannot open shared object file: No such file or directory');
+        },
+      }),
+      (m) => firstStep(m.negotiateMechanism({ backend: 'gssapi' })),
+    );
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+    expect((err as Error).message).toMatch(/libgssapi_krb5\.so\.2 .*missing: install libgssapi-krb5-2/);
   });
 });
 

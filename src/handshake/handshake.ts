@@ -33,10 +33,17 @@ export type HandshakeResult =
       readonly sessionAuthenticated: boolean;
       readonly authIdCarried: boolean;
       readonly identity?: string;
+      readonly fallbackReason?: string;
       readonly done: Promise<void>;
     }
   /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
-  | { readonly kind: 'failed'; readonly legs: number; readonly authIdCarried: boolean; readonly done: Promise<void> }
+  | {
+      readonly kind: 'failed';
+      readonly legs: number;
+      readonly authIdCarried: boolean;
+      readonly fallbackReason?: string;
+      readonly done: Promise<void>;
+    }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
       readonly kind: 'relocate';
@@ -76,10 +83,11 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
   let authId: string | undefined;
   let authIdCarried = false;
   let timedOut = false;
-  let context: MechanismContext;
+  let context: MechanismContext | undefined;
+  const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve() };
+    return { kind: 'failed', legs, authIdCarried, ...fallback(), done: Promise.resolve() };
   };
   try {
     context = mechanism.createContext(input.leg);
@@ -156,7 +164,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         }
         case 'delivered': {
           if (result.status === 401 || finishError) {
-            return { kind: 'failed', legs, authIdCarried, done: result.done };
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           }
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
@@ -166,6 +174,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
             authIdCarried,
             done: result.done,
             ...(context.identity ? { identity: context.identity } : {}),
+            ...fallback(),
           };
         }
       }

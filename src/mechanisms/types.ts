@@ -43,6 +43,8 @@ export interface MechanismContext {
   finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void>;
   /** Who authenticated, for reporting only (never a secret). */
   readonly identity?: string;
+  /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */
+  readonly fallbackReason?: string | undefined;
 }
 
 /** A mechanism: a factory of contexts plus fixed properties. Adding one touches one folder. */

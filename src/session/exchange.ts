@@ -21,6 +21,8 @@ export interface HandshakeReport {
   /** Whether a server Auth-ID was echoed on a later leg (C3). */
   readonly authIdCarried: boolean;
   readonly identity?: string;
+  /** Why Kerberos was skipped and NTLM used instead (Negotiate fallback, M5), e.g. `MULTILEG_KRB_TICKET_EXPIRED: ...`. */
+  readonly fallbackReason?: string;
 }
 
 export interface ExchangeEnv {
@@ -200,8 +202,10 @@ async function lead(
       onHttp2: session.protocol === 'h2',
     }),
   );
+  const fallbackReason = result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined;
   const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
     env.report({
+      ...(fallbackReason ? { fallbackReason } : {}),
       origin: job.origin,
       sessionId: session.id,
       protocol: session.protocol,
