@@ -281,7 +281,7 @@ describe('M2: no ticket is remembered for a while', () => {
 describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () => {
   async function withMissing<T>(
     pkg: string,
-    factory: () => unknown,
+    factory: () => Record<string, unknown>,
     fn: (m: typeof import('../src/mechanisms/negotiate/index.ts')) => Promise<T>,
   ) {
     vi.resetModules();
