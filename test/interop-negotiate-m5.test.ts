@@ -96,13 +96,14 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       sent: Buffer | undefined,
       expected: Buffer,
       o: NegotiateOptions = {},
+      requireBindings = false,
     ) => {
       const leg = legInfo('https://localhost:443', '/', sent ? { channelBinding: sent } : {});
       const ctx = negotiateMechanism({ ccache: aliceCc, mech, ...o }).createContext(leg) as ReturnType<
         ReturnType<typeof negotiateMechanism>['createContext']
       > & { channelBound: boolean };
       const header = await ctx.step(undefined, leg);
-      await lab.acceptor!.reset(mech === 'kerberos' ? 'krb5' : 'spnego', expected);
+      await lab.acceptor!.reset(mech === 'kerberos' ? 'krb5' : 'spnego', expected, requireBindings);
       const reply = await lab.acceptor!.step(header.slice('Negotiate '.length));
       return { ctx, reply, leg };
     };
@@ -125,10 +126,18 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
         expect(relayed.reply).toMatchObject({ kind: 'error' });
         expect(relayed.reply.kind === 'error' && relayed.reply.message).toMatch(/Incorrect channel bindings/);
 
-        // Control: MIT accepts a token that carries no bindings at all, so the rejection above is ours.
+        // Control: MIT accepts a token that carries no bindings at all, so the rejection above is ours;
+        // an acceptor that requires bindings (IIS EPA "Required") refuses it, and accepts ours.
         const unbound = await acceptorRun(mech, other, own, { channelBindings: false });
         expect(unbound.ctx.channelBound).toBe(false);
         expect(unbound.reply).toMatchObject({ kind: 'complete', user: 'alice@EXAMPLE.TEST' });
+        const strictUnbound = await acceptorRun(mech, undefined, own, {}, true);
+        expect(strictUnbound.reply).toMatchObject({
+          kind: 'error',
+          message: expect.stringMatching(/no channel bindings/),
+        });
+        const strictBound = await acceptorRun(mech, own, own, {}, true);
+        expect(strictBound.reply).toMatchObject({ kind: 'complete', user: 'alice@EXAMPLE.TEST' });
       });
     }
 
@@ -141,7 +150,7 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
           res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
           return;
         }
-        await lab.acceptor!.reset('spnego', cb);
+        await lab.acceptor!.reset('spnego', cb, true); // Extended Protection "Required"
         const r = await lab.acceptor!.step(auth.slice('Negotiate '.length));
         if (r.kind === 'complete') {
           res.writeHead(200, { 'www-authenticate': `Negotiate ${r.token}`, 'x-remote-user': r.user }).end('ok');
@@ -171,6 +180,33 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       } finally {
         honest.close();
         relay.close();
+      }
+    });
+
+    it('M5: a proactive Kerberos token on a new connection is bound to that connection too', async () => {
+      const server = await cbServer(certA, certA.cert);
+      const open = new Set<import('node:http2').ServerHttp2Session>();
+      server.on('session', (s) => {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+      });
+      // Connections come and go (idle timeouts, load balancers): the next request opens a new one.
+      const dropConnections = () =>
+        Promise.all([...open].map((s) => new Promise((resolve) => s.close(() => resolve(undefined)))));
+      try {
+        const a = agent({ negotiate: { ccache: aliceCc } });
+        const url = `https://localhost:${(server.address() as AddressInfo).port}/`;
+        for (let i = 0; i < 3; i++) {
+          const res = await fetch(url, { dispatcher: a });
+          expect(res.status).toBe(200);
+          expect(res.headers.get('x-remote-user')).toBe('alice@EXAMPLE.TEST');
+          await res.text();
+          await dropConnections();
+        }
+        expect(a.stats().sessions).toBeGreaterThanOrEqual(3); // each request on its own connection
+        expect(a.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
+      } finally {
+        server.close();
       }
     });
   });

@@ -56,6 +56,11 @@ export interface Mechanism {
   readonly multileg: boolean;
   /** Can send a useful token before any challenge (Negotiate/Kerberos, Basic). */
   readonly proactive: boolean;
+  /**
+   * Its first token is bound to the TLS connection (Kerberos channel bindings, M5): on https it is never
+   * made before the connection (and its certificate) exists, so no proactive token on a new connection.
+   */
+  readonly bindsFirstToken?: boolean;
   /** Creates a context for one handshake, or throws a MultilegError naming why it can't. */
   createContext(leg: LegInfo): MechanismContext;
 }

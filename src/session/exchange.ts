@@ -92,7 +92,14 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
       const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
       const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
       const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
-      if (mechanism && !excluded.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
+      // M5: a channel-bound first token needs the connection's certificate, which a new session lacks.
+      const unbound = mechanism?.bindsFirstToken && !session.connection && job.origin.startsWith('https:');
+      if (
+        mechanism &&
+        !unbound &&
+        !excluded.has(mechanism.scheme.toLowerCase()) &&
+        (!perRequest || mechanism.proactive)
+      ) {
         const outcome = await lead(session, job, env, mechanism, undefined, !perRequest && mechanism.multileg);
         if (outcome.kind !== 'unusable') return outcome;
         lastUnusable = outcome.error;

@@ -326,6 +326,7 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
     level: 'either',
     multileg: true,
     proactive: true,
+    bindsFirstToken: opts.channelBindings !== false,
     createContext: () => new NegotiateContext(opts, memory),
   };
 }
