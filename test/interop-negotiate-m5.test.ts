@@ -4,10 +4,12 @@
  * against Apache mod_auth_gssapi, process.env untouched), and the Windows-style fallback from Kerberos to
  * NTLM when Kerberos cannot produce a token (Apache /spnego2 offers `Negotiate` and `NTLM`).
  */
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
@@ -302,6 +304,34 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       } finally {
         await client.close();
       }
+    });
+
+    it('M5: the CLI: -v says why Kerberos was skipped (never the password); --keytab authenticates as the service account', async () => {
+      const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
+      const cli = (args: string[]) =>
+        promisify(execFile)(process.execPath, [main, ...args], { env: process.env }).then(
+          (r) => ({ code: 0, ...r }),
+          (e: { code: number; stdout: string; stderr: string }) => e,
+        );
+      const origin = lab.apache!.origin;
+      const fb = await cli([
+        '-v',
+        '-u',
+        'EXAMPLE\\alice:alicepw',
+        '--ccache',
+        cc('none'),
+        '--cacert',
+        lab.apache!.certFile,
+        `${origin}/spnego2/`,
+      ]);
+      expect(fb.code).toBe(0);
+      expect(fb.stderr).toMatch(
+        /handshake Negotiate .* as EXAMPLE\\alice; Kerberos skipped: MULTILEG_KRB_NO_TICKET: no Kerberos ticket/,
+      );
+      expect(fb.stderr + fb.stdout).not.toContain('alicepw');
+      const kt = await cli(['-i', '--keytab', svcKeytab, '--cacert', lab.apache!.certFile, `${origin}/protected/`]);
+      expect(kt.code).toBe(0);
+      expect(kt.stdout).toMatch(/^x-remote-user: svc@EXAMPLE\.TEST$/m);
     });
 
     for (const c of cases) {
