@@ -244,28 +244,27 @@ export class GssClient {
   }
 }
 
+/** The text of a name this module obtained (and now releases), or '' when GSS-API cannot say. */
+function displayAndRelease(g: GssFunctions, name: [GssHandle]): string {
+  try {
+    const out: OutBuffer = {};
+    if (!name[0] || isGssError(g.displayName([0], name[0], out, null) as number)) return '';
+    return takeBuffer(g, out).toString('utf8');
+  } finally {
+    if (name[0]) g.releaseName([0], name);
+  }
+}
+
 /** A name as a Kerberos principal (`HTTP/host@REALM`: the realm from krb5.conf's domain_realm), or ''. */
 function kerberosName(g: GssFunctions, name: GssHandle): string {
   const canon: [GssHandle] = [null];
   if (!name || isGssError(g.canonicalizeName([0], name, MECH_KRB5, canon) as number)) return '';
-  try {
-    const out: OutBuffer = {};
-    if (isGssError(g.displayName([0], canon[0], out, null) as number)) return '';
-    return takeBuffer(g, out).toString('utf8');
-  } finally {
-    g.releaseName([0], canon);
-  }
+  return displayAndRelease(g, canon);
 }
 
 /** The principal a credential belongs to (for reports; empty when GSS-API cannot say). */
 function credentialName(g: GssFunctions, cred: GssHandle): string {
   const name: [GssHandle] = [null];
-  if (isGssError(g.inquireCred([0], cred, name, [0], null, null) as number) || !name[0]) return '';
-  try {
-    const out: OutBuffer = {};
-    if (isGssError(g.displayName([0], name[0], out, null) as number)) return '';
-    return takeBuffer(g, out).toString('utf8');
-  } finally {
-    g.releaseName([0], name);
-  }
+  if (isGssError(g.inquireCred([0], cred, name, [0], null, null) as number)) return '';
+  return displayAndRelease(g, name);
 }

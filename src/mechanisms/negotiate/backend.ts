@@ -6,7 +6,7 @@
  */
 import { MechanismUnavailableError } from '../../errors.ts';
 import { log } from '../../log.ts';
-import { GssapiUnavailableError, GssClient, loadGssFunctions } from '../gssapi/index.ts';
+import { GssapiUnavailableError, GssClient, type GssClientOptions, loadGssFunctions } from '../gssapi/index.ts';
 import {
   GSS_MECH_OID_KRB5,
   GSS_MECH_OID_SPNEGO,
@@ -15,16 +15,8 @@ import {
   loadKerberos,
 } from './addon.ts';
 
-/** What a Negotiate context asks of a backend. */
-export interface BackendRequest {
-  readonly mech: 'spnego' | 'kerberos';
-  readonly flags: number;
-  readonly principal?: string;
-  readonly ccache?: string;
-  readonly keytab?: string;
-  /** tls-server-end-point hash; only the GSS-API binding can use it. */
-  readonly channelBinding?: Buffer;
-}
+/** What a Negotiate context asks of a backend (the addon honours only mech, flags and principal). */
+export type BackendRequest = GssClientOptions;
 
 export interface KerberosBackend {
   /** `gssapi`: system GSS-API via koffi; `kerberos`: the addon (or an injected module). */

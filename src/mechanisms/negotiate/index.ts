@@ -47,6 +47,7 @@ export {
   KerberosClockSkewError,
   KerberosError,
   KerberosKdcUnreachableError,
+  KerberosKeytabError,
   KerberosNoTicketError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
