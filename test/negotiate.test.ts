@@ -254,6 +254,67 @@ describe('M2: Negotiate context state machine (fake GSS)', () => {
   });
 });
 
+describe('M5: fallback to NTLM whenever Kerberos cannot produce a first token', () => {
+  const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
+  const failing = (text: string) => {
+    const k = {
+      asked: 0,
+      initializeClient: async () => {
+        k.asked += 1;
+        throw new Error(text);
+      },
+    };
+    return k;
+  };
+  const isNtlm = (header: string) =>
+    Buffer.from(header.slice('Negotiate '.length), 'base64').subarray(0, 8).toString('latin1') === 'NTLMSSP\0';
+
+  it('M5: each Kerberos failure with a password → NTLM, with the reason; credential failures are remembered, host ones are not', async () => {
+    const cases: Array<[string, string, boolean]> = [
+      [GSS.noTicketKrb5, 'MULTILEG_KRB_NO_TICKET', true],
+      [GSS.expired, 'MULTILEG_KRB_TICKET_EXPIRED', true],
+      [GSS.spn, 'MULTILEG_KRB_UNKNOWN_SPN', false],
+      [GSS.kdc, 'MULTILEG_KRB_KDC_UNREACHABLE', false],
+      [GSS.other, 'MULTILEG_MECHANISM', false],
+    ];
+    for (const [text, code, remembered] of cases) {
+      const k = failing(text);
+      const mech = negotiateMechanism({ kerberos: k, credentials: creds, ntlmFallback: 'raw' });
+      for (let i = 0; i < 2; i++) {
+        const ctx = mech.createContext(leg);
+        expect(isNtlm(await ctx.step(undefined, leg)), code).toBe(true);
+        expect(ctx.fallbackReason, code).toMatch(new RegExp(`^${code}: `));
+        expect(ctx.fallbackReason).not.toContain('pw');
+      }
+      expect(k.asked, code).toBe(remembered ? 1 : 2);
+      // without a password: the typed error itself
+      const err = await negotiateMechanism({ kerberos: failing(text) })
+        .createContext(leg)
+        .step(undefined, leg)
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ code });
+    }
+  });
+
+  it('M5: the password goes only where passwordAllowed says (S1); elsewhere the Kerberos error stands', async () => {
+    const mech = negotiateMechanism({
+      kerberos: failing(GSS.expired),
+      credentials: creds,
+      ntlmFallback: 'raw',
+      passwordAllowed: (origin) => origin === 'https://trusted.example.test',
+    });
+    const err = await mech
+      .createContext(leg)
+      .step(undefined, leg)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(KerberosTicketExpiredError);
+    const trusted = { ...leg, origin: 'https://trusted.example.test' };
+    expect(isNtlm(await mech.createContext(trusted).step(undefined, trusted))).toBe(true);
+    // a remembered failure does not send the password to the untrusted origin either
+    await expect(mech.createContext(leg).step(undefined, leg)).rejects.toBeInstanceOf(KerberosTicketExpiredError);
+  });
+});
+
 describe('M2: no ticket is remembered for a while', () => {
   it('M2: after "no ticket", later handshakes go straight to NTLM without asking GSS-API again', async () => {
     let asked = 0;

@@ -101,7 +101,13 @@ export interface NegotiateOptions {
    * with NTLM inside Negotiate instead.
    */
   readonly credentials?: Credentials;
+  /**
+   * Whether the password may go to this origin (S1: the agent's trust rules decide); default: always.
+   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM.
+   */
+  readonly passwordAllowed?: (origin: string) => boolean;
   /** How the NTLM fallback is sent: inside SPNEGO with mechListMIC (default) or as raw NTLMSSP. */
+
   readonly ntlmFallback?: 'spnego' | 'raw' | false;
   /** Test hook / injection: the `kerberos` module (default: `await import('kerberos')`). */
   readonly kerberos?: KerberosModuleLike;
@@ -167,8 +173,14 @@ class NegotiateContext implements MechanismContext {
     return u || undefined;
   }
 
-  #canFallBack(): boolean {
-    return this.#o.credentials !== undefined && this.#o.ntlmFallback !== false && this.#o.mech !== 'kerberos';
+  #canFallBack(leg: LegInfo): boolean {
+    const o = this.#o;
+    return (
+      o.credentials !== undefined &&
+      o.ntlmFallback !== false &&
+      o.mech !== 'kerberos' &&
+      (o.passwordAllowed?.(leg.origin) ?? true)
+    );
   }
 
   /** The SPN this context asked a ticket for (after the first step). */
@@ -228,7 +240,7 @@ class NegotiateContext implements MechanismContext {
         // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
         // just said it has no usable credentials — answer as that failure would, straight away.
         const remembered = this.#memory.reason;
-        if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack()) {
+        if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
           throw new RememberedFailure(remembered);
         }
         out = await this.#firstKerberosToken(leg);
@@ -241,7 +253,7 @@ class NegotiateContext implements MechanismContext {
           this.#memory.reason = reason;
         }
         // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
-        if (this.#canFallBack()) {
+        if (this.#canFallBack(leg)) {
           log.handshake('Negotiate: Kerberos skipped (%s); NTLM inside Negotiate instead', reason.code);
           this.#client = undefined;
           this.#fallbackReason = reason;
@@ -251,7 +263,7 @@ class NegotiateContext implements MechanismContext {
           });
           return await this.#fallback.step(undefined, leg);
         }
-        throw err instanceof RememberedFailure ? new MechanismError(SCHEME, reason.message) : err;
+        throw err; // a RememberedFailure is only thrown where the fallback is allowed: never here
       }
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
