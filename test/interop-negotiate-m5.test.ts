@@ -306,6 +306,28 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       }
     });
 
+    for (const negotiate of [{ mech: 'kerberos' }, { ntlmFallback: false }] as const) {
+      it(`M5: with ${JSON.stringify(negotiate)} the fallback is the next offered scheme, NTLM, and the report says why`, async () => {
+        const origin = lab.apache!.origin;
+        const a = agent({
+          credentials: ALICE_NTLM,
+          trustedOrigins: [origin],
+          negotiate: { ...negotiate, ccache: expiredCc },
+        });
+        const res = await fetch(`${origin}/spnego2/`, { dispatcher: a });
+        expect(res.status).toBe(200);
+        expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\alice');
+        expect(a.handshakes().at(-1)).toMatchObject({
+          scheme: 'NTLM',
+          fallbackReason: expect.stringMatching(/^MULTILEG_KRB_TICKET_EXPIRED: /),
+        });
+        // without a password: the typed Kerberos error, as before
+        const b = agent({ negotiate: { ...negotiate, ccache: expiredCc } });
+        const err = await fetch(`${origin}/spnego2/`, { dispatcher: b }).catch((e: { cause?: Error }) => e.cause);
+        expect(err).toMatchObject({ code: 'MULTILEG_KRB_TICKET_EXPIRED' });
+      });
+    }
+
     it('M5: the CLI: -v says why Kerberos was skipped (never the password); --keytab authenticates as the service account', async () => {
       const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
       const cli = (args: string[]) =>

@@ -54,7 +54,17 @@ export type HandshakeResult =
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
   | { readonly kind: 'unusable'; readonly error: Error };
 
-const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
+// Kerberos that cannot produce a first token (M5): the next offered scheme may still authenticate.
+const UNUSABLE = new Set([
+  'MULTILEG_MECHANISM_UNAVAILABLE',
+  'MULTILEG_KRB_NO_TICKET',
+  'MULTILEG_KRB_TICKET_EXPIRED',
+  'MULTILEG_KRB_WRONG_REALM',
+  'MULTILEG_KRB_UNKNOWN_SPN',
+  'MULTILEG_KRB_KDC_UNREACHABLE',
+  'MULTILEG_KRB_CLOCK_SKEW',
+  'MULTILEG_KRB_KEYTAB',
+]);
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */

@@ -1,6 +1,8 @@
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import { MultilegError } from '../errors.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
+import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificateSelector, Limits } from '../options.ts';
@@ -21,7 +23,10 @@ export interface HandshakeReport {
   /** Whether a server Auth-ID was echoed on a later leg (C3). */
   readonly authIdCarried: boolean;
   readonly identity?: string;
-  /** Why Kerberos was skipped and NTLM used instead (Negotiate fallback, M5), e.g. `MULTILEG_KRB_TICKET_EXPIRED: ...`. */
+  /**
+   * Why Kerberos was skipped and NTLM used instead (inside Negotiate, or as the next offered scheme; M5),
+   * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`.
+   */
   readonly fallbackReason?: string;
 }
 
@@ -67,6 +72,16 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
   // Schemes that cannot run here (no ticket, package missing), and why the last one could not (T2).
   const excluded = new Set<string>();
   let lastUnusable: Error | undefined;
+  // M5: why Negotiate could not run here, for the report of the scheme that ran instead.
+  let negotiateSkipped: string | undefined;
+  const skipped = (mechanism: Mechanism, error: Error) => {
+    lastUnusable = error;
+    excluded.add(mechanism.scheme.toLowerCase());
+    if (mechanism.scheme === 'Negotiate' && error instanceof MultilegError) {
+      const r = fallbackReasonOf(error);
+      negotiateSkipped = `${r.code}: ${r.message}`;
+    }
+  };
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) excluded.add(TRANSPORT);
   for (;;) {
@@ -102,8 +117,7 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
       ) {
         const outcome = await lead(session, job, env, mechanism, undefined, !perRequest && mechanism.multileg);
         if (outcome.kind !== 'unusable') return outcome;
-        lastUnusable = outcome.error;
-        excluded.add(mechanism.scheme.toLowerCase());
+        skipped(mechanism, outcome.error);
         continue;
       }
     }
@@ -165,10 +179,9 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
         return { kind: 'relocate', reason: 'client-certificate' };
       }
       const blocking = chosen.mechanism.multileg && now.kind !== 'per-request';
-      const outcome = await lead(session, job, env, chosen.mechanism, chosen.challenge, blocking);
+      const outcome = await lead(session, job, env, chosen.mechanism, chosen.challenge, blocking, negotiateSkipped);
       if (outcome.kind !== 'unusable') return outcome;
-      lastUnusable = outcome.error;
-      excluded.add(chosen.mechanism.scheme.toLowerCase());
+      skipped(chosen.mechanism, outcome.error);
     }
   }
 }
@@ -180,6 +193,7 @@ async function lead(
   mechanism: Mechanism,
   challenge: Challenge | undefined,
   blocking: boolean,
+  negotiateSkipped?: string,
 ): Promise<ExchangeOutcome | { readonly kind: 'unusable'; readonly error: Error }> {
   const scheme = mechanism.scheme;
   if (blocking) session.apply({ type: 'handshake-start', scheme, leader: job.id });
@@ -209,7 +223,8 @@ async function lead(
       onHttp2: session.protocol === 'h2',
     }),
   );
-  const fallbackReason = result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined;
+  const fallbackReason =
+    (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ?? negotiateSkipped;
   const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
     env.report({
       ...(fallbackReason ? { fallbackReason } : {}),
