@@ -390,6 +390,24 @@ describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () =>
     expect(chosen).toBe('kerberos');
   });
 
+  it('M5: a GSS-API library without gss_acquire_cred_from (e.g. Heimdal): typed error; auto uses the addon', async () => {
+    const heimdal = () => ({
+      load: () => ({
+        func: (d: string) => {
+          if (d.includes('gss_acquire_cred_from')) throw new Error('Cannot find function gss_acquire_cred_from');
+          return () => 0;
+        },
+      }),
+      struct: () => ({}),
+      pointer: () => ({}),
+      opaque: () => ({}),
+    });
+    const err = await withMissing('koffi', heimdal, (m) => firstStep(m.negotiateMechanism({ backend: 'gssapi' })));
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+    expect((err as Error).message).toMatch(/lacks a GSS-API call .*MIT Kerberos 1\.11/);
+    expect(await withMissing('koffi', heimdal, async (m) => (await m.loadBackend({})).name)).toBe('kerberos');
+  });
+
   it('M5: the system libgssapi_krb5 missing (dlopen fails): typed error naming the library and the package to install', async () => {
     const err = await withMissing(
       'koffi',

@@ -172,7 +172,16 @@ export function loadGssFunctions(): Promise<GssFunctions> {
         { cause: e },
       );
     }
-    return declare(koffi, lib);
+    try {
+      return declare(koffi, lib);
+    } catch (e) {
+      loaded = undefined;
+      // e.g. Heimdal's libgssapi: no gss_acquire_cred_from / gss_set_neg_mechs.
+      throw new GssapiUnavailableError(
+        `${name} lacks a GSS-API call this binding needs (MIT Kerberos 1.11 or later provides them all)`,
+        { cause: e },
+      );
+    }
   })();
   return loaded;
 }
