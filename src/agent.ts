@@ -13,12 +13,17 @@ import {
   normalizeOrigin,
   type ResolvedOptions,
   resolveLimits,
-  resolveTrust,
 } from './options.ts';
 import { ProxyResolver } from './proxy/options.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
+import type { Identity } from './session/session.ts';
+import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
+import { RedirectHops } from './trust/redirects.ts';
+
+/** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
+const POOL_SWEEP_THRESHOLD = 64;
 
 /** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
 export const MAX_REPORTS = 1000;
@@ -52,13 +57,28 @@ export class MultilegAgent extends Dispatcher {
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: MultilegStats = { requests: 0, sessions: 0, handshakes: 0, legs: 0, failedHandshakes: 0 };
   readonly #reports: HandshakeReport[] = [];
+  /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
+  readonly #hops = new RedirectHops();
   /** Upgrades and CONNECT are not authenticated here; a plain Agent carries them. */
   #passthrough: Agent | undefined;
   #closed = false;
+  /** Sessions of pools dropped while idle, so `stats()` still counts them. */
+  #droppedSessions = 0;
   #running = new Set<Promise<void>>();
 
+  /**
+   * @throws {TrustRequiredError} when given a password (`credentials`), `negotiate.delegate` or custom
+   * `mechanisms` without `trustedOrigins` (S1).
+   * @throws {ConfigError} on an invalid option (a malformed `trustedOrigins` entry, a non-positive limit).
+   */
   constructor(options: MultilegAgentOptions = {}) {
     super();
+    if (options.trustedOrigins === undefined) {
+      // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
+      if (options.credentials) throw new TrustRequiredError('an agent with a password (credentials)');
+      if (options.negotiate && options.negotiate.delegate === true) throw new TrustRequiredError('negotiate.delegate');
+      if (options.mechanisms?.length) throw new TrustRequiredError('an agent with custom mechanisms');
+    }
     const certificate = options.clientCertificate;
     const selectCertificate: ClientCertificateSelector | undefined =
       typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
@@ -68,7 +88,7 @@ export class MultilegAgent extends Dispatcher {
     this.#options = {
       ...(options.credentials ? { credentials: options.credentials } : {}),
       ...(selectCertificate ? { clientCertificate: selectCertificate } : {}),
-      trust: resolveTrust(options.trustedOrigins),
+      trust: new TrustPolicy(options.trustedOrigins),
       schemes,
       mechanisms: options.mechanisms ?? [],
       connect: options.connect ?? {},
@@ -85,7 +105,7 @@ export class MultilegAgent extends Dispatcher {
 
   /** A snapshot of the counters. */
   stats(): MultilegStats {
-    let sessions = 0;
+    let sessions = this.#droppedSessions;
     for (const pool of this.#pools.values()) sessions += pool.sessionsCreated;
     return { ...this.#stats, sessions };
   }
@@ -115,12 +135,11 @@ export class MultilegAgent extends Dispatcher {
         this.#passthrough ??= new Agent({ connect: this.#options.connect });
         return this.#passthrough.dispatch(opts, handler);
       }
-      const sink = new UserSink(handler);
+      const path = opts.path;
+      const sink = new UserSink(handler, (status, headers) => this.#hops.noteResponse(origin, path, status, headers));
       sink.begin();
       if (sink.aborted) return true;
-      const task = this.#run(origin, opts, sink, this.#credentialsAllowed(origin, handler)).catch((err: Error) =>
-        sink.fail(err),
-      );
+      const task = this.#run(origin, opts, sink, handler).catch((err: Error) => sink.fail(err));
       this.#running.add(task);
       task.finally(() => this.#running.delete(task));
       return true;
@@ -131,27 +150,28 @@ export class MultilegAgent extends Dispatcher {
   }
 
   /**
-   * S1: credentials go to trusted origins only. undici's redirect interceptor hands us its handler,
-   * whose `history` names where the request started: a hop to another origin gets no credentials
-   * unless that origin is trusted explicitly. (fetch follows redirects itself and shows us no such
-   * sign: configure `trustedOrigins` when fetch may be redirected.)
+   * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
+   * whose `history` names where the request started; fetch follows redirects itself, and the hop
+   * is recognised from the 3xx we delivered (RedirectHops).
    */
-  #credentialsAllowed(origin: string, handler: Dispatcher.DispatchHandler): boolean {
-    const { trust } = this.#options;
-    if (!trust.trusts(origin)) return false;
+  #crossOriginHop(origin: string, path: string, handler: Dispatcher.DispatchHandler): boolean {
+    const fetchHop = this.#hops.consume(origin, path);
     const first = (handler as { history?: readonly URL[] }).history?.[0];
-    const redirectedFromElsewhere = first !== undefined && normalizeOrigin(first) !== origin;
-    return !redirectedFromElsewhere || trust.explicit;
+    return fetchHop || (first !== undefined && normalizeOrigin(first) !== origin);
   }
 
   async #run(
     origin: string,
     opts: Dispatcher.DispatchOptions,
     sink: UserSink,
-    credentialsAllowed: boolean,
+    handler: Dispatcher.DispatchHandler,
   ): Promise<void> {
     this.#stats.requests += 1;
     const headers = normalizeRequestHeaders(opts.headers);
+    const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
+    // S6: a request never shares a connection with another identity's credentials.
+    const identity: Identity =
+      'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
     const prepared = prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
     const body = prepared instanceof Promise ? await prepared : prepared;
     const { headers: _h, body: _b, origin: _o, ...rest } = opts;
@@ -163,8 +183,10 @@ export class MultilegAgent extends Dispatcher {
       body,
       sink,
       http1Only: (opts as { allowH2?: boolean }).allowH2 === false,
-      callerAuthorization: 'authorization' in headers,
-      noAuth: !credentialsAllowed,
+      identity,
+      ...(identity === 'anonymous' && !grant.allowed ? { withheld: grant.reason } : {}),
+      noAuth: false,
+      waits: 0,
       reauthenticated: false,
       relocations: 0,
     };
@@ -174,6 +196,14 @@ export class MultilegAgent extends Dispatcher {
   #pool(origin: string): OriginPool {
     let pool = this.#pools.get(origin);
     if (!pool) {
+      // A process that talks to many origins over time must not keep a pool for each forever.
+      if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
+        for (const [o, p] of this.#pools) {
+          if (!p.idle) continue;
+          this.#droppedSessions += p.sessionsCreated;
+          this.#pools.delete(o);
+        }
+      }
       pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r));
       this.#pools.set(origin, pool);
     }

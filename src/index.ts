@@ -30,3 +30,9 @@ export {
 export type { ProxyOptions } from './proxy/options.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';
+export {
+  CleartextCredentialsError,
+  type TrustedOrigins,
+  TrustRequiredError,
+  type WithheldReason,
+} from './trust/policy.ts';

@@ -5,10 +5,11 @@ import {
   BodyNotReplayableError,
   HandshakeTimeoutError,
   LegLimitError,
+  MultilegAgent,
   QueueFullError,
   QueueTimeoutError,
 } from '../src/index.ts';
-import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
+import { ALICE, get, hasAuth, many, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -215,6 +216,12 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   it('C9: each origin gets its own sessions; an authenticated session never carries another origin', async () => {
     r = await rig({ mode: 'session' });
     const other = r.server.origin.replace('localhost', '127.0.0.1');
+    await r.agent.destroy();
+    r.agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: r.server.ca },
+      trustedOrigins: [r.server.origin, other],
+    });
     await get(r, '/auth/a');
     const res = await fetch(`${other}/auth/b`, { dispatcher: r.agent });
     expect(res.status).toBe(200);

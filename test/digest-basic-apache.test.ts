@@ -18,7 +18,13 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
   const agents: MultilegAgent[] = [];
   const agent = (o: Partial<MultilegAgentOptions> = {}) => {
     // Negotiate off: Apache's /digest and /basic offer only their own scheme anyway; this keeps Kerberos out of it.
-    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, credentials: BASIC_USER, negotiate: false, ...o });
+    const a = new MultilegAgent({
+      connect: { ca: lab.apache!.ca },
+      credentials: BASIC_USER,
+      negotiate: false,
+      trustedOrigins: [lab.apache!.origin, lab.apache!.cleartextOrigin],
+      ...o,
+    });
     agents.push(a);
     return a;
   };

@@ -18,7 +18,7 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
   let restoreEnv: () => void;
   const agents: MultilegAgent[] = [];
   const agent = (o: Partial<MultilegAgentOptions> = {}) => {
-    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, ...o });
+    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, trustedOrigins: [lab.apache!.origin], ...o });
     agents.push(a);
     return a;
   };

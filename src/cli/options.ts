@@ -103,6 +103,8 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv = proce
   };
   const agent: MultilegAgentOptions = {
     connect,
+    // curl's rule: credentials go to the origin named on the command line (S1).
+    trustedOrigins: [new URL(url).origin],
     ...(o.user ? { credentials: parseUser(o.user as string, env) } : {}),
     ...(o.schemes ? { schemes: (o.schemes as string).split(',').map((s) => s.trim()) } : {}),
     ...(o.spn || o.delegate || o.ccache || o.keytab || o.principal

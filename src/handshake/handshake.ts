@@ -23,6 +23,8 @@ export interface HandshakeInput {
   readonly timeout: number;
   /** HTTP/2: a connection-bound exchange that loses its state between streams means "use HTTP/1.1". */
   readonly onHttp2: boolean;
+  /** An Auth-ID the server put on the 401 that started it (C3: sent on every later leg). */
+  readonly authId?: string;
 }
 
 export type HandshakeResult =
@@ -36,13 +38,20 @@ export type HandshakeResult =
       readonly fallbackReason?: string;
       readonly done: Promise<void>;
     }
-  /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
+  /**
+   * The caller got the server's final 401 or a typed error; `done` settles when it has it all.
+   * `proofFailed`: the server's final token failed verification (mutual authentication): the
+   * connection must not be used again (its peer never proved who it is).
+   */
   | {
       readonly kind: 'failed';
       readonly legs: number;
       readonly authIdCarried: boolean;
       readonly fallbackReason?: string;
       readonly done: Promise<void>;
+      readonly proofFailed?: MultilegError;
+      /** The error the caller got, when it was not the server's own 401. */
+      readonly error?: Error;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -90,14 +99,14 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
 export async function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
   const { mechanism, sink } = input;
   let legs = 0;
-  let authId: string | undefined;
+  let authId: string | undefined = input.authId;
   let authIdCarried = false;
   let timedOut = false;
   let context: MechanismContext | undefined;
   const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, ...fallback(), done: Promise.resolve() };
+    return { kind: 'failed', legs, authIdCarried, ...fallback(), done: Promise.resolve(), error: err };
   };
   try {
     context = mechanism.createContext(input.leg);
@@ -105,10 +114,18 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     if (isUnusable(err)) return { kind: 'unusable', error: err };
     return fail(err as Error);
   }
-  // Aborting through the sink reaches whichever leg is on the wire, or fails the caller at once.
+  // R3: the timeout bounds the mechanism's own work too (GSS-API calls, DNS canonicalisation):
+  // each step is raced against it. Aborting through the sink reaches whichever leg is on the wire.
+  let expired!: (err: Error) => void;
+  const expiry = new Promise<never>((_, reject) => {
+    expired = reject;
+  });
+  expiry.catch(() => {});
   const timer = setTimeout(() => {
     timedOut = true;
-    sink.abort(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
+    expired(err);
+    sink.abort(err);
   }, input.timeout);
   try {
     let challenge = input.challenge;
@@ -117,8 +134,9 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
       let authorization: string;
       try {
-        authorization = await context.step(challenge, input.leg);
+        authorization = await Promise.race([context.step(challenge, input.leg), expiry]);
       } catch (err) {
+        if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
         if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }
@@ -173,9 +191,12 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           continue;
         }
         case 'delivered': {
-          if (result.status === 401 || finishError) {
-            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
+          if (finishError) {
+            const proofFailed =
+              finishError instanceof MultilegError ? finishError : new InvalidTokenError('final token');
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed };
           }
+          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',

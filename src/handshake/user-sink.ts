@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 
 type Controller = Dispatcher.DispatchController;
+type ResponseObserver = (status: number, headers: Record<string, string | string[]>) => void;
 
 /**
  * The caller's handler behind one stable controller (undici's RetryHandler pattern): the caller
@@ -16,12 +17,15 @@ export class UserSink {
   #started = false;
   #finished = false;
   #onAbort: ((reason: Error) => void) | undefined;
+  readonly #onHead: ResponseObserver | undefined;
 
   /** The controller the caller holds; pause/resume reach whichever leg is delivering. */
   readonly controller: Controller;
 
-  constructor(handler: Dispatcher.DispatchHandler) {
+  /** `onHead` sees the status and headers of the response the caller gets (the agent notes redirects). */
+  constructor(handler: Dispatcher.DispatchHandler, onHead?: ResponseObserver) {
     this.#handler = handler;
+    this.#onHead = onHead;
     const sink = this;
     this.controller = {
       abort(reason: Error) {
@@ -89,6 +93,7 @@ export class UserSink {
     this.#leg = leg;
     this.#started = true;
     if (this.#paused) leg.pause();
+    this.#onHead?.(status, headers);
     this.#handler.onResponseStart?.(this.controller, status, headers, message);
   }
 
