@@ -243,7 +243,9 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
     });
 
     it('M5: a keytab agent gets a new ticket by itself when its ticket expires (3-second lifetime)', async () => {
-      const a = agent({ negotiate: { keytab: `FILE:${join(lab.dir, 'short.keytab')}` } });
+      const a = agent({
+        negotiate: { keytab: `FILE:${join(lab.dir, 'short.keytab')}`, principal: 'short@EXAMPLE.TEST' },
+      });
       const get = async () => {
         const res = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });
         await res.text();
