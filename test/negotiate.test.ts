@@ -315,6 +315,17 @@ describe('M5: fallback to NTLM whenever Kerberos cannot produce a first token', 
   });
 });
 
+describe('M5: channel-bound first tokens wait for the connection only where the backend binds', () => {
+  it('M5: bindsFirstToken: on by default; off with channelBindings: false; off once the backend turns out to be the addon', async () => {
+    expect(negotiateMechanism().bindsFirstToken).toBe(true);
+    expect(negotiateMechanism({ channelBindings: false }).bindsFirstToken).toBe(false);
+    const addon = negotiateMechanism({ kerberos: fakeKerberos({ steps: [() => 'AAAA'] }) });
+    expect(addon.bindsFirstToken).toBe(true); // not known before the first handshake
+    await addon.createContext(leg).step(undefined, leg);
+    expect(addon.bindsFirstToken).toBe(false);
+  });
+});
+
 describe('M2: no ticket is remembered for a while', () => {
   it('M2: after "no ticket", later handshakes go straight to NTLM without asking GSS-API again', async () => {
     let asked = 0;

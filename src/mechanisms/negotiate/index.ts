@@ -144,6 +144,8 @@ export const NO_KERBEROS_MEMORY_MS = 30_000;
 interface KerberosMemory {
   unavailableUntil: number;
   reason?: NegotiateFallbackReason;
+  /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
+  bindsChannel?: boolean;
 }
 
 class NegotiateContext implements MechanismContext {
@@ -215,6 +217,7 @@ class NegotiateContext implements MechanismContext {
   async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
     const o = this.#o;
     const backend = await loadBackend(o);
+    this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
     this.#client = await backend.initializeClient(this.#spn, {
       mech: o.mech ?? 'spnego',
@@ -339,7 +342,10 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
     level: 'either',
     multileg: true,
     proactive: true,
-    bindsFirstToken: opts.channelBindings !== false,
+    // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection.
+    get bindsFirstToken() {
+      return opts.channelBindings !== false && memory.bindsChannel !== false;
+    },
     createContext: () => new NegotiateContext(opts, memory),
   };
 }
