@@ -80,11 +80,20 @@ const isUnusable = (err: unknown): err is MultilegError => err instanceof Multil
 export function relocationReason(err: Error | undefined): 'http1' | 'connection-ended' | undefined {
   if (!err) return undefined;
   const e = err as Error & { http2ErrorCode?: number; code?: string };
-  // RST_STREAM carries the code on the error; undici reports a GOAWAY's code only in its message.
-  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED|"GOAWAY" frame received with code 13\b/.test(e.message))
-    return 'http1';
+  // RST_STREAM HTTP_1_1_REQUIRED: undici puts the code on the error (structured).
+  if (e.http2ErrorCode === 0xd || e.code === 'MULTILEG_HTTP1_REQUIRED') return 'http1';
   if (e.code === 'MULTILEG_STALE_CONNECTION') return 'connection-ended';
   return undefined;
+}
+
+/**
+ * The error code of a GOAWAY, from the error undici emits with `disconnect` and fails the refused
+ * streams with. undici (client-h2.js getGoAwayError) has no structured field for it, only this
+ * message text, so it is read here and nowhere else.
+ */
+export function goawayCode(err: Error | undefined): number | undefined {
+  const m = err ? /"GOAWAY" frame received with code (\d+)/.exec(err.message) : null;
+  return m ? Number(m[1]) : undefined;
 }
 
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {

@@ -367,6 +367,11 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
 
     // The mode may have changed while the response was held; record the one that decided.
     draft.mode = this.options.mode;
+    if (stream && this.options.faults.refuseWithGoaway?.(info)) {
+      // R5: GOAWAY(NO_ERROR) with a last-stream-id below this stream: not processed, retry elsewhere.
+      this.#goawayBelow(state, draft, req as Http2ServerRequest, constants.NGHTTP2_NO_ERROR);
+      return;
+    }
     const tlsSocket = (stream ? stream.session?.socket : req.socket) as TLSSocket | undefined;
     const decision = await this.#decide(state, draft, headers, authority, peerCertificate(tlsSocket));
     if (decision.kind === 'iis') {
@@ -566,21 +571,26 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
   #refuseIis(state: SessionState, draft: Draft, req: Http2ServerRequest): void {
     const stream = req.stream;
     if (this.options.iisVia === 'goaway') {
-      draft.outcome = 'goaway';
-      this.#record(draft);
-      const session = stream.session;
-      // lastStreamId below this stream: the client knows this request was not processed and may retry it.
-      const lastStreamId = Math.max(0, (stream.id ?? 1) - 2);
-      if (session && !session.destroyed) {
-        session.goaway(constants.NGHTTP2_HTTP_1_1_REQUIRED, lastStreamId);
-        stream.close(constants.NGHTTP2_REFUSED_STREAM);
-        state.end();
-      }
+      this.#goawayBelow(state, draft, req, constants.NGHTTP2_HTTP_1_1_REQUIRED);
       return;
     }
     draft.outcome = 'rst';
     this.#record(draft);
     stream.close(constants.NGHTTP2_HTTP_1_1_REQUIRED);
+  }
+
+  /** GOAWAY with a last-stream-id below this stream: the client knows it was not processed. */
+  #goawayBelow(state: SessionState, draft: Draft, req: Http2ServerRequest, code: number): void {
+    const stream = req.stream;
+    draft.outcome = 'goaway';
+    this.#record(draft);
+    const session = stream.session;
+    const lastStreamId = Math.max(0, (stream.id ?? 1) - 2);
+    if (session && !session.destroyed) {
+      session.goaway(code, lastStreamId);
+      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+      state.end();
+    }
   }
 
   #createAcceptor(scheme: string): AcceptorLike | undefined {

@@ -65,6 +65,11 @@ export interface ReferenceServerFaults {
    * its last part, `omit` leaves it out, as an impostor or a broken server would.
    */
   finalToken?: 'corrupt' | 'omit';
+  /**
+   * For the requests it returns true for (h2 only): GOAWAY(NO_ERROR) with a last-stream-id below
+   * the request's stream, which is refused unprocessed (R5).
+   */
+  refuseWithGoaway?: (request: IncomingRequestInfo) => boolean;
 }
 
 /** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */

@@ -120,17 +120,14 @@ interface Run {
   /** Why the last excluded scheme could not run: the caller's error when nothing else is left. */
   lastUnusable: Error | undefined;
   /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
-  negotiateSkipped?: string;
+  negotiateSkipped?: MultilegError;
 }
 
 /** Excludes a scheme that cannot run here (T2) and keeps why. */
 function exclude(run: Run, schemeKey: string, error: Error): void {
   run.excluded.add(schemeKey);
   run.lastUnusable = error;
-  if (schemeKey === 'negotiate' && error instanceof MultilegError) {
-    const r = fallbackReasonOf(error);
-    run.negotiateSkipped = `${r.code}: ${r.message}`;
-  }
+  if (schemeKey === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
 }
 
 /**
@@ -141,8 +138,6 @@ function exclude(run: Run, schemeKey: string, error: Error): void {
  */
 export async function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
   const run: Run = { session, job, env, excluded: new Set(), lastUnusable: undefined };
-  // What the origin already proved unusable here (R4): not tried again by every waiting request.
-  for (const [scheme, error] of env.memory.unusable()) exclude(run, scheme, error);
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) run.excluded.add(TRANSPORT);
   let step: Step = CHECK;
@@ -174,6 +169,8 @@ function mayAuthenticate({ job, env }: Run): boolean {
 
 function check(run: Run): Step {
   const { session, env } = run;
+  // What the origin proved unusable meanwhile (R4): not tried again by every waiting request.
+  for (const [scheme, error] of env.memory.unusable()) exclude(run, scheme, error);
   const state = session.state;
   if (state.kind === 'closed') {
     if (state.failure) return failed(run.job, state.failure);
@@ -228,6 +225,7 @@ async function send(run: Run): Promise<Step> {
   let authId: string | undefined;
   let misdirected = false;
   let cleartextRefused = false;
+  let unusable = false;
   const result = await session.send(job, {}, (status, headers) => {
     // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
     if (status === 401 && may && !(reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
@@ -236,6 +234,11 @@ async function send(run: Run): Promise<Step> {
         challenges = offered;
         const reading = readAuthId(headers);
         if (reading?.ok) authId = reading.value;
+        return 'swallow';
+      }
+      // Only schemes already proved unusable here are offered: the caller gets why (R4, T2).
+      if (run.lastUnusable && env.mechanisms.choose(offered)) {
+        unusable = true;
         return 'swallow';
       }
     }
@@ -265,6 +268,7 @@ async function send(run: Run): Promise<Step> {
   }
   if (result.kind === 'delivered') return end({ kind: 'done', done: result.done });
   if (cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
+  if (unusable && run.lastUnusable) return failed(job, run.lastUnusable);
   if (misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
   // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1).
   const now = session.state.kind;
@@ -300,9 +304,11 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   const mechanism = chosen.mechanism;
   // C5: a connection-only scheme (NTLM) authenticates the session even where requests did so one
   // by one — unless authentication was seen not to hold on this session (R4).
+  // R4: where authentication does not hold, each request authenticates itself, blocking no one.
   const blocking =
     mechanism.multileg &&
-    (session.state.kind !== 'per-request' || (mechanism.level === 'connection' && !session.authenticationFails));
+    !session.authenticationFails &&
+    (session.state.kind !== 'per-request' || mechanism.level === 'connection');
   return {
     kind: 'lead',
     mechanism,
@@ -364,8 +370,10 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
     if (leading()) session.handOver(job.id);
     return failed(job, err as Error);
   }
+  const skipped = run.negotiateSkipped && fallbackReasonOf(run.negotiateSkipped);
   const fallbackReason =
-    (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ?? run.negotiateSkipped;
+    (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
+    (skipped && `${skipped.code}: ${skipped.message}`);
   const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
     env.report({
       ...(fallbackReason ? { fallbackReason } : {}),

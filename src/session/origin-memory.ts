@@ -5,6 +5,7 @@ import type { ClientCertificate } from '../options.ts';
  * origin before a request tries it again (a kinit may follow).
  */
 export const UNUSABLE_MEMORY_MS = 30_000;
+const NONE: ReadonlyArray<readonly [string, Error]> = [];
 
 /**
  * What the agent has learnt about one origin, shared by its sessions: which scheme it wants and
@@ -39,13 +40,15 @@ export class OriginMemory {
   }
 
   /** Schemes (lower-case) that cannot run here now, with why. */
-  *unusable(): IterableIterator<[string, Error]> {
-    if (this.#unusable.size === 0) return;
+  unusable(): ReadonlyArray<readonly [string, Error]> {
+    if (this.#unusable.size === 0) return NONE;
     const now = Date.now();
+    const out: Array<readonly [string, Error]> = [];
     for (const [scheme, u] of this.#unusable) {
-      if (u.until > now) yield [scheme, u.error];
+      if (u.until > now) out.push([scheme, u.error]);
       else this.#unusable.delete(scheme);
     }
+    return out;
   }
 
   rememberScheme(scheme: string, mode: 'session' | 'per-request'): void {

@@ -1,7 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
-import { relocationReason } from '../handshake/handshake.ts';
+import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
@@ -20,6 +20,13 @@ export class StaleConnectionError extends MultilegError {
       'MULTILEG_STALE_CONNECTION',
       'the connection this request was bound to has ended; it is retried on a new one',
     );
+  }
+}
+
+/** The server ended the session with GOAWAY HTTP_1_1_REQUIRED and refused this request unprocessed (H2). */
+export class Http1RequiredError extends MultilegError {
+  constructor() {
+    super('MULTILEG_HTTP1_REQUIRED', 'the server asked for HTTP/1.1 (GOAWAY HTTP_1_1_REQUIRED); retried over HTTP/1.1');
   }
 }
 
@@ -58,6 +65,8 @@ export class Session {
   #connection: ConnectionInfo | undefined;
   #connections = 0;
   #inflight = 0;
+  /** The error undici failed the streams a GOAWAY refused with (R5). */
+  #goaway: Error | undefined;
   /** Times a bare request on this authenticated session met a 401 (the server forgot us, R4). */
   #authenticationLost = 0;
   /** True once a first response came back, so a probe is no longer needed (see capacity). */
@@ -129,8 +138,12 @@ export class Session {
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
     });
     this.client.on('disconnect', (_origin, _targets, err) => {
-      log.session('%s disconnected (%s)', this.id, (err as Error | undefined)?.message ?? 'closed');
-      this.apply({ type: 'closed', http1Required: relocationReason(err as Error | undefined) === 'http1' });
+      const error = err as Error | undefined;
+      log.session('%s disconnected (%s)', this.id, error?.message ?? 'closed');
+      const code = goawayCode(error);
+      // The streams the GOAWAY refused fail with this very error object: they were not processed.
+      if (code !== undefined) this.#goaway = error;
+      this.apply({ type: 'closed', http1Required: code === 0xd || relocationReason(error) === 'http1' });
     });
   }
 
@@ -285,6 +298,8 @@ export class Session {
     classify: (status: number, headers: ResponseHeaders) => Verdict,
     path?: string,
   ): Promise<LegResult> {
+    // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
+    if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
@@ -329,9 +344,14 @@ export class Session {
       return Promise.resolve({ kind: 'failed', error: err as Error });
     }
     // The caller's abort reaches the leg until its response has been delivered in full.
-    return leg.result.then((r) => {
+    return leg.result.then((r): LegResult => {
       if (r.kind === 'delivered') r.done.finally(() => job.sink.onAbort(undefined));
       else job.sink.onAbort(undefined);
+      // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
+      if (r.kind === 'failed' && r.error === this.#goaway) {
+        const http1 = this.#state.kind === 'closed' && this.#state.http1Required === true;
+        return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
+      }
       return r;
     });
   }
