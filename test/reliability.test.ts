@@ -260,7 +260,9 @@ describe('R4: no storms', () => {
         kinds.set(k, (kinds.get(k) ?? 0) + 1);
       }
       expect(Object.fromEntries(kinds)).toEqual({ KerberosNoTicketError: 200 });
-      expect(results.every((r) => !r.ok && r.e instanceof KerberosNoTicketError && /kinit/.test(r.e.message))).toBe(true);
+      expect(results.every((r) => !r.ok && r.e instanceof KerberosNoTicketError && /kinit/.test(r.e.message))).toBe(
+        true,
+      );
       // One bare request per user request (the server's 401 tells the scheme), nothing more.
       expect(s.exchanges.length).toBeLessThanOrEqual(200);
       const perPath = new Map<string, number>();
