@@ -419,6 +419,30 @@ describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () =>
     expect(await withMissing('koffi', heimdal, async (m) => (await m.loadBackend({})).name)).toBe('kerberos');
   });
 
+  it('M5: no GSS-API at all but a password: NTLM inside Negotiate, the report names the missing package', async () => {
+    const ctx = await withMissing(
+      'koffi',
+      () => {
+        throw new Error("Cannot find package 'koffi'");
+      },
+      async (m) => {
+        const c = m
+          .negotiateMechanism({
+            backend: 'gssapi',
+            credentials: { username: 'alice', password: 'pw', domain: 'EXAMPLE' },
+            ntlmFallback: 'raw',
+          })
+          .createContext(leg);
+        const header = await c.step(undefined, leg);
+        expect(Buffer.from(header.slice('Negotiate '.length), 'base64').subarray(0, 7).toString()).toBe('NTLMSSP');
+        return c;
+      },
+    );
+    expect(ctx.fallbackReason).toMatch(
+      /^MULTILEG_MECHANISM_UNAVAILABLE: Negotiate \(GSS-API binding\) is not available$/,
+    );
+  });
+
   it('M5: the system libgssapi_krb5 missing (dlopen fails): typed error naming the library and the package to install', async () => {
     const err = await withMissing(
       'koffi',
