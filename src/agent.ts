@@ -1,5 +1,5 @@
 import { Agent, Dispatcher } from 'undici';
-import { prepareBody } from './body/replayable.ts';
+import { type PreparedBody, prepareBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
@@ -21,6 +21,12 @@ import { OriginPool } from './session/origin-pool.ts';
 import type { Identity } from './session/session.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { RedirectHops } from './trust/redirects.ts';
+
+/** The Job, once its body is prepared (fetch's bodies are read first, C10). */
+function withBody(job: Omit<Job, 'body'>, body: PreparedBody): Job {
+  (job as { body?: PreparedBody }).body = body;
+  return job as Job;
+}
 
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
 const POOL_SWEEP_THRESHOLD = 64;
@@ -64,7 +70,9 @@ export class MultilegAgent extends Dispatcher {
   #closed = false;
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
   #droppedSessions = 0;
-  #running = new Set<Promise<void>>();
+  /** Requests dispatched and not yet ended. */
+  #running = 0;
+  readonly #idleWaiters: Array<() => void> = [];
 
   /**
    * @throws {TrustRequiredError} when given a password (`credentials`), `negotiate.delegate` or custom
@@ -130,24 +138,36 @@ export class MultilegAgent extends Dispatcher {
       if (this.#closed) throw new AgentClosedError();
       if (!opts.origin)
         throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
-      const origin = normalizeOrigin(opts.origin);
+      const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
         this.#passthrough ??= new Agent({ connect: this.#options.connect });
         return this.#passthrough.dispatch(opts, handler);
       }
-      const path = opts.path;
-      const sink = new UserSink(handler, (status, headers) => this.#hops.noteResponse(origin, path, status, headers));
+      const sink = new UserSink(handler, this.#hops, origin, opts.path);
       sink.begin();
       if (sink.aborted) return true;
-      const task = this.#run(origin, opts, sink, handler).catch((err: Error) => sink.fail(err));
-      this.#running.add(task);
-      task.finally(() => this.#running.delete(task));
+      let task: Promise<void>;
+      try {
+        task = this.#start(origin, opts, sink, handler);
+      } catch (err) {
+        task = Promise.reject(err);
+      }
+      this.#track(task, sink);
       return true;
     } catch (err) {
       handler.onResponseError?.(null as unknown as Dispatcher.DispatchController, err as Error);
       return false;
     }
   }
+
+  /** The normalised origin; the same string as the last call's is not parsed again (hot path, R6). */
+  #origin(raw: string | URL): string {
+    if (raw === this.#lastOrigin[0]) return this.#lastOrigin[1];
+    const origin = normalizeOrigin(raw);
+    if (typeof raw === 'string') this.#lastOrigin = [raw, origin];
+    return origin;
+  }
+  #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
 
   /**
    * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
@@ -160,7 +180,8 @@ export class MultilegAgent extends Dispatcher {
     return fetchHop || (first !== undefined && normalizeOrigin(first) !== origin);
   }
 
-  async #run(
+  /** Builds the request's Job and starts it on its origin's pool; async only for a body that must be read. */
+  #start(
     origin: string,
     opts: Dispatcher.DispatchOptions,
     sink: UserSink,
@@ -172,25 +193,52 @@ export class MultilegAgent extends Dispatcher {
     // S6: a request never shares a connection with another identity's credentials.
     const identity: Identity =
       'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
+    const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
     const prepared = prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
-    const body = prepared instanceof Promise ? await prepared : prepared;
-    const { headers: _h, body: _b, origin: _o, ...rest } = opts;
-    const job: Job = {
+    const { headers: _h, body: _b, origin: _o, ...dispatchOptions } = opts;
+    const job: Omit<Job, 'body'> = {
       id: newJobId(),
       origin,
-      dispatchOptions: { ...rest, path: opts.path, method: opts.method } as Dispatcher.DispatchOptions,
+      dispatchOptions: dispatchOptions as Dispatcher.DispatchOptions,
       headers,
-      body,
       sink,
       http1Only: (opts as { allowH2?: boolean }).allowH2 === false,
       identity,
-      ...(identity === 'anonymous' && !grant.allowed ? { withheld: grant.reason } : {}),
+      ...(withheld ? { withheld } : {}),
       noAuth: false,
       waits: 0,
       reauthenticated: false,
       relocations: 0,
     };
-    await this.#pool(origin).run(job);
+    const pool = this.#pool(origin);
+    if (prepared instanceof Promise) {
+      return prepared.then(
+        (body) => pool.run(withBody(job, body)),
+        (err: Error) => sink.fail(err),
+      );
+    }
+    return pool.run(withBody(job, prepared));
+  }
+
+  /** Keeps count of running requests, so `close()` can wait for them (the pool never rejects). */
+  #track(task: Promise<void>, sink: UserSink): void {
+    this.#running += 1;
+    task.then(this.#finished, (err: Error) => {
+      // Only a synchronous failure before the pool took the request lands here.
+      sink.fail(err);
+      this.#finished();
+    });
+  }
+
+  readonly #finished = (): void => {
+    this.#running -= 1;
+    if (this.#running === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
+  };
+
+  /** Resolves when no request is running. */
+  #idle(): Promise<void> {
+    if (this.#running === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
   #pool(origin: string): OriginPool {
@@ -234,7 +282,7 @@ export class MultilegAgent extends Dispatcher {
   override close(callback?: () => void): Promise<void> | void {
     this.#closed = true;
     const done = (async () => {
-      await Promise.allSettled([...this.#running]);
+      await this.#idle();
       await Promise.all([...this.#pools.values()].map((p) => p.close()));
       await this.#passthrough?.close();
     })();

@@ -3,11 +3,13 @@ import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { type ExchangeEnv, type HandshakeReport, runOnSession } from './exchange.ts';
+import { type ExchangeEnv, type ExchangeOutcome, type HandshakeReport, runOnSession } from './exchange.ts';
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
 import { WaitQueue } from './wait-queue.ts';
+
+const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
 const MAX_RELOCATIONS = 4;
@@ -20,6 +22,12 @@ export class RelocationLimitError extends MultilegError {
     );
   }
 }
+
+/** One key per (lane, identity), made once rather than per request. */
+const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
+  auto: { agent: 'auto/agent', anonymous: 'auto/anonymous', caller: 'auto/caller' },
+  http1: { agent: 'http1/agent', anonymous: 'http1/anonymous', caller: 'http1/caller' },
+};
 
 /**
  * The sessions of one origin: an HTTP/2-capable lane (normally one multiplexed session) and an
@@ -89,10 +97,14 @@ export class OriginPool {
         job.sink.fail(err as Error);
         return;
       }
-      const outcome = await runOnSession(session, job, this.#env).catch((err: Error) => {
-        job.sink.fail(err);
-        return { kind: 'done', done: Promise.resolve() } as const;
-      });
+      let outcome: ExchangeOutcome;
+      try {
+        outcome = await runOnSession(session, job, this.#env);
+      } catch (err) {
+        // A bug, not a network condition: the caller still gets an error, never a hang.
+        job.sink.fail(err as Error);
+        outcome = DONE;
+      }
       if (outcome.kind === 'done') {
         outcome.done.finally(() => session.release());
         return;
@@ -147,7 +159,7 @@ export class OriginPool {
   #acquire(lane: Lane, job: Job): Promise<Session> {
     const ready = this.#take(lane, job.identity);
     if (ready) return Promise.resolve(ready);
-    const key = `${lane}/${job.identity}`;
+    const key = WAIT_KEYS[lane][job.identity];
     let waiting = this.#waiting.get(key);
     if (!waiting) {
       const what = `a connection to ${this.origin} (a new session's first response, or a free HTTP/1.1 connection)`;

@@ -7,17 +7,29 @@ export interface WaitBounds {
   readonly queueTimeout: number;
 }
 
+/** One waiting request; it is its own abort hook, so a wait costs no extra closure (R6). */
 class Entry<T> {
   settled = false;
   readonly job: Job;
   readonly deadline: number;
   readonly resolve: (value: T) => void;
   readonly reject: (err: Error) => void;
-  constructor(job: Job, deadline: number, resolve: (value: T) => void, reject: (err: Error) => void) {
+  readonly #onAbort: (entry: Entry<T>, reason: Error) => void;
+  constructor(
+    job: Job,
+    deadline: number,
+    resolve: (value: T) => void,
+    reject: (err: Error) => void,
+    onAbort: (entry: Entry<T>, reason: Error) => void,
+  ) {
     this.job = job;
     this.deadline = deadline;
     this.resolve = resolve;
     this.reject = reject;
+    this.#onAbort = onAbort;
+  }
+  callerAborted(reason: Error): void {
+    this.#onAbort(this, reason);
   }
 }
 
@@ -59,13 +71,17 @@ export class WaitQueue<T> {
       return Promise.reject(new QueueFullError(this.#bounds.maxQueue, this.#what));
     }
     return new Promise<T>((resolve, reject) => {
-      const entry = new Entry(job, Date.now() + this.#bounds.queueTimeout, resolve, reject);
+      const entry = new Entry(job, Date.now() + this.#bounds.queueTimeout, resolve, reject, this.#aborted);
       this.#entries.push(entry);
       this.#live += 1;
-      job.sink.onAbort((reason) => this.#settle(entry)?.reject(reason));
+      job.sink.onAbort(entry);
       this.#timer ??= this.#arm(entry.deadline);
     });
   }
+
+  readonly #aborted = (entry: Entry<T>, reason: Error): void => {
+    this.#settle(entry)?.reject(reason);
+  };
 
   /** Hands `value` to the oldest waiting request; returns it, or undefined when none waits. */
   shift(value: T): Job | undefined {
