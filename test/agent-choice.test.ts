@@ -88,7 +88,7 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(r.agent.stats().handshakes).toBe(0);
   });
 
-  it('T4: a 401 from an authenticated session re-runs authentication once, then shows the 401', async () => {
+  it('T4: a 401 from an authenticated session re-runs authentication once and resends the original request', async () => {
     r = await rig({ mode: 'session' });
     expect((await get(r, '/auth/a')).status).toBe(200);
     // The server forgets the session again and again: one re-authentication per request, no loop.
