@@ -4,13 +4,16 @@ export type { Challenge } from './challenge/types.ts';
 export * from './errors.ts';
 export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts';
 export { DigestChallengeError, digestMechanism } from './mechanisms/digest/index.ts';
+export { GssapiUnavailableError } from './mechanisms/gssapi/index.ts';
 export {
   KerberosClockSkewError,
   KerberosError,
   KerberosKdcUnreachableError,
+  KerberosKeytabError,
   KerberosNoTicketError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
+  KerberosWrongRealmError,
   type NegotiateOptions,
   negotiateMechanism,
 } from './mechanisms/negotiate/index.ts';

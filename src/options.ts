@@ -66,10 +66,12 @@ export interface MultilegAgentOptions {
   /** Scheme preference, strongest first (T2). Default `['Negotiate', 'NTLM', 'Digest', 'Basic']`. */
   schemes?: readonly string[];
   /**
-   * Negotiate (Kerberos/SPNEGO through the optional `kerberos` package): SPN, principal, delegation,
-   * mutual authentication. Without a ticket, `credentials` authenticate through NTLM inside
-   * Negotiate (`ntlmFallback`, default `'raw'`: accepted by IIS, MIT/Apache and the reference
-   * server; `'spnego'` wraps it with a mechListMIC). `false` disables Negotiate.
+   * Negotiate (Kerberos/SPNEGO through the system GSS-API via the optional `koffi` package, else the
+   * optional `kerberos` package): SPN, principal, per-agent `ccache` / `keytab`, TLS channel bindings,
+   * delegation, mutual authentication. When Kerberos cannot produce a token, `credentials`
+   * authenticate through NTLM inside Negotiate (`ntlmFallback`, default `'raw'`: accepted by IIS,
+   * MIT/Apache and the reference server; `'spnego'` wraps it with a mechListMIC). `false` disables
+   * Negotiate.
    */
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /**

@@ -28,7 +28,7 @@ async function main(argv: string[]): Promise<number> {
   if (req.verbose) {
     agent.onHandshake((r) =>
       process.stderr.write(
-        `* handshake ${r.scheme} on session ${r.sessionId} (${r.protocol ?? '?'}): ${r.legs} legs, Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${r.outcome}${r.identity ? ` as ${r.identity}` : ''}\n`,
+        `* handshake ${r.scheme} on session ${r.sessionId} (${r.protocol ?? '?'}): ${r.legs} legs, Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${r.outcome}${r.identity ? ` as ${r.identity}` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}\n`,
       ),
     );
   }

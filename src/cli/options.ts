@@ -42,6 +42,12 @@ export function program(): Command {
     .option('--schemes <list>', 'schemes to use, strongest first (default Negotiate,NTLM,Digest,Basic)')
     .option('--spn <spn>', 'Kerberos service principal (default HTTP@host)')
     .option('--delegate', 'allow Kerberos credential delegation')
+    .option(
+      '--ccache <name>',
+      'Kerberos credential cache for this run (e.g. FILE:/tmp/krb5cc_svc), instead of KRB5CCNAME',
+    )
+    .option('--keytab <file>', 'client keytab: get Kerberos tickets from it (with --principal for a keytab of several)')
+    .option('--principal <name>', 'Kerberos client principal (user@REALM) to use')
     .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
     .option('-k, --insecure', 'do not verify the server certificate')
     .option('--cert <file>', 'client certificate (PEM) for Transport challenges')
@@ -66,6 +72,9 @@ function parseUser(user: string, env: NodeJS.ProcessEnv): { username: string; pa
     throw new ConfigError(`no password for ${user}: write -u user:password or set MULTILEG_PASSWORD`);
   return { username: user, password };
 }
+
+/** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
+const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
 const readArg = (v: string) => (v.startsWith('@') ? readFileSync(v.slice(1)) : Buffer.from(v));
 
@@ -98,8 +107,16 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv = proce
     trustedOrigins: [new URL(url).origin],
     ...(o.user ? { credentials: parseUser(o.user as string, env) } : {}),
     ...(o.schemes ? { schemes: (o.schemes as string).split(',').map((s) => s.trim()) } : {}),
-    ...(o.spn || o.delegate
-      ? { negotiate: { ...(o.spn ? { spn: o.spn as string } : {}), ...(o.delegate ? { delegate: true } : {}) } }
+    ...(o.spn || o.delegate || o.ccache || o.keytab || o.principal
+      ? {
+          negotiate: {
+            ...(o.spn ? { spn: o.spn as string } : {}),
+            ...(o.delegate ? { delegate: true } : {}),
+            ...(o.ccache ? { ccache: o.ccache as string } : {}),
+            ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
+            ...(o.principal ? { principal: o.principal as string } : {}),
+          },
+        }
       : {}),
     ...(o.cert
       ? { clientCertificate: { cert: readFileSync(o.cert as string), key: readFileSync(o.key as string) } }

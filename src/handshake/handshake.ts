@@ -35,6 +35,7 @@ export type HandshakeResult =
       readonly sessionAuthenticated: boolean;
       readonly authIdCarried: boolean;
       readonly identity?: string;
+      readonly fallbackReason?: string;
       readonly done: Promise<void>;
     }
   /**
@@ -46,6 +47,7 @@ export type HandshakeResult =
       readonly kind: 'failed';
       readonly legs: number;
       readonly authIdCarried: boolean;
+      readonly fallbackReason?: string;
       readonly done: Promise<void>;
       readonly proofFailed?: MultilegError;
       /** The error the caller got, when it was not the server's own 401. */
@@ -66,7 +68,17 @@ export type HandshakeResult =
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[] };
 
-const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
+// Kerberos that cannot produce a first token (M5): the next offered scheme may still authenticate.
+const UNUSABLE = new Set([
+  'MULTILEG_MECHANISM_UNAVAILABLE',
+  'MULTILEG_KRB_NO_TICKET',
+  'MULTILEG_KRB_TICKET_EXPIRED',
+  'MULTILEG_KRB_WRONG_REALM',
+  'MULTILEG_KRB_UNKNOWN_SPN',
+  'MULTILEG_KRB_KDC_UNREACHABLE',
+  'MULTILEG_KRB_CLOCK_SKEW',
+  'MULTILEG_KRB_KEYTAB',
+]);
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
@@ -104,10 +116,11 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
   let authId: string | undefined = input.authId;
   let authIdCarried = false;
   let timedOut = false;
-  let context: MechanismContext;
+  let context: MechanismContext | undefined;
+  const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve(), error: err };
+    return { kind: 'failed', legs, authIdCarried, ...fallback(), done: Promise.resolve(), error: err };
   };
   try {
     context = mechanism.createContext(input.leg);
@@ -201,9 +214,9 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           if (finishError) {
             const proofFailed =
               finishError instanceof MultilegError ? finishError : new InvalidTokenError('final token');
-            return { kind: 'failed', legs, authIdCarried, done: result.done, proofFailed };
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed };
           }
-          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, done: result.done };
+          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',
@@ -212,6 +225,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
             authIdCarried,
             done: result.done,
             ...(context.identity ? { identity: context.identity } : {}),
+            ...fallback(),
           };
         }
       }

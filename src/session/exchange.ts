@@ -1,8 +1,9 @@
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { BodyNotReplayableError } from '../errors.ts';
+import { BodyNotReplayableError, MultilegError } from '../errors.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import { log } from '../log.ts';
+import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificateSelector, Limits } from '../options.ts';
@@ -24,6 +25,11 @@ export interface HandshakeReport {
   /** Whether a server Auth-ID was echoed on a later leg (C3). */
   readonly authIdCarried: boolean;
   readonly identity?: string;
+  /**
+   * Why Kerberos was skipped and NTLM used instead (inside Negotiate, or as the next offered scheme; M5),
+   * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`.
+   */
+  readonly fallbackReason?: string;
 }
 
 export interface ExchangeEnv {
@@ -113,6 +119,8 @@ interface Run {
   excluded: Set<string> | undefined;
   /** Why the last excluded scheme could not run: the caller's error when nothing else is left. */
   lastUnusable: Error | undefined;
+  /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
+  negotiateSkipped?: MultilegError;
 }
 
 /**
@@ -162,6 +170,13 @@ function exclude(run: Run, scheme: string): void {
   run.excluded.add(scheme);
 }
 
+/** Excludes a scheme that proved unusable here and keeps why (T2, M5). */
+function unusable(run: Run, scheme: string, error: Error): void {
+  exclude(run, scheme);
+  run.lastUnusable = error;
+  if (scheme === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
+}
+
 function mayAuthenticate({ job, env }: Run): boolean {
   return job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty;
 }
@@ -170,8 +185,7 @@ function check(run: Run): Step {
   const { session, env } = run;
   // What the origin proved unusable meanwhile (R4): not tried again by every waiting request.
   for (const [scheme, error] of env.memory.unusable()) {
-    exclude(run, scheme);
-    run.lastUnusable = error;
+    unusable(run, scheme, error);
   }
   const state = session.state;
   if (state.kind === 'closed') {
@@ -187,7 +201,14 @@ function check(run: Run): Step {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
     const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
-    if (mechanism && !run.excluded?.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
+    // M5: a channel-bound first token needs the connection's certificate, which a new session lacks.
+    const unbound = mechanism?.bindsFirstToken && !session.connection && run.job.origin.startsWith('https:');
+    if (
+      mechanism &&
+      !unbound &&
+      !run.excluded?.has(mechanism.scheme.toLowerCase()) &&
+      (!perRequest || mechanism.proactive)
+    ) {
       return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
     }
   }
@@ -359,8 +380,13 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
     if (leading()) session.handOver(job.id);
     return failed(job, err as Error);
   }
+  const skipped = run.negotiateSkipped && fallbackReasonOf(run.negotiateSkipped);
+  const fallbackReason =
+    (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
+    (skipped && `${skipped.code}: ${skipped.message}`);
   const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
     env.report({
+      ...(fallbackReason ? { fallbackReason } : {}),
       origin: job.origin,
       sessionId: session.id,
       protocol: session.protocol,
@@ -416,8 +442,7 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       // R4: known for the origin at once, so the waiters released now do not each try it again.
       env.memory.markUnusable(schemeKey, result.error);
       if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
-      exclude(run, schemeKey);
-      run.lastUnusable = result.error;
+      unusable(run, schemeKey, result.error);
       return step.offered ? { kind: 'answer', challenges: step.offered } : CHECK;
   }
 }
