@@ -148,13 +148,14 @@ export class MultilegAgent extends Dispatcher {
       const sink = new UserSink(handler, this.#hops, origin, opts.path);
       sink.begin();
       if (sink.aborted) return true;
-      let task: Promise<void>;
+      this.#running += 1;
       try {
-        task = this.#start(origin, opts, sink, handler);
+        this.#start(origin, opts, sink, handler);
       } catch (err) {
-        task = Promise.reject(err);
+        // Only a synchronous failure before the pool took the request lands here.
+        sink.fail(err as Error);
+        this.#finished();
       }
-      this.#track(task, sink);
       return true;
     } catch (err) {
       handler.onResponseError?.(null as unknown as Dispatcher.DispatchController, err as Error);
@@ -182,13 +183,8 @@ export class MultilegAgent extends Dispatcher {
     return fetchHop || (first !== undefined && normalizeOrigin(first) !== origin);
   }
 
-  /** Builds the request's Job and starts it on its origin's pool; async only for a body that must be read. */
-  #start(
-    origin: string,
-    opts: Dispatcher.DispatchOptions,
-    sink: UserSink,
-    handler: Dispatcher.DispatchHandler,
-  ): Promise<void> {
+  /** Builds the request's Job and starts it on its origin's pool (after reading a body that must be read, C10). */
+  #start(origin: string, opts: Dispatcher.DispatchOptions, sink: UserSink, handler: Dispatcher.DispatchHandler): void {
     this.#stats.requests += 1;
     const headers = normalizeRequestHeaders(opts.headers);
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
@@ -197,11 +193,12 @@ export class MultilegAgent extends Dispatcher {
       'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
     const prepared = prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
-    const { headers: _h, body: _b, origin: _o, ...dispatchOptions } = opts;
     const job: Omit<Job, 'body'> = {
       id: newJobId(),
       origin,
-      dispatchOptions: dispatchOptions as Dispatcher.DispatchOptions,
+      // The caller's own options, not a copy: legs put their headers and body over them, and the
+      // fast path sends them as they are (the Client ignores their origin).
+      dispatchOptions: opts,
       headers,
       sink,
       http1Only: (opts as { allowH2?: boolean }).allowH2 === false,
@@ -214,22 +211,16 @@ export class MultilegAgent extends Dispatcher {
     };
     const pool = this.#pool(origin);
     if (prepared instanceof Promise) {
-      return prepared.then(
-        (body) => pool.run(withBody(job, body)),
-        (err: Error) => sink.fail(err),
+      prepared.then(
+        (body) => pool.run(withBody(job, body), this.#finished),
+        (err: Error) => {
+          sink.fail(err);
+          this.#finished();
+        },
       );
+      return;
     }
-    return pool.run(withBody(job, prepared));
-  }
-
-  /** Keeps count of running requests, so `close()` can wait for them (the pool never rejects). */
-  #track(task: Promise<void>, sink: UserSink): void {
-    this.#running += 1;
-    task.then(this.#finished, (err: Error) => {
-      // Only a synchronous failure before the pool took the request lands here.
-      sink.fail(err);
-      this.#finished();
-    });
+    pool.run(withBody(job, prepared), this.#finished);
   }
 
   readonly #finished = (): void => {

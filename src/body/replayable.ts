@@ -7,6 +7,8 @@ import { Readable } from 'node:stream';
  */
 export interface PreparedBody {
   readonly replayable: boolean;
+  /** The caller's body itself, written as given on every leg (none, a string, bytes, a Blob). */
+  readonly asIs?: boolean;
   /** The body for the next write. For a one-shot body, undefined after the first call. */
   take(): unknown;
 }
@@ -36,6 +38,7 @@ function toBuffer(chunk: unknown): Buffer {
 /** A body written as it is on every leg (no closure: one small object per request, R6). */
 class AsIs implements PreparedBody {
   readonly replayable = true;
+  readonly asIs = true;
   readonly #body: unknown;
   constructor(body: unknown) {
     this.#body = body;
@@ -45,6 +48,9 @@ class AsIs implements PreparedBody {
   }
 }
 
+/** Most requests have no body: one shared object for them. */
+const NO_BODY = new AsIs(undefined);
+
 /**
  * Reads a one-shot body (stream, async generator — fetch always passes one) into memory when it
  * fits in `limit` bytes. Larger bodies keep their buffered prefix and the rest of the iterator, to
@@ -52,6 +58,7 @@ class AsIs implements PreparedBody {
  */
 export function prepareBody(body: unknown, limit: number): PreparedBody | Promise<PreparedBody> {
   // Most bodies (none, a string, a Buffer) need no reading: answer synchronously, no extra tick.
+  if (body === undefined) return NO_BODY;
   if (REPLAYABLE_AS_IS(body) || !isAsyncSource(body)) return new AsIs(body);
   return bufferBody(body, limit);
 }

@@ -1,7 +1,9 @@
+import type { Dispatcher } from 'undici';
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
+import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
@@ -129,11 +131,20 @@ interface Run {
  * handshake when challenged, authenticates proactively where the origin is known to want it (C4),
  * or asks the pool to relocate it (connection ended, HTTP/1.1 required, 421).
  */
-export async function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
+export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
+  return runSteps(newRun(session, job, env), CHECK);
+}
+
+function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
   const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined };
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) exclude(run, TRANSPORT);
-  let step: Step = CHECK;
+  return run;
+}
+
+async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
+  const { session, job } = run;
+  let step = first;
   while (step.kind !== 'end') {
     switch (step.kind) {
       case 'check':
@@ -163,6 +174,143 @@ export async function runOnSession(session: Session, job: Job, env: ExchangeEnv)
     }
   }
   return step.outcome;
+}
+
+/** Where a request taken by {@link FastExchange} ends; `outcome` undefined: it ended on the fast path. */
+export interface FastHost {
+  fastEnded(exchange: FastExchange, outcome: ExchangeOutcome | undefined): void;
+}
+
+/**
+ * The authenticated fast path (C2): a request on an authenticated session goes bare, as the
+ * caller gave it (no header or option copy), with this one handler object: no step, promise or
+ * closure per request. Anything but a plain response — a 401 (re-authenticate, T4), a 421 (C9), a
+ * failure before the response — hands the request to the steps exactly where `send` would be, so
+ * the wire and the outcome are the same as on the slow path.
+ */
+export class FastExchange implements Dispatcher.DispatchHandler {
+  readonly session: Session;
+  readonly job: Job;
+  readonly #env: ExchangeEnv;
+  readonly #host: FastHost;
+  /** Called once the request has ended, whichever path it took. */
+  readonly ended: () => void;
+  #controller: Dispatcher.DispatchController | undefined;
+  #delivering = false;
+  /** The leg handler that took over after a 401 or 421. */
+  #slow: LegHandler | undefined;
+
+  constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost, ended: () => void) {
+    this.ended = ended;
+    this.session = session;
+    this.job = job;
+    this.#env = env;
+    this.#host = host;
+  }
+
+  /** Whether `job` may take the fast path on `session` (checked by the pool before it starts one). */
+  static eligible(session: Session, job: Job, env: ExchangeEnv): boolean {
+    return (
+      session.state.kind === 'authenticated' &&
+      job.identity === 'agent' &&
+      !job.noAuth &&
+      job.body.asIs === true &&
+      !env.memory.requiresHttp1 &&
+      env.memory.clientCertificate === undefined &&
+      !env.memory.hasUnusable &&
+      session.sendsDirect
+    );
+  }
+
+  start(): void {
+    const error = this.session.dispatchAsGiven(this.job, this);
+    if (error) this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error }));
+  }
+
+  /** The caller aborted (the sink's abort hook: no closure per request). */
+  callerAborted(reason: Error): void {
+    if (this.#slow) this.#slow.abort(reason);
+    else this.#controller?.abort(reason);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    this.job.sink.onAbort(this);
+    this.session.checkStart(this.job, controller);
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: ResponseHeaders,
+    message: string,
+  ): void {
+    if (this.#slow) return this.#slow.onResponseStart(controller, status, headers, message);
+    if (status < 200) return;
+    if (status === 401 || status === 421) {
+      // Not a plain response: from here the leg is the slow path's `send` step.
+      const run = newRun(this.session, this.job, this.#env);
+      // What `check` would have learnt before a slow send (R4).
+      for (const [scheme, error] of this.#env.memory.unusable()) unusable(run, scheme, error);
+      const seen = newSeen(true);
+      const leg = new LegHandler({
+        sink: this.job.sink,
+        classify: (s, h) => classifySend(run, seen, s, h),
+        beforeStart: () => {},
+        maxDrainBytes: this.#env.limits.maxChallengeBodyBytes,
+      });
+      this.#slow = leg;
+      leg.onRequestStart(controller);
+      leg.onResponseStart(controller, status, headers, message);
+      this.#toSteps(run, leg.result, seen);
+      return;
+    }
+    this.#delivering = true;
+    this.job.sink.responseStart(controller, status, headers, message);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#slow) this.#slow.onResponseData(controller, chunk);
+    else if (this.#delivering) this.job.sink.responseData(chunk);
+  }
+
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: ResponseHeaders): void {
+    if (this.#slow) return this.#slow.onResponseEnd(controller, trailers);
+    if (!this.#delivering) return;
+    this.job.sink.responseEnd(trailers);
+    this.#ended();
+  }
+
+  onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
+    if (this.#slow) return this.#slow.onResponseError(controller, err);
+    if (this.#delivering) {
+      this.job.sink.fail(err);
+      this.#ended();
+      return;
+    }
+    // Nothing reached the caller: the steps decide (relocate after GOAWAY, R5; or the caller's error).
+    this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error: err }));
+  }
+
+  #ended(): void {
+    this.job.sink.onAbort(undefined);
+    this.#host.fastEnded(this, undefined);
+  }
+
+  /** Continues on the steps from the result of this leg, as `send` would. */
+  #toSteps(run: Run | undefined, result: Promise<LegResult>, seen: SendSeen = newSeen(true)): void {
+    const r = run ?? newRun(this.session, this.job, this.#env);
+    result
+      .then((leg) => runSteps(r, afterSend(r, seen, this.session.settleLeg(this.job, leg))))
+      .then(
+        (outcome) => this.#host.fastEnded(this, outcome),
+        (err: Error) => {
+          // A bug, not a network condition: the caller still gets an error, never a hang.
+          this.job.sink.fail(err);
+          this.#host.fastEnded(this, DONE);
+        },
+      );
+  }
 }
 
 function exclude(run: Run, scheme: string): void {
@@ -227,46 +375,73 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
   return { kind: 'lead', mechanism, challenge: undefined, blocking: true, handedOver: true };
 }
 
-async function send(run: Run): Promise<Step> {
-  const { session, job, env } = run;
-  const may = mayAuthenticate(run);
-  const reauth = session.state.kind === 'authenticated';
-  let challenges: Challenge[] = [];
-  let authId: string | undefined;
-  let misdirected = false;
-  let cleartextRefused = false;
-  let unusable = false;
-  const result = await session.send(job, {}, (status, headers) => {
-    // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
-    if (status === 401 && may && !(reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
-      const offered = readChallenges(headers);
-      if (env.mechanisms.choose(offered, run.excluded)) {
-        challenges = offered;
-        const reading = readAuthId(headers);
-        if (reading?.ok) authId = reading.value;
-        return 'swallow';
-      }
-      // Only schemes already proved unusable here are offered: the caller gets why (R4, T2).
-      if (run.lastUnusable && env.mechanisms.choose(offered)) {
-        unusable = true;
-        return 'swallow';
-      }
-    }
-    if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
-      log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, job.withheld);
-      // S4: a challenge over cleartext is refused with a typed error, not shown as a bare 401.
-      if (job.withheld === 'cleartext') {
-        cleartextRefused = true;
-        return 'swallow';
-      }
-    }
-    // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
-    if (status === 421 && job.relocations < 2) {
-      misdirected = true;
+/** What the classifier of a bare send saw in the response head, for {@link afterSend}. */
+interface SendSeen {
+  /** Sent on an authenticated session (T4). */
+  readonly reauth: boolean;
+  challenges: Challenge[];
+  authId: string | undefined;
+  misdirected: boolean;
+  cleartextRefused: boolean;
+  unusable: boolean;
+}
+
+/**
+ * The verdict on the head of a bare send (C2): a 401 we can answer, a 401 whose every scheme proved
+ * unusable here, a refused cleartext challenge (S4) or a 421 (C9) are swallowed; the rest delivered.
+ */
+function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
+  const { job, env } = run;
+  if (status !== 401 && status !== 421) return 'deliver';
+  // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
+  if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
+    const offered = readChallenges(headers);
+    if (env.mechanisms.choose(offered, run.excluded)) {
+      seen.challenges = offered;
+      const reading = readAuthId(headers);
+      if (reading?.ok) seen.authId = reading.value;
       return 'swallow';
     }
-    return 'deliver';
-  });
+    // Only schemes already proved unusable here are offered: the caller gets why (R4, T2).
+    if (run.lastUnusable && env.mechanisms.choose(offered)) {
+      seen.unusable = true;
+      return 'swallow';
+    }
+  }
+  if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
+    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, job.withheld);
+    // S4: a challenge over cleartext is refused with a typed error, not shown as a bare 401.
+    if (job.withheld === 'cleartext') {
+      seen.cleartextRefused = true;
+      return 'swallow';
+    }
+  }
+  // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
+  if (status === 421 && job.relocations < 2) {
+    seen.misdirected = true;
+    return 'swallow';
+  }
+  return 'deliver';
+}
+
+const newSeen = (reauth: boolean): SendSeen => ({
+  reauth,
+  challenges: [],
+  authId: undefined,
+  misdirected: false,
+  cleartextRefused: false,
+  unusable: false,
+});
+
+async function send(run: Run): Promise<Step> {
+  const seen = newSeen(run.session.state.kind === 'authenticated');
+  const result = await run.session.send(run.job, {}, (status, headers) => classifySend(run, seen, status, headers));
+  return afterSend(run, seen, result);
+}
+
+/** The next step after a bare send: done, relocate, fail, or answer the 401. */
+function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
+  const { session, job } = run;
   if (result.kind === 'failed') {
     const reason = relocationReason(result.error);
     // A stale replay after the session ended: it goes where the session's end says.
@@ -277,18 +452,18 @@ async function send(run: Run): Promise<Step> {
     return failed(job, result.error);
   }
   if (result.kind === 'delivered') return end({ kind: 'done', done: result.done });
-  if (cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
-  if (unusable && run.lastUnusable) return failed(job, run.lastUnusable);
-  if (misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
+  if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
+  if (seen.unusable && run.lastUnusable) return failed(job, run.lastUnusable);
+  if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
   // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1).
   const now = session.state.kind;
   if (now === 'handshaking' || now === 'closed') return CHECK;
-  if (reauth) {
+  if (seen.reauth) {
     // T4: an authenticated session re-authenticates once per request; R4: twice lost, it never held.
     job.reauthenticated = true;
     session.noteAuthenticationLost();
   }
-  return { kind: 'answer', challenges, ...(authId !== undefined ? { authId } : {}) };
+  return { kind: 'answer', challenges: seen.challenges, ...(seen.authId !== undefined ? { authId: seen.authId } : {}) };
 }
 
 async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promise<Step> {

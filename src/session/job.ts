@@ -11,7 +11,7 @@ let nextJobId = 0;
 export interface Job {
   readonly id: number;
   readonly origin: string;
-  /** The caller's dispatch options minus headers and body, copied onto every leg. */
+  /** The caller's dispatch options; legs put their own headers and body over them (the Client ignores `origin`). */
   readonly dispatchOptions: Dispatcher.DispatchOptions;
   /** Caller headers, lower-cased; legs add `authorization` and `auth-id` on top. */
   readonly headers: HeaderMap;

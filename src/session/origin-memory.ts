@@ -27,7 +27,7 @@ export class OriginMemory {
   }
 
   get requiresHttp1(): boolean {
-    return Date.now() < this.#http1Until;
+    return this.#http1Until !== 0 && Date.now() < this.#http1Until;
   }
 
   rememberHttp1(): void {
@@ -37,6 +37,11 @@ export class OriginMemory {
   /** A scheme could not run here (R4): the requests that follow skip it for a while. */
   markUnusable(schemeKey: string, error: Error): void {
     this.#unusable.set(schemeKey, { error, until: Date.now() + UNUSABLE_MEMORY_MS });
+  }
+
+  /** Some scheme was found unusable here lately (the fast path leaves such requests to the steps). */
+  get hasUnusable(): boolean {
+    return this.#unusable.size > 0;
   }
 
   /** Schemes (lower-case) that cannot run here now, with why. */

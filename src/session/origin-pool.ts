@@ -3,7 +3,14 @@ import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { type ExchangeEnv, type ExchangeOutcome, type HandshakeReport, runOnSession } from './exchange.ts';
+import {
+  type ExchangeEnv,
+  type ExchangeOutcome,
+  FastExchange,
+  type FastHost,
+  type HandshakeReport,
+  runOnSession,
+} from './exchange.ts';
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
@@ -34,7 +41,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
  * HTTP/1.1 lane (several connections, each bound to its handshake, H1). It knows what the agent
  * learnt about the origin and moves requests between sessions when one ends or refuses them.
  */
-export class OriginPool {
+export class OriginPool implements FastHost {
   readonly origin: string;
   readonly memory: OriginMemory;
   readonly #sessions: Session[] = [];
@@ -82,8 +89,33 @@ export class OriginPool {
     return true;
   }
 
-  /** Runs a request to its end, relocating it between sessions as needed. Never throws. */
-  async run(job: Job): Promise<void> {
+  /**
+   * Runs a request to its end, relocating it between sessions as needed; calls `ended` once it has
+   * ended (never throws). A request that finds an authenticated session takes the fast path.
+   */
+  run(job: Job, ended: () => void): void {
+    if (!this.#closed && !job.http1Only) {
+      const session = this.#pick('auto', job.identity);
+      if (session && FastExchange.eligible(session, job, this.#env)) {
+        session.acquire();
+        new FastExchange(session, job, this.#env, this, ended).start();
+        return;
+      }
+    }
+    this.#run(job).then(ended);
+  }
+
+  /** @internal FastHost: a fast-path request ended, or its steps reached `outcome`. */
+  fastEnded(exchange: FastExchange, outcome: ExchangeOutcome | undefined): void {
+    const { session, job, ended } = exchange;
+    if (outcome === undefined) {
+      session.release();
+      ended();
+    } else if (this.#settle(session, job, outcome)) ended();
+    else this.#run(job).then(ended);
+  }
+
+  async #run(job: Job): Promise<void> {
     for (;;) {
       if (this.#closed) {
         job.sink.fail(new AgentClosedError());
@@ -92,7 +124,8 @@ export class OriginPool {
       const lane: Lane = job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
       let session: Session;
       try {
-        session = await this.#acquire(lane, job);
+        const ready = this.#take(lane, job.identity);
+        session = ready ?? (await this.#wait(lane, job));
       } catch (err) {
         job.sink.fail(err as Error);
         return;
@@ -105,20 +138,26 @@ export class OriginPool {
         job.sink.fail(err as Error);
         outcome = DONE;
       }
-      if (outcome.kind === 'done') {
-        outcome.done.finally(() => session.release());
-        return;
-      }
-      session.release();
-      log.pool('%s job %d relocates from %s: %s', this.origin, job.id, session.id, outcome.reason);
-      if (outcome.reason === 'misdirected') session.apply({ type: 'closed' });
-      if (outcome.reason === 'http1') this.memory.rememberHttp1();
-      job.relocations += 1;
-      if (job.relocations > MAX_RELOCATIONS) {
-        job.sink.fail(new RelocationLimitError());
-        return;
-      }
+      if (this.#settle(session, job, outcome)) return;
     }
+  }
+
+  /** Frees the session (once the response ended); true when the request is over, false to relocate it. */
+  #settle(session: Session, job: Job, outcome: ExchangeOutcome): boolean {
+    if (outcome.kind === 'done') {
+      outcome.done.finally(() => session.release());
+      return true;
+    }
+    session.release();
+    log.pool('%s job %d relocates from %s: %s', this.origin, job.id, session.id, outcome.reason);
+    if (outcome.reason === 'misdirected') session.apply({ type: 'closed' });
+    if (outcome.reason === 'http1') this.memory.rememberHttp1();
+    job.relocations += 1;
+    if (job.relocations > MAX_RELOCATIONS) {
+      job.sink.fail(new RelocationLimitError());
+      return true;
+    }
+    return false;
   }
 
   #maxSessions(lane: Lane, identity: Identity): number {
@@ -156,9 +195,8 @@ export class OriginPool {
     return best;
   }
 
-  #acquire(lane: Lane, job: Job): Promise<Session> {
-    const ready = this.#take(lane, job.identity);
-    if (ready) return Promise.resolve(ready);
+  /** Waits for a session with room (none now), bounded like every wait (R1). */
+  #wait(lane: Lane, job: Job): Promise<Session> {
     const key = WAIT_KEYS[lane][job.identity];
     let waiting = this.#waiting.get(key);
     if (!waiting) {

@@ -314,10 +314,7 @@ export class Session {
         if (verdict !== 'swallow') this.#markProbed();
         return verdict;
       },
-      beforeStart: (controller) => {
-        if (job.sink.aborted) controller.abort(job.sink.reason ?? new Error('aborted'));
-        else if (this.#connections > 1 || this.closed) controller.abort(new StaleConnectionError());
-      },
+      beforeStart: (controller) => this.checkStart(job, controller),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
     });
     job.sink.onAbort((reason) => leg.abort(reason));
@@ -343,16 +340,48 @@ export class Session {
     } catch (err) {
       return Promise.resolve({ kind: 'failed', error: err as Error });
     }
+    return leg.result.then((r) => this.settleLeg(job, r));
+  }
+
+  /** When undici is about to write a leg: not for an aborted caller, nor on a reconnected Client (C8). */
+  checkStart(job: Job, controller: Dispatcher.DispatchController): void {
+    if (job.sink.aborted) controller.abort(job.sink.reason ?? new Error('aborted'));
+    else if (this.#connections > 1 || this.closed) controller.abort(new StaleConnectionError());
+  }
+
+  /** A leg's result, once it is known: the caller's abort stops reaching it, and R5's refused streams move. */
+  settleLeg(job: Job, r: LegResult): LegResult {
     // The caller's abort reaches the leg until its response has been delivered in full.
-    return leg.result.then((r): LegResult => {
-      if (r.kind === 'delivered') r.done.finally(() => job.sink.onAbort(undefined));
-      else job.sink.onAbort(undefined);
-      // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
-      if (r.kind === 'failed' && r.error === this.#goaway) {
-        const http1 = this.#state.kind === 'closed' && this.#state.http1Required === true;
-        return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
-      }
-      return r;
-    });
+    if (r.kind === 'delivered') r.done.finally(() => job.sink.onAbort(undefined));
+    else job.sink.onAbort(undefined);
+    // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
+    if (r.kind === 'failed' && r.error === this.#goaway) {
+      const http1 = this.#state.kind === 'closed' && this.#state.http1Required === true;
+      return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
+    }
+    return r;
+  }
+
+  /** Requests go straight to the origin's connection (not rewritten for a forwarding proxy). */
+  get sendsDirect(): boolean {
+    return this.#forward === undefined;
+  }
+
+  /**
+   * The fast path (C2): writes `job` bare, with the caller's own dispatch options (the Client
+   * ignores their `origin`), to `handler`. An error when it cannot: the session has ended (R5).
+   */
+  dispatchAsGiven(job: Job, handler: Dispatcher.DispatchHandler): Error | undefined {
+    if (this.closed) return new StaleConnectionError();
+    const given = job.dispatchOptions;
+    // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
+    const opts = given.method === 'HEAD' && this.protocol !== 'h2' ? { ...given, reset: false } : given;
+    log.leg('%s job %d fast %s %s', this.id, job.id, given.method, this.protocol ?? '?');
+    try {
+      this.client.dispatch(opts, handler);
+    } catch (err) {
+      return err as Error;
+    }
+    return undefined;
   }
 }
