@@ -46,9 +46,12 @@ export interface ExchangeEnv {
 export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
 export type ExchangeOutcome =
   | { readonly kind: 'done'; readonly done: Promise<void> }
+  /** The request is to go bare on its authenticated session: the pool starts a {@link FastExchange}. */
+  | { readonly kind: 'fast' }
   | { readonly kind: 'relocate'; readonly reason: RelocateReason };
 
 const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
+const FAST: ExchangeOutcome = { kind: 'fast' };
 
 function legInfo(job: Job, session: Session): LegInfo {
   const url = new URL(job.origin);
@@ -163,6 +166,8 @@ async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
         break;
       }
       case 'send':
+        // Released from a wait onto an authenticated session, like most of a burst: the fast path.
+        if (run.excluded === undefined && FastExchange.eligible(session, job, run.env)) return FAST;
         step = await send(run);
         break;
       case 'answer':

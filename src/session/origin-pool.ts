@@ -102,7 +102,7 @@ export class OriginPool implements FastHost {
         return;
       }
     }
-    this.#run(job).then(ended);
+    this.#run(job, ended);
   }
 
   /** @internal FastHost: a fast-path request ended, or its steps reached `outcome`. */
@@ -111,14 +111,17 @@ export class OriginPool implements FastHost {
     if (outcome === undefined) {
       session.release();
       ended();
-    } else if (this.#settle(session, job, outcome)) ended();
-    else this.#run(job).then(ended);
+    } else if (this.#settle(session, job, outcome, ended)) {
+      if (outcome.kind !== 'fast') ended();
+    } else this.#run(job, ended);
   }
 
-  async #run(job: Job): Promise<void> {
+  /** The steps, moving the request between sessions; `ended` is called once it has ended. */
+  async #run(job: Job, ended: () => void): Promise<void> {
     for (;;) {
       if (this.#closed) {
         job.sink.fail(new AgentClosedError());
+        ended();
         return;
       }
       const lane: Lane = job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
@@ -128,6 +131,7 @@ export class OriginPool implements FastHost {
         session = ready ?? (await this.#wait(lane, job));
       } catch (err) {
         job.sink.fail(err as Error);
+        ended();
         return;
       }
       let outcome: ExchangeOutcome;
@@ -138,12 +142,23 @@ export class OriginPool implements FastHost {
         job.sink.fail(err as Error);
         outcome = DONE;
       }
-      if (this.#settle(session, job, outcome)) return;
+      if (this.#settle(session, job, outcome, ended)) {
+        if (outcome.kind !== 'fast') ended();
+        return;
+      }
     }
   }
 
-  /** Frees the session (once the response ended); true when the request is over, false to relocate it. */
-  #settle(session: Session, job: Job, outcome: ExchangeOutcome): boolean {
+  /**
+   * Frees the session (once the response ended) or hands it to the fast path; true when the
+   * request is over here, false to relocate it.
+   */
+  #settle(session: Session, job: Job, outcome: ExchangeOutcome, ended: () => void): boolean {
+    if (outcome.kind === 'fast') {
+      // The session stays acquired: the FastExchange releases it.
+      new FastExchange(session, job, this.#env, this, ended).start();
+      return true;
+    }
     if (outcome.kind === 'done') {
       outcome.done.finally(() => session.release());
       return true;
