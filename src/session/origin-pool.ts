@@ -17,6 +17,7 @@ import { type Identity, type Lane, Session } from './session.ts';
 import { WaitQueue } from './wait-queue.ts';
 
 const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
+const FAST: ExchangeOutcome = { kind: 'fast' };
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
 const MAX_RELOCATIONS = 4;
@@ -136,7 +137,8 @@ export class OriginPool implements FastHost {
       }
       let outcome: ExchangeOutcome;
       try {
-        outcome = await runOnSession(session, job, this.#env);
+        // Handed an authenticated session: straight to the fast path, no steps.
+        outcome = FastExchange.eligible(session, job, this.#env) ? FAST : await runOnSession(session, job, this.#env);
       } catch (err) {
         // A bug, not a network condition: the caller still gets an error, never a hang.
         job.sink.fail(err as Error);
