@@ -25,6 +25,14 @@ export interface HandshakeInput {
   readonly onHttp2: boolean;
   /** An Auth-ID the server put on the 401 that started it (C3: sent on every later leg). */
   readonly authId?: string;
+  /**
+   * Takes one of the session's handshake slots (draft §3.1: servers cap incomplete security
+   * contexts per session) and returns its release. Asked for before the first leg that leaves, or
+   * may leave, an incomplete context on the server — not for a first leg the server completes in
+   * one (a proactive Kerberos token, C4: per-request mode blocks no stream). Its errors (full,
+   * timed out, aborted) are thrown when nothing was sent yet.
+   */
+  readonly slot?: () => Promise<() => void>;
 }
 
 export type HandshakeResult =
@@ -117,6 +125,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
   let authIdCarried = false;
   let timedOut = false;
   let context: MechanismContext | undefined;
+  let release: (() => void) | undefined;
   const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
@@ -135,12 +144,14 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     expired = reject;
   });
   expiry.catch(() => {});
-  const timer = setTimeout(() => {
-    timedOut = true;
-    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
-    expired(err);
-    sink.abort(err);
-  }, input.timeout);
+  const arm = () =>
+    setTimeout(() => {
+      timedOut = true;
+      const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
+      expired(err);
+      sink.abort(err);
+    }, input.timeout);
+  let timer = arm();
   try {
     let challenge = input.challenge;
     for (;;) {
@@ -155,6 +166,17 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }
       legs += 1;
+      if (release === undefined && input.slot && mechanism.multileg && !(legs === 1 && context.firstLegCompletes)) {
+        // The wait for a slot has its own bounds (R1): the handshake's clock starts again after it.
+        clearTimeout(timer);
+        try {
+          release = await input.slot();
+        } catch (err) {
+          if (legs === 1) throw err;
+          return fail(err as Error);
+        }
+        timer = arm();
+      }
       const extra: Record<string, string> = { authorization };
       if (authId !== undefined) {
         extra['auth-id'] = authId;
@@ -232,5 +254,6 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     }
   } finally {
     clearTimeout(timer);
+    release?.();
   }
 }

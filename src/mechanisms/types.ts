@@ -37,6 +37,12 @@ export interface MechanismContext {
   /** True once the mechanism has nothing more to send. */
   readonly complete: boolean;
   /**
+   * True when the first token just made completes the server's side in that one leg (a Kerberos
+   * AP-REQ, raw or as SPNEGO's optimistic token): it leaves no incomplete security context on the
+   * server, so it takes none of the session's handshake slots (draft §3.1, C4). Absent: false.
+   */
+  readonly firstLegCompletes?: boolean;
+  /**
    * Called with the scheme's challenge on the final (non-401) response, if any: verifies the
    * server's last token (mutual authentication). Throws {@link MutualAuthError} on failure.
    */

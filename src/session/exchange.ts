@@ -539,22 +539,21 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
   };
   let result: HandshakeResult;
   try {
-    result = await session.withHandshakeSlot(job, () =>
-      runHandshake({
-        mechanism,
-        challenge,
-        ...(step.authId !== undefined ? { authId: step.authId } : {}),
-        leg: legInfo(job, session),
-        send: (extra, classify) =>
-          session.send(job, extra, (status, headers) =>
-            renewNonce(status, headers) ? 'swallow' : classify(status, headers),
-          ),
-        sink: job.sink,
-        maxLegs: env.limits.maxLegs,
-        timeout: env.limits.handshakeTimeout,
-        onHttp2: session.protocol === 'h2',
-      }),
-    );
+    result = await runHandshake({
+      mechanism,
+      challenge,
+      ...(step.authId !== undefined ? { authId: step.authId } : {}),
+      leg: legInfo(job, session),
+      send: (extra, classify) =>
+        session.send(job, extra, (status, headers) =>
+          renewNonce(status, headers) ? 'swallow' : classify(status, headers),
+        ),
+      sink: job.sink,
+      maxLegs: env.limits.maxLegs,
+      timeout: env.limits.handshakeTimeout,
+      onHttp2: session.protocol === 'h2',
+      slot: () => session.handshakeSlot(job),
+    });
   } catch (err) {
     // Only the wait for a handshake slot throws (full, timed out, aborted): nothing was sent.
     if (leading()) session.handOver(job.id);

@@ -246,19 +246,19 @@ export class Session {
   }
 
   /**
-   * Runs a handshake within the session's bound on concurrent handshakes (draft §3.1: servers cap
-   * incomplete contexts per session). Each waiting handshake is bounded by the running ones' timeouts.
+   * One of the session's handshake slots (draft §3.1: servers cap incomplete contexts per session);
+   * resolves with its release. Each waiting handshake is bounded by the queue's bounds (R1).
    */
-  async withHandshakeSlot<T>(job: Job, fn: () => Promise<T>): Promise<T> {
+  async handshakeSlot(job: Job): Promise<() => void> {
     if (this.#handshakes >= this.#limits.maxConcurrentHandshakes) await this.#slots.wait(job);
     else this.#handshakes += 1;
-    try {
-      return await fn();
-    } finally {
-      // The slot passes straight to the next waiting handshake, or is freed.
-      if (!this.#slots.shift(undefined)) this.#handshakes -= 1;
-    }
+    return this.#releaseSlot;
   }
+
+  /** The slot passes straight to the next waiting handshake, or is freed. */
+  readonly #releaseSlot = (): void => {
+    if (!this.#slots.shift(undefined)) this.#handshakes -= 1;
+  };
 
   /** Waits for the running handshake to end (C1), bounded by maxQueue and queueTimeout (C11). */
   waitForHandshake(job: Job): Promise<WaitOutcome> {

@@ -11,7 +11,9 @@ import { randomBytes } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
 import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
 import { log } from '../../log.ts';
+import { decodeOidContent, readTlv } from '../spnego/der.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
+import { decodeNegTokenInit, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import {
   GSS_C_DELEG_FLAG,
@@ -158,6 +160,7 @@ class NegotiateContext implements MechanismContext {
   #mutualVerified = false;
   #fallbackReason: NegotiateFallbackReason | undefined;
   #channelBound = false;
+  #firstLegCompletes = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -167,6 +170,10 @@ class NegotiateContext implements MechanismContext {
   get complete(): boolean {
     if (this.#fallback) return this.#fallback.complete;
     return this.#client?.contextComplete ?? false;
+  }
+
+  get firstLegCompletes(): boolean {
+    return this.#firstLegCompletes;
   }
 
   get identity(): string | undefined {
@@ -270,6 +277,7 @@ class NegotiateContext implements MechanismContext {
       }
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
+      this.#firstLegCompletes = carriesKerberosApReq(out);
       return `${SCHEME} ${out}`;
     }
     if (this.#state === 'done' || !this.#client) {
@@ -353,6 +361,28 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
 let keytabCaches = 0;
 
 /** Stands for a remembered credential failure: only ever leads to the NTLM fallback. */
+/**
+ * Whether a first GSS-API token (base64) is a Kerberos AP-REQ, raw or as the optimistic token of a
+ * SPNEGO NegTokenInit that prefers Kerberos. GSS-API may instead pick NTLMSSP (gss-ntlmssp): that
+ * takes more legs.
+ */
+export function carriesKerberosApReq(base64: string): boolean {
+  let der: Buffer;
+  try {
+    der = Buffer.from(base64, 'base64');
+    if (der[0] !== 0x60) return false;
+    const oid = readTlv(readTlv(der).content);
+    const mech = oid.tag === 0x06 ? decodeOidContent(oid.content) : '';
+    if (mech === OID_KRB5 || mech === OID_MS_KRB5) return true;
+    if (mech !== OID_SPNEGO) return false;
+    const init = decodeNegTokenInit(der);
+    const first = init.mechTypes[0];
+    return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
+  } catch {
+    return false;
+  }
+}
+
 class RememberedFailure extends Error {
   readonly reason: NegotiateFallbackReason;
   constructor(reason: NegotiateFallbackReason) {
