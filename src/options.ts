@@ -25,6 +25,12 @@ export interface Limits {
    * limit incomplete security contexts per session (draft §3.1) and refuse the excess. Default 4.
    */
   maxConcurrentHandshakes: number;
+  /**
+   * Connections (sessions) per origin when each request runs its own multi-leg handshake
+   * (per-request mode, e.g. NTLM inside Negotiate at a server that authenticates requests, not
+   * connections): the handshakes spread over them, `maxConcurrentHandshakes` on each. Default 8.
+   */
+  maxPerRequestSessions: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -35,6 +41,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxReplayBodyBytes: 1024 * 1024,
   maxChallengeBodyBytes: 64 * 1024,
   maxConcurrentHandshakes: 4,
+  maxPerRequestSessions: 8,
 };
 
 /** A TLS client certificate (PEM or DER), presented to origins that ask for one (T3). */

@@ -41,9 +41,14 @@ export interface ExchangeEnv {
   /** Picks a client certificate for a Transport challenge (T3). */
   readonly selectCertificate?: ClientCertificateSelector;
   report(r: HandshakeReport): void;
+  /**
+   * The pool would rather run this per-request multi-leg handshake on another session: this one has
+   * more requests than handshake slots and another session has room or can be opened (draft §3.1).
+   */
+  crowded?(session: Session): boolean;
 }
 
-export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
+export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate' | 'spread';
 export type ExchangeOutcome =
   | { readonly kind: 'done'; readonly done: Promise<void> }
   /** The request is to go bare on its authenticated session: the pool starts a {@link FastExchange}. */
@@ -362,6 +367,7 @@ function check(run: Run): Step {
       !run.excluded?.has(mechanism.scheme.toLowerCase()) &&
       (!perRequest || mechanism.proactive)
     ) {
+      if (perRequest && env.crowded?.(session)) return end({ kind: 'relocate', reason: 'spread' });
       return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
     }
   }
@@ -590,7 +596,7 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
           ...(result.identity ? { identity: result.identity } : {}),
         });
       }
-      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request');
+      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
       report(sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
       return end({ kind: 'done', done: result.done });
     }

@@ -60,10 +60,18 @@ export class OriginMemory {
   forgetScheme(): void {
     this.scheme = undefined;
     this.mode = undefined;
+    this.multilegPerRequest = false;
   }
 
-  rememberScheme(scheme: string, mode: 'session' | 'per-request'): void {
+  /**
+   * Per-request mode where each request's handshake takes more than one leg (NTLM inside
+   * Negotiate): those handshakes hold the sessions' slots, so the pool spreads them over more sessions.
+   */
+  multilegPerRequest = false;
+
+  rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
     this.scheme = scheme;
     this.mode = mode;
+    this.multilegPerRequest = mode === 'per-request' && legs > 1;
   }
 }

@@ -31,6 +31,9 @@ export class RelocationLimitError extends MultilegError {
   }
 }
 
+/** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
+const SPREAD_ROOM = 8;
+
 /** One key per (lane, identity), made once rather than per request. */
 const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
   auto: { agent: 'auto/agent', anonymous: 'auto/anonymous', caller: 'auto/caller' },
@@ -72,6 +75,7 @@ export class OriginPool implements FastHost {
       limits: options.limits,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       report,
+      crowded: (session) => this.#crowded(session),
     };
   }
 
@@ -167,6 +171,8 @@ export class OriginPool implements FastHost {
     }
     session.release();
     log.pool('%s job %d relocates from %s: %s', this.origin, job.id, session.id, outcome.reason);
+    // Spreading handshakes over sessions is the pool's own choice: it does not count against the request.
+    if (outcome.reason === 'spread') return false;
     if (outcome.reason === 'misdirected') session.apply({ type: 'closed' });
     if (outcome.reason === 'http1') this.memory.rememberHttp1();
     job.relocations += 1;
@@ -181,7 +187,40 @@ export class OriginPool implements FastHost {
     if (lane === 'http1') return this.#options.maxHttp1Connections;
     // An "auto" session that negotiated HTTP/1.1 serves one request at a time: allow more of them.
     const h1 = this.#sessions.some((s) => this.#usable(s, 'auto', identity) && s.protocol === 'http/1.1');
-    return h1 ? this.#options.maxHttp1Connections : 1;
+    if (h1) return this.#options.maxHttp1Connections;
+    return this.#spreads(identity) ? this.#options.limits.maxPerRequestSessions : 1;
+  }
+
+  /**
+   * Each request runs its own multi-leg handshake here (per-request mode): at most
+   * maxConcurrentHandshakes at once per session (servers cap incomplete contexts per session, draft
+   * §3.1, so one session's cap is not raised), and the requests spread over more sessions.
+   */
+  #spreads(identity: Identity): boolean {
+    return identity === 'agent' && this.memory.multilegPerRequest;
+  }
+
+  /** More requests on `session` than it takes at once, and another session has room or can be opened. */
+  #crowded(session: Session): boolean {
+    if (!this.#spreads(session.identity) || session.inflight <= this.#room(session)) return false;
+    const { lane, identity } = session;
+    let open = 0;
+    for (const s of this.#sessions) {
+      if (s === session || !this.#usable(s, lane, identity)) continue;
+      if (s.inflight < this.#room(s)) return true;
+      open += 1;
+    }
+    return open + 1 < this.#maxSessions(lane, identity);
+  }
+
+  /**
+   * Requests a session takes at once: a spread session SPREAD_ROOM times its handshake slots
+   * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session).
+   */
+  #room(s: Session): number {
+    const capacity = s.capacity;
+    if (!this.#spreads(s.identity) || s.lane !== 'auto') return capacity;
+    return Math.min(capacity, SPREAD_ROOM * this.#options.limits.maxConcurrentHandshakes);
   }
 
   /**
@@ -201,7 +240,7 @@ export class OriginPool implements FastHost {
     let best: Session | undefined;
     let bestScore = -1;
     for (const s of this.#sessions) {
-      if (!this.#usable(s, lane, identity) || s.inflight >= s.capacity) continue;
+      if (!this.#usable(s, lane, identity) || s.inflight >= this.#room(s)) continue;
       // Prefer a connection that is already authenticated: it needs no handshake (H1).
       const score = s.state.kind === 'authenticated' ? 2 : s.state.kind === 'per-request' ? 1 : 0;
       if (score > bestScore) {

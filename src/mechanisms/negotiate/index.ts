@@ -146,6 +146,8 @@ export const NO_KERBEROS_MEMORY_MS = 30_000;
 interface KerberosMemory {
   unavailableUntil: number;
   reason?: NegotiateFallbackReason;
+  /** `reason`, as the error thrown while it is remembered. */
+  failure?: RememberedFailure;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
   bindsChannel?: boolean;
 }
@@ -251,7 +253,9 @@ class NegotiateContext implements MechanismContext {
         // just said it has no usable credentials — answer as that failure would, straight away.
         const remembered = this.#memory.reason;
         if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
-          throw new RememberedFailure(remembered);
+          // One error object per remembered failure, not one (and its stack) per request.
+          this.#memory.failure ??= new RememberedFailure(remembered);
+          throw this.#memory.failure;
         }
         out = await this.#firstKerberosToken(leg);
       } catch (e) {
@@ -261,6 +265,7 @@ class NegotiateContext implements MechanismContext {
         if (!(err instanceof RememberedFailure) && credentialLevel(err)) {
           this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
           this.#memory.reason = reason;
+          this.#memory.failure = undefined;
         }
         // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
         if (this.#canFallBack(leg)) {

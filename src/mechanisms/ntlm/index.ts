@@ -7,7 +7,7 @@ import type { Challenge } from '../../challenge/types.ts';
 import { InvalidTokenError, MechanismError } from '../../errors.ts';
 import type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import { decodeChallenge, encodeNegotiate } from './messages.ts';
-import { CLIENT_FLAGS, createAuthenticate } from './ntlmv2.ts';
+import { CLIENT_FLAGS, createAuthenticate, ntowfv2 } from './ntlmv2.ts';
 
 export { NtlmAcceptor, type NtlmAcceptorOptions, type NtlmAcceptorResult } from './acceptor.ts';
 
@@ -127,6 +127,22 @@ class NtlmContext implements MechanismContext {
 }
 
 /**
+ * NTOWFv2 per credentials object and identity: per-request mode runs a handshake per request, and
+ * the key only changes with the password. Kept no longer than the credentials themselves.
+ */
+const responseKeys = new WeakMap<Credentials, { user: string; domain: string; password: string; key: Buffer }>();
+
+function responseKeyNT(credentials: Credentials, identity: NtlmIdentity): Buffer {
+  const { user, domain } = identity;
+  const cached = responseKeys.get(credentials);
+  if (cached && cached.user === user && cached.domain === domain && cached.password === credentials.password)
+    return cached.key;
+  const key = ntowfv2(credentials.password, user, domain);
+  responseKeys.set(credentials, { user, domain, password: credentials.password, key });
+  return key;
+}
+
+/**
  * The AUTHENTICATE message answering `challengeMessage` for one leg: channel bindings and the
  * `HTTP/<host>` target name for an origin, neither for a proxy. Shared by raw NTLM and NTLM inside
  * SPNEGO. The result carries key material (`exportedSessionKey`): never log it.
@@ -147,6 +163,7 @@ export function authenticateForLeg(input: {
     user: input.identity.user,
     domain: input.identity.domain,
     password: input.credentials.password,
+    responseKeyNT: responseKeyNT(input.credentials, input.identity),
     workstation: input.credentials.workstation ?? '',
     negotiateMessage: input.negotiateMessage,
     challengeMessage: input.challengeMessage,

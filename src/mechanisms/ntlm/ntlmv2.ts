@@ -161,6 +161,8 @@ export interface AuthenticateInput {
   readonly user: string;
   readonly domain: string;
   readonly password: string;
+  /** NTOWFv2 of `password`, `user` and `domain`, when the caller keeps it (one MD4 less per handshake). */
+  readonly responseKeyNT?: Buffer;
   readonly workstation: string;
   /** The NEGOTIATE message we sent, byte for byte (MIC input). */
   readonly negotiateMessage: Buffer;
@@ -200,7 +202,7 @@ export function createAuthenticate(input: AuthenticateInput): AuthenticateOutput
   const serverTime = challenge.avPairs.find((p) => p.id === AvId.Timestamp && p.value.length === 8);
   const timestamp = serverTime ? serverTime.value.readBigUInt64LE(0) : (input.timestamp ?? filetimeNow());
 
-  const key = ntowfv2(input.password, input.user, input.domain);
+  const key = input.responseKeyNT ?? ntowfv2(input.password, input.user, input.domain);
   const pairs = clientAvPairs(challenge.avPairs, channelBindingsValue(input.channelBinding), input.targetName);
   const blob = ntlmv2ClientBlob(timestamp, clientChallenge, encodeAvPairs(pairs));
   const proof = ntProofStr(key, challenge.serverChallenge, blob);
