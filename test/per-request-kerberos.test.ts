@@ -10,9 +10,10 @@ import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MultilegAgent } from '../src/index.ts';
+import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
 import { carriesKerberosApReq } from '../src/mechanisms/negotiate/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { get, many, type Rig, rig } from './helpers.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'kerberos-addon');
@@ -120,5 +121,37 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
     } finally {
       await agent.destroy();
     }
+  });
+});
+
+describe('C4/draft §3.1: per-request multi-leg handshakes spread over sessions (reference server)', () => {
+  let r: Rig | undefined;
+  afterAll(async () => {
+    await r?.close();
+  });
+
+  it('C4: 200 concurrent per-request NTLM-in-Negotiate requests run on several sessions, none over its context cap, all 200', async () => {
+    // The server refuses a 5th incomplete context on a session: exactly the agent's default cap.
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate'], maxIncompleteContexts: 4 },
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API here')),
+          },
+        },
+      },
+    );
+    expect((await get(r, '/auth/first')).status).toBe(200);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['per-request']);
+    const results = await many(r, 200);
+    expect(results.every((x) => x.status === 200)).toBe(true);
+    expect(r.server.exchanges.filter((e) => e.outcome === 'refused')).toEqual([]);
+    const sessions = new Set(r.agent.handshakes().map((h) => h.sessionId));
+    expect(sessions.size).toBeGreaterThan(1);
+    expect(sessions.size).toBeLessThanOrEqual(8); // limits.maxPerRequestSessions
+    expect(new Set(results.map((x) => x.body.sessionId)).size).toBe(sessions.size);
+    // Two legs per request; a new session's first request goes bare once (its 401 teaches nothing new).
+    expect(r.server.exchanges.length).toBeLessThanOrEqual(2 * 201 + 1 + sessions.size);
   });
 });
