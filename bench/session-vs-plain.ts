@@ -8,41 +8,13 @@
  *
  *   npm run bench                      BENCH_N=1000 BENCH_ROUNDS=15
  */
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { Agent, Client, type Dispatcher, request } from 'undici';
 import { MultilegAgent } from '../src/index.ts';
 import { CA_CERT } from '../src/reference-server/index.ts';
+import { median, type BenchServer as Server, startServer } from './server.ts';
 
 const N = Number(process.env.BENCH_N ?? 1000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 15);
-
-interface Server {
-  origin: string;
-  /** Requests the server has seen so far. */
-  requests(): Promise<number>;
-  stop(): void;
-}
-
-async function startServer(mode: string): Promise<Server> {
-  const child = spawn(
-    process.execPath,
-    [new URL('../src/reference-server/main.ts', import.meta.url).pathname, '--mode', mode],
-    {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    },
-  );
-  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-  const origin = (await lines.next()).value as string;
-  return {
-    origin,
-    async requests() {
-      child.stdin.write('stats\n');
-      return (JSON.parse((await lines.next()).value as string) as { requests: number }).requests;
-    },
-    stop: () => child.kill('SIGTERM'),
-  };
-}
 
 interface Round {
   ms: number;
@@ -84,10 +56,8 @@ async function burst(server: Server, kind: Kind): Promise<Round> {
   return { ms, wire: (await server.requests()) - before, handshakes };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
 async function compare(mode: string): Promise<void> {
-  const server = await startServer(mode);
+  const server = await startServer(['--mode', mode]);
   try {
     await burst(server, 'multileg'); // warm-up: JIT, TLS, modules
     await burst(server, 'plain');

@@ -255,7 +255,10 @@ export class FastExchange implements Dispatcher.DispatchHandler {
     headers: ResponseHeaders,
     message: string,
   ): void {
-    if (this.#slow) return this.#slow.onResponseStart(controller, status, headers, message);
+    if (this.#slow) {
+      this.#slow.onResponseStart(controller, status, headers, message);
+      return;
+    }
     if (status < 200) return;
     if (status === 401 || status === 421) {
       // Not a plain response: from here the leg is the slow path's `send` step.
@@ -285,14 +288,20 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(controller: Dispatcher.DispatchController, trailers: ResponseHeaders): void {
-    if (this.#slow) return this.#slow.onResponseEnd(controller, trailers);
+    if (this.#slow) {
+      this.#slow.onResponseEnd(controller, trailers);
+      return;
+    }
     if (!this.#delivering) return;
     this.job.sink.responseEnd(trailers);
     this.#ended();
   }
 
   onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
-    if (this.#slow) return this.#slow.onResponseError(controller, err);
+    if (this.#slow) {
+      this.#slow.onResponseError(controller, err);
+      return;
+    }
     if (this.#delivering) {
       this.job.sink.fail(err);
       this.#ended();
