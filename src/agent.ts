@@ -1,5 +1,5 @@
 import { Dispatcher } from 'undici';
-import { type PreparedBody, prepareBody } from './body/replayable.ts';
+import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
@@ -28,6 +28,9 @@ function withBody(job: Omit<Job, 'body'>, body: PreparedBody): Job {
   (job as { body?: PreparedBody }).body = body;
   return job as Job;
 }
+
+/** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
+const http1Only = (opts: Dispatcher.DispatchOptions): boolean => (opts as { allowH2?: boolean }).allowH2 === false;
 
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
 const POOL_SWEEP_THRESHOLD = 64;
@@ -192,7 +195,13 @@ export class MultilegAgent extends Dispatcher {
     const identity: Identity =
       'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
-    const prepared = prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
+    const pool = this.#pool(origin);
+    const limit = this.#options.limits.maxReplayBodyBytes;
+    // A stream bound for an authenticated session goes as it comes; elsewhere it is read first (C10).
+    const prepared =
+      readsFirst(opts.body) && pool.authenticatedNow(identity, http1Only(opts))
+        ? new TeeBody(opts.body as AsyncIterable<unknown>, limit)
+        : prepareBody(opts.body, limit);
     const job: Omit<Job, 'body'> = {
       id: newJobId(),
       origin,
@@ -201,7 +210,7 @@ export class MultilegAgent extends Dispatcher {
       dispatchOptions: opts,
       headers,
       sink,
-      http1Only: (opts as { allowH2?: boolean }).allowH2 === false,
+      http1Only: http1Only(opts),
       identity,
       ...(withheld ? { withheld } : {}),
       noAuth: false,
@@ -209,7 +218,6 @@ export class MultilegAgent extends Dispatcher {
       reauthenticated: false,
       relocations: 0,
     };
-    const pool = this.#pool(origin);
     if (prepared instanceof Promise) {
       prepared.then(
         (body) => pool.run(withBody(job, body), this.#finished),

@@ -9,6 +9,8 @@ export interface PreparedBody {
   readonly replayable: boolean;
   /** The caller's body itself, written as given on every leg (none, a string, bytes, a Blob). */
   readonly asIs?: boolean;
+  /** A stream written as it comes on its first leg (see {@link TeeBody}). */
+  readonly streams?: boolean;
   /** The body for the next write. For a one-shot body, undefined after the first call. */
   take(): unknown;
 }
@@ -45,6 +47,57 @@ class AsIs implements PreparedBody {
   }
   take(): unknown {
     return this.#body;
+  }
+}
+
+/** Whether `body` is a one-shot source that {@link prepareBody} would read before the first leg. */
+export function readsFirst(body: unknown): boolean {
+  return !REPLAYABLE_AS_IS(body) && isAsyncSource(body);
+}
+
+/**
+ * A one-shot body written as it comes, for a request on an authenticated session, where it is
+ * unlikely to be needed again: the first byte goes out at once instead of after up to
+ * `maxReplayBodyBytes` were read. A copy is kept while it fits in `limit`, so a replay (the server
+ * forgot the session, T4) still carries the whole body when it was read in full (C10); otherwise
+ * a second `take()` is refused, as for any one-shot body over the limit.
+ */
+export class TeeBody implements PreparedBody {
+  readonly streams = true;
+  readonly #source: AsyncIterable<unknown> | Iterable<unknown>;
+  readonly #limit: number;
+  #chunks: Buffer[] = [];
+  #size = 0;
+  /** The first leg began to read the source (a leg refused before that leaves it untouched). */
+  #started = false;
+  #done = false;
+
+  constructor(source: AsyncIterable<unknown> | Iterable<unknown>, limit: number) {
+    this.#source = source;
+    this.#limit = limit;
+  }
+
+  get replayable(): boolean {
+    return !this.#started || (this.#done && this.#size <= this.#limit);
+  }
+
+  take(): unknown {
+    if (!this.#started) return this.#tee();
+    if (!this.replayable) return undefined;
+    return this.#size === 0 ? null : Buffer.concat(this.#chunks, this.#size);
+  }
+
+  async *#tee(): AsyncGenerator<Buffer> {
+    this.#started = true;
+    for await (const chunk of this.#source as AsyncIterable<unknown>) {
+      const buf = toBuffer(chunk);
+      this.#size += buf.length;
+      // Past the limit no replay is possible: drop the copy rather than hold the whole body.
+      if (this.#size <= this.#limit) this.#chunks.push(buf);
+      else this.#chunks = [];
+      yield buf;
+    }
+    this.#done = true;
   }
 }
 

@@ -53,6 +53,8 @@ export interface ReferenceServerEvents {
   exchange: [Exchange];
   /** A request arrived (headers only). */
   request: [IncomingRequestInfo];
+  /** A piece of a request's body arrived (`bytes` so far): shows whether a client streams its upload. */
+  bodyChunk: [{ readonly path: string; readonly bytes: number }];
   /** A session or HTTP/1.1 connection opened. */
   session: [SessionInfo];
   /** A session or HTTP/1.1 connection closed (its contexts are gone). */
@@ -339,7 +341,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
 
     // Every leg reads the whole body, also the 401s: proves the client replayed it (C10) and
     // keeps HTTP/1.1 connections reusable.
-    const body = await readBody(req);
+    const body = await readBody(req, (bytes) => this.emit('bodyChunk', { path, bytes }));
     const bodySha256 = createHash('sha256').update(body).digest('hex');
     const authIdReceived = headerValue(headers['auth-id']);
     const draft: Draft = {
@@ -667,13 +669,14 @@ function lowerCaseHeaders(headers: Record<string, unknown>): Headers {
   return out;
 }
 
-async function readBody(req: AnyRequest): Promise<Buffer> {
+async function readBody(req: AnyRequest, onChunk: (bytes: number) => void): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   try {
     for await (const chunk of req as AsyncIterable<Buffer | string>) {
       const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
       total += buf.length;
+      onChunk(total);
       if (total > MAX_BODY_BYTES) break;
       chunks.push(buf);
     }

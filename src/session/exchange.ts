@@ -221,10 +221,17 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   /** Whether `job` may take the fast path on `session` (checked by the pool before it starts one). */
   static eligible(session: Session, job: Job, env: ExchangeEnv): boolean {
     return (
-      session.state.kind === 'authenticated' &&
       job.identity === 'agent' &&
       !job.noAuth &&
-      job.body.asIs === true &&
+      (job.body.asIs === true || (job.body.streams === true && job.body.replayable)) &&
+      FastExchange.sessionReady(session, env)
+    );
+  }
+
+  /** The session is authenticated and nothing the steps would check stands in the way. */
+  static sessionReady(session: Session, env: ExchangeEnv): boolean {
+    return (
+      session.state.kind === 'authenticated' &&
       !env.memory.requiresHttp1 &&
       env.memory.clientCertificate === undefined &&
       !env.memory.hasUnusable &&

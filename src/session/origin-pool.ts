@@ -98,6 +98,13 @@ export class OriginPool implements FastHost {
    * Runs a request to its end, relocating it between sessions as needed; calls `ended` once it has
    * ended (never throws). A request that finds an authenticated session takes the fast path.
    */
+  /** A request of `identity` dispatched now would go bare on an authenticated session (the fast path). */
+  authenticatedNow(identity: Identity, http1Only: boolean): boolean {
+    if (this.#closed || http1Only || identity !== 'agent') return false;
+    const session = this.#pick('auto', identity);
+    return session !== undefined && FastExchange.sessionReady(session, this.#env);
+  }
+
   run(job: Job, ended: () => void): void {
     if (!this.#closed && !job.http1Only) {
       const session = this.#pick('auto', job.identity);

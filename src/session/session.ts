@@ -374,8 +374,11 @@ export class Session {
   dispatchAsGiven(job: Job, handler: Dispatcher.DispatchHandler): Error | undefined {
     if (this.closed) return new StaleConnectionError();
     const given = job.dispatchOptions;
+    // A stream goes through its tee (kept for a replay, C10); other bodies as the caller gave them.
+    const body = job.body.asIs ? undefined : { body: job.body.take() as Dispatcher.DispatchOptions['body'] };
     // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
-    const opts = given.method === 'HEAD' && this.protocol !== 'h2' ? { ...given, reset: false } : given;
+    const reset = given.method === 'HEAD' && this.protocol !== 'h2' ? { reset: false } : undefined;
+    const opts = body || reset ? { ...given, ...body, ...reset } : given;
     log.leg('%s job %d fast %s %s', this.id, job.id, given.method, this.protocol ?? '?');
     try {
       this.client.dispatch(opts, handler);
