@@ -33,13 +33,25 @@ const wireSoFar = () =>
 /** Runs `count` GETs, `parallel` at a time; resolves with the number that were not 200. */
 type Contender = (urls: readonly string[], parallel: number) => Promise<number>;
 
-async function pool(urls: readonly string[], parallel: number, get: (url: string) => Promise<number>) {
+/** Why requests failed, per client and reason (the evidence where one cannot authenticate). */
+const failures = new Map<string, number>();
+function noteFailure(client: string, why: string): void {
+  const key = `${client}: ${why}`;
+  failures.set(key, (failures.get(key) ?? 0) + 1);
+}
+
+async function pool(client: string, urls: readonly string[], parallel: number, get: (url: string) => Promise<number>) {
   let next = 0;
   let failed = 0;
   const worker = async () => {
     while (next < urls.length) {
-      const status = await get(urls[next++]!).catch(() => 0);
-      if (status !== 200) failed += 1;
+      const status = await get(urls[next++]!).catch((err: Error) => {
+        noteFailure(client, err.message);
+        return 0;
+      });
+      if (status === 200) continue;
+      failed += 1;
+      if (status) noteFailure(client, `status ${status}`);
     }
   };
   await Promise.all(Array.from({ length: Math.min(parallel, urls.length) }, worker));
@@ -50,7 +62,7 @@ const contenders: Record<string, Contender> = {
   async multileg(urls, parallel) {
     const agent = new MultilegAgent({ connect: { ca: apache.ca }, trustedOrigins: [apache.origin] });
     try {
-      return await pool(urls, parallel, async (url) => {
+      return await pool('multileg', urls, parallel, async (url) => {
         const res = await fetch(url, { dispatcher: agent });
         await res.arrayBuffer();
         return res.status;
@@ -62,7 +74,7 @@ const contenders: Record<string, Contender> = {
   async 'fetch + kerberos'(urls, parallel) {
     const dispatcher = new Agent({ connect: { ca: apache.ca } });
     try {
-      return await pool(urls, parallel, async (url) => {
+      return await pool('fetch + kerberos', urls, parallel, async (url) => {
         const client = await kerberos.initializeClient('HTTP@localhost', { mechOID: kerberos.GSS_MECH_OID_SPNEGO });
         const token = await client.step('');
         const res = await fetch(url, { dispatcher, headers: { authorization: `Negotiate ${token}` } });
@@ -88,7 +100,10 @@ const contenders: Record<string, Contender> = {
     ];
     if (parallel > 1) args.push('--parallel', '--parallel-max', String(parallel));
     const out = await new Promise<string>((resolve, reject) => {
-      const child = spawn('curl', [...args, ...urls], { stdio: ['ignore', 'pipe', 'inherit'] });
+      // `-o` belongs to one URL each.
+      const child = spawn('curl', [...args, ...urls.flatMap((u) => ['-o', '/dev/null', u])], {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      });
       let text = '';
       child.stdout.on('data', (d: Buffer) => {
         text += d.toString();
@@ -96,7 +111,9 @@ const contenders: Record<string, Contender> = {
       child.on('error', reject);
       child.on('close', () => resolve(text));
     });
-    return urls.length - out.split('\n').filter((s) => s === '200').length;
+    const statuses = out.split('\n').filter(Boolean);
+    for (const status of statuses) if (status !== '200') noteFailure('curl --negotiate', `status ${status}`);
+    return urls.length - statuses.filter((s) => s === '200').length;
   },
 };
 
@@ -136,6 +153,8 @@ try {
       );
     }
   }
+  console.log('\nFailures (client: reason: count, all rounds):');
+  for (const [why, n] of failures) console.log(`  ${why}: ${n}`);
 } finally {
   restoreEnv();
   await lab.stop();
