@@ -6,6 +6,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
@@ -100,6 +102,28 @@ describe('WaitQueue: the one bounded wait (R1)', () => {
     expect(got.slice(0, 2001)).toEqual(Array.from({ length: 2001 }, (_, i) => [i + 1, i < 2000 ? i + 1 : -1]));
     expect(got.slice(2001).every(([, v]) => v === 'timeout')).toBe(true);
     expect(got.slice(2001).map(([id]) => id)).toEqual(Array.from({ length: 999 }, (_, i) => 2002 + i));
+  });
+
+  it('R6: requests that left the front of a never-empty queue are not kept alive by it', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const queue = new WaitQueue<number>({ maxQueue: 10_000, queueTimeout: 60_000 }, 'a test');
+    const left: Array<WeakRef<Job>> = [];
+    const waits = [];
+    for (let id = 1; id <= 3000; id++) {
+      const j = job(id);
+      if (id <= 1000) left.push(new WeakRef(j));
+      waits.push(queue.wait(j).catch(() => {}));
+    }
+    for (let v = 1; v <= 2000; v++) queue.shift(v);
+    await Promise.all(waits.slice(0, 2000));
+    // WeakRef targets stay alive until the current task ends.
+    await new Promise((r) => setImmediate(r));
+    gc();
+    expect(left.filter((w) => w.deref() !== undefined)).toEqual([]);
+    expect(queue.length).toBe(1000);
+    queue.settleAll(undefined, new Error('done'));
+    await Promise.all(waits);
   });
 });
 
