@@ -150,6 +150,32 @@ describe('CONNECT through scripted proxies: framing of 407 answers (S3)', () => 
     expect(t).toMatchObject({ requests: 2, connections: 1 });
   });
 
+  it('H5: a chunk-size line arriving in pieces is read whole: the next leg goes on the same connection', async () => {
+    const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
+      if (proxyAuthorization) return void socket.write(OK);
+      socket.write(`${CHALLENGE}Transfer-Encoding: chunked\r\n\r\n5;ext=`);
+      setTimeout(() => socket.write('1\r\nhello\r\n0\r\n\r\n'), 20);
+    });
+    const t = await tunnel(resolved(uri));
+    t.socket.destroy();
+    expect(t).toMatchObject({ requests: 2, connections: 1 });
+    expect(seen.map((s) => s.connection)).toEqual([1, 1]);
+  });
+
+  it('H5: a 407 whose Connection headers (repeated) include close: the next leg uses a new connection', async () => {
+    const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
+      if (proxyAuthorization) return void socket.write(OK);
+      socket.write(`${CHALLENGE}Connection: keep-alive\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    });
+    const t = await tunnel(resolved(uri));
+    t.socket.destroy();
+    expect(t).toMatchObject({ requests: 2, connections: 2 });
+    expect(seen.map((s) => [s.connection, s.proxyAuthorization])).toEqual([
+      [1, undefined],
+      [2, BASIC],
+    ]);
+  });
+
   it('H5: an HTTP/1.0 407 without a length runs to the end of the connection; the next leg uses a new one', async () => {
     const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
       if (proxyAuthorization) return void socket.write(OK);
@@ -326,6 +352,25 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     );
     const err = await failure(tunnel(resolved(uri, { mechanisms: [choking], schemes: ['Loop'] })));
     expect(err).toBeInstanceOf(InvalidTokenError);
+  });
+
+  it('H5: a mechanism that rejects the proxy’s token with a typed error: that error, unchanged', async () => {
+    const rejecting: Mechanism = {
+      ...endless,
+      createContext: () => ({
+        complete: false,
+        step: async () => {
+          throw new InvalidTokenError('Loop token from the test proxy');
+        },
+        finish: async () => {},
+      }),
+    };
+    const { uri } = await scripted(({ socket }) =>
+      socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop garbage\r\nContent-Length: 0\r\n\r\n'),
+    );
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [rejecting], schemes: ['Loop'] })));
+    expect(err).toBeInstanceOf(InvalidTokenError);
+    expect(err.message).toContain('Loop token from the test proxy');
   });
 
   it('H5: a proxy that drops the connection between legs of a connection-bound scheme: the handshake restarts once on a new connection', async () => {

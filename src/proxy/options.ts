@@ -172,7 +172,8 @@ export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean
     .replace(/^\[(.+)\]$/, '$1')
     .toLowerCase();
   if (hostname.length > 1 && hostname.endsWith('.')) hostname = hostname.slice(0, -1);
-  const port = Number.parseInt(url.port, 10) || (url.protocol === 'https:' ? 443 : url.protocol === 'http:' ? 80 : 0);
+  // Only http: and https: URLs get here (ProxyResolver.route).
+  const port = Number.parseInt(url.port, 10) || (url.protocol === 'https:' ? 443 : 80);
   for (const e of entries) {
     if (e.hostname === '*') {
       if (e.port && e.port !== port) continue;
