@@ -137,9 +137,8 @@ export class Session {
       h2Options: { maxConcurrentStreams: opts.maxConcurrentStreams },
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
     });
-    this.client.on('disconnect', (_origin, _targets, err) => {
-      const error = err as Error | undefined;
-      log.session('%s disconnected (%s)', this.id, error?.message ?? 'closed');
+    this.client.on('disconnect', (_origin, _targets, error) => {
+      log.session('%s disconnected (%s)', this.id, error.message);
       const code = goawayCode(error);
       // The streams the GOAWAY refused fail with this very error object: they were not processed.
       if (code !== undefined) this.#goaway = error;
