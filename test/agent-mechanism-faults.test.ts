@@ -79,7 +79,9 @@ describe('mechanism faults reach the caller as the next scheme or a typed error'
     const { s, a } = await setup(unavailable);
     const r = await outcome(fetch(`${s.origin}/auth/x`, { dispatcher: a }));
     expect(r).toEqual({ status: 200, body: expect.objectContaining({ user: 'EXAMPLE\\alice' }) });
-    const sent = s.exchanges.filter((e) => hasAuth(e.requestHeaders)).map((e) => String(e.requestHeaders.authorization));
+    const sent = s.exchanges
+      .filter((e) => hasAuth(e.requestHeaders))
+      .map((e) => String(e.requestHeaders.authorization));
     expect(sent).toHaveLength(1);
     expect(sent[0]).toMatch(/^Basic /);
   });

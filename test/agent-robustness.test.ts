@@ -187,6 +187,28 @@ describe('closing and destroying never loses a request silently', () => {
     expect(results).toEqual(Array(10).fill('error'));
   });
 
+  it('a refused connection reaches the caller as the socket error, and the next request connects afresh', async () => {
+    const { createServer } = await import('node:net');
+    const probe = createServer();
+    await new Promise<void>((res) => probe.listen(0, '127.0.0.1', res));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((res) => probe.close(res));
+    const agent = new MultilegAgent({ connect: { ca: CA_CERT } });
+    agents.push(agent);
+    const err = await fetch(`https://localhost:${port}/x`, { dispatcher: agent }).catch(
+      (e: { cause?: unknown }) => e.cause,
+    );
+    expect(err).toMatchObject({ code: 'ECONNREFUSED', port });
+    // The origin is not marked broken: once something listens there, the agent connects.
+    const later = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (_req, res) => {
+      res.writeHead(204).end();
+    });
+    servers.push(later);
+    await new Promise<void>((res) => later.listen(port, '127.0.0.1', res));
+    const res = await fetch(`https://localhost:${port}/y`, { dispatcher: agent });
+    expect(res.status).toBe(204);
+  });
+
   it('close() lets requests in flight finish, then refuses new ones with a typed error', async () => {
     r = await rig({ mode: 'session' });
     const inflight = get(r, '/auth/a');

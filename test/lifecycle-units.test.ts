@@ -320,7 +320,18 @@ describe('tls-server-end-point channel binding (RFC 5929 §4.1)', () => {
   const openssl = findBin('/usr/bin/openssl');
   const cert = (args: string[]) =>
     new X509Certificate(
-      execFileSync(openssl!, ['req', '-x509', '-nodes', '-subj', '/CN=cb', '-days', '1', '-keyout', '/dev/null', ...args]),
+      execFileSync(openssl!, [
+        'req',
+        '-x509',
+        '-nodes',
+        '-subj',
+        '/CN=cb',
+        '-days',
+        '1',
+        '-keyout',
+        '/dev/null',
+        ...args,
+      ]),
     );
 
   it.runIf(openssl || process.env.CI === 'true')(

@@ -65,7 +65,11 @@ describe('proxy selection', () => {
 
   it('H5: a proxy address without a scheme is http://; without a port, the scheme’s default port', () => {
     const bare = new ProxyResolver(undefined, { HTTPS_PROXY: 'proxy.test:3128', HTTP_PROXY: 'https://secure.test' });
-    expect(bare.route('https://a.test')!.proxy).toMatchObject({ origin: 'http://proxy.test:3128', port: 3128, tls: false });
+    expect(bare.route('https://a.test')!.proxy).toMatchObject({
+      origin: 'http://proxy.test:3128',
+      port: 3128,
+      tls: false,
+    });
     expect(bare.route('http://a.test')!.proxy).toMatchObject({ origin: 'https://secure.test', port: 443, tls: true });
     expect(new ProxyResolver('http://plain.test').route('https://a.test')!.proxy.port).toBe(80);
     // Only http and https requests are proxied.

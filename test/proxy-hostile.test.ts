@@ -3,12 +3,26 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { type AddressInfo, connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent } from '../src/index.ts';
-import { ProxyConnectTimeoutError, ProxyTimeoutError } from '../src/proxy/errors.ts';
-import { CA_CERT } from '../src/reference-server/index.ts';
+import { type Mechanism, MultilegAgent, ntlmMechanism } from '../src/index.ts';
+import {
+  ProxyConnectError,
+  ProxyConnectTimeoutError,
+  ProxyProtocolError,
+  ProxyTimeoutError,
+} from '../src/proxy/errors.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import {
+  CA_CERT,
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
+import { ALICE } from './helpers.ts';
 
 interface Hostile {
   readonly port: number;
@@ -68,12 +82,58 @@ const cause = (p: Promise<unknown>) =>
     (e: { cause?: Error }) => e.cause ?? (e as Error),
   );
 
+/**
+ * Answers the first CONNECT (whatever host:port it names) with 200 and relays the connection to
+ * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it.
+ */
+const relayTo = (port: number, answer = 'HTTP/1.1 200 Connection Established\r\n\r\n') =>
+  hostile((socket, received) => {
+    const onData = () => {
+      const end = received().indexOf('\r\n\r\n');
+      if (end < 0) return;
+      socket.off('data', onData);
+      socket.pause();
+      if (!answer.includes(' 200 ')) return void socket.end(answer);
+      const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+        socket.write(answer);
+        const rest = Buffer.from(received().slice(end + 4), 'latin1');
+        if (rest.length) upstream.write(rest);
+        socket.pipe(upstream).pipe(socket);
+        socket.resume();
+      });
+      upstream.on('error', () => socket.destroy());
+      socket.once('close', () => upstream.destroy());
+    };
+    socket.on('data', onData);
+  });
+
+/** Holds each connection `ms` before relaying it, bytes and all, to 127.0.0.1:`port`. */
+const slowRelayTo = (port: number, ms: number) =>
+  hostile((socket, received) => {
+    socket.pause();
+    const timer = setTimeout(() => {
+      const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+        socket.on('data', (d: Buffer) => upstream.write(d));
+        upstream.pipe(socket);
+        socket.resume();
+      });
+      upstream.on('error', () => socket.destroy());
+      socket.once('close', () => upstream.destroy());
+    }, ms);
+    socket.once('close', () => clearTimeout(timer));
+    void received;
+  });
+
 let proxy: Hostile | undefined;
 let agent: MultilegAgent | undefined;
+let server: ReferenceServer | undefined;
+let reference: ReferenceProxy | undefined;
 afterEach(async () => {
   await agent?.destroy().catch(() => {});
   await proxy?.close();
-  agent = proxy = undefined;
+  await reference?.close();
+  await server?.close();
+  agent = proxy = server = reference = undefined;
 });
 
 describe('hostile proxies: bounded connects (R1, H5)', () => {
@@ -131,4 +191,87 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
       /proxy\.connectTimeout must be a positive number/,
     );
   });
+});
+
+describe('proxies: how the agent names the target and reaches the proxy (H5)', () => {
+  it('H5: an origin on its default port is CONNECTed as host:443, and its legs know the port', async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    proxy = await relayTo(server.port);
+    const ntlm = ntlmMechanism(ALICE);
+    const ports: number[] = [];
+    const recording: Mechanism = {
+      ...ntlm,
+      createContext(leg) {
+        ports.push(leg.port);
+        return ntlm.createContext(leg);
+      },
+    };
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: CA_CERT },
+      trustedOrigins: ['https://localhost'],
+      negotiate: false,
+      mechanisms: [recording],
+      proxy: `http://127.0.0.1:${proxy.port}`,
+    });
+    const res = await fetch('https://localhost/auth/x', { dispatcher: agent });
+    expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    expect(proxy.received[0]).toMatch(/^CONNECT localhost:443 HTTP\/1\.1\r\n/);
+    expect(ports).toEqual([443]);
+  });
+
+  it('H5: an http:// origin on its default port, tunnelled (proxy.http = tunnel), is CONNECTed as host:80', async () => {
+    proxy = await relayTo(1, 'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
+    agent = new MultilegAgent({ proxy: { uri: `http://127.0.0.1:${proxy.port}`, http: 'tunnel' } });
+    const err = await cause(fetch('http://localhost/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyConnectError);
+    expect(err).toMatchObject({ statusCode: 403 });
+    expect(proxy.received[0]).toMatch(/^CONNECT localhost:80 HTTP\/1\.1\r\n/);
+  });
+
+  it('H5: an origin named by IP address is reached through the tunnel without SNI (an IP is no server name)', async () => {
+    const sni: Array<string | false | null> = [];
+    const origin = createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (s) => {
+      sni.push(s.servername);
+      s.on('error', () => {});
+      s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'));
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    try {
+      proxy = await relayTo((origin.address() as AddressInfo).port);
+      agent = new MultilegAgent({ connect: { ca: CA_CERT }, proxy: `http://127.0.0.1:${proxy.port}` });
+      const res = await fetch('https://127.0.0.1/x', { dispatcher: agent });
+      expect(await res.text()).toBe('ok');
+    } finally {
+      await new Promise((r) => origin.close(r));
+    }
+    expect(proxy.received[0]).toMatch(/^CONNECT 127\.0\.0\.1:443 HTTP\/1\.1\r\n/);
+    expect(sni).toEqual([false]);
+  });
+
+  it('H5: a proxy that refuses the TCP connection is a ProxyProtocolError naming the cause', async () => {
+    const closed = await hostile(() => {});
+    const port = closed.port;
+    await closed.close();
+    agent = new MultilegAgent({ proxy: `http://127.0.0.1:${port}` });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyProtocolError);
+    expect((err as Error).message).toContain(`proxy http://127.0.0.1:${port}: cannot connect (ECONNREFUSED)`);
+  });
+
+  it('R1: a TLS proxy connection that completes after limits.handshakeTimeout is dropped unused (ProxyTimeoutError, no CONNECT sent)', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    reference = await startReferenceProxy({});
+    proxy = await slowRelayTo(reference.port, 1500);
+    agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      proxy: { uri: `https://localhost:${proxy.port}`, connect: { ca: CA_CERT }, connectTimeout: 30_000 },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch(`${server.origin}/public/x`, { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    // Wait until the slow connection did get through to the proxy, then see that nothing used it.
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(reference.exchanges).toEqual([]);
+  }, 20_000);
 });

@@ -49,6 +49,8 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
       proxy.connectTimeout,
     );
+    // Socket errors of node:net and node:tls carry a code (ECONNREFUSED, CERT_HAS_EXPIRED); the
+    // message is only a fallback for an error without one, which they do not emit.
     const onError = (err: Error) =>
       fail(
         new ProxyProtocolError(proxy.origin, `cannot connect (${(err as { code?: string }).code ?? err.message})`, {
