@@ -3,7 +3,7 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
-import { type AddressInfo, connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { type AddressInfo, createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,7 +14,6 @@ import {
   ProxyProtocolError,
   ProxyTimeoutError,
 } from '../src/proxy/errors.ts';
-import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import {
   CA_CERT,
   type ReferenceProxy,
@@ -22,6 +21,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE } from './helpers.ts';
 
 interface Hostile {
