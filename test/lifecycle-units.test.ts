@@ -6,6 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
+import { createServer } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
@@ -13,9 +14,11 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
 import { QueueTimeoutError } from '../src/index.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
 import type { Job } from '../src/session/job.ts';
 import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
+import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
 import { WaitQueue } from '../src/session/wait-queue.ts';
 import { RedirectHops } from '../src/trust/redirects.ts';
@@ -313,6 +316,39 @@ describe('origin memory and session state', () => {
     const closed = transition(FRESH, { type: 'closed', http1Required: true });
     expect(transition(closed, { type: 'closed' })).toBe(closed);
     expect(closed).toEqual({ kind: 'closed', http1Required: true });
+  });
+});
+
+describe('Session: nothing goes on a session after it ended', () => {
+  it('R5: a leg for a session that has closed (GOAWAY, reset) fails as stale, and no stream or connection is opened', async () => {
+    let connections = 0;
+    const server = createServer((socket) => {
+      connections += 1;
+      socket.destroy();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const session = new Session({
+      origin: `https://localhost:${port}`,
+      lane: 'auto',
+      identity: 'agent',
+      tls: {},
+      certified: false,
+      keepAliveTimeout: 1000,
+      maxConcurrentStreams: 100,
+      limits: DEFAULT_LIMITS,
+      onChange: () => {},
+    });
+    try {
+      session.apply({ type: 'closed' });
+      const result = await session.send(job(1), { authorization: 'NTLM x' }, () => 'deliver');
+      expect(result.kind).toBe('failed');
+      expect((result as { error: Error }).error).toBeInstanceOf(StaleConnectionError);
+      expect(connections).toBe(0);
+    } finally {
+      await session.client.destroy().catch(() => {});
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 

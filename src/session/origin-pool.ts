@@ -85,6 +85,9 @@ export class OriginPool {
   /** Runs a request to its end, relocating it between sessions as needed. Never throws. */
   async run(job: Job): Promise<void> {
     for (;;) {
+      // Closed between relocations: only destroy() closes a pool with requests still running (close()
+      // waits for them), and it fails them first, so no test reaches this; it keeps a late
+      // relocation from opening a connection.
       if (this.#closed) {
         job.sink.fail(new AgentClosedError());
         return;

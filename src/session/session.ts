@@ -119,7 +119,7 @@ export class Session {
         route: opts.route,
         allowH2,
         limits: opts.limits,
-        onRemoteHttp1: opts.onRemoteHttp1 ?? (() => {}),
+        onRemoteHttp1: opts.onRemoteHttp1 ?? (() => {}), // (the pool passes one with every route)
         onProxyVerificationFailed: (err) => {
           log.session('%s proxy final token failed verification (%s): closing', this.id, err.message);
           this.apply({ type: 'closed' });
@@ -188,10 +188,10 @@ export class Session {
   /**
    * How many requests may run on this session at once. Until the connection is known to be
    * HTTP/2 and a first response has shown whether the origin wants authentication, one at a
-   * time: a burst of anonymous requests would each come back 401 (draft §3, C1).
+   * time: a burst of anonymous requests would each come back 401 (draft §3, C1). The pool reads
+   * it for open sessions only.
    */
   get capacity(): number {
-    if (this.closed) return 0;
     if (this.#connection?.protocol === 'h2' && (this.#probed || this.#state.kind !== 'fresh'))
       return Number.POSITIVE_INFINITY;
     return 1;
@@ -314,7 +314,8 @@ export class Session {
         return verdict;
       },
       beforeStart: (controller) => {
-        if (job.sink.aborted) controller.abort(job.sink.reason ?? new Error('aborted'));
+        // The caller aborted before undici started the request (its abort found no controller yet).
+        if (job.sink.aborted) controller.abort(job.sink.reason!);
         else if (this.#connections > 1 || this.closed) controller.abort(new StaleConnectionError());
       },
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
