@@ -123,7 +123,8 @@ describe('WaitQueue: the one bounded wait (R1)', () => {
     // WeakRef targets stay alive until the current task ends.
     await new Promise((r) => setImmediate(r));
     gc();
-    expect(left.filter((w) => w.deref() !== undefined)).toEqual([]);
+    // Without compaction all 1000 stay reachable; V8 may keep one or two alive for its own reasons.
+    expect(left.filter((w) => w.deref() !== undefined).length).toBeLessThan(10);
     expect(queue.length).toBe(1000);
     queue.settleAll(undefined, new Error('done'));
     await Promise.all(waits);
