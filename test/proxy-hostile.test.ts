@@ -3,7 +3,7 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
-import { type AddressInfo, createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { type AddressInfo, connect as netConnect } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -23,43 +23,7 @@ import {
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE } from './helpers.ts';
-
-interface Hostile {
-  readonly port: number;
-  /** TCP connections accepted. */
-  readonly connections: number;
-  /** Every byte each connection sent, as latin1 text. */
-  readonly received: string[];
-  close(): Promise<void>;
-}
-
-/** A TCP server on loopback that runs `behave` on each connection and records what it receives. */
-async function hostile(behave: (socket: Socket, received: () => string) => void): Promise<Hostile> {
-  const sockets = new Set<Socket>();
-  const received: string[] = [];
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    const i = received.push('') - 1;
-    socket.on('data', (d: Buffer) => {
-      received[i] += d.toString('latin1');
-    });
-    socket.on('error', () => {});
-    socket.once('close', () => sockets.delete(socket));
-    behave(socket, () => received[i]!);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as { port: number }).port,
-    get connections() {
-      return received.length;
-    },
-    received,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-}
+import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
 const silent = () => hostile(() => {});
@@ -81,48 +45,6 @@ const cause = (p: Promise<unknown>) =>
     () => undefined,
     (e: { cause?: Error }) => e.cause ?? (e as Error),
   );
-
-/**
- * Answers the first CONNECT (whatever host:port it names) with 200 and relays the connection to
- * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it.
- */
-const relayTo = (port: number, answer = 'HTTP/1.1 200 Connection Established\r\n\r\n') =>
-  hostile((socket, received) => {
-    const onData = () => {
-      const end = received().indexOf('\r\n\r\n');
-      if (end < 0) return;
-      socket.off('data', onData);
-      socket.pause();
-      if (!answer.includes(' 200 ')) return void socket.end(answer);
-      const upstream = netConnect({ host: '127.0.0.1', port }, () => {
-        socket.write(answer);
-        const rest = Buffer.from(received().slice(end + 4), 'latin1');
-        if (rest.length) upstream.write(rest);
-        socket.pipe(upstream).pipe(socket);
-        socket.resume();
-      });
-      upstream.on('error', () => socket.destroy());
-      socket.once('close', () => upstream.destroy());
-    };
-    socket.on('data', onData);
-  });
-
-/** Holds each connection `ms` before relaying it, bytes and all, to 127.0.0.1:`port`. */
-const slowRelayTo = (port: number, ms: number) =>
-  hostile((socket, received) => {
-    socket.pause();
-    const timer = setTimeout(() => {
-      const upstream = netConnect({ host: '127.0.0.1', port }, () => {
-        socket.on('data', (d: Buffer) => upstream.write(d));
-        upstream.pipe(socket);
-        socket.resume();
-      });
-      upstream.on('error', () => socket.destroy());
-      socket.once('close', () => upstream.destroy());
-    }, ms);
-    socket.once('close', () => clearTimeout(timer));
-    void received;
-  });
 
 let proxy: Hostile | undefined;
 let agent: MultilegAgent | undefined;
