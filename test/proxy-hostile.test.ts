@@ -3,7 +3,7 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
-import { type AddressInfo, connect as netConnect } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
