@@ -153,3 +153,21 @@ describe('a caller abort before the request reached the wire', () => {
     expect(s.exchanges.some((e) => hasAuth(e.requestHeaders))).toBe(false);
   });
 });
+
+describe('an origin that turns out to need HTTP/1.1 for authentication (H2)', () => {
+  it('H2: requests that waited for the first response on HTTP/2 go straight to HTTP/1.1 once the origin asked for it', async () => {
+    const s = await reference({ mode: 'iis', iisVia: 'rst', schemes: ['NTLM'] });
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin], negotiate: false });
+    // The first request probes the new HTTP/2 session; the others wait for its first response.
+    const results = await Promise.all(
+      [0, 1, 2, 3, 4].map((i) =>
+        fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then(
+          async (r) => [r.status, ((await r.json()) as { protocol: string }).protocol] as const,
+        ),
+      ),
+    );
+    expect(results).toEqual(Array(5).fill([200, 'http/1.1']));
+    // Only the probe met the refusal on HTTP/2; nothing else was tried there.
+    expect(s.exchanges.filter((e) => e.protocol === 'h2').map((e) => e.outcome)).toEqual(['rst']);
+  });
+});
