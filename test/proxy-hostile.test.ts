@@ -116,31 +116,37 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
 });
 
 describe('proxies: how the agent names the target and reaches the proxy (H5)', () => {
-  it('H5: an origin on its default port is CONNECTed as host:443, and its legs know the port', async () => {
-    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
-    proxy = await relayTo(server.port);
-    const ntlm = ntlmMechanism(ALICE);
-    const ports: number[] = [];
-    const recording: Mechanism = {
-      ...ntlm,
-      createContext(leg) {
-        ports.push(leg.port);
-        return ntlm.createContext(leg);
-      },
-    };
-    agent = new MultilegAgent({
-      credentials: ALICE,
-      connect: { ca: CA_CERT },
-      trustedOrigins: ['https://localhost'],
-      negotiate: false,
-      mechanisms: [recording],
-      proxy: `http://127.0.0.1:${proxy.port}`,
-    });
-    const res = await fetch('https://localhost/auth/x', { dispatcher: agent });
-    expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
-    expect(proxy.received[0]).toMatch(/^CONNECT localhost:443 HTTP\/1\.1\r\n/);
-    expect(ports).toEqual([443]);
-  });
+  it.each([
+    ['https', 443],
+    ['http', 80],
+  ] as const)(
+    'H5: a %s origin on its default port is CONNECTed as host:%i, and its legs know the port',
+    async (scheme, port) => {
+      server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], cleartext: scheme === 'http' });
+      proxy = await relayTo(server.port);
+      const ntlm = ntlmMechanism(ALICE);
+      const ports: number[] = [];
+      const recording: Mechanism = {
+        ...ntlm,
+        createContext(leg) {
+          ports.push(leg.port);
+          return ntlm.createContext(leg);
+        },
+      };
+      agent = new MultilegAgent({
+        credentials: ALICE,
+        connect: { ca: CA_CERT },
+        trustedOrigins: [`${scheme}://localhost`],
+        negotiate: false,
+        mechanisms: [recording],
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, http: 'tunnel' },
+      });
+      const res = await fetch(`${scheme}://localhost/auth/x`, { dispatcher: agent });
+      expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+      expect(proxy.received[0]).toMatch(new RegExp(`^CONNECT localhost:${port} HTTP/1\\.1\r\n`));
+      expect(ports).toEqual([port]);
+    },
+  );
 
   it('H5: an http:// origin on its default port, tunnelled (proxy.http = tunnel), is CONNECTed as host:80', async () => {
     proxy = await relayTo(1, 'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
