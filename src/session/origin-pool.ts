@@ -77,6 +77,8 @@ export class OriginPool {
 
   /** Nothing open and nothing waiting: the agent may drop this pool. */
   get idle(): boolean {
+    // (A closed session still finishing a response, or requests waiting while no session is open,
+    // last only until the next pump: the sweep test meets neither.)
     if (this.#sessions.some((s) => !s.closed || s.inflight > 0)) return false;
     for (const w of this.#waiting.values()) if (w.queue.length > 0) return false;
     return true;
@@ -216,7 +218,8 @@ export class OriginPool {
       while (queue.length > 0) {
         const s = this.#take(lane, identity);
         if (!s) break;
-        // A waiter that went away meanwhile gives the place back.
+        // A waiter that went away meanwhile gives the place back. (Not reached: `length` counts only
+        // live waiters, and nothing between the check and the shift can settle one.)
         if (!queue.shift(s)) s.release();
       }
     }

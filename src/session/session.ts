@@ -349,6 +349,8 @@ export class Session {
       else job.sink.onAbort(undefined);
       // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
       if (r.kind === 'failed' && r.error === this.#goaway) {
+        // (With HTTP_1_1_REQUIRED only if a GOAWAY refuses streams of a running handshake: IIS
+        // refuses the first request itself, which the H2 tests cover.)
         const http1 = this.#state.kind === 'closed' && this.#state.http1Required === true;
         return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
       }
