@@ -349,8 +349,8 @@ export class Session {
       else job.sink.onAbort(undefined);
       // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
       if (r.kind === 'failed' && r.error === this.#goaway) {
-        // (With HTTP_1_1_REQUIRED only if a GOAWAY refuses streams of a running handshake: IIS
-        // refuses the first request itself, which the H2 tests cover.)
+        // (The reference server's IIS mode resets a refused stream besides its GOAWAY
+        // HTTP_1_1_REQUIRED, so in the H2 tests the leg fails with that reset, not here.)
         const http1 = this.#state.kind === 'closed' && this.#state.http1Required === true;
         return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
       }
