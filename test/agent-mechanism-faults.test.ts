@@ -6,7 +6,6 @@
 import { fetch, type Response } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  type Challenge,
   InvalidTokenError,
   type Mechanism,
   MechanismError,
@@ -16,7 +15,7 @@ import {
   ntlmMechanism,
 } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
-import { ALICE, hasAuth } from './helpers.ts';
+import { ALICE, hasAuth, patchedNtlm } from './helpers.ts';
 
 let server: ReferenceServer | undefined;
 let agent: MultilegAgent | undefined;
@@ -27,29 +26,6 @@ afterEach(async () => {
 });
 
 const ntlm = ntlmMechanism(ALICE);
-
-/** NTLM whose contexts behave as `patch` says on top of the real ones. */
-function patchedNtlm(patch: {
-  step?: (challenge: Challenge | undefined) => void;
-  finish?: () => Promise<void>;
-}): Mechanism {
-  return {
-    ...ntlm,
-    createContext(leg) {
-      const real = ntlm.createContext(leg);
-      return {
-        get complete() {
-          return real.complete;
-        },
-        step: async (challenge, l) => {
-          patch.step?.(challenge);
-          return real.step(challenge, l);
-        },
-        finish: patch.finish ?? ((challenge, l) => real.finish(challenge, l)),
-      };
-    },
-  };
-}
 
 async function setup(mechanism: Mechanism, schemes = ['NTLM', 'Basic']) {
   server = await startReferenceServer({ mode: 'session', schemes });

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Mechanism, MultilegAgent, ntlmMechanism } from '../src/index.ts';
+import { MultilegAgent, ntlmMechanism } from '../src/index.ts';
 import {
   ProxyConnectError,
   ProxyConnectTimeoutError,
@@ -22,7 +22,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE } from './helpers.ts';
+import { ALICE, recordingPorts } from './helpers.ts';
 import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
@@ -124,15 +124,8 @@ describe('proxies: how the agent names the target and reaches the proxy (H5)', (
     async (scheme, port) => {
       server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], cleartext: scheme === 'http' });
       proxy = await relayTo(server.port);
-      const ntlm = ntlmMechanism(ALICE);
       const ports: number[] = [];
-      const recording: Mechanism = {
-        ...ntlm,
-        createContext(leg) {
-          ports.push(leg.port);
-          return ntlm.createContext(leg);
-        },
-      };
+      const recording = recordingPorts(ntlmMechanism(ALICE), ports);
       agent = new MultilegAgent({
         credentials: ALICE,
         connect: { ca: CA_CERT },

@@ -21,7 +21,7 @@ import {
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
-import { ALICE } from './helpers.ts';
+import { ALICE, patchedNtlm, recordingPorts, unavailableScheme } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -214,15 +214,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
-    const gone: Mechanism = {
-      scheme: 'Gone',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => {
-        throw new MechanismUnavailableError('Gone', 'test: not on this machine');
-      },
-    };
+    const gone = unavailableScheme('Gone');
     agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone', 'NTLM'] });
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
@@ -232,15 +224,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('T2: when every offered scheme is unusable here, the upgrade fails with the last one’s own reason', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
-    const gone: Mechanism = {
-      scheme: 'Gone',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => {
-        throw new MechanismUnavailableError('Gone', 'test: not on this machine');
-      },
-    };
+    const gone = unavailableScheme('Gone');
     agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone'] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
@@ -265,23 +249,11 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('S3: a mechanism that rejects the origin’s token with a typed error fails the upgrade with that error', async () => {
     origin = await upgradeServer({ ntlm: true });
-    const ntlm = ntlmMechanism(ALICE);
-    const rejecting: Mechanism = {
-      ...ntlm,
-      createContext(leg) {
-        const real = ntlm.createContext(leg);
-        return {
-          get complete() {
-            return real.complete;
-          },
-          step: async (challenge, l) => {
-            if (challenge?.token68 !== undefined) throw new InvalidTokenError('NTLM challenge from the test origin');
-            return real.step(challenge, l);
-          },
-          finish: (challenge, l) => real.finish(challenge, l),
-        };
+    const rejecting = patchedNtlm({
+      step: (challenge) => {
+        if (challenge?.token68 !== undefined) throw new InvalidTokenError('NTLM challenge from the test origin');
       },
-    };
+    });
     agent = ntlmAgent({ mechanisms: [rejecting] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
@@ -350,15 +322,8 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     async (scheme, port) => {
       origin = await upgradeServer({ ntlm: true, tls: scheme === 'https' });
       relay = await relayTo(origin.port);
-      const ntlm = ntlmMechanism(ALICE);
       const ports: number[] = [];
-      const recording: Mechanism = {
-        ...ntlm,
-        createContext(leg) {
-          ports.push(leg.port);
-          return ntlm.createContext(leg);
-        },
-      };
+      const recording = recordingPorts(ntlmMechanism(ALICE), ports);
       agent = ntlmAgent({
         trustedOrigins: [`${scheme}://localhost`],
         connect: { ca: CA_CERT },
