@@ -69,6 +69,8 @@ export class MultilegAgent extends Dispatcher {
   /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
   #upgrades: UpgradeDispatcher | undefined;
   #closed = false;
+  /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
+  #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
   #droppedSessions = 0;
   /** Requests dispatched and not yet ended. */
@@ -169,7 +171,6 @@ export class MultilegAgent extends Dispatcher {
     if (typeof raw === 'string') this.#lastOrigin = [raw, origin];
     return origin;
   }
-  #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
 
   /**
    * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
