@@ -1,6 +1,7 @@
 import { Agent, Dispatcher } from 'undici';
 import { prepareBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
+import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
 import { normalizeRequestHeaders } from './headers.ts';
@@ -197,6 +198,7 @@ export class MultilegAgent extends Dispatcher {
       r.authIdCarried,
     );
     (this as unknown as NodeJS.EventEmitter).emit('handshake', r);
+    publishHandshake(r);
   }
 
   override close(): Promise<void>;

@@ -1,3 +1,6 @@
+// First: on an unsupported Node this throws a clear error before undici is loaded.
+import './runtime-check.ts';
+
 export { MAX_REPORTS, MultilegAgent, type MultilegStats } from './agent.ts';
 export { chooseChallenge, DEFAULT_SCHEME_ORDER, parseChallenges } from './challenge/index.ts';
 export type { Challenge } from './challenge/types.ts';
@@ -16,6 +19,7 @@ export {
 } from './mechanisms/negotiate/index.ts';
 export { ntlmMechanism, ntlmMechanismWithScheme } from './mechanisms/ntlm/index.ts';
 export type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from './mechanisms/types.ts';
+export { MIN_NODE_VERSION, UnsupportedNodeError } from './node-version.ts';
 export type { ClientCertificate, ClientCertificateSelector, Limits, MultilegAgentOptions } from './options.ts';
 export {
   ProxyAuthenticationError,
