@@ -4,6 +4,15 @@ import './runtime-check.ts';
 export { MAX_REPORTS, MultilegAgent, type MultilegStats } from './agent.ts';
 export { chooseChallenge, DEFAULT_SCHEME_ORDER, parseChallenges } from './challenge/index.ts';
 export type { Challenge } from './challenge/types.ts';
+export {
+  HANDSHAKE_CHANNEL,
+  LEG_CHANNEL,
+  type LegErrorEvent,
+  type LegEvent,
+  type LegRequestEvent,
+  type LegResponseEvent,
+  type RedactedHeader,
+} from './diagnostics.ts';
 export * from './errors.ts';
 export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts';
 export { DigestChallengeError, digestMechanism } from './mechanisms/digest/index.ts';
