@@ -1,5 +1,5 @@
 /** Runs the `multileg` command line (src/cli/bin.ts) in a child process, as a user would. */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 
 export const BIN = new URL('../src/cli/bin.ts', import.meta.url).pathname;
 
@@ -56,3 +56,11 @@ export function runCli(
   }
   return runCommand(opts.node ?? process.execPath, [BIN, ...args], opts.input, env);
 }
+
+/** This machine's system Node when it is older than 22.19 (Debian's 20): to prove the version message. */
+export const OLD_NODE: string | undefined = (() => {
+  const r = spawnSync('/usr/bin/node', ['--version'], { encoding: 'utf8' });
+  if (r.status !== 0) return undefined;
+  const [major = 0, minor = 0] = r.stdout.trim().slice(1).split('.').map(Number);
+  return major < 22 || (major === 22 && minor < 19) ? '/usr/bin/node' : undefined;
+})();

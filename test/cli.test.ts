@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
@@ -19,7 +19,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { BIN, runCli as run, runCommand } from './cli-helpers.ts';
+import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
@@ -63,6 +63,10 @@ describe('multileg command line', () => {
         };
         res.on('error', () => {});
         write();
+      } else if (req.url === '/skew') {
+        // A server whose clock is an hour behind ours: doctor's clock check.
+        res.sendDate = false;
+        res.writeHead(200, { date: new Date(Date.now() - 3600_000).toUTCString() }).end('ok');
       } else if (req.url === '/hang') {
         // never answers: --max-time
       } else res.writeHead(404).end();
@@ -510,26 +514,44 @@ describe('multileg command line', () => {
       expect(h.stdout).toContain(flag);
   });
 
-  it('on a Node older than 22.19: "multileg needs Node >= 22.19", exit 1, before undici loads', async () => {
+  it('knows which Node versions it runs on', () => {
     expect(unsupportedNode('20.20.2')).toMatch(/^multileg needs Node >= 22\.19 \(this is Node 20\.20\.2\)/);
     expect(unsupportedNode('22.18.0')).toBeDefined();
     expect(unsupportedNode('22.19.0')).toBeUndefined();
     expect(unsupportedNode('24.1.0')).toBeUndefined();
-    // The system Node of this machine is 20 (the project brings its own 22). Node 20 cannot strip
-    // types: give it the entry and what it imports, stripped, as the build would.
-    const old = spawnSync('/usr/bin/node', ['--version'], { encoding: 'utf8' });
-    if (old.status !== 0 || !unsupportedNode(old.stdout.trim().slice(1))) return;
-    const out = mkdtempSync(join(tmpdir(), 'multileg-node20-'));
-    mkdirSync(join(out, 'cli'));
-    for (const file of ['cli/bin.ts', 'node-version.ts', 'errors.ts']) {
-      const source = readFileSync(new URL(`../src/${file}`, import.meta.url), 'utf8');
-      const js = stripTypeScriptTypes(source).replace(/(from |import\()'(\.{1,2}\/[^']+)\.ts'/g, "$1'$2.js'");
-      writeFileSync(join(out, file.replace(/\.ts$/, '.js')), js);
-    }
-    writeFileSync(join(out, 'package.json'), '{"type":"module"}');
-    const r = await runCommand('/usr/bin/node', [join(out, 'cli/bin.js'), '--version']);
+  });
+
+  it.skipIf(!OLD_NODE)(
+    'on a Node older than 22.19: "multileg needs Node >= 22.19", exit 1, before undici loads',
+    async () => {
+      // The system Node of this machine is 20 (the project brings its own 22). Node 20 cannot strip
+      // types: give it the entry and what it imports, stripped, as the build would.
+      const out = mkdtempSync(join(tmpdir(), 'multileg-node20-'));
+      mkdirSync(join(out, 'cli'));
+      for (const file of ['cli/bin.ts', 'node-version.ts', 'errors.ts']) {
+        const source = readFileSync(new URL(`../src/${file}`, import.meta.url), 'utf8');
+        const js = stripTypeScriptTypes(source).replace(/(from |import\()'(\.{1,2}\/[^']+)\.ts'/g, "$1'$2.js'");
+        writeFileSync(join(out, file.replace(/\.ts$/, '.js')), js);
+      }
+      writeFileSync(join(out, 'package.json'), '{"type":"module"}');
+      const r = await runCommand(OLD_NODE!, [join(out, 'cli/bin.js'), '--version']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^multileg needs Node >= 22\.19 \(this is Node 20\.\d+\.\d+\); install Node 22 or 24/);
+    },
+  );
+
+  it('doctor: a server clock an hour off fails the clock check with the fix', async () => {
+    const r = await run(['doctor', `${plainOrigin}/skew`]);
+    expect(r.stdout).toMatch(
+      /^FAIL +clock: the server's Date is 3\d{3} s behind this machine\n +fix: synchronise the clocks \(NTP\)/m,
+    );
+    expect(r.stdout).toMatch(
+      /^ok +schemes: HTTP\/1\.1 200; the server does not speak HTTP\/2 \(no authentication asked for at this URL\)/m,
+    );
+    expect(r.stdout).toContain('1 check(s) failed');
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^multileg needs Node >= 22\.19 \(this is Node 20\.\d+\.\d+\); install Node 22 or 24/);
+    const usage = await run(['doctor']);
+    expect(usage.code).toBe(2);
   });
 
   it('explain401 covers each reason', () => {

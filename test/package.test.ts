@@ -7,7 +7,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSy
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { runCommand } from './cli-helpers.ts';
+import { OLD_NODE, runCommand } from './cli-helpers.ts';
 
 const root = new URL('..', import.meta.url).pathname;
 const bin = join(root, 'node_modules/.bin');
@@ -116,16 +116,14 @@ describe('the packed package in a fresh app', () => {
     expect(npx.code).toBe(0);
   });
 
-  it('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
-    const old = await runCommand('/usr/bin/node', ['--version']).catch(() => undefined);
-    if (!old || old.code !== 0 || Number(old.stdout.slice(1).split('.')[0]) >= 22) return;
+  it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
     writeFileSync(
       join(app, 'old.mjs'),
       "import('multileg').then(() => console.log('loaded'), (e) => console.log(e.code, e.message));\n",
     );
-    const r = await runCommand('/usr/bin/node', [join(app, 'old.mjs')]);
+    const r = await runCommand(OLD_NODE!, [join(app, 'old.mjs')]);
     expect(r.stdout).toMatch(/^MULTILEG_NODE_VERSION multileg needs Node >= 22\.19 \(this is Node 20\./);
-    const cli = await runCommand('/usr/bin/node', [join(app, 'node_modules/.bin/multileg'), '--version']);
+    const cli = await runCommand(OLD_NODE!, [join(app, 'node_modules/.bin/multileg'), '--version']);
     expect(cli.code).toBe(1);
     expect(cli.stderr).toMatch(/^multileg needs Node >= 22\.19/);
   });

@@ -127,7 +127,7 @@ function tlsTrust(req: CliRequest): Promise<Check> {
         resolve({
           authorized: socket.authorized,
           ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}),
-          issuer: cert.issuer?.CN ?? cert.issuer?.O,
+          issuer: [cert.issuer?.CN ?? cert.issuer?.O].flat()[0],
           validTo: cert.valid_to,
         });
         socket.end();
@@ -289,12 +289,13 @@ async function authenticate(req: CliRequest, probed: string | undefined, ticketW
   } catch (err) {
     return { name: 'authentication', verdict: 'skip', detail: (err as Error).message };
   }
+  // The server asks for authentication and nothing here can answer it: that is the problem.
   if (!credentials && !ticketWorks)
     return {
       name: 'authentication',
-      verdict: 'skip',
-      detail: 'no ticket for the SPN and no password',
-      fix: 'kinit, or give -u DOMAIN\\user to try NTLM',
+      verdict: 'FAIL',
+      detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
+      fix: 'kinit user@REALM, or give -u DOMAIN\\user (NTLM)',
     };
   const trace = new Trace();
   const agent = new MultilegAgent({

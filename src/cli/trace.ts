@@ -56,9 +56,6 @@ export class Trace {
       const record: LegRecord = { request: e };
       this.legs.push(record);
       this.#byId.set(e.legId, record);
-      if (e.protocol && this.#lastProtocol && e.protocol !== this.#lastProtocol)
-        this.#say(`* ${e.origin}: now over ${e.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} (session ${e.sessionId})`);
-      if (e.protocol) this.#lastProtocol = e.protocol;
       const auth = e.scheme ? `Authorization: ${e.scheme} …, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
       this.#say(
         `> ${e.method} ${e.path} (${auth}) [session ${e.sessionId}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`,
@@ -69,6 +66,10 @@ export class Trace {
     if (!record) return;
     if (e.phase === 'response') {
       record.response = e;
+      if (e.protocol === 'http/1.1' && this.#lastProtocol === 'h2')
+        this.#say(
+          `* now over HTTP/1.1 (session ${e.sessionId}): the server asked for it (HTTP_1_1_REQUIRED) or lost the handshake between HTTP/2 streams`,
+        );
       if (e.protocol) this.#lastProtocol = e.protocol;
       const offers = e.status === 401 || e.status === 407 ? challengeSchemes(e.headers, e.status) : [];
       const authId = e.headers.some(([n]) => n === 'auth-id');
