@@ -10,6 +10,7 @@ import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import {
   type ClientCertificateSelector,
+  checkSchemes,
   type MultilegAgentOptions,
   normalizeOrigin,
   type ResolvedOptions,
@@ -63,7 +64,8 @@ export class MultilegAgent extends Dispatcher {
     const certificate = options.clientCertificate;
     const selectCertificate: ClientCertificateSelector | undefined =
       typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
-    let schemes = options.schemes ?? DEFAULT_SCHEME_ORDER;
+    checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
+    let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
     if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
     this.#options = {

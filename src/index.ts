@@ -29,7 +29,14 @@ export {
 export { ntlmMechanism, ntlmMechanismWithScheme } from './mechanisms/ntlm/index.ts';
 export type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from './mechanisms/types.ts';
 export { MIN_NODE_VERSION, UnsupportedNodeError } from './node-version.ts';
-export type { ClientCertificate, ClientCertificateSelector, Limits, MultilegAgentOptions } from './options.ts';
+export {
+  type ClientCertificate,
+  type ClientCertificateSelector,
+  type Limits,
+  type MultilegAgentOptions,
+  SCHEME_NAMES,
+  type SchemeName,
+} from './options.ts';
 export {
   ProxyAuthenticationError,
   ProxyConnectError,

@@ -7,13 +7,9 @@ import { readFileSync } from 'node:fs';
 import { getCACertificates } from 'node:tls';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../errors.ts';
-import type { MultilegAgentOptions } from '../options.ts';
+import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { versionText } from './version.ts';
-
-/** The schemes multileg implements, in their canonical spelling. */
-export const SCHEME_NAMES = ['Negotiate', 'NTLM', 'Digest', 'Basic', 'Transport'] as const;
-export type SchemeName = (typeof SCHEME_NAMES)[number];
 
 /** `-u user[:password]` before the password is known. */
 export interface UserArg {
