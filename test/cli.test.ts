@@ -39,6 +39,8 @@ describe('multileg command line', () => {
   let silentTcp: TcpServer;
   let silentPort: number;
   const sockets = new Set<Socket>();
+  /** alice's password and the reference CA: the common start of a command line. */
+  const alice = () => ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
   beforeAll(async () => {
     server = await startReferenceServer({ mode: 'session' });
     other = await startReferenceServer({ mode: 'session' });
@@ -90,14 +92,7 @@ describe('multileg command line', () => {
   });
 
   it('authenticates with NTLM over HTTP/2 and prints the body; -v shows every leg and the handshake, never a secret', async () => {
-    const { code, stdout, stderr } = await run([
-      '-v',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/cli`,
-    ]);
+    const { code, stdout, stderr } = await run(['-v', ...alice(), `${server.origin}/auth/cli`]);
     expect(code).toBe(0);
     expect(JSON.parse(stdout)).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'h2' });
     expect(stderr).toContain('> GET /auth/cli (no credentials)');
@@ -128,16 +123,7 @@ describe('multileg command line', () => {
     expect(body).toMatchObject({ method: 'POST', bodyLength: 5, protocol: 'http/1.1' });
     const file = join(dir, 'body.txt');
     writeFileSync(file, 'from a file');
-    const h2 = await run([
-      '-i',
-      '-d',
-      `@${file}`,
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/post`,
-    ]);
+    const h2 = await run(['-i', '-d', `@${file}`, ...alice(), `${server.origin}/auth/post`]);
     expect(h2.stdout).toMatch(/^HTTP\/2 200\r\n/);
     expect(JSON.parse(h2.stdout.slice(h2.stdout.indexOf('\r\n\r\n') + 4))).toMatchObject({
       bodyLength: 11,
@@ -146,14 +132,7 @@ describe('multileg command line', () => {
   });
 
   it('-I sends HEAD and prints only the head; a URL without a scheme means https', async () => {
-    const { code, stdout } = await run([
-      '-I',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `localhost:${server.port}/auth/head`,
-    ]);
+    const { code, stdout } = await run(['-I', ...alice(), `localhost:${server.port}/auth/head`]);
     expect(code).toBe(0);
     expect(stdout).toMatch(/^HTTP\/2 200\r\n[\s\S]*\r\n\r\n$/);
     expect(server.exchanges.at(-1)).toMatchObject({ method: 'HEAD', status: 200 });
@@ -166,7 +145,7 @@ describe('multileg command line', () => {
     expect(failed.stderr).toContain('multileg: (22) HTTP 401');
     expect(failed.stderr).toMatch(/offered Negotiate, NTLM; the server refused our Negotiate credentials after \d leg/);
     expect(failed.stderr).not.toContain('wrong');
-    const ok = await run(['-f', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${server.origin}/auth/x`]);
+    const ok = await run(['-f', ...alice(), `${server.origin}/auth/x`]);
     expect(ok.code).toBe(0);
   });
 
@@ -176,7 +155,7 @@ describe('multileg command line', () => {
     expect(none.stderr).toBe(
       `multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; no credentials: give -u DOMAIN\\user (the password is asked for, or comes from --password-stdin / MULTILEG_PASSWORD)\n`,
     );
-    const excluded = await run(['--basic', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${server.origin}/auth/x`]);
+    const excluded = await run(['--basic', ...alice(), `${server.origin}/auth/x`]);
     expect(excluded.stderr).toMatch(/--schemes \(or --negotiate\/--ntlm\/--digest\/--basic\) excluded Negotiate, NTLM/);
     const bearer = await run(['-u', 'alice:pw', `${plainOrigin}/bearer`]);
     expect(bearer.stderr).toContain('multileg does not implement Bearer');
@@ -191,15 +170,7 @@ describe('multileg command line', () => {
   });
 
   it('exits 1 with a typed error whose message names CLI flags, not library options', async () => {
-    const limited = await run([
-      '--max-legs',
-      '1',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/x`,
-    ]);
+    const limited = await run(['--max-legs', '1', ...alice(), `${server.origin}/auth/x`]);
     expect(limited.code).toBe(1);
     expect(limited.stderr).toContain('raise --max-legs');
     expect(limited.stderr).toContain('MULTILEG_LEG_LIMIT');
@@ -215,15 +186,7 @@ describe('multileg command line', () => {
 
   it('writes the body to a file with -o', async () => {
     const out = join(dir, 'out.json');
-    const { code, stdout } = await run([
-      '-o',
-      out,
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/file`,
-    ]);
+    const { code, stdout } = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
     expect(code).toBe(0);
     expect(stdout).toBe('');
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
@@ -341,10 +304,7 @@ describe('multileg command line', () => {
       join(dir, 'w.out'),
       '-w',
       '%{http_code} %{num_connects} %{http_version} %{num_redirects}\\n%{time_total}',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
+      ...alice(),
       `${server.origin}/auth/w`,
     ]);
     const [first, time] = stdout.split('\n');
@@ -398,7 +358,7 @@ describe('multileg command line', () => {
     try {
       proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
       const url = `${server.origin}/auth/proxied`;
-      const base = ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, '-x', proxy.origin];
+      const base = [...alice(), '-x', proxy.origin];
       const denied = await run([...base, url]);
       expect(denied.code).toBe(1);
       expect(denied.stderr).toContain('MULTILEG_PROXY');
@@ -417,16 +377,7 @@ describe('multileg command line', () => {
 
   it('--json prints legs, handshakes and stats; --har writes a valid HAR 1.2 file with tokens redacted', async () => {
     const har = join(dir, 'trace.har');
-    const { code, stdout } = await run([
-      '--json',
-      '--har',
-      har,
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/json`,
-    ]);
+    const { code, stdout } = await run(['--json', '--har', har, ...alice(), `${server.origin}/auth/json`]);
     expect(code).toBe(0);
     const report = JSON.parse(stdout);
     expect(report).toMatchObject({ status: 200, httpVersion: '2', exitCode: 0, stats: { handshakes: 1, legs: 2 } });
@@ -452,15 +403,7 @@ describe('multileg command line', () => {
   });
 
   it('--ntlm, --negotiate, --principal, --canonicalize-host, --no-mutual-auth, --delegate, --spn set the agent options', async () => {
-    const ntlm = await run([
-      '-v',
-      '--ntlm',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/ntlm`,
-    ]);
+    const ntlm = await run(['-v', '--ntlm', ...alice(), `${server.origin}/auth/ntlm`]);
     expect(ntlm.stderr).toMatch(/Authorization: NTLM …/);
     expect(JSON.parse(ntlm.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
     const req = parseCli([

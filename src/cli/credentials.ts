@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { ConfigError } from '../errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
-import type { UserArg } from './options.ts';
+import type { CliRequest, UserArg } from './options.ts';
 
 export interface CredentialSources {
   readonly user: UserArg | undefined;
@@ -116,4 +116,17 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
   throw new ConfigError(
     `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, or set MULTILEG_PASSWORD`,
   );
+}
+
+/** The credentials a parsed command line asks for, from this process's environment and terminal. */
+export function credentialsFor(req: CliRequest): Promise<Credentials | undefined> {
+  return resolveCredentials({
+    user: req.user,
+    passwordStdin: req.passwordStdin,
+    netrc: req.netrc,
+    host: req.url.hostname,
+    env: process.env,
+    stdin: process.stdin,
+    stderr: process.stderr,
+  });
 }

@@ -7,17 +7,16 @@
 import { execFile } from 'node:child_process';
 import { getCACertificates, connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
-import { CommanderError } from 'commander';
 import { request } from 'undici';
 import { MultilegAgent } from '../agent.ts';
-import { ConfigError, MultilegError } from '../errors.ts';
+import { MultilegError } from '../errors.ts';
 import { loadKerberos } from '../mechanisms/negotiate/addon.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { ProxyResolver } from '../proxy/options.ts';
-import { resolveCredentials } from './credentials.ts';
+import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, forCli } from './explain.ts';
-import { type CliRequest, parseCli } from './options.ts';
+import { type CliRequest, parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 
@@ -181,17 +180,8 @@ async function probe(req: CliRequest, http1: boolean) {
 }
 
 export async function doctor(argv: string[]): Promise<number> {
-  let req: CliRequest;
-  try {
-    req = parseCli(argv);
-  } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    if (err instanceof ConfigError) {
-      process.stderr.write(`multileg doctor: ${err.message}\n`);
-      return EXIT.usage;
-    }
-    throw err;
-  }
+  const req = parseCliOrExit(argv, 'multileg doctor');
+  if (typeof req === 'number') return req;
   process.stdout.write(`multileg doctor ${req.url.href}\n`);
   const checks: Check[] = [];
   const add = (c: Check) => {
@@ -275,17 +265,9 @@ export async function doctor(argv: string[]): Promise<number> {
 
 /** A real authenticated request: which scheme won, and whether it had to move to HTTP/1.1. */
 async function authenticate(req: CliRequest, probed: string | undefined, ticketWorks: boolean): Promise<Check> {
-  let credentials: Awaited<ReturnType<typeof resolveCredentials>>;
+  let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   try {
-    credentials = await resolveCredentials({
-      user: req.user,
-      passwordStdin: req.passwordStdin,
-      netrc: req.netrc,
-      host: req.url.hostname,
-      env: process.env,
-      stdin: process.stdin,
-      stderr: process.stderr,
-    });
+    credentials = await credentialsFor(req);
   } catch (err) {
     return { name: 'authentication', verdict: 'skip', detail: (err as Error).message };
   }

@@ -7,14 +7,13 @@
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { CommanderError } from 'commander';
 import { request } from 'undici';
 import { MultilegAgent } from '../agent.ts';
 import { ConfigError } from '../errors.ts';
-import { resolveCredentials } from './credentials.ts';
+import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401 } from './explain.ts';
 import { toHar } from './har.ts';
-import { type CliRequest, parseCli } from './options.ts';
+import { parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { writeOut } from './write-out.ts';
 
@@ -41,31 +40,14 @@ const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code =
 
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
-  let req: CliRequest;
-  try {
-    req = parseCli(argv);
-  } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    if (err instanceof ConfigError) {
-      process.stderr.write(`multileg: ${err.message}\n`);
-      return EXIT.usage;
-    }
-    throw err;
-  }
+  const req = parseCliOrExit(argv, 'multileg');
+  if (typeof req === 'number') return req;
   const say = (line: string) => {
     if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
   };
-  let credentials: Awaited<ReturnType<typeof resolveCredentials>>;
+  let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   try {
-    credentials = await resolveCredentials({
-      user: req.user,
-      passwordStdin: req.passwordStdin,
-      netrc: req.netrc,
-      host: req.url.hostname,
-      env: process.env,
-      stdin: process.stdin,
-      stderr: process.stderr,
-    });
+    credentials = await credentialsFor(req);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     say(err.message);

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { getCACertificates } from 'node:tls';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../errors.ts';
 import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
@@ -306,4 +306,21 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
       ? { connect: { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) } }
       : {}),
   };
+}
+
+/**
+ * {@link parseCli}, or the exit code for bad usage after one line on stderr (commander prints its
+ * own errors and --help/--version output).
+ */
+export function parseCliOrExit(argv: readonly string[], name: string): CliRequest | number {
+  try {
+    return parseCli(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${name}: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
 }
