@@ -3,7 +3,8 @@
  *
  * - `multileg:handshake` — a {@link HandshakeReport} for every finished handshake;
  * - `multileg:leg` — a {@link LegEvent} when a leg (one HTTP request on the wire, with or without
- *   credentials) is sent, when its response head arrives, and when it fails.
+ *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
+ *   arrives, and when it fails.
  *
  * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies and the
  * tokens in `WWW-Authenticate` / `Proxy-Authenticate` are replaced by `[redacted]` here, before any
@@ -39,7 +40,7 @@ export interface LegRequestEvent extends LegEventBase {
   readonly phase: 'request';
   readonly method: string;
   readonly path: string;
-  /** The scheme of the Authorization sent on this leg, or undefined when it carried none. */
+  /** The scheme of the Authorization (Proxy-Authorization on a CONNECT) sent on this leg, or undefined. */
   readonly scheme: string | undefined;
   /** Whether this leg echoed the server's Auth-ID (C3). */
   readonly authId: boolean;
@@ -109,7 +110,8 @@ export function publishLeg(
     protocol: base.protocol(),
     time: Date.now(),
   });
-  const authorization = request.headers.authorization;
+  // A proxy leg carries Proxy-Authorization; an origin leg Authorization.
+  const authorization = request.headers.authorization ?? request.headers['proxy-authorization'];
   legChannel.publish({
     ...common(),
     phase: 'request',

@@ -363,8 +363,16 @@ describe('multileg command line', () => {
       expect(denied.code).toBe(1);
       expect(denied.stderr).toContain('MULTILEG_PROXY');
       expect(denied.stderr).toContain('--proxy-user');
-      const ok = await run([...base, '--proxy-user', 'proxyuser:proxypw', url]);
+      const ok = await run([...base, '-v', '--proxy-user', 'proxyuser:proxypw', url]);
       expect(JSON.parse(ok.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      // -v shows the proxy's legs too, never its password.
+      const target = `localhost:${server.port}`;
+      expect(ok.stderr).toContain(`> CONNECT ${target} (no credentials) [proxy ${proxy.origin}, HTTP/1.1]`);
+      expect(ok.stderr).toContain('< 407 offers Basic [HTTP/1.1, answered by the next leg]');
+      expect(ok.stderr).toContain(
+        `> CONNECT ${target} (Proxy-Authorization: Basic …, Auth-ID: no) [proxy ${proxy.origin}, HTTP/1.1]`,
+      );
+      expect(ok.stderr).not.toContain('proxypw');
       expect(proxy.exchanges.some((e) => e.proxyAuthorization)).toBe(true);
       const before = proxy.exchanges.length;
       const bypass = await run([...base, '--noproxy', 'localhost', url]);

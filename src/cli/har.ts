@@ -22,7 +22,11 @@ export function toHar(legs: readonly LegRecord[]): object {
       creator: { name: 'multileg', version: MULTILEG_VERSION },
       entries: legs.map((leg) => {
         const { request, response, error } = leg;
-        const url = new URL(request.path, request.origin).href;
+        // A CONNECT names host:port, not a path: show it as the proxy's URL with the target.
+        const url =
+          request.method === 'CONNECT'
+            ? `${request.origin}/?connect=${encodeURIComponent(request.path)}`
+            : new URL(request.path, request.origin).href;
         const end = response?.time ?? error?.time ?? request.time;
         const wait = Math.max(0, end - request.time);
         const protocol = response?.protocol ?? request.protocol;

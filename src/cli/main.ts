@@ -191,7 +191,7 @@ async function main(argv: string[]): Promise<number> {
       legs: trace.legs.map((l) => ({
         session: l.request.sessionId,
         method: l.request.method,
-        url: new URL(l.request.path, l.request.origin).href,
+        url: l.request.method === 'CONNECT' ? l.request.path : new URL(l.request.path, l.request.origin).href,
         scheme: l.request.scheme ?? null,
         authId: l.request.authId,
         protocol: l.response?.protocol ?? l.request.protocol ?? null,

@@ -56,10 +56,10 @@ export class Trace {
       const record: LegRecord = { request: e };
       this.legs.push(record);
       this.#byId.set(e.legId, record);
-      const auth = e.scheme ? `Authorization: ${e.scheme} …, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
-      this.#say(
-        `> ${e.method} ${e.path} (${auth}) [session ${e.sessionId}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`,
-      );
+      const header = e.method === 'CONNECT' ? 'Proxy-Authorization' : 'Authorization';
+      const auth = e.scheme ? `${header}: ${e.scheme} …, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
+      const where = e.method === 'CONNECT' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
+      this.#say(`> ${e.method} ${e.path} (${auth}) [${where}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`);
       return;
     }
     const record = this.#byId.get(e.legId);
