@@ -233,6 +233,10 @@ describe('multileg command line', () => {
     );
     const fromNetrc = await run(['--netrc-file', netrc, '--cacert', ca, url]);
     expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+    // --netrc reads ~/.netrc.
+    writeFileSync(join(dir, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
+    const home = await run(['--netrc', '--cacert', ca, url], { env: { HOME: dir } });
+    expect(JSON.parse(home.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
     const colon = await run(['-u', ':', '--cacert', ca, `${ntlmOnly.origin}/auth/pw`]);
     expect(colon.code).toBe(0);
     expect(colon.stderr).toContain('no credentials');
