@@ -412,6 +412,14 @@ describe('multileg command line', () => {
       if (e.authIdSent) expect(text).not.toContain(e.authIdSent);
     }
     expect(text).not.toContain('alicepw');
+    const unwritable = await run([
+      '--har',
+      join(dir, 'no-such-dir', 'x.har'),
+      ...alice(),
+      `${server.origin}/auth/json`,
+    ]);
+    expect(unwritable.code).toBe(1);
+    expect(unwritable.stderr).toMatch(/^multileg: --har .*x\.har: ENOENT/);
   });
 
   it('--ntlm, --negotiate, --principal, --canonicalize-host, --no-mutual-auth, --delegate, --spn set the agent options', async () => {
