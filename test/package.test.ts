@@ -114,7 +114,7 @@ describe('the packed package in a fresh app', () => {
     });
     expect(npx.stdout, npx.stderr).toMatch(/^multileg \d+\.\d+\.\d+ \(undici 8\./);
     expect(npx.code).toBe(0);
-  });
+  }, 180_000);
 
   it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
     writeFileSync(
