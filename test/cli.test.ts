@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseNetrc } from '../src/cli/credentials.ts';
 import { explain401, forCli } from '../src/cli/explain.ts';
 import { parseCli, parseSchemes } from '../src/cli/options.ts';
+import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError } from '../src/errors.ts';
 import { unsupportedNode } from '../src/node-version.ts';
@@ -366,13 +367,14 @@ describe('multileg command line', () => {
       const denied = await run([...base, url]);
       expect(denied.code).toBe(1);
       expect(denied.stderr).toContain('MULTILEG_PROXY');
-      expect(denied.stderr).toContain('--proxy-user');
+      expect(denied.stderr).toContain('give --proxy-user (or a Kerberos ticket for the proxy)');
+      expect(denied.stderr).not.toMatch(/proxy\.\w/);
       const ok = await run([...base, '-v', '--proxy-user', 'proxyuser:proxypw', url]);
       expect(JSON.parse(ok.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
       // -v shows the proxy's legs too, never its password.
       const target = `localhost:${server.port}`;
       expect(ok.stderr).toContain(`> CONNECT ${target} (no credentials) [proxy ${proxy.origin}, HTTP/1.1]`);
-      expect(ok.stderr).toContain('< 407 offers Basic [HTTP/1.1, answered by the next leg]');
+      expect(ok.stderr).toContain('< 407 offers Basic [HTTP/1.1, intermediate]');
       expect(ok.stderr).toContain(
         `> CONNECT ${target} (Proxy-Authorization: Basic …, Auth-ID: no) [proxy ${proxy.origin}, HTTP/1.1]`,
       );
@@ -515,6 +517,31 @@ describe('multileg command line', () => {
     expect(r.code).toBe(1);
     const usage = await run(['doctor']);
     expect(usage.code).toBe(2);
+  });
+
+  it('S1: --trust takes origins and *. host patterns; nothing else is trusted', () => {
+    expect(parseTrust('other:8443')).toBe('https://other:8443');
+    expect(parseTrust('https://*.Corp.example.com')).toBe('https://*.corp.example.com');
+    expect(() => parseTrust('https://host/path')).toThrow(ConfigError);
+    expect(() => parseTrust('ftp://host')).toThrow(ConfigError);
+    const t = new CliTrust('https://start.example:8443', [
+      'https://*.corp.example.com',
+      'http://*.lab.example:8080',
+      'https://exact.example',
+    ]);
+    expect(t.trusts('https://start.example:8443')).toBe(true);
+    expect(t.trusts('https://exact.example')).toBe(true);
+    expect(t.trusts('https://a.corp.example.com')).toBe(true);
+    expect(t.trusts('https://a.b.corp.example.com')).toBe(true);
+    expect(t.trusts('https://corp.example.com')).toBe(false);
+    expect(t.trusts('https://evilcorp.example.com')).toBe(false);
+    expect(t.trusts('http://a.corp.example.com')).toBe(false);
+    expect(t.trusts('https://a.corp.example.com:8443')).toBe(false);
+    expect(t.trusts('http://x.lab.example:8080')).toBe(true);
+    expect(t.trusts('http://x.lab.example')).toBe(false);
+    expect(t.trusts('https://start.example')).toBe(false);
+    t.add('https://moved.example');
+    expect(t.trusts('https://moved.example')).toBe(true);
   });
 
   it('explain401 covers each reason', () => {

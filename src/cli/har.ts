@@ -63,7 +63,7 @@ export function toHar(legs: readonly LegRecord[]): object {
           comment: response
             ? response.delivered
               ? 'delivered to the caller'
-              : 'intermediate leg: answered by the next leg'
+              : 'intermediate leg: not passed to the caller'
             : 'failed on the wire',
           ...(request.scheme ? { _authScheme: request.scheme, _authId: request.authId } : {}),
           ...(error ? { _error: `${error.error.code ?? error.error.name}: ${error.error.message}` } : {}),

@@ -15,6 +15,7 @@ import { challengeSchemes, describeFailure, EXIT, explain401 } from './explain.t
 import { toHar } from './har.ts';
 import { parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
+import { CliTrust } from './trust.ts';
 import { writeOut } from './write-out.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -54,13 +55,13 @@ async function main(argv: string[]): Promise<number> {
     return EXIT.usage;
   }
   // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
-  const trusted = new Set([req.url.origin, ...req.trust]);
+  const trusted = new CliTrust(req.url.origin, req.trust);
   let agent: MultilegAgent;
   try {
     agent = new MultilegAgent({
       ...req.agent,
       ...(credentials ? { credentials } : {}),
-      trustedOrigins: (origin) => trusted.has(origin),
+      trustedOrigins: (origin) => trusted.trusts(origin),
     });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
@@ -143,24 +144,17 @@ async function main(argv: string[]): Promise<number> {
       }
       const last = trace.lastDelivered;
       if (last) last.bodySize = bytes;
-      if (status === 401 || status === 407) {
-        const offered = challengeSchemes(res.headers, status);
-        if (status === 401)
-          say(
-            explain401({
-              origin: url.origin,
-              offered,
-              trusted: trusted.has(url.origin),
-              hasPassword: credentials !== undefined,
-              schemes: req.agent.schemes,
-              handshakes: trace.handshakes,
-            }),
-          );
-        else
-          say(
-            `the proxy answered 407 and offered ${offered.join(', ') || 'no scheme'}: give --proxy-user user:password or a Kerberos ticket for it`,
-          );
-      }
+      if (status === 401)
+        say(
+          explain401({
+            origin: url.origin,
+            offered: challengeSchemes(res.headers, status),
+            trusted: trusted.trusts(url.origin),
+            hasPassword: credentials !== undefined,
+            schemes: req.agent.schemes,
+            handshakes: trace.handshakes,
+          }),
+        );
       if (req.fail && status >= 400) {
         say(`(22) HTTP ${status}`);
         exit = EXIT.httpError;

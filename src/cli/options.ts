@@ -9,6 +9,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ConfigError } from '../errors.ts';
 import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
+import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
 /** `-u user[:password]` before the password is known. */
@@ -40,7 +41,7 @@ export interface CliRequest {
   readonly location: boolean;
   readonly locationTrusted: boolean;
   readonly maxRedirs: number;
-  /** Origins trusted with credentials besides the URL's own (--trust). */
+  /** Origins and `*.` host patterns trusted with credentials besides the URL's own (--trust). */
   readonly trust: readonly string[];
   /** --max-time in ms. */
   readonly maxTime: number | undefined;
@@ -111,7 +112,12 @@ export function program(): Command {
     .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
     .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
     .addOption(new Option('--max-redirs <n>', 'maximum redirects with -L').argParser(nonNegativeInt).default(50))
-    .option('--trust <origin>', 'also send credentials to this origin (repeatable)', collect, [])
+    .option(
+      '--trust <origin>',
+      'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
+      collect,
+      [],
+    )
     .option('--http1.1', 'use HTTP/1.1 only')
     .option('-i, --include', 'print the response status line and headers')
     .option('-I, --head', 'send HEAD and print the status line and headers only')
@@ -175,14 +181,6 @@ export function readFlagFile(flag: string, path: string): Buffer {
     const code = (err as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? 'unreadable');
     throw new ConfigError(`${flag} ${path}: ${why}`);
-  }
-}
-
-function origin(text: string): string {
-  try {
-    return new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`).origin;
-  } catch {
-    throw new ConfigError(`--trust ${text}: not an origin (e.g. https://host:8443)`);
   }
 }
 
@@ -269,7 +267,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     location: Boolean(o.location) || Boolean(o.locationTrusted),
     locationTrusted: Boolean(o.locationTrusted),
     maxRedirs: o.maxRedirs as number,
-    trust: (o.trust as string[]).map(origin),
+    trust: (o.trust as string[]).map(parseTrust),
     maxTime: o.maxTime as number | undefined,
     user,
     passwordStdin: Boolean(o.passwordStdin),

@@ -75,7 +75,7 @@ export class Trace {
       const authId = e.headers.some(([n]) => n === 'auth-id');
       const persistent = e.headers.find(([n]) => /^persist(ent|ed)-auth$/.test(n))?.[1];
       this.#say(
-        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${e.delivered ? '' : ', answered by the next leg'}]`,
+        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${e.delivered ? '' : ', intermediate'}]`,
       );
     } else {
       record.error = e;
