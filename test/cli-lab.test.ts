@@ -82,6 +82,20 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.code).toBe(0);
   });
 
+  it('doctor sees that NTLM at Apache needs HTTP/1.1 (and that multileg handles it)', async () => {
+    const r = await run(
+      ['doctor', '--ntlm', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${lab.apache!.origin}/ntlm/`],
+      {
+        env,
+      },
+    );
+    expect(r.stdout).toMatch(
+      /^warn +authentication: NTLM, 2 leg\(s\), session as EXAMPLE\\alice over HTTP\/1\.1 → 200; needs HTTP\/1\.1 for authentication/m,
+    );
+    expect(r.stdout).not.toContain('alicepw');
+    expect(r.code).toBe(0);
+  });
+
   it('doctor without a ticket: the ticket and the authentication fail with the fix', async () => {
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env: noTicket });
     expect(r.stdout).toMatch(/^warn +ticket: no credential cache/m);
