@@ -57,6 +57,7 @@ function dispatcherFor(kind: Kind, origin: string): Dispatcher {
     return new MultilegAgent({
       credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
       connect: { ca: CA_CERT },
+      trustedOrigins: [origin],
     });
   }
   // A plain Agent opens more sessions when one is full; one Client is one session, like an

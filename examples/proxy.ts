@@ -9,6 +9,7 @@
  *
  *   const agent = new MultilegAgent({
  *     credentials: { username: 'CORP\\svc-report', password: process.env.SVC_PASSWORD! }, // for the service
+ *     trustedOrigins: ['https://service.corp.example'], // ...and only for it
  *     proxy: { credentials: { username: 'CORP\\alice', password: process.env.PROXY_PASSWORD! } }, // for the proxy
  *   });                                  // proxy.uri defaults to HTTPS_PROXY / HTTP_PROXY; NO_PROXY honoured
  *   const res = await fetch('https://service.corp.example/api', { dispatcher: agent });
@@ -30,6 +31,7 @@ async function selfContained(): Promise<void> {
     credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' }, // the service's
     negotiate: false,
     connect: { ca: service.ca },
+    trustedOrigins: [service.origin],
     proxy: {
       uri: proxy.origin,
       connect: { ca: proxy.ca },

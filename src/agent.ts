@@ -1,5 +1,5 @@
-import { Agent, Dispatcher } from 'undici';
-import { prepareBody } from './body/replayable.ts';
+import { Dispatcher } from 'undici';
+import { type PreparedBody, prepareBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
@@ -15,12 +15,24 @@ import {
   normalizeOrigin,
   type ResolvedOptions,
   resolveLimits,
-  resolveTrust,
 } from './options.ts';
 import { ProxyResolver } from './proxy/options.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
+import type { Identity } from './session/session.ts';
+import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
+import { RedirectHops } from './trust/redirects.ts';
+import { UpgradeDispatcher } from './upgrade/index.ts';
+
+/** The Job, once its body is prepared (fetch's bodies are read first, C10). */
+function withBody(job: Omit<Job, 'body'>, body: PreparedBody): Job {
+  (job as { body?: PreparedBody }).body = body;
+  return job as Job;
+}
+
+/** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
+const POOL_SWEEP_THRESHOLD = 64;
 
 /** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
 export const MAX_REPORTS = 1000;
@@ -54,13 +66,32 @@ export class MultilegAgent extends Dispatcher {
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: MultilegStats = { requests: 0, sessions: 0, handshakes: 0, legs: 0, failedHandshakes: 0 };
   readonly #reports: HandshakeReport[] = [];
-  /** Upgrades and CONNECT are not authenticated here; a plain Agent carries them. */
-  #passthrough: Agent | undefined;
+  /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
+  readonly #hops = new RedirectHops();
+  /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
+  #upgrades: UpgradeDispatcher | undefined;
   #closed = false;
-  #running = new Set<Promise<void>>();
+  /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
+  #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
+  /** Sessions of pools dropped while idle, so `stats()` still counts them. */
+  #droppedSessions = 0;
+  /** Requests dispatched and not yet ended. */
+  #running = 0;
+  readonly #idleWaiters: Array<() => void> = [];
 
+  /**
+   * @throws {TrustRequiredError} when given a password (`credentials`), `negotiate.delegate` or custom
+   * `mechanisms` without `trustedOrigins` (S1).
+   * @throws {ConfigError} on an invalid option (a malformed `trustedOrigins` entry, a non-positive limit).
+   */
   constructor(options: MultilegAgentOptions = {}) {
     super();
+    if (options.trustedOrigins === undefined) {
+      // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
+      if (options.credentials) throw new TrustRequiredError('an agent with a password (credentials)');
+      if (options.negotiate && options.negotiate.delegate === true) throw new TrustRequiredError('negotiate.delegate');
+      if (options.mechanisms?.length) throw new TrustRequiredError('an agent with custom mechanisms');
+    }
     const certificate = options.clientCertificate;
     const selectCertificate: ClientCertificateSelector | undefined =
       typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
@@ -71,7 +102,7 @@ export class MultilegAgent extends Dispatcher {
     this.#options = {
       ...(options.credentials ? { credentials: options.credentials } : {}),
       ...(selectCertificate ? { clientCertificate: selectCertificate } : {}),
-      trust: resolveTrust(options.trustedOrigins),
+      trust: new TrustPolicy(options.trustedOrigins),
       schemes,
       mechanisms: options.mechanisms ?? [],
       connect: options.connect ?? {},
@@ -88,7 +119,7 @@ export class MultilegAgent extends Dispatcher {
 
   /** A snapshot of the counters. */
   stats(): MultilegStats {
-    let sessions = 0;
+    let sessions = this.#droppedSessions;
     for (const pool of this.#pools.values()) sessions += pool.sessionsCreated;
     return { ...this.#stats, sessions };
   }
@@ -113,19 +144,22 @@ export class MultilegAgent extends Dispatcher {
       if (this.#closed) throw new AgentClosedError();
       if (!opts.origin)
         throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
-      const origin = normalizeOrigin(opts.origin);
+      const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
-        this.#passthrough ??= new Agent({ connect: this.#options.connect });
-        return this.#passthrough.dispatch(opts, handler);
+        this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
+        const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
+        return this.#upgrades.dispatch(origin, opts, handler, grant.allowed);
       }
-      const sink = new UserSink(handler);
+      const sink = new UserSink(handler, this.#hops, origin, opts.path);
       sink.begin();
       if (sink.aborted) return true;
-      const task = this.#run(origin, opts, sink, this.#credentialsAllowed(origin, handler)).catch((err: Error) =>
-        sink.fail(err),
-      );
-      this.#running.add(task);
-      task.finally(() => this.#running.delete(task));
+      let task: Promise<void>;
+      try {
+        task = this.#start(origin, opts, sink, handler);
+      } catch (err) {
+        task = Promise.reject(err);
+      }
+      this.#track(task, sink);
       return true;
     } catch (err) {
       handler.onResponseError?.(null as unknown as Dispatcher.DispatchController, err as Error);
@@ -133,50 +167,97 @@ export class MultilegAgent extends Dispatcher {
     }
   }
 
-  /**
-   * S1: credentials go to trusted origins only. undici's redirect interceptor hands us its handler,
-   * whose `history` names where the request started: a hop to another origin gets no credentials
-   * unless that origin is trusted explicitly. (fetch follows redirects itself and shows us no such
-   * sign: configure `trustedOrigins` when fetch may be redirected.)
-   */
-  #credentialsAllowed(origin: string, handler: Dispatcher.DispatchHandler): boolean {
-    const { trust } = this.#options;
-    if (!trust.trusts(origin)) return false;
-    const first = (handler as { history?: readonly URL[] }).history?.[0];
-    const redirectedFromElsewhere = first !== undefined && normalizeOrigin(first) !== origin;
-    return !redirectedFromElsewhere || trust.explicit;
+  /** The normalised origin; the same string as the last call's is not parsed again (hot path, R6). */
+  #origin(raw: string | URL): string {
+    if (raw === this.#lastOrigin[0]) return this.#lastOrigin[1];
+    const origin = normalizeOrigin(raw);
+    if (typeof raw === 'string') this.#lastOrigin = [raw, origin];
+    return origin;
   }
 
-  async #run(
+  /**
+   * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
+   * whose `history` names where the request started; fetch follows redirects itself, and the hop
+   * is recognised from the 3xx we delivered (RedirectHops).
+   */
+  #crossOriginHop(origin: string, path: string, handler: Dispatcher.DispatchHandler): boolean {
+    const fetchHop = this.#hops.consume(origin, path);
+    const first = (handler as { history?: readonly URL[] }).history?.[0];
+    return fetchHop || (first !== undefined && normalizeOrigin(first) !== origin);
+  }
+
+  /** Builds the request's Job and starts it on its origin's pool; async only for a body that must be read. */
+  #start(
     origin: string,
     opts: Dispatcher.DispatchOptions,
     sink: UserSink,
-    credentialsAllowed: boolean,
+    handler: Dispatcher.DispatchHandler,
   ): Promise<void> {
     this.#stats.requests += 1;
     const headers = normalizeRequestHeaders(opts.headers);
+    const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
+    // S6: a request never shares a connection with another identity's credentials.
+    const identity: Identity =
+      'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
+    const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
     const prepared = prepareBody(opts.body, this.#options.limits.maxReplayBodyBytes);
-    const body = prepared instanceof Promise ? await prepared : prepared;
-    const { headers: _h, body: _b, origin: _o, ...rest } = opts;
-    const job: Job = {
+    const { headers: _h, body: _b, origin: _o, ...dispatchOptions } = opts;
+    const job: Omit<Job, 'body'> = {
       id: newJobId(),
       origin,
-      dispatchOptions: { ...rest, path: opts.path, method: opts.method } as Dispatcher.DispatchOptions,
+      dispatchOptions: dispatchOptions as Dispatcher.DispatchOptions,
       headers,
-      body,
       sink,
       http1Only: (opts as { allowH2?: boolean }).allowH2 === false,
-      callerAuthorization: 'authorization' in headers,
-      noAuth: !credentialsAllowed,
+      identity,
+      ...(withheld ? { withheld } : {}),
+      noAuth: false,
+      waits: 0,
       reauthenticated: false,
       relocations: 0,
     };
-    await this.#pool(origin).run(job);
+    const pool = this.#pool(origin);
+    if (prepared instanceof Promise) {
+      return prepared.then(
+        (body) => pool.run(withBody(job, body)),
+        (err: Error) => sink.fail(err),
+      );
+    }
+    return pool.run(withBody(job, prepared));
+  }
+
+  /** Keeps count of running requests, so `close()` can wait for them (the pool never rejects). */
+  #track(task: Promise<void>, sink: UserSink): void {
+    this.#running += 1;
+    task.then(this.#finished, (err: Error) => {
+      // Only a synchronous failure before the pool took the request lands here.
+      sink.fail(err);
+      this.#finished();
+    });
+  }
+
+  readonly #finished = (): void => {
+    this.#running -= 1;
+    if (this.#running === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
+  };
+
+  /** Resolves when no request is running. */
+  #idle(): Promise<void> {
+    if (this.#running === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
   #pool(origin: string): OriginPool {
     let pool = this.#pools.get(origin);
     if (!pool) {
+      // A process that talks to many origins over time must not keep a pool for each forever.
+      if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
+        for (const [o, p] of this.#pools) {
+          if (!p.idle) continue;
+          this.#droppedSessions += p.sessionsCreated;
+          this.#pools.delete(o);
+        }
+      }
       pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r));
       this.#pools.set(origin, pool);
     }
@@ -208,9 +289,9 @@ export class MultilegAgent extends Dispatcher {
   override close(callback?: () => void): Promise<void> | void {
     this.#closed = true;
     const done = (async () => {
-      await Promise.allSettled([...this.#running]);
+      await this.#idle();
       await Promise.all([...this.#pools.values()].map((p) => p.close()));
-      await this.#passthrough?.close();
+      await this.#upgrades?.close();
     })();
     if (callback) {
       done.then(callback, callback);
@@ -229,7 +310,7 @@ export class MultilegAgent extends Dispatcher {
     this.#closed = true;
     const done = (async () => {
       await Promise.all([...this.#pools.values()].map((p) => p.destroy(err)));
-      await this.#passthrough?.destroy(err);
+      await this.#upgrades?.destroy(err);
     })();
     if (cb) {
       done.then(cb, cb);

@@ -23,22 +23,22 @@ export class LegLimitError extends MultilegError {
   }
 }
 
-/** The per-session queue of waiting requests is full (C11). */
+/** Too many requests wait already (C11, R1): for a handshake, a session's first response, or a connection. */
 export class QueueFullError extends MultilegError {
-  constructor(limit: number) {
+  constructor(limit: number, what = 'a handshake on their session') {
     super(
       'MULTILEG_QUEUE_FULL',
-      `request queue is full (limits.maxQueue = ${limit}) while a handshake is in progress; raise limits.maxQueue or send fewer concurrent requests`,
+      `request queue is full (limits.maxQueue = ${limit}) while waiting for ${what}; raise limits.maxQueue or send fewer concurrent requests`,
     );
   }
 }
 
-/** A request waited in the queue longer than `limits.queueTimeout` (C11). */
+/** A request waited longer than `limits.queueTimeout` (C11, R1). */
 export class QueueTimeoutError extends MultilegError {
-  constructor(ms: number) {
+  constructor(ms: number, what = 'a handshake on its session') {
     super(
       'MULTILEG_QUEUE_TIMEOUT',
-      `request waited ${ms} ms (limits.queueTimeout) for a handshake on its session to finish; raise limits.queueTimeout or check the server`,
+      `request waited ${ms} ms (limits.queueTimeout) for ${what}; raise limits.queueTimeout or check the server`,
     );
   }
 }

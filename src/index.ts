@@ -16,13 +16,16 @@ export {
 export * from './errors.ts';
 export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts';
 export { DigestChallengeError, digestMechanism } from './mechanisms/digest/index.ts';
+export { GssapiUnavailableError } from './mechanisms/gssapi/index.ts';
 export {
   KerberosClockSkewError,
   KerberosError,
   KerberosKdcUnreachableError,
+  KerberosKeytabError,
   KerberosNoTicketError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
+  KerberosWrongRealmError,
   type NegotiateOptions,
   negotiateMechanism,
 } from './mechanisms/negotiate/index.ts';
@@ -40,6 +43,7 @@ export {
 export {
   ProxyAuthenticationError,
   ProxyConnectError,
+  ProxyConnectTimeoutError,
   ProxyProtocolError,
   ProxyTimeoutError,
   RemoteHttp1Error,
@@ -47,3 +51,9 @@ export {
 export type { ProxyOptions } from './proxy/options.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';
+export {
+  CleartextCredentialsError,
+  type TrustedOrigins,
+  TrustRequiredError,
+  type WithheldReason,
+} from './trust/policy.ts';

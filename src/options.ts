@@ -4,6 +4,7 @@ import { ConfigError } from './errors.ts';
 import type { NegotiateOptions } from './mechanisms/negotiate/index.ts';
 import type { Credentials, Mechanism } from './mechanisms/types.ts';
 import type { ProxyOptions, ProxyResolver } from './proxy/options.ts';
+import type { TrustedOrigins, TrustPolicy } from './trust/policy.ts';
 
 /** Bounds on handshakes and queues (C11). Every one fails with a typed error naming it. */
 export interface Limits {
@@ -81,22 +82,29 @@ export interface MultilegAgentOptions {
   /** Username/password used by NTLM (and by Negotiate's NTLM fallback, Digest and Basic). */
   credentials?: Credentials;
   /**
-   * Origins credentials may be sent to (S1): a list of origins (`https://host:port`) or a predicate.
-   * Default: every origin this agent is asked to talk to.
+   * Origins that may receive credentials (S1, S4, S5; docs/SECURITY.md): exact origins
+   * (`https://intranet.example.com`), wildcard host patterns (`https://*.corp.example.com`, with a
+   * port or `:*` for any), or a predicate given each origin. Required with `credentials` (a
+   * password), `negotiate.delegate` or custom `mechanisms`: without it the constructor throws
+   * `TrustRequiredError`. Without it (ambient Kerberos, a client certificate), credentials go to the
+   * https origins the caller names itself, never to `http:` origins or across a redirect.
    */
-  trustedOrigins?: readonly string[] | ((origin: string) => boolean);
+  trustedOrigins?: TrustedOrigins;
   /** Scheme preference, strongest first (T2). Default `['Negotiate', 'NTLM', 'Digest', 'Basic']`. */
   schemes?: readonly SchemeName[];
   /**
-   * Negotiate (Kerberos/SPNEGO through the optional `kerberos` package): SPN, principal, delegation,
-   * mutual authentication. Without a ticket, `credentials` authenticate through NTLM inside
-   * Negotiate (`ntlmFallback`, default `'raw'`: accepted by IIS, MIT/Apache and the reference
-   * server; `'spnego'` wraps it with a mechListMIC). `false` disables Negotiate.
+   * Negotiate (Kerberos/SPNEGO through the system GSS-API via the optional `koffi` package, else the
+   * optional `kerberos` package): SPN, principal, per-agent `ccache` / `keytab`, TLS channel bindings,
+   * delegation, mutual authentication. When Kerberos cannot produce a token, `credentials`
+   * authenticate through NTLM inside Negotiate (`ntlmFallback`, default `'raw'`: accepted by IIS,
+   * MIT/Apache and the reference server; `'spnego'` wraps it with a mechListMIC). `false` disables
+   * Negotiate.
    */
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /**
    * Let Basic send the password to cleartext `http:` origins and proxies (M4). Default false: such a
-   * Basic challenge is refused with a `BasicOverHttpError` (or another offered scheme is used).
+   * Basic challenge is refused with a `BasicOverHttpError` (or another offered scheme is used). An
+   * `http:` origin must also be trusted explicitly (S4).
    */
   allowBasicOverHttp?: boolean;
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
@@ -136,7 +144,7 @@ export interface MultilegAgentOptions {
 export interface ResolvedOptions {
   credentials?: Credentials;
   clientCertificate?: ClientCertificateSelector;
-  trust: Trust;
+  trust: TrustPolicy;
   schemes: readonly string[];
   mechanisms: readonly Mechanism[];
   connect: ConnectionOptions;
@@ -162,21 +170,4 @@ export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
 export function normalizeOrigin(origin: string | URL): string {
   const url = typeof origin === 'string' ? new URL(origin) : origin;
   return url.origin;
-}
-
-/**
- * Who may receive credentials (S1). With a list or predicate, exactly those origins. Without one,
- * every origin the caller names itself — but not another origin reached by a redirect.
- */
-export interface Trust {
-  trusts(origin: string): boolean;
-  /** The caller configured the trusted origins explicitly (then redirects do not narrow it). */
-  readonly explicit: boolean;
-}
-
-export function resolveTrust(trusted: MultilegAgentOptions['trustedOrigins']): Trust {
-  if (trusted === undefined) return { trusts: () => true, explicit: false };
-  if (typeof trusted === 'function') return { trusts: trusted, explicit: true };
-  const set = new Set(trusted.map((o) => normalizeOrigin(o)));
-  return { trusts: (origin) => set.has(origin), explicit: true };
 }

@@ -1,4 +1,4 @@
-import { fetch, interceptors, request } from 'undici';
+import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Challenge } from '../src/index.ts';
 import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
@@ -88,7 +88,7 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(r.agent.stats().handshakes).toBe(0);
   });
 
-  it('T4: a 401 from an authenticated session re-runs authentication once, then shows the 401', async () => {
+  it('T4: a 401 from an authenticated session re-runs authentication once and resends the original request', async () => {
     r = await rig({ mode: 'session' });
     expect((await get(r, '/auth/a')).status).toBe(200);
     // The server forgets the session again and again: one re-authentication per request, no loop.
@@ -99,43 +99,5 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     const res = await get(r, '/auth/b');
     expect(res.status).toBe(200); // the re-run succeeded and the original request was resent
     expect(r.agent.stats().handshakes).toBe(2);
-  });
-
-  it('S1: credentials go only to trusted origins', async () => {
-    r = await rig({ mode: 'session' });
-    await r.agent.close();
-    const { MultilegAgent } = await import('../src/index.ts');
-    r.agent = new MultilegAgent({
-      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
-      connect: { ca: r.server.ca },
-      trustedOrigins: [r.server.origin],
-    });
-    expect((await get(r, '/auth/trusted')).status).toBe(200);
-    const other = r.server.origin.replace('localhost', '127.0.0.1');
-    const res = await fetch(`${other}/auth/untrusted`, { dispatcher: r.agent });
-    expect(res.status).toBe(401);
-    await res.arrayBuffer();
-    const toOther = r.server.exchanges.filter((e) => e.authority.startsWith('127.0.0.1'));
-    expect(toOther.length).toBeGreaterThan(0);
-    expect(toOther.some((e) => hasAuth(e.requestHeaders))).toBe(false);
-  });
-
-  it('S1: a redirect to another origin loses the credentials; a same-origin redirect keeps them', async () => {
-    r = await rig({ mode: 'session' });
-    const redirecting = r.agent.compose(interceptors.redirect({ maxRedirections: 3 }));
-    const other = r.server.origin.replace('localhost', '127.0.0.1');
-    const cross = await request(`${r.server.origin}/public/redirect?to=${encodeURIComponent(`${other}/auth/x`)}`, {
-      dispatcher: redirecting,
-    });
-    expect(cross.statusCode).toBe(401);
-    await cross.body.dump();
-    expect(
-      r.server.exchanges.filter((e) => e.authority.startsWith('127.0.0.1')).some((e) => hasAuth(e.requestHeaders)),
-    ).toBe(false);
-    const same = await request(`${r.server.origin}/public/redirect?to=${encodeURIComponent('/auth/y')}`, {
-      dispatcher: redirecting,
-    });
-    expect(same.statusCode).toBe(200);
-    expect(((await same.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
 });

@@ -165,7 +165,7 @@ describe('S2: secrets never reach logs', () => {
       };
       const alice = { username: 'EXAMPLE\\\\alice', password: 'alicepw' };
       async function run(server, options, n = 3) {
-        const agent = new MultilegAgent({ credentials: alice, connect: { ca: server.ca }, ...options });
+        const agent = new MultilegAgent({ credentials: alice, connect: { ca: server.ca }, trustedOrigins: [server.origin], ...options });
         await Promise.all(Array.from({ length: n }, (_, i) => fetch(server.origin + '/auth/' + i, { dispatcher: agent }).then((r) => r.text())));
         await agent.close();
       }
@@ -183,7 +183,7 @@ describe('S2: secrets never reach logs', () => {
       }
       const server = await startReferenceServer({ mode: 'session', onExchange: wire });
       const proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'Pr0xy-pass' } });
-      const agent = new MultilegAgent({ credentials: alice, proxy: { uri: proxy.origin, connect: { ca: proxy.ca },
+      const agent = new MultilegAgent({ credentials: alice, trustedOrigins: ['http://localhost:' + server.port], proxy: { uri: proxy.origin, connect: { ca: proxy.ca },
         credentials: { username: 'proxyuser', password: 'Pr0xy-pass' } } });
       await fetch('http://localhost:' + server.port + '/auth/p', { dispatcher: agent }).then((r) => r.text());
       console.log('PROXY-EXCHANGES ' + proxy.exchanges.filter((e) => e.proxyAuthorization).length);

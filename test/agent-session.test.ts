@@ -5,10 +5,12 @@ import {
   BodyNotReplayableError,
   HandshakeTimeoutError,
   LegLimitError,
+  MechanismUnavailableError,
+  MultilegAgent,
   QueueFullError,
   QueueTimeoutError,
 } from '../src/index.ts';
-import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
+import { ALICE, get, hasAuth, many, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -20,32 +22,45 @@ const authorized = (rg: Rig) => rg.server.exchanges.filter((e) => hasAuth(e.requ
 
 describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   it('C1: new requests queue while a handshake runs; nothing else reaches the wire until it ends', async () => {
-    r = await rig({ mode: 'session' });
+    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 30 : 0) } });
+    // One timeline of what the server saw arrive and what it answered, in real order.
+    const timeline: string[] = [];
+    r.server.on('request', (q) => timeline.push(`arrive ${q.path} ${q.headers.authorization ? 'auth' : 'bare'}`));
+    r.server.on('exchange', (e) => timeline.push(`answer ${e.path} ${e.status}`));
     const results = await many(r, 30);
     expect(results.every((x) => x.status === 200)).toBe(true);
-    const ex = r.server.exchanges;
     // One probe, two legs, then one request per user request: no anonymous request raced the handshake.
-    expect(ex).toHaveLength(32);
-    const final = ex.find((e) => e.outcome === 'accepted')!;
-    const before = ex.filter((e) => e.seq < final.seq);
-    expect(before.map((e) => e.status)).toEqual([401, 401]);
-    expect(new Set(ex.map((e) => e.sessionId)).size).toBe(1);
+    expect(r.server.exchanges).toHaveLength(32);
+    const leader = r.server.exchanges.find((e) => e.outcome === 'accepted')!.path;
+    const finalAnswer = timeline.indexOf(`answer ${leader} 200`);
+    expect(timeline.slice(0, finalAnswer + 1)).toEqual([
+      `arrive ${leader} bare`,
+      `answer ${leader} 401`,
+      `arrive ${leader} auth`,
+      `answer ${leader} 401`,
+      `arrive ${leader} auth`,
+      `answer ${leader} 200`,
+    ]);
+    expect(new Set(r.server.exchanges.map((e) => e.sessionId)).size).toBe(1);
     expect(r.agent.stats().handshakes).toBe(1);
   });
 
   it('C1: a request in flight that comes back 401 joins the queue instead of starting a handshake', async () => {
-    // Per-request session: every request needs auth. Two batches race; the second batch's requests
-    // come back 401 while... the leader finishes; each runs at most one handshake, none fails.
-    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 50 : 0) } });
-    const first = get(r, '/auth/leader');
-    // Let the probe go out alone, then send more while the handshake's legs are delayed.
-    await new Promise((res) => setTimeout(res, 20));
-    const rest = await many(r, 10);
-    expect((await first).status).toBe(200);
-    expect(rest.every((x) => x.status === 200)).toBe(true);
+    // The session is probed by a public request, so the next requests all go out at once; /auth/0's
+    // 401 comes back first and it leads, while the others' 401s arrive during its (held) legs.
+    r = await rig({
+      mode: 'session',
+      faults: { delayMs: (q) => (q.headers.authorization ? 200 : q.path === '/auth/0' ? 0 : 50) },
+    });
+    expect((await get(r, '/public/probe')).status).toBe(200);
+    const results = await many(r, 5);
+    expect(results.every((x) => x.status === 200 && x.body.user === 'EXAMPLE\\alice')).toBe(true);
     expect(r.agent.stats().handshakes).toBe(1);
-    // Only the leader's legs carried credentials.
+    // Only the leader's legs carried credentials; each other request: its 401 in flight, then 200 after the queue.
     expect(authorized(r)).toHaveLength(2);
+    for (const i of [1, 2, 3, 4]) {
+      expect(r.server.exchanges.filter((e) => e.path === `/auth/${i}`).map((e) => e.status)).toEqual([401, 200]);
+    }
   });
 
   it('C2: once the session is authenticated, later requests carry no Authorization and start no handshake', async () => {
@@ -131,12 +146,51 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(authorized(r)).toHaveLength(2);
   });
 
+  it('C5: NTLM that succeeds on a session that was per-request makes it session-authenticated', async () => {
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate', 'NTLM'] },
+      // No GSS-API here: Negotiate runs NTLM inside it, which a per-request server scopes to one request.
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () =>
+              Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+          },
+        },
+      },
+    );
+    expect((await get(r, '/auth/neg')).status).toBe(200);
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    // Now the origin offers only NTLM and authenticates sessions: the remembered Negotiate is declined
+    // on its proactive first leg, NTLM is answered, and the per-request session becomes authenticated.
+    r.server.options.schemes = ['NTLM'];
+    r.server.options.mode = 'session';
+    const nt = await get(r, '/auth/ntlm');
+    expect([nt.status, nt.body.user]).toEqual([200, 'EXAMPLE\\alice']);
+    expect(r.agent.handshakes().at(-1)).toMatchObject({ scheme: 'NTLM', outcome: 'session' });
+    const after = await get(r, '/auth/after');
+    expect([after.status, after.body.sessionId]).toEqual([200, nt.body.sessionId]);
+    const last = r.server.exchanges.at(-1)!;
+    expect([last.path, hasAuth(last.requestHeaders), last.outcome]).toEqual(['/auth/after', false, 'session']);
+  });
+
   it('C6: without Persistent-Auth, Negotiate is per-request; the decision waits for the final response', async () => {
     r = await rig({ mode: 'none', schemes: ['Negotiate'] });
     const results = await many(r, 3);
     expect(results.every((x) => x.status === 200)).toBe(true);
-    // The 401 legs carried no Persistent-Auth; only the final 200 decided.
     expect(r.agent.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
+    // And a session-mode server: its 401 legs carry no Persistent-Auth, its final 200 does. A
+    // decision drawn at a 401 would say per-request; the final response says session.
+    const s = await rig({ mode: 'session', schemes: ['Negotiate'] });
+    try {
+      await many(s, 3);
+      const legs = s.server.exchanges.filter((e) => e.status === 401);
+      expect(legs.length).toBeGreaterThan(0);
+      expect(legs.every((e) => e.responseHeaders['persistent-auth'] === undefined)).toBe(true);
+      expect(s.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+    } finally {
+      await s.close();
+    }
   });
 
   it("C7: a failed handshake releases the queue: every caller gets the server's own 401, nothing hangs", async () => {
@@ -149,17 +203,26 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   });
 
   it('C7: a new successful handshake on an authenticated session replaces the identity', async () => {
-    r = await rig({ mode: 'session' });
-    expect((await get(r, '/auth/a')).body.user).toBe('EXAMPLE\\alice');
+    // Credentials rotated between two handshakes (the object the agent was given is read per handshake).
+    const credentials = { username: 'EXAMPLE\\alice', password: 'alicepw' };
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { credentials, negotiate: false });
+    const first = await get(r, '/auth/a');
+    expect(first.body.user).toBe('EXAMPLE\\alice');
+    credentials.username = 'EXAMPLE\\bob';
+    credentials.password = 'bobpw';
     // The server forgets the session's authentication and re-challenges (T4): the agent re-runs the
-    // handshake once, on the same session.
+    // handshake once, on the same session, now as bob.
     r.server.forgetAuthentication();
     const again = await get(r, '/auth/b');
-    expect(again.status).toBe(200);
+    expect([again.status, again.body.user, again.body.sessionId]).toEqual([200, 'EXAMPLE\\bob', first.body.sessionId]);
     expect(r.agent.handshakes().map((h) => [h.sessionId, h.outcome])).toEqual([
       [r.agent.handshakes()[0]!.sessionId, 'session'],
       [r.agent.handshakes()[0]!.sessionId, 'session'],
     ]);
+    // Later requests run as bob on that session, without a handshake.
+    const later = await get(r, '/auth/c');
+    expect([later.body.user, later.body.sessionId]).toEqual(['EXAMPLE\\bob', first.body.sessionId]);
+    expect(r.agent.stats().handshakes).toBe(2);
   });
 
   it('C8: a session that ends mid-handshake (GOAWAY) moves its queue to a new session; nothing lost or sent twice', async () => {
@@ -215,6 +278,12 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   it('C9: each origin gets its own sessions; an authenticated session never carries another origin', async () => {
     r = await rig({ mode: 'session' });
     const other = r.server.origin.replace('localhost', '127.0.0.1');
+    await r.agent.destroy();
+    r.agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: r.server.ca },
+      trustedOrigins: [r.server.origin, other],
+    });
     await get(r, '/auth/a');
     const res = await fetch(`${other}/auth/b`, { dispatcher: r.agent });
     expect(res.status).toBe(200);

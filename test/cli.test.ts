@@ -521,9 +521,12 @@ describe('multileg command line', () => {
 
   it('S1: --trust takes origins and *. host patterns; nothing else is trusted', () => {
     expect(parseTrust('other:8443')).toBe('https://other:8443');
-    expect(parseTrust('https://*.Corp.example.com')).toBe('https://*.corp.example.com');
-    expect(() => parseTrust('https://host/path')).toThrow(ConfigError);
+    expect(parseTrust('https://*.corp.example.com')).toBe('https://*.corp.example.com');
+    expect(() => parseTrust('https://host/path')).toThrow(
+      /^--trust entry 'https:\/\/host\/path' has more than scheme, host and port/,
+    );
     expect(() => parseTrust('ftp://host')).toThrow(ConfigError);
+    expect(() => parseTrust('https://a.*.example')).toThrow(ConfigError);
     const t = new CliTrust('https://start.example:8443', [
       'https://*.corp.example.com',
       'http://*.lab.example:8080',

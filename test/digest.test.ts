@@ -413,7 +413,13 @@ async function challengeServer(challenges: string[], accept?: (authorization: st
 }
 
 const newAgent = (o: ConstructorParameters<typeof MultilegAgent>[0] = {}) => {
-  const a = new MultilegAgent({ credentials: MUFASA, negotiate: false, ...o });
+  // The loopback test servers are cleartext: trusted explicitly (S4), as a caller would have to.
+  const a = new MultilegAgent({
+    credentials: MUFASA,
+    negotiate: false,
+    trustedOrigins: (origin) => origin.startsWith('http://127.0.0.1:'),
+    ...o,
+  });
   agents.push(a);
   return a;
 };

@@ -20,7 +20,7 @@ export async function rig(
   agent: Partial<MultilegAgentOptions> = {},
 ): Promise<Rig> {
   const s = await startReferenceServer(server);
-  const a = new MultilegAgent({ credentials: ALICE, connect: { ca: s.ca }, ...agent });
+  const a = new MultilegAgent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin], ...agent });
   return {
     server: s,
     agent: a,

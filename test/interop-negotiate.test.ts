@@ -1,5 +1,5 @@
 /**
- * M2 interop: the Negotiate mechanism (kerberos addon → MIT GSS-API) against a real MIT KDC and Apache
+ * M2 interop: the Negotiate mechanism (system GSS-API via koffi; the kerberos addon where injected) against a real MIT KDC and Apache
  * mod_auth_gssapi over HTTP/2 and HTTP/1.1; actionable Kerberos errors from real failures; the NTLM-inside-
  * SPNEGO fallback (no ticket, password given) against Apache /spnego2; curl as a reference client.
  */

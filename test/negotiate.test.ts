@@ -37,7 +37,7 @@ import {
   OID_NTLMSSP,
   SPNEGO_NTLM_FLAGS,
 } from '../src/mechanisms/spnego/index.ts';
-import type { LegInfo } from '../src/mechanisms/types.ts';
+import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 
 const leg: LegInfo = {
   origin: 'https://web.example.test:8443',
@@ -254,6 +254,78 @@ describe('M2: Negotiate context state machine (fake GSS)', () => {
   });
 });
 
+describe('M5: fallback to NTLM whenever Kerberos cannot produce a first token', () => {
+  const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
+  const failing = (text: string) => {
+    const k = {
+      asked: 0,
+      initializeClient: async () => {
+        k.asked += 1;
+        throw new Error(text);
+      },
+    };
+    return k;
+  };
+  const isNtlm = (header: string) =>
+    Buffer.from(header.slice('Negotiate '.length), 'base64').subarray(0, 8).toString('latin1') === 'NTLMSSP\0';
+
+  it('M5: each Kerberos failure with a password → NTLM, with the reason; credential failures are remembered, host ones are not', async () => {
+    const cases: Array<[string, string, boolean]> = [
+      [GSS.noTicketKrb5, 'MULTILEG_KRB_NO_TICKET', true],
+      [GSS.expired, 'MULTILEG_KRB_TICKET_EXPIRED', true],
+      [GSS.spn, 'MULTILEG_KRB_UNKNOWN_SPN', false],
+      [GSS.kdc, 'MULTILEG_KRB_KDC_UNREACHABLE', false],
+      [GSS.other, 'MULTILEG_MECHANISM', false],
+    ];
+    for (const [text, code, remembered] of cases) {
+      const k = failing(text);
+      const mech = negotiateMechanism({ kerberos: k, credentials: creds, ntlmFallback: 'raw' });
+      for (let i = 0; i < 2; i++) {
+        const ctx = mech.createContext(leg);
+        expect(isNtlm(await ctx.step(undefined, leg)), code).toBe(true);
+        expect(ctx.fallbackReason, code).toMatch(new RegExp(`^${code}: `));
+        expect(ctx.fallbackReason).not.toContain('pw');
+      }
+      expect(k.asked, code).toBe(remembered ? 1 : 2);
+      // without a password: the typed error itself
+      const err = await negotiateMechanism({ kerberos: failing(text) })
+        .createContext(leg)
+        .step(undefined, leg)
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ code });
+    }
+  });
+
+  it('M5: the password goes only where passwordAllowed says (S1); elsewhere the Kerberos error stands', async () => {
+    const mech = negotiateMechanism({
+      kerberos: failing(GSS.expired),
+      credentials: creds,
+      ntlmFallback: 'raw',
+      passwordAllowed: (origin) => origin === 'https://trusted.example.test',
+    });
+    const err = await mech
+      .createContext(leg)
+      .step(undefined, leg)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(KerberosTicketExpiredError);
+    const trusted = { ...leg, origin: 'https://trusted.example.test' };
+    expect(isNtlm(await mech.createContext(trusted).step(undefined, trusted))).toBe(true);
+    // a remembered failure does not send the password to the untrusted origin either
+    await expect(mech.createContext(leg).step(undefined, leg)).rejects.toBeInstanceOf(KerberosTicketExpiredError);
+  });
+});
+
+describe('M5: channel-bound first tokens wait for the connection only where the backend binds', () => {
+  it('M5: bindsFirstToken: on by default; off with channelBindings: false; off once the backend turns out to be the addon', async () => {
+    expect(negotiateMechanism().bindsFirstToken).toBe(true);
+    expect(negotiateMechanism({ channelBindings: false }).bindsFirstToken).toBe(false);
+    const addon = negotiateMechanism({ kerberos: fakeKerberos({ steps: [() => 'AAAA'] }) });
+    expect(addon.bindsFirstToken).toBe(true); // not known before the first handshake
+    await addon.createContext(leg).step(undefined, leg);
+    expect(addon.bindsFirstToken).toBe(false);
+  });
+});
+
 describe('M2: no ticket is remembered for a while', () => {
   it('M2: after "no ticket", later handshakes go straight to NTLM without asking GSS-API again', async () => {
     let asked = 0;
@@ -278,26 +350,111 @@ describe('M2: no ticket is remembered for a while', () => {
   });
 });
 
-describe('M2: missing kerberos addon', () => {
-  it("M2: a missing 'kerberos' package is MechanismUnavailableError with the install hint", async () => {
+describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () => {
+  async function withMissing<T>(
+    pkg: string,
+    factory: () => Record<string, unknown>,
+    fn: (m: typeof import('../src/mechanisms/negotiate/index.ts')) => Promise<T>,
+  ) {
     vi.resetModules();
-    vi.doMock('kerberos', () => {
-      throw new Error("Cannot find package 'kerberos'");
-    });
+    vi.doMock(pkg, factory);
     try {
-      const { negotiateMechanism: fresh } = await import('../src/mechanisms/negotiate/index.ts');
-      const err = await fresh()
-        .createContext(leg)
-        .step(undefined, leg)
-        .catch((e: unknown) => e);
-      expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
-      expect((err as Error).message).toContain(
-        "install the optional 'kerberos' package (needs libkrb5-dev / GSS-API headers to build)",
-      );
+      return await fn(await import('../src/mechanisms/negotiate/index.ts'));
     } finally {
-      vi.doUnmock('kerberos');
+      vi.doUnmock(pkg);
       vi.resetModules();
     }
+  }
+  const firstStep = (m: Mechanism) =>
+    m
+      .createContext(leg)
+      .step(undefined, leg)
+      .catch((e: unknown) => e);
+
+  it("M2: a missing 'kerberos' package is MechanismUnavailableError with the install hint", async () => {
+    const err = await withMissing(
+      'kerberos',
+      () => {
+        throw new Error("Cannot find package 'kerberos'");
+      },
+      (m) => firstStep(m.negotiateMechanism({ backend: 'kerberos' })),
+    );
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+    expect((err as Error).message).toContain(
+      "install the optional 'kerberos' package (needs libkrb5-dev / GSS-API headers to build)",
+    );
+  });
+
+  it("M5: a missing 'koffi' package: typed error naming it; auto uses the addon; ccache/keytab say they need it", async () => {
+    const noKoffi = () => {
+      throw new Error("Cannot find package 'koffi'");
+    };
+    const err = await withMissing('koffi', noKoffi, (m) => firstStep(m.negotiateMechanism({ backend: 'gssapi' })));
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE', name: 'GssapiUnavailableError' });
+    expect((err as Error).message).toContain("install the optional 'koffi' package");
+    const store = await withMissing('koffi', noKoffi, (m) =>
+      firstStep(m.negotiateMechanism({ ccache: 'FILE:/tmp/x' })),
+    );
+    expect((store as Error).message).toMatch(/negotiate\.ccache \/ negotiate\.keytab need it: .*koffi/);
+    // auto without a credential store: the kerberos addon takes over (here: it reports its own outcome).
+    const chosen = await withMissing('koffi', noKoffi, async (m) => (await m.loadBackend({})).name);
+    expect(chosen).toBe('kerberos');
+  });
+
+  it('M5: a GSS-API library without gss_acquire_cred_from (e.g. Heimdal): typed error; auto uses the addon', async () => {
+    const heimdal = () => ({
+      load: () => ({
+        func: (d: string) => {
+          if (d.includes('gss_acquire_cred_from')) throw new Error('Cannot find function gss_acquire_cred_from');
+          return () => 0;
+        },
+      }),
+      struct: () => ({}),
+      pointer: () => ({}),
+      opaque: () => ({}),
+    });
+    const err = await withMissing('koffi', heimdal, (m) => firstStep(m.negotiateMechanism({ backend: 'gssapi' })));
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+    expect((err as Error).message).toMatch(/lacks a GSS-API call .*MIT Kerberos 1\.11/);
+    expect(await withMissing('koffi', heimdal, async (m) => (await m.loadBackend({})).name)).toBe('kerberos');
+  });
+
+  it('M5: no GSS-API at all but a password: NTLM inside Negotiate, the report names the missing package', async () => {
+    const ctx = await withMissing(
+      'koffi',
+      () => {
+        throw new Error("Cannot find package 'koffi'");
+      },
+      async (m) => {
+        const c = m
+          .negotiateMechanism({
+            backend: 'gssapi',
+            credentials: { username: 'alice', password: 'pw', domain: 'EXAMPLE' },
+            ntlmFallback: 'raw',
+          })
+          .createContext(leg);
+        const header = await c.step(undefined, leg);
+        expect(Buffer.from(header.slice('Negotiate '.length), 'base64').subarray(0, 7).toString()).toBe('NTLMSSP');
+        return c;
+      },
+    );
+    expect(ctx.fallbackReason).toMatch(
+      /^MULTILEG_MECHANISM_UNAVAILABLE: Negotiate \(GSS-API binding\) is not available$/,
+    );
+  });
+
+  it('M5: the system libgssapi_krb5 missing (dlopen fails): typed error naming the library and the package to install', async () => {
+    const err = await withMissing(
+      'koffi',
+      () => ({
+        load: () => {
+          throw new Error('libgssapi_krb5.so.2: cannot open shared object file: No such file or directory');
+        },
+      }),
+      (m) => firstStep(m.negotiateMechanism({ backend: 'gssapi' })),
+    );
+    expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+    expect((err as Error).message).toMatch(/libgssapi_krb5\.so\.2 .*missing: install libgssapi-krb5-2/);
   });
 });
 

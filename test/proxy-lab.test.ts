@@ -23,7 +23,7 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
   let restoreEnv: () => void;
   const agents: MultilegAgent[] = [];
   const agent = (o: Partial<MultilegAgentOptions>) => {
-    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, ...o });
+    const a = new MultilegAgent({ connect: { ca: lab.apache!.ca }, trustedOrigins: [lab.apache!.origin], ...o });
     agents.push(a);
     return a;
   };

@@ -38,6 +38,8 @@ async function setup(p: ReferenceProxyOptions, s: ReferenceServerOptions = {}, a
     negotiate: false,
     schemes: ['NTLM'],
     mechanisms: [proactiveNtlm],
+    // The targets: cleartext http behind the proxy (trusted explicitly, S4), and the https origin.
+    trustedOrigins: [`http://localhost:${server.port}`, server.origin],
     proxy: {
       uri: proxy.origin,
       connect: { ca: proxy.ca },

@@ -12,7 +12,12 @@ describe('schemes', () => {
     // Case-insensitive, and a custom mechanism's scheme is known.
     const custom = { ...ntlmMechanism({ username: 'u', password: 'p' }), scheme: 'X-Custom' };
     expect(
-      () => new MultilegAgent({ schemes: ['ntlm' as SchemeName, 'X-Custom' as SchemeName], mechanisms: [custom] }),
+      () =>
+        new MultilegAgent({
+          schemes: ['ntlm' as SchemeName, 'X-Custom' as SchemeName],
+          mechanisms: [custom],
+          trustedOrigins: ['https://h'],
+        }),
     ).not.toThrow();
   });
 });

@@ -33,6 +33,18 @@ function toBuffer(chunk: unknown): Buffer {
   throw new TypeError(`unsupported request body chunk type ${typeof chunk}`);
 }
 
+/** A body written as it is on every leg (no closure: one small object per request, R6). */
+class AsIs implements PreparedBody {
+  readonly replayable = true;
+  readonly #body: unknown;
+  constructor(body: unknown) {
+    this.#body = body;
+  }
+  take(): unknown {
+    return this.#body;
+  }
+}
+
 /**
  * Reads a one-shot body (stream, async generator — fetch always passes one) into memory when it
  * fits in `limit` bytes. Larger bodies keep their buffered prefix and the rest of the iterator, to
@@ -40,9 +52,7 @@ function toBuffer(chunk: unknown): Buffer {
  */
 export function prepareBody(body: unknown, limit: number): PreparedBody | Promise<PreparedBody> {
   // Most bodies (none, a string, a Buffer) need no reading: answer synchronously, no extra tick.
-  if (REPLAYABLE_AS_IS(body) || !isAsyncSource(body)) {
-    return { replayable: true, take: () => body };
-  }
+  if (REPLAYABLE_AS_IS(body) || !isAsyncSource(body)) return new AsIs(body);
   return bufferBody(body, limit);
 }
 

@@ -10,7 +10,8 @@ import { promisify } from 'node:util';
 import { request } from 'undici';
 import { MultilegAgent } from '../agent.ts';
 import { MultilegError } from '../errors.ts';
-import { loadKerberos } from '../mechanisms/negotiate/addon.ts';
+import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
+import { loadBackend } from '../mechanisms/negotiate/backend.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { ProxyResolver } from '../proxy/options.ts';
@@ -38,10 +39,10 @@ function print(c: Check): void {
 }
 
 /** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
-async function klist(): Promise<Check> {
+async function klist(ccache: string | undefined): Promise<Check> {
   let out: string;
   try {
-    out = (await promisify(execFile)('klist', [], { timeout: 5000 })).stdout;
+    out = (await promisify(execFile)('klist', ccache ? ['-c', ccache] : [], { timeout: 5000 })).stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     if (e.code === 'ENOENT')
@@ -191,20 +192,25 @@ export async function doctor(argv: string[]): Promise<number> {
   const nodeProblem = unsupportedNode();
   add({ name: 'Node', verdict: nodeProblem ? 'FAIL' : 'ok', detail: `${process.versions.node} (needs >= 22.19)` });
 
-  const installed = kerberosInstalled();
+  const negotiate = req.agent.negotiate || {};
   let addon = false;
   try {
-    await loadKerberos();
+    const backend = await loadBackend(negotiate);
     addon = true;
-    add({ name: 'kerberos addon', verdict: 'ok', detail: `kerberos ${installed} loaded` });
+    add({
+      name: 'Kerberos',
+      verdict: 'ok',
+      detail:
+        backend.name === 'gssapi'
+          ? `system GSS-API (${gssLibraryName()} through koffi; tokens carry channel bindings)`
+          : `the kerberos addon ${kerberosInstalled() ?? ''} (tokens carry no channel bindings)`,
+    });
   } catch (err) {
     add({
-      name: 'kerberos addon',
+      name: 'Kerberos',
       verdict: 'warn',
-      detail: installed
-        ? `kerberos ${installed} is installed but does not load (${(err as Error).cause ?? (err as Error).message})`
-        : 'not installed: Negotiate/Kerberos unavailable (NTLM, Digest, Basic still work)',
-      fix: 'npm install kerberos (needs libkrb5-dev to build); with npm >= 11.16 approve its install script: npm install-scripts approve kerberos',
+      detail: `Negotiate/Kerberos unavailable (NTLM, Digest, Basic still work): ${forCli((err as Error).message)}`,
+      fix: 'on Linux: install libgssapi-krb5-2 and the optional koffi package; elsewhere: npm install kerberos (approve its install script: npm install-scripts approve kerberos)',
     });
   }
 
@@ -249,7 +255,7 @@ export async function doctor(argv: string[]): Promise<number> {
   const negotiateOffered = h2?.offered.some((s) => s.toLowerCase() === 'negotiate') ?? true;
   let ticketWorks = false;
   if (addon && negotiateOffered) {
-    const ticket = await klist();
+    const ticket = await klist(negotiate.ccache);
     add(ticket);
     const k = await kerberos(req);
     for (const c of k.checks) add(c);

@@ -101,6 +101,11 @@ export function program(): Command {
       '--no-mutual-auth',
       'accept a server that sends no final Kerberos token (do not require mutual authentication)',
     )
+    .option(
+      '--ccache <name>',
+      'Kerberos credential cache for this run (e.g. FILE:/tmp/krb5cc_svc), instead of KRB5CCNAME',
+    )
+    .option('--keytab <file>', 'client keytab: get Kerberos tickets from it (with --principal for a keytab of several)')
     .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
     .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
     .option('-k, --insecure', 'do not verify the server certificate')
@@ -184,6 +189,9 @@ export function readFlagFile(flag: string, path: string): Buffer {
   }
 }
 
+/** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
+const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
+
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
 export function parseCli(argv: readonly string[]): CliRequest {
   const cmd = program();
@@ -224,6 +232,8 @@ export function parseCli(argv: readonly string[]): CliRequest {
     ...(o.canonicalizeHost ? { canonicalizeHost: true } : {}),
     ...(o.delegate ? { delegate: true } : {}),
     ...(o.mutualAuth === false ? { mutualAuth: 'optional' as const } : {}),
+    ...(o.ccache ? { ccache: o.ccache as string } : {}),
+    ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
   const proxy = proxyOption(o, ca);
   const user = o.user !== undefined ? parseUser(o.user as string) : undefined;

@@ -1,46 +1,32 @@
 /**
  * Where the command line sends credentials (issue 8, curl's rule): the URL's origin, the `--trust`
- * origins and host patterns (`https://*.corp.example.com[:port]`), and, with `--location-trusted`,
- * each origin a redirect leads to. Given to the agent as its `trustedOrigins` predicate.
+ * origins and host patterns (`https://*.corp.example.com[:port]`, matched by the library's own
+ * TrustPolicy), and, with `--location-trusted`, each origin a redirect leads to. Given to the agent
+ * as its `trustedOrigins` predicate, so each of them counts as trusted explicitly.
  */
 import { ConfigError } from '../errors.ts';
+import { TrustPolicy } from '../trust/policy.ts';
+import { forCli } from './explain.ts';
 
-interface HostPattern {
-  readonly protocol: string;
-  /** `.corp.example.com`: the host must end with it (one or more labels before). */
-  readonly suffix: string;
-  readonly port: string;
-}
-
-const DEFAULT_PORT: Record<string, string> = { 'https:': '443', 'http:': '80' };
-const portOf = (url: URL) => url.port || DEFAULT_PORT[url.protocol] || '';
-
-/** Checks a `--trust` value: an origin (no scheme means https) or a `*.` host pattern. */
+/** Checks a `--trust` value (no scheme means https): an origin or a `*.` host pattern. */
 export function parseTrust(text: string): string {
-  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
-  const pattern = /^(https?):\/\/\*\.([a-z0-9.-]+)(?::(\d+))?\/?$/i.exec(withScheme);
-  if (pattern) return withScheme.replace(/\/$/, '').toLowerCase();
+  const entry = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
   try {
-    const url = new URL(withScheme);
-    if ((url.protocol === 'https:' || url.protocol === 'http:') && (url.pathname === '/' || url.pathname === ''))
-      return url.origin;
-  } catch {}
-  throw new ConfigError(
-    `--trust ${text}: not an origin or host pattern (e.g. https://host:8443, https://*.corp.example.com)`,
-  );
+    new TrustPolicy([entry]);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(forCli(err.message));
+    throw err;
+  }
+  return entry;
 }
 
 export class CliTrust {
   readonly #origins = new Set<string>();
-  readonly #patterns: HostPattern[] = [];
+  readonly #listed: TrustPolicy;
 
   constructor(urlOrigin: string, trust: readonly string[]) {
     this.#origins.add(urlOrigin);
-    for (const t of trust) {
-      const m = /^(https?):\/\/\*(\.[a-z0-9.-]+)(?::(\d+))?$/.exec(t);
-      if (m) this.#patterns.push({ protocol: `${m[1]}:`, suffix: m[2]!, port: m[3] ?? DEFAULT_PORT[`${m[1]}:`]! });
-      else this.#origins.add(t);
-    }
+    this.#listed = new TrustPolicy(trust);
   }
 
   /** --location-trusted: an origin a redirect led to. */
@@ -49,10 +35,6 @@ export class CliTrust {
   }
 
   trusts(origin: string): boolean {
-    if (this.#origins.has(origin)) return true;
-    const url = new URL(origin);
-    return this.#patterns.some(
-      (p) => url.protocol === p.protocol && url.hostname.endsWith(p.suffix) && portOf(url) === p.port,
-    );
+    return this.#origins.has(origin) || this.#listed.explicit(origin);
   }
 }

@@ -23,6 +23,8 @@ export interface HandshakeInput {
   readonly timeout: number;
   /** HTTP/2: a connection-bound exchange that loses its state between streams means "use HTTP/1.1". */
   readonly onHttp2: boolean;
+  /** An Auth-ID the server put on the 401 that started it (C3: sent on every later leg). */
+  readonly authId?: string;
 }
 
 export type HandshakeResult =
@@ -33,10 +35,24 @@ export type HandshakeResult =
       readonly sessionAuthenticated: boolean;
       readonly authIdCarried: boolean;
       readonly identity?: string;
+      readonly fallbackReason?: string;
       readonly done: Promise<void>;
     }
-  /** The caller got the server's final 401 or a typed error; `done` settles when it has it all. */
-  | { readonly kind: 'failed'; readonly legs: number; readonly authIdCarried: boolean; readonly done: Promise<void> }
+  /**
+   * The caller got the server's final 401 or a typed error; `done` settles when it has it all.
+   * `proofFailed`: the server's final token failed verification (mutual authentication): the
+   * connection must not be used again (its peer never proved who it is).
+   */
+  | {
+      readonly kind: 'failed';
+      readonly legs: number;
+      readonly authIdCarried: boolean;
+      readonly fallbackReason?: string;
+      readonly done: Promise<void>;
+      readonly proofFailed?: MultilegError;
+      /** The error the caller got, when it was not the server's own 401. */
+      readonly error?: Error;
+    }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
       readonly kind: 'relocate';
@@ -45,20 +61,44 @@ export type HandshakeResult =
       readonly error?: Error;
     }
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
-  | { readonly kind: 'unusable'; readonly error: Error };
+  | { readonly kind: 'unusable'; readonly error: Error }
+  /**
+   * A proactive first leg was answered with a 401 that does not offer this scheme any more (the
+   * origin changed, or what was remembered is stale): nothing reached the caller; answer `offered`.
+   */
+  | { readonly kind: 'declined'; readonly offered: readonly Challenge[] };
 
-const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
+// Kerberos that cannot produce a first token (M5): the next offered scheme may still authenticate.
+const UNUSABLE = new Set([
+  'MULTILEG_MECHANISM_UNAVAILABLE',
+  'MULTILEG_KRB_NO_TICKET',
+  'MULTILEG_KRB_TICKET_EXPIRED',
+  'MULTILEG_KRB_WRONG_REALM',
+  'MULTILEG_KRB_UNKNOWN_SPN',
+  'MULTILEG_KRB_KDC_UNREACHABLE',
+  'MULTILEG_KRB_CLOCK_SKEW',
+  'MULTILEG_KRB_KEYTAB',
+]);
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error | undefined): 'http1' | 'connection-ended' | undefined {
   if (!err) return undefined;
   const e = err as Error & { http2ErrorCode?: number; code?: string };
-  // RST_STREAM carries the code on the error; undici reports a GOAWAY's code only in its message.
-  if (e.http2ErrorCode === 0xd || /HTTP_1_1_REQUIRED|"GOAWAY" frame received with code 13\b/.test(e.message))
-    return 'http1';
+  // RST_STREAM HTTP_1_1_REQUIRED: undici puts the code on the error (structured).
+  if (e.http2ErrorCode === 0xd || e.code === 'MULTILEG_HTTP1_REQUIRED') return 'http1';
   if (e.code === 'MULTILEG_STALE_CONNECTION') return 'connection-ended';
   return undefined;
+}
+
+/**
+ * The error code of a GOAWAY, from the error undici emits with `disconnect` and fails the refused
+ * streams with. undici (client-h2.js getGoAwayError) has no structured field for it, only this
+ * message text, so it is read here and nowhere else.
+ */
+export function goawayCode(err: Error | undefined): number | undefined {
+  const m = err ? /"GOAWAY" frame received with code (\d+)/.exec(err.message) : null;
+  return m ? Number(m[1]) : undefined;
 }
 
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
@@ -73,13 +113,14 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
 export async function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
   const { mechanism, sink } = input;
   let legs = 0;
-  let authId: string | undefined;
+  let authId: string | undefined = input.authId;
   let authIdCarried = false;
   let timedOut = false;
-  let context: MechanismContext;
+  let context: MechanismContext | undefined;
+  const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
   const fail = (err: Error): HandshakeResult => {
     sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, done: Promise.resolve() };
+    return { kind: 'failed', legs, authIdCarried, ...fallback(), done: Promise.resolve(), error: err };
   };
   try {
     context = mechanism.createContext(input.leg);
@@ -87,10 +128,18 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     if (isUnusable(err)) return { kind: 'unusable', error: err };
     return fail(err as Error);
   }
-  // Aborting through the sink reaches whichever leg is on the wire, or fails the caller at once.
+  // R3: the timeout bounds the mechanism's own work too (GSS-API calls, DNS canonicalisation):
+  // each step is raced against it. Aborting through the sink reaches whichever leg is on the wire.
+  let expired!: (err: Error) => void;
+  const expiry = new Promise<never>((_, reject) => {
+    expired = reject;
+  });
+  expiry.catch(() => {});
   const timer = setTimeout(() => {
     timedOut = true;
-    sink.abort(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
+    expired(err);
+    sink.abort(err);
   }, input.timeout);
   try {
     let challenge = input.challenge;
@@ -99,8 +148,9 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
       let authorization: string;
       try {
-        authorization = await context.step(challenge, input.leg);
+        authorization = await Promise.race([context.step(challenge, input.leg), expiry]);
       } catch (err) {
+        if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
         if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }
@@ -112,6 +162,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       }
       const sentAfterServerToken = challenge?.token68 !== undefined;
       let legacyLost = false;
+      let declined = false;
       let finishError: Error | undefined;
       let persistent = false;
       const result = await input.send(extra, (status, headers) => {
@@ -122,6 +173,10 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
           if (input.onHttp2 && sentAfterServerToken && authId === undefined && next && next.token68 === undefined) {
             legacyLost = true;
+            return 'swallow';
+          }
+          if (input.challenge === undefined && legs === 1 && !next && readChallenges(headers).length > 0) {
+            declined = true;
             return 'swallow';
           }
           return 'deliver';
@@ -144,6 +199,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           return fail(result.error);
         }
         case 'swallowed': {
+          if (declined) return { kind: 'declined', offered: readChallenges(result.headers) };
           if (legacyLost) {
             log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', mechanism.scheme);
             return { kind: 'relocate', legs, reason: 'http1' };
@@ -155,9 +211,12 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           continue;
         }
         case 'delivered': {
-          if (result.status === 401 || finishError) {
-            return { kind: 'failed', legs, authIdCarried, done: result.done };
+          if (finishError) {
+            const proofFailed =
+              finishError instanceof MultilegError ? finishError : new InvalidTokenError('final token');
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed };
           }
+          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',
@@ -166,6 +225,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
             authIdCarried,
             done: result.done,
             ...(context.identity ? { identity: context.identity } : {}),
+            ...fallback(),
           };
         }
       }

@@ -102,7 +102,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       () => {
         this.#startDelivery(controller, message);
         for (const replay of this.#buffered.splice(0)) replay();
-        controller.resume();
+        // The caller may have paused meanwhile (in onResponseStart or a data callback): keep it so.
+        if (!this.#sink.controller.paused) controller.resume();
       },
       (err: Error) => {
         this.#mode = 'over';

@@ -1,6 +1,47 @@
 import type { Dispatcher } from 'undici';
 
 type Controller = Dispatcher.DispatchController;
+type Headers = Record<string, string | string[]>;
+
+/** Sees the status and headers of the response a caller gets (the agent notes redirects, S5). */
+export interface ResponseObserver {
+  noteResponse(origin: string, path: string, status: number, headers: Headers): void;
+}
+
+/** What to do when the caller aborts: a function, or an object (no closure per wait, R6). */
+export type AbortHook = ((reason: Error) => void) | { callerAborted(reason: Error): void };
+
+/** The controller the caller holds: pause/resume reach whichever leg is delivering. */
+class SinkController {
+  readonly #sink: UserSink;
+  constructor(sink: UserSink) {
+    this.#sink = sink;
+  }
+  abort(reason: Error): void {
+    this.#sink.abort(reason);
+  }
+  pause(): void {
+    this.#sink.pause();
+  }
+  resume(): void {
+    this.#sink.resume();
+  }
+  get aborted(): boolean {
+    return this.#sink.aborted;
+  }
+  get paused(): boolean {
+    return this.#sink.paused;
+  }
+  get reason(): Error | null {
+    return this.#sink.reason;
+  }
+  get rawHeaders(): unknown {
+    return (this.#sink.leg as { rawHeaders?: unknown } | undefined)?.rawHeaders;
+  }
+  get rawTrailers(): unknown {
+    return (this.#sink.leg as { rawTrailers?: unknown } | undefined)?.rawTrailers;
+  }
+}
 
 /**
  * The caller's handler behind one stable controller (undici's RetryHandler pattern): the caller
@@ -15,42 +56,37 @@ export class UserSink {
   #paused = false;
   #started = false;
   #finished = false;
-  #onAbort: ((reason: Error) => void) | undefined;
+  #onAbort: AbortHook | undefined;
+  readonly #observer: ResponseObserver | undefined;
+  readonly #origin: string;
+  readonly #path: string;
 
   /** The controller the caller holds; pause/resume reach whichever leg is delivering. */
   readonly controller: Controller;
 
-  constructor(handler: Dispatcher.DispatchHandler) {
+  /** `observer` sees the response the caller gets for `origin` + `path`. */
+  constructor(handler: Dispatcher.DispatchHandler, observer?: ResponseObserver, origin = '', path = '') {
     this.#handler = handler;
-    const sink = this;
-    this.controller = {
-      abort(reason: Error) {
-        sink.abort(reason);
-      },
-      pause() {
-        sink.#paused = true;
-        sink.#leg?.pause();
-      },
-      resume() {
-        sink.#paused = false;
-        sink.#leg?.resume();
-      },
-      get aborted() {
-        return sink.#aborted;
-      },
-      get paused() {
-        return sink.#paused;
-      },
-      get reason() {
-        return sink.#reason;
-      },
-      get rawHeaders() {
-        return (sink.#leg as { rawHeaders?: unknown } | undefined)?.rawHeaders;
-      },
-      get rawTrailers() {
-        return (sink.#leg as { rawTrailers?: unknown } | undefined)?.rawTrailers;
-      },
-    } as Controller;
+    this.#observer = observer;
+    this.#origin = origin;
+    this.#path = path;
+    this.controller = new SinkController(this) as unknown as Controller;
+  }
+
+  /** The controller of the leg delivering the response, if any. */
+  get leg(): Controller | undefined {
+    return this.#leg;
+  }
+  get paused(): boolean {
+    return this.#paused;
+  }
+  pause(): void {
+    this.#paused = true;
+    this.#leg?.pause();
+  }
+  resume(): void {
+    this.#paused = false;
+    this.#leg?.resume();
   }
 
   get aborted(): boolean {
@@ -67,8 +103,8 @@ export class UserSink {
   }
 
   /** Registers what to do when the caller aborts (dequeue, or abort the current leg). */
-  onAbort(fn: ((reason: Error) => void) | undefined): void {
-    this.#onAbort = fn;
+  onAbort(hook: AbortHook | undefined): void {
+    this.#onAbort = hook;
   }
 
   begin(): void {
@@ -80,15 +116,17 @@ export class UserSink {
     this.#aborted = true;
     this.#reason = reason;
     const hook = this.#onAbort;
-    if (hook) hook(reason);
+    if (typeof hook === 'function') hook(reason);
+    else if (hook) hook.callerAborted(reason);
     else this.fail(reason);
   }
 
-  responseStart(leg: Controller, status: number, headers: Record<string, string | string[]>, message: string): void {
+  responseStart(leg: Controller, status: number, headers: Headers, message: string): void {
     if (this.#finished) return;
     this.#leg = leg;
     this.#started = true;
     if (this.#paused) leg.pause();
+    this.#observer?.noteResponse(this.#origin, this.#path, status, headers);
     this.#handler.onResponseStart?.(this.controller, status, headers, message);
   }
 

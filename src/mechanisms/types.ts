@@ -43,6 +43,8 @@ export interface MechanismContext {
   finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void>;
   /** Who authenticated, for reporting only (never a secret). */
   readonly identity?: string;
+  /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */
+  readonly fallbackReason?: string | undefined;
 }
 
 /** A mechanism: a factory of contexts plus fixed properties. Adding one touches one folder. */
@@ -54,6 +56,11 @@ export interface Mechanism {
   readonly multileg: boolean;
   /** Can send a useful token before any challenge (Negotiate/Kerberos, Basic). */
   readonly proactive: boolean;
+  /**
+   * Its first token is bound to the TLS connection (Kerberos channel bindings, M5): on https it is never
+   * made before the connection (and its certificate) exists, so no proactive token on a new connection.
+   */
+  readonly bindsFirstToken?: boolean;
   /** Creates a context for one handshake, or throws a MultilegError naming why it can't. */
   createContext(leg: LegInfo): MechanismContext;
 }

@@ -125,6 +125,8 @@ export class ProxyAuth {
 
   /** A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final token. */
   async succeeded(headers: Headers, leg: LegInfo): Promise<void> {
+    // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
+    // the guard keeps a stray call from finishing a context twice and is not reached by them.
     if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
     this.#state = 'done';
     const key = this.#mechanism.scheme.toLowerCase();

@@ -62,6 +62,28 @@ export class ProxyTimeoutError extends MultilegError {
 }
 
 /**
+ * A step of connecting through the proxy took longer than `proxy.connectTimeout`: the connection to
+ * the proxy (TCP, or TLS for an https:// proxy), or the TLS handshake with the origin inside the
+ * tunnel (a proxy that says 200 and then relays nothing).
+ */
+export class ProxyConnectTimeoutError extends MultilegError {
+  readonly proxy: string;
+  /** `proxy` (connecting to the proxy) or `origin` (TLS with the origin through the tunnel). */
+  readonly stage: 'proxy' | 'origin';
+  /** `target` (`host:port`) names the origin when the TLS handshake inside the tunnel timed out. */
+  constructor(proxy: string, ms: number, target?: string) {
+    super(
+      'MULTILEG_PROXY_CONNECT_TIMEOUT',
+      target === undefined
+        ? `proxy ${proxy} accepted no connection within proxy.connectTimeout (${ms} ms); check the proxy address and that it is up, or raise proxy.connectTimeout`
+        : `the TLS handshake with ${target} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
+    );
+    this.proxy = proxy;
+    this.stage = target === undefined ? 'proxy' : 'origin';
+  }
+}
+
+/**
  * A forward proxy said the origin speaks HTTP/1.1 (`Remote-http-version`, H3): authenticated traffic
  * for it moves to HTTP/1.1. Carries HTTP/2's HTTP_1_1_REQUIRED code so the pool relocates the request
  * exactly as it does for H2; the caller never sees it.

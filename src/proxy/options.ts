@@ -46,6 +46,13 @@ export interface ProxyOptions {
    * CONNECT for them too.
    */
   readonly http?: 'forward' | 'tunnel';
+  /**
+   * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
+   * TLS) connection to the proxy, and the TLS handshake with the origin inside a CONNECT tunnel. The
+   * CONNECT exchange itself is bounded by `limits.handshakeTimeout`. Default 10 000 (undici's
+   * connect timeout).
+   */
+  readonly connectTimeout?: number;
 }
 
 /** One proxy, resolved: address, its own mechanisms. */
@@ -58,7 +65,12 @@ export interface ResolvedProxy {
   readonly connect: ConnectionOptions;
   readonly mechanisms: MechanismSet;
   readonly http: 'forward' | 'tunnel';
+  /** See {@link ProxyOptions.connectTimeout}. */
+  readonly connectTimeout: number;
 }
+
+/** Default of {@link ProxyOptions.connectTimeout}, in ms. */
+export const DEFAULT_PROXY_CONNECT_TIMEOUT = 10_000;
 
 /** How a connection to one origin is made. */
 export type ProxyRoute =
@@ -102,6 +114,10 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
     credentials = { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
   }
   const tls = url.protocol === 'https:';
+  const connectTimeout = o.connectTimeout ?? DEFAULT_PROXY_CONNECT_TIMEOUT;
+  if (!Number.isFinite(connectTimeout) || connectTimeout <= 0) {
+    throw new ConfigError(`proxy.connectTimeout must be a positive number of ms, got ${connectTimeout}`);
+  }
   return {
     origin: url.origin,
     hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
@@ -110,6 +126,7 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
     connect: o.connect ?? {},
     mechanisms: proxyMechanisms(o, credentials),
     http: o.http ?? 'forward',
+    connectTimeout,
   };
 }
 

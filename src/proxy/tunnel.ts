@@ -2,21 +2,32 @@
  * The CONNECT tunnel (H5): `CONNECT host:port` written by hand on one proxy socket, every leg of a
  * 407 `Proxy-Authenticate` handshake on that same socket, then the raw socket is handed back for TLS
  * to the origin. If the proxy closes the connection between legs, the handshake restarts once on a
- * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`.
+ * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`; each connect (to the proxy,
+ * and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
  */
-import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
 import { publishLeg } from '../diagnostics.ts';
-import { MultilegError } from '../errors.ts';
+import type { MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
-import { ProxyAuthenticationError, ProxyConnectError, ProxyProtocolError, ProxyTimeoutError } from './errors.ts';
+import {
+  ProxyAuthenticationError,
+  ProxyConnectError,
+  ProxyConnectTimeoutError,
+  ProxyProtocolError,
+  ProxyTimeoutError,
+} from './errors.ts';
 import { authority, type ResolvedProxy } from './options.ts';
 import { ResponseReader, WireError } from './wire.ts';
 
-/** Opens a TCP (or, for an https:// proxy, TLS) connection to the proxy. */
+/**
+ * Opens a TCP (or, for an https:// proxy, TLS) connection to the proxy, within
+ * `proxy.connectTimeout`: a proxy that accepts TCP and never completes TLS, or a blackholed address,
+ * fails with {@link ProxyConnectTimeoutError} instead of waiting for the OS.
+ */
 export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1']): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket: Socket = proxy.tls
@@ -29,19 +40,75 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
         })
       : netConnect({ host: proxy.hostname, port: proxy.port });
     const ready = proxy.tls ? 'secureConnect' : 'connect';
-    const onError = (err: Error) => {
+    const fail = (err: Error) => {
+      clearTimeout(timer);
+      socket.off(ready, onReady);
       socket.destroy();
-      reject(
+      reject(err);
+    };
+    const timer = setTimeout(
+      () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
+      proxy.connectTimeout,
+    );
+    const onError = (err: Error) =>
+      fail(
         new ProxyProtocolError(proxy.origin, `cannot connect (${(err as { code?: string }).code ?? err.message})`, {
           cause: err,
         }),
       );
-    };
-    socket.once('error', onError);
-    socket.once(ready, () => {
+    const onReady = () => {
+      clearTimeout(timer);
       socket.off('error', onError);
       socket.setNoDelay(true);
       resolve(socket);
+    };
+    socket.once('error', onError);
+    socket.once(ready, onReady);
+  });
+}
+
+/** Where a connection through a tunnel goes, as undici's connector names it. */
+export interface TunnelTarget {
+  readonly hostname: string;
+  readonly port: number;
+  /** `https:` runs TLS with the origin inside the tunnel; `http:` does not. */
+  readonly protocol: string;
+  readonly servername?: string | null;
+}
+
+/**
+ * A connection to `target` through a CONNECT tunnel: {@link openTunnel}, then, for https, TLS with
+ * the origin inside it (ALPN `alpn`, the caller's TLS options) within `proxy.connectTimeout` — a
+ * proxy that answers 200 and then relays nothing fails with {@link ProxyConnectTimeoutError}.
+ */
+export async function connectThroughTunnel(
+  proxy: ResolvedProxy,
+  target: TunnelTarget,
+  tls: ConnectionOptions,
+  alpn: string[],
+  limits: Limits,
+): Promise<Socket> {
+  const hostname = target.hostname.replace(/^\[(.*)\]$/, '$1');
+  const { socket } = await openTunnel(proxy, hostname, target.port, limits);
+  if (target.protocol !== 'https:') return socket;
+  const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
+  return new Promise((resolve, reject) => {
+    const secure = tlsConnect({ ...tls, socket, ...(servername ? { servername } : {}), ALPNProtocols: alpn });
+    const fail = (err: Error) => {
+      clearTimeout(timer);
+      secure.destroy();
+      socket.destroy();
+      reject(err);
+    };
+    const timer = setTimeout(
+      () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, authority(hostname, target.port))),
+      proxy.connectTimeout,
+    );
+    secure.once('error', fail);
+    secure.once('secureConnect', () => {
+      clearTimeout(timer);
+      secure.off('error', fail);
+      resolve(secure);
     });
   });
 }
@@ -123,7 +190,9 @@ async function handshake(
     requests += 1;
     let head: Awaited<ReturnType<ResponseReader['readHead']>>;
     try {
-      head = await reader.readHead();
+      // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
+      do head = await reader.readHead();
+      while (head.status < 200);
     } catch (err) {
       const e = wireError(proxy, err);
       traced.error(e);
@@ -172,8 +241,8 @@ async function handshake(
   }
 }
 
+/** The reader throws only WireError (the proxy broke HTTP) or the socket's own error. */
 function wireError(proxy: ResolvedProxy, err: unknown): MultilegError {
-  if (err instanceof MultilegError) return err;
   if (err instanceof WireError) return new ProxyProtocolError(proxy.origin, err.message);
   return new ProxyProtocolError(proxy.origin, `connection failed (${(err as Error).message})`, { cause: err });
 }

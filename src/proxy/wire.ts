@@ -79,9 +79,12 @@ export class ResponseReader {
     }
   }
 
-  /** Reads and discards the body of `head` (not of a 2xx CONNECT). Returns false if it exceeds `max`. */
+  /**
+   * Reads and discards the body of `head` — a 407 to CONNECT, the only answer whose body is read (a
+   * 2xx has none, other statuses end the tunnel), so there is no bodiless 1xx/204/304 case here.
+   * Returns false if it exceeds `max`.
+   */
   async drainBody(head: ResponseHead, max: number): Promise<boolean> {
-    if (head.status === 204 || head.status === 304 || (head.status >= 100 && head.status < 200)) return true;
     const te = headerValue(head.headers, 'transfer-encoding');
     if (te && /(^|,)\s*chunked\s*$/i.test(te)) return this.#drainChunked(max);
     const cl = headerValue(head.headers, 'content-length');

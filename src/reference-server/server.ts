@@ -1,6 +1,6 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import {
   constants,
   createSecureServer,
@@ -101,7 +101,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
   /** Digest and Basic, served when `schemes` names them; its `options` are live. */
   readonly digest: DigestResponder = new DigestResponder();
 
-  readonly #server: Http2SecureServer;
+  readonly #server: Http2SecureServer | Server;
   readonly #sockets = new Set<Socket>();
   readonly #h2 = new Map<ServerHttp2Session, SessionState>();
   readonly #h1 = new Map<Socket, SessionState>();
@@ -116,7 +116,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
 
   /** @internal Use {@link startReferenceServer}. */
   constructor(
-    server: Http2SecureServer,
+    server: Http2SecureServer | Server,
     port: number,
     options: ResolvedReferenceServerOptions,
     defaultFactory: ((info: AcceptorFactoryInfo) => AcceptorLike) | undefined,
@@ -124,7 +124,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     super();
     this.#server = server;
     this.port = port;
-    this.origin = `https://localhost:${port}`;
+    this.origin = `${options.cleartext ? 'http' : 'https'}://localhost:${port}`;
     this.options = options;
     this.#defaultFactory = defaultFactory;
     this.#channelBinding = serverEndPointHash();
@@ -367,6 +367,11 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
 
     // The mode may have changed while the response was held; record the one that decided.
     draft.mode = this.options.mode;
+    if (stream && this.options.faults.refuseWithGoaway?.(info)) {
+      // R5: GOAWAY(NO_ERROR) with a last-stream-id below this stream: not processed, retry elsewhere.
+      this.#goawayBelow(state, draft, req as Http2ServerRequest, constants.NGHTTP2_NO_ERROR);
+      return;
+    }
     const tlsSocket = (stream ? stream.session?.socket : req.socket) as TLSSocket | undefined;
     const decision = await this.#decide(state, draft, headers, authority, peerCertificate(tlsSocket));
     if (decision.kind === 'iis') {
@@ -427,8 +432,13 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const sessionUser = mode !== 'per-request' ? state.user : undefined;
     if (pathname === '/public/redirect') {
       // A redirect to wherever `?to=` says: for tests of credentials across redirects (S1).
-      const to = new URLSearchParams(draft.path.split('?')[1] ?? '').get('to') ?? '/public/';
-      return { kind: 'respond', status: 302, outcome: 'anonymous', headers: { location: to } };
+      // `?status=` picks the redirect code (301, 302, 303, 307, 308; default 302).
+      const query = new URLSearchParams(draft.path.split('?')[1] ?? '');
+      const to = query.get('to') ?? '/public/';
+      const status = [301, 302, 303, 307, 308].includes(Number(query.get('status')))
+        ? Number(query.get('status'))
+        : 302;
+      return { kind: 'respond', status, outcome: 'anonymous', headers: { location: to } };
     }
     if (pathname === '/public' || pathname.startsWith('/public/')) {
       return { kind: 'respond', status: 200, outcome: 'anonymous', headers: {}, ...userField(sessionUser) };
@@ -535,6 +545,11 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     }
     const user = result.user;
     const headersOut: Headers = {};
+    const finalToken = result.token ? Buffer.from(result.token) : undefined;
+    if (finalToken && o.faults.finalToken !== 'omit') {
+      if (o.faults.finalToken === 'corrupt') finalToken[Math.max(0, finalToken.length - 8)]! ^= 0x55;
+      headersOut['www-authenticate'] = `${ctx.scheme} ${finalToken.toString('base64')}`;
+    }
     if (mode === 'per-request') {
       if (o.persistentAuthFalseHeader) headersOut[o.persistentAuthHeaderName] = 'false';
     } else if (!legacyH2) {
@@ -556,21 +571,26 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
   #refuseIis(state: SessionState, draft: Draft, req: Http2ServerRequest): void {
     const stream = req.stream;
     if (this.options.iisVia === 'goaway') {
-      draft.outcome = 'goaway';
-      this.#record(draft);
-      const session = stream.session;
-      // lastStreamId below this stream: the client knows this request was not processed and may retry it.
-      const lastStreamId = Math.max(0, (stream.id ?? 1) - 2);
-      if (session && !session.destroyed) {
-        session.goaway(constants.NGHTTP2_HTTP_1_1_REQUIRED, lastStreamId);
-        stream.close(constants.NGHTTP2_REFUSED_STREAM);
-        state.end();
-      }
+      this.#goawayBelow(state, draft, req, constants.NGHTTP2_HTTP_1_1_REQUIRED);
       return;
     }
     draft.outcome = 'rst';
     this.#record(draft);
     stream.close(constants.NGHTTP2_HTTP_1_1_REQUIRED);
+  }
+
+  /** GOAWAY with a last-stream-id below this stream: the client knows it was not processed. */
+  #goawayBelow(state: SessionState, draft: Draft, req: Http2ServerRequest, code: number): void {
+    const stream = req.stream;
+    draft.outcome = 'goaway';
+    this.#record(draft);
+    const session = stream.session;
+    const lastStreamId = Math.max(0, (stream.id ?? 1) - 2);
+    if (session && !session.destroyed) {
+      session.goaway(code, lastStreamId);
+      stream.close(constants.NGHTTP2_REFUSED_STREAM);
+      state.end();
+    }
   }
 
   #createAcceptor(scheme: string): AcceptorLike | undefined {
@@ -680,6 +700,7 @@ function resolveOptions(opts: ReferenceServerOptions): ResolvedReferenceServerOp
     authorities: [...(opts.authorities ?? [])],
     faults: { ...(opts.faults ?? {}) },
     clientCertificate: opts.clientCertificate ?? 'off',
+    cleartext: opts.cleartext ?? false,
   };
   if (opts.acceptorFactory) resolved.acceptorFactory = opts.acceptorFactory;
   if (opts.onExchange) resolved.onExchange = opts.onExchange;
@@ -711,14 +732,17 @@ export async function startReferenceServer(opts: ReferenceServerOptions = {}): P
     if (!opts.acceptorFactory) throw err;
   }
   const max = options.faults.maxConcurrentStreams;
-  const server = createSecureServer({
-    allowHTTP1: true,
-    cert: SERVER_CERT,
-    key: SERVER_KEY,
-    // Ask for a client certificate but let the handshake go on without one: the HTTP layer decides.
-    ...(options.clientCertificate === 'offer' ? { requestCert: true, rejectUnauthorized: false, ca: CA_CERT } : {}),
-    ...(max !== undefined ? { settings: { maxConcurrentStreams: max } } : {}),
-  });
+  // Cleartext: HTTP/1.1 only (clients speak h2 over TLS), for the tests of credentials over http (S4).
+  const server = options.cleartext
+    ? createHttpServer()
+    : createSecureServer({
+        allowHTTP1: true,
+        cert: SERVER_CERT,
+        key: SERVER_KEY,
+        // Ask for a client certificate but let the handshake go on without one: the HTTP layer decides.
+        ...(options.clientCertificate === 'offer' ? { requestCert: true, rejectUnauthorized: false, ca: CA_CERT } : {}),
+        ...(max !== undefined ? { settings: { maxConcurrentStreams: max } } : {}),
+      });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {

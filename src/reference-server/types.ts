@@ -22,7 +22,8 @@ export type ReferenceServerMode = 'session' | 'none' | 'per-request' | 'iis' | '
 /** Result of one acceptor step. */
 export type AcceptorStep =
   | { readonly kind: 'challenge'; readonly token: Buffer }
-  | { readonly kind: 'accepted'; readonly user: string }
+  /** `token`: the acceptor's final token (Kerberos AP-REP), sent on the final 200 for mutual authentication. */
+  | { readonly kind: 'accepted'; readonly user: string; readonly token?: Buffer }
   | { readonly kind: 'rejected'; readonly reason: string };
 
 /** A server-side security context (one handshake). `NtlmAcceptor` satisfies it. */
@@ -59,6 +60,16 @@ export interface ReferenceServerFaults {
   maxConcurrentStreams?: number;
   /** After the final 200 of a successful handshake, close the session/connection (C8). */
   destroySessionAfterAuth?: boolean;
+  /**
+   * The acceptor's final token on the 200 (mutual authentication, M2): `corrupt` flips a byte in
+   * its last part, `omit` leaves it out, as an impostor or a broken server would.
+   */
+  finalToken?: 'corrupt' | 'omit';
+  /**
+   * For the requests it returns true for (h2 only): GOAWAY(NO_ERROR) with a last-stream-id below
+   * the request's stream, which is refused unprocessed (R5).
+   */
+  refuseWithGoaway?: (request: IncomingRequestInfo) => boolean;
 }
 
 /** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */
@@ -117,6 +128,8 @@ export interface ReferenceServerOptions {
    * the test CA (user `cert:<CN>`) and answer 403 to any other (T4). Fixed at start. Default `off`.
    */
   clientCertificate?: 'off' | 'offer';
+  /** Serve cleartext HTTP/1.1 (`http://`) instead of TLS with HTTP/2 and HTTP/1.1. Fixed at start. Default false. */
+  cleartext?: boolean;
   /** Fault switches. */
   faults?: ReferenceServerFaults;
   /** Creates a security context per handshake. Default: the NTLM acceptor (serves NTLM and Negotiate). */
@@ -141,6 +154,7 @@ export interface ResolvedReferenceServerOptions {
   requireChannelBinding: boolean;
   authorities: string[];
   clientCertificate: 'off' | 'offer';
+  cleartext: boolean;
   faults: ReferenceServerFaults;
   acceptorFactory?: (info: AcceptorFactoryInfo) => AcceptorLike;
   onExchange?: (exchange: Exchange) => void;

@@ -1,10 +1,9 @@
 import type { Socket } from 'node:net';
-import { isIP } from 'node:net';
-import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from 'node:tls';
+import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector } from 'undici';
 import type { Limits } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { connectToProxy, openTunnel } from '../proxy/tunnel.ts';
+import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
 
 /** What the connector learned about one new connection: the only source of session identity. */
@@ -64,34 +63,10 @@ export function sessionConnector(
   }
   if (route?.proxy.kind === 'tunnel') {
     const { proxy } = route.proxy;
-    const limits = route.limits;
     return (opts, callback) => {
-      const hostname = opts.hostname.replace(/^\[(.*)\]$/, '$1');
       const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
-      openTunnel(proxy, hostname, port, limits).then(
-        ({ socket }) => {
-          if (opts.protocol !== 'https:') {
-            done(socket, callback, 'tunnel');
-            return;
-          }
-          const servername = opts.servername ?? (isIP(hostname) ? undefined : hostname);
-          const secure = tlsConnect({
-            ...tls,
-            socket,
-            ...(servername ? { servername } : {}),
-            ALPNProtocols: alpn,
-          });
-          const onError = (err: Error) => {
-            secure.destroy();
-            socket.destroy();
-            callback(err, null);
-          };
-          secure.once('error', onError);
-          secure.once('secureConnect', () => {
-            secure.off('error', onError);
-            done(secure, callback, 'tunnel');
-          });
-        },
+      connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits).then(
+        (socket) => done(socket, callback, 'tunnel'),
         (err: Error) => callback(err, null),
       );
     };

@@ -2,6 +2,8 @@ import type { Dispatcher } from 'undici';
 import type { PreparedBody } from '../body/replayable.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
+import type { WithheldReason } from '../trust/policy.ts';
+import type { Identity } from './session.ts';
 
 let nextJobId = 0;
 
@@ -17,13 +19,18 @@ export interface Job {
   readonly sink: UserSink;
   /** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
   readonly http1Only: boolean;
-  /** The caller set its own Authorization: we never touch such a request. */
-  readonly callerAuthorization: boolean;
   /**
-   * Send without credentials and show the server's 401: the origin is not trusted with them (S1),
-   * or the handshake this request waited for failed (C7).
+   * Whose credentials it carries, and so which sessions it may use (S6): `agent`, `anonymous`
+   * (the trust policy withheld the agent's credentials) or `caller` (its own Authorization, which
+   * we never touch).
    */
+  readonly identity: Identity;
+  /** Why the agent's credentials are withheld from this request (S1, S4, S5), if they are. */
+  readonly withheld?: WithheldReason;
+  /** Send without credentials and show the server's 401: the handshake this request waited for failed (C7). */
   noAuth: boolean;
+  /** How many times it waited for another request's handshake (bounded after 401s, R4). */
+  waits: number;
   /** Set once this request re-authenticated an authenticated session (T4: once). */
   reauthenticated: boolean;
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */

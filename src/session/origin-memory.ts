@@ -1,6 +1,13 @@
 import type { ClientCertificate } from '../options.ts';
 
 /**
+ * How long "this scheme cannot run here" (no Kerberos ticket, no addon) is remembered for an
+ * origin before a request tries it again (a kinit may follow).
+ */
+export const UNUSABLE_MEMORY_MS = 30_000;
+const NONE: ReadonlyArray<readonly [string, Error]> = [];
+
+/**
  * What the agent has learnt about one origin, shared by its sessions: which scheme it wants and
  * whether that authenticates sessions or requests (C4), and whether authentication must use
  * HTTP/1.1 (H2, legacy servers), for how long.
@@ -12,6 +19,8 @@ export class OriginMemory {
   mode: 'session' | 'per-request' | undefined;
   #http1Until = 0;
   readonly #ttl: number;
+  /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
+  readonly #unusable = new Map<string, { readonly error: Error; readonly until: number }>();
 
   constructor(http1Ttl: number) {
     this.#ttl = http1Ttl;
@@ -23,6 +32,29 @@ export class OriginMemory {
 
   rememberHttp1(): void {
     this.#http1Until = Date.now() + this.#ttl;
+  }
+
+  /** A scheme could not run here (R4): the requests that follow skip it for a while. */
+  markUnusable(schemeKey: string, error: Error): void {
+    this.#unusable.set(schemeKey, { error, until: Date.now() + UNUSABLE_MEMORY_MS });
+  }
+
+  /** Schemes (lower-case) that cannot run here now, with why. */
+  unusable(): ReadonlyArray<readonly [string, Error]> {
+    if (this.#unusable.size === 0) return NONE;
+    const now = Date.now();
+    const out: Array<readonly [string, Error]> = [];
+    for (const [scheme, u] of this.#unusable) {
+      if (u.until > now) out.push([scheme, u.error]);
+      else this.#unusable.delete(scheme);
+    }
+    return out;
+  }
+
+  /** The remembered scheme was refused: learn it again from the next challenge. */
+  forgetScheme(): void {
+    this.scheme = undefined;
+    this.mode = undefined;
   }
 
   rememberScheme(scheme: string, mode: 'session' | 'per-request'): void {

@@ -1,8 +1,8 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
 import { publishLeg } from '../diagnostics.ts';
-import { BodyNotReplayableError, MultilegError, QueueFullError, QueueTimeoutError } from '../errors.ts';
-import { relocationReason } from '../handshake/handshake.ts';
+import { BodyNotReplayableError, MultilegError } from '../errors.ts';
+import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
@@ -12,6 +12,7 @@ import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { type ConnectionInfo, sessionConnector } from './connector.ts';
 import type { Job } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
+import { WaitQueue } from './wait-queue.ts';
 
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
@@ -23,15 +24,30 @@ export class StaleConnectionError extends MultilegError {
   }
 }
 
-export type Lane = 'auto' | 'http1';
-type WaitOutcome = 'released' | 'failed' | 'closed';
-
-interface Waiter {
-  readonly job: Job;
-  readonly resolve: (o: WaitOutcome) => void;
-  readonly reject: (e: Error) => void;
-  timer: NodeJS.Timeout;
+/** The server ended the session with GOAWAY HTTP_1_1_REQUIRED and refused this request unprocessed (H2). */
+export class Http1RequiredError extends MultilegError {
+  constructor() {
+    super('MULTILEG_HTTP1_REQUIRED', 'the server asked for HTTP/1.1 (GOAWAY HTTP_1_1_REQUIRED); retried over HTTP/1.1');
+  }
 }
+
+export type Lane = 'auto' | 'http1';
+
+/**
+ * Whose credentials a session's requests carry (S6). A session serves one identity for its whole
+ * life: `agent` (the agent's credentials), `anonymous` (requests that must go without them: an
+ * untrusted origin, a cross-origin redirect hop) or `caller` (requests that bring their own
+ * `Authorization` / `Proxy-Authorization`). So a request never rides on a connection that is
+ * authenticated, or being authenticated, as someone else.
+ */
+export type Identity = 'agent' | 'anonymous' | 'caller';
+/**
+ * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or
+ * try again), `failed` (the handshake failed: send without credentials and show the 401, C7),
+ * `closed` (move to another session, C8), `lead` (the leader gave up for its own reasons: this
+ * request takes the handshake over, R2).
+ */
+export type WaitOutcome = 'released' | 'failed' | 'closed' | 'lead';
 
 let nextSessionSeq = 0;
 
@@ -44,16 +60,23 @@ let nextSessionSeq = 0;
 export class Session {
   readonly id: string;
   readonly lane: Lane;
+  readonly identity: Identity;
   readonly client: Client;
   #state: SessionState = FRESH;
   #connection: ConnectionInfo | undefined;
   #connections = 0;
   #inflight = 0;
+  /** The error undici failed the streams a GOAWAY refused with (R5). */
+  #goaway: Error | undefined;
+  /** Times a bare request on this authenticated session met a 401 (the server forgot us, R4). */
+  #authenticationLost = 0;
   /** True once a first response came back, so a probe is no longer needed (see capacity). */
   #probed = false;
-  readonly #queue: Waiter[] = [];
+  /** Requests waiting for the running handshake (C1). */
+  readonly #queue: WaitQueue<WaitOutcome>;
   #handshakes = 0;
-  readonly #handshakeWaiters: Array<() => void> = [];
+  /** Handshakes waiting for a slot (maxConcurrentHandshakes). */
+  readonly #slots: WaitQueue<void>;
   readonly #limits: Limits;
   readonly #onChange: () => void;
   /** Through a forwarding proxy (plain-http target, H3-H5): that connection's own state. */
@@ -65,6 +88,7 @@ export class Session {
   constructor(opts: {
     origin: string;
     lane: Lane;
+    identity: Identity;
     tls: ConnectionOptions;
     certified: boolean;
     keepAliveTimeout: number;
@@ -79,8 +103,11 @@ export class Session {
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
+    this.identity = opts.identity;
     this.certified = opts.certified;
     this.#limits = opts.limits;
+    this.#queue = new WaitQueue(opts.limits, 'a handshake on its session');
+    this.#slots = new WaitQueue(opts.limits, 'a free handshake slot on its session (limits.maxConcurrentHandshakes)');
     this.#onChange = opts.onChange;
     const allowH2 = opts.lane === 'auto';
     let origin = opts.origin;
@@ -112,8 +139,12 @@ export class Session {
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
     });
     this.client.on('disconnect', (_origin, _targets, err) => {
-      log.session('%s disconnected (%s)', this.id, (err as Error | undefined)?.message ?? 'closed');
-      this.apply({ type: 'closed', http1Required: relocationReason(err as Error | undefined) === 'http1' });
+      const error = err as Error | undefined;
+      log.session('%s disconnected (%s)', this.id, error?.message ?? 'closed');
+      const code = goawayCode(error);
+      // The streams the GOAWAY refused fail with this very error object: they were not processed.
+      if (code !== undefined) this.#goaway = error;
+      this.apply({ type: 'closed', http1Required: code === 0xd || relocationReason(error) === 'http1' });
     });
   }
 
@@ -131,6 +162,20 @@ export class Session {
   }
   get inflight(): number {
     return this.#inflight;
+  }
+
+  /**
+   * Authentication does not hold on this session (R4): the server forgot it twice. From then on
+   * its handshakes authenticate only their own request, so no queue re-forms behind each one.
+   */
+  get authenticationFails(): boolean {
+    return this.#authenticationLost >= 2;
+  }
+
+  /** A request sent bare on this authenticated session came back 401 (T4). */
+  noteAuthenticationLost(): void {
+    this.#authenticationLost += 1;
+    if (this.authenticationFails) log.session('%s authentication does not hold: per-request from now on', this.id);
   }
 
   /**
@@ -187,26 +232,15 @@ export class Session {
     if (before.kind === 'closed') return;
     this.#state = transition(before, event);
     log.session('%s %s -> %s', this.id, before.kind, this.#state.kind);
-    if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
-      const outcome: WaitOutcome =
-        this.#state.kind === 'closed'
-          ? 'closed'
-          : event.type === 'handshake-failure' && !event.retry
-            ? 'failed'
-            : 'released';
-      for (const w of this.#queue.splice(0)) {
-        clearTimeout(w.timer);
-        w.job.sink.onAbort(undefined);
-        w.resolve(outcome);
-      }
-    }
     if (this.#state.kind === 'closed') {
-      for (const w of this.#queue.splice(0)) {
-        clearTimeout(w.timer);
-        w.job.sink.onAbort(undefined);
-        w.resolve('closed');
-      }
-      this.client.close().catch(() => {});
+      const failure = this.#state.failure;
+      if (failure) this.#queue.settleAll(undefined, failure);
+      else this.#queue.settleAll('closed');
+      // A server that failed to prove itself gets nothing more, not even what undici has queued.
+      if (failure) this.client.destroy(failure).catch(() => {});
+      else this.client.close().catch(() => {});
+    } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
+      this.#queue.settleAll(event.type === 'handshake-failure' && !event.retry ? 'failed' : 'released');
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();
@@ -216,45 +250,30 @@ export class Session {
    * Runs a handshake within the session's bound on concurrent handshakes (draft §3.1: servers cap
    * incomplete contexts per session). Each waiting handshake is bounded by the running ones' timeouts.
    */
-  async withHandshakeSlot<T>(fn: () => Promise<T>): Promise<T> {
-    while (this.#handshakes >= this.#limits.maxConcurrentHandshakes) {
-      await new Promise<void>((resolve) => this.#handshakeWaiters.push(resolve));
-    }
-    this.#handshakes += 1;
+  async withHandshakeSlot<T>(job: Job, fn: () => Promise<T>): Promise<T> {
+    if (this.#handshakes >= this.#limits.maxConcurrentHandshakes) await this.#slots.wait(job);
+    else this.#handshakes += 1;
     try {
       return await fn();
     } finally {
-      this.#handshakes -= 1;
-      this.#handshakeWaiters.shift()?.();
+      // The slot passes straight to the next waiting handshake, or is freed.
+      if (!this.#slots.shift(undefined)) this.#handshakes -= 1;
     }
   }
 
   /** Waits for the running handshake to end (C1), bounded by maxQueue and queueTimeout (C11). */
   waitForHandshake(job: Job): Promise<WaitOutcome> {
-    if (this.#queue.length >= this.#limits.maxQueue) return Promise.reject(new QueueFullError(this.#limits.maxQueue));
-    return new Promise<WaitOutcome>((resolve, reject) => {
-      const waiter: Waiter = {
-        job,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          this.#dequeue(waiter);
-          reject(new QueueTimeoutError(this.#limits.queueTimeout));
-        }, this.#limits.queueTimeout),
-      };
-      this.#queue.push(waiter);
-      job.sink.onAbort((reason) => {
-        this.#dequeue(waiter);
-        reject(reason);
-      });
-    });
+    return this.#queue.wait(job);
   }
 
-  #dequeue(w: Waiter): void {
-    const i = this.#queue.indexOf(w);
-    if (i >= 0) this.#queue.splice(i, 1);
-    clearTimeout(w.timer);
-    w.job.sink.onAbort(undefined);
+  /**
+   * The leader gave up for its own reasons (R2): the oldest waiting request takes the handshake
+   * over; with none waiting, the handshake ends as if it had not started.
+   */
+  handOver(leader: number): void {
+    const next = this.#queue.shift('lead');
+    if (next) this.apply({ type: 'handshake-handover', leader, next: next.id });
+    else this.apply({ type: 'handshake-failure', leader, retry: true });
   }
 
   /** Sends one leg of `job` on this session's connection. */
@@ -280,6 +299,8 @@ export class Session {
     classify: (status: number, headers: ResponseHeaders) => Verdict,
     path?: string,
   ): Promise<LegResult> {
+    // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
+    if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
@@ -331,10 +352,15 @@ export class Session {
       return Promise.resolve({ kind: 'failed', error: err as Error });
     }
     // The caller's abort reaches the leg until its response has been delivered in full.
-    return leg.result.then((r) => {
+    return leg.result.then((r): LegResult => {
       if (r.kind === 'failed') traced.error(r.error);
       if (r.kind === 'delivered') r.done.finally(() => job.sink.onAbort(undefined));
       else job.sink.onAbort(undefined);
+      // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
+      if (r.kind === 'failed' && r.error === this.#goaway) {
+        const http1 = this.#state.kind === 'closed' && this.#state.http1Required === true;
+        return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
+      }
       return r;
     });
   }

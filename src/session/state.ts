@@ -1,3 +1,5 @@
+import type { MultilegError } from '../errors.ts';
+
 /**
  * The authentication state of one session (one HTTP/2 connection, or one HTTP/1.1 connection), as
  * an explicit state type and a pure transition function (draft §3, SPEC C1–C8).
@@ -12,8 +14,12 @@ export type SessionState =
   | { readonly kind: 'handshaking'; readonly scheme: string; readonly leader: number; readonly previous: SettledState }
   | { readonly kind: 'authenticated'; readonly scheme: string; readonly identity?: string }
   | { readonly kind: 'per-request'; readonly scheme: string }
-  /** `http1Required`: it ended because the server wants HTTP/1.1 (GOAWAY HTTP_1_1_REQUIRED, legacy h2). */
-  | { readonly kind: 'closed'; readonly http1Required?: boolean };
+  /**
+   * `http1Required`: it ended because the server wants HTTP/1.1 (GOAWAY HTTP_1_1_REQUIRED, legacy h2).
+   * `failure`: it ended because the server failed to prove its identity (mutual authentication):
+   * the requests waiting on it fail with this error rather than move on.
+   */
+  | { readonly kind: 'closed'; readonly http1Required?: boolean; readonly failure?: MultilegError };
 
 /** States a handshake can start from and return to on failure. */
 export type SettledState = Extract<SessionState, { kind: 'fresh' | 'authenticated' | 'per-request' }>;
@@ -21,6 +27,8 @@ export type SettledState = Extract<SessionState, { kind: 'fresh' | 'authenticate
 export type SessionEvent =
   /** A request (the leader) started a handshake that blocks the session (C1). */
   | { readonly type: 'handshake-start'; readonly scheme: string; readonly leader: number }
+  /** The leader gave up for its own reasons (R2); `next`, a request that waited, takes the handshake over. */
+  | { readonly type: 'handshake-handover'; readonly leader: number; readonly next: number }
   /** The leader's handshake ended with a final non-401 response. */
   | {
       readonly type: 'handshake-success';
@@ -35,8 +43,11 @@ export type SessionEvent =
    * before sending anything (an unusable scheme), so waiters should try again rather than give up.
    */
   | { readonly type: 'handshake-failure'; readonly leader: number; readonly retry?: boolean }
-  /** The connection ended: GOAWAY, reset, idle close, error (C8); or the server wants HTTP/1.1 (H2). */
-  | { readonly type: 'closed'; readonly http1Required?: boolean };
+  /**
+   * The connection ended: GOAWAY, reset, idle close, error (C8); or the server wants HTTP/1.1 (H2);
+   * or the server failed mutual authentication and nothing more may be sent to it (`failure`).
+   */
+  | { readonly type: 'closed'; readonly http1Required?: boolean; readonly failure?: MultilegError };
 
 export const FRESH: SessionState = { kind: 'fresh' };
 
@@ -49,7 +60,11 @@ export class IllegalTransitionError extends Error {}
 export function transition(state: SessionState, event: SessionEvent): SessionState {
   if (event.type === 'closed') {
     if (state.kind === 'closed') return state;
-    return event.http1Required ? { kind: 'closed', http1Required: true } : { kind: 'closed' };
+    return {
+      kind: 'closed',
+      ...(event.http1Required ? { http1Required: true } : {}),
+      ...(event.failure ? { failure: event.failure } : {}),
+    };
   }
   switch (state.kind) {
     case 'fresh':
@@ -64,6 +79,9 @@ export function transition(state: SessionState, event: SessionEvent): SessionSta
         return event.sessionAuthenticated
           ? { kind: 'authenticated', scheme: event.scheme, ...(event.identity ? { identity: event.identity } : {}) }
           : { kind: 'per-request', scheme: event.scheme };
+      }
+      if (event.type === 'handshake-handover' && event.leader === state.leader) {
+        return { ...state, leader: event.next };
       }
       if (event.type === 'handshake-failure' && event.leader === state.leader) {
         // A failed re-authentication does not keep the old identity (C7): the server has dropped it.

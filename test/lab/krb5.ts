@@ -6,6 +6,9 @@ import { type Daemon, run, runOk, spawnDaemon, waitDaemon } from './proc.ts';
 
 export const REALM = 'EXAMPLE.TEST';
 export const ALICE = { principal: `alice@${REALM}`, password: 'alicepw' } as const;
+/** A second realm served by the same KDC, with no trust to EXAMPLE.TEST (a "ticket for the wrong realm"). */
+export const OTHER_REALM = 'OTHER.TEST';
+export const CAROL = { principal: `carol@${OTHER_REALM}`, password: 'carolpw' } as const;
 
 export interface Realm {
   readonly realm: string;
@@ -52,6 +55,9 @@ function krb5ConfText(dir: string, kdcPort: number): string {
     ${REALM} = {
         kdc = 127.0.0.1:${kdcPort}
     }
+    ${OTHER_REALM} = {
+        kdc = 127.0.0.1:${kdcPort}
+    }
 [domain_realm]
     localhost = ${REALM}
     .localhost = ${REALM}
@@ -82,6 +88,13 @@ export async function startRealm(labDir: string): Promise<Realm> {
         max_renewable_life = 7d 0h 0m 0s
         supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal
     }
+    ${OTHER_REALM} = {
+        database_name = ${dir}/db/other
+        key_stash_file = ${dir}/db/stash-other
+        acl_file = ${dir}/kadm5.acl
+        max_life = 10h 0m 0s
+        supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal
+    }
 [logging]
     kdc = FILE:${dir}/kdc.log
     default = FILE:${dir}/kdc.log
@@ -103,8 +116,24 @@ export async function startRealm(labDir: string): Promise<Realm> {
   await kadmin(`addprinc -randkey HTTP/localhost@${REALM}`);
   await kadmin(`ktadd -k ${keytab} HTTP/localhost@${REALM}`);
   await chmod(keytab, 0o644); // Apache runs as www-data, squid helpers as proxy
+  await runOk('/usr/sbin/kdb5_util', ['create', '-s', '-r', OTHER_REALM, '-P', `masterpw-${process.pid}`], {
+    env: toolEnv,
+  });
+  await runOk(
+    '/usr/sbin/kadmin.local',
+    ['-r', OTHER_REALM, '-q', `addprinc -pw ${CAROL.password} ${CAROL.principal}`],
+    {
+      env: toolEnv,
+    },
+  );
   const log = join(dir, 'kdc.stdout');
-  const kdc: Daemon = spawnDaemon('krb5kdc', '/usr/sbin/krb5kdc', ['-n', '-P', join(dir, 'kdc.pid')], toolEnv, log);
+  const kdc: Daemon = spawnDaemon(
+    'krb5kdc',
+    '/usr/sbin/krb5kdc',
+    ['-n', '-P', join(dir, 'kdc.pid'), '-r', REALM, '-r', OTHER_REALM],
+    toolEnv,
+    log,
+  );
   await waitDaemon(kdc, kdcPort, log);
   const realm: Realm = {
     realm: REALM,

@@ -14,7 +14,8 @@ export type PeerName =
   | 'squid'
   | 'curl'
   | 'openssl'
-  | 'kerberos-addon';
+  | 'kerberos-addon'
+  | 'gss-binding';
 
 export const PYTHON = '/usr/bin/python3';
 export const GSSNTLMSSP_SO = '/usr/lib/x86_64-linux-gnu/gssntlmssp/gssntlmssp.so';
@@ -68,6 +69,14 @@ export function peerAvailability(): Readonly<Record<PeerName, PeerStatus>> {
       return false;
     }
   };
+  const gssBinding = (): boolean => {
+    try {
+      (createRequire(import.meta.url)('koffi') as { load(p: string): unknown }).load('libgssapi_krb5.so.2');
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const ntlmssp = existsSync(GSSNTLMSSP_SO) || existsSync('/usr/lib64/gssntlmssp/gssntlmssp.so');
   cache = {
     kdc: check([
@@ -90,6 +99,7 @@ export function peerAvailability(): Readonly<Record<PeerName, PeerStatus>> {
     curl: check([['curl', !!findBin('/usr/bin/curl')]]),
     openssl: check([['openssl', !!findBin('/usr/bin/openssl')]]),
     'kerberos-addon': check([["the optional 'kerberos' npm package (built)", addon]]),
+    'gss-binding': check([["the optional 'koffi' npm package and the system's libgssapi_krb5.so.2", gssBinding]]),
   };
   return cache;
 }

@@ -15,8 +15,11 @@ export type AcceptorReply =
 export const PY_ACCEPTOR_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), 'py_acceptor.py');
 
 export interface PyAcceptor {
-  /** Starts a new acceptor context; `channelBinding` is the tls-server-end-point hash the acceptor requires. */
-  reset(mech: AcceptorMech, channelBinding?: Buffer): Promise<void>;
+  /**
+   * Starts a new acceptor context; `channelBinding` is the tls-server-end-point hash the acceptor checks.
+   * `requireBindings`: refuse a token that carries none (MIT alone accepts it), like IIS EPA "Required".
+   */
+  reset(mech: AcceptorMech, channelBinding?: Buffer, requireBindings?: boolean): Promise<void>;
   /** Feeds one base64 token from the initiator. */
   step(tokenB64: string): Promise<AcceptorReply>;
   close(): Promise<void>;
@@ -62,8 +65,9 @@ export async function startPyAcceptor(env: NodeJS.ProcessEnv): Promise<PyAccepto
   const ready = await next();
   if (ready !== 'READY') throw new Error(`lab: py_acceptor did not start: ${ready} ${stderr}`);
   return {
-    async reset(mech, channelBinding) {
-      const r = await send(`NEW ${mech} ${channelBinding ? channelBinding.toString('hex') : '-'}`);
+    async reset(mech, channelBinding, requireBindings) {
+      const cb = channelBinding ? channelBinding.toString('hex') : '-';
+      const r = await send(`NEW ${mech} ${cb}${requireBindings ? ' require' : ''}`);
       if (r !== 'OK') throw new Error(`lab: py_acceptor NEW failed: ${r}`);
     },
     async step(tokenB64) {

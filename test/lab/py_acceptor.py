@@ -3,8 +3,11 @@
 
 Run with /usr/bin/python3 (Debian's python3-gssapi). Line protocol on stdin/stdout:
   startup                 -> READY
-  NEW <mech> <cb>         -> OK                  new context; mech: ntlm | krb5 | spnego;
-                                                  cb: hex tls-server-end-point hash, or '-' for none
+  NEW <mech> <cb> [require] -> OK                new context; mech: ntlm | krb5 | spnego;
+                                                  cb: hex tls-server-end-point hash, or '-' for none;
+                                                  require: a token without channel bindings is refused
+                                                  (like IIS Extended Protection "Required"; MIT alone
+                                                  accepts a token that carries none)
   STEP <base64>           -> CONTINUE <base64>    more legs needed
                           -> COMPLETE <user> [<base64>]
                           -> ERROR <message>
@@ -40,6 +43,9 @@ def new_context(mech_name, cb_hex):
     return gssapi.SecurityContext(creds=creds, usage='accept', channel_bindings=cb)
 
 
+CHANNEL_BOUND = 0x800  # GSS_C_CHANNEL_BOUND_FLAG (gssapi_ext.h)
+
+
 def one_line(msg):
     return ' '.join(str(msg).split())
 
@@ -60,6 +66,7 @@ def main():
             out('ERROR unknown argument ' + args[i])
             return 2
     ctx = None
+    require_cb = False
     if mech:
         try:
             ctx = new_context(mech, cb)
@@ -75,6 +82,7 @@ def main():
                 return 0
             if cmd == 'NEW':
                 ctx = new_context(parts[1], parts[2] if len(parts) > 2 else '-')
+                require_cb = len(parts) > 3 and parts[3] == 'require'
                 out('OK')
             elif cmd == 'STEP':
                 if ctx is None:
@@ -83,7 +91,10 @@ def main():
                 token = base64.b64decode(parts[1] if len(parts) > 1 else '', validate=True)
                 reply = ctx.step(token)
                 b64 = base64.b64encode(reply).decode() if reply else ''
-                if ctx.complete:
+                if ctx.complete and require_cb and not any(int(f) & CHANNEL_BOUND for f in ctx.actual_flags):
+                    ctx = None
+                    out('ERROR the token carries no channel bindings (required)')
+                elif ctx.complete:
                     user = str(ctx.initiator_name).strip('\x00 \t\r\n').replace(' ', '_')
                     out(('COMPLETE ' + user + ' ' + b64).rstrip())
                     ctx = None

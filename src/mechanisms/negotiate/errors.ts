@@ -77,6 +77,49 @@ export class KerberosClockSkewError extends KerberosError {
   }
 }
 
+/** A client ticket from another realm than the server's, with no cross-realm trust to the server's realm. */
+export class KerberosWrongRealmError extends KerberosError {
+  readonly spn: string;
+  constructor(gssMessage: string, spn: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_WRONG_REALM',
+      `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: kinit as a principal of the server's realm (or pass negotiate.principal / negotiate.ccache), or ask for a cross-realm trust [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+    this.spn = spn;
+  }
+}
+
+/** The client keytab gave no ticket (missing file, no key for the principal). */
+export class KerberosKeytabError extends KerberosError {
+  constructor(gssMessage: string, keytab: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_KEYTAB',
+      `Negotiate: no ticket from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k), or pass negotiate.principal [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+  }
+}
+
+/** Why Kerberos was skipped for NTLM (reported by the handshake, never a secret). */
+export interface NegotiateFallbackReason {
+  /** The code of the Kerberos error that would have been thrown without a password. */
+  readonly code: string;
+  /** Its cause in a few words, e.g. `the Kerberos ticket has expired`. */
+  readonly message: string;
+}
+
+/** The cause part of a Negotiate error's message (without the fix and the GSS text). */
+export function fallbackReasonOf(err: MultilegError): NegotiateFallbackReason {
+  const cause = err.message
+    .replace(/^Negotiate: /, '')
+    .replace(/ \[GSS: .*$/, '')
+    .split(/: /)[0]!;
+  return { code: err.code, message: cause };
+}
+
 function messageOf(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
@@ -88,20 +131,34 @@ const EXPIRED = /Ticket expired|credential\(?s\)? (?:have|has) expired/i;
 const KDC = /Cannot contact any KDC|Cannot find KDC|Cannot resolve network address for KDC|Cannot reach any KDC/i;
 const UNKNOWN_SPN = /not found in Kerberos database|Server not found in Kerberos database|Server principal unknown/i;
 const SKEW = /Clock skew too great/i;
+/** The client's KDC has no cross-realm key for the server's realm (MIT: `krbtgt/SERVER@CLIENT` unknown). */
+const WRONG_REALM = /Server krbtgt\/[^@\s]+@\S+ not found in Kerberos database/i;
+const realmOf = (principal: string | undefined): string => principal?.slice(principal.lastIndexOf('@') + 1) ?? '';
+
+/** The GSS-API binding names both principals: a "server not found" across realms is a missing trust. */
+function acrossRealms(err: unknown): boolean {
+  const e = err as { clientPrincipal?: string; servicePrincipal?: string };
+  const client = realmOf(e.clientPrincipal);
+  const service = realmOf(e.servicePrincipal);
+  return client !== '' && service !== '' && client !== service;
+}
 
 /**
  * Maps an error thrown by the `kerberos` addon to a typed error. Unknown texts become a
  * {@link MechanismError} that still carries the GSS text. Never includes tokens (the addon's messages
  * have none).
  */
-export function mapGssError(err: unknown, ctx: { spn: string; principal?: string }): MultilegError {
+export function mapGssError(err: unknown, ctx: { spn: string; principal?: string; keytab?: string }): MultilegError {
   if (err instanceof MultilegError) return err;
   const msg = messageOf(err).replace(/\s+/g, ' ').trim();
   const cause = { cause: err };
   if (SKEW.test(msg)) return new KerberosClockSkewError(msg, cause);
   if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
+  if (WRONG_REALM.test(msg) || (UNKNOWN_SPN.test(msg) && acrossRealms(err)))
+    return new KerberosWrongRealmError(msg, ctx.spn, cause);
   if (UNKNOWN_SPN.test(msg)) return new KerberosUnknownServiceError(msg, ctx.spn, cause);
+  if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, cause);
   if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, cause);
   // MIT, when `principal` names a client that has no cache in the collection.
   if (ctx.principal && /A required argument is missing/.test(msg)) {

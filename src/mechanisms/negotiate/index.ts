@@ -1,32 +1,33 @@
 /**
- * Negotiate (RFC 4559) through GSS-API via the optional `kerberos` package (M2): SPNEGO or raw Kerberos,
- * SPN `HTTP@host` by default, ccache or principal choice, delegation only when asked, and mutual
- * authentication (the server's final token is verified; a server that fails it is an error). When
- * Kerberos has no ticket and the agent has a password, falls back to NTLM inside SPNEGO
- * (src/mechanisms/spnego).
+ * Negotiate (RFC 4559) through GSS-API (M2, M5): the system GSS-API via koffi (src/mechanisms/gssapi) where
+ * it loads, else the optional `kerberos` package. SPNEGO or raw Kerberos, SPN `HTTP@host` by default,
+ * principal choice, a per-agent ccache or client keytab, TLS channel bindings on https, delegation only
+ * when asked, and mutual authentication (the server's final token is verified; a server that fails it is an
+ * error). When Kerberos cannot produce a first token (no ticket, expired, wrong realm, unknown SPN, no
+ * GSS-API) and the agent has a password, it falls back to NTLM inside Negotiate (src/mechanisms/spnego), as
+ * Windows' SSPI does, and says why in `fallbackReason`.
  */
+import { randomBytes } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
-import {
-  InvalidTokenError,
-  MechanismError,
-  MechanismUnavailableError,
-  type MultilegError,
-  MutualAuthError,
-} from '../../errors.ts';
+import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
+import { log } from '../../log.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import {
   GSS_C_DELEG_FLAG,
   GSS_C_MUTUAL_FLAG,
   GSS_C_SEQUENCE_FLAG,
-  GSS_MECH_OID_KRB5,
-  GSS_MECH_OID_SPNEGO,
   type KerberosClientLike,
-  type KerberosClientOptions,
   type KerberosModuleLike,
-  loadKerberos,
 } from './addon.ts';
-import { KerberosNoTicketError, mapGssError } from './errors.ts';
+import { type BackendChoice, loadBackend } from './backend.ts';
+import {
+  fallbackReasonOf,
+  KerberosNoTicketError,
+  KerberosTicketExpiredError,
+  mapGssError,
+  type NegotiateFallbackReason,
+} from './errors.ts';
 import { spnFor } from './spn.ts';
 
 export {
@@ -40,14 +41,19 @@ export {
   type KerberosModuleLike,
   loadKerberos,
 } from './addon.ts';
+export { type BackendChoice, type KerberosBackend, loadBackend } from './backend.ts';
 export {
+  fallbackReasonOf,
   KerberosClockSkewError,
   KerberosError,
   KerberosKdcUnreachableError,
+  KerberosKeytabError,
   KerberosNoTicketError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
+  KerberosWrongRealmError,
   mapGssError,
+  type NegotiateFallbackReason,
 } from './errors.ts';
 export { canonicalHost, normalizeSpn, spnFor } from './spn.ts';
 
@@ -69,16 +75,39 @@ export interface NegotiateOptions {
   readonly includePort?: boolean;
   /** Client principal to use (`user@REALM`), instead of the default ccache's. */
   readonly principal?: string;
+  /**
+   * This agent's own credential cache (`FILE:/path`, `DIR:`, `KEYRING:`...) instead of the process-wide
+   * default (KRB5CCNAME). Needs the GSS-API binding (koffi + the system's libgssapi_krb5).
+   */
+  readonly ccache?: string;
+  /**
+   * Client keytab (`FILE:/path`) for a service account: the agent gets its own tickets from it and renews
+   * them when they expire (into `ccache`, or a private in-memory cache). Needs the GSS-API binding.
+   */
+  readonly keytab?: string;
+  /**
+   * Bind Kerberos tokens to the TLS channel (tls-server-end-point, RFC 5929) on https, as IIS Extended
+   * Protection requires. Default true; needs the GSS-API binding (the `kerberos` addon cannot).
+   */
+  readonly channelBindings?: boolean;
+  /** `auto` (default): the GSS-API binding (koffi) where it loads, else the `kerberos` addon. */
+  readonly backend?: BackendChoice;
   /** Request credential delegation (GSS_C_DELEG_FLAG). Default false: never delegate unless asked. */
   readonly delegate?: boolean;
   /** `required` (default): the server's final token must verify; `optional`: its absence is tolerated. */
   readonly mutualAuth?: 'required' | 'optional';
   /**
-   * Password credentials: when Kerberos has no ticket (and mech is `spnego`), authenticate with NTLM inside
-   * SPNEGO instead.
+   * Password credentials: when Kerberos cannot produce a first token (and mech is `spnego`), authenticate
+   * with NTLM inside Negotiate instead.
    */
   readonly credentials?: Credentials;
+  /**
+   * Whether the password may go to this origin (S1: the agent's trust rules decide); default: always.
+   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM.
+   */
+  readonly passwordAllowed?: (origin: string) => boolean;
   /** How the NTLM fallback is sent: inside SPNEGO with mechListMIC (default) or as raw NTLMSSP. */
+
   readonly ntlmFallback?: 'spnego' | 'raw' | false;
   /** Test hook / injection: the `kerberos` module (default: `await import('kerberos')`). */
   readonly kerberos?: KerberosModuleLike;
@@ -111,9 +140,12 @@ type State = 'initial' | 'sent' | 'done';
 /** How long "no Kerberos here" is remembered before GSS-API is asked again (a kinit may follow). */
 export const NO_KERBEROS_MEMORY_MS = 30_000;
 
-/** Shared by one mechanism's contexts: when GSS-API last said it cannot help (no ticket, no addon). */
+/** Shared by one mechanism's contexts: when GSS-API last said it cannot help (no ticket, no addon), and why. */
 interface KerberosMemory {
   unavailableUntil: number;
+  reason?: NegotiateFallbackReason;
+  /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
+  bindsChannel?: boolean;
 }
 
 class NegotiateContext implements MechanismContext {
@@ -124,6 +156,8 @@ class NegotiateContext implements MechanismContext {
   #fallback: SpnegoNtlmContext | undefined;
   #spn = '';
   #mutualVerified = false;
+  #fallbackReason: NegotiateFallbackReason | undefined;
+  #channelBound = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -141,8 +175,14 @@ class NegotiateContext implements MechanismContext {
     return u || undefined;
   }
 
-  #canFallBack(): boolean {
-    return this.#o.credentials !== undefined && this.#o.ntlmFallback !== false && this.#o.mech !== 'kerberos';
+  #canFallBack(leg: LegInfo): boolean {
+    const o = this.#o;
+    return (
+      o.credentials !== undefined &&
+      o.ntlmFallback !== false &&
+      o.mech !== 'kerberos' &&
+      (o.passwordAllowed?.(leg.origin) ?? true)
+    );
   }
 
   /** The SPN this context asked a ticket for (after the first step). */
@@ -155,8 +195,41 @@ class NegotiateContext implements MechanismContext {
     return this.#fallback !== undefined;
   }
 
+  /** Why Kerberos was skipped for NTLM (`code: message`), when it was. */
+  get fallbackReason(): string | undefined {
+    return this.#fallbackReason && `${this.#fallbackReason.code}: ${this.#fallbackReason.message}`;
+  }
+
+  /** True when the Kerberos token carries the TLS channel bindings. */
+  get channelBound(): boolean {
+    return this.#channelBound;
+  }
+
   #mapError(e: unknown): MultilegError {
-    return mapGssError(e, { spn: this.#spn, ...(this.#o.principal ? { principal: this.#o.principal } : {}) });
+    return mapGssError(e, {
+      spn: this.#spn,
+      ...(this.#o.principal ? { principal: this.#o.principal } : {}),
+      ...(this.#o.keytab ? { keytab: this.#o.keytab } : {}),
+    });
+  }
+
+  /** Kerberos's first token, from whichever backend loads. */
+  async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
+    const o = this.#o;
+    const backend = await loadBackend(o);
+    this.#memory.bindsChannel = backend.bindsChannel;
+    const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
+    this.#client = await backend.initializeClient(this.#spn, {
+      mech: o.mech ?? 'spnego',
+      flags: negotiateFlags(o),
+      ...(o.principal ? { principal: o.principal } : {}),
+      ...(o.ccache ? { ccache: o.ccache } : {}),
+      ...(o.keytab ? { keytab: o.keytab } : {}),
+      ...(cb ? { channelBinding: cb } : {}),
+    });
+    const out = await this.#client.step('');
+    this.#channelBound = cb !== undefined;
+    return out;
   }
 
   async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
@@ -165,39 +238,35 @@ class NegotiateContext implements MechanismContext {
     if (this.#state === 'initial') {
       // A token in the first challenge is not meaningful to an initiator with no context: ignored.
       this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
-      const options: KerberosClientOptions = {
-        mechOID: this.#o.mech === 'kerberos' ? GSS_MECH_OID_KRB5 : GSS_MECH_OID_SPNEGO,
-        flags: negotiateFlags(this.#o),
-        ...(this.#o.principal ? { principal: this.#o.principal } : {}),
-      };
       let out: string | null;
       try {
         // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
-        // just said it has no ticket — answer as that failure would, straight away.
-        if (Date.now() < this.#memory.unavailableUntil && this.#canFallBack()) throw NO_TICKET_REMEMBERED;
-        const k = this.#o.kerberos ?? (await loadKerberos());
-        this.#client = await k.initializeClient(this.#spn, options);
-        out = await this.#client.step('');
+        // just said it has no usable credentials — answer as that failure would, straight away.
+        const remembered = this.#memory.reason;
+        if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
+          throw new RememberedFailure(remembered);
+        }
+        out = await this.#firstKerberosToken(leg);
       } catch (e) {
-        const err = e === NO_TICKET_REMEMBERED || e instanceof MechanismUnavailableError ? e : this.#mapError(e);
-        const creds = this.#o.credentials;
-        const mode = this.#o.ntlmFallback ?? 'spnego';
-        // No ticket, or no GSS-API here at all: a password can still authenticate, with NTLM (as SSPI does).
-        const noKerberos =
-          err === NO_TICKET_REMEMBERED ||
-          err instanceof KerberosNoTicketError ||
-          err instanceof MechanismUnavailableError;
-        if (noKerberos && err !== NO_TICKET_REMEMBERED)
+        const err = e instanceof RememberedFailure || e instanceof MultilegError ? e : this.#mapError(e);
+        const reason = err instanceof RememberedFailure ? err.reason : fallbackReasonOf(err as MultilegError);
+        // Credentials (not this host) are at fault: remember it for a while (a kinit may follow).
+        if (!(err instanceof RememberedFailure) && credentialLevel(err)) {
           this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
-        if (noKerberos && creds && mode !== false && this.#o.mech !== 'kerberos') {
+          this.#memory.reason = reason;
+        }
+        // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
+        if (this.#canFallBack(leg)) {
+          log.handshake('Negotiate: Kerberos skipped (%s); NTLM inside Negotiate instead', reason.code);
           this.#client = undefined;
-          this.#fallback = new SpnegoNtlmContext(creds, {
-            wrap: mode,
+          this.#fallbackReason = reason;
+          this.#fallback = new SpnegoNtlmContext(this.#o.credentials!, {
+            wrap: this.#o.ntlmFallback || 'spnego',
             ...(this.#o.mutualAuth ? { mutualAuth: this.#o.mutualAuth } : {}),
           });
           return await this.#fallback.step(undefined, leg);
         }
-        throw err;
+        throw err; // a RememberedFailure is only thrown where the fallback is allowed: never here
       }
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
@@ -260,16 +329,43 @@ class NegotiateContext implements MechanismContext {
  * The Negotiate mechanism: scheme `Negotiate`, level `either` (Persistent-Auth decides), multileg (SPNEGO
  * may take several legs), proactive (a Kerberos token can go on the first request).
  */
-export function negotiateMechanism(opts: NegotiateOptions = {}): Mechanism {
+export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
   const memory: KerberosMemory = { unavailableUntil: 0 };
+  // Tickets from a keytab go to a cache of this mechanism's own (MEMORY: names are process-global, so a
+  // unique one): later handshakes reuse them and GSS-API renews them from the keytab when they expire.
+  const opts: NegotiateOptions =
+    options.keytab && !options.ccache
+      ? { ...options, ccache: `MEMORY:multileg-${process.pid}-${++keytabCaches}-${randomBytes(6).toString('hex')}` }
+      : options;
   return {
     scheme: SCHEME,
     level: 'either',
     multileg: true,
     proactive: true,
+    // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection.
+    get bindsFirstToken() {
+      return opts.channelBindings !== false && memory.bindsChannel !== false;
+    },
     createContext: () => new NegotiateContext(opts, memory),
   };
 }
 
-/** Stands for a remembered "no ticket": only ever leads to the NTLM fallback, never reaches a caller. */
-const NO_TICKET_REMEMBERED = new Error('no Kerberos ticket (remembered)');
+let keytabCaches = 0;
+
+/** Stands for a remembered credential failure: only ever leads to the NTLM fallback. */
+class RememberedFailure extends Error {
+  readonly reason: NegotiateFallbackReason;
+  constructor(reason: NegotiateFallbackReason) {
+    super(reason.message);
+    this.reason = reason;
+  }
+}
+
+/** Failures of the client's own credentials (or of GSS-API itself), not of one server's SPN. */
+function credentialLevel(err: unknown): boolean {
+  return (
+    err instanceof KerberosNoTicketError ||
+    err instanceof KerberosTicketExpiredError ||
+    (err instanceof MultilegError && err.code === 'MULTILEG_MECHANISM_UNAVAILABLE')
+  );
+}

@@ -1,0 +1,270 @@
+/**
+ * A Kerberos/SPNEGO initiator over the system GSS-API (see ./ffi.ts) with what the `kerberos` addon cannot
+ * do: TLS channel bindings (`input_chan_bindings`, RFC 4121 §4.1.1.2 / RFC 5929) and a per-client
+ * credential store (`gss_acquire_cred_from`: a ccache, or a client keytab that gets and renews tickets
+ * itself), so two agents in one process can be two principals without touching process.env.
+ */
+import {
+  callAsync,
+  GSS_C_INDEFINITE,
+  GSS_C_INITIATE,
+  GSS_S_CONTINUE_NEEDED,
+  type GssFunctions,
+  type GssHandle,
+  type GssOid,
+  isGssError,
+  loadGssFunctions,
+  MECH_KRB5,
+  MECH_SPNEGO,
+  NT_HOSTBASED_SERVICE,
+  NT_USER_NAME,
+  type OutBuffer,
+  statusText,
+  takeBuffer,
+} from './ffi.ts';
+
+export { GssapiUnavailableError, gssLibraryName, loadGssFunctions } from './ffi.ts';
+
+/** `GSS_C_CHANNEL_BOUND_FLAG` (gssapi_ext.h): set by an acceptor that verified the bindings. */
+export const GSS_C_CHANNEL_BOUND_FLAG = 0x800;
+
+export interface GssClientOptions {
+  /** `spnego` (Kerberos inside SPNEGO, the only mech offered) or raw `kerberos`. */
+  readonly mech: 'spnego' | 'kerberos';
+  /** GSS request flags (MUTUAL, SEQUENCE, DELEG...). */
+  readonly flags: number;
+  /** Client principal (`user@REALM`) to take credentials for. */
+  readonly principal?: string;
+  /** Credential cache (`FILE:/path`, `DIR:`, `KEYRING:`, `MEMORY:`) for this client only. */
+  readonly ccache?: string;
+  /** Client keytab (`FILE:/path`) to get tickets from; they go to `ccache`. */
+  readonly keytab?: string;
+  /** `tls-server-end-point` hash of the server certificate (RFC 5929); bound into the Kerberos authenticator. */
+  readonly channelBinding?: Buffer;
+}
+
+/** A failed GSS-API call: the display text of major and minor status (names, never keys or tokens). */
+export class GssCallError extends Error {
+  readonly major: number;
+  readonly minor: number;
+  /** The client principal, when credentials were acquired. */
+  readonly clientPrincipal?: string;
+  /** The service principal in Kerberos form (`HTTP/host@REALM`), when GSS-API could say. */
+  readonly servicePrincipal?: string;
+  constructor(
+    call: string,
+    major: number,
+    minor: number,
+    text: string,
+    names: { client?: string; service?: string } = {},
+  ) {
+    // MIT keeps the detailed text (which principal was not found) per thread, and the call ran on a
+    // koffi worker: the names are added here instead.
+    const who = [names.client && `client ${names.client}`, names.service && `service ${names.service}`].filter(Boolean);
+    super(`${call}: ${text}${who.length ? ` (${who.join(', ')})` : ''}`);
+    this.name = 'GssCallError';
+    this.major = major;
+    this.minor = minor;
+    if (names.client) this.clientPrincipal = names.client;
+    if (names.service) this.servicePrincipal = names.service;
+  }
+}
+
+interface Handles {
+  name?: GssHandle;
+  target?: GssHandle;
+  cred?: GssHandle;
+  ctx: [GssHandle];
+}
+
+function release(g: GssFunctions, h: Handles): void {
+  if (h.ctx[0]) g.deleteSecContext([0], h.ctx, null);
+  if (h.cred) g.releaseCred([0], [h.cred]);
+  if (h.target) g.releaseName([0], [h.target]);
+  if (h.name) g.releaseName([0], [h.name]);
+  h.ctx[0] = null;
+  h.cred = undefined;
+  h.target = undefined;
+  h.name = undefined;
+}
+
+/** A context abandoned mid-handshake (the server never sent its last token) still frees its GSS handles. */
+const registry = new FinalizationRegistry<{ g: GssFunctions; h: Handles }>(({ g, h }) => release(g, h));
+
+function importName(g: GssFunctions, text: string, type: GssOid): GssHandle {
+  const bytes = Buffer.from(text, 'utf8');
+  const minor = [0];
+  const out: [GssHandle] = [null];
+  const major = g.importName(minor, { length: bytes.length, value: bytes }, type, out) as number;
+  if (isGssError(major)) {
+    throw new GssCallError('gss_import_name', major, minor[0]!, statusText(g, major, minor[0]!, null));
+  }
+  return out[0];
+}
+
+/**
+ * One initiator security context. `step` takes and returns base64 (like the `kerberos` addon's client, so
+ * the Negotiate mechanism drives either the same way).
+ */
+export class GssClient {
+  readonly #g: GssFunctions;
+  readonly #h: Handles;
+  readonly #mech: GssOid;
+  readonly #flags: number;
+  readonly #bindings: object | null;
+  #complete = false;
+  #retFlags = 0;
+  readonly username: string;
+
+  private constructor(g: GssFunctions, h: Handles, o: GssClientOptions, username: string) {
+    this.#g = g;
+    this.#h = h;
+    this.#mech = o.mech === 'kerberos' ? MECH_KRB5 : MECH_SPNEGO;
+    this.#flags = o.flags;
+    this.username = username;
+    // Both address types 0 and empty (they are part of the checksum): only the application data binds.
+    const data = o.channelBinding
+      ? Buffer.concat([Buffer.from('tls-server-end-point:', 'latin1'), o.channelBinding])
+      : undefined;
+    const empty = { length: 0, value: null };
+    this.#bindings = data
+      ? {
+          initiator_addrtype: 0,
+          initiator_address: empty,
+          acceptor_addrtype: 0,
+          acceptor_address: empty,
+          application_data: { length: data.length, value: data },
+        }
+      : null;
+    registry.register(this, { g, h }, this);
+  }
+
+  /** Acquires credentials (from `ccache` / `keytab`, or the default cache) and prepares a context for `spn`. */
+  static async create(spn: string, o: GssClientOptions): Promise<GssClient> {
+    const g = await loadGssFunctions();
+    const h: Handles = { ctx: [null] };
+    try {
+      h.target = importName(g, spn, NT_HOSTBASED_SERVICE);
+      if (o.principal) h.name = importName(g, o.principal, NT_USER_NAME);
+      const store: Array<{ key: string; value: string }> = [];
+      if (o.keytab) store.push({ key: 'client_keytab', value: o.keytab });
+      if (o.ccache) store.push({ key: 'ccache', value: o.ccache });
+      const minor = [0];
+      const cred: [GssHandle] = [null];
+      // A keytab acquire may send an AS-REQ to the KDC: off the event loop.
+      const major = await callAsync(
+        g.acquireCredFrom,
+        minor,
+        h.name ?? null,
+        GSS_C_INDEFINITE,
+        null,
+        GSS_C_INITIATE,
+        store.length ? { count: store.length, elements: store } : null,
+        cred,
+        null,
+        [0],
+      );
+      if (isGssError(major)) {
+        throw new GssCallError('gss_acquire_cred_from', major, minor[0]!, statusText(g, major, minor[0]!, MECH_KRB5));
+      }
+      h.cred = cred[0];
+      // SPNEGO would otherwise offer every installed mech (gss-ntlmssp would answer with NTLM from
+      // NTLM_USER_FILE); NTLM is ours, in TypeScript, so SPNEGO here negotiates Kerberos only.
+      const negMajor = g.setNegMechs(minor, h.cred, { count: 1, elements: [MECH_KRB5] }) as number;
+      if (isGssError(negMajor)) {
+        throw new GssCallError('gss_set_neg_mechs', negMajor, minor[0]!, statusText(g, negMajor, minor[0]!, null));
+      }
+      return new GssClient(g, h, o, credentialName(g, h.cred));
+    } catch (e) {
+      release(g, h);
+      throw e;
+    }
+  }
+
+  get contextComplete(): boolean {
+    return this.#complete;
+  }
+
+  /** The flags GSS-API granted (`ret_flags`). */
+  get flags(): number {
+    return this.#retFlags;
+  }
+
+  /** Feeds the server's token (base64, '' for none) and returns the next one (null when there is none). */
+  async step(challenge: string): Promise<string | null> {
+    const g = this.#g;
+    if (!this.#h.cred) throw new Error('GSS-API context already released');
+    const input = challenge ? Buffer.from(challenge, 'base64') : undefined;
+    const minor = [0];
+    const out: OutBuffer = {};
+    const retFlags = [0];
+    let major: number;
+    try {
+      // The first call may send a TGS-REQ to the KDC: off the event loop.
+      major = await callAsync(
+        g.initSecContext,
+        minor,
+        this.#h.cred,
+        this.#h.ctx,
+        this.#h.target,
+        this.#mech,
+        this.#flags,
+        0,
+        this.#bindings,
+        input ? { length: input.length, value: input } : null,
+        null,
+        out,
+        retFlags,
+        [0],
+      );
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+    const token = takeBuffer(g, out);
+    if (isGssError(major)) {
+      const text = statusText(g, major, minor[0]!, this.#mech === MECH_KRB5 ? MECH_KRB5 : null);
+      const service = kerberosName(g, this.#h.target);
+      this.dispose();
+      throw new GssCallError('gss_init_sec_context', major, minor[0]!, text, {
+        ...(this.username ? { client: this.username } : {}),
+        ...(service ? { service } : {}),
+      });
+    }
+    this.#retFlags = retFlags[0]!;
+    this.#complete = (major & GSS_S_CONTINUE_NEEDED) === 0;
+    if (this.#complete) this.dispose();
+    return token.length ? token.toString('base64') : null;
+  }
+
+  /** Frees the GSS handles now (also done when the context completes or fails, and on garbage collection). */
+  dispose(): void {
+    registry.unregister(this);
+    release(this.#g, this.#h);
+  }
+}
+
+/** The text of a name this module obtained (and now releases), or '' when GSS-API cannot say. */
+function displayAndRelease(g: GssFunctions, name: [GssHandle]): string {
+  try {
+    const out: OutBuffer = {};
+    if (!name[0] || isGssError(g.displayName([0], name[0], out, null) as number)) return '';
+    return takeBuffer(g, out).toString('utf8');
+  } finally {
+    if (name[0]) g.releaseName([0], name);
+  }
+}
+
+/** A name as a Kerberos principal (`HTTP/host@REALM`: the realm from krb5.conf's domain_realm), or ''. */
+function kerberosName(g: GssFunctions, name: GssHandle): string {
+  const canon: [GssHandle] = [null];
+  if (!name || isGssError(g.canonicalizeName([0], name, MECH_KRB5, canon) as number)) return '';
+  return displayAndRelease(g, canon);
+}
+
+/** The principal a credential belongs to (for reports; empty when GSS-API cannot say). */
+function credentialName(g: GssFunctions, cred: GssHandle): string {
+  const name: [GssHandle] = [null];
+  if (isGssError(g.inquireCred([0], cred, name, [0], null, null) as number)) return '';
+  return displayAndRelease(g, name);
+}

@@ -1,0 +1,86 @@
+/**
+ * Which GSS-API implementation produces Kerberos tokens: the system GSS-API through koffi
+ * (src/mechanisms/gssapi: channel bindings, per-agent ccache / keytab), or the `kerberos` addon (SSPI on
+ * Windows, GSS.framework on macOS; no channel bindings, process-wide ticket cache). Both are optional and
+ * loaded on first use.
+ */
+import { MechanismUnavailableError } from '../../errors.ts';
+import { log } from '../../log.ts';
+import { GssapiUnavailableError, GssClient, type GssClientOptions, loadGssFunctions } from '../gssapi/index.ts';
+import {
+  GSS_MECH_OID_KRB5,
+  GSS_MECH_OID_SPNEGO,
+  type KerberosClientLike,
+  type KerberosModuleLike,
+  loadKerberos,
+} from './addon.ts';
+
+/** What a Negotiate context asks of a backend (the addon honours only mech, flags and principal). */
+export type BackendRequest = GssClientOptions;
+
+export interface KerberosBackend {
+  /** `gssapi`: system GSS-API via koffi; `kerberos`: the addon (or an injected module). */
+  readonly name: 'gssapi' | 'kerberos';
+  /** Whether tokens from this backend carry channel bindings. */
+  readonly bindsChannel: boolean;
+  initializeClient(spn: string, r: BackendRequest): Promise<KerberosClientLike>;
+}
+
+/** `auto` (default): the GSS-API binding where it loads, else the `kerberos` addon. */
+export type BackendChoice = 'auto' | 'gssapi' | 'kerberos';
+
+const gssapiBackend: KerberosBackend = {
+  name: 'gssapi',
+  bindsChannel: true,
+  initializeClient: (spn, r) => GssClient.create(spn, r),
+};
+
+function addonBackend(k: KerberosModuleLike): KerberosBackend {
+  return {
+    name: 'kerberos',
+    bindsChannel: false,
+    initializeClient: (spn, r) =>
+      k.initializeClient(spn, {
+        mechOID: r.mech === 'kerberos' ? GSS_MECH_OID_KRB5 : GSS_MECH_OID_SPNEGO,
+        flags: r.flags,
+        ...(r.principal ? { principal: r.principal } : {}),
+      }),
+  };
+}
+
+/**
+ * Picks the backend. A per-agent `ccache` or `keytab` needs the GSS-API binding: without it that is a
+ * {@link GssapiUnavailableError} (the addon would silently use the process-wide cache instead).
+ */
+export async function loadBackend(o: {
+  readonly backend?: BackendChoice;
+  readonly kerberos?: KerberosModuleLike;
+  readonly ccache?: string;
+  readonly keytab?: string;
+}): Promise<KerberosBackend> {
+  if (o.kerberos) return addonBackend(o.kerberos);
+  const choice = o.backend ?? 'auto';
+  const needsStore = o.ccache !== undefined || o.keytab !== undefined;
+  if (choice === 'kerberos') {
+    if (needsStore) {
+      throw new MechanismUnavailableError(
+        'Negotiate',
+        "negotiate.ccache / negotiate.keytab need the GSS-API binding: drop negotiate.backend: 'kerberos'",
+      );
+    }
+    return addonBackend(await loadKerberos());
+  }
+  try {
+    await loadGssFunctions();
+    return gssapiBackend;
+  } catch (e) {
+    if (choice === 'gssapi' || needsStore || !(e instanceof GssapiUnavailableError)) {
+      if (needsStore && e instanceof GssapiUnavailableError) {
+        throw new GssapiUnavailableError(`negotiate.ccache / negotiate.keytab need it: ${e.message}`, { cause: e });
+      }
+      throw e;
+    }
+    log.handshake('GSS-API binding unavailable (%s); using the kerberos addon, without channel bindings', e.code);
+    return addonBackend(await loadKerberos());
+  }
+}

@@ -1,0 +1,159 @@
+import { QueueFullError, QueueTimeoutError } from '../errors.ts';
+import type { Job } from './job.ts';
+
+/** The bounds every wait shares (R1, C11): how many may wait, and for how long. */
+export interface WaitBounds {
+  readonly maxQueue: number;
+  readonly queueTimeout: number;
+}
+
+/** One waiting request; it is its own abort hook, so a wait costs no extra closure (R6). */
+class Entry<T> {
+  settled = false;
+  readonly job: Job;
+  readonly deadline: number;
+  readonly resolve: (value: T) => void;
+  readonly reject: (err: Error) => void;
+  readonly #onAbort: (entry: Entry<T>, reason: Error) => void;
+  constructor(
+    job: Job,
+    deadline: number,
+    resolve: (value: T) => void,
+    reject: (err: Error) => void,
+    onAbort: (entry: Entry<T>, reason: Error) => void,
+  ) {
+    this.job = job;
+    this.deadline = deadline;
+    this.resolve = resolve;
+    this.reject = reject;
+    this.#onAbort = onAbort;
+  }
+  callerAborted(reason: Error): void {
+    this.#onAbort(this, reason);
+  }
+}
+
+/**
+ * The one bounded wait of the request lifecycle (R1): a FIFO of waiting requests with a length
+ * bound (`maxQueue` → QueueFullError), a deadline (`queueTimeout` → QueueTimeoutError) and the
+ * caller's abort. Used for the session's handshake queue (C1), the handshake slots and the pool's
+ * wait for a session (a probe's first response, a free HTTP/1.1 connection).
+ *
+ * Memory (R6): every entry has the same timeout, so deadlines come in FIFO order and one timer,
+ * armed for the oldest entry, serves the whole queue; an aborted entry is only marked settled and
+ * skipped later, so removal is O(1).
+ */
+export class WaitQueue<T> {
+  #entries: Entry<T>[] = [];
+  #head = 0;
+  #live = 0;
+  #timer: NodeJS.Timeout | undefined;
+  readonly #bounds: WaitBounds;
+  /** What the requests wait for, for the errors' messages. */
+  readonly #what: string;
+
+  constructor(bounds: WaitBounds, what: string) {
+    this.#bounds = bounds;
+    this.#what = what;
+  }
+
+  /** Requests waiting now. */
+  get length(): number {
+    return this.#live;
+  }
+
+  /**
+   * Waits until {@link shift} or {@link settleAll} hands a value over. Rejects at once with
+   * QueueFullError when `maxQueue` are waiting, later with QueueTimeoutError or the caller's abort.
+   */
+  wait(job: Job): Promise<T> {
+    if (this.#live >= this.#bounds.maxQueue) {
+      return Promise.reject(new QueueFullError(this.#bounds.maxQueue, this.#what));
+    }
+    return new Promise<T>((resolve, reject) => {
+      const entry = new Entry(job, Date.now() + this.#bounds.queueTimeout, resolve, reject, this.#aborted);
+      this.#entries.push(entry);
+      this.#live += 1;
+      job.sink.onAbort(entry);
+      this.#timer ??= this.#arm(entry.deadline);
+    });
+  }
+
+  readonly #aborted = (entry: Entry<T>, reason: Error): void => {
+    this.#settle(entry)?.reject(reason);
+  };
+
+  /** Hands `value` to the oldest waiting request; returns it, or undefined when none waits. */
+  shift(value: T): Job | undefined {
+    const entry = this.#next();
+    if (!entry) return undefined;
+    this.#settle(entry)!.resolve(value);
+    return entry.job;
+  }
+
+  /** Hands every waiting request `value`, or fails each with `err`. */
+  settleAll(value: T): void;
+  settleAll(value: undefined, err: Error): void;
+  settleAll(value: T | undefined, err?: Error): void {
+    const entries = this.#entries;
+    const head = this.#head;
+    this.#entries = [];
+    this.#head = 0;
+    for (let i = head; i < entries.length; i++) {
+      const entry = this.#settle(entries[i]!);
+      if (!entry) continue;
+      if (err) entry.reject(err);
+      else entry.resolve(value as T);
+    }
+  }
+
+  /** The oldest entry still waiting, dropping settled ones from the front. */
+  #next(): Entry<T> | undefined {
+    while (this.#head < this.#entries.length) {
+      const entry = this.#entries[this.#head]!;
+      if (!entry.settled) return entry;
+      this.#head += 1;
+    }
+    this.#compact();
+    return undefined;
+  }
+
+  /** Marks `entry` settled (once); returns it, or undefined when it already was. */
+  #settle(entry: Entry<T>): Entry<T> | undefined {
+    if (entry.settled) return undefined;
+    entry.settled = true;
+    this.#live -= 1;
+    entry.job.sink.onAbort(undefined);
+    if (this.#live === 0) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+      this.#entries = [];
+      this.#head = 0;
+    }
+    return entry;
+  }
+
+  #compact(): void {
+    // Keep the array from growing without bound when the front is drained but never emptied.
+    if (this.#head > 1024 && this.#head * 2 > this.#entries.length) {
+      this.#entries = this.#entries.slice(this.#head);
+      this.#head = 0;
+    }
+  }
+
+  #arm(deadline: number): NodeJS.Timeout {
+    return setTimeout(() => this.#expire(), Math.max(0, deadline - Date.now()));
+  }
+
+  #expire(): void {
+    this.#timer = undefined;
+    const now = Date.now();
+    for (let entry = this.#next(); entry; entry = this.#next()) {
+      if (entry.deadline > now) {
+        this.#timer = this.#arm(entry.deadline);
+        return;
+      }
+      this.#settle(entry)!.reject(new QueueTimeoutError(this.#bounds.queueTimeout, this.#what));
+    }
+  }
+}

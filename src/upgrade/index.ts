@@ -1,0 +1,361 @@
+/**
+ * Upgrade (WebSocket) and CONNECT requests (H5, H1). They end in a raw socket, not a response, so
+ * they cannot share the agent's sessions: each one gets its own undici `Client` with one HTTP/1.1
+ * connection (`pipelining: 1`), made through the configured proxy's CONNECT tunnel (with proxy
+ * authentication, src/proxy/tunnel.ts) when there is one. When the server answers 401, the
+ * handshake's legs go on that same connection — intermediate 401 bodies drained, never aborted
+ * (aborting destroys an HTTP/1.1 socket) — and the caller sees only the final answer: the upgraded
+ * socket, or a response.
+ */
+import type { Socket } from 'node:net';
+import type { ConnectionOptions, TLSSocket } from 'node:tls';
+import { buildConnector, Client, type Dispatcher } from 'undici';
+import { prepareBody } from '../body/replayable.ts';
+import { readChallenges } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
+import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { UserSink } from '../handshake/user-sink.ts';
+import { normalizeRequestHeaders } from '../headers.ts';
+import { log } from '../log.ts';
+import type { MechanismSet } from '../mechanisms/registry.ts';
+import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
+import type { Limits } from '../options.ts';
+import type { ProxyResolver } from '../proxy/options.ts';
+import { connectThroughTunnel } from '../proxy/tunnel.ts';
+import { tlsServerEndPoint } from '../session/channel-binding.ts';
+
+type Controller = Dispatcher.DispatchController;
+type Headers = Record<string, string | string[]>;
+
+/** What {@link UpgradeDispatcher} needs from the agent. */
+export interface UpgradeOptions {
+  /** TLS options for origins. */
+  readonly connect: ConnectionOptions;
+  readonly proxy: ProxyResolver;
+  readonly limits: Limits;
+  readonly mechanisms: MechanismSet;
+}
+
+/** One leg's outcome, as far as the handshake is concerned. */
+type LegOutcome =
+  | { readonly kind: 'challenged'; readonly headers: Headers }
+  | { readonly kind: 'delivered' }
+  | { readonly kind: 'failed'; readonly error: Error };
+
+/** A running authentication: the mechanism's context and what it sent last. */
+interface Auth {
+  readonly scheme: string;
+  readonly context: MechanismContext;
+  header: string;
+  legs: number;
+}
+
+/**
+ * Carries upgrade and CONNECT requests for the agent; see the module comment. One Client per
+ * request: an upgraded connection belongs to its caller, and an authenticated one to its identity.
+ */
+export class UpgradeDispatcher {
+  readonly #options: UpgradeOptions;
+  readonly #clients = new Set<Client>();
+
+  constructor(options: UpgradeOptions) {
+    this.#options = options;
+  }
+
+  /** Starts `opts` for `origin`; `credentialsAllowed` says whether a 401 may be answered (S1). */
+  dispatch(
+    origin: string,
+    opts: Dispatcher.DispatchOptions,
+    handler: Dispatcher.DispatchHandler,
+    credentialsAllowed: boolean,
+  ): boolean {
+    const sink = new UserSink(handler);
+    sink.begin();
+    if (sink.aborted) return true;
+    const client = this.#client(origin);
+    const onUpgrade = (status: number, headers: Headers, socket: Socket) =>
+      handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
+    this.#run(client, origin, opts, sink, credentialsAllowed, onUpgrade)
+      .catch((err: Error) => sink.fail(err))
+      .finally(() => {
+        this.#clients.delete(client);
+        // After an upgrade the socket is the caller's: undici has detached it from the Client.
+        client.close().catch(() => {});
+      });
+    return true;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#clients].map((c) => c.close().catch(() => {})));
+  }
+
+  async destroy(err: Error): Promise<void> {
+    await Promise.all([...this.#clients].map((c) => c.destroy(err).catch(() => {})));
+  }
+
+  /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
+  #client(origin: string): Client & { channelBinding?: Buffer } {
+    const { connect: tls, limits } = this.#options;
+    // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
+    const route = this.#options.proxy.route(origin);
+    const base = route ? undefined : buildConnector({ ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0 });
+    let client: Client & { channelBinding?: Buffer };
+    const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
+      if (err || !socket) {
+        callback(err ?? new Error('connect failed'), null);
+        return;
+      }
+      const cert = (socket as Partial<TLSSocket>).getPeerX509Certificate?.();
+      client.channelBinding = tlsServerEndPoint(cert);
+      callback(null, socket);
+    };
+    const connector: buildConnector.connector = (opts, callback) => {
+      if (base) {
+        base(opts, connected(callback) as buildConnector.Callback);
+        return;
+      }
+      const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
+      connectThroughTunnel(route!.proxy, { ...opts, port }, tls, ['http/1.1'], limits).then(
+        (socket) => connected(callback)(null, socket),
+        (err: Error) => callback(err, null),
+      );
+    };
+    client = new Client(origin, { pipelining: 1, connect: connector });
+    this.#clients.add(client);
+    return client;
+  }
+
+  async #run(
+    client: Client & { channelBinding?: Buffer },
+    origin: string,
+    opts: Dispatcher.DispatchOptions,
+    sink: UserSink,
+    credentialsAllowed: boolean,
+    onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+  ): Promise<void> {
+    const { limits, mechanisms } = this.#options;
+    const headers = normalizeRequestHeaders(opts.headers);
+    const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
+    const body = prepared instanceof Promise ? await prepared : prepared;
+    // The caller's own Authorization is theirs to handle: no answering on top of it.
+    const answering = credentialsAllowed && !('authorization' in headers) && body.replayable;
+    const url = new URL(origin);
+    const legInfo = (): LegInfo => ({
+      origin,
+      hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+      port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+      method: opts.method,
+      path: opts.path,
+      ...(client.channelBinding ? { channelBinding: client.channelBinding } : {}),
+      proxy: false,
+    });
+    const excluded = new Set<string>();
+    let auth: Auth | undefined;
+    for (;;) {
+      const authorization = auth?.header;
+      const outcome = await this.#leg(
+        client,
+        opts,
+        headers,
+        body.take(),
+        authorization,
+        sink,
+        (status, h) => {
+          if (status !== 401 || !answering) return false;
+          if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
+          const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
+          // A bare challenge after our credentials is the server's final "no": the caller gets it.
+          return next?.token68 !== undefined && !auth.context.complete;
+        },
+        auth && ((h) => finish(auth!, h, legInfo())),
+        onUpgrade,
+      );
+      if (outcome.kind === 'delivered') return;
+      if (outcome.kind === 'failed') throw outcome.error;
+      const challenges = readChallenges(outcome.headers, false);
+      if (!auth) {
+        auth = await start(challenges);
+        continue;
+      }
+      if (auth.legs >= limits.maxLegs) throw new LegLimitError(limits.maxLegs, `${auth.scheme} (upgrade)`);
+      const next = challenges.find((c) => c.schemeKey === auth!.scheme.toLowerCase());
+      auth.header = await step(auth, next);
+      auth.legs += 1;
+    }
+
+    /** The first leg with credentials: the strongest usable offered scheme (T2). */
+    async function start(challenges: readonly Challenge[]): Promise<Auth> {
+      let unusable: MultilegError | undefined;
+      for (;;) {
+        const chosen = mechanisms.choose(challenges, excluded);
+        if (!chosen?.mechanism) {
+          // The last scheme's own reason names its fix (e.g. allowBasicOverHttp, kinit).
+          if (unusable) throw unusable;
+          throw new MultilegError(
+            'MULTILEG_MECHANISM_UNAVAILABLE',
+            `${origin} asks for authentication of an upgrade request and no offered scheme can be used here (${[...excluded].join(', ')}); give credentials or a Kerberos ticket`,
+          );
+        }
+        const { mechanism, challenge } = chosen;
+        try {
+          const a: Auth = {
+            scheme: mechanism.scheme,
+            context: mechanism.createContext(legInfo()),
+            header: '',
+            legs: 0,
+          };
+          a.header = await step(a, challenge);
+          a.legs = 1;
+          log.agent('%s upgrade: %s leg 1', origin, mechanism.scheme);
+          return a;
+        } catch (err) {
+          if (err instanceof MultilegError && UNUSABLE.has(err.code)) {
+            excluded.add(challenge.schemeKey);
+            unusable = err;
+            continue;
+          }
+          throw err;
+        }
+      }
+    }
+
+    async function step(a: Auth, challenge: Challenge | undefined): Promise<string> {
+      try {
+        return await a.context.step(challenge, legInfo());
+      } catch (err) {
+        if (err instanceof MultilegError) throw err;
+        throw new InvalidTokenError(`${a.scheme} WWW-Authenticate challenge`);
+      }
+    }
+  }
+
+  /**
+   * Sends one leg and waits for its outcome. `answer(status, headers)` says whether a response is a
+   * challenge to answer (drained and swallowed) rather than the caller's. `verify` runs before the
+   * caller sees the final answer of a leg that carried credentials (mutual authentication).
+   */
+  #leg(
+    client: Client,
+    opts: Dispatcher.DispatchOptions,
+    headers: Headers,
+    body: unknown,
+    authorization: string | undefined,
+    sink: UserSink,
+    answer: (status: number, headers: Headers) => boolean,
+    verify: ((headers: Headers) => Promise<void>) | undefined,
+    onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+  ): Promise<LegOutcome> {
+    const limits = this.#options.limits;
+    return new Promise((resolve) => {
+      let controller: Controller | undefined;
+      let swallowed: Headers | undefined;
+      let drained = 0;
+      /** Response events held while `verify` runs, replayed to the caller once it passes. */
+      let held: (() => void)[] | undefined;
+      const deliver = (event: () => void) => (held ? held.push(event) : event());
+      const fail = (error: Error) => {
+        controller?.abort(error);
+        resolve({ kind: 'failed', error });
+      };
+      sink.onAbort((reason) => {
+        controller?.abort(reason);
+        sink.fail(reason);
+      });
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart(c) {
+          controller = c;
+          if (sink.aborted) c.abort(sink.reason ?? new Error('aborted'));
+        },
+        onRequestUpgrade(_c, status, h, socket) {
+          const done = () => {
+            // The socket is the caller's now: a later abort of the request no longer applies.
+            sink.onAbort(() => {});
+            onUpgrade(status, h as Headers, socket as Socket);
+            resolve({ kind: 'delivered' });
+          };
+          if (!verify) return done();
+          // undici hands over the socket in paused mode: nothing is lost while we verify.
+          // A caller handler that throws here fails the request, as undici does on the sync path.
+          verify(h as Headers)
+            .then(done)
+            .catch((err: Error) => {
+              (socket as Socket).destroy();
+              resolve({ kind: 'failed', error: err });
+            });
+        },
+        onResponseStart(c, status, h, message) {
+          if (answer(status, h as Headers)) {
+            swallowed = h as Headers;
+            return;
+          }
+          // A final 401 is a rejection, with nothing to verify; anything else answers our last leg.
+          if (verify && status !== 401) {
+            held = [];
+            c.pause();
+            verify(h as Headers)
+              .then(() => {
+                const events = held!;
+                held = undefined;
+                // As undici does for a handler that throws: the request fails with that error.
+                for (const e of events) e();
+                c.resume();
+              })
+              .catch((err: Error) => fail(err));
+          }
+          deliver(() => sink.responseStart(c, status, h as Headers, message ?? ''));
+        },
+        onResponseData(_c, chunk) {
+          if (swallowed) {
+            drained += chunk.length;
+            // An endless challenge body is not drained: dropping the connection ends this handshake.
+            if (drained > limits.maxChallengeBodyBytes) {
+              fail(
+                new MultilegError(
+                  'MULTILEG_CHALLENGE_BODY_TOO_LARGE',
+                  `a 401 to an upgrade request had a body over limits.maxChallengeBodyBytes (${limits.maxChallengeBodyBytes}); check the server or raise the limit`,
+                ),
+              );
+            }
+            return;
+          }
+          deliver(() => sink.responseData(chunk));
+        },
+        onResponseEnd(_c, trailers) {
+          if (swallowed) {
+            resolve({ kind: 'challenged', headers: swallowed });
+            return;
+          }
+          deliver(() => {
+            sink.responseEnd(trailers as Headers);
+            resolve({ kind: 'delivered' });
+          });
+        },
+        onResponseError(_c, err) {
+          if (held) held = undefined;
+          resolve({ kind: 'failed', error: err });
+        },
+      };
+      client.dispatch(
+        {
+          ...opts,
+          headers: authorization ? { ...headers, authorization } : headers,
+          body: body as Dispatcher.DispatchOptions['body'],
+          // undici closes an upgrade request's connection after a non-101 answer unless told not to:
+          // the next leg of a connection-bound handshake needs it.
+          reset: false,
+        } as Dispatcher.DispatchOptions,
+        handler,
+      );
+    });
+  }
+}
+
+/** Schemes that cannot run here (no ticket, no addon): the next offered one is tried instead. */
+const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
+
+/** Verifies the server's final token, if its scheme sent one, on the answer to our last leg. */
+function finish(auth: Auth, headers: Headers, leg: LegInfo): Promise<void> {
+  const final = readChallenges(headers, false).find((c) => c.schemeKey === auth.scheme.toLowerCase());
+  log.agent('%s upgrade authenticated with %s in %d legs', leg.origin, auth.scheme, auth.legs);
+  return auth.context.finish(final, leg);
+}

@@ -1,0 +1,382 @@
+/**
+ * M5 against real peers: Kerberos tokens bound to the TLS channel (python3-gssapi acceptor requiring the
+ * tls-server-end-point bindings), per-agent ccache and client keytab (several principals in one process,
+ * against Apache mod_auth_gssapi, process.env untouched), and the Windows-style fallback from Kerberos to
+ * NTLM when Kerberos cannot produce a token (Apache /spnego2 offers `Negotiate` and `NTLM`).
+ */
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createSecureServer, type Http2SecureServer } from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { fetch } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { type NegotiateOptions, negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
+import { headerValues, labClient, legInfo, send, tlsServerEndPoint } from './lab/http.ts';
+import { applyEnv, CAROL, type Lab, requirePeer, runOk, startLab } from './lab/index.ts';
+
+const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'python-gssapi', 'openssl', 'gss-binding');
+const ALICE_NTLM = { username: 'alice', password: 'alicepw', domain: 'EXAMPLE' } as const;
+
+/** A self-signed certificate for localhost (a second identity for the channel-binding tests). */
+async function makeCert(dir: string, name: string): Promise<{ cert: string; key: string }> {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  await runOk('/usr/bin/openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=localhost ${name}`,
+    '-addext',
+    'subjectAltName=DNS:localhost',
+  ]);
+  return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
+}
+
+describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apache, python3-gssapi)', () => {
+  let lab: Lab;
+  let restoreEnv: () => void;
+  const agents: MultilegAgent[] = [];
+  const cc = (name: string) => `FILE:${join(lab.dir, `${name}.ccache`)}`;
+  let aliceCc: string;
+  let bobCc: string;
+  let svcKeytab: string;
+  let certA: { cert: string; key: string };
+  let certB: { cert: string; key: string };
+  const agent = (o: MultilegAgentOptions) => {
+    const a = new MultilegAgent({ connect: { ca: [lab.apache!.ca, certA.cert, certB.cert] }, ...o });
+    agents.push(a);
+    return a;
+  };
+
+  beforeAll(async () => {
+    lab = await startLab({ apache: true, pythonAcceptor: true });
+    const realm = lab.realm!;
+    // The library never reads a ticket cache from here: the default one does not exist, and each agent
+    // names its own. Only krb5.conf (realms, KDCs) comes from the environment, as it does for MIT itself.
+    restoreEnv = applyEnv({
+      KRB5_CONFIG: lab.env.KRB5_CONFIG,
+      KRB5CCNAME: `FILE:${join(lab.dir, 'no-default-ccache')}`,
+      NTLM_USER_FILE: undefined,
+      KRB5_KTNAME: undefined,
+    });
+    await realm.kadmin('addprinc -pw bobpw bob@EXAMPLE.TEST');
+    await realm.kadmin('addprinc -randkey svc@EXAMPLE.TEST');
+    await realm.kadmin('addprinc -randkey -maxlife "3 seconds" short@EXAMPLE.TEST');
+    svcKeytab = join(lab.dir, 'svc.keytab');
+    await realm.kadmin(`ktadd -k ${svcKeytab} svc@EXAMPLE.TEST`);
+    await realm.kadmin(`ktadd -k ${join(lab.dir, 'short.keytab')} short@EXAMPLE.TEST`);
+    aliceCc = cc('alice');
+    bobCc = cc('bob');
+    await realm.kinit({ ccache: aliceCc });
+    await realm.kinit({ ccache: bobCc, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+    certA = await makeCert(lab.dir, 'a');
+    certB = await makeCert(lab.dir, 'b');
+  });
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.destroy()));
+    restoreEnv?.();
+    await lab?.stop();
+  });
+
+  describe('channel bindings (tls-server-end-point, RFC 5929 / RFC 4121 §4.1.1.2)', () => {
+    const acceptorRun = async (
+      mech: 'spnego' | 'kerberos',
+      sent: Buffer | undefined,
+      expected: Buffer,
+      o: NegotiateOptions = {},
+      requireBindings = false,
+    ) => {
+      const leg = legInfo('https://localhost:443', '/', sent ? { channelBinding: sent } : {});
+      const ctx = negotiateMechanism({ ccache: aliceCc, mech, ...o }).createContext(leg) as ReturnType<
+        ReturnType<typeof negotiateMechanism>['createContext']
+      > & { channelBound: boolean };
+      const header = await ctx.step(undefined, leg);
+      await lab.acceptor!.reset(mech === 'kerberos' ? 'krb5' : 'spnego', expected, requireBindings);
+      const reply = await lab.acceptor!.step(header.slice('Negotiate '.length));
+      return { ctx, reply, leg };
+    };
+
+    for (const mech of ['spnego', 'kerberos'] as const) {
+      it(`M5: ${mech}: an acceptor requiring its own certificate's bindings accepts the token; one bound to another certificate is rejected`, async () => {
+        const own = tlsServerEndPoint(certA.cert);
+        const other = tlsServerEndPoint(certB.cert);
+        const good = await acceptorRun(mech, own, own);
+        expect(good.ctx.channelBound).toBe(true);
+        expect(good.reply).toMatchObject({ kind: 'complete', user: 'alice@EXAMPLE.TEST' });
+        // the acceptor's AP-REP completes our context (mutual authentication still holds)
+        const token = good.reply.kind === 'complete' ? good.reply.token : undefined;
+        expect(token).toBeTruthy();
+        await good.ctx.finish({ scheme: 'Negotiate', schemeKey: 'negotiate', token68: token!, params: {} }, good.leg);
+        expect(good.ctx.complete).toBe(true);
+
+        // What a TLS-terminating relay would forward: bound to the certificate the client saw, not the server's.
+        const relayed = await acceptorRun(mech, other, own);
+        expect(relayed.reply).toMatchObject({ kind: 'error' });
+        expect(relayed.reply.kind === 'error' && relayed.reply.message).toMatch(/Incorrect channel bindings/);
+
+        // Control: MIT accepts a token that carries no bindings at all, so the rejection above is ours;
+        // an acceptor that requires bindings (IIS EPA "Required") refuses it, and accepts ours.
+        const unbound = await acceptorRun(mech, other, own, { channelBindings: false });
+        expect(unbound.ctx.channelBound).toBe(false);
+        expect(unbound.reply).toMatchObject({ kind: 'complete', user: 'alice@EXAMPLE.TEST' });
+        const strictUnbound = await acceptorRun(mech, undefined, own, {}, true);
+        expect(strictUnbound.reply).toMatchObject({
+          kind: 'error',
+          message: expect.stringMatching(/no channel bindings/),
+        });
+        const strictBound = await acceptorRun(mech, own, own, {}, true);
+        expect(strictBound.reply).toMatchObject({ kind: 'complete', user: 'alice@EXAMPLE.TEST' });
+      });
+    }
+
+    /** An HTTPS server (h2) presenting `served`, whose GSS acceptor requires the bindings of `expected`. */
+    async function cbServer(served: { cert: string; key: string }, expected: string): Promise<Http2SecureServer> {
+      const cb = tlsServerEndPoint(expected);
+      const server = createSecureServer({ ...served, allowHTTP1: true }, async (req, res) => {
+        const auth = req.headers.authorization;
+        if (!auth?.startsWith('Negotiate ')) {
+          res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+          return;
+        }
+        await lab.acceptor!.reset('spnego', cb, true); // Extended Protection "Required"
+        const r = await lab.acceptor!.step(auth.slice('Negotiate '.length));
+        if (r.kind === 'complete') {
+          res.writeHead(200, { 'www-authenticate': `Negotiate ${r.token}`, 'x-remote-user': r.user }).end('ok');
+        } else {
+          res.writeHead(401, { 'www-authenticate': 'Negotiate', 'x-gss-error': r.kind === 'error' ? r.message : '' });
+          res.end();
+        }
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      return server;
+    }
+
+    it('M5: the agent binds its Kerberos token to the TLS connection: accepted by a server checking its own certificate, refused behind another certificate', async () => {
+      const honest = await cbServer(certA, certA.cert);
+      const relay = await cbServer(certB, certA.cert); // presents B, its acceptor expects A's bindings
+      try {
+        const a = agent({ negotiate: { ccache: aliceCc } });
+        const ok = await fetch(`https://localhost:${(honest.address() as AddressInfo).port}/`, { dispatcher: a });
+        expect(ok.status).toBe(200);
+        expect(ok.headers.get('x-remote-user')).toBe('alice@EXAMPLE.TEST');
+        expect(a.handshakes().at(-1)).toMatchObject({ scheme: 'Negotiate', identity: 'alice@EXAMPLE.TEST' });
+
+        const b = agent({ negotiate: { ccache: aliceCc } });
+        const refused = await fetch(`https://localhost:${(relay.address() as AddressInfo).port}/`, { dispatcher: b });
+        expect(refused.status).toBe(401);
+        expect(refused.headers.get('x-gss-error')).toMatch(/Incorrect channel bindings/);
+      } finally {
+        honest.close();
+        relay.close();
+      }
+    });
+
+    it('M5: a proactive Kerberos token on a new connection is bound to that connection too', async () => {
+      const server = await cbServer(certA, certA.cert);
+      const open = new Set<import('node:http2').ServerHttp2Session>();
+      server.on('session', (s) => {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+      });
+      // Connections come and go (idle timeouts, load balancers): the next request opens a new one.
+      const dropConnections = () =>
+        Promise.all([...open].map((s) => new Promise((resolve) => s.close(() => resolve(undefined)))));
+      try {
+        const a = agent({ negotiate: { ccache: aliceCc } });
+        const url = `https://localhost:${(server.address() as AddressInfo).port}/`;
+        for (let i = 0; i < 3; i++) {
+          const res = await fetch(url, { dispatcher: a });
+          expect(res.status).toBe(200);
+          expect(res.headers.get('x-remote-user')).toBe('alice@EXAMPLE.TEST');
+          await res.text();
+          await dropConnections();
+        }
+        expect(a.stats().sessions).toBeGreaterThanOrEqual(3); // each request on its own connection
+        expect(a.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
+      } finally {
+        server.close();
+      }
+    });
+  });
+
+  describe('per-agent credentials', () => {
+    it('M5: three agents in one process — alice and bob by ccache, svc by client keytab — each request runs as its own principal; process.env untouched', async () => {
+      const envBefore = { ...process.env };
+      const origin = lab.apache!.origin;
+      const byName = {
+        'alice@EXAMPLE.TEST': agent({ negotiate: { ccache: aliceCc } }),
+        'bob@EXAMPLE.TEST': agent({ negotiate: { ccache: bobCc } }),
+        'svc@EXAMPLE.TEST': agent({ negotiate: { keytab: `FILE:${svcKeytab}` } }),
+      };
+      const rounds = await Promise.all(
+        Array.from({ length: 3 }, () =>
+          Promise.all(
+            Object.entries(byName).map(async ([principal, a]) => {
+              const res = await fetch(`${origin}/protected/`, { dispatcher: a });
+              await res.text();
+              return [principal, res.status, res.headers.get('x-remote-user')];
+            }),
+          ),
+        ),
+      );
+      for (const round of rounds) {
+        for (const [principal, status, user] of round) expect([status, user]).toEqual([200, principal]);
+      }
+      for (const [principal, a] of Object.entries(byName)) {
+        expect(a.handshakes().every((h) => h.identity === principal)).toBe(true);
+      }
+      expect(process.env).toEqual(envBefore);
+    });
+
+    it('M5: a keytab agent gets a new ticket by itself when its ticket expires (3-second lifetime)', async () => {
+      const a = agent({
+        negotiate: { keytab: `FILE:${join(lab.dir, 'short.keytab')}`, principal: 'short@EXAMPLE.TEST' },
+      });
+      const get = async () => {
+        const res = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });
+        await res.text();
+        return [res.status, res.headers.get('x-remote-user')];
+      };
+      expect(await get()).toEqual([200, 'short@EXAMPLE.TEST']);
+      await new Promise((r) => setTimeout(r, 4000)); // let the ticket lapse (not a timing assertion)
+      expect(await get()).toEqual([200, 'short@EXAMPLE.TEST']);
+      const kdcLog = readFileSync(join(lab.realm!.dir, 'kdc.log'), 'utf8');
+      expect(kdcLog.match(/AS_REQ .*short@EXAMPLE\.TEST for krbtgt/g)?.length).toBeGreaterThanOrEqual(2);
+    });
+
+    it('M5: a missing client keytab is a typed error naming the keytab and the fix', async () => {
+      const a = agent({ negotiate: { keytab: `FILE:${join(lab.dir, 'nope.keytab')}` } });
+      const err = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a }).catch(
+        (e: { cause?: Error }) => e.cause,
+      );
+      expect(err).toMatchObject({ code: 'MULTILEG_KRB_KEYTAB' });
+      expect((err as Error).message).toMatch(/nope\.keytab: check the path/);
+    });
+  });
+
+  describe('fallback to NTLM when Kerberos cannot produce a token (Apache /spnego2: Negotiate, NTLM)', () => {
+    let expiredCc: string;
+    beforeAll(async () => {
+      const carol = cc('carol');
+      await lab.realm!.kinit({ ccache: carol, principal: CAROL.principal, password: CAROL.password });
+      expiredCc = cc('expired');
+      await lab.realm!.kinit({ ccache: expiredCc, lifetime: '1s' });
+      await new Promise((r) => setTimeout(r, 2100)); // let the 1-second ticket expire (not a timing assertion)
+    });
+
+    const cases = [
+      {
+        what: 'a ticket for the wrong realm (carol@OTHER.TEST)',
+        code: 'MULTILEG_KRB_WRONG_REALM',
+        ccache: () => cc('carol'),
+      },
+      {
+        what: 'an unknown SPN (the host reached by IP)',
+        code: 'MULTILEG_KRB_UNKNOWN_SPN',
+        ccache: () => aliceCc,
+        byIp: true,
+      },
+      { what: 'an expired ticket', code: 'MULTILEG_KRB_TICKET_EXPIRED', ccache: () => expiredCc },
+      { what: 'no ticket', code: 'MULTILEG_KRB_NO_TICKET', ccache: () => cc('none') },
+    ];
+
+    it('M5: Apache /spnego2 offers both Negotiate and NTLM', async () => {
+      const client = labClient(lab.apache!.origin, lab.apache!.ca);
+      try {
+        const r = await send(client, '/spnego2/');
+        expect(r.status).toBe(401);
+        expect(headerValues(r.headers, 'www-authenticate').flatMap((v) => v.split(/,\s*/))).toEqual([
+          'Negotiate',
+          'NTLM',
+        ]);
+      } finally {
+        await client.close();
+      }
+    });
+
+    for (const negotiate of [{ mech: 'kerberos' }, { ntlmFallback: false }] as const) {
+      it(`M5: with ${JSON.stringify(negotiate)} the fallback is the next offered scheme, NTLM, and the report says why`, async () => {
+        const origin = lab.apache!.origin;
+        const a = agent({
+          credentials: ALICE_NTLM,
+          trustedOrigins: [origin],
+          negotiate: { ...negotiate, ccache: expiredCc },
+        });
+        const res = await fetch(`${origin}/spnego2/`, { dispatcher: a });
+        expect(res.status).toBe(200);
+        expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\alice');
+        expect(a.handshakes().at(-1)).toMatchObject({
+          scheme: 'NTLM',
+          fallbackReason: expect.stringMatching(/^MULTILEG_KRB_TICKET_EXPIRED: /),
+        });
+        // without a password: the typed Kerberos error, as before
+        const b = agent({ negotiate: { ...negotiate, ccache: expiredCc } });
+        const err = await fetch(`${origin}/spnego2/`, { dispatcher: b }).catch((e: { cause?: Error }) => e.cause);
+        expect(err).toMatchObject({ code: 'MULTILEG_KRB_TICKET_EXPIRED' });
+      });
+    }
+
+    it('M5: the CLI: -v says why Kerberos was skipped (never the password); --keytab authenticates as the service account', async () => {
+      const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
+      const cli = (args: string[]) =>
+        promisify(execFile)(process.execPath, [main, ...args], { env: process.env }).then(
+          (r) => ({ code: 0, ...r }),
+          (e: { code: number; stdout: string; stderr: string }) => e,
+        );
+      const origin = lab.apache!.origin;
+      const fb = await cli([
+        '-v',
+        '-u',
+        'EXAMPLE\\alice:alicepw',
+        '--ccache',
+        cc('none'),
+        '--cacert',
+        lab.apache!.certFile,
+        `${origin}/spnego2/`,
+      ]);
+      expect(fb.code).toBe(0);
+      expect(fb.stderr).toMatch(
+        /Negotiate handshake .* as EXAMPLE\\alice; Kerberos skipped: MULTILEG_KRB_NO_TICKET: no Kerberos ticket/,
+      );
+      expect(fb.stderr + fb.stdout).not.toContain('alicepw');
+      const kt = await cli(['-i', '--keytab', svcKeytab, '--cacert', lab.apache!.certFile, `${origin}/protected/`]);
+      expect(kt.code).toBe(0);
+      expect(kt.stdout).toMatch(/^x-remote-user: svc@EXAMPLE\.TEST\r?$/m); // -i ends header lines with CRLF, as curl does
+    });
+
+    for (const c of cases) {
+      it(`M5: ${c.what} with a password: authenticated via NTLM, and the report says why Kerberos was skipped`, async () => {
+        const origin = c.byIp ? `https://127.0.0.1:${lab.apache!.tlsPort}` : lab.apache!.origin;
+        const a = agent({ credentials: ALICE_NTLM, trustedOrigins: [origin], negotiate: { ccache: c.ccache() } });
+        const res = await fetch(`${origin}/spnego2/`, { dispatcher: a });
+        expect(res.status).toBe(200);
+        expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\alice');
+        const report = a.handshakes().at(-1)!;
+        expect(report).toMatchObject({ scheme: 'Negotiate', identity: 'EXAMPLE\\alice' });
+        expect(report.fallbackReason).toMatch(new RegExp(`^${c.code}: `));
+        expect(report.fallbackReason).not.toContain('alicepw');
+      });
+
+      it(`M5: ${c.what} without a password: the typed Kerberos error (${c.code})`, async () => {
+        const origin = c.byIp ? `https://127.0.0.1:${lab.apache!.tlsPort}` : lab.apache!.origin;
+        const a = agent({ negotiate: { ccache: c.ccache() } });
+        const err = await fetch(`${origin}/spnego2/`, { dispatcher: a }).catch((e: { cause?: Error }) => e.cause);
+        expect(err).toMatchObject({ code: c.code });
+      });
+    }
+  });
+});

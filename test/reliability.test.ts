@@ -1,0 +1,369 @@
+/**
+ * Nothing waits forever, nothing storms (R1–R5, C3, C5): the agent against scripted hostile
+ * servers and the reference server's fault switches. Every request carries its own deadline (an
+ * AbortSignal far above the agent's bounds), so a request that settles with the agent's typed error
+ * proves the agent's bound, not the test's, ended it.
+ */
+import { createSecureServer, type Http2SecureServer, type IncomingHttpHeaders } from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { fetch, request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  BodyNotReplayableError,
+  HandshakeTimeoutError,
+  KerberosNoTicketError,
+  type Mechanism,
+  MechanismUnavailableError,
+  MultilegAgent,
+  type MultilegAgentOptions,
+  QueueFullError,
+  QueueTimeoutError,
+} from '../src/index.ts';
+import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ALICE, hasAuth } from './helpers.ts';
+import { requirePeer } from './lab/index.ts';
+
+const servers: Array<{ close(): unknown }> = [];
+const agents: MultilegAgent[] = [];
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.destroy().catch(() => {})));
+  for (const s of servers.splice(0)) await s.close();
+});
+
+function agent(opts: MultilegAgentOptions): MultilegAgent {
+  const a = new MultilegAgent({ connect: { ca: CA_CERT }, ...opts });
+  agents.push(a);
+  return a;
+}
+async function reference(opts: Parameters<typeof startReferenceServer>[0]): Promise<ReferenceServer> {
+  const s = await startReferenceServer(opts);
+  servers.push(s);
+  return s;
+}
+/** An h2+h1 TLS server whose handler decides per request; `hold` leaves a request unanswered. */
+async function hostile(
+  handler: (headers: IncomingHttpHeaders, respond: (status: number, headers?: Record<string, string>) => void) => void,
+): Promise<{ origin: string; requests: () => number }> {
+  let n = 0;
+  const sockets = new Set<import('node:net').Socket>();
+  const server: Http2SecureServer = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+  });
+  server.on('request', (req, res) => {
+    n += 1;
+    req.resume();
+    handler(req.headers, (status, headers = {}) => {
+      if (!res.headersSent) res.writeHead(status, headers).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  servers.push({
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  });
+  return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, requests: () => n };
+}
+const causeOf = (e: unknown) => ((e as { cause?: unknown }).cause ?? e) as Error;
+const settle = <T>(p: Promise<T>) =>
+  p.then(
+    (v) => ({ ok: true as const, v }),
+    (e) => ({ ok: false as const, e: causeOf(e) }),
+  );
+
+describe('R1: every wait is bounded', () => {
+  it("R1: 5,000 requests behind a fresh session's first response that never comes settle with QueueTimeoutError", async () => {
+    const s = await hostile(() => {}); // holds every request
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false, limits: { queueTimeout: 500 } });
+    const signal = AbortSignal.timeout(3000);
+    const results = await Promise.all(
+      Array.from({ length: 5000 }, (_, i) => settle(request(`${s.origin}/x/${i}`, { dispatcher: a, signal }))),
+    );
+    const timeouts = results.filter((r) => !r.ok && r.e instanceof QueueTimeoutError).length;
+    // All but the probe itself (it is on the wire, ended by its own signal) were ended by the agent's bound.
+    expect(timeouts).toBe(4999);
+    expect(s.requests()).toBe(1);
+  });
+
+  it('R1: on the HTTP/1.1 lane, maxQueue bounds the wait for a connection: the rest fail at once with QueueFullError', async () => {
+    const s = await hostile(() => {});
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      maxHttp1Connections: 4,
+      limits: { maxQueue: 50, queueTimeout: 500 },
+    });
+    const signal = AbortSignal.timeout(3000);
+    const results = await Promise.all(
+      Array.from({ length: 500 }, (_, i) =>
+        settle(request(`${s.origin}/h1/${i}`, { dispatcher: a, signal, allowH2: false } as never)),
+      ),
+    );
+    const full = results.filter((r) => !r.ok && r.e instanceof QueueFullError);
+    const timedOut = results.filter((r) => !r.ok && r.e instanceof QueueTimeoutError);
+    expect(full.length).toBe(500 - 4 - 50);
+    expect(timedOut.length).toBe(50);
+    expect(full[0]!.ok === false && full[0]!.e.message).toMatch(/limits\.maxQueue = 50.*connection to/);
+  });
+
+  it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
+    // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: {
+        kerberos: {
+          initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+        },
+      },
+      limits: { maxConcurrentHandshakes: 1, queueTimeout: 300 },
+    });
+    // Teach the agent that the origin authenticates per request first.
+    expect((await fetch(`${s.origin}/auth/warm`, { dispatcher: a })).status).toBe(200);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['per-request']);
+    s.options.faults.delayMs = (q) => (q.headers.authorization ? 2000 : 0);
+    const results = await Promise.all(
+      Array.from({ length: 4 }, (_, i) => settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a }))),
+    );
+    expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([
+      200,
+      'QueueTimeoutError',
+      'QueueTimeoutError',
+      'QueueTimeoutError',
+    ]);
+    expect(results.every((r) => r.ok || /handshake slot/.test(r.e.message))).toBe(true);
+  });
+});
+
+describe('R2: a leader that fails for its own reasons hands the handshake over', () => {
+  it('R2: the leader is aborted by its caller mid-handshake: the 5 waiting requests authenticate, none gets a 401', async () => {
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { delayMs: (q) => (q.headers.authorization ? 150 : 0) },
+    });
+    const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false });
+    const leader = new AbortController();
+    s.on('request', (q) => {
+      if (q.path === '/auth/leader' && q.headers.authorization) leader.abort(new Error('caller gave up'));
+    });
+    const first = settle(fetch(`${s.origin}/auth/leader`, { dispatcher: a, signal: leader.signal }));
+    const rest = Array.from({ length: 5 }, (_, i) =>
+      fetch(`${s.origin}/auth/w${i}`, { dispatcher: a }).then(async (r) => [
+        r.status,
+        ((await r.json()) as { user: string }).user,
+      ]),
+    );
+    expect((await first).ok).toBe(false);
+    expect(await Promise.all(rest)).toEqual(Array(5).fill([200, 'EXAMPLE\\alice']));
+    // The waiters never went out bare after the leader's failure.
+    const bareAfter = s.exchanges.filter(
+      (e) => e.path.startsWith('/auth/w') && e.status === 401 && !hasAuth(e.requestHeaders),
+    );
+    expect(bareAfter.length).toBe(0);
+  });
+
+  it('R2: a leader whose one-shot body cannot be replayed hands over; the waiters authenticate', async () => {
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { delayMs: (q) => (q.path === '/auth/big' ? 100 : 0) },
+    });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      limits: { maxReplayBodyBytes: 1024 },
+    });
+    const big = Readable.from([Buffer.alloc(64 * 1024, 1)]);
+    const first = settle(request(`${s.origin}/auth/big`, { dispatcher: a, method: 'PUT', body: big }));
+    await new Promise((r) => setTimeout(r, 20));
+    const rest = Array.from({ length: 5 }, (_, i) =>
+      request(`${s.origin}/auth/w${i}`, { dispatcher: a }).then(async (r) => [
+        r.statusCode,
+        ((await r.body.json()) as { user: string }).user,
+      ]),
+    );
+    const lead = await first;
+    expect(lead.ok === false && lead.e).toBeInstanceOf(BodyNotReplayableError);
+    expect(await Promise.all(rest)).toEqual(Array(5).fill([200, 'EXAMPLE\\alice']));
+  });
+});
+
+describe('R3: handshakeTimeout bounds the mechanism itself', () => {
+  it("R3: a mechanism step that never returns ends with HandshakeTimeoutError; the session does not stay 'handshaking'", async () => {
+    const s = await reference({ mode: 'session', schemes: ['NTLM'] });
+    const hanging: Mechanism = {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => ({
+        complete: false,
+        step: () => new Promise<string>(() => {}), // e.g. a GSS-API call or DNS lookup that hangs
+        finish: async () => {},
+      }),
+    };
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [hanging],
+      limits: { handshakeTimeout: 200 },
+    });
+    const signal = AbortSignal.timeout(20_000);
+    for (let i = 0; i < 2; i++) {
+      const r = await settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }));
+      expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+    }
+  });
+});
+
+describe('R4: no storms', () => {
+  for (const n of [20, 50]) {
+    it(`R4: a server that forgets NTLM authentication after every handshake: ${n} requests cost a bounded number of wire requests each`, async () => {
+      const s = await reference({ mode: 'session', schemes: ['NTLM'] });
+      s.on('exchange', (e) => {
+        if (e.outcome === 'accepted') s.forgetAuthentication();
+      });
+      const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false });
+      const results = await Promise.all(
+        Array.from({ length: n }, (_, i) => fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then((r) => r.status)),
+      );
+      expect(results).toEqual(Array(n).fill(200));
+      // Each user request: at most its bare tries plus one NTLM handshake (3 legs with the bare one).
+      expect(s.exchanges.length).toBeLessThanOrEqual(6 * n);
+    });
+  }
+
+  it('R4: a Negotiate-only server, no ticket and no password: each of 200 requests tries once and gets the typed error', async () => {
+    if (!requirePeer('kerberos-addon')) return;
+    const s = await reference({ mode: 'session', schemes: ['Negotiate'] });
+    const saved = process.env.KRB5CCNAME;
+    process.env.KRB5CCNAME = 'FILE:/nonexistent/multileg-no-ticket';
+    try {
+      const a = agent({});
+      const results = await Promise.all(
+        Array.from({ length: 200 }, (_, i) => settle(fetch(`${s.origin}/x/${i}`, { dispatcher: a }))),
+      );
+      const kinds = new Map<string, number>();
+      for (const r of results) {
+        const k = r.ok ? `status ${(r.v as Response).status}` : r.e.constructor.name;
+        kinds.set(k, (kinds.get(k) ?? 0) + 1);
+      }
+      expect(Object.fromEntries(kinds)).toEqual({ KerberosNoTicketError: 200 });
+      expect(results.every((r) => !r.ok && r.e instanceof KerberosNoTicketError && /kinit/.test(r.e.message))).toBe(
+        true,
+      );
+      // One bare request per user request (the server's 401 tells the scheme), nothing more.
+      expect(s.exchanges.length).toBeLessThanOrEqual(200);
+      const perPath = new Map<string, number>();
+      for (const e of s.exchanges) perPath.set(e.path, (perPath.get(e.path) ?? 0) + 1);
+      expect(Math.max(...perPath.values())).toBe(1);
+    } finally {
+      if (saved === undefined) delete process.env.KRB5CCNAME;
+      else process.env.KRB5CCNAME = saved;
+    }
+  });
+});
+
+describe('C3: an Auth-ID on the very first 401', () => {
+  it('C3: a server that puts Auth-ID on its first 401 gets it on every later leg; all 30 requests authenticate', async () => {
+    let next = 0;
+    const contexts = new Map<string, NtlmAcceptor>();
+    let sessionUser: string | undefined;
+    const s = await hostile((h, respond) => {
+      if (sessionUser) return respond(200, {});
+      const auth = h.authorization;
+      const id = h['auth-id'] as string | undefined;
+      if (!auth || !id || !contexts.has(id)) {
+        // A fresh context per 401; the client must echo this Auth-ID on its NEGOTIATE.
+        const fresh = `first-${++next}`;
+        contexts.set(fresh, new NtlmAcceptor({ users: { 'EXAMPLE\\alice': 'alicepw' }, domain: 'EXAMPLE' }));
+        return respond(401, { 'www-authenticate': 'NTLM', 'auth-id': fresh });
+      }
+      const step = contexts.get(id)!.step(Buffer.from(auth.replace(/^NTLM /, ''), 'base64'));
+      if (step.kind === 'challenge')
+        return respond(401, { 'www-authenticate': `NTLM ${step.token.toString('base64')}`, 'auth-id': id });
+      contexts.delete(id);
+      if (step.kind === 'accepted') {
+        sessionUser = step.user;
+        return respond(200, { 'persistent-auth': 'true' });
+      }
+      return respond(401, { 'www-authenticate': 'NTLM' });
+    });
+    const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false });
+    const statuses = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => fetch(`${s.origin}/c3/${i}`, { dispatcher: a }).then((r) => r.status)),
+    );
+    expect(statuses).toEqual(Array(30).fill(200));
+    expect(a.handshakes().map((h) => [h.outcome, h.authIdCarried])).toEqual([['session', true]]);
+  });
+});
+
+describe('R5: GOAWAY', () => {
+  it('R5: a GOAWAY refusing the AUTHENTICATE leg (above its last-stream-id): nothing more on that session, the request and its queue finish on a new one, nothing twice', async () => {
+    let refused = false;
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: {
+        // The first AUTHENTICATE (NTLM type 3: 'TlRMTVNTUAADAAAA…') is refused by a GOAWAY below it.
+        refuseWithGoaway: (q) => {
+          const auth = String(q.headers.authorization ?? '');
+          if (refused || !auth.startsWith('NTLM TlRMTVNTUAADAAAA')) return false;
+          refused = true;
+          return true;
+        },
+      },
+    });
+    const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false });
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then(async (r) => [
+          r.status,
+          ((await r.json()) as { user: string }).user,
+        ]),
+      ),
+    );
+    expect(results).toEqual(Array(10).fill([200, 'EXAMPLE\\alice']));
+    const goaway = s.exchanges.find((e) => e.outcome === 'goaway')!;
+    expect(goaway).toBeDefined();
+    // RFC 9113 §6.8: no stream was opened on the session after its GOAWAY.
+    expect(s.exchanges.filter((e) => e.sessionId === goaway.sessionId && e.seq > goaway.seq)).toEqual([]);
+    const served = s.exchanges.filter((e) => e.status === 200).map((e) => e.path);
+    expect(new Set(served).size).toBe(10);
+    expect(served).toHaveLength(10);
+  });
+
+  it('R5: a streamed body refused by a GOAWAY (above its last-stream-id) is a typed error, not a socket error; nothing more on that session', async () => {
+    let refuse = false;
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { refuseWithGoaway: (q) => refuse && q.method === 'PUT' },
+    });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      limits: { maxReplayBodyBytes: 1024 },
+    });
+    expect((await fetch(`${s.origin}/auth/first`, { dispatcher: a })).status).toBe(200);
+    refuse = true;
+    // Authenticated session: the one-shot body is streamed as it comes; undici cannot replay it.
+    const body = Readable.from([Buffer.alloc(16 * 1024, 2)]);
+    const r = await settle(request(`${s.origin}/auth/put`, { dispatcher: a, method: 'PUT', body }));
+    expect(r.ok === false && r.e).toBeInstanceOf(BodyNotReplayableError);
+    const goaway = s.exchanges.find((e) => e.outcome === 'goaway')!;
+    expect(s.exchanges.filter((e) => e.sessionId === goaway.sessionId && e.seq > goaway.seq)).toEqual([]);
+  });
+});

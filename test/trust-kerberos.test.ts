@@ -1,0 +1,167 @@
+/**
+ * The trust model with real Kerberos (S1, S4, S5, S6, M2): the agent's ambient ticket (no
+ * password, no trustedOrigins) from a real MIT KDC, against the reference server whose Negotiate
+ * acceptor is python3-gssapi with the KDC's keytab. Proves that fetch's redirect hops are
+ * recognised without a list, that withheld requests never ride the session authenticated as
+ * alice, and that a server failing mutual authentication ends its session with nothing queued
+ * behind it served.
+ */
+import { fetch, interceptors, type Response, request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CleartextCredentialsError, MultilegAgent, MutualAuthError } from '../src/index.ts';
+import type { AcceptorLike, AcceptorStep, ReferenceServer } from '../src/reference-server/index.ts';
+import { startReferenceServer } from '../src/reference-server/index.ts';
+import { hasAuth } from './helpers.ts';
+import { type Lab, type PyAcceptor, requirePeer, startLab } from './lab/index.ts';
+
+const havePeers = requirePeer('kdc', 'python-gssapi', 'kerberos-addon');
+const ALICE_PRINCIPAL = 'alice@EXAMPLE.TEST';
+
+/**
+ * The python acceptor holds one context at a time: handshakes are serialised through it. A
+ * Kerberos AP-REQ is accepted in one step, so a fresh context per step is what a server does too.
+ */
+function kerberosAcceptors(py: PyAcceptor): () => AcceptorLike {
+  let chain: Promise<unknown> = Promise.resolve();
+  return () => ({
+    step(token: Buffer): Promise<AcceptorStep> {
+      const run = chain.then(async (): Promise<AcceptorStep> => {
+        await py.reset('spnego');
+        const r = await py.step(token.toString('base64'));
+        if (r.kind === 'complete')
+          return { kind: 'accepted', user: r.user, ...(r.token ? { token: Buffer.from(r.token, 'base64') } : {}) };
+        if (r.kind === 'continue') return { kind: 'challenge', token: Buffer.from(r.token, 'base64') };
+        return { kind: 'rejected', reason: r.message };
+      });
+      chain = run.catch(() => {});
+      return run;
+    },
+  });
+}
+
+describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC, python3-gssapi acceptor)', () => {
+  let lab: Lab;
+  let restoreEnv: () => void;
+  const servers: ReferenceServer[] = [];
+  const agents: MultilegAgent[] = [];
+
+  beforeAll(async () => {
+    lab = await startLab({ kdc: true, pythonAcceptor: true });
+    // alice's ticket in the ccache; no NTLM user file, so nothing but Kerberos can authenticate.
+    restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
+  });
+  afterEach(async () => {
+    await Promise.all(agents.splice(0).map((a) => a.destroy().catch(() => {})));
+    await Promise.all(servers.splice(0).map((s) => s.close()));
+  });
+  afterAll(async () => {
+    restoreEnv?.();
+    await lab?.stop();
+  });
+
+  async function kerberosServer(opts: Parameters<typeof startReferenceServer>[0] = {}): Promise<ReferenceServer> {
+    const s = await startReferenceServer({
+      mode: 'session',
+      schemes: ['Negotiate'],
+      acceptorFactory: kerberosAcceptors(lab.acceptor!),
+      ...opts,
+    });
+    servers.push(s);
+    return s;
+  }
+  /** An agent with no password and no trustedOrigins: the documented ambient default. */
+  function ambientAgent(s: ReferenceServer): MultilegAgent {
+    const a = new MultilegAgent({ connect: { ca: s.ca } });
+    agents.push(a);
+    return a;
+  }
+  const userOf = async (res: Response) => (await res.json()) as { user: string | null; sessionId: string };
+
+  it('S1: without a list, the ambient ticket authenticates an https origin the caller names (one handshake)', async () => {
+    const s = await kerberosServer();
+    const a = ambientAgent(s);
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then(userOf)),
+    );
+    expect(new Set(results.map((r) => r.user))).toEqual(new Set([ALICE_PRINCIPAL]));
+    expect(a.stats().handshakes).toBe(1);
+  });
+
+  for (const status of [302, 307]) {
+    it(`S5/S6: without a list, fetch's ${status} hop to another origin gets no ticket and not alice's session`, async () => {
+      const s = await kerberosServer();
+      const from = s.origin.replace('localhost', '127.0.0.1'); // another origin of the same server
+      const a = ambientAgent(s);
+      const direct = await userOf(await fetch(`${s.origin}/auth/direct`, { dispatcher: a }));
+      expect(direct.user).toBe(ALICE_PRINCIPAL);
+
+      const to = encodeURIComponent(`${s.origin}/auth/hop`);
+      const hop = await fetch(`${from}/public/redirect?status=${status}&to=${to}`, { dispatcher: a });
+      expect(hop.status).toBe(401);
+      const body = await userOf(hop);
+      expect(body.user).toBeNull();
+      expect(body.sessionId).not.toBe(direct.sessionId);
+      const wire = s.exchanges.filter((e) => e.path === '/auth/hop');
+      expect(wire.map((e) => [hasAuth(e.requestHeaders), e.user ?? null])).toEqual([[false, null]]);
+
+      // The same URL called directly afterwards is the caller's own request: authenticated as before.
+      const later = await userOf(await fetch(`${s.origin}/auth/hop`, { dispatcher: a }));
+      expect(later).toEqual(expect.objectContaining({ user: ALICE_PRINCIPAL, sessionId: direct.sessionId }));
+    });
+  }
+
+  it("S5: undici's redirect interceptor, without a list: the cross-origin hop goes without the ticket", async () => {
+    const s = await kerberosServer();
+    const from = s.origin.replace('localhost', '127.0.0.1');
+    const a = ambientAgent(s);
+    const redirecting = a.compose(interceptors.redirect({ maxRedirections: 2 }));
+    const res = await request(`${from}/public/redirect?to=${encodeURIComponent(`${s.origin}/auth/i`)}`, {
+      dispatcher: redirecting,
+    });
+    expect(res.statusCode).toBe(401);
+    await res.body.dump();
+    expect(s.exchanges.filter((e) => e.path === '/auth/i').some((e) => hasAuth(e.requestHeaders))).toBe(false);
+  });
+
+  it('S4: without a list, the ticket never goes to an http:// origin: a typed error, nothing sent', async () => {
+    const s = await kerberosServer({ cleartext: true });
+    const a = ambientAgent(s);
+    const err = await fetch(`${s.origin}/auth/clear`, { dispatcher: a }).then(
+      () => undefined,
+      (e: Error) => (e.cause ?? e) as Error,
+    );
+    expect(err).toBeInstanceOf(CleartextCredentialsError);
+    expect(s.exchanges.some((e) => hasAuth(e.requestHeaders))).toBe(false);
+  });
+
+  for (const fault of ['corrupt', 'omit'] as const) {
+    it(`M2/S6: a server whose final token is ${fault === 'corrupt' ? 'corrupt' : 'missing'} ends its session: the leader and the 9 queued behind it fail, no 200 reaches anyone`, async () => {
+      const s = await kerberosServer({ faults: { finalToken: fault } });
+      const a = ambientAgent(s);
+      const outcomes = await Promise.all(
+        Array.from({ length: 10 }, (_, i) =>
+          fetch(`${s.origin}/auth/q${i}`, { dispatcher: a }).then(
+            (res) => `status ${res.status}`,
+            (e: Error) => e.cause ?? e,
+          ),
+        ),
+      );
+      for (const o of outcomes) expect(o).toBeInstanceOf(MutualAuthError);
+      // The next request authenticates afresh on a new session, and fails the same way.
+      const next = await fetch(`${s.origin}/auth/next`, { dispatcher: a }).then(
+        () => undefined,
+        (e: Error) => e.cause ?? e,
+      );
+      expect(next).toBeInstanceOf(MutualAuthError);
+      // Nothing more went on a connection once its server failed to prove itself.
+      const acceptedAt = new Map<string, number>();
+      for (const e of s.exchanges) if (e.outcome === 'accepted') acceptedAt.set(e.sessionId, e.seq);
+      expect(acceptedAt.size).toBeGreaterThan(0);
+      for (const e of s.exchanges) {
+        const at = acceptedAt.get(e.sessionId);
+        if (at !== undefined) expect(e.seq).toBeLessThanOrEqual(at);
+      }
+      expect(a.handshakes().every((h) => h.outcome === 'failed')).toBe(true);
+    });
+  }
+});

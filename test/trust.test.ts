@@ -1,0 +1,307 @@
+/**
+ * The trust model (S1, S4, S5, S6; docs/SECURITY.md) against the reference server: where the
+ * agent's credentials may go, over what, across which redirects, and on which connections.
+ * Ambient Kerberos (no password, no list) and mutual authentication are proven against the real
+ * KDC in trust-kerberos.test.ts.
+ */
+import fc from 'fast-check';
+import { fetch, interceptors, request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  CleartextCredentialsError,
+  ConfigError,
+  MultilegAgent,
+  type MultilegAgentOptions,
+  TrustRequiredError,
+} from '../src/index.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { TrustPolicy } from '../src/trust/policy.ts';
+import { RedirectHops } from '../src/trust/redirects.ts';
+import { ALICE, hasAuth } from './helpers.ts';
+
+const servers: ReferenceServer[] = [];
+const agents: MultilegAgent[] = [];
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.destroy().catch(() => {})));
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+async function server(opts: Parameters<typeof startReferenceServer>[0] = {}): Promise<ReferenceServer> {
+  const s = await startReferenceServer({ mode: 'session', ...opts });
+  servers.push(s);
+  return s;
+}
+function agent(opts: MultilegAgentOptions): MultilegAgent {
+  const a = new MultilegAgent(opts);
+  agents.push(a);
+  return a;
+}
+const cause = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: Error) => (e.cause ?? e) as Error,
+  );
+const withAuth = (s: ReferenceServer, path: string) =>
+  s.exchanges.filter((e) => e.path.startsWith(path) && hasAuth(e.requestHeaders));
+
+describe('S1: trusted origins are required with a password, and match exactly what they say', () => {
+  it('S1: a password without trustedOrigins is a construction error that shows the one-line fix', () => {
+    const err = (() => {
+      try {
+        new MultilegAgent({ credentials: ALICE });
+      } catch (e) {
+        return e as TrustRequiredError;
+      }
+    })();
+    expect(err).toBeInstanceOf(TrustRequiredError);
+    expect(err!.code).toBe('MULTILEG_TRUST_REQUIRED');
+    expect(err!.message).toContain("trustedOrigins: ['https://");
+    expect(err!.message).not.toContain(ALICE.password);
+  });
+
+  it('S1: delegation and custom mechanisms need the list too; ambient Kerberos and a certificate do not', () => {
+    expect(() => new MultilegAgent({ negotiate: { delegate: true } })).toThrow(TrustRequiredError);
+    const custom = {
+      scheme: 'X',
+      level: 'request',
+      multileg: false,
+      proactive: false,
+      createContext: () => {
+        throw new Error('unused');
+      },
+    } as const;
+    expect(() => new MultilegAgent({ mechanisms: [custom] })).toThrow(TrustRequiredError);
+    expect(() => new MultilegAgent({})).not.toThrow();
+    expect(
+      () => new MultilegAgent({ negotiate: { delegate: true }, trustedOrigins: ['https://a.example'] }),
+    ).not.toThrow();
+  });
+
+  it('S1: malformed entries are typed configuration errors naming the entry', () => {
+    for (const bad of [
+      'https://a.example/path',
+      'ftp://a.example',
+      'https://*',
+      'https://a.*.example',
+      'not a url',
+      'https://user@a.example',
+      'https://a.example?q=1',
+    ]) {
+      expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
+      expect(() => new TrustPolicy([bad]), bad).toThrow(bad);
+    }
+  });
+
+  it('S1: exact origins compare scheme, host and port (default ports included)', () => {
+    const p = new TrustPolicy(['https://Intranet.Example.com', 'http://legacy.example:8080/']);
+    expect(p.explicit('https://intranet.example.com')).toBe(true);
+    expect(p.explicit('https://intranet.example.com:8443')).toBe(false);
+    expect(p.explicit('http://intranet.example.com')).toBe(false);
+    expect(p.explicit('http://legacy.example:8080')).toBe(true);
+    expect(p.explicit('http://legacy.example')).toBe(false);
+  });
+
+  it('S1: wildcard host patterns match sub-domains only, with the scheme and port they name', () => {
+    const p = new TrustPolicy(['https://*.corp.example.com']);
+    expect(p.explicit('https://a.corp.example.com')).toBe(true);
+    expect(p.explicit('https://a.b.corp.example.com')).toBe(true);
+    expect(p.explicit('https://corp.example.com')).toBe(false);
+    expect(p.explicit('https://evilcorp.example.com')).toBe(false);
+    expect(p.explicit('https://corp.example.com.evil.example')).toBe(false);
+    expect(p.explicit('http://a.corp.example.com')).toBe(false);
+    expect(p.explicit('https://a.corp.example.com:8443')).toBe(false);
+    const ported = new TrustPolicy(['https://*.corp.example.com:8443', 'HTTPS://*.Any.Example:*']);
+    expect(ported.explicit('https://a.corp.example.com:8443')).toBe(true);
+    expect(ported.explicit('https://a.corp.example.com')).toBe(false);
+    expect(ported.explicit('https://x.any.example:1')).toBe(true);
+    expect(ported.explicit('https://x.any.example')).toBe(true);
+  });
+
+  it('S1: property: a pattern trusts every sub-domain label and nothing that merely ends like it', () => {
+    const p = new TrustPolicy(['https://*.corp.example.com']);
+    const label = fc.stringMatching(/^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$/);
+    fc.assert(
+      fc.property(label, (l) => {
+        expect(p.explicit(`https://${l}.corp.example.com`)).toBe(true);
+        expect(p.explicit(`https://${l}corp.example.com`)).toBe(false);
+        expect(p.explicit(`https://corp.example.com.${l}.test`)).toBe(false);
+      }),
+    );
+  });
+
+  it('S1: a predicate decides; one that throws trusts nothing', () => {
+    expect(new TrustPolicy((o) => o.endsWith('.example')).explicit('https://a.example')).toBe(true);
+    const throwing = new TrustPolicy(() => {
+      throw new Error('boom');
+    });
+    expect(throwing.explicit('https://a.example')).toBe(false);
+    expect(throwing.decide('https://a.example', false)).toEqual({ allowed: false, reason: 'untrusted-origin' });
+  });
+
+  it("S1: an untrusted origin's 401 reaches the caller, and nothing was sent to it with credentials", async () => {
+    const s = await server();
+    const other = s.origin.replace('localhost', '127.0.0.1');
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const trusted = await fetch(`${s.origin}/auth/trusted`, { dispatcher: a });
+    expect(trusted.status).toBe(200);
+    await trusted.arrayBuffer();
+    const res = await fetch(`${other}/auth/untrusted`, { dispatcher: a });
+    expect(res.status).toBe(401);
+    await res.arrayBuffer();
+    expect(withAuth(s, '/auth/untrusted')).toEqual([]);
+  });
+
+  it('S1: a predicate trusts the origins it accepts, and only those (end to end)', async () => {
+    const s = await server();
+    const port = new URL(s.origin).port;
+    const a = agent({
+      credentials: ALICE,
+      connect: { ca: s.ca },
+      trustedOrigins: (o) => o === `https://127.0.0.1:${port}`,
+    });
+    const res = await fetch(`https://127.0.0.1:${port}/auth/matched`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    const refused = await fetch(`${s.origin}/auth/unmatched`, { dispatcher: a });
+    expect(refused.status).toBe(401);
+    await refused.arrayBuffer();
+    expect(withAuth(s, '/auth/unmatched')).toEqual([]);
+  });
+});
+
+describe('S4: no credential of any scheme over cleartext unless the origin is trusted explicitly', () => {
+  for (const scheme of ['NTLM', 'Negotiate', 'Digest', 'Basic']) {
+    it(`S4: ${scheme} to an http:// origin: refused with a typed error naming the origin; works when listed`, async () => {
+      const s = await server({ cleartext: true, schemes: [scheme] });
+      expect(s.origin.startsWith('http://')).toBe(true);
+      const base = { credentials: ALICE, allowBasicOverHttp: true } as const;
+      const refused = await cause(
+        fetch(`${s.origin}/auth/refused`, {
+          dispatcher: agent({ ...base, trustedOrigins: [s.origin.replace('http:', 'https:')] }),
+        }),
+      );
+      expect(refused).toBeInstanceOf(CleartextCredentialsError);
+      expect((refused as CleartextCredentialsError).code).toBe('MULTILEG_CLEARTEXT');
+      expect(refused!.message).toContain(s.origin);
+      expect(refused!.message).toContain(`trustedOrigins: ['${s.origin}']`);
+      expect(withAuth(s, '/auth/refused')).toEqual([]);
+
+      const res = await fetch(`${s.origin}/auth/listed`, {
+        dispatcher: agent({ ...base, trustedOrigins: [s.origin] }),
+      });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { user: string }).user).toMatch(/alice/);
+    });
+  }
+
+  it('S4: an agent without a list (no password) sends nothing to an http:// origin either', async () => {
+    const s = await server({ cleartext: true, schemes: ['NTLM'] });
+    const custom = agent({ negotiate: false });
+    const res = await fetch(`${s.origin}/auth/x`, { dispatcher: custom });
+    // No mechanism can answer NTLM here: the 401 is shown; no Authorization ever went out.
+    expect(res.status).toBe(401);
+    await res.arrayBuffer();
+    expect(withAuth(s, '/auth/')).toEqual([]);
+  });
+});
+
+describe('S5: a redirect hop to another origin carries no credentials unless that origin is trusted explicitly', () => {
+  for (const status of [302, 307, 308]) {
+    it(`S5: fetch follows a ${status} to another port: the hop gets no credentials, the caller gets its 401`, async () => {
+      const a1 = await server();
+      const b = await server();
+      const a = agent({ credentials: ALICE, connect: { ca: a1.ca }, trustedOrigins: [a1.origin] });
+      const to = encodeURIComponent(`${b.origin}/auth/hop`);
+      const res = await fetch(`${a1.origin}/public/redirect?status=${status}&to=${to}`, { dispatcher: a });
+      expect(res.status).toBe(401);
+      expect(res.url).toBe(`${b.origin}/auth/hop`);
+      await res.arrayBuffer();
+      expect(b.exchanges.filter((e) => e.path === '/auth/hop').length).toBe(1);
+      expect(withAuth(b, '/auth/hop')).toEqual([]);
+    });
+  }
+
+  it('S5: fetch follows an https→http redirect: nothing is sent with credentials (cleartext refusal)', async () => {
+    const a1 = await server();
+    const b = await server({ cleartext: true });
+    const a = agent({ credentials: ALICE, connect: { ca: a1.ca }, trustedOrigins: [a1.origin] });
+    const to = encodeURIComponent(`${b.origin}/auth/down`);
+    const err = await cause(fetch(`${a1.origin}/public/redirect?to=${to}`, { dispatcher: a }));
+    expect(err).toBeInstanceOf(CleartextCredentialsError);
+    expect(b.exchanges.filter((e) => e.path === '/auth/down').length).toBe(1);
+    expect(withAuth(b, '/auth/down')).toEqual([]);
+  });
+
+  it('S5: a redirect to an origin trusted explicitly keeps the credentials; a same-origin redirect too', async () => {
+    const a1 = await server();
+    const b = await server();
+    const a = agent({ credentials: ALICE, connect: { ca: a1.ca }, trustedOrigins: [a1.origin, b.origin] });
+    const to = encodeURIComponent(`${b.origin}/auth/listed`);
+    const res = await fetch(`${a1.origin}/public/redirect?to=${to}`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    const same = await fetch(`${a1.origin}/public/redirect?to=${encodeURIComponent('/auth/same')}`, { dispatcher: a });
+    expect(same.status).toBe(200);
+    expect(((await same.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
+  it("S5: undici's redirect interceptor: a cross-origin hop loses the credentials, a same-origin one keeps them", async () => {
+    const s = await server();
+    const other = s.origin.replace('localhost', '127.0.0.1');
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const redirecting = a.compose(interceptors.redirect({ maxRedirections: 3 }));
+    const cross = await request(`${s.origin}/public/redirect?to=${encodeURIComponent(`${other}/auth/x`)}`, {
+      dispatcher: redirecting,
+    });
+    expect(cross.statusCode).toBe(401);
+    await cross.body.dump();
+    expect(withAuth(s, '/auth/x')).toEqual([]);
+    const same = await request(`${s.origin}/public/redirect?to=${encodeURIComponent('/auth/y')}`, {
+      dispatcher: redirecting,
+    });
+    expect(same.statusCode).toBe(200);
+    expect(((await same.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
+  it('S5: the hop is recognised once, soon after the 3xx: a later direct call to the same URL is not a hop', () => {
+    const hops = new RedirectHops();
+    hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/x?y=1#frag' });
+    hops.noteResponse('https://a.example', '/r', 302, { location: '/same-origin' });
+    hops.noteResponse('https://a.example', '/r', 200, { location: 'https://b.example/ok' });
+    expect(hops.consume('https://b.example', '/x?y=1')).toBe(true);
+    expect(hops.consume('https://b.example', '/x?y=1')).toBe(false);
+    expect(hops.consume('https://a.example', '/same-origin')).toBe(false);
+    expect(hops.consume('https://b.example', '/ok')).toBe(false);
+    // Relative Location resolves against the request URL; a bad one is ignored.
+    hops.noteResponse('https://a.example', '/dir/r', 307, { location: '//c.example/p' });
+    hops.noteResponse('https://a.example', '/dir/r', 307, { location: 'http://[bad' });
+    expect(hops.consume('https://c.example', '/p')).toBe(true);
+  });
+});
+
+describe('S6: requests without the agent credentials, or with their own, never ride an authenticated connection', () => {
+  it("S6: a caller's own Authorization goes on a session of its own, never on the one authenticated as alice", async () => {
+    const s = await server({ schemes: ['NTLM', 'Basic'] });
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const first = await fetch(`${s.origin}/auth/alice`, { dispatcher: a });
+    expect(((await first.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    const aliceSessions = new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\alice').map((e) => e.sessionId));
+    for (const authorization of [`Basic ${Buffer.from('bob:bobpw').toString('base64')}`, 'Basic Ym9ndXM6eA==']) {
+      const res = await fetch(`${s.origin}/auth/own`, { dispatcher: a, headers: { authorization } });
+      const body = (await res.json()) as { user: string | null; sessionId: string };
+      expect(body.user).not.toBe('EXAMPLE\\alice');
+      expect(aliceSessions.has(body.sessionId)).toBe(false);
+    }
+    const own = s.exchanges.filter((e) => e.path === '/auth/own');
+    expect(own.map((e) => [e.status, e.user ?? null])).toEqual([
+      [200, 'EXAMPLE\\bob'],
+      [401, null],
+    ]);
+    // The agent's own requests still use alice's session, without a new handshake.
+    const again = await fetch(`${s.origin}/auth/again`, { dispatcher: a });
+    const body = (await again.json()) as { user: string; sessionId: string };
+    expect(body.user).toBe('EXAMPLE\\alice');
+    expect(aliceSessions.has(body.sessionId)).toBe(true);
+    expect(a.stats().handshakes).toBe(1);
+  });
+});

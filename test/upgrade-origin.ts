@@ -1,0 +1,168 @@
+/**
+ * A small HTTP/1.1 origin for upgrade tests (H1, H5): it wants NTLM (the acceptor of
+ * src/mechanisms/ntlm, a real NTLMv2 password check) when asked to, then switches protocols and
+ * echoes. It records every request it reads.
+ */
+import { once } from 'node:events';
+import { createServer as createTcpServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
+import { serverEndPointHash } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+
+export interface Seen {
+  readonly connection: number;
+  readonly method: string;
+  readonly path: string;
+  readonly upgrade: string | undefined;
+  /** The scheme and NTLM message type of Authorization, e.g. `NTLM/1`, or undefined. */
+  readonly authorization: string | undefined;
+  readonly status: number;
+}
+
+export interface UpgradeServer {
+  readonly origin: string;
+  readonly port: number;
+  readonly seen: Seen[];
+  /** Resolves once connection `n` (1-based) has closed. */
+  closed(n: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTP/1.1 origin that wants NTLM (when `ntlm`) and then answers `Upgrade: websocket` with 101,
+ * a greeting naming the user in the same write as the 101, and an echo of whatever comes next.
+ */
+export async function upgradeServer(opts: {
+  ntlm: boolean;
+  challengeBody?: string;
+  /** Authenticate, then refuse the upgrade with 403. */
+  refuse?: boolean;
+  /** Another challenge offered next to NTLM's first one. */
+  alsoOffer?: string;
+  /** Never answer the request with this index (0-based, across connections). */
+  stallAt?: number;
+  /**
+   * TLS with the reference server's certificate (`https://localhost`), and NTLM requires the
+   * client's channel binding to be that certificate's tls-server-end-point hash.
+   */
+  tls?: boolean;
+}): Promise<UpgradeServer> {
+  const seen: Seen[] = [];
+  const sockets = new Set<Socket>();
+  const closedOnes = new Map<number, () => void>();
+  const closedEarly = new Set<number>();
+  let connections = 0;
+  const onConnection = (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    const connection = ++connections;
+    socket.once('close', () => closedOnes.get(connection)?.() ?? closedEarly.add(connection));
+    const acceptor = new NtlmAcceptor({
+      users: { 'EXAMPLE\\alice': 'alicepw' },
+      domain: 'EXAMPLE',
+      ...(opts.tls ? { channelBinding: serverEndPointHash() } : {}),
+    });
+    let user: string | undefined;
+    let buf = Buffer.alloc(0);
+    const respond = (status: number, text: string, headers: Record<string, string>, body = '') => {
+      socket.write(
+        `HTTP/1.1 ${status} ${text}\r\n${Object.entries({
+          ...headers,
+          'content-length': String(Buffer.byteLength(body)),
+        })
+          .map(([k, v]) => `${k}: ${v}\r\n`)
+          .join('')}\r\n${body}`,
+      );
+    };
+    const onData = (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+        buf = buf.subarray(end + 4);
+        const [method = '', path = ''] = lines[0]!.split(' ');
+        const headers: Record<string, string> = {};
+        for (const l of lines.slice(1)) {
+          const i = l.indexOf(':');
+          headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+        }
+        if (seen.length === opts.stallAt) {
+          seen.push({ connection, method, path, upgrade: undefined, authorization: 'stalled', status: 0 });
+          return;
+        }
+        const auth = headers.authorization;
+        const token = /^NTLM (\S+)$/.exec(auth ?? '')?.[1];
+        const record = (status: number) =>
+          seen.push({
+            connection,
+            method,
+            path,
+            upgrade: headers.upgrade?.toLowerCase(),
+            authorization: token ? `NTLM/${Buffer.from(token, 'base64').readUInt32LE(8)}` : auth?.split(' ')[0],
+            status,
+          });
+        if (opts.ntlm && !user) {
+          const result = token ? acceptor.step(Buffer.from(token, 'base64')) : undefined;
+          if (result?.kind === 'accepted') {
+            user = result.user;
+          } else {
+            const challenge = result?.kind === 'challenge' ? `NTLM ${result.token.toString('base64')}` : 'NTLM';
+            record(401);
+            const offer = !token && opts.alsoOffer ? `${opts.alsoOffer}, ${challenge}` : challenge;
+            respond(401, 'Unauthorized', { 'www-authenticate': offer }, opts.challengeBody ?? 'who are you?');
+            continue;
+          }
+        }
+        if (opts.refuse) {
+          record(403);
+          respond(403, 'Forbidden', {}, `not for ${user}`);
+          continue;
+        }
+        const tunnel = method === 'CONNECT';
+        if (headers.upgrade?.toLowerCase() !== 'websocket' && !tunnel) {
+          record(426);
+          respond(426, 'Upgrade Required', { upgrade: 'websocket' }, 'upgrade only');
+          continue;
+        }
+        record(tunnel ? 200 : 101);
+        socket.off('data', onData);
+        // The greeting rides in the same write as the 101: it must reach the caller's socket.
+        socket.write(
+          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n'}\r\nhello ${user ?? 'anonymous'}\n`,
+        );
+        socket.on('data', (chunk: Buffer) => socket.write(chunk));
+        if (buf.length) socket.write(buf);
+        return;
+      }
+    };
+    socket.on('data', onData);
+  };
+  const server: Server = opts.tls
+    ? createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY }, onConnection)
+    : createTcpServer(onConnection);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  return {
+    origin: `${opts.tls ? 'https' : 'http'}://localhost:${port}`,
+    port,
+    seen,
+    closed: (n) => (closedEarly.has(n) ? Promise.resolve() : new Promise<void>((r) => closedOnes.set(n, r))),
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Reads from `socket` until `count` bytes arrived. */
+export async function read(socket: Socket, count: number): Promise<string> {
+  let text = '';
+  while (text.length < count) {
+    const [chunk] = (await once(socket, 'data')) as [Buffer];
+    text += chunk.toString('latin1');
+  }
+  return text;
+}

@@ -1,0 +1,364 @@
+/**
+ * Upgrade (WebSocket-style) and CONNECT requests (H5, H1): through the configured proxy's CONNECT
+ * tunnel with proxy authentication, and authenticated when the origin challenges the upgrade —
+ * every leg on one HTTP/1.1 connection. The origin is a small loopback HTTP/1.1 server that uses
+ * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
+ * switches protocols and echoes.
+ */
+import type { Socket } from 'node:net';
+import { connect, type Dispatcher, upgrade } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  BasicOverHttpError,
+  type Mechanism,
+  MechanismUnavailableError,
+  MultilegAgent,
+  type MultilegAgentOptions,
+  MutualAuthError,
+  ntlmMechanism,
+  type SchemeName,
+} from '../src/index.ts';
+import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
+import { ALICE } from './helpers.ts';
+import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
+
+/** An upgrade through `agent` that resolves with the response the caller got instead, if any. */
+function upgradeOrResponse(
+  agent: Dispatcher,
+  origin: string,
+): Promise<{ kind: 'upgraded'; socket: Socket } | { kind: 'response'; status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    let body = '';
+    agent.dispatch(
+      { origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+      {
+        onRequestUpgrade: (_c, _s, _h, socket) => resolve({ kind: 'upgraded', socket: socket as Socket }),
+        onResponseStart: (_c, s) => {
+          status = s;
+        },
+        onResponseData: (_c, chunk) => {
+          body += chunk.toString();
+        },
+        onResponseEnd: () => resolve({ kind: 'response', status, body }),
+        onResponseError: (_c, err) => reject(err),
+      },
+    );
+  });
+}
+
+let origin: UpgradeServer | undefined;
+let proxy: ReferenceProxy | undefined;
+let agent: MultilegAgent | undefined;
+const sockets: Socket[] = [];
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  await agent?.destroy().catch(() => {});
+  await proxy?.close();
+  await origin?.close();
+  agent = proxy = origin = undefined;
+});
+
+function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
+  return new MultilegAgent({
+    credentials: ALICE,
+    trustedOrigins: [origin!.origin],
+    negotiate: false,
+    proxy: false,
+    ...o,
+  });
+}
+
+describe('upgrade and CONNECT requests (H5, H1)', () => {
+  it('H1: an upgrade the origin challenges with NTLM: every leg on one connection, then 101 and the socket', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 'hello EXAMPLE\\alice\n'.length)).toBe('hello EXAMPLE\\alice\n');
+    socket.write('ping');
+    expect(await read(socket as Socket, 4)).toBe('ping');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status, s.upgrade])).toEqual([
+      [1, undefined, 401, 'websocket'],
+      [1, 'NTLM/1', 401, 'websocket'],
+      [1, 'NTLM/3', 101, 'websocket'],
+    ]);
+  });
+
+  it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
+    origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
+    agent = ntlmAgent();
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(new Set(origin.seen.map((s) => s.connection))).toEqual(new Set([1]));
+  });
+
+  it('C11: an intermediate 401 body over limits.maxChallengeBodyBytes ends the handshake with a typed error naming the limit', async () => {
+    origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(200_000) });
+    agent = ntlmAgent({ limits: { maxChallengeBodyBytes: 1000 } });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toMatchObject({ code: 'MULTILEG_CHALLENGE_BODY_TOO_LARGE' });
+    expect(err?.message).toContain('limits.maxChallengeBodyBytes (1000)');
+    expect(origin.seen).toHaveLength(1);
+  });
+
+  it('H1: a wrong password: the caller gets the origin’s final 401 after one handshake', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toEqual({ kind: 'response', status: 401, body: 'who are you?' });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it('H1: an authenticated upgrade the origin refuses: the caller gets that response, body and all', async () => {
+    origin = await upgradeServer({ ntlm: true, refuse: true });
+    agent = ntlmAgent();
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toEqual({ kind: 'response', status: 403, body: 'not for EXAMPLE\\alice' });
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 403],
+    ]);
+  });
+
+  it('M2: an upgrade whose final mutual authentication fails is withheld: the socket is destroyed, the caller gets MutualAuthError', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const base = ntlmMechanism(ALICE);
+    const distrustful: Mechanism = {
+      ...base,
+      createContext(leg) {
+        const inner = base.createContext(leg);
+        return {
+          step: (challenge, l) => inner.step(challenge, l),
+          get complete() {
+            return inner.complete;
+          },
+          finish: () => Promise.reject(new MutualAuthError('test: the final token does not verify')),
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [distrustful] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(MutualAuthError);
+    // The server did switch protocols; the socket never reached the caller.
+    expect(origin.seen.at(-1)).toMatchObject({ authorization: 'NTLM/3', status: 101 });
+  });
+
+  it('M2: an authenticated final response whose mutual authentication fails is withheld too', async () => {
+    origin = await upgradeServer({ ntlm: true, refuse: true });
+    const base = ntlmMechanism(ALICE);
+    agent = ntlmAgent({
+      mechanisms: [
+        {
+          ...base,
+          createContext(leg) {
+            const inner = base.createContext(leg);
+            return {
+              ...inner,
+              step: (c, l) => inner.step(c, l),
+              finish: () => Promise.reject(new MutualAuthError('test')),
+            };
+          },
+        },
+      ],
+    });
+    const seenStatus: number[] = [];
+    const err = await new Promise<Error>((resolve) =>
+      agent!.dispatch(
+        { origin: origin!.origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+        {
+          onResponseStart: (_c, s) => {
+            seenStatus.push(s);
+          },
+          onResponseError: (_c, e) => resolve(e),
+        },
+      ),
+    );
+    expect(err).toBeInstanceOf(MutualAuthError);
+    expect(seenStatus).toEqual([]);
+  });
+
+  it('R1: a caller that aborts an upgrade while its handshake waits on the server gets its abort, and the connection is closed', async () => {
+    origin = await upgradeServer({ ntlm: true, stallAt: 1 });
+    agent = ntlmAgent();
+    const controller = new AbortController();
+    const pending = upgrade(`${origin.origin}/ws`, {
+      dispatcher: agent,
+      protocol: 'websocket',
+      signal: controller.signal,
+    }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    while (origin.seen.length < 2) await new Promise((r) => setTimeout(r, 5));
+    controller.abort(new Error('caller gave up'));
+    const err = await pending;
+    expect(err?.message).toMatch(/caller gave up|aborted/i);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'stalled']);
+    // The stalled leg's connection is gone: the server sees it closed.
+    await origin.closed(1);
+  });
+
+  it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
+    const gone: Mechanism = {
+      scheme: 'Gone',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        throw new MechanismUnavailableError('Gone', 'test: not on this machine');
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName, 'NTLM'] });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it('M4: an upgrade challenged with Basic over cleartext http (the only scheme allowed) fails with BasicOverHttpError, the password unsent', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Basic realm="ws"' });
+    agent = ntlmAgent({ schemes: ['Basic'] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(BasicOverHttpError);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('R1: an upgrade to a port nobody listens on fails with the connect error', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    const dead = origin.origin;
+    await origin.close();
+    origin = undefined;
+    agent = new MultilegAgent({ proxy: false });
+    const err = await upgradeOrResponse(agent, dead).then(
+      () => undefined,
+      (e: Error & { code?: string }) => e,
+    );
+    expect((err as { code?: string })?.code).toBe('ECONNREFUSED');
+  });
+
+  it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toMatchObject({ kind: 'response', status: 401 });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('H5: an upgrade goes through the configured proxy: CONNECT with Basic proxy authentication, then NTLM to the origin inside the tunnel', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = ntlmAgent({
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.target, e.status, e.proxyAuthorization])).toEqual([
+      ['CONNECT', `localhost:${origin.port}`, 407, false],
+      ['CONNECT', `localhost:${origin.port}`, 200, true],
+    ]);
+    // The origin's credentials never went to the proxy, and all legs used the one tunnel.
+    expect(proxy.exchanges.every((e) => !e.authorization)).toBe(true);
+    expect(origin.seen.map((s) => [s.connection, s.authorization])).toEqual([
+      [1, undefined],
+      [1, 'NTLM/1'],
+      [1, 'NTLM/3'],
+    ]);
+  });
+
+  it('H5/H1: a TLS (wss-style) upgrade through the proxy tunnel, NTLM with channel bindings of the origin’s certificate', async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true });
+    proxy = await startReferenceProxy({});
+    agent = ntlmAgent({ connect: { ca: CA_CERT }, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    // The acceptor checks the binding: a wrong or missing one would have been rejected with a 401.
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.target, e.status])).toEqual([
+      ['CONNECT', `localhost:${origin.port}`, 200],
+    ]);
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
+    ]);
+  });
+
+  it('H5: a wrong proxy password on an upgrade is a ProxyAuthenticationError, not a direct connection', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = ntlmAgent({
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, credentials: { username: 'proxyuser', password: 'x' } },
+    });
+    const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(origin.seen).toEqual([]);
+  });
+
+  it('H5: a CONNECT request (undici connect()) goes through the proxy tunnel; a 401 to it is the caller’s', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({});
+    agent = ntlmAgent({ proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const ok = await connect(`${origin.origin}/`, { dispatcher: agent });
+    sockets.push(ok.socket as Socket);
+    expect(ok.statusCode).toBe(200);
+    expect(await read(ok.socket as Socket, 16)).toBe('hello anonymous\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.target, e.status])).toEqual([
+      ['CONNECT', `localhost:${origin.port}`, 200],
+    ]);
+    // undici ends HTTP on a connection at any answer to CONNECT, so a challenge cannot get a next leg there.
+    await origin.close();
+    origin = await upgradeServer({ ntlm: true });
+    await agent.destroy().catch(() => {});
+    agent = ntlmAgent({ proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const challenged = await connect(`${origin.origin}/`, { dispatcher: agent });
+    sockets.push(challenged.socket as Socket);
+    expect(challenged.statusCode).toBe(401);
+    expect(origin.seen.map((s) => [s.method, s.authorization, s.status])).toEqual([['CONNECT', undefined, 401]]);
+  });
+
+  it('H5: a proxy from the environment (HTTP_PROXY for an http: target) carries upgrades too', async () => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({});
+    const before = { ...process.env };
+    // The resolver reads the environment when the agent is created.
+    process.env.HTTP_PROXY = proxy.origin;
+    delete process.env.NO_PROXY;
+    delete process.env.no_proxy;
+    try {
+      agent = new MultilegAgent({ proxy: { connect: { ca: proxy.ca } } });
+    } finally {
+      for (const k of ['HTTP_PROXY']) {
+        if (before[k] === undefined) delete process.env[k];
+        else process.env[k] = before[k];
+      }
+      if (before.NO_PROXY !== undefined) process.env.NO_PROXY = before.NO_PROXY;
+      if (before.no_proxy !== undefined) process.env.no_proxy = before.no_proxy;
+    }
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 16)).toBe('hello anonymous\n');
+    expect(proxy.exchanges.map((e) => [e.method, e.status])).toEqual([['CONNECT', 200]]);
+  });
+});
