@@ -527,22 +527,16 @@ describe('multileg command line', () => {
     );
     expect(() => parseTrust('ftp://host')).toThrow(ConfigError);
     expect(() => parseTrust('https://a.*.example')).toThrow(ConfigError);
-    const t = new CliTrust('https://start.example:8443', [
-      'https://*.corp.example.com',
-      'http://*.lab.example:8080',
+    // Pattern matching itself is the library's TrustPolicy (test/trust.test.ts): here, what the CLI adds.
+    const t = new CliTrust('https://start.example:8443', ['https://*.corp.example.com', 'https://exact.example']);
+    const verdicts = [
+      'https://start.example:8443',
+      'https://start.example',
       'https://exact.example',
-    ]);
-    expect(t.trusts('https://start.example:8443')).toBe(true);
-    expect(t.trusts('https://exact.example')).toBe(true);
-    expect(t.trusts('https://a.corp.example.com')).toBe(true);
-    expect(t.trusts('https://a.b.corp.example.com')).toBe(true);
-    expect(t.trusts('https://corp.example.com')).toBe(false);
-    expect(t.trusts('https://evilcorp.example.com')).toBe(false);
-    expect(t.trusts('http://a.corp.example.com')).toBe(false);
-    expect(t.trusts('https://a.corp.example.com:8443')).toBe(false);
-    expect(t.trusts('http://x.lab.example:8080')).toBe(true);
-    expect(t.trusts('http://x.lab.example')).toBe(false);
-    expect(t.trusts('https://start.example')).toBe(false);
+      'https://a.corp.example.com',
+      'https://moved.example',
+    ].map((o) => t.trusts(o));
+    expect(verdicts).toEqual([true, false, true, true, false]);
     t.add('https://moved.example');
     expect(t.trusts('https://moved.example')).toBe(true);
   });
