@@ -1,6 +1,7 @@
 import { Dispatcher } from 'undici';
 import { type PreparedBody, prepareBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
+import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
 import { normalizeRequestHeaders } from './headers.ts';
@@ -9,6 +10,7 @@ import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import {
   type ClientCertificateSelector,
+  checkSchemes,
   type MultilegAgentOptions,
   normalizeOrigin,
   type ResolvedOptions,
@@ -93,7 +95,8 @@ export class MultilegAgent extends Dispatcher {
     const certificate = options.clientCertificate;
     const selectCertificate: ClientCertificateSelector | undefined =
       typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
-    let schemes = options.schemes ?? DEFAULT_SCHEME_ORDER;
+    checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
+    let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
     if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
     this.#options = {
@@ -278,6 +281,7 @@ export class MultilegAgent extends Dispatcher {
       r.authIdCarried,
     );
     (this as unknown as NodeJS.EventEmitter).emit('handshake', r);
+    publishHandshake(r);
   }
 
   override close(): Promise<void>;

@@ -16,6 +16,7 @@ import {
   type MultilegAgentOptions,
   MutualAuthError,
   ntlmMechanism,
+  type SchemeName,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
@@ -218,7 +219,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
         throw new MechanismUnavailableError('Gone', 'test: not on this machine');
       },
     };
-    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone', 'NTLM'] });
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName, 'NTLM'] });
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
