@@ -47,6 +47,8 @@ export interface MultilegStats {
   /** Handshake legs sent with credentials. */
   legs: number;
   failedHandshakes: number;
+  /** Origins the agent holds connections and memory for now (idle ones are dropped past 64). */
+  origins: number;
 }
 
 /**
@@ -64,7 +66,13 @@ export class MultilegAgent extends Dispatcher {
   readonly #options: ResolvedOptions;
   readonly #mechanisms: MechanismSet;
   readonly #pools = new Map<string, OriginPool>();
-  readonly #stats: MultilegStats = { requests: 0, sessions: 0, handshakes: 0, legs: 0, failedHandshakes: 0 };
+  readonly #stats: Omit<MultilegStats, 'origins'> = {
+    requests: 0,
+    sessions: 0,
+    handshakes: 0,
+    legs: 0,
+    failedHandshakes: 0,
+  };
   readonly #reports: HandshakeReport[] = [];
   /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
   readonly #hops = new RedirectHops();
@@ -121,7 +129,7 @@ export class MultilegAgent extends Dispatcher {
   stats(): MultilegStats {
     let sessions = this.#droppedSessions;
     for (const pool of this.#pools.values()) sessions += pool.sessionsCreated;
-    return { ...this.#stats, sessions };
+    return { ...this.#stats, sessions, origins: this.#pools.size };
   }
 
   /**
