@@ -185,6 +185,9 @@ describe('closing and destroying never loses a request silently', () => {
     const results = await Promise.all(pending);
     // All ten settled (none hangs): the handshake was held past destroy(), so every one got an error.
     expect(results).toEqual(Array(10).fill('error'));
+    // And none was moved to a new connection after destroy(): the server saw one session only.
+    await new Promise((res) => setTimeout(res, 100));
+    expect(r.server.stats.sessions).toBe(1);
   });
 
   it('close() lets requests in flight finish, then refuses new ones with a typed error', async () => {
