@@ -11,7 +11,7 @@ import {
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { InvalidTokenError, LegLimitError, MultilegAgent, type MultilegError } from '../src/index.ts';
+import { InvalidTokenError, LegLimitError, MultilegAgent, type MultilegError, type SchemeName } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, get, type Rig, rig } from './helpers.ts';
 
@@ -45,7 +45,7 @@ afterEach(async () => {
   r = undefined;
 });
 
-async function against(script: Parameters<typeof scripted>[0], schemes = ['NTLM']) {
+async function against(script: Parameters<typeof scripted>[0], schemes: SchemeName[] = ['NTLM']) {
   const s = await scripted(script);
   servers.push(s.server);
   const agent = new MultilegAgent({
@@ -185,6 +185,9 @@ describe('closing and destroying never loses a request silently', () => {
     const results = await Promise.all(pending);
     // All ten settled (none hangs): the handshake was held past destroy(), so every one got an error.
     expect(results).toEqual(Array(10).fill('error'));
+    // And none was moved to a new connection after destroy(): the server saw one session only.
+    await new Promise((res) => setTimeout(res, 100));
+    expect(r.server.stats.sessions).toBe(1);
   });
 
   it('a refused connection reaches the caller as the socket error, and the next request connects afresh', async () => {

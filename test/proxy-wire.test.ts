@@ -15,7 +15,7 @@ import {
   ProxyConnectError,
   ProxyProtocolError,
 } from '../src/index.ts';
-import { DEFAULT_LIMITS, type Limits } from '../src/options.ts';
+import { DEFAULT_LIMITS, type Limits, type SchemeName } from '../src/options.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
@@ -279,7 +279,9 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri, seen } = await scripted(({ socket, index }) =>
       socket.write(`HTTP/1.1 407 x\r\nProxy-Authenticate: Loop t${index}\r\nContent-Length: 0\r\n\r\n`),
     );
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop'] }), { maxLegs: 3 }));
+    const err = await failure(
+      tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] }), { maxLegs: 3 }),
+    );
     expect(err).toBeInstanceOf(LegLimitError);
     // One unauthenticated CONNECT and exactly maxLegs legs, all on the one connection.
     expect(seen.map((s) => [s.connection, s.proxyAuthorization])).toEqual([
@@ -321,7 +323,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
       if (proxyAuthorization) return void socket.write(OK);
       socket.write(`${CHALLENGE}Proxy-Authenticate: Gone\r\nContent-Length: 0\r\n\r\n`);
     });
-    const t = await tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone', 'Basic'] }));
+    const t = await tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone' as SchemeName, 'Basic'] }));
     t.socket.destroy();
     expect(seen.map((s) => s.proxyAuthorization)).toEqual([undefined, BASIC]);
   });
@@ -330,7 +332,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri, seen } = await scripted(({ socket }) =>
       socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Gone\r\nContent-Length: 0\r\n\r\n'),
     );
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone'] })));
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone' as SchemeName] })));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err.message).toMatch(/no offered scheme could be used \(gone unavailable\)/);
     expect(seen).toHaveLength(1);
@@ -353,7 +355,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri } = await scripted(({ socket }) =>
       socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop garbage\r\nContent-Length: 0\r\n\r\n'),
     );
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [failing], schemes: ['Loop'] })));
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [failing], schemes: ['Loop' as SchemeName] })));
     expect(err).toBeInstanceOf(InvalidTokenError);
     expect(err.message).toMatch(message);
   });
@@ -368,7 +370,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
         );
       socket.write(OK);
     });
-    const t = await tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop'] }));
+    const t = await tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] }));
     t.socket.destroy();
     expect(t).toMatchObject({ connections: 2 });
     // The restarted handshake's first leg is a fresh context's first token.
@@ -385,7 +387,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
         return void socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop\r\nContent-Length: 0\r\n\r\n');
       socket.end('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     });
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop'] })));
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] })));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err.message).toMatch(/closes the connection between Loop legs/);
     expect(seen.map((s) => s.connection)).toEqual([1, 1, 2]);

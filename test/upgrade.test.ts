@@ -18,6 +18,7 @@ import {
   type MultilegAgentOptions,
   MutualAuthError,
   ntlmMechanism,
+  type SchemeName,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
@@ -215,7 +216,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
     const gone = unavailableScheme('Gone');
-    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone', 'NTLM'] });
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName, 'NTLM'] });
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
@@ -225,7 +226,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it('T2: when every offered scheme is unusable here, the upgrade fails with the last one’s own reason', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
     const gone = unavailableScheme('Gone');
-    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone'] });
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
       (e: Error) => e,

@@ -1,5 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
+import { publishLeg } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
@@ -305,10 +306,16 @@ export class Session {
     }
     const headers: HeaderMap = { ...job.headers };
     for (const [k, v] of Object.entries(extra)) headers[k] = v;
+    const method = job.dispatchOptions.method;
+    const traced = publishLeg(
+      { origin: job.origin, sessionId: this.id, protocol: () => this.protocol },
+      { method, path: path ?? job.dispatchOptions.path, headers },
+    );
     const leg = new LegHandler({
       sink: job.sink,
       classify: (status, h) => {
         const verdict = classify(status, h);
+        traced.response(status, h, verdict !== 'swallow');
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
         if (verdict !== 'swallow') this.#markProbed();
         return verdict;
@@ -341,10 +348,12 @@ export class Session {
     try {
       this.client.dispatch(opts, leg);
     } catch (err) {
+      traced.error(err as Error);
       return Promise.resolve({ kind: 'failed', error: err as Error });
     }
     // The caller's abort reaches the leg until its response has been delivered in full.
     return leg.result.then((r): LegResult => {
+      if (r.kind === 'failed') traced.error(r.error);
       if (r.kind === 'delivered') r.done.finally(() => job.sink.onAbort(undefined));
       else job.sink.onAbort(undefined);
       // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
