@@ -199,37 +199,6 @@ describe('LegHandler: one leg against a fake undici controller', () => {
     expect((await h.result).kind).toBe('delivered');
   });
 
-  it('M2: body and end that arrive while the final token is being verified are held, then delivered in order', async () => {
-    const gate = deferred();
-    const { h, seen, wire } = leg(() => gate.promise);
-    h.onResponseStart(wire.controller, 200, {}, 'OK');
-    expect(wire.calls).toEqual(['pause']);
-    h.onResponseData(wire.controller, Buffer.from('a'));
-    h.onResponseData(wire.controller, Buffer.from('b'));
-    h.onResponseEnd(wire.controller, {});
-    expect(seen).toEqual([]);
-    gate.resolve();
-    const result = (await h.result) as Extract<LegResult, { kind: 'delivered' }>;
-    await result.done;
-    expect(seen).toEqual(['start 200', 'data a', 'data b', 'end']);
-    expect(wire.calls).toEqual(['pause', 'resume']);
-  });
-
-  it('M2: a caller that pauses in its response-start callback stays paused after verification', async () => {
-    const gate = deferred();
-    const { h, seen, wire } = leg(
-      () => gate.promise,
-      (c) => c.pause(),
-    );
-    h.onResponseStart(wire.controller, 200, {}, 'OK');
-    gate.resolve();
-    await h.result;
-    expect(seen).toEqual(['start 200']);
-    // Paused at the gate, paused again by the caller, never resumed by the agent.
-    expect(wire.calls).toEqual(['pause', 'pause']);
-    expect(wire.state.paused).toBe(true);
-  });
-
   it('M2: a connection error while the final token is being verified reaches the caller once', async () => {
     const gate = deferred();
     const { h, seen, wire } = leg(() => gate.promise);
