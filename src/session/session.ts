@@ -41,6 +41,7 @@ export type Lane = 'auto' | 'http1';
  * authenticated, or being authenticated, as someone else.
  */
 export type Identity = 'agent' | 'anonymous' | 'caller';
+
 /**
  * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or
  * try again), `failed` (the handshake failed: send without credentials and show the 401, C7),
