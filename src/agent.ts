@@ -1,6 +1,7 @@
 import { Dispatcher } from 'undici';
 import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
+import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
 import { normalizeRequestHeaders } from './headers.ts';
@@ -9,6 +10,7 @@ import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import {
   type ClientCertificateSelector,
+  checkSchemes,
   type MultilegAgentOptions,
   normalizeOrigin,
   type ResolvedOptions,
@@ -48,6 +50,8 @@ export interface MultilegStats {
   /** Handshake legs sent with credentials. */
   legs: number;
   failedHandshakes: number;
+  /** Origins the agent holds connections and memory for now (idle ones are dropped past 64). */
+  origins: number;
 }
 
 /**
@@ -65,13 +69,21 @@ export class MultilegAgent extends Dispatcher {
   readonly #options: ResolvedOptions;
   readonly #mechanisms: MechanismSet;
   readonly #pools = new Map<string, OriginPool>();
-  readonly #stats: MultilegStats = { requests: 0, sessions: 0, handshakes: 0, legs: 0, failedHandshakes: 0 };
+  readonly #stats: Omit<MultilegStats, 'origins'> = {
+    requests: 0,
+    sessions: 0,
+    handshakes: 0,
+    legs: 0,
+    failedHandshakes: 0,
+  };
   readonly #reports: HandshakeReport[] = [];
   /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
   readonly #hops = new RedirectHops();
   /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
   #upgrades: UpgradeDispatcher | undefined;
   #closed = false;
+  /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
+  #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
   #droppedSessions = 0;
   /** Requests dispatched and not yet ended. */
@@ -94,7 +106,8 @@ export class MultilegAgent extends Dispatcher {
     const certificate = options.clientCertificate;
     const selectCertificate: ClientCertificateSelector | undefined =
       typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
-    let schemes = options.schemes ?? DEFAULT_SCHEME_ORDER;
+    checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
+    let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
     if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
     this.#options = {
@@ -119,7 +132,7 @@ export class MultilegAgent extends Dispatcher {
   stats(): MultilegStats {
     let sessions = this.#droppedSessions;
     for (const pool of this.#pools.values()) sessions += pool.sessionsCreated;
-    return { ...this.#stats, sessions };
+    return { ...this.#stats, sessions, origins: this.#pools.size };
   }
 
   /**
@@ -173,7 +186,6 @@ export class MultilegAgent extends Dispatcher {
     if (typeof raw === 'string') this.#lastOrigin = [raw, origin];
     return origin;
   }
-  #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
 
   /**
    * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
@@ -276,6 +288,7 @@ export class MultilegAgent extends Dispatcher {
       r.authIdCarried,
     );
     (this as unknown as NodeJS.EventEmitter).emit('handshake', r);
+    publishHandshake(r);
   }
 
   override close(): Promise<void>;

@@ -1,6 +1,18 @@
+// First: on an unsupported Node this throws a clear error before undici is loaded.
+import './runtime-check.ts';
+
 export { MAX_REPORTS, MultilegAgent, type MultilegStats } from './agent.ts';
 export { chooseChallenge, DEFAULT_SCHEME_ORDER, parseChallenges } from './challenge/index.ts';
 export type { Challenge } from './challenge/types.ts';
+export {
+  HANDSHAKE_CHANNEL,
+  LEG_CHANNEL,
+  type LegErrorEvent,
+  type LegEvent,
+  type LegRequestEvent,
+  type LegResponseEvent,
+  type RedactedHeader,
+} from './diagnostics.ts';
 export * from './errors.ts';
 export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts';
 export { DigestChallengeError, digestMechanism } from './mechanisms/digest/index.ts';
@@ -19,7 +31,15 @@ export {
 } from './mechanisms/negotiate/index.ts';
 export { ntlmMechanism, ntlmMechanismWithScheme } from './mechanisms/ntlm/index.ts';
 export type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from './mechanisms/types.ts';
-export type { ClientCertificate, ClientCertificateSelector, Limits, MultilegAgentOptions } from './options.ts';
+export { MIN_NODE_VERSION, UnsupportedNodeError } from './node-version.ts';
+export {
+  type ClientCertificate,
+  type ClientCertificateSelector,
+  type Limits,
+  type MultilegAgentOptions,
+  SCHEME_NAMES,
+  type SchemeName,
+} from './options.ts';
 export {
   ProxyAuthenticationError,
   ProxyConnectError,

@@ -44,6 +44,33 @@ export const DEFAULT_LIMITS: Limits = {
   maxPerRequestSessions: 8,
 };
 
+/**
+ * The schemes multileg implements, as `schemes` names them (matched case-insensitively at run
+ * time). A custom {@link Mechanism} with another scheme is ordered with a cast:
+ * `schemes: ['Negotiate', 'X-Custom' as SchemeName]`.
+ */
+export type SchemeName = 'Negotiate' | 'NTLM' | 'Digest' | 'Basic' | 'Transport';
+
+/** The names {@link SchemeName} allows, for validating input from outside TypeScript. */
+export const SCHEME_NAMES: readonly SchemeName[] = ['Negotiate', 'NTLM', 'Digest', 'Basic', 'Transport'];
+
+/**
+ * Rejects a `schemes` entry that names no scheme multileg implements and no given mechanism: a
+ * typo would otherwise silently turn a scheme off.
+ */
+export function checkSchemes(
+  name: string,
+  schemes: readonly string[] | undefined,
+  mechanisms: readonly Mechanism[],
+): void {
+  const known = new Set([...SCHEME_NAMES, ...mechanisms.map((m) => m.scheme)].map((s) => s.toLowerCase()));
+  for (const s of schemes ?? [])
+    if (!known.has(s.toLowerCase()))
+      throw new ConfigError(
+        `${name}: unknown scheme ${JSON.stringify(s)}; use ${SCHEME_NAMES.join(', ')} or a scheme of your mechanisms`,
+      );
+}
+
 /** A TLS client certificate (PEM or DER), presented to origins that ask for one (T3). */
 export interface ClientCertificate {
   readonly cert: string | Buffer;
@@ -71,7 +98,7 @@ export interface MultilegAgentOptions {
    */
   trustedOrigins?: TrustedOrigins;
   /** Scheme preference, strongest first (T2). Default `['Negotiate', 'NTLM', 'Digest', 'Basic']`. */
-  schemes?: readonly string[];
+  schemes?: readonly SchemeName[];
   /**
    * Negotiate (Kerberos/SPNEGO through the system GSS-API via the optional `koffi` package, else the
    * optional `kerberos` package): SPN, principal, per-agent `ccache` / `keytab`, TLS channel bindings,

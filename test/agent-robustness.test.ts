@@ -11,7 +11,7 @@ import {
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { InvalidTokenError, LegLimitError, MultilegAgent, type MultilegError } from '../src/index.ts';
+import { InvalidTokenError, LegLimitError, MultilegAgent, type MultilegError, type SchemeName } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, get, type Rig, rig } from './helpers.ts';
 
@@ -45,7 +45,7 @@ afterEach(async () => {
   r = undefined;
 });
 
-async function against(script: Parameters<typeof scripted>[0], schemes = ['NTLM']) {
+async function against(script: Parameters<typeof scripted>[0], schemes: SchemeName[] = ['NTLM']) {
   const s = await scripted(script);
   servers.push(s.server);
   const agent = new MultilegAgent({
@@ -185,6 +185,31 @@ describe('closing and destroying never loses a request silently', () => {
     const results = await Promise.all(pending);
     // All ten settled (none hangs): the handshake was held past destroy(), so every one got an error.
     expect(results).toEqual(Array(10).fill('error'));
+    // And none was moved to a new connection after destroy(): the server saw one session only.
+    await new Promise((res) => setTimeout(res, 100));
+    expect(r.server.stats.sessions).toBe(1);
+  });
+
+  it('a refused connection reaches the caller as the socket error, and the next request connects afresh', async () => {
+    const { createServer } = await import('node:net');
+    const probe = createServer();
+    await new Promise<void>((res) => probe.listen(0, '127.0.0.1', res));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((res) => probe.close(res));
+    const agent = new MultilegAgent({ connect: { ca: CA_CERT } });
+    agents.push(agent);
+    const err = await fetch(`https://localhost:${port}/x`, { dispatcher: agent }).catch(
+      (e: { cause?: unknown }) => e.cause,
+    );
+    expect(err).toMatchObject({ code: 'ECONNREFUSED', port });
+    // The origin is not marked broken: once something listens there, the agent connects.
+    const later = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (_req, res) => {
+      res.writeHead(204).end();
+    });
+    servers.push(later);
+    await new Promise<void>((res) => later.listen(port, '127.0.0.1', res));
+    const res = await fetch(`https://localhost:${port}/y`, { dispatcher: agent });
+    expect(res.status).toBe(204);
   });
 
   it('close() lets requests in flight finish, then refuses new ones with a typed error', async () => {

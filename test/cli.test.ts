@@ -1,119 +1,622 @@
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { stripTypeScriptTypes } from 'node:module';
+import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseCli } from '../src/cli/options.ts';
+import { parseNetrc } from '../src/cli/credentials.ts';
+import { explain401, forCli } from '../src/cli/explain.ts';
+import { parseCli, parseSchemes } from '../src/cli/options.ts';
+import { CliTrust, parseTrust } from '../src/cli/trust.ts';
+import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError } from '../src/errors.ts';
-import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { unsupportedNode } from '../src/node-version.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
+import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
 
-const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
-const run = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-  promisify(execFile)(process.execPath, [main, ...args], { env: { ...process.env, ...env } }).then(
-    (r) => ({ code: 0, ...r }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
-  );
+const listen = async (server: Server | TcpServer) => {
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return (server.address() as { port: number }).port;
+};
 
 describe('multileg command line', () => {
   let server: ReferenceServer;
+  let other: ReferenceServer;
+  /** Offers NTLM only: without -u nothing can answer it, and the 401 reaches the user. */
+  let ntlmOnly: ReferenceServer;
   let dir: string;
   let ca: string;
+  let plain: Server;
+  let plainOrigin: string;
+  let silentTcp: TcpServer;
+  let silentPort: number;
+  const sockets = new Set<Socket>();
+  /** alice's password and the reference CA: the common start of a command line. */
+  const alice = () => ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
   beforeAll(async () => {
     server = await startReferenceServer({ mode: 'session' });
+    other = await startReferenceServer({ mode: 'session' });
+    ntlmOnly = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
     dir = mkdtempSync(join(tmpdir(), 'multileg-cli-'));
     ca = join(dir, 'ca.pem');
     writeFileSync(ca, server.ca);
+    // Cleartext peer for what the reference server does not do: an unknown scheme, a large body.
+    plain = createHttpServer((req, res) => {
+      if (req.url === '/bearer') {
+        res.writeHead(401, { 'www-authenticate': 'Bearer realm="api"' }).end('no');
+      } else if (req.url === '/big') {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        const chunk = Buffer.alloc(64 * 1024, 'x');
+        let n = 0;
+        const write = () => {
+          while (n < 256) {
+            n += 1;
+            if (!res.write(chunk)) return void res.once('drain', write);
+          }
+          res.end();
+        };
+        res.on('error', () => {});
+        write();
+      } else if (req.url === '/skew') {
+        // A server whose clock is an hour behind ours: doctor's clock check.
+        res.sendDate = false;
+        res.writeHead(200, { date: new Date(Date.now() - 3600_000).toUTCString() }).end('ok');
+      } else if (req.url === '/hang') {
+        // never answers: --max-time
+      } else res.writeHead(404).end();
+    });
+    plainOrigin = `http://127.0.0.1:${await listen(plain)}`;
+    // Accepts TCP and never speaks TLS: --connect-timeout.
+    silentTcp = createTcpServer((s) => {
+      sockets.add(s);
+      s.on('error', () => {});
+    });
+    silentPort = await listen(silentTcp);
   });
   afterAll(async () => {
+    for (const s of sockets) s.destroy();
+    silentTcp.close();
+    plain.closeAllConnections();
+    plain.close();
     await server.close();
+    await other.close();
+    await ntlmOnly.close();
   });
 
-  it('authenticates with NTLM over HTTP/2 and prints the body; -v reports the handshake without secrets', async () => {
-    const { code, stdout, stderr } = await run([
-      '-v',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/cli`,
-    ]);
+  it('authenticates with NTLM over HTTP/2 and prints the body; -v shows every leg and the handshake, never a secret', async () => {
+    const { code, stdout, stderr } = await run(['-v', ...alice(), `${server.origin}/auth/cli`]);
     expect(code).toBe(0);
     expect(JSON.parse(stdout)).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'h2' });
-    expect(stderr).toMatch(/handshake Negotiate on session s\d+ \(h2\): 2 legs, Auth-ID carried, session/);
+    expect(stderr).toContain('> GET /auth/cli (no credentials)');
+    expect(stderr).toContain('< 401 offers Negotiate, NTLM');
+    expect(stderr).toMatch(/> GET \/auth\/cli \(Authorization: Negotiate …, Auth-ID: yes\)/);
+    expect(stderr).toMatch(/< 200 \(Persistent-Auth: true\) \[HTTP\/2\]/);
+    expect(stderr).toMatch(
+      /Negotiate handshake on session s\d+ \(HTTP\/2\): 2 leg\(s\), Auth-ID carried, the session is authenticated as EXAMPLE\\alice/,
+    );
     expect(stderr).not.toContain('alicepw');
+    for (const e of server.exchanges) {
+      for (const v of [e.requestHeaders.authorization, e.responseHeaders['www-authenticate'], e.authIdSent].flat()) {
+        if (typeof v === 'string' && v.length > 12) expect(stderr).not.toContain(v.split(' ').pop());
+      }
+    }
   });
 
-  it('sends a body with -d, over HTTP/1.1 with --http1.1, and prints headers with -i', async () => {
-    const { code, stdout } = await run(
+  it("sends a body with -d and -d @file, over HTTP/1.1 with --http1.1; -i prints curl's status line", async () => {
+    const h1 = await run(
       ['-i', '--http1.1', '-d', 'hello', '-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/post`],
       {
-        MULTILEG_PASSWORD: 'alicepw',
+        env: { MULTILEG_PASSWORD: 'alicepw' },
       },
     );
-    expect(code).toBe(0);
-    expect(stdout).toMatch(/^HTTP 200\n/);
-    const body = JSON.parse(stdout.slice(stdout.indexOf('\n\n') + 2)) as {
-      method: string;
-      bodyLength: number;
-      protocol: string;
-    };
+    expect(h1.code).toBe(0);
+    expect(h1.stdout).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    const body = JSON.parse(h1.stdout.slice(h1.stdout.indexOf('\r\n\r\n') + 4));
     expect(body).toMatchObject({ method: 'POST', bodyLength: 5, protocol: 'http/1.1' });
+    const file = join(dir, 'body.txt');
+    writeFileSync(file, 'from a file');
+    const h2 = await run(['-i', '-d', `@${file}`, ...alice(), `${server.origin}/auth/post`]);
+    expect(h2.stdout).toMatch(/^HTTP\/2 200\r\n/);
+    expect(JSON.parse(h2.stdout.slice(h2.stdout.indexOf('\r\n\r\n') + 4))).toMatchObject({
+      bodyLength: 11,
+      protocol: 'h2',
+    });
   });
 
-  it('exits 22 with --fail on a 401, and 1 with a typed error that names the fix', async () => {
+  it('-I sends HEAD and prints only the head; a URL without a scheme means https', async () => {
+    const { code, stdout } = await run(['-I', ...alice(), `localhost:${server.port}/auth/head`]);
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/^HTTP\/2 200\r\n[\s\S]*\r\n\r\n$/);
+    expect(server.exchanges.at(-1)).toMatchObject({ method: 'HEAD', status: 200 });
+  });
+
+  it('-f: on a 401 no body, "multileg: (22) HTTP 401", exit 22, and why the 401 stood', async () => {
     const failed = await run(['-f', '-u', 'EXAMPLE\\alice:wrong', '--cacert', ca, `${server.origin}/auth/x`]);
     expect(failed.code).toBe(22);
-    const limited = await run([
-      '--max-legs',
-      '1',
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/x`,
-    ]);
+    expect(failed.stdout).toBe('');
+    expect(failed.stderr).toContain('multileg: (22) HTTP 401');
+    expect(failed.stderr).toMatch(/offered Negotiate, NTLM; the server refused our Negotiate credentials after \d leg/);
+    expect(failed.stderr).not.toContain('wrong');
+    const ok = await run(['-f', ...alice(), `${server.origin}/auth/x`]);
+    expect(ok.code).toBe(0);
+  });
+
+  it('a 401 not answered says which schemes were offered and why none was used', async () => {
+    const none = await run(['--cacert', ca, `${ntlmOnly.origin}/auth/x`]);
+    expect(none.code).toBe(0);
+    expect(none.stderr).toBe(
+      `multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; no credentials: give -u DOMAIN\\user (the password is asked for, or comes from --password-stdin / MULTILEG_PASSWORD)\n`,
+    );
+    const excluded = await run(['--basic', ...alice(), `${server.origin}/auth/x`]);
+    expect(excluded.stderr).toMatch(/--schemes \(or --negotiate\/--ntlm\/--digest\/--basic\) excluded Negotiate, NTLM/);
+    const bearer = await run(['-u', 'alice:pw', `${plainOrigin}/bearer`]);
+    expect(bearer.stderr).toContain('multileg does not implement Bearer');
+    // Negotiate without a ticket and without a password: the typed error says what to do.
+    const noTicket = await run(['--cacert', ca, `${server.origin}/auth/x`], {
+      env: { KRB5CCNAME: `FILE:${join(dir, 'no-ccache')}` },
+    });
+    expect(noTicket.code).toBe(1);
+    expect(noTicket.stderr).toMatch(
+      /no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
+    );
+  });
+
+  it('exits 1 with a typed error whose message names CLI flags, not library options', async () => {
+    const limited = await run(['--max-legs', '1', ...alice(), `${server.origin}/auth/x`]);
     expect(limited.code).toBe(1);
-    expect(limited.stderr).toContain('limits.maxLegs');
+    expect(limited.stderr).toContain('raise --max-legs');
     expect(limited.stderr).toContain('MULTILEG_LEG_LIMIT');
+    expect(limited.stderr).not.toContain('limits.');
+    expect(forCli('a CNAME may need negotiate.canonicalizeHost, or pass negotiate.spn')).toBe(
+      'a CNAME may need --canonicalize-host, or pass --spn',
+    );
+    expect(forCli('check proxy.credentials (user)')).toBe('check --proxy-user (user)');
+    expect(forCli('run kinit or pass principal (or give credentials for the NTLM fallback)')).toBe(
+      'run kinit or pass --principal (or give -u user:password for the NTLM fallback)',
+    );
   });
 
   it('writes the body to a file with -o', async () => {
     const out = join(dir, 'out.json');
-    const { code } = await run([
-      '-o',
-      out,
-      '-u',
-      'EXAMPLE\\alice:alicepw',
-      '--cacert',
-      ca,
-      `${server.origin}/auth/file`,
-    ]);
+    const { code, stdout } = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
     expect(code).toBe(0);
+    expect(stdout).toBe('');
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
-  it('rejects bad usage with exit code 2', async () => {
-    expect((await run([])).code).toBe(2);
-    const noPassword = await run(['-u', 'alice', 'https://localhost:1/'], {
-      MULTILEG_PASSWORD: undefined as unknown as string,
-    });
-    expect(noPassword.code).toBe(2);
-    expect(noPassword.stderr).toContain('MULTILEG_PASSWORD');
+  it('bad usage: one line, exit 2, no stack trace', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [[], /missing required argument 'url'/],
+      [['--bogus', 'https://h/'], /unknown option '--bogus'/],
+      [
+        ['--cacert', join(dir, 'missing.pem'), 'https://localhost:1/'],
+        /^multileg: --cacert .*missing\.pem: no such file\n$/,
+      ],
+      [['-d', `@${join(dir, 'missing.txt')}`, 'https://localhost:1/'], /^multileg: -d .*missing\.txt: no such file\n$/],
+      [
+        ['--schemes', 'Negotiate,Kerberos', 'https://localhost:1/'],
+        /^multileg: --schemes: unknown scheme "Kerberos"; use Negotiate, NTLM, Digest, Basic, Transport\n$/,
+      ],
+      [['ftp://localhost/'], /^multileg: unsupported protocol ftp:/],
+      [['--cert', 'a.pem', 'https://localhost:1/'], /^multileg: --cert and --key go together\n$/],
+      [['-H', 'nocolon', 'https://localhost:1/'], /^multileg: -H: a header must look like/],
+      [['--ntlm', '--schemes', 'NTLM', 'https://localhost:1/'], /^multileg: --ntlm and --schemes/],
+      [
+        ['-u', 'alice', 'https://localhost:1/'],
+        /^multileg: no password for alice: .*--password-stdin.*MULTILEG_PASSWORD\n$/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(message);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
   });
 
-  it('parses options into agent options', () => {
-    const req = parseCli(
-      ['-X', 'put', '-H', 'X-A: 1', '--schemes', 'NTLM,Negotiate', '--spn', 'HTTP@web', '--delegate', 'https://h/p'],
-      {
-        MULTILEG_PASSWORD: 'x',
-      },
+  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; "-u :" sends no password', async () => {
+    const url = `${server.origin}/auth/pw`;
+    const stdin = await run(['--password-stdin', '-u', 'EXAMPLE\\alice', '--cacert', ca, url], { input: 'alicepw\n' });
+    expect(JSON.parse(stdin.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const netrc = join(dir, 'netrc');
+    writeFileSync(
+      netrc,
+      `machine elsewhere login x password y\nmachine localhost\n  login "EXAMPLE\\\\bob"\n  password bobpw\n`,
     );
+    const fromNetrc = await run(['--netrc-file', netrc, '--cacert', ca, url]);
+    expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+    // --netrc reads ~/.netrc.
+    writeFileSync(join(dir, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
+    const home = await run(['--netrc', '--cacert', ca, url], { env: { HOME: dir } });
+    expect(JSON.parse(home.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const colon = await run(['-u', ':', '--cacert', ca, `${ntlmOnly.origin}/auth/pw`]);
+    expect(colon.code).toBe(0);
+    expect(colon.stderr).toContain('no credentials');
+    expect(
+      parseNetrc('default login d password p\nmacdef init\nmachine fake login f\n\nmachine h login u password "a b"'),
+    ).toEqual([
+      { machine: undefined, login: 'd', password: 'p' },
+      { machine: 'h', login: 'u', password: 'a b' },
+    ]);
+  });
+
+  it('asks for the password on a terminal, without echo', async () => {
+    // `script` gives the child a pseudo-terminal, as a user at a shell has.
+    const cmd = `${process.execPath} ${BIN} -u 'EXAMPLE\\alice' --cacert ${ca} ${server.origin}/auth/tty`;
+    const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: 'pipe' });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      // Type the password only once asked: the terminal is then in no-echo mode.
+      if (out.includes('Enter host password') && !child.stdin.writableEnded) child.stdin.end('alicepw\n');
+    });
+    await once(child, 'close');
+    expect(out).toContain("Enter host password for user 'EXAMPLE\\alice':");
+    expect(out).toContain('"user":"EXAMPLE\\\\alice"');
+    expect(out).not.toContain('alicepw');
+  });
+
+  it('untrusted certificate: exit 60 and how to fix it; --ca-native trusts the system store', async () => {
+    const untrusted = await run([`${server.origin}/public/`]);
+    expect(untrusted.code).toBe(60);
+    expect(untrusted.stderr).toMatch(
+      /is not trusted \(\w+\): give its CA with --cacert FILE \(or NODE_EXTRA_CA_CERTS=FILE\), or add --ca-native/,
+    );
+    // OpenSSL's SSL_CERT_FILE stands in for the operating system's store here.
+    const system = await run(['--ca-native', `${server.origin}/public/`], { env: { SSL_CERT_FILE: ca } });
+    expect(system.code).toBe(0);
+    const withoutFlag = await run([`${server.origin}/public/`], { env: { SSL_CERT_FILE: ca } });
+    expect(withoutFlag.code).toBe(60);
+    const insecure = await run(['-k', `${server.origin}/public/`]);
+    expect(insecure.code).toBe(0);
+  });
+
+  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time', async () => {
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    const refused = await run([`https://127.0.0.1:${port}/`]);
+    expect(refused.code).toBe(7);
+    expect(refused.stderr).toBe(`multileg: could not connect to 127.0.0.1:${port} (ECONNREFUSED)\n`);
+    const connect = await run(['--connect-timeout', '0.3', `https://127.0.0.1:${silentPort}/`]);
+    expect(connect.code).toBe(28);
+    expect(connect.stderr).toContain('--connect-timeout');
+    const slow = await run(['-m', '0.3', `${plainOrigin}/hang`]);
+    expect(slow.code).toBe(28);
+    expect(slow.stderr).toBe('multileg: operation timed out after 300 ms (--max-time)\n');
+  });
+
+  it('-s hides error messages, -S shows them again', async () => {
+    const silent = await run(['-s', '-f', '--cacert', ca, `${ntlmOnly.origin}/auth/x`]);
+    expect(silent).toMatchObject({ code: 22, stderr: '' });
+    const shown = await run(['-sS', '-f', '--cacert', ca, `${ntlmOnly.origin}/auth/x`]);
+    expect(shown.stderr).toContain('(22) HTTP 401');
+  });
+
+  it('-w writes %{http_code}, %{time_total}, %{num_connects} and friends', async () => {
+    const { stdout } = await run([
+      '-o',
+      join(dir, 'w.out'),
+      '-w',
+      '%{http_code} %{num_connects} %{http_version} %{num_redirects}\\n%{time_total}',
+      ...alice(),
+      `${server.origin}/auth/w`,
+    ]);
+    const [first, time] = stdout.split('\n');
+    expect(first).toBe('200 1 2 0');
+    expect(Number(time)).toBeGreaterThan(0);
+    expect(writeOut('%% \\t%{exitcode}', { exitcode: '22' })).toBe('% \t22');
+  });
+
+  it('piping into head is not an error (EPIPE)', async () => {
+    const r = await runCommand('bash', [
+      '-c',
+      `set -o pipefail; ${process.execPath} ${BIN} ${plainOrigin}/big | head -c 10`,
+    ]);
+    expect(r.stdout).toBe('xxxxxxxxxx');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
+  it('S1: trusts exactly the URL origin; -L follows without credentials elsewhere; --location-trusted and --trust send them', async () => {
+    const target = `${other.origin}/auth/moved`;
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(target)}`;
+    const user = ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
+    other.exchanges.length = 0;
+    const notFollowed = await run([...user, '-i', redirect]);
+    expect(notFollowed.stdout).toMatch(/^HTTP\/2 302\r\n/);
+    expect(other.exchanges).toHaveLength(0);
+
+    const followed = await run([...user, '-L', '-H', 'Authorization: Basic c2VjcmV0', redirect]);
+    expect(followed.code).toBe(0);
+    expect(JSON.parse(followed.stdout)).toMatchObject({ user: null });
+    expect(other.exchanges.length).toBeGreaterThan(0);
+    for (const e of other.exchanges) expect(e.requestHeaders.authorization).toBeUndefined();
+    expect(followed.stderr).toContain(
+      `no credentials were sent: ${other.origin} is not the URL's origin (a redirect led here); add --trust ${other.origin} or use --location-trusted`,
+    );
+
+    const trusted = await run([...user, '--location-trusted', redirect]);
+    expect(JSON.parse(trusted.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const listed = await run([...user, '-L', '--trust', other.origin, redirect]);
+    expect(JSON.parse(listed.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+
+    const sameOrigin = await run([...user, '-L', `${server.origin}/public/redirect?to=/auth/same`]);
+    expect(JSON.parse(sameOrigin.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const tooMany = await run([...user, '-L', '--max-redirs', '0', redirect]);
+    expect(tooMany.code).toBe(47);
+    expect(tooMany.stderr).toContain('maximum (0) redirects followed (--max-redirs)');
+  });
+
+  it('-x, --proxy-user, --noproxy: through the reference proxy with its own credentials', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const url = `${server.origin}/auth/proxied`;
+      const base = [...alice(), '-x', proxy.origin];
+      const denied = await run([...base, url]);
+      expect(denied.code).toBe(1);
+      expect(denied.stderr).toContain('MULTILEG_PROXY');
+      expect(denied.stderr).toContain('give --proxy-user (or a Kerberos ticket for the proxy)');
+      expect(denied.stderr).not.toMatch(/proxy\.\w/);
+      const ok = await run([...base, '-v', '--proxy-user', 'proxyuser:proxypw', url]);
+      expect(JSON.parse(ok.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      // -v shows the proxy's legs too, never its password.
+      const target = `localhost:${server.port}`;
+      expect(ok.stderr).toContain(`> CONNECT ${target} (no credentials) [proxy ${proxy.origin}, HTTP/1.1]`);
+      expect(ok.stderr).toContain('< 407 offers Basic [HTTP/1.1, intermediate]');
+      expect(ok.stderr).toContain(
+        `> CONNECT ${target} (Proxy-Authorization: Basic …, Auth-ID: no) [proxy ${proxy.origin}, HTTP/1.1]`,
+      );
+      expect(ok.stderr).not.toContain('proxypw');
+      expect(proxy.exchanges.some((e) => e.proxyAuthorization)).toBe(true);
+      const before = proxy.exchanges.length;
+      const bypass = await run([...base, '--noproxy', 'localhost', url]);
+      expect(JSON.parse(bypass.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      expect(proxy.exchanges.length).toBe(before);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it('--json prints legs, handshakes and stats; --har writes a valid HAR 1.2 file with tokens redacted', async () => {
+    const har = join(dir, 'trace.har');
+    const { code, stdout } = await run(['--json', '--har', har, ...alice(), `${server.origin}/auth/json`]);
+    expect(code).toBe(0);
+    const report = JSON.parse(stdout);
+    expect(report).toMatchObject({ status: 200, httpVersion: '2', exitCode: 0, stats: { handshakes: 1, legs: 2 } });
+    expect(report.legs.map((l: { status: number }) => l.status)).toEqual([401, 401, 200]);
+    expect(report.legs.map((l: { scheme: string | null }) => l.scheme)).toEqual([null, 'Negotiate', 'Negotiate']);
+    expect(report.handshakes[0]).toMatchObject({ scheme: 'Negotiate', outcome: 'session', identity: 'EXAMPLE\\alice' });
+    const text = readFileSync(har, 'utf8');
+    const doc = JSON.parse(text);
+    expect(validateHar(doc)).toEqual([]);
+    expect(doc.log.entries).toHaveLength(3);
+    expect(doc.log.entries[1].request.headers).toContainEqual({ name: 'authorization', value: 'Negotiate [redacted]' });
+    expect(doc.log.entries[1].response.headers).toContainEqual({
+      name: 'www-authenticate',
+      value: 'Negotiate [redacted]',
+    });
+    expect(doc.log.entries[2].response.content.size).toBeGreaterThan(0);
+    for (const e of server.exchanges) {
+      const auth = e.requestHeaders.authorization;
+      if (typeof auth === 'string') expect(text).not.toContain(auth.split(' ')[1]);
+      if (e.authIdSent) expect(text).not.toContain(e.authIdSent);
+    }
+    expect(text).not.toContain('alicepw');
+    const unwritable = await run([
+      '--har',
+      join(dir, 'no-such-dir', 'x.har'),
+      ...alice(),
+      `${server.origin}/auth/json`,
+    ]);
+    expect(unwritable.code).toBe(1);
+    expect(unwritable.stderr).toMatch(/^multileg: --har .*x\.har: ENOENT/);
+  });
+
+  it('--ntlm, --negotiate, --principal, --canonicalize-host, --no-mutual-auth, --delegate, --spn set the agent options', async () => {
+    const ntlm = await run(['-v', '--ntlm', ...alice(), `${server.origin}/auth/ntlm`]);
+    expect(ntlm.stderr).toMatch(/Authorization: NTLM …/);
+    expect(JSON.parse(ntlm.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const req = parseCli([
+      '-X',
+      'put',
+      '-H',
+      'X-A: 1',
+      '--negotiate',
+      '--spn',
+      'HTTP@web',
+      '--principal',
+      'alice@EXAMPLE.TEST',
+      '--canonicalize-host',
+      '--delegate',
+      '--no-mutual-auth',
+      '--trust',
+      'https://other:8443',
+      'h/p',
+    ]);
+    expect(req.url.href).toBe('https://h/p');
     expect(req.method).toBe('PUT');
     expect(req.headers).toEqual({ 'x-a': '1' });
-    expect(req.agent.schemes).toEqual(['NTLM', 'Negotiate']);
-    expect(req.agent.negotiate).toEqual({ spn: 'HTTP@web', delegate: true });
-    expect(() => parseCli(['-H', 'nocolon', 'https://h/'])).toThrow(ConfigError);
-    expect(() => parseCli(['--cert', 'a.pem', 'https://h/'])).toThrow(ConfigError);
+    expect(req.trust).toEqual(['https://other:8443']);
+    expect(req.agent.schemes).toEqual(['Negotiate']);
+    expect(req.agent.negotiate).toEqual({
+      spn: 'HTTP@web',
+      principal: 'alice@EXAMPLE.TEST',
+      canonicalizeHost: true,
+      delegate: true,
+      mutualAuth: 'optional',
+    });
+    expect(parseSchemes('ntlm, negotiate')).toEqual(['NTLM', 'Negotiate']);
+    expect(() => parseSchemes('Bearer')).toThrow(ConfigError);
+  });
+
+  it('--version and --help exit 0', async () => {
+    const v = await run(['--version']);
+    expect(v.code).toBe(0);
+    expect(v.stdout).toMatch(/^multileg \d+\.\d+\.\d+ \(undici 8\.\d+\.\d+; Node 2\d\.\d+\.\d+; kerberos /);
+    const h = await run(['--help']);
+    expect(h.code).toBe(0);
+    for (const flag of [
+      '--location-trusted',
+      '--password-stdin',
+      '--netrc-file',
+      '--noproxy',
+      '--write-out',
+      '--har',
+      '--ca-native',
+    ])
+      expect(h.stdout).toContain(flag);
+  });
+
+  it('knows which Node versions it runs on', () => {
+    expect(unsupportedNode('20.20.2')).toMatch(/^multileg needs Node >= 22\.19 \(this is Node 20\.20\.2\)/);
+    expect(unsupportedNode('22.18.0')).toBeDefined();
+    expect(unsupportedNode('22.19.0')).toBeUndefined();
+    expect(unsupportedNode('24.1.0')).toBeUndefined();
+  });
+
+  it.skipIf(!OLD_NODE)(
+    'on a Node older than 22.19: "multileg needs Node >= 22.19", exit 1, before undici loads',
+    async () => {
+      // The system Node of this machine is 20 (the project brings its own 22). Node 20 cannot strip
+      // types: give it the entry and what it imports, stripped, as the build would.
+      const out = mkdtempSync(join(tmpdir(), 'multileg-node20-'));
+      mkdirSync(join(out, 'cli'));
+      for (const file of ['cli/bin.ts', 'node-version.ts', 'errors.ts']) {
+        const source = readFileSync(new URL(`../src/${file}`, import.meta.url), 'utf8');
+        const js = stripTypeScriptTypes(source).replace(/(from |import\()'(\.{1,2}\/[^']+)\.ts'/g, "$1'$2.js'");
+        writeFileSync(join(out, file.replace(/\.ts$/, '.js')), js);
+      }
+      writeFileSync(join(out, 'package.json'), '{"type":"module"}');
+      const r = await runCommand(OLD_NODE!, [join(out, 'cli/bin.js'), '--version']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^multileg needs Node >= 22\.19 \(this is Node 20\.\d+\.\d+\); install Node 22 or 24/);
+    },
+  );
+
+  it('doctor: a server clock an hour off fails the clock check with the fix', async () => {
+    const r = await run(['doctor', `${plainOrigin}/skew`]);
+    expect(r.stdout).toMatch(
+      /^FAIL +clock: the server's Date is 3\d{3} s behind this machine\n +fix: synchronise the clocks \(NTP\)/m,
+    );
+    expect(r.stdout).toMatch(
+      /^ok +schemes: HTTP\/1\.1 200; the server does not speak HTTP\/2 \(no authentication asked for at this URL\)/m,
+    );
+    expect(r.stdout).toContain('1 check(s) failed');
+    expect(r.code).toBe(1);
+    const usage = await run(['doctor']);
+    expect(usage.code).toBe(2);
+  });
+
+  it('S1: --trust takes origins and *. host patterns; nothing else is trusted', () => {
+    expect(parseTrust('other:8443')).toBe('https://other:8443');
+    expect(parseTrust('https://*.corp.example.com')).toBe('https://*.corp.example.com');
+    expect(() => parseTrust('https://host/path')).toThrow(
+      /^--trust entry 'https:\/\/host\/path' has more than scheme, host and port/,
+    );
+    expect(() => parseTrust('ftp://host')).toThrow(ConfigError);
+    expect(() => parseTrust('https://a.*.example')).toThrow(ConfigError);
+    // Pattern matching itself is the library's TrustPolicy (test/trust.test.ts): here, what the CLI adds.
+    const t = new CliTrust('https://start.example:8443', ['https://*.corp.example.com', 'https://exact.example']);
+    const verdicts = [
+      'https://start.example:8443',
+      'https://start.example',
+      'https://exact.example',
+      'https://a.corp.example.com',
+      'https://moved.example',
+    ].map((o) => t.trusts(o));
+    expect(verdicts).toEqual([true, false, true, true, false]);
+    t.add('https://moved.example');
+    expect(t.trusts('https://moved.example')).toBe(true);
+  });
+
+  it('explain401 covers each reason', () => {
+    const base = {
+      origin: 'https://h',
+      offered: ['Negotiate', 'NTLM'],
+      trusted: true,
+      hasPassword: true,
+      schemes: undefined,
+      handshakes: [],
+    };
+    expect(explain401({ ...base, trusted: false })).toContain('add --trust https://h');
+    expect(explain401({ ...base, offered: [] })).toContain('nothing to answer');
+    expect(explain401({ ...base, offered: ['Transport'], hasPassword: false })).toContain('--cert and --key');
+    expect(explain401(base)).toContain('none of them could be used here');
   });
 });
+
+/** The HAR 1.2 structure (http://www.softwareishard.com/blog/har-12-spec/): required fields and their types. */
+function validateHar(doc: unknown): string[] {
+  const errors: string[] = [];
+  const need = (obj: Record<string, unknown>, path: string, fields: Record<string, string>) => {
+    for (const [field, type] of Object.entries(fields)) {
+      const value = obj[field];
+      const actual = Array.isArray(value) ? 'array' : value === null ? 'null' : typeof value;
+      if (actual !== type) errors.push(`${path}.${field}: expected ${type}, got ${actual}`);
+    }
+  };
+  const nameValues = (list: unknown, path: string) => {
+    for (const [i, h] of (list as Record<string, unknown>[]).entries())
+      need(h, `${path}[${i}]`, { name: 'string', value: 'string' });
+  };
+  const log = (doc as { log?: Record<string, unknown> }).log;
+  if (!log) return ['log: missing'];
+  need(log, 'log', { version: 'string', creator: 'object', entries: 'array' });
+  if (log.version !== '1.2') errors.push('log.version: not 1.2');
+  need(log.creator as Record<string, unknown>, 'log.creator', { name: 'string', version: 'string' });
+  (log.entries as Record<string, unknown>[]).forEach((e, i) => {
+    const p = `log.entries[${i}]`;
+    need(e, p, {
+      startedDateTime: 'string',
+      time: 'number',
+      request: 'object',
+      response: 'object',
+      cache: 'object',
+      timings: 'object',
+    });
+    if (Number.isNaN(Date.parse(e.startedDateTime as string))) errors.push(`${p}.startedDateTime: not ISO 8601`);
+    const req = e.request as Record<string, unknown>;
+    need(req, `${p}.request`, {
+      method: 'string',
+      url: 'string',
+      httpVersion: 'string',
+      cookies: 'array',
+      headers: 'array',
+      queryString: 'array',
+      headersSize: 'number',
+      bodySize: 'number',
+    });
+    nameValues(req.headers, `${p}.request.headers`);
+    nameValues(req.queryString, `${p}.request.queryString`);
+    const res = e.response as Record<string, unknown>;
+    need(res, `${p}.response`, {
+      status: 'number',
+      statusText: 'string',
+      httpVersion: 'string',
+      cookies: 'array',
+      headers: 'array',
+      content: 'object',
+      redirectURL: 'string',
+      headersSize: 'number',
+      bodySize: 'number',
+    });
+    nameValues(res.headers, `${p}.response.headers`);
+    need(res.content as Record<string, unknown>, `${p}.response.content`, { size: 'number', mimeType: 'string' });
+    const t = e.timings as Record<string, unknown>;
+    need(t, `${p}.timings`, { send: 'number', wait: 'number', receive: 'number' });
+    for (const k of ['send', 'wait', 'receive']) if ((t[k] as number) < 0) errors.push(`${p}.timings.${k}: negative`);
+  });
+  return errors;
+}

@@ -1,5 +1,12 @@
 import { fetch } from 'undici';
-import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import {
+  type Challenge,
+  type Mechanism,
+  MechanismUnavailableError,
+  MultilegAgent,
+  type MultilegAgentOptions,
+  ntlmMechanism,
+} from '../src/index.ts';
 import {
   type ReferenceServer,
   type ReferenceServerOptions,
@@ -46,3 +53,51 @@ export function many(r: Rig, n: number, path = '/auth', init: Parameters<typeof 
 }
 
 export const hasAuth = (h: Readonly<Record<string, unknown>>) => h.authorization !== undefined;
+
+/** NTLM as alice, whose contexts behave as `patch` says on top of the real ones. */
+export function patchedNtlm(patch: {
+  step?: (challenge: Challenge | undefined) => void;
+  finish?: () => Promise<void>;
+}): Mechanism {
+  const ntlm = ntlmMechanism(ALICE);
+  return {
+    ...ntlm,
+    createContext(leg) {
+      const real = ntlm.createContext(leg);
+      return {
+        get complete() {
+          return real.complete;
+        },
+        step: async (challenge, l) => {
+          patch.step?.(challenge);
+          return real.step(challenge, l);
+        },
+        finish: patch.finish ?? ((challenge, l) => real.finish(challenge, l)),
+      };
+    },
+  };
+}
+
+/** `mechanism`, noting in `ports` the port its contexts are created for. */
+export function recordingPorts(mechanism: Mechanism, ports: number[]): Mechanism {
+  return {
+    ...mechanism,
+    createContext(leg) {
+      ports.push(leg.port);
+      return mechanism.createContext(leg);
+    },
+  };
+}
+
+/** A connection-level scheme whose contexts cannot be created on this machine. */
+export function unavailableScheme(scheme: string): Mechanism {
+  return {
+    scheme,
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => {
+      throw new MechanismUnavailableError(scheme, 'test: not on this machine');
+    },
+  };
+}

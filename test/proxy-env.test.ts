@@ -1,7 +1,7 @@
 /** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as undici reads them. */
 import { describe, expect, it } from 'vitest';
 import { MultilegAgent } from '../src/index.ts';
-import { ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
+import { authority, ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
 
 const via = (r: ProxyResolver, origin: string) => {
   const route = r.route(origin);
@@ -22,7 +22,7 @@ describe('proxy selection', () => {
   });
 
   it('H5: NO_PROXY: *, exact hosts, suffixes with and without a dot, *.suffix, host:port, case-insensitive', () => {
-    const r = (noProxy: string) => new ProxyResolver(undefined, { HTTPS_PROXY: 'http://p:1', NO_PROXY: noProxy });
+    const r = (noProxy: string) => new ProxyResolver(undefined, { HTTP_PROXY: 'http://p:1', NO_PROXY: noProxy });
     expect(via(r('*'), 'https://x.test')).toBe('direct');
     expect(via(r('Example.COM'), 'https://example.com')).toBe('direct');
     expect(via(r('example.com'), 'https://www.example.com')).toBe('direct');
@@ -34,6 +34,11 @@ describe('proxy selection', () => {
     expect(via(r('other.org, example.com'), 'https://EXAMPLE.com')).toBe('direct');
     expect(via(r('notexample.com'), 'https://example.com')).toBe('tunnel http://p:1');
     expect(via(r('[::1]:443'), 'https://[::1]')).toBe('direct');
+    expect(via(r('example.com'), 'https://example.com.')).toBe('direct');
+    expect(via(r('example.com:80'), 'http://example.com')).toBe('direct');
+    expect(via(r('example.com:80'), 'http://example.com:8080')).toBe('forward http://p:1');
+    expect(via(r('*:8443'), 'https://x.test:8443')).toBe('direct');
+    expect(via(r('*:8443'), 'https://x.test')).toBe('tunnel http://p:1');
   });
 
   it('H5: NO_PROXY is re-read when it changes; the `proxy` option ignores it unless given noProxy', () => {
@@ -56,6 +61,26 @@ describe('proxy selection', () => {
     expect(route.proxy.origin).toBe('http://proxy.test:3128');
     expect(JSON.stringify(route.proxy)).not.toContain('s3cret');
     expect(route.proxy.mechanisms.get('Basic')).toBeDefined();
+  });
+
+  it('H5: a proxy address without a scheme is http://; without a port, the scheme’s default port', () => {
+    const bare = new ProxyResolver(undefined, { HTTPS_PROXY: 'proxy.test:3128', HTTP_PROXY: 'https://secure.test' });
+    expect(bare.route('https://a.test')!.proxy).toMatchObject({
+      origin: 'http://proxy.test:3128',
+      port: 3128,
+      tls: false,
+    });
+    expect(bare.route('http://a.test')!.proxy).toMatchObject({ origin: 'https://secure.test', port: 443, tls: true });
+    expect(new ProxyResolver('http://plain.test').route('https://a.test')!.proxy.port).toBe(80);
+    // Only http and https requests are proxied.
+    expect(via(bare, 'ftp://a.test')).toBe('direct');
+  });
+
+  it('H5: the CONNECT authority puts an IPv6 address in brackets', () => {
+    expect(authority('::1', 8443)).toBe('[::1]:8443');
+    expect(authority('[::1]', 443)).toBe('[::1]:443');
+    expect(authority('127.0.0.1', 80)).toBe('127.0.0.1:80');
+    expect(authority('localhost', 443)).toBe('localhost:443');
   });
 
   it('H5: matches undici EnvHttpProxyAgent parsing on mixed separators', () => {

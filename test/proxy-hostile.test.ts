@@ -3,49 +3,27 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent } from '../src/index.ts';
-import { ProxyConnectTimeoutError, ProxyTimeoutError } from '../src/proxy/errors.ts';
-import { CA_CERT } from '../src/reference-server/index.ts';
-
-interface Hostile {
-  readonly port: number;
-  /** TCP connections accepted. */
-  readonly connections: number;
-  /** Every byte each connection sent, as latin1 text. */
-  readonly received: string[];
-  close(): Promise<void>;
-}
-
-/** A TCP server on loopback that runs `behave` on each connection and records what it receives. */
-async function hostile(behave: (socket: Socket, received: () => string) => void): Promise<Hostile> {
-  const sockets = new Set<Socket>();
-  const received: string[] = [];
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    const i = received.push('') - 1;
-    socket.on('data', (d: Buffer) => {
-      received[i] += d.toString('latin1');
-    });
-    socket.on('error', () => {});
-    socket.once('close', () => sockets.delete(socket));
-    behave(socket, () => received[i]!);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as { port: number }).port,
-    get connections() {
-      return received.length;
-    },
-    received,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
-}
+import { MultilegAgent, ntlmMechanism } from '../src/index.ts';
+import {
+  ProxyConnectError,
+  ProxyConnectTimeoutError,
+  ProxyProtocolError,
+  ProxyTimeoutError,
+} from '../src/proxy/errors.ts';
+import {
+  CA_CERT,
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ALICE, recordingPorts } from './helpers.ts';
+import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
 const silent = () => hostile(() => {});
@@ -70,10 +48,14 @@ const cause = (p: Promise<unknown>) =>
 
 let proxy: Hostile | undefined;
 let agent: MultilegAgent | undefined;
+let server: ReferenceServer | undefined;
+let reference: ReferenceProxy | undefined;
 afterEach(async () => {
   await agent?.destroy().catch(() => {});
   await proxy?.close();
-  agent = proxy = undefined;
+  await reference?.close();
+  await server?.close();
+  agent = proxy = server = reference = undefined;
 });
 
 describe('hostile proxies: bounded connects (R1, H5)', () => {
@@ -131,4 +113,86 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
       /proxy\.connectTimeout must be a positive number/,
     );
   });
+});
+
+describe('proxies: how the agent names the target and reaches the proxy (H5)', () => {
+  it.each([
+    ['https', 443],
+    ['http', 80],
+  ] as const)(
+    'H5: a %s origin on its default port is CONNECTed as host:%i, and its legs know the port',
+    async (scheme, port) => {
+      server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], cleartext: scheme === 'http' });
+      proxy = await relayTo(server.port);
+      const ports: number[] = [];
+      const recording = recordingPorts(ntlmMechanism(ALICE), ports);
+      agent = new MultilegAgent({
+        credentials: ALICE,
+        connect: { ca: CA_CERT },
+        trustedOrigins: [`${scheme}://localhost`],
+        negotiate: false,
+        mechanisms: [recording],
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, http: 'tunnel' },
+      });
+      const res = await fetch(`${scheme}://localhost/auth/x`, { dispatcher: agent });
+      expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+      expect(proxy.received[0]).toMatch(new RegExp(`^CONNECT localhost:${port} HTTP/1\\.1\r\n`));
+      expect(ports).toEqual([port]);
+    },
+  );
+
+  it('H5: an http:// origin on its default port, tunnelled (proxy.http = tunnel), is CONNECTed as host:80', async () => {
+    proxy = await relayTo(1, 'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
+    agent = new MultilegAgent({ proxy: { uri: `http://127.0.0.1:${proxy.port}`, http: 'tunnel' } });
+    const err = await cause(fetch('http://localhost/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyConnectError);
+    expect(err).toMatchObject({ statusCode: 403 });
+    expect(proxy.received[0]).toMatch(/^CONNECT localhost:80 HTTP\/1\.1\r\n/);
+  });
+
+  it('H5: an origin named by IP address is reached through the tunnel without SNI (an IP is no server name)', async () => {
+    const sni: Array<string | false | null> = [];
+    const origin = createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (s) => {
+      sni.push(s.servername);
+      s.on('error', () => {});
+      s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'));
+    });
+    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+    try {
+      proxy = await relayTo((origin.address() as AddressInfo).port);
+      agent = new MultilegAgent({ connect: { ca: CA_CERT }, proxy: `http://127.0.0.1:${proxy.port}` });
+      const res = await fetch('https://127.0.0.1/x', { dispatcher: agent });
+      expect(await res.text()).toBe('ok');
+    } finally {
+      await new Promise((r) => origin.close(r));
+    }
+    expect(proxy.received[0]).toMatch(/^CONNECT 127\.0\.0\.1:443 HTTP\/1\.1\r\n/);
+    expect(sni).toEqual([false]);
+  });
+
+  it('H5: a proxy that refuses the TCP connection is a ProxyProtocolError naming the cause', async () => {
+    const closed = await hostile(() => {});
+    const port = closed.port;
+    await closed.close();
+    agent = new MultilegAgent({ proxy: `http://127.0.0.1:${port}` });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyProtocolError);
+    expect((err as Error).message).toContain(`proxy http://127.0.0.1:${port}: cannot connect (ECONNREFUSED)`);
+  });
+
+  it('R1: a TLS proxy connection that completes after limits.handshakeTimeout is dropped unused (ProxyTimeoutError, no CONNECT sent)', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    reference = await startReferenceProxy({});
+    proxy = await slowRelayTo(reference.port, 1500);
+    agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      proxy: { uri: `https://localhost:${proxy.port}`, connect: { ca: CA_CERT }, connectTimeout: 30_000 },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch(`${server.origin}/public/x`, { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    // Wait until the slow connection did get through to the proxy, then see that nothing used it.
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(reference.exchanges).toEqual([]);
+  }, 20_000);
 });

@@ -15,7 +15,7 @@ import {
   ProxyConnectError,
   ProxyProtocolError,
 } from '../src/index.ts';
-import { DEFAULT_LIMITS, type Limits } from '../src/options.ts';
+import { DEFAULT_LIMITS, type Limits, type SchemeName } from '../src/options.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
@@ -150,6 +150,32 @@ describe('CONNECT through scripted proxies: framing of 407 answers (S3)', () => 
     expect(t).toMatchObject({ requests: 2, connections: 1 });
   });
 
+  it('H5: a chunk-size line arriving in pieces is read whole: the next leg goes on the same connection', async () => {
+    const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
+      if (proxyAuthorization) return void socket.write(OK);
+      socket.write(`${CHALLENGE}Transfer-Encoding: chunked\r\n\r\n5;ext=`);
+      setTimeout(() => socket.write('1\r\nhello\r\n0\r\n\r\n'), 20);
+    });
+    const t = await tunnel(resolved(uri));
+    t.socket.destroy();
+    expect(t).toMatchObject({ requests: 2, connections: 1 });
+    expect(seen.map((s) => s.connection)).toEqual([1, 1]);
+  });
+
+  it('H5: a 407 whose Connection headers (repeated) include close: the next leg uses a new connection', async () => {
+    const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
+      if (proxyAuthorization) return void socket.write(OK);
+      socket.write(`${CHALLENGE}Connection: keep-alive\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    });
+    const t = await tunnel(resolved(uri));
+    t.socket.destroy();
+    expect(t).toMatchObject({ requests: 2, connections: 2 });
+    expect(seen.map((s) => [s.connection, s.proxyAuthorization])).toEqual([
+      [1, undefined],
+      [2, BASIC],
+    ]);
+  });
+
   it('H5: an HTTP/1.0 407 without a length runs to the end of the connection; the next leg uses a new one', async () => {
     const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
       if (proxyAuthorization) return void socket.write(OK);
@@ -253,7 +279,9 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri, seen } = await scripted(({ socket, index }) =>
       socket.write(`HTTP/1.1 407 x\r\nProxy-Authenticate: Loop t${index}\r\nContent-Length: 0\r\n\r\n`),
     );
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop'] }), { maxLegs: 3 }));
+    const err = await failure(
+      tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] }), { maxLegs: 3 }),
+    );
     expect(err).toBeInstanceOf(LegLimitError);
     // One unauthenticated CONNECT and exactly maxLegs legs, all on the one connection.
     expect(seen.map((s) => [s.connection, s.proxyAuthorization])).toEqual([
@@ -295,7 +323,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
       if (proxyAuthorization) return void socket.write(OK);
       socket.write(`${CHALLENGE}Proxy-Authenticate: Gone\r\nContent-Length: 0\r\n\r\n`);
     });
-    const t = await tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone', 'Basic'] }));
+    const t = await tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone' as SchemeName, 'Basic'] }));
     t.socket.destroy();
     expect(seen.map((s) => s.proxyAuthorization)).toEqual([undefined, BASIC]);
   });
@@ -304,19 +332,22 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri, seen } = await scripted(({ socket }) =>
       socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Gone\r\nContent-Length: 0\r\n\r\n'),
     );
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone'] })));
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone' as SchemeName] })));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err.message).toMatch(/no offered scheme could be used \(gone unavailable\)/);
     expect(seen).toHaveLength(1);
   });
 
-  it('H5: a mechanism that chokes on the proxy’s token fails with InvalidTokenError, not its own exception', async () => {
-    const choking: Mechanism = {
+  it.each([
+    ['its own exception: InvalidTokenError instead', new TypeError('bad input'), /invalid Loop Proxy-Authenticate/],
+    ['a typed error: that error, unchanged', new InvalidTokenError('Loop token from the test proxy'), /test proxy/],
+  ] as const)('H5: a mechanism that fails on the proxy’s token with %s', async (_what, thrown, message) => {
+    const failing: Mechanism = {
       ...endless,
       createContext: () => ({
         complete: false,
         step: async () => {
-          throw new TypeError('bad input');
+          throw thrown;
         },
         finish: async () => {},
       }),
@@ -324,8 +355,9 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri } = await scripted(({ socket }) =>
       socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop garbage\r\nContent-Length: 0\r\n\r\n'),
     );
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [choking], schemes: ['Loop'] })));
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [failing], schemes: ['Loop' as SchemeName] })));
     expect(err).toBeInstanceOf(InvalidTokenError);
+    expect(err.message).toMatch(message);
   });
 
   it('H5: a proxy that drops the connection between legs of a connection-bound scheme: the handshake restarts once on a new connection', async () => {
@@ -338,7 +370,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
         );
       socket.write(OK);
     });
-    const t = await tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop'] }));
+    const t = await tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] }));
     t.socket.destroy();
     expect(t).toMatchObject({ connections: 2 });
     // The restarted handshake's first leg is a fresh context's first token.
@@ -355,7 +387,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
         return void socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop\r\nContent-Length: 0\r\n\r\n');
       socket.end('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     });
-    const err = await failure(tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop'] })));
+    const err = await failure(tunnel(resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] })));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err.message).toMatch(/closes the connection between Loop legs/);
     expect(seen.map((s) => s.connection)).toEqual([1, 1, 2]);

@@ -367,3 +367,27 @@ describe('R5: GOAWAY', () => {
     expect(s.exchanges.filter((e) => e.sessionId === goaway.sessionId && e.seq > goaway.seq)).toEqual([]);
   });
 });
+
+describe('memory over time: idle origins are dropped', () => {
+  it('R6: an agent that has talked to 70 origins keeps pools only for those still in use; its counters keep them all', async () => {
+    const { createServer } = await import('node:http');
+    const origins: string[] = [];
+    for (let i = 0; i < 70; i++) {
+      // Each connection ends after its response, as an idle one would.
+      const server = createServer((_req, res) => res.writeHead(200, { connection: 'close' }).end('ok'));
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      servers.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) });
+      server.on('connection', (s) => s.on('error', () => {}));
+      origins.push(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    }
+    // No credentials at all: nothing to trust.
+    const a = agent({ negotiate: false });
+    for (const o of origins.slice(0, 64)) expect((await request(`${o}/`, { dispatcher: a })).statusCode).toBe(200);
+    expect(a.stats().origins).toBe(64);
+    await new Promise((r) => setTimeout(r, 200)); // the 64 connections are closed
+    for (const o of origins.slice(64)) await (await request(`${o}/`, { dispatcher: a })).body.text();
+    // The 65th new origin swept the 64 idle pools; the counters still count every session.
+    expect(a.stats().origins).toBeLessThanOrEqual(6);
+    expect(a.stats()).toMatchObject({ requests: 70, sessions: 70 });
+  });
+});

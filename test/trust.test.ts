@@ -90,6 +90,13 @@ describe('S1: trusted origins are required with a password, and match exactly wh
       expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
       expect(() => new TrustPolicy([bad]), bad).toThrow(bad);
     }
+    // Plain JavaScript callers can pass anything: neither a list nor a function, or a non-string entry.
+    expect(() => new TrustPolicy('https://a.example' as never)).toThrow(
+      new ConfigError('trustedOrigins must be an array of origins or a function'),
+    );
+    expect(() => new TrustPolicy([new URL('https://a.example')] as never)).toThrow(
+      new ConfigError('trustedOrigins entries must be strings'),
+    );
   });
 
   it('S1: exact origins compare scheme, host and port (default ports included)', () => {
@@ -115,6 +122,11 @@ describe('S1: trusted origins are required with a password, and match exactly wh
     expect(ported.explicit('https://a.corp.example.com')).toBe(false);
     expect(ported.explicit('https://x.any.example:1')).toBe(true);
     expect(ported.explicit('https://x.any.example')).toBe(true);
+    const cleartext = new TrustPolicy(['http://*.legacy.example']);
+    expect(cleartext.explicit('http://a.legacy.example')).toBe(true);
+    expect(cleartext.explicit('http://a.legacy.example:80')).toBe(true);
+    expect(cleartext.explicit('http://a.legacy.example:8080')).toBe(false);
+    expect(cleartext.explicit('https://a.legacy.example')).toBe(false);
   });
 
   it('S1: property: a pattern trusts every sub-domain label and nothing that merely ends like it', () => {

@@ -10,16 +10,20 @@ import { connect, type Dispatcher, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   BasicOverHttpError,
+  InvalidTokenError,
+  LegLimitError,
   type Mechanism,
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
   MutualAuthError,
   ntlmMechanism,
+  type SchemeName,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
-import { ALICE } from './helpers.ts';
+import { ALICE, patchedNtlm, recordingPorts, unavailableScheme } from './helpers.ts';
+import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
 /** An upgrade through `agent` that resolves with the response the caller got instead, if any. */
@@ -49,14 +53,16 @@ function upgradeOrResponse(
 
 let origin: UpgradeServer | undefined;
 let proxy: ReferenceProxy | undefined;
+let relay: Hostile | undefined;
 let agent: MultilegAgent | undefined;
 const sockets: Socket[] = [];
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.destroy();
   await agent?.destroy().catch(() => {});
   await proxy?.close();
+  await relay?.close();
   await origin?.close();
-  agent = proxy = origin = undefined;
+  agent = proxy = relay = origin = undefined;
 });
 
 function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
@@ -209,20 +215,147 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
-    const gone: Mechanism = {
-      scheme: 'Gone',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => {
-        throw new MechanismUnavailableError('Gone', 'test: not on this machine');
-      },
-    };
-    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone', 'NTLM'] });
+    const gone = unavailableScheme('Gone');
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName, 'NTLM'] });
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it('T2: when every offered scheme is unusable here, the upgrade fails with the last one’s own reason', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
+    const gone = unavailableScheme('Gone');
+    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(MechanismUnavailableError);
+    expect(err!.message).toContain('test: not on this machine');
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('C11: an upgrade handshake that needs more legs than limits.maxLegs ends with LegLimitError', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ limits: { maxLegs: 1 } });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(LegLimitError);
+    expect(err!.message).toContain('NTLM (upgrade)');
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1']);
+  });
+
+  it('S3: a mechanism that rejects the origin’s token with a typed error fails the upgrade with that error', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const rejecting = patchedNtlm({
+      step: (challenge) => {
+        if (challenge?.token68 !== undefined) throw new InvalidTokenError('NTLM challenge from the test origin');
+      },
+    });
+    agent = ntlmAgent({ mechanisms: [rejecting] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(InvalidTokenError);
+    expect(err!.message).toContain('NTLM challenge from the test origin');
+  });
+
+  it('S3: a mechanism whose first token fails with its own exception: InvalidTokenError, not that exception', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const broken: Mechanism = {
+      ...ntlmMechanism(ALICE),
+      createContext: () => ({
+        complete: false,
+        step: async () => {
+          throw new TypeError('mechanism internals');
+        },
+        finish: async () => {},
+      }),
+    };
+    agent = ntlmAgent({ mechanisms: [broken] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(InvalidTokenError);
+    expect(err!.message).not.toContain('mechanism internals');
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('R1: a caller that aborts while its upgrade’s connection is still being made: its error, and nothing is sent', async () => {
+    // TLS, so that nothing can be written before the held connection comes up.
+    origin = await upgradeServer({ ntlm: false, tls: true });
+    relay = await slowRelayTo(origin.port, 300);
+    agent = new MultilegAgent({ proxy: false, connect: { ca: CA_CERT } });
+    const outcome = new Promise<string>((resolve) => {
+      agent!.dispatch(
+        { origin: `https://localhost:${relay!.port}`, path: '/ws', method: 'GET', upgrade: 'websocket' },
+        {
+          onRequestStart: (c) => {
+            // Abort once the connection attempt has begun (the relay holds it).
+            const timer = setInterval(() => {
+              if (relay!.connections === 0) return;
+              clearInterval(timer);
+              c.abort(new Error('changed my mind'));
+            }, 5);
+          },
+          onRequestUpgrade: () => resolve('upgraded'),
+          onResponseStart: () => resolve('response'),
+          onResponseError: (_c, err) => resolve(`error ${err.message}`),
+        },
+      );
+    });
+    expect(await outcome).toBe('error changed my mind');
+    // The connection does come up after the hold; the request must not go out on it.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(origin.seen).toEqual([]);
+  });
+
+  it.each([
+    ['http', 80],
+    ['https', 443],
+  ] as const)(
+    'H5: an upgrade to a %s origin on its default port is CONNECTed as host:%i, and its legs know the port',
+    async (scheme, port) => {
+      origin = await upgradeServer({ ntlm: true, tls: scheme === 'https' });
+      relay = await relayTo(origin.port);
+      const ports: number[] = [];
+      const recording = recordingPorts(ntlmMechanism(ALICE), ports);
+      agent = ntlmAgent({
+        trustedOrigins: [`${scheme}://localhost`],
+        connect: { ca: CA_CERT },
+        mechanisms: [recording],
+        proxy: `http://127.0.0.1:${relay.port}`,
+      });
+      const { socket } = await upgrade(`${scheme}://localhost/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+      expect(relay.received[0]).toMatch(new RegExp(`^CONNECT localhost:${port} HTTP/1\\.1\r\n`));
+      expect(ports).toEqual([port]);
+    },
+  );
+
+  it('a caller that aborts as its upgrade request starts gets its own error; nothing is sent', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    const reason = new Error('changed my mind');
+    const seen: string[] = [];
+    agent.dispatch(
+      { origin: origin.origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+      {
+        onRequestStart: (c) => c.abort(reason),
+        onRequestUpgrade: () => seen.push('upgrade'),
+        onResponseStart: () => seen.push('response'),
+        onResponseError: (_c, err) => seen.push(`error ${err.message}`),
+      },
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    expect(seen).toEqual(['error changed my mind']);
+    expect(origin.seen).toEqual([]);
   });
 
   it('M4: an upgrade challenged with Basic over cleartext http (the only scheme allowed) fails with BasicOverHttpError, the password unsent', async () => {

@@ -1,68 +1,232 @@
-#!/usr/bin/env node
 /**
- * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos or a
- * client certificate, over HTTP/2 and HTTP/1.1. Exit codes: 0 done, 1 a typed failure
- * (MultilegError: the message names the fix), 2 bad usage, 22 an HTTP error with --fail.
+ * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos, Digest,
+ * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
+ * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 6, 7, 22 (-f), 28,
+ * 47, 60. Started through bin.ts, which checks the Node.js version first.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, writeFileSync } from 'node:fs';
+import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { CommanderError } from 'commander';
 import { request } from 'undici';
 import { MultilegAgent } from '../agent.ts';
-import { ConfigError, MultilegError } from '../errors.ts';
-import { parseCli } from './options.ts';
+import { ConfigError } from '../errors.ts';
+import { credentialsFor } from './credentials.ts';
+import { challengeSchemes, describeFailure, EXIT, explain401 } from './explain.ts';
+import { toHar } from './har.ts';
+import { parseCliOrExit } from './options.ts';
+import { Trace } from './trace.ts';
+import { CliTrust } from './trust.ts';
+import { writeOut } from './write-out.ts';
 
-async function main(argv: string[]): Promise<number> {
-  let req: ReturnType<typeof parseCli>;
-  try {
-    req = parseCli(argv);
-  } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    if (err instanceof ConfigError) {
-      process.stderr.write(`multileg: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
-  const agent = new MultilegAgent(req.agent);
-  if (req.verbose) {
-    agent.onHandshake((r) =>
-      process.stderr.write(
-        `* handshake ${r.scheme} on session ${r.sessionId} (${r.protocol ?? '?'}): ${r.legs} legs, Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${r.outcome}${r.identity ? ` as ${r.identity}` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}\n`,
-      ),
-    );
-  }
-  try {
-    const res = await request(req.url, {
-      dispatcher: agent,
-      method: req.method as 'GET',
-      headers: req.headers,
-      body: req.body ?? null,
-      ...(req.http1 ? { allowH2: false } : {}),
-    } as Parameters<typeof request>[1]);
-    if (req.include) {
-      process.stdout.write(`HTTP ${res.statusCode}\n`);
-      for (const [k, v] of Object.entries(res.headers)) {
-        for (const value of Array.isArray(v) ? v : [v]) process.stdout.write(`${k}: ${value}\n`);
-      }
-      process.stdout.write('\n');
-    }
-    await pipeline(res.body, req.output ? createWriteStream(req.output) : process.stdout, { end: Boolean(req.output) });
-    if (req.verbose) {
-      const s = agent.stats();
-      process.stderr.write(
-        `* ${s.sessions} session(s), ${s.handshakes} handshake(s), ${s.legs} leg(s) with credentials\n`,
-      );
-    }
-    return req.fail && res.statusCode >= 400 ? 22 : 0;
-  } catch (err) {
-    const e = err instanceof MultilegError ? err : ((err as { cause?: unknown }).cause ?? err);
-    const code = e instanceof MultilegError ? ` (${e.code})` : '';
-    process.stderr.write(`multileg: ${(e as Error).message}${code}\n`);
-    return 1;
-  } finally {
-    await agent.destroy().catch(() => {});
-  }
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+/** curl's wording for the status line: `HTTP/2 200`, `HTTP/1.1 200 OK`. */
+function statusLine(protocol: string | undefined, status: number, text: string): string {
+  return protocol === 'h2' ? `HTTP/2 ${status}` : `HTTP/1.1 ${status}${text ? ` ${text}` : ''}`;
 }
 
-process.exitCode = await main(process.argv.slice(2));
+function printHead(
+  protocol: string | undefined,
+  res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
+): void {
+  let text = `${statusLine(protocol, res.statusCode, res.statusText)}\r\n`;
+  for (const [k, v] of Object.entries(res.headers)) {
+    if (v === undefined) continue;
+    for (const value of Array.isArray(v) ? v : [v]) text += `${k}: ${value}\r\n`;
+  }
+  process.stdout.write(`${text}\r\n`);
+}
+
+const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
+
+async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
+  const req = parseCliOrExit(argv, 'multileg');
+  if (typeof req === 'number') return req;
+  const say = (line: string) => {
+    if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
+  };
+  let credentials: Awaited<ReturnType<typeof credentialsFor>>;
+  try {
+    credentials = await credentialsFor(req);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    say(err.message);
+    return EXIT.usage;
+  }
+  // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
+  const trusted = new CliTrust(req.url.origin, req.trust);
+  let agent: MultilegAgent;
+  try {
+    agent = new MultilegAgent({
+      ...req.agent,
+      ...(credentials ? { credentials } : {}),
+      trustedOrigins: (origin) => trusted.trusts(origin),
+    });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    say(describeFailure(err, req).message);
+    return EXIT.usage;
+  }
+  const trace = new Trace(req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined);
+  const started = performance.now();
+  let url = req.url;
+  let method = req.method;
+  let body = req.body;
+  const headers = { ...req.headers };
+  let redirects = 0;
+  let status = 0;
+  let bytes = 0;
+  let exit: number = EXIT.ok;
+  let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
+  // A reader that went away (`| head`) is not an error: stop writing, exit as if done.
+  process.stdout.on('error', (err) => {
+    if (!isEpipe(err)) throw err;
+  });
+  try {
+    for (;;) {
+      const res = await request(url, {
+        dispatcher: agent,
+        method: method as 'GET',
+        headers,
+        body: body ?? null,
+        ...(signal ? { signal } : {}),
+        ...(req.http1 ? { allowH2: false } : {}),
+      } as Parameters<typeof request>[1]);
+      status = res.statusCode;
+      const protocol = trace.lastDelivered?.response?.protocol;
+      final = { headers: res.headers, protocol };
+      const location = res.headers.location;
+      if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
+        if (req.include && !req.json) printHead(protocol, res);
+        await res.body.dump();
+        if (++redirects > req.maxRedirs) {
+          say(`maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
+          exit = EXIT.redirects;
+          break;
+        }
+        const next = new URL(location, url);
+        if (next.origin !== url.origin) {
+          if (req.locationTrusted) trusted.add(next.origin);
+          else {
+            // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too.
+            delete headers.authorization;
+            delete headers.cookie;
+          }
+        }
+        if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
+          if (method !== 'HEAD') method = 'GET';
+          body = undefined;
+        }
+        url = next;
+        continue;
+      }
+      if (req.include && !req.json && !(req.fail && status >= 400)) printHead(protocol, res);
+      const counter = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          bytes += chunk.length;
+          cb(null, chunk);
+        },
+      });
+      if (req.head || req.json || (req.fail && status >= 400)) {
+        await pipeline(res.body, counter, async (source) => {
+          for await (const _ of source);
+        });
+      } else {
+        const out = req.output ? createWriteStream(req.output) : process.stdout;
+        try {
+          await pipeline(res.body, counter, out, { end: Boolean(req.output) });
+        } catch (err) {
+          if (!isEpipe(err)) throw err;
+          res.body.destroy();
+        }
+      }
+      const last = trace.lastDelivered;
+      if (last) last.bodySize = bytes;
+      if (status === 401)
+        say(
+          explain401({
+            origin: url.origin,
+            offered: challengeSchemes(res.headers, status),
+            trusted: trusted.trusts(url.origin),
+            hasPassword: credentials !== undefined,
+            schemes: req.agent.schemes,
+            handshakes: trace.handshakes,
+          }),
+        );
+      if (req.fail && status >= 400) {
+        say(`(22) HTTP ${status}`);
+        exit = EXIT.httpError;
+      }
+      break;
+    }
+  } catch (err) {
+    const failure = describeFailure(err, req);
+    say(failure.message);
+    exit = failure.exit;
+  }
+  const stats = agent.stats();
+  if (req.verbose)
+    process.stderr.write(
+      `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,
+    );
+  trace.stop();
+  await agent.destroy().catch(() => {});
+  const timeTotal = (performance.now() - started) / 1000;
+  if (req.json) {
+    const report = {
+      url: url.href,
+      status,
+      httpVersion: final?.protocol === 'h2' ? '2' : final ? '1.1' : null,
+      redirects,
+      exitCode: exit,
+      timeTotal,
+      legs: trace.legs.map((l) => ({
+        session: l.request.sessionId,
+        method: l.request.method,
+        url: l.request.method === 'CONNECT' ? l.request.path : new URL(l.request.path, l.request.origin).href,
+        scheme: l.request.scheme ?? null,
+        authId: l.request.authId,
+        protocol: l.response?.protocol ?? l.request.protocol ?? null,
+        status: l.response?.status ?? null,
+        delivered: l.response?.delivered ?? false,
+        ...(l.error ? { error: l.error.error } : {}),
+      })),
+      handshakes: trace.handshakes,
+      stats,
+    };
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  }
+  if (req.har) {
+    try {
+      writeFileSync(req.har, `${JSON.stringify(toHar(trace.legs), null, 2)}\n`);
+    } catch (err) {
+      say(`--har ${req.har}: ${(err as Error).message}`);
+      if (exit === EXIT.ok) exit = EXIT.failure;
+    }
+  }
+  if (req.writeOut !== undefined) {
+    process.stdout.write(
+      writeOut(req.writeOut, {
+        http_code: String(status).padStart(3, '0'),
+        response_code: String(status).padStart(3, '0'),
+        time_total: timeTotal.toFixed(6),
+        num_connects: String(stats.sessions),
+        num_redirects: String(redirects),
+        url_effective: url.href,
+        http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
+        size_download: String(bytes),
+        exitcode: String(exit),
+      }),
+    );
+  }
+  return exit;
+}
+
+process.exitCode = await main(process.argv.slice(2)).catch((err: unknown) => {
+  // A bug of ours still ends in one line and exit 1, not a stack trace (MULTILEG_DEBUG=1 shows it).
+  process.stderr.write(`multileg: unexpected error: ${(err as Error)?.message ?? String(err)}\n`);
+  if (process.env.MULTILEG_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
+  return EXIT.failure;
+});

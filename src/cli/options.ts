@@ -1,7 +1,23 @@
+/**
+ * The command line: curl's flags where curl has one, parsed into a {@link CliRequest}. Pure apart
+ * from reading the files the flags name; credentials that need a prompt or stdin are resolved later
+ * (credentials.ts).
+ */
 import { readFileSync } from 'node:fs';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { getCACertificates } from 'node:tls';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../errors.ts';
-import type { MultilegAgentOptions } from '../options.ts';
+import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
+import type { ProxyOptions } from '../proxy/options.ts';
+import { parseTrust } from './trust.ts';
+import { versionText } from './version.ts';
+
+/** `-u user[:password]` before the password is known. */
+export interface UserArg {
+  readonly username: string;
+  /** undefined: ask (MULTILEG_PASSWORD, --password-stdin, a TTY prompt). */
+  readonly password: string | undefined;
+}
 
 /** What one `multileg` invocation asks for: the agent's options and the request to send. */
 export interface CliRequest {
@@ -10,10 +26,30 @@ export interface CliRequest {
   readonly headers: Record<string, string>;
   readonly body: Buffer | undefined;
   readonly http1: boolean;
+  /** -i: print status line and headers; -I: the same, for a HEAD request, without body. */
   readonly include: boolean;
+  readonly head: boolean;
   readonly verbose: boolean;
+  /** -s: no error messages (unless -S). */
+  readonly silent: boolean;
+  readonly showError: boolean;
   readonly fail: boolean;
   readonly output: string | undefined;
+  readonly writeOut: string | undefined;
+  readonly json: boolean;
+  readonly har: string | undefined;
+  readonly location: boolean;
+  readonly locationTrusted: boolean;
+  readonly maxRedirs: number;
+  /** Origins and `*.` host patterns trusted with credentials besides the URL's own (--trust). */
+  readonly trust: readonly string[];
+  /** --max-time in ms. */
+  readonly maxTime: number | undefined;
+  readonly user: UserArg | undefined;
+  readonly passwordStdin: boolean;
+  /** --netrc (the default file) or --netrc-file FILE. */
+  readonly netrc: string | undefined;
+  /** The agent's options, without credentials and trustedOrigins (main adds those). */
   readonly agent: MultilegAgentOptions;
 }
 
@@ -22,105 +58,201 @@ const positiveInt = (v: string) => {
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
   return n;
 };
+const nonNegativeInt = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number');
+  return n;
+};
+/** curl's timeouts are in seconds, decimals allowed. */
+const seconds = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected seconds (e.g. 2.5)');
+  return Math.ceil(n * 1000);
+};
+const collect = (v: string, acc: string[]) => [...acc, v];
 
 export function program(): Command {
   return new Command('multileg')
-    .description('curl-like HTTP client with NTLM, Negotiate/Kerberos and client certificates over HTTP/2 and HTTP/1.1')
-    .argument('<url>', 'the URL to request')
-    .option('-X, --request <method>', 'request method')
-    .option(
-      '-H, --header <header>',
-      'extra request header "Name: value" (repeatable)',
-      (v, acc: string[]) => [...acc, v],
-      [],
+    .description(
+      'curl-like HTTP client with NTLM, Negotiate/Kerberos, Digest, Basic and client certificates over HTTP/2 and HTTP/1.1\n' +
+        '(`multileg doctor URL` checks a setup: Node, kerberos, ticket, SPN, clock, schemes, proxy, TLS)',
     )
+    .argument('<url>', 'the URL to request (no scheme means https://)')
+    .option('-X, --request <method>', 'request method')
+    .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect, [])
     .option('-d, --data <data>', 'request body; @file reads a file (implies POST)')
     .option(
-      '-u, --user <user:password>',
-      'credentials for NTLM (and Negotiate without a ticket): DOMAIN\\user:password; the password may come from MULTILEG_PASSWORD instead',
+      '-u, --user <user[:password]>',
+      'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
     )
-    .option('--schemes <list>', 'schemes to use, strongest first (default Negotiate,NTLM,Digest,Basic)')
+    .option('--password-stdin', 'read the password of -u from the first line of stdin')
+    .option('--netrc', 'take credentials for the host from ~/.netrc')
+    .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
+    .option('--schemes <list>', `schemes to use, strongest first (of ${SCHEME_NAMES.join(', ')})`)
+    .option('--negotiate', 'use Negotiate (Kerberos/SPNEGO) only')
+    .option('--ntlm', 'use NTLM only')
+    .option('--digest', 'use Digest only')
+    .option('--basic', 'use Basic only')
     .option('--spn <spn>', 'Kerberos service principal (default HTTP@host)')
+    .option('--principal <name>', 'Kerberos client principal (user@REALM) instead of the default ticket')
+    .option('--canonicalize-host', 'build the SPN from the canonical DNS name of the host (CNAMEs)')
     .option('--delegate', 'allow Kerberos credential delegation')
+    .option(
+      '--no-mutual-auth',
+      'accept a server that sends no final Kerberos token (do not require mutual authentication)',
+    )
     .option(
       '--ccache <name>',
       'Kerberos credential cache for this run (e.g. FILE:/tmp/krb5cc_svc), instead of KRB5CCNAME',
     )
     .option('--keytab <file>', 'client keytab: get Kerberos tickets from it (with --principal for a keytab of several)')
-    .option('--principal <name>', 'Kerberos client principal (user@REALM) to use')
     .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
+    .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
     .option('-k, --insecure', 'do not verify the server certificate')
     .option('--cert <file>', 'client certificate (PEM) for Transport challenges')
     .option('--key <file>', 'private key (PEM) of --cert')
+    .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
+    .option('--proxy-user <user:password>', 'credentials for the proxy only')
+    .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
+    .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
+    .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
+    .addOption(new Option('--max-redirs <n>', 'maximum redirects with -L').argParser(nonNegativeInt).default(50))
+    .option(
+      '--trust <origin>',
+      'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
+      collect,
+      [],
+    )
     .option('--http1.1', 'use HTTP/1.1 only')
     .option('-i, --include', 'print the response status line and headers')
-    .option('-v, --verbose', 'report sessions and handshakes on stderr (never secrets)')
-    .option('-f, --fail', 'exit with code 22 on HTTP responses >= 400')
+    .option('-I, --head', 'send HEAD and print the status line and headers only')
+    .option('-v, --verbose', 'show each leg and handshake on stderr (never secrets)')
+    .option('-s, --silent', 'no error messages')
+    .option('-S, --show-error', 'with -s, still show error messages')
+    .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
     .option('-o, --output <file>', 'write the body to a file')
+    .option('-w, --write-out <format>', 'print after the transfer: %{http_code} %{time_total} %{num_connects} …')
+    .option('--json', 'print the outcome (status, legs, handshakes, stats) as JSON instead of the body')
+    .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
+    .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
+    .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))
     .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
     .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
-    .showHelpAfterError()
+    .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and kerberos')
+    .showHelpAfterError('(multileg --help lists the options)')
     .exitOverride();
 }
 
-/** Splits `DOMAIN\user:password` at the first colon; the password may come from the environment. */
-function parseUser(user: string, env: NodeJS.ProcessEnv): { username: string; password: string } {
+/** A URL as curl reads it: no scheme means https. */
+export function parseUrl(text: string): URL {
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    throw new ConfigError(`not a URL: ${text}`);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:')
+    throw new ConfigError(`unsupported protocol ${url.protocol} in ${text}: use https:// or http://`);
+  return url;
+}
+
+/** `--schemes a,b`: every name must be one multileg implements. */
+export function parseSchemes(list: string): SchemeName[] {
+  return list
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((name) => {
+      const known = SCHEME_NAMES.find((s) => s.toLowerCase() === name.toLowerCase());
+      if (!known)
+        throw new ConfigError(`--schemes: unknown scheme ${JSON.stringify(name)}; use ${SCHEME_NAMES.join(', ')}`);
+      return known;
+    });
+}
+
+/** Splits `DOMAIN\user:password` at the first colon. */
+export function parseUser(user: string): UserArg {
   const colon = user.indexOf(':');
   if (colon >= 0) return { username: user.slice(0, colon), password: user.slice(colon + 1) };
-  const password = env.MULTILEG_PASSWORD;
-  if (password === undefined)
-    throw new ConfigError(`no password for ${user}: write -u user:password or set MULTILEG_PASSWORD`);
-  return { username: user, password };
+  return { username: user, password: undefined };
+}
+
+/** Reads a file a flag names: one line naming the flag when it is missing. */
+export function readFlagFile(flag: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? 'unreadable');
+    throw new ConfigError(`${flag} ${path}: ${why}`);
+  }
 }
 
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
 const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
-const readArg = (v: string) => (v.startsWith('@') ? readFileSync(v.slice(1)) : Buffer.from(v));
-
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
-export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): CliRequest {
+export function parseCli(argv: readonly string[]): CliRequest {
   const cmd = program();
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
-  let url: URL;
-  try {
-    url = new URL(cmd.args[0]!);
-  } catch {
-    throw new ConfigError(`not a URL: ${cmd.args[0]}`);
-  }
+  const url = parseUrl(cmd.args[0]!);
   const headers: Record<string, string> = {};
   for (const h of o.header as string[]) {
     const i = h.indexOf(':');
-    if (i <= 0) throw new ConfigError(`a header must look like "Name: value", got ${JSON.stringify(h.split(':')[0])}`);
+    if (i <= 0)
+      throw new ConfigError(`-H: a header must look like "Name: value", got ${JSON.stringify(h.split(':')[0])}`);
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim();
   }
-  const body = o.data !== undefined ? readArg(o.data as string) : undefined;
+  const data = o.data as string | undefined;
+  const body =
+    data === undefined ? undefined : data.startsWith('@') ? readFlagFile('-d', data.slice(1)) : Buffer.from(data);
   if ((o.cert === undefined) !== (o.key === undefined)) throw new ConfigError('--cert and --key go together');
+  const only = (['negotiate', 'ntlm', 'digest', 'basic'] as const).filter((k) => o[k]);
+  if (only.length > 0 && o.schemes) throw new ConfigError(`--${only[0]} and --schemes: give one of them`);
+  const schemes: SchemeName[] | undefined = o.schemes
+    ? parseSchemes(o.schemes as string)
+    : only.length > 0
+      ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
+      : undefined;
+  const ca = [
+    ...(o.cacert ? [readFlagFile('--cacert', o.cacert as string).toString()] : []),
+    // The system store replaces Node's bundled roots in `ca`, so keep those too.
+    ...(o.caNative ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
+  ];
   const connect = {
-    ...(o.cacert ? { ca: readFileSync(o.cacert as string) } : {}),
+    ...(ca.length > 0 ? { ca } : {}),
     ...(o.insecure ? { rejectUnauthorized: false } : {}),
+    ...(o.connectTimeout ? { timeout: o.connectTimeout as number } : {}),
   };
+  const negotiate = {
+    ...(o.spn ? { spn: o.spn as string } : {}),
+    ...(o.principal ? { principal: o.principal as string } : {}),
+    ...(o.canonicalizeHost ? { canonicalizeHost: true } : {}),
+    ...(o.delegate ? { delegate: true } : {}),
+    ...(o.mutualAuth === false ? { mutualAuth: 'optional' as const } : {}),
+    ...(o.ccache ? { ccache: o.ccache as string } : {}),
+    ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
+  };
+  const proxy = proxyOption(o, ca);
+  const user = o.user !== undefined ? parseUser(o.user as string) : undefined;
+  const head = Boolean(o.head);
   const agent: MultilegAgentOptions = {
     connect,
-    // curl's rule: credentials go to the origin named on the command line (S1).
-    trustedOrigins: [new URL(url).origin],
-    ...(o.user ? { credentials: parseUser(o.user as string, env) } : {}),
-    ...(o.schemes ? { schemes: (o.schemes as string).split(',').map((s) => s.trim()) } : {}),
-    ...(o.spn || o.delegate || o.ccache || o.keytab || o.principal
+    // curl sends Basic to an http:// URL the user named; S4 still keeps it to the trusted origins.
+    allowBasicOverHttp: true,
+    ...(schemes ? { schemes } : {}),
+    ...(Object.keys(negotiate).length > 0 ? { negotiate } : {}),
+    ...(o.cert
       ? {
-          negotiate: {
-            ...(o.spn ? { spn: o.spn as string } : {}),
-            ...(o.delegate ? { delegate: true } : {}),
-            ...(o.ccache ? { ccache: o.ccache as string } : {}),
-            ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
-            ...(o.principal ? { principal: o.principal as string } : {}),
+          clientCertificate: {
+            cert: readFlagFile('--cert', o.cert as string),
+            key: readFlagFile('--key', o.key as string),
           },
         }
       : {}),
-    ...(o.cert
-      ? { clientCertificate: { cert: readFileSync(o.cert as string), key: readFileSync(o.key as string) } }
-      : {}),
+    ...(proxy !== undefined ? { proxy } : {}),
     limits: {
       ...(o.maxLegs ? { maxLegs: o.maxLegs as number } : {}),
       ...(o.timeout ? { handshakeTimeout: o.timeout as number } : {}),
@@ -128,14 +260,75 @@ export function parseCli(argv: readonly string[], env: NodeJS.ProcessEnv = proce
   };
   return {
     url,
-    method: ((o.request as string | undefined) ?? (body ? 'POST' : 'GET')).toUpperCase(),
+    method: ((o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET')).toUpperCase(),
     headers,
     body,
     http1: Boolean(o['http1.1']),
-    include: Boolean(o.include),
+    include: Boolean(o.include) || head,
+    head,
     verbose: Boolean(o.verbose),
+    silent: Boolean(o.silent),
+    showError: Boolean(o.showError),
     fail: Boolean(o.fail),
     output: o.output as string | undefined,
+    writeOut: o.writeOut as string | undefined,
+    json: Boolean(o.json),
+    har: o.har as string | undefined,
+    location: Boolean(o.location) || Boolean(o.locationTrusted),
+    locationTrusted: Boolean(o.locationTrusted),
+    maxRedirs: o.maxRedirs as number,
+    trust: (o.trust as string[]).map(parseTrust),
+    maxTime: o.maxTime as number | undefined,
+    user,
+    passwordStdin: Boolean(o.passwordStdin),
+    netrc: o.netrcFile ? (o.netrcFile as string) : o.netrc ? '' : undefined,
     agent,
   };
+}
+
+/** -x, --proxy-user, --noproxy; an https:// proxy is verified with the same CAs as the origin. */
+function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
+  if (o.noproxy === '*') return false;
+  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined) return undefined;
+  let uri: string | undefined;
+  if (o.proxy !== undefined) {
+    const text = o.proxy as string;
+    uri = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `http://${text}`;
+    try {
+      new URL(uri);
+    } catch {
+      throw new ConfigError(`-x ${text}: not a proxy URL (e.g. http://proxy:3128)`);
+    }
+  }
+  let credentials: ProxyOptions['credentials'];
+  if (o.proxyUser !== undefined) {
+    const u = parseUser(o.proxyUser as string);
+    if (u.password === undefined) throw new ConfigError('--proxy-user needs user:password');
+    credentials = { username: u.username, password: u.password };
+  }
+  return {
+    ...(uri ? { uri } : {}),
+    ...(credentials ? { credentials } : {}),
+    ...(o.noproxy !== undefined ? { noProxy: o.noproxy as string } : {}),
+    ...(ca.length > 0 || o.insecure
+      ? { connect: { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) } }
+      : {}),
+  };
+}
+
+/**
+ * {@link parseCli}, or the exit code for bad usage after one line on stderr (commander prints its
+ * own errors and --help/--version output).
+ */
+export function parseCliOrExit(argv: readonly string[], name: string): CliRequest | number {
+  try {
+    return parseCli(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${name}: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
 }

@@ -90,8 +90,7 @@ const UNUSABLE = new Set([
 const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
-export function relocationReason(err: Error | undefined): 'http1' | 'connection-ended' | undefined {
-  if (!err) return undefined;
+export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
   const e = err as Error & { http2ErrorCode?: number; code?: string };
   // RST_STREAM HTTP_1_1_REQUIRED: undici puts the code on the error (structured).
   if (e.http2ErrorCode === 0xd || e.code === 'MULTILEG_HTTP1_REQUIRED') return 'http1';
@@ -104,8 +103,8 @@ export function relocationReason(err: Error | undefined): 'http1' | 'connection-
  * streams with. undici (client-h2.js getGoAwayError) has no structured field for it, only this
  * message text, so it is read here and nowhere else.
  */
-export function goawayCode(err: Error | undefined): number | undefined {
-  const m = err ? /"GOAWAY" frame received with code (\d+)/.exec(err.message) : null;
+export function goawayCode(err: Error): number | undefined {
+  const m = /"GOAWAY" frame received with code (\d+)/.exec(err.message);
   return m ? Number(m[1]) : undefined;
 }
 
@@ -155,7 +154,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
   try {
     let challenge = input.challenge;
     for (;;) {
-      if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+      // (A timeout during a leg returns below, before the loop comes round again.)
       if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
       let authorization: string;
       try {
@@ -185,7 +184,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       const sentAfterServerToken = challenge?.token68 !== undefined;
       let legacyLost = false;
       let declined = false;
-      let finishError: Error | undefined;
+      let finishError: MultilegError | undefined;
       let persistent = false;
       const result = await input.send(extra, (status, headers) => {
         if (status === 401) {
@@ -205,9 +204,10 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         }
         persistent = readPersistentAuth(headers);
         if (status >= 200 && status < 300) {
+          // The caller gets a typed error, never the mechanism's own exception (its text may say too much).
           return context.finish(challengeFor(headers, mechanism.scheme), input.leg).catch((err: Error) => {
-            finishError = err;
-            throw err;
+            finishError = err instanceof MultilegError ? err : new InvalidTokenError('final token');
+            throw finishError;
           });
         }
         return 'deliver';
@@ -234,9 +234,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         }
         case 'delivered': {
           if (finishError) {
-            const proofFailed =
-              finishError instanceof MultilegError ? finishError : new InvalidTokenError('final token');
-            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed };
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed: finishError };
           }
           if (result.status === 401) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';

@@ -11,6 +11,7 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
+import { checkSchemes, type SchemeName } from '../options.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -23,7 +24,7 @@ export interface ProxyOptions {
   /** For the proxy only (never sent to origins): NTLM, Basic, and Negotiate's NTLM fallback. */
   readonly credentials?: Credentials;
   /** Scheme preference towards the proxy, strongest first. Default Negotiate > NTLM > Digest > Basic. */
-  readonly schemes?: readonly string[];
+  readonly schemes?: readonly SchemeName[];
   /**
    * Negotiate to the proxy: SPN `HTTP@<proxy host>` unless `spn` is given; credentials are never
    * delegated to a proxy. Mutual authentication defaults to `optional` (proxies rarely send a final
@@ -94,6 +95,7 @@ export function proxyMechanisms(o: ProxyOptions, credentials: Credentials | unde
   // a cleartext connection, as curl and browsers send it.
   if (credentials) list.push(ntlmMechanism(credentials), basicMechanism(credentials, { allowHttp: true }));
   list.push(...(o.mechanisms ?? []));
+  checkSchemes('proxy.schemes', o.schemes, o.mechanisms ?? []);
   return new MechanismSet(list, o.schemes ?? DEFAULT_SCHEME_ORDER);
 }
 
@@ -172,7 +174,8 @@ export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean
     .replace(/^\[(.+)\]$/, '$1')
     .toLowerCase();
   if (hostname.length > 1 && hostname.endsWith('.')) hostname = hostname.slice(0, -1);
-  const port = Number.parseInt(url.port, 10) || (url.protocol === 'https:' ? 443 : url.protocol === 'http:' ? 80 : 0);
+  // Only http: and https: URLs get here (ProxyResolver.route).
+  const port = Number.parseInt(url.port, 10) || (url.protocol === 'https:' ? 443 : 80);
   for (const e of entries) {
     if (e.hostname === '*') {
       if (e.port && e.port !== port) continue;

@@ -8,6 +8,7 @@
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
+import { publishLeg } from '../diagnostics.ts';
 import type { MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
@@ -49,6 +50,8 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
       proxy.connectTimeout,
     );
+    // Socket errors of node:net and node:tls carry a code (ECONNREFUSED, CERT_HAS_EXPIRED); the
+    // message is only a fallback for an error without one, which they do not emit.
     const onError = (err: Error) =>
       fail(
         new ProxyProtocolError(proxy.origin, `cannot connect (${(err as { code?: string }).code ?? err.message})`, {
@@ -173,6 +176,14 @@ async function handshake(
       log.proxy('%s connection %d for CONNECT %s', proxy.origin, connections, target);
     }
     const credentials = auth.header();
+    const traced = publishLeg(
+      { origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
+      {
+        method: 'CONNECT',
+        path: target,
+        headers: { host: target, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+      },
+    );
     socket.write(
       `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Connection: keep-alive\r\n${
         credentials ? `Proxy-Authorization: ${credentials}\r\n` : ''
@@ -185,8 +196,11 @@ async function handshake(
       do head = await reader.readHead();
       while (head.status < 200);
     } catch (err) {
-      throw wireError(proxy, err);
+      const e = wireError(proxy, err);
+      traced.error(e);
+      throw e;
     }
+    traced.response(head.status, head.headers, head.status !== 407);
     log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
     if (head.status >= 200 && head.status < 300) {
       if (credentials) await auth.succeeded(head.headers, leg);

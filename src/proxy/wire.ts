@@ -57,6 +57,8 @@ export class ResponseReader {
   }
 
   async #more(): Promise<void> {
+    // Not reached by the CONNECT handshake, which checks `ended` before it reads again; kept so that
+    // a reader used after its socket failed reports why rather than "closed".
     if (this.#error) throw this.#error;
     if (this.#ended) throw new WireError('the proxy closed the connection');
     await new Promise<void>((resolve) => {
@@ -162,7 +164,7 @@ export function headerValue(headers: Record<string, string | string[]>, name: st
 
 function parseHead(text: string): ResponseHead {
   const lines = text.split('\r\n');
-  const m = /^HTTP\/(\d\.\d) (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
+  const m = /^HTTP\/(\d\.\d) (\d{3})(?: .*)?$/.exec(lines[0]!); // split() returns at least one element
   if (!m) throw new WireError('malformed status line');
   const headers: Record<string, string | string[]> = {};
   for (const line of lines.slice(1)) {

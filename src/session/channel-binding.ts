@@ -11,6 +11,8 @@ function tlv(der: Buffer, offset: number): { tag: number; start: number; end: nu
     for (let i = 0; i < n; i++) len = len * 256 + der[start + i]!;
     start += n;
   }
+  // Not reached from tlsServerEndPoint (Node has parsed `cert.raw` already); kept so that a length
+  // this walk misreads can never index past the buffer.
   if (start + len > der.length) throw new RangeError('truncated DER');
   return { tag, start, end: start + len };
 }

@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import { tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
@@ -232,6 +233,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   static sessionReady(session: Session, env: ExchangeEnv): boolean {
     return (
       session.state.kind === 'authenticated' &&
+      // Traced legs are published by the session's own send (multileg:leg).
+      !tracingLegs() &&
       !env.memory.requiresHttp1 &&
       env.memory.clientCertificate === undefined &&
       !env.memory.hasUnusable &&
@@ -363,6 +366,10 @@ function check(run: Run): Step {
   }
   const state = session.state;
   if (state.kind === 'closed') {
+    // Waiters of a session closed with a failure are rejected with it (Session.apply); a request
+    // gets here with one only when its 401 completes in the same tick as that close (no test stages
+    // it), or, with http1Required, when a GOAWAY HTTP_1_1_REQUIRED ends a running handshake (IIS
+    // refuses the first unauthenticated request instead).
     if (state.failure) return failed(run.job, state.failure);
     return end({ kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' });
   }
@@ -396,6 +403,8 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
   if (outcome === 'failed') job.noAuth = true;
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
+  // The hand-over made it the leader just now; the state has moved on only if the session closed
+  // in the same tick (no test stages it): then check() sends it elsewhere.
   const state = session.state;
   const mechanism = state.kind === 'handshaking' ? env.mechanisms.get(state.scheme) : undefined;
   if (!mechanism) return CHECK;
@@ -471,7 +480,8 @@ function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   const { session, job } = run;
   if (result.kind === 'failed') {
     const reason = relocationReason(result.error);
-    // A stale replay after the session ended: it goes where the session's end says.
+    // A stale replay after the session ended: it goes where the session's end says (a GOAWAY
+    // HTTP_1_1_REQUIRED racing a leg; the H2 tests see the refusal on the leg itself).
     if (reason === 'connection-ended' && session.state.kind === 'closed' && session.state.http1Required) {
       return end({ kind: 'relocate', reason: 'http1' });
     }
@@ -577,7 +587,9 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       slot: () => session.handshakeSlot(job),
     });
   } catch (err) {
-    // Only the wait for a handshake slot throws (full, timed out, aborted): nothing was sent.
+    // Only the wait for a handshake slot throws (full, timed out, aborted): nothing was sent. A
+    // blocking leader waits for a slot only behind per-request handshakes on its session (C5 on a
+    // per-request session), which no test stages; R1 proves the bounded slot wait itself.
     if (leading()) session.handOver(job.id);
     return failed(job, err as Error);
   }

@@ -89,6 +89,8 @@ export class OriginPool implements FastHost {
 
   /** Nothing open and nothing waiting: the agent may drop this pool. */
   get idle(): boolean {
+    // (A closed session still finishing a response, or requests waiting while no session is open,
+    // last only until the next pump: the sweep test meets neither.)
     if (this.#sessions.some((s) => !s.closed || s.inflight > 0)) return false;
     for (const w of this.#waiting.values()) if (w.queue.length > 0) return false;
     return true;
@@ -131,6 +133,9 @@ export class OriginPool implements FastHost {
   /** The steps, moving the request between sessions; `ended` is called once it has ended. */
   async #run(job: Job, ended: () => void): Promise<void> {
     for (;;) {
+      // Closed between relocations: only destroy() closes a pool with requests still running (close()
+      // waits for them), and it fails them first, so no test reaches this; it keeps a late
+      // relocation from opening a connection.
       if (this.#closed) {
         job.sink.fail(new AgentClosedError());
         ended();
@@ -314,7 +319,8 @@ export class OriginPool implements FastHost {
       while (queue.length > 0) {
         const s = this.#take(lane, identity);
         if (!s) break;
-        // A waiter that went away meanwhile gives the place back.
+        // A waiter that went away meanwhile gives the place back. (Not reached: `length` counts only
+        // live waiters, and nothing between the check and the shift can settle one.)
         if (!queue.shift(s)) s.release();
       }
     }

@@ -111,10 +111,13 @@ export class WaitQueue<T> {
   #next(): Entry<T> | undefined {
     while (this.#head < this.#entries.length) {
       const entry = this.#entries[this.#head]!;
-      if (!entry.settled) return entry;
+      if (!entry.settled) {
+        this.#compact();
+        return entry;
+      }
       this.#head += 1;
     }
-    this.#compact();
+    // Only reached with nothing waiting, and the array was emptied when the last entry settled.
     return undefined;
   }
 
@@ -134,7 +137,8 @@ export class WaitQueue<T> {
   }
 
   #compact(): void {
-    // Keep the array from growing without bound when the front is drained but never emptied.
+    // Keep the array from growing without bound when the front is drained but never emptied
+    // (steady load: requests join while earlier ones leave, so the queue is never empty).
     if (this.#head > 1024 && this.#head * 2 > this.#entries.length) {
       this.#entries = this.#entries.slice(this.#head);
       this.#head = 0;

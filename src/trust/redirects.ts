@@ -61,10 +61,9 @@ export class RedirectHops {
   #evict(now: number): void {
     for (const [key, p] of this.#pending) if (p.expires < now) this.#pending.delete(key);
     // Still full: drop the oldest (Map keeps insertion order).
-    while (this.#pending.size >= MAX_PENDING) {
-      const oldest = this.#pending.keys().next().value;
-      if (oldest === undefined) break;
-      this.#pending.delete(oldest);
+    for (const key of this.#pending.keys()) {
+      if (this.#pending.size < MAX_PENDING) break;
+      this.#pending.delete(key);
     }
   }
 }

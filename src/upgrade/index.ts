@@ -101,13 +101,14 @@ export class UpgradeDispatcher {
     const base = route ? undefined : buildConnector({ ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0 });
     let client: Client & { channelBinding?: Buffer };
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
-      if (err || !socket) {
-        callback(err ?? new Error('connect failed'), null);
+      if (err) {
+        callback(err, null);
         return;
       }
+      // undici's connector gives a socket whenever it gives no error.
       const cert = (socket as Partial<TLSSocket>).getPeerX509Certificate?.();
       client.channelBinding = tlsServerEndPoint(cert);
-      callback(null, socket);
+      callback(null, socket!);
     };
     const connector: buildConnector.connector = (opts, callback) => {
       if (base) {
@@ -136,6 +137,7 @@ export class UpgradeDispatcher {
     const { limits, mechanisms } = this.#options;
     const headers = normalizeRequestHeaders(opts.headers);
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
+    // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await prepared : prepared;
     // The caller's own Authorization is theirs to handle: no answering on top of it.
     const answering = credentialsAllowed && !('authorization' in headers) && body.replayable;
@@ -188,14 +190,9 @@ export class UpgradeDispatcher {
       let unusable: MultilegError | undefined;
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
-        if (!chosen?.mechanism) {
-          // The last scheme's own reason names its fix (e.g. allowBasicOverHttp, kinit).
-          if (unusable) throw unusable;
-          throw new MultilegError(
-            'MULTILEG_MECHANISM_UNAVAILABLE',
-            `${origin} asks for authentication of an upgrade request and no offered scheme can be used here (${[...excluded].join(', ')}); give credentials or a Kerberos ticket`,
-          );
-        }
+        // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
+        // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
+        if (!chosen?.mechanism) throw unusable!;
         const { mechanism, challenge } = chosen;
         try {
           const a: Auth = {
@@ -264,7 +261,8 @@ export class UpgradeDispatcher {
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c;
-          if (sink.aborted) c.abort(sink.reason ?? new Error('aborted'));
+          // The caller aborted before undici started the request (nothing to abort then).
+          if (sink.aborted) c.abort(sink.reason!);
         },
         onRequestUpgrade(_c, status, h, socket) {
           const done = () => {
@@ -302,6 +300,7 @@ export class UpgradeDispatcher {
               })
               .catch((err: Error) => fail(err));
           }
+          // (undici's HTTP/1.1 parser always gives a status message, possibly empty.)
           deliver(() => sink.responseStart(c, status, h as Headers, message ?? ''));
         },
         onResponseData(_c, chunk) {

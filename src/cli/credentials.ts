@@ -1,0 +1,132 @@
+/**
+ * Where the CLI's password comes from, in curl's order of habits: `-u user:password`, then
+ * MULTILEG_PASSWORD, `--password-stdin`, a prompt on a terminal; or `--netrc` / `--netrc-file`.
+ */
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { Writable } from 'node:stream';
+import { ConfigError } from '../errors.ts';
+import type { Credentials } from '../mechanisms/types.ts';
+import type { CliRequest, UserArg } from './options.ts';
+
+export interface CredentialSources {
+  readonly user: UserArg | undefined;
+  readonly passwordStdin: boolean;
+  /** '' = ~/.netrc; a path; undefined = no netrc. */
+  readonly netrc: string | undefined;
+  readonly host: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly stdin: NodeJS.ReadStream;
+  readonly stderr: NodeJS.WriteStream;
+}
+
+/** A netrc entry (`machine host login user password secret`, or `default …`). */
+interface NetrcEntry {
+  machine: string | undefined;
+  login?: string;
+  password?: string;
+}
+
+/** Parses netrc text (tokens separated by white space; `macdef` bodies end at a blank line). */
+export function parseNetrc(text: string): NetrcEntry[] {
+  const entries: NetrcEntry[] = [];
+  const lines = text.split(/\r?\n/);
+  const tokens: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.replace(/^\s*#.*$/, '');
+    const words = line.match(/"(?:[^"\\]|\\.)*"|\S+/g) ?? [];
+    if (words[0] === 'macdef') {
+      while (i + 1 < lines.length && lines[i + 1]!.trim() !== '') i++;
+      continue;
+    }
+    for (const w of words) tokens.push(w.startsWith('"') ? w.slice(1, -1).replace(/\\(.)/g, '$1') : w);
+  }
+  let current: NetrcEntry | undefined;
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (t === 'machine' || t === 'default') {
+      current = { machine: t === 'default' ? undefined : tokens[++i] };
+      entries.push(current);
+    } else if (current && (t === 'login' || t === 'password' || t === 'account')) {
+      const value = tokens[++i];
+      if (t === 'login' && value !== undefined) current.login = value;
+      if (t === 'password' && value !== undefined) current.password = value;
+    }
+  }
+  return entries;
+}
+
+function fromNetrc(path: string, host: string): { login?: string; password?: string } | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    throw new ConfigError(`--netrc-file ${path}: cannot read it`);
+  }
+  const entries = parseNetrc(text);
+  return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
+}
+
+async function readStdinLine(stdin: NodeJS.ReadStream): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stdin) {
+    chunks.push(chunk as Buffer);
+    if (Buffer.concat(chunks).includes(10)) break;
+  }
+  return Buffer.concat(chunks).toString('utf8').split(/\r?\n/, 1)[0] ?? '';
+}
+
+/** Asks on the terminal without echoing (curl's wording). */
+async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS.WriteStream): Promise<string> {
+  // The interface first: it puts the terminal in raw mode, so nothing typed after the question echoes.
+  const muted = new Writable({ write: (_c, _e, cb) => cb() });
+  const rl = createInterface({ input: stdin, output: muted, terminal: true });
+  stderr.write(question);
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      rl.once('line', resolve);
+      rl.once('close', () => reject(new ConfigError('no password entered')));
+    });
+  } finally {
+    stderr.write('\n');
+    rl.close();
+  }
+}
+
+/** The credentials for the agent, or undefined (Kerberos ticket only, or no authentication). */
+export async function resolveCredentials(s: CredentialSources): Promise<Credentials | undefined> {
+  let user = s.user;
+  if (!user && s.netrc !== undefined) {
+    const entry = fromNetrc(s.netrc || join(s.env.HOME ?? homedir(), '.netrc'), s.host);
+    if (!entry?.login) return undefined;
+    user = { username: entry.login, password: entry.password };
+  }
+  if (!user) return undefined;
+  // curl's `-u :` (with --negotiate): no user name, the ticket authenticates.
+  if (user.username === '' && (user.password === undefined || user.password === '')) return undefined;
+  if (user.password !== undefined) return { username: user.username, password: user.password };
+  if (s.passwordStdin) return { username: user.username, password: await readStdinLine(s.stdin) };
+  if (s.env.MULTILEG_PASSWORD !== undefined) return { username: user.username, password: s.env.MULTILEG_PASSWORD };
+  if (s.stdin.isTTY && s.stderr.isTTY) {
+    const password = await prompt(`Enter host password for user '${user.username}':`, s.stdin, s.stderr);
+    return { username: user.username, password };
+  }
+  throw new ConfigError(
+    `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, or set MULTILEG_PASSWORD`,
+  );
+}
+
+/** The credentials a parsed command line asks for, from this process's environment and terminal. */
+export function credentialsFor(req: CliRequest): Promise<Credentials | undefined> {
+  return resolveCredentials({
+    user: req.user,
+    passwordStdin: req.passwordStdin,
+    netrc: req.netrc,
+    host: req.url.hostname,
+    env: process.env,
+    stdin: process.stdin,
+    stderr: process.stderr,
+  });
+}

@@ -1,0 +1,322 @@
+/**
+ * `multileg doctor URL`: the checks a help desk runs by hand, each with a verdict and the fix —
+ * Node, the kerberos addon, the ticket (klist), the SPN and whether the KDC knows it, clock skew
+ * against the server's Date, the schemes offered over HTTP/2 and HTTP/1.1, whether authentication
+ * needs HTTP/1.1, the proxy, and TLS trust. Takes the same options as a request.
+ */
+import { execFile } from 'node:child_process';
+import { getCACertificates, connect as tlsConnect } from 'node:tls';
+import { promisify } from 'node:util';
+import { request } from 'undici';
+import { MultilegAgent } from '../agent.ts';
+import { MultilegError } from '../errors.ts';
+import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
+import { loadBackend } from '../mechanisms/negotiate/backend.ts';
+import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
+import { unsupportedNode } from '../node-version.ts';
+import { ProxyResolver } from '../proxy/options.ts';
+import { credentialsFor } from './credentials.ts';
+import { challengeSchemes, describeFailure, EXIT, forCli } from './explain.ts';
+import { type CliRequest, parseCliOrExit } from './options.ts';
+import { Trace } from './trace.ts';
+import { kerberosInstalled } from './version.ts';
+
+type Verdict = 'ok' | 'warn' | 'FAIL' | 'skip';
+
+export interface Check {
+  readonly name: string;
+  readonly verdict: Verdict;
+  readonly detail: string;
+  readonly fix?: string;
+}
+
+/** Kerberos' default tolerance (krb5.conf clockskew) is 5 minutes. */
+const MAX_SKEW_S = 300;
+
+function print(c: Check): void {
+  process.stdout.write(`${c.verdict.padEnd(4)}  ${c.name}: ${c.detail}\n`);
+  if (c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
+}
+
+/** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
+async function klist(ccache: string | undefined): Promise<Check> {
+  let out: string;
+  try {
+    out = (await promisify(execFile)('klist', ccache ? ['-c', ccache] : [], { timeout: 5000 })).stdout;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT')
+      return { name: 'ticket', verdict: 'skip', detail: 'klist is not installed (MIT krb5-user / Heimdal)' };
+    return {
+      name: 'ticket',
+      verdict: 'warn',
+      detail: `no credential cache (${(e.stderr ?? e.message).trim().split('\n')[0]})`,
+      fix: 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
+    };
+  }
+  const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
+  const tgt = out.split('\n').find((l) => /krbtgt\//.test(l));
+  const fields = tgt?.trim().split(/\s{2,}/) ?? [];
+  const expires = fields[1] ? new Date(fields[1]) : undefined;
+  if (expires && !Number.isNaN(expires.getTime())) {
+    const left = Math.round((expires.getTime() - Date.now()) / 60_000);
+    if (left <= 0)
+      return {
+        name: 'ticket',
+        verdict: 'FAIL',
+        detail: `${principal}: the ticket expired at ${fields[1]}`,
+        fix: `kinit ${principal}`,
+      };
+    return {
+      name: 'ticket',
+      verdict: left < 30 ? 'warn' : 'ok',
+      detail: `${principal}, expires ${fields[1]} (in ${left} min)`,
+      ...(left < 30 ? { fix: `kinit -R, or kinit ${principal}` } : {}),
+    };
+  }
+  return { name: 'ticket', verdict: 'ok', detail: `${principal}${tgt ? `: ${tgt.trim()}` : ''}` };
+}
+
+/** The SPN the request would use, and whether the KDC issues a service ticket for it. */
+async function kerberos(req: CliRequest): Promise<{ checks: Check[]; ticketWorks: boolean }> {
+  const url = req.url;
+  const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+  const options = req.agent.negotiate || {};
+  const plain = await spnFor({ ...options, canonicalizeHost: false }, url.hostname, port);
+  const spn = await spnFor(options, url.hostname, port);
+  const checks: Check[] = [];
+  const canonical = options.canonicalizeHost
+    ? `${spn}${spn !== plain ? ` (DNS canonical name of ${url.hostname})` : ` (${url.hostname} has no CNAME)`}`
+    : `${spn}${options.spn ? ' (--spn)' : ''}`;
+  const mechanism = negotiateMechanism({ ...options, mech: 'kerberos' });
+  const leg = { origin: url.origin, hostname: url.hostname, port, method: 'GET', path: url.pathname, proxy: false };
+  try {
+    await mechanism.createContext(leg).step(undefined, leg);
+    checks.push({ name: 'SPN', verdict: 'ok', detail: `${canonical}: the KDC issued a service ticket` });
+    return { checks, ticketWorks: true };
+  } catch (err) {
+    const e = err instanceof MultilegError ? err : new MultilegError('MULTILEG_MECHANISM', (err as Error).message);
+    const unknown = e.code === 'MULTILEG_KRB_UNKNOWN_SPN';
+    checks.push({
+      name: 'SPN',
+      verdict: unknown ? 'FAIL' : 'warn',
+      detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket (${e.code})`}`,
+      fix: forCli(e.message.replace(/ \[GSS: .*\]$/, '')),
+    });
+    return { checks, ticketWorks: false };
+  }
+}
+
+/** Whether the server's certificate chain is trusted with the given CAs, and whether the OS store would. */
+function tlsTrust(req: CliRequest): Promise<Check> {
+  const url = req.url;
+  const connect = req.agent.connect ?? {};
+  const probe = (ca: readonly string[] | undefined) =>
+    new Promise<{ authorized: boolean; error?: string; issuer?: string; validTo?: string }>((resolve) => {
+      const socket = tlsConnect({
+        host: url.hostname,
+        port: Number(url.port || 443),
+        servername: url.hostname,
+        ...(ca ? { ca: [...ca] } : {}),
+        rejectUnauthorized: false,
+        ALPNProtocols: ['h2', 'http/1.1'],
+      });
+      socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
+      socket.once('secureConnect', () => {
+        const cert = socket.getPeerCertificate();
+        resolve({
+          authorized: socket.authorized,
+          ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}),
+          issuer: [cert.issuer?.CN ?? cert.issuer?.O].flat()[0],
+          validTo: cert.valid_to,
+        });
+        socket.end();
+      });
+      socket.once('error', (err) => resolve({ authorized: false, error: err.message }));
+    });
+  return (async () => {
+    if (connect.rejectUnauthorized === false)
+      return {
+        name: 'TLS',
+        verdict: 'warn',
+        detail: 'not verified (-k)',
+        fix: 'drop -k; give the CA with --cacert or --ca-native',
+      };
+    const r = await probe(connect.ca as readonly string[] | undefined);
+    const about = `issuer ${r.issuer ?? '?'}, valid to ${r.validTo ?? '?'}`;
+    if (r.authorized) return { name: 'TLS', verdict: 'ok', detail: `certificate chain trusted (${about})` };
+    const system = await probe([...getCACertificates('default'), ...getCACertificates('system')]);
+    return {
+      name: 'TLS',
+      verdict: 'FAIL',
+      detail: `certificate not trusted: ${r.error ?? 'unknown'} (${about})`,
+      fix: system.authorized
+        ? "the operating system's store trusts it: add --ca-native (library: connect.ca from tls.getCACertificates('system'))"
+        : 'give the issuing CA with --cacert FILE or NODE_EXTRA_CA_CERTS=FILE',
+    };
+  })();
+}
+
+/** One request without credentials: the protocol, the offered schemes, the Date header. */
+async function probe(req: CliRequest, http1: boolean) {
+  const trace = new Trace();
+  const agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: [req.url.origin] });
+  try {
+    const res = await request(req.url, {
+      dispatcher: agent,
+      method: 'GET',
+      ...(http1 ? { allowH2: false } : {}),
+    } as Parameters<typeof request>[1]);
+    await res.body.dump();
+    return {
+      status: res.statusCode,
+      protocol: trace.lastDelivered?.response?.protocol,
+      offered: challengeSchemes(res.headers, res.statusCode),
+      date: [res.headers.date].flat()[0],
+    };
+  } finally {
+    trace.stop();
+    await agent.destroy().catch(() => {});
+  }
+}
+
+export async function doctor(argv: string[]): Promise<number> {
+  const req = parseCliOrExit(argv, 'multileg doctor');
+  if (typeof req === 'number') return req;
+  process.stdout.write(`multileg doctor ${req.url.href}\n`);
+  const checks: Check[] = [];
+  const add = (c: Check) => {
+    checks.push(c);
+    print(c);
+  };
+  const nodeProblem = unsupportedNode();
+  add({ name: 'Node', verdict: nodeProblem ? 'FAIL' : 'ok', detail: `${process.versions.node} (needs >= 22.19)` });
+
+  const negotiate = req.agent.negotiate || {};
+  let addon = false;
+  try {
+    const backend = await loadBackend(negotiate);
+    addon = true;
+    add({
+      name: 'Kerberos',
+      verdict: 'ok',
+      detail:
+        backend.name === 'gssapi'
+          ? `system GSS-API (${gssLibraryName()} through koffi; tokens carry channel bindings)`
+          : `the kerberos addon ${kerberosInstalled() ?? ''} (tokens carry no channel bindings)`,
+    });
+  } catch (err) {
+    add({
+      name: 'Kerberos',
+      verdict: 'warn',
+      detail: `Negotiate/Kerberos unavailable (NTLM, Digest, Basic still work): ${forCli((err as Error).message)}`,
+      fix: 'on Linux: install libgssapi-krb5-2 and the optional koffi package; elsewhere: npm install kerberos (approve its install script: npm install-scripts approve kerberos)',
+    });
+  }
+
+  const proxy = new ProxyResolver(req.agent.proxy).route(req.url.origin);
+  add({
+    name: 'proxy',
+    verdict: 'ok',
+    detail: proxy
+      ? `${proxy.proxy.origin} (${proxy.kind === 'tunnel' ? 'CONNECT tunnel' : 'forwarded'})`
+      : 'none: direct connection',
+  });
+
+  if (req.url.protocol === 'https:' && !proxy) add(await tlsTrust(req));
+
+  let h2: Awaited<ReturnType<typeof probe>> | undefined;
+  try {
+    h2 = await probe(req, false);
+    const h1 = await probe(req, true);
+    const show = (p: Awaited<ReturnType<typeof probe>>) =>
+      `${p.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} ${p.status}${p.offered.length ? ` offers ${p.offered.join(', ')}` : ''}`;
+    const none = h2.status !== 401 && h1.status !== 401;
+    add({
+      name: 'schemes',
+      verdict: 'ok',
+      detail: `${show(h2)}; ${h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2'}${none ? ' (no authentication asked for at this URL)' : ''}`,
+    });
+    if (h2.date) {
+      const skew = Math.round((Date.parse(h2.date) - Date.now()) / 1000);
+      const abs = Math.abs(skew);
+      add({
+        name: 'clock',
+        verdict: abs > MAX_SKEW_S ? 'FAIL' : abs > 60 ? 'warn' : 'ok',
+        detail: `the server's Date is ${abs} s ${skew >= 0 ? 'ahead of' : 'behind'} this machine`,
+        ...(abs > 60 ? { fix: 'synchronise the clocks (NTP): Kerberos refuses more than 5 minutes of skew' } : {}),
+      });
+    } else add({ name: 'clock', verdict: 'skip', detail: 'the server sends no Date header' });
+  } catch (err) {
+    const f = describeFailure(err, req);
+    add({ name: 'schemes', verdict: 'FAIL', detail: `the server could not be reached: ${f.message}` });
+  }
+
+  const negotiateOffered = h2?.offered.some((s) => s.toLowerCase() === 'negotiate') ?? true;
+  let ticketWorks = false;
+  if (addon && negotiateOffered) {
+    const ticket = await klist(negotiate.ccache);
+    add(ticket);
+    const k = await kerberos(req);
+    for (const c of k.checks) add(c);
+    ticketWorks = k.ticketWorks;
+  }
+
+  if (h2 && (h2.status === 401 || h2.offered.length > 0)) add(await authenticate(req, h2.protocol, ticketWorks));
+
+  const failed = checks.filter((c) => c.verdict === 'FAIL').length;
+  process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
+  return failed ? EXIT.failure : EXIT.ok;
+}
+
+/** A real authenticated request: which scheme won, and whether it had to move to HTTP/1.1. */
+async function authenticate(req: CliRequest, probed: string | undefined, ticketWorks: boolean): Promise<Check> {
+  let credentials: Awaited<ReturnType<typeof credentialsFor>>;
+  try {
+    credentials = await credentialsFor(req);
+  } catch (err) {
+    return { name: 'authentication', verdict: 'skip', detail: (err as Error).message };
+  }
+  // The server asks for authentication and nothing here can answer it: that is the problem.
+  if (!credentials && !ticketWorks)
+    return {
+      name: 'authentication',
+      verdict: 'FAIL',
+      detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
+      fix: 'kinit user@REALM, or give -u DOMAIN\\user (NTLM)',
+    };
+  const trace = new Trace();
+  const agent = new MultilegAgent({
+    ...req.agent,
+    ...(credentials ? { credentials } : {}),
+    trustedOrigins: [req.url.origin],
+  });
+  try {
+    const res = await request(req.url, { dispatcher: agent, method: 'GET' });
+    await res.body.dump();
+    const h = trace.handshakes.at(-1);
+    if (!h)
+      return {
+        name: 'authentication',
+        verdict: res.statusCode === 401 ? 'FAIL' : 'ok',
+        detail: `${res.statusCode} without a handshake`,
+      };
+    const moved = probed === 'h2' && h.protocol === 'http/1.1';
+    return {
+      name: 'authentication',
+      verdict: res.statusCode < 400 ? (moved ? 'warn' : 'ok') : 'FAIL',
+      detail: `${h.scheme}, ${h.legs} leg(s), ${h.outcome}${h.identity ? ` as ${h.identity}` : ''} over ${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} → ${res.statusCode}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
+      ...(res.statusCode >= 400 ? { fix: 'check -u user:password (DOMAIN\\user) or the ticket; run with -v' } : {}),
+      ...(moved
+        ? {
+            fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
+          }
+        : {}),
+    };
+  } catch (err) {
+    return { name: 'authentication', verdict: 'FAIL', detail: describeFailure(err, req).message };
+  } finally {
+    trace.stop();
+    await agent.destroy().catch(() => {});
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * Failures a CLI user can act on: exit codes like curl's, library messages rewritten to name CLI
+ * flags, help for untrusted certificates, and why a 401 was not answered.
+ */
+import { parseChallenges } from '../challenge/index.ts';
+import type { RedactedHeader } from '../diagnostics.ts';
+import { MultilegError } from '../errors.ts';
+import type { HandshakeReport } from '../session/exchange.ts';
+
+/** Exit codes (README "Command line"); the network ones are curl's. */
+export const EXIT = {
+  ok: 0,
+  failure: 1,
+  usage: 2,
+  resolve: 6,
+  connect: 7,
+  httpError: 22,
+  timeout: 28,
+  redirects: 47,
+  certificate: 60,
+} as const;
+
+/** The distinct schemes a 401's WWW-Authenticate (407's Proxy-Authenticate) offers. */
+export function challengeSchemes(
+  headers: readonly RedactedHeader[] | Record<string, string | string[] | undefined>,
+  status: number,
+): string[] {
+  const name = status === 407 ? 'proxy-authenticate' : 'www-authenticate';
+  const values = Array.isArray(headers)
+    ? (headers as readonly RedactedHeader[]).filter(([n]) => n === name).map(([, v]) => v)
+    : [(headers as Record<string, string | string[] | undefined>)[name] ?? []].flat();
+  const seen = new Map<string, string>();
+  // Redacted tokens are not token68: put a placeholder back so the challenge still parses.
+  for (const c of parseChallenges(values.map((v) => v.replaceAll('[redacted]', 'x'))))
+    if (!seen.has(c.schemeKey)) seen.set(c.schemeKey, c.scheme);
+  return [...seen.values()];
+}
+
+/** Library option names → the CLI flags that set them. Longest first, so prefixes do not win. */
+const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/\blimits\.maxLegs\b/g, '--max-legs'],
+  [/\blimits\.handshakeTimeout\b/g, '--timeout'],
+  [/\bnegotiate\.canonicalizeHost\b/g, '--canonicalize-host'],
+  [/\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
+  [/\bnegotiate\.spn\b/g, '--spn'],
+  [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
+  [/\bproxy\.credentials\b/g, '--proxy-user'],
+  [/ and check proxy\.schemes\b/g, ''],
+  [/\bproxy\.negotiate with a Kerberos ticket\b/g, 'a Kerberos ticket for the proxy'],
+  [/\bpass principal\b/g, 'pass --principal'],
+  [/\bgive credentials\b/g, 'give -u user:password'],
+  [/\bcheck credentials\b/g, 'check -u user:password'],
+  [/\bcheck the credentials\b/g, 'check -u user:password'],
+  [/\btrustedOrigins\b/g, '--trust'],
+  [/\bset allowBasicOverHttp: true in the MultilegAgent options\b/g, 'use --trust for that origin'],
+];
+
+/** Rewrites a library message for the command line. */
+export function forCli(message: string): string {
+  let out = message;
+  for (const [pattern, flag] of FLAGS) out = out.replace(pattern, flag);
+  return out;
+}
+
+const CERT_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** The innermost MultilegError or coded system error in `err`'s cause chain (fetch wraps ours). */
+function rootCause(err: unknown): Error & { code?: string } {
+  let e = err as (Error & { code?: string; cause?: unknown }) | undefined;
+  for (let depth = 0; e && depth < 8; depth++) {
+    if (e instanceof MultilegError) return e;
+    // DOMException's `code` is a number.
+    const code = typeof e.code === 'string' ? e.code : '';
+    if (CERT_CODES.has(code) || /^E[A-Z]+$/.test(code) || code.startsWith('UND_ERR')) {
+      const inner = e.cause as (Error & { code?: string }) | undefined;
+      if (!inner || !(inner instanceof Error)) return e;
+    }
+    if (!(e.cause instanceof Error)) return e;
+    e = e.cause as Error & { code?: string; cause?: unknown };
+  }
+  return (e ?? (err as Error)) as Error & { code?: string };
+}
+
+export interface Failure {
+  readonly exit: number;
+  readonly message: string;
+}
+
+/** What to tell the user about a failed transfer, and the exit code. */
+export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number | undefined }): Failure {
+  const e = rootCause(err);
+  const host = ctx.url.host;
+  if (e instanceof MultilegError) return { exit: EXIT.failure, message: `${forCli(e.message)} (${e.code})` };
+  const code = typeof e.code === 'string' ? e.code : '';
+  if (CERT_CODES.has(code)) {
+    const what =
+      code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+        ? `the certificate of ${host} is not valid now (${code})`
+        : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+          ? `the certificate of ${host} is not for that name (${code}); use the name the certificate was issued to`
+          : `the certificate of ${host} is not trusted (${code})`;
+    return {
+      exit: EXIT.certificate,
+      message: `${what}: give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE), or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
+    };
+  }
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
+    return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
+  if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
+    return { exit: EXIT.connect, message: `could not connect to ${host} (${code})` };
+  if (code === 'UND_ERR_CONNECT_TIMEOUT')
+    return {
+      exit: EXIT.timeout,
+      message: `connecting to ${host} timed out; raise --connect-timeout or check the network`,
+    };
+  if (e.name === 'TimeoutError' || (e.name === 'AbortError' && ctx.maxTime !== undefined))
+    return { exit: EXIT.timeout, message: `operation timed out after ${ctx.maxTime} ms (--max-time)` };
+  return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };
+}
+
+/** Why the CLI sent no credentials that the server accepted, in one or two lines. */
+export function explain401(ctx: {
+  readonly origin: string;
+  readonly offered: readonly string[];
+  readonly trusted: boolean;
+  readonly hasPassword: boolean;
+  readonly schemes: readonly string[] | undefined;
+  readonly handshakes: readonly HandshakeReport[];
+}): string {
+  const offered = ctx.offered.length > 0 ? ctx.offered.join(', ') : 'no scheme';
+  const head = `${ctx.origin} answered 401 and offered ${offered}`;
+  const failed = ctx.handshakes.filter((h) => h.origin === ctx.origin && h.outcome === 'failed');
+  if (failed.length > 0) {
+    const h = failed[failed.length - 1]!;
+    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): check -u user:password (DOMAIN\\user) or the Kerberos ticket (klist)`;
+  }
+  if (ctx.offered.length === 0) return `${head}: nothing to answer`;
+  if (!ctx.trusted)
+    return `${head}; no credentials were sent: ${ctx.origin} is not the URL's origin (a redirect led here); add --trust ${ctx.origin} or use --location-trusted`;
+  const known = ctx.offered.filter((s) => /^(negotiate|ntlm|digest|basic|transport)$/i.test(s));
+  if (known.length === 0) return `${head}; multileg does not implement ${offered}`;
+  const enabled = ctx.schemes
+    ? known.filter((s) => ctx.schemes!.some((e) => e.toLowerCase() === s.toLowerCase()))
+    : known;
+  if (enabled.length === 0)
+    return `${head}; --schemes (or --negotiate/--ntlm/--digest/--basic) excluded ${known.join(', ')}`;
+  const password = enabled.filter((s) => /^(ntlm|digest|basic)$/i.test(s));
+  const negotiate = enabled.some((s) => /^negotiate$/i.test(s));
+  if (!ctx.hasPassword && enabled.some((s) => /^transport$/i.test(s)) && enabled.length === 1)
+    return `${head}; give a client certificate with --cert and --key`;
+  if (!ctx.hasPassword)
+    return `${head}; no credentials: ${negotiate ? 'Negotiate needs a Kerberos ticket (kinit; check with `multileg doctor URL`) or ' : ''}${password.length > 0 || negotiate ? 'give -u DOMAIN\\user (the password is asked for, or comes from --password-stdin / MULTILEG_PASSWORD)' : ''}`;
+  return `${head}; none of them could be used here (${enabled.join(', ')}): run with -v, or multileg doctor URL`;
+}

@@ -1,0 +1,106 @@
+/**
+ * What the CLI saw happen: every leg and handshake, from the library's diagnostics channels. Feeds
+ * `-v` (one line per leg, as it happens), `-i` (the protocol of the final response), `--json`,
+ * `--har` and `-w`. Everything here is already redacted by the library (S2).
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import {
+  HANDSHAKE_CHANNEL,
+  LEG_CHANNEL,
+  type LegErrorEvent,
+  type LegEvent,
+  type LegRequestEvent,
+  type LegResponseEvent,
+} from '../diagnostics.ts';
+import type { HandshakeReport } from '../session/exchange.ts';
+import { challengeSchemes } from './explain.ts';
+
+/** One leg: its request, and its response or error once known. */
+export interface LegRecord {
+  readonly request: LegRequestEvent;
+  response?: LegResponseEvent;
+  error?: LegErrorEvent;
+  /** The response body's size, when the CLI read it (the final response only). */
+  bodySize?: number;
+}
+
+export class Trace {
+  readonly legs: LegRecord[] = [];
+  readonly handshakes: HandshakeReport[] = [];
+  readonly #byId = new Map<number, LegRecord>();
+  readonly #verbose: ((line: string) => void) | undefined;
+  #lastProtocol: string | undefined;
+  readonly #onLeg = (message: unknown) => this.#leg(message as LegEvent);
+  readonly #onHandshake = (message: unknown) => this.#handshake(message as HandshakeReport);
+
+  /** `verbose` receives -v lines as they happen. */
+  constructor(verbose?: (line: string) => void) {
+    this.#verbose = verbose;
+    subscribe(LEG_CHANNEL, this.#onLeg);
+    subscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
+  }
+
+  stop(): void {
+    unsubscribe(LEG_CHANNEL, this.#onLeg);
+    unsubscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
+  }
+
+  /** The leg whose response the caller received last (the one on screen). */
+  get lastDelivered(): LegRecord | undefined {
+    for (let i = this.legs.length - 1; i >= 0; i--) if (this.legs[i]!.response?.delivered) return this.legs[i];
+    return undefined;
+  }
+
+  #leg(e: LegEvent): void {
+    if (e.phase === 'request') {
+      const record: LegRecord = { request: e };
+      this.legs.push(record);
+      this.#byId.set(e.legId, record);
+      const header = e.method === 'CONNECT' ? 'Proxy-Authorization' : 'Authorization';
+      const auth = e.scheme ? `${header}: ${e.scheme} …, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
+      const where = e.method === 'CONNECT' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
+      this.#say(`> ${e.method} ${e.path} (${auth}) [${where}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`);
+      return;
+    }
+    const record = this.#byId.get(e.legId);
+    if (!record) return;
+    if (e.phase === 'response') {
+      record.response = e;
+      if (e.protocol === 'http/1.1' && this.#lastProtocol === 'h2')
+        this.#say(
+          `* now over HTTP/1.1 (session ${e.sessionId}): the server asked for it (HTTP_1_1_REQUIRED) or lost the handshake between HTTP/2 streams`,
+        );
+      if (e.protocol) this.#lastProtocol = e.protocol;
+      const offers = e.status === 401 || e.status === 407 ? challengeSchemes(e.headers, e.status) : [];
+      const authId = e.headers.some(([n]) => n === 'auth-id');
+      const persistent = e.headers.find(([n]) => /^persist(ent|ed)-auth$/.test(n))?.[1];
+      this.#say(
+        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${e.delivered ? '' : ', intermediate'}]`,
+      );
+    } else {
+      record.error = e;
+      this.#say(`! ${e.error.code ?? e.error.name}: ${e.error.message}`);
+    }
+  }
+
+  #handshake(r: HandshakeReport): void {
+    this.handshakes.push(r);
+    const outcome =
+      r.outcome === 'session'
+        ? 'the session is authenticated'
+        : r.outcome === 'per-request'
+          ? 'each request authenticates on its own'
+          : 'failed';
+    this.#say(
+      `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
+    );
+  }
+
+  #say(line: string): void {
+    this.#verbose?.(line);
+  }
+}
+
+function proto(p: string | undefined): string {
+  return p === 'h2' ? 'HTTP/2' : p === 'http/1.1' ? 'HTTP/1.1' : '?';
+}

@@ -1,0 +1,152 @@
+/**
+ * `node:diagnostics_channel` events, for tracing and metrics (and the CLI's `-v`, `-i`, `--har`):
+ *
+ * - `multileg:handshake` — a {@link HandshakeReport} for every finished handshake;
+ * - `multileg:leg` — a {@link LegEvent} when a leg (one HTTP request on the wire, with or without
+ *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
+ *   arrives, and when it fails.
+ *
+ * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies and the
+ * tokens in `WWW-Authenticate` / `Proxy-Authenticate` are replaced by `[redacted]` here, before any
+ * subscriber sees them. Nothing is built when nobody subscribes.
+ */
+import { channel } from 'node:diagnostics_channel';
+import type { HeaderMap } from './headers.ts';
+import type { HandshakeReport } from './session/exchange.ts';
+
+/** Channel names, for `diagnostics_channel.subscribe(name, listener)`. */
+export const HANDSHAKE_CHANNEL = 'multileg:handshake';
+export const LEG_CHANNEL = 'multileg:leg';
+
+const handshakeChannel = channel(HANDSHAKE_CHANNEL);
+const legChannel = channel(LEG_CHANNEL);
+
+/** A header as `[name, value]`, name in lower case, value redacted where it may hold a secret. */
+export type RedactedHeader = readonly [name: string, value: string];
+
+interface LegEventBase {
+  /** Unique per process; the request, response and error events of one leg share it. */
+  readonly legId: number;
+  readonly origin: string;
+  readonly sessionId: string;
+  /** `h2` or `http/1.1`; undefined while the session's first connection is still opening. */
+  readonly protocol: 'h2' | 'http/1.1' | undefined;
+  /** Date.now() when the event was published. */
+  readonly time: number;
+}
+
+/** A leg was handed to the connection. */
+export interface LegRequestEvent extends LegEventBase {
+  readonly phase: 'request';
+  readonly method: string;
+  readonly path: string;
+  /** The scheme of the Authorization (Proxy-Authorization on a CONNECT) sent on this leg, or undefined. */
+  readonly scheme: string | undefined;
+  /** Whether this leg echoed the server's Auth-ID (C3). */
+  readonly authId: boolean;
+  readonly headers: readonly RedactedHeader[];
+}
+
+/** A leg's response head arrived. */
+export interface LegResponseEvent extends LegEventBase {
+  readonly phase: 'response';
+  readonly status: number;
+  readonly headers: readonly RedactedHeader[];
+  /** `false`: an intermediate leg (a challenge answered by another leg, a 421) the caller never sees. */
+  readonly delivered: boolean;
+}
+
+/** A leg failed on the wire (connection lost, stream reset, TLS, abort). */
+export interface LegErrorEvent extends LegEventBase {
+  readonly phase: 'error';
+  readonly error: { readonly name: string; readonly code: string | undefined; readonly message: string };
+}
+
+export type LegEvent = LegRequestEvent | LegResponseEvent | LegErrorEvent;
+
+const SECRET_HEADERS = new Set(['authorization', 'proxy-authorization', 'auth-id', 'cookie', 'set-cookie']);
+const CHALLENGE_HEADERS = new Set(['www-authenticate', 'proxy-authenticate']);
+
+/** Keeps a challenge's scheme and parameters, drops its token68 (`Negotiate oYIB…` → `Negotiate [redacted]`). */
+function redactChallenges(value: string): string {
+  return value.replace(/(^|,)(\s*[A-Za-z][\w!#$%&'*+.^`|~-]*)\s+[A-Za-z0-9+/._~-]+=*(?=\s*(,|$))/g, '$1$2 [redacted]');
+}
+
+function redactValue(name: string, value: string): string {
+  if (SECRET_HEADERS.has(name)) {
+    if (name !== 'authorization' && name !== 'proxy-authorization') return '[redacted]';
+    const scheme = value.trim().split(/\s+/, 1)[0] ?? '';
+    return `${scheme} [redacted]`;
+  }
+  return CHALLENGE_HEADERS.has(name) ? redactChallenges(value) : value;
+}
+
+/** Flattens and redacts a header map. */
+export function redactHeaders(headers: HeaderMap): RedactedHeader[] {
+  const out: RedactedHeader[] = [];
+  for (const [name, value] of Object.entries(headers)) {
+    const key = name.toLowerCase();
+    for (const v of Array.isArray(value) ? value : [value]) out.push([key, redactValue(key, String(v))]);
+  }
+  return out;
+}
+
+/** Someone traces legs: every leg then goes through {@link publishLeg} (the fast path steps aside). */
+export function tracingLegs(): boolean {
+  return legChannel.hasSubscribers;
+}
+
+let nextLegId = 0;
+
+/** What the session knows about a leg it sends; reports it and returns the reporters of its outcome. */
+export function publishLeg(
+  base: { origin: string; sessionId: string; protocol: () => LegEventBase['protocol'] },
+  request: { method: string; path: string; headers: HeaderMap },
+): {
+  response(status: number, headers: HeaderMap, delivered: boolean): void;
+  error(err: Error): void;
+} {
+  if (!legChannel.hasSubscribers) return { response() {}, error() {} };
+  const legId = ++nextLegId;
+  const common = () => ({
+    legId,
+    origin: base.origin,
+    sessionId: base.sessionId,
+    protocol: base.protocol(),
+    time: Date.now(),
+  });
+  // A proxy leg carries Proxy-Authorization; an origin leg Authorization.
+  const authorization = request.headers.authorization ?? request.headers['proxy-authorization'];
+  legChannel.publish({
+    ...common(),
+    phase: 'request',
+    method: request.method,
+    path: request.path,
+    scheme: typeof authorization === 'string' ? authorization.trim().split(/\s+/, 1)[0] : undefined,
+    authId: 'auth-id' in request.headers,
+    headers: redactHeaders(request.headers),
+  } satisfies LegRequestEvent);
+  return {
+    response: (status, headers, delivered) =>
+      legChannel.publish({
+        ...common(),
+        phase: 'response',
+        status,
+        headers: redactHeaders(headers),
+        delivered,
+      } satisfies LegResponseEvent),
+    error: (err) => {
+      const code = (err as { code?: unknown }).code;
+      legChannel.publish({
+        ...common(),
+        phase: 'error',
+        error: { name: err.name, code: typeof code === 'string' ? code : undefined, message: err.message },
+      } satisfies LegErrorEvent);
+    },
+  };
+}
+
+/** Publishes a finished handshake (the report holds no secret). */
+export function publishHandshake(report: HandshakeReport): void {
+  if (handshakeChannel.hasSubscribers) handshakeChannel.publish(report);
+}

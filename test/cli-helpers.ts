@@ -1,0 +1,66 @@
+/** Runs the `multileg` command line (src/cli/bin.ts) in a child process, as a user would. */
+import { spawn, spawnSync } from 'node:child_process';
+
+export const BIN = new URL('../src/cli/bin.ts', import.meta.url).pathname;
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs any command without blocking the event loop (the test's own servers must keep answering). */
+export function runCommand(
+  command: string,
+  args: readonly string[],
+  input = '',
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env, stdio: 'pipe' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    // A child that never reads its stdin (it exited first) is not the test's failure.
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+  });
+}
+
+export function runCli(
+  args: readonly string[],
+  opts: { env?: Record<string, string | undefined>; input?: string; node?: string } = {},
+): Promise<CliResult> {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  // A proxy or password in the developer's environment must not leak into the tests.
+  for (const k of [
+    'HTTPS_PROXY',
+    'https_proxy',
+    'HTTP_PROXY',
+    'http_proxy',
+    'NO_PROXY',
+    'no_proxy',
+    'MULTILEG_PASSWORD',
+  ])
+    delete env[k];
+  for (const [k, v] of Object.entries(opts.env ?? {})) {
+    if (v === undefined) delete env[k];
+    else env[k] = v;
+  }
+  return runCommand(opts.node ?? process.execPath, [BIN, ...args], opts.input, env);
+}
+
+/** This machine's system Node when it is older than 22.19 (Debian's 20): to prove the version message. */
+export const OLD_NODE: string | undefined = (() => {
+  const r = spawnSync('/usr/bin/node', ['--version'], { encoding: 'utf8' });
+  if (r.status !== 0) return undefined;
+  const [major = 0, minor = 0] = r.stdout.trim().slice(1).split('.').map(Number);
+  return major < 22 || (major === 22 && minor < 19) ? '/usr/bin/node' : undefined;
+})();

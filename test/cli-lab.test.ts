@@ -1,0 +1,130 @@
+/**
+ * The `multileg` command line and `multileg doctor` against the real lab: MIT Kerberos and Apache
+ * httpd with mod_http2 and mod_auth_gssapi (+ gss-ntlmssp), as a user at an intranet would run them.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli as run } from './cli-helpers.ts';
+import { type Lab, requirePeer, startLab } from './lab/index.ts';
+
+const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
+
+describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Apache (real peers)', () => {
+  let lab: Lab;
+  let ca: string;
+  /** alice's ticket; no NTLM_USER_FILE, else GSS would quietly use gss-ntlmssp's first user. */
+  let env: Record<string, string | undefined>;
+  let noTicket: Record<string, string | undefined>;
+  beforeAll(async () => {
+    lab = await startLab({ apache: true });
+    ca = join(lab.dir, 'apache-ca.pem');
+    writeFileSync(ca, lab.apache!.ca);
+    env = { ...lab.env, NTLM_USER_FILE: undefined };
+    noTicket = { ...env, KRB5CCNAME: `FILE:${join(lab.dir, 'no-such-ccache')}` };
+  });
+  afterAll(async () => {
+    await lab?.stop();
+  });
+
+  it('--negotiate -u : authenticates with the Kerberos ticket over HTTP/2; -v shows the per-request handshake', async () => {
+    const r = await run(
+      ['--negotiate', '-u', ':', '-v', '-i', '--cacert', ca, `${lab.apache!.origin}/protected/index.html`],
+      {
+        env,
+      },
+    );
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^HTTP\/2 200\r\n/);
+    expect(r.stdout).toContain('x-remote-user: alice@EXAMPLE.TEST');
+    expect(r.stdout).toContain('hello from /protected');
+    expect(r.stderr).toMatch(/> GET \/protected\/index.html \(Authorization: Negotiate …, Auth-ID: no\)/);
+    expect(r.stderr).toMatch(
+      /Negotiate handshake on session \S+ \(HTTP\/2\): 1 leg\(s\), Auth-ID not used, each request authenticates on its own/,
+    );
+  });
+
+  it('NTLM at Apache: -v shows the move to HTTP/1.1 that Apache needs for a connection-bound handshake', async () => {
+    const r = await run(
+      ['--ntlm', '-u', 'EXAMPLE\\alice:alicepw', '-v', '--cacert', ca, `${lab.apache!.origin}/ntlm/index.html`],
+      {
+        env,
+      },
+    );
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('hello from /ntlm\n');
+    expect(r.stderr).toContain('now over HTTP/1.1');
+    expect(r.stderr).toMatch(/NTLM handshake on session \S+ \(HTTP\/1\.1\): 2 leg\(s\)/);
+    expect(r.stderr).not.toContain('alicepw');
+  });
+
+  it('without a ticket: exit 1, the typed error says run kinit or give -u', async () => {
+    const r = await run(['--cacert', ca, `${lab.apache!.origin}/protected/index.html`], { env: noTicket });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /^multileg: Negotiate: no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\)/,
+    );
+  });
+
+  it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
+    const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env });
+    expect(r.stdout).toMatch(/^ok +Node: /m);
+    expect(r.stdout).toMatch(
+      /^ok +Kerberos: system GSS-API \(libgssapi_krb5\.so\.2 through koffi; tokens carry channel bindings\)/m,
+    );
+    expect(r.stdout).toMatch(/^ok +TLS: certificate chain trusted/m);
+    expect(r.stdout).toMatch(
+      /^ok +schemes: HTTP\/2 401 offers Negotiate; over HTTP\/1\.1: HTTP\/1\.1 401 offers Negotiate/m,
+    );
+    expect(r.stdout).toMatch(/^ok +clock: /m);
+    expect(r.stdout).toMatch(/^ok +ticket: alice@EXAMPLE\.TEST, expires .* \(in \d+ min\)/m);
+    expect(r.stdout).toMatch(/^ok +SPN: HTTP@localhost: the KDC issued a service ticket/m);
+    expect(r.stdout).toMatch(/^ok +authentication: Negotiate, 1 leg\(s\), per-request .*over HTTP\/2 → 200/m);
+    expect(r.stdout).toMatch(/no problem found\n$/);
+    expect(r.code).toBe(0);
+  });
+
+  it('doctor sees that NTLM at Apache needs HTTP/1.1 (and that multileg handles it)', async () => {
+    const r = await run(
+      ['doctor', '--ntlm', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${lab.apache!.origin}/ntlm/`],
+      {
+        env,
+      },
+    );
+    expect(r.stdout).toMatch(
+      /^warn +authentication: NTLM, 2 leg\(s\), session as EXAMPLE\\alice over HTTP\/1\.1 → 200; needs HTTP\/1\.1 for authentication/m,
+    );
+    expect(r.stdout).not.toContain('alicepw');
+    expect(r.code).toBe(0);
+  });
+
+  it('doctor without a ticket: the ticket and the authentication fail with the fix', async () => {
+    const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env: noTicket });
+    expect(r.stdout).toMatch(/^warn +ticket: no credential cache/m);
+    expect(r.stdout).toMatch(
+      /^FAIL +authentication: the server asks for authentication, and there is no usable Kerberos ticket and no password\n +fix: kinit user@REALM, or give -u DOMAIN\\user \(NTLM\)/m,
+    );
+    expect(r.code).toBe(1);
+  });
+
+  it('doctor with a wrong SPN: the KDC does not know it, and the fix names --spn', async () => {
+    const r = await run(
+      ['doctor', '--spn', 'HTTP@wrong.example.test', '--cacert', ca, `${lab.apache!.origin}/protected/`],
+      {
+        env,
+      },
+    );
+    expect(r.stdout).toMatch(
+      /^FAIL +SPN: HTTP@wrong\.example\.test \(--spn\): the KDC does not know this service principal\n +fix: .*--spn/m,
+    );
+    expect(r.code).toBe(1);
+  });
+
+  it('doctor without the CA: TLS fails and says --cacert', async () => {
+    const r = await run(['doctor', `${lab.apache!.origin}/protected/`], { env });
+    expect(r.stdout).toMatch(
+      /^FAIL +TLS: certificate not trusted: \S+ .*\n +fix: give the issuing CA with --cacert FILE/m,
+    );
+    expect(r.code).toBe(1);
+  });
+});

@@ -1,0 +1,102 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { fetch } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { redactHeaders } from '../src/diagnostics.ts';
+import { HANDSHAKE_CHANNEL, type HandshakeReport, LEG_CHANNEL, type LegEvent, MultilegAgent } from '../src/index.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+
+describe('diagnostics_channel events', () => {
+  let server: ReferenceServer;
+  beforeAll(async () => {
+    server = await startReferenceServer({ mode: 'session' });
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  it('S2: multileg:leg reports every leg (request, response) and multileg:handshake every handshake, secrets redacted', async () => {
+    const legs: LegEvent[] = [];
+    const handshakes: HandshakeReport[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    const onHandshake = (m: unknown) => handshakes.push(m as HandshakeReport);
+    subscribe(LEG_CHANNEL, onLeg);
+    subscribe(HANDSHAKE_CHANNEL, onHandshake);
+    const agent = new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      trustedOrigins: [server.origin],
+      connect: { ca: server.ca },
+    });
+    try {
+      const res = await fetch(`${server.origin}/auth/diag`, {
+        dispatcher: agent,
+        headers: { cookie: 'sid=secret-cookie' },
+      });
+      expect(res.status).toBe(200);
+      await res.text();
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+      unsubscribe(HANDSHAKE_CHANNEL, onHandshake);
+      await agent.destroy();
+    }
+    expect(legs.map((e) => `${e.phase}${e.phase === 'response' ? ` ${e.status} ${e.delivered}` : ''}`)).toEqual([
+      'request',
+      'response 401 false',
+      'request',
+      'response 401 false',
+      'request',
+      'response 200 true',
+    ]);
+    const requests = legs.filter((e) => e.phase === 'request');
+    expect(requests.map((e) => [e.scheme, e.authId, e.method, e.path])).toEqual([
+      [undefined, false, 'GET', '/auth/diag'],
+      ['Negotiate', false, 'GET', '/auth/diag'],
+      ['Negotiate', true, 'GET', '/auth/diag'],
+    ]);
+    expect(new Set(legs.map((e) => e.legId)).size).toBe(3);
+    expect(legs.every((e) => e.origin === server.origin && e.sessionId === legs[0]!.sessionId)).toBe(true);
+    expect(legs.filter((e) => e.phase === 'response').every((e) => e.protocol === 'h2')).toBe(true);
+    expect(handshakes).toEqual([
+      expect.objectContaining({ scheme: 'Negotiate', outcome: 'session', legs: 2, authIdCarried: true }),
+    ]);
+    // Nothing the wire carried as a secret reaches a subscriber.
+    const published = JSON.stringify(legs);
+    expect(published).toContain('"authorization","Negotiate [redacted]"');
+    expect(published).toContain('"cookie","[redacted]"');
+    expect(published).not.toContain('secret-cookie');
+    expect(published).not.toContain('alicepw');
+    for (const e of server.exchanges) {
+      const auth = e.requestHeaders.authorization;
+      if (typeof auth === 'string') expect(published).not.toContain(auth.split(' ')[1]);
+      const challenge = e.responseHeaders['www-authenticate'];
+      for (const c of [challenge].flat()) {
+        const token = typeof c === 'string' ? c.split(' ')[1] : undefined;
+        if (token) expect(published).not.toContain(token);
+      }
+      if (e.authIdSent) expect(published).not.toContain(e.authIdSent);
+    }
+  });
+
+  it('S2: redaction keeps schemes and parameters, drops tokens, Auth-IDs and cookies', () => {
+    expect(
+      redactHeaders({
+        'www-authenticate': [
+          'Negotiate oYIBCjCC==, NTLM',
+          'Digest realm="r", nonce="abc", qop="auth"',
+          'Basic realm=x',
+        ],
+        'proxy-authorization': 'NTLM TlRMTVNTUAAB',
+        'auth-id': 'opaque',
+        'set-cookie': 'a=b',
+        'x-plain': 'kept',
+      }),
+    ).toEqual([
+      ['www-authenticate', 'Negotiate [redacted], NTLM'],
+      ['www-authenticate', 'Digest realm="r", nonce="abc", qop="auth"'],
+      ['www-authenticate', 'Basic realm=x'],
+      ['proxy-authorization', 'NTLM [redacted]'],
+      ['auth-id', '[redacted]'],
+      ['set-cookie', '[redacted]'],
+      ['x-plain', 'kept'],
+    ]);
+  });
+});

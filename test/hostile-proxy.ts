@@ -1,0 +1,81 @@
+/** Scripted proxies on loopback for proxy and upgrade tests: raw TCP servers that misbehave or relay on purpose. */
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+
+export interface Hostile {
+  readonly port: number;
+  /** TCP connections accepted. */
+  readonly connections: number;
+  /** Every byte each connection sent, as latin1 text. */
+  readonly received: string[];
+  close(): Promise<void>;
+}
+
+/** A TCP server on loopback that runs `behave` on each connection and records what it receives. */
+export async function hostile(behave: (socket: Socket, received: () => string) => void): Promise<Hostile> {
+  const sockets = new Set<Socket>();
+  const received: string[] = [];
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    const i = received.push('') - 1;
+    socket.on('data', (d: Buffer) => {
+      received[i] += d.toString('latin1');
+    });
+    socket.on('error', () => {});
+    socket.once('close', () => sockets.delete(socket));
+    behave(socket, () => received[i]!);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as { port: number }).port,
+    get connections() {
+      return received.length;
+    },
+    received,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/**
+ * Answers the first CONNECT (whatever host:port it names) with 200 and relays the connection to
+ * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it.
+ */
+export const relayTo = (port: number, answer = 'HTTP/1.1 200 Connection Established\r\n\r\n') =>
+  hostile((socket, received) => {
+    const onData = () => {
+      const end = received().indexOf('\r\n\r\n');
+      if (end < 0) return;
+      socket.off('data', onData);
+      socket.pause();
+      if (!answer.includes(' 200 ')) return void socket.end(answer);
+      const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+        socket.write(answer);
+        const rest = Buffer.from(received().slice(end + 4), 'latin1');
+        if (rest.length) upstream.write(rest);
+        socket.pipe(upstream).pipe(socket);
+        socket.resume();
+      });
+      upstream.on('error', () => socket.destroy());
+      socket.once('close', () => upstream.destroy());
+    };
+    socket.on('data', onData);
+  });
+
+/** Holds each connection `ms` before relaying it, bytes and all, to 127.0.0.1:`port`. */
+export const slowRelayTo = (port: number, ms: number) =>
+  hostile((socket, received) => {
+    socket.pause();
+    const timer = setTimeout(() => {
+      const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+        socket.on('data', (d: Buffer) => upstream.write(d));
+        upstream.pipe(socket);
+        socket.resume();
+      });
+      upstream.on('error', () => socket.destroy());
+      socket.once('close', () => upstream.destroy());
+    }, ms);
+    socket.once('close', () => clearTimeout(timer));
+    void received;
+  });

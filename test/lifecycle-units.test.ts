@@ -1,0 +1,359 @@
+/**
+ * The small parts of a request's lifecycle, driven directly where a server cannot reach a branch
+ * on demand: the one bounded wait (WaitQueue), the caller's sink (UserSink), a leg's handler
+ * (LegHandler, against a fake undici controller), fetch's redirect hops (RedirectHops), the
+ * origin's memory and channel binding data for certificates signed with SHA-384/512.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash, X509Certificate } from 'node:crypto';
+import { createServer } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import type { Dispatcher } from 'undici';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
+import { UserSink } from '../src/handshake/user-sink.ts';
+import { QueueTimeoutError } from '../src/index.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
+import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
+import type { Job } from '../src/session/job.ts';
+import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
+import { Session, StaleConnectionError } from '../src/session/session.ts';
+import { FRESH, transition } from '../src/session/state.ts';
+import { WaitQueue } from '../src/session/wait-queue.ts';
+import { RedirectHops } from '../src/trust/redirects.ts';
+import { findBin } from './lab/peers.ts';
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+type Controller = Dispatcher.DispatchController;
+
+/** What a caller's handler saw, in order. */
+function recordingHandler(onStart?: (c: Controller) => void): { handler: Dispatcher.DispatchHandler; seen: string[] } {
+  const seen: string[] = [];
+  return {
+    seen,
+    handler: {
+      onResponseStart(c, status) {
+        seen.push(`start ${status}`);
+        onStart?.(c);
+      },
+      onResponseData(_c, chunk) {
+        seen.push(`data ${chunk.toString()}`);
+      },
+      onResponseEnd() {
+        seen.push('end');
+      },
+      onResponseError(_c, err) {
+        seen.push(`error ${err.message}`);
+      },
+    },
+  };
+}
+
+/** An undici controller that records what the agent asked of it. */
+function fakeController() {
+  const calls: string[] = [];
+  const c = {
+    paused: false,
+    aborted: false,
+    reason: null as Error | null,
+    pause() {
+      calls.push('pause');
+      c.paused = true;
+    },
+    resume() {
+      calls.push('resume');
+      c.paused = false;
+    },
+    abort(reason: Error) {
+      calls.push(`abort ${reason.message}`);
+      c.aborted = true;
+      c.reason = reason;
+    },
+  };
+  return { controller: c as unknown as Controller, calls, state: c };
+}
+
+function job(id: number): Job {
+  return { id, sink: new UserSink({}) } as unknown as Job;
+}
+
+describe('WaitQueue: the one bounded wait (R1)', () => {
+  it('R1: order, count and deadline survive the compaction of a queue that is never empty', async () => {
+    vi.useFakeTimers();
+    const queue = new WaitQueue<number>({ maxQueue: 10_000, queueTimeout: 1000 }, 'a test');
+    const got: Array<[number, number | string]> = [];
+    const waitFor = (id: number) =>
+      queue.wait(job(id)).then(
+        (v) => got.push([id, v]),
+        (e: Error) => got.push([id, e instanceof QueueTimeoutError ? 'timeout' : e.message]),
+      );
+    // Steady load: 3000 join, 2000 leave from the front (compaction happens once more than 1024
+    // have left and they are more than half the array), 1000 are still waiting.
+    const waits = [];
+    for (let id = 1; id <= 3000; id++) waits.push(waitFor(id));
+    for (let v = 1; v <= 2000; v++) expect(queue.shift(v)?.id).toBe(v);
+    expect(queue.length).toBe(1000);
+    // The next one still leaves in arrival order; the rest time out in arrival order.
+    expect(queue.shift(-1)?.id).toBe(2001);
+    await vi.advanceTimersByTimeAsync(1000);
+    await Promise.all(waits);
+    expect(queue.length).toBe(0);
+    expect(got.slice(0, 2001)).toEqual(Array.from({ length: 2001 }, (_, i) => [i + 1, i < 2000 ? i + 1 : -1]));
+    expect(got.slice(2001).every(([, v]) => v === 'timeout')).toBe(true);
+    expect(got.slice(2001).map(([id]) => id)).toEqual(Array.from({ length: 999 }, (_, i) => 2002 + i));
+  });
+
+  it('R6: requests that left the front of a never-empty queue are not kept alive by it', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const queue = new WaitQueue<number>({ maxQueue: 10_000, queueTimeout: 60_000 }, 'a test');
+    const left: Array<WeakRef<Job>> = [];
+    const waits = [];
+    for (let id = 1; id <= 3000; id++) {
+      const j = job(id);
+      if (id <= 1000) left.push(new WeakRef(j));
+      waits.push(queue.wait(j).catch(() => {}));
+    }
+    for (let v = 1; v <= 2000; v++) queue.shift(v);
+    await Promise.all(waits.slice(0, 2000));
+    // WeakRef targets stay alive until the current task ends.
+    await new Promise((r) => setImmediate(r));
+    gc();
+    // Without compaction all 1000 stay reachable; V8 may keep one or two alive for its own reasons.
+    expect(left.filter((w) => w.deref() !== undefined).length).toBeLessThan(10);
+    expect(queue.length).toBe(1000);
+    queue.settleAll(undefined, new Error('done'));
+    await Promise.all(waits);
+  });
+});
+
+describe('UserSink: the caller sees one response or one error', () => {
+  it('C8: after the caller got its error, a late response head, data and end from the leg are dropped', () => {
+    const { handler, seen } = recordingHandler();
+    const sink = new UserSink(handler);
+    const leg = fakeController();
+    sink.fail(new Error('gone'));
+    sink.responseStart(leg.controller, 200, {}, 'OK');
+    sink.responseData(Buffer.from('late'));
+    sink.responseEnd({});
+    expect(seen).toEqual(['error gone']);
+    expect(sink.leg).toBeUndefined();
+    expect(sink.responseStarted).toBe(false);
+  });
+
+  it('a caller that paused before the response arrived gets the delivering leg paused; after the end nothing more', () => {
+    const { handler, seen } = recordingHandler();
+    const sink = new UserSink(handler);
+    sink.controller.pause();
+    const leg = fakeController();
+    sink.responseStart(leg.controller, 200, {}, 'OK');
+    expect(leg.calls).toEqual(['pause']);
+    sink.controller.resume();
+    expect(leg.calls).toEqual(['pause', 'resume']);
+    sink.responseEnd({});
+    sink.responseEnd({});
+    sink.responseData(Buffer.from('late'));
+    expect(seen).toEqual(['start 200', 'end']);
+  });
+});
+
+describe('LegHandler: one leg against a fake undici controller', () => {
+  function leg(verdict: (status: number) => Verdict, onStart?: (c: Controller) => void) {
+    const { handler, seen } = recordingHandler(onStart);
+    const sink = new UserSink(handler);
+    const classified: number[] = [];
+    const h = new LegHandler({
+      sink,
+      classify: (status) => {
+        classified.push(status);
+        return verdict(status);
+      },
+      beforeStart: () => {},
+      maxDrainBytes: 1024,
+    });
+    const wire = fakeController();
+    h.onRequestStart(wire.controller);
+    return { h, seen, classified, wire, sink };
+  }
+  const deferred = () => {
+    let resolve!: () => void;
+    let reject!: (e: Error) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return { promise, resolve, reject };
+  };
+
+  it('a 1xx head is informational: the leg waits for the final status', async () => {
+    const { h, seen, classified, wire } = leg(() => 'deliver');
+    h.onResponseStart(wire.controller, 100, {}, 'Continue');
+    h.onResponseStart(wire.controller, 200, { a: 'b' }, 'OK');
+    h.onResponseEnd(wire.controller, {});
+    expect(classified).toEqual([200]);
+    expect(seen).toEqual(['start 200', 'end']);
+    expect((await h.result).kind).toBe('delivered');
+  });
+
+  it('M2: a connection error while the final token is being verified reaches the caller once', async () => {
+    const gate = deferred();
+    const { h, seen, wire } = leg(() => gate.promise);
+    h.onResponseStart(wire.controller, 200, {}, 'OK');
+    h.onResponseData(wire.controller, Buffer.from('a'));
+    h.onResponseError(wire.controller, new Error('reset'));
+    const result = await h.result;
+    expect(result.kind).toBe('delivered');
+    await (result as Extract<LegResult, { kind: 'delivered' }>).done;
+    expect(seen).toEqual(['error reset']);
+    // The verification settling later delivers nothing more.
+    gate.resolve();
+    await new Promise((r) => setImmediate(r));
+    expect(seen).toEqual(['error reset']);
+  });
+
+  it('a classifier that throws fails the leg; what the wire sends afterwards is ignored', async () => {
+    const { h, seen, wire } = leg(() => {
+      throw new Error('bad header');
+    });
+    h.onResponseStart(wire.controller, 401, {}, 'Unauthorized');
+    h.onResponseData(wire.controller, Buffer.from('x'));
+    h.onResponseEnd(wire.controller, {});
+    h.onResponseError(wire.controller, new Error('aborted'));
+    expect(await h.result).toEqual({ kind: 'failed', error: new Error('bad header') });
+    expect(wire.calls).toEqual(['abort bad header']);
+    expect(seen).toEqual([]);
+  });
+});
+
+describe('RedirectHops: fetch follows a 3xx itself (S5)', () => {
+  const from = 'https://a.example';
+
+  it('S5: the first of several Location values counts; no Location, no hop', () => {
+    const hops = new RedirectHops();
+    hops.noteResponse(from, '/r', 302, { location: ['https://b.example/one', 'https://b.example/two'] });
+    hops.noteResponse(from, '/r', 302, {});
+    hops.noteResponse(from, '/r', 302, { location: '' });
+    expect(hops.consume('https://b.example', '/two')).toBe(false);
+    expect(hops.consume('https://b.example', '/one')).toBe(true);
+    expect(hops.consume('https://b.example', '/one')).toBe(false);
+  });
+
+  it('S5: two redirects to the same URL are two hops; a hop too late is not one', () => {
+    vi.useFakeTimers();
+    const hops = new RedirectHops();
+    hops.noteResponse(from, '/r', 307, { location: 'https://b.example/x' });
+    hops.noteResponse(from, '/r', 307, { location: 'https://b.example/x' });
+    expect(hops.consume('https://b.example', '/x')).toBe(true);
+    vi.advanceTimersByTime(10_001);
+    expect(hops.consume('https://b.example', '/x')).toBe(false);
+    expect(hops.consume('https://b.example', '/x')).toBe(false);
+  });
+
+  it('S5: memory is bounded: expired hops go first, then the oldest', () => {
+    vi.useFakeTimers();
+    const hops = new RedirectHops();
+    for (let i = 0; i < 500; i++) hops.noteResponse(from, '/r', 302, { location: `https://b.example/old${i}` });
+    vi.advanceTimersByTime(10_001);
+    for (let i = 0; i < 1000; i++) hops.noteResponse(from, '/r', 302, { location: `https://b.example/new${i}` });
+    // Full of live hops: the next one pushes out the oldest, and only it (the 500 expired went
+    // first to make room for the new ones: otherwise new0…new499 would be gone).
+    hops.noteResponse(from, '/r', 302, { location: 'https://b.example/newest' });
+    expect(hops.consume('https://b.example', '/new0')).toBe(false);
+    expect(hops.consume('https://b.example', '/new1')).toBe(true);
+    expect(hops.consume('https://b.example', '/new499')).toBe(true);
+    expect(hops.consume('https://b.example', '/old499')).toBe(false);
+    expect(hops.consume('https://b.example', '/newest')).toBe(true);
+  });
+});
+
+describe('origin memory and session state', () => {
+  it('R4: a scheme that could not run here is skipped for a while, then tried again', () => {
+    vi.useFakeTimers();
+    const memory = new OriginMemory(60_000);
+    const why = new Error('no ticket');
+    memory.markUnusable('negotiate', why);
+    expect(memory.unusable()).toEqual([['negotiate', why]]);
+    vi.advanceTimersByTime(UNUSABLE_MEMORY_MS);
+    expect(memory.unusable()).toEqual([]);
+    expect(memory.unusable()).toEqual([]);
+  });
+
+  it('C8: a second close keeps the first close (and its reason)', () => {
+    const closed = transition(FRESH, { type: 'closed', http1Required: true });
+    expect(transition(closed, { type: 'closed' })).toBe(closed);
+    expect(closed).toEqual({ kind: 'closed', http1Required: true });
+  });
+});
+
+describe('Session: nothing goes on a session after it ended', () => {
+  it('R5: a leg for a session that has closed (GOAWAY, reset) fails as stale, and no stream or connection is opened', async () => {
+    let connections = 0;
+    const server = createServer((socket) => {
+      connections += 1;
+      socket.destroy();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const session = new Session({
+      origin: `https://localhost:${port}`,
+      lane: 'auto',
+      identity: 'agent',
+      tls: {},
+      certified: false,
+      keepAliveTimeout: 1000,
+      maxConcurrentStreams: 100,
+      limits: DEFAULT_LIMITS,
+      onChange: () => {},
+    });
+    try {
+      session.apply({ type: 'closed' });
+      const result = await session.send(job(1), { authorization: 'NTLM x' }, () => 'deliver');
+      expect(result.kind).toBe('failed');
+      expect((result as { error: Error }).error).toBeInstanceOf(StaleConnectionError);
+      expect(connections).toBe(0);
+    } finally {
+      await session.client.destroy().catch(() => {});
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
+
+describe('tls-server-end-point channel binding (RFC 5929 §4.1)', () => {
+  const openssl = findBin('/usr/bin/openssl');
+  const cert = (args: string[]) =>
+    new X509Certificate(
+      execFileSync(openssl!, [
+        'req',
+        '-x509',
+        '-nodes',
+        '-subj',
+        '/CN=cb',
+        '-days',
+        '1',
+        '-keyout',
+        '/dev/null',
+        ...args,
+      ]),
+    );
+
+  it.runIf(openssl || process.env.CI === 'true')(
+    'M5: a certificate signed with SHA-384 or SHA-512 binds with that hash, SHA-256 otherwise',
+    () => {
+      for (const [args, hash] of [
+        [['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-sha384'], 'sha384'],
+        [['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-sha512'], 'sha512'],
+        [['-newkey', 'rsa:2048', '-sha384'], 'sha384'],
+        [['-newkey', 'rsa:2048', '-sha512'], 'sha512'],
+        [['-newkey', 'rsa:2048', '-sha1'], 'sha256'],
+      ] as const) {
+        const c = cert([...args]);
+        expect(tlsServerEndPoint(c), args.join(' ')).toEqual(createHash(hash).update(c.raw).digest());
+      }
+      expect(tlsServerEndPoint(undefined)).toBeUndefined();
+    },
+  );
+});

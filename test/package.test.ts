@@ -1,0 +1,130 @@
+/**
+ * The published package as a newcomer gets it: `npm pack`, unpacked into a fresh app the way npm
+ * installs it (dependencies linked from this checkout: the suite runs offline), then used through
+ * ESM import, require, TypeScript types and the `multileg` executable.
+ */
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { OLD_NODE, runCommand } from './cli-helpers.ts';
+
+const root = new URL('..', import.meta.url).pathname;
+const bin = join(root, 'node_modules/.bin');
+/** This project's Node 22 first on PATH, as `npm run` does. */
+const env = { ...process.env, PATH: `${bin}:${dirname(process.execPath)}:${process.env.PATH}` };
+
+function walk(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)],
+  );
+}
+
+describe('the packed package in a fresh app', () => {
+  let app: string;
+  let pkgDir: string;
+  beforeAll(async () => {
+    const build = await runCommand(join(bin, 'tsc'), ['-p', join(root, 'tsconfig.build.json')], '', env);
+    expect(build.stderr + build.stdout).toBe('');
+    const work = mkdtempSync(join(tmpdir(), 'multileg-pack-'));
+    const pack = await runCommand('npm', ['pack', '--json', '--pack-destination', work, root], '', env);
+    expect(pack.code, pack.stderr).toBe(0);
+    const tarball = join(work, (JSON.parse(pack.stdout) as Array<{ filename: string }>)[0]!.filename);
+    app = join(work, 'app');
+    pkgDir = join(app, 'node_modules/multileg');
+    mkdirSync(pkgDir, { recursive: true });
+    const untar = await runCommand('tar', ['-xzf', tarball, '-C', pkgDir, '--strip-components=1']);
+    expect(untar.code, untar.stderr).toBe(0);
+    // What `npm install` would add: the dependencies, and the executable link.
+    const manifest = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
+    for (const dep of [
+      ...Object.keys(manifest.dependencies),
+      ...Object.keys(manifest.optionalDependencies),
+      'typescript',
+      '@types/node',
+    ]) {
+      mkdirSync(dirname(join(app, 'node_modules', dep)), { recursive: true });
+      symlinkSync(join(root, 'node_modules', dep), join(app, 'node_modules', dep));
+    }
+    mkdirSync(join(app, 'node_modules/.bin'));
+    const target = join(pkgDir, manifest.bin.multileg);
+    chmodSync(target, 0o755);
+    symlinkSync(target, join(app, 'node_modules/.bin/multileg'));
+    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+  });
+
+  it('ships no private key, and source maps that carry their sources', () => {
+    const files = walk(pkgDir);
+    expect(files.some((f) => f.includes('reference-server'))).toBe(false);
+    for (const f of files) expect(readFileSync(f, 'utf8'), f).not.toMatch(/PRIVATE KEY/);
+    const maps = files.filter((f) => f.endsWith('.js.map'));
+    expect(maps.length).toBeGreaterThan(10);
+    for (const f of maps) {
+      const map = JSON.parse(readFileSync(f, 'utf8')) as { sources: string[]; sourcesContent?: string[] };
+      expect(map.sourcesContent?.length, f).toBe(map.sources.length);
+    }
+  });
+
+  it('imports as ESM, loads through require, type-checks, and runs `npx multileg --version`', async () => {
+    const script = (code: string, file: string) => {
+      writeFileSync(join(app, file), code);
+      return runCommand(process.execPath, [join(app, file)], '', env);
+    };
+    expect(
+      (await script("import { MultilegAgent } from 'multileg';\nconsole.log(typeof MultilegAgent);\n", 'esm.mjs'))
+        .stdout,
+    ).toBe('function\n');
+    const cjs = await script(
+      "const { MultilegAgent } = require('multileg');\nconsole.log(typeof MultilegAgent);\n",
+      'cjs.cjs',
+    );
+    expect(cjs.stdout, cjs.stderr).toBe('function\n');
+
+    writeFileSync(
+      join(app, 'index.ts'),
+      [
+        "import { MultilegAgent, type MultilegAgentOptions, type HandshakeReport, LEG_CHANNEL } from 'multileg';",
+        "const options: MultilegAgentOptions = { trustedOrigins: ['https://intranet.example'], schemes: ['Negotiate', 'NTLM'] };",
+        'const agent = new MultilegAgent(options);',
+        'agent.onHandshake((r: HandshakeReport) => console.log(r.scheme, LEG_CHANNEL));',
+        '',
+      ].join('\n'),
+    );
+    writeFileSync(
+      join(app, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: { module: 'nodenext', target: 'es2023', strict: true, types: ['node'], noEmit: true },
+      }),
+    );
+    const tsc = await runCommand(
+      join(app, 'node_modules/typescript/bin/tsc'),
+      ['-p', join(app, 'tsconfig.json')],
+      '',
+      env,
+    );
+    expect(tsc.stdout + tsc.stderr).toBe('');
+    expect(tsc.code).toBe(0);
+
+    const npx = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      import('node:child_process').then(({ execFile }) =>
+        execFile('npx', ['--no-install', 'multileg', '--version'], { cwd: app, env }, (err, stdout, stderr) =>
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        ),
+      );
+    });
+    expect(npx.stdout, npx.stderr).toMatch(/^multileg \d+\.\d+\.\d+ \(undici 8\./);
+    expect(npx.code).toBe(0);
+  }, 180_000);
+
+  it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
+    writeFileSync(
+      join(app, 'old.mjs'),
+      "import('multileg').then(() => console.log('loaded'), (e) => console.log(e.code, e.message));\n",
+    );
+    const r = await runCommand(OLD_NODE!, [join(app, 'old.mjs')]);
+    expect(r.stdout).toMatch(/^MULTILEG_NODE_VERSION multileg needs Node >= 22\.19 \(this is Node 20\./);
+    const cli = await runCommand(OLD_NODE!, [join(app, 'node_modules/.bin/multileg'), '--version']);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(/^multileg needs Node >= 22\.19/);
+  });
+});

@@ -1,0 +1,173 @@
+/**
+ * The origin pool and its sessions over a request's whole life, against the reference server and
+ * small loopback servers: relocation bounds, closing while a request relocates, HTTP/1.1 origins
+ * on the default lane, idle pools dropped, HEAD on a connection-bound handshake and an abort
+ * before the request reached the wire (R1, R5, C8, H1, C11).
+ */
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { type AddressInfo, createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
+import { fetch, request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MultilegAgent, type MultilegAgentOptions, type MultilegError } from '../src/index.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { ALICE, hasAuth } from './helpers.ts';
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+});
+
+async function reference(opts: Parameters<typeof startReferenceServer>[0]): Promise<ReferenceServer> {
+  const s = await startReferenceServer(opts);
+  cleanups.push(() => s.close());
+  return s;
+}
+function agent(opts: MultilegAgentOptions): MultilegAgent {
+  const a = new MultilegAgent(opts);
+  cleanups.push(() => a.destroy());
+  return a;
+}
+const cause = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: { cause?: unknown }) => (e.cause ?? e) as MultilegError,
+  );
+
+describe('relocation', () => {
+  it('R5: a request refused by every session (GOAWAY below its stream) stops after a bounded number of moves', async () => {
+    const s = await reference({ mode: 'session', faults: { refuseWithGoaway: () => true } });
+    const a = agent({ connect: { ca: s.ca } });
+    const err = await cause(fetch(`${s.origin}/public/x`, { dispatcher: a }));
+    expect(err).toMatchObject({ code: 'MULTILEG_RELOCATION_LIMIT' });
+    expect(err!.message).toContain('moved to a new connection 4 times');
+    // The first try and four moves, each on a session of its own.
+    const tries = s.exchanges.filter((e) => e.path === '/public/x');
+    expect(tries.map((e) => e.outcome)).toEqual(Array(5).fill('goaway'));
+    expect(new Set(tries.map((e) => e.sessionId)).size).toBe(5);
+  });
+});
+
+describe('HTTP/1.1 origins and idle pools', () => {
+  it('H1: an origin that speaks only HTTP/1.1 gets one connection per concurrent request on the default lane', async () => {
+    const s = await reference({ mode: 'session', cleartext: true, schemes: ['NTLM'], faults: { delayMs: 100 } });
+    const origin = `http://localhost:${s.port}`;
+    const a = agent({ credentials: ALICE, trustedOrigins: [origin], negotiate: false, maxHttp1Connections: 3 });
+    // One first request learns the protocol; then three at once.
+    expect((await fetch(`${origin}/public/first`, { dispatcher: a })).status).toBe(200);
+    const results = await Promise.all(
+      [1, 2, 3].map((i) =>
+        fetch(`${origin}/auth/${i}`, { dispatcher: a }).then(
+          async (r) => [r.status, ((await r.json()) as { user: string }).user] as const,
+        ),
+      ),
+    );
+    expect(results).toEqual(Array(3).fill([200, 'EXAMPLE\\alice']));
+    const sessions = new Set(s.exchanges.filter((e) => e.path.startsWith('/auth/')).map((e) => e.sessionId));
+    expect(sessions.size).toBe(3);
+  });
+
+  it('H1: HEAD answers a connection-bound handshake on one HTTP/1.1 connection (undici would close it after HEAD)', async () => {
+    const s = await reference({ mode: 'session', cleartext: true, schemes: ['NTLM'] });
+    const origin = `http://localhost:${s.port}`;
+    const a = agent({ credentials: ALICE, trustedOrigins: [origin], negotiate: false });
+    const res = await request(`${origin}/auth/head`, { dispatcher: a, method: 'HEAD' });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    const legs = s.exchanges.filter((e) => e.path === '/auth/head');
+    expect(legs.map((e) => e.status)).toEqual([401, 401, 200]);
+    expect(new Set(legs.map((e) => e.sessionId)).size).toBe(1);
+  });
+
+  it('C8: past 64 origins, pools with nothing open are dropped, with what they learnt', async () => {
+    // The remembered scheme shows whether the pool survived: Basic per-request is sent proactively.
+    const s = await reference({ mode: 'per-request', schemes: ['Basic'] });
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const statuses = async (path: string) => {
+      const res = await fetch(`${s.origin}${path}`, { dispatcher: a });
+      await res.arrayBuffer();
+      return s.exchanges.filter((e) => e.path === path).map((e) => e.status);
+    };
+    expect(await statuses('/auth/1')).toEqual([401, 200]);
+    expect(await statuses('/auth/2')).toEqual([200]);
+    s.endSessions();
+    // 63 more origins, each closing its connection after answering: their pools go idle too.
+    const others: Server[] = [];
+    for (let i = 0; i < 64; i++) {
+      const o = createHttpServer((_req, res) => res.writeHead(204, { connection: 'close' }).end());
+      await new Promise<void>((r) => o.listen(0, '127.0.0.1', r));
+      others.push(o);
+      cleanups.push(() => new Promise((r) => o.close(r)));
+    }
+    for (const o of others.slice(0, 63)) {
+      const res = await fetch(`http://127.0.0.1:${(o.address() as AddressInfo).port}/`, { dispatcher: a });
+      expect(res.status).toBe(204);
+    }
+    // The 65th origin makes room: the idle pools go, the agent's session count stays.
+    const sessionsBefore = a.stats().sessions;
+    const last = await fetch(`http://127.0.0.1:${(others[63]!.address() as AddressInfo).port}/`, { dispatcher: a });
+    expect(last.status).toBe(204);
+    expect(a.stats().sessions).toBe(sessionsBefore + 1);
+    // The first origin's pool was dropped, and with it the remembered scheme: a 401 first again.
+    expect(await statuses('/auth/3')).toEqual([401, 200]);
+  });
+});
+
+describe('a caller abort before the request reached the wire', () => {
+  it('C8: aborted while its connection is still being made, the request is never sent', async () => {
+    const s = await reference({ mode: 'session' });
+    // A relay that holds each new connection for a while before passing it to the server.
+    const held = new Set<Socket>();
+    const relay = createNetServer((socket) => {
+      held.add(socket);
+      socket.pause();
+      socket.on('error', () => {});
+      setTimeout(() => {
+        const up = netConnect({ host: '127.0.0.1', port: s.port }, () => {
+          socket.pipe(up).pipe(socket);
+          socket.resume();
+        });
+        up.on('error', () => socket.destroy());
+        socket.once('close', () => up.destroy());
+      }, 500);
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => {
+      for (const h of held) h.destroy();
+      await new Promise((r) => relay.close(r));
+    });
+    const origin = `https://localhost:${(relay.address() as AddressInfo).port}`;
+    const a = agent({ connect: { ca: s.ca } });
+    const controller = new AbortController();
+    const pending = fetch(`${origin}/public/never`, { dispatcher: a, signal: controller.signal }).then(
+      () => 'sent',
+      (e: Error) => e.name,
+    );
+    await new Promise<void>((r) => relay.once('connection', () => r()));
+    controller.abort();
+    expect(await pending).toBe('AbortError');
+    // The connection does come up later; the request must not go out on it.
+    const res = await fetch(`${origin}/public/after`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(s.exchanges.map((e) => e.path)).toEqual(['/public/after']);
+    expect(s.exchanges.some((e) => hasAuth(e.requestHeaders))).toBe(false);
+  });
+});
+
+describe('an origin that turns out to need HTTP/1.1 for authentication (H2)', () => {
+  it('H2: requests that waited for the first response on HTTP/2 go straight to HTTP/1.1 once the origin asked for it', async () => {
+    const s = await reference({ mode: 'iis', iisVia: 'rst', schemes: ['NTLM'] });
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin], negotiate: false });
+    // The first request probes the new HTTP/2 session; the others wait for its first response.
+    const results = await Promise.all(
+      [0, 1, 2, 3, 4].map((i) =>
+        fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then(
+          async (r) => [r.status, ((await r.json()) as { protocol: string }).protocol] as const,
+        ),
+      ),
+    );
+    expect(results).toEqual(Array(5).fill([200, 'http/1.1']));
+    // Only the probe met the refusal on HTTP/2; nothing else was tried there.
+    expect(s.exchanges.filter((e) => e.protocol === 'h2').map((e) => e.outcome)).toEqual(['rst']);
+  });
+});
