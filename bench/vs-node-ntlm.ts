@@ -27,37 +27,29 @@ interface Contender {
   close(): Promise<void>;
 }
 
+/** multileg, over HTTP/2 where the server offers it, or over HTTP/1.1 only (undici's `allowH2: false`). */
+function multileg(allowH2: boolean): (origin: string) => Contender {
+  return (origin) => {
+    const agent = new MultilegAgent({
+      credentials: { username: `${USER.domain}\\${USER.username}`, password: USER.password },
+      connect: { ca: CA_CERT },
+      trustedOrigins: [origin],
+    });
+    const options = (allowH2 ? { dispatcher: agent } : { dispatcher: agent, allowH2 }) as Parameters<typeof request>[1];
+    return {
+      async get(url) {
+        const res = await request(url, options);
+        await res.body.dump();
+        return res.statusCode;
+      },
+      close: () => agent.close(),
+    };
+  };
+}
+
 const contenders: Record<string, (origin: string) => Contender> = {
-  multileg: (origin) => {
-    const agent = new MultilegAgent({
-      credentials: { username: `${USER.domain}\\${USER.username}`, password: USER.password },
-      connect: { ca: CA_CERT },
-      trustedOrigins: [origin],
-    });
-    return {
-      async get(url) {
-        const res = await request(url, { dispatcher: agent });
-        await res.body.dump();
-        return res.statusCode;
-      },
-      close: () => agent.close(),
-    };
-  },
-  'multileg HTTP/1.1': (origin) => {
-    const agent = new MultilegAgent({
-      credentials: { username: `${USER.domain}\\${USER.username}`, password: USER.password },
-      connect: { ca: CA_CERT },
-      trustedOrigins: [origin],
-    });
-    return {
-      async get(url) {
-        const res = await request(url, { dispatcher: agent, allowH2: false } as Parameters<typeof request>[1]);
-        await res.body.dump();
-        return res.statusCode;
-      },
-      close: () => agent.close(),
-    };
-  },
+  multileg: multileg(true),
+  'multileg HTTP/1.1': multileg(false),
   'axios-ntlm': () => {
     const httpsAgent = new https.Agent({ keepAlive: true, ca: CA_CERT });
     // Its interceptor answers 401s that axios throws: keep axios's default validateStatus.
