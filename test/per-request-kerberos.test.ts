@@ -11,12 +11,14 @@ import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
+import { CRED_REUSE_MS, CredCache, GssClient } from '../src/mechanisms/gssapi/index.ts';
 import { carriesKerberosApReq } from '../src/mechanisms/negotiate/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { get, many, type Rig, rig } from './helpers.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'kerberos-addon');
+const haveBinding = requirePeer('kdc', 'gss-binding');
 
 /** More than the default `maxConcurrentHandshakes` (4). */
 const HELD = 8;
@@ -121,6 +123,39 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
     } finally {
       await agent.destroy();
     }
+  });
+});
+
+describe.skipIf(!haveBinding)('per-request Kerberos: one credential per burst (GSS-API binding, MIT KDC)', () => {
+  let lab: Lab;
+  let restoreEnv: () => void;
+  beforeAll(async () => {
+    lab = await startLab({ kdc: true });
+    restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
+  });
+  afterAll(async () => {
+    restoreEnv?.();
+    await lab?.stop();
+  });
+
+  it('C4: contexts made within CRED_REUSE_MS share one acquired credential; each still makes its own AP-REQ', async () => {
+    const cache = new CredCache();
+    const options = { mech: 'spnego' as const, flags: 2, credCache: cache };
+    const a = await GssClient.create('HTTP@localhost', options);
+    const b = await GssClient.create('HTTP@localhost', options);
+    const [ta, tb] = [await a.step(''), await b.step('')];
+    expect(carriesKerberosApReq(ta!)).toBe(true);
+    expect(carriesKerberosApReq(tb!)).toBe(true);
+    expect(ta).not.toBe(tb);
+    expect([a.username, b.username]).toEqual(['alice@EXAMPLE.TEST', 'alice@EXAMPLE.TEST']);
+    // One credential, held by the cache and by both contexts.
+    expect(cache.holders).toBe(3);
+    a.dispose();
+    b.dispose();
+    expect(cache.holders).toBe(1);
+    // Past its time it is let go, and a new context would acquire anew.
+    expect(cache.take(Date.now() + CRED_REUSE_MS)).toBeUndefined();
+    expect(cache.holders).toBe(0);
   });
 });
 

@@ -41,6 +41,77 @@ export interface GssClientOptions {
   readonly keytab?: string;
   /** `tls-server-end-point` hash of the server certificate (RFC 5929); bound into the Kerberos authenticator. */
   readonly channelBinding?: Buffer;
+  /** Where this client's owner keeps an acquired credential for its next contexts (see {@link CredCache}). */
+  readonly credCache?: CredCache;
+}
+
+/** How long an acquired credential serves new contexts: a burst acquires once, a later kinit is seen soon. */
+export const CRED_REUSE_MS = 5_000;
+
+/** An acquired credential held by the contexts using it and by its cache; freed when the last lets go. */
+interface SharedCred {
+  readonly handle: GssHandle;
+  readonly username: string;
+  holders: number;
+}
+
+function letGo(g: GssFunctions, shared: SharedCred): void {
+  shared.holders -= 1;
+  if (shared.holders === 0) g.releaseCred([0], [shared.handle]);
+}
+
+/** What a CredCache holds, apart from the cache itself (so that its finalizer can free it). */
+interface CredSlot {
+  g?: GssFunctions;
+  shared?: SharedCred;
+  until: number;
+}
+
+const credCaches = new FinalizationRegistry<CredSlot>((slot) => {
+  if (slot.g && slot.shared) letGo(slot.g, slot.shared);
+});
+
+/**
+ * One acquired initiator credential, kept for {@link CRED_REUSE_MS} by its owner (one per agent's
+ * Negotiate mechanism, never shared between agents): per-request Kerberos then costs one
+ * `gss_acquire_cred_from` (a ccache read, or an AS-REQ with a keytab) per burst, not per request.
+ * A context whose GSS-API call fails drops it, so a stale credential is not tried again.
+ */
+export class CredCache {
+  readonly #slot: CredSlot = { until: 0 };
+
+  constructor() {
+    credCaches.register(this, this.#slot, this);
+  }
+
+  /** Holders of the kept credential (the cache and the contexts still using it); 0 when none is kept. */
+  get holders(): number {
+    return this.#slot.shared?.holders ?? 0;
+  }
+
+  /** The kept credential, one more holder on it; undefined when there is none or it is too old. */
+  take(now: number): SharedCred | undefined {
+    const slot = this.#slot;
+    if (!slot.shared || now >= slot.until) {
+      this.drop();
+      return undefined;
+    }
+    slot.shared.holders += 1;
+    return slot.shared;
+  }
+
+  /** Keeps `shared` for CRED_REUSE_MS, or `lifetimeMs` if that is shorter. */
+  keep(g: GssFunctions, shared: SharedCred, now: number, lifetimeMs: number): void {
+    this.drop();
+    shared.holders += 1;
+    Object.assign(this.#slot, { g, shared, until: now + Math.min(CRED_REUSE_MS, lifetimeMs) });
+  }
+
+  drop(): void {
+    const slot = this.#slot;
+    if (slot.g && slot.shared) letGo(slot.g, slot.shared);
+    slot.shared = undefined;
+  }
 }
 
 /** A failed GSS-API call: the display text of major and minor status (names, never keys or tokens). */
@@ -74,12 +145,16 @@ interface Handles {
   name?: GssHandle;
   target?: GssHandle;
   cred?: GssHandle;
+  /** `cred` belongs to a CredCache: let go of it instead of releasing it. */
+  shared?: SharedCred;
   ctx: [GssHandle];
 }
 
 function release(g: GssFunctions, h: Handles): void {
   if (h.ctx[0]) g.deleteSecContext([0], h.ctx, null);
-  if (h.cred) g.releaseCred([0], [h.cred]);
+  if (h.shared) letGo(g, h.shared);
+  else if (h.cred) g.releaseCred([0], [h.cred]);
+  h.shared = undefined;
   if (h.target) g.releaseName([0], [h.target]);
   if (h.name) g.releaseName([0], [h.name]);
   h.ctx[0] = null;
@@ -112,6 +187,7 @@ export class GssClient {
   readonly #mech: GssOid;
   readonly #flags: number;
   readonly #bindings: object | null;
+  readonly #credCache: CredCache | undefined;
   #complete = false;
   #retFlags = 0;
   readonly username: string;
@@ -121,6 +197,7 @@ export class GssClient {
     this.#h = h;
     this.#mech = o.mech === 'kerberos' ? MECH_KRB5 : MECH_SPNEGO;
     this.#flags = o.flags;
+    this.#credCache = o.credCache;
     this.username = username;
     // Both address types 0 and empty (they are part of the checksum): only the application data binds.
     const data = o.channelBinding
@@ -146,6 +223,12 @@ export class GssClient {
     try {
       h.target = importName(g, spn, NT_HOSTBASED_SERVICE);
       if (o.principal) h.name = importName(g, o.principal, NT_USER_NAME);
+      const kept = o.credCache?.take(Date.now());
+      if (kept) {
+        h.shared = kept;
+        h.cred = kept.handle;
+        return new GssClient(g, h, o, kept.username);
+      }
       const store: Array<{ key: string; value: string }> = [];
       if (o.keytab) store.push({ key: 'client_keytab', value: o.keytab });
       if (o.ccache) store.push({ key: 'ccache', value: o.ccache });
@@ -174,7 +257,13 @@ export class GssClient {
       if (isGssError(negMajor)) {
         throw new GssCallError('gss_set_neg_mechs', negMajor, minor[0]!, statusText(g, negMajor, minor[0]!, null));
       }
-      return new GssClient(g, h, o, credentialName(g, h.cred));
+      const { name: username, lifetime } = inquireCredential(g, h.cred);
+      // Kept no longer than its tickets last (a keytab credential is then acquired anew, with a new ticket).
+      if (o.credCache && lifetime > 1) {
+        h.shared = { handle: h.cred, username, holders: 1 };
+        o.credCache.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
+      }
+      return new GssClient(g, h, o, username);
     } catch (e) {
       release(g, h);
       throw e;
@@ -218,11 +307,13 @@ export class GssClient {
         [0],
       );
     } catch (e) {
+      this.#credCache?.drop();
       this.dispose();
       throw e;
     }
     const token = takeBuffer(g, out);
     if (isGssError(major)) {
+      this.#credCache?.drop();
       const text = statusText(g, major, minor[0]!, this.#mech === MECH_KRB5 ? MECH_KRB5 : null);
       const service = kerberosName(g, this.#h.target);
       this.dispose();
@@ -262,9 +353,13 @@ function kerberosName(g: GssFunctions, name: GssHandle): string {
   return displayAndRelease(g, canon);
 }
 
-/** The principal a credential belongs to (for reports; empty when GSS-API cannot say). */
-function credentialName(g: GssFunctions, cred: GssHandle): string {
+/**
+ * The principal a credential belongs to (for reports; empty when GSS-API cannot say) and its
+ * remaining lifetime in seconds (0 when unknown).
+ */
+function inquireCredential(g: GssFunctions, cred: GssHandle): { name: string; lifetime: number } {
   const name: [GssHandle] = [null];
-  if (isGssError(g.inquireCred([0], cred, name, [0], null, null) as number)) return '';
-  return displayAndRelease(g, name);
+  const lifetime = [0];
+  if (isGssError(g.inquireCred([0], cred, name, lifetime, null, null) as number)) return { name: '', lifetime: 0 };
+  return { name: displayAndRelease(g, name), lifetime: lifetime[0]! };
 }

@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
 import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
 import { log } from '../../log.ts';
+import { CredCache } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
 import { decodeNegTokenInit, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
@@ -148,6 +149,8 @@ interface KerberosMemory {
   reason?: NegotiateFallbackReason;
   /** `reason`, as the error thrown while it is remembered. */
   failure?: RememberedFailure;
+  /** The acquired credential the GSS-API binding keeps for this mechanism's next contexts. */
+  creds?: CredCache;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
   bindsChannel?: boolean;
 }
@@ -235,6 +238,7 @@ class NegotiateContext implements MechanismContext {
       ...(o.ccache ? { ccache: o.ccache } : {}),
       ...(o.keytab ? { keytab: o.keytab } : {}),
       ...(cb ? { channelBinding: cb } : {}),
+      credCache: (this.#memory.creds ??= new CredCache()),
     });
     const out = await this.#client.step('');
     this.#channelBound = cb !== undefined;
