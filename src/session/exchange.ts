@@ -59,12 +59,23 @@ export type ExchangeOutcome =
 const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
 
+/** Host and port of the last origin a leg was made for: per-request mode asks once per request. */
+let lastOrigin: { origin: string; hostname: string; port: number } | undefined;
+
+function hostAndPort(origin: string): { hostname: string; port: number } {
+  if (lastOrigin?.origin !== origin) {
+    const url = new URL(origin);
+    lastOrigin = { origin, hostname: url.hostname, port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)) };
+  }
+  return lastOrigin;
+}
+
 function legInfo(job: Job, session: Session): LegInfo {
-  const url = new URL(job.origin);
+  const { hostname, port } = hostAndPort(job.origin);
   return {
     origin: job.origin,
-    hostname: url.hostname,
-    port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+    hostname,
+    port,
     method: job.dispatchOptions.method,
     path: job.dispatchOptions.path,
     proxy: false,
