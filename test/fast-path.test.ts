@@ -1,17 +1,92 @@
 /**
- * The authenticated fast path (FastExchange) leaves nothing out: while someone traces legs
- * (`multileg:leg`), requests on an authenticated session are reported like every other leg.
+ * The authenticated fast path (FastExchange). A stream body on an authenticated session is written
+ * as it comes (it is unlikely to be needed again), not read up to `maxReplayBodyBytes` first; and
+ * C10 still holds when a replay is needed after all (the server forgot the session, T4): the kept copy goes on every leg. While someone
+ * traces legs (`multileg:leg`), requests on an authenticated session are reported like every other.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { once } from 'node:events';
+import { Readable } from 'node:stream';
+import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { LEG_CHANNEL, type LegEvent } from '../src/index.ts';
+import { BodyNotReplayableError, LEG_CHANNEL, type LegEvent } from '../src/index.ts';
 import { get, type Rig, rig } from './helpers.ts';
 
-describe('fast path and diagnostics', () => {
+/**
+ * A stream of `chunks` pieces of `size` bytes. After the first it waits for `gate` (at most `ms`);
+ * `opened` tells whether the gate opened before the rest was produced.
+ */
+function gatedBody(chunks: number, size: number, gate: Promise<unknown>, ms: number) {
+  const state = { opened: false };
+  const stream = Readable.from(
+    (async function* () {
+      yield Buffer.alloc(size, 1);
+      state.opened = await Promise.race([
+        gate.then(() => true),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms)),
+      ]);
+      for (let i = 1; i < chunks; i++) yield Buffer.alloc(size, 1);
+    })(),
+  );
+  return { stream, state };
+}
+
+describe('the authenticated fast path: streaming uploads, diagnostics', () => {
   let r: Rig | undefined;
   afterEach(async () => {
     await r?.close();
     r = undefined;
+  });
+
+  it('C10: on an authenticated session a stream body reaches the server before it has ended', async () => {
+    r = await rig({ mode: 'session' });
+    expect((await get(r, '/auth/warmup')).status).toBe(200);
+    const server = r.server;
+    // The rest of the body is held back until the server has seen its first bytes (or 5 s pass).
+    const upload = gatedBody(4, 16 * 1024, once(server, 'bodyChunk'), 3000);
+    const res = await request(`${server.origin}/auth/upload`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: upload.stream,
+    });
+    const body = (await res.body.json()) as { bodyLength: number };
+    expect(res.statusCode).toBe(200);
+    // The server had the first chunk while the rest was still to come.
+    expect(upload.state.opened).toBe(true);
+    expect(body.bodyLength).toBe(4 * 16 * 1024);
+    // Sent once, bare, on the authenticated session.
+    const uploads = server.exchanges.filter((e) => e.path === '/auth/upload');
+    expect(uploads.map((e) => [e.status, e.bodyLength])).toEqual([[200, 4 * 16 * 1024]]);
+  });
+
+  it('C10: a streamed body that must be replayed after all (T4) goes whole on every leg', async () => {
+    r = await rig({ mode: 'session' });
+    expect((await get(r, '/auth/warmup')).status).toBe(200);
+    r.server.forgetAuthentication();
+    const res = await request(`${r.server.origin}/auth/again`, {
+      dispatcher: r.agent,
+      method: 'PUT',
+      body: Readable.from([Buffer.alloc(1000, 2), Buffer.alloc(3000, 3)]),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    const legs = r.server.exchanges.filter((e) => e.path === '/auth/again');
+    // The bare 401, then the handshake's legs: each with the same 4000 bytes.
+    expect(legs.map((e) => e.status)).toEqual([401, 401, 200]);
+    expect(legs.every((e) => e.bodyLength === 4000)).toBe(true);
+    expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
+  });
+
+  it('C10: a streamed body over the buffer limit that must be replayed fails with a typed error', async () => {
+    r = await rig({ mode: 'session' }, { limits: { maxReplayBodyBytes: 1024 } });
+    expect((await get(r, '/auth/warmup')).status).toBe(200);
+    r.server.forgetAuthentication();
+    const err = await request(`${r.server.origin}/auth/big`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: Readable.from([Buffer.alloc(4096, 1)]),
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BodyNotReplayableError);
   });
 
   it('C2/S2: requests on an authenticated session are reported on multileg:leg too, one event pair per wire request', async () => {
