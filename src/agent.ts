@@ -209,9 +209,10 @@ export class MultilegAgent extends Dispatcher {
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
     const pool = this.#pool(origin);
     const limit = this.#options.limits.maxReplayBodyBytes;
-    // A stream bound for an authenticated session goes as it comes; elsewhere it is read first (C10).
+    // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
+    // comes; elsewhere it is read first, for the handshake's legs (C10).
     const prepared =
-      readsFirst(opts.body) && pool.authenticatedNow(identity, http1Only(opts))
+      readsFirst(opts.body) && pool.streamsNow(identity, http1Only(opts))
         ? new TeeBody(opts.body as AsyncIterable<unknown>, limit)
         : prepareBody(opts.body, limit);
     const job: Omit<Job, 'body'> = {

@@ -59,6 +59,38 @@ describe('the authenticated fast path: streaming uploads, diagnostics', () => {
     expect(uploads.map((e) => [e.status, e.bodyLength])).toEqual([[200, 4 * 16 * 1024]]);
   });
 
+  it('C10: to an origin that has not challenged the agent, a stream body reaches the server before it has ended', async () => {
+    r = await rig({ mode: 'session' });
+    const server = r.server;
+    expect((await get(r, '/public/first')).status).toBe(200);
+    const upload = gatedBody(4, 16 * 1024, once(server, 'bodyChunk'), 3000);
+    const res = await request(`${server.origin}/public/upload`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: upload.stream,
+    });
+    expect(res.statusCode).toBe(200);
+    expect(((await res.body.json()) as { bodyLength: number }).bodyLength).toBe(4 * 16 * 1024);
+    expect(upload.state.opened).toBe(true);
+  });
+
+  it('C10: a streamed body to an origin that then challenges goes whole on every leg of the handshake', async () => {
+    r = await rig({ mode: 'session' });
+    expect((await get(r, '/public/first')).status).toBe(200);
+    // Not challenged so far: written as it comes; /auth answers 401 and the handshake replays the copy.
+    const res = await request(`${r.server.origin}/auth/upload`, {
+      dispatcher: r.agent,
+      method: 'PUT',
+      body: Readable.from([Buffer.alloc(1000, 2), Buffer.alloc(3000, 3)]),
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    const legs = r.server.exchanges.filter((e) => e.path === '/auth/upload');
+    expect(legs.map((e) => e.status)).toEqual([401, 401, 200]);
+    expect(legs.every((e) => e.bodyLength === 4000)).toBe(true);
+    expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
+  });
+
   it('C10: a streamed body that must be replayed after all (T4) goes whole on every leg', async () => {
     r = await rig({ mode: 'session' });
     expect((await get(r, '/auth/warmup')).status).toBe(200);

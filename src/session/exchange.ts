@@ -439,6 +439,7 @@ interface SendSeen {
  */
 function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
+  if (status === 401) env.memory.unchallenged = false;
   if (status !== 401 && status !== 421) return 'deliver';
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
   if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
@@ -488,7 +489,7 @@ async function send(run: Run): Promise<Step> {
 
 /** The next step after a bare send: done, relocate, fail, or answer the 401. */
 function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
-  const { session, job } = run;
+  const { session, job, env } = run;
   if (result.kind === 'failed') {
     const reason = relocationReason(result.error);
     // A stale replay after the session ended: it goes where the session's end says (a GOAWAY
@@ -499,7 +500,10 @@ function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     if (reason) return end({ kind: 'relocate', reason });
     return failed(job, result.error);
   }
-  if (result.kind === 'delivered') return end({ kind: 'done', done: result.done });
+  if (result.kind === 'delivered') {
+    if (result.status !== 401 && job.identity === 'agent') env.memory.unchallenged = true;
+    return end({ kind: 'done', done: result.done });
+  }
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, run.lastUnusable);
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });

@@ -69,6 +69,12 @@ export class OriginMemory {
    */
   multilegPerRequest = false;
 
+  /**
+   * A bare request here got a final response that was not a 401, and no 401 came since: a request
+   * body is unlikely to be needed twice, so a stream is written as it comes (a copy kept, C10).
+   */
+  unchallenged = false;
+
   rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
     this.scheme = scheme;
     this.mode = mode;

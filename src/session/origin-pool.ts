@@ -100,9 +100,15 @@ export class OriginPool implements FastHost {
    * Runs a request to its end, relocating it between sessions as needed; calls `ended` once it has
    * ended (never throws). A request that finds an authenticated session takes the fast path.
    */
-  /** A request of `identity` dispatched now would go bare on an authenticated session (the fast path). */
-  authenticatedNow(identity: Identity, http1Only: boolean): boolean {
-    if (this.#closed || http1Only || identity !== 'agent') return false;
+  /**
+   * A stream body of a request of `identity` dispatched now is unlikely to be needed twice: it
+   * would go bare on an authenticated session (the fast path), or to an origin that has not
+   * challenged the agent's requests (and no scheme is remembered for it).
+   */
+  streamsNow(identity: Identity, http1Only: boolean): boolean {
+    if (this.#closed || identity !== 'agent') return false;
+    if (this.memory.unchallenged && this.memory.scheme === undefined) return true;
+    if (http1Only) return false;
     const session = this.#pick('auto', identity);
     return session !== undefined && FastExchange.sessionReady(session, this.#env);
   }
