@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { TeeBody } from '../src/body/replayable.ts';
 import { BodyNotReplayableError, LEG_CHANNEL, type LegEvent } from '../src/index.ts';
 import { get, type Rig, rig } from './helpers.ts';
 
@@ -143,5 +144,34 @@ describe('the authenticated fast path: streaming uploads, diagnostics', () => {
       200, 200, 200,
     ]);
     expect(r.agent.stats().handshakes).toBe(1);
+  });
+});
+
+describe('TeeBody: a stream written as it comes, replayable from its copy', () => {
+  const pieces = () => [Buffer.from('aaaa'), Buffer.from('bbbb'), Buffer.from('cccc')];
+  const drain = async (body: unknown) => {
+    const out: Buffer[] = [];
+    for await (const chunk of body as AsyncIterable<Buffer>) out.push(chunk);
+    return Buffer.concat(out).toString();
+  };
+
+  it('C10: a leg that stopped reading early (a 401 before the body was read) is replayed whole: the copy, then the rest of the source', async () => {
+    const source = Readable.from(pieces());
+    const body = new TeeBody(source, 1024);
+    const first = body.take() as AsyncGenerator<Buffer>;
+    expect((await first.next()).value?.toString()).toBe('aaaa');
+    await first.return(undefined); // the leg ended after one chunk
+    expect(source.destroyed).toBe(false);
+    expect(body.replayable).toBe(true);
+    expect(await drain(body.take())).toBe('aaaabbbbcccc');
+    // Read in full within the limit: any number of legs more.
+    expect(await drain(body.take())).toBe('aaaabbbbcccc');
+  });
+
+  it('C10: past the limit the body is written once, and a second take is refused', async () => {
+    const body = new TeeBody(Readable.from(pieces()), 6);
+    expect(await drain(body.take())).toBe('aaaabbbbcccc');
+    expect(body.replayable).toBe(false);
+    expect(body.take()).toBeUndefined();
   });
 });

@@ -56,21 +56,31 @@ export function readsFirst(body: unknown): boolean {
 }
 
 /**
- * A one-shot body written as it comes, for a request on an authenticated session, where it is
- * unlikely to be needed again: the first byte goes out at once instead of after up to
- * `maxReplayBodyBytes` were read. A copy is kept while it fits in `limit`, so a replay (the server
- * forgot the session, T4) still carries the whole body when it was read in full (C10); otherwise
- * a second `take()` is refused, as for any one-shot body over the limit.
+ * A one-shot body written as it comes, for a request where it is unlikely to be needed again (an
+ * authenticated session, an origin that has not challenged): the first byte goes out at once
+ * instead of after up to `maxReplayBodyBytes` were read. A copy of what was read is kept while it
+ * fits in `limit`, so a replay (the server forgot the session, T4; or challenged after all) carries
+ * the whole body (C10): the copy, then the rest of the source — also when the first leg stopped
+ * reading early (a 401 sent before the body was read). Past the limit a second `take()` is
+ * refused, as for any one-shot body over the limit.
  */
 export class TeeBody implements PreparedBody {
   readonly streams = true;
   readonly #source: AsyncIterable<unknown> | Iterable<unknown>;
   readonly #limit: number;
-  #chunks: Buffer[] = [];
+  #iterator: AsyncIterator<unknown> | Iterator<unknown> | undefined;
+  /** Every chunk read so far, while they fit in the limit. */
+  #kept: Buffer[] = [];
+  /** Chunks read so far, and the last of them (all that is left once past the limit). */
+  #count = 0;
+  #last: Buffer | undefined;
   #size = 0;
-  /** The first leg began to read the source (a leg refused before that leaves it untouched). */
-  #started = false;
+  #over = false;
   #done = false;
+  /** The one read in flight: legs never read the source concurrently. */
+  #pulling: Promise<void> | undefined;
+  /** Which leg's stream is current: an older one stops (it was abandoned for a replay). */
+  #generation = 0;
 
   constructor(source: AsyncIterable<unknown> | Iterable<unknown>, limit: number) {
     this.#source = source;
@@ -78,26 +88,60 @@ export class TeeBody implements PreparedBody {
   }
 
   get replayable(): boolean {
-    return !this.#started || (this.#done && this.#size <= this.#limit);
+    return this.#count === 0 || !this.#over;
   }
 
   take(): unknown {
-    if (!this.#started) return this.#tee();
     if (!this.replayable) return undefined;
-    return this.#size === 0 ? null : Buffer.concat(this.#chunks, this.#size);
+    this.#generation += 1;
+    return this.#stream(this.#generation);
   }
 
-  async *#tee(): AsyncGenerator<Buffer> {
-    this.#started = true;
-    for await (const chunk of this.#source as AsyncIterable<unknown>) {
-      const buf = toBuffer(chunk);
-      this.#size += buf.length;
-      // Past the limit no replay is possible: drop the copy rather than hold the whole body.
-      if (this.#size <= this.#limit) this.#chunks.push(buf);
-      else this.#chunks = [];
-      yield buf;
+  async *#stream(generation: number): AsyncGenerator<Buffer> {
+    let i = 0;
+    for (;;) {
+      if (generation !== this.#generation) return;
+      if (i < this.#count) {
+        // Within the limit every chunk is kept; past it only the newest, which this current stream is at.
+        const chunk = this.#over ? this.#last! : this.#kept[i]!;
+        i += 1;
+        yield chunk;
+        continue;
+      }
+      if (this.#done) return;
+      await this.#pull();
     }
-    this.#done = true;
+  }
+
+  /** Reads one more chunk of the source (or its end), once, however many streams wait for it. */
+  #pull(): Promise<void> {
+    this.#pulling ??= (async () => {
+      // Not `for await`: ending a leg's stream early must not close the caller's source.
+      this.#iterator ??= (
+        Symbol.asyncIterator in this.#source
+          ? (this.#source as AsyncIterable<unknown>)[Symbol.asyncIterator]()
+          : (this.#source as Iterable<unknown>)[Symbol.iterator]()
+      ) as AsyncIterator<unknown> | Iterator<unknown>;
+      const next = await this.#iterator.next();
+      if (next.done) {
+        this.#done = true;
+        return;
+      }
+      const chunk = toBuffer(next.value);
+      this.#count += 1;
+      this.#last = chunk;
+      this.#size += chunk.length;
+      // Past the limit no replay is possible: drop the copy rather than hold the whole body.
+      if (this.#over) return;
+      if (this.#size <= this.#limit) this.#kept.push(chunk);
+      else {
+        this.#over = true;
+        this.#kept = [];
+      }
+    })().finally(() => {
+      this.#pulling = undefined;
+    });
+    return this.#pulling;
   }
 }
 
