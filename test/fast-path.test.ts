@@ -39,63 +39,42 @@ describe('the authenticated fast path: streaming uploads, diagnostics', () => {
     r = undefined;
   });
 
-  it('C10: on an authenticated session a stream body reaches the server before it has ended', async () => {
-    r = await rig({ mode: 'session' });
-    expect((await get(r, '/auth/warmup')).status).toBe(200);
-    const server = r.server;
-    // The rest of the body is held back until the server has seen its first bytes (or 5 s pass).
-    const upload = gatedBody(4, 16 * 1024, once(server, 'bodyChunk'), 3000);
-    const res = await request(`${server.origin}/auth/upload`, {
-      dispatcher: r.agent,
+  /**
+   * Uploads a 64 KiB stream whose rest waits for the server's first body bytes (at most 3 s):
+   * whether the server had them before the rest was produced, and what it answered.
+   */
+  async function gatedUpload(rig: Rig, path: string) {
+    const upload = gatedBody(4, 16 * 1024, once(rig.server, 'bodyChunk'), 3000);
+    const res = await request(`${rig.server.origin}${path}`, {
+      dispatcher: rig.agent,
       method: 'POST',
       body: upload.stream,
     });
-    const body = (await res.body.json()) as { bodyLength: number };
-    expect(res.statusCode).toBe(200);
-    // The server had the first chunk while the rest was still to come.
-    expect(upload.state.opened).toBe(true);
-    expect(body.bodyLength).toBe(4 * 16 * 1024);
-    // Sent once, bare, on the authenticated session.
-    const uploads = server.exchanges.filter((e) => e.path === '/auth/upload');
+    const { bodyLength } = (await res.body.json()) as { bodyLength: number };
+    return { status: res.statusCode, bodyLength, streamed: upload.state.opened };
+  }
+
+  it.each([
+    ['on an authenticated session', '/auth/warmup', '/auth/upload'],
+    ['to an origin that has not challenged the agent', '/public/first', '/public/upload'],
+  ])('C10: %s a stream body reaches the server before it has ended', async (_what, first, path) => {
+    r = await rig({ mode: 'session' });
+    expect((await get(r, first)).status).toBe(200);
+    expect(await gatedUpload(r, path)).toEqual({ status: 200, bodyLength: 4 * 16 * 1024, streamed: true });
+    // Sent once, bare.
+    const uploads = r.server.exchanges.filter((e) => e.path === path);
     expect(uploads.map((e) => [e.status, e.bodyLength])).toEqual([[200, 4 * 16 * 1024]]);
   });
 
-  it('C10: to an origin that has not challenged the agent, a stream body reaches the server before it has ended', async () => {
+  it.each([
+    // The server forgot the session (T4): the bare 401, then the handshake's legs.
+    ['that must be replayed after all (T4)', '/auth/warmup', true],
+    // Not challenged so far, so written as it comes; /auth answers 401 and the handshake replays it.
+    ['to an origin that then challenges', '/public/first', false],
+  ])('C10: a streamed body %s goes whole on every leg', async (_what, first, forget) => {
     r = await rig({ mode: 'session' });
-    const server = r.server;
-    expect((await get(r, '/public/first')).status).toBe(200);
-    const upload = gatedBody(4, 16 * 1024, once(server, 'bodyChunk'), 3000);
-    const res = await request(`${server.origin}/public/upload`, {
-      dispatcher: r.agent,
-      method: 'POST',
-      body: upload.stream,
-    });
-    expect(res.statusCode).toBe(200);
-    expect(((await res.body.json()) as { bodyLength: number }).bodyLength).toBe(4 * 16 * 1024);
-    expect(upload.state.opened).toBe(true);
-  });
-
-  it('C10: a streamed body to an origin that then challenges goes whole on every leg of the handshake', async () => {
-    r = await rig({ mode: 'session' });
-    expect((await get(r, '/public/first')).status).toBe(200);
-    // Not challenged so far: written as it comes; /auth answers 401 and the handshake replays the copy.
-    const res = await request(`${r.server.origin}/auth/upload`, {
-      dispatcher: r.agent,
-      method: 'PUT',
-      body: Readable.from([Buffer.alloc(1000, 2), Buffer.alloc(3000, 3)]),
-    });
-    expect(res.statusCode).toBe(200);
-    await res.body.dump();
-    const legs = r.server.exchanges.filter((e) => e.path === '/auth/upload');
-    expect(legs.map((e) => e.status)).toEqual([401, 401, 200]);
-    expect(legs.every((e) => e.bodyLength === 4000)).toBe(true);
-    expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
-  });
-
-  it('C10: a streamed body that must be replayed after all (T4) goes whole on every leg', async () => {
-    r = await rig({ mode: 'session' });
-    expect((await get(r, '/auth/warmup')).status).toBe(200);
-    r.server.forgetAuthentication();
+    expect((await get(r, first)).status).toBe(200);
+    if (forget) r.server.forgetAuthentication();
     const res = await request(`${r.server.origin}/auth/again`, {
       dispatcher: r.agent,
       method: 'PUT',
@@ -104,7 +83,6 @@ describe('the authenticated fast path: streaming uploads, diagnostics', () => {
     expect(res.statusCode).toBe(200);
     await res.body.dump();
     const legs = r.server.exchanges.filter((e) => e.path === '/auth/again');
-    // The bare 401, then the handshake's legs: each with the same 4000 bytes.
     expect(legs.map((e) => e.status)).toEqual([401, 401, 200]);
     expect(legs.every((e) => e.bodyLength === 4000)).toBe(true);
     expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
