@@ -1,4 +1,17 @@
-import createDebug from 'debug';
+import { createRequire } from 'node:module';
+import type createDebugType from 'debug';
+
+type Logger = (formatter: string, ...args: unknown[]) => void;
+
+/**
+ * `debug` costs ~15 ms to load and most runs log nothing (the CLI's start counts, issue 10): it is
+ * loaded only when `DEBUG` is set as the process starts.
+ */
+const createDebug: typeof createDebugType | undefined = process.env.DEBUG
+  ? (createRequire(import.meta.url)('debug') as typeof createDebugType)
+  : undefined;
+const off: Logger = () => {};
+const logger = (namespace: string): Logger => (createDebug ? createDebug(namespace) : off);
 
 /**
  * Debug namespaces (`DEBUG=multileg:*`). Call sites pass facts only — ids, schemes, status codes,
@@ -6,10 +19,10 @@ import createDebug from 'debug';
  * helper that accepts a header value, so a secret cannot reach a log line by accident.
  */
 export const log = {
-  agent: createDebug('multileg:agent'),
-  pool: createDebug('multileg:pool'),
-  session: createDebug('multileg:session'),
-  leg: createDebug('multileg:leg'),
-  handshake: createDebug('multileg:handshake'),
-  proxy: createDebug('multileg:proxy'),
+  agent: logger('multileg:agent'),
+  pool: logger('multileg:pool'),
+  session: logger('multileg:session'),
+  leg: logger('multileg:leg'),
+  handshake: logger('multileg:handshake'),
+  proxy: logger('multileg:proxy'),
 };

@@ -3,7 +3,12 @@
  * The `multileg` executable: checks the Node.js version before anything loads undici (which dies
  * on older Node with an unhelpful TypeError), then runs the command line.
  */
+import nodeModule from 'node:module';
 import { unsupportedNode } from '../node-version.ts';
+
+// Compiled code is cached between runs (Node's module compile cache): a CLI starts many times.
+// A default import, since Node 20 has no such export and must still reach the version message.
+(nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 
 const reason = unsupportedNode();
 if (reason) {

@@ -7,8 +7,7 @@
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { request } from 'undici';
-import { MultilegAgent } from '../agent.ts';
+import type { MultilegAgent } from '../agent.ts';
 import { ConfigError } from '../errors.ts';
 import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401 } from './explain.ts';
@@ -43,6 +42,8 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
   const req = parseCliOrExit(argv, 'multileg');
   if (typeof req === 'number') return req;
+  // Loaded once a request will be made: --help, --version and usage errors start without them.
+  const [{ request }, { MultilegAgent }] = await Promise.all([import('undici'), import('../agent.ts')]);
   const say = (line: string) => {
     if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
   };
