@@ -43,9 +43,21 @@ writeFileSync(ca, server.ca);
 try {
   const base = await median(['-e', '0']);
   const help = await median([BIN, '--help']);
-  const request = await median([BIN, '-s', '-o', '/dev/null', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${server.origin}/auth/x`]);
+  const request = await median([
+    BIN,
+    '-s',
+    '-o',
+    '/dev/null',
+    '-u',
+    'EXAMPLE\\alice:alicepw',
+    '--cacert',
+    ca,
+    `${server.origin}/auth/x`,
+  ]);
   console.log(`CLI start: node -e 0 ${base.toFixed(1)} ms`);
-  console.log(`CLI start: multileg --help ${help.toFixed(1)} ms = ${(help / base).toFixed(2)}x node -e 0 (goal <= 1.5x)`);
+  console.log(
+    `CLI start: multileg --help ${help.toFixed(1)} ms = ${(help / base).toFixed(2)}x node -e 0 (goal <= 1.5x)`,
+  );
   console.log(
     `CLI start: one NTLM request ${request.toFixed(1)} ms = ${(request / base).toFixed(2)}x node -e 0 (goal <= 2.5x)`,
   );

@@ -231,6 +231,7 @@ class NegotiateContext implements MechanismContext {
     const backend = await loadBackend(o);
     this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
+    this.#memory.creds ??= new CredCache();
     this.#client = await backend.initializeClient(this.#spn, {
       mech: o.mech ?? 'spnego',
       flags: negotiateFlags(o),
@@ -238,7 +239,7 @@ class NegotiateContext implements MechanismContext {
       ...(o.ccache ? { ccache: o.ccache } : {}),
       ...(o.keytab ? { keytab: o.keytab } : {}),
       ...(cb ? { channelBinding: cb } : {}),
-      credCache: (this.#memory.creds ??= new CredCache()),
+      credCache: this.#memory.creds,
     });
     const out = await this.#client.step('');
     this.#channelBound = cb !== undefined;
