@@ -2,7 +2,7 @@ import { Dispatcher } from 'undici';
 import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
-import { AgentClosedError, MultilegError } from './errors.ts';
+import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
 import { normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
@@ -24,6 +24,19 @@ import type { Identity } from './session/session.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
+
+/**
+ * A password that is not a string (an unset environment variable, say) would fail much later, as
+ * if the server had misbehaved: say so at construction.
+ */
+function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void {
+  if (typeof c.username !== 'string' || c.username === '')
+    throw new ConfigError('credentials.username must be a non-empty string, e.g. EXAMPLE\\alice');
+  if (typeof c.password !== 'string')
+    throw new ConfigError(
+      `credentials.password must be a string, got ${c.password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof c.password}`,
+    );
+}
 
 /** The Job, once its body is prepared (fetch's bodies are read first, C10). */
 function withBody(job: Omit<Job, 'body'>, body: PreparedBody): Job {
@@ -97,6 +110,7 @@ export class MultilegAgent extends Dispatcher {
    */
   constructor(options: MultilegAgentOptions = {}) {
     super();
+    if (options.credentials) checkCredentials(options.credentials);
     if (options.trustedOrigins === undefined) {
       // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
       if (options.credentials) throw new TrustRequiredError('an agent with a password (credentials)');

@@ -317,3 +317,15 @@ describe('S6: requests without the agent credentials, or with their own, never r
     expect(a.stats().handshakes).toBe(1);
   });
 });
+
+describe('credentials given wrong', () => {
+  it('S1: a password that is not a string (an unset environment variable) is a construction error that says so', () => {
+    const noPassword = { username: 'EXAMPLE\\alice', password: process.env.MULTILEG_SURELY_UNSET_VARIABLE! };
+    expect(() => new MultilegAgent({ credentials: noPassword, trustedOrigins: ['https://a.example'] })).toThrow(
+      /credentials\.password must be a string, got undefined \(is the environment variable/,
+    );
+    expect(() => new MultilegAgent({ credentials: { username: '', password: 'x' }, trustedOrigins: [] })).toThrow(
+      ConfigError,
+    );
+  });
+});
