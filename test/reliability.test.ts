@@ -197,6 +197,35 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     expect(lead.ok === false && lead.e).toBeInstanceOf(BodyNotReplayableError);
     expect(await Promise.all(rest)).toEqual(Array(5).fill([200, 'EXAMPLE\\alice']));
   });
+  it('R2: a leader whose own handshake times out hands it over; the waiters authenticate, none is sent bare', async () => {
+    // Only the leader's legs are held past the handshake timeout; a waiter's handshake goes through.
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { delayMs: (q) => (q.path === '/auth/leader' && q.headers.authorization ? 1000 : 0) },
+    });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      limits: { handshakeTimeout: 300 },
+    });
+    const first = settle(fetch(`${s.origin}/auth/leader`, { dispatcher: a }));
+    await new Promise((r) => setTimeout(r, 50));
+    const rest = Array.from({ length: 3 }, (_, i) =>
+      fetch(`${s.origin}/auth/w${i}`, { dispatcher: a }).then(async (r) => [
+        r.status,
+        ((await r.json()) as { user: string }).user,
+      ]),
+    );
+    const lead = await first;
+    expect(lead.ok === false && lead.e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(await Promise.all(rest)).toEqual(Array(3).fill([200, 'EXAMPLE\\alice']));
+    const bare = s.exchanges.filter(
+      (e) => e.path.startsWith('/auth/w') && e.status === 401 && !hasAuth(e.requestHeaders),
+    );
+    expect(bare).toEqual([]);
+  });
 });
 
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {
