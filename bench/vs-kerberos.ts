@@ -3,7 +3,8 @@
  * KDC; the lab of test/lab, started here on loopback). Apache authenticates Negotiate per request.
  * Contenders: multileg; undici's `fetch` (what Node's fetch is) with an `Authorization: Negotiate`
  * header made per request with the `kerberos` addon — the recipe people write by hand; and
- * `curl --negotiate` for the same URLs (one curl process, its connection reused). Workloads:
+ * `curl --negotiate` for the same URLs (one curl process, its connection reused). Reference row: a
+ * plain undici Agent fetching the same file from `/public` (no authentication) on the same Apache. Workloads:
  * COUNT GETs one after another, and COUNT with 50 in flight. Wall time (median of ROUNDS) and wire
  * requests per user request (Apache's access log).
  *
@@ -20,15 +21,18 @@ import { median } from './server.ts';
 const COUNT = Number(process.env.BENCH_KRB_COUNT ?? 200);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const PATH = '/protected/index.html';
+/** The same file behind no authentication: what undici alone costs against this Apache. */
+const PUBLIC_PATH = '/public/index.html';
+const PLAIN = 'undici Agent, no auth (/public)';
 
 const lab = await startLab({ apache: true });
 // alice's ticket cache for every contender (curl gets the same env).
 const restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
 const apache = lab.apache!;
-const wireSoFar = () =>
+const wireSoFar = (path: string) =>
   readFileSync(apache.accessLog, 'utf8')
     .split('\n')
-    .filter((l) => l.includes(PATH)).length;
+    .filter((l) => l.includes(path)).length;
 
 /** Runs `count` GETs, `parallel` at a time; resolves with the number that were not 200. */
 type Contender = (urls: readonly string[], parallel: number) => Promise<number>;
@@ -78,6 +82,18 @@ const contenders: Record<string, Contender> = {
         const client = await kerberos.initializeClient('HTTP@localhost', { mechOID: kerberos.GSS_MECH_OID_SPNEGO });
         const token = await client.step('');
         const res = await fetch(url, { dispatcher, headers: { authorization: `Negotiate ${token}` } });
+        await res.arrayBuffer();
+        return res.status;
+      });
+    } finally {
+      await dispatcher.close();
+    }
+  },
+  async [PLAIN](urls, parallel) {
+    const dispatcher = new Agent({ connect: { ca: apache.ca } });
+    try {
+      return await pool(PLAIN, urls, parallel, async (url) => {
+        const res = await fetch(url.replace(PATH, PUBLIC_PATH), { dispatcher });
         await res.arrayBuffer();
         return res.status;
       });
@@ -136,13 +152,14 @@ try {
     const failed: Record<string, number> = {};
     for (let r = 0; r < ROUNDS; r++) {
       for (const name of names) {
-        const before = wireSoFar();
+        const path = name === PLAIN ? PUBLIC_PATH : PATH;
+        const before = wireSoFar(path);
         const started = performance.now();
         failed[name] = await contenders[name]!(urls, parallel);
         times[name] = [...(times[name] ?? []), performance.now() - started];
         // mod_http2 logs a stream when it is cleaned up: give the log a moment.
         await new Promise((resolve) => setTimeout(resolve, 200));
-        wire[name] = (wireSoFar() - before) / COUNT;
+        wire[name] = (wireSoFar(path) - before) / COUNT;
       }
     }
     const ours = median(times.multileg!);
@@ -152,6 +169,7 @@ try {
         `| ${name} | ${ms.toFixed(1)} ms | ${(ms / ours).toFixed(2)} | ${wire[name]!.toFixed(3)} | ${failed[name]} |`,
       );
     }
+    console.log(`multileg / plain Agent: ${(ours / median(times[PLAIN]!)).toFixed(2)}`);
   }
   console.log('\nFailures (client: reason: count, all rounds):');
   for (const [why, n] of failures) console.log(`  ${why}: ${n}`);

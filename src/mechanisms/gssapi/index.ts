@@ -48,11 +48,33 @@ export interface GssClientOptions {
 /** How long an acquired credential serves new contexts: a burst acquires once, a later kinit is seen soon. */
 export const CRED_REUSE_MS = 5_000;
 
+/**
+ * A first `gss_init_sec_context` runs on the event loop (no thread hop) only when its service ticket
+ * is known to be in the ccache for at least this long: a ticket about to expire means a TGS-REQ.
+ */
+export const SYNC_TICKET_MARGIN_MS = 60_000;
+/** A call on the event loop that took this long went to the network after all: no more such calls. */
+export const SLOW_SYNC_CALL_MS = 20;
+const NEVER_SYNC = -1;
+/**
+ * A first step this soon after the previous one (a stream of per-request handshakes) has the next
+ * context's first step made ahead, on a koffi worker while the request waits for its server.
+ */
+export const AHEAD_WINDOW_MS = 1_000;
+/** How long a context made ahead waits for its request before it is thrown away unused. */
+export const AHEAD_MAX_AGE_MS = 2_000;
+
 /** An acquired credential held by the contexts using it and by its cache; freed when the last lets go. */
 interface SharedCred {
   readonly handle: GssHandle;
   readonly username: string;
   holders: number;
+  /**
+   * SPN → until when (ms) its service ticket is in the credential's ccache, as a context on this
+   * credential learnt it (`time_rec`): later first steps for that SPN can then run synchronously.
+   * Never filled for a keytab credential (MIT may renew its TGT inside `gss_init_sec_context`).
+   */
+  readonly tickets?: Map<string, number>;
 }
 
 function letGo(g: GssFunctions, shared: SharedCred): void {
@@ -79,6 +101,10 @@ const credCaches = new FinalizationRegistry<CredSlot>((slot) => {
  */
 export class CredCache {
   readonly #slot: CredSlot = { until: 0 };
+  /** A context whose first step was made ahead (not in the slot: the finalizer must not hold it). */
+  #ahead: Ahead | undefined;
+  #making = false;
+  #lastFirst = Number.NEGATIVE_INFINITY;
 
   constructor() {
     credCaches.register(this, this.#slot, this);
@@ -111,7 +137,63 @@ export class CredCache {
     const slot = this.#slot;
     if (slot.g && slot.shared) letGo(slot.g, slot.shared);
     slot.shared = undefined;
+    this.#ahead?.client.dispose();
+    this.#ahead = undefined;
   }
+
+  /** Whether a context made ahead is waiting (or being made). */
+  get ahead(): boolean {
+    return this.#ahead !== undefined;
+  }
+
+  /** The context made ahead for `spn` and these options, when there is a fresh one (taken: used once). */
+  takeAhead(spn: string, o: GssClientOptions, now: number): GssClient | undefined {
+    const a = this.#ahead;
+    if (!a) return undefined;
+    this.#ahead = undefined;
+    if (now - a.made < AHEAD_MAX_AGE_MS && a.spn === spn && sameRequest(a.o, o)) return a.client;
+    a.client.dispose();
+    return undefined;
+  }
+
+  /** A caller got a first token: in a stream of them, the next context is made now, off the event loop. */
+  firstTokenTaken(spn: string, o: GssClientOptions, now: number): void {
+    const stream = now - this.#lastFirst < AHEAD_WINDOW_MS;
+    this.#lastFirst = now;
+    if (!stream || this.#ahead || this.#making || !this.#slot.shared) return;
+    this.#making = true;
+    // After the current request has been written.
+    setImmediate(() => {
+      GssClient.create(spn, o, { keptOnly: true })
+        .then((client) => {
+          if (!client) return;
+          client.stepAhead();
+          this.#ahead?.client.dispose();
+          this.#ahead = { spn, o, client, made: Date.now() };
+        })
+        .catch(() => {}) // the next request makes its own context and reports what fails
+        .finally(() => {
+          this.#making = false;
+        });
+    });
+  }
+}
+
+interface Ahead {
+  readonly spn: string;
+  readonly o: GssClientOptions;
+  readonly client: GssClient;
+  readonly made: number;
+}
+
+/** Whether a context made for `a` serves `b` (same agent's mechanism: only these can differ). */
+function sameRequest(a: GssClientOptions, b: GssClientOptions): boolean {
+  return (
+    a.mech === b.mech &&
+    a.flags === b.flags &&
+    (a.channelBinding === b.channelBinding ||
+      (a.channelBinding !== undefined && b.channelBinding !== undefined && a.channelBinding.equals(b.channelBinding)))
+  );
 }
 
 /** A failed GSS-API call: the display text of major and minor status (names, never keys or tokens). */
@@ -188,16 +270,23 @@ export class GssClient {
   readonly #flags: number;
   readonly #bindings: object | null;
   readonly #credCache: CredCache | undefined;
+  readonly #o: GssClientOptions;
+  readonly #spn: string;
   #complete = false;
   #retFlags = 0;
+  #lastCall: 'sync' | 'async' | 'ahead' | undefined;
+  /** The first step, made ahead of the request (see {@link CredCache.firstTokenTaken}). */
+  #ahead: Promise<string | null> | undefined;
   readonly username: string;
 
-  private constructor(g: GssFunctions, h: Handles, o: GssClientOptions, username: string) {
+  private constructor(g: GssFunctions, h: Handles, o: GssClientOptions, username: string, spn: string) {
     this.#g = g;
     this.#h = h;
+    this.#spn = spn;
     this.#mech = o.mech === 'kerberos' ? MECH_KRB5 : MECH_SPNEGO;
     this.#flags = o.flags;
     this.#credCache = o.credCache;
+    this.#o = o;
     this.username = username;
     // Both address types 0 and empty (they are part of the checksum): only the application data binds.
     const data = o.channelBinding
@@ -216,19 +305,28 @@ export class GssClient {
     registry.register(this, { g, h }, this);
   }
 
-  /** Acquires credentials (from `ccache` / `keytab`, or the default cache) and prepares a context for `spn`. */
-  static async create(spn: string, o: GssClientOptions): Promise<GssClient> {
+  /**
+   * Acquires credentials (from `ccache` / `keytab`, or the default cache) and prepares a context for
+   * `spn` — or hands out the one its cache made ahead. `keptOnly`: only on a credential the cache keeps.
+   */
+  static async create(spn: string, o: GssClientOptions): Promise<GssClient>;
+  static async create(spn: string, o: GssClientOptions, only: { keptOnly: true }): Promise<GssClient | undefined>;
+  static async create(spn: string, o: GssClientOptions, only?: { keptOnly: true }): Promise<GssClient | undefined> {
     const g = await loadGssFunctions();
+    const now = Date.now();
+    const ahead = only ? undefined : o.credCache?.takeAhead(spn, o, now);
+    if (ahead) return ahead;
     const h: Handles = { ctx: [null] };
     try {
-      h.target = importName(g, spn, NT_HOSTBASED_SERVICE);
-      if (o.principal) h.name = importName(g, o.principal, NT_USER_NAME);
-      const kept = o.credCache?.take(Date.now());
+      const kept = o.credCache?.take(now);
+      if (!kept && only) return undefined;
       if (kept) {
         h.shared = kept;
         h.cred = kept.handle;
-        return new GssClient(g, h, o, kept.username);
       }
+      h.target = importName(g, spn, NT_HOSTBASED_SERVICE);
+      if (o.principal) h.name = importName(g, o.principal, NT_USER_NAME);
+      if (kept) return new GssClient(g, h, o, kept.username, spn);
       const store: Array<{ key: string; value: string }> = [];
       if (o.keytab) store.push({ key: 'client_keytab', value: o.keytab });
       if (o.ccache) store.push({ key: 'ccache', value: o.ccache });
@@ -260,10 +358,10 @@ export class GssClient {
       const { name: username, lifetime } = inquireCredential(g, h.cred);
       // Kept no longer than its tickets last (a keytab credential is then acquired anew, with a new ticket).
       if (o.credCache && lifetime > 1) {
-        h.shared = { handle: h.cred, username, holders: 1 };
+        h.shared = { handle: h.cred, username, holders: 1, ...(o.keytab ? {} : { tickets: new Map() }) };
         o.credCache.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
       }
-      return new GssClient(g, h, o, username);
+      return new GssClient(g, h, o, username, spn);
     } catch (e) {
       release(g, h);
       throw e;
@@ -279,37 +377,88 @@ export class GssClient {
     return this.#retFlags;
   }
 
+  /**
+   * How the last step called GSS-API: on the event loop (`sync`), on a koffi worker (`async`), or
+   * before the request, on a worker (`ahead`).
+   */
+  get lastCall(): 'sync' | 'async' | 'ahead' | undefined {
+    return this.#lastCall;
+  }
+
+  /** Makes the first step now, on a koffi worker, for a request still to come (its cache hands it out). */
+  stepAhead(): void {
+    this.#ahead = this.#step(undefined, false);
+    this.#ahead.catch(() => {}); // its request awaits it and gets the error
+  }
+
+  /**
+   * Whether this step can call GSS-API on the event loop: it cannot wait on the network. A later
+   * step only processes the server's token (the AP-REP: local crypto); a first step needs a TGS-REQ
+   * unless the service ticket is in the ccache, which a context on the same credential found there.
+   */
+  #mayCallSync(input: Buffer | undefined, now: number): boolean {
+    if (input) return true;
+    const until = this.#h.shared?.tickets?.get(this.#spn);
+    return until !== undefined && now + SYNC_TICKET_MARGIN_MS < until;
+  }
+
   /** Feeds the server's token (base64, '' for none) and returns the next one (null when there is none). */
   async step(challenge: string): Promise<string | null> {
+    const input = challenge ? Buffer.from(challenge, 'base64') : undefined;
+    let token: string | null;
+    if (!input && this.#ahead) {
+      const ahead = this.#ahead;
+      this.#ahead = undefined;
+      token = await ahead;
+      this.#lastCall = 'ahead';
+    } else {
+      token = await this.#step(input, true);
+    }
+    if (!input) this.#credCache?.firstTokenTaken(this.#spn, this.#o, Date.now());
+    return token;
+  }
+
+  /** One `gss_init_sec_context`; `maySync`: on the event loop where it cannot block. */
+  async #step(input: Buffer | undefined, maySync: boolean): Promise<string | null> {
     const g = this.#g;
     if (!this.#h.cred) throw new Error('GSS-API context already released');
-    const input = challenge ? Buffer.from(challenge, 'base64') : undefined;
     const minor = [0];
     const out: OutBuffer = {};
     const retFlags = [0];
+    const timeRec = [0];
+    const args = [
+      minor,
+      this.#h.cred,
+      this.#h.ctx,
+      this.#h.target,
+      this.#mech,
+      this.#flags,
+      0,
+      this.#bindings,
+      input ? { length: input.length, value: input } : null,
+      null,
+      out,
+      retFlags,
+      timeRec,
+    ];
+    const started = Date.now();
+    const sync = maySync && this.#mayCallSync(input, started);
     let major: number;
     try {
-      // The first call may send a TGS-REQ to the KDC: off the event loop.
-      major = await callAsync(
-        g.initSecContext,
-        minor,
-        this.#h.cred,
-        this.#h.ctx,
-        this.#h.target,
-        this.#mech,
-        this.#flags,
-        0,
-        this.#bindings,
-        input ? { length: input.length, value: input } : null,
-        null,
-        out,
-        retFlags,
-        [0],
-      );
+      // Synchronous where it cannot block (saves two thread hops); else off the event loop.
+      this.#lastCall = sync ? 'sync' : 'async';
+      major = sync ? (g.initSecContext(...args) as number) : await callAsync(g.initSecContext, ...args);
     } catch (e) {
       this.#credCache?.drop();
       this.dispose();
       throw e;
+    }
+    const tickets = this.#h.shared?.tickets;
+    if (tickets && !input && !isGssError(major)) {
+      const took = Date.now() - started;
+      // A synchronous call that took this long went to the KDC after all: none again on this credential.
+      if (sync && took >= SLOW_SYNC_CALL_MS) tickets.set(this.#spn, NEVER_SYNC);
+      else if (!sync && tickets.get(this.#spn) !== NEVER_SYNC) tickets.set(this.#spn, started + timeRec[0]! * 1000);
     }
     const token = takeBuffer(g, out);
     if (isGssError(major)) {
