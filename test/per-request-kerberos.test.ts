@@ -6,19 +6,29 @@
  * lab's KDC and keytab) behind a small HTTP/2 server that answers an authenticated request only
  * once HELD of them are in flight together: with the cap applied to them (4), it never would.
  */
+import { spawn } from 'node:child_process';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
-import { CRED_REUSE_MS, CredCache, GssClient } from '../src/mechanisms/gssapi/index.ts';
+import {
+  CRED_REUSE_MS,
+  CredCache,
+  GssCallError,
+  GssClient,
+  SLOW_SYNC_CALL_MS,
+  SYNC_TICKET_MARGIN_MS,
+} from '../src/mechanisms/gssapi/index.ts';
 import { carriesKerberosApReq } from '../src/mechanisms/negotiate/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { get, many, type Rig, rig } from './helpers.ts';
-import { type Lab, requirePeer, startLab } from './lab/index.ts';
+import { freePort, type Lab, PYTHON, requirePeer, startLab, waitForPort } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'kerberos-addon');
 const haveBinding = requirePeer('kdc', 'gss-binding');
+const haveBindingAndAcceptor = requirePeer('kdc', 'gss-binding', 'kerberos-addon');
 
 /** More than the default `maxConcurrentHandshakes` (4). */
 const HELD = 8;
@@ -190,3 +200,172 @@ describe('C4/draft §3.1: per-request multi-leg handshakes spread over sessions 
     expect(r.server.exchanges.length).toBeLessThanOrEqual(2 * 201 + 1 + sessions.size);
   });
 });
+
+/** A TCP relay to the KDC that holds every client→KDC chunk `delayMs` (its own process: a GSS-API call
+ * on the event loop blocks this one). */
+async function slowKdcRelay(kdcPort: number, delayMs: number): Promise<{ port: number; stop(): void }> {
+  const port = await freePort();
+  const script = `
+import asyncio, sys
+async def pipe(r, w, delay):
+    try:
+        while True:
+            data = await r.read(65536)
+            if not data:
+                break
+            if delay:
+                await asyncio.sleep(delay)
+            w.write(data)
+            await w.drain()
+    finally:
+        w.close()
+async def handle(cr, cw):
+    ur, uw = await asyncio.open_connection('127.0.0.1', ${kdcPort})
+    await asyncio.gather(pipe(cr, uw, ${delayMs / 1000}), pipe(ur, cw, 0))
+async def main():
+    server = await asyncio.start_server(handle, '127.0.0.1', ${port})
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+`;
+  const child = spawn(PYTHON, ['-c', script], { stdio: 'ignore' });
+  await waitForPort(port);
+  return { port, stop: () => child.kill() };
+}
+
+describe.skipIf(!haveBindingAndAcceptor)(
+  'per-request Kerberos: GSS-API calls on the event loop only where they cannot block (MIT KDC and acceptor)',
+  () => {
+    let lab: Lab;
+    let restoreEnv: () => void;
+    let accept: (token: string) => Promise<string>;
+    beforeAll(async () => {
+      lab = await startLab({ kdc: true });
+      restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
+      const kerberos = (await import('kerberos')).default as unknown as {
+        initializeServer(service: string): Promise<KerberosServerLike>;
+      };
+      // The acceptor: MIT GSS-API with the lab's HTTP/localhost keytab; its reply is the AP-REP.
+      accept = async (token) => {
+        const ctx = await kerberos.initializeServer('HTTP@localhost');
+        const reply = await ctx.step(token);
+        expect(ctx.contextComplete).toBe(true);
+        expect(ctx.username).toBe('alice@EXAMPLE.TEST');
+        return reply;
+      };
+    });
+    afterAll(async () => {
+      restoreEnv?.();
+      await lab?.stop();
+    });
+
+    const options = (cache: CredCache, more: { ccache?: string; keytab?: string } = {}) => ({
+      mech: 'spnego' as const,
+      flags: 2,
+      credCache: cache,
+      channelBinding: Buffer.alloc(32, 7),
+      ...more,
+    });
+
+    it('M2: the server token is verified on the event loop; a first step runs on a worker until the credential has its service ticket, then on the event loop, then made ahead in a stream — every token accepted', async () => {
+      const cache = new CredCache();
+      const o = options(cache);
+      const a = await GssClient.create('HTTP@localhost', o);
+      const b = await GssClient.create('HTTP@localhost', o);
+      const ta = await a.step('');
+      // The first context for an SPN may need a TGS-REQ: on a worker.
+      expect(a.lastCall).toBe('async');
+      // Its service ticket is now in the ccache: the next first step cannot block.
+      const tb = await b.step('');
+      expect(b.lastCall).toBe('sync');
+      // Two first steps in a row: the next context's first step is made ahead, on a worker.
+      await vi.waitFor(() => expect(cache.ahead).toBe(true));
+      const c = await GssClient.create('HTTP@localhost', o);
+      const tc = await c.step('');
+      expect(c.lastCall).toBe('ahead');
+      expect(new Set([ta, tb, tc]).size).toBe(3);
+      for (const [client, token] of [
+        [a, ta],
+        [b, tb],
+        [c, tc],
+      ] as const) {
+        expect(carriesKerberosApReq(token!)).toBe(true);
+        // M2: the AP-REP is processed (mutual authentication) synchronously: local crypto only.
+        await client.step(await accept(token!));
+        expect(client.lastCall).toBe('sync');
+        expect(client.contextComplete).toBe(true);
+      }
+      // A reply that fails verification is an error on the synchronous path too.
+      const d = await GssClient.create('HTTP@localhost', options(new CredCache()));
+      const reply = Buffer.from(await accept((await d.step(''))!), 'base64');
+      reply[reply.length - 3]! ^= 0xff;
+      await expect(d.step(reply.toString('base64'))).rejects.toThrow(GssCallError);
+      expect(d.lastCall).toBe('sync');
+      expect(d.contextComplete).toBe(false);
+    });
+
+    it(`M5: a context made ahead serves only the same channel bindings; C4: a ticket lasting less than SYNC_TICKET_MARGIN_MS (${SYNC_TICKET_MARGIN_MS} ms) keeps first steps on a worker`, async () => {
+      const cache = new CredCache();
+      const o = options(cache);
+      for (let i = 0; i < 2; i++) await accept((await (await GssClient.create('HTTP@localhost', o)).step(''))!);
+      await vi.waitFor(() => expect(cache.ahead).toBe(true));
+      // Other bindings (a connection to another certificate): the context made ahead is not theirs.
+      const other = await GssClient.create('HTTP@localhost', { ...o, channelBinding: Buffer.alloc(32, 8) });
+      expect(cache.ahead).toBe(false);
+      await accept((await other.step(''))!);
+      expect(other.lastCall).toBe('sync');
+
+      // A ccache whose tickets end in 30 s: every first step stays off the event loop.
+      const short = `FILE:${join(lab.dir, 'short-lived.ccache')}`;
+      await lab.realm!.kinit({ ccache: short, lifetime: '30s' });
+      const shortOptions = options(new CredCache(), { ccache: short });
+      const clients = [];
+      for (let i = 0; i < 3; i++) clients.push(await GssClient.create('HTTP@localhost', shortOptions));
+      for (const client of clients) await accept((await client.step(''))!);
+      expect(clients.map((c) => c.lastCall)).toEqual(['async', 'async', 'async']);
+    });
+
+    it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {
+      const keytab = join(lab.dir, 'alice-sync.keytab');
+      await lab.realm!.kadmin(`ktadd -k ${keytab} -norandkey alice@EXAMPLE.TEST`);
+      const cache = new CredCache();
+      const o = options(cache, { keytab: `FILE:${keytab}`, ccache: `MEMORY:sync-test-${process.pid}` });
+      const [a, b] = [await GssClient.create('HTTP@localhost', o), await GssClient.create('HTTP@localhost', o)];
+      await accept((await a.step(''))!);
+      await accept((await b.step(''))!);
+      expect([a.lastCall, b.lastCall]).toEqual(['async', 'async']);
+    });
+
+    it(`C4: a first step on the event loop that took SLOW_SYNC_CALL_MS (${SLOW_SYNC_CALL_MS} ms) or more went to the KDC: later ones on that credential run on a worker`, async () => {
+      const realm = lab.realm!;
+      const ccache = `FILE:${join(lab.dir, 'relay.ccache')}`;
+      await realm.kinit({ ccache });
+      const cache = new CredCache();
+      const o = options(cache, { ccache });
+      const [a, b, c] = [
+        await GssClient.create('HTTP@localhost', o),
+        await GssClient.create('HTTP@localhost', o),
+        await GssClient.create('HTTP@localhost', o),
+      ];
+      await accept((await a.step(''))!);
+      expect(a.lastCall).toBe('async');
+      // The ccache loses its service ticket (a new kinit) and the KDC becomes slow: b's first step,
+      // believed safe, blocks on a TGS-REQ.
+      await realm.kinit({ ccache });
+      const relay = await slowKdcRelay(realm.kdcPort, 3 * SLOW_SYNC_CALL_MS);
+      const conf = join(lab.dir, 'slow-kdc.conf');
+      await realm.writeKrb5Conf(conf, relay.port);
+      const previous = process.env.KRB5_CONFIG;
+      process.env.KRB5_CONFIG = conf;
+      try {
+        await accept((await b.step(''))!);
+        expect(b.lastCall).toBe('sync');
+        await accept((await c.step(''))!);
+        expect(c.lastCall).toBe('async');
+      } finally {
+        process.env.KRB5_CONFIG = previous;
+        relay.stop();
+      }
+    });
+  },
+);
