@@ -53,9 +53,12 @@ export const CRED_REUSE_MS = 5_000;
  * is known to be in the ccache for at least this long: a ticket about to expire means a TGS-REQ.
  */
 export const SYNC_TICKET_MARGIN_MS = 60_000;
-/** A call on the event loop that took this long went to the network after all: no more such calls. */
+/**
+ * A first step with its ticket in the ccache that took this long waited on something (a DNS lookup
+ * for hostname canonicalisation, a TGT renewal): on a worker, it keeps the SPN off the event loop
+ * until one is quicker; on the event loop, for good (one stall at most per agent and SPN).
+ */
 export const SLOW_SYNC_CALL_MS = 20;
-const NEVER_SYNC = -1;
 /**
  * A first step this soon after the previous one (a stream of per-request handshakes) has the next
  * context's first step made ahead, on a koffi worker while the request waits for its server.
@@ -105,6 +108,8 @@ export class CredCache {
   #ahead: Ahead | undefined;
   #making = false;
   #lastFirst = Number.NEGATIVE_INFINITY;
+  /** SPN → whether a first step with its ticket cached was seen to be quick (`fast`) or to block. */
+  readonly #speed = new Map<string, 'fast' | 'slow'>();
 
   constructor() {
     credCaches.register(this, this.#slot, this);
@@ -141,7 +146,21 @@ export class CredCache {
     this.#ahead = undefined;
   }
 
-  /** Whether a context made ahead is waiting (or being made). */
+  /** Whether first steps for `spn` with its ticket cached were seen to be quick (never blocked). */
+  isFast(spn: string): boolean {
+    return this.#speed.get(spn) === 'fast';
+  }
+
+  /** What a first step with its ticket cached took (`onLoop`: it ran on the event loop). */
+  noteTicketedStep(spn: string, ms: number, onLoop: boolean): void {
+    if (ms >= SLOW_SYNC_CALL_MS) {
+      if (onLoop) this.#speed.set(spn, 'slow');
+    } else if (!this.#speed.has(spn)) {
+      this.#speed.set(spn, 'fast');
+    }
+  }
+
+  /** Whether a context made ahead is waiting. */
   get ahead(): boolean {
     return this.#ahead !== undefined;
   }
@@ -391,15 +410,22 @@ export class GssClient {
     this.#ahead.catch(() => {}); // its request awaits it and gets the error
   }
 
-  /**
-   * Whether this step can call GSS-API on the event loop: it cannot wait on the network. A later
-   * step only processes the server's token (the AP-REP: local crypto); a first step needs a TGS-REQ
-   * unless the service ticket is in the ccache, which a context on the same credential found there.
-   */
-  #mayCallSync(input: Buffer | undefined, now: number): boolean {
-    if (input) return true;
+  /** Whether a context on this credential found the service ticket in the ccache, lasting a while yet. */
+  #ticketKnown(now: number): boolean {
     const until = this.#h.shared?.tickets?.get(this.#spn);
     return until !== undefined && now + SYNC_TICKET_MARGIN_MS < until;
+  }
+
+  /**
+   * Whether this step can call GSS-API on the event loop: it cannot wait on the network. A later
+   * step only processes the server's token (the AP-REP: local crypto). A first step needs a TGS-REQ
+   * unless the service ticket is in the ccache (which a context on the same credential found there),
+   * and MIT may still look the host up in DNS (krb5.conf `dns_canonicalize_hostname`): so only after
+   * such a step, made on a worker, was seen to be quick.
+   */
+  #mayCallSync(input: Buffer | undefined, ticketKnown: boolean): boolean {
+    if (input) return true;
+    return ticketKnown && (this.#credCache?.isFast(this.#spn) ?? false);
   }
 
   /** Feeds the server's token (base64, '' for none) and returns the next one (null when there is none). */
@@ -442,7 +468,8 @@ export class GssClient {
       timeRec,
     ];
     const started = Date.now();
-    const sync = maySync && this.#mayCallSync(input, started);
+    const ticketKnown = !input && this.#ticketKnown(started);
+    const sync = maySync && this.#mayCallSync(input, ticketKnown);
     let major: number;
     try {
       // Synchronous where it cannot block (saves two thread hops); else off the event loop.
@@ -455,10 +482,8 @@ export class GssClient {
     }
     const tickets = this.#h.shared?.tickets;
     if (tickets && !input && !isGssError(major)) {
-      const took = Date.now() - started;
-      // A synchronous call that took this long went to the KDC after all: none again on this credential.
-      if (sync && took >= SLOW_SYNC_CALL_MS) tickets.set(this.#spn, NEVER_SYNC);
-      else if (!sync && tickets.get(this.#spn) !== NEVER_SYNC) tickets.set(this.#spn, started + timeRec[0]! * 1000);
+      if (ticketKnown) this.#credCache?.noteTicketedStep(this.#spn, Date.now() - started, sync);
+      if (!sync) tickets.set(this.#spn, started + timeRec[0]! * 1000);
     }
     const token = takeBuffer(g, out);
     if (isGssError(major)) {
