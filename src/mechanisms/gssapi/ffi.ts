@@ -189,8 +189,12 @@ export function loadGssFunctions(): Promise<GssFunctions> {
 /** Copies a GSS-owned output buffer into a Node Buffer and releases it (koffi.decode: no external view kept). */
 export function takeBuffer(g: GssFunctions, out: OutBuffer): Buffer {
   const len = Number(out.length ?? 0);
-  let copy = Buffer.alloc(0);
-  if (len > 0 && out.value) copy = Buffer.from(g.koffi.decode(out.value, 'uint8_t', len) as number[]);
+  let copy: Buffer = Buffer.alloc(0);
+  if (len > 0 && out.value) {
+    // decode copies into a Uint8Array of its own: wrapped, not copied again.
+    const bytes = g.koffi.decode(out.value, 'uint8_t', len) as Uint8Array<ArrayBuffer>;
+    copy = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  }
   if (out.value) g.releaseBuffer([0], out);
   return copy;
 }
