@@ -3,6 +3,8 @@
  * do: TLS channel bindings (`input_chan_bindings`, RFC 4121 §4.1.1.2 / RFC 5929) and a per-client
  * credential store (`gss_acquire_cred_from`: a ccache, or a client keytab that gets and renews tickets
  * itself), so two agents in one process can be two principals without touching process.env.
+ * Calls that may wait on the network (a KDC, DNS) run on koffi's workers; calls that cannot run on the
+ * event loop, which is cheaper (see docs/ARCHITECTURE.md, "Blocking").
  */
 import {
   callAsync,
