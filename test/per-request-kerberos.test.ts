@@ -14,6 +14,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
 import {
+  AHEAD_MAX_AGE_MS,
   CRED_REUSE_MS,
   CredCache,
   GssCallError,
@@ -289,6 +290,10 @@ describe.skipIf(!haveBindingAndAcceptor)(
       expect(ahead.lastCall).toBe('ahead');
       clients.push(ahead);
       expect(new Set(tokens).size).toBe(6);
+      // One made ahead that no request takes is thrown away after AHEAD_MAX_AGE_MS.
+      await vi.waitFor(() => expect(cache.ahead).toBe(true));
+      await new Promise((resolve) => setTimeout(resolve, AHEAD_MAX_AGE_MS + 50));
+      expect(cache.ahead).toBe(false);
       for (const [i, client] of clients.entries()) {
         expect(carriesKerberosApReq(tokens[i]!)).toBe(true);
         // M2: the AP-REP is processed (mutual authentication) synchronously: local crypto only.

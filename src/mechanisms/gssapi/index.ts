@@ -190,7 +190,14 @@ export class CredCache {
           if (!client) return;
           client.stepAhead();
           this.#ahead?.client.dispose();
-          this.#ahead = { spn, o, client, made: Date.now() };
+          const ahead: Ahead = { spn, o, client, made: Date.now() };
+          this.#ahead = ahead;
+          // Not kept past its use-by time when no request comes (e.g. the stream has ended).
+          setTimeout(() => {
+            if (this.#ahead !== ahead) return;
+            this.#ahead = undefined;
+            client.dispose();
+          }, AHEAD_MAX_AGE_MS).unref();
         })
         .catch(() => {}) // the next request makes its own context and reports what fails
         .finally(() => {
