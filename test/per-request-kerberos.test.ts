@@ -331,6 +331,21 @@ describe.skipIf(!haveBindingAndAcceptor)(
       expect(clients.map((c) => c.lastCall)).toEqual(['async', 'async', 'async', 'async']);
     });
 
+    it('C4: a context made ahead and thrown away while its step runs on a worker is released only after that step (MIT: one thread per context)', async () => {
+      const cache = new CredCache();
+      const o = options(cache);
+      const first = await GssClient.create('HTTP@localhost', o);
+      await first.step(await accept((await first.step(''))!)); // complete: only the cache holds the credential
+      expect(cache.holders).toBe(1);
+      const client = await GssClient.create('HTTP@localhost', o);
+      expect(cache.holders).toBe(2);
+      client.stepAhead(); // on a worker now
+      client.dispose();
+      // Still held while the worker has it; let go once its step is over.
+      expect(cache.holders).toBe(2);
+      await vi.waitFor(() => expect(cache.holders).toBe(1));
+    });
+
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {
       const keytab = join(lab.dir, 'alice-sync.keytab');
       await lab.realm!.kadmin(`ktadd -k ${keytab} -norandkey alice@EXAMPLE.TEST`);

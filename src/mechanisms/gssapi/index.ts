@@ -305,6 +305,8 @@ export class GssClient {
   #lastCall: 'sync' | 'async' | 'ahead' | undefined;
   /** The first step, made ahead of the request (see {@link CredCache.firstTokenTaken}). */
   #ahead: Promise<string | null> | undefined;
+  /** The call running on a koffi worker, if one is. */
+  #busy: Promise<number> | undefined;
   readonly username: string;
 
   private constructor(g: GssFunctions, h: Handles, o: GssClientOptions, username: string, spn: string) {
@@ -483,7 +485,17 @@ export class GssClient {
     try {
       // Synchronous where it cannot block (saves two thread hops); else off the event loop.
       this.#lastCall = sync ? 'sync' : 'async';
-      major = sync ? (g.initSecContext(...args) as number) : await callAsync(g.initSecContext, ...args);
+      if (sync) {
+        major = g.initSecContext(...args) as number;
+      } else {
+        const call = callAsync(g.initSecContext, ...args);
+        this.#busy = call;
+        try {
+          major = await call;
+        } finally {
+          this.#busy = undefined;
+        }
+      }
     } catch (e) {
       this.#credCache?.drop();
       this.dispose();
@@ -513,6 +525,14 @@ export class GssClient {
 
   /** Frees the GSS handles now (also done when the context completes or fails, and on garbage collection). */
   dispose(): void {
+    // A worker may be using the context, its credential and name right now (a context made ahead,
+    // thrown away): MIT allows one thread per context, so release them once that call is over.
+    const busy = this.#busy;
+    if (busy) {
+      const later = () => this.dispose();
+      busy.then(later, later);
+      return;
+    }
     registry.unregister(this);
     release(this.#g, this.#h);
   }
