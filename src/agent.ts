@@ -133,7 +133,7 @@ export class MultilegAgent extends Dispatcher {
       connect: options.connect ?? {},
       limits: resolveLimits(options.limits),
       maxHttp1Connections: options.maxHttp1Connections ?? 16,
-      maxConcurrentStreams: options.maxConcurrentStreams ?? 1000,
+      maxConcurrentStreams: options.maxConcurrentStreams ?? 100,
       keepAliveTimeout: options.keepAliveTimeout ?? 60_000,
       http1MemoryTtl: options.http1MemoryTtl ?? 3_600_000,
       proxy: new ProxyResolver(options.proxy),

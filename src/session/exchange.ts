@@ -630,6 +630,8 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       // R4: so does a session on which authentication was seen not to hold.
       const sessionAuthenticated =
         result.sessionAuthenticated && session.trustsSessionAuth && !session.authenticationFails;
+      // Remembered first: the release below lets the pool hand out room, by what the origin wants.
+      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
       if (leading()) {
         session.apply({
           type: 'handshake-success',
@@ -639,7 +641,6 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
           ...(result.identity ? { identity: result.identity } : {}),
         });
       }
-      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
       report(sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
       return end({ kind: 'done', done: result.done });
     }
