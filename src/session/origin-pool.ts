@@ -371,12 +371,12 @@ export class OriginPool implements FastHost {
 
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all(this.#sessions.map((s) => s.client.close().catch(() => {})));
+    await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
     this.#closed = true;
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
-    await Promise.all(this.#sessions.map((s) => s.client.destroy(err).catch(() => {})));
+    await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }
 }
