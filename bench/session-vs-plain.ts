@@ -6,7 +6,10 @@
  * handshakes, wire requests per user request and the wall-time ratio: the median of several
  * interleaved rounds after a warm-up, each round with a new dispatcher (so each pays its handshake).
  *
- *   npm run bench                      BENCH_N=1000 BENCH_ROUNDS=15
+ * Session mode also runs an agent with `limits.maxAuthenticatedSessions` (BENCH_SESSIONS, default 2):
+ * more than one authenticated session when the first is full, as the plain Agent opens more.
+ *
+ *   npm run bench                      BENCH_N=1000 BENCH_ROUNDS=15 BENCH_SESSIONS=2
  */
 import { Agent, Client, type Dispatcher, request } from 'undici';
 import { MultilegAgent } from '../src/index.ts';
@@ -15,6 +18,7 @@ import { median, type BenchServer as Server, startServer } from './server.ts';
 
 const N = Number(process.env.BENCH_N ?? 1000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 15);
+const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 2);
 
 interface Round {
   ms: number;
@@ -22,25 +26,26 @@ interface Round {
   handshakes: number;
 }
 
-type Kind = 'multileg' | 'plain' | 'one-session';
+type Kind = 'multileg' | 'multileg-sessions' | 'plain' | 'one-session';
 
 function dispatcherFor(kind: Kind, origin: string): Dispatcher {
-  if (kind === 'multileg') {
+  if (kind === 'multileg' || kind === 'multileg-sessions') {
     return new MultilegAgent({
       credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
       connect: { ca: CA_CERT },
       trustedOrigins: [origin],
+      ...(kind === 'multileg-sessions' ? { limits: { maxAuthenticatedSessions: SESSIONS } } : {}),
     });
   }
-  // A plain Agent opens more sessions when one is full; one Client is one session, like an
-  // authenticated session of ours (with the same stream limit).
+  // A plain Agent opens more sessions when one is full (100 streams each); one Client is one
+  // session, like an authenticated session of ours (the same 100 streams, undici's default).
   if (kind === 'plain') return new Agent({ connect: { ca: CA_CERT } });
-  return new Client(origin, { connect: { ca: CA_CERT }, allowH2: true, h2Options: { maxConcurrentStreams: 1000 } });
+  return new Client(origin, { connect: { ca: CA_CERT }, allowH2: true });
 }
 
 async function burst(server: Server, kind: Kind): Promise<Round> {
   const dispatcher = dispatcherFor(kind, server.origin);
-  const path = kind === 'multileg' ? '/auth' : '/public';
+  const path = kind.startsWith('multileg') ? '/auth' : '/public';
   const before = await server.requests();
   const started = performance.now();
   await Promise.all(
@@ -58,34 +63,34 @@ async function burst(server: Server, kind: Kind): Promise<Round> {
 
 async function compare(mode: string): Promise<void> {
   const server = await startServer(['--mode', mode]);
+  // Several sessions only matter where one session authenticates them all.
+  const kinds: Kind[] =
+    mode === 'session'
+      ? ['multileg', 'multileg-sessions', 'plain', 'one-session']
+      : ['multileg', 'plain', 'one-session'];
   try {
-    await burst(server, 'multileg'); // warm-up: JIT, TLS, modules
-    await burst(server, 'plain');
-    await burst(server, 'one-session');
-    const ours: Round[] = [];
-    const plain: Round[] = [];
-    const one: Round[] = [];
+    for (const kind of kinds) await burst(server, kind); // warm-up: JIT, TLS, modules
+    const rounds = new Map<Kind, Round[]>(kinds.map((k) => [k, []]));
     for (let i = 0; i < ROUNDS; i++) {
       // Interleave so that drift in machine load hits all alike.
-      ours.push(await burst(server, 'multileg'));
-      plain.push(await burst(server, 'plain'));
-      one.push(await burst(server, 'one-session'));
+      for (const kind of kinds) rounds.get(kind)!.push(await burst(server, kind));
     }
-    const o = median(ours.map((r) => r.ms));
-    const p = median(plain.map((r) => r.ms));
-    const q = median(one.map((r) => r.ms));
-    const last = ours.at(-1)!;
+    const ms = (kind: Kind) => median(rounds.get(kind)!.map((r) => r.ms));
+    const p = ms('plain');
+    const q = ms('one-session');
     console.log(`\n${mode} mode, ${N} concurrent GETs, median of ${ROUNDS} rounds`);
+    for (const kind of kinds.filter((k) => k.startsWith('multileg'))) {
+      const o = ms(kind);
+      const last = rounds.get(kind)!.at(-1)!;
+      const name = kind === 'multileg' ? 'MultilegAgent' : `MultilegAgent, maxAuthenticatedSessions ${SESSIONS}`;
+      console.log(
+        `  ${name}: ${o.toFixed(1)} ms, handshakes ${last.handshakes}, wire requests per user request ${(last.wire / N).toFixed(3)}; ratio ${(o / p).toFixed(3)} against the Agent, ${(o / q).toFixed(3)} against one session`,
+      );
+    }
     console.log(
-      `  MultilegAgent: ${o.toFixed(1)} ms, handshakes ${last.handshakes}, wire requests per user request ${(last.wire / N).toFixed(3)}`,
-    );
-    console.log(
-      `  plain Agent:   ${p.toFixed(1)} ms (unauthenticated path), wire requests per user request ${(plain.at(-1)!.wire / N).toFixed(3)}`,
+      `  plain Agent:   ${p.toFixed(1)} ms (unauthenticated path), wire requests per user request ${(rounds.get('plain')!.at(-1)!.wire / N).toFixed(3)}`,
     );
     console.log(`  plain Client:  ${q.toFixed(1)} ms (unauthenticated path, one HTTP/2 session)`);
-    console.log(
-      `  wall-time ratio: ${(o / p).toFixed(3)} against the Agent, ${(o / q).toFixed(3)} against one session`,
-    );
   } finally {
     server.stop();
   }

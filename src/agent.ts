@@ -1,5 +1,5 @@
 import { Dispatcher } from 'undici';
-import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
+import { prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
@@ -36,12 +36,6 @@ function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void
     throw new ConfigError(
       `credentials.password must be a string, got ${c.password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof c.password}`,
     );
-}
-
-/** The Job, once its body is prepared (fetch's bodies are read first, C10). */
-function withBody(job: Omit<Job, 'body'>, body: PreparedBody): Job {
-  (job as { body?: PreparedBody }).body = body;
-  return job as Job;
 }
 
 /** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
@@ -133,7 +127,7 @@ export class MultilegAgent extends Dispatcher {
       connect: options.connect ?? {},
       limits: resolveLimits(options.limits),
       maxHttp1Connections: options.maxHttp1Connections ?? 16,
-      maxConcurrentStreams: options.maxConcurrentStreams ?? 1000,
+      maxConcurrentStreams: options.maxConcurrentStreams ?? 100,
       keepAliveTimeout: options.keepAliveTimeout ?? 60_000,
       http1MemoryTtl: options.http1MemoryTtl ?? 3_600_000,
       proxy: new ProxyResolver(options.proxy),
@@ -247,7 +241,7 @@ export class MultilegAgent extends Dispatcher {
     };
     if (prepared instanceof Promise) {
       prepared.then(
-        (body) => pool.run(withBody(job, body), this.#finished),
+        (body) => pool.run({ ...job, body }, this.#finished),
         (err: Error) => {
           sink.fail(err);
           this.#finished();
@@ -255,7 +249,7 @@ export class MultilegAgent extends Dispatcher {
       );
       return;
     }
-    pool.run(withBody(job, prepared), this.#finished);
+    pool.run({ ...job, body: prepared }, this.#finished);
   }
 
   readonly #finished = (): void => {

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Mechanism, ntlmMechanism } from '../src/index.ts';
-import { ALICE, get, type Rig, rig } from './helpers.ts';
+import { ALICE, get, hasAuth, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -43,5 +43,45 @@ describe('channel bindings from the live TLS connection', () => {
     const res = await get(r, '/auth/a');
     expect(res.status).toBe(401);
     expect(r.server.exchanges.at(-1)!.reason).toMatch(/bind/i);
+  });
+
+  it('M5: a first token bound to the channel waits for a new session to connect, then goes proactively (no bare request)', async () => {
+    const ntlm = ntlmMechanism(ALICE);
+    const firstLegBindings: Array<Buffer | undefined> = [];
+    const bound: Mechanism = {
+      ...ntlm,
+      bindsFirstToken: true,
+      createContext: (leg) => {
+        const context = ntlm.createContext(leg);
+        let first = true;
+        return {
+          get complete() {
+            return context.complete;
+          },
+          step: (challenge, l) => {
+            if (first) firstLegBindings.push(l.channelBinding);
+            first = false;
+            return context.step(challenge, l);
+          },
+          finish: (challenge, l) => context.finish(challenge, l),
+        };
+      },
+    };
+    r = await rig(
+      { mode: 'session', schemes: ['NTLM'], requireChannelBinding: true },
+      { mechanisms: [bound], negotiate: false },
+    );
+    expect((await get(r, '/auth/a')).status).toBe(200);
+    r.server.endSessions();
+    const second = await get(r, '/auth/b');
+    expect(second.status).toBe(200);
+    // The new session's first request carried the first token, made with that connection's binding.
+    const onSecond = r.server.exchangesFor(second.body.sessionId);
+    expect(onSecond.map((e) => [e.status, hasAuth(e.requestHeaders)])).toEqual([
+      [401, true],
+      [200, true],
+    ]);
+    expect(firstLegBindings).toHaveLength(2);
+    expect(firstLegBindings.every((b) => b !== undefined && b.length > 0)).toBe(true);
   });
 });

@@ -185,8 +185,10 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       }
     });
 
-    it('M5: a proactive Kerberos token on a new connection is bound to that connection too', async () => {
+    it('M5: a proactive Kerberos token on a new connection is bound to that connection too (it connects first: no bare request)', async () => {
       const server = await cbServer(certA, certA.cert);
+      const withToken: boolean[] = [];
+      server.on('request', (req) => withToken.push(req.headers.authorization !== undefined));
       const open = new Set<import('node:http2').ServerHttp2Session>();
       server.on('session', (s) => {
         open.add(s);
@@ -207,6 +209,9 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
         }
         expect(a.stats().sessions).toBeGreaterThanOrEqual(3); // each request on its own connection
         expect(a.handshakes().every((h) => h.outcome === 'per-request')).toBe(true);
+        // Only the very first request goes bare (nothing is known of the origin yet); on each new
+        // connection the token, bound to it, goes with the request.
+        expect(withToken).toEqual([false, true, true, true]);
       } finally {
         server.close();
       }

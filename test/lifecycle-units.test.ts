@@ -16,6 +16,7 @@ import { UserSink } from '../src/handshake/user-sink.ts';
 import { QueueTimeoutError } from '../src/index.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
+import { type ConnectionInfo, sessionConnector } from '../src/session/connector.ts';
 import type { Job } from '../src/session/job.ts';
 import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
@@ -356,4 +357,135 @@ describe('tls-server-end-point channel binding (RFC 5929 §4.1)', () => {
       expect(tlsServerEndPoint(undefined)).toBeUndefined();
     },
   );
+});
+
+describe("a session connector's early connection (M5: a bound first token needs the certificate)", () => {
+  /** A TLS server on `host` that counts its connections and keeps them open. */
+  async function tlsServer(host: string) {
+    const { createServer: createTlsServer } = await import('node:tls');
+    const { CA_CERT, SERVER_CERT, SERVER_KEY } = await import('../src/reference-server/test-pki.ts');
+    const sockets = new Set<import('node:net').Socket>();
+    const server = createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY, ALPNProtocols: ['h2'] });
+    // Counted from the TCP accept: TLS 1.3 lets the client finish before the server does.
+    server.on('connection', (s: import('node:net').Socket) => {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => server.listen(0, host, resolve));
+    const port = (server.address() as import('node:net').AddressInfo).port;
+    return {
+      port,
+      ca: CA_CERT,
+      sockets,
+      close: () => {
+        for (const s of sockets) s.destroy();
+        return new Promise<void>((resolve) => server.close(() => resolve()));
+      },
+    };
+  }
+  const until = async (cond: () => boolean) => {
+    while (!cond()) await new Promise((r) => setTimeout(r, 5));
+  };
+
+  it('M5: open() connects once and reports it; undici is then handed that same connection', async () => {
+    const s = await tlsServer('127.0.0.1');
+    try {
+      const infos: ConnectionInfo[] = [];
+      const origin = `https://localhost:${s.port}`;
+      const c = sessionConnector(origin, { ca: s.ca }, true, (i) => infos.push(i));
+      await Promise.all([c.open!(), c.open!()]);
+      expect(infos).toMatchObject([{ generation: 1, protocol: 'h2' }]);
+      expect(infos[0]!.channelBinding?.length).toBeGreaterThan(0);
+      const socket = await new Promise<import('node:net').Socket>((resolve, reject) =>
+        c.connect(
+          { host: `localhost:${s.port}`, hostname: 'localhost', protocol: 'https:', port: String(s.port) },
+          (e, so) => (e ? reject(e) : resolve(so as import('node:net').Socket)),
+        ),
+      );
+      expect(infos).toHaveLength(1); // the same connection, not a second one
+      expect(s.sockets.size).toBe(1);
+      socket.destroy();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('M5: an early connection undici never took is closed with the session', async () => {
+    const s = await tlsServer('127.0.0.1');
+    try {
+      const c = sessionConnector(`https://localhost:${s.port}`, { ca: s.ca }, true, () => {});
+      await c.open!();
+      await until(() => s.sockets.size === 1);
+      c.dispose();
+      await until(() => s.sockets.size === 0);
+      expect(s.sockets.size).toBe(0);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('M5: an early connection that fails hands undici its error, as if undici had dialled', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const p = (probe.address() as import('node:net').AddressInfo).port;
+        probe.close(() => resolve(p));
+      });
+    });
+    let reported = 0;
+    const c = sessionConnector(`https://127.0.0.1:${port}`, {}, true, () => reported++);
+    await expect(c.open!()).resolves.toBeUndefined();
+    const err = await new Promise<Error | null>((resolve) =>
+      c.connect(
+        { host: `127.0.0.1:${port}`, hostname: '127.0.0.1', protocol: 'https:', port: String(port) },
+        (...args) => resolve(args[0]),
+      ),
+    );
+    expect(err).toMatchObject({ code: 'ECONNREFUSED' });
+    expect(reported).toBe(0);
+  });
+
+  it('M5: an early connection still being made when the session closes is closed once it is up; one undici took stays open', async () => {
+    const s = await tlsServer('127.0.0.1');
+    try {
+      const origin = `https://localhost:${s.port}`;
+      const closed = sessionConnector(origin, { ca: s.ca }, true, () => {});
+      const opening = closed.open!();
+      closed.dispose();
+      await opening;
+      await until(() => s.sockets.size === 0);
+
+      const taken = sessionConnector(origin, { ca: s.ca }, true, () => {});
+      void taken.open!();
+      const socket = await new Promise<import('node:net').Socket>((resolve, reject) =>
+        taken.connect(
+          { host: `localhost:${s.port}`, hostname: 'localhost', protocol: 'https:', port: String(s.port) },
+          (e, so) => (e ? reject(e) : resolve(so as import('node:net').Socket)),
+        ),
+      );
+      taken.dispose();
+      expect(socket.destroyed).toBe(false);
+      socket.destroy();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('M5: an IPv6 literal origin is dialled without its brackets', async () => {
+    const s = await tlsServer('::1');
+    try {
+      const infos: ConnectionInfo[] = [];
+      const c = sessionConnector(
+        `https://[::1]:${s.port}`,
+        { ca: s.ca, checkServerIdentity: () => undefined },
+        true,
+        (i) => infos.push(i),
+      );
+      await c.open!();
+      expect(infos).toMatchObject([{ protocol: 'h2' }]);
+      c.dispose();
+    } finally {
+      await s.close();
+    }
+  });
 });

@@ -9,7 +9,12 @@ import { type AddressInfo, createServer as createNetServer, connect as netConnec
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions, type MultilegError } from '../src/index.ts';
-import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import {
+  type Exchange,
+  type IncomingRequestInfo,
+  type ReferenceServer,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
 import { ALICE, hasAuth } from './helpers.ts';
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -170,4 +175,76 @@ describe('an origin that turns out to need HTTP/1.1 for authentication (H2)', ()
     // Only the probe met the refusal on HTTP/2; nothing else was tried there.
     expect(s.exchanges.filter((e) => e.protocol === 'h2').map((e) => e.outcome)).toEqual(['rst']);
   });
+});
+
+describe('an authenticated session with every stream busy', () => {
+  /** `n` requests at once to /auth/; statuses and users. */
+  async function burst(s: ReferenceServer, a: MultilegAgent, n = 40) {
+    return await Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then(
+          async (r) => [r.status, ((await r.json()) as { user: string }).user] as const,
+        ),
+      ),
+    );
+  }
+  /** Holds the bare requests of authenticated sessions (not the probe, not the legs) `ms` each. */
+  const held = (ms: number) => ({
+    delayMs: (info: IncomingRequestInfo) => (info.requestIndex > 1 && !hasAuth(info.headers) ? ms : 0),
+  });
+
+  it('C2: by default the requests beyond its streams wait for a free one there, past queueTimeout (the bound of a handshake wait): one session, one handshake', async () => {
+    const s = await reference({ mode: 'session', schemes: ['NTLM'], faults: held(60) });
+    const a = agent({
+      credentials: ALICE,
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      maxConcurrentStreams: 5,
+      limits: { queueTimeout: 150 },
+    });
+    // 8 rounds of 5 streams at 60 ms each: well past queueTimeout, which bounds waiting for a
+    // handshake, not waiting for a stream of an authenticated session (undici's own queue).
+    expect(await burst(s, a)).toEqual(Array(40).fill([200, 'EXAMPLE\\alice']));
+    expect(s.stats.h2Sessions).toBe(1);
+    expect(a.stats().handshakes).toBe(1);
+    expect(s.exchanges).toHaveLength(42);
+    expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(2);
+  });
+
+  it.each([
+    ['NTLM', { negotiate: false }],
+    // No ticket: NTLM inside Negotiate, whose first message needs no channel binding, so it does
+    // not wait for the new connection's certificate.
+    ['Negotiate (no ticket)', { negotiate: { ccache: 'FILE:/nonexistent/multileg-no-ticket' } }],
+  ] as const)(
+    'C2: with limits.maxAuthenticatedSessions, a full authenticated session opens another that authenticates proactively (%s)',
+    async (_, mechanism) => {
+      const s = await reference({ mode: 'session', faults: held(60) });
+      const a = agent({
+        credentials: ALICE,
+        connect: { ca: s.ca },
+        trustedOrigins: [s.origin],
+        ...mechanism,
+        maxConcurrentStreams: 5,
+        limits: { maxAuthenticatedSessions: 3 },
+      });
+      expect(await burst(s, a)).toEqual(Array(40).fill([200, 'EXAMPLE\\alice']));
+      expect(s.stats.h2Sessions).toBe(3);
+      expect(a.stats().handshakes).toBe(3);
+      // The first session probes (a bare 401) and runs two legs; each later one starts with its
+      // NEGOTIATE message (the scheme is known): one extra request each, none bare.
+      expect(s.exchanges).toHaveLength(40 + 2 + 2);
+      const bySession = new Map<string, Exchange[]>();
+      for (const e of s.exchanges) bySession.set(e.sessionId, [...(bySession.get(e.sessionId) ?? []), e]);
+      const firsts = [...bySession.values()].map((xs) => xs.find((e) => e.requestIndex === 1)!);
+      expect(firsts.map((e) => [e.status, hasAuth(e.requestHeaders)])).toEqual([
+        [401, false],
+        [401, true],
+        [401, true],
+      ]);
+      // Every session carried its share: none stood idle while another queued.
+      for (const xs of bySession.values()) expect(xs.length).toBeGreaterThan(5);
+    },
+  );
 });

@@ -15,6 +15,19 @@ export interface ConnectionInfo {
   readonly channelBinding?: Buffer;
 }
 
+/** One session's connect function for its Client, and its early connection. */
+export interface SessionConnector {
+  readonly connect: buildConnector.connector;
+  /**
+   * Direct connections only: opens the connection now, before undici asks for it, so a first
+   * token bound to the channel can be made before the first request (M5). Resolves once the
+   * connection is up (reported through `onConnection`) or failed (undici is then handed that error).
+   */
+  readonly open?: () => Promise<void>;
+  /** Destroys an early connection undici never took (the session closed first). */
+  dispose(): void;
+}
+
 /**
  * Builds the connect function for one session's Client. It honours the lane's `allowH2` itself —
  * undici's connector ignores the per-call flag — and turns off TLS session resumption, because a
@@ -26,6 +39,7 @@ export interface ConnectionInfo {
  * binding, since the origin's certificate is never seen.
  */
 export function sessionConnector(
+  origin: string,
   tls: ConnectionOptions,
   allowH2: boolean,
   onConnection: (info: ConnectionInfo) => void,
@@ -35,9 +49,9 @@ export function sessionConnector(
     /** forward: the first connection, opened early so the session knows its protocol before its first request. */
     readonly preopened?: Promise<Socket>;
   },
-): buildConnector.connector {
+): SessionConnector {
   let generation = 0;
-  const done = (socket: Socket, callback: buildConnector.Callback, proxied: 'tunnel' | 'forward' | undefined) => {
+  const describe = (socket: Socket, proxied: 'tunnel' | 'forward' | undefined): Socket => {
     const tlsSocket = socket as Socket & Partial<TLSSocket>;
     const protocol = tlsSocket.alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
     const cert =
@@ -46,37 +60,87 @@ export function sessionConnector(
         : undefined;
     generation += 1;
     onConnection({ generation, protocol, channelBinding: tlsServerEndPoint(cert) });
-    callback(null, socket);
+    return socket;
   };
+  const handOver = (opening: Promise<Socket>, callback: buildConnector.Callback) =>
+    opening.then(
+      (socket) => callback(null, socket),
+      (err: Error) => callback(err, null),
+    );
   const alpn = allowH2 ? ['h2', 'http/1.1'] : ['http/1.1'];
   if (route?.proxy.kind === 'forward') {
     const proxy = route.proxy.proxy;
     let first = route.preopened;
-    return (_opts, callback) => {
-      // undici asks again only if its connection ended while requests were queued in the Client;
-      // a session is closed at its first disconnect and takes no more, so the tests do not reach it.
-      const opening = first ?? connectToProxy(proxy, alpn);
-      first = undefined;
-      opening.then(
-        (socket) => done(socket, callback, 'forward'),
-        (err: Error) => callback(err, null),
-      );
+    return {
+      connect: (_opts, callback) => {
+        // undici asks again only if its connection ended while requests were queued in the Client;
+        // a session is closed at its first disconnect and takes no more, so the tests do not reach it.
+        const opening = first ?? connectToProxy(proxy, alpn);
+        first = undefined;
+        handOver(
+          opening.then((socket) => describe(socket, 'forward')),
+          callback,
+        );
+      },
+      dispose: () => {},
     };
   }
   if (route?.proxy.kind === 'tunnel') {
     const { proxy } = route.proxy;
-    return (opts, callback) => {
-      const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
-      connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits).then(
-        (socket) => done(socket, callback, 'tunnel'),
-        (err: Error) => callback(err, null),
-      );
+    return {
+      connect: (opts, callback) => {
+        const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
+        handOver(
+          connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits).then((socket) =>
+            describe(socket, 'tunnel'),
+          ),
+          callback,
+        );
+      },
+      dispose: () => {},
     };
   }
   const base = buildConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 });
-  return (opts, callback) =>
-    base(opts, (...args) => {
-      if (args[0]) callback(args[0], null);
-      else done(args[1] as Socket, callback, undefined);
-    });
+  const dial = (opts: buildConnector.Options) =>
+    new Promise<Socket>((resolve, reject) =>
+      base(opts, (err, socket) => (err ? reject(err) : resolve(describe(socket as Socket, undefined)))),
+    );
+  // The early connection, until undici takes it (a failed one too: undici is handed its error).
+  let early: Promise<Socket> | undefined;
+  let earlySocket: Socket | undefined;
+  let disposed = false;
+  return {
+    connect: (opts, callback) => {
+      const opening = early ?? dial(opts);
+      early = undefined;
+      earlySocket = undefined;
+      handOver(opening, callback);
+    },
+    open: () => {
+      if (!early) {
+        // What undici's Client would pass for this origin (an IPv6 literal without its brackets).
+        const url = new URL(origin);
+        const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+        const opening = dial({ host: url.host, hostname, protocol: url.protocol, port: url.port });
+        early = opening;
+        opening.then(
+          (socket) => {
+            if (disposed) socket.destroy();
+            else if (early === opening) earlySocket = socket; // (else undici has taken it)
+          },
+          () => {},
+        );
+      }
+      return early.then(
+        () => {},
+        () => {},
+      );
+    },
+    dispose: () => {
+      disposed = true;
+      earlySocket?.destroy();
+      earlySocket = undefined;
+      early = undefined;
+    },
+  };
 }

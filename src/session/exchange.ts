@@ -93,7 +93,7 @@ export const MAX_WAITS = 3;
  * The lifecycle of one request on one session, as an explicit state (the request's counterpart of
  * `state.ts`); `runOnSession` runs it to `end`:
  *
- *   check ──▶ wait ─(released/failed)─▶ check        check ──▶ lead (proactive) ──▶ end
+ *   check ──▶ wait ─(released/failed)─▶ check        check ──▶ (connect ──▶ check) lead (proactive) ──▶ end
  *     │         └──(lead: handed over, R2)──▶ lead      │
  *     └──▶ send ─(401 we can answer)─▶ answer ──▶ lead ──▶ end        any ──▶ end (done | relocate)
  *            └─(a handshake began meanwhile)─▶ check (C1)
@@ -103,6 +103,8 @@ type Step =
   | { readonly kind: 'check' }
   /** Queued behind another request's handshake. */
   | { readonly kind: 'wait' }
+  /** Waiting for a new session's connection, to bind a proactive first token to it (M5). */
+  | { readonly kind: 'connect' }
   /** Send without credentials (C2, or the origin's first request). */
   | { readonly kind: 'send' }
   /** A 401 whose challenges we may answer: choose the scheme (T2, T3). */
@@ -126,6 +128,7 @@ type Step =
 const CHECK: Step = { kind: 'check' };
 const SEND: Step = { kind: 'send' };
 const WAIT: Step = { kind: 'wait' };
+const CONNECT: Step = { kind: 'connect' };
 const end = (outcome: ExchangeOutcome): Step => ({ kind: 'end', outcome });
 const failed = (job: Job, err: Error): Step => {
   job.sink.fail(err);
@@ -143,6 +146,8 @@ interface Run {
   lastUnusable: Error | undefined;
   /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
   negotiateSkipped?: MultilegError;
+  /** The session was asked to connect before a channel-bound first token (once per request). */
+  connectTried?: boolean;
 }
 
 /**
@@ -182,6 +187,11 @@ async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
         step = afterWait(run, outcome);
         break;
       }
+      case 'connect':
+        run.connectTried = true;
+        await session.connectEarly();
+        step = CHECK;
+        break;
       case 'send':
         // Released from a wait onto an authenticated session, like most of a burst: the fast path.
         if (run.excluded === undefined && FastExchange.eligible(session, job, run.env)) return FAST;
@@ -393,16 +403,17 @@ function check(run: Run): Step {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
     const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
-    // M5: a channel-bound first token needs the connection's certificate, which a new session lacks.
-    const unbound = mechanism?.bindsFirstToken && !session.connection && run.job.origin.startsWith('https:');
-    if (
-      mechanism &&
-      !unbound &&
-      !run.excluded?.has(mechanism.scheme.toLowerCase()) &&
-      (!perRequest || mechanism.proactive)
-    ) {
-      if (perRequest && env.crowded?.(session)) return end({ kind: 'relocate', reason: 'spread' });
-      return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
+    if (mechanism && !run.excluded?.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
+      // M5: a channel-bound first token needs the connection's certificate: a new session
+      // connects first; where it cannot (a proxy's connection, or the dial failed) the request
+      // goes bare and the server's 401 starts the handshake.
+      const unbound = mechanism.bindsFirstToken && !session.connection && run.job.origin.startsWith('https:');
+      if (unbound) {
+        if (!run.connectTried && session.connectsEarly) return CONNECT;
+      } else {
+        if (perRequest && env.crowded?.(session)) return end({ kind: 'relocate', reason: 'spread' });
+        return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
+      }
     }
   }
   return SEND;
@@ -630,6 +641,8 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       // R4: so does a session on which authentication was seen not to hold.
       const sessionAuthenticated =
         result.sessionAuthenticated && session.trustsSessionAuth && !session.authenticationFails;
+      // Remembered first: the release below lets the pool hand out room, by what the origin wants.
+      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
       if (leading()) {
         session.apply({
           type: 'handshake-success',
@@ -639,7 +652,6 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
           ...(result.identity ? { identity: result.identity } : {}),
         });
       }
-      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
       report(sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
       return end({ kind: 'done', done: result.done });
     }

@@ -206,7 +206,21 @@ export class OriginPool implements FastHost {
     // An "auto" session that negotiated HTTP/1.1 serves one request at a time: allow more of them.
     const h1 = this.#sessions.some((s) => this.#usable(s, 'auto', identity) && s.protocol === 'http/1.1');
     if (h1) return this.#options.maxHttp1Connections;
-    return this.#spreads(identity) ? this.#options.limits.maxPerRequestSessions : 1;
+    if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
+    return this.#overflows(lane, identity) ? this.#options.limits.maxAuthenticatedSessions : 1;
+  }
+
+  /**
+   * Session mode, once a session is authenticated (the credentials work and the scheme is known):
+   * when every session is at its stream room, another may open, up to maxAuthenticatedSessions, and
+   * authenticate proactively (exchange `check`), at one handshake per extra session.
+   */
+  #overflows(lane: Lane, identity: Identity): boolean {
+    return (
+      identity === 'agent' &&
+      this.memory.mode === 'session' &&
+      this.#sessions.some((s) => this.#usable(s, lane, identity) && s.state.kind === 'authenticated')
+    );
   }
 
   /**
@@ -233,12 +247,17 @@ export class OriginPool implements FastHost {
 
   /**
    * Requests a session takes at once: a spread session SPREAD_ROOM times its handshake slots
-   * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session).
+   * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session);
+   * an HTTP/2 session of the agent's its streams (the rest wait here for a stream, another session
+   * or, when neither can come, go into the least loaded session's own queue: see #overflow).
    */
   #room(s: Session): number {
     const capacity = s.capacity;
-    if (!this.#spreads(s.identity) || s.lane !== 'auto') return capacity;
-    return Math.min(capacity, SPREAD_ROOM * this.#options.limits.maxConcurrentHandshakes);
+    if (s.lane !== 'auto' || s.identity !== 'agent') return capacity;
+    const room = this.#spreads(s.identity)
+      ? SPREAD_ROOM * this.#options.limits.maxConcurrentHandshakes
+      : this.#options.maxConcurrentStreams;
+    return Math.min(capacity, room);
   }
 
   /**
@@ -285,12 +304,30 @@ export class OriginPool implements FastHost {
   #take(lane: Lane, identity: Identity): Session | undefined {
     let session = this.#pick(lane, identity);
     if (!session) {
-      const open = this.#sessions.filter((s) => this.#usable(s, lane, identity)).length;
-      if (open >= this.#maxSessions(lane, identity)) return undefined;
-      session = this.#create(lane, identity);
+      const usable = this.#sessions.filter((s) => this.#usable(s, lane, identity));
+      if (usable.length < this.#maxSessions(lane, identity)) session = this.#create(lane, identity);
+      else {
+        session = this.#overflow(usable);
+        if (!session) return undefined;
+      }
     }
     session.acquire();
     return session;
+  }
+
+  /**
+   * Every session is at its stream room and no more may open: the least loaded one takes the
+   * request into its Client's own queue, as one undici session would, unless a session is still
+   * opening (connecting, handshaking, or a spread session): then the request waits here for room.
+   */
+  #overflow(usable: readonly Session[]): Session | undefined {
+    let best: Session | undefined;
+    for (const s of usable) {
+      const opening = s.capacity !== Number.POSITIVE_INFINITY || s.state.kind === 'handshaking';
+      if (opening || this.#spreads(s.identity)) return undefined;
+      if (!best || s.inflight < best.inflight) best = s;
+    }
+    return best;
   }
 
   #create(lane: Lane, identity: Identity): Session {
@@ -334,12 +371,12 @@ export class OriginPool implements FastHost {
 
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all(this.#sessions.map((s) => s.client.close().catch(() => {})));
+    await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
     this.#closed = true;
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
-    await Promise.all(this.#sessions.map((s) => s.client.destroy(err).catch(() => {})));
+    await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }
 }

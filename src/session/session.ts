@@ -9,7 +9,7 @@ import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
-import { type ConnectionInfo, sessionConnector } from './connector.ts';
+import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
 import type { Job } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
 import { WaitQueue } from './wait-queue.ts';
@@ -82,6 +82,7 @@ export class Session {
   readonly #onChange: () => void;
   /** Through a forwarding proxy (plain-http target, H3-H5): that connection's own state. */
   readonly #forward: ForwardProxy | undefined;
+  readonly #connector: SessionConnector;
 
   /** This session presents a client certificate (T3): only such sessions serve the origin then. */
   readonly certified: boolean;
@@ -131,8 +132,9 @@ export class Session {
     const route = opts.route
       ? { proxy: opts.route, limits: opts.limits, ...(this.#forward ? { preopened: this.#forward.socket } : {}) }
       : undefined;
+    this.#connector = sessionConnector(opts.origin, opts.tls, allowH2, (info) => this.#connected(info), route);
     this.client = new Client(origin, {
-      connect: sessionConnector(opts.tls, allowH2, (info) => this.#connected(info), route),
+      connect: this.#connector.connect,
       allowH2,
       pipelining: 1,
       keepAliveTimeout: opts.keepAliveTimeout,
@@ -206,6 +208,32 @@ export class Session {
     }
   }
 
+  /**
+   * Opens the connection before the first request is written, where the connector can (direct
+   * connections): a proactive first token bound to the channel (M5) needs the server's
+   * certificate. Resolves once connected, or when that failed (the request then goes bare and
+   * undici reports that error as its own). Bounded by the connect timeout.
+   */
+  async connectEarly(): Promise<void> {
+    if (!this.#connection && this.#connector.open) await this.#connector.open();
+  }
+
+  /** Whether {@link connectEarly} can open the connection (a direct one, not yet made). */
+  get connectsEarly(): boolean {
+    return !this.#connection && this.#connector.open !== undefined && !this.closed;
+  }
+
+  /** Closes the Client once its requests are done (and a connection it never took). */
+  close(): Promise<void> {
+    this.#connector.dispose();
+    return this.client.close().catch(() => {});
+  }
+
+  destroy(err: Error): Promise<void> {
+    this.#connector.dispose();
+    return this.client.destroy(err).catch(() => {});
+  }
+
   acquire(): void {
     this.#inflight += 1;
   }
@@ -237,8 +265,8 @@ export class Session {
       if (failure) this.#queue.settleAll(undefined, failure);
       else this.#queue.settleAll('closed');
       // A server that failed to prove itself gets nothing more, not even what undici has queued.
-      if (failure) this.client.destroy(failure).catch(() => {});
-      else this.client.close().catch(() => {});
+      if (failure) this.destroy(failure);
+      else this.close();
     } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
       this.#queue.settleAll(event.type === 'handshake-failure' && !event.retry ? 'failed' : 'released');
     }

@@ -360,9 +360,16 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
     level: 'either',
     multileg: true,
     proactive: true,
-    // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection.
+    // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection;
+    // nor need NTLM's first message, while Kerberos is remembered unusable and the password falls back.
     get bindsFirstToken() {
-      return opts.channelBindings !== false && memory.bindsChannel !== false;
+      const ntlmFirst =
+        memory.reason !== undefined &&
+        Date.now() < memory.unavailableUntil &&
+        opts.credentials !== undefined &&
+        opts.ntlmFallback !== false &&
+        opts.mech !== 'kerberos';
+      return opts.channelBindings !== false && memory.bindsChannel !== false && !ntlmFirst;
     },
     createContext: () => new NegotiateContext(opts, memory),
   };
