@@ -1,5 +1,6 @@
 /** Runs the `multileg` command line (src/cli/bin.ts) in a child process, as a user would. */
 import { spawn, spawnSync } from 'node:child_process';
+import type { Command } from 'commander';
 
 export const BIN = new URL('../src/cli/bin.ts', import.meta.url).pathname;
 
@@ -64,3 +65,11 @@ export const OLD_NODE: string | undefined = (() => {
   const [major = 0, minor = 0] = r.stdout.trim().slice(1).split('.').map(Number);
   return major < 22 || (major === 22 && minor < 19) ? '/usr/bin/node' : undefined;
 })();
+
+/** What commander itself prints for `cmd` on a terminal `width` columns wide (undefined: not a terminal). */
+export function commanderHelp(cmd: Command, width: number | undefined): string {
+  let text = '';
+  // Off a terminal commander's own default gives undefined too, which its typings do not admit.
+  cmd.configureOutput({ getOutHelpWidth: () => width as number, writeOut: (s) => (text += s) }).outputHelp();
+  return text;
+}

@@ -7,7 +7,8 @@ import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSy
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { OLD_NODE, runCommand } from './cli-helpers.ts';
+import { program } from '../src/cli/options.ts';
+import { commanderHelp, OLD_NODE, runCommand } from './cli-helpers.ts';
 
 const root = new URL('..', import.meta.url).pathname;
 const bin = join(root, 'node_modules/.bin');
@@ -115,6 +116,24 @@ describe('the packed package in a fresh app', () => {
     expect(npx.stdout, npx.stderr).toMatch(/^multileg \d+\.\d+\.\d+ \(undici 8\./);
     expect(npx.code).toBe(0);
   }, 180_000);
+
+  it('`multileg --help` prints commander’s help from dist/cli/help.json without loading commander, on a pipe and a terminal', async () => {
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    expect(readdirSync(join(pkgDir, 'dist/cli'))).toContain('help.json');
+    // NODE_DEBUG=module names every CommonJS module loaded: commander (CommonJS) must not be one.
+    const help = await runCommand(process.execPath, [multileg, '--help'], '', { ...env, NODE_DEBUG: 'module' });
+    expect(help.code).toBe(0);
+    expect(help.stderr).toContain('MODULE');
+    expect(help.stderr).not.toContain('commander');
+    expect(help.stdout).toBe(commanderHelp(program(), undefined));
+    expect((await runCommand(process.execPath, [multileg, '-h'], '', env)).stdout).toBe(help.stdout);
+    // On a terminal 100 columns wide (`script` gives the child one, stty sets its width).
+    const sh = join(app, 'help.sh');
+    writeFileSync(sh, `stty cols 100 rows 40; exec ${process.execPath} ${multileg} --help\n`);
+    const tty = await runCommand('script', ['-qec', `sh ${sh}`, '/dev/null'], '', env);
+    expect(tty.stdout.replace(/\r\n/g, '\n')).toBe(commanderHelp(program(), 100));
+    expect(commanderHelp(program(), 100)).not.toBe(help.stdout);
+  });
 
   it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
     writeFileSync(

@@ -15,5 +15,9 @@ if (reason) {
   process.stderr.write(`${reason}\n`);
   process.exitCode = 1;
 } else {
-  await import('./main.ts');
+  // `multileg --help` and `--version` alone print without loading commander (help.ts).
+  const only = process.argv.length === 3 ? process.argv[2] : undefined;
+  if (only === '--version' || only === '-V') process.stdout.write(`${(await import('./version.ts')).versionText()}\n`);
+  else if (!((only === '--help' || only === '-h') && (await import('./help.ts')).printHelp()))
+    await import('./main.ts');
 }
