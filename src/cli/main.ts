@@ -42,8 +42,10 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
   const req = parseCliOrExit(argv, 'multileg');
   if (typeof req === 'number') return req;
-  // Loaded once a request will be made: --help, --version and usage errors start without them.
-  const [{ request }, { MultilegAgent }] = await Promise.all([import('undici'), import('../agent.ts')]);
+  // Loaded once a request will be made: usage errors start without them. Of undici, only what a
+  // request uses (undici-core.ts).
+  (await import('./undici-core.ts')).useUndiciCore();
+  const { MultilegAgent } = await import('../agent.ts');
   const say = (line: string) => {
     if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
   };
@@ -87,14 +89,15 @@ async function main(argv: string[]): Promise<number> {
   });
   try {
     for (;;) {
-      const res = await request(url, {
-        dispatcher: agent,
+      const res = await agent.request({
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
         method: method as 'GET',
         headers,
         body: body ?? null,
         ...(signal ? { signal } : {}),
         ...(req.http1 ? { allowH2: false } : {}),
-      } as Parameters<typeof request>[1]);
+      } as Parameters<MultilegAgent['request']>[0]);
       status = res.statusCode;
       const protocol = trace.lastDelivered?.response?.protocol;
       final = { headers: res.headers, protocol };

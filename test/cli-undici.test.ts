@@ -1,0 +1,43 @@
+/**
+ * The command's request path loads only the parts of undici it uses (src/cli/undici-core.ts, issue
+ * 10 item 5): the same objects undici's index exports, and not the index with fetch, WebSocket,
+ * the caches and the mocks.
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as undici from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as core from '../src/cli/undici-core.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { runCli } from './cli-helpers.ts';
+
+describe('undici-core', () => {
+  let server: ReferenceServer;
+  let ca: string;
+  beforeAll(async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    ca = join(mkdtempSync(join(tmpdir(), 'multileg-core-')), 'ca.pem');
+    writeFileSync(ca, server.ca);
+  });
+  afterAll(() => server.close());
+
+  it('exports the very Dispatcher, Client and buildConnector of undici’s index, with its request API', () => {
+    expect(core.Dispatcher).toBe(undici.Dispatcher);
+    expect(core.Client).toBe(undici.Client);
+    expect(core.buildConnector).toBe(undici.buildConnector);
+    for (const method of ['request', 'stream', 'pipeline', 'upgrade', 'connect'] as const)
+      expect(typeof core.Dispatcher.prototype[method], method).toBe('function');
+  });
+
+  it('an authenticated request from the command loads neither undici’s index nor its fetch', async () => {
+    // NODE_DEBUG=module names every CommonJS module loaded (undici is CommonJS).
+    const r = await runCli(['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${server.origin}/auth/core?x=1`], {
+      env: { NODE_DEBUG: 'module' },
+    });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', path: '/auth/core?x=1' });
+    expect(r.stderr).toContain('undici/lib/dispatcher/client.js');
+    expect(r.stderr).not.toMatch(/undici\/index\.js|undici\/lib\/web\//);
+  });
+});
