@@ -5,7 +5,6 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { ConfigError } from '../errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
@@ -80,7 +79,9 @@ async function readStdinLine(stdin: NodeJS.ReadStream): Promise<string> {
 
 /** Asks on the terminal without echoing (curl's wording). */
 async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS.WriteStream): Promise<string> {
-  // The interface first: it puts the terminal in raw mode, so nothing typed after the question echoes.
+  // Loaded only to prompt (most runs pass the password). The interface first: it puts the terminal
+  // in raw mode, so nothing typed after the question echoes.
+  const { createInterface } = await import('node:readline');
   const muted = new Writable({ write: (_c, _e, cb) => cb() });
   const rl = createInterface({ input: stdin, output: muted, terminal: true });
   stderr.write(question);

@@ -11,11 +11,9 @@ import type { MultilegAgent } from '../agent.ts';
 import { ConfigError } from '../errors.ts';
 import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401 } from './explain.ts';
-import { toHar } from './har.ts';
 import { parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
-import { writeOut } from './write-out.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
@@ -204,6 +202,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (req.har) {
     try {
+      const { toHar } = await import('./har.ts'); // only for --har, as write-out.ts for -w
       writeFileSync(req.har, `${JSON.stringify(toHar(trace.legs), null, 2)}\n`);
     } catch (err) {
       say(`--har ${req.har}: ${(err as Error).message}`);
@@ -211,6 +210,7 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   if (req.writeOut !== undefined) {
+    const { writeOut } = await import('./write-out.ts');
     process.stdout.write(
       writeOut(req.writeOut, {
         http_code: String(status).padStart(3, '0'),
