@@ -6,6 +6,8 @@
  * built command (dist/cli/bin.js, as installed) is measured, with Node's module compile cache warm.
  *
  *   node bench/cli-start.ts        (npm run bench runs it; needs npm run build first)
+ *   CLI_START_BEFORE=/other/checkout/dist/cli/bin.js node bench/cli-start.ts
+ *                                  (also measures another build in the same rounds: before/after)
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -15,6 +17,7 @@ import { startReferenceServer } from '../src/reference-server/index.ts';
 
 const RUNS = 15;
 const BIN = new URL('../dist/cli/bin.js', import.meta.url).pathname;
+const BEFORE = process.env.CLI_START_BEFORE;
 
 function once(args: readonly string[]): Promise<{ ms: number; code: number | null }> {
   return new Promise((resolve, reject) => {
@@ -53,19 +56,24 @@ const dir = mkdtempSync(join(tmpdir(), 'multileg-bench-'));
 const ca = join(dir, 'ca.pem');
 writeFileSync(ca, server.ca);
 try {
-  const [base, help, version, bare, request] = await medians([
+  const commands = (bin: string) => [
+    [bin, '--help'],
+    [bin, '--version'],
+    [bin, '-s', '-o', '/dev/null', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${server.origin}/auth/x`],
+  ];
+  const [base, bare, help, version, request, ...before] = await medians([
     ['-e', '0'],
-    [BIN, '--help'],
-    [BIN, '--version'],
     ['-e', BARE_H2, server.origin, ca],
-    [BIN, '-s', '-o', '/dev/null', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${server.origin}/auth/x`],
+    ...commands(BIN),
+    ...(BEFORE ? commands(BEFORE) : []),
   ]);
-  const x = (ms: number) => `${ms.toFixed(1)} ms = ${(ms / base!).toFixed(2)}x node -e 0`;
+  const x = (ms: number | undefined) => `${ms!.toFixed(1)} ms = ${(ms! / base!).toFixed(2)}x node -e 0`;
+  const was = (i: number) => (BEFORE ? ` (before: ${x(before[i])})` : '');
   console.log(`CLI start (median of ${RUNS} interleaved rounds): node -e 0 ${base!.toFixed(1)} ms`);
-  console.log(`CLI start: multileg --help ${x(help!)} (goal <= 1.5x)`);
-  console.log(`CLI start: multileg --version ${x(version!)}`);
-  console.log(`CLI start: one NTLM request ${x(request!)} (goal <= 2.5x)`);
-  console.log(`CLI start: floor, one bare node:http2 GET over TLS (no undici, no auth) ${x(bare!)}`);
+  console.log(`CLI start: multileg --help ${x(help)} (goal <= 1.5x)${was(0)}`);
+  console.log(`CLI start: multileg --version ${x(version)}${was(1)}`);
+  console.log(`CLI start: one NTLM request ${x(request)} (goal <= 2.5x)${was(2)}`);
+  console.log(`CLI start: floor, one bare node:http2 GET over TLS (no undici, no auth) ${x(bare)}`);
 } finally {
   await server.close();
 }
