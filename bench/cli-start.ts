@@ -2,7 +2,7 @@
  * Issue 10 item 5: how long the `multileg` command takes to start, against `node -e 0` on the same
  * machine: `--help`, `--version`, and one authenticated request (NTLM against the reference server,
  * which runs in this process while the command runs in its own), beside the floor under any Node
- * HTTPS client (one bare node:http2 GET to the same server). Medians of 15 interleaved rounds; the
+ * HTTPS client (one bare node:http2 GET to the same server). Medians of 21 interleaved rounds; the
  * built command (dist/cli/bin.js, as installed) is measured, with Node's module compile cache warm.
  *
  *   node bench/cli-start.ts        (npm run bench runs it; needs npm run build first)
@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 
-const RUNS = 15;
+const RUNS = 21;
 const BIN = new URL('../dist/cli/bin.js', import.meta.url).pathname;
 const BEFORE = process.env.CLI_START_BEFORE;
 
