@@ -3,14 +3,15 @@
  * 10 item 5): the same objects undici's index exports, and not the index with fetch, WebSocket,
  * the caches and the mocks.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as undici from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as core from '../src/cli/undici-core.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
-import { runCli } from './cli-helpers.ts';
+import { runCli, runCommand } from './cli-helpers.ts';
 
 describe('undici-core', () => {
   let server: ReferenceServer;
@@ -28,6 +29,29 @@ describe('undici-core', () => {
     expect(core.buildConnector).toBe(undici.buildConnector);
     for (const method of ['request', 'stream', 'pipeline', 'upgrade', 'connect'] as const)
       expect(typeof core.Dispatcher.prototype[method], method).toBe('function');
+  });
+
+  it('falls back to undici’s whole package when its files are not where they were', async () => {
+    // An undici whose index is the real one but which has no lib/ of its own: as if a later
+    // version had moved its files.
+    const real = createRequire(import.meta.url).resolve('undici');
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-moved-'));
+    mkdirSync(join(dir, 'node_modules/undici'), { recursive: true });
+    writeFileSync(join(dir, 'node_modules/undici/package.json'), '{"name":"undici","main":"index.js"}');
+    writeFileSync(join(dir, 'node_modules/undici/index.js'), `module.exports = require(${JSON.stringify(real)});\n`);
+    writeFileSync(join(dir, 'package.json'), '{"type":"module"}');
+    copyFileSync(new URL('../src/cli/undici-core.ts', import.meta.url), join(dir, 'undici-core.ts'));
+    writeFileSync(
+      join(dir, 'check.ts'),
+      [
+        "import { createRequire } from 'node:module';",
+        "import * as core from './undici-core.ts';",
+        `const real = createRequire(import.meta.url)(${JSON.stringify(real)});`,
+        'console.log(core.Client === real.Client, core.Dispatcher === real.Dispatcher, core.buildConnector === real.buildConnector);',
+      ].join('\n'),
+    );
+    const r = await runCommand(process.execPath, [join(dir, 'check.ts')]);
+    expect(r.stdout, r.stderr).toBe('true true true\n');
   });
 
   it('an authenticated request from the command loads neither undici’s index nor its fetch', async () => {
