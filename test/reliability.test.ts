@@ -254,6 +254,30 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
       expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
     }
   });
+
+  it("R3: a per-request handshake's clock stops while it waits for a handshake slot (R1 bounds that wait) and runs again after", async () => {
+    // Per-request NTLM inside Negotiate (no ticket here), one slot, legs held 0.5 s: each handshake
+    // takes 1 s, so the third waits 2 s for the slot, longer than handshakeTimeout (1.6 s) itself.
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: {
+        kerberos: {
+          initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+        },
+      },
+      limits: { maxConcurrentHandshakes: 1, maxPerRequestSessions: 1, handshakeTimeout: 1600, queueTimeout: 10_000 },
+    });
+    expect((await fetch(`${s.origin}/auth/warm`, { dispatcher: a })).status).toBe(200);
+    s.options.faults.delayMs = (q) => (q.headers.authorization ? 500 : 0);
+    const signal = AbortSignal.timeout(20_000);
+    const results = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }))),
+    );
+    expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([200, 200, 200]);
+    expect(a.handshakes().map((h) => `${h.outcome} ${h.legs}`)).toEqual(Array(4).fill('per-request 2'));
+  });
 });
 
 describe('R4: no storms', () => {
