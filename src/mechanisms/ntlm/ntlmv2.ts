@@ -3,7 +3,8 @@
  * NT/LM responses, session keys with KEY_EXCH, the MIC and channel bindings (MS-NLMP 2.2.2.1,
  * RFC 5929 `tls-server-end-point`). Randomness and time are injectable for test vectors.
  */
-import { createHash, createHmac, randomFillSync } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
+import { pooledRandom } from '../random.ts';
 import { md4 } from './md4.ts';
 import {
   AV_FLAG_MIC_PRESENT,
@@ -238,23 +239,6 @@ export interface AuthenticateOutput {
   readonly message: Buffer;
   readonly flags: number;
   readonly exportedSessionKey: Buffer;
-}
-
-/**
- * Random bytes from a 4 KiB pool refilled from the CSPRNG: a per-request handshake needs 24 of them,
- * and one system call each was a measurable share of per-request mode. Every byte is handed out
- * once (a copy: the pool is overwritten when refilled).
- */
-const randomPool = Buffer.alloc(4096);
-let randomUsed = randomPool.length;
-function pooledRandom(n: number): Buffer {
-  if (randomUsed + n > randomPool.length) {
-    randomFillSync(randomPool);
-    randomUsed = 0;
-  }
-  const out = Buffer.from(randomPool.subarray(randomUsed, randomUsed + n));
-  randomUsed += n;
-  return out;
 }
 
 /** Builds a complete NTLMv2 AUTHENTICATE message with MIC (MS-NLMP 3.1.5.1.2). */
