@@ -56,8 +56,9 @@ describe('LegHandler: the mutual-auth gate', () => {
     const result = await leg.result;
     expect(result.kind).toBe('delivered');
     expect(seen).toEqual(['start', 'data body', 'end']);
-    // pause (gate), pause (the caller), and no resume that would override the caller.
-    expect(calls).toEqual(['pause', 'pause']);
+    // A small body is held without pausing the leg: the caller's own pause only, and no resume
+    // that would override it.
+    expect(calls).toEqual(['pause']);
   });
 
   it("M2: a gate that fails becomes the caller's error and aborts the leg; nothing of the body is shown", async () => {
@@ -90,6 +91,73 @@ describe('LegHandler: the mutual-auth gate', () => {
     fail(new Error('impostor'));
     await leg.result;
     expect(seen).toEqual(['error impostor']);
-    expect(calls).toEqual(['pause', 'abort impostor']);
+    expect(calls).toEqual(['abort impostor']);
+  });
+
+  it('M2: a small gated body is held without pausing or resuming the leg', async () => {
+    const seen: string[] = [];
+    const sink = new UserSink({
+      onRequestStart() {},
+      onResponseStart() {
+        seen.push('start');
+      },
+      onResponseData(_c, chunk) {
+        seen.push(`data ${chunk.toString()}`);
+      },
+      onResponseEnd() {
+        seen.push('end');
+      },
+      onResponseError(_c, e) {
+        seen.push(`error ${e.message}`);
+      },
+    });
+    sink.begin();
+    const leg = new LegHandler({ sink, classify: () => Promise.resolve(), beforeStart: () => {}, maxDrainBytes: 1024 });
+    const { controller, calls } = fakeController();
+    leg.onRequestStart(controller);
+    leg.onResponseStart(controller, 200, {}, '');
+    leg.onResponseData(controller, Buffer.from('body'));
+    leg.onResponseEnd(controller, {});
+    expect(seen).toEqual([]);
+    await leg.result;
+    expect(seen).toEqual(['start', 'data body', 'end']);
+    expect(calls).toEqual([]);
+  });
+
+  it('M2: a gated body beyond 64 KiB pauses the leg until the gate opens, then resumes it', async () => {
+    const seen: string[] = [];
+    const sink = new UserSink({
+      onRequestStart() {},
+      onResponseStart() {
+        seen.push('start');
+      },
+      onResponseData(_c, chunk) {
+        seen.push(`data ${chunk.length}`);
+      },
+      onResponseEnd() {
+        seen.push('end');
+      },
+      onResponseError(_c, e) {
+        seen.push(`error ${e.message}`);
+      },
+    });
+    sink.begin();
+    let verify!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      verify = resolve;
+    });
+    const leg = new LegHandler({ sink, classify: () => gate, beforeStart: () => {}, maxDrainBytes: 1024 });
+    const { controller, calls } = fakeController();
+    leg.onRequestStart(controller);
+    leg.onResponseStart(controller, 200, {}, '');
+    leg.onResponseData(controller, Buffer.alloc(40 * 1024));
+    expect(calls).toEqual([]);
+    leg.onResponseData(controller, Buffer.alloc(40 * 1024));
+    expect(calls).toEqual(['pause']); // back-pressure while the server's proof is pending
+    expect(seen).toEqual([]);
+    verify();
+    await leg.result;
+    expect(seen).toEqual(['start', `data ${40 * 1024}`, `data ${40 * 1024}`]);
+    expect(calls).toEqual(['pause', 'resume']);
   });
 });
