@@ -281,6 +281,27 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
     expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([200, 200, 200]);
     expect(a.handshakes().map((h) => `${h.outcome} ${h.legs}`)).toEqual(Array(4).fill('per-request 2'));
   });
+
+  it('R3: a handshake that waited longer than handshakeTimeout for its slot is still bounded by it afterwards', async () => {
+    // One slot, legs held 0.3 s: the third handshake waits 1.2 s for the slot (its clock would have
+    // run out at 1 s), then the server never answers its legs: the restarted clock ends it.
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = await perRequestNtlm(s, {
+      maxConcurrentHandshakes: 1,
+      maxPerRequestSessions: 1,
+      handshakeTimeout: 1000,
+      queueTimeout: 10_000,
+    });
+    s.options.faults.delayMs = (q) => (!q.headers.authorization ? 0 : q.path === '/auth/2' ? 60_000 : 300);
+    const signal = AbortSignal.timeout(20_000);
+    const started = Date.now();
+    const results = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }))),
+    );
+    expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([200, 200, 'HandshakeTimeoutError']);
+    // Ended by the agent's clock (about 1.2 s + 1 s), not by the test's deadline.
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
 });
 
 describe('R4: no storms', () => {
