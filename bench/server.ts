@@ -5,6 +5,8 @@ import type { ReferenceServerStats } from '../src/reference-server/index.ts';
 
 export interface BenchServer {
   origin: string;
+  /** The server's process id (its CPU time is in /proc/<pid>/stat). */
+  pid: number;
   /** The server's counters so far (requests, sessions opened, handshakes started). */
   stats(): Promise<ReferenceServerStats>;
   /** Requests the server has seen so far. */
@@ -29,6 +31,7 @@ export async function startServer(args: readonly string[]): Promise<BenchServer>
   };
   return {
     origin,
+    pid: child.pid!,
     stats,
     requests: async () => (await stats()).requests,
     stop: () => child.kill('SIGTERM'),

@@ -98,15 +98,21 @@ export function tracingLegs(): boolean {
 
 let nextLegId = 0;
 
+/** The reporters of a leg's outcome. */
+interface LegTrace {
+  response(status: number, headers: HeaderMap, delivered: boolean): void;
+  error(err: Error): void;
+}
+
+/** Untraced legs (nobody subscribes): one shared pair of no-ops, not two closures per leg. */
+const UNTRACED: LegTrace = { response() {}, error() {} };
+
 /** What the session knows about a leg it sends; reports it and returns the reporters of its outcome. */
 export function publishLeg(
   base: { origin: string; sessionId: string; protocol: () => LegEventBase['protocol'] },
   request: { method: string; path: string; headers: HeaderMap },
-): {
-  response(status: number, headers: HeaderMap, delivered: boolean): void;
-  error(err: Error): void;
-} {
-  if (!legChannel.hasSubscribers) return { response() {}, error() {} };
+): LegTrace {
+  if (!legChannel.hasSubscribers) return UNTRACED;
   const legId = ++nextLegId;
   const common = () => ({
     legId,

@@ -101,3 +101,14 @@ export function unavailableScheme(scheme: string): Mechanism {
     },
   };
 }
+
+/** A promise settled from outside: `resolve()` or `reject(err)`. */
+export function deferred(): { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void } {
+  let resolve!: () => void;
+  let reject!: (e: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}

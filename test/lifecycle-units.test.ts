@@ -23,6 +23,7 @@ import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
 import { WaitQueue } from '../src/session/wait-queue.ts';
 import { RedirectHops } from '../src/trust/redirects.ts';
+import { deferred } from './helpers.ts';
 import { findBin } from './lab/peers.ts';
 
 afterEach(() => {
@@ -180,16 +181,6 @@ describe('LegHandler: one leg against a fake undici controller', () => {
     h.onRequestStart(wire.controller);
     return { h, seen, classified, wire, sink };
   }
-  const deferred = () => {
-    let resolve!: () => void;
-    let reject!: (e: Error) => void;
-    const promise = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    return { promise, resolve, reject };
-  };
-
   it('a 1xx head is informational: the leg waits for the final status', async () => {
     const { h, seen, classified, wire } = leg(() => 'deliver');
     h.onResponseStart(wire.controller, 100, {}, 'Continue');

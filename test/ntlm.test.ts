@@ -21,6 +21,7 @@ import {
   sessionBaseKey,
 } from '../src/mechanisms/ntlm/ntlmv2.ts';
 import { rc4 } from '../src/mechanisms/ntlm/rc4.ts';
+import { pooledRandom } from '../src/mechanisms/random.ts';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
@@ -196,6 +197,17 @@ describe('NTLMv2 (MS-NLMP 4.2.4 test vectors)', () => {
     expect(out.flags & NegotiateFlags.KEY_EXCH).not.toBe(0);
     expect(out.message.readUInt16LE(52)).toBe(16);
     expect(out.exportedSessionKey).toEqual(randomSessionKey);
+  });
+});
+
+describe('pooled random bytes', () => {
+  it('M1: client challenges and session keys come from a CSPRNG pool: no bytes handed out twice, any length served', () => {
+    // 600 draws of 8 bytes cross a refill of the 4 KiB pool.
+    const draws = Array.from({ length: 600 }, () => pooledRandom(8).toString('hex'));
+    expect(new Set(draws).size).toBe(draws.length);
+    const big = pooledRandom(5000);
+    expect(big.length).toBe(5000);
+    expect(big.some((b) => b !== 0)).toBe(true);
   });
 });
 

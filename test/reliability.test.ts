@@ -43,6 +43,25 @@ async function reference(opts: Parameters<typeof startReferenceServer>[0]): Prom
   servers.push(s);
   return s;
 }
+/**
+ * An agent that authenticates each request to `s` with NTLM inside Negotiate (no Kerberos here),
+ * already taught by one request that the origin authenticates per request.
+ */
+async function perRequestNtlm(s: ReferenceServer, limits: MultilegAgentOptions['limits']): Promise<MultilegAgent> {
+  const a = agent({
+    credentials: ALICE,
+    trustedOrigins: [s.origin],
+    negotiate: {
+      kerberos: {
+        initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+      },
+    },
+    ...(limits ? { limits } : {}),
+  });
+  expect((await fetch(`${s.origin}/auth/warm`, { dispatcher: a })).status).toBe(200);
+  return a;
+}
+
 /** An h2+h1 TLS server whose handler decides per request; `hold` leaves a request unanswered. */
 async function hostile(
   handler: (headers: IncomingHttpHeaders, respond: (status: number, headers?: Record<string, string>) => void) => void,
@@ -117,18 +136,7 @@ describe('R1: every wait is bounded', () => {
   it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
     // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
     const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
-    const a = agent({
-      credentials: ALICE,
-      trustedOrigins: [s.origin],
-      negotiate: {
-        kerberos: {
-          initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
-        },
-      },
-      limits: { maxConcurrentHandshakes: 1, queueTimeout: 300 },
-    });
-    // Teach the agent that the origin authenticates per request first.
-    expect((await fetch(`${s.origin}/auth/warm`, { dispatcher: a })).status).toBe(200);
+    const a = await perRequestNtlm(s, { maxConcurrentHandshakes: 1, queueTimeout: 300 });
     expect(a.handshakes().map((h) => h.outcome)).toEqual(['per-request']);
     s.options.faults.delayMs = (q) => (q.headers.authorization ? 2000 : 0);
     const results = await Promise.all(
@@ -253,6 +261,46 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
       const r = await settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }));
       expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
     }
+  });
+
+  it("R3: a per-request handshake's clock stops while it waits for a handshake slot (R1 bounds that wait) and runs again after", async () => {
+    // Per-request NTLM inside Negotiate (no ticket here), one slot, legs held 0.5 s: each handshake
+    // takes 1 s, so the third waits 2 s for the slot, longer than handshakeTimeout (1.6 s) itself.
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = await perRequestNtlm(s, {
+      maxConcurrentHandshakes: 1,
+      maxPerRequestSessions: 1,
+      handshakeTimeout: 1600,
+      queueTimeout: 10_000,
+    });
+    s.options.faults.delayMs = (q) => (q.headers.authorization ? 500 : 0);
+    const signal = AbortSignal.timeout(20_000);
+    const results = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }))),
+    );
+    expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([200, 200, 200]);
+    expect(a.handshakes().map((h) => `${h.outcome} ${h.legs}`)).toEqual(Array(4).fill('per-request 2'));
+  });
+
+  it('R3: a handshake that waited longer than handshakeTimeout for its slot is still bounded by it afterwards', async () => {
+    // One slot, legs held 0.3 s: the third handshake waits 1.2 s for the slot (its clock would have
+    // run out at 1 s), then the server never answers its legs: the restarted clock ends it.
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = await perRequestNtlm(s, {
+      maxConcurrentHandshakes: 1,
+      maxPerRequestSessions: 1,
+      handshakeTimeout: 1000,
+      queueTimeout: 10_000,
+    });
+    s.options.faults.delayMs = (q) => (!q.headers.authorization ? 0 : q.path === '/auth/2' ? 60_000 : 300);
+    const signal = AbortSignal.timeout(20_000);
+    const started = Date.now();
+    const results = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }))),
+    );
+    expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([200, 200, 'HandshakeTimeoutError']);
+    // Ended by the agent's clock (about 1.2 s + 1 s), not by the test's deadline.
+    expect(Date.now() - started).toBeLessThan(10_000);
   });
 });
 

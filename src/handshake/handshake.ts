@@ -143,14 +143,15 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     expired = reject;
   });
   expiry.catch(() => {});
-  const arm = () =>
-    setTimeout(() => {
-      timedOut = true;
-      const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
-      expired(err);
-      sink.abort(err);
-    }, input.timeout);
-  let timer = arm();
+  // One timer per handshake: paused while waiting for a slot, then started again with refresh().
+  let waitingForSlot = false;
+  const timer = setTimeout(() => {
+    if (waitingForSlot) return;
+    timedOut = true;
+    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
+    expired(err);
+    sink.abort(err);
+  }, input.timeout);
   try {
     let challenge = input.challenge;
     for (;;) {
@@ -167,14 +168,16 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       legs += 1;
       if (release === undefined && input.slot && mechanism.multileg && !(legs === 1 && context.firstLegCompletes)) {
         // The wait for a slot has its own bounds (R1): the handshake's clock starts again after it.
-        clearTimeout(timer);
+        waitingForSlot = true;
         try {
           release = await input.slot();
         } catch (err) {
           if (legs === 1) throw err;
           return fail(err as Error);
+        } finally {
+          waitingForSlot = false;
         }
-        timer = arm();
+        timer.refresh();
       }
       const extra: Record<string, string> = { authorization };
       if (authId !== undefined) {
@@ -186,9 +189,14 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       let declined = false;
       let finishError: MultilegError | undefined;
       let persistent = false;
+      // This scheme's challenge in the 401, read once here for the next leg (not parsed again); a
+      // 401 swallowed before this classifier saw it (a renewed Digest nonce) is read below.
+      let next: Challenge | undefined;
+      let nextRead = false;
       const result = await input.send(extra, (status, headers) => {
         if (status === 401) {
-          const next = challengeFor(headers, mechanism.scheme);
+          next = challengeFor(headers, mechanism.scheme);
+          nextRead = true;
           if (next?.token68 !== undefined && !context.complete) return 'swallow';
           // A legacy HTTP/2 server (Apache) keeps connection-bound state per stream: our answer to
           // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
@@ -229,7 +237,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           const reading = readAuthId(result.headers);
           if (reading && !reading.ok) return fail(new InvalidTokenError('Auth-ID header (too long)'));
           if (reading?.ok) authId = reading.value;
-          challenge = challengeFor(result.headers, mechanism.scheme);
+          challenge = nextRead ? next : challengeFor(result.headers, mechanism.scheme);
           continue;
         }
         case 'delivered': {

@@ -13,6 +13,13 @@ export type ResponseHeaders = Record<string, string | string[]>;
  */
 export type Verdict = 'swallow' | 'deliver' | Promise<void>;
 
+/**
+ * Body bytes a gated response may buffer before the leg is paused. Verification usually settles
+ * within a microtask (NTLM has nothing to verify; a mechListMIC is one HMAC), so a small body is
+ * simply held; pausing the stream at once cost a pause and a resume per per-request handshake.
+ */
+const GATE_BUFFER_BYTES = 64 * 1024;
+
 export type LegResult =
   | { readonly kind: 'swallowed'; readonly status: number; readonly headers: ResponseHeaders }
   /** The response reached the caller; `done` settles when its body has ended or failed. */
@@ -39,6 +46,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #headers: ResponseHeaders = {};
   #drained = 0;
   #buffered: Array<() => void> = [];
+  #bufferedBytes = 0;
+  /** The leg was paused because the gate held too much (not the caller's pause). */
+  #gatePaused = false;
   #controller: Controller | undefined;
   readonly #sink: UserSink;
   readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
@@ -97,13 +107,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       return;
     }
     this.#mode = 'gated';
-    controller.pause();
     verdict.then(
       () => {
         this.#startDelivery(controller, message);
         for (const replay of this.#buffered.splice(0)) replay();
         // The caller may have paused meanwhile (in onResponseStart or a data callback): keep it so.
-        if (!this.#sink.controller.paused) controller.resume();
+        if (this.#gatePaused && !this.#sink.controller.paused) controller.resume();
       },
       (err: Error) => {
         this.#mode = 'over';
@@ -138,6 +147,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         return;
       case 'gated':
         this.#buffered.push(() => this.#sink.responseData(chunk));
+        this.#bufferedBytes += chunk.length;
+        if (!this.#gatePaused && this.#bufferedBytes > GATE_BUFFER_BYTES) {
+          this.#gatePaused = true;
+          controller.pause();
+        }
         return;
       default:
         return;

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { pooledRandom } from '../mechanisms/random.ts';
 import type { AcceptorLike, SessionInfo } from './types.ts';
 
 /** One incomplete security context: a handshake the server is in the middle of. */
@@ -51,7 +51,7 @@ export class SessionState {
   add(scheme: string, acceptor: AcceptorLike, now: number): PendingContext {
     let authId: string;
     // 12 random bytes make collisions practically impossible; the loop makes them impossible.
-    do authId = randomBytes(12).toString('base64url');
+    do authId = pooledRandom(12).toString('base64url');
     while (this.contexts.has(authId));
     const ctx: PendingContext = { authId, scheme, acceptor, createdAt: now };
     this.contexts.set(authId, ctx);

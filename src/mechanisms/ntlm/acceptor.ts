@@ -3,7 +3,8 @@
  * answers NEGOTIATE with a CHALLENGE, then verifies the AUTHENTICATE for real (NTProofStr from the
  * user table, MIC, channel bindings). Rejection reasons never contain secrets.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
+import { pooledRandom } from '../random.ts';
 import {
   AV_FLAG_MIC_PRESENT,
   AvId,
@@ -72,6 +73,20 @@ function utf16(s: string): Buffer {
   return Buffer.from(s, 'utf16le');
 }
 
+/**
+ * NT hashes of the few passwords a test server knows: an acceptor lives for one handshake, and in
+ * per-request mode an MD4 per request was a share of the server's time. Bounded.
+ */
+const ntHashes = new Map<string, Buffer>();
+function ntHashOf(password: string): Buffer {
+  let hash = ntHashes.get(password);
+  if (hash === undefined) {
+    hash = ntHash(password);
+    if (ntHashes.size < 64) ntHashes.set(password, hash);
+  }
+  return hash;
+}
+
 function equal(a: Buffer, b: Buffer): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
@@ -115,7 +130,7 @@ export class NtlmAcceptor {
     if ((flags & NegotiateFlags.UNICODE) === 0) flags |= NegotiateFlags.OEM;
     flags |= NegotiateFlags.NTLM | NegotiateFlags.TARGET_INFO | NegotiateFlags.TARGET_TYPE_DOMAIN;
     flags >>>= 0;
-    const serverChallenge = (this.#opts.randomBytes ?? randomBytes)(8);
+    const serverChallenge = (this.#opts.randomBytes ?? pooledRandom)(8);
     const time = Buffer.alloc(8);
     time.writeBigUInt64LE((this.#opts.now ?? filetimeNow)(), 0);
     const computer = this.#opts.computerName ?? 'MULTILEG';
@@ -175,7 +190,7 @@ export class NtlmAcceptor {
     const entry = this.#lookup(auth.user, auth.domain);
     if (!entry) return { kind: 'rejected', reason: 'unknown user or domain' };
     // The client keys its response on the user and domain exactly as it sent them.
-    const key = ntowfv2FromHash(ntHash(entry.password), auth.user, auth.domain);
+    const key = ntowfv2FromHash(ntHashOf(entry.password), auth.user, auth.domain);
     if (!equal(ntProofStr(key, pending.serverChallenge, blob), proof)) {
       return { kind: 'rejected', reason: 'wrong password (NTProofStr mismatch)' };
     }

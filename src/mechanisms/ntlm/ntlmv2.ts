@@ -3,7 +3,8 @@
  * NT/LM responses, session keys with KEY_EXCH, the MIC and channel bindings (MS-NLMP 2.2.2.1,
  * RFC 5929 `tls-server-end-point`). Randomness and time are injectable for test vectors.
  */
-import { createHash, createHmac, randomFillSync } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
+import { pooledRandom } from '../random.ts';
 import { md4 } from './md4.ts';
 import {
   AV_FLAG_MIC_PRESENT,
@@ -74,6 +75,35 @@ export function ntlmv2ClientBlob(timestamp: bigint, clientChallenge: Buffer, avP
   return Buffer.concat([head, avPairs, Buffer.alloc(4)]);
 }
 
+/** Z(24): only ever copied into a message, never written. */
+const ZERO_LM = Buffer.alloc(24);
+
+/**
+ * NTProofStr's 16 bytes (left zero for the caller) followed by {@link ntlmv2ClientBlob}'s blob with
+ * `pairs` encoded as {@link encodeAvPairs} does, in one buffer: the NT response without the
+ * intermediate buffers and concatenations (one per request in per-request mode).
+ */
+function ntResponseWithBlob(timestamp: bigint, clientChallenge: Buffer, pairs: readonly AvPair[]): Buffer {
+  let pairsLength = 4; // MsvAvEOL
+  for (const p of pairs) {
+    if (p.value.length > 0xffff) throw new RangeError('AV pair value too long');
+    pairsLength += 4 + p.value.length;
+  }
+  const out = Buffer.alloc(16 + 28 + pairsLength + 4);
+  out[16] = 1;
+  out[17] = 1;
+  out.writeBigUInt64LE(BigInt.asUintN(64, timestamp), 24);
+  clientChallenge.copy(out, 32, 0, 8);
+  let at = 44;
+  for (const p of pairs) {
+    out.writeUInt16LE(p.id, at);
+    out.writeUInt16LE(p.value.length, at + 2);
+    p.value.copy(out, at + 4);
+    at += 4 + p.value.length;
+  }
+  return out;
+}
+
 /** NTProofStr = HMAC_MD5(ResponseKeyNT, ServerChallenge || temp). */
 export function ntProofStr(responseKeyNT: Buffer, serverChallenge: Buffer, blob: Buffer): Buffer {
   return hmacMd5(responseKeyNT, serverChallenge, blob);
@@ -116,8 +146,18 @@ export function gssChannelBindingsHash(applicationData: Buffer): Buffer {
  */
 export function channelBindingsValue(certificateHash: Buffer | undefined): Buffer {
   if (certificateHash === undefined) return Buffer.alloc(16);
-  return gssChannelBindingsHash(Buffer.concat([Buffer.from('tls-server-end-point:', 'latin1'), certificateHash]));
+  // A connection's certificate hash is one Buffer for the connection's life: per-request mode
+  // binds every handshake to it, so its MD5 is made once (callers only read the value).
+  let value = bindingValues.get(certificateHash);
+  if (value === undefined) {
+    value = gssChannelBindingsHash(Buffer.concat([TLS_SERVER_END_POINT, certificateHash]));
+    bindingValues.set(certificateHash, value);
+  }
+  return value;
 }
+
+const TLS_SERVER_END_POINT = Buffer.from('tls-server-end-point:', 'latin1');
+const bindingValues = new WeakMap<Buffer, Buffer>();
 
 /**
  * The AV pairs the client returns inside its NTLMv2 blob: the server's pairs in order, then
@@ -139,8 +179,15 @@ export function clientAvPairs(server: readonly AvPair[], channelBindings: Buffer
   f.writeUInt32LE(flags >>> 0, 0);
   out.push({ id: AvId.Flags, value: f });
   out.push({ id: AvId.ChannelBindings, value: channelBindings });
-  if (targetName !== undefined) out.push({ id: AvId.TargetName, value: Buffer.from(targetName, 'utf16le') });
+  if (targetName !== undefined) out.push({ id: AvId.TargetName, value: utf16Target(targetName) });
   return out;
+}
+
+/** The last MsvAvTargetName encoded: per-request mode sends the same `HTTP/<host>` every time. */
+let lastTarget: { name: string; value: Buffer } | undefined;
+function utf16Target(name: string): Buffer {
+  if (lastTarget?.name !== name) lastTarget = { name, value: Buffer.from(name, 'utf16le') };
+  return lastTarget.value;
 }
 
 /** The flags the client asks for in NEGOTIATE. Sign/seal are not requested: HTTP never uses them. */
@@ -194,23 +241,6 @@ export interface AuthenticateOutput {
   readonly exportedSessionKey: Buffer;
 }
 
-/**
- * Random bytes from a 4 KiB pool refilled from the CSPRNG: a per-request handshake needs 24 of them,
- * and one system call each was a measurable share of per-request mode. Every byte is handed out
- * once (a copy: the pool is overwritten when refilled).
- */
-const randomPool = Buffer.alloc(4096);
-let randomUsed = randomPool.length;
-function pooledRandom(n: number): Buffer {
-  if (randomUsed + n > randomPool.length) {
-    randomFillSync(randomPool);
-    randomUsed = 0;
-  }
-  const out = Buffer.from(randomPool.subarray(randomUsed, randomUsed + n));
-  randomUsed += n;
-  return out;
-}
-
 /** Builds a complete NTLMv2 AUTHENTICATE message with MIC (MS-NLMP 3.1.5.1.2). */
 export function createAuthenticate(input: AuthenticateInput): AuthenticateOutput {
   const { challenge } = input;
@@ -221,14 +251,12 @@ export function createAuthenticate(input: AuthenticateInput): AuthenticateOutput
 
   const key = input.responseKeyNT ?? ntowfv2(input.password, input.user, input.domain);
   const pairs = clientAvPairs(challenge.avPairs, channelBindingsValue(input.channelBinding), input.targetName);
-  const blob = ntlmv2ClientBlob(timestamp, clientChallenge, encodeAvPairs(pairs));
-  const proof = ntProofStr(key, challenge.serverChallenge, blob);
-  const ntResponse = Buffer.concat([proof, blob]);
+  const ntResponse = ntResponseWithBlob(timestamp, clientChallenge, pairs);
+  const proof = ntProofStr(key, challenge.serverChallenge, ntResponse.subarray(16));
+  proof.copy(ntResponse, 0);
   // With a server timestamp the LMv2 response must be Z(24) (MS-NLMP 3.1.5.1.2).
   const lmResponse =
-    serverTime || input.zeroLmResponse
-      ? Buffer.alloc(24)
-      : lmv2Response(key, challenge.serverChallenge, clientChallenge);
+    serverTime || input.zeroLmResponse ? ZERO_LM : lmv2Response(key, challenge.serverChallenge, clientChallenge);
 
   const keyExchangeKey = sessionBaseKey(key, proof);
   let exportedSessionKey = keyExchangeKey;

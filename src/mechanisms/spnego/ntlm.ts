@@ -87,6 +87,30 @@ export function ntlmSign(
 
 type State = 'initial' | 'negotiated' | 'complete';
 
+/**
+ * The first leg is the same bytes for every handshake (no names, fixed flags): made once, not per
+ * request in per-request mode. The NEGOTIATE buffer is only ever read (it is MIC input).
+ */
+let firstLegCache: { negotiate: Buffer; raw: string; spnego: string } | undefined;
+function firstLeg(): { negotiate: Buffer; raw: string; spnego: string } {
+  if (firstLegCache === undefined) {
+    const negotiate = encodeNegotiate(SPNEGO_NTLM_FLAGS);
+    firstLegCache = {
+      negotiate,
+      raw: `${SCHEME} ${negotiate.toString('base64')}`,
+      spnego: `${SCHEME} ${encodeNegTokenInit([OID_NTLMSSP], negotiate).toString('base64')}`,
+    };
+  }
+  return firstLegCache;
+}
+
+/** The DER MechTypeList we send (the mechListMIC's input), made once. */
+let mechTypeList: Buffer | undefined;
+function mechTypes(): Buffer {
+  if (mechTypeList === undefined) mechTypeList = encodeMechTypeList([OID_NTLMSSP]);
+  return mechTypeList;
+}
+
 /** One SPNEGO/NTLM (or raw NTLM under Negotiate) handshake. */
 export class SpnegoNtlmContext implements MechanismContext {
   readonly #credentials: Credentials;
@@ -97,7 +121,6 @@ export class SpnegoNtlmContext implements MechanismContext {
   #esk: Buffer | undefined;
   #flags = 0;
   #verified = false;
-  readonly #mechTypes = encodeMechTypeList([OID_NTLMSSP]);
 
   constructor(credentials: Credentials, options: SpnegoNtlmOptions = {}) {
     this.#credentials = credentials;
@@ -138,10 +161,10 @@ export class SpnegoNtlmContext implements MechanismContext {
           'the server answered the SPNEGO/NTLM NEGOTIATE without a CHALLENGE; it rejected the handshake',
         );
       }
-      this.#negotiate = encodeNegotiate(SPNEGO_NTLM_FLAGS);
+      const first = firstLeg();
+      this.#negotiate = first.negotiate;
       this.#state = 'negotiated';
-      const out = this.#raw ? this.#negotiate : encodeNegTokenInit([OID_NTLMSSP], this.#negotiate);
-      return `${SCHEME} ${out.toString('base64')}`;
+      return this.#raw ? first.raw : first.spnego;
     }
     if (this.#state !== 'negotiated' || !this.#negotiate) {
       throw new MechanismError(SCHEME, 'unexpected SPNEGO/NTLM token from the server at this point of the handshake');
@@ -176,7 +199,7 @@ export class SpnegoNtlmContext implements MechanismContext {
     this.#flags = flags;
     this.#state = 'complete';
     if (this.#raw || !spnego) return `${SCHEME} ${message.toString('base64')}`;
-    const mic = ntlmSign(exportedSessionKey, flags, 'client-to-server', this.#mechTypes);
+    const mic = ntlmSign(exportedSessionKey, flags, 'client-to-server', mechTypes());
     const out = encodeNegTokenResp({ negState: NegState.ACCEPT_INCOMPLETE, responseToken: message, mechListMIC: mic });
     return `${SCHEME} ${out.toString('base64')}`;
   }
@@ -197,7 +220,7 @@ export class SpnegoNtlmContext implements MechanismContext {
       if (required) throw new MutualAuthError("the server's final SPNEGO token carries no mechListMIC");
       return;
     }
-    const expected = ntlmSign(this.#esk!, this.#flags, 'server-to-client', this.#mechTypes);
+    const expected = ntlmSign(this.#esk!, this.#flags, 'server-to-client', mechTypes());
     if (resp.mechListMIC.length !== expected.length || !timingSafeEqual(resp.mechListMIC, expected)) {
       throw new MutualAuthError("the server's SPNEGO mechListMIC does not verify");
     }
