@@ -215,7 +215,6 @@ export class MultilegAgent extends Dispatcher {
     const identity: Identity =
       'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
-    if (identity === 'agent') this.#mechanisms.prepare(origin);
     const pool = this.#pool(origin);
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it

@@ -13,7 +13,6 @@ export class MechanismSet {
   readonly #byScheme = new Map<string, Mechanism>();
   readonly #order: readonly string[];
   readonly #transport: boolean;
-  #prepared = false;
 
   constructor(mechanisms: readonly Mechanism[], order: readonly string[], transport = false) {
     for (const m of mechanisms) this.#byScheme.set(m.scheme.toLowerCase(), m);
@@ -23,13 +22,6 @@ export class MechanismSet {
 
   get(scheme: string): Mechanism | undefined {
     return this.#byScheme.get(scheme.toLowerCase());
-  }
-
-  /** Starts each mechanism's {@link Mechanism.prepare} for the agent's first request (once). */
-  prepare(origin: string): void {
-    if (this.#prepared) return;
-    this.#prepared = true;
-    for (const m of this.#byScheme.values()) m.prepare?.(origin).catch(() => {});
   }
 
   get empty(): boolean {

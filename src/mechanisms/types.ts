@@ -69,12 +69,6 @@ export interface Mechanism {
   readonly bindsFirstToken?: boolean;
   /** Creates a context for one handshake, or throws a MultilegError naming why it can't. */
   createContext(leg: LegInfo): MechanismContext;
-  /**
-   * Optional: called once, when the agent sends its first request with credentials (to `origin`),
-   * before any challenge: local work that shortens the first handshake (Negotiate acquires its
-   * Kerberos credential while the request is on the wire). Sends nothing; never rejects.
-   */
-  prepare?(origin: string): Promise<void>;
 }
 
 /** Credentials given to the agent. */

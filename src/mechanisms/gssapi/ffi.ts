@@ -142,11 +142,6 @@ function declare(koffi: Koffi, lib: KoffiLib): GssFunctions {
   };
 }
 
-/** Whether koffi and the GSS-API library were loaded (or are loading) in this process. */
-export function gssFunctionsLoading(): boolean {
-  return loaded !== undefined;
-}
-
 /**
  * Loads koffi and the system GSS-API library once. A missing package or library becomes
  * {@link GssapiUnavailableError} naming what to install; a later call tries again.

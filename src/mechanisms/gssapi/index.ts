@@ -25,7 +25,7 @@ import {
   takeBuffer,
 } from './ffi.ts';
 
-export { GssapiUnavailableError, gssFunctionsLoading, gssLibraryName, loadGssFunctions } from './ffi.ts';
+export { GssapiUnavailableError, gssLibraryName, loadGssFunctions } from './ffi.ts';
 
 /** `GSS_C_CHANNEL_BOUND_FLAG` (gssapi_ext.h): set by an acceptor that verified the bindings. */
 export const GSS_C_CHANNEL_BOUND_FLAG = 0x800;

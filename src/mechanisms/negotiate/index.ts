@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
 import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
 import { log } from '../../log.ts';
-import { CredCache, gssFunctionsLoading } from '../gssapi/index.ts';
+import { CredCache } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
 import { decodeNegTokenInit, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
@@ -153,8 +153,6 @@ interface KerberosMemory {
   creds?: CredCache;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
   bindsChannel?: boolean;
-  /** The credential acquired ahead of the first challenge (see the mechanism's `prepare`). */
-  preparing?: Promise<void>;
 }
 
 class NegotiateContext implements MechanismContext {
@@ -229,21 +227,12 @@ class NegotiateContext implements MechanismContext {
 
   /** Kerberos's first token, from whichever backend loads. */
   async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
-    const { client, cb } = await this.#newClient(leg);
-    this.#client = client;
-    const out = await this.#client.step('');
-    this.#channelBound = cb !== undefined;
-    return out;
-  }
-
-  /** A backend client for this context's SPN: the credential acquired (or the one kept), no token yet. */
-  async #newClient(leg: LegInfo): Promise<{ client: KerberosClientLike; cb: Buffer | undefined }> {
     const o = this.#o;
     const backend = await loadBackend(o);
     this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
     this.#memory.creds ??= new CredCache();
-    const client = await backend.initializeClient(this.#spn, {
+    this.#client = await backend.initializeClient(this.#spn, {
       mech: o.mech ?? 'spnego',
       flags: negotiateFlags(o),
       ...(o.principal ? { principal: o.principal } : {}),
@@ -252,29 +241,9 @@ class NegotiateContext implements MechanismContext {
       ...(cb ? { channelBinding: cb } : {}),
       credCache: this.#memory.creds,
     });
-    return { client, cb };
-  }
-
-  /**
-   * Acquires the credential for `leg`'s origin ahead of its first challenge (kept for the contexts
-   * that follow), or remembers that there is none, as a first step would.
-   */
-  async prepare(leg: LegInfo): Promise<void> {
-    this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
-    try {
-      const { client } = await this.#newClient(leg);
-      (client as Partial<{ dispose(): void }>).dispose?.();
-    } catch (e) {
-      this.#remember(e instanceof MultilegError ? e : this.#mapError(e));
-    }
-  }
-
-  /** Credentials (not this host) are at fault: remember it for a while (a kinit may follow). */
-  #remember(err: MultilegError): void {
-    if (!credentialLevel(err)) return;
-    this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
-    this.#memory.reason = fallbackReasonOf(err);
-    this.#memory.failure = undefined;
+    const out = await this.#client.step('');
+    this.#channelBound = cb !== undefined;
+    return out;
   }
 
   async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
@@ -283,8 +252,6 @@ class NegotiateContext implements MechanismContext {
     if (this.#state === 'initial') {
       // A token in the first challenge is not meaningful to an initiator with no context: ignored.
       this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
-      // The credential acquired ahead (or the failure it found) serves this first step.
-      if (this.#memory.preparing) await this.#memory.preparing;
       let out: string | null;
       try {
         // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
@@ -299,7 +266,12 @@ class NegotiateContext implements MechanismContext {
       } catch (e) {
         const err = e instanceof RememberedFailure || e instanceof MultilegError ? e : this.#mapError(e);
         const reason = err instanceof RememberedFailure ? err.reason : fallbackReasonOf(err as MultilegError);
-        if (!(err instanceof RememberedFailure)) this.#remember(err);
+        // Credentials (not this host) are at fault: remember it for a while (a kinit may follow).
+        if (!(err instanceof RememberedFailure) && credentialLevel(err)) {
+          this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
+          this.#memory.reason = reason;
+          this.#memory.failure = undefined;
+        }
         // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
         if (this.#canFallBack(leg)) {
           log.handshake('Negotiate: Kerberos skipped (%s); NTLM inside Negotiate instead', reason.code);
@@ -400,18 +372,6 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
       return opts.channelBindings !== false && memory.bindsChannel !== false && !ntlmFirst;
     },
     createContext: () => new NegotiateContext(opts, memory),
-    // Only where the GSS-API binding is loaded already (an earlier agent used it): acquiring then
-    // costs no library load on an agent whose origins may never ask for Negotiate.
-    prepare(origin) {
-      if (memory.preparing || opts.kerberos || opts.backend === 'kerberos' || !gssFunctionsLoading()) {
-        return memory.preparing ?? Promise.resolve();
-      }
-      const url = new URL(origin);
-      const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
-      const leg = { origin: url.origin, hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'), port };
-      memory.preparing = new NegotiateContext(opts, memory).prepare(leg as LegInfo).catch(() => {});
-      return memory.preparing;
-    },
   };
 }
 
