@@ -16,7 +16,7 @@ import { UserSink } from '../src/handshake/user-sink.ts';
 import { QueueTimeoutError } from '../src/index.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
-import { type ConnectionInfo, sessionConnector } from '../src/session/connector.ts';
+import { type ConnectionInfo, type SessionConnector, sessionConnector } from '../src/session/connector.ts';
 import type { Job } from '../src/session/job.ts';
 import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
@@ -375,6 +375,14 @@ describe("a session connector's early connection (M5: a bound first token needs 
       },
     };
   }
+  /** What undici's Client does when it needs a connection to localhost:`port`. */
+  const undiciAsks = (c: SessionConnector, port: number) =>
+    new Promise<import('node:net').Socket>((resolve, reject) =>
+      c.connect(
+        { host: `localhost:${port}`, hostname: 'localhost', protocol: 'https:', port: String(port) },
+        (e, so) => (e ? reject(e) : resolve(so as import('node:net').Socket)),
+      ),
+    );
   const until = async (cond: () => boolean) => {
     while (!cond()) await new Promise((r) => setTimeout(r, 5));
   };
@@ -388,12 +396,7 @@ describe("a session connector's early connection (M5: a bound first token needs 
       await Promise.all([c.open!(), c.open!()]);
       expect(infos).toMatchObject([{ generation: 1, protocol: 'h2' }]);
       expect(infos[0]!.channelBinding?.length).toBeGreaterThan(0);
-      const socket = await new Promise<import('node:net').Socket>((resolve, reject) =>
-        c.connect(
-          { host: `localhost:${s.port}`, hostname: 'localhost', protocol: 'https:', port: String(s.port) },
-          (e, so) => (e ? reject(e) : resolve(so as import('node:net').Socket)),
-        ),
-      );
+      const socket = await undiciAsks(c, s.port);
       expect(infos).toHaveLength(1); // the same connection, not a second one
       expect(s.sockets.size).toBe(1);
       socket.destroy();
@@ -448,12 +451,7 @@ describe("a session connector's early connection (M5: a bound first token needs 
 
       const taken = sessionConnector(origin, { ca: s.ca }, true, () => {});
       void taken.open!();
-      const socket = await new Promise<import('node:net').Socket>((resolve, reject) =>
-        taken.connect(
-          { host: `localhost:${s.port}`, hostname: 'localhost', protocol: 'https:', port: String(s.port) },
-          (e, so) => (e ? reject(e) : resolve(so as import('node:net').Socket)),
-        ),
-      );
+      const socket = await undiciAsks(taken, s.port);
       taken.dispose();
       expect(socket.destroyed).toBe(false);
       socket.destroy();
