@@ -1,5 +1,5 @@
 import { Dispatcher } from 'undici';
-import { prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
+import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
@@ -223,33 +223,34 @@ export class MultilegAgent extends Dispatcher {
       readsFirst(opts.body) && pool.streamsNow(identity, http1Only(opts))
         ? new TeeBody(opts.body as AsyncIterable<unknown>, limit)
         : prepareBody(opts.body, limit);
-    const job: Omit<Job, 'body'> = {
-      id: newJobId(),
-      origin,
-      // The caller's own options, not a copy: legs put their headers and body over them, and the
-      // fast path sends them as they are (the Client ignores their origin).
-      dispatchOptions: opts,
-      headers,
-      sink,
-      http1Only: http1Only(opts),
-      identity,
-      ...(withheld ? { withheld } : {}),
-      noAuth: false,
-      waits: 0,
-      reauthenticated: false,
-      relocations: 0,
+    const run = (body: PreparedBody) => {
+      const job: Job = {
+        id: newJobId(),
+        origin,
+        // The caller's own options, not a copy: legs put their headers and body over them, and the
+        // fast path sends them as they are (the Client ignores their origin).
+        dispatchOptions: opts,
+        headers,
+        body,
+        sink,
+        http1Only: http1Only(opts),
+        identity,
+        withheld,
+        noAuth: false,
+        waits: 0,
+        reauthenticated: false,
+        relocations: 0,
+      };
+      pool.run(job, this.#finished);
     };
     if (prepared instanceof Promise) {
-      prepared.then(
-        (body) => pool.run({ ...job, body }, this.#finished),
-        (err: Error) => {
-          sink.fail(err);
-          this.#finished();
-        },
-      );
+      prepared.then(run, (err: Error) => {
+        sink.fail(err);
+        this.#finished();
+      });
       return;
     }
-    pool.run({ ...job, body: prepared }, this.#finished);
+    run(prepared);
   }
 
   readonly #finished = (): void => {

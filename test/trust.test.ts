@@ -129,6 +129,16 @@ describe('S1: trusted origins are required with a password, and match exactly wh
     expect(cleartext.explicit('https://a.legacy.example')).toBe(false);
   });
 
+  it('S1: verdicts kept per origin stay right past the memory bound (a crawler asking about many origins)', () => {
+    const p = new TrustPolicy(['https://*.corp.example.com']);
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < 1500; i++) {
+        expect(p.explicit(`https://h${i}.corp.example.com`)).toBe(true);
+        expect(p.explicit(`https://h${i}.corp.example.com.evil.example`)).toBe(false);
+      }
+    }
+  });
+
   it('S1: property: a pattern trusts every sub-domain label and nothing that merely ends like it', () => {
     const p = new TrustPolicy(['https://*.corp.example.com']);
     const label = fc.stringMatching(/^[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?$/);

@@ -26,7 +26,7 @@ export interface Job {
    */
   readonly identity: Identity;
   /** Why the agent's credentials are withheld from this request (S1, S4, S5), if they are. */
-  readonly withheld?: WithheldReason;
+  readonly withheld: WithheldReason | undefined;
   /** Send without credentials and show the server's 401: the handshake this request waited for failed (C7). */
   noAuth: boolean;
   /** How many times it waited for another request's handshake (bounded after 401s, R4). */

@@ -31,6 +31,18 @@ export class RelocationLimitError extends MultilegError {
   }
 }
 
+/** What the pool decides a new session or an overflow by (see OriginPool.#survey). */
+interface Survey {
+  /** Usable sessions open. */
+  open: number;
+  /** One of them negotiated HTTP/1.1 on the "auto" lane. */
+  http1: boolean;
+  authenticated: boolean;
+  /** One of them is still connecting, probing or handshaking: it will have room soon. */
+  opening: boolean;
+  leastLoaded: Session | undefined;
+}
+
 /** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
 const SPREAD_ROOM = 8;
 
@@ -201,26 +213,32 @@ export class OriginPool implements FastHost {
     return false;
   }
 
-  #maxSessions(lane: Lane, identity: Identity): number {
-    if (lane === 'http1') return this.#options.maxHttp1Connections;
-    // An "auto" session that negotiated HTTP/1.1 serves one request at a time: allow more of them.
-    const h1 = this.#sessions.some((s) => this.#usable(s, 'auto', identity) && s.protocol === 'http/1.1');
-    if (h1) return this.#options.maxHttp1Connections;
+  /**
+   * Sessions the lane may have open. An "auto" session that negotiated HTTP/1.1 serves one request
+   * at a time: allow more of them. Session mode, once a session is authenticated (the credentials
+   * work and the scheme is known): when every session is at its stream room, another may open, up
+   * to maxAuthenticatedSessions, and authenticate proactively (exchange `check`), at one handshake
+   * per extra session.
+   */
+  #maxSessions(lane: Lane, identity: Identity, survey: Survey): number {
+    if (lane === 'http1' || survey.http1) return this.#options.maxHttp1Connections;
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
-    return this.#overflows(lane, identity) ? this.#options.limits.maxAuthenticatedSessions : 1;
+    const more = identity === 'agent' && this.memory.mode === 'session' && survey.authenticated;
+    return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
 
-  /**
-   * Session mode, once a session is authenticated (the credentials work and the scheme is known):
-   * when every session is at its stream room, another may open, up to maxAuthenticatedSessions, and
-   * authenticate proactively (exchange `check`), at one handshake per extra session.
-   */
-  #overflows(lane: Lane, identity: Identity): boolean {
-    return (
-      identity === 'agent' &&
-      this.memory.mode === 'session' &&
-      this.#sessions.some((s) => this.#usable(s, lane, identity) && s.state.kind === 'authenticated')
-    );
+  /** One pass over the sessions a request of `lane` and `identity` may use (no array, no closure). */
+  #survey(lane: Lane, identity: Identity): Survey {
+    const survey: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
+    for (const s of this.#sessions) {
+      if (!this.#usable(s, lane, identity)) continue;
+      survey.open += 1;
+      if (s.protocol === 'http/1.1') survey.http1 = true;
+      if (s.state.kind === 'authenticated') survey.authenticated = true;
+      if (s.capacity !== Number.POSITIVE_INFINITY || s.state.kind === 'handshaking') survey.opening = true;
+      if (!survey.leastLoaded || s.inflight < survey.leastLoaded.inflight) survey.leastLoaded = s;
+    }
+    return survey;
   }
 
   /**
@@ -236,20 +254,18 @@ export class OriginPool implements FastHost {
   #crowded(session: Session): boolean {
     if (!this.#spreads(session.identity) || session.inflight <= this.#room(session)) return false;
     const { lane, identity } = session;
-    let open = 0;
     for (const s of this.#sessions) {
-      if (s === session || !this.#usable(s, lane, identity)) continue;
-      if (s.inflight < this.#room(s)) return true;
-      open += 1;
+      if (s !== session && this.#usable(s, lane, identity) && s.inflight < this.#room(s)) return true;
     }
-    return open + 1 < this.#maxSessions(lane, identity);
+    const survey = this.#survey(lane, identity);
+    return survey.open < this.#maxSessions(lane, identity, survey);
   }
 
   /**
    * Requests a session takes at once: a spread session SPREAD_ROOM times its handshake slots
    * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session);
    * an HTTP/2 session of the agent's its streams (the rest wait here for a stream, another session
-   * or, when neither can come, go into the least loaded session's own queue: see #overflow).
+   * or, when neither can come, go into the least loaded session's own queue: see #take).
    */
   #room(s: Session): number {
     const capacity = s.capacity;
@@ -304,30 +320,16 @@ export class OriginPool implements FastHost {
   #take(lane: Lane, identity: Identity): Session | undefined {
     let session = this.#pick(lane, identity);
     if (!session) {
-      const usable = this.#sessions.filter((s) => this.#usable(s, lane, identity));
-      if (usable.length < this.#maxSessions(lane, identity)) session = this.#create(lane, identity);
-      else {
-        session = this.#overflow(usable);
-        if (!session) return undefined;
-      }
+      const survey = this.#survey(lane, identity);
+      if (survey.open < this.#maxSessions(lane, identity, survey)) session = this.#create(lane, identity);
+      // Every session is at its room and no more may open: the least loaded one takes the request
+      // into its Client's own queue, as one undici session would, unless a session is still opening
+      // (connecting, handshaking) or handshakes spread: then the request waits here for room.
+      else if (survey.opening || this.#spreads(identity) || !survey.leastLoaded) return undefined;
+      else session = survey.leastLoaded;
     }
     session.acquire();
     return session;
-  }
-
-  /**
-   * Every session is at its stream room and no more may open: the least loaded one takes the
-   * request into its Client's own queue, as one undici session would, unless a session is still
-   * opening (connecting, handshaking, or a spread session): then the request waits here for room.
-   */
-  #overflow(usable: readonly Session[]): Session | undefined {
-    let best: Session | undefined;
-    for (const s of usable) {
-      const opening = s.capacity !== Number.POSITIVE_INFINITY || s.state.kind === 'handshaking';
-      if (opening || this.#spreads(s.identity)) return undefined;
-      if (!best || s.inflight < best.inflight) best = s;
-    }
-    return best;
   }
 
   #create(lane: Lane, identity: Identity): Session {

@@ -19,6 +19,8 @@ export type WithheldReason = 'untrusted-origin' | 'cleartext' | 'cross-origin-re
 export type Grant = { readonly allowed: true } | { readonly allowed: false; readonly reason: WithheldReason };
 
 const ALLOWED: Grant = { allowed: true };
+/** Origins whose verdict a TrustPolicy keeps before it starts over. */
+const MAX_REMEMBERED_ORIGINS = 1024;
 
 /** An agent with a password (or delegation) was built without saying where credentials may go (S1). */
 export class TrustRequiredError extends MultilegError {
@@ -89,6 +91,8 @@ function parseEntry(entry: string): Matcher {
  */
 export class TrustPolicy {
   readonly #matchers: readonly Matcher[];
+  /** What the list said of each origin asked about (bounded: a crawler's origins come and go). */
+  readonly #listedOrigins = new Map<string, boolean>();
   readonly #predicate: ((origin: string) => boolean) | undefined;
   /** A list or predicate was given. */
   readonly listed: boolean;
@@ -121,8 +125,15 @@ export class TrustPolicy {
       }
     }
     if (this.#matchers.length === 0) return false;
-    const url = new URL(origin);
-    return this.#matchers.some((m) => m(url));
+    // The list is fixed: each origin is parsed and matched once, not per request.
+    let trusted = this.#listedOrigins.get(origin);
+    if (trusted === undefined) {
+      const url = new URL(origin);
+      trusted = this.#matchers.some((m) => m(url));
+      if (this.#listedOrigins.size >= MAX_REMEMBERED_ORIGINS) this.#listedOrigins.clear();
+      this.#listedOrigins.set(origin, trusted);
+    }
+    return trusted;
   }
 
   /**
