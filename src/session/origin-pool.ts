@@ -264,8 +264,8 @@ export class OriginPool implements FastHost {
   /**
    * Requests a session takes at once: a spread session SPREAD_ROOM times its handshake slots
    * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session);
-   * an HTTP/2 session of the agent's its streams (the rest wait here for a stream, another session
-   * or, when neither can come, go into the least loaded session's own queue: see #take).
+   * any other session of the agent's, as many as its streams (the rest wait here for a stream or
+   * another session or, when neither can come, go into the least loaded session's queue: #take).
    */
   #room(s: Session): number {
     const capacity = s.capacity;
