@@ -157,6 +157,56 @@ describe('a caller abort before the request reached the wire', () => {
     expect(s.exchanges.map((e) => e.path)).toEqual(['/public/after']);
     expect(s.exchanges.some((e) => hasAuth(e.requestHeaders))).toBe(false);
   });
+
+  /** A server that accepts and never answers the TLS handshake (undici's own connect timeout is 10 s). */
+  async function silentServer(): Promise<{ origin: string; open: Set<Socket> }> {
+    const open = new Set<Socket>();
+    const silent = createNetServer((socket) => {
+      socket.resume(); // reads (and drops) the ClientHello, so the client's close is seen
+      open.add(socket);
+      socket.on('error', () => {});
+      socket.on('close', () => open.delete(socket));
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => {
+      for (const socket of open) socket.destroy();
+      await new Promise((r) => silent.close(r));
+    });
+    return { origin: `https://localhost:${(silent.address() as AddressInfo).port}`, open };
+  }
+  const settledWithin = <T>(p: Promise<T>, ms: number) =>
+    Promise.race([p, new Promise<'still pending'>((r) => setTimeout(() => r('still pending'), ms))]);
+
+  it('R1: destroying the agent while a connection is still being made closes that connection at once', async () => {
+    const { origin, open } = await silentServer();
+    const a = new MultilegAgent({});
+    const pending = fetch(`${origin}/x`, { dispatcher: a }).then(
+      () => 'sent',
+      () => 'failed',
+    );
+    while (open.size === 0) await new Promise((r) => setTimeout(r, 5));
+    await a.destroy();
+    expect(await pending).toBe('failed');
+    // Closed by the agent, not by undici's connect timeout (10 s).
+    const closed = (async () => {
+      while (open.size > 0) await new Promise((r) => setTimeout(r, 5));
+    })();
+    expect(await settledWithin(closed, 3_000)).toBeUndefined();
+  });
+
+  it('R1: a caller that aborts while its connection is still being made hears at once (the request API too, not only fetch)', async () => {
+    const { origin, open } = await silentServer();
+    const a = agent({});
+    const controller = new AbortController();
+    const pending = a.request({ origin, path: '/x', method: 'GET', signal: controller.signal }).then(
+      () => 'sent',
+      (e: Error) => e.name,
+    );
+    while (open.size === 0) await new Promise((r) => setTimeout(r, 5));
+    controller.abort();
+    // Not after undici's connect timeout (10 s): the request never reached the wire.
+    expect(await settledWithin(pending, 3_000)).toBe('AbortError');
+  });
 });
 
 describe('an origin that turns out to need HTTP/1.1 for authentication (H2)', () => {

@@ -74,9 +74,14 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     });
   }
 
-  /** Aborts the leg on the wire (caller abort, timeout). */
+  /**
+   * Aborts the leg on the wire (caller abort, timeout). A leg undici has not started yet (queued in
+   * its Client while the connection is made) ends for the caller now; undici aborts it when it
+   * starts it (Session.checkStart), so it never reaches the wire.
+   */
   abort(reason: Error): void {
-    this.#controller?.abort(reason);
+    if (this.#controller) this.#controller.abort(reason);
+    else this.#sink.fail(reason);
   }
 
   onRequestStart(controller: Controller): void {

@@ -26,6 +26,11 @@ export interface SessionConnector {
   readonly open?: () => Promise<void>;
   /** Destroys an early connection undici never took (the session closed first). */
   dispose(): void;
+  /**
+   * Destroys the connections still being made (TCP or TLS not finished): undici's Client, once
+   * destroyed, would leave them to its connect timeout (10 s), keeping the process alive.
+   */
+  abortDials(): void;
 }
 
 /**
@@ -83,6 +88,7 @@ export function sessionConnector(
         );
       },
       dispose: () => {},
+      abortDials: () => {},
     };
   }
   if (route?.proxy.kind === 'tunnel') {
@@ -98,13 +104,23 @@ export function sessionConnector(
         );
       },
       dispose: () => {},
+      abortDials: () => {},
     };
   }
   const base = buildConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 });
+  const dialling = new Set<Socket>();
   const dial = (opts: buildConnector.Options) =>
-    new Promise<Socket>((resolve, reject) =>
-      base(opts, (err, socket) => (err ? reject(err) : resolve(describe(socket as Socket, undefined)))),
-    );
+    new Promise<Socket>((resolve, reject) => {
+      let done = false;
+      let socket: Socket | undefined;
+      socket = base(opts, (err, connected) => {
+        done = true;
+        if (socket) dialling.delete(socket);
+        if (err) reject(err);
+        else resolve(describe(connected as Socket, undefined));
+      }) as Socket | undefined;
+      if (socket && !done) dialling.add(socket);
+    });
   // The early connection, until undici takes it (a failed one too: undici is handed its error).
   let early: Promise<Socket> | undefined;
   let earlySocket: Socket | undefined;
@@ -141,6 +157,10 @@ export function sessionConnector(
       earlySocket?.destroy();
       earlySocket = undefined;
       early = undefined;
+    },
+    abortDials: () => {
+      for (const socket of dialling) socket.destroy();
+      dialling.clear();
     },
   };
 }

@@ -229,8 +229,10 @@ export class Session {
     return this.client.close().catch(() => {});
   }
 
+  /** Ends the Client now, its connection and one still being made too. */
   destroy(err: Error): Promise<void> {
     this.#connector.dispose();
+    this.#connector.abortDials();
     return this.client.destroy(err).catch(() => {});
   }
 
