@@ -1,7 +1,8 @@
 /**
  * The demo: starts the reference server (the server half of the multilegged-auth draft) on
- * loopback and sends 200 concurrent fetches through one MultilegAgent, in session mode and in
- * per-request mode. Needs no system packages.
+ * loopback and sends 200 concurrent fetches through a new MultilegAgent in each of its modes:
+ * session, per-request, and IIS (HTTP/2 refused with HTTP_1_1_REQUIRED, so HTTP/1.1; the session
+ * count includes the refused HTTP/2 one). Needs no system packages.
  *
  *   npm run demo
  */

@@ -13,6 +13,7 @@ import {
   checkSchemes,
   type MultilegAgentOptions,
   normalizeOrigin,
+  positive,
   type ResolvedOptions,
   resolveLimits,
 } from './options.ts';
@@ -126,8 +127,8 @@ export class MultilegAgent extends Dispatcher {
       mechanisms: options.mechanisms ?? [],
       connect: options.connect ?? {},
       limits: resolveLimits(options.limits),
-      maxHttp1Connections: options.maxHttp1Connections ?? 16,
-      maxConcurrentStreams: options.maxConcurrentStreams ?? 100,
+      maxHttp1Connections: positive('maxHttp1Connections', options.maxHttp1Connections ?? 16, true),
+      maxConcurrentStreams: positive('maxConcurrentStreams', options.maxConcurrentStreams ?? 100, true),
       keepAliveTimeout: options.keepAliveTimeout ?? 60_000,
       http1MemoryTtl: options.http1MemoryTtl ?? 3_600_000,
       proxy: new ProxyResolver(options.proxy),

@@ -173,14 +173,32 @@ export interface ResolvedOptions {
   proxy: ProxyResolver;
 }
 
-function positive(name: string, value: number): number {
-  if (!Number.isFinite(value) || value <= 0) throw new ConfigError(`${name} must be a positive number, got ${value}`);
+/** Limits that count something (legs, requests, handshakes, sessions, bytes): whole numbers. */
+const COUNTS: ReadonlySet<string> = new Set([
+  'maxLegs',
+  'maxQueue',
+  'maxReplayBodyBytes',
+  'maxChallengeBodyBytes',
+  'maxConcurrentHandshakes',
+  'maxPerRequestSessions',
+  'maxAuthenticatedSessions',
+]);
+
+/** `value` as a positive number (a whole one with `integer`), else a ConfigError naming `name`. */
+export function positive(name: string, value: unknown, integer = false): number {
+  const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value));
+  if (!ok) {
+    const what = integer ? 'a positive whole number' : 'a positive number';
+    throw new ConfigError(
+      `${name} must be ${what}, got ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`,
+    );
+  }
   return value;
 }
 
 export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
   const limits = { ...DEFAULT_LIMITS, ...partial };
-  for (const [name, value] of Object.entries(limits)) positive(`limits.${name}`, value);
+  for (const [name, value] of Object.entries(limits)) positive(`limits.${name}`, value, COUNTS.has(name));
   return limits;
 }
 

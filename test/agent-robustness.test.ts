@@ -11,7 +11,14 @@ import {
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { InvalidTokenError, LegLimitError, MultilegAgent, type MultilegError, type SchemeName } from '../src/index.ts';
+import {
+  ConfigError,
+  InvalidTokenError,
+  LegLimitError,
+  MultilegAgent,
+  type MultilegError,
+  type SchemeName,
+} from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, get, type Rig, rig } from './helpers.ts';
 
@@ -235,3 +242,33 @@ const challengeToken = await (async () => {
   if (step.kind !== 'challenge') throw new Error('no challenge');
   return step.token.toString('base64');
 })();
+
+describe('options given wrong are construction errors, not failures of every request', () => {
+  it.each([
+    [
+      'maxConcurrentStreams',
+      { maxConcurrentStreams: 0 },
+      /maxConcurrentStreams must be a positive whole number, got 0/,
+    ],
+    [
+      'maxConcurrentStreams',
+      { maxConcurrentStreams: 1.5 },
+      /maxConcurrentStreams must be a positive whole number, got 1\.5/,
+    ],
+    ['maxHttp1Connections', { maxHttp1Connections: -1 }, /maxHttp1Connections must be a positive whole number/],
+    [
+      'a count limit',
+      { limits: { maxAuthenticatedSessions: 1.5 } },
+      /limits\.maxAuthenticatedSessions must be a positive whole number/,
+    ],
+    [
+      'a count limit given as text',
+      { limits: { maxQueue: '2' as unknown as number } },
+      /limits\.maxQueue must be a positive whole number, got "2"/,
+    ],
+    ['a time limit', { limits: { queueTimeout: -5 } }, /limits\.queueTimeout must be a positive number, got -5/],
+  ])('C11: %s is checked when the agent is made (%o)', (_, options, message) => {
+    expect(() => new MultilegAgent(options)).toThrow(ConfigError);
+    expect(() => new MultilegAgent(options)).toThrow(message);
+  });
+});

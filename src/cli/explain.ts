@@ -142,7 +142,12 @@ export function explain401(ctx: {
   const failed = ctx.handshakes.filter((h) => h.origin === ctx.origin && h.outcome === 'failed');
   if (failed.length > 0) {
     const h = failed[failed.length - 1]!;
-    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): check -u user:password (DOMAIN\\user) or the Kerberos ticket (klist)`;
+    // Kerberos only when Negotiate ran Kerberos (not NTLM inside it, as after a fallback).
+    const kerberos = h.scheme.toLowerCase() === 'negotiate' && h.fallbackReason === undefined;
+    const fix = kerberos
+      ? 'check the Kerberos ticket (klist) and the service name (--spn)'
+      : 'check -u user:password (DOMAIN\\user)';
+    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;
   if (!ctx.trusted)

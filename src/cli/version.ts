@@ -1,6 +1,10 @@
-/** `--version`: multileg's, undici's and Node's versions, and whether the kerberos addon is installed. */
-import { readFileSync } from 'node:fs';
+/**
+ * `--version`: multileg's, undici's and Node's versions, and which optional Kerberos backends are
+ * installed (koffi for the system GSS-API, the kerberos addon; loading them is doctor's job).
+ */
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 
 const require = createRequire(import.meta.url);
 
@@ -15,14 +19,22 @@ function packageVersion(path: string | URL): string {
 /** multileg's own version (from its package.json, beside dist/ and src/). */
 export const MULTILEG_VERSION = packageVersion(new URL('../../package.json', import.meta.url));
 
-/** Whether the optional `kerberos` package can be resolved (loading it is doctor's job). */
-export function kerberosInstalled(): string | undefined {
+/**
+ * The version of an optional package that can be resolved, else undefined. Its package.json is
+ * found beside its entry point: koffi's `exports` do not list `./package.json`.
+ */
+function installed(name: 'kerberos' | 'koffi'): string | undefined {
   try {
-    return packageVersion(require.resolve('kerberos/package.json'));
+    let dir = dirname(require.resolve(name));
+    while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+    return packageVersion(join(dir, 'package.json'));
   } catch {
     return undefined;
   }
 }
+
+/** Whether the optional `kerberos` package can be resolved (loading it is doctor's job). */
+export const kerberosInstalled = (): string | undefined => installed('kerberos');
 
 export function versionText(): string {
   const undici = (() => {
@@ -32,6 +44,10 @@ export function versionText(): string {
       return 'unknown';
     }
   })();
+  const koffi = installed('koffi');
   const kerberos = kerberosInstalled();
-  return `multileg ${MULTILEG_VERSION} (undici ${undici}; Node ${process.versions.node}; kerberos ${kerberos ?? 'not installed: Negotiate unavailable'})`;
+  const backends = [koffi && `koffi ${koffi}`, kerberos && `kerberos ${kerberos}`].filter(Boolean);
+  const negotiate =
+    backends.length > 0 ? backends.join(', ') : 'neither koffi nor kerberos installed: Negotiate unavailable';
+  return `multileg ${MULTILEG_VERSION} (undici ${undici}; Node ${process.versions.node}; ${negotiate})`;
 }
