@@ -283,7 +283,7 @@ describe('multileg command line', () => {
     expect(insecure.code).toBe(0);
   });
 
-  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time', async () => {
+  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 56 closed', async () => {
     const closed = createTcpServer();
     const port = await listen(closed);
     closed.close();
@@ -297,6 +297,16 @@ describe('multileg command line', () => {
     const slow = await run(['-m', '0.3', `${plainOrigin}/hang`]);
     expect(slow.code).toBe(28);
     expect(slow.stderr).toBe('multileg: operation timed out after 300 ms (--max-time)\n');
+    // --max-time bounds the connection too: not undici's 10 s connect timeout.
+    const stalled = await run(['-m', '0.3', `https://127.0.0.1:${silentPort}/`]);
+    expect(stalled.code).toBe(28);
+    expect(stalled.stderr).toBe('multileg: operation timed out after 300 ms (--max-time)\n');
+    // Plain HTTP to the TLS port: the server closes the connection.
+    const plainToTls = await run([`http://localhost:${server.port}/public/`]);
+    expect(plainToTls.code).toBe(56);
+    expect(plainToTls.stderr).toBe(
+      `multileg: localhost:${server.port} closed the connection (UND_ERR_SOCKET); is it an https:// port?\n`,
+    );
   });
 
   it('-s hides error messages, -S shows them again', async () => {

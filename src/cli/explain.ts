@@ -17,6 +17,7 @@ export const EXIT = {
   httpError: 22,
   timeout: 28,
   redirects: 47,
+  receive: 56,
   certificate: 60,
 } as const;
 
@@ -123,6 +124,11 @@ export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number |
       exit: EXIT.timeout,
       message: `connecting to ${host} timed out; raise --connect-timeout or check the network`,
     };
+  if (code === 'UND_ERR_SOCKET') {
+    // What a TLS port does with a plain-HTTP request, among others: say so.
+    const hint = ctx.url.protocol === 'http:' ? '; is it an https:// port?' : '';
+    return { exit: EXIT.receive, message: `${host} closed the connection (${code})${hint}` };
+  }
   if (e.name === 'TimeoutError' || (e.name === 'AbortError' && ctx.maxTime !== undefined))
     return { exit: EXIT.timeout, message: `operation timed out after ${ctx.maxTime} ms (--max-time)` };
   return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };
