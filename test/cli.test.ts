@@ -198,8 +198,8 @@ describe('multileg command line', () => {
 
   it('bad usage: one line, exit 2, no stack trace', async () => {
     const cases: Array<[string[], RegExp]> = [
-      [[], /missing required argument 'url'/],
-      [['--bogus', 'https://h/'], /unknown option '--bogus'/],
+      [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],
+      [['--bogus', 'https://h/'], /^multileg: unknown option '--bogus' \(multileg --help lists the options\)\n$/],
       [
         ['--cacert', join(dir, 'missing.pem'), 'https://localhost:1/'],
         /^multileg: --cacert .*missing\.pem: no such file\n$/,

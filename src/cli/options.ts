@@ -72,75 +72,84 @@ const seconds = (v: string) => {
 const collect = (v: string, acc: string[]) => [...acc, v];
 
 export function program(): Command {
-  return new Command('multileg')
-    .description(
-      'curl-like HTTP client with NTLM, Negotiate/Kerberos, Digest, Basic and client certificates over HTTP/2 and HTTP/1.1\n' +
-        '(`multileg doctor URL` checks a setup: Node, kerberos, ticket, SPN, clock, schemes, proxy, TLS)',
-    )
-    .argument('<url>', 'the URL to request (no scheme means https://)')
-    .option('-X, --request <method>', 'request method')
-    .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect, [])
-    .option('-d, --data <data>', 'request body; @file reads a file (implies POST)')
-    .option(
-      '-u, --user <user[:password]>',
-      'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
-    )
-    .option('--password-stdin', 'read the password of -u from the first line of stdin')
-    .option('--netrc', 'take credentials for the host from ~/.netrc')
-    .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
-    .option('--schemes <list>', `schemes to use, strongest first (of ${SCHEME_NAMES.join(', ')})`)
-    .option('--negotiate', 'use Negotiate (Kerberos/SPNEGO) only')
-    .option('--ntlm', 'use NTLM only')
-    .option('--digest', 'use Digest only')
-    .option('--basic', 'use Basic only')
-    .option('--spn <spn>', 'Kerberos service principal (default HTTP@host)')
-    .option('--principal <name>', 'Kerberos client principal (user@REALM) instead of the default ticket')
-    .option('--canonicalize-host', 'build the SPN from the canonical DNS name of the host (CNAMEs)')
-    .option('--delegate', 'allow Kerberos credential delegation')
-    .option(
-      '--no-mutual-auth',
-      'accept a server that sends no final Kerberos token (do not require mutual authentication)',
-    )
-    .option(
-      '--ccache <name>',
-      'Kerberos credential cache for this run (e.g. FILE:/tmp/krb5cc_svc), instead of KRB5CCNAME',
-    )
-    .option('--keytab <file>', 'client keytab: get Kerberos tickets from it (with --principal for a keytab of several)')
-    .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
-    .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
-    .option('-k, --insecure', 'do not verify the server certificate')
-    .option('--cert <file>', 'client certificate (PEM) for Transport challenges')
-    .option('--key <file>', 'private key (PEM) of --cert')
-    .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
-    .option('--proxy-user <user:password>', 'credentials for the proxy only')
-    .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
-    .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
-    .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
-    .addOption(new Option('--max-redirs <n>', 'maximum redirects with -L').argParser(nonNegativeInt).default(50))
-    .option(
-      '--trust <origin>',
-      'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
-      collect,
-      [],
-    )
-    .option('--http1.1', 'use HTTP/1.1 only')
-    .option('-i, --include', 'print the response status line and headers')
-    .option('-I, --head', 'send HEAD and print the status line and headers only')
-    .option('-v, --verbose', 'show each leg and handshake on stderr (never secrets)')
-    .option('-s, --silent', 'no error messages')
-    .option('-S, --show-error', 'with -s, still show error messages')
-    .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
-    .option('-o, --output <file>', 'write the body to a file')
-    .option('-w, --write-out <format>', 'print after the transfer: %{http_code} %{time_total} %{num_connects} …')
-    .option('--json', 'print the outcome (status, legs, handshakes, stats) as JSON instead of the body')
-    .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
-    .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
-    .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))
-    .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
-    .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
-    .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and kerberos')
-    .showHelpAfterError('(multileg --help lists the options)')
-    .exitOverride();
+  return (
+    new Command('multileg')
+      .description(
+        'curl-like HTTP client with NTLM, Negotiate/Kerberos, Digest, Basic and client certificates over HTTP/2 and HTTP/1.1\n' +
+          '(`multileg doctor URL` checks a setup: Node, kerberos, ticket, SPN, clock, schemes, proxy, TLS)',
+      )
+      .argument('<url>', 'the URL to request (no scheme means https://)')
+      .option('-X, --request <method>', 'request method')
+      .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect, [])
+      .option('-d, --data <data>', 'request body; @file reads a file (implies POST)')
+      .option(
+        '-u, --user <user[:password]>',
+        'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
+      )
+      .option('--password-stdin', 'read the password of -u from the first line of stdin')
+      .option('--netrc', 'take credentials for the host from ~/.netrc')
+      .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
+      .option('--schemes <list>', `schemes to use, strongest first (of ${SCHEME_NAMES.join(', ')})`)
+      .option('--negotiate', 'use Negotiate (Kerberos/SPNEGO) only')
+      .option('--ntlm', 'use NTLM only')
+      .option('--digest', 'use Digest only')
+      .option('--basic', 'use Basic only')
+      .option('--spn <spn>', 'Kerberos service principal (default HTTP@host)')
+      .option('--principal <name>', 'Kerberos client principal (user@REALM) instead of the default ticket')
+      .option('--canonicalize-host', 'build the SPN from the canonical DNS name of the host (CNAMEs)')
+      .option('--delegate', 'allow Kerberos credential delegation')
+      .option(
+        '--no-mutual-auth',
+        'accept a server that sends no final Kerberos token (do not require mutual authentication)',
+      )
+      .option(
+        '--ccache <name>',
+        'Kerberos credential cache for this run (e.g. FILE:/tmp/krb5cc_svc), instead of KRB5CCNAME',
+      )
+      .option(
+        '--keytab <file>',
+        'client keytab: get Kerberos tickets from it (with --principal for a keytab of several)',
+      )
+      .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
+      .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
+      .option('-k, --insecure', 'do not verify the server certificate')
+      .option('--cert <file>', 'client certificate (PEM) for Transport challenges')
+      .option('--key <file>', 'private key (PEM) of --cert')
+      .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
+      .option('--proxy-user <user:password>', 'credentials for the proxy only')
+      .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
+      .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
+      .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
+      .addOption(new Option('--max-redirs <n>', 'maximum redirects with -L').argParser(nonNegativeInt).default(50))
+      .option(
+        '--trust <origin>',
+        'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
+        collect,
+        [],
+      )
+      .option('--http1.1', 'use HTTP/1.1 only')
+      .option('-i, --include', 'print the response status line and headers')
+      .option('-I, --head', 'send HEAD and print the status line and headers only')
+      .option('-v, --verbose', 'show each leg and handshake on stderr (never secrets)')
+      .option('-s, --silent', 'no error messages')
+      .option('-S, --show-error', 'with -s, still show error messages')
+      .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
+      .option('-o, --output <file>', 'write the body to a file')
+      .option('-w, --write-out <format>', 'print after the transfer: %{http_code} %{time_total} %{num_connects} …')
+      .option('--json', 'print the outcome (status, legs, handshakes, stats) as JSON instead of the body')
+      .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
+      .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
+      .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))
+      .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
+      .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
+      .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and kerberos')
+      // Usage errors in one line, as the command's own: "multileg: unknown option '--x' (…)".
+      .configureOutput({
+        outputError: (message, write) =>
+          write(`multileg: ${message.replace(/^error: /, '').trimEnd()} (multileg --help lists the options)\n`),
+      })
+      .exitOverride()
+  );
 }
 
 /** A URL as curl reads it: no scheme means https. */
