@@ -193,16 +193,29 @@ export function decodeAvPairs(buf: Buffer): AvPair[] {
 
 /** Serializes AV pairs followed by MsvAvEOL. */
 export function encodeAvPairs(pairs: readonly AvPair[]): Buffer {
-  const parts: Buffer[] = [];
+  const out = Buffer.alloc(avPairsLength(pairs));
+  writeAvPairs(pairs, out, 0);
+  return out;
+}
+
+/** Bytes {@link encodeAvPairs} writes for `pairs`, MsvAvEOL included. */
+export function avPairsLength(pairs: readonly AvPair[]): number {
+  let length = 4; // MsvAvEOL
   for (const p of pairs) {
     if (p.value.length > 0xffff) throw new RangeError('AV pair value too long');
-    const h = Buffer.alloc(4);
-    h.writeUInt16LE(p.id, 0);
-    h.writeUInt16LE(p.value.length, 2);
-    parts.push(h, p.value);
+    length += 4 + p.value.length;
   }
-  parts.push(Buffer.alloc(4));
-  return Buffer.concat(parts);
+  return length;
+}
+
+/** Writes `pairs` and MsvAvEOL into zero-filled `out` at `at` (a message built in one buffer). */
+export function writeAvPairs(pairs: readonly AvPair[], out: Buffer, at: number): void {
+  for (const p of pairs) {
+    out.writeUInt16LE(p.id, at);
+    out.writeUInt16LE(p.value.length, at + 2);
+    p.value.copy(out, at + 4);
+    at += 4 + p.value.length;
+  }
 }
 
 /** Decodes a CHALLENGE_MESSAGE (type 2). Throws {@link InvalidTokenError} on anything malformed. */

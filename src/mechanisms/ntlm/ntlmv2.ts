@@ -10,12 +10,14 @@ import {
   AV_FLAG_MIC_PRESENT,
   AvId,
   type AvPair,
+  avPairsLength,
   type ChallengeMessage,
   CLIENT_VERSION,
   encodeAuthenticate,
   encodeAvPairs,
   MIC_OFFSET,
   NegotiateFlags,
+  writeAvPairs,
 } from './messages.ts';
 import { rc4 } from './rc4.ts';
 
@@ -67,12 +69,19 @@ export function ntowfv2FromHash(nt: Buffer, user: string, domain: string): Buffe
  * bytes.
  */
 export function ntlmv2ClientBlob(timestamp: bigint, clientChallenge: Buffer, avPairs: Buffer): Buffer {
-  const head = Buffer.alloc(28);
-  head[0] = 1;
-  head[1] = 1;
-  head.writeBigUInt64LE(BigInt.asUintN(64, timestamp), 8);
-  clientChallenge.copy(head, 16, 0, 8);
-  return Buffer.concat([head, avPairs, Buffer.alloc(4)]);
+  const out = Buffer.alloc(BLOB_HEAD + avPairs.length + 4);
+  writeBlobHead(out, 0, timestamp, clientChallenge);
+  avPairs.copy(out, BLOB_HEAD);
+  return out;
+}
+
+/** The blob's fixed part: RespType, HiRespType, reserved, TimeStamp, ChallengeFromClient, reserved. */
+const BLOB_HEAD = 28;
+function writeBlobHead(out: Buffer, at: number, timestamp: bigint, clientChallenge: Buffer): void {
+  out[at] = 1;
+  out[at + 1] = 1;
+  out.writeBigUInt64LE(BigInt.asUintN(64, timestamp), at + 8);
+  clientChallenge.copy(out, at + 16, 0, 8);
 }
 
 /** Z(24): only ever copied into a message, never written. */
@@ -84,23 +93,9 @@ const ZERO_LM = Buffer.alloc(24);
  * intermediate buffers and concatenations (one per request in per-request mode).
  */
 function ntResponseWithBlob(timestamp: bigint, clientChallenge: Buffer, pairs: readonly AvPair[]): Buffer {
-  let pairsLength = 4; // MsvAvEOL
-  for (const p of pairs) {
-    if (p.value.length > 0xffff) throw new RangeError('AV pair value too long');
-    pairsLength += 4 + p.value.length;
-  }
-  const out = Buffer.alloc(16 + 28 + pairsLength + 4);
-  out[16] = 1;
-  out[17] = 1;
-  out.writeBigUInt64LE(BigInt.asUintN(64, timestamp), 24);
-  clientChallenge.copy(out, 32, 0, 8);
-  let at = 44;
-  for (const p of pairs) {
-    out.writeUInt16LE(p.id, at);
-    out.writeUInt16LE(p.value.length, at + 2);
-    p.value.copy(out, at + 4);
-    at += 4 + p.value.length;
-  }
+  const out = Buffer.alloc(16 + BLOB_HEAD + avPairsLength(pairs) + 4);
+  writeBlobHead(out, 16, timestamp, clientChallenge);
+  writeAvPairs(pairs, out, 16 + BLOB_HEAD);
   return out;
 }
 
