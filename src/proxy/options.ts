@@ -11,7 +11,7 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
-import { checkSchemes, type SchemeName } from '../options.ts';
+import { checkSchemes, positive, type SchemeName } from '../options.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -114,10 +114,7 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
     credentials = { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
   }
   const tls = url.protocol === 'https:';
-  const connectTimeout = o.connectTimeout ?? DEFAULT_PROXY_CONNECT_TIMEOUT;
-  if (!Number.isFinite(connectTimeout) || connectTimeout <= 0) {
-    throw new ConfigError(`proxy.connectTimeout must be a positive number of ms, got ${connectTimeout}`);
-  }
+  const connectTimeout = positive('proxy.connectTimeout', o.connectTimeout ?? DEFAULT_PROXY_CONNECT_TIMEOUT);
   return {
     origin: url.origin,
     hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
