@@ -142,7 +142,7 @@ export function program(): Command {
       .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))
       .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
       .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
-      .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and kerberos')
+      .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
       // Usage errors in one line, as the command's own: "multileg: unknown option '--x' (…)".
       .configureOutput({
         outputError: (message, write) =>
