@@ -42,14 +42,9 @@ export interface ExchangeEnv {
   /** Picks a client certificate for a Transport challenge (T3). */
   readonly selectCertificate?: ClientCertificateSelector;
   report(r: HandshakeReport): void;
-  /**
-   * The pool would rather run this per-request multi-leg handshake on another session: this one has
-   * more requests than handshake slots and another session has room or can be opened (draft §3.1).
-   */
-  crowded?(session: Session): boolean;
 }
 
-export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate' | 'spread';
+export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
 export type ExchangeOutcome =
   | { readonly kind: 'done'; readonly done: Promise<void> }
   /** The request is to go bare on its authenticated session: the pool starts a {@link FastExchange}. */
@@ -408,12 +403,9 @@ function check(run: Run): Step {
       // connects first; where it cannot (a proxy's connection, or the dial failed) the request
       // goes bare and the server's 401 starts the handshake.
       const unbound = mechanism.bindsFirstToken && !session.connection && run.job.origin.startsWith('https:');
-      if (unbound) {
-        if (!run.connectTried && session.connectsEarly) return CONNECT;
-      } else {
-        if (perRequest && env.crowded?.(session)) return end({ kind: 'relocate', reason: 'spread' });
+      if (!unbound)
         return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
-      }
+      if (!run.connectTried && session.connectsEarly) return CONNECT;
     }
   }
   return SEND;

@@ -87,7 +87,6 @@ export class OriginPool implements FastHost {
       limits: options.limits,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       report,
-      crowded: (session) => this.#crowded(session),
     };
   }
 
@@ -201,8 +200,6 @@ export class OriginPool implements FastHost {
     }
     session.release();
     log.pool('%s job %d relocates from %s: %s', this.origin, job.id, session.id, outcome.reason);
-    // Spreading handshakes over sessions is the pool's own choice: it does not count against the request.
-    if (outcome.reason === 'spread') return false;
     if (outcome.reason === 'misdirected') session.apply({ type: 'closed' });
     if (outcome.reason === 'http1') this.memory.rememberHttp1();
     job.relocations += 1;
@@ -250,30 +247,23 @@ export class OriginPool implements FastHost {
     return identity === 'agent' && this.memory.multilegPerRequest;
   }
 
-  /** More requests on `session` than it takes at once, and another session has room or can be opened. */
-  #crowded(session: Session): boolean {
-    if (!this.#spreads(session.identity) || session.inflight <= this.#room(session)) return false;
-    const { lane, identity } = session;
-    for (const s of this.#sessions) {
-      if (s !== session && this.#usable(s, lane, identity) && s.inflight < this.#room(s)) return true;
-    }
-    const survey = this.#survey(lane, identity);
-    return survey.open < this.#maxSessions(lane, identity, survey);
-  }
-
   /**
    * Requests a session takes at once: a spread session SPREAD_ROOM times its handshake slots
-   * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session);
-   * any other session of the agent's, as many as its streams (the rest wait here for a stream or
-   * another session or, when neither can come, go into the least loaded session's queue: #take).
+   * (enough waiting for a slot to keep them all busy; the rest wait here or go to another session),
+   * and so does a session running the origin's first handshake; any other session of the agent's,
+   * as many as its streams (the rest wait here for a stream or another session or, when neither can
+   * come, go into the least loaded session's queue: #take).
    */
   #room(s: Session): number {
     const capacity = s.capacity;
     if (s.lane !== 'auto' || s.identity !== 'agent') return capacity;
-    const room = this.#spreads(s.identity)
-      ? SPREAD_ROOM * this.#options.limits.maxConcurrentHandshakes
-      : this.#options.maxConcurrentStreams;
-    return Math.min(capacity, room);
+    const spreadRoom = SPREAD_ROOM * this.#options.limits.maxConcurrentHandshakes;
+    if (this.#spreads(s.identity)) return Math.min(capacity, spreadRoom);
+    // The origin's first handshake may turn out per-request: until it ends, no more than a spread
+    // session's room, so a burst does not pile up behind one session's handshake slots.
+    const streams = this.#options.maxConcurrentStreams;
+    const firstHandshake = this.memory.mode === undefined && s.state.kind === 'handshaking';
+    return Math.min(capacity, firstHandshake ? Math.min(streams, spreadRoom) : streams);
   }
 
   /**
