@@ -11,6 +11,8 @@ const createDebug: typeof createDebugType | undefined = process.env.DEBUG
   ? (createRequire(import.meta.url)('debug') as typeof createDebugType)
   : undefined;
 const off: Logger = () => {};
+/** Whether any debug output can be on: a hot path skips building a line's arguments when not. */
+export const logging = createDebug !== undefined;
 const logger = (namespace: string): Logger => (createDebug ? createDebug(namespace) : off);
 
 /**

@@ -39,8 +39,10 @@ export type LegResult =
 export class LegHandler implements Dispatcher.DispatchHandler {
   readonly result: Promise<LegResult>;
   #resolve!: (r: LegResult) => void;
-  #doneResolve!: () => void;
-  readonly #done: Promise<void>;
+  /** Made when the leg delivers (a swallowed challenge needs none): settles when the body ends. */
+  #done: Promise<void> | undefined;
+  #doneResolve: (() => void) | undefined;
+  #doneSettled = false;
   #mode: 'head' | 'drain' | 'deliver' | 'gated' | 'over' = 'head';
   #status = 0;
   #headers: ResponseHeaders = {};
@@ -69,9 +71,6 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     this.result = new Promise((r) => {
       this.#resolve = r;
     });
-    this.#done = new Promise((r) => {
-      this.#doneResolve = r;
-    });
   }
 
   /**
@@ -82,6 +81,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   abort(reason: Error): void {
     if (this.#controller) this.#controller.abort(reason);
     else this.#sink.fail(reason);
+  }
+
+  /** The caller aborted (the sink's abort hook: no closure per leg). */
+  callerAborted(reason: Error): void {
+    this.abort(reason);
   }
 
   onRequestStart(controller: Controller): void {
@@ -123,17 +127,31 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         this.#mode = 'over';
         this.#buffered = [];
         this.#sink.fail(err);
-        this.#resolve({ kind: 'delivered', status, headers, done: this.#done });
-        this.#doneResolve();
+        this.#resolve({ kind: 'delivered', status, headers, done: this.#delivered() });
+        this.#settleDone();
         controller.abort(err);
       },
     );
   }
 
+  #delivered(): Promise<void> {
+    this.#done ??= this.#doneSettled
+      ? Promise.resolve()
+      : new Promise((r) => {
+          this.#doneResolve = r;
+        });
+    return this.#done;
+  }
+
+  #settleDone(): void {
+    this.#doneSettled = true;
+    this.#doneResolve?.();
+  }
+
   #startDelivery(controller: Controller, message: string): void {
     this.#mode = 'deliver';
     this.#sink.responseStart(controller, this.#status, this.#headers, message);
-    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#done });
+    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
   }
 
   onResponseData(controller: Controller, chunk: Buffer): void {
@@ -172,7 +190,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       case 'deliver':
         this.#mode = 'over';
         this.#sink.responseEnd(trailers);
-        this.#doneResolve();
+        this.#settleDone();
         return;
       case 'gated':
         this.#buffered.push(() => this.onResponseEnd(_controller, trailers));
@@ -187,9 +205,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     this.#mode = 'over';
     if (mode === 'deliver' || mode === 'gated') {
       this.#sink.fail(err);
-      this.#doneResolve();
+      this.#settleDone();
       if (mode === 'gated')
-        this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#done });
+        this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
       return;
     }
     if (mode !== 'over') this.#resolve({ kind: 'failed', error: err });

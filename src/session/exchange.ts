@@ -65,20 +65,30 @@ function hostAndPort(origin: string): { hostname: string; port: number } {
   return lastOrigin;
 }
 
-function legInfo(job: Job, session: Session): LegInfo {
-  const { hostname, port } = hostAndPort(job.origin);
-  return {
-    origin: job.origin,
-    hostname,
-    port,
-    method: job.dispatchOptions.method,
-    path: job.dispatchOptions.path,
-    proxy: false,
-    // Read late: a proactive first token is made before the connection (and its certificate) exists.
-    get channelBinding() {
-      return session.connection?.channelBinding;
-    },
-  };
+/** What a mechanism knows of the request whose handshake it runs (a class: one per handshake). */
+class JobLeg implements LegInfo {
+  readonly origin: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly method: string;
+  readonly path: string;
+  readonly proxy = false;
+  readonly #session: Session;
+
+  constructor(job: Job, session: Session) {
+    const { hostname, port } = hostAndPort(job.origin);
+    this.origin = job.origin;
+    this.hostname = hostname;
+    this.port = port;
+    this.method = job.dispatchOptions.method;
+    this.path = job.dispatchOptions.path;
+    this.#session = session;
+  }
+
+  /** Read late: a proactive first token is made before the connection (and its certificate) exists. */
+  get channelBinding(): Buffer | undefined {
+    return this.#session.connection?.channelBinding;
+  }
 }
 
 /** How often one request may join a handshake queue after a 401 before it is shown that 401 (R4). */
@@ -581,7 +591,7 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
   const schemeKey = scheme.toLowerCase();
   let renewed = false;
   const renewNonce = (status: number, headers: Parameters<typeof readChallenges>[0]): boolean => {
-    if (status !== 401 || renewed || mechanism.multileg) return false;
+    if (status !== 401 || renewed) return false;
     const next = readChallenges(headers).find((c) => c.schemeKey === schemeKey);
     if (next?.params.nonce === undefined) return false;
     renewed = next.params.stale?.toLowerCase() === 'true' || challenge === undefined;
@@ -593,11 +603,13 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       mechanism,
       challenge,
       ...(step.authId !== undefined ? { authId: step.authId } : {}),
-      leg: legInfo(job, session),
-      send: (extra, classify) =>
-        session.send(job, extra, (status, headers) =>
-          renewNonce(status, headers) ? 'swallow' : classify(status, headers),
-        ),
+      leg: new JobLeg(job, session),
+      send: mechanism.multileg
+        ? (extra, classify) => session.send(job, extra, classify)
+        : (extra, classify) =>
+            session.send(job, extra, (status, headers) =>
+              renewNonce(status, headers) ? 'swallow' : classify(status, headers),
+            ),
       sink: job.sink,
       maxLegs: env.limits.maxLegs,
       timeout: env.limits.handshakeTimeout,

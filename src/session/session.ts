@@ -1,11 +1,11 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
-import { publishLeg } from '../diagnostics.ts';
+import { publishLeg, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
-import { log } from '../log.ts';
+import { log, logging } from '../log.ts';
 import type { Limits } from '../options.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
@@ -336,17 +336,19 @@ export class Session {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
     }
     const headers: HeaderMap = { ...job.headers };
-    for (const [k, v] of Object.entries(extra)) headers[k] = v;
-    const method = job.dispatchOptions.method;
-    const traced = publishLeg(
-      { origin: job.origin, sessionId: this.id, protocol: () => this.protocol },
-      { method, path: path ?? job.dispatchOptions.path, headers },
-    );
+    for (const k in extra) headers[k] = extra[k]!;
+    // Per-request mode sends two legs per request: nothing is built for a trace nobody reads.
+    const traced = tracingLegs()
+      ? publishLeg(
+          { origin: job.origin, sessionId: this.id, protocol: () => this.protocol },
+          { method: job.dispatchOptions.method, path: path ?? job.dispatchOptions.path, headers },
+        )
+      : undefined;
     const leg = new LegHandler({
       sink: job.sink,
       classify: (status, h) => {
         const verdict = classify(status, h);
-        traced.response(status, h, verdict !== 'swallow');
+        traced?.response(status, h, verdict !== 'swallow');
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
         if (verdict !== 'swallow') this.#markProbed();
         return verdict;
@@ -354,7 +356,7 @@ export class Session {
       beforeStart: (controller) => this.checkStart(job, controller),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
     });
-    job.sink.onAbort((reason) => leg.abort(reason));
+    job.sink.onAbort(leg);
     const opts: Dispatcher.DispatchOptions = {
       ...job.dispatchOptions,
       ...(path !== undefined ? { path } : {}),
@@ -363,23 +365,24 @@ export class Session {
       // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
       ...(job.dispatchOptions.method === 'HEAD' ? { reset: false } : {}),
     };
-    log.leg(
-      '%s job %d leg %s %s auth=%s auth-id=%s',
-      this.id,
-      job.id,
-      opts.method,
-      this.protocol ?? '?',
-      'authorization' in extra ? extra.authorization!.split(' ', 1)[0] : 'none',
-      'auth-id' in extra,
-    );
+    if (logging)
+      log.leg(
+        '%s job %d leg %s %s auth=%s auth-id=%s',
+        this.id,
+        job.id,
+        opts.method,
+        this.protocol ?? '?',
+        'authorization' in extra ? extra.authorization!.split(' ', 1)[0] : 'none',
+        'auth-id' in extra,
+      );
     try {
       this.client.dispatch(opts, leg);
     } catch (err) {
-      traced.error(err as Error);
+      traced?.error(err as Error);
       return Promise.resolve({ kind: 'failed', error: err as Error });
     }
     return leg.result.then((r) => {
-      if (r.kind === 'failed') traced.error(r.error);
+      if (r.kind === 'failed') traced?.error(r.error);
       return this.settleLeg(job, r);
     });
   }

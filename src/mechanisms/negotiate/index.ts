@@ -147,8 +147,6 @@ export const NO_KERBEROS_MEMORY_MS = 30_000;
 interface KerberosMemory {
   unavailableUntil: number;
   reason?: NegotiateFallbackReason;
-  /** `reason`, as the error thrown while it is remembered. */
-  failure?: RememberedFailure;
   /** The acquired credential the GSS-API binding keeps for this mechanism's next contexts. */
   creds?: CredCache;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
@@ -246,44 +244,44 @@ class NegotiateContext implements MechanismContext {
     return out;
   }
 
+  /** NTLM inside Negotiate from here on, because Kerberos could not make a first token (`reason`). */
+  #fallBack(reason: NegotiateFallbackReason, leg: LegInfo): Promise<string> {
+    log.handshake('Negotiate: Kerberos skipped (%s); NTLM inside Negotiate instead', reason.code);
+    this.#client = undefined;
+    this.#fallbackReason = reason;
+    this.#fallback = new SpnegoNtlmContext(this.#o.credentials!, {
+      wrap: this.#o.ntlmFallback || 'spnego',
+      ...(this.#o.mutualAuth ? { mutualAuth: this.#o.mutualAuth } : {}),
+    });
+    return this.#fallback.step(undefined, leg);
+  }
+
   async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
     if (this.#fallback) return await this.#fallback.step(challenge, leg);
     const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
     if (this.#state === 'initial') {
+      // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
+      // just said it has no usable credentials — answer as that failure would, straight away.
+      const remembered = this.#memory.reason;
+      if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
+        return await this.#fallBack(remembered, leg);
+      }
       // A token in the first challenge is not meaningful to an initiator with no context: ignored.
       this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
       let out: string | null;
       try {
-        // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
-        // just said it has no usable credentials — answer as that failure would, straight away.
-        const remembered = this.#memory.reason;
-        if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
-          // One error object per remembered failure, not one (and its stack) per request.
-          this.#memory.failure ??= new RememberedFailure(remembered);
-          throw this.#memory.failure;
-        }
         out = await this.#firstKerberosToken(leg);
       } catch (e) {
-        const err = e instanceof RememberedFailure || e instanceof MultilegError ? e : this.#mapError(e);
-        const reason = err instanceof RememberedFailure ? err.reason : fallbackReasonOf(err as MultilegError);
+        const err = e instanceof MultilegError ? e : this.#mapError(e);
+        const reason = fallbackReasonOf(err);
         // Credentials (not this host) are at fault: remember it for a while (a kinit may follow).
-        if (!(err instanceof RememberedFailure) && credentialLevel(err)) {
+        if (credentialLevel(err)) {
           this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
           this.#memory.reason = reason;
-          this.#memory.failure = undefined;
         }
         // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
-        if (this.#canFallBack(leg)) {
-          log.handshake('Negotiate: Kerberos skipped (%s); NTLM inside Negotiate instead', reason.code);
-          this.#client = undefined;
-          this.#fallbackReason = reason;
-          this.#fallback = new SpnegoNtlmContext(this.#o.credentials!, {
-            wrap: this.#o.ntlmFallback || 'spnego',
-            ...(this.#o.mutualAuth ? { mutualAuth: this.#o.mutualAuth } : {}),
-          });
-          return await this.#fallback.step(undefined, leg);
-        }
-        throw err; // a RememberedFailure is only thrown where the fallback is allowed: never here
+        if (this.#canFallBack(leg)) return await this.#fallBack(reason, leg);
+        throw err;
       }
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
@@ -377,7 +375,6 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
 
 let keytabCaches = 0;
 
-/** Stands for a remembered credential failure: only ever leads to the NTLM fallback. */
 /**
  * Whether a first GSS-API token (base64) is a Kerberos AP-REQ, raw or as the optimistic token of a
  * SPNEGO NegTokenInit that prefers Kerberos. GSS-API may instead pick NTLMSSP (gss-ntlmssp): that
@@ -397,14 +394,6 @@ export function carriesKerberosApReq(base64: string): boolean {
     return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
   } catch {
     return false;
-  }
-}
-
-class RememberedFailure extends Error {
-  readonly reason: NegotiateFallbackReason;
-  constructor(reason: NegotiateFallbackReason) {
-    super(reason.message);
-    this.reason = reason;
   }
 }
 
