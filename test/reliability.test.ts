@@ -352,6 +352,51 @@ describe('R4: no storms', () => {
   });
 });
 
+describe("C4: per-request handshakes run side by side up to the server's cap on incomplete contexts", () => {
+  it("C4/R4: a server that holds 2 incomplete contexts per session refuses the rest: all 60 requests authenticate, the session's cap drops to 2 and nothing more is refused", async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'], maxIncompleteContexts: 2 });
+    // One session (4 handshake slots by default): every refusal lands on it.
+    const a = await perRequestNtlm(s, { maxPerRequestSessions: 1 });
+    const refused = () => s.exchanges.filter((e) => e.outcome === 'refused').length;
+    const burst = (from: number) =>
+      Promise.all(
+        Array.from({ length: 60 }, (_, i) =>
+          fetch(`${s.origin}/auth/${from + i}`, { dispatcher: a }).then((r) => r.status),
+        ),
+      );
+    expect(await burst(0)).toEqual(Array(60).fill(200));
+    const learnt = refused();
+    expect(learnt).toBeGreaterThan(0);
+    // R4: a refusal costs one wire request, and the cap converges: a few, not one per request.
+    expect(learnt).toBeLessThanOrEqual(10);
+    const before = s.exchanges.length;
+    expect(await burst(60)).toEqual(Array(60).fill(200));
+    expect(refused()).toBe(learnt);
+    expect(s.exchanges.length - before).toBe(120);
+    // The origin remembers the cap: a new session (after a GOAWAY) starts at it.
+    s.endSessions();
+    expect(await burst(120)).toEqual(Array(60).fill(200));
+    expect(refused()).toBe(learnt);
+  });
+
+  it('C4/R4: a server that then refuses every context: each request is shown its 401, after a bounded number of tries', async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = await perRequestNtlm(s, { maxPerRequestSessions: 1 });
+    s.options.maxIncompleteContexts = 0;
+    const before = s.exchanges.length;
+    const results = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => fetch(`${s.origin}/auth/${i}`, { dispatcher: a }).then((r) => r.status)),
+    );
+    expect(results).toEqual(Array(40).fill(401));
+    // Each its refused first leg; tried again only while other handshakes held slots, each time at
+    // a lower cap (4, 3, 2: at most that many at each) and never alone: at most 4 + 3 + 2 more.
+    const refused = s.exchanges.slice(before).filter((e) => e.outcome === 'refused').length;
+    expect(refused).toBe(s.exchanges.length - before);
+    expect(refused).toBeGreaterThan(40);
+    expect(refused).toBeLessThanOrEqual(40 + 4 + 3 + 2);
+  });
+});
+
 describe('C3: an Auth-ID on the very first 401', () => {
   it('C3: a server that puts Auth-ID on its first 401 gets it on every later leg; all 30 requests authenticate', async () => {
     let next = 0;

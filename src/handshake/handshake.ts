@@ -33,6 +33,12 @@ export interface HandshakeInput {
    * timed out, aborted) are thrown when nothing was sent yet.
    */
   readonly slot?: () => Promise<() => void>;
+  /**
+   * The first leg, holding a slot, met a bare 401 (this scheme offered again, with no token): asks
+   * the session whether that was the server's cap on incomplete contexts (draft §3.1). When it
+   * says so the 401 is not shown: the handshake ends `refused`, to be run again.
+   */
+  readonly contextRefused?: () => boolean;
 }
 
 export type HandshakeResult =
@@ -68,6 +74,11 @@ export type HandshakeResult =
       readonly reason: 'http1' | 'connection-ended';
       readonly error?: Error;
     }
+  /**
+   * The server would not start this handshake's security context: it holds as many incomplete
+   * ones on the session as it allows (draft §3.1). Nothing reached the caller: run it again.
+   */
+  | { readonly kind: 'refused' }
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
   | { readonly kind: 'unusable'; readonly error: Error }
   /**
@@ -187,6 +198,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       const sentAfterServerToken = challenge?.token68 !== undefined;
       let legacyLost = false;
       let declined = false;
+      let refused = false;
       let finishError: MultilegError | undefined;
       let persistent = false;
       // This scheme's challenge in the 401, read once here for the next leg (not parsed again); a
@@ -198,6 +210,10 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           next = challengeFor(headers, mechanism.scheme);
           nextRead = true;
           if (next?.token68 !== undefined && !context.complete) return 'swallow';
+          if (legs === 1 && release !== undefined && next && input.contextRefused?.()) {
+            refused = true;
+            return 'swallow';
+          }
           // A legacy HTTP/2 server (Apache) keeps connection-bound state per stream: our answer to
           // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
           if (input.onHttp2 && sentAfterServerToken && authId === undefined && next && next.token68 === undefined) {
@@ -230,6 +246,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         }
         case 'swallowed': {
           if (declined) return { kind: 'declined', offered: readChallenges(result.headers) };
+          if (refused) return { kind: 'refused' };
           if (legacyLost) {
             log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', mechanism.scheme);
             return { kind: 'relocate', legs, reason: 'http1' };

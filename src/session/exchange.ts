@@ -569,6 +569,20 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   };
 }
 
+/**
+ * Whether a first leg's bare 401 was the server's cap on incomplete contexts (other handshakes
+ * hold the session's slots): the session lowers its cap and the origin remembers it for new
+ * sessions. Bounded (R4): a refusal is run again only while other handshakes hold slots, and then
+ * the cap falls to what they hold, so at most c handshakes are refused and run again at cap c
+ * (c = maxConcurrentHandshakes, then each lower); one refused alone is shown its 401.
+ */
+function contextRefused({ session, env }: Run): boolean {
+  const cap = session.contextRefused();
+  if (cap === undefined) return false;
+  env.memory.contextCap = Math.min(env.memory.contextCap ?? cap, cap);
+  return true;
+}
+
 /** Failures of the leader itself, not of the handshake: the waiters take it over (R2). */
 function leaderGaveUp(job: Job, error: Error | undefined): boolean {
   const code = (error as { code?: string } | undefined)?.code;
@@ -615,6 +629,8 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       timeout: env.limits.handshakeTimeout,
       onHttp2: session.protocol === 'h2',
       slot: () => session.handshakeSlot(job),
+      // Per-request handshakes run side by side, up to the server's cap on incomplete contexts.
+      ...(blocking ? {} : { contextRefused: () => contextRefused(run) }),
     });
   } catch (err) {
     // Only the wait for a handshake slot throws (full, timed out, aborted): nothing was sent. A
@@ -677,6 +693,9 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       session.apply({ type: 'closed', http1Required: http1 });
       return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
     }
+    case 'refused':
+      // Run again once a slot is free; the session now takes no more than the server allows.
+      return step;
     case 'declined':
       // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
       env.memory.forgetScheme();

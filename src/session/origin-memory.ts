@@ -74,6 +74,11 @@ export class OriginMemory {
    * body is unlikely to be needed twice, so a stream is written as it comes (a copy kept, C10).
    */
   unchallenged = false;
+  /**
+   * The most incomplete security contexts the origin's server accepted on one session, when it
+   * refused more (draft §3.1): new sessions take no more handshake slots than this.
+   */
+  contextCap: number | undefined;
 
   rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
     this.scheme = scheme;

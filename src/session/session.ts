@@ -76,6 +76,8 @@ export class Session {
   /** Requests waiting for the running handshake (C1). */
   readonly #queue: WaitQueue<WaitOutcome>;
   #handshakes = 0;
+  /** Slots: limits.maxConcurrentHandshakes, less once the server refused a context beyond its cap. */
+  #handshakeCap: number;
   /** Handshakes waiting for a slot (maxConcurrentHandshakes). */
   readonly #slots: WaitQueue<void>;
   readonly #limits: Limits;
@@ -96,6 +98,8 @@ export class Session {
     keepAliveTimeout: number;
     maxConcurrentStreams: number;
     limits: Limits;
+    /** Handshake slots, when the origin's server was seen to refuse more (below limits.maxConcurrentHandshakes). */
+    handshakeCap?: number;
     /** Called when capacity may have grown or the session closed: the pool pumps its queue. */
     onChange: () => void;
     /** Connect through this proxy (H5). */
@@ -108,6 +112,7 @@ export class Session {
     this.identity = opts.identity;
     this.certified = opts.certified;
     this.#limits = opts.limits;
+    this.#handshakeCap = Math.min(opts.handshakeCap ?? Number.POSITIVE_INFINITY, opts.limits.maxConcurrentHandshakes);
     this.#queue = new WaitQueue(opts.limits, 'a handshake on its session');
     this.#slots = new WaitQueue(opts.limits, 'a free handshake slot on its session (limits.maxConcurrentHandshakes)');
     this.#onChange = opts.onChange;
@@ -281,15 +286,32 @@ export class Session {
    * resolves with its release. Each waiting handshake is bounded by the queue's bounds (R1).
    */
   async handshakeSlot(job: Job): Promise<() => void> {
-    if (this.#handshakes >= this.#limits.maxConcurrentHandshakes) await this.#slots.wait(job);
+    if (this.#handshakes >= this.#handshakeCap) await this.#slots.wait(job);
     else this.#handshakes += 1;
     return this.#releaseSlot;
   }
 
-  /** The slot passes straight to the next waiting handshake, or is freed. */
+  /** The slot passes straight to the next waiting handshake, or is freed (above a lowered cap). */
   readonly #releaseSlot = (): void => {
-    if (!this.#slots.shift(undefined)) this.#handshakes -= 1;
+    if (this.#handshakes > this.#handshakeCap || !this.#slots.shift(undefined)) this.#handshakes -= 1;
   };
+
+  /**
+   * The server would not start a security context for a handshake that holds one of this
+   * session's slots (a bare 401 to its first leg) while other handshakes hold theirs: that is the
+   * server's cap on incomplete contexts (draft §3.1), and the session's cap drops to what the
+   * others hold. Returns the cap; undefined when no other handshake holds a slot (the refusal is
+   * then the server's answer to this request, not its cap).
+   */
+  contextRefused(): number | undefined {
+    const others = this.#handshakes - 1;
+    if (others < 1) return undefined;
+    if (others < this.#handshakeCap) {
+      this.#handshakeCap = others;
+      log.session('%s the server caps incomplete contexts: %d handshakes at once from now on', this.id, others);
+    }
+    return this.#handshakeCap;
+  }
 
   /** Waits for the running handshake to end (C1), bounded by maxQueue and queueTimeout (C11). */
   waitForHandshake(job: Job): Promise<WaitOutcome> {
