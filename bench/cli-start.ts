@@ -2,7 +2,8 @@
  * Issue 10 item 5: how long the `multileg` command takes to start, against `node -e 0` on the same
  * machine: `--help`, `--version`, and one authenticated request (NTLM against the reference server,
  * which runs in this process while the command runs in its own), beside the floor under any Node
- * HTTPS client (one bare node:http2 GET to the same server). Medians of 21 interleaved rounds; the
+ * HTTPS client (one bare node:http2 GET to the same server) and under any command built on undici
+ * (one GET with undici's Client alone). Medians of 21 interleaved rounds; the
  * built command (dist/cli/bin.js, as installed) is measured, with Node's module compile cache warm.
  *
  *   node bench/cli-start.ts        (npm run bench runs it; needs npm run build first)
@@ -11,8 +12,9 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 
 const RUNS = 21;
@@ -51,6 +53,21 @@ const r = s.request({ ':path': '/public/' });
 r.resume();
 r.on('end', () => s.close());`;
 
+/**
+ * The floor under any command built on undici, as this one is: one GET with undici's own Client,
+ * loaded as the command loads it (its own file, not undici's index) with the compile cache on, and
+ * no authentication: one round trip.
+ */
+const UNDICI_GET = `require('node:module').enableCompileCache?.();
+const [origin, ca, undici] = process.argv.slice(1);
+const Client = require(undici + '/lib/dispatcher/client.js');
+const c = new Client(origin, { connect: { ca: require('node:fs').readFileSync(ca) }, allowH2: true });
+c.dispatch({ path: '/public/', method: 'GET' }, {
+  onRequestStart() {}, onResponseStart() {}, onResponseData() {},
+  onResponseEnd() { c.close(); },
+  onResponseError(_, err) { process.exitCode = 1; console.error(err); c.close(); },
+});`;
+
 const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], record: false });
 const dir = mkdtempSync(join(tmpdir(), 'multileg-bench-'));
 const ca = join(dir, 'ca.pem');
@@ -76,9 +93,10 @@ try {
     // IIS answers NTLM over HTTP/1.1 only: the same request there (undici's WebAssembly parser).
     authenticated(bin, '--http1.1'),
   ];
-  const [base, bare, help, version, request, request1, ...before] = await medians([
+  const [base, bare, undiciGet, help, version, request, request1, ...before] = await medians([
     ['-e', '0'],
     ['-e', BARE_H2, server.origin, ca],
+    ['-e', UNDICI_GET, server.origin, ca, dirname(createRequire(import.meta.url).resolve('undici'))],
     ...commands(BIN),
     ...(BEFORE ? commands(BEFORE) : []),
   ]);
@@ -90,6 +108,7 @@ try {
   console.log(`CLI start: one NTLM request ${x(request)} (goal <= 2.5x)${was(2)}`);
   console.log(`CLI start: one NTLM request over HTTP/1.1 ${x(request1)}${was(3)}`);
   console.log(`CLI start: floor, one bare node:http2 GET over TLS (no undici, no auth) ${x(bare)}`);
+  console.log(`CLI start: floor, one GET with undici's Client alone (no auth) ${x(undiciGet)}`);
 } finally {
   await server.close();
 }
