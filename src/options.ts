@@ -202,6 +202,11 @@ export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
   return limits;
 }
 
+/** The port a URL (or undici's connect options) names, else its scheme's default: 443 for https:, 80 otherwise. */
+export function portOf(url: { readonly port?: string | number | null; readonly protocol?: string | null }): number {
+  return Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+}
+
 export function normalizeOrigin(origin: string | URL): string {
   const url = typeof origin === 'string' ? new URL(origin) : origin;
   return url.origin;

@@ -14,6 +14,7 @@ import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
+import { portOf } from '../options.ts';
 import { ProxyResolver } from '../proxy/options.ts';
 import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, forCli } from './explain.ts';
@@ -80,7 +81,7 @@ async function klist(ccache: string | undefined): Promise<Check> {
 /** The SPN the request would use, and whether the KDC issues a service ticket for it. */
 async function kerberos(req: CliRequest): Promise<{ checks: Check[]; ticketWorks: boolean }> {
   const url = req.url;
-  const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+  const port = portOf(url);
   const options = req.agent.negotiate || {};
   const plain = await spnFor({ ...options, canonicalizeHost: false }, url.hostname, port);
   const spn = await spnFor(options, url.hostname, port);

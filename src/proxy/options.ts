@@ -11,7 +11,7 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
-import { checkSchemes, positive, type SchemeName } from '../options.ts';
+import { checkSchemes, portOf, positive, type SchemeName } from '../options.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -118,7 +118,7 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
   return {
     origin: url.origin,
     hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
-    port: Number(url.port || (tls ? 443 : 80)),
+    port: portOf(url),
     tls,
     connect: o.connect ?? {},
     mechanisms: proxyMechanisms(o, credentials),
@@ -172,7 +172,7 @@ export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean
     .toLowerCase();
   if (hostname.length > 1 && hostname.endsWith('.')) hostname = hostname.slice(0, -1);
   // Only http: and https: URLs get here (ProxyResolver.route).
-  const port = Number.parseInt(url.port, 10) || (url.protocol === 'https:' ? 443 : 80);
+  const port = portOf(url);
   for (const e of entries) {
     if (e.hostname === '*') {
       if (e.port && e.port !== port) continue;

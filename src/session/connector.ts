@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector } from 'undici';
-import type { Limits } from '../options.ts';
+import { type Limits, portOf } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
@@ -95,7 +95,7 @@ export function sessionConnector(
     const { proxy } = route.proxy;
     return {
       connect: (opts, callback) => {
-        const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
+        const port = portOf(opts);
         handOver(
           connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits).then((socket) =>
             describe(socket, 'tunnel'),

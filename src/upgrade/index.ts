@@ -19,7 +19,7 @@ import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
-import type { Limits } from '../options.ts';
+import { type Limits, portOf } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
@@ -115,7 +115,7 @@ export class UpgradeDispatcher {
         base(opts, connected(callback) as buildConnector.Callback);
         return;
       }
-      const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80));
+      const port = portOf(opts);
       connectThroughTunnel(route!.proxy, { ...opts, port }, tls, ['http/1.1'], limits).then(
         (socket) => connected(callback)(null, socket),
         (err: Error) => callback(err, null),
@@ -145,7 +145,7 @@ export class UpgradeDispatcher {
     const legInfo = (): LegInfo => ({
       origin,
       hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
-      port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+      port: portOf(url),
       method: opts.method,
       path: opts.path,
       ...(client.channelBinding ? { channelBinding: client.channelBinding } : {}),
