@@ -207,6 +207,14 @@ export function portOf(url: { readonly port?: string | number | null; readonly p
   return Number(url.port || (url.protocol === 'https:' ? 443 : 80));
 }
 
+/**
+ * A host name as sockets, TLS, SPNs and NTLM's target name take it: an IPv6 literal without the
+ * brackets a URL writes it in (`new URL('https://[::1]/').hostname` is `[::1]`).
+ */
+export function unbracketed(hostname: string): string {
+  return hostname.charCodeAt(0) === 91 && hostname.endsWith(']') ? hostname.slice(1, -1) : hostname;
+}
+
 export function normalizeOrigin(origin: string | URL): string {
   const url = typeof origin === 'string' ? new URL(origin) : origin;
   return url.origin;

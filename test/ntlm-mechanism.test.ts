@@ -1,11 +1,15 @@
 import fc from 'fast-check';
+import { fetch } from 'undici';
 import { describe, expect, it } from 'vitest';
 import type { Challenge } from '../src/challenge/types.ts';
 import { InvalidTokenError, MechanismError } from '../src/errors.ts';
+import { MultilegAgent } from '../src/index.ts';
 import { NtlmAcceptor, type NtlmAcceptorOptions, type NtlmAcceptorResult } from '../src/mechanisms/ntlm/acceptor.ts';
 import { decodeToken, ntlmMechanism, ntlmMechanismWithScheme, parseNtlmUser } from '../src/mechanisms/ntlm/index.ts';
 import { decodeAuthenticate, decodeChallenge, encodeChallenge, MIC_OFFSET } from '../src/mechanisms/ntlm/messages.ts';
 import type { Credentials, LegInfo } from '../src/mechanisms/types.ts';
+import { startReferenceServer } from '../src/reference-server/index.ts';
+import { ALICE } from './helpers.ts';
 
 const CERT_HASH = Buffer.alloc(32, 0x11);
 const OTHER_HASH = Buffer.alloc(32, 0x22);
@@ -146,6 +150,25 @@ describe('NTLM mechanism', () => {
       expect(auth.mic?.equals(Buffer.alloc(16))).toBe(false);
       expect(auth.ntResponse.includes(Buffer.from('HTTP/web.example.com', 'utf16le'))).toBe(true);
     });
+  });
+
+  it("M1: an IPv6-literal origin gives the target name HTTP/::1, not the URL's bracketed [::1]", async () => {
+    // Cleartext, trusted explicitly: the test certificate names no IPv6 address.
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], cleartext: true, host: '::1' });
+    const origin = `http://[::1]:${new URL(server.origin).port}`;
+    const agent = new MultilegAgent({ credentials: ALICE, trustedOrigins: [origin] });
+    try {
+      const res = await fetch(`${origin}/auth/a`, { dispatcher: agent });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+      const header = server.exchanges.at(-1)!.requestHeaders.authorization as string;
+      const { ntResponse } = decodeAuthenticate(tokenOf(header));
+      expect(ntResponse.includes(Buffer.from('HTTP/::1', 'utf16le'))).toBe(true);
+      expect(ntResponse.includes(Buffer.from('[', 'utf16le'))).toBe(false);
+    } finally {
+      await agent.destroy();
+      await server.close();
+    }
   });
 
   it('S3: a tampered MIC is rejected', async () => {

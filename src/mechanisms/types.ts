@@ -12,6 +12,7 @@ export type AuthLevel = 'connection' | 'request' | 'either';
 export interface LegInfo {
   /** `https://host:port` */
   readonly origin: string;
+  /** The origin's host name; an IPv6 literal without its brackets (`::1`). */
   readonly hostname: string;
   readonly port: number;
   readonly method: string;

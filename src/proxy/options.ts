@@ -11,7 +11,7 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
-import { checkSchemes, portOf, positive, type SchemeName } from '../options.ts';
+import { checkSchemes, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -117,7 +117,7 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
   const connectTimeout = positive('proxy.connectTimeout', o.connectTimeout ?? DEFAULT_PROXY_CONNECT_TIMEOUT);
   return {
     origin: url.origin,
-    hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    hostname: unbracketed(url.hostname),
     port: portOf(url),
     tls,
     connect: o.connect ?? {},
@@ -239,6 +239,6 @@ export class ProxyResolver {
 
 /** `host:port` as written in a CONNECT request line and Host header (IPv6 in brackets). */
 export function authority(hostname: string, port: number): string {
-  const h = hostname.replace(/^\[(.*)\]$/, '$1');
+  const h = unbracketed(hostname);
   return `${isIP(h) === 6 ? `[${h}]` : h}:${port}`;
 }

@@ -11,7 +11,7 @@ import { readChallenges } from '../challenge/index.ts';
 import { publishLeg } from '../diagnostics.ts';
 import type { MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
-import type { Limits } from '../options.ts';
+import { type Limits, unbracketed } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
@@ -90,7 +90,7 @@ export async function connectThroughTunnel(
   alpn: string[],
   limits: Limits,
 ): Promise<Socket> {
-  const hostname = target.hostname.replace(/^\[(.*)\]$/, '$1');
+  const hostname = unbracketed(target.hostname);
   const { socket } = await openTunnel(proxy, hostname, target.port, limits);
   if (target.protocol !== 'https:') return socket;
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);

@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector } from 'undici';
-import { type Limits, portOf } from '../options.ts';
+import { type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
@@ -136,7 +136,7 @@ export function sessionConnector(
       if (!early) {
         // What undici's Client would pass for this origin (an IPv6 literal without its brackets).
         const url = new URL(origin);
-        const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+        const hostname = unbracketed(url.hostname);
         const opening = dial({ host: url.host, hostname, protocol: url.protocol, port: url.port });
         early = opening;
         opening.then(

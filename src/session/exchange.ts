@@ -9,7 +9,7 @@ import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
-import { type ClientCertificateSelector, type Limits, portOf } from '../options.ts';
+import { type ClientCertificateSelector, type Limits, portOf, unbracketed } from '../options.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
@@ -60,7 +60,7 @@ let lastOrigin: { origin: string; hostname: string; port: number } | undefined;
 function hostAndPort(origin: string): { hostname: string; port: number } {
   if (lastOrigin?.origin !== origin) {
     const url = new URL(origin);
-    lastOrigin = { origin, hostname: url.hostname, port: portOf(url) };
+    lastOrigin = { origin, hostname: unbracketed(url.hostname), port: portOf(url) };
   }
   return lastOrigin;
 }

@@ -19,7 +19,7 @@ import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
-import { type Limits, portOf } from '../options.ts';
+import { type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
@@ -144,7 +144,7 @@ export class UpgradeDispatcher {
     const url = new URL(origin);
     const legInfo = (): LegInfo => ({
       origin,
-      hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+      hostname: unbracketed(url.hostname),
       port: portOf(url),
       method: opts.method,
       path: opts.path,
