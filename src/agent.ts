@@ -1,4 +1,4 @@
-import { Dispatcher } from 'undici';
+import { Dispatcher, Dispatcher1Wrapper } from 'undici';
 import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
@@ -40,6 +40,11 @@ function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void
 }
 
 /** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
+/** A handler of undici's first API: it has onError (which that API requires) and not onResponseError. */
+const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean => {
+  const legacy = h as { onError?: unknown };
+  return typeof h.onResponseError !== 'function' && typeof legacy.onError === 'function';
+};
 const http1Only = (opts: Dispatcher.DispatchOptions): boolean => (opts as { allowH2?: boolean }).allowH2 === false;
 
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
@@ -89,6 +94,8 @@ export class MultilegAgent extends Dispatcher {
   readonly #hops = new RedirectHops();
   /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
   #upgrades: UpgradeDispatcher | undefined;
+  /** undici's adapter for handlers of its first API, around this agent (see dispatch). */
+  #legacy: Dispatcher1Wrapper | undefined;
   #closed = false;
   /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
   #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
@@ -160,6 +167,13 @@ export class MultilegAgent extends Dispatcher {
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    if (isLegacyHandler(handler)) {
+      // Node's built-in fetch (its own, older undici) given this agent as `dispatcher` passes a
+      // handler of undici's first API (onHeaders, onData, onComplete), which nothing here calls:
+      // undici's adapter wraps it and keeps it on HTTP/1.1, as for undici's global dispatcher (undici#4989).
+      this.#legacy ??= new Dispatcher1Wrapper(this);
+      return this.#legacy.dispatch(opts, handler);
+    }
     try {
       if (this.#closed) throw new AgentClosedError();
       if (!opts.origin)

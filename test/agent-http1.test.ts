@@ -136,6 +136,28 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     }
   });
 
+  it("works with Node's built-in fetch given the agent as its dispatcher (undici's first handler API, over HTTP/1.1)", async () => {
+    // Before, nothing called that handler's onHeaders/onComplete: the response never reached fetch.
+    r = await rig({ mode: 'session' });
+    const init = { dispatcher: r.agent } as unknown as RequestInit; // Node's RequestInit does not declare it
+    const results = await Promise.all(
+      Array.from({ length: 5 }, (_, i) =>
+        globalThis.fetch(`${r!.server.origin}/auth/builtin-dispatcher/${i}`, init).then(async (res) => ({
+          status: res.status,
+          body: (await res.json()) as { protocol: string; user: string },
+        })),
+      ),
+    );
+    expect(results.map((x) => [x.status, x.body.protocol, x.body.user])).toEqual(
+      Array.from({ length: 5 }, () => [200, 'http/1.1', 'EXAMPLE\\alice']),
+    );
+    // An error reaches it too, as fetch's TypeError with ours as the cause.
+    await r.agent.close();
+    const err = await globalThis.fetch(`${r.server.origin}/auth/after-close`, init).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(TypeError);
+    expect(((err as Error).cause as { code?: string }).code).toBe('MULTILEG_CLOSED');
+  });
+
   it('an abort while queued removes the request and reports the abort', async () => {
     r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 200 : 0) } });
     const leader = get(r, '/auth/leader');

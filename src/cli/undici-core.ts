@@ -1,6 +1,6 @@
 /**
  * The parts of undici a `multileg` request uses — `Dispatcher` with its request API, `Client`,
- * `buildConnector` — loaded from their own files. undici's index also loads fetch, WebSocket,
+ * `buildConnector`, and `Dispatcher1Wrapper` (which the agent imports) — loaded from their own files. undici's index also loads fetch, WebSocket,
  * EventSource, the caches, the interceptors and the mocks, and makes a global Agent: about 90 of
  * the 110 modules a request loaded, a third of the command's start (docs/PERFORMANCE.md "CLI
  * start"). undici has no `exports` map, so its files are the package's to import; they are the
@@ -12,13 +12,14 @@ import type * as Undici from 'undici';
 
 const require = createRequire(import.meta.url);
 
-function load(): Pick<typeof Undici, 'Dispatcher' | 'Client' | 'buildConnector'> {
+function load(): Pick<typeof Undici, 'Dispatcher' | 'Dispatcher1Wrapper' | 'Client' | 'buildConnector'> {
   try {
     const Dispatcher = require('undici/lib/dispatcher/dispatcher.js') as typeof Undici.Dispatcher;
     // What undici's index does: request(), stream(), pipeline(), upgrade(), connect() on every dispatcher.
     Object.assign(Dispatcher.prototype, require('undici/lib/api/index.js'));
     return {
       Dispatcher,
+      Dispatcher1Wrapper: require('undici/lib/dispatcher/dispatcher1-wrapper.js') as typeof Undici.Dispatcher1Wrapper,
       Client: require('undici/lib/dispatcher/client.js') as typeof Undici.Client,
       buildConnector: require('undici/lib/core/connect.js') as typeof Undici.buildConnector,
     };
@@ -29,7 +30,7 @@ function load(): Pick<typeof Undici, 'Dispatcher' | 'Client' | 'buildConnector'>
   }
 }
 
-export const { Dispatcher, Client, buildConnector } = load();
+export const { Dispatcher, Dispatcher1Wrapper, Client, buildConnector } = load();
 
 /** multileg's own modules (dist/ or src/): theirs are the imports of 'undici' this module answers. */
 const OWN = new URL('../', import.meta.url).href;
