@@ -123,6 +123,55 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     expect(s.exchanges.filter((e) => e.path === '/auth/i').some((e) => hasAuth(e.requestHeaders))).toBe(false);
   });
 
+  // Between undici's redirect interceptor and the agent, retry and decompress hide its `history`;
+  // the interceptor also follows a 300, which fetch does not.
+  for (const [status, inner] of [
+    [300, undefined],
+    [300, 'retry'],
+    [300, 'decompress'],
+    [302, 'retry'],
+  ] as const) {
+    it(`S5: undici's redirect interceptor following a ${status}${inner ? ` with ${inner} inside it` : ''}, without a list: the hop goes without the ticket`, async () => {
+      const s = await kerberosServer();
+      const from = s.origin.replace('localhost', '127.0.0.1');
+      const a = ambientAgent(s);
+      const chain = inner
+        ? [interceptors[inner](), interceptors.redirect({ maxRedirections: 2 })]
+        : [interceptors.redirect({ maxRedirections: 2 })];
+      const target = `/auth/hop-${status}-${inner ?? 'alone'}`;
+      const res = await request(
+        `${from}/public/redirect?status=${status}&to=${encodeURIComponent(s.origin + target)}`,
+        {
+          dispatcher: a.compose(...chain),
+        },
+      );
+      expect(res.statusCode).toBe(401);
+      await res.body.dump();
+      expect(s.exchanges.filter((e) => e.path === target).map((e) => hasAuth(e.requestHeaders))).toEqual([false]);
+    });
+  }
+
+  it("S5: a cross-origin 301 that undici's cache interceptor replays without the agent seeing it again: every hop goes without the ticket", async () => {
+    const s = await kerberosServer();
+    const from = s.origin.replace('localhost', '127.0.0.1');
+    const a = ambientAgent(s);
+    const start = (path: string) =>
+      `${from}/public/redirect?status=301&cache=600&to=${encodeURIComponent(`${s.origin}${path}`)}`;
+    const viaInterceptor = a.compose(interceptors.cache(), interceptors.redirect({ maxRedirections: 2 }));
+    const viaFetch = a.compose(interceptors.cache());
+    for (let round = 0; round < 2; round++) {
+      const res = await request(start('/auth/cached-i'), { dispatcher: viaInterceptor });
+      expect(res.statusCode).toBe(401);
+      await res.body.dump();
+      expect((await fetch(start('/auth/cached-f'), { dispatcher: viaFetch })).status).toBe(401);
+    }
+    // The interceptor's second 301 came from the cache: its start URL reached the server once.
+    const starts = s.exchanges.filter((e) => e.path.startsWith('/public/redirect'));
+    expect(starts.filter((e) => e.path.includes('cached-i'))).toHaveLength(1);
+    for (const path of ['/auth/cached-i', '/auth/cached-f'])
+      expect(s.exchanges.filter((e) => e.path === path).map((e) => hasAuth(e.requestHeaders))).toEqual([false, false]);
+  });
+
   it('S4: without a list, the ticket never goes to an http:// origin: a typed error, nothing sent', async () => {
     const s = await kerberosServer({ cleartext: true });
     const a = ambientAgent(s);

@@ -16,7 +16,7 @@ import {
 } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
-import { RedirectHops } from '../src/trust/redirects.ts';
+import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
 import { ALICE, hasAuth } from './helpers.ts';
 
 const servers: ReferenceServer[] = [];
@@ -298,6 +298,35 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     hops.noteResponse('https://a.example', '/dir/r', 307, { location: '//c.example/p' });
     hops.noteResponse('https://a.example', '/dir/r', 307, { location: 'http://[bad' });
     expect(hops.consume('https://c.example', '/p')).toBe(true);
+  });
+
+  it('S5: a redirect a cache may replay keeps its target a hop, every dispatch, for as long as a cache may serve it', () => {
+    const now = Date.parse('2026-11-29T12:00:00Z');
+    const day = 24 * 3600 * 1000;
+    expect(replayableFor(301, {}, now)).toBe(0);
+    expect(replayableFor(301, { 'cache-control': 'max-age=600, no-store' }, now)).toBe(0);
+    expect(replayableFor(302, { 'cache-control': 'private, max-age=600' }, now)).toBe(600_000);
+    expect(replayableFor(302, { 'cache-control': 'max-age=60, s-maxage=600, stale-while-revalidate=30' }, now)).toBe(
+      630_000,
+    );
+    expect(replayableFor(307, { expires: new Date(now + 3_600_000).toUTCString() }, now)).toBe(3_600_000);
+    expect(replayableFor(307, { expires: 'garbage' }, now)).toBe(0);
+    // Last-Modified alone: 10% of its age, for the statuses a cache may keep on it (not 302).
+    const tenDaysOld = { 'last-modified': new Date(now - 10 * day).toUTCString() };
+    expect(replayableFor(301, tenDaysOld, now)).toBe(day);
+    expect(replayableFor(302, tenDaysOld, now)).toBe(0);
+    expect(replayableFor(308, { 'cache-control': 'immutable' }, now)).toBe(365 * day);
+
+    const hops = new RedirectHops();
+    hops.noteResponse('https://a.example', '/r', 301, {
+      location: 'https://b.example/x',
+      'cache-control': 'max-age=600',
+    });
+    hops.noteResponse('https://a.example', '/s', 300, { location: 'https://b.example/y' });
+    for (let i = 0; i < 3; i++) expect(hops.consume('https://b.example', '/x')).toBe(true);
+    // A 300 (which undici's redirect interceptor follows) not cached: one hop.
+    expect(hops.consume('https://b.example', '/y')).toBe(true);
+    expect(hops.consume('https://b.example', '/y')).toBe(false);
   });
 });
 

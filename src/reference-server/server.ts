@@ -434,13 +434,16 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const sessionUser = mode !== 'per-request' ? state.user : undefined;
     if (pathname === '/public/redirect') {
       // A redirect to wherever `?to=` says: for tests of credentials across redirects (S1).
-      // `?status=` picks the redirect code (301, 302, 303, 307, 308; default 302).
+      // `?status=` picks the redirect code (300, 301, 302, 303, 307, 308; default 302); `?cache=N`
+      // lets caches keep it N seconds (Cache-Control: max-age=N).
       const query = new URLSearchParams(draft.path.split('?')[1] ?? '');
       const to = query.get('to') ?? '/public/';
-      const status = [301, 302, 303, 307, 308].includes(Number(query.get('status')))
+      const status = [300, 301, 302, 303, 307, 308].includes(Number(query.get('status')))
         ? Number(query.get('status'))
         : 302;
-      return { kind: 'respond', status, outcome: 'anonymous', headers: { location: to } };
+      const cache = query.get('cache');
+      const headers = { location: to, ...(cache ? { 'cache-control': `max-age=${Number(cache)}` } : {}) };
+      return { kind: 'respond', status, outcome: 'anonymous', headers };
     }
     if (pathname === '/public' || pathname.startsWith('/public/')) {
       return { kind: 'respond', status: 200, outcome: 'anonymous', headers: {}, ...userField(sessionUser) };

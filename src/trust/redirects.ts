@@ -1,19 +1,60 @@
 /**
- * Recognises fetch's own redirect hops (S5). fetch follows a 3xx itself and dispatches the next
- * request without telling the dispatcher that it is a hop. But the agent delivered that 3xx and saw
- * its `Location`: a dispatch to exactly that URL soon after is the hop. Misclassifying a direct
- * call to the same URL only costs a 401 (the safe side).
+ * Recognises redirect hops the dispatcher is not told about (S5): fetch follows a 3xx itself, and
+ * an interceptor between undici's redirect interceptor and the agent (retry, decompress) hides the
+ * redirect handler's `history`. But the agent delivered that 3xx and saw its `Location`: a dispatch
+ * to exactly that URL soon after is the hop. A 3xx a cache may keep (undici's cache interceptor)
+ * can be replayed without reaching the agent again: its target stays a hop, every dispatch to it,
+ * for as long as a cache may serve it. Misclassifying a direct call to the same URL only costs a
+ * 401 (the safe side).
  */
 
-const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+/** What fetch and undici's redirect interceptor follow (the interceptor also follows 300). */
+const REDIRECT_STATUSES = new Set([300, 301, 302, 303, 307, 308]);
 /** fetch dispatches the hop as soon as the 3xx head arrives; a generous bound for a busy event loop. */
 const HOP_WINDOW_MS = 10_000;
+/** A cached redirect's target is a hop at most this long (a year: what `immutable` means to undici's cache). */
+const MAX_REPLAY_MS = 365 * 24 * 3600 * 1000;
 /** Bound on remembered hops, so a server that redirects everything cannot grow memory. */
 const MAX_PENDING = 1000;
+/** Statuses a cache may keep on `Last-Modified` alone (RFC 9111 §4.2.2, as undici's cache does). */
+const HEURISTIC_STATUSES = new Set([300, 301, 308]);
 
 interface Pending {
   count: number;
   expires: number;
+  /** A cache may replay the 3xx: every dispatch to the target until `expires` is the hop. */
+  cached: boolean;
+}
+
+const joined = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(',') : v);
+
+/**
+ * How long a cache may serve this response again (ms, 0 when none may store it): freshness from
+ * `s-maxage`/`max-age`, else `Expires`, else the 10% heuristic on `Last-Modified`, else a year for
+ * `immutable`; plus `stale-while-revalidate` / `stale-if-error`. Rounded up where unsure (safe side).
+ */
+export function replayableFor(status: number, headers: Record<string, string | string[]>, now: number): number {
+  const directives = new Map<string, string>();
+  for (const part of (joined(headers['cache-control']) ?? '').split(',')) {
+    const [name = '', value = ''] = part.trim().toLowerCase().split('=');
+    if (name) directives.set(name, value.replace(/^"|"$/g, ''));
+  }
+  if (directives.has('no-store')) return 0;
+  const seconds = (name: string) => {
+    const n = Number.parseInt(directives.get(name) ?? '', 10);
+    return Number.isFinite(n) && n > 0 ? n * 1000 : 0;
+  };
+  let fresh = Math.max(seconds('s-maxage'), seconds('max-age'));
+  const expires = joined(headers.expires);
+  const lastModified = joined(headers['last-modified']);
+  if (!directives.has('s-maxage') && !directives.has('max-age')) {
+    if (expires !== undefined) fresh = Math.max(0, Date.parse(expires) - now) || 0;
+    else if (lastModified !== undefined && HEURISTIC_STATUSES.has(status))
+      fresh = Math.max(0, (now - Date.parse(lastModified)) / 10) || 0;
+    if (directives.has('immutable')) fresh = MAX_REPLAY_MS;
+  }
+  const stale = Math.max(seconds('stale-while-revalidate'), seconds('stale-if-error'));
+  return fresh + stale > 0 ? Math.min(fresh + stale, MAX_REPLAY_MS) : 0;
 }
 
 export class RedirectHops {
@@ -38,32 +79,37 @@ export class RedirectHops {
     if (target.origin === origin) return; // same-origin hops are not a trust question
     const key = target.origin + target.pathname + target.search;
     const now = Date.now();
+    const replayable = replayableFor(status, headers, now);
+    const expires = now + Math.max(HOP_WINDOW_MS, replayable);
     const pending = this.#pending.get(key);
     if (pending) {
       pending.count += 1;
-      pending.expires = now + HOP_WINDOW_MS;
+      pending.expires = Math.max(pending.expires, expires);
+      pending.cached ||= replayable > 0;
       return;
     }
     if (this.#pending.size >= MAX_PENDING) this.#evict(now);
-    this.#pending.set(key, { count: 1, expires: now + HOP_WINDOW_MS });
+    this.#pending.set(key, { count: 1, expires, cached: replayable > 0 });
   }
 
-  /** True when a dispatch to `origin` + `path` is a pending cross-origin hop; consumes it. */
+  /** True when a dispatch to `origin` + `path` is a pending cross-origin hop; consumes it (unless cached). */
   consume(origin: string, path: string): boolean {
     if (this.#pending.size === 0) return false;
     const key = origin + path;
     const pending = this.#pending.get(key);
     if (!pending) return false;
-    if (--pending.count === 0) this.#pending.delete(key);
-    return pending.expires >= Date.now();
+    const live = pending.expires >= Date.now();
+    if (!live || (!pending.cached && --pending.count === 0)) this.#pending.delete(key);
+    return live;
   }
 
   #evict(now: number): void {
     for (const [key, p] of this.#pending) if (p.expires < now) this.#pending.delete(key);
-    // Still full: drop the oldest (Map keeps insertion order).
-    for (const key of this.#pending.keys()) {
-      if (this.#pending.size < MAX_PENDING) break;
-      this.#pending.delete(key);
-    }
+    // Still full: drop the oldest that no cache can replay, then the oldest (Map keeps insertion order).
+    for (const cachedToo of [false, true])
+      for (const [key, p] of this.#pending) {
+        if (this.#pending.size < MAX_PENDING) return;
+        if (cachedToo || !p.cached) this.#pending.delete(key);
+      }
   }
 }
