@@ -4,7 +4,7 @@ import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
-import { normalizeRequestHeaders } from './headers.ts';
+import { type HeaderMap, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
@@ -17,6 +17,7 @@ import {
   type ResolvedOptions,
   resolveLimits,
 } from './options.ts';
+import { ProxyAuthorizationHeaderError } from './proxy/errors.ts';
 import { ProxyResolver } from './proxy/options.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
@@ -180,6 +181,8 @@ export class MultilegAgent extends Dispatcher {
         throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
       const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
+        // Upgrades always tunnel through a proxy that applies.
+        this.#refuseTunnelledProxyAuthorization(origin, normalizeRequestHeaders(opts.headers), 'any');
         this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
         return this.#upgrades.dispatch(origin, opts, handler, grant.allowed);
@@ -230,6 +233,7 @@ export class MultilegAgent extends Dispatcher {
     const identity: Identity =
       'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
+    if (identity === 'caller') this.#refuseTunnelledProxyAuthorization(origin, headers, 'tunnel');
     const pool = this.#pool(origin);
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
@@ -266,6 +270,18 @@ export class MultilegAgent extends Dispatcher {
       return;
     }
     run(prepared);
+  }
+
+  /**
+   * A caller's own Proxy-Authorization on a request that goes through a CONNECT tunnel would reach
+   * the origin inside it, not the proxy (S2): refused before anything is sent. (Through a
+   * forwarding proxy it goes to the proxy, as meant.)
+   */
+  #refuseTunnelledProxyAuthorization(origin: string, headers: HeaderMap, routes: 'tunnel' | 'any'): void {
+    if (!('proxy-authorization' in headers)) return;
+    const route = this.#options.proxy.route(origin);
+    if (route && (routes === 'any' || route.kind === 'tunnel'))
+      throw new ProxyAuthorizationHeaderError(origin, route.proxy.origin);
   }
 
   readonly #finished = (): void => {

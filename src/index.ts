@@ -42,6 +42,7 @@ export {
 } from './options.ts';
 export {
   ProxyAuthenticationError,
+  ProxyAuthorizationHeaderError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,

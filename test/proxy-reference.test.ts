@@ -6,8 +6,9 @@
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Mechanism, MultilegAgent, type MultilegAgentOptions, ntlmMechanism } from '../src/index.ts';
-import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import { ProxyAuthenticationError, ProxyAuthorizationHeaderError } from '../src/proxy/errors.ts';
 import {
+  CA_CERT,
   type ReferenceProxy,
   type ReferenceProxyOptions,
   type ReferenceServer,
@@ -140,6 +141,41 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(2);
     // Over a tunnel the session is ours alone: session auth is trusted without Proxy-support.
     expect(a.handshakes().map((h) => h.outcome)).toEqual(['session']);
+  });
+
+  it("S2/H5: a caller's own Proxy-Authorization is refused through a CONNECT tunnel (it would reach the origin), and goes to a forwarding proxy", async () => {
+    const {
+      base,
+      server: s,
+      proxy: p,
+      agent: a,
+    } = await setup({ proxySupport: true }, {}, { connect: { ca: CA_CERT } });
+    const own = { 'proxy-authorization': 'Basic c2VjcmV0OnNlY3JldA==' };
+    const err = (await fetch(`${s.origin}/public/t`, { dispatcher: a, headers: own }).catch(
+      (e: { cause?: Error }) => e.cause,
+    )) as Error;
+    expect(err).toBeInstanceOf(ProxyAuthorizationHeaderError);
+    expect((err as ProxyAuthorizationHeaderError).code).toBe('MULTILEG_PROXY_AUTH_HEADER');
+    expect(err.message).not.toContain('c2VjcmV0');
+    // An upgrade always tunnels: refused too.
+    const upgraded = await new Promise<Error>((resolve) =>
+      a.dispatch(
+        { origin: `http://localhost:${s.port}`, path: '/ws', method: 'GET', upgrade: 'websocket', headers: own },
+        {
+          onRequestUpgrade: () => resolve(new Error('upgraded')),
+          onResponseStart: () => resolve(new Error('answered')),
+          onResponseData: () => {},
+          onResponseEnd: () => {},
+          onResponseError: (_c, e) => resolve(e),
+        },
+      ),
+    );
+    expect(upgraded).toBeInstanceOf(ProxyAuthorizationHeaderError);
+    expect(p.exchanges).toEqual([]);
+    expect(s.exchanges).toEqual([]);
+    // A plain-http target goes through the forwarding proxy: the header is the proxy's to read.
+    expect((await fetch(`${base}/public/f`, { dispatcher: a, headers: own })).status).toBe(200);
+    expect(p.exchanges.map((e) => e.proxyAuthorization)).toEqual([true]);
   });
 
   it('H5: a wrong proxy password is a ProxyAuthenticationError that names the proxy and no secret', async () => {

@@ -22,6 +22,21 @@ export class ProxyAuthenticationError extends MultilegError {
   }
 }
 
+/**
+ * A request carries its own Proxy-Authorization but goes through a CONNECT tunnel: the header would
+ * reach the origin, not the proxy (undici's ProxyAgent refuses the same).
+ */
+export class ProxyAuthorizationHeaderError extends MultilegError {
+  readonly proxy: string;
+  constructor(origin: string, proxy: string) {
+    super(
+      'MULTILEG_PROXY_AUTH_HEADER',
+      `a Proxy-Authorization header on a request to ${origin} would travel inside proxy ${proxy}'s CONNECT tunnel to ${origin}, not to the proxy; nothing was sent: give the proxy's credentials as options.proxy.credentials (or in the proxy URL) instead`,
+    );
+    this.proxy = proxy;
+  }
+}
+
 /** The proxy answered CONNECT with a status other than 2xx or 407. */
 export class ProxyConnectError extends MultilegError {
   readonly statusCode: number;
