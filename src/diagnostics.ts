@@ -40,7 +40,10 @@ export interface LegRequestEvent extends LegEventBase {
   readonly phase: 'request';
   readonly method: string;
   readonly path: string;
-  /** The scheme of the Authorization (Proxy-Authorization on a CONNECT) sent on this leg, or undefined. */
+  /**
+   * The scheme of the Authorization (Proxy-Authorization on a CONNECT) sent on this leg, or undefined:
+   * none sent, several, or a value with no scheme word (an API key sent raw, published as `[redacted]`).
+   */
   readonly scheme: string | undefined;
   /** Whether this leg echoed the server's Auth-ID (C3). */
   readonly authId: boolean;
@@ -72,11 +75,23 @@ function redactChallenges(value: string): string {
   return value.replace(/(^|,)(\s*[A-Za-z][\w!#$%&'*+.^`|~-]*)\s+[A-Za-z0-9+/._~-]+=*(?=\s*(,|$))/g, '$1$2 [redacted]');
 }
 
+/** A scheme word: an RFC 9110 token, short, then whitespace and the credentials (RFC 9110 §11.4). */
+const SCHEME_WORD = /^[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]{1,20})[ \t]+[^ \t]/;
+
+/**
+ * The scheme of an `Authorization` / `Proxy-Authorization` value (`Negotiate oYIB…` → `Negotiate`), or
+ * undefined when its first word cannot be one: a value of one word (`sk_live_…`, an API key sent raw)
+ * or a first word that is long or not a token is the secret itself, and is never published (S2).
+ */
+export function authScheme(value: string): string | undefined {
+  return SCHEME_WORD.exec(value)?.[1];
+}
+
 function redactValue(name: string, value: string): string {
   if (SECRET_HEADERS.has(name)) {
     if (name !== 'authorization' && name !== 'proxy-authorization') return '[redacted]';
-    const scheme = value.trim().split(/\s+/, 1)[0] ?? '';
-    return `${scheme} [redacted]`;
+    const scheme = authScheme(value);
+    return scheme === undefined ? '[redacted]' : `${scheme} [redacted]`;
   }
   return CHALLENGE_HEADERS.has(name) ? redactChallenges(value) : value;
 }
@@ -128,7 +143,7 @@ export function publishLeg(
     phase: 'request',
     method: request.method,
     path: request.path,
-    scheme: typeof authorization === 'string' ? authorization.trim().split(/\s+/, 1)[0] : undefined,
+    scheme: typeof authorization === 'string' ? authScheme(authorization) : undefined,
     authId: 'auth-id' in request.headers,
     headers: redactHeaders(request.headers),
   } satisfies LegRequestEvent);

@@ -65,20 +65,29 @@ export type SchemeName = 'Negotiate' | 'NTLM' | 'Digest' | 'Basic' | 'Transport'
 export const SCHEME_NAMES: readonly SchemeName[] = ['Negotiate', 'NTLM', 'Digest', 'Basic', 'Transport'];
 
 /**
- * Rejects a `schemes` entry that names no scheme multileg implements and no given mechanism: a
- * typo would otherwise silently turn a scheme off.
+ * Rejects a `schemes` that is not an array (plain JavaScript: `schemes: 'NTLM'` would be read letter
+ * by letter) and an entry that names no scheme multileg implements and no given mechanism: a typo
+ * would otherwise silently turn a scheme off.
  */
 export function checkSchemes(
   name: string,
   schemes: readonly string[] | undefined,
   mechanisms: readonly Mechanism[],
 ): void {
+  if (schemes === undefined) return;
+  if (!Array.isArray(schemes))
+    throw new ConfigError(
+      `${name} must be an array of scheme names, in order of preference, e.g. ${name}: ['NTLM'] (got ${typeof schemes === 'string' ? 'a string' : typeof schemes})`,
+    );
   const known = new Set([...SCHEME_NAMES, ...mechanisms.map((m) => m.scheme)].map((s) => s.toLowerCase()));
-  for (const s of schemes ?? [])
+  for (const s of schemes as readonly unknown[]) {
+    if (typeof s !== 'string')
+      throw new ConfigError(`${name} entries must be scheme names (strings), e.g. ${name}: ['NTLM']`);
     if (!known.has(s.toLowerCase()))
       throw new ConfigError(
         `${name}: unknown scheme ${JSON.stringify(s)}; use ${SCHEME_NAMES.join(', ')} or a scheme of your mechanisms`,
       );
+  }
 }
 
 /** A TLS client certificate (PEM or DER), presented to origins that ask for one (T3). */

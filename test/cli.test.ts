@@ -437,6 +437,26 @@ describe('multileg command line', () => {
     expect(unwritable.stderr).toMatch(/^multileg: --har .*x\.har: ENOENT/);
   });
 
+  it('S2: an Authorization header without a scheme word (-H with a raw API key) reaches neither -v, --json nor --har', async () => {
+    const har = join(dir, 'raw-key.har');
+    const key = 'sk_live_SUPERSECRET123';
+    const url = `${server.origin}/public/raw-key`;
+    const verbose = await run(['-v', '--har', har, '--cacert', ca, '-H', `Authorization: ${key}`, url]);
+    expect(verbose.code).toBe(0);
+    expect(verbose.stderr).toContain('> GET /public/raw-key (Authorization: [redacted], Auth-ID: no)');
+    expect(verbose.stderr).not.toContain('SUPERSECRET');
+    const text = readFileSync(har, 'utf8');
+    expect(validateHar(JSON.parse(text))).toEqual([]);
+    const entry = JSON.parse(text).log.entries[0];
+    expect(entry.request.headers).toContainEqual({ name: 'authorization', value: '[redacted]' });
+    expect(entry._authScheme).toBeUndefined();
+    expect(text).not.toContain('SUPERSECRET');
+    const json = await run(['--json', '--cacert', ca, '-H', `authorization: ${key}`, url]);
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.stdout).legs[0].scheme).toBeNull();
+    expect(json.stdout).not.toContain('SUPERSECRET');
+  });
+
   it('--ntlm, --negotiate, --principal, --canonicalize-host, --no-mutual-auth, --delegate, --spn set the agent options', async () => {
     const ntlm = await run(['-v', '--ntlm', ...alice(), `${server.origin}/auth/ntlm`]);
     expect(ntlm.stderr).toMatch(/Authorization: NTLM …/);

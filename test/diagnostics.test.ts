@@ -1,7 +1,7 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { redactHeaders } from '../src/diagnostics.ts';
+import { authScheme, redactHeaders } from '../src/diagnostics.ts';
 import { HANDSHAKE_CHANNEL, type HandshakeReport, LEG_CHANNEL, type LegEvent, MultilegAgent } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 
@@ -74,6 +74,75 @@ describe('diagnostics_channel events', () => {
       }
       if (e.authIdSent) expect(published).not.toContain(e.authIdSent);
     }
+  });
+
+  it('S2: an Authorization value without a scheme word (an API key sent raw) reaches multileg:leg as [redacted], with no scheme', async () => {
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    const agent = new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      trustedOrigins: [server.origin],
+      connect: { ca: server.ca },
+    });
+    try {
+      const res = await fetch(`${server.origin}/public/raw-key`, {
+        dispatcher: agent,
+        headers: { Authorization: 'sk_live_SUPERSECRET123' },
+      });
+      await res.text();
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+      await agent.destroy();
+    }
+    const requests = legs.filter((e) => e.phase === 'request');
+    expect(requests.length).toBeGreaterThan(0);
+    for (const e of requests) {
+      expect(e.scheme).toBeUndefined();
+      expect(e.headers).toContainEqual(['authorization', '[redacted]']);
+    }
+    expect(JSON.stringify(legs)).not.toContain('SUPERSECRET');
+  });
+
+  it('S2: only a short token followed by credentials counts as a scheme; anything else in Authorization is redacted whole', () => {
+    const secret = (v: string) => redactHeaders({ authorization: v })[0]![1];
+    // A scheme word, kept.
+    expect(secret('Bearer eyJhbGciOi.x.y')).toBe('Bearer [redacted]');
+    expect(secret('  Negotiate\toYIBCjCC==')).toBe('Negotiate [redacted]');
+    expect(secret('AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=abc')).toBe('AWS4-HMAC-SHA256 [redacted]');
+    expect(authScheme('Digest username="a", response="b"')).toBe('Digest');
+    // One word, whatever it looks like: the secret itself.
+    for (const v of ['sk_live_SUPERSECRET123', 'Basic', 'NTLM', ' abc123 ', 'YWxpY2U6cHc=', '']) {
+      expect(secret(v)).toBe('[redacted]');
+      expect(authScheme(v)).toBeUndefined();
+    }
+    // A first word too long, or not a token, to be a scheme.
+    for (const v of [
+      'sk_live_SUPERSECRET123 trailing',
+      'key:SUPERSECRET more',
+      'tok/en== x',
+      'a"b c',
+      'Bearer\nsecret',
+    ]) {
+      expect(secret(v)).toBe('[redacted]');
+      expect(authScheme(v)).toBeUndefined();
+    }
+    // Header names in any case, repeated values, Proxy-Authorization, cookies.
+    expect(
+      redactHeaders({
+        AUTHORIZATION: ['sk_live_SUPERSECRET123', 'Basic YWxpY2U6cHc='],
+        'Proxy-Authorization': 'rawproxysecret',
+        Cookie: 'sid=secret',
+        'set-cookie': ['a=b', 'c=d'],
+      }),
+    ).toEqual([
+      ['authorization', '[redacted]'],
+      ['authorization', 'Basic [redacted]'],
+      ['proxy-authorization', '[redacted]'],
+      ['cookie', '[redacted]'],
+      ['set-cookie', '[redacted]'],
+      ['set-cookie', '[redacted]'],
+    ]);
   });
 
   it('S2: redaction keeps schemes and parameters, drops tokens, Auth-IDs and cookies', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MultilegAgent, ntlmMechanism, type SchemeName } from '../src/index.ts';
+import { ConfigError, MultilegAgent, ntlmMechanism, type SchemeName } from '../src/index.ts';
 
 describe('schemes', () => {
   it('T2: an unknown name in schemes is a ConfigError naming the known ones (a typo would turn a scheme off)', () => {
@@ -19,5 +19,25 @@ describe('schemes', () => {
           trustedOrigins: ['https://h'],
         }),
     ).not.toThrow();
+  });
+
+  it('T2: schemes that is not an array (a string from plain JavaScript) is a ConfigError saying to write an array, agent and proxy alike', () => {
+    for (const bad of ['NTLM', 'Negotiate, NTLM', { 0: 'NTLM' }, 1]) {
+      const agent = () => new MultilegAgent({ schemes: bad as never });
+      expect(agent, String(bad)).toThrow(ConfigError);
+      expect(agent, String(bad)).toThrow(
+        "schemes must be an array of scheme names, in order of preference, e.g. schemes: ['NTLM']",
+      );
+      const proxy = () => new MultilegAgent({ proxy: { uri: 'http://127.0.0.1:3128', schemes: bad as never } });
+      expect(proxy, String(bad)).toThrow(ConfigError);
+      expect(proxy, String(bad)).toThrow(
+        "proxy.schemes must be an array of scheme names, in order of preference, e.g. proxy.schemes: ['NTLM']",
+      );
+    }
+    expect(() => new MultilegAgent({ schemes: 'NTLM' as never })).toThrow('(got a string)');
+    // A non-string entry is a ConfigError too, not a TypeError.
+    expect(() => new MultilegAgent({ schemes: ['NTLM', 1] as never })).toThrow(
+      new ConfigError("schemes entries must be scheme names (strings), e.g. schemes: ['NTLM']"),
+    );
   });
 });

@@ -84,11 +84,19 @@ describe('S1: trusted origins are required with a password, and match exactly wh
       'https://*',
       'https://a.*.example',
       'not a url',
-      'https://user@a.example',
       'https://a.example?q=1',
     ]) {
       expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
       expect(() => new TrustPolicy([bad]), bad).toThrow(bad);
+    }
+    // User info is named without itself (S2: it may hold a password).
+    for (const [bad, named] of [
+      ['https://user@a.example', "'https://…@a.example' has user info"],
+      ['https://user:hunter2@a.example', "'https://…@a.example' has user info"],
+    ] as const) {
+      expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
+      expect(() => new TrustPolicy([bad]), bad).toThrow(named);
+      expect(() => new TrustPolicy([bad]), bad).not.toThrow(/user@|user:|hunter2/);
     }
     // Plain JavaScript callers can pass anything: neither a list nor a function, or a non-string entry.
     expect(() => new TrustPolicy('https://a.example' as never)).toThrow(
@@ -148,6 +156,81 @@ describe('S1: trusted origins are required with a password, and match exactly wh
         expect(p.explicit(`https://${l}corp.example.com`)).toBe(false);
         expect(p.explicit(`https://corp.example.com.${l}.test`)).toBe(false);
       }),
+    );
+  });
+
+  it('S1: a wildcard pattern whose host the URL parser would read otherwise (user info, backslash, escapes, white space) is a ConfigError', () => {
+    const cases = [
+      ['https://*.intranet.example.com@corp.example.com', "'https://…@corp.example.com' has user info (an '@')"],
+      ['https://*.a@b:pw@corp.example.com:8443', "'https://…@corp.example.com:8443' has user info (an '@')"],
+      ['https://*.corp.example.com\\evil.net', "has '\\' in its host"],
+      ['https://*.corp%2eexample.com', "has '%' in its host"],
+      ['https://*.corp.exa\tmple.com', 'has U+0009 in its host'],
+      ['https://*.corp example.com', 'has U+0020 in its host'],
+      ['https://*.*.example.com', "uses '*' other than as the first label"],
+      ['https://*.corp.example.com/x', 'has more than scheme, host pattern and port'],
+      ['https://*.corp.example.com?x', 'has more than scheme, host pattern and port'],
+      ['https://*.corp.example.com#x', 'has more than scheme, host pattern and port'],
+      ['https://*.', 'has an empty label'],
+      ['https://*..example.com', 'has an empty label'],
+      ['https://*.corp..example.com', 'has an empty label'],
+      ['https://*.1.2.3', 'has an invalid host'],
+    ] as const;
+    for (const [bad, named] of cases) {
+      expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
+      expect(() => new TrustPolicy([bad]), bad).toThrow(named);
+    }
+    // The user info is not echoed.
+    expect(() => new TrustPolicy([cases[0][0]])).not.toThrow(/\*\.intranet/);
+    expect(() => new TrustPolicy([cases[1][0]])).not.toThrow(/pw/);
+    // What is written is what is trusted: case folds, punycode applies, a final '/' is allowed.
+    const idn = new TrustPolicy(['https://*.Bücher.Example/', 'https://*.CORP.example.com:*']);
+    expect(idn.explicit('https://a.xn--bcher-kva.example')).toBe(true);
+    expect(idn.explicit('https://a.corp.example.com:8443')).toBe(true);
+    expect(idn.explicit('https://attacker.rp.example.com')).toBe(false);
+  });
+
+  it('S1: property: a pattern with an injected @, \\, %, #, ?, /, :, * or white space is a ConfigError or trusts exactly the suffix it names', () => {
+    const label = fc.stringMatching(/^[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?$/);
+    const host = fc.array(label, { minLength: 2, maxLength: 4 }).map((l) => l.join('.'));
+    const injected = fc.constantFrom(
+      '@',
+      '\\',
+      '%',
+      '%2e',
+      '%40',
+      '%5c',
+      '#',
+      '?',
+      '/',
+      ':',
+      '*',
+      ' ',
+      '\t',
+      '\n',
+      'user:pw@',
+    );
+    fc.assert(
+      fc.property(host, host, injected, fc.boolean(), (before, after, inject, upper) => {
+        const written = `${before}${inject}${after}`;
+        const entry = `https://*.${upper ? written.toUpperCase() : written}`;
+        let policy: TrustPolicy;
+        try {
+          policy = new TrustPolicy([entry]);
+        } catch (err) {
+          expect(err, entry).toBeInstanceOf(ConfigError);
+          expect((err as Error).message).not.toContain('user:pw');
+          return;
+        }
+        // Accepted: only a trailing '/' is not part of the host, and the host is the suffix trusted.
+        const named = written.replace(/\/$/, '');
+        expect(named, entry).toMatch(/^[a-z0-9.-]+$/);
+        for (const suffix of [named, before, after, after.slice(2), `${after}.${before}`]) {
+          const probe = `https://z.${suffix}`;
+          expect(policy.explicit(probe), `${entry} vs ${probe}`).toBe(`.${suffix}`.endsWith(`.${named}`));
+        }
+      }),
+      { numRuns: 500 },
     );
   });
 

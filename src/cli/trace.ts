@@ -57,7 +57,9 @@ export class Trace {
       this.legs.push(record);
       this.#byId.set(e.legId, record);
       const header = e.method === 'CONNECT' ? 'Proxy-Authorization' : 'Authorization';
-      const auth = e.scheme ? `${header}: ${e.scheme} …, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
+      // A value with no scheme word (an API key sent raw) has no scheme to show: it is all secret (S2).
+      const sent = e.scheme ? `${e.scheme} …` : e.headers.some(([n]) => n === header.toLowerCase()) ? '[redacted]' : '';
+      const auth = sent ? `${header}: ${sent}, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
       const where = e.method === 'CONNECT' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
       this.#say(`> ${e.method} ${e.path} (${auth}) [${where}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`);
       return;

@@ -2,6 +2,7 @@
  * Who may receive credentials (S1, S4, S5): the one place that decides, per request, whether the
  * agent's credentials may go to an origin. docs/SECURITY.md explains the model.
  */
+import { domainToASCII } from 'node:url';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 
@@ -50,22 +51,55 @@ type Matcher = (url: URL) => boolean;
 const defaultPort = (protocol: string): string => (protocol === 'https:' ? '443' : '80');
 const portOf = (url: URL): string => url.port || defaultPort(url.protocol);
 
+/** An entry as an error may show it: nothing before an `@` (user info may hold a password, S2). */
+const shown = (entry: string): string =>
+  entry.replace(/^([a-z][a-z0-9+.-]*:\/*)?.*@/is, (_, scheme = '') => `${scheme}…@`);
+
+/** What a wildcard pattern's host may be written with: letters, digits, `.`, `-`, `_`, and non-ASCII (IDN). */
+const PATTERN_HOST = /^[A-Za-z0-9._\-\u0080-\uffff]+$/;
+
 function parseEntry(entry: string): Matcher {
   const bad = (why: string) =>
     new ConfigError(
-      `trustedOrigins entry '${entry}' ${why}; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'`,
+      `trustedOrigins entry '${shown(entry)}' ${why}; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'`,
     );
-  const wildcard = /^(https?):\/\/\*\.([^/:?#*]+)(?::(\d+|\*))?\/?$/i.exec(entry);
+  const wildcard = /^(https?):\/\/\*\.(.*)$/is.exec(entry);
   if (wildcard) {
     const protocol = `${wildcard[1]!.toLowerCase()}:`;
-    // The URL parser lower-cases and punycodes the suffix as it does every host it compares.
-    let suffix: string;
+    // Whatever the URL parser reads as other than host characters would make it trust another
+    // suffix than the one written: user info (`*.a.example@b.example` is host b.example), `\` (a
+    // path in http URLs), percent-escapes, white space (dropped), another `*`.
+    if (wildcard[2]!.includes('@')) throw bad("has user info (an '@') where its host should be");
+    const parts = /^([^/:?#]*)(?::(\d+|\*))?\/?$/s.exec(wildcard[2]!);
+    if (!parts) throw bad('has more than scheme, host pattern and port');
+    const host = parts[1]!;
+    if (host.includes('*')) throw bad("uses '*' other than as the first label of the host");
+    const ch = [...host].find((c) => !PATTERN_HOST.test(c));
+    if (ch !== undefined) {
+      const named = ch > ' ' && ch !== '\x7f' ? `'${ch}'` : `U+${ch.charCodeAt(0).toString(16).padStart(4, '0')}`;
+      throw bad(`has ${named} in its host, which holds only letters, digits, '.', '-' and '_'`);
+    }
+    if (host === '' || host.startsWith('.') || host.includes('..')) throw bad('has an empty label in its host');
+    // The URL parser lower-cases and punycodes the suffix as it does every host it compares; it
+    // must read exactly the host written (`x.` stands for the `*` label).
+    let parsed: URL;
     try {
-      suffix = new URL(`${protocol}//x.${wildcard[2]}`).hostname.slice(2);
+      parsed = new URL(`${protocol}//x.${host}/`);
     } catch {
       throw bad('has an invalid host');
     }
-    const port = wildcard[3] === undefined ? defaultPort(protocol) : wildcard[3];
+    const suffix = parsed.hostname.startsWith('x.') ? parsed.hostname.slice(2) : undefined;
+    const ascii = /^[\x00-\x7f]*$/.test(host) ? host.toLowerCase() : domainToASCII(host);
+    if (
+      suffix === undefined ||
+      suffix !== ascii ||
+      parsed.username ||
+      parsed.password ||
+      parsed.port ||
+      parsed.pathname !== '/'
+    )
+      throw bad('has a host the URL parser reads differently');
+    const port = parts[2] === undefined ? defaultPort(protocol) : parts[2];
     return (url) =>
       url.protocol === protocol && url.hostname.endsWith(`.${suffix}`) && (port === '*' || portOf(url) === port);
   }
@@ -77,7 +111,8 @@ function parseEntry(entry: string): Matcher {
     throw bad('is not a URL');
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') throw bad('is not http or https');
-  if (url.username || url.password || (url.pathname !== '/' && url.pathname !== '') || url.search || url.hash)
+  if (url.username || url.password) throw bad("has user info (an '@') before its host");
+  if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash)
     throw bad('has more than scheme, host and port');
   const origin = url.origin;
   return (u) => u.origin === origin;
