@@ -5,6 +5,7 @@
 import { domainToASCII } from 'node:url';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
+import { portOf } from '../options.ts';
 
 /**
  * Origins the caller trusts with credentials: exact origins (`https://intranet.example.com`,
@@ -47,9 +48,6 @@ export class CleartextCredentialsError extends MultilegError {
 }
 
 type Matcher = (url: URL) => boolean;
-
-const defaultPort = (protocol: string): string => (protocol === 'https:' ? '443' : '80');
-const portOf = (url: URL): string => url.port || defaultPort(url.protocol);
 
 /** An entry as an error may show it: nothing before an `@` (user info may hold a password, S2). */
 const shown = (entry: string): string =>
@@ -99,7 +97,7 @@ function parseEntry(entry: string): Matcher {
       parsed.pathname !== '/'
     )
       throw bad('has a host the URL parser reads differently');
-    const port = parts[2] === undefined ? defaultPort(protocol) : parts[2];
+    const port = parts[2] === undefined ? portOf({ protocol }) : parts[2] === '*' ? '*' : Number(parts[2]);
     return (url) =>
       url.protocol === protocol && url.hostname.endsWith(`.${suffix}`) && (port === '*' || portOf(url) === port);
   }
