@@ -111,6 +111,19 @@ describe('multileg command line', () => {
     }
   });
 
+  it('H2: -v shows an IIS-style HTTP_1_1_REQUIRED refusal as the switch to HTTP/1.1 it is, not as an error', async () => {
+    const iis = await startReferenceServer({ mode: 'iis' });
+    try {
+      const { code, stdout, stderr } = await run(['-v', ...alice(), `${iis.origin}/auth/iis`]);
+      expect(code).toBe(0);
+      expect(JSON.parse(stdout)).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'http/1.1' });
+      expect(stderr).toContain('* the server wants this request over HTTP/1.1 (HTTP_1_1_REQUIRED)');
+      expect(stderr).not.toMatch(/^! /m);
+    } finally {
+      await iis.close();
+    }
+  });
+
   it("sends a body with -d and -d @file, over HTTP/1.1 with --http1.1; -i prints curl's status line", async () => {
     const h1 = await run(
       ['-i', '--http1.1', '-d', 'hello', '-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/post`],

@@ -81,7 +81,11 @@ export class Trace {
       );
     } else {
       record.error = e;
-      this.#say(`! ${e.error.code ?? e.error.name}: ${e.error.message}`);
+      // IIS refuses NTLM over HTTP/2 with RST_STREAM HTTP_1_1_REQUIRED: the agent sends the request
+      // again over HTTP/1.1, so this is news, not a failure.
+      if (/HTTP_1_1_REQUIRED/.test(e.error.message))
+        this.#say('* the server wants this request over HTTP/1.1 (HTTP_1_1_REQUIRED): sending it again there');
+      else this.#say(`! ${e.error.code ?? e.error.name}: ${e.error.message}`);
     }
   }
 
