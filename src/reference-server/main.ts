@@ -2,10 +2,11 @@
  * Runs the reference server standalone, for the demo and manual poking:
  *   node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port 8443]
  *     [--host 127.0.0.1] [--iis-via rst|goaway] [--schemes Negotiate,NTLM] [--max-contexts 8]
- *     [--channel-binding] [--log]
+ *     [--channel-binding] [--log] [--ca-file ca.pem]
  * Prints its origin on the first line of stdout (scripts read it), then runs until SIGINT/SIGTERM;
  * answers a `stats` line on stdin with its counters as JSON.
  */
+import { writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { startReferenceServer } from './server.ts';
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
       'max-contexts': { type: 'string' },
       'channel-binding': { type: 'boolean', default: false },
       log: { type: 'boolean', default: false },
+      'ca-file': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -36,6 +38,7 @@ async function main(): Promise<void> {
     process.stdout.write(
       'usage: node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port N] [--host H]\n' +
         '         [--iis-via rst|goaway] [--schemes Negotiate,NTLM] [--max-contexts N] [--channel-binding] [--log]\n' +
+        '         [--ca-file FILE]   (writes the test CA there, for --cacert)\n' +
         'users: EXAMPLE\\alice / alicepw, EXAMPLE\\bob / bobpw; CA: src/reference-server/test-pki.ts (CA_CERT)\n',
     );
     return;
@@ -72,6 +75,7 @@ async function main(): Promise<void> {
       );
   }
   const server = await startReferenceServer(opts);
+  if (values['ca-file']) writeFileSync(values['ca-file'], server.ca);
   process.stdout.write(`${server.origin}\n`);
   const stop = () => {
     server.close().then(
