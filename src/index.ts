@@ -42,10 +42,12 @@ export {
 } from './options.ts';
 export {
   ProxyAuthenticationError,
+  ProxyCertificateError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
   ProxyTimeoutError,
+  ProxyUnreachableError,
   RemoteHttp1Error,
 } from './proxy/errors.ts';
 export type { ProxyOptions } from './proxy/options.ts';
