@@ -402,6 +402,26 @@ describe('multileg command line', () => {
     }
   });
 
+  it('H5: a proxy from HTTPS_PROXY is verified with --cacert, or not at all with -k, as one named by -x is', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { 'proxy-user': 'pw' } });
+      const env = { HTTPS_PROXY: `https://proxy-user:pw@localhost:${proxy.port}` };
+      const url = `${server.origin}/auth/env-proxy`;
+      const verified = await run([...alice(), url], { env });
+      expect(verified.stderr).toBe('');
+      expect(verified.code).toBe(0);
+      expect(JSON.parse(verified.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      const insecure = await run(['-k', '-u', 'EXAMPLE\\alice:alicepw', url], { env });
+      expect(insecure.code).toBe(0);
+      expect(JSON.parse(insecure.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      // Both went through the proxy, with its credentials from the variable.
+      expect(proxy.exchanges.filter((e) => e.method === 'CONNECT' && e.status === 200)).toHaveLength(2);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it('--json prints legs, handshakes and stats; --har writes a valid HAR 1.2 file with tokens redacted', async () => {
     const har = join(dir, 'trace.har');
     const { code, stdout } = await run(['--json', '--har', har, ...alice(), `${server.origin}/auth/json`]);

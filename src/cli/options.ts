@@ -295,10 +295,22 @@ export function parseCli(argv: readonly string[]): CliRequest {
   };
 }
 
-/** -x, --proxy-user, --noproxy; an https:// proxy is verified with the same CAs as the origin. */
+/**
+ * -x, --proxy-user, --noproxy; an https:// proxy is verified with the same CAs (or -k) as the origin,
+ * and --connect-timeout bounds connecting to it — whether -x names it or HTTPS_PROXY / HTTP_PROXY do.
+ */
 function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
   if (o.noproxy === '*') return false;
-  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined) return undefined;
+  const connect =
+    ca.length > 0 || o.insecure
+      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) }
+      : undefined;
+  const common = {
+    ...(connect ? { connect } : {}),
+    ...(o.connectTimeout ? { connectTimeout: o.connectTimeout as number } : {}),
+  };
+  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined)
+    return Object.keys(common).length > 0 ? common : undefined;
   let uri: string | undefined;
   if (o.proxy !== undefined) {
     const text = o.proxy as string;
@@ -319,9 +331,7 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
     ...(uri ? { uri } : {}),
     ...(credentials ? { credentials } : {}),
     ...(o.noproxy !== undefined ? { noProxy: o.noproxy as string } : {}),
-    ...(ca.length > 0 || o.insecure
-      ? { connect: { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) } }
-      : {}),
+    ...common,
   };
 }
 
