@@ -6,6 +6,7 @@ import { stripTypeScriptTypes } from 'node:module';
 import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseNetrc } from '../src/cli/credentials.ts';
 import { explain401, forCli } from '../src/cli/explain.ts';
@@ -21,6 +22,9 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
+
+/** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
+const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
@@ -417,6 +421,40 @@ describe('multileg command line', () => {
       expect(JSON.parse(insecure.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
       // Both went through the proxy, with its credentials from the variable.
       expect(proxy.exchanges.filter((e) => e.method === 'CONNECT' && e.status === 200)).toHaveLength(2);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it('H5: a proxy that cannot be reached exits 7 (5: its name does not resolve, 28: --connect-timeout), an untrusted proxy certificate 60; one line naming the proxy and the fix', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      const url = `${server.origin}/auth/x`;
+      const closed = createTcpServer();
+      const port = await listen(closed);
+      closed.close();
+      await once(closed, 'close');
+      const refused = await run([...alice(), '-x', `http://127.0.0.1:${port}`, url]);
+      expect(refused.code).toBe(7);
+      expect(refused.stderr).toBe(
+        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with NO_PROXY (MULTILEG_PROXY_UNREACHABLE)\n`,
+      );
+      const unresolved = await run([...alice(), url], {
+        env: { HTTPS_PROXY: 'http://proxy.corp.test:3128', NODE_OPTIONS: preload('dns-fails.mjs') },
+      });
+      expect(unresolved.code).toBe(5);
+      expect(unresolved.stderr).toMatch(
+        /^multileg: cannot resolve the host name of proxy http:\/\/proxy\.corp\.test:3128 \(ENOTFOUND\); check the proxy address \(-x, or HTTPS_PROXY \/ HTTP_PROXY\) and DNS \(MULTILEG_PROXY_UNREACHABLE\)\n$/,
+      );
+      const slow = await run([...alice(), '--connect-timeout', '0.3', '-x', `https://127.0.0.1:${silentPort}`, url]);
+      expect(slow.code).toBe(28);
+      expect(slow.stderr).toContain('within --connect-timeout (300 ms)');
+      proxy = await startReferenceProxy({});
+      const untrusted = await run(['-u', 'EXAMPLE\\alice:alicepw', '-x', proxy.origin, url]);
+      expect(untrusted.code).toBe(60);
+      expect(untrusted.stderr).toBe(
+        `multileg: the certificate of proxy ${proxy.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it with --cacert FILE or --ca-native, or NODE_EXTRA_CA_CERTS=FILE (MULTILEG_PROXY_CERTIFICATE)\n`,
+      );
     } finally {
       await proxy?.close();
     }
