@@ -592,6 +592,74 @@ describe('multileg command line', () => {
     expect(usage.code).toBe(2);
   });
 
+  it('S2: user:password@ in the URL is -u (percent-decoded; -u wins), taken out of the URL and never printed: --json, -w %{url_effective}, doctor, usage errors', async () => {
+    const withUser = (userinfo: string, path: string) => `https://${userinfo}@localhost:${server.port}${path}`;
+    // EXAMPLE%5Calice = EXAMPLE\alice; alicep%77 = alicepw.
+    const used = await run(['--cacert', ca, withUser('EXAMPLE%5Calice:alicep%77', '/auth/userinfo')]);
+    expect(used.code).toBe(0);
+    expect(JSON.parse(used.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const wins = await run(['--cacert', ca, '-u', 'EXAMPLE\\bob:bobpw', withUser('EXAMPLE%5Calice:wrong', '/auth/u')]);
+    expect(JSON.parse(wins.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+
+    const reported = await run([
+      '--cacert',
+      ca,
+      '--json',
+      '-w',
+      '\\n%{url_effective}',
+      withUser('EXAMPLE%5Calice:alicep%77', '/auth/json?q=1'),
+    ]);
+    expect(reported.code).toBe(0);
+    const [json, effective] = [
+      reported.stdout.slice(0, reported.stdout.lastIndexOf('\n')),
+      reported.stdout.split('\n').at(-1),
+    ];
+    expect(JSON.parse(json!)).toMatchObject({ url: `${server.origin}/auth/json?q=1`, status: 200 });
+    expect(JSON.parse(json!).handshakes[0]).toMatchObject({ identity: 'EXAMPLE\\alice' });
+    expect(effective).toBe(`${server.origin}/auth/json?q=1`);
+    for (const r of [used, reported]) expect(`${r.stdout}${r.stderr}`).not.toMatch(/alicep|%5C/);
+
+    // A Location's userinfo is dropped too.
+    const to = withUser('x:leakpw', '/auth/same');
+    const redirected = await run([
+      ...alice(),
+      '-L',
+      '-o',
+      join(dir, 'redirected.out'),
+      '-w',
+      '%{url_effective}',
+      `${server.origin}/public/redirect?to=${encodeURIComponent(to)}`,
+    ]);
+    expect(redirected.stdout).toBe(`${server.origin}/auth/same`);
+
+    const doctor = await run(['doctor', `http://alice:s3cretpw@${plainOrigin.slice('http://'.length)}/skew`]);
+    expect(doctor.stdout.split('\n')[0]).toBe(`multileg doctor ${plainOrigin}/skew`);
+    expect(`${doctor.stdout}${doctor.stderr}`).not.toContain('s3cretpw');
+
+    const ftp = await run(['ftp://alice:s3cretpw@host/']);
+    expect(ftp).toMatchObject({
+      code: 2,
+      stderr: 'multileg: unsupported protocol ftp: in ftp://…@host/: use https:// or http://\n',
+    });
+    const bad = await run(['https://alice:s3cretpw@[bad/']);
+    expect(bad).toMatchObject({ code: 2, stderr: 'multileg: not a URL: https://…@[bad/\n' });
+
+    const parsed = (url: string) => {
+      const r = parseCli([url]);
+      return { href: r.url.href, user: r.user };
+    };
+    expect(parsed('https://a%40b:p%3Aw@h/x')).toEqual({
+      href: 'https://h/x',
+      user: { username: 'a@b', password: 'p:w' },
+    });
+    // No colon: the password is asked for, as with -u user.
+    expect(parsed('https://alice@h/')).toEqual({
+      href: 'https://h/',
+      user: { username: 'alice', password: undefined },
+    });
+    expect(parsed('h/x').user).toBeUndefined();
+  });
+
   it('S1: --trust takes origins and *. host patterns; nothing else is trusted', () => {
     expect(parseTrust('other:8443')).toBe('https://other:8443');
     expect(parseTrust('https://*.corp.example.com')).toBe('https://*.corp.example.com');

@@ -109,6 +109,9 @@ async function main(argv: string[]): Promise<number> {
           break;
         }
         const next = new URL(location, url);
+        // A Location's user:password@ is neither sent nor printed (-w %{url_effective}, --json).
+        next.username = '';
+        next.password = '';
         if (next.origin !== url.origin) {
           if (req.locationTrusted) trusted.add(next.origin);
           else {

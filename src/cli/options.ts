@@ -152,18 +152,45 @@ export function program(): Command {
   );
 }
 
-/** A URL as curl reads it: no scheme means https. */
-export function parseUrl(text: string): URL {
+/** `text` (a URL, or what should have been one) with its `user:password@` shown as `…@`: safe to print. */
+export function redactUserinfo(text: string): string {
+  return text.replace(/^((?:[a-z][a-z0-9+.-]*:)?\/\/)?[^/?#]*@/i, (_m, scheme = '') => `${scheme}…@`);
+}
+
+/** Percent-decoded, as curl decodes URL userinfo; text that is not valid percent-encoding stays as it is. */
+function percentDecoded(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+/**
+ * A URL as curl reads it: no scheme means https. Its `user:password@` is taken out as credentials
+ * (curl's way; `-u` wins over it), so the URL that is requested, printed and reported carries none.
+ */
+export function parseUrl(text: string): { url: URL; user: UserArg | undefined } {
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
   let url: URL;
   try {
     url = new URL(withScheme);
   } catch {
-    throw new ConfigError(`not a URL: ${text}`);
+    throw new ConfigError(`not a URL: ${redactUserinfo(text)}`);
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:')
-    throw new ConfigError(`unsupported protocol ${url.protocol} in ${text}: use https:// or http://`);
-  return url;
+    throw new ConfigError(`unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`);
+  let user: UserArg | undefined;
+  if (url.username || url.password) {
+    // `user@`, without a colon, is `-u user`: the password is asked for (MULTILEG_PASSWORD, stdin, a
+    // prompt). The URL parser gives '' for both `user@` and `user:@`, so look at the text.
+    const authority = withScheme.slice(withScheme.indexOf('//') + 2).split(/[/?#\\]/, 1)[0]!;
+    const colon = authority.slice(0, authority.lastIndexOf('@')).includes(':');
+    user = { username: percentDecoded(url.username), password: colon ? percentDecoded(url.password) : undefined };
+  }
+  url.username = '';
+  url.password = '';
+  return { url, user };
 }
 
 /** `--schemes a,b`: every name must be one multileg implements. */
@@ -206,7 +233,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
   const cmd = program();
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
-  const url = parseUrl(cmd.args[0]!);
+  const { url, user: urlUser } = parseUrl(cmd.args[0]!);
   const headers: Record<string, string> = {};
   for (const h of o.header as string[]) {
     const i = h.indexOf(':');
@@ -245,7 +272,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
   const proxy = proxyOption(o, ca);
-  const user = o.user !== undefined ? parseUser(o.user as string) : undefined;
+  const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   const head = Boolean(o.head);
   const agent: MultilegAgentOptions = {
     connect,
