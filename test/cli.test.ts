@@ -230,6 +230,28 @@ describe('multileg command line', () => {
     }
   });
 
+  it('S2: usage errors never repeat a secret: -H without a colon shows the name only, -x and --trust not their user:password@', async () => {
+    const cases: Array<[string[], string]> = [
+      [
+        ['-H', 'Authorization Bearer eyJSECRET', 'https://localhost:1/'],
+        'multileg: -H: a header must look like "Name: value", got "Authorization"\n',
+      ],
+      [
+        ['-x', 'http://proxyuser:proxyPa55@[bad', 'https://localhost:1/'],
+        'multileg: -x http://…@[bad: not a proxy URL (e.g. http://proxy:3128)\n',
+      ],
+      [
+        ['--trust', 'https://u:trustPa55@host/path', 'https://localhost:1/'],
+        "multileg: --trust entry 'https://…@host/path' has more than scheme, host and port; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'\n",
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toBe(message);
+    }
+  });
+
   it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; "-u :" sends no password', async () => {
     const url = `${server.origin}/auth/pw`;
     const stdin = await run(['--password-stdin', '-u', 'EXAMPLE\\alice', '--cacert', ca, url], { input: 'alicepw\n' });

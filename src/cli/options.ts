@@ -9,6 +9,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ConfigError } from '../errors.ts';
 import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
+import { redactUserinfo } from './explain.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
@@ -152,11 +153,6 @@ export function program(): Command {
   );
 }
 
-/** `text` (a URL, or what should have been one) with its `user:password@` shown as `…@`: safe to print. */
-export function redactUserinfo(text: string): string {
-  return text.replace(/^((?:[a-z][a-z0-9+.-]*:)?\/\/)?[^/?#]*@/i, (_m, scheme = '') => `${scheme}…@`);
-}
-
 /** Percent-decoded, as curl decodes URL userinfo; text that is not valid percent-encoding stays as it is. */
 function percentDecoded(text: string): string {
   try {
@@ -237,8 +233,9 @@ export function parseCli(argv: readonly string[]): CliRequest {
   const headers: Record<string, string> = {};
   for (const h of o.header as string[]) {
     const i = h.indexOf(':');
+    // Only the would-be name is repeated: the rest may be a secret (`-H 'Authorization Bearer …'`).
     if (i <= 0)
-      throw new ConfigError(`-H: a header must look like "Name: value", got ${JSON.stringify(h.split(':')[0])}`);
+      throw new ConfigError(`-H: a header must look like "Name: value", got ${JSON.stringify(h.split(/[\s:]/, 1)[0])}`);
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim();
   }
   const data = o.data as string | undefined;
@@ -345,7 +342,7 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
     try {
       new URL(uri);
     } catch {
-      throw new ConfigError(`-x ${text}: not a proxy URL (e.g. http://proxy:3128)`);
+      throw new ConfigError(`-x ${redactUserinfo(text)}: not a proxy URL (e.g. http://proxy:3128)`);
     }
   }
   let credentials: ProxyOptions['credentials'];
