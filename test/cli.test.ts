@@ -397,6 +397,34 @@ describe('multileg command line', () => {
     expect(tooMany.stderr).toContain('maximum (0) redirects followed (--max-redirs)');
   });
 
+  it("S5: -L to another origin drops the caller's Authorization, Cookie and Proxy-Authorization headers; --location-trusted keeps them", async () => {
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(`${other.origin}/public/landed`)}`;
+    const own = [
+      '-H',
+      'Authorization: Basic c2VjcmV0',
+      '-H',
+      'Cookie: s=1',
+      '-H',
+      'Proxy-Authorization: Basic cHJveHk=',
+    ];
+    other.exchanges.length = 0;
+    const followed = await run(['--cacert', ca, '-L', ...own, redirect]);
+    expect(followed.code).toBe(0);
+    expect(other.exchanges.length).toBeGreaterThan(0);
+    for (const e of other.exchanges) {
+      expect(e.requestHeaders.authorization).toBeUndefined();
+      expect(e.requestHeaders.cookie).toBeUndefined();
+      expect(e.requestHeaders['proxy-authorization']).toBeUndefined();
+    }
+    other.exchanges.length = 0;
+    const trusted = await run(['--cacert', ca, '--location-trusted', ...own, redirect]);
+    expect(trusted.code).toBe(0);
+    expect(other.exchanges.at(-1)!.requestHeaders).toMatchObject({
+      authorization: 'Basic c2VjcmV0',
+      'proxy-authorization': 'Basic cHJveHk=',
+    });
+  });
+
   it('-x, --proxy-user, --noproxy: through the reference proxy with its own credentials', async () => {
     let proxy: ReferenceProxy | undefined;
     try {

@@ -115,9 +115,11 @@ async function main(argv: string[]): Promise<number> {
         if (next.origin !== url.origin) {
           if (req.locationTrusted) trusted.add(next.origin);
           else {
-            // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too.
+            // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
+            // and so does a Proxy-Authorization they gave for the way there.
             delete headers.authorization;
             delete headers.cookie;
+            delete headers['proxy-authorization'];
           }
         }
         if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
