@@ -200,6 +200,17 @@ describe('multileg command line', () => {
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
+  it("-o into a directory that does not exist: one line naming -o and the problem, curl's 23", async () => {
+    const out = join(dir, 'missing-dir', 'f');
+    const r = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
+    expect(r.code).toBe(23);
+    expect(r.stderr).toBe(`multileg: -o ${out}: no such directory (ENOENT)\n`);
+    expect(r.stdout).toBe('');
+    const isDir = await run(['-o', dir, `${plainOrigin}/skew`]);
+    expect(isDir.code).toBe(23);
+    expect(isDir.stderr).toBe(`multileg: -o ${dir}: is a directory (EISDIR)\n`);
+  });
+
   it('bad usage: one line, exit 2, no stack trace', async () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],

@@ -17,6 +17,7 @@ export const EXIT = {
   resolve: 6,
   connect: 7,
   httpError: 22,
+  write: 23,
   timeout: 28,
   redirects: 47,
   receive: 56,
