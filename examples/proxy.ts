@@ -31,7 +31,8 @@ async function selfContained(): Promise<void> {
     credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' }, // the service's
     negotiate: false,
     connect: { ca: service.ca },
-    trustedOrigins: [service.origin],
+    // The plain-http origin too, below: a password sent over http must be trusted explicitly (S4).
+    trustedOrigins: [service.origin, `http://localhost:${service.port}`],
     proxy: {
       uri: proxy.origin,
       connect: { ca: proxy.ca },

@@ -5,11 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
-# prebuild-install would look up a prebuilt binary on GitHub; build the kerberos addon locally.
-export npm_config_build_from_source=true
 # npm install, not npm ci: the registry this project installs from lacks some platform builds of
 # @biomejs/cli-* (optional), so the lock file cannot list them and npm ci would refuse it.
-npm install --no-audit --no-fund
+# The kerberos addon's install script (prebuild-install, the only one in the tree) would look up a
+# prebuilt binary on GitHub; npm_config_build_from_source=kerberos makes it build locally against
+# libkrb5-dev. npm warns about that variable (an "Unknown env config") in every command that sees
+# it, so only npm install gets it, and only while the addon is not built.
+if [ -e node_modules/kerberos/build/Release/kerberos.node ]; then
+  npm install --no-audit --no-fund
+else
+  npm_config_build_from_source=kerberos npm install --no-audit --no-fund
+fi
 npm run lint
 npm run typecheck
 npm run build

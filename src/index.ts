@@ -43,10 +43,12 @@ export {
 export {
   ProxyAuthenticationError,
   ProxyAuthorizationHeaderError,
+  ProxyCertificateError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
   ProxyTimeoutError,
+  ProxyUnreachableError,
   RemoteHttp1Error,
 } from './proxy/errors.ts';
 export type { ProxyOptions } from './proxy/options.ts';

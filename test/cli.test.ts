@@ -6,6 +6,7 @@ import { stripTypeScriptTypes } from 'node:module';
 import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseNetrc } from '../src/cli/credentials.ts';
 import { explain401, forCli } from '../src/cli/explain.ts';
@@ -21,6 +22,9 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
+
+/** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
+const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
@@ -209,6 +213,17 @@ describe('multileg command line', () => {
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
+  it("-o into a directory that does not exist: one line naming -o and the problem, curl's 23", async () => {
+    const out = join(dir, 'missing-dir', 'f');
+    const r = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
+    expect(r.code).toBe(23);
+    expect(r.stderr).toBe(`multileg: -o ${out}: no such directory (ENOENT)\n`);
+    expect(r.stdout).toBe('');
+    const isDir = await run(['-o', dir, `${plainOrigin}/skew`]);
+    expect(isDir.code).toBe(23);
+    expect(isDir.stderr).toBe(`multileg: -o ${dir}: is a directory (EISDIR)\n`);
+  });
+
   it('bad usage: one line, exit 2, no stack trace', async () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],
@@ -236,6 +251,28 @@ describe('multileg command line', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr, args.join(' ')).toMatch(message);
       expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+  });
+
+  it('S2: usage errors never repeat a secret: -H without a colon shows the name only, -x and --trust not their user:password@', async () => {
+    const cases: Array<[string[], string]> = [
+      [
+        ['-H', 'Authorization Bearer eyJSECRET', 'https://localhost:1/'],
+        'multileg: -H: a header must look like "Name: value", got "Authorization"\n',
+      ],
+      [
+        ['-x', 'http://proxyuser:proxyPa55@[bad', 'https://localhost:1/'],
+        'multileg: -x http://…@[bad: not a proxy URL (e.g. http://proxy:3128)\n',
+      ],
+      [
+        ['--trust', 'https://u:trustPa55@host/path', 'https://localhost:1/'],
+        "multileg: --trust entry 'https://…@host/path' has more than scheme, host and port; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'\n",
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toBe(message);
     }
   });
 
@@ -384,6 +421,34 @@ describe('multileg command line', () => {
     expect(tooMany.stderr).toContain('maximum (0) redirects followed (--max-redirs)');
   });
 
+  it("S5: -L to another origin drops the caller's Authorization, Cookie and Proxy-Authorization headers; --location-trusted keeps them", async () => {
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(`${other.origin}/public/landed`)}`;
+    const own = [
+      '-H',
+      'Authorization: Basic c2VjcmV0',
+      '-H',
+      'Cookie: s=1',
+      '-H',
+      'Proxy-Authorization: Basic cHJveHk=',
+    ];
+    other.exchanges.length = 0;
+    const followed = await run(['--cacert', ca, '-L', ...own, redirect]);
+    expect(followed.code).toBe(0);
+    expect(other.exchanges.length).toBeGreaterThan(0);
+    for (const e of other.exchanges) {
+      expect(e.requestHeaders.authorization).toBeUndefined();
+      expect(e.requestHeaders.cookie).toBeUndefined();
+      expect(e.requestHeaders['proxy-authorization']).toBeUndefined();
+    }
+    other.exchanges.length = 0;
+    const trusted = await run(['--cacert', ca, '--location-trusted', ...own, redirect]);
+    expect(trusted.code).toBe(0);
+    expect(other.exchanges.at(-1)!.requestHeaders).toMatchObject({
+      authorization: 'Basic c2VjcmV0',
+      'proxy-authorization': 'Basic cHJveHk=',
+    });
+  });
+
   it('-x, --proxy-user, --noproxy: through the reference proxy with its own credentials', async () => {
     let proxy: ReferenceProxy | undefined;
     try {
@@ -410,6 +475,60 @@ describe('multileg command line', () => {
       const bypass = await run([...base, '--noproxy', 'localhost', url]);
       expect(JSON.parse(bypass.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
       expect(proxy.exchanges.length).toBe(before);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it('H5: a proxy from HTTPS_PROXY is verified with --cacert, or not at all with -k, as one named by -x is', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { 'proxy-user': 'pw' } });
+      const env = { HTTPS_PROXY: `https://proxy-user:pw@localhost:${proxy.port}` };
+      const url = `${server.origin}/auth/env-proxy`;
+      const verified = await run([...alice(), url], { env });
+      expect(verified.stderr).toBe('');
+      expect(verified.code).toBe(0);
+      expect(JSON.parse(verified.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      const insecure = await run(['-k', '-u', 'EXAMPLE\\alice:alicepw', url], { env });
+      expect(insecure.code).toBe(0);
+      expect(JSON.parse(insecure.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      // Both went through the proxy, with its credentials from the variable.
+      expect(proxy.exchanges.filter((e) => e.method === 'CONNECT' && e.status === 200)).toHaveLength(2);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it('H5: a proxy that cannot be reached exits 7 (5: its name does not resolve, 28: --connect-timeout), an untrusted proxy certificate 60; one line naming the proxy and the fix', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      const url = `${server.origin}/auth/x`;
+      const closed = createTcpServer();
+      const port = await listen(closed);
+      closed.close();
+      await once(closed, 'close');
+      const refused = await run([...alice(), '-x', `http://127.0.0.1:${port}`, url]);
+      expect(refused.code).toBe(7);
+      expect(refused.stderr).toBe(
+        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with NO_PROXY (MULTILEG_PROXY_UNREACHABLE)\n`,
+      );
+      const unresolved = await run([...alice(), url], {
+        env: { HTTPS_PROXY: 'http://proxy.corp.test:3128', NODE_OPTIONS: preload('dns-fails.mjs') },
+      });
+      expect(unresolved.code).toBe(5);
+      expect(unresolved.stderr).toMatch(
+        /^multileg: cannot resolve the host name of proxy http:\/\/proxy\.corp\.test:3128 \(ENOTFOUND\); check the proxy address \(-x, or HTTPS_PROXY \/ HTTP_PROXY\) and DNS \(MULTILEG_PROXY_UNREACHABLE\)\n$/,
+      );
+      const slow = await run([...alice(), '--connect-timeout', '0.3', '-x', `https://127.0.0.1:${silentPort}`, url]);
+      expect(slow.code).toBe(28);
+      expect(slow.stderr).toContain('within --connect-timeout (300 ms)');
+      proxy = await startReferenceProxy({});
+      const untrusted = await run(['-u', 'EXAMPLE\\alice:alicepw', '-x', proxy.origin, url]);
+      expect(untrusted.code).toBe(60);
+      expect(untrusted.stderr).toBe(
+        `multileg: the certificate of proxy ${proxy.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it with --cacert FILE or --ca-native, or NODE_EXTRA_CA_CERTS=FILE (MULTILEG_PROXY_CERTIFICATE)\n`,
+      );
     } finally {
       await proxy?.close();
     }
@@ -565,6 +684,74 @@ describe('multileg command line', () => {
     expect(r.code).toBe(1);
     const usage = await run(['doctor']);
     expect(usage.code).toBe(2);
+  });
+
+  it('S2: user:password@ in the URL is -u (percent-decoded; -u wins), taken out of the URL and never printed: --json, -w %{url_effective}, doctor, usage errors', async () => {
+    const withUser = (userinfo: string, path: string) => `https://${userinfo}@localhost:${server.port}${path}`;
+    // EXAMPLE%5Calice = EXAMPLE\alice; alicep%77 = alicepw.
+    const used = await run(['--cacert', ca, withUser('EXAMPLE%5Calice:alicep%77', '/auth/userinfo')]);
+    expect(used.code).toBe(0);
+    expect(JSON.parse(used.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const wins = await run(['--cacert', ca, '-u', 'EXAMPLE\\bob:bobpw', withUser('EXAMPLE%5Calice:wrong', '/auth/u')]);
+    expect(JSON.parse(wins.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+
+    const reported = await run([
+      '--cacert',
+      ca,
+      '--json',
+      '-w',
+      '\\n%{url_effective}',
+      withUser('EXAMPLE%5Calice:alicep%77', '/auth/json?q=1'),
+    ]);
+    expect(reported.code).toBe(0);
+    const [json, effective] = [
+      reported.stdout.slice(0, reported.stdout.lastIndexOf('\n')),
+      reported.stdout.split('\n').at(-1),
+    ];
+    expect(JSON.parse(json!)).toMatchObject({ url: `${server.origin}/auth/json?q=1`, status: 200 });
+    expect(JSON.parse(json!).handshakes[0]).toMatchObject({ identity: 'EXAMPLE\\alice' });
+    expect(effective).toBe(`${server.origin}/auth/json?q=1`);
+    for (const r of [used, reported]) expect(`${r.stdout}${r.stderr}`).not.toMatch(/alicep|%5C/);
+
+    // A Location's userinfo is dropped too.
+    const to = withUser('x:leakpw', '/auth/same');
+    const redirected = await run([
+      ...alice(),
+      '-L',
+      '-o',
+      join(dir, 'redirected.out'),
+      '-w',
+      '%{url_effective}',
+      `${server.origin}/public/redirect?to=${encodeURIComponent(to)}`,
+    ]);
+    expect(redirected.stdout).toBe(`${server.origin}/auth/same`);
+
+    const doctor = await run(['doctor', `http://alice:s3cretpw@${plainOrigin.slice('http://'.length)}/skew`]);
+    expect(doctor.stdout.split('\n')[0]).toBe(`multileg doctor ${plainOrigin}/skew`);
+    expect(`${doctor.stdout}${doctor.stderr}`).not.toContain('s3cretpw');
+
+    const ftp = await run(['ftp://alice:s3cretpw@host/']);
+    expect(ftp).toMatchObject({
+      code: 2,
+      stderr: 'multileg: unsupported protocol ftp: in ftp://…@host/: use https:// or http://\n',
+    });
+    const bad = await run(['https://alice:s3cretpw@[bad/']);
+    expect(bad).toMatchObject({ code: 2, stderr: 'multileg: not a URL: https://…@[bad/\n' });
+
+    const parsed = (url: string) => {
+      const r = parseCli([url]);
+      return { href: r.url.href, user: r.user };
+    };
+    expect(parsed('https://a%40b:p%3Aw@h/x')).toEqual({
+      href: 'https://h/x',
+      user: { username: 'a@b', password: 'p:w' },
+    });
+    // No colon: the password is asked for, as with -u user.
+    expect(parsed('https://alice@h/')).toEqual({
+      href: 'https://h/',
+      user: { username: 'alice', password: undefined },
+    });
+    expect(parsed('h/x').user).toBeUndefined();
   });
 
   it('S1: --trust takes origins and *. host patterns; nothing else is trusted', () => {

@@ -3,16 +3,19 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
+import dns from 'node:dns';
 import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MultilegAgent, ntlmMechanism } from '../src/index.ts';
 import {
+  ProxyCertificateError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
   ProxyTimeoutError,
+  ProxyUnreachableError,
 } from '../src/proxy/errors.ts';
 import {
   CA_CERT,
@@ -170,14 +173,89 @@ describe('proxies: how the agent names the target and reaches the proxy (H5)', (
     expect(sni).toEqual([false]);
   });
 
-  it('H5: a proxy that refuses the TCP connection is a ProxyProtocolError naming the cause', async () => {
+  it('H5: a proxy that refuses the TCP connection is a ProxyUnreachableError naming the proxy, the cause and the fix', async () => {
     const closed = await hostile(() => {});
     const port = closed.port;
     await closed.close();
     agent = new MultilegAgent({ proxy: `http://127.0.0.1:${port}` });
     const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyUnreachableError);
+    expect(err).toMatchObject({
+      code: 'MULTILEG_PROXY_UNREACHABLE',
+      reason: 'connect',
+      systemCode: 'ECONNREFUSED',
+      proxy: `http://127.0.0.1:${port}`,
+      cause: { code: 'ECONNREFUSED' },
+    });
+    expect((err as Error).message).toBe(
+      `cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (proxy.uri, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with NO_PROXY`,
+    );
+  });
+
+  it('H5: a proxy whose host name does not resolve is a ProxyUnreachableError (reason resolve), on both routes', async () => {
+    const lookup = dns.lookup;
+    // No DNS query leaves the machine: every lookup fails as an unknown host does.
+    dns.lookup = ((hostname: string, o: unknown, cb?: (err: Error) => void) => {
+      const callback = (typeof o === 'function' ? o : cb) as (err: Error) => void;
+      process.nextTick(() =>
+        callback(Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: 'ENOTFOUND', hostname })),
+      );
+    }) as typeof dns.lookup;
+    try {
+      agent = new MultilegAgent({ proxy: 'http://proxy.corp.test:3128' });
+      for (const url of ['https://localhost:8443/x', 'http://localhost:8080/x']) {
+        const err = await cause(fetch(url, { dispatcher: agent }));
+        expect(err, url).toBeInstanceOf(ProxyUnreachableError);
+        expect(err, url).toMatchObject({ reason: 'resolve', systemCode: 'ENOTFOUND' });
+        expect((err as Error).message, url).toContain(
+          'cannot resolve the host name of proxy http://proxy.corp.test:3128 (ENOTFOUND); check the proxy address',
+        );
+      }
+    } finally {
+      dns.lookup = lookup;
+    }
+  });
+
+  it('H5: a proxy that resets the connection before answering anything is a ProxyUnreachableError', async () => {
+    proxy = await hostile((socket) => socket.once('data', () => socket.resetAndDestroy()));
+    agent = new MultilegAgent({ proxy: `http://127.0.0.1:${proxy.port}` });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyUnreachableError);
+    expect(err).toMatchObject({ reason: 'connect', systemCode: 'ECONNRESET' });
+  });
+
+  it('H5: an https:// proxy whose certificate is not trusted is a ProxyCertificateError naming proxy.connect.ca, on both routes', async () => {
+    reference = await startReferenceProxy({});
+    // The origin's CA is given, the proxy's is not: the proxy's certificate is what fails.
+    agent = new MultilegAgent({ connect: { ca: CA_CERT }, proxy: reference.origin });
+    for (const url of ['https://localhost:8443/x', 'http://localhost:8080/x']) {
+      const err = await cause(fetch(url, { dispatcher: agent }));
+      expect(err, url).toBeInstanceOf(ProxyCertificateError);
+      expect(err, url).toMatchObject({
+        code: 'MULTILEG_PROXY_CERTIFICATE',
+        proxy: reference.origin,
+        reason: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+        cause: { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' },
+      });
+      expect((err as Error).message, url).toBe(
+        `the certificate of proxy ${reference.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it in proxy.connect.ca, or NODE_EXTRA_CA_CERTS=FILE`,
+      );
+    }
+    expect(reference.exchanges).toEqual([]);
+    expect(new ProxyCertificateError('https://p:3128', 'CERT_HAS_EXPIRED').message).toContain(
+      "is not valid now (CERT_HAS_EXPIRED); renew the proxy's certificate, or check this machine's clock",
+    );
+    expect(new ProxyCertificateError('https://p:3128', 'ERR_TLS_CERT_ALTNAME_INVALID').message).toContain(
+      'is not for that name (ERR_TLS_CERT_ALTNAME_INVALID); name the proxy as its certificate does',
+    );
+  });
+
+  it('H5: TLS spoken to a proxy port that does not speak TLS stays a ProxyProtocolError', async () => {
+    proxy = await hostile((socket) => socket.once('data', () => socket.end('HTTP/1.1 400 Bad Request\r\n\r\n')));
+    agent = new MultilegAgent({ proxy: `https://127.0.0.1:${proxy.port}` });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
     expect(err).toBeInstanceOf(ProxyProtocolError);
-    expect((err as Error).message).toContain(`proxy http://127.0.0.1:${port}: cannot connect (ECONNREFUSED)`);
+    expect((err as Error).message).toMatch(/cannot connect \(ERR_SSL_/);
   });
 
   it('R1: a TLS proxy connection that completes after limits.handshakeTimeout is dropped unused (ProxyTimeoutError, no CONNECT sent)', async () => {

@@ -5,6 +5,7 @@
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
 import { MultilegError } from '../errors.ts';
+import { ProxyCertificateError, ProxyConnectTimeoutError, ProxyUnreachableError } from '../proxy/errors.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 
 /** Exit codes (README "Command line"); the network ones are curl's. */
@@ -12,9 +13,11 @@ export const EXIT = {
   ok: 0,
   failure: 1,
   usage: 2,
+  resolveProxy: 5,
   resolve: 6,
   connect: 7,
   httpError: 22,
+  write: 23,
   timeout: 28,
   redirects: 47,
   receive: 56,
@@ -46,6 +49,9 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bnegotiate\.spn\b/g, '--spn'],
   [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
   [/\bproxy\.credentials\b/g, '--proxy-user'],
+  [/\bin proxy\.connect\.ca\b/g, 'with --cacert FILE or --ca-native'],
+  [/\bproxy\.uri\b/g, '-x'],
+  [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/ and check proxy\.schemes\b/g, ''],
   [/\bproxy\.negotiate with a Kerberos ticket\b/g, 'a Kerberos ticket for the proxy'],
   [/\bpass principal\b/g, 'pass --principal'],
@@ -55,6 +61,11 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\btrustedOrigins\b/g, '--trust'],
   [/\bset allowBasicOverHttp: true in the MultilegAgent options\b/g, 'use --trust for that origin'],
 ];
+
+/** `text` (a URL, or what should have been one) with its `user:password@` shown as `…@`: safe to print. */
+export function redactUserinfo(text: string): string {
+  return text.replace(/^((?:[a-z][a-z0-9+.-]*:)?\/\/)?[^/?#]*@/i, (_m, scheme = '') => `${scheme}…@`);
+}
 
 /** Rewrites a library message for the command line. */
 export function forCli(message: string): string {
@@ -101,7 +112,20 @@ export interface Failure {
 export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number | undefined }): Failure {
   const e = rootCause(err);
   const host = ctx.url.host;
-  if (e instanceof MultilegError) return { exit: EXIT.failure, message: `${forCli(e.message)} (${e.code})` };
+  if (e instanceof MultilegError) {
+    // The proxy's network failures exit as curl's do for the proxy: 5, 7, 60, 28.
+    const exit =
+      e instanceof ProxyUnreachableError
+        ? e.reason === 'resolve'
+          ? EXIT.resolveProxy
+          : EXIT.connect
+        : e instanceof ProxyCertificateError
+          ? EXIT.certificate
+          : e instanceof ProxyConnectTimeoutError
+            ? EXIT.timeout
+            : EXIT.failure;
+    return { exit, message: `${forCli(e.message)} (${e.code})` };
+  }
   const code = typeof e.code === 'string' ? e.code : '';
   if (CERT_CODES.has(code)) {
     const what =

@@ -1,8 +1,8 @@
 /**
  * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos, Digest,
  * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
- * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 6, 7, 22 (-f), 28,
- * 47, 60. Started through bin.ts, which checks the Node.js version first.
+ * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 22 (-f), 23
+ * (-o cannot be written), 28, 47, 56, 60. Started through bin.ts, which checks the Node.js version first.
  */
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
@@ -32,6 +32,21 @@ function printHead(
     for (const value of Array.isArray(v) ? v : [v]) text += `${k}: ${value}\r\n`;
   }
   process.stdout.write(`${text}\r\n`);
+}
+
+/** Why a file could not be written, in words (the system code kept for a search). */
+function writeProblem(err: NodeJS.ErrnoException): string {
+  const why: Record<string, string> = {
+    ENOENT: 'no such directory',
+    ENOTDIR: 'a part of the path is not a directory',
+    EACCES: 'permission denied',
+    EPERM: 'permission denied',
+    EISDIR: 'is a directory',
+    EROFS: 'read-only file system',
+    ENOSPC: 'no space left on the device',
+    EDQUOT: 'disk quota exceeded',
+  };
+  return err.code ? `${why[err.code] ?? 'cannot write it'} (${err.code})` : `cannot write it (${err.message})`;
 }
 
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
@@ -109,12 +124,17 @@ async function main(argv: string[]): Promise<number> {
           break;
         }
         const next = new URL(location, url);
+        // A Location's user:password@ is neither sent nor printed (-w %{url_effective}, --json).
+        next.username = '';
+        next.password = '';
         if (next.origin !== url.origin) {
           if (req.locationTrusted) trusted.add(next.origin);
           else {
-            // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too.
+            // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
+            // and so does a Proxy-Authorization they gave for the way there.
             delete headers.authorization;
             delete headers.cookie;
+            delete headers['proxy-authorization'];
           }
         }
         if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
@@ -137,9 +157,17 @@ async function main(argv: string[]): Promise<number> {
         });
       } else {
         const out = req.output ? createWriteStream(req.output) : process.stdout;
+        let writeError: NodeJS.ErrnoException | undefined;
+        if (req.output) out.once('error', (err) => (writeError = err));
         try {
           await pipeline(res.body, counter, out, { end: Boolean(req.output) });
         } catch (err) {
+          if (writeError !== undefined && req.output !== undefined) {
+            // curl's 23 (write error), in one line: the file, not the transfer, failed.
+            say(`-o ${req.output}: ${writeProblem(writeError)}`);
+            exit = EXIT.write;
+            break;
+          }
           if (!isEpipe(err)) throw err;
           res.body.destroy();
         }

@@ -9,6 +9,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ConfigError } from '../errors.ts';
 import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
+import { redactUserinfo } from './explain.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
@@ -152,18 +153,40 @@ export function program(): Command {
   );
 }
 
-/** A URL as curl reads it: no scheme means https. */
-export function parseUrl(text: string): URL {
+/** Percent-decoded, as curl decodes URL userinfo; text that is not valid percent-encoding stays as it is. */
+function percentDecoded(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+/**
+ * A URL as curl reads it: no scheme means https. Its `user:password@` is taken out as credentials
+ * (curl's way; `-u` wins over it), so the URL that is requested, printed and reported carries none.
+ */
+export function parseUrl(text: string): { url: URL; user: UserArg | undefined } {
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
   let url: URL;
   try {
     url = new URL(withScheme);
   } catch {
-    throw new ConfigError(`not a URL: ${text}`);
+    throw new ConfigError(`not a URL: ${redactUserinfo(text)}`);
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:')
-    throw new ConfigError(`unsupported protocol ${url.protocol} in ${text}: use https:// or http://`);
-  return url;
+    throw new ConfigError(`unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`);
+  let user: UserArg | undefined;
+  if (url.username || url.password) {
+    // `user@`, without a colon, is `-u user`: the password is asked for (MULTILEG_PASSWORD, stdin, a
+    // prompt). The URL parser gives '' for both `user@` and `user:@`, so look at the text.
+    const authority = withScheme.slice(withScheme.indexOf('//') + 2).split(/[/?#\\]/, 1)[0]!;
+    const colon = authority.slice(0, authority.lastIndexOf('@')).includes(':');
+    user = { username: percentDecoded(url.username), password: colon ? percentDecoded(url.password) : undefined };
+  }
+  url.username = '';
+  url.password = '';
+  return { url, user };
 }
 
 /** `--schemes a,b`: every name must be one multileg implements. */
@@ -206,12 +229,13 @@ export function parseCli(argv: readonly string[]): CliRequest {
   const cmd = program();
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
-  const url = parseUrl(cmd.args[0]!);
+  const { url, user: urlUser } = parseUrl(cmd.args[0]!);
   const headers: Record<string, string> = {};
   for (const h of o.header as string[]) {
     const i = h.indexOf(':');
+    // Only the would-be name is repeated: the rest may be a secret (`-H 'Authorization Bearer …'`).
     if (i <= 0)
-      throw new ConfigError(`-H: a header must look like "Name: value", got ${JSON.stringify(h.split(':')[0])}`);
+      throw new ConfigError(`-H: a header must look like "Name: value", got ${JSON.stringify(h.split(/[\s:]/, 1)[0])}`);
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim();
   }
   const data = o.data as string | undefined;
@@ -245,7 +269,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
   const proxy = proxyOption(o, ca);
-  const user = o.user !== undefined ? parseUser(o.user as string) : undefined;
+  const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   const head = Boolean(o.head);
   const agent: MultilegAgentOptions = {
     connect,
@@ -295,10 +319,22 @@ export function parseCli(argv: readonly string[]): CliRequest {
   };
 }
 
-/** -x, --proxy-user, --noproxy; an https:// proxy is verified with the same CAs as the origin. */
+/**
+ * -x, --proxy-user, --noproxy; an https:// proxy is verified with the same CAs (or -k) as the origin,
+ * and --connect-timeout bounds connecting to it — whether -x names it or HTTPS_PROXY / HTTP_PROXY do.
+ */
 function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
   if (o.noproxy === '*') return false;
-  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined) return undefined;
+  const connect =
+    ca.length > 0 || o.insecure
+      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) }
+      : undefined;
+  const common = {
+    ...(connect ? { connect } : {}),
+    ...(o.connectTimeout ? { connectTimeout: o.connectTimeout as number } : {}),
+  };
+  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined)
+    return Object.keys(common).length > 0 ? common : undefined;
   let uri: string | undefined;
   if (o.proxy !== undefined) {
     const text = o.proxy as string;
@@ -306,7 +342,7 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
     try {
       new URL(uri);
     } catch {
-      throw new ConfigError(`-x ${text}: not a proxy URL (e.g. http://proxy:3128)`);
+      throw new ConfigError(`-x ${redactUserinfo(text)}: not a proxy URL (e.g. http://proxy:3128)`);
     }
   }
   let credentials: ProxyOptions['credentials'];
@@ -319,9 +355,7 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
     ...(uri ? { uri } : {}),
     ...(credentials ? { credentials } : {}),
     ...(o.noproxy !== undefined ? { noProxy: o.noproxy as string } : {}),
-    ...(ca.length > 0 || o.insecure
-      ? { connect: { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) } }
-      : {}),
+    ...common,
   };
 }
 

@@ -64,6 +64,84 @@ export class ProxyProtocolError extends MultilegError {
   }
 }
 
+/** System error codes of a failed name lookup. */
+const RESOLVE_CODES: ReadonlySet<string> = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL', 'EAI_NONAME']);
+
+/** System error codes that mean the proxy is not reachable (as opposed to misbehaving). */
+export const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
+  ...RESOLVE_CODES,
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EADDRNOTAVAIL',
+]);
+
+/**
+ * The proxy could not be reached: its host name does not resolve, or nothing accepts (or keeps) the
+ * connection — refused, unreachable, or reset before it answered anything.
+ */
+export class ProxyUnreachableError extends MultilegError {
+  readonly proxy: string;
+  /** `resolve`: the proxy's host name does not resolve; `connect`: the connection failed. */
+  readonly reason: 'resolve' | 'connect';
+  /** The system error code, e.g. `ECONNREFUSED`, `ENOTFOUND` (the system error is `cause`). */
+  readonly systemCode: string;
+  constructor(proxy: string, systemCode: string, options?: { cause?: unknown }) {
+    const reason = RESOLVE_CODES.has(systemCode) ? 'resolve' : 'connect';
+    super(
+      'MULTILEG_PROXY_UNREACHABLE',
+      reason === 'resolve'
+        ? `cannot resolve the host name of proxy ${proxy} (${systemCode}); check the proxy address (proxy.uri, or HTTPS_PROXY / HTTP_PROXY) and DNS`
+        : `cannot connect to proxy ${proxy} (${systemCode}); check the proxy address (proxy.uri, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with NO_PROXY`,
+      options,
+    );
+    this.proxy = proxy;
+    this.reason = reason;
+    this.systemCode = systemCode;
+  }
+}
+
+/** Node's codes for a TLS peer certificate that failed verification (OpenSSL's, and Node's own name check). */
+export const CERTIFICATE_CODES: ReadonlySet<string> = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'CERT_REVOKED',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_CHAIN_TOO_LONG',
+  'INVALID_CA',
+  'INVALID_PURPOSE',
+  'PATH_LENGTH_EXCEEDED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'HOSTNAME_MISMATCH',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** An https:// proxy's certificate failed verification. */
+export class ProxyCertificateError extends MultilegError {
+  readonly proxy: string;
+  /** Node's verification code, e.g. `UNABLE_TO_VERIFY_LEAF_SIGNATURE` (the TLS error is `cause`). */
+  readonly reason: string;
+  constructor(proxy: string, reason: string, options?: { cause?: unknown }) {
+    const what =
+      reason === 'CERT_HAS_EXPIRED' || reason === 'CERT_NOT_YET_VALID'
+        ? `is not valid now (${reason}); renew the proxy's certificate, or check this machine's clock`
+        : reason === 'ERR_TLS_CERT_ALTNAME_INVALID' || reason === 'HOSTNAME_MISMATCH'
+          ? `is not for that name (${reason}); name the proxy as its certificate does (proxy.uri, or HTTPS_PROXY / HTTP_PROXY)`
+          : `is not trusted (${reason}); give the CA that issued it in proxy.connect.ca, or NODE_EXTRA_CA_CERTS=FILE`;
+    super('MULTILEG_PROXY_CERTIFICATE', `the certificate of proxy ${proxy} ${what}`, options);
+    this.proxy = proxy;
+    this.reason = reason;
+  }
+}
+
 /** The CONNECT handshake (all its legs) took longer than `limits.handshakeTimeout`. */
 export class ProxyTimeoutError extends MultilegError {
   readonly proxy: string;

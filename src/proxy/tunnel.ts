@@ -14,11 +14,15 @@ import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
 import {
+  CERTIFICATE_CODES,
   ProxyAuthenticationError,
+  ProxyCertificateError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
   ProxyTimeoutError,
+  ProxyUnreachableError,
+  UNREACHABLE_CODES,
 } from './errors.ts';
 import { authority, type ResolvedProxy } from './options.ts';
 import { ResponseReader, WireError } from './wire.ts';
@@ -26,7 +30,9 @@ import { ResponseReader, WireError } from './wire.ts';
 /**
  * Opens a TCP (or, for an https:// proxy, TLS) connection to the proxy, within
  * `proxy.connectTimeout`: a proxy that accepts TCP and never completes TLS, or a blackholed address,
- * fails with {@link ProxyConnectTimeoutError} instead of waiting for the OS.
+ * fails with {@link ProxyConnectTimeoutError} instead of waiting for the OS. A proxy that cannot be
+ * reached fails with {@link ProxyUnreachableError}, an untrusted proxy certificate with
+ * {@link ProxyCertificateError}.
  */
 export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1']): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -50,14 +56,7 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
       proxy.connectTimeout,
     );
-    // Socket errors of node:net and node:tls carry a code (ECONNREFUSED, CERT_HAS_EXPIRED); the
-    // message is only a fallback for an error without one, which they do not emit.
-    const onError = (err: Error) =>
-      fail(
-        new ProxyProtocolError(proxy.origin, `cannot connect (${(err as { code?: string }).code ?? err.message})`, {
-          cause: err,
-        }),
-      );
+    const onError = (err: Error) => fail(connectFailure(proxy, err));
     const onReady = () => {
       clearTimeout(timer);
       socket.off('error', onError);
@@ -115,6 +114,19 @@ export async function connectThroughTunnel(
   });
 }
 
+/**
+ * Why the connection to the proxy failed: not reachable, its certificate not trusted, or (anything
+ * else, such as TLS spoken to a plain-HTTP port) not the proxy it should be.
+ */
+function connectFailure(proxy: ResolvedProxy, err: Error): MultilegError {
+  // Socket errors of node:net and node:tls carry a code (ECONNREFUSED, CERT_HAS_EXPIRED); the
+  // message is only a fallback for an error without one, which they do not emit.
+  const code = (err as { code?: string }).code ?? '';
+  if (UNREACHABLE_CODES.has(code)) return new ProxyUnreachableError(proxy.origin, code, { cause: err });
+  if (CERTIFICATE_CODES.has(code)) return new ProxyCertificateError(proxy.origin, code, { cause: err });
+  return new ProxyProtocolError(proxy.origin, `cannot connect (${code || err.message})`, { cause: err });
+}
+
 function isIpLiteral(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
 }
@@ -130,7 +142,8 @@ export interface Tunnel {
 /**
  * Opens a tunnel to `host:port` through `proxy`, authenticating to it as it asks. Rejects with
  * {@link ProxyAuthenticationError} (final 407), {@link ProxyConnectError} (other status),
- * {@link ProxyTimeoutError} or {@link ProxyProtocolError}.
+ * {@link ProxyTimeoutError}, {@link ProxyUnreachableError}, {@link ProxyCertificateError},
+ * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}.
  */
 export async function openTunnel(proxy: ResolvedProxy, host: string, port: number, limits: Limits): Promise<Tunnel> {
   const target = authority(host, port);
@@ -196,7 +209,7 @@ async function handshake(
       do head = await reader.readHead();
       while (head.status < 200);
     } catch (err) {
-      const e = wireError(proxy, err);
+      const e = wireError(proxy, err, reader.received);
       traced.error(e);
       throw e;
     }
@@ -215,7 +228,7 @@ async function handshake(
     try {
       drained = await reader.drainBody(head, limits.maxChallengeBodyBytes);
     } catch (err) {
-      throw wireError(proxy, err);
+      throw wireError(proxy, err, true);
     }
     const closing = head.close || !drained || reader.ended;
     const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
@@ -243,8 +256,14 @@ async function handshake(
   }
 }
 
-/** The reader throws only WireError (the proxy broke HTTP) or the socket's own error. */
-function wireError(proxy: ResolvedProxy, err: unknown): MultilegError {
+/**
+ * The reader throws only WireError (the proxy broke HTTP) or the socket's own error. A connection
+ * reset before the proxy said anything is a proxy that is not there (a firewall, a service that
+ * went away), not one that broke the protocol.
+ */
+function wireError(proxy: ResolvedProxy, err: unknown, answered: boolean): MultilegError {
   if (err instanceof WireError) return new ProxyProtocolError(proxy.origin, err.message);
+  const code = (err as { code?: string }).code;
+  if (!answered && code === 'ECONNRESET') return new ProxyUnreachableError(proxy.origin, code, { cause: err });
   return new ProxyProtocolError(proxy.origin, `connection failed (${(err as Error).message})`, { cause: err });
 }

@@ -25,7 +25,9 @@ export class ResponseReader {
   #ended = false;
   #error: Error | undefined;
   #wake: (() => void) | undefined;
+  #received = false;
   readonly #onData = (chunk: Buffer) => {
+    this.#received = true;
     this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
     this.#notify();
   };
@@ -44,6 +46,11 @@ export class ResponseReader {
     socket.on('end', this.#onEnd);
     socket.on('close', this.#onEnd);
     socket.on('error', this.#onError);
+  }
+
+  /** Whether any byte came from the peer. */
+  get received(): boolean {
+    return this.#received;
   }
 
   get ended(): boolean {
