@@ -3,6 +3,14 @@
  * and its message names the cause and the fix. Messages never contain secrets (S2): callers pass
  * facts (limits, scheme names, origins), never header values or tokens.
  */
+/**
+ * `text` (a URL or origin, or what should have been one) as a message may show it: whatever comes
+ * before its last `@` is user info, which may hold a password (S2), and is shown as `…@`.
+ */
+export function redactUserinfo(text: string): string {
+  return text.replace(/^([a-z][a-z0-9+.-]*:\/*)?.*@/is, (_, scheme = '') => `${scheme}…@`);
+}
+
 export class MultilegError extends Error {
   /** Stable machine-readable code, e.g. `MULTILEG_LEG_LIMIT`. */
   readonly code: string;

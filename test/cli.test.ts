@@ -266,7 +266,7 @@ describe('multileg command line', () => {
       ],
       [
         ['--trust', 'https://u:trustPa55@host/path', 'https://localhost:1/'],
-        "multileg: --trust entry 'https://…@host/path' has more than scheme, host and port; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'\n",
+        "multileg: --trust entry 'https://…@host/path' has user info (an '@') before its host; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'\n",
       ],
     ];
     for (const [args, message] of cases) {

@@ -62,11 +62,6 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bset allowBasicOverHttp: true in the MultilegAgent options\b/g, 'use --trust for that origin'],
 ];
 
-/** `text` (a URL, or what should have been one) with its `user:password@` shown as `…@`: safe to print. */
-export function redactUserinfo(text: string): string {
-  return text.replace(/^((?:[a-z][a-z0-9+.-]*:)?\/\/)?[^/?#]*@/i, (_m, scheme = '') => `${scheme}…@`);
-}
-
 /** Rewrites a library message for the command line. */
 export function forCli(message: string): string {
   let out = message;

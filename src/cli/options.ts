@@ -6,10 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { getCACertificates } from 'node:tls';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { ConfigError } from '../errors.ts';
+import { ConfigError, redactUserinfo } from '../errors.ts';
 import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
-import { redactUserinfo } from './explain.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 

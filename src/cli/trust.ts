@@ -6,7 +6,7 @@
  */
 import { ConfigError } from '../errors.ts';
 import { TrustPolicy } from '../trust/policy.ts';
-import { forCli, redactUserinfo } from './explain.ts';
+import { forCli } from './explain.ts';
 
 /** Checks a `--trust` value (no scheme means https): an origin or a `*.` host pattern. */
 export function parseTrust(text: string): string {
@@ -14,8 +14,8 @@ export function parseTrust(text: string): string {
   try {
     new TrustPolicy([entry]);
   } catch (err) {
-    // The library's message repeats the entry, user:password@ included.
-    if (err instanceof ConfigError) throw new ConfigError(forCli(err.message.replaceAll(entry, redactUserinfo(entry))));
+    // (The library's message shows the entry's user info as …@.)
+    if (err instanceof ConfigError) throw new ConfigError(forCli(err.message));
     throw err;
   }
   return entry;

@@ -3,7 +3,7 @@
  * agent's credentials may go to an origin. docs/SECURITY.md explains the model.
  */
 import { domainToASCII } from 'node:url';
-import { ConfigError, MultilegError } from '../errors.ts';
+import { ConfigError, MultilegError, redactUserinfo } from '../errors.ts';
 import { log } from '../log.ts';
 import { portOf } from '../options.ts';
 
@@ -49,17 +49,13 @@ export class CleartextCredentialsError extends MultilegError {
 
 type Matcher = (url: URL) => boolean;
 
-/** An entry as an error may show it: nothing before an `@` (user info may hold a password, S2). */
-const shown = (entry: string): string =>
-  entry.replace(/^([a-z][a-z0-9+.-]*:\/*)?.*@/is, (_, scheme = '') => `${scheme}…@`);
-
 /** What a wildcard pattern's host may be written with: letters, digits, `.`, `-`, `_`, and non-ASCII (IDN). */
 const PATTERN_HOST = /^[A-Za-z0-9._\-\u0080-\uffff]+$/;
 
 function parseEntry(entry: string): Matcher {
   const bad = (why: string) =>
     new ConfigError(
-      `trustedOrigins entry '${shown(entry)}' ${why}; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'`,
+      `trustedOrigins entry '${redactUserinfo(entry)}' ${why}; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'`,
     );
   const wildcard = /^(https?):\/\/\*\.(.*)$/is.exec(entry);
   if (wildcard) {
