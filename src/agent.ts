@@ -40,12 +40,12 @@ function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void
     );
 }
 
-/** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
 /** A handler of undici's first API: it has onError (which that API requires) and not onResponseError. */
 const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean => {
   const legacy = h as { onError?: unknown };
   return typeof h.onResponseError !== 'function' && typeof legacy.onError === 'function';
 };
+/** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
 const http1Only = (opts: Dispatcher.DispatchOptions): boolean => (opts as { allowH2?: boolean }).allowH2 === false;
 
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */

@@ -3,14 +3,6 @@
  * and its message names the cause and the fix. Messages never contain secrets (S2): callers pass
  * facts (limits, scheme names, origins), never header values or tokens.
  */
-/**
- * `text` (a URL or origin, or what should have been one) as a message may show it: whatever comes
- * before its last `@` is user info, which may hold a password (S2), and is shown as `…@`.
- */
-export function redactUserinfo(text: string): string {
-  return text.replace(/^([a-z][a-z0-9+.-]*:\/*)?.*@/is, (_, scheme = '') => `${scheme}…@`);
-}
-
 export class MultilegError extends Error {
   /** Stable machine-readable code, e.g. `MULTILEG_LEG_LIMIT`. */
   readonly code: string;
@@ -20,6 +12,35 @@ export class MultilegError extends Error {
     this.code = code;
   }
 }
+
+/**
+ * `text` (a URL or origin, or what should have been one) as a message may show it: whatever comes
+ * before its last `@` is user info, which may hold a password (S2), and is shown as `…@`.
+ */
+export function redactUserinfo(text: string): string {
+  return text.replace(/^([a-z][a-z0-9+.-]*:\/*)?.*@/is, (_, scheme = '') => `${scheme}…@`);
+}
+
+/** Node's codes for a TLS peer certificate that failed verification (OpenSSL's, and Node's own name check). */
+export const CERTIFICATE_CODES: ReadonlySet<string> = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'CERT_REVOKED',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_CHAIN_TOO_LONG',
+  'INVALID_CA',
+  'INVALID_PURPOSE',
+  'PATH_LENGTH_EXCEEDED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'HOSTNAME_MISMATCH',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 
 /** A handshake needed more legs than `limits.maxLegs` (C11). */
 export class LegLimitError extends MultilegError {

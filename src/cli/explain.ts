@@ -4,7 +4,7 @@
  */
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
-import { MultilegError } from '../errors.ts';
+import { CERTIFICATE_CODES, MultilegError } from '../errors.ts';
 import { ProxyCertificateError, ProxyConnectTimeoutError, ProxyUnreachableError } from '../proxy/errors.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 
@@ -69,18 +69,6 @@ export function forCli(message: string): string {
   return out;
 }
 
-const CERT_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_UNTRUSTED',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
-
 /** The innermost MultilegError or coded system error in `err`'s cause chain (fetch wraps ours). */
 function rootCause(err: unknown): Error & { code?: string } {
   let e = err as (Error & { code?: string; cause?: unknown }) | undefined;
@@ -88,7 +76,7 @@ function rootCause(err: unknown): Error & { code?: string } {
     if (e instanceof MultilegError) return e;
     // DOMException's `code` is a number.
     const code = typeof e.code === 'string' ? e.code : '';
-    if (CERT_CODES.has(code) || /^E[A-Z]+$/.test(code) || code.startsWith('UND_ERR')) {
+    if (CERTIFICATE_CODES.has(code) || /^E[A-Z]+$/.test(code) || code.startsWith('UND_ERR')) {
       const inner = e.cause as (Error & { code?: string }) | undefined;
       if (!inner || !(inner instanceof Error)) return e;
     }
@@ -122,7 +110,7 @@ export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number |
     return { exit, message: `${forCli(e.message)} (${e.code})` };
   }
   const code = typeof e.code === 'string' ? e.code : '';
-  if (CERT_CODES.has(code)) {
+  if (CERTIFICATE_CODES.has(code)) {
     const what =
       code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
         ? `the certificate of ${host} is not valid now (${code})`

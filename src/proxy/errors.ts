@@ -103,27 +103,6 @@ export class ProxyUnreachableError extends MultilegError {
   }
 }
 
-/** Node's codes for a TLS peer certificate that failed verification (OpenSSL's, and Node's own name check). */
-export const CERTIFICATE_CODES: ReadonlySet<string> = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_UNTRUSTED',
-  'CERT_REJECTED',
-  'CERT_REVOKED',
-  'CERT_SIGNATURE_FAILURE',
-  'CERT_CHAIN_TOO_LONG',
-  'INVALID_CA',
-  'INVALID_PURPOSE',
-  'PATH_LENGTH_EXCEEDED',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'HOSTNAME_MISMATCH',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-]);
-
 /** An https:// proxy's certificate failed verification. */
 export class ProxyCertificateError extends MultilegError {
   readonly proxy: string;

@@ -9,12 +9,11 @@ import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
 import { publishLeg } from '../diagnostics.ts';
-import type { MultilegError } from '../errors.ts';
+import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
 import {
-  CERTIFICATE_CODES,
   ProxyAuthenticationError,
   ProxyCertificateError,
   ProxyConnectError,
