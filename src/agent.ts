@@ -259,6 +259,7 @@ export class MultilegAgent extends Dispatcher {
         waits: 0,
         reauthenticated: false,
         relocations: 0,
+        challenges: undefined,
       };
       pool.run(job, this.#finished);
     };

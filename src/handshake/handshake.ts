@@ -66,6 +66,11 @@ export type HandshakeResult =
       readonly proofFailed?: MultilegError;
       /** The error the caller got, when it was not the server's own 401. */
       readonly error?: Error;
+      /**
+       * The server's final 401: it refused these credentials. Any other end (an error, a 5xx that
+       * says neither yes nor no) leaves them untried.
+       */
+      readonly refused?: true;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -261,7 +266,11 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           if (finishError) {
             return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed: finishError };
           }
-          if (result.status === 401) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
+          if (result.status === 401)
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, refused: true };
+          // The caller has its answer, but a server error says nothing of the credentials (a 403 or
+          // 404 is the authenticated request's answer: the server took them).
+          if (result.status >= 500) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',

@@ -403,6 +403,13 @@ function check(run: Run): Step {
   if (env.memory.requiresHttp1 && session.lane === 'auto' && session.protocol === 'h2') {
     return end({ kind: 'relocate', reason: 'http1' });
   }
+  // The 401 of a connection that closed before it was answered: its challenges start the
+  // handshake here, where a bare request would only meet the same 401 and close again (H1).
+  const { challenges } = run.job;
+  if (challenges) {
+    run.job.challenges = undefined;
+    if (mayAuthenticate(run) && state.kind !== 'authenticated') return { kind: 'answer', challenges };
+  }
   // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
   if (mayAuthenticate(run) && state.kind !== 'authenticated') {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
@@ -423,7 +430,9 @@ function check(run: Run): Step {
 
 function afterWait(run: Run, outcome: WaitOutcome): Step {
   const { session, job, env } = run;
-  job.waits += 1;
+  // R4 counts the handshakes a request waited for in vain; a session that ended under it (GOAWAY,
+  // reset) is not one of them: moves between connections have their own bound (MAX_RELOCATIONS).
+  if (outcome === 'released' || outcome === 'failed') job.waits += 1;
   if (outcome === 'failed') job.noAuth = true;
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
@@ -520,8 +529,10 @@ function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, run.lastUnusable);
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
-  // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1).
+  // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1);
+  // if the connection closed with it, the next one answers it.
   const now = session.state.kind;
+  if (now === 'closed') job.challenges = seen.challenges;
   if (now === 'handshaking' || now === 'closed') return CHECK;
   if (seen.reauth) {
     // T4: an authenticated session re-authenticates once per request; R4: twice lost, it never held.
@@ -682,7 +693,9 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
         session.apply({ type: 'closed', failure: result.proofFailed });
       } else if (leading()) {
         if (leaderGaveUp(job, result.error)) session.handOver(job.id);
-        else session.apply({ type: 'handshake-failure', leader: job.id });
+        // R2: only the server's own final 401 sends the waiters on without credentials; after any
+        // other end (a reset stream, a bad token, a 500) they try again, each within MAX_WAITS.
+        else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
       }
       report('failed', result.legs, result.authIdCarried);
       return end({ kind: 'done', done: result.done });
@@ -691,6 +704,8 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       const http1 =
         result.reason === 'http1' || (session.state.kind === 'closed' && session.state.http1Required === true);
       session.apply({ type: 'closed', http1Required: http1 });
+      // The 401 it was answering is answered again on the next connection, not met again bare.
+      if (step.offered) job.challenges = step.offered;
       return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
     }
     case 'refused':

@@ -1,5 +1,6 @@
 import type { Dispatcher } from 'undici';
 import type { PreparedBody } from '../body/replayable.ts';
+import type { Challenge } from '../challenge/types.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import type { WithheldReason } from '../trust/policy.ts';
@@ -35,6 +36,11 @@ export interface Job {
   reauthenticated: boolean;
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */
   relocations: number;
+  /**
+   * The challenges of a 401 whose connection closed before it was answered (HTTP/1.1 `Connection:
+   * close`, or a challenge body too big to read): the next session answers them at once (H1).
+   */
+  challenges: readonly Challenge[] | undefined;
 }
 
 export function newJobId(): number {

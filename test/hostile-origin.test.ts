@@ -1,0 +1,193 @@
+/**
+ * Origins that end connections or streams in the middle of an NTLM handshake, or answer it with a
+ * server error: the requests behind it must end as the server would have them end, not with a 401
+ * the server never meant for them (H1, R2, R4). Found by a robustness review.
+ */
+import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, constants as h2 } from 'node:http2';
+import { createServer as createHttpsServer, type Server } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { type Dispatcher, fetch } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
+import { startReferenceServer } from '../src/reference-server/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ALICE } from './helpers.ts';
+
+const closers: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const close of closers.splice(0).reverse()) await close().catch(() => {});
+});
+
+/** An NTLM CHALLENGE any AUTHENTICATE answers (these servers check nothing). */
+const CHALLENGE = encodeChallenge({
+  flags:
+    NegotiateFlags.UNICODE |
+    NegotiateFlags.NTLM |
+    NegotiateFlags.EXTENDED_SESSIONSECURITY |
+    NegotiateFlags.TARGET_INFO |
+    NegotiateFlags.VERSION |
+    NegotiateFlags.NEGOTIATE_128,
+  serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
+  targetName: 'EXAMPLE',
+  avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
+  version: Buffer.alloc(8),
+}).toString('base64');
+
+/** Which NTLM message a request carries: 0 none, 1 NEGOTIATE, 3 AUTHENTICATE. */
+function ntlmLeg(authorization: string | undefined): 0 | 1 | 3 {
+  if (!authorization) return 0;
+  return Buffer.from(authorization.split(' ')[1] ?? '', 'base64').readUInt32LE(8) === 1 ? 1 : 3;
+}
+
+async function listen(server: Server | ReturnType<typeof createSecureServer>): Promise<string> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  return `https://localhost:${(server.address() as AddressInfo).port}`;
+}
+
+/** An HTTP/2-only origin: NTLM authenticates the session; `onAuthenticate` answers each AUTHENTICATE leg. */
+async function h2Origin(onAuthenticate: (res: Http2ServerResponse, req: Http2ServerRequest, n: number) => boolean) {
+  const authenticated = new WeakSet<object>();
+  let authenticates = 0;
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+  server.on('request', (req, res) => {
+    req.resume();
+    res.on('error', () => {});
+    const session = req.stream.session!;
+    const leg = ntlmLeg(req.headers.authorization);
+    if (leg === 0 && !authenticated.has(session)) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+    if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${CHALLENGE}` }).end();
+    // onAuthenticate answers it itself (true), or the session is authenticated and gets a 200.
+    if (leg === 3 && onAuthenticate(res, req, ++authenticates)) return;
+    if (leg === 3) authenticated.add(session);
+    res.writeHead(200).end(`ok ${req.url}`);
+  });
+  return listen(server);
+}
+
+function agentFor(origin: string, o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
+  const agent = new MultilegAgent({
+    credentials: ALICE,
+    trustedOrigins: [origin],
+    connect: { ca: CA_CERT },
+    negotiate: false,
+    schemes: ['NTLM'],
+    ...o,
+  });
+  closers.push(() => agent.destroy());
+  return agent;
+}
+
+/** `n` requests dispatched at once; each resolves with its status, or its error's code. */
+function dispatchMany(agent: Dispatcher, origin: string, n: number, prefix = '/r'): Promise<Array<number | string>> {
+  return Promise.all(
+    Array.from(
+      { length: n },
+      (_, i) =>
+        new Promise<number | string>((resolve) => {
+          let status = 0;
+          agent.dispatch(
+            { origin, path: `${prefix}/${i}`, method: 'GET' },
+            {
+              onRequestStart() {},
+              onResponseStart(_c, s) {
+                status = s;
+              },
+              onResponseData() {},
+              onResponseEnd: () => resolve(status),
+              onResponseError: (_c, err) => resolve((err as { code?: string }).code ?? err.name),
+            },
+          );
+        }),
+    ),
+  );
+}
+
+describe('HTTP/1.1: a 401 whose connection closes before it is answered', () => {
+  for (const how of ['Connection: close', 'a body over limits.maxChallengeBodyBytes'] as const) {
+    it(`H1: a bare 401 that ends its connection (${how}) is answered on the next one, not met again bare`, async () => {
+      let bare = 0;
+      const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+        req.resume();
+        const socket = req.socket as Socket & { authenticated?: boolean };
+        const leg = ntlmLeg(req.headers.authorization);
+        if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${CHALLENGE}` }).end();
+        if (leg === 3 || socket.authenticated) {
+          socket.authenticated = true;
+          return void res.writeHead(200).end('ok');
+        }
+        bare += 1;
+        if (how === 'Connection: close') res.writeHead(401, { 'www-authenticate': 'NTLM', connection: 'close' }).end();
+        else res.writeHead(401, { 'www-authenticate': 'NTLM' }).end(Buffer.alloc(256 * 1024, 'x'));
+      });
+      const origin = await listen(server);
+      const agent = agentFor(origin, { limits: { maxChallengeBodyBytes: 1024 } });
+      const res = await fetch(`${origin}/x`, { dispatcher: agent });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+      expect(bare).toBe(1);
+      expect(agent.handshakes().map((h) => [h.outcome, h.legs])).toEqual([['session', 2]]);
+    });
+  }
+});
+
+describe('the requests queued behind a handshake that ends without the server refusing them', () => {
+  it('R2: a stream reset on the leader’s AUTHENTICATE leg: the 9 queued behind it authenticate, none is shown a 401', async () => {
+    const origin = await h2Origin((_res, req, n) => {
+      if (n > 1) return false;
+      setTimeout(() => req.stream.close(h2.NGHTTP2_INTERNAL_ERROR), 100);
+      return true;
+    });
+    const agent = agentFor(origin);
+    const results = await dispatchMany(agent, origin, 10);
+    // The leader hears of its reset stream; the others are served as the server would serve them.
+    expect(results.filter((r) => r === 200)).toHaveLength(9);
+    expect(results.filter((r) => r === 401)).toHaveLength(0);
+    expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+  });
+
+  it('R2: a 500 answer to the AUTHENTICATE leg is no authenticated session: reported failed, the waiters authenticate', async () => {
+    const origin = await h2Origin((res, _req, n) => {
+      if (n > 1) return false;
+      setTimeout(() => res.writeHead(500).end('server error'), 100);
+      return true;
+    });
+    const agent = agentFor(origin);
+    const results = await dispatchMany(agent, origin, 10);
+    expect(results.slice(1)).toEqual(Array.from({ length: 9 }, () => 200));
+    expect(results[0]).toBe(500);
+    expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+  });
+
+  it('R4: requests moved off sessions that end under their handshake (GOAWAY, five times) are moves, not waits: none is shown a 401', async () => {
+    let challenges = 0;
+    const server = await startReferenceServer({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { goawayAfterChallenge: true },
+    });
+    closers.push(() => server.close());
+    // The first five sessions end after their CHALLENGE; the sixth authenticates.
+    server.options.faults.delayMs = (q) => {
+      if (ntlmLeg(q.headers.authorization as string | undefined) === 1 && ++challenges > 5)
+        server.options.faults.goawayAfterChallenge = false;
+      return 0;
+    };
+    const agent = agentFor(server.origin);
+    const results = await dispatchMany(agent, server.origin, 50, '/auth');
+    expect(results.filter((r) => r !== 200)).toEqual([]);
+  });
+});
