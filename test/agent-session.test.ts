@@ -174,6 +174,23 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect([last.path, hasAuth(last.requestHeaders), last.outcome]).toEqual(['/auth/after', false, 'session']);
   });
 
+  for (const scheme of ['Negotiate', 'NTLM'] as const) {
+    it(`C6: a new session's proactive ${scheme} first leg answered 200 by a resource that needs no authentication decides nothing: the session's next requests authenticate it once`, async () => {
+      r = await rig({ mode: 'session', schemes: [scheme] }, scheme === 'NTLM' ? { negotiate: false } : {});
+      expect((await many(r, 3)).every((x) => x.status === 200)).toBe(true);
+      r.server.endSessions();
+      expect((await get(r, '/public/health')).status).toBe(200);
+      r.server.reset();
+      expect((await many(r, 10, '/auth/after')).every((x) => x.status === 200)).toBe(true);
+      // One handshake of two legs on the new session, the rest bare and accepted: no 401 shown to
+      // anyone, none per request (before: NTLM took the session as authenticated and met 10 bare
+      // 401s; Negotiate took it as per-request and ran 10 handshakes).
+      expect(r.server.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(2);
+      expect(r.server.exchanges.filter((e) => e.status === 401 && !hasAuth(e.requestHeaders))).toEqual([]);
+      expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session', 'session']);
+    });
+  }
+
   it('C6: without Persistent-Auth, Negotiate is per-request; the decision waits for the final response', async () => {
     r = await rig({ mode: 'none', schemes: ['Negotiate'] });
     const results = await many(r, 3);

@@ -1,17 +1,20 @@
 /**
  * Origins that end connections or streams in the middle of an NTLM handshake, or answer it with a
  * server error: the requests behind it must end as the server would have them end, not with a 401
- * the server never meant for them (H1, R2, R4). Found by a robustness review.
+ * the server never meant for them (H1, R2, R4). And a draft server that finds its contexts by the
+ * Auth-ID of its very first 401 (C3). Found by robustness and conformance reviews.
  */
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, constants as h2 } from 'node:http2';
 import { createServer as createHttpsServer, type Server } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { type Dispatcher, fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { MechanismUnavailableError, MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ntlmMessageType, parseAuthorization } from '../src/reference-server/wire.ts';
 import { ALICE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
@@ -189,5 +192,53 @@ describe('the requests queued behind a handshake that ends without the server re
     const agent = agentFor(server.origin);
     const results = await dispatchMany(agent, server.origin, 50, '/auth');
     expect(results.filter((r) => r !== 200)).toEqual([]);
+  });
+});
+
+describe('a server that gives its Auth-ID on the first 401 (D§3: as soon as it knows the scheme is multilegged)', () => {
+  it('C3: when the first-choice scheme cannot run here, the next one answers that 401 with its Auth-ID', async () => {
+    const offer = ['Negotiate', 'NTLM'];
+    const contexts = new Map<string, NtlmAcceptor>();
+    const firstLegIds: Array<string | undefined> = [];
+    let n = 0;
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+    server.on('request', async (req, res) => {
+      for await (const _ of req);
+      const authorization = req.headers.authorization;
+      const id = req.headers['auth-id'] as string | undefined;
+      if (!authorization)
+        return void res.writeHead(401, { 'www-authenticate': offer, 'auth-id': `first-${++n}` }).end();
+      const parsed = parseAuthorization(authorization);
+      if (!parsed.ok || ntlmMessageType(parsed.token) === undefined)
+        return void res.writeHead(401, { 'www-authenticate': offer }).end();
+      if (ntlmMessageType(parsed.token) === 1) firstLegIds.push(id);
+      // The server finds the context by the Auth-ID alone: a first leg without it is a stranger.
+      if (id === undefined || !id.startsWith('first-'))
+        return void res.writeHead(401, { 'www-authenticate': offer }).end();
+      const context =
+        contexts.get(id) ?? new NtlmAcceptor({ users: { 'EXAMPLE\\alice': 'alicepw' }, domain: 'EXAMPLE' });
+      contexts.set(id, context);
+      const step = await context.step(parsed.token);
+      if (step.kind === 'challenge')
+        return void res
+          .writeHead(401, { 'www-authenticate': `NTLM ${step.token.toString('base64')}`, 'auth-id': id })
+          .end();
+      res.writeHead(step.kind === 'accepted' ? 200 : 401, { 'persistent-auth': 'true' }).end();
+    });
+    const origin = await listen(server);
+    const agent = agentFor(origin, {
+      schemes: ['Negotiate', 'NTLM'],
+      // No Kerberos here and no NTLM inside Negotiate: Negotiate cannot run, NTLM answers.
+      negotiate: {
+        ntlmFallback: false,
+        kerberos: {
+          initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+        },
+      },
+    });
+    const res = await fetch(`${origin}/x`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(firstLegIds).toEqual(['first-1']);
   });
 });

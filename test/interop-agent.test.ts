@@ -80,6 +80,18 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     ).toBe(true);
   });
 
+  it('C6/M2: a resource that needs no authentication, on an origin known to want Kerberos: its proactive token goes unanswered, the response is delivered, nothing is recorded', async () => {
+    const a = agent();
+    expect((await fetch(`${lab.apache!.origin}/protected/index.html`, { dispatcher: a })).status).toBe(200);
+    // Before, the 200 without a final token failed mutual authentication (MutualAuthError).
+    const open = await fetch(`${lab.apache!.origin}/public/index.html`, { dispatcher: a });
+    expect(open.status).toBe(200);
+    await open.text();
+    const again = await fetch(`${lab.apache!.origin}/protected/index.html`, { dispatcher: a });
+    expect([again.status, again.headers.get('x-remote-user')]).toEqual([200, 'alice@EXAMPLE.TEST']);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['per-request', 'per-request']);
+  });
+
   it('M2/C4: Kerberos per-request over HTTP/1.1 as well', async () => {
     const a = agent();
     const run = async () => {

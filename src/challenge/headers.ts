@@ -97,6 +97,11 @@ export function readPersistentAuth(headers: ResponseHeaders | undefined): boolea
   return seen;
 }
 
+/** Whether the response says anything about Persistent-Auth at all (either spelling), true or not. */
+export function hasPersistentAuth(headers: ResponseHeaders | undefined): boolean {
+  return getHeader(headers, 'persistent-auth') !== undefined || getHeader(headers, 'persisted-auth') !== undefined;
+}
+
 /**
  * Whether a proxy vouches that it keeps client-to-server connections apart (H4, D§6): `Proxy-support`
  * lists `Session-Based-Authentication` (comma list over all values, case-insensitive).

@@ -7,6 +7,7 @@ export {
   DEFAULT_MAX_AUTH_ID_LENGTH,
   formatChallenge,
   getHeader,
+  hasPersistentAuth,
   MAX_REMOTE_HTTP_VERSION_LENGTH,
   type ResponseHeaders,
   readAuthId,

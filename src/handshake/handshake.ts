@@ -1,4 +1,4 @@
-import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
+import { hasPersistentAuth, readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
@@ -90,7 +90,13 @@ export type HandshakeResult =
    * A proactive first leg was answered with a 401 that does not offer this scheme any more (the
    * origin changed, or what was remembered is stale): nothing reached the caller; answer `offered`.
    */
-  | { readonly kind: 'declined'; readonly offered: readonly Challenge[] };
+  /**
+   * A first token sent before any challenge got a final answer that took no part in it (no token
+   * back, no Persistent-Auth): a resource that needs no authentication. The caller has its
+   * response; nothing was authenticated, so nothing is recorded (C6).
+   */
+  | { readonly kind: 'unanswered'; readonly done: Promise<void> }
+  | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
 
 // Kerberos that cannot produce a first token (M5): the next offered scheme may still authenticate.
 const UNUSABLE = new Set([
@@ -206,6 +212,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       let refused = false;
       let finishError: MultilegError | undefined;
       let persistent = false;
+      let unanswered = false;
       // This scheme's challenge in the 401, read once here for the next leg (not parsed again); a
       // 401 swallowed before this classifier saw it (a renewed Digest nonce) is read below.
       let next: Challenge | undefined;
@@ -232,6 +239,17 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           return 'deliver';
         }
         persistent = readPersistentAuth(headers);
+        if (
+          input.challenge === undefined &&
+          legs === 1 &&
+          status < 400 &&
+          !context.complete &&
+          challengeFor(headers, mechanism.scheme)?.token68 === undefined &&
+          !hasPersistentAuth(headers)
+        ) {
+          unanswered = true;
+          return 'deliver';
+        }
         if (status >= 200 && status < 300) {
           // The caller gets a typed error, never the mechanism's own exception (its text may say too much).
           return context.finish(challengeFor(headers, mechanism.scheme), input.leg).catch((err: Error) => {
@@ -250,7 +268,14 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           return fail(result.error);
         }
         case 'swallowed': {
-          if (declined) return { kind: 'declined', offered: readChallenges(result.headers) };
+          if (declined) {
+            const id = readAuthId(result.headers);
+            return {
+              kind: 'declined',
+              offered: readChallenges(result.headers),
+              ...(id?.ok ? { authId: id.value } : {}),
+            };
+          }
           if (refused) return { kind: 'refused' };
           if (legacyLost) {
             log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', mechanism.scheme);
@@ -263,6 +288,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           continue;
         }
         case 'delivered': {
+          if (unanswered) return { kind: 'unanswered', done: result.done };
           if (finishError) {
             return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed: finishError };
           }

@@ -708,6 +708,11 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       if (step.offered) job.challenges = step.offered;
       return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
     }
+    case 'unanswered':
+      // The server answered without authenticating (a public resource): nothing to record, and the
+      // waiters (on a session-mode leader) run the handshake themselves (C6).
+      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+      return end({ kind: 'done', done: result.done });
     case 'refused':
       // Run again once a slot is free; the session now takes no more than the server allows.
       return step;
@@ -715,12 +720,19 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
       env.memory.forgetScheme();
       if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
-      return { kind: 'answer', challenges: result.offered };
+      return {
+        kind: 'answer',
+        challenges: result.offered,
+        ...(result.authId !== undefined ? { authId: result.authId } : {}),
+      };
     case 'unusable':
       // R4: known for the origin at once, so the waiters released now do not each try it again.
       env.memory.markUnusable(schemeKey, result.error);
       if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
       unusable(run, schemeKey, result.error);
-      return step.offered ? { kind: 'answer', challenges: step.offered } : CHECK;
+      // The next scheme answers the same 401, with its Auth-ID (C3).
+      return step.offered
+        ? { kind: 'answer', challenges: step.offered, ...(step.authId !== undefined ? { authId: step.authId } : {}) }
+        : CHECK;
   }
 }
