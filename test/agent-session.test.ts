@@ -191,6 +191,20 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     });
   }
 
+  it('C4: a per-request handshake whose final response says Persistent-Auth: true authenticates its session: the rest go bare', async () => {
+    r = await rig({ mode: 'per-request' });
+    expect((await get(r, '/auth/1')).status).toBe(200);
+    expect((await get(r, '/auth/2')).status).toBe(200);
+    // The server now authenticates sessions (a policy change): its next final 200 says so.
+    r.server.options.mode = 'session';
+    r.server.reset();
+    for (let i = 0; i < 5; i++) expect((await get(r, `/auth/s${i}`)).status).toBe(200);
+    // One handshake; before, all five authenticated themselves (per-request never became authenticated).
+    const accepted = r.server.exchanges.filter((e) => e.outcome === 'accepted');
+    expect(accepted.map((e) => e.responseHeaders['persistent-auth'])).toEqual(['true']);
+    expect(r.server.exchanges.filter((e) => hasAuth(e.requestHeaders)).length).toBeLessThanOrEqual(2);
+  });
+
   it('C6: without Persistent-Auth, Negotiate is per-request; the decision waits for the final response', async () => {
     r = await rig({ mode: 'none', schemes: ['Negotiate'] });
     const results = await many(r, 3);

@@ -27,6 +27,15 @@ describe('session state machine', () => {
     });
   });
 
+  it('C4: a per-request (or fresh) session the server says it authenticated, after a handshake that blocked no one, is authenticated; not while one blocks it', () => {
+    const said = { type: 'server-authenticated', scheme: 'Negotiate', identity: 'EXAMPLE\\alice' } as const;
+    const authenticated = { kind: 'authenticated', scheme: 'Negotiate', identity: 'EXAMPLE\\alice' };
+    expect(transition({ kind: 'per-request', scheme: 'Negotiate' }, said)).toEqual(authenticated);
+    expect(transition(FRESH, said)).toEqual(authenticated);
+    expect(() => transition(transition(FRESH, start), said)).toThrow(IllegalTransitionError);
+    expect(() => transition(authenticated as SessionState, said)).toThrow(IllegalTransitionError);
+  });
+
   it('C7: a new handshake on an authenticated session replaces the identity; a failed one drops it', () => {
     const auth: SessionState = { kind: 'authenticated', scheme: 'NTLM', identity: 'EXAMPLE\\alice' };
     const h = transition(auth, { ...start, leader: 2 });

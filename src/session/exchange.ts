@@ -674,14 +674,11 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
         result.sessionAuthenticated && session.trustsSessionAuth && !session.authenticationFails;
       // Remembered first: the release below lets the pool hand out room, by what the origin wants.
       env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
+      const identity = result.identity ? { identity: result.identity } : {};
       if (leading()) {
-        session.apply({
-          type: 'handshake-success',
-          leader: job.id,
-          scheme,
-          sessionAuthenticated,
-          ...(result.identity ? { identity: result.identity } : {}),
-        });
+        session.apply({ type: 'handshake-success', leader: job.id, scheme, sessionAuthenticated, ...identity });
+      } else if (sessionAuthenticated && (session.state.kind === 'per-request' || session.state.kind === 'fresh')) {
+        session.apply({ type: 'server-authenticated', scheme, ...identity });
       }
       report(sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
       return end({ kind: 'done', done: result.done });

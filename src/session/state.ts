@@ -5,7 +5,7 @@ import type { MultilegError } from '../errors.ts';
  * an explicit state type and a pure transition function (draft §3, SPEC C1–C8).
  *
  *   fresh ──start──▶ handshaking ──success(session)──▶ authenticated ──start──▶ handshaking …
- *     ▲                  │  └──success(per-request)──▶ per-request
+ *     ▲                  │  └──success(per-request)──▶ per-request ──server-authenticated──▶ authenticated
  *     └────failure───────┘
  *   any ──closed──▶ closed   (terminal: the connection ended; a new session starts fresh)
  */
@@ -38,6 +38,11 @@ export type SessionEvent =
       readonly sessionAuthenticated: boolean;
       readonly identity?: string;
     }
+  /**
+   * A handshake that blocked no one (per-request) ended with Persistent-Auth: true: the server now
+   * authenticates the session (C4), so its requests go bare from here.
+   */
+  | { readonly type: 'server-authenticated'; readonly scheme: string; readonly identity?: string }
   /**
    * The leader's handshake failed (final 401, mechanism error, limit, abort). `retry`: it failed
    * before sending anything (an unusable scheme), so waiters should try again rather than give up.
@@ -72,6 +77,9 @@ export function transition(state: SessionState, event: SessionEvent): SessionSta
     case 'per-request':
       if (event.type === 'handshake-start') {
         return { kind: 'handshaking', scheme: event.scheme, leader: event.leader, previous: state };
+      }
+      if (event.type === 'server-authenticated' && state.kind !== 'authenticated') {
+        return { kind: 'authenticated', scheme: event.scheme, ...(event.identity ? { identity: event.identity } : {}) };
       }
       break;
     case 'handshaking':
