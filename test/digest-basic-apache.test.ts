@@ -3,7 +3,9 @@
  * mod_auth_digest (MD5, realm `digest-realm`) and mod_auth_basic, over HTTP/2 and HTTP/1.1, and
  * Basic refused over Apache's cleartext port unless the caller allows it.
  */
-import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { appendFileSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
@@ -74,6 +76,20 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
     expect(a.handshakes().map((h) => [h.scheme, h.outcome, h.legs])).toEqual(
       Array(4).fill(['Digest', 'per-request', 1]),
     );
+  });
+
+  it('M3: a UTF-8 user name reaches Apache mod_auth_digest (which reads no username*) as its UTF-8 octets, as curl sends it', async () => {
+    const user = { username: 'Jäsøn', password: 'pw-äö' };
+    // What htdigest writes on a UTF-8 terminal: the name's UTF-8 octets, H(user:realm:password) over UTF-8.
+    const ha1 = createHash('md5').update(`${user.username}:${DIGEST_REALM}:${user.password}`, 'utf8').digest('hex');
+    appendFileSync(
+      join(dirname(lab.apache!.accessLog), '../conf/htdigest'),
+      Buffer.from(`${user.username}:${DIGEST_REALM}:${ha1}\n`, 'utf8'),
+    );
+    const res = await fetch(`${lab.apache!.origin}/digest/`, { dispatcher: agent({ credentials: user }) });
+    // Before, username*=UTF-8''J%C3%A4s%C3%B8n: Apache answered 401 ("missing user").
+    expect(res.status).toBe(200);
+    await res.text();
   });
 
   it('M3: Apache mod_auth_digest over HTTP/1.1, concurrent proactive requests included', async () => {

@@ -70,6 +70,8 @@ interface NonceState {
   /** `auth`, or undefined for an RFC 2069 server that sent no qop. */
   readonly qop: 'auth' | undefined;
   readonly userhash: boolean;
+  /** The server said `charset=UTF-8` (RFC 7616 §4): it reads `username*`. */
+  readonly utf8: boolean;
   /** Last nonce count used; incremented synchronously, so concurrent requests never share one. */
   nc: number;
 }
@@ -106,6 +108,23 @@ class NonceCache {
     while (entry.realms.size > 16) entry.realms.delete(entry.realms.keys().next().value as string);
     this.#byOrigin.set(key, entry);
     while (this.#byOrigin.size > this.#max) this.#byOrigin.delete(this.#byOrigin.keys().next().value as string);
+  }
+
+  /**
+   * The state already counting this challenge's nonce (same realm, nonce and parameters): several
+   * requests challenged with one nonce, or retrying after one `stale=true`, go on counting it (RFC
+   * 7616 §3.4: nc counts every request sent with the nonce; a repeated count is a replay).
+   */
+  counting(key: string, state: NonceState): NonceState | undefined {
+    const known = this.#byOrigin.get(key)?.realms.get(state.realm);
+    const same =
+      known !== undefined &&
+      known.nonce === state.nonce &&
+      known.opaque === state.opaque &&
+      known.algorithm.name === state.algorithm.name &&
+      known.qop === state.qop &&
+      known.userhash === state.userhash;
+    return same ? known : undefined;
   }
 
   forget(key: string, state: NonceState): void {
@@ -173,6 +192,7 @@ function readChallenge(challenge: Challenge): NonceState {
     algorithm,
     qop,
     userhash: challenge.params.userhash?.toLowerCase() === 'true',
+    utf8: challenge.params.charset?.toLowerCase() === 'utf-8',
     nc: 0,
   };
 }
@@ -198,7 +218,10 @@ function authorization(state: NonceState, credentials: Credentials, leg: LegInfo
   const parts: string[] = [];
   if (state.userhash) parts.push(`username=${quote(digestUserhash(algorithm, credentials.username, realm))}`);
   else if (isPlainQuotable(credentials.username)) parts.push(`username=${quote(credentials.username)}`);
-  else parts.push(`username*=${encodeExtValue(credentials.username)}`);
+  else if (state.utf8) parts.push(`username*=${encodeExtValue(credentials.username)}`);
+  // A server that did not say charset=UTF-8 may not read username* (Apache does not): its UTF-8
+  // octets in the quoted-string (obs-text), as curl sends them; A1 hashes the same octets.
+  else parts.push(`username=${quote(Buffer.from(credentials.username, 'utf8').toString('latin1'))}`);
   parts.push(`realm=${quote(state.realm)}`, `uri=${quote(uri)}`);
   // Always named, also when the server left it out (which means MD5).
   parts.push(`algorithm=${algorithm.name}`);
@@ -248,7 +271,8 @@ class DigestContext implements MechanismContext {
       if (this.#steps >= 2) {
         throw new MechanismError('Digest', 'the server keeps answering with new challenges; check the credentials');
       }
-      state = readChallenge(challenge);
+      const read = readChallenge(challenge);
+      state = this.#cache?.counting(key, read) ?? read;
       this.#cache?.store(key, state);
     }
     if (state.nc >= MAX_NONCE_COUNT) {

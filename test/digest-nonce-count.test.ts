@@ -1,0 +1,99 @@
+/**
+ * M3: the nonce count (RFC 7616 §3.4) counts every request sent with a nonce, whichever request
+ * met it: requests challenged together with one nonce (a server that hands one nonce to everyone),
+ * or retrying together after one `stale=true`, never send the same (nonce, nc), which a server that
+ * checks for replays refuses. Found by a mechanism review.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fetch } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseChallenges } from '../src/challenge/index.ts';
+import { MultilegAgent } from '../src/index.ts';
+import { digestMechanism, digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
+
+const CREDS = { username: 'Mufasa', password: 'Circle of Life' };
+const paramsOf = (authorization: string) => parseChallenges(authorization)[0]!.params;
+const closers: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const close of closers.splice(0)) await close().catch(() => {});
+});
+
+/** One nonce for every client (`nonce()`), and a replay check on (nonce, nc), as Squid and nginx modules do. */
+async function sharedNonceOrigin(nonce: () => string) {
+  const seen: Array<{ nonce: string; nc: string }> = [];
+  const used = new Set<string>();
+  const sha256 = parseDigestAlgorithm('SHA-256')!;
+  const server: Server = createServer((req, res) => {
+    const challenge = (stale: boolean) =>
+      res
+        .writeHead(401, {
+          'www-authenticate': `Digest realm="r", qop="auth", algorithm=SHA-256, nonce="${nonce()}"${stale ? ', stale=true' : ''}`,
+        })
+        .end();
+    if (!req.headers.authorization) return challenge(false);
+    const p = paramsOf(req.headers.authorization);
+    seen.push({ nonce: p.nonce!, nc: p.nc! });
+    const expected = digestResponse({
+      algorithm: sha256,
+      username: CREDS.username,
+      realm: 'r',
+      password: CREDS.password,
+      method: req.method!,
+      uri: p.uri!,
+      nonce: p.nonce!,
+      qop: 'auth',
+      nc: p.nc!,
+      cnonce: p.cnonce!,
+    });
+    const key = `${p.nonce} ${p.nc}`;
+    if (p.response !== expected || used.has(key)) return challenge(false);
+    used.add(key);
+    if (p.nonce !== nonce()) return challenge(true);
+    res.writeHead(200).end('ok');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise((resolve) => server.close(resolve)));
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen };
+}
+
+function agentFor(origin: string): MultilegAgent {
+  const agent = new MultilegAgent({ credentials: CREDS, negotiate: false, trustedOrigins: [origin] });
+  closers.push(() => agent.destroy());
+  return agent;
+}
+
+const getAll = (agent: MultilegAgent, origin: string, n: number) =>
+  Promise.all(
+    Array.from({ length: n }, (_, i) => fetch(`${origin}/p/${i}`, { dispatcher: agent }).then((r) => r.status)),
+  );
+
+describe('Digest nonce count, per nonce', () => {
+  it('M3: requests challenged together with one nonce each send their own nc: none is refused as a replay', async () => {
+    const s = await sharedNonceOrigin(() => 'one-nonce');
+    const statuses = await getAll(agentFor(s.origin), s.origin, 6);
+    expect(statuses).toEqual(Array(6).fill(200));
+    const pairs = s.seen.map((x) => `${x.nonce}/${x.nc}`);
+    expect(new Set(pairs).size).toBe(pairs.length);
+  });
+
+  it('M3: requests retrying together after stale=true count the new nonce on from one another', async () => {
+    let nonce = 'n-1';
+    const s = await sharedNonceOrigin(() => nonce);
+    const agent = agentFor(s.origin);
+    expect((await fetch(`${s.origin}/warm`, { dispatcher: agent })).status).toBe(200);
+    nonce = 'n-2';
+    expect(await getAll(agent, s.origin, 6)).toEqual(Array(6).fill(200));
+    const counts = s.seen.filter((x) => x.nonce === 'n-2').map((x) => x.nc);
+    expect(new Set(counts).size).toBe(counts.length);
+  });
+
+  it('M3: two contexts answering the same challenge send nc 00000001 and 00000002', async () => {
+    const digest = digestMechanism(CREDS);
+    const challenge = parseChallenges('Digest realm="r", qop="auth", nonce="same"')[0]!;
+    const leg = { origin: 'https://h', hostname: 'h', port: 443, method: 'GET', path: '/', proxy: false };
+    const first = paramsOf(await digest.createContext(leg).step(challenge, leg));
+    const second = paramsOf(await digest.createContext(leg).step(challenge, leg));
+    expect([first.nc, second.nc]).toEqual(['00000001', '00000002']);
+  });
+});
