@@ -371,7 +371,7 @@ describe('chooseChallenge', () => {
   it('T2: several Digest challenges: SHA-512-256 > SHA-256 > MD5, with or without -sess', () => {
     const d = parseChallenges([
       'Digest realm="a", algorithm=MD5, nonce="1"',
-      'Digest realm="a", algorithm=SHA-256-sess, nonce="2"',
+      'Digest realm="a", algorithm=SHA-256-sess, nonce="2", qop="auth"',
       'Digest realm="a", nonce="3"',
       'Digest realm="a", algorithm=sha-512-256, nonce="4"',
       'Digest realm="a", algorithm=SHA-256, nonce="5"',
@@ -383,6 +383,15 @@ describe('chooseChallenge', () => {
     expect(chooseChallenge([d[4]!, d[1]!], ['Digest'])?.params.nonce).toBe('5');
     // No algorithm means MD5.
     expect(chooseChallenge([d[2]!, d[0]!], ['Digest'])?.params.nonce).toBe('3');
+    // One that can be answered wins over a stronger one that cannot (-sess without qop, no nonce,
+    // qop=auth-int only); with none answerable, the strongest is still chosen (its error says why).
+    const unanswerable = parseChallenges([
+      'Digest realm="a", algorithm=SHA-512-256-sess, nonce="6"',
+      'Digest realm="a", algorithm=SHA-512-256, qop="auth"',
+      'Digest realm="a", algorithm=SHA-256, nonce="7", qop="auth-int"',
+    ]);
+    expect(chooseChallenge([...unanswerable, d[0]!], ['Digest'])?.params.nonce).toBe('1');
+    expect(chooseChallenge(unanswerable, ['Digest'])?.params.algorithm).toBe('SHA-512-256-sess');
   });
 
   it('T2: Digest with an unknown algorithm is never chosen; the next scheme is', () => {

@@ -26,11 +26,24 @@ export function digestAlgorithmStrength(algorithm: string | undefined): number {
 }
 
 /**
+ * Whether a Digest challenge can be answered with qop=auth (or RFC 2069's no qop): it has a realm
+ * and a nonce, its qop list (if any) has `auth`, and a `-sess` algorithm comes with a qop. The
+ * mechanism says why when it cannot (DigestChallengeError); the chooser only prefers those it can.
+ */
+function digestAnswerable(c: Challenge): boolean {
+  const { realm, nonce, qop, algorithm } = c.params;
+  if (realm === undefined || nonce === undefined) return false;
+  if (qop === undefined) return !algorithm?.toLowerCase().endsWith('-sess');
+  return qop.split(',').some((q) => q.trim().toLowerCase() === 'auth');
+}
+
+/**
  * Pick the strongest offered challenge the client can use (T2).
  *
  * A challenge is eligible when its scheme is both in `available` and in `order` (case-insensitive);
- * the earliest scheme in `order` wins. Among several Digest challenges the strongest algorithm wins
- * (SHA-512-256 > SHA-256 > MD5), and Digest challenges with an unknown algorithm are never chosen, so
+ * the earliest scheme in `order` wins. Among several Digest challenges one this client can answer
+ * wins over one it cannot (no nonce, only qop=auth-int), then the strongest algorithm
+ * (SHA-512-256 > SHA-256 > MD5); Digest challenges with an unknown algorithm are never chosen, so
  * the next scheme can be. Otherwise ties go to the challenge sent first, as the server listed it.
  *
  * @param challenges - From {@link parseChallenges}.
@@ -56,8 +69,11 @@ export function chooseChallenge(
   for (const c of challenges) {
     const r = rank.get(c.schemeKey);
     if (r === undefined || !usable.has(c.schemeKey)) continue;
-    const strength = c.schemeKey === 'digest' ? digestAlgorithmStrength(c.params.algorithm) : 0;
+    const digest = c.schemeKey === 'digest';
+    let strength = digest ? digestAlgorithmStrength(c.params.algorithm) : 0;
     if (strength < 0) continue;
+    // Answerable first: above every algorithm strength (at most 3).
+    if (digest && digestAnswerable(c)) strength += 10;
     if (r < bestRank || (r === bestRank && strength > bestStrength)) {
       best = c;
       bestRank = r;

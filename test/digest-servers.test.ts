@@ -1,8 +1,11 @@
 /**
- * M3: the nonce count (RFC 7616 §3.4) counts every request sent with a nonce, whichever request
- * met it: requests challenged together with one nonce (a server that hands one nonce to everyone),
- * or retrying together after one `stale=true`, never send the same (nonce, nc), which a server that
- * checks for replays refuses. Found by a mechanism review.
+ * M3 Digest against servers that expect more than the simplest case (found by a mechanism review):
+ * - the nonce count (RFC 7616 §3.4) counts every request sent with a nonce, whichever request met
+ *   it: requests challenged together with one nonce (a server that hands one nonce to everyone),
+ *   or retrying together after one `stale=true`, never send the same (nonce, nc), which a server
+ *   that checks for replays refuses;
+ * - among several Digest challenges (RFC 7616 §3.7), one this client can answer is chosen over a
+ *   stronger one it cannot.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -96,4 +99,42 @@ describe('Digest nonce count, per nonce', () => {
     const second = paramsOf(await digest.createContext(leg).step(challenge, leg));
     expect([first.nc, second.nc]).toEqual(['00000001', '00000002']);
   });
+});
+
+describe('several Digest challenges in one 401', () => {
+  for (const [label, strongest] of [
+    ['offers only qop=auth-int', 'Digest realm="r", nonce="a", algorithm=SHA-256, qop="auth-int"'],
+    ['has no nonce', 'Digest realm="r", algorithm=SHA-256, qop="auth"'],
+  ] as const) {
+    it(`T2/M3: the strongest ${label}: the MD5 qop=auth challenge beside it is answered`, async () => {
+      const md5 = parseDigestAlgorithm('MD5')!;
+      const server = createServer((req, res) => {
+        const authorization = req.headers.authorization;
+        if (authorization) {
+          const p = paramsOf(authorization);
+          const expected = digestResponse({
+            algorithm: md5,
+            username: CREDS.username,
+            realm: 'r',
+            password: CREDS.password,
+            method: req.method!,
+            uri: p.uri!,
+            nonce: p.nonce!,
+            qop: 'auth',
+            nc: p.nc!,
+            cnonce: p.cnonce!,
+          });
+          if (p.nonce === 'b' && p.response === expected) return void res.writeHead(200).end('ok');
+        }
+        res
+          .writeHead(401, { 'www-authenticate': [strongest, 'Digest realm="r", nonce="b", algorithm=MD5, qop="auth"'] })
+          .end();
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      closers.push(() => new Promise((resolve) => server.close(resolve)));
+      const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      // Before, the strongest was chosen and failed (DigestChallengeError): nothing was sent.
+      expect((await fetch(`${origin}/x`, { dispatcher: agentFor(origin) })).status).toBe(200);
+    });
+  }
 });
