@@ -5,7 +5,9 @@
  *   or retrying together after one `stale=true`, never send the same (nonce, nc), which a server
  *   that checks for replays refuses;
  * - among several Digest challenges (RFC 7616 §3.7), one this client can answer is chosen over a
- *   stronger one it cannot.
+ *   stronger one it cannot;
+ * - towards a forward proxy (H5), every request gets its own Proxy-Authorization (its uri, the next
+ *   nc), and proxy credentials alone answer a Digest-only proxy.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -137,4 +139,67 @@ describe('several Digest challenges in one 401', () => {
       expect((await fetch(`${origin}/x`, { dispatcher: agentFor(origin) })).status).toBe(200);
     });
   }
+});
+
+describe('Digest towards a forward proxy', () => {
+  /** A Digest proxy that checks what Squid checks: the response, nc growing per nonce, uri = the request-target. */
+  async function digestProxy() {
+    const proxied: Array<{ url: string; uri: string; nc: string }> = [];
+    const refused: string[] = [];
+    let lastNc = 0;
+    const md5 = parseDigestAlgorithm('MD5')!;
+    const proxy = createServer((req, res) => {
+      const authorization = req.headers['proxy-authorization'];
+      const p = authorization ? paramsOf(authorization) : undefined;
+      const valid =
+        p !== undefined &&
+        p.uri === req.url &&
+        Number.parseInt(p.nc ?? '0', 16) > lastNc &&
+        p.response ===
+          digestResponse({
+            algorithm: md5,
+            username: CREDS.username,
+            realm: 'proxy',
+            password: CREDS.password,
+            method: req.method!,
+            uri: p.uri!,
+            nonce: p.nonce!,
+            qop: 'auth',
+            nc: p.nc!,
+            cnonce: p.cnonce!,
+          });
+      if (!valid) {
+        refused.push(req.url!);
+        return void res.writeHead(407, { 'proxy-authenticate': 'Digest realm="proxy", qop="auth", nonce="pn"' }).end();
+      }
+      lastNc = Number.parseInt(p.nc!, 16);
+      proxied.push({ url: req.url!, uri: p.uri!, nc: p.nc! });
+      res.writeHead(200).end(`proxied ${req.url}`);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    closers.push(() => new Promise((resolve) => proxy.close(resolve)));
+    return { uri: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, proxied, refused };
+  }
+
+  it('H5/M3: proxy credentials alone answer a Digest-only proxy, and each forwarded request gets its own uri and nonce count', async () => {
+    const proxy = await digestProxy();
+    // No mechanisms given: Digest is among the proxy's defaults with credentials (before: only NTLM and Basic).
+    const agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: proxy.uri, negotiate: false, credentials: CREDS },
+    });
+    closers.push(() => agent.destroy());
+    for (const path of ['/a', '/b', '/c']) {
+      const res = await fetch(`http://target.invalid:8080${path}`, { dispatcher: agent });
+      expect(res.status).toBe(200);
+      await res.text();
+    }
+    // Before, /b and /c carried /a's header again (its uri, nc=00000001): the proxy refused them.
+    expect(proxy.refused).toEqual(['http://target.invalid:8080/a']);
+    expect(proxy.proxied.map((p) => [p.url, p.nc])).toEqual([
+      ['http://target.invalid:8080/a', '00000001'],
+      ['http://target.invalid:8080/b', '00000002'],
+      ['http://target.invalid:8080/c', '00000003'],
+    ]);
+  });
 });

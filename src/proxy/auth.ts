@@ -51,12 +51,18 @@ export class ProxyAuth {
 
   /**
    * `Proxy-Authorization` for the next request on this connection: the handshake's next token; after
-   * a success, the same header again only for per-request schemes (Basic). Never logged.
+   * a success, for a per-request scheme, one made for this request (Digest: its own uri and nonce
+   * count — the first request's header again would be a replay; Basic: the same). Never logged.
    */
-  header(): string | undefined {
+  async header(leg: LegInfo): Promise<string | undefined> {
     if (this.#state === 'handshaking') return this.#pending;
-    if (this.#state === 'done' && this.#mechanism?.level === 'request') return this.#pending;
-    return undefined;
+    const mechanism = this.#mechanism;
+    if (this.#state !== 'done' || mechanism?.level !== 'request' || !mechanism.proactive) return undefined;
+    try {
+      return await mechanism.createContext(leg).step(undefined, leg);
+    } catch {
+      return undefined; // (a used-up nonce) the proxy's 407 starts a new handshake
+    }
   }
 
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */

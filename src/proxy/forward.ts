@@ -67,7 +67,7 @@ export class ForwardProxy {
     const leg = proxyLeg(this.route.proxy, request.method, path);
     const host = new URL(request.origin).host;
     for (let answers = 0; ; answers++) {
-      const credentials = this.#auth.header();
+      const credentials = await this.#auth.header(leg);
       let challenged: ResponseHeaders | undefined;
       const result = await sendOnProxy(
         { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },

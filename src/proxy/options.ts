@@ -7,6 +7,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { ConfigError } from '../errors.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
+import { digestMechanism } from '../mechanisms/digest/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/index.ts';
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
@@ -21,7 +22,7 @@ export interface ProxyOptions {
    * `NO_PROXY`), as undici's EnvHttpProxyAgent reads them.
    */
   readonly uri?: string;
-  /** For the proxy only (never sent to origins): NTLM, Basic, and Negotiate's NTLM fallback. */
+  /** For the proxy only (never sent to origins): NTLM, Digest, Basic, and Negotiate's NTLM fallback. */
   readonly credentials?: Credentials;
   /** Scheme preference towards the proxy, strongest first. Default Negotiate > NTLM > Digest > Basic. */
   readonly schemes?: readonly SchemeName[];
@@ -93,7 +94,12 @@ export function proxyMechanisms(o: ProxyOptions, credentials: Credentials | unde
   }
   // Proxy credentials are meant for the proxy at its configured address: Basic goes to it even over
   // a cleartext connection, as curl and browsers send it.
-  if (credentials) list.push(ntlmMechanism(credentials), basicMechanism(credentials, { allowHttp: true }));
+  if (credentials)
+    list.push(
+      ntlmMechanism(credentials),
+      digestMechanism(credentials),
+      basicMechanism(credentials, { allowHttp: true }),
+    );
   list.push(...(o.mechanisms ?? []));
   checkSchemes('proxy.schemes', o.schemes, o.mechanisms ?? []);
   return new MechanismSet(list, o.schemes ?? DEFAULT_SCHEME_ORDER);

@@ -187,7 +187,7 @@ async function handshake(
       reader = new ResponseReader(socket);
       log.proxy('%s connection %d for CONNECT %s', proxy.origin, connections, target);
     }
-    const credentials = auth.header();
+    const credentials = await auth.header(leg);
     const traced = publishLeg(
       { origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
       {
