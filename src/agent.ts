@@ -40,11 +40,12 @@ function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void
     );
 }
 
-/** A handler of undici's first API: it has onError (which that API requires) and not onResponseError. */
-const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean => {
-  const legacy = h as { onError?: unknown };
-  return typeof h.onResponseError !== 'function' && typeof legacy.onError === 'function';
-};
+/**
+ * A handler of undici's first API: onError (which that API requires) and no onRequestStart (which
+ * the second requires; undici's adapter passes any handler that has it through unchanged).
+ */
+const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean =>
+  typeof h.onRequestStart !== 'function' && typeof (h as { onError?: unknown }).onError === 'function';
 /** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
 const http1Only = (opts: Dispatcher.DispatchOptions): boolean => (opts as { allowH2?: boolean }).allowH2 === false;
 
@@ -226,14 +227,15 @@ export class MultilegAgent extends Dispatcher {
 
   /** Builds the request's Job and starts it on its origin's pool (after reading a body that must be read, C10). */
   #start(origin: string, opts: Dispatcher.DispatchOptions, sink: UserSink, handler: Dispatcher.DispatchHandler): void {
-    this.#stats.requests += 1;
     const headers = normalizeRequestHeaders(opts.headers);
+    // Refused before anything is counted or a pending redirect hop is used up.
+    this.#refuseTunnelledProxyAuthorization(origin, headers, 'tunnel');
+    this.#stats.requests += 1;
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
     const identity: Identity =
       'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
-    if (identity === 'caller') this.#refuseTunnelledProxyAuthorization(origin, headers, 'tunnel');
     const pool = this.#pool(origin);
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it

@@ -158,6 +158,27 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     expect(((err as Error).cause as { code?: string }).code).toBe('MULTILEG_CLOSED');
   });
 
+  it('a handler of the second API that also has an onError (and no onResponseError) is served as it is, not wrapped again and again', async () => {
+    r = await rig({ mode: 'session' });
+    const agent = r.agent;
+    const origin = r.server.origin;
+    const status = await new Promise<number>((resolve, reject) => {
+      let got = 0;
+      const handler = {
+        onRequestStart() {},
+        onResponseStart: (_c: unknown, s: number) => {
+          got = s;
+        },
+        onResponseData() {},
+        onResponseEnd: () => resolve(got),
+        onError: reject,
+      };
+      // Before: RangeError (Maximum call stack size exceeded) from dispatch itself.
+      agent.dispatch({ origin, path: '/auth/both-apis', method: 'GET' }, handler as never);
+    });
+    expect(status).toBe(200);
+  });
+
   it('an abort while queued removes the request and reports the abort', async () => {
     r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 200 : 0) } });
     const leader = get(r, '/auth/leader');
