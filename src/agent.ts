@@ -259,6 +259,7 @@ export class MultilegAgent extends Dispatcher {
         withheld,
         noAuth: false,
         waits: 0,
+        bare: false,
         reauthenticated: false,
         relocations: 0,
         challenges: undefined,

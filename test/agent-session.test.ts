@@ -189,6 +189,19 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
       expect(r.server.exchanges.filter((e) => e.status === 401 && !hasAuth(e.requestHeaders))).toEqual([]);
       expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session', 'session']);
     });
+
+    it(`C6: a burst of requests to a resource that needs no authentication, on such a new session (${scheme}): only the first carries a token, the rest go side by side`, async () => {
+      r = await rig(
+        { mode: 'session', schemes: [scheme], faults: { delayMs: (q) => (q.path.startsWith('/public/') ? 50 : 0) } },
+        scheme === 'NTLM' ? { negotiate: false } : {},
+      );
+      expect((await many(r, 3)).every((x) => x.status === 200)).toBe(true);
+      r.server.endSessions();
+      r.server.reset();
+      expect((await many(r, 8, '/public/p')).every((x) => x.status === 200)).toBe(true);
+      // Before, each waiter led a proactive handshake of its own that blocked the rest: 8 tokens, in series.
+      expect(r.server.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(1);
+    });
   }
 
   it('C4: a per-request handshake whose final response says Persistent-Auth: true authenticates its session: the rest go bare', async () => {

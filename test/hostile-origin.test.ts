@@ -15,6 +15,7 @@ import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages
 import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ntlmMessageType, parseAuthorization } from '../src/reference-server/wire.ts';
+import { MAX_WAITS } from '../src/session/exchange.ts';
 import { ALICE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
@@ -61,8 +62,11 @@ async function listen(server: Server | ReturnType<typeof createSecureServer>): P
   return `https://localhost:${(server.address() as AddressInfo).port}`;
 }
 
-/** An HTTP/2-only origin: NTLM authenticates the session; `onAuthenticate` answers each AUTHENTICATE leg. */
-async function h2Origin(onAuthenticate: (res: Http2ServerResponse, req: Http2ServerRequest, n: number) => boolean) {
+/** An HTTP/2-only origin: NTLM authenticates the session; `onAuthenticate` answers each AUTHENTICATE leg, `open` paths need none. */
+async function h2Origin(
+  onAuthenticate: (res: Http2ServerResponse, req: Http2ServerRequest, n: number) => boolean,
+  open?: { readonly prefix: string; readonly status: number },
+) {
   const authenticated = new WeakSet<object>();
   let authenticates = 0;
   const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
@@ -70,6 +74,7 @@ async function h2Origin(onAuthenticate: (res: Http2ServerResponse, req: Http2Ser
     req.resume();
     res.on('error', () => {});
     const session = req.stream.session!;
+    if (open && req.url.startsWith(open.prefix)) return void res.writeHead(open.status).end('open');
     const leg = ntlmLeg(req.headers.authorization);
     if (leg === 0 && !authenticated.has(session)) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
     if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${CHALLENGE}` }).end();
@@ -78,7 +83,16 @@ async function h2Origin(onAuthenticate: (res: Http2ServerResponse, req: Http2Ser
     if (leg === 3) authenticated.add(session);
     res.writeHead(200).end(`ok ${req.url}`);
   });
-  return listen(server);
+  const sessions = new Set<{ destroy(): void }>();
+  server.on('session', (session) => sessions.add(session));
+  const origin = await listen(server);
+  /** Ends every session (a server restart): the agent's next requests open a new one, the scheme remembered. */
+  const endSessions = async () => {
+    for (const session of sessions) session.destroy();
+    sessions.clear();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  };
+  return { origin, endSessions };
 }
 
 function agentFor(origin: string, o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
@@ -149,7 +163,7 @@ describe('HTTP/1.1: a 401 whose connection closes before it is answered', () => 
 
 describe('the requests queued behind a handshake that ends without the server refusing them', () => {
   it('R2: a stream reset on the leader’s AUTHENTICATE leg: the 9 queued behind it authenticate, none is shown a 401', async () => {
-    const origin = await h2Origin((_res, req, n) => {
+    const { origin } = await h2Origin((_res, req, n) => {
       if (n > 1) return false;
       setTimeout(() => req.stream.close(h2.NGHTTP2_INTERNAL_ERROR), 100);
       return true;
@@ -163,7 +177,7 @@ describe('the requests queued behind a handshake that ends without the server re
   });
 
   it('R2: a 500 answer to the AUTHENTICATE leg is no authenticated session: reported failed, the waiters authenticate', async () => {
-    const origin = await h2Origin((res, _req, n) => {
+    const { origin } = await h2Origin((res, _req, n) => {
       if (n > 1) return false;
       setTimeout(() => res.writeHead(500).end('server error'), 100);
       return true;
@@ -174,6 +188,40 @@ describe('the requests queued behind a handshake that ends without the server re
     expect(results[0]).toBe(500);
     expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
   });
+
+  it('R2/R4: with the scheme remembered, a server that fails every AUTHENTICATE (a reset stream) costs at most 1 + MAX_WAITS handshakes for 8 requests, not one each', async () => {
+    let failing = false;
+    const { origin, endSessions } = await h2Origin((_res, req) => {
+      if (!failing) return false;
+      setTimeout(() => req.stream.close(h2.NGHTTP2_INTERNAL_ERROR), 50);
+      return true;
+    });
+    const agent = agentFor(origin);
+    expect(await dispatchMany(agent, origin, 1, '/warm')).toEqual([200]);
+    await endSessions();
+    failing = true;
+    const results = await dispatchMany(agent, origin, 8);
+    // Each leader hears of its reset stream; a request that waited MAX_WAITS times goes bare and is
+    // shown the server's 401 (before: each of the 8 led its own proactive handshake, in series).
+    expect(agent.handshakes().filter((h) => h.outcome === 'failed').length).toBeLessThanOrEqual(1 + MAX_WAITS);
+    expect(results.filter((r) => r === 401).length).toBeGreaterThanOrEqual(8 - (1 + MAX_WAITS));
+  });
+
+  for (const status of [404, 403]) {
+    it(`C6: a new session's proactive NTLM NEGOTIATE answered ${status} by a resource that needs no authentication authenticates nothing`, async () => {
+      const { origin, endSessions } = await h2Origin(() => false, { prefix: '/open', status });
+      const agent = agentFor(origin);
+      expect(await dispatchMany(agent, origin, 1, '/warm')).toEqual([200]);
+      await endSessions();
+      expect(await dispatchMany(agent, origin, 1, '/open')).toEqual([status]);
+      expect(await dispatchMany(agent, origin, 5)).toEqual(Array(5).fill(200));
+      // Before: reported as a one-leg session handshake, and the next 5 requests met bare 401s.
+      expect(agent.handshakes().map((h) => [h.outcome, h.legs])).toEqual([
+        ['session', 2],
+        ['session', 2],
+      ]);
+    });
+  }
 
   it('R4: requests moved off sessions that end under their handshake (GOAWAY, five times) are moves, not waits: none is shown a 401', async () => {
     let challenges = 0;

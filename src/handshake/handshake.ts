@@ -87,15 +87,16 @@ export type HandshakeResult =
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
   | { readonly kind: 'unusable'; readonly error: Error }
   /**
-   * A proactive first leg was answered with a 401 that does not offer this scheme any more (the
-   * origin changed, or what was remembered is stale): nothing reached the caller; answer `offered`.
-   */
-  /**
    * A first token sent before any challenge got a final answer that took no part in it (no token
    * back, no Persistent-Auth): a resource that needs no authentication. The caller has its
    * response; nothing was authenticated, so nothing is recorded (C6).
    */
   | { readonly kind: 'unanswered'; readonly done: Promise<void> }
+  /**
+   * A proactive first leg was answered with a 401 that does not offer this scheme any more (the
+   * origin changed, or what was remembered is stale): nothing reached the caller; answer `offered`
+   * (with that 401's Auth-ID, C3).
+   */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
 
 // Kerberos that cannot produce a first token (M5): the next offered scheme may still authenticate.
@@ -242,7 +243,6 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         if (
           input.challenge === undefined &&
           legs === 1 &&
-          status < 400 &&
           !context.complete &&
           challengeFor(headers, mechanism.scheme)?.token68 === undefined &&
           !hasPersistentAuth(headers)
@@ -295,7 +295,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           if (result.status === 401)
             return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, refused: true };
           // The caller has its answer, but a server error says nothing of the credentials (a 403 or
-          // 404 is the authenticated request's answer: the server took them).
+          // 404 that ends a handshake is the authenticated request's answer: the server took them).
           if (result.status >= 500) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {

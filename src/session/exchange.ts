@@ -415,7 +415,11 @@ function check(run: Run): Step {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
     const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
-    if (mechanism && !run.excluded?.has(mechanism.scheme.toLowerCase()) && (!perRequest || mechanism.proactive)) {
+    // R4: a request that waited in vain MAX_WAITS times goes bare and gets the server's answer;
+    // C6: one whose leader's proactive first leg went unanswered goes bare once.
+    const leads = run.job.waits < MAX_WAITS && !run.job.bare && (!perRequest || mechanism?.proactive);
+    run.job.bare = false;
+    if (mechanism && !run.excluded?.has(mechanism.scheme.toLowerCase()) && leads) {
       // M5: a channel-bound first token needs the connection's certificate: a new session
       // connects first; where it cannot (a proxy's connection, or the dial failed) the request
       // goes bare and the server's 401 starts the handshake.
@@ -431,9 +435,12 @@ function check(run: Run): Step {
 function afterWait(run: Run, outcome: WaitOutcome): Step {
   const { session, job, env } = run;
   // R4 counts the handshakes a request waited for in vain; a session that ended under it (GOAWAY,
-  // reset) is not one of them: moves between connections have their own bound (MAX_RELOCATIONS).
+  // reset) is not one of them (moves between connections have their own bound, MAX_RELOCATIONS),
+  // nor a leader's request that needed no authentication (C6: it goes bare, and a 401 there starts
+  // a handshake from the server's challenge, which cannot go unanswered again).
   if (outcome === 'released' || outcome === 'failed') job.waits += 1;
   if (outcome === 'failed') job.noAuth = true;
+  if (outcome === 'bare') job.bare = true;
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
   // The hand-over made it the leader just now; the state has moved on only if the session closed
@@ -691,7 +698,8 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       } else if (leading()) {
         if (leaderGaveUp(job, result.error)) session.handOver(job.id);
         // R2: only the server's own final 401 sends the waiters on without credentials; after any
-        // other end (a reset stream, a bad token, a 500) they try again, each within MAX_WAITS.
+        // other end (a reset stream, a bad token, a 500) they try again; a request that waited
+        // MAX_WAITS times then goes bare (check).
         else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
       }
       report('failed', result.legs, result.authIdCarried);
@@ -706,9 +714,10 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
     }
     case 'unanswered':
-      // The server answered without authenticating (a public resource): nothing to record, and the
-      // waiters (on a session-mode leader) run the handshake themselves (C6).
-      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+      // The server answered without authenticating (a public resource): nothing to record. The
+      // waiters behind a blocking leader go bare once, side by side, rather than each leading a
+      // handshake that blocks the rest; a 401 among them starts the handshake (C6).
+      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true, bare: true });
       return end({ kind: 'done', done: result.done });
     case 'refused':
       // Run again once a slot is free; the session now takes no more than the server allows.

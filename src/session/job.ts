@@ -32,6 +32,8 @@ export interface Job {
   noAuth: boolean;
   /** How many times it waited for another request's handshake (bounded after 401s, R4). */
   waits: number;
+  /** Send the next attempt bare, not with a proactive token: the handshake it waited for went unanswered (C6). */
+  bare: boolean;
   /** Set once this request re-authenticated an authenticated session (T4: once). */
   reauthenticated: boolean;
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */

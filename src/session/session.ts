@@ -48,7 +48,7 @@ export type Identity = 'agent' | 'anonymous' | 'caller';
  * `closed` (move to another session, C8), `lead` (the leader gave up for its own reasons: this
  * request takes the handshake over, R2).
  */
-export type WaitOutcome = 'released' | 'failed' | 'closed' | 'lead';
+export type WaitOutcome = 'released' | 'bare' | 'failed' | 'closed' | 'lead';
 
 let nextSessionSeq = 0;
 
@@ -275,7 +275,8 @@ export class Session {
       if (failure) this.destroy(failure);
       else this.close();
     } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
-      this.#queue.settleAll(event.type === 'handshake-failure' && !event.retry ? 'failed' : 'released');
+      const failure = event.type === 'handshake-failure';
+      this.#queue.settleAll(failure && !event.retry ? 'failed' : failure && event.bare ? 'bare' : 'released');
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();

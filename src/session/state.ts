@@ -39,15 +39,23 @@ export type SessionEvent =
       readonly identity?: string;
     }
   /**
-   * A handshake that blocked no one (per-request) ended with Persistent-Auth: true: the server now
-   * authenticates the session (C4), so its requests go bare from here.
+   * A handshake that blocked no one (on a per-request or fresh session) ended with Persistent-Auth:
+   * true: the server now authenticates the session (C4), so its requests go bare from here.
    */
   | { readonly type: 'server-authenticated'; readonly scheme: string; readonly identity?: string }
   /**
-   * The leader's handshake failed (final 401, mechanism error, limit, abort). `retry`: it failed
-   * before sending anything (an unusable scheme), so waiters should try again rather than give up.
+   * The leader's handshake ended without authenticating. Without `retry`, the server refused the
+   * credentials (a final 401): the waiters go without them. With `retry`, nothing said so (an
+   * unusable scheme, a reset stream, a bad token, a 5xx, a public resource, a hand-over with no one
+   * waiting): the waiters try again, each within its bounds (R2, R4).
    */
-  | { readonly type: 'handshake-failure'; readonly leader: number; readonly retry?: boolean }
+  | {
+      readonly type: 'handshake-failure';
+      readonly leader: number;
+      readonly retry?: boolean;
+      /** With `retry`: the leader's proactive first leg went unanswered (C6), so the waiters go bare once. */
+      readonly bare?: boolean;
+    }
   /**
    * The connection ended: GOAWAY, reset, idle close, error (C8); or the server wants HTTP/1.1 (H2);
    * or the server failed mutual authentication and nothing more may be sent to it (`failure`).
