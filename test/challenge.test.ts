@@ -389,6 +389,7 @@ describe('chooseChallenge', () => {
       'Digest realm="a", algorithm=SHA-512-256-sess, nonce="6"',
       'Digest realm="a", algorithm=SHA-512-256, qop="auth"',
       'Digest realm="a", algorithm=SHA-256, nonce="7", qop="auth-int"',
+      'Digest realm="a", algorithm=SHA-512-256, nonce="", qop="auth"',
     ]);
     expect(chooseChallenge([...unanswerable, d[0]!], ['Digest'])?.params.nonce).toBe('1');
     expect(chooseChallenge(unanswerable, ['Digest'])?.params.algorithm).toBe('SHA-512-256-sess');

@@ -254,12 +254,13 @@ describe('multileg command line', () => {
     }
   });
 
-  it('S2: usage errors never repeat a secret: -H without a colon shows the name only, -x and --trust not their user:password@', async () => {
+  it('S2: usage errors never repeat a secret: -H without a colon shows none of it, -x and --trust not their user:password@', async () => {
+    const noColon = 'multileg: -H: a header must look like "Name: value" (one -H has no colon)\n';
     const cases: Array<[string[], string]> = [
-      [
-        ['-H', 'Authorization Bearer eyJSECRET', 'https://localhost:1/'],
-        'multileg: -H: a header must look like "Name: value", got "Authorization"\n',
-      ],
+      [['-H', 'Authorization Bearer eyJSECRET', 'https://localhost:1/'], noColon],
+      // A raw key, or a key with '=': its first word is the secret itself.
+      [['-H', 'sk_live_123456', 'https://localhost:1/'], noColon],
+      [['-H', 'X-Api-Key=sk_live_123456', 'https://localhost:1/'], noColon],
       [
         ['-x', 'http://proxyuser:proxyPa55@[bad', 'https://localhost:1/'],
         'multileg: -x http://…@[bad: not a proxy URL (e.g. http://proxy:3128)\n',

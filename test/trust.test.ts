@@ -399,6 +399,12 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     expect(replayableFor(301, tenDaysOld, now)).toBe(day);
     expect(replayableFor(302, tenDaysOld, now)).toBe(0);
     expect(replayableFor(308, { 'cache-control': 'immutable' }, now)).toBe(365 * day);
+    // Kept only to revalidate (a 304 the agent cannot tie to the redirect, then the 3xx replayed).
+    expect(replayableFor(301, { 'cache-control': 'max-age=0', etag: '"v1"' }, now)).toBe(365 * day);
+    expect(replayableFor(302, { 'cache-control': 'no-cache', 'last-modified': tenDaysOld['last-modified'] }, now)).toBe(
+      365 * day,
+    );
+    expect(replayableFor(302, { 'cache-control': 'max-age=0' }, now)).toBe(0);
 
     const hops = new RedirectHops();
     hops.noteResponse('https://a.example', '/r', 301, {
@@ -410,6 +416,15 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     // A 300 (which undici's redirect interceptor follows) not cached: one hop.
     expect(hops.consume('https://b.example', '/y')).toBe(true);
     expect(hops.consume('https://b.example', '/y')).toBe(false);
+  });
+
+  it('S5: a full table of cached redirects (which any origin can fill) does not push out the hop fetch is about to make', () => {
+    const hops = new RedirectHops();
+    const cached = (i: number) => ({ location: `https://c.example/${i}`, 'cache-control': 'max-age=600' });
+    for (let i = 0; i < 1000; i++) hops.noteResponse('https://evil.example', `/r${i}`, 301, cached(i));
+    hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/x' });
+    hops.noteResponse('https://evil.example', '/one-more', 301, cached(1000));
+    expect(hops.consume('https://b.example', '/x')).toBe(true);
   });
 });
 

@@ -32,7 +32,7 @@ export function digestAlgorithmStrength(algorithm: string | undefined): number {
  */
 function digestAnswerable(c: Challenge): boolean {
   const { realm, nonce, qop, algorithm } = c.params;
-  if (realm === undefined || nonce === undefined) return false;
+  if (realm === undefined || !nonce || c.token68 !== undefined) return false;
   if (qop === undefined) return !algorithm?.toLowerCase().endsWith('-sess');
   return qop.split(',').some((q) => q.trim().toLowerCase() === 'auth');
 }

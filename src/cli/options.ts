@@ -232,9 +232,8 @@ export function parseCli(argv: readonly string[]): CliRequest {
   const headers: Record<string, string> = {};
   for (const h of o.header as string[]) {
     const i = h.indexOf(':');
-    // Only the would-be name is repeated: the rest may be a secret (`-H 'Authorization Bearer …'`).
-    if (i <= 0)
-      throw new ConfigError(`-H: a header must look like "Name: value", got ${JSON.stringify(h.split(/[\s:]/, 1)[0])}`);
+    // Nothing of it is repeated: without its colon, any part may be the secret (`-H 'sk_live_…'`).
+    if (i <= 0) throw new ConfigError('-H: a header must look like "Name: value" (one -H has no colon)');
     headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim();
   }
   const data = o.data as string | undefined;

@@ -31,7 +31,9 @@ const joined = (v: string | string[] | undefined): string | undefined => (Array.
 /**
  * How long a cache may serve this response again (ms, 0 when none may store it): freshness from
  * `s-maxage`/`max-age`, else `Expires`, else the 10% heuristic on `Last-Modified`, else a year for
- * `immutable`; plus `stale-while-revalidate` / `stale-if-error`. Rounded up where unsure (safe side).
+ * `immutable`; plus `stale-while-revalidate` / `stale-if-error`. A response a cache may keep only to
+ * revalidate (`max-age=0`, `no-cache`, a past `Expires`, with an `ETag` or `Last-Modified`) may be
+ * served again after a 304 the agent cannot tie to it: a year too. Rounded up where unsure (safe side).
  */
 export function replayableFor(status: number, headers: Record<string, string | string[]>, now: number): number {
   const directives = new Map<string, string>();
@@ -54,7 +56,10 @@ export function replayableFor(status: number, headers: Record<string, string | s
     if (directives.has('immutable')) fresh = MAX_REPLAY_MS;
   }
   const stale = Math.max(seconds('stale-while-revalidate'), seconds('stale-if-error'));
-  return fresh + stale > 0 ? Math.min(fresh + stale, MAX_REPLAY_MS) : 0;
+  if (fresh + stale > 0) return Math.min(fresh + stale, MAX_REPLAY_MS);
+  const storable = ['max-age', 's-maxage', 'no-cache'].some((d) => directives.has(d)) || expires !== undefined;
+  const validator = headers.etag !== undefined || lastModified !== undefined;
+  return storable && validator ? MAX_REPLAY_MS : 0;
 }
 
 export class RedirectHops {
@@ -105,11 +110,13 @@ export class RedirectHops {
 
   #evict(now: number): void {
     for (const [key, p] of this.#pending) if (p.expires < now) this.#pending.delete(key);
-    // Still full: drop the oldest that no cache can replay, then the oldest (Map keeps insertion order).
-    for (const cachedToo of [false, true])
+    // Still full: the oldest cached ones go first — a hop fetch is about to make matters now, and
+    // cached ones (which any origin can add, for up to a year) must not crowd it out — then the
+    // oldest of all (Map keeps insertion order).
+    for (const anyKind of [false, true])
       for (const [key, p] of this.#pending) {
         if (this.#pending.size < MAX_PENDING) return;
-        if (cachedToo || !p.cached) this.#pending.delete(key);
+        if (anyKind || p.cached) this.#pending.delete(key);
       }
   }
 }

@@ -123,7 +123,8 @@ class NonceCache {
       known.opaque === state.opaque &&
       known.algorithm.name === state.algorithm.name &&
       known.qop === state.qop &&
-      known.userhash === state.userhash;
+      known.userhash === state.userhash &&
+      known.utf8 === state.utf8;
     return same ? known : undefined;
   }
 
