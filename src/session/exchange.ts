@@ -240,6 +240,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost, ended: () => void) {
     this.ended = ended;
     this.session = session;
+    // On an authenticated session, a 401 carried from a closed connection is answered already.
+    job.challenges = undefined;
     this.job = job;
     this.#env = env;
     this.#host = host;
