@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { MultilegAgent, type MultilegAgentOptions, MutualAuthError } from '../src/index.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
@@ -90,6 +90,14 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     const again = await fetch(`${lab.apache!.origin}/protected/index.html`, { dispatcher: a });
     expect([again.status, again.headers.get('x-remote-user')]).toEqual([200, 'alice@EXAMPLE.TEST']);
     expect(a.handshakes().map((h) => h.outcome)).toEqual(['per-request', 'per-request']);
+  });
+
+  it('M2: over cleartext (trusted explicitly) the same unanswered proactive token is a MutualAuthError: no certificate proved the server', async () => {
+    const origin = lab.apache!.cleartextOrigin;
+    const a = agent({ trustedOrigins: [origin] });
+    expect((await fetch(`${origin}/protected/index.html`, { dispatcher: a })).status).toBe(200);
+    const err = await fetch(`${origin}/public/index.html`, { dispatcher: a }).catch((e: { cause?: Error }) => e.cause);
+    expect(err).toBeInstanceOf(MutualAuthError);
   });
 
   it('M2/C4: Kerberos per-request over HTTP/1.1 as well', async () => {

@@ -218,6 +218,12 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       // 401 swallowed before this classifier saw it (a renewed Digest nonce) is read below.
       let next: Challenge | undefined;
       let nextRead = false;
+      // The caller gets a typed error, never the mechanism's own exception (its text may say too much).
+      const finish = (final: Challenge | undefined) =>
+        context.finish(final, input.leg).catch((err: Error) => {
+          finishError = err instanceof MultilegError ? err : new InvalidTokenError('final token');
+          throw finishError;
+        });
       const result = await input.send(extra, (status, headers) => {
         if (status === 401) {
           next = challengeFor(headers, mechanism.scheme);
@@ -247,16 +253,17 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           challengeFor(headers, mechanism.scheme)?.token68 === undefined &&
           !hasPersistentAuth(headers)
         ) {
-          unanswered = true;
-          return 'deliver';
-        }
-        if (status >= 200 && status < 300) {
-          // The caller gets a typed error, never the mechanism's own exception (its text may say too much).
-          return context.finish(challengeFor(headers, mechanism.scheme), input.leg).catch((err: Error) => {
-            finishError = err instanceof MultilegError ? err : new InvalidTokenError('final token');
-            throw finishError;
+          // Over TLS the certificate already proved the server. Over cleartext nothing else does:
+          // a mechanism that wants the server's final token (Kerberos, M2) still fails without it.
+          if (input.leg.origin.startsWith('https:')) {
+            unanswered = true;
+            return 'deliver';
+          }
+          return finish(undefined).then(() => {
+            unanswered = true;
           });
         }
+        if (status >= 200 && status < 300) return finish(challengeFor(headers, mechanism.scheme));
         return 'deliver';
       });
       if (timedOut && result.kind !== 'delivered')
