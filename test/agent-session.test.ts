@@ -353,6 +353,22 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(new Set(legs.map((e) => e.bodySha256)).size).toBe(1);
   });
 
+  it('C10: any typed array is a body as undici takes it (a Uint16Array), the same bytes on every leg', async () => {
+    r = await rig({ mode: 'session' });
+    const body = new Uint16Array([0x6261, 0x6463, 0x6665]);
+    // Before: TypeError "unsupported request body chunk type number" (read as an iterable of numbers).
+    // (undici's types list Uint8Array; its code takes any ArrayBuffer view.)
+    const res = await request(`${r.server.origin}/auth/typed`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: body as unknown as Uint8Array,
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(r.server.exchanges.map((e) => e.bodyLength)).toEqual([6, 6, 6]);
+    expect(new Set(r.server.exchanges.map((e) => e.bodySha256)).size).toBe(1);
+  });
+
   it('C10: a one-shot body over the buffer limit that must be replayed fails with a typed error', async () => {
     r = await rig({ mode: 'session' }, { limits: { maxReplayBodyBytes: 1024 } });
     const err = await request(`${r.server.origin}/auth/big`, {

@@ -75,6 +75,26 @@ function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
   });
 }
 
+describe('upgrades to an origin that also speaks HTTP/2', () => {
+  it('H1: an https upgrade through the agent, no proxy, goes over HTTP/1.1 even where the server offers h2 (ALPN)', async () => {
+    const { rig } = await import('./helpers.ts');
+    const r = await rig({ mode: 'session', schemes: ['NTLM'] });
+    try {
+      // Before: HTTP/2 was negotiated and undici failed with "Extended CONNECT protocol not supported
+      // by server" before anything reached the origin (so did WebSocket's HTTP/1.1 retry).
+      const err = await upgrade(`${r.server.origin}/auth/ws`, { dispatcher: r.agent, protocol: 'websocket' }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err?.message ?? '').not.toMatch(/Extended CONNECT/);
+      expect(r.server.exchanges.length).toBeGreaterThan(0);
+      expect(new Set(r.server.exchanges.map((e) => e.protocol))).toEqual(new Set(['http/1.1']));
+    } finally {
+      await r.close();
+    }
+  });
+});
+
 describe('upgrade and CONNECT requests (H5, H1)', () => {
   it('H1: an upgrade the origin challenges with NTLM: every leg on one connection, then 101 and the socket', async () => {
     origin = await upgradeServer({ ntlm: true });

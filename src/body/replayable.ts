@@ -19,7 +19,7 @@ const REPLAYABLE_AS_IS = (body: unknown): boolean =>
   body === null ||
   body === undefined ||
   typeof body === 'string' ||
-  body instanceof Uint8Array ||
+  ArrayBuffer.isView(body) ||
   body instanceof ArrayBuffer ||
   (typeof Blob !== 'undefined' && body instanceof Blob) ||
   (typeof FormData !== 'undefined' && body instanceof FormData);

@@ -98,7 +98,11 @@ export class UpgradeDispatcher {
     const { connect: tls, limits } = this.#options;
     // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
     const route = this.#options.proxy.route(origin);
-    const base = route ? undefined : buildConnector({ ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0 });
+    // An upgrade is an HTTP/1.1 affair (undici speaks no extended CONNECT over HTTP/2): ALPN offers
+    // only http/1.1, here as through a tunnel, or an h2 server would take the connection to HTTP/2.
+    const base = route
+      ? undefined
+      : buildConnector({ ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false });
     let client: Client & { channelBinding?: Buffer };
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {
@@ -121,7 +125,7 @@ export class UpgradeDispatcher {
         (err: Error) => callback(err, null),
       );
     };
-    client = new Client(origin, { pipelining: 1, connect: connector });
+    client = new Client(origin, { pipelining: 1, connect: connector, allowH2: false });
     this.#clients.add(client);
     return client;
   }
