@@ -10,6 +10,7 @@ import { connect, type Dispatcher, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   BasicOverHttpError,
+  HandshakeTimeoutError,
   InvalidTokenError,
   LegLimitError,
   type Mechanism,
@@ -230,6 +231,19 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(err?.message).toMatch(/caller gave up|aborted/i);
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'stalled']);
     // The stalled leg's connection is gone: the server sees it closed.
+    await origin.closed(1);
+  });
+
+  it('R3: limits.handshakeTimeout bounds an upgrade whose handshake stalls on the server: HandshakeTimeoutError, the connection closed', async () => {
+    origin = await upgradeServer({ ntlm: true, stallAt: 1 });
+    agent = ntlmAgent({ limits: { handshakeTimeout: 200 } });
+    // Before: nothing but undici's 300 s headersTimeout ended it.
+    const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(HandshakeTimeoutError);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'stalled']);
     await origin.closed(1);
   });
 

@@ -13,7 +13,7 @@ import { buildConnector, Client, type Dispatcher } from 'undici';
 import { prepareBody } from '../body/replayable.ts';
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
@@ -157,36 +157,58 @@ export class UpgradeDispatcher {
     });
     const excluded = new Set<string>();
     let auth: Auth | undefined;
-    for (;;) {
-      const authorization = auth?.header;
-      const outcome = await this.#leg(
-        client,
-        opts,
-        headers,
-        body.take(),
-        authorization,
-        sink,
-        (status, h) => {
-          if (status !== 401 || !answering) return false;
-          if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
-          const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
-          // A bare challenge after our credentials is the server's final "no": the caller gets it.
-          return next?.token68 !== undefined && !auth.context.complete;
-        },
-        auth && ((h) => finish(auth!, h, legInfo())),
-        onUpgrade,
-      );
-      if (outcome.kind === 'delivered') return;
-      if (outcome.kind === 'failed') throw outcome.error;
-      const challenges = readChallenges(outcome.headers, false);
-      if (!auth) {
-        auth = await start(challenges);
-        continue;
+    // R3: the handshake, from the first answered 401, is bounded by limits.handshakeTimeout: every
+    // leg on the wire (the sink's abort reaches it) and every step of the mechanism (raced).
+    let clock: NodeJS.Timeout | undefined;
+    let expired: Promise<never> | undefined;
+    const startClock = (scheme: string) => {
+      if (expired) return;
+      const err = new HandshakeTimeoutError(limits.handshakeTimeout, scheme);
+      expired = new Promise<never>((_, reject) => {
+        clock = setTimeout(() => {
+          reject(err);
+          sink.abort(err);
+        }, limits.handshakeTimeout);
+      });
+      expired.catch(() => {});
+    };
+    const legs = async (): Promise<void> => {
+      for (;;) {
+        const authorization = auth?.header;
+        const outcome = await this.#leg(
+          client,
+          opts,
+          headers,
+          body.take(),
+          authorization,
+          sink,
+          (status, h) => {
+            if (status !== 401 || !answering) return false;
+            if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
+            const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
+            // A bare challenge after our credentials is the server's final "no": the caller gets it.
+            return next?.token68 !== undefined && !auth.context.complete;
+          },
+          auth && ((h) => finish(auth!, h, legInfo())),
+          onUpgrade,
+        );
+        if (outcome.kind === 'delivered') return;
+        if (outcome.kind === 'failed') throw outcome.error;
+        const challenges = readChallenges(outcome.headers, false);
+        if (!auth) {
+          auth = await start(challenges);
+          continue;
+        }
+        if (auth.legs >= limits.maxLegs) throw new LegLimitError(limits.maxLegs, `${auth.scheme} (upgrade)`);
+        const next = challenges.find((c) => c.schemeKey === auth!.scheme.toLowerCase());
+        auth.header = await step(auth, next);
+        auth.legs += 1;
       }
-      if (auth.legs >= limits.maxLegs) throw new LegLimitError(limits.maxLegs, `${auth.scheme} (upgrade)`);
-      const next = challenges.find((c) => c.schemeKey === auth!.scheme.toLowerCase());
-      auth.header = await step(auth, next);
-      auth.legs += 1;
+    };
+    try {
+      await legs();
+    } finally {
+      clearTimeout(clock);
     }
 
     /** The first leg with credentials: the strongest usable offered scheme (T2). */
@@ -198,6 +220,7 @@ export class UpgradeDispatcher {
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
         if (!chosen?.mechanism) throw unusable!;
         const { mechanism, challenge } = chosen;
+        startClock(mechanism.scheme);
         try {
           const a: Auth = {
             scheme: mechanism.scheme,
@@ -222,7 +245,8 @@ export class UpgradeDispatcher {
 
     async function step(a: Auth, challenge: Challenge | undefined): Promise<string> {
       try {
-        return await a.context.step(challenge, legInfo());
+        const stepped = a.context.step(challenge, legInfo());
+        return await (expired ? Promise.race([stepped, expired]) : stepped);
       } catch (err) {
         if (err instanceof MultilegError) throw err;
         throw new InvalidTokenError(`${a.scheme} WWW-Authenticate challenge`);
