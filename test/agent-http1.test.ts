@@ -179,6 +179,23 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     expect(status).toBe(200);
   });
 
+  it('R4: a wrong password is tried once per burst over HTTP/1.1, not once per connection (an account locks after a few)', async () => {
+    r = await rig({ mode: 'iis' }, { credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
+    const results = await many(r, 20);
+    expect(results.map((x) => x.status)).toEqual(Array(20).fill(401));
+    // Before: 20 handshakes, each an AUTHENTICATE with the wrong password (one per connection).
+    const refused = r.server.exchanges.filter((e) => e.outcome === 'rejected');
+    expect(refused).toHaveLength(1);
+    expect(r.agent.stats().failedHandshakes).toBe(1);
+  });
+
+  it('R4: with the right password, the HTTP/1.1 burst goes on in parallel once the first handshake proved it', async () => {
+    r = await rig({ mode: 'iis' });
+    const results = await many(r, 20);
+    expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+    expect(new Set(results.map((x) => x.body.sessionId)).size).toBeGreaterThan(1);
+  });
+
   it('an abort while queued removes the request and reports the abort', async () => {
     r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 200 : 0) } });
     const leader = get(r, '/auth/leader');

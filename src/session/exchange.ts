@@ -383,7 +383,7 @@ function unusable(run: Run, scheme: string, error: Error): void {
 }
 
 function mayAuthenticate({ job, env }: Run): boolean {
-  return job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty;
+  return job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty && !env.memory.credentialsRefused;
 }
 
 function check(run: Run): Step {
@@ -693,6 +693,8 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       return end({ kind: 'done', done: result.done });
     }
     case 'failed':
+      // Remembered before the release below lets waiting requests (and the pool) go on.
+      if (result.refused) env.memory.noteRefused();
       if (result.proofFailed) {
         // The server failed mutual authentication: nothing more goes on this connection, and the
         // requests queued behind the leader fail with the same error (never a 200 from it).

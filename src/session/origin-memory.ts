@@ -18,6 +18,8 @@ export class OriginMemory {
   clientCertificate: ClientCertificate | undefined;
   mode: 'session' | 'per-request' | undefined;
   #http1Until = 0;
+  /** Until when (ms) the server's refusal of credentials never proved here holds (see credentialsRefused). */
+  #refusedUntil = 0;
   readonly #ttl: number;
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
   readonly #unusable = new Map<string, { readonly error: Error; readonly until: number }>();
@@ -56,6 +58,29 @@ export class OriginMemory {
     return out;
   }
 
+  /**
+   * Whether the agent's credentials are still to be proved here: no handshake succeeded yet and the
+   * server challenges (or has not answered yet). Each HTTP/1.1 connection runs its own handshake, so
+   * the pool opens one at a time meanwhile: a wrong password is tried once, not once per connection
+   * of a burst (an Active Directory account locks after a few).
+   */
+  get unproven(): boolean {
+    return this.mode === undefined && !this.unchallenged;
+  }
+
+  /**
+   * The server refused credentials never proved here (a final 401): a wrong password, most likely.
+   * Requests go without them for UNUSABLE_MEMORY_MS, then one tries again (R4). Once proved, a
+   * refusal is one resource's (an ACL), not the credentials', and is not remembered.
+   */
+  noteRefused(): void {
+    if (this.mode === undefined) this.#refusedUntil = Date.now() + UNUSABLE_MEMORY_MS;
+  }
+
+  get credentialsRefused(): boolean {
+    return this.#refusedUntil !== 0 && Date.now() < this.#refusedUntil;
+  }
+
   /** The remembered scheme was refused: learn it again from the next challenge. */
   forgetScheme(): void {
     this.scheme = undefined;
@@ -81,6 +106,7 @@ export class OriginMemory {
   contextCap: number | undefined;
 
   rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
+    this.#refusedUntil = 0;
     this.scheme = scheme;
     this.mode = mode;
     this.multilegPerRequest = mode === 'per-request' && legs > 1;

@@ -218,7 +218,12 @@ export class OriginPool implements FastHost {
    * per extra session.
    */
   #maxSessions(lane: Lane, identity: Identity, survey: Survey): number {
-    if (lane === 'http1' || survey.http1) return this.#options.maxHttp1Connections;
+    if (lane === 'http1' || survey.http1) {
+      // Until the credentials are proved here, one HTTP/1.1 connection (and so one handshake) at a
+      // time: a wrong password is tried once per burst, not once per connection (account lockout).
+      const proving = identity === 'agent' && this.memory.unproven && !this.memory.credentialsRefused;
+      return proving ? 1 : this.#options.maxHttp1Connections;
+    }
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
     const more = identity === 'agent' && this.memory.mode === 'session' && survey.authenticated;
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
