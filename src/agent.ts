@@ -11,6 +11,7 @@ import { MechanismSet } from './mechanisms/registry.ts';
 import {
   type ClientCertificateSelector,
   checkSchemes,
+  MAX_TIMER_MS,
   type MultilegAgentOptions,
   normalizeOrigin,
   positive,
@@ -138,8 +139,8 @@ export class MultilegAgent extends Dispatcher {
       limits: resolveLimits(options.limits),
       maxHttp1Connections: positive('maxHttp1Connections', options.maxHttp1Connections ?? 16, true),
       maxConcurrentStreams: positive('maxConcurrentStreams', options.maxConcurrentStreams ?? 100, true),
-      keepAliveTimeout: options.keepAliveTimeout ?? 60_000,
-      http1MemoryTtl: options.http1MemoryTtl ?? 3_600_000,
+      keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout ?? 60_000, false, MAX_TIMER_MS),
+      http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
       proxy: new ProxyResolver(options.proxy),
     };
     const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
@@ -165,7 +166,7 @@ export class MultilegAgent extends Dispatcher {
 
   /** The last {@link MAX_REPORTS} finished handshakes, oldest first (`stats()` counts them all). */
   handshakes(): readonly HandshakeReport[] {
-    return this.#reports;
+    return this.#reports.slice();
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
@@ -332,8 +333,16 @@ export class MultilegAgent extends Dispatcher {
       r.outcome,
       r.authIdCarried,
     );
-    (this as unknown as NodeJS.EventEmitter).emit('handshake', r);
     publishHandshake(r);
+    try {
+      (this as unknown as NodeJS.EventEmitter).emit('handshake', r);
+    } catch (err) {
+      // A listener's bug is not the request's failure (nor the channel's subscribers'): it is
+      // reported as a process warning, which Node prints, and the request goes on.
+      process.emitWarning(`a MultilegAgent 'handshake' listener threw: ${(err as Error)?.message ?? String(err)}`, {
+        code: 'MULTILEG_LISTENER_THREW',
+      });
+    }
   }
 
   override close(): Promise<void>;

@@ -194,7 +194,7 @@ const COUNTS: ReadonlySet<string> = new Set([
 ]);
 
 /** `value` as a positive number (a whole one with `integer`), else a ConfigError naming `name`. */
-export function positive(name: string, value: unknown, integer = false): number {
+export function positive(name: string, value: unknown, integer = false, max = Number.POSITIVE_INFINITY): number {
   const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value));
   if (!ok) {
     const what = integer ? 'a positive whole number' : 'a positive number';
@@ -202,13 +202,25 @@ export function positive(name: string, value: unknown, integer = false): number 
       `${name} must be ${what}, got ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`,
     );
   }
+  if (value > max)
+    throw new ConfigError(
+      `${name} must be at most ${max} ms (about 24.8 days: Node's timers wait no longer), got ${value}`,
+    );
   return value;
 }
 
+/** The longest delay a Node timer takes; a longer one fires at once (TimeoutOverflowWarning). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Limits that are delays (ms) of a timer. */
+const TIMERS: ReadonlySet<string> = new Set(['queueTimeout', 'handshakeTimeout']);
+
 export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
-  const limits = { ...DEFAULT_LIMITS, ...partial };
-  for (const [name, value] of Object.entries(limits)) positive(`limits.${name}`, value, COUNTS.has(name));
-  return limits;
+  const limits: Record<string, unknown> = { ...DEFAULT_LIMITS };
+  // A limit given as undefined (Partial allows it) keeps its default.
+  for (const [name, value] of Object.entries(partial ?? {})) if (value !== undefined) limits[name] = value;
+  for (const [name, value] of Object.entries(limits))
+    positive(`limits.${name}`, value, COUNTS.has(name), TIMERS.has(name) ? MAX_TIMER_MS : undefined);
+  return limits as unknown as Limits;
 }
 
 /** The port a URL (or undici's connect options) names, else its scheme's default: 443 for https:, 80 otherwise. */

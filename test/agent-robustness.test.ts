@@ -2,6 +2,8 @@
  * A hostile or broken server must never hang, crash or fool the agent: each case ends with the
  * server's own response or a typed error (S3, C11).
  */
+
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import {
   createSecureServer,
   type Http2SecureServer,
@@ -13,6 +15,7 @@ import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   ConfigError,
+  HANDSHAKE_CHANNEL,
   InvalidTokenError,
   LegLimitError,
   MultilegAgent,
@@ -267,8 +270,43 @@ describe('options given wrong are construction errors, not failures of every req
       /limits\.maxQueue must be a positive whole number, got "2"/,
     ],
     ['a time limit', { limits: { queueTimeout: -5 } }, /limits\.queueTimeout must be a positive number, got -5/],
+    // Beyond what a Node timer waits, every handshake would time out at once.
+    [
+      "a time limit past a timer's reach",
+      { limits: { handshakeTimeout: 2 ** 40 } },
+      /limits\.handshakeTimeout must be at most 2147483647 ms/,
+    ],
+    ['keepAliveTimeout', { keepAliveTimeout: 'x' as unknown as number }, /keepAliveTimeout must be a positive number/],
+    ['http1MemoryTtl', { http1MemoryTtl: Number.NaN }, /http1MemoryTtl must be a positive number/],
   ])('C11: %s is checked when the agent is made (%o)', (_, options, message) => {
     expect(() => new MultilegAgent(options)).toThrow(ConfigError);
     expect(() => new MultilegAgent(options)).toThrow(message);
+  });
+
+  it('a handshake listener that throws does not fail the request: the report still reaches the channel, the error is a process warning', async () => {
+    r = await rig({ mode: 'session' });
+    const published: unknown[] = [];
+    const onReport = (m: unknown) => published.push(m);
+    subscribe(HANDSHAKE_CHANNEL, onReport);
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    r.agent.onHandshake(() => {
+      throw new Error('listener boom');
+    });
+    try {
+      // Before: the request that led the handshake rejected with the listener's error.
+      expect((await get(r, '/auth/listener')).status).toBe(200);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(published).toHaveLength(1);
+      expect(warnings.map((w) => w.message)).toEqual([`a MultilegAgent 'handshake' listener threw: listener boom`]);
+    } finally {
+      unsubscribe(HANDSHAKE_CHANNEL, onReport);
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('C11: a limit given as undefined keeps its default (Partial<Limits> allows it)', () => {
+    expect(() => new MultilegAgent({ limits: { maxLegs: undefined } })).not.toThrow();
   });
 });

@@ -12,7 +12,7 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
-import { checkSchemes, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
+import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -120,7 +120,12 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
     credentials = { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
   }
   const tls = url.protocol === 'https:';
-  const connectTimeout = positive('proxy.connectTimeout', o.connectTimeout ?? DEFAULT_PROXY_CONNECT_TIMEOUT);
+  const connectTimeout = positive(
+    'proxy.connectTimeout',
+    o.connectTimeout ?? DEFAULT_PROXY_CONNECT_TIMEOUT,
+    false,
+    MAX_TIMER_MS,
+  );
   return {
     origin: url.origin,
     hostname: unbracketed(url.hostname),
