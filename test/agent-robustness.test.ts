@@ -278,6 +278,22 @@ describe('options given wrong are construction errors, not failures of every req
     ],
     ['keepAliveTimeout', { keepAliveTimeout: 'x' as unknown as number }, /keepAliveTimeout must be a positive number/],
     ['http1MemoryTtl', { http1MemoryTtl: Number.NaN }, /http1MemoryTtl must be a positive number/],
+    // Plain JavaScript: a typo in a choice used to pass and change nothing (or everything).
+    [
+      'negotiate.mech',
+      { negotiate: { mech: 'foo' as 'spnego' } },
+      /negotiate\.mech must be one of "spnego", "kerberos", got "foo"/,
+    ],
+    [
+      'negotiate.mutualAuth',
+      { negotiate: { mutualAuth: 'yes' as 'required' } },
+      /negotiate\.mutualAuth must be one of "required", "optional"/,
+    ],
+    [
+      'proxy.http',
+      { proxy: { uri: 'http://proxy.example:3128', http: 'bogus' as 'forward' } },
+      /proxy\.http must be 'forward' or 'tunnel', got "bogus"/,
+    ],
   ])('C11: %s is checked when the agent is made (%o)', (_, options, message) => {
     expect(() => new MultilegAgent(options)).toThrow(ConfigError);
     expect(() => new MultilegAgent(options)).toThrow(message);

@@ -105,6 +105,10 @@ export function proxyMechanisms(o: ProxyOptions, credentials: Credentials | unde
   return new MechanismSet(list, o.schemes ?? DEFAULT_SCHEME_ORDER);
 }
 
+function badHttp(value: unknown): never {
+  throw new ConfigError(`proxy.http must be 'forward' or 'tunnel', got ${JSON.stringify(value)}`);
+}
+
 function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
   let url: URL;
   try {
@@ -133,7 +137,7 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
     tls,
     connect: o.connect ?? {},
     mechanisms: proxyMechanisms(o, credentials),
-    http: o.http ?? 'forward',
+    http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
     connectTimeout,
   };
 }

@@ -9,7 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Challenge } from '../../challenge/types.ts';
-import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
+import { ConfigError, InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
 import { log } from '../../log.ts';
 import { CredCache } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
@@ -345,7 +345,22 @@ class NegotiateContext implements MechanismContext {
  * The Negotiate mechanism: scheme `Negotiate`, level `either` (Persistent-Auth decides), multileg (SPNEGO
  * may take several legs), proactive (a Kerberos token can go on the first request).
  */
+/** The options that name one of a few values, with those values: a typo must not pass (plain JavaScript). */
+const CHOICES: ReadonlyArray<readonly [keyof NegotiateOptions, readonly unknown[]]> = [
+  ['mech', ['spnego', 'kerberos']],
+  ['backend', ['auto', 'gssapi', 'kerberos']],
+  ['mutualAuth', ['required', 'optional']],
+  ['ntlmFallback', ['spnego', 'raw', false]],
+];
+
 export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
+  for (const [name, allowed] of CHOICES) {
+    const value = options[name];
+    if (value !== undefined && !allowed.includes(value))
+      throw new ConfigError(
+        `negotiate.${name} must be one of ${allowed.map((v) => JSON.stringify(v)).join(', ')}, got ${JSON.stringify(value)}`,
+      );
+  }
   const memory: KerberosMemory = { unavailableUntil: 0 };
   // Tickets from a keytab go to a cache of this mechanism's own (MEMORY: names are process-global, so a
   // unique one): later handshakes reuse them and GSS-API renews them from the keytab when they expire.
