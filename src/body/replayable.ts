@@ -13,6 +13,12 @@ export interface PreparedBody {
   readonly streams?: boolean;
   /** The body for the next write. For a one-shot body, undefined after the first call. */
   take(): unknown;
+  /**
+   * Whether the next `take()` may be written at once. When false, `settle()` first: a replay of a
+   * body still being read waits for the rest of it (see {@link TeeBody}).
+   */
+  readonly settled?: boolean;
+  settle?(): Promise<void>;
 }
 
 const REPLAYABLE_AS_IS = (body: unknown): boolean =>
@@ -91,9 +97,24 @@ export class TeeBody implements PreparedBody {
     return this.#count === 0 || !this.#over;
   }
 
+  /**
+   * A replay is written as one Buffer, once the source is read to its end (within the limit): undici
+   * writes a Buffer at once, but an HTTP/1.1 connection still writing an iterable when an early
+   * answer ends the response (a 401 sent before the body was read) is destroyed, and a
+   * connection-bound handshake with it. The first write streams as the body comes.
+   */
+  get settled(): boolean {
+    return this.#generation === 0 || this.#done || this.#over;
+  }
+
+  async settle(): Promise<void> {
+    while (!this.#done && !this.#over) await this.#pull();
+  }
+
   take(): unknown {
     if (!this.replayable) return undefined;
     this.#generation += 1;
+    if (this.#generation > 1 && this.#done) return Buffer.concat(this.#kept);
     return this.#stream(this.#generation);
   }
 

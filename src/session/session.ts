@@ -354,6 +354,13 @@ export class Session {
   ): Promise<LegResult> {
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
     if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
+    // A replay of a body still being read waits for the rest of it (TeeBody): a source that fails
+    // fails the leg, as it would while being written.
+    if (job.body.settled === false)
+      return job.body.settle!().then(
+        () => this.#send(job, extra, classify, path),
+        (error: Error) => ({ kind: 'failed', error }),
+      );
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
