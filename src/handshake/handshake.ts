@@ -246,11 +246,12 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           return 'deliver';
         }
         persistent = readPersistentAuth(headers);
+        const final = challengeFor(headers, mechanism.scheme);
         if (
           input.challenge === undefined &&
           legs === 1 &&
           !context.complete &&
-          challengeFor(headers, mechanism.scheme)?.token68 === undefined &&
+          final?.token68 === undefined &&
           !hasPersistentAuth(headers)
         ) {
           // Over TLS the certificate already proved the server. Over cleartext nothing else does:
@@ -263,7 +264,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
             unanswered = true;
           });
         }
-        if (status >= 200 && status < 300) return finish(challengeFor(headers, mechanism.scheme));
+        if (status >= 200 && status < 300) return finish(final);
         return 'deliver';
       });
       if (timedOut && result.kind !== 'delivered')

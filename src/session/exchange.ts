@@ -135,6 +135,9 @@ const SEND: Step = { kind: 'send' };
 const WAIT: Step = { kind: 'wait' };
 const CONNECT: Step = { kind: 'connect' };
 const end = (outcome: ExchangeOutcome): Step => ({ kind: 'end', outcome });
+/** Answer a 401's challenges, with its Auth-ID when it gave one (C3). */
+const answerStep = (challenges: readonly Challenge[], authId: string | undefined): Step =>
+  authId === undefined ? { kind: 'answer', challenges } : { kind: 'answer', challenges, authId };
 const failed = (job: Job, err: Error): Step => {
   job.sink.fail(err);
   return end(DONE);
@@ -407,13 +410,14 @@ function check(run: Run): Step {
   }
   // The 401 of a connection that closed before it was answered: its challenges start the
   // handshake here, where a bare request would only meet the same 401 and close again (H1).
+  const authenticates = mayAuthenticate(run) && state.kind !== 'authenticated';
   const { challenges } = run.job;
   if (challenges) {
     run.job.challenges = undefined;
-    if (mayAuthenticate(run) && state.kind !== 'authenticated') return { kind: 'answer', challenges };
+    if (authenticates) return answerStep(challenges, undefined);
   }
   // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
-  if (mayAuthenticate(run) && state.kind !== 'authenticated') {
+  if (authenticates) {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
     const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
@@ -548,7 +552,7 @@ function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     job.reauthenticated = true;
     session.noteAuthenticationLost();
   }
-  return { kind: 'answer', challenges: seen.challenges, ...(seen.authId !== undefined ? { authId: seen.authId } : {}) };
+  return answerStep(seen.challenges, seen.authId);
 }
 
 async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promise<Step> {
@@ -730,19 +734,13 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
       env.memory.forgetScheme();
       if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
-      return {
-        kind: 'answer',
-        challenges: result.offered,
-        ...(result.authId !== undefined ? { authId: result.authId } : {}),
-      };
+      return answerStep(result.offered, result.authId);
     case 'unusable':
       // R4: known for the origin at once, so the waiters released now do not each try it again.
       env.memory.markUnusable(schemeKey, result.error);
       if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
       unusable(run, schemeKey, result.error);
       // The next scheme answers the same 401, with its Auth-ID (C3).
-      return step.offered
-        ? { kind: 'answer', challenges: step.offered, ...(step.authId !== undefined ? { authId: step.authId } : {}) }
-        : CHECK;
+      return step.offered ? answerStep(step.offered, step.authId) : CHECK;
   }
 }

@@ -64,6 +64,12 @@ export type SessionEvent =
 
 export const FRESH: SessionState = { kind: 'fresh' };
 
+const authenticated = (scheme: string, identity: string | undefined): SessionState => ({
+  kind: 'authenticated',
+  scheme,
+  ...(identity ? { identity } : {}),
+});
+
 export class IllegalTransitionError extends Error {}
 
 /**
@@ -87,13 +93,13 @@ export function transition(state: SessionState, event: SessionEvent): SessionSta
         return { kind: 'handshaking', scheme: event.scheme, leader: event.leader, previous: state };
       }
       if (event.type === 'server-authenticated' && state.kind !== 'authenticated') {
-        return { kind: 'authenticated', scheme: event.scheme, ...(event.identity ? { identity: event.identity } : {}) };
+        return authenticated(event.scheme, event.identity);
       }
       break;
     case 'handshaking':
       if (event.type === 'handshake-success' && event.leader === state.leader) {
         return event.sessionAuthenticated
-          ? { kind: 'authenticated', scheme: event.scheme, ...(event.identity ? { identity: event.identity } : {}) }
+          ? authenticated(event.scheme, event.identity)
           : { kind: 'per-request', scheme: event.scheme };
       }
       if (event.type === 'handshake-handover' && event.leader === state.leader) {
