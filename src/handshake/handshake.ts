@@ -131,6 +131,65 @@ export function goawayCode(err: Error): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+/**
+ * One handshake's deadline (R3), over every leg on the wire (`onExpire` aborts the one there) and
+ * every step of the mechanism (GSS-API calls, DNS canonicalisation: raced against `expired`).
+ * One timer: paused while the handshake waits for a slot (that wait has its own bounds, R1), then
+ * started again.
+ */
+export class HandshakeClock {
+  readonly #ms: number;
+  readonly #scheme: string;
+  readonly #timer: NodeJS.Timeout;
+  readonly expired: Promise<never>;
+  #timedOut = false;
+  #paused = false;
+
+  constructor(ms: number, scheme: string, onExpire: (err: HandshakeTimeoutError) => void) {
+    this.#ms = ms;
+    this.#scheme = scheme;
+    let expire!: (err: Error) => void;
+    this.expired = new Promise<never>((_, reject) => {
+      expire = reject;
+    });
+    this.expired.catch(() => {});
+    this.#timer = setTimeout(() => {
+      if (this.#paused) return;
+      this.#timedOut = true;
+      const err = this.error();
+      expire(err);
+      onExpire(err);
+    }, ms);
+  }
+
+  get timedOut(): boolean {
+    return this.#timedOut;
+  }
+
+  /** A HandshakeTimeoutError for this deadline. */
+  error(): HandshakeTimeoutError {
+    return new HandshakeTimeoutError(this.#ms, this.#scheme);
+  }
+
+  /** `work`, or the deadline's rejection if that comes first. */
+  race<T>(work: Promise<T>): Promise<T> {
+    return Promise.race([work, this.expired]);
+  }
+
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.#timer.refresh();
+  }
+
+  stop(): void {
+    clearTimeout(this.#timer);
+  }
+}
+
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
   const key = scheme.toLowerCase();
   return readChallenges(headers).find((c) => c.schemeKey === key);
@@ -145,7 +204,6 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
   let legs = 0;
   let authId: string | undefined = input.authId;
   let authIdCarried = false;
-  let timedOut = false;
   let context: MechanismContext | undefined;
   let release: (() => void) | undefined;
   const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
@@ -159,22 +217,8 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     if (isUnusable(err)) return { kind: 'unusable', error: err };
     return fail(err as Error);
   }
-  // R3: the timeout bounds the mechanism's own work too (GSS-API calls, DNS canonicalisation):
-  // each step is raced against it. Aborting through the sink reaches whichever leg is on the wire.
-  let expired!: (err: Error) => void;
-  const expiry = new Promise<never>((_, reject) => {
-    expired = reject;
-  });
-  expiry.catch(() => {});
-  // One timer per handshake: paused while waiting for a slot, then started again with refresh().
-  let waitingForSlot = false;
-  const timer = setTimeout(() => {
-    if (waitingForSlot) return;
-    timedOut = true;
-    const err = new HandshakeTimeoutError(input.timeout, mechanism.scheme);
-    expired(err);
-    sink.abort(err);
-  }, input.timeout);
+  // Aborting through the sink reaches whichever leg is on the wire.
+  const clock = new HandshakeClock(input.timeout, mechanism.scheme, (err) => sink.abort(err));
   try {
     let challenge = input.challenge;
     for (;;) {
@@ -182,25 +226,24 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
       let authorization: string;
       try {
-        authorization = await Promise.race([context.step(challenge, input.leg), expiry]);
+        authorization = await clock.race(context.step(challenge, input.leg));
       } catch (err) {
-        if (timedOut) return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+        if (clock.timedOut) return fail(clock.error());
         if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }
       legs += 1;
       if (release === undefined && input.slot && mechanism.multileg && !(legs === 1 && context.firstLegCompletes)) {
         // The wait for a slot has its own bounds (R1): the handshake's clock starts again after it.
-        waitingForSlot = true;
+        clock.pause();
         try {
           release = await input.slot();
         } catch (err) {
           if (legs === 1) throw err;
           return fail(err as Error);
         } finally {
-          waitingForSlot = false;
+          clock.resume();
         }
-        timer.refresh();
       }
       const extra: Record<string, string> = { authorization };
       if (authId !== undefined) {
@@ -267,8 +310,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         if (status >= 200 && status < 300) return finish(final);
         return 'deliver';
       });
-      if (timedOut && result.kind !== 'delivered')
-        return fail(new HandshakeTimeoutError(input.timeout, mechanism.scheme));
+      if (clock.timedOut && result.kind !== 'delivered') return fail(clock.error());
       switch (result.kind) {
         case 'failed': {
           const reason = relocationReason(result.error);
@@ -319,7 +361,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       }
     }
   } finally {
-    clearTimeout(timer);
+    clock.stop();
     release?.();
   }
 }

@@ -13,7 +13,8 @@ import { buildConnector, Client, type Dispatcher } from 'undici';
 import { prepareBody } from '../body/replayable.ts';
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { HandshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
@@ -157,21 +158,8 @@ export class UpgradeDispatcher {
     });
     const excluded = new Set<string>();
     let auth: Auth | undefined;
-    // R3: the handshake, from the first answered 401, is bounded by limits.handshakeTimeout: every
-    // leg on the wire (the sink's abort reaches it) and every step of the mechanism (raced).
-    let clock: NodeJS.Timeout | undefined;
-    let expired: Promise<never> | undefined;
-    const startClock = (scheme: string) => {
-      if (expired) return;
-      const err = new HandshakeTimeoutError(limits.handshakeTimeout, scheme);
-      expired = new Promise<never>((_, reject) => {
-        clock = setTimeout(() => {
-          reject(err);
-          sink.abort(err);
-        }, limits.handshakeTimeout);
-      });
-      expired.catch(() => {});
-    };
+    // R3: the handshake is bounded from the first answered 401 (the sink's abort reaches the leg).
+    let clock: HandshakeClock | undefined;
     const legs = async (): Promise<void> => {
       for (;;) {
         const authorization = auth?.header;
@@ -208,7 +196,7 @@ export class UpgradeDispatcher {
     try {
       await legs();
     } finally {
-      clearTimeout(clock);
+      clock?.stop();
     }
 
     /** The first leg with credentials: the strongest usable offered scheme (T2). */
@@ -220,7 +208,7 @@ export class UpgradeDispatcher {
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
         if (!chosen?.mechanism) throw unusable!;
         const { mechanism, challenge } = chosen;
-        startClock(mechanism.scheme);
+        clock ??= new HandshakeClock(limits.handshakeTimeout, mechanism.scheme, (err) => sink.abort(err));
         try {
           const a: Auth = {
             scheme: mechanism.scheme,
@@ -246,7 +234,7 @@ export class UpgradeDispatcher {
     async function step(a: Auth, challenge: Challenge | undefined): Promise<string> {
       try {
         const stepped = a.context.step(challenge, legInfo());
-        return await (expired ? Promise.race([stepped, expired]) : stepped);
+        return await (clock ? clock.race(stepped) : stepped);
       } catch (err) {
         if (err instanceof MultilegError) throw err;
         throw new InvalidTokenError(`${a.scheme} WWW-Authenticate challenge`);
