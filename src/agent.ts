@@ -10,6 +10,7 @@ import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import {
   type ClientCertificateSelector,
+  checkOptionNames,
   checkSchemes,
   MAX_TIMER_MS,
   type MultilegAgentOptions,
@@ -20,6 +21,7 @@ import {
 } from './options.ts';
 import { ProxyAuthorizationHeaderError } from './proxy/errors.ts';
 import { ProxyResolver } from './proxy/options.ts';
+import { configuredCertificate } from './session/client-certificate.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
@@ -115,6 +117,11 @@ export class MultilegAgent extends Dispatcher {
    */
   constructor(options: MultilegAgentOptions = {}) {
     super();
+    if (options === null || typeof options !== 'object' || Array.isArray(options))
+      throw new ConfigError(
+        `MultilegAgent takes an options object, e.g. new MultilegAgent({ trustedOrigins: ['https://intranet.example'] }) (got ${options === null ? 'null' : Array.isArray(options) ? 'an array' : typeof options})`,
+      );
+    checkOptionNames(options);
     if (options.credentials) checkCredentials(options.credentials);
     if (options.trustedOrigins === undefined) {
       // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
@@ -123,8 +130,12 @@ export class MultilegAgent extends Dispatcher {
       if (options.mechanisms?.length) throw new TrustRequiredError('an agent with custom mechanisms');
     }
     const certificate = options.clientCertificate;
-    const selectCertificate: ClientCertificateSelector | undefined =
-      typeof certificate === 'function' ? certificate : certificate ? () => certificate : undefined;
+    let selectCertificate: ClientCertificateSelector | undefined;
+    if (typeof certificate === 'function') selectCertificate = certificate;
+    else if (certificate !== undefined) {
+      const usable = configuredCertificate(certificate);
+      selectCertificate = () => usable;
+    }
     checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
     let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).

@@ -52,6 +52,7 @@ export {
   RemoteHttp1Error,
 } from './proxy/errors.ts';
 export type { ProxyOptions } from './proxy/options.ts';
+export { ClientCertificateError } from './session/client-certificate.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';
 export {

@@ -90,7 +90,10 @@ export function checkSchemes(
   }
 }
 
-/** A TLS client certificate (PEM or DER), presented to origins that ask for one (T3). */
+/**
+ * A TLS client certificate presented to origins that ask for one (T3): PEM, or DER in a Buffer (converted
+ * to PEM); an encrypted key with its `passphrase`. Checked when given: a bad one is a `ConfigError`.
+ */
 export interface ClientCertificate {
   readonly cert: string | Buffer;
   readonly key: string | Buffer;
@@ -182,6 +185,41 @@ export interface ResolvedOptions {
   proxy: ProxyResolver;
 }
 
+/** Every option of {@link MultilegAgentOptions} (the compiler keeps this list whole). */
+const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
+  credentials: true,
+  trustedOrigins: true,
+  schemes: true,
+  negotiate: true,
+  allowBasicOverHttp: true,
+  mechanisms: true,
+  connect: true,
+  clientCertificate: true,
+  limits: true,
+  maxHttp1Connections: true,
+  maxConcurrentStreams: true,
+  keepAliveTimeout: true,
+  http1MemoryTtl: true,
+  proxy: true,
+};
+
+/**
+ * A ConfigError for a name `given` has and `known` does not: from plain JavaScript a misspelt option
+ * (`limits: { handshakeTimout }`, undici's `allowH2`) would otherwise be ignored without a word.
+ */
+function checkNames(what: string, given: unknown, known: object): void {
+  if (given === null || typeof given !== 'object' || Array.isArray(given))
+    throw new ConfigError(`${what} must be an object (got ${given === null ? 'null' : typeof given})`);
+  for (const name of Object.keys(given))
+    if (!Object.hasOwn(known, name))
+      throw new ConfigError(`${what}: unknown option ${JSON.stringify(name)}; known: ${Object.keys(known).join(', ')}`);
+}
+
+/** @throws {ConfigError} on an option MultilegAgent does not have. */
+export function checkOptionNames(options: object): void {
+  checkNames('MultilegAgent options', options, OPTION_NAMES);
+}
+
 /** Limits that count something (legs, requests, handshakes, sessions, bytes): whole numbers. */
 const COUNTS: ReadonlySet<string> = new Set([
   'maxLegs',
@@ -215,6 +253,7 @@ export const MAX_TIMER_MS = 2 ** 31 - 1;
 const TIMERS: ReadonlySet<string> = new Set(['queueTimeout', 'handshakeTimeout']);
 
 export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
+  if (partial !== undefined) checkNames('limits', partial, DEFAULT_LIMITS);
   const limits: Record<string, unknown> = { ...DEFAULT_LIMITS };
   // A limit given as undefined (Partial allows it) keeps its default.
   for (const [name, value] of Object.entries(partial ?? {})) if (value !== undefined) limits[name] = value;

@@ -18,7 +18,9 @@ import {
   HANDSHAKE_CHANNEL,
   InvalidTokenError,
   LegLimitError,
+  type Limits,
   MultilegAgent,
+  type MultilegAgentOptions,
   type MultilegError,
   type SchemeName,
 } from '../src/index.ts';
@@ -294,6 +296,24 @@ describe('options given wrong are construction errors, not failures of every req
       { proxy: { uri: 'http://proxy.example:3128', http: 'bogus' as 'forward' } },
       /proxy\.http must be 'forward' or 'tunnel', got "bogus"/,
     ],
+    // A misspelt limit was ignored: the handshake ran with the default bound, not the one meant.
+    [
+      'a misspelt limit',
+      { limits: { handshakeTimout: 5 } as Partial<Limits> },
+      /limits: unknown option "handshakeTimout"; known: maxLegs, .*handshakeTimeout/,
+    ],
+    [
+      "undici's allowH2, not an option here",
+      { allowH2: false } as MultilegAgentOptions,
+      /MultilegAgent options: unknown option "allowH2"; known: credentials, trustedOrigins/,
+    ],
+    [
+      'limits that are not an object',
+      { limits: 5 as unknown as Partial<Limits> },
+      /limits must be an object \(got number\)/,
+    ],
+    // Before: TypeError "Cannot read properties of null".
+    ['null options', null as unknown as MultilegAgentOptions, /MultilegAgent takes an options object.*\(got null\)/],
   ])('C11: %s is checked when the agent is made (%o)', (_, options, message) => {
     expect(() => new MultilegAgent(options)).toThrow(ConfigError);
     expect(() => new MultilegAgent(options)).toThrow(message);

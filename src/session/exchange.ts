@@ -9,8 +9,15 @@ import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
-import { type ClientCertificateSelector, type Limits, portOf, unbracketed } from '../options.ts';
+import {
+  type ClientCertificate,
+  type ClientCertificateSelector,
+  type Limits,
+  portOf,
+  unbracketed,
+} from '../options.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
+import { selectCertificate } from './client-certificate.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
@@ -567,7 +574,15 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   }
   if (!chosen.mechanism) {
     // T3: present a client certificate, on a new session (HTTP/2 cannot renegotiate).
-    const certificate = await env.selectCertificate?.(job.origin, chosen.challenge);
+    let certificate: ClientCertificate | undefined;
+    try {
+      if (env.selectCertificate) {
+        const ms = env.limits.handshakeTimeout;
+        certificate = await selectCertificate(env.selectCertificate, job.origin, chosen.challenge, ms);
+      }
+    } catch (err) {
+      return failed(job, err as Error);
+    }
     if (!certificate) {
       exclude(run, TRANSPORT);
       return step;

@@ -1,0 +1,107 @@
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { createSecureContext } from 'node:tls';
+import type { Challenge } from '../challenge/types.ts';
+import { ConfigError, MultilegError } from '../errors.ts';
+import { HandshakeClock } from '../handshake/handshake.ts';
+import type { ClientCertificate, ClientCertificateSelector } from '../options.ts';
+
+/** A client certificate the `clientCertificate` selector could not give (T3): it threw or gave an unusable one. */
+export class ClientCertificateError extends MultilegError {
+  constructor(origin: string, reason: string, options?: { cause?: unknown }) {
+    super('MULTILEG_CLIENT_CERTIFICATE', `clientCertificate for ${origin}: ${reason}`, options);
+  }
+}
+
+const PEM = /^\s*-----BEGIN /;
+
+/** A PEM or DER certificate as PEM (Node's TLS takes PEM only). */
+function pemCertificate(cert: string | Buffer): string | Buffer {
+  if (typeof cert === 'string' || PEM.test(cert.subarray(0, 64).toString('latin1'))) return cert;
+  return new X509Certificate(cert).toString();
+}
+
+/** A PEM or DER private key as PEM; a DER key is decrypted with `passphrase` (so it needs none after). */
+function pemKey(key: string | Buffer, passphrase: string | undefined): { key: string | Buffer; converted: boolean } {
+  if (typeof key === 'string' || PEM.test(key.subarray(0, 64).toString('latin1'))) return { key, converted: false };
+  let last: unknown;
+  for (const type of ['pkcs8', 'pkcs1', 'sec1'] as const) {
+    try {
+      const der = createPrivateKey({ key, format: 'der', type, ...(passphrase !== undefined ? { passphrase } : {}) });
+      return { key: der.export({ format: 'pem', type: 'pkcs8' }), converted: true };
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw last;
+}
+
+/** What went wrong with a certificate and key, and the fix; OpenSSL's words otherwise (they hold no key material). */
+function certificateReason(e: unknown): string {
+  const code = (e as { code?: unknown }).code;
+  switch (code) {
+    case 'ERR_OSSL_X509_KEY_VALUES_MISMATCH':
+      return 'the key is not the certificate’s (key values mismatch): give the key the certificate was issued for';
+    case 'ERR_OSSL_BAD_DECRYPT':
+      return 'the key is encrypted and the passphrase is missing or wrong: pass passphrase';
+    case 'ERR_OSSL_PEM_NO_START_LINE':
+      return 'cert or key is neither PEM nor DER: give the PEM text or the DER bytes';
+    default:
+      return `cert or key cannot be used (${typeof code === 'string' ? code : (e as Error).message})`;
+  }
+}
+
+/**
+ * `value` as Node's TLS takes a client certificate: PEM (a DER certificate or key converted), checked
+ * now — it parses, the passphrase opens the key, the key is the certificate's — so that a bad one is
+ * a clear error here rather than an OpenSSL message from a later connection. `fail` makes the error.
+ */
+export function usableCertificate(value: unknown, fail: (reason: string, cause?: unknown) => Error): ClientCertificate {
+  if (value === null || typeof value !== 'object') throw fail('it must be an object { cert, key, passphrase? }');
+  const { cert, key, passphrase } = value as Record<string, unknown>;
+  const given = (x: unknown): x is string | Buffer => (typeof x === 'string' || Buffer.isBuffer(x)) && x.length > 0;
+  if (!given(cert) || !given(key)) throw fail('cert and key must each be PEM text or a Buffer of PEM or DER');
+  if (passphrase !== undefined && typeof passphrase !== 'string') throw fail('passphrase must be a string');
+  try {
+    const pem = pemKey(key, passphrase);
+    const usable: ClientCertificate = {
+      cert: pemCertificate(cert),
+      key: pem.key,
+      ...(passphrase !== undefined && !pem.converted ? { passphrase } : {}),
+    };
+    createSecureContext(usable);
+    return usable;
+  } catch (e) {
+    throw fail(certificateReason(e), e);
+  }
+}
+
+/** The `clientCertificate` option as the agent keeps it: a ConfigError now for a bad certificate. */
+export function configuredCertificate(value: unknown): ClientCertificate {
+  return usableCertificate(value, (reason) => new ConfigError(`clientCertificate: ${reason}`));
+}
+
+/**
+ * Asks the caller's selector for `origin`'s certificate, within the handshake deadline (R3: a selector
+ * that never answers must not hold the request forever); undefined when it declines.
+ * @throws {HandshakeTimeoutError} when it does not answer within `ms`.
+ * @throws {ClientCertificateError} when it throws or gives an unusable certificate.
+ */
+export async function selectCertificate(
+  select: ClientCertificateSelector,
+  origin: string,
+  challenge: Challenge,
+  ms: number,
+): Promise<ClientCertificate | undefined> {
+  const clock = new HandshakeClock(ms, 'Transport', () => {});
+  let chosen: ClientCertificate | undefined;
+  try {
+    chosen = await clock.race(Promise.resolve().then(() => select(origin, challenge)));
+  } catch (e) {
+    if (clock.timedOut) throw clock.error();
+    throw new ClientCertificateError(origin, 'the selector threw', { cause: e });
+  } finally {
+    clock.stop();
+  }
+  if (chosen === undefined) return undefined;
+  return usableCertificate(chosen, (reason, cause) => new ClientCertificateError(origin, reason, { cause }));
+}
