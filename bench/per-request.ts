@@ -7,6 +7,7 @@
  * CPU (this process) and server CPU (the reference server's own process), and the ratios per round.
  *
  *   node bench/per-request.ts          BENCH_N=1000 BENCH_ROUNDS=20
+ *   BENCH_KINDS=multileg               only these contenders (comma-separated; e.g. for a CPU profile)
  */
 import { readFileSync } from 'node:fs';
 import { Agent, type Dispatcher, request } from 'undici';
@@ -69,7 +70,8 @@ async function burst(kind: Kind): Promise<Round> {
 }
 
 try {
-  const kinds: Kind[] = ['multileg', 'plain', 'two plain'];
+  const all: Kind[] = ['multileg', 'plain', 'two plain'];
+  const kinds = process.env.BENCH_KINDS ? all.filter((k) => process.env.BENCH_KINDS!.split(',').includes(k)) : all;
   for (const kind of kinds) await burst(kind); // warm-up: JIT, TLS, modules
   const rounds = new Map<Kind, Round[]>(kinds.map((k) => [k, []]));
   for (let i = 0; i < ROUNDS; i++) {
@@ -78,7 +80,7 @@ try {
   }
   const of = (kind: Kind, f: keyof Round) => median(rounds.get(kind)!.map((r) => r[f]));
   const perRound = (kind: Kind, f: keyof Round) =>
-    median(rounds.get(kind)!.map((r, i) => r[f] / rounds.get('plain')![i]![f]));
+    rounds.has('plain') ? median(rounds.get(kind)!.map((r, i) => r[f] / rounds.get('plain')![i]![f])) : Number.NaN;
   console.log(`node ${process.version}, ${new Date().toISOString()}`);
   console.log(`\nper-request mode, ${N} concurrent GETs, median of ${ROUNDS} rounds`);
   for (const kind of kinds) {
