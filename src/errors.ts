@@ -128,8 +128,11 @@ export class MechanismError extends MultilegError {
 
 /** Invalid options given to the agent. */
 export class ConfigError extends MultilegError {
-  constructor(detail: string) {
+  /** The option at fault where one is (e.g. `clientCertificate`), for callers that say it their own way. */
+  readonly option: string | undefined;
+  constructor(detail: string, option?: string) {
     super('MULTILEG_CONFIG', detail);
+    this.option = option;
   }
 }
 

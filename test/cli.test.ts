@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
@@ -21,6 +22,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { CLIENT_CERT, CLIENT_KEY, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
 
 /** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
@@ -213,6 +215,35 @@ describe('multileg command line', () => {
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
+  it("T3: --cert with an encrypted DER --key and --pass answers a Transport challenge; a key that is not the certificate's exits 58 (curl's) with one line", async () => {
+    const certServer = await startReferenceServer({ mode: 'session', clientCertificate: 'offer' });
+    try {
+      const cert = join(dir, 'client.pem');
+      const key = join(dir, 'client-key.der');
+      const wrongKey = join(dir, 'wrong-key.pem');
+      writeFileSync(cert, CLIENT_CERT);
+      const encrypted = { cipher: 'aes-256-cbc', passphrase: 'hunter2-pass' };
+      writeFileSync(key, createPrivateKey(CLIENT_KEY).export({ format: 'der', type: 'pkcs8', ...encrypted }));
+      writeFileSync(wrongKey, SERVER_KEY);
+      const url = `${certServer.origin}/auth/cert`;
+      const ok = await run(['--cacert', ca, '--cert', cert, '--key', key, '--pass', 'hunter2-pass', url]);
+      expect(ok.code).toBe(0);
+      expect(JSON.parse(ok.stdout)).toMatchObject({ user: 'cert:alice' });
+      const noPass = await run(['--cacert', ca, '--cert', cert, '--key', key, url]);
+      expect(noPass.code).toBe(58);
+      expect(noPass.stderr).toBe(
+        'multileg: --cert/--key: the key is encrypted and the passphrase is missing or wrong: pass passphrase\n',
+      );
+      // Before: accepted, and the connection failed with OpenSSL's words (exit 1).
+      const wrong = await run(['--cacert', ca, '--cert', cert, '--key', wrongKey, url]);
+      expect(wrong.code).toBe(58);
+      expect(wrong.stderr).toMatch(/^multileg: --cert\/--key: the key is not the certificate’s/);
+      expect(`${wrong.stderr}${noPass.stderr}${ok.stderr}`).not.toContain('hunter2');
+    } finally {
+      await certServer.close();
+    }
+  });
+
   it("-o into a directory that does not exist: one line naming -o and the problem, curl's 23", async () => {
     const out = join(dir, 'missing-dir', 'f');
     const r = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
@@ -239,6 +270,10 @@ describe('multileg command line', () => {
       ],
       [['ftp://localhost/'], /^multileg: unsupported protocol ftp:/],
       [['--cert', 'a.pem', 'https://localhost:1/'], /^multileg: --cert and --key go together\n$/],
+      [
+        ['--pass', 'x', 'https://localhost:1/'],
+        /^multileg: --pass is the passphrase of --key: give --cert and --key\n$/,
+      ],
       [['-H', 'nocolon', 'https://localhost:1/'], /^multileg: -H: a header must look like/],
       [['--ntlm', '--schemes', 'NTLM', 'https://localhost:1/'], /^multileg: --ntlm and --schemes/],
       [

@@ -21,6 +21,8 @@ export const EXIT = {
   timeout: 28,
   redirects: 47,
   receive: 56,
+  /** curl's CURLE_SSL_CERTPROBLEM: the local client certificate cannot be used. */
+  clientCertificate: 58,
   certificate: 60,
 } as const;
 

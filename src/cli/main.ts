@@ -81,6 +81,10 @@ async function main(argv: string[]): Promise<number> {
     });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
+    if (err.option === 'clientCertificate') {
+      say(err.message.replace(/^clientCertificate: /, '--cert/--key: '));
+      return EXIT.clientCertificate;
+    }
     say(describeFailure(err, req).message);
     return EXIT.usage;
   }

@@ -113,8 +113,9 @@ export function program(): Command {
       .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
       .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
       .option('-k, --insecure', 'do not verify the server certificate')
-      .option('--cert <file>', 'client certificate (PEM) for Transport challenges')
-      .option('--key <file>', 'private key (PEM) of --cert')
+      .option('--cert <file>', 'client certificate (PEM or DER) for Transport challenges')
+      .option('--key <file>', 'private key (PEM or DER) of --cert')
+      .option('--pass <phrase>', 'passphrase of an encrypted --key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
       .option('--proxy-user <user:password>', 'credentials for the proxy only')
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
@@ -240,6 +241,8 @@ export function parseCli(argv: readonly string[]): CliRequest {
   const body =
     data === undefined ? undefined : data.startsWith('@') ? readFlagFile('-d', data.slice(1)) : Buffer.from(data);
   if ((o.cert === undefined) !== (o.key === undefined)) throw new ConfigError('--cert and --key go together');
+  if (o.pass !== undefined && o.key === undefined)
+    throw new ConfigError('--pass is the passphrase of --key: give --cert and --key');
   const only = (['negotiate', 'ntlm', 'digest', 'basic'] as const).filter((k) => o[k]);
   if (only.length > 0 && o.schemes) throw new ConfigError(`--${only[0]} and --schemes: give one of them`);
   const schemes: SchemeName[] | undefined = o.schemes
@@ -280,6 +283,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
           clientCertificate: {
             cert: readFlagFile('--cert', o.cert as string),
             key: readFlagFile('--key', o.key as string),
+            ...(o.pass !== undefined ? { passphrase: o.pass as string } : {}),
           },
         }
       : {}),

@@ -23,17 +23,19 @@ function pemCertificate(cert: string | Buffer): string | Buffer {
 /** A PEM or DER private key as PEM; a DER key is decrypted with `passphrase` (so it needs none after). */
 function pemKey(key: string | Buffer, passphrase: string | undefined): { key: string | Buffer; converted: boolean } {
   if (typeof key === 'string' || PEM.test(key.subarray(0, 64).toString('latin1'))) return { key, converted: false };
-  let last: unknown;
   for (const type of ['pkcs8', 'pkcs1', 'sec1'] as const) {
     try {
       const der = createPrivateKey({ key, format: 'der', type, ...(passphrase !== undefined ? { passphrase } : {}) });
       return { key: der.export({ format: 'pem', type: 'pkcs8' }), converted: true };
     } catch (e) {
-      last = e;
+      // An encrypted PKCS#8 key: its passphrase is what is wrong, not its type.
+      if (PASSPHRASE_CODES.has((e as { code?: string }).code ?? '')) throw e;
     }
   }
-  throw last;
+  throw Object.assign(new Error('not a DER PKCS#8, PKCS#1 or SEC1 key'), { code: 'ERR_OSSL_PEM_NO_START_LINE' });
 }
+
+const PASSPHRASE_CODES: ReadonlySet<string> = new Set(['ERR_MISSING_PASSPHRASE', 'ERR_OSSL_BAD_DECRYPT']);
 
 /** What went wrong with a certificate and key, and the fix; OpenSSL's words otherwise (they hold no key material). */
 function certificateReason(e: unknown): string {
@@ -42,6 +44,7 @@ function certificateReason(e: unknown): string {
     case 'ERR_OSSL_X509_KEY_VALUES_MISMATCH':
       return 'the key is not the certificate’s (key values mismatch): give the key the certificate was issued for';
     case 'ERR_OSSL_BAD_DECRYPT':
+    case 'ERR_MISSING_PASSPHRASE':
       return 'the key is encrypted and the passphrase is missing or wrong: pass passphrase';
     case 'ERR_OSSL_PEM_NO_START_LINE':
       return 'cert or key is neither PEM nor DER: give the PEM text or the DER bytes';
@@ -77,7 +80,7 @@ export function usableCertificate(value: unknown, fail: (reason: string, cause?:
 
 /** The `clientCertificate` option as the agent keeps it: a ConfigError now for a bad certificate. */
 export function configuredCertificate(value: unknown): ClientCertificate {
-  return usableCertificate(value, (reason) => new ConfigError(`clientCertificate: ${reason}`));
+  return usableCertificate(value, (reason) => new ConfigError(`clientCertificate: ${reason}`, 'clientCertificate'));
 }
 
 /**
