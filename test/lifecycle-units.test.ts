@@ -224,14 +224,24 @@ describe('LegHandler: one leg against a fake undici controller', () => {
 describe('RedirectHops: fetch follows a 3xx itself (S5)', () => {
   const from = 'https://a.example';
 
-  it('S5: the first of several Location values counts; no Location, no hop', () => {
+  it("S5: several Location lines: each follower's reading is a hop (fetch's ', ' join, the interceptor's ',' join, the first); no Location, no hop", () => {
     const hops = new RedirectHops();
     hops.noteResponse(from, '/r', 302, { location: ['https://b.example/one', 'https://b.example/two'] });
     hops.noteResponse(from, '/r', 302, {});
     hops.noteResponse(from, '/r', 302, { location: '' });
     expect(hops.consume('https://b.example', '/two')).toBe(false);
+    expect(hops.consume('https://b.example', '/one,%20https://b.example/two')).toBe(true);
+    expect(hops.consume('https://b.example', '/one,https://b.example/two')).toBe(true);
     expect(hops.consume('https://b.example', '/one')).toBe(true);
     expect(hops.consume('https://b.example', '/one')).toBe(false);
+  });
+
+  it('S5: a Location beyond ASCII is a hop both as fetch reads it (UTF-8) and as its bytes', () => {
+    const hops = new RedirectHops();
+    // 'café' in UTF-8, as the agent sees header bytes (latin1).
+    hops.noteResponse(from, '/r', 302, { location: 'https://b.example/caf\u00c3\u00a9' });
+    expect(hops.consume('https://b.example', '/caf%C3%A9')).toBe(true);
+    expect(hops.consume('https://b.example', '/caf%C3%83%C2%A9')).toBe(true);
   });
 
   it('S5: two redirects to the same URL are two hops; a hop too late is not one', () => {

@@ -4,6 +4,10 @@
  * Ambient Kerberos (no password, no list) and mutual authentication are proven against the real
  * KDC in trust-kerberos.test.ts.
  */
+import { once } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,7 +18,8 @@ import {
   type MultilegAgentOptions,
   TrustRequiredError,
 } from '../src/index.ts';
-import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { CLIENT_CERT, CLIENT_KEY, type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
 import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
 import { ALICE, hasAuth } from './helpers.ts';
@@ -41,6 +46,21 @@ const cause = (p: Promise<unknown>) =>
     () => undefined,
     (e: Error) => (e.cause ?? e) as Error,
   );
+const raws: HttpsServer[] = [];
+afterEach(() => {
+  for (const s of raws.splice(0)) {
+    s.closeAllConnections();
+    s.close();
+  }
+});
+/** An https origin (HTTP/1.1) that answers with `handler`; its origin. */
+async function rawServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
+  const s = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, handler);
+  raws.push(s);
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  return `https://localhost:${(s.address() as AddressInfo).port}`;
+}
 const withAuth = (s: ReferenceServer, path: string) =>
   s.exchanges.filter((e) => e.path.startsWith(path) && hasAuth(e.requestHeaders));
 
@@ -367,6 +387,30 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     expect(same.statusCode).toBe(200);
     expect(((await same.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
+
+  for (const [name, lines] of [
+    ['written as raw UTF-8 bytes', (b: string) => [`${b}/auth/caf\u00e9`]],
+    ['given on two lines', (b: string) => [`${b}/auth/one`, `${b}/auth/two`]],
+  ] as const) {
+    it(`S5: fetch follows a Location ${name} to another origin: the hop gets no client certificate (an agent without a list)`, async () => {
+      const b = await server({ schemes: [], clientCertificate: 'offer' });
+      // The Location's bytes as they go on the wire (latin1 keeps each byte).
+      const values = lines(b.origin).map((l) => Buffer.from(l, 'utf8').toString('latin1'));
+      const a = await rawServer((_req, res) => {
+        res.setHeader('location', values.length === 1 ? values[0]! : values);
+        res.writeHead(302, { 'content-length': '0' }).end();
+      });
+      // No list: a client certificate goes to the origins the caller names itself, never across a hop.
+      const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+      const res = await fetch(`${a}/start`, { dispatcher: certified });
+      await res.arrayBuffer();
+      // Before: fetch read the Location as UTF-8 (or joined the lines), the agent did not, and the
+      // hop was taken for a direct call: B answered 200 as cert:alice.
+      expect(res.status).toBe(401);
+      expect(new URL(res.url).origin).toBe(b.origin);
+      expect(b.exchanges.some((e) => e.outcome === 'certificate')).toBe(false);
+    });
+  }
 
   it('S5: the hop is recognised once, soon after the 3xx: a later direct call to the same URL is not a hop', () => {
     const hops = new RedirectHops();

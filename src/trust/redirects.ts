@@ -62,6 +62,38 @@ export function replayableFor(status: number, headers: Record<string, string | s
   return storable && validator ? MAX_REPLAY_MS : 0;
 }
 
+/** fetch's test for a Location to read as UTF-8 first (undici's `isValidEncodedURL`): any byte outside 0x20–0x7E. */
+const NOT_ASCII = /[^\x20-\x7e]/;
+
+/**
+ * Every `origin + path` a follower may make of a redirect's `Location` (the value, or the lines, the
+ * agent saw in its answer to `origin` + `path`), other origins only. Followers read it in
+ * different ways, and a way missed here would send credentials on the hop: fetch joins several
+ * lines with ", " and reads bytes beyond ASCII as UTF-8 (what browsers do); undici's redirect
+ * interceptor joins them with ","; other clients take the first line. Each reading is a hop (a
+ * direct call to one of the others only costs a 401: the safe side).
+ */
+function hopTargets(location: string | string[] | undefined, origin: string, path: string): Set<string> {
+  const values = Array.isArray(location) ? [location.join(', '), location.join(','), location[0]] : [location];
+  const targets = new Set<string>();
+  const base = origin + path;
+  for (const value of values) {
+    if (!value) continue;
+    const readings = NOT_ASCII.test(value) ? [value, Buffer.from(value, 'latin1').toString('utf8')] : [value];
+    for (const reading of readings) {
+      let target: URL;
+      try {
+        target = new URL(reading, base);
+      } catch {
+        continue; // a follower fails on a bad Location too: no hop follows
+      }
+      // Same-origin hops are not a trust question.
+      if (target.origin !== origin) targets.add(target.origin + target.pathname + target.search);
+    }
+  }
+  return targets;
+}
+
 export class RedirectHops {
   /** `origin + path` of a pending cross-origin hop → how many are expected, until when. */
   readonly #pending = new Map<string, Pending>();
@@ -72,29 +104,22 @@ export class RedirectHops {
    */
   noteResponse(origin: string, path: string, status: number, headers: Record<string, string | string[]>): void {
     if (!REDIRECT_STATUSES.has(status)) return;
-    const raw = headers.location;
-    const location = Array.isArray(raw) ? raw[0] : raw;
-    if (!location) return;
-    let target: URL;
-    try {
-      target = new URL(location, origin + path);
-    } catch {
-      return; // fetch fails on a bad Location too: no hop follows
-    }
-    if (target.origin === origin) return; // same-origin hops are not a trust question
-    const key = target.origin + target.pathname + target.search;
+    const targets = hopTargets(headers.location, origin, path);
+    if (targets.size === 0) return;
     const now = Date.now();
     const replayable = replayableFor(status, headers, now);
     const expires = now + Math.max(HOP_WINDOW_MS, replayable);
-    const pending = this.#pending.get(key);
-    if (pending) {
-      pending.count += 1;
-      pending.expires = Math.max(pending.expires, expires);
-      pending.cached ||= replayable > 0;
-      return;
+    for (const key of targets) {
+      const pending = this.#pending.get(key);
+      if (pending) {
+        pending.count += 1;
+        pending.expires = Math.max(pending.expires, expires);
+        pending.cached ||= replayable > 0;
+        continue;
+      }
+      if (this.#pending.size >= MAX_PENDING) this.#evict(now);
+      this.#pending.set(key, { count: 1, expires, cached: replayable > 0 });
     }
-    if (this.#pending.size >= MAX_PENDING) this.#evict(now);
-    this.#pending.set(key, { count: 1, expires, cached: replayable > 0 });
   }
 
   /** True when a dispatch to `origin` + `path` is a pending cross-origin hop; consumes it (unless cached). */
