@@ -20,7 +20,7 @@ import {
   resolveLimits,
 } from './options.ts';
 import { ProxyAuthorizationHeaderError } from './proxy/errors.ts';
-import { ProxyResolver } from './proxy/options.ts';
+import { ProxyResolver, type ProxyRoute } from './proxy/options.ts';
 import { configuredCertificate } from './session/client-certificate.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { type Job, newJobId } from './session/job.ts';
@@ -195,7 +195,8 @@ export class MultilegAgent extends Dispatcher {
       const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
         // Upgrades always tunnel through a proxy that applies.
-        this.#refuseTunnelledProxyAuthorization(origin, normalizeRequestHeaders(opts.headers), 'any');
+        const route = this.#options.proxy.route(origin);
+        refuseTunnelledProxyAuthorization(origin, normalizeRequestHeaders(opts.headers), route, 'any');
         this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
         return this.#upgrades.dispatch(origin, opts, handler, grant.allowed);
@@ -240,15 +241,22 @@ export class MultilegAgent extends Dispatcher {
   /** Builds the request's Job and starts it on its origin's pool (after reading a body that must be read, C10). */
   #start(origin: string, opts: Dispatcher.DispatchOptions, sink: UserSink, handler: Dispatcher.DispatchHandler): void {
     const headers = normalizeRequestHeaders(opts.headers);
-    // Refused before anything is counted or a pending redirect hop is used up.
-    this.#refuseTunnelledProxyAuthorization(origin, headers, 'tunnel');
+    const pool = this.#pool(origin);
+    // Refused before anything is counted or a pending redirect hop is used up; by the route the
+    // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
+    refuseTunnelledProxyAuthorization(origin, headers, pool.route, 'tunnel');
     this.#stats.requests += 1;
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
     const identity: Identity =
-      'authorization' in headers || 'proxy-authorization' in headers ? 'caller' : grant.allowed ? 'agent' : 'anonymous';
+      'authorization' in headers
+        ? 'caller'
+        : 'proxy-authorization' in headers
+          ? 'caller-proxy'
+          : grant.allowed
+            ? 'agent'
+            : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
-    const pool = this.#pool(origin);
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
     // comes; elsewhere it is read first, for the handshake's legs (C10).
@@ -286,18 +294,6 @@ export class MultilegAgent extends Dispatcher {
       return;
     }
     run(prepared);
-  }
-
-  /**
-   * A caller's own Proxy-Authorization on a request that goes through a CONNECT tunnel would reach
-   * the origin inside it, not the proxy (S2): refused before anything is sent. (Through a
-   * forwarding proxy it goes to the proxy, as meant.)
-   */
-  #refuseTunnelledProxyAuthorization(origin: string, headers: HeaderMap, routes: 'tunnel' | 'any'): void {
-    if (!('proxy-authorization' in headers)) return;
-    const route = this.#options.proxy.route(origin);
-    if (route && (routes === 'any' || route.kind === 'tunnel'))
-      throw new ProxyAuthorizationHeaderError(origin, route.proxy.origin);
   }
 
   readonly #finished = (): void => {
@@ -390,4 +386,20 @@ export class MultilegAgent extends Dispatcher {
     }
     return done;
   }
+}
+
+/**
+ * A caller's own Proxy-Authorization on a request that goes through a CONNECT tunnel (`route`)
+ * would reach the origin inside it, not the proxy (S2): refused before anything is sent. (Through
+ * a forwarding proxy it goes to the proxy, as meant; `routes: 'any'` refuses it there too.)
+ */
+function refuseTunnelledProxyAuthorization(
+  origin: string,
+  headers: HeaderMap,
+  route: ProxyRoute | undefined,
+  routes: 'tunnel' | 'any',
+): void {
+  if (!('proxy-authorization' in headers)) return;
+  if (route && (routes === 'any' || route.kind === 'tunnel'))
+    throw new ProxyAuthorizationHeaderError(origin, route.proxy.origin);
 }

@@ -178,6 +178,35 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     expect(p.exchanges.map((e) => e.proxyAuthorization)).toEqual([true]);
   });
 
+  it("S2: after NO_PROXY changes, a caller's own Proxy-Authorization is still refused for an origin whose connections go through the tunnel", async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    proxy = await startReferenceProxy({});
+    const names = ['HTTPS_PROXY', 'https_proxy', 'NO_PROXY', 'no_proxy'] as const;
+    const saved = Object.fromEntries(names.map((n) => [n, process.env[n]]));
+    for (const n of names) delete process.env[n];
+    process.env.HTTPS_PROXY = proxy.origin;
+    try {
+      // The proxy from the environment (as undici's EnvHttpProxyAgent reads it).
+      agent = new MultilegAgent({ connect: { ca: CA_CERT }, proxy: { connect: { ca: proxy.ca } } });
+      await (await fetch(`${server.origin}/public/a`, { dispatcher: agent })).arrayBuffer();
+      expect(proxy.exchanges.map((e) => e.method)).toEqual(['CONNECT']);
+      // The operator exempts the host now; the origin's connections still go through the tunnel.
+      process.env.NO_PROXY = 'localhost';
+      const own = { 'proxy-authorization': `Basic ${Buffer.from('me:my-proxy-secret').toString('base64')}` };
+      const err = await fetch(`${server.origin}/public/b`, { dispatcher: agent, headers: own }).catch(
+        (e: { cause?: Error }) => e.cause,
+      );
+      // Before: the header went inside the tunnel, to the origin.
+      expect(err).toBeInstanceOf(ProxyAuthorizationHeaderError);
+      expect(server.exchanges.filter((e) => e.requestHeaders['proxy-authorization'] !== undefined)).toEqual([]);
+    } finally {
+      for (const n of names) {
+        if (saved[n] === undefined) delete process.env[n];
+        else process.env[n] = saved[n];
+      }
+    }
+  });
+
   it('H5: a wrong proxy password is a ProxyAuthenticationError that names the proxy and no secret', async () => {
     const { base } = await setup({ basicUsers: { proxyuser: 'other' } });
     const err = (await fetch(`${base}/auth/x`, { dispatcher: agent! }).catch(

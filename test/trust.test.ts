@@ -16,6 +16,8 @@ import {
   ConfigError,
   MultilegAgent,
   type MultilegAgentOptions,
+  ntlmMechanism,
+  parseChallenges,
   TrustRequiredError,
 } from '../src/index.ts';
 import { CLIENT_CERT, CLIENT_KEY, type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
@@ -496,6 +498,46 @@ describe('S6: requests without the agent credentials, or with their own, never r
     expect(body.user).toBe('EXAMPLE\\alice');
     expect(aliceSessions.has(body.sessionId)).toBe(true);
     expect(a.stats().handshakes).toBe(1);
+  });
+});
+
+describe('S6: a session a caller authenticated with its own handshake', () => {
+  it("S6: a request with only its own Proxy-Authorization never rides a session another caller's own NTLM handshake authenticated as bob", async () => {
+    const s = await server({ schemes: ['NTLM'] });
+    const a = agent({ credentials: ALICE, negotiate: false, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    // Caller 1 (a gateway relaying an end user's NTLM) runs bob's handshake with headers of its own.
+    const leg = {
+      origin: s.origin,
+      hostname: 'localhost',
+      port: s.port,
+      method: 'GET',
+      path: '/auth/bob',
+      proxy: false,
+    };
+    const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg);
+    const r1 = await fetch(`${s.origin}/auth/bob`, {
+      dispatcher: a,
+      headers: { authorization: await bob.step(undefined, leg) },
+    });
+    await r1.arrayBuffer();
+    const challenge = parseChallenges(r1.headers.get('www-authenticate')!)[0];
+    const r2 = await fetch(`${s.origin}/auth/bob`, {
+      dispatcher: a,
+      headers: { authorization: await bob.step(challenge, leg), 'auth-id': r1.headers.get('auth-id')! },
+    });
+    expect(((await r2.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
+    // Caller 2 sends no Authorization, only a Proxy-Authorization of its own (no proxy here).
+    const r3 = await fetch(`${s.origin}/auth/carol`, {
+      dispatcher: a,
+      headers: { 'proxy-authorization': `Basic ${Buffer.from('carol:x').toString('base64')}` },
+    });
+    const body = (await r3.json().catch(() => ({ user: null }))) as { user: string | null };
+    // Before: 200 as EXAMPLE\bob, on bob's session.
+    expect(r3.status).toBe(401);
+    expect(body.user).toBeNull();
+    const carol = s.exchanges.find((e) => e.path === '/auth/carol')!;
+    const bobs = new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\bob').map((e) => e.sessionId));
+    expect(bobs.has(carol.sessionId)).toBe(false);
   });
 });
 

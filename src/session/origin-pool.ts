@@ -48,8 +48,18 @@ const SPREAD_ROOM = 8;
 
 /** One key per (lane, identity), made once rather than per request. */
 const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
-  auto: { agent: 'auto/agent', anonymous: 'auto/anonymous', caller: 'auto/caller' },
-  http1: { agent: 'http1/agent', anonymous: 'http1/anonymous', caller: 'http1/caller' },
+  auto: {
+    agent: 'auto/agent',
+    anonymous: 'auto/anonymous',
+    caller: 'auto/caller',
+    'caller-proxy': 'auto/caller-proxy',
+  },
+  http1: {
+    agent: 'http1/agent',
+    anonymous: 'http1/anonymous',
+    caller: 'http1/caller',
+    'caller-proxy': 'http1/caller-proxy',
+  },
 };
 
 /**
@@ -68,6 +78,11 @@ export class OriginPool implements FastHost {
   readonly #env: ExchangeEnv;
   /** Through a proxy (H5), decided once for the origin. */
   readonly #route: ProxyRoute | undefined;
+
+  /** The proxy this origin's connections go through, fixed when the pool is made (NO_PROXY may change later). */
+  get route(): ProxyRoute | undefined {
+    return this.#route;
+  }
   #sessionsCreated = 0;
 
   constructor(

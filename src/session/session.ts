@@ -36,11 +36,13 @@ export type Lane = 'auto' | 'http1';
 /**
  * Whose credentials a session's requests carry (S6). A session serves one identity for its whole
  * life: `agent` (the agent's credentials), `anonymous` (requests that must go without them: an
- * untrusted origin, a cross-origin redirect hop) or `caller` (requests that bring their own
- * `Authorization` / `Proxy-Authorization`). So a request never rides on a connection that is
- * authenticated, or being authenticated, as someone else.
+ * untrusted origin, a cross-origin redirect hop), `caller` (requests that bring their own
+ * `Authorization`) or `caller-proxy` (requests that bring only their own `Proxy-Authorization`: to
+ * the origin they carry nothing, so they must not ride a connection a caller's own handshake
+ * authenticated). So a request never rides on a connection that is authenticated, or being
+ * authenticated, as someone else.
  */
-export type Identity = 'agent' | 'anonymous' | 'caller';
+export type Identity = 'agent' | 'anonymous' | 'caller' | 'caller-proxy';
 
 /**
  * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or
