@@ -54,9 +54,13 @@ export class ForwardProxy {
     return this.#vouched;
   }
 
-  /** Sends one leg of a request for `origin` through the proxy, answering its 407s. */
+  /**
+   * Sends one leg of a request for `origin` through the proxy, answering its 407s. A request that
+   * carries its own `Proxy-Authorization` (S6) goes with exactly that header, and its 407 is the
+   * caller's to answer: the agent's proxy credentials are neither added nor used for it.
+   */
   async send(
-    request: { origin: string; method: string; path: string },
+    request: { origin: string; method: string; path: string; ownProxyAuthorization: boolean },
     extra: Record<string, string>,
     classify: Classify,
     sendOnProxy: SendOnProxy,
@@ -64,8 +68,17 @@ export class ForwardProxy {
   ): Promise<LegResult> {
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
-    const leg = proxyLeg(this.route.proxy, request.method, path);
     const host = new URL(request.origin).host;
+    if (request.ownProxyAuthorization)
+      return sendOnProxy(
+        { ...extra, host },
+        (status, headers) => {
+          if (status !== 407) this.#note(status, headers, onHttp2);
+          return classify(status, headers);
+        },
+        path,
+      );
+    const leg = proxyLeg(this.route.proxy, request.method, path);
     for (let answers = 0; ; answers++) {
       const credentials = await this.#auth.header(leg);
       let challenged: ResponseHeaders | undefined;
@@ -76,12 +89,7 @@ export class ForwardProxy {
             challenged = headers;
             return 'swallow';
           }
-          this.#vouched = readProxySupport(headers);
-          if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
-            this.#onRemoteHttp1();
-            // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
-            if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
-          }
+          this.#note(status, headers, onHttp2);
           if (credentials && this.#auth.state === 'handshaking') {
             this.#auth.succeeded(headers, leg).catch(this.#onProxyVerificationFailed);
           }
@@ -95,6 +103,16 @@ export class ForwardProxy {
       } catch (err) {
         return { kind: 'failed', error: err as Error };
       }
+    }
+  }
+
+  /** What the proxy says of the origin in an answer that is not its own 407 (H3, H4). */
+  #note(status: number, headers: ResponseHeaders, onHttp2: () => boolean): void {
+    this.#vouched = readProxySupport(headers);
+    if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
+      this.#onRemoteHttp1();
+      // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
+      if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
     }
   }
 }

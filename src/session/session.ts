@@ -336,7 +336,13 @@ export class Session {
     classify: (status: number, headers: ResponseHeaders) => Verdict,
   ): Promise<LegResult> {
     if (!this.#forward) return this.#send(job, extra, classify);
-    const request = { origin: job.origin, method: job.dispatchOptions.method, path: job.dispatchOptions.path };
+    const request = {
+      origin: job.origin,
+      method: job.dispatchOptions.method,
+      path: job.dispatchOptions.path,
+      // S6: the caller's own Proxy-Authorization goes as given; its 407 is the caller's.
+      ownProxyAuthorization: 'proxy-authorization' in job.headers,
+    };
     return this.#forward.send(
       request,
       extra,
