@@ -3,6 +3,7 @@ import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { Limits } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
+import { ProxyDeadline } from './deadline.ts';
 import { RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
 import { connectToProxy } from './tunnel.ts';
@@ -25,7 +26,7 @@ export class ForwardProxy {
   readonly #protocol: Promise<'h2' | 'http/1.1' | undefined>;
   readonly #limits: Limits;
   readonly #onRemoteHttp1: () => void;
-  readonly #onProxyVerificationFailed: (err: Error) => void;
+  readonly #onUnusable: (err: Error) => void;
   #vouched = false;
 
   constructor(opts: {
@@ -34,13 +35,16 @@ export class ForwardProxy {
     limits: Limits;
     /** The proxy said the origin speaks HTTP/1.1 (H3). */
     onRemoteHttp1: () => void;
-    /** The proxy's final token failed mutual authentication: the connection must not be used. */
-    onProxyVerificationFailed: (err: Error) => void;
+    /**
+     * The connection must not be used again: the proxy's final token failed mutual authentication,
+     * or authenticating to the proxy did not finish within `limits.handshakeTimeout`.
+     */
+    onUnusable: (err: Error) => void;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
-    this.#onProxyVerificationFailed = opts.onProxyVerificationFailed;
+    this.#onUnusable = opts.onUnusable;
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
     this.socket = connectToProxy(opts.route.proxy, opts.allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
     this.#protocol = this.socket.then(
@@ -79,30 +83,45 @@ export class ForwardProxy {
         path,
       );
     const leg = proxyLeg(this.route.proxy, request.method, path);
-    for (let answers = 0; ; answers++) {
-      const credentials = await this.#auth.header(leg);
-      let challenged: ResponseHeaders | undefined;
-      const result = await sendOnProxy(
-        { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
-        (status, headers) => {
-          if (status === 407 && answers <= this.#limits.maxLegs) {
-            challenged = headers;
-            return 'swallow';
-          }
-          this.#note(status, headers, onHttp2);
-          if (credentials && this.#auth.state === 'handshaking') {
-            this.#auth.succeeded(headers, leg).catch(this.#onProxyVerificationFailed);
-          }
-          return classify(status, headers);
-        },
-        path,
-      );
-      if (result.kind !== 'swallowed' || !challenged) return result;
-      try {
-        await this.#auth.answer(challenged, leg);
-      } catch (err) {
-        return { kind: 'failed', error: err as Error };
+    // R3: the mechanism's steps in a 407 exchange are bounded by limits.handshakeTimeout, as a
+    // CONNECT is; the connection is not used again after one ran out of time.
+    const deadline = new ProxyDeadline(this.route.proxy.origin, this.#limits.handshakeTimeout, 'forward', (err) =>
+      this.#onUnusable(err),
+    );
+    try {
+      for (let answers = 0; ; answers++) {
+        // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step too.
+        const steps = answers === 0 && this.#auth.state === 'done';
+        if (steps) deadline.start();
+        const credentials = await deadline.race(this.#auth.header(leg));
+        if (steps) deadline.stop();
+        let challenged: ResponseHeaders | undefined;
+        const result = await sendOnProxy(
+          { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+          (status, headers) => {
+            if (status === 407 && answers <= this.#limits.maxLegs) {
+              challenged = headers;
+              deadline.start();
+              return 'swallow';
+            }
+            // The proxy let the request through (or its last 407 goes to the caller): the
+            // exchange with the proxy is over; the origin's answer is the origin's to bound.
+            deadline.stop();
+            this.#note(status, headers, onHttp2);
+            if (credentials && this.#auth.state === 'handshaking') {
+              this.#auth.succeeded(headers, leg).catch(this.#onUnusable);
+            }
+            return classify(status, headers);
+          },
+          path,
+        );
+        if (result.kind !== 'swallowed' || !challenged) return result;
+        await deadline.race(this.#auth.answer(challenged, leg));
       }
+    } catch (err) {
+      return { kind: 'failed', error: err as Error };
+    } finally {
+      deadline.stop();
     }
   }
 

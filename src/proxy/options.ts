@@ -57,8 +57,9 @@ export interface ProxyOptions {
   /**
    * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
    * TLS) connection to the proxy, and the TLS handshake with the origin inside a CONNECT tunnel. The
-   * CONNECT exchange itself is bounded by `limits.handshakeTimeout`. Default 10 000 (undici's
-   * connect timeout).
+   * CONNECT exchange itself, and a forwarded request's 407 exchange, are bounded by
+   * `limits.handshakeTimeout`, the proxy mechanism's own steps included (`ProxyTimeoutError`).
+   * Default 10 000 (undici's connect timeout).
    */
   readonly connectTimeout?: number;
 }

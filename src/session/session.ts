@@ -128,8 +128,8 @@ export class Session {
         allowH2,
         limits: opts.limits,
         onRemoteHttp1: opts.onRemoteHttp1 ?? (() => {}), // (the pool passes one with every route)
-        onProxyVerificationFailed: (err) => {
-          log.session('%s proxy final token failed verification (%s): closing', this.id, err.message);
+        onUnusable: (err) => {
+          log.session('%s proxy connection unusable (%s): closing', this.id, err.message);
           this.apply({ type: 'closed' });
         },
       });
