@@ -342,4 +342,23 @@ describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTim
     expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
     expect(proxy.received[0]).toMatch(/^GET http:\/\/localhost:8080\/x HTTP\/1\.1\r\n/);
   }, 10_000);
+
+  it("R3: a forwarding proxy's 407 whose body never ends fails with ProxyTimeoutError (limits.handshakeTimeout), not undici's body timeout", async () => {
+    proxy = await hostile((socket) => {
+      socket.once('data', () =>
+        socket.write(
+          'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 100\r\n\r\n',
+        ),
+      );
+    });
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'p' } },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch('http://localhost:8080/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'forward' });
+    // The 407 was never answered: its body did not end.
+    expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
+  }, 10_000);
 });

@@ -9,8 +9,20 @@ import type { ProxyRoute } from './options.ts';
 import { connectToProxy } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
-/** Sends one leg on the proxy connection with extra headers and the request-target `path`. */
-export type SendOnProxy = (extra: Record<string, string>, classify: Classify, path: string) => Promise<LegResult>;
+/** A leg on the wire, as far as the proxy's deadline needs it. */
+export interface AbortableLeg {
+  abort(reason: Error): void;
+}
+/**
+ * Sends one leg on the proxy connection with extra headers and the request-target `path`;
+ * `started` is given the leg, so that the proxy's deadline can end it.
+ */
+export type SendOnProxy = (
+  extra: Record<string, string>,
+  classify: Classify,
+  path: string,
+  started?: (leg: AbortableLeg) => void,
+) => Promise<LegResult>;
 
 /**
  * One connection to a forwarding proxy (plain-http targets, H5): absolute-form requests on
@@ -83,11 +95,17 @@ export class ForwardProxy {
         path,
       );
     const leg = proxyLeg(this.route.proxy, request.method, path);
-    // R3: the mechanism's steps in a 407 exchange are bounded by limits.handshakeTimeout, as a
-    // CONNECT is; the connection is not used again after one ran out of time.
-    const deadline = new ProxyDeadline(this.route.proxy.origin, this.#limits.handshakeTimeout, 'forward', (err) =>
-      this.#onUnusable(err),
-    );
+    // R3: the 407 exchange — from the first 407 to the proxy's answer to the last leg, its bodies
+    // drained and the mechanism's steps included — is bounded by limits.handshakeTimeout, as a
+    // CONNECT is. A leg that ran out of time is ended, and the connection with it.
+    let onWire: AbortableLeg | undefined;
+    const deadline = new ProxyDeadline(this.route.proxy.origin, this.#limits.handshakeTimeout, 'forward', (err) => {
+      onWire?.abort(err);
+      this.#onUnusable(err);
+    });
+    const started = (l: AbortableLeg) => {
+      onWire = l;
+    };
     try {
       for (let answers = 0; ; answers++) {
         // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step too.
@@ -96,25 +114,29 @@ export class ForwardProxy {
         const credentials = await deadline.race(this.#auth.header(leg));
         if (steps) deadline.stop();
         let challenged: ResponseHeaders | undefined;
-        const result = await sendOnProxy(
-          { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
-          (status, headers) => {
-            if (status === 407 && answers <= this.#limits.maxLegs) {
-              challenged = headers;
-              deadline.start();
-              return 'swallow';
-            }
-            // The proxy let the request through (or its last 407 goes to the caller): the
-            // exchange with the proxy is over; the origin's answer is the origin's to bound.
-            deadline.stop();
-            this.#note(status, headers, onHttp2);
-            if (credentials && this.#auth.state === 'handshaking') {
-              this.#auth.succeeded(headers, leg).catch(this.#onUnusable);
-            }
-            return classify(status, headers);
-          },
-          path,
+        const result = await deadline.race(
+          sendOnProxy(
+            { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+            (status, headers) => {
+              if (status === 407 && answers <= this.#limits.maxLegs) {
+                challenged = headers;
+                deadline.start();
+                return 'swallow';
+              }
+              // The proxy let the request through (or its last 407 goes to the caller): the
+              // exchange with the proxy is over; the origin's answer is the origin's to bound.
+              deadline.stop();
+              this.#note(status, headers, onHttp2);
+              if (credentials && this.#auth.state === 'handshaking') {
+                this.#auth.succeeded(headers, leg).catch(this.#onUnusable);
+              }
+              return classify(status, headers);
+            },
+            path,
+            started,
+          ),
         );
+        onWire = undefined;
         if (result.kind !== 'swallowed' || !challenged) return result;
         await deadline.race(this.#auth.answer(challenged, leg));
       }

@@ -347,7 +347,7 @@ export class Session {
       request,
       extra,
       classify,
-      (e, c, path) => this.#send(job, e, c, path),
+      (e, c, path, started) => this.#send(job, e, c, path, started),
       () => this.protocol === 'h2',
     );
   }
@@ -357,6 +357,7 @@ export class Session {
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
     path?: string,
+    started?: (leg: LegHandler) => void,
   ): Promise<LegResult> {
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
     if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
@@ -364,7 +365,7 @@ export class Session {
     // fails the leg, as it would while being written.
     if (job.body.settled === false)
       return job.body.settle!().then(
-        () => this.#send(job, extra, classify, path),
+        () => this.#send(job, extra, classify, path, started),
         (error: Error) => ({ kind: 'failed', error }),
       );
     const body = job.body.take();
@@ -393,6 +394,7 @@ export class Session {
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
     });
     job.sink.onAbort(leg);
+    started?.(leg);
     const opts: Dispatcher.DispatchOptions = {
       ...job.dispatchOptions,
       ...(path !== undefined ? { path } : {}),
