@@ -152,7 +152,7 @@ export class MultilegAgent extends Dispatcher {
       maxConcurrentStreams: positive('maxConcurrentStreams', options.maxConcurrentStreams ?? 100, true),
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout ?? 60_000, false, MAX_TIMER_MS),
       http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
-      proxy: new ProxyResolver(options.proxy),
+      proxy: new ProxyResolver(options.proxy, process.env, options.negotiate),
     };
     const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
     this.#mechanisms = new MechanismSet(mechanisms, schemes, selectCertificate !== undefined);

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent, ntlmMechanism } from '../src/index.ts';
+import { type Mechanism, MultilegAgent, ntlmMechanism } from '../src/index.ts';
 import {
   ProxyCertificateError,
   ProxyConnectError,
@@ -273,4 +273,92 @@ describe('proxies: how the agent names the target and reaches the proxy (H5)', (
     await new Promise((r) => setTimeout(r, 2500));
     expect(reference.exchanges).toEqual([]);
   }, 20_000);
+});
+
+/** Answers every request with 407 NTLM (an empty body) and, once a leg carries a token, with `then`. */
+const ntlmProxy = (
+  then = 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n',
+) =>
+  hostile((socket) => {
+    socket.on('data', (d: Buffer) => {
+      const authorized = /proxy-authorization:/i.test(d.toString('latin1'));
+      socket.write(
+        authorized
+          ? then
+          : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n',
+      );
+    });
+  });
+
+/** A proxy mechanism (scheme NTLM) whose first step, or whose final-token check, never returns. */
+function stuck(where: 'step' | 'finish'): Mechanism {
+  const never = new Promise<never>(() => {});
+  return {
+    scheme: 'NTLM',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => ({
+      complete: where === 'finish',
+      step: () => (where === 'step' ? never : Promise.resolve('NTLM dGVzdA==')),
+      finish: () => (where === 'finish' ? never : Promise.resolve()),
+    }),
+  };
+}
+
+describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTimeout (R3)', () => {
+  it('R3: a proxy mechanism step that never returns during CONNECT fails with ProxyTimeoutError (limits.handshakeTimeout)', async () => {
+    proxy = await ntlmProxy();
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck('step')] },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'tunnel' });
+    expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
+  }, 10_000);
+
+  it("R3: a proxy mechanism's final-token check that never returns after CONNECT 200 fails with ProxyTimeoutError", async () => {
+    proxy = await ntlmProxy('HTTP/1.1 200 Connection Established\r\nProxy-Authenticate: NTLM ZmluYWw=\r\n\r\n');
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck('finish')] },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'tunnel' });
+  }, 10_000);
+
+  it('R3: a proxy mechanism step that never returns on a forwarded (plain-http) request fails with ProxyTimeoutError', async () => {
+    proxy = await ntlmProxy();
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck('step')] },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch('http://localhost:8080/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'forward' });
+    expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
+    expect(proxy.received[0]).toMatch(/^GET http:\/\/localhost:8080\/x HTTP\/1\.1\r\n/);
+  }, 10_000);
+
+  it("R3: a forwarding proxy's 407 whose body never ends fails with ProxyTimeoutError (limits.handshakeTimeout), not undici's body timeout", async () => {
+    proxy = await hostile((socket) => {
+      socket.once('data', () =>
+        socket.write(
+          'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 100\r\n\r\n',
+        ),
+      );
+    });
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'p' } },
+      limits: { handshakeTimeout: 300 },
+    });
+    const err = await cause(fetch('http://localhost:8080/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'forward' });
+    // The 407 was never answered: its body did not end.
+    expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
+  }, 10_000);
 });

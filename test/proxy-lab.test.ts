@@ -13,6 +13,8 @@ import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'squid', 'kerberos-addon');
+/** A ccache of the agent's own (negotiate.ccache) needs the GSS-API binding. */
+const haveBinding = requirePeer('gss-binding');
 
 const ALICE_BASIC = { username: 'alice', password: 'alicepw' };
 const ALICE_NTLM = { username: 'EXAMPLE\\alice', password: 'alicepw' };
@@ -235,4 +237,62 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(new Set(lines.map((l) => l.port)).size).toBe(1);
     expect(lines.slice(2).every((l) => l.user === 'EXAMPLE\\\\alice')).toBe(true);
   });
+
+  /** bob, a second principal, kinit'ed into a ccache of his own (alice holds the process's default). */
+  let bobCache: string | undefined;
+  async function bob(): Promise<string> {
+    if (bobCache) return bobCache;
+    await lab.realm!.kadmin('addprinc -pw bobpw bob@EXAMPLE.TEST');
+    const cache = `FILE:${join(lab.dir, 'bob.ccache')}`;
+    await lab.realm!.kinit({ principal: 'bob@EXAMPLE.TEST', password: 'bobpw', ccache: cache });
+    bobCache = cache;
+    return cache;
+  }
+
+  it.skipIf(!haveBinding)(
+    "H5/S1: proxy Negotiate runs as the agent's own Kerberos identity (negotiate.ccache: bob), not as the process's default principal (alice)",
+    async () => {
+      const before = squidLog().length;
+      const a = agent({
+        negotiate: { ccache: await bob() },
+        proxy: { uri: lab.squid!.origin, schemes: ['Negotiate'] },
+      });
+      const res = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-remote-user')).toBe('bob@EXAMPLE.TEST');
+      await res.text();
+      await a.close();
+      const tunnels = await settled(
+        () =>
+          squidLog()
+            .slice(before)
+            .filter((l) => l.method === 'CONNECT' && l.result === 'TCP_TUNNEL/200'),
+        1,
+      );
+      expect(tunnels.map((l) => l.user)).toEqual(['bob@EXAMPLE.TEST']);
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    "H5/S1: an identity the proxy options name (proxy.negotiate.ccache) is used towards the proxy instead of the agent's",
+    async () => {
+      const before = squidLog().length;
+      const url = `${lab.apache!.cleartextOrigin}/public/index.html`;
+      // The agent is alice (the default cache); the proxy account is bob's.
+      const a = agent({
+        proxy: { uri: lab.squid!.origin, schemes: ['Negotiate'], negotiate: { ccache: await bob() } },
+      });
+      const res = await fetch(url, { dispatcher: a });
+      expect(res.status).toBe(200);
+      await res.text();
+      const lines = await settled(
+        () =>
+          squidLog()
+            .slice(before)
+            .filter((l) => l.url === url && l.user !== '-'),
+        1,
+      );
+      expect(lines.map((l) => l.user)).toEqual(['bob@EXAMPLE.TEST']);
+    },
+  );
 });

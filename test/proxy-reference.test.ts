@@ -3,7 +3,7 @@
  * binds each client connection to its own upstream connection and can say
  * `Proxy-support: Session-Based-Authentication` and `Remote-http-version`.
  */
-import { fetch } from 'undici';
+import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Mechanism, MultilegAgent, type MultilegAgentOptions, ntlmMechanism } from '../src/index.ts';
 import { ProxyAuthenticationError, ProxyAuthorizationHeaderError } from '../src/proxy/errors.ts';
@@ -205,6 +205,28 @@ describe('authentication through a forward proxy (reference proxy)', () => {
         else process.env[n] = saved[n];
       }
     }
+  });
+
+  it("S6/S2: a caller's own Proxy-Authorization through a forwarding proxy goes as given, and its 407 is the caller's: the agent's proxy account is never used for it", async () => {
+    const { base, proxy: p, agent: a } = await setup({ basicUsers: { proxyuser: 'proxypw' } });
+    const bob = { 'proxy-authorization': `Basic ${Buffer.from('bob:bobpw').toString('base64')}` };
+    // The proxy does not know bob: bob's request is refused, and the caller sees the proxy's 407.
+    const refused = await request(`${base}/public/one`, { dispatcher: a, headers: bob });
+    await refused.body.dump();
+    expect(refused.statusCode).toBe(407);
+    expect(refused.headers['proxy-authenticate']).toBe('Basic realm="reference-proxy"');
+    expect(p.exchanges.map((e) => [e.status, e.proxyAuthorization])).toEqual([[407, true]]);
+    // Now the proxy knows bob only: bob's request goes as bob (proxyuser's header would be refused).
+    p.options.basicUsers = { bob: 'bobpw' };
+    const accepted = await request(`${base}/public/two`, { dispatcher: a, headers: bob });
+    expect(accepted.statusCode).toBe(200);
+    expect(((await accepted.body.json()) as { path: string }).path).toBe('/public/two');
+    expect(p.exchanges.map((e) => e.status)).toEqual([407, 200]);
+    // A request without a header of its own still authenticates with the agent's proxy account.
+    p.options.basicUsers = { proxyuser: 'proxypw' };
+    const own = await request(`${base}/public/three`, { dispatcher: a });
+    await own.body.dump();
+    expect(own.statusCode).toBe(200);
   });
 
   it('H5: a wrong proxy password is a ProxyAuthenticationError that names the proxy and no secret', async () => {

@@ -121,15 +121,22 @@ export class ProxyCertificateError extends MultilegError {
   }
 }
 
-/** The CONNECT handshake (all its legs) took longer than `limits.handshakeTimeout`. */
+/**
+ * Authenticating to the proxy took longer than `limits.handshakeTimeout`: the CONNECT handshake
+ * (all its legs and the mechanism's steps), or a forwarded request's 407 exchange (from the first
+ * 407 to the proxy's answer to the last leg, a stalled 407 body included).
+ */
 export class ProxyTimeoutError extends MultilegError {
   readonly proxy: string;
-  constructor(proxy: string, ms: number) {
+  /** `tunnel` (CONNECT) or `forward` (a plain-http target's 407 exchange). */
+  readonly route: 'tunnel' | 'forward';
+  constructor(proxy: string, ms: number, route: 'tunnel' | 'forward' = 'tunnel') {
     super(
       'MULTILEG_PROXY_TIMEOUT',
-      `proxy ${proxy} did not open the tunnel within limits.handshakeTimeout (${ms} ms); check the proxy or raise limits.handshakeTimeout`,
+      `proxy ${proxy} did not ${route === 'tunnel' ? 'open the tunnel' : 'finish authenticating the request'} within limits.handshakeTimeout (${ms} ms); check the proxy or raise limits.handshakeTimeout`,
     );
     this.proxy = proxy;
+    this.route = route;
   }
 }
 

@@ -3,13 +3,26 @@ import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { Limits } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
+import { ProxyDeadline } from './deadline.ts';
 import { RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
 import { connectToProxy } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
-/** Sends one leg on the proxy connection with extra headers and the request-target `path`. */
-export type SendOnProxy = (extra: Record<string, string>, classify: Classify, path: string) => Promise<LegResult>;
+/** A leg on the wire, as far as the proxy's deadline needs it. */
+export interface AbortableLeg {
+  abort(reason: Error): void;
+}
+/**
+ * Sends one leg on the proxy connection with extra headers and the request-target `path`;
+ * `started` is given the leg, so that the proxy's deadline can end it.
+ */
+export type SendOnProxy = (
+  extra: Record<string, string>,
+  classify: Classify,
+  path: string,
+  started?: (leg: AbortableLeg) => void,
+) => Promise<LegResult>;
 
 /**
  * One connection to a forwarding proxy (plain-http targets, H5): absolute-form requests on
@@ -25,7 +38,7 @@ export class ForwardProxy {
   readonly #protocol: Promise<'h2' | 'http/1.1' | undefined>;
   readonly #limits: Limits;
   readonly #onRemoteHttp1: () => void;
-  readonly #onProxyVerificationFailed: (err: Error) => void;
+  readonly #onUnusable: (err: Error) => void;
   #vouched = false;
 
   constructor(opts: {
@@ -34,13 +47,16 @@ export class ForwardProxy {
     limits: Limits;
     /** The proxy said the origin speaks HTTP/1.1 (H3). */
     onRemoteHttp1: () => void;
-    /** The proxy's final token failed mutual authentication: the connection must not be used. */
-    onProxyVerificationFailed: (err: Error) => void;
+    /**
+     * The connection must not be used again: the proxy's final token failed mutual authentication,
+     * or authenticating to the proxy did not finish within `limits.handshakeTimeout`.
+     */
+    onUnusable: (err: Error) => void;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
-    this.#onProxyVerificationFailed = opts.onProxyVerificationFailed;
+    this.#onUnusable = opts.onUnusable;
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
     this.socket = connectToProxy(opts.route.proxy, opts.allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
     this.#protocol = this.socket.then(
@@ -54,9 +70,13 @@ export class ForwardProxy {
     return this.#vouched;
   }
 
-  /** Sends one leg of a request for `origin` through the proxy, answering its 407s. */
+  /**
+   * Sends one leg of a request for `origin` through the proxy, answering its 407s. A request that
+   * carries its own `Proxy-Authorization` (S6) goes with exactly that header, and its 407 is the
+   * caller's to answer: the agent's proxy credentials are neither added nor used for it.
+   */
   async send(
-    request: { origin: string; method: string; path: string },
+    request: { origin: string; method: string; path: string; ownProxyAuthorization: boolean },
     extra: Record<string, string>,
     classify: Classify,
     sendOnProxy: SendOnProxy,
@@ -64,37 +84,76 @@ export class ForwardProxy {
   ): Promise<LegResult> {
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
-    const leg = proxyLeg(this.route.proxy, request.method, path);
     const host = new URL(request.origin).host;
-    for (let answers = 0; ; answers++) {
-      const credentials = await this.#auth.header(leg);
-      let challenged: ResponseHeaders | undefined;
-      const result = await sendOnProxy(
-        { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+    if (request.ownProxyAuthorization)
+      return sendOnProxy(
+        { ...extra, host },
         (status, headers) => {
-          if (status === 407 && answers <= this.#limits.maxLegs) {
-            challenged = headers;
-            return 'swallow';
-          }
-          this.#vouched = readProxySupport(headers);
-          if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
-            this.#onRemoteHttp1();
-            // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
-            if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
-          }
-          if (credentials && this.#auth.state === 'handshaking') {
-            this.#auth.succeeded(headers, leg).catch(this.#onProxyVerificationFailed);
-          }
+          if (status !== 407) this.#note(status, headers, onHttp2);
           return classify(status, headers);
         },
         path,
       );
-      if (result.kind !== 'swallowed' || !challenged) return result;
-      try {
-        await this.#auth.answer(challenged, leg);
-      } catch (err) {
-        return { kind: 'failed', error: err as Error };
+    const leg = proxyLeg(this.route.proxy, request.method, path);
+    // R3: the 407 exchange — from the first 407 to the proxy's answer to the last leg, its bodies
+    // drained and the mechanism's steps included — is bounded by limits.handshakeTimeout, as a
+    // CONNECT is. A leg that ran out of time is ended, and the connection with it.
+    let onWire: AbortableLeg | undefined;
+    const deadline = new ProxyDeadline(this.route.proxy.origin, this.#limits.handshakeTimeout, 'forward', (err) => {
+      onWire?.abort(err);
+      this.#onUnusable(err);
+    });
+    const started = (l: AbortableLeg) => {
+      onWire = l;
+    };
+    try {
+      for (let answers = 0; ; answers++) {
+        // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step too.
+        const steps = answers === 0 && this.#auth.state === 'done';
+        if (steps) deadline.start();
+        const credentials = await deadline.race(this.#auth.header(leg));
+        if (steps) deadline.stop();
+        let challenged: ResponseHeaders | undefined;
+        const result = await deadline.race(
+          sendOnProxy(
+            { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+            (status, headers) => {
+              if (status === 407 && answers <= this.#limits.maxLegs) {
+                challenged = headers;
+                deadline.start();
+                return 'swallow';
+              }
+              // The proxy let the request through (or its last 407 goes to the caller): the
+              // exchange with the proxy is over; the origin's answer is the origin's to bound.
+              deadline.stop();
+              this.#note(status, headers, onHttp2);
+              if (credentials && this.#auth.state === 'handshaking') {
+                this.#auth.succeeded(headers, leg).catch(this.#onUnusable);
+              }
+              return classify(status, headers);
+            },
+            path,
+            started,
+          ),
+        );
+        onWire = undefined;
+        if (result.kind !== 'swallowed' || !challenged) return result;
+        await deadline.race(this.#auth.answer(challenged, leg));
       }
+    } catch (err) {
+      return { kind: 'failed', error: err as Error };
+    } finally {
+      deadline.stop();
+    }
+  }
+
+  /** What the proxy says of the origin in an answer that is not its own 407 (H3, H4). */
+  #note(status: number, headers: ResponseHeaders, onHttp2: () => boolean): void {
+    this.#vouched = readProxySupport(headers);
+    if (/^1(\.[01])?$/.test(readRemoteHttpVersion(headers) ?? '')) {
+      this.#onRemoteHttp1();
+      // A challenge over HTTP/2: authenticate over HTTP/1.1 instead (draft §4.2).
+      if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
     }
   }
 }

@@ -30,6 +30,13 @@ export interface ProxyOptions {
    * Negotiate to the proxy: SPN `HTTP@<proxy host>` unless `spn` is given; credentials are never
    * delegated to a proxy. Mutual authentication defaults to `optional` (proxies rarely send a final
    * token; one that is sent is verified). `false` disables Negotiate towards the proxy.
+   *
+   * Whose Kerberos identity: the agent's. Unless these options name one of their own (any of
+   * `ccache`, `keytab`, `principal`: then those, and nothing of the agent's), the agent's
+   * `negotiate.ccache`, `negotiate.keytab` and `negotiate.principal` carry over, so the proxy sees
+   * the same principal as the origins. Settings that belong to one target (`spn`, `serviceName`,
+   * `includePort`, `canonicalizeHost`, `channelBindings`, `mech`, `mutualAuth`) and `backend` do
+   * not carry over; without an identity in either, the process's default ticket cache is used.
    */
   readonly negotiate?: Omit<NegotiateOptions, 'credentials' | 'delegate'> | false;
   /** Extra or replacement mechanisms towards the proxy, keyed by scheme. */
@@ -50,8 +57,9 @@ export interface ProxyOptions {
   /**
    * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
    * TLS) connection to the proxy, and the TLS handshake with the origin inside a CONNECT tunnel. The
-   * CONNECT exchange itself is bounded by `limits.handshakeTimeout`. Default 10 000 (undici's
-   * connect timeout).
+   * CONNECT exchange itself, and a forwarded request's 407 exchange, are bounded by
+   * `limits.handshakeTimeout`, the proxy mechanism's own steps included (`ProxyTimeoutError`).
+   * Default 10 000 (undici's connect timeout).
    */
   readonly connectTimeout?: number;
 }
@@ -78,14 +86,37 @@ export type ProxyRoute =
   | { readonly kind: 'tunnel'; readonly proxy: ResolvedProxy }
   | { readonly kind: 'forward'; readonly proxy: ResolvedProxy };
 
-/** The mechanisms for a proxy, from proxy options only (never from origin credentials). */
-export function proxyMechanisms(o: ProxyOptions, credentials: Credentials | undefined): MechanismSet {
+/** The agent's own Kerberos identity: what of its `negotiate` options proxy Negotiate uses too. */
+export type KerberosIdentity = Pick<NegotiateOptions, 'ccache' | 'keytab' | 'principal'>;
+
+/** The Kerberos identity `negotiate` names (its ccache, keytab, principal), or none. */
+export function kerberosIdentity(negotiate: KerberosIdentity | false | undefined): KerberosIdentity {
+  if (!negotiate) return {};
+  const { ccache, keytab, principal } = negotiate;
+  return {
+    ...(ccache !== undefined ? { ccache } : {}),
+    ...(keytab !== undefined ? { keytab } : {}),
+    ...(principal !== undefined ? { principal } : {}),
+  };
+}
+
+/**
+ * The mechanisms for a proxy, from proxy options (never from origin credentials); Negotiate runs
+ * as the agent's Kerberos `identity` unless the proxy options name their own.
+ */
+export function proxyMechanisms(
+  o: ProxyOptions,
+  credentials: Credentials | undefined,
+  identity: KerberosIdentity = {},
+): MechanismSet {
   const list: Mechanism[] = [];
   if (o.negotiate !== false) {
+    const own = kerberosIdentity(o.negotiate);
     list.push(
       negotiateMechanism({
         ntlmFallback: 'raw',
         mutualAuth: 'optional',
+        ...(Object.keys(own).length ? {} : identity),
         ...o.negotiate,
         delegate: false,
         ...(credentials ? { credentials } : {}),
@@ -109,7 +140,7 @@ function badHttp(value: unknown): never {
   throw new ConfigError(`proxy.http must be 'forward' or 'tunnel', got ${JSON.stringify(value)}`);
 }
 
-function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
+function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity): ResolvedProxy {
   let url: URL;
   try {
     url = new URL(uri.includes('://') ? uri : `http://${uri}`);
@@ -136,7 +167,7 @@ function resolveProxy(uri: string, o: ProxyOptions): ResolvedProxy {
     port: portOf(url),
     tls,
     connect: o.connect ?? {},
-    mechanisms: proxyMechanisms(o, credentials),
+    mechanisms: proxyMechanisms(o, credentials, identity),
     http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
     connectTimeout,
   };
@@ -216,21 +247,30 @@ export class ProxyResolver {
   #noProxyValue: string | undefined;
   #noProxy: NoProxyEntry[] = [];
 
-  constructor(option: string | ProxyOptions | false | undefined, env: Env = process.env) {
+  /**
+   * `negotiate`: the agent's own Negotiate options, whose Kerberos identity (ccache, keytab,
+   * principal) proxy Negotiate uses unless the proxy options name their own.
+   */
+  constructor(
+    option: string | ProxyOptions | false | undefined,
+    env: Env = process.env,
+    negotiate?: KerberosIdentity | false,
+  ) {
     this.#env = env;
+    const identity = kerberosIdentity(negotiate);
     const o: ProxyOptions = typeof option === 'string' ? { uri: option } : option || {};
     if (option === false) {
       this.#fixedNoProxy = '';
       return;
     }
     if (o.uri !== undefined) {
-      this.#http = this.#https = resolveProxy(o.uri, o);
+      this.#http = this.#https = resolveProxy(o.uri, o, identity);
       this.#fixedNoProxy = o.noProxy ?? '';
     } else {
       const http = env.http_proxy ?? env.HTTP_PROXY;
       const https = env.https_proxy ?? env.HTTPS_PROXY;
-      if (http) this.#http = resolveProxy(http, o);
-      this.#https = https ? resolveProxy(https, o) : this.#http;
+      if (http) this.#http = resolveProxy(http, o, identity);
+      this.#https = https ? resolveProxy(https, o, identity) : this.#http;
       this.#fixedNoProxy = o.noProxy;
     }
   }

@@ -13,6 +13,7 @@ import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
+import { ProxyDeadline } from './deadline.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -147,22 +148,28 @@ export interface Tunnel {
 export async function openTunnel(proxy: ResolvedProxy, host: string, port: number, limits: Limits): Promise<Tunnel> {
   const target = authority(host, port);
   let socket: Socket | undefined;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    socket?.destroy();
-  }, limits.handshakeTimeout);
+  // The whole handshake: connects, legs, and the mechanism's steps (raced: one may never return).
+  const deadline = new ProxyDeadline(proxy.origin, limits.handshakeTimeout, 'tunnel', () => socket?.destroy());
+  deadline.start();
+  const running = handshake(proxy, target, limits, deadline, (s) => {
+    socket = s;
+    if (deadline.timedOut) s.destroy();
+  });
+  // A tunnel that opens after the deadline (a mechanism step that returned late) is not kept.
+  running.then(
+    (t) => {
+      if (deadline.timedOut) t.socket.destroy();
+    },
+    () => {},
+  );
   try {
-    return await handshake(proxy, target, limits, (s) => {
-      socket = s;
-      if (timedOut) s.destroy();
-    });
+    return await deadline.race(running);
   } catch (err) {
     socket?.destroy();
-    if (timedOut) throw new ProxyTimeoutError(proxy.origin, limits.handshakeTimeout);
+    if (deadline.timedOut) throw err instanceof ProxyTimeoutError ? err : deadline.error();
     throw err;
   } finally {
-    clearTimeout(timer);
+    deadline.stop();
   }
 }
 
@@ -170,6 +177,7 @@ async function handshake(
   proxy: ResolvedProxy,
   target: string,
   limits: Limits,
+  deadline: ProxyDeadline,
   track: (s: Socket) => void,
 ): Promise<Tunnel> {
   const auth = new ProxyAuth(proxy, limits.maxLegs);
@@ -179,6 +187,8 @@ async function handshake(
   let socket: Socket | undefined;
   let reader: ResponseReader | undefined;
   for (;;) {
+    // Past the deadline (a step returned late): no new connection, no new leg.
+    if (deadline.timedOut) throw deadline.error();
     if (!socket || !reader || reader.ended) {
       socket?.destroy();
       socket = await connectToProxy(proxy);

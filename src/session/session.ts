@@ -130,8 +130,8 @@ export class Session {
         allowH2,
         limits: opts.limits,
         onRemoteHttp1: opts.onRemoteHttp1 ?? (() => {}), // (the pool passes one with every route)
-        onProxyVerificationFailed: (err) => {
-          log.session('%s proxy final token failed verification (%s): closing', this.id, err.message);
+        onUnusable: (err) => {
+          log.session('%s proxy connection unusable (%s): closing', this.id, err.message);
           this.apply({ type: 'closed' });
         },
       });
@@ -338,12 +338,18 @@ export class Session {
     classify: (status: number, headers: ResponseHeaders) => Verdict,
   ): Promise<LegResult> {
     if (!this.#forward) return this.#send(job, extra, classify);
-    const request = { origin: job.origin, method: job.dispatchOptions.method, path: job.dispatchOptions.path };
+    const request = {
+      origin: job.origin,
+      method: job.dispatchOptions.method,
+      path: job.dispatchOptions.path,
+      // S6: the caller's own Proxy-Authorization goes as given; its 407 is the caller's.
+      ownProxyAuthorization: 'proxy-authorization' in job.headers,
+    };
     return this.#forward.send(
       request,
       extra,
       classify,
-      (e, c, path) => this.#send(job, e, c, path),
+      (e, c, path, started) => this.#send(job, e, c, path, started),
       () => this.protocol === 'h2',
     );
   }
@@ -353,6 +359,7 @@ export class Session {
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
     path?: string,
+    started?: (leg: LegHandler) => void,
   ): Promise<LegResult> {
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
     if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
@@ -360,7 +367,7 @@ export class Session {
     // fails the leg, as it would while being written.
     if (job.body.settled === false)
       return job.body.settle!().then(
-        () => this.#send(job, extra, classify, path),
+        () => this.#send(job, extra, classify, path, started),
         (error: Error) => ({ kind: 'failed', error }),
       );
     const body = job.body.take();
@@ -389,6 +396,7 @@ export class Session {
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
     });
     job.sink.onAbort(leg);
+    started?.(leg);
     const opts: Dispatcher.DispatchOptions = {
       ...job.dispatchOptions,
       ...(path !== undefined ? { path } : {}),
