@@ -265,6 +265,86 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
     }
   });
 
+  /**
+   * A multi-leg NTLM-named test mechanism whose verification of the server's final token (`finish`)
+   * hangs for the first handshake (a GSS-API call that never returns) and passes for later ones.
+   */
+  function hangingFinish(onHang: () => void = () => {}): Mechanism {
+    let finishes = 0;
+    return {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        let steps = 0;
+        return {
+          get complete() {
+            return steps > 0;
+          },
+          step: async () => {
+            steps += 1;
+            return 'NTLM dGVzdA==';
+          },
+          finish: () => {
+            finishes += 1;
+            if (finishes > 1) return Promise.resolve();
+            onHang();
+            return new Promise<void>(() => {});
+          },
+        };
+      },
+    };
+  }
+  /** Challenges a bare request; answers one with credentials 200 and a final token to verify. */
+  const finalTokenOrigin = () =>
+    hostile((headers, respond) => {
+      if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+      else respond(200, { 'www-authenticate': 'NTLM ZmluYWw=' });
+    });
+
+  it("R3: a verification of the server's final token that never ends is bounded by handshakeTimeout; the request queued behind it takes the handshake over (R2) and authenticates", async () => {
+    const s = await finalTokenOrigin();
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [hangingFinish()],
+      limits: { handshakeTimeout: 300, queueTimeout: 1500 },
+    });
+    const signal = AbortSignal.timeout(10_000);
+    const leader = settle(request(`${s.origin}/leader`, { dispatcher: a, signal }).then((r) => r.body.text()));
+    await new Promise((r) => setTimeout(r, 50));
+    const waiter = settle(
+      request(`${s.origin}/waiter`, { dispatcher: a, signal }).then(async (r) => [r.statusCode, await r.body.text()]),
+    );
+    const lead = await leader;
+    // Before: the response was complete, so the clock's abort did nothing: the leader hung for ever
+    // and its session stayed 'handshaking' (the waiter got QueueTimeoutError).
+    expect(lead.ok === false && lead.e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(await waiter).toEqual({ ok: true, v: [200, ''] });
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+  }, 10_000);
+
+  it("R2: a caller's abort works while the server's final token is verified: the caller gets its own error, the request queued behind it takes the handshake over", async () => {
+    const s = await finalTokenOrigin();
+    const caller = new AbortController();
+    const reason = new Error('caller gave up');
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      // Only the caller's abort can end the first handshake here.
+      mechanisms: [hangingFinish(() => setTimeout(() => caller.abort(reason), 20))],
+      limits: { handshakeTimeout: 60_000, queueTimeout: 1500 },
+    });
+    const leader = settle(request(`${s.origin}/leader`, { dispatcher: a, signal: caller.signal }));
+    await new Promise((r) => setTimeout(r, 10));
+    const waiter = settle(request(`${s.origin}/waiter`, { dispatcher: a }).then((r) => r.statusCode));
+    // Before: the abort reached only the (finished) leg: the waiter got QueueTimeoutError.
+    expect(await waiter).toEqual({ ok: true, v: 200 });
+    const lead = await leader;
+    expect(lead.ok === false && lead.e).toBe(reason);
+  });
+
   it("R3: a per-request handshake's clock stops while it waits for a handshake slot (R1 bounds that wait) and runs again after", async () => {
     // Per-request NTLM inside Negotiate (no ticket here), one slot, legs held 0.5 s: each handshake
     // takes 1 s, so the third waits 2 s for the slot, longer than handshakeTimeout (1.6 s) itself.
