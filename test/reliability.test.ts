@@ -236,6 +236,56 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     );
     expect(bare).toEqual([]);
   });
+
+  it('R2: a leader whose streamed body stalls while it is read for a later leg: HandshakeTimeoutError, and the request queued behind it takes the handshake over', async () => {
+    const s = await hostile((headers, respond) => {
+      if (headers[':path'] === '/open') respond(200);
+      else if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+      else respond(200, { 'persistent-auth': 'true' });
+    });
+    const ntlmLike: Mechanism = {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        let steps = 0;
+        return {
+          get complete() {
+            return steps > 0;
+          },
+          step: async () => {
+            steps += 1;
+            return 'NTLM dGVzdA==';
+          },
+          finish: async () => {},
+        };
+      },
+    };
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [ntlmLike],
+      limits: { handshakeTimeout: 300, queueTimeout: 1500 },
+    });
+    const signal = AbortSignal.timeout(10_000);
+    // An origin that has not challenged yet: the body is streamed as it comes (TeeBody)…
+    expect(await request(`${s.origin}/open`, { dispatcher: a, signal }).then((r) => r.body.text())).toBe('');
+    async function* stalls() {
+      yield 'a';
+      await new Promise(() => {}); // …and stalls after its first chunk, so the 401's next leg waits for it.
+    }
+    const leader = settle(
+      request(`${s.origin}/up`, { dispatcher: a, signal, method: 'POST', body: stalls() as never }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    const waiter = settle(request(`${s.origin}/w`, { dispatcher: a, signal }).then((r) => r.statusCode));
+    const lead = await leader;
+    expect(lead.ok === false && lead.e).toBeInstanceOf(HandshakeTimeoutError);
+    // Before: the handshake never returned from that wait: the waiter got QueueTimeoutError.
+    expect(await waiter).toEqual({ ok: true, v: 200 });
+    expect((await request(`${s.origin}/later`, { dispatcher: a, signal })).statusCode).toBe(200);
+  });
 });
 
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {
