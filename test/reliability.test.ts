@@ -135,6 +135,27 @@ describe('R1: every wait is bounded', () => {
     expect(full[0]!.ok === false && full[0]!.e.message).toMatch(/limits\.maxQueue = 50.*connection to/);
   });
 
+  it('R1: a request aborted while its body (a generator that never ends) is read before sending counts as ended: agent.close() resolves', async () => {
+    const s = await hostile((_headers, respond) => respond(200));
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false });
+    const caller = new AbortController();
+    async function* never() {
+      await new Promise(() => {});
+      yield 'never';
+    }
+    const pending = settle(
+      request(`${s.origin}/up`, { dispatcher: a, method: 'POST', body: never() as never, signal: caller.signal }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    const reason = new Error('caller gave up');
+    caller.abort(reason);
+    const got = await pending;
+    expect(got.ok === false && got.e).toBe(reason);
+    // Before: the request counted as running until its body ended, which it never does.
+    await a.close();
+    expect(s.requests()).toBe(0);
+  }, 10_000);
+
   it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
     // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
     const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });

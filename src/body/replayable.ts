@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import type { AbortHook } from '../handshake/user-sink.ts';
 
 /**
  * A request body prepared for a handshake (C10). `replayable` bodies can be written on every leg;
@@ -179,6 +180,35 @@ export function prepareBody(body: unknown, limit: number): PreparedBody | Promis
   if (body === undefined) return NO_BODY;
   if (REPLAYABLE_AS_IS(body) || !isAsyncSource(body)) return new AsIs(body);
   return bufferBody(body, limit);
+}
+
+/** The caller's side of a request whose body is being read: its abort ends the wait. */
+export interface BodyReader {
+  onAbort(hook: AbortHook | undefined): void;
+}
+
+/**
+ * Waits for a one-shot body that {@link prepareBody} reads before anything is sent. The wait ends
+ * with the caller's abort too: the request then counts as ended (an agent's close() waits for
+ * nothing), whether or not the source ever ends.
+ */
+export function preparedBody(prepared: Promise<PreparedBody>, reader: BodyReader): Promise<PreparedBody> {
+  return new Promise((resolve, reject) => {
+    let over = false;
+    const end = (err: Error) => {
+      if (over) return;
+      over = true;
+      reader.onAbort(undefined);
+      reject(err);
+    };
+    reader.onAbort(end);
+    prepared.then((body) => {
+      if (over) return;
+      over = true;
+      reader.onAbort(undefined);
+      resolve(body);
+    }, end);
+  });
 }
 
 async function bufferBody(body: AsyncIterable<unknown> | Iterable<unknown>, limit: number): Promise<PreparedBody> {

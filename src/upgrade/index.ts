@@ -10,7 +10,7 @@
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector, Client, type Dispatcher } from 'undici';
-import { prepareBody } from '../body/replayable.ts';
+import { prepareBody, preparedBody } from '../body/replayable.ts';
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
@@ -143,7 +143,7 @@ export class UpgradeDispatcher {
     const headers = normalizeRequestHeaders(opts.headers);
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
-    const body = prepared instanceof Promise ? await prepared : prepared;
+    const body = prepared instanceof Promise ? await preparedBody(prepared, sink) : prepared;
     // The caller's own Authorization is theirs to handle: no answering on top of it.
     const answering = credentialsAllowed && !('authorization' in headers) && body.replayable;
     const url = new URL(origin);
