@@ -279,7 +279,7 @@ export class MultilegAgent extends Dispatcher {
       pool.run(job, this.#finished);
     };
     if (prepared instanceof Promise) {
-      preparedBody(prepared, sink).then(run, (err: Error) => {
+      preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(run, (err: Error) => {
         sink.fail(err);
         this.#finished();
       });

@@ -156,6 +156,21 @@ describe('R1: every wait is bounded', () => {
     expect(s.requests()).toBe(0);
   }, 10_000);
 
+  it('R1: a one-shot body whose source stalls before its end, read before sending (C10), is bounded by limits.queueTimeout: QueueTimeoutError naming it, nothing sent', async () => {
+    const s = await hostile((_headers, respond) => respond(200));
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false, limits: { queueTimeout: 300 } });
+    const stalls = new Readable({ read() {} }); // never pushes, never ends
+    // Before: only the caller's own deadline ended it.
+    const got = await settle(
+      request(`${s.origin}/up`, { dispatcher: a, method: 'POST', body: stalls, signal: AbortSignal.timeout(5000) }),
+    );
+    expect(got.ok === false && got.e).toBeInstanceOf(QueueTimeoutError);
+    expect(got.ok === false && (got.e as QueueTimeoutError).code).toBe('MULTILEG_QUEUE_TIMEOUT');
+    expect(got.ok === false && got.e.message).toMatch(/limits\.queueTimeout.*body/);
+    expect(s.requests()).toBe(0);
+    await a.close();
+  });
+
   it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
     // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
     const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });

@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { QueueTimeoutError } from '../errors.ts';
 import type { AbortHook } from '../handshake/user-sink.ts';
 
 /**
@@ -188,23 +189,41 @@ export interface BodyReader {
 }
 
 /**
- * Waits for a one-shot body that {@link prepareBody} reads before anything is sent. The wait ends
- * with the caller's abort too: the request then counts as ended (an agent's close() waits for
- * nothing), whether or not the source ever ends.
+ * Waits for a one-shot body that {@link prepareBody} reads before anything is sent. The request
+ * waits before it is sent, as in any queue (R1): `queueTimeout` (limits.queueTimeout) bounds it,
+ * with a QueueTimeoutError that says so, and so does the caller's abort; either way the request
+ * counts as ended (an agent's close() waits for nothing), whether or not the source ever ends.
  */
-export function preparedBody(prepared: Promise<PreparedBody>, reader: BodyReader): Promise<PreparedBody> {
+export function preparedBody(
+  prepared: Promise<PreparedBody>,
+  reader: BodyReader,
+  queueTimeout: number,
+): Promise<PreparedBody> {
   return new Promise((resolve, reject) => {
     let over = false;
     const end = (err: Error) => {
       if (over) return;
       over = true;
+      clearTimeout(timer);
       reader.onAbort(undefined);
       reject(err);
     };
+    const timer = setTimeout(
+      () =>
+        end(
+          new QueueTimeoutError(
+            queueTimeout,
+            'its one-shot body (read before sending, to its end or limits.maxReplayBodyBytes, to be replayed on the legs of a handshake, C10)',
+            'make the body end, pass it as a Buffer or string, or raise limits.queueTimeout',
+          ),
+        ),
+      queueTimeout,
+    );
     reader.onAbort(end);
     prepared.then((body) => {
       if (over) return;
       over = true;
+      clearTimeout(timer);
       reader.onAbort(undefined);
       resolve(body);
     }, end);

@@ -143,7 +143,7 @@ export class UpgradeDispatcher {
     const headers = normalizeRequestHeaders(opts.headers);
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
-    const body = prepared instanceof Promise ? await preparedBody(prepared, sink) : prepared;
+    const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
     // The caller's own Authorization is theirs to handle: no answering on top of it.
     const answering = credentialsAllowed && !('authorization' in headers) && body.replayable;
     const url = new URL(origin);
