@@ -1,5 +1,5 @@
 import { Dispatcher, Dispatcher1Wrapper } from 'undici';
-import { type PreparedBody, prepareBody, readsFirst, TeeBody } from './body/replayable.ts';
+import { type PreparedBody, prepareBody, preparedBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
@@ -287,7 +287,7 @@ export class MultilegAgent extends Dispatcher {
       pool.run(job, this.#finished);
     };
     if (prepared instanceof Promise) {
-      prepared.then(run, (err: Error) => {
+      preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(run, (err: Error) => {
         sink.fail(err);
         this.#finished();
       });

@@ -64,11 +64,8 @@ export class QueueFullError extends MultilegError {
 
 /** A request waited longer than `limits.queueTimeout` (C11, R1). */
 export class QueueTimeoutError extends MultilegError {
-  constructor(ms: number, what = 'a handshake on its session') {
-    super(
-      'MULTILEG_QUEUE_TIMEOUT',
-      `request waited ${ms} ms (limits.queueTimeout) for ${what}; raise limits.queueTimeout or check the server`,
-    );
+  constructor(ms: number, what = 'a handshake on its session', fix = 'raise limits.queueTimeout or check the server') {
+    super('MULTILEG_QUEUE_TIMEOUT', `request waited ${ms} ms (limits.queueTimeout) for ${what}; ${fix}`);
   }
 }
 

@@ -135,6 +135,42 @@ describe('R1: every wait is bounded', () => {
     expect(full[0]!.ok === false && full[0]!.e.message).toMatch(/limits\.maxQueue = 50.*connection to/);
   });
 
+  it('R1: a request aborted while its body (a generator that never ends) is read before sending counts as ended: agent.close() resolves', async () => {
+    const s = await hostile((_headers, respond) => respond(200));
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false });
+    const caller = new AbortController();
+    async function* never() {
+      await new Promise(() => {});
+      yield 'never';
+    }
+    const pending = settle(
+      request(`${s.origin}/up`, { dispatcher: a, method: 'POST', body: never() as never, signal: caller.signal }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    const reason = new Error('caller gave up');
+    caller.abort(reason);
+    const got = await pending;
+    expect(got.ok === false && got.e).toBe(reason);
+    // Before: the request counted as running until its body ended, which it never does.
+    await a.close();
+    expect(s.requests()).toBe(0);
+  }, 10_000);
+
+  it('R1: a one-shot body whose source stalls before its end, read before sending (C10), is bounded by limits.queueTimeout: QueueTimeoutError naming it, nothing sent', async () => {
+    const s = await hostile((_headers, respond) => respond(200));
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false, limits: { queueTimeout: 300 } });
+    const stalls = new Readable({ read() {} }); // never pushes, never ends
+    // Before: only the caller's own deadline ended it.
+    const got = await settle(
+      request(`${s.origin}/up`, { dispatcher: a, method: 'POST', body: stalls, signal: AbortSignal.timeout(5000) }),
+    );
+    expect(got.ok === false && got.e).toBeInstanceOf(QueueTimeoutError);
+    expect(got.ok === false && (got.e as QueueTimeoutError).code).toBe('MULTILEG_QUEUE_TIMEOUT');
+    expect(got.ok === false && got.e.message).toMatch(/limits\.queueTimeout.*body/);
+    expect(s.requests()).toBe(0);
+    await a.close();
+  });
+
   it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
     // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
     const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
@@ -236,6 +272,56 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     );
     expect(bare).toEqual([]);
   });
+
+  it('R2: a leader whose streamed body stalls while it is read for a later leg: HandshakeTimeoutError, and the request queued behind it takes the handshake over', async () => {
+    const s = await hostile((headers, respond) => {
+      if (headers[':path'] === '/open') respond(200);
+      else if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+      else respond(200, { 'persistent-auth': 'true' });
+    });
+    const ntlmLike: Mechanism = {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        let steps = 0;
+        return {
+          get complete() {
+            return steps > 0;
+          },
+          step: async () => {
+            steps += 1;
+            return 'NTLM dGVzdA==';
+          },
+          finish: async () => {},
+        };
+      },
+    };
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [ntlmLike],
+      limits: { handshakeTimeout: 300, queueTimeout: 1500 },
+    });
+    const signal = AbortSignal.timeout(10_000);
+    // An origin that has not challenged yet: the body is streamed as it comes (TeeBody)…
+    expect(await request(`${s.origin}/open`, { dispatcher: a, signal }).then((r) => r.body.text())).toBe('');
+    async function* stalls() {
+      yield 'a';
+      await new Promise(() => {}); // …and stalls after its first chunk, so the 401's next leg waits for it.
+    }
+    const leader = settle(
+      request(`${s.origin}/up`, { dispatcher: a, signal, method: 'POST', body: stalls() as never }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    const waiter = settle(request(`${s.origin}/w`, { dispatcher: a, signal }).then((r) => r.statusCode));
+    const lead = await leader;
+    expect(lead.ok === false && lead.e).toBeInstanceOf(HandshakeTimeoutError);
+    // Before: the handshake never returned from that wait: the waiter got QueueTimeoutError.
+    expect(await waiter).toEqual({ ok: true, v: 200 });
+    expect((await request(`${s.origin}/later`, { dispatcher: a, signal })).statusCode).toBe(200);
+  });
 });
 
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {
@@ -263,6 +349,86 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
       const r = await settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }));
       expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
     }
+  });
+
+  /**
+   * A multi-leg NTLM-named test mechanism whose verification of the server's final token (`finish`)
+   * hangs for the first handshake (a GSS-API call that never returns) and passes for later ones.
+   */
+  function hangingFinish(onHang: () => void = () => {}): Mechanism {
+    let finishes = 0;
+    return {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        let steps = 0;
+        return {
+          get complete() {
+            return steps > 0;
+          },
+          step: async () => {
+            steps += 1;
+            return 'NTLM dGVzdA==';
+          },
+          finish: () => {
+            finishes += 1;
+            if (finishes > 1) return Promise.resolve();
+            onHang();
+            return new Promise<void>(() => {});
+          },
+        };
+      },
+    };
+  }
+  /** Challenges a bare request; answers one with credentials 200 and a final token to verify. */
+  const finalTokenOrigin = () =>
+    hostile((headers, respond) => {
+      if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+      else respond(200, { 'www-authenticate': 'NTLM ZmluYWw=' });
+    });
+
+  it("R3: a verification of the server's final token that never ends is bounded by handshakeTimeout; the request queued behind it takes the handshake over (R2) and authenticates", async () => {
+    const s = await finalTokenOrigin();
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [hangingFinish()],
+      limits: { handshakeTimeout: 300, queueTimeout: 1500 },
+    });
+    const signal = AbortSignal.timeout(10_000);
+    const leader = settle(request(`${s.origin}/leader`, { dispatcher: a, signal }).then((r) => r.body.text()));
+    await new Promise((r) => setTimeout(r, 50));
+    const waiter = settle(
+      request(`${s.origin}/waiter`, { dispatcher: a, signal }).then(async (r) => [r.statusCode, await r.body.text()]),
+    );
+    const lead = await leader;
+    // Before: the response was complete, so the clock's abort did nothing: the leader hung for ever
+    // and its session stayed 'handshaking' (the waiter got QueueTimeoutError).
+    expect(lead.ok === false && lead.e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(await waiter).toEqual({ ok: true, v: [200, ''] });
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+  }, 10_000);
+
+  it("R2: a caller's abort works while the server's final token is verified: the caller gets its own error, the request queued behind it takes the handshake over", async () => {
+    const s = await finalTokenOrigin();
+    const caller = new AbortController();
+    const reason = new Error('caller gave up');
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      // Only the caller's abort can end the first handshake here.
+      mechanisms: [hangingFinish(() => setTimeout(() => caller.abort(reason), 20))],
+      limits: { handshakeTimeout: 60_000, queueTimeout: 1500 },
+    });
+    const leader = settle(request(`${s.origin}/leader`, { dispatcher: a, signal: caller.signal }));
+    await new Promise((r) => setTimeout(r, 10));
+    const waiter = settle(request(`${s.origin}/waiter`, { dispatcher: a }).then((r) => r.statusCode));
+    // Before: the abort reached only the (finished) leg: the waiter got QueueTimeoutError.
+    expect(await waiter).toEqual({ ok: true, v: 200 });
+    const lead = await leader;
+    expect(lead.ok === false && lead.e).toBe(reason);
   });
 
   it("R3: a per-request handshake's clock stops while it waits for a handshake slot (R1 bounds that wait) and runs again after", async () => {

@@ -247,6 +247,33 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     await origin.closed(1);
   });
 
+  it("R3: an upgrade whose verification of the server's final token never ends: HandshakeTimeoutError, and the upgraded socket is closed", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const base = ntlmMechanism(ALICE);
+    const hanging: Mechanism = {
+      ...base,
+      createContext(leg) {
+        const inner = base.createContext(leg);
+        return {
+          step: (challenge, l) => inner.step(challenge, l),
+          get complete() {
+            return inner.complete;
+          },
+          finish: () => new Promise<void>(() => {}), // a GSS-API call that never returns
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [hanging], limits: { handshakeTimeout: 200 } });
+    const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(HandshakeTimeoutError);
+    expect(origin.seen.at(-1)).toMatchObject({ authorization: 'NTLM/3', status: 101 });
+    // Before: the upgraded socket, held for the verification, was never closed (nor its Client).
+    await origin.closed(1);
+  }, 10_000);
+
   it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
     const gone = unavailableScheme('Gone');

@@ -1,4 +1,6 @@
 import { Readable } from 'node:stream';
+import { QueueTimeoutError } from '../errors.ts';
+import type { AbortHook } from '../handshake/user-sink.ts';
 
 /**
  * A request body prepared for a handshake (C10). `replayable` bodies can be written on every leg;
@@ -179,6 +181,53 @@ export function prepareBody(body: unknown, limit: number): PreparedBody | Promis
   if (body === undefined) return NO_BODY;
   if (REPLAYABLE_AS_IS(body) || !isAsyncSource(body)) return new AsIs(body);
   return bufferBody(body, limit);
+}
+
+/** The caller's side of a request whose body is being read: its abort ends the wait. */
+export interface BodyReader {
+  onAbort(hook: AbortHook | undefined): void;
+}
+
+/**
+ * Waits for a one-shot body that {@link prepareBody} reads before anything is sent. The request
+ * waits before it is sent, as in any queue (R1): `queueTimeout` (limits.queueTimeout) bounds it,
+ * with a QueueTimeoutError that says so, and so does the caller's abort; either way the request
+ * counts as ended (an agent's close() waits for nothing), whether or not the source ever ends.
+ */
+export function preparedBody(
+  prepared: Promise<PreparedBody>,
+  reader: BodyReader,
+  queueTimeout: number,
+): Promise<PreparedBody> {
+  return new Promise((resolve, reject) => {
+    let over = false;
+    const end = (err: Error) => {
+      if (over) return;
+      over = true;
+      clearTimeout(timer);
+      reader.onAbort(undefined);
+      reject(err);
+    };
+    const timer = setTimeout(
+      () =>
+        end(
+          new QueueTimeoutError(
+            queueTimeout,
+            'its one-shot body (read before sending, to its end or limits.maxReplayBodyBytes, to be replayed on the legs of a handshake, C10)',
+            'make the body end, pass it as a Buffer or string, or raise limits.queueTimeout',
+          ),
+        ),
+      queueTimeout,
+    );
+    reader.onAbort(end);
+    prepared.then((body) => {
+      if (over) return;
+      over = true;
+      clearTimeout(timer);
+      reader.onAbort(undefined);
+      resolve(body);
+    }, end);
+  });
 }
 
 async function bufferBody(body: AsyncIterable<unknown> | Iterable<unknown>, limit: number): Promise<PreparedBody> {

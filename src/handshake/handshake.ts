@@ -255,6 +255,10 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       let declined = false;
       let refused = false;
       let finishError: MultilegError | undefined;
+      // The server's final token: `pending` while the mechanism verifies it (the response is held
+      // for it); a gate ended before the mechanism (the clock, the caller's abort, a reset stream)
+      // leaves it `pending`: nothing was proved, whatever the status.
+      let verification = 'none' as 'none' | 'pending' | 'passed';
       let persistent = false;
       let unanswered = false;
       // This scheme's challenge in the 401, read once here for the next leg (not parsed again); a
@@ -262,11 +266,18 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
       let next: Challenge | undefined;
       let nextRead = false;
       // The caller gets a typed error, never the mechanism's own exception (its text may say too much).
-      const finish = (final: Challenge | undefined) =>
-        context.finish(final, input.leg).catch((err: Error) => {
-          finishError = err instanceof MultilegError ? err : new InvalidTokenError('final token');
-          throw finishError;
-        });
+      const finish = (final: Challenge | undefined) => {
+        verification = 'pending';
+        return context.finish(final, input.leg).then(
+          () => {
+            verification = 'passed';
+          },
+          (err: Error) => {
+            finishError = err instanceof MultilegError ? err : new InvalidTokenError('final token');
+            throw finishError;
+          },
+        );
+      };
       const result = await input.send(extra, (status, headers) => {
         if (status === 401) {
           next = challengeFor(headers, mechanism.scheme);
@@ -338,10 +349,23 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           continue;
         }
         case 'delivered': {
-          if (unanswered) return { kind: 'unanswered', done: result.done };
           if (finishError) {
             return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed: finishError };
           }
+          if (verification === 'pending') {
+            // The gate ended before the mechanism did. The caller got the clock's error (R3) or its
+            // own abort (the leader gave up: R2 hands the handshake over), or a reset stream's.
+            const error = sink.reason;
+            return {
+              kind: 'failed',
+              legs,
+              authIdCarried,
+              ...fallback(),
+              done: result.done,
+              ...(error ? { error } : {}),
+            };
+          }
+          if (unanswered) return { kind: 'unanswered', done: result.done };
           if (result.status === 401)
             return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, refused: true };
           // The caller has its answer, but a server error says nothing of the credentials (a 403 or

@@ -79,7 +79,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
    * starts it (Session.checkStart), so it never reaches the wire.
    */
   abort(reason: Error): void {
-    if (this.#controller) this.#controller.abort(reason);
+    // A gated response waits for the mechanism, not for undici, which may have ended the response
+    // already (aborting its controller then does nothing): the gate ends here (R3, and the
+    // caller's abort works while the server's final token is verified).
+    if (this.#mode === 'gated') this.#gateFailed(reason);
+    else if (this.#controller) this.#controller.abort(reason);
     else this.#sink.fail(reason);
   }
 
@@ -118,20 +122,27 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     this.#mode = 'gated';
     verdict.then(
       () => {
+        // The gate may have ended meanwhile (abort, timeout, a reset stream): its result stands.
+        if (this.#mode !== 'gated') return;
         this.#startDelivery(controller, message);
         for (const replay of this.#buffered.splice(0)) replay();
         // The caller may have paused meanwhile (in onResponseStart or a data callback): keep it so.
         if (this.#gatePaused && !this.#sink.controller.paused) controller.resume();
       },
       (err: Error) => {
-        this.#mode = 'over';
-        this.#buffered = [];
-        this.#sink.fail(err);
-        this.#resolve({ kind: 'delivered', status, headers, done: this.#delivered() });
-        this.#settleDone();
-        controller.abort(err);
+        if (this.#mode === 'gated') this.#gateFailed(err);
       },
     );
+  }
+
+  /** The gate ends without delivery: the caller gets `err`, the leg counts as delivered (with it). */
+  #gateFailed(err: Error): void {
+    this.#mode = 'over';
+    this.#buffered = [];
+    this.#sink.fail(err);
+    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+    this.#settleDone();
+    this.#controller?.abort(err);
   }
 
   #delivered(): Promise<void> {

@@ -363,13 +363,7 @@ export class Session {
   ): Promise<LegResult> {
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
     if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
-    // A replay of a body still being read waits for the rest of it (TeeBody): a source that fails
-    // fails the leg, as it would while being written.
-    if (job.body.settled === false)
-      return job.body.settle!().then(
-        () => this.#send(job, extra, classify, path, started),
-        (error: Error) => ({ kind: 'failed', error }),
-      );
+    if (job.body.settled === false) return this.#settleBody(job, extra, classify, path, started);
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
       return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
@@ -424,6 +418,38 @@ export class Session {
     return leg.result.then((r) => {
       if (r.kind === 'failed') traced?.error(r.error);
       return this.settleLeg(job, r);
+    });
+  }
+
+  /**
+   * A replay of a body still being read waits for the rest of it (TeeBody): a source that fails
+   * fails the leg, as it would while being written. The wait is part of the leg: the caller's abort
+   * and the handshake's clock (which aborts through the sink, R3) end it, so a source that stalls
+   * ends the handshake like a stalled leg and its waiters take it over (R2).
+   */
+  #settleBody(
+    job: Job,
+    extra: Record<string, string>,
+    classify: (status: number, headers: ResponseHeaders) => Verdict,
+    path: string | undefined,
+    started: ((leg: LegHandler) => void) | undefined,
+  ): Promise<LegResult> {
+    // (An abort already heard would not be heard again.)
+    if (job.sink.aborted) return Promise.resolve({ kind: 'failed', error: job.sink.reason! });
+    return new Promise<LegResult>((resolve) => {
+      job.sink.onAbort((error) => resolve({ kind: 'failed', error }));
+      job.body.settle!().then(
+        () => {
+          if (job.sink.aborted) return;
+          job.sink.onAbort(undefined);
+          resolve(this.#send(job, extra, classify, path, started));
+        },
+        (error: Error) => {
+          if (job.sink.aborted) return;
+          job.sink.onAbort(undefined);
+          resolve({ kind: 'failed', error });
+        },
+      );
     });
   }
 

@@ -10,7 +10,7 @@
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector, Client, type Dispatcher } from 'undici';
-import { prepareBody } from '../body/replayable.ts';
+import { prepareBody, preparedBody } from '../body/replayable.ts';
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
@@ -143,7 +143,7 @@ export class UpgradeDispatcher {
     const headers = normalizeRequestHeaders(opts.headers);
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
-    const body = prepared instanceof Promise ? await prepared : prepared;
+    const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
     // The caller's own Authorization is theirs to handle: no answering on top of it.
     const answering = credentialsAllowed && !('authorization' in headers) && body.replayable;
     const url = new URL(origin);
@@ -265,14 +265,23 @@ export class UpgradeDispatcher {
       let drained = 0;
       /** Response events held while `verify` runs, replayed to the caller once it passes. */
       let held: (() => void)[] | undefined;
+      /** The upgraded socket while `verify` runs: not the caller's yet. */
+      let upgraded: Socket | undefined;
+      /** Ended by the caller's abort or the handshake's clock: a `verify` that settles later changes nothing. */
+      let aborted = false;
       const deliver = (event: () => void) => (held ? held.push(event) : event());
       const fail = (error: Error) => {
         controller?.abort(error);
         resolve({ kind: 'failed', error });
       };
       sink.onAbort((reason) => {
+        aborted = true;
         controller?.abort(reason);
+        // undici may be done with the request (a 101, or a final response held for `verify`): its
+        // controller's abort does nothing then, so the leg ends here (R3), the socket with it.
+        upgraded?.destroy();
         sink.fail(reason);
+        resolve({ kind: 'failed', error: reason });
       });
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
@@ -282,12 +291,14 @@ export class UpgradeDispatcher {
         },
         onRequestUpgrade(_c, status, h, socket) {
           const done = () => {
+            if (aborted) return;
             // The socket is the caller's now: a later abort of the request no longer applies.
             sink.onAbort(() => {});
             onUpgrade(status, h as Headers, socket as Socket);
             resolve({ kind: 'delivered' });
           };
           if (!verify) return done();
+          upgraded = socket as Socket;
           // undici hands over the socket in paused mode: nothing is lost while we verify.
           // A caller handler that throws here fails the request, as undici does on the sync path.
           verify(h as Headers)
@@ -308,6 +319,7 @@ export class UpgradeDispatcher {
             c.pause();
             verify(h as Headers)
               .then(() => {
+                if (aborted) return;
                 const events = held!;
                 held = undefined;
                 // As undici does for a handler that throws: the request fails with that error.
