@@ -135,6 +135,38 @@ describe('R1: every wait is bounded', () => {
     expect(full[0]!.ok === false && full[0]!.e.message).toMatch(/limits\.maxQueue = 50.*connection to/);
   });
 
+  it("R1: maxQueue bounds the wait behind one session's running handshake (not the pool's): the rest fail at once with QueueFullError", async () => {
+    // The leader's legs are held, so its handshake is still running when the others arrive.
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { delayMs: (q) => (q.headers.authorization ? 300 : 0) },
+    });
+    const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false, limits: { maxQueue: 5 } });
+    const onTheWire = new Promise<void>((resolve) =>
+      s.on('request', (q) => {
+        if (q.headers.authorization) resolve();
+      }),
+    );
+    const leader = settle(fetch(`${s.origin}/auth/leader`, { dispatcher: a }));
+    await onTheWire;
+    // The session is handshaking (room for all of them): each request joins its handshake queue.
+    const rest = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => settle(fetch(`${s.origin}/auth/w${i}`, { dispatcher: a }))),
+    );
+    const lead = await leader;
+    expect(lead.ok && lead.v.status).toBe(200);
+    expect(rest.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([
+      ...Array(5).fill(200),
+      ...Array(3).fill('QueueFullError'),
+    ]);
+    const full = rest[5]!;
+    expect(full.ok === false && full.e.message).toMatch(/limits\.maxQueue = 5.*a handshake on its session/);
+    // The refused three never reached the server; one handshake served the rest.
+    expect(new Set(s.exchanges.filter((e) => e.path.startsWith('/auth/w')).map((e) => e.path)).size).toBe(5);
+    expect(a.stats().handshakes).toBe(1);
+  });
+
   it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
     // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
     const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
