@@ -214,7 +214,7 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     expect(bareAfter.length).toBe(0);
   });
 
-  it('R2: a leader whose one-shot body cannot be replayed hands over; the waiters authenticate', async () => {
+  it('R2: a leader whose one-shot body cannot be replayed hands over; the waiters authenticate, none is sent bare', async () => {
     const s = await reference({
       mode: 'session',
       schemes: ['NTLM'],
@@ -238,6 +238,13 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     const lead = await first;
     expect(lead.ok === false && lead.e).toBeInstanceOf(BodyNotReplayableError);
     expect(await Promise.all(rest)).toEqual(Array(5).fill([200, 'EXAMPLE\\alice']));
+    // The waiters were never sent bare: one of them took the handshake over and led it (its first
+    // leg carries NEGOTIATE), the rest were released onto the authenticated session. (Without the
+    // hand-over the failed handshake released all five bare: five more 401s on the wire.)
+    const waiters = s.exchanges.filter((e) => e.path.startsWith('/auth/w'));
+    expect(waiters.filter((e) => e.status === 401 && !hasAuth(e.requestHeaders))).toEqual([]);
+    expect(waiters.map((e) => e.outcome).sort()).toEqual(['accepted', 'challenge', ...Array(4).fill('session')]);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
   });
   it('R2: a leader whose own handshake times out hands it over; the waiters authenticate, none is sent bare', async () => {
     // Only the leader's legs are held past the handshake timeout; a waiter's handshake goes through.
