@@ -1,5 +1,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { fetch } from 'undici';
+import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import type { AddressInfo, Socket } from 'node:net';
+import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type Challenge,
@@ -8,18 +10,77 @@ import {
   ConfigError,
   HandshakeTimeoutError,
   MultilegAgent,
+  type MultilegAgentOptions,
 } from '../src/index.ts';
+import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
-import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ALICE, get, hasAuth, many, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
+const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   await r?.close();
   r = undefined;
+  for (const close of closers.splice(0).reverse()) await close().catch(() => {});
 });
 
+/** An h2 (and HTTP/1.1) TLS origin whose `handler` answers every request; it records each one's headers. */
+async function scriptedOrigin(
+  handler: (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+): Promise<{ origin: string; requests: Array<Http2ServerRequest['headers']> }> {
+  const requests: Array<Http2ServerRequest['headers']> = [];
+  const sockets = new Set<Socket>();
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (req, res) => {
+    requests.push(req.headers);
+    req.resume();
+    handler(req, res);
+  });
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, requests };
+}
+
+/** An agent for a scripted origin (its CA, alice, the origin trusted); closed after the test. */
+function agentFor(origin: string, opts: Partial<MultilegAgentOptions> = {}): MultilegAgent {
+  const agent = new MultilegAgent({ credentials: ALICE, connect: { ca: CA_CERT }, trustedOrigins: [origin], ...opts });
+  closers.push(() => agent.destroy());
+  return agent;
+}
+
+/** The NTLM message an Authorization header carries: 0 none, else its type (1 NEGOTIATE, 3 AUTHENTICATE). */
+function ntlmType(authorization: string | undefined): number {
+  if (!authorization) return 0;
+  return Buffer.from(authorization.split(' ')[1] ?? '', 'base64').readUInt32LE(8);
+}
+
 const CERT = { cert: CLIENT_CERT, key: CLIENT_KEY };
+
+/** An NTLM CHALLENGE any AUTHENTICATE answers (the scripted origins check nothing). */
+const NTLM_CHALLENGE = encodeChallenge({
+  flags:
+    NegotiateFlags.UNICODE |
+    NegotiateFlags.NTLM |
+    NegotiateFlags.EXTENDED_SESSIONSECURITY |
+    NegotiateFlags.TARGET_INFO |
+    NegotiateFlags.VERSION |
+    NegotiateFlags.NEGOTIATE_128,
+  serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
+  targetName: 'EXAMPLE',
+  avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
+  version: Buffer.alloc(8),
+}).toString('base64');
 
 describe('choosing credentials: Transport (client certificates), 401 vs 403, trusted origins', () => {
   it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
@@ -185,5 +246,84 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     const res = await get(r, '/auth/b');
     expect(res.status).toBe(200); // the re-run succeeded and the original request was resent
     expect(r.agent.stats().handshakes).toBe(2);
+  });
+
+  it('T4: once: a request that re-authenticated and then meets a 401 on another authenticated session gets that 401, no second handshake', async () => {
+    // Two HTTP/1.1 connections, each authenticated as alice.
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false, maxHttp1Connections: 2 });
+    const h1 = async (path: string) => {
+      const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
+      return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string } };
+    };
+    expect((await h1('/auth/first')).status).toBe(200);
+    const two = await Promise.all([h1('/auth/a'), h1('/auth/b')]);
+    expect(two.map((x) => x.status)).toEqual([200, 200]);
+    expect(new Set(two.map((x) => x.body.sessionId)).size).toBe(2);
+    expect(r.agent.stats().handshakes).toBe(2);
+    // The server forgets both; the re-authentication's CHALLENGE ends its connection (once only), so
+    // the request moves to the other connection, still authenticated as far as the agent knows.
+    r.server.forgetAuthentication();
+    r.server.options.faults.goawayAfterChallenge = true;
+    r.server.on('exchange', (e) => {
+      if (e.authIdSent) r!.server.options.faults.goawayAfterChallenge = false;
+    });
+    const res = await request(`${r.server.origin}/auth/x`, { dispatcher: r.agent, allowH2: false } as never);
+    await res.body.dump();
+    // Its one re-authentication is spent: the second 401 is the caller's (before: a second handshake, 200).
+    expect(res.statusCode).toBe(401);
+    expect(r.agent.stats().handshakes).toBe(2);
+    const wire = r.server.exchanges.filter((e) => e.path === '/auth/x');
+    expect(wire.map((e) => [e.status, e.outcome, hasAuth(e.requestHeaders)])).toEqual([
+      [401, 'unauthenticated', false],
+      [401, 'challenge', true],
+      [401, 'unauthenticated', false],
+    ]);
+    expect(wire[2]!.sessionId).not.toBe(wire[0]!.sessionId);
+  });
+
+  it('T4: a 403 that carries a challenge is final too: no leg answers it, bare or on an authenticated session', async () => {
+    // NTLM authenticates the session; /forbidden is 403 with `WWW-Authenticate: NTLM` for anyone.
+    const authenticated = new WeakSet<object>();
+    const s = await scriptedOrigin((req, res) => {
+      const session = req.stream.session!;
+      const type = ntlmType(req.headers.authorization);
+      if (req.url.startsWith('/forbidden')) return void res.writeHead(403, { 'www-authenticate': 'NTLM' }).end();
+      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${NTLM_CHALLENGE}` }).end();
+      if (type === 3) authenticated.add(session);
+      if (type === 0 && !authenticated.has(session))
+        return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+      res.writeHead(200).end('ok');
+    });
+    const a = agentFor(s.origin, { negotiate: false, schemes: ['NTLM'] });
+    const status = async (path: string) => {
+      const res = await fetch(`${s.origin}${path}`, { dispatcher: a });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    expect(await status('/forbidden/bare')).toBe(403);
+    expect(await status('/auth')).toBe(200);
+    expect(await status('/forbidden/on-session')).toBe(403);
+    expect(a.stats().handshakes).toBe(1);
+    // One request each for the 403s, none with credentials; the handshake: bare 401, NEGOTIATE, AUTHENTICATE.
+    expect(s.requests.map((h) => ntlmType(h.authorization))).toEqual([0, 0, 1, 3, 0]);
+  });
+
+  it('T3: a Transport challenge of a mode other than tls-client-certificate is not answered with the certificate', async () => {
+    let asked = 0;
+    const s = await scriptedOrigin((_req, res) => {
+      res.writeHead(401, { 'www-authenticate': 'Transport mode="tls-other-mode"' }).end();
+    });
+    const a = agentFor(s.origin, {
+      clientCertificate: () => {
+        asked += 1;
+        return CERT;
+      },
+    });
+    const res = await fetch(`${s.origin}/auth/x`, { dispatcher: a });
+    await res.arrayBuffer();
+    expect(res.status).toBe(401);
+    // Nothing offered can be answered: the selector is never asked, and the 401 is shown after one request.
+    expect(asked).toBe(0);
+    expect(s.requests).toHaveLength(1);
   });
 });

@@ -9,6 +9,7 @@ import {
   type Http2SecureServer,
   type IncomingHttpHeaders,
   type OutgoingHttpHeaders,
+  type ServerHttp2Stream,
 } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
@@ -30,11 +31,21 @@ import { ALICE, get, type Rig, rig } from './helpers.ts';
 /** A server that answers every request with what `script` says for it. */
 async function scripted(
   script: (headers: IncomingHttpHeaders, n: number) => { status: number; headers?: OutgoingHttpHeaders; body?: string },
-): Promise<{ origin: string; server: Http2SecureServer; count: () => number }> {
+): Promise<{ origin: string; server: Http2SecureServer; count: () => number; ends: Array<Promise<StreamEnd>> }> {
   let n = 0;
+  const ends: Array<Promise<StreamEnd>> = [];
   const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (req, res) => {
     n += 1;
     const out = script(req.headers, n);
+    // How each HTTP/2 response stream ended: with its whole body sent, or cut short by the client.
+    const stream = (res as { stream?: ServerHttp2Stream }).stream;
+    if (stream) {
+      ends.push(
+        new Promise((resolve) =>
+          stream.on('close', () => resolve({ status: out.status, finished: res.writableFinished })),
+        ),
+      );
+    }
     req.resume();
     req.on('end', () => {
       res.writeHead(out.status, out.headers ?? {});
@@ -42,7 +53,13 @@ async function scripted(
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, server, count: () => n };
+  return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, server, count: () => n, ends };
+}
+
+interface StreamEnd {
+  readonly status: number;
+  /** Every byte of the response body was written out before the stream closed. */
+  readonly finished: boolean;
 }
 
 const servers: Http2SecureServer[] = [];
@@ -72,7 +89,7 @@ async function against(script: Parameters<typeof scripted>[0], schemes: SchemeNa
     async (res) => ({ status: res.status, error: undefined as unknown, text: await res.text() }),
     (err: { cause?: unknown }) => ({ status: 0, error: err.cause, text: '' }),
   );
-  return { ...outcome, count: s.count() };
+  return { ...outcome, count: s.count(), ends: s.ends };
 }
 
 describe('a hostile server gets a typed error or its own response, never a hang or a crash', () => {
@@ -180,6 +197,12 @@ describe('a hostile server gets a typed error or its own response, never a hang 
     );
     expect(out.status).toBe(200);
     expect(out.text).toBe('ok');
+    // The client stopped reading the 2 MB challenge body past the bound: the server never got to
+    // write all of it (without the bound it did, and the agent read it to the end).
+    expect(await Promise.all(out.ends)).toEqual([
+      { status: 401, finished: false },
+      { status: 200, finished: true },
+    ]);
   });
 });
 

@@ -247,6 +247,12 @@ describe('RedirectHops: fetch follows a 3xx itself (S5)', () => {
   it('S5: two redirects to the same URL are two hops; a hop too late is not one', () => {
     vi.useFakeTimers();
     const hops = new RedirectHops();
+    // Both 3xx delivered before either hop is dispatched (two fetches following at once).
+    hops.noteResponse(from, '/r', 307, { location: 'https://b.example/x' });
+    hops.noteResponse(from, '/s', 302, { location: 'https://b.example/x' });
+    expect(hops.consume('https://b.example', '/x')).toBe(true);
+    expect(hops.consume('https://b.example', '/x')).toBe(true);
+    expect(hops.consume('https://b.example', '/x')).toBe(false);
     hops.noteResponse(from, '/r', 307, { location: 'https://b.example/x' });
     hops.noteResponse(from, '/r', 307, { location: 'https://b.example/x' });
     expect(hops.consume('https://b.example', '/x')).toBe(true);

@@ -171,6 +171,38 @@ describe('R1: every wait is bounded', () => {
     await a.close();
   });
 
+  it("R1: maxQueue bounds the wait behind one session's running handshake (not the pool's): the rest fail at once with QueueFullError", async () => {
+    // The leader's legs are held, so its handshake is still running when the others arrive.
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: { delayMs: (q) => (q.headers.authorization ? 300 : 0) },
+    });
+    const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false, limits: { maxQueue: 5 } });
+    const onTheWire = new Promise<void>((resolve) =>
+      s.on('request', (q) => {
+        if (q.headers.authorization) resolve();
+      }),
+    );
+    const leader = settle(fetch(`${s.origin}/auth/leader`, { dispatcher: a }));
+    await onTheWire;
+    // The session is handshaking (room for all of them): each request joins its handshake queue.
+    const rest = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => settle(fetch(`${s.origin}/auth/w${i}`, { dispatcher: a }))),
+    );
+    const lead = await leader;
+    expect(lead.ok && lead.v.status).toBe(200);
+    expect(rest.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([
+      ...Array(5).fill(200),
+      ...Array(3).fill('QueueFullError'),
+    ]);
+    const full = rest[5]!;
+    expect(full.ok === false && full.e.message).toMatch(/limits\.maxQueue = 5.*a handshake on its session/);
+    // The refused three never reached the server; one handshake served the rest.
+    expect(new Set(s.exchanges.filter((e) => e.path.startsWith('/auth/w')).map((e) => e.path)).size).toBe(5);
+    expect(a.stats().handshakes).toBe(1);
+  });
+
   it('R1: the handshake-slot wait (maxConcurrentHandshakes) is bounded too', async () => {
     // Per-request Negotiate (NTLM inside it: no ticket here) with its legs held: one slot, the rest wait for it.
     const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
@@ -218,7 +250,7 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     expect(bareAfter.length).toBe(0);
   });
 
-  it('R2: a leader whose one-shot body cannot be replayed hands over; the waiters authenticate', async () => {
+  it('R2: a leader whose one-shot body cannot be replayed hands over; the waiters authenticate, none is sent bare', async () => {
     const s = await reference({
       mode: 'session',
       schemes: ['NTLM'],
@@ -242,6 +274,13 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     const lead = await first;
     expect(lead.ok === false && lead.e).toBeInstanceOf(BodyNotReplayableError);
     expect(await Promise.all(rest)).toEqual(Array(5).fill([200, 'EXAMPLE\\alice']));
+    // The waiters were never sent bare: one of them took the handshake over and led it (its first
+    // leg carries NEGOTIATE), the rest were released onto the authenticated session. (Without the
+    // hand-over the failed handshake released all five bare: five more 401s on the wire.)
+    const waiters = s.exchanges.filter((e) => e.path.startsWith('/auth/w'));
+    expect(waiters.filter((e) => e.status === 401 && !hasAuth(e.requestHeaders))).toEqual([]);
+    expect(waiters.map((e) => e.outcome).sort()).toEqual(['accepted', 'challenge', ...Array(4).fill('session')]);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
   });
   it('R2: a leader whose own handshake times out hands it over; the waiters authenticate, none is sent bare', async () => {
     // Only the leader's legs are held past the handshake timeout; a waiter's handshake goes through.

@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
-import { fetch, interceptors, request } from 'undici';
+import { type Dispatcher, fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   CleartextCredentialsError,
@@ -413,6 +413,42 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
       expect(b.exchanges.some((e) => e.outcome === 'certificate')).toBe(false);
     });
   }
+
+  it("S5: a hop only the redirect handler's history shows (its 3xx never passed through the agent): no client certificate (an agent without a list)", async () => {
+    const b = await server({ schemes: [], clientCertificate: 'offer' });
+    const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+    /** Dispatches to B with a handler as undici's redirect interceptor hands it over, `history` and all. */
+    const dispatch = (path: string, history: URL[] | undefined) =>
+      new Promise<{ status: number; user: string | null }>((resolve, reject) => {
+        let status = 0;
+        const chunks: Buffer[] = [];
+        const handler = {
+          ...(history ? { history } : {}),
+          onRequestStart() {},
+          onResponseStart(_c: unknown, s: number) {
+            status = s;
+          },
+          onResponseData(_c: unknown, chunk: Buffer) {
+            chunks.push(chunk);
+          },
+          onResponseEnd() {
+            resolve({ status, user: (JSON.parse(Buffer.concat(chunks).toString()) as { user: string | null }).user });
+          },
+          onResponseError(_c: unknown, err: Error) {
+            reject(err);
+          },
+        };
+        certified.dispatch({ origin: b.origin, path, method: 'GET' }, handler as Dispatcher.DispatchHandler);
+      });
+    // The hop table knows nothing of this hop: only `history` says the request started elsewhere.
+    expect(await dispatch('/auth/hop', [new URL('https://elsewhere.example/start')])).toEqual({
+      status: 401,
+      user: null,
+    });
+    expect(b.exchanges.some((e) => e.outcome === 'certificate')).toBe(false);
+    // A history that starts at B itself (a same-origin redirect): the certificate goes.
+    expect(await dispatch('/auth/same', [new URL(`${b.origin}/start`)])).toEqual({ status: 200, user: 'cert:alice' });
+  });
 
   it('S5: the hop is recognised once, soon after the 3xx: a later direct call to the same URL is not a hop', () => {
     const hops = new RedirectHops();
