@@ -47,7 +47,13 @@ function recordingSink(opts: { pauseOnStart?: boolean; lengths?: boolean } = {})
 
 /** A leg whose 200 is held by `gate`, its response head already in. */
 function gatedLeg(sink: UserSink, gate: Promise<void>) {
-  const leg = new LegHandler({ sink, classify: () => gate, beforeStart: () => {}, maxDrainBytes: 1024 });
+  const leg = new LegHandler({
+    sink,
+    classify: () => gate,
+    beforeStart: () => {},
+    maxDrainBytes: 1024,
+    maxDrainMs: 1000,
+  });
   const { controller, calls } = fakeController();
   leg.onRequestStart(controller);
   leg.onResponseStart(controller, 200, {}, '');

@@ -176,6 +176,7 @@ describe('LegHandler: one leg against a fake undici controller', () => {
       },
       beforeStart: () => {},
       maxDrainBytes: 1024,
+      maxDrainMs: 1000,
     });
     const wire = fakeController();
     h.onRequestStart(wire.controller);
@@ -205,6 +206,38 @@ describe('LegHandler: one leg against a fake undici controller', () => {
     gate.resolve();
     await new Promise((r) => setImmediate(r));
     expect(seen).toEqual(['error reset']);
+  });
+
+  it('R3/S3: a swallowed challenge whose body has not ended after maxDrainMs counts as swallowed, and the leg is cut', async () => {
+    vi.useFakeTimers();
+    try {
+      const { h, seen, wire } = leg(() => 'swallow');
+      h.onResponseStart(wire.controller, 401, { 'www-authenticate': 'NTLM' }, 'Unauthorized');
+      h.onResponseData(wire.controller, Buffer.from('x')); // and nothing more
+      vi.advanceTimersByTime(999);
+      expect(wire.calls).toEqual([]);
+      vi.advanceTimersByTime(1);
+      // Before: the leg waited for undici's bodyTimeout (300 s by default).
+      expect(wire.calls).toEqual(['abort challenge body too slow']);
+      expect(await h.result).toEqual({ kind: 'swallowed', status: 401, headers: { 'www-authenticate': 'NTLM' } });
+      h.onResponseError(wire.controller, new Error('aborted'));
+      expect(seen).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('a swallowed challenge whose body ends in time leaves no timer behind', async () => {
+    vi.useFakeTimers();
+    try {
+      const { h, wire } = leg(() => 'swallow');
+      h.onResponseStart(wire.controller, 401, {}, 'Unauthorized');
+      h.onResponseEnd(wire.controller, {});
+      expect(vi.getTimerCount()).toBe(0);
+      expect((await h.result).kind).toBe('swallowed');
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('a classifier that throws fails the leg; what the wire sends afterwards is ignored', async () => {

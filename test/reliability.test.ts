@@ -64,7 +64,10 @@ async function perRequestNtlm(s: ReferenceServer, limits: MultilegAgentOptions['
 
 /** An h2+h1 TLS server whose handler decides per request; `hold` leaves a request unanswered. */
 async function hostile(
-  handler: (headers: IncomingHttpHeaders, respond: (status: number, headers?: Record<string, string>) => void) => void,
+  handler: (
+    headers: IncomingHttpHeaders,
+    respond: (status: number, headers?: Record<string, string>, body?: 'stalls') => void,
+  ) => void,
 ): Promise<{ origin: string; requests: () => number }> {
   let n = 0;
   const sockets = new Set<import('node:net').Socket>();
@@ -77,8 +80,11 @@ async function hostile(
   server.on('request', (req, res) => {
     n += 1;
     req.resume();
-    handler(req.headers, (status, headers = {}) => {
-      if (!res.headersSent) res.writeHead(status, headers).end();
+    handler(req.headers, (status, headers = {}, body) => {
+      if (res.headersSent) return;
+      if (body === 'stalls')
+        res.writeHead(status, headers).write('x'); // and never ends
+      else res.writeHead(status, headers).end();
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -361,6 +367,39 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     expect(await waiter).toEqual({ ok: true, v: 200 });
     expect((await request(`${s.origin}/later`, { dispatcher: a, signal })).statusCode).toBe(200);
   });
+});
+
+describe('R3: handshakeTimeout bounds a challenge body that never ends', () => {
+  for (const allowH2 of [true, false]) {
+    it(`R3: the first (bare) 401 sends its head and never ends its body (${allowH2 ? 'HTTP/2' : 'HTTP/1.1'}): after handshakeTimeout it counts, and the handshake runs`, async () => {
+      const s = await hostile((headers, respond) => {
+        if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' }, 'stalls');
+        else respond(200, { 'persistent-auth': 'true' });
+      });
+      const oneLeg: Mechanism = {
+        scheme: 'NTLM',
+        level: 'connection',
+        multileg: true,
+        proactive: false,
+        createContext: () => ({ complete: true, step: async () => 'NTLM dGVzdA==', finish: async () => {} }),
+      };
+      const a = agent({
+        trustedOrigins: [s.origin],
+        negotiate: false,
+        mechanisms: [oneLeg],
+        limits: { handshakeTimeout: 300 },
+      });
+      // Before: the request waited for undici's bodyTimeout (300 s); the test's own signal ended it.
+      const res = await request(`${s.origin}/x`, {
+        dispatcher: a,
+        allowH2,
+        signal: AbortSignal.timeout(8000),
+      } as never);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(a.stats().handshakes).toBe(1);
+    }, 10_000);
+  }
 });
 
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {

@@ -56,6 +56,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
   readonly #beforeStart: (controller: Controller) => void;
   readonly #maxDrain: number;
+  readonly #maxDrainMs: number;
+  #drainTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: {
     sink: UserSink;
@@ -63,11 +65,17 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     /** Runs when undici is about to write the leg; may abort it (stale session). */
     beforeStart: (controller: Controller) => void;
     maxDrainBytes: number;
+    /**
+     * How long a swallowed challenge's body may take to end (limits.handshakeTimeout): a 401 that
+     * is not yet part of a handshake (a bare request's) has no handshake clock over it.
+     */
+    maxDrainMs: number;
   }) {
     this.#sink = opts.sink;
     this.#classify = opts.classify;
     this.#beforeStart = opts.beforeStart;
     this.#maxDrain = opts.maxDrainBytes;
+    this.#maxDrainMs = opts.maxDrainMs;
     this.result = new Promise((r) => {
       this.#resolve = r;
     });
@@ -113,6 +121,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     }
     if (verdict === 'swallow') {
       this.#mode = 'drain';
+      this.#drainTimer = setTimeout(() => this.#stopDraining(controller, 'challenge body too slow'), this.#maxDrainMs);
       return;
     }
     if (verdict === 'deliver') {
@@ -169,12 +178,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     switch (this.#mode) {
       case 'drain':
         this.#drained += chunk.length;
-        if (this.#drained > this.#maxDrain) {
-          // A huge challenge body is not worth the bandwidth; losing the connection is the lesser evil.
-          this.#mode = 'over';
-          this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
-          controller.abort(new Error('challenge body too large'));
-        }
+        if (this.#drained > this.#maxDrain) this.#stopDraining(controller, 'challenge body too large');
         return;
       case 'deliver':
         this.#sink.responseData(chunk);
@@ -192,9 +196,23 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     }
   }
 
+  /**
+   * A challenge body too large or too slow is not worth waiting for: the challenge counts (its
+   * headers are all a handshake needs), and the leg is cut — on HTTP/1.1 with its connection, the
+   * lesser evil (the handshake goes on another, H1).
+   */
+  #stopDraining(controller: Controller, why: string): void {
+    if (this.#mode !== 'drain') return;
+    clearTimeout(this.#drainTimer);
+    this.#mode = 'over';
+    this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+    controller.abort(new Error(why));
+  }
+
   onResponseEnd(_controller: Controller, trailers: ResponseHeaders): void {
     switch (this.#mode) {
       case 'drain':
+        clearTimeout(this.#drainTimer);
         this.#mode = 'over';
         this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
         return;
@@ -213,6 +231,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Controller | null, err: Error): void {
     const mode = this.#mode;
+    if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';
     if (mode === 'deliver' || mode === 'gated') {
       this.#sink.fail(err);

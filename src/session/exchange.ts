@@ -319,6 +319,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
         classify: (s, h) => classifySend(run, seen, s, h),
         beforeStart: () => {},
         maxDrainBytes: this.#env.limits.maxChallengeBodyBytes,
+        maxDrainMs: this.#env.limits.handshakeTimeout,
       });
       this.#slow = leg;
       leg.onRequestStart(controller);

@@ -388,6 +388,7 @@ export class Session {
       },
       beforeStart: (controller) => this.checkStart(job, controller),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
+      maxDrainMs: this.#limits.handshakeTimeout,
     });
     job.sink.onAbort(leg);
     started?.(leg);
