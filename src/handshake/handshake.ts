@@ -1,5 +1,6 @@
 import { hasPersistentAuth, readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
@@ -132,62 +133,16 @@ export function goawayCode(err: Error): number | undefined {
 }
 
 /**
- * One handshake's deadline (R3), over every leg on the wire (`onExpire` aborts the one there) and
- * every step of the mechanism (GSS-API calls, DNS canonicalisation: raced against `expired`).
- * One timer: paused while the handshake waits for a slot (that wait has its own bounds, R1), then
- * started again.
+ * One handshake's deadline (R3), started now, over every leg on the wire (`onExpire` aborts the one
+ * there) and every step of the mechanism (GSS-API calls, DNS canonicalisation: raced against it).
+ * Paused while the handshake waits for a slot (that wait has its own bounds, R1), then started again.
  */
-export class HandshakeClock {
-  readonly #ms: number;
-  readonly #scheme: string;
-  readonly #timer: NodeJS.Timeout;
-  readonly expired: Promise<never>;
-  #timedOut = false;
-  #paused = false;
-
-  constructor(ms: number, scheme: string, onExpire: (err: HandshakeTimeoutError) => void) {
-    this.#ms = ms;
-    this.#scheme = scheme;
-    let expire!: (err: Error) => void;
-    this.expired = new Promise<never>((_, reject) => {
-      expire = reject;
-    });
-    this.expired.catch(() => {});
-    this.#timer = setTimeout(() => {
-      if (this.#paused) return;
-      this.#timedOut = true;
-      const err = this.error();
-      expire(err);
-      onExpire(err);
-    }, ms);
-  }
-
-  get timedOut(): boolean {
-    return this.#timedOut;
-  }
-
-  /** A HandshakeTimeoutError for this deadline. */
-  error(): HandshakeTimeoutError {
-    return new HandshakeTimeoutError(this.#ms, this.#scheme);
-  }
-
-  /** `work`, or the deadline's rejection if that comes first. */
-  race<T>(work: Promise<T>): Promise<T> {
-    return Promise.race([work, this.expired]);
-  }
-
-  pause(): void {
-    this.#paused = true;
-  }
-
-  resume(): void {
-    this.#paused = false;
-    this.#timer.refresh();
-  }
-
-  stop(): void {
-    clearTimeout(this.#timer);
-  }
+export function handshakeClock(
+  ms: number,
+  scheme: string,
+  onExpire: (err: HandshakeTimeoutError) => void,
+): Deadline<HandshakeTimeoutError> {
+  return new Deadline(ms, () => new HandshakeTimeoutError(ms, scheme), onExpire).start();
 }
 
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
@@ -218,7 +173,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
     return fail(err as Error);
   }
   // Aborting through the sink reaches whichever leg is on the wire.
-  const clock = new HandshakeClock(input.timeout, mechanism.scheme, (err) => sink.abort(err));
+  const clock = handshakeClock(input.timeout, mechanism.scheme, (err) => sink.abort(err));
   try {
     let challenge = input.challenge;
     for (;;) {
@@ -242,7 +197,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           if (legs === 1) throw err;
           return fail(err as Error);
         } finally {
-          clock.resume();
+          clock.start();
         }
       }
       const extra: Record<string, string> = { authorization };

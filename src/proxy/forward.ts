@@ -1,10 +1,10 @@
 import type { Socket } from 'node:net';
 import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
+import { Deadline } from '../deadline.ts';
 import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { Limits } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
-import { ProxyDeadline } from './deadline.ts';
-import { RemoteHttp1Error } from './errors.ts';
+import { ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
 import { connectToProxy } from './tunnel.ts';
 
@@ -99,10 +99,15 @@ export class ForwardProxy {
     // drained and the mechanism's steps included — is bounded by limits.handshakeTimeout, as a
     // CONNECT is. A leg that ran out of time is ended, and the connection with it.
     let onWire: AbortableLeg | undefined;
-    const deadline = new ProxyDeadline(this.route.proxy.origin, this.#limits.handshakeTimeout, 'forward', (err) => {
-      onWire?.abort(err);
-      this.#onUnusable(err);
-    });
+    const ms = this.#limits.handshakeTimeout;
+    const deadline = new Deadline(
+      ms,
+      () => new ProxyTimeoutError(this.route.proxy.origin, ms, 'forward'),
+      (err) => {
+        onWire?.abort(err);
+        this.#onUnusable(err);
+      },
+    );
     const started = (l: AbortableLeg) => {
       onWire = l;
     };

@@ -8,12 +8,12 @@
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
+import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
-import { ProxyDeadline } from './deadline.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -149,8 +149,12 @@ export async function openTunnel(proxy: ResolvedProxy, host: string, port: numbe
   const target = authority(host, port);
   let socket: Socket | undefined;
   // The whole handshake: connects, legs, and the mechanism's steps (raced: one may never return).
-  const deadline = new ProxyDeadline(proxy.origin, limits.handshakeTimeout, 'tunnel', () => socket?.destroy());
-  deadline.start();
+  const ms = limits.handshakeTimeout;
+  const deadline = new Deadline(
+    ms,
+    () => new ProxyTimeoutError(proxy.origin, ms, 'tunnel'),
+    () => socket?.destroy(),
+  ).start();
   const running = handshake(proxy, target, limits, deadline, (s) => {
     socket = s;
     if (deadline.timedOut) s.destroy();
@@ -177,7 +181,7 @@ async function handshake(
   proxy: ResolvedProxy,
   target: string,
   limits: Limits,
-  deadline: ProxyDeadline,
+  deadline: Deadline<ProxyTimeoutError>,
   track: (s: Socket) => void,
 ): Promise<Tunnel> {
   const auth = new ProxyAuth(proxy, limits.maxLegs);

@@ -2,7 +2,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { Challenge } from '../challenge/types.ts';
 import { ConfigError, MultilegError } from '../errors.ts';
-import { HandshakeClock } from '../handshake/handshake.ts';
+import { handshakeClock } from '../handshake/handshake.ts';
 import type { ClientCertificate, ClientCertificateSelector } from '../options.ts';
 
 /** A client certificate the `clientCertificate` selector could not give (T3): it threw or gave an unusable one. */
@@ -95,7 +95,7 @@ export async function selectCertificate(
   challenge: Challenge,
   ms: number,
 ): Promise<ClientCertificate | undefined> {
-  const clock = new HandshakeClock(ms, 'Transport', () => {});
+  const clock = handshakeClock(ms, 'Transport', () => {});
   let chosen: ClientCertificate | undefined;
   try {
     chosen = await clock.race(Promise.resolve().then(() => select(origin, challenge)));

@@ -13,8 +13,10 @@ import { buildConnector, Client, type Dispatcher } from 'undici';
 import { prepareBody, preparedBody } from '../body/replayable.ts';
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import type { Deadline } from '../deadline.ts';
+import type { HandshakeTimeoutError } from '../errors.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
-import { HandshakeClock } from '../handshake/handshake.ts';
+import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
@@ -159,7 +161,7 @@ export class UpgradeDispatcher {
     const excluded = new Set<string>();
     let auth: Auth | undefined;
     // R3: the handshake is bounded from the first answered 401 (the sink's abort reaches the leg).
-    let clock: HandshakeClock | undefined;
+    let clock: Deadline<HandshakeTimeoutError> | undefined;
     const legs = async (): Promise<void> => {
       for (;;) {
         const authorization = auth?.header;
@@ -208,7 +210,7 @@ export class UpgradeDispatcher {
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
         if (!chosen?.mechanism) throw unusable!;
         const { mechanism, challenge } = chosen;
-        clock ??= new HandshakeClock(limits.handshakeTimeout, mechanism.scheme, (err) => sink.abort(err));
+        clock ??= handshakeClock(limits.handshakeTimeout, mechanism.scheme, (err) => sink.abort(err));
         try {
           const a: Auth = {
             scheme: mechanism.scheme,
