@@ -89,15 +89,18 @@ export function recordingPorts(mechanism: Mechanism, ports: number[]): Mechanism
   };
 }
 
-/** A connection-level scheme whose contexts cannot be created on this machine. */
-export function unavailableScheme(scheme: string): Mechanism {
+/** A connection-level scheme whose contexts cannot be created on this machine (or fail with `error`). */
+export function unavailableScheme(
+  scheme: string,
+  error: () => Error = () => new MechanismUnavailableError(scheme, 'test: not on this machine'),
+): Mechanism {
   return {
     scheme,
     level: 'connection',
     multileg: true,
     proactive: false,
     createContext: () => {
-      throw new MechanismUnavailableError(scheme, 'test: not on this machine');
+      throw error();
     },
   };
 }

@@ -42,13 +42,18 @@ export async function hostile(behave: (socket: Socket, received: () => string) =
  * Answers the first CONNECT (whatever host:port it names) with 200 and relays the connection to
  * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it.
  */
-export const relayTo = (port: number, answer = 'HTTP/1.1 200 Connection Established\r\n\r\n') =>
+export const relayTo = (
+  port: number,
+  answerTo: string | ((head: string) => string) = 'HTTP/1.1 200 Connection Established\r\n\r\n',
+) =>
   hostile((socket, received) => {
     const onData = () => {
       const end = received().indexOf('\r\n\r\n');
       if (end < 0) return;
       socket.off('data', onData);
       socket.pause();
+      // A function answers each CONNECT by its head (e.g. 407 until it carries credentials).
+      const answer = typeof answerTo === 'string' ? answerTo : answerTo(received().slice(0, end));
       if (!answer.includes(' 200 ')) return void socket.end(answer);
       const upstream = netConnect({ host: '127.0.0.1', port }, () => {
         socket.write(answer);

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Mechanism, MultilegAgent, ntlmMechanism } from '../src/index.ts';
+import { KerberosTicketExpiredError, type Mechanism, MultilegAgent, ntlmMechanism } from '../src/index.ts';
 import {
   ProxyCertificateError,
   ProxyConnectError,
@@ -25,7 +25,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, recordingPorts } from './helpers.ts';
+import { ALICE, recordingPorts, unavailableScheme } from './helpers.ts';
 import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
@@ -115,6 +115,33 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     expect(() => new MultilegAgent({ proxy: { uri: 'http://127.0.0.1:1', connectTimeout: 0 } })).toThrow(
       /proxy\.connectTimeout must be a positive number/,
     );
+  });
+});
+
+describe('proxies: a scheme that cannot run here (M5)', () => {
+  it('H5/M5: a proxy offering Negotiate and Basic, Negotiate with an expired Kerberos ticket: the tunnel opens with Basic', async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: [] });
+    proxy = await relayTo(server.port, (head) =>
+      /^proxy-authorization: basic /im.test(head)
+        ? 'HTTP/1.1 200 Connection Established\r\n\r\n'
+        : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n',
+    );
+    const expired = unavailableScheme('Negotiate', () => new KerberosTicketExpiredError('Ticket expired'));
+    agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      allowBasicOverHttp: true,
+      proxy: {
+        uri: `http://127.0.0.1:${proxy.port}`,
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+        mechanisms: [expired],
+      },
+    });
+    // Before: the proxy's handshake stopped at the expired ticket (KerberosTicketExpiredError),
+    // where an origin's falls back to the next offered scheme.
+    const res = await fetch(`${server.origin}/public/x`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(proxy.received.at(-1)).toMatch(/^Proxy-Authorization: Basic /im);
   });
 });
 

@@ -12,6 +12,7 @@ import {
   BasicOverHttpError,
   HandshakeTimeoutError,
   InvalidTokenError,
+  KerberosTicketExpiredError,
   LegLimitError,
   type Mechanism,
   MechanismUnavailableError,
@@ -274,15 +275,21 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     await origin.closed(1);
   }, 10_000);
 
-  it('T2: an offered scheme that cannot run here is skipped: NTLM is used instead', async () => {
-    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
-    const gone = unavailableScheme('Gone');
-    agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName, 'NTLM'] });
-    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
-    sockets.push(socket as Socket);
-    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
-    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
-  });
+  for (const [why, error] of [
+    ['is not on this machine', undefined],
+    // Before, an upgrade knew only two of the reasons a handshake falls back on (M5).
+    ['has an expired Kerberos ticket', () => new KerberosTicketExpiredError('Ticket expired')],
+  ] as const) {
+    it(`T2/M5: an offered scheme that ${why} is skipped: NTLM is used instead`, async () => {
+      origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });
+      const gone = unavailableScheme('Gone', error);
+      agent = ntlmAgent({ mechanisms: [gone], schemes: ['Gone' as SchemeName, 'NTLM'] });
+      const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+      expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+    });
+  }
 
   it('T2: when every offered scheme is unusable here, the upgrade fails with the last one’s own reason', async () => {
     origin = await upgradeServer({ ntlm: true, alsoOffer: 'Gone' });

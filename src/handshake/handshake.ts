@@ -3,6 +3,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
+import { cannotRunHere } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
@@ -100,19 +101,6 @@ export type HandshakeResult =
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
 
-// Kerberos that cannot produce a first token (M5): the next offered scheme may still authenticate.
-const UNUSABLE = new Set([
-  'MULTILEG_MECHANISM_UNAVAILABLE',
-  'MULTILEG_KRB_NO_TICKET',
-  'MULTILEG_KRB_TICKET_EXPIRED',
-  'MULTILEG_KRB_WRONG_REALM',
-  'MULTILEG_KRB_UNKNOWN_SPN',
-  'MULTILEG_KRB_KDC_UNREACHABLE',
-  'MULTILEG_KRB_CLOCK_SKEW',
-  'MULTILEG_KRB_KEYTAB',
-]);
-const isUnusable = (err: unknown): err is MultilegError => err instanceof MultilegError && UNUSABLE.has(err.code);
-
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
   const e = err as Error & { http2ErrorCode?: number; code?: string };
@@ -169,7 +157,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
   try {
     context = mechanism.createContext(input.leg);
   } catch (err) {
-    if (isUnusable(err)) return { kind: 'unusable', error: err };
+    if (cannotRunHere(err)) return { kind: 'unusable', error: err };
     return fail(err as Error);
   }
   // Aborting through the sink reaches whichever leg is on the wire.
@@ -184,7 +172,7 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
         authorization = await clock.race(context.step(challenge, input.leg));
       } catch (err) {
         if (clock.timedOut) return fail(clock.error());
-        if (legs === 0 && isUnusable(err)) return { kind: 'unusable', error: err };
+        if (legs === 0 && cannotRunHere(err)) return { kind: 'unusable', error: err };
         return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
       }
       legs += 1;

@@ -1,6 +1,27 @@
 import { chooseChallenge } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import { MultilegError } from '../errors.ts';
 import type { Mechanism } from './types.ts';
+
+/**
+ * Errors of a mechanism that cannot make its first token here — no addon, Kerberos with no usable
+ * ticket, realm, SPN, KDC, clock or keytab (M5) — where the next offered scheme may still
+ * authenticate. Every path that chooses a scheme (origin, upgrade, proxy) falls back on exactly these.
+ */
+const CANNOT_RUN: ReadonlySet<string> = new Set([
+  'MULTILEG_MECHANISM_UNAVAILABLE',
+  'MULTILEG_KRB_NO_TICKET',
+  'MULTILEG_KRB_TICKET_EXPIRED',
+  'MULTILEG_KRB_WRONG_REALM',
+  'MULTILEG_KRB_UNKNOWN_SPN',
+  'MULTILEG_KRB_KDC_UNREACHABLE',
+  'MULTILEG_KRB_CLOCK_SKEW',
+  'MULTILEG_KRB_KEYTAB',
+]);
+
+/** Whether `err` says the mechanism cannot run here, and the next offered scheme should be tried. */
+export const cannotRunHere = (err: unknown): err is MultilegError =>
+  err instanceof MultilegError && CANNOT_RUN.has(err.code);
 
 /** The scheme key of the TLS list message's client-certificate challenge (T3). */
 export const TRANSPORT = 'transport';

@@ -8,13 +8,12 @@ import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
+import { cannotRunHere } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
 
 type Headers = Record<string, string | string[] | undefined>;
-
-const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
 
 function offeredSchemes(challenges: readonly Challenge[]): string[] {
   return [...new Set(challenges.map((c) => c.scheme))];
@@ -104,7 +103,7 @@ export class ProxyAuth {
         await this.#step(challenge, leg);
         return;
       } catch (err) {
-        if (this.#legs === 0 && err instanceof MultilegError && UNUSABLE.has(err.code)) {
+        if (this.#legs === 0 && cannotRunHere(err)) {
           log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
           this.#excluded.add(challenge.schemeKey);
           this.#legs = 0;

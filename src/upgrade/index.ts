@@ -20,7 +20,7 @@ import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
-import type { MechanismSet } from '../mechanisms/registry.ts';
+import { cannotRunHere, type MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
 import { type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
@@ -223,7 +223,7 @@ export class UpgradeDispatcher {
           log.agent('%s upgrade: %s leg 1', origin, mechanism.scheme);
           return a;
         } catch (err) {
-          if (err instanceof MultilegError && UNUSABLE.has(err.code)) {
+          if (cannotRunHere(err)) {
             excluded.add(challenge.schemeKey);
             unusable = err;
             continue;
@@ -380,7 +380,6 @@ export class UpgradeDispatcher {
 }
 
 /** Schemes that cannot run here (no ticket, no addon): the next offered one is tried instead. */
-const UNUSABLE = new Set(['MULTILEG_MECHANISM_UNAVAILABLE', 'MULTILEG_KRB_NO_TICKET']);
 
 /** Verifies the server's final token, if its scheme sent one, on the answer to our last leg. */
 function finish(auth: Auth, headers: Headers, leg: LegInfo): Promise<void> {
