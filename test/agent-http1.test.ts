@@ -96,6 +96,37 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     expect(new Set(served).size).toBe(20);
   });
 
+  it('H2: a GOAWAY HTTP_1_1_REQUIRED alone (no RST_STREAM with that code) in the middle of a handshake sends its queue straight to HTTP/1.1', async () => {
+    // The AUTHENTICATE leg on h2 is refused by GOAWAY(HTTP_1_1_REQUIRED) below its stream, while
+    // the other requests wait behind the handshake: they learn from the session's end (the GOAWAY's
+    // code), not from a leg of their own, that the origin wants HTTP/1.1.
+    r = await rig({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: {
+        delayMs: (q) => (q.headers.authorization ? 50 : 0),
+        refuseWithGoaway: (q) => q.protocol === 'h2' && q.headers['auth-id'] !== undefined,
+        refuseWithGoawayCode: 0xd,
+      },
+    });
+    const results = await many(r, 10);
+    expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+    // On h2: the probe, its NEGOTIATE leg and the refused AUTHENTICATE leg, on one session; nothing
+    // else (without the GOAWAY's code, the waiters tried a new h2 session first).
+    const h2 = r.server.exchanges.filter((e) => e.protocol === 'h2');
+    expect(h2.map((e) => [e.status, e.outcome])).toEqual([
+      [401, 'unauthenticated'],
+      [401, 'challenge'],
+      [null, 'goaway'],
+    ]);
+    expect(
+      r.server.exchanges
+        .filter((e) => e.status === 200)
+        .map((e) => e.path)
+        .sort(),
+    ).toEqual(Array.from({ length: 10 }, (_, i) => `/auth/${i}`).sort());
+  });
+
   it('works with undici.request, undici.fetch and setGlobalDispatcher + undici.fetch', async () => {
     r = await rig({ mode: 'session' });
     const viaRequest = await request(`${r.server.origin}/auth/request`, { dispatcher: r.agent });
