@@ -56,6 +56,33 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     }
   });
 
+  it('H1: a new request goes to the idle authenticated HTTP/1.1 connection, not to an idle unauthenticated one opened before it', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] });
+    const h1 = async (path: string) => {
+      const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
+      return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string; user: string | null } };
+    };
+    // A first connection that carries only a public request: it stays unauthenticated.
+    const first = await h1('/public/first');
+    // While it serves a slow public request, an /auth request opens a second one and authenticates it.
+    const arrived = new Promise<void>((resolve) =>
+      r!.server.on('request', (q) => q.path.startsWith('/public/slow') && resolve()),
+    );
+    const slow = h1('/public/slow?delay=1000');
+    await arrived;
+    const auth = await h1('/auth/x');
+    expect((await slow).body.sessionId).toBe(first.body.sessionId);
+    expect([auth.status, auth.body.user]).toEqual([200, 'EXAMPLE\\alice']);
+    expect(auth.body.sessionId).not.toBe(first.body.sessionId);
+    // Both idle now: the next request rides the authenticated connection, bare, with no handshake.
+    r.server.reset();
+    const next = await h1('/auth/y');
+    expect([next.status, next.body.sessionId]).toEqual([200, auth.body.sessionId]);
+    expect(r.server.exchanges.map((e) => [e.sessionId, e.status, hasAuth(e.requestHeaders)])).toEqual([
+      [auth.body.sessionId, 200, false],
+    ]);
+  });
+
   it('H1: a legacy HTTP/2 server that loses NTLM state between streams gets the handshake over HTTP/1.1, remembered', async () => {
     r = await rig({ mode: 'legacy', schemes: ['NTLM'] });
     const first = await get(r, '/auth/first');
