@@ -174,6 +174,40 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect([last.path, hasAuth(last.requestHeaders), last.outcome]).toEqual(['/auth/after', false, 'session']);
   });
 
+  it('C5: an NTLM handshake answering a 401 on a per-request session blocks it: requests that come meanwhile queue behind it, one handshake in all', async () => {
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate', 'NTLM'] },
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () =>
+              Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+          },
+        },
+      },
+    );
+    const first = await get(r, '/auth/neg');
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    // The origin now wants NTLM on sessions: the next request's proactive Negotiate is declined and
+    // it answers NTLM on the per-request session; its NTLM legs are held while more requests come.
+    r.server.options.schemes = ['NTLM'];
+    r.server.options.mode = 'session';
+    const isNtlm = (q: { headers: Readonly<Record<string, unknown>> }) =>
+      String(q.headers.authorization ?? '').startsWith('NTLM ');
+    r.server.options.faults = { delayMs: (q) => (isNtlm(q) ? 100 : 0) };
+    r.server.reset();
+    const ntlmStarted = new Promise<void>((resolve) => r!.server.on('request', (q) => isNtlm(q) && resolve()));
+    const leader = get(r, '/auth/leader');
+    await ntlmStarted;
+    const results = await Promise.all([leader, many(r, 5)]).then(([l, m]) => [l, ...m]);
+    expect(results.map((x) => [x.status, x.body.user, x.body.sessionId])).toEqual(
+      Array(6).fill([200, 'EXAMPLE\\alice', first.body.sessionId]),
+    );
+    // One NTLM handshake (NEGOTIATE, AUTHENTICATE); without the block, each request ran its own.
+    expect(r.server.exchanges.filter((e) => e.scheme === 'NTLM')).toHaveLength(2);
+    expect(r.agent.handshakes().filter((h) => h.scheme === 'NTLM')).toHaveLength(1);
+  });
+
   for (const scheme of ['Negotiate', 'NTLM'] as const) {
     it(`C6: a new session's proactive ${scheme} first leg answered 200 by a resource that needs no authentication decides nothing: the session's next requests authenticate it once`, async () => {
       r = await rig({ mode: 'session', schemes: [scheme] }, scheme === 'NTLM' ? { negotiate: false } : {});
