@@ -7,6 +7,7 @@ import {
   LegLimitError,
   MechanismUnavailableError,
   MultilegAgent,
+  ntlmMechanism,
   QueueFullError,
   QueueTimeoutError,
 } from '../src/index.ts';
@@ -138,6 +139,29 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
       expect(startedBefore.length).toBeGreaterThan(1);
     },
   );
+
+  it('C4: a 401 on a per-request session answered with a multileg scheme that is not connection-level blocks no one: the handshakes run side by side', async () => {
+    // NTLM inside Negotiate (level "either"), not proactive: each request goes bare, meets a 401 and
+    // answers it with a handshake of its own. Its legs are held, so the handshakes overlap unless blocked.
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate'], faults: { delayMs: (q) => (q.headers.authorization ? 50 : 0) } },
+      { mechanisms: [ntlmMechanism(ALICE, { scheme: 'Negotiate' })], limits: { maxPerRequestSessions: 1 } },
+    );
+    const first = await get(r, '/auth/first');
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    r.server.reset();
+    const results = await many(r, 6);
+    const ex = r.server.exchanges;
+    // Side by side: more than one handshake's first leg arrived before any handshake ended (blocked,
+    // the others waited, and some were shown a 401 after MAX_WAITS waits).
+    const firstAccepted = Math.min(...ex.filter((e) => e.outcome === 'accepted').map((e) => e.seq));
+    const started = ex.filter((e) => e.seq < firstAccepted && e.outcome === 'challenge');
+    expect(started.length).toBeGreaterThan(1);
+    expect(results.map((x) => [x.status, x.body.sessionId])).toEqual(Array(6).fill([200, first.body.sessionId]));
+    // Each request: its bare 401, then its own two legs (not proactive, so not one wire request less).
+    expect(ex.filter((e) => e.outcome === 'unauthenticated')).toHaveLength(6);
+    expect(ex.filter((e) => e.outcome === 'accepted')).toHaveLength(6);
+  });
 
   it('C5: NTLM that succeeds authenticates the session even without Persistent-Auth', async () => {
     r = await rig({ mode: 'none', schemes: ['NTLM'] });
