@@ -304,6 +304,24 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(r.agent.stats().handshakes).toBe(1);
   });
 
+  it('C7: credentials proved here, then refused (the password was changed): the requests queued behind the failing handshake get the 401 without each trying the old password', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] });
+    expect((await many(r, 3)).every((x) => x.status === 200)).toBe(true);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+    // The password is changed on the server; the session ends, so the next burst authenticates anew,
+    // proactively, and queues behind that one (held) handshake.
+    r.server.options.users = { 'EXAMPLE\\alice': 'rotated' };
+    r.server.options.faults = { delayMs: (q) => (q.headers.authorization ? 50 : 0) };
+    r.server.endSessions();
+    r.server.reset();
+    const results = await many(r, 10, '/auth/after');
+    expect(results.map((x) => x.status)).toEqual(Array(10).fill(401));
+    // One handshake tried the old password, once; the waiters went bare (one 401 each).
+    expect(r.server.exchanges.filter((e) => e.outcome === 'rejected')).toHaveLength(1);
+    expect(r.server.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(2);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session', 'failed']);
+  });
+
   it('C7: a new successful handshake on an authenticated session replaces the identity', async () => {
     // Credentials rotated between two handshakes (the object the agent was given is read per handshake).
     const credentials = { username: 'EXAMPLE\\alice', password: 'alicepw' };
