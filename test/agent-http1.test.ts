@@ -56,6 +56,33 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     }
   });
 
+  it('H1: a new request goes to the idle authenticated HTTP/1.1 connection, not to an idle unauthenticated one opened before it', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] });
+    const h1 = async (path: string) => {
+      const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
+      return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string; user: string | null } };
+    };
+    // A first connection that carries only a public request: it stays unauthenticated.
+    const first = await h1('/public/first');
+    // While it serves a slow public request, an /auth request opens a second one and authenticates it.
+    const arrived = new Promise<void>((resolve) =>
+      r!.server.on('request', (q) => q.path.startsWith('/public/slow') && resolve()),
+    );
+    const slow = h1('/public/slow?delay=1000');
+    await arrived;
+    const auth = await h1('/auth/x');
+    expect((await slow).body.sessionId).toBe(first.body.sessionId);
+    expect([auth.status, auth.body.user]).toEqual([200, 'EXAMPLE\\alice']);
+    expect(auth.body.sessionId).not.toBe(first.body.sessionId);
+    // Both idle now: the next request rides the authenticated connection, bare, with no handshake.
+    r.server.reset();
+    const next = await h1('/auth/y');
+    expect([next.status, next.body.sessionId]).toEqual([200, auth.body.sessionId]);
+    expect(r.server.exchanges.map((e) => [e.sessionId, e.status, hasAuth(e.requestHeaders)])).toEqual([
+      [auth.body.sessionId, 200, false],
+    ]);
+  });
+
   it('H1: a legacy HTTP/2 server that loses NTLM state between streams gets the handshake over HTTP/1.1, remembered', async () => {
     r = await rig({ mode: 'legacy', schemes: ['NTLM'] });
     const first = await get(r, '/auth/first');
@@ -94,6 +121,37 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     const served = r.server.exchanges.filter((e) => e.status === 200).map((e) => e.path);
     expect(served).toHaveLength(20);
     expect(new Set(served).size).toBe(20);
+  });
+
+  it('H2: a GOAWAY HTTP_1_1_REQUIRED alone (no RST_STREAM with that code) in the middle of a handshake sends its queue straight to HTTP/1.1', async () => {
+    // The AUTHENTICATE leg on h2 is refused by GOAWAY(HTTP_1_1_REQUIRED) below its stream, while
+    // the other requests wait behind the handshake: they learn from the session's end (the GOAWAY's
+    // code), not from a leg of their own, that the origin wants HTTP/1.1.
+    r = await rig({
+      mode: 'session',
+      schemes: ['NTLM'],
+      faults: {
+        delayMs: (q) => (q.headers.authorization ? 50 : 0),
+        refuseWithGoaway: (q) => q.protocol === 'h2' && q.headers['auth-id'] !== undefined,
+        refuseWithGoawayCode: 0xd,
+      },
+    });
+    const results = await many(r, 10);
+    expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+    // On h2: the probe, its NEGOTIATE leg and the refused AUTHENTICATE leg, on one session; nothing
+    // else (without the GOAWAY's code, the waiters tried a new h2 session first).
+    const h2 = r.server.exchanges.filter((e) => e.protocol === 'h2');
+    expect(h2.map((e) => [e.status, e.outcome])).toEqual([
+      [401, 'unauthenticated'],
+      [401, 'challenge'],
+      [null, 'goaway'],
+    ]);
+    expect(
+      r.server.exchanges
+        .filter((e) => e.status === 200)
+        .map((e) => e.path)
+        .sort(),
+    ).toEqual(Array.from({ length: 10 }, (_, i) => `/auth/${i}`).sort());
   });
 
   it('works with undici.request, undici.fetch and setGlobalDispatcher + undici.fetch', async () => {

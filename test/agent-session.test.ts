@@ -7,6 +7,7 @@ import {
   LegLimitError,
   MechanismUnavailableError,
   MultilegAgent,
+  ntlmMechanism,
   QueueFullError,
   QueueTimeoutError,
 } from '../src/index.ts';
@@ -139,6 +140,29 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     },
   );
 
+  it('C4: a 401 on a per-request session answered with a multileg scheme that is not connection-level blocks no one: the handshakes run side by side', async () => {
+    // NTLM inside Negotiate (level "either"), not proactive: each request goes bare, meets a 401 and
+    // answers it with a handshake of its own. Its legs are held, so the handshakes overlap unless blocked.
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate'], faults: { delayMs: (q) => (q.headers.authorization ? 50 : 0) } },
+      { mechanisms: [ntlmMechanism(ALICE, { scheme: 'Negotiate' })], limits: { maxPerRequestSessions: 1 } },
+    );
+    const first = await get(r, '/auth/first');
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    r.server.reset();
+    const results = await many(r, 6);
+    const ex = r.server.exchanges;
+    // Side by side: more than one handshake's first leg arrived before any handshake ended (blocked,
+    // the others waited, and some were shown a 401 after MAX_WAITS waits).
+    const firstAccepted = Math.min(...ex.filter((e) => e.outcome === 'accepted').map((e) => e.seq));
+    const started = ex.filter((e) => e.seq < firstAccepted && e.outcome === 'challenge');
+    expect(started.length).toBeGreaterThan(1);
+    expect(results.map((x) => [x.status, x.body.sessionId])).toEqual(Array(6).fill([200, first.body.sessionId]));
+    // Each request: its bare 401, then its own two legs (not proactive, so not one wire request less).
+    expect(ex.filter((e) => e.outcome === 'unauthenticated')).toHaveLength(6);
+    expect(ex.filter((e) => e.outcome === 'accepted')).toHaveLength(6);
+  });
+
   it('C5: NTLM that succeeds authenticates the session even without Persistent-Auth', async () => {
     r = await rig({ mode: 'none', schemes: ['NTLM'] });
     await many(r, 10);
@@ -172,6 +196,40 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect([after.status, after.body.sessionId]).toEqual([200, nt.body.sessionId]);
     const last = r.server.exchanges.at(-1)!;
     expect([last.path, hasAuth(last.requestHeaders), last.outcome]).toEqual(['/auth/after', false, 'session']);
+  });
+
+  it('C5: an NTLM handshake answering a 401 on a per-request session blocks it: requests that come meanwhile queue behind it, one handshake in all', async () => {
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate', 'NTLM'] },
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () =>
+              Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+          },
+        },
+      },
+    );
+    const first = await get(r, '/auth/neg');
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    // The origin now wants NTLM on sessions: the next request's proactive Negotiate is declined and
+    // it answers NTLM on the per-request session; its NTLM legs are held while more requests come.
+    r.server.options.schemes = ['NTLM'];
+    r.server.options.mode = 'session';
+    const isNtlm = (q: { headers: Readonly<Record<string, unknown>> }) =>
+      String(q.headers.authorization ?? '').startsWith('NTLM ');
+    r.server.options.faults = { delayMs: (q) => (isNtlm(q) ? 100 : 0) };
+    r.server.reset();
+    const ntlmStarted = new Promise<void>((resolve) => r!.server.on('request', (q) => isNtlm(q) && resolve()));
+    const leader = get(r, '/auth/leader');
+    await ntlmStarted;
+    const results = await Promise.all([leader, many(r, 5)]).then(([l, m]) => [l, ...m]);
+    expect(results.map((x) => [x.status, x.body.user, x.body.sessionId])).toEqual(
+      Array(6).fill([200, 'EXAMPLE\\alice', first.body.sessionId]),
+    );
+    // One NTLM handshake (NEGOTIATE, AUTHENTICATE); without the block, each request ran its own.
+    expect(r.server.exchanges.filter((e) => e.scheme === 'NTLM')).toHaveLength(2);
+    expect(r.agent.handshakes().filter((h) => h.scheme === 'NTLM')).toHaveLength(1);
   });
 
   for (const scheme of ['Negotiate', 'NTLM'] as const) {
@@ -244,6 +302,24 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(r.agent.stats().failedHandshakes).toBeGreaterThanOrEqual(1);
     // The released requests were sent without credentials and did not each start a handshake.
     expect(r.agent.stats().handshakes).toBe(1);
+  });
+
+  it('C7: credentials proved here, then refused (the password was changed): the requests queued behind the failing handshake get the 401 without each trying the old password', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] });
+    expect((await many(r, 3)).every((x) => x.status === 200)).toBe(true);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session']);
+    // The password is changed on the server; the session ends, so the next burst authenticates anew,
+    // proactively, and queues behind that one (held) handshake.
+    r.server.options.users = { 'EXAMPLE\\alice': 'rotated' };
+    r.server.options.faults = { delayMs: (q) => (q.headers.authorization ? 50 : 0) };
+    r.server.endSessions();
+    r.server.reset();
+    const results = await many(r, 10, '/auth/after');
+    expect(results.map((x) => x.status)).toEqual(Array(10).fill(401));
+    // One handshake tried the old password, once; the waiters went bare (one 401 each).
+    expect(r.server.exchanges.filter((e) => e.outcome === 'rejected')).toHaveLength(1);
+    expect(r.server.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(2);
+    expect(r.agent.handshakes().map((h) => h.outcome)).toEqual(['session', 'failed']);
   });
 
   it('C7: a new successful handshake on an authenticated session replaces the identity', async () => {

@@ -21,7 +21,7 @@ import {
   parseDigestAlgorithm,
 } from '../src/mechanisms/digest/index.ts';
 import type { LegInfo } from '../src/mechanisms/types.ts';
-import { get, type Rig, rig } from './helpers.ts';
+import { get, hasAuth, type Rig, rig } from './helpers.ts';
 
 const MUFASA = { username: 'Mufasa', password: 'Circle of Life' };
 const RFC_NONCE = '7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v';
@@ -330,6 +330,28 @@ describe('Digest through MultilegAgent (reference server)', () => {
     expect(res.status).toBe(401);
     // Retried exactly once after a stale answer, then the server's 401 reaches the caller.
     expect(r.server.exchanges.map((e) => e.reason ?? '')).toEqual(['stale-nonce', 'stale-nonce']);
+  });
+
+  it('M3: stale=true in reply to the answer to a fresh 401 challenge (not a proactive answer): one retry with the new nonce, a 200', async () => {
+    r = await digestRig(['SHA-256']);
+    // The nonce of the first 401 turns stale while the agent answers it.
+    let staled = false;
+    r.server.on('request', (q) => {
+      if (q.headers.authorization && !staled) {
+        staled = true;
+        r!.server.digest.staleAll();
+      }
+    });
+    const res = await get(r, '/auth/fresh');
+    expect([res.status, res.body.user]).toEqual([200, 'EXAMPLE\\alice']);
+    expect(r.server.exchanges.map((e) => [e.status, hasAuth(e.requestHeaders), e.reason ?? ''])).toEqual([
+      [401, false, ''],
+      [401, true, 'stale-nonce'],
+      [200, true, ''],
+    ]);
+    const sent = authz(r).map((a) => (a ? paramsOf(a) : undefined));
+    expect(sent[2]!.nonce).not.toBe(sent[1]!.nonce);
+    expect(r.agent.handshakes().map((h) => [h.outcome, h.legs])).toEqual([['per-request', 2]]);
   });
 
   it("M3: wrong password: the caller gets the server's 401 after one attempt, and no stale retry", async () => {

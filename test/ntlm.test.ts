@@ -97,6 +97,16 @@ describe('NTLMv2 (MS-NLMP 4.2.4 test vectors)', () => {
     expect(ntowfv2(password, user, domain).toString('hex')).toBe('0c868a403bfd7a93a3001ef22ef02e3f');
   });
 
+  it("M1: NTOWFv2 upper-cases the user name like Windows (one to one): 'Straße' hashes as STRAßE, not STRASSE", () => {
+    // MS-NLMP 3.3.2: HMAC_MD5(MD4(UNICODE(Passwd)), UNICODE(ConcatenationOf(Uppercase(User), UserDom))),
+    // where Windows upper-cases each UTF-16 unit alone (RtlUpcaseUnicodeChar: U+00DF has no one-unit
+    // upper case and stays), unlike JavaScript's toUpperCase ('ß' → 'SS'). Both values below were
+    // computed outside this project, with js-md4 and node:crypto's HMAC-MD5 (that pair gives
+    // 0c868a403bfd7a93a3001ef22ef02e3f for the 4.2.4.1.1 inputs above).
+    expect(ntowfv2(password, 'Straße', domain).toString('hex')).toBe('d63cd23eda76b551cec5780aa8f94b13');
+    expect(ntowfv2(password, 'Straße', domain).toString('hex')).not.toBe('e5884fad08419885f172f1f526fbf7db');
+  });
+
   it('M1: LMv2 response matches MS-NLMP 4.2.4.2.1', () => {
     const key = ntowfv2(password, user, domain);
     expect(lmv2Response(key, serverChallenge, clientChallenge).toString('hex')).toBe(

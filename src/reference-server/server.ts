@@ -371,7 +371,8 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     draft.mode = this.options.mode;
     if (stream && this.options.faults.refuseWithGoaway?.(info)) {
       // R5: GOAWAY(NO_ERROR) with a last-stream-id below this stream: not processed, retry elsewhere.
-      this.#goawayBelow(state, draft, req as Http2ServerRequest, constants.NGHTTP2_NO_ERROR);
+      const code = this.options.faults.refuseWithGoawayCode ?? constants.NGHTTP2_NO_ERROR;
+      this.#goawayBelow(state, draft, req as Http2ServerRequest, code);
       return;
     }
     const tlsSocket = (stream ? stream.session?.socket : req.socket) as TLSSocket | undefined;

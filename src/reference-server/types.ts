@@ -70,6 +70,8 @@ export interface ReferenceServerFaults {
    * the request's stream, which is refused unprocessed (R5).
    */
   refuseWithGoaway?: (request: IncomingRequestInfo) => boolean;
+  /** The error code of `refuseWithGoaway`'s GOAWAY. Default NO_ERROR; 0xd is HTTP_1_1_REQUIRED (H2). */
+  refuseWithGoawayCode?: number;
 }
 
 /** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */
