@@ -232,6 +232,32 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(r.agent.handshakes().filter((h) => h.scheme === 'NTLM')).toHaveLength(1);
   });
 
+  it('C1/C5: several proactive Negotiate requests on a per-request session declined at once: the first answers NTLM, the others queue behind it (no illegal transition)', async () => {
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate', 'NTLM'] },
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () =>
+              Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+          },
+        },
+      },
+    );
+    const first = await get(r, '/auth/neg');
+    expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    r.server.options.schemes = ['NTLM'];
+    r.server.options.mode = 'session';
+    r.server.reset();
+    // All six go proactively with Negotiate and are declined together.
+    const results = await many(r, 6);
+    // Before: all but the first failed: "session: event handshake-start is not allowed in state handshaking".
+    expect(results.map((x) => [x.status, x.body.user, x.body.sessionId])).toEqual(
+      Array(6).fill([200, 'EXAMPLE\\alice', first.body.sessionId]),
+    );
+    expect(r.agent.handshakes().filter((h) => h.scheme === 'NTLM')).toHaveLength(1);
+  });
+
   for (const scheme of ['Negotiate', 'NTLM'] as const) {
     it(`C6: a new session's proactive ${scheme} first leg answered 200 by a resource that needs no authentication decides nothing: the session's next requests authenticate it once`, async () => {
       r = await rig({ mode: 'session', schemes: [scheme] }, scheme === 'NTLM' ? { negotiate: false } : {});

@@ -599,6 +599,14 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
     mechanism.multileg &&
     !session.authenticationFails &&
     (session.state.kind !== 'per-request' || mechanism.level === 'connection');
+  // Another request started a blocking handshake here meanwhile (several proactive legs declined,
+  // or a scheme found unusable, at once): join its queue (C1), as afterSend does; this 401 is
+  // answered after it only if the session is still not authenticated.
+  const state = session.state;
+  if (blocking && state.kind === 'handshaking' && state.leader !== job.id) {
+    job.challenges = step.challenges;
+    return CHECK;
+  }
   return {
     kind: 'lead',
     mechanism,
