@@ -97,6 +97,31 @@ async function hostile(
   });
   return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, requests: () => n };
 }
+/**
+ * A multi-leg test mechanism named NTLM that answers the first challenge with one token and is then
+ * complete; `finish` verifies the server's final token (by default at once).
+ */
+function oneTokenNtlm(finish: () => Promise<void> = async () => {}): Mechanism {
+  return {
+    scheme: 'NTLM',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => {
+      let steps = 0;
+      return {
+        get complete() {
+          return steps > 0;
+        },
+        step: async () => {
+          steps += 1;
+          return 'NTLM dGVzdA==';
+        },
+        finish,
+      };
+    },
+  };
+}
 const causeOf = (e: unknown) => ((e as { cause?: unknown }).cause ?? e) as Error;
 const settle = <T>(p: Promise<T>) =>
   p.then(
@@ -324,25 +349,7 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
       else if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
       else respond(200, { 'persistent-auth': 'true' });
     });
-    const ntlmLike: Mechanism = {
-      scheme: 'NTLM',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => {
-        let steps = 0;
-        return {
-          get complete() {
-            return steps > 0;
-          },
-          step: async () => {
-            steps += 1;
-            return 'NTLM dGVzdA==';
-          },
-          finish: async () => {},
-        };
-      },
-    };
+    const ntlmLike = oneTokenNtlm();
     const a = agent({
       trustedOrigins: [s.origin],
       negotiate: false,
@@ -376,17 +383,10 @@ describe('R3: handshakeTimeout bounds a challenge body that never ends', () => {
         if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' }, 'stalls');
         else respond(200, { 'persistent-auth': 'true' });
       });
-      const oneLeg: Mechanism = {
-        scheme: 'NTLM',
-        level: 'connection',
-        multileg: true,
-        proactive: false,
-        createContext: () => ({ complete: true, step: async () => 'NTLM dGVzdA==', finish: async () => {} }),
-      };
       const a = agent({
         trustedOrigins: [s.origin],
         negotiate: false,
-        mechanisms: [oneLeg],
+        mechanisms: [oneTokenNtlm()],
         limits: { handshakeTimeout: 300 },
       });
       // Before: the request waited for undici's bodyTimeout (300 s); the test's own signal ended it.
@@ -435,30 +435,12 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
    */
   function hangingFinish(onHang: () => void = () => {}): Mechanism {
     let finishes = 0;
-    return {
-      scheme: 'NTLM',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => {
-        let steps = 0;
-        return {
-          get complete() {
-            return steps > 0;
-          },
-          step: async () => {
-            steps += 1;
-            return 'NTLM dGVzdA==';
-          },
-          finish: () => {
-            finishes += 1;
-            if (finishes > 1) return Promise.resolve();
-            onHang();
-            return new Promise<void>(() => {});
-          },
-        };
-      },
-    };
+    return oneTokenNtlm(() => {
+      finishes += 1;
+      if (finishes > 1) return Promise.resolve();
+      onHang();
+      return new Promise<void>(() => {});
+    });
   }
   /** Challenges a bare request; answers one with credentials 200 and a final token to verify. */
   const finalTokenOrigin = () =>
