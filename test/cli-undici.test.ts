@@ -3,10 +3,10 @@
  * 10 item 5): the same objects undici's index exports, and not the index with fetch, WebSocket,
  * the caches and the mocks.
  */
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as undici from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as core from '../src/cli/undici-core.ts';
@@ -31,11 +31,14 @@ describe('undici-core', () => {
       expect(typeof core.Dispatcher.prototype[method], method).toBe('function');
   });
 
-  it('falls back to undici’s whole package when its files are not where they were', async () => {
+  it('falls back to undici’s whole package when its files are not where they were, never to another undici’s files', async () => {
     // An undici whose index is the real one but which has no lib/ of its own: as if a later
-    // version had moved its files.
+    // version had moved its files. A folder above holds another copy of undici, whose lib/ a bare
+    // 'undici/lib/…' would find (Node goes on to the parent folders' node_modules).
     const real = createRequire(import.meta.url).resolve('undici');
-    const dir = mkdtempSync(join(tmpdir(), 'multileg-moved-'));
+    const outer = mkdtempSync(join(tmpdir(), 'multileg-moved-'));
+    cpSync(dirname(real), join(outer, 'node_modules/undici'), { recursive: true });
+    const dir = join(outer, 'app');
     mkdirSync(join(dir, 'node_modules/undici'), { recursive: true });
     writeFileSync(join(dir, 'node_modules/undici/package.json'), '{"name":"undici","main":"index.js"}');
     writeFileSync(join(dir, 'node_modules/undici/index.js'), `module.exports = require(${JSON.stringify(real)});\n`);

@@ -8,20 +8,26 @@
  * Only the command uses this, through {@link useUndiciCore}; the library imports undici as usual.
  */
 import { createRequire, registerHooks } from 'node:module';
+import { dirname, join } from 'node:path';
 import type * as Undici from 'undici';
 
 const require = createRequire(import.meta.url);
 
 function load(): Pick<typeof Undici, 'Dispatcher' | 'Dispatcher1Wrapper' | 'Client' | 'buildConnector'> {
+  // The files of the undici that `require('undici')` finds, by their path in it: a bare
+  // 'undici/lib/…' missing there would be looked for in the node_modules of parent folders, and
+  // could come from another undici.
+  const root = dirname(require.resolve('undici/package.json'));
+  const file = (path: string) => require(join(root, path));
   try {
-    const Dispatcher = require('undici/lib/dispatcher/dispatcher.js') as typeof Undici.Dispatcher;
+    const Dispatcher = file('lib/dispatcher/dispatcher.js') as typeof Undici.Dispatcher;
     // What undici's index does: request(), stream(), pipeline(), upgrade(), connect() on every dispatcher.
-    Object.assign(Dispatcher.prototype, require('undici/lib/api/index.js'));
+    Object.assign(Dispatcher.prototype, file('lib/api/index.js'));
     return {
       Dispatcher,
-      Dispatcher1Wrapper: require('undici/lib/dispatcher/dispatcher1-wrapper.js') as typeof Undici.Dispatcher1Wrapper,
-      Client: require('undici/lib/dispatcher/client.js') as typeof Undici.Client,
-      buildConnector: require('undici/lib/core/connect.js') as typeof Undici.buildConnector,
+      Dispatcher1Wrapper: file('lib/dispatcher/dispatcher1-wrapper.js') as typeof Undici.Dispatcher1Wrapper,
+      Client: file('lib/dispatcher/client.js') as typeof Undici.Client,
+      buildConnector: file('lib/core/connect.js') as typeof Undici.buildConnector,
     };
   } catch (err) {
     // A later undici that moved its files: the whole package, as the library loads it.
