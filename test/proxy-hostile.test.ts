@@ -8,7 +8,13 @@ import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { KerberosTicketExpiredError, type Mechanism, MultilegAgent, ntlmMechanism } from '../src/index.ts';
+import {
+  KerberosTicketExpiredError,
+  type Mechanism,
+  MultilegAgent,
+  MutualAuthError,
+  ntlmMechanism,
+} from '../src/index.ts';
 import {
   ProxyCertificateError,
   ProxyConnectError,
@@ -334,6 +340,48 @@ function stuck(where: 'step' | 'finish'): Mechanism {
 }
 
 describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTimeout (R3)', () => {
+  /** A forwarding proxy that answers NTLM's 407 and then, to the request with credentials, `then`. */
+  const ntlmForwarder = (then: string) =>
+    hostile((socket) => {
+      socket.on('data', (d: Buffer) => {
+        const authorized = /proxy-authorization:/i.test(d.toString('latin1'));
+        socket.write(
+          authorized
+            ? then
+            : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n',
+        );
+      });
+    });
+  /** One NTLM-named token, then a check of the proxy's final token by `finish`. */
+  const finishing = (finish: () => Promise<void>): Mechanism => ({
+    scheme: 'NTLM',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => ({ complete: true, step: () => Promise.resolve('NTLM dGVzdA=='), finish }),
+  });
+  const withFinalToken = 'HTTP/1.1 200 OK\r\nProxy-Authenticate: NTLM ZmluYWw=\r\nContent-Length: 2\r\n\r\nhi';
+
+  it("M2/R3: a forwarded response is held until the proxy's final token is checked: a check that never returns ends in ProxyTimeoutError, one that fails in its error; nothing is delivered", async () => {
+    const cases: Array<[() => Promise<void>, new (...a: never[]) => Error]> = [
+      [() => new Promise(() => {}), ProxyTimeoutError],
+      [() => Promise.reject(new MutualAuthError('the proxy final token did not verify')), MutualAuthError],
+    ];
+    for (const [finish, expected] of cases) {
+      proxy = await ntlmForwarder(withFinalToken);
+      agent = new MultilegAgent({
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [finishing(finish)] },
+        limits: { handshakeTimeout: 300 },
+      });
+      // Before: 200 "hi" was delivered while the check still ran, whatever it found.
+      const err = await cause(fetch('http://localhost:8080/x', { dispatcher: agent }).then((r) => r.text()));
+      expect(err).toBeInstanceOf(expected);
+      await agent.destroy();
+      await proxy.close();
+      agent = proxy = undefined;
+    }
+  });
+
   it('R3: a proxy mechanism step that never returns during CONNECT fails with ProxyTimeoutError (limits.handshakeTimeout)', async () => {
     proxy = await ntlmProxy();
     agent = new MultilegAgent({

@@ -129,13 +129,15 @@ export class ForwardProxy {
                 return 'swallow';
               }
               // The proxy let the request through (or its last 407 goes to the caller): the
-              // exchange with the proxy is over; the origin's answer is the origin's to bound.
-              deadline.stop();
+              // exchange with the proxy is over, but for its final token; the origin's answer is
+              // the origin's to bound.
               this.#note(status, headers, onHttp2);
-              if (credentials && this.#auth.state === 'handshaking') {
-                this.#auth.succeeded(headers, leg).catch(this.#onUnusable);
+              const verdict = classify(status, headers);
+              if (!(credentials && this.#auth.state === 'handshaking')) {
+                deadline.stop();
+                return verdict;
               }
-              return classify(status, headers);
+              return this.#proved(this.#auth.succeeded(headers, leg), deadline, verdict);
             },
             path,
             started,
@@ -150,6 +152,28 @@ export class ForwardProxy {
     } finally {
       deadline.stop();
     }
+  }
+
+  /**
+   * The proxy's final token (M2) is checked before the response it came with reaches anyone, within
+   * the deadline, as a CONNECT's is: a response is held for it (`verdict`: the origin's own gate
+   * too); a failed check fails the request and the connection is not used again.
+   */
+  #proved(check: Promise<void>, deadline: Deadline<ProxyTimeoutError>, verdict: Verdict): Verdict {
+    const proved = deadline.race(check).then(
+      () => deadline.stop(),
+      (err: Error) => {
+        deadline.stop();
+        this.#onUnusable(err);
+        throw err;
+      },
+    );
+    if (verdict === 'swallow') {
+      // An origin's challenge goes on to its next leg; a failed check closes the connection under it.
+      proved.catch(() => {});
+      return verdict;
+    }
+    return verdict === 'deliver' ? proved : Promise.all([proved, verdict]).then(() => {});
   }
 
   /** What the proxy says of the origin in an answer that is not its own 407 (H3, H4). */
