@@ -9,6 +9,7 @@ import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import {
+  type ClientCertificate,
   type ClientCertificateSelector,
   checkOptionNames,
   checkSchemes,
@@ -131,18 +132,25 @@ export class MultilegAgent extends Dispatcher {
     }
     const certificate = options.clientCertificate;
     let selectCertificate: ClientCertificateSelector | undefined;
+    let handshakeCertificate: ClientCertificate | undefined;
     if (typeof certificate === 'function') selectCertificate = certificate;
     else if (certificate !== undefined) {
       const usable = configuredCertificate(certificate);
+      handshakeCertificate = usable;
       selectCertificate = () => usable;
     }
     checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
     let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
     if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
+    // Presented in the TLS handshake only while it is the strongest choice: a server that maps
+    // certificates to users would otherwise run the request as the certificate's identity where
+    // the caller ranked another scheme first.
+    if (schemes[0]?.toLowerCase() !== 'transport') handshakeCertificate = undefined;
     this.#options = {
       ...(options.credentials ? { credentials: options.credentials } : {}),
       ...(selectCertificate ? { clientCertificate: selectCertificate } : {}),
+      ...(handshakeCertificate ? { handshakeCertificate } : {}),
       trust: new TrustPolicy(options.trustedOrigins),
       schemes,
       mechanisms: options.mechanisms ?? [],

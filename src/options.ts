@@ -141,10 +141,14 @@ export interface MultilegAgentOptions {
   /** TLS options for connections to origins (ca, rejectUnauthorized, ...). */
   connect?: ConnectionOptions;
   /**
-   * Answers `WWW-Authenticate: Transport mode="tls-client-certificate"` (T3): the request moves to a
-   * new session that presents this certificate (HTTP/2 cannot renegotiate), and the origin keeps
-   * using it. A function chooses per origin and challenge, or declines with undefined. Unless
-   * `schemes` places `Transport`, it is preferred over every other scheme.
+   * A TLS client certificate (T3). Given as such, it is presented in the TLS handshake when the
+   * server asks for one there (as curl's `--cert` and .NET's `ClientCertificates` do), by the
+   * agent's own sessions only: to the origins the caller names (and trusts), never across a
+   * cross-origin redirect; and only while `Transport` comes first in `schemes` (the default). Either form also answers `WWW-Authenticate: Transport
+   * mode="tls-client-certificate"`: the request moves to a new session that presents it (HTTP/2
+   * cannot renegotiate), and the origin keeps using it. A function chooses per origin and challenge,
+   * or declines with undefined; it is asked on such a challenge only. Unless `schemes` places
+   * `Transport`, it is preferred over every other scheme.
    */
   clientCertificate?: ClientCertificate | ClientCertificateSelector;
   /** See {@link Limits}. */
@@ -173,6 +177,11 @@ export interface MultilegAgentOptions {
 export interface ResolvedOptions {
   credentials?: Credentials;
   clientCertificate?: ClientCertificateSelector;
+  /**
+   * A certificate given as such (not a selector): the agent's own sessions present it in the TLS
+   * handshake of every origin the caller names, when the server asks for one there (T3).
+   */
+  handshakeCertificate?: ClientCertificate;
   trust: TrustPolicy;
   schemes: readonly string[];
   mechanisms: readonly Mechanism[];

@@ -1,6 +1,10 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import { createServer as createHttpsServer, type Server as HttpsServer, type ServerOptions } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -67,6 +71,26 @@ function ntlmType(authorization: string | undefined): number {
 
 const CERT = { cert: CLIENT_CERT, key: CLIENT_KEY };
 
+const httpsServers: HttpsServer[] = [];
+afterEach(() => {
+  for (const s of httpsServers.splice(0)) {
+    s.closeAllConnections();
+    s.close();
+  }
+});
+/** An HTTP/1.1 https origin on loopback with the test server certificate and `tls` options; its origin. */
+async function httpsServer(
+  tls: Omit<ServerOptions, 'cert' | 'key'>,
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<string> {
+  const s = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY, ...tls }, handler);
+  s.on('tlsClientError', () => {});
+  httpsServers.push(s);
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  return `https://localhost:${(s.address() as AddressInfo).port}`;
+}
+
 /** An NTLM CHALLENGE any AUTHENTICATE answers (the scripted origins check nothing). */
 const NTLM_CHALLENGE = encodeChallenge({
   flags:
@@ -83,8 +107,48 @@ const NTLM_CHALLENGE = encodeChallenge({
 }).toString('base64');
 
 describe('choosing credentials: Transport (client certificates), 401 vs 403, trusted origins', () => {
-  it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
+  it('T3: a certificate given as such is presented in the TLS handshake where the server asks for one: no 401 first', async () => {
     r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: CERT });
+    const res = await get(r, '/auth/a');
+    // Before: the first request met a Transport 401 and moved to a second session (and a server
+    // that requires a certificate in the handshake, as IIS and nginx can, refused the connection).
+    expect([res.status, res.body.user]).toEqual([200, 'cert:alice']);
+    expect(r.server.exchanges.map((e) => [e.status, e.outcome])).toEqual([[200, 'certificate']]);
+    expect(r.server.exchanges.some((e) => hasAuth(e.requestHeaders))).toBe(false);
+  });
+
+  it('T3: a server that requires a client certificate in the TLS handshake accepts the configured one; an untrusted origin and a redirect hop never get it', async () => {
+    const seen: string[] = [];
+    // Requires a certificate of the test CA in the handshake (as nginx's ssl_verify_client on).
+    const strict = await httpsServer({ requestCert: true, rejectUnauthorized: true, ca: CA_CERT }, (req, res) => {
+      seen.push(String((req.socket as TLSSocket).getPeerCertificate().subject?.CN));
+      res.end('hello');
+    });
+    const redirector = await httpsServer({}, (_req, res) => res.writeHead(302, { location: `${strict}/hop` }).end());
+    const named = new MultilegAgent({ clientCertificate: CERT, connect: { ca: CA_CERT } });
+    const listed = new MultilegAgent({
+      clientCertificate: CERT,
+      connect: { ca: CA_CERT },
+      trustedOrigins: [redirector],
+    });
+    try {
+      const res = await fetch(`${strict}/x`, { dispatcher: named });
+      expect([res.status, await res.text()]).toEqual([200, 'hello']);
+      expect(seen).toEqual(['alice']);
+      // Not on the list: the connection goes without the certificate, and this server refuses it.
+      await expect(fetch(`${strict}/y`, { dispatcher: listed })).rejects.toThrow();
+      // A hop fetch follows to another origin: without it too.
+      await expect(fetch(`${redirector}/r`, { dispatcher: named })).rejects.toThrow();
+      expect(seen).toEqual(['alice']);
+    } finally {
+      await named.destroy();
+      await listed.destroy();
+    }
+  });
+
+  it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
+    // A selector is asked on the challenge only (a certificate given as such goes in the handshake).
+    r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: () => CERT });
     const res = await get(r, '/auth/a', { method: 'POST', body: 'same body' });
     expect(res.status).toBe(200);
     expect(res.body.user).toBe('cert:alice');
@@ -231,7 +295,8 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     const res = await fetch(`${r.server.origin}/auth/a`, { dispatcher: r.agent });
     expect(res.status).toBe(403);
     await res.arrayBuffer();
-    expect(r.server.exchanges.map((e) => e.status)).toEqual([401, 403]);
+    // (Presented in the TLS handshake: the server's first answer is its 403.)
+    expect(r.server.exchanges.map((e) => e.status)).toEqual([403]);
     expect(r.agent.stats().handshakes).toBe(0);
   });
 

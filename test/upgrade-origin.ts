@@ -5,10 +5,10 @@
  */
 import { once } from 'node:events';
 import { createServer as createTcpServer, type Server, type Socket } from 'node:net';
-import { createServer as createTlsServer } from 'node:tls';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { serverEndPointHash } from '../src/reference-server/index.ts';
-import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
 export interface Seen {
   readonly connection: number;
@@ -47,6 +47,8 @@ export async function upgradeServer(opts: {
    * client's channel binding to be that certificate's tls-server-end-point hash.
    */
   tls?: boolean;
+  /** With `tls`: require a client certificate of the test CA in the handshake; the greeting names its CN. */
+  requireClientCertificate?: boolean;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
@@ -64,7 +66,9 @@ export async function upgradeServer(opts: {
       domain: 'EXAMPLE',
       ...(opts.tls ? { channelBinding: serverEndPointHash() } : {}),
     });
-    let user: string | undefined;
+    let user: string | undefined = opts.requireClientCertificate
+      ? `cert:${(socket as TLSSocket).getPeerCertificate().subject?.CN}`
+      : undefined;
     let buf = Buffer.alloc(0);
     const respond = (status: number, text: string, headers: Record<string, string>, body = '') => {
       socket.write(
@@ -141,7 +145,14 @@ export async function upgradeServer(opts: {
     socket.on('data', onData);
   };
   const server: Server = opts.tls
-    ? createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY }, onConnection)
+    ? createTlsServer(
+        {
+          cert: SERVER_CERT,
+          key: SERVER_KEY,
+          ...(opts.requireClientCertificate ? { requestCert: true, rejectUnauthorized: true, ca: CA_CERT } : {}),
+        },
+        onConnection,
+      )
     : createTcpServer(onConnection);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as { port: number }).port;

@@ -23,7 +23,13 @@ import {
   type SchemeName,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
-import { CA_CERT, type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
+import {
+  CA_CERT,
+  CLIENT_CERT,
+  CLIENT_KEY,
+  type ReferenceProxy,
+  startReferenceProxy,
+} from '../src/reference-server/index.ts';
 import { ALICE, patchedNtlm, recordingPorts, unavailableScheme } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
@@ -302,6 +308,15 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(err).toBeInstanceOf(MechanismUnavailableError);
     expect(err!.message).toContain('test: not on this machine');
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('T3: an upgrade to an origin that requires a client certificate in the TLS handshake presents the configured one', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    agent = new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: CA_CERT } });
+    // Before: the TLS handshake failed (no certificate), as for any request before T3's fix.
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
   });
 
   it('C11: an upgrade handshake that needs more legs than limits.maxLegs ends with LegLimitError', async () => {

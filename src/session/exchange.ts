@@ -274,7 +274,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       // Traced legs are published by the session's own send (multileg:leg).
       !tracingLegs() &&
       !env.memory.requiresHttp1 &&
-      env.memory.clientCertificate === undefined &&
+      (env.memory.clientCertificate === undefined || session.certified) &&
       !env.memory.hasUnusable &&
       session.sendsDirect
     );

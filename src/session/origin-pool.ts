@@ -94,6 +94,9 @@ export class OriginPool implements FastHost {
     this.origin = origin;
     this.#options = options;
     this.memory = new OriginMemory(options.http1MemoryTtl);
+    // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
+    // selector is asked when a Transport challenge comes.
+    this.memory.clientCertificate = options.handshakeCertificate;
     this.#route = options.proxy.route(origin);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
     this.#env = {

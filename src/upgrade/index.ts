@@ -21,7 +21,7 @@ import { normalizeRequestHeaders } from '../headers.ts';
 import { log } from '../log.ts';
 import { cannotRunHere, type MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
-import { type Limits, portOf, unbracketed } from '../options.ts';
+import { type ClientCertificate, type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
@@ -36,6 +36,8 @@ export interface UpgradeOptions {
   readonly proxy: ProxyResolver;
   readonly limits: Limits;
   readonly mechanisms: MechanismSet;
+  /** Presented in the TLS handshake of upgrades that may carry credentials (T3). */
+  readonly handshakeCertificate?: ClientCertificate;
 }
 
 /** One leg's outcome, as far as the handshake is concerned. */
@@ -74,7 +76,10 @@ export class UpgradeDispatcher {
     const sink = new UserSink(handler);
     sink.begin();
     if (sink.aborted) return true;
-    const client = this.#client(origin);
+    // As the agent's own sessions: not for a request that brings its own credentials (S6).
+    const headers = normalizeRequestHeaders(opts.headers);
+    const own = 'authorization' in headers || 'proxy-authorization' in headers;
+    const client = this.#client(origin, credentialsAllowed && !own);
     const onUpgrade = (status: number, headers: Headers, socket: Socket) =>
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     this.#run(client, origin, opts, sink, credentialsAllowed, onUpgrade)
@@ -96,8 +101,10 @@ export class UpgradeDispatcher {
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
-  #client(origin: string): Client & { channelBinding?: Buffer } {
-    const { connect: tls, limits } = this.#options;
+  #client(origin: string, credentialsAllowed: boolean): Client & { channelBinding?: Buffer } {
+    const { connect, limits, handshakeCertificate } = this.#options;
+    // The agent's certificate is a credential: only where credentials may go (T3, S1).
+    const tls = credentialsAllowed && handshakeCertificate ? { ...connect, ...handshakeCertificate } : connect;
     // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
     const route = this.#options.proxy.route(origin);
     // An upgrade is an HTTP/1.1 affair (undici speaks no extended CONNECT over HTTP/2): ALPN offers
