@@ -23,6 +23,7 @@ export {
   KerberosKdcUnreachableError,
   KerberosKeytabError,
   KerberosNoTicketError,
+  KerberosOtherPrincipalError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
   KerberosWrongRealmError,

@@ -288,6 +288,8 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
         what: 'a ticket for the wrong realm (carol@OTHER.TEST)',
         code: 'MULTILEG_KRB_WRONG_REALM',
         ccache: () => cc('carol'),
+        // carol's ticket on purpose (with alice's password only carol's principal may use it).
+        principal: CAROL.principal,
       },
       {
         what: 'an unknown SPN (the host reached by IP)',
@@ -298,6 +300,40 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       { what: 'an expired ticket', code: 'MULTILEG_KRB_TICKET_EXPIRED', ccache: () => expiredCc },
       { what: 'no ticket', code: 'MULTILEG_KRB_NO_TICKET', ccache: () => cc('none') },
     ];
+
+    it("M5/S6: credentials name bob, the ticket at hand is alice's: Kerberos is skipped and bob authenticates with his password; without a password path, a typed error, never a request as alice", async () => {
+      const origin = lab.apache!.origin;
+      const bob = { username: 'bob', password: 'bobpw', domain: 'EXAMPLE' };
+      const a = agent({ credentials: bob, trustedOrigins: [origin], negotiate: { ccache: aliceCc } });
+      const res = await fetch(`${origin}/spnego2/`, { dispatcher: a });
+      // Before: 200 as alice@EXAMPLE.TEST, the ticket's owner, whatever the credentials said.
+      expect([res.status, res.headers.get('x-remote-user')]).toEqual([200, 'EXAMPLE\\bob']);
+      await res.arrayBuffer();
+      expect(a.handshakes().at(-1)!.fallbackReason).toMatch(
+        /^MULTILEG_KRB_OTHER_PRINCIPAL: the Kerberos ticket is alice@EXAMPLE\.TEST's, not bob's/,
+      );
+      // A Kerberos-only resource: bob's NTLM inside Negotiate is refused; the caller gets the 401.
+      const kerberosOnly = await fetch(`${origin}/protected/`, { dispatcher: a });
+      expect([kerberosOnly.status, kerberosOnly.headers.get('x-remote-user')]).toEqual([401, '']);
+      await kerberosOnly.arrayBuffer();
+      // With no password path at all (Kerberos only): the typed error, never a request as alice.
+      const strict = agent({
+        credentials: bob,
+        trustedOrigins: [origin],
+        negotiate: { ccache: aliceCc, mech: 'kerberos' },
+      });
+      const err = await fetch(`${origin}/protected/`, { dispatcher: strict }).catch((e: { cause?: Error }) => e.cause);
+      expect(err).toMatchObject({ code: 'MULTILEG_KRB_OTHER_PRINCIPAL' });
+      // negotiate.principal chooses that ticket on purpose.
+      const chosen = agent({
+        credentials: bob,
+        trustedOrigins: [origin],
+        negotiate: { ccache: aliceCc, principal: 'alice@EXAMPLE.TEST' },
+      });
+      const asAlice = await fetch(`${origin}/protected/`, { dispatcher: chosen });
+      expect([asAlice.status, asAlice.headers.get('x-remote-user')]).toEqual([200, 'alice@EXAMPLE.TEST']);
+      await asAlice.arrayBuffer();
+    });
 
     it('M5: Apache /spnego2 offers both Negotiate and NTLM', async () => {
       const client = labClient(lab.apache!.origin, lab.apache!.ca);
@@ -366,7 +402,8 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
     for (const c of cases) {
       it(`M5: ${c.what} with a password: authenticated via NTLM, and the report says why Kerberos was skipped`, async () => {
         const origin = c.byIp ? `https://127.0.0.1:${lab.apache!.tlsPort}` : lab.apache!.origin;
-        const a = agent({ credentials: ALICE_NTLM, trustedOrigins: [origin], negotiate: { ccache: c.ccache() } });
+        const negotiate = { ccache: c.ccache(), ...(c.principal ? { principal: c.principal } : {}) };
+        const a = agent({ credentials: ALICE_NTLM, trustedOrigins: [origin], negotiate });
         const res = await fetch(`${origin}/spnego2/`, { dispatcher: a });
         expect(res.status).toBe(200);
         expect(res.headers.get('x-remote-user')).toBe('EXAMPLE\\alice');

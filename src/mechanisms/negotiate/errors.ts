@@ -91,6 +91,20 @@ export class KerberosWrongRealmError extends KerberosError {
   }
 }
 
+/**
+ * The Kerberos ticket at hand is another user's than the agent's `credentials` name: using it would
+ * run the request as someone else than the caller said (the ambient ticket of whoever ran kinit).
+ */
+export class KerberosOtherPrincipalError extends KerberosError {
+  constructor(ticket: string, user: string) {
+    super(
+      'MULTILEG_KRB_OTHER_PRINCIPAL',
+      `Negotiate: the Kerberos ticket is ${ticket}'s, not ${user}'s (credentials): kinit as ${user}, or pass negotiate.principal to use this ticket on purpose`,
+      '',
+    );
+  }
+}
+
 /** The client keytab gave no ticket (missing file, no key for the principal). */
 export class KerberosKeytabError extends KerberosError {
   constructor(gssMessage: string, keytab: string, options?: { cause?: unknown }) {

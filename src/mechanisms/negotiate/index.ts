@@ -27,6 +27,7 @@ import { type BackendChoice, loadBackend } from './backend.ts';
 import {
   fallbackReasonOf,
   KerberosNoTicketError,
+  KerberosOtherPrincipalError,
   KerberosTicketExpiredError,
   mapGssError,
   type NegotiateFallbackReason,
@@ -52,6 +53,7 @@ export {
   KerberosKdcUnreachableError,
   KerberosKeytabError,
   KerberosNoTicketError,
+  KerberosOtherPrincipalError,
   KerberosTicketExpiredError,
   KerberosUnknownServiceError,
   KerberosWrongRealmError,
@@ -239,6 +241,14 @@ class NegotiateContext implements MechanismContext {
       ...(cb ? { channelBinding: cb } : {}),
       credCache: this.#memory.creds,
     });
+    // Credentials name the caller's identity: another user's ticket (whoever ran kinit) is not
+    // used for them — unless negotiate.principal chose a Kerberos identity of its own.
+    const ticket = this.#client.username;
+    if (o.credentials && !o.principal && ticket && !sameUser(ticket, o.credentials.username)) {
+      (this.#client as { dispose?: () => void }).dispose?.();
+      this.#client = undefined;
+      throw new KerberosOtherPrincipalError(ticket, o.credentials.username);
+    }
     const out = await this.#client.step('');
     this.#channelBound = cb !== undefined;
     return out;
@@ -412,11 +422,26 @@ export function carriesKerberosApReq(base64: string): boolean {
   }
 }
 
+/**
+ * Whether a Kerberos principal (`user@REALM`) is the user `name` says: `DOMAIN\user` and `user` by
+ * the user part alone (a NetBIOS domain is not a realm), `user@REALM` by both (case-insensitive).
+ */
+function sameUser(principal: string, name: string): boolean {
+  const at = principal.lastIndexOf('@');
+  const user = (at < 0 ? principal : principal.slice(0, at)).toLowerCase();
+  const realm = at < 0 ? '' : principal.slice(at + 1).toLowerCase();
+  const plain = name.slice(name.lastIndexOf('\\') + 1).toLowerCase();
+  const nameAt = plain.lastIndexOf('@');
+  if (nameAt < 0) return plain === user;
+  return plain.slice(0, nameAt) === user && plain.slice(nameAt + 1) === realm;
+}
+
 /** Failures of the client's own credentials (or of GSS-API itself), not of one server's SPN. */
 function credentialLevel(err: unknown): boolean {
   return (
     err instanceof KerberosNoTicketError ||
     err instanceof KerberosTicketExpiredError ||
+    err instanceof KerberosOtherPrincipalError ||
     (err instanceof MultilegError && err.code === 'MULTILEG_MECHANISM_UNAVAILABLE')
   );
 }
