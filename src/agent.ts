@@ -256,14 +256,18 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.requests += 1;
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
+    const own = 'authorization' in headers;
+    const ownProxy = 'proxy-authorization' in headers;
     const identity: Identity =
-      'authorization' in headers
-        ? 'caller'
-        : 'proxy-authorization' in headers
-          ? 'caller-proxy'
-          : grant.allowed
-            ? 'agent'
-            : 'anonymous';
+      own && ownProxy
+        ? 'caller-both'
+        : own
+          ? 'caller'
+          : ownProxy
+            ? 'caller-proxy'
+            : grant.allowed
+              ? 'agent'
+              : 'anonymous';
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it

@@ -124,6 +124,52 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
   });
 });
 
+describe("proxies: callers' own proxy credentials (S6)", () => {
+  /** A forwarding proxy that answers itself, and binds the identity of a Proxy-Authorization to the connection. */
+  const pinningProxy = () =>
+    hostile((socket) => {
+      let buf = '';
+      let identity: string | undefined;
+      socket.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
+          const head = buf.slice(0, end);
+          buf = buf.slice(end + 4);
+          const basic = /\r\nproxy-authorization: *Basic (\S+)/i.exec(head);
+          if (basic) identity = Buffer.from(basic[1]!, 'base64').toString().split(':')[0];
+          const body = identity ? `as ${identity}` : '';
+          socket.write(
+            identity
+              ? `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+              : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n',
+          );
+        }
+      });
+    });
+
+  it("S6: a request with only its own Authorization never rides a proxy connection that another caller's own Proxy-Authorization authenticated", async () => {
+    proxy = await pinningProxy();
+    agent = new MultilegAgent({
+      allowBasicOverHttp: true,
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'agentproxy', password: 'pw' } },
+    });
+    const b64 = (text: string) => Buffer.from(text).toString('base64');
+    // Caller 1 (a gateway relaying carol) brings both headers of its own.
+    const carol = await fetch('http://localhost:8080/one', {
+      dispatcher: agent,
+      headers: { authorization: `Basic ${b64('carol:x')}`, 'proxy-authorization': `Basic ${b64('carol:px')}` },
+    });
+    expect(await carol.text()).toBe('as carol');
+    // Caller 2 brings only its own Authorization: to the proxy it is the agent's proxy account.
+    const dave = await fetch('http://localhost:8080/two', {
+      dispatcher: agent,
+      headers: { authorization: `Basic ${b64('dave:y')}` },
+    });
+    // Before: it rode carol's connection and the proxy served it as carol.
+    expect(await dave.text()).toBe('as agentproxy');
+  });
+});
+
 describe('proxies: a scheme that cannot run here (M5)', () => {
   it('H5/M5: a proxy offering Negotiate and Basic, Negotiate with an expired Kerberos ticket: the tunnel opens with Basic', async () => {
     server = await startReferenceServer({ mode: 'session', schemes: [] });

@@ -53,12 +53,14 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
     anonymous: 'auto/anonymous',
     caller: 'auto/caller',
     'caller-proxy': 'auto/caller-proxy',
+    'caller-both': 'auto/caller-both',
   },
   http1: {
     agent: 'http1/agent',
     anonymous: 'http1/anonymous',
     caller: 'http1/caller',
     'caller-proxy': 'http1/caller-proxy',
+    'caller-both': 'http1/caller-both',
   },
 };
 
