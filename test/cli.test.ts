@@ -232,7 +232,7 @@ describe('multileg command line', () => {
       const noPass = await run(['--cacert', ca, '--cert', cert, '--key', key, url]);
       expect(noPass.code).toBe(58);
       expect(noPass.stderr).toBe(
-        'multileg: --cert/--key: the key is encrypted and the passphrase is missing or wrong: pass passphrase\n',
+        'multileg: --cert/--key: the key is encrypted and the passphrase is missing or wrong: pass --pass\n',
       );
       // Before: accepted, and the connection failed with OpenSSL's words (exit 1).
       const wrong = await run(['--cacert', ca, '--cert', cert, '--key', wrongKey, url]);

@@ -5,7 +5,8 @@
  * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
  * switches protocols and echoes.
  */
-import type { Socket } from 'node:net';
+import { once } from 'node:events';
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { connect, type Dispatcher, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -317,6 +318,37 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+  });
+
+  it('R3: the first bare 401 to an upgrade whose body never ends is bounded by handshakeTimeout', async () => {
+    const stalls = createNetServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () =>
+        socket.write('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nContent-Length: 100\r\n\r\nabc'),
+      );
+      sockets.push(socket);
+    });
+    stalls.listen(0, '127.0.0.1');
+    await once(stalls, 'listening');
+    const at = `http://127.0.0.1:${(stalls.address() as AddressInfo).port}`;
+    try {
+      agent = new MultilegAgent({
+        credentials: ALICE,
+        trustedOrigins: [at],
+        negotiate: false,
+        proxy: false,
+        limits: { handshakeTimeout: 300 },
+      });
+      // Before: it waited for undici's body timeout (300 s).
+      const err = await upgrade(`${at}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(HandshakeTimeoutError);
+      expect(err!.message).toMatch(/a 401 body that never ended/);
+    } finally {
+      stalls.close();
+    }
   });
 
   it('C11: an upgrade handshake that needs more legs than limits.maxLegs ends with LegLimitError', async () => {

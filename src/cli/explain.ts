@@ -57,6 +57,8 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/ and check proxy\.schemes\b/g, ''],
   [/\bproxy\.negotiate with a Kerberos ticket\b/g, 'a Kerberos ticket for the proxy'],
   [/\bpass principal\b/g, 'pass --principal'],
+  [/\bpass passphrase\b/g, 'pass --pass'],
+  [/\bpass negotiate\.principal\b/g, 'pass --principal'],
   [/\bgive credentials\b/g, 'give -u user:password'],
   [/\bcheck credentials\b/g, 'check -u user:password'],
   [/\bcheck the credentials\b/g, 'check -u user:password'],

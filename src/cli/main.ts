@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import type { MultilegAgent } from '../agent.ts';
 import { ConfigError } from '../errors.ts';
 import { credentialsFor } from './credentials.ts';
-import { challengeSchemes, describeFailure, EXIT, explain401 } from './explain.ts';
+import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './explain.ts';
 import { parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
@@ -82,7 +82,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     if (err.option === 'clientCertificate') {
-      say(err.message.replace(/^clientCertificate: /, '--cert/--key: '));
+      say(forCli(err.message.replace(/^clientCertificate: /, '--cert/--key: ')));
       return EXIT.clientCertificate;
     }
     say(describeFailure(err, req).message);

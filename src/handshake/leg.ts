@@ -33,8 +33,9 @@ export type LegResult =
   | { readonly kind: 'failed'; readonly error: Error };
 
 /**
- * The undici v2 handler of one leg. Intermediate bodies are drained, never aborted: aborting on
- * HTTP/1.1 destroys the socket and with it a connection-bound handshake.
+ * The undici v2 handler of one leg. Intermediate bodies are drained, not aborted (aborting on
+ * HTTP/1.1 destroys the socket and with it a connection-bound handshake), unless one is too large
+ * (`maxDrainBytes`) or too slow (`maxDrainMs`): then the challenge counts and the leg is cut.
  */
 export class LegHandler implements Dispatcher.DispatchHandler {
   readonly result: Promise<LegResult>;

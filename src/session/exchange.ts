@@ -600,8 +600,9 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
     !session.authenticationFails &&
     (session.state.kind !== 'per-request' || mechanism.level === 'connection');
   // Another request started a blocking handshake here meanwhile (several proactive legs declined,
-  // or a scheme found unusable, at once): join its queue (C1), as afterSend does; this 401 is
-  // answered after it only if the session is still not authenticated.
+  // or a scheme found unusable, at once): join its queue (C1), as afterSend joins one; this 401's
+  // challenges are answered after it only if the session is still not authenticated (its Auth-ID
+  // is not: the server's context for it is another request's by then, C3).
   const state = session.state;
   if (blocking && state.kind === 'handshaking' && state.leader !== job.id) {
     job.challenges = step.challenges;

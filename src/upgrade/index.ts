@@ -3,9 +3,10 @@
  * they cannot share the agent's sessions: each one gets its own undici `Client` with one HTTP/1.1
  * connection (`pipelining: 1`), made through the configured proxy's CONNECT tunnel (with proxy
  * authentication, src/proxy/tunnel.ts) when there is one. When the server answers 401, the
- * handshake's legs go on that same connection — intermediate 401 bodies drained, never aborted
- * (aborting destroys an HTTP/1.1 socket) — and the caller sees only the final answer: the upgraded
- * socket, or a response.
+ * handshake's legs go on that same connection — intermediate 401 bodies drained, not aborted
+ * (aborting destroys an HTTP/1.1 socket) unless too large or too slow (limits.maxChallengeBodyBytes,
+ * limits.handshakeTimeout: the upgrade fails) — and the caller sees only the final answer: the
+ * upgraded socket, or a response.
  */
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
@@ -14,7 +15,7 @@ import { prepareBody, preparedBody } from '../body/replayable.ts';
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import type { Deadline } from '../deadline.ts';
-import { type HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../headers.ts';
@@ -278,12 +279,16 @@ export class UpgradeDispatcher {
       /** Ended by the caller's abort or the handshake's clock: a `verify` that settles later changes nothing. */
       let aborted = false;
       const deliver = (event: () => void) => (held ? held.push(event) : event());
+      /** Bounds the wait for a swallowed challenge's body, the first bare 401's included (R3). */
+      let drainTimer: NodeJS.Timeout | undefined;
       const fail = (error: Error) => {
+        clearTimeout(drainTimer);
         controller?.abort(error);
         resolve({ kind: 'failed', error });
       };
       sink.onAbort((reason) => {
         aborted = true;
+        clearTimeout(drainTimer);
         controller?.abort(reason);
         // undici may be done with the request (a 101, or a final response held for `verify`): its
         // controller's abort does nothing then, so the leg ends here (R3), the socket with it.
@@ -319,6 +324,10 @@ export class UpgradeDispatcher {
         onResponseStart(c, status, h, message) {
           if (answer(status, h as Headers)) {
             swallowed = h as Headers;
+            drainTimer = setTimeout(
+              () => fail(new HandshakeTimeoutError(limits.handshakeTimeout, 'Upgrade (a 401 body that never ended)')),
+              limits.handshakeTimeout,
+            );
             return;
           }
           // A final 401 is a rejection, with nothing to verify; anything else answers our last leg.
@@ -357,6 +366,7 @@ export class UpgradeDispatcher {
         },
         onResponseEnd(_c, trailers) {
           if (swallowed) {
+            clearTimeout(drainTimer);
             resolve({ kind: 'challenged', headers: swallowed });
             return;
           }
@@ -366,6 +376,7 @@ export class UpgradeDispatcher {
           });
         },
         onResponseError(_c, err) {
+          clearTimeout(drainTimer);
           if (held) held = undefined;
           resolve({ kind: 'failed', error: err });
         },
@@ -384,8 +395,6 @@ export class UpgradeDispatcher {
     });
   }
 }
-
-/** Schemes that cannot run here (no ticket, no addon): the next offered one is tried instead. */
 
 /** Verifies the server's final token, if its scheme sent one, on the answer to our last leg. */
 function finish(auth: Auth, headers: Headers, leg: LegInfo): Promise<void> {
