@@ -4,7 +4,9 @@
  * - `multileg:handshake` — a {@link HandshakeReport} for every finished handshake;
  * - `multileg:leg` — a {@link LegEvent} when a leg (one HTTP request on the wire, with or without
  *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
- *   arrives, and when it fails.
+ *   arrives, and when it fails;
+ * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
+ *   the caller unanswered, because the trust policy withheld the credentials (why that 401).
  *
  * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies and the
  * tokens in `WWW-Authenticate` / `Proxy-Authenticate` are replaced by `[redacted]` here, before any
@@ -13,13 +15,37 @@
 import { channel } from 'node:diagnostics_channel';
 import type { HeaderMap } from './headers.ts';
 import type { HandshakeReport } from './session/exchange.ts';
+import type { WithheldReason } from './trust/policy.ts';
 
 /** Channel names, for `diagnostics_channel.subscribe(name, listener)`. */
 export const HANDSHAKE_CHANNEL = 'multileg:handshake';
 export const LEG_CHANNEL = 'multileg:leg';
 
+export const WITHHELD_CHANNEL = 'multileg:withheld';
+
 const handshakeChannel = channel(HANDSHAKE_CHANNEL);
 const legChannel = channel(LEG_CHANNEL);
+const withheldChannel = channel(WITHHELD_CHANNEL);
+
+/**
+ * A 401 the agent could have answered reached the caller unanswered: its credentials are withheld
+ * from this request (S1, S4, S5) — the origin is not trusted, or the request is a cross-origin
+ * redirect hop. (Over cleartext the caller gets `CleartextCredentialsError` instead.)
+ */
+export interface WithheldEvent {
+  readonly origin: string;
+  readonly path: string;
+  readonly reason: WithheldReason;
+  /** The schemes the 401 offered (names only). */
+  readonly schemes: readonly string[];
+  /** Date.now() when the event was published. */
+  readonly time: number;
+}
+
+/** Publishes a {@link WithheldEvent}, made only when someone subscribes. */
+export function publishWithheld(event: () => WithheldEvent): void {
+  if (withheldChannel.hasSubscribers) withheldChannel.publish(event());
+}
 
 /** A header as `[name, value]`, name in lower case, value redacted where it may hold a secret. */
 export type RedactedHeader = readonly [name: string, value: string];

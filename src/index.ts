@@ -12,6 +12,8 @@ export {
   type LegRequestEvent,
   type LegResponseEvent,
   type RedactedHeader,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
 } from './diagnostics.ts';
 export * from './errors.ts';
 export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts';

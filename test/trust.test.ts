@@ -4,6 +4,7 @@
  * Ambient Kerberos (no password, no list) and mutual authentication are proven against the real
  * KDC in trust-kerberos.test.ts.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
@@ -19,6 +20,8 @@ import {
   ntlmMechanism,
   parseChallenges,
   TrustRequiredError,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
 } from '../src/index.ts';
 import { CLIENT_CERT, CLIENT_KEY, type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
@@ -272,10 +275,22 @@ describe('S1: trusted origins are required with a password, and match exactly wh
     const trusted = await fetch(`${s.origin}/auth/trusted`, { dispatcher: a });
     expect(trusted.status).toBe(200);
     await trusted.arrayBuffer();
-    const res = await fetch(`${other}/auth/untrusted`, { dispatcher: a });
-    expect(res.status).toBe(401);
-    await res.arrayBuffer();
+    const events: WithheldEvent[] = [];
+    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onWithheld);
+    try {
+      const res = await fetch(`${other}/auth/untrusted`, { dispatcher: a });
+      expect(res.status).toBe(401);
+      await res.arrayBuffer();
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onWithheld);
+    }
     expect(withAuth(s, '/auth/untrusted')).toEqual([]);
+    // Why that 401: said on multileg:withheld (before, only DEBUG=multileg:* told).
+    expect(events).toEqual([
+      expect.objectContaining({ origin: other, path: '/auth/untrusted', reason: 'untrusted-origin' }),
+    ]);
+    expect(events[0]!.schemes).toContain('NTLM');
   });
 
   it('S1: a predicate trusts the origins it accepts, and only those (end to end)', async () => {

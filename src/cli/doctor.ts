@@ -40,7 +40,7 @@ function print(c: Check): void {
 }
 
 /** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
-async function klist(ccache: string | undefined): Promise<Check> {
+async function klist(ccache: string | undefined, password: boolean): Promise<Check> {
   let out: string;
   try {
     out = (await promisify(execFile)('klist', ccache ? ['-c', ccache] : [], { timeout: 5000 })).stdout;
@@ -52,7 +52,9 @@ async function klist(ccache: string | undefined): Promise<Check> {
       name: 'ticket',
       verdict: 'warn',
       detail: `no credential cache (${(e.stderr ?? e.message).trim().split('\n')[0]})`,
-      fix: 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
+      fix: password
+        ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
+        : 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
     };
   }
   const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
@@ -256,7 +258,7 @@ export async function doctor(argv: string[]): Promise<number> {
   const negotiateOffered = h2?.offered.some((s) => s.toLowerCase() === 'negotiate') ?? true;
   let ticketWorks = false;
   if (addon && negotiateOffered) {
-    const ticket = await klist(negotiate.ccache);
+    const ticket = await klist(negotiate.ccache, req.user !== undefined);
     add(ticket);
     const k = await kerberos(req);
     for (const c of k.checks) add(c);

@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { tracingLegs } from '../diagnostics.ts';
+import { publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
 import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
@@ -500,12 +500,20 @@ function classifySend(run: Run, seen: SendSeen, status: number, headers: Respons
     }
   }
   if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
-    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, job.withheld);
+    const reason = job.withheld;
+    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, reason);
     // S4: a challenge over cleartext is refused with a typed error, not shown as a bare 401.
-    if (job.withheld === 'cleartext') {
+    if (reason === 'cleartext') {
       seen.cleartextRefused = true;
       return 'swallow';
     }
+    publishWithheld(() => ({
+      origin: job.origin,
+      path: job.dispatchOptions.path,
+      reason,
+      schemes: readChallenges(headers).map((c) => c.scheme),
+      time: Date.now(),
+    }));
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
   if (status === 421 && job.relocations < 2) {
