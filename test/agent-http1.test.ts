@@ -245,6 +245,8 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     const refused = r.server.exchanges.filter((e) => e.outcome === 'rejected');
     expect(refused).toHaveLength(1);
     expect(r.agent.stats().failedHandshakes).toBe(1);
+    // The report says the server refused the credentials (before: only outcome 'failed').
+    expect(r.agent.handshakes().map((h) => [h.outcome, h.failure])).toEqual([['failed', 'refused']]);
   });
 
   it('R4: with the right password, the HTTP/1.1 burst goes on in parallel once the first handshake proved it', async () => {

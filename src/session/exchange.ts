@@ -40,6 +40,12 @@ export interface HandshakeReport {
    * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`.
    */
   readonly fallbackReason?: string;
+  /**
+   * A failed handshake's cause, where it is known: `refused`, the server answered the last leg
+   * with a 401 (wrong password, or an account it does not accept); `proof`, the server's final
+   * token failed mutual authentication; `error`, the handshake ended otherwise (a timeout, a reset).
+   */
+  readonly failure?: 'refused' | 'proof' | 'error';
 }
 
 export interface ExchangeEnv {
@@ -700,9 +706,16 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
   const fallbackReason =
     (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
     (skipped && `${skipped.code}: ${skipped.message}`);
-  const report = (outcome: HandshakeReport['outcome'], legs: number, authIdCarried: boolean, identity?: string) =>
+  const report = (
+    outcome: HandshakeReport['outcome'],
+    legs: number,
+    authIdCarried: boolean,
+    identity?: string,
+    failure?: HandshakeReport['failure'],
+  ) =>
     env.report({
       ...(fallbackReason ? { fallbackReason } : {}),
+      ...(failure ? { failure } : {}),
       origin: job.origin,
       sessionId: session.id,
       protocol: session.protocol,
@@ -743,7 +756,13 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
         // MAX_WAITS times then goes bare (check).
         else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
       }
-      report('failed', result.legs, result.authIdCarried);
+      report(
+        'failed',
+        result.legs,
+        result.authIdCarried,
+        undefined,
+        result.refused ? 'refused' : result.proofFailed ? 'proof' : 'error',
+      );
       return end({ kind: 'done', done: result.done });
     case 'relocate': {
       // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
