@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { InvalidTokenError } from '../src/errors.ts';
 import { md4 } from '../src/mechanisms/ntlm/md4.ts';
 import {
   AvId,
@@ -222,6 +223,18 @@ describe('pooled random bytes', () => {
 });
 
 describe('NTLM messages', () => {
+  it("M1: a CHALLENGE's fields the client does not use are not held against it: a TargetName pointing past the end, and payload where TargetInfo would be without NEGOTIATE_TARGET_INFO (an old 40-byte header, Squid's ntlm_fake_auth)", () => {
+    const fake = Buffer.from('TlRMTVNTUAACAAAACQAJAK6qqqoHggiiYYBIPXlGqlwAAAAAAAA6AFdPUktHUk9VUA==', 'base64');
+    // Before: InvalidTokenError for both.
+    const c = decodeChallenge(fake);
+    expect(c.serverChallenge.toString('hex')).toBe('6180483d7946aa5c');
+    expect([c.targetName, c.targetInfo.length, c.avPairs]).toEqual(['', 0, []]);
+    // With NEGOTIATE_TARGET_INFO set, the same bytes are a TargetInfo field out of bounds: refused.
+    const flagged = Buffer.from(fake);
+    flagged.writeUInt32LE((fake.readUInt32LE(20) | NegotiateFlags.TARGET_INFO) >>> 0, 20);
+    expect(() => decodeChallenge(flagged)).toThrow(InvalidTokenError);
+  });
+
   it('M1: NEGOTIATE is the 40-byte form with the Version field', () => {
     const m = encodeNegotiate(CLIENT_FLAGS);
     expect(m.length).toBe(40);

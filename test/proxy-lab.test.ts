@@ -89,6 +89,23 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(err!.message).not.toContain('wrong-pw');
   });
 
+  it('H5/M5: no Kerberos ticket, proxy credentials: Squid (Negotiate, Basic) is answered with its next scheme, not NTLM inside Negotiate', async () => {
+    const a = agent({
+      negotiate: { ccache: `FILE:${lab.dir}/no-such-ccache` },
+      // (The lab's NTLM helper is Squid's ntlm_fake_auth, whose CHALLENGE is malformed.)
+      proxy: { uri: lab.squid!.origin, credentials: ALICE_BASIC, schemes: ['Negotiate', 'Basic'] },
+    });
+    // Before: NTLM inside Negotiate, which Squid's Kerberos helper refuses: ProxyAuthenticationError.
+    const res = await fetch(`${lab.apache!.origin}/public/`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    const tunnels = await settled(
+      () => squidLog().filter((l) => l.method === 'CONNECT' && l.result === 'TCP_TUNNEL/200'),
+      1,
+    );
+    expect(tunnels.length).toBeGreaterThan(0);
+  });
+
   it('H5/M2: Negotiate (Kerberos, SPN HTTP@proxyhost) to Squid, then Kerberos to Apache /protected/ through the tunnel', async () => {
     const a = agent({ proxy: { uri: lab.squid!.origin, schemes: ['Negotiate'] } });
     const res = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });

@@ -114,7 +114,10 @@ export function proxyMechanisms(
     const own = kerberosIdentity(o.negotiate);
     list.push(
       negotiateMechanism({
-        ntlmFallback: 'raw',
+        // Without a Kerberos ticket the next scheme the proxy offers (NTLM, Basic) answers, not NTLM
+        // inside Negotiate: Squid's Kerberos helper, the usual Negotiate proxy, refuses that (curl
+        // and browsers fall to the proxy's other schemes too).
+        ntlmFallback: false,
         mutualAuth: 'optional',
         ...(Object.keys(own).length ? {} : identity),
         ...o.negotiate,

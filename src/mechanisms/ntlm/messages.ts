@@ -230,10 +230,19 @@ export function decodeChallenge(msg: Buffer): ChallengeMessage {
   // bytes are certainly header.
   const minPayload = hasTargetInfoField ? 48 : 32;
   const unicode = (flags & NegotiateFlags.UNICODE) !== 0;
-  const targetName = decodeString(readField(msg, 12, minPayload), unicode);
+  // TargetName is informational (NTLMv2 uses TargetInfo's pairs): a server that writes it badly
+  // (Squid's ntlm_fake_auth points it past the end) is still answered, as curl and Windows do.
+  let targetName = '';
+  try {
+    targetName = decodeString(readField(msg, 12, minPayload), unicode);
+  } catch {
+    // left empty
+  }
   let targetInfo: Buffer = Buffer.alloc(0);
   let avPairs: AvPair[] = [];
-  if (hasTargetInfoField) {
+  // MS-NLMP 2.2.1.2: TargetInfo is there only with NEGOTIATE_TARGET_INFO (an old 40-byte header
+  // puts payload where its field would be).
+  if (hasTargetInfoField && (flags & NegotiateFlags.TARGET_INFO) !== 0) {
     targetInfo = Buffer.from(readField(msg, 40, minPayload));
     if (targetInfo.length > 0) avPairs = decodeAvPairs(targetInfo);
   }
