@@ -625,6 +625,16 @@ describe('multileg command line', () => {
     expect(json.stdout).not.toContain('SUPERSECRET');
   });
 
+  it("H5: curl's --proxy-ntlm / --proxy-basic (several may be given) choose the proxy's schemes; --proxy-anyauth and --anyauth are the default", () => {
+    const both = parseCli(['-x', 'http://p:3128', '--proxy-user', 'u:pw', '--proxy-ntlm', '--proxy-basic', 'h/']);
+    expect(both.agent.proxy).toMatchObject({ uri: 'http://p:3128', schemes: ['NTLM', 'Basic'] });
+    // Towards a proxy from HTTPS_PROXY too.
+    expect(parseCli(['--proxy-negotiate', 'h/']).agent.proxy).toEqual({ schemes: ['Negotiate'] });
+    const any = parseCli(['--anyauth', '--proxy-anyauth', '-x', 'http://p:3128', 'h/']);
+    expect(any.agent.schemes).toBeUndefined();
+    expect((any.agent.proxy as { schemes?: unknown }).schemes).toBeUndefined();
+  });
+
   it('--ntlm, --negotiate, --principal, --canonicalize-host, --no-mutual-auth, --delegate, --spn set the agent options', async () => {
     const ntlm = await run(['-v', '--ntlm', ...alice(), `${server.origin}/auth/ntlm`]);
     expect(ntlm.stderr).toMatch(/Authorization: NTLM …/);

@@ -94,6 +94,7 @@ export function program(): Command {
       .option('--ntlm', 'use NTLM only')
       .option('--digest', 'use Digest only')
       .option('--basic', 'use Basic only')
+      .option('--anyauth', 'the strongest scheme the server offers (the default)')
       .option('--spn <spn>', 'Kerberos service principal (default HTTP@host)')
       .option('--principal <name>', 'Kerberos client principal (user@REALM) instead of the default ticket')
       .option('--canonicalize-host', 'build the SPN from the canonical DNS name of the host (CNAMEs)')
@@ -118,6 +119,11 @@ export function program(): Command {
       .option('--pass <phrase>', 'passphrase of an encrypted --key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
       .option('--proxy-user <user:password>', 'credentials for the proxy only')
+      .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
+      .option('--proxy-ntlm', 'use NTLM only towards the proxy')
+      .option('--proxy-digest', 'use Digest only towards the proxy')
+      .option('--proxy-basic', 'use Basic only towards the proxy')
+      .option('--proxy-anyauth', 'the strongest scheme the proxy offers (the default)')
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
       .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
       .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
@@ -335,8 +341,13 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
     ...(connect ? { connect } : {}),
     ...(o.connectTimeout ? { connectTimeout: o.connectTimeout as number } : {}),
   };
+  // curl's --proxy-<scheme> flags: only those schemes towards the proxy (several may be given).
+  const only = (['Negotiate', 'NTLM', 'Digest', 'Basic'] as const).filter(
+    (k) => o[`proxy${k[0]}${k.slice(1).toLowerCase()}`],
+  );
+  const schemes = only.length > 0 ? { schemes: only } : {};
   if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined)
-    return Object.keys(common).length > 0 ? common : undefined;
+    return Object.keys(common).length > 0 || only.length > 0 ? { ...common, ...schemes } : undefined;
   let uri: string | undefined;
   if (o.proxy !== undefined) {
     const text = o.proxy as string;
@@ -356,6 +367,7 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
   return {
     ...(uri ? { uri } : {}),
     ...(credentials ? { credentials } : {}),
+    ...schemes,
     ...(o.noproxy !== undefined ? { noProxy: o.noproxy as string } : {}),
     ...common,
   };
