@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createPrivateKey } from 'node:crypto';
+import { createHash, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
@@ -149,6 +149,42 @@ describe('multileg command line', () => {
       bodyLength: 11,
       protocol: 'h2',
     });
+  });
+
+  it("-d pieces are joined with & and sent as a form (curl's way): @file without its line breaks, --data-binary as it is, --data-raw with its @; -H 'Name;' sends it empty, 'Name:' drops it, a repeated -H sends each", async () => {
+    const lines = join(dir, 'lines.txt');
+    writeFileSync(lines, 'c=3\r\nd=4\n');
+    const r = await run([
+      ...alice(),
+      '-d',
+      'a=1',
+      '-d',
+      `@${lines}`,
+      '--data-binary',
+      `@${lines}`,
+      '--data-raw',
+      '@raw',
+      '-H',
+      'X-Empty;',
+      '-H',
+      'X-Two: one',
+      '-H',
+      'X-Two: two',
+      '-H',
+      'X-Gone: soon',
+      '-H',
+      'X-Gone:',
+      `${server.origin}/auth/form`,
+    ]);
+    expect(r.code).toBe(0);
+    const sent = server.exchanges.filter((e) => e.path === '/auth/form').at(-1)!;
+    // Before: only the last -d went, with no Content-Type; -H 'X-Empty;' was a usage error.
+    const expected = 'a=1&c=3d=4&c=3\r\nd=4\n&@raw';
+    expect(sent.bodySha256).toBe(createHash('sha256').update(expected).digest('hex'));
+    expect(sent.requestHeaders['content-type']).toBe('application/x-www-form-urlencoded');
+    expect(sent.requestHeaders['x-empty']).toBe('');
+    expect(sent.requestHeaders['x-two']).toBe('one, two');
+    expect(sent.requestHeaders['x-gone']).toBeUndefined();
   });
 
   it('-I sends HEAD and prints only the head; a URL without a scheme means https', async () => {

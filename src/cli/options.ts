@@ -23,7 +23,7 @@ export interface UserArg {
 export interface CliRequest {
   readonly url: URL;
   readonly method: string;
-  readonly headers: Record<string, string>;
+  readonly headers: Record<string, string | string[]>;
   readonly body: Buffer | undefined;
   readonly http1: boolean;
   /** -i: print status line and headers; -I: the same, for a HEAD request, without body. */
@@ -81,7 +81,14 @@ export function program(): Command {
       .argument('<url>', 'the URL to request (no scheme means https://)')
       .option('-X, --request <method>', 'request method')
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect, [])
-      .option('-d, --data <data>', 'request body; @file reads a file (implies POST)')
+      .option(
+        '-d, --data <data>',
+        'request body, joined with & when repeated; @file reads a file without its line breaks (implies POST)',
+        collect,
+        [],
+      )
+      .option('--data-binary <data>', 'request body as given; @file reads a file as it is', collect, [])
+      .option('--data-raw <data>', 'request body as given, @ included', collect, [])
       .option(
         '-u, --user <user[:password]>',
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
@@ -236,16 +243,46 @@ export function parseCli(argv: readonly string[]): CliRequest {
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
   const { url, user: urlUser } = parseUrl(cmd.args[0]!);
-  const headers: Record<string, string> = {};
+  const headers: Record<string, string | string[]> = {};
+  const removed = new Set<string>();
   for (const h of o.header as string[]) {
-    const i = h.indexOf(':');
+    // curl: `Name;` sends the header empty, `Name:` sends none of it.
+    const empty = /^[^:;\s]+;$/.test(h.trim());
+    const i = empty ? h.indexOf(';') : h.indexOf(':');
     // Nothing of it is repeated: without its colon, any part may be the secret (`-H 'sk_live_…'`).
     if (i <= 0) throw new ConfigError('-H: a header must look like "Name: value" (one -H has no colon)');
-    headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim();
+    const name = h.slice(0, i).trim().toLowerCase();
+    const value = empty ? '' : h.slice(i + 1).trim();
+    if (!empty && value === '') {
+      delete headers[name];
+      removed.add(name);
+      continue;
+    }
+    const had = headers[name];
+    // Repeated, each is sent (as curl does), not the last alone.
+    headers[name] = had === undefined ? value : [had, value].flat();
   }
-  const data = o.data as string | undefined;
+  const pieces = [
+    ...(o.data as string[]).map((d) =>
+      d.startsWith('@')
+        ? Buffer.from(
+            readFlagFile('-d', d.slice(1))
+              .toString('latin1')
+              .replace(/[\r\n]/g, ''),
+            'latin1',
+          )
+        : Buffer.from(d),
+    ),
+    ...(o.dataBinary as string[]).map((d) =>
+      d.startsWith('@') ? readFlagFile('--data-binary', d.slice(1)) : Buffer.from(d),
+    ),
+    ...(o.dataRaw as string[]).map((d) => Buffer.from(d)),
+  ];
   const body =
-    data === undefined ? undefined : data.startsWith('@') ? readFlagFile('-d', data.slice(1)) : Buffer.from(data);
+    pieces.length === 0 ? undefined : Buffer.concat(pieces.flatMap((p, i) => (i === 0 ? [p] : [Buffer.from('&'), p])));
+  // As curl: a body from -d is a form unless a Content-Type says otherwise (or -H 'Content-Type:' drops it).
+  if (body && !('content-type' in headers) && !removed.has('content-type'))
+    headers['content-type'] = 'application/x-www-form-urlencoded';
   if ((o.cert === undefined) !== (o.key === undefined)) throw new ConfigError('--cert and --key go together');
   if (o.pass !== undefined && o.key === undefined)
     throw new ConfigError('--pass is the passphrase of --key: give --cert and --key');
