@@ -187,6 +187,20 @@ describe('multileg command line', () => {
     expect(sent.requestHeaders['x-gone']).toBeUndefined();
   });
 
+  it("no -u and no Kerberos ticket: the server's 401 is shown, as curl shows it (exit 0), with why Negotiate could not answer", async () => {
+    const r = await run(['-s', '-S', '-w', '%{http_code}', '--cacert', ca, `${server.origin}/auth/anon`], {
+      env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
+    });
+    // Before: exit 1, no body, -w printed 000 (MULTILEG_KRB_NO_TICKET).
+    expect(r.code).toBe(0);
+    expect(r.stdout.endsWith('401')).toBe(true);
+    expect(r.stderr).toMatch(/^multileg: Negotiate: no Kerberos ticket: run kinit/);
+    const f = await run(['-f', '--cacert', ca, `${server.origin}/auth/anon`], {
+      env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
+    });
+    expect(f.code).toBe(22);
+  });
+
   it('-I sends HEAD and prints only the head; a URL without a scheme means https', async () => {
     const { code, stdout } = await run(['-I', ...alice(), `localhost:${server.port}/auth/head`]);
     expect(code).toBe(0);
@@ -218,11 +232,12 @@ describe('multileg command line', () => {
     expect(excluded.stderr).toMatch(/--schemes \(or --negotiate\/--ntlm\/--digest\/--basic\) excluded Negotiate, NTLM/);
     const bearer = await run(['-u', 'alice:pw', `${plainOrigin}/bearer`]);
     expect(bearer.stderr).toContain('multileg does not implement Bearer');
-    // Negotiate without a ticket and without a password: the typed error says what to do.
+    // Negotiate without a ticket and without a password: the 401 is shown (as curl does), and the
+    // typed error's message says what to do.
     const noTicket = await run(['--cacert', ca, `${server.origin}/auth/x`], {
       env: { KRB5CCNAME: `FILE:${join(dir, 'no-ccache')}` },
     });
-    expect(noTicket.code).toBe(1);
+    expect(noTicket.code).toBe(0);
     expect(noTicket.stderr).toMatch(
       /no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
     );

@@ -8,7 +8,8 @@ import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { MultilegAgent } from '../agent.ts';
-import { ConfigError } from '../errors.ts';
+import { ConfigError, type MultilegError } from '../errors.ts';
+import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './explain.ts';
 import { parseCliOrExit } from './options.ts';
@@ -99,6 +100,8 @@ async function main(argv: string[]): Promise<number> {
   let bytes = 0;
   let exit: number = EXIT.ok;
   let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  /** Why Negotiate could not run, when the request was sent again without it. */
+  let cannotRun: MultilegError | undefined;
   const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
   // A reader that went away (`| head`) is not an error: stop writing, exit as if done.
   process.stdout.on('error', (err) => {
@@ -106,15 +109,26 @@ async function main(argv: string[]): Promise<number> {
   });
   try {
     for (;;) {
-      const res = await agent.request({
-        origin: url.origin,
-        path: `${url.pathname}${url.search}`,
-        method: method as 'GET',
-        headers,
-        body: body ?? null,
-        ...(signal ? { signal } : {}),
-        ...(req.http1 ? { allowH2: false } : {}),
-      } as Parameters<MultilegAgent['request']>[0]);
+      let res: Awaited<ReturnType<MultilegAgent['request']>>;
+      try {
+        res = await agent.request({
+          origin: url.origin,
+          path: `${url.pathname}${url.search}`,
+          method: method as 'GET',
+          headers,
+          body: body ?? null,
+          ...(signal ? { signal } : {}),
+          ...(req.http1 ? { allowH2: false } : {}),
+        } as Parameters<MultilegAgent['request']>[0]);
+      } catch (err) {
+        // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
+        // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
+        if (credentials || cannotRun || !cannotRunHere(err)) throw err;
+        cannotRun = err;
+        await agent.destroy().catch(() => {});
+        agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: (o) => trusted.trusts(o) });
+        continue;
+      }
       status = res.statusCode;
       const protocol = trace.lastDelivered?.response?.protocol;
       final = { headers: res.headers, protocol };
@@ -178,7 +192,8 @@ async function main(argv: string[]): Promise<number> {
       }
       const last = trace.lastDelivered;
       if (last) last.bodySize = bytes;
-      if (status === 401)
+      if (status === 401 && cannotRun) say(`${forCli(cannotRun.message)} (${cannotRun.code})`);
+      else if (status === 401)
         say(
           explain401({
             origin: url.origin,
