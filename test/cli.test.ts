@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { stripTypeScriptTypes } from 'node:module';
 import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
@@ -292,6 +292,25 @@ describe('multileg command line', () => {
       expect(`${wrong.stderr}${noPass.stderr}${ok.stderr}`).not.toContain('hunter2');
     } finally {
       await certServer.close();
+    }
+  });
+
+  it("a full disk under stdout: one line, curl's 23, no stack trace", async () => {
+    const full = openSync('/dev/full', 'w');
+    try {
+      const child = spawn(process.execPath, [BIN, ...alice(), `${server.origin}/auth/full`], {
+        stdio: ['ignore', full, 'pipe'],
+      });
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
+      const [code] = (await once(child, 'close')) as [number];
+      // Before: an uncaught ENOSPC with Node's stack trace, exit 1.
+      expect(code).toBe(23);
+      expect(stderr).toBe('multileg: stdout: no space left on the device (ENOSPC)\n');
+    } finally {
+      closeSync(full);
     }
   });
 

@@ -35,19 +35,24 @@ function printHead(
   process.stdout.write(`${text}\r\n`);
 }
 
+/** What a failure to write the body means, by its code. */
+const WRITE_PROBLEMS: Readonly<Record<string, string>> = {
+  ENOENT: 'no such directory',
+  ENOTDIR: 'a part of the path is not a directory',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'is a directory',
+  EROFS: 'read-only file system',
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded',
+  EIO: 'input/output error',
+};
+
 /** Why a file could not be written, in words (the system code kept for a search). */
 function writeProblem(err: NodeJS.ErrnoException): string {
-  const why: Record<string, string> = {
-    ENOENT: 'no such directory',
-    ENOTDIR: 'a part of the path is not a directory',
-    EACCES: 'permission denied',
-    EPERM: 'permission denied',
-    EISDIR: 'is a directory',
-    EROFS: 'read-only file system',
-    ENOSPC: 'no space left on the device',
-    EDQUOT: 'disk quota exceeded',
-  };
-  return err.code ? `${why[err.code] ?? 'cannot write it'} (${err.code})` : `cannot write it (${err.message})`;
+  return err.code
+    ? `${WRITE_PROBLEMS[err.code] ?? 'cannot write it'} (${err.code})`
+    : `cannot write it (${err.message})`;
 }
 
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
@@ -103,9 +108,11 @@ async function main(argv: string[]): Promise<number> {
   /** Why Negotiate could not run, when the request was sent again without it. */
   let cannotRun: MultilegError | undefined;
   const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
-  // A reader that went away (`| head`) is not an error: stop writing, exit as if done.
-  process.stdout.on('error', (err) => {
-    if (!isEpipe(err)) throw err;
+  // A reader that went away (`| head`) is not an error: stop writing, exit as if done. Any other
+  // failure to write (a full disk) is curl's 23, in one line.
+  let stdoutError: NodeJS.ErrnoException | undefined;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (!isEpipe(err)) stdoutError ??= err;
   });
   try {
     for (;;) {
@@ -183,6 +190,13 @@ async function main(argv: string[]): Promise<number> {
           if (writeError !== undefined && req.output !== undefined) {
             // curl's 23 (write error), in one line: the file, not the transfer, failed.
             say(`-o ${req.output}: ${writeProblem(writeError)}`);
+            exit = EXIT.write;
+            break;
+          }
+          const stdout =
+            stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
+          if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
+            say(`stdout: ${writeProblem(stdout)}`);
             exit = EXIT.write;
             break;
           }
