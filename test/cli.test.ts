@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseNetrc } from '../src/cli/credentials.ts';
 import { explain401, forCli } from '../src/cli/explain.ts';
-import { parseCli, parseSchemes } from '../src/cli/options.ts';
+import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError } from '../src/errors.ts';
@@ -280,6 +280,14 @@ describe('multileg command line', () => {
       const ok = await run(['--cacert', ca, '--cert', cert, '--key', key, '--pass', 'hunter2-pass', url]);
       expect(ok.code).toBe(0);
       expect(JSON.parse(ok.stdout)).toMatchObject({ user: 'cert:alice' });
+      // curl's forms: the passphrase after the --cert file's name, and one PEM file with both.
+      const colon = await run(['--cacert', ca, '--cert', `${cert}:hunter2-pass`, '--key', key, url]);
+      expect(JSON.parse(colon.stdout)).toMatchObject({ user: 'cert:alice' });
+      const both = join(dir, 'both.pem');
+      writeFileSync(both, `${CLIENT_CERT}\n${CLIENT_KEY}`);
+      expect(JSON.parse((await run(['--cacert', ca, '--cert', both, url])).stdout)).toMatchObject({
+        user: 'cert:alice',
+      });
       const noPass = await run(['--cacert', ca, '--cert', cert, '--key', key, url]);
       expect(noPass.code).toBe(58);
       expect(noPass.stderr).toBe(
@@ -293,6 +301,59 @@ describe('multileg command line', () => {
     } finally {
       await certServer.close();
     }
+  });
+
+  it('S2: passwords on the command line are not left for ps to show (as curl blanks them)', async () => {
+    expect(
+      shownArgv([
+        '-u',
+        'EXAMPLE\\alice:SECRET1',
+        '--proxy-user=p:SECRET2',
+        '-uX:SECRET3',
+        '--pass',
+        'SECRET4',
+        '-H',
+        'Authorization: Bearer SECRET5',
+        '-H',
+        'X-Plain: fine',
+        'https://bob:SECRET6@h/p',
+      ]),
+    ).toEqual([
+      '-u',
+      'EXAMPLE\\alice:***',
+      '--proxy-user=p:***',
+      '-uX:***',
+      '--pass',
+      '***',
+      '-H',
+      'Authorization:***',
+      '-H',
+      'X-Plain: fine',
+      'https://bob:***@h/p',
+    ]);
+    expect(shownArgv(['-u', 'alice', 'https://h/'])).toBeUndefined();
+    // In the running command, /proc/<pid>/cmdline no longer holds the password.
+    const child = spawn(process.execPath, [BIN, ...alice(), `${server.origin}/auth/ps?delay=1500`], {
+      stdio: 'ignore',
+    });
+    const closed = once(child, 'close');
+    let exited = false;
+    void closed.then(() => {
+      exited = true;
+    });
+    // The request is held 1.5 s by the server: the title is set long before it ends.
+    let cmdline = '';
+    while (!exited && !cmdline.includes('***')) {
+      await new Promise((r) => setTimeout(r, 20));
+      try {
+        cmdline = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8');
+      } catch {
+        break; // gone
+      }
+    }
+    await closed;
+    expect(cmdline).toContain('-u EXAMPLE\\alice:***');
+    expect(cmdline).not.toContain('alicepw');
   });
 
   it("a full disk under stdout: one line, curl's 23, no stack trace", async () => {
@@ -339,11 +400,13 @@ describe('multileg command line', () => {
         /^multileg: --schemes: unknown scheme "Kerberos"; use Negotiate, NTLM, Digest, Basic, Transport\n$/,
       ],
       [['ftp://localhost/'], /^multileg: unsupported protocol ftp:/],
-      [['--cert', 'a.pem', 'https://localhost:1/'], /^multileg: --cert and --key go together\n$/],
+      [['--key', 'k.pem', 'https://localhost:1/'], /^multileg: --key goes with --cert\n$/],
       [
         ['--pass', 'x', 'https://localhost:1/'],
-        /^multileg: --pass is the passphrase of --key: give --cert and --key\n$/,
+        /^multileg: --pass is the passphrase of the --cert \/ --key key: give --cert\n$/,
       ],
+      // curl's --cert file:passphrase: the passphrase is not printed with the missing file.
+      [['--cert', 'missing.pem:HUNTER2', 'https://localhost:1/'], /^multileg: --cert missing\.pem: no such file\n$/],
       [['-H', 'nocolon', 'https://localhost:1/'], /^multileg: -H: a header must look like/],
       [['--ntlm', '--schemes', 'NTLM', 'https://localhost:1/'], /^multileg: --ntlm and --schemes/],
       [

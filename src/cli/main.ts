@@ -12,7 +12,7 @@ import { ConfigError, type MultilegError } from '../errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './explain.ts';
-import { parseCliOrExit } from './options.ts';
+import { parseCliOrExit, shownArgv } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
 
@@ -61,6 +61,9 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
   const req = parseCliOrExit(argv, 'multileg');
   if (typeof req === 'number') return req;
+  // What `ps` shows other users: the arguments without their passwords.
+  const shown = shownArgv(argv);
+  if (shown) process.title = ['multileg', ...shown].join(' ');
   // Loaded once a request will be made: usage errors start without them. Of undici, only what a
   // request uses (undici-core.ts).
   (await import('./undici-core.ts')).useUndiciCore();

@@ -3,11 +3,11 @@
  * from reading the files the flags name; credentials that need a prompt or stdin are resolved later
  * (credentials.ts).
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { getCACertificates } from 'node:tls';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
-import { type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
+import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
@@ -121,9 +121,9 @@ export function program(): Command {
       .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
       .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
       .option('-k, --insecure', 'do not verify the server certificate')
-      .option('--cert <file>', 'client certificate (PEM or DER) for Transport challenges')
+      .option('--cert <file[:passphrase]>', 'client certificate (PEM or DER; with its key when --key is not given)')
       .option('--key <file>', 'private key (PEM or DER) of --cert')
-      .option('--pass <phrase>', 'passphrase of an encrypted --key')
+      .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
       .option('--proxy-user <user:password>', 'credentials for the proxy only')
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
@@ -234,6 +234,64 @@ export function readFlagFile(flag: string, path: string): Buffer {
   }
 }
 
+/**
+ * `--cert file[:passphrase]` (curl's form: a value that is no file and holds a colon is split at
+ * it, after a Windows drive letter; the passphrase is never printed), `--key` (else the key is in
+ * the --cert file, as curl allows) and `--pass`.
+ */
+function clientCertificate(o: Record<string, unknown>): ClientCertificate {
+  let path = o.cert as string;
+  let passphrase = o.pass as string | undefined;
+  if (!existsSync(path)) {
+    const colon = path.indexOf(':', /^[A-Za-z]:[\\/]/.test(path) ? 2 : 0);
+    if (colon > 0) {
+      passphrase ??= path.slice(colon + 1);
+      path = path.slice(0, colon);
+    }
+  }
+  const cert = readFlagFile('--cert', path);
+  return {
+    cert,
+    key: o.key !== undefined ? readFlagFile('--key', o.key as string) : cert,
+    ...(passphrase !== undefined ? { passphrase } : {}),
+  };
+}
+
+/** Options whose value holds a password after its first colon, and those that are one. */
+const USER_FLAGS: ReadonlySet<string> = new Set(['-u', '--user', '--proxy-user']);
+const SECRET_FLAGS: ReadonlySet<string> = new Set(['--pass']);
+const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
+
+/**
+ * The command line as `ps` may show it, or undefined when it holds no secret: passwords in -u,
+ * --user, --proxy-user and a URL, --pass, and Authorization / Cookie headers become `***` (curl
+ * blanks them too). Set as the process title, it replaces the arguments other users can read.
+ */
+export function shownArgv(argv: readonly string[]): string[] | undefined {
+  let hidden = false;
+  const hide = (value: string, keepUser: boolean): string => {
+    hidden = true;
+    const colon = value.indexOf(':');
+    return keepUser && colon >= 0 ? `${value.slice(0, colon)}:***` : '***';
+  };
+  const out = argv.map((arg, i) => {
+    const flag = argv[i - 1];
+    if (flag && USER_FLAGS.has(flag) && arg.includes(':')) return hide(arg, true);
+    if (flag && SECRET_FLAGS.has(flag)) return hide(arg, false);
+    if ((flag === '-H' || flag === '--header') && SECRET_HEADERS.test(arg)) return hide(arg, true);
+    const joined = /^(-u|--user=|--proxy-user=|--pass=)(.+)$/.exec(arg);
+    if (joined && (joined[1] === '--pass=' || joined[2]!.includes(':')))
+      return `${joined[1]}${hide(joined[2]!, joined[1] !== '--pass=')}`;
+    const url = /^([a-z][a-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/i.exec(arg);
+    if (url) {
+      hidden = true;
+      return `${url[1]}:***@${arg.slice(url[0].length)}`;
+    }
+    return arg;
+  });
+  return hidden ? out : undefined;
+}
+
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
 const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
@@ -283,9 +341,10 @@ export function parseCli(argv: readonly string[]): CliRequest {
   // As curl: a body from -d is a form unless a Content-Type says otherwise (or -H 'Content-Type:' drops it).
   if (body && !('content-type' in headers) && !removed.has('content-type'))
     headers['content-type'] = 'application/x-www-form-urlencoded';
-  if ((o.cert === undefined) !== (o.key === undefined)) throw new ConfigError('--cert and --key go together');
-  if (o.pass !== undefined && o.key === undefined)
-    throw new ConfigError('--pass is the passphrase of --key: give --cert and --key');
+  if (o.key !== undefined && o.cert === undefined) throw new ConfigError('--key goes with --cert');
+  if (o.pass !== undefined && o.cert === undefined)
+    throw new ConfigError('--pass is the passphrase of the --cert / --key key: give --cert');
+  const certificate = o.cert !== undefined ? clientCertificate(o) : undefined;
   const only = (['negotiate', 'ntlm', 'digest', 'basic'] as const).filter((k) => o[k]);
   if (only.length > 0 && o.schemes) throw new ConfigError(`--${only[0]} and --schemes: give one of them`);
   const schemes: SchemeName[] | undefined = o.schemes
@@ -321,15 +380,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     allowBasicOverHttp: true,
     ...(schemes ? { schemes } : {}),
     ...(Object.keys(negotiate).length > 0 ? { negotiate } : {}),
-    ...(o.cert
-      ? {
-          clientCertificate: {
-            cert: readFlagFile('--cert', o.cert as string),
-            key: readFlagFile('--key', o.key as string),
-            ...(o.pass !== undefined ? { passphrase: o.pass as string } : {}),
-          },
-        }
-      : {}),
+    ...(certificate ? { clientCertificate: certificate } : {}),
     ...(proxy !== undefined ? { proxy } : {}),
     limits: {
       ...(o.maxLegs ? { maxLegs: o.maxLegs as number } : {}),
