@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { stripTypeScriptTypes } from 'node:module';
 import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
@@ -258,12 +258,22 @@ describe('multileg command line', () => {
     );
   });
 
-  it('writes the body to a file with -o', async () => {
+  it('writes the body to a file with -o; with -i the head goes there first (as curl); -o - is stdout', async () => {
     const out = join(dir, 'out.json');
     const { code, stdout } = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
     expect(code).toBe(0);
     expect(stdout).toBe('');
     expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    // Before: the head went to stdout, and -o - made a file named "-".
+    const withHead = join(dir, 'with-head.txt');
+    const i = await run(['-i', '-o', withHead, ...alice(), `${server.origin}/auth/file`]);
+    expect(i.stdout).toBe('');
+    const text = readFileSync(withHead, 'utf8');
+    expect(text).toMatch(/^HTTP\/2 200\r\n/);
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const dash = await run(['-o', '-', ...alice(), `${server.origin}/auth/file`]);
+    expect(JSON.parse(dash.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    expect(existsSync('-')).toBe(false);
   });
 
   it("T3: --cert with an encrypted DER --key and --pass answers a Transport challenge; a key that is not the certificate's exits 58 (curl's) with one line", async () => {

@@ -23,16 +23,17 @@ function statusLine(protocol: string | undefined, status: number, text: string):
   return protocol === 'h2' ? `HTTP/2 ${status}` : `HTTP/1.1 ${status}${text ? ` ${text}` : ''}`;
 }
 
-function printHead(
+/** The status line and header lines `-i` shows, as curl writes them. */
+function headText(
   protocol: string | undefined,
   res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
-): void {
+): string {
   let text = `${statusLine(protocol, res.statusCode, res.statusText)}\r\n`;
   for (const [k, v] of Object.entries(res.headers)) {
     if (v === undefined) continue;
     for (const value of Array.isArray(v) ? v : [v]) text += `${k}: ${value}\r\n`;
   }
-  process.stdout.write(`${text}\r\n`);
+  return `${text}\r\n`;
 }
 
 /** What a failure to write the body means, by its code. */
@@ -108,6 +109,12 @@ async function main(argv: string[]): Promise<number> {
   let bytes = 0;
   let exit: number = EXIT.ok;
   let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
+  let heads = '';
+  const printHead = (text: string) => {
+    if (req.output) heads += text;
+    else process.stdout.write(text);
+  };
   /** Why Negotiate could not run, when the request was sent again without it. */
   let cannotRun: MultilegError | undefined;
   const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
@@ -144,7 +151,7 @@ async function main(argv: string[]): Promise<number> {
       final = { headers: res.headers, protocol };
       const location = res.headers.location;
       if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
-        if (req.include && !req.json) printHead(protocol, res);
+        if (req.include && !req.json) printHead(headText(protocol, res));
         await res.body.dump();
         if (++redirects > req.maxRedirs) {
           say(`maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
@@ -172,14 +179,14 @@ async function main(argv: string[]): Promise<number> {
         url = next;
         continue;
       }
-      if (req.include && !req.json && !(req.fail && status >= 400)) printHead(protocol, res);
+      if (req.include && !req.json && !(req.fail && status >= 400)) printHead(headText(protocol, res));
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           bytes += chunk.length;
           cb(null, chunk);
         },
       });
-      if (req.head || req.json || (req.fail && status >= 400)) {
+      if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
         await pipeline(res.body, counter, async (source) => {
           for await (const _ of source);
         });
@@ -187,6 +194,9 @@ async function main(argv: string[]): Promise<number> {
         const out = req.output ? createWriteStream(req.output) : process.stdout;
         let writeError: NodeJS.ErrnoException | undefined;
         if (req.output) out.once('error', (err) => (writeError = err));
+        // With -o, the heads -i shows go into the file first, as curl writes them.
+        if (heads) out.write(heads);
+        heads = '';
         try {
           await pipeline(res.body, counter, out, { end: Boolean(req.output) });
         } catch (err) {

@@ -399,7 +399,8 @@ export function parseCli(argv: readonly string[]): CliRequest {
     silent: Boolean(o.silent),
     showError: Boolean(o.showError),
     fail: Boolean(o.fail),
-    output: o.output as string | undefined,
+    // curl's `-o -`: stdout.
+    output: o.output === '-' ? undefined : (o.output as string | undefined),
     writeOut: o.writeOut as string | undefined,
     json: Boolean(o.json),
     har: o.har as string | undefined,
