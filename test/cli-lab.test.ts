@@ -58,12 +58,17 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.stderr).not.toContain('alicepw');
   });
 
-  it('without a ticket: exit 1, the typed error says run kinit or give -u', async () => {
-    const r = await run(['--cacert', ca, `${lab.apache!.origin}/protected/index.html`], { env: noTicket });
-    expect(r.code).toBe(1);
+  it("without a ticket: Apache's 401 is shown, as curl shows it (exit 0; 22 with -f), and the typed error's message says run kinit or give -u", async () => {
+    const r = await run(['-w', '%{http_code}', '--cacert', ca, `${lab.apache!.origin}/protected/index.html`], {
+      env: noTicket,
+    });
+    expect(r.code).toBe(0);
+    expect(r.stdout.endsWith('401')).toBe(true);
     expect(r.stderr).toMatch(
-      /^multileg: Negotiate: no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\)/,
+      /^multileg: Negotiate: no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
     );
+    const f = await run(['-f', '--cacert', ca, `${lab.apache!.origin}/protected/index.html`], { env: noTicket });
+    expect(f.code).toBe(22);
   });
 
   it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
