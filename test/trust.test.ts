@@ -200,6 +200,9 @@ describe('S1: trusted origins are required with a password, and match exactly wh
       ['https://*..example.com', 'has an empty label'],
       ['https://*.corp..example.com', 'has an empty label'],
       ['https://*.1.2.3', 'has an invalid host'],
+      // Before: accepted, and every .com host got the credentials.
+      ['https://*.com', "trusts every host under 'com', a top-level name"],
+      ['http://*.local:*', "trusts every host under 'local', a top-level name"],
     ] as const;
     for (const [bad, named] of cases) {
       expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
