@@ -77,7 +77,9 @@ function parseEntry(entry: string): Matcher {
     // `*.com` or `*.local` trusts every host under a top-level name: no one means that (a public
     // suffix such as `co.uk` is not known here; at least two labels are asked for).
     if (!host.replace(/\.$/, '').includes('.'))
-      throw bad(`trusts every host under '${host}', a top-level name; name your own domain, e.g. 'https://*.corp.${host}'`);
+      throw bad(
+        `trusts every host under '${host}', a top-level name; name your own domain, e.g. 'https://*.corp.${host}'`,
+      );
     // The URL parser lower-cases and punycodes the suffix as it does every host it compares; it
     // must read exactly the host written (`x.` stands for the `*` label).
     let parsed: URL;
