@@ -264,7 +264,7 @@ describe('Digest through MultilegAgent (reference server)', () => {
   });
 
   for (const algorithm of ['MD5-sess', 'SHA-256-sess', 'SHA-512-256-sess']) {
-    it(`M3: ${algorithm} authenticates, also proactively`, async () => {
+    it(`M3: ${algorithm} authenticates, also proactively, with the nonce's first cnonce (RFC 7616 §3.4.2's cnonce-prime) each time`, async () => {
       r = await digestRig([algorithm]);
       expect((await get(r, '/auth/1')).status).toBe(200);
       expect((await get(r, '/auth/2')).status).toBe(200);
@@ -273,7 +273,12 @@ describe('Digest through MultilegAgent (reference server)', () => {
         [200, true],
         [200, true],
       ]);
-      expect(paramsOf(authz(r)[2]!).algorithm).toBe(algorithm);
+      const [first, second] = [paramsOf(authz(r)[1]!), paramsOf(authz(r)[2]!)];
+      expect(second.algorithm).toBe(algorithm);
+      // A1 is H(user:realm:password):nonce:cnonce-prime for the whole nonce: one cnonce, as curl
+      // sends it, so a server keeping the first one's session key agrees (before: a new one each time).
+      expect([second.nonce, second.nc]).toEqual([first.nonce, '00000002']);
+      expect(second.cnonce).toBe(first.cnonce);
     });
   }
 

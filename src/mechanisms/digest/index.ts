@@ -74,6 +74,12 @@ interface NonceState {
   readonly utf8: boolean;
   /** Last nonce count used; incremented synchronously, so concurrent requests never share one. */
   nc: number;
+  /**
+   * `-sess`: the cnonce of the first request on this nonce. RFC 7616 §3.4.2 computes A1 with it
+   * (cnonce-prime) for every later request; sent again each time, as curl does, so that a server
+   * reading A1 from the request's own cnonce agrees too.
+   */
+  sessionCnonce?: string;
 }
 
 /** The last nonce per origin (and realm), least recently used first. */
@@ -285,7 +291,8 @@ class DigestContext implements MechanismContext {
     }
     state.nc += 1;
     this.#steps += 1;
-    return authorization(state, this.#credentials, leg, state.nc, this.#cnonce());
+    const cnonce = state.algorithm.sess ? (state.sessionCnonce ??= this.#cnonce()) : this.#cnonce();
+    return authorization(state, this.#credentials, leg, state.nc, cnonce);
   }
 
   async finish(): Promise<void> {
