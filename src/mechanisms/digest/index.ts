@@ -291,8 +291,8 @@ class DigestContext implements MechanismContext {
     }
     state.nc += 1;
     this.#steps += 1;
-    const cnonce = state.algorithm.sess ? (state.sessionCnonce ??= this.#cnonce()) : this.#cnonce();
-    return authorization(state, this.#credentials, leg, state.nc, cnonce);
+    if (state.algorithm.sess) state.sessionCnonce ??= this.#cnonce();
+    return authorization(state, this.#credentials, leg, state.nc, state.sessionCnonce ?? this.#cnonce());
   }
 
   async finish(): Promise<void> {
