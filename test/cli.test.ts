@@ -342,6 +342,30 @@ describe('multileg command line', () => {
       'https://bob:***@h/p',
     ]);
     expect(shownArgv(['-u', 'alice', 'https://h/'])).toBeUndefined();
+    // Every form commander reads.
+    expect(
+      shownArgv([
+        '--proxy=http://u:PW1@p:3128',
+        '-xhttp://u:PW2@p',
+        '-ku',
+        'alice:PW3',
+        '--cert',
+        'c.pem:PW4',
+        '--header=Authorization: PW5',
+        '-HCookie: PW6',
+        'https://u:pa@PW7@h/',
+      ]),
+    ).toEqual([
+      '--proxy=http://u:***@p:3128',
+      '-xhttp://u:***@p',
+      '-ku',
+      'alice:***',
+      '--cert',
+      'c.pem:***',
+      '--header=Authorization:***',
+      '-HCookie:***',
+      'https://u:***@h/',
+    ]);
     // In the running command, /proc/<pid>/cmdline no longer holds the password.
     const child = spawn(process.execPath, [BIN, ...alice(), `${server.origin}/auth/ps?delay=1500`], {
       stdio: 'ignore',
@@ -366,20 +390,25 @@ describe('multileg command line', () => {
     expect(cmdline).not.toContain('alicepw');
   });
 
-  it("a full disk under stdout: one line, curl's 23, no stack trace", async () => {
+  it("a full disk under stdout: one line, curl's 23, no stack trace — for a body, a head (-I), --json and -w alike", async () => {
     const full = openSync('/dev/full', 'w');
     try {
-      const child = spawn(process.execPath, [BIN, ...alice(), `${server.origin}/auth/full`], {
-        stdio: ['ignore', full, 'pipe'],
-      });
-      let stderr = '';
-      child.stderr!.on('data', (d: Buffer) => {
-        stderr += d.toString();
-      });
-      const [code] = (await once(child, 'close')) as [number];
-      // Before: an uncaught ENOSPC with Node's stack trace, exit 1.
-      expect(code).toBe(23);
-      expect(stderr).toBe('multileg: stdout: no space left on the device (ENOSPC)\n');
+      for (const extra of [[], ['-I'], ['--json'], ['-o', '/dev/null', '-w', '%{http_code}']]) {
+        const child = spawn(process.execPath, [BIN, ...extra, ...alice(), `${server.origin}/auth/full`], {
+          stdio: ['ignore', full, 'pipe'],
+        });
+        let stderr = '';
+        child.stderr!.on('data', (d: Buffer) => {
+          stderr += d.toString();
+        });
+        const [code] = (await once(child, 'close')) as [number];
+        // Before: an uncaught ENOSPC with Node's stack trace (exit 1), or for the others exit 0.
+        expect([extra.join(' '), code, stderr]).toEqual([
+          extra.join(' '),
+          23,
+          'multileg: stdout: no space left on the device (ENOSPC)\n',
+        ]);
+      }
     } finally {
       closeSync(full);
     }

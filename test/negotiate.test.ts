@@ -269,6 +269,31 @@ describe('M5: fallback to NTLM whenever Kerberos cannot produce a first token', 
   const isNtlm = (header: string) =>
     Buffer.from(header.slice('Negotiate '.length), 'base64').subarray(0, 8).toString('latin1') === 'NTLMSSP\0';
 
+  it("M5/S6: the ticket's owner is compared with the credentials by user part: the same user in any form runs Kerberos, another user's ticket goes to NTLM", async () => {
+    const ticketOf = (username: string) => fakeKerberos({ steps: [() => 'AAAA'], username });
+    const cases: Array<[string, string, boolean]> = [
+      ['alice@CORP.EXAMPLE.COM', 'EXAMPLE\\alice', true],
+      ['alice@CORP.EXAMPLE.COM', 'alice@corp', true], // an NTLM domain after '@', not the realm
+      ['alice@CORP.EXAMPLE.COM', 'Alice@example.com', true], // a UPN suffix other than the realm
+      ['alice@CORP.EXAMPLE.COM', 'alice', true],
+      ['alice@CORP.EXAMPLE.COM', 'EXAMPLE\\bob', false],
+      ['alice@CORP.EXAMPLE.COM', 'alicia', false],
+    ];
+    for (const [ticket, username, kerberos] of cases) {
+      const ctx = negotiateMechanism({
+        kerberos: ticketOf(ticket),
+        credentials: { username, password: 'pw' },
+        ntlmFallback: 'raw',
+      }).createContext(leg);
+      const header = await ctx.step(undefined, leg);
+      expect([ticket, username, isNtlm(header)]).toEqual([ticket, username, !kerberos]);
+      if (!kerberos)
+        expect(ctx.fallbackReason).toMatch(
+          /^MULTILEG_KRB_OTHER_PRINCIPAL: the Kerberos ticket is alice@CORP\.EXAMPLE\.COM's/,
+        );
+    }
+  });
+
   it('M5: each Kerberos failure with a password → NTLM, with the reason; credential failures are remembered, host ones are not', async () => {
     const cases: Array<[string, string, boolean]> = [
       [GSS.noTicketKrb5, 'MULTILEG_KRB_NO_TICKET', true],

@@ -59,12 +59,12 @@ function writeProblem(err: NodeJS.ErrnoException): string {
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
 
 async function main(argv: string[]): Promise<number> {
+  // What `ps` shows other users: the arguments without their passwords (doctor's too).
+  const shown = shownArgv(argv);
+  if (shown) process.title = ['multileg', ...shown].join(' ');
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
   const req = parseCliOrExit(argv, 'multileg');
   if (typeof req === 'number') return req;
-  // What `ps` shows other users: the arguments without their passwords.
-  const shown = shownArgv(argv);
-  if (shown) process.title = ['multileg', ...shown].join(' ');
   // Loaded once a request will be made: usage errors start without them. Of undici, only what a
   // request uses (undici-core.ts).
   (await import('./undici-core.ts')).useUndiciCore();
@@ -298,6 +298,13 @@ async function main(argv: string[]): Promise<number> {
         exitcode: String(exit),
       }),
     );
+  }
+  // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too. (Write
+  // errors arrive after the write returns.)
+  await new Promise((resolve) => setImmediate(resolve));
+  if (stdoutError && exit === EXIT.ok) {
+    say(`stdout: ${writeProblem(stdoutError)}`);
+    exit = EXIT.write;
   }
   return exit;
 }

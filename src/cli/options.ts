@@ -257,39 +257,95 @@ function clientCertificate(o: Record<string, unknown>): ClientCertificate {
   };
 }
 
-/** Options whose value holds a password after its first colon, and those that are one. */
-const USER_FLAGS: ReadonlySet<string> = new Set(['-u', '--user', '--proxy-user']);
-const SECRET_FLAGS: ReadonlySet<string> = new Set(['--pass']);
+/** How each option that takes a value may hold a secret: `user:password`, all of it, a URL's password, a header's value. */
+const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'header' | 'cert'>> = {
+  '--user': 'after-colon',
+  '--proxy-user': 'after-colon',
+  '--pass': 'all',
+  '--proxy': 'url',
+  '--header': 'header',
+  '--cert': 'cert',
+};
 const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
 
+/** `url` with the password of its user info (up to the last `@` of its authority) as `***`. */
+function hideUrlPassword(url: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url);
+  if (!scheme) return url;
+  const rest = url.slice(scheme[0].length);
+  const authority = rest.split(/[/?#]/, 1)[0]!;
+  const at = authority.lastIndexOf('@');
+  const colon = authority.indexOf(':');
+  if (at < 0 || colon < 0 || colon > at) return url;
+  return `${scheme[0]}${authority.slice(0, colon)}:***${rest.slice(at)}`;
+}
+
+function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string {
+  switch (kind) {
+    case 'all':
+      return '***';
+    case 'url':
+      return hideUrlPassword(value);
+    case 'header':
+      return SECRET_HEADERS.test(value) ? `${value.slice(0, value.indexOf(':'))}:***` : value;
+    default: {
+      // user:password, or --cert file:passphrase (after a Windows drive letter).
+      const colon = value.indexOf(':', kind === 'cert' && /^[A-Za-z]:[\\/]/.test(value) ? 2 : 0);
+      return colon < 0 ? value : `${value.slice(0, colon)}:***`;
+    }
+  }
+}
+
 /**
- * The command line as `ps` may show it, or undefined when it holds no secret: passwords in -u,
- * --user, --proxy-user and a URL, --pass, and Authorization / Cookie headers become `***` (curl
- * blanks them too). Set as the process title, it replaces the arguments other users can read.
+ * The command line as `ps` may show it, or undefined when it holds no secret: the passwords of
+ * -u/--user, --proxy-user, -x/--proxy URLs, --cert file:passphrase and URLs, --pass, and
+ * Authorization / Cookie headers become `***`, in every form commander reads (`--opt=value`,
+ * `-uvalue`, `-ku value`). Set as the process title, it replaces the arguments other users can read
+ * (curl blanks them too).
  */
 export function shownArgv(argv: readonly string[]): string[] | undefined {
-  let hidden = false;
-  const hide = (value: string, keepUser: boolean): string => {
-    hidden = true;
-    const colon = value.indexOf(':');
-    return keepUser && colon >= 0 ? `${value.slice(0, colon)}:***` : '***';
-  };
-  const out = argv.map((arg, i) => {
-    const flag = argv[i - 1];
-    if (flag && USER_FLAGS.has(flag) && arg.includes(':')) return hide(arg, true);
-    if (flag && SECRET_FLAGS.has(flag)) return hide(arg, false);
-    if ((flag === '-H' || flag === '--header') && SECRET_HEADERS.test(arg)) return hide(arg, true);
-    const joined = /^(-u|--user=|--proxy-user=|--pass=)(.+)$/.exec(arg);
-    if (joined && (joined[1] === '--pass=' || joined[2]!.includes(':')))
-      return `${joined[1]}${hide(joined[2]!, joined[1] !== '--pass=')}`;
-    const url = /^([a-z][a-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/i.exec(arg);
-    if (url) {
-      hidden = true;
-      return `${url[1]}:***@${arg.slice(url[0].length)}`;
+  const longOf = new Map<string, string>();
+  for (const option of program().options)
+    if (option.required || option.optional) {
+      if (option.short) longOf.set(option.short, option.long!);
+      if (option.long) longOf.set(option.long, option.long);
     }
-    return arg;
-  });
-  return hidden ? out : undefined;
+  const out: string[] = [];
+  let pending: string | undefined; // the option whose value is the next argument
+  for (const arg of argv) {
+    if (pending) {
+      const kind = SECRET_VALUES[pending];
+      out.push(kind ? hideValue(kind, arg) : arg);
+      pending = undefined;
+      continue;
+    }
+    if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      const name = eq < 0 ? arg : arg.slice(0, eq);
+      const long = longOf.get(name);
+      const kind = long && SECRET_VALUES[long];
+      if (long && eq < 0) pending = long;
+      out.push(kind && eq >= 0 ? `${name}=${hideValue(kind, arg.slice(eq + 1))}` : arg);
+      continue;
+    }
+    if (arg.startsWith('-') && arg.length > 1) {
+      // Short flags together: the first that takes a value takes the rest, or the next argument.
+      let shown = arg;
+      for (let j = 1; j < arg.length; j++) {
+        const long = longOf.get(`-${arg[j]}`);
+        if (!long) continue;
+        const rest = arg.slice(j + 1);
+        const kind = SECRET_VALUES[long];
+        if (!rest) pending = long;
+        else if (kind) shown = `${arg.slice(0, j + 1)}${hideValue(kind, rest)}`;
+        break;
+      }
+      out.push(shown);
+      continue;
+    }
+    out.push(hideUrlPassword(arg));
+  }
+  return out.some((a, i) => a !== argv[i]) ? out : undefined;
 }
 
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */

@@ -242,7 +242,8 @@ class NegotiateContext implements MechanismContext {
       credCache: this.#memory.creds,
     });
     // Credentials name the caller's identity: another user's ticket (whoever ran kinit) is not
-    // used for them — unless negotiate.principal chose a Kerberos identity of its own.
+    // used for them — unless negotiate.principal chose a Kerberos identity of its own. (The addon
+    // backend names the ticket's owner only once the context is complete: not checked there.)
     const ticket = this.#client.username;
     if (o.credentials && !o.principal && ticket && !sameUser(ticket, o.credentials.username)) {
       (this.#client as { dispose?: () => void }).dispose?.();
@@ -423,17 +424,17 @@ export function carriesKerberosApReq(base64: string): boolean {
 }
 
 /**
- * Whether a Kerberos principal (`user@REALM`) is the user `name` says: `DOMAIN\user` and `user` by
- * the user part alone (a NetBIOS domain is not a realm), `user@REALM` by both (case-insensitive).
+ * Whether a Kerberos principal (`user@REALM`) is the user `name` says (`DOMAIN\user`, `user@domain`
+ * or `user`), by the user part, case-insensitively: what follows `@` in credentials is an NTLM
+ * domain or a UPN suffix, neither of which need be the realm, and Windows user names ignore case.
  */
 function sameUser(principal: string, name: string): boolean {
-  const at = principal.lastIndexOf('@');
-  const user = (at < 0 ? principal : principal.slice(0, at)).toLowerCase();
-  const realm = at < 0 ? '' : principal.slice(at + 1).toLowerCase();
-  const plain = name.slice(name.lastIndexOf('\\') + 1).toLowerCase();
-  const nameAt = plain.lastIndexOf('@');
-  if (nameAt < 0) return plain === user;
-  return plain.slice(0, nameAt) === user && plain.slice(nameAt + 1) === realm;
+  const userOf = (text: string) => {
+    const plain = text.slice(text.lastIndexOf('\\') + 1);
+    const at = plain.lastIndexOf('@');
+    return (at < 0 ? plain : plain.slice(0, at)).toLowerCase();
+  };
+  return userOf(principal) === userOf(name);
 }
 
 /** Failures of the client's own credentials (or of GSS-API itself), not of one server's SPN. */
