@@ -6,7 +6,8 @@
  *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
  *   arrives, and when it fails;
  * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
- *   the caller unanswered, because the trust policy withheld the credentials (why that 401).
+ *   the caller unanswered, because the trust policy withheld the credentials (why that 401; not
+ *   published for upgrades).
  *
  * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies and the
  * tokens in `WWW-Authenticate` / `Proxy-Authenticate` are replaced by `[redacted]` here, before any

@@ -201,6 +201,20 @@ describe('multileg command line', () => {
     expect(f.code).toBe(22);
   });
 
+  it('-d, --data-binary and --data-raw join in the order given; the form type the command added does not follow a POST turned GET by a redirect', async () => {
+    // Before: grouped by flag (a=1&c=3&b=2).
+    expect(parseCli(['-d', 'a=1', '--data-binary', 'b=2', '-d', 'c=3', 'h/']).body?.toString()).toBe('a=1&b=2&c=3');
+    const to = encodeURIComponent('/auth/after-form');
+    const r = await run(['-L', '-d', 'a=1', ...alice(), `${server.origin}/public/redirect?status=302&to=${to}`]);
+    expect(r.code).toBe(0);
+    const after = server.exchanges.filter((e) => e.path === '/auth/after-form').at(-1)!;
+    // Before: a GET with Content-Type: application/x-www-form-urlencoded and no body.
+    expect([after.method, after.requestHeaders['content-type']]).toEqual(['GET', undefined]);
+    // A Content-Type the caller gave stays, as curl keeps its -H.
+    const own = parseCli(['-d', 'x', '-H', 'Content-Type: text/plain', 'h/']);
+    expect([own.formType, own.headers['content-type']]).toEqual([false, 'text/plain']);
+  });
+
   it('-I sends HEAD and prints only the head; a URL without a scheme means https', async () => {
     const { code, stdout } = await run(['-I', ...alice(), `localhost:${server.port}/auth/head`]);
     expect(code).toBe(0);

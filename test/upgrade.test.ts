@@ -39,12 +39,13 @@ import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 function upgradeOrResponse(
   agent: Dispatcher,
   origin: string,
+  headers: Record<string, string> = {},
 ): Promise<{ kind: 'upgraded'; socket: Socket } | { kind: 'response'; status: number; body: string }> {
   return new Promise((resolve, reject) => {
     let status = 0;
     let body = '';
     agent.dispatch(
-      { origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+      { origin, path: '/ws', method: 'GET', upgrade: 'websocket', headers },
       {
         onRequestUpgrade: (_c, _s, _h, socket) => resolve({ kind: 'upgraded', socket: socket as Socket }),
         onResponseStart: (_c, s) => {
@@ -349,6 +350,16 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     } finally {
       stalls.close();
     }
+  });
+
+  it("S6: an upgrade that brings its own Proxy-Authorization (no proxy here) gets none of the agent's credentials: the caller sees the 401", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    const got = await upgradeOrResponse(agent, origin.origin, { 'proxy-authorization': 'Basic eDp5' });
+    if (got.kind === 'upgraded') sockets.push(got.socket);
+    // Before: the agent answered the origin's NTLM with alice's password and upgraded.
+    expect(got.kind === 'response' && got.status).toBe(401);
+    expect(origin.seen.map((e) => e.authorization)).toEqual([undefined]);
   });
 
   it('C11: an upgrade handshake that needs more legs than limits.maxLegs ends with LegLimitError', async () => {

@@ -175,6 +175,8 @@ async function main(argv: string[]): Promise<number> {
         if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
           if (method !== 'HEAD') method = 'GET';
           body = undefined;
+          // The form type the command added for -d goes with the body (one given with -H stays).
+          if (req.formType) delete headers['content-type'];
         }
         url = next;
         continue;

@@ -25,6 +25,8 @@ export interface CliRequest {
   readonly method: string;
   readonly headers: Record<string, string | string[]>;
   readonly body: Buffer | undefined;
+  /** The command added `Content-Type: application/x-www-form-urlencoded` for -d (curl's default). */
+  readonly formType: boolean;
   readonly http1: boolean;
   /** -i: print status line and headers; -I: the same, for a HEAD request, without body. */
   readonly include: boolean;
@@ -354,6 +356,10 @@ const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
 export function parseCli(argv: readonly string[]): CliRequest {
   const cmd = program();
+  // -d, --data-binary and --data-raw in the order given (curl joins them so), not grouped by flag.
+  const data: Array<[flag: '-d' | '--data-binary' | '--data-raw', value: string]> = [];
+  for (const flag of ['-d', '--data-binary', '--data-raw'] as const)
+    cmd.on(`option:${flag === '-d' ? 'data' : flag.slice(2)}`, (value: string) => data.push([flag, value]));
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
   const { url, user: urlUser } = parseUrl(cmd.args[0]!);
@@ -376,27 +382,17 @@ export function parseCli(argv: readonly string[]): CliRequest {
     // Repeated, each is sent (as curl does), not the last alone.
     headers[name] = had === undefined ? value : [had, value].flat();
   }
-  const pieces = [
-    ...(o.data as string[]).map((d) =>
-      d.startsWith('@')
-        ? Buffer.from(
-            readFlagFile('-d', d.slice(1))
-              .toString('latin1')
-              .replace(/[\r\n]/g, ''),
-            'latin1',
-          )
-        : Buffer.from(d),
-    ),
-    ...(o.dataBinary as string[]).map((d) =>
-      d.startsWith('@') ? readFlagFile('--data-binary', d.slice(1)) : Buffer.from(d),
-    ),
-    ...(o.dataRaw as string[]).map((d) => Buffer.from(d)),
-  ];
+  const pieces = data.map(([flag, d]) => {
+    if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
+    const file = readFlagFile(flag, d.slice(1));
+    // -d @file: without its line breaks, as curl reads it; --data-binary @file: as it is.
+    return flag === '-d' ? Buffer.from(file.toString('latin1').replace(/[\r\n]/g, ''), 'latin1') : file;
+  });
   const body =
     pieces.length === 0 ? undefined : Buffer.concat(pieces.flatMap((p, i) => (i === 0 ? [p] : [Buffer.from('&'), p])));
   // As curl: a body from -d is a form unless a Content-Type says otherwise (or -H 'Content-Type:' drops it).
-  if (body && !('content-type' in headers) && !removed.has('content-type'))
-    headers['content-type'] = 'application/x-www-form-urlencoded';
+  const formType = body !== undefined && !('content-type' in headers) && !removed.has('content-type');
+  if (formType) headers['content-type'] = 'application/x-www-form-urlencoded';
   if (o.key !== undefined && o.cert === undefined) throw new ConfigError('--key goes with --cert');
   if (o.pass !== undefined && o.cert === undefined)
     throw new ConfigError('--pass is the passphrase of the --cert / --key key: give --cert');
@@ -448,6 +444,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     method: ((o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET')).toUpperCase(),
     headers,
     body,
+    formType,
     http1: Boolean(o['http1.1']),
     include: Boolean(o.include) || head,
     head,

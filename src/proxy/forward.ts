@@ -164,7 +164,8 @@ export class ForwardProxy {
       () => deadline.stop(),
       (err: Error) => {
         deadline.stop();
-        this.#onUnusable(err);
+        // (On expiry the deadline's own hook has made the connection unusable already.)
+        if (!deadline.timedOut) this.#onUnusable(err);
         throw err;
       },
     );

@@ -154,7 +154,9 @@ export class UpgradeDispatcher {
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
     // The caller's own Authorization is theirs to handle: no answering on top of it.
-    const answering = credentialsAllowed && !('authorization' in headers) && body.replayable;
+    // (As the agent's own lanes: a request with its own Proxy-Authorization gets none of the agent's.)
+    const answering =
+      credentialsAllowed && !('authorization' in headers) && !('proxy-authorization' in headers) && body.replayable;
     const url = new URL(origin);
     const legInfo = (): LegInfo => ({
       origin,
