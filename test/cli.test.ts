@@ -199,6 +199,14 @@ describe('multileg command line', () => {
       env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
     });
     expect(f.code).toBe(22);
+    // The connections of both tries are counted.
+    const w = await run(
+      ['-s', '-o', '/dev/null', '-w', '%{num_connects}', '--cacert', ca, `${server.origin}/auth/anon`],
+      {
+        env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
+      },
+    );
+    expect(w.stdout).toBe('2');
   });
 
   it('-d, --data-binary and --data-raw join in the order given; the form type the command added does not follow a POST turned GET by a redirect', async () => {

@@ -117,6 +117,7 @@ async function main(argv: string[]): Promise<number> {
   };
   /** Why Negotiate could not run, when the request was sent again without it. */
   let cannotRun: MultilegError | undefined;
+  let earlier: ReturnType<MultilegAgent['stats']> | undefined;
   const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
   // A reader that went away (`| head`) is not an error: stop writing, exit as if done. Any other
   // failure to write (a full disk) is curl's 23, in one line.
@@ -142,6 +143,7 @@ async function main(argv: string[]): Promise<number> {
         // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
         if (credentials || cannotRun || !cannotRunHere(err)) throw err;
         cannotRun = err;
+        earlier = agent.stats();
         await agent.destroy().catch(() => {});
         agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: (o) => trusted.trusts(o) });
         continue;
@@ -244,7 +246,18 @@ async function main(argv: string[]): Promise<number> {
     say(failure.message);
     exit = failure.exit;
   }
-  const stats = agent.stats();
+  // Both agents' when the request was sent again without Negotiate (-w %{num_connects}, -v, --json).
+  const now = agent.stats();
+  const stats = earlier
+    ? {
+        ...now,
+        requests: now.requests + earlier.requests,
+        sessions: now.sessions + earlier.sessions,
+        handshakes: now.handshakes + earlier.handshakes,
+        legs: now.legs + earlier.legs,
+        failedHandshakes: now.failedHandshakes + earlier.failedHandshakes,
+      }
+    : now;
   if (req.verbose)
     process.stderr.write(
       `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,
