@@ -76,6 +76,10 @@ describe('multileg command line', () => {
         // A server whose clock is an hour behind ours: doctor's clock check.
         res.sendDate = false;
         res.writeHead(200, { date: new Date(Date.now() - 3600_000).toUTCString() }).end('ok');
+      } else if (req.url === '/truncated') {
+        // 10 bytes of the 100 announced, then the connection ends.
+        res.writeHead(200, { 'content-length': '100' });
+        res.write('0123456789', () => res.socket?.destroy());
       } else if (req.url === '/hang') {
         // never answers: --max-time
       } else res.writeHead(404).end();
@@ -536,6 +540,22 @@ describe('multileg command line', () => {
     expect(plainToTls.stderr).toBe(
       `multileg: localhost:${server.port} closed the connection (UND_ERR_SOCKET); is it an https:// port?\n`,
     );
+  });
+
+  it("a body cut short (the server closes mid-body) is curl's 18, in one line, with no https hint; to -o too", async () => {
+    const url = `${plainOrigin}/truncated`;
+    const shown = await run([url]);
+    expect(shown.code).toBe(18);
+    expect(shown.stdout).toBe('0123456789');
+    expect(shown.stderr).toBe(
+      `multileg: ${new URL(plainOrigin).host} closed the connection with 90 bytes of the body still to come (UND_ERR_SOCKET)\n`,
+    );
+    // The transfer failed, not the file: not 23 "-o: cannot write it".
+    const file = join(dir, 'truncated.out');
+    const toFile = await run(['-o', file, url]);
+    expect(toFile.code).toBe(18);
+    expect(toFile.stderr).toBe(shown.stderr);
+    expect(readFileSync(file, 'utf8')).toBe('0123456789');
   });
 
   it('-s hides error messages, -S shows them again', async () => {

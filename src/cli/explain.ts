@@ -16,6 +16,8 @@ export const EXIT = {
   resolveProxy: 5,
   resolve: 6,
   connect: 7,
+  /** curl's CURLE_PARTIAL_FILE: the connection ended before the whole body came. */
+  partial: 18,
   httpError: 22,
   write: 23,
   timeout: 28,
@@ -90,13 +92,29 @@ function rootCause(err: unknown): Error & { code?: string } {
   return (e ?? (err as Error)) as Error & { code?: string };
 }
 
+/** How a connection that ends mid-body shows (undici's, the system's, HTTP/2's stream reset). */
+const PARTIAL_CODES: ReadonlySet<string> = new Set([
+  'UND_ERR_SOCKET',
+  'UND_ERR_RES_CONTENT_LENGTH_MISMATCH',
+  'ECONNRESET',
+  'ERR_HTTP2_STREAM_ERROR',
+]);
+
 export interface Failure {
   readonly exit: number;
   readonly message: string;
 }
 
 /** What to tell the user about a failed transfer, and the exit code. */
-export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number | undefined }): Failure {
+export function describeFailure(
+  err: unknown,
+  ctx: {
+    url: URL;
+    maxTime: number | undefined;
+    /** Set when the failure came while reading the body: the bytes received, and how many were announced. */
+    midBody?: { received: number; expected: number | undefined } | undefined;
+  },
+): Failure {
   const e = rootCause(err);
   const host = ctx.url.host;
   if (e instanceof MultilegError) {
@@ -135,6 +153,14 @@ export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number |
       exit: EXIT.timeout,
       message: `connecting to ${host} timed out; raise --connect-timeout or check the network`,
     };
+  if (ctx.midBody && PARTIAL_CODES.has(code)) {
+    // curl's 18: the head came, the body stopped short.
+    const left =
+      ctx.midBody.expected !== undefined && ctx.midBody.expected > ctx.midBody.received
+        ? ` with ${ctx.midBody.expected - ctx.midBody.received} bytes of the body still to come`
+        : ' before the end of the body';
+    return { exit: EXIT.partial, message: `${host} closed the connection${left} (${code})` };
+  }
   if (code === 'UND_ERR_SOCKET') {
     // What a TLS port does with a plain-HTTP request, among others: say so.
     const hint = ctx.url.protocol === 'http:' ? '; is it an https:// port?' : '';

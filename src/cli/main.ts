@@ -1,7 +1,7 @@
 /**
  * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos, Digest,
  * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
- * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 22 (-f), 23
+ * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 18, 22 (-f), 23
  * (-o cannot be written), 28, 47, 56, 60. Started through bin.ts, which checks the Node.js version first.
  */
 import { createWriteStream, writeFileSync } from 'node:fs';
@@ -115,6 +115,8 @@ async function main(argv: string[]): Promise<number> {
     if (req.output) heads += text;
     else process.stdout.write(text);
   };
+  /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
+  let reading: { received: number; expected: number | undefined } | undefined;
   /** Why Negotiate could not run, when the request was sent again without it. */
   let cannotRun: MultilegError | undefined;
   const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
@@ -180,9 +182,16 @@ async function main(argv: string[]): Promise<number> {
         continue;
       }
       if (req.include && !req.json && !(req.fail && status >= 400)) printHead(headText(protocol, res));
+      const length = Number(res.headers['content-length']);
+      const progress = {
+        received: 0,
+        expected: method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
+      };
+      reading = progress;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           bytes += chunk.length;
+          progress.received += chunk.length;
           cb(null, chunk);
         },
       });
@@ -192,22 +201,27 @@ async function main(argv: string[]): Promise<number> {
         });
       } else {
         const out = req.output ? createWriteStream(req.output) : process.stdout;
-        let writeError: NodeJS.ErrnoException | undefined;
-        if (req.output) out.once('error', (err) => (writeError = err));
+        // Which side failed first: pipeline() then destroys every stream with that same error.
+        let failedFirst: 'body' | 'file' | undefined;
+        res.body.once('error', () => (failedFirst ??= 'body'));
+        if (req.output) out.once('error', () => (failedFirst ??= 'file'));
         // With -o, the heads -i shows go into the file first, as curl writes them.
         if (heads) out.write(heads);
         heads = '';
         try {
           await pipeline(res.body, counter, out, { end: Boolean(req.output) });
         } catch (err) {
-          if (writeError !== undefined && req.output !== undefined) {
+          if (failedFirst === 'file' && req.output !== undefined) {
             // curl's 23 (write error), in one line: the file, not the transfer, failed.
-            say(`-o ${req.output}: ${writeProblem(writeError)}`);
+            say(`-o ${req.output}: ${writeProblem(err as NodeJS.ErrnoException)}`);
             exit = EXIT.write;
             break;
           }
           const stdout =
-            stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
+            stdoutError ??
+            (req.output === undefined && failedFirst !== 'body' && !isEpipe(err)
+              ? (err as NodeJS.ErrnoException)
+              : undefined);
           if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
             say(`stdout: ${writeProblem(stdout)}`);
             exit = EXIT.write;
@@ -217,6 +231,7 @@ async function main(argv: string[]): Promise<number> {
           res.body.destroy();
         }
       }
+      reading = undefined;
       const last = trace.lastDelivered;
       if (last) last.bodySize = bytes;
       if (status === 401 && cannotRun) say(`${forCli(cannotRun.message)} (${cannotRun.code})`);
@@ -238,7 +253,7 @@ async function main(argv: string[]): Promise<number> {
       break;
     }
   } catch (err) {
-    const failure = describeFailure(err, req);
+    const failure = describeFailure(err, { url: req.url, maxTime: req.maxTime, midBody: reading });
     say(failure.message);
     exit = failure.exit;
   }
