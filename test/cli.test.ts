@@ -516,7 +516,7 @@ describe('multileg command line', () => {
     expect(insecure.code).toBe(0);
   });
 
-  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 56 closed', async () => {
+  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {
     const closed = createTcpServer();
     const port = await listen(closed);
     closed.close();
@@ -534,6 +534,12 @@ describe('multileg command line', () => {
     const stalled = await run(['-m', '0.3', `https://127.0.0.1:${silentPort}/`]);
     expect(stalled.code).toBe(28);
     expect(stalled.stderr).toBe('multileg: operation timed out after 300 ms (--max-time)\n');
+    // https:// to a plain-HTTP port: curl's 35, one line (not OpenSSL's two), the likely fix.
+    const tlsToPlain = await run([`https://127.0.0.1:${new URL(plainOrigin).port}/`]);
+    expect(tlsToPlain.code).toBe(35);
+    expect(tlsToPlain.stderr).toBe(
+      `multileg: ${new URL(plainOrigin).host} did not speak TLS: is it an http:// port? (ERR_SSL_WRONG_VERSION_NUMBER)\n`,
+    );
     // Plain HTTP to the TLS port: the server closes the connection.
     const plainToTls = await run([`http://localhost:${server.port}/public/`]);
     expect(plainToTls.code).toBe(56);

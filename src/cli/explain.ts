@@ -26,7 +26,16 @@ export const EXIT = {
   /** curl's CURLE_SSL_CERTPROBLEM: the local client certificate cannot be used. */
   clientCertificate: 58,
   certificate: 60,
+  /** curl's CURLE_SSL_CONNECT_ERROR: the TLS handshake failed (a plain-HTTP port, for one). */
+  tls: 35,
 } as const;
+
+/** OpenSSL's codes for a peer that answered a ClientHello with something that is not TLS. */
+const NOT_TLS_CODES: ReadonlySet<string> = new Set([
+  'ERR_SSL_WRONG_VERSION_NUMBER',
+  'ERR_SSL_PACKET_LENGTH_TOO_LONG',
+  'ERR_SSL_UNKNOWN_PROTOCOL',
+]);
 
 /** The distinct schemes a 401's WWW-Authenticate (407's Proxy-Authenticate) offers. */
 export function challengeSchemes(
@@ -144,6 +153,11 @@ export function describeFailure(
       message: `${what}: give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE), or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
     };
   }
+  if (NOT_TLS_CODES.has(code))
+    return { exit: EXIT.tls, message: `${host} did not speak TLS: is it an http:// port? (${code})` };
+  // OpenSSL's own text is two lines with a source path: the code says it.
+  if (code.startsWith('ERR_SSL_'))
+    return { exit: EXIT.tls, message: `the TLS handshake with ${host} failed (${code})` };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
