@@ -5,7 +5,13 @@
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, MultilegError } from '../errors.ts';
-import { ProxyCertificateError, ProxyConnectTimeoutError, ProxyUnreachableError } from '../proxy/errors.ts';
+import {
+  ProxyAuthenticationError,
+  ProxyCertificateError,
+  ProxyConnectError,
+  ProxyConnectTimeoutError,
+  ProxyUnreachableError,
+} from '../proxy/errors.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 
 /** Exit codes (README "Command line"); the network ones are curl's. */
@@ -127,7 +133,7 @@ export function describeFailure(
   const e = rootCause(err);
   const host = ctx.url.host;
   if (e instanceof MultilegError) {
-    // The proxy's network failures exit as curl's do for the proxy: 5, 7, 60, 28.
+    // The proxy's failures exit as curl's do for the proxy: 5, 7, 60, 28, 56.
     const exit =
       e instanceof ProxyUnreachableError
         ? e.reason === 'resolve'
@@ -137,7 +143,11 @@ export function describeFailure(
           ? EXIT.certificate
           : e instanceof ProxyConnectTimeoutError
             ? EXIT.timeout
-            : EXIT.failure;
+            : // curl's 56 for a CONNECT that did not open the tunnel (a final 407 included); a
+              // plain http:// URL goes through a forwarding proxy, no CONNECT.
+              e instanceof ProxyConnectError || (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
+              ? EXIT.receive
+              : EXIT.failure;
     return { exit, message: `${forCli(e.message)} (${e.code})` };
   }
   const code = typeof e.code === 'string' ? e.code : '';
