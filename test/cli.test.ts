@@ -404,10 +404,6 @@ describe('multileg command line', () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],
       [['--bogus', 'https://h/'], /^multileg: unknown option '--bogus' \(multileg --help lists the options\)\n$/],
-      [
-        ['--cacert', join(dir, 'missing.pem'), 'https://localhost:1/'],
-        /^multileg: --cacert .*missing\.pem: no such file\n$/,
-      ],
       [['-d', `@${join(dir, 'missing.txt')}`, 'https://localhost:1/'], /^multileg: -d .*missing\.txt: no such file\n$/],
       [
         ['--schemes', 'Negotiate,Kerberos', 'https://localhost:1/'],
@@ -434,6 +430,25 @@ describe('multileg command line', () => {
       expect(r.stderr, args.join(' ')).toMatch(message);
       expect(r.stderr).not.toMatch(/\n\s+at /);
     }
+  });
+
+  it("--cacert missing or not PEM certificates: curl's 77 (CURLE_SSL_CACERT_BADFILE), one line", async () => {
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const broken = join(dir, 'broken.pem');
+    writeFileSync(broken, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+    const cases: Array<[string, RegExp]> = [
+      [join(dir, 'missing.pem'), /^multileg: --cacert .*missing\.pem: no such file\n$/],
+      [garbage, /^multileg: --cacert .*garbage\.pem: not a PEM file of CA certificates\n$/],
+      [broken, /^multileg: --cacert .*broken\.pem: not a PEM file of CA certificates\n$/],
+    ];
+    for (const [file, message] of cases) {
+      const r = await run(['--cacert', file, `${server.origin}/public/`]);
+      expect(r.code, file).toBe(77);
+      expect(r.stderr, file).toMatch(message);
+    }
+    // A good one still works.
+    expect((await run(['--cacert', ca, `${server.origin}/public/`])).code).toBe(0);
   });
 
   it('S2: usage errors never repeat a secret: -H without a colon shows none of it, -x and --trust not their user:password@', async () => {

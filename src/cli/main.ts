@@ -2,7 +2,7 @@
  * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos, Digest,
  * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
  * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 18, 22 (-f), 23
- * (-o cannot be written), 28, 35, 47, 56, 60. Started through bin.ts, which checks the Node.js version first.
+ * (-o cannot be written), 28, 35, 47, 56, 60, 77. Started through bin.ts, which checks the Node.js version first.
  */
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';

@@ -3,6 +3,7 @@
  * from reading the files the flags name; credentials that need a prompt or stdin are resolved later
  * (credentials.ts).
  */
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { getCACertificates } from 'node:tls';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
@@ -234,6 +235,39 @@ export function readFlagFile(flag: string, path: string): Buffer {
   }
 }
 
+/** A bad command line that curl gives an exit code of its own (2 is the rest's). */
+export class UsageError extends ConfigError {
+  readonly exit: number;
+  constructor(detail: string, exit: number) {
+    super(detail);
+    this.exit = exit;
+  }
+}
+
+/** curl's CURLE_SSL_CACERT_BADFILE. */
+const CACERT_BADFILE = 77;
+
+/** `--cacert FILE`: PEM certificates, each of which must parse (curl's 77 when the file is no use). */
+function caFile(path: string): string {
+  let text: string;
+  try {
+    text = readFlagFile('--cacert', path).toString('latin1');
+  } catch (err) {
+    throw new UsageError((err as Error).message, CACERT_BADFILE);
+  }
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? [];
+  const bad = () => new UsageError(`--cacert ${path}: not a PEM file of CA certificates`, CACERT_BADFILE);
+  if (blocks.length === 0) throw bad();
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch {
+      throw bad();
+    }
+  }
+  return text;
+}
+
 /**
  * `--cert file[:passphrase]` (curl's form: a value that is no file and holds a colon is split at
  * it, after a Windows drive letter; the passphrase is never printed), `--key` (else the key is in
@@ -353,7 +387,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
       ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
       : undefined;
   const ca = [
-    ...(o.cacert ? [readFlagFile('--cacert', o.cacert as string).toString()] : []),
+    ...(o.cacert ? [caFile(o.cacert as string)] : []),
     // The system store replaces Node's bundled roots in `ca`, so keep those too.
     ...(o.caNative ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
   ];
@@ -473,7 +507,7 @@ export function parseCliOrExit(argv: readonly string[], name: string): CliReques
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof ConfigError) {
       process.stderr.write(`${name}: ${err.message}\n`);
-      return 2;
+      return err instanceof UsageError ? err.exit : 2;
     }
     throw err;
   }
