@@ -474,7 +474,7 @@ describe('multileg command line', () => {
     }
   });
 
-  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; "-u :" sends no password', async () => {
+  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; --netrc without ~/.netrc goes on; "-u :" sends no password', async () => {
     const url = `${server.origin}/auth/pw`;
     const stdin = await run(['--password-stdin', '-u', 'EXAMPLE\\alice', '--cacert', ca, url], { input: 'alicepw\n' });
     expect(JSON.parse(stdin.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
@@ -489,6 +489,11 @@ describe('multileg command line', () => {
     writeFileSync(join(dir, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
     const home = await run(['--netrc', '--cacert', ca, url], { env: { HOME: dir } });
     expect(JSON.parse(home.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    // As curl: no ~/.netrc, no credentials from it, and the request goes on.
+    const noNetrc = await run(['--netrc', '--cacert', ca, `${server.origin}/public/`], {
+      env: { HOME: mkdtempSync(join(tmpdir(), 'multileg-home-')) },
+    });
+    expect(noNetrc).toMatchObject({ code: 0, stderr: '' });
     const colon = await run(['-u', ':', '--cacert', ca, `${ntlmOnly.origin}/auth/pw`]);
     expect(colon.code).toBe(0);
     expect(colon.stderr).toContain('no credentials');

@@ -57,12 +57,14 @@ export function parseNetrc(text: string): NetrcEntry[] {
   return entries;
 }
 
-function fromNetrc(path: string, host: string): { login?: string; password?: string } | undefined {
+/** `optional`: --netrc's default file, which curl goes on without when there is none. */
+function fromNetrc(path: string, host: string, optional: boolean): { login?: string; password?: string } | undefined {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
-  } catch {
-    throw new ConfigError(`--netrc-file ${path}: cannot read it`);
+  } catch (err) {
+    if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError(`${optional ? '--netrc' : '--netrc-file'} ${path}: cannot read it`);
   }
   const entries = parseNetrc(text);
   return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
@@ -100,7 +102,7 @@ async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS
 export async function resolveCredentials(s: CredentialSources): Promise<Credentials | undefined> {
   let user = s.user;
   if (!user && s.netrc !== undefined) {
-    const entry = fromNetrc(s.netrc || join(s.env.HOME ?? homedir(), '.netrc'), s.host);
+    const entry = fromNetrc(s.netrc || join(s.env.HOME ?? homedir(), '.netrc'), s.host, s.netrc === '');
     if (!entry?.login) return undefined;
     user = { username: entry.login, password: entry.password };
   }
