@@ -76,6 +76,15 @@ describe('multileg command line', () => {
         // A server whose clock is an hour behind ours: doctor's clock check.
         res.sendDate = false;
         res.writeHead(200, { date: new Date(Date.now() - 3600_000).toUTCString() }).end('ok');
+      } else if (req.url?.startsWith('/hop/')) {
+        // /hop/N: N redirects (302) before a 200 that says which method and body reached it.
+        const n = Number(req.url.slice(5));
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          if (n > 0) res.writeHead(302, { location: `/hop/${n - 1}` }).end();
+          else res.writeHead(200, { 'content-type': 'text/plain' }).end(`${req.method} ${Buffer.concat(chunks)}`);
+        });
       } else if (req.url === '/truncated') {
         // 10 bytes of the 100 announced, then the connection ends.
         res.writeHead(200, { 'content-length': '100' });
@@ -603,7 +612,32 @@ describe('multileg command line', () => {
     const [first, time] = stdout.split('\n');
     expect(first).toBe('200 1 2 0');
     expect(Number(time)).toBeGreaterThan(0);
-    expect(writeOut('%% \\t%{exitcode}', { exitcode: '22' })).toBe('% \t22');
+    expect(writeOut('%% \\t%{exitcode}', { exitcode: '22' })).toEqual([{ to: 'stdout', text: '% \t22' }]);
+  });
+
+  it('-w as curl: @file, %{stderr}/%{stdout}, content_type, remote_ip, remote_port, redirect_url, errormsg; num_redirects within --max-redirs', async () => {
+    const format = join(dir, 'format.txt');
+    writeFileSync(
+      format,
+      '%{response_code} [%{content_type}] %{remote_ip} %{remote_port} [%{redirect_url}] [%{errormsg}]%{stderr}to stderr%{stdout}\\n',
+    );
+    const ok = await run(['-o', join(dir, 'w2.out'), '-w', `@${format}`, ...alice(), `${server.origin}/auth/w2`]);
+    expect(ok.code).toBe(0);
+    // (localhost: IPv4 or IPv6, as this machine resolves it)
+    expect(ok.stdout).toMatch(
+      new RegExp(`^200 \\[application/json\\] (127\\.0\\.0\\.1|::1) ${server.port} \\[\\] \\[\\]\\n$`),
+    );
+    expect(ok.stderr).toBe('to stderr');
+    // Not followed: where it would go. Followed as far as --max-redirs allows: 2 of 3, exit 47.
+    const hops = `${plainOrigin}/hop/3`;
+    const notFollowed = await run(['-w', '%{http_code} %{num_redirects} %{redirect_url}', hops]);
+    expect(notFollowed.stdout).toBe(`302 0 ${plainOrigin}/hop/2`);
+    const stopped = await run(['-L', '--max-redirs', '2', '-w', '%{num_redirects} [%{errormsg}] %{exitcode}', hops]);
+    expect(stopped.code).toBe(47);
+    expect(stopped.stdout).toBe('2 [maximum (2) redirects followed (--max-redirs)] 47');
+    const missing = await run(['-w', `@${join(dir, 'no-format.txt')}`, hops]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^multileg: -w .*no-format\.txt: no such file\n$/);
   });
 
   it('piping into head is not an error (EPIPE)', async () => {

@@ -4,6 +4,7 @@
  * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 18, 22 (-f), 23
  * (-o cannot be written), 28, 35, 47, 56, 60, 77. Started through bin.ts, which checks the Node.js version first.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -109,6 +110,28 @@ async function main(argv: string[]): Promise<number> {
   let bytes = 0;
   let exit: number = EXIT.ok;
   let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  /** The message of the failure that sets the exit code (-w %{errormsg}). */
+  let errormsg = '';
+  const fail = (code: number, line: string) => {
+    say(line);
+    exit = code;
+    errormsg = line;
+  };
+  // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
+  const remotes = new Map<string, { ip: string; port: string }>();
+  const onConnected = (message: unknown) => {
+    const { connectParams: p, socket } = message as {
+      connectParams: { protocol: string; host: string };
+      socket: { remoteAddress?: string; remotePort?: number };
+    };
+    try {
+      remotes.set(new URL(`${p.protocol}//${p.host}`).origin, {
+        ip: socket.remoteAddress ?? '',
+        port: socket.remotePort !== undefined ? String(socket.remotePort) : '',
+      });
+    } catch {}
+  };
+  if (req.writeOut !== undefined) subscribe('undici:client:connected', onConnected);
   /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
   let heads = '';
   const printHead = (text: string) => {
@@ -155,11 +178,12 @@ async function main(argv: string[]): Promise<number> {
       if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
         if (req.include && !req.json) printHead(headText(protocol, res));
         await res.body.dump();
-        if (++redirects > req.maxRedirs) {
-          say(`maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
-          exit = EXIT.redirects;
+        // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
+        if (redirects >= req.maxRedirs) {
+          fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
           break;
         }
+        redirects++;
         const next = new URL(location, url);
         // A Location's user:password@ is neither sent nor printed (-w %{url_effective}, --json).
         next.username = '';
@@ -213,8 +237,7 @@ async function main(argv: string[]): Promise<number> {
         } catch (err) {
           if (failedFirst === 'file' && req.output !== undefined) {
             // curl's 23 (write error), in one line: the file, not the transfer, failed.
-            say(`-o ${req.output}: ${writeProblem(err as NodeJS.ErrnoException)}`);
-            exit = EXIT.write;
+            fail(EXIT.write, `-o ${req.output}: ${writeProblem(err as NodeJS.ErrnoException)}`);
             break;
           }
           const stdout =
@@ -223,8 +246,7 @@ async function main(argv: string[]): Promise<number> {
               ? (err as NodeJS.ErrnoException)
               : undefined);
           if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
-            say(`stdout: ${writeProblem(stdout)}`);
-            exit = EXIT.write;
+            fail(EXIT.write, `stdout: ${writeProblem(stdout)}`);
             break;
           }
           if (!isEpipe(err)) throw err;
@@ -247,15 +269,13 @@ async function main(argv: string[]): Promise<number> {
           }),
         );
       if (req.fail && status >= 400) {
-        say(`(22) HTTP ${status}`);
-        exit = EXIT.httpError;
+        fail(EXIT.httpError, `(22) HTTP ${status}`);
       }
       break;
     }
   } catch (err) {
     const failure = describeFailure(err, { url: req.url, maxTime: req.maxTime, midBody: reading });
-    say(failure.message);
-    exit = failure.exit;
+    fail(failure.exit, failure.message);
   }
   const stats = agent.stats();
   if (req.verbose)
@@ -299,20 +319,40 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   if (req.writeOut !== undefined) {
+    unsubscribe('undici:client:connected', onConnected);
     const { writeOut } = await import('./write-out.ts');
-    process.stdout.write(
-      writeOut(req.writeOut, {
-        http_code: String(status).padStart(3, '0'),
-        response_code: String(status).padStart(3, '0'),
-        time_total: timeTotal.toFixed(6),
-        num_connects: String(stats.sessions),
-        num_redirects: String(redirects),
-        url_effective: url.href,
-        http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
-        size_download: String(bytes),
-        exitcode: String(exit),
-      }),
-    );
+    const header = (name: string) => {
+      const v = final?.headers[name];
+      return (Array.isArray(v) ? v[0] : v) ?? '';
+    };
+    const location = header('location');
+    let redirectUrl = '';
+    if (REDIRECTS.has(status) && location) {
+      try {
+        const next = new URL(location, url);
+        next.username = '';
+        next.password = '';
+        redirectUrl = next.href;
+      } catch {}
+    }
+    const remote = remotes.get(url.origin);
+    const parts = writeOut(req.writeOut, {
+      http_code: String(status).padStart(3, '0'),
+      response_code: String(status).padStart(3, '0'),
+      time_total: timeTotal.toFixed(6),
+      num_connects: String(stats.sessions),
+      num_redirects: String(redirects),
+      url_effective: url.href,
+      http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
+      size_download: String(bytes),
+      exitcode: String(exit),
+      errormsg,
+      content_type: header('content-type'),
+      redirect_url: redirectUrl,
+      remote_ip: remote?.ip ?? '',
+      remote_port: remote?.port ?? '',
+    });
+    for (const part of parts) (part.to === 'stderr' ? process.stderr : process.stdout).write(part.text);
   }
   return exit;
 }

@@ -150,7 +150,10 @@ export function program(): Command {
       .option('-S, --show-error', 'with -s, still show error messages')
       .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
       .option('-o, --output <file>', 'write the body to a file')
-      .option('-w, --write-out <format>', 'print after the transfer: %{http_code} %{time_total} %{num_connects} …')
+      .option(
+        '-w, --write-out <format>',
+        'print after the transfer: %{http_code} %{time_total} %{num_connects} …; @file reads the format from a file',
+      )
       .option('--json', 'print the outcome (status, legs, handshakes, stats) as JSON instead of the body')
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
@@ -326,6 +329,13 @@ export function shownArgv(argv: readonly string[]): string[] | undefined {
   return hidden ? out : undefined;
 }
 
+/** `-w FORMAT`, or curl's `-w @file` (`@-`: stdin) that holds it. */
+function writeOutFormat(value: string | undefined): string | undefined {
+  if (value === undefined || !value.startsWith('@')) return value;
+  const path = value.slice(1);
+  return (path === '-' ? readFlagFile('-w', '/dev/stdin') : readFlagFile('-w', path)).toString('utf8');
+}
+
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
 const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
@@ -435,7 +445,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     fail: Boolean(o.fail),
     // curl's `-o -`: stdout.
     output: o.output === '-' ? undefined : (o.output as string | undefined),
-    writeOut: o.writeOut as string | undefined,
+    writeOut: writeOutFormat(o.writeOut as string | undefined),
     json: Boolean(o.json),
     har: o.har as string | undefined,
     location: Boolean(o.location) || Boolean(o.locationTrusted),
