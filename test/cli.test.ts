@@ -737,6 +737,21 @@ describe('multileg command line', () => {
       );
       expect(ok.stderr).not.toContain('proxypw');
       expect(proxy.exchanges.some((e) => e.proxyAuthorization)).toBe(true);
+      // A plain http:// URL goes to the proxy as a forwarded request: its header is Proxy-Authorization too.
+      const forwarded = await run([
+        '-v',
+        '--cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        '--proxy-user',
+        'proxyuser:proxypw',
+        `${plainOrigin}/hop/0`,
+      ]);
+      expect(forwarded.stderr).toContain('> GET /hop/0 (Proxy-Authorization: Basic …, Auth-ID: no)');
+      expect(forwarded.stderr).not.toMatch(/\(Authorization:/);
+      expect(forwarded.stderr).not.toContain('proxypw');
+      expect(proxy.exchanges.some((e) => e.proxyAuthorization)).toBe(true);
       const before = proxy.exchanges.length;
       const bypass = await run([...base, '--noproxy', 'localhost', url]);
       expect(JSON.parse(bypass.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
