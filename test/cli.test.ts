@@ -640,6 +640,31 @@ describe('multileg command line', () => {
     expect(missing.stderr).toMatch(/^multileg: -w .*no-format\.txt: no such file\n$/);
   });
 
+  it('methods as curl: -X patch goes as given; -L keeps -X POST on a 302 (without the body); -I with -d is refused', async () => {
+    const lines: string[] = [];
+    const raw = createTcpServer((socket) => {
+      socket.once('data', (d: Buffer) => {
+        lines.push(d.toString('latin1').split('\r\n', 1)[0]!);
+        socket.end('HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      });
+      socket.on('error', () => {});
+    });
+    try {
+      const port = await listen(raw);
+      expect((await run(['-X', 'patch', `http://127.0.0.1:${port}/m`])).code).toBe(0);
+      expect(lines).toEqual(['patch /m HTTP/1.1']);
+    } finally {
+      raw.close();
+    }
+    const custom = await run(['-L', '-X', 'POST', '-d', 'x', `${plainOrigin}/hop/2`]);
+    expect(custom).toMatchObject({ code: 0, stdout: 'POST ' });
+    // Without -X, a 302 turns the POST into a GET (curl's, browsers').
+    expect((await run(['-L', '-d', 'x', `${plainOrigin}/hop/2`])).stdout).toBe('GET ');
+    const both = await run(['-I', '-d', 'x', `${plainOrigin}/hop/0`]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toBe('multileg: -I and -d: you can only select one HTTP request method (HEAD or POST)\n');
+  });
+
   it('piping into head is not an error (EPIPE)', async () => {
     const r = await runCommand('bash', [
       '-c',
@@ -902,7 +927,7 @@ describe('multileg command line', () => {
       'h/p',
     ]);
     expect(req.url.href).toBe('https://h/p');
-    expect(req.method).toBe('PUT');
+    expect(req.method).toBe('put'); // as given, as curl sends it
     expect(req.headers).toEqual({ 'x-a': '1' });
     expect(req.trust).toEqual(['https://other:8443']);
     expect(req.agent.schemes).toEqual(['Negotiate']);

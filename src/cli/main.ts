@@ -199,8 +199,10 @@ async function main(argv: string[]): Promise<number> {
           }
         }
         if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
-          if (method !== 'HEAD') method = 'GET';
+          // -X stays the method of every request (curl's), without the body.
+          if (method !== 'HEAD' && !req.customMethod) method = 'GET';
           body = undefined;
+          delete headers['content-length'];
         }
         url = next;
         continue;

@@ -24,6 +24,8 @@ export interface UserArg {
 export interface CliRequest {
   readonly url: URL;
   readonly method: string;
+  /** -X: the method of every request, redirects' included (curl's). */
+  readonly customMethod: boolean;
   readonly headers: Record<string, string | string[]>;
   readonly body: Buffer | undefined;
   readonly http1: boolean;
@@ -431,9 +433,13 @@ export function parseCli(argv: readonly string[]): CliRequest {
       ...(o.timeout ? { handshakeTimeout: o.timeout as number } : {}),
     },
   };
+  // curl: "You can only select one HTTP request method!"
+  if (head && body) throw new ConfigError('-I and -d: you can only select one HTTP request method (HEAD or POST)');
   return {
     url,
-    method: ((o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET')).toUpperCase(),
+    // As given (curl sends `-X patch` as `patch`).
+    method: (o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET'),
+    customMethod: o.request !== undefined,
     headers,
     body,
     http1: Boolean(o['http1.1']),
