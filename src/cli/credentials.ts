@@ -76,7 +76,10 @@ async function readStdinLine(stdin: NodeJS.ReadStream): Promise<string> {
     chunks.push(chunk as Buffer);
     if (Buffer.concat(chunks).includes(10)) break;
   }
-  return Buffer.concat(chunks).toString('utf8').split(/\r?\n/, 1)[0] ?? '';
+  const line = Buffer.concat(chunks).toString('utf8').split(/\r?\n/, 1)[0] ?? '';
+  // Nothing piped in is a mistake (an empty variable, a missing file), not an empty password.
+  if (line === '') throw new ConfigError('--password-stdin: stdin has no password (its first line is empty)');
+  return line;
 }
 
 /** Asks on the terminal without echoing (curl's wording). */

@@ -61,9 +61,11 @@ const positiveInt = (v: string) => {
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
   return n;
 };
-const nonNegativeInt = (v: string) => {
+/** curl's --max-redirs: -1 is no limit. */
+const redirectLimit = (v: string) => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number');
+  if (n === -1) return Number.POSITIVE_INFINITY;
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number, or -1 for no limit');
   return n;
 };
 /** curl's timeouts are in seconds, decimals allowed. */
@@ -97,7 +99,7 @@ export function program(): Command {
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
       )
       .option('--password-stdin', 'read the password of -u from the first line of stdin')
-      .option('--netrc', 'take credentials for the host from ~/.netrc')
+      .option('-n, --netrc', 'take credentials for the host from ~/.netrc')
       .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
       .option('--schemes <list>', `schemes to use, strongest first (of ${SCHEME_NAMES.join(', ')})`)
       .option('--negotiate', 'use Negotiate (Kerberos/SPNEGO) only')
@@ -137,7 +139,9 @@ export function program(): Command {
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
       .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
       .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
-      .addOption(new Option('--max-redirs <n>', 'maximum redirects with -L').argParser(nonNegativeInt).default(50))
+      .addOption(
+        new Option('--max-redirs <n>', 'maximum redirects with -L (-1: no limit)').argParser(redirectLimit).default(50),
+      )
       .option(
         '--trust <origin>',
         'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
@@ -166,7 +170,12 @@ export function program(): Command {
       // Usage errors in one line, as the command's own: "multileg: unknown option '--x' (…)".
       .configureOutput({
         outputError: (message, write) =>
-          write(`multileg: ${message.replace(/^error: /, '').trimEnd()} (multileg --help lists the options)\n`),
+          write(
+            `multileg: ${message
+              .replace(/^error: /, '')
+              .trimEnd()
+              .replace(/\s*\n\s*/g, ' ')} (multileg --help lists the options)\n`,
+          ),
       })
       .exitOverride()
   );
