@@ -227,26 +227,32 @@ async function main(argv: string[]): Promise<number> {
         });
       } else {
         const out = req.output ? createWriteStream(req.output) : process.stdout;
-        // Which side failed first: pipeline() then destroys every stream with that same error.
-        let failedFirst: 'body' | 'file' | undefined;
-        res.body.once('error', () => (failedFirst ??= 'body'));
-        if (req.output) out.once('error', () => (failedFirst ??= 'file'));
+        let fileError: NodeJS.ErrnoException | undefined;
+        if (req.output) out.once('error', (err) => (fileError = err));
+        // A body cut short leaves what came of it written (in the -o file too, as curl), then fails
+        // (18): its error is kept aside, so pipeline() ends the output instead of destroying it.
+        let cutShort: { error: unknown } | undefined;
+        const body = res.body;
+        async function* received() {
+          try {
+            for await (const chunk of body) yield chunk;
+          } catch (error) {
+            cutShort = { error };
+          }
+        }
         // With -o, the heads -i shows go into the file first, as curl writes them.
         if (heads) out.write(heads);
         heads = '';
         try {
-          await pipeline(res.body, counter, out, { end: Boolean(req.output) });
+          await pipeline(received(), counter, out, { end: Boolean(req.output) });
         } catch (err) {
-          if (failedFirst === 'file' && req.output !== undefined) {
+          if (fileError !== undefined && req.output !== undefined) {
             // curl's 23 (write error), in one line: the file, not the transfer, failed.
-            fail(EXIT.write, `-o ${req.output}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+            fail(EXIT.write, `-o ${req.output}: ${writeProblem(fileError)}`);
             break;
           }
           const stdout =
-            stdoutError ??
-            (req.output === undefined && failedFirst !== 'body' && !isEpipe(err)
-              ? (err as NodeJS.ErrnoException)
-              : undefined);
+            stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
           if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
             fail(EXIT.write, `stdout: ${writeProblem(stdout)}`);
             break;
@@ -254,6 +260,7 @@ async function main(argv: string[]): Promise<number> {
           if (!isEpipe(err)) throw err;
           res.body.destroy();
         }
+        if (cutShort) throw cutShort.error;
       }
       reading = undefined;
       const last = trace.lastDelivered;
