@@ -76,6 +76,19 @@ describe('multileg command line', () => {
         // A server whose clock is an hour behind ours: doctor's clock check.
         res.sendDate = false;
         res.writeHead(200, { date: new Date(Date.now() - 3600_000).toUTCString() }).end('ok');
+      } else if (req.url?.startsWith('/hop/')) {
+        // /hop/N: N redirects (302) before a 200 that says which method and body reached it.
+        const n = Number(req.url.slice(5));
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          if (n > 0) res.writeHead(302, { location: `/hop/${n - 1}` }).end();
+          else res.writeHead(200, { 'content-type': 'text/plain' }).end(`${req.method} ${Buffer.concat(chunks)}`);
+        });
+      } else if (req.url === '/truncated') {
+        // 10 bytes of the 100 announced, then the connection ends.
+        res.writeHead(200, { 'content-length': '100' });
+        res.write('0123456789', () => res.socket?.destroy());
       } else if (req.url === '/hang') {
         // never answers: --max-time
       } else res.writeHead(404).end();
@@ -451,10 +464,6 @@ describe('multileg command line', () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],
       [['--bogus', 'https://h/'], /^multileg: unknown option '--bogus' \(multileg --help lists the options\)\n$/],
-      [
-        ['--cacert', join(dir, 'missing.pem'), 'https://localhost:1/'],
-        /^multileg: --cacert .*missing\.pem: no such file\n$/,
-      ],
       [['-d', `@${join(dir, 'missing.txt')}`, 'https://localhost:1/'], /^multileg: -d .*missing\.txt: no such file\n$/],
       [
         ['--schemes', 'Negotiate,Kerberos', 'https://localhost:1/'],
@@ -483,6 +492,25 @@ describe('multileg command line', () => {
     }
   });
 
+  it("--cacert missing or not PEM certificates: curl's 77 (CURLE_SSL_CACERT_BADFILE), one line", async () => {
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const broken = join(dir, 'broken.pem');
+    writeFileSync(broken, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+    const cases: Array<[string, RegExp]> = [
+      [join(dir, 'missing.pem'), /^multileg: --cacert .*missing\.pem: no such file\n$/],
+      [garbage, /^multileg: --cacert .*garbage\.pem: not a PEM file of CA certificates\n$/],
+      [broken, /^multileg: --cacert .*broken\.pem: not a PEM file of CA certificates\n$/],
+    ];
+    for (const [file, message] of cases) {
+      const r = await run(['--cacert', file, `${server.origin}/public/`]);
+      expect(r.code, file).toBe(77);
+      expect(r.stderr, file).toMatch(message);
+    }
+    // A good one still works.
+    expect((await run(['--cacert', ca, `${server.origin}/public/`])).code).toBe(0);
+  });
+
   it('S2: usage errors never repeat a secret: -H without a colon shows none of it, -x and --trust not their user:password@', async () => {
     const noColon = 'multileg: -H: a header must look like "Name: value" (one -H has no colon)\n';
     const cases: Array<[string[], string]> = [
@@ -506,7 +534,7 @@ describe('multileg command line', () => {
     }
   });
 
-  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; "-u :" sends no password', async () => {
+  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; --netrc without ~/.netrc goes on; "-u :" sends no password', async () => {
     const url = `${server.origin}/auth/pw`;
     const stdin = await run(['--password-stdin', '-u', 'EXAMPLE\\alice', '--cacert', ca, url], { input: 'alicepw\n' });
     expect(JSON.parse(stdin.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
@@ -521,6 +549,11 @@ describe('multileg command line', () => {
     writeFileSync(join(dir, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
     const home = await run(['--netrc', '--cacert', ca, url], { env: { HOME: dir } });
     expect(JSON.parse(home.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    // As curl: no ~/.netrc, no credentials from it, and the request goes on.
+    const noNetrc = await run(['--netrc', '--cacert', ca, `${server.origin}/public/`], {
+      env: { HOME: mkdtempSync(join(tmpdir(), 'multileg-home-')) },
+    });
+    expect(noNetrc).toMatchObject({ code: 0, stderr: '' });
     const colon = await run(['-u', ':', '--cacert', ca, `${ntlmOnly.origin}/auth/pw`]);
     expect(colon.code).toBe(0);
     expect(colon.stderr).toContain('no credentials');
@@ -563,7 +596,7 @@ describe('multileg command line', () => {
     expect(insecure.code).toBe(0);
   });
 
-  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 56 closed', async () => {
+  it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {
     const closed = createTcpServer();
     const port = await listen(closed);
     closed.close();
@@ -581,12 +614,34 @@ describe('multileg command line', () => {
     const stalled = await run(['-m', '0.3', `https://127.0.0.1:${silentPort}/`]);
     expect(stalled.code).toBe(28);
     expect(stalled.stderr).toBe('multileg: operation timed out after 300 ms (--max-time)\n');
+    // https:// to a plain-HTTP port: curl's 35, one line (not OpenSSL's two), the likely fix.
+    const tlsToPlain = await run([`https://127.0.0.1:${new URL(plainOrigin).port}/`]);
+    expect(tlsToPlain.code).toBe(35);
+    expect(tlsToPlain.stderr).toBe(
+      `multileg: ${new URL(plainOrigin).host} did not speak TLS: is it an http:// port? (ERR_SSL_WRONG_VERSION_NUMBER)\n`,
+    );
     // Plain HTTP to the TLS port: the server closes the connection.
     const plainToTls = await run([`http://localhost:${server.port}/public/`]);
     expect(plainToTls.code).toBe(56);
     expect(plainToTls.stderr).toBe(
       `multileg: localhost:${server.port} closed the connection (UND_ERR_SOCKET); is it an https:// port?\n`,
     );
+  });
+
+  it("a body cut short (the server closes mid-body) is curl's 18, in one line, with no https hint; to -o too", async () => {
+    const url = `${plainOrigin}/truncated`;
+    const shown = await run([url]);
+    expect(shown.code).toBe(18);
+    expect(shown.stdout).toBe('0123456789');
+    expect(shown.stderr).toBe(
+      `multileg: ${new URL(plainOrigin).host} closed the connection with 90 bytes of the body still to come (UND_ERR_SOCKET)\n`,
+    );
+    // The transfer failed, not the file: not 23 "-o: cannot write it".
+    const file = join(dir, 'truncated.out');
+    const toFile = await run(['-o', file, url]);
+    expect(toFile.code).toBe(18);
+    expect(toFile.stderr).toBe(shown.stderr);
+    expect(readFileSync(file, 'utf8')).toBe('0123456789');
   });
 
   it('-s hides error messages, -S shows them again', async () => {
@@ -608,7 +663,79 @@ describe('multileg command line', () => {
     const [first, time] = stdout.split('\n');
     expect(first).toBe('200 1 2 0');
     expect(Number(time)).toBeGreaterThan(0);
-    expect(writeOut('%% \\t%{exitcode}', { exitcode: '22' })).toBe('% \t22');
+    expect(writeOut('%% \\t%{exitcode}', { exitcode: '22' })).toEqual([{ to: 'stdout', text: '% \t22' }]);
+  });
+
+  it('-w as curl: @file, %{stderr}/%{stdout}, content_type, remote_ip, remote_port, redirect_url, errormsg; num_redirects within --max-redirs', async () => {
+    const format = join(dir, 'format.txt');
+    writeFileSync(
+      format,
+      '%{response_code} [%{content_type}] %{remote_ip} %{remote_port} [%{redirect_url}] [%{errormsg}]%{stderr}to stderr%{stdout}\\n',
+    );
+    const ok = await run(['-o', join(dir, 'w2.out'), '-w', `@${format}`, ...alice(), `${server.origin}/auth/w2`]);
+    expect(ok.code).toBe(0);
+    // (localhost: IPv4 or IPv6, as this machine resolves it)
+    expect(ok.stdout).toMatch(
+      new RegExp(`^200 \\[application/json\\] (127\\.0\\.0\\.1|::1) ${server.port} \\[\\] \\[\\]\\n$`),
+    );
+    expect(ok.stderr).toBe('to stderr');
+    // Not followed: where it would go. Followed as far as --max-redirs allows: 2 of 3, exit 47.
+    const hops = `${plainOrigin}/hop/3`;
+    const notFollowed = await run(['-w', '%{http_code} %{num_redirects} %{redirect_url}', hops]);
+    expect(notFollowed.stdout).toBe(`302 0 ${plainOrigin}/hop/2`);
+    const stopped = await run(['-L', '--max-redirs', '2', '-w', '%{num_redirects} [%{errormsg}] %{exitcode}', hops]);
+    expect(stopped.code).toBe(47);
+    expect(stopped.stdout).toBe('2 [maximum (2) redirects followed (--max-redirs)] 47');
+    const missing = await run(['-w', `@${join(dir, 'no-format.txt')}`, hops]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^multileg: -w .*no-format\.txt: no such file\n$/);
+  });
+
+  it('methods as curl: -X patch goes as given; -L keeps -X POST on a 302 (without the body); -I with -d is refused', async () => {
+    const lines: string[] = [];
+    const raw = createTcpServer((socket) => {
+      socket.once('data', (d: Buffer) => {
+        lines.push(d.toString('latin1').split('\r\n', 1)[0]!);
+        socket.end('HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      });
+      socket.on('error', () => {});
+    });
+    try {
+      const port = await listen(raw);
+      expect((await run(['-X', 'patch', `http://127.0.0.1:${port}/m`])).code).toBe(0);
+      expect(lines).toEqual(['patch /m HTTP/1.1']);
+    } finally {
+      raw.close();
+    }
+    const custom = await run(['-L', '-X', 'POST', '-d', 'x', `${plainOrigin}/hop/2`]);
+    expect(custom).toMatchObject({ code: 0, stdout: 'POST ' });
+    // Without -X, a 302 turns the POST into a GET (curl's, browsers').
+    expect((await run(['-L', '-d', 'x', `${plainOrigin}/hop/2`])).stdout).toBe('GET ');
+    const both = await run(['-I', '-d', 'x', `${plainOrigin}/hop/0`]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toBe('multileg: -I and -d: you can only select one HTTP request method (HEAD or POST)\n');
+  });
+
+  it('usage as curl: --max-redirs -1 is no limit; "Did you mean" in one line; an empty --password-stdin is an error; -n is --netrc', async () => {
+    const unlimited = await run(['-L', '--max-redirs', '-1', '-w', ' %{num_redirects}', `${plainOrigin}/hop/60`]);
+    expect(unlimited).toMatchObject({ code: 0, stdout: 'GET  60' });
+    const negative = await run(['--max-redirs', '-2', `${plainOrigin}/hop/0`]);
+    expect(negative.code).toBe(2);
+    expect(negative.stderr).toContain('-1 for no limit');
+    const typo = await run(['--locaton', `${plainOrigin}/hop/0`]);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toBe(
+      "multileg: unknown option '--locaton' (Did you mean --location?) (multileg --help lists the options)\n",
+    );
+    for (const input of ['', '\n']) {
+      const empty = await run(['-u', 'EXAMPLE\\alice', '--password-stdin', `${plainOrigin}/hop/0`], { input });
+      expect(empty.code, JSON.stringify(input)).toBe(2);
+      expect(empty.stderr).toBe('multileg: --password-stdin: stdin has no password (its first line is empty)\n');
+    }
+    const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));
+    writeFileSync(join(home, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
+    const netrc = await run(['-n', '--cacert', ca, `${server.origin}/auth/n`], { env: { HOME: home } });
+    expect(JSON.parse(netrc.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
   it('piping into head is not an error (EPIPE)', async () => {
@@ -679,17 +806,24 @@ describe('multileg command line', () => {
     });
   });
 
-  it('-x, --proxy-user, --noproxy: through the reference proxy with its own credentials', async () => {
+  it("-x, --proxy-user, --noproxy: through the reference proxy with its own credentials; a CONNECT refused with 407 is curl's 56", async () => {
     let proxy: ReferenceProxy | undefined;
     try {
       proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
       const url = `${server.origin}/auth/proxied`;
       const base = [...alice(), '-x', proxy.origin];
+      // curl's 56 for a CONNECT the proxy answers with a final 407: no credentials, or wrong ones.
       const denied = await run([...base, url]);
-      expect(denied.code).toBe(1);
+      expect(denied.code).toBe(56);
       expect(denied.stderr).toContain('MULTILEG_PROXY');
       expect(denied.stderr).toContain('give --proxy-user (or a Kerberos ticket for the proxy)');
       expect(denied.stderr).not.toMatch(/proxy\.\w/);
+      const refused = await run([...base, '--proxy-user', 'proxyuser:wrongpw', url]);
+      expect(refused.code).toBe(56);
+      expect(refused.stderr).toMatch(
+        /^multileg: proxy .* requires authentication \(407; offers Basic\): the proxy rejected the Basic credentials; check --proxy-user .*\(MULTILEG_PROXY_AUTH\)\n$/,
+      );
+      expect(refused.stderr).not.toContain('wrongpw');
       const ok = await run([...base, '-v', '--proxy-user', 'proxyuser:proxypw', url]);
       expect(JSON.parse(ok.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
       // -v shows the proxy's legs too, never its password.
@@ -700,6 +834,20 @@ describe('multileg command line', () => {
         `> CONNECT ${target} (Proxy-Authorization: Basic …, Auth-ID: no) [proxy ${proxy.origin}, HTTP/1.1]`,
       );
       expect(ok.stderr).not.toContain('proxypw');
+      // A plain http:// URL goes to the proxy as a forwarded request: its header is Proxy-Authorization too.
+      const forwarded = await run([
+        '-v',
+        '--cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        '--proxy-user',
+        'proxyuser:proxypw',
+        `${plainOrigin}/hop/0`,
+      ]);
+      expect(forwarded.stderr).toContain('> GET /hop/0 (Proxy-Authorization: Basic …, Auth-ID: no)');
+      expect(forwarded.stderr).not.toMatch(/\(Authorization:/);
+      expect(forwarded.stderr).not.toContain('proxypw');
       expect(proxy.exchanges.some((e) => e.proxyAuthorization)).toBe(true);
       const before = proxy.exchanges.length;
       const bypass = await run([...base, '--noproxy', 'localhost', url]);
@@ -851,7 +999,7 @@ describe('multileg command line', () => {
       'h/p',
     ]);
     expect(req.url.href).toBe('https://h/p');
-    expect(req.method).toBe('PUT');
+    expect(req.method).toBe('put'); // as given, as curl sends it
     expect(req.headers).toEqual({ 'x-a': '1' });
     expect(req.trust).toEqual(['https://other:8443']);
     expect(req.agent.schemes).toEqual(['Negotiate']);

@@ -57,12 +57,14 @@ export function parseNetrc(text: string): NetrcEntry[] {
   return entries;
 }
 
-function fromNetrc(path: string, host: string): { login?: string; password?: string } | undefined {
+/** `optional`: --netrc's default file, which curl goes on without when there is none. */
+function fromNetrc(path: string, host: string, optional: boolean): { login?: string; password?: string } | undefined {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
-  } catch {
-    throw new ConfigError(`--netrc-file ${path}: cannot read it`);
+  } catch (err) {
+    if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError(`${optional ? '--netrc' : '--netrc-file'} ${path}: cannot read it`);
   }
   const entries = parseNetrc(text);
   return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
@@ -74,7 +76,10 @@ async function readStdinLine(stdin: NodeJS.ReadStream): Promise<string> {
     chunks.push(chunk as Buffer);
     if (Buffer.concat(chunks).includes(10)) break;
   }
-  return Buffer.concat(chunks).toString('utf8').split(/\r?\n/, 1)[0] ?? '';
+  const line = Buffer.concat(chunks).toString('utf8').split(/\r?\n/, 1)[0] ?? '';
+  // Nothing piped in is a mistake (an empty variable, a missing file), not an empty password.
+  if (line === '') throw new ConfigError('--password-stdin: stdin has no password (its first line is empty)');
+  return line;
 }
 
 /** Asks on the terminal without echoing (curl's wording). */
@@ -100,7 +105,7 @@ async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS
 export async function resolveCredentials(s: CredentialSources): Promise<Credentials | undefined> {
   let user = s.user;
   if (!user && s.netrc !== undefined) {
-    const entry = fromNetrc(s.netrc || join(s.env.HOME ?? homedir(), '.netrc'), s.host);
+    const entry = fromNetrc(s.netrc || join(s.env.HOME ?? homedir(), '.netrc'), s.host, s.netrc === '');
     if (!entry?.login) return undefined;
     user = { username: entry.login, password: entry.password };
   }

@@ -5,7 +5,13 @@
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, MultilegError } from '../errors.ts';
-import { ProxyCertificateError, ProxyConnectTimeoutError, ProxyUnreachableError } from '../proxy/errors.ts';
+import {
+  ProxyAuthenticationError,
+  ProxyCertificateError,
+  ProxyConnectError,
+  ProxyConnectTimeoutError,
+  ProxyUnreachableError,
+} from '../proxy/errors.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 
 /** Exit codes (README "Command line"); the network ones are curl's. */
@@ -16,6 +22,8 @@ export const EXIT = {
   resolveProxy: 5,
   resolve: 6,
   connect: 7,
+  /** curl's CURLE_PARTIAL_FILE: the connection ended before the whole body came. */
+  partial: 18,
   httpError: 22,
   write: 23,
   timeout: 28,
@@ -24,7 +32,16 @@ export const EXIT = {
   /** curl's CURLE_SSL_CERTPROBLEM: the local client certificate cannot be used. */
   clientCertificate: 58,
   certificate: 60,
+  /** curl's CURLE_SSL_CONNECT_ERROR: the TLS handshake failed (a plain-HTTP port, for one). */
+  tls: 35,
 } as const;
+
+/** OpenSSL's codes for a peer that answered a ClientHello with something that is not TLS. */
+const NOT_TLS_CODES: ReadonlySet<string> = new Set([
+  'ERR_SSL_WRONG_VERSION_NUMBER',
+  'ERR_SSL_PACKET_LENGTH_TOO_LONG',
+  'ERR_SSL_UNKNOWN_PROTOCOL',
+]);
 
 /** The distinct schemes a 401's WWW-Authenticate (407's Proxy-Authenticate) offers. */
 export function challengeSchemes(
@@ -90,17 +107,33 @@ function rootCause(err: unknown): Error & { code?: string } {
   return (e ?? (err as Error)) as Error & { code?: string };
 }
 
+/** How a connection that ends mid-body shows (undici's, the system's, HTTP/2's stream reset). */
+const PARTIAL_CODES: ReadonlySet<string> = new Set([
+  'UND_ERR_SOCKET',
+  'UND_ERR_RES_CONTENT_LENGTH_MISMATCH',
+  'ECONNRESET',
+  'ERR_HTTP2_STREAM_ERROR',
+]);
+
 export interface Failure {
   readonly exit: number;
   readonly message: string;
 }
 
 /** What to tell the user about a failed transfer, and the exit code. */
-export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number | undefined }): Failure {
+export function describeFailure(
+  err: unknown,
+  ctx: {
+    url: URL;
+    maxTime: number | undefined;
+    /** Set when the failure came while reading the body: the bytes received, and how many were announced. */
+    midBody?: { received: number; expected: number | undefined } | undefined;
+  },
+): Failure {
   const e = rootCause(err);
   const host = ctx.url.host;
   if (e instanceof MultilegError) {
-    // The proxy's network failures exit as curl's do for the proxy: 5, 7, 60, 28.
+    // The proxy's failures exit as curl's do for the proxy: 5, 7, 60, 28, 56.
     const exit =
       e instanceof ProxyUnreachableError
         ? e.reason === 'resolve'
@@ -110,7 +143,11 @@ export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number |
           ? EXIT.certificate
           : e instanceof ProxyConnectTimeoutError
             ? EXIT.timeout
-            : EXIT.failure;
+            : // curl's 56 for a CONNECT that did not open the tunnel (a final 407 included); a
+              // plain http:// URL goes through a forwarding proxy, no CONNECT.
+              e instanceof ProxyConnectError || (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
+              ? EXIT.receive
+              : EXIT.failure;
     return { exit, message: `${forCli(e.message)} (${e.code})` };
   }
   const code = typeof e.code === 'string' ? e.code : '';
@@ -126,6 +163,11 @@ export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number |
       message: `${what}: give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE), or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
     };
   }
+  if (NOT_TLS_CODES.has(code))
+    return { exit: EXIT.tls, message: `${host} did not speak TLS: is it an http:// port? (${code})` };
+  // OpenSSL's own text is two lines with a source path: the code says it.
+  if (code.startsWith('ERR_SSL_'))
+    return { exit: EXIT.tls, message: `the TLS handshake with ${host} failed (${code})` };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
@@ -135,6 +177,14 @@ export function describeFailure(err: unknown, ctx: { url: URL; maxTime: number |
       exit: EXIT.timeout,
       message: `connecting to ${host} timed out; raise --connect-timeout or check the network`,
     };
+  if (ctx.midBody && PARTIAL_CODES.has(code)) {
+    // curl's 18: the head came, the body stopped short.
+    const left =
+      ctx.midBody.expected !== undefined && ctx.midBody.expected > ctx.midBody.received
+        ? ` with ${ctx.midBody.expected - ctx.midBody.received} bytes of the body still to come`
+        : ' before the end of the body';
+    return { exit: EXIT.partial, message: `${host} closed the connection${left} (${code})` };
+  }
   if (code === 'UND_ERR_SOCKET') {
     // What a TLS port does with a plain-HTTP request, among others: say so.
     const hint = ctx.url.protocol === 'http:' ? '; is it an https:// port?' : '';

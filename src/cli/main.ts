@@ -1,9 +1,10 @@
 /**
  * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos, Digest,
  * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
- * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 22 (-f), 23
- * (-o cannot be written), 28, 47, 56, 60. Started through bin.ts, which checks the Node.js version first.
+ * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 18, 22 (-f), 23
+ * (-o cannot be written), 28, 35, 47, 56, 60, 77. Started through bin.ts, which checks the Node.js version first.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -109,12 +110,36 @@ async function main(argv: string[]): Promise<number> {
   let bytes = 0;
   let exit: number = EXIT.ok;
   let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  /** The message of the failure that sets the exit code (-w %{errormsg}). */
+  let errormsg = '';
+  const fail = (code: number, line: string) => {
+    say(line);
+    exit = code;
+    errormsg = line;
+  };
+  // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
+  const remotes = new Map<string, { ip: string; port: string }>();
+  const onConnected = (message: unknown) => {
+    const { connectParams: p, socket } = message as {
+      connectParams: { protocol: string; host: string };
+      socket: { remoteAddress?: string; remotePort?: number };
+    };
+    try {
+      remotes.set(new URL(`${p.protocol}//${p.host}`).origin, {
+        ip: socket.remoteAddress ?? '',
+        port: socket.remotePort !== undefined ? String(socket.remotePort) : '',
+      });
+    } catch {}
+  };
+  if (req.writeOut !== undefined) subscribe('undici:client:connected', onConnected);
   /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
   let heads = '';
   const printHead = (text: string) => {
     if (req.output) heads += text;
     else process.stdout.write(text);
   };
+  /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
+  let reading: { received: number; expected: number | undefined } | undefined;
   /** Why Negotiate could not run, when the request was sent again without it. */
   let cannotRun: MultilegError | undefined;
   let earlier: ReturnType<MultilegAgent['stats']> | undefined;
@@ -155,11 +180,12 @@ async function main(argv: string[]): Promise<number> {
       if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
         if (req.include && !req.json) printHead(headText(protocol, res));
         await res.body.dump();
-        if (++redirects > req.maxRedirs) {
-          say(`maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
-          exit = EXIT.redirects;
+        // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
+        if (redirects >= req.maxRedirs) {
+          fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
           break;
         }
+        redirects++;
         const next = new URL(location, url);
         // A Location's user:password@ is neither sent nor printed (-w %{url_effective}, --json).
         next.username = '';
@@ -175,18 +201,27 @@ async function main(argv: string[]): Promise<number> {
           }
         }
         if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
-          if (method !== 'HEAD') method = 'GET';
+          // -X stays the method of every request (curl's), without the body.
+          if (method !== 'HEAD' && !req.customMethod) method = 'GET';
           body = undefined;
           // The form type the command added for -d goes with the body (one given with -H stays).
           if (req.formType) delete headers['content-type'];
+          delete headers['content-length'];
         }
         url = next;
         continue;
       }
       if (req.include && !req.json && !(req.fail && status >= 400)) printHead(headText(protocol, res));
+      const length = Number(res.headers['content-length']);
+      const progress = {
+        received: 0,
+        expected: method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
+      };
+      reading = progress;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           bytes += chunk.length;
+          progress.received += chunk.length;
           cb(null, chunk);
         },
       });
@@ -196,31 +231,42 @@ async function main(argv: string[]): Promise<number> {
         });
       } else {
         const out = req.output ? createWriteStream(req.output) : process.stdout;
-        let writeError: NodeJS.ErrnoException | undefined;
-        if (req.output) out.once('error', (err) => (writeError = err));
+        let fileError: NodeJS.ErrnoException | undefined;
+        if (req.output) out.once('error', (err) => (fileError = err));
+        // A body cut short leaves what came of it written (in the -o file too, as curl), then fails
+        // (18): its error is kept aside, so pipeline() ends the output instead of destroying it.
+        let cutShort: { error: unknown } | undefined;
+        const body = res.body;
+        async function* received() {
+          try {
+            for await (const chunk of body) yield chunk;
+          } catch (error) {
+            cutShort = { error };
+          }
+        }
         // With -o, the heads -i shows go into the file first, as curl writes them.
         if (heads) out.write(heads);
         heads = '';
         try {
-          await pipeline(res.body, counter, out, { end: Boolean(req.output) });
+          await pipeline(received(), counter, out, { end: Boolean(req.output) });
         } catch (err) {
-          if (writeError !== undefined && req.output !== undefined) {
+          if (fileError !== undefined && req.output !== undefined) {
             // curl's 23 (write error), in one line: the file, not the transfer, failed.
-            say(`-o ${req.output}: ${writeProblem(writeError)}`);
-            exit = EXIT.write;
+            fail(EXIT.write, `-o ${req.output}: ${writeProblem(fileError)}`);
             break;
           }
           const stdout =
             stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
           if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
-            say(`stdout: ${writeProblem(stdout)}`);
-            exit = EXIT.write;
+            fail(EXIT.write, `stdout: ${writeProblem(stdout)}`);
             break;
           }
           if (!isEpipe(err)) throw err;
           res.body.destroy();
         }
+        if (cutShort) throw cutShort.error;
       }
+      reading = undefined;
       const last = trace.lastDelivered;
       if (last) last.bodySize = bytes;
       if (status === 401 && cannotRun) say(`${forCli(cannotRun.message)} (${cannotRun.code})`);
@@ -236,15 +282,13 @@ async function main(argv: string[]): Promise<number> {
           }),
         );
       if (req.fail && status >= 400) {
-        say(`(22) HTTP ${status}`);
-        exit = EXIT.httpError;
+        fail(EXIT.httpError, `(22) HTTP ${status}`);
       }
       break;
     }
   } catch (err) {
-    const failure = describeFailure(err, req);
-    say(failure.message);
-    exit = failure.exit;
+    const failure = describeFailure(err, { url: req.url, maxTime: req.maxTime, midBody: reading });
+    fail(failure.exit, failure.message);
   }
   // Both agents' when the request was sent again without Negotiate (-w %{num_connects}, -v, --json).
   const now = agent.stats();
@@ -299,20 +343,40 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   if (req.writeOut !== undefined) {
+    unsubscribe('undici:client:connected', onConnected);
     const { writeOut } = await import('./write-out.ts');
-    process.stdout.write(
-      writeOut(req.writeOut, {
-        http_code: String(status).padStart(3, '0'),
-        response_code: String(status).padStart(3, '0'),
-        time_total: timeTotal.toFixed(6),
-        num_connects: String(stats.sessions),
-        num_redirects: String(redirects),
-        url_effective: url.href,
-        http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
-        size_download: String(bytes),
-        exitcode: String(exit),
-      }),
-    );
+    const header = (name: string) => {
+      const v = final?.headers[name];
+      return (Array.isArray(v) ? v[0] : v) ?? '';
+    };
+    const location = header('location');
+    let redirectUrl = '';
+    if (REDIRECTS.has(status) && location) {
+      try {
+        const next = new URL(location, url);
+        next.username = '';
+        next.password = '';
+        redirectUrl = next.href;
+      } catch {}
+    }
+    const remote = remotes.get(url.origin);
+    const parts = writeOut(req.writeOut, {
+      http_code: String(status).padStart(3, '0'),
+      response_code: String(status).padStart(3, '0'),
+      time_total: timeTotal.toFixed(6),
+      num_connects: String(stats.sessions),
+      num_redirects: String(redirects),
+      url_effective: url.href,
+      http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
+      size_download: String(bytes),
+      exitcode: String(exit),
+      errormsg,
+      content_type: header('content-type'),
+      redirect_url: redirectUrl,
+      remote_ip: remote?.ip ?? '',
+      remote_port: remote?.port ?? '',
+    });
+    for (const part of parts) (part.to === 'stderr' ? process.stderr : process.stdout).write(part.text);
   }
   // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too. (Write
   // errors arrive after the write returns.)

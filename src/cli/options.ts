@@ -3,6 +3,7 @@
  * from reading the files the flags name; credentials that need a prompt or stdin are resolved later
  * (credentials.ts).
  */
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { getCACertificates } from 'node:tls';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
@@ -23,6 +24,8 @@ export interface UserArg {
 export interface CliRequest {
   readonly url: URL;
   readonly method: string;
+  /** -X: the method of every request, redirects' included (curl's). */
+  readonly customMethod: boolean;
   readonly headers: Record<string, string | string[]>;
   readonly body: Buffer | undefined;
   /** The command added `Content-Type: application/x-www-form-urlencoded` for -d (curl's default). */
@@ -60,9 +63,11 @@ const positiveInt = (v: string) => {
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
   return n;
 };
-const nonNegativeInt = (v: string) => {
+/** curl's --max-redirs: -1 is no limit. */
+const redirectLimit = (v: string) => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number');
+  if (n === -1) return Number.POSITIVE_INFINITY;
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a whole number, or -1 for no limit');
   return n;
 };
 /** curl's timeouts are in seconds, decimals allowed. */
@@ -96,7 +101,7 @@ export function program(): Command {
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
       )
       .option('--password-stdin', 'read the password of -u from the first line of stdin')
-      .option('--netrc', 'take credentials for the host from ~/.netrc')
+      .option('-n, --netrc', 'take credentials for the host from ~/.netrc')
       .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
       .option('--schemes <list>', `schemes to use, strongest first (of ${SCHEME_NAMES.join(', ')})`)
       .option('--negotiate', 'use Negotiate (Kerberos/SPNEGO) only')
@@ -136,7 +141,9 @@ export function program(): Command {
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
       .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
       .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
-      .addOption(new Option('--max-redirs <n>', 'maximum redirects with -L').argParser(nonNegativeInt).default(50))
+      .addOption(
+        new Option('--max-redirs <n>', 'maximum redirects with -L (-1: no limit)').argParser(redirectLimit).default(50),
+      )
       .option(
         '--trust <origin>',
         'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
@@ -151,7 +158,10 @@ export function program(): Command {
       .option('-S, --show-error', 'with -s, still show error messages')
       .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
       .option('-o, --output <file>', 'write the body to a file')
-      .option('-w, --write-out <format>', 'print after the transfer: %{http_code} %{time_total} %{num_connects} …')
+      .option(
+        '-w, --write-out <format>',
+        'print after the transfer: %{http_code} %{time_total} %{num_connects} …; @file reads the format from a file',
+      )
       .option('--json', 'print the outcome (status, legs, handshakes, stats) as JSON instead of the body')
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
@@ -162,7 +172,12 @@ export function program(): Command {
       // Usage errors in one line, as the command's own: "multileg: unknown option '--x' (…)".
       .configureOutput({
         outputError: (message, write) =>
-          write(`multileg: ${message.replace(/^error: /, '').trimEnd()} (multileg --help lists the options)\n`),
+          write(
+            `multileg: ${message
+              .replace(/^error: /, '')
+              .trimEnd()
+              .replace(/\s*\n\s*/g, ' ')} (multileg --help lists the options)\n`,
+          ),
       })
       .exitOverride()
   );
@@ -234,6 +249,39 @@ export function readFlagFile(flag: string, path: string): Buffer {
     const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? 'unreadable');
     throw new ConfigError(`${flag} ${path}: ${why}`);
   }
+}
+
+/** A bad command line that curl gives an exit code of its own (2 is the rest's). */
+export class UsageError extends ConfigError {
+  readonly exit: number;
+  constructor(detail: string, exit: number) {
+    super(detail);
+    this.exit = exit;
+  }
+}
+
+/** curl's CURLE_SSL_CACERT_BADFILE. */
+const CACERT_BADFILE = 77;
+
+/** `--cacert FILE`: PEM certificates, each of which must parse (curl's 77 when the file is no use). */
+function caFile(path: string): string {
+  let text: string;
+  try {
+    text = readFlagFile('--cacert', path).toString('latin1');
+  } catch (err) {
+    throw new UsageError((err as Error).message, CACERT_BADFILE);
+  }
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? [];
+  const bad = () => new UsageError(`--cacert ${path}: not a PEM file of CA certificates`, CACERT_BADFILE);
+  if (blocks.length === 0) throw bad();
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch {
+      throw bad();
+    }
+  }
+  return text;
 }
 
 /**
@@ -350,6 +398,13 @@ export function shownArgv(argv: readonly string[]): string[] | undefined {
   return out.some((a, i) => a !== argv[i]) ? out : undefined;
 }
 
+/** `-w FORMAT`, or curl's `-w @file` (`@-`: stdin) that holds it. */
+function writeOutFormat(value: string | undefined): string | undefined {
+  if (value === undefined || !value.startsWith('@')) return value;
+  const path = value.slice(1);
+  return (path === '-' ? readFlagFile('-w', '/dev/stdin') : readFlagFile('-w', path)).toString('utf8');
+}
+
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
 const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
@@ -405,7 +460,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
       ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
       : undefined;
   const ca = [
-    ...(o.cacert ? [readFlagFile('--cacert', o.cacert as string).toString()] : []),
+    ...(o.cacert ? [caFile(o.cacert as string)] : []),
     // The system store replaces Node's bundled roots in `ca`, so keep those too.
     ...(o.caNative ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
   ];
@@ -439,9 +494,13 @@ export function parseCli(argv: readonly string[]): CliRequest {
       ...(o.timeout ? { handshakeTimeout: o.timeout as number } : {}),
     },
   };
+  // curl: "You can only select one HTTP request method!"
+  if (head && body) throw new ConfigError('-I and -d: you can only select one HTTP request method (HEAD or POST)');
   return {
     url,
-    method: ((o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET')).toUpperCase(),
+    // As given (curl sends `-X patch` as `patch`).
+    method: (o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET'),
+    customMethod: o.request !== undefined,
     headers,
     body,
     formType,
@@ -454,7 +513,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     fail: Boolean(o.fail),
     // curl's `-o -`: stdout.
     output: o.output === '-' ? undefined : (o.output as string | undefined),
-    writeOut: o.writeOut as string | undefined,
+    writeOut: writeOutFormat(o.writeOut as string | undefined),
     json: Boolean(o.json),
     har: o.har as string | undefined,
     location: Boolean(o.location) || Boolean(o.locationTrusted),
@@ -526,7 +585,7 @@ export function parseCliOrExit(argv: readonly string[], name: string): CliReques
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof ConfigError) {
       process.stderr.write(`${name}: ${err.message}\n`);
-      return 2;
+      return err instanceof UsageError ? err.exit : 2;
     }
     throw err;
   }

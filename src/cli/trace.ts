@@ -56,10 +56,15 @@ export class Trace {
       const record: LegRecord = { request: e };
       this.legs.push(record);
       this.#byId.set(e.legId, record);
-      const header = e.method === 'CONNECT' ? 'Proxy-Authorization' : 'Authorization';
-      // A value with no scheme word (an API key sent raw) has no scheme to show: it is all secret (S2).
-      const sent = e.scheme ? `${e.scheme} …` : e.headers.some(([n]) => n === header.toLowerCase()) ? '[redacted]' : '';
-      const auth = sent ? `${header}: ${sent}, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
+      // Each header by its own name (a request to a forwarding proxy carries Proxy-Authorization,
+      // maybe Authorization too), its scheme only: the redacted value is `Scheme [redacted]`, or
+      // `[redacted]` for a value with no scheme word (an API key sent raw), all secret (S2).
+      const sent = (['Authorization', 'Proxy-Authorization'] as const).flatMap((header) =>
+        e.headers
+          .filter(([n]) => n === header.toLowerCase())
+          .map(([, v]) => `${header}: ${v.replace(/ \[redacted\]$/, ' …')}`),
+      );
+      const auth = sent.length > 0 ? `${sent.join(', ')}, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
       const where = e.method === 'CONNECT' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
       this.#say(`> ${e.method} ${e.path} (${auth}) [${where}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`);
       return;
