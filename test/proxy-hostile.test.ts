@@ -197,6 +197,29 @@ describe('proxies: a scheme that cannot run here (M5)', () => {
   });
 });
 
+describe('proxies that close a kept-alive connection (H5)', () => {
+  it('H5: a proxy that closes the connection after its 407 without saying so: the next leg goes on a new connection', async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: [] });
+    // relayTo ends the connection after any answer but 200: here a 407 with no Connection: close.
+    proxy = await relayTo(server.port, (head) =>
+      /^proxy-authorization: basic /im.test(head)
+        ? 'HTTP/1.1 200 Connection Established\r\n\r\n'
+        : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n',
+    );
+    agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      allowBasicOverHttp: true,
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+    // Before: ProxyProtocolError ("the proxy closed the connection") when the answer was written
+    // on the connection the proxy had just closed.
+    const res = await fetch(`${server.origin}/public/x`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(proxy.connections).toBe(2);
+  });
+});
+
 describe('proxies: how the agent names the target and reaches the proxy (H5)', () => {
   it.each([
     ['https', 443],

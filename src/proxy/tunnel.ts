@@ -190,6 +190,8 @@ async function handshake(
   let connections = 0;
   let socket: Socket | undefined;
   let reader: ResponseReader | undefined;
+  /** A leg already sent again because its kept-alive connection was gone (once per tunnel). */
+  let resent = false;
   for (;;) {
     // Past the deadline (a step returned late): no new connection, no new leg.
     if (deadline.timedOut) throw deadline.error();
@@ -216,12 +218,30 @@ async function handshake(
       }\r\n`,
     );
     requests += 1;
+    const reused = reader.received;
     let head: Awaited<ReturnType<ResponseReader['readHead']>>;
     try {
       // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
       do head = await reader.readHead();
       while (head.status < 200);
     } catch (err) {
+      // A kept-alive connection the proxy closed after its last answer without saying so (as
+      // undici retries a request on a reused connection): the leg goes again on a new one, once;
+      // a handshake that lived on that connection starts over.
+      if (reused && !resent && reader.ended && reader.buffered === 0) {
+        resent = true;
+        traced.error(err as Error);
+        socket.destroy();
+        socket = undefined;
+        if (auth.state === 'handshaking' && credentials !== undefined && !(await auth.restart(leg))) {
+          throw new ProxyAuthenticationError(
+            proxy.origin,
+            `the proxy closed the connection between ${auth.scheme} legs, so a connection-bound handshake cannot finish; check the proxy's keep-alive settings`,
+            [],
+          );
+        }
+        continue;
+      }
       const e = wireError(proxy, err, reader.received);
       traced.error(e);
       throw e;

@@ -53,6 +53,11 @@ export class ResponseReader {
     return this.#received;
   }
 
+  /** Bytes read from the peer and not consumed yet (0: nothing of the next response has come). */
+  get buffered(): number {
+    return this.#buf.length;
+  }
+
   get ended(): boolean {
     return this.#ended || this.#error !== undefined;
   }
