@@ -231,6 +231,24 @@ describe('multileg command line', () => {
     const after = server.exchanges.filter((e) => e.path === '/auth/after-form').at(-1)!;
     // Before: a GET with Content-Type: application/x-www-form-urlencoded and no body.
     expect([after.method, after.requestHeaders['content-type']]).toEqual(['GET', undefined]);
+    // -X other than POST with -d: the body is dropped on a 302 all the same (curl), the method kept.
+    const put = await run([
+      '-L',
+      '-X',
+      'PUT',
+      '-d',
+      'b=2',
+      ...alice(),
+      `${server.origin}/public/redirect?status=302&to=${encodeURIComponent('/auth/after-put')}`,
+    ]);
+    expect(put.code).toBe(0);
+    const afterPut = server.exchanges.filter((e) => e.path === '/auth/after-put').at(-1)!;
+    // Before: PUT with the body b=2 and the form type, re-sent to the new location.
+    expect([afterPut.method, afterPut.requestHeaders['content-type'], afterPut.bodySha256]).toEqual([
+      'PUT',
+      undefined,
+      createHash('sha256').update('').digest('hex'),
+    ]);
     // A Content-Type the caller gave stays, as curl keeps its -H.
     const own = parseCli(['-d', 'x', '-H', 'Content-Type: text/plain', 'h/']);
     expect([own.formType, own.headers['content-type']]).toEqual([false, 'text/plain']);
@@ -377,6 +395,13 @@ describe('multileg command line', () => {
       'https://bob:***@h/p',
     ]);
     expect(shownArgv(['-u', 'alice', 'https://h/'])).toBeUndefined();
+    // Without a scheme too (-x and the URL take them as http(s)://).
+    expect(shownArgv(['-x', 'u:PWX@proxy:3128', '--proxy=u:PWY@p', 'user:PWZ@host/p'])).toEqual([
+      '-x',
+      'u:***@proxy:3128',
+      '--proxy=u:***@p',
+      'user:***@host/p',
+    ]);
     // Every form commander reads.
     expect(
       shownArgv([

@@ -200,7 +200,8 @@ async function main(argv: string[]): Promise<number> {
             delete headers['proxy-authorization'];
           }
         }
-        if (status === 303 || ((status === 301 || status === 302) && method === 'POST')) {
+        // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
+        if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
           // -X stays the method of every request (curl's), without the body.
           if (method !== 'HEAD' && !req.customMethod) method = 'GET';
           body = undefined;
@@ -287,7 +288,7 @@ async function main(argv: string[]): Promise<number> {
       break;
     }
   } catch (err) {
-    const failure = describeFailure(err, { url: req.url, maxTime: req.maxTime, midBody: reading });
+    const failure = describeFailure(err, { url, maxTime: req.maxTime, midBody: reading });
     fail(failure.exit, failure.message);
   }
   // Both agents' when the request was sent again without Negotiate (-w %{num_connects}, -v, --json).

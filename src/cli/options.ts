@@ -318,16 +318,18 @@ const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'he
 };
 const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
 
-/** `url` with the password of its user info (up to the last `@` of its authority) as `***`. */
+/**
+ * `url` with the password of its user info (up to the last `@` of its authority) as `***`; also
+ * without a scheme (`user:pw@proxy:3128`, which -x and the URL argument take as http(s)://).
+ */
 function hideUrlPassword(url: string): string {
-  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url);
-  if (!scheme) return url;
-  const rest = url.slice(scheme[0].length);
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0] ?? '';
+  const rest = url.slice(scheme.length);
   const authority = rest.split(/[/?#]/, 1)[0]!;
   const at = authority.lastIndexOf('@');
   const colon = authority.indexOf(':');
   if (at < 0 || colon < 0 || colon > at) return url;
-  return `${scheme[0]}${authority.slice(0, colon)}:***${rest.slice(at)}`;
+  return `${scheme}${authority.slice(0, colon)}:***${rest.slice(at)}`;
 }
 
 function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string {
