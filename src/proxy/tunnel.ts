@@ -88,19 +88,24 @@ export async function connectThroughTunnel(
   tls: ConnectionOptions,
   alpn: string[],
   limits: Limits,
+  signal?: AbortSignal,
 ): Promise<Socket> {
   const hostname = unbracketed(target.hostname);
-  const { socket } = await openTunnel(proxy, hostname, target.port, limits);
+  const { socket } = await openTunnel(proxy, hostname, target.port, limits, signal);
   if (target.protocol !== 'https:') return socket;
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
     const secure = tlsConnect({ ...tls, socket, ...(servername ? { servername } : {}), ALPNProtocols: alpn });
     const fail = (err: Error) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
       secure.destroy();
       socket.destroy();
       reject(err);
     };
+    const aborted = () => fail(signal!.reason as Error);
+    if (signal?.aborted) return aborted();
+    signal?.addEventListener('abort', aborted, { once: true });
     const timer = setTimeout(
       () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, authority(hostname, target.port))),
       proxy.connectTimeout,
@@ -108,6 +113,7 @@ export async function connectThroughTunnel(
     secure.once('error', fail);
     secure.once('secureConnect', () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
       secure.off('error', fail);
       resolve(secure);
     });
@@ -145,7 +151,13 @@ export interface Tunnel {
  * {@link ProxyTimeoutError}, {@link ProxyUnreachableError}, {@link ProxyCertificateError},
  * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}.
  */
-export async function openTunnel(proxy: ResolvedProxy, host: string, port: number, limits: Limits): Promise<Tunnel> {
+export async function openTunnel(
+  proxy: ResolvedProxy,
+  host: string,
+  port: number,
+  limits: Limits,
+  signal?: AbortSignal,
+): Promise<Tunnel> {
   const target = authority(host, port);
   let socket: Socket | undefined;
   // The whole handshake: connects, legs, and the mechanism's steps (raced: one may never return).
@@ -155,25 +167,40 @@ export async function openTunnel(proxy: ResolvedProxy, host: string, port: numbe
     () => new ProxyTimeoutError(proxy.origin, ms, 'tunnel'),
     () => socket?.destroy(),
   ).start();
+  // Past the deadline, or given up by its session (`signal`): no socket of it is kept.
+  const ended = () => deadline.timedOut || signal?.aborted === true;
   const running = handshake(proxy, target, limits, deadline, (s) => {
     socket = s;
-    if (deadline.timedOut) s.destroy();
+    if (ended()) s.destroy();
   });
-  // A tunnel that opens after the deadline (a mechanism step that returned late) is not kept.
+  // A tunnel that opens after that (a mechanism step that returned late) is not kept.
   running.then(
     (t) => {
-      if (deadline.timedOut) t.socket.destroy();
+      if (ended()) t.socket.destroy();
     },
     () => {},
   );
+  let onAbort: (() => void) | undefined;
+  const aborted = signal
+    ? new Promise<never>((_, reject) => {
+        onAbort = () => {
+          socket?.destroy();
+          reject(signal.reason);
+        };
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
+      })
+    : undefined;
+  aborted?.catch(() => {});
   try {
-    return await deadline.race(running);
+    return await deadline.race(aborted ? Promise.race([running, aborted]) : running);
   } catch (err) {
     socket?.destroy();
     if (deadline.timedOut) throw err instanceof ProxyTimeoutError ? err : deadline.error();
     throw err;
   } finally {
     deadline.stop();
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
   }
 }
 

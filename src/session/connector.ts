@@ -93,18 +93,26 @@ export function sessionConnector(
   }
   if (route?.proxy.kind === 'tunnel') {
     const { proxy } = route.proxy;
+    // Tunnels still being made (the CONNECT handshake, TLS inside): a destroyed session ends them,
+    // or the process would wait for limits.handshakeTimeout.
+    const tunnelling = new Set<AbortController>();
     return {
       connect: (opts, callback) => {
         const port = portOf(opts);
+        const dial = new AbortController();
+        tunnelling.add(dial);
+        const opening = connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits, dial.signal);
+        void opening.finally(() => tunnelling.delete(dial)).catch(() => {});
         handOver(
-          connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits).then((socket) =>
-            describe(socket, 'tunnel'),
-          ),
+          opening.then((socket) => describe(socket, 'tunnel')),
           callback,
         );
       },
       dispose: () => {},
-      abortDials: () => {},
+      abortDials: () => {
+        for (const dial of tunnelling) dial.abort(new Error('the session ended while its tunnel was being made'));
+        tunnelling.clear();
+      },
     };
   }
   const base = buildConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 });
