@@ -16,10 +16,9 @@ import {
   MultilegAgent,
   type MultilegAgentOptions,
 } from '../src/index.ts';
-import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, get, hasAuth, many, type Rig, rig } from './helpers.ts';
+import { ALICE, get, hasAuth, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 let r: Rig | undefined;
 const closers: Array<() => Promise<unknown>> = [];
@@ -90,21 +89,6 @@ async function httpsServer(
   await once(s, 'listening');
   return `https://localhost:${(s.address() as AddressInfo).port}`;
 }
-
-/** An NTLM CHALLENGE any AUTHENTICATE answers (the scripted origins check nothing). */
-const NTLM_CHALLENGE = encodeChallenge({
-  flags:
-    NegotiateFlags.UNICODE |
-    NegotiateFlags.NTLM |
-    NegotiateFlags.EXTENDED_SESSIONSECURITY |
-    NegotiateFlags.TARGET_INFO |
-    NegotiateFlags.VERSION |
-    NegotiateFlags.NEGOTIATE_128,
-  serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
-  targetName: 'EXAMPLE',
-  avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
-  version: Buffer.alloc(8),
-}).toString('base64');
 
 describe('choosing credentials: Transport (client certificates), 401 vs 403, trusted origins', () => {
   it('T3: a certificate given as such is presented in the TLS handshake where the server asks for one: no 401 first', async () => {
@@ -353,7 +337,7 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
       const session = req.stream.session!;
       const type = ntlmType(req.headers.authorization);
       if (req.url.startsWith('/forbidden')) return void res.writeHead(403, { 'www-authenticate': 'NTLM' }).end();
-      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${NTLM_CHALLENGE}` }).end();
+      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
       if (type === 3) authenticated.add(session);
       if (type === 0 && !authenticated.has(session))
         return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();

@@ -7,6 +7,7 @@ import {
   type MultilegAgentOptions,
   ntlmMechanism,
 } from '../src/index.ts';
+import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import {
   type ReferenceServer,
   type ReferenceServerOptions,
@@ -115,3 +116,18 @@ export function deferred(): { promise: Promise<void>; resolve: () => void; rejec
   });
   return { promise, resolve, reject };
 }
+
+/** An NTLM CHALLENGE (base64) any AUTHENTICATE answers: for scripted origins that check nothing. */
+export const SCRIPTED_NTLM_CHALLENGE = encodeChallenge({
+  flags:
+    NegotiateFlags.UNICODE |
+    NegotiateFlags.NTLM |
+    NegotiateFlags.EXTENDED_SESSIONSECURITY |
+    NegotiateFlags.TARGET_INFO |
+    NegotiateFlags.VERSION |
+    NegotiateFlags.NEGOTIATE_128,
+  serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
+  targetName: 'EXAMPLE',
+  avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
+  version: Buffer.alloc(8),
+}).toString('base64');

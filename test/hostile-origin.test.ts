@@ -11,32 +11,16 @@ import { type Dispatcher, fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
-import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ntlmMessageType, parseAuthorization } from '../src/reference-server/wire.ts';
 import { MAX_WAITS } from '../src/session/exchange.ts';
-import { ALICE } from './helpers.ts';
+import { ALICE, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
 });
-
-/** An NTLM CHALLENGE any AUTHENTICATE answers (these servers check nothing). */
-const CHALLENGE = encodeChallenge({
-  flags:
-    NegotiateFlags.UNICODE |
-    NegotiateFlags.NTLM |
-    NegotiateFlags.EXTENDED_SESSIONSECURITY |
-    NegotiateFlags.TARGET_INFO |
-    NegotiateFlags.VERSION |
-    NegotiateFlags.NEGOTIATE_128,
-  serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
-  targetName: 'EXAMPLE',
-  avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
-  version: Buffer.alloc(8),
-}).toString('base64');
 
 /** Which NTLM message a request carries: 0 none, 1 NEGOTIATE, 3 AUTHENTICATE. */
 function ntlmLeg(authorization: string | undefined): 0 | 1 | 3 {
@@ -77,7 +61,7 @@ async function h2Origin(
     if (open && req.url.startsWith(open.prefix)) return void res.writeHead(open.status).end('open');
     const leg = ntlmLeg(req.headers.authorization);
     if (leg === 0 && !authenticated.has(session)) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
-    if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${CHALLENGE}` }).end();
+    if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
     // onAuthenticate answers it itself (true), or the session is authenticated and gets a 200.
     if (leg === 3 && onAuthenticate(res, req, ++authenticates)) return;
     if (leg === 3) authenticated.add(session);
@@ -141,7 +125,7 @@ describe('HTTP/1.1: a 401 whose connection closes before it is answered', () => 
         req.resume();
         const socket = req.socket as Socket & { authenticated?: boolean };
         const leg = ntlmLeg(req.headers.authorization);
-        if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${CHALLENGE}` }).end();
+        if (leg === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
         if (leg === 3 || socket.authenticated) {
           socket.authenticated = true;
           return void res.writeHead(200).end('ok');
