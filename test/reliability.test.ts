@@ -7,7 +7,9 @@
 import { createSecureServer, type Http2SecureServer, type IncomingHttpHeaders } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import { fetch, request } from 'undici';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { type Dispatcher, fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   BodyNotReplayableError,
@@ -716,6 +718,62 @@ describe('R5: GOAWAY', () => {
     const goaway = s.exchanges.find((e) => e.outcome === 'goaway')!;
     expect(s.exchanges.filter((e) => e.sessionId === goaway.sessionId && e.seq > goaway.seq)).toEqual([]);
   });
+});
+
+describe('R6: memory per queued request', () => {
+  it('R6: 10,000 requests queued behind one held handshake cost at most 2 KiB of heap each', async () => {
+    // A GC this test can call (node's flag, set before the context that exposes it is made).
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const heap = () => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const s = await reference({
+      mode: 'session',
+      schemes: ['NTLM'],
+      record: false,
+      // The leader's AUTHENTICATE (the only type-3 leg) is held while the heap is measured.
+      faults: {
+        delayMs: (q) => (String(q.headers.authorization ?? '').startsWith('NTLM TlRMTVNTUAADAAAA') ? 60_000 : 0),
+      },
+    });
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      limits: { maxQueue: 10_010, queueTimeout: 120_000 },
+    });
+    let ended = 0;
+    const handler = (): Dispatcher.DispatchHandler => ({
+      onResponseStart() {},
+      onResponseData() {},
+      onResponseEnd() {
+        ended += 1;
+      },
+      onResponseError() {
+        ended += 1;
+      },
+    });
+    // The callers' own objects are made before the first measurement: the figure is the agent's.
+    const requests = Array.from({ length: 10_000 }, (_, i) => ({
+      opts: { origin: s.origin, path: `/auth/q${i}`, method: 'GET' } as Dispatcher.DispatchOptions,
+      handler: handler(),
+    }));
+    const authenticateHeld = new Promise<void>((resolve) =>
+      s.on('request', (q) => String(q.headers.authorization ?? '').startsWith('NTLM TlRMTVNTUAADAAAA') && resolve()),
+    );
+    a.dispatch({ origin: s.origin, path: '/auth/leader', method: 'GET' }, handler());
+    await authenticateHeld;
+    const before = heap();
+    for (const r of requests) a.dispatch(r.opts, r.handler);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r)); // each has reached its wait
+    const perRequest = (heap() - before) / requests.length;
+    // Measured 1,133–1,150 bytes (bench/queue-memory.ts); 5,141 before the queue was reworked.
+    expect(perRequest).toBeLessThanOrEqual(2048);
+    expect(ended).toBe(0);
+  }, 60_000);
 });
 
 describe('memory over time: idle origins are dropped', () => {
