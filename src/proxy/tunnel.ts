@@ -103,13 +103,13 @@ export async function connectThroughTunnel(
       socket.destroy();
       reject(err);
     };
-    const aborted = () => fail(signal!.reason as Error);
-    if (signal?.aborted) return aborted();
-    signal?.addEventListener('abort', aborted, { once: true });
     const timer = setTimeout(
       () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, authority(hostname, target.port))),
       proxy.connectTimeout,
     );
+    const aborted = () => fail(signal!.reason as Error);
+    if (signal?.aborted) return aborted();
+    signal?.addEventListener('abort', aborted, { once: true });
     secure.once('error', fail);
     secure.once('secureConnect', () => {
       clearTimeout(timer);
