@@ -57,6 +57,7 @@ export {
 export type { ProxyOptions } from './proxy/options.ts';
 export { ClientCertificateError } from './session/client-certificate.ts';
 export type { HandshakeReport } from './session/exchange.ts';
+export { RelocationLimitError } from './session/origin-pool.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';
 export {
   CleartextCredentialsError,

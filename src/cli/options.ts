@@ -299,13 +299,24 @@ function clientCertificate(o: Record<string, unknown>): ClientCertificate {
       path = path.slice(0, colon);
     }
   }
-  const cert = readFlagFile('--cert', path);
+  // A file that cannot be read is curl's 58 too (CURLE_SSL_CERTPROBLEM), not a usage error.
+  const read = (flag: string, file: string) => {
+    try {
+      return readFlagFile(flag, file);
+    } catch (err) {
+      throw new UsageError((err as Error).message, CLIENT_CERT_PROBLEM);
+    }
+  };
+  const cert = read('--cert', path);
   return {
     cert,
-    key: o.key !== undefined ? readFlagFile('--key', o.key as string) : cert,
+    key: o.key !== undefined ? read('--key', o.key as string) : cert,
     ...(passphrase !== undefined ? { passphrase } : {}),
   };
 }
+
+/** curl's CURLE_SSL_CERTPROBLEM. */
+const CLIENT_CERT_PROBLEM = 58;
 
 /** How each option that takes a value may hold a secret: `user:password`, all of it, a URL's password, a header's value. */
 const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'header' | 'cert'>> = {

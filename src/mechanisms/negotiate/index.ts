@@ -111,7 +111,10 @@ export interface NegotiateOptions {
    * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM.
    */
   readonly passwordAllowed?: (origin: string) => boolean;
-  /** How the NTLM fallback is sent: inside SPNEGO with mechListMIC (default) or as raw NTLMSSP. */
+  /**
+   * How the NTLM fallback is sent: inside SPNEGO with mechListMIC, or as raw NTLMSSP; `false`: none.
+   * An agent's origins default to `'raw'`, its proxies to `false`; the mechanism alone to `'spnego'`.
+   */
 
   readonly ntlmFallback?: 'spnego' | 'raw' | false;
   /** Test hook / injection: the `kerberos` module (default: `await import('kerberos')`). */
