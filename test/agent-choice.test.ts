@@ -1,9 +1,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
-import { createServer as createHttpsServer, type Server as HttpsServer, type ServerOptions } from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -18,7 +16,7 @@ import {
 } from '../src/index.ts';
 import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, get, hasAuth, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, get, hasAuth, loopbackOrigin, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 let r: Rig | undefined;
 const closers: Array<() => Promise<unknown>> = [];
@@ -33,26 +31,12 @@ async function scriptedOrigin(
   handler: (req: Http2ServerRequest, res: Http2ServerResponse) => void,
 ): Promise<{ origin: string; requests: Array<Http2ServerRequest['headers']> }> {
   const requests: Array<Http2ServerRequest['headers']> = [];
-  const sockets = new Set<Socket>();
   const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (req, res) => {
     requests.push(req.headers);
     req.resume();
     handler(req, res);
   });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, requests };
+  return { origin: await loopbackOrigin(server, closers), requests };
 }
 
 /** An agent for a scripted origin (its CA, alice, the origin trusted); closed after the test. */
@@ -70,24 +54,14 @@ function ntlmType(authorization: string | undefined): number {
 
 const CERT = { cert: CLIENT_CERT, key: CLIENT_KEY };
 
-const httpsServers: HttpsServer[] = [];
-afterEach(() => {
-  for (const s of httpsServers.splice(0)) {
-    s.closeAllConnections();
-    s.close();
-  }
-});
 /** An HTTP/1.1 https origin on loopback with the test server certificate and `tls` options; its origin. */
-async function httpsServer(
+function httpsServer(
   tls: Omit<ServerOptions, 'cert' | 'key'>,
   handler: (req: IncomingMessage, res: ServerResponse) => void,
 ): Promise<string> {
   const s = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY, ...tls }, handler);
   s.on('tlsClientError', () => {});
-  httpsServers.push(s);
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  return `https://localhost:${(s.address() as AddressInfo).port}`;
+  return loopbackOrigin(s, closers);
 }
 
 describe('choosing credentials: Transport (client certificates), 401 vs 403, trusted origins', () => {

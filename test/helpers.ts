@@ -1,3 +1,5 @@
+import { once } from 'node:events';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import { fetch } from 'undici';
 import {
   type Challenge,
@@ -131,3 +133,26 @@ export const SCRIPTED_NTLM_CHALLENGE = encodeChallenge({
   avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
   version: Buffer.alloc(8),
 }).toString('base64');
+
+/**
+ * Listens on loopback with `server` (a TLS origin of the test certificate) and returns its origin,
+ * `https://localhost:<port>`; `cleanup` gets what closes it, its open connections first.
+ */
+export async function loopbackOrigin(server: NetServer, cleanup: Array<() => Promise<unknown>>): Promise<string> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  cleanup.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  return `https://localhost:${(server.address() as AddressInfo).port}`;
+}

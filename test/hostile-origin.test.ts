@@ -5,8 +5,8 @@
  * Auth-ID of its very first 401 (C3). Found by robustness and conformance reviews.
  */
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, constants as h2 } from 'node:http2';
-import { createServer as createHttpsServer, type Server } from 'node:https';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
 import { type Dispatcher, fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
@@ -15,7 +15,7 @@ import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ntlmMessageType, parseAuthorization } from '../src/reference-server/wire.ts';
 import { MAX_WAITS } from '../src/session/exchange.ts';
-import { ALICE, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -26,24 +26,6 @@ afterEach(async () => {
 function ntlmLeg(authorization: string | undefined): 0 | 1 | 3 {
   if (!authorization) return 0;
   return Buffer.from(authorization.split(' ')[1] ?? '', 'base64').readUInt32LE(8) === 1 ? 1 : 3;
-}
-
-async function listen(server: Server | ReturnType<typeof createSecureServer>): Promise<string> {
-  const sockets = new Set<Socket>();
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  return `https://localhost:${(server.address() as AddressInfo).port}`;
 }
 
 /** An HTTP/2-only origin: NTLM authenticates the session; `onAuthenticate` answers each AUTHENTICATE leg, `open` paths need none. */
@@ -69,7 +51,7 @@ async function h2Origin(
   });
   const sessions = new Set<{ destroy(): void }>();
   server.on('session', (session) => sessions.add(session));
-  const origin = await listen(server);
+  const origin = await loopbackOrigin(server, closers);
   /** Ends every session (a server restart): the agent's next requests open a new one, the scheme remembered. */
   const endSessions = async () => {
     for (const session of sessions) session.destroy();
@@ -134,7 +116,7 @@ describe('HTTP/1.1: a 401 whose connection closes before it is answered', () => 
         if (how === 'Connection: close') res.writeHead(401, { 'www-authenticate': 'NTLM', connection: 'close' }).end();
         else res.writeHead(401, { 'www-authenticate': 'NTLM' }).end(Buffer.alloc(256 * 1024, 'x'));
       });
-      const origin = await listen(server);
+      const origin = await loopbackOrigin(server, closers);
       const agent = agentFor(origin, { limits: { maxChallengeBodyBytes: 1024 } });
       const res = await fetch(`${origin}/x`, { dispatcher: agent });
       expect(res.status).toBe(200);
@@ -257,7 +239,7 @@ describe('a server that gives its Auth-ID on the first 401 (D§3: as soon as it 
           .end();
       res.writeHead(step.kind === 'accepted' ? 200 : 401, { 'persistent-auth': 'true' }).end();
     });
-    const origin = await listen(server);
+    const origin = await loopbackOrigin(server, closers);
     const agent = agentFor(origin, {
       schemes: ['Negotiate', 'NTLM'],
       // No Kerberos here and no NTLM inside Negotiate: Negotiate cannot run, NTLM answers.

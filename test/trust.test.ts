@@ -5,10 +5,8 @@
  * KDC in trust-kerberos.test.ts.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { createServer as createHttpsServer } from 'node:https';
 import fc from 'fast-check';
 import { type Dispatcher, fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -27,7 +25,7 @@ import { CLIENT_CERT, CLIENT_KEY, type ReferenceServer, startReferenceServer } f
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
 import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
-import { ALICE, hasAuth } from './helpers.ts';
+import { ALICE, hasAuth, loopbackOrigin } from './helpers.ts';
 
 const servers: ReferenceServer[] = [];
 const agents: MultilegAgent[] = [];
@@ -51,20 +49,13 @@ const cause = (p: Promise<unknown>) =>
     () => undefined,
     (e: Error) => (e.cause ?? e) as Error,
   );
-const raws: HttpsServer[] = [];
-afterEach(() => {
-  for (const s of raws.splice(0)) {
-    s.closeAllConnections();
-    s.close();
-  }
+const closers: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const close of closers.splice(0)) await close();
 });
 /** An https origin (HTTP/1.1) that answers with `handler`; its origin. */
-async function rawServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
-  const s = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, handler);
-  raws.push(s);
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  return `https://localhost:${(s.address() as AddressInfo).port}`;
+function rawServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
+  return loopbackOrigin(createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, handler), closers);
 }
 const withAuth = (s: ReferenceServer, path: string) =>
   s.exchanges.filter((e) => e.path.startsWith(path) && hasAuth(e.requestHeaders));
