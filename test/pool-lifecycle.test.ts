@@ -177,21 +177,25 @@ describe('a caller abort before the request reached the wire', () => {
   const settledWithin = <T>(p: Promise<T>, ms: number) =>
     Promise.race([p, new Promise<'still pending'>((r) => setTimeout(() => r('still pending'), ms))]);
 
-  it('R1: destroying the agent while a connection is still being made closes that connection at once', async () => {
-    const { origin, open } = await silentServer();
-    const a = new MultilegAgent({});
-    const pending = fetch(`${origin}/x`, { dispatcher: a }).then(
+  /** Fetches `url` through `a`, destroys `a` once the silent server holds the connection, and expects it closed at once. */
+  async function destroyWhileConnecting(a: MultilegAgent, url: string, open: Set<Socket>): Promise<void> {
+    const pending = fetch(url, { dispatcher: a }).then(
       () => 'sent',
       () => 'failed',
     );
     while (open.size === 0) await new Promise((r) => setTimeout(r, 5));
     await a.destroy();
     expect(await pending).toBe('failed');
-    // Closed by the agent, not by undici's connect timeout (10 s).
     const closed = (async () => {
       while (open.size > 0) await new Promise((r) => setTimeout(r, 5));
     })();
     expect(await settledWithin(closed, 3_000)).toBeUndefined();
+  }
+
+  it('R1: destroying the agent while a connection is still being made closes that connection at once', async () => {
+    const { origin, open } = await silentServer();
+    // Closed by the agent, not by undici's connect timeout (10 s).
+    await destroyWhileConnecting(new MultilegAgent({}), `${origin}/x`, open);
   });
 
   it('R1: destroying the agent while a CONNECT tunnel is still being made (a proxy that never answers) closes that connection at once', async () => {
@@ -199,18 +203,8 @@ describe('a caller abort before the request reached the wire', () => {
     const proxy = proxyOrigin.replace('https://localhost', 'http://127.0.0.1');
     // A handshake bound far beyond the test's own: only the agent's destroy can end the CONNECT.
     const a = new MultilegAgent({ proxy: { uri: proxy }, limits: { handshakeTimeout: 600_000 } });
-    const pending = fetch('https://origin.example:8443/x', { dispatcher: a }).then(
-      () => 'sent',
-      () => 'failed',
-    );
-    while (open.size === 0) await new Promise((r) => setTimeout(r, 5));
-    await a.destroy();
-    expect(await pending).toBe('failed');
     // Before: the tunnel's socket stayed open until handshakeTimeout, and kept the process alive.
-    const closed = (async () => {
-      while (open.size > 0) await new Promise((r) => setTimeout(r, 5));
-    })();
-    expect(await settledWithin(closed, 3_000)).toBeUndefined();
+    await destroyWhileConnecting(a, 'https://origin.example:8443/x', open);
   });
 
   it('R1: a caller that aborts while its connection is still being made hears at once (the request API too, not only fetch)', async () => {

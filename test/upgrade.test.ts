@@ -75,6 +75,24 @@ afterEach(async () => {
   agent = proxy = relay = origin = undefined;
 });
 
+/** alice's NTLM, whose check of the server's final token is `finish`. */
+function ntlmFinishing(finish: () => Promise<void>): Mechanism {
+  const base = ntlmMechanism(ALICE);
+  return {
+    ...base,
+    createContext(leg) {
+      const inner = base.createContext(leg);
+      return {
+        step: (challenge, l) => inner.step(challenge, l),
+        get complete() {
+          return inner.complete;
+        },
+        finish,
+      };
+    },
+  };
+}
+
 function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
   return new MultilegAgent({
     credentials: ALICE,
@@ -164,20 +182,9 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('M2: an upgrade whose final mutual authentication fails is withheld: the socket is destroyed, the caller gets MutualAuthError', async () => {
     origin = await upgradeServer({ ntlm: true });
-    const base = ntlmMechanism(ALICE);
-    const distrustful: Mechanism = {
-      ...base,
-      createContext(leg) {
-        const inner = base.createContext(leg);
-        return {
-          step: (challenge, l) => inner.step(challenge, l),
-          get complete() {
-            return inner.complete;
-          },
-          finish: () => Promise.reject(new MutualAuthError('test: the final token does not verify')),
-        };
-      },
-    };
+    const distrustful = ntlmFinishing(() =>
+      Promise.reject(new MutualAuthError('test: the final token does not verify')),
+    );
     agent = ntlmAgent({ mechanisms: [distrustful] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
@@ -258,20 +265,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it("R3: an upgrade whose verification of the server's final token never ends: HandshakeTimeoutError, and the upgraded socket is closed", async () => {
     origin = await upgradeServer({ ntlm: true });
-    const base = ntlmMechanism(ALICE);
-    const hanging: Mechanism = {
-      ...base,
-      createContext(leg) {
-        const inner = base.createContext(leg);
-        return {
-          step: (challenge, l) => inner.step(challenge, l),
-          get complete() {
-            return inner.complete;
-          },
-          finish: () => new Promise<void>(() => {}), // a GSS-API call that never returns
-        };
-      },
-    };
+    const hanging = ntlmFinishing(() => new Promise<void>(() => {})); // a GSS-API call that never returns
     agent = ntlmAgent({ mechanisms: [hanging], limits: { handshakeTimeout: 200 } });
     const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
       () => undefined,
