@@ -203,11 +203,13 @@ export class MultilegAgent extends Dispatcher {
       const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
         // Upgrades always tunnel through a proxy that applies.
-        const route = this.#options.proxy.route(origin);
-        refuseTunnelledProxyAuthorization(origin, normalizeRequestHeaders(opts.headers), route, 'any');
+        const headers = normalizeRequestHeaders(opts.headers);
+        refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin), 'any');
         this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
-        return this.#upgrades.dispatch(origin, opts, handler, grant.allowed);
+        // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6).
+        const agents = identityOf(headers, grant.allowed) === 'agent';
+        return this.#upgrades.dispatch(origin, opts, headers, handler, agents);
       }
       const sink = new UserSink(handler, this.#hops, origin, opts.path);
       sink.begin();
@@ -256,18 +258,7 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.requests += 1;
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
-    const own = 'authorization' in headers;
-    const ownProxy = 'proxy-authorization' in headers;
-    const identity: Identity =
-      own && ownProxy
-        ? 'caller-both'
-        : own
-          ? 'caller'
-          : ownProxy
-            ? 'caller-proxy'
-            : grant.allowed
-              ? 'agent'
-              : 'anonymous';
+    const identity = identityOf(headers, grant.allowed);
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
@@ -414,4 +405,17 @@ function refuseTunnelledProxyAuthorization(
   if (!('proxy-authorization' in headers)) return;
   if (route && (routes === 'any' || route.kind === 'tunnel'))
     throw new ProxyAuthorizationHeaderError(origin, route.proxy.origin);
+}
+
+/**
+ * Whose credentials a request carries (S6): its own `Authorization` and/or `Proxy-Authorization`
+ * (each combination a lane of its own), else the agent's where the trust policy `allowed` them,
+ * else none.
+ */
+function identityOf(headers: HeaderMap, allowed: boolean): Identity {
+  const own = 'authorization' in headers;
+  const ownProxy = 'proxy-authorization' in headers;
+  if (own) return ownProxy ? 'caller-both' : 'caller';
+  if (ownProxy) return 'caller-proxy';
+  return allowed ? 'agent' : 'anonymous';
 }

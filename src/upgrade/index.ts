@@ -18,7 +18,7 @@ import type { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
-import { normalizeRequestHeaders } from '../headers.ts';
+import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
 import { cannotRunHere, type MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
@@ -67,23 +67,25 @@ export class UpgradeDispatcher {
     this.#options = options;
   }
 
-  /** Starts `opts` for `origin`; `credentialsAllowed` says whether a 401 may be answered (S1). */
+  /**
+   * Starts `opts` (its `headers` normalised) for `origin`; `credentialsAllowed`: the agent's
+   * credentials may answer a 401 and its certificate go in the handshake (S1, S6: the request is
+   * the agent's own).
+   */
   dispatch(
     origin: string,
     opts: Dispatcher.DispatchOptions,
+    headers: HeaderMap,
     handler: Dispatcher.DispatchHandler,
     credentialsAllowed: boolean,
   ): boolean {
     const sink = new UserSink(handler);
     sink.begin();
     if (sink.aborted) return true;
-    // As the agent's own sessions: not for a request that brings its own credentials (S6).
-    const headers = normalizeRequestHeaders(opts.headers);
-    const own = 'authorization' in headers || 'proxy-authorization' in headers;
-    const client = this.#client(origin, credentialsAllowed && !own);
+    const client = this.#client(origin, credentialsAllowed);
     const onUpgrade = (status: number, headers: Headers, socket: Socket) =>
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
-    this.#run(client, origin, opts, sink, credentialsAllowed, onUpgrade)
+    this.#run(client, origin, opts, headers, sink, credentialsAllowed, onUpgrade)
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
         this.#clients.delete(client);
@@ -144,19 +146,16 @@ export class UpgradeDispatcher {
     client: Client & { channelBinding?: Buffer },
     origin: string,
     opts: Dispatcher.DispatchOptions,
+    headers: HeaderMap,
     sink: UserSink,
     credentialsAllowed: boolean,
     onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
   ): Promise<void> {
     const { limits, mechanisms } = this.#options;
-    const headers = normalizeRequestHeaders(opts.headers);
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
-    // The caller's own Authorization is theirs to handle: no answering on top of it.
-    // (As the agent's own lanes: a request with its own Proxy-Authorization gets none of the agent's.)
-    const answering =
-      credentialsAllowed && !('authorization' in headers) && !('proxy-authorization' in headers) && body.replayable;
+    const answering = credentialsAllowed && body.replayable;
     const url = new URL(origin);
     const legInfo = (): LegInfo => ({
       origin,
