@@ -100,14 +100,21 @@ export class ForwardProxy {
     // CONNECT is. A leg that ran out of time is ended, and the connection with it.
     let onWire: AbortableLeg | undefined;
     const ms = this.#limits.handshakeTimeout;
-    const deadline = new Deadline(
-      ms,
-      () => new ProxyTimeoutError(this.route.proxy.origin, ms, 'forward'),
-      (err) => {
-        onWire?.abort(err);
-        this.#onUnusable(err);
-      },
-    );
+    // Made at the first 407 or header step: a request the proxy lets through at once needs none.
+    let deadline: Deadline<ProxyTimeoutError> | undefined;
+    const clock = (): Deadline<ProxyTimeoutError> => {
+      deadline ??= new Deadline(
+        ms,
+        () => new ProxyTimeoutError(this.route.proxy.origin, ms, 'forward'),
+        (err) => {
+          onWire?.abort(err);
+          this.#onUnusable(err);
+        },
+      );
+      return deadline;
+    };
+    // (A deadline made while a leg is on the wire ends that leg through `onWire`.)
+    const race = <T>(work: Promise<T>): Promise<T> => (deadline ? deadline.race(work) : work);
     const started = (l: AbortableLeg) => {
       onWire = l;
     };
@@ -115,17 +122,17 @@ export class ForwardProxy {
       for (let answers = 0; ; answers++) {
         // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step too.
         const steps = answers === 0 && this.#auth.state === 'done';
-        if (steps) deadline.start();
-        const credentials = await deadline.race(this.#auth.header(leg));
-        if (steps) deadline.stop();
+        if (steps) clock().start();
+        const credentials = await race(this.#auth.header(leg));
+        if (steps) deadline?.stop();
         let challenged: ResponseHeaders | undefined;
-        const result = await deadline.race(
+        const result = await race(
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
                 challenged = headers;
-                deadline.start();
+                clock().start();
                 return 'swallow';
               }
               // The proxy let the request through (or its last 407 goes to the caller): the
@@ -134,10 +141,10 @@ export class ForwardProxy {
               this.#note(status, headers, onHttp2);
               const verdict = classify(status, headers);
               if (!(credentials && this.#auth.state === 'handshaking')) {
-                deadline.stop();
+                deadline?.stop();
                 return verdict;
               }
-              return this.#proved(this.#auth.succeeded(headers, leg), deadline, verdict);
+              return this.#proved(this.#auth.succeeded(headers, leg), clock(), verdict);
             },
             path,
             started,
@@ -145,12 +152,12 @@ export class ForwardProxy {
         );
         onWire = undefined;
         if (result.kind !== 'swallowed' || !challenged) return result;
-        await deadline.race(this.#auth.answer(challenged, leg));
+        await race(this.#auth.answer(challenged, leg));
       }
     } catch (err) {
       return { kind: 'failed', error: err as Error };
     } finally {
-      deadline.stop();
+      deadline?.stop();
     }
   }
 
