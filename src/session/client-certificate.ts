@@ -13,16 +13,21 @@ export class ClientCertificateError extends MultilegError {
 }
 
 const PEM = /^\s*-----BEGIN /;
+/** Text, or bytes that begin as PEM does (else DER). */
+const isPem = (x: string | Buffer): boolean => typeof x === 'string' || PEM.test(x.subarray(0, 64).toString('latin1'));
+
+/** Certificates {@link usableCertificate} made: the selector of a configured one is not checked again. */
+const checked = new WeakSet<ClientCertificate>();
 
 /** A PEM or DER certificate as PEM (Node's TLS takes PEM only). */
 function pemCertificate(cert: string | Buffer): string | Buffer {
-  if (typeof cert === 'string' || PEM.test(cert.subarray(0, 64).toString('latin1'))) return cert;
+  if (isPem(cert)) return cert;
   return new X509Certificate(cert).toString();
 }
 
 /** A PEM or DER private key as PEM; a DER key is decrypted with `passphrase` (so it needs none after). */
 function pemKey(key: string | Buffer, passphrase: string | undefined): { key: string | Buffer; converted: boolean } {
-  if (typeof key === 'string' || PEM.test(key.subarray(0, 64).toString('latin1'))) return { key, converted: false };
+  if (isPem(key)) return { key, converted: false };
   for (const type of ['pkcs8', 'pkcs1', 'sec1'] as const) {
     try {
       const der = createPrivateKey({ key, format: 'der', type, ...(passphrase !== undefined ? { passphrase } : {}) });
@@ -72,6 +77,7 @@ export function usableCertificate(value: unknown, fail: (reason: string, cause?:
       ...(passphrase !== undefined && !pem.converted ? { passphrase } : {}),
     };
     createSecureContext(usable);
+    checked.add(usable);
     return usable;
   } catch (e) {
     throw fail(certificateReason(e), e);
@@ -106,5 +112,6 @@ export async function selectCertificate(
     clock.stop();
   }
   if (chosen === undefined) return undefined;
+  if (checked.has(chosen)) return chosen;
   return usableCertificate(chosen, (reason, cause) => new ClientCertificateError(origin, reason, { cause }));
 }
