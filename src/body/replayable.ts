@@ -1,6 +1,5 @@
 import { Readable } from 'node:stream';
 import { QueueTimeoutError } from '../errors.ts';
-import type { AbortHook } from '../handshake/user-sink.ts';
 
 /**
  * A request body prepared for a handshake (C10). `replayable` bodies can be written on every leg;
@@ -183,9 +182,9 @@ export function prepareBody(body: unknown, limit: number): PreparedBody | Promis
   return bufferBody(body, limit);
 }
 
-/** The caller's side of a request whose body is being read: its abort ends the wait. */
+/** The caller's side of a request whose body is being read: its abort ends the wait (UserSink). */
 export interface BodyReader {
-  onAbort(hook: AbortHook | undefined): void;
+  unlessAborted<T>(work: Promise<T>): Promise<T>;
 }
 
 /**
@@ -199,18 +198,11 @@ export function preparedBody(
   reader: BodyReader,
   queueTimeout: number,
 ): Promise<PreparedBody> {
-  return new Promise((resolve, reject) => {
-    let over = false;
-    const end = (err: Error) => {
-      if (over) return;
-      over = true;
-      clearTimeout(timer);
-      reader.onAbort(undefined);
-      reject(err);
-    };
-    const timer = setTimeout(
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(
       () =>
-        end(
+        reject(
           new QueueTimeoutError(
             queueTimeout,
             'its one-shot body (read before sending, to its end or limits.maxReplayBodyBytes, to be replayed on the legs of a handshake, C10)',
@@ -219,15 +211,8 @@ export function preparedBody(
         ),
       queueTimeout,
     );
-    reader.onAbort(end);
-    prepared.then((body) => {
-      if (over) return;
-      over = true;
-      clearTimeout(timer);
-      reader.onAbort(undefined);
-      resolve(body);
-    }, end);
   });
+  return reader.unlessAborted(Promise.race([prepared, timedOut])).finally(() => clearTimeout(timer));
 }
 
 async function bufferBody(body: AsyncIterable<unknown> | Iterable<unknown>, limit: number): Promise<PreparedBody> {

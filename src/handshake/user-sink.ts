@@ -107,6 +107,26 @@ export class UserSink {
     this.#onAbort = hook;
   }
 
+  /**
+   * `work`, or the caller's abort if that comes first (an abort already heard too): while it waits
+   * the abort hook is this wait's — one with no leg on the wire (a body read, a replay settled).
+   */
+  unlessAborted<T>(work: Promise<T>): Promise<T> {
+    if (this.#aborted) return Promise.reject(this.#reason);
+    return new Promise<T>((resolve, reject) => {
+      this.onAbort(reject);
+      const settled = (done: () => void) => {
+        if (this.#aborted) return;
+        this.onAbort(undefined);
+        done();
+      };
+      work.then(
+        (value) => settled(() => resolve(value)),
+        (err: unknown) => settled(() => reject(err)),
+      );
+    });
+  }
+
   begin(): void {
     this.#handler.onRequestStart?.(this.controller, null);
   }

@@ -436,23 +436,10 @@ export class Session {
     path: string | undefined,
     started: ((leg: LegHandler) => void) | undefined,
   ): Promise<LegResult> {
-    // (An abort already heard would not be heard again.)
-    if (job.sink.aborted) return Promise.resolve({ kind: 'failed', error: job.sink.reason! });
-    return new Promise<LegResult>((resolve) => {
-      job.sink.onAbort((error) => resolve({ kind: 'failed', error }));
-      job.body.settle!().then(
-        () => {
-          if (job.sink.aborted) return;
-          job.sink.onAbort(undefined);
-          resolve(this.#send(job, extra, classify, path, started));
-        },
-        (error: Error) => {
-          if (job.sink.aborted) return;
-          job.sink.onAbort(undefined);
-          resolve({ kind: 'failed', error });
-        },
-      );
-    });
+    return job.sink.unlessAborted(job.body.settle!()).then(
+      () => this.#send(job, extra, classify, path, started),
+      (error: Error) => ({ kind: 'failed', error }),
+    );
   }
 
   /** When undici is about to write a leg: not for an aborted caller, nor on a reconnected Client (C8). */
