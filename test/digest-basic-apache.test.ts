@@ -30,15 +30,17 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
     agents.push(a);
     return a;
   };
-  /** Access-log lines for paths starting with `prefix`: status, protocol, user. */
+  /** Access-log lines for paths starting with `prefix`, in the order the requests arrived: status, protocol, user. */
   const accessLog = (prefix: string) =>
     readFileSync(lab.apache!.accessLog, 'utf8')
       .split('\n')
       .filter((l) => / "[A-Z]+ (\S+) /.exec(l)?.[1]?.startsWith(prefix))
       .map((l) => {
-        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+)/.exec(l);
-        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3] };
-      });
+        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+) at=(\d+)/.exec(l);
+        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3], at: Number(m?.[4]) };
+      })
+      .sort((x, y) => x.at - y.at)
+      .map(({ at: _, ...w }) => w);
   // mod_http2 writes a stream's log line when the stream's request pool is released (the EOR
   // bucket), which on an idle connection can wait for its next event, up to KeepAliveTimeout (30 s):
   // the h2 tests close their agent first, which releases every stream; then allow the write time.

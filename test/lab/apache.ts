@@ -108,7 +108,9 @@ TypesConfig /etc/mime.types
 DirectoryIndex index.html
 ErrorLog ${A}/logs/error.log
 LogLevel warn auth_gssapi:debug
-LogFormat "%h \\"%r\\" %>s %{remote}p proto=%H user=%u" lab
+# at=: when the request arrived (µs). Lines are written when a request ends, which under load is
+# not always the order they arrived in (a 401 can be logged after the retry it caused).
+LogFormat "%h \\"%r\\" %>s %{remote}p proto=%H user=%u at=%{begin:usec}t" lab
 CustomLog ${A}/logs/access.log lab
 KeepAliveTimeout 30
 MaxKeepAliveRequests 1000
