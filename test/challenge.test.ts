@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { MAX_DIGEST_PARAM_LENGTH } from '../src/challenge/digest.ts';
 import {
   type Challenge,
   chooseChallenge,
@@ -390,6 +391,8 @@ describe('chooseChallenge', () => {
       'Digest realm="a", algorithm=SHA-512-256, qop="auth"',
       'Digest realm="a", algorithm=SHA-256, nonce="7", qop="auth-int"',
       'Digest realm="a", algorithm=SHA-512-256, nonce="", qop="auth"',
+      // Bounds the mechanism applies to what it echoes (S3): the chooser reads the challenge as it does.
+      `Digest realm="a", algorithm=SHA-512-256, nonce="8", qop="auth", opaque="${'x'.repeat(MAX_DIGEST_PARAM_LENGTH + 1)}"`,
     ]);
     expect(chooseChallenge([...unanswerable, d[0]!], ['Digest'])?.params.nonce).toBe('1');
     expect(chooseChallenge(unanswerable, ['Digest'])?.params.algorithm).toBe('SHA-512-256-sess');

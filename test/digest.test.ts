@@ -86,7 +86,7 @@ describe('Digest arithmetic and headers (RFC 7616)', () => {
 
   it('M3: -sess variants hash H(user:realm:password):nonce:cnonce as A1; SHA-512-256 is the truncated SHA-512', () => {
     const alg = parseDigestAlgorithm('sha-512-256-SESS')!;
-    expect(alg).toEqual({ name: 'SHA-512-256-sess', hash: 'sha512-256', sess: true });
+    expect(alg).toEqual({ name: 'SHA-512-256-sess', hash: 'sha512-256', sess: true, strength: 3 });
     const base = {
       username: 'u',
       realm: 'r',

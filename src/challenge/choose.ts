@@ -1,3 +1,4 @@
+import { parseDigestAlgorithm, readDigestChallenge } from './digest.ts';
 import type { Challenge } from './types.ts';
 
 /**
@@ -6,35 +7,13 @@ import type { Challenge } from './types.ts';
  */
 export const DEFAULT_SCHEME_ORDER: readonly string[] = Object.freeze(['Negotiate', 'NTLM', 'Digest', 'Basic']);
 
-// Strength of RFC 7616 algorithms; `-sess` variants rank with their hash.
-const DIGEST_STRENGTH: ReadonlyMap<string, number> = new Map([
-  ['md5', 1],
-  ['sha-256', 2],
-  ['sha-512-256', 3],
-]);
-
 /**
  * Strength of a Digest `algorithm` parameter: MD5 1, SHA-256 2, SHA-512-256 3, each with or without `-sess`
  * (case-insensitive). Absent means MD5 (RFC 7616 §3.3). Unknown algorithms give -1: the client cannot
  * answer them.
  */
 export function digestAlgorithmStrength(algorithm: string | undefined): number {
-  if (algorithm === undefined) return 1;
-  let a = algorithm.toLowerCase();
-  if (a.endsWith('-sess')) a = a.slice(0, -5);
-  return DIGEST_STRENGTH.get(a) ?? -1;
-}
-
-/**
- * Whether a Digest challenge can be answered with qop=auth (or RFC 2069's no qop): it has a realm
- * and a nonce, its qop list (if any) has `auth`, and a `-sess` algorithm comes with a qop. The
- * mechanism says why when it cannot (DigestChallengeError); the chooser only prefers those it can.
- */
-function digestAnswerable(c: Challenge): boolean {
-  const { realm, nonce, qop, algorithm } = c.params;
-  if (realm === undefined || !nonce || c.token68 !== undefined) return false;
-  if (qop === undefined) return !algorithm?.toLowerCase().endsWith('-sess');
-  return qop.split(',').some((q) => q.trim().toLowerCase() === 'auth');
+  return parseDigestAlgorithm(algorithm)?.strength ?? -1;
 }
 
 /**
@@ -72,8 +51,8 @@ export function chooseChallenge(
     const digest = c.schemeKey === 'digest';
     let strength = digest ? digestAlgorithmStrength(c.params.algorithm) : 0;
     if (strength < 0) continue;
-    // Answerable first: above every algorithm strength (at most 3).
-    if (digest && digestAnswerable(c)) strength += 10;
+    // Answerable first (the mechanism would refuse the others): above every algorithm strength (at most 3).
+    if (digest && readDigestChallenge(c).fields) strength += 10;
     if (r < bestRank || (r === bestRank && strength > bestStrength)) {
       best = c;
       bestRank = r;

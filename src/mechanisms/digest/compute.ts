@@ -4,34 +4,9 @@
  * mechanism and the reference server's responder.
  */
 import { createHash } from 'node:crypto';
+import type { DigestAlgorithm } from '../../challenge/digest.ts';
 
-/** A Digest algorithm (RFC 7616 §3.3, §6.1): the hash and whether it is a `-sess` variant. */
-export interface DigestAlgorithm {
-  /** Canonical name as written on the wire: `MD5`, `SHA-256-sess`, ... */
-  readonly name: string;
-  /** node:crypto hash name. */
-  readonly hash: 'md5' | 'sha256' | 'sha512-256';
-  readonly sess: boolean;
-}
-
-const HASHES: ReadonlyMap<string, { name: string; hash: DigestAlgorithm['hash'] }> = new Map([
-  ['md5', { name: 'MD5', hash: 'md5' as const }],
-  ['sha-256', { name: 'SHA-256', hash: 'sha256' as const }],
-  ['sha-512-256', { name: 'SHA-512-256', hash: 'sha512-256' as const }],
-]);
-
-/**
- * The algorithm named by a challenge's `algorithm` parameter (case-insensitive; absent means MD5),
- * or undefined when the client does not know it.
- */
-export function parseDigestAlgorithm(name: string | undefined): DigestAlgorithm | undefined {
-  let key = (name ?? 'MD5').toLowerCase();
-  const sess = key.endsWith('-sess');
-  if (sess) key = key.slice(0, -5);
-  const h = HASHES.get(key);
-  if (!h) return undefined;
-  return { name: sess ? `${h.name}-sess` : h.name, hash: h.hash, sess };
-}
+export { type DigestAlgorithm, parseDigestAlgorithm } from '../../challenge/digest.ts';
 
 /** Text that Digest hashes: strings typed by people are UTF-8; values echoed from the wire are octets. */
 export type DigestText = string | Buffer;

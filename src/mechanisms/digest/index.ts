@@ -6,21 +6,21 @@
  * and only a stale nonce costs a second leg.
  */
 import { randomBytes } from 'node:crypto';
+import { type DigestChallengeFields, readDigestChallenge } from '../../challenge/digest.ts';
 import type { Challenge } from '../../challenge/types.ts';
 import { MechanismError, MechanismUnavailableError } from '../../errors.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import {
-  type DigestAlgorithm,
   digestResponse,
   digestUserhash,
   encodeExtValue,
   formatNonceCount,
   isPlainQuotable,
-  parseDigestAlgorithm,
   quote,
   wireOctets,
 } from './compute.ts';
 
+export { MAX_DIGEST_PARAM_LENGTH } from '../../challenge/digest.ts';
 export {
   type DigestAlgorithm,
   type DigestResponseInput,
@@ -34,8 +34,6 @@ export {
   quote,
 } from './compute.ts';
 
-/** Longest `realm`, `nonce` or `opaque` accepted from a server (S3). Real ones are tens of characters. */
-export const MAX_DIGEST_PARAM_LENGTH = 1024;
 /** Default for {@link DigestOptions.maxCachedOrigins}. */
 export const DEFAULT_MAX_CACHED_ORIGINS = 10_000;
 const MAX_NONCE_COUNT = 0xffff_ffff;
@@ -62,16 +60,7 @@ export interface DigestOptions {
 }
 
 /** What a challenge said, and how many times its nonce has been used. Shared by concurrent requests. */
-interface NonceState {
-  readonly realm: string;
-  readonly nonce: string;
-  readonly opaque: string | undefined;
-  readonly algorithm: DigestAlgorithm;
-  /** `auth`, or undefined for an RFC 2069 server that sent no qop. */
-  readonly qop: 'auth' | undefined;
-  readonly userhash: boolean;
-  /** The server said `charset=UTF-8` (RFC 7616 §4): it reads `username*`. */
-  readonly utf8: boolean;
+interface NonceState extends DigestChallengeFields {
   /** Last nonce count used; incremented synchronously, so concurrent requests never share one. */
   nc: number;
   /**
@@ -145,63 +134,11 @@ function cacheKey(leg: LegInfo): string {
   return `${leg.proxy ? 'proxy' : 'origin'} ${leg.origin}`;
 }
 
-/** A server-supplied value we echo: bounded, and nothing that could break the header (S3). */
-function wireValue(challenge: Challenge, name: string, required: boolean): string | undefined {
-  const value = challenge.params[name];
-  if (value === undefined) {
-    if (required) throw new DigestChallengeError(`has no ${name}`);
-    return undefined;
-  }
-  if (value.length > MAX_DIGEST_PARAM_LENGTH) {
-    throw new DigestChallengeError(`has a ${name} longer than ${MAX_DIGEST_PARAM_LENGTH} characters`);
-  }
-  // Visible ASCII, space, tab and obs-text: anything else (CR, LF, NUL...) cannot be echoed in a header.
-  if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(value)) throw new DigestChallengeError(`has control characters in ${name}`);
-  return value;
-}
-
 /** Reads and validates a Digest challenge (S3). Throws {@link DigestChallengeError}. */
 function readChallenge(challenge: Challenge): NonceState {
-  if (challenge.token68 !== undefined) throw new DigestChallengeError('is a token, not parameters');
-  const realm = wireValue(challenge, 'realm', true)!;
-  const nonce = wireValue(challenge, 'nonce', true)!;
-  if (nonce.length === 0) throw new DigestChallengeError('has an empty nonce');
-  const opaque = wireValue(challenge, 'opaque', false);
-  const algorithmName = challenge.params.algorithm;
-  if (algorithmName !== undefined && algorithmName.length > 64)
-    throw new DigestChallengeError('names an unknown algorithm');
-  const algorithm = parseDigestAlgorithm(algorithmName);
-  if (!algorithm) {
-    throw new DigestChallengeError(
-      `names an unknown algorithm; this client answers MD5, SHA-256 and SHA-512-256 (and their -sess variants)`,
-    );
-  }
-  let qop: 'auth' | undefined;
-  const qopParam = challenge.params.qop;
-  if (qopParam !== undefined) {
-    const offered = qopParam
-      .split(',')
-      .map((q) => q.trim().toLowerCase())
-      .filter((q) => q !== '');
-    if (offered.includes('auth')) qop = 'auth';
-    else if (offered.includes('auth-int')) {
-      throw new DigestChallengeError(
-        'offers only qop=auth-int, which needs the request body hashed before sending; configure the server to offer qop=auth as well',
-      );
-    } else throw new DigestChallengeError('offers no qop this client knows (auth)');
-  } else if (algorithm.sess) {
-    throw new DigestChallengeError(`asks for ${algorithm.name} without qop, which RFC 7616 does not define`);
-  }
-  return {
-    realm,
-    nonce,
-    opaque,
-    algorithm,
-    qop,
-    userhash: challenge.params.userhash?.toLowerCase() === 'true',
-    utf8: challenge.params.charset?.toLowerCase() === 'utf-8',
-    nc: 0,
-  };
+  const reading = readDigestChallenge(challenge);
+  if (!reading.fields) throw new DigestChallengeError(reading.problem);
+  return { ...reading.fields, nc: 0 };
 }
 
 /** The whole `Authorization` value for one use of a nonce. */
