@@ -409,18 +409,6 @@ function stuck(where: 'step' | 'finish'): Mechanism {
 }
 
 describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTimeout (R3)', () => {
-  /** A forwarding proxy that answers NTLM's 407 and then, to the request with credentials, `then`. */
-  const ntlmForwarder = (then: string) =>
-    hostile((socket) => {
-      socket.on('data', (d: Buffer) => {
-        const authorized = /proxy-authorization:/i.test(d.toString('latin1'));
-        socket.write(
-          authorized
-            ? then
-            : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n',
-        );
-      });
-    });
   /** One NTLM-named token, then a check of the proxy's final token by `finish`. */
   const finishing = (finish: () => Promise<void>): Mechanism => ({
     scheme: 'NTLM',
@@ -437,7 +425,7 @@ describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTim
       [() => Promise.reject(new MutualAuthError('the proxy final token did not verify')), MutualAuthError],
     ];
     for (const [finish, expected] of cases) {
-      proxy = await ntlmForwarder(withFinalToken);
+      proxy = await ntlmProxy(withFinalToken);
       agent = new MultilegAgent({
         proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [finishing(finish)] },
         limits: { handshakeTimeout: 300 },
@@ -451,41 +439,48 @@ describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTim
     }
   });
 
-  it('R3: a proxy mechanism step that never returns during CONNECT fails with ProxyTimeoutError (limits.handshakeTimeout)', async () => {
-    proxy = await ntlmProxy();
-    agent = new MultilegAgent({
-      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck('step')] },
-      limits: { handshakeTimeout: 300 },
-    });
-    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
-    expect(err).toBeInstanceOf(ProxyTimeoutError);
-    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'tunnel' });
-    expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
-  }, 10_000);
-
-  it("R3: a proxy mechanism's final-token check that never returns after CONNECT 200 fails with ProxyTimeoutError", async () => {
-    proxy = await ntlmProxy('HTTP/1.1 200 Connection Established\r\nProxy-Authenticate: NTLM ZmluYWw=\r\n\r\n');
-    agent = new MultilegAgent({
-      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck('finish')] },
-      limits: { handshakeTimeout: 300 },
-    });
-    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
-    expect(err).toBeInstanceOf(ProxyTimeoutError);
-    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'tunnel' });
-  }, 10_000);
-
-  it('R3: a proxy mechanism step that never returns on a forwarded (plain-http) request fails with ProxyTimeoutError', async () => {
-    proxy = await ntlmProxy();
-    agent = new MultilegAgent({
-      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck('step')] },
-      limits: { handshakeTimeout: 300 },
-    });
-    const err = await cause(fetch('http://localhost:8080/x', { dispatcher: agent }));
-    expect(err).toBeInstanceOf(ProxyTimeoutError);
-    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route: 'forward' });
-    expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
-    expect(proxy.received[0]).toMatch(/^GET http:\/\/localhost:8080\/x HTTP\/1\.1\r\n/);
-  }, 10_000);
+  // A proxy mechanism that never returns, wherever it runs: ProxyTimeoutError at limits.handshakeTimeout.
+  it.each([
+    {
+      hangs: 'step',
+      what: 'step',
+      during: 'during CONNECT',
+      url: 'https://localhost:8443/x',
+      route: 'tunnel',
+      answer: undefined,
+    },
+    {
+      hangs: 'finish',
+      what: 'check of the final token',
+      during: 'after CONNECT 200',
+      url: 'https://localhost:8443/x',
+      route: 'tunnel',
+      answer: 'HTTP/1.1 200 Connection Established\r\nProxy-Authenticate: NTLM ZmluYWw=\r\n\r\n',
+    },
+    {
+      hangs: 'step',
+      what: 'step',
+      during: 'on a forwarded (plain-http) request',
+      url: 'http://localhost:8080/x',
+      route: 'forward',
+      answer: undefined,
+    },
+  ] as const)(
+    'R3: a proxy mechanism $what that never returns $during fails with ProxyTimeoutError (limits.handshakeTimeout)',
+    async ({ hangs, url, route, answer }) => {
+      proxy = await ntlmProxy(answer);
+      agent = new MultilegAgent({
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck(hangs)] },
+        limits: { handshakeTimeout: 300 },
+      });
+      const err = await cause(fetch(url, { dispatcher: agent }));
+      expect(err).toBeInstanceOf(ProxyTimeoutError);
+      expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route });
+      expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
+      if (route === 'forward') expect(proxy.received[0]).toMatch(/^GET http:\/\/localhost:8080\/x HTTP\/1\.1\r\n/);
+    },
+    10_000,
+  );
 
   it("R3: a forwarding proxy's 407 whose body never ends fails with ProxyTimeoutError (limits.handshakeTimeout), not undici's body timeout", async () => {
     proxy = await hostile((socket) => {
