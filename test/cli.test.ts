@@ -89,6 +89,8 @@ describe('multileg command line', () => {
         // 10 bytes of the 100 announced, then the connection ends.
         res.writeHead(200, { 'content-length': '100' });
         res.write('0123456789', () => res.socket?.destroy());
+      } else if (req.url === '/to-tls') {
+        res.writeHead(302, { location: `${server.origin}/public/` }).end();
       } else if (req.url === '/hang') {
         // never answers: --max-time
       } else res.writeHead(404).end();
@@ -495,7 +497,6 @@ describe('multileg command line', () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],
       [['--bogus', 'https://h/'], /^multileg: unknown option '--bogus' \(multileg --help lists the options\)\n$/],
-      [['-d', `@${join(dir, 'missing.txt')}`, 'https://localhost:1/'], /^multileg: -d .*missing\.txt: no such file\n$/],
       [
         ['--schemes', 'Negotiate,Kerberos', 'https://localhost:1/'],
         /^multileg: --schemes: unknown scheme "Kerberos"; use Negotiate, NTLM, Digest, Basic, Transport\n$/,
@@ -521,21 +522,47 @@ describe('multileg command line', () => {
     }
   });
 
-  it("--cacert missing or not PEM certificates: curl's 77 (CURLE_SSL_CACERT_BADFILE), one line", async () => {
+  it("--cacert: not there is bad usage (2, curl 8.18+); no PEM certificate in it is curl's 77 once a TLS connection needs it (https, a redirect there, an https proxy), nothing for plain http:// or with -k", async () => {
+    const missing = join(dir, 'missing.pem');
+    for (const url of [`${server.origin}/public/`, `${plainOrigin}/hop/0`]) {
+      const r = await run(['--cacert', missing, url]);
+      expect(r.code, url).toBe(2);
+      expect(r.stderr).toBe(`multileg: --cacert ${missing}: no such file\n`);
+    }
     const garbage = join(dir, 'garbage.pem');
     writeFileSync(garbage, 'not a certificate\n');
     const broken = join(dir, 'broken.pem');
     writeFileSync(broken, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
-    const cases: Array<[string, RegExp]> = [
-      [join(dir, 'missing.pem'), /^multileg: --cacert .*missing\.pem: no such file\n$/],
-      [garbage, /^multileg: --cacert .*garbage\.pem: not a PEM file of CA certificates\n$/],
-      [broken, /^multileg: --cacert .*broken\.pem: not a PEM file of CA certificates\n$/],
-    ];
-    for (const [file, message] of cases) {
-      const r = await run(['--cacert', file, `${server.origin}/public/`]);
-      expect(r.code, file).toBe(77);
-      expect(r.stderr, file).toMatch(message);
+    for (const file of [garbage, broken, dir]) {
+      const why = file === dir ? 'is a directory' : 'not a PEM file of CA certificates';
+      const tls = await run(['--cacert', file, `${server.origin}/public/`]);
+      expect(tls.code, file).toBe(77);
+      expect(tls.stderr, file).toBe(`multileg: --cacert ${file}: ${why}\n`);
+      // curl ignores it for a plain http:// URL: nothing there verifies a certificate.
+      const plainUrl = await run(['--cacert', file, `${plainOrigin}/hop/0`]);
+      expect(plainUrl, file).toMatchObject({ code: 0, stdout: 'GET ', stderr: '' });
     }
+    // -k verifies nothing: the file is not used (curl's too).
+    expect((await run(['-k', '--cacert', garbage, `${server.origin}/public/`])).code).toBe(0);
+    // A redirect from http:// to https:// needs it: 77 there, as curl.
+    const hop = await run(['-L', '--cacert', garbage, '-w', '%{num_redirects} %{exitcode}', `${plainOrigin}/to-tls`]);
+    expect(hop).toMatchObject({ code: 77, stdout: '1 77' });
+    // An https:// proxy on the way to an http:// URL is verified with --cacert: 77 too.
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({});
+      const proxied = await run(['--cacert', garbage, '-x', proxy.origin, `${plainOrigin}/hop/0`]);
+      expect(proxied.code).toBe(77);
+      expect(proxy.exchanges).toHaveLength(0);
+    } finally {
+      await proxy?.close();
+    }
+    // doctor's TLS check fails on it, naming it.
+    const doctor = await run(['doctor', '--cacert', garbage, `${server.origin}/public/`]);
+    expect(doctor.code).toBe(1);
+    expect(doctor.stdout).toContain(
+      `FAIL  TLS: --cacert ${garbage}: not a PEM file of CA certificates\n      fix: give a PEM file of CA certificates with --cacert\n`,
+    );
     // A good one still works.
     expect((await run(['--cacert', ca, `${server.origin}/public/`])).code).toBe(0);
   });
@@ -563,7 +590,7 @@ describe('multileg command line', () => {
     }
   });
 
-  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; --netrc without ~/.netrc goes on; "-u :" sends no password', async () => {
+  it('password from --password-stdin, from MULTILEG_PASSWORD, from --netrc-file; "-u :" sends no password', async () => {
     const url = `${server.origin}/auth/pw`;
     const stdin = await run(['--password-stdin', '-u', 'EXAMPLE\\alice', '--cacert', ca, url], { input: 'alicepw\n' });
     expect(JSON.parse(stdin.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
@@ -578,11 +605,6 @@ describe('multileg command line', () => {
     writeFileSync(join(dir, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
     const home = await run(['--netrc', '--cacert', ca, url], { env: { HOME: dir } });
     expect(JSON.parse(home.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
-    // As curl: no ~/.netrc, no credentials from it, and the request goes on.
-    const noNetrc = await run(['--netrc', '--cacert', ca, `${server.origin}/public/`], {
-      env: { HOME: mkdtempSync(join(tmpdir(), 'multileg-home-')) },
-    });
-    expect(noNetrc).toMatchObject({ code: 0, stderr: '' });
     const colon = await run(['-u', ':', '--cacert', ca, `${ntlmOnly.origin}/auth/pw`]);
     expect(colon.code).toBe(0);
     expect(colon.stderr).toContain('no credentials');
@@ -592,6 +614,48 @@ describe('multileg command line', () => {
       { machine: undefined, login: 'd', password: 'p' },
       { machine: 'h', login: 'u', password: 'a b' },
     ]);
+  });
+
+  it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {
+    const url = `${server.origin}/auth/netrc`;
+    const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));
+    const missing = await run(['--netrc', '--cacert', ca, url], { env: { HOME: home } });
+    expect(missing).toMatchObject({ code: 26, stdout: '' });
+    expect(missing.stderr).toBe(
+      `multileg: --netrc ${join(home, '.netrc')}: no such file (--netrc-optional goes on without it)\n`,
+    );
+    const optional = await run(['--netrc-optional', '--cacert', ca, `${server.origin}/public/`], {
+      env: { HOME: home },
+    });
+    expect(optional).toMatchObject({ code: 0, stderr: '' });
+    // $NETRC names the file --netrc and --netrc-optional read (curl 8.16+).
+    const named = join(dir, 'named-netrc');
+    writeFileSync(named, 'machine localhost login EXAMPLE\\alice password alicepw\n');
+    for (const flag of ['--netrc', '--netrc-optional']) {
+      const r = await run([flag, '--cacert', ca, url], { env: { HOME: home, NETRC: named } });
+      expect(JSON.parse(r.stdout), flag).toMatchObject({ user: 'EXAMPLE\\alice' });
+    }
+    const noFile = join(dir, 'no-netrc');
+    const notThere = await run(['--netrc-file', noFile, '--cacert', ca, url]);
+    expect(notThere).toMatchObject({ code: 2, stderr: `multileg: --netrc-file ${noFile}: no such file\n` });
+    const directory = await run(['--netrc-file', dir, '--cacert', ca, url]);
+    expect(directory).toMatchObject({ code: 26, stderr: `multileg: --netrc-file ${dir}: is a directory\n` });
+  });
+
+  it("a file -d or -w @file names that cannot be read is curl's 26 (8.3+), one line; -w @file loses its line breaks, as curl reads it", async () => {
+    const missing = join(dir, 'missing.txt');
+    for (const flag of ['-d', '--data-binary']) {
+      const r = await run([flag, `@${missing}`, `${plainOrigin}/hop/0`]);
+      expect(r, flag).toMatchObject({ code: 26, stdout: '', stderr: `multileg: ${flag} ${missing}: no such file\n` });
+    }
+    const noFormat = await run(['-w', `@${missing}`, `${plainOrigin}/hop/0`]);
+    expect(noFormat).toMatchObject({ code: 26, stdout: '', stderr: `multileg: -w ${missing}: no such file\n` });
+    const directory = await run(['-w', `@${dir}`, `${plainOrigin}/hop/0`]);
+    expect(directory).toMatchObject({ code: 26, stderr: `multileg: -w ${dir}: is a directory\n` });
+    const format = join(dir, 'lines.txt');
+    writeFileSync(format, '[%{http_code}]\r\n[%{num_redirects}]\\n\n');
+    const lines = await run(['-o', join(dir, 'lines.out'), '-w', `@${format}`, `${plainOrigin}/hop/0`]);
+    expect(lines).toMatchObject({ code: 0, stdout: '[200][0]\n' });
   });
 
   it('asks for the password on a terminal, without echo', async () => {
@@ -649,12 +713,51 @@ describe('multileg command line', () => {
     expect(tlsToPlain.stderr).toBe(
       `multileg: ${new URL(plainOrigin).host} did not speak TLS: is it an http:// port? (ERR_SSL_WRONG_VERSION_NUMBER)\n`,
     );
-    // Plain HTTP to the TLS port: the server closes the connection.
+    // Plain HTTP to the TLS port: the server closes the connection without a byte (curl's 52).
     const plainToTls = await run([`http://localhost:${server.port}/public/`]);
-    expect(plainToTls.code).toBe(56);
+    expect(plainToTls.code).toBe(52);
     expect(plainToTls.stderr).toBe(
-      `multileg: localhost:${server.port} closed the connection (UND_ERR_SOCKET); is it an https:// port?\n`,
+      `multileg: empty reply from localhost:${server.port}: it closed the connection without answering (UND_ERR_SOCKET); is it an https:// port?\n`,
     );
+  });
+
+  it("a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded, 56 for a CONNECT the proxy closes", async () => {
+    const peers: Socket[] = [];
+    // Reads the request, then closes (or resets) without a byte.
+    const closing = createTcpServer((s) => {
+      peers.push(s);
+      s.on('error', () => {});
+      s.once('data', () => s.end());
+    });
+    const resetting = createTcpServer((s) => {
+      peers.push(s);
+      s.on('error', () => {});
+      s.once('data', () => s.resetAndDestroy());
+    });
+    try {
+      const closed = `127.0.0.1:${await listen(closing)}`;
+      const reset = `127.0.0.1:${await listen(resetting)}`;
+      const empty = await run(['-w', '%{http_code} %{exitcode}', `http://${closed}/x`]);
+      expect(empty).toMatchObject({
+        code: 52,
+        stdout: '000 52',
+        stderr: `multileg: empty reply from ${closed}: it closed the connection without answering (UND_ERR_SOCKET); is it an https:// port?\n`,
+      });
+      const byReset = await run([`http://${reset}/x`]);
+      expect(byReset).toMatchObject({ code: 56, stderr: `multileg: ${reset} reset the connection (ECONNRESET)\n` });
+      // A forwarding proxy that closes is the server that gave nothing; a CONNECT cut off is curl's 56.
+      const forwarded = await run(['-x', `http://${closed}`, `${plainOrigin}/hop/0`]);
+      expect(forwarded.code).toBe(52);
+      const tunnel = await run(['-x', `http://${closed}`, `${server.origin}/public/`]);
+      expect(tunnel.code).toBe(56);
+      expect(tunnel.stderr).toMatch(
+        /^multileg: proxy http:\/\/127\.0\.0\.1:\d+: the proxy closed the connection; .*\(MULTILEG_PROXY_PROTOCOL\)\n$/,
+      );
+    } finally {
+      for (const p of peers) p.destroy();
+      closing.close();
+      resetting.close();
+    }
   });
 
   it("a body cut short (the server closes mid-body) is curl's 18, in one line, with no https hint; to -o too", async () => {
@@ -671,6 +774,16 @@ describe('multileg command line', () => {
     expect(toFile.code).toBe(18);
     expect(toFile.stderr).toBe(shown.stderr);
     expect(readFileSync(file, 'utf8')).toBe('0123456789');
+  });
+
+  it('--fail-with-body: on HTTP >= 400 exit 22 with the head (-i) and body still shown; it wins over -f (curl 8)', async () => {
+    for (const args of [['--fail-with-body'], ['-f', '--fail-with-body']]) {
+      const r = await run([...args, '-i', `${plainOrigin}/bearer`]);
+      expect(r.code, args.join(' ')).toBe(22);
+      expect(r.stdout).toMatch(/^HTTP\/1\.1 401 Unauthorized\r\n[\s\S]*\r\n\r\nno$/);
+      expect(r.stderr).toContain('multileg: (22) HTTP 401\n');
+    }
+    expect(await run(['--fail-with-body', `${plainOrigin}/hop/0`])).toMatchObject({ code: 0, stdout: 'GET ' });
   });
 
   it('-s hides error messages, -S shows them again', async () => {
@@ -715,9 +828,6 @@ describe('multileg command line', () => {
     const stopped = await run(['-L', '--max-redirs', '2', '-w', '%{num_redirects} [%{errormsg}] %{exitcode}', hops]);
     expect(stopped.code).toBe(47);
     expect(stopped.stdout).toBe('2 [maximum (2) redirects followed (--max-redirs)] 47');
-    const missing = await run(['-w', `@${join(dir, 'no-format.txt')}`, hops]);
-    expect(missing.code).toBe(2);
-    expect(missing.stderr).toMatch(/^multileg: -w .*no-format\.txt: no such file\n$/);
   });
 
   it('methods as curl: -X patch goes as given; -L keeps -X POST on a 302 (without the body); -I with -d is refused', async () => {
@@ -887,6 +997,42 @@ describe('multileg command line', () => {
     }
   });
 
+  it("H5: a forwarding proxy's final 407 to an http:// URL is shown as curl shows it (exit 0, 22 with -f), with why it stood; -U is --proxy-user", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      // (The reference proxy forwards an http:// URL for localhost to the reference server there.)
+      const url = `http://localhost:${server.port}/public/407`;
+      const base = ['--cacert', ca, '-x', proxy.origin];
+      const why = `multileg: proxy ${proxy.origin} answered 407 and offered Basic`;
+      const shown = await run([...base, '-i', url]);
+      expect(shown.code).toBe(0);
+      expect(shown.stdout).toMatch(/^HTTP\/(2 407|1\.1 407 Proxy Authentication Required)\r\n/);
+      expect(shown.stdout).toContain('proxy-authenticate: Basic realm="reference-proxy"\r\n');
+      expect(shown.stderr).toBe(`${why}: give --proxy-user user:password (or a Kerberos ticket for the proxy)\n`);
+      const failed = await run([...base, '-f', url]);
+      expect(failed).toMatchObject({ code: 22, stdout: '' });
+      expect(failed.stderr).toContain('multileg: (22) HTTP 407\n');
+      const refused = await run([...base, '-U', 'proxyuser:wrongpw', url]);
+      expect(refused).toMatchObject({ code: 0, stdout: '' });
+      expect(refused.stderr).toBe(`${why}: it refused the credentials; check --proxy-user (DOMAIN\\user:password)\n`);
+      const ok = await run([...base, '-U', 'proxyuser:proxypw', url]);
+      expect(ok).toMatchObject({ code: 0, stderr: '' });
+      expect(JSON.parse(ok.stdout)).toMatchObject({ path: '/public/407' });
+      expect(proxy.exchanges.map((e) => [e.status, e.proxyAuthorization])).toEqual([
+        [407, false],
+        [407, false],
+        [407, false],
+        [407, true],
+        [407, false],
+        [200, true],
+      ]);
+      expect(shownArgv(['-U', 'proxyuser:wrongpw', url])).toEqual(['-U', 'proxyuser:***', url]);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it('H5: a proxy from HTTPS_PROXY is verified with --cacert, or not at all with -k, as one named by -x is', async () => {
     let proxy: ReferenceProxy | undefined;
     try {
@@ -1000,7 +1146,7 @@ describe('multileg command line', () => {
     const both = parseCli(['-x', 'http://p:3128', '--proxy-user', 'u:pw', '--proxy-ntlm', '--proxy-basic', 'h/']);
     expect(both.agent.proxy).toMatchObject({ uri: 'http://p:3128', schemes: ['NTLM', 'Basic'] });
     // Towards a proxy from HTTPS_PROXY too.
-    expect(parseCli(['--proxy-negotiate', 'h/']).agent.proxy).toEqual({ schemes: ['Negotiate'] });
+    expect(parseCli(['--proxy-negotiate', 'h/']).agent.proxy).toEqual({ schemes: ['Negotiate'], deliver407: true });
     const any = parseCli(['--anyauth', '--proxy-anyauth', '-x', 'http://p:3128', 'h/']);
     expect(any.agent.schemes).toBeUndefined();
     expect((any.agent.proxy as { schemes?: unknown }).schemes).toBeUndefined();

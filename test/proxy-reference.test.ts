@@ -229,6 +229,77 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     expect(own.statusCode).toBe(200);
   });
 
+  it("H5: with proxy.deliver407 a forwarded request's final 407 is the caller's response (no credentials, wrong ones), as curl shows it; a CONNECT's stays the error", async () => {
+    const { base, proxy: p, server: s } = await setup({ basicUsers: { proxyuser: 'proxypw' } });
+    await agent!.destroy();
+    const make = (credentials?: { username: string; password: string }) =>
+      new MultilegAgent({
+        credentials: ALICE,
+        negotiate: false,
+        schemes: ['NTLM'],
+        trustedOrigins: [base, s.origin],
+        proxy: { uri: p.origin, connect: { ca: p.ca }, deliver407: true, ...(credentials ? { credentials } : {}) },
+      });
+    agent = make();
+    const none = await request(`${base}/auth/none`, { dispatcher: agent });
+    await none.body.dump();
+    expect(none.statusCode).toBe(407);
+    expect(none.headers['proxy-authenticate']).toBe('Basic realm="reference-proxy"');
+    await agent.destroy();
+    agent = make({ username: 'proxyuser', password: 'wrong' });
+    const wrong = await request(`${base}/auth/wrong`, { dispatcher: agent });
+    await wrong.body.dump();
+    expect(wrong.statusCode).toBe(407);
+    // One answer with the credentials, then the refusal is shown: no loop, no error. The refusal
+    // ended that handshake: the next request starts anew, as after a ProxyAuthenticationError.
+    const again = await request(`${base}/auth/again`, { dispatcher: agent });
+    await again.body.dump();
+    expect(again.statusCode).toBe(407);
+    expect(p.exchanges.slice(-4).map((e) => [e.status, e.proxyAuthorization])).toEqual([
+      [407, false],
+      [407, true],
+      [407, false],
+      [407, true],
+    ]);
+    // A CONNECT's 407 opened no tunnel: there is no response to show.
+    await expect(request(`${s.origin}/auth/tunnel`, { dispatcher: agent })).rejects.toBeInstanceOf(
+      ProxyAuthenticationError,
+    );
+  });
+
+  it("H5/C4: a forwarding proxy's 407 delivered in the middle of the origin's NTLM handshake proves nothing: the handshake failed, the next request authenticates anew", async () => {
+    const { base, proxy: p, server: s } = await setup({ proxySupport: true });
+    await agent!.destroy();
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      schemes: ['NTLM'],
+      trustedOrigins: [base, s.origin],
+      proxy: {
+        uri: p.origin,
+        connect: { ca: p.ca },
+        deliver407: true,
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    // The proxy takes proxyuser's password for the bare request and the origin's 401, then not:
+    // the first NTLM leg meets the proxy's 407 (answered once, refused again, delivered).
+    Object.defineProperty(p.options, 'basicUsers', {
+      configurable: true,
+      get: () => ({ proxyuser: p.exchanges.length >= 2 ? 'changed' : 'proxypw' }),
+    });
+    const refused = await request(`${base}/auth/one`, { dispatcher: agent });
+    await refused.body.dump();
+    expect(refused.statusCode).toBe(407);
+    expect(p.exchanges.map((e) => e.status)).toEqual([407, 401, 407, 407]);
+    expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed']);
+    // The proxy takes the password again: the session was not taken as authenticated by the 407.
+    Object.defineProperty(p.options, 'basicUsers', { configurable: true, value: { proxyuser: 'proxypw' } });
+    const ok = await request(`${base}/auth/two`, { dispatcher: agent });
+    expect(((await ok.body.json()) as { user: string | null }).user).toBe('EXAMPLE\\alice');
+    expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+  });
+
   it('H5: a wrong proxy password is a ProxyAuthenticationError that names the proxy and no secret', async () => {
     const { base } = await setup({ basicUsers: { proxyuser: 'other' } });
     const err = (await fetch(`${base}/auth/x`, { dispatcher: agent! }).catch(

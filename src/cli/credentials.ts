@@ -8,13 +8,14 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ConfigError } from '../errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
-import type { CliRequest, UserArg } from './options.ts';
+import { EXIT } from './explain.ts';
+import { type CliRequest, UsageError, type UserArg, unreadable } from './options.ts';
 
 export interface CredentialSources {
   readonly user: UserArg | undefined;
   readonly passwordStdin: boolean;
-  /** '' = ~/.netrc; a path; undefined = no netrc. */
-  readonly netrc: string | undefined;
+  /** The netrc file (undefined: $NETRC, else ~/.netrc) and whether a missing one is fine; undefined: no netrc. */
+  readonly netrc: CliRequest['netrc'];
   readonly host: string;
   readonly env: NodeJS.ProcessEnv;
   readonly stdin: NodeJS.ReadStream;
@@ -57,14 +58,23 @@ export function parseNetrc(text: string): NetrcEntry[] {
   return entries;
 }
 
-/** `optional`: --netrc's default file, which curl goes on without when there is none. */
-function fromNetrc(path: string, host: string, optional: boolean): { login?: string; password?: string } | undefined {
+/**
+ * The entry for `host`. A file that cannot be read is curl's 26 (curl 8.12.1 and later: --netrc
+ * without a ~/.netrc included), unless `optional` (--netrc-optional) and it is not there.
+ */
+function fromNetrc(
+  path: string,
+  flag: string,
+  host: string,
+  optional: boolean,
+): { login?: string; password?: string } | undefined {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new ConfigError(`${optional ? '--netrc' : '--netrc-file'} ${path}: cannot read it`);
+    const fix = flag === '--netrc-file' ? '' : ' (--netrc-optional goes on without it)';
+    throw new UsageError(`${flag} ${path}: ${unreadable(err)}${fix}`, EXIT.read);
   }
   const entries = parseNetrc(text);
   return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
@@ -105,7 +115,13 @@ async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS
 export async function resolveCredentials(s: CredentialSources): Promise<Credentials | undefined> {
   let user = s.user;
   if (!user && s.netrc !== undefined) {
-    const entry = fromNetrc(s.netrc || join(s.env.HOME ?? homedir(), '.netrc'), s.host, s.netrc === '');
+    const { file, optional } = s.netrc;
+    const entry = fromNetrc(
+      file ?? (s.env.NETRC || join(s.env.HOME ?? homedir(), '.netrc')),
+      file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc',
+      s.host,
+      optional,
+    );
     if (!entry?.login) return undefined;
     user = { username: entry.login, password: entry.password };
   }

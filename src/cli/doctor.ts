@@ -145,6 +145,13 @@ function tlsTrust(req: CliRequest): Promise<Check> {
         detail: 'not verified (-k)',
         fix: 'drop -k; give the CA with --cacert or --ca-native',
       };
+    if (req.unusableCa !== undefined)
+      return {
+        name: 'TLS',
+        verdict: 'FAIL',
+        detail: req.unusableCa,
+        fix: 'give a PEM file of CA certificates with --cacert',
+      };
     const r = await probe(connect.ca as readonly string[] | undefined);
     const about = `issuer ${r.issuer ?? '?'}, valid to ${r.validTo ?? '?'}`;
     if (r.authorized) return { name: 'TLS', verdict: 'ok', detail: `certificate chain trusted (${about})` };

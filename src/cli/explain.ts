@@ -10,6 +10,7 @@ import {
   ProxyCertificateError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
+  ProxyProtocolError,
   ProxyUnreachableError,
 } from '../proxy/errors.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
@@ -26,12 +27,18 @@ export const EXIT = {
   partial: 18,
   httpError: 22,
   write: 23,
+  /** curl's CURLE_READ_ERROR: a file a flag names (-w @file, -d @file, the netrc file) cannot be read. */
+  read: 26,
   timeout: 28,
   redirects: 47,
+  /** curl's CURLE_GOT_NOTHING: the server closed the connection without a byte of a response. */
+  emptyReply: 52,
   receive: 56,
   /** curl's CURLE_SSL_CERTPROBLEM: the local client certificate cannot be used. */
   clientCertificate: 58,
   certificate: 60,
+  /** curl's CURLE_SSL_CACERT_BADFILE: the --cacert file is there but holds no usable CA certificate. */
+  caFile: 77,
   /** curl's CURLE_SSL_CONNECT_ERROR: the TLS handshake failed (a plain-HTTP port, for one). */
   tls: 35,
 } as const;
@@ -143,9 +150,12 @@ export function describeFailure(
           ? EXIT.certificate
           : e instanceof ProxyConnectTimeoutError
             ? EXIT.timeout
-            : // curl's 56 for a CONNECT that did not open the tunnel (a final 407 included); a
-              // plain http:// URL goes through a forwarding proxy, no CONNECT.
-              e instanceof ProxyConnectError || (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
+            : // curl's 56 for a CONNECT that did not open the tunnel (a final 407 included, or a
+              // proxy that closed the connection: "Proxy CONNECT aborted"); a plain http:// URL
+              // goes through a forwarding proxy, no CONNECT.
+              e instanceof ProxyConnectError ||
+                e instanceof ProxyProtocolError ||
+                (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
               ? EXIT.receive
               : EXIT.failure;
     return { exit, message: `${forCli(e.message)} (${e.code})` };
@@ -188,8 +198,18 @@ export function describeFailure(
   if (code === 'UND_ERR_SOCKET') {
     // What a TLS port does with a plain-HTTP request, among others: say so.
     const hint = ctx.url.protocol === 'http:' ? '; is it an https:// port?' : '';
+    // Not a byte of a response came back (undici's socket counts what it read, after TLS): curl's
+    // 52, "Empty reply from server". A response cut short in its head stays 56.
+    if ((e as { socket?: { bytesRead?: number } }).socket?.bytesRead === 0)
+      return {
+        exit: EXIT.emptyReply,
+        message: `empty reply from ${host}: it closed the connection without answering (${code})${hint}`,
+      };
     return { exit: EXIT.receive, message: `${host} closed the connection (${code})${hint}` };
   }
+  if (code === 'ECONNRESET')
+    // curl's 56 too ("Recv failure: Connection reset by peer"); mid-body it is 18, above.
+    return { exit: EXIT.receive, message: `${host} reset the connection (${code})` };
   if (e.name === 'TimeoutError' || (e.name === 'AbortError' && ctx.maxTime !== undefined))
     return { exit: EXIT.timeout, message: `operation timed out after ${ctx.maxTime} ms (--max-time)` };
   return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };

@@ -2,7 +2,8 @@
  * `multileg`: a curl-like client for intranet services that want NTLM, Negotiate/Kerberos, Digest,
  * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
  * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 18, 22 (-f), 23
- * (-o cannot be written), 28, 35, 47, 56, 60, 77. Started through bin.ts, which checks the Node.js version first.
+ * (-o cannot be written), 26 (a file a flag names cannot be read), 28, 35, 47, 52 (empty reply), 56, 58,
+ * 60, 77. Started through bin.ts, which checks the Node.js version first.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createWriteStream, writeFileSync } from 'node:fs';
@@ -13,7 +14,7 @@ import { ConfigError, type MultilegError } from '../errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './explain.ts';
-import { parseCliOrExit, shownArgv } from './options.ts';
+import { type CliRequest, parseCliOrExit, shownArgv, UsageError } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
 
@@ -57,6 +58,21 @@ function writeProblem(err: NodeJS.ErrnoException): string {
     : `cannot write it (${err.message})`;
 }
 
+/**
+ * The proxy a request to `url` goes through, by the agent's own rules (-x, HTTPS_PROXY / HTTP_PROXY,
+ * NO_PROXY), as its origin; loaded only on the rare paths that ask.
+ */
+async function proxyFor(req: CliRequest, url: URL): Promise<string | undefined> {
+  const { ProxyResolver } = await import('../proxy/options.ts');
+  return new ProxyResolver(req.agent.proxy, process.env, req.agent.negotiate).route(url.origin)?.proxy.origin;
+}
+
+/** Whether a request to `url` verifies a certificate with --cacert: https, or an https:// proxy on the way (not with -k). */
+async function usesCa(req: CliRequest, url: URL): Promise<boolean> {
+  if (req.agent.connect?.rejectUnauthorized === false) return false;
+  return url.protocol === 'https:' || (await proxyFor(req, url))?.startsWith('https:') === true;
+}
+
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
 
 async function main(argv: string[]): Promise<number> {
@@ -79,7 +95,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     say(err.message);
-    return EXIT.usage;
+    return err instanceof UsageError ? err.exit : EXIT.usage;
   }
   // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
   const trusted = new CliTrust(req.url.origin, req.trust);
@@ -152,6 +168,11 @@ async function main(argv: string[]): Promise<number> {
   });
   try {
     for (;;) {
+      // curl's 77 for a --cacert file it cannot use, once a TLS connection would use it (this hop).
+      if (req.unusableCa !== undefined && (await usesCa(req, url))) {
+        fail(EXIT.caFile, req.unusableCa);
+        break;
+      }
       let res: Awaited<ReturnType<MultilegAgent['request']>>;
       try {
         res = await agent.request({
@@ -282,7 +303,16 @@ async function main(argv: string[]): Promise<number> {
             handshakes: trace.handshakes,
           }),
         );
-      if (req.fail && status >= 400) {
+      else if (status === 407) {
+        // A forwarding proxy's 407, shown as curl shows it (proxy.deliver407): why it stood.
+        const proxy = await proxyFor(req, url);
+        const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
+        if (proxy)
+          say(
+            `proxy ${proxy} answered 407 and offered ${challengeSchemes(res.headers, status).join(', ') || 'no scheme'}: ${sent ? 'it refused the credentials; check --proxy-user (DOMAIN\\user:password)' : 'give --proxy-user user:password (or a Kerberos ticket for the proxy)'}`,
+          );
+      }
+      if ((req.fail || req.failWithBody) && status >= 400) {
         fail(EXIT.httpError, `(22) HTTP ${status}`);
       }
       break;

@@ -10,6 +10,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ConfigError, redactUserinfo } from '../errors.ts';
 import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
+import { EXIT } from './explain.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
@@ -38,7 +39,10 @@ export interface CliRequest {
   /** -s: no error messages (unless -S). */
   readonly silent: boolean;
   readonly showError: boolean;
+  /** -f: on HTTP >= 400 no head (-i) nor body, exit 22. */
   readonly fail: boolean;
+  /** --fail-with-body: on HTTP >= 400 exit 22, head and body shown (curl 8: it wins over -f). */
+  readonly failWithBody: boolean;
   readonly output: string | undefined;
   readonly writeOut: string | undefined;
   readonly json: boolean;
@@ -52,8 +56,16 @@ export interface CliRequest {
   readonly maxTime: number | undefined;
   readonly user: UserArg | undefined;
   readonly passwordStdin: boolean;
-  /** --netrc (the default file) or --netrc-file FILE. */
-  readonly netrc: string | undefined;
+  /**
+   * --netrc, --netrc-file FILE, --netrc-optional: the file (undefined: $NETRC, else ~/.netrc), and
+   * whether a missing one is fine (--netrc-optional). undefined: no netrc.
+   */
+  readonly netrc: { readonly file: string | undefined; readonly optional: boolean } | undefined;
+  /**
+   * Why the --cacert file, which is there, cannot be used: curl's 77 once a TLS connection needs it
+   * (an https:// URL or redirect, an https:// proxy), nothing for plain http:// (curl ignores it there).
+   */
+  readonly unusableCa: string | undefined;
   /** The agent's options, without credentials and trustedOrigins (main adds those). */
   readonly agent: MultilegAgentOptions;
 }
@@ -101,8 +113,9 @@ export function program(): Command {
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
       )
       .option('--password-stdin', 'read the password of -u from the first line of stdin')
-      .option('-n, --netrc', 'take credentials for the host from ~/.netrc')
+      .option('-n, --netrc', 'take credentials for the host from ~/.netrc (or the file $NETRC names)')
       .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
+      .option('--netrc-optional', 'as --netrc, but a missing netrc file is no error')
       .option('--schemes <list>', `schemes to use, strongest first (of ${SCHEME_NAMES.join(', ')})`)
       .option('--negotiate', 'use Negotiate (Kerberos/SPNEGO) only')
       .option('--ntlm', 'use NTLM only')
@@ -132,7 +145,7 @@ export function program(): Command {
       .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
-      .option('--proxy-user <user:password>', 'credentials for the proxy only')
+      .option('-U, --proxy-user <user:password>', 'credentials for the proxy only')
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
       .option('--proxy-ntlm', 'use NTLM only towards the proxy')
       .option('--proxy-digest', 'use Digest only towards the proxy')
@@ -157,6 +170,7 @@ export function program(): Command {
       .option('-s, --silent', 'no error messages')
       .option('-S, --show-error', 'with -s, still show error messages')
       .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
+      .option('--fail-with-body', 'on HTTP >= 400: exit 22, the body still shown (wins over -f)')
       .option('-o, --output <file>', 'write the body to a file')
       .option(
         '-w, --write-out <format>',
@@ -240,14 +254,28 @@ export function parseUser(user: string): UserArg {
   return { username: user, password: undefined };
 }
 
-/** Reads a file a flag names: one line naming the flag when it is missing. */
-export function readFlagFile(flag: string, path: string): Buffer {
+/** Why a file cannot be read, in words (the system code otherwise). */
+export function unreadable(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT'
+    ? 'no such file'
+    : code === 'EACCES'
+      ? 'permission denied'
+      : code === 'EISDIR'
+        ? 'is a directory'
+        : (code ?? 'unreadable');
+}
+
+/**
+ * Reads a file a flag names: one line naming the flag when it cannot be read, exit 2 or, given
+ * `exit`, that (curl's 26 for -d @file and -w @file).
+ */
+export function readFlagFile(flag: string, path: string, exit?: number): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? 'unreadable');
-    throw new ConfigError(`${flag} ${path}: ${why}`);
+    const message = `${flag} ${path}: ${unreadable(err)}`;
+    throw exit === undefined ? new ConfigError(message) : new UsageError(message, exit);
   }
 }
 
@@ -260,28 +288,30 @@ export class UsageError extends ConfigError {
   }
 }
 
-/** curl's CURLE_SSL_CACERT_BADFILE. */
-const CACERT_BADFILE = 77;
-
-/** `--cacert FILE`: PEM certificates, each of which must parse (curl's 77 when the file is no use). */
-function caFile(path: string): string {
+/**
+ * `--cacert FILE`: PEM certificates, each of which must parse. A file that is not there is bad
+ * usage (exit 2, before anything is sent: curl 8.18 and later); one that cannot be read or holds no
+ * usable certificate is `problem`, curl's 77 only once a TLS connection would use it.
+ */
+function caFile(path: string): { text: string } | { problem: string } {
   let text: string;
   try {
-    text = readFlagFile('--cacert', path).toString('latin1');
+    text = readFileSync(path).toString('latin1');
   } catch (err) {
-    throw new UsageError((err as Error).message, CACERT_BADFILE);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ConfigError(`--cacert ${path}: no such file`);
+    return { problem: `--cacert ${path}: ${unreadable(err)}` };
   }
   const blocks = text.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? [];
-  const bad = () => new UsageError(`--cacert ${path}: not a PEM file of CA certificates`, CACERT_BADFILE);
-  if (blocks.length === 0) throw bad();
+  const bad = { problem: `--cacert ${path}: not a PEM file of CA certificates` };
+  if (blocks.length === 0) return bad;
   for (const block of blocks) {
     try {
       new X509Certificate(block);
     } catch {
-      throw bad();
+      return bad;
     }
   }
-  return text;
+  return { text };
 }
 
 /**
@@ -411,11 +441,16 @@ export function shownArgv(argv: readonly string[]): string[] | undefined {
   return out.some((a, i) => a !== argv[i]) ? out : undefined;
 }
 
-/** `-w FORMAT`, or curl's `-w @file` (`@-`: stdin) that holds it. */
+/**
+ * `-w FORMAT`, or curl's `-w @file` (`@-`: stdin) that holds it, without its line breaks (curl's
+ * way: `\n` in the file writes one). A file that cannot be read is curl's 26.
+ */
 function writeOutFormat(value: string | undefined): string | undefined {
   if (value === undefined || !value.startsWith('@')) return value;
   const path = value.slice(1);
-  return (path === '-' ? readFlagFile('-w', '/dev/stdin') : readFlagFile('-w', path)).toString('utf8');
+  return readFlagFile('-w', path === '-' ? '/dev/stdin' : path, EXIT.read)
+    .toString('utf8')
+    .replace(/[\r\n]/g, '');
 }
 
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
@@ -452,7 +487,8 @@ export function parseCli(argv: readonly string[]): CliRequest {
   }
   const pieces = data.map(([flag, d]) => {
     if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
-    const file = readFlagFile(flag, d.slice(1));
+    // A file that cannot be read is curl's 26 (curl 8.3 and later; older ones sent an empty body).
+    const file = readFlagFile(flag, d.slice(1), EXIT.read);
     // -d @file: without its line breaks, as curl reads it; --data-binary @file: as it is.
     return flag === '-d' ? Buffer.from(file.toString('latin1').replace(/[\r\n]/g, ''), 'latin1') : file;
   });
@@ -461,6 +497,9 @@ export function parseCli(argv: readonly string[]): CliRequest {
   // As curl: a body from -d is a form unless a Content-Type says otherwise (or -H 'Content-Type:' drops it).
   const formType = body !== undefined && !('content-type' in headers) && !removed.has('content-type');
   if (formType) headers['content-type'] = 'application/x-www-form-urlencoded';
+  // curl 8.18 and later: a netrc file named that is not there is bad usage, before anything is sent.
+  if (o.netrcFile !== undefined && !existsSync(o.netrcFile as string))
+    throw new ConfigError(`--netrc-file ${o.netrcFile}: no such file`);
   if (o.key !== undefined && o.cert === undefined) throw new ConfigError('--key goes with --cert');
   if (o.pass !== undefined && o.cert === undefined)
     throw new ConfigError('--pass is the passphrase of the --cert / --key key: give --cert');
@@ -472,8 +511,9 @@ export function parseCli(argv: readonly string[]): CliRequest {
     : only.length > 0
       ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
       : undefined;
+  const cacert = o.cacert ? caFile(o.cacert as string) : undefined;
   const ca = [
-    ...(o.cacert ? [caFile(o.cacert as string)] : []),
+    ...(cacert && 'text' in cacert ? [cacert.text] : []),
     // The system store replaces Node's bundled roots in `ca`, so keep those too.
     ...(o.caNative ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
   ];
@@ -523,7 +563,8 @@ export function parseCli(argv: readonly string[]): CliRequest {
     verbose: Boolean(o.verbose),
     silent: Boolean(o.silent),
     showError: Boolean(o.showError),
-    fail: Boolean(o.fail),
+    fail: Boolean(o.fail) && !o.failWithBody,
+    failWithBody: Boolean(o.failWithBody),
     // curl's `-o -`: stdout.
     output: o.output === '-' ? undefined : (o.output as string | undefined),
     writeOut: writeOutFormat(o.writeOut as string | undefined),
@@ -536,13 +577,17 @@ export function parseCli(argv: readonly string[]): CliRequest {
     maxTime: o.maxTime as number | undefined,
     user,
     passwordStdin: Boolean(o.passwordStdin),
-    netrc: o.netrcFile ? (o.netrcFile as string) : o.netrc ? '' : undefined,
+    netrc:
+      o.netrcFile !== undefined || o.netrc || o.netrcOptional
+        ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) }
+        : undefined,
+    unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
     agent,
   };
 }
 
 /**
- * -x, --proxy-user, --noproxy; an https:// proxy is verified with the same CAs (or -k) as the origin,
+ * -x, --proxy-user, --noproxy (the environment's proxies when none is given); an https:// proxy is verified with the same CAs (or -k) as the origin,
  * and --connect-timeout bounds connecting to it — whether -x names it or HTTPS_PROXY / HTTP_PROXY do.
  */
 function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
@@ -554,14 +599,15 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
   const common = {
     ...(connect ? { connect } : {}),
     ...(o.connectTimeout ? { connectTimeout: o.connectTimeout as number } : {}),
+    // curl shows a forwarding proxy's final 407 (exit 0, -f 22), as it shows a 401.
+    deliver407: true,
   };
   // curl's --proxy-<scheme> flags: only those schemes towards the proxy (several may be given).
   const only = (['Negotiate', 'NTLM', 'Digest', 'Basic'] as const).filter(
     (k) => o[`proxy${k[0]}${k.slice(1).toLowerCase()}`],
   );
   const schemes = only.length > 0 ? { schemes: only } : {};
-  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined)
-    return Object.keys(common).length > 0 || only.length > 0 ? { ...common, ...schemes } : undefined;
+  if (o.proxy === undefined && o.proxyUser === undefined && o.noproxy === undefined) return { ...common, ...schemes };
   let uri: string | undefined;
   if (o.proxy !== undefined) {
     const text = o.proxy as string;

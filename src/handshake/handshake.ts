@@ -242,6 +242,9 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           }
           return 'deliver';
         }
+        // A forwarding proxy's 407 (proxy.deliver407, or to the caller's own Proxy-Authorization):
+        // the origin never saw this leg, so it says nothing of the handshake.
+        if (status === 407) return 'deliver';
         persistent = readPersistentAuth(headers);
         const final = challengeFor(headers, mechanism.scheme);
         if (
@@ -311,9 +314,11 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
           if (unanswered) return { kind: 'unanswered', done: result.done };
           if (result.status === 401)
             return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, refused: true };
-          // The caller has its answer, but a server error says nothing of the credentials (a 403 or
-          // 404 that ends a handshake is the authenticated request's answer: the server took them).
-          if (result.status >= 500) return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
+          // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
+          // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
+          // the server took them).
+          if (result.status >= 500 || result.status === 407)
+            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
           const sessionAuthenticated = persistent || mechanism.level === 'connection';
           return {
             kind: 'success',

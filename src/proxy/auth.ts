@@ -64,6 +64,25 @@ export class ProxyAuth {
     }
   }
 
+  /**
+   * Whether {@link answer} would answer this 407 rather than throw, as far as can be told before a
+   * mechanism runs (one that turns out unusable when tried is not seen): the running handshake's
+   * next token, or a configured mechanism for an offered scheme.
+   */
+  canAnswer(headers: Headers): boolean {
+    const offered = readChallenges(headers, true);
+    if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
+      const key = this.#mechanism.scheme.toLowerCase();
+      return offered.find((c) => c.schemeKey === key)?.token68 !== undefined && !this.#context.complete;
+    }
+    return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
+  }
+
+  /** A 407 that goes to the caller unanswered ends the running handshake: the next request starts anew. */
+  giveUp(): void {
+    this.#state = 'idle';
+  }
+
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
   async answer(headers: Headers, leg: LegInfo): Promise<void> {
     const offered = readChallenges(headers, true);

@@ -131,9 +131,15 @@ export class ForwardProxy {
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
-                challenged = headers;
-                clock().start();
-                return 'swallow';
+                if (!this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
+                  challenged = headers;
+                  clock().start();
+                  return 'swallow';
+                }
+                // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
+                this.#auth.giveUp();
+                deadline?.stop();
+                return classify(status, headers);
               }
               // The proxy let the request through (or its last 407 goes to the caller): the
               // exchange with the proxy is over, but for its final token; the origin's answer is

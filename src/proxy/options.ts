@@ -55,6 +55,15 @@ export interface ProxyOptions {
    */
   readonly http?: 'forward' | 'tunnel';
   /**
+   * A forwarded (plain-http) request's final 407 — one the proxy's mechanisms cannot answer (no
+   * `credentials` for the scheme it offers), or the proxy's refusal of the credentials — is the
+   * caller's response, as curl shows it, instead of {@link ProxyAuthenticationError}. Default
+   * `false`: `fetch` turns a 407 into a bare network error, where the typed error names the fix.
+   * A scheme that fails only once tried (Negotiate without a Kerberos ticket, when nothing else is
+   * offered) still ends in the error, and a CONNECT's 407 always does (no tunnel, no response).
+   */
+  readonly deliver407?: boolean;
+  /**
    * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
    * TLS) connection to the proxy, and the TLS handshake with the origin inside a CONNECT tunnel. The
    * CONNECT exchange itself, and a forwarded request's 407 exchange, are bounded by
@@ -74,6 +83,8 @@ export interface ResolvedProxy {
   readonly connect: ConnectionOptions;
   readonly mechanisms: MechanismSet;
   readonly http: 'forward' | 'tunnel';
+  /** See {@link ProxyOptions.deliver407}. */
+  readonly deliver407: boolean;
   /** See {@link ProxyOptions.connectTimeout}. */
   readonly connectTimeout: number;
 }
@@ -172,6 +183,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     connect: o.connect ?? {},
     mechanisms: proxyMechanisms(o, credentials, identity),
     http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
+    deliver407: o.deliver407 === true,
     connectTimeout,
   };
 }
