@@ -319,6 +319,11 @@ describe('options given wrong are construction errors, not failures of every req
       { proxy: { uri: 'http://proxy.example:3128', http: 'bogus' as 'forward' } },
       /proxy\.http must be 'forward' or 'tunnel', got "bogus"/,
     ],
+    [
+      'proxy.deliver407',
+      { proxy: { uri: 'http://proxy.example:3128', deliver407: 'yes' as unknown as boolean } },
+      /proxy\.deliver407 must be true or false, got "yes"/,
+    ],
     // A misspelt limit was ignored: the handshake ran with the default bound, not the one meant.
     [
       'a misspelt limit',

@@ -154,6 +154,10 @@ function badHttp(value: unknown): never {
   throw new ConfigError(`proxy.http must be 'forward' or 'tunnel', got ${JSON.stringify(value)}`);
 }
 
+function badFlag(name: string, value: unknown): never {
+  throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(value)}`);
+}
+
 function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity): ResolvedProxy {
   let url: URL;
   try {
@@ -183,7 +187,10 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     connect: o.connect ?? {},
     mechanisms: proxyMechanisms(o, credentials, identity),
     http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
-    deliver407: o.deliver407 === true,
+    deliver407:
+      o.deliver407 === undefined || typeof o.deliver407 === 'boolean'
+        ? o.deliver407 === true
+        : badFlag('proxy.deliver407', o.deliver407),
     connectTimeout,
   };
 }
