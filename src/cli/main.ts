@@ -16,6 +16,7 @@ import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './e
 import { parseCliOrExit, shownArgv } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
+import { keepWasmOnBaseline } from './wasm.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
@@ -150,6 +151,8 @@ async function main(argv: string[]): Promise<number> {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (!isEpipe(err)) stdoutError ??= err;
   });
+  // Now, with everything the request needs loaded: not before (wasm.ts).
+  await keepWasmOnBaseline();
   try {
     for (;;) {
       let res: Awaited<ReturnType<MultilegAgent['request']>>;
