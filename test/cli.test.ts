@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseNetrc } from '../src/cli/credentials.ts';
+import { credentialsFor, parseNetrc } from '../src/cli/credentials.ts';
 import { explain401, forCli } from '../src/cli/explain.ts';
 import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
@@ -592,6 +592,27 @@ describe('multileg command line', () => {
       { machine: undefined, login: 'd', password: 'p' },
       { machine: 'h', login: 'u', password: 'a b' },
     ]);
+  });
+
+  it('leaves stdin alone when the password is on the command line', async () => {
+    // process.stdin's getter opens a stream on fd 0 (a pipe there becomes non-blocking for every
+    // process sharing it): a password given with -u needs no stdin.
+    const real = Object.getOwnPropertyDescriptor(process, 'stdin')!;
+    let opened = false;
+    Object.defineProperty(process, 'stdin', {
+      configurable: true,
+      get() {
+        opened = true;
+        return real.get!.call(process);
+      },
+    });
+    try {
+      const credentials = await credentialsFor(parseCli(['-u', 'EXAMPLE\\alice:alicepw', 'https://h.example/']));
+      expect(credentials).toEqual({ username: 'EXAMPLE\\alice', password: 'alicepw' });
+    } finally {
+      Object.defineProperty(process, 'stdin', real);
+    }
+    expect(opened).toBe(false);
   });
 
   it('asks for the password on a terminal, without echo', async () => {
