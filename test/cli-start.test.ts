@@ -1,8 +1,8 @@
 /**
  * What the command's start depends on (issue 10 item 5, docs/PERFORMANCE.md "CLI start"): Node's
- * own modules load from their built-in code cache (that undici's HTTP/1.1 parser stays on V8's
- * baseline compiler is checked on the packed command, package.test.ts). How fast it starts is
- * measured in bench/cli-start.ts, never asserted.
+ * own modules load from their built-in code cache, and a request loads no mechanism code it does
+ * not run (that undici's HTTP/1.1 parser stays on V8's baseline compiler is checked on the packed
+ * command, package.test.ts). How fast it starts is measured in bench/cli-start.ts, never asserted.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,4 +41,16 @@ describe('the command’s start', () => {
       expect(r.stderr).toMatch(/Code cache of internal\/tls\/wrap .*is accepted/);
       expect(r.stderr.match(/Code cache of .* is rejected/g) ?? []).toEqual([]);
     });
+
+  it('an NTLM request loads none of Negotiate’s handshake code (GSS-API, SPNEGO, the addons’ loaders): a Negotiate context loads it at its first step', async () => {
+    // NODE_DEBUG_NATIVE=COMPILE_CACHE names every module compiled (bin.ts turns Node's compile cache on).
+    const r = await runCli(ntlm(false), { env: { NODE_DEBUG_NATIVE: 'COMPILE_CACHE' } });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    const loaded = [...r.stderr.matchAll(/ for ESM file:\/\/(\S+?)\.\.\./g)].map((m) => m[1]!);
+    expect(loaded).toContainEqual(expect.stringMatching(/\/src\/mechanisms\/ntlm\/index\.ts$/));
+    expect(loaded).toContainEqual(expect.stringMatching(/\/src\/mechanisms\/negotiate\/mechanism\.ts$/));
+    const unused = /\/src\/mechanisms\/(gssapi\/|spnego\/|negotiate\/(context|backend|addon|spn)\.ts$)/;
+    expect(loaded.filter((file) => unused.test(file))).toEqual([]);
+  });
 });

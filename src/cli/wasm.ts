@@ -14,5 +14,8 @@
  * "CLI start").
  */
 export async function keepWasmOnBaseline(): Promise<void> {
+  // The one module of Node's own a request loads once it runs (net, at its first host name
+  // lookup): loaded first, it keeps its code cache too.
+  await import('node:dns');
   (await import('node:v8')).setFlagsFromString('--liftoff-only');
 }
