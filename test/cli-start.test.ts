@@ -54,4 +54,11 @@ describe('the command’s start', () => {
       /\/src\/mechanisms\/(gssapi\/|spnego\/|negotiate\/(context|backend|addon|spn)\.ts$|ntlm\/acceptor\.ts$)/;
     expect(loaded.filter((file) => unused.test(file))).toEqual([]);
   });
+
+  it('loads commander through its CommonJS entry, without the ESM wrapper Node would scan for export names', async () => {
+    const r = await runCli(ntlm(false), { env: { NODE_DEBUG_NATIVE: 'COMPILE_CACHE' } });
+    expect(r.code, r.stderr.slice(-2000)).toBe(0);
+    expect(r.stderr).toMatch(/ for CommonJS \S+\/node_modules\/commander\/lib\/command\.js\.\.\./);
+    expect(r.stderr).not.toMatch(/ for ESM \S+\/node_modules\/commander\//);
+  });
 });
