@@ -4,14 +4,15 @@
  * which runs in this process while the command runs in its own), beside the floor under any Node
  * HTTPS client (one bare node:http2 GET to the same server) and under any command built on undici
  * (one GET with undici's Client alone). Medians of 21 interleaved rounds; the
- * built command (dist/cli/bin.js, as installed) is measured, with Node's module compile cache warm.
+ * built command (dist/cli/bin.js, as installed) is measured, with Node's module compile cache warm
+ * (each build's own).
  *
  *   node bench/cli-start.ts        (npm run bench runs it; needs npm run build first)
  *   CLI_START_BEFORE=/other/checkout/dist/cli/bin.js node bench/cli-start.ts
  *                                  (also measures another build in the same rounds: before/after)
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,23 +22,29 @@ const RUNS = 21;
 const BIN = new URL('../dist/cli/bin.js', import.meta.url).pathname;
 const BEFORE = process.env.CLI_START_BEFORE;
 
-function once(args: readonly string[]): Promise<{ ms: number; code: number | null }> {
+/** A command: Node's arguments, and the compile cache it keeps (see `cache`). */
+interface Run {
+  readonly args: readonly string[];
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+function once({ args, env }: Run): Promise<{ ms: number; code: number | null }> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
-    const child = spawn(process.execPath, args, { stdio: 'ignore' });
+    const child = spawn(process.execPath, args, { stdio: 'ignore', ...(env ? { env } : {}) });
     child.on('error', reject);
     child.on('close', (code) => resolve({ ms: performance.now() - started, code }));
   });
 }
 
 /** Medians of `commands`, run in interleaved rounds (a noisy machine slows them all alike). */
-async function medians(commands: readonly (readonly string[])[]): Promise<number[]> {
-  for (const args of commands) await once(args); // warms the compile cache
+async function medians(commands: readonly Run[]): Promise<number[]> {
+  for (const run of commands) await once(run); // warms the compile cache
   const times: number[][] = commands.map(() => []);
   for (let round = 0; round < RUNS; round++)
-    for (const [i, args] of commands.entries()) {
-      const r = await once(args);
-      if (r.code !== 0) throw new Error(`${args.join(' ')} exited ${r.code}`);
+    for (const [i, run] of commands.entries()) {
+      const r = await once(run);
+      if (r.code !== 0) throw new Error(`${run.args.join(' ')} exited ${r.code}`);
       times[i]!.push(r.ms);
     }
   return times.map((t) => t.sort((a, b) => a - b)[Math.floor(RUNS / 2)]!);
@@ -72,6 +79,16 @@ const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], 
 const dir = mkdtempSync(join(tmpdir(), 'multileg-bench-'));
 const ca = join(dir, 'ca.pem');
 writeFileSync(ca, server.ca);
+/**
+ * A compile cache of its own (in `$TMPDIR/node-compile-cache`, where the command keeps it): a
+ * cache entry is keyed by the file, and one made under other V8 flags is rejected and rewritten.
+ * Two builds that load the same undici files under different flags, sharing one cache, would
+ * reject each other's entries every round.
+ */
+const cache = (name: string): NodeJS.ProcessEnv => {
+  mkdirSync(join(dir, name));
+  return { ...process.env, TMPDIR: join(dir, name) };
+};
 try {
   /** One NTLM request to the reference server, the output thrown away. */
   const authenticated = (bin: string, ...flags: string[]) => [
@@ -86,19 +103,23 @@ try {
     ca,
     `${server.origin}/auth/x`,
   ];
-  const commands = (bin: string) => [
-    [bin, '--help'],
-    [bin, '--version'],
-    authenticated(bin),
-    // IIS answers NTLM over HTTP/1.1 only: the same request there (undici's WebAssembly parser).
-    authenticated(bin, '--http1.1'),
-  ];
+  const commands = (bin: string, env: NodeJS.ProcessEnv): Run[] =>
+    [
+      [bin, '--help'],
+      [bin, '--version'],
+      authenticated(bin),
+      // IIS answers NTLM over HTTP/1.1 only: the same request there (undici's WebAssembly parser).
+      authenticated(bin, '--http1.1'),
+    ].map((args) => ({ args, env }));
   const [base, bare, undiciGet, help, version, request, request1, ...before] = await medians([
-    ['-e', '0'],
-    ['-e', BARE_H2, server.origin, ca],
-    ['-e', UNDICI_GET, server.origin, ca, dirname(createRequire(import.meta.url).resolve('undici'))],
-    ...commands(BIN),
-    ...(BEFORE ? commands(BEFORE) : []),
+    { args: ['-e', '0'] },
+    { args: ['-e', BARE_H2, server.origin, ca] },
+    {
+      args: ['-e', UNDICI_GET, server.origin, ca, dirname(createRequire(import.meta.url).resolve('undici'))],
+      env: cache('undici'),
+    },
+    ...commands(BIN, cache('now')),
+    ...(BEFORE ? commands(BEFORE, cache('before')) : []),
   ]);
   const x = (ms: number | undefined) => `${ms!.toFixed(1)} ms = ${(ms! / base!).toFixed(2)}x node -e 0`;
   const was = (i: number) => (BEFORE ? ` (before: ${x(before[i])})` : '');

@@ -37,7 +37,7 @@ export function runCommand(
 
 export function runCli(
   args: readonly string[],
-  opts: { env?: Record<string, string | undefined>; input?: string; node?: string } = {},
+  opts: { env?: Record<string, string | undefined>; input?: string; node?: string; nodeArgs?: readonly string[] } = {},
 ): Promise<CliResult> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   // A proxy or password in the developer's environment must not leak into the tests.
@@ -55,7 +55,7 @@ export function runCli(
     if (v === undefined) delete env[k];
     else env[k] = v;
   }
-  return runCommand(opts.node ?? process.execPath, [BIN, ...args], opts.input, env);
+  return runCommand(opts.node ?? process.execPath, [...(opts.nodeArgs ?? []), BIN, ...args], opts.input, env);
 }
 
 /** This machine's system Node when it is older than 22.19 (Debian's 20): to prove the version message. */

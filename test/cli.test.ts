@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseNetrc } from '../src/cli/credentials.ts';
+import { credentialsFor, parseNetrc } from '../src/cli/credentials.ts';
 import { explain401, forCli } from '../src/cli/explain.ts';
 import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
@@ -656,6 +656,27 @@ describe('multileg command line', () => {
     writeFileSync(format, '[%{http_code}]\r\n[%{num_redirects}]\\n\n');
     const lines = await run(['-o', join(dir, 'lines.out'), '-w', `@${format}`, `${plainOrigin}/hop/0`]);
     expect(lines).toMatchObject({ code: 0, stdout: '[200][0]\n' });
+  });
+
+  it('leaves stdin alone when the password is on the command line', async () => {
+    // process.stdin's getter opens a stream on fd 0 (a pipe there becomes non-blocking for every
+    // process sharing it): a password given with -u needs no stdin.
+    const real = Object.getOwnPropertyDescriptor(process, 'stdin')!;
+    let opened = false;
+    Object.defineProperty(process, 'stdin', {
+      configurable: true,
+      get() {
+        opened = true;
+        return real.get!.call(process);
+      },
+    });
+    try {
+      const credentials = await credentialsFor(parseCli(['-u', 'EXAMPLE\\alice:alicepw', 'https://h.example/']));
+      expect(credentials).toEqual({ username: 'EXAMPLE\\alice', password: 'alicepw' });
+    } finally {
+      Object.defineProperty(process, 'stdin', real);
+    }
+    expect(opened).toBe(false);
   });
 
   it('asks for the password on a terminal, without echo', async () => {

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { program } from '../src/cli/options.ts';
+import { startReferenceServer } from '../src/reference-server/index.ts';
 import { commanderHelp, OLD_NODE, runCommand } from './cli-helpers.ts';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -133,6 +134,41 @@ describe('the packed package in a fresh app', () => {
     const tty = await runCommand('script', ['-qec', `sh ${sh}`, '/dev/null'], '', env);
     expect(tty.stdout.replace(/\r\n/g, '\n')).toBe(commanderHelp(program(), 100));
     expect(commanderHelp(program(), 100)).not.toBe(help.stdout);
+  });
+
+  it('an NTLM request over HTTP/1.1 keeps undici’s parser on V8’s baseline compiler (Liftoff), never TurboFan', async () => {
+    // TurboFan recompiled the parser's main function on a background thread after a few
+    // responses, and the process waited for it before it could exit (src/cli/wasm.ts). The packed
+    // command: run from src/, Node's TypeScript stripping compiles WebAssembly of its own.
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    try {
+      const ca = join(app, 'ca.pem');
+      const body = join(app, 'body.json');
+      writeFileSync(ca, server.ca);
+      const r = await runCommand(
+        process.execPath,
+        [
+          '--trace-wasm-compilation-times',
+          join(app, 'node_modules/.bin/multileg'),
+          '--http1.1',
+          '-o',
+          body, // V8 writes its trace to stdout
+          '-u',
+          'EXAMPLE\\alice:alicepw',
+          '--cacert',
+          ca,
+          `${server.origin}/auth/packed`,
+        ],
+        '',
+        env,
+      );
+      expect(r.code, r.stderr.slice(-2000)).toBe(0);
+      expect(JSON.parse(readFileSync(body, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'http/1.1' });
+      expect(r.stdout).toMatch(/using Liftoff/);
+      expect(r.stdout).not.toMatch(/using TurboFan/);
+    } finally {
+      await server.close();
+    }
   });
 
   it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {

@@ -18,12 +18,7 @@ if (reason) {
   // `multileg --help` and `--version` alone print without loading commander (help.ts).
   const only = process.argv.length === 3 ? process.argv[2] : undefined;
   if (only === '--version' || only === '-V') process.stdout.write(`${(await import('./version.ts')).versionText()}\n`);
-  else if (!((only === '--help' || only === '-h') && (await import('./help.ts')).printHelp())) {
-    // WebAssembly stays on V8's baseline compiler in this short-lived process: after the few
-    // responses of one command, undici's HTTP/1.1 parser was being recompiled with TurboFan on a
-    // background thread (33 ms) that the process then waited for before it could exit. Set before
-    // anything compiles WebAssembly; the library itself leaves V8 alone.
-    (await import('node:v8')).setFlagsFromString('--liftoff-only');
+  else if (!((only === '--help' || only === '-h') && (await import('./help.ts')).printHelp()))
+    // (No V8 flag here: one set before Node's own modules load costs them their code cache; wasm.ts.)
     await import('./main.ts');
-  }
 }

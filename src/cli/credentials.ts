@@ -148,7 +148,11 @@ export function credentialsFor(req: CliRequest): Promise<Credentials | undefined
     netrc: req.netrc,
     host: req.url.hostname,
     env: process.env,
-    stdin: process.stdin,
+    // Opened only if read: process.stdin's getter makes a stream on fd 0 (~0.5 ms, and a pipe
+    // there is made non-blocking for every process that shares it), which -u user:password never needs.
+    get stdin() {
+      return process.stdin;
+    },
     stderr: process.stderr,
   });
 }

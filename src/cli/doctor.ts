@@ -21,6 +21,7 @@ import { challengeSchemes, describeFailure, EXIT, forCli } from './explain.ts';
 import { type CliRequest, parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
+import { keepWasmOnBaseline } from './wasm.ts';
 
 type Verdict = 'ok' | 'warn' | 'FAIL' | 'skip';
 
@@ -193,6 +194,8 @@ async function probe(req: CliRequest, http1: boolean) {
 export async function doctor(argv: string[]): Promise<number> {
   const req = parseCliOrExit(argv, 'multileg doctor');
   if (typeof req === 'number') return req;
+  // Its modules are loaded; its probes may speak HTTP/1.1 (wasm.ts).
+  await keepWasmOnBaseline();
   process.stdout.write(`multileg doctor ${req.url.href}\n`);
   const checks: Check[] = [];
   const add = (c: Check) => {

@@ -17,6 +17,7 @@ import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './e
 import { type CliRequest, parseCliOrExit, shownArgv, UsageError } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
+import { keepWasmOnBaseline } from './wasm.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
@@ -166,6 +167,8 @@ async function main(argv: string[]): Promise<number> {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (!isEpipe(err)) stdoutError ??= err;
   });
+  // Now, with everything the request needs loaded: not before (wasm.ts).
+  await keepWasmOnBaseline();
   try {
     for (;;) {
       // curl's 77 for a --cacert file it cannot use, once a TLS connection would use it (this hop).

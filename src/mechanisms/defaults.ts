@@ -1,7 +1,7 @@
 import type { MultilegAgentOptions } from '../options.ts';
 import { basicMechanism } from './basic/index.ts';
 import { digestMechanism } from './digest/index.ts';
-import { negotiateMechanism } from './negotiate/index.ts';
+import { negotiateMechanism } from './negotiate/mechanism.ts';
 import { ntlmMechanism } from './ntlm/index.ts';
 import type { Mechanism } from './types.ts';
 

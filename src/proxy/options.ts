@@ -8,7 +8,7 @@ import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { ConfigError } from '../errors.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
-import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/index.ts';
+import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/mechanism.ts';
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';

@@ -9,8 +9,6 @@ import type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } fro
 import { decodeChallenge, encodeNegotiate } from './messages.ts';
 import { CLIENT_FLAGS, createAuthenticate, ntowfv2 } from './ntlmv2.ts';
 
-export { NtlmAcceptor, type NtlmAcceptorOptions, type NtlmAcceptorResult } from './acceptor.ts';
-
 /** Largest base64 token accepted from a server (S3): 64 KiB of text. */
 export const MAX_TOKEN_LENGTH = 64 * 1024;
 

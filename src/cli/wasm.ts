@@ -1,0 +1,21 @@
+/**
+ * WebAssembly stays on V8's baseline compiler (Liftoff) in the command's short-lived process:
+ * after the few responses of one command, undici's HTTP/1.1 parser (WebAssembly) was being
+ * recompiled with TurboFan on a background thread (33 ms) that the process then waited for before
+ * it could exit. The library itself leaves V8 alone.
+ */
+
+/**
+ * Sets `--liftoff-only`. Call it once every module the request needs is loaded, just before the
+ * first request (undici compiles its parser on the first HTTP/1.1 connection), never earlier: a V8
+ * flag set at run time changes V8's flag hash, and a code cache made under another hash is
+ * rejected — Node's own, built in for http2, tls, stream and the rest, too. Set before those
+ * loaded, it had them all compiled from source: ~10 ms of every command (docs/PERFORMANCE.md
+ * "CLI start").
+ */
+export async function keepWasmOnBaseline(): Promise<void> {
+  // The one module of Node's own a request loads once it runs (net, at its first host name
+  // lookup): loaded first, it keeps its code cache too.
+  await import('node:dns');
+  (await import('node:v8')).setFlagsFromString('--liftoff-only');
+}

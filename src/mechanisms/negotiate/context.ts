@@ -1,0 +1,303 @@
+/**
+ * A Negotiate handshake (RFC 4559) through GSS-API (M2, M5): the system GSS-API via koffi
+ * (src/mechanisms/gssapi) where it loads, else the optional `kerberos` package. SPNEGO or raw
+ * Kerberos, SPN `HTTP@host` by default, principal choice, a per-agent ccache or client keytab, TLS
+ * channel bindings on https, delegation only when asked, and mutual authentication (the server's
+ * final token is verified; a server that fails it is an error). When Kerberos cannot produce a
+ * first token (no ticket, expired, wrong realm, unknown SPN, no GSS-API) and the agent has a
+ * password, it falls back to NTLM inside Negotiate (src/mechanisms/spnego), as Windows' SSPI does,
+ * and says why in `fallbackReason`. Loaded by a context's first step (mechanism.ts).
+ */
+import type { Challenge } from '../../challenge/types.ts';
+import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
+import { log } from '../../log.ts';
+import { CredCache } from '../gssapi/index.ts';
+import { decodeOidContent, readTlv } from '../spnego/der.ts';
+import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
+import { decodeNegTokenInit, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
+import type { LegInfo, MechanismContext } from '../types.ts';
+import { GSS_C_DELEG_FLAG, GSS_C_MUTUAL_FLAG, GSS_C_SEQUENCE_FLAG, type KerberosClientLike } from './addon.ts';
+import { loadBackend } from './backend.ts';
+import {
+  fallbackReasonOf,
+  KerberosNoTicketError,
+  KerberosOtherPrincipalError,
+  KerberosTicketExpiredError,
+  mapGssError,
+  type NegotiateFallbackReason,
+} from './errors.ts';
+import { type KerberosMemory, type NegotiateOptions, SCHEME } from './mechanism.ts';
+import { spnFor } from './spn.ts';
+
+/** Largest base64 token accepted from a server (S3). */
+export const MAX_NEGOTIATE_TOKEN_LENGTH = 64 * 1024;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** How long "no Kerberos here" is remembered before GSS-API is asked again (a kinit may follow). */
+export const NO_KERBEROS_MEMORY_MS = 30_000;
+
+/** Strictly decodes nothing, but validates a server token (canonical base64, bounded length; S3). */
+function checkToken(token: string): string {
+  if (
+    token.length === 0 ||
+    token.length > MAX_NEGOTIATE_TOKEN_LENGTH ||
+    token.length % 4 !== 0 ||
+    !BASE64.test(token)
+  ) {
+    throw new InvalidTokenError('Negotiate token (bad base64 or too long)');
+  }
+  return token;
+}
+
+/** The GSS flags a context asks for. */
+export function negotiateFlags(o: Pick<NegotiateOptions, 'delegate' | 'mutualAuth'>): number {
+  let flags = GSS_C_MUTUAL_FLAG | GSS_C_SEQUENCE_FLAG;
+  if (o.delegate) flags |= GSS_C_DELEG_FLAG;
+  return flags;
+}
+
+type State = 'initial' | 'sent' | 'done';
+
+/** One Negotiate handshake: Kerberos through GSS-API, or NTLM inside Negotiate when Kerberos cannot start. */
+export class NegotiateContext implements MechanismContext {
+  readonly #o: NegotiateOptions;
+  readonly #memory: KerberosMemory;
+  #state: State = 'initial';
+  #client: KerberosClientLike | undefined;
+  #fallback: SpnegoNtlmContext | undefined;
+  #spn = '';
+  #mutualVerified = false;
+  #fallbackReason: NegotiateFallbackReason | undefined;
+  #channelBound = false;
+  #firstLegCompletes = false;
+
+  constructor(o: NegotiateOptions, memory: KerberosMemory) {
+    this.#o = o;
+    this.#memory = memory;
+  }
+
+  get complete(): boolean {
+    if (this.#fallback) return this.#fallback.complete;
+    return this.#client?.contextComplete ?? false;
+  }
+
+  get firstLegCompletes(): boolean {
+    return this.#firstLegCompletes;
+  }
+
+  get identity(): string | undefined {
+    if (this.#fallback) return this.#fallback.identity;
+    const u = this.#client?.contextComplete ? this.#client.username : undefined;
+    return u || undefined;
+  }
+
+  #canFallBack(leg: LegInfo): boolean {
+    const o = this.#o;
+    return (
+      o.credentials !== undefined &&
+      o.ntlmFallback !== false &&
+      o.mech !== 'kerberos' &&
+      (o.passwordAllowed?.(leg.origin) ?? true)
+    );
+  }
+
+  /** The SPN this context asked a ticket for (after the first step). */
+  get spn(): string {
+    return this.#spn;
+  }
+
+  /** True when the handshake fell back to NTLM inside SPNEGO. */
+  get usedNtlmFallback(): boolean {
+    return this.#fallback !== undefined;
+  }
+
+  /** Why Kerberos was skipped for NTLM (`code: message`), when it was. */
+  get fallbackReason(): string | undefined {
+    return this.#fallbackReason && `${this.#fallbackReason.code}: ${this.#fallbackReason.message}`;
+  }
+
+  /** True when the Kerberos token carries the TLS channel bindings. */
+  get channelBound(): boolean {
+    return this.#channelBound;
+  }
+
+  #mapError(e: unknown): MultilegError {
+    return mapGssError(e, {
+      spn: this.#spn,
+      ...(this.#o.principal ? { principal: this.#o.principal } : {}),
+      ...(this.#o.keytab ? { keytab: this.#o.keytab } : {}),
+    });
+  }
+
+  /** Kerberos's first token, from whichever backend loads. */
+  async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
+    const o = this.#o;
+    const backend = await loadBackend(o);
+    this.#memory.bindsChannel = backend.bindsChannel;
+    const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
+    this.#memory.creds ??= new CredCache();
+    this.#client = await backend.initializeClient(this.#spn, {
+      mech: o.mech ?? 'spnego',
+      flags: negotiateFlags(o),
+      ...(o.principal ? { principal: o.principal } : {}),
+      ...(o.ccache ? { ccache: o.ccache } : {}),
+      ...(o.keytab ? { keytab: o.keytab } : {}),
+      ...(cb ? { channelBinding: cb } : {}),
+      credCache: this.#memory.creds,
+    });
+    // Credentials name the caller's identity: another user's ticket (whoever ran kinit) is not
+    // used for them — unless negotiate.principal chose a Kerberos identity of its own. (The addon
+    // backend names the ticket's owner only once the context is complete: not checked there.)
+    const ticket = this.#client.username;
+    if (o.credentials && !o.principal && ticket && !sameUser(ticket, o.credentials.username)) {
+      (this.#client as { dispose?: () => void }).dispose?.();
+      this.#client = undefined;
+      throw new KerberosOtherPrincipalError(ticket, o.credentials.username);
+    }
+    const out = await this.#client.step('');
+    this.#channelBound = cb !== undefined;
+    return out;
+  }
+
+  /** NTLM inside Negotiate from here on, because Kerberos could not make a first token (`reason`). */
+  #fallBack(reason: NegotiateFallbackReason, leg: LegInfo): Promise<string> {
+    log.handshake('Negotiate: Kerberos skipped (%s); NTLM inside Negotiate instead', reason.code);
+    this.#client = undefined;
+    this.#fallbackReason = reason;
+    this.#fallback = new SpnegoNtlmContext(this.#o.credentials!, {
+      wrap: this.#o.ntlmFallback || 'spnego',
+      ...(this.#o.mutualAuth ? { mutualAuth: this.#o.mutualAuth } : {}),
+    });
+    return this.#fallback.step(undefined, leg);
+  }
+
+  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    if (this.#fallback) return await this.#fallback.step(challenge, leg);
+    const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
+    if (this.#state === 'initial') {
+      // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
+      // just said it has no usable credentials — answer as that failure would, straight away.
+      const remembered = this.#memory.reason;
+      if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
+        return await this.#fallBack(remembered, leg);
+      }
+      // A token in the first challenge is not meaningful to an initiator with no context: ignored.
+      this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
+      let out: string | null;
+      try {
+        out = await this.#firstKerberosToken(leg);
+      } catch (e) {
+        const err = e instanceof MultilegError ? e : this.#mapError(e);
+        const reason = fallbackReasonOf(err);
+        // Credentials (not this host) are at fault: remember it for a while (a kinit may follow).
+        if (credentialLevel(err)) {
+          this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
+          this.#memory.reason = reason;
+        }
+        // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
+        if (this.#canFallBack(leg)) return await this.#fallBack(reason, leg);
+        throw err;
+      }
+      this.#state = 'sent';
+      if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
+      this.#firstLegCompletes = carriesKerberosApReq(out);
+      return `${SCHEME} ${out}`;
+    }
+    if (this.#state === 'done' || !this.#client) {
+      throw new MechanismError(SCHEME, 'the Negotiate handshake is over; no further token can be produced');
+    }
+    if (token === undefined) {
+      this.#state = 'done';
+      throw new MechanismError(
+        SCHEME,
+        `the server rejected the Negotiate token for ${this.#spn} (401 without a token); check that the server's keytab matches the SPN and the client's realm is trusted`,
+      );
+    }
+    let out: string | null;
+    try {
+      out = await this.#client.step(token);
+    } catch (e) {
+      this.#state = 'done';
+      throw this.#mapError(e);
+    }
+    if (!out) {
+      this.#state = 'done';
+      throw new MechanismError(SCHEME, 'the server asked for another leg but GSS-API has nothing more to send');
+    }
+    return `${SCHEME} ${out}`;
+  }
+
+  async finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
+    if (this.#fallback) return await this.#fallback.finish(challenge);
+    const client = this.#client;
+    if (!client || this.#state === 'initial') return; // no handshake took place
+    if (this.#state === 'done' && this.#mutualVerified) return;
+    const token = challenge?.token68;
+    if (token !== undefined && !client.contextComplete) {
+      checkToken(token);
+      try {
+        await client.step(token);
+      } catch (e) {
+        this.#state = 'done';
+        throw new MutualAuthError(
+          `the server's final Negotiate token for ${this.#spn} failed GSS-API verification (${this.#mapError(e).message})`,
+        );
+      }
+      if (!client.contextComplete) {
+        this.#state = 'done';
+        throw new MutualAuthError(`the server's final Negotiate token for ${this.#spn} did not complete the context`);
+      }
+      this.#mutualVerified = true;
+    } else if (!client.contextComplete && (this.#o.mutualAuth ?? 'required') === 'required') {
+      this.#state = 'done';
+      throw new MutualAuthError(`the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`);
+    }
+    this.#state = 'done';
+  }
+}
+
+/**
+ * Whether a first GSS-API token (base64) is a Kerberos AP-REQ, raw or as the optimistic token of a
+ * SPNEGO NegTokenInit that prefers Kerberos. GSS-API may instead pick NTLMSSP (gss-ntlmssp): that
+ * takes more legs.
+ */
+export function carriesKerberosApReq(base64: string): boolean {
+  let der: Buffer;
+  try {
+    der = Buffer.from(base64, 'base64');
+    if (der[0] !== 0x60) return false;
+    const oid = readTlv(readTlv(der).content);
+    const mech = oid.tag === 0x06 ? decodeOidContent(oid.content) : '';
+    if (mech === OID_KRB5 || mech === OID_MS_KRB5) return true;
+    if (mech !== OID_SPNEGO) return false;
+    const init = decodeNegTokenInit(der);
+    const first = init.mechTypes[0];
+    return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether a Kerberos principal (`user@REALM`) is the user `name` says (`DOMAIN\user`, `user@domain`
+ * or `user`), by the user part, case-insensitively: what follows `@` in credentials is an NTLM
+ * domain or a UPN suffix, neither of which need be the realm, and Windows user names ignore case.
+ */
+function sameUser(principal: string, name: string): boolean {
+  const userOf = (text: string) => {
+    const plain = text.slice(text.lastIndexOf('\\') + 1);
+    const at = plain.lastIndexOf('@');
+    return (at < 0 ? plain : plain.slice(0, at)).toLowerCase();
+  };
+  return userOf(principal) === userOf(name);
+}
+
+/** Failures of the client's own credentials (or of GSS-API itself), not of one server's SPN. */
+function credentialLevel(err: unknown): boolean {
+  return (
+    err instanceof KerberosNoTicketError ||
+    err instanceof KerberosTicketExpiredError ||
+    err instanceof KerberosOtherPrincipalError ||
+    (err instanceof MultilegError && err.code === 'MULTILEG_MECHANISM_UNAVAILABLE')
+  );
+}

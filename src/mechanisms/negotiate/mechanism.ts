@@ -1,0 +1,195 @@
+/**
+ * The Negotiate mechanism as an agent holds it (M2, M5): its options, checked when the agent is
+ * made, and what its contexts share. The code of a handshake — GSS-API, SPNEGO, NTLM inside
+ * Negotiate, the loaders of the addons (context.ts) — loads with a context's first step: an agent
+ * that never answers a Negotiate challenge never loads it (the command's NTLM request,
+ * docs/PERFORMANCE.md "CLI start").
+ */
+import { randomBytes } from 'node:crypto';
+import type { Challenge } from '../../challenge/types.ts';
+import { ConfigError } from '../../errors.ts';
+import type { CredCache } from '../gssapi/index.ts';
+import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
+import type { KerberosModuleLike } from './addon.ts';
+import type { BackendChoice } from './backend.ts';
+import type { NegotiateContext } from './context.ts';
+import type { NegotiateFallbackReason } from './errors.ts';
+
+export const SCHEME = 'Negotiate';
+
+export interface NegotiateOptions {
+  /** `spnego` (default, mechOID 6) or raw `kerberos` (mechOID 9). */
+  readonly mech?: 'spnego' | 'kerberos';
+  /** Service principal, `HTTP@host` (also `HTTP/host[@REALM]`). Default `<serviceName>@<hostname>`. */
+  readonly spn?: string;
+  /** Service part of the default SPN (default `HTTP`). */
+  readonly serviceName?: string;
+  /** Opt-in: follow CNAMEs of the host (node:dns) before building the SPN. */
+  readonly canonicalizeHost?: boolean;
+  /** Append `:port` to the host in the default SPN. */
+  readonly includePort?: boolean;
+  /** Client principal to use (`user@REALM`), instead of the default ccache's. */
+  readonly principal?: string;
+  /**
+   * This agent's own credential cache (`FILE:/path`, `DIR:`, `KEYRING:`...) instead of the process-wide
+   * default (KRB5CCNAME). Needs the GSS-API binding (koffi + the system's libgssapi_krb5).
+   */
+  readonly ccache?: string;
+  /**
+   * Client keytab (`FILE:/path`) for a service account: the agent gets its own tickets from it and renews
+   * them when they expire (into `ccache`, or a private in-memory cache). Needs the GSS-API binding.
+   */
+  readonly keytab?: string;
+  /**
+   * Bind Kerberos tokens to the TLS channel (tls-server-end-point, RFC 5929) on https, as IIS Extended
+   * Protection requires. Default true; needs the GSS-API binding (the `kerberos` addon cannot).
+   */
+  readonly channelBindings?: boolean;
+  /** `auto` (default): the GSS-API binding (koffi) where it loads, else the `kerberos` addon. */
+  readonly backend?: BackendChoice;
+  /** Request credential delegation (GSS_C_DELEG_FLAG). Default false: never delegate unless asked. */
+  readonly delegate?: boolean;
+  /** `required` (default): the server's final token must verify; `optional`: its absence is tolerated. */
+  readonly mutualAuth?: 'required' | 'optional';
+  /**
+   * Password credentials: when Kerberos cannot produce a first token (and mech is `spnego`), authenticate
+   * with NTLM inside Negotiate instead.
+   */
+  readonly credentials?: Credentials;
+  /**
+   * Whether the password may go to this origin (S1: the agent's trust rules decide); default: always.
+   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM.
+   */
+  readonly passwordAllowed?: (origin: string) => boolean;
+  /**
+   * How the NTLM fallback is sent: inside SPNEGO with mechListMIC, or as raw NTLMSSP; `false`: none.
+   * An agent's origins default to `'raw'`, its proxies to `false`; the mechanism alone to `'spnego'`.
+   */
+
+  readonly ntlmFallback?: 'spnego' | 'raw' | false;
+  /** Test hook / injection: the `kerberos` module (default: `await import('kerberos')`). */
+  readonly kerberos?: KerberosModuleLike;
+  /** Test hook: DNS CNAME resolver for canonicalizeHost. */
+  readonly resolveCname?: (host: string) => Promise<string[]>;
+}
+
+/** Shared by one mechanism's contexts: when GSS-API last said it cannot help (no ticket, no addon), and why. */
+export interface KerberosMemory {
+  unavailableUntil: number;
+  reason?: NegotiateFallbackReason;
+  /** The acquired credential the GSS-API binding keeps for this mechanism's next contexts. */
+  creds?: CredCache;
+  /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
+  bindsChannel?: boolean;
+}
+
+/** context.ts, once a first step has loaded it. */
+let contexts: typeof import('./context.ts') | undefined;
+
+/**
+ * A {@link NegotiateContext} made at its first step, when its code is loaded: until then it is
+ * what a context that has not stepped is (incomplete, no identity, nothing to verify).
+ */
+class LazyNegotiateContext implements MechanismContext {
+  readonly #o: NegotiateOptions;
+  readonly #memory: KerberosMemory;
+  #context: NegotiateContext | undefined;
+
+  constructor(o: NegotiateOptions, memory: KerberosMemory) {
+    this.#o = o;
+    this.#memory = memory;
+  }
+
+  get complete(): boolean {
+    return this.#context?.complete ?? false;
+  }
+
+  get firstLegCompletes(): boolean {
+    return this.#context?.firstLegCompletes ?? false;
+  }
+
+  get identity(): string | undefined {
+    return this.#context?.identity;
+  }
+
+  get fallbackReason(): string | undefined {
+    return this.#context?.fallbackReason;
+  }
+
+  /** The SPN the context asked a ticket for (after the first step). */
+  get spn(): string {
+    return this.#context?.spn ?? '';
+  }
+
+  /** True when the handshake fell back to NTLM inside SPNEGO. */
+  get usedNtlmFallback(): boolean {
+    return this.#context?.usedNtlmFallback ?? false;
+  }
+
+  /** True when the Kerberos token carries the TLS channel bindings. */
+  get channelBound(): boolean {
+    return this.#context?.channelBound ?? false;
+  }
+
+  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    if (!this.#context) {
+      contexts ??= await import('./context.ts');
+      this.#context ??= new contexts.NegotiateContext(this.#o, this.#memory);
+    }
+    return await this.#context.step(challenge, leg);
+  }
+
+  async finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
+    // Never stepped: no handshake took place, nothing to verify (as NegotiateContext answers).
+    await this.#context?.finish(challenge, leg);
+  }
+}
+
+/** The options that name one of a few values, with those values: a typo must not pass (plain JavaScript). */
+const CHOICES: ReadonlyArray<readonly [keyof NegotiateOptions, readonly unknown[]]> = [
+  ['mech', ['spnego', 'kerberos']],
+  ['backend', ['auto', 'gssapi', 'kerberos']],
+  ['mutualAuth', ['required', 'optional']],
+  ['ntlmFallback', ['spnego', 'raw', false]],
+];
+
+/**
+ * The Negotiate mechanism: scheme `Negotiate`, level `either` (Persistent-Auth decides), multileg (SPNEGO
+ * may take several legs), proactive (a Kerberos token can go on the first request).
+ */
+export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
+  for (const [name, allowed] of CHOICES) {
+    const value = options[name];
+    if (value !== undefined && !allowed.includes(value))
+      throw new ConfigError(
+        `negotiate.${name} must be one of ${allowed.map((v) => JSON.stringify(v)).join(', ')}, got ${JSON.stringify(value)}`,
+      );
+  }
+  const memory: KerberosMemory = { unavailableUntil: 0 };
+  // Tickets from a keytab go to a cache of this mechanism's own (MEMORY: names are process-global, so a
+  // unique one): later handshakes reuse them and GSS-API renews them from the keytab when they expire.
+  const opts: NegotiateOptions =
+    options.keytab && !options.ccache
+      ? { ...options, ccache: `MEMORY:multileg-${process.pid}-${++keytabCaches}-${randomBytes(6).toString('hex')}` }
+      : options;
+  return {
+    scheme: SCHEME,
+    level: 'either',
+    multileg: true,
+    proactive: true,
+    // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection;
+    // nor need NTLM's first message, while Kerberos is remembered unusable and the password falls back.
+    get bindsFirstToken() {
+      const ntlmFirst =
+        memory.reason !== undefined &&
+        Date.now() < memory.unavailableUntil &&
+        opts.credentials !== undefined &&
+        opts.ntlmFallback !== false &&
+        opts.mech !== 'kerberos';
+      return opts.channelBindings !== false && memory.bindsChannel !== false && !ntlmFirst;
+    },
+    createContext: () => new LazyNegotiateContext(opts, memory),
+  };
+}
+
+let keytabCaches = 0;
