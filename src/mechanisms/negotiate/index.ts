@@ -389,6 +389,8 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
     proactive: true,
     // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection;
     // nor need NTLM's first message, while Kerberos is remembered unusable and the password falls back.
+    // A password goes only through the NTLM fallback (M5); a Kerberos ticket locks no account.
+    usesPassword: opts.credentials !== undefined && opts.ntlmFallback !== false && opts.mech !== 'kerberos',
     get bindsFirstToken() {
       const ntlmFirst =
         memory.reason !== undefined &&
