@@ -10,18 +10,25 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   MechanismUnavailableError,
-  type MultilegAgent,
+  MultilegAgent,
   type MultilegAgentOptions,
   QueueTimeoutError,
 } from '../src/index.ts';
-import type { ReferenceServerOptions } from '../src/reference-server/index.ts';
+import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceServerOptions,
+  startReferenceProxy,
+} from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
-import { type Rig, rig } from './helpers.ts';
+import { ALICE, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
+let proxy: ReferenceProxy | undefined;
 afterEach(async () => {
   await r?.close();
-  r = undefined;
+  await proxy?.close();
+  r = proxy = undefined;
 });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -171,4 +178,64 @@ describe('R4: a changed password is not tried again and again (account lockout)'
       expect(err.message).toContain("another request's handshake with the agent's credentials");
     }
   });
+});
+
+describe('R4: a changed proxy password is not tried again and again (account lockout)', () => {
+  it.each([
+    ['a CONNECT tunnel (https origin)', true, 200],
+    ['a forwarding proxy (http origin)', false, 224],
+  ])(
+    'R4: through %s: after the proxy password changed, a burst of 200 tries the old one at most twice, then not at all for 30 s',
+    async (_, tunnel, before) => {
+      r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const agent = new MultilegAgent({
+        credentials: ALICE,
+        negotiate: false,
+        connect: { ca: r.server.ca },
+        trustedOrigins: [r.server.origin, `http://localhost:${r.server.port}`],
+        proxy: {
+          uri: proxy.origin,
+          connect: { ca: proxy.ca },
+          credentials: { username: 'proxyuser', password: 'proxypw' },
+        },
+      });
+      const closeRig = r.close;
+      r.close = async () => {
+        await agent.destroy().catch(() => {});
+        await closeRig();
+      };
+      const url = `${tunnel ? r.server.origin : `http://localhost:${r.server.port}`}/auth`;
+      expect(await burst(`${url}/warm`, agent, 20)).toEqual(Array(20).fill(200));
+      proxy.options.basicUsers = { proxyuser: 'rotated' };
+      r.server.endSessions();
+      await quiet();
+      proxy.exchanges.length = 0;
+      const wrong = () => proxy!.exchanges.filter((e) => e.proxyAuthorization && e.status === 407).length;
+      expect(await burst(`${url}/a`, agent, 200)).toEqual(Array(200).fill('ProxyAuthenticationError'));
+      // Before: `before` wrong proxy passwords for this burst (once per tunnel, or per request).
+      expect(before).toBeGreaterThan(2);
+      expect(wrong()).toBeGreaterThanOrEqual(1);
+      expect(wrong()).toBeLessThanOrEqual(2);
+      proxy.exchanges.length = 0;
+      const errors: unknown[] = [];
+      const again = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          request(`${url}/b/${i}`, { dispatcher: agent }).then(
+            (res) => res.body.dump().then(() => res.statusCode),
+            (err: unknown) => errors.push(err),
+          ),
+        ),
+      );
+      expect(again).toHaveLength(20);
+      expect(errors).toHaveLength(20);
+      for (const err of errors) {
+        expect(err).toBeInstanceOf(ProxyAuthenticationError);
+        expect((err as ProxyAuthenticationError).refused).toBe(true);
+        expect((err as Error).message).toContain('refused proxy.credentials lately');
+      }
+      expect(wrong()).toBe(0);
+      expect(proxy.exchanges.every((e) => !e.proxyAuthorization)).toBe(true);
+    },
+  );
 });
