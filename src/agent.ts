@@ -205,7 +205,12 @@ export class MultilegAgent extends Dispatcher {
         // Upgrades always tunnel through a proxy that applies.
         const headers = normalizeRequestHeaders(opts.headers);
         refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin), 'any');
-        this.#upgrades ??= new UpgradeDispatcher({ ...this.#options, mechanisms: this.#mechanisms });
+        this.#upgrades ??= new UpgradeDispatcher({
+          ...this.#options,
+          mechanisms: this.#mechanisms,
+          // One proof of the credentials per origin, for its requests and upgrades alike (R4).
+          proofOf: (o) => this.#pool(o).memory.proof,
+        });
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6).
         const agents = identityOf(headers, grant.allowed) === 'agent';

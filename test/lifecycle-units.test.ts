@@ -17,6 +17,7 @@ import { QueueTimeoutError } from '../src/index.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from '../src/session/connector.ts';
+import { CredentialProof, PROOF_FRESH_MS, signalWaiter, Ticket } from '../src/session/credential-proof.ts';
 import type { Job } from '../src/session/job.ts';
 import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
@@ -321,6 +322,107 @@ describe('origin memory and session state', () => {
     vi.advanceTimersByTime(UNUSABLE_MEMORY_MS);
     expect(memory.unusable()).toEqual([]);
     expect(memory.unusable()).toEqual([]);
+  });
+
+  it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {
+    vi.useFakeTimers();
+    const proof = new CredentialProof('the proof');
+    const bounds = { maxQueue: 10, queueTimeout: 5_000 };
+    const first = proof.admit(true) as Ticket;
+    expect(first).toBeInstanceOf(Ticket);
+    expect(first.probe).toBe(true);
+    expect(proof.admit(true)).toBeUndefined();
+    expect(proof.admit(false)).toBeUndefined();
+    const waiting = [proof.wait(signalWaiter(undefined), bounds), proof.wait(signalWaiter(undefined), bounds)];
+    proof.settle(first, 'success');
+    const released = (await Promise.all(waiting)) as Ticket[];
+    expect(released.map((t) => t.probe)).toEqual([false, false]);
+    expect((proof.admit(true) as Ticket).probe).toBe(false);
+    // A quiet spell: a password's next handshake goes alone; one without a password need not.
+    vi.advanceTimersByTime(PROOF_FRESH_MS);
+    expect((proof.admit(false) as Ticket).probe).toBe(false);
+    const probe = proof.admit(true) as Ticket;
+    expect(probe.probe).toBe(true);
+    expect(proof.admit(true)).toBeUndefined();
+    // An outcome that says nothing (an abort, a 5xx) hands the probe to the next waiter only.
+    const [a, b] = [proof.wait(signalWaiter(undefined), bounds), proof.wait(signalWaiter(undefined), bounds)];
+    proof.settle(probe, 'none');
+    const next = (await a) as Ticket;
+    expect(next.probe).toBe(true);
+    proof.settle(next, 'success');
+    expect(((await b) as Ticket).probe).toBe(false);
+  });
+
+  it('R4: refused after proof, one more handshake decides; a second refusal in a row keeps the credentials back for UNUSABLE_MEMORY_MS', async () => {
+    vi.useFakeTimers();
+    const proof = new CredentialProof('the proof');
+    const bounds = { maxQueue: 10, queueTimeout: 60_000 };
+    proof.settle(proof.admit(true) as Ticket, 'success');
+    const [x, y] = [proof.admit(true) as Ticket, proof.admit(true) as Ticket];
+    proof.settle(x, 'refused');
+    expect([proof.proved, proof.refused]).toEqual([false, false]);
+    // y was admitted before that refusal: its success (checked before the change?) proves nothing.
+    proof.settle(y, 'success');
+    expect(proof.proved).toBe(false);
+    const second = proof.admit(true) as Ticket;
+    expect(second.probe).toBe(true);
+    const waiters = [proof.wait(signalWaiter(undefined), bounds), proof.wait(signalWaiter(undefined), bounds)];
+    proof.settle(second, 'refused');
+    expect(await Promise.all(waiters)).toEqual(['refused', 'refused']);
+    expect(proof.admit(true)).toBe('refused');
+    vi.advanceTimersByTime(UNUSABLE_MEMORY_MS);
+    // Then one tries again; refused again, they are held back again at once (still not proved).
+    const retry = proof.admit(true) as Ticket;
+    expect(retry.probe).toBe(true);
+    proof.settle(retry, 'refused');
+    expect(proof.admit(false)).toBe('refused');
+  });
+
+  it('R4: a Digest answer to a remembered nonce that is refused is tried once more only while the credentials were proved', () => {
+    const proof = new CredentialProof('the proof');
+    proof.settle(proof.admit(true) as Ticket, 'success');
+    const ticket = proof.admit(true) as Ticket;
+    expect(proof.again(ticket)).toBe(true);
+    expect(ticket.probe).toBe(true);
+    // The renewal is refused too: that counts once (the second in a row), not twice.
+    proof.settle(ticket, 'refused');
+    expect(proof.refused).toBe(true);
+    const doubted = new CredentialProof('the proof');
+    doubted.settle(doubted.admit(true) as Ticket, 'success');
+    doubted.settle(doubted.admit(true) as Ticket, 'refused');
+    const t = doubted.admit(true) as Ticket;
+    expect(doubted.again(t)).toBe(false);
+    expect(doubted.refused).toBe(true);
+    doubted.settle(t, 'refused');
+    doubted.settle(t, 'success');
+    expect([doubted.refused, doubted.proved]).toEqual([true, false]);
+    // Another handshake is proving them: no second try; the one refusal is counted once.
+    vi.useFakeTimers();
+    const busy = new CredentialProof('the proof');
+    busy.settle(busy.admit(true) as Ticket, 'success');
+    vi.advanceTimersByTime(PROOF_FRESH_MS);
+    const running = busy.admit(true) as Ticket;
+    const other = busy.admit(false) as Ticket;
+    expect([running.probe, other.probe]).toEqual([true, false]);
+    expect(busy.again(other)).toBe(false);
+    busy.settle(other, 'refused');
+    expect([busy.proved, busy.refused]).toEqual([false, false]);
+  });
+
+  it('R1: a wait for the proof is bounded by queueTimeout and ends with the caller', async () => {
+    vi.useFakeTimers();
+    const proof = new CredentialProof('the outcome of the proof');
+    const probe = proof.admit(true) as Ticket;
+    const late = proof.wait(signalWaiter(undefined), { maxQueue: 10, queueTimeout: 100 });
+    const stop = new AbortController();
+    const aborted = proof.wait(signalWaiter(stop.signal), { maxQueue: 10, queueTimeout: 100 });
+    stop.abort(new Error('given up'));
+    await expect(aborted).rejects.toThrow('given up');
+    vi.advanceTimersByTime(100);
+    await expect(late).rejects.toThrow(QueueTimeoutError);
+    await expect(late).rejects.toThrow('the outcome of the proof');
+    proof.settle(probe, 'success');
+    expect(proof.proved).toBe(true);
   });
 
   it('C8: a second close keeps the first close (and its reason)', () => {

@@ -25,7 +25,7 @@ import {
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, hasAuth } from './helpers.ts';
+import { ALICE, deferred, hasAuth, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 import { requirePeer } from './lab/index.ts';
 
 const servers: Array<{ close(): unknown }> = [];
@@ -376,6 +376,61 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
     expect(await waiter).toEqual({ ok: true, v: 200 });
     expect((await request(`${s.origin}/later`, { dispatcher: a, signal })).statusCode).toBe(200);
   });
+});
+
+describe("R2: a leader ended by undici's own timeout (its dispatch options) hands the handshake over", () => {
+  for (const [option, stalls] of [
+    ['headersTimeout', 'the answer to its NEGOTIATE never comes'],
+    ['bodyTimeout', 'the body of the 401 carrying its CHALLENGE stops'],
+  ] as const) {
+    it(`R2: the leader's own ${option} ends it (${stalls}): the 3 waiting requests authenticate, none is sent bare`, async () => {
+      const seen: Array<{ path: string; auth: boolean; status: number }> = [];
+      const leaderOnWire = deferred();
+      // The one session, once an AUTHENTICATE went through on it (the test makes no other).
+      let authenticated = false;
+      const s = await hostile((headers, respond) => {
+        const path = String(headers[':path']);
+        const auth = headers.authorization;
+        const answer = (status: number, h: Record<string, string> = {}, body?: 'stalls') => {
+          seen.push({ path, auth: auth !== undefined, status });
+          respond(status, h, body);
+        };
+        if (!auth) return authenticated ? answer(200) : answer(401, { 'www-authenticate': 'NTLM' });
+        // The NTLM message type (1 NEGOTIATE, 3 AUTHENTICATE) is byte 8 of the token.
+        const type = Buffer.from(auth.slice('NTLM '.length), 'base64')[8];
+        if (type === 3) {
+          authenticated = true;
+          return answer(200, { 'persistent-auth': 'true' });
+        }
+        const challenge = { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` };
+        if (path !== '/leader') return answer(401, challenge);
+        leaderOnWire.resolve();
+        // Only the leader's leg is held (its own option ends it): no answer, or a body that stops.
+        if (option === 'bodyTimeout') answer(401, challenge, 'stalls');
+      });
+      const a = agent({ credentials: ALICE, trustedOrigins: [s.origin], negotiate: false });
+      const signal = AbortSignal.timeout(10_000);
+      const leader = settle(request(`${s.origin}/leader`, { dispatcher: a, signal, [option]: 100 }));
+      await leaderOnWire.promise;
+      const waiters = Array.from({ length: 3 }, (_, i) =>
+        settle(
+          request(`${s.origin}/w${i}`, { dispatcher: a, signal }).then((r) => r.body.dump().then(() => r.statusCode)),
+        ),
+      );
+      const lead = await leader;
+      expect(lead.ok === false && (lead.e as { code?: string }).code).toBe(
+        option === 'headersTimeout' ? 'UND_ERR_HEADERS_TIMEOUT' : 'UND_ERR_BODY_TIMEOUT',
+      );
+      expect(await Promise.all(waiters)).toEqual(Array(3).fill({ ok: true, v: 200 }));
+      // One waiter took the handshake over from its first leg (NEGOTIATE, AUTHENTICATE), the others
+      // went on the session it authenticated: no waiter met a 401 without credentials. (Released
+      // instead, they would have been sent bare and met one each.)
+      const waited = seen.filter((x) => x.path.startsWith('/w'));
+      expect(waited.filter((x) => !x.auth && x.status === 401)).toEqual([]);
+      expect(waited.filter((x) => x.auth).map((x) => x.status)).toEqual([401, 200]);
+      expect(a.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+    });
+  }
 });
 
 describe('R3: handshakeTimeout bounds a challenge body that never ends', () => {

@@ -168,6 +168,21 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
   });
 
+  it('R4: upgrades again and again with a wrong password (a WebSocket reconnecting): the password is tried once, then the origin’s 401 comes without it', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
+    for (let i = 0; i < 5; i++) {
+      expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+        kind: 'response',
+        status: 401,
+        body: 'who are you?',
+      });
+    }
+    // Before: five AUTHENTICATEs with the wrong password (one per upgrade); an account locks after a few.
+    expect(origin.seen.filter((s) => s.authorization === 'NTLM/3')).toHaveLength(1);
+    expect(origin.seen.slice(3).map((s) => s.authorization)).toEqual(Array(4).fill(undefined));
+  });
+
   it('H1: an authenticated upgrade the origin refuses: the caller gets that response, body and all', async () => {
     origin = await upgradeServer({ ntlm: true, refuse: true });
     agent = ntlmAgent();

@@ -73,6 +73,12 @@ export type HandshakeResult =
        * says neither yes nor no) leaves them untried.
        */
       readonly refused?: true;
+      /**
+       * With `refused`: the 401 answered the opening leg of a multi-leg handshake (an NTLM
+       * NEGOTIATE, a first leg that is not a Kerberos AP-REQ), which carries no credential: the
+       * server would not start a context (a cap, a policy), it did not refuse a password.
+       */
+      readonly opening?: true;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -312,8 +318,18 @@ export async function runHandshake(input: HandshakeInput): Promise<HandshakeResu
             };
           }
           if (unanswered) return { kind: 'unanswered', done: result.done };
-          if (result.status === 401)
-            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, refused: true };
+          if (result.status === 401) {
+            const opening = legs === 1 && mechanism.multileg && !context.firstLegCompletes;
+            return {
+              kind: 'failed',
+              legs,
+              authIdCarried,
+              ...fallback(),
+              done: result.done,
+              refused: true,
+              ...(opening ? { opening } : {}),
+            };
+          }
           // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
           // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
           // the server took them).

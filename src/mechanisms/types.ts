@@ -68,6 +68,15 @@ export interface Mechanism {
    * made before the connection (and its certificate) exists, so no proactive token on a new connection.
    */
   readonly bindsFirstToken?: boolean;
+  /**
+   * Whether what it sends is derived from a password (NTLM, Digest, Basic; Negotiate when it may fall
+   * back to NTLM with one), so that servers count a refusal towards locking the account. Such a
+   * mechanism's handshakes at an origin run side by side only while a success there is fresh (1 s);
+   * after a quiet spell the next one goes alone and the others wait for its outcome, so a changed
+   * password is not tried by a whole burst (docs/SECURITY.md). Default (absent): true — a mechanism
+   * of your own may carry anything; say `false` for one that carries no password (a ticket, a key).
+   */
+  readonly usesPassword?: boolean;
   /** Creates a context for one handshake, or throws a MultilegError naming why it can't. */
   createContext(leg: LegInfo): MechanismContext;
 }

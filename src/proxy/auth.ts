@@ -24,6 +24,21 @@ export function proxyLeg(proxy: ResolvedProxy, method: string, path: string): Le
   return { origin: proxy.origin, hostname: proxy.hostname, port: proxy.port, method, path, proxy: true };
 }
 
+/** The proxy's final 407 to `scheme`'s credentials. */
+export function rejected(
+  proxy: ResolvedProxy,
+  scheme: string | undefined,
+  offered: readonly string[],
+  refused = true,
+): ProxyAuthenticationError {
+  return new ProxyAuthenticationError(
+    proxy.origin,
+    `the proxy rejected the ${scheme ?? ''} credentials; check proxy.credentials (user, domain, password) or the Kerberos ticket for HTTP@${proxy.hostname}`,
+    offered,
+    refused,
+  );
+}
+
 export class ProxyAuth {
   readonly #proxy: ResolvedProxy;
   readonly #maxLegs: number;
@@ -46,6 +61,23 @@ export class ProxyAuth {
   }
   get scheme(): string | undefined {
     return this.#mechanism?.scheme;
+  }
+
+  /** {@link header} will make credentials for a request of its own (a per-request scheme after a success). */
+  get proactive(): boolean {
+    const mechanism = this.#mechanism;
+    return this.#state === 'done' && mechanism?.level === 'request' && mechanism.proactive;
+  }
+
+  /**
+   * Whether the credentials this connection sends next derive from a password: the proactive
+   * scheme's, or (`headers`: a 407 about to be answered by a new handshake) the scheme it would choose.
+   */
+  usesPassword(headers?: Headers): boolean {
+    const mechanism = headers
+      ? this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#excluded)?.mechanism
+      : this.#mechanism;
+    return mechanism?.usesPassword !== false;
   }
 
   /**
@@ -94,11 +126,9 @@ export class ProxyAuth {
         return;
       }
       this.#state = 'idle';
-      throw new ProxyAuthenticationError(
-        this.#proxy.origin,
-        `the proxy rejected the ${this.#mechanism.scheme} credentials; check proxy.credentials (user, domain, password) or the Kerberos ticket for HTTP@${this.#proxy.hostname}`,
-        offeredSchemes(offered),
-      );
+      // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
+      const opening = this.#legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
+      throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered), !opening);
     }
     // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
     this.#state = 'idle';

@@ -12,13 +12,20 @@ export class ProxyAuthenticationError extends MultilegError {
   readonly proxy: string;
   /** Schemes the proxy offered in its last Proxy-Authenticate. */
   readonly offered: readonly string[];
-  constructor(proxy: string, detail: string, offered: readonly string[]) {
+  /**
+   * The proxy refused the credentials themselves: a final 407 to them now, or lately (then nothing
+   * was sent with them: they are not tried again for 30 s, so that a wrong or changed password does
+   * not lock the account). False when no credential was refused (none configured, no usable scheme).
+   */
+  readonly refused: boolean;
+  constructor(proxy: string, detail: string, offered: readonly string[], refused = false) {
     super(
       'MULTILEG_PROXY_AUTH',
       `proxy ${proxy} requires authentication (407; offers ${offered.length ? offered.join(', ') : 'no scheme'}): ${detail}`,
     );
     this.proxy = proxy;
     this.offered = offered;
+    this.refused = refused;
   }
 }
 

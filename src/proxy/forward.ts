@@ -1,12 +1,14 @@
 import type { Socket } from 'node:net';
-import { readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
+import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
 import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { Limits } from '../options.ts';
-import { ProxyAuth, proxyLeg } from './auth.ts';
-import { ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
+import type { Admission, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import type { Waiter } from '../session/wait-queue.ts';
+import { ProxyAuth, proxyLeg, rejected } from './auth.ts';
+import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
-import { connectToProxy } from './tunnel.ts';
+import { connectToProxy, refusedLately } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 /** A leg on the wire, as far as the proxy's deadline needs it. */
@@ -81,6 +83,7 @@ export class ForwardProxy {
     classify: Classify,
     sendOnProxy: SendOnProxy,
     onHttp2: () => boolean,
+    waiter: Waiter,
   ): Promise<LegResult> {
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
@@ -118,13 +121,34 @@ export class ForwardProxy {
     const started = (l: AbortableLeg) => {
       onWire = l;
     };
+    // This request's leave to send the proxy credentials (account lockout: tried one at a time until
+    // proved, not at all for a while after the proxy refused them), and what it learnt of them.
+    const proof = this.route.proxy.proof;
+    let ticket: Ticket | undefined;
+    let outcome: ProofOutcome = 'none';
+    const admit = async (password: boolean): Promise<boolean> => {
+      if (ticket) return true;
+      // The wait has its own bounds (R1): the exchange's clock runs again after it, as for a slot.
+      deadline?.pause();
+      let admission: Admission;
+      try {
+        admission = await proof.enter(password, waiter, this.#limits);
+      } finally {
+        deadline?.start();
+      }
+      if (admission === 'refused') return false;
+      ticket = admission;
+      return true;
+    };
     try {
       for (let answers = 0; ; answers++) {
-        // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step too.
-        const steps = answers === 0 && this.#auth.state === 'done';
-        if (steps) clock().start();
-        const credentials = await race(this.#auth.header(leg));
-        if (steps) deadline?.stop();
+        // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step
+        // too — with leave only; without, the request goes bare and a 407 ends it with why.
+        const own = answers === 0 && this.#auth.proactive;
+        const allowed = !own || (await admit(this.#auth.usesPassword()));
+        if (own && allowed) clock().start();
+        const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
+        if (own && allowed) deadline?.stop();
         let challenged: ResponseHeaders | undefined;
         const result = await race(
           sendOnProxy(
@@ -148,9 +172,13 @@ export class ForwardProxy {
               const verdict = classify(status, headers);
               if (!(credentials && this.#auth.state === 'handshaking')) {
                 deadline?.stop();
+                if (credentials && status !== 407) outcome = 'success';
                 return verdict;
               }
-              return this.#proved(this.#auth.succeeded(headers, leg), clock(), verdict);
+              const succeeded = this.#auth.succeeded(headers, leg).then(() => {
+                outcome = 'success';
+              });
+              return this.#proved(succeeded, clock(), verdict);
             },
             path,
             started,
@@ -158,12 +186,33 @@ export class ForwardProxy {
         );
         onWire = undefined;
         if (result.kind !== 'swallowed' || !challenged) return result;
-        await race(this.#auth.answer(challenged, leg));
+        if (this.#auth.state !== 'handshaking') {
+          // A new handshake would answer this 407. Credentials this request sent on their own (a
+          // per-request scheme's) were just refused: tried once more only while that may go.
+          const offered = [...new Set(readChallenges(challenged, true).map((c) => c.scheme))];
+          if (credentials && ticket) {
+            if (!proof.again(ticket)) {
+              outcome = 'refused';
+              throw proof.refused
+                ? refusedLately(this.route.proxy, offered)
+                : rejected(this.route.proxy, this.#auth.scheme, offered);
+            }
+          } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
+            throw refusedLately(this.route.proxy, offered);
+          }
+        }
+        try {
+          await race(this.#auth.answer(challenged, leg));
+        } catch (err) {
+          if (err instanceof ProxyAuthenticationError && err.refused) outcome = 'refused';
+          throw err;
+        }
       }
     } catch (err) {
       return { kind: 'failed', error: err as Error };
     } finally {
       deadline?.stop();
+      if (ticket) proof.settle(ticket, outcome);
     }
   }
 

@@ -13,6 +13,7 @@ import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
 import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
+import { CredentialProof } from '../session/credential-proof.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -87,6 +88,11 @@ export interface ResolvedProxy {
   readonly deliver407: boolean;
   /** See {@link ProxyOptions.connectTimeout}. */
   readonly connectTimeout: number;
+  /**
+   * Whether the proxy credentials work at this proxy: its connections authenticate one at a time
+   * until they do, and not at all for a while after it refused them (account lockout).
+   */
+  readonly proof: CredentialProof;
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -192,6 +198,9 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
         ? o.deliver407 === true
         : badFlag('proxy.deliver407', o.deliver407),
     connectTimeout,
+    proof: new CredentialProof(
+      `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
+    ),
   };
 }
 

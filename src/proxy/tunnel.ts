@@ -13,6 +13,13 @@ import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
+import {
+  type Admission,
+  type ProofOutcome,
+  signalWaiter,
+  type Ticket,
+  UNUSABLE_MEMORY_MS,
+} from '../session/credential-proof.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
@@ -162,14 +169,19 @@ export async function openTunnel(
   let socket: Socket | undefined;
   // The whole handshake: connects, legs, and the mechanism's steps (raced: one may never return).
   const ms = limits.handshakeTimeout;
+  // Ends a wait for another connection's authentication to the proxy with the tunnel.
+  const given = new AbortController();
   const deadline = new Deadline(
     ms,
     () => new ProxyTimeoutError(proxy.origin, ms, 'tunnel'),
-    () => socket?.destroy(),
+    (err) => {
+      socket?.destroy();
+      given.abort(err);
+    },
   ).start();
   // Past the deadline, or given up by its session (`signal`): no socket of it is kept.
   const ended = () => deadline.timedOut || signal?.aborted === true;
-  const running = handshake(proxy, target, limits, deadline, (s) => {
+  const running = handshake(proxy, target, limits, deadline, given.signal, (s) => {
     socket = s;
     if (ended()) s.destroy();
   });
@@ -185,6 +197,7 @@ export async function openTunnel(
     ? new Promise<never>((_, reject) => {
         onAbort = () => {
           socket?.destroy();
+          given.abort(signal.reason);
           reject(signal.reason);
         };
         if (signal.aborted) onAbort();
@@ -209,9 +222,70 @@ async function handshake(
   target: string,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError>,
+  given: AbortSignal,
   track: (s: Socket) => void,
 ): Promise<Tunnel> {
   const auth = new ProxyAuth(proxy, limits.maxLegs);
+  // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
+  let ticket: Ticket | undefined;
+  let outcome: ProofOutcome = 'none';
+  try {
+    return await connectLegs(
+      proxy,
+      auth,
+      target,
+      limits,
+      deadline,
+      track,
+      async (headers, offered) => {
+        if (ticket) return;
+        // The wait has its own bounds (R1): the handshake's clock runs again after it, as for a slot.
+        deadline.pause();
+        let admission: Admission;
+        try {
+          admission = await proxy.proof.enter(auth.usesPassword(headers), signalWaiter(given), limits);
+        } finally {
+          deadline.start();
+        }
+        if (admission === 'refused') throw refusedLately(proxy, offered);
+        ticket = admission;
+      },
+      (o) => {
+        outcome = o;
+      },
+    );
+  } finally {
+    if (ticket) proxy.proof.settle(ticket, outcome);
+  }
+}
+
+/**
+ * The proxy refused its credentials lately (twice in a row, or before they ever worked): a 407 is
+ * not answered with them again until that has passed.
+ */
+export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]): ProxyAuthenticationError {
+  return new ProxyAuthenticationError(
+    proxy.origin,
+    `the proxy refused proxy.credentials lately, so they are not sent to it again for ${UNUSABLE_MEMORY_MS / 1000} s after that (a wrong or changed password tried again and again locks the account); check proxy.credentials`,
+    offered,
+    true,
+  );
+}
+
+/**
+ * The CONNECT legs of one tunnel; `admit` is called before a 407 is answered by a new handshake
+ * (it may wait, or throw), `proved` with what the handshake said of the credentials.
+ */
+async function connectLegs(
+  proxy: ResolvedProxy,
+  auth: ProxyAuth,
+  target: string,
+  limits: Limits,
+  deadline: Deadline<ProxyTimeoutError>,
+  track: (s: Socket) => void,
+  admit: (headers: Record<string, string | string[]>, offered: readonly string[]) => Promise<void>,
+  proved: (outcome: ProofOutcome) => void,
+): Promise<Tunnel> {
   const leg = proxyLeg(proxy, 'CONNECT', target);
   let requests = 0;
   let connections = 0;
@@ -276,7 +350,10 @@ async function handshake(
     traced.response(head.status, head.headers, head.status !== 407);
     log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
     if (head.status >= 200 && head.status < 300) {
-      if (credentials) await auth.succeeded(head.headers, leg);
+      if (credentials) {
+        await auth.succeeded(head.headers, leg);
+        proved('success');
+      }
       reader.detach();
       return { socket, requests, connections };
     }
@@ -308,7 +385,15 @@ async function handshake(
       }
       continue;
     }
-    await auth.answer(head.headers, leg);
+    if (auth.state !== 'handshaking') {
+      await admit(head.headers, [...new Set(readChallenges(head.headers, true).map((c) => c.scheme))]);
+    }
+    try {
+      await auth.answer(head.headers, leg);
+    } catch (err) {
+      if (err instanceof ProxyAuthenticationError && err.refused) proved('refused');
+      throw err;
+    }
     if (closing) {
       socket.destroy();
       socket = undefined;

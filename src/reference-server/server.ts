@@ -468,6 +468,9 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     if (requestScheme !== undefined) {
       draft.scheme = requestScheme;
       const v = this.digest.verify(requestScheme, authorization, draft.method, draft.path, o.users);
+      // `/denied/…`: the credentials are right, the resource's ACL refuses the user (IIS's 401.3).
+      if (v.ok && pathname.startsWith('/denied/'))
+        return { kind: 'respond', status: 401, outcome: 'denied', headers: bare() };
       if (v.ok) return { kind: 'respond', status: 200, outcome: 'accepted', headers: {}, user: v.user };
       return { kind: 'respond', status: 401, outcome: 'rejected', headers: bare(v.stale), reason: v.reason };
     }

@@ -96,7 +96,11 @@ export interface ReferenceServerOptions {
   mode?: ReferenceServerMode;
   /** Schemes offered in the bare 401, in this order. Default `['Negotiate', 'NTLM']`. */
   schemes?: string[];
-  /** Accounts: `'DOMAIN\\user'` or `'user'` → password. Default alice/alicepw, bob/bobpw in EXAMPLE. */
+  /**
+   * Accounts: `'DOMAIN\\user'` or `'user'` → password. Default alice/alicepw, bob/bobpw in EXAMPLE.
+   * Read for each handshake: assigning `server.options.users` changes a password at run time (a
+   * rotation on the domain controller).
+   */
   users?: Record<string, string>;
   /** NTLM domain (target name). Default `EXAMPLE`. */
   domain?: string;
@@ -168,6 +172,8 @@ export interface ResolvedReferenceServerOptions {
  * - `challenge`: 401 carrying a mechanism token (a handshake leg in progress);
  * - `accepted`: the handshake completed; 200;
  * - `rejected`: credentials present but refused (bad token, wrong password, no context); bare 401;
+ * - `denied`: Basic or Digest credentials accepted, but the path is under `/denied/` (an ACL that
+ *   refuses the user, IIS's 401.3); bare 401;
  * - `refused`: no context created because of a limit (`refused` names it); bare 401;
  * - `anonymous`: a `/public/` path; 200 without auth;
  * - `session`: 200 because the session (or connection) is already authenticated;
@@ -179,6 +185,7 @@ export type ExchangeOutcome =
   | 'challenge'
   | 'accepted'
   | 'rejected'
+  | 'denied'
   | 'refused'
   | 'anonymous'
   | 'session'

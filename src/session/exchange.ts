@@ -18,6 +18,7 @@ import {
 } from '../options.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import { selectCertificate } from './client-certificate.ts';
+import type { Admission } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
@@ -663,15 +664,38 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
   const scheme = mechanism.scheme;
   if (blocking && !step.handedOver) session.apply({ type: 'handshake-start', scheme, leader: job.id });
   const leading = () => blocking && session.state.kind === 'handshaking' && session.state.leader === job.id;
+  // Leave to send the credentials here: at once, after the handshake proving them (one at a time
+  // until they are proved, so a wrong or changed password is not tried by a whole burst), or not
+  // at all while they are refused.
+  const proof = env.memory.proof;
+  let admission: Admission;
+  try {
+    admission = await proof.enter(mechanism.usesPassword !== false, job, env.limits);
+  } catch (err) {
+    // Full, timed out or aborted (R1): nothing was sent; a waiter takes a blocking handshake over (R2).
+    if (leading()) session.handOver(job.id);
+    return failed(job, err as Error);
+  }
+  if (admission === 'refused') {
+    // As when a refusal comes before any proof: this request and those queued behind it go without
+    // the credentials and get the server's own answer (C7, R4).
+    if (leading()) session.apply({ type: 'handshake-failure', leader: job.id });
+    job.noAuth = true;
+    return CHECK;
+  }
+  const ticket = admission;
   // A nonce-based one-leg scheme (Digest) answers a 401 once more when only its nonce was refused:
-  // `stale=true` (RFC 7616 §3.3), or a fresh challenge after a proactive answer to a remembered nonce.
+  // `stale=true` (RFC 7616 §3.3), or a fresh challenge after a proactive answer to a remembered nonce
+  // (a server that forgot it without saying so, as Apache after a restart) — that one only while the
+  // credentials stay proved: it may as well be the password's refusal.
   const schemeKey = scheme.toLowerCase();
   let renewed = false;
   const renewNonce = (status: number, headers: Parameters<typeof readChallenges>[0]): boolean => {
     if (status !== 401 || renewed) return false;
     const next = readChallenges(headers).find((c) => c.schemeKey === schemeKey);
     if (next?.params.nonce === undefined) return false;
-    renewed = next.params.stale?.toLowerCase() === 'true' || challenge === undefined;
+    if (next.params.stale?.toLowerCase() === 'true') renewed = true;
+    else if (challenge === undefined) renewed = proof.again(ticket);
     return renewed;
   };
   let result: HandshakeResult;
@@ -699,9 +723,13 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
     // Only the wait for a handshake slot throws (full, timed out, aborted): nothing was sent. A
     // blocking leader waits for a slot only behind per-request handshakes on its session (C5 on a
     // per-request session), which no test stages; R1 proves the bounded slot wait itself.
+    proof.settle(ticket, 'none');
     if (leading()) session.handOver(job.id);
     return failed(job, err as Error);
   }
+  // What the handshake says of the credentials, before the release below lets waiting requests go on.
+  const refused = result.kind === 'failed' && result.refused === true && result.opening === undefined;
+  proof.settle(ticket, result.kind === 'success' ? 'success' : refused ? 'refused' : 'none');
   const skipped = run.negotiateSkipped && fallbackReasonOf(run.negotiateSkipped);
   const fallbackReason =
     (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
@@ -743,8 +771,6 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       return end({ kind: 'done', done: result.done });
     }
     case 'failed':
-      // Remembered before the release below lets waiting requests (and the pool) go on.
-      if (result.refused) env.memory.noteRefused();
       if (result.proofFailed) {
         // The server failed mutual authentication: nothing more goes on this connection, and the
         // requests queued behind the leader fail with the same error (never a 200 from it).

@@ -1,10 +1,8 @@
 import type { ClientCertificate } from '../options.ts';
+import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 
-/**
- * How long "this scheme cannot run here" (no Kerberos ticket, no addon) is remembered for an
- * origin before a request tries it again (a kinit may follow).
- */
-export const UNUSABLE_MEMORY_MS = 30_000;
+export { UNUSABLE_MEMORY_MS };
+
 const NONE: ReadonlyArray<readonly [string, Error]> = [];
 
 /**
@@ -18,14 +16,17 @@ export class OriginMemory {
   clientCertificate: ClientCertificate | undefined;
   mode: 'session' | 'per-request' | undefined;
   #http1Until = 0;
-  /** Until when (ms) the server's refusal of credentials never proved here holds (see credentialsRefused). */
-  #refusedUntil = 0;
+  /** Whether the agent's credentials work here: one handshake at a time until they do (account lockout). */
+  readonly proof: CredentialProof;
   readonly #ttl: number;
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
   readonly #unusable = new Map<string, { readonly error: Error; readonly until: number }>();
 
-  constructor(http1Ttl: number) {
+  constructor(http1Ttl: number, origin = 'the origin') {
     this.#ttl = http1Ttl;
+    this.proof = new CredentialProof(
+      `the outcome of another request's handshake with the agent's credentials at ${origin} (they are tried there one at a time until proved: a wrong password locks accounts)`,
+    );
   }
 
   get requiresHttp1(): boolean {
@@ -59,26 +60,21 @@ export class OriginMemory {
   }
 
   /**
-   * Whether the agent's credentials are still to be proved here: no handshake succeeded yet and the
-   * server challenges (or has not answered yet). Each HTTP/1.1 connection runs its own handshake, so
-   * the pool opens one at a time meanwhile: a wrong password is tried once, not once per connection
-   * of a burst (an Active Directory account locks after a few).
+   * Whether the agent's credentials are still to be proved here: no handshake succeeded yet (or one
+   * was refused since) and the server challenges (or has not answered yet). Each HTTP/1.1 connection
+   * runs its own handshake, so the pool opens one at a time meanwhile: a wrong password is tried
+   * once, not once per connection of a burst (an Active Directory account locks after a few).
    */
   get unproven(): boolean {
-    return this.mode === undefined && !this.unchallenged;
+    return (this.mode === undefined || !this.proof.proved) && !this.unchallenged;
   }
 
   /**
-   * The server refused credentials never proved here (a final 401): a wrong password, most likely.
-   * Requests go without them for UNUSABLE_MEMORY_MS, then one tries again (R4). Once proved, a
-   * refusal is one resource's (an ACL), not the credentials', and is not remembered.
+   * The server refused the credentials (a final 401) when they were not proved here, or twice in a
+   * row after they were: requests go without them for UNUSABLE_MEMORY_MS, then one tries again (R4).
    */
-  noteRefused(): void {
-    if (this.mode === undefined) this.#refusedUntil = Date.now() + UNUSABLE_MEMORY_MS;
-  }
-
   get credentialsRefused(): boolean {
-    return this.#refusedUntil !== 0 && Date.now() < this.#refusedUntil;
+    return this.proof.refused;
   }
 
   /** The remembered scheme was refused: learn it again from the next challenge. */
@@ -106,7 +102,6 @@ export class OriginMemory {
   contextCap: number | undefined;
 
   rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
-    this.#refusedUntil = 0;
     this.scheme = scheme;
     this.mode = mode;
     this.multilegPerRequest = mode === 'per-request' && legs > 1;

@@ -95,7 +95,7 @@ export class OriginPool implements FastHost {
   ) {
     this.origin = origin;
     this.#options = options;
-    this.memory = new OriginMemory(options.http1MemoryTtl);
+    this.memory = new OriginMemory(options.http1MemoryTtl, origin);
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;

@@ -352,6 +352,7 @@ export class Session {
       classify,
       (e, c, path, started) => this.#send(job, e, c, path, started),
       () => this.protocol === 'h2',
+      job,
     );
   }
 

@@ -1,4 +1,5 @@
 import { QueueFullError, QueueTimeoutError } from '../errors.ts';
+import type { AbortHook } from '../handshake/user-sink.ts';
 import type { Job } from './job.ts';
 
 /** The bounds every wait shares (R1, C11): how many may wait, and for how long. */
@@ -7,20 +8,25 @@ export interface WaitBounds {
   readonly queueTimeout: number;
 }
 
+/** What waits: a request (a {@link Job}), or anything else the caller can abort through the same hook. */
+export interface Waiter {
+  readonly sink: { onAbort(hook: AbortHook | undefined): void };
+}
+
 /** One waiting request; it is its own abort hook, so a wait costs no extra closure (R6). */
-class Entry<T> {
+class Entry<T, W extends Waiter> {
   settled = false;
-  readonly job: Job;
+  readonly job: W;
   readonly deadline: number;
   readonly resolve: (value: T) => void;
   readonly reject: (err: Error) => void;
-  readonly #onAbort: (entry: Entry<T>, reason: Error) => void;
+  readonly #onAbort: (entry: Entry<T, W>, reason: Error) => void;
   constructor(
-    job: Job,
+    job: W,
     deadline: number,
     resolve: (value: T) => void,
     reject: (err: Error) => void,
-    onAbort: (entry: Entry<T>, reason: Error) => void,
+    onAbort: (entry: Entry<T, W>, reason: Error) => void,
   ) {
     this.job = job;
     this.deadline = deadline;
@@ -43,8 +49,8 @@ class Entry<T> {
  * armed for the oldest entry, serves the whole queue; an aborted entry is only marked settled and
  * skipped later, so removal is O(1).
  */
-export class WaitQueue<T> {
-  #entries: Entry<T>[] = [];
+export class WaitQueue<T, W extends Waiter = Job> {
+  #entries: Entry<T, W>[] = [];
   #head = 0;
   #live = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -66,7 +72,7 @@ export class WaitQueue<T> {
    * Waits until {@link shift} or {@link settleAll} hands a value over. Rejects at once with
    * QueueFullError when `maxQueue` are waiting, later with QueueTimeoutError or the caller's abort.
    */
-  wait(job: Job): Promise<T> {
+  wait(job: W): Promise<T> {
     if (this.#live >= this.#bounds.maxQueue) {
       return Promise.reject(new QueueFullError(this.#bounds.maxQueue, this.#what));
     }
@@ -79,12 +85,12 @@ export class WaitQueue<T> {
     });
   }
 
-  readonly #aborted = (entry: Entry<T>, reason: Error): void => {
+  readonly #aborted = (entry: Entry<T, W>, reason: Error): void => {
     this.#settle(entry)?.reject(reason);
   };
 
   /** Hands `value` to the oldest waiting request; returns it, or undefined when none waits. */
-  shift(value: T): Job | undefined {
+  shift(value: T): W | undefined {
     const entry = this.#next();
     if (!entry) return undefined;
     this.#settle(entry)!.resolve(value);
@@ -108,7 +114,7 @@ export class WaitQueue<T> {
   }
 
   /** The oldest entry still waiting, dropping settled ones from the front. */
-  #next(): Entry<T> | undefined {
+  #next(): Entry<T, W> | undefined {
     while (this.#head < this.#entries.length) {
       const entry = this.#entries[this.#head]!;
       if (!entry.settled) {
@@ -122,7 +128,7 @@ export class WaitQueue<T> {
   }
 
   /** Marks `entry` settled (once); returns it, or undefined when it already was. */
-  #settle(entry: Entry<T>): Entry<T> | undefined {
+  #settle(entry: Entry<T, W>): Entry<T, W> | undefined {
     if (entry.settled) return undefined;
     entry.settled = true;
     this.#live -= 1;

@@ -26,6 +26,7 @@ import { type ClientCertificate, type Limits, portOf, unbracketed } from '../opt
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
+import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 
 type Controller = Dispatcher.DispatchController;
 type Headers = Record<string, string | string[]>;
@@ -39,17 +40,23 @@ export interface UpgradeOptions {
   readonly mechanisms: MechanismSet;
   /** Presented in the TLS handshake of upgrades that may carry credentials (T3). */
   readonly handshakeCertificate?: ClientCertificate;
+  /**
+   * Whether the agent's credentials work at an origin, shared with its requests: an upgrade's
+   * handshake waits for another one proving them, and none runs while they are refused (R4).
+   */
+  readonly proofOf?: (origin: string) => CredentialProof;
 }
 
 /** One leg's outcome, as far as the handshake is concerned. */
 type LegOutcome =
   | { readonly kind: 'challenged'; readonly headers: Headers }
-  | { readonly kind: 'delivered' }
+  | { readonly kind: 'delivered'; readonly status: number }
   | { readonly kind: 'failed'; readonly error: Error };
 
 /** A running authentication: the mechanism's context and what it sent last. */
 interface Auth {
   readonly scheme: string;
+  readonly multileg: boolean;
   readonly context: MechanismContext;
   header: string;
   legs: number;
@@ -155,7 +162,14 @@ export class UpgradeDispatcher {
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
-    const answering = credentialsAllowed && body.replayable;
+    let answering = credentialsAllowed && body.replayable;
+    // Leave to send the agent's credentials at this origin, shared with its requests (R4); looked
+    // up at the first 401 (an upgrade no one challenges leaves the agent no origin memory).
+    const proofOf = this.#options.proofOf;
+    let proof: CredentialProof | undefined;
+    const proofHere = () => (proof ??= proofOf?.(origin));
+    let ticket: Ticket | undefined;
+    let proved: ProofOutcome = 'none';
     const url = new URL(origin);
     const legInfo = (): LegInfo => ({
       origin,
@@ -182,6 +196,8 @@ export class UpgradeDispatcher {
           sink,
           (status, h) => {
             if (status !== 401 || !answering) return false;
+            // Refused here lately (R4): the caller gets the server's 401, as a request does.
+            if (!auth && proofHere()?.refused) return false;
             if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
             const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it.
@@ -190,10 +206,24 @@ export class UpgradeDispatcher {
           auth && ((h) => finish(auth!, h, legInfo())),
           onUpgrade,
         );
-        if (outcome.kind === 'delivered') return;
+        if (outcome.kind === 'delivered') {
+          if (auth) proved = outcomeFor(auth, outcome.status);
+          return;
+        }
         if (outcome.kind === 'failed') throw outcome.error;
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
+          const here = proofHere();
+          if (here && !ticket) {
+            const chosen = mechanisms.choose(challenges, excluded)?.mechanism;
+            const admission = await here.enter(chosen?.usesPassword !== false, { sink }, limits);
+            if (admission === 'refused') {
+              // Refused meanwhile: sent again without them, the caller gets the server's 401.
+              answering = false;
+              continue;
+            }
+            ticket = admission;
+          }
           auth = await start(challenges);
           continue;
         }
@@ -207,6 +237,7 @@ export class UpgradeDispatcher {
       await legs();
     } finally {
       clock?.stop();
+      if (ticket) proof!.settle(ticket, proved);
     }
 
     /** The first leg with credentials: the strongest usable offered scheme (T2). */
@@ -222,6 +253,7 @@ export class UpgradeDispatcher {
         try {
           const a: Auth = {
             scheme: mechanism.scheme,
+            multileg: mechanism.multileg,
             context: mechanism.createContext(legInfo()),
             header: '',
             legs: 0,
@@ -272,6 +304,7 @@ export class UpgradeDispatcher {
     return new Promise((resolve) => {
       let controller: Controller | undefined;
       let swallowed: Headers | undefined;
+      let status = 0;
       let drained = 0;
       /** Response events held while `verify` runs, replayed to the caller once it passes. */
       let held: (() => void)[] | undefined;
@@ -303,13 +336,13 @@ export class UpgradeDispatcher {
           // The caller aborted before undici started the request (nothing to abort then).
           if (sink.aborted) c.abort(sink.reason!);
         },
-        onRequestUpgrade(_c, status, h, socket) {
+        onRequestUpgrade(_c, upgradeStatus, h, socket) {
           const done = () => {
             if (aborted) return;
             // The socket is the caller's now: a later abort of the request no longer applies.
             sink.onAbort(() => {});
-            onUpgrade(status, h as Headers, socket as Socket);
-            resolve({ kind: 'delivered' });
+            onUpgrade(upgradeStatus, h as Headers, socket as Socket);
+            resolve({ kind: 'delivered', status: upgradeStatus });
           };
           if (!verify) return done();
           upgraded = socket as Socket;
@@ -322,7 +355,8 @@ export class UpgradeDispatcher {
               resolve({ kind: 'failed', error: err });
             });
         },
-        onResponseStart(c, status, h, message) {
+        onResponseStart(c, responseStatus, h, message) {
+          status = responseStatus;
           if (answer(status, h as Headers)) {
             swallowed = h as Headers;
             drainTimer = setTimeout(
@@ -373,7 +407,7 @@ export class UpgradeDispatcher {
           }
           deliver(() => {
             sink.responseEnd(trailers as Headers);
-            resolve({ kind: 'delivered' });
+            resolve({ kind: 'delivered', status });
           });
         },
         onResponseError(_c, err) {
@@ -395,6 +429,15 @@ export class UpgradeDispatcher {
       );
     });
   }
+}
+
+/**
+ * What the final answer to a leg with credentials says of them: a 401 refuses them (unless it
+ * answered a multi-leg handshake's opening leg, which carries none), a 5xx says nothing.
+ */
+function outcomeFor(auth: Auth, status: number): ProofOutcome {
+  if (status === 401) return auth.legs === 1 && auth.multileg && !auth.context.firstLegCompletes ? 'none' : 'refused';
+  return status >= 500 ? 'none' : 'success';
 }
 
 /** Verifies the server's final token, if its scheme sent one, on the answer to our last leg. */

@@ -76,6 +76,7 @@ export function basicMechanism(credentials: Credentials, options: BasicOptions =
     level: 'request',
     multileg: false,
     proactive: true,
+    usesPassword: true,
     createContext: (leg) => {
       if (!allowHttp && cleartext(leg)) throw new BasicOverHttpError(leg.origin);
       return new BasicContext(credentials);

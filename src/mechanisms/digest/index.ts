@@ -250,6 +250,7 @@ export function digestMechanism(credentials: Credentials, options: DigestOptions
     scheme: 'Digest',
     level: 'request',
     multileg: false,
+    usesPassword: true,
     get proactive(): boolean {
       return cache !== undefined && cache.size > 0;
     },

@@ -177,6 +177,8 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
     level: 'either',
     multileg: true,
     proactive: true,
+    // A password goes only through the NTLM fallback (M5); a Kerberos ticket locks no account.
+    usesPassword: opts.credentials !== undefined && opts.ntlmFallback !== false && opts.mech !== 'kerberos',
     // The `kerberos` addon cannot bind: then a proactive token need not wait for the connection;
     // nor need NTLM's first message, while Kerberos is remembered unusable and the password falls back.
     get bindsFirstToken() {

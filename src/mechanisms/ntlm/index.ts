@@ -187,6 +187,7 @@ export function ntlmMechanism(credentials: Credentials, options: NtlmOptions = {
     level,
     multileg: true,
     proactive: false,
+    usesPassword: true,
     createContext: () => new NtlmContext(scheme, credentials, options),
   };
 }

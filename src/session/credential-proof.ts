@@ -1,0 +1,186 @@
+import { type WaitBounds, type Waiter, WaitQueue } from './wait-queue.ts';
+
+/**
+ * How long "this cannot work here" is remembered before one request tries again (R4): a scheme that
+ * cannot run (no Kerberos ticket, no addon: a kinit may follow), or credentials the server refused.
+ */
+export const UNUSABLE_MEMORY_MS = 30_000;
+
+/**
+ * How long a success keeps the credentials proved for handshakes that send a password: while one
+ * succeeded this recently, they run side by side; past it, the next goes alone first (a burst after
+ * a quiet spell would otherwise try a changed password once per request before the first refusal).
+ */
+export const PROOF_FRESH_MS = 1_000;
+
+/** What a handshake may do with the credentials: run ({@link Ticket}), or go without them. */
+export type Admission = Ticket | 'refused';
+
+/** One handshake's leave to send the credentials; given back with its outcome ({@link CredentialProof.settle}). */
+export class Ticket {
+  /** It runs alone: the others wait for its outcome. */
+  probe: boolean;
+  /** The refusals counted when it was admitted (a success proves nothing about a later refusal). */
+  epoch: number;
+  settled = false;
+  /** The refusal that ends its handshake was counted already ({@link CredentialProof.again}). */
+  counted = false;
+  constructor(probe: boolean, epoch: number) {
+    this.probe = probe;
+    this.epoch = epoch;
+  }
+}
+
+/** How a handshake with the credentials ended, as far as they are concerned. */
+export type ProofOutcome =
+  /** The server took them (a final answer that is not a refusal). */
+  | 'success'
+  /** The server refused them: a final 401 (407 from a proxy) to the last leg. */
+  | 'refused'
+  /** It says nothing about them: an error, a timeout, an abort, a 5xx, an unanswered first leg. */
+  | 'none';
+
+/**
+ * Whether the agent's credentials are known to work at one place (an origin, or a proxy), so that a
+ * wrong or changed password is tried there at most twice in a row — not once per request, session or
+ * connection, as curl and .NET do: an Active Directory account locks after a few bad attempts (often
+ * 5–10 in 30 minutes), and a rotated password the process still holds would lock it.
+ *
+ * - Proved (a handshake with them succeeded here, and nothing was refused since): handshakes run side
+ *   by side — for a password only while the proof is fresh ({@link PROOF_FRESH_MS}); past that the
+ *   next one goes alone first.
+ * - Not proved (never yet, or refused once since): one handshake at a time; the others wait for its
+ *   outcome, bounded like every wait (R1). A success proves them; a refusal of credentials not proved
+ *   (the second in a row after a proof) makes them refused.
+ * - Refused: for {@link UNUSABLE_MEMORY_MS} no handshake sends them here (requests go without them and
+ *   get the server's answer, R4); then one tries again.
+ *
+ * A success counts only for a handshake admitted after the last refusal: one admitted before it may
+ * have been checked before the password changed, and must not make a burst run side by side again.
+ */
+export class CredentialProof {
+  #proved = false;
+  #provedAt = 0;
+  #refusedUntil = 0;
+  #epoch = 0;
+  #probing = false;
+  #queue: WaitQueue<Admission, Waiter> | undefined;
+  /** What a waiting handshake waits for, for QueueTimeoutError / QueueFullError. */
+  readonly #what: string;
+
+  constructor(what: string) {
+    this.#what = what;
+  }
+
+  /** A handshake with the credentials succeeded here and none was refused since. */
+  get proved(): boolean {
+    return this.#proved;
+  }
+
+  /** The credentials were refused here lately: nothing sends them until UNUSABLE_MEMORY_MS has passed. */
+  get refused(): boolean {
+    return this.#refusedUntil !== 0 && Date.now() < this.#refusedUntil;
+  }
+
+  /**
+   * Whether a handshake may send the credentials now: a {@link Ticket}, `'refused'` (go without
+   * them), or undefined: another handshake is proving them, {@link wait} for its outcome.
+   * `password`: the handshake sends something derived from a password (see {@link PROOF_FRESH_MS}).
+   */
+  admit(password: boolean): Admission | undefined {
+    if (this.refused) return 'refused';
+    if (this.#proved && (!password || Date.now() - this.#provedAt < PROOF_FRESH_MS)) {
+      return new Ticket(false, this.#epoch);
+    }
+    if (this.#probing) return undefined;
+    this.#probing = true;
+    return new Ticket(true, this.#epoch);
+  }
+
+  /** Waits for the running probe's outcome (bounded by `bounds`, abortable through `waiter`, R1). */
+  wait(waiter: Waiter, bounds: WaitBounds): Promise<Admission> {
+    this.#queue ??= new WaitQueue<Admission, Waiter>(bounds, this.#what);
+    return this.#queue.wait(waiter);
+  }
+
+  /** {@link admit}, or else {@link wait}. */
+  enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
+    return this.admit(password) ?? this.wait(waiter, bounds);
+  }
+
+  /**
+   * The server refused the credentials in the middle of `ticket`'s handshake, which could try them
+   * once more (a Digest answer to a remembered nonce: the server may only have forgotten the nonce).
+   * Counts the refusal; true when that one more try may go — only while the credentials stay
+   * proved after it (they were before, so this is the first refusal in a row) and nothing else is
+   * proving them.
+   */
+  again(ticket: Ticket): boolean {
+    const wasProved = this.#proved;
+    this.#refuse();
+    ticket.epoch = this.#epoch;
+    const more = wasProved && !this.refused && (ticket.probe || !this.#probing);
+    if (more) ticket.probe = this.#probing = true;
+    // Otherwise this refusal ends the handshake: settling it as refused must not count it twice.
+    else ticket.counted = true;
+    return more;
+  }
+
+  /** Gives `ticket` back with its handshake's outcome (once; later calls are ignored). */
+  settle(ticket: Ticket, outcome: ProofOutcome): void {
+    if (ticket.settled) return;
+    ticket.settled = true;
+    if (ticket.probe) this.#probing = false;
+    if (outcome === 'success' && ticket.epoch === this.#epoch) {
+      this.#proved = true;
+      this.#provedAt = Date.now();
+      this.#refusedUntil = 0;
+    } else if (outcome === 'refused' && !ticket.counted) {
+      this.#refuse();
+    }
+    this.#wake();
+  }
+
+  #refuse(): void {
+    this.#epoch += 1;
+    // Proved until now: this may be one resource's refusal (an ACL), so one more handshake decides.
+    if (this.#proved) this.#proved = false;
+    else this.#refusedUntil = Date.now() + UNUSABLE_MEMORY_MS;
+  }
+
+  /** Hands the waiting handshakes what they may do now: all go, all go without, or one probes next. */
+  #wake(): void {
+    const queue = this.#queue;
+    if (!queue || queue.length === 0) return;
+    if (this.refused) queue.settleAll('refused');
+    else if (this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS) {
+      while (queue.length > 0) queue.shift(new Ticket(false, this.#epoch));
+    } else if (!this.#probing) {
+      this.#probing = queue.shift(new Ticket(true, this.#epoch)) !== undefined;
+    }
+  }
+}
+
+/** A {@link Waiter} that `signal` aborts (nothing does without one). */
+export function signalWaiter(signal: AbortSignal | undefined): Waiter {
+  let listener: (() => void) | undefined;
+  return {
+    sink: {
+      onAbort(hook) {
+        if (listener) signal?.removeEventListener('abort', listener);
+        listener = undefined;
+        if (!hook || !signal) return;
+        const fire = () => {
+          const reason = signal.reason as Error;
+          if (typeof hook === 'function') hook(reason);
+          else hook.callerAborted(reason);
+        };
+        if (signal.aborted) fire();
+        else {
+          listener = fire;
+          signal.addEventListener('abort', listener, { once: true });
+        }
+      },
+    },
+  };
+}
