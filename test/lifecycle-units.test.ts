@@ -17,7 +17,13 @@ import { QueueTimeoutError } from '../src/index.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from '../src/session/connector.ts';
-import { CredentialProof, PROOF_FRESH_MS, signalWaiter, Ticket } from '../src/session/credential-proof.ts';
+import {
+  CredentialProof,
+  MAX_REFUSED_MEMORY_MS,
+  PROOF_FRESH_MS,
+  signalWaiter,
+  Ticket,
+} from '../src/session/credential-proof.ts';
 import type { Job } from '../src/session/job.ts';
 import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
@@ -376,6 +382,32 @@ describe('origin memory and session state', () => {
     expect(retry.probe).toBe(true);
     proof.settle(retry, 'refused');
     expect(proof.admit(false)).toBe('refused');
+  });
+
+  it('R4: credentials refused again after the wait are kept back twice as long each time (30 s, 1 min, 2 min … 30 min), not tried every 30 s; refusals already in flight add nothing; a success starts over', () => {
+    vi.useFakeTimers();
+    const proof = new CredentialProof('the proof');
+    // Never proved: 40 handshakes of one burst refused together count as one refusal.
+    const burst = Array.from({ length: 40 }, () => new Ticket(false, 0));
+    for (const t of burst) proof.settle(t, 'refused');
+    const waits: number[] = [];
+    for (let i = 0; i < 9; i++) {
+      waits.push(proof.refusedFor);
+      vi.advanceTimersByTime(proof.refusedFor);
+      const retry = proof.admit(true) as Ticket;
+      expect(retry.probe).toBe(true);
+      proof.settle(retry, 'refused');
+    }
+    expect(waits).toEqual([30, 60, 120, 240, 480, 960, 1800, 1800, 1800].map((s) => s * 1000));
+    // Tries in the first 30 minutes: the burst's, then at 0.5, 1.5, 3.5, 7.5 and 15.5 min (60 at every 30 s).
+    vi.advanceTimersByTime(proof.refusedFor);
+    proof.settle(proof.admit(true) as Ticket, 'success');
+    expect([proof.proved, proof.refusedFor]).toEqual([true, 0]);
+    vi.advanceTimersByTime(PROOF_FRESH_MS);
+    proof.settle(proof.admit(true) as Ticket, 'refused');
+    proof.settle(proof.admit(true) as Ticket, 'refused');
+    expect(proof.refusedFor).toBe(UNUSABLE_MEMORY_MS);
+    expect(MAX_REFUSED_MEMORY_MS).toBe(30 * 60_000);
   });
 
   it('R4: a Digest answer to a remembered nonce that is refused is tried once more only while the credentials were proved', () => {

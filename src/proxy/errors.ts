@@ -14,7 +14,7 @@ export class ProxyAuthenticationError extends MultilegError {
   readonly offered: readonly string[];
   /**
    * The proxy refused the credentials themselves: a final 407 to them now, or lately (then nothing
-   * was sent with them: they are not tried again for 30 s, so that a wrong or changed password does
+   * was sent with them: they are not tried again for 30 s, doubling up to 30 min, so that a wrong or changed password does
    * not lock the account). False when no credential was refused (none configured, no usable scheme).
    */
   readonly refused: boolean;

@@ -15,10 +15,10 @@ import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import {
   type Admission,
+  MAX_REFUSED_MEMORY_MS,
   type ProofOutcome,
   signalWaiter,
   type Ticket,
-  UNUSABLE_MEMORY_MS,
 } from '../session/credential-proof.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
 import {
@@ -266,7 +266,7 @@ async function handshake(
 export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]): ProxyAuthenticationError {
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy refused proxy.credentials lately, so they are not sent to it again for ${UNUSABLE_MEMORY_MS / 1000} s after that (a wrong or changed password tried again and again locks the account); check proxy.credentials`,
+    `the proxy refused proxy.credentials lately, so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check proxy.credentials`,
     offered,
     true,
   );

@@ -7,6 +7,15 @@ import { type WaitBounds, type Waiter, WaitQueue } from './wait-queue.ts';
 export const UNUSABLE_MEMORY_MS = 30_000;
 
 /**
+ * Longest that refused credentials are kept back. Each refusal in a row doubles the wait from
+ * UNUSABLE_MEMORY_MS (30 s, 1 min, 2 min … 30 min), so that a process left running with a wrong
+ * password tries it about 7 times in its first 30 minutes and then twice an hour — under the
+ * lockout thresholds Active Directory is usually given (5–10 bad attempts within 10–30 minutes)
+ * for the first, and never anywhere near them afterwards.
+ */
+export const MAX_REFUSED_MEMORY_MS = 30 * 60_000;
+
+/**
  * How long a success keeps the credentials proved for handshakes that send a password: while one
  * succeeded this recently, they run side by side; past it, the next goes alone first (a burst after
  * a quiet spell would otherwise try a changed password once per request before the first refusal).
@@ -53,7 +62,8 @@ export type ProofOutcome =
  *   outcome, bounded like every wait (R1). A success proves them; a refusal of credentials not proved
  *   (the second in a row after a proof) makes them refused.
  * - Refused: for {@link UNUSABLE_MEMORY_MS} no handshake sends them here (requests go without them and
- *   get the server's answer, R4); then one tries again.
+ *   get the server's answer, R4); then one tries again. Refused again, the wait doubles, up to
+ *   {@link MAX_REFUSED_MEMORY_MS}; a success starts over.
  *
  * A success counts only for a handshake admitted after the last refusal: one admitted before it may
  * have been checked before the password changed, and must not make a burst run side by side again.
@@ -62,6 +72,8 @@ export class CredentialProof {
   #proved = false;
   #provedAt = 0;
   #refusedUntil = 0;
+  /** How many times in a row the credentials were refused here (reset by a success): the next wait doubles. */
+  #refusedTimes = 0;
   #epoch = 0;
   #probing = false;
   #queue: WaitQueue<Admission, Waiter> | undefined;
@@ -80,6 +92,11 @@ export class CredentialProof {
   /** The credentials were refused here lately: nothing sends them until UNUSABLE_MEMORY_MS has passed. */
   get refused(): boolean {
     return this.#refusedUntil !== 0 && Date.now() < this.#refusedUntil;
+  }
+
+  /** How long (ms) the credentials are still kept back here; 0 when they are not. */
+  get refusedFor(): number {
+    return Math.max(0, this.#refusedUntil - Date.now());
   }
 
   /**
@@ -135,6 +152,7 @@ export class CredentialProof {
       this.#proved = true;
       this.#provedAt = Date.now();
       this.#refusedUntil = 0;
+      this.#refusedTimes = 0;
     } else if (outcome === 'refused' && !ticket.counted) {
       this.#refuse();
     }
@@ -145,7 +163,13 @@ export class CredentialProof {
     this.#epoch += 1;
     // Proved until now: this may be one resource's refusal (an ACL), so one more handshake decides.
     if (this.#proved) this.#proved = false;
-    else this.#refusedUntil = Date.now() + UNUSABLE_MEMORY_MS;
+    // Handshakes already in flight when they were refused add nothing: the wait grows only when the
+    // try made after it is refused too.
+    else if (!this.refused) {
+      const wait = Math.min(UNUSABLE_MEMORY_MS * 2 ** this.#refusedTimes, MAX_REFUSED_MEMORY_MS);
+      this.#refusedTimes += 1;
+      this.#refusedUntil = Date.now() + wait;
+    }
   }
 
   /** Hands the waiting handshakes what they may do now: all go, all go without, or one probes next. */

@@ -71,7 +71,8 @@ export class OriginMemory {
 
   /**
    * The server refused the credentials (a final 401) when they were not proved here, or twice in a
-   * row after they were: requests go without them for UNUSABLE_MEMORY_MS, then one tries again (R4).
+   * row after they were: requests go without them for UNUSABLE_MEMORY_MS (doubling while they stay
+   * refused, CredentialProof), then one tries again (R4).
    */
   get credentialsRefused(): boolean {
     return this.proof.refused;
