@@ -966,20 +966,20 @@ describe('multileg command line', () => {
     });
   });
 
-  it("-x, --proxy-user, --noproxy: through the reference proxy with its own credentials; a CONNECT refused with 407 is curl's 56", async () => {
+  it("-x, --proxy-user, --noproxy: through the reference proxy with its own credentials; a CONNECT refused with 407 is curl 8.21's 7", async () => {
     let proxy: ReferenceProxy | undefined;
     try {
       proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
       const url = `${server.origin}/auth/proxied`;
       const base = [...alice(), '-x', proxy.origin];
-      // curl's 56 for a CONNECT the proxy answers with a final 407: no credentials, or wrong ones.
+      // curl 8.21's 7 (7.88: 56) for a CONNECT the proxy answers with a final 407: no credentials, or wrong ones.
       const denied = await run([...base, url]);
-      expect(denied.code).toBe(56);
+      expect(denied.code).toBe(7);
       expect(denied.stderr).toContain('MULTILEG_PROXY');
       expect(denied.stderr).toContain('give --proxy-user (or a Kerberos ticket for the proxy)');
       expect(denied.stderr).not.toMatch(/proxy\.\w/);
       const refused = await run([...base, '--proxy-user', 'proxyuser:wrongpw', url]);
-      expect(refused.code).toBe(56);
+      expect(refused.code).toBe(7);
       expect(refused.stderr).toMatch(
         /^multileg: proxy .* requires authentication \(407; offers Basic\): the proxy rejected the Basic credentials; check --proxy-user .*\(MULTILEG_PROXY_AUTH\)\n$/,
       );

@@ -140,7 +140,7 @@ export function describeFailure(
   const e = rootCause(err);
   const host = ctx.url.host;
   if (e instanceof MultilegError) {
-    // The proxy's failures exit as curl's do for the proxy: 5, 7, 60, 28, 56.
+    // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =
       e instanceof ProxyUnreachableError
         ? e.reason === 'resolve'
@@ -150,14 +150,14 @@ export function describeFailure(
           ? EXIT.certificate
           : e instanceof ProxyConnectTimeoutError
             ? EXIT.timeout
-            : // curl's 56 for a CONNECT that did not open the tunnel (a final 407 included, or a
-              // proxy that closed the connection: "Proxy CONNECT aborted"); a plain http:// URL
-              // goes through a forwarding proxy, no CONNECT.
-              e instanceof ProxyConnectError ||
-                e instanceof ProxyProtocolError ||
-                (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
-              ? EXIT.receive
-              : EXIT.failure;
+            : // curl 8.20+'s 7 for a CONNECT the proxy answered without opening the tunnel (a final
+              // 407 included; 7.88 said 56); a plain http:// URL goes through a forwarding proxy, no CONNECT.
+              e instanceof ProxyConnectError || (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
+              ? EXIT.connect
+              : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted").
+                e instanceof ProxyProtocolError
+                ? EXIT.receive
+                : EXIT.failure;
     return { exit, message: `${forCli(e.message)} (${e.code})` };
   }
   const code = typeof e.code === 'string' ? e.code : '';
