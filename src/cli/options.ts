@@ -403,9 +403,9 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
  * `-uvalue`, `-ku value`). Set as the process title, it replaces the arguments other users can read
  * (curl blanks them too).
  */
-export function shownArgv(argv: readonly string[]): string[] | undefined {
+export function shownArgv(argv: readonly string[], cmd: Commander.Command = program()): string[] | undefined {
   const longOf = new Map<string, string>();
-  for (const option of program().options)
+  for (const option of cmd.options)
     if (option.required || option.optional) {
       if (option.short) longOf.set(option.short, option.long!);
       if (option.long) longOf.set(option.long, option.long);
@@ -464,8 +464,7 @@ function writeOutFormat(value: string | undefined): string | undefined {
 const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
-export function parseCli(argv: readonly string[]): CliRequest {
-  const cmd = program();
+export function parseCli(argv: readonly string[], cmd: Commander.Command = program()): CliRequest {
   // -d, --data-binary and --data-raw in the order given (curl joins them so), not grouped by flag.
   const data: Array<[flag: '-d' | '--data-binary' | '--data-raw', value: string]> = [];
   for (const flag of ['-d', '--data-binary', '--data-raw'] as const)
@@ -644,9 +643,9 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
  * {@link parseCli}, or the exit code for bad usage after one line on stderr (commander prints its
  * own errors and --help/--version output).
  */
-export function parseCliOrExit(argv: readonly string[], name: string): CliRequest | number {
+export function parseCliOrExit(argv: readonly string[], name: string, cmd?: Commander.Command): CliRequest | number {
   try {
-    return parseCli(argv);
+    return parseCli(argv, cmd);
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof ConfigError) {
