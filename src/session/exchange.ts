@@ -682,10 +682,13 @@ async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<St
       ...(step.authId !== undefined ? { authId: step.authId } : {}),
       leg: new JobLeg(job, session),
       send: mechanism.multileg
-        ? (extra, classify) => session.send(job, extra, classify)
-        : (extra, classify) =>
-            session.send(job, extra, (status, headers) =>
-              renewNonce(status, headers) ? 'swallow' : classify(status, headers),
+        ? (extra, classify, onResult) => session.sendLeg(job, extra, classify, onResult)
+        : (extra, classify, onResult) =>
+            session.sendLeg(
+              job,
+              extra,
+              (status, headers) => (renewNonce(status, headers) ? 'swallow' : classify(status, headers)),
+              onResult,
             ),
       sink: job.sink,
       maxLegs: env.limits.maxLegs,
