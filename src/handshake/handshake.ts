@@ -148,7 +148,19 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
  * when the wait for a handshake slot before the first leg fails (nothing was sent).
  */
 export function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
-  return new Promise((resolve, reject) => new Handshake(input, resolve, reject).start());
+  return new Promise((resolve, reject) => runHandshakeWith(input, resolve, reject));
+}
+
+/**
+ * {@link runHandshake} with callbacks: `done` gets the result; `noSlot` the error of a wait for a
+ * handshake slot before the first leg that failed (nothing was sent).
+ */
+export function runHandshakeWith(
+  input: HandshakeInput,
+  done: (r: HandshakeResult) => void,
+  noSlot: (err: Error) => void,
+): void {
+  new Handshake(input, done, noSlot).start();
 }
 
 /**
@@ -284,10 +296,10 @@ class Handshake {
     if (this.#phase !== 'step') return; // the clock ended the handshake meanwhile
     this.#legs += 1;
     this.#authorization = authorization;
-    const { slot } = this.#input;
+    const input = this.#input;
     if (
       this.#release === undefined &&
-      slot &&
+      input.slot &&
       this.#mechanism.multileg &&
       !(this.#legs === 1 && this.#context.firstLegCompletes)
     ) {
@@ -295,7 +307,7 @@ class Handshake {
       this.#clock.pause();
       let got: (() => void) | Promise<() => void>;
       try {
-        got = slot();
+        got = input.slot();
       } catch (err) {
         this.#slotFailed(err as Error);
         return;

@@ -270,12 +270,23 @@ class NegotiateContext implements MechanismContext {
     return this.#fallback.step(undefined, leg);
   }
 
-  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
-    if (this.#fallback) return await this.#fallback.step(challenge, leg);
-    const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
-    if (this.#state === 'initial') {
+  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    // NTLM inside Negotiate answers for itself: no async frame of ours around each of its steps.
+    if (this.#fallback) return this.#fallback.step(challenge, leg);
+    if (this.#state === 'initial' && challenge?.token68 === undefined) {
       // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
       // just said it has no usable credentials — answer as that failure would, straight away.
+      const remembered = this.#memory.reason;
+      if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
+        return this.#fallBack(remembered, leg);
+      }
+    }
+    return this.#step(challenge, leg);
+  }
+
+  async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
+    if (this.#state === 'initial') {
       const remembered = this.#memory.reason;
       if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
         return await this.#fallBack(remembered, leg);
@@ -326,8 +337,12 @@ class NegotiateContext implements MechanismContext {
     return `${SCHEME} ${out}`;
   }
 
-  async finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
-    if (this.#fallback) return await this.#fallback.finish(challenge);
+  finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
+    if (this.#fallback) return this.#fallback.finish(challenge);
+    return this.#finish(challenge, leg);
+  }
+
+  async #finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
     const client = this.#client;
     if (!client || this.#state === 'initial') return; // no handshake took place
     if (this.#state === 'done' && this.#mutualVerified) return;
