@@ -61,7 +61,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
   readonly #beforeStart: (controller: Controller) => void;
   readonly #maxDrain: number;
-  readonly #maxDrainMs: number;
+  readonly #maxDrainMs: number | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: {
@@ -72,9 +72,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     maxDrainBytes: number;
     /**
      * How long a swallowed challenge's body may take to end (limits.handshakeTimeout): a 401 that
-     * is not yet part of a handshake (a bare request's) has no handshake clock over it.
+     * is not yet part of a handshake (a bare request's) has no handshake clock over it. Undefined: a
+     * handshake's clock (the same limit, started before this leg) bounds it, so no timer of its own.
      */
-    maxDrainMs: number;
+    maxDrainMs: number | undefined;
     /**
      * Called with the result as soon as it is known, from within undici's callback (instead of a
      * promise per leg); `result` is then made only if someone asks for it.
@@ -146,7 +147,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     }
     if (verdict === 'swallow') {
       this.#mode = 'drain';
-      this.#drainTimer = setTimeout(() => this.#stopDraining(controller, 'challenge body too slow'), this.#maxDrainMs);
+      if (this.#maxDrainMs !== undefined)
+        this.#drainTimer = setTimeout(
+          () => this.#stopDraining(controller, 'challenge body too slow'),
+          this.#maxDrainMs,
+        );
       return;
     }
     if (verdict === 'deliver') {

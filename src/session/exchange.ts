@@ -724,8 +724,9 @@ class Lead implements HandshakeInput, LegInfo {
     onResult: (r: LegResult) => void,
   ): void {
     const { session, job } = this.#run;
+    // The handshake's clock bounds its legs, a challenge body's drain too.
     if (this.mechanism.multileg) {
-      session.sendLeg(job, extra, classify, onResult);
+      session.sendLeg(job, extra, classify, onResult, true);
       return;
     }
     session.sendLeg(
@@ -733,6 +734,7 @@ class Lead implements HandshakeInput, LegInfo {
       extra,
       (status, headers) => (this.#renewNonce(status, headers) ? 'swallow' : classify(status, headers)),
       onResult,
+      true,
     );
   }
 

@@ -346,16 +346,19 @@ export class Session {
 
   /**
    * {@link send} with a callback: `onResult` gets the leg's result as soon as it is known (a
-   * handshake's legs: no promise per leg on a direct connection).
+   * handshake's legs: no promise per leg on a direct connection). `clocked`: a handshake's clock
+   * bounds the leg (limits.handshakeTimeout, started before it), so a challenge body needs no timer
+   * of its own.
    */
   sendLeg(
     job: Job,
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
     onResult: (r: LegResult) => void,
+    clocked = false,
   ): void {
     if (!this.#forward) {
-      this.#send(job, extra, classify, onResult);
+      this.#send(job, extra, classify, onResult, undefined, undefined, clocked);
       return;
     }
     const request = {
@@ -383,6 +386,7 @@ export class Session {
     onResult: (r: LegResult) => void,
     path?: string,
     started?: (leg: LegHandler) => void,
+    clocked = false,
   ): void {
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
     if (this.closed) {
@@ -390,7 +394,7 @@ export class Session {
       return;
     }
     if (job.body.settled === false) {
-      this.#settleBody(job, extra, classify, onResult, path, started);
+      this.#settleBody(job, extra, classify, onResult, path, started, clocked);
       return;
     }
     const body = job.body.take();
@@ -418,7 +422,7 @@ export class Session {
       },
       beforeStart: (controller) => this.checkStart(job, controller),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
-      maxDrainMs: this.#limits.handshakeTimeout,
+      maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
         if (r.kind === 'failed') traced?.error(r.error);
         onResult(this.settleLeg(job, r));
@@ -465,9 +469,10 @@ export class Session {
     onResult: (r: LegResult) => void,
     path: string | undefined,
     started: ((leg: LegHandler) => void) | undefined,
+    clocked: boolean,
   ): void {
     job.sink.unlessAborted(job.body.settle!()).then(
-      () => this.#send(job, extra, classify, onResult, path, started),
+      () => this.#send(job, extra, classify, onResult, path, started, clocked),
       (error: Error) => onResult({ kind: 'failed', error }),
     );
   }
