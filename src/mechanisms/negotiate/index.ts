@@ -23,7 +23,7 @@ import {
   type KerberosClientLike,
   type KerberosModuleLike,
 } from './addon.ts';
-import { type BackendChoice, loadBackend } from './backend.ts';
+import { type BackendChoice, type KerberosBackend, loadBackend } from './backend.ts';
 import {
   fallbackReasonOf,
   KerberosNoTicketError,
@@ -32,7 +32,7 @@ import {
   mapGssError,
   type NegotiateFallbackReason,
 } from './errors.ts';
-import { spnFor } from './spn.ts';
+import { spnFor, spnWithoutLookup } from './spn.ts';
 
 export {
   GSS_C_DELEG_FLAG,
@@ -156,6 +156,8 @@ interface KerberosMemory {
   creds?: CredCache;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
   bindsChannel?: boolean;
+  /** The backend, once one loaded. */
+  backend?: KerberosBackend;
 }
 
 class NegotiateContext implements MechanismContext {
@@ -231,7 +233,9 @@ class NegotiateContext implements MechanismContext {
   /** Kerberos's first token, from whichever backend loads. */
   async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
     const o = this.#o;
-    const backend = await loadBackend(o);
+    // The backend loads once per mechanism (a failure is tried again by the next request).
+    this.#memory.backend ??= await loadBackend(o);
+    const backend = this.#memory.backend;
     this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
     this.#memory.creds ??= new CredCache();
@@ -292,7 +296,9 @@ class NegotiateContext implements MechanismContext {
         return await this.#fallBack(remembered, leg);
       }
       // A token in the first challenge is not meaningful to an initiator with no context: ignored.
-      this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
+      this.#spn =
+        spnWithoutLookup(this.#o, leg.hostname, leg.port) ??
+        (await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname));
       let out: string | null;
       try {
         out = await this.#firstKerberosToken(leg);
@@ -470,8 +476,11 @@ function derHead(buf: Buffer, at: number): { tag: number; start: number; end: nu
   return { tag: buf[at]!, start, end: start + len };
 }
 
-const oidIs = (buf: Buffer, h: { start: number; end: number }, oid: Buffer): boolean =>
-  h.end - h.start === oid.length && h.end <= buf.length && buf.subarray(h.start, h.end).equals(oid);
+function oidIs(buf: Buffer, h: { start: number; end: number }, oid: Buffer): boolean {
+  if (h.end - h.start !== oid.length || h.end > buf.length) return false;
+  for (let i = 0; i < oid.length; i++) if (buf[h.start + i] !== oid[i]) return false;
+  return true;
+}
 
 /**
  * {@link carriesKerberosApReq} from the first bytes of a token: the same fields (the GSS mech, SPNEGO's
