@@ -158,7 +158,17 @@ interface Run {
  * or asks the pool to relocate it (connection ended, HTTP/1.1 required, 421).
  */
 export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
-  return runSteps(newRun(session, job, env), CHECK);
+  const run = newRun(session, job, env);
+  const first = check(run);
+  if (first.kind !== 'lead') return runSteps(run, first);
+  // Per-request mode's usual path: the request leads its own handshake at once, and its end is the
+  // request's end here — one promise, no step loop, unless the handshake leaves more to do.
+  return new Promise((resolve, reject) =>
+    new Lead(run, first, (next) => {
+      if (next.kind === 'end') resolve(next.outcome);
+      else runSteps(run, next).then(resolve, reject);
+    }).start(),
+  );
 }
 
 function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
