@@ -473,6 +473,35 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
     }
   });
 
+  it('R3: a mechanism step that answers only after handshakeTimeout: HandshakeTimeoutError, and its late token is never sent', async () => {
+    const s = await hostile((headers, respond) => {
+      if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+      else respond(200, {});
+    });
+    const late: Mechanism = {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => ({
+        complete: false,
+        step: () => new Promise<string>((resolve) => setTimeout(() => resolve('NTLM bGF0ZQ=='), 600)),
+        finish: async () => {},
+      }),
+    };
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [late],
+      limits: { handshakeTimeout: 200 },
+    });
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a }));
+    expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+    // After the step's late answer: still only the bare request reached the server.
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    expect(s.requests()).toBe(1);
+  });
+
   /**
    * A multi-leg NTLM-named test mechanism whose verification of the server's final token (`finish`)
    * hangs for the first handshake (a GSS-API call that never returns) and passes for later ones.

@@ -144,18 +144,11 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
 
 /**
  * Runs one handshake to its end: each leg carries the mechanism's next token and the server's
- * latest Auth-ID (C3) — on this handshake's legs only, one leg in flight at a time. Rejects only
- * when the wait for a handshake slot before the first leg fails (nothing was sent).
+ * latest Auth-ID (C3) — on this handshake's legs only, one leg in flight at a time. `done` gets the
+ * result; `noSlot` the error of a wait for a handshake slot before the first leg that failed
+ * (nothing was sent).
  */
-export function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
-  return new Promise((resolve, reject) => runHandshakeWith(input, resolve, reject));
-}
-
-/**
- * {@link runHandshake} with callbacks: `done` gets the result; `noSlot` the error of a wait for a
- * handshake slot before the first leg that failed (nothing was sent).
- */
-export function runHandshakeWith(
+export function runHandshake(
   input: HandshakeInput,
   done: (r: HandshakeResult) => void,
   noSlot: (err: Error) => void,
@@ -337,7 +330,7 @@ class Handshake {
       this.#end(this.#failed(err));
       return;
     }
-    // Nothing was sent: the caller of runHandshake decides (it may hand the handshake over, R2).
+    // Nothing was sent: the caller decides (it may hand the handshake over, R2).
     this.#phase = 'over';
     this.#clock.stop();
     this.#noSlot(err);

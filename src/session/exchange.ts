@@ -3,12 +3,7 @@ import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
-import {
-  type HandshakeInput,
-  type HandshakeResult,
-  relocationReason,
-  runHandshakeWith,
-} from '../handshake/handshake.ts';
+import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
@@ -715,7 +710,7 @@ class Lead implements HandshakeInput, LegInfo {
     const step = this.#step;
     if (step.blocking && !step.handedOver)
       session.apply({ type: 'handshake-start', scheme: step.mechanism.scheme, leader: job.id });
-    runHandshakeWith(
+    runHandshake(
       this,
       (result) => this.#done(this.#after(result)),
       (err) => {
