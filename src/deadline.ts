@@ -9,8 +9,10 @@ export class Deadline<E extends Error> {
   readonly #ms: number;
   readonly #error: () => E;
   readonly #onExpire: (err: E) => void;
-  readonly #expired: Promise<never>;
-  #expire!: (err: E) => void;
+  /** Rejects the races with the deadline's error; made at the first race (a handshake makes none). */
+  #expired: Promise<never> | undefined;
+  #expire: ((err: E) => void) | undefined;
+  #fired: E | undefined;
   #timer: NodeJS.Timeout | undefined;
   #running = false;
   #timedOut = false;
@@ -20,10 +22,6 @@ export class Deadline<E extends Error> {
     this.#ms = ms;
     this.#error = error;
     this.#onExpire = onExpire;
-    this.#expired = new Promise<never>((_, reject) => {
-      this.#expire = reject;
-    });
-    this.#expired.catch(() => {});
   }
 
   get timedOut(): boolean {
@@ -59,6 +57,13 @@ export class Deadline<E extends Error> {
 
   /** `work`, or the deadline's error if it passes first (a deadline never started never does). */
   race<T>(work: Promise<T>): Promise<T> {
+    if (!this.#expired) {
+      this.#expired = new Promise<never>((_, reject) => {
+        this.#expire = reject;
+      });
+      this.#expired.catch(() => {});
+      if (this.#fired) this.#expire!(this.#fired);
+    }
     return Promise.race([work, this.#expired]);
   }
 
@@ -67,7 +72,8 @@ export class Deadline<E extends Error> {
     this.#running = false;
     this.#timedOut = true;
     const err = this.#error();
-    this.#expire(err);
+    this.#fired = err;
+    this.#expire?.(err);
     this.#onExpire(err);
   }
 }

@@ -82,6 +82,32 @@ describe('mechanism faults reach the caller as the next scheme or a typed error'
     expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(1);
   });
 
+  it('S3: a mechanism in plain JavaScript whose step throws at once (no promise) fails the request as one that rejects: InvalidTokenError', async () => {
+    const ntlmOnce = ntlmMechanism(ALICE);
+    const throwing: Mechanism = {
+      ...ntlmOnce,
+      createContext(leg) {
+        const real = ntlmOnce.createContext(leg);
+        return {
+          get complete() {
+            return real.complete;
+          },
+          step: (challenge, l) => {
+            if (challenge?.token68 !== undefined) throw new TypeError('mechanism internals: cannot read property');
+            return real.step(challenge, l);
+          },
+          finish: (challenge, l) => real.finish(challenge, l),
+        };
+      },
+    };
+    const { s, a } = await setup(throwing);
+    const r = await outcome(fetch(`${s.origin}/auth/x`, { dispatcher: a }));
+    const err = (r as { error: Error }).error;
+    expect(err).toBeInstanceOf(InvalidTokenError);
+    expect(err.message).not.toContain('mechanism internals');
+    expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(1);
+  });
+
   it('M2: a final token whose verification throws a plain exception withholds the 200 as InvalidTokenError (final token)', async () => {
     const distrusting = patchedNtlm({
       finish: async () => {

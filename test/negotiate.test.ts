@@ -8,6 +8,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { Challenge } from '../src/challenge/types.ts';
 import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../src/errors.ts';
 import {
+  carriesKerberosApReq,
   GSS_C_DELEG_FLAG,
   GSS_C_MUTUAL_FLAG,
   GSS_C_SEQUENCE_FLAG,
@@ -25,6 +26,7 @@ import {
   normalizeSpn,
   spnFor,
 } from '../src/mechanisms/negotiate/index.ts';
+import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
 import {
   decodeNegTokenInit,
   decodeNegTokenResp,
@@ -37,6 +39,7 @@ import {
   OID_NTLMSSP,
   SPNEGO_NTLM_FLAGS,
 } from '../src/mechanisms/spnego/index.ts';
+import { OID_MS_KRB5 } from '../src/mechanisms/spnego/tokens.ts';
 import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 
 const leg: LegInfo = {
@@ -538,5 +541,52 @@ describe('M2: SPNEGO DER', () => {
     expect(c.subarray(12).toString('hex')).toBe('00000000');
     expect(c.equals(s)).toBe(false);
     expect(() => ntlmSign(esk, 0, 'client-to-server', list)).toThrow(MechanismError);
+  });
+});
+
+describe('C4: a first token that completes the server side in one leg', () => {
+  /** The whole-token reading: GSS framing, then SPNEGO's first mech and its optimistic token. */
+  function byFullDecode(token: Buffer): boolean {
+    try {
+      if (token[0] !== 0x60) return false;
+      const init = decodeNegTokenInit(token);
+      const first = init.mechTypes[0];
+      return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
+    } catch {
+      // Raw Kerberos framing (not SPNEGO): its mech OID says it.
+      const oid = encodeOid(OID_KRB5).subarray(2);
+      const ms = encodeOid(OID_MS_KRB5).subarray(2);
+      const at = token[1]! & 0x80 ? 2 + (token[1]! & 0x7f) : 2;
+      const mech = token.subarray(at + 2, at + 2 + token[at + 1]!);
+      return token[at] === 0x06 && (mech.equals(oid) || mech.equals(ms));
+    }
+  }
+  const OTHER = '1.2.3.4.5.6.7.8.9.10.11.12';
+
+  it('C4: carriesKerberosApReq reads the mech and the optimistic token from the first bytes as the whole decode does (tokens of 1.5 KB, mech lists of any length)', () => {
+    const mechs = [OID_KRB5, OID_MS_KRB5, OID_NTLMSSP, OTHER];
+    const tokens: Buffer[] = [];
+    for (const size of [0, 40, 1500])
+      for (let n = 0; n <= 8; n++)
+        for (const lead of mechs) {
+          const list = [lead, ...Array.from({ length: n }, (_, i) => mechs[i % mechs.length]!)];
+          const mechToken = size ? Buffer.alloc(size, 0x6e) : undefined;
+          tokens.push(encodeNegTokenInit(list, mechToken));
+          tokens.push(encodeNegTokenInit(list, mechToken, Buffer.alloc(16, 1)));
+        }
+    tokens.push(encodeNegTokenInit([], Buffer.alloc(1500, 1)));
+    for (const oid of [OID_KRB5, OID_MS_KRB5, OID_NTLMSSP])
+      tokens.push(tlv(0x60, Buffer.concat([encodeOid(oid), Buffer.from([1, 0]), Buffer.alloc(1400, 0x6e)])));
+    tokens.push(Buffer.concat([Buffer.from('NTLMSSP\0', 'latin1'), Buffer.alloc(1200, 2)]));
+    let kerberos = 0;
+    for (const token of tokens) {
+      const expected = byFullDecode(token);
+      expect(carriesKerberosApReq(token.toString('base64'))).toBe(expected);
+      if (expected) kerberos += 1;
+    }
+    // Both answers occur, among long tokens whose mech list fits the first bytes and whose does not.
+    expect(kerberos).toBeGreaterThan(20);
+    expect(kerberos).toBeLessThan(tokens.length - 20);
+    expect(tokens.filter((t) => t.length > 96).length).toBeGreaterThan(100);
   });
 });

@@ -459,6 +459,48 @@ describe('R3: handshakeTimeout bounds a challenge body that never ends', () => {
   }
 });
 
+describe('R3: handshakeTimeout bounds a challenge body in the middle of a handshake', () => {
+  for (const allowH2 of [true, false]) {
+    it(`R3: a 401 that continues the handshake sends its head and never ends its body (${allowH2 ? 'HTTP/2' : 'HTTP/1.1'}): the handshake's clock ends it with HandshakeTimeoutError`, async () => {
+      const s = await hostile((headers, respond) => {
+        if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+        else respond(401, { 'www-authenticate': 'NTLM c2VydmVy' }, 'stalls');
+      });
+      // Two tokens: the 401 to the first one is a challenge to drain, not the caller's answer.
+      const twoTokens: Mechanism = {
+        scheme: 'NTLM',
+        level: 'connection',
+        multileg: true,
+        proactive: false,
+        createContext: () => {
+          let steps = 0;
+          return {
+            get complete() {
+              return steps > 1;
+            },
+            step: async () => {
+              steps += 1;
+              return 'NTLM dGVzdA==';
+            },
+            finish: async () => {},
+          };
+        },
+      };
+      const a = agent({
+        trustedOrigins: [s.origin],
+        negotiate: false,
+        mechanisms: [twoTokens],
+        limits: { handshakeTimeout: 300 },
+      });
+      // No signal of the test's own: a leg left unbounded would hang it (and the caller's abort would
+      // end as a HandshakeTimeoutError too, the clock having fired).
+      const r = await settle(request(`${s.origin}/x`, { dispatcher: a, allowH2 } as never));
+      expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+      expect(s.requests()).toBe(2);
+    }, 10_000);
+  }
+});
+
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {
   it("R3: a mechanism step that never returns ends with HandshakeTimeoutError; the session does not stay 'handshaking'", async () => {
     const s = await reference({ mode: 'session', schemes: ['NTLM'] });
@@ -484,6 +526,35 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
       const r = await settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }));
       expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
     }
+  });
+
+  it('R3: a mechanism step that answers only after handshakeTimeout: HandshakeTimeoutError, and its late token is never sent', async () => {
+    const s = await hostile((headers, respond) => {
+      if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
+      else respond(200, {});
+    });
+    const late: Mechanism = {
+      scheme: 'NTLM',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => ({
+        complete: false,
+        step: () => new Promise<string>((resolve) => setTimeout(() => resolve('NTLM bGF0ZQ=='), 600)),
+        finish: async () => {},
+      }),
+    };
+    const a = agent({
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      mechanisms: [late],
+      limits: { handshakeTimeout: 200 },
+    });
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a }));
+    expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+    // After the step's late answer: still only the bare request reached the server.
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    expect(s.requests()).toBe(1);
   });
 
   /**

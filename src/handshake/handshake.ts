@@ -8,11 +8,15 @@ import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.t
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
 
-/** Sends one leg with extra headers on the handshake's connection; supplied by the session. */
+/**
+ * Sends one leg with extra headers on the handshake's connection and calls `onResult` with its
+ * result; supplied by the session.
+ */
 export type SendLeg = (
   extra: Record<string, string>,
   classify: (status: number, headers: ResponseHeaders) => Verdict,
-) => Promise<LegResult>;
+  onResult: (r: LegResult) => void,
+) => void;
 
 export interface HandshakeInput {
   readonly mechanism: Mechanism;
@@ -32,9 +36,9 @@ export interface HandshakeInput {
    * contexts per session) and returns its release. Asked for before the first leg that leaves, or
    * may leave, an incomplete context on the server — not for a first leg the server completes in
    * one (a proactive Kerberos token, C4: per-request mode blocks no stream). Its errors (full,
-   * timed out, aborted) are thrown when nothing was sent yet.
+   * timed out, aborted) are thrown when nothing was sent yet. A free slot comes at once (no promise).
    */
-  readonly slot?: () => Promise<() => void>;
+  readonly slot?: () => (() => void) | Promise<() => void>;
   /**
    * The first leg, holding a slot, met a bare 401 (this scheme offered again, with no token): asks
    * the session whether that was the server's cap on incomplete contexts (draft §3.1). When it
@@ -146,210 +150,390 @@ function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | und
 
 /**
  * Runs one handshake to its end: each leg carries the mechanism's next token and the server's
- * latest Auth-ID (C3) — on this handshake's legs only, one leg in flight at a time.
+ * latest Auth-ID (C3) — on this handshake's legs only, one leg in flight at a time. `done` gets the
+ * result; `noSlot` the error of a wait for a handshake slot before the first leg that failed
+ * (nothing was sent).
  */
-export async function runHandshake(input: HandshakeInput): Promise<HandshakeResult> {
-  const { mechanism, sink } = input;
-  let legs = 0;
-  let authId: string | undefined = input.authId;
-  let authIdCarried = false;
-  let context: MechanismContext | undefined;
-  let release: (() => void) | undefined;
-  const fallback = () => (context?.fallbackReason ? { fallbackReason: context.fallbackReason } : {});
-  const fail = (err: Error): HandshakeResult => {
-    sink.fail(err);
-    return { kind: 'failed', legs, authIdCarried, ...fallback(), done: Promise.resolve(), error: err };
-  };
-  try {
-    context = mechanism.createContext(input.leg);
-  } catch (err) {
-    if (cannotRunHere(err)) return { kind: 'unusable', error: err };
-    return fail(err as Error);
+export function runHandshake(
+  input: HandshakeInput,
+  done: (r: HandshakeResult) => void,
+  noSlot: (err: Error) => void,
+): void {
+  new Handshake(input, done, noSlot).start();
+}
+
+/**
+ * One handshake as an explicit state, driven by callbacks (a mechanism step's promise, a leg's
+ * result): no promise, closure or race per leg (per-request mode runs one per request).
+ */
+class Handshake {
+  readonly #input: HandshakeInput;
+  readonly #mechanism: Mechanism;
+  readonly #sink: UserSink;
+  readonly #done: (r: HandshakeResult) => void;
+  readonly #noSlot: (err: Error) => void;
+  #context!: MechanismContext;
+  #clock!: Deadline<HandshakeTimeoutError>;
+  /** `step`: the mechanism makes a token; `slot`: waiting for a handshake slot; `leg`: on the wire. */
+  #phase: 'step' | 'slot' | 'leg' | 'over' = 'step';
+  #legs = 0;
+  #authId: string | undefined;
+  #authIdCarried = false;
+  #release: (() => void) | undefined;
+  /** This scheme's challenge in the last 401 (undefined on a proactive first leg). */
+  #challenge: Challenge | undefined;
+  #authorization = '';
+  // What the classifier saw of the leg on the wire (reset for each leg).
+  #sentAfterServerToken = false;
+  #legacyLost = false;
+  #declined = false;
+  #refused = false;
+  #finishError: MultilegError | undefined;
+  /**
+   * The server's final token: `pending` while the mechanism verifies it (the response is held for
+   * it); a gate ended before the mechanism (the clock, the caller's abort, a reset stream) leaves it
+   * `pending`: nothing was proved, whatever the status.
+   */
+  #verification: 'none' | 'pending' | 'passed' = 'none';
+  #persistent = false;
+  #unanswered = false;
+  /**
+   * This scheme's challenge in the 401, read once by the classifier for the next leg (not parsed
+   * again); a 401 swallowed before the classifier saw it (a renewed Digest nonce) is read later.
+   */
+  #next: Challenge | undefined;
+  #nextRead = false;
+  // One of each per handshake, not per leg.
+  readonly #classify = (status: number, headers: ResponseHeaders): Verdict => this.#classifyLeg(status, headers);
+  readonly #onLeg = (r: LegResult): void => this.#legDone(r);
+  readonly #onStep = (authorization: string): void => this.#stepped(authorization);
+  readonly #onStepError = (err: unknown): void => this.#stepFailed(err);
+
+  constructor(input: HandshakeInput, done: (r: HandshakeResult) => void, noSlot: (err: Error) => void) {
+    this.#input = input;
+    this.#mechanism = input.mechanism;
+    this.#sink = input.sink;
+    this.#authId = input.authId;
+    this.#challenge = input.challenge;
+    this.#done = done;
+    this.#noSlot = noSlot;
   }
-  // Aborting through the sink reaches whichever leg is on the wire.
-  const clock = handshakeClock(input.timeout, mechanism.scheme, (err) => sink.abort(err));
-  try {
-    let challenge = input.challenge;
-    for (;;) {
-      // (A timeout during a leg returns below, before the loop comes round again.)
-      if (legs >= input.maxLegs) return fail(new LegLimitError(input.maxLegs, mechanism.scheme));
-      let authorization: string;
+
+  start(): void {
+    try {
+      this.#context = this.#mechanism.createContext(this.#input.leg);
+    } catch (err) {
+      this.#phase = 'over';
+      this.#done(cannotRunHere(err) ? { kind: 'unusable', error: err } : this.#failed(err as Error));
+      return;
+    }
+    // Aborting through the sink reaches whichever leg is on the wire; a step running then ends the
+    // handshake here (a step that never returns cannot hold the caller, R3).
+    this.#clock = handshakeClock(this.#input.timeout, this.#mechanism.scheme, (err) => {
+      this.#sink.abort(err);
+      if (this.#phase === 'step') this.#end(this.#failed(this.#clock.error()));
+    });
+    this.#step();
+  }
+
+  #fallback(): { fallbackReason?: string } {
+    const reason = this.#context?.fallbackReason;
+    return reason ? { fallbackReason: reason } : {};
+  }
+
+  /** The caller gets `err` (a typed error, never the mechanism's own exception). */
+  #failed(err: Error): HandshakeResult {
+    this.#sink.fail(err);
+    return {
+      kind: 'failed',
+      legs: this.#legs,
+      authIdCarried: this.#authIdCarried,
+      ...this.#fallback(),
+      done: Promise.resolve(),
+      error: err,
+    };
+  }
+
+  #end(r: HandshakeResult): void {
+    this.#phase = 'over';
+    this.#clock.stop();
+    const release = this.#release;
+    this.#release = undefined;
+    release?.();
+    this.#done(r);
+  }
+
+  #step(): void {
+    const { maxLegs, leg } = this.#input;
+    if (this.#legs >= maxLegs) {
+      this.#end(this.#failed(new LegLimitError(maxLegs, this.#mechanism.scheme)));
+      return;
+    }
+    this.#phase = 'step';
+    let token: Promise<string>;
+    try {
+      token = this.#context.step(this.#challenge, leg);
+    } catch (err) {
+      this.#stepFailed(err);
+      return;
+    }
+    // (A mechanism written in plain JavaScript may return its token as it is.)
+    Promise.resolve(token).then(this.#onStep, this.#onStepError);
+  }
+
+  #stepFailed(err: unknown): void {
+    if (this.#phase !== 'step') return; // the clock ended the handshake meanwhile
+    if (this.#legs === 0 && cannotRunHere(err)) {
+      this.#end({ kind: 'unusable', error: err });
+      return;
+    }
+    const error = err instanceof MultilegError ? err : new InvalidTokenError(`${this.#mechanism.scheme} challenge`);
+    this.#end(this.#failed(error));
+  }
+
+  #stepped(authorization: string): void {
+    if (this.#phase !== 'step') return; // the clock ended the handshake meanwhile
+    this.#legs += 1;
+    this.#authorization = authorization;
+    const input = this.#input;
+    if (
+      this.#release === undefined &&
+      input.slot &&
+      this.#mechanism.multileg &&
+      !(this.#legs === 1 && this.#context.firstLegCompletes)
+    ) {
+      // The wait for a slot has its own bounds (R1): the handshake's clock starts again after it.
+      this.#clock.pause();
+      let got: (() => void) | Promise<() => void>;
       try {
-        authorization = await clock.race(context.step(challenge, input.leg));
+        got = input.slot();
       } catch (err) {
-        if (clock.timedOut) return fail(clock.error());
-        if (legs === 0 && cannotRunHere(err)) return { kind: 'unusable', error: err };
-        return fail(err instanceof MultilegError ? err : new InvalidTokenError(`${mechanism.scheme} challenge`));
+        this.#slotFailed(err as Error);
+        return;
       }
-      legs += 1;
-      if (release === undefined && input.slot && mechanism.multileg && !(legs === 1 && context.firstLegCompletes)) {
-        // The wait for a slot has its own bounds (R1): the handshake's clock starts again after it.
-        clock.pause();
-        try {
-          release = await input.slot();
-        } catch (err) {
-          if (legs === 1) throw err;
-          return fail(err as Error);
-        } finally {
-          clock.start();
-        }
-      }
-      const extra: Record<string, string> = { authorization };
-      if (authId !== undefined) {
-        extra['auth-id'] = authId;
-        authIdCarried = true;
-      }
-      const sentAfterServerToken = challenge?.token68 !== undefined;
-      let legacyLost = false;
-      let declined = false;
-      let refused = false;
-      let finishError: MultilegError | undefined;
-      // The server's final token: `pending` while the mechanism verifies it (the response is held
-      // for it); a gate ended before the mechanism (the clock, the caller's abort, a reset stream)
-      // leaves it `pending`: nothing was proved, whatever the status.
-      let verification = 'none' as 'none' | 'pending' | 'passed';
-      let persistent = false;
-      let unanswered = false;
-      // This scheme's challenge in the 401, read once here for the next leg (not parsed again); a
-      // 401 swallowed before this classifier saw it (a renewed Digest nonce) is read below.
-      let next: Challenge | undefined;
-      let nextRead = false;
-      // The caller gets a typed error, never the mechanism's own exception (its text may say too much).
-      const finish = (final: Challenge | undefined) => {
-        verification = 'pending';
-        return context.finish(final, input.leg).then(
-          () => {
-            verification = 'passed';
+      if (typeof got === 'function') {
+        this.#clock.start();
+        this.#release = got;
+      } else {
+        this.#phase = 'slot';
+        got.then(
+          (release) => {
+            this.#clock.start();
+            this.#release = release;
+            this.#sendLeg();
           },
-          (err: Error) => {
-            finishError = err instanceof MultilegError ? err : new InvalidTokenError('final token');
-            throw finishError;
-          },
+          (err: Error) => this.#slotFailed(err),
         );
-      };
-      const result = await input.send(extra, (status, headers) => {
-        if (status === 401) {
-          next = challengeFor(headers, mechanism.scheme);
-          nextRead = true;
-          if (next?.token68 !== undefined && !context.complete) return 'swallow';
-          if (legs === 1 && release !== undefined && next && input.contextRefused?.()) {
-            refused = true;
-            return 'swallow';
-          }
-          // A legacy HTTP/2 server (Apache) keeps connection-bound state per stream: our answer to
-          // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
-          if (input.onHttp2 && sentAfterServerToken && authId === undefined && next && next.token68 === undefined) {
-            legacyLost = true;
-            return 'swallow';
-          }
-          if (input.challenge === undefined && legs === 1 && !next && readChallenges(headers).length > 0) {
-            declined = true;
-            return 'swallow';
-          }
-          return 'deliver';
-        }
-        // A forwarding proxy's 407 (proxy.deliver407, or to the caller's own Proxy-Authorization):
-        // the origin never saw this leg, so it says nothing of the handshake.
-        if (status === 407) return 'deliver';
-        persistent = readPersistentAuth(headers);
-        const final = challengeFor(headers, mechanism.scheme);
-        if (
-          input.challenge === undefined &&
-          legs === 1 &&
-          !context.complete &&
-          final?.token68 === undefined &&
-          !hasPersistentAuth(headers)
-        ) {
-          // Over TLS the certificate already proved the server. Over cleartext nothing else does:
-          // a mechanism that wants the server's final token (Kerberos, M2) still fails without it.
-          if (input.leg.origin.startsWith('https:')) {
-            unanswered = true;
-            return 'deliver';
-          }
-          return finish(undefined).then(() => {
-            unanswered = true;
-          });
-        }
-        if (status >= 200 && status < 300) return finish(final);
-        return 'deliver';
-      });
-      if (clock.timedOut && result.kind !== 'delivered') return fail(clock.error());
-      switch (result.kind) {
-        case 'failed': {
-          const reason = relocationReason(result.error);
-          if (reason) return { kind: 'relocate', legs, reason, error: result.error };
-          return fail(result.error);
-        }
-        case 'swallowed': {
-          if (declined) {
-            const id = readAuthId(result.headers);
-            return {
-              kind: 'declined',
-              offered: readChallenges(result.headers),
-              ...(id?.ok ? { authId: id.value } : {}),
-            };
-          }
-          if (refused) return { kind: 'refused' };
-          if (legacyLost) {
-            log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', mechanism.scheme);
-            return { kind: 'relocate', legs, reason: 'http1' };
-          }
-          const reading = readAuthId(result.headers);
-          if (reading && !reading.ok) return fail(new InvalidTokenError('Auth-ID header (too long)'));
-          if (reading?.ok) authId = reading.value;
-          challenge = nextRead ? next : challengeFor(result.headers, mechanism.scheme);
-          continue;
-        }
-        case 'delivered': {
-          if (finishError) {
-            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done, proofFailed: finishError };
-          }
-          if (verification === 'pending') {
-            // The gate ended before the mechanism did. The caller got the clock's error (R3) or its
-            // own abort (the leader gave up: R2 hands the handshake over), or a reset stream's.
-            const error = sink.reason;
-            return {
-              kind: 'failed',
-              legs,
-              authIdCarried,
-              ...fallback(),
-              done: result.done,
-              ...(error ? { error } : {}),
-            };
-          }
-          if (unanswered) return { kind: 'unanswered', done: result.done };
-          if (result.status === 401) {
-            const opening = legs === 1 && mechanism.multileg && !context.firstLegCompletes;
-            return {
-              kind: 'failed',
-              legs,
-              authIdCarried,
-              ...fallback(),
-              done: result.done,
-              refused: true,
-              ...(opening ? { opening } : {}),
-            };
-          }
-          // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
-          // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
-          // the server took them).
-          if (result.status >= 500 || result.status === 407)
-            return { kind: 'failed', legs, authIdCarried, ...fallback(), done: result.done };
-          const sessionAuthenticated = persistent || mechanism.level === 'connection';
-          return {
-            kind: 'success',
-            legs,
-            sessionAuthenticated,
-            authIdCarried,
-            done: result.done,
-            ...(context.identity ? { identity: context.identity } : {}),
-            ...fallback(),
-          };
-        }
+        return;
       }
     }
-  } finally {
-    clock.stop();
-    release?.();
+    this.#sendLeg();
+  }
+
+  #slotFailed(err: Error): void {
+    this.#clock.start();
+    if (this.#legs > 1) {
+      this.#end(this.#failed(err));
+      return;
+    }
+    // Nothing was sent: the caller decides (it may hand the handshake over, R2).
+    this.#phase = 'over';
+    this.#clock.stop();
+    this.#noSlot(err);
+  }
+
+  #sendLeg(): void {
+    const extra: Record<string, string> = { authorization: this.#authorization };
+    if (this.#authId !== undefined) {
+      extra['auth-id'] = this.#authId;
+      this.#authIdCarried = true;
+    }
+    this.#sentAfterServerToken = this.#challenge?.token68 !== undefined;
+    this.#legacyLost = false;
+    this.#declined = false;
+    this.#refused = false;
+    this.#finishError = undefined;
+    this.#verification = 'none';
+    this.#persistent = false;
+    this.#unanswered = false;
+    this.#next = undefined;
+    this.#nextRead = false;
+    this.#phase = 'leg';
+    this.#input.send(extra, this.#classify, this.#onLeg);
+  }
+
+  /** The caller gets a typed error, never the mechanism's own exception (its text may say too much). */
+  #finish(final: Challenge | undefined): Promise<void> {
+    this.#verification = 'pending';
+    return this.#context.finish(final, this.#input.leg).then(
+      () => {
+        this.#verification = 'passed';
+      },
+      (err: Error) => {
+        const error = err instanceof MultilegError ? err : new InvalidTokenError('final token');
+        this.#finishError = error;
+        throw error;
+      },
+    );
+  }
+
+  #classifyLeg(status: number, headers: ResponseHeaders): Verdict {
+    const input = this.#input;
+    const context = this.#context;
+    const scheme = this.#mechanism.scheme;
+    const legs = this.#legs;
+    if (status === 401) {
+      const next = challengeFor(headers, scheme);
+      this.#next = next;
+      this.#nextRead = true;
+      if (next?.token68 !== undefined && !context.complete) return 'swallow';
+      if (legs === 1 && this.#release !== undefined && next && input.contextRefused?.()) {
+        this.#refused = true;
+        return 'swallow';
+      }
+      // A legacy HTTP/2 server (Apache) keeps connection-bound state per stream: our answer to
+      // its challenge meets a fresh bare challenge and no Auth-ID was ever offered.
+      if (
+        input.onHttp2 &&
+        this.#sentAfterServerToken &&
+        this.#authId === undefined &&
+        next &&
+        next.token68 === undefined
+      ) {
+        this.#legacyLost = true;
+        return 'swallow';
+      }
+      if (input.challenge === undefined && legs === 1 && !next && readChallenges(headers).length > 0) {
+        this.#declined = true;
+        return 'swallow';
+      }
+      return 'deliver';
+    }
+    // A forwarding proxy's 407 (proxy.deliver407, or to the caller's own Proxy-Authorization):
+    // the origin never saw this leg, so it says nothing of the handshake.
+    if (status === 407) return 'deliver';
+    this.#persistent = readPersistentAuth(headers);
+    const final = challengeFor(headers, scheme);
+    if (
+      input.challenge === undefined &&
+      legs === 1 &&
+      !context.complete &&
+      final?.token68 === undefined &&
+      !hasPersistentAuth(headers)
+    ) {
+      // Over TLS the certificate already proved the server. Over cleartext nothing else does:
+      // a mechanism that wants the server's final token (Kerberos, M2) still fails without it.
+      if (input.leg.origin.startsWith('https:')) {
+        this.#unanswered = true;
+        return 'deliver';
+      }
+      return this.#finish(undefined).then(() => {
+        this.#unanswered = true;
+      });
+    }
+    if (status >= 200 && status < 300) return this.#finish(final);
+    return 'deliver';
+  }
+
+  #legDone(result: LegResult): void {
+    if (this.#phase !== 'leg') return;
+    const legs = this.#legs;
+    const authIdCarried = this.#authIdCarried;
+    if (this.#clock.timedOut && result.kind !== 'delivered') {
+      this.#end(this.#failed(this.#clock.error()));
+      return;
+    }
+    switch (result.kind) {
+      case 'failed': {
+        const reason = relocationReason(result.error);
+        this.#end(reason ? { kind: 'relocate', legs, reason, error: result.error } : this.#failed(result.error));
+        return;
+      }
+      case 'swallowed': {
+        if (this.#declined) {
+          const id = readAuthId(result.headers);
+          this.#end({
+            kind: 'declined',
+            offered: readChallenges(result.headers),
+            ...(id?.ok ? { authId: id.value } : {}),
+          });
+          return;
+        }
+        if (this.#refused) {
+          this.#end({ kind: 'refused' });
+          return;
+        }
+        if (this.#legacyLost) {
+          log.handshake('%s lost between HTTP/2 streams: retrying over HTTP/1.1', this.#mechanism.scheme);
+          this.#end({ kind: 'relocate', legs, reason: 'http1' });
+          return;
+        }
+        const reading = readAuthId(result.headers);
+        if (reading && !reading.ok) {
+          this.#end(this.#failed(new InvalidTokenError('Auth-ID header (too long)')));
+          return;
+        }
+        if (reading?.ok) this.#authId = reading.value;
+        this.#challenge = this.#nextRead ? this.#next : challengeFor(result.headers, this.#mechanism.scheme);
+        this.#step();
+        return;
+      }
+      case 'delivered': {
+        const done = result.done;
+        if (this.#finishError) {
+          this.#end({
+            kind: 'failed',
+            legs,
+            authIdCarried,
+            ...this.#fallback(),
+            done,
+            proofFailed: this.#finishError,
+          });
+          return;
+        }
+        if (this.#verification === 'pending') {
+          // The gate ended before the mechanism did. The caller got the clock's error (R3) or its
+          // own abort (the leader gave up: R2 hands the handshake over), or a reset stream's.
+          const error = this.#sink.reason;
+          this.#end({ kind: 'failed', legs, authIdCarried, ...this.#fallback(), done, ...(error ? { error } : {}) });
+          return;
+        }
+        if (this.#unanswered) {
+          this.#end({ kind: 'unanswered', done });
+          return;
+        }
+        if (result.status === 401) {
+          const opening = legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
+          this.#end({
+            kind: 'failed',
+            legs,
+            authIdCarried,
+            ...this.#fallback(),
+            done,
+            refused: true,
+            ...(opening ? { opening } : {}),
+          });
+          return;
+        }
+        // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
+        // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
+        // the server took them).
+        if (result.status >= 500 || result.status === 407) {
+          this.#end({ kind: 'failed', legs, authIdCarried, ...this.#fallback(), done });
+          return;
+        }
+        const identity = this.#context.identity;
+        this.#end({
+          kind: 'success',
+          legs,
+          sessionAuthenticated: this.#persistent || this.#mechanism.level === 'connection',
+          authIdCarried,
+          done,
+          ...(identity ? { identity } : {}),
+          ...this.#fallback(),
+        });
+        return;
+      }
+    }
   }
 }

@@ -38,8 +38,12 @@ export type LegResult =
  * (`maxDrainBytes`) or too slow (`maxDrainMs`): then the challenge counts and the leg is cut.
  */
 export class LegHandler implements Dispatcher.DispatchHandler {
-  readonly result: Promise<LegResult>;
-  #resolve!: (r: LegResult) => void;
+  /** The leg's result once known (the first wins). */
+  #outcome: LegResult | undefined;
+  /** Told the result as soon as it is known (a handshake's next leg: no promise per leg). */
+  readonly #onResult: ((r: LegResult) => void) | undefined;
+  #result: Promise<LegResult> | undefined;
+  #resolveResult: ((r: LegResult) => void) | undefined;
   /** Made when the leg delivers (a swallowed challenge needs none): settles when the body ends. */
   #done: Promise<void> | undefined;
   #doneResolve: (() => void) | undefined;
@@ -57,7 +61,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
   readonly #beforeStart: (controller: Controller) => void;
   readonly #maxDrain: number;
-  readonly #maxDrainMs: number;
+  readonly #maxDrainMs: number | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: {
@@ -68,18 +72,39 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     maxDrainBytes: number;
     /**
      * How long a swallowed challenge's body may take to end (limits.handshakeTimeout): a 401 that
-     * is not yet part of a handshake (a bare request's) has no handshake clock over it.
+     * is not yet part of a handshake (a bare request's) has no handshake clock over it. Undefined: a
+     * handshake's clock (the same limit, started before this leg) bounds it, so no timer of its own.
      */
-    maxDrainMs: number;
+    maxDrainMs: number | undefined;
+    /**
+     * Called with the result as soon as it is known, from within undici's callback (instead of a
+     * promise per leg); `result` is then made only if someone asks for it.
+     */
+    onResult?: (r: LegResult) => void;
   }) {
     this.#sink = opts.sink;
     this.#classify = opts.classify;
     this.#beforeStart = opts.beforeStart;
     this.#maxDrain = opts.maxDrainBytes;
     this.#maxDrainMs = opts.maxDrainMs;
-    this.result = new Promise((r) => {
-      this.#resolve = r;
-    });
+    this.#onResult = opts.onResult;
+  }
+
+  /** Settles with the leg's result. */
+  get result(): Promise<LegResult> {
+    this.#result ??= this.#outcome
+      ? Promise.resolve(this.#outcome)
+      : new Promise((r) => {
+          this.#resolveResult = r;
+        });
+    return this.#result;
+  }
+
+  #resolve(r: LegResult): void {
+    if (this.#outcome) return;
+    this.#outcome = r;
+    this.#resolveResult?.(r);
+    this.#onResult?.(r);
   }
 
   /**
@@ -122,7 +147,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     }
     if (verdict === 'swallow') {
       this.#mode = 'drain';
-      this.#drainTimer = setTimeout(() => this.#stopDraining(controller, 'challenge body too slow'), this.#maxDrainMs);
+      if (this.#maxDrainMs !== undefined)
+        this.#drainTimer = setTimeout(
+          () => this.#stopDraining(controller, 'challenge body too slow'),
+          this.#maxDrainMs,
+        );
       return;
     }
     if (verdict === 'deliver') {

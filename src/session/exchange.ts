@@ -3,8 +3,9 @@ import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError } from '../errors.ts';
-import { type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
+import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
+import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
@@ -18,7 +19,7 @@ import {
 } from '../options.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import { selectCertificate } from './client-certificate.ts';
-import type { Admission } from './credential-proof.ts';
+import type { Admission, Ticket } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
@@ -77,32 +78,6 @@ function hostAndPort(origin: string): { hostname: string; port: number } {
     lastOrigin = { origin, hostname: unbracketed(url.hostname), port: portOf(url) };
   }
   return lastOrigin;
-}
-
-/** What a mechanism knows of the request whose handshake it runs (a class: one per handshake). */
-class JobLeg implements LegInfo {
-  readonly origin: string;
-  readonly hostname: string;
-  readonly port: number;
-  readonly method: string;
-  readonly path: string;
-  readonly proxy = false;
-  readonly #session: Session;
-
-  constructor(job: Job, session: Session) {
-    const { hostname, port } = hostAndPort(job.origin);
-    this.origin = job.origin;
-    this.hostname = hostname;
-    this.port = port;
-    this.method = job.dispatchOptions.method;
-    this.path = job.dispatchOptions.path;
-    this.#session = session;
-  }
-
-  /** Read late: a proactive first token is made before the connection (and its certificate) exists. */
-  get channelBinding(): Buffer | undefined {
-    return this.#session.connection?.channelBinding;
-  }
 }
 
 /** How often one request may join a handshake queue after a 401 before it is shown that 401 (R4). */
@@ -179,7 +154,17 @@ interface Run {
  * or asks the pool to relocate it (connection ended, HTTP/1.1 required, 421).
  */
 export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
-  return runSteps(newRun(session, job, env), CHECK);
+  const run = newRun(session, job, env);
+  const first = check(run);
+  if (first.kind !== 'lead') return runSteps(run, first);
+  // Per-request mode's usual path: the request leads its own handshake at once, and its end is the
+  // request's end here — one promise, no step loop, unless the handshake leaves more to do.
+  return new Promise((resolve, reject) =>
+    new Lead(run, first, (next) => {
+      if (next.kind === 'end') resolve(next.outcome);
+      else runSteps(run, next).then(resolve, reject);
+    }).start(),
+  );
 }
 
 function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
@@ -658,167 +643,270 @@ function leaderGaveUp(job: Job, error: Error | undefined): boolean {
   );
 }
 
-async function lead(run: Run, step: Extract<Step, { kind: 'lead' }>): Promise<Step> {
-  const { session, job, env } = run;
-  const { mechanism, challenge, blocking } = step;
-  const scheme = mechanism.scheme;
-  if (blocking && !step.handedOver) session.apply({ type: 'handshake-start', scheme, leader: job.id });
-  const leading = () => blocking && session.state.kind === 'handshaking' && session.state.leader === job.id;
-  // Leave to send the credentials here: at once, after the handshake proving them (one at a time
-  // until they are proved, so a wrong or changed password is not tried by a whole burst), or not
-  // at all while they are refused.
-  const proof = env.memory.proof;
-  let admission: Admission;
-  try {
-    admission = await proof.enter(mechanism.usesPassword !== false, job, env.limits);
-  } catch (err) {
-    // Full, timed out or aborted (R1): nothing was sent; a waiter takes a blocking handshake over (R2).
-    if (leading()) session.handOver(job.id);
-    return failed(job, err as Error);
+type LeadStep = Extract<Step, { kind: 'lead' }>;
+
+/** Runs the handshake of a `lead` step; resolves with the step after it. */
+function lead(run: Run, step: LeadStep): Promise<Step> {
+  return new Promise((resolve) => new Lead(run, step, resolve).start());
+}
+
+/**
+ * One handshake a request leads (the `lead` step), in one object: the handshake's input and host
+ * (its legs go on the request's session, its slots are the session's) and what the mechanism may
+ * know of the request (LegInfo) — rather than a closure for each of them. `done` gets the step
+ * that follows the handshake.
+ */
+class Lead implements HandshakeInput, LegInfo {
+  readonly mechanism: Mechanism;
+  readonly challenge: Challenge | undefined;
+  readonly authId: string | undefined;
+  readonly sink: UserSink;
+  readonly maxLegs: number;
+  readonly timeout: number;
+  readonly onHttp2: boolean;
+  readonly origin: string;
+  readonly hostname: string;
+  readonly port: number;
+  readonly method: string;
+  readonly path: string;
+  readonly proxy = false;
+  readonly #run: Run;
+  readonly #step: LeadStep;
+  readonly #done: (next: Step) => void;
+  /** A nonce-based scheme (Digest) answered its 401 once more already (see #renewNonce). */
+  #renewed = false;
+  /** Leave to send the credentials here (CredentialProof), given back with the outcome. */
+  #ticket: Ticket | undefined;
+
+  constructor(run: Run, step: LeadStep, done: (next: Step) => void) {
+    const { job, env } = run;
+    this.#run = run;
+    this.#step = step;
+    this.#done = done;
+    this.mechanism = step.mechanism;
+    this.challenge = step.challenge;
+    this.authId = step.authId;
+    this.sink = job.sink;
+    this.maxLegs = env.limits.maxLegs;
+    this.timeout = env.limits.handshakeTimeout;
+    this.onHttp2 = run.session.protocol === 'h2';
+    const { hostname, port } = hostAndPort(job.origin);
+    this.origin = job.origin;
+    this.hostname = hostname;
+    this.port = port;
+    this.method = job.dispatchOptions.method;
+    this.path = job.dispatchOptions.path;
   }
-  if (admission === 'refused') {
-    // As when a refusal comes before any proof: this request and those queued behind it go without
-    // the credentials and get the server's own answer (C7, R4).
-    if (leading()) session.apply({ type: 'handshake-failure', leader: job.id });
-    job.noAuth = true;
-    return CHECK;
+
+  /** What the mechanism knows of the request: this object. */
+  get leg(): LegInfo {
+    return this;
   }
-  const ticket = admission;
-  // A nonce-based one-leg scheme (Digest) answers a 401 once more when only its nonce was refused:
-  // `stale=true` (RFC 7616 §3.3), or a fresh challenge after a proactive answer to a remembered nonce
-  // (a server that forgot it without saying so, as Apache after a restart) — that one only while the
-  // credentials stay proved: it may as well be the password's refusal.
-  const schemeKey = scheme.toLowerCase();
-  let renewed = false;
-  const renewNonce = (status: number, headers: Parameters<typeof readChallenges>[0]): boolean => {
-    if (status !== 401 || renewed) return false;
-    const next = readChallenges(headers).find((c) => c.schemeKey === schemeKey);
+
+  /** Read late: a proactive first token is made before the connection (and its certificate) exists. */
+  get channelBinding(): Buffer | undefined {
+    return this.#run.session.connection?.channelBinding;
+  }
+
+  start(): void {
+    const { session, job, env } = this.#run;
+    const step = this.#step;
+    if (step.blocking && !step.handedOver)
+      session.apply({ type: 'handshake-start', scheme: step.mechanism.scheme, leader: job.id });
+    // Leave to send the credentials here: at once, after the handshake proving them (one at a time
+    // until they are proved, so a wrong or changed password is not tried by a whole burst), or not
+    // at all while they are refused.
+    const admission = env.memory.proof.enter(this.mechanism.usesPassword !== false, job, env.limits);
+    if (!(admission instanceof Promise)) {
+      this.#admitted(admission);
+      return;
+    }
+    admission.then(
+      (a) => this.#admitted(a),
+      (err: Error) => {
+        // Full, timed out or aborted (R1): nothing was sent; a waiter takes a blocking handshake over (R2).
+        if (this.#leading()) session.handOver(job.id);
+        this.#done(failed(job, err));
+      },
+    );
+  }
+
+  #admitted(admission: Admission): void {
+    const { session, job, env } = this.#run;
+    if (admission === 'refused') {
+      // As when a refusal comes before any proof: this request and those queued behind it go without
+      // the credentials and get the server's own answer (C7, R4).
+      if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id });
+      job.noAuth = true;
+      this.#done(CHECK);
+      return;
+    }
+    const ticket = admission;
+    this.#ticket = ticket;
+    runHandshake(
+      this,
+      (result) => {
+        // What the handshake says of the credentials, before the release in #after lets waiting requests go on.
+        const refused = result.kind === 'failed' && result.refused === true && result.opening === undefined;
+        env.memory.proof.settle(ticket, result.kind === 'success' ? 'success' : refused ? 'refused' : 'none');
+        this.#done(this.#after(result));
+      },
+      (err) => {
+        // Only the wait for a handshake slot fails so (full, timed out, aborted): nothing was sent.
+        // A blocking leader waits for a slot only behind per-request handshakes on its session (C5
+        // on a per-request session), which no test stages; R1 proves the bounded slot wait itself.
+        env.memory.proof.settle(ticket, 'none');
+        if (this.#leading()) session.handOver(job.id);
+        this.#done(failed(job, err));
+      },
+    );
+  }
+
+  send(
+    extra: Record<string, string>,
+    classify: (status: number, headers: ResponseHeaders) => Verdict,
+    onResult: (r: LegResult) => void,
+  ): void {
+    const { session, job } = this.#run;
+    // The handshake's clock bounds its legs, a challenge body's drain too.
+    if (this.mechanism.multileg) {
+      session.sendLeg(job, extra, classify, onResult, true);
+      return;
+    }
+    session.sendLeg(
+      job,
+      extra,
+      (status, headers) => (this.#renewNonce(status, headers) ? 'swallow' : classify(status, headers)),
+      onResult,
+      true,
+    );
+  }
+
+  slot(): (() => void) | Promise<() => void> {
+    return this.#run.session.handshakeSlot(this.#run.job);
+  }
+
+  /** Per-request handshakes run side by side, up to the server's cap on incomplete contexts. */
+  contextRefused(): boolean {
+    return !this.#step.blocking && contextRefused(this.#run);
+  }
+
+  #leading(): boolean {
+    const state = this.#run.session.state;
+    return this.#step.blocking && state.kind === 'handshaking' && state.leader === this.#run.job.id;
+  }
+
+  /**
+   * A nonce-based one-leg scheme (Digest) answers a 401 once more when only its nonce was refused:
+   * `stale=true` (RFC 7616 §3.3), or a fresh challenge after a proactive answer to a remembered nonce
+   * (a server that forgot it without saying so, as Apache after a restart) — that one only while the
+   * credentials stay proved: it may as well be the password's refusal.
+   */
+  #renewNonce(status: number, headers: ResponseHeaders): boolean {
+    if (status !== 401 || this.#renewed) return false;
+    const key = this.mechanism.scheme.toLowerCase();
+    const next = readChallenges(headers).find((c) => c.schemeKey === key);
     if (next?.params.nonce === undefined) return false;
-    if (next.params.stale?.toLowerCase() === 'true') renewed = true;
-    else if (challenge === undefined) renewed = proof.again(ticket);
-    return renewed;
-  };
-  let result: HandshakeResult;
-  try {
-    result = await runHandshake({
-      mechanism,
-      challenge,
-      ...(step.authId !== undefined ? { authId: step.authId } : {}),
-      leg: new JobLeg(job, session),
-      send: mechanism.multileg
-        ? (extra, classify) => session.send(job, extra, classify)
-        : (extra, classify) =>
-            session.send(job, extra, (status, headers) =>
-              renewNonce(status, headers) ? 'swallow' : classify(status, headers),
-            ),
-      sink: job.sink,
-      maxLegs: env.limits.maxLegs,
-      timeout: env.limits.handshakeTimeout,
-      onHttp2: session.protocol === 'h2',
-      slot: () => session.handshakeSlot(job),
-      // Per-request handshakes run side by side, up to the server's cap on incomplete contexts.
-      ...(blocking ? {} : { contextRefused: () => contextRefused(run) }),
-    });
-  } catch (err) {
-    // Only the wait for a handshake slot throws (full, timed out, aborted): nothing was sent. A
-    // blocking leader waits for a slot only behind per-request handshakes on its session (C5 on a
-    // per-request session), which no test stages; R1 proves the bounded slot wait itself.
-    proof.settle(ticket, 'none');
-    if (leading()) session.handOver(job.id);
-    return failed(job, err as Error);
+    if (next.params.stale?.toLowerCase() === 'true') this.#renewed = true;
+    else if (this.challenge === undefined && this.#ticket)
+      this.#renewed = this.#run.env.memory.proof.again(this.#ticket);
+    return this.#renewed;
   }
-  // What the handshake says of the credentials, before the release below lets waiting requests go on.
-  const refused = result.kind === 'failed' && result.refused === true && result.opening === undefined;
-  proof.settle(ticket, result.kind === 'success' ? 'success' : refused ? 'refused' : 'none');
-  const skipped = run.negotiateSkipped && fallbackReasonOf(run.negotiateSkipped);
-  const fallbackReason =
-    (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
-    (skipped && `${skipped.code}: ${skipped.message}`);
-  const report = (
+
+  #report(
+    result: Extract<HandshakeResult, { legs: number; authIdCarried: boolean }>,
     outcome: HandshakeReport['outcome'],
-    legs: number,
-    authIdCarried: boolean,
     identity?: string,
     failure?: HandshakeReport['failure'],
-  ) =>
+  ): void {
+    const { session, job, env } = this.#run;
+    const skipped = this.#run.negotiateSkipped && fallbackReasonOf(this.#run.negotiateSkipped);
+    const fallbackReason =
+      (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
+      (skipped && `${skipped.code}: ${skipped.message}`);
     env.report({
       ...(fallbackReason ? { fallbackReason } : {}),
       ...(failure ? { failure } : {}),
       origin: job.origin,
       sessionId: session.id,
       protocol: session.protocol,
-      scheme,
-      legs,
+      scheme: this.mechanism.scheme,
+      legs: result.legs,
       outcome,
-      authIdCarried,
+      authIdCarried: result.authIdCarried,
       ...(identity ? { identity } : {}),
     });
-  switch (result.kind) {
-    case 'success': {
-      // H4: through a forward proxy that does not vouch for it, session auth counts as per-request;
-      // R4: so does a session on which authentication was seen not to hold.
-      const sessionAuthenticated =
-        result.sessionAuthenticated && session.trustsSessionAuth && !session.authenticationFails;
-      // Remembered first: the release below lets the pool hand out room, by what the origin wants.
-      env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
-      const identity = result.identity ? { identity: result.identity } : {};
-      if (leading()) {
-        session.apply({ type: 'handshake-success', leader: job.id, scheme, sessionAuthenticated, ...identity });
-      } else if (sessionAuthenticated && (session.state.kind === 'per-request' || session.state.kind === 'fresh')) {
-        session.apply({ type: 'server-authenticated', scheme, ...identity });
+  }
+
+  /** What the handshake's end means for the session, the origin and the request: the next step. */
+  #after(result: HandshakeResult): Step {
+    const run = this.#run;
+    const { session, job, env } = run;
+    const step = this.#step;
+    const scheme = this.mechanism.scheme;
+    switch (result.kind) {
+      case 'success': {
+        // H4: through a forward proxy that does not vouch for it, session auth counts as per-request;
+        // R4: so does a session on which authentication was seen not to hold.
+        const sessionAuthenticated =
+          result.sessionAuthenticated && session.trustsSessionAuth && !session.authenticationFails;
+        // Remembered first: the release below lets the pool hand out room, by what the origin wants.
+        env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
+        const identity = result.identity ? { identity: result.identity } : {};
+        if (this.#leading()) {
+          session.apply({ type: 'handshake-success', leader: job.id, scheme, sessionAuthenticated, ...identity });
+        } else if (sessionAuthenticated && (session.state.kind === 'per-request' || session.state.kind === 'fresh')) {
+          session.apply({ type: 'server-authenticated', scheme, ...identity });
+        }
+        this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
+        return end({ kind: 'done', done: result.done });
       }
-      report(sessionAuthenticated ? 'session' : 'per-request', result.legs, result.authIdCarried, result.identity);
-      return end({ kind: 'done', done: result.done });
-    }
-    case 'failed':
-      if (result.proofFailed) {
-        // The server failed mutual authentication: nothing more goes on this connection, and the
-        // requests queued behind the leader fail with the same error (never a 200 from it).
-        session.apply({ type: 'closed', failure: result.proofFailed });
-      } else if (leading()) {
-        if (leaderGaveUp(job, result.error)) session.handOver(job.id);
-        // R2: only the server's own final 401 sends the waiters on without credentials; after any
-        // other end (a reset stream, a bad token, a 500) they try again; a request that waited
-        // MAX_WAITS times then goes bare (check).
-        else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
+      case 'failed':
+        if (result.proofFailed) {
+          // The server failed mutual authentication: nothing more goes on this connection, and the
+          // requests queued behind the leader fail with the same error (never a 200 from it).
+          session.apply({ type: 'closed', failure: result.proofFailed });
+        } else if (this.#leading()) {
+          if (leaderGaveUp(job, result.error)) session.handOver(job.id);
+          // R2: only the server's own final 401 sends the waiters on without credentials; after any
+          // other end (a reset stream, a bad token, a 500) they try again; a request that waited
+          // MAX_WAITS times then goes bare (check).
+          else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
+        }
+        this.#report(result, 'failed', undefined, result.refused ? 'refused' : result.proofFailed ? 'proof' : 'error');
+        return end({ kind: 'done', done: result.done });
+      case 'relocate': {
+        // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
+        const http1 =
+          result.reason === 'http1' || (session.state.kind === 'closed' && session.state.http1Required === true);
+        session.apply({ type: 'closed', http1Required: http1 });
+        // The 401 it was answering is answered again on the next connection, not met again bare.
+        if (step.offered) job.challenges = step.offered;
+        return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
       }
-      report(
-        'failed',
-        result.legs,
-        result.authIdCarried,
-        undefined,
-        result.refused ? 'refused' : result.proofFailed ? 'proof' : 'error',
-      );
-      return end({ kind: 'done', done: result.done });
-    case 'relocate': {
-      // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
-      const http1 =
-        result.reason === 'http1' || (session.state.kind === 'closed' && session.state.http1Required === true);
-      session.apply({ type: 'closed', http1Required: http1 });
-      // The 401 it was answering is answered again on the next connection, not met again bare.
-      if (step.offered) job.challenges = step.offered;
-      return end({ kind: 'relocate', reason: http1 ? 'http1' : 'connection-ended' });
+      case 'unanswered':
+        // The server answered without authenticating (a public resource): nothing to record. The
+        // waiters behind a blocking leader go bare once, side by side, rather than each leading a
+        // handshake that blocks the rest; a 401 among them starts the handshake (C6).
+        if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true, bare: true });
+        return end({ kind: 'done', done: result.done });
+      case 'refused':
+        // Run again once a slot is free; the session now takes no more than the server allows.
+        return step;
+      case 'declined':
+        // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
+        env.memory.forgetScheme();
+        if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+        return answerStep(result.offered, result.authId);
+      case 'unusable': {
+        // R4: known for the origin at once, so the waiters released now do not each try it again.
+        const schemeKey = scheme.toLowerCase();
+        env.memory.markUnusable(schemeKey, result.error);
+        if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+        unusable(run, schemeKey, result.error);
+        // The next scheme answers the same 401, with its Auth-ID (C3).
+        return step.offered ? answerStep(step.offered, step.authId) : CHECK;
+      }
     }
-    case 'unanswered':
-      // The server answered without authenticating (a public resource): nothing to record. The
-      // waiters behind a blocking leader go bare once, side by side, rather than each leading a
-      // handshake that blocks the rest; a 401 among them starts the handshake (C6).
-      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true, bare: true });
-      return end({ kind: 'done', done: result.done });
-    case 'refused':
-      // Run again once a slot is free; the session now takes no more than the server allows.
-      return step;
-    case 'declined':
-      // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
-      env.memory.forgetScheme();
-      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
-      return answerStep(result.offered, result.authId);
-    case 'unusable':
-      // R4: known for the origin at once, so the waiters released now do not each try it again.
-      env.memory.markUnusable(schemeKey, result.error);
-      if (leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
-      unusable(run, schemeKey, result.error);
-      // The next scheme answers the same 401, with its Auth-ID (C3).
-      return step.offered ? answerStep(step.offered, step.authId) : CHECK;
   }
 }

@@ -286,13 +286,16 @@ export class Session {
   }
 
   /**
-   * One of the session's handshake slots (draft §3.1: servers cap incomplete contexts per session);
-   * resolves with its release. Each waiting handshake is bounded by the queue's bounds (R1).
+   * One of the session's handshake slots (draft §3.1: servers cap incomplete contexts per session):
+   * its release, at once when one is free, else a promise of it. Each waiting handshake is bounded
+   * by the queue's bounds (R1).
    */
-  async handshakeSlot(job: Job): Promise<() => void> {
-    if (this.#handshakes >= this.#handshakeCap) await this.#slots.wait(job);
-    else this.#handshakes += 1;
-    return this.#releaseSlot;
+  handshakeSlot(job: Job): (() => void) | Promise<() => void> {
+    if (this.#handshakes < this.#handshakeCap) {
+      this.#handshakes += 1;
+      return this.#releaseSlot;
+    }
+    return this.#slots.wait(job).then(() => this.#releaseSlot);
   }
 
   /** The slot passes straight to the next waiting handshake, or is freed (above a lowered cap). */
@@ -338,7 +341,26 @@ export class Session {
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
   ): Promise<LegResult> {
-    if (!this.#forward) return this.#send(job, extra, classify);
+    return new Promise((resolve) => this.sendLeg(job, extra, classify, resolve));
+  }
+
+  /**
+   * {@link send} with a callback: `onResult` gets the leg's result as soon as it is known (a
+   * handshake's legs: no promise per leg on a direct connection). `clocked`: a handshake's clock
+   * bounds the leg (limits.handshakeTimeout, started before it), so a challenge body needs no timer
+   * of its own.
+   */
+  sendLeg(
+    job: Job,
+    extra: Record<string, string>,
+    classify: (status: number, headers: ResponseHeaders) => Verdict,
+    onResult: (r: LegResult) => void,
+    clocked = false,
+  ): void {
+    if (!this.#forward) {
+      this.#send(job, extra, classify, onResult, undefined, undefined, clocked);
+      return;
+    }
     const request = {
       origin: job.origin,
       method: job.dispatchOptions.method,
@@ -346,29 +368,40 @@ export class Session {
       // S6: the caller's own Proxy-Authorization goes as given; its 407 is the caller's.
       ownProxyAuthorization: 'proxy-authorization' in job.headers,
     };
-    return this.#forward.send(
-      request,
-      extra,
-      classify,
-      (e, c, path, started) => this.#send(job, e, c, path, started),
-      () => this.protocol === 'h2',
-      job,
-    );
+    this.#forward
+      .send(
+        request,
+        extra,
+        classify,
+        (e, c, path, started) => new Promise((resolve) => this.#send(job, e, c, resolve, path, started)),
+        () => this.protocol === 'h2',
+        job,
+      )
+      .then(onResult, (error: Error) => onResult({ kind: 'failed', error }));
   }
 
   #send(
     job: Job,
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
+    onResult: (r: LegResult) => void,
     path?: string,
     started?: (leg: LegHandler) => void,
-  ): Promise<LegResult> {
+    clocked = false,
+  ): void {
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
-    if (this.closed) return Promise.resolve({ kind: 'failed', error: new StaleConnectionError() });
-    if (job.body.settled === false) return this.#settleBody(job, extra, classify, path, started);
+    if (this.closed) {
+      onResult({ kind: 'failed', error: new StaleConnectionError() });
+      return;
+    }
+    if (job.body.settled === false) {
+      this.#settleBody(job, extra, classify, onResult, path, started, clocked);
+      return;
+    }
     const body = job.body.take();
     if (body === undefined && !job.body.replayable) {
-      return Promise.resolve({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
+      onResult({ kind: 'failed', error: new BodyNotReplayableError(this.#limits.maxReplayBodyBytes) });
+      return;
     }
     const headers: HeaderMap = { ...job.headers };
     for (const k in extra) headers[k] = extra[k]!;
@@ -390,7 +423,11 @@ export class Session {
       },
       beforeStart: (controller) => this.checkStart(job, controller),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
-      maxDrainMs: this.#limits.handshakeTimeout,
+      maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
+      onResult: (r) => {
+        if (r.kind === 'failed') traced?.error(r.error);
+        onResult(this.settleLeg(job, r));
+      },
     });
     job.sink.onAbort(leg);
     started?.(leg);
@@ -416,12 +453,8 @@ export class Session {
       this.client.dispatch(opts, leg);
     } catch (err) {
       traced?.error(err as Error);
-      return Promise.resolve({ kind: 'failed', error: err as Error });
+      onResult({ kind: 'failed', error: err as Error });
     }
-    return leg.result.then((r) => {
-      if (r.kind === 'failed') traced?.error(r.error);
-      return this.settleLeg(job, r);
-    });
   }
 
   /**
@@ -434,12 +467,14 @@ export class Session {
     job: Job,
     extra: Record<string, string>,
     classify: (status: number, headers: ResponseHeaders) => Verdict,
+    onResult: (r: LegResult) => void,
     path: string | undefined,
     started: ((leg: LegHandler) => void) | undefined,
-  ): Promise<LegResult> {
-    return job.sink.unlessAborted(job.body.settle!()).then(
-      () => this.#send(job, extra, classify, path, started),
-      (error: Error) => ({ kind: 'failed', error }),
+    clocked: boolean,
+  ): void {
+    job.sink.unlessAborted(job.body.settle!()).then(
+      () => this.#send(job, extra, classify, onResult, path, started, clocked),
+      (error: Error) => onResult({ kind: 'failed', error }),
     );
   }
 

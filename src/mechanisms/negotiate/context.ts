@@ -27,7 +27,7 @@ import {
   type NegotiateFallbackReason,
 } from './errors.ts';
 import { type KerberosMemory, type NegotiateOptions, SCHEME } from './mechanism.ts';
-import { spnFor } from './spn.ts';
+import { spnFor, spnWithoutLookup } from './spn.ts';
 
 /** Largest base64 token accepted from a server (S3). */
 export const MAX_NEGOTIATE_TOKEN_LENGTH = 64 * 1024;
@@ -132,7 +132,9 @@ export class NegotiateContext implements MechanismContext {
   /** Kerberos's first token, from whichever backend loads. */
   async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
     const o = this.#o;
-    const backend = await loadBackend(o);
+    // The backend loads once per mechanism (a failure is tried again by the next request).
+    this.#memory.backend ??= await loadBackend(o);
+    const backend = this.#memory.backend;
     this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
     this.#memory.creds ??= new CredCache();
@@ -171,18 +173,31 @@ export class NegotiateContext implements MechanismContext {
     return this.#fallback.step(undefined, leg);
   }
 
-  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
-    if (this.#fallback) return await this.#fallback.step(challenge, leg);
-    const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
-    if (this.#state === 'initial') {
+  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    // NTLM inside Negotiate answers for itself: no async frame of ours around each of its steps.
+    if (this.#fallback) return this.#fallback.step(challenge, leg);
+    if (this.#state === 'initial' && challenge?.token68 === undefined) {
       // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
       // just said it has no usable credentials — answer as that failure would, straight away.
+      const remembered = this.#memory.reason;
+      if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
+        return this.#fallBack(remembered, leg);
+      }
+    }
+    return this.#step(challenge, leg);
+  }
+
+  async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
+    if (this.#state === 'initial') {
       const remembered = this.#memory.reason;
       if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
         return await this.#fallBack(remembered, leg);
       }
       // A token in the first challenge is not meaningful to an initiator with no context: ignored.
-      this.#spn = await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname);
+      this.#spn =
+        spnWithoutLookup(this.#o, leg.hostname, leg.port) ??
+        (await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname));
       let out: string | null;
       try {
         out = await this.#firstKerberosToken(leg);
@@ -227,8 +242,12 @@ export class NegotiateContext implements MechanismContext {
     return `${SCHEME} ${out}`;
   }
 
-  async finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
-    if (this.#fallback) return await this.#fallback.finish(challenge);
+  finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
+    if (this.#fallback) return this.#fallback.finish(challenge);
+    return this.#finish(challenge, leg);
+  }
+
+  async #finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
     const client = this.#client;
     if (!client || this.#state === 'initial') return; // no handshake took place
     if (this.#state === 'done' && this.#mutualVerified) return;
@@ -262,6 +281,11 @@ export class NegotiateContext implements MechanismContext {
  * takes more legs.
  */
 export function carriesKerberosApReq(base64: string): boolean {
+  // Per-request Kerberos asks this of every first token (1-2 KB): the answer is in its first bytes.
+  if (base64.length > AP_REQ_PREFIX) {
+    const quick = apReqFromPrefix(Buffer.from(base64.slice(0, AP_REQ_PREFIX), 'base64'));
+    if (quick !== undefined) return quick;
+  }
   let der: Buffer;
   try {
     der = Buffer.from(base64, 'base64');
@@ -275,6 +299,72 @@ export function carriesKerberosApReq(base64: string): boolean {
     return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
   } catch {
     return false;
+  }
+}
+
+/**
+ * Base64 characters of a first token read by the quick check (96 bytes): the GSS framing, the mech
+ * OID and SPNEGO's mech list up to the optimistic token's tag, for any token GSS-API makes here.
+ */
+const AP_REQ_PREFIX = 128;
+const KRB5_OID = Buffer.from([0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02]);
+const MS_KRB5_OID = Buffer.from([0x2a, 0x86, 0x48, 0x82, 0xf7, 0x12, 0x01, 0x02, 0x02]);
+const SPNEGO_OID = Buffer.from([0x2b, 0x06, 0x01, 0x05, 0x05, 0x02]);
+
+/** Tag and content bounds of the DER element at `at` (its content may run past `buf`): undefined if its head does. */
+function derHead(buf: Buffer, at: number): { tag: number; start: number; end: number } | undefined {
+  if (at + 2 > buf.length) return undefined;
+  let len = buf[at + 1]!;
+  let start = at + 2;
+  if (len & 0x80) {
+    const n = len & 0x7f;
+    if (n === 0 || n > 4 || start + n > buf.length) return undefined;
+    len = 0;
+    for (let i = 0; i < n; i++) len = len * 256 + buf[start + i]!;
+    start += n;
+  }
+  return { tag: buf[at]!, start, end: start + len };
+}
+
+function oidIs(buf: Buffer, h: { start: number; end: number }, oid: Buffer): boolean {
+  if (h.end - h.start !== oid.length || h.end > buf.length) return false;
+  for (let i = 0; i < oid.length; i++) if (buf[h.start + i] !== oid[i]) return false;
+  return true;
+}
+
+/**
+ * {@link carriesKerberosApReq} from the first bytes of a token: the same fields (the GSS mech, SPNEGO's
+ * first mech and whether an optimistic token follows the list), or undefined when they lie past `buf`
+ * (the whole token is decoded then).
+ */
+function apReqFromPrefix(buf: Buffer): boolean | undefined {
+  const app = derHead(buf, 0);
+  if (app?.tag !== 0x60) return app ? false : undefined;
+  const oid = derHead(buf, app.start);
+  if (!oid || oid.end > buf.length) return undefined;
+  if (oid.tag !== 0x06) return false;
+  if (oidIs(buf, oid, KRB5_OID) || oidIs(buf, oid, MS_KRB5_OID)) return true;
+  if (!oidIs(buf, oid, SPNEGO_OID)) return false;
+  const choice = derHead(buf, oid.end);
+  const seq = choice?.tag === 0xa0 ? derHead(buf, choice.start) : undefined;
+  if (seq?.tag !== 0x30) return undefined;
+  let first: boolean | undefined;
+  for (let at = seq.start; ; ) {
+    const field = derHead(buf, at);
+    if (!field) return undefined;
+    if (field.tag === 0xa0) {
+      const list = derHead(buf, field.start);
+      if (list?.tag !== 0x30) return undefined;
+      const mech = list.end > list.start ? derHead(buf, list.start) : undefined;
+      if (mech?.tag !== 0x06 || mech.end > buf.length) return undefined;
+      first = oidIs(buf, mech, KRB5_OID) || oidIs(buf, mech, MS_KRB5_OID);
+    } else if (field.tag === 0xa2) {
+      const inner = derHead(buf, field.start);
+      if (!inner) return undefined;
+      if (inner.tag === 0x04) return first;
+    }
+    if (field.end >= seq.end) return first === undefined ? undefined : false;
+    at = field.end;
   }
 }
 

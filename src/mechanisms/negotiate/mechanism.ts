@@ -11,7 +11,7 @@ import { ConfigError } from '../../errors.ts';
 import type { CredCache } from '../gssapi/index.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
 import type { KerberosModuleLike } from './addon.ts';
-import type { BackendChoice } from './backend.ts';
+import type { BackendChoice, KerberosBackend } from './backend.ts';
 import type { NegotiateContext } from './context.ts';
 import type { NegotiateFallbackReason } from './errors.ts';
 
@@ -81,6 +81,8 @@ export interface KerberosMemory {
   creds?: CredCache;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
   bindsChannel?: boolean;
+  /** The backend, once one loaded. */
+  backend?: KerberosBackend;
 }
 
 /** context.ts, once a first step has loaded it. */
@@ -131,17 +133,24 @@ class LazyNegotiateContext implements MechanismContext {
     return this.#context?.channelBound ?? false;
   }
 
-  async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
-    if (!this.#context) {
-      contexts ??= await import('./context.ts');
-      this.#context ??= new contexts.NegotiateContext(this.#o, this.#memory);
-    }
-    return await this.#context.step(challenge, leg);
+  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+    // Once loaded, straight through: no async frame of ours around each step (per-request mode).
+    if (this.#context) return this.#context.step(challenge, leg);
+    if (contexts) return this.#made(contexts).step(challenge, leg);
+    return import('./context.ts').then((loaded) => {
+      contexts = loaded;
+      return (this.#context ?? this.#made(loaded)).step(challenge, leg);
+    });
   }
 
-  async finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
+  #made(loaded: typeof import('./context.ts')): NegotiateContext {
+    this.#context = new loaded.NegotiateContext(this.#o, this.#memory);
+    return this.#context;
+  }
+
+  finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
     // Never stepped: no handshake took place, nothing to verify (as NegotiateContext answers).
-    await this.#context?.finish(challenge, leg);
+    return this.#context ? this.#context.finish(challenge, leg) : Promise.resolve();
   }
 }
 

@@ -50,8 +50,22 @@ export async function spnFor(
   port: number,
   resolveCname?: (h: string) => Promise<string[]>,
 ): Promise<string> {
-  if (o.spn) return normalizeSpn(o.spn);
-  let host = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  if (o.canonicalizeHost) host = (await canonicalHost(host, resolveCname)).toLowerCase();
-  return `${o.serviceName ?? 'HTTP'}@${host}${o.includePort ? `:${port}` : ''}`;
+  const known = spnWithoutLookup(o, hostname, port);
+  if (known !== undefined) return known;
+  const host = (await canonicalHost(bare(hostname), resolveCname)).toLowerCase();
+  return spnOf(o, host, port);
 }
+
+/**
+ * {@link spnFor} where no DNS lookup is asked for (no `canonicalizeHost`): at once, no promise (per-request
+ * Kerberos asks for every request). Undefined when the host is to be canonicalised.
+ */
+export function spnWithoutLookup(o: SpnOptions, hostname: string, port: number): string | undefined {
+  if (o.spn) return normalizeSpn(o.spn);
+  if (o.canonicalizeHost) return undefined;
+  return spnOf(o, bare(hostname), port);
+}
+
+const bare = (hostname: string): string => hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
+const spnOf = (o: SpnOptions, host: string, port: number): string =>
+  `${o.serviceName ?? 'HTTP'}@${host}${o.includePort ? `:${port}` : ''}`;
