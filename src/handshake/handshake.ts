@@ -254,6 +254,14 @@ class Handshake {
     };
   }
 
+  /** A failure after the caller got the last leg's response (`done`: when it is consumed). */
+  #failedAfter(
+    done: Promise<void>,
+    why: Pick<Extract<HandshakeResult, { kind: 'failed' }>, 'refused' | 'opening' | 'proofFailed' | 'error'>,
+  ): HandshakeResult {
+    return { kind: 'failed', legs: this.#legs, authIdCarried: this.#authIdCarried, ...this.#fallback(), done, ...why };
+  }
+
   #end(r: HandshakeResult): void {
     this.#phase = 'over';
     this.#clock.stop();
@@ -481,21 +489,14 @@ class Handshake {
       case 'delivered': {
         const done = result.done;
         if (this.#finishError) {
-          this.#end({
-            kind: 'failed',
-            legs,
-            authIdCarried,
-            ...this.#fallback(),
-            done,
-            proofFailed: this.#finishError,
-          });
+          this.#end(this.#failedAfter(done, { proofFailed: this.#finishError }));
           return;
         }
         if (this.#verification === 'pending') {
           // The gate ended before the mechanism did. The caller got the clock's error (R3) or its
           // own abort (the leader gave up: R2 hands the handshake over), or a reset stream's.
           const error = this.#sink.reason;
-          this.#end({ kind: 'failed', legs, authIdCarried, ...this.#fallback(), done, ...(error ? { error } : {}) });
+          this.#end(this.#failedAfter(done, error ? { error } : {}));
           return;
         }
         if (this.#unanswered) {
@@ -504,22 +505,14 @@ class Handshake {
         }
         if (result.status === 401) {
           const opening = legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
-          this.#end({
-            kind: 'failed',
-            legs,
-            authIdCarried,
-            ...this.#fallback(),
-            done,
-            refused: true,
-            ...(opening ? { opening } : {}),
-          });
+          this.#end(this.#failedAfter(done, opening ? { refused: true, opening } : { refused: true }));
           return;
         }
         // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
         // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
         // the server took them).
         if (result.status >= 500 || result.status === 407) {
-          this.#end({ kind: 'failed', legs, authIdCarried, ...this.#fallback(), done });
+          this.#end(this.#failedAfter(done, {}));
           return;
         }
         const identity = this.#context.identity;
