@@ -3,12 +3,12 @@ import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../chal
 import { Deadline } from '../deadline.ts';
 import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { Limits } from '../options.ts';
-import type { Admission, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
 import { ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
-import { connectToProxy, refusedLately } from './tunnel.ts';
+import { connectToProxy, proxyLeave, refusedLately } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 /** A leg on the wire, as far as the proxy's deadline needs it. */
@@ -128,14 +128,7 @@ export class ForwardProxy {
     let outcome: ProofOutcome = 'none';
     const admit = async (password: boolean): Promise<boolean> => {
       if (ticket) return true;
-      // The wait has its own bounds (R1): the exchange's clock runs again after it, as for a slot.
-      deadline?.pause();
-      let admission: Admission;
-      try {
-        admission = await proof.enter(password, waiter, this.#limits);
-      } finally {
-        deadline?.start();
-      }
+      const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
       if (admission === 'refused') return false;
       ticket = admission;
       return true;

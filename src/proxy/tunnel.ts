@@ -20,6 +20,7 @@ import {
   signalWaiter,
   type Ticket,
 } from '../session/credential-proof.ts';
+import type { Waiter } from '../session/wait-queue.ts';
 import { ProxyAuth, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
@@ -239,14 +240,7 @@ async function handshake(
       track,
       async (headers, offered) => {
         if (ticket) return;
-        // The wait has its own bounds (R1): the handshake's clock runs again after it, as for a slot.
-        deadline.pause();
-        let admission: Admission;
-        try {
-          admission = await proxy.proof.enter(auth.usesPassword(headers), signalWaiter(given), limits);
-        } finally {
-          deadline.start();
-        }
+        const admission = await proxyLeave(proxy, auth.usesPassword(headers), signalWaiter(given), limits, deadline);
         if (admission === 'refused') throw refusedLately(proxy, offered);
         ticket = admission;
       },
@@ -256,6 +250,26 @@ async function handshake(
     );
   } finally {
     if (ticket) proxy.proof.settle(ticket, outcome);
+  }
+}
+
+/**
+ * Leave to send the proxy credentials (account lockout: one connection at a time until proved, none
+ * for a while after the proxy refused them). The wait has its own bounds (R1): the exchange's clock
+ * stops meanwhile and runs again after it, as for a handshake slot.
+ */
+export async function proxyLeave(
+  proxy: ResolvedProxy,
+  password: boolean,
+  waiter: Waiter,
+  limits: Limits,
+  deadline: Deadline<ProxyTimeoutError> | undefined,
+): Promise<Admission> {
+  deadline?.pause();
+  try {
+    return await proxy.proof.enter(password, waiter, limits);
+  } finally {
+    deadline?.start();
   }
 }
 
