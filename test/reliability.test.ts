@@ -487,19 +487,19 @@ describe('R3: handshakeTimeout bounds a challenge body in the middle of a handsh
 });
 
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {
+  /** A test mechanism named NTLM whose every step is `step()` (never complete). */
+  const stepping = (step: () => Promise<string>): Mechanism => ({
+    scheme: 'NTLM',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => ({ complete: false, step, finish: async () => {} }),
+  });
+
   it("R3: a mechanism step that never returns ends with HandshakeTimeoutError; the session does not stay 'handshaking'", async () => {
     const s = await reference({ mode: 'session', schemes: ['NTLM'] });
-    const hanging: Mechanism = {
-      scheme: 'NTLM',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => ({
-        complete: false,
-        step: () => new Promise<string>(() => {}), // e.g. a GSS-API call or DNS lookup that hangs
-        finish: async () => {},
-      }),
-    };
+    // e.g. a GSS-API call or DNS lookup that hangs
+    const hanging = stepping(() => new Promise<string>(() => {}));
     const a = agent({
       trustedOrigins: [s.origin],
       negotiate: false,
@@ -518,17 +518,7 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
       if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
       else respond(200, {});
     });
-    const late: Mechanism = {
-      scheme: 'NTLM',
-      level: 'connection',
-      multileg: true,
-      proactive: false,
-      createContext: () => ({
-        complete: false,
-        step: () => new Promise<string>((resolve) => setTimeout(() => resolve('NTLM bGF0ZQ=='), 600)),
-        finish: async () => {},
-      }),
-    };
+    const late = stepping(() => new Promise<string>((resolve) => setTimeout(() => resolve('NTLM bGF0ZQ=='), 600)));
     const a = agent({
       trustedOrigins: [s.origin],
       negotiate: false,
