@@ -160,8 +160,11 @@ function badHttp(value: unknown): never {
   throw new ConfigError(`proxy.http must be 'forward' or 'tunnel', got ${JSON.stringify(value)}`);
 }
 
-function badFlag(name: string, value: unknown): never {
-  throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(value)}`);
+/** An optional boolean option: absent is false; anything but true or false is a ConfigError naming it. */
+function flag(name: string, value: unknown): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(value)}`);
+  return value;
 }
 
 function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity): ResolvedProxy {
@@ -193,10 +196,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     connect: o.connect ?? {},
     mechanisms: proxyMechanisms(o, credentials, identity),
     http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
-    deliver407:
-      o.deliver407 === undefined || typeof o.deliver407 === 'boolean'
-        ? o.deliver407 === true
-        : badFlag('proxy.deliver407', o.deliver407),
+    deliver407: flag('proxy.deliver407', o.deliver407),
     connectTimeout,
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
