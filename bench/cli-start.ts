@@ -4,11 +4,11 @@
  * which runs in this process while the command runs in its own), beside the floor under any Node
  * HTTPS client (one bare node:http2 GET to the same server) and under any command built on undici
  * (one GET with undici's Client alone). Medians of 21 interleaved rounds; the
- * built command (dist/cli/bin.js, as installed) is measured, with Node's module compile cache warm
+ * built command (dist/bin/multileg.js, as installed) is measured, with Node's module compile cache warm
  * (each build's own).
  *
  *   node bench/cli-start.ts        (npm run bench runs it; needs npm run build first)
- *   CLI_START_BEFORE=/other/checkout/dist/cli/bin.js node bench/cli-start.ts
+ *   CLI_START_BEFORE=/other/checkout/dist/bin/multileg.js node bench/cli-start.ts
  *                                  (also measures another build in the same rounds: before/after)
  */
 import { spawn } from 'node:child_process';
@@ -19,7 +19,7 @@ import { dirname, join } from 'node:path';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 
 const RUNS = 21;
-const BIN = new URL('../dist/cli/bin.js', import.meta.url).pathname;
+const BIN = new URL('../dist/bin/multileg.js', import.meta.url).pathname;
 const BEFORE = process.env.CLI_START_BEFORE;
 
 /** A command: Node's arguments, and the compile cache it keeps (see `cache`). */

@@ -1,7 +1,7 @@
 /**
  * `multileg --help` printed without commander (src/cli/help.ts, issue 10 item 5) must be, byte for
  * byte, what commander prints for the same program at the same terminal width. The built command
- * using it is tested in package.test.ts (the build writes dist/cli/help.json).
+ * using it is tested in package.test.ts (the build writes dist/bin/help.json).
  */
 import { Command, Option } from 'commander';
 import { describe, expect, it } from 'vitest';

@@ -118,9 +118,9 @@ describe('the packed package in a fresh app', () => {
     expect(npx.code).toBe(0);
   }, 180_000);
 
-  it('`multileg --help` prints commander’s help from dist/cli/help.json without loading commander, on a pipe and a terminal', async () => {
+  it('`multileg --help` prints commander’s help from dist/bin/help.json without loading commander, on a pipe and a terminal', async () => {
     const multileg = join(app, 'node_modules/.bin/multileg');
-    expect(readdirSync(join(pkgDir, 'dist/cli'))).toContain('help.json');
+    expect(readdirSync(join(pkgDir, 'dist/bin'))).toContain('help.json');
     // NODE_DEBUG=module names every CommonJS module loaded: commander (CommonJS) must not be one.
     const help = await runCommand(process.execPath, [multileg, '--help'], '', { ...env, NODE_DEBUG: 'module' });
     expect(help.code).toBe(0);
@@ -168,6 +168,36 @@ describe('the packed package in a fresh app', () => {
       expect(r.stdout).not.toMatch(/using TurboFan/);
     } finally {
       await server.close();
+    }
+  });
+
+  it('the command ships as one bundle (scripts/bundle-cli.ts) whose lazily loaded parts load: an HTTP/2 NTLM request, Negotiate without a ticket, doctor', async () => {
+    // The command's own modules are joined into dist/bin; the unbundled copy tsc emits is not shipped.
+    expect(walk(join(pkgDir, 'dist')).some((f) => f.includes('/dist/cli/'))).toBe(false);
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    const ntlm = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const negotiate = await startReferenceServer({ mode: 'session', schemes: ['Negotiate'] });
+    try {
+      const ca = join(app, 'ca.pem');
+      writeFileSync(ca, ntlm.ca);
+      const run = (args: string[], more: NodeJS.ProcessEnv = {}) =>
+        runCommand(process.execPath, [multileg, '--cacert', ca, ...args], '', { ...env, ...more });
+      const r = await run(['-u', 'EXAMPLE\\alice:alicepw', `${ntlm.origin}/auth/bundle`]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'h2' });
+      // Negotiate's handshake is a chunk of its own, loaded at the first step.
+      writeFileSync(join(app, 'ca2.pem'), negotiate.ca);
+      const krb = await runCommand(
+        process.execPath,
+        [multileg, '--negotiate', '-u', ':', '--cacert', join(app, 'ca2.pem'), `${negotiate.origin}/auth/bundle`],
+        '',
+        { ...env, KRB5CCNAME: `FILE:${join(app, 'no-ccache')}` },
+      );
+      expect(krb.stderr).toContain('(MULTILEG_KRB_NO_TICKET)');
+      const doctor = await runCommand(process.execPath, [multileg, 'doctor', `${ntlm.origin}/auth/bundle`], '', env);
+      expect(doctor.stdout).toMatch(/^ok +Node: /m);
+    } finally {
+      await Promise.all([ntlm.close(), negotiate.close()]);
     }
   });
 

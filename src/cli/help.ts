@@ -1,7 +1,7 @@
 /**
  * `multileg --help` without loading commander (issue 10 item 5: loading and building the commander
  * program is most of what `--help` costs). The build takes the help's parts from the commander
- * program itself ({@link helpData}, scripts/cli-help.ts writes dist/cli/help.json) and
+ * program itself ({@link helpData}, scripts/cli-help.ts writes dist/bin/help.json) and
  * {@link formatHelp} lays them out as commander 14's `Help.formatHelp` does for a command with
  * arguments and options and no subcommands; test/cli-help.test.ts checks, width by width, that the
  * result equals commander's own output, so the two cannot drift apart unnoticed. Imports nothing at
