@@ -11,7 +11,7 @@ import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
 import {
   AHEAD_MAX_AGE_MS,
@@ -174,8 +174,10 @@ describe.skipIf(!haveBinding)('per-request Kerberos: one credential per burst (G
 
 describe('C4/draft §3.1: per-request multi-leg handshakes spread over sessions (reference server)', () => {
   let r: Rig | undefined;
-  afterAll(async () => {
+  // After each case: the first case's server and agent (its 8 sessions) would otherwise run on beside the second's.
+  afterEach(async () => {
     await r?.close();
+    r = undefined;
   });
 
   it.each([
