@@ -74,6 +74,26 @@ export interface MultilegStats {
 }
 
 /**
+ * One session (an HTTP/2 session or an HTTP/1.1 connection) the agent holds, as
+ * {@link MultilegAgent.sessions} found it. For metrics and tests of how requests spread: `held`
+ * moves by the request, so read `peakHeld` for "at most so many at once".
+ */
+export interface SessionSnapshot {
+  readonly origin: string;
+  /** The id that {@link HandshakeReport.sessionId} and the `multileg:leg` events name. */
+  readonly sessionId: string;
+  /** `h2` or `http/1.1`; undefined while its connection is still opening. */
+  readonly protocol: 'h2' | 'http/1.1' | undefined;
+  /**
+   * Requests it holds now: given to this session and not yet ended, whether waiting for its
+   * handshake or a handshake slot or on the wire (not those still waiting for a session).
+   */
+  readonly held: number;
+  /** The most requests it has held at once since it opened. */
+  readonly peakHeld: number;
+}
+
+/**
  * An undici Dispatcher that authenticates with NTLM, Negotiate/Kerberos, Digest and Basic over
  * HTTP/2 and HTTP/1.1, implementing draft-montenegro-httpbis-multilegged-auth: requests queue on a
  * session while a handshake runs on it, the server's Auth-ID is echoed across legs, and
@@ -181,6 +201,24 @@ export class MultilegAgent extends Dispatcher {
     const emitter = this as unknown as NodeJS.EventEmitter;
     emitter.on('handshake', listener);
     return () => emitter.off('handshake', listener);
+  }
+
+  /**
+   * The sessions open now, and those closed but still finishing a response, per origin in the order
+   * they opened. Upgrades and CONNECT run on connections of their own and are not listed.
+   */
+  sessions(): SessionSnapshot[] {
+    const out: SessionSnapshot[] = [];
+    for (const pool of this.#pools.values())
+      for (const s of pool.sessions)
+        out.push({
+          origin: pool.origin,
+          sessionId: s.id,
+          protocol: s.protocol,
+          held: s.inflight,
+          peakHeld: s.peakInflight,
+        });
+    return out;
   }
 
   /** The last {@link MAX_REPORTS} finished handshakes, oldest first (`stats()` counts them all). */

@@ -1,9 +1,12 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { createSecureServer } from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authScheme, redactHeaders } from '../src/diagnostics.ts';
 import { HANDSHAKE_CHANNEL, type HandshakeReport, LEG_CHANNEL, type LegEvent, MultilegAgent } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
 describe('diagnostics_channel events', () => {
   let server: ReferenceServer;
@@ -167,5 +170,41 @@ describe('diagnostics_channel events', () => {
       ['set-cookie', '[redacted]'],
       ['x-plain', 'kept'],
     ]);
+  });
+});
+
+describe('sessions(): what each session holds', () => {
+  it('held counts the requests a session holds until their responses end; peakHeld keeps the most at once', async () => {
+    const HELD = 10;
+    // Answers /first at once (the session's probe), and holds the rest until HELD of them are in.
+    const gate: Array<() => void> = [];
+    let atGate: ReturnType<MultilegAgent['sessions']> = [];
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      const answer = () => res.end('ok');
+      if (req.url === '/first') return answer();
+      gate.push(answer);
+      if (gate.length === HELD) {
+        atGate = agent.sessions();
+        for (const release of gate.splice(0)) release();
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+    const agent = new MultilegAgent({ connect: { ca: CA_CERT } });
+    try {
+      expect(await (await fetch(`${origin}/first`, { dispatcher: agent })).text()).toBe('ok');
+      const bodies = await Promise.all(
+        Array.from({ length: HELD }, async (_, i) => (await fetch(`${origin}/${i}`, { dispatcher: agent })).text()),
+      );
+      expect(bodies).toEqual(Array(HELD).fill('ok'));
+      const [first] = atGate;
+      expect(atGate).toEqual([{ origin, sessionId: first!.sessionId, protocol: 'h2', held: HELD, peakHeld: HELD }]);
+      // A response ends before its body is read to the end: its release is done by the next turn.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(agent.sessions()).toEqual([{ ...first, held: 0 }]);
+    } finally {
+      await agent.destroy();
+      server.close();
+    }
   });
 });

@@ -11,7 +11,7 @@ import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
 import {
   AHEAD_MAX_AGE_MS,
@@ -23,7 +23,9 @@ import {
   SYNC_TICKET_MARGIN_MS,
 } from '../src/mechanisms/gssapi/index.ts';
 import { carriesKerberosApReq } from '../src/mechanisms/negotiate/index.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { SPREAD_ROOM } from '../src/session/origin-pool.ts';
 import { get, many, type Rig, rig } from './helpers.ts';
 import { freePort, type Lab, PYTHON, requirePeer, startLab, waitForPort } from './lab/index.ts';
 
@@ -172,8 +174,10 @@ describe.skipIf(!haveBinding)('per-request Kerberos: one credential per burst (G
 
 describe('C4/draft §3.1: per-request multi-leg handshakes spread over sessions (reference server)', () => {
   let r: Rig | undefined;
-  afterAll(async () => {
+  // After each case: the first case's server and agent (its 8 sessions) would otherwise run on beside the second's.
+  afterEach(async () => {
     await r?.close();
+    r = undefined;
   });
 
   it.each([
@@ -206,11 +210,13 @@ describe('C4/draft §3.1: per-request multi-leg handshakes spread over sessions 
       expect(sessions.size).toBeGreaterThan(1);
       expect(sessions.size).toBeLessThanOrEqual(8); // limits.maxPerRequestSessions
       expect(new Set(results.map((x) => x.body.sessionId)).size).toBe(sessions.size);
-      // No session is left with a pile behind its handshake slots (a session takes 32 at once; from a
-      // cold start the first one used to keep the 100 that queued behind the origin's first handshake).
-      const served = new Map<string, number>();
-      for (const x of results) served.set(x.body.sessionId, (served.get(x.body.sessionId) ?? 0) + 1);
-      expect(Math.max(...served.values())).toBeLessThan(64);
+      // No session ever holds a pile behind its handshake slots: at most a spread session's room at
+      // once (from a cold start the first one used to take the ~100 that queued behind the origin's
+      // first handshake). The peak, not the count served over the run: that one grows with speed.
+      const snapshot = r.agent.sessions();
+      expect(snapshot.map((s) => s.sessionId)).toEqual(expect.arrayContaining([...sessions]));
+      const room = SPREAD_ROOM * DEFAULT_LIMITS.maxConcurrentHandshakes;
+      expect(Math.max(...snapshot.map((s) => s.peakHeld))).toBeLessThanOrEqual(room);
       // Two legs per request; a new session's first request goes bare once (its 401 teaches nothing new).
       expect(r.server.exchanges.length).toBeLessThanOrEqual(2 * 201 + 1 + sessions.size);
     },

@@ -44,7 +44,7 @@ interface Survey {
 }
 
 /** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
-const SPREAD_ROOM = 8;
+export const SPREAD_ROOM = 8;
 
 /** One key per (lane, identity), made once rather than per request. */
 const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {

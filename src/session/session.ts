@@ -70,6 +70,8 @@ export class Session {
   #connection: ConnectionInfo | undefined;
   #connections = 0;
   #inflight = 0;
+  /** The most requests it held at once (see peakInflight). */
+  #peakInflight = 0;
   /** The error undici failed the streams a GOAWAY refused with (R5). */
   #goaway: Error | undefined;
   /** Times a bare request on this authenticated session met a 401 (the server forgot us, R4). */
@@ -170,8 +172,13 @@ export class Session {
   get closed(): boolean {
     return this.#state.kind === 'closed';
   }
+  /** Requests the pool gave this session and that have not ended: waiting for its handshake or a slot, or on the wire. */
   get inflight(): number {
     return this.#inflight;
+  }
+  /** The most {@link inflight} ever was: an exact bound where a count sampled now and then would miss the peak. */
+  get peakInflight(): number {
+    return this.#peakInflight;
   }
 
   /**
@@ -246,6 +253,7 @@ export class Session {
 
   acquire(): void {
     this.#inflight += 1;
+    if (this.#inflight > this.#peakInflight) this.#peakInflight = this.#inflight;
   }
   release(): void {
     this.#inflight -= 1;
