@@ -625,13 +625,12 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
     });
     s.options.faults.delayMs = (q) => (!q.headers.authorization ? 0 : q.path === '/auth/2' ? 60_000 : 300);
     const signal = AbortSignal.timeout(20_000);
-    const started = Date.now();
     const results = await Promise.all(
       Array.from({ length: 3 }, (_, i) => settle(fetch(`${s.origin}/auth/${i}`, { dispatcher: a, signal }))),
     );
     expect(results.map((r) => (r.ok ? r.v.status : r.e.constructor.name))).toEqual([200, 200, 'HandshakeTimeoutError']);
-    // Ended by the agent's clock (about 1.2 s + 1 s), not by the test's deadline.
-    expect(Date.now() - started).toBeLessThan(10_000);
+    // Ended by the agent's clock (about 1.2 s + 1 s), not by the test's deadline (no wall-clock check).
+    expect(signal.aborted).toBe(false);
   });
 });
 
