@@ -31,7 +31,7 @@ import {
   type ReferenceProxy,
   startReferenceProxy,
 } from '../src/reference-server/index.ts';
-import { ALICE, patchedNtlm, recordingPorts, unavailableScheme } from './helpers.ts';
+import { ALICE, patchedNtlm, recordingPorts, testNtlm, unavailableScheme } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -401,16 +401,11 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('S3: a mechanism whose first token fails with its own exception: InvalidTokenError, not that exception', async () => {
     origin = await upgradeServer({ ntlm: true });
-    const broken: Mechanism = {
-      ...ntlmMechanism(ALICE),
-      createContext: () => ({
-        complete: false,
-        step: async () => {
-          throw new TypeError('mechanism internals');
-        },
-        finish: async () => {},
-      }),
-    };
+    const broken = testNtlm({
+      step: async () => {
+        throw new TypeError('mechanism internals');
+      },
+    });
     agent = ntlmAgent({ mechanisms: [broken] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
