@@ -15,7 +15,7 @@ import {
   ntlmMechanism,
 } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
-import { ALICE, hasAuth, patchedNtlm } from './helpers.ts';
+import { ALICE, hasAuth, patchedNtlm, unavailableScheme } from './helpers.ts';
 
 let server: ReferenceServer | undefined;
 let agent: MultilegAgent | undefined;
@@ -49,12 +49,10 @@ const outcome = (p: Promise<Response>) =>
 
 describe('mechanism faults reach the caller as the next scheme or a typed error', () => {
   it('T2: a scheme whose context cannot even be created here is skipped for the next offered one', async () => {
-    const unavailable: Mechanism = {
-      ...ntlm,
-      createContext: () => {
-        throw new MechanismUnavailableError('NTLM', 'not on this test machine');
-      },
-    };
+    const unavailable = unavailableScheme(
+      'NTLM',
+      () => new MechanismUnavailableError('NTLM', 'not on this test machine'),
+    );
     const { s, a } = await setup(unavailable);
     const r = await outcome(fetch(`${s.origin}/auth/x`, { dispatcher: a }));
     expect(r).toEqual({ status: 200, body: expect.objectContaining({ user: 'EXAMPLE\\alice' }) });
@@ -125,12 +123,7 @@ describe('mechanism faults reach the caller as the next scheme or a typed error'
   });
 
   it('a mechanism that cannot create a context for its own reason: that typed error reaches the caller', async () => {
-    const misconfigured: Mechanism = {
-      ...ntlm,
-      createContext: () => {
-        throw new MechanismError('NTLM', 'test: misconfigured');
-      },
-    };
+    const misconfigured = unavailableScheme('NTLM', () => new MechanismError('NTLM', 'test: misconfigured'));
     const { s, a } = await setup(misconfigured);
     const r = await outcome(fetch(`${s.origin}/auth/x`, { dispatcher: a }));
     expect(r).toMatchObject({ error: { code: 'MULTILEG_MECHANISM' } });

@@ -4,6 +4,7 @@ import { fetch } from 'undici';
 import {
   type Challenge,
   type Mechanism,
+  type MechanismContext,
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -76,6 +77,38 @@ export function patchedNtlm(patch: {
           return real.step(challenge, l);
         },
         finish: patch.finish ?? ((challenge, l) => real.finish(challenge, l)),
+      };
+    },
+  };
+}
+
+/**
+ * A scripted test mechanism named NTLM, with no NTLM behind it: each leg's token is what `step` gives
+ * (by default `NTLM dGVzdA==` at once), a context is complete once it has made `tokens` tokens (0: from
+ * the start, its first token being its last; by default never), and `finish` is its check of the
+ * server's final token (by default it passes at once). `step` is called as it is, so one that throws
+ * or never settles does so to the agent.
+ */
+export function testNtlm(
+  script: { step?: MechanismContext['step']; tokens?: number; finish?: MechanismContext['finish'] } = {},
+): Mechanism {
+  const { step = async () => 'NTLM dGVzdA==', tokens = Number.POSITIVE_INFINITY, finish = async () => {} } = script;
+  return {
+    scheme: 'NTLM',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => {
+      let made = 0;
+      return {
+        get complete() {
+          return made >= tokens;
+        },
+        step: (challenge, leg) => {
+          made += 1;
+          return step(challenge, leg);
+        },
+        finish,
       };
     },
   };

@@ -31,7 +31,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, recordingPorts, unavailableScheme } from './helpers.ts';
+import { ALICE, recordingPorts, testNtlm, unavailableScheme } from './helpers.ts';
 import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
@@ -394,29 +394,12 @@ const ntlmProxy = (
 
 /** A proxy mechanism (scheme NTLM) whose first step, or whose final-token check, never returns. */
 function stuck(where: 'step' | 'finish'): Mechanism {
-  const never = new Promise<never>(() => {});
-  return {
-    scheme: 'NTLM',
-    level: 'connection',
-    multileg: true,
-    proactive: false,
-    createContext: () => ({
-      complete: where === 'finish',
-      step: () => (where === 'step' ? never : Promise.resolve('NTLM dGVzdA==')),
-      finish: () => (where === 'finish' ? never : Promise.resolve()),
-    }),
-  };
+  const never = () => new Promise<never>(() => {});
+  // Hanging in finish: its one token is its last, so the proxy's final token is checked.
+  return where === 'step' ? testNtlm({ step: never }) : testNtlm({ tokens: 0, finish: never });
 }
 
 describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTimeout (R3)', () => {
-  /** One NTLM-named token, then a check of the proxy's final token by `finish`. */
-  const finishing = (finish: () => Promise<void>): Mechanism => ({
-    scheme: 'NTLM',
-    level: 'connection',
-    multileg: true,
-    proactive: false,
-    createContext: () => ({ complete: true, step: () => Promise.resolve('NTLM dGVzdA=='), finish }),
-  });
   const withFinalToken = 'HTTP/1.1 200 OK\r\nProxy-Authenticate: NTLM ZmluYWw=\r\nContent-Length: 2\r\n\r\nhi';
 
   it("M2/R3: a forwarded response is held until the proxy's final token is checked: a check that never returns ends in ProxyTimeoutError, one that fails in its error; nothing is delivered", async () => {
@@ -426,8 +409,10 @@ describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTim
     ];
     for (const [finish, expected] of cases) {
       proxy = await ntlmProxy(withFinalToken);
+      // One token (its last), then the check of the proxy's final token by `finish`.
+      const finishing = testNtlm({ tokens: 0, finish });
       agent = new MultilegAgent({
-        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [finishing(finish)] },
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [finishing] },
         limits: { handshakeTimeout: 300 },
       });
       // Before: 200 "hi" was delivered while the check still ran, whatever it found.

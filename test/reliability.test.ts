@@ -25,7 +25,7 @@ import {
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, deferred, hasAuth, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, deferred, hasAuth, SCRIPTED_NTLM_CHALLENGE, testNtlm } from './helpers.ts';
 import { requirePeer } from './lab/index.ts';
 
 const servers: Array<{ close(): unknown }> = [];
@@ -98,35 +98,6 @@ async function hostile(
       }),
   });
   return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, requests: () => n };
-}
-/**
- * A multi-leg test mechanism named NTLM that answers the first challenge with one token and is then
- * complete; `finish` verifies the server's final token (by default at once).
- */
-function oneTokenNtlm(finish: () => Promise<void> = async () => {}): Mechanism {
-  return tokensNtlm(1, finish);
-}
-/** As {@link oneTokenNtlm}, complete after `tokens` tokens (the 401s before that are challenges to drain). */
-function tokensNtlm(tokens: number, finish: () => Promise<void> = async () => {}): Mechanism {
-  return {
-    scheme: 'NTLM',
-    level: 'connection',
-    multileg: true,
-    proactive: false,
-    createContext: () => {
-      let steps = 0;
-      return {
-        get complete() {
-          return steps >= tokens;
-        },
-        step: async () => {
-          steps += 1;
-          return 'NTLM dGVzdA==';
-        },
-        finish,
-      };
-    },
-  };
 }
 const causeOf = (e: unknown) => ((e as { cause?: unknown }).cause ?? e) as Error;
 const settle = <T>(p: Promise<T>) =>
@@ -355,7 +326,7 @@ describe('R2: a leader that fails for its own reasons hands the handshake over',
       else if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
       else respond(200, { 'persistent-auth': 'true' });
     });
-    const ntlmLike = oneTokenNtlm();
+    const ntlmLike = testNtlm({ tokens: 1 });
     const a = agent({
       trustedOrigins: [s.origin],
       negotiate: false,
@@ -447,7 +418,7 @@ describe('R3: handshakeTimeout bounds a challenge body that never ends', () => {
       const a = agent({
         trustedOrigins: [s.origin],
         negotiate: false,
-        mechanisms: [oneTokenNtlm()],
+        mechanisms: [testNtlm({ tokens: 1 })],
         limits: { handshakeTimeout: 300 },
       });
       // Before: the request waited for undici's bodyTimeout (300 s); the test's own signal ended it.
@@ -474,7 +445,7 @@ describe('R3: handshakeTimeout bounds a challenge body in the middle of a handsh
         trustedOrigins: [s.origin],
         negotiate: false,
         // Two tokens: the 401 to the first one is a challenge to drain, not the caller's answer.
-        mechanisms: [tokensNtlm(2)],
+        mechanisms: [testNtlm({ tokens: 2 })],
         limits: { handshakeTimeout: 300 },
       });
       // No signal of the test's own: a leg left unbounded would hang it (and the caller's abort would
@@ -487,19 +458,10 @@ describe('R3: handshakeTimeout bounds a challenge body in the middle of a handsh
 });
 
 describe('R3: handshakeTimeout bounds the mechanism itself', () => {
-  /** A test mechanism named NTLM whose every step is `step()` (never complete). */
-  const stepping = (step: () => Promise<string>): Mechanism => ({
-    scheme: 'NTLM',
-    level: 'connection',
-    multileg: true,
-    proactive: false,
-    createContext: () => ({ complete: false, step, finish: async () => {} }),
-  });
-
   it("R3: a mechanism step that never returns ends with HandshakeTimeoutError; the session does not stay 'handshaking'", async () => {
     const s = await reference({ mode: 'session', schemes: ['NTLM'] });
     // e.g. a GSS-API call or DNS lookup that hangs
-    const hanging = stepping(() => new Promise<string>(() => {}));
+    const hanging = testNtlm({ step: () => new Promise<string>(() => {}) });
     const a = agent({
       trustedOrigins: [s.origin],
       negotiate: false,
@@ -518,7 +480,9 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
       if (!headers.authorization) respond(401, { 'www-authenticate': 'NTLM' });
       else respond(200, {});
     });
-    const late = stepping(() => new Promise<string>((resolve) => setTimeout(() => resolve('NTLM bGF0ZQ=='), 600)));
+    const late = testNtlm({
+      step: () => new Promise<string>((resolve) => setTimeout(() => resolve('NTLM bGF0ZQ=='), 600)),
+    });
     const a = agent({
       trustedOrigins: [s.origin],
       negotiate: false,
@@ -538,11 +502,14 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
    */
   function hangingFinish(onHang: () => void = () => {}): Mechanism {
     let finishes = 0;
-    return oneTokenNtlm(() => {
-      finishes += 1;
-      if (finishes > 1) return Promise.resolve();
-      onHang();
-      return new Promise<void>(() => {});
+    return testNtlm({
+      tokens: 1,
+      finish: () => {
+        finishes += 1;
+        if (finishes > 1) return Promise.resolve();
+        onHang();
+        return new Promise<void>(() => {});
+      },
     });
   }
   /** Challenges a bare request; answers one with credentials 200 and a final token to verify. */

@@ -15,7 +15,6 @@ import {
   InvalidTokenError,
   KerberosTicketExpiredError,
   LegLimitError,
-  type Mechanism,
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -31,7 +30,7 @@ import {
   type ReferenceProxy,
   startReferenceProxy,
 } from '../src/reference-server/index.ts';
-import { ALICE, patchedNtlm, recordingPorts, unavailableScheme } from './helpers.ts';
+import { ALICE, patchedNtlm, recordingPorts, testNtlm, unavailableScheme } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -74,24 +73,6 @@ afterEach(async () => {
   await origin?.close();
   agent = proxy = relay = origin = undefined;
 });
-
-/** alice's NTLM, whose check of the server's final token is `finish`. */
-function ntlmFinishing(finish: () => Promise<void>): Mechanism {
-  const base = ntlmMechanism(ALICE);
-  return {
-    ...base,
-    createContext(leg) {
-      const inner = base.createContext(leg);
-      return {
-        step: (challenge, l) => inner.step(challenge, l),
-        get complete() {
-          return inner.complete;
-        },
-        finish,
-      };
-    },
-  };
-}
 
 function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
   return new MultilegAgent({
@@ -197,9 +178,9 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('M2: an upgrade whose final mutual authentication fails is withheld: the socket is destroyed, the caller gets MutualAuthError', async () => {
     origin = await upgradeServer({ ntlm: true });
-    const distrustful = ntlmFinishing(() =>
-      Promise.reject(new MutualAuthError('test: the final token does not verify')),
-    );
+    const distrustful = patchedNtlm({
+      finish: () => Promise.reject(new MutualAuthError('test: the final token does not verify')),
+    });
     agent = ntlmAgent({ mechanisms: [distrustful] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
@@ -212,22 +193,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('M2: an authenticated final response whose mutual authentication fails is withheld too', async () => {
     origin = await upgradeServer({ ntlm: true, refuse: true });
-    const base = ntlmMechanism(ALICE);
-    agent = ntlmAgent({
-      mechanisms: [
-        {
-          ...base,
-          createContext(leg) {
-            const inner = base.createContext(leg);
-            return {
-              ...inner,
-              step: (c, l) => inner.step(c, l),
-              finish: () => Promise.reject(new MutualAuthError('test')),
-            };
-          },
-        },
-      ],
-    });
+    agent = ntlmAgent({ mechanisms: [patchedNtlm({ finish: () => Promise.reject(new MutualAuthError('test')) })] });
     const seenStatus: number[] = [];
     const err = await new Promise<Error>((resolve) =>
       agent!.dispatch(
@@ -280,7 +246,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it("R3: an upgrade whose verification of the server's final token never ends: HandshakeTimeoutError, and the upgraded socket is closed", async () => {
     origin = await upgradeServer({ ntlm: true });
-    const hanging = ntlmFinishing(() => new Promise<void>(() => {})); // a GSS-API call that never returns
+    const hanging = patchedNtlm({ finish: () => new Promise<void>(() => {}) }); // a GSS-API call that never returns
     agent = ntlmAgent({ mechanisms: [hanging], limits: { handshakeTimeout: 200 } });
     const err = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
       () => undefined,
@@ -401,16 +367,11 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('S3: a mechanism whose first token fails with its own exception: InvalidTokenError, not that exception', async () => {
     origin = await upgradeServer({ ntlm: true });
-    const broken: Mechanism = {
-      ...ntlmMechanism(ALICE),
-      createContext: () => ({
-        complete: false,
-        step: async () => {
-          throw new TypeError('mechanism internals');
-        },
-        finish: async () => {},
-      }),
-    };
+    const broken = testNtlm({
+      step: async () => {
+        throw new TypeError('mechanism internals');
+      },
+    });
     agent = ntlmAgent({ mechanisms: [broken] });
     const err = await upgradeOrResponse(agent, origin.origin).then(
       () => undefined,
