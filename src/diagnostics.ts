@@ -8,6 +8,8 @@
  * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
  *   the caller unanswered, because the trust policy withheld the credentials (why that 401; not
  *   published for upgrades).
+ * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
+ *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
  *
  * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies and the
  * tokens in `WWW-Authenticate` / `Proxy-Authenticate` are replaced by `[redacted]` here, before any
@@ -23,10 +25,12 @@ export const HANDSHAKE_CHANNEL = 'multileg:handshake';
 export const LEG_CHANNEL = 'multileg:leg';
 
 export const WITHHELD_CHANNEL = 'multileg:withheld';
+export const PROXY_UNANSWERED_CHANNEL = 'multileg:proxy-unanswered';
 
 const handshakeChannel = channel(HANDSHAKE_CHANNEL);
 const legChannel = channel(LEG_CHANNEL);
 const withheldChannel = channel(WITHHELD_CHANNEL);
+const proxyUnansweredChannel = channel(PROXY_UNANSWERED_CHANNEL);
 
 /**
  * A 401 the agent could have answered reached the caller unanswered: its credentials are withheld
@@ -46,6 +50,37 @@ export interface WithheldEvent {
 /** Publishes a {@link WithheldEvent}, made only when someone subscribes. */
 export function publishWithheld(event: () => WithheldEvent): void {
   if (withheldChannel.hasSubscribers) withheldChannel.publish(event());
+}
+
+/**
+ * A forwarding proxy's 407 reached the caller unanswered (`proxy.deliver407`), and why:
+ * - `unconfigured`: no mechanism for any scheme it offers (no `proxy.credentials`, or
+ *   `proxy.schemes` leaves them out);
+ * - `unusable`: the mechanisms for its schemes cannot run here — Negotiate without a Kerberos
+ *   ticket — each with its error in `unusable`;
+ * - `refused`: its answer to the credentials this request sent.
+ */
+export interface ProxyUnansweredEvent {
+  /** The proxy, `http://host:port` (never its userinfo). */
+  readonly proxy: string;
+  /** The request's origin and path. */
+  readonly origin: string;
+  readonly path: string;
+  readonly reason: 'unconfigured' | 'unusable' | 'refused';
+  /** The schemes the 407 offered (names only). */
+  readonly schemes: readonly string[];
+  /**
+   * The offered schemes found unusable on this proxy connection, with why: the error's code and
+   * message (which name the fix, never a secret).
+   */
+  readonly unusable: readonly { readonly scheme: string; readonly code: string; readonly message: string }[];
+  /** Date.now() when the event was published. */
+  readonly time: number;
+}
+
+/** Publishes a {@link ProxyUnansweredEvent}, made only when someone subscribes. */
+export function publishProxyUnanswered(event: () => ProxyUnansweredEvent): void {
+  if (proxyUnansweredChannel.hasSubscribers) proxyUnansweredChannel.publish(event());
 }
 
 /** A header as `[name, value]`, name in lower case, value redacted where it may hold a secret. */

@@ -11,6 +11,8 @@ export {
   type LegEvent,
   type LegRequestEvent,
   type LegResponseEvent,
+  PROXY_UNANSWERED_CHANNEL,
+  type ProxyUnansweredEvent,
   type RedactedHeader,
   WITHHELD_CHANNEL,
   type WithheldEvent,

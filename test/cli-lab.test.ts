@@ -9,6 +9,7 @@ import { runCli as run } from './cli-helpers.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
+const haveSquid = requirePeer('squid');
 
 describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Apache (real peers)', () => {
   let lab: Lab;
@@ -17,7 +18,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   let env: Record<string, string | undefined>;
   let noTicket: Record<string, string | undefined>;
   beforeAll(async () => {
-    lab = await startLab({ apache: true });
+    lab = await startLab({ apache: true, negotiateSquid: haveSquid });
     ca = join(lab.dir, 'apache-ca.pem');
     writeFileSync(ca, lab.apache!.ca);
     env = { ...lab.env, NTLM_USER_FILE: undefined };
@@ -70,6 +71,34 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     const f = await run(['-f', '--cacert', ca, `${lab.apache!.origin}/protected/index.html`], { env: noTicket });
     expect(f.code).toBe(22);
   });
+
+  it.skipIf(!haveSquid)(
+    "H5: without a ticket, a Negotiate-only Squid's 407 to an http:// URL is shown as curl shows it (exit 0; 22 with -f), with why nothing was sent",
+    async () => {
+      const url = `${lab.apache!.cleartextOrigin}/public/cli-407`;
+      const base = ['-x', lab.negotiateSquid!.origin, '--proxy-negotiate', '-U', ':'];
+      const why = new RegExp(
+        `^multileg: proxy ${lab.negotiateSquid!.origin} answered 407 and offered Negotiate: Negotiate: no Kerberos ticket: run kinit or pass --principal \\[GSS: [^\\]]*\\] \\(MULTILEG_KRB_NO_TICKET\\); or give --proxy-user user:password\n$`,
+      );
+      // With --proxy-negotiate -U : (curl's way to ask for it), and with -x alone (Negotiate is the
+      // only proxy scheme there is without --proxy-user).
+      for (const args of [base, base.slice(0, 2)]) {
+        const shown = await run([...args, '-i', url], { env: noTicket });
+        expect(shown.code).toBe(0);
+        expect(shown.stdout).toMatch(/^HTTP\/1\.1 407 Proxy Authentication Required\r\n/);
+        expect(shown.stdout).toContain('proxy-authenticate: Negotiate\r\n');
+        expect(shown.stderr).toMatch(why);
+      }
+      const failed = await run([...base, '-f', url], { env: noTicket });
+      expect(failed).toMatchObject({ code: 22, stdout: '' });
+      expect(failed.stderr).toContain('multileg: (22) HTTP 407\n');
+      const verbose = await run([...base, '-v', '-o', '/dev/null', url], { env: noTicket });
+      expect(verbose.code).toBe(0);
+      expect(verbose.stderr).toContain(
+        `* proxy ${lab.negotiateSquid!.origin}: its 407 goes unanswered: Negotiate cannot run here (MULTILEG_KRB_NO_TICKET)\n`,
+      );
+    },
+  );
 
   it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env });

@@ -4,11 +4,17 @@
  * gss-ntlmssp, with a real password check) — CONNECT tunnels then TLS + ALPN to Apache, and plain-http
  * targets forwarded in absolute form. Proxy credentials are separate from origin credentials.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fetch } from 'undici';
+import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import {
+  MultilegAgent,
+  type MultilegAgentOptions,
+  PROXY_UNANSWERED_CHANNEL,
+  type ProxyUnansweredEvent,
+} from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
@@ -29,8 +35,8 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     agents.push(a);
     return a;
   };
-  const squidLog = () =>
-    readFileSync(join(lab.dir, 'squid/logs/access.log'), 'utf8')
+  const squidLog = (name = 'squid') =>
+    readFileSync(join(lab.dir, name, 'logs/access.log'), 'utf8')
       .split('\n')
       .filter((l) => l.trim())
       .map((l) => {
@@ -57,7 +63,7 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     );
 
   beforeAll(async () => {
-    lab = await startLab({ apache: true, apacheProxy: true, squid: true });
+    lab = await startLab({ apache: true, apacheProxy: true, squid: true, negotiateSquid: true });
     // alice's ticket cache; no NTLM_USER_FILE, else GSS would quietly use gss-ntlmssp's first user.
     restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined });
   }, 60_000);
@@ -104,6 +110,55 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       1,
     );
     expect(tunnels.length).toBeGreaterThan(0);
+  });
+
+  it('H5: with proxy.deliver407 and no Kerberos ticket, a Squid that offers only Negotiate is answered with its own 407 (why on multileg:proxy-unanswered); without deliver407 the ProxyAuthenticationError stays', async () => {
+    const url = `${lab.apache!.cleartextOrigin}/public/negotiate-only`;
+    const events: ProxyUnansweredEvent[] = [];
+    const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+    subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+    try {
+      const noTicket = { ccache: `FILE:${lab.dir}/no-such-ccache` };
+      const a = agent({ negotiate: noTicket, proxy: { uri: lab.negotiateSquid!.origin, deliver407: true } });
+      for (let i = 0; i < 2; i++) {
+        const res = await request(url, { dispatcher: a });
+        expect(res.statusCode).toBe(407);
+        expect(res.headers['proxy-authenticate']).toBe('Negotiate');
+        // Squid's own error page: the caller gets the proxy's response, body and all.
+        expect(await res.body.text()).toContain('ERR_CACHE_ACCESS_DENIED');
+      }
+      expect(events).toEqual(
+        [0, 1].map(() =>
+          expect.objectContaining({
+            proxy: lab.negotiateSquid!.origin,
+            origin: lab.apache!.cleartextOrigin,
+            path: '/public/negotiate-only',
+            reason: 'unusable',
+            schemes: ['Negotiate'],
+            unusable: [expect.objectContaining({ scheme: 'Negotiate', code: 'MULTILEG_KRB_NO_TICKET' })],
+          }),
+        ),
+      );
+      // Negotiate fails only once tried, after the first 407 was read: that request went once more,
+      // bare, and its second 407 is the one shown; the next request on the connection goes once.
+      const lines = await settled(() => squidLog('squid-negotiate').filter((l) => l.url === url), 3);
+      expect(lines.map((l) => [l.result, l.user])).toEqual(Array(3).fill(['TCP_DENIED/407', '-']));
+      // The same through the lab's other Squid (Negotiate, NTLM, Basic), with no proxy credentials.
+      const all = agent({ negotiate: noTicket, proxy: { uri: lab.squid!.origin, deliver407: true } });
+      const res = await request(url, { dispatcher: all });
+      await res.body.dump();
+      expect(res.statusCode).toBe(407);
+      expect(events.at(-1)).toMatchObject({ reason: 'unusable', schemes: ['Negotiate', 'NTLM', 'Basic'] });
+      // Without deliver407: the typed error, as it was.
+      const strict = agent({ negotiate: noTicket, proxy: { uri: lab.negotiateSquid!.origin } });
+      const err = await cause(fetch(url, { dispatcher: strict }));
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err).toMatchObject({ refused: false, offered: ['Negotiate'] });
+      expect(err!.message).toContain('no offered scheme could be used (negotiate unavailable)');
+      expect(events).toHaveLength(3);
+    } finally {
+      unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+    }
   });
 
   it('H5/M2: Negotiate (Kerberos, SPN HTTP@proxyhost) to Squid, then Kerberos to Apache /protected/ through the tunnel', async () => {

@@ -3,9 +3,17 @@
  * binds each client connection to its own upstream connection and can say
  * `Proxy-support: Session-Based-Authentication` and `Remote-http-version`.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Mechanism, MultilegAgent, type MultilegAgentOptions, ntlmMechanism } from '../src/index.ts';
+import {
+  type Mechanism,
+  MultilegAgent,
+  type MultilegAgentOptions,
+  ntlmMechanism,
+  PROXY_UNANSWERED_CHANNEL,
+  type ProxyUnansweredEvent,
+} from '../src/index.ts';
 import { ProxyAuthenticationError, ProxyAuthorizationHeaderError } from '../src/proxy/errors.ts';
 import {
   CA_CERT,
@@ -265,6 +273,35 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     await expect(request(`${s.origin}/auth/tunnel`, { dispatcher: agent })).rejects.toBeInstanceOf(
       ProxyAuthenticationError,
     );
+  });
+
+  it('H5/S2: multileg:proxy-unanswered says why a delivered 407 went unanswered (nothing configured for it, or its refusal of the credentials sent), with no secret', async () => {
+    const { base, proxy: p, server: s } = await setup({ basicUsers: { proxyuser: 'proxypw' } });
+    await agent!.destroy();
+    const events: ProxyUnansweredEvent[] = [];
+    const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+    subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+    try {
+      for (const credentials of [undefined, { username: 'proxyuser', password: 'wrong-secret-pw' }]) {
+        agent = new MultilegAgent({
+          negotiate: false,
+          trustedOrigins: [base, s.origin],
+          proxy: { uri: p.origin, connect: { ca: p.ca }, deliver407: true, ...(credentials ? { credentials } : {}) },
+        });
+        const res = await request(`${base}/public/why`, { dispatcher: agent });
+        await res.body.dump();
+        expect(res.statusCode).toBe(407);
+        await agent.destroy();
+      }
+    } finally {
+      unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+    }
+    const common = { proxy: p.origin, origin: base, path: '/public/why', schemes: ['Basic'], unusable: [] };
+    expect(events).toEqual([
+      { ...common, reason: 'unconfigured', time: expect.any(Number) },
+      { ...common, reason: 'refused', time: expect.any(Number) },
+    ]);
+    expect(JSON.stringify(events)).not.toMatch(/wrong-secret-pw|proxyuser|cHJveHl1c2Vy/);
   });
 
   it("H5/C4: a forwarding proxy's 407 delivered in the middle of the origin's NTLM handshake proves nothing: the handshake failed, the next request authenticates anew", async () => {

@@ -215,6 +215,27 @@ export function describeFailure(
   return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };
 }
 
+/** The NTLM-fallback hint of a Negotiate error (KerberosNoTicketError), meant for an origin. */
+const NTLM_FALLBACK_HINT = / \(or give credentials for the NTLM fallback\)/;
+
+/**
+ * Why a forwarding proxy's 407 stood (shown as curl shows it): `sent`, it refused the credentials
+ * the request carried; else none went, and `unusable` says why where a mechanism could not run.
+ */
+export function explain407(ctx: {
+  readonly proxy: string;
+  readonly offered: readonly string[];
+  readonly sent: boolean;
+  readonly unusable: readonly { readonly code: string; readonly message: string }[];
+}): string {
+  const head = `proxy ${ctx.proxy} answered 407 and offered ${ctx.offered.join(', ') || 'no scheme'}`;
+  if (ctx.sent) return `${head}: it refused the credentials; check --proxy-user (DOMAIN\\user:password)`;
+  if (ctx.unusable.length === 0) return `${head}: give --proxy-user user:password (or a Kerberos ticket for the proxy)`;
+  // Proxy Negotiate has no NTLM fallback (src/proxy/options.ts): its own hint would mislead here.
+  const why = ctx.unusable.map((u) => `${forCli(u.message.replace(NTLM_FALLBACK_HINT, ''))} (${u.code})`);
+  return `${head}: ${why.join('; ')}; or give --proxy-user user:password`;
+}
+
 /** Why the CLI sent no credentials that the server accepted, in one or two lines. */
 export function explain401(ctx: {
   readonly origin: string;

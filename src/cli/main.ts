@@ -13,7 +13,7 @@ import type { MultilegAgent } from '../agent.ts';
 import { ConfigError, type MultilegError } from '../errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
-import { challengeSchemes, describeFailure, EXIT, explain401, forCli } from './explain.ts';
+import { challengeSchemes, describeFailure, EXIT, explain401, explain407, forCli } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
@@ -314,7 +314,12 @@ async function main(argv: string[]): Promise<number> {
         const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
         if (proxy)
           say(
-            `proxy ${proxy} answered 407 and offered ${challengeSchemes(res.headers, status).join(', ') || 'no scheme'}: ${sent ? 'it refused the credentials; check --proxy-user (DOMAIN\\user:password)' : 'give --proxy-user user:password (or a Kerberos ticket for the proxy)'}`,
+            explain407({
+              proxy,
+              offered: challengeSchemes(res.headers, status),
+              sent: sent === true,
+              unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+            }),
           );
       }
       if ((req.fail || req.failWithBody) && status >= 400) {

@@ -11,6 +11,8 @@ import {
   type LegEvent,
   type LegRequestEvent,
   type LegResponseEvent,
+  PROXY_UNANSWERED_CHANNEL,
+  type ProxyUnansweredEvent,
 } from '../diagnostics.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import { challengeSchemes } from './explain.ts';
@@ -27,22 +29,27 @@ export interface LegRecord {
 export class Trace {
   readonly legs: LegRecord[] = [];
   readonly handshakes: HandshakeReport[] = [];
+  /** Forwarding proxies' 407s that went to the caller unanswered, with why. */
+  readonly unanswered407: ProxyUnansweredEvent[] = [];
   readonly #byId = new Map<number, LegRecord>();
   readonly #verbose: ((line: string) => void) | undefined;
   #lastProtocol: string | undefined;
   readonly #onLeg = (message: unknown) => this.#leg(message as LegEvent);
   readonly #onHandshake = (message: unknown) => this.#handshake(message as HandshakeReport);
+  readonly #onUnanswered = (message: unknown) => this.#unanswered(message as ProxyUnansweredEvent);
 
   /** `verbose` receives -v lines as they happen. */
   constructor(verbose?: (line: string) => void) {
     this.#verbose = verbose;
     subscribe(LEG_CHANNEL, this.#onLeg);
     subscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
+    subscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
   }
 
   stop(): void {
     unsubscribe(LEG_CHANNEL, this.#onLeg);
     unsubscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
+    unsubscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
   }
 
   /** The leg whose response the caller received last (the one on screen). */
@@ -105,6 +112,17 @@ export class Trace {
     this.#say(
       `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
     );
+  }
+
+  #unanswered(e: ProxyUnansweredEvent): void {
+    this.unanswered407.push(e);
+    const why =
+      e.reason === 'refused'
+        ? 'it refused the credentials'
+        : e.reason === 'unusable'
+          ? e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ')
+          : `nothing configured for ${e.schemes.join(', ') || 'what it offers'}`;
+    this.#say(`* proxy ${e.proxy}: its 407 goes unanswered: ${why}`);
   }
 
   #say(line: string): void {

@@ -43,6 +43,8 @@ export class ProxyAuth {
   readonly #proxy: ResolvedProxy;
   readonly #maxLegs: number;
   readonly #excluded = new Set<string>();
+  /** Why each excluded scheme cannot run here (by scheme key): the reason a 407 went unanswered. */
+  readonly #unusable = new Map<string, { readonly scheme: string; readonly error: MultilegError }>();
   #mechanism: Mechanism | undefined;
   #context: MechanismContext | undefined;
   #pending: string | undefined;
@@ -110,6 +112,12 @@ export class ProxyAuth {
     return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
   }
 
+  /** The schemes this 407 offers that were found unusable on this connection, each with why. */
+  unusableIn(headers: Headers): { readonly scheme: string; readonly error: MultilegError }[] {
+    const offered = new Set(readChallenges(headers, true).map((c) => c.schemeKey));
+    return [...offered].flatMap((key) => this.#unusable.get(key) ?? []);
+  }
+
   /** A 407 that goes to the caller unanswered ends the running handshake: the next request starts anew. */
   giveUp(): void {
     this.#state = 'idle';
@@ -155,6 +163,7 @@ export class ProxyAuth {
         if (this.#legs === 0 && cannotRunHere(err)) {
           log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
           this.#excluded.add(challenge.schemeKey);
+          this.#unusable.set(challenge.schemeKey, { scheme: mechanism.scheme, error: err });
           this.#legs = 0;
           this.#state = 'idle';
           continue;

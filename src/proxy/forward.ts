@@ -1,7 +1,9 @@
 import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
+import { publishProxyUnanswered } from '../diagnostics.ts';
 import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
+import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
@@ -143,6 +145,8 @@ export class ForwardProxy {
         const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
         if (own && allowed) deadline?.stop();
         let challenged: ResponseHeaders | undefined;
+        /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
+        let unanswered: ResponseHeaders | undefined;
         const result = await race(
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
@@ -156,6 +160,7 @@ export class ForwardProxy {
                 // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
                 this.#auth.giveUp();
                 deadline?.stop();
+                unanswered = headers;
                 return classify(status, headers);
               }
               // The proxy let the request through (or its last 407 goes to the caller): the
@@ -178,6 +183,7 @@ export class ForwardProxy {
           ),
         );
         onWire = undefined;
+        if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
@@ -198,6 +204,19 @@ export class ForwardProxy {
           await race(this.#auth.answer(challenged, leg));
         } catch (err) {
           if (err instanceof ProxyAuthenticationError && err.refused) outcome = 'refused';
+          // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
+          // without a Kerberos ticket), which shows only once tried. The 407 was drained by then: the
+          // request goes once more, bare, and the proxy's 407 to it — one nothing here answers now —
+          // is the caller's, with why (once per connection: the scheme stays excluded on it).
+          if (
+            this.route.proxy.deliver407 &&
+            err instanceof ProxyAuthenticationError &&
+            !err.refused &&
+            !this.#auth.canAnswer(challenged)
+          ) {
+            log.proxy('%s: no usable scheme for its 407: sent again without credentials', this.route.proxy.origin);
+            continue;
+          }
           throw err;
         }
       }
@@ -230,6 +249,22 @@ export class ForwardProxy {
       return verdict;
     }
     return verdict === 'deliver' ? proved : Promise.all([proved, verdict]).then(() => {});
+  }
+
+  /** Publishes why a 407 goes to the caller unanswered; `sent`: this request carried credentials. */
+  #unanswered(request: { origin: string; path: string }, headers: ResponseHeaders, sent: boolean): void {
+    publishProxyUnanswered(() => {
+      const unusable = this.#auth.unusableIn(headers);
+      return {
+        proxy: this.route.proxy.origin,
+        origin: request.origin,
+        path: request.path,
+        reason: sent ? 'refused' : unusable.length > 0 ? 'unusable' : 'unconfigured',
+        schemes: [...new Set(readChallenges(headers, true).map((c) => c.scheme))],
+        unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
+        time: Date.now(),
+      };
+    });
   }
 
   /** What the proxy says of the origin in an answer that is not its own 407 (H3, H4). */

@@ -57,11 +57,14 @@ export interface ProxyOptions {
   readonly http?: 'forward' | 'tunnel';
   /**
    * A forwarded (plain-http) request's final 407 — one the proxy's mechanisms cannot answer (no
-   * `credentials` for the scheme it offers), or the proxy's refusal of the credentials — is the
+   * `credentials` for the scheme it offers, or only mechanisms that cannot run here, such as
+   * Negotiate without a Kerberos ticket), or the proxy's refusal of the credentials — is the
    * caller's response, as curl shows it, instead of {@link ProxyAuthenticationError}. Default
    * `false`: `fetch` turns a 407 into a bare network error, where the typed error names the fix.
-   * A scheme that fails only once tried (Negotiate without a Kerberos ticket, when nothing else is
-   * offered) still ends in the error, and a CONNECT's 407 always does (no tunnel, no response).
+   * `multileg:proxy-unanswered` (diagnostics channel) says why no credential was sent. A mechanism
+   * that cannot run shows it only once tried, after the 407 was read: the request then goes once
+   * more without credentials (once per proxy connection) and the proxy's 407 to that is the one
+   * delivered. A CONNECT's 407 is always the error (no tunnel, no response).
    */
   readonly deliver407?: boolean;
   /**

@@ -315,6 +315,13 @@ export class UpgradeDispatcher {
       const deliver = (event: () => void) => (held ? held.push(event) : event());
       /** Bounds the wait for a swallowed challenge's body, the first bare 401's included (R3). */
       let drainTimer: NodeJS.Timeout | undefined;
+      // This drain is not LegHandler's (src/handshake/leg.ts), though its bounds are the same limits
+      // (maxChallengeBodyBytes, handshakeTimeout): what happens past them differs. There the challenge
+      // still counts — the leg is cut and the session answers it on another connection (H1). Here a
+      // cut connection would lose the connection-bound handshake with no session to start it again
+      // elsewhere, so the upgrade fails with a typed error (MULTILEG_CHALLENGE_BODY_TOO_LARGE,
+      // HandshakeTimeoutError; C11 and R3 in test/upgrade.test.ts). LegHandler also has no
+      // onRequestUpgrade, which this handler needs for the 101 and its socket.
       const fail = (error: Error) => {
         clearTimeout(drainTimer);
         controller?.abort(error);

@@ -30,6 +30,8 @@ export interface LabOptions {
   readonly kdc?: boolean;
   readonly apache?: boolean;
   readonly squid?: boolean;
+  /** A second Squid (`lab.negotiateSquid`) that asks for Negotiate only (implies kdc). */
+  readonly negotiateSquid?: boolean;
   /** The Apache GSSAPI forward-proxy vhost (implies apache). */
   readonly apacheProxy?: boolean;
   /** A python3-gssapi acceptor process (lab.acceptor). */
@@ -54,6 +56,8 @@ export interface Lab {
   readonly realm?: Realm;
   readonly apache?: Apache;
   readonly squid?: Squid;
+  /** With `negotiateSquid`: a Squid whose only `Proxy-Authenticate` is Negotiate (Kerberos). */
+  readonly negotiateSquid?: Squid;
   readonly acceptor?: PyAcceptor;
   /**
    * Copies `env` (plus `overrides`; `undefined` deletes) into process.env — the kerberos addon and
@@ -92,7 +96,7 @@ export function applyEnv(values: Record<string, string | undefined>): () => void
 
 export async function startLab(opts: LabOptions = {}): Promise<Lab> {
   const wantApache = !!(opts.apache || opts.apacheProxy);
-  const wantKdc = !!(opts.kdc || wantApache || opts.squid);
+  const wantKdc = !!(opts.kdc || wantApache || opts.squid || opts.negotiateSquid);
   const dir = await mkdtemp(join(tmpdir(), 'multileg-lab-'));
   await chmod(dir, 0o755); // Apache workers (www-data) and squid helpers (proxy) read keytab, user file, htdocs
   const root = process.getuid?.() === 0;
@@ -144,17 +148,23 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       });
       stops.push(() => apache!.stop());
     }
+    const proxyUser = root && (opts.squid || opts.negotiateSquid) ? lookupUser('proxy') : undefined;
+    const squidOf = realm && {
+      labDir: dir,
+      krb5Conf: realm.krb5Conf,
+      keytab: realm.keytab,
+      realm: realm.realm,
+      ...(proxyUser ? { runAs: proxyUser } : {}),
+    };
     let squid: Squid | undefined;
-    if (opts.squid && realm) {
-      const proxyUser = root ? lookupUser('proxy') : undefined;
-      squid = await startSquid({
-        labDir: dir,
-        krb5Conf: realm.krb5Conf,
-        keytab: realm.keytab,
-        realm: realm.realm,
-        ...(proxyUser ? { runAs: proxyUser } : {}),
-      });
+    if (opts.squid && squidOf) {
+      squid = await startSquid(squidOf);
       stops.push(() => squid!.stop());
+    }
+    let negotiateSquid: Squid | undefined;
+    if (opts.negotiateSquid && squidOf) {
+      negotiateSquid = await startSquid({ ...squidOf, name: 'squid-negotiate', schemes: ['negotiate'] });
+      stops.push(() => negotiateSquid!.stop());
     }
     let acceptor: PyAcceptor | undefined;
     if (opts.pythonAcceptor) {
@@ -168,6 +178,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
       ...(realm ? { realm } : {}),
       ...(apache ? { apache } : {}),
       ...(squid ? { squid } : {}),
+      ...(negotiateSquid ? { negotiateSquid } : {}),
       ...(acceptor ? { acceptor } : {}),
       applyEnv: (overrides = {}) => applyEnv({ ...env, ...overrides }),
       stop,

@@ -1,4 +1,4 @@
-/** Squid forward proxy with Basic / Negotiate / (fake) NTLM proxy auth (recipe §6). */
+/** Squid forward proxy with Basic / Negotiate / (fake) NTLM proxy auth (recipe §6), or some of them. */
 import { chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { freePort } from './net.ts';
@@ -11,7 +11,13 @@ export interface SquidOptions {
   readonly realm: string;
   /** `proxy` uid/gid when running as root. */
   readonly runAs?: { uid: number; gid: number };
+  /** Its directory under `labDir` (a second Squid needs its own). Default `squid`. */
+  readonly name?: string;
+  /** The schemes it asks for, in its `Proxy-Authenticate` order. Default all three. */
+  readonly schemes?: readonly SquidScheme[];
 }
+
+export type SquidScheme = 'negotiate' | 'ntlm' | 'basic';
 
 export interface Squid {
   /** `http://localhost:PORT`. Basic user alice/alicepw; Negotiate (Kerberos); NTLM via ntlm_fake_auth (accepts ANY password). */
@@ -22,7 +28,8 @@ export interface Squid {
 }
 
 export async function startSquid(o: SquidOptions): Promise<Squid> {
-  const S = join(o.labDir, 'squid');
+  const S = join(o.labDir, o.name ?? 'squid');
+  const schemes = new Set(o.schemes ?? ['negotiate', 'ntlm', 'basic']);
   for (const d of ['logs', 'run', 'rcache']) {
     await mkdir(join(S, d), { recursive: true });
     if (o.runAs) await chown(join(S, d), o.runAs.uid, o.runAs.gid);
@@ -49,14 +56,26 @@ htcp_port 0
 pinger_enable off
 shutdown_lifetime 0 seconds
 logfile_rotate 0
-auth_param negotiate program /usr/lib/squid/negotiate_kerberos_auth -k ${o.keytab} -s HTTP/localhost@${o.realm}
+${
+  schemes.has('negotiate')
+    ? `auth_param negotiate program /usr/lib/squid/negotiate_kerberos_auth -k ${o.keytab} -s HTTP/localhost@${o.realm}
 auth_param negotiate children 2 startup=1 idle=1
-auth_param negotiate keep_alive on
-auth_param ntlm program /usr/lib/squid/ntlm_fake_auth
-auth_param ntlm children 2 startup=1 idle=1
-auth_param basic program /usr/lib/squid/basic_ncsa_auth ${S}/passwd
+auth_param negotiate keep_alive on`
+    : ''
+}
+${
+  schemes.has('ntlm')
+    ? `auth_param ntlm program /usr/lib/squid/ntlm_fake_auth
+auth_param ntlm children 2 startup=1 idle=1`
+    : ''
+}
+${
+  schemes.has('basic')
+    ? `auth_param basic program /usr/lib/squid/basic_ncsa_auth ${S}/passwd
 auth_param basic children 2 startup=1 idle=1
-auth_param basic realm lab-proxy
+auth_param basic realm lab-proxy`
+    : ''
+}
 acl to_loopback dst 127.0.0.0/8
 acl from_loopback src 127.0.0.0/8
 acl authed proxy_auth REQUIRED
