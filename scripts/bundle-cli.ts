@@ -2,7 +2,7 @@
  * Build step (npm run build, after tsc, before cli-help.ts): joins the `multileg` command's modules, as
  * tsc emitted them in dist/, into dist/bin/multileg.js and a few chunks beside it, which the
  * command's lazy `import()`s load (Negotiate's handshake, doctor, the proxy resolver...).
- * A command starts many times: one request loaded ~65 separate ES modules of ours, each resolved,
+ * A command starts many times: one request loaded 61 separate ES modules of ours, each resolved,
  * read and linked on its own; joined, the command starts ~9 ms sooner (docs/PERFORMANCE.md "CLI
  * start"). The packages (undici, commander, debug, kerberos, koffi) stay outside, resolved from
  * node_modules as the library resolves them. The library itself (dist/index.js) is not bundled.
