@@ -1106,7 +1106,7 @@ describe('multileg command line', () => {
       const refused = await run([...alice(), '-x', `http://127.0.0.1:${port}`, url]);
       expect(refused.code).toBe(7);
       expect(refused.stderr).toBe(
-        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with NO_PROXY (MULTILEG_PROXY_UNREACHABLE)\n`,
+        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with --noproxy (or NO_PROXY) (MULTILEG_PROXY_UNREACHABLE)\n`,
       );
       const unresolved = await run([...alice(), url], {
         env: { HTTPS_PROXY: 'http://proxy.corp.test:3128', NODE_OPTIONS: preload('dns-fails.mjs') },
