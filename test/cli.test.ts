@@ -908,6 +908,27 @@ describe('multileg command line', () => {
     expect(r.code).toBe(0);
   });
 
+  it('piping doctor into head is not an error either (EPIPE): the checks run on, their verdict is the exit code', async () => {
+    const r = await runCommand('bash', [
+      '-c',
+      `set -o pipefail; ${process.execPath} ${BIN} doctor ${plainOrigin}/hop/0 | head -n 1`,
+    ]);
+    expect(r.stdout).toBe(`multileg doctor ${plainOrigin}/hop/0\n`);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
+  it('-v into a reader that goes away (2>&1 >file | head) is not an error: the body still comes, exit 0, as curl', async () => {
+    const out = join(dir, 'verbose-epipe.json');
+    const r = await runCommand('bash', [
+      '-c',
+      `set -o pipefail; ${process.execPath} ${BIN} -v -u 'EXAMPLE\\alice:alicepw' --cacert ${ca} ${server.origin}/auth/v-head 2>&1 >${out} | head -n 1`,
+    ]);
+    expect(r.stdout).toBe('> GET /auth/v-head (no credentials) [session s1]\n');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(readFileSync(out, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
+  });
+
   it('S1: trusts exactly the URL origin; -L follows without credentials elsewhere; --location-trusted and --trust send them', async () => {
     const target = `${other.origin}/auth/moved`;
     const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(target)}`;
@@ -1085,7 +1106,7 @@ describe('multileg command line', () => {
       const refused = await run([...alice(), '-x', `http://127.0.0.1:${port}`, url]);
       expect(refused.code).toBe(7);
       expect(refused.stderr).toBe(
-        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with NO_PROXY (MULTILEG_PROXY_UNREACHABLE)\n`,
+        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with --noproxy (or NO_PROXY) (MULTILEG_PROXY_UNREACHABLE)\n`,
       );
       const unresolved = await run([...alice(), url], {
         env: { HTTPS_PROXY: 'http://proxy.corp.test:3128', NODE_OPTIONS: preload('dns-fails.mjs') },

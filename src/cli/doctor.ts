@@ -194,6 +194,11 @@ async function probe(req: CliRequest, http1: boolean) {
 export async function doctor(argv: string[]): Promise<number> {
   const req = parseCliOrExit(argv, 'multileg doctor');
   if (typeof req === 'number') return req;
+  // A reader that went away (`| head`) is not an error, as for a request: the checks run on and
+  // their verdict is the exit code. Any other write failure still ends the process as before.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
   // Its modules are loaded; its probes may speak HTTP/1.1 (wasm.ts).
   await keepWasmOnBaseline();
   process.stdout.write(`multileg doctor ${req.url.href}\n`);

@@ -78,6 +78,7 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bin proxy\.connect\.ca\b/g, 'with --cacert FILE or --ca-native'],
   [/\bproxy\.uri\b/g, '-x'],
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
+  [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
   [/ and check proxy\.schemes\b/g, ''],
   [/\bproxy\.negotiate with a Kerberos ticket\b/g, 'a Kerberos ticket for the proxy'],
   [/\bpass principal\b/g, 'pass --principal'],

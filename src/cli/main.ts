@@ -77,6 +77,11 @@ async function usesCa(req: CliRequest, url: URL): Promise<boolean> {
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
 
 async function main(argv: string[]): Promise<number> {
+  // -v and the messages go to stderr: a reader of it that went away (`2>&1 >file | head`) is not
+  // an error, as for curl; the body still goes out and the exit code is the transfer's.
+  process.stderr.on('error', (err: NodeJS.ErrnoException) => {
+    if (!isEpipe(err)) throw err;
+  });
   // One commander program (~0.7 ms to build) tells which options take values, then parses.
   const cmd = program();
   // What `ps` shows other users: the arguments without their passwords (doctor's too).
