@@ -13,6 +13,7 @@ import type { MultilegAgent } from '../agent.ts';
 import { ConfigError, type MultilegError } from '../errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
+import { type HeaderDump, headText } from './dump-header.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, forCli } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
 import { Trace } from './trace.ts';
@@ -21,22 +22,17 @@ import { keepWasmOnBaseline } from './wasm.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
-/** curl's wording for the status line: `HTTP/2 200`, `HTTP/1.1 200 OK`. */
-function statusLine(protocol: string | undefined, status: number, text: string): string {
-  return protocol === 'h2' ? `HTTP/2 ${status}` : `HTTP/1.1 ${status}${text ? ` ${text}` : ''}`;
-}
-
-/** The status line and header lines `-i` shows, as curl writes them. */
-function headText(
+/** The status line and header lines `-i` and `-D` show, as curl writes them. */
+function responseHead(
   protocol: string | undefined,
   res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
 ): string {
-  let text = `${statusLine(protocol, res.statusCode, res.statusText)}\r\n`;
+  const lines: Array<[string, string]> = [];
   for (const [k, v] of Object.entries(res.headers)) {
     if (v === undefined) continue;
-    for (const value of Array.isArray(v) ? v : [v]) text += `${k}: ${value}\r\n`;
+    for (const value of Array.isArray(v) ? v : [v]) lines.push([k, value]);
   }
-  return `${text}\r\n`;
+  return headText(protocol, res.statusCode, res.statusText, lines);
 }
 
 /** What a failure to write the body means, by its code. */
@@ -118,7 +114,21 @@ async function main(argv: string[]): Promise<number> {
     say(describeFailure(err, req).message);
     return EXIT.usage;
   }
-  const trace = new Trace(req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined);
+  // -D: opened (emptied) before the first request, as curl does; one that cannot be is curl's 23.
+  let dump: HeaderDump | undefined;
+  if (req.dumpHeader !== undefined) {
+    try {
+      dump = await (await import('./dump-header.ts')).HeaderDump.open(req.dumpHeader);
+    } catch (err) {
+      say(`-D ${req.dumpHeader}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+      await agent.destroy().catch(() => {});
+      return EXIT.write;
+    }
+  }
+  const trace = new Trace(
+    req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+    dump ? (leg) => dump.leg(leg) : undefined,
+  );
   const started = performance.now();
   let url = req.url;
   let method = req.method;
@@ -202,9 +212,11 @@ async function main(argv: string[]): Promise<number> {
       status = res.statusCode;
       const protocol = trace.lastDelivered?.response?.protocol;
       final = { headers: res.headers, protocol };
+      // The responses the command receives itself, verbatim (the handshake's came through the trace).
+      dump?.write(responseHead(protocol, res));
       const location = res.headers.location;
       if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
-        if (req.include && !req.json) printHead(headText(protocol, res));
+        if (req.include && !req.json) printHead(responseHead(protocol, res));
         await res.body.dump();
         // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
         if (redirects >= req.maxRedirs) {
@@ -238,7 +250,7 @@ async function main(argv: string[]): Promise<number> {
         url = next;
         continue;
       }
-      if (req.include && !req.json && !(req.fail && status >= 400)) printHead(headText(protocol, res));
+      if (req.include && !req.json && !(req.fail && status >= 400)) printHead(responseHead(protocol, res));
       const length = Number(res.headers['content-length']);
       const progress = {
         received: 0,
@@ -349,6 +361,10 @@ async function main(argv: string[]): Promise<number> {
     );
   trace.stop();
   await agent.destroy().catch(() => {});
+  if (dump) {
+    dump.close();
+    if (dump.error && exit === EXIT.ok) fail(EXIT.write, `-D ${req.dumpHeader}: ${writeProblem(dump.error)}`);
+  }
   const timeTotal = (performance.now() - started) / 1000;
   if (req.json) {
     const report = {

@@ -51,6 +51,8 @@ export interface CliRequest {
   /** --fail-with-body: on HTTP >= 400 exit 22, head and body shown (curl 8: it wins over -f). */
   readonly failWithBody: boolean;
   readonly output: string | undefined;
+  /** -D: where the head of every response received goes (`-` stdout, `%` stderr, else a file). */
+  readonly dumpHeader: string | undefined;
   readonly writeOut: string | undefined;
   readonly json: boolean;
   readonly har: string | undefined;
@@ -179,6 +181,10 @@ export function program(): Commander.Command {
       .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
       .option('--fail-with-body', 'on HTTP >= 400: exit 22, the body still shown (wins over -f)')
       .option('-o, --output <file>', 'write the body to a file')
+      .option(
+        '-D, --dump-header <file>',
+        'write the headers of every response received to a file ("-": stdout, "%": stderr), a handshake\'s 401s included (their tokens [redacted])',
+      )
       .option(
         '-w, --write-out <format>',
         'print after the transfer: %{http_code} %{time_total} %{num_connects} …; @file reads the format from a file',
@@ -573,6 +579,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     failWithBody: Boolean(o.failWithBody),
     // curl's `-o -`: stdout.
     output: o.output === '-' ? undefined : (o.output as string | undefined),
+    dumpHeader: o.dumpHeader as string | undefined,
     writeOut: writeOutFormat(o.writeOut as string | undefined),
     json: Boolean(o.json),
     har: o.har as string | undefined,
