@@ -10,7 +10,12 @@ import { createServer as createTcpServer, type Server as TcpServer } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
 import { runCli as run } from './cli-helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
@@ -92,5 +97,75 @@ describe('multileg: curl options', () => {
     expect(refused.code).toBe(7);
     expect(existsSync(empty)).toBe(true);
     expect(readFileSync(empty, 'utf8')).toBe('');
+  });
+
+  it("--proxy-cacert / --proxy-insecure: an https:// proxy is verified with its own trust, apart from the server's --cacert / -k (curl's); an untrusted proxy is 60 naming --proxy-cacert", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      // The reference proxy's certificate and the reference server's come from one test CA.
+      proxy = await startReferenceProxy({});
+      const x = ['-x', proxy.origin];
+      // An http:// URL: only the proxy's certificate is verified.
+      const plain = `http://localhost:${server.port}/public/plain`;
+      const untrusted = `multileg: the certificate of proxy ${proxy.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it with --proxy-cacert FILE or --proxy-ca-native, or NODE_EXTRA_CA_CERTS=FILE (MULTILEG_PROXY_CERTIFICATE)\n`;
+      for (const origins of [['--cacert', ca], ['-k'], ['--ca-native']]) {
+        const r = await run([...origins, ...x, plain]);
+        expect(r.code, origins.join(' ')).toBe(60);
+        expect(r.stderr).toBe(untrusted);
+      }
+      for (const trust of [['--proxy-cacert', ca], ['--proxy-insecure']]) {
+        const r = await run([...trust, ...x, plain]);
+        expect(r.code, `${trust.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ path: '/public/plain' });
+      }
+      // An https:// URL through the tunnel: the proxy's trust does not reach the server, nor the server's the proxy.
+      const url = `${server.origin}/auth/proxy-tls`;
+      const user = ['-u', 'EXAMPLE\\alice:alicepw'];
+      const serverUntrusted = await run([...user, '--proxy-cacert', ca, ...x, url]);
+      expect(serverUntrusted.code).toBe(60);
+      expect(serverUntrusted.stderr).toMatch(/^multileg: the certificate of localhost:\d+ is not trusted/);
+      expect((await run([...user, '--cacert', ca, ...x, url])).code).toBe(60);
+      expect((await run([...user, '-k', '--proxy-cacert', ca, ...x, url])).code).toBe(0);
+      for (const trust of [
+        ['--cacert', ca, '--proxy-cacert', ca],
+        ['--cacert', ca, '--proxy-insecure'],
+      ]) {
+        const r = await run([...user, ...trust, ...x, url]);
+        expect(r.code, `${trust.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', path: '/auth/proxy-tls' });
+      }
+      // HTTPS_PROXY's proxy is the same: verified with --proxy-cacert, not at all with --proxy-insecure.
+      const env = { HTTPS_PROXY: proxy.origin };
+      expect((await run([...user, '--cacert', ca, url], { env })).code).toBe(60);
+      expect((await run([...user, '--cacert', ca, '--proxy-cacert', ca, url], { env })).code).toBe(0);
+      expect((await run([...user, '--cacert', ca, '--proxy-insecure', url], { env })).code).toBe(0);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it("--proxy-cacert: not there is bad usage (2, as --cacert in curl 8.18+); no PEM certificate in it is curl's 77 once an https:// proxy is on the way, nothing without one or with --proxy-insecure", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({});
+      const url = `http://localhost:${server.port}/public/pc`;
+      const missing = join(dir, 'missing-proxy-ca.pem');
+      const absent = await run(['--proxy-cacert', missing, '-x', proxy.origin, url]);
+      expect(absent.code).toBe(2);
+      expect(absent.stderr).toBe(`multileg: --proxy-cacert ${missing}: no such file\n`);
+      const garbage = join(dir, 'garbage-proxy-ca.pem');
+      writeFileSync(garbage, 'not a certificate\n');
+      const bad = await run(['--proxy-cacert', garbage, '-x', proxy.origin, url]);
+      expect(bad.code).toBe(77);
+      expect(bad.stderr).toBe(`multileg: --proxy-cacert ${garbage}: not a PEM file of CA certificates\n`);
+      expect(proxy.exchanges).toHaveLength(0);
+      // Not used: no proxy, or a proxy not verified.
+      const direct = await run(['--proxy-cacert', garbage, '--cacert', ca, `${server.origin}/public/pc`]);
+      expect(direct.code, direct.stderr).toBe(0);
+      const insecure = await run(['--proxy-cacert', garbage, '--proxy-insecure', '-x', proxy.origin, url]);
+      expect(insecure.code, insecure.stderr).toBe(0);
+    } finally {
+      await proxy?.close();
+    }
   });
 });

@@ -75,7 +75,7 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bnegotiate\.spn\b/g, '--spn'],
   [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
   [/\bproxy\.credentials\b/g, '--proxy-user'],
-  [/\bin proxy\.connect\.ca\b/g, 'with --cacert FILE or --ca-native'],
+  [/\bin proxy\.connect\.ca\b/g, 'with --proxy-cacert FILE or --proxy-ca-native'],
   [/\bproxy\.uri\b/g, '-x'],
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/ and check proxy\.schemes\b/g, ''],

@@ -64,10 +64,21 @@ async function proxyFor(req: CliRequest, url: URL): Promise<string | undefined> 
   return new ProxyResolver(req.agent.proxy, process.env, req.agent.negotiate).route(url.origin)?.proxy.origin;
 }
 
-/** Whether a request to `url` verifies a certificate with --cacert: https, or an https:// proxy on the way (not with -k). */
-async function usesCa(req: CliRequest, url: URL): Promise<boolean> {
-  if (req.agent.connect?.rejectUnauthorized === false) return false;
-  return url.protocol === 'https:' || (await proxyFor(req, url))?.startsWith('https:') === true;
+/**
+ * Why a request to `url` cannot verify a certificate it would verify (curl's 77): --cacert for an
+ * https:// URL (not with -k), --proxy-cacert for an https:// proxy on the way (not with --proxy-insecure).
+ */
+async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefined> {
+  if (req.unusableCa !== undefined && url.protocol === 'https:' && req.agent.connect?.rejectUnauthorized !== false)
+    return req.unusableCa;
+  const proxy = req.agent.proxy;
+  if (
+    req.unusableProxyCa !== undefined &&
+    !(typeof proxy === 'object' && proxy.connect?.rejectUnauthorized === false) &&
+    (await proxyFor(req, url))?.startsWith('https:')
+  )
+    return req.unusableProxyCa;
+  return undefined;
 }
 
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
@@ -183,9 +194,11 @@ async function main(argv: string[]): Promise<number> {
   await keepWasmOnBaseline();
   try {
     for (;;) {
-      // curl's 77 for a --cacert file it cannot use, once a TLS connection would use it (this hop).
-      if (req.unusableCa !== undefined && (await usesCa(req, url))) {
-        fail(EXIT.caFile, req.unusableCa);
+      // curl's 77 for a --cacert / --proxy-cacert file it cannot use, once a TLS connection would use it (this hop).
+      const unusableCa =
+        req.unusableCa !== undefined || req.unusableProxyCa !== undefined ? await unusableCaFor(req, url) : undefined;
+      if (unusableCa !== undefined) {
+        fail(EXIT.caFile, unusableCa);
         break;
       }
       let res: Awaited<ReturnType<MultilegAgent['request']>>;

@@ -75,6 +75,8 @@ export interface CliRequest {
    * (an https:// URL or redirect, an https:// proxy), nothing for plain http:// (curl ignores it there).
    */
   readonly unusableCa: string | undefined;
+  /** The same for --proxy-cacert: 77 once an https:// proxy is on the way (not with --proxy-insecure). */
+  readonly unusableProxyCa: string | undefined;
   /** The agent's options, without credentials and trustedOrigins (main adds those). */
   readonly agent: MultilegAgentOptions;
 }
@@ -154,6 +156,12 @@ export function program(): Commander.Command {
       .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
+      .option(
+        '--proxy-cacert <file>',
+        "CA certificate(s) to verify an https:// proxy with (PEM); --cacert is the server's only",
+      )
+      .option('--proxy-ca-native', "also trust the operating system's certificate store for an https:// proxy")
+      .option('--proxy-insecure', "do not verify the https:// proxy's certificate (-k is the server's only)")
       .option('-U, --proxy-user <user:password>', 'credentials for the proxy only')
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
       .option('--proxy-ntlm', 'use NTLM only towards the proxy')
@@ -302,20 +310,21 @@ export class UsageError extends ConfigError {
 }
 
 /**
- * `--cacert FILE`: PEM certificates, each of which must parse. A file that is not there is bad
- * usage (exit 2, before anything is sent: curl 8.18 and later); one that cannot be read or holds no
- * usable certificate is `problem`, curl's 77 only once a TLS connection would use it.
+ * `--cacert FILE` (`--proxy-cacert FILE`): PEM certificates, each of which must parse. A file that
+ * is not there is bad usage (exit 2, before anything is sent: curl 8.18 and later); one that cannot
+ * be read or holds no usable certificate is `problem`, curl's 77 only once a TLS connection would
+ * use it.
  */
-function caFile(path: string): { text: string } | { problem: string } {
+function caFile(path: string, flag: '--cacert' | '--proxy-cacert'): { text: string } | { problem: string } {
   let text: string;
   try {
     text = readFileSync(path).toString('latin1');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ConfigError(`--cacert ${path}: no such file`);
-    return { problem: `--cacert ${path}: ${unreadable(err)}` };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ConfigError(`${flag} ${path}: no such file`);
+    return { problem: `${flag} ${path}: ${unreadable(err)}` };
   }
   const blocks = text.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? [];
-  const bad = { problem: `--cacert ${path}: not a PEM file of CA certificates` };
+  const bad = { problem: `${flag} ${path}: not a PEM file of CA certificates` };
   if (blocks.length === 0) return bad;
   for (const block of blocks) {
     try {
@@ -523,12 +532,11 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     : only.length > 0
       ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
       : undefined;
-  const cacert = o.cacert ? caFile(o.cacert as string) : undefined;
-  const ca = [
-    ...(cacert && 'text' in cacert ? [cacert.text] : []),
-    // The system store replaces Node's bundled roots in `ca`, so keep those too.
-    ...(o.caNative ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
-  ];
+  const cacert = o.cacert ? caFile(o.cacert as string, '--cacert') : undefined;
+  const ca = trustedCas(cacert, Boolean(o.caNative));
+  // curl's proxy trust is its own: --cacert, --ca-native and -k are the origin's only.
+  const proxyCacert = o.proxyCacert ? caFile(o.proxyCacert as string, '--proxy-cacert') : undefined;
+  const proxyCa = trustedCas(proxyCacert, Boolean(o.proxyCaNative));
   const connect = {
     ...(ca.length > 0 ? { ca } : {}),
     ...(o.insecure ? { rejectUnauthorized: false } : {}),
@@ -543,7 +551,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     ...(o.ccache ? { ccache: o.ccache as string } : {}),
     ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
-  const proxy = proxyOption(o, ca);
+  const proxy = proxyOption(o, proxyCa);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   const head = Boolean(o.head);
   const agent: MultilegAgentOptions = {
@@ -595,19 +603,31 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
         ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) }
         : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
+    unusableProxyCa: proxyCacert && 'problem' in proxyCacert ? proxyCacert.problem : undefined,
     agent,
   };
 }
 
+/** The CAs a --cacert (--proxy-cacert) file and --ca-native (--proxy-ca-native) add: none, Node's own roots stay. */
+function trustedCas(file: { text: string } | { problem: string } | undefined, native: boolean): string[] {
+  return [
+    ...(file && 'text' in file ? [file.text] : []),
+    // The system store replaces Node's bundled roots in `ca`, so keep those too.
+    ...(native ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
+  ];
+}
+
 /**
- * -x, --proxy-user, --noproxy (the environment's proxies when none is given); an https:// proxy is verified with the same CAs (or -k) as the origin,
- * and --connect-timeout bounds connecting to it — whether -x names it or HTTPS_PROXY / HTTP_PROXY do.
+ * -x, --proxy-user, --noproxy (the environment's proxies when none is given); an https:// proxy is
+ * verified with --proxy-cacert / --proxy-ca-native (or not, --proxy-insecure) as curl does, apart
+ * from the origin's trust, and --connect-timeout bounds connecting to it — whether -x names it or
+ * HTTPS_PROXY / HTTP_PROXY do.
  */
 function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
   if (o.noproxy === '*') return false;
   const connect =
-    ca.length > 0 || o.insecure
-      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) }
+    ca.length > 0 || o.proxyInsecure
+      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.proxyInsecure ? { rejectUnauthorized: false } : {}) }
       : undefined;
   const common = {
     ...(connect ? { connect } : {}),
