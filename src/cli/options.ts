@@ -12,6 +12,7 @@ import { ConfigError, redactUserinfo } from '../errors.ts';
 import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { EXIT } from './explain.ts';
+import type { RetryOptions } from './retry.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
@@ -61,8 +62,10 @@ export interface CliRequest {
   readonly maxRedirs: number;
   /** Origins and `*.` host patterns trusted with credentials besides the URL's own (--trust). */
   readonly trust: readonly string[];
-  /** --max-time in ms. */
+  /** --max-time in ms: each attempt's bound (curl's, with --retry). */
   readonly maxTime: number | undefined;
+  /** --retry N (N > 0) and its companions; undefined: one attempt. */
+  readonly retry: RetryOptions | undefined;
   readonly user: UserArg | undefined;
   readonly passwordStdin: boolean;
   /**
@@ -98,6 +101,20 @@ const seconds = (v: string) => {
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected seconds (e.g. 2.5)');
   return Math.ceil(n * 1000);
+};
+/** --retry-delay / --retry-max-time: seconds, decimals allowed, 0 allowed (curl's "the default"), in ms. */
+const secondsOrZero = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0)
+    throw new InvalidArgumentError('expected seconds (e.g. 2.5, or 0)');
+  return Math.round(n * 1000);
+};
+/** --retry: a whole number, 0 included (no retries, curl's default). */
+const wholeNumber = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0)
+    throw new InvalidArgumentError('expected a whole number (e.g. 3)');
+  return n;
 };
 const collect = (v: string, acc: string[]) => [...acc, v];
 
@@ -201,6 +218,26 @@ export function program(): Commander.Command {
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
       .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))
+      .addOption(
+        new Option(
+          '--retry <num>',
+          'retry a transient failure this many times: timeout, host not resolved, HTTP 408, 429, 500, 502, 503, 504, 522, 524 (Retry-After honoured; else 1 s, doubling up to 10 min). Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
+        ).argParser(wholeNumber),
+      )
+      .addOption(
+        new Option(
+          '--retry-delay <seconds>',
+          'wait this long before each retry instead of the back-off (0: back-off)',
+        ).argParser(secondsOrZero),
+      )
+      .addOption(
+        new Option(
+          '--retry-max-time <seconds>',
+          'no retry once this long has passed since the first attempt (0: no limit)',
+        ).argParser(secondsOrZero),
+      )
+      .option('--retry-all-errors', 'with --retry, retry any failure (with -f, any HTTP error) but refused credentials')
+      .option('--retry-connrefused', 'with --retry, a refused connection is transient too')
       .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
       .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
       .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
@@ -596,6 +633,16 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     maxRedirs: o.maxRedirs as number,
     trust: (o.trust as string[]).map(parseTrust),
     maxTime: o.maxTime as number | undefined,
+    retry:
+      (o.retry as number | undefined) !== undefined && (o.retry as number) > 0
+        ? {
+            retries: o.retry as number,
+            delayMs: (o.retryDelay as number | undefined) ?? 0,
+            maxTimeMs: (o.retryMaxTime as number | undefined) ?? 0,
+            allErrors: Boolean(o.retryAllErrors),
+            connRefused: Boolean(o.retryConnrefused),
+          }
+        : undefined,
     user,
     passwordStdin: Boolean(o.passwordStdin),
     netrc:
