@@ -175,10 +175,10 @@ export function program(): Commander.Command {
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
       .option(
         '--proxy-cacert <file>',
-        "CA certificate(s) to verify an https:// proxy with (PEM); --cacert is the server's only",
+        "CA certificate(s) to trust for an https:// proxy (PEM; --cacert is the server's)",
       )
       .option('--proxy-ca-native', "also trust the operating system's certificate store for an https:// proxy")
-      .option('--proxy-insecure', "do not verify the https:// proxy's certificate (-k is the server's only)")
+      .option('--proxy-insecure', "do not verify an https:// proxy's certificate")
       .option('-U, --proxy-user <user:password>', 'credentials for the proxy only')
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
       .option('--proxy-ntlm', 'use NTLM only towards the proxy')
@@ -208,7 +208,7 @@ export function program(): Commander.Command {
       .option('-o, --output <file>', 'write the body to a file')
       .option(
         '-D, --dump-header <file>',
-        'write the headers of every response received to a file ("-": stdout, "%": stderr), a handshake\'s 401s included (their tokens [redacted])',
+        'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
       )
       .option(
         '-w, --write-out <format>',
@@ -221,22 +221,18 @@ export function program(): Commander.Command {
       .addOption(
         new Option(
           '--retry <num>',
-          'retry a transient failure this many times: timeout, host not resolved, HTTP 408, 429, 500, 502, 503, 504, 522, 524 (Retry-After honoured; else 1 s, doubling up to 10 min). Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
+          'retry a transient failure (timeout, HTTP 408, 429, 5xx as curl) this many times. Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
         ).argParser(wholeNumber),
       )
       .addOption(
-        new Option(
-          '--retry-delay <seconds>',
-          'wait this long before each retry instead of the back-off (0: back-off)',
-        ).argParser(secondsOrZero),
+        new Option('--retry-delay <seconds>', 'wait this long before each retry (default: 1 s, doubling)').argParser(
+          secondsOrZero,
+        ),
       )
       .addOption(
-        new Option(
-          '--retry-max-time <seconds>',
-          'no retry once this long has passed since the first attempt (0: no limit)',
-        ).argParser(secondsOrZero),
+        new Option('--retry-max-time <seconds>', 'no retry once this long has passed').argParser(secondsOrZero),
       )
-      .option('--retry-all-errors', 'with --retry, retry any failure (with -f, any HTTP error) but refused credentials')
+      .option('--retry-all-errors', 'with --retry, retry any failure but refused credentials')
       .option('--retry-connrefused', 'with --retry, a refused connection is transient too')
       .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
       .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
