@@ -522,7 +522,7 @@ describe('multileg command line', () => {
     }
   });
 
-  it("--cacert: not there is bad usage (2, curl 8.18+); no PEM certificate in it is curl's 77 once a TLS connection needs it (https, a redirect there, an https proxy), nothing for plain http:// or with -k", async () => {
+  it("--cacert: not there is bad usage (2, curl 8.18+); no PEM certificate in it is curl's 77 once a TLS connection needs it (https, a redirect there), nothing for plain http://, with -k, or for an https proxy (--proxy-cacert's)", async () => {
     const missing = join(dir, 'missing.pem');
     for (const url of [`${server.origin}/public/`, `${plainOrigin}/hop/0`]) {
       const r = await run(['--cacert', missing, url]);
@@ -547,13 +547,22 @@ describe('multileg command line', () => {
     // A redirect from http:// to https:// needs it: 77 there, as curl.
     const hop = await run(['-L', '--cacert', garbage, '-w', '%{num_redirects} %{exitcode}', `${plainOrigin}/to-tls`]);
     expect(hop).toMatchObject({ code: 77, stdout: '1 77' });
-    // An https:// proxy on the way to an http:// URL is verified with --cacert: 77 too.
+    // An https:// proxy on the way to an http:// URL is not verified with --cacert (curl's
+    // --proxy-cacert is its own): the file is not used.
     let proxy: ReferenceProxy | undefined;
     try {
       proxy = await startReferenceProxy({});
-      const proxied = await run(['--cacert', garbage, '-x', proxy.origin, `${plainOrigin}/hop/0`]);
-      expect(proxied.code).toBe(77);
-      expect(proxy.exchanges).toHaveLength(0);
+      const proxied = await run([
+        '--cacert',
+        garbage,
+        '--proxy-cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        `${plainOrigin}/hop/0`,
+      ]);
+      expect(proxied).toMatchObject({ code: 0, stderr: '' });
+      expect(proxy.exchanges).toHaveLength(1);
     } finally {
       await proxy?.close();
     }
@@ -992,7 +1001,7 @@ describe('multileg command line', () => {
     try {
       proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
       const url = `${server.origin}/auth/proxied`;
-      const base = [...alice(), '-x', proxy.origin];
+      const base = [...alice(), '--proxy-cacert', ca, '-x', proxy.origin];
       // curl 8.21's 7 (7.88: 56) for a CONNECT the proxy answers with a final 407: no credentials, or wrong ones.
       const denied = await run([...base, url]);
       expect(denied.code).toBe(7);
@@ -1018,7 +1027,7 @@ describe('multileg command line', () => {
       // A plain http:// URL goes to the proxy as a forwarded request: its header is Proxy-Authorization too.
       const forwarded = await run([
         '-v',
-        '--cacert',
+        '--proxy-cacert',
         ca,
         '-x',
         proxy.origin,
@@ -1045,7 +1054,7 @@ describe('multileg command line', () => {
       proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
       // (The reference proxy forwards an http:// URL for localhost to the reference server there.)
       const url = `http://localhost:${server.port}/public/407`;
-      const base = ['--cacert', ca, '-x', proxy.origin];
+      const base = ['--proxy-cacert', ca, '-x', proxy.origin];
       const why = `multileg: proxy ${proxy.origin} answered 407 and offered Basic`;
       const shown = await run([...base, '-i', url]);
       expect(shown.code).toBe(0);
@@ -1075,17 +1084,17 @@ describe('multileg command line', () => {
     }
   });
 
-  it('H5: a proxy from HTTPS_PROXY is verified with --cacert, or not at all with -k, as one named by -x is', async () => {
+  it('H5: a proxy from HTTPS_PROXY is verified with --proxy-cacert, or not at all with --proxy-insecure, as one named by -x is', async () => {
     let proxy: ReferenceProxy | undefined;
     try {
       proxy = await startReferenceProxy({ basicUsers: { 'proxy-user': 'pw' } });
       const env = { HTTPS_PROXY: `https://proxy-user:pw@localhost:${proxy.port}` };
       const url = `${server.origin}/auth/env-proxy`;
-      const verified = await run([...alice(), url], { env });
+      const verified = await run([...alice(), '--proxy-cacert', ca, url], { env });
       expect(verified.stderr).toBe('');
       expect(verified.code).toBe(0);
       expect(JSON.parse(verified.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
-      const insecure = await run(['-k', '-u', 'EXAMPLE\\alice:alicepw', url], { env });
+      const insecure = await run(['-k', '--proxy-insecure', '-u', 'EXAMPLE\\alice:alicepw', url], { env });
       expect(insecure.code).toBe(0);
       expect(JSON.parse(insecure.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
       // Both went through the proxy, with its credentials from the variable.
@@ -1122,7 +1131,7 @@ describe('multileg command line', () => {
       const untrusted = await run(['-u', 'EXAMPLE\\alice:alicepw', '-x', proxy.origin, url]);
       expect(untrusted.code).toBe(60);
       expect(untrusted.stderr).toBe(
-        `multileg: the certificate of proxy ${proxy.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it with --cacert FILE or --ca-native, or NODE_EXTRA_CA_CERTS=FILE (MULTILEG_PROXY_CERTIFICATE)\n`,
+        `multileg: the certificate of proxy ${proxy.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it with --proxy-cacert FILE or --proxy-ca-native, or NODE_EXTRA_CA_CERTS=FILE (MULTILEG_PROXY_CERTIFICATE)\n`,
       );
     } finally {
       await proxy?.close();

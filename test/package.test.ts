@@ -171,7 +171,7 @@ describe('the packed package in a fresh app', () => {
     }
   });
 
-  it('the command ships as one bundle (scripts/bundle-cli.ts) whose lazily loaded parts load: an HTTP/2 NTLM request, Negotiate without a ticket, doctor', async () => {
+  it('the command ships as one bundle (scripts/bundle-cli.ts) whose lazily loaded parts load: an HTTP/2 NTLM request (with -D and --retry), Negotiate without a ticket, doctor', async () => {
     // The command's own modules are joined into dist/bin; the unbundled copy tsc emits is not shipped.
     expect(walk(join(pkgDir, 'dist')).some((f) => f.includes('/dist/cli/'))).toBe(false);
     const multileg = join(app, 'node_modules/.bin/multileg');
@@ -182,9 +182,11 @@ describe('the packed package in a fresh app', () => {
       writeFileSync(ca, ntlm.ca);
       const run = (args: string[], more: NodeJS.ProcessEnv = {}) =>
         runCommand(process.execPath, [multileg, '--cacert', ca, ...args], '', { ...env, ...more });
-      const r = await run(['-u', 'EXAMPLE\\alice:alicepw', `${ntlm.origin}/auth/bundle`]);
+      const r = await run(['-u', 'EXAMPLE\\alice:alicepw', '-D', '%', '--retry', '1', `${ntlm.origin}/auth/bundle`]);
       expect(r.code, r.stderr).toBe(0);
       expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'h2' });
+      // Loaded only for them: --retry's rules (retry.ts), -D's reason phrases (node:http). -D wrote the three heads.
+      expect(r.stderr.match(/^HTTP\/2 \d{3}/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
       // Negotiate's handshake is a chunk of its own, loaded at the first step.
       writeFileSync(join(app, 'ca2.pem'), negotiate.ca);
       const krb = await runCommand(

@@ -75,7 +75,7 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bnegotiate\.spn\b/g, '--spn'],
   [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
   [/\bproxy\.credentials\b/g, '--proxy-user'],
-  [/\bin proxy\.connect\.ca\b/g, 'with --cacert FILE or --ca-native'],
+  [/\bin proxy\.connect\.ca\b/g, 'with --proxy-cacert FILE or --proxy-ca-native'],
   [/\bproxy\.uri\b/g, '-x'],
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
@@ -126,7 +126,24 @@ const PARTIAL_CODES: ReadonlySet<string> = new Set([
 export interface Failure {
   readonly exit: number;
   readonly message: string;
+  /** The system error behind it (ECONNREFUSED: --retry-connrefused), when there is one. */
+  readonly errno?: string;
+  /**
+   * It came of authentication (a proxy's refusal, a handshake that failed or ran out of legs or
+   * time, a server that failed mutual authentication) or of the configuration: never retried (R4).
+   * The proxy's connection failures are not.
+   */
+  readonly refused?: boolean;
 }
+
+/** The library's errors of reaching a proxy: as retryable as the system's own connection errors. */
+const CONNECTION_ERRORS = [
+  ProxyUnreachableError,
+  ProxyConnectTimeoutError,
+  ProxyCertificateError,
+  ProxyConnectError,
+  ProxyProtocolError,
+] as const;
 
 /** What to tell the user about a failed transfer, and the exit code. */
 export function describeFailure(
@@ -159,7 +176,12 @@ export function describeFailure(
                 e instanceof ProxyProtocolError
                 ? EXIT.receive
                 : EXIT.failure;
-    return { exit, message: `${forCli(e.message)} (${e.code})` };
+    return {
+      exit,
+      message: `${forCli(e.message)} (${e.code})`,
+      ...(e instanceof ProxyUnreachableError ? { errno: e.systemCode } : {}),
+      refused: !CONNECTION_ERRORS.some((type) => e instanceof type),
+    };
   }
   const code = typeof e.code === 'string' ? e.code : '';
   if (CERTIFICATE_CODES.has(code)) {
@@ -182,7 +204,7 @@ export function describeFailure(
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
-    return { exit: EXIT.connect, message: `could not connect to ${host} (${code})` };
+    return { exit: EXIT.connect, message: `could not connect to ${host} (${code})`, errno: code };
   if (code === 'UND_ERR_CONNECT_TIMEOUT')
     return {
       exit: EXIT.timeout,

@@ -6,37 +6,35 @@
  * 60, 77. Started through bin.ts, which checks the Node.js version first.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { createWriteStream, writeFileSync } from 'node:fs';
+import { createWriteStream, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { MultilegAgent } from '../agent.ts';
 import { ConfigError, type MultilegError } from '../errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
-import { challengeSchemes, describeFailure, EXIT, explain401, explain407, forCli } from './explain.ts';
+import { type HeaderDump, headText } from './dump-header.ts';
+import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
+import type { RetryDecision } from './retry.ts';
 import { Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
-/** curl's wording for the status line: `HTTP/2 200`, `HTTP/1.1 200 OK`. */
-function statusLine(protocol: string | undefined, status: number, text: string): string {
-  return protocol === 'h2' ? `HTTP/2 ${status}` : `HTTP/1.1 ${status}${text ? ` ${text}` : ''}`;
-}
-
-/** The status line and header lines `-i` shows, as curl writes them. */
-function headText(
+/** The status line and header lines `-i` and `-D` show, as curl writes them. */
+function responseHead(
   protocol: string | undefined,
   res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
 ): string {
-  let text = `${statusLine(protocol, res.statusCode, res.statusText)}\r\n`;
+  const lines: Array<[string, string]> = [];
   for (const [k, v] of Object.entries(res.headers)) {
     if (v === undefined) continue;
-    for (const value of Array.isArray(v) ? v : [v]) text += `${k}: ${value}\r\n`;
+    for (const value of Array.isArray(v) ? v : [v]) lines.push([k, value]);
   }
-  return `${text}\r\n`;
+  return headText(protocol, res.statusCode, res.statusText, lines);
 }
 
 /** What a failure to write the body means, by its code. */
@@ -68,10 +66,21 @@ async function proxyFor(req: CliRequest, url: URL): Promise<string | undefined> 
   return new ProxyResolver(req.agent.proxy, process.env, req.agent.negotiate).route(url.origin)?.proxy.origin;
 }
 
-/** Whether a request to `url` verifies a certificate with --cacert: https, or an https:// proxy on the way (not with -k). */
-async function usesCa(req: CliRequest, url: URL): Promise<boolean> {
-  if (req.agent.connect?.rejectUnauthorized === false) return false;
-  return url.protocol === 'https:' || (await proxyFor(req, url))?.startsWith('https:') === true;
+/**
+ * Why a request to `url` cannot verify a certificate it would verify (curl's 77): --cacert for an
+ * https:// URL (not with -k), --proxy-cacert for an https:// proxy on the way (not with --proxy-insecure).
+ */
+async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefined> {
+  if (req.unusableCa !== undefined && url.protocol === 'https:' && req.agent.connect?.rejectUnauthorized !== false)
+    return req.unusableCa;
+  const proxy = req.agent.proxy;
+  if (
+    req.unusableProxyCa !== undefined &&
+    !(typeof proxy === 'object' && proxy.connect?.rejectUnauthorized === false) &&
+    (await proxyFor(req, url))?.startsWith('https:')
+  )
+    return req.unusableProxyCa;
+  return undefined;
 }
 
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
@@ -123,12 +132,26 @@ async function main(argv: string[]): Promise<number> {
     say(describeFailure(err, req).message);
     return EXIT.usage;
   }
-  const trace = new Trace(req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined);
+  // -D: opened (emptied) before the first request, as curl does; one that cannot be is curl's 23.
+  let dump: HeaderDump | undefined;
+  if (req.dumpHeader !== undefined) {
+    try {
+      dump = await (await import('./dump-header.ts')).HeaderDump.open(req.dumpHeader);
+    } catch (err) {
+      say(`-D ${req.dumpHeader}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+      await agent.destroy().catch(() => {});
+      return EXIT.write;
+    }
+  }
+  const trace = new Trace(
+    req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
+    dump ? (leg) => dump.leg(leg) : undefined,
+  );
   const started = performance.now();
   let url = req.url;
   let method = req.method;
   let body = req.body;
-  const headers = { ...req.headers };
+  let headers = { ...req.headers };
   let redirects = 0;
   let status = 0;
   let bytes = 0;
@@ -141,6 +164,13 @@ async function main(argv: string[]): Promise<number> {
     exit = code;
     errormsg = line;
   };
+  /** curl's warnings: -s hides them, -S does not bring them back. */
+  const warn = (line: string) => {
+    if (!req.silent) process.stderr.write(`multileg: Warning: ${line}\n`);
+  };
+  // --retry: curl's rules (retry.ts), loaded only when asked for.
+  const retrier = req.retry ? new (await import('./retry.ts')).Retrier(req.retry) : undefined;
+  const failOnError = req.fail || req.failWithBody;
   // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
   const remotes = new Map<string, { ip: string; port: string }>();
   const onConnected = (message: unknown) => {
@@ -167,7 +197,6 @@ async function main(argv: string[]): Promise<number> {
   /** Why Negotiate could not run, when the request was sent again without it. */
   let cannotRun: MultilegError | undefined;
   let earlier: ReturnType<MultilegAgent['stats']> | undefined;
-  const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
   // A reader that went away (`| head`) is not an error: stop writing, exit as if done. Any other
   // failure to write (a full disk) is curl's 23, in one line.
   let stdoutError: NodeJS.ErrnoException | undefined;
@@ -176,165 +205,239 @@ async function main(argv: string[]): Promise<number> {
   });
   // Now, with everything the request needs loaded: not before (wasm.ts).
   await keepWasmOnBaseline();
-  try {
-    for (;;) {
-      // curl's 77 for a --cacert file it cannot use, once a TLS connection would use it (this hop).
-      if (req.unusableCa !== undefined && (await usesCa(req, url))) {
-        fail(EXIT.caFile, req.unusableCa);
-        break;
-      }
-      let res: Awaited<ReturnType<MultilegAgent['request']>>;
-      try {
-        res = await agent.request({
-          origin: url.origin,
-          path: `${url.pathname}${url.search}`,
-          method: method as 'GET',
-          headers,
-          body: body ?? null,
-          ...(signal ? { signal } : {}),
-          ...(req.http1 ? { allowH2: false } : {}),
-        } as Parameters<MultilegAgent['request']>[0]);
-      } catch (err) {
-        // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
-        // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
-        if (credentials || cannotRun || !cannotRunHere(err)) throw err;
-        cannotRun = err;
-        earlier = agent.stats();
-        await agent.destroy().catch(() => {});
-        agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: (o) => trusted.trusts(o) });
-        continue;
-      }
-      status = res.statusCode;
-      const protocol = trace.lastDelivered?.response?.protocol;
-      final = { headers: res.headers, protocol };
-      const location = res.headers.location;
-      if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
-        if (req.include && !req.json) printHead(headText(protocol, res));
-        await res.body.dump();
-        // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
-        if (redirects >= req.maxRedirs) {
-          fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
+  // One attempt a turn: the transfer again from the URL given, with --retry.
+  for (;;) {
+    // --max-time bounds each attempt (curl's, with --retry).
+    const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
+    /** The next attempt, decided when a transient status came (its answer is then not output). */
+    let retryNext: RetryDecision | undefined;
+    let retryDecided = false;
+    let failure: Failure | undefined;
+    /** Whether this attempt opened the -o file (emptied before the next one, as curl truncates it). */
+    let wroteOutput = false;
+    try {
+      for (;;) {
+        // curl's 77 for a --cacert / --proxy-cacert file it cannot use, once a TLS connection would use it (this hop).
+        const unusableCa =
+          req.unusableCa !== undefined || req.unusableProxyCa !== undefined ? await unusableCaFor(req, url) : undefined;
+        if (unusableCa !== undefined) {
+          fail(EXIT.caFile, unusableCa);
           break;
         }
-        redirects++;
-        const next = new URL(location, url);
-        // A Location's user:password@ is neither sent nor printed (-w %{url_effective}, --json).
-        next.username = '';
-        next.password = '';
-        if (next.origin !== url.origin) {
-          if (req.locationTrusted) trusted.add(next.origin);
-          else {
-            // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
-            // and so does a Proxy-Authorization they gave for the way there.
-            delete headers.authorization;
-            delete headers.cookie;
-            delete headers['proxy-authorization'];
-          }
-        }
-        // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
-        if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
-          // -X stays the method of every request (curl's), without the body.
-          if (method !== 'HEAD' && !req.customMethod) method = 'GET';
-          body = undefined;
-          // The form type the command added for -d goes with the body (one given with -H stays).
-          if (req.formType) delete headers['content-type'];
-          delete headers['content-length'];
-        }
-        url = next;
-        continue;
-      }
-      if (req.include && !req.json && !(req.fail && status >= 400)) printHead(headText(protocol, res));
-      const length = Number(res.headers['content-length']);
-      const progress = {
-        received: 0,
-        expected: method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
-      };
-      reading = progress;
-      const counter = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          bytes += chunk.length;
-          progress.received += chunk.length;
-          cb(null, chunk);
-        },
-      });
-      if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
-        await pipeline(res.body, counter, async (source) => {
-          for await (const _ of source);
-        });
-      } else {
-        const out = req.output ? createWriteStream(req.output) : process.stdout;
-        let fileError: NodeJS.ErrnoException | undefined;
-        if (req.output) out.once('error', (err) => (fileError = err));
-        // A body cut short leaves what came of it written (in the -o file too, as curl), then fails
-        // (18): its error is kept aside, so pipeline() ends the output instead of destroying it.
-        let cutShort: { error: unknown } | undefined;
-        const body = res.body;
-        async function* received() {
-          try {
-            for await (const chunk of body) yield chunk;
-          } catch (error) {
-            cutShort = { error };
-          }
-        }
-        // With -o, the heads -i shows go into the file first, as curl writes them.
-        if (heads) out.write(heads);
-        heads = '';
+        let res: Awaited<ReturnType<MultilegAgent['request']>>;
         try {
-          await pipeline(received(), counter, out, { end: Boolean(req.output) });
-        } catch (err) {
-          if (fileError !== undefined && req.output !== undefined) {
-            // curl's 23 (write error), in one line: the file, not the transfer, failed.
-            fail(EXIT.write, `-o ${req.output}: ${writeProblem(fileError)}`);
-            break;
-          }
-          const stdout =
-            stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
-          if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
-            fail(EXIT.write, `stdout: ${writeProblem(stdout)}`);
-            break;
-          }
-          if (!isEpipe(err)) throw err;
-          res.body.destroy();
-        }
-        if (cutShort) throw cutShort.error;
-      }
-      reading = undefined;
-      const last = trace.lastDelivered;
-      if (last) last.bodySize = bytes;
-      if (status === 401 && cannotRun) say(`${forCli(cannotRun.message)} (${cannotRun.code})`);
-      else if (status === 401)
-        say(
-          explain401({
+          res = await agent.request({
             origin: url.origin,
-            offered: challengeSchemes(res.headers, status),
-            trusted: trusted.trusts(url.origin),
-            hasPassword: credentials !== undefined,
-            schemes: req.agent.schemes,
-            handshakes: trace.handshakes,
-          }),
-        );
-      else if (status === 407) {
-        // A forwarding proxy's 407, shown as curl shows it (proxy.deliver407): why it stood.
-        const proxy = await proxyFor(req, url);
-        const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
-        if (proxy)
+            path: `${url.pathname}${url.search}`,
+            method: method as 'GET',
+            headers,
+            body: body ?? null,
+            ...(signal ? { signal } : {}),
+            ...(req.http1 ? { allowH2: false } : {}),
+          } as Parameters<MultilegAgent['request']>[0]);
+        } catch (err) {
+          // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
+          // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
+          if (credentials || cannotRun || !cannotRunHere(err)) throw err;
+          cannotRun = err;
+          earlier = agent.stats();
+          await agent.destroy().catch(() => {});
+          agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: (o) => trusted.trusts(o) });
+          continue;
+        }
+        status = res.statusCode;
+        const protocol = trace.lastDelivered?.response?.protocol;
+        final = { headers: res.headers, protocol };
+        // The responses the command receives itself, verbatim (the handshake's came through the trace).
+        dump?.write(responseHead(protocol, res));
+        const location = res.headers.location;
+        if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
+          if (req.include && !req.json) printHead(responseHead(protocol, res));
+          await res.body.dump();
+          // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
+          if (redirects >= req.maxRedirs) {
+            fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
+            break;
+          }
+          redirects++;
+          const next = new URL(location, url);
+          // A Location's user:password@ is neither sent nor printed (-w %{url_effective}, --json).
+          next.username = '';
+          next.password = '';
+          if (next.origin !== url.origin) {
+            if (req.locationTrusted) trusted.add(next.origin);
+            else {
+              // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
+              // and so does a Proxy-Authorization they gave for the way there.
+              delete headers.authorization;
+              delete headers.cookie;
+              delete headers['proxy-authorization'];
+            }
+          }
+          // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
+          if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
+            // -X stays the method of every request (curl's), without the body.
+            if (method !== 'HEAD' && !req.customMethod) method = 'GET';
+            body = undefined;
+            // The form type the command added for -d goes with the body (one given with -H stays).
+            if (req.formType) delete headers['content-type'];
+            delete headers['content-length'];
+          }
+          url = next;
+          continue;
+        }
+        if (retrier?.transient(status)) {
+          retryDecided = true;
+          retryNext = retrier.next({
+            exit: failOnError && status >= 400 ? EXIT.httpError : EXIT.ok,
+            status,
+            refused: false,
+            failOnError,
+            retryAfter: res.headers['retry-after'],
+          });
+          if (retryNext) {
+            // Sent again: this answer is not output (curl writes it, then takes it back from an -o
+            // file only: stdout would have it twice).
+            await res.body.dump().catch(() => {});
+            if (failOnError) fail(EXIT.httpError, `(22) HTTP ${status}`);
+            break;
+          }
+        }
+        if (req.include && !req.json && !(req.fail && status >= 400)) printHead(responseHead(protocol, res));
+        const length = Number(res.headers['content-length']);
+        const progress = {
+          received: 0,
+          expected: method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
+        };
+        reading = progress;
+        const counter = new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            bytes += chunk.length;
+            progress.received += chunk.length;
+            cb(null, chunk);
+          },
+        });
+        if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
+          await pipeline(res.body, counter, async (source) => {
+            for await (const _ of source);
+          });
+        } else {
+          const out = req.output ? createWriteStream(req.output) : process.stdout;
+          wroteOutput = req.output !== undefined;
+          let fileError: NodeJS.ErrnoException | undefined;
+          if (req.output) out.once('error', (err) => (fileError = err));
+          // A body cut short leaves what came of it written (in the -o file too, as curl), then fails
+          // (18): its error is kept aside, so pipeline() ends the output instead of destroying it.
+          let cutShort: { error: unknown } | undefined;
+          const body = res.body;
+          async function* received() {
+            try {
+              for await (const chunk of body) yield chunk;
+            } catch (error) {
+              cutShort = { error };
+            }
+          }
+          // With -o, the heads -i shows go into the file first, as curl writes them.
+          if (heads) out.write(heads);
+          heads = '';
+          try {
+            await pipeline(received(), counter, out, { end: Boolean(req.output) });
+          } catch (err) {
+            if (fileError !== undefined && req.output !== undefined) {
+              // curl's 23 (write error), in one line: the file, not the transfer, failed.
+              fail(EXIT.write, `-o ${req.output}: ${writeProblem(fileError)}`);
+              break;
+            }
+            const stdout =
+              stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
+            if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
+              fail(EXIT.write, `stdout: ${writeProblem(stdout)}`);
+              break;
+            }
+            if (!isEpipe(err)) throw err;
+            res.body.destroy();
+          }
+          if (cutShort) throw cutShort.error;
+        }
+        reading = undefined;
+        const last = trace.lastDelivered;
+        if (last) last.bodySize = bytes;
+        if (status === 401 && cannotRun) say(`${forCli(cannotRun.message)} (${cannotRun.code})`);
+        else if (status === 401)
           say(
-            explain407({
-              proxy,
+            explain401({
+              origin: url.origin,
               offered: challengeSchemes(res.headers, status),
-              sent: sent === true,
-              unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+              trusted: trusted.trusts(url.origin),
+              hasPassword: credentials !== undefined,
+              schemes: req.agent.schemes,
+              handshakes: trace.handshakes,
             }),
           );
+        else if (status === 407) {
+          // A forwarding proxy's 407, shown as curl shows it (proxy.deliver407): why it stood.
+          const proxy = await proxyFor(req, url);
+          const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
+          if (proxy)
+            say(
+              explain407({
+                proxy,
+                offered: challengeSchemes(res.headers, status),
+                sent: sent === true,
+                unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+              }),
+            );
+        }
+        if ((req.fail || req.failWithBody) && status >= 400) {
+          fail(EXIT.httpError, `(22) HTTP ${status}`);
+        }
+        break;
       }
-      if ((req.fail || req.failWithBody) && status >= 400) {
-        fail(EXIT.httpError, `(22) HTTP ${status}`);
-      }
+    } catch (err) {
+      failure = describeFailure(err, { url, maxTime: req.maxTime, midBody: reading });
+      fail(failure.exit, failure.message);
+    }
+    if (!retrier) break;
+    const next = retryDecided
+      ? retryNext
+      : retrier.next({
+          exit,
+          status,
+          errno: failure?.errno,
+          refused: failure?.refused === true,
+          failOnError,
+          retryAfter: final?.headers['retry-after'],
+        });
+    if (!next) {
+      if (retrier.notice) warn(retrier.notice);
       break;
     }
-  } catch (err) {
-    const failure = describeFailure(err, { url, maxTime: req.maxTime, midBody: reading });
-    fail(failure.exit, failure.message);
+    warn(next.warning);
+    // What an attempt cut short wrote to the -o file goes (curl truncates a regular file; stdout
+    // cannot take it back).
+    if (wroteOutput && req.output !== undefined) {
+      try {
+        const size = statSync(req.output);
+        if (size.isFile() && size.size > 0) {
+          if (req.verbose && !req.silent) process.stderr.write(`multileg: Note: Throwing away ${size.size} bytes\n`);
+          truncateSync(req.output, 0);
+        }
+      } catch {}
+    }
+    await sleep(next.delayMs);
+    // The transfer starts over from the URL given, as curl's does.
+    url = req.url;
+    method = req.method;
+    body = req.body;
+    headers = { ...req.headers };
+    redirects = 0;
+    status = 0;
+    bytes = 0;
+    exit = EXIT.ok;
+    errormsg = '';
+    final = undefined;
+    heads = '';
+    reading = undefined;
   }
   // Both agents' when the request was sent again without Negotiate (-w %{num_connects}, -v, --json).
   const now = agent.stats();
@@ -354,6 +457,10 @@ async function main(argv: string[]): Promise<number> {
     );
   trace.stop();
   await agent.destroy().catch(() => {});
+  if (dump) {
+    dump.close();
+    if (dump.error && exit === EXIT.ok) fail(EXIT.write, `-D ${req.dumpHeader}: ${writeProblem(dump.error)}`);
+  }
   const timeTotal = (performance.now() - started) / 1000;
   if (req.json) {
     const report = {
@@ -421,6 +528,7 @@ async function main(argv: string[]): Promise<number> {
       redirect_url: redirectUrl,
       remote_ip: remote?.ip ?? '',
       remote_port: remote?.port ?? '',
+      num_retries: String(retrier?.retries ?? 0),
     });
     for (const part of parts) (part.to === 'stderr' ? process.stderr : process.stdout).write(part.text);
   }

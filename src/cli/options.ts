@@ -12,6 +12,7 @@ import { ConfigError, redactUserinfo } from '../errors.ts';
 import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { EXIT } from './explain.ts';
+import type { RetryOptions } from './retry.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
@@ -51,6 +52,8 @@ export interface CliRequest {
   /** --fail-with-body: on HTTP >= 400 exit 22, head and body shown (curl 8: it wins over -f). */
   readonly failWithBody: boolean;
   readonly output: string | undefined;
+  /** -D: where the head of every response received goes (`-` stdout, `%` stderr, else a file). */
+  readonly dumpHeader: string | undefined;
   readonly writeOut: string | undefined;
   readonly json: boolean;
   readonly har: string | undefined;
@@ -59,8 +62,10 @@ export interface CliRequest {
   readonly maxRedirs: number;
   /** Origins and `*.` host patterns trusted with credentials besides the URL's own (--trust). */
   readonly trust: readonly string[];
-  /** --max-time in ms. */
+  /** --max-time in ms: each attempt's bound (curl's, with --retry). */
   readonly maxTime: number | undefined;
+  /** --retry N (N > 0) and its companions; undefined: one attempt. */
+  readonly retry: RetryOptions | undefined;
   readonly user: UserArg | undefined;
   readonly passwordStdin: boolean;
   /**
@@ -73,6 +78,8 @@ export interface CliRequest {
    * (an https:// URL or redirect, an https:// proxy), nothing for plain http:// (curl ignores it there).
    */
   readonly unusableCa: string | undefined;
+  /** The same for --proxy-cacert: 77 once an https:// proxy is on the way (not with --proxy-insecure). */
+  readonly unusableProxyCa: string | undefined;
   /** The agent's options, without credentials and trustedOrigins (main adds those). */
   readonly agent: MultilegAgentOptions;
 }
@@ -94,6 +101,20 @@ const seconds = (v: string) => {
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('expected seconds (e.g. 2.5)');
   return Math.ceil(n * 1000);
+};
+/** --retry-delay / --retry-max-time: seconds, decimals allowed, 0 allowed (curl's "the default"), in ms. */
+const secondsOrZero = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0)
+    throw new InvalidArgumentError('expected seconds (e.g. 2.5, or 0)');
+  return Math.round(n * 1000);
+};
+/** --retry: a whole number, 0 included (no retries, curl's default). */
+const wholeNumber = (v: string) => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0)
+    throw new InvalidArgumentError('expected a whole number (e.g. 3)');
+  return n;
 };
 const collect = (v: string, acc: string[]) => [...acc, v];
 
@@ -152,6 +173,12 @@ export function program(): Commander.Command {
       .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / HTTP_PROXY')
+      .option(
+        '--proxy-cacert <file>',
+        "CA certificate(s) to trust for an https:// proxy (PEM; --cacert is the server's)",
+      )
+      .option('--proxy-ca-native', "also trust the operating system's certificate store for an https:// proxy")
+      .option('--proxy-insecure', "do not verify an https:// proxy's certificate")
       .option('-U, --proxy-user <user:password>', 'credentials for the proxy only')
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
       .option('--proxy-ntlm', 'use NTLM only towards the proxy')
@@ -180,6 +207,10 @@ export function program(): Commander.Command {
       .option('--fail-with-body', 'on HTTP >= 400: exit 22, the body still shown (wins over -f)')
       .option('-o, --output <file>', 'write the body to a file')
       .option(
+        '-D, --dump-header <file>',
+        'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
+      )
+      .option(
         '-w, --write-out <format>',
         'print after the transfer: %{http_code} %{time_total} %{num_connects} …; @file reads the format from a file',
       )
@@ -187,6 +218,22 @@ export function program(): Commander.Command {
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
       .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))
+      .addOption(
+        new Option(
+          '--retry <num>',
+          'retry a transient failure (a timeout; HTTP 408, 429, 500, 502, 503, 504, 522, 524) this many times. Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
+        ).argParser(wholeNumber),
+      )
+      .addOption(
+        new Option('--retry-delay <seconds>', 'wait this long before each retry (default: 1 s, doubling)').argParser(
+          secondsOrZero,
+        ),
+      )
+      .addOption(
+        new Option('--retry-max-time <seconds>', 'no retry once this long has passed').argParser(secondsOrZero),
+      )
+      .option('--retry-all-errors', 'with --retry, retry any failure but refused credentials')
+      .option('--retry-connrefused', 'with --retry, a refused connection is transient too')
       .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
       .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
       .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
@@ -296,20 +343,21 @@ export class UsageError extends ConfigError {
 }
 
 /**
- * `--cacert FILE`: PEM certificates, each of which must parse. A file that is not there is bad
- * usage (exit 2, before anything is sent: curl 8.18 and later); one that cannot be read or holds no
- * usable certificate is `problem`, curl's 77 only once a TLS connection would use it.
+ * `--cacert FILE` (`--proxy-cacert FILE`): PEM certificates, each of which must parse. A file that
+ * is not there is bad usage (exit 2, before anything is sent: curl 8.18 and later); one that cannot
+ * be read or holds no usable certificate is `problem`, curl's 77 only once a TLS connection would
+ * use it.
  */
-function caFile(path: string): { text: string } | { problem: string } {
+function caFile(path: string, flag: '--cacert' | '--proxy-cacert'): { text: string } | { problem: string } {
   let text: string;
   try {
     text = readFileSync(path).toString('latin1');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ConfigError(`--cacert ${path}: no such file`);
-    return { problem: `--cacert ${path}: ${unreadable(err)}` };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ConfigError(`${flag} ${path}: no such file`);
+    return { problem: `${flag} ${path}: ${unreadable(err)}` };
   }
   const blocks = text.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? [];
-  const bad = { problem: `--cacert ${path}: not a PEM file of CA certificates` };
+  const bad = { problem: `${flag} ${path}: not a PEM file of CA certificates` };
   if (blocks.length === 0) return bad;
   for (const block of blocks) {
     try {
@@ -517,12 +565,11 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     : only.length > 0
       ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
       : undefined;
-  const cacert = o.cacert ? caFile(o.cacert as string) : undefined;
-  const ca = [
-    ...(cacert && 'text' in cacert ? [cacert.text] : []),
-    // The system store replaces Node's bundled roots in `ca`, so keep those too.
-    ...(o.caNative ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
-  ];
+  const cacert = o.cacert ? caFile(o.cacert as string, '--cacert') : undefined;
+  const ca = trustedCas(cacert, Boolean(o.caNative));
+  // curl's proxy trust is its own: --cacert, --ca-native and -k are the origin's only.
+  const proxyCacert = o.proxyCacert ? caFile(o.proxyCacert as string, '--proxy-cacert') : undefined;
+  const proxyCa = trustedCas(proxyCacert, Boolean(o.proxyCaNative));
   const connect = {
     ...(ca.length > 0 ? { ca } : {}),
     ...(o.insecure ? { rejectUnauthorized: false } : {}),
@@ -537,7 +584,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     ...(o.ccache ? { ccache: o.ccache as string } : {}),
     ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
-  const proxy = proxyOption(o, ca);
+  const proxy = proxyOption(o, proxyCa);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   const head = Boolean(o.head);
   const agent: MultilegAgentOptions = {
@@ -573,6 +620,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     failWithBody: Boolean(o.failWithBody),
     // curl's `-o -`: stdout.
     output: o.output === '-' ? undefined : (o.output as string | undefined),
+    dumpHeader: o.dumpHeader as string | undefined,
     writeOut: writeOutFormat(o.writeOut as string | undefined),
     json: Boolean(o.json),
     har: o.har as string | undefined,
@@ -581,6 +629,16 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     maxRedirs: o.maxRedirs as number,
     trust: (o.trust as string[]).map(parseTrust),
     maxTime: o.maxTime as number | undefined,
+    retry:
+      (o.retry as number | undefined) !== undefined && (o.retry as number) > 0
+        ? {
+            retries: o.retry as number,
+            delayMs: (o.retryDelay as number | undefined) ?? 0,
+            maxTimeMs: (o.retryMaxTime as number | undefined) ?? 0,
+            allErrors: Boolean(o.retryAllErrors),
+            connRefused: Boolean(o.retryConnrefused),
+          }
+        : undefined,
     user,
     passwordStdin: Boolean(o.passwordStdin),
     netrc:
@@ -588,19 +646,31 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
         ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) }
         : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
+    unusableProxyCa: proxyCacert && 'problem' in proxyCacert ? proxyCacert.problem : undefined,
     agent,
   };
 }
 
+/** The CAs a --cacert (--proxy-cacert) file and --ca-native (--proxy-ca-native) add: none, Node's own roots stay. */
+function trustedCas(file: { text: string } | { problem: string } | undefined, native: boolean): string[] {
+  return [
+    ...(file && 'text' in file ? [file.text] : []),
+    // The system store replaces Node's bundled roots in `ca`, so keep those too.
+    ...(native ? [...getCACertificates('default'), ...getCACertificates('system')] : []),
+  ];
+}
+
 /**
- * -x, --proxy-user, --noproxy (the environment's proxies when none is given); an https:// proxy is verified with the same CAs (or -k) as the origin,
- * and --connect-timeout bounds connecting to it — whether -x names it or HTTPS_PROXY / HTTP_PROXY do.
+ * -x, --proxy-user, --noproxy (the environment's proxies when none is given); an https:// proxy is
+ * verified with --proxy-cacert / --proxy-ca-native (or not, --proxy-insecure) as curl does, apart
+ * from the origin's trust, and --connect-timeout bounds connecting to it — whether -x names it or
+ * HTTPS_PROXY / HTTP_PROXY do.
  */
 function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
   if (o.noproxy === '*') return false;
   const connect =
-    ca.length > 0 || o.insecure
-      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.insecure ? { rejectUnauthorized: false } : {}) }
+    ca.length > 0 || o.proxyInsecure
+      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.proxyInsecure ? { rejectUnauthorized: false } : {}) }
       : undefined;
   const common = {
     ...(connect ? { connect } : {}),

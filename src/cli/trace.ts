@@ -33,14 +33,16 @@ export class Trace {
   readonly unanswered407: ProxyUnansweredEvent[] = [];
   readonly #byId = new Map<number, LegRecord>();
   readonly #verbose: ((line: string) => void) | undefined;
+  readonly #onResponse: ((leg: LegRecord) => void) | undefined;
   #lastProtocol: string | undefined;
   readonly #onLeg = (message: unknown) => this.#leg(message as LegEvent);
   readonly #onHandshake = (message: unknown) => this.#handshake(message as HandshakeReport);
   readonly #onUnanswered = (message: unknown) => this.#unanswered(message as ProxyUnansweredEvent);
 
-  /** `verbose` receives -v lines as they happen. */
-  constructor(verbose?: (line: string) => void) {
+  /** `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D). */
+  constructor(verbose?: (line: string) => void, onResponse?: (leg: LegRecord) => void) {
     this.#verbose = verbose;
+    this.#onResponse = onResponse;
     subscribe(LEG_CHANNEL, this.#onLeg);
     subscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     subscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
@@ -91,6 +93,7 @@ export class Trace {
       this.#say(
         `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${e.delivered ? '' : ', intermediate'}]`,
       );
+      this.#onResponse?.(record);
     } else {
       record.error = e;
       // IIS refuses NTLM over HTTP/2 with RST_STREAM HTTP_1_1_REQUIRED: the agent sends the request

@@ -1,0 +1,432 @@
+/**
+ * curl options of the command line that curl users reach for: -D/--dump-header,
+ * --proxy-cacert/--proxy-insecure, and --retry with its companions — with curl 8.21's semantics,
+ * exit codes and messages, against the reference server and proxy.
+ */
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Retrier } from '../src/cli/retry.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
+import { runCli as run } from './cli-helpers.ts';
+
+const listen = async (server: Server | TcpServer) => {
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return (server.address() as { port: number }).port;
+};
+
+/** The status lines of the heads in `text` (curl's `-D` / `-i` output). */
+const statusLines = (text: string) => text.match(/^HTTP\/\S+ \d{3}[^\r\n]*/gm) ?? [];
+
+describe('multileg: curl options', () => {
+  let server: ReferenceServer;
+  let dir: string;
+  let ca: string;
+  let plain: Server;
+  let plainOrigin: string;
+  /** What the plain server received: `METHOD path body`, in order. */
+  const received: string[] = [];
+  /** Per key (`/flaky/KEY`), how many answers are still the failure. */
+  const failuresLeft = new Map<string, number>();
+  /** alice's password and the reference CA: the common start of a command line. */
+  const alice = () => ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
+  beforeAll(async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    dir = mkdtempSync(join(tmpdir(), 'multileg-curl-'));
+    ca = join(dir, 'ca.pem');
+    writeFileSync(ca, server.ca);
+    plain = createHttpServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const url = new URL(req.url ?? '/', 'http://x');
+        received.push(`${req.method} ${url.pathname} ${Buffer.concat(chunks)}`);
+        if (url.pathname.startsWith('/flaky/')) {
+          // /flaky/KEY?n=N&status=S&after=A: N answers S (with Retry-After A), then 200 with what came.
+          const key = url.pathname;
+          if (!failuresLeft.has(key)) failuresLeft.set(key, Number(url.searchParams.get('n') ?? 1));
+          const left = failuresLeft.get(key)!;
+          if (left > 0) {
+            failuresLeft.set(key, left - 1);
+            const after = url.searchParams.get('after');
+            res
+              .writeHead(Number(url.searchParams.get('status') ?? 503), after !== null ? { 'retry-after': after } : {})
+              .end(`busy ${left}\n`);
+          } else res.writeHead(200, { 'content-type': 'text/plain' }).end(`${req.method} ${Buffer.concat(chunks)}`);
+        } else if (url.pathname === '/cut-once') {
+          // The first time 10 bytes of the 100 announced, then the connection ends; then a 404.
+          if (failuresLeft.get(url.pathname) === 0) res.writeHead(404).end('not here\n');
+          else {
+            failuresLeft.set(url.pathname, 0);
+            res.writeHead(200, { 'content-length': '100' });
+            res.write('0123456789', () => res.socket?.destroy());
+          }
+        } else if (url.pathname === '/truncated') {
+          // 10 bytes of the 100 announced, then the connection ends.
+          res.writeHead(200, { 'content-length': '100' });
+          res.write('0123456789', () => res.socket?.destroy());
+        } else if (url.pathname === '/hang') {
+          // never answers: --max-time
+        } else res.writeHead(404).end('not here\n');
+      });
+    });
+    plainOrigin = `http://127.0.0.1:${await listen(plain)}`;
+  });
+  afterAll(async () => {
+    plain.closeAllConnections();
+    plain.close();
+    await server.close();
+  });
+  /** The requests the plain server received for `path`. */
+  const to = (path: string) => received.filter((r) => r.split(' ')[1] === path);
+
+  it("-D FILE: the head of every response received, as curl writes them — the handshake's 401s (tokens [redacted]), a redirect and the final response; the body stays on stdout", async () => {
+    const headers = join(dir, 'heads.txt');
+    const url = `${server.origin}/public/redirect?to=/auth/dump`;
+    const r = await run([...alice(), '-L', '-D', headers, url]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', path: '/auth/dump' });
+    const text = readFileSync(headers, 'latin1');
+    expect(statusLines(text)).toEqual(['HTTP/2 302', 'HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+    // Each head ends with a blank line; the challenges say what was offered, never a token.
+    expect(text.split('\r\n\r\n')).toHaveLength(5);
+    expect(text).toContain('location: /auth/dump\r\n');
+    expect(text).toContain('www-authenticate: Negotiate, NTLM\r\n');
+    expect(text).toMatch(/www-authenticate: Negotiate \[redacted\]\r\n/);
+    expect(text).toContain('persistent-auth: true\r\n');
+    for (const e of server.exchanges)
+      for (const v of [e.responseHeaders['www-authenticate'], e.authIdSent].flat())
+        if (typeof v === 'string' && v.length > 12) expect(text).not.toContain(v.split(' ').pop());
+    expect(text).not.toContain('alicepw');
+  });
+
+  it("-D - writes the heads to stdout (the body to -o), -D % to stderr (curl 8.10+); over HTTP/1.1 with curl's reason phrases", async () => {
+    const body = join(dir, 'body.json');
+    const out = await run([...alice(), '--http1.1', '--ntlm', '-D', '-', '-o', body, `${server.origin}/auth/d1`]);
+    expect(out.code, out.stderr).toBe(0);
+    expect(statusLines(out.stdout)).toEqual([
+      'HTTP/1.1 401 Unauthorized',
+      'HTTP/1.1 401 Unauthorized',
+      'HTTP/1.1 200 OK',
+    ]);
+    expect(out.stdout).toMatch(/www-authenticate: NTLM \[redacted\]\r\n/);
+    expect(JSON.parse(readFileSync(body, 'utf8'))).toMatchObject({ path: '/auth/d1' });
+    const err = await run([...alice(), '-D', '%', `${server.origin}/auth/d2`]);
+    expect(err.code).toBe(0);
+    expect(JSON.parse(err.stdout)).toMatchObject({ path: '/auth/d2' });
+    expect(statusLines(err.stderr)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+  });
+
+  it("-D: a file that cannot be created is curl's 23 before anything is sent, in one line; one that can is created empty when no response comes", async () => {
+    const before = server.exchanges.length;
+    const missing = join(dir, 'no-such-dir', 'heads.txt');
+    const bad = await run([...alice(), '-D', missing, `${server.origin}/auth/d3`]);
+    expect(bad.code).toBe(23);
+    expect(bad.stderr).toBe(`multileg: -D ${missing}: no such directory (ENOENT)\n`);
+    expect(server.exchanges.length).toBe(before);
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    const empty = join(dir, 'empty.txt');
+    writeFileSync(empty, 'left over from before');
+    const refused = await run(['-D', empty, `http://127.0.0.1:${port}/`]);
+    expect(refused.code).toBe(7);
+    expect(existsSync(empty)).toBe(true);
+    expect(readFileSync(empty, 'utf8')).toBe('');
+  });
+
+  it("--proxy-cacert / --proxy-insecure: an https:// proxy is verified with its own trust, apart from the server's --cacert / -k (curl's); an untrusted proxy is 60 naming --proxy-cacert", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      // The reference proxy's certificate and the reference server's come from one test CA.
+      proxy = await startReferenceProxy({});
+      const x = ['-x', proxy.origin];
+      // An http:// URL: only the proxy's certificate is verified.
+      const plain = `http://localhost:${server.port}/public/plain`;
+      const untrusted = `multileg: the certificate of proxy ${proxy.origin} is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); give the CA that issued it with --proxy-cacert FILE or --proxy-ca-native, or NODE_EXTRA_CA_CERTS=FILE (MULTILEG_PROXY_CERTIFICATE)\n`;
+      for (const origins of [['--cacert', ca], ['-k'], ['--ca-native']]) {
+        const r = await run([...origins, ...x, plain]);
+        expect(r.code, origins.join(' ')).toBe(60);
+        expect(r.stderr).toBe(untrusted);
+      }
+      for (const trust of [['--proxy-cacert', ca], ['--proxy-insecure']]) {
+        const r = await run([...trust, ...x, plain]);
+        expect(r.code, `${trust.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ path: '/public/plain' });
+      }
+      // An https:// URL through the tunnel: the proxy's trust does not reach the server, nor the server's the proxy.
+      const url = `${server.origin}/auth/proxy-tls`;
+      const user = ['-u', 'EXAMPLE\\alice:alicepw'];
+      const serverUntrusted = await run([...user, '--proxy-cacert', ca, ...x, url]);
+      expect(serverUntrusted.code).toBe(60);
+      expect(serverUntrusted.stderr).toMatch(/^multileg: the certificate of localhost:\d+ is not trusted/);
+      expect((await run([...user, '--cacert', ca, ...x, url])).code).toBe(60);
+      expect((await run([...user, '-k', '--proxy-cacert', ca, ...x, url])).code).toBe(0);
+      for (const trust of [
+        ['--cacert', ca, '--proxy-cacert', ca],
+        ['--cacert', ca, '--proxy-insecure'],
+      ]) {
+        const r = await run([...user, ...trust, ...x, url]);
+        expect(r.code, `${trust.join(' ')}: ${r.stderr}`).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', path: '/auth/proxy-tls' });
+      }
+      // HTTPS_PROXY's proxy is the same: verified with --proxy-cacert, not at all with --proxy-insecure.
+      const env = { HTTPS_PROXY: proxy.origin };
+      expect((await run([...user, '--cacert', ca, url], { env })).code).toBe(60);
+      expect((await run([...user, '--cacert', ca, '--proxy-cacert', ca, url], { env })).code).toBe(0);
+      expect((await run([...user, '--cacert', ca, '--proxy-insecure', url], { env })).code).toBe(0);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it("--proxy-cacert: not there is bad usage (2, as --cacert in curl 8.18+); no PEM certificate in it is curl's 77 once an https:// proxy is on the way, nothing without one or with --proxy-insecure", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({});
+      const url = `http://localhost:${server.port}/public/pc`;
+      const missing = join(dir, 'missing-proxy-ca.pem');
+      const absent = await run(['--proxy-cacert', missing, '-x', proxy.origin, url]);
+      expect(absent.code).toBe(2);
+      expect(absent.stderr).toBe(`multileg: --proxy-cacert ${missing}: no such file\n`);
+      const garbage = join(dir, 'garbage-proxy-ca.pem');
+      writeFileSync(garbage, 'not a certificate\n');
+      const bad = await run(['--proxy-cacert', garbage, '-x', proxy.origin, url]);
+      expect(bad.code).toBe(77);
+      expect(bad.stderr).toBe(`multileg: --proxy-cacert ${garbage}: not a PEM file of CA certificates\n`);
+      expect(proxy.exchanges).toHaveLength(0);
+      // Not used: no proxy, or a proxy not verified.
+      const direct = await run(['--proxy-cacert', garbage, '--cacert', ca, `${server.origin}/public/pc`]);
+      expect(direct.code, direct.stderr).toBe(0);
+      const insecure = await run(['--proxy-cacert', garbage, '--proxy-insecure', '-x', proxy.origin, url]);
+      expect(insecure.code, insecure.stderr).toBe(0);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it("--retry: a 503 is sent again with its body until it succeeds; the 503s' answers are not output (stdout has the 200 once); curl's warning for each retry; -w %{num_retries}", async () => {
+    const url = `${plainOrigin}/flaky/post?n=2`;
+    const r = await run(['--retry', '3', '--retry-delay', '0.1', '-d', 'hello', '-w', '\n%{num_retries}', url]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('POST hello\n2');
+    expect(r.stderr).toBe(
+      'multileg: Warning: Problem : HTTP error. Retrying in 0.100 seconds. 3 retries left.\n' +
+        'multileg: Warning: Problem : HTTP error. Retrying in 0.100 seconds. 2 retries left.\n',
+    );
+    // The request body went again with each attempt.
+    expect(to('/flaky/post')).toEqual(['POST /flaky/post hello', 'POST /flaky/post hello', 'POST /flaky/post hello']);
+    // Out of retries: the last answer is the outcome, shown as curl shows it (-i, -f's 22).
+    const out = join(dir, 'flaky.txt');
+    const spent = await run([
+      '--retry',
+      '1',
+      '--retry-delay',
+      '0.05',
+      '-i',
+      '-o',
+      out,
+      `${plainOrigin}/flaky/spent?n=5`,
+    ]);
+    expect(spent.code).toBe(0);
+    expect(readFileSync(out, 'latin1')).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n[\s\S]*\r\n\r\nbusy 4\n$/);
+    expect(spent.stderr).toBe('multileg: Warning: Problem : HTTP error. Retrying in 0.050 seconds. 1 retry left.\n');
+    const failed = await run([
+      '--retry',
+      '1',
+      '--retry-delay',
+      '0.05',
+      '-f',
+      `${plainOrigin}/flaky/failed?n=5&status=429`,
+    ]);
+    expect(failed).toMatchObject({ code: 22, stdout: '' });
+    expect(failed.stderr).toBe(
+      'multileg: (22) HTTP 429\nmultileg: Warning: Problem : HTTP error. Retrying in 0.050 seconds. 1 retry left.\nmultileg: (22) HTTP 429\n',
+    );
+    // -s hides the warnings, -S does not bring them back (curl's).
+    const quiet = await run(['-sS', '--retry', '1', '--retry-delay', '0.05', `${plainOrigin}/flaky/quiet?n=1`]);
+    expect(quiet).toMatchObject({ code: 0, stdout: 'GET ', stderr: '' });
+    // Not transient: a 404 is not retried (nor without --retry a 503).
+    const missing = await run(['--retry', '3', `${plainOrigin}/nothing`]);
+    expect(missing).toMatchObject({ code: 0, stdout: 'not here\n', stderr: '' });
+    expect(to('/nothing')).toHaveLength(1);
+  });
+
+  it("--retry: without --retry-delay the wait is 1 s, doubling (curl's back-off, up to 10 min); Retry-After wins; one past --retry-max-time stops the retries with curl's warning", async () => {
+    const backoff = await run(['--retry', '2', `${plainOrigin}/flaky/backoff?n=2`]);
+    expect(backoff).toMatchObject({ code: 0, stdout: 'GET ' });
+    expect(backoff.stderr).toBe(
+      'multileg: Warning: Problem : HTTP error. Retrying in 1 second. 2 retries left.\n' +
+        'multileg: Warning: Problem : HTTP error. Retrying in 2 seconds. 1 retry left.\n',
+    );
+    const after = await run(['--retry', '1', '--retry-delay', '0.05', `${plainOrigin}/flaky/after?n=1&after=1`]);
+    expect(after).toMatchObject({ code: 0, stdout: 'GET ' });
+    expect(after.stderr).toBe('multileg: Warning: Problem : HTTP error. Retrying in 1 second. 1 retry left.\n');
+    const tooLong = await run(['--retry', '3', '--retry-max-time', '5', `${plainOrigin}/flaky/long?n=1&after=3600`]);
+    expect(tooLong).toMatchObject({ code: 0, stdout: 'busy 1\n' });
+    expect(tooLong.stderr).toBe(
+      'multileg: Warning: The Retry-After: time would make this command line exceed the maximum allowed time for retries.\n',
+    );
+    expect(to('/flaky/long')).toHaveLength(1);
+    // The whole back-off, on a clock of our own: 1, 2, 4 … 512 s, then 10 min.
+    let now = 0;
+    const retrier = new Retrier(
+      { retries: 12, delayMs: 0, maxTimeMs: 0, allErrors: false, connRefused: false },
+      () => now,
+    );
+    const waits: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const next = retrier.next({ exit: 28, status: 0, refused: false, failOnError: false });
+      waits.push(next!.delayMs / 1000);
+      now += next!.delayMs;
+    }
+    expect(waits).toEqual([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
+    expect(retrier.next({ exit: 28, status: 0, refused: false, failOnError: false })).toBeUndefined();
+    // --retry-max-time: no retry once it has passed since the first attempt.
+    const limited = new Retrier(
+      { retries: 5, delayMs: 2000, maxTimeMs: 3000, allErrors: false, connRefused: false },
+      () => now,
+    );
+    expect(limited.next({ exit: 28, status: 0, refused: false, failOnError: false })?.delayMs).toBe(2000);
+    now += 3000;
+    expect(limited.next({ exit: 28, status: 0, refused: false, failOnError: false })).toBeUndefined();
+  });
+
+  it('--retry: a timeout (28) is transient, a refused connection only with --retry-connrefused, anything else with --retry-all-errors (an HTTP error with -f); what a cut-short attempt wrote to -o goes', async () => {
+    const hang = await run(['--retry', '1', '--retry-delay', '0.05', '-m', '0.5', `${plainOrigin}/hang`]);
+    expect(hang.code).toBe(28);
+    expect(hang.stderr).toContain('multileg: Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.\n');
+    expect(to('/hang')).toHaveLength(2);
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    const refusedUrl = `http://127.0.0.1:${port}/`;
+    const refused = await run(['--retry', '2', '--retry-delay', '0.05', refusedUrl]);
+    expect(refused.code).toBe(7);
+    expect(refused.stderr).not.toContain('Warning');
+    const connrefused = await run(['--retry', '2', '--retry-delay', '0.05', '--retry-connrefused', refusedUrl]);
+    expect(connrefused.code).toBe(7);
+    expect(connrefused.stderr.match(/Warning: Problem : connection refused\./g)).toHaveLength(2);
+    // A 404 is an error only with -f; then --retry-all-errors retries it.
+    const notFound = `${plainOrigin}/gone`;
+    expect((await run(['--retry', '1', '--retry-all-errors', notFound])).code).toBe(0);
+    const all = await run(['--retry', '1', '--retry-delay', '0.05', '--retry-all-errors', '-f', notFound]);
+    expect(all.code).toBe(22);
+    expect(all.stderr).toContain(
+      'multileg: Warning: Problem (retrying all errors). Retrying in 0.050 seconds. 1 retry left.\n',
+    );
+    expect(to('/gone')).toHaveLength(3);
+    // A body cut short (18) with -o: the next attempt starts on an empty file (-v says so, as curl).
+    const out = join(dir, 'cut.txt');
+    const cut = await run([
+      '-v',
+      '--retry',
+      '1',
+      '--retry-delay',
+      '0.05',
+      '--retry-all-errors',
+      '-o',
+      out,
+      `${plainOrigin}/truncated`,
+    ]);
+    expect(cut.code).toBe(18);
+    expect(cut.stderr).toContain('multileg: Note: Throwing away 10 bytes\n');
+    expect(readFileSync(out, 'latin1')).toBe('0123456789');
+    expect(to('/truncated')).toHaveLength(2);
+    // What the cut-short attempt wrote goes before the next one (curl truncates the file), which
+    // here writes nothing (-f, a 404): the file is empty, not the first attempt's 10 bytes.
+    const cutFile = join(dir, 'cut-once.txt');
+    const cutOnce = await run([
+      '-f',
+      '--retry',
+      '1',
+      '--retry-delay',
+      '0.05',
+      '--retry-all-errors',
+      '-o',
+      cutFile,
+      `${plainOrigin}/cut-once`,
+    ]);
+    expect(cutOnce.code).toBe(22);
+    expect(readFileSync(cutFile, 'latin1')).toBe('');
+    expect(to('/cut-once')).toHaveLength(2);
+  });
+
+  it('R4: --retry never sends refused credentials again, not even with --retry-all-errors and -f (accounts lock); --help says so', async () => {
+    const before = server.exchanges.length;
+    const wrong = await run([
+      '-u',
+      'EXAMPLE\\alice:wrongpw',
+      '--cacert',
+      ca,
+      '--ntlm',
+      '-f',
+      '--retry',
+      '3',
+      '--retry-all-errors',
+      '--retry-delay',
+      '0.05',
+      `${server.origin}/auth/r4`,
+    ]);
+    expect(wrong.code).toBe(22);
+    expect(wrong.stderr).not.toContain('Warning');
+    // One NTLM handshake: its two legs with credentials (negotiate, authenticate), no second try.
+    const sent = server.exchanges.slice(before).filter((e) => e.requestHeaders.authorization !== undefined);
+    expect(sent).toHaveLength(2);
+    let proxy: ReferenceProxy | undefined;
+    try {
+      // A proxy that refuses its credentials: the CONNECT's 407 (exit 7) is not retried either.
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const denied = await run([
+        ...alice(),
+        '--proxy-cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        '-U',
+        'proxyuser:wrongpw',
+        '--retry',
+        '3',
+        '--retry-all-errors',
+        '--retry-delay',
+        '0.05',
+        `${server.origin}/auth/r4-proxy`,
+      ]);
+      expect(denied.code).toBe(7);
+      expect(denied.stderr).not.toContain('Warning');
+      expect(proxy.exchanges.filter((e) => e.proxyAuthorization)).toHaveLength(1);
+    } finally {
+      await proxy?.close();
+    }
+    const help = await run(['--help']);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain(
+      'Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
+    );
+  });
+
+  it("--retry and its companions as curl reads them: a whole number, seconds with decimals (0: curl's default); anything else is bad usage", async () => {
+    for (const args of [
+      ['--retry', '-1'],
+      ['--retry', 'x'],
+      ['--retry', '1.5'],
+      ['--retry-delay', 'soon'],
+      ['--retry-max-time', '-2'],
+    ]) {
+      const r = await run([...args, `${plainOrigin}/nothing`]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/^multileg: option '--retry[a-z-]* <[a-z]+>' argument '.*' is invalid\. expected /);
+    }
+  });
+});
