@@ -18,6 +18,12 @@ describe('--help without commander', () => {
       expect(formatHelp(data, width ?? 80), `width ${width}`).toBe(commanderHelp(program(), width));
   });
 
+  it('shows no `(default: [])` on the repeatable options (-H, -d, --data-binary, --data-raw, --trust)', () => {
+    const help = commanderHelp(program(), 200);
+    expect(help).toMatch(/-H, --header <header> +extra request header "Name: value" \(repeatable\)\n/);
+    expect(help).not.toContain('(default: [])');
+  });
+
   it('equals commander’s help for layouts multileg does not use yet (groups, preformatted text, no description)', () => {
     const made = () =>
       new Command('x')

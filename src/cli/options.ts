@@ -116,7 +116,8 @@ const wholeNumber = (v: string) => {
     throw new InvalidArgumentError('expected a whole number (e.g. 3)');
   return n;
 };
-const collect = (v: string, acc: string[]) => [...acc, v];
+// No default ([]): commander would print `(default: [])` in --help; absent means none given.
+const collect = (v: string, acc: string[] = []) => [...acc, v];
 
 export function program(): Commander.Command {
   return (
@@ -127,15 +128,14 @@ export function program(): Commander.Command {
       )
       .argument('<url>', 'the URL to request (no scheme means https://)')
       .option('-X, --request <method>', 'request method')
-      .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect, [])
+      .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
         '-d, --data <data>',
         'request body, joined with & when repeated; @file reads a file without its line breaks (implies POST)',
         collect,
-        [],
       )
-      .option('--data-binary <data>', 'request body as given; @file reads a file as it is', collect, [])
-      .option('--data-raw <data>', 'request body as given, @ included', collect, [])
+      .option('--data-binary <data>', 'request body as given; @file reads a file as it is', collect)
+      .option('--data-raw <data>', 'request body as given, @ included', collect)
       .option(
         '-u, --user <user[:password]>',
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
@@ -195,7 +195,6 @@ export function program(): Commander.Command {
         '--trust <origin>',
         'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
         collect,
-        [],
       )
       .option('--http1.1', 'use HTTP/1.1 only')
       .option('-i, --include', 'print the response status line and headers')
@@ -522,7 +521,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const { url, user: urlUser } = parseUrl(cmd.args[0]!);
   const headers: Record<string, string | string[]> = {};
   const removed = new Set<string>();
-  for (const h of o.header as string[]) {
+  for (const h of (o.header as string[] | undefined) ?? []) {
     // curl: `Name;` sends the header empty, `Name:` sends none of it.
     const empty = /^[^:;\s]+;$/.test(h.trim());
     const i = empty ? h.indexOf(';') : h.indexOf(':');
@@ -627,7 +626,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     location: Boolean(o.location) || Boolean(o.locationTrusted),
     locationTrusted: Boolean(o.locationTrusted),
     maxRedirs: o.maxRedirs as number,
-    trust: (o.trust as string[]).map(parseTrust),
+    trust: ((o.trust as string[] | undefined) ?? []).map(parseTrust),
     maxTime: o.maxTime as number | undefined,
     retry:
       (o.retry as number | undefined) !== undefined && (o.retry as number) > 0
