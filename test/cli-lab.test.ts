@@ -141,6 +141,18 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.code).toBe(1);
   });
 
+  it('doctor without a ticket but with -u: the SPN check names kinit, not the -u that was given', async () => {
+    const r = await run(['doctor', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, `${lab.apache!.origin}/spnego2/`], {
+      env: noTicket,
+    });
+    expect(r.stdout).toMatch(
+      /^warn +SPN: .*no service ticket \(MULTILEG_KRB_NO_TICKET\)\n +fix: Negotiate: no Kerberos ticket: run kinit/m,
+    );
+    expect(r.stdout).not.toContain('NTLM fallback');
+    const without = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/spnego2/`], { env: noTicket });
+    expect(without.stdout).toMatch(/^ +fix: Negotiate: no Kerberos ticket: .*NTLM fallback/m);
+  });
+
   it('doctor with a wrong SPN: the KDC does not know it, and the fix names --spn', async () => {
     const r = await run(
       ['doctor', '--spn', 'HTTP@wrong.example.test', '--cacert', ca, `${lab.apache!.origin}/protected/`],

@@ -17,7 +17,7 @@ import { unsupportedNode } from '../node-version.ts';
 import { portOf } from '../options.ts';
 import { ProxyResolver } from '../proxy/options.ts';
 import { credentialsFor } from './credentials.ts';
-import { challengeSchemes, describeFailure, EXIT, forCli } from './explain.ts';
+import { challengeSchemes, describeFailure, EXIT, forCli, withoutFallbackHint } from './explain.ts';
 import { type CliRequest, parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
@@ -105,7 +105,8 @@ async function kerberos(req: CliRequest): Promise<{ checks: Check[]; ticketWorks
       name: 'SPN',
       verdict: unknown ? 'FAIL' : 'warn',
       detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket (${e.code})`}`,
-      fix: forCli(e.message.replace(/ \[GSS: .*\]$/, '')),
+      // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
+      fix: forCli((req.user ? withoutFallbackHint(e.message) : e.message).replace(/ \[GSS: .*\]$/, '')),
     });
     return { checks, ticketWorks: false };
   }

@@ -241,6 +241,9 @@ export function describeFailure(
 /** The NTLM-fallback hint of a Negotiate error (KerberosNoTicketError), meant for an origin. */
 const NTLM_FALLBACK_HINT = / \(or give credentials for the NTLM fallback\)/;
 
+/** A Negotiate error's message without its hint to give credentials: where they were given, or have no use. */
+export const withoutFallbackHint = (message: string): string => message.replace(NTLM_FALLBACK_HINT, '');
+
 /**
  * Why a forwarding proxy's 407 stood (shown as curl shows it): `sent`, it refused the credentials
  * the request carried; else none went, and `unusable` says why where a mechanism could not run.
@@ -255,7 +258,7 @@ export function explain407(ctx: {
   if (ctx.sent) return `${head}: it refused the credentials; check --proxy-user (DOMAIN\\user:password)`;
   if (ctx.unusable.length === 0) return `${head}: give --proxy-user user:password (or a Kerberos ticket for the proxy)`;
   // Proxy Negotiate has no NTLM fallback (src/proxy/options.ts): its own hint would mislead here.
-  const why = ctx.unusable.map((u) => `${forCli(u.message.replace(NTLM_FALLBACK_HINT, ''))} (${u.code})`);
+  const why = ctx.unusable.map((u) => `${forCli(withoutFallbackHint(u.message))} (${u.code})`);
   return `${head}: ${why.join('; ')}; or give --proxy-user user:password`;
 }
 
