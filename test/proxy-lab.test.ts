@@ -141,6 +141,10 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       );
       // Negotiate fails only once tried, after the first 407 was read: that request went once more,
       // bare, and its second 407 is the one shown; the next request on the connection goes once.
+      // A proxy's Negotiate has no NTLM fallback: the reason names kinit, not credentials for one.
+      expect(events[0]!.unusable[0]!.message).toMatch(
+        /^Negotiate: no Kerberos ticket: run kinit or pass principal \[GSS: /,
+      );
       const lines = await settled(() => squidLog('squid-negotiate').filter((l) => l.url === url), 3);
       expect(lines.map((l) => [l.result, l.user])).toEqual(Array(3).fill(['TCP_DENIED/407', '-']));
       // The same through the lab's other Squid (Negotiate, NTLM, Basic), with no proxy credentials.

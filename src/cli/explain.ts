@@ -241,7 +241,7 @@ export function describeFailure(
 /** The NTLM-fallback hint of a Negotiate error (KerberosNoTicketError), meant for an origin. */
 const NTLM_FALLBACK_HINT = / \(or give credentials for the NTLM fallback\)/;
 
-/** A Negotiate error's message without its hint to give credentials: where they were given, or have no use. */
+/** A Negotiate error's message without its hint to give credentials for the NTLM fallback: where they were given. */
 export const withoutFallbackHint = (message: string): string => message.replace(NTLM_FALLBACK_HINT, '');
 
 /**
@@ -257,8 +257,7 @@ export function explain407(ctx: {
   const head = `proxy ${ctx.proxy} answered 407 and offered ${ctx.offered.join(', ') || 'no scheme'}`;
   if (ctx.sent) return `${head}: it refused the credentials; check --proxy-user (DOMAIN\\user:password)`;
   if (ctx.unusable.length === 0) return `${head}: give --proxy-user user:password (or a Kerberos ticket for the proxy)`;
-  // Proxy Negotiate has no NTLM fallback (src/proxy/options.ts): its own hint would mislead here.
-  const why = ctx.unusable.map((u) => `${forCli(withoutFallbackHint(u.message))} (${u.code})`);
+  const why = ctx.unusable.map((u) => `${forCli(u.message)} (${u.code})`);
   return `${head}: ${why.join('; ')}; or give --proxy-user user:password`;
 }
 

@@ -126,6 +126,8 @@ export class NegotiateContext implements MechanismContext {
       spn: this.#spn,
       ...(this.#o.principal ? { principal: this.#o.principal } : {}),
       ...(this.#o.keytab ? { keytab: this.#o.keytab } : {}),
+      // No "give credentials for the NTLM fallback" where there is none (a proxy's Negotiate).
+      ...(this.#o.ntlmFallback === false ? { fallback: false } : {}),
     });
   }
 

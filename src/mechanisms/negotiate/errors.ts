@@ -17,10 +17,11 @@ export class KerberosError extends MultilegError {
 
 /** No usable Kerberos credentials (no ccache / no TGT / principal not in the cache). */
 export class KerberosNoTicketError extends KerberosError {
-  constructor(gssMessage: string, principal?: string, options?: { cause?: unknown }) {
+  /** `fallback`: whether credentials would make an NTLM fallback (not towards a proxy, nor with `ntlmFallback: false`). */
+  constructor(gssMessage: string, principal?: string, options?: { cause?: unknown; fallback?: boolean }) {
     super(
       'MULTILEG_KRB_NO_TICKET',
-      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}` : ''}: run kinit${principal ? ` ${principal}` : ''} or pass principal (or give credentials for the NTLM fallback) [GSS: ${gssMessage}]`,
+      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}` : ''}: run kinit${principal ? ` ${principal}` : ''} or pass principal${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
       gssMessage,
       options,
     );
@@ -162,7 +163,10 @@ function acrossRealms(err: unknown): boolean {
  * {@link MechanismError} that still carries the GSS text. Never includes tokens (the addon's messages
  * have none).
  */
-export function mapGssError(err: unknown, ctx: { spn: string; principal?: string; keytab?: string }): MultilegError {
+export function mapGssError(
+  err: unknown,
+  ctx: { spn: string; principal?: string; keytab?: string; fallback?: boolean },
+): MultilegError {
   if (err instanceof MultilegError) return err;
   const msg = messageOf(err).replace(/\s+/g, ' ').trim();
   const cause = { cause: err };
@@ -173,10 +177,11 @@ export function mapGssError(err: unknown, ctx: { spn: string; principal?: string
     return new KerberosWrongRealmError(msg, ctx.spn, cause);
   if (UNKNOWN_SPN.test(msg)) return new KerberosUnknownServiceError(msg, ctx.spn, cause);
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, cause);
-  if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, cause);
+  const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
+  if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   // MIT, when `principal` names a client that has no cache in the collection.
   if (ctx.principal && /A required argument is missing/.test(msg)) {
-    return new KerberosNoTicketError(msg, ctx.principal, cause);
+    return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   }
   return new MechanismError('Negotiate', `GSS-API failure: ${msg}`, cause);
 }
