@@ -8,14 +8,15 @@
  * node_modules as the library resolves them. The library itself (dist/index.js) is not bundled.
  */
 import { rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 
 const dist = new URL('../dist/', import.meta.url);
 const out = new URL('bin/', dist);
 rmSync(out, { recursive: true, force: true });
 await build({
-  entryPoints: { multileg: new URL('cli/bin.js', dist).pathname },
-  outdir: out.pathname,
+  entryPoints: { multileg: fileURLToPath(new URL('cli/bin.js', dist)) },
+  outdir: fileURLToPath(out),
   // Chunks beside the entry: modules find files by their own URL (../../package.json, help.json).
   chunkNames: '[name]-[hash]',
   bundle: true,
