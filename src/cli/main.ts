@@ -191,6 +191,9 @@ async function main(argv: string[]): Promise<number> {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (!isEpipe(err)) stdoutError ??= err;
   });
+  // `performance` (each transfer's -w %{time_total}) loads Node's perf_hooks on first use: before
+  // wasm.ts's V8 flag, which would cost those modules their code cache.
+  performance.now();
   // Now, with everything the request needs loaded: not before (wasm.ts).
   await keepWasmOnBaseline();
   if (req.unusedOutputs) warn('Got more output options than URLs');
