@@ -968,6 +968,141 @@ describe('multileg command line', () => {
     expect(tooMany.stderr).toContain('maximum (0) redirects followed (--max-redirs)');
   });
 
+  it('several URLs: one after another through one agent, one handshake for three (session mode); -o pairs with the URLs in order, the rest to stdout; -i, -w and --json per transfer', async () => {
+    const first = join(dir, 'multi-first.txt');
+    server.exchanges.length = 0;
+    const r = await run([
+      ...alice(),
+      '-v',
+      '-i',
+      '-w',
+      '[%{url_effective} %{http_code} %{num_connects}]\n',
+      '-o',
+      first,
+      `${server.origin}/auth/one`,
+      `${server.origin}/auth/two`,
+      `${server.origin}/auth/three`,
+    ]);
+    expect(r.code).toBe(0);
+    // The server saw one handshake (its two legs with Authorization), then the session served the rest.
+    expect(server.exchanges.map((e) => e.path)).toEqual([
+      '/auth/one',
+      '/auth/one',
+      '/auth/one',
+      '/auth/two',
+      '/auth/three',
+    ]);
+    expect(server.exchanges.filter((e) => e.requestHeaders.authorization !== undefined)).toHaveLength(2);
+    expect(server.exchanges.slice(3).map((e) => e.outcome)).toEqual(['session', 'session']);
+    expect(new Set(server.exchanges.map((e) => e.sessionId)).size).toBe(1);
+    expect(r.stderr).toContain('* 1 session(s), 1 handshake(s), 2 leg(s) with credentials');
+    // The first -o took the first URL's head (-i) and body; the others went to stdout, each with its own -w.
+    const file = readFileSync(first, 'utf8');
+    expect(file).toMatch(/^HTTP\/2 200\r\n/);
+    expect(JSON.parse(file.slice(file.indexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    expect(r.stdout.match(/^HTTP\/2 200\r\n/gm)).toHaveLength(2);
+    expect(r.stdout.match(/\[https:[^\]]*\]/g)).toEqual([
+      `[${server.origin}/auth/one 200 1]`,
+      `[${server.origin}/auth/two 200 0]`,
+      `[${server.origin}/auth/three 200 0]`,
+    ]);
+    // --json: a report per transfer; the second's handshakes and counts are its own (none).
+    const json = await run(['--json', ...alice(), `${server.origin}/auth/j1`, `${server.origin}/auth/j2`]);
+    expect(json.code).toBe(0);
+    const reports = json.stdout.split(/\n(?=\{)/).map((t) => JSON.parse(t));
+    expect(reports.map((x: { url: string }) => x.url)).toEqual([
+      `${server.origin}/auth/j1`,
+      `${server.origin}/auth/j2`,
+    ]);
+    expect(reports[0]).toMatchObject({ status: 200, stats: { handshakes: 1, legs: 2, sessions: 1 } });
+    expect(reports[1]).toMatchObject({ status: 200, handshakes: [], stats: { handshakes: 0, legs: 0, sessions: 0 } });
+    expect(reports[1].legs).toHaveLength(1);
+    // curl's warning for an -o without its URL.
+    const extra = await run([
+      ...alice(),
+      '-o',
+      join(dir, 'multi-a'),
+      '-o',
+      join(dir, 'multi-b'),
+      `${server.origin}/public/x`,
+    ]);
+    expect(extra.code).toBe(0);
+    expect(extra.stderr).toContain('multileg: Warning: Got more output options than URLs');
+    expect(existsSync(join(dir, 'multi-b'))).toBe(false);
+  });
+
+  it("S1: with several URLs, each URL's origin gets credentials in its own transfer only, never because another URL names it", async () => {
+    // The first URL redirects (-L) to the second URL's origin: that hop goes without credentials, as
+    // it would alone; the second URL, on that origin, is sent them.
+    const landed = `${other.origin}/auth/landed`;
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(landed)}`;
+    other.exchanges.length = 0;
+    const r = await run([...alice(), '-L', redirect, `${other.origin}/auth/own`]);
+    expect(r.code).toBe(0);
+    const bodies = r.stdout
+      .split(/\n?(?=\{)/)
+      .filter(Boolean)
+      .map((t) => JSON.parse(t));
+    expect(bodies).toMatchObject([{ user: null }, { user: 'EXAMPLE\\alice' }]);
+    const hop = other.exchanges.filter((e) => e.path === '/auth/landed');
+    expect(hop.length).toBeGreaterThan(0);
+    for (const e of hop) expect(e.requestHeaders.authorization).toBeUndefined();
+    expect(other.exchanges.some((e) => e.path === '/auth/own' && e.requestHeaders.authorization !== undefined)).toBe(
+      true,
+    );
+    // --location-trusted holds for the transfer that followed the redirect, not for the next URL's.
+    const third = `${server.origin}/public/redirect?to=${encodeURIComponent(`${other.origin}/auth/again`)}`;
+    other.exchanges.length = 0;
+    const t = await run([...alice(), '--location-trusted', `${server.origin}/public/x`, third]);
+    expect(t.code).toBe(0);
+    expect(other.exchanges.some((e) => e.requestHeaders.authorization !== undefined)).toBe(true);
+  });
+
+  it("several URLs: the exit code is the last transfer's (curl's); --fail-early stops at the first failure", async () => {
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    const refused = `http://127.0.0.1:${port}/`;
+    const ok = `${server.origin}/public/ok`;
+    const lastOk = await run(['-s', '--cacert', ca, refused, ok]);
+    expect(lastOk.code).toBe(0);
+    expect(JSON.parse(lastOk.stdout)).toMatchObject({ user: null });
+    const lastFails = await run(['--cacert', ca, ok, refused]);
+    expect(lastFails.code).toBe(7);
+    server.exchanges.length = 0;
+    const early = await run(['--fail-early', '--cacert', ca, refused, ok]);
+    expect(early.code).toBe(7);
+    expect(early.stdout).toBe('');
+    expect(server.exchanges).toHaveLength(0);
+    // -f makes an HTTP error a failure that --fail-early stops at, too.
+    server.exchanges.length = 0;
+    const failed = await run(['--fail-early', '-f', '--cacert', ca, `${ntlmOnly.origin}/auth/x`, ok]);
+    expect(failed.code).toBe(22);
+    expect(failed.stdout).toBe('');
+    expect(server.exchanges).toHaveLength(0);
+  });
+
+  it('several URLs: different user:password@ in them, or --netrc for several hosts, is bad usage naming the fix; doctor takes one URL', async () => {
+    const a = `https://alice:alicepw@${new URL(server.origin).host}/auth/a`;
+    const b = `${other.origin}/auth/b`;
+    const mixed = await run(['--cacert', ca, a, b]);
+    expect(mixed.code).toBe(2);
+    expect(mixed.stderr).toContain('several URLs with different user:password@: give the credentials once with -u');
+    expect(mixed.stderr).not.toContain('alicepw');
+    // -u wins over them all (curl's), so the command runs.
+    const withU = await run([...alice(), a, b]);
+    expect(withU.code).toBe(0);
+    const netrc = join(dir, 'multi-netrc');
+    writeFileSync(netrc, 'machine 127.0.0.1 login alice password alicepw\n');
+    const hosts = await run(['--netrc-file', netrc, '--cacert', ca, `${server.origin}/auth/a`, 'https://127.0.0.1:1/']);
+    expect(hosts.code).toBe(2);
+    expect(hosts.stderr).toContain('--netrc with URLs on different hosts: give -u');
+    const doctor = await run(['doctor', '--cacert', ca, `${server.origin}/`, `${other.origin}/`]);
+    expect(doctor.code).toBe(2);
+    expect(doctor.stderr).toContain('multileg doctor: checks one URL (got 2): run it once per URL');
+  });
+
   it("S5: -L to another origin drops the caller's Authorization, Cookie and Proxy-Authorization headers; --location-trusted keeps them", async () => {
     const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(`${other.origin}/public/landed`)}`;
     const own = [

@@ -195,6 +195,11 @@ async function probe(req: CliRequest, http1: boolean) {
 export async function doctor(argv: string[]): Promise<number> {
   const req = parseCliOrExit(argv, 'multileg doctor');
   if (typeof req === 'number') return req;
+  // The checks are about one origin's setup (its SPN, certificate, proxy): one URL, as before.
+  if (req.transfers.length > 1) {
+    process.stderr.write(`multileg doctor: checks one URL (got ${req.transfers.length}): run it once per URL\n`);
+    return EXIT.usage;
+  }
   // A reader that went away (`| head`) is not an error, as for a request: the checks run on and
   // their verdict is the exit code. Any other write failure still ends the process as before.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {

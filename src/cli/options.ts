@@ -31,7 +31,17 @@ export interface UserArg {
 
 /** What one `multileg` invocation asks for: the agent's options and the request to send. */
 export interface CliRequest {
+  /** The first URL (the one `doctor` checks); {@link CliRequest.transfers} has them all. */
   readonly url: URL;
+  /**
+   * The URLs in the order given, each with its -o (curl's pairing: the first -o for the first URL;
+   * undefined: stdout). One transfer after another, through one agent.
+   */
+  readonly transfers: ReadonlyArray<{ readonly url: URL; readonly output: string | undefined }>;
+  /** More -o than URLs: curl's warning, the extra ones unused. */
+  readonly unusedOutputs: boolean;
+  /** --fail-early: stop at the first transfer that fails (else the last one's result is the exit code). */
+  readonly failEarly: boolean;
   readonly method: string;
   /** -X: the method of every request, redirects' included (curl's). */
   readonly customMethod: boolean;
@@ -51,6 +61,7 @@ export interface CliRequest {
   readonly fail: boolean;
   /** --fail-with-body: on HTTP >= 400 exit 22, head and body shown (curl 8: it wins over -f). */
   readonly failWithBody: boolean;
+  /** The first transfer's -o (each transfer has its own in {@link CliRequest.transfers}). */
   readonly output: string | undefined;
   /** -D: where the head of every response received goes (`-` stdout, `%` stderr, else a file). */
   readonly dumpHeader: string | undefined;
@@ -126,7 +137,10 @@ export function program(): Commander.Command {
         'curl-like HTTP client with NTLM, Negotiate/Kerberos, Digest, Basic and client certificates over HTTP/2 and HTTP/1.1\n' +
           '(`multileg doctor URL` checks a setup: Node, kerberos, ticket, SPN, clock, schemes, proxy, TLS)',
       )
-      .argument('<url>', 'the URL to request (no scheme means https://)')
+      .argument(
+        '<url...>',
+        'the URLs to request, one after another over the same connections (no scheme means https://)',
+      )
       .option('-X, --request <method>', 'request method')
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
@@ -203,8 +217,14 @@ export function program(): Commander.Command {
       .option('-s, --silent', 'no error messages')
       .option('-S, --show-error', 'with -s, still show error messages')
       .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
+      .option('--fail-early', 'with several URLs, stop at the first that fails (else the last one sets the exit code)')
       .option('--fail-with-body', 'on HTTP >= 400: exit 22, the body still shown (wins over -f)')
-      .option('-o, --output <file>', 'write the body to a file')
+      .option(
+        '-o, --output <file>',
+        'write the body to a file; repeated, the first -o for the first URL, …',
+        collect,
+        [],
+      )
       .option(
         '-D, --dump-header <file>',
         'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
@@ -518,7 +538,19 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     cmd.on(`option:${flag === '-d' ? 'data' : flag.slice(2)}`, (value: string) => data.push([flag, value]));
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
-  const { url, user: urlUser } = parseUrl(cmd.args[0]!);
+  const parsed = cmd.args.map(parseUrl);
+  const { url } = parsed[0]!;
+  // curl pairs each -o with the URL in its place; `-o -` is stdout.
+  const outputs = (o.output as string[]).map((f) => (f === '-' ? undefined : f));
+  const transfers = parsed.map((p, i) => ({ url: p.url, output: outputs[i] }));
+  // A URL's user:password@ is that URL's only (curl's), while the agent has one set of credentials
+  // for the command: several URLs with different user info would send one URL's password to another's origin.
+  const urlUser = parsed[0]!.user;
+  const sameUser = parsed.every((p) => JSON.stringify(p.user) === JSON.stringify(urlUser));
+  if (o.user === undefined && !sameUser)
+    throw new ConfigError(
+      "several URLs with different user:password@: give the credentials once with -u (they then go to each URL's own origin), or run one command per user",
+    );
   const headers: Record<string, string | string[]> = {};
   const removed = new Set<string>();
   for (const h of (o.header as string[] | undefined) ?? []) {
@@ -585,6 +617,12 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   };
   const proxy = proxyOption(o, proxyCa);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
+  // netrc holds credentials per host; the agent has one set for all the URLs.
+  const netrc = o.netrcFile !== undefined || o.netrc || o.netrcOptional;
+  if (user === undefined && netrc && new Set(transfers.map((t) => t.url.hostname)).size > 1)
+    throw new ConfigError(
+      '--netrc with URLs on different hosts: give -u, or run one command per host (netrc credentials are per host)',
+    );
   const head = Boolean(o.head);
   const agent: MultilegAgentOptions = {
     connect,
@@ -603,6 +641,9 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   if (head && body) throw new ConfigError('-I and -d: you can only select one HTTP request method (HEAD or POST)');
   return {
     url,
+    transfers,
+    unusedOutputs: outputs.length > transfers.length,
+    failEarly: Boolean(o.failEarly),
     // As given (curl sends `-X patch` as `patch`).
     method: (o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET'),
     customMethod: o.request !== undefined,
@@ -617,8 +658,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     showError: Boolean(o.showError),
     fail: Boolean(o.fail) && !o.failWithBody,
     failWithBody: Boolean(o.failWithBody),
-    // curl's `-o -`: stdout.
-    output: o.output === '-' ? undefined : (o.output as string | undefined),
+    output: transfers[0]!.output,
     dumpHeader: o.dumpHeader as string | undefined,
     writeOut: writeOutFormat(o.writeOut as string | undefined),
     json: Boolean(o.json),
@@ -640,10 +680,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
         : undefined,
     user,
     passwordStdin: Boolean(o.passwordStdin),
-    netrc:
-      o.netrcFile !== undefined || o.netrc || o.netrcOptional
-        ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) }
-        : undefined,
+    netrc: netrc ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) } : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
     unusableProxyCa: proxyCacert && 'problem' in proxyCacert ? proxyCacert.problem : undefined,
     agent,
