@@ -18,7 +18,7 @@ describe('--help without commander', () => {
       expect(formatHelp(data, width ?? 80), `width ${width}`).toBe(commanderHelp(program(), width));
   });
 
-  it('shows no `(default: [])` on the repeatable options (-H, -d, --data-binary, --data-raw, --trust)', () => {
+  it('shows no `(default: [])` on the repeatable options (-H, -d, --data-binary, --data-raw, --trust, -o)', () => {
     const help = commanderHelp(program(), 200);
     expect(help).toMatch(/-H, --header <header> +extra request header "Name: value" \(repeatable\)\n/);
     expect(help).not.toContain('(default: [])');

@@ -219,12 +219,7 @@ export function program(): Commander.Command {
       .option('-f, --fail', 'on HTTP >= 400: no body, exit 22')
       .option('--fail-early', 'with several URLs, stop at the first that fails (else the last one sets the exit code)')
       .option('--fail-with-body', 'on HTTP >= 400: exit 22, the body still shown (wins over -f)')
-      .option(
-        '-o, --output <file>',
-        'write the body to a file; repeated, the first -o for the first URL, …',
-        collect,
-        [],
-      )
+      .option('-o, --output <file>', 'write the body to a file; repeated, the first -o for the first URL, …', collect)
       .option(
         '-D, --dump-header <file>',
         'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
@@ -541,7 +536,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const parsed = cmd.args.map(parseUrl);
   const { url } = parsed[0]!;
   // curl pairs each -o with the URL in its place; `-o -` is stdout.
-  const outputs = (o.output as string[]).map((f) => (f === '-' ? undefined : f));
+  const outputs = ((o.output as string[] | undefined) ?? []).map((f) => (f === '-' ? undefined : f));
   const transfers = parsed.map((p, i) => ({ url: p.url, output: outputs[i] }));
   // A URL's user:password@ is that URL's only (curl's), while the agent has one set of credentials
   // for the command: several URLs with different user info would send one URL's password to another's origin.
