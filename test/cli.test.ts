@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { credentialsFor, parseNetrc } from '../src/cli/credentials.ts';
-import { explain401, forCli } from '../src/cli/explain.ts';
+import { explain401, explain407, forCli } from '../src/cli/explain.ts';
 import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
@@ -1195,7 +1195,7 @@ describe('multileg command line', () => {
       expect(shown.code).toBe(0);
       expect(shown.stdout).toMatch(/^HTTP\/(2 407|1\.1 407 Proxy Authentication Required)\r\n/);
       expect(shown.stdout).toContain('proxy-authenticate: Basic realm="reference-proxy"\r\n');
-      expect(shown.stderr).toBe(`${why}: give --proxy-user user:password (or a Kerberos ticket for the proxy)\n`);
+      expect(shown.stderr).toBe(`${why}: give --proxy-user user:password\n`);
       const failed = await run([...base, '-f', url]);
       expect(failed).toMatchObject({ code: 22, stdout: '' });
       expect(failed.stderr).toContain('multileg: (22) HTTP 407\n');
@@ -1538,6 +1538,32 @@ describe('multileg command line', () => {
     expect(explain401({ ...base, offered: [] })).toContain('nothing to answer');
     expect(explain401({ ...base, offered: ['Transport'], hasPassword: false })).toContain('--cert and --key');
     expect(explain401(base)).toContain('none of them could be used here');
+  });
+
+  it("H5: explain407 names only a fix that can answer the proxy's 407: --proxy-user for NTLM, Digest or Basic (a proxy's Negotiate has no NTLM fallback), a ticket for Negotiate", () => {
+    const noTicket = {
+      code: 'MULTILEG_KRB_NO_TICKET',
+      message: 'Negotiate: no Kerberos ticket: run kinit or pass principal [GSS: x]',
+    };
+    const base = { proxy: 'http://p:3128', sent: false, unusable: [noTicket] };
+    const why = 'Negotiate: no Kerberos ticket: run kinit or pass --principal [GSS: x] (MULTILEG_KRB_NO_TICKET)';
+    // A Negotiate-only proxy: credentials cannot answer it, a ticket can.
+    expect(explain407({ ...base, offered: ['Negotiate'] })).toBe(
+      `proxy http://p:3128 answered 407 and offered Negotiate: ${why}`,
+    );
+    expect(explain407({ ...base, offered: ['Negotiate', 'NTLM'] })).toBe(
+      `proxy http://p:3128 answered 407 and offered Negotiate, NTLM: ${why}; or give --proxy-user user:password`,
+    );
+    // --proxy-negotiate leaves NTLM out: credentials would not answer it either.
+    for (const schemes of [['Negotiate'], ['Negotiate', 'Basic']])
+      expect(explain407({ ...base, offered: ['Negotiate', 'NTLM'], schemes })).not.toContain('--proxy-user');
+    // A Basic-only proxy wants a password; a Kerberos ticket would not answer it.
+    expect(explain407({ ...base, unusable: [], offered: ['Basic'] })).toBe(
+      'proxy http://p:3128 answered 407 and offered Basic: give --proxy-user user:password',
+    );
+    expect(explain407({ ...base, unusable: [], offered: ['Negotiate', 'Basic'] })).toBe(
+      'proxy http://p:3128 answered 407 and offered Negotiate, Basic: give --proxy-user user:password (or a Kerberos ticket for the proxy)',
+    );
   });
 });
 

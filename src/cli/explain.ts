@@ -247,18 +247,27 @@ export const withoutFallbackHint = (message: string): string => message.replace(
 /**
  * Why a forwarding proxy's 407 stood (shown as curl shows it): `sent`, it refused the credentials
  * the request carried; else none went, and `unusable` says why where a mechanism could not run.
+ * `schemes`: the proxy's schemes (--proxy-ntlm…) when restricted.
  */
 export function explain407(ctx: {
   readonly proxy: string;
   readonly offered: readonly string[];
   readonly sent: boolean;
   readonly unusable: readonly { readonly code: string; readonly message: string }[];
+  readonly schemes?: readonly string[] | undefined;
 }): string {
   const head = `proxy ${ctx.proxy} answered 407 and offered ${ctx.offered.join(', ') || 'no scheme'}`;
   if (ctx.sent) return `${head}: it refused the credentials; check --proxy-user (DOMAIN\\user:password)`;
-  if (ctx.unusable.length === 0) return `${head}: give --proxy-user user:password (or a Kerberos ticket for the proxy)`;
+  const enabled = (pattern: RegExp) =>
+    ctx.offered.some(
+      (s) => pattern.test(s) && (!ctx.schemes || ctx.schemes.some((e) => e.toLowerCase() === s.toLowerCase())),
+    );
+  // A password answers only NTLM, Digest or Basic: the proxy's Negotiate has no NTLM fallback.
+  const password = enabled(/^(ntlm|digest|basic)$/i);
+  if (ctx.unusable.length === 0)
+    return `${head}: give --proxy-user user:password${enabled(/^negotiate$/i) || !password ? ' (or a Kerberos ticket for the proxy)' : ''}`;
   const why = ctx.unusable.map((u) => `${forCli(u.message)} (${u.code})`);
-  return `${head}: ${why.join('; ')}; or give --proxy-user user:password`;
+  return `${head}: ${why.join('; ')}${password ? '; or give --proxy-user user:password' : ''}`;
 }
 
 /** Why the CLI sent no credentials that the server accepted, in one or two lines. */

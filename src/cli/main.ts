@@ -457,6 +457,7 @@ async function main(argv: string[]): Promise<number> {
                   offered: challengeSchemes(res.headers, status),
                   sent: sent === true,
                   unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+                  schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
                 }),
               );
           }
