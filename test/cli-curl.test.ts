@@ -75,6 +75,11 @@ describe('multileg: curl options', () => {
           // 10 bytes of the 100 announced, then the connection ends.
           res.writeHead(200, { 'content-length': '100' });
           res.write('0123456789', () => res.socket?.destroy());
+        } else if (url.pathname === '/basic-cut') {
+          // Asks for Basic, and answers the credentials by closing the connection (R4).
+          if (req.headers.authorization === undefined)
+            res.writeHead(401, { 'www-authenticate': 'Basic realm="cut"' }).end('who?\n');
+          else res.socket?.destroy();
         } else if (url.pathname === '/hang') {
           // never answers: --max-time
         } else res.writeHead(404).end('not here\n');
@@ -414,6 +419,50 @@ describe('multileg: curl options', () => {
     expect(help.stdout.replace(/\s+/g, ' ')).toContain(
       'Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
     );
+  });
+
+  it("R4: --retry-all-errors does not send credentials again after an attempt that failed once they went out (a connection cut at the credentials' leg), and does retry a library timeout that sent none", async () => {
+    const cut = await run([
+      '-u',
+      'bob:secret',
+      '--basic',
+      '--retry',
+      '2',
+      '--retry-all-errors',
+      '--retry-delay',
+      '0.05',
+      `${plainOrigin}/basic-cut`,
+    ]);
+    expect(cut.code).toBe(56);
+    expect(cut.stderr).not.toContain('Warning');
+    // The bare request and the one with the password: sent once, not three times.
+    expect(to('/basic-cut')).toHaveLength(2);
+    // A proxy that takes the connection and never answers its CONNECT: ProxyTimeoutError (--timeout), no
+    // credentials anywhere — a transient failure --retry-all-errors sends again.
+    const accepted: unknown[] = [];
+    const silent = createTcpServer((socket) => accepted.push(socket));
+    const port = await listen(silent);
+    try {
+      const r = await run([
+        '-x',
+        `http://127.0.0.1:${port}`,
+        '--timeout',
+        '200',
+        '--retry',
+        '1',
+        '--retry-all-errors',
+        '--retry-delay',
+        '0.05',
+        // https: the CONNECT exchange is what --timeout bounds.
+        'https://localhost:9/never',
+      ]);
+      expect(r.stderr).toContain('(MULTILEG_PROXY_TIMEOUT)');
+      expect(r.stderr).toContain('Warning: Problem (retrying all errors). Retrying in 0.050 seconds. 1 retry left.');
+      expect(accepted.length).toBeGreaterThanOrEqual(2);
+    } finally {
+      for (const socket of accepted) (socket as { destroy(): void }).destroy();
+      silent.close();
+    }
   });
 
   it("--retry and its companions as curl reads them: a whole number, seconds with decimals (0: curl's default); anything else is bad usage", async () => {

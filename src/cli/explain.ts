@@ -129,21 +129,33 @@ export interface Failure {
   /** The system error behind it (ECONNREFUSED: --retry-connrefused), when there is one. */
   readonly errno?: string;
   /**
-   * It came of authentication (a proxy's refusal, a handshake that failed or ran out of legs or
-   * time, a server that failed mutual authentication) or of the configuration: never retried (R4).
-   * The proxy's connection failures are not.
+   * A typed error that is not known to be transient (TRANSIENT_CODES): the credentials' refusal, a
+   * failed mutual authentication, a scheme that cannot run, the configuration. Never retried (R4:
+   * a wrong password sent again locks the account); when in doubt, not retried.
    */
   readonly refused?: boolean;
 }
 
-/** The library's errors of reaching a proxy: as retryable as the system's own connection errors. */
-const CONNECTION_ERRORS = [
-  ProxyUnreachableError,
-  ProxyConnectTimeoutError,
-  ProxyCertificateError,
-  ProxyConnectError,
-  ProxyProtocolError,
-] as const;
+/**
+ * The library's errors that say nothing of the credentials, so `--retry-all-errors` may send the
+ * transfer again: reaching a proxy, a wait or a handshake that ran out of time, a KDC that did not
+ * answer, a connection that ended under the request. main.ts still holds an attempt back when its
+ * credentials went out and no handshake succeeded (the server may have counted them).
+ */
+const TRANSIENT_CODES: ReadonlySet<string> = new Set([
+  'MULTILEG_PROXY_UNREACHABLE',
+  'MULTILEG_PROXY_CONNECT_TIMEOUT',
+  'MULTILEG_PROXY_CERTIFICATE',
+  'MULTILEG_PROXY_CONNECT',
+  'MULTILEG_PROXY_PROTOCOL',
+  'MULTILEG_PROXY_TIMEOUT',
+  'MULTILEG_QUEUE_TIMEOUT',
+  'MULTILEG_QUEUE_FULL',
+  'MULTILEG_HANDSHAKE_TIMEOUT',
+  'MULTILEG_KRB_KDC_UNREACHABLE',
+  'MULTILEG_STALE_CONNECTION',
+  'MULTILEG_RELOCATION_LIMIT',
+]);
 
 /** What to tell the user about a failed transfer, and the exit code. */
 export function describeFailure(
@@ -180,7 +192,7 @@ export function describeFailure(
       exit,
       message: `${forCli(e.message)} (${e.code})`,
       ...(e instanceof ProxyUnreachableError ? { errno: e.systemCode } : {}),
-      refused: !CONNECTION_ERRORS.some((type) => e instanceof type),
+      refused: !TRANSIENT_CODES.has(e.code),
     };
   }
   const code = typeof e.code === 'string' ? e.code : '';

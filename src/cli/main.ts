@@ -18,7 +18,7 @@ import { type HeaderDump, headText } from './dump-header.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
 import type { RetryDecision } from './retry.ts';
-import { Trace } from './trace.ts';
+import { type LegRecord, Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
 
@@ -82,6 +82,10 @@ async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefi
     return req.unusableProxyCa;
   return undefined;
 }
+
+/** Whether a leg carried credentials (the trace keeps header names; values are redacted). */
+const carriesCredentials = (leg: LegRecord): boolean =>
+  leg.request.headers.some(([name]) => name === 'authorization' || name === 'proxy-authorization');
 
 const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
 
@@ -279,6 +283,9 @@ async function main(argv: string[]): Promise<number> {
     for (;;) {
       // --max-time bounds each attempt (curl's, with --retry).
       const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
+      /** Where this attempt's legs and handshakes start in the trace (R4, below). */
+      const legsBefore = trace.legs.length;
+      const handshakesBefore = trace.handshakes.length;
       /** The next attempt, decided when a transient status came (its answer is then not output). */
       let retryNext: RetryDecision | undefined;
       let retryDecided = false;
@@ -477,7 +484,14 @@ async function main(argv: string[]): Promise<number> {
             exit,
             status,
             errno: failure?.errno,
-            refused: failure?.refused === true,
+            // R4: an attempt that failed after its credentials went out, with no handshake of it
+            // succeeding, is not sent again either: the server may have counted a wrong password
+            // (a connection cut or a timeout right after the credentials' leg).
+            refused:
+              failure?.refused === true ||
+              (failure !== undefined &&
+                trace.legs.slice(legsBefore).some(carriesCredentials) &&
+                !trace.handshakes.slice(handshakesBefore).some((h) => h.outcome !== 'failed')),
             failOnError,
             retryAfter: final?.headers['retry-after'],
           });
