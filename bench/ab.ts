@@ -10,6 +10,9 @@
  *   node bench/ab.ts per-request DIR_A DIR_B      1000 concurrent GETs, per-request NTLM inside
  *                                                Negotiate against the reference server (one process
  *                                                for all); comparator: a plain undici Agent, /public
+ *   node bench/ab.ts digest DIR_A DIR_B           the same with Digest (SHA-256) instead: one request
+ *                                                each, a nonce known; the server (this tree's) sends
+ *                                                Authentication-Info with rspauth
  *   node bench/ab.ts kerberos DIR_A DIR_B         400 GETs, 50 in flight, Kerberos per request against
  *                                                the lab's Apache; comparator: undici's fetch with a
  *                                                header made by the `kerberos` addon
@@ -23,7 +26,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { median, startServer } from './server.ts';
 
-type Workload = 'per-request' | 'kerberos';
+type Workload = 'per-request' | 'digest' | 'kerberos';
 interface Burst {
   ms: number;
   /** Client CPU per request, µs. */
@@ -54,7 +57,7 @@ async function child(workload: Workload): Promise<void> {
   const resolve = createRequire(`${dir}/package.json`).resolve;
   const { Agent, fetch, request } = (await import(resolve('undici'))) as typeof import('undici');
   let burst: (multileg: boolean) => Promise<Burst>;
-  if (workload === 'per-request') {
+  if (workload === 'per-request' || workload === 'digest') {
     const { CA_CERT } = await import(`${dir}/src/reference-server/index.ts`);
     const N = 1000;
     burst = async (multileg) => {
@@ -63,6 +66,7 @@ async function child(workload: Workload): Promise<void> {
             credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
             connect: { ca: CA_CERT },
             trustedOrigins: [origin],
+            ...(workload === 'digest' ? { negotiate: false } : {}),
           })
         : new Agent({ connect: { ca: CA_CERT } });
       const path = multileg ? '/auth' : '/public';
@@ -127,8 +131,12 @@ async function child(workload: Workload): Promise<void> {
 async function main(workload: Workload, dirs: string[]): Promise<void> {
   let env: Record<string, string>;
   let stop: () => Promise<void> | void;
-  if (workload === 'per-request') {
-    const server = await startServer(['--mode', 'per-request']);
+  if (workload !== 'kerberos') {
+    const server = await startServer([
+      '--mode',
+      'per-request',
+      ...(workload === 'digest' ? ['--schemes', 'Digest'] : []),
+    ]);
     env = { AB_ORIGIN: server.origin };
     stop = server.stop;
   } else {
@@ -160,7 +168,7 @@ async function main(workload: Workload, dirs: string[]): Promise<void> {
   } finally {
     await stop();
   }
-  const comparator = workload === 'per-request' ? 'plain Agent' : 'fetch + kerberos';
+  const comparator = workload === 'kerberos' ? 'fetch + kerberos' : 'plain Agent';
   console.log(`${workload}, ${started} (load ${load}) to ${new Date().toISOString()} (load ${loadavg()})`);
   console.log(
     `${processes} children per variant; client CPU in µs per request; ratios against the ${comparator}, per pair`,
@@ -187,9 +195,9 @@ const args = process.argv.slice(2);
 if (args[0] === '--child') await child(args[1] as Workload);
 else {
   const [workload, ...dirs] = args;
-  if ((workload !== 'per-request' && workload !== 'kerberos') || dirs.length < 2) {
-    console.error('usage: node bench/ab.ts per-request|kerberos DIR_A DIR_B [DIR...]');
+  if (!['per-request', 'digest', 'kerberos'].includes(workload!) || dirs.length < 2) {
+    console.error('usage: node bench/ab.ts per-request|digest|kerberos DIR_A DIR_B [DIR...]');
     process.exit(2);
   }
-  await main(workload, dirs);
+  await main(workload as Workload, dirs);
 }

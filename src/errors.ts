@@ -99,13 +99,14 @@ export class InvalidTokenError extends MultilegError {
   }
 }
 
-/** The server's final token did not prove its identity (M2 mutual authentication). */
+/**
+ * The server's proof did not verify (mutual authentication): its final Negotiate token (M2), or
+ * its Digest `rspauth` (M3). The response is withheld and the connection not used again.
+ */
 export class MutualAuthError extends MultilegError {
-  constructor(detail: string) {
-    super(
-      'MULTILEG_MUTUAL_AUTH',
-      `mutual authentication failed: ${detail}; the server may be an impostor, or pass negotiate.mutualAuth: 'optional' if it never sends a final token`,
-    );
+  /** @param fix - What the caller can do besides suspecting an impostor; default Negotiate's. */
+  constructor(detail: string, fix = "pass negotiate.mutualAuth: 'optional' if it never sends a final token") {
+    super('MULTILEG_MUTUAL_AUTH', `mutual authentication failed: ${detail}; the server may be an impostor, or ${fix}`);
   }
 }
 

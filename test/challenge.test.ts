@@ -7,7 +7,9 @@ import {
   DEFAULT_SCHEME_ORDER,
   digestAlgorithmStrength,
   formatChallenge,
+  parseAuthParams,
   parseChallenges,
+  readAuthenticationInfo,
   readAuthId,
   readChallenges,
   readPersistentAuth,
@@ -529,5 +531,49 @@ describe('multilegged-auth response headers', () => {
     expect(readRemoteHttpVersion({ 'remote-http-version': '1'.repeat(64) })).toBe('1'.repeat(64));
     expect(readPersistentAuth({ 'persistent-auth': ` ${'true,'.repeat(300)}` })).toBe(false);
     expect(readProxySupport({ 'proxy-support': `${'x,'.repeat(600)}Session-Based-Authentication` })).toBe(false);
+  });
+
+  it("M3: Authentication-Info and Proxy-Authentication-Info are read as auth-params (Apache's, Squid's)", () => {
+    const apache = 'rspauth="62f1c7781ab0061707068d5f6ca5e9cb", cnonce="30da768e", nc=00000001, qop=auth';
+    expect(readAuthenticationInfo({ 'authentication-info': apache })).toEqual({
+      rspauth: '62f1c7781ab0061707068d5f6ca5e9cb',
+      cnonce: '30da768e',
+      nc: '00000001',
+      qop: 'auth',
+    });
+    expect(readAuthenticationInfo({ 'Authentication-Info': 'NextNonce="a\\"b"' })).toEqual({ nextnonce: 'a"b' });
+    expect(readAuthenticationInfo({ 'proxy-authentication-info': 'nextnonce="n"' }, true)).toEqual({ nextnonce: 'n' });
+    expect(readAuthenticationInfo({ 'proxy-authentication-info': 'nextnonce="n"' })).toBeUndefined();
+    expect(readAuthenticationInfo({ 'authentication-info': 'nextnonce="n"' }, true)).toBeUndefined();
+    expect(readAuthenticationInfo({})).toBeUndefined();
+    expect(readAuthenticationInfo(undefined)).toBeUndefined();
+    // Field lines (HTTP/1.1 arrays) together, empty list elements skipped; of duplicates the first wins.
+    expect(parseAuthParams(['rspauth="x", ,', ' nextnonce=y, rspauth="z"'])).toEqual({ rspauth: 'x', nextnonce: 'y' });
+    expect(parseAuthParams('')).toEqual({});
+    expect(Object.isFrozen(parseAuthParams('a=b'))).toBe(true);
+  });
+
+  it('S3: a malformed or oversized Authentication-Info says nothing (undefined), never throws', () => {
+    for (const bad of [
+      'rspauth',
+      'rspauth=',
+      'rspauth="unterminated',
+      'Digest rspauth="x"',
+      'rspauth="x" nextnonce="y"',
+      'rspauth="x", garbage',
+      'a="\u0001"',
+      ['nextnonce="ok"', 'broken='],
+    ]) {
+      expect(parseAuthParams(bad), JSON.stringify(bad)).toBeUndefined();
+    }
+    expect(parseAuthParams(`nextnonce="${'n'.repeat(16 * 1024)}"`)).toBeUndefined();
+    expect(parseAuthParams('a=b', { maxBytes: 2 })).toBeUndefined();
+    // Never throws on arbitrary input.
+    fc.assert(
+      fc.property(fc.oneof(fc.string(), fc.array(fc.string())), (header) => {
+        const params = parseAuthParams(header);
+        expect(params === undefined || typeof params === 'object').toBe(true);
+      }),
+    );
   });
 });

@@ -1,15 +1,18 @@
 /**
  * Digest and Basic through MultilegAgent against a real, independent server: Apache httpd's
- * mod_auth_digest (MD5, realm `digest-realm`) and mod_auth_basic, over HTTP/2 and HTTP/1.1, and
- * Basic refused over Apache's cleartext port unless the caller allows it.
+ * mod_auth_digest (MD5, realm `digest-realm`; its Authentication-Info: rspauth, and with one-time
+ * nonces nextnonce) and mod_auth_basic, over HTTP/2 and HTTP/1.1, and Basic refused over Apache's
+ * cleartext port unless the caller allows it.
  */
 import { createHash } from 'node:crypto';
 import { appendFileSync, readFileSync } from 'node:fs';
+import { createServer, Agent as HttpAgent, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
-import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { MultilegAgent, type MultilegAgentOptions, MutualAuthError } from '../src/index.ts';
 import { BasicOverHttpError } from '../src/mechanisms/basic/index.ts';
 import { BASIC_USER, DIGEST_REALM, type Lab, requirePeer, startLab } from './lab/index.ts';
 
@@ -106,6 +109,122 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
     expect(rest.every(([s, u, p]) => s === 200 && u === 'alice' && p === 'HTTP/1.1')).toBe(true);
     const wire = await logSettled('/digest/?h1=', 8);
     expect(wire.map((w) => w.status)).toEqual([401, 200, 200, 200, 200, 200, 200, 200]);
+  });
+
+  it("M3: Apache's rspauth (Authentication-Info) verifies over HTTP/2 and HTTP/1.1, on the answer to its challenge and on proactive ones", async () => {
+    const a = agent();
+    const seen: Array<[number, string | null, string | undefined]> = [];
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${lab.apache!.origin}/digest/?rsp-h2=${i}`, { dispatcher: a });
+      seen.push([res.status, res.headers.get('x-protocol'), res.headers.get('authentication-info') ?? undefined]);
+      await res.text();
+    }
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${lab.apache!.origin}/digest/?rsp-h1=${i}`, {
+        dispatcher: a,
+        allowH2: false,
+      } as never);
+      seen.push([res.statusCode, res.headers['x-protocol'] as string, res.headers['authentication-info'] as string]);
+      await res.body.text();
+    }
+    expect(seen.map(([status, proto]) => [status, proto])).toEqual([
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+    ]);
+    // Each answer carried a proof, checked before the caller got it (a changed one fails: the relay test below).
+    for (const [, , info] of seen) {
+      expect(parseChallenges(`Digest ${info}`)[0]!.params).toMatchObject({
+        rspauth: expect.stringMatching(/^[0-9a-f]{32}$/),
+        qop: 'auth',
+      });
+    }
+    expect(a.handshakes().map((h) => [h.outcome, h.legs, h.failure])).toEqual(
+      Array(4).fill(['per-request', 1, undefined]),
+    );
+  });
+
+  it("M3: an rspauth from Apache changed in transit (a relay on its cleartext port flips one hex digit) is a MutualAuthError, the body withheld; unchanged, the relay's 200 passes", async () => {
+    let tamper = true;
+    const upstream = new HttpAgent({ keepAlive: true });
+    const relay = createServer((req, res) => {
+      const up = httpRequest(
+        `${lab.apache!.cleartextOrigin}${req.url}`,
+        { method: req.method, headers: req.headers, agent: upstream },
+        (answer) => {
+          const headers = { ...answer.headers };
+          const info = headers['authentication-info'];
+          if (tamper && typeof info === 'string')
+            headers['authentication-info'] = info.replace(
+              /rspauth="(.)/,
+              (_, c) => `rspauth="${c === '0' ? '1' : '0'}`,
+            );
+          res.writeHead(answer.statusCode!, headers);
+          answer.pipe(res);
+        },
+      );
+      req.pipe(up);
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const origin = `http://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+    try {
+      const a = agent({ trustedOrigins: [origin] });
+      const err = await fetch(`${origin}/digest/?relay=changed`, { dispatcher: a }).then(
+        () => undefined,
+        (e: Error) => (e.cause ?? e) as Error,
+      );
+      expect(err).toBeInstanceOf(MutualAuthError);
+      expect(err!.message).toMatch(/Digest rspauth of http:\/\/127\.0\.0\.1:\d+ does not match/);
+      tamper = false;
+      const res = await fetch(`${origin}/digest/?relay=unchanged`, { dispatcher: a });
+      expect([res.status, await res.text()]).toEqual([200, 'hello from /digest\n']);
+      // Apache accepted the credentials both times: the first 200 was withheld by the client.
+      expect((await logSettled('/digest/?relay=', 4)).map((w) => [w.status, w.user])).toEqual([
+        [401, '-'],
+        [200, 'alice'],
+        [401, '-'],
+        [200, 'alice'],
+      ]);
+    } finally {
+      upstream.destroy();
+      await new Promise((resolve) => relay.close(resolve));
+    }
+  });
+
+  it("M3: Apache one-time nonces (AuthDigestNonceLifetime 0): each request uses the last answer's nextnonce, so no 401 after the first, over HTTP/2 and HTTP/1.1", async () => {
+    const a = agent();
+    const nextnonces: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${lab.apache!.origin}/digest-once/?once-h2=${i}`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      nextnonces.push(parseChallenges(`Digest ${res.headers.get('authentication-info')}`)[0]!.params.nextnonce!);
+      await res.text();
+    }
+    expect(new Set(nextnonces).size).toBe(3);
+    const b = agent();
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${lab.apache!.origin}/digest-once/?once-h1=${i}`, {
+        dispatcher: b,
+        allowH2: false,
+      } as never);
+      expect(res.statusCode).toBe(200);
+      await res.body.text();
+    }
+    await Promise.all([a.close(), b.close()]);
+    // Before, the second request sent the used nonce again: Apache's 401 stale=true, and a retry.
+    expect((await logSettled('/digest-once/?once-h2=', 4)).map((w) => [w.status, w.proto])).toEqual([
+      [401, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+      [200, 'HTTP/2.0'],
+    ]);
+    expect((await logSettled('/digest-once/?once-h1=', 4)).map((w) => [w.status, w.proto])).toEqual([
+      [401, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+    ]);
   });
 
   it("M3: Apache's challenge is what the mechanism expects (realm, MD5, qop=auth)", async () => {

@@ -7,14 +7,15 @@
  * - among several Digest challenges (RFC 7616 §3.7), one this client can answer is chosen over a
  *   stronger one it cannot;
  * - towards a forward proxy (H5), every request gets its own Proxy-Authorization (its uri, the next
- *   nc), and proxy credentials alone answer a Digest-only proxy.
+ *   nc), and proxy credentials alone answer a Digest-only proxy; the proxy's
+ *   Proxy-Authentication-Info is read as an origin's Authentication-Info is (rspauth, nextnonce).
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
-import { MultilegAgent } from '../src/index.ts';
+import { MultilegAgent, MutualAuthError } from '../src/index.ts';
 import { digestMechanism, digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
 
 const CREDS = { username: 'Mufasa', password: 'Circle of Life' };
@@ -179,5 +180,105 @@ describe('Digest towards a forward proxy', () => {
       ['http://target.invalid:8080/b', '00000002'],
       ['http://target.invalid:8080/c', '00000003'],
     ]);
+  });
+
+  /**
+   * A Digest proxy with one-time nonces (as Squid when a nonce reaches its nonce_max_count): each
+   * 200 carries Proxy-Authentication-Info with the next nonce and an rspauth (`rspauth()`: right or
+   * wrong), and only the latest nonce is accepted (another gets stale=true).
+   */
+  async function oneTimeNonceProxy(rspauth: () => 'right' | 'wrong') {
+    let issued = 0;
+    let nonce = 'pn-0';
+    const proxied: Array<{ url: string; nonce: string; nc: string; socket: number }> = [];
+    const refused: string[] = [];
+    const proxy = createServer((req, res) => {
+      const challenge = (stale: boolean) =>
+        res
+          .writeHead(407, {
+            'proxy-authenticate': `Digest realm="proxy", qop="auth", nonce="${nonce}"${stale ? ', stale=true' : ''}`,
+          })
+          .end();
+      const authorization = req.headers['proxy-authorization'];
+      const p = authorization ? paramsOf(authorization) : undefined;
+      if (p === undefined || p.uri !== req.url || !answers(p, 'MD5', 'proxy', req.method!)) {
+        refused.push(req.url!);
+        return challenge(false);
+      }
+      if (p.nonce !== nonce) {
+        refused.push(req.url!);
+        return challenge(true);
+      }
+      proxied.push({ url: req.url!, nonce: p.nonce!, nc: p.nc!, socket: req.socket.remotePort! });
+      nonce = `pn-${++issued}`;
+      let proof = digestResponse({
+        algorithm: parseDigestAlgorithm('MD5')!,
+        username: CREDS.username,
+        realm: 'proxy',
+        password: CREDS.password,
+        method: '',
+        uri: p.uri!,
+        nonce: p.nonce!,
+        qop: 'auth',
+        nc: p.nc!,
+        cnonce: p.cnonce!,
+      });
+      if (rspauth() === 'wrong') proof = (proof[0] === '0' ? '1' : '0') + proof.slice(1);
+      res
+        .writeHead(200, {
+          'proxy-authentication-info': `rspauth="${proof}", cnonce="${p.cnonce}", nc=${p.nc}, qop=auth, nextnonce="${nonce}"`,
+        })
+        .end(`proxied ${req.url}`);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    closers.push(() => new Promise((resolve) => proxy.close(resolve)));
+    const agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, negotiate: false, credentials: CREDS },
+    });
+    closers.push(() => agent.destroy());
+    const get = (path: string) =>
+      fetch(`http://target.invalid:8080${path}`, { dispatcher: agent }).then(
+        async (res) => `${res.status} ${await res.text()}`,
+        (e: Error) => (e.cause ?? e) as Error,
+      );
+    return { get, proxied, refused };
+  }
+
+  it("H5/M3: a proxy's nextnonce (Proxy-Authentication-Info) is used by the next request with nc=00000001: no 407 after the first", async () => {
+    const proxy = await oneTimeNonceProxy(() => 'right');
+    for (const path of ['/a', '/b', '/c', '/d'])
+      expect(await proxy.get(path)).toBe(`200 proxied http://target.invalid:8080${path}`);
+    // Before, /c (the second request with its own credentials) sent pn-1 again: stale, a 407 and a retry.
+    expect(proxy.refused).toEqual(['http://target.invalid:8080/a']);
+    expect(proxy.proxied.map((p) => [p.nonce, p.nc])).toEqual([
+      ['pn-0', '00000001'],
+      ['pn-1', '00000001'],
+      ['pn-2', '00000001'],
+      ['pn-3', '00000001'],
+    ]);
+  });
+
+  it("H5/M3: a proxy's wrong rspauth is a MutualAuthError, to the handshake's answer and to a request's own credentials; the connection is not used again", async () => {
+    let mode: 'right' | 'wrong' = 'wrong';
+    const proxy = await oneTimeNonceProxy(() => mode);
+    const first = await proxy.get('/a');
+    expect(first).toBeInstanceOf(MutualAuthError);
+    expect((first as Error).message).toMatch(/Digest rspauth of proxy http:\/\/127\.0\.0\.1:\d+ does not match/);
+    mode = 'right';
+    expect(await proxy.get('/b')).toBe('200 proxied http://target.invalid:8080/b');
+    mode = 'wrong';
+    // This request carries its own Proxy-Authorization (the proxy's nonce is known): checked too.
+    expect(await proxy.get('/c')).toBeInstanceOf(MutualAuthError);
+    mode = 'right';
+    expect(await proxy.get('/d')).toBe('200 proxied http://target.invalid:8080/d');
+    const [a, b, c, d] = proxy.proxied;
+    expect([a, b, c, d].map((p) => p!.url)).toEqual(
+      ['/a', '/b', '/c', '/d'].map((x) => `http://target.invalid:8080${x}`),
+    );
+    // A new connection after each failed proof.
+    expect(b!.socket).not.toBe(a!.socket);
+    expect(c!.socket).toBe(b!.socket);
+    expect(d!.socket).not.toBe(c!.socket);
   });
 });

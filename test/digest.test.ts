@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
-import { MechanismUnavailableError, MultilegAgent, type MultilegError } from '../src/index.ts';
+import { MechanismUnavailableError, MultilegAgent, type MultilegError, MutualAuthError } from '../src/index.ts';
 import {
   DigestChallengeError,
   digestHash,
@@ -192,6 +192,132 @@ describe('Digest arithmetic and headers (RFC 7616)', () => {
       expect((err as MultilegError).code).toBe('MULTILEG_MECHANISM_UNAVAILABLE');
       expect((err as Error).message).not.toContain(MUFASA.password);
     }
+  });
+});
+
+describe('Digest Authentication-Info (RFC 7616 §3.5): the mechanism', () => {
+  /** A context that answered the RFC 7616 §3.9.1 challenge, and the rspauth a server knowing the password sends. */
+  async function answered(m = digestMechanism(MUFASA, { cnonce: () => RFC_CNONCE })) {
+    const context = m.createContext(leg());
+    await context.step(rfcChallenge('SHA-256'), leg());
+    const rspauth = digestResponse({
+      algorithm: parseDigestAlgorithm('SHA-256')!,
+      username: MUFASA.username,
+      realm: 'http-auth@example.org',
+      password: MUFASA.password,
+      method: '',
+      uri: '/dir/index.html',
+      nonce: RFC_NONCE,
+      qop: 'auth',
+      nc: '00000001',
+      cnonce: RFC_CNONCE,
+    });
+    return { m, context, rspauth, echo: { cnonce: RFC_CNONCE, nc: '00000001', qop: 'auth' } };
+  }
+  const flip = (hex: string) => (hex[0] === '0' ? '1' : '0') + hex.slice(1);
+  const failure = (p: Promise<void>) =>
+    p.then(
+      () => undefined,
+      (e: Error) => e,
+    );
+
+  it('M3: rspauth computed with an empty method (and the echoed cnonce, nc, qop) verifies; rspauth is optional', async () => {
+    const { context, rspauth, echo } = await answered();
+    await context.finish(undefined, leg(), { rspauth, ...echo });
+    await context.finish(undefined, leg(), { rspauth: rspauth.toUpperCase() });
+    await context.finish(undefined, leg(), {});
+    await context.finish(undefined, leg(), undefined);
+  });
+
+  it('M3: a wrong rspauth, or one answering another cnonce, nc or qop, is a MutualAuthError without secrets', async () => {
+    const { rspauth, echo } = await answered();
+    const withMethod = digestResponse({
+      algorithm: parseDigestAlgorithm('SHA-256')!,
+      username: MUFASA.username,
+      realm: 'http-auth@example.org',
+      password: MUFASA.password,
+      method: 'GET',
+      uri: '/dir/index.html',
+      nonce: RFC_NONCE,
+      qop: 'auth',
+      nc: '00000001',
+      cnonce: RFC_CNONCE,
+    });
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [{ rspauth: withMethod, ...echo }, /does not match/],
+      [{ rspauth: flip(rspauth), ...echo }, /does not match/],
+      [{ rspauth: '' }, /does not match/],
+      [{ rspauth, ...echo, cnonce: 'other' }, /cnonce/],
+      [{ rspauth, ...echo, nc: '00000002' }, /nc/],
+      [{ rspauth, ...echo, qop: 'auth-int' }, /qop/],
+    ];
+    for (const [info, message] of cases) {
+      const { context } = await answered();
+      const err = await failure(context.finish(undefined, leg(), info));
+      expect(err, JSON.stringify(info)).toBeInstanceOf(MutualAuthError);
+      expect((err as MultilegError).code).toBe('MULTILEG_MUTUAL_AUTH');
+      expect(err!.message).toMatch(message);
+      expect(err!.message).toMatch(/rspauth of https:\/\/www\.example\.org/);
+      expect(err!.message).toMatch(/verifyRspauth: false/);
+      for (const secret of [MUFASA.password, rspauth, withMethod]) expect(err!.message).not.toContain(secret);
+    }
+    // verifyRspauth: false takes it unproved.
+    const lax = await answered(digestMechanism(MUFASA, { cnonce: () => RFC_CNONCE, verifyRspauth: false }));
+    await lax.context.finish(undefined, leg(), { rspauth: withMethod });
+  });
+
+  it('M3: without qop (RFC 2069), rspauth is KD(H(A1), nonce:H(:uri))', async () => {
+    const context = digestMechanism(MUFASA).createContext(leg());
+    await context.step(parseChallenges('Digest realm="r", nonce="abc"')[0]!, leg());
+    const rspauth = digestResponse({
+      algorithm: parseDigestAlgorithm('MD5')!,
+      username: MUFASA.username,
+      realm: 'r',
+      password: MUFASA.password,
+      method: '',
+      uri: '/dir/index.html',
+      nonce: 'abc',
+    });
+    await context.finish(undefined, leg(), { rspauth });
+    expect(await failure(context.finish(undefined, leg(), { rspauth, qop: 'auth' }))).toBeInstanceOf(MutualAuthError);
+  });
+
+  it('M3: nextnonce is the next proactive nonce, from nc=00000001 with a new cnonce; not learnt from a failed rspauth', async () => {
+    let n = 0;
+    const m = digestMechanism(MUFASA, { cnonce: () => `c${++n}` });
+    const first = m.createContext(leg());
+    const sent = paramsOf(await first.step(rfcChallenge('SHA-256'), leg()));
+    await first.finish(undefined, leg(), { nextnonce: 'next-1' });
+    const second = m.createContext(leg());
+    const next = paramsOf(await second.step(undefined, leg()));
+    expect([next.nonce, next.nc, next.opaque, next.realm]).toEqual(['next-1', '00000001', RFC_OPAQUE, sent.realm]);
+    expect(next.cnonce).not.toBe(sent.cnonce);
+    // A wrong rspauth: its nextnonce is not learnt, and the nonce it answered is forgotten.
+    const err = await failure(second.finish(undefined, leg(), { rspauth: 'bad', nextnonce: 'next-2' }));
+    expect(err).toBeInstanceOf(MutualAuthError);
+    expect(m.proactive).toBe(false);
+    await expect(m.createContext(leg()).step(undefined, leg())).rejects.toBeInstanceOf(MechanismUnavailableError);
+  });
+
+  it('M3/S3: a nextnonce that is the nonce in use, unusable, or older than a nonce learnt meanwhile changes nothing', async () => {
+    const m = digestMechanism(MUFASA);
+    const proactiveNonce = async () => paramsOf(await m.createContext(leg()).step(undefined, leg()));
+    const context = m.createContext(leg());
+    await context.step(rfcChallenge('SHA-256'), leg());
+    // The nonce in use again: counting goes on (nc=1 again would be a replay).
+    await context.finish(undefined, leg(), { nextnonce: RFC_NONCE });
+    expect(await proactiveNonce()).toMatchObject({ nonce: RFC_NONCE, nc: '00000002' });
+    for (const nextnonce of ['', 'x'.repeat(MAX_DIGEST_PARAM_LENGTH + 1), 'a\u0000b']) {
+      await context.finish(undefined, leg(), { nextnonce });
+    }
+    expect(await proactiveNonce()).toMatchObject({ nonce: RFC_NONCE, nc: '00000003' });
+    // Another request met a new challenge meanwhile: that newer nonce stays.
+    const newer = parseChallenges(
+      `Digest realm="http-auth@example.org", qop="auth", algorithm=SHA-256, nonce="newer", opaque="${RFC_OPAQUE}"`,
+    )[0]!;
+    await m.createContext(leg()).step(newer, leg());
+    await context.finish(undefined, leg(), { nextnonce: 'late' });
+    expect(await proactiveNonce()).toMatchObject({ nonce: 'newer', nc: '00000002' });
   });
 });
 
@@ -419,6 +545,115 @@ describe('Digest through MultilegAgent (reference server)', () => {
     const res = await get(r, '/auth/x');
     expect(res.status).toBe(401);
     expect(r.server.exchanges.every((e) => e.requestHeaders.authorization === undefined)).toBe(true);
+  });
+});
+
+describe('Digest Authentication-Info through MultilegAgent (reference server)', () => {
+  const info = (rg: Rig, i: number) =>
+    parseChallenges(`Digest ${rg.server.exchanges[i]!.responseHeaders['authentication-info'] ?? ''}`)[0]?.params;
+  const failed = (p: Promise<unknown>) =>
+    p.then(
+      () => undefined,
+      (e: Error) => (e.cause ?? e) as Error,
+    );
+
+  it('M3: a correct rspauth passes: the 200s to a challenged and to proactive answers, over HTTP/2 and HTTP/1.1', async () => {
+    r = await digestRig(['SHA-256']);
+    for (let i = 0; i < 2; i++) expect((await get(r, `/auth/h2-${i}`)).status).toBe(200);
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${r.server.origin}/auth/h1-${i}`, { dispatcher: r.agent, allowH2: false } as never);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    expect(r.server.exchanges.map((e) => [e.protocol, e.status])).toEqual([
+      ['h2', 401],
+      ['h2', 200],
+      ['h2', 200],
+      ['http/1.1', 200],
+      ['http/1.1', 200],
+    ]);
+    // Each 200 proved the server: an rspauth answering that request's own cnonce and nc.
+    for (let i = 1; i < 5; i++) {
+      const sent = paramsOf(authz(r)[i]!);
+      expect(info(r, i)).toMatchObject({ cnonce: sent.cnonce, nc: sent.nc, qop: 'auth' });
+      expect(info(r, i)!.rspauth).toMatch(/^[0-9a-f]{64}$/);
+    }
+    expect(r.agent.handshakes().map((h) => [h.outcome, h.failure])).toEqual(Array(4).fill(['per-request', undefined]));
+  });
+
+  it('M3: a wrong rspauth is a MutualAuthError, to a challenged and to a proactive answer: the body is withheld, the session ends, the nonce is forgotten', async () => {
+    r = await digestRig(['SHA-256']);
+    r.server.options.faults.rspauth = 'wrong';
+    const challenged = await failed(get(r, '/auth/a'));
+    expect(challenged).toBeInstanceOf(MutualAuthError);
+    expect(challenged!.message).toMatch(/Digest rspauth of https:\/\/localhost:\d+ does not match/);
+    expect(challenged!.message).not.toContain('alicepw');
+    // The server sent its 200 (and body); the caller never got it.
+    expect(wire(r)).toEqual([
+      [401, false],
+      [200, true],
+    ]);
+    // The nonce came from the server that failed: the next request asks afresh, on a new session.
+    r.server.options.faults.rspauth = undefined;
+    expect((await get(r, '/auth/b')).status).toBe(200);
+    // A proactive answer (a nonce known) is checked the same way.
+    r.server.options.faults.rspauth = 'wrong';
+    expect(await failed(get(r, '/auth/c'))).toBeInstanceOf(MutualAuthError);
+    r.server.options.faults.rspauth = undefined;
+    expect((await get(r, '/auth/d')).status).toBe(200);
+    const x = r.server.exchanges;
+    expect(x.map((e) => [e.path, e.status, hasAuth(e.requestHeaders)])).toEqual([
+      ['/auth/a', 401, false],
+      ['/auth/a', 200, true],
+      ['/auth/b', 401, false],
+      ['/auth/b', 200, true],
+      ['/auth/c', 200, true],
+      ['/auth/d', 401, false],
+      ['/auth/d', 200, true],
+    ]);
+    // Nothing more went on a session whose server failed the proof.
+    expect(new Set([x[1]!.sessionId, x[2]!.sessionId, x[5]!.sessionId]).size).toBe(3);
+    expect(x[4]!.sessionId).toBe(x[2]!.sessionId);
+    expect(r.agent.handshakes().map((h) => [h.outcome, h.failure])).toEqual([
+      ['failed', 'proof'],
+      ['per-request', undefined],
+      ['failed', 'proof'],
+      ['per-request', undefined],
+    ]);
+  });
+
+  it('M3: nextnonce (one-time nonces): each next request uses it with nc=00000001 and a new cnonce, and no 401 comes between', async () => {
+    r = await digestRig(['SHA-256']);
+    r.server.digest.options.nextnonce = true;
+    for (let i = 0; i < 4; i++) expect((await get(r, `/auth/${i}`)).status).toBe(200);
+    expect(wire(r)).toEqual([
+      [401, false],
+      [200, true],
+      [200, true],
+      [200, true],
+      [200, true],
+    ]);
+    const sent = authz(r)
+      .slice(1)
+      .map((a) => paramsOf(a!));
+    for (let i = 1; i < 4; i++) {
+      expect(sent[i]!.nonce).toBe(info(r, i)!.nextnonce);
+      expect(sent[i]!.nc).toBe('00000001');
+    }
+    expect(new Set(sent.map((p) => p.cnonce)).size).toBe(4);
+    expect(r.agent.handshakes().map((h) => h.legs)).toEqual([1, 1, 1, 1]);
+  });
+
+  it('M3: SHA-256-sess with nextnonce: each new nonce gets a new cnonce, so a new session key (RFC 7616 §3.4.2)', async () => {
+    r = await digestRig(['SHA-256-sess']);
+    r.server.digest.options.nextnonce = true;
+    for (let i = 0; i < 3; i++) expect((await get(r, `/auth/${i}`)).status).toBe(200);
+    expect(wire(r).map(([status]) => status)).toEqual([401, 200, 200, 200]);
+    const sent = authz(r)
+      .slice(1)
+      .map((a) => paramsOf(a!));
+    expect(sent.map((p) => p.nc)).toEqual(['00000001', '00000001', '00000001']);
+    expect(new Set(sent.map((p) => p.cnonce)).size).toBe(3);
   });
 });
 

@@ -61,7 +61,7 @@ export const hasAuth = (h: Readonly<Record<string, unknown>>) => h.authorization
 /** NTLM as alice, whose contexts behave as `patch` says on top of the real ones. */
 export function patchedNtlm(patch: {
   step?: (challenge: Challenge | undefined) => void;
-  finish?: () => Promise<void>;
+  finish?: MechanismContext['finish'];
 }): Mechanism {
   const ntlm = ntlmMechanism(ALICE);
   return {

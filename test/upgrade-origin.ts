@@ -49,6 +49,8 @@ export async function upgradeServer(opts: {
   tls?: boolean;
   /** With `tls`: require a client certificate of the test CA in the handshake; the greeting names its CN. */
   requireClientCertificate?: boolean;
+  /** An `Authentication-Info` value on the 101. */
+  authenticationInfo?: string;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
@@ -135,7 +137,7 @@ export async function upgradeServer(opts: {
         socket.off('data', onData);
         // The greeting rides in the same write as the 101: it must reach the caller's socket.
         socket.write(
-          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : 'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n'}\r\nhello ${user ?? 'anonymous'}\n`,
+          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}`}\r\nhello ${user ?? 'anonymous'}\n`,
         );
         socket.on('data', (chunk: Buffer) => socket.write(chunk));
         if (buf.length) socket.write(buf);

@@ -191,6 +191,24 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.at(-1)).toMatchObject({ authorization: 'NTLM/3', status: 101 });
   });
 
+  it("M3: the 101's Authentication-Info reaches the mechanism's final check, as a response's does (Digest: rspauth, nextnonce)", async () => {
+    origin = await upgradeServer({ ntlm: true, authenticationInfo: 'rspauth="abc", nextnonce="n2"' });
+    let info: unknown;
+    agent = ntlmAgent({
+      mechanisms: [
+        patchedNtlm({
+          finish: async (_challenge, _leg, given) => {
+            info = given;
+          },
+        }),
+      ],
+    });
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r.kind).toBe('upgraded');
+    if (r.kind === 'upgraded') sockets.push(r.socket);
+    expect(info).toEqual({ rspauth: 'abc', nextnonce: 'n2' });
+  });
+
   it('M2: an authenticated final response whose mutual authentication fails is withheld too', async () => {
     origin = await upgradeServer({ ntlm: true, refuse: true });
     agent = ntlmAgent({ mechanisms: [patchedNtlm({ finish: () => Promise.reject(new MutualAuthError('test')) })] });

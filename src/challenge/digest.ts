@@ -59,16 +59,22 @@ export type DigestChallengeReading =
   | { readonly fields: DigestChallengeFields; readonly problem?: undefined }
   | { readonly fields?: undefined; readonly problem: string };
 
-/** A server-supplied value we echo: bounded, and nothing that could break the header (S3). */
-function wireValue(challenge: Challenge, name: string): string | { problem: string } | undefined {
-  const value = challenge.params[name];
-  if (value === undefined) return undefined;
+/**
+ * A server-supplied value we echo (a challenge's parameter, Authentication-Info's `nextnonce`):
+ * bounded, and nothing that could break the header (S3). `name` names it in the problem.
+ */
+export function readEchoable(value: string, name: string): string | { problem: string } {
   if (value.length > MAX_DIGEST_PARAM_LENGTH) {
     return { problem: `has a ${name} longer than ${MAX_DIGEST_PARAM_LENGTH} characters` };
   }
   // Visible ASCII, space, tab and obs-text: anything else (CR, LF, NUL...) cannot be echoed in a header.
   if (!/^[\t\x20-\x7e\x80-\xff]*$/.test(value)) return { problem: `has control characters in ${name}` };
   return value;
+}
+
+function wireValue(challenge: Challenge, name: string): string | { problem: string } | undefined {
+  const value = challenge.params[name];
+  return value === undefined ? undefined : readEchoable(value, name);
 }
 
 /**

@@ -1,5 +1,5 @@
 import { MultilegError } from '../errors.ts';
-import { type ParseChallengesOptions, parseChallenges } from './parse.ts';
+import { type ParseChallengesOptions, parseAuthParams, parseChallenges } from './parse.ts';
 import { isQdtext, isQuotedPairChar, isToken, isToken68 } from './syntax.ts';
 import type { Challenge } from './types.ts';
 
@@ -45,6 +45,19 @@ export function readChallenges(
   opts?: ParseChallengesOptions,
 ): Challenge[] {
   return parseChallenges(getHeader(headers, proxy ? 'proxy-authenticate' : 'www-authenticate'), opts);
+}
+
+/**
+ * The parameters of a response's `Authentication-Info` or, with `proxy`, `Proxy-Authentication-Info`
+ * header (RFC 9110 §11.6.3, §11.7.3): what the scheme that authenticated the request tells the client
+ * after accepting its credentials (Digest: `rspauth`, `nextnonce`). See {@link parseAuthParams}:
+ * undefined when absent or malformed.
+ */
+export function readAuthenticationInfo(
+  headers: ResponseHeaders | undefined,
+  proxy = false,
+): Readonly<Record<string, string>> | undefined {
+  return parseAuthParams(getHeader(headers, proxy ? 'proxy-authentication-info' : 'authentication-info'));
 }
 
 /** What {@link readAuthId} found: the value, or a value too long to use (S3). */

@@ -10,6 +10,7 @@ export {
   hasPersistentAuth,
   MAX_REMOTE_HTTP_VERSION_LENGTH,
   type ResponseHeaders,
+  readAuthenticationInfo,
   readAuthId,
   readChallenges,
   readPersistentAuth,
@@ -20,6 +21,7 @@ export {
   DEFAULT_MAX_CHALLENGE_BYTES,
   DEFAULT_MAX_CHALLENGES,
   type ParseChallengesOptions,
+  parseAuthParams,
   parseChallenges,
 } from './parse.ts';
 export type { Challenge } from './types.ts';

@@ -67,6 +67,44 @@ export function parseChallenges(
   return out;
 }
 
+/**
+ * Parse an `Authentication-Info` or `Proxy-Authentication-Info` header (RFC 9110 §11.6.3, §11.7.3):
+ * a list of auth-params with no scheme. Same lexing and bounds as {@link parseChallenges}: names
+ * lower-cased, quoted-string values unescaped, of duplicates the first wins (over all field lines).
+ * Never throws.
+ *
+ * @returns The parameters, frozen; undefined when the header is absent, over `maxBytes`, or not a
+ *   list of auth-params (a malformed header says nothing the caller can rely on).
+ */
+export function parseAuthParams(
+  header: string | readonly string[] | undefined,
+  opts: Pick<ParseChallengesOptions, 'maxBytes'> = {},
+): Readonly<Record<string, string>> | undefined {
+  const values = typeof header === 'string' ? [header] : Array.isArray(header) ? header : [];
+  if (values.length === 0) return undefined;
+  let total = 0;
+  for (const v of values) if (typeof v === 'string') total += v.length;
+  if (total > bound(opts.maxBytes, DEFAULT_MAX_CHALLENGE_BYTES)) return undefined;
+  let params: Record<string, string> | undefined;
+  for (const v of values) {
+    if (typeof v !== 'string') continue;
+    const st: Scan = { s: v, openQuote: v.length };
+    let i = 0;
+    for (;;) {
+      // Empty list elements and OWS between them are allowed (RFC 9110 §5.6.1).
+      while (i < v.length && (isWs(v.charCodeAt(i)) || v.charCodeAt(i) === COMMA)) i++;
+      if (i >= v.length) break;
+      const r = parseParams(st, i);
+      if (!r.ok) return undefined;
+      // Usually one run of parameters makes the whole header: taken as it is.
+      if (params === undefined) params = r.params;
+      else for (const name of Object.keys(r.params)) if (!Object.hasOwn(params, name)) params[name] = r.params[name]!;
+      i = r.end;
+    }
+  }
+  return Object.freeze(params ?? Object.create(null));
+}
+
 function bound(v: number | undefined, dflt: number): number {
   return typeof v === 'number' && v >= 0 ? v : dflt;
 }

@@ -1,4 +1,10 @@
-import { hasPersistentAuth, readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
+import {
+  hasPersistentAuth,
+  readAuthenticationInfo,
+  readAuthId,
+  readChallenges,
+  readPersistentAuth,
+} from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
@@ -371,9 +377,9 @@ class Handshake {
   }
 
   /** The caller gets a typed error, never the mechanism's own exception (its text may say too much). */
-  #finish(final: Challenge | undefined): Promise<void> {
+  #finish(final: Challenge | undefined, info?: Readonly<Record<string, string>>): Promise<void> {
     this.#verification = 'pending';
-    return this.#context.finish(final, this.#input.leg).then(
+    return this.#context.finish(final, this.#input.leg, info).then(
       () => {
         this.#verification = 'passed';
       },
@@ -439,7 +445,7 @@ class Handshake {
         this.#unanswered = true;
       });
     }
-    if (status >= 200 && status < 300) return this.#finish(final);
+    if (status >= 200 && status < 300) return this.#finish(final, readAuthenticationInfo(headers));
     return 'deliver';
   }
 

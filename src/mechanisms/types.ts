@@ -46,8 +46,10 @@ export interface MechanismContext {
   /**
    * Called with the scheme's challenge on the final (non-401) response, if any: verifies the
    * server's last token (mutual authentication). Throws {@link MutualAuthError} on failure.
+   * `info`: the parameters of that response's `Authentication-Info` (`Proxy-Authentication-Info`
+   * to a proxy), when it has one (Digest's `rspauth` and `nextnonce`; RFC 9110 §11.6.3).
    */
-  finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void>;
+  finish(challenge: Challenge | undefined, leg: LegInfo, info?: Readonly<Record<string, string>>): Promise<void>;
   /** Who authenticated, for reporting only (never a secret). */
   readonly identity?: string;
   /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */

@@ -4,7 +4,7 @@
  * strongest offered scheme. One instance per proxy connection: connection-bound schemes (NTLM,
  * Negotiate) authenticate that connection; Basic goes on every request.
  */
-import { readChallenges } from '../challenge/index.ts';
+import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
@@ -14,6 +14,14 @@ import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
 
 type Headers = Record<string, string | string[] | undefined>;
+
+/** A `Proxy-Authorization` value, and (made for one request after a success) the context that made it. */
+export interface ProxyCredentials {
+  /** Never logged. */
+  readonly value: string;
+  /** A per-request scheme's own context: the proxy's answer goes to {@link ProxyAuth.verify}. */
+  readonly own?: MechanismContext;
+}
 
 function offeredSchemes(challenges: readonly Challenge[]): string[] {
   return [...new Set(challenges.map((c) => c.scheme))];
@@ -87,15 +95,27 @@ export class ProxyAuth {
    * a success, for a per-request scheme, one made for this request (Digest: its own uri and nonce
    * count — the first request's header again would be a replay; Basic: the same). Never logged.
    */
-  async header(leg: LegInfo): Promise<string | undefined> {
-    if (this.#state === 'handshaking') return this.#pending;
+  async header(leg: LegInfo): Promise<ProxyCredentials | undefined> {
+    if (this.#state === 'handshaking') return this.#pending === undefined ? undefined : { value: this.#pending };
     const mechanism = this.#mechanism;
     if (this.#state !== 'done' || mechanism?.level !== 'request' || !mechanism.proactive) return undefined;
     try {
-      return await mechanism.createContext(leg).step(undefined, leg);
+      const own = mechanism.createContext(leg);
+      return { value: await own.step(undefined, leg), own };
     } catch {
       return undefined; // (a used-up nonce) the proxy's 407 starts a new handshake
     }
+  }
+
+  /**
+   * The proxy let through a request that carried credentials of its own ({@link header} after a
+   * success): its answer is checked as a handshake's last is (Digest: Proxy-Authentication-Info's
+   * rspauth and nextnonce). Throws {@link MutualAuthError} when the proxy fails the proof.
+   */
+  verify(own: MechanismContext, headers: Headers, leg: LegInfo): Promise<void> {
+    const key = this.#mechanism?.scheme.toLowerCase();
+    const final = readChallenges(headers, true).find((c) => c.schemeKey === key);
+    return own.finish(final, leg, readAuthenticationInfo(headers, true));
   }
 
   /**
@@ -195,7 +215,7 @@ export class ProxyAuth {
     const key = this.#mechanism.scheme.toLowerCase();
     const final = readChallenges(headers, true).find((c) => c.schemeKey === key);
     log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
-    await this.#context.finish(final, leg);
+    await this.#context.finish(final, leg, readAuthenticationInfo(headers, true));
   }
 
   async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {

@@ -149,7 +149,7 @@ export class ForwardProxy {
         let unanswered: ResponseHeaders | undefined;
         const result = await race(
           sendOnProxy(
-            { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+            { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
                 if (!this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
@@ -168,6 +168,15 @@ export class ForwardProxy {
               // the origin's to bound.
               this.#note(status, headers, onHttp2);
               const verdict = classify(status, headers);
+              const own = credentials?.own;
+              if (own && status !== 407) {
+                // This request's own credentials (Digest): the proxy's answer proves itself as a
+                // handshake's last does (rspauth), and may name the next nonce.
+                const verified = this.#auth.verify(own, headers, leg).then(() => {
+                  outcome = 'success';
+                });
+                return this.#proved(verified, clock().start(), verdict);
+              }
               if (!(credentials && this.#auth.state === 'handshaking')) {
                 deadline?.stop();
                 if (credentials && status !== 407) outcome = 'success';

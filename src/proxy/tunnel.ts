@@ -324,12 +324,12 @@ async function connectLegs(
       {
         method: 'CONNECT',
         path: target,
-        headers: { host: target, ...(credentials ? { 'proxy-authorization': credentials } : {}) },
+        headers: { host: target, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
       },
     );
     socket.write(
       `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Connection: keep-alive\r\n${
-        credentials ? `Proxy-Authorization: ${credentials}\r\n` : ''
+        credentials ? `Proxy-Authorization: ${credentials.value}\r\n` : ''
       }\r\n`,
     );
     requests += 1;

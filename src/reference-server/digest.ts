@@ -1,7 +1,8 @@
 /**
  * The reference server's Digest (RFC 7616) and Basic (RFC 7617) responders: challenges, nonce
- * bookkeeping (nonce count replay check, staleness after N uses or on demand), userhash, and the
- * verification of what clients send. Request-level schemes: nothing here touches sessions.
+ * bookkeeping (nonce count replay check, staleness after N uses or on demand), userhash, the
+ * verification of what clients send, and Digest's Authentication-Info (rspauth, nextnonce) on
+ * success. Request-level schemes: nothing here touches sessions.
  */
 import { randomBytes } from 'node:crypto';
 import { parseChallenges } from '../challenge/parse.ts';
@@ -34,11 +35,22 @@ export interface DigestResponderOptions {
   basicRealm: string;
   /** Nonces remembered; the oldest are forgotten (and so stale). Default 10 000. */
   maxNonces: number;
+  /**
+   * Answer an accepted Digest request with `Authentication-Info` (RFC 7616 §3.5): `rspauth` (the
+   * server proves it knows the password), and with qop the `cnonce`, `nc` and `qop` it answers. Default true.
+   */
+  authenticationInfo: boolean;
+  /**
+   * One-time nonces (RFC 7616 §3.5): every accepted Digest request's `Authentication-Info` names a
+   * new nonce in `nextnonce`, and the nonce it used turns stale. Default false.
+   */
+  nextnonce: boolean;
 }
 
 /** What the responder decided about an `Authorization` value. */
 export type ResponderVerdict =
-  | { readonly ok: true; readonly user: string }
+  /** `authenticationInfo`: the `Authentication-Info` value for the response (Digest). */
+  | { readonly ok: true; readonly user: string; readonly authenticationInfo?: string }
   | { readonly ok: false; readonly reason: string; readonly stale?: boolean };
 
 interface NonceRecord {
@@ -85,6 +97,8 @@ export class DigestResponder {
       checkNonceCount: true,
       basicRealm: 'reference-basic',
       maxNonces: 10_000,
+      authenticationInfo: true,
+      nextnonce: false,
       ...options,
     };
   }
@@ -120,11 +134,17 @@ export class DigestResponder {
     return out;
   }
 
-  #digestChallenges(stale: boolean): string[] {
-    const o = this.options;
+  /** A new nonce, remembered. */
+  #issue(): string {
     const nonce = randomBytes(24).toString('base64');
     this.#nonces.set(nonce, { uses: 0, stale: false, seen: new Set() });
-    while (this.#nonces.size > o.maxNonces) this.#nonces.delete(this.#nonces.keys().next().value as string);
+    while (this.#nonces.size > this.options.maxNonces) this.#nonces.delete(this.#nonces.keys().next().value as string);
+    return nonce;
+  }
+
+  #digestChallenges(stale: boolean): string[] {
+    const o = this.options;
+    const nonce = this.#issue();
     return o.algorithms.map((algorithm) => {
       const parts = [
         `realm=${quote(o.realm)}`,
@@ -140,18 +160,22 @@ export class DigestResponder {
     });
   }
 
-  /** Checks credentials sent under `scheme` for a request (`uri` is its request-target). */
+  /**
+   * Checks credentials sent under `scheme` for a request (`uri` is its request-target).
+   * `wrongRspauth`: Digest's Authentication-Info carries an rspauth that does not match (a fault).
+   */
   verify(
     scheme: ResponderScheme,
     authorization: string,
     method: string,
     uri: string,
     users: Readonly<Record<string, string>>,
+    wrongRspauth = false,
   ): ResponderVerdict {
     try {
       return scheme === 'Basic'
         ? this.#verifyBasic(authorization, users)
-        : this.#verifyDigest(authorization, method, uri, users);
+        : this.#verifyDigest(authorization, method, uri, users, wrongRspauth);
     } catch {
       return { ok: false, reason: 'malformed' };
     }
@@ -176,6 +200,7 @@ export class DigestResponder {
     method: string,
     uri: string,
     users: Readonly<Record<string, string>>,
+    wrongRspauth: boolean,
   ): ResponderVerdict {
     const o = this.options;
     const parsed = parseChallenges(authorization);
@@ -225,18 +250,20 @@ export class DigestResponder {
       user = findUser(users, name);
     }
     if (name === undefined || user === undefined) return { ok: false, reason: 'unknown-user' };
-    const expected = digestResponse({
-      algorithm,
-      username: name,
-      realm: wireOctets(realm),
-      password: users[user] ?? '',
-      method,
-      uri: wireOctets(uri),
-      nonce: wireOctets(nonce),
-      ...(qop ? { qop, nc: p.nc, cnonce: wireOctets(p.cnonce ?? '') } : {}),
-      ...(algorithm.sess && p.cnonce !== undefined ? { cnonce: wireOctets(p.cnonce) } : {}),
-    });
-    if (expected !== response.toLowerCase()) return { ok: false, reason: 'bad-response' };
+    // rspauth (RFC 7616 §3.5) is the same digest with an empty method.
+    const digestFor = (m: string) =>
+      digestResponse({
+        algorithm,
+        username: name,
+        realm: wireOctets(realm),
+        password: users[user] ?? '',
+        method: m,
+        uri: wireOctets(uri),
+        nonce: wireOctets(nonce),
+        ...(qop ? { qop, nc: p.nc, cnonce: wireOctets(p.cnonce ?? '') } : {}),
+        ...(algorithm.sess && p.cnonce !== undefined ? { cnonce: wireOctets(p.cnonce) } : {}),
+      });
+    if (digestFor(method) !== response.toLowerCase()) return { ok: false, reason: 'bad-response' };
 
     // The credentials are right; is the nonce still good?
     const record = this.#nonces.get(nonce);
@@ -250,6 +277,18 @@ export class DigestResponder {
       record.seen.add(nc);
     }
     record.uses += 1;
-    return { ok: true, user };
+    const info: string[] = [];
+    if (o.nextnonce) {
+      info.push(`nextnonce=${quote(this.#issue())}`);
+      record.stale = true;
+    }
+    if (o.authenticationInfo) {
+      let rspauth = digestFor('');
+      // One hex digit changed: what a server that does not know the password might send.
+      if (wrongRspauth) rspauth = (rspauth[0] === '0' ? '1' : '0') + rspauth.slice(1);
+      info.push(`rspauth=${quote(rspauth)}`);
+      if (qop) info.push(`cnonce=${quote(p.cnonce ?? '')}`, `nc=${p.nc}`, `qop=${qop}`);
+    }
+    return info.length > 0 ? { ok: true, user, authenticationInfo: info.join(', ') } : { ok: true, user };
   }
 }

@@ -467,11 +467,21 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const requestScheme = this.digest.schemeOf(authorization, o.schemes);
     if (requestScheme !== undefined) {
       draft.scheme = requestScheme;
-      const v = this.digest.verify(requestScheme, authorization, draft.method, draft.path, o.users);
+      const v = this.digest.verify(
+        requestScheme,
+        authorization,
+        draft.method,
+        draft.path,
+        o.users,
+        o.faults.rspauth === 'wrong',
+      );
       // `/denied/…`: the credentials are right, the resource's ACL refuses the user (IIS's 401.3).
       if (v.ok && pathname.startsWith('/denied/'))
         return { kind: 'respond', status: 401, outcome: 'denied', headers: bare() };
-      if (v.ok) return { kind: 'respond', status: 200, outcome: 'accepted', headers: {}, user: v.user };
+      if (v.ok) {
+        const headers: Headers = v.authenticationInfo ? { 'authentication-info': v.authenticationInfo } : {};
+        return { kind: 'respond', status: 200, outcome: 'accepted', headers, user: v.user };
+      }
       return { kind: 'respond', status: 401, outcome: 'rejected', headers: bare(v.stale), reason: v.reason };
     }
 

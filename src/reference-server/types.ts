@@ -66,6 +66,11 @@ export interface ReferenceServerFaults {
    */
   finalToken?: 'corrupt' | 'omit';
   /**
+   * Digest's `Authentication-Info` on an accepted request (M3): `wrong` sends an `rspauth` with one
+   * hex digit changed, as a server that does not know the password would.
+   */
+  rspauth?: 'wrong';
+  /**
    * For the requests it returns true for (h2 only): GOAWAY(NO_ERROR) with a last-stream-id below
    * the request's stream, which is refused unprocessed (R5).
    */

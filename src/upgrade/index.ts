@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector, Client, type Dispatcher } from 'undici';
 import { prepareBody, preparedBody } from '../body/replayable.ts';
-import { readChallenges } from '../challenge/index.ts';
+import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import type { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
@@ -447,9 +447,9 @@ function outcomeFor(auth: Auth, status: number): ProofOutcome {
   return status >= 500 ? 'none' : 'success';
 }
 
-/** Verifies the server's final token, if its scheme sent one, on the answer to our last leg. */
+/** Verifies the server's final token (or Authentication-Info), if it sent one, on the answer to our last leg. */
 function finish(auth: Auth, headers: Headers, leg: LegInfo): Promise<void> {
   const final = readChallenges(headers, false).find((c) => c.schemeKey === auth.scheme.toLowerCase());
   log.agent('%s upgrade authenticated with %s in %d legs', leg.origin, auth.scheme, auth.legs);
-  return auth.context.finish(final, leg);
+  return auth.context.finish(final, leg, readAuthenticationInfo(headers));
 }

@@ -38,7 +38,7 @@ export interface Apache {
   stop(): Promise<void>;
 }
 
-export const APACHE_LOCATIONS = ['protected', 'ntlm', 'spnego2', 'basic', 'digest', 'public'] as const;
+export const APACHE_LOCATIONS = ['protected', 'ntlm', 'spnego2', 'basic', 'digest', 'digest-once', 'public'] as const;
 export const BASIC_USER = { username: 'alice', password: 'alicepw' } as const;
 export const DIGEST_REALM = 'digest-realm';
 
@@ -165,6 +165,15 @@ Header always set X-Protocol "expr=%{SERVER_PROTOCOL}"
     AuthName "${DIGEST_REALM}"
     AuthDigestProvider file
     AuthUserFile ${A}/conf/htdigest
+    Require valid-user
+</Location>
+# One-time nonces: each answer's Authentication-Info names the next (nextnonce), the used one is stale.
+<Location /digest-once>
+    AuthType Digest
+    AuthName "${DIGEST_REALM}"
+    AuthDigestProvider file
+    AuthUserFile ${A}/conf/htdigest
+    AuthDigestNonceLifetime 0
     Require valid-user
 </Location>
 # krb5 + ntlmssp; NO GssapiCredStore (keytab via KRB5_KTNAME env): with it the child segfaults on SPNEGO/NTLM

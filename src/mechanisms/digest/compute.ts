@@ -46,6 +46,20 @@ export interface DigestResponseInput {
   readonly nc?: string;
   /** Required with `qop` and with `-sess`. */
   readonly cnonce?: DigestText;
+  /**
+   * H(A1), when {@link digestHa1} made it already for these inputs: the client checks the server's
+   * `rspauth` (the same digest with an empty method) with its request's.
+   */
+  readonly ha1?: string;
+}
+
+/** H(A1) of RFC 7616 §3.4.2: `H(user:realm:password)`, for `-sess` `H(H(user:realm:password):nonce:cnonce)`. */
+export function digestHa1(input: Omit<DigestResponseInput, 'method' | 'uri' | 'ha1'>): string {
+  const { algorithm: alg } = input;
+  const ha1 = digestHash(alg, input.username, input.realm, input.password);
+  if (!alg.sess) return ha1;
+  if (input.cnonce === undefined) throw new TypeError(`${alg.name} needs a cnonce`);
+  return digestHash(alg, ha1, input.nonce, input.cnonce);
 }
 
 /**
@@ -55,11 +69,7 @@ export interface DigestResponseInput {
  */
 export function digestResponse(input: DigestResponseInput): string {
   const { algorithm: alg } = input;
-  let ha1 = digestHash(alg, input.username, input.realm, input.password);
-  if (alg.sess) {
-    if (input.cnonce === undefined) throw new TypeError(`${alg.name} needs a cnonce`);
-    ha1 = digestHash(alg, ha1, input.nonce, input.cnonce);
-  }
+  const ha1 = input.ha1 ?? digestHa1(input);
   const ha2 = digestHash(alg, input.method, input.uri);
   if (input.qop === undefined) return digestHash(alg, ha1, input.nonce, ha2);
   if (input.nc === undefined || input.cnonce === undefined) throw new TypeError('qop=auth needs nc and cnonce');
