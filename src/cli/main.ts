@@ -6,7 +6,7 @@
  * 60, 77. Started through bin.ts, which checks the Node.js version first.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { createWriteStream, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { statSync, truncateSync, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,48 +14,16 @@ import type { MultilegAgent } from '../agent.ts';
 import { ConfigError, type MultilegError } from '../errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import { credentialsFor } from './credentials.ts';
-import { type HeaderDump, headText } from './dump-header.ts';
+import type { HeaderDump } from './dump-header.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
+import { isEpipe, responseHead, Stdout, writeBody, writeProblem } from './output.ts';
 import type { RetryDecision } from './retry.ts';
 import { type LegRecord, Trace } from './trace.ts';
 import { CliTrust } from './trust.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
-
-/** The status line and header lines `-i` and `-D` show, as curl writes them. */
-function responseHead(
-  protocol: string | undefined,
-  res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
-): string {
-  const lines: Array<[string, string]> = [];
-  for (const [k, v] of Object.entries(res.headers)) {
-    if (v === undefined) continue;
-    for (const value of Array.isArray(v) ? v : [v]) lines.push([k, value]);
-  }
-  return headText(protocol, res.statusCode, res.statusText, lines);
-}
-
-/** What a failure to write the body means, by its code. */
-const WRITE_PROBLEMS: Readonly<Record<string, string>> = {
-  ENOENT: 'no such directory',
-  ENOTDIR: 'a part of the path is not a directory',
-  EACCES: 'permission denied',
-  EPERM: 'permission denied',
-  EISDIR: 'is a directory',
-  EROFS: 'read-only file system',
-  ENOSPC: 'no space left on the device',
-  EDQUOT: 'disk quota exceeded',
-  EIO: 'input/output error',
-};
-
-/** Why a file could not be written, in words (the system code kept for a search). */
-function writeProblem(err: NodeJS.ErrnoException): string {
-  return err.code
-    ? `${WRITE_PROBLEMS[err.code] ?? 'cannot write it'} (${err.code})`
-    : `cannot write it (${err.message})`;
-}
 
 /**
  * The proxy a request to `url` goes through, by the agent's own rules (-x, HTTPS_PROXY / HTTP_PROXY,
@@ -86,8 +54,6 @@ async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefi
 /** Whether a leg carried credentials (the trace keeps header names; values are redacted). */
 const carriesCredentials = (leg: LegRecord): boolean =>
   leg.request.headers.some(([name]) => name === 'authorization' || name === 'proxy-authorization');
-
-const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
 
 async function main(argv: string[]): Promise<number> {
   // -v and the messages go to stderr: a reader of it that went away (`2>&1 >file | head`) is not
@@ -189,12 +155,7 @@ async function main(argv: string[]): Promise<number> {
         }
       : now;
   };
-  // A reader that went away (`| head`) is not an error: stop writing, exit as if done. Any other
-  // failure to write (a full disk) is curl's 23, in one line.
-  let stdoutError: NodeJS.ErrnoException | undefined;
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (!isEpipe(err)) stdoutError ??= err;
-  });
+  const stdout = new Stdout();
   // `performance` (each transfer's -w %{time_total}) loads Node's perf_hooks on first use: before
   // wasm.ts's V8 flag, which would cost those modules their code cache.
   performance.now();
@@ -237,8 +198,8 @@ async function main(argv: string[]): Promise<number> {
   // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too. (Write
   // errors arrive after the write returns.)
   await new Promise((resolve) => setImmediate(resolve));
-  if (stdoutError && exit === EXIT.ok) {
-    say(`stdout: ${writeProblem(stdoutError)}`);
+  if (stdout.error && exit === EXIT.ok) {
+    say(`stdout: ${writeProblem(stdout.error)}`);
     exit = EXIT.write;
   }
   return exit;
@@ -401,42 +362,13 @@ async function main(argv: string[]): Promise<number> {
               for await (const _ of source);
             });
           } else {
-            const out = req.output ? createWriteStream(req.output) : process.stdout;
             wroteOutput = req.output !== undefined;
-            let fileError: NodeJS.ErrnoException | undefined;
-            if (req.output) out.once('error', (err) => (fileError = err));
-            // A body cut short leaves what came of it written (in the -o file too, as curl), then fails
-            // (18): its error is kept aside, so pipeline() ends the output instead of destroying it.
-            let cutShort: { error: unknown } | undefined;
-            const body = res.body;
-            async function* received() {
-              try {
-                for await (const chunk of body) yield chunk;
-              } catch (error) {
-                cutShort = { error };
-              }
-            }
-            // With -o, the heads -i shows go into the file first, as curl writes them.
-            if (heads) out.write(heads);
+            const problem = await writeBody(res.body, counter, req.output, heads, stdout);
             heads = '';
-            try {
-              await pipeline(received(), counter, out, { end: Boolean(req.output) });
-            } catch (err) {
-              if (fileError !== undefined && req.output !== undefined) {
-                // curl's 23 (write error), in one line: the file, not the transfer, failed.
-                fail(EXIT.write, `-o ${req.output}: ${writeProblem(fileError)}`);
-                break;
-              }
-              const stdout =
-                stdoutError ?? (req.output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
-              if (stdout?.code && stdout.code in WRITE_PROBLEMS) {
-                fail(EXIT.write, `stdout: ${writeProblem(stdout)}`);
-                break;
-              }
-              if (!isEpipe(err)) throw err;
-              res.body.destroy();
+            if (problem !== undefined) {
+              fail(EXIT.write, problem);
+              break;
             }
-            if (cutShort) throw cutShort.error;
           }
           reading = undefined;
           const last = trace.lastDelivered;
