@@ -20,6 +20,7 @@ import type { CliRequest } from './options.ts';
 import { responseHead, type Stdout, writeBody } from './output.ts';
 import type { RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
+import type { CliTrust } from './trust.ts';
 
 /** The statuses -L follows. */
 export const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
@@ -103,6 +104,84 @@ async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefi
 const carriesCredentials = (leg: LegRecord): boolean =>
   leg.request.headers.some(([name]) => name === 'authorization' || name === 'proxy-authorization');
 
+/** What a transfer's next request sends: the URL given, then each redirect's. */
+interface Hop {
+  readonly url: URL;
+  readonly method: string;
+  readonly body: Buffer | undefined;
+  readonly headers: Record<string, string | string[]>;
+}
+
+/** The request as given (each attempt starts over from it, as curl's does). */
+const firstHop = (req: CliRequest): Hop => ({
+  url: req.url,
+  method: req.method,
+  body: req.body,
+  headers: { ...req.headers },
+});
+
+/** The request a redirect with `status` leads to, `next` (-L, with curl's rules). */
+function redirected(req: CliRequest, from: Hop, status: number, next: URL, trusted: CliTrust): Hop {
+  let { method, body } = from;
+  const headers = { ...from.headers };
+  if (next.origin !== from.url.origin) {
+    if (req.locationTrusted) trusted.add(next.origin);
+    else {
+      // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
+      // and so does a Proxy-Authorization they gave for the way there.
+      delete headers.authorization;
+      delete headers.cookie;
+      delete headers['proxy-authorization'];
+    }
+  }
+  // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
+  if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
+    // -X stays the method of every request (curl's), without the body.
+    if (method !== 'HEAD' && !req.customMethod) method = 'GET';
+    body = undefined;
+    // The form type the command added for -d goes with the body (one given with -H stays).
+    if (req.formType) delete headers['content-type'];
+    delete headers['content-length'];
+  }
+  return { url: next, method, body, headers };
+}
+
+/**
+ * Why a final 401 or 407 stood, in words, once its body is read: the reason Negotiate could not
+ * run (the request was sent again without it), or explain.ts's account of the 401; a forwarding
+ * proxy's 407 as curl shows it (proxy.deliver407).
+ */
+async function whyStood(
+  req: CliRequest,
+  url: URL,
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  { command, credentials, trace }: TransferEnv,
+): Promise<string | undefined> {
+  const { cannotRun } = command;
+  if (status === 401 && cannotRun) return `${forCli(cannotRun.message)} (${cannotRun.code})`;
+  if (status === 401)
+    return explain401({
+      origin: url.origin,
+      offered: challengeSchemes(headers, status),
+      trusted: command.trusted.trusts(url.origin),
+      hasPassword: credentials !== undefined,
+      schemes: req.agent.schemes,
+      handshakes: trace.handshakes,
+    });
+  if (status !== 407) return undefined;
+  const proxy = await proxyFor(req, url);
+  const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
+  if (!proxy) return undefined;
+  return explain407({
+    proxy,
+    offered: challengeSchemes(headers, status),
+    sent: sent === true,
+    unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+    schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
+  });
+}
+
 /**
  * One URL's transfer (`req` is the command's, with this URL and its -o), its retries included:
  * what came of it, for the exit code, -w and --json.
@@ -113,10 +192,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   const before = command.totals();
   const firstLeg = trace.legs.length;
   const firstHandshake = trace.handshakes.length;
-  let url = req.url;
-  let method = req.method;
-  let body = req.body;
-  let headers = { ...req.headers };
+  let hop = firstHop(req);
   let redirects = 0;
   let status = 0;
   let bytes = 0;
@@ -157,7 +233,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
       for (;;) {
         // curl's 77 for a --cacert / --proxy-cacert file it cannot use, once a TLS connection would use it (this hop).
         const unusableCa =
-          req.unusableCa !== undefined || req.unusableProxyCa !== undefined ? await unusableCaFor(req, url) : undefined;
+          req.unusableCa !== undefined || req.unusableProxyCa !== undefined
+            ? await unusableCaFor(req, hop.url)
+            : undefined;
         if (unusableCa !== undefined) {
           fail(EXIT.caFile, unusableCa);
           break;
@@ -165,11 +243,11 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         let res: Awaited<ReturnType<MultilegAgent['request']>>;
         try {
           res = await command.agent.request({
-            origin: url.origin,
-            path: `${url.pathname}${url.search}`,
-            method: method as 'GET',
-            headers,
-            body: body ?? null,
+            origin: hop.url.origin,
+            path: `${hop.url.pathname}${hop.url.search}`,
+            method: hop.method as 'GET',
+            headers: hop.headers,
+            body: hop.body ?? null,
             ...(signal ? { signal } : {}),
             ...(req.http1 ? { allowH2: false } : {}),
           } as Parameters<MultilegAgent['request']>[0]);
@@ -195,27 +273,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             break;
           }
           redirects++;
-          const next = redirectTarget(location, url);
-          if (next.origin !== url.origin) {
-            if (req.locationTrusted) command.trusted.add(next.origin);
-            else {
-              // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
-              // and so does a Proxy-Authorization they gave for the way there.
-              delete headers.authorization;
-              delete headers.cookie;
-              delete headers['proxy-authorization'];
-            }
-          }
-          // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
-          if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
-            // -X stays the method of every request (curl's), without the body.
-            if (method !== 'HEAD' && !req.customMethod) method = 'GET';
-            body = undefined;
-            // The form type the command added for -d goes with the body (one given with -H stays).
-            if (req.formType) delete headers['content-type'];
-            delete headers['content-length'];
-          }
-          url = next;
+          hop = redirected(req, hop, status, redirectTarget(location, hop.url), command.trusted);
           continue;
         }
         if (retrier?.transient(status)) {
@@ -239,7 +297,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         const length = Number(res.headers['content-length']);
         const progress = {
           received: 0,
-          expected: method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
+          expected: hop.method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
         };
         reading = progress;
         const counter = new Transform({
@@ -265,41 +323,15 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         reading = undefined;
         const last = trace.lastDelivered;
         if (last) last.bodySize = bytes;
-        const { cannotRun } = command;
-        if (status === 401 && cannotRun) say(`${forCli(cannotRun.message)} (${cannotRun.code})`);
-        else if (status === 401)
-          say(
-            explain401({
-              origin: url.origin,
-              offered: challengeSchemes(res.headers, status),
-              trusted: command.trusted.trusts(url.origin),
-              hasPassword: credentials !== undefined,
-              schemes: req.agent.schemes,
-              handshakes: trace.handshakes,
-            }),
-          );
-        else if (status === 407) {
-          // A forwarding proxy's 407, shown as curl shows it (proxy.deliver407): why it stood.
-          const proxy = await proxyFor(req, url);
-          const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
-          if (proxy)
-            say(
-              explain407({
-                proxy,
-                offered: challengeSchemes(res.headers, status),
-                sent: sent === true,
-                unusable: trace.unanswered407.at(-1)?.unusable ?? [],
-                schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
-              }),
-            );
-        }
+        const why = await whyStood(req, hop.url, status, res.headers, env);
+        if (why !== undefined) say(why);
         if ((req.fail || req.failWithBody) && status >= 400) {
           fail(EXIT.httpError, `(22) HTTP ${status}`);
         }
         break;
       }
     } catch (err) {
-      failure = describeFailure(err, { url, maxTime: req.maxTime, midBody: reading });
+      failure = describeFailure(err, { url: hop.url, maxTime: req.maxTime, midBody: reading });
       fail(failure.exit, failure.message);
     }
     if (!retrier) break;
@@ -338,10 +370,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     }
     await sleep(next.delayMs);
     // The transfer starts over from the URL given, as curl's does.
-    url = req.url;
-    method = req.method;
-    body = req.body;
-    headers = { ...req.headers };
+    hop = firstHop(req);
     redirects = 0;
     status = 0;
     bytes = 0;
@@ -362,7 +391,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     failedHandshakes: after.failedHandshakes - before.failedHandshakes,
   };
   return {
-    url,
+    url: hop.url,
     status,
     redirects,
     exit,
