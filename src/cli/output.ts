@@ -1,0 +1,99 @@
+/**
+ * Where the command's bytes go, and what a failure to write them means: stdout (a reader that went
+ * away is not an error, curl's rule), the -o file, and the response heads `-i` and `-D` show.
+ */
+import { createWriteStream } from 'node:fs';
+import type { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { headText } from './dump-header.ts';
+
+export const isEpipe = (err: unknown) => (err as { code?: string } | undefined)?.code === 'EPIPE';
+
+/** What a failure to write the body means, by its code. */
+const WRITE_PROBLEMS: Readonly<Record<string, string>> = {
+  ENOENT: 'no such directory',
+  ENOTDIR: 'a part of the path is not a directory',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'is a directory',
+  EROFS: 'read-only file system',
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded',
+  EIO: 'input/output error',
+};
+
+/** Why a file could not be written, in words (the system code kept for a search). */
+export function writeProblem(err: NodeJS.ErrnoException): string {
+  return err.code
+    ? `${WRITE_PROBLEMS[err.code] ?? 'cannot write it'} (${err.code})`
+    : `cannot write it (${err.message})`;
+}
+
+/** The status line and header lines `-i` and `-D` show, as curl writes them. */
+export function responseHead(
+  protocol: string | undefined,
+  res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
+): string {
+  const lines: Array<[string, string]> = [];
+  for (const [k, v] of Object.entries(res.headers)) {
+    if (v === undefined) continue;
+    for (const value of Array.isArray(v) ? v : [v]) lines.push([k, value]);
+  }
+  return headText(protocol, res.statusCode, res.statusText, lines);
+}
+
+/**
+ * The command's stdout: a reader that went away (`| head`) is not an error (stop writing, exit as
+ * if done); any other failure to write (a full disk) is kept, for curl's 23 in one line. Watched
+ * from before the first request to the exit.
+ */
+export class Stdout {
+  /** The first failure to write stdout, not EPIPE. */
+  error: NodeJS.ErrnoException | undefined;
+
+  constructor() {
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (!isEpipe(err)) this.error ??= err;
+    });
+  }
+}
+
+/**
+ * Writes a response body, through `counter`, to the -o file (after the heads -i keeps for it) or
+ * to stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
+ * its error is thrown (18): it is kept aside meanwhile, so pipeline() ends the output instead of
+ * destroying it. A failure to write is returned as the line curl's 23 says (the file, or stdout,
+ * failed, not the transfer); a reader of stdout that went away ends the body quietly.
+ */
+export async function writeBody(
+  body: Readable,
+  counter: Transform,
+  output: string | undefined,
+  heads: string,
+  stdout: Stdout,
+): Promise<string | undefined> {
+  const out = output ? createWriteStream(output) : process.stdout;
+  let fileError: NodeJS.ErrnoException | undefined;
+  if (output) out.once('error', (err) => (fileError = err));
+  let cutShort: { error: unknown } | undefined;
+  async function* received() {
+    try {
+      for await (const chunk of body) yield chunk;
+    } catch (error) {
+      cutShort = { error };
+    }
+  }
+  // With -o, the heads -i shows go into the file first, as curl writes them.
+  if (heads) out.write(heads);
+  try {
+    await pipeline(received(), counter, out, { end: Boolean(output) });
+  } catch (err) {
+    if (fileError !== undefined && output !== undefined) return `-o ${output}: ${writeProblem(fileError)}`;
+    const failed = stdout.error ?? (output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
+    if (failed?.code && failed.code in WRITE_PROBLEMS) return `stdout: ${writeProblem(failed)}`;
+    if (!isEpipe(err)) throw err;
+    body.destroy();
+  }
+  if (cutShort) throw cutShort.error;
+  return undefined;
+}

@@ -1,0 +1,99 @@
+/**
+ * What the command writes once a transfer is over: `--json`'s report and `-w`'s format, from the
+ * transfer's outcome, and the address each origin's last connection reached (-w %{remote_ip},
+ * %{remote_port}), from undici's diagnostics channel.
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import type { CliRequest } from './options.ts';
+import { REDIRECTS, redirectTarget, type TransferOutcome } from './transfer.ts';
+
+/** -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached, while listening. */
+export class Remotes {
+  readonly #byOrigin = new Map<string, { ip: string; port: string }>();
+  readonly #onConnected = (message: unknown) => {
+    const { connectParams: p, socket } = message as {
+      connectParams: { protocol: string; host: string };
+      socket: { remoteAddress?: string; remotePort?: number };
+    };
+    try {
+      this.#byOrigin.set(new URL(`${p.protocol}//${p.host}`).origin, {
+        ip: socket.remoteAddress ?? '',
+        port: socket.remotePort !== undefined ? String(socket.remotePort) : '',
+      });
+    } catch {}
+  };
+
+  constructor() {
+    subscribe('undici:client:connected', this.#onConnected);
+  }
+
+  get(origin: string): { ip: string; port: string } | undefined {
+    return this.#byOrigin.get(origin);
+  }
+
+  stop(): void {
+    unsubscribe('undici:client:connected', this.#onConnected);
+  }
+}
+
+/** Writes what --json and -w ask for after a transfer (`remotes` is there with -w). */
+export async function report(req: CliRequest, outcome: TransferOutcome, remotes: Remotes | undefined): Promise<void> {
+  const { url, status, final, redirects, exit, timeTotal, stats } = outcome;
+  if (req.json) {
+    const report = {
+      url: url.href,
+      status,
+      httpVersion: final?.protocol === 'h2' ? '2' : final ? '1.1' : null,
+      redirects,
+      exitCode: exit,
+      timeTotal,
+      legs: outcome.legs.map((l) => ({
+        session: l.request.sessionId,
+        method: l.request.method,
+        url: l.request.method === 'CONNECT' ? l.request.path : new URL(l.request.path, l.request.origin).href,
+        scheme: l.request.scheme ?? null,
+        authId: l.request.authId,
+        protocol: l.response?.protocol ?? l.request.protocol ?? null,
+        status: l.response?.status ?? null,
+        delivered: l.response?.delivered ?? false,
+        ...(l.error ? { error: l.error.error } : {}),
+      })),
+      handshakes: outcome.handshakes,
+      stats,
+    };
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  }
+  if (req.writeOut !== undefined) {
+    const { writeOut } = await import('./write-out.ts');
+    const header = (name: string) => {
+      const v = final?.headers[name];
+      return (Array.isArray(v) ? v[0] : v) ?? '';
+    };
+    const location = header('location');
+    let redirectUrl = '';
+    if (REDIRECTS.has(status) && location) {
+      try {
+        redirectUrl = redirectTarget(location, url).href;
+      } catch {}
+    }
+    const remote = remotes?.get(url.origin);
+    const parts = writeOut(req.writeOut, {
+      http_code: String(status).padStart(3, '0'),
+      response_code: String(status).padStart(3, '0'),
+      time_total: timeTotal.toFixed(6),
+      num_connects: String(stats.sessions),
+      num_redirects: String(redirects),
+      url_effective: url.href,
+      http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
+      size_download: String(outcome.bytes),
+      exitcode: String(exit),
+      errormsg: outcome.errormsg,
+      content_type: header('content-type'),
+      redirect_url: redirectUrl,
+      remote_ip: remote?.ip ?? '',
+      remote_port: remote?.port ?? '',
+      num_retries: String(outcome.retries),
+    });
+    for (const part of parts) (part.to === 'stderr' ? process.stderr : process.stdout).write(part.text);
+  }
+}

@@ -1,0 +1,407 @@
+/**
+ * One URL's transfer: its attempts (--retry), the redirects it follows (-L), the request itself
+ * through the command's agent (sent again without Negotiate when Negotiate cannot run here), and
+ * its response — the head -i and -D show, the body to -o or stdout, and why a 401 or 407 stood.
+ * Given what it needs ({@link TransferEnv}); returns what came of it ({@link TransferOutcome}),
+ * which the command writes out (report.ts) and exits with.
+ */
+import { statSync, truncateSync } from 'node:fs';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { MultilegAgent, MultilegStats } from '../agent.ts';
+import { cannotRunHere } from '../mechanisms/registry.ts';
+import type { Credentials } from '../mechanisms/types.ts';
+import type { HandshakeReport } from '../session/exchange.ts';
+import type { CommandAgent } from './command-agent.ts';
+import type { HeaderDump } from './dump-header.ts';
+import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
+import type { CliRequest } from './options.ts';
+import { responseHead, type Stdout, writeBody } from './output.ts';
+import type { RetryDecision } from './retry.ts';
+import type { LegRecord, Trace } from './trace.ts';
+import type { CliTrust } from './trust.ts';
+
+/** The statuses -L follows. */
+export const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+
+/** What a transfer is given: the command's agent and what the command set up around it. */
+export interface TransferEnv {
+  /** The agent, and whom credentials go to (trusted for this transfer's URL). */
+  readonly command: CommandAgent;
+  /** The credentials the command resolved (-u, netrc…), if any. */
+  readonly credentials: Credentials | undefined;
+  readonly trace: Trace;
+  /** -D's file, when asked for. */
+  readonly dump: HeaderDump | undefined;
+  readonly stdout: Stdout;
+  /** A message (-s hides it, -S brings it back). */
+  readonly say: (line: string) => void;
+  /** curl's warnings (-s hides them). */
+  readonly warn: (line: string) => void;
+}
+
+/** What came of a transfer, for its exit code, -w and --json. */
+export interface TransferOutcome {
+  /** The URL it ended on (after redirects). */
+  readonly url: URL;
+  /** The final response's status, 0 when none came. */
+  readonly status: number;
+  readonly redirects: number;
+  readonly exit: number;
+  /** The message of the failure that set the exit code (-w %{errormsg}). */
+  readonly errormsg: string;
+  /** The body's bytes received. */
+  readonly bytes: number;
+  /** The final response's headers and protocol, once one came. */
+  readonly final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  /** How many times it was sent again (--retry). */
+  readonly retries: number;
+  /** Seconds from its start to its end (-w %{time_total}). */
+  readonly timeTotal: number;
+  /** This transfer's counts; `origins` is now's. */
+  readonly stats: MultilegStats;
+  /** Its legs and handshakes, from the trace. */
+  readonly legs: readonly LegRecord[];
+  readonly handshakes: readonly HandshakeReport[];
+}
+
+/** Where a Location leads from `url`; its user:password@ is neither sent nor printed (-w %{url_effective}, --json). */
+export function redirectTarget(location: string, url: URL): URL {
+  const next = new URL(location, url);
+  next.username = '';
+  next.password = '';
+  return next;
+}
+
+/**
+ * The proxy a request to `url` goes through, by the agent's own rules (-x, HTTPS_PROXY / HTTP_PROXY,
+ * NO_PROXY), as its origin; loaded only on the rare paths that ask.
+ */
+async function proxyFor(req: CliRequest, url: URL): Promise<string | undefined> {
+  const { ProxyResolver } = await import('../proxy/options.ts');
+  return new ProxyResolver(req.agent.proxy, process.env, req.agent.negotiate).route(url.origin)?.proxy.origin;
+}
+
+/**
+ * Why a request to `url` cannot verify a certificate it would verify (curl's 77): --cacert for an
+ * https:// URL (not with -k), --proxy-cacert for an https:// proxy on the way (not with --proxy-insecure).
+ */
+async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefined> {
+  if (req.unusableCa !== undefined && url.protocol === 'https:' && req.agent.connect?.rejectUnauthorized !== false)
+    return req.unusableCa;
+  const proxy = req.agent.proxy;
+  if (
+    req.unusableProxyCa !== undefined &&
+    !(typeof proxy === 'object' && proxy.connect?.rejectUnauthorized === false) &&
+    (await proxyFor(req, url))?.startsWith('https:')
+  )
+    return req.unusableProxyCa;
+  return undefined;
+}
+
+/** Whether a leg carried credentials (the trace keeps header names; values are redacted). */
+const carriesCredentials = (leg: LegRecord): boolean =>
+  leg.request.headers.some(([name]) => name === 'authorization' || name === 'proxy-authorization');
+
+/** What a transfer's next request sends: the URL given, then each redirect's. */
+interface Hop {
+  readonly url: URL;
+  readonly method: string;
+  readonly body: Buffer | undefined;
+  readonly headers: Record<string, string | string[]>;
+}
+
+/** The request as given (each attempt starts over from it, as curl's does). */
+const firstHop = (req: CliRequest): Hop => ({
+  url: req.url,
+  method: req.method,
+  body: req.body,
+  headers: { ...req.headers },
+});
+
+/** The request a redirect with `status` leads to, `next` (-L, with curl's rules). */
+function redirected(req: CliRequest, from: Hop, status: number, next: URL, trusted: CliTrust): Hop {
+  let { method, body } = from;
+  const headers = { ...from.headers };
+  if (next.origin !== from.url.origin) {
+    if (req.locationTrusted) trusted.add(next.origin);
+    else {
+      // CVE-2018-1000007: the caller's own Authorization and Cookie stay on the first origin too,
+      // and so does a Proxy-Authorization they gave for the way there.
+      delete headers.authorization;
+      delete headers.cookie;
+      delete headers['proxy-authorization'];
+    }
+  }
+  // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
+  if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
+    // -X stays the method of every request (curl's), without the body.
+    if (method !== 'HEAD' && !req.customMethod) method = 'GET';
+    body = undefined;
+    // The form type the command added for -d goes with the body (one given with -H stays).
+    if (req.formType) delete headers['content-type'];
+    delete headers['content-length'];
+  }
+  return { url: next, method, body, headers };
+}
+
+/**
+ * Why a final 401 or 407 stood, in words, once its body is read: the reason Negotiate could not
+ * run (the request was sent again without it), or explain.ts's account of the 401; a forwarding
+ * proxy's 407 as curl shows it (proxy.deliver407).
+ */
+async function whyStood(
+  req: CliRequest,
+  url: URL,
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  { command, credentials, trace }: TransferEnv,
+): Promise<string | undefined> {
+  const { cannotRun } = command;
+  if (status === 401 && cannotRun) return `${forCli(cannotRun.message)} (${cannotRun.code})`;
+  if (status === 401)
+    return explain401({
+      origin: url.origin,
+      offered: challengeSchemes(headers, status),
+      trusted: command.trusted.trusts(url.origin),
+      hasPassword: credentials !== undefined,
+      schemes: req.agent.schemes,
+      handshakes: trace.handshakes,
+    });
+  if (status !== 407) return undefined;
+  const proxy = await proxyFor(req, url);
+  const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
+  if (!proxy) return undefined;
+  return explain407({
+    proxy,
+    offered: challengeSchemes(headers, status),
+    sent: sent === true,
+    unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+    schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
+  });
+}
+
+/**
+ * One URL's transfer (`req` is the command's, with this URL and its -o), its retries included:
+ * what came of it, for the exit code, -w and --json.
+ */
+export async function transfer(req: CliRequest, env: TransferEnv): Promise<TransferOutcome> {
+  const { command, credentials, trace, dump, stdout, say, warn } = env;
+  const started = performance.now();
+  const before = command.totals();
+  const firstLeg = trace.legs.length;
+  const firstHandshake = trace.handshakes.length;
+  let hop = firstHop(req);
+  let redirects = 0;
+  let status = 0;
+  let bytes = 0;
+  let exit: number = EXIT.ok;
+  let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
+  /** The message of the failure that sets the exit code (-w %{errormsg}). */
+  let errormsg = '';
+  const fail = (code: number, line: string) => {
+    say(line);
+    exit = code;
+    errormsg = line;
+  };
+  // --retry: curl's rules (retry.ts), loaded only when asked for.
+  const retrier = req.retry ? new (await import('./retry.ts')).Retrier(req.retry) : undefined;
+  const failOnError = req.fail || req.failWithBody;
+  /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
+  let heads = '';
+  const printHead = (text: string) => {
+    if (req.output) heads += text;
+    else process.stdout.write(text);
+  };
+  /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
+  let reading: { received: number; expected: number | undefined } | undefined;
+  // One attempt a turn: the transfer again from the URL given, with --retry.
+  for (;;) {
+    // --max-time bounds each attempt (curl's, with --retry).
+    const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
+    /** Where this attempt's legs and handshakes start in the trace (R4, below). */
+    const legsBefore = trace.legs.length;
+    const handshakesBefore = trace.handshakes.length;
+    /** The next attempt, decided when a transient status came (its answer is then not output). */
+    let retryNext: RetryDecision | undefined;
+    let retryDecided = false;
+    let failure: Failure | undefined;
+    /** Whether this attempt opened the -o file (emptied before the next one, as curl truncates it). */
+    let wroteOutput = false;
+    try {
+      for (;;) {
+        // curl's 77 for a --cacert / --proxy-cacert file it cannot use, once a TLS connection would use it (this hop).
+        const unusableCa =
+          req.unusableCa !== undefined || req.unusableProxyCa !== undefined
+            ? await unusableCaFor(req, hop.url)
+            : undefined;
+        if (unusableCa !== undefined) {
+          fail(EXIT.caFile, unusableCa);
+          break;
+        }
+        let res: Awaited<ReturnType<MultilegAgent['request']>>;
+        try {
+          res = await command.agent.request({
+            origin: hop.url.origin,
+            path: `${hop.url.pathname}${hop.url.search}`,
+            method: hop.method as 'GET',
+            headers: hop.headers,
+            body: hop.body ?? null,
+            ...(signal ? { signal } : {}),
+            ...(req.http1 ? { allowH2: false } : {}),
+          } as Parameters<MultilegAgent['request']>[0]);
+        } catch (err) {
+          // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
+          // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
+          if (credentials || command.cannotRun || !cannotRunHere(err)) throw err;
+          await command.withoutNegotiate(err);
+          continue;
+        }
+        status = res.statusCode;
+        const protocol = trace.lastDelivered?.response?.protocol;
+        final = { headers: res.headers, protocol };
+        // The responses the command receives itself, verbatim (the handshake's came through the trace).
+        dump?.write(responseHead(protocol, res));
+        const location = res.headers.location;
+        if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
+          if (req.include && !req.json) printHead(responseHead(protocol, res));
+          await res.body.dump();
+          // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
+          if (redirects >= req.maxRedirs) {
+            fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
+            break;
+          }
+          redirects++;
+          hop = redirected(req, hop, status, redirectTarget(location, hop.url), command.trusted);
+          continue;
+        }
+        if (retrier?.transient(status)) {
+          retryDecided = true;
+          retryNext = retrier.next({
+            exit: failOnError && status >= 400 ? EXIT.httpError : EXIT.ok,
+            status,
+            refused: false,
+            failOnError,
+            retryAfter: res.headers['retry-after'],
+          });
+          if (retryNext) {
+            // Sent again: this answer is not output (curl writes it, then takes it back from an -o
+            // file only: stdout would have it twice).
+            await res.body.dump().catch(() => {});
+            if (failOnError) fail(EXIT.httpError, `(22) HTTP ${status}`);
+            break;
+          }
+        }
+        if (req.include && !req.json && !(req.fail && status >= 400)) printHead(responseHead(protocol, res));
+        const length = Number(res.headers['content-length']);
+        const progress = {
+          received: 0,
+          expected: hop.method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
+        };
+        reading = progress;
+        const counter = new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            bytes += chunk.length;
+            progress.received += chunk.length;
+            cb(null, chunk);
+          },
+        });
+        if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
+          await pipeline(res.body, counter, async (source) => {
+            for await (const _ of source);
+          });
+        } else {
+          wroteOutput = req.output !== undefined;
+          const problem = await writeBody(res.body, counter, req.output, heads, stdout);
+          heads = '';
+          if (problem !== undefined) {
+            fail(EXIT.write, problem);
+            break;
+          }
+        }
+        reading = undefined;
+        const last = trace.lastDelivered;
+        if (last) last.bodySize = bytes;
+        const why = await whyStood(req, hop.url, status, res.headers, env);
+        if (why !== undefined) say(why);
+        if ((req.fail || req.failWithBody) && status >= 400) {
+          fail(EXIT.httpError, `(22) HTTP ${status}`);
+        }
+        break;
+      }
+    } catch (err) {
+      failure = describeFailure(err, { url: hop.url, maxTime: req.maxTime, midBody: reading });
+      fail(failure.exit, failure.message);
+    }
+    if (!retrier) break;
+    const next = retryDecided
+      ? retryNext
+      : retrier.next({
+          exit,
+          status,
+          errno: failure?.errno,
+          // R4: an attempt that failed after its credentials went out, with no handshake of it
+          // succeeding, is not sent again either: the server may have counted a wrong password
+          // (a connection cut or a timeout right after the credentials' leg).
+          refused:
+            failure?.refused === true ||
+            (failure !== undefined &&
+              trace.legs.slice(legsBefore).some(carriesCredentials) &&
+              !trace.handshakes.slice(handshakesBefore).some((h) => h.outcome !== 'failed')),
+          failOnError,
+          retryAfter: final?.headers['retry-after'],
+        });
+    if (!next) {
+      if (retrier.notice) warn(retrier.notice);
+      break;
+    }
+    warn(next.warning);
+    // What an attempt cut short wrote to the -o file goes (curl truncates a regular file; stdout
+    // cannot take it back).
+    if (wroteOutput && req.output !== undefined) {
+      try {
+        const size = statSync(req.output);
+        if (size.isFile() && size.size > 0) {
+          if (req.verbose && !req.silent) process.stderr.write(`multileg: Note: Throwing away ${size.size} bytes\n`);
+          truncateSync(req.output, 0);
+        }
+      } catch {}
+    }
+    await sleep(next.delayMs);
+    // The transfer starts over from the URL given, as curl's does.
+    hop = firstHop(req);
+    redirects = 0;
+    status = 0;
+    bytes = 0;
+    exit = EXIT.ok;
+    errormsg = '';
+    final = undefined;
+    heads = '';
+    reading = undefined;
+  }
+  // This transfer's counts (curl's -w %{num_connects} is the transfer's new connections); `origins` is now's.
+  const after = command.totals();
+  const stats = {
+    ...after,
+    requests: after.requests - before.requests,
+    sessions: after.sessions - before.sessions,
+    handshakes: after.handshakes - before.handshakes,
+    legs: after.legs - before.legs,
+    failedHandshakes: after.failedHandshakes - before.failedHandshakes,
+  };
+  return {
+    url: hop.url,
+    status,
+    redirects,
+    exit,
+    errormsg,
+    bytes,
+    final,
+    retries: retrier?.retries ?? 0,
+    timeTotal: (performance.now() - started) / 1000,
+    stats,
+    legs: trace.legs.slice(firstLeg),
+    handshakes: trace.handshakes.slice(firstHandshake),
+  };
+}
