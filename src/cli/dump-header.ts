@@ -2,23 +2,12 @@
  * `-D, --dump-header FILE`: the head of every response received, as curl writes them — a
  * handshake's 401s, a proxy's 407s and its CONNECT answer, redirects and the final response, in
  * the order they came (curl's header callback sees each of them). `-` is stdout, `%` stderr (curl
- * 8.10+). The status line of `-i` too ({@link headText}).
+ * 8.10+). Loaded only with -D; heads are laid out by output.ts's `headText` (`-i` uses it too).
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
 import type { RedactedHeader } from '../diagnostics.ts';
+import { headText } from './output.ts';
 import type { LegRecord } from './trace.ts';
-
-/** A response head as curl writes it (`-i`, `-D`): `HTTP/2 200` or `HTTP/1.1 200 OK`, CRLF lines, a blank line. */
-export function headText(
-  protocol: string | undefined,
-  status: number,
-  statusText: string,
-  headers: Iterable<readonly [string, string]>,
-): string {
-  let text = protocol === 'h2' ? `HTTP/2 ${status}\r\n` : `HTTP/1.1 ${status}${statusText ? ` ${statusText}` : ''}\r\n`;
-  for (const [name, value] of headers) text += `${name}: ${value}\r\n`;
-  return `${text}\r\n`;
-}
 
 /** Where -D writes, opened (and emptied) before the first request, as curl opens it. */
 export class HeaderDump {
