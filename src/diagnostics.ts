@@ -11,8 +11,9 @@
  * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
  *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
  *
- * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies and the
- * tokens in `WWW-Authenticate` / `Proxy-Authenticate` are replaced by `[redacted]` here, before any
+ * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies, the
+ * tokens in `WWW-Authenticate` / `Proxy-Authenticate` and Digest's `rspauth` in
+ * `Authentication-Info` / `Proxy-Authentication-Info` are replaced by `[redacted]` here, before any
  * subscriber sees them. Nothing is built when nobody subscribes.
  */
 import { channel } from 'node:diagnostics_channel';
@@ -131,10 +132,21 @@ export type LegEvent = LegRequestEvent | LegResponseEvent | LegErrorEvent;
 
 const SECRET_HEADERS = new Set(['authorization', 'proxy-authorization', 'auth-id', 'cookie', 'set-cookie']);
 const CHALLENGE_HEADERS = new Set(['www-authenticate', 'proxy-authenticate']);
+const PROOF_HEADERS = new Set(['authentication-info', 'proxy-authentication-info']);
 
 /** Keeps a challenge's scheme and parameters, drops its token68 (`Negotiate oYIB…` → `Negotiate [redacted]`). */
 function redactChallenges(value: string): string {
   return value.replace(/(^|,)(\s*[A-Za-z][\w!#$%&'*+.^`|~-]*)\s+[A-Za-z0-9+/._~-]+=*(?=\s*(,|$))/g, '$1$2 [redacted]');
+}
+
+/**
+ * Drops Digest's `rspauth` from an `Authentication-Info` value, keeps the rest (`nextnonce`, `qop`,
+ * `nc`, `cnonce`): it is the request's digest with an empty method (RFC 7616 §3.5), as
+ * password-derived as the `response` of the Authorization it answers — with the nonce, cnonce and
+ * user name, enough to guess the password offline.
+ */
+function redactProof(value: string): string {
+  return value.replace(/(^|[\s,])(rspauth\s*=\s*)(?:"(?:[^"\\]|\\.)*"?|[^\s,]*)/gi, '$1$2[redacted]');
 }
 
 /** A scheme word: an RFC 9110 token, short, then whitespace and the credentials (RFC 9110 §11.4). */
@@ -155,6 +167,7 @@ function redactValue(name: string, value: string): string {
     const scheme = authScheme(value);
     return scheme === undefined ? '[redacted]' : `${scheme} [redacted]`;
   }
+  if (PROOF_HEADERS.has(name)) return redactProof(value);
   return CHALLENGE_HEADERS.has(name) ? redactChallenges(value) : value;
 }
 

@@ -171,6 +171,59 @@ describe('diagnostics_channel events', () => {
       ['x-plain', 'kept'],
     ]);
   });
+
+  it("S2: Digest's rspauth (Authentication-Info, Proxy-Authentication-Info) is redacted, the other parameters kept", () => {
+    expect(
+      redactHeaders({
+        'authentication-info': [
+          'rspauth="6629fae49393a05397450978507c4ef1", cnonce="0a4f113b", nc=00000001, qop=auth',
+          'nextnonce="n1", RspAuth = 0123abcd',
+          'qop=auth,rspauth="a\\"b", nc=00000002',
+        ],
+        'proxy-authentication-info': 'nextnonce="pn-1", rspauth="feedbeef"',
+      }),
+    ).toEqual([
+      ['authentication-info', 'rspauth=[redacted], cnonce="0a4f113b", nc=00000001, qop=auth'],
+      ['authentication-info', 'nextnonce="n1", RspAuth = [redacted]'],
+      ['authentication-info', 'qop=auth,rspauth=[redacted], nc=00000002'],
+      ['proxy-authentication-info', 'nextnonce="pn-1", rspauth=[redacted]'],
+    ]);
+  });
+
+  it("S2: a Digest answer's rspauth reaches no multileg:leg subscriber (with the nonce, cnonce and user name, it would let the password be guessed offline)", async () => {
+    const digest = await startReferenceServer({ schemes: ['Digest'], mode: 'per-request' });
+    digest.digest.options.nextnonce = true;
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    const agent = new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      trustedOrigins: [digest.origin],
+      connect: { ca: digest.ca },
+      negotiate: false,
+    });
+    try {
+      for (const path of ['/auth/d1', '/auth/d2']) {
+        const res = await fetch(`${digest.origin}${path}`, { dispatcher: agent });
+        expect(res.status).toBe(200);
+        await res.text();
+      }
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+      await agent.destroy();
+      await digest.close();
+    }
+    const infos = digest.exchanges.flatMap((e) => [e.responseHeaders['authentication-info'] ?? []].flat());
+    expect(infos).toHaveLength(2);
+    const published = JSON.stringify(legs);
+    for (const info of infos) {
+      const rspauth = /rspauth="([0-9a-f]+)"/.exec(String(info))![1]!;
+      expect(published).not.toContain(rspauth);
+      // What helps to follow the exchange stays: the next nonce.
+      expect(published).toContain(/nextnonce="([^"]+)"/.exec(String(info))![1]!);
+    }
+    expect(published).toContain('rspauth=[redacted]');
+  });
 });
 
 describe('sessions(): what each session holds', () => {

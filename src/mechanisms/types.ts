@@ -44,7 +44,10 @@ export interface MechanismContext {
    */
   readonly firstLegCompletes?: boolean;
   /**
-   * Called with the scheme's challenge on the final (non-401) response, if any: verifies the
+   * Called with the scheme's challenge, if any, on the response that ends the handshake — from an
+   * origin a 2xx (a 101 for an upgrade; over cleartext also the answer to a proactive first leg that
+   * names no token), from a proxy any answer but a 407; through a forwarding proxy also on the
+   * answer to each request's own Digest credentials. Not on an origin's 3xx or 4xx. Verifies the
    * server's last token (mutual authentication). Throws {@link MutualAuthError} on failure.
    * `info`: the parameters of that response's `Authentication-Info` (`Proxy-Authentication-Info`
    * to a proxy), when it has one (Digest's `rspauth` and `nextnonce`; RFC 9110 §11.6.3).

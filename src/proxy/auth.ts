@@ -113,9 +113,14 @@ export class ProxyAuth {
    * rspauth and nextnonce). Throws {@link MutualAuthError} when the proxy fails the proof.
    */
   verify(own: MechanismContext, headers: Headers, leg: LegInfo): Promise<void> {
+    return this.#finish(own, headers, leg);
+  }
+
+  /** `context`'s check of the proxy's answer: its scheme's last Proxy-Authenticate and Proxy-Authentication-Info. */
+  #finish(context: MechanismContext, headers: Headers, leg: LegInfo): Promise<void> {
     const key = this.#mechanism?.scheme.toLowerCase();
     const final = readChallenges(headers, true).find((c) => c.schemeKey === key);
-    return own.finish(final, leg, readAuthenticationInfo(headers, true));
+    return context.finish(final, leg, readAuthenticationInfo(headers, true));
   }
 
   /**
@@ -212,10 +217,8 @@ export class ProxyAuth {
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
     if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
     this.#state = 'done';
-    const key = this.#mechanism.scheme.toLowerCase();
-    const final = readChallenges(headers, true).find((c) => c.schemeKey === key);
     log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
-    await this.#context.finish(final, leg, readAuthenticationInfo(headers, true));
+    await this.#finish(this.#context, headers, leg);
   }
 
   async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {

@@ -168,11 +168,11 @@ export class ForwardProxy {
               // the origin's to bound.
               this.#note(status, headers, onHttp2);
               const verdict = classify(status, headers);
-              const own = credentials?.own;
-              if (own && status !== 407) {
+              const ownContext = credentials?.own;
+              if (ownContext && status !== 407) {
                 // This request's own credentials (Digest): the proxy's answer proves itself as a
                 // handshake's last does (rspauth), and may name the next nonce.
-                const verified = this.#auth.verify(own, headers, leg).then(() => {
+                const verified = this.#auth.verify(ownContext, headers, leg).then(() => {
                   outcome = 'success';
                 });
                 return this.#proved(verified, clock().start(), verdict);
