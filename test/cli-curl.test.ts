@@ -465,6 +465,43 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('R4: --retry still retries a timeout after a proxy accepted its credentials (the CONNECT answered 200): they were not refused', async () => {
+    let proxy: ReferenceProxy | undefined;
+    const accepted: Array<{ destroy(): void }> = [];
+    const silent = createTcpServer((socket) => accepted.push(socket));
+    const port = await listen(silent);
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const r = await run([
+        '--proxy-cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        '-U',
+        'proxyuser:proxypw',
+        '-m',
+        '0.5',
+        '--retry',
+        '1',
+        '--retry-delay',
+        '0.05',
+        `https://localhost:${port}/never`,
+      ]);
+      expect(r.code).toBe(28);
+      expect(r.stderr).toContain('Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.');
+      // The premise: the proxy answered the CONNECT with its credentials 200 (the second attempt
+      // waits on the same tunnel's TLS handshake, which the silent server never answers).
+      expect(proxy.exchanges.map((e) => [e.proxyAuthorization, e.status])).toEqual([
+        [false, 407],
+        [true, 200],
+      ]);
+    } finally {
+      for (const socket of accepted) socket.destroy();
+      silent.close();
+      await proxy?.close();
+    }
+  });
+
   it("--retry and its companions as curl reads them: a whole number, seconds with decimals (0: curl's default); anything else is bad usage", async () => {
     for (const args of [
       ['--retry', '-1'],

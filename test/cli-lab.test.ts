@@ -45,6 +45,28 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     );
   });
 
+  it('M5: with several URLs, Kerberos that cannot run at one host (no SPN for 127.0.0.1) is skipped for that origin only: the next URL, at localhost, authenticates with the ticket', async () => {
+    const byIp = lab.apache!.origin.replace('localhost', '127.0.0.1');
+    const r = await run(
+      [
+        '--negotiate',
+        '-u',
+        ':',
+        '-w',
+        '%{http_code}\\n',
+        '--cacert',
+        ca,
+        `${byIp}/protected/`,
+        `${lab.apache!.origin}/protected/`,
+      ],
+      { env },
+    );
+    expect(r.code).toBe(0);
+    // The first: Apache's 401, with why Kerberos could not run there; the second: 200 as alice.
+    expect(r.stdout).toMatch(/<\/html>\n401\nhello from \/protected\n200\n$/);
+    expect(r.stderr).toContain('MULTILEG_KRB_UNKNOWN_SPN');
+  });
+
   it('NTLM at Apache: -v shows the move to HTTP/1.1 that Apache needs for a connection-bound handshake', async () => {
     const r = await run(
       ['--ntlm', '-u', 'EXAMPLE\\alice:alicepw', '-v', '--cacert', ca, `${lab.apache!.origin}/ntlm/index.html`],

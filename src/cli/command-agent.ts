@@ -1,7 +1,7 @@
 /**
  * The command's agent, shared by its transfers one after another, and what they share with it:
- * whom credentials go to in the transfer under way, and the agent without Negotiate that replaces
- * it when Negotiate cannot run here (no -u, no usable Kerberos ticket). Held in one object the
+ * whom credentials go to in the transfer under way, and, per origin where Negotiate cannot run (no
+ * -u, no usable Kerberos ticket), the agent without Negotiate its requests go through. Held in one object the
  * command passes to each transfer, so that no module keeps it in a global.
  */
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
@@ -11,18 +11,20 @@ import type { CliRequest } from './options.ts';
 import type { CliTrust } from './trust.ts';
 
 export class CommandAgent {
-  /** The agent requests go through; replaced once by {@link withoutNegotiate}. */
-  agent: MultilegAgent;
+  /** The agent requests go through, but to an origin in {@link #without}. */
+  readonly agent: MultilegAgent;
   /**
    * Whom credentials go to (curl's rule): the command sets it as each transfer starts (a URL's
    * origin is trusted in its own transfer only); --location-trusted adds to it. The agent's
    * `trustedOrigins` asks it.
    */
   trusted: CliTrust;
-  /** Why Negotiate could not run, once the request was sent again without it. */
-  cannotRun: MultilegError | undefined;
-  /** The replaced agent's counts, kept for {@link totals}. */
-  #earlier: MultilegStats | undefined;
+  /**
+   * Per origin where Negotiate could not run: the agent without Negotiate its requests go
+   * through, and why. Per origin, not for the command: with several URLs, Kerberos failing at one
+   * host (its SPN unknown) says nothing of the next.
+   */
+  readonly #without = new Map<string, { readonly agent: MultilegAgent; readonly reason: MultilegError }>();
   readonly #Agent: typeof MultilegAgent;
   readonly #options: CliRequest['agent'];
 
@@ -46,31 +48,48 @@ export class CommandAgent {
     });
   }
 
-  /**
-   * No -u and no usable Kerberos ticket: curl shows the server's 401, and so does the command,
-   * with the request sent once more through an agent without Negotiate; `reason` (kinit…) is then
-   * said instead of the usual hint.
-   */
-  async withoutNegotiate(reason: MultilegError): Promise<void> {
-    this.cannotRun = reason;
-    this.#earlier = this.agent.stats();
-    await this.agent.destroy().catch(() => {});
-    this.agent = new this.#Agent({ ...this.#options, negotiate: false, trustedOrigins: (o) => this.trusted.trusts(o) });
+  /** The agent a request to `origin` goes through. */
+  agentFor(origin: string): MultilegAgent {
+    return this.#without.get(origin)?.agent ?? this.agent;
   }
 
-  /** Both agents' counts when a request was sent again without Negotiate (-w %{num_connects}, -v, --json). */
+  /** Why Negotiate could not run at `origin`, once its requests go without it. */
+  cannotRunAt(origin: string): MultilegError | undefined {
+    return this.#without.get(origin)?.reason;
+  }
+
+  /**
+   * No -u and no usable Kerberos ticket for `origin`: curl shows the server's 401, and so does
+   * the command, with the request sent once more through an agent without Negotiate; `reason`
+   * (kinit…) is then said instead of the usual hint.
+   */
+  withoutNegotiate(origin: string, reason: MultilegError): void {
+    const agent = new this.#Agent({
+      ...this.#options,
+      negotiate: false,
+      trustedOrigins: (o) => this.trusted.trusts(o),
+    });
+    this.#without.set(origin, { agent, reason });
+  }
+
+  /** Every agent's counts together (-w %{num_connects}, -v, --json). */
   totals(): MultilegStats {
-    const now = this.agent.stats();
-    const earlier = this.#earlier;
-    return earlier
-      ? {
-          ...now,
-          requests: now.requests + earlier.requests,
-          sessions: now.sessions + earlier.sessions,
-          handshakes: now.handshakes + earlier.handshakes,
-          legs: now.legs + earlier.legs,
-          failedHandshakes: now.failedHandshakes + earlier.failedHandshakes,
-        }
-      : now;
+    const sum = { ...this.agent.stats() };
+    for (const { agent } of this.#without.values()) {
+      const s = agent.stats();
+      sum.requests += s.requests;
+      sum.sessions += s.sessions;
+      sum.handshakes += s.handshakes;
+      sum.legs += s.legs;
+      sum.failedHandshakes += s.failedHandshakes;
+    }
+    return sum;
+  }
+
+  /** Closes every agent. */
+  async destroy(): Promise<void> {
+    await Promise.all(
+      [this.agent, ...[...this.#without.values()].map((w) => w.agent)].map((a) => a.destroy().catch(() => {})),
+    );
   }
 }

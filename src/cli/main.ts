@@ -74,7 +74,7 @@ async function main(argv: string[]): Promise<number> {
       dump = await (await import('./dump-header.ts')).HeaderDump.open(req.dumpHeader);
     } catch (err) {
       say(`-D ${req.dumpHeader}: ${writeProblem(err as NodeJS.ErrnoException)}`);
-      await command.agent.destroy().catch(() => {});
+      await command.destroy();
       return EXIT.write;
     }
   }
@@ -113,7 +113,7 @@ async function main(argv: string[]): Promise<number> {
       `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,
     );
   trace.stop();
-  await command.agent.destroy().catch(() => {});
+  await command.destroy();
   remotes?.stop();
   if (dump) {
     dump.close();

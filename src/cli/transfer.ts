@@ -100,8 +100,13 @@ async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefi
   return undefined;
 }
 
-/** Whether a leg carried credentials (the trace keeps header names; values are redacted). */
-const carriesCredentials = (leg: LegRecord): boolean =>
+/**
+ * R4: a leg that carried credentials and got no answer (the connection cut, or the time ran out,
+ * after they went): the server or proxy may have counted them, and the outcome is unknown. The
+ * trace keeps header names; values are redacted.
+ */
+const credentialsUnanswered = (leg: LegRecord): boolean =>
+  leg.response === undefined &&
   leg.request.headers.some(([name]) => name === 'authorization' || name === 'proxy-authorization');
 
 /** What a transfer's next request sends: the URL given, then each redirect's. */
@@ -158,7 +163,7 @@ async function whyStood(
   headers: Record<string, string | string[] | undefined>,
   { command, credentials, trace }: TransferEnv,
 ): Promise<string | undefined> {
-  const { cannotRun } = command;
+  const cannotRun = command.cannotRunAt(url.origin);
   if (status === 401 && cannotRun) return `${forCli(cannotRun.message)} (${cannotRun.code})`;
   if (status === 401)
     return explain401({
@@ -220,9 +225,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   for (;;) {
     // --max-time bounds each attempt (curl's, with --retry).
     const signal = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
-    /** Where this attempt's legs and handshakes start in the trace (R4, below). */
+    /** Where this attempt's legs start in the trace (R4, below). */
     const legsBefore = trace.legs.length;
-    const handshakesBefore = trace.handshakes.length;
     /** The next attempt, decided when a transient status came (its answer is then not output). */
     let retryNext: RetryDecision | undefined;
     let retryDecided = false;
@@ -242,7 +246,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         }
         let res: Awaited<ReturnType<MultilegAgent['request']>>;
         try {
-          res = await command.agent.request({
+          res = await command.agentFor(hop.url.origin).request({
             origin: hop.url.origin,
             path: `${hop.url.pathname}${hop.url.search}`,
             method: hop.method as 'GET',
@@ -254,8 +258,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         } catch (err) {
           // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
           // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
-          if (credentials || command.cannotRun || !cannotRunHere(err)) throw err;
-          await command.withoutNegotiate(err);
+          if (credentials || command.cannotRunAt(hop.url.origin) || !cannotRunHere(err)) throw err;
+          command.withoutNegotiate(hop.url.origin, err);
           continue;
         }
         status = res.statusCode;
@@ -341,14 +345,12 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           exit,
           status,
           errno: failure?.errno,
-          // R4: an attempt that failed after its credentials went out, with no handshake of it
-          // succeeding, is not sent again either: the server may have counted a wrong password
-          // (a connection cut or a timeout right after the credentials' leg).
+          // R4: nor an attempt with credentials that went unanswered: a wrong password sent again
+          // may lock the account. Answered ones (a proxy's 200 to its CONNECT, an origin's 401
+          // challenge) say the server saw them, and a failure after that is not theirs.
           refused:
             failure?.refused === true ||
-            (failure !== undefined &&
-              trace.legs.slice(legsBefore).some(carriesCredentials) &&
-              !trace.handshakes.slice(handshakesBefore).some((h) => h.outcome !== 'failed')),
+            (failure !== undefined && trace.legs.slice(legsBefore).some(credentialsUnanswered)),
           failOnError,
           retryAfter: final?.headers['retry-after'],
         });
