@@ -4,7 +4,7 @@
  * exit codes and messages, against the reference server and proxy.
  */
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -500,6 +500,45 @@ describe('multileg: curl options', () => {
       silent.close();
       await proxy?.close();
     }
+  });
+
+  it("-O and --remote-name-all: the body goes to a file named as the URL's last path segment in the current folder, paired with the URLs in order as -o is; a URL ending in / is curl's 23 before anything is sent", async () => {
+    const here = mkdtempSync(join(tmpdir(), 'multileg-O-'));
+    const r = await run(
+      [
+        ...alice(),
+        '-O',
+        `${server.origin}/auth/first.json`,
+        '-o',
+        'named.json',
+        `${server.origin}/auth/two`,
+        '-O',
+        `${server.origin}/auth/three?x=1`,
+      ],
+      { cwd: here },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('');
+    expect(readdirSync(here).sort()).toEqual(['first.json', 'named.json', 'three']);
+    expect(JSON.parse(readFileSync(join(here, 'first.json'), 'utf8'))).toMatchObject({ path: '/auth/first.json' });
+    expect(JSON.parse(readFileSync(join(here, 'three'), 'utf8'))).toMatchObject({ path: '/auth/three?x=1' });
+    const all = await run(
+      [...alice(), '--remote-name-all', `${server.origin}/auth/a`, '-o', '-', `${server.origin}/auth/b`],
+      {
+        cwd: here,
+      },
+    );
+    expect(all.code, all.stderr).toBe(0);
+    // -o - pairs with the first URL (stdout); --remote-name-all names the second.
+    expect(JSON.parse(all.stdout)).toMatchObject({ path: '/auth/a' });
+    expect(readdirSync(here)).toContain('b');
+    const before = server.exchanges.length;
+    const slash = await run([...alice(), '-O', `${server.origin}/auth/`], { cwd: here });
+    expect(slash.code).toBe(23);
+    expect(slash.stderr).toBe(
+      `multileg: -O ${server.origin}/auth/: the URL has no file name (it ends in /): use -o FILE\n`,
+    );
+    expect(server.exchanges.length).toBe(before);
   });
 
   it("--retry and its companions as curl reads them: a whole number, seconds with decimals (0: curl's default); anything else is bad usage", async () => {

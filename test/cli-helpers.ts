@@ -16,9 +16,10 @@ export function runCommand(
   args: readonly string[],
   input = '',
   env: NodeJS.ProcessEnv = process.env,
+  cwd?: string,
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env, stdio: 'pipe' });
+    const child = spawn(command, args, { env, stdio: 'pipe', ...(cwd ? { cwd } : {}) });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
@@ -37,7 +38,14 @@ export function runCommand(
 
 export function runCli(
   args: readonly string[],
-  opts: { env?: Record<string, string | undefined>; input?: string; node?: string; nodeArgs?: readonly string[] } = {},
+  opts: {
+    env?: Record<string, string | undefined>;
+    input?: string;
+    node?: string;
+    nodeArgs?: readonly string[];
+    /** The folder it runs in (-O writes there). */
+    cwd?: string;
+  } = {},
 ): Promise<CliResult> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   // A proxy or password in the developer's environment must not leak into the tests.
@@ -55,7 +63,7 @@ export function runCli(
     if (v === undefined) delete env[k];
     else env[k] = v;
   }
-  return runCommand(opts.node ?? process.execPath, [...(opts.nodeArgs ?? []), BIN, ...args], opts.input, env);
+  return runCommand(opts.node ?? process.execPath, [...(opts.nodeArgs ?? []), BIN, ...args], opts.input, env, opts.cwd);
 }
 
 /** This machine's system Node when it is older than 22.19 (Debian's 20): to prove the version message. */

@@ -221,6 +221,11 @@ export function program(): Commander.Command {
       .option('--fail-with-body', 'on HTTP >= 400: exit 22, the body still shown (wins over -f)')
       .option('-o, --output <file>', 'write the body to a file; repeated, the first -o for the first URL, …', collect)
       .option(
+        '-O, --remote-name',
+        "write the body to a file named as the URL's last path segment, here; one per URL, as -o",
+      )
+      .option('--remote-name-all', '-O for every URL that has no -o or -O of its own')
+      .option(
         '-D, --dump-header <file>',
         'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
       )
@@ -525,19 +530,40 @@ function writeOutFormat(value: string | undefined): string | undefined {
 /** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
 const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
 
+/** -O's place among the outputs: the file is named after the URL it pairs with. */
+const REMOTE_NAME: unique symbol = Symbol('-O');
+
+/**
+ * Where a transfer's body goes: `-o FILE`, stdout (`-o -`, or none), or with -O the URL's last path
+ * segment in the current folder, as curl names it (not decoded); a URL whose path ends in `/` has
+ * none, curl's "Remote file name has no length!" (23), said before anything is sent.
+ */
+function outputFile(output: string | typeof REMOTE_NAME | undefined, url: URL): string | undefined {
+  if (output !== REMOTE_NAME) return output === '-' ? undefined : output;
+  const name = url.pathname.slice(url.pathname.lastIndexOf('/') + 1);
+  if (name === '')
+    throw new UsageError(`-O ${url.href}: the URL has no file name (it ends in /): use -o FILE`, EXIT.write);
+  return name;
+}
+
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
 export function parseCli(argv: readonly string[], cmd: Commander.Command = program()): CliRequest {
   // -d, --data-binary and --data-raw in the order given (curl joins them so), not grouped by flag.
   const data: Array<[flag: '-d' | '--data-binary' | '--data-raw', value: string]> = [];
   for (const flag of ['-d', '--data-binary', '--data-raw'] as const)
     cmd.on(`option:${flag === '-d' ? 'data' : flag.slice(2)}`, (value: string) => data.push([flag, value]));
+  // -o and -O in the order given: curl pairs each with the URL in its place.
+  const outputs: Array<string | typeof REMOTE_NAME> = [];
+  cmd.on('option:output', (file: string) => outputs.push(file));
+  cmd.on('option:remote-name', () => outputs.push(REMOTE_NAME));
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
   const parsed = cmd.args.map(parseUrl);
   const { url } = parsed[0]!;
-  // curl pairs each -o with the URL in its place; `-o -` is stdout.
-  const outputs = ((o.output as string[] | undefined) ?? []).map((f) => (f === '-' ? undefined : f));
-  const transfers = parsed.map((p, i) => ({ url: p.url, output: outputs[i] }));
+  const transfers = parsed.map((p, i) => ({
+    url: p.url,
+    output: outputFile(outputs[i] ?? (o.remoteNameAll ? REMOTE_NAME : undefined), p.url),
+  }));
   // A URL's user:password@ is that URL's only (curl's), while the agent has one set of credentials
   // for the command: several URLs with different user info would send one URL's password to another's origin.
   const urlUser = parsed[0]!.user;
