@@ -132,6 +132,67 @@ describe('multileg: curl options', () => {
     expect(statusLines(err.stderr)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
   });
 
+  it("S2: -i shows the heads -D writes, byte for byte and in its order (a redirect, the handshake's 401s with tokens and Auth-ID [redacted] (S2), the answer), then the answer's body only: a 401's body is swallowed, as curl's; into the -o file with it; -I and --json as before", async () => {
+    const dumped = join(dir, 'i-heads.txt');
+    const r = await run([...alice(), '-L', '-i', '-D', dumped, `${server.origin}/public/redirect?to=/auth/include`]);
+    expect(r.code, r.stderr).toBe(0);
+    const heads = readFileSync(dumped, 'latin1');
+    expect(statusLines(heads)).toEqual(['HTTP/2 302', 'HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+    // Before: only the redirect's head and the answer's.
+    expect(r.stdout.slice(0, heads.length)).toBe(heads);
+    expect(JSON.parse(r.stdout.slice(heads.length))).toMatchObject({ user: 'EXAMPLE\\alice', path: '/auth/include' });
+    expect(r.stdout).toMatch(/www-authenticate: Negotiate \[redacted\]\r\n/);
+    expect(r.stdout).toContain('auth-id: [redacted]\r\n');
+    for (const e of server.exchanges)
+      for (const v of [e.responseHeaders['www-authenticate'], e.authIdSent].flat())
+        if (typeof v === 'string' && v.length > 12) expect(r.stdout).not.toContain(v.split(' ').pop());
+    // Over HTTP/1.1 into the -o file, with curl's reason phrases; stdout stays empty.
+    const file = join(dir, 'i-body.txt');
+    const h1 = await run([...alice(), '--http1.1', '--ntlm', '-i', '-o', file, `${server.origin}/auth/include1`]);
+    expect(h1).toMatchObject({ code: 0, stdout: '' });
+    const text = readFileSync(file, 'latin1');
+    expect(statusLines(text)).toEqual(['HTTP/1.1 401 Unauthorized', 'HTTP/1.1 401 Unauthorized', 'HTTP/1.1 200 OK']);
+    expect(text).toMatch(/www-authenticate: NTLM \[redacted\]\r\n/);
+    expect(JSON.parse(text.slice(text.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({ path: '/auth/include1' });
+    // -I shows the heads the command receives (the answer's), --json no head.
+    const head = await run([...alice(), '-I', `${server.origin}/auth/include2`]);
+    expect(statusLines(head.stdout)).toEqual(['HTTP/2 200']);
+    const json = await run([...alice(), '-i', '--json', `${server.origin}/auth/include3`]);
+    expect(JSON.parse(json.stdout)).toMatchObject({ status: 200 });
+  });
+
+  it("-i through a proxy: its 407 and its CONNECT answer, then the origin's heads, as -D shows them (curl's order)", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const dumped = join(dir, 'proxy-heads.txt');
+      const r = await run([
+        ...alice(),
+        '--proxy-cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        '-U',
+        'proxyuser:proxypw',
+        '-i',
+        '-D',
+        dumped,
+        `${server.origin}/auth/via-proxy`,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const heads = readFileSync(dumped, 'latin1');
+      expect(statusLines(heads).slice(0, 2)).toEqual([
+        expect.stringMatching(/^HTTP\/(2 407|1\.1 407 Proxy Authentication Required)$/),
+        expect.stringMatching(/^HTTP\/(2 200|1\.1 200 OK)$/),
+      ]);
+      expect(statusLines(heads).slice(2)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+      expect(r.stdout.slice(0, heads.length)).toBe(heads);
+      expect(JSON.parse(r.stdout.slice(heads.length))).toMatchObject({ path: '/auth/via-proxy' });
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it("-D: a file that cannot be created is curl's 23 before anything is sent, in one line; one that can is created empty when no response comes", async () => {
     const before = server.exchanges.length;
     const missing = join(dir, 'no-such-dir', 'heads.txt');
@@ -221,7 +282,7 @@ describe('multileg: curl options', () => {
     }
   });
 
-  it("--retry: a 503 is sent again with its body until it succeeds; the 503s' answers are not output (stdout has the 200 once); curl's warning for each retry; -w %{num_retries}", async () => {
+  it("--retry: a 503 is sent again with its body until it succeeds; the 503s' bodies are not output (stdout has the 200 once; with -i their heads are, as -D's); curl's warning for each retry; -w %{num_retries}", async () => {
     const url = `${plainOrigin}/flaky/post?n=2`;
     const r = await run(['--retry', '3', '--retry-delay', '0.1', '-d', 'hello', '-w', '\n%{num_retries}', url]);
     expect(r.code, r.stderr).toBe(0);
@@ -247,6 +308,11 @@ describe('multileg: curl options', () => {
     expect(spent.code).toBe(0);
     expect(readFileSync(out, 'latin1')).toMatch(/^HTTP\/1\.1 503 Service Unavailable\r\n[\s\S]*\r\n\r\nbusy 4\n$/);
     expect(spent.stderr).toBe('multileg: Warning: Problem : HTTP error. Retrying in 0.050 seconds. 1 retry left.\n');
+    // -i to stdout: the answer retried shows its head, as -D (curl's), not its body (it would be there twice).
+    const shown = await run(['--retry', '1', '--retry-delay', '0.05', '-i', `${plainOrigin}/flaky/shown?n=1`]);
+    expect(shown.code).toBe(0);
+    expect(statusLines(shown.stdout)).toEqual(['HTTP/1.1 503 Service Unavailable', 'HTTP/1.1 200 OK']);
+    expect(shown.stdout).toMatch(/\r\n\r\nHTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nGET $/);
     const failed = await run([
       '--retry',
       '1',

@@ -36,7 +36,9 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       },
     );
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^HTTP\/2 200\r\n/);
+    // -i: Apache's 401 (its challenge), then the answer (curl's order).
+    expect(r.stdout.match(/^HTTP\/\S+ \d+/gm)).toEqual(['HTTP/2 401', 'HTTP/2 200']);
+    expect(r.stdout).toMatch(/\r\nwww-authenticate: Negotiate\r\n/i);
     expect(r.stdout).toContain('x-remote-user: alice@EXAMPLE.TEST');
     expect(r.stdout).toContain('hello from /protected');
     expect(r.stderr).toMatch(/> GET \/protected\/index.html \(Authorization: Negotiate …, Auth-ID: no\)/);

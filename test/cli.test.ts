@@ -145,7 +145,7 @@ describe('multileg command line', () => {
     }
   });
 
-  it("sends a body with -d and -d @file, over HTTP/1.1 with --http1.1; -i prints curl's status line", async () => {
+  it("sends a body with -d and -d @file, over HTTP/1.1 with --http1.1; -i prints curl's status lines (the handshake's 401s, then the answer and its body)", async () => {
     const h1 = await run(
       ['-i', '--http1.1', '-d', 'hello', '-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/post`],
       {
@@ -153,14 +153,14 @@ describe('multileg command line', () => {
       },
     );
     expect(h1.code).toBe(0);
-    expect(h1.stdout).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
-    const body = JSON.parse(h1.stdout.slice(h1.stdout.indexOf('\r\n\r\n') + 4));
+    expect(h1.stdout).toMatch(/^HTTP\/1\.1 401 Unauthorized\r\n[\s\S]*\r\n\r\nHTTP\/1\.1 200 OK\r\n/);
+    const body = JSON.parse(h1.stdout.slice(h1.stdout.lastIndexOf('\r\n\r\n') + 4));
     expect(body).toMatchObject({ method: 'POST', bodyLength: 5, protocol: 'http/1.1' });
     const file = join(dir, 'body.txt');
     writeFileSync(file, 'from a file');
     const h2 = await run(['-i', '-d', `@${file}`, ...alice(), `${server.origin}/auth/post`]);
-    expect(h2.stdout).toMatch(/^HTTP\/2 200\r\n/);
-    expect(JSON.parse(h2.stdout.slice(h2.stdout.indexOf('\r\n\r\n') + 4))).toMatchObject({
+    expect(h2.stdout).toMatch(/^HTTP\/2 401\r\n[\s\S]*\r\n\r\nHTTP\/2 200\r\n/);
+    expect(JSON.parse(h2.stdout.slice(h2.stdout.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({
       bodyLength: 11,
       protocol: 'h2',
     });
@@ -313,7 +313,7 @@ describe('multileg command line', () => {
     );
   });
 
-  it('writes the body to a file with -o; with -i the head goes there first (as curl); -o - is stdout', async () => {
+  it('writes the body to a file with -o; with -i the heads go there first (as curl); -o - is stdout', async () => {
     const out = join(dir, 'out.json');
     const { code, stdout } = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
     expect(code).toBe(0);
@@ -324,8 +324,8 @@ describe('multileg command line', () => {
     const i = await run(['-i', '-o', withHead, ...alice(), `${server.origin}/auth/file`]);
     expect(i.stdout).toBe('');
     const text = readFileSync(withHead, 'utf8');
-    expect(text).toMatch(/^HTTP\/2 200\r\n/);
-    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    expect(text).toMatch(/^HTTP\/2 401\r\n[\s\S]*\r\n\r\nHTTP\/2 200\r\n/);
+    expect(JSON.parse(text.slice(text.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
     const dash = await run(['-o', '-', ...alice(), `${server.origin}/auth/file`]);
     expect(JSON.parse(dash.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
     expect(existsSync('-')).toBe(false);
@@ -996,11 +996,12 @@ describe('multileg command line', () => {
     expect(server.exchanges.slice(3).map((e) => e.outcome)).toEqual(['session', 'session']);
     expect(new Set(server.exchanges.map((e) => e.sessionId)).size).toBe(1);
     expect(r.stderr).toContain('* 1 session(s), 1 handshake(s), 2 leg(s) with credentials');
-    // The first -o took the first URL's head (-i) and body; the others went to stdout, each with its own -w.
+    // The first -o took the first URL's heads (-i: its handshake's 401s, then its 200) and body; the
+    // others went to stdout, each with its own head (no handshake there) and -w.
     const file = readFileSync(first, 'utf8');
-    expect(file).toMatch(/^HTTP\/2 200\r\n/);
-    expect(JSON.parse(file.slice(file.indexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
-    expect(r.stdout.match(/^HTTP\/2 200\r\n/gm)).toHaveLength(2);
+    expect(file.match(/^HTTP\/\S+ \d+/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+    expect(JSON.parse(file.slice(file.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    expect(r.stdout.match(/^HTTP\/\S+ \d+/gm)).toEqual(['HTTP/2 200', 'HTTP/2 200']);
     expect(r.stdout.match(/\[https:[^\]]*\]/g)).toEqual([
       `[${server.origin}/auth/one 200 1]`,
       `[${server.origin}/auth/two 200 0]`,

@@ -71,16 +71,18 @@ async function main(argv: string[]): Promise<number> {
   let dump: HeaderDump | undefined;
   if (req.dumpHeader !== undefined) {
     try {
-      dump = await (await import('./dump-header.ts')).HeaderDump.open(req.dumpHeader);
+      dump = new (await import('./dump-header.ts')).HeaderDump(req.dumpHeader);
     } catch (err) {
       say(`-D ${req.dumpHeader}: ${writeProblem(err as NodeJS.ErrnoException)}`);
       await command.destroy();
       return EXIT.write;
     }
   }
+  // The heads -D and -i show, one sequence for both (heads.ts): the handshake's from the trace.
+  const heads = dump || (req.include && !req.json) ? new (await import('./heads.ts')).ResponseHeads(dump) : undefined;
   const trace = new Trace(
     req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
-    dump ? (leg) => dump.leg(leg) : undefined,
+    heads ? (leg) => heads.leg(leg) : undefined,
   );
   /** curl's warnings: -s hides them, -S does not bring them back. */
   const warn = (line: string) => {
@@ -102,7 +104,7 @@ async function main(argv: string[]): Promise<number> {
   for (const { url, output } of req.transfers) {
     command.trusted = new CliTrust(url.origin, req.trust);
     const transferReq = { ...req, url, output };
-    const outcome = await transfer(transferReq, { command, credentials, trace, dump, stdout, say, warn });
+    const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
     await report(transferReq, outcome, remotes);
     exit = outcome.exit;
     if (exit !== EXIT.ok && req.failEarly) break;

@@ -211,7 +211,7 @@ export function program(): Commander.Command {
         collect,
       )
       .option('--http1.1', 'use HTTP/1.1 only')
-      .option('-i, --include', 'print the response status line and headers')
+      .option('-i, --include', "print each response's status line and headers (a handshake's 401s too), then the body")
       .option('-I, --head', 'send HEAD and print the status line and headers only')
       .option('-v, --verbose', 'show each leg and handshake on stderr (never secrets)')
       .option('-s, --silent', 'no error messages')

@@ -1,7 +1,7 @@
 /**
  * What the CLI saw happen: every leg and handshake, from the library's diagnostics channels. Feeds
- * `-v` (one line per leg, as it happens), `-i` (the protocol of the final response), `--json`,
- * `--har` and `-w`. Everything here is already redacted by the library (S2).
+ * `-v` (one line per leg, as it happens), `-i` and `-D` (the handshake's heads, the protocol of the
+ * final response), `--json`, `--har` and `-w`. Everything here is already redacted by the library (S2).
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import {
@@ -39,7 +39,7 @@ export class Trace {
   readonly #onHandshake = (message: unknown) => this.#handshake(message as HandshakeReport);
   readonly #onUnanswered = (message: unknown) => this.#unanswered(message as ProxyUnansweredEvent);
 
-  /** `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D). */
+  /** `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D, -i). */
   constructor(verbose?: (line: string) => void, onResponse?: (leg: LegRecord) => void) {
     this.#verbose = verbose;
     this.#onResponse = onResponse;

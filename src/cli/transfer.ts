@@ -1,7 +1,7 @@
 /**
  * One URL's transfer: its attempts (--retry), the redirects it follows (-L), the request itself
  * through the command's agent (sent again without Negotiate when Negotiate cannot run here), and
- * its response — the head -i and -D show, the body to -o or stdout, and why a 401 or 407 stood.
+ * its response — the heads -i and -D show (heads.ts), the body to -o or stdout, and why a 401 or 407 stood.
  * Given what it needs ({@link TransferEnv}); returns what came of it ({@link TransferOutcome}),
  * which the command writes out (report.ts) and exits with.
  */
@@ -14,10 +14,10 @@ import { cannotRunHere } from '../mechanisms/registry.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import type { CommandAgent } from './command-agent.ts';
-import type { HeaderDump } from './dump-header.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
+import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
-import { responseHead, type Stdout, writeBody } from './output.ts';
+import { type Stdout, writeBody } from './output.ts';
 import type { RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -32,8 +32,8 @@ export interface TransferEnv {
   /** The credentials the command resolved (-u, netrc…), if any. */
   readonly credentials: Credentials | undefined;
   readonly trace: Trace;
-  /** -D's file, when asked for. */
-  readonly dump: HeaderDump | undefined;
+  /** The heads -D and -i show, with either (-I too). */
+  readonly heads: ResponseHeads | undefined;
   readonly stdout: Stdout;
   /** A message (-s hides it, -S brings it back). */
   readonly say: (line: string) => void;
@@ -192,7 +192,7 @@ async function whyStood(
  * what came of it, for the exit code, -w and --json.
  */
 export async function transfer(req: CliRequest, env: TransferEnv): Promise<TransferOutcome> {
-  const { command, credentials, trace, dump, stdout, say, warn } = env;
+  const { command, credentials, trace, heads: shownHeads, stdout, say, warn } = env;
   const started = performance.now();
   const before = command.totals();
   const firstLeg = trace.legs.length;
@@ -215,10 +215,19 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   const failOnError = req.fail || req.failWithBody;
   /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
   let heads = '';
-  const printHead = (text: string) => {
-    if (req.output) heads += text;
-    else process.stdout.write(text);
-  };
+  // -i: every head -D shows, the handshake's too, as they come (curl's); -I keeps to the heads the
+  // command receives, its answer being the final head.
+  if (shownHeads)
+    shownHeads.include =
+      req.include && !req.json
+        ? {
+            write: (text) => {
+              if (req.output) heads += text;
+              else process.stdout.write(text);
+            },
+            legs: !req.head,
+          }
+        : undefined;
   /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
   let reading: { received: number; expected: number | undefined } | undefined;
   // One attempt a turn: the transfer again from the URL given, with --retry.
@@ -265,11 +274,12 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         status = res.statusCode;
         const protocol = trace.lastDelivered?.response?.protocol;
         final = { headers: res.headers, protocol };
-        // The responses the command receives itself, verbatim (the handshake's came through the trace).
-        dump?.write(responseHead(protocol, res));
+        // The responses the command receives itself, verbatim (the handshake's came through the
+        // trace), -f's final >= 400 not to -i (curl's 22 instead). An answer retried shows its
+        // head, not its body (stdout would have it twice); an -o file forgets it (heads = '', below).
+        shownHeads?.received(protocol, res, !(req.fail && status >= 400));
         const location = res.headers.location;
         if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
-          if (req.include && !req.json) printHead(responseHead(protocol, res));
           await res.body.dump();
           // Counted once followed: -w %{num_redirects} never exceeds --max-redirs (curl's).
           if (redirects >= req.maxRedirs) {
@@ -290,14 +300,13 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             retryAfter: res.headers['retry-after'],
           });
           if (retryNext) {
-            // Sent again: this answer is not output (curl writes it, then takes it back from an -o
-            // file only: stdout would have it twice).
+            // Sent again: this answer's body is not output (curl writes it, then takes it back from
+            // an -o file only: stdout would have it twice); its head was, as -D's.
             await res.body.dump().catch(() => {});
             if (failOnError) fail(EXIT.httpError, `(22) HTTP ${status}`);
             break;
           }
         }
-        if (req.include && !req.json && !(req.fail && status >= 400)) printHead(responseHead(protocol, res));
         const length = Number(res.headers['content-length']);
         const progress = {
           received: 0,
