@@ -256,10 +256,11 @@ describe('multileg command line', () => {
     expect([own.formType, own.headers['content-type']]).toEqual([false, 'text/plain']);
   });
 
-  it('-I sends HEAD and prints only the head; a URL without a scheme means https', async () => {
+  it("-I sends HEAD and prints only heads, the handshake's 401s first (as curl -I); a URL without a scheme means https", async () => {
     const { code, stdout } = await run(['-I', ...alice(), `localhost:${server.port}/auth/head`]);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/^HTTP\/2 200\r\n[\s\S]*\r\n\r\n$/);
+    expect(stdout.match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+    expect(stdout).toMatch(/\r\nHTTP\/2 200\r\n[\s\S]*\r\n\r\n$/);
     expect(server.exchanges.at(-1)).toMatchObject({ method: 'HEAD', status: 200 });
   });
 
@@ -267,6 +268,12 @@ describe('multileg command line', () => {
     const failed = await run(['-f', '-u', 'EXAMPLE\\alice:wrong', '--cacert', ca, `${server.origin}/auth/x`]);
     expect(failed.code).toBe(22);
     expect(failed.stdout).toBe('');
+    // With -i the heads, the final 401's too, as curl 7.88 -f -i shows them; still no body.
+    const heads = await run(['-f', '-i', '-u', 'EXAMPLE\\alice:wrong', '--cacert', ca, `${server.origin}/auth/x`]);
+    expect(heads.code).toBe(22);
+    // The bare request's 401, the challenge's, and the final refusal's.
+    expect(heads.stdout.match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 401']);
+    expect(heads.stdout).toMatch(/\r\n\r\n$/);
     expect(failed.stderr).toContain('multileg: (22) HTTP 401');
     expect(failed.stderr).toMatch(/offered Negotiate, NTLM; the server refused our Negotiate credentials after \d leg/);
     // NTLM inside Negotiate (no ticket here) refused: the password is at fault, not a ticket.

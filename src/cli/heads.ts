@@ -10,13 +10,8 @@ import type { HeaderDump } from './dump-header.ts';
 import { headText, responseHead } from './output.ts';
 import type { LegRecord } from './trace.ts';
 
-/** Where one transfer's `-i` heads go. */
-export interface IncludeSink {
-  /** Writes a head: to stdout, or kept for the -o file, ahead of the body (curl writes them there). */
-  readonly write: (text: string) => void;
-  /** Whether the handshake's heads go there too: with -i; not with -I, which keeps to the heads the command receives. */
-  readonly legs: boolean;
-}
+/** Where one transfer's `-i` (or `-I`) heads go: stdout, or kept for the -o file, ahead of the body (curl writes them there). */
+export type IncludeSink = (text: string) => void;
 
 export class ResponseHeads {
   readonly #dump: HeaderDump | undefined;
@@ -39,17 +34,17 @@ export class ResponseHeads {
     const reason = r.protocol === 'h2' ? '' : this.#reason(r.status);
     const text = headText(r.protocol, r.status, reason, r.headers as readonly RedactedHeader[]);
     this.#dump?.write(text);
-    if (this.include?.legs) this.include.write(text);
+    this.include?.(text);
   }
 
   /**
-   * A response the command receives itself, verbatim: to -D always, to -i when `shown` (not the
-   * final head -f turns into exit 22).
+   * A response the command receives itself, verbatim, to -D and -i: also the final head that -f
+   * turns into exit 22 (curl shows it, then no body).
    */
-  received(protocol: string | undefined, res: Parameters<typeof responseHead>[1], shown: boolean): void {
+  received(protocol: string | undefined, res: Parameters<typeof responseHead>[1]): void {
     const text = responseHead(protocol, res);
     this.#dump?.write(text);
-    if (shown) this.include?.write(text);
+    this.include?.(text);
   }
 
   #reason(status: number): string {

@@ -215,17 +215,13 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   const failOnError = req.fail || req.failWithBody;
   /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
   let heads = '';
-  // -i: every head -D shows, the handshake's too, as they come (curl's); -I keeps to the heads the
-  // command receives, its answer being the final head.
+  // -i and -I: every head -D shows, the handshake's too, as they come (curl's).
   if (shownHeads)
     shownHeads.include =
       req.include && !req.json
-        ? {
-            write: (text) => {
-              if (req.output) heads += text;
-              else process.stdout.write(text);
-            },
-            legs: !req.head,
+        ? (text) => {
+            if (req.output) heads += text;
+            else process.stdout.write(text);
           }
         : undefined;
   /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
@@ -275,9 +271,10 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         const protocol = trace.lastDelivered?.response?.protocol;
         final = { headers: res.headers, protocol };
         // The responses the command receives itself, verbatim (the handshake's came through the
-        // trace), -f's final >= 400 not to -i (curl's 22 instead). An answer retried shows its
-        // head, not its body (stdout would have it twice); an -o file forgets it (heads = '', below).
-        shownHeads?.received(protocol, res, !(req.fail && status >= 400));
+        // trace), -f's final >= 400 too (curl shows its head, then exits 22 without the body). An
+        // answer retried shows its head, not its body (stdout would have it twice); an -o file
+        // forgets it (heads = '', below).
+        shownHeads?.received(protocol, res);
         const location = res.headers.location;
         if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
           await res.body.dump();
