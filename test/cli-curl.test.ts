@@ -568,6 +568,17 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('-f -i -o FILE: a final status >= 400 leaves its head in the file, as curl 7.88 writes it there (no body), and exits 22', async () => {
+    const here = mkdtempSync(join(tmpdir(), 'multileg-fi-'));
+    const file = join(here, 'out.txt');
+    const r = await run(['-s', '-f', '-i', '-o', file, `${plainOrigin}/missing`]);
+    expect(r.code).toBe(22);
+    expect(r.stdout).toBe('');
+    // Before: no file at all (the head kept for it was dropped with the body).
+    expect(statusLines(readFileSync(file, 'utf8'))).toEqual(['HTTP/1.1 404 Not Found']);
+    expect(readFileSync(file, 'utf8').endsWith('\r\n\r\n')).toBe(true);
+  });
+
   it("-O and --remote-name-all: the body goes to a file named as the URL's last path segment in the current folder, paired with the URLs in order as -o is; a URL ending in / is curl's 23 before anything is sent", async () => {
     const here = mkdtempSync(join(tmpdir(), 'multileg-O-'));
     const r = await run(

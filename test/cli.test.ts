@@ -224,6 +224,18 @@ describe('multileg command line', () => {
     expect(w.stdout).toBe('2');
   });
 
+  it("no -u and no Kerberos ticket, with -i and -D: the server's 401 head is shown once, as curl shows it, though the request went twice (the second without Negotiate)", async () => {
+    const dump = join(dir, 'no-ticket-heads.txt');
+    const r = await run(['-s', '-i', '-D', dump, '--cacert', ca, `${server.origin}/auth/anon`], {
+      env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
+    });
+    expect(r.code).toBe(0);
+    // Before: two 401 heads (the first request's, whose Negotiate could not run, and the second's).
+    expect(r.stdout.match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401']);
+    expect(JSON.parse(r.stdout.slice(r.stdout.indexOf('\r\n\r\n') + 4))).toMatchObject({ path: '/auth/anon' });
+    expect(readFileSync(dump, 'utf8').match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401']);
+  });
+
   it('-d, --data-binary and --data-raw join in the order given; the form type the command added does not follow a POST turned GET by a redirect', async () => {
     // Before: grouped by flag (a=1&c=3&b=2).
     expect(parseCli(['-d', 'a=1', '--data-binary', 'b=2', '-d', 'c=3', 'h/']).body?.toString()).toBe('a=1&b=2&c=3');

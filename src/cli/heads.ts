@@ -16,6 +16,12 @@ export type IncludeSink = (text: string) => void;
 export class ResponseHeads {
   readonly #dump: HeaderDump | undefined;
   #reasons: Readonly<Record<number, string | undefined>> | undefined;
+  /**
+   * The last leg's head, held until the next head or the end of the attempt shows it: the one
+   * leg whose answer may come again is a 401 that Negotiate could not answer (the transfer sends
+   * the request once more without it, and {@link drop}s this one, so that the 401 shows once).
+   */
+  #pending: string | undefined;
   /** The running transfer's `-i`, set by it (each transfer has its own -o); undefined without -i. */
   include: IncludeSink | undefined;
 
@@ -32,9 +38,21 @@ export class ResponseHeads {
     const r = record.response;
     if (!r || (r.delivered && record.request.method !== 'CONNECT')) return;
     const reason = r.protocol === 'h2' ? '' : this.#reason(r.status);
-    const text = headText(r.protocol, r.status, reason, r.headers as readonly RedactedHeader[]);
-    this.#dump?.write(text);
-    this.include?.(text);
+    this.flush();
+    this.#pending = headText(r.protocol, r.status, reason, r.headers as readonly RedactedHeader[]);
+  }
+
+  /** Shows the leg's head held back, if any (before the next head, and when an attempt ends). */
+  flush(): void {
+    const text = this.#pending;
+    if (text === undefined) return;
+    this.#pending = undefined;
+    this.#write(text);
+  }
+
+  /** Forgets the leg's head held back: its request is sent again, and its answer shown instead. */
+  drop(): void {
+    this.#pending = undefined;
   }
 
   /**
@@ -42,7 +60,11 @@ export class ResponseHeads {
    * turns into exit 22 (curl shows it, then no body).
    */
   received(protocol: string | undefined, res: Parameters<typeof responseHead>[1]): void {
-    const text = responseHead(protocol, res);
+    this.flush();
+    this.#write(responseHead(protocol, res));
+  }
+
+  #write(text: string): void {
     this.#dump?.write(text);
     this.include?.(text);
   }

@@ -5,7 +5,7 @@
  * Given what it needs ({@link TransferEnv}); returns what came of it ({@link TransferOutcome}),
  * which the command writes out (report.ts) and exits with.
  */
-import { statSync, truncateSync } from 'node:fs';
+import { statSync, truncateSync, writeFileSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,7 +17,7 @@ import type { CommandAgent } from './command-agent.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
-import { type Stdout, writeBody } from './output.ts';
+import { type Stdout, writeBody, writeProblem } from './output.ts';
 import type { RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -265,6 +265,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
           if (credentials || command.cannotRunAt(hop.url.origin) || !cannotRunHere(err)) throw err;
           command.withoutNegotiate(hop.url.origin, err);
+          // The 401 Negotiate could not answer comes again, as the answer: shown once (curl's).
+          shownHeads?.drop();
           continue;
         }
         status = res.statusCode;
@@ -321,6 +323,17 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           await pipeline(res.body, counter, async (source) => {
             for await (const _ of source);
           });
+          // -f -i -o: the final head still goes into the file (curl writes it there), without the body.
+          if (heads && req.output !== undefined) {
+            wroteOutput = true;
+            try {
+              writeFileSync(req.output, heads);
+            } catch (err) {
+              fail(EXIT.write, `-o ${req.output}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+              break;
+            }
+            heads = '';
+          }
         } else {
           wroteOutput = req.output !== undefined;
           const problem = await writeBody(res.body, counter, req.output, heads, stdout);
@@ -344,6 +357,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
       failure = describeFailure(err, { url: hop.url, maxTime: req.maxTime, midBody: reading });
       fail(failure.exit, failure.message);
     }
+    // A head that came before the attempt failed (a 401 whose next leg was cut): shown now.
+    shownHeads?.flush();
     if (!retrier) break;
     const next = retryDecided
       ? retryNext
