@@ -101,28 +101,30 @@ async function main(argv: string[]): Promise<number> {
   // the first is used again by the next on its origin (one handshake, in session mode). The exit
   // code is the last transfer's (curl's), or the first failure's with --fail-early.
   let exit: number = EXIT.ok;
-  for (const { url, output } of req.transfers) {
-    command.trusted = new CliTrust(url.origin, req.trust);
-    const transferReq = { ...req, url, output };
-    const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
-    await report(transferReq, outcome, remotes);
-    exit = outcome.exit;
-    if (exit !== EXIT.ok && req.failEarly) break;
-  }
-  const stats = command.totals();
-  if (req.verbose)
-    process.stderr.write(
-      `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,
-    );
-  trace.stop();
-  await command.destroy();
-  remotes?.stop();
-  if (dump) {
-    dump.close();
-    if (dump.error && exit === EXIT.ok) {
-      say(`-D ${req.dumpHeader}: ${writeProblem(dump.error)}`);
-      exit = EXIT.write;
+  try {
+    for (const { url, output } of req.transfers) {
+      command.trusted = new CliTrust(url.origin, req.trust);
+      const transferReq = { ...req, url, output };
+      const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
+      await report(transferReq, outcome, remotes);
+      exit = outcome.exit;
+      if (exit !== EXIT.ok && req.failEarly) break;
     }
+    const stats = command.totals();
+    if (req.verbose)
+      process.stderr.write(
+        `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,
+      );
+  } finally {
+    // Also after an error of ours (exit 1 below): no agent, subscription or -D file left open.
+    trace.stop();
+    await command.destroy();
+    remotes?.stop();
+    dump?.close();
+  }
+  if (dump?.error && exit === EXIT.ok) {
+    say(`-D ${req.dumpHeader}: ${writeProblem(dump.error)}`);
+    exit = EXIT.write;
   }
   if (req.har) {
     try {
