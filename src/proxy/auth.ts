@@ -23,7 +23,8 @@ export interface ProxyCredentials {
   readonly own?: MechanismContext;
 }
 
-function offeredSchemes(challenges: readonly Challenge[]): string[] {
+/** The scheme names a 407's challenges offer, each once, in order. */
+export function offeredSchemes(challenges: readonly Challenge[]): string[] {
   return [...new Set(challenges.map((c) => c.scheme))];
 }
 

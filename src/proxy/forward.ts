@@ -7,7 +7,7 @@ import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { ProxyAuth, proxyLeg, rejected } from './auth.ts';
+import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
 import { connectToProxy, proxyLeave, refusedLately } from './tunnel.ts';
@@ -197,7 +197,7 @@ export class ForwardProxy {
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
-          const offered = [...new Set(readChallenges(challenged, true).map((c) => c.scheme))];
+          const offered = offeredSchemes(readChallenges(challenged, true));
           if (credentials && ticket) {
             if (!proof.again(ticket)) {
               outcome = 'refused';
@@ -269,7 +269,7 @@ export class ForwardProxy {
         origin: request.origin,
         path: request.path,
         reason: sent ? 'refused' : unusable.length > 0 ? 'unusable' : 'unconfigured',
-        schemes: [...new Set(readChallenges(headers, true).map((c) => c.scheme))],
+        schemes: offeredSchemes(readChallenges(headers, true)),
         unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
         time: Date.now(),
       };

@@ -21,7 +21,7 @@ import {
   type Ticket,
 } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { ProxyAuth, proxyLeg } from './auth.ts';
+import { offeredSchemes, ProxyAuth, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -400,7 +400,7 @@ async function connectLegs(
       continue;
     }
     if (auth.state !== 'handshaking') {
-      await admit(head.headers, [...new Set(readChallenges(head.headers, true).map((c) => c.scheme))]);
+      await admit(head.headers, offeredSchemes(readChallenges(head.headers, true)));
     }
     try {
       await auth.answer(head.headers, leg);
