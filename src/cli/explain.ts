@@ -139,8 +139,8 @@ export interface Failure {
 /**
  * The library's errors that say nothing of the credentials, so `--retry-all-errors` may send the
  * transfer again: reaching a proxy, a wait or a handshake that ran out of time, a KDC that did not
- * answer, a connection that ended under the request. main.ts still holds an attempt back when its
- * credentials went out and no handshake succeeded (the server may have counted them).
+ * answer, a connection that ended under the request. transfer.ts still holds an attempt back when
+ * credentials in it went unanswered (the server may have counted them).
  */
 const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'MULTILEG_PROXY_UNREACHABLE',
