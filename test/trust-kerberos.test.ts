@@ -6,7 +6,7 @@
  * alice, and that a server failing mutual authentication ends its session with nothing queued
  * behind it served.
  */
-import { fetch, interceptors, type Response, request } from 'undici';
+import { type Dispatcher, fetch, interceptors, type Response, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CleartextCredentialsError, MultilegAgent, MutualAuthError } from '../src/index.ts';
 import type { AcceptorLike, AcceptorStep, ReferenceServer } from '../src/reference-server/index.ts';
@@ -157,17 +157,24 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     const a = ambientAgent(s);
     const start = (path: string) =>
       `${from}/public/redirect?status=301&cache=600&to=${encodeURIComponent(`${s.origin}${path}`)}`;
-    const viaInterceptor = a.compose(interceptors.cache(), interceptors.redirect({ maxRedirections: 2 }));
-    const viaFetch = a.compose(interceptors.cache());
+    // Over HTTP/1.1: undici 8.13.1's cache did not store the 301 when it came over HTTP/2.
+    const http1 =
+      (dispatch: Dispatcher['dispatch']) => (opts: Dispatcher.DispatchOptions, h: Dispatcher.DispatchHandler) =>
+        dispatch({ ...opts, allowH2: false } as Dispatcher.DispatchOptions, h);
+    // undici 8.13 refuses the cache inside the redirect interceptor; outside it, its own guard keeps
+    // a cross-origin redirect's final response out of the cache.
+    const viaInterceptor = a.compose(http1, interceptors.redirect({ maxRedirections: 2 }), interceptors.cache());
+    const viaFetch = a.compose(http1, interceptors.cache());
     for (let round = 0; round < 2; round++) {
       const res = await request(start('/auth/cached-i'), { dispatcher: viaInterceptor });
       expect(res.statusCode).toBe(401);
       await res.body.dump();
       expect((await fetch(start('/auth/cached-f'), { dispatcher: viaFetch })).status).toBe(401);
     }
-    // The interceptor's second 301 came from the cache: its start URL reached the server once.
+    // fetch's second 301 came from the cache, so the agent did not see it: its start URL reached the
+    // server once, and the hop it led to is still known as one.
     const starts = s.exchanges.filter((e) => e.path.startsWith('/public/redirect'));
-    expect(starts.filter((e) => e.path.includes('cached-i'))).toHaveLength(1);
+    expect(starts.filter((e) => e.path.includes('cached-f'))).toHaveLength(1);
     for (const path of ['/auth/cached-i', '/auth/cached-f'])
       expect(s.exchanges.filter((e) => e.path === path).map((e) => hasAuth(e.requestHeaders))).toEqual([false, false]);
   });
