@@ -224,9 +224,12 @@ describe('Digest towards a forward proxy', () => {
         cnonce: p.cnonce!,
       });
       if (rspauth() === 'wrong') proof = (proof[0] === '0' ? '1' : '0') + proof.slice(1);
+      // `/moved/x`: the origin's 302 to `/x`; the proxy's answer to the credentials comes on it all the same.
+      const moved = /^http:\/\/[^/]+\/moved(\/.*)$/.exec(req.url!)?.[1];
       res
-        .writeHead(200, {
+        .writeHead(moved ? 302 : 200, {
           'proxy-authentication-info': `rspauth="${proof}", cnonce="${p.cnonce}", nc=${p.nc}, qop=auth, nextnonce="${nonce}"`,
+          ...(moved ? { location: moved } : {}),
         })
         .end(`proxied ${req.url}`);
     });
@@ -238,7 +241,7 @@ describe('Digest towards a forward proxy', () => {
     });
     closers.push(() => agent.destroy());
     const get = (path: string) =>
-      fetch(`http://target.invalid:8080${path}`, { dispatcher: agent }).then(
+      fetch(`http://target.invalid:8080${path}`, { dispatcher: agent, redirect: 'manual' }).then(
         async (res) => `${res.status} ${await res.text()}`,
         (e: Error) => (e.cause ?? e) as Error,
       );
@@ -257,6 +260,23 @@ describe('Digest towards a forward proxy', () => {
       ['pn-2', '00000001'],
       ['pn-3', '00000001'],
     ]);
+  });
+
+  it("H5/M3: a proxy's Proxy-Authentication-Info on a forwarded 302 is checked and its nextnonce followed, as on a 200", async () => {
+    let mode: 'right' | 'wrong' = 'right';
+    const proxy = await oneTimeNonceProxy(() => mode);
+    expect(await proxy.get('/moved/a')).toBe('302 proxied http://target.invalid:8080/moved/a');
+    expect(await proxy.get('/moved/b')).toBe('302 proxied http://target.invalid:8080/moved/b');
+    expect(await proxy.get('/c')).toBe('200 proxied http://target.invalid:8080/c');
+    expect(proxy.refused).toEqual(['http://target.invalid:8080/moved/a']);
+    expect(proxy.proxied.map((p) => [p.nonce, p.nc])).toEqual([
+      ['pn-0', '00000001'],
+      ['pn-1', '00000001'],
+      ['pn-2', '00000001'],
+    ]);
+    mode = 'wrong';
+    expect(await proxy.get('/moved/d')).toBeInstanceOf(MutualAuthError);
+    expect(proxy.proxied).toHaveLength(4);
   });
 
   it("H5/M3: a proxy's wrong rspauth is a MutualAuthError, to the handshake's answer and to a request's own credentials; the connection is not used again", async () => {

@@ -644,6 +644,56 @@ describe('Digest Authentication-Info through MultilegAgent (reference server)', 
     expect(r.agent.handshakes().map((h) => h.legs)).toEqual([1, 1, 1, 1]);
   });
 
+  it('M3: a redirect, a 404 or a 500 after Digest carries Authentication-Info too (RFC 7616 §3.5): each next request uses its nextnonce, no 401 between', async () => {
+    r = await digestRig(['SHA-256']);
+    r.server.digest.options.nextnonce = true;
+    // fetch follows the 302 (Location: /auth/a) itself: that hop goes with the 302's nextnonce.
+    const moved = await get(r, '/status/302/a');
+    expect(moved.status).toBe(200);
+    expect((await get(r, '/status/404/b')).status).toBe(404);
+    expect((await get(r, '/status/500/c')).status).toBe(500);
+    expect((await get(r, '/auth/d')).status).toBe(200);
+    expect(r.server.exchanges.map((e) => [e.path, e.status, hasAuth(e.requestHeaders)])).toEqual([
+      ['/status/302/a', 401, false],
+      ['/status/302/a', 302, true],
+      ['/auth/a', 200, true],
+      ['/status/404/b', 404, true],
+      ['/status/500/c', 500, true],
+      ['/auth/d', 200, true],
+    ]);
+    const sent = authz(r)
+      .slice(1)
+      .map((a) => paramsOf(a!));
+    for (let i = 1; i < sent.length; i++) {
+      expect(sent[i]!.nonce).toBe(info(r, i)!.nextnonce);
+      expect(sent[i]!.nc).toBe('00000001');
+    }
+  });
+
+  for (const status of [302, 404, 500]) {
+    it(`M3: a wrong rspauth on a ${status} (Authentication-Info) is a MutualAuthError: the response is withheld, the nonce forgotten`, async () => {
+      r = await digestRig(['SHA-256']);
+      r.server.options.faults.rspauth = 'wrong';
+      // redirect: 'manual', so that a 302 let through would reach the caller as itself.
+      const res = await failed(get(r, `/status/${status}/a`, { redirect: 'manual' }));
+      expect(res).toBeInstanceOf(MutualAuthError);
+      expect(res!.message).toMatch(/Digest rspauth of https:\/\/localhost:\d+ does not match/);
+      r.server.options.faults.rspauth = undefined;
+      // The nonce came from the server that failed the proof: the next request asks for a new one.
+      expect((await get(r, '/auth/b')).status).toBe(200);
+      expect(wire(r)).toEqual([
+        [401, false],
+        [status, true],
+        [401, false],
+        [200, true],
+      ]);
+      expect(r.agent.handshakes().map((h) => [h.outcome, h.failure])).toEqual([
+        ['failed', 'proof'],
+        ['per-request', undefined],
+      ]);
+    });
+  }
+
   it('M3: SHA-256-sess with nextnonce: each new nonce gets a new cnonce, so a new session key (RFC 7616 §3.4.2)', async () => {
     r = await digestRig(['SHA-256-sess']);
     r.server.digest.options.nextnonce = true;

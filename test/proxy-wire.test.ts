@@ -6,15 +6,18 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { parseChallenges } from '../src/challenge/index.ts';
 import {
   InvalidTokenError,
   LegLimitError,
   type Mechanism,
   MechanismUnavailableError,
+  MutualAuthError,
   ProxyAuthenticationError,
   ProxyConnectError,
   ProxyProtocolError,
 } from '../src/index.ts';
+import { digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
 import { DEFAULT_LIMITS, type Limits, type SchemeName } from '../src/options.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
@@ -271,6 +274,51 @@ describe('CONNECT through scripted proxies: malformed answers are ProxyProtocolE
     const err = await failure(tunnel(resolved(uri)));
     expect(err).toBeInstanceOf(ProxyConnectError);
     expect(err).toMatchObject({ statusCode: 403, code: 'MULTILEG_PROXY_CONNECT' });
+  });
+});
+
+describe('CONNECT refused after Digest (H5/M3)', () => {
+  /** A Digest proxy that takes u:p and then refuses the tunnel with a 403 carrying Proxy-Authentication-Info. */
+  const refusingDigestProxy = (rspauth: 'right' | 'wrong') =>
+    scripted(({ socket, proxyAuthorization }) => {
+      if (!proxyAuthorization) {
+        socket.write(
+          'HTTP/1.1 407 x\r\nProxy-Authenticate: Digest realm="p", qop="auth", nonce="n1"\r\nContent-Length: 0\r\n\r\n',
+        );
+        return;
+      }
+      const p = parseChallenges(proxyAuthorization)[0]!.params;
+      let proof = digestResponse({
+        algorithm: parseDigestAlgorithm('MD5')!,
+        username: 'u',
+        realm: 'p',
+        password: 'p',
+        method: '',
+        uri: p.uri!,
+        nonce: p.nonce!,
+        qop: 'auth',
+        nc: p.nc!,
+        cnonce: p.cnonce!,
+      });
+      if (rspauth === 'wrong') proof = (proof[0] === '0' ? '1' : '0') + proof.slice(1);
+      socket.write(
+        `HTTP/1.1 403 Forbidden\r\nProxy-Authentication-Info: rspauth="${proof}", cnonce="${p.cnonce}", nc=${p.nc}, qop=auth\r\nContent-Length: 0\r\n\r\n`,
+      );
+    });
+
+  it('H5/M3: a 403 to CONNECT whose Proxy-Authentication-Info has a wrong rspauth is a MutualAuthError (RFC 7616 §3.5: it comes on any final answer)', async () => {
+    const { uri, seen } = await refusingDigestProxy('wrong');
+    const err = await failure(tunnel(resolved(uri)));
+    expect(err).toBeInstanceOf(MutualAuthError);
+    expect(err.message).toMatch(/Digest rspauth of proxy http:\/\/127\.0\.0\.1:\d+ does not match/);
+    expect(seen.map((x) => x.proxyAuthorization?.split(' ')[0])).toEqual([undefined, 'Digest']);
+  });
+
+  it('H5/M3: with the right rspauth the 403 stays a ProxyConnectError', async () => {
+    const { uri } = await refusingDigestProxy('right');
+    const err = await failure(tunnel(resolved(uri)));
+    expect(err).toBeInstanceOf(ProxyConnectError);
+    expect(err).toMatchObject({ statusCode: 403 });
   });
 });
 

@@ -445,7 +445,13 @@ class Handshake {
         this.#unanswered = true;
       });
     }
-    if (status >= 200 && status < 300) return this.#finish(final, readAuthenticationInfo(headers));
+    const info = readAuthenticationInfo(headers);
+    if (status >= 200 && status < 300) return this.#finish(final, info);
+    // Authentication-Info comes on the final response whatever its status (RFC 9110 §11.6.3, RFC
+    // 7616 §3.5): a redirect or a 404 after Digest still proves the server (rspauth) and names the
+    // next nonce. Without it a 3xx/4xx/5xx is delivered unchecked: a missing final Negotiate
+    // token fails only a 2xx.
+    if (info !== undefined) return this.#finish(final, info);
     return 'deliver';
   }
 

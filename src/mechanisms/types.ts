@@ -47,8 +47,10 @@ export interface MechanismContext {
    * Called with the scheme's challenge, if any, on the response that ends the handshake — from an
    * origin a 2xx (a 101 for an upgrade; over cleartext also the answer to a proactive first leg that
    * names no token), from a proxy any answer but a 407; through a forwarding proxy also on the
-   * answer to each request's own Digest credentials. Not on an origin's 3xx or 4xx. Verifies the
-   * server's last token (mutual authentication). Throws {@link MutualAuthError} on failure.
+   * answer to each request's own Digest credentials. On an origin's 3xx, 4xx or 5xx only when it
+   * carries `Authentication-Info` (RFC 7616 §3.5: it comes on the final response whatever its
+   * status), never on a 401 or 407. Verifies the server's last token (mutual authentication).
+   * Throws {@link MutualAuthError} on failure.
    * `info`: the parameters of that response's `Authentication-Info` (`Proxy-Authentication-Info`
    * to a proxy), when it has one (Digest's `rspauth` and `nextnonce`; RFC 9110 §11.6.3).
    */

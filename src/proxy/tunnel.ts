@@ -7,7 +7,7 @@
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
-import { readChallenges } from '../challenge/index.ts';
+import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
@@ -373,6 +373,9 @@ async function connectLegs(
     }
     if (head.status !== 407) {
       socket.destroy();
+      // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
+      // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
+      if (credentials && readAuthenticationInfo(head.headers, true)) await auth.succeeded(head.headers, leg);
       throw new ProxyConnectError(proxy.origin, target, head.status);
     }
     let drained: boolean;

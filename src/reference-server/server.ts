@@ -480,6 +480,12 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
         return { kind: 'respond', status: 401, outcome: 'denied', headers: bare() };
       if (v.ok) {
         const headers: Headers = v.authenticationInfo ? { 'authentication-info': v.authenticationInfo } : {};
+        const other = otherFinalStatus(pathname);
+        if (other) {
+          // Authentication-Info goes on the final response whatever its status (RFC 7616 §3.5).
+          if (other.status < 400) headers.location = `/auth/${other.rest}`;
+          return { kind: 'respond', status: other.status, outcome: 'accepted', headers, user: v.user };
+        }
         return { kind: 'respond', status: 200, outcome: 'accepted', headers, user: v.user };
       }
       return { kind: 'respond', status: 401, outcome: 'rejected', headers: bare(v.stale), reason: v.reason };
@@ -671,6 +677,18 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       // A throwing test hook must not take the server down.
     }
   }
+}
+
+/**
+ * `/status/NNN/rest` (NNN from 300 to 599, not 401 or 407): Basic or Digest credentials accepted,
+ * answered with status NNN instead of 200 — a 3xx with `Location: /auth/rest` (a redirect after
+ * authentication, a 404 of a missing resource, M3's Authentication-Info on them).
+ */
+function otherFinalStatus(pathname: string): { status: number; rest: string } | undefined {
+  const m = /^\/status\/([3-5]\d\d)\/(.*)$/.exec(pathname);
+  if (!m) return undefined;
+  const status = Number(m[1]);
+  return status === 401 || status === 407 ? undefined : { status, rest: m[2]! };
 }
 
 function userField(user: string | undefined): { user?: string } {
