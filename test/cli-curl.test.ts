@@ -4,7 +4,7 @@
  * exit codes and messages, against the reference server and proxy.
  */
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -198,7 +198,9 @@ describe('multileg: curl options', () => {
     const missing = join(dir, 'no-such-dir', 'heads.txt');
     const bad = await run([...alice(), '-D', missing, `${server.origin}/auth/d3`]);
     expect(bad.code).toBe(23);
-    expect(bad.stderr).toBe(`multileg: -D ${missing}: no such directory (ENOENT)\n`);
+    expect(bad.stderr).toBe(
+      `multileg: -D ${missing}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    );
     expect(server.exchanges.length).toBe(before);
     const closed = createTcpServer();
     const port = await listen(closed);
@@ -577,6 +579,56 @@ describe('multileg: curl options', () => {
     // Before: no file at all (the head kept for it was dropped with the body).
     expect(statusLines(readFileSync(file, 'utf8'))).toEqual(['HTTP/1.1 404 Not Found']);
     expect(readFileSync(file, 'utf8').endsWith('\r\n\r\n')).toBe(true);
+  });
+
+  it("--create-dirs: -o, -D and -f -i -o make their file's missing directories (mode 0750, curl's); without it a missing directory is 23 naming --create-dirs; a path through a file is 23 either way", async () => {
+    const here = mkdtempSync(join(tmpdir(), 'multileg-dirs-'));
+    const body = join(here, 'a', 'b', 'body.json');
+    const dump = join(here, 'd', 'e', 'heads.txt');
+    const r = await run(['--create-dirs', ...alice(), '-o', body, '-D', dump, `${server.origin}/auth/dirs`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(body, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    expect(statusLines(readFileSync(dump, 'utf8')).at(-1)).toBe('HTTP/2 200');
+    // As curl makes them: no write for the group, nothing for others (the default would be 0755).
+    for (const d of [join(here, 'a'), join(here, 'a', 'b'), join(here, 'd', 'e')])
+      expect(statSync(d).mode & 0o777 & ~0o750).toBe(0);
+    // -f -i -o: the final head goes into a file in a new directory too.
+    const head = join(here, 'f', 'head.txt');
+    const f = await run(['--create-dirs', '-s', '-f', '-i', '-o', head, `${plainOrigin}/missing`]);
+    expect(f.code).toBe(22);
+    expect(statusLines(readFileSync(head, 'utf8'))).toEqual(['HTTP/1.1 404 Not Found']);
+    // Without --create-dirs: curl's 23, and the line says what makes them.
+    const noBody = join(here, 'x', 'body.json');
+    const o = await run([...alice(), '-o', noBody, `${server.origin}/auth/dirs`]);
+    expect([o.code, o.stderr]).toEqual([
+      23,
+      `multileg: -o ${noBody}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    ]);
+    const noDump = join(here, 'y', 'heads.txt');
+    const before = server.exchanges.length;
+    const d = await run([...alice(), '-D', noDump, `${server.origin}/auth/dirs`]);
+    expect([d.code, d.stderr]).toEqual([
+      23,
+      `multileg: -D ${noDump}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    ]);
+    // -D fails before anything is sent (-o once the body comes).
+    expect(server.exchanges.length).toBe(before);
+    const noHead = join(here, 'z', 'head.txt');
+    const fi = await run(['-f', '-i', '-o', noHead, `${plainOrigin}/missing`]);
+    expect([fi.code, fi.stderr]).toEqual([
+      23,
+      `multileg: -o ${noHead}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    ]);
+    expect(existsSync(join(here, 'x')) || existsSync(join(here, 'y')) || existsSync(join(here, 'z'))).toBe(false);
+    // A part of the path that is a file: no directory can be made there, with or without the flag.
+    const through = join(here, 'a', 'b', 'body.json', 'inner.json');
+    for (const flags of [['--create-dirs'], []]) {
+      const t = await run([...flags, ...alice(), '-o', through, `${server.origin}/auth/dirs`]);
+      expect([t.code, t.stderr]).toEqual([
+        23,
+        `multileg: -o ${through}: a part of the path is not a directory (ENOTDIR)\n`,
+      ]);
+    }
   });
 
   it("-O and --remote-name-all: the body goes to a file named as the URL's last path segment in the current folder, paired with the URLs in order as -o is; a URL ending in / is curl's 23 before anything is sent", async () => {

@@ -501,11 +501,13 @@ describe('multileg command line', () => {
     }
   });
 
-  it("-o into a directory that does not exist: one line naming -o and the problem, curl's 23", async () => {
+  it("-o into a directory that does not exist: one line naming -o, the problem and --create-dirs, curl's 23", async () => {
     const out = join(dir, 'missing-dir', 'f');
     const r = await run(['-o', out, ...alice(), `${server.origin}/auth/file`]);
     expect(r.code).toBe(23);
-    expect(r.stderr).toBe(`multileg: -o ${out}: no such directory (ENOENT)\n`);
+    expect(r.stderr).toBe(
+      `multileg: -o ${out}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    );
     expect(r.stdout).toBe('');
     const isDir = await run(['-o', dir, `${plainOrigin}/skew`]);
     expect(isDir.code).toBe(23);

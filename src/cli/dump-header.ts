@@ -5,6 +5,7 @@
  * 8.10+). Loaded only with -D; which heads, in which order, is heads.ts's (`-i` shows the same).
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { createDirsFor } from './output.ts';
 
 /** Where -D writes, opened (and emptied) before the first request, as curl opens it. */
 export class HeaderDump {
@@ -13,11 +14,14 @@ export class HeaderDump {
   /** The first failure to write the file (curl's 23 once the transfer is over). */
   error: NodeJS.ErrnoException | undefined;
 
-  /** Throws the system error when the file cannot be created. */
-  constructor(target: string) {
+  /** Throws the system error when the file cannot be created; `createDirs` (--create-dirs) makes its directories first. */
+  constructor(target: string, createDirs = false) {
     if (target === '-') this.#stream = process.stdout;
     else if (target === '%') this.#stream = process.stderr;
-    else this.#fd = openSync(target, 'w');
+    else {
+      if (createDirs) createDirsFor(target);
+      this.#fd = openSync(target, 'w');
+    }
   }
 
   write(text: string): void {

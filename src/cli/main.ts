@@ -16,7 +16,7 @@ import { credentialsFor } from './credentials.ts';
 import type { HeaderDump } from './dump-header.ts';
 import { describeFailure, EXIT, forCli } from './explain.ts';
 import { parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
-import { isEpipe, Stdout, writeProblem } from './output.ts';
+import { fileProblem, isEpipe, Stdout, writeProblem } from './output.ts';
 import { Remotes, report } from './report.ts';
 import { Trace } from './trace.ts';
 import { transfer } from './transfer.ts';
@@ -71,9 +71,9 @@ async function main(argv: string[]): Promise<number> {
   let dump: HeaderDump | undefined;
   if (req.dumpHeader !== undefined) {
     try {
-      dump = new (await import('./dump-header.ts')).HeaderDump(req.dumpHeader);
+      dump = new (await import('./dump-header.ts')).HeaderDump(req.dumpHeader, req.createDirs);
     } catch (err) {
-      say(`-D ${req.dumpHeader}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+      say(fileProblem('-D', req.dumpHeader, err as NodeJS.ErrnoException, req.createDirs));
       await command.destroy();
       return EXIT.write;
     }

@@ -65,6 +65,11 @@ export interface CliRequest {
   readonly output: string | undefined;
   /** -D: where the head of every response received goes (`-` stdout, `%` stderr, else a file). */
   readonly dumpHeader: string | undefined;
+  /**
+   * --create-dirs: -o and -D make the missing directories of their file's path (else a missing one
+   * is 23). -O's file is in the current folder: nothing to make.
+   */
+  readonly createDirs: boolean;
   readonly writeOut: string | undefined;
   readonly json: boolean;
   readonly har: string | undefined;
@@ -225,6 +230,7 @@ export function program(): Commander.Command {
         "write the body to a file named as the URL's last path segment, here; one per URL, as -o",
       )
       .option('--remote-name-all', '-O for every URL that has no -o or -O of its own')
+      .option('--create-dirs', "with -o and -D: create the missing directories of the file's path")
       .option(
         '-D, --dump-header <file>',
         'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
@@ -681,6 +687,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     failWithBody: Boolean(o.failWithBody),
     output: transfers[0]!.output,
     dumpHeader: o.dumpHeader as string | undefined,
+    createDirs: o.createDirs === true,
     writeOut: writeOutFormat(o.writeOut as string | undefined),
     json: Boolean(o.json),
     har: o.har as string | undefined,

@@ -1,8 +1,10 @@
 /**
  * Where the command's bytes go, and what a failure to write them means: stdout (a reader that went
- * away is not an error, curl's rule), the -o file, and the response heads `-i` and `-D` show.
+ * away is not an error, curl's rule), the -o file (its directories made with --create-dirs), and
+ * the response heads `-i` and `-D` show.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
@@ -40,6 +42,42 @@ export function writeProblem(err: NodeJS.ErrnoException): string {
     : `cannot write it (${err.message})`;
 }
 
+/**
+ * `--create-dirs`: makes the missing directories of `file`'s path, as curl does just before it
+ * creates the file (mode 0750, curl's). A part of the path that is a file is left for the open to
+ * report (ENOTDIR). Throws the system error.
+ */
+export function createDirsFor(file: string): void {
+  try {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o750 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+}
+
+/**
+ * The line for a file (`-o`, `-D`…) that could not be made or written: the flag, the file and why;
+ * a missing directory names --create-dirs when it was not given.
+ */
+export function fileProblem(flag: string, file: string, err: NodeJS.ErrnoException, createDirs: boolean): string {
+  const hint = err.code === 'ENOENT' && !createDirs ? '; --create-dirs makes the missing directories' : '';
+  return `${flag} ${file}: ${writeProblem(err)}${hint}`;
+}
+
+/**
+ * -f -i -o FILE's final head, without the body (curl writes it there): the line to say when the
+ * file cannot be written, else undefined.
+ */
+export function writeHeadsFile(output: string, heads: string, createDirs: boolean): string | undefined {
+  try {
+    if (createDirs) createDirsFor(output);
+    writeFileSync(output, heads);
+    return undefined;
+  } catch (err) {
+    return fileProblem('-o', output, err as NodeJS.ErrnoException, createDirs);
+  }
+}
+
 /** The status line and header lines `-i` and `-D` show, as curl writes them. */
 export function responseHead(
   protocol: string | undefined,
@@ -70,8 +108,8 @@ export class Stdout {
 }
 
 /**
- * Writes a response body, through `counter`, to the -o file (after the heads -i keeps for it) or
- * to stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
+ * Writes a response body, through `counter`, to the -o file (after the heads -i keeps for it; its
+ * directories made first with `createDirs`) or to stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
  * its error is thrown (18): it is kept aside meanwhile, so pipeline() ends the output instead of
  * destroying it. A failure to write is returned as the line curl's 23 says (the file, or stdout,
  * failed, not the transfer); a reader of stdout that went away ends the body quietly.
@@ -82,7 +120,16 @@ export async function writeBody(
   output: string | undefined,
   heads: string,
   stdout: Stdout,
+  createDirs = false,
 ): Promise<string | undefined> {
+  if (output && createDirs) {
+    try {
+      createDirsFor(output);
+    } catch (err) {
+      body.destroy();
+      return fileProblem('-o', output, err as NodeJS.ErrnoException, createDirs);
+    }
+  }
   const out = output ? createWriteStream(output) : process.stdout;
   let fileError: NodeJS.ErrnoException | undefined;
   if (output) out.once('error', (err) => (fileError = err));
@@ -99,7 +146,7 @@ export async function writeBody(
   try {
     await pipeline(received(), counter, out, { end: Boolean(output) });
   } catch (err) {
-    if (fileError !== undefined && output !== undefined) return `-o ${output}: ${writeProblem(fileError)}`;
+    if (fileError !== undefined && output !== undefined) return fileProblem('-o', output, fileError, createDirs);
     const failed = stdout.error ?? (output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
     if (failed?.code && failed.code in WRITE_PROBLEMS) return `stdout: ${writeProblem(failed)}`;
     if (!isEpipe(err)) throw err;

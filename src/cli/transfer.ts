@@ -5,7 +5,7 @@
  * Given what it needs ({@link TransferEnv}); returns what came of it ({@link TransferOutcome}),
  * which the command writes out (report.ts) and exits with.
  */
-import { statSync, truncateSync, writeFileSync } from 'node:fs';
+import { statSync, truncateSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,7 +17,7 @@ import type { CommandAgent } from './command-agent.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
-import { type Stdout, writeBody, writeProblem } from './output.ts';
+import { type Stdout, writeBody, writeHeadsFile } from './output.ts';
 import type { RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -326,17 +326,16 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           // -f -i -o: the final head still goes into the file (curl writes it there), without the body.
           if (heads && req.output !== undefined) {
             wroteOutput = true;
-            try {
-              writeFileSync(req.output, heads);
-            } catch (err) {
-              fail(EXIT.write, `-o ${req.output}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+            const problem = writeHeadsFile(req.output, heads, req.createDirs);
+            if (problem !== undefined) {
+              fail(EXIT.write, problem);
               break;
             }
             heads = '';
           }
         } else {
           wroteOutput = req.output !== undefined;
-          const problem = await writeBody(res.body, counter, req.output, heads, stdout);
+          const problem = await writeBody(res.body, counter, req.output, heads, stdout, req.createDirs);
           heads = '';
           if (problem !== undefined) {
             fail(EXIT.write, problem);
