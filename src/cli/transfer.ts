@@ -18,9 +18,12 @@ import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type F
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { type Stdout, writeBody, writeHeadsFile } from './output.ts';
-import type { RetryDecision } from './retry.ts';
+import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
+
+/** A response the agent gives the command. */
+type Answer = Awaited<ReturnType<MultilegAgent['request']>>;
 
 /** The statuses -L follows. */
 export const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
@@ -187,12 +190,149 @@ async function whyStood(
   });
 }
 
+/** -i and -I: every head -D shows, the handshake's too, as they come (curl's): to stdout, or with -o to `toFile`. */
+function showHeads(req: CliRequest, shownHeads: ResponseHeads | undefined, toFile: (text: string) => void): void {
+  if (shownHeads)
+    shownHeads.include =
+      req.include && !req.json
+        ? (text) => {
+            if (req.output) toFile(text);
+            else process.stdout.write(text);
+          }
+        : undefined;
+}
+
+/** One request of the transfer (a hop) through the command's agent. */
+async function send(
+  req: CliRequest,
+  hop: Hop,
+  signal: AbortSignal | undefined,
+  { command, credentials, heads: shownHeads }: TransferEnv,
+): Promise<Answer> {
+  for (;;) {
+    try {
+      return await command.agentFor(hop.url.origin).request({
+        origin: hop.url.origin,
+        path: `${hop.url.pathname}${hop.url.search}`,
+        method: hop.method as 'GET',
+        headers: hop.headers,
+        body: hop.body ?? null,
+        ...(signal ? { signal } : {}),
+        ...(req.http1 ? { allowH2: false } : {}),
+      } as Parameters<MultilegAgent['request']>[0]);
+    } catch (err) {
+      // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
+      // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
+      if (credentials || command.cannotRunAt(hop.url.origin) || !cannotRunHere(err)) throw err;
+      command.withoutNegotiate(hop.url.origin, err);
+      // The 401 Negotiate could not answer comes again, as the answer: shown once (curl's).
+      shownHeads?.drop();
+    }
+  }
+}
+
+/** Counts a body's bytes as they pass: the transfer's (`add`), and this response's in `progress` (curl's 18 when cut short). */
+function byteCounter(progress: { received: number }, add: (n: number) => void): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      add(chunk.length);
+      progress.received += chunk.length;
+      cb(null, chunk);
+    },
+  });
+}
+
+/**
+ * The final response's body, through `counter`: to the -o file (after the heads -i keeps for it)
+ * or stdout; read and dropped for -I without -o, --json, and -f's status >= 400. `opened` is
+ * called before the -o file is written. Returns the line of a failure to write.
+ */
+async function outputBody(
+  req: CliRequest,
+  res: Answer,
+  status: number,
+  counter: Transform,
+  heads: string,
+  stdout: Stdout,
+  opened: () => void,
+): Promise<string | undefined> {
+  if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
+    await pipeline(res.body, counter, async (source) => {
+      for await (const _ of source);
+    });
+    // -f -i -o: the final head still goes into the file (curl writes it there), without the body.
+    if (heads && req.output !== undefined) {
+      opened();
+      return writeHeadsFile(req.output, heads, req.createDirs);
+    }
+    return undefined;
+  }
+  if (req.output !== undefined) opened();
+  return writeBody(res.body, counter, req.output, heads, stdout, req.createDirs);
+}
+
+/**
+ * --retry's decision after an attempt that no transient status decided (retry.ts: curl's rules),
+ * from what came of it: its exit code, status, failure, legs and final response.
+ */
+function retryAfterAttempt(
+  retrier: Retrier,
+  attempt: {
+    readonly exit: number;
+    readonly status: number;
+    readonly failure: Failure | undefined;
+    readonly legs: readonly LegRecord[];
+    readonly final: { headers: Record<string, string | string[] | undefined> } | undefined;
+  },
+  failOnError: boolean,
+): RetryDecision | undefined {
+  const { exit, status, failure, final } = attempt;
+  return retrier.next({
+    exit,
+    status,
+    errno: failure?.errno,
+    // R4: nor an attempt with credentials that went unanswered: a wrong password sent again
+    // may lock the account. Answered ones (a proxy's 200 to its CONNECT, an origin's 401
+    // challenge) say the server saw them, and a failure after that is not theirs.
+    refused: failure?.refused === true || (failure !== undefined && attempt.legs.some(credentialsUnanswered)),
+    failOnError,
+    retryAfter: final?.headers['retry-after'],
+  });
+}
+
+/**
+ * What an attempt cut short wrote to the -o file goes before the next (curl truncates a regular
+ * file; stdout cannot take it back).
+ */
+function forgetOutput(req: CliRequest): void {
+  if (req.output === undefined) return;
+  try {
+    const size = statSync(req.output);
+    if (size.isFile() && size.size > 0) {
+      if (req.verbose && !req.silent) process.stderr.write(`multileg: Note: Throwing away ${size.size} bytes\n`);
+      truncateSync(req.output, 0);
+    }
+  } catch {}
+}
+
+/** A transfer's counts (curl's -w %{num_connects} is the transfer's new connections); `origins` is now's. */
+function countsSince(before: MultilegStats, after: MultilegStats): MultilegStats {
+  return {
+    ...after,
+    requests: after.requests - before.requests,
+    sessions: after.sessions - before.sessions,
+    handshakes: after.handshakes - before.handshakes,
+    legs: after.legs - before.legs,
+    failedHandshakes: after.failedHandshakes - before.failedHandshakes,
+  };
+}
+
 /**
  * One URL's transfer (`req` is the command's, with this URL and its -o), its retries included:
  * what came of it, for the exit code, -w and --json.
  */
 export async function transfer(req: CliRequest, env: TransferEnv): Promise<TransferOutcome> {
-  const { command, credentials, trace, heads: shownHeads, stdout, say, warn } = env;
+  const { command, trace, heads: shownHeads, stdout, say, warn } = env;
   const started = performance.now();
   const before = command.totals();
   const firstLeg = trace.legs.length;
@@ -215,15 +355,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   const failOnError = req.fail || req.failWithBody;
   /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
   let heads = '';
-  // -i and -I: every head -D shows, the handshake's too, as they come (curl's).
-  if (shownHeads)
-    shownHeads.include =
-      req.include && !req.json
-        ? (text) => {
-            if (req.output) heads += text;
-            else process.stdout.write(text);
-          }
-        : undefined;
+  showHeads(req, shownHeads, (text) => {
+    heads += text;
+  });
   /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
   let reading: { received: number; expected: number | undefined } | undefined;
   // One attempt a turn: the transfer again from the URL given, with --retry.
@@ -249,26 +383,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           fail(EXIT.caFile, unusableCa);
           break;
         }
-        let res: Awaited<ReturnType<MultilegAgent['request']>>;
-        try {
-          res = await command.agentFor(hop.url.origin).request({
-            origin: hop.url.origin,
-            path: `${hop.url.pathname}${hop.url.search}`,
-            method: hop.method as 'GET',
-            headers: hop.headers,
-            body: hop.body ?? null,
-            ...(signal ? { signal } : {}),
-            ...(req.http1 ? { allowH2: false } : {}),
-          } as Parameters<MultilegAgent['request']>[0]);
-        } catch (err) {
-          // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
-          // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
-          if (credentials || command.cannotRunAt(hop.url.origin) || !cannotRunHere(err)) throw err;
-          command.withoutNegotiate(hop.url.origin, err);
-          // The 401 Negotiate could not answer comes again, as the answer: shown once (curl's).
-          shownHeads?.drop();
-          continue;
-        }
+        const res = await send(req, hop, signal, env);
         status = res.statusCode;
         const protocol = trace.lastDelivered?.response?.protocol;
         final = { headers: res.headers, protocol };
@@ -312,35 +427,16 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           expected: hop.method !== 'HEAD' && Number.isSafeInteger(length) ? length : undefined,
         };
         reading = progress;
-        const counter = new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            bytes += chunk.length;
-            progress.received += chunk.length;
-            cb(null, chunk);
-          },
+        const counter = byteCounter(progress, (n) => {
+          bytes += n;
         });
-        if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
-          await pipeline(res.body, counter, async (source) => {
-            for await (const _ of source);
-          });
-          // -f -i -o: the final head still goes into the file (curl writes it there), without the body.
-          if (heads && req.output !== undefined) {
-            wroteOutput = true;
-            const problem = writeHeadsFile(req.output, heads, req.createDirs);
-            if (problem !== undefined) {
-              fail(EXIT.write, problem);
-              break;
-            }
-            heads = '';
-          }
-        } else {
-          wroteOutput = req.output !== undefined;
-          const problem = await writeBody(res.body, counter, req.output, heads, stdout, req.createDirs);
-          heads = '';
-          if (problem !== undefined) {
-            fail(EXIT.write, problem);
-            break;
-          }
+        const problem = await outputBody(req, res, status, counter, heads, stdout, () => {
+          wroteOutput = true;
+        });
+        heads = '';
+        if (problem !== undefined) {
+          fail(EXIT.write, problem);
+          break;
         }
         reading = undefined;
         const last = trace.lastDelivered;
@@ -361,35 +457,13 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     if (!retrier) break;
     const next = retryDecided
       ? retryNext
-      : retrier.next({
-          exit,
-          status,
-          errno: failure?.errno,
-          // R4: nor an attempt with credentials that went unanswered: a wrong password sent again
-          // may lock the account. Answered ones (a proxy's 200 to its CONNECT, an origin's 401
-          // challenge) say the server saw them, and a failure after that is not theirs.
-          refused:
-            failure?.refused === true ||
-            (failure !== undefined && trace.legs.slice(legsBefore).some(credentialsUnanswered)),
-          failOnError,
-          retryAfter: final?.headers['retry-after'],
-        });
+      : retryAfterAttempt(retrier, { exit, status, failure, legs: trace.legs.slice(legsBefore), final }, failOnError);
     if (!next) {
       if (retrier.notice) warn(retrier.notice);
       break;
     }
     warn(next.warning);
-    // What an attempt cut short wrote to the -o file goes (curl truncates a regular file; stdout
-    // cannot take it back).
-    if (wroteOutput && req.output !== undefined) {
-      try {
-        const size = statSync(req.output);
-        if (size.isFile() && size.size > 0) {
-          if (req.verbose && !req.silent) process.stderr.write(`multileg: Note: Throwing away ${size.size} bytes\n`);
-          truncateSync(req.output, 0);
-        }
-      } catch {}
-    }
+    if (wroteOutput) forgetOutput(req);
     await sleep(next.delayMs);
     // The transfer starts over from the URL given, as curl's does.
     hop = firstHop(req);
@@ -402,16 +476,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     heads = '';
     reading = undefined;
   }
-  // This transfer's counts (curl's -w %{num_connects} is the transfer's new connections); `origins` is now's.
-  const after = command.totals();
-  const stats = {
-    ...after,
-    requests: after.requests - before.requests,
-    sessions: after.sessions - before.sessions,
-    handshakes: after.handshakes - before.handshakes,
-    legs: after.legs - before.legs,
-    failedHandshakes: after.failedHandshakes - before.failedHandshakes,
-  };
+  const stats = countsSince(before, command.totals());
   return {
     url: hop.url,
     status,
