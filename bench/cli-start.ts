@@ -1,7 +1,9 @@
 /**
  * Issue 10 item 5: how long the `multileg` command takes to start, against `node -e 0` on the same
  * machine: `--help`, `--version`, and one authenticated request (NTLM against the reference server,
- * which runs in this process while the command runs in its own), beside the floor under any Node
+ * which runs in this process while the command runs in its own), that request with the cookie
+ * engine on (`-b FILE -c FILE`: tough-cookie and its public suffix list loaded; this build only),
+ * beside the floor under any Node
  * HTTPS client (one bare node:http2 GET to the same server) and under any command built on undici
  * (one GET with undici's Client alone). Medians of 21 interleaved rounds; the
  * built command (dist/bin/multileg.js, as installed) is measured, with Node's module compile cache warm
@@ -111,14 +113,23 @@ try {
       // IIS answers NTLM over HTTP/1.1 only: the same request there (undici's WebAssembly parser).
       authenticated(bin, '--http1.1'),
     ].map((args) => ({ args, env }));
-  const [base, bare, undiciGet, help, version, request, request1, ...before] = await medians([
+  // A jar of a few cookies for the reference server's host, read and written each round.
+  const jar = join(dir, 'cookies.txt');
+  const host = new URL(server.origin).hostname;
+  writeFileSync(
+    jar,
+    ['sid', 'lang', 'theme'].map((name) => `${host}\tFALSE\t/\tFALSE\t0\t${name}\tvalue-of-${name}\n`).join(''),
+  );
+  const now = cache('now');
+  const [base, bare, undiciGet, cookies, help, version, request, request1, ...before] = await medians([
     { args: ['-e', '0'] },
     { args: ['-e', BARE_H2, server.origin, ca] },
     {
       args: ['-e', UNDICI_GET, server.origin, ca, dirname(createRequire(import.meta.url).resolve('undici'))],
       env: cache('undici'),
     },
-    ...commands(BIN, cache('now')),
+    { args: authenticated(BIN, '-b', jar, '-c', jar), env: now },
+    ...commands(BIN, now),
     ...(BEFORE ? commands(BEFORE, cache('before')) : []),
   ]);
   const x = (ms: number | undefined) => `${ms!.toFixed(1)} ms = ${(ms! / base!).toFixed(2)}x node -e 0`;
@@ -128,6 +139,7 @@ try {
   console.log(`CLI start: multileg --version ${x(version)}${was(1)}`);
   console.log(`CLI start: one NTLM request ${x(request)} (goal <= 2.5x)${was(2)}`);
   console.log(`CLI start: one NTLM request over HTTP/1.1 ${x(request1)}${was(3)}`);
+  console.log(`CLI start: one NTLM request with -b FILE -c FILE (the cookie engine) ${x(cookies)}`);
   console.log(`CLI start: floor, one bare node:http2 GET over TLS (no undici, no auth) ${x(bare)}`);
   console.log(`CLI start: floor, one GET with undici's Client alone (no auth) ${x(undiciGet)}`);
 } finally {

@@ -11,6 +11,7 @@ import { MechanismSet } from './mechanisms/registry.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
+  type CookieStore,
   checkOptionNames,
   checkSchemes,
   MAX_TIMER_MS,
@@ -41,6 +42,16 @@ function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void
   if (typeof c.password !== 'string')
     throw new ConfigError(
       `credentials.password must be a string, got ${c.password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof c.password}`,
+    );
+}
+
+/** A `cookies` option that is not a cookie store fails here, not at the first request. */
+function checkCookieStore(store: unknown): void {
+  const s = store as Partial<CookieStore> | null;
+  if (s === null || typeof s !== 'object' || typeof s.cookieHeader !== 'function' || typeof s.setCookies !== 'function')
+    throw new ConfigError(
+      'cookies must be a cookie store: an object with cookieHeader(url) and setCookies(url, values) methods (CookieStore)',
+      'cookies',
     );
 }
 
@@ -160,6 +171,7 @@ export class MultilegAgent extends Dispatcher {
       selectCertificate = () => usable;
     }
     checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
+    if (options.cookies !== undefined) checkCookieStore(options.cookies);
     let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
     if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
@@ -181,6 +193,7 @@ export class MultilegAgent extends Dispatcher {
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout ?? 60_000, false, MAX_TIMER_MS),
       http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
       proxy: new ProxyResolver(options.proxy, process.env, options.negotiate),
+      ...(options.cookies ? { cookies: options.cookies } : {}),
     };
     const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
     this.#mechanisms = new MechanismSet(mechanisms, schemes, selectCertificate !== undefined);

@@ -140,3 +140,18 @@ export class AgentClosedError extends MultilegError {
     super('MULTILEG_CLOSED', 'MultilegAgent is closed; create a new agent');
   }
 }
+
+/**
+ * The agent's cookie jar (the `cookies` option) threw when asked for a request's `Cookie` header:
+ * the request is not sent (without the cookies it would be another request). The jar's error is
+ * the `cause`; its message is not repeated here, as it may quote a cookie.
+ */
+export class CookieStoreError extends MultilegError {
+  constructor(cause: unknown) {
+    super(
+      'MULTILEG_COOKIE_STORE',
+      "the cookies option's cookieHeader() threw, so the request was not sent; fix the cookie store (its error is this error's cause)",
+      { cause },
+    );
+  }
+}

@@ -40,6 +40,7 @@ export { MIN_NODE_VERSION, UnsupportedNodeError } from './node-version.ts';
 export {
   type ClientCertificate,
   type ClientCertificateSelector,
+  type CookieStore,
   type Limits,
   type MultilegAgentOptions,
   SCHEME_NAMES,

@@ -106,6 +106,27 @@ export type ClientCertificateSelector = (
   challenge: Challenge,
 ) => ClientCertificate | undefined | Promise<ClientCertificate | undefined>;
 
+/**
+ * A cookie jar, as the agent's `cookies` option takes it: asked for the `Cookie` header of each
+ * request the agent writes and told each response head's `Set-Cookie`. Both are called
+ * synchronously, as a leg is written and as its response head arrives: a store that must wait for
+ * something keeps what it needs in memory. Which cookie goes where is the store's rule (RFC 6265:
+ * domain, path, Secure, expiry, public suffixes): `trustedOrigins` does not apply to cookies.
+ */
+export interface CookieStore {
+  /**
+   * The `Cookie` header for a request to `url` (`https://host:port/path?query`), or undefined for
+   * none. Throwing fails the request, unsent, with `CookieStoreError`.
+   */
+  cookieHeader(url: string): string | undefined;
+  /**
+   * The `Set-Cookie` values (each one header line's value) of a response to a request to `url`:
+   * every response head, a handshake's 401s and a redirect's 3xx included. Throwing is reported as
+   * a process warning (`MULTILEG_COOKIE_STORE_THREW`); the response goes on.
+   */
+  setCookies(url: string, values: readonly string[]): void;
+}
+
 /** Options of {@link MultilegAgent}. */
 export interface MultilegAgentOptions {
   /** Username/password used by NTLM (and by Negotiate's NTLM fallback, Digest and Basic). */
@@ -172,6 +193,17 @@ export interface MultilegAgentOptions {
    * forwarded (absolute-form) unless `http: 'tunnel'`.
    */
   proxy?: string | ProxyOptions | false;
+  /**
+   * A cookie jar ({@link CookieStore}), as curl's cookie engine or a browser's: asked for the
+   * `Cookie` header of every request the agent writes, each leg of a handshake included, and told
+   * every response head's `Set-Cookie`, a handshake's 401s too, so that a cookie a server sets on
+   * its challenge (a load balancer's affinity cookie) goes back on the next leg. A request's own
+   * `Cookie` header is sent too, after the jar's, in the same header (RFC 6265 §5.4: one Cookie
+   * header). Upgrades (WebSocket) and CONNECT requests are not given cookies. With a jar, requests
+   * to an authenticated session take the agent's full path, never its fast path (C2), which writes
+   * a request as the caller gave it.
+   */
+  cookies?: CookieStore;
 }
 
 export interface ResolvedOptions {
@@ -192,6 +224,7 @@ export interface ResolvedOptions {
   keepAliveTimeout: number;
   http1MemoryTtl: number;
   proxy: ProxyResolver;
+  cookies?: CookieStore;
 }
 
 /** Every option of {@link MultilegAgentOptions} (the compiler keeps this list whole). */
@@ -210,6 +243,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   keepAliveTimeout: true,
   http1MemoryTtl: true,
   proxy: true,
+  cookies: true,
 };
 
 /**

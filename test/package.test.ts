@@ -171,7 +171,7 @@ describe('the packed package in a fresh app', () => {
     }
   });
 
-  it('the command ships as one bundle (scripts/bundle-cli.ts) whose lazily loaded parts load: an HTTP/2 NTLM request (with -D and --retry), Negotiate without a ticket, doctor', async () => {
+  it('the command ships as one bundle (scripts/bundle-cli.ts) whose lazily loaded parts load: an HTTP/2 NTLM request (with -D and --retry), the cookie engine (-b FILE -c -), Negotiate without a ticket, doctor', async () => {
     // The command's own modules are joined into dist/bin; the unbundled copy tsc emits is not shipped.
     expect(walk(join(pkgDir, 'dist')).some((f) => f.includes('/dist/cli/'))).toBe(false);
     const multileg = join(app, 'node_modules/.bin/multileg');
@@ -187,6 +187,15 @@ describe('the packed package in a fresh app', () => {
       expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', protocol: 'h2' });
       // Loaded only for them: --retry's rules (retry.ts), -D's reason phrases (node:http). -D wrote the three heads.
       expect(r.stderr.match(/^HTTP\/2 \d{3}/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+      // The cookie engine's chunk, and tough-cookie (a dependency) through its CommonJS entry.
+      const cookies = join(app, 'cookies.txt');
+      writeFileSync(cookies, `${new URL(ntlm.origin).hostname}\tFALSE\t/\tFALSE\t0\tsid\tpacked\n`);
+      const jar = await run(['-u', 'EXAMPLE\\alice:alicepw', '-b', cookies, '-c', '-', `${ntlm.origin}/auth/cookies`]);
+      expect(jar.code, jar.stderr).toBe(0);
+      expect(jar.stdout).toContain('# Netscape HTTP Cookie File\n');
+      expect(ntlm.exchanges.filter((e) => e.path === '/auth/cookies').map((e) => e.requestHeaders.cookie)).toContain(
+        'sid=packed',
+      );
       // Negotiate's handshake is a chunk of its own, loaded at the first step.
       writeFileSync(join(app, 'ca2.pem'), negotiate.ca);
       const krb = await runCommand(

@@ -52,12 +52,33 @@ async function main(argv: string[]): Promise<number> {
     say(err.message);
     return err instanceof UsageError ? err.exit : EXIT.usage;
   }
+  /** curl's warnings: -s hides them, -S does not bring them back. */
+  const warn = (line: string) => {
+    if (!req.silent) process.stderr.write(`multileg: Warning: ${line}\n`);
+  };
+  const verbose = req.verbose ? (line: string) => process.stderr.write(`${line}\n`) : undefined;
+  // -b FILE, -c: the cookie engine (cookies.ts, with tough-cookie), loaded only for them; before
+  // the first request (wasm.ts: modules loaded after its V8 flag lose their code cache).
+  let cookies: import('./cookies.ts').CookieEngine | undefined;
+  if (req.cookies) {
+    cookies = new (await import('./cookies.ts')).CookieEngine(verbose);
+    for (const file of req.cookies.files) {
+      const { loaded, warning } = cookies.load(file, req.cookies.junkSession);
+      if (warning) warn(warning);
+      verbose?.(`* Loaded ${loaded} cookie(s) from ${file === '-' ? 'stdin' : file}`);
+    }
+  }
   // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
   // Each transfer has its own (set when it starts): a URL's origin is trusted in its own transfer
-  // only, never because another URL of the command names it.
+  // only, never because another URL of the command names it. Cookies go by their own rules (the jar's).
   let command: CommandAgent;
   try {
-    command = new CommandAgent(MultilegAgent, req.agent, credentials, new CliTrust(req.url.origin, req.trust));
+    command = new CommandAgent(
+      MultilegAgent,
+      cookies ? { ...req.agent, cookies } : req.agent,
+      credentials,
+      new CliTrust(req.url.origin, req.trust),
+    );
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     if (err.option === 'clientCertificate') {
@@ -80,14 +101,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // The heads -D and -i show, one sequence for both (heads.ts): the handshake's from the trace.
   const heads = dump || (req.include && !req.json) ? new (await import('./heads.ts')).ResponseHeads(dump) : undefined;
-  const trace = new Trace(
-    req.verbose ? (line) => process.stderr.write(`${line}\n`) : undefined,
-    heads ? (leg) => heads.leg(leg) : undefined,
-  );
-  /** curl's warnings: -s hides them, -S does not bring them back. */
-  const warn = (line: string) => {
-    if (!req.silent) process.stderr.write(`multileg: Warning: ${line}\n`);
-  };
+  const trace = new Trace(verbose, heads ? (leg) => heads.leg(leg) : undefined);
   // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
   const remotes = req.writeOut !== undefined ? new Remotes() : undefined;
   const stdout = new Stdout();
@@ -101,6 +115,8 @@ async function main(argv: string[]): Promise<number> {
   // the first is used again by the next on its origin (one handshake, in session mode). The exit
   // code is the last transfer's (curl's), or the first failure's with --fail-early.
   let exit: number = EXIT.ok;
+  /** Why the -c jar could not be written. */
+  let jarError: NodeJS.ErrnoException | undefined;
   try {
     for (const { url, output } of req.transfers) {
       command.trusted = new CliTrust(url.origin, req.trust);
@@ -121,6 +137,19 @@ async function main(argv: string[]): Promise<number> {
     await command.destroy();
     remotes?.stop();
     dump?.close();
+    // -c: every cookie, at the end, whatever came of the transfers (curl's).
+    if (cookies && req.cookies?.jar !== undefined) {
+      try {
+        (await import('./cookies.ts')).writeJar(req.cookies.jar, cookies.netscape());
+      } catch (err) {
+        jarError = err as NodeJS.ErrnoException;
+      }
+    }
+  }
+  // curl only says so with -v and exits 0: a jar silently not saved loses the session, so it is said, and 23 (a file that cannot be written).
+  if (jarError) {
+    say(`-c ${req.cookies?.jar}: ${writeProblem(jarError)}; the cookies were not saved`);
+    if (exit === EXIT.ok) exit = EXIT.write;
   }
   if (dump?.error && exit === EXIT.ok) {
     say(`-D ${req.dumpHeader}: ${writeProblem(dump.error)}`);

@@ -96,6 +96,15 @@ export interface CliRequest {
   readonly unusableCa: string | undefined;
   /** The same for --proxy-cacert: 77 once an https:// proxy is on the way (not with --proxy-insecure). */
   readonly unusableProxyCa: string | undefined;
+  /**
+   * The cookie engine (curl's), on with `-b FILE` or `-c FILE`, else undefined: the -b files to
+   * load in order (`-` stdin; one not there is empty), the -c file to write at the end (`-`
+   * stdout), and -j (leave out the session cookies of the -b files). `-b NAME=VALUE` is a header of
+   * {@link CliRequest.headers}, not this.
+   */
+  readonly cookies:
+    | { readonly files: readonly string[]; readonly jar: string | undefined; readonly junkSession: boolean }
+    | undefined;
   /** The agent's options, without credentials and trustedOrigins (main adds those). */
   readonly agent: MultilegAgentOptions;
 }
@@ -215,6 +224,16 @@ export function program(): Commander.Command {
         'also send credentials to this origin, or hosts like https://*.corp.example.com (repeatable)',
         collect,
       )
+      .option(
+        '-b, --cookie <data|file>',
+        'send cookies: "NAME=VAL; NAME2=VAL2" as given, or (no "=") load them from a file (Netscape format or Set-Cookie lines; "-": stdin; one not there is empty), which turns the cookie engine on: cookies set by responses go with later requests and redirects of the command (repeatable)',
+        collect,
+      )
+      .option(
+        '-c, --cookie-jar <file>',
+        'turn the cookie engine on and write every cookie to this file at the end (Netscape format, mode 0600; "-": stdout)',
+      )
+      .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
       .option('--http1.1', 'use HTTP/1.1 only')
       .option('-i, --include', "print each response's status line and headers (a handshake's 401s too), then the body")
       .option('-I, --head', 'send HEAD and print the status line and headers only')
@@ -429,13 +448,14 @@ function clientCertificate(o: Record<string, unknown>): ClientCertificate {
 const CLIENT_CERT_PROBLEM = 58;
 
 /** How each option that takes a value may hold a secret: `user:password`, all of it, a URL's password, a header's value. */
-const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'header' | 'cert'>> = {
+const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'header' | 'cert' | 'cookie'>> = {
   '--user': 'after-colon',
   '--proxy-user': 'after-colon',
   '--pass': 'all',
   '--proxy': 'url',
   '--header': 'header',
   '--cert': 'cert',
+  '--cookie': 'cookie',
 };
 const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
 
@@ -461,6 +481,9 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
       return hideUrlPassword(value);
     case 'header':
       return SECRET_HEADERS.test(value) ? `${value.slice(0, value.indexOf(':'))}:***` : value;
+    case 'cookie':
+      // -b NAME=VALUE is the cookies themselves; without `=` it names a file.
+      return value.includes('=') ? '***' : value;
     default: {
       // user:password, or --cert file:passphrase (after a Windows drive letter).
       const colon = value.indexOf(':', kind === 'cert' && /^[A-Za-z]:[\\/]/.test(value) ? 2 : 0);
@@ -471,7 +494,7 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
 
 /**
  * The command line as `ps` may show it, or undefined when it holds no secret: the passwords of
- * -u/--user, --proxy-user, -x/--proxy URLs, --cert file:passphrase and URLs, --pass, and
+ * -u/--user, --proxy-user, -x/--proxy URLs, --cert file:passphrase and URLs, --pass, -b cookies, and
  * Authorization / Cookie headers become `***`, in every form commander reads (`--opt=value`,
  * `-uvalue`, `-ku value`). Set as the process title, it replaces the arguments other users can read
  * (curl blanks them too).
@@ -597,6 +620,18 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     // Repeated, each is sent (as curl does), not the last alone.
     headers[name] = had === undefined ? value : [had, value].flat();
   }
+  // -b: NAME=VALUE strings are sent as given, joined (curl's), unless a -H names Cookie (then curl
+  // sends that one alone); the others name files for the cookie engine.
+  const cookieArgs = (o.cookie as string[] | undefined) ?? [];
+  const cookieStrings = cookieArgs.filter((c) => c.includes('='));
+  const cookieFiles = cookieArgs.filter((c) => !c.includes('='));
+  if (cookieStrings.length > 0 && !('cookie' in headers) && !removed.has('cookie'))
+    headers.cookie = cookieStrings.join('; ');
+  const cookieJar = o.cookieJar as string | undefined;
+  if (cookieFiles.includes('-') && (o.passwordStdin || o.writeOut === '@-'))
+    throw new ConfigError(
+      `-b - and ${o.passwordStdin ? '--password-stdin' : '-w @-'}: only one of them can read stdin; give the cookies in a file`,
+    );
   const pieces = data.map(([flag, d]) => {
     if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
     // A file that cannot be read is curl's 26 (curl 8.3 and later; older ones sent an empty body).
@@ -711,6 +746,10 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     netrc: netrc ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) } : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
     unusableProxyCa: proxyCacert && 'problem' in proxyCacert ? proxyCacert.problem : undefined,
+    cookies:
+      cookieFiles.length > 0 || cookieJar !== undefined
+        ? { files: cookieFiles, jar: cookieJar, junkSession: Boolean(o.junkSessionCookies) }
+        : undefined,
     agent,
   };
 }

@@ -263,8 +263,10 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   static sessionReady(session: Session, env: ExchangeEnv): boolean {
     return (
       session.state.kind === 'authenticated' &&
-      // Traced legs are published by the session's own send (multileg:leg).
+      // Traced legs are published by the session's own send (multileg:leg), and a cookie jar is
+      // asked and told there: the fast path writes the request as the caller gave it.
       !tracingLegs() &&
+      session.cookies === undefined &&
       !env.memory.requiresHttp1 &&
       (env.memory.clientCertificate === undefined || session.certified) &&
       !env.memory.hasUnusable &&

@@ -359,6 +359,7 @@ export class OriginPool implements FastHost {
       keepAliveTimeout: this.#options.keepAliveTimeout,
       maxConcurrentStreams: this.#options.maxConcurrentStreams,
       limits: this.#options.limits,
+      ...(this.#options.cookies ? { cookies: this.#options.cookies } : {}),
       ...(this.memory.contextCap !== undefined ? { handshakeCap: this.memory.contextCap } : {}),
       onChange: () => this.#pump(),
       ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),

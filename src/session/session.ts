@@ -1,12 +1,12 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
 import { publishLeg, tracingLegs } from '../diagnostics.ts';
-import { BodyNotReplayableError, MultilegError } from '../errors.ts';
+import { BodyNotReplayableError, CookieStoreError, MultilegError } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
-import type { Limits } from '../options.ts';
+import type { CookieStore, Limits } from '../options.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
@@ -93,6 +93,8 @@ export class Session {
 
   /** This session presents a client certificate (T3): only such sessions serve the origin then. */
   readonly certified: boolean;
+  /** The agent's cookie jar, if it has one: every leg this session writes asks and tells it. */
+  readonly cookies: CookieStore | undefined;
 
   constructor(opts: {
     origin: string;
@@ -103,6 +105,8 @@ export class Session {
     keepAliveTimeout: number;
     maxConcurrentStreams: number;
     limits: Limits;
+    /** The agent's cookie jar: asked for each leg's Cookie header, told each response head's Set-Cookie. */
+    cookies?: CookieStore;
     /** Handshake slots, when the origin's server was seen to refuse more (below limits.maxConcurrentHandshakes). */
     handshakeCap?: number;
     /** Called when capacity may have grown or the session closed: the pool pumps its queue. */
@@ -116,6 +120,7 @@ export class Session {
     this.lane = opts.lane;
     this.identity = opts.identity;
     this.certified = opts.certified;
+    this.cookies = opts.cookies;
     this.#limits = opts.limits;
     this.#handshakeCap = Math.min(opts.handshakeCap ?? Number.POSITIVE_INFINITY, opts.limits.maxConcurrentHandshakes);
     this.#queue = new WaitQueue(opts.limits, 'a handshake on its session');
@@ -413,6 +418,19 @@ export class Session {
     }
     const headers: HeaderMap = { ...job.headers };
     for (const k in extra) headers[k] = extra[k]!;
+    // The jar is asked per leg, not per request: a cookie set on a challenge goes on the next leg.
+    const cookieUrl = this.cookies ? `${job.origin}${job.dispatchOptions.path}` : undefined;
+    if (cookieUrl !== undefined) {
+      let jar: string | undefined;
+      try {
+        jar = this.cookies!.cookieHeader(cookieUrl);
+      } catch (err) {
+        onResult({ kind: 'failed', error: new CookieStoreError(err) });
+        return;
+      }
+      // The caller's own Cookie after the jar's, in one header (RFC 6265 §5.4), as curl puts -b's.
+      if (jar) headers.cookie = headers.cookie === undefined ? jar : [jar, headers.cookie].flat().join('; ');
+    }
     // Per-request mode sends two legs per request: nothing is built for a trace nobody reads.
     const traced = tracingLegs()
       ? publishLeg(
@@ -423,6 +441,7 @@ export class Session {
     const leg = new LegHandler({
       sink: job.sink,
       classify: (status, h) => {
+        if (cookieUrl !== undefined) this.#tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
         traced?.response(status, h, verdict !== 'swallow');
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
@@ -462,6 +481,20 @@ export class Session {
     } catch (err) {
       traced?.error(err as Error);
       onResult({ kind: 'failed', error: err as Error });
+    }
+  }
+
+  /** A response head's Set-Cookie, to the jar: its failure is not the response's. */
+  #tellCookies(url: string, headers: ResponseHeaders): void {
+    const values = headers['set-cookie'];
+    if (values === undefined) return;
+    try {
+      this.cookies!.setCookies(url, typeof values === 'string' ? [values] : values);
+    } catch (err) {
+      process.emitWarning(
+        `the cookies option's setCookies() threw (${(err as Error)?.name ?? typeof err}); the response goes on without its cookies stored`,
+        { code: 'MULTILEG_COOKIE_STORE_THREW' },
+      );
     }
   }
 

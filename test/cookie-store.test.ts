@@ -1,0 +1,123 @@
+/**
+ * The agent's `cookies` option (a CookieStore): asked for each leg's Cookie header and told each
+ * response head's Set-Cookie, a handshake's 401s included; its failures are typed (CookieStoreError)
+ * or a warning, never a request sent without what it asked for. No diagnostics subscriber here, so
+ * that the fast path (C2) would run if the jar did not keep requests off it.
+ */
+import { once } from 'node:events';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ConfigError, type CookieStore, CookieStoreError, MultilegAgent } from '../src/index.ts';
+import { type CookieServer, pairs, SID, startCookieServer } from './cookie-server.ts';
+import { ALICE } from './helpers.ts';
+
+/** A jar that holds cookies by name for any URL, and records what it was asked and told. */
+class RecordingStore implements CookieStore {
+  readonly jar = new Map<string, string>();
+  readonly asked: string[] = [];
+  readonly told: Array<[url: string, values: readonly string[]]> = [];
+  cookieHeader(url: string): string | undefined {
+    this.asked.push(url);
+    return this.jar.size > 0 ? [...this.jar].map(([k, v]) => `${k}=${v}`).join('; ') : undefined;
+  }
+  setCookies(url: string, values: readonly string[]): void {
+    this.told.push([url, values]);
+    for (const v of values) {
+      const [pair] = v.split(';');
+      const eq = pair!.indexOf('=');
+      this.jar.set(pair!.slice(0, eq), pair!.slice(eq + 1));
+    }
+  }
+}
+
+let server: CookieServer | undefined;
+let agent: MultilegAgent | undefined;
+afterEach(async () => {
+  await agent?.destroy().catch(() => {});
+  await server?.close();
+  agent = server = undefined;
+});
+
+async function ntlmAgent(cookies: CookieStore) {
+  server = await startCookieServer();
+  agent = new MultilegAgent({
+    credentials: ALICE,
+    trustedOrigins: [server.origin],
+    negotiate: false,
+    proxy: false,
+    cookies,
+  });
+  return { server, agent };
+}
+
+describe('MultilegAgent cookies option', () => {
+  it("is asked for every leg and told every head: a cookie set on a 401 goes on the handshake's next leg; the caller's own Cookie follows the jar's in one header", async () => {
+    const store = new RecordingStore();
+    const { server, agent } = await ntlmAgent(store);
+    const res = await request(`${server.origin}/auth/x?q=1`, { dispatcher: agent, headers: { cookie: 'mine=1' } });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    const host = new URL(server.origin).host;
+    expect(server.to(host, '/auth/x').map((s) => [s.auth, s.cookie])).toEqual([
+      [undefined, 'mine=1'],
+      ['NTLM/1', 'lb=node1; mine=1'],
+      ['NTLM/3', 'lb=node1; leg=challenge; mine=1'],
+    ]);
+    // Each leg's URL, origin, path and query; each head's Set-Cookie, the 401s' too.
+    expect(store.asked).toEqual(Array(3).fill(`${server.origin}/auth/x?q=1`));
+    expect(store.told.map(([, v]) => v)).toEqual([
+      ['lb=node1; Path=/'],
+      ['leg=challenge; Path=/'],
+      [`${SID}; Path=/; HttpOnly`],
+    ]);
+  });
+
+  it('C2: with a jar, a request to the authenticated session still asks it (the fast path would send the request as given)', async () => {
+    const store = new RecordingStore();
+    const { server, agent } = await ntlmAgent(store);
+    for (const path of ['/auth/one', '/auth/two']) {
+      const res = await request(`${server.origin}${path}`, { dispatcher: agent });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    const two = server.to(new URL(server.origin).host, '/auth/two');
+    expect(two.map((s) => [s.auth, pairs(s.cookie)])).toEqual([[undefined, [SID, 'lb=node1', 'leg=challenge'].sort()]]);
+    expect(agent.stats().handshakes).toBe(1);
+  });
+
+  it('a cookieHeader that throws fails the request with CookieStoreError, unsent; a setCookies that throws is a process warning, and the response is delivered', async () => {
+    const failure = new Error('store down');
+    const { server, agent } = await ntlmAgent({
+      cookieHeader: () => {
+        throw failure;
+      },
+      setCookies: () => {},
+    });
+    const err = await request(`${server.origin}/public/x`, { dispatcher: agent }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CookieStoreError);
+    expect((err as CookieStoreError).code).toBe('MULTILEG_COOKIE_STORE');
+    expect((err as CookieStoreError).cause).toBe(failure);
+    expect(server.seen).toEqual([]);
+    await agent.destroy();
+    await server.close();
+
+    const telling = await ntlmAgent({
+      cookieHeader: () => undefined,
+      setCookies: () => {
+        throw new Error('full');
+      },
+    });
+    const warned = once(process, 'warning');
+    const res = await request(`${telling.server.origin}/public/y?c=a%3D1`, { dispatcher: telling.agent });
+    expect(res.statusCode).toBe(200);
+    expect(((await res.body.json()) as { path: string }).path).toBe('/public/y');
+    const [warning] = (await warned) as [Error & { code?: string }];
+    expect(warning.code).toBe('MULTILEG_COOKIE_STORE_THREW');
+  });
+
+  it('a cookies option that is not a store is a ConfigError naming it', () => {
+    for (const cookies of [{}, { cookieHeader: () => undefined }, 'jar', null])
+      expect(() => new MultilegAgent({ cookies: cookies as unknown as CookieStore })).toThrow(ConfigError);
+    expect(() => new MultilegAgent({ cookies: {} as unknown as CookieStore })).toThrow(/cookieHeader\(url\)/);
+  });
+});
