@@ -184,7 +184,7 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(again.stdout).toContain('www.corp.co.uk\tFALSE\t/\tFALSE\t0\tsid\tv1\n');
   });
 
-  it('-c FILE is written whatever came of the transfers (a failed last one too); one that cannot be written is said, without a value, and exits 23 (curl says it with -v only)', async () => {
+  it('-c FILE is written whatever came of the transfers (a failed last one too); one that cannot be written is said, without a value, and exits 23 (curl says it with -v only); --create-dirs makes its directory', async () => {
     const jar = file('jar.txt');
     // The second URL cannot connect (7): the jar still holds the first one's cookie.
     const r = await run([
@@ -201,10 +201,22 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     const nowhere = join(dir, 'no-such-dir', 'jar.txt');
     const w = await run([...proxy, '-c', nowhere, `http://www.corp.co.uk/set?${c('sid=SECRET2; Path=/')}`]);
     expect(w.code).toBe(23);
-    expect(w.stderr).toBe(`multileg: -c ${nowhere}: no such directory (ENOENT); the cookies were not saved\n`);
+    expect(w.stderr).toBe(
+      `multileg: -c ${nowhere}: no such directory (ENOENT); --create-dirs makes the missing directories; the cookies were not saved\n`,
+    );
     // -s hides it; the exit code stays.
     const s = await run([...proxy, '-s', '-c', nowhere, 'http://www.corp.co.uk/show']);
     expect([s.code, s.stderr]).toEqual([23, '']);
+    // --create-dirs makes it, as for -o and -D.
+    const made = await run([
+      ...proxy,
+      '--create-dirs',
+      '-c',
+      nowhere,
+      `http://www.corp.co.uk/set?${c('sid=MADE3; Path=/')}`,
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    expect(readFileSync(nowhere, 'utf8')).toContain('\tsid\tMADE3\n');
   });
 
   it('several URLs of one command share the jar: a cookie set by one goes with the next ones it matches', async () => {

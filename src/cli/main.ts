@@ -16,7 +16,7 @@ import { credentialsFor } from './credentials.ts';
 import type { HeaderDump } from './dump-header.ts';
 import { describeFailure, EXIT, forCli } from './explain.ts';
 import { parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
-import { fileProblem, isEpipe, Stdout, writeProblem } from './output.ts';
+import { createDirsFor, fileProblem, isEpipe, Stdout, writeProblem } from './output.ts';
 import { Remotes, report } from './report.ts';
 import { Trace } from './trace.ts';
 import { transfer } from './transfer.ts';
@@ -140,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
     // -c: every cookie, at the end, whatever came of the transfers (curl's).
     if (cookies && req.cookies?.jar !== undefined) {
       try {
+        if (req.createDirs && req.cookies.jar !== '-') createDirsFor(req.cookies.jar);
         (await import('./cookies.ts')).writeJar(req.cookies.jar, cookies.netscape());
       } catch (err) {
         jarError = err as NodeJS.ErrnoException;
@@ -148,7 +149,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // curl only says so with -v and exits 0: a jar silently not saved loses the session, so it is said, and 23 (a file that cannot be written).
   if (jarError) {
-    say(`-c ${req.cookies?.jar}: ${writeProblem(jarError)}; the cookies were not saved`);
+    say(`${fileProblem('-c', req.cookies?.jar ?? '', jarError, req.createDirs)}; the cookies were not saved`);
     if (exit === EXIT.ok) exit = EXIT.write;
   }
   if (dump?.error && exit === EXIT.ok) {
