@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the real peers need (Debian packages, as root), the
 # npm dependencies (the kerberos addon built from source against libkrb5-dev), then lints, type-
-# checks, builds and runs the whole test suite under the project's own Node 22.
+# checks, builds and runs the whole test suite under the project's own Node 22, then under Node 24.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
@@ -20,3 +20,5 @@ npm run lint
 npm run typecheck
 npm run build
 npm test
+# Users run Node 22 and 24: the whole suite again under the newest Node 24.
+bash scripts/test-node24.sh

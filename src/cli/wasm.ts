@@ -6,7 +6,9 @@
  */
 
 /**
- * Sets `--liftoff-only`. Call it once every module the request needs is loaded, just before the
+ * Turns WebAssembly tier-up off (`--no-wasm-tier-up --no-wasm-dynamic-tiering`: Node 24's V8 ignores
+ * `--liftoff-only` set at run time, and without dynamic tiering V8 tiers everything up eagerly
+ * unless tier-up is off too). Call it once every module the request needs is loaded, just before the
  * first request (undici compiles its parser on the first HTTP/1.1 connection), never earlier: a V8
  * flag set at run time changes V8's flag hash, and a code cache made under another hash is
  * rejected — Node's own, built in for http2, tls, stream and the rest, too. Set before those
@@ -17,5 +19,5 @@ export async function keepWasmOnBaseline(): Promise<void> {
   // The one module of Node's own a request loads once it runs (net, at its first host name
   // lookup): loaded first, it keeps its code cache too.
   await import('node:dns');
-  (await import('node:v8')).setFlagsFromString('--liftoff-only');
+  (await import('node:v8')).setFlagsFromString('--no-wasm-tier-up --no-wasm-dynamic-tiering');
 }
