@@ -3,6 +3,7 @@ import { createHash, createPrivateKey } from 'node:crypto';
 import { once } from 'node:events';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { stripTypeScriptTypes } from 'node:module';
 import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { credentialsFor, parseNetrc } from '../src/cli/credentials.ts';
-import { explain401, explain407, forCli } from '../src/cli/explain.ts';
+import { describeFailure, explain401, explain407, forCli } from '../src/cli/explain.ts';
 import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
@@ -22,7 +23,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { CLIENT_CERT, CLIENT_KEY, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
 
 /** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
@@ -738,6 +739,44 @@ describe('multileg command line', () => {
     expect(withoutFlag.code).toBe(60);
     const insecure = await run(['-k', `${server.origin}/public/`]);
     expect(insecure.code).toBe(0);
+  });
+
+  it('a certificate for other names: exit 60 naming the names it is for and the fix (another name in the URL, not a CA); doctor says the same', async () => {
+    // The reference certificate is for localhost and 127.0.0.1; 127.0.0.2 is loopback too, not in it.
+    const tls = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (_req, res) => res.end('ok'));
+    tls.listen(0, '127.0.0.2');
+    await once(tls, 'listening');
+    const url = `https://127.0.0.2:${(tls.address() as { port: number }).port}/`;
+    try {
+      const r = await run(['--cacert', ca, url]);
+      expect(r.code).toBe(60);
+      expect(r.stderr).toBe(
+        `multileg: the certificate of ${new URL(url).host} is for localhost, 127.0.0.1, not 127.0.0.2 (ERR_TLS_CERT_ALTNAME_INVALID): use one of those names in the URL; -k skips the check (unsafe)\n`,
+      );
+      const doctor = await run(['doctor', '--cacert', ca, url]);
+      expect(doctor.code).toBe(1);
+      expect(doctor.stdout).toContain('FAIL  TLS: the certificate is for localhost, 127.0.0.1, not 127.0.0.2');
+      expect(doctor.stdout).toContain('      fix: use one of those names in the URL; -k skips the check (unsafe)\n');
+      expect(doctor.stdout).not.toContain('--cacert');
+      // An address is no SNI name: doctor's probe sets none, and Node has nothing to warn about (DEP0123).
+      expect(doctor.stderr).not.toContain('DEP0123');
+    } finally {
+      tls.close();
+    }
+  });
+
+  it("a certificate out of its dates: exit 60, and the fix is the server's certificate or this machine's clock, not a CA", () => {
+    const url = new URL('https://intranet.example.com/');
+    for (const [code, fix] of [
+      ['CERT_HAS_EXPIRED', 'the server must renew it'],
+      ['CERT_NOT_YET_VALID', 'the server must use one valid today'],
+    ] as const) {
+      const failure = describeFailure(Object.assign(new Error('x'), { code }), { url, maxTime: undefined });
+      expect(failure.exit).toBe(60);
+      expect(failure.message).toBe(
+        `the certificate of intranet.example.com is not valid now (${code}): ${fix}, or this machine's clock is wrong; -k skips the check (unsafe)`,
+      );
+    }
   });
 
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {

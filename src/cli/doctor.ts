@@ -5,6 +5,7 @@
  * needs HTTP/1.1, the proxy, and TLS trust. Takes the same options as a request.
  */
 import { execFile } from 'node:child_process';
+import { isIP } from 'node:net';
 import { getCACertificates, connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { request } from 'undici';
@@ -17,7 +18,15 @@ import { unsupportedNode } from '../node-version.ts';
 import { portOf } from '../options.ts';
 import { ProxyResolver } from '../proxy/options.ts';
 import { credentialsFor } from './credentials.ts';
-import { challengeSchemes, describeFailure, EXIT, forCli, withoutFallbackHint } from './explain.ts';
+import {
+  certificateNames,
+  challengeSchemes,
+  describeFailure,
+  EXIT,
+  forCli,
+  withoutFallbackHint,
+  wrongNameFix,
+} from './explain.ts';
 import { type CliRequest, parseCliOrExit } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
@@ -117,28 +126,33 @@ function tlsTrust(req: CliRequest): Promise<Check> {
   const url = req.url;
   const connect = req.agent.connect ?? {};
   const probe = (ca: readonly string[] | undefined) =>
-    new Promise<{ authorized: boolean; error?: string; issuer?: string; validTo?: string }>((resolve) => {
-      const socket = tlsConnect({
-        host: url.hostname,
-        port: Number(url.port || 443),
-        servername: url.hostname,
-        ...(ca ? { ca: [...ca] } : {}),
-        rejectUnauthorized: false,
-        ALPNProtocols: ['h2', 'http/1.1'],
-      });
-      socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
-      socket.once('secureConnect', () => {
-        const cert = socket.getPeerCertificate();
-        resolve({
-          authorized: socket.authorized,
-          ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}),
-          issuer: [cert.issuer?.CN ?? cert.issuer?.O].flat()[0],
-          validTo: cert.valid_to,
+    new Promise<{ authorized: boolean; error?: string; issuer?: string; validTo?: string; names: string[] }>(
+      (resolve) => {
+        const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+        const socket = tlsConnect({
+          host: hostname,
+          port: Number(url.port || 443),
+          // SNI is for names: Node warns (DEP0123) when given an address, and an address has no SNI.
+          ...(isIP(hostname) ? {} : { servername: hostname }),
+          ...(ca ? { ca: [...ca] } : {}),
+          rejectUnauthorized: false,
+          ALPNProtocols: ['h2', 'http/1.1'],
         });
-        socket.end();
-      });
-      socket.once('error', (err) => resolve({ authorized: false, error: err.message }));
-    });
+        socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
+        socket.once('secureConnect', () => {
+          const cert = socket.getPeerCertificate();
+          resolve({
+            authorized: socket.authorized,
+            ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}),
+            issuer: [cert.issuer?.CN ?? cert.issuer?.O].flat()[0],
+            validTo: cert.valid_to,
+            names: certificateNames({ cert }),
+          });
+          socket.end();
+        });
+        socket.once('error', (err) => resolve({ authorized: false, error: err.message, names: [] }));
+      },
+    );
   return (async () => {
     if (connect.rejectUnauthorized === false)
       return {
@@ -157,6 +171,14 @@ function tlsTrust(req: CliRequest): Promise<Check> {
     const r = await probe(connect.ca as readonly string[] | undefined);
     const about = `issuer ${r.issuer ?? '?'}, valid to ${r.validTo ?? '?'}`;
     if (r.authorized) return { name: 'TLS', verdict: 'ok', detail: `certificate chain trusted (${about})` };
+    // The chain may be fine: the certificate is for other names. No CA fixes that.
+    if (r.error === 'ERR_TLS_CERT_ALTNAME_INVALID')
+      return {
+        name: 'TLS',
+        verdict: 'FAIL',
+        detail: `the certificate is for ${r.names.join(', ') || 'other names'}, not ${url.hostname} (${about})`,
+        fix: wrongNameFix(r.names),
+      };
     const system = await probe([...getCACertificates('default'), ...getCACertificates('system')]);
     return {
       name: 'TLS',

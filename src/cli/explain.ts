@@ -196,16 +196,19 @@ export function describeFailure(
     };
   }
   const code = typeof e.code === 'string' ? e.code : '';
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID')
+    // A CA does not fix this: the certificate is for other names, so the URL must use one of them.
+    return { exit: EXIT.certificate, message: wrongName(host, ctx.url.hostname, certificateNames(e)) };
   if (CERTIFICATE_CODES.has(code)) {
-    const what =
-      code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
-        ? `the certificate of ${host} is not valid now (${code})`
-        : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
-          ? `the certificate of ${host} is not for that name (${code}); use the name the certificate was issued to`
-          : `the certificate of ${host} is not trusted (${code})`;
+    // Nor does a CA fix a certificate out of its dates: the server's, or this machine's clock.
+    if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID')
+      return {
+        exit: EXIT.certificate,
+        message: `the certificate of ${host} is not valid now (${code}): the server must ${code === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong; -k skips the check (unsafe)`,
+      };
     return {
       exit: EXIT.certificate,
-      message: `${what}: give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE), or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
+      message: `the certificate of ${host} is not trusted (${code}): give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE), or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
     };
   }
   if (NOT_TLS_CODES.has(code))
@@ -248,6 +251,36 @@ export function describeFailure(
   if (e.name === 'TimeoutError' || (e.name === 'AbortError' && ctx.maxTime !== undefined))
     return { exit: EXIT.timeout, message: `operation timed out after ${ctx.maxTime} ms (--max-time)` };
   return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };
+}
+
+/**
+ * The names a certificate is for, from Node's ERR_TLS_CERT_ALTNAME_INVALID error (its `cert`):
+ * the subjectAltName entries (`DNS:localhost, IP Address:127.0.0.1`), else the subject's CN.
+ */
+export function certificateNames(err: unknown): string[] {
+  const cert = (err as { cert?: { subjectaltname?: unknown; subject?: { CN?: unknown } } } | undefined)?.cert;
+  if (typeof cert?.subjectaltname === 'string' && cert.subjectaltname !== '')
+    return cert.subjectaltname
+      .split(', ')
+      .filter((n) => /^(?:DNS|IP Address):./.test(n))
+      .map((n) => n.slice(n.indexOf(':') + 1));
+  const cn = cert?.subject?.CN;
+  return typeof cn === 'string' ? [cn] : [];
+}
+
+/** A certificate for other names than the URL's host: the fix is a name it is for, not a CA. */
+export function wrongName(host: string, hostname: string, names: readonly string[]): string {
+  const what = names.length === 0 ? `is not for the name ${hostname}` : `is for ${names.join(', ')}, not ${hostname}`;
+  return `the certificate of ${host} ${what} (ERR_TLS_CERT_ALTNAME_INVALID): ${wrongNameFix(names)}`;
+}
+
+/** What fixes a certificate issued to other names (the names, when known). */
+export function wrongNameFix(names: readonly string[]): string {
+  const use =
+    names.length === 0
+      ? 'use a name the certificate was issued to in the URL'
+      : `use ${names.length > 1 ? 'one of those names' : 'that name'} in the URL`;
+  return `${use}; -k skips the check (unsafe)`;
 }
 
 /** The NTLM-fallback hint of a Negotiate error (KerberosNoTicketError), meant for an origin. */
