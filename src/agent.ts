@@ -36,12 +36,14 @@ import { UpgradeDispatcher } from './upgrade/index.ts';
  * A password that is not a string (an unset environment variable, say) would fail much later, as
  * if the server had misbehaved: say so at construction.
  */
-function checkCredentials(c: MultilegAgentOptions['credentials'] & object): void {
+function checkCredentials(c: MultilegAgentOptions['credentials'] & object, name = 'credentials'): void {
   if (typeof c.username !== 'string' || c.username === '')
-    throw new ConfigError('credentials.username must be a non-empty string, e.g. EXAMPLE\\alice');
+    throw new ConfigError(
+      `${name}.username must be a non-empty string, e.g. EXAMPLE\\alice${name === 'proxy.credentials' ? " (for the proxy's Kerberos ticket alone, leave proxy.credentials out)" : ''}`,
+    );
   if (typeof c.password !== 'string')
     throw new ConfigError(
-      `credentials.password must be a string, got ${c.password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof c.password}`,
+      `${name}.password must be a string, got ${c.password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof c.password}`,
     );
 }
 
@@ -155,6 +157,9 @@ export class MultilegAgent extends Dispatcher {
       );
     checkOptionNames(options);
     if (options.credentials) checkCredentials(options.credentials);
+    // The proxy's too: an empty user name would reach Negotiate as the identity a ticket must match.
+    if (typeof options.proxy === 'object' && options.proxy?.credentials)
+      checkCredentials(options.proxy.credentials, 'proxy.credentials');
     if (options.trustedOrigins === undefined) {
       // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
       if (options.credentials) throw new TrustRequiredError('an agent with a password (credentials)');

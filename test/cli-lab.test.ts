@@ -124,6 +124,27 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
+  it.skipIf(!haveSquid)(
+    "H5: --proxy-negotiate -U : (curl's way) authenticates to a Negotiate-only Squid with the Kerberos ticket, through a CONNECT and forwarded",
+    async () => {
+      const base = [
+        '-x',
+        lab.negotiateSquid!.origin,
+        '--proxy-negotiate',
+        '-U',
+        ':',
+        '-w',
+        '%{http_code}',
+        '-o',
+        '/dev/null',
+      ];
+      for (const url of [`${lab.apache!.origin}/public/`, `${lab.apache!.cleartextOrigin}/public/`]) {
+        const r = await run([...base, '--cacert', ca, url], { env });
+        expect(r, url).toMatchObject({ code: 0, stdout: '200', stderr: '' });
+      }
+    },
+  );
+
   it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env });
     expect(r.stdout).toMatch(/^ok +Node: /m);

@@ -1399,6 +1399,19 @@ describe('multileg command line', () => {
     expect((any.agent.proxy as { schemes?: unknown }).schemes).toBeUndefined();
   });
 
+  it('H5: -U : is curl\'s "no user, the Kerberos ticket" for the proxy: no proxy credentials; a user name missing before a password is bad usage', async () => {
+    const ticket = parseCli(['-x', 'http://p:3128', '--proxy-negotiate', '-U', ':', 'h/']);
+    expect(ticket.agent.proxy).toEqual({ uri: 'http://p:3128', schemes: ['Negotiate'], deliver407: true });
+    expect(() => parseCli(['-x', 'http://p:3128', '-U', ':pw', 'h/'])).toThrow(
+      new ConfigError(
+        '--proxy-user: no user name before the colon; give user:password, or -U : for the Kerberos ticket',
+      ),
+    );
+    const r = await run(['-x', 'http://p:3128', '-U', ':s3cret', 'https://localhost:1/']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).not.toContain('s3cret');
+  });
+
   it('--ntlm, --negotiate, --principal, --canonicalize-host, --no-mutual-auth, --delegate, --spn set the agent options', async () => {
     const ntlm = await run(['-v', '--ntlm', ...alice(), `${server.origin}/auth/ntlm`]);
     expect(ntlm.stderr).toMatch(/Authorization: NTLM …/);

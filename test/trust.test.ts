@@ -596,4 +596,18 @@ describe('credentials given wrong', () => {
       ConfigError,
     );
   });
+
+  it("H5: the proxy's credentials are checked the same way: an empty user name or a missing password is a construction error naming proxy.credentials", () => {
+    expect(
+      () => new MultilegAgent({ proxy: { uri: 'http://p:3128', credentials: { username: '', password: '' } } }),
+    ).toThrow(
+      new ConfigError(
+        "proxy.credentials.username must be a non-empty string, e.g. EXAMPLE\\alice (for the proxy's Kerberos ticket alone, leave proxy.credentials out)",
+      ),
+    );
+    const unset = { username: 'CORP\\alice', password: process.env.MULTILEG_SURELY_UNSET_VARIABLE! };
+    expect(() => new MultilegAgent({ proxy: { credentials: unset } })).toThrow(
+      /^proxy\.credentials\.password must be a string, got undefined \(is the environment variable/,
+    );
+  });
 });

@@ -207,7 +207,7 @@ export function program(): Commander.Command {
       )
       .option('--proxy-ca-native', "also trust the operating system's certificate store for an https:// proxy")
       .option('--proxy-insecure', "do not verify an https:// proxy's certificate")
-      .option('-U, --proxy-user <user:password>', 'credentials for the proxy only')
+      .option('-U, --proxy-user <user:password>', 'credentials for the proxy only; "-U :" uses its Kerberos ticket')
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
       .option('--proxy-ntlm', 'use NTLM only towards the proxy')
       .option('--proxy-digest', 'use Digest only towards the proxy')
@@ -801,7 +801,13 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
   if (o.proxyUser !== undefined) {
     const u = parseUser(o.proxyUser as string);
     if (u.password === undefined) throw new ConfigError('--proxy-user needs user:password');
-    credentials = { username: u.username, password: u.password };
+    // curl's `-U :` (with --proxy-negotiate): no user name, the Kerberos ticket authenticates to the proxy.
+    if (u.username === '' && u.password === '') credentials = undefined;
+    else if (u.username === '')
+      throw new ConfigError(
+        '--proxy-user: no user name before the colon; give user:password, or -U : for the Kerberos ticket',
+      );
+    else credentials = { username: u.username, password: u.password };
   }
   return {
     ...(uri ? { uri } : {}),
