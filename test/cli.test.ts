@@ -689,6 +689,36 @@ describe('multileg command line', () => {
     expect(lines).toMatchObject({ code: 0, stdout: '[200][0]\n' });
   });
 
+  it('C10: -d @- and --data-binary @- read the body from stdin, as curl does (-d without its line breaks), and it goes on every leg of the handshake; -w @- reads the format from a socket too; with --password-stdin it is bad usage', async () => {
+    const input = 'a=1\nb=2\n';
+    const plainBody = await run(['-d', '@-', `${plainOrigin}/hop/0`], { input });
+    expect(plainBody).toMatchObject({ code: 0, stdout: 'POST a=1b=2' });
+    const binary = await run(['--data-binary', '@-', `${plainOrigin}/hop/0`], { input });
+    expect(binary).toMatchObject({ code: 0, stdout: `POST ${input}` });
+    // Through an NTLM handshake: the server saw the whole body on the answered leg.
+    const authed = await run([...alice(), '--data-binary', '@-', `${server.origin}/auth/stdin`], { input });
+    expect(authed.code).toBe(0);
+    expect(JSON.parse(authed.stdout)).toMatchObject({
+      user: 'EXAMPLE\\alice',
+      bodyLength: input.length,
+      bodySha256: createHash('sha256').update(input).digest('hex'),
+    });
+    // -w @- too: stdin is a socket here (child_process), which /dev/stdin cannot open (ENXIO).
+    const format = await run(['-o', join(dir, 'stdin.out'), '-w', '@-', `${plainOrigin}/hop/0`], {
+      input: '[%{http_code}]\n',
+    });
+    expect(format).toMatchObject({ code: 0, stdout: '[200]' });
+    const both = await run(['-u', 'EXAMPLE\\alice', '--password-stdin', '-d', '@-', `${plainOrigin}/hop/0`], {
+      input: 'alicepw\n',
+    });
+    expect(both).toMatchObject({
+      code: 2,
+      stdout: '',
+      stderr:
+        'multileg: --password-stdin and -d @- both read stdin: give the password with MULTILEG_PASSWORD (or -u user:password), or the body from a file\n',
+    });
+  });
+
   it('leaves stdin alone when the password is on the command line', async () => {
     // process.stdin's getter opens a stream on fd 0 (a pipe there becomes non-blocking for every
     // process sharing it): a password given with -u needs no stdin.

@@ -159,10 +159,10 @@ export function program(): Commander.Command {
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
         '-d, --data <data>',
-        'request body, joined with & when repeated; @file reads a file without its line breaks (implies POST)',
+        'request body, joined with & when repeated; @file reads a file without its line breaks, @- stdin (implies POST)',
         collect,
       )
-      .option('--data-binary <data>', 'request body as given; @file reads a file as it is', collect)
+      .option('--data-binary <data>', 'request body as given; @file reads a file as it is, @- stdin', collect)
       .option('--data-raw <data>', 'request body as given, @ included', collect)
       .option(
         '-u, --user <user[:password]>',
@@ -370,10 +370,23 @@ export function unreadable(err: unknown): string {
  */
 export function readFlagFile(flag: string, path: string, exit?: number): Buffer {
   try {
-    return readFileSync(path);
+    return path === '-' ? readStdin() : readFileSync(path);
   } catch (err) {
-    const message = `${flag} ${path}: ${unreadable(err)}`;
+    const message = `${flag} ${path === '-' ? '@- (stdin)' : path}: ${unreadable(err)}`;
     throw exit === undefined ? new ConfigError(message) : new UsageError(message, exit);
+  }
+}
+
+/**
+ * All of stdin (curl's `@-`). Through fd 0, not /dev/stdin: a parent's socket there (Node's
+ * child_process gives one) cannot be opened by name (ENXIO); a non-blocking fd 0 is read by name.
+ */
+function readStdin(): Buffer {
+  try {
+    return readFileSync(0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+    return readFileSync('/dev/stdin');
   }
 }
 
@@ -551,7 +564,7 @@ export function shownArgv(argv: readonly string[], cmd: Commander.Command = prog
 function writeOutFormat(value: string | undefined): string | undefined {
   if (value === undefined || !value.startsWith('@')) return value;
   const path = value.slice(1);
-  return readFlagFile('-w', path === '-' ? '/dev/stdin' : path, EXIT.read)
+  return readFlagFile('-w', path, EXIT.read)
     .toString('utf8')
     .replace(/[\r\n]/g, '');
 }
@@ -634,6 +647,12 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     );
   const pieces = data.map(([flag, d]) => {
     if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
+    // curl's @-: the body comes from stdin, which then cannot also bring the password.
+    const stdin = d === '@-';
+    if (stdin && o.passwordStdin)
+      throw new ConfigError(
+        `--password-stdin and ${flag} @- both read stdin: give the password with MULTILEG_PASSWORD (or -u user:password), or the body from a file`,
+      );
     // A file that cannot be read is curl's 26 (curl 8.3 and later; older ones sent an empty body).
     const file = readFlagFile(flag, d.slice(1), EXIT.read);
     // -d @file: without its line breaks, as curl reads it; --data-binary @file: as it is.
