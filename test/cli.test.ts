@@ -524,6 +524,14 @@ describe('multileg command line', () => {
         /^multileg: --schemes: unknown scheme "Kerberos"; use Negotiate, NTLM, Digest, Basic, Transport\n$/,
       ],
       [['ftp://localhost/'], /^multileg: unsupported protocol ftp:/],
+      // curl's -4 / -6 are no URL (commander leaves what looks like a negative number as an argument).
+      [['-4', 'https://localhost:1/'], /^multileg: unknown option '-4' \(multileg --help lists the options\)\n$/],
+      // curl's --json DATA: the data must not become a URL and the POST a GET; nor is it echoed.
+      [
+        ['--json', '{"password":"s3cret"}', 'https://localhost:1/'],
+        /^multileg: an argument is JSON data, not a URL: --json here takes no value \(it prints multileg's report\); to send JSON as curl's --json does, give -d '…' -H 'Content-Type: application\/json'\n$/,
+      ],
+      [['[1,2]', 'https://localhost:1/'], /^multileg: an argument is JSON data, not a URL: to send JSON as curl's/],
       [['--key', 'k.pem', 'https://localhost:1/'], /^multileg: --key goes with --cert\n$/],
       [
         ['--pass', 'x', 'https://localhost:1/'],

@@ -331,6 +331,25 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   return { url, user };
 }
 
+/**
+ * What commander leaves as a URL but is none: an option it reads as a negative number (curl's -4,
+ * -6, -0: `https://-4/` would be requested), and JSON data (curl's `--json '{…}'` sends it; here
+ * --json is a flag, so the data would become a URL and the request a GET).
+ */
+function notAUrl(arg: string, json: boolean): void {
+  if (arg.startsWith('-')) throw new ConfigError(`unknown option '${arg}' (multileg --help lists the options)`);
+  if (!/^\s*[[{]/.test(arg)) return;
+  try {
+    JSON.parse(arg);
+  } catch {
+    return;
+  }
+  throw new ConfigError(
+    // Not echoed: JSON data may hold a secret.
+    `an argument is JSON data, not a URL: ${json ? "--json here takes no value (it prints multileg's report); to " : 'to '}send JSON as curl's --json does, give -d '…' -H 'Content-Type: application/json'`,
+  );
+}
+
 /** `--schemes a,b`: every name must be one multileg implements. */
 export function parseSchemes(list: string): SchemeName[] {
   return list
@@ -600,6 +619,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   cmd.on('option:remote-name', () => outputs.push(REMOTE_NAME));
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
+  for (const arg of cmd.args) notAUrl(arg, Boolean(o.json));
   const parsed = cmd.args.map(parseUrl);
   const { url } = parsed[0]!;
   const transfers = parsed.map((p, i) => ({
