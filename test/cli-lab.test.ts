@@ -198,7 +198,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(without.stdout).toMatch(/^ +fix: Negotiate: no Kerberos ticket: .*NTLM fallback/m);
   });
 
-  it('doctor with a wrong SPN: the KDC does not know it, and the fix names --spn', async () => {
+  it('doctor with a wrong SPN: the KDC does not know it, and the fix names --spn; the authentication check points there, not at kinit', async () => {
     const r = await run(
       ['doctor', '--spn', 'HTTP@wrong.example.test', '--cacert', ca, `${lab.apache!.origin}/protected/`],
       {
@@ -208,6 +208,11 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.stdout).toMatch(
       /^FAIL +SPN: HTTP@wrong\.example\.test \(--spn\): the KDC does not know this service principal\n +fix: .*--spn/m,
     );
+    // alice has a ticket: the authentication check points at the SPN, not at kinit.
+    expect(r.stdout).toMatch(
+      /^FAIL +authentication: the server asks for authentication; the Kerberos ticket gets no service ticket for it \(MULTILEG_KRB_UNKNOWN_SPN\), and there is no password\n +fix: the SPN check above says what to change; or give -u DOMAIN\\user \(NTLM\)\n/m,
+    );
+    expect(r.stdout).not.toContain('kinit');
     expect(r.code).toBe(1);
   });
 

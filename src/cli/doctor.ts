@@ -91,7 +91,9 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
 }
 
 /** The SPN the request would use, and whether the KDC issues a service ticket for it. */
-async function kerberos(req: CliRequest): Promise<{ checks: Check[]; ticketWorks: boolean }> {
+async function kerberos(
+  req: CliRequest,
+): Promise<{ checks: Check[]; ticketWorks: boolean; failure?: string | undefined }> {
   const url = req.url;
   const port = portOf(url);
   const options = req.agent.negotiate || {};
@@ -117,7 +119,7 @@ async function kerberos(req: CliRequest): Promise<{ checks: Check[]; ticketWorks
       // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
       fix: forCli((req.user ? withoutFallbackHint(e.message) : e.message).replace(/ \[GSS: .*\]$/, '')),
     });
-    return { checks, ticketWorks: false };
+    return { checks, ticketWorks: false, failure: e.code };
   }
 }
 
@@ -300,23 +302,35 @@ export async function doctor(argv: string[]): Promise<number> {
 
   const negotiateOffered = h2?.offered.some((s) => s.toLowerCase() === 'negotiate') ?? true;
   let ticketWorks = false;
+  let kerberosFailure: string | undefined;
   if (addon && negotiateOffered) {
     const ticket = await klist(negotiate.ccache, req.user !== undefined);
     add(ticket);
     const k = await kerberos(req);
     for (const c of k.checks) add(c);
     ticketWorks = k.ticketWorks;
+    kerberosFailure = k.failure;
   }
 
-  if (h2 && (h2.status === 401 || h2.offered.length > 0)) add(await authenticate(req, h2.protocol, ticketWorks));
+  if (h2 && (h2.status === 401 || h2.offered.length > 0))
+    add(await authenticate(req, h2.protocol, ticketWorks, kerberosFailure));
 
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
   process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
   return failed ? EXIT.failure : EXIT.ok;
 }
 
+/** Kerberos failures that kinit fixes: no ticket, or one that expired. */
+const NO_TICKET_CODES: ReadonlySet<string> = new Set(['MULTILEG_KRB_NO_TICKET', 'MULTILEG_KRB_TICKET_EXPIRED']);
+
 /** A real authenticated request: which scheme won, and whether it had to move to HTTP/1.1. */
-async function authenticate(req: CliRequest, probed: string | undefined, ticketWorks: boolean): Promise<Check> {
+async function authenticate(
+  req: CliRequest,
+  probed: string | undefined,
+  ticketWorks: boolean,
+  /** The code of the SPN check's failure, when it failed. */
+  kerberosFailure?: string,
+): Promise<Check> {
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   try {
     credentials = await credentialsFor(req);
@@ -324,6 +338,14 @@ async function authenticate(req: CliRequest, probed: string | undefined, ticketW
     return { name: 'authentication', verdict: 'skip', detail: (err as Error).message };
   }
   // The server asks for authentication and nothing here can answer it: that is the problem.
+  // A ticket is there, but no service ticket for this server: kinit would not help, the SPN check's fix does.
+  if (!credentials && !ticketWorks && kerberosFailure && !NO_TICKET_CODES.has(kerberosFailure))
+    return {
+      name: 'authentication',
+      verdict: 'FAIL',
+      detail: `the server asks for authentication; the Kerberos ticket gets no service ticket for it (${kerberosFailure}), and there is no password`,
+      fix: 'the SPN check above says what to change; or give -u DOMAIN\\user (NTLM)',
+    };
   if (!credentials && !ticketWorks)
     return {
       name: 'authentication',
