@@ -817,6 +817,31 @@ describe('multileg command line', () => {
     }
   });
 
+  it("a server that stops answering, past undici's 300 s for a response head or between body bytes: curl's 28 (a timeout, which --retry retries), naming -m", () => {
+    const url = new URL('https://intranet.example.com:8443/report');
+    const head = describeFailure(
+      Object.assign(new Error('Headers Timeout Error'), { code: 'UND_ERR_HEADERS_TIMEOUT' }),
+      {
+        url,
+        maxTime: undefined,
+      },
+    );
+    expect(head).toEqual({
+      exit: 28,
+      message:
+        'intranet.example.com:8443 sent no response for 300 s (UND_ERR_HEADERS_TIMEOUT): the server is stuck or overloaded; -m SECONDS (--max-time) ends the wait sooner',
+    });
+    const body = describeFailure(Object.assign(new Error('Body Timeout Error'), { code: 'UND_ERR_BODY_TIMEOUT' }), {
+      url,
+      maxTime: undefined,
+      midBody: { received: 3, expected: 100 },
+    });
+    expect(body.exit).toBe(28);
+    expect(body.message).toBe(
+      'intranet.example.com:8443 sent nothing more of the body for 300 s (UND_ERR_BODY_TIMEOUT): the server is stuck or overloaded; -m SECONDS (--max-time) ends the wait sooner',
+    );
+  });
+
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {
     const closed = createTcpServer();
     const port = await listen(closed);

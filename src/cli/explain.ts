@@ -225,6 +225,13 @@ export function describeFailure(
       exit: EXIT.timeout,
       message: `connecting to ${host} timed out; raise --connect-timeout or check the network`,
     };
+  // undici's own bounds on a server that stops answering (300 s each; the command sets no other):
+  // a timeout, curl's 28, which --retry retries as it does -m's. curl itself would wait forever.
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT')
+    return {
+      exit: EXIT.timeout,
+      message: `${host} ${code === 'UND_ERR_HEADERS_TIMEOUT' ? 'sent no response' : 'sent nothing more of the body'} for 300 s (${code}): the server is stuck or overloaded; -m SECONDS (--max-time) ends the wait sooner`,
+    };
   if (ctx.midBody && PARTIAL_CODES.has(code)) {
     // curl's 18: the head came, the body stopped short.
     const left =
