@@ -727,6 +727,12 @@ describe('multileg command line', () => {
     });
   });
 
+  it("M1: -u 'DOMAIN/user:password' authenticates with NTLM as DOMAIN\\user, as curl's NTLM reads it (no backslash to escape)", async () => {
+    const r = await run(['--ntlm', '-u', 'EXAMPLE/alice:alicepw', '--cacert', ca, `${ntlmOnly.origin}/auth/slash`]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).user).toBe('EXAMPLE\\alice');
+  });
+
   it('leaves stdin alone when the password is on the command line', async () => {
     // process.stdin's getter opens a stream on fd 0 (a pipe there becomes non-blocking for every
     // process sharing it): a password given with -u needs no stdin.

@@ -75,9 +75,12 @@ describe('NTLM mechanism', () => {
     expect(ctx.complete).toBe(false);
   });
 
-  it('M1: parses DOMAIN\\user, user@domain and plain user + domain', () => {
+  it("M1: parses DOMAIN\\user, DOMAIN/user (curl's), user@domain and plain user + domain", () => {
     expect(parseNtlmUser({ username: 'EXAMPLE\\alice' })).toEqual({ domain: 'EXAMPLE', user: 'alice' });
     expect(parseNtlmUser({ username: 'alice@example.com' })).toEqual({ domain: 'example.com', user: 'alice' });
+    // curl's NTLM reads DOMAIN/user too (no Windows account name holds a /): no backslash to escape in a shell.
+    expect(parseNtlmUser({ username: 'EXAMPLE/alice' })).toEqual({ domain: 'EXAMPLE', user: 'alice' });
+    expect(parseNtlmUser({ username: 'EXAMPLE\\a/b' })).toEqual({ domain: 'EXAMPLE', user: 'a/b' });
     expect(parseNtlmUser({ username: 'alice', domain: 'EXAMPLE' })).toEqual({ domain: 'EXAMPLE', user: 'alice' });
     expect(parseNtlmUser({ username: 'alice' })).toEqual({ domain: '', user: 'alice' });
     const ctx = ntlmMechanism({ username: 'alice@EXAMPLE', password: 'Secret#1' }).createContext(leg());

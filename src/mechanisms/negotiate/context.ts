@@ -371,17 +371,18 @@ function apReqFromPrefix(buf: Buffer): boolean | undefined {
 }
 
 /**
- * Whether a Kerberos principal (`user@REALM`) is the user `name` says (`DOMAIN\user`, `user@domain`
- * or `user`), by the user part, case-insensitively: what follows `@` in credentials is an NTLM
+ * Whether a Kerberos principal (`user@REALM`) is the user `name` says (`DOMAIN\user`, `DOMAIN/user`,
+ * `user@domain` or `user`), by the user part, case-insensitively: what follows `@` in credentials is an NTLM
  * domain or a UPN suffix, neither of which need be the realm, and Windows user names ignore case.
  */
 function sameUser(principal: string, name: string): boolean {
-  const userOf = (text: string) => {
-    const plain = text.slice(text.lastIndexOf('\\') + 1);
+  const userOf = (plain: string) => {
     const at = plain.lastIndexOf('@');
     return (at < 0 ? plain : plain.slice(0, at)).toLowerCase();
   };
-  return userOf(principal) === userOf(name);
+  // A `/` in the principal is a Kerberos instance (`alice/admin` is not alice); in the name, a domain.
+  const inName = Math.max(name.lastIndexOf('\\'), name.lastIndexOf('/'));
+  return userOf(principal.slice(principal.lastIndexOf('\\') + 1)) === userOf(name.slice(inName + 1));
 }
 
 /** Failures of the client's own credentials (or of GSS-API itself), not of one server's SPN. */

@@ -33,12 +33,14 @@ export interface NtlmIdentity {
 }
 
 /**
- * Splits `DOMAIN\user`, `user@domain` (at the last `@`) or a plain `user` (domain from
- * `credentials.domain`, else empty). A domain inside the user name wins over `credentials.domain`.
+ * Splits `DOMAIN\user`, `DOMAIN/user` (curl's NTLM reads both; no Windows account name holds a
+ * `/`), `user@domain` (at the last `@`) or a plain `user` (domain from `credentials.domain`, else
+ * empty). A domain inside the user name wins over `credentials.domain`.
  */
 export function parseNtlmUser(credentials: Pick<Credentials, 'username' | 'domain'>): NtlmIdentity {
   const name = credentials.username;
-  const bs = name.indexOf('\\');
+  let bs = name.indexOf('\\');
+  if (bs < 0) bs = name.indexOf('/');
   if (bs >= 0) return { domain: name.slice(0, bs), user: name.slice(bs + 1) };
   const at = name.lastIndexOf('@');
   if (at > 0) return { user: name.slice(0, at), domain: name.slice(at + 1) };
