@@ -967,6 +967,29 @@ describe('multileg command line', () => {
     expect(writeOut('%% \\t%{exitcode}', { exitcode: '22' })).toEqual([{ to: 'stdout', text: '% \t22' }]);
   });
 
+  it("-w %{num_connects} counts the connections made, as curl's: none for a refused one, then one for the next URL's; one whose TLS handshake failed", async () => {
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    const r = await run([
+      ...alice(),
+      '-w',
+      '%{http_code} %{num_connects}\n',
+      '-o',
+      '/dev/null',
+      `https://127.0.0.1:${port}/`,
+      '-o',
+      '/dev/null',
+      `${server.origin}/auth/connects`,
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('000 0\n200 1\n');
+    // A TLS handshake that fails (no --cacert) came after a TCP connection: curl counts it.
+    const untrusted = await run(['-s', '-w', '%{num_connects}', '-o', '/dev/null', `${server.origin}/public/`]);
+    expect(untrusted).toMatchObject({ code: 60, stdout: '1' });
+  });
+
   it('-w as curl: @file, %{stderr}/%{stdout}, content_type, remote_ip, remote_port, redirect_url, errormsg; num_redirects within --max-redirs', async () => {
     const format = join(dir, 'format.txt');
     writeFileSync(

@@ -121,8 +121,9 @@ async function main(argv: string[]): Promise<number> {
     for (const { url, output } of req.transfers) {
       command.trusted = new CliTrust(url.origin, req.trust);
       const transferReq = { ...req, url, output };
+      const connects = remotes?.connects ?? 0;
       const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
-      await report(transferReq, outcome, remotes);
+      await report(transferReq, outcome, remotes, connects);
       exit = outcome.exit;
       if (exit !== EXIT.ok && req.failEarly) break;
     }

@@ -8,9 +8,33 @@ import type { CliRequest } from './options.ts';
 import { REDIRECTS, redirectTarget, type TransferOutcome } from './transfer.ts';
 
 /** -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached, while listening. */
+/** Connect failures before a TCP connection stood: curl's -w %{num_connects} does not count them. */
+const NO_CONNECTION: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'MULTILEG_PROXY_UNREACHABLE',
+]);
+
 export class Remotes {
   readonly #byOrigin = new Map<string, { ip: string; port: string }>();
+  /**
+   * Connections made so far (-w %{num_connects}, curl's count of the transfer's new connections):
+   * an attempt that never connected (refused, unresolved) is none, where the agent's session count
+   * has one; one whose TLS handshake failed after the TCP connection is one, as curl counts it.
+   */
+  connects = 0;
+  readonly #onConnectError = (message: unknown) => {
+    const error = (message as { error?: { code?: unknown; cause?: { code?: unknown } } }).error;
+    const code = error?.code ?? error?.cause?.code;
+    if (typeof code !== 'string' || !NO_CONNECTION.has(code)) this.connects += 1;
+  };
   readonly #onConnected = (message: unknown) => {
+    this.connects += 1;
     const { connectParams: p, socket } = message as {
       connectParams: { protocol: string; host: string };
       socket: { remoteAddress?: string; remotePort?: number };
@@ -25,6 +49,7 @@ export class Remotes {
 
   constructor() {
     subscribe('undici:client:connected', this.#onConnected);
+    subscribe('undici:client:connectError', this.#onConnectError);
   }
 
   get(origin: string): { ip: string; port: string } | undefined {
@@ -33,11 +58,18 @@ export class Remotes {
 
   stop(): void {
     unsubscribe('undici:client:connected', this.#onConnected);
+    unsubscribe('undici:client:connectError', this.#onConnectError);
   }
 }
 
 /** Writes what --json and -w ask for after a transfer (`remotes` is there with -w). */
-export async function report(req: CliRequest, outcome: TransferOutcome, remotes: Remotes | undefined): Promise<void> {
+export async function report(
+  req: CliRequest,
+  outcome: TransferOutcome,
+  remotes: Remotes | undefined,
+  /** `remotes.connects` when the transfer started. */
+  connectsBefore = 0,
+): Promise<void> {
   const { url, status, final, redirects, exit, timeTotal, stats } = outcome;
   if (req.json) {
     const report = {
@@ -81,7 +113,7 @@ export async function report(req: CliRequest, outcome: TransferOutcome, remotes:
       http_code: String(status).padStart(3, '0'),
       response_code: String(status).padStart(3, '0'),
       time_total: timeTotal.toFixed(6),
-      num_connects: String(stats.sessions),
+      num_connects: String(remotes ? remotes.connects - connectsBefore : stats.sessions),
       num_redirects: String(redirects),
       url_effective: url.href,
       http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
