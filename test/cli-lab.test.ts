@@ -145,6 +145,25 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
+  it("M2: a server whose SPNEGO takes no Kerberos (Apache /ntlm answers alice's ticket with a reject): its 401 is shown, as curl shows it (exit 0; 22 with -f), with the fix, not a GSS failure (exit 1)", async () => {
+    const url = `${lab.apache!.origin}/ntlm/`;
+    const r = await run(
+      ['-u', 'EXAMPLE\\alice:alicepw', '-w', '%{http_code}', '-o', '/dev/null', '--cacert', ca, url],
+      {
+        env,
+      },
+    );
+    expect(r).toMatchObject({ code: 0, stdout: '401' });
+    expect(r.stderr).toBe(
+      `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; the server refused our Negotiate credentials after 1 leg(s): check the Kerberos ticket (klist) and the service name (--spn); if the server takes no Kerberos here, --ntlm -u DOMAIN\\user (where it offers NTLM)\n`,
+    );
+    const f = await run(['--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env });
+    expect(f).toMatchObject({ code: 22, stdout: '' });
+    // The fix it names works.
+    const ntlm = await run(['--ntlm', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, url], { env });
+    expect(ntlm).toMatchObject({ code: 0, stdout: 'hello from /ntlm\n' });
+  });
+
   it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env });
     expect(r.stdout).toMatch(/^ok +Node: /m);

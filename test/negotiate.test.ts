@@ -3,8 +3,13 @@
  * flags, the Negotiate context state machine over a fake `kerberos` module, SPNEGO DER, and the missing
  * addon. The real-peer proofs are in interop-negotiate.test.ts.
  */
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
-import { describe, expect, it, vi } from 'vitest';
+import { request } from 'undici';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { MultilegAgent } from '../src/agent.ts';
 import type { Challenge } from '../src/challenge/types.ts';
 import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../src/errors.ts';
 import {
@@ -39,8 +44,9 @@ import {
   OID_NTLMSSP,
   SPNEGO_NTLM_FLAGS,
 } from '../src/mechanisms/spnego/index.ts';
-import { OID_MS_KRB5 } from '../src/mechanisms/spnego/tokens.ts';
+import { isNegTokenReject, OID_MS_KRB5 } from '../src/mechanisms/spnego/tokens.ts';
 import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
+import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 
 const leg: LegInfo = {
   origin: 'https://web.example.test:8443',
@@ -592,5 +598,74 @@ describe('C4: a first token that completes the server side in one leg', () => {
     expect(kerberos).toBeGreaterThan(20);
     expect(kerberos).toBeLessThan(tokens.length - 20);
     expect(tokens.filter((t) => t.length > 96).length).toBeGreaterThan(100);
+  });
+});
+
+describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a next leg", () => {
+  /** mod_auth_gssapi's answer to a mechanism it does not accept: NegTokenResp { negState reject }. */
+  const REJECT = encodeNegTokenResp({ negState: NegState.REJECT }).toString('base64');
+  /** A first token as GSS-API makes it: SPNEGO carrying a Kerberos AP-REQ (RFC 4121 token id 01 00). */
+  const FIRST = encodeNegTokenInit(
+    [OID_KRB5],
+    tlv(0x60, Buffer.concat([encodeOid(OID_KRB5), Buffer.from([1, 0]), Buffer.alloc(40, 0x6e)])),
+  ).toString('base64');
+  /** That token, and nothing after it (a next step is a GSS failure, as the reject makes MIT's). */
+  const oneStep = () => fakeKerberos({ steps: [() => FIRST] });
+  const servers: Server[] = [];
+  const agents: MultilegAgent[] = [];
+  afterEach(async () => {
+    await Promise.all(agents.splice(0).map((a) => a.close()));
+    for (const s of servers.splice(0)) s.close();
+  });
+  /** Plain-http peer: a bare 401 (407) first, the reject to any credentials; counts what it saw. */
+  const peer = async (status: 401 | 407) => {
+    const seen: string[] = [];
+    const header = status === 401 ? 'www-authenticate' : 'proxy-authenticate';
+    const server = createServer((req, res) => {
+      const sent = req.headers[status === 401 ? 'authorization' : 'proxy-authorization'];
+      seen.push(sent ?? '');
+      res.writeHead(status, { [header]: sent ? `Negotiate ${REJECT}` : 'Negotiate' }).end('no');
+    });
+    servers.push(server);
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen };
+  };
+
+  it('M2: isNegTokenReject reads negState reject, and nothing else as one', () => {
+    expect(REJECT).toBe('oQcwBaADCgEC');
+    expect(isNegTokenReject(REJECT)).toBe(true);
+    for (const negState of [NegState.ACCEPT_COMPLETED, NegState.ACCEPT_INCOMPLETE, NegState.REQUEST_MIC])
+      expect(isNegTokenReject(encodeNegTokenResp({ negState }).toString('base64'))).toBe(false);
+    expect(isNegTokenReject(encodeNegTokenResp({ responseToken: Buffer.from([1]) }).toString('base64'))).toBe(false);
+    expect(isNegTokenReject('YIIBAAAA')).toBe(false);
+    expect(isNegTokenReject('oQ==')).toBe(false);
+  });
+
+  it("M2/T4: an origin's 401 carrying an SPNEGO reject reaches the caller as the final 401, the handshake failed 'refused' (was a GSS error thrown at the caller)", async () => {
+    const { origin, seen } = await peer(401);
+    const agent = new MultilegAgent({ negotiate: { kerberos: oneStep() }, trustedOrigins: [origin] });
+    agents.push(agent);
+    const res = await request(`${origin}/x`, { dispatcher: agent });
+    expect(res.statusCode).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(`Negotiate ${REJECT}`);
+    expect(await res.body.text()).toBe('no');
+    expect(seen).toEqual(['', `Negotiate ${FIRST}`]);
+    expect(agent.handshakes().map((h) => [h.scheme, h.outcome, h.failure])).toEqual([
+      ['Negotiate', 'failed', 'refused'],
+    ]);
+  });
+
+  it("H5/M2: a forwarding proxy's 407 carrying an SPNEGO reject is its refusal: ProxyAuthenticationError with refused (was a GSS error)", async () => {
+    const { origin: proxy, seen } = await peer(407);
+    const agent = new MultilegAgent({ proxy: { uri: proxy, negotiate: { kerberos: oneStep() } } });
+    agents.push(agent);
+    const err = await request('http://127.0.0.1:9/x', { dispatcher: agent }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: true });
+    expect(seen).toEqual(['', `Negotiate ${FIRST}`]);
   });
 });

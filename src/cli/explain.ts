@@ -339,7 +339,8 @@ export function explain401(ctx: {
     // Kerberos only when Negotiate ran Kerberos (not NTLM inside it, as after a fallback).
     const kerberos = h.scheme.toLowerCase() === 'negotiate' && h.fallbackReason === undefined;
     const fix = kerberos
-      ? 'check the Kerberos ticket (klist) and the service name (--spn)'
+      ? // A server may also take no Kerberos at all (an SPNEGO reject): NTLM, where offered, avoids it.
+        'check the Kerberos ticket (klist) and the service name (--spn); if the server takes no Kerberos here, --ntlm -u DOMAIN\\user (where it offers NTLM)'
       : 'check -u user:password (DOMAIN\\user)';
     return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}`;
   }

@@ -400,7 +400,8 @@ class Handshake {
       const next = challengeFor(headers, scheme);
       this.#next = next;
       this.#nextRead = true;
-      if (next?.token68 !== undefined && !context.complete) return 'swallow';
+      // A token asks for the next leg, unless it is the server's refusal (an SPNEGO reject).
+      if (next?.token68 !== undefined && !context.complete && !context.rejects?.(next)) return 'swallow';
       if (legs === 1 && this.#release !== undefined && next && input.contextRefused?.()) {
         this.#refused = true;
         return 'swallow';

@@ -55,6 +55,12 @@ export interface MechanismContext {
    * to a proxy), when it has one (Digest's `rspauth` and `nextnonce`; RFC 9110 §11.6.3).
    */
   finish(challenge: Challenge | undefined, leg: LegInfo, info?: Readonly<Record<string, string>>): Promise<void>;
+  /**
+   * Whether the server's token in this challenge is its refusal rather than a next leg (SPNEGO's
+   * negState `reject`, RFC 4178 §4.2.2): the 401 (407) is then a final one, as a bare one is.
+   * Absent: a token always asks for a next leg.
+   */
+  rejects?(challenge: Challenge): boolean;
   /** Who authenticated, for reporting only (never a secret). */
   readonly identity?: string;
   /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */

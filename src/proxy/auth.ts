@@ -133,7 +133,8 @@ export class ProxyAuth {
     const offered = readChallenges(headers, true);
     if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
       const key = this.#mechanism.scheme.toLowerCase();
-      return offered.find((c) => c.schemeKey === key)?.token68 !== undefined && !this.#context.complete;
+      const next = offered.find((c) => c.schemeKey === key);
+      return next?.token68 !== undefined && !this.#context.complete && !this.#context.rejects?.(next);
     }
     return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
   }
@@ -155,7 +156,8 @@ export class ProxyAuth {
     if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
       const key = this.#mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
-      if (next?.token68 !== undefined && !this.#context.complete) {
+      // A token asks for the next leg, unless it is the proxy's refusal (an SPNEGO reject).
+      if (next?.token68 !== undefined && !this.#context.complete && !this.#context.rejects?.(next)) {
         await this.#step(next, leg);
         return;
       }

@@ -14,7 +14,7 @@ import { log } from '../../log.ts';
 import { CredCache } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
-import { decodeNegTokenInit, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
+import { decodeNegTokenInit, isNegTokenReject, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
 import type { LegInfo, MechanismContext } from '../types.ts';
 import { GSS_C_DELEG_FLAG, GSS_C_MUTUAL_FLAG, GSS_C_SEQUENCE_FLAG, type KerberosClientLike } from './addon.ts';
 import { loadBackend } from './backend.ts';
@@ -83,6 +83,11 @@ export class NegotiateContext implements MechanismContext {
 
   get firstLegCompletes(): boolean {
     return this.#firstLegCompletes;
+  }
+
+  /** An SPNEGO reject (Kerberos inside SPNEGO, or NTLM inside it): the server's final refusal. */
+  rejects(challenge: Challenge): boolean {
+    return challenge.token68 !== undefined && isNegTokenReject(challenge.token68);
   }
 
   get identity(): string | undefined {

@@ -114,6 +114,11 @@ class LazyNegotiateContext implements MechanismContext {
     return this.#context?.identity;
   }
 
+  /** Before the first step there is no server token to refuse with. */
+  rejects(challenge: Challenge): boolean {
+    return this.#context?.rejects(challenge) ?? false;
+  }
+
   get fallbackReason(): string | undefined {
     return this.#context?.fallbackReason;
   }

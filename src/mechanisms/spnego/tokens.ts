@@ -80,6 +80,20 @@ export function decodeNegTokenResp(buf: Buffer): NegTokenResp {
   return out;
 }
 
+/**
+ * Whether a server's base64 token is a NegTokenResp whose negState is `reject` (an acceptor's
+ * refusal: MIT's mod_auth_gssapi sends `oQcwBaADCgEC` when it accepts none of the offered mechanisms).
+ */
+export function isNegTokenReject(token68: string): boolean {
+  const buf = Buffer.from(token68, 'base64');
+  if (buf[0] !== 0xa1) return false;
+  try {
+    return decodeNegTokenResp(buf).negState === NegState.REJECT;
+  } catch {
+    return false;
+  }
+}
+
 /** Decodes an initiator's first token (for tests and acceptors): mech list and optimistic token. */
 export function decodeNegTokenInit(buf: Buffer): { mechTypes: string[]; mechToken?: Buffer; mechListMIC?: Buffer } {
   const app = readTlv(buf);
