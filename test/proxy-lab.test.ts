@@ -112,7 +112,7 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(tunnels.length).toBeGreaterThan(0);
   });
 
-  it('H5: with proxy.deliver407 and no Kerberos ticket, a Squid that offers only Negotiate is answered with its own 407 (why on multileg:proxy-unanswered); without deliver407 the ProxyAuthenticationError stays', async () => {
+  it('H5: with proxy.deliver407 and no Kerberos ticket, a Squid that offers only Negotiate is answered with its own 407 (why on multileg:proxy-unanswered); without deliver407 the ProxyAuthenticationError stays, saying why each scheme could not run', async () => {
     const url = `${lab.apache!.cleartextOrigin}/public/negotiate-only`;
     const events: ProxyUnansweredEvent[] = [];
     const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
@@ -158,7 +158,10 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       const err = await cause(fetch(url, { dispatcher: strict }));
       expect(err).toBeInstanceOf(ProxyAuthenticationError);
       expect(err).toMatchObject({ refused: false, offered: ['Negotiate'] });
-      expect(err!.message).toContain('no offered scheme could be used (negotiate unavailable)');
+      // It says why each offered scheme could not run, with its code (before: "negotiate unavailable").
+      expect(err!.message).toContain(
+        'no offered scheme could be used (Negotiate: no Kerberos ticket: run kinit or pass principal (MULTILEG_KRB_NO_TICKET)); give proxy.credentials or a Kerberos ticket',
+      );
       expect(events).toHaveLength(3);
     } finally {
       unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent);

@@ -48,6 +48,10 @@ export function rejected(
   );
 }
 
+/** Why a scheme could not run here, in one line: its error's message (GSS-API's detail left out) and code. */
+const whyUnusable = (u: { readonly error: MultilegError }): string =>
+  `${u.error.message.replace(/ \[GSS: [^\]]*\]/, '')} (${u.error.code})`;
+
 export class ProxyAuth {
   readonly #proxy: ResolvedProxy;
   readonly #maxLegs: number;
@@ -175,7 +179,7 @@ export class ProxyAuth {
         throw new ProxyAuthenticationError(
           this.#proxy.origin,
           this.#excluded.size
-            ? `no offered scheme could be used (${[...this.#excluded].join(', ')} unavailable); give proxy.credentials or a Kerberos ticket`
+            ? `no offered scheme could be used (${[...this.#unusable.values()].map(whyUnusable).join('; ')}); give proxy.credentials or a Kerberos ticket`
             : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
           offeredSchemes(offered),
         );
