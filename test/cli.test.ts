@@ -725,6 +725,17 @@ describe('multileg command line', () => {
       stderr:
         'multileg: --password-stdin and -d @- both read stdin: give the password with MULTILEG_PASSWORD (or -u user:password), or the body from a file\n',
     });
+    // Nor with -b - or -w @-, which read stdin too.
+    const cookies = await run(['-b', '-', '--data-binary', '@-', `${plainOrigin}/hop/0`], { input });
+    expect(cookies).toMatchObject({
+      code: 2,
+      stderr: 'multileg: -b - and --data-binary @-: only one of them can read stdin; give the cookies in a file\n',
+    });
+    const withFormat = await run(['-w', '@-', '-d', '@-', `${plainOrigin}/hop/0`], { input });
+    expect(withFormat).toMatchObject({
+      code: 2,
+      stderr: 'multileg: -d @- and -w @-: only one of them can read stdin; give the -w format as text or in a file\n',
+    });
   });
 
   it("M1: -u 'DOMAIN/user:password' authenticates with NTLM as DOMAIN\\user, as curl's NTLM reads it (no backslash to escape)", async () => {

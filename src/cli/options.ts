@@ -661,9 +661,15 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   if (cookieStrings.length > 0 && !('cookie' in headers) && !removed.has('cookie'))
     headers.cookie = cookieStrings.join('; ');
   const cookieJar = o.cookieJar as string | undefined;
-  if (cookieFiles.includes('-') && (o.passwordStdin || o.writeOut === '@-'))
+  // -d @- / --data-binary @-: the body from stdin, which then can bring nothing else.
+  const dataStdin = data.find(([flag, d]) => flag !== '--data-raw' && d === '@-')?.[0];
+  if (cookieFiles.includes('-') && (o.passwordStdin || o.writeOut === '@-' || dataStdin))
     throw new ConfigError(
-      `-b - and ${o.passwordStdin ? '--password-stdin' : '-w @-'}: only one of them can read stdin; give the cookies in a file`,
+      `-b - and ${o.passwordStdin ? '--password-stdin' : o.writeOut === '@-' ? '-w @-' : `${dataStdin} @-`}: only one of them can read stdin; give the cookies in a file`,
+    );
+  if (dataStdin && o.writeOut === '@-')
+    throw new ConfigError(
+      `${dataStdin} @- and -w @-: only one of them can read stdin; give the -w format as text or in a file`,
     );
   const pieces = data.map(([flag, d]) => {
     if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
