@@ -75,6 +75,7 @@ export class OriginPool implements FastHost {
   readonly #sessions: Session[] = [];
   /** Requests waiting for a session with room, per lane and identity (R1: bounded like every wait). */
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
+  readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
   #closed = false;
   readonly #options: ResolvedOptions;
   readonly #env: ExchangeEnv;
@@ -249,9 +250,17 @@ export class OriginPool implements FastHost {
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
 
-  /** One pass over the sessions a request of `lane` and `identity` may use (no array, no closure). */
+  /**
+   * One pass over the sessions a request of `lane` and `identity` may use (no array, no closure),
+   * into one object reused by every survey (read at once by #take; most of a burst surveys twice).
+   */
   #survey(lane: Lane, identity: Identity): Survey {
-    const survey: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
+    const survey = this.#surveyed;
+    survey.open = 0;
+    survey.http1 = false;
+    survey.authenticated = false;
+    survey.opening = false;
+    survey.leastLoaded = undefined;
     for (const s of this.#sessions) {
       if (!this.#usable(s, lane, identity)) continue;
       survey.open += 1;
@@ -340,8 +349,11 @@ export class OriginPool implements FastHost {
       // Every session is at its room and no more may open: the least loaded one takes the request
       // into its Client's own queue, as one undici session would, unless a session is still opening
       // (connecting, handshaking) or handshakes spread: then the request waits here for room.
-      else if (survey.opening || this.#spreads(identity) || !survey.leastLoaded) return undefined;
+      else if (survey.opening || this.#spreads(identity) || !survey.leastLoaded) session = undefined;
       else session = survey.leastLoaded;
+      // The reused survey holds no session past its use (a closed one could not be collected).
+      survey.leastLoaded = undefined;
+      if (!session) return undefined;
     }
     session.acquire();
     return session;
