@@ -312,7 +312,7 @@ export class MultilegAgent extends Dispatcher {
         : prepareBody(opts.body, limit);
     if (prepared instanceof Promise) {
       preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(
-        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld), this.#finished),
+        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld)),
         (err: Error) => {
           sink.fail(err);
           this.#finished();
@@ -321,7 +321,7 @@ export class MultilegAgent extends Dispatcher {
       return;
     }
     // (No closure for the common body, read or not: one less allocation per request.)
-    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld), this.#finished);
+    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld));
   }
 
   readonly #finished = (): void => {
@@ -346,7 +346,7 @@ export class MultilegAgent extends Dispatcher {
           this.#pools.delete(o);
         }
       }
-      pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r));
+      pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r), this.#finished);
       this.#pools.set(origin, pool);
     }
     return pool;
