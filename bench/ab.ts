@@ -21,7 +21,8 @@
  *   node bench/ab.ts kerberos DIR_A DIR_B         400 GETs, 50 in flight, Kerberos per request against
  *                                                the lab's Apache; comparator: undici's fetch with a
  *                                                header made by the `kerberos` addon
- *   AB_PROCESSES=8 AB_BURSTS=7                    children per variant, measured bursts per child
+ *   AB_PROCESSES=8 AB_BURSTS=7 AB_WARMUP=3        children per variant, measured bursts per child, bursts
+ *                                                of each kind before them (JIT, TLS, modules)
  *
  * A DIR is a checkout of this project with its node_modules (e.g. `git worktree add /tmp/base <commit>`
  * and a copy of node_modules).
@@ -152,7 +153,8 @@ async function child(workload: Workload): Promise<void> {
       return b;
     };
   }
-  for (let i = 0; i < 3; i++) {
+  const warmup = Number(process.env.AB_WARMUP ?? 3);
+  for (let i = 0; i < warmup; i++) {
     await burst(true);
     await burst(false);
     await agentBurst?.();
