@@ -7,6 +7,11 @@
  * taken per pair (machine load drifts). Prints wall time and client CPU (the child's own process,
  * `process.cpuUsage()`, all its threads) per variant, medians over all bursts.
  *
+ *   node bench/ab.ts session DIR_A DIR_B          1000 concurrent GETs through a new agent per burst, session
+ *                                                mode (one NTLM-in-Negotiate handshake, then every request
+ *                                                on the authenticated HTTP/2 session, as
+ *                                                bench/session-vs-plain.ts); comparators: one undici
+ *                                                Client (one session) and a plain Agent, /public
  *   node bench/ab.ts per-request DIR_A DIR_B      1000 concurrent GETs, per-request NTLM inside
  *                                                Negotiate against the reference server (one process
  *                                                for all); comparator: a plain undici Agent, /public
@@ -16,7 +21,8 @@
  *   node bench/ab.ts kerberos DIR_A DIR_B         400 GETs, 50 in flight, Kerberos per request against
  *                                                the lab's Apache; comparator: undici's fetch with a
  *                                                header made by the `kerberos` addon
- *   AB_PROCESSES=8 AB_BURSTS=7                    children per variant, measured bursts per child
+ *   AB_PROCESSES=8 AB_BURSTS=7 AB_WARMUP=3        children per variant, measured bursts per child, bursts
+ *                                                of each kind before them (JIT, TLS, modules)
  *
  * A DIR is a checkout of this project with its node_modules (e.g. `git worktree add /tmp/base <commit>`
  * and a copy of node_modules).
@@ -26,7 +32,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { median, startServer } from './server.ts';
 
-type Workload = 'per-request' | 'digest' | 'kerberos';
+type Workload = 'session' | 'per-request' | 'digest' | 'kerberos';
 interface Burst {
   ms: number;
   /** Client CPU per request, µs. */
@@ -35,6 +41,8 @@ interface Burst {
 interface Pair {
   multileg: Burst;
   comparator: Burst;
+  /** Session mode's second comparator (the first is one Client): a plain Agent. */
+  agent?: Burst;
 }
 
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -57,7 +65,39 @@ async function child(workload: Workload): Promise<void> {
   const resolve = createRequire(`${dir}/package.json`).resolve;
   const { Agent, fetch, request } = (await import(resolve('undici'))) as typeof import('undici');
   let burst: (multileg: boolean) => Promise<Burst>;
-  if (workload === 'per-request' || workload === 'digest') {
+  /** Session mode's plain Agent burst, beside the one-Client comparator. */
+  let agentBurst: (() => Promise<Burst>) | undefined;
+  if (workload === 'session') {
+    const { CA_CERT } = await import(`${dir}/src/reference-server/index.ts`);
+    const { Client } = (await import(resolve('undici'))) as typeof import('undici');
+    const N = 1000;
+    const run = async (kind: 'multileg' | 'client' | 'agent') => {
+      const dispatcher =
+        kind === 'multileg'
+          ? new MultilegAgent({
+              credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+              connect: { ca: CA_CERT },
+              trustedOrigins: [origin],
+            })
+          : kind === 'client'
+            ? new Client(origin, { connect: { ca: CA_CERT }, allowH2: true })
+            : new Agent({ connect: { ca: CA_CERT } });
+      const path = kind === 'multileg' ? '/auth' : '/public';
+      const b = await timed(N, async () => {
+        await Promise.all(
+          Array.from({ length: N }, async (_, i) => {
+            const res = await request(`${origin}${path}/${i}`, { dispatcher });
+            await res.body.dump();
+            if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
+          }),
+        );
+      });
+      await dispatcher.close();
+      return b;
+    };
+    burst = (multileg) => run(multileg ? 'multileg' : 'client');
+    agentBurst = () => run('agent');
+  } else if (workload === 'per-request' || workload === 'digest') {
     const { CA_CERT } = await import(`${dir}/src/reference-server/index.ts`);
     const N = 1000;
     burst = async (multileg) => {
@@ -113,17 +153,22 @@ async function child(workload: Workload): Promise<void> {
       return b;
     };
   }
-  for (let i = 0; i < 3; i++) {
+  const warmup = Number(process.env.AB_WARMUP ?? 3);
+  for (let i = 0; i < warmup; i++) {
     await burst(true);
     await burst(false);
+    await agentBurst?.();
   }
   const pairs: Pair[] = [];
   const bursts = Number(process.env.AB_BURSTS ?? 7);
   for (let i = 0; i < bursts; i++) {
     // The comparator before multileg in every other pair.
     const before = i % 2 ? await burst(false) : undefined;
+    const agentBefore = i % 2 ? await agentBurst?.() : undefined;
     const multileg = await burst(true);
-    pairs.push({ multileg, comparator: before ?? (await burst(false)) });
+    const comparator = before ?? (await burst(false));
+    const agent = agentBefore ?? (await agentBurst?.());
+    pairs.push({ multileg, comparator, ...(agent ? { agent } : {}) });
   }
   console.log(JSON.stringify(pairs));
 }
@@ -134,7 +179,7 @@ async function main(workload: Workload, dirs: string[]): Promise<void> {
   if (workload !== 'kerberos') {
     const server = await startServer([
       '--mode',
-      'per-request',
+      workload === 'session' ? 'session' : 'per-request',
       ...(workload === 'digest' ? ['--schemes', 'Digest'] : []),
     ]);
     env = { AB_ORIGIN: server.origin };
@@ -168,25 +213,37 @@ async function main(workload: Workload, dirs: string[]): Promise<void> {
   } finally {
     await stop();
   }
-  const comparator = workload === 'kerberos' ? 'fetch + kerberos' : 'plain Agent';
+  const comparator =
+    workload === 'kerberos'
+      ? 'fetch + kerberos'
+      : workload === 'session'
+        ? 'one Client (and a plain Agent)'
+        : 'plain Agent';
   console.log(`${workload}, ${started} (load ${load}) to ${new Date().toISOString()} (load ${loadavg()})`);
   console.log(
     `${processes} children per variant; client CPU in µs per request; ratios against the ${comparator}, per pair`,
   );
   const ratio = (pairs: Pair[], f: keyof Burst) => median(pairs.map((p) => p.multileg[f] / p.comparator[f]));
+  const agentRatio = (pairs: Pair[], f: keyof Burst) => median(pairs.map((p) => p.multileg[f] / p.agent![f]));
   for (const dir of dirs) {
     const pairs = results.get(dir)!;
-    const of = (f: keyof Burst) => median(pairs.map((p) => p.multileg[f]));
+    const of = (f: keyof Burst, side: 'multileg' | 'comparator' | 'agent' = 'multileg') =>
+      median(pairs.map((p) => p[side]![f]));
+    const versus = workload === 'session' ? ' against one Client' : '';
     console.log(
-      `  ${dir}: multileg wall ${of('ms').toFixed(1)} ms, CPU ${of('cpu').toFixed(1)}; ratio wall ${ratio(pairs, 'ms').toFixed(3)}, CPU ${ratio(pairs, 'cpu').toFixed(3)}`,
+      `  ${dir}: multileg wall ${of('ms').toFixed(1)} ms, CPU ${of('cpu').toFixed(1)}; ratio${versus} wall ${ratio(pairs, 'ms').toFixed(3)}, CPU ${ratio(pairs, 'cpu').toFixed(3)}`,
     );
+    if (pairs[0]?.agent)
+      console.log(
+        `    Client wall ${of('ms', 'comparator').toFixed(1)} ms, CPU ${of('cpu', 'comparator').toFixed(1)}; Agent wall ${of('ms', 'agent').toFixed(1)} ms, CPU ${of('cpu', 'agent').toFixed(1)}; multileg against the Agent: wall ${agentRatio(pairs, 'ms').toFixed(3)}, CPU ${agentRatio(pairs, 'cpu').toFixed(3)}`,
+      );
   }
   const [a, ...rest] = dirs;
   for (const b of rest) {
     const pa = results.get(a!)!;
     const pb = results.get(b)!;
     console.log(
-      `  ${b} / ${a}: wall ${(ratio(pb, 'ms') / ratio(pa, 'ms')).toFixed(3)}, CPU ${(ratio(pb, 'cpu') / ratio(pa, 'cpu')).toFixed(3)} (each against its own comparator)`,
+      `  ${b} / ${a}: wall ${(ratio(pb, 'ms') / ratio(pa, 'ms')).toFixed(3)}, CPU ${(ratio(pb, 'cpu') / ratio(pa, 'cpu')).toFixed(3)} (each against its own comparator); multileg's own CPU per request ${(median(pb.map((p) => p.multileg.cpu)) / median(pa.map((p) => p.multileg.cpu))).toFixed(3)}`,
     );
   }
 }
@@ -195,8 +252,8 @@ const args = process.argv.slice(2);
 if (args[0] === '--child') await child(args[1] as Workload);
 else {
   const [workload, ...dirs] = args;
-  if (!['per-request', 'digest', 'kerberos'].includes(workload!) || dirs.length < 2) {
-    console.error('usage: node bench/ab.ts per-request|digest|kerberos DIR_A DIR_B [DIR...]');
+  if (!['session', 'per-request', 'digest', 'kerberos'].includes(workload!) || dirs.length < 2) {
+    console.error('usage: node bench/ab.ts session|per-request|digest|kerberos DIR_A DIR_B [DIR...]');
     process.exit(2);
   }
   await main(workload as Workload, dirs);

@@ -328,36 +328,18 @@ export class MultilegAgent extends Dispatcher {
       readsFirst(opts.body) && pool.streamsNow(identity, http1Only(opts))
         ? new TeeBody(opts.body as AsyncIterable<unknown>, limit)
         : prepareBody(opts.body, limit);
-    const run = (body: PreparedBody) => {
-      const job: Job = {
-        id: newJobId(),
-        origin,
-        // The caller's own options, not a copy: legs put their headers and body over them, and the
-        // fast path sends them as they are (the Client ignores their origin).
-        dispatchOptions: opts,
-        headers,
-        body,
-        sink,
-        http1Only: http1Only(opts),
-        identity,
-        withheld,
-        noAuth: false,
-        waits: 0,
-        bare: false,
-        reauthenticated: false,
-        relocations: 0,
-        challenges: undefined,
-      };
-      pool.run(job, this.#finished);
-    };
     if (prepared instanceof Promise) {
-      preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(run, (err: Error) => {
-        sink.fail(err);
-        this.#finished();
-      });
+      preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(
+        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld)),
+        (err: Error) => {
+          sink.fail(err);
+          this.#finished();
+        },
+      );
       return;
     }
-    run(prepared);
+    // (No closure for the common body, read or not: one less allocation per request.)
+    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld));
   }
 
   readonly #finished = (): void => {
@@ -382,7 +364,7 @@ export class MultilegAgent extends Dispatcher {
           this.#pools.delete(o);
         }
       }
-      pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r));
+      pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r), this.#finished);
       this.#pools.set(origin, pool);
     }
     return pool;
@@ -450,6 +432,36 @@ export class MultilegAgent extends Dispatcher {
     }
     return done;
   }
+}
+
+function newJob(
+  origin: string,
+  opts: Dispatcher.DispatchOptions,
+  headers: HeaderMap,
+  body: PreparedBody,
+  sink: UserSink,
+  identity: Identity,
+  withheld: Job['withheld'],
+): Job {
+  return {
+    id: newJobId(),
+    origin,
+    // The caller's own options, not a copy: legs put their headers and body over them, and the
+    // fast path sends them as they are (the Client ignores their origin).
+    dispatchOptions: opts,
+    headers,
+    body,
+    sink,
+    http1Only: http1Only(opts),
+    identity,
+    withheld,
+    noAuth: false,
+    waits: 0,
+    bare: false,
+    reauthenticated: false,
+    relocations: 0,
+    challenges: undefined,
+  };
 }
 
 /**

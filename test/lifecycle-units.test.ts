@@ -140,6 +140,34 @@ describe('WaitQueue: the one bounded wait (R1)', () => {
   });
 });
 
+describe('WaitQueue.enqueue: the callback form of the wait (the pool waits for a session so)', () => {
+  it("R1: the consumer is told, with its request, of a value handed over, of QueueFullError at once, of the deadline and of the caller's abort; each once, in arrival order", async () => {
+    vi.useFakeTimers();
+    const queue = new WaitQueue<string>({ maxQueue: 3, queueTimeout: 1000 }, 'a test');
+    const told: string[] = [];
+    const consumer = {
+      granted: (j: Job, v: string) => told.push(`${j.id} granted ${v}`),
+      refused: (j: Job, e: Error) =>
+        told.push(
+          `${j.id} refused ${e instanceof QueueTimeoutError ? 'timeout' : ((e as { code?: string }).code ?? e.message)}`,
+        ),
+    };
+    const [a, b, c, d] = [1, 2, 3, 4].map(job);
+    for (const j of [a, b, c]) queue.enqueue(j!, consumer);
+    // Full: the fourth hears at once, before enqueue returns.
+    queue.enqueue(d!, consumer);
+    expect(told).toEqual(['4 refused MULTILEG_QUEUE_FULL']);
+    expect(queue.shift('s1')?.id).toBe(1);
+    // The caller aborts the second: it leaves the queue, and nothing else is told twice.
+    b!.sink.abort(new Error('caller'));
+    expect(queue.length).toBe(1);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(queue.length).toBe(0);
+    expect(queue.shift('late')).toBeUndefined();
+    expect(told).toEqual(['4 refused MULTILEG_QUEUE_FULL', '1 granted s1', '2 refused caller', '3 refused timeout']);
+  });
+});
+
 describe('UserSink: the caller sees one response or one error', () => {
   it('C8: after the caller got its error, a late response head, data and end from the leg are dropped', () => {
     const { handler, seen } = recordingHandler();

@@ -232,15 +232,12 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   readonly job: Job;
   readonly #env: ExchangeEnv;
   readonly #host: FastHost;
-  /** Called once the request has ended, whichever path it took. */
-  readonly ended: () => void;
   #controller: Dispatcher.DispatchController | undefined;
   #delivering = false;
   /** The leg handler that took over after a 401 or 421. */
   #slow: LegHandler | undefined;
 
-  constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost, ended: () => void) {
-    this.ended = ended;
+  constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost) {
     this.session = session;
     // On an authenticated session, a 401 carried from a closed connection is answered already.
     job.challenges = undefined;

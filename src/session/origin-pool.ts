@@ -14,10 +14,9 @@ import {
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
-import { WaitQueue } from './wait-queue.ts';
+import { type WaitConsumer, WaitQueue } from './wait-queue.ts';
 
 const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
-const FAST: ExchangeOutcome = { kind: 'fast' };
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
 const MAX_RELOCATIONS = 4;
@@ -69,15 +68,18 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
  * HTTP/1.1 lane (several connections, each bound to its handshake, H1). It knows what the agent
  * learnt about the origin and moves requests between sessions when one ends or refuses them.
  */
-export class OriginPool implements FastHost {
+export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly origin: string;
   readonly memory: OriginMemory;
   readonly #sessions: Session[] = [];
   /** Requests waiting for a session with room, per lane and identity (R1: bounded like every wait). */
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
+  readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
   #closed = false;
   readonly #options: ResolvedOptions;
   readonly #env: ExchangeEnv;
+  /** Called once for every request given to {@link run}, when it has ended (never throws). */
+  readonly #ended: () => void;
   /** Through a proxy (H5), decided once for the origin. */
   readonly #route: ProxyRoute | undefined;
 
@@ -92,8 +94,10 @@ export class OriginPool implements FastHost {
     options: ResolvedOptions,
     mechanisms: MechanismSet,
     report: (r: HandshakeReport) => void,
+    ended: () => void,
   ) {
     this.origin = origin;
+    this.#ended = ended;
     this.#options = options;
     this.memory = new OriginMemory(options.http1MemoryTtl, origin);
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
@@ -128,10 +132,6 @@ export class OriginPool implements FastHost {
   }
 
   /**
-   * Runs a request to its end, relocating it between sessions as needed; calls `ended` once it has
-   * ended (never throws). A request that finds an authenticated session takes the fast path.
-   */
-  /**
    * A stream body of a request of `identity` dispatched now is unlikely to be needed twice: it
    * would go bare on an authenticated session (the fast path), or to an origin that has not
    * challenged the agent's requests (and no scheme is remembered for it).
@@ -144,74 +144,109 @@ export class OriginPool implements FastHost {
     return session !== undefined && FastExchange.sessionReady(session, this.#env);
   }
 
-  run(job: Job, ended: () => void): void {
-    if (!this.#closed && !job.http1Only) {
-      const session = this.#pick('auto', job.identity);
-      if (session && FastExchange.eligible(session, job, this.#env)) {
-        session.acquire();
-        new FastExchange(session, job, this.#env, this, ended).start();
-        return;
-      }
+  /**
+   * Runs a request to its end, relocating it between sessions as needed; calls the pool's `ended`
+   * once it has ended (never throws). A request that finds an authenticated session takes the fast
+   * path.
+   */
+  run(job: Job): void {
+    this.#next(job);
+  }
+
+  #lane(job: Job): Lane {
+    return job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
+  }
+
+  /**
+   * The request's next session: one with room now, or a place in the lane's queue (the queue calls
+   * {@link granted} or {@link refused}). A request handed an authenticated session goes on the fast
+   * path at once: no promise, closure or async frame of the pool's per request (most of a burst,
+   * also past the session's streams: its Client queues it).
+   */
+  #next(job: Job): void {
+    // Closed between relocations: only destroy() closes a pool with requests still running (close()
+    // waits for them), and it fails them first, so no test reaches this; it keeps a late
+    // relocation from opening a connection.
+    if (this.#closed) {
+      this.#fail(job, new AgentClosedError());
+      return;
     }
-    this.#run(job, ended);
+    const lane = this.#lane(job);
+    let session: Session | undefined;
+    try {
+      session = this.#take(lane, job.identity);
+    } catch (err) {
+      this.#fail(job, err as Error);
+      return;
+    }
+    if (!session) this.#queueOf(lane, job.identity).enqueue(job, this);
+    // Handed an authenticated session: straight to the fast path, no steps.
+    else if (FastExchange.eligible(session, job, this.#env)) new FastExchange(session, job, this.#env, this).start();
+    else this.#steps(session, job);
+  }
+
+  /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
+  granted(job: Job, session: Session): void {
+    if (FastExchange.eligible(session, job, this.#env)) {
+      new FastExchange(session, job, this.#env, this).start();
+      return;
+    }
+    // The steps start a microtask later, as when the pool awaited its queue (the sessions #pump
+    // hands out are all taken before any of them runs).
+    queueMicrotask(() => this.#steps(session, job));
+  }
+
+  /** @internal WaitConsumer: the wait ended without a session (full, timed out, aborted, destroyed; R1). */
+  refused(job: Job, err: Error): void {
+    // A microtask later, as when the pool awaited its queue: not inside the caller's abort().
+    queueMicrotask(() => this.#fail(job, err));
+  }
+
+  #fail(job: Job, err: Error): void {
+    job.sink.fail(err);
+    this.#ended();
+  }
+
+  /** The steps on `session`, then what their outcome says: the request is over, or moves on. */
+  #steps(session: Session, job: Job): void {
+    let outcome: Promise<ExchangeOutcome>;
+    try {
+      outcome = runOnSession(session, job, this.#env);
+    } catch (err) {
+      outcome = Promise.reject(err);
+    }
+    outcome.then(
+      (o) => this.#after(session, job, o),
+      (err: Error) => {
+        // A bug, not a network condition: the caller still gets an error, never a hang.
+        job.sink.fail(err);
+        this.#after(session, job, DONE);
+      },
+    );
+  }
+
+  #after(session: Session, job: Job, outcome: ExchangeOutcome): void {
+    if (!this.#settle(session, job, outcome)) this.#next(job);
+    else if (outcome.kind !== 'fast') this.#ended();
   }
 
   /** @internal FastHost: a fast-path request ended, or its steps reached `outcome`. */
   fastEnded(exchange: FastExchange, outcome: ExchangeOutcome | undefined): void {
-    const { session, job, ended } = exchange;
+    const { session, job } = exchange;
     if (outcome === undefined) {
       session.release();
-      ended();
-    } else if (this.#settle(session, job, outcome, ended)) {
-      if (outcome.kind !== 'fast') ended();
-    } else this.#run(job, ended);
-  }
-
-  /** The steps, moving the request between sessions; `ended` is called once it has ended. */
-  async #run(job: Job, ended: () => void): Promise<void> {
-    for (;;) {
-      // Closed between relocations: only destroy() closes a pool with requests still running (close()
-      // waits for them), and it fails them first, so no test reaches this; it keeps a late
-      // relocation from opening a connection.
-      if (this.#closed) {
-        job.sink.fail(new AgentClosedError());
-        ended();
-        return;
-      }
-      const lane: Lane = job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
-      let session: Session;
-      try {
-        const ready = this.#take(lane, job.identity);
-        session = ready ?? (await this.#wait(lane, job));
-      } catch (err) {
-        job.sink.fail(err as Error);
-        ended();
-        return;
-      }
-      let outcome: ExchangeOutcome;
-      try {
-        // Handed an authenticated session: straight to the fast path, no steps.
-        outcome = FastExchange.eligible(session, job, this.#env) ? FAST : await runOnSession(session, job, this.#env);
-      } catch (err) {
-        // A bug, not a network condition: the caller still gets an error, never a hang.
-        job.sink.fail(err as Error);
-        outcome = DONE;
-      }
-      if (this.#settle(session, job, outcome, ended)) {
-        if (outcome.kind !== 'fast') ended();
-        return;
-      }
-    }
+      this.#ended();
+    } else this.#after(session, job, outcome);
   }
 
   /**
    * Frees the session (once the response ended) or hands it to the fast path; true when the
    * request is over here, false to relocate it.
    */
-  #settle(session: Session, job: Job, outcome: ExchangeOutcome, ended: () => void): boolean {
+  #settle(session: Session, job: Job, outcome: ExchangeOutcome): boolean {
     if (outcome.kind === 'fast') {
       // The session stays acquired: the FastExchange releases it.
-      new FastExchange(session, job, this.#env, this, ended).start();
+      new FastExchange(session, job, this.#env, this).start();
       return true;
     }
     if (outcome.kind === 'done') {
@@ -249,9 +284,17 @@ export class OriginPool implements FastHost {
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
 
-  /** One pass over the sessions a request of `lane` and `identity` may use (no array, no closure). */
+  /**
+   * One pass over the sessions a request of `lane` and `identity` may use (no array, no closure),
+   * into one object reused by every survey (read at once by #take; most of a burst surveys twice).
+   */
   #survey(lane: Lane, identity: Identity): Survey {
-    const survey: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
+    const survey = this.#surveyed;
+    survey.open = 0;
+    survey.http1 = false;
+    survey.authenticated = false;
+    survey.opening = false;
+    survey.leastLoaded = undefined;
     for (const s of this.#sessions) {
       if (!this.#usable(s, lane, identity)) continue;
       survey.open += 1;
@@ -319,16 +362,16 @@ export class OriginPool implements FastHost {
     return best;
   }
 
-  /** Waits for a session with room (none now), bounded like every wait (R1). */
-  #wait(lane: Lane, job: Job): Promise<Session> {
-    const key = WAIT_KEYS[lane][job.identity];
+  /** Where requests of `lane` and `identity` wait for a session with room, bounded like every wait (R1). */
+  #queueOf(lane: Lane, identity: Identity): WaitQueue<Session> {
+    const key = WAIT_KEYS[lane][identity];
     let waiting = this.#waiting.get(key);
     if (!waiting) {
       const what = `a connection to ${this.origin} (a new session's first response, or a free HTTP/1.1 connection)`;
-      waiting = { lane, identity: job.identity, queue: new WaitQueue<Session>(this.#options.limits, what) };
+      waiting = { lane, identity, queue: new WaitQueue<Session>(this.#options.limits, what) };
       this.#waiting.set(key, waiting);
     }
-    return waiting.queue.wait(job);
+    return waiting.queue;
   }
 
   /** A session with room for one more request, creating one if the lane allows; marks it used. */
@@ -340,8 +383,11 @@ export class OriginPool implements FastHost {
       // Every session is at its room and no more may open: the least loaded one takes the request
       // into its Client's own queue, as one undici session would, unless a session is still opening
       // (connecting, handshaking) or handshakes spread: then the request waits here for room.
-      else if (survey.opening || this.#spreads(identity) || !survey.leastLoaded) return undefined;
+      else if (survey.opening || this.#spreads(identity) || !survey.leastLoaded) session = undefined;
       else session = survey.leastLoaded;
+      // The reused survey holds no session past its use (a closed one could not be collected).
+      survey.leastLoaded = undefined;
+      if (!session) return undefined;
     }
     session.acquire();
     return session;

@@ -558,7 +558,7 @@ export class Session {
     // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
     const reset = given.method === 'HEAD' && this.protocol !== 'h2' ? { reset: false } : undefined;
     const opts = body || reset ? { ...given, ...body, ...reset } : given;
-    log.leg('%s job %d fast %s %s', this.id, job.id, given.method, this.protocol ?? '?');
+    if (logging) log.leg('%s job %d fast %s %s', this.id, job.id, given.method, this.protocol ?? '?');
     try {
       this.client.dispatch(opts, handler);
     } catch (err) {

@@ -13,14 +13,38 @@ export interface Waiter {
   readonly sink: { onAbort(hook: AbortHook | undefined): void };
 }
 
+/**
+ * Told how a wait of {@link WaitQueue.enqueue} ended, with the waiter: the callback form of a wait,
+ * for a consumer that keeps what it needs in the waiter itself (no promise, closure or async frame
+ * per wait, R6). Called synchronously, from whatever settles the wait.
+ */
+export interface WaitConsumer<T, W extends Waiter> {
+  granted(waiter: W, value: T): void;
+  refused(waiter: W, err: Error): void;
+}
+
 /** One waiting request; it is its own abort hook, so a wait costs no extra closure (R6). */
-class Entry<T, W extends Waiter> {
+abstract class Entry<T, W extends Waiter> {
   settled = false;
   readonly job: W;
   readonly deadline: number;
+  readonly #onAbort: (entry: Entry<T, W>, reason: Error) => void;
+  constructor(job: W, deadline: number, onAbort: (entry: Entry<T, W>, reason: Error) => void) {
+    this.job = job;
+    this.deadline = deadline;
+    this.#onAbort = onAbort;
+  }
+  abstract resolve(value: T): void;
+  abstract reject(err: Error): void;
+  callerAborted(reason: Error): void {
+    this.#onAbort(this, reason);
+  }
+}
+
+/** A wait of {@link WaitQueue.wait}: settles its promise. */
+class PromiseEntry<T, W extends Waiter> extends Entry<T, W> {
   readonly resolve: (value: T) => void;
   readonly reject: (err: Error) => void;
-  readonly #onAbort: (entry: Entry<T, W>, reason: Error) => void;
   constructor(
     job: W,
     deadline: number,
@@ -28,14 +52,29 @@ class Entry<T, W extends Waiter> {
     reject: (err: Error) => void,
     onAbort: (entry: Entry<T, W>, reason: Error) => void,
   ) {
-    this.job = job;
-    this.deadline = deadline;
+    super(job, deadline, onAbort);
     this.resolve = resolve;
     this.reject = reject;
-    this.#onAbort = onAbort;
   }
-  callerAborted(reason: Error): void {
-    this.#onAbort(this, reason);
+}
+
+/** A wait of {@link WaitQueue.enqueue}: tells its consumer. */
+class ConsumerEntry<T, W extends Waiter> extends Entry<T, W> {
+  readonly #consumer: WaitConsumer<T, W>;
+  constructor(
+    job: W,
+    deadline: number,
+    consumer: WaitConsumer<T, W>,
+    onAbort: (entry: Entry<T, W>, reason: Error) => void,
+  ) {
+    super(job, deadline, onAbort);
+    this.#consumer = consumer;
+  }
+  resolve(value: T): void {
+    this.#consumer.granted(this.job, value);
+  }
+  reject(err: Error): void {
+    this.#consumer.refused(this.job, err);
   }
 }
 
@@ -77,12 +116,28 @@ export class WaitQueue<T, W extends Waiter = Job> {
       return Promise.reject(new QueueFullError(this.#bounds.maxQueue, this.#what));
     }
     return new Promise<T>((resolve, reject) => {
-      const entry = new Entry(job, Date.now() + this.#bounds.queueTimeout, resolve, reject, this.#aborted);
-      this.#entries.push(entry);
-      this.#live += 1;
-      job.sink.onAbort(entry);
-      this.#timer ??= this.#arm(entry.deadline);
+      this.#add(new PromiseEntry(job, Date.now() + this.#bounds.queueTimeout, resolve, reject, this.#aborted));
     });
+  }
+
+  /**
+   * {@link wait} in callback form: `consumer` is told, with `job`, when {@link shift} or
+   * {@link settleAll} hands a value over (`granted`), or of QueueFullError (at once, before this
+   * returns), QueueTimeoutError or the caller's abort (`refused`).
+   */
+  enqueue(job: W, consumer: WaitConsumer<T, W>): void {
+    if (this.#live >= this.#bounds.maxQueue) {
+      consumer.refused(job, new QueueFullError(this.#bounds.maxQueue, this.#what));
+      return;
+    }
+    this.#add(new ConsumerEntry(job, Date.now() + this.#bounds.queueTimeout, consumer, this.#aborted));
+  }
+
+  #add(entry: Entry<T, W>): void {
+    this.#entries.push(entry);
+    this.#live += 1;
+    entry.job.sink.onAbort(entry);
+    this.#timer ??= this.#arm(entry.deadline);
   }
 
   readonly #aborted = (entry: Entry<T, W>, reason: Error): void => {
