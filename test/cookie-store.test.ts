@@ -2,7 +2,7 @@
  * The agent's `cookies` option (a CookieStore): asked for each leg's Cookie header and told each
  * response head's Set-Cookie, a handshake's 401s included; its failures are typed (CookieStoreError)
  * or a warning, never a request sent without what it asked for. No diagnostics subscriber here, so
- * that the fast path (C2) would run if the jar did not keep requests off it.
+ * that requests to the authenticated session take the fast path (C2), which must ask and tell it too.
  */
 import { once } from 'node:events';
 import { request } from 'undici';
@@ -72,17 +72,32 @@ describe('MultilegAgent cookies option', () => {
     ]);
   });
 
-  it('C2: with a jar, a request to the authenticated session still asks it (the fast path would send the request as given)', async () => {
+  it('C2: with a jar, requests to the authenticated session (the fast path) ask it for their Cookie and tell it their Set-Cookie', async () => {
     const store = new RecordingStore();
     const { server, agent } = await ntlmAgent(store);
     for (const path of ['/auth/one', '/auth/two']) {
-      const res = await request(`${server.origin}${path}`, { dispatcher: agent });
+      const res = await request(`${server.origin}${path}`, { dispatcher: agent, headers: { cookie: 'mine=1' } });
       expect(res.statusCode).toBe(200);
       await res.body.dump();
     }
     const two = server.to(new URL(server.origin).host, '/auth/two');
-    expect(two.map((s) => [s.auth, pairs(s.cookie)])).toEqual([[undefined, [SID, 'lb=node1', 'leg=challenge'].sort()]]);
+    expect(two.map((s) => [s.auth, pairs(s.cookie)])).toEqual([
+      [undefined, [SID, 'lb=node1', 'leg=challenge', 'mine=1'].sort()],
+    ]);
+    expect(store.asked.at(-1)).toBe(`${server.origin}/auth/two`);
+    // The second 200's Set-Cookie was told too, for its own URL.
+    expect(store.told.at(-1)).toEqual([`${server.origin}/auth/two`, [`${SID}; Path=/; HttpOnly`]]);
     expect(agent.stats().handshakes).toBe(1);
+
+    // A jar that throws there: CookieStoreError, unsent.
+    const failure = new Error('store down');
+    store.cookieHeader = () => {
+      throw failure;
+    };
+    const err = await request(`${server.origin}/auth/three`, { dispatcher: agent }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CookieStoreError);
+    expect((err as CookieStoreError).cause).toBe(failure);
+    expect(server.to(new URL(server.origin).host, '/auth/three')).toEqual([]);
   });
 
   it('a cookieHeader that throws fails the request with CookieStoreError, unsent; a setCookies that throws is a process warning, and the response is delivered', async () => {
