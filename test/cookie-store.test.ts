@@ -5,6 +5,7 @@
  * that requests to the authenticated session take the fast path (C2), which must ask and tell it too.
  */
 import { once } from 'node:events';
+import { createServer, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, type CookieStore, CookieStoreError, MultilegAgent } from '../src/index.ts';
@@ -128,6 +129,37 @@ describe('MultilegAgent cookies option', () => {
     expect(((await res.body.json()) as { path: string }).path).toBe('/public/y');
     const [warning] = (await warned) as [Error & { code?: string }];
     expect(warning.code).toBe('MULTILEG_COOKIE_STORE_THREW');
+  });
+
+  it('H5: a request that fails before it is written through a forwarding proxy (the jar threw; a header undici refuses) leaves no connection to the proxy open once the agent is destroyed', async () => {
+    const proxy = createServer((s) => s.on('error', () => {}));
+    proxy.listen(0, '127.0.0.1');
+    await once(proxy, 'listening');
+    const uri = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
+    const throwing: CookieStore = {
+      cookieHeader: () => {
+        throw new Error('store down');
+      },
+      setCookies: () => {},
+    };
+    try {
+      for (const [cookies, headers] of [
+        [throwing, {}],
+        [undefined, { 'x-bad': 'a\u20ac' }],
+      ] as const) {
+        const connected = once(proxy, 'connection') as Promise<[Socket]>;
+        const a = new MultilegAgent({ proxy: uri, negotiate: false, ...(cookies ? { cookies } : {}) });
+        const err = await request('http://www.corp.co.uk/x', { dispatcher: a, headers }).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(cookies ? CookieStoreError : Error);
+        await a.destroy();
+        // The connection opened for the session's first request is ended with it (it was left
+        // open, and the process with it: this wait never ended).
+        const [socket] = await connected;
+        if (!socket.destroyed) await once(socket, 'close');
+      }
+    } finally {
+      proxy.close();
+    }
   });
 
   it('a cookies option that is not a store is a ConfigError naming it', () => {
