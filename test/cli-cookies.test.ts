@@ -184,6 +184,33 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(again.stdout).toContain('www.corp.co.uk\tFALSE\t/\tFALSE\t0\tsid\tv1\n');
   });
 
+  it("a cookie's bytes go as they came, as curl keeps them: a -b file's UTF-8 value is sent byte for byte, and a Set-Cookie's UTF-8 value is written to -c byte for byte", async () => {
+    // 'é€' in UTF-8: five bytes, as curl writes a cookie that came so into its jar.
+    const utf8 = Buffer.from('é€', 'utf8');
+    const cookies = file('cookies.txt');
+    writeFileSync(
+      cookies,
+      Buffer.concat([Buffer.from('www.corp.co.uk\tFALSE\t/\tFALSE\t0\tuni\t'), utf8, Buffer.from('\n')]),
+    );
+    const jar = file('jar.txt');
+    // The server sets the same bytes (its header strings are latin1: a character a byte).
+    const r = await run([
+      ...proxy,
+      '-b',
+      cookies,
+      '-c',
+      jar,
+      'http://www.corp.co.uk/show',
+      `http://www.corp.co.uk/set?${c(`back=${utf8.toString('latin1')}; Path=/`)}`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    // Node's server reads header bytes as latin1 too.
+    expect(server.to('www.corp.co.uk', '/show').at(-1)!.cookie).toBe(`uni=${utf8.toString('latin1')}`);
+    const saved = readFileSync(jar);
+    for (const name of ['uni', 'back'])
+      expect(saved.includes(Buffer.concat([Buffer.from(`\t${name}\t`), utf8, Buffer.from('\n')]))).toBe(true);
+  });
+
   it('-c FILE is written whatever came of the transfers (a failed last one too); one that cannot be written is said, without a value, and exits 23 (curl says it with -v only); --create-dirs makes its directory', async () => {
     const jar = file('jar.txt');
     // The second URL cannot connect (7): the jar still holds the first one's cookie.

@@ -10,7 +10,7 @@
  * A cookie is a credential: no value reaches -v, a warning or an error; -v names cookies only.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type * as ToughCookie from 'tough-cookie';
@@ -57,7 +57,9 @@ export class CookieEngine implements CookieStore {
   load(file: string, junkSession: boolean, now = Date.now()): { loaded: number; warning: string | undefined } {
     let text: string;
     try {
-      text = readFileSync(file === '-' ? 0 : file, 'utf8');
+      // Bytes as they go on the wire: undici reads and writes header values as latin1, one
+      // character a byte, so a UTF-8 value (curl keeps a cookie's bytes) goes back unchanged.
+      text = readFileSync(file === '-' ? 0 : file, 'latin1');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { loaded: 0, warning: undefined };
       return {
@@ -266,11 +268,13 @@ function refusal(err: unknown, domain: string): string {
 /**
  * Writes the -c jar: `-` is stdout; a file is made anew with mode 0600 (a cookie is a credential)
  * and renamed over the old one, so that a reader never sees half of it; a target that is not a
- * regular file (/dev/null, a pipe) is written in place, as curl does. Throws the system error.
+ * regular file (/dev/null, a pipe) is written in place, as curl does. The cookies' bytes as they
+ * came (latin1, as undici read them), as curl writes them. Throws the system error.
  */
 export function writeJar(target: string, text: string): void {
+  const bytes = Buffer.from(text, 'latin1');
   if (target === '-') {
-    process.stdout.write(text);
+    process.stdout.write(bytes);
     return;
   }
   let regular = true;
@@ -280,7 +284,7 @@ export function writeJar(target: string, text: string): void {
   if (!regular) {
     const fd = openSync(target, 'w');
     try {
-      writeSync(fd, text);
+      writeFileSync(fd, bytes);
     } finally {
       closeSync(fd);
     }
@@ -291,7 +295,7 @@ export function writeJar(target: string, text: string): void {
   const fd = openSync(temp, 'wx', 0o600);
   try {
     try {
-      writeSync(fd, text);
+      writeFileSync(fd, bytes);
     } finally {
       closeSync(fd);
     }
