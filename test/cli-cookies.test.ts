@@ -101,6 +101,52 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(j.stderr).toBe('');
   });
 
+  it("-b FILE as curl reads it: TRUE and FALSE in any case; a -D header dump's status and header lines passed over without a word; a line whose value holds a control character skipped with a warning, the others sent; an expiry past JavaScript's last date, or such a Max-Age, kept as a lasting cookie (not made a session one)", async () => {
+    const cookies = file('cookies.txt');
+    writeFileSync(
+      cookies,
+      [
+        '.corp.co.uk\ttrue\t/\tfalse\t0\tlower\tl1',
+        `www.corp.co.uk\tFALSE\t/\tFALSE\t${FUTURE}\tctl\ta\u0001b`,
+        `www.corp.co.uk\tFALSE\t/\ttrue\t${FUTURE}\tsec\ts1`,
+        'www.corp.co.uk\tFALSE\t/\tFALSE\t99999999999999\tlasting\tx1',
+        // What -D writes: curl's documented other kind of -b file.
+        'HTTP/1.1 200 OK',
+        'Content-Type: text/plain',
+        'Set-Cookie: dumped=d1; Domain=corp.co.uk; Path=/; Max-Age=3600',
+        '',
+      ].join('\r\n'),
+    );
+    const r = await run([
+      ...proxy,
+      '-b',
+      cookies,
+      '-j',
+      '-c',
+      '-',
+      `http://www.corp.co.uk/show?${c('big=1; Max-Age=99999999999999')}`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(pairs(bodies(r.stdout)[0]!.cookie)).toEqual(['dumped=d1', 'lasting=x1']);
+    expect(r.stderr).toBe(
+      `multileg: Warning: -b ${cookies}: 1 line(s) skipped (line 2: its name or value holds a control character (curl drops such a cookie too))\n`,
+    );
+    // Without -j: the session cookie written in lower case goes too, to the domain's hosts.
+    const lower = await run([...proxy, '-b', cookies, '-s', 'http://other.corp.co.uk/show']);
+    expect(pairs(bodies(lower.stdout)[0]!.cookie)).toEqual(['dumped=d1', 'lower=l1']);
+    const expiry = (name: string) =>
+      Number(
+        r.stdout
+          .split('\n')
+          .find((l) => l.endsWith(`\t${name}\t${name === 'big' ? '1' : 'x1'}`))
+          ?.split('\t')[4],
+      );
+    // Secure (written `true`): not sent over http://, and saved as TRUE.
+    expect(r.stdout).toContain(`www.corp.co.uk\tFALSE\t/\tTRUE\t${FUTURE}\tsec\ts1\n`);
+    expect(expiry('lasting')).toBeGreaterThan(FUTURE);
+    expect(expiry('big')).toBeGreaterThan(FUTURE);
+  });
+
   it('-b FILE that is not there, or -b "", turns the engine on with no cookies (curl\'s); one that cannot be read is a warning, and the command goes on', async () => {
     for (const missing of [join(dir, 'no-such-file'), '']) {
       const r = await run([

@@ -39,6 +39,18 @@ const NAMED_SKIPS = 3;
 /** A -b line whose cookie is in the jar now. */
 const LOADED = 'loaded';
 
+/** The latest time a JavaScript Date holds (ms): a later expiry is kept as this, not lost. */
+const LATEST = 8.64e15;
+
+/**
+ * Bytes no cookie name or value may hold (curl's "invalid octets": controls but for the tab, which
+ * separates the fields): undici would refuse the Cookie header, and every request to the host with it.
+ */
+const INVALID_OCTETS = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/** A -D header dump's status line and other headers, which curl reads past (-b takes such a file). */
+const DUMPED_HEAD_LINE = /^(HTTP\/[\d.]+ \d{3}|[!#$%&'*+.^_`|~0-9A-Za-z-]+:)[^\t]*$/;
+
 export class CookieEngine implements CookieStore {
   readonly #jar = new CookieJar(undefined, { rejectPublicSuffixes: true });
   readonly #verbose: ((line: string) => void) | undefined;
@@ -91,6 +103,7 @@ export class CookieEngine implements CookieStore {
       line = line.slice('#HttpOnly_'.length);
     } else if (line.startsWith('#') || line.trim() === '') return undefined;
     if (/^set-cookie:/i.test(line)) return this.#loadHeaderLine(line.slice('set-cookie:'.length), junkSession, now);
+    if (!httpOnly && DUMPED_HEAD_LINE.test(line)) return undefined;
     const fields = line.split('\t');
     // Seven fields; six when the value is empty (curl reads both).
     if (fields.length !== 7 && fields.length !== 6)
@@ -108,6 +121,8 @@ export class CookieEngine implements CookieStore {
     if (expiry.trim() === '' || !Number.isSafeInteger(seconds) || seconds < 0)
       return 'its expiry (the 5th field) is not a whole number of seconds';
     if (key === '') return 'it has no name (the 6th field)';
+    if (INVALID_OCTETS.test(key) || INVALID_OCTETS.test(value))
+      return 'its name or value holds a control character (curl drops such a cookie too)';
     const domain = domainField.startsWith('.') ? domainField.slice(1) : domainField;
     if (domain === '') return 'it has no domain (the 1st field)';
     if (seconds === SESSION && junkSession) return undefined;
@@ -115,12 +130,13 @@ export class CookieEngine implements CookieStore {
     const cookie = new Cookie({
       key,
       value,
-      // Without TRUE in the 2nd field the cookie is the host's only (no Domain attribute).
-      domain: tailmatch === 'TRUE' ? domain : null,
+      // Without TRUE in the 2nd field the cookie is the host's only (no Domain attribute). curl
+      // reads TRUE in any case.
+      domain: /^true$/i.test(tailmatch) ? domain : null,
       path: path.startsWith('/') ? path : '/',
-      secure: secure === 'TRUE',
+      secure: /^true$/i.test(secure),
       httpOnly,
-      expires: seconds === SESSION ? 'Infinity' : new Date(seconds * 1000),
+      expires: seconds === SESSION ? 'Infinity' : new Date(Math.min(seconds * 1000, LATEST)),
     });
     return this.#put(cookie, domain, now);
   }
@@ -247,7 +263,9 @@ function absoluteExpiry(cookie: Cookie, now: number): void {
   if (cookie.maxAge === null || cookie.maxAge === undefined) return;
   const maxAge = cookie.maxAge;
   cookie.expires =
-    maxAge === 'Infinity' ? 'Infinity' : new Date(typeof maxAge === 'number' && maxAge > 0 ? now + maxAge * 1000 : 0);
+    maxAge === 'Infinity'
+      ? 'Infinity'
+      : new Date(typeof maxAge === 'number' && maxAge > 0 ? Math.min(now + maxAge * 1000, LATEST) : 0);
   cookie.maxAge = null;
 }
 
