@@ -147,6 +147,28 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(expiry('big')).toBeGreaterThan(FUTURE);
   });
 
+  it("a request carries at most 150 cookies in a Cookie header of at most 8190 bytes, as curl's (CVE-2022-32205): a server that sets hundreds cannot make every later request too big to be answered; -v counts those left out", async () => {
+    const many = file('many.txt');
+    writeFileSync(
+      many,
+      Array.from({ length: 200 }, (_, i) => `many.corp.co.uk\tFALSE\t/\tFALSE\t0\tk${i}\tv\n`).join(''),
+    );
+    const big = file('big.txt');
+    writeFileSync(
+      big,
+      Array.from({ length: 3 }, (_, i) => `big.corp.co.uk\tFALSE\t/\tFALSE\t0\tb${i}\t${'x'.repeat(4000)}\n`).join(''),
+    );
+    const r = await run([...proxy, '-v', '-b', many, '-b', big, 'http://many.corp.co.uk/', 'http://big.corp.co.uk/']);
+    expect(r.code, r.stderr).toBe(0);
+    const [first, second] = bodies(r.stdout);
+    // The oldest first (RFC 6265 §5.4, all on one path): k0 … k149.
+    expect(pairs(first!.cookie)).toEqual(Array.from({ length: 150 }, (_, i) => `k${i}=v`).sort());
+    expect(pairs(second!.cookie).map((p) => p.slice(0, 3))).toEqual(['b0=', 'b1=']);
+    expect(second!.cookie!.length).toBeLessThanOrEqual(8190);
+    expect(r.stderr).toContain('; 50 more left out (at most 150 cookies in 8190 bytes a request, as curl)');
+    expect(r.stderr).toContain('; 1 more left out (at most 150 cookies');
+  });
+
   it('-b FILE that is not there, or -b "", turns the engine on with no cookies (curl\'s); one that cannot be read is a warning, and the command goes on', async () => {
     for (const missing of [join(dir, 'no-such-file'), '']) {
       const r = await run([

@@ -39,6 +39,15 @@ const NAMED_SKIPS = 3;
 /** A -b line whose cookie is in the jar now. */
 const LOADED = 'loaded';
 
+/**
+ * curl's bounds on one request's cookies (CVE-2022-32205): at most this many, in a Cookie header of
+ * at most this many bytes. Past them a server that sets cookies by the hundred (or a sibling host,
+ * through its domain) would make every later request to the host too big to be answered, and -c
+ * would keep it so.
+ */
+const MAX_SENT = 150;
+const MAX_HEADER_BYTES = 8190;
+
 /** The latest time a JavaScript Date holds (ms): a later expiry is kept as this, not lost. */
 const LATEST = 8.64e15;
 
@@ -172,8 +181,22 @@ export class CookieEngine implements CookieStore {
   cookieHeader(url: string): string | undefined {
     const cookies = this.#jar.getCookiesSync(url);
     if (cookies.length === 0) return undefined;
-    this.#verbose?.(`* Sending cookie(s) ${cookies.map((c) => c.key).join(', ')} (values [redacted])`);
-    return cookies.map((c) => c.cookieString()).join('; ');
+    // In RFC 6265's order (longer paths first, then older): what is left out is the least specific.
+    let header = '';
+    let sent = 0;
+    for (const c of cookies) {
+      const pair = c.cookieString();
+      const length = header.length + (sent > 0 ? 2 : 0) + pair.length;
+      if (sent === MAX_SENT || length > MAX_HEADER_BYTES) break;
+      header = sent > 0 ? `${header}; ${pair}` : pair;
+      sent++;
+    }
+    const names = cookies.slice(0, sent).map((c) => c.key);
+    const left = cookies.length - sent;
+    this.#verbose?.(
+      `* Sending cookie(s) ${names.join(', ')} (values [redacted])${left > 0 ? `; ${left} more left out (at most ${MAX_SENT} cookies in ${MAX_HEADER_BYTES} bytes a request, as curl)` : ''}`,
+    );
+    return sent > 0 ? header : undefined;
   }
 
   setCookies(url: string, values: readonly string[]): void {
