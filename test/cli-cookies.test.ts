@@ -7,7 +7,7 @@
  * which is also the forwarding proxy (-x) that lets the tests name hosts such as www.corp.co.uk,
  * and the reference server for https.
  */
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -250,6 +250,21 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(pairs(bodies(again.stdout)[0]!.cookie)).toEqual(['ho=v3', 'keep=v2', 'sid=v1']);
     expect(again.stdout).toMatch(/^\{.*\}\n# Netscape HTTP Cookie File\n/);
     expect(again.stdout).toContain('www.corp.co.uk\tFALSE\t/\tFALSE\t0\tsid\tv1\n');
+  });
+
+  it('-c FILE that is a symbolic link: the link is replaced by the new file (mode 0600), never written through (the file it names is unchanged), and no temporary file is left', async () => {
+    const target = file('elsewhere.txt');
+    writeFileSync(target, 'not a cookie jar\n', { mode: 0o644 });
+    const sub = mkdtempSync(join(dir, 'link-'));
+    const jar = join(sub, 'jar.txt');
+    symlinkSync(target, jar);
+    const r = await run([...proxy, '-c', jar, `http://www.corp.co.uk/set?${c('sid=LINKED1; Path=/')}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(target, 'utf8')).toBe('not a cookie jar\n');
+    expect(lstatSync(jar).isFile()).toBe(true);
+    expect(lstatSync(jar).mode & 0o777).toBe(0o600);
+    expect(readFileSync(jar, 'utf8')).toContain('\tsid\tLINKED1\n');
+    expect(readdirSync(sub)).toEqual(['jar.txt']);
   });
 
   it("a cookie's bytes go as they came, as curl keeps them: a -b file's UTF-8 value is sent byte for byte, and a Set-Cookie's UTF-8 value is written to -c byte for byte", async () => {
