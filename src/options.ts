@@ -199,9 +199,8 @@ export interface MultilegAgentOptions {
    * every response head's `Set-Cookie`, a handshake's 401s too, so that a cookie a server sets on
    * its challenge (a load balancer's affinity cookie) goes back on the next leg. A request's own
    * `Cookie` header is sent too, after the jar's, in the same header (RFC 6265 §5.4: one Cookie
-   * header). Upgrades (WebSocket) and CONNECT requests are not given cookies. With a jar, requests
-   * to an authenticated session take the agent's full path, never its fast path (C2), which writes
-   * a request as the caller gave it.
+   * header). Upgrades (WebSocket) and CONNECT requests are not given cookies. Requests to an
+   * authenticated session keep the agent's fast path (C2): it asks and tells the jar too.
    */
   cookies?: CookieStore;
 }

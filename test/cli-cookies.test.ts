@@ -7,7 +7,7 @@
  * which is also the forwarding proxy (-x) that lets the tests name hosts such as www.corp.co.uk,
  * and the reference server for https.
  */
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -101,6 +101,74 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(j.stderr).toBe('');
   });
 
+  it("-b FILE as curl reads it: TRUE and FALSE in any case; a -D header dump's status and header lines passed over without a word; a line whose value holds a control character skipped with a warning, the others sent; an expiry past JavaScript's last date, or such a Max-Age, kept as a lasting cookie (not made a session one)", async () => {
+    const cookies = file('cookies.txt');
+    writeFileSync(
+      cookies,
+      [
+        '.corp.co.uk\ttrue\t/\tfalse\t0\tlower\tl1',
+        `www.corp.co.uk\tFALSE\t/\tFALSE\t${FUTURE}\tctl\ta\u0001b`,
+        `www.corp.co.uk\tFALSE\t/\ttrue\t${FUTURE}\tsec\ts1`,
+        'www.corp.co.uk\tFALSE\t/\tFALSE\t99999999999999\tlasting\tx1',
+        // What -D writes: curl's documented other kind of -b file.
+        'HTTP/1.1 200 OK',
+        'Content-Type: text/plain',
+        'Set-Cookie: dumped=d1; Domain=corp.co.uk; Path=/; Max-Age=3600',
+        '',
+      ].join('\r\n'),
+    );
+    const r = await run([
+      ...proxy,
+      '-b',
+      cookies,
+      '-j',
+      '-c',
+      '-',
+      `http://www.corp.co.uk/show?${c('big=1; Max-Age=99999999999999')}`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(pairs(bodies(r.stdout)[0]!.cookie)).toEqual(['dumped=d1', 'lasting=x1']);
+    expect(r.stderr).toBe(
+      `multileg: Warning: -b ${cookies}: 1 line(s) skipped (line 2: its name or value holds a control character (curl drops such a cookie too))\n`,
+    );
+    // Without -j: the session cookie written in lower case goes too, to the domain's hosts.
+    const lower = await run([...proxy, '-b', cookies, '-s', 'http://other.corp.co.uk/show']);
+    expect(pairs(bodies(lower.stdout)[0]!.cookie)).toEqual(['dumped=d1', 'lower=l1']);
+    const expiry = (name: string) =>
+      Number(
+        r.stdout
+          .split('\n')
+          .find((l) => l.endsWith(`\t${name}\t${name === 'big' ? '1' : 'x1'}`))
+          ?.split('\t')[4],
+      );
+    // Secure (written `true`): not sent over http://, and saved as TRUE.
+    expect(r.stdout).toContain(`www.corp.co.uk\tFALSE\t/\tTRUE\t${FUTURE}\tsec\ts1\n`);
+    expect(expiry('lasting')).toBeGreaterThan(FUTURE);
+    expect(expiry('big')).toBeGreaterThan(FUTURE);
+  });
+
+  it("a request carries at most 150 cookies in a Cookie header of at most 8190 bytes, as curl's (CVE-2022-32205): a server that sets hundreds cannot make every later request too big to be answered; -v counts those left out", async () => {
+    const many = file('many.txt');
+    writeFileSync(
+      many,
+      Array.from({ length: 200 }, (_, i) => `many.corp.co.uk\tFALSE\t/\tFALSE\t0\tk${i}\tv\n`).join(''),
+    );
+    const big = file('big.txt');
+    writeFileSync(
+      big,
+      Array.from({ length: 3 }, (_, i) => `big.corp.co.uk\tFALSE\t/\tFALSE\t0\tb${i}\t${'x'.repeat(4000)}\n`).join(''),
+    );
+    const r = await run([...proxy, '-v', '-b', many, '-b', big, 'http://many.corp.co.uk/', 'http://big.corp.co.uk/']);
+    expect(r.code, r.stderr).toBe(0);
+    const [first, second] = bodies(r.stdout);
+    // The oldest first (RFC 6265 §5.4, all on one path): k0 … k149.
+    expect(pairs(first!.cookie)).toEqual(Array.from({ length: 150 }, (_, i) => `k${i}=v`).sort());
+    expect(pairs(second!.cookie).map((p) => p.slice(0, 3))).toEqual(['b0=', 'b1=']);
+    expect(second!.cookie!.length).toBeLessThanOrEqual(8190);
+    expect(r.stderr).toContain('; 50 more left out (at most 150 cookies in 8190 bytes a request, as curl)');
+    expect(r.stderr).toContain('; 1 more left out (at most 150 cookies');
+  });
+
   it('-b FILE that is not there, or -b "", turns the engine on with no cookies (curl\'s); one that cannot be read is a warning, and the command goes on', async () => {
     for (const missing of [join(dir, 'no-such-file'), '']) {
       const r = await run([
@@ -182,6 +250,48 @@ describe('multileg: cookies (-b, -c, -j)', () => {
     expect(pairs(bodies(again.stdout)[0]!.cookie)).toEqual(['ho=v3', 'keep=v2', 'sid=v1']);
     expect(again.stdout).toMatch(/^\{.*\}\n# Netscape HTTP Cookie File\n/);
     expect(again.stdout).toContain('www.corp.co.uk\tFALSE\t/\tFALSE\t0\tsid\tv1\n');
+  });
+
+  it('-c FILE that is a symbolic link: the link is replaced by the new file (mode 0600), never written through (the file it names is unchanged), and no temporary file is left', async () => {
+    const target = file('elsewhere.txt');
+    writeFileSync(target, 'not a cookie jar\n', { mode: 0o644 });
+    const sub = mkdtempSync(join(dir, 'link-'));
+    const jar = join(sub, 'jar.txt');
+    symlinkSync(target, jar);
+    const r = await run([...proxy, '-c', jar, `http://www.corp.co.uk/set?${c('sid=LINKED1; Path=/')}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(target, 'utf8')).toBe('not a cookie jar\n');
+    expect(lstatSync(jar).isFile()).toBe(true);
+    expect(lstatSync(jar).mode & 0o777).toBe(0o600);
+    expect(readFileSync(jar, 'utf8')).toContain('\tsid\tLINKED1\n');
+    expect(readdirSync(sub)).toEqual(['jar.txt']);
+  });
+
+  it("a cookie's bytes go as they came, as curl keeps them: a -b file's UTF-8 value is sent byte for byte, and a Set-Cookie's UTF-8 value is written to -c byte for byte", async () => {
+    // 'é€' in UTF-8: five bytes, as curl writes a cookie that came so into its jar.
+    const utf8 = Buffer.from('é€', 'utf8');
+    const cookies = file('cookies.txt');
+    writeFileSync(
+      cookies,
+      Buffer.concat([Buffer.from('www.corp.co.uk\tFALSE\t/\tFALSE\t0\tuni\t'), utf8, Buffer.from('\n')]),
+    );
+    const jar = file('jar.txt');
+    // The server sets the same bytes (its header strings are latin1: a character a byte).
+    const r = await run([
+      ...proxy,
+      '-b',
+      cookies,
+      '-c',
+      jar,
+      'http://www.corp.co.uk/show',
+      `http://www.corp.co.uk/set?${c(`back=${utf8.toString('latin1')}; Path=/`)}`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    // Node's server reads header bytes as latin1 too.
+    expect(server.to('www.corp.co.uk', '/show').at(-1)!.cookie).toBe(`uni=${utf8.toString('latin1')}`);
+    const saved = readFileSync(jar);
+    for (const name of ['uni', 'back'])
+      expect(saved.includes(Buffer.concat([Buffer.from(`\t${name}\t`), utf8, Buffer.from('\n')]))).toBe(true);
   });
 
   it('-c FILE is written whatever came of the transfers (a failed last one too); one that cannot be written is said, without a value, and exits 23 (curl says it with -v only); --create-dirs makes its directory', async () => {

@@ -2,9 +2,10 @@
  * The agent's `cookies` option (a CookieStore): asked for each leg's Cookie header and told each
  * response head's Set-Cookie, a handshake's 401s included; its failures are typed (CookieStoreError)
  * or a warning, never a request sent without what it asked for. No diagnostics subscriber here, so
- * that the fast path (C2) would run if the jar did not keep requests off it.
+ * that requests to the authenticated session take the fast path (C2), which must ask and tell it too.
  */
 import { once } from 'node:events';
+import { createServer, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, type CookieStore, CookieStoreError, MultilegAgent } from '../src/index.ts';
@@ -72,17 +73,32 @@ describe('MultilegAgent cookies option', () => {
     ]);
   });
 
-  it('C2: with a jar, a request to the authenticated session still asks it (the fast path would send the request as given)', async () => {
+  it('C2: with a jar, requests to the authenticated session (the fast path) ask it for their Cookie and tell it their Set-Cookie', async () => {
     const store = new RecordingStore();
     const { server, agent } = await ntlmAgent(store);
     for (const path of ['/auth/one', '/auth/two']) {
-      const res = await request(`${server.origin}${path}`, { dispatcher: agent });
+      const res = await request(`${server.origin}${path}`, { dispatcher: agent, headers: { cookie: 'mine=1' } });
       expect(res.statusCode).toBe(200);
       await res.body.dump();
     }
     const two = server.to(new URL(server.origin).host, '/auth/two');
-    expect(two.map((s) => [s.auth, pairs(s.cookie)])).toEqual([[undefined, [SID, 'lb=node1', 'leg=challenge'].sort()]]);
+    expect(two.map((s) => [s.auth, pairs(s.cookie)])).toEqual([
+      [undefined, [SID, 'lb=node1', 'leg=challenge', 'mine=1'].sort()],
+    ]);
+    expect(store.asked.at(-1)).toBe(`${server.origin}/auth/two`);
+    // The second 200's Set-Cookie was told too, for its own URL.
+    expect(store.told.at(-1)).toEqual([`${server.origin}/auth/two`, [`${SID}; Path=/; HttpOnly`]]);
     expect(agent.stats().handshakes).toBe(1);
+
+    // A jar that throws there: CookieStoreError, unsent.
+    const failure = new Error('store down');
+    store.cookieHeader = () => {
+      throw failure;
+    };
+    const err = await request(`${server.origin}/auth/three`, { dispatcher: agent }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CookieStoreError);
+    expect((err as CookieStoreError).cause).toBe(failure);
+    expect(server.to(new URL(server.origin).host, '/auth/three')).toEqual([]);
   });
 
   it('a cookieHeader that throws fails the request with CookieStoreError, unsent; a setCookies that throws is a process warning, and the response is delivered', async () => {
@@ -113,6 +129,37 @@ describe('MultilegAgent cookies option', () => {
     expect(((await res.body.json()) as { path: string }).path).toBe('/public/y');
     const [warning] = (await warned) as [Error & { code?: string }];
     expect(warning.code).toBe('MULTILEG_COOKIE_STORE_THREW');
+  });
+
+  it('H5: a request that fails before it is written through a forwarding proxy (the jar threw; a header undici refuses) leaves no connection to the proxy open once the agent is destroyed', async () => {
+    const proxy = createServer((s) => s.on('error', () => {}));
+    proxy.listen(0, '127.0.0.1');
+    await once(proxy, 'listening');
+    const uri = `http://127.0.0.1:${(proxy.address() as { port: number }).port}`;
+    const throwing: CookieStore = {
+      cookieHeader: () => {
+        throw new Error('store down');
+      },
+      setCookies: () => {},
+    };
+    try {
+      for (const [cookies, headers] of [
+        [throwing, {}],
+        [undefined, { 'x-bad': 'a\u20ac' }],
+      ] as const) {
+        const connected = once(proxy, 'connection') as Promise<[Socket]>;
+        const a = new MultilegAgent({ proxy: uri, negotiate: false, ...(cookies ? { cookies } : {}) });
+        const err = await request('http://www.corp.co.uk/x', { dispatcher: a, headers }).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(cookies ? CookieStoreError : Error);
+        await a.destroy();
+        // The connection opened for the session's first request is ended with it (it was left
+        // open, and the process with it: this wait never ended).
+        const [socket] = await connected;
+        if (!socket.destroyed) await once(socket, 'close');
+      }
+    } finally {
+      proxy.close();
+    }
   });
 
   it('a cookies option that is not a store is a ConfigError naming it', () => {

@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { TeeBody } from '../src/body/replayable.ts';
-import { BodyNotReplayableError, LEG_CHANNEL, type LegEvent } from '../src/index.ts';
+import { BodyNotReplayableError, type CookieStore, LEG_CHANNEL, type LegEvent } from '../src/index.ts';
 import { get, type Rig, rig } from './helpers.ts';
 
 /**
@@ -64,6 +64,23 @@ describe('the authenticated fast path: streaming uploads, diagnostics', () => {
     // Sent once, bare.
     const uploads = r.server.exchanges.filter((e) => e.path === path);
     expect(uploads.map((e) => [e.status, e.bodyLength])).toEqual([[200, 4 * 16 * 1024]]);
+  });
+
+  it("C10, C2: with a cookie jar (the cookies option) a stream body on an authenticated session still reaches the server before it has ended, carrying the jar's Cookie", async () => {
+    const asked: string[] = [];
+    const cookies: CookieStore = {
+      cookieHeader: (url) => {
+        asked.push(url);
+        return 'affinity=node1';
+      },
+      setCookies: () => {},
+    };
+    r = await rig({ mode: 'session' }, { cookies });
+    expect((await get(r, '/auth/warmup')).status).toBe(200);
+    expect(await gatedUpload(r, '/auth/upload')).toEqual({ status: 200, bodyLength: 4 * 16 * 1024, streamed: true });
+    const uploads = r.server.exchanges.filter((e) => e.path === '/auth/upload');
+    expect(uploads.map((e) => [e.status, e.requestHeaders.cookie])).toEqual([[200, 'affinity=node1']]);
+    expect(asked.at(-1)).toBe(`${r.server.origin}/auth/upload`);
   });
 
   it.each([

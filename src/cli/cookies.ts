@@ -10,7 +10,7 @@
  * A cookie is a credential: no value reaches -v, a warning or an error; -v names cookies only.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type * as ToughCookie from 'tough-cookie';
@@ -39,6 +39,27 @@ const NAMED_SKIPS = 3;
 /** A -b line whose cookie is in the jar now. */
 const LOADED = 'loaded';
 
+/**
+ * curl's bounds on one request's cookies (CVE-2022-32205): at most this many, in a Cookie header of
+ * at most this many bytes. Past them a server that sets cookies by the hundred (or a sibling host,
+ * through its domain) would make every later request to the host too big to be answered, and -c
+ * would keep it so.
+ */
+const MAX_SENT = 150;
+const MAX_HEADER_BYTES = 8190;
+
+/** The latest time a JavaScript Date holds (ms): a later expiry is kept as this, not lost. */
+const LATEST = 8.64e15;
+
+/**
+ * Bytes no cookie name or value may hold (curl's "invalid octets": controls but for the tab, which
+ * separates the fields): undici would refuse the Cookie header, and every request to the host with it.
+ */
+const INVALID_OCTETS = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/** A -D header dump's status line and other headers, which curl reads past (-b takes such a file). */
+const DUMPED_HEAD_LINE = /^(HTTP\/[\d.]+ \d{3}|[!#$%&'*+.^_`|~0-9A-Za-z-]+:)[^\t]*$/;
+
 export class CookieEngine implements CookieStore {
   readonly #jar = new CookieJar(undefined, { rejectPublicSuffixes: true });
   readonly #verbose: ((line: string) => void) | undefined;
@@ -57,7 +78,9 @@ export class CookieEngine implements CookieStore {
   load(file: string, junkSession: boolean, now = Date.now()): { loaded: number; warning: string | undefined } {
     let text: string;
     try {
-      text = readFileSync(file === '-' ? 0 : file, 'utf8');
+      // Bytes as they go on the wire: undici reads and writes header values as latin1, one
+      // character a byte, so a UTF-8 value (curl keeps a cookie's bytes) goes back unchanged.
+      text = readFileSync(file === '-' ? 0 : file, 'latin1');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { loaded: 0, warning: undefined };
       return {
@@ -89,6 +112,7 @@ export class CookieEngine implements CookieStore {
       line = line.slice('#HttpOnly_'.length);
     } else if (line.startsWith('#') || line.trim() === '') return undefined;
     if (/^set-cookie:/i.test(line)) return this.#loadHeaderLine(line.slice('set-cookie:'.length), junkSession, now);
+    if (!httpOnly && DUMPED_HEAD_LINE.test(line)) return undefined;
     const fields = line.split('\t');
     // Seven fields; six when the value is empty (curl reads both).
     if (fields.length !== 7 && fields.length !== 6)
@@ -106,6 +130,8 @@ export class CookieEngine implements CookieStore {
     if (expiry.trim() === '' || !Number.isSafeInteger(seconds) || seconds < 0)
       return 'its expiry (the 5th field) is not a whole number of seconds';
     if (key === '') return 'it has no name (the 6th field)';
+    if (INVALID_OCTETS.test(key) || INVALID_OCTETS.test(value))
+      return 'its name or value holds a control character (curl drops such a cookie too)';
     const domain = domainField.startsWith('.') ? domainField.slice(1) : domainField;
     if (domain === '') return 'it has no domain (the 1st field)';
     if (seconds === SESSION && junkSession) return undefined;
@@ -113,12 +139,13 @@ export class CookieEngine implements CookieStore {
     const cookie = new Cookie({
       key,
       value,
-      // Without TRUE in the 2nd field the cookie is the host's only (no Domain attribute).
-      domain: tailmatch === 'TRUE' ? domain : null,
+      // Without TRUE in the 2nd field the cookie is the host's only (no Domain attribute). curl
+      // reads TRUE in any case.
+      domain: /^true$/i.test(tailmatch) ? domain : null,
       path: path.startsWith('/') ? path : '/',
-      secure: secure === 'TRUE',
+      secure: /^true$/i.test(secure),
       httpOnly,
-      expires: seconds === SESSION ? 'Infinity' : new Date(seconds * 1000),
+      expires: seconds === SESSION ? 'Infinity' : new Date(Math.min(seconds * 1000, LATEST)),
     });
     return this.#put(cookie, domain, now);
   }
@@ -154,8 +181,22 @@ export class CookieEngine implements CookieStore {
   cookieHeader(url: string): string | undefined {
     const cookies = this.#jar.getCookiesSync(url);
     if (cookies.length === 0) return undefined;
-    this.#verbose?.(`* Sending cookie(s) ${cookies.map((c) => c.key).join(', ')} (values [redacted])`);
-    return cookies.map((c) => c.cookieString()).join('; ');
+    // In RFC 6265's order (longer paths first, then older): what is left out is the least specific.
+    let header = '';
+    let sent = 0;
+    for (const c of cookies) {
+      const pair = c.cookieString();
+      const length = header.length + (sent > 0 ? 2 : 0) + pair.length;
+      if (sent === MAX_SENT || length > MAX_HEADER_BYTES) break;
+      header = sent > 0 ? `${header}; ${pair}` : pair;
+      sent++;
+    }
+    const names = cookies.slice(0, sent).map((c) => c.key);
+    const left = cookies.length - sent;
+    this.#verbose?.(
+      `* Sending cookie(s) ${names.join(', ')} (values [redacted])${left > 0 ? `; ${left} more left out (at most ${MAX_SENT} cookies in ${MAX_HEADER_BYTES} bytes a request, as curl)` : ''}`,
+    );
+    return sent > 0 ? header : undefined;
   }
 
   setCookies(url: string, values: readonly string[]): void {
@@ -245,7 +286,9 @@ function absoluteExpiry(cookie: Cookie, now: number): void {
   if (cookie.maxAge === null || cookie.maxAge === undefined) return;
   const maxAge = cookie.maxAge;
   cookie.expires =
-    maxAge === 'Infinity' ? 'Infinity' : new Date(typeof maxAge === 'number' && maxAge > 0 ? now + maxAge * 1000 : 0);
+    maxAge === 'Infinity'
+      ? 'Infinity'
+      : new Date(typeof maxAge === 'number' && maxAge > 0 ? Math.min(now + maxAge * 1000, LATEST) : 0);
   cookie.maxAge = null;
 }
 
@@ -266,11 +309,13 @@ function refusal(err: unknown, domain: string): string {
 /**
  * Writes the -c jar: `-` is stdout; a file is made anew with mode 0600 (a cookie is a credential)
  * and renamed over the old one, so that a reader never sees half of it; a target that is not a
- * regular file (/dev/null, a pipe) is written in place, as curl does. Throws the system error.
+ * regular file (/dev/null, a pipe) is written in place, as curl does. The cookies' bytes as they
+ * came (latin1, as undici read them), as curl writes them. Throws the system error.
  */
 export function writeJar(target: string, text: string): void {
+  const bytes = Buffer.from(text, 'latin1');
   if (target === '-') {
-    process.stdout.write(text);
+    process.stdout.write(bytes);
     return;
   }
   let regular = true;
@@ -280,7 +325,7 @@ export function writeJar(target: string, text: string): void {
   if (!regular) {
     const fd = openSync(target, 'w');
     try {
-      writeSync(fd, text);
+      writeFileSync(fd, bytes);
     } finally {
       closeSync(fd);
     }
@@ -291,7 +336,7 @@ export function writeJar(target: string, text: string): void {
   const fd = openSync(temp, 'wx', 0o600);
   try {
     try {
-      writeSync(fd, text);
+      writeFileSync(fd, bytes);
     } finally {
       closeSync(fd);
     }

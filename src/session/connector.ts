@@ -87,7 +87,17 @@ export function sessionConnector(
           callback,
         );
       },
-      dispose: () => {},
+      // The first connection when undici never took it (the session's first request failed before
+      // it was written: a header undici refuses, a cookie jar that threw): ended with the session,
+      // or it would keep the process open.
+      dispose: () => {
+        const unused = first;
+        first = undefined;
+        unused?.then(
+          (socket) => socket.destroy(),
+          () => {},
+        );
+      },
       abortDials: () => {},
     };
   }

@@ -22,7 +22,7 @@ import { selectCertificate } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
-import type { Session, WaitOutcome } from './session.ts';
+import { cookieUrlOf, type Session, type WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
 /** One finished handshake, as reported by the agent's `handshake` event and stats. */
@@ -222,10 +222,10 @@ export interface FastHost {
 
 /**
  * The authenticated fast path (C2): a request on an authenticated session goes bare, as the
- * caller gave it (no header or option copy), with this one handler object: no step, promise or
- * closure per request. Anything but a plain response — a 401 (re-authenticate, T4), a 421 (C9), a
- * failure before the response — hands the request to the steps exactly where `send` would be, so
- * the wire and the outcome are the same as on the slow path.
+ * caller gave it (no header or option copy, but for a cookie jar's Cookie), with this one handler
+ * object: no step, promise or closure per request. Anything but a plain response — a 401
+ * (re-authenticate, T4), a 421 (C9), a failure before the response — hands the request to the
+ * steps exactly where `send` would be, so the wire and the outcome are the same as on the slow path.
  */
 export class FastExchange implements Dispatcher.DispatchHandler {
   readonly session: Session;
@@ -260,10 +260,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   static sessionReady(session: Session, env: ExchangeEnv): boolean {
     return (
       session.state.kind === 'authenticated' &&
-      // Traced legs are published by the session's own send (multileg:leg), and a cookie jar is
-      // asked and told there: the fast path writes the request as the caller gave it.
+      // Traced legs are published by the session's own send (multileg:leg).
       !tracingLegs() &&
-      session.cookies === undefined &&
       !env.memory.requiresHttp1 &&
       (env.memory.clientCertificate === undefined || session.certified) &&
       !env.memory.hasUnusable &&
@@ -299,6 +297,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       return;
     }
     if (status < 200) return;
+    // The jar is told every head, as #send tells it (a 401's cookie goes on the next leg).
+    if (this.session.cookies) this.session.tellCookies(cookieUrlOf(this.job), headers);
     if (status === 401 || status === 421) {
       // Not a plain response: from here the leg is the slow path's `send` step.
       const run = newRun(this.session, this.job, this.#env);

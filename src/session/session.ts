@@ -419,17 +419,14 @@ export class Session {
     const headers: HeaderMap = { ...job.headers };
     for (const k in extra) headers[k] = extra[k]!;
     // The jar is asked per leg, not per request: a cookie set on a challenge goes on the next leg.
-    const cookieUrl = this.cookies ? `${job.origin}${job.dispatchOptions.path}` : undefined;
+    const cookieUrl = this.cookies ? cookieUrlOf(job) : undefined;
     if (cookieUrl !== undefined) {
-      let jar: string | undefined;
-      try {
-        jar = this.cookies!.cookieHeader(cookieUrl);
-      } catch (err) {
-        onResult({ kind: 'failed', error: new CookieStoreError(err) });
+      const jar = this.#jarCookie(cookieUrl);
+      if (jar instanceof CookieStoreError) {
+        onResult({ kind: 'failed', error: jar });
         return;
       }
-      // The caller's own Cookie after the jar's, in one header (RFC 6265 §5.4), as curl puts -b's.
-      if (jar) headers.cookie = headers.cookie === undefined ? jar : [jar, headers.cookie].flat().join('; ');
+      if (jar) headers.cookie = withJarCookie(headers.cookie, jar);
     }
     // Per-request mode sends two legs per request: nothing is built for a trace nobody reads.
     const traced = tracingLegs()
@@ -441,7 +438,7 @@ export class Session {
     const leg = new LegHandler({
       sink: job.sink,
       classify: (status, h) => {
-        if (cookieUrl !== undefined) this.#tellCookies(cookieUrl, h);
+        if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
         traced?.response(status, h, verdict !== 'swallow');
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
@@ -484,8 +481,17 @@ export class Session {
     }
   }
 
-  /** A response head's Set-Cookie, to the jar: its failure is not the response's. */
-  #tellCookies(url: string, headers: ResponseHeaders): void {
+  /** The jar's Cookie header for `url` (undefined: none), or a CookieStoreError when it throws. */
+  #jarCookie(url: string): string | undefined | CookieStoreError {
+    try {
+      return this.cookies!.cookieHeader(url) || undefined;
+    } catch (err) {
+      return new CookieStoreError(err);
+    }
+  }
+
+  /** A response head's Set-Cookie, to the jar (with one): its failure is not the response's. */
+  tellCookies(url: string, headers: ResponseHeaders): void {
     const values = headers['set-cookie'];
     if (values === undefined) return;
     try {
@@ -548,7 +554,8 @@ export class Session {
 
   /**
    * The fast path (C2): writes `job` bare, with the caller's own dispatch options (the Client
-   * ignores their `origin`), to `handler`. An error when it cannot: the session has ended (R5).
+   * ignores their `origin`) and the cookie jar's Cookie, to `handler`. An error when it cannot:
+   * the session has ended (R5), or the jar threw (CookieStoreError).
    */
   dispatchAsGiven(job: Job, handler: Dispatcher.DispatchHandler): Error | undefined {
     if (this.closed) return new StaleConnectionError();
@@ -557,7 +564,15 @@ export class Session {
     const body = job.body.asIs ? undefined : { body: job.body.take() as Dispatcher.DispatchOptions['body'] };
     // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
     const reset = given.method === 'HEAD' && this.protocol !== 'h2' ? { reset: false } : undefined;
-    const opts = body || reset ? { ...given, ...body, ...reset } : given;
+    // With a jar that has cookies for this URL: the request's headers as #send writes them, with
+    // the jar's Cookie (copied only then), so that the jar keeps the fast path (C2, C10).
+    let cookies: { headers: HeaderMap } | undefined;
+    if (this.cookies) {
+      const jar = this.#jarCookie(cookieUrlOf(job));
+      if (jar instanceof CookieStoreError) return jar;
+      if (jar) cookies = { headers: { ...job.headers, cookie: withJarCookie(job.headers.cookie, jar) } };
+    }
+    const opts = body || reset || cookies ? { ...given, ...body, ...reset, ...cookies } : given;
     if (logging) log.leg('%s job %d fast %s %s', this.id, job.id, given.method, this.protocol ?? '?');
     try {
       this.client.dispatch(opts, handler);
@@ -567,3 +582,10 @@ export class Session {
     return undefined;
   }
 }
+
+/** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
+export const cookieUrlOf = (job: Job): string => `${job.origin}${job.dispatchOptions.path}`;
+
+/** The caller's own Cookie after the jar's, in one header (RFC 6265 §5.4), as curl puts -b's. */
+const withJarCookie = (own: string | string[] | undefined, jar: string): string =>
+  own === undefined ? jar : [jar, own].flat().join('; ');
