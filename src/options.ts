@@ -199,7 +199,10 @@ export interface MultilegAgentOptions {
    * every response head's `Set-Cookie`, a handshake's 401s too, so that a cookie a server sets on
    * its challenge (a load balancer's affinity cookie) goes back on the next leg. A request's own
    * `Cookie` header is sent too, after the jar's, in the same header (RFC 6265 §5.4: one Cookie
-   * header). Upgrades (WebSocket) and CONNECT requests are not given cookies. Requests to an
+   * header). The jar is the agent's identity's (S6): a request with its own `Authorization` or
+   * `Proxy-Authorization` runs as another identity, so it neither gets the jar's cookies (the
+   * agent's login session cookie would make it the agent at the server) nor adds its own to the
+   * jar. Upgrades (WebSocket) and CONNECT requests are not given cookies. Requests to an
    * authenticated session keep the agent's fast path (C2): it asks and tells the jar too.
    */
   cookies?: CookieStore;

@@ -9,7 +9,7 @@ import { createServer, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, type CookieStore, CookieStoreError, MultilegAgent } from '../src/index.ts';
-import { type CookieServer, pairs, SID, startCookieServer } from './cookie-server.ts';
+import { type CookieServer, c, pairs, SID, startCookieServer } from './cookie-server.ts';
 import { ALICE } from './helpers.ts';
 
 /** A jar that holds cookies by name for any URL, and records what it was asked and told. */
@@ -71,6 +71,30 @@ describe('MultilegAgent cookies option', () => {
       ['leg=challenge; Path=/'],
       [`${SID}; Path=/; HttpOnly`],
     ]);
+  });
+
+  it("S6: a request with its own Authorization (another identity) neither gets the agent's jar cookies nor adds its Set-Cookie to the jar; one with the agent's does", async () => {
+    const store = new RecordingStore();
+    const { server, agent } = await ntlmAgent(store);
+    const res = await request(`${server.origin}/auth/agent`, { dispatcher: agent });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(store.jar.get('sid')).toBeDefined();
+    const told = store.told.length;
+    // Its own Basic credentials: the server sees no cookie of the agent's login.
+    const own = await request(`${server.origin}/public/own?${c('own=1; Path=/')}`, {
+      dispatcher: agent,
+      headers: { authorization: `Basic ${Buffer.from('bob:bobpw').toString('base64')}`, cookie: 'mine=1' },
+    });
+    await own.body.dump();
+    const host = new URL(server.origin).host;
+    expect(server.to(host, '/public/own').map((s) => s.cookie)).toEqual(['mine=1']);
+    expect(store.told).toHaveLength(told);
+    // The agent's own identity still gets them.
+    const again = await request(`${server.origin}/public/agent`, { dispatcher: agent });
+    await again.body.dump();
+    expect(pairs(server.to(host, '/public/agent').at(-1)!.cookie)).toContain(SID);
+    expect(store.jar.has('own')).toBe(false);
   });
 
   it('C2: with a jar, requests to the authenticated session (the fast path) ask it for their Cookie and tell it their Set-Cookie', async () => {

@@ -405,7 +405,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       keepAliveTimeout: this.#options.keepAliveTimeout,
       maxConcurrentStreams: this.#options.maxConcurrentStreams,
       limits: this.#options.limits,
-      ...(this.#options.cookies ? { cookies: this.#options.cookies } : {}),
+      // S6: the jar is the agent's (its login's session cookie among them): not for requests that
+      // bring their own credentials, which neither get its cookies nor add theirs to it.
+      ...(this.#options.cookies && (identity === 'agent' || identity === 'anonymous')
+        ? { cookies: this.#options.cookies }
+        : {}),
       ...(this.memory.contextCap !== undefined ? { handshakeCap: this.memory.contextCap } : {}),
       onChange: () => this.#pump(),
       ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),
