@@ -2,7 +2,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
-import type { TLSSocket } from 'node:tls';
+import { createSecureContext, type TLSSocket } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -184,6 +184,29 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
       // The passphrase never appears in the error (S2).
       expect(make).not.toThrow(/hunter2/);
     }
+  });
+
+  it('T3: a wrong passphrase is named as such also when the key it garbles passes the padding check (about 1 in 300 encryptions: OpenSSL then fails to decode, not to decrypt)', () => {
+    // Encrypt until a wrong passphrase fails past decryption (each encryption has a new salt and IV).
+    let garbled: string | undefined;
+    for (let i = 0; i < 20_000 && garbled === undefined; i++) {
+      const key = createPrivateKey(CLIENT_KEY).export({
+        format: 'pem',
+        type: 'pkcs8',
+        cipher: 'aes-128-cbc',
+        passphrase: 'pw',
+      });
+      try {
+        createSecureContext({ cert: CLIENT_CERT, key, passphrase: 'hunter2-secret' });
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ERR_OSSL_BAD_DECRYPT') garbled = key as string;
+      }
+    }
+    expect(garbled).toBeDefined();
+    const make = () =>
+      new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key: garbled!, passphrase: 'hunter2-secret' } });
+    expect(make).toThrow(ConfigError);
+    expect(make).toThrow(/clientCertificate: the key is encrypted and the passphrase is missing or wrong/);
   });
 
   it('T3/R3: a selector that never answers ends the request with HandshakeTimeoutError at handshakeTimeout', async () => {

@@ -40,6 +40,25 @@ function pemKey(key: string | Buffer, passphrase: string | undefined): { key: st
   throw Object.assign(new Error('not a DER PKCS#8, PKCS#1 or SEC1 key'), { code: 'ERR_OSSL_PEM_NO_START_LINE' });
 }
 
+const PASSPHRASE_REASON = 'the key is encrypted and the passphrase is missing or wrong: pass passphrase';
+
+/**
+ * Whether `key` is an encrypted PEM key (PKCS#8's ENCRYPTED PRIVATE KEY, or OpenSSL's legacy
+ * Proc-Type) that `passphrase` does not open. A wrong passphrase decrypts to garbage that now and
+ * then passes CBC's padding check (about 1 in 300): OpenSSL then fails to decode it
+ * (ERR_OSSL_UNSUPPORTED), not to decrypt it, and only opening the key alone tells which it was.
+ */
+function passphraseFails(key: string | Buffer, passphrase: string | undefined): boolean {
+  const text = typeof key === 'string' ? key : key.toString('latin1');
+  if (!text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') && !text.includes('Proc-Type: 4,ENCRYPTED')) return false;
+  try {
+    createPrivateKey({ key, format: 'pem', passphrase: passphrase ?? '' });
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 const PASSPHRASE_CODES: ReadonlySet<string> = new Set(['ERR_MISSING_PASSPHRASE', 'ERR_OSSL_BAD_DECRYPT']);
 
 /** What went wrong with a certificate and key, and the fix; OpenSSL's words otherwise (they hold no key material). */
@@ -50,7 +69,7 @@ function certificateReason(e: unknown): string {
       return 'the key is not the certificate’s (key values mismatch): give the key the certificate was issued for';
     case 'ERR_OSSL_BAD_DECRYPT':
     case 'ERR_MISSING_PASSPHRASE':
-      return 'the key is encrypted and the passphrase is missing or wrong: pass passphrase';
+      return PASSPHRASE_REASON;
     case 'ERR_OSSL_PEM_NO_START_LINE':
       return 'cert or key is neither PEM nor DER: give the PEM text or the DER bytes';
     default:
@@ -80,7 +99,7 @@ export function usableCertificate(value: unknown, fail: (reason: string, cause?:
     checked.add(usable);
     return usable;
   } catch (e) {
-    throw fail(certificateReason(e), e);
+    throw fail(passphraseFails(key, passphrase) ? PASSPHRASE_REASON : certificateReason(e), e);
   }
 }
 
