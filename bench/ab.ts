@@ -56,6 +56,29 @@ async function timed(count: number, run: () => Promise<void>): Promise<Burst> {
   return { ms, cpu: (used.user + used.system) / count };
 }
 
+/**
+ * `count` concurrent GETs of `base/i` through `dispatcher` with the variant's own undici `request`,
+ * timed; the dispatcher closed after.
+ */
+async function getsThrough(
+  request: typeof import('undici').request,
+  dispatcher: import('undici').Dispatcher,
+  base: string,
+  count: number,
+): Promise<Burst> {
+  const b = await timed(count, async () => {
+    await Promise.all(
+      Array.from({ length: count }, async (_, i) => {
+        const res = await request(`${base}/${i}`, { dispatcher });
+        await res.body.dump();
+        if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
+      }),
+    );
+  });
+  await dispatcher.close();
+  return b;
+}
+
 /** One child: bursts of one variant next to bursts of the comparator; prints the pairs as JSON. */
 async function child(workload: Workload): Promise<void> {
   const dir = process.env.AB_DIR!;
@@ -83,17 +106,7 @@ async function child(workload: Workload): Promise<void> {
             ? new Client(origin, { connect: { ca: CA_CERT }, allowH2: true })
             : new Agent({ connect: { ca: CA_CERT } });
       const path = kind === 'multileg' ? '/auth' : '/public';
-      const b = await timed(N, async () => {
-        await Promise.all(
-          Array.from({ length: N }, async (_, i) => {
-            const res = await request(`${origin}${path}/${i}`, { dispatcher });
-            await res.body.dump();
-            if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
-          }),
-        );
-      });
-      await dispatcher.close();
-      return b;
+      return getsThrough(request, dispatcher, `${origin}${path}`, N);
     };
     burst = (multileg) => run(multileg ? 'multileg' : 'client');
     agentBurst = () => run('agent');
@@ -110,17 +123,7 @@ async function child(workload: Workload): Promise<void> {
           })
         : new Agent({ connect: { ca: CA_CERT } });
       const path = multileg ? '/auth' : '/public';
-      const b = await timed(N, async () => {
-        await Promise.all(
-          Array.from({ length: N }, async (_, i) => {
-            const res = await request(`${origin}${path}/${i}`, { dispatcher });
-            await res.body.dump();
-            if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
-          }),
-        );
-      });
-      await dispatcher.close();
-      return b;
+      return getsThrough(request, dispatcher, `${origin}${path}`, N);
     };
   } else {
     const kerberos = ((await import(resolve('kerberos'))) as { default: typeof import('kerberos') }).default;
