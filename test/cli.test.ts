@@ -640,6 +640,11 @@ describe('multileg command line', () => {
     );
     const fromNetrc = await run(['--netrc-file', netrc, '--cacert', ca, url]);
     expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+    // A refused password from the file: the fix names the file, not -u.
+    const wrong = join(dir, 'netrc-wrong');
+    writeFileSync(wrong, 'machine localhost login EXAMPLE\\bob password nope\n');
+    const refused = await run(['--netrc-file', wrong, '--cacert', ca, url]);
+    expect(refused.stderr).toContain(`check the login and password for this host in ${wrong}`);
     // --netrc reads ~/.netrc.
     writeFileSync(join(dir, '.netrc'), 'machine localhost login EXAMPLE\\alice password alicepw\n');
     const home = await run(['--netrc', '--cacert', ca, url], { env: { HOME: dir } });
@@ -1702,7 +1707,7 @@ describe('multileg command line', () => {
     expect(t.trusts('https://moved.example')).toBe(true);
   });
 
-  it('explain401 covers each reason', () => {
+  it('explain401 covers each reason; a refusal names where the credentials came from (-u or the netrc file)', () => {
     const base = {
       origin: 'https://h',
       offered: ['Negotiate', 'NTLM'],
@@ -1715,6 +1720,12 @@ describe('multileg command line', () => {
     expect(explain401({ ...base, offered: [] })).toContain('nothing to answer');
     expect(explain401({ ...base, offered: ['Transport'], hasPassword: false })).toContain('--cert and --key');
     expect(explain401(base)).toContain('none of them could be used here');
+    // A refusal names where the refused credentials came from: -u, or the netrc file.
+    const refused = [{ origin: 'https://h', scheme: 'NTLM', outcome: 'failed', legs: 2 }] as never;
+    expect(explain401({ ...base, handshakes: refused })).toContain('check -u user:password');
+    expect(explain401({ ...base, handshakes: refused, netrcFile: '/n/rc' })).toContain(
+      'check the login and password for this host in /n/rc',
+    );
   });
 
   it("H5: explain407 names only a fix that can answer the proxy's 407: --proxy-user for NTLM, Digest or Basic (a proxy's Negotiate has no NTLM fallback), a ticket for Negotiate", () => {

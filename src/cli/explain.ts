@@ -328,6 +328,8 @@ export function explain401(ctx: {
   readonly offered: readonly string[];
   readonly trusted: boolean;
   readonly hasPassword: boolean;
+  /** Where the user and password came from when not from -u: the netrc file that gave them. */
+  readonly netrcFile?: string | undefined;
   readonly schemes: readonly string[] | undefined;
   readonly handshakes: readonly HandshakeReport[];
 }): string {
@@ -341,7 +343,9 @@ export function explain401(ctx: {
     const fix = kerberos
       ? // A server may also take no Kerberos at all (an SPNEGO reject): NTLM, where offered, avoids it.
         'check the Kerberos ticket (klist) and the service name (--spn); if the server takes no Kerberos here, --ntlm -u DOMAIN\\user (where it offers NTLM)'
-      : 'check -u user:password (DOMAIN\\user)';
+      : ctx.netrcFile !== undefined
+        ? `check the login and password for this host in ${ctx.netrcFile} (DOMAIN\\user)`
+        : 'check -u user:password (DOMAIN\\user)';
     return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;

@@ -174,6 +174,8 @@ async function whyStood(
       offered: challengeSchemes(headers, status),
       trusted: command.trusted.trusts(url.origin),
       hasPassword: credentials !== undefined,
+      // -u (or the URL's user) wins over a netrc file, which gave them only without one.
+      netrcFile: req.user === undefined && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined,
       schemes: req.agent.schemes,
       handshakes: trace.handshakes,
     });
