@@ -1,4 +1,5 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
@@ -207,6 +208,41 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
       new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key: garbled!, passphrase: 'hunter2-secret' } });
     expect(make).toThrow(ConfigError);
     expect(make).toThrow(/clientCertificate: the key is encrypted and the passphrase is missing or wrong/);
+  });
+
+  it('T3: a wrong passphrase is named as such for a DER key too when it garbles the key past the padding check', () => {
+    // As above, in DER: the garbled key fails to decode as PKCS#8 (an ASN.1 error) and, as PKCS#1 or
+    // SEC1 too, it was reported as neither PEM nor DER.
+    let garbled: Buffer | undefined;
+    for (let i = 0; i < 20_000 && garbled === undefined; i++) {
+      const key = createPrivateKey(CLIENT_KEY).export({
+        format: 'der',
+        type: 'pkcs8',
+        cipher: 'aes-128-cbc',
+        passphrase: 'pw',
+      });
+      try {
+        createPrivateKey({ key, format: 'der', type: 'pkcs8', passphrase: 'hunter2-secret' });
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ERR_OSSL_BAD_DECRYPT') garbled = key;
+      }
+    }
+    expect(garbled).toBeDefined();
+    const make = () =>
+      new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key: garbled!, passphrase: 'hunter2-secret' } });
+    expect(make).toThrow(ConfigError);
+    expect(make).toThrow(/clientCertificate: the key is encrypted and the passphrase is missing or wrong/);
+  });
+
+  it('T3: a key encrypted with a cipher OpenSSL 3 leaves out (PBE-MD5-DES) is named as such, not as a wrong passphrase', () => {
+    // The right passphrase: only the cipher stands in the way (openssl pkcs8 -topk8 -v1 PBE-MD5-DES).
+    const key = readFileSync(new URL('./fixtures/client-key-pbe-md5-des.pem', import.meta.url), 'latin1');
+    const make = () =>
+      new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key, passphrase: 'hunter2-secret' } });
+    expect(make).toThrow(ConfigError);
+    expect(make).toThrow(/clientCertificate: the key is encrypted with a cipher this OpenSSL does not support/);
+    expect(make).not.toThrow(/passphrase is missing or wrong/);
+    expect(make).not.toThrow(/hunter2/);
   });
 
   it('T3/R3: a selector that never answers ends the request with HandshakeTimeoutError at handshakeTimeout', async () => {
