@@ -489,7 +489,7 @@ describe('multileg: curl options', () => {
     );
   });
 
-  it("R4: --retry-all-errors does not send credentials again after an attempt that failed once they went out (a connection cut at the credentials' leg), and does retry a library timeout that sent none", async () => {
+  it("R4: --retry-all-errors does not send credentials again after an attempt that failed once they went out (a connection cut at the credentials' leg), and --retry does retry a library timeout that sent none (curl's 28)", async () => {
     const cut = await run([
       '-u',
       'bob:secret',
@@ -506,7 +506,7 @@ describe('multileg: curl options', () => {
     // The bare request and the one with the password: sent once, not three times.
     expect(to('/basic-cut')).toHaveLength(2);
     // A proxy that takes the connection and never answers its CONNECT: ProxyTimeoutError (--timeout), no
-    // credentials anywhere — a transient failure --retry-all-errors sends again.
+    // credentials anywhere — a timeout, curl's 28, which --retry sends again (no --retry-all-errors needed).
     const accepted: unknown[] = [];
     const silent = createTcpServer((socket) => accepted.push(socket));
     const port = await listen(silent);
@@ -518,14 +518,15 @@ describe('multileg: curl options', () => {
         '200',
         '--retry',
         '1',
-        '--retry-all-errors',
         '--retry-delay',
         '0.05',
         // https: the CONNECT exchange is what --timeout bounds.
         'https://localhost:9/never',
       ]);
       expect(r.stderr).toContain('(MULTILEG_PROXY_TIMEOUT)');
-      expect(r.stderr).toContain('Warning: Problem (retrying all errors). Retrying in 0.050 seconds. 1 retry left.');
+      // A time limit of ours is curl's 28, as -m's.
+      expect(r.code).toBe(28);
+      expect(r.stderr).toContain('Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.');
       expect(accepted.length).toBeGreaterThanOrEqual(2);
     } finally {
       for (const socket of accepted) (socket as { destroy(): void }).destroy();

@@ -15,8 +15,9 @@ import { describeFailure, explain401, explain407, forCli } from '../src/cli/expl
 import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
-import { ConfigError } from '../src/errors.ts';
+import { ConfigError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
 import { unsupportedNode } from '../src/node-version.ts';
+import { ProxyTimeoutError } from '../src/proxy/errors.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -862,6 +863,19 @@ describe('multileg command line', () => {
     expect(body.message).toBe(
       'intranet.example.com:8443 sent nothing more of the body for 300 s (UND_ERR_BODY_TIMEOUT): the server is stuck or overloaded; -m SECONDS (--max-time) ends the wait sooner',
     );
+  });
+
+  it("C11/R1/R3: the library's own time limits (a handshake's, a queue wait's, a proxy's) are curl's 28, as -m's, and --retry-all-errors may retry them", () => {
+    const url = new URL('https://intranet.example.com/');
+    for (const err of [
+      new HandshakeTimeoutError(30_000, 'NTLM'),
+      new QueueTimeoutError(30_000),
+      new ProxyTimeoutError('http://proxy:3128', 30_000),
+    ]) {
+      const failure = describeFailure(err, { url, maxTime: undefined });
+      expect([failure.exit, failure.refused]).toEqual([28, false]);
+      expect(failure.message).toContain(`(${err.code})`);
+    }
   });
 
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {

@@ -4,13 +4,14 @@
  */
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
-import { CERTIFICATE_CODES, MultilegError } from '../errors.ts';
+import { CERTIFICATE_CODES, HandshakeTimeoutError, MultilegError, QueueTimeoutError } from '../errors.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
+  ProxyTimeoutError,
   ProxyUnreachableError,
 } from '../proxy/errors.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
@@ -178,7 +179,11 @@ export function describeFailure(
           : EXIT.connect
         : e instanceof ProxyCertificateError
           ? EXIT.certificate
-          : e instanceof ProxyConnectTimeoutError
+          : // Any of our time limits is curl's 28, "Operation timed out", as -m's is.
+            e instanceof ProxyConnectTimeoutError ||
+              e instanceof ProxyTimeoutError ||
+              e instanceof HandshakeTimeoutError ||
+              e instanceof QueueTimeoutError
             ? EXIT.timeout
             : // curl 8.20+'s 7 for a CONNECT the proxy answered without opening the tunnel (a final
               // 407 included; 7.88 said 56); a plain http:// URL goes through a forwarding proxy, no CONNECT.
