@@ -826,6 +826,30 @@ describe('multileg command line', () => {
     }
   });
 
+  it("a certificate out of its dates, for real: exit 60, and doctor's fix is the server's certificate or this machine's clock, not --cacert", async () => {
+    // Self-signed for localhost, valid 2020-01-01 to 2020-01-02 (openssl ca -startdate/-enddate).
+    const cert = readFileSync(new URL('./fixtures/expired-localhost-cert.pem', import.meta.url), 'utf8');
+    const key = readFileSync(new URL('./fixtures/expired-localhost-key.pem', import.meta.url), 'utf8');
+    const expiredCa = join(dir, 'expired-ca.pem');
+    writeFileSync(expiredCa, cert);
+    const tls = createHttpsServer({ cert, key }, (_req, res) => res.end('ok'));
+    tls.listen(0, '127.0.0.1');
+    await once(tls, 'listening');
+    const url = `https://localhost:${(tls.address() as { port: number }).port}/`;
+    try {
+      const r = await run(['--cacert', expiredCa, url]);
+      expect(r.code).toBe(60);
+      expect(r.stderr).toContain('is not valid now (CERT_HAS_EXPIRED): the server must renew it');
+      const doctor = await run(['doctor', '--cacert', expiredCa, url]);
+      expect(doctor.code).toBe(1);
+      expect(doctor.stdout).toContain('FAIL  TLS: the certificate is not valid now: CERT_HAS_EXPIRED');
+      expect(doctor.stdout).toContain("      fix: the server must renew it, or this machine's clock is wrong\n");
+      expect(doctor.stdout).not.toContain('--cacert');
+    } finally {
+      tls.close();
+    }
+  });
+
   it("a certificate out of its dates: exit 60, and the fix is the server's certificate or this machine's clock, not a CA", () => {
     const url = new URL('https://intranet.example.com/');
     for (const [code, fix] of [

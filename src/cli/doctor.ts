@@ -181,6 +181,14 @@ function tlsTrust(req: CliRequest): Promise<Check> {
         detail: `the certificate is for ${r.names.join(', ') || 'other names'}, not ${url.hostname} (${about})`,
         fix: wrongNameFix(r.names),
       };
+    // Nor does a CA fix a certificate out of its dates: the server's, or this machine's clock.
+    if (r.error === 'CERT_HAS_EXPIRED' || r.error === 'CERT_NOT_YET_VALID')
+      return {
+        name: 'TLS',
+        verdict: 'FAIL',
+        detail: `the certificate is not valid now: ${r.error} (${about})`,
+        fix: `the server must ${r.error === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong`,
+      };
     const system = await probe([...getCACertificates('default'), ...getCACertificates('system')]);
     return {
       name: 'TLS',
