@@ -268,9 +268,11 @@ export class MultilegAgent extends Dispatcher {
           proofOf: (o) => this.#pool(o).memory.proof,
         });
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
-        // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6).
-        const agents = identityOf(headers, grant.allowed) === 'agent';
-        return this.#upgrades.dispatch(origin, opts, headers, handler, agents);
+        // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
+        // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
+        const identity = identityOf(headers, grant.allowed);
+        const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
+        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
       const sink = new UserSink(handler, this.#hops, origin, opts.path);
       sink.begin();

@@ -202,8 +202,9 @@ export interface MultilegAgentOptions {
    * header). The jar is the agent's identity's (S6): a request with its own `Authorization` or
    * `Proxy-Authorization` runs as another identity, so it neither gets the jar's cookies (the
    * agent's login session cookie would make it the agent at the server) nor adds its own to the
-   * jar. Upgrades (WebSocket) and CONNECT requests are not given cookies. Requests to an
-   * authenticated session keep the agent's fast path (C2): it asks and tells the jar too.
+   * jar. Upgrades (WebSocket) use it as requests do, their 101 included; CONNECT requests are not
+   * given cookies. Requests to an authenticated session keep the agent's fast path (C2): it asks
+   * and tells the jar too.
    */
   cookies?: CookieStore;
 }

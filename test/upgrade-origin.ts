@@ -18,6 +18,8 @@ export interface Seen {
   /** The scheme and NTLM message type of Authorization, e.g. `NTLM/1`, or undefined. */
   readonly authorization: string | undefined;
   readonly status: number;
+  /** The request's Cookie header. */
+  readonly cookie?: string | undefined;
 }
 
 export interface UpgradeServer {
@@ -51,6 +53,8 @@ export async function upgradeServer(opts: {
   requireClientCertificate?: boolean;
   /** An `Authentication-Info` value on the 101. */
   authenticationInfo?: string;
+  /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
+  setCookies?: boolean;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
@@ -109,6 +113,7 @@ export async function upgradeServer(opts: {
             upgrade: headers.upgrade?.toLowerCase(),
             authorization: token ? `NTLM/${Buffer.from(token, 'base64').readUInt32LE(8)}` : auth?.split(' ')[0],
             status,
+            ...(opts.setCookies ? { cookie: headers.cookie } : {}),
           });
         if (opts.ntlm && !user) {
           const result = token ? acceptor.step(Buffer.from(token, 'base64')) : undefined;
@@ -118,7 +123,15 @@ export async function upgradeServer(opts: {
             const challenge = result?.kind === 'challenge' ? `NTLM ${result.token.toString('base64')}` : 'NTLM';
             record(401);
             const offer = !token && opts.alsoOffer ? `${opts.alsoOffer}, ${challenge}` : challenge;
-            respond(401, 'Unauthorized', { 'www-authenticate': offer }, opts.challengeBody ?? 'who are you?');
+            const legCookie: Record<string, string> = opts.setCookies
+              ? { 'set-cookie': `leg=${seen.filter((x) => x.connection === connection).length}` }
+              : {};
+            respond(
+              401,
+              'Unauthorized',
+              { 'www-authenticate': offer, ...legCookie },
+              opts.challengeBody ?? 'who are you?',
+            );
             continue;
           }
         }
@@ -137,7 +150,7 @@ export async function upgradeServer(opts: {
         socket.off('data', onData);
         // The greeting rides in the same write as the 101: it must reach the caller's socket.
         socket.write(
-          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}`}\r\nhello ${user ?? 'anonymous'}\n`,
+          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}${opts.setCookies ? 'set-cookie: ws=1\r\n' : ''}`}\r\nhello ${user ?? 'anonymous'}\n`,
         );
         socket.on('data', (chunk: Buffer) => socket.write(chunk));
         if (buf.length) socket.write(buf);

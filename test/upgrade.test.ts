@@ -120,6 +120,37 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     ]);
   });
 
+  it("an upgrade asks the agent's cookie jar for each leg and tells it each head, the 101's too: a cookie set on a challenge goes on the next leg; S6: not for an upgrade with its own Authorization", async () => {
+    origin = await upgradeServer({ ntlm: true, setCookies: true });
+    const jar = new Map<string, string>();
+    const told: string[] = [];
+    const cookies = {
+      cookieHeader: () => (jar.size ? [...jar].map(([k, v]) => `${k}=${v}`).join('; ') : undefined),
+      setCookies: (_url: string, values: readonly string[]) => {
+        for (const v of values) {
+          told.push(v);
+          const [k, val] = v.split('=');
+          jar.set(k!, val!);
+        }
+      },
+    };
+    agent = ntlmAgent({ cookies });
+    const up = await upgradeOrResponse(agent, origin.origin, { cookie: 'mine=1' });
+    expect(up.kind).toBe('upgraded');
+    if (up.kind === 'upgraded') sockets.push(up.socket);
+    expect(origin.seen.map((s) => [s.authorization, s.status, s.cookie])).toEqual([
+      [undefined, 401, 'mine=1'],
+      ['NTLM/1', 401, 'leg=1; mine=1'],
+      ['NTLM/3', 101, 'leg=2; mine=1'],
+    ]);
+    expect(told).toEqual(['leg=1', 'leg=2', 'ws=1']);
+    // A caller's own credentials are another identity: the jar is neither asked nor told.
+    const own = await upgradeOrResponse(agent, origin.origin, { authorization: 'Basic Ym9iOmJvYnB3' });
+    if (own.kind === 'upgraded') sockets.push(own.socket);
+    expect(origin.seen.at(-1)!.cookie).toBeUndefined();
+    expect(told).toHaveLength(3);
+  });
+
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
     origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
     agent = ntlmAgent();

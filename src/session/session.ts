@@ -1,5 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
+import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import { publishLeg, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, CookieStoreError, MultilegError } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
@@ -421,7 +422,7 @@ export class Session {
     // The jar is asked per leg, not per request: a cookie set on a challenge goes on the next leg.
     const cookieUrl = this.cookies ? cookieUrlOf(job) : undefined;
     if (cookieUrl !== undefined) {
-      const jar = this.#jarCookie(cookieUrl);
+      const jar = jarCookie(this.cookies!, cookieUrl);
       if (jar instanceof CookieStoreError) {
         onResult({ kind: 'failed', error: jar });
         return;
@@ -481,27 +482,9 @@ export class Session {
     }
   }
 
-  /** The jar's Cookie header for `url` (undefined: none), or a CookieStoreError when it throws. */
-  #jarCookie(url: string): string | undefined | CookieStoreError {
-    try {
-      return this.cookies!.cookieHeader(url) || undefined;
-    } catch (err) {
-      return new CookieStoreError(err);
-    }
-  }
-
-  /** A response head's Set-Cookie, to the jar (with one): its failure is not the response's. */
+  /** A response head's Set-Cookie, to the jar (with one). */
   tellCookies(url: string, headers: ResponseHeaders): void {
-    const values = headers['set-cookie'];
-    if (values === undefined) return;
-    try {
-      this.cookies!.setCookies(url, typeof values === 'string' ? [values] : values);
-    } catch (err) {
-      process.emitWarning(
-        `the cookies option's setCookies() threw (${(err as Error)?.name ?? typeof err}); the response goes on without its cookies stored`,
-        { code: 'MULTILEG_COOKIE_STORE_THREW' },
-      );
-    }
+    tellJar(this.cookies!, url, headers);
   }
 
   /**
@@ -568,7 +551,7 @@ export class Session {
     // the jar's Cookie (copied only then), so that the jar keeps the fast path (C2, C10).
     let cookies: { headers: HeaderMap } | undefined;
     if (this.cookies) {
-      const jar = this.#jarCookie(cookieUrlOf(job));
+      const jar = jarCookie(this.cookies, cookieUrlOf(job));
       if (jar instanceof CookieStoreError) return jar;
       if (jar) cookies = { headers: { ...job.headers, cookie: withJarCookie(job.headers.cookie, jar) } };
     }
@@ -585,7 +568,3 @@ export class Session {
 
 /** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
 export const cookieUrlOf = (job: Job): string => `${job.origin}${job.dispatchOptions.path}`;
-
-/** The caller's own Cookie after the jar's, in one header (RFC 6265 §5.4), as curl puts -b's. */
-const withJarCookie = (own: string | string[] | undefined, jar: string): string =>
-  own === undefined ? jar : [jar, own].flat().join('; ');

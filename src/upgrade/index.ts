@@ -14,15 +14,16 @@ import { buildConnector, Client, type Dispatcher } from 'undici';
 import { prepareBody, preparedBody } from '../body/replayable.ts';
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
-import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { CookieStoreError, HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
 import { cannotRunHere, type MechanismSet } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
-import { type ClientCertificate, type Limits, portOf, unbracketed } from '../options.ts';
+import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
@@ -45,6 +46,8 @@ export interface UpgradeOptions {
    * handshake waits for another one proving them, and none runs while they are refused (R4).
    */
   readonly proofOf?: (origin: string) => CredentialProof;
+  /** The agent's cookie jar: asked for each leg's Cookie, told each head's Set-Cookie (the 101's too). */
+  readonly cookies?: CookieStore;
 }
 
 /** One leg's outcome, as far as the handshake is concerned. */
@@ -77,7 +80,7 @@ export class UpgradeDispatcher {
   /**
    * Starts `opts` (its `headers` normalised) for `origin`; `credentialsAllowed`: the agent's
    * credentials may answer a 401 and its certificate go in the handshake (S1, S6: the request is
-   * the agent's own).
+   * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity).
    */
   dispatch(
     origin: string,
@@ -85,14 +88,19 @@ export class UpgradeDispatcher {
     headers: HeaderMap,
     handler: Dispatcher.DispatchHandler,
     credentialsAllowed: boolean,
+    withJar = false,
   ): boolean {
     const sink = new UserSink(handler);
     sink.begin();
     if (sink.aborted) return true;
     const client = this.#client(origin, credentialsAllowed);
-    const onUpgrade = (status: number, headers: Headers, socket: Socket) =>
+    const jar = withJar ? this.#options.cookies : undefined;
+    const cookieUrl = `${origin}${opts.path}`;
+    const onUpgrade = (status: number, headers: Headers, socket: Socket) => {
+      if (jar) tellJar(jar, cookieUrl, headers);
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
-    this.#run(client, origin, opts, headers, sink, credentialsAllowed, onUpgrade)
+    };
+    this.#run(client, origin, opts, headers, sink, credentialsAllowed, onUpgrade, jar && { jar, url: cookieUrl })
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
         this.#clients.delete(client);
@@ -157,6 +165,7 @@ export class UpgradeDispatcher {
     sink: UserSink,
     credentialsAllowed: boolean,
     onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+    cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
   ): Promise<void> {
     const { limits, mechanisms } = this.#options;
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
@@ -187,14 +196,18 @@ export class UpgradeDispatcher {
     const legs = async (): Promise<void> => {
       for (;;) {
         const authorization = auth?.header;
+        // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
+        const cookie = cookies && jarCookie(cookies.jar, cookies.url);
+        if (cookie instanceof CookieStoreError) throw cookie;
         const outcome = await this.#leg(
           client,
           opts,
-          headers,
+          cookie ? { ...headers, cookie: withJarCookie(headers.cookie, cookie) } : headers,
           body.take(),
           authorization,
           sink,
           (status, h) => {
+            if (cookies) tellJar(cookies.jar, cookies.url, h);
             if (status !== 401 || !answering) return false;
             // Refused here lately (R4): the caller gets the server's 401, as a request does.
             if (!auth && proofHere()?.refused) return false;
