@@ -3,6 +3,7 @@
  * --proxy-cacert/--proxy-insecure, and --retry with its companions — with curl 8.21's semantics,
  * exit codes and messages, against the reference server and proxy.
  */
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
@@ -17,7 +18,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { runCli as run } from './cli-helpers.ts';
+import { BIN, runCli as run } from './cli-helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
@@ -188,6 +189,35 @@ describe('multileg: curl options', () => {
       expect(statusLines(heads).slice(2)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
       expect(r.stdout.slice(0, heads.length)).toBe(heads);
       expect(JSON.parse(r.stdout.slice(heads.length))).toMatchObject({ path: '/auth/via-proxy' });
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it('H5: -U user without a password asks for it on a terminal, as curl does (the proxy then takes it); with no terminal it is bad usage naming the fix', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const target = `${server.origin}/auth/asked`;
+      const common = [...alice(), '--proxy-cacert', ca, '-x', proxy.origin, '-U', 'proxyuser', target];
+      const piped = await run(common);
+      expect([piped.code, piped.stderr]).toEqual([
+        2,
+        'multileg: no proxy password for proxyuser: write -U user:password (there is no terminal to ask on)\n',
+      ]);
+      // `script` gives the child a pseudo-terminal, as a user at a shell has.
+      const quoted = [process.execPath, BIN, ...common].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+      const child = spawn('script', ['-qec', quoted, '/dev/null'], { stdio: 'pipe' });
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+        // Typed only once asked: the terminal is then in no-echo mode.
+        if (out.includes('Enter proxy password') && !child.stdin.writableEnded) child.stdin.end('proxypw\n');
+      });
+      await once(child, 'close');
+      expect(out).toContain("Enter proxy password for user 'proxyuser':");
+      expect(out).toContain('"path":"/auth/asked"');
+      expect(out).not.toContain('proxypw');
     } finally {
       await proxy?.close();
     }

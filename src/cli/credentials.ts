@@ -156,3 +156,20 @@ export function credentialsFor(req: CliRequest): Promise<Credentials | undefined
     stderr: process.stderr,
   });
 }
+
+/**
+ * The agent's options with the proxy's password of `-U user` (none given): asked for on the
+ * terminal as curl does; without one, bad usage naming the fix. Unchanged when nothing is to ask.
+ */
+export async function withProxyPassword(
+  req: CliRequest,
+  io: { readonly stdin: NodeJS.ReadStream; readonly stderr: NodeJS.WriteStream } = process,
+): Promise<CliRequest['agent']> {
+  const username = req.proxyUserToAsk;
+  const proxy = req.agent.proxy;
+  if (username === undefined || typeof proxy !== 'object') return req.agent;
+  if (!(io.stdin.isTTY && io.stderr.isTTY))
+    throw new ConfigError(`no proxy password for ${username}: write -U user:password (there is no terminal to ask on)`);
+  const password = await prompt(`Enter proxy password for user '${username}':`, io.stdin, io.stderr);
+  return { ...req.agent, proxy: { ...proxy, credentials: { username, password } } };
+}

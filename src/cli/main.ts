@@ -12,7 +12,7 @@
 import { writeFileSync } from 'node:fs';
 import { ConfigError } from '../errors.ts';
 import { CommandAgent } from './command-agent.ts';
-import { credentialsFor } from './credentials.ts';
+import { credentialsFor, withProxyPassword } from './credentials.ts';
 import type { HeaderDump } from './dump-header.ts';
 import { describeFailure, EXIT, forCli } from './explain.ts';
 import { parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
@@ -45,8 +45,10 @@ async function main(argv: string[]): Promise<number> {
     if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
   };
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
+  let agentOptions = req.agent;
   try {
     credentials = await credentialsFor(req);
+    agentOptions = await withProxyPassword(req);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     say(err.message);
@@ -75,7 +77,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     command = new CommandAgent(
       MultilegAgent,
-      cookies ? { ...req.agent, cookies } : req.agent,
+      cookies ? { ...agentOptions, cookies } : agentOptions,
       credentials,
       new CliTrust(req.url.origin, req.trust),
     );

@@ -107,6 +107,11 @@ export interface CliRequest {
     | undefined;
   /** The agent's options, without credentials and trustedOrigins (main adds those). */
   readonly agent: MultilegAgentOptions;
+  /**
+   * `-U user` without a password (curl's): the proxy user whose password is asked for on the
+   * terminal before the first request (credentials.ts withProxyPassword).
+   */
+  readonly proxyUserToAsk: string | undefined;
 }
 
 const positiveInt = (v: string) => {
@@ -207,7 +212,10 @@ export function program(): Commander.Command {
       )
       .option('--proxy-ca-native', "also trust the operating system's certificate store for an https:// proxy")
       .option('--proxy-insecure', "do not verify an https:// proxy's certificate")
-      .option('-U, --proxy-user <user:password>', 'credentials for the proxy only; "-U :" uses its Kerberos ticket')
+      .option(
+        '-U, --proxy-user <user[:password]>',
+        'credentials for the proxy only (no password: asked on a terminal); "-U :" uses its Kerberos ticket',
+      )
       .option('--proxy-negotiate', 'use Negotiate only towards the proxy')
       .option('--proxy-ntlm', 'use NTLM only towards the proxy')
       .option('--proxy-digest', 'use Digest only towards the proxy')
@@ -731,6 +739,8 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
       '--netrc with URLs on different hosts: give -u, or run one command per host (netrc credentials are per host)',
     );
   const head = Boolean(o.head);
+  const proxyUser = o.proxyUser !== undefined && o.noproxy !== '*' ? parseUser(o.proxyUser as string) : undefined;
+  const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
   const agent: MultilegAgentOptions = {
     connect,
     // curl sends Basic to an http:// URL the user named; S4 still keeps it to the trusted origins.
@@ -796,6 +806,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
         ? { files: cookieFiles, jar: cookieJar, junkSession: Boolean(o.junkSessionCookies) }
         : undefined,
     agent,
+    proxyUserToAsk,
   };
 }
 
@@ -845,14 +856,13 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
   let credentials: ProxyOptions['credentials'];
   if (o.proxyUser !== undefined) {
     const u = parseUser(o.proxyUser as string);
-    if (u.password === undefined) throw new ConfigError('--proxy-user needs user:password');
-    // curl's `-U :` (with --proxy-negotiate): no user name, the Kerberos ticket authenticates to the proxy.
-    if (u.username === '' && u.password === '') credentials = undefined;
-    else if (u.username === '')
+    if (u.username === '' && u.password !== '')
       throw new ConfigError(
         '--proxy-user: no user name before the colon; give user:password, or -U : for the Kerberos ticket',
       );
-    else credentials = { username: u.username, password: u.password };
+    // curl's `-U :` (with --proxy-negotiate): no user name, the Kerberos ticket authenticates to the
+    // proxy; `-U user`: its password is asked for before the first request (proxyUserToAsk).
+    if (u.username !== '' && u.password !== undefined) credentials = { username: u.username, password: u.password };
   }
   return {
     ...(uri ? { uri } : {}),
