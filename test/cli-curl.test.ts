@@ -120,11 +120,8 @@ describe('multileg: curl options', () => {
     const body = join(dir, 'body.json');
     const out = await run([...alice(), '--http1.1', '--ntlm', '-D', '-', '-o', body, `${server.origin}/auth/d1`]);
     expect(out.code, out.stderr).toBe(0);
-    expect(statusLines(out.stdout)).toEqual([
-      'HTTP/1.1 401 Unauthorized',
-      'HTTP/1.1 401 Unauthorized',
-      'HTTP/1.1 200 OK',
-    ]);
+    // --ntlm: NEGOTIATE goes on the first request (as curl's), so one 401 (the CHALLENGE) before the answer.
+    expect(statusLines(out.stdout)).toEqual(['HTTP/1.1 401 Unauthorized', 'HTTP/1.1 200 OK']);
     expect(out.stdout).toMatch(/www-authenticate: NTLM \[redacted\]\r\n/);
     expect(JSON.parse(readFileSync(body, 'utf8'))).toMatchObject({ path: '/auth/d1' });
     const err = await run([...alice(), '-D', '%', `${server.origin}/auth/d2`]);
@@ -152,7 +149,7 @@ describe('multileg: curl options', () => {
     const h1 = await run([...alice(), '--http1.1', '--ntlm', '-i', '-o', file, `${server.origin}/auth/include1`]);
     expect(h1).toMatchObject({ code: 0, stdout: '' });
     const text = readFileSync(file, 'latin1');
-    expect(statusLines(text)).toEqual(['HTTP/1.1 401 Unauthorized', 'HTTP/1.1 401 Unauthorized', 'HTTP/1.1 200 OK']);
+    expect(statusLines(text)).toEqual(['HTTP/1.1 401 Unauthorized', 'HTTP/1.1 200 OK']); // --ntlm: 2 legs
     expect(text).toMatch(/www-authenticate: NTLM \[redacted\]\r\n/);
     expect(JSON.parse(text.slice(text.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({ path: '/auth/include1' });
     // -I shows the same heads (curl -I too), --json no head.

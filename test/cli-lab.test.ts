@@ -3,6 +3,7 @@
  * httpd with mod_http2 and mod_auth_gssapi (+ gss-ntlmssp), as a user at an intranet would run them.
  */
 import { writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli as run } from './cli-helpers.ts';
@@ -81,6 +82,31 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.stderr).toContain('now over HTTP/1.1');
     expect(r.stderr).toMatch(/NTLM handshake on session \S+ \(HTTP\/1\.1\): 2 leg\(s\)/);
     expect(r.stderr).not.toContain('alicepw');
+  });
+
+  it('M1 H1: --ntlm --http1.1 at Apache /ntlm: 2 requests on the wire (NEGOTIATE on the first, as curl --ntlm sends it), -v shows both legs', async () => {
+    const path = '/ntlm/index.html?two-legs';
+    const r = await run(
+      ['--ntlm', '--http1.1', '-u', 'EXAMPLE\\alice:alicepw', '-v', '--cacert', ca, `${lab.apache!.origin}${path}`],
+      { env },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('hello from /ntlm\n');
+    const legs = r.stderr.split('\n').filter((l) => /^[<>] /.test(l));
+    expect(legs).toHaveLength(4);
+    expect(legs[0]).toMatch(/^> GET \/ntlm\/index\.html\?two-legs \(Authorization: NTLM …/);
+    expect(legs[1]).toMatch(/^< 401 offers NTLM/);
+    expect(legs[3]).toMatch(/^< 200/);
+    expect(r.stderr).toMatch(/NTLM handshake on session \S+ \(HTTP\/1\.1\): 2 leg\(s\)/);
+    // Apache's own log: two requests, both on one connection.
+    const logged = async () =>
+      (await readFile(lab.apache!.accessLog, 'utf8')).split('\n').filter((l) => l.includes(`"GET ${path} `));
+    for (let i = 0; i < 100 && (await logged()).length < 2; i++) await new Promise((res) => setTimeout(res, 20));
+    const lines = await logged();
+    const wire = lines.map((l) => /" (\d{3}) (\d+) /.exec(l));
+    expect(wire.map((m) => m?.[1])).toEqual(['401', '200']);
+    expect(wire[0]?.[2]).toBe(wire[1]?.[2]); // the same client port
+    expect(lines[1]).toMatch(/user=EXAMPLE\\+alice/); // Apache escapes the backslash
   });
 
   it("without a ticket: Apache's 401 is shown, as curl shows it (exit 0; 22 with -f), and the typed error's message says run kinit or give -u", async () => {

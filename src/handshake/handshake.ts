@@ -51,6 +51,12 @@ export interface HandshakeInput {
    * says so the 401 is not shown: the handshake ends `refused`, to be run again.
    */
   readonly contextRefused?: () => boolean;
+  /**
+   * Led before any 401 at an origin nothing is known of (curl --ntlm's first leg): a 401 that does
+   * not offer this scheme is the caller's answer, as a bare request would have met it — nothing else
+   * could answer it, and nothing more is sent.
+   */
+  readonly opening?: boolean;
 }
 
 export type HandshakeResult =
@@ -106,7 +112,8 @@ export type HandshakeResult =
   | { readonly kind: 'unusable'; readonly error: Error }
   /**
    * A first token sent before any challenge got a final answer that took no part in it (no token
-   * back, no Persistent-Auth): a resource that needs no authentication. The caller has its
+   * back, no Persistent-Auth): a resource that needs no authentication — or, after an
+   * {@link HandshakeInput.opening}, a 401 that does not offer the scheme. The caller has its
    * response; nothing was authenticated, so nothing is recorded (C6).
    */
   | { readonly kind: 'unanswered'; readonly done: Promise<void> }
@@ -417,6 +424,10 @@ class Handshake {
       ) {
         this.#legacyLost = true;
         return 'swallow';
+      }
+      if (input.challenge === undefined && legs === 1 && !next && input.opening) {
+        this.#unanswered = true;
+        return 'deliver';
       }
       if (input.challenge === undefined && legs === 1 && !next && readChallenges(headers).length > 0) {
         this.#declined = true;

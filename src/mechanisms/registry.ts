@@ -35,11 +35,19 @@ export class MechanismSet {
   readonly #byScheme = new Map<string, Mechanism>();
   readonly #order: readonly string[];
   readonly #transport: boolean;
+  /**
+   * The one mechanism the agent may use, when `order` leaves it exactly one and no client
+   * certificate (`schemes: ['NTLM']`, the CLI's --ntlm): an unknown origin cannot want another.
+   */
+  readonly sole: Mechanism | undefined;
 
   constructor(mechanisms: readonly Mechanism[], order: readonly string[], transport = false) {
     for (const m of mechanisms) this.#byScheme.set(m.scheme.toLowerCase(), m);
     this.#order = order;
     this.#transport = transport;
+    const usable = new Set(order.map((s) => s.toLowerCase()).filter((k) => this.#byScheme.has(k)));
+    const [only] = usable;
+    this.sole = usable.size === 1 && !transport && only !== undefined ? this.#byScheme.get(only) : undefined;
   }
 
   get(scheme: string): Mechanism | undefined {

@@ -116,6 +116,8 @@ type Step =
       readonly blocking: boolean;
       /** The session's handshake was handed to this request (R2): it is already the leader. */
       readonly handedOver?: boolean;
+      /** Led before any 401 at an origin nothing is known of (OriginMemory.opensUnasked). */
+      readonly opening?: boolean;
     }
   | { readonly kind: 'end'; readonly outcome: ExchangeOutcome };
 
@@ -418,7 +420,11 @@ function check(run: Run): Step {
   // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
   if (authenticates) {
     const scheme = state.kind === 'per-request' ? state.scheme : env.memory.scheme;
-    const mechanism = scheme ? env.mechanisms.get(scheme) : undefined;
+    // Nothing known of the origin, and NTLM the only scheme the agent may use: its NEGOTIATE goes
+    // on the first request, as curl --ntlm sends it (a round trip less than a bare first request).
+    const sole = env.mechanisms.sole;
+    const opens = scheme === undefined && state.kind === 'fresh' && env.memory.opensUnasked(sole);
+    const mechanism = scheme ? env.mechanisms.get(scheme) : opens ? sole : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
     // R4: a request that waited in vain MAX_WAITS times goes bare and gets the server's answer;
     // C6: one whose leader's proactive first leg went unanswered goes bare once.
@@ -429,8 +435,12 @@ function check(run: Run): Step {
       // connects first; where it cannot (a proxy's connection, or the dial failed) the request
       // goes bare and the server's 401 starts the handshake.
       const unbound = mechanism.bindsFirstToken && !session.connection && run.job.origin.startsWith('https:');
-      if (!unbound)
-        return { kind: 'lead', mechanism, challenge: undefined, blocking: !perRequest && mechanism.multileg };
+      if (!unbound) {
+        const blocking = !perRequest && mechanism.multileg;
+        return opens
+          ? { kind: 'lead', mechanism, challenge: undefined, blocking, opening: true }
+          : { kind: 'lead', mechanism, challenge: undefined, blocking };
+      }
       if (!run.connectTried && session.connectsEarly) return CONNECT;
     }
   }
@@ -662,13 +672,13 @@ class Lead implements HandshakeInput, LegInfo {
   readonly sink: UserSink;
   readonly maxLegs: number;
   readonly timeout: number;
-  readonly onHttp2: boolean;
   readonly origin: string;
   readonly hostname: string;
   readonly port: number;
   readonly method: string;
   readonly path: string;
   readonly proxy = false;
+  readonly opening: boolean;
   readonly #run: Run;
   readonly #step: LeadStep;
   readonly #done: (next: Step) => void;
@@ -685,10 +695,10 @@ class Lead implements HandshakeInput, LegInfo {
     this.mechanism = step.mechanism;
     this.challenge = step.challenge;
     this.authId = step.authId;
+    this.opening = step.opening === true;
     this.sink = job.sink;
     this.maxLegs = env.limits.maxLegs;
     this.timeout = env.limits.handshakeTimeout;
-    this.onHttp2 = run.session.protocol === 'h2';
     const { hostname, port } = hostAndPort(job.origin);
     this.origin = job.origin;
     this.hostname = hostname;
@@ -700,6 +710,11 @@ class Lead implements HandshakeInput, LegInfo {
   /** What the mechanism knows of the request: this object. */
   get leg(): LegInfo {
     return this;
+  }
+
+  /** Read late: a new session's first leg is sent before its connection knows its protocol. */
+  get onHttp2(): boolean {
+    return this.#run.session.protocol === 'h2';
   }
 
   /** Read late: a proactive first token is made before the connection (and its certificate) exists. */
@@ -887,6 +902,8 @@ class Lead implements HandshakeInput, LegInfo {
         // The server answered without authenticating (a public resource): nothing to record. The
         // waiters behind a blocking leader go bare once, side by side, rather than each leading a
         // handshake that blocks the rest; a 401 among them starts the handshake (C6).
+        // An opening the server took no part in is not led again here: requests wait for a 401.
+        if (step.opening) env.memory.openedInVain = true;
         if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true, bare: true });
         return end({ kind: 'done', done: result.done });
       case 'refused':

@@ -1,3 +1,4 @@
+import type { Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificate } from '../options.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 
@@ -96,6 +97,29 @@ export class OriginMemory {
    * body is unlikely to be needed twice, so a stream is written as it comes (a copy kept, C10).
    */
   unchallenged = false;
+  /**
+   * A first leg led without any 401 here (the sole scheme's opening, {@link opensUnasked}) met a
+   * server that took no part in it: requests here wait for a 401 again.
+   */
+  openedInVain = false;
+
+  /**
+   * Whether a request may lead `sole`'s handshake before any 401 here, as curl --ntlm does: the
+   * agent may use only that scheme, it is NTLM (its NEGOTIATE carries no password: a server that
+   * wants no NTLM learns nothing, R4), and nothing is known of the origin yet. Saves the bare
+   * first round trip: a single request takes 2 legs rather than 3.
+   */
+  opensUnasked(sole: Mechanism | undefined): sole is Mechanism {
+    return (
+      sole !== undefined &&
+      sole.scheme.toLowerCase() === 'ntlm' &&
+      sole.multileg &&
+      this.scheme === undefined &&
+      !this.unchallenged &&
+      !this.openedInVain
+    );
+  }
+
   /**
    * The most incomplete security contexts the origin's server accepted on one session, when it
    * refused more (draft §3.1): new sessions take no more handshake slots than this.
