@@ -3,7 +3,6 @@
  * --proxy-cacert/--proxy-insecure, and --retry with its companions — with curl 8.21's semantics,
  * exit codes and messages, against the reference server and proxy.
  */
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
@@ -18,7 +17,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { BIN, runCli as run } from './cli-helpers.ts';
+import { runCli as run, runOnTerminal } from './cli-helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
@@ -202,16 +201,7 @@ describe('multileg: curl options', () => {
         2,
         'multileg: no proxy password for proxyuser: write -U user:password (there is no terminal to ask on)\n',
       ]);
-      // `script` gives the child a pseudo-terminal, as a user at a shell has.
-      const quoted = [process.execPath, BIN, ...common].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
-      const child = spawn('script', ['-qec', quoted, '/dev/null'], { stdio: 'pipe' });
-      let out = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => {
-        out += d;
-        // Typed only once asked: the terminal is then in no-echo mode.
-        if (out.includes('Enter proxy password') && !child.stdin.writableEnded) child.stdin.end('proxypw\n');
-      });
-      await once(child, 'close');
+      const out = await runOnTerminal(common, 'Enter proxy password', 'proxypw');
       expect(out).toContain("Enter proxy password for user 'proxyuser':");
       expect(out).toContain('"path":"/auth/asked"');
       expect(out).not.toContain('proxypw');

@@ -36,6 +36,22 @@ export function runCommand(
   });
 }
 
+/**
+ * Runs the command on a pseudo-terminal (`script`), as a user at a shell would, and types `answer`
+ * once `asked` appears (the terminal is then in no-echo mode); resolves with all it wrote.
+ */
+export async function runOnTerminal(args: readonly string[], asked: string, answer: string): Promise<string> {
+  const quoted = [process.execPath, BIN, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+  const child = spawn('script', ['-qec', quoted, '/dev/null'], { stdio: 'pipe' });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    if (out.includes(asked) && !child.stdin.writableEnded) child.stdin.end(`${answer}\n`);
+  });
+  await new Promise((resolve) => child.on('close', resolve));
+  return out;
+}
+
 export function runCli(
   args: readonly string[],
   opts: {

@@ -25,7 +25,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { BIN, OLD_NODE, runCli as run, runCommand } from './cli-helpers.ts';
+import { BIN, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 
 /** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
@@ -772,16 +772,11 @@ describe('multileg command line', () => {
   });
 
   it('asks for the password on a terminal, without echo', async () => {
-    // `script` gives the child a pseudo-terminal, as a user at a shell has.
-    const cmd = `${process.execPath} ${BIN} -u 'EXAMPLE\\alice' --cacert ${ca} ${server.origin}/auth/tty`;
-    const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: 'pipe' });
-    let out = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      // Type the password only once asked: the terminal is then in no-echo mode.
-      if (out.includes('Enter host password') && !child.stdin.writableEnded) child.stdin.end('alicepw\n');
-    });
-    await once(child, 'close');
+    const out = await runOnTerminal(
+      ['-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/tty`],
+      'Enter host password',
+      'alicepw',
+    );
     expect(out).toContain("Enter host password for user 'EXAMPLE\\alice':");
     expect(out).toContain('"user":"EXAMPLE\\\\alice"');
     expect(out).not.toContain('alicepw');
