@@ -210,6 +210,22 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('H5: doctor with -U user and no terminal is bad usage naming the fix, as a request is (not a proxy check that says to give the -U given)', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const target = `${server.origin}/auth/doctor-asked`;
+      const r = await run(['doctor', ...alice(), '--proxy-cacert', ca, '-x', proxy.origin, '-U', 'proxyuser', target]);
+      expect([r.code, r.stderr]).toEqual([
+        2,
+        'multileg doctor: no proxy password for proxyuser: write -U user:password (there is no terminal to ask on)\n',
+      ]);
+      expect(r.stdout).toBe('');
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it("-D: a file that cannot be created is curl's 23 before anything is sent, in one line; one that can is created empty when no response comes", async () => {
     const before = server.exchanges.length;
     const missing = join(dir, 'no-such-dir', 'heads.txt');

@@ -6,6 +6,8 @@
  */
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fetch } from 'undici';
@@ -13,7 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { runCli } from './cli-helpers.ts';
-import { ALICE, get, many, type Rig, rig } from './helpers.ts';
+import { ALICE, get, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const NTLM_ONLY = { schemes: ['NTLM'], negotiate: false } as const;
 /** The NTLM message type an Authorization header carries (0: none). */
@@ -175,6 +177,33 @@ describe('NTLM the only scheme: NEGOTIATE on the first request (curl --ntlm)', (
       await a.destroy();
       await s.close();
       await plain.close();
+    }
+  });
+  it('T2: a server that ignores the unasked NEGOTIATE (a bare NTLM challenge back) is answered as a bare request would be: 200, not its 401', async () => {
+    // The first NEGOTIATE meets a plain challenge, as from a server that reads no Authorization
+    // before it has challenged; a bare first request would have authenticated here.
+    const seen: number[] = [];
+    const server = createServer((req, res) => {
+      const type = ntlmType(req.headers);
+      seen.push(type);
+      if (type === 1 && seen.length > 1)
+        return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+      if (type === 3) return void res.end('ok');
+      res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const a = new MultilegAgent({ credentials: ALICE, trustedOrigins: [origin], ...NTLM_ONLY });
+    try {
+      const res = await fetch(`${origin}/ignored`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe('ok');
+      expect(seen).toEqual([1, 1, 3]);
+    } finally {
+      await a.destroy();
+      server.closeAllConnections();
+      server.close();
     }
   });
 });

@@ -10,14 +10,14 @@ import { getCACertificates, connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { MultilegAgent } from '../agent.ts';
-import { MultilegError } from '../errors.ts';
+import { ConfigError, MultilegError } from '../errors.ts';
 import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { portOf } from '../options.ts';
 import { ProxyResolver } from '../proxy/options.ts';
-import { credentialsFor } from './credentials.ts';
+import { credentialsFor, withProxyPassword } from './credentials.ts';
 import {
   certificateNames,
   challengeSchemes,
@@ -225,8 +225,18 @@ async function probe(req: CliRequest, http1: boolean) {
 }
 
 export async function doctor(argv: string[]): Promise<number> {
-  const req = parseCliOrExit(argv, 'multileg doctor');
-  if (typeof req === 'number') return req;
+  const parsed = parseCliOrExit(argv, 'multileg doctor');
+  if (typeof parsed === 'number') return parsed;
+  // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
+  // without it and say to give the -U that was given.
+  let req: CliRequest;
+  try {
+    req = { ...parsed, agent: await withProxyPassword(parsed) };
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`multileg doctor: ${err.message}\n`);
+    return EXIT.usage;
+  }
   // The checks are about one origin's setup (its SPN, certificate, proxy): one URL, as before.
   if (req.transfers.length > 1) {
     process.stderr.write(`multileg doctor: checks one URL (got ${req.transfers.length}): run it once per URL\n`);

@@ -429,7 +429,10 @@ class Handshake {
         this.#unanswered = true;
         return 'deliver';
       }
-      if (input.challenge === undefined && legs === 1 && !next && readChallenges(headers).length > 0) {
+      // An opening the server did not take up (a bare NTLM challenge back): its 401 is answered as
+      // the bare first request's would have been, not shown to the caller.
+      const ignored = input.opening === true && next !== undefined && next.token68 === undefined;
+      if (input.challenge === undefined && legs === 1 && (!next || ignored) && readChallenges(headers).length > 0) {
         this.#declined = true;
         return 'swallow';
       }
