@@ -13,6 +13,7 @@ import { MultilegAgent } from '../agent.ts';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
+import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { portOf } from '../options.ts';
@@ -117,7 +118,7 @@ async function kerberos(
       verdict: unknown ? 'FAIL' : 'warn',
       detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket (${e.code})`}`,
       // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
-      fix: forCli((req.user ? withoutFallbackHint(e.message) : e.message).replace(/ \[GSS: .*\]$/, '')),
+      fix: forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message)),
     });
     return { checks, ticketWorks: false, failure: e.code };
   }

@@ -8,6 +8,7 @@ import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
+import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { cannotRunHere } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { ProxyAuthenticationError } from './errors.ts';
@@ -50,7 +51,7 @@ export function rejected(
 
 /** Why a scheme could not run here, in one line: its error's message (GSS-API's detail left out) and code. */
 const whyUnusable = (u: { readonly error: MultilegError }): string =>
-  `${u.error.message.replace(/ \[GSS: [^\]]*\]/, '')} (${u.error.code})`;
+  `${withoutGssDetail(u.error.message)} (${u.error.code})`;
 
 export class ProxyAuth {
   readonly #proxy: ResolvedProxy;

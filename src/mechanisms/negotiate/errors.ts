@@ -126,12 +126,17 @@ export interface NegotiateFallbackReason {
   readonly message: string;
 }
 
+/**
+ * A Negotiate error's message without GSS-API's own text (the ` [GSS: …]` it ends with): the cause
+ * and the fix, for a line where GSS-API's words are noise.
+ */
+export function withoutGssDetail(message: string): string {
+  return message.replace(/ \[GSS: .*$/, '');
+}
+
 /** The cause part of a Negotiate error's message (without the fix and the GSS text). */
 export function fallbackReasonOf(err: MultilegError): NegotiateFallbackReason {
-  const cause = err.message
-    .replace(/^Negotiate: /, '')
-    .replace(/ \[GSS: .*$/, '')
-    .split(/: /)[0]!;
+  const cause = withoutGssDetail(err.message.replace(/^Negotiate: /, '')).split(/: /)[0]!;
   return { code: err.code, message: cause };
 }
 
