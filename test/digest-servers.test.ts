@@ -16,26 +16,15 @@ import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
 import { MultilegAgent, MutualAuthError } from '../src/index.ts';
-import { digestMechanism, digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
+import { digestMechanism } from '../src/mechanisms/digest/index.ts';
+import { digestOfAnswer, spoiledDigest } from './helpers.ts';
 
 const CREDS = { username: 'Mufasa', password: 'Circle of Life' };
 const paramsOf = (authorization: string) => parseChallenges(authorization)[0]!.params;
 
 /** Whether a qop=auth Digest answer `p` (its parsed parameters) is right for CREDS in `realm`. */
 function answers(p: Record<string, string>, algorithm: string, realm: string, method: string): boolean {
-  const expected = digestResponse({
-    algorithm: parseDigestAlgorithm(algorithm)!,
-    username: CREDS.username,
-    realm,
-    password: CREDS.password,
-    method,
-    uri: p.uri!,
-    nonce: p.nonce!,
-    qop: 'auth',
-    nc: p.nc!,
-    cnonce: p.cnonce!,
-  });
-  return p.response === expected;
+  return p.response === digestOfAnswer(p, CREDS, realm, method, algorithm);
 }
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -211,19 +200,8 @@ describe('Digest towards a forward proxy', () => {
       }
       proxied.push({ url: req.url!, nonce: p.nonce!, nc: p.nc!, socket: req.socket.remotePort! });
       nonce = `pn-${++issued}`;
-      let proof = digestResponse({
-        algorithm: parseDigestAlgorithm('MD5')!,
-        username: CREDS.username,
-        realm: 'proxy',
-        password: CREDS.password,
-        method: '',
-        uri: p.uri!,
-        nonce: p.nonce!,
-        qop: 'auth',
-        nc: p.nc!,
-        cnonce: p.cnonce!,
-      });
-      if (rspauth() === 'wrong') proof = (proof[0] === '0' ? '1' : '0') + proof.slice(1);
+      const right = digestOfAnswer(p, CREDS, 'proxy', '');
+      const proof = rspauth() === 'wrong' ? spoiledDigest(right) : right;
       // `/moved/x`: the origin's 302 to `/x`; the proxy's answer to the credentials comes on it all the same.
       const moved = /^http:\/\/[^/]+\/moved(\/.*)$/.exec(req.url!)?.[1];
       res

@@ -10,6 +10,7 @@ import {
   type MultilegAgentOptions,
   ntlmMechanism,
 } from '../src/index.ts';
+import { digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
 import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import {
   type ReferenceServer,
@@ -189,3 +190,32 @@ export async function loopbackOrigin(server: NetServer, cleanup: Array<() => Pro
   );
   return `https://localhost:${(server.address() as AddressInfo).port}`;
 }
+
+/**
+ * The qop=auth request-digest (RFC 7616 §3.4.1) of a Digest answer's parameters `p` for `creds` in
+ * `realm`, with `method`: the request's own to check its `response`, empty for the `rspauth` a
+ * server proves itself with (§3.5).
+ */
+export function digestOfAnswer(
+  p: Readonly<Record<string, string>>,
+  creds: { readonly username: string; readonly password: string },
+  realm: string,
+  method: string,
+  algorithm = 'MD5',
+): string {
+  return digestResponse({
+    algorithm: parseDigestAlgorithm(algorithm)!,
+    username: creds.username,
+    realm,
+    password: creds.password,
+    method,
+    uri: p.uri!,
+    nonce: p.nonce!,
+    qop: 'auth',
+    nc: p.nc!,
+    cnonce: p.cnonce!,
+  });
+}
+
+/** `digest` with its first hex digit changed: a wrong `rspauth`, as a server that does not know the password sends. */
+export const spoiledDigest = (digest: string): string => (digest[0] === '0' ? '1' : '0') + digest.slice(1);

@@ -17,11 +17,11 @@ import {
   ProxyConnectError,
   ProxyProtocolError,
 } from '../src/index.ts';
-import { digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
 import { DEFAULT_LIMITS, type Limits, type SchemeName } from '../src/options.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
+import { digestOfAnswer, spoiledDigest } from './helpers.ts';
 
 interface Seen {
   readonly connection: number;
@@ -288,19 +288,8 @@ describe('CONNECT refused after Digest (H5/M3)', () => {
         return;
       }
       const p = parseChallenges(proxyAuthorization)[0]!.params;
-      let proof = digestResponse({
-        algorithm: parseDigestAlgorithm('MD5')!,
-        username: 'u',
-        realm: 'p',
-        password: 'p',
-        method: '',
-        uri: p.uri!,
-        nonce: p.nonce!,
-        qop: 'auth',
-        nc: p.nc!,
-        cnonce: p.cnonce!,
-      });
-      if (rspauth === 'wrong') proof = (proof[0] === '0' ? '1' : '0') + proof.slice(1);
+      const right = digestOfAnswer(p, { username: 'u', password: 'p' }, 'p', '');
+      const proof = rspauth === 'wrong' ? spoiledDigest(right) : right;
       socket.write(
         `HTTP/1.1 403 Forbidden\r\nProxy-Authentication-Info: rspauth="${proof}", cnonce="${p.cnonce}", nc=${p.nc}, qop=auth\r\nContent-Length: 0\r\n\r\n`,
       );
