@@ -25,6 +25,7 @@ import {
   describeFailure,
   EXIT,
   forCli,
+  outOfDatesFix,
   withoutFallbackHint,
   wrongNameFix,
 } from './explain.ts';
@@ -188,7 +189,7 @@ function tlsTrust(req: CliRequest): Promise<Check> {
         name: 'TLS',
         verdict: 'FAIL',
         detail: `the certificate is not valid now: ${r.error} (${about})`,
-        fix: `the server must ${r.error === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong`,
+        fix: outOfDatesFix(r.error),
       };
     const system = await probe([...getCACertificates('default'), ...getCACertificates('system')]);
     return {

@@ -209,7 +209,7 @@ export function describeFailure(
     if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID')
       return {
         exit: EXIT.certificate,
-        message: `the certificate of ${host} is not valid now (${code}): the server must ${code === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong; -k skips the check (unsafe)`,
+        message: `the certificate of ${host} is not valid now (${code}): ${outOfDatesFix(code)}; -k skips the check (unsafe)`,
       };
     return {
       exit: EXIT.certificate,
@@ -287,6 +287,11 @@ export function wrongName(host: string, hostname: string, names: readonly string
 }
 
 /** What fixes a certificate issued to other names (the names, when known). */
+/** The fix for a certificate out of its dates (CERT_HAS_EXPIRED, CERT_NOT_YET_VALID): not a CA. */
+export function outOfDatesFix(code: 'CERT_HAS_EXPIRED' | 'CERT_NOT_YET_VALID'): string {
+  return `the server must ${code === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong`;
+}
+
 export function wrongNameFix(names: readonly string[]): string {
   const use =
     names.length === 0
