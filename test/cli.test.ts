@@ -729,7 +729,7 @@ describe('multileg command line', () => {
       code: 2,
       stdout: '',
       stderr:
-        'multileg: --password-stdin and -d @- both read stdin: give the password with MULTILEG_PASSWORD (or -u user:password), or the body from a file\n',
+        'multileg: --password-stdin and -d @-: only one of them can read stdin; give the password with MULTILEG_PASSWORD (or -u user:password)\n',
     });
     // Nor with -b - or -w @-, which read stdin too.
     const cookies = await run(['-b', '-', '--data-binary', '@-', `${plainOrigin}/hop/0`], { input });
@@ -740,7 +740,17 @@ describe('multileg command line', () => {
     const withFormat = await run(['-w', '@-', '-d', '@-', `${plainOrigin}/hop/0`], { input });
     expect(withFormat).toMatchObject({
       code: 2,
-      stderr: 'multileg: -d @- and -w @-: only one of them can read stdin; give the -w format as text or in a file\n',
+      stderr: 'multileg: -w @- and -d @-: only one of them can read stdin; give the -w format as text or in a file\n',
+    });
+    // -w @- would swallow the password's line: one reader only, whichever pair it is.
+    const formatAndPassword = await run(['-u', 'alice', '--password-stdin', '-w', '@-', `${plainOrigin}/hop/0`], {
+      input: 'alicepw\n',
+    });
+    expect(formatAndPassword).toMatchObject({
+      code: 2,
+      stdout: '',
+      stderr:
+        'multileg: -w @- and --password-stdin: only one of them can read stdin; give the -w format as text or in a file\n',
     });
   });
 

@@ -404,6 +404,30 @@ export function readFlagFile(flag: string, path: string, exit?: number): Buffer 
   }
 }
 
+/** A flag that reads stdin, and what to give instead (see {@link stdinConflict}). */
+interface StdinReader {
+  readonly name: string;
+  readonly fix: string;
+}
+
+/** Whatever reads stdin, in the order a conflict names them: the first one's fix is given. */
+const STDIN_READERS = {
+  cookies: { name: '-b -', fix: 'give the cookies in a file' },
+  writeOut: { name: '-w @-', fix: 'give the -w format as text or in a file' },
+  password: { name: '--password-stdin', fix: 'give the password with MULTILEG_PASSWORD (or -u user:password)' },
+  data: { name: '-d @-', fix: 'give the body in a file' },
+} as const satisfies Record<string, StdinReader>;
+
+/**
+ * Stdin can be read once: of the flags given that read it (`false` for those not given), the
+ * message naming the first two and the first one's fix, or undefined when at most one reads it.
+ */
+function stdinConflict(readers: readonly (StdinReader | false)[]): string | undefined {
+  const [first, second] = readers.filter((r): r is StdinReader => r !== false);
+  if (!first || !second) return undefined;
+  return `${first.name} and ${second.name}: only one of them can read stdin; ${first.fix}`;
+}
+
 /**
  * All of stdin (curl's `@-`). Through fd 0, not /dev/stdin: a parent's socket there (Node's
  * child_process gives one) cannot be opened by name (ENXIO); a non-blocking fd 0 is read by name.
@@ -671,22 +695,15 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const cookieJar = o.cookieJar as string | undefined;
   // -d @- / --data-binary @-: the body from stdin, which then can bring nothing else.
   const dataStdin = data.find(([flag, d]) => flag !== '--data-raw' && d === '@-')?.[0];
-  if (cookieFiles.includes('-') && (o.passwordStdin || o.writeOut === '@-' || dataStdin))
-    throw new ConfigError(
-      `-b - and ${o.passwordStdin ? '--password-stdin' : o.writeOut === '@-' ? '-w @-' : `${dataStdin} @-`}: only one of them can read stdin; give the cookies in a file`,
-    );
-  if (dataStdin && o.writeOut === '@-')
-    throw new ConfigError(
-      `${dataStdin} @- and -w @-: only one of them can read stdin; give the -w format as text or in a file`,
-    );
+  const twoReaders = stdinConflict([
+    cookieFiles.includes('-') && STDIN_READERS.cookies,
+    o.writeOut === '@-' && STDIN_READERS.writeOut,
+    o.passwordStdin === true && STDIN_READERS.password,
+    dataStdin !== undefined && { ...STDIN_READERS.data, name: `${dataStdin} @-` },
+  ]);
+  if (twoReaders) throw new ConfigError(twoReaders);
   const pieces = data.map(([flag, d]) => {
     if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
-    // curl's @-: the body comes from stdin, which then cannot also bring the password.
-    const stdin = d === '@-';
-    if (stdin && o.passwordStdin)
-      throw new ConfigError(
-        `--password-stdin and ${flag} @- both read stdin: give the password with MULTILEG_PASSWORD (or -u user:password), or the body from a file`,
-      );
     // A file that cannot be read is curl's 26 (curl 8.3 and later; older ones sent an empty body).
     const file = readFlagFile(flag, d.slice(1), EXIT.read);
     // -d @file: without its line breaks, as curl reads it; --data-binary @file: as it is.
