@@ -12,8 +12,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fetch } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { MultilegAgent } from '../src/index.ts';
-import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { CleartextCredentialsError, MultilegAgent, type SchemeName } from '../src/index.ts';
+import {
+  CA_CERT,
+  type ReferenceProxy,
+  type ReferenceProxyOptions,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
 import { runCli } from './cli-helpers.ts';
 import { ALICE, get, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
@@ -206,6 +213,114 @@ describe('NTLM the only scheme: NEGOTIATE on the first request (curl --ntlm)', (
       server.close();
     }
   });
+});
+
+describe('NTLM the only scheme, through a proxy: the opening reaches the origin (forwarded or tunnelled)', () => {
+  let server: ReferenceServer | undefined;
+  let proxy: ReferenceProxy | undefined;
+  let agent: MultilegAgent | undefined;
+  afterEach(async () => {
+    await agent?.destroy().catch(() => {});
+    await proxy?.close();
+    await server?.close();
+    agent = proxy = server = undefined;
+  });
+
+  /** A reference server behind the reference proxy; `schemes`: the agent's (NTLM alone, or NTLM and Basic). */
+  async function behindProxy(schemes: readonly SchemeName[], p: ReferenceProxyOptions = {}, trustHttp = true) {
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    proxy = await startReferenceProxy(p);
+    const plain = `http://localhost:${server.port}`;
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      schemes: [...schemes],
+      connect: { ca: CA_CERT },
+      // The plain-http target is trusted explicitly (S4), or only over https.
+      trustedOrigins: [trustHttp ? plain : plain.replace('http:', 'https:'), server.origin],
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    return { plain, server, proxy, agent };
+  }
+
+  it.each([
+    ['NTLM alone', ['NTLM'], [1, 3]],
+    ['NTLM and Basic', ['NTLM', 'Basic'], [0, 1, 3]],
+  ] as const)(
+    'H5/H4: an http: origin through a forwarding proxy (%s): the NEGOTIATE goes in the forwarded Authorization, never in Proxy-Authorization',
+    async (_, schemes, types) => {
+      const { plain, server: s, proxy: p, agent: a } = await behindProxy(schemes);
+      const res = await fetch(`${plain}/auth/forwarded`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+      // One request, 2 wire requests (3 with a second scheme allowed), each forwarded by the proxy.
+      expect(s.exchanges.map((e) => ntlmType(e.requestHeaders))).toEqual(types);
+      expect(p.exchanges.map((e) => [e.method, e.authorization, e.proxyAuthorization])).toEqual(
+        types.map((t) => ['GET', t !== 0, false]),
+      );
+      expect(s.exchanges.every((e) => e.requestHeaders['proxy-authorization'] === undefined)).toBe(true);
+      // Without Proxy-support the proxy does not vouch for the session (H4): per-request, the legs as many.
+      expect(a.handshakes().map((h) => [h.scheme, h.legs, h.outcome])).toEqual([['NTLM', 2, 'per-request']]);
+    },
+  );
+
+  it("H5/H4: through a forwarding proxy with Proxy-support and Basic of its own: the proxy's 407 is answered, the opening kept (3 proxy exchanges, 2 at the origin), the session authenticated once", async () => {
+    const {
+      plain,
+      server: s,
+      proxy: p,
+      agent: a,
+    } = await behindProxy(['NTLM'], {
+      proxySupport: true,
+      basicUsers: { proxyuser: 'proxypw' },
+    });
+    for (const path of ['/auth/one', '/auth/two'])
+      expect((await fetch(`${plain}${path}`, { dispatcher: a })).status).toBe(200);
+    expect(p.exchanges.map((e) => [e.status, e.authorization, e.proxyAuthorization])).toEqual([
+      [407, true, false],
+      [401, true, true],
+      [200, true, true],
+      [200, false, true],
+    ]);
+    expect(s.exchanges.map((e) => [e.path, e.status, ntlmType(e.requestHeaders)])).toEqual([
+      ['/auth/one', 401, 1],
+      ['/auth/one', 200, 3],
+      ['/auth/two', 200, 0],
+    ]);
+    expect(a.handshakes().map((h) => [h.legs, h.outcome])).toEqual([[2, 'session']]);
+  });
+
+  it('S4: an http: origin trusted only over https gets no NEGOTIATE through the forwarding proxy (the proxy sees none either): its 401 is a CleartextCredentialsError', async () => {
+    const { plain, server: s, proxy: p, agent: a } = await behindProxy(['NTLM'], {}, false);
+    const err = await fetch(`${plain}/auth/untrusted`, { dispatcher: a }).catch((e: { cause?: Error }) => e.cause);
+    expect(err).toBeInstanceOf(CleartextCredentialsError);
+    expect(p.exchanges.map((e) => [e.status, e.authorization])).toEqual([[401, false]]);
+    expect(s.exchanges.map((e) => ntlmType(e.requestHeaders))).toEqual([0]);
+  });
+
+  it.each([
+    ['NTLM alone', ['NTLM'], [1, 3]],
+    ['NTLM and Basic', ['NTLM', 'Basic'], [0, 1, 3]],
+  ] as const)(
+    'H5: an https: origin through a CONNECT tunnel (%s): the CONNECT carries nothing of the origin, the NEGOTIATE goes inside the tunnel on the first request',
+    async (_, schemes, types) => {
+      const { server: s, proxy: p, agent: a } = await behindProxy(schemes, { basicUsers: { proxyuser: 'proxypw' } });
+      const res = await fetch(`${s.origin}/auth/tunnelled`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { user: string; protocol: string }).protocol).toBe('h2');
+      expect(p.exchanges.map((e) => [e.method, e.status, e.authorization, e.proxyAuthorization])).toEqual([
+        ['CONNECT', 407, false, false],
+        ['CONNECT', 200, false, true],
+      ]);
+      expect(s.exchanges.map((e) => ntlmType(e.requestHeaders))).toEqual(types);
+      // Over a tunnel the session is ours alone: session mode without Proxy-support.
+      expect(a.handshakes().map((h) => [h.scheme, h.legs, h.outcome])).toEqual([['NTLM', 2, 'session']]);
+    },
+  );
 });
 
 describe('the CLI: --ntlm -u takes 2 wire requests, as curl --ntlm', () => {

@@ -226,6 +226,32 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(a.stats().handshakes).toBe(1);
   });
 
+  it.each(['forwarded', 'tunnelled'] as const)(
+    'H5: NTLM the only origin scheme through Squid (Basic), %s: Apache /ntlm/ gets NEGOTIATE on the first request (2 requests on one connection; 3 with Basic allowed too)',
+    async (how) => {
+      const origin = how === 'forwarded' ? lab.apache!.cleartextOrigin : lab.apache!.origin;
+      for (const schemes of [['NTLM'], ['NTLM', 'Basic']] as const) {
+        const a = agent({
+          trustedOrigins: [origin],
+          credentials: BOB_NTLM,
+          negotiate: false,
+          schemes,
+          proxy: { uri: lab.squid!.origin, credentials: ALICE_BASIC, schemes: ['Basic'] },
+        });
+        // HTTP/1.1 to the origin: Apache loses NTLM between HTTP/2 streams (H1), which is not the subject here.
+        const path = `/ntlm/?${how}-${schemes.join('-')}`;
+        const res = await a.request({ origin, path, method: 'GET', allowH2: false } as Parameters<typeof a.request>[0]);
+        expect(res.statusCode).toBe(200);
+        expect(await res.body.text()).toBe('hello from /ntlm\n');
+        expect(a.handshakes().map((h) => [h.scheme, h.legs])).toEqual([['NTLM', 2]]);
+        const lines = await settled(() => apacheLog('GET', path), schemes.length + 1);
+        expect(lines.map((l) => l.status)).toEqual(schemes.length === 1 ? [401, 200] : [401, 401, 200]);
+        expect(new Set(lines.map((l) => l.port)).size).toBe(1);
+        expect(lines.at(-1)!.user).toBe('EXAMPLE\\\\bob'); // Apache escapes the backslash in its log
+      }
+    },
+  );
+
   it('H5: HTTPS_PROXY (with userinfo) and NO_PROXY from the environment, as undici reads them', async () => {
     const squid = new URL(lab.squid!.origin);
     const restore = lab.applyEnv({
