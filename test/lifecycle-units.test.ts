@@ -438,6 +438,35 @@ describe('origin memory and session state', () => {
     expect(MAX_REFUSED_MEMORY_MS).toBe(30 * 60_000);
   });
 
+  it('R4: a handshake refused that sent no password (a Kerberos ticket) keeps the credentials back 30 s each time, not doubling; it adds nothing to the doubling of a refused password', () => {
+    vi.useFakeTimers();
+    const proof = new CredentialProof('the proof');
+    const waits: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const retry = proof.admit(false) as Ticket;
+      expect(retry.probe).toBe(true);
+      proof.settle(retry, 'refused-no-password');
+      waits.push(proof.refusedFor);
+      expect(proof.admit(false)).toBe('refused');
+      vi.advanceTimersByTime(proof.refusedFor);
+    }
+    // Was 30 s, 1 min, 2 min (as for a password): a kinit or a fixed keytab waited up to 30 min.
+    expect(waits).toEqual([UNUSABLE_MEMORY_MS, UNUSABLE_MEMORY_MS, UNUSABLE_MEMORY_MS]);
+    // A password refused next still starts its doubling at 30 s, and doubles.
+    for (let i = 0; i < 3; i++) {
+      proof.settle(proof.admit(true) as Ticket, 'refused');
+      waits.push(proof.refusedFor);
+      vi.advanceTimersByTime(proof.refusedFor);
+    }
+    expect(waits.slice(3)).toEqual([30, 60, 120].map((s) => s * 1000));
+    // A ticket refused in between waits 30 s and leaves the password's next wait where it was.
+    proof.settle(proof.admit(false) as Ticket, 'refused-no-password');
+    expect(proof.refusedFor).toBe(UNUSABLE_MEMORY_MS);
+    vi.advanceTimersByTime(proof.refusedFor);
+    proof.settle(proof.admit(true) as Ticket, 'refused');
+    expect(proof.refusedFor).toBe(240_000);
+  });
+
   it('R4: a Digest answer to a remembered nonce that is refused is tried once more only while the credentials were proved', () => {
     const proof = new CredentialProof('the proof');
     proof.settle(proof.admit(true) as Ticket, 'success');

@@ -47,6 +47,8 @@ import {
 import { isNegTokenReject, OID_MS_KRB5 } from '../src/mechanisms/spnego/tokens.ts';
 import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
+import { ALICE } from './helpers.ts';
 
 const leg: LegInfo = {
   origin: 'https://web.example.test:8443',
@@ -614,6 +616,7 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
   const servers: Server[] = [];
   const agents: MultilegAgent[] = [];
   afterEach(async () => {
+    vi.useRealTimers();
     await Promise.all(agents.splice(0).map((a) => a.close()));
     for (const s of servers.splice(0)) s.close();
   });
@@ -654,6 +657,83 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(agent.handshakes().map((h) => [h.scheme, h.outcome, h.failure])).toEqual([
       ['Negotiate', 'failed', 'refused'],
     ]);
+  });
+
+  it.each([
+    ['a ticket only', {}],
+    // A password the agent has but did not send (Kerberos made the token): still a ticket refused.
+    ['a ticket, with a password for the NTLM fallback that did not go', { credentials: ALICE }],
+  ] as const)(
+    'R4: %s the origin rejects three times in a row is kept back 30 s each time (was 30 s, 1 min, 2 min: doubling as for a password)',
+    async (_, more) => {
+      // Only Date is faked: the wait is read from it; sockets and undici's timers run as ever.
+      vi.useFakeTimers({ toFake: ['Date'] });
+      const { origin, seen } = await peer(401);
+      const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
+      const agent = new MultilegAgent({ negotiate: { kerberos, ...more }, trustedOrigins: [origin] });
+      agents.push(agent);
+      /** One request (the server's 401 either way): whether it carried the ticket. */
+      const tried = async () => {
+        const from = seen.length;
+        const res = await request(`${origin}/x`, { dispatcher: agent });
+        await res.body.dump();
+        expect(res.statusCode).toBe(401);
+        return seen.slice(from).includes(`Negotiate ${FIRST}`);
+      };
+      for (let i = 0; i < 3; i++) {
+        expect(await tried()).toBe(true);
+        vi.setSystemTime(Date.now() + UNUSABLE_MEMORY_MS - 1_000);
+        expect(await tried()).toBe(false);
+        vi.setSystemTime(Date.now() + 1_000);
+      }
+      expect(await tried()).toBe(true);
+      expect(seen.filter((h) => h.startsWith('NTLM') || h.startsWith('Negotiate TlRMTVNT'))).toEqual([]);
+      expect(agent.handshakes().map((h) => h.failure)).toEqual(Array(4).fill('refused'));
+    },
+  );
+
+  it('R4: a Negotiate context says it sent no password only after a Kerberos AP-REQ without NTLM; NTLM inside Negotiate, a first token GSS-API made of another mechanism (gss-ntlmssp) or no step yet count as a password', async () => {
+    const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
+    const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
+    const ticket = negotiateMechanism({ kerberos, credentials: creds }).createContext(leg);
+    expect(ticket.sentPassword).toBe(true);
+    await ticket.step(undefined, leg);
+    expect(ticket.sentPassword).toBe(false);
+    const noTicket = { initializeClient: () => Promise.reject(new Error(GSS.noTicketSpnego)) };
+    const ntlm = negotiateMechanism({ kerberos: noTicket, credentials: creds }).createContext(leg);
+    await ntlm.step(undefined, leg);
+    expect(ntlm.sentPassword).toBe(true);
+    // No password configured, but GSS-API's own choice may carry one (gss-ntlmssp's): not sure, so a password.
+    const other = negotiateMechanism({ kerberos: fakeKerberos({ steps: [() => 'TlRMTVNTUAABAAAA'] }) });
+    expect(other.usesPassword).toBe(false);
+    const gssNtlm = other.createContext(leg);
+    await gssNtlm.step(undefined, leg);
+    expect(gssNtlm.sentPassword).toBe(true);
+  });
+
+  it('R4: a Kerberos ticket a forwarding proxy rejects three times in a row is kept back 30 s each time (was 30 s, 1 min, 2 min)', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const { origin: proxy, seen } = await peer(407);
+    const kerberos = fakeKerberos({ steps: [() => FIRST] });
+    const agent = new MultilegAgent({ proxy: { uri: proxy, negotiate: { kerberos } } });
+    agents.push(agent);
+    /** One request (refused either way): whether it carried the ticket. */
+    const tried = async () => {
+      const from = seen.length;
+      const err = await request('http://127.0.0.1:9/x', { dispatcher: agent }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      return seen.slice(from).includes(`Negotiate ${FIRST}`);
+    };
+    for (let i = 0; i < 3; i++) {
+      expect(await tried()).toBe(true);
+      vi.setSystemTime(Date.now() + UNUSABLE_MEMORY_MS - 1_000);
+      expect(await tried()).toBe(false);
+      vi.setSystemTime(Date.now() + 1_000);
+    }
+    expect(await tried()).toBe(true);
   });
 
   it("H5/M2: a forwarding proxy's 407 carrying an SPNEGO reject is its refusal: ProxyAuthenticationError with refused (was a GSS error)", async () => {

@@ -7,7 +7,7 @@
  * the origin (or proxy) for 30 s (src/session/credential-proof.ts).
  */
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   MechanismUnavailableError,
   MultilegAgent,
@@ -26,6 +26,7 @@ import { ALICE, type Rig, rig } from './helpers.ts';
 let r: Rig | undefined;
 let proxy: ReferenceProxy | undefined;
 afterEach(async () => {
+  vi.useRealTimers();
   await r?.close();
   await proxy?.close();
   r = proxy = undefined;
@@ -135,6 +136,33 @@ describe('R4: a changed password is not tried again and again (account lockout)'
     // The password is right, but two refusals in a row look like a wrong one: no credentials now.
     expect(await burst(`${url}/auth/after`, r.agent, 3)).toEqual(Array(3).fill(401));
     expect(r.server.exchanges.map((e) => e.outcome)).toEqual(Array(3).fill('unauthenticated'));
+  });
+
+  it('R4: a wrong password sent as NTLM inside Negotiate (no Kerberos ticket) is still kept back twice as long with each refusal in a row (30 s, then 1 min), unlike a refused ticket', async () => {
+    r = await rig(
+      { mode: 'per-request', schemes: ['Negotiate'] },
+      { negotiate: noKerberos, credentials: { ...ALICE, password: 'wrong' } },
+    );
+    // Only Date is faked: the wait is read from it; sockets and undici's timers run as ever.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const url = `${r.server.origin}/auth`;
+    const refusals = () => r!.server.exchanges.filter((e) => e.outcome === 'rejected').length;
+    /** One request (the server's 401 either way): whether the password went (and was refused). */
+    const tried = async () => {
+      const before = refusals();
+      expect(await burst(url, r!.agent, 1)).toEqual([401]);
+      return refusals() > before;
+    };
+    expect(await tried()).toBe(true);
+    vi.setSystemTime(Date.now() + 30_000);
+    expect(await tried()).toBe(true);
+    vi.setSystemTime(Date.now() + 30_000);
+    expect(await tried()).toBe(false);
+    vi.setSystemTime(Date.now() + 30_000);
+    expect(await tried()).toBe(true);
+    expect(r.agent.handshakes().map((h) => [h.failure, h.fallbackReason !== undefined])).toEqual(
+      Array(3).fill(['refused', true]),
+    );
   });
 
   it('R4/C4: a burst of 200 with the right password after a quiet spell: one request proves it, the rest go on side by side', async () => {

@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
-import { cannotRunHere } from '../mechanisms/registry.ts';
+import { cannotRunHere, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
@@ -95,6 +95,11 @@ export type HandshakeResult =
        * server would not start a context (a cap, a policy), it did not refuse a password.
        */
       readonly opening?: true;
+      /**
+       * With `refused`: what was refused surely carried no password (a Kerberos ticket only,
+       * `sentPassword`): R4 keeps it back 30 s each time, where a refused password's wait doubles.
+       */
+      readonly noPassword?: true;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -270,7 +275,10 @@ class Handshake {
   /** A failure after the caller got the last leg's response (`done`: when it is consumed). */
   #failedAfter(
     done: Promise<void>,
-    why: Pick<Extract<HandshakeResult, { kind: 'failed' }>, 'refused' | 'opening' | 'proofFailed' | 'error'>,
+    why: Pick<
+      Extract<HandshakeResult, { kind: 'failed' }>,
+      'refused' | 'opening' | 'noPassword' | 'proofFailed' | 'error'
+    >,
   ): HandshakeResult {
     return { kind: 'failed', legs: this.#legs, authIdCarried: this.#authIdCarried, ...this.#fallback(), done, ...why };
   }
@@ -532,7 +540,14 @@ class Handshake {
         }
         if (result.status === 401) {
           const opening = legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
-          this.#end(this.#failedAfter(done, opening ? { refused: true, opening } : { refused: true }));
+          const noPassword = !sentPassword(this.#mechanism, this.#context);
+          this.#end(
+            this.#failedAfter(done, {
+              refused: true,
+              ...(opening ? { opening } : {}),
+              ...(noPassword ? { noPassword } : {}),
+            }),
+          );
           return;
         }
         // The caller has its answer, but a server error (or a proxy's 407) says nothing of the

@@ -1,7 +1,7 @@
 import { chooseChallenge } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { MultilegError } from '../errors.ts';
-import type { Mechanism } from './types.ts';
+import type { Mechanism, MechanismContext } from './types.ts';
 
 /**
  * Errors of a mechanism that cannot make its first token here — no addon, Kerberos with no usable
@@ -23,6 +23,16 @@ const CANNOT_RUN: ReadonlySet<string> = new Set([
 /** Whether `err` says the mechanism cannot run here, and the next offered scheme should be tried. */
 export const cannotRunHere = (err: unknown): err is MultilegError =>
   err instanceof MultilegError && CANNOT_RUN.has(err.code);
+
+/**
+ * Whether a handshake of `mechanism` through `context` sent something derived from a password
+ * (R4: only a refused password's wait doubles): as the context says (Negotiate: false only for a
+ * Kerberos ticket and no NTLM), else as the mechanism declares — a password unless it says not.
+ */
+export const sentPassword = (
+  mechanism: Pick<Mechanism, 'usesPassword'>,
+  context: Pick<MechanismContext, 'sentPassword'> | undefined,
+): boolean => context?.sentPassword ?? mechanism.usesPassword !== false;
 
 /** The scheme key of the TLS list message's client-certificate challenge (T3). */
 export const TRANSPORT = 'transport';

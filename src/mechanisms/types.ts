@@ -44,6 +44,13 @@ export interface MechanismContext {
    */
   readonly firstLegCompletes?: boolean;
   /**
+   * Whether what this handshake sent derives from a password (R4: a refused password is kept back
+   * twice as long with each refusal in a row, against account lockout; a refused Kerberos ticket
+   * only 30 s each time). Negotiate says false only when it sent a Kerberos AP-REQ and no NTLM.
+   * Absent: the mechanism's {@link Mechanism.usesPassword}.
+   */
+  readonly sentPassword?: boolean;
+  /**
    * Called with the scheme's challenge, if any, on the response that ends the handshake — from an
    * origin a 2xx (a 101 for an upgrade; over cleartext also the answer to a proactive first leg that
    * names no token), from a proxy any answer but a 407; through a forwarding proxy also on the

@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
-import { cannotRunHere } from '../mechanisms/registry.ts';
+import { cannotRunHere, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
@@ -94,6 +94,14 @@ export class ProxyAuth {
       ? this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#excluded)?.mechanism
       : this.#mechanism;
     return mechanism?.usesPassword !== false;
+  }
+
+  /**
+   * What the proxy's refusal of the last handshake says of the credentials (R4): `'refused'` when it
+   * sent a password (or may have), `'refused-no-password'` for a Kerberos ticket only.
+   */
+  get refusal(): 'refused' | 'refused-no-password' {
+    return this.#mechanism && !sentPassword(this.#mechanism, this.#context) ? 'refused-no-password' : 'refused';
   }
 
   /**

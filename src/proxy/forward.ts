@@ -212,7 +212,7 @@ export class ForwardProxy {
         try {
           await race(this.#auth.answer(challenged, leg));
         } catch (err) {
-          if (err instanceof ProxyAuthenticationError && err.refused) outcome = 'refused';
+          if (err instanceof ProxyAuthenticationError && err.refused) outcome = this.#auth.refusal;
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
           // without a Kerberos ticket), which shows only once tried. The 407 was drained by then: the
           // request goes once more, bare, and the proxy's 407 to it — one nothing here answers now —

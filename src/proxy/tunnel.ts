@@ -280,7 +280,7 @@ export async function proxyLeave(
 export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]): ProxyAuthenticationError {
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy refused proxy.credentials lately, so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check proxy.credentials`,
+    `the proxy refused proxy.credentials lately, so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check proxy.credentials`,
     offered,
     true,
   );
@@ -408,7 +408,7 @@ async function connectLegs(
     try {
       await auth.answer(head.headers, leg);
     } catch (err) {
-      if (err instanceof ProxyAuthenticationError && err.refused) proved('refused');
+      if (err instanceof ProxyAuthenticationError && err.refused) proved(auth.refusal);
       throw err;
     }
     if (closing) {

@@ -7,11 +7,13 @@ import { type WaitBounds, type Waiter, WaitQueue } from './wait-queue.ts';
 export const UNUSABLE_MEMORY_MS = 30_000;
 
 /**
- * Longest that refused credentials are kept back. Each refusal in a row doubles the wait from
+ * Longest that a refused password is kept back. Each refusal of it in a row doubles the wait from
  * UNUSABLE_MEMORY_MS (30 s, 1 min, 2 min … 30 min), so that a process left running with a wrong
  * password tries it about 7 times in its first 30 minutes and then twice an hour — under the
  * lockout thresholds Active Directory is usually given (5–10 bad attempts within 10–30 minutes)
- * for the first, and never anywhere near them afterwards.
+ * for the first, and never anywhere near them afterwards. A refused Kerberos ticket locks no
+ * account: it is kept back UNUSABLE_MEMORY_MS each time, so that a fixed keytab or a new kinit
+ * is tried within 30 s.
  */
 export const MAX_REFUSED_MEMORY_MS = 30 * 60_000;
 
@@ -46,6 +48,8 @@ export type ProofOutcome =
   | 'success'
   /** The server refused them: a final 401 (407 from a proxy) to the last leg. */
   | 'refused'
+  /** As `refused`, of a handshake that surely sent no password (a Kerberos ticket only: `sentPassword`, mechanisms/registry.ts). */
+  | 'refused-no-password'
   /** It says nothing about them: an error, a timeout, an abort, a 5xx, an unanswered first leg. */
   | 'none';
 
@@ -62,8 +66,9 @@ export type ProofOutcome =
  *   outcome, bounded like every wait (R1). A success proves them; a refusal of credentials not proved
  *   (the second in a row after a proof) makes them refused.
  * - Refused: for {@link UNUSABLE_MEMORY_MS} no handshake sends them here (requests go without them and
- *   get the server's answer, R4); then one tries again. Refused again, the wait doubles, up to
- *   {@link MAX_REFUSED_MEMORY_MS}; a success starts over.
+ *   get the server's answer, R4); then one tries again. A password refused again doubles the wait,
+ *   up to {@link MAX_REFUSED_MEMORY_MS}; a success starts over. A refusal of a handshake that sent no
+ *   password (a Kerberos ticket) keeps them back UNUSABLE_MEMORY_MS and doubles nothing.
  *
  * A success counts only for a handshake admitted after the last refusal: one admitted before it may
  * have been checked before the password changed, and must not make a burst run side by side again.
@@ -72,7 +77,7 @@ export class CredentialProof {
   #proved = false;
   #provedAt = 0;
   #refusedUntil = 0;
-  /** How many times in a row the credentials were refused here (reset by a success): the next wait doubles. */
+  /** How many times in a row a password was refused here (reset by a success): the next such wait doubles. */
   #refusedTimes = 0;
   #epoch = 0;
   #probing = false;
@@ -153,19 +158,25 @@ export class CredentialProof {
       this.#provedAt = Date.now();
       this.#refusedUntil = 0;
       this.#refusedTimes = 0;
-    } else if (outcome === 'refused' && !ticket.counted) {
-      this.#refuse();
+    } else if (outcome !== 'success' && outcome !== 'none' && !ticket.counted) {
+      this.#refuse(outcome === 'refused');
     }
     this.#wake();
   }
 
-  #refuse(): void {
+  /** `password`: what was refused derives from one (only then does the wait double). */
+  #refuse(password = true): void {
     this.#epoch += 1;
     // Proved until now: this may be one resource's refusal (an ACL), so one more handshake decides.
     if (this.#proved) this.#proved = false;
     // Handshakes already in flight when they were refused add nothing: the wait grows only when the
     // try made after it is refused too.
     else if (!this.refused) {
+      // A ticket locks no account: a fixed keytab or a new kinit is tried again after the base wait.
+      if (!password) {
+        this.#refusedUntil = Date.now() + UNUSABLE_MEMORY_MS;
+        return;
+      }
       const wait = Math.min(UNUSABLE_MEMORY_MS * 2 ** this.#refusedTimes, MAX_REFUSED_MEMORY_MS);
       this.#refusedTimes += 1;
       this.#refusedUntil = Date.now() + wait;

@@ -762,7 +762,8 @@ class Lead implements HandshakeInput, LegInfo {
       (result) => {
         // What the handshake says of the credentials, before the release in #after lets waiting requests go on.
         const refused = result.kind === 'failed' && result.refused === true && result.opening === undefined;
-        env.memory.proof.settle(ticket, result.kind === 'success' ? 'success' : refused ? 'refused' : 'none');
+        const carried = result.kind === 'failed' && result.noPassword ? 'refused-no-password' : 'refused';
+        env.memory.proof.settle(ticket, result.kind === 'success' ? 'success' : refused ? carried : 'none');
         this.#done(this.#after(result));
       },
       (err) => {

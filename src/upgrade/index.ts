@@ -21,7 +21,7 @@ import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
-import { cannotRunHere, type MechanismSet } from '../mechanisms/registry.ts';
+import { cannotRunHere, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
 import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
@@ -60,6 +60,8 @@ type LegOutcome =
 interface Auth {
   readonly scheme: string;
   readonly multileg: boolean;
+  /** The mechanism's own word on passwords, for a context that says nothing of what it sent (R4). */
+  readonly usesPassword: boolean | undefined;
   readonly context: MechanismContext;
   header: string;
   legs: number;
@@ -267,6 +269,7 @@ export class UpgradeDispatcher {
           const a: Auth = {
             scheme: mechanism.scheme,
             multileg: mechanism.multileg,
+            usesPassword: mechanism.usesPassword,
             context: mechanism.createContext(legInfo()),
             header: '',
             legs: 0,
@@ -456,7 +459,11 @@ export class UpgradeDispatcher {
  * answered a multi-leg handshake's opening leg, which carries none), a 5xx says nothing.
  */
 function outcomeFor(auth: Auth, status: number): ProofOutcome {
-  if (status === 401) return auth.legs === 1 && auth.multileg && !auth.context.firstLegCompletes ? 'none' : 'refused';
+  if (status === 401) {
+    if (auth.legs === 1 && auth.multileg && !auth.context.firstLegCompletes) return 'none';
+    // A refused Kerberos ticket is kept back 30 s each time; a refused password's wait doubles.
+    return sentPassword(auth, auth.context) ? 'refused' : 'refused-no-password';
+  }
   return status >= 500 ? 'none' : 'success';
 }
 

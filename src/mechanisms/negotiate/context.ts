@@ -116,6 +116,15 @@ export class NegotiateContext implements MechanismContext {
     return this.#fallback !== undefined;
   }
 
+  /**
+   * False only once a Kerberos AP-REQ went and no NTLM: the fallback sends the password, and a first
+   * token that is not an AP-REQ may be NTLMSSP that GSS-API chose (gss-ntlmssp's own password) —
+   * unsure counts as a password (R4).
+   */
+  get sentPassword(): boolean {
+    return this.#fallback !== undefined || !this.#firstLegCompletes;
+  }
+
   /** Why Kerberos was skipped for NTLM (`code: message`), when it was. */
   get fallbackReason(): string | undefined {
     return this.#fallbackReason && `${this.#fallbackReason.code}: ${this.#fallbackReason.message}`;

@@ -138,6 +138,11 @@ class LazyNegotiateContext implements MechanismContext {
     return this.#context?.channelBound ?? false;
   }
 
+  /** Before the first step nothing was sent; unsure counts as a password (R4). */
+  get sentPassword(): boolean {
+    return this.#context?.sentPassword ?? true;
+  }
+
   step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
     // Once loaded, straight through: no async frame of ours around each step (per-request mode).
     if (this.#context) return this.#context.step(challenge, leg);
