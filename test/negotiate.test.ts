@@ -711,6 +711,19 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(gssNtlm.sentPassword).toBe(true);
   });
 
+  it('R4: a Negotiate context whose SPNEGO went on past its Kerberos AP-REQ (the server chose NTLMSSP, gss-ntlmssp answering with its own password) counts as having sent a password', async () => {
+    /** mod_auth_gssapi with only ntlmssp: SPNEGO picks it over the optimistic Kerberos token. */
+    const switchTo = encodeNegTokenResp({ negState: NegState.REQUEST_MIC }).toString('base64');
+    const ntlmNegotiate = encodeNegTokenResp({ responseToken: Buffer.from('NTLMSSP\0\x01\0\0\0') }).toString('base64');
+    const kerberos = fakeKerberos({ steps: [() => FIRST, () => ntlmNegotiate], username: 'alice@EXAMPLE.TEST' });
+    const ctx = negotiateMechanism({ kerberos }).createContext(leg);
+    await ctx.step(undefined, leg);
+    expect(ctx.sentPassword).toBe(false);
+    expect(await ctx.step(ch(switchTo), leg)).toBe(`Negotiate ${ntlmNegotiate}`);
+    // Its AUTHENTICATE (the password) follows; refused, that must double the wait as a password's refusal does.
+    expect(ctx.sentPassword).toBe(true);
+  });
+
   it('R4: a Kerberos ticket a forwarding proxy rejects three times in a row is kept back 30 s each time (was 30 s, 1 min, 2 min)', async () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const { origin: proxy, seen } = await peer(407);
