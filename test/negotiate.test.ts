@@ -692,6 +692,44 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     },
   );
 
+  it("M2/R4: a Kerberos ticket an origin rejects on three upgrades in a row (a WebSocket reconnecting): the SPNEGO reject is the caller's 401 (was a GSS error) and the ticket is kept back 30 s each time, as for a request", async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const { origin, seen } = await peer(401);
+    const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
+    const agent = new MultilegAgent({ negotiate: { kerberos }, trustedOrigins: [origin] });
+    agents.push(agent);
+    /** One upgrade (the origin's 401 either way): whether it carried the ticket. */
+    const tried = async () => {
+      const from = seen.length;
+      const status = await new Promise<number>((resolve, reject) => {
+        let status = 0;
+        agent.dispatch(
+          { origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+          {
+            onRequestUpgrade: () => reject(new Error('upgraded')),
+            onResponseStart: (_c, s) => {
+              status = s;
+            },
+            onResponseData: () => {},
+            onResponseEnd: () => resolve(status),
+            onResponseError: (_c, err) => reject(err),
+          },
+        );
+      });
+      expect(status).toBe(401);
+      // The upgrade settles its proof just after the caller's response ends: before the clock moves.
+      await new Promise((r) => setImmediate(r));
+      return seen.slice(from).includes(`Negotiate ${FIRST}`);
+    };
+    for (let i = 0; i < 3; i++) {
+      expect(await tried()).toBe(true);
+      vi.setSystemTime(Date.now() + UNUSABLE_MEMORY_MS - 1_000);
+      expect(await tried()).toBe(false);
+      vi.setSystemTime(Date.now() + 1_000);
+    }
+    expect(await tried()).toBe(true);
+  });
+
   it('R4: a Negotiate context says it sent no password only after a Kerberos AP-REQ without NTLM; NTLM inside Negotiate, a first token GSS-API made of another mechanism (gss-ntlmssp) or no step yet count as a password', async () => {
     const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
     const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
