@@ -752,6 +752,21 @@ describe('multileg command line', () => {
       stderr:
         'multileg: -w @- and --password-stdin: only one of them can read stdin; give the -w format as text or in a file\n',
     });
+    // --cert - and --key - read stdin too (readFlagFile): the certificate swallowed the password's line.
+    const certAndPassword = await run(['--cert', '-', '-u', 'alice', '--password-stdin', `${plainOrigin}/hop/0`], {
+      input: 'alicepw\n',
+    });
+    expect(certAndPassword).toMatchObject({
+      code: 2,
+      stdout: '',
+      stderr:
+        'multileg: --password-stdin and --cert -: only one of them can read stdin; give the password with MULTILEG_PASSWORD (or -u user:password)\n',
+    });
+    const certAndKey = await run(['--cert', '-:phrase', '--key', '-', `${plainOrigin}/hop/0`], { input });
+    expect(certAndKey).toMatchObject({
+      code: 2,
+      stderr: 'multileg: --cert - and --key -: only one of them can read stdin; give the certificate in a file\n',
+    });
   });
 
   it("M1: -u 'DOMAIN/user:password' authenticates with NTLM as DOMAIN\\user, as curl's NTLM reads it (no backslash to escape)", async () => {

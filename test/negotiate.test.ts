@@ -692,6 +692,44 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     },
   );
 
+  it("M2/R4: a Kerberos ticket an origin rejects on three upgrades in a row (a WebSocket reconnecting): the SPNEGO reject is the caller's 401 (was a GSS error) and the ticket is kept back 30 s each time, as for a request", async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const { origin, seen } = await peer(401);
+    const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
+    const agent = new MultilegAgent({ negotiate: { kerberos }, trustedOrigins: [origin] });
+    agents.push(agent);
+    /** One upgrade (the origin's 401 either way): whether it carried the ticket. */
+    const tried = async () => {
+      const from = seen.length;
+      const status = await new Promise<number>((resolve, reject) => {
+        let status = 0;
+        agent.dispatch(
+          { origin, path: '/ws', method: 'GET', upgrade: 'websocket' },
+          {
+            onRequestUpgrade: () => reject(new Error('upgraded')),
+            onResponseStart: (_c, s) => {
+              status = s;
+            },
+            onResponseData: () => {},
+            onResponseEnd: () => resolve(status),
+            onResponseError: (_c, err) => reject(err),
+          },
+        );
+      });
+      expect(status).toBe(401);
+      // The upgrade settles its proof just after the caller's response ends: before the clock moves.
+      await new Promise((r) => setImmediate(r));
+      return seen.slice(from).includes(`Negotiate ${FIRST}`);
+    };
+    for (let i = 0; i < 3; i++) {
+      expect(await tried()).toBe(true);
+      vi.setSystemTime(Date.now() + UNUSABLE_MEMORY_MS - 1_000);
+      expect(await tried()).toBe(false);
+      vi.setSystemTime(Date.now() + 1_000);
+    }
+    expect(await tried()).toBe(true);
+  });
+
   it('R4: a Negotiate context says it sent no password only after a Kerberos AP-REQ without NTLM; NTLM inside Negotiate, a first token GSS-API made of another mechanism (gss-ntlmssp) or no step yet count as a password', async () => {
     const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
     const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
@@ -709,6 +747,19 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     const gssNtlm = other.createContext(leg);
     await gssNtlm.step(undefined, leg);
     expect(gssNtlm.sentPassword).toBe(true);
+  });
+
+  it('R4: a Negotiate context whose SPNEGO went on past its Kerberos AP-REQ (the server chose NTLMSSP, gss-ntlmssp answering with its own password) counts as having sent a password', async () => {
+    /** mod_auth_gssapi with only ntlmssp: SPNEGO picks it over the optimistic Kerberos token. */
+    const switchTo = encodeNegTokenResp({ negState: NegState.REQUEST_MIC }).toString('base64');
+    const ntlmNegotiate = encodeNegTokenResp({ responseToken: Buffer.from('NTLMSSP\0\x01\0\0\0') }).toString('base64');
+    const kerberos = fakeKerberos({ steps: [() => FIRST, () => ntlmNegotiate], username: 'alice@EXAMPLE.TEST' });
+    const ctx = negotiateMechanism({ kerberos }).createContext(leg);
+    await ctx.step(undefined, leg);
+    expect(ctx.sentPassword).toBe(false);
+    expect(await ctx.step(ch(switchTo), leg)).toBe(`Negotiate ${ntlmNegotiate}`);
+    // Its AUTHENTICATE (the password) follows; refused, that must double the wait as a password's refusal does.
+    expect(ctx.sentPassword).toBe(true);
   });
 
   it('R4: a Kerberos ticket a forwarding proxy rejects three times in a row is kept back 30 s each time (was 30 s, 1 min, 2 min)', async () => {

@@ -416,6 +416,9 @@ const STDIN_READERS = {
   writeOut: { name: '-w @-', fix: 'give the -w format as text or in a file' },
   password: { name: '--password-stdin', fix: 'give the password with MULTILEG_PASSWORD (or -u user:password)' },
   data: { name: '-d @-', fix: 'give the body in a file' },
+  // readFlagFile reads `-` as stdin for these too.
+  cert: { name: '--cert -', fix: 'give the certificate in a file' },
+  key: { name: '--key -', fix: 'give the key in a file' },
 } as const satisfies Record<string, StdinReader>;
 
 /**
@@ -483,15 +486,7 @@ function caFile(path: string, flag: '--cacert' | '--proxy-cacert'): { text: stri
  * the --cert file, as curl allows) and `--pass`.
  */
 function clientCertificate(o: Record<string, unknown>): ClientCertificate {
-  let path = o.cert as string;
-  let passphrase = o.pass as string | undefined;
-  if (!existsSync(path)) {
-    const colon = path.indexOf(':', /^[A-Za-z]:[\\/]/.test(path) ? 2 : 0);
-    if (colon > 0) {
-      passphrase ??= path.slice(colon + 1);
-      path = path.slice(0, colon);
-    }
-  }
+  const { path, passphrase } = certFile(o);
   // A file that cannot be read is curl's 58 too (CURLE_SSL_CERTPROBLEM), not a usage error.
   const read = (flag: string, file: string) => {
     try {
@@ -506,6 +501,20 @@ function clientCertificate(o: Record<string, unknown>): ClientCertificate {
     key: o.key !== undefined ? read('--key', o.key as string) : cert,
     ...(passphrase !== undefined ? { passphrase } : {}),
   };
+}
+
+/** The --cert file's path and passphrase (`--pass`, else curl's `file:passphrase`). */
+function certFile(o: Record<string, unknown>): { path: string; passphrase: string | undefined } {
+  let path = o.cert as string;
+  let passphrase = o.pass as string | undefined;
+  if (!existsSync(path)) {
+    const colon = path.indexOf(':', /^[A-Za-z]:[\\/]/.test(path) ? 2 : 0);
+    if (colon > 0) {
+      passphrase ??= path.slice(colon + 1);
+      path = path.slice(0, colon);
+    }
+  }
+  return { path, passphrase };
 }
 
 /** curl's CURLE_SSL_CERTPROBLEM. */
@@ -700,6 +709,8 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     o.writeOut === '@-' && STDIN_READERS.writeOut,
     o.passwordStdin === true && STDIN_READERS.password,
     dataStdin !== undefined && { ...STDIN_READERS.data, name: `${dataStdin} @-` },
+    o.cert !== undefined && certFile(o).path === '-' && STDIN_READERS.cert,
+    o.key === '-' && STDIN_READERS.key,
   ]);
   if (twoReaders) throw new ConfigError(twoReaders);
   const pieces = data.map(([flag, d]) => {

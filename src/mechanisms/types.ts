@@ -46,7 +46,7 @@ export interface MechanismContext {
   /**
    * Whether what this handshake sent derives from a password (R4: a refused password is kept back
    * twice as long with each refusal in a row, against account lockout; a refused Kerberos ticket
-   * only 30 s each time). Negotiate says false only when it sent a Kerberos AP-REQ and no NTLM.
+   * only 30 s each time). Negotiate says false only when it sent a Kerberos AP-REQ and no token after it (so no NTLM).
    * Absent: the mechanism's {@link Mechanism.usesPassword}.
    */
   readonly sentPassword?: boolean;

@@ -215,8 +215,9 @@ export class UpgradeDispatcher {
             if (!auth && proofHere()?.refused) return false;
             if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
             const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
-            // A bare challenge after our credentials is the server's final "no": the caller gets it.
-            return next?.token68 !== undefined && !auth.context.complete;
+            // A bare challenge after our credentials is the server's final "no": the caller gets it;
+            // so is an SPNEGO reject (a token, but no next leg), as for a request.
+            return next?.token68 !== undefined && !auth.context.complete && !auth.context.rejects?.(next);
           },
           auth && ((h) => finish(auth!, h, legInfo())),
           onUpgrade,

@@ -70,6 +70,8 @@ export class NegotiateContext implements MechanismContext {
   #fallbackReason: NegotiateFallbackReason | undefined;
   #channelBound = false;
   #firstLegCompletes = false;
+  /** GSS-API made a token after the first: SPNEGO may have switched mechanisms (to gss-ntlmssp's NTLM). */
+  #steppedOn = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -118,11 +120,12 @@ export class NegotiateContext implements MechanismContext {
 
   /**
    * False only once a Kerberos AP-REQ went and no NTLM: the fallback sends the password, and a first
-   * token that is not an AP-REQ may be NTLMSSP that GSS-API chose (gss-ntlmssp's own password) —
-   * unsure counts as a password (R4).
+   * token that is not an AP-REQ may be NTLMSSP that GSS-API chose (gss-ntlmssp's own password), as
+   * may a later token (a server that took SPNEGO's next mechanism instead) — unsure counts as a
+   * password (R4).
    */
   get sentPassword(): boolean {
-    return this.#fallback !== undefined || !this.#firstLegCompletes;
+    return this.#fallback !== undefined || !this.#firstLegCompletes || this.#steppedOn;
   }
 
   /** Why Kerberos was skipped for NTLM (`code: message`), when it was. */
@@ -255,6 +258,7 @@ export class NegotiateContext implements MechanismContext {
       this.#state = 'done';
       throw new MechanismError(SCHEME, 'the server asked for another leg but GSS-API has nothing more to send');
     }
+    this.#steppedOn = true;
     return `${SCHEME} ${out}`;
   }
 
