@@ -142,6 +142,34 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     }
   });
 
+  it('C5/H1: NTLM inside Negotiate (no ticket) binds the HTTP/1.1 connection: later requests at Apache /spnego2 go on it bare and are answered 200, never a new NTLM handshake Apache refuses', async () => {
+    const restore = lab.applyEnv({ KRB5CCNAME: `FILE:${join(lab.dir, 'no-such-ccache')}`, NTLM_USER_FILE: undefined });
+    try {
+      const a = agent({ credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' } });
+      const get = async () => {
+        const r = await request(`${lab.apache!.origin}/spnego2/index.html`, { dispatcher: a });
+        await r.body.text();
+        return [r.statusCode, r.headers['x-remote-user'], r.headers['x-protocol']];
+      };
+      // Before: the first 200, then a proactive NTLM NEGOTIATE on the authenticated connection,
+      // which mod_auth_gssapi (GssapiConnectionBound) answers with a bare 401 — counted as a refused
+      // password, so after two the credentials were held back and every request got 401.
+      for (let i = 0; i < 4; i++) expect(await get()).toEqual([200, 'EXAMPLE\\alice', 'HTTP/1.1']);
+      const hs = a.handshakes();
+      expect(hs.map((h) => [h.scheme, h.outcome, h.protocol, h.legs])).toEqual([
+        ['Negotiate', 'session', 'http/1.1', 2],
+      ]);
+      expect(hs[0]!.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET/);
+      await a.close();
+      const wire = await logSettled('/spnego2/index.html', 0, 2 + 2 + 3);
+      // HTTP/2 loses the context (2), HTTP/1.1 completes it (2), then three requests on that connection.
+      expect(wire.filter((w) => w.proto === 'HTTP/1.1').map((w) => w.status)).toEqual([401, 200, 200, 200, 200]);
+      expect(new Set(wire.filter((w) => w.proto === 'HTTP/1.1').map((w) => w.port)).size).toBe(1);
+    } finally {
+      restore();
+    }
+  });
+
   it('M1/H1: our NTLM at Apache /ntlm: the legacy HTTP/2 failure falls back to one HTTP/1.1 connection, remembered', async () => {
     const a = agent({
       credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },

@@ -194,6 +194,9 @@ describe('S1: trusted origins are required with a password, and match exactly wh
       // Before: accepted, and every .com host got the credentials.
       ['https://*.com', "trusts every host under 'com', a top-level name"],
       ['http://*.local:*', "trusts every host under 'local', a top-level name"],
+      // Before: "uses '*' other than as the first label of the host", of a host with no '*'.
+      ['http://127.0.0.1:*', "has '*' as the port of a single host: ':*' goes only with a host pattern"],
+      ['https://intranet.example.com:*/', 'pass a predicate'],
     ] as const;
     for (const [bad, named] of cases) {
       expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);

@@ -65,6 +65,8 @@ export type HandshakeResult =
       readonly legs: number;
       /** Persistent-Auth on the final response (C4), or a connection-only scheme (C5). */
       readonly sessionAuthenticated: boolean;
+      /** The context authenticated the connection rather than the request (NTLM inside Negotiate). */
+      readonly connectionBound?: boolean;
       readonly authIdCarried: boolean;
       readonly identity?: string;
       readonly fallbackReason?: string;
@@ -562,6 +564,7 @@ class Handshake {
           kind: 'success',
           legs,
           sessionAuthenticated: this.#persistent || this.#mechanism.level === 'connection',
+          ...(this.#context.connectionBound ? { connectionBound: true } : {}),
           authIdCarried,
           done,
           ...(identity ? { identity } : {}),

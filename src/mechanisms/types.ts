@@ -51,6 +51,13 @@ export interface MechanismContext {
    */
   readonly sentPassword?: boolean;
   /**
+   * True when what completed authenticates the connection, not the request: NTLM inside Negotiate
+   * (C5). On HTTP/1.1 the connection then counts as authenticated, as for NTLM itself (H1): a server
+   * that binds the context to the connection (Apache mod_auth_gssapi) refuses a new NTLM handshake
+   * on it. Absent: the mechanism's {@link Mechanism.level} decides.
+   */
+  readonly connectionBound?: boolean;
+  /**
    * Called with the scheme's challenge, if any, on the response that ends the handshake — from an
    * origin a 2xx (a 101 for an upgrade; over cleartext also the answer to a proactive first leg that
    * names no token), from a proxy any answer but a 407; through a forwarding proxy also on the

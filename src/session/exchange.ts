@@ -863,8 +863,11 @@ class Lead implements HandshakeInput, LegInfo {
       case 'success': {
         // H4: through a forward proxy that does not vouch for it, session auth counts as per-request;
         // R4: so does a session on which authentication was seen not to hold.
-        const sessionAuthenticated =
-          result.sessionAuthenticated && session.trustsSessionAuth && !session.authenticationFails;
+        // C5/H1: NTLM inside Negotiate binds an HTTP/1.1 connection as NTLM does; a server that keeps
+        // the context on the connection (Apache mod_auth_gssapi) refuses another handshake on it.
+        const bound =
+          result.sessionAuthenticated || (result.connectionBound === true && session.protocol === 'http/1.1');
+        const sessionAuthenticated = bound && session.trustsSessionAuth && !session.authenticationFails;
         // Remembered first: the release below lets the pool hand out room, by what the origin wants.
         env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
         const identity = result.identity ? { identity: result.identity } : {};

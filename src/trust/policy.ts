@@ -103,6 +103,11 @@ function parseEntry(entry: string): Matcher {
     return (url) =>
       url.protocol === protocol && url.hostname.endsWith(`.${suffix}`) && (port === '*' || portOf(url) === port);
   }
+  // `https://host:*` reads as a wildcard port on one host, which only a host pattern has.
+  if (/^https?:\/\/[^/*]+:\*\/?$/is.test(entry))
+    throw bad(
+      "has '*' as the port of a single host: ':*' goes only with a host pattern ('https://*.corp.example.com:*'); for any port of one host, pass a predicate such as (origin) => new URL(origin).hostname === 'intranet.example.com'",
+    );
   if (entry.includes('*')) throw bad("uses '*' other than as the first label of the host");
   let url: URL;
   try {

@@ -118,6 +118,11 @@ export class NegotiateContext implements MechanismContext {
     return this.#fallback !== undefined;
   }
 
+  /** NTLM inside Negotiate authenticates the connection, as NTLM does (C5, H1). */
+  get connectionBound(): boolean {
+    return this.#fallback !== undefined;
+  }
+
   /**
    * False only once a Kerberos AP-REQ went and no NTLM: the fallback sends the password, and a first
    * token that is not an AP-REQ may be NTLMSSP that GSS-API chose (gss-ntlmssp's own password), as

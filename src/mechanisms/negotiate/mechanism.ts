@@ -133,6 +133,11 @@ class LazyNegotiateContext implements MechanismContext {
     return this.#context?.usedNtlmFallback ?? false;
   }
 
+  /** NTLM inside Negotiate authenticates the connection (C5, H1). */
+  get connectionBound(): boolean {
+    return this.#context?.connectionBound ?? false;
+  }
+
   /** True when the Kerberos token carries the TLS channel bindings. */
   get channelBound(): boolean {
     return this.#context?.channelBound ?? false;
