@@ -176,6 +176,13 @@ export class MultilegAgent extends Dispatcher {
       selectCertificate = () => usable;
     }
     checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
+    if (options.allowH2 !== undefined && typeof options.allowH2 !== 'boolean')
+      throw new ConfigError(`allowH2 must be true or false, got ${JSON.stringify(options.allowH2)}`);
+    // The connector sets ALPN per lane: one given here would be overridden without a word.
+    if (options.connect && 'ALPNProtocols' in options.connect)
+      throw new ConfigError(
+        "connect.ALPNProtocols: the agent offers h2 and http/1.1 itself; for HTTP/1.1 only, pass allowH2: false (or allowH2: false in a request's dispatch options)",
+      );
     if (options.cookies !== undefined) checkCookieStore(options.cookies);
     let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
@@ -192,6 +199,7 @@ export class MultilegAgent extends Dispatcher {
       schemes,
       mechanisms: options.mechanisms ?? [],
       connect: options.connect ?? {},
+      http1Only: options.allowH2 === false,
       limits: resolveLimits(options.limits),
       maxHttp1Connections: positive('maxHttp1Connections', options.maxHttp1Connections ?? 16, true),
       maxConcurrentStreams: positive('maxConcurrentStreams', options.maxConcurrentStreams ?? 100, true),

@@ -159,8 +159,17 @@ export interface MultilegAgentOptions {
   allowBasicOverHttp?: boolean;
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
   mechanisms?: readonly Mechanism[];
-  /** TLS options for connections to origins (ca, rejectUnauthorized, ...). */
+  /**
+   * TLS options for connections to origins (ca, rejectUnauthorized, ...). Not `ALPNProtocols`: the
+   * agent offers `h2` and `http/1.1` itself, or `http/1.1` alone where it must (`allowH2`).
+   */
   connect?: ConnectionOptions;
+  /**
+   * Offer HTTP/2 to origins (ALPN), as undici's `Agent` does. Default true; `false`: every request
+   * goes over HTTP/1.1 (IIS's NTLM, a server whose HTTP/2 misbehaves). A request's own dispatch
+   * option `allowH2: false` does the same for that request alone.
+   */
+  allowH2?: boolean;
   /**
    * A TLS client certificate (T3). Given as such, it is presented in the TLS handshake when the
    * server asks for one there (as curl's `--cert` and .NET's `ClientCertificates` do), by the
@@ -221,6 +230,8 @@ export interface ResolvedOptions {
   schemes: readonly string[];
   mechanisms: readonly Mechanism[];
   connect: ConnectionOptions;
+  /** `allowH2: false`: every request on the HTTP/1.1 lane. */
+  http1Only: boolean;
   limits: Limits;
   maxHttp1Connections: number;
   maxConcurrentStreams: number;
@@ -239,6 +250,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   allowBasicOverHttp: true,
   mechanisms: true,
   connect: true,
+  allowH2: true,
   clientCertificate: true,
   limits: true,
   maxHttp1Connections: true,

@@ -32,6 +32,24 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     ]);
   });
 
+  it("H1: the agent's allowH2: false (undici's Agent option) puts every request on HTTP/1.1, with no per-request option", async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { allowH2: false });
+    for (let i = 0; i < 2; i++) {
+      const res = await get(r, `/auth/${i}`);
+      expect(res).toMatchObject({ status: 200, body: { user: 'EXAMPLE\\alice', protocol: 'http/1.1' } });
+    }
+    const ex = r.server.exchanges;
+    expect(ex.every((e) => e.protocol === 'http/1.1')).toBe(true);
+    // One connection, bound by its handshake (H1): the second request goes bare on it.
+    expect(new Set(ex.map((e) => e.sessionId)).size).toBe(1);
+    expect(ex.map((e) => [e.status, hasAuth(e.requestHeaders)])).toEqual([
+      [401, false],
+      [401, true],
+      [200, true],
+      [200, false],
+    ]);
+  });
+
   it('H1: concurrent HTTP/1.1 requests each authenticate their own connection, then reuse it', async () => {
     r = await rig({ mode: 'legacy', schemes: ['NTLM'] }, { maxHttp1Connections: 3 });
     const results = await Promise.all(

@@ -339,9 +339,16 @@ describe('options given wrong are construction errors, not failures of every req
       /limits: unknown option "handshakeTimout"; known: maxLegs, .*handshakeTimeout/,
     ],
     [
-      "undici's allowH2, not an option here",
-      { allowH2: false } as MultilegAgentOptions,
-      /MultilegAgent options: unknown option "allowH2"; known: credentials, trustedOrigins/,
+      'a misspelt option',
+      { trustedOrigin: ['https://intranet.example'] } as MultilegAgentOptions,
+      /MultilegAgent options: unknown option "trustedOrigin"; known: credentials, trustedOrigins/,
+    ],
+    ['allowH2 not a boolean', { allowH2: 'no' as unknown as boolean }, /allowH2 must be true or false, got "no"/],
+    // The connector sets ALPN per lane: ALPNProtocols given here was overridden without a word.
+    [
+      'connect.ALPNProtocols',
+      { connect: { ALPNProtocols: ['http/1.1'] } },
+      /connect\.ALPNProtocols: the agent offers h2 and http\/1\.1 itself; for HTTP\/1\.1 only, pass allowH2: false/,
     ],
     [
       'limits that are not an object',

@@ -139,7 +139,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   streamsNow(identity: Identity, http1Only: boolean): boolean {
     if (this.#closed || identity !== 'agent') return false;
     if (this.memory.unchallenged && this.memory.scheme === undefined) return true;
-    if (http1Only) return false;
+    if (http1Only || this.#options.http1Only) return false;
     const session = this.#pick('auto', identity);
     return session !== undefined && FastExchange.sessionReady(session, this.#env);
   }
@@ -154,7 +154,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   #lane(job: Job): Lane {
-    return job.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
+    return job.http1Only || this.#options.http1Only || this.memory.requiresHttp1 ? 'http1' : 'auto';
   }
 
   /**
