@@ -91,11 +91,17 @@ export class BodyNotReplayableError extends MultilegError {
 
 /** A server token or header failed validation: too long, bad base64, malformed message (S3). */
 export class InvalidTokenError extends MultilegError {
-  constructor(what: string) {
+  /** What was invalid (`NTLM message`, `Negotiate token (bad base64 or too long)`, ...). */
+  readonly what: string;
+  /** `proxy`: the proxy that sent it (its origin), when not the server. */
+  constructor(what: string, proxy?: string) {
     super(
       'MULTILEG_INVALID_TOKEN',
-      `server sent an invalid ${what}; the server or something in between is misbehaving`,
+      proxy
+        ? `the proxy ${proxy} sent an invalid ${what}; the proxy or something in between is misbehaving`
+        : `server sent an invalid ${what}; the server or something in between is misbehaving`,
     );
+    this.what = what;
   }
 }
 

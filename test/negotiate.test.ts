@@ -794,6 +794,10 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     );
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err).toMatchObject({ refused: true });
+    // A ticket went, no password (the agent has none): the message names the ticket alone.
+    expect((err as Error).message).toMatch(
+      /rejected the Negotiate credentials; check the Kerberos ticket for HTTP@127\.0\.0\.1$/,
+    );
     expect(seen).toEqual(['', `Negotiate ${FIRST}`]);
   });
 });

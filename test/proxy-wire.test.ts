@@ -333,7 +333,9 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     const { uri, seen } = await scripted(({ socket }) => socket.write(`${CHALLENGE}Content-Length: 0\r\n\r\n`));
     const err = await failure(tunnel(resolved(uri)));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
-    expect(err.message).toMatch(/rejected the Basic credentials/);
+    expect(err.message).toMatch(/rejected the Basic credentials; check proxy\.credentials \(user, domain, password\)$/);
+    // A password went, not a ticket: nothing about Kerberos.
+    expect(err.message).not.toMatch(/Kerberos/);
     expect(seen).toHaveLength(2);
   });
 
@@ -378,8 +380,17 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
   });
 
   it.each([
-    ['its own exception: InvalidTokenError instead', new TypeError('bad input'), /invalid Loop Proxy-Authenticate/],
-    ['a typed error: that error, unchanged', new InvalidTokenError('Loop token from the test proxy'), /test proxy/],
+    [
+      'its own exception: InvalidTokenError naming the proxy instead',
+      new TypeError('bad input'),
+      /^the proxy http:\/\/127\.0\.0\.1:\d+ sent an invalid Loop Proxy-Authenticate challenge; the proxy or/,
+    ],
+    // The mechanism says "server" (it cannot know): the error names the proxy that sent the token.
+    [
+      'an InvalidTokenError: the same, naming the proxy',
+      new InvalidTokenError('Loop message'),
+      /^the proxy http:\/\/127\.0\.0\.1:\d+ sent an invalid Loop message; the proxy or/,
+    ],
   ] as const)('H5: a mechanism that fails on the proxy’s token with %s', async (_what, thrown, message) => {
     const failing: Mechanism = {
       ...endless,

@@ -41,9 +41,14 @@ export function rejected(
   offered: readonly string[],
   refused = true,
 ): ProxyAuthenticationError {
+  // What went: a ticket with Negotiate (a proxy's Negotiate has no NTLM fallback unless asked), else the password.
+  const ticket = `the Kerberos ticket for HTTP@${proxy.hostname}`;
+  const password = 'proxy.credentials (user, domain, password)';
+  const check =
+    scheme === undefined ? `${password} or ${ticket}` : scheme.toLowerCase() === 'negotiate' ? ticket : password;
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy rejected the ${scheme ?? ''} credentials; check proxy.credentials (user, domain, password) or the Kerberos ticket for HTTP@${proxy.hostname}`,
+    `the proxy rejected the ${scheme ? `${scheme} ` : ''}credentials; check ${check}`,
     offered,
     refused,
   );
@@ -247,8 +252,10 @@ export class ProxyAuth {
     try {
       header = await this.#context!.step(challenge, leg);
     } catch (err) {
+      // The mechanism's own words for a bad token say "server": this one came from the proxy.
+      if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.what, this.#proxy.origin);
       if (err instanceof MultilegError) throw err;
-      throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`);
+      throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     }
     this.#legs += 1;
     this.#pending = header;
