@@ -4,7 +4,8 @@
  * between legs. Each test drives `openTunnel` — the code the agent's connector runs — against a raw
  * loopback TCP server that answers each CONNECT as the test scripts it.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
 import {
@@ -12,16 +13,20 @@ import {
   LegLimitError,
   type Mechanism,
   MechanismUnavailableError,
+  MultilegAgent,
   MutualAuthError,
   ProxyAuthenticationError,
   ProxyConnectError,
   ProxyProtocolError,
+  ProxyTimeoutError,
+  QueueTimeoutError,
 } from '../src/index.ts';
 import { DEFAULT_LIMITS, type Limits, type SchemeName } from '../src/options.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
-import { digestOfAnswer, spoiledDigest } from './helpers.ts';
+import { startReferenceServer } from '../src/reference-server/index.ts';
+import { ALICE, digestOfAnswer, SCRIPTED_NTLM_CHALLENGE, spoiledDigest } from './helpers.ts';
 
 interface Seen {
   readonly connection: number;
@@ -44,8 +49,11 @@ afterEach(async () => {
   server = undefined;
 });
 
-/** A proxy that hands every CONNECT it reads to `answer`, which writes what it likes. */
-async function scripted(answer: (r: Request) => void): Promise<{ uri: string; seen: Seen[] }> {
+/** What an answer returns when it relays the connection from now on: nothing more is read as CONNECTs. */
+const RELAY = Symbol('relay');
+
+/** A proxy that hands every CONNECT it reads to `answer`, which writes what it likes (or returns {@link RELAY}). */
+async function scripted(answer: (r: Request) => unknown): Promise<{ uri: string; seen: Seen[] }> {
   const seen: Seen[] = [];
   let connections = 0;
   server = createServer((socket) => {
@@ -63,8 +71,7 @@ async function scripted(answer: (r: Request) => void): Promise<{ uri: string; se
         const proxyAuthorization = /\r\nProxy-Authorization: ([^\r]*)/i.exec(head)?.[1];
         const r = { connection, proxyAuthorization, index: seen.length, socket };
         seen.push({ connection, proxyAuthorization });
-        answer(r);
-        tunnelled = socket.destroyed || socket.writableEnded;
+        tunnelled = answer(r) === RELAY || socket.destroyed || socket.writableEnded;
       }
     });
   });
@@ -441,5 +448,138 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err.message).toMatch(/closes the connection between Loop legs/);
     expect(seen.map((s) => s.connection)).toEqual([1, 1, 2]);
+  });
+});
+
+/** The NTLM message type a `Proxy-Authorization` carries (1 NEGOTIATE, 3 AUTHENTICATE), 0 for none, -1 for another scheme. */
+const ntlmType = (value: string | undefined): number =>
+  value === undefined ? 0 : value.startsWith('NTLM ') ? Buffer.from(value.slice(5), 'base64').readUInt32LE(8) : -1;
+const NTLM_407 = (token?: string) =>
+  `HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM${token ? ` ${token}` : ''}\r\nContent-Length: 0\r\n\r\n`;
+/** An NTLM proxy: a bare 407 to a bare CONNECT, its CHALLENGE to a NEGOTIATE, `authenticated` to an AUTHENTICATE. */
+const ntlmAnswer =
+  (authenticated: string = OK) =>
+  ({ socket, proxyAuthorization }: Request) => {
+    const type = ntlmType(proxyAuthorization);
+    socket.write(type === 1 ? NTLM_407(SCRIPTED_NTLM_CHALLENGE) : type === 3 ? authenticated : NTLM_407());
+  };
+const ntlmOnly = (uri: string) => resolved(uri, { schemes: ['NTLM'] });
+
+describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONNECT, as curl --proxy-ntlm (H5, R4)", () => {
+  it('H5: the first CONNECT carries the NEGOTIATE, the second the AUTHENTICATE, on one connection: 2 CONNECTs, not 3', async () => {
+    const { uri, seen } = await scripted(ntlmAnswer());
+    const proxy = ntlmOnly(uri);
+    const t = await tunnel(proxy);
+    t.socket.destroy();
+    expect(t).toMatchObject({ requests: 2, connections: 1 });
+    expect(seen.map((s) => [s.connection, ntlmType(s.proxyAuthorization)])).toEqual([
+      [1, 1],
+      [1, 3],
+    ]);
+    expect(proxy.proof.proved).toBe(true);
+    // Each tunnel is its own connection, so each opens so.
+    const again = await tunnel(proxy);
+    again.socket.destroy();
+    expect(seen.slice(2).map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 3]);
+  });
+
+  it('H5: with a second scheme allowed (NTLM, Basic) the first CONNECT stays bare', async () => {
+    const { uri, seen } = await scripted(ntlmAnswer());
+    const t = await tunnel(resolved(uri, { schemes: ['NTLM', 'Basic'] }));
+    t.socket.destroy();
+    expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([0, 1, 3]);
+  });
+
+  it('R4: a proxy that lets the NEGOTIATE through (200) proves nothing, and later tunnels there go bare', async () => {
+    const { uri, seen } = await scripted(({ socket }) => socket.write(OK));
+    const proxy = ntlmOnly(uri);
+    for (let i = 0; i < 2; i++) (await tunnel(proxy)).socket.destroy();
+    expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 0]);
+    expect(proxy.proof.proved).toBe(false);
+    expect(proxy.openedInVain).toBe(true);
+  });
+
+  it('H5: a bare NTLM 407 to the NEGOTIATE (the proxy took no part in it) starts the handshake as a bare CONNECT’s 407 would', async () => {
+    const answer = ntlmAnswer();
+    const { uri, seen } = await scripted((r) => (r.index === 0 ? r.socket.write(NTLM_407()) : answer(r)));
+    const proxy = ntlmOnly(uri);
+    const t = await tunnel(proxy);
+    t.socket.destroy();
+    expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 1, 3]);
+    expect(proxy.proof.proved).toBe(true);
+    // It is not opened again there: the next tunnel waits for the 407.
+    (await tunnel(proxy)).socket.destroy();
+    expect(seen.slice(3).map((s) => ntlmType(s.proxyAuthorization))).toEqual([0, 1, 3]);
+  });
+
+  it('H5: a proxy that offers only Basic gets its 407 to the NEGOTIATE handled as a bare CONNECT’s: no configured scheme', async () => {
+    const { uri, seen } = await scripted(({ socket }) => socket.write(`${CHALLENGE}Content-Length: 0\r\n\r\n`));
+    const err = await failure(tunnel(ntlmOnly(uri)));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: false, offered: ['Basic'] });
+    expect(err.message).toMatch(/none of the offered schemes is configured/);
+    expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1]);
+  });
+
+  it('R4/H5: a wrong password: a burst of 6 tunnels sends one AUTHENTICATE; the others wait for its refusal, then send nothing', async () => {
+    const { uri, seen } = await scripted(ntlmAnswer(NTLM_407()));
+    const proxy = ntlmOnly(uri);
+    const errors = await Promise.all(Array.from({ length: 6 }, () => failure(tunnel(proxy))));
+    for (const err of errors) {
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err).toMatchObject({ refused: true });
+    }
+    const types = seen.map((s) => ntlmType(s.proxyAuthorization));
+    // Before leave was taken for the opening, each tunnel's AUTHENTICATE went: 6 wrong passwords.
+    expect(types.filter((t) => t === 3)).toHaveLength(1);
+    expect(types.filter((t) => t === 1)).toHaveLength(1);
+    expect(errors.filter((e) => e.message.includes('refused proxy.credentials lately'))).toHaveLength(5);
+    expect(proxy.proof.refused).toBe(true);
+  });
+
+  it('R1: a tunnel waiting for another’s opening to prove the credentials is bounded by limits.queueTimeout', async () => {
+    // The proxy never answers the AUTHENTICATE: the first tunnel holds the leave until its own deadline.
+    const { uri, seen } = await scripted(ntlmAnswer(''));
+    const proxy = ntlmOnly(uri);
+    const first = failure(tunnel(proxy, { handshakeTimeout: 600 }));
+    const second = await failure(tunnel(proxy, { queueTimeout: 100 }));
+    expect(second).toBeInstanceOf(QueueTimeoutError);
+    expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 3]);
+    expect(await first).toBeInstanceOf(ProxyTimeoutError);
+  });
+});
+
+describe("the proxy's NTLM opening through the agent (S2)", () => {
+  it("S2/H5: the NEGOTIATE goes only to the proxy, in the CONNECT's Proxy-Authorization: the origin sees no Proxy-Authorization and authenticates alice with its own NTLM", async () => {
+    const origin = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const handshake = ntlmAnswer();
+    const { uri, seen } = await scripted((r) => {
+      if (ntlmType(r.proxyAuthorization) !== 3) return handshake(r);
+      // Authenticated: relay the tunnel to the origin.
+      r.socket.write(OK);
+      const upstream = netConnect(origin.port, '127.0.0.1');
+      open.add(upstream);
+      upstream.on('error', () => {});
+      r.socket.pipe(upstream).pipe(r.socket);
+      return RELAY;
+    });
+    const agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      connect: { ca: origin.ca },
+      trustedOrigins: [origin.origin],
+      proxy: { uri, negotiate: false, credentials: { username: 'proxyuser', password: 'proxypw' }, schemes: ['NTLM'] },
+    });
+    try {
+      const res = await fetch(`${origin.origin}/auth/through`, { dispatcher: agent });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+      expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 3]);
+      expect(origin.exchanges.length).toBeGreaterThan(0);
+      for (const e of origin.exchanges) expect(e.requestHeaders['proxy-authorization']).toBeUndefined();
+    } finally {
+      await agent.destroy().catch(() => {});
+      await origin.close();
+    }
   });
 });

@@ -34,6 +34,14 @@ export const sentPassword = (
   context: Pick<MechanismContext, 'sentPassword'> | undefined,
 ): boolean => context?.sentPassword ?? mechanism.usesPassword !== false;
 
+/**
+ * Whether `sole` (the one mechanism allowed, {@link MechanismSet.sole}) may lead its handshake before
+ * any challenge, as curl --ntlm and --proxy-ntlm do: only NTLM, whose NEGOTIATE carries no password
+ * (a server or proxy that wants no NTLM learns nothing from it, R4).
+ */
+export const opensUnasked = (sole: Mechanism | undefined): sole is Mechanism =>
+  sole !== undefined && sole.scheme.toLowerCase() === 'ntlm' && sole.multileg;
+
 /** The scheme key of the TLS list message's client-certificate challenge (T3). */
 export const TRANSPORT = 'transport';
 

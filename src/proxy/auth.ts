@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
-import { cannotRunHere, sentPassword } from '../mechanisms/registry.ts';
+import { cannotRunHere, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
@@ -70,6 +70,8 @@ export class ProxyAuth {
   #legs = 0;
   #restarted = false;
   #first: Challenge | undefined;
+  /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
+  #opening = false;
   #state: 'idle' | 'handshaking' | 'done' = 'idle';
 
   constructor(proxy: ResolvedProxy, maxLegs: number) {
@@ -82,6 +84,68 @@ export class ProxyAuth {
   }
   get scheme(): string | undefined {
     return this.#mechanism?.scheme;
+  }
+
+  /**
+   * Whether this connection's first request may carry the sole scheme's NEGOTIATE before any 407
+   * (`proxy.schemes: ['NTLM']`, as curl --proxy-ntlm): nothing ran on it yet, and the proxy has not
+   * shown that it takes no part in such an opening.
+   */
+  get opens(): boolean {
+    const sole = this.#proxy.mechanisms.sole;
+    return (
+      this.#state === 'idle' &&
+      this.#mechanism === undefined &&
+      !this.#proxy.openedInVain &&
+      opensUnasked(sole) &&
+      !this.#excluded.has(sole.scheme.toLowerCase())
+    );
+  }
+
+  /**
+   * The credentials sent last were the opening's NEGOTIATE, which no 407 asked for: a 2xx to them
+   * authenticated nothing (nothing is proved, R4), and says the proxy wants no authentication.
+   */
+  get opening(): boolean {
+    return this.#opening && this.#legs === 1;
+  }
+
+  /**
+   * Starts the sole scheme's handshake before any 407 ({@link opens}): {@link header} gives its
+   * NEGOTIATE, which carries no password. The caller has taken leave to send the credentials
+   * first (the proof's gate, R4), as before answering a 407. A mechanism that cannot make its
+   * opening leaves the request bare: the proxy's 407 runs the handshake as it would have.
+   */
+  async open(leg: LegInfo): Promise<void> {
+    const sole = this.#proxy.mechanisms.sole;
+    if (!this.opens || !sole) return;
+    this.#first = undefined;
+    this.#legs = 0;
+    try {
+      this.#mechanism = sole;
+      const context = sole.createContext(leg);
+      this.#context = context;
+      await this.#step(undefined, leg);
+      // A first token that ends the handshake (a mechanism of that name that is not NTLM's
+      // NEGOTIATE) waits for a challenge to answer, as any scheme's does.
+      if (!context.complete && !context.firstLegCompletes) {
+        this.#opening = true;
+        return;
+      }
+      log.proxy('%s %s opening not made: its first token is its last', this.#proxy.origin, sole.scheme);
+    } catch (err) {
+      log.proxy('%s %s opening not made: %s', this.#proxy.origin, sole.scheme, (err as MultilegError).code);
+    }
+    this.#mechanism = this.#context = undefined;
+    this.#legs = 0;
+    this.#state = 'idle';
+  }
+
+  /** The proxy let the opening through (a 2xx): it wants no authentication, so later tunnels wait for a 407. */
+  notNeeded(): void {
+    this.#proxy.openedInVain = true;
+    this.#opening = false;
+    this.#state = 'idle';
   }
 
   /** {@link header} will make credentials for a request of its own (a per-request scheme after a success). */
@@ -179,10 +243,17 @@ export class ProxyAuth {
         await this.#step(next, leg);
         return;
       }
-      this.#state = 'idle';
-      // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
-      const opening = this.#legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
-      throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered), !opening);
+      if (this.opening && next?.token68 === undefined) {
+        // The proxy took no part in the opening (a bare NTLM challenge, or other schemes only): its
+        // 407 is answered as a bare CONNECT's would have been, and later tunnels wait for the 407.
+        this.#opening = false;
+        this.#proxy.openedInVain = true;
+      } else {
+        this.#state = 'idle';
+        // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
+        const opening = this.#legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
+        throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered), !opening);
+      }
     }
     // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
     this.#state = 'idle';

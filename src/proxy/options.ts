@@ -96,6 +96,12 @@ export interface ResolvedProxy {
    * until they do, and not at all for a while after it refused them (account lockout).
    */
   readonly proof: CredentialProof;
+  /**
+   * The proxy took no part in an opening NEGOTIATE (`proxy.schemes: ['NTLM']`): it let that CONNECT
+   * through, or its 407 carried no NTLM challenge. Later tunnels wait for its 407, as origins do
+   * (OriginMemory.openedInVain).
+   */
+  openedInVain: boolean;
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -204,6 +210,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
     ),
+    openedInVain: false,
   };
 }
 

@@ -148,7 +148,7 @@ function isIpLiteral(host: string): boolean {
 /** Established tunnel: a socket whose next bytes are the origin's. */
 export interface Tunnel {
   readonly socket: Socket;
-  /** CONNECT requests written (legs plus the unauthenticated first one), and proxy connections used. */
+  /** CONNECT requests written (every leg, a bare first one included), and proxy connections used. */
   readonly requests: number;
   readonly connections: number;
 }
@@ -244,6 +244,22 @@ async function handshake(
         if (admission === 'refused') throw refusedLately(proxy, offered);
         ticket = admission;
       },
+      async () => {
+        // The opening's leave, taken before its NEGOTIATE as an origin's leader takes it (R4): the
+        // AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
+        // no connection waits for it halfway through a handshake the proxy may expire meanwhile.
+        const password = proxy.mechanisms.sole?.usesPassword !== false;
+        const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
+        if (admission === 'refused') return false; // bare: the 407 meets refusedLately, as before
+        // Another tunnel found meanwhile that the proxy takes no part in openings: go bare, and
+        // give the leave back at once so that the tunnels behind it do not wait for this one.
+        if (!auth.opens) {
+          proxy.proof.settle(admission, 'none');
+          return false;
+        }
+        ticket = admission;
+        return true;
+      },
       (o) => {
         outcome = o;
       },
@@ -288,7 +304,8 @@ export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]):
 
 /**
  * The CONNECT legs of one tunnel; `admit` is called before a 407 is answered by a new handshake
- * (it may wait, or throw), `proved` with what the handshake said of the credentials.
+ * (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
+ * (it may wait; false: go bare), `proved` with what the handshake said of the credentials.
  */
 async function connectLegs(
   proxy: ResolvedProxy,
@@ -298,9 +315,13 @@ async function connectLegs(
   deadline: Deadline<ProxyTimeoutError>,
   track: (s: Socket) => void,
   admit: (headers: Record<string, string | string[]>, offered: readonly string[]) => Promise<void>,
+  lead: () => Promise<boolean>,
   proved: (outcome: ProofOutcome) => void,
 ): Promise<Tunnel> {
   const leg = proxyLeg(proxy, 'CONNECT', target);
+  // NTLM the proxy's only scheme: its NEGOTIATE goes on the first CONNECT, as curl --proxy-ntlm
+  // sends it (2 CONNECTs rather than 3); it carries no password.
+  if (auth.opens && (await lead())) await auth.open(leg);
   let requests = 0;
   let connections = 0;
   let socket: Socket | undefined;
@@ -364,7 +385,9 @@ async function connectLegs(
     traced.response(head.status, head.headers, head.status !== 407);
     log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
     if (head.status >= 200 && head.status < 300) {
-      if (credentials) {
+      // A 2xx to the opening authenticated nothing: the proxy wants no authentication (R4: nothing proved).
+      if (credentials && auth.opening) auth.notNeeded();
+      else if (credentials) {
         await auth.succeeded(head.headers, leg);
         proved('success');
       }
@@ -375,7 +398,9 @@ async function connectLegs(
       socket.destroy();
       // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
       // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
-      if (credentials && readAuthenticationInfo(head.headers, true)) await auth.succeeded(head.headers, leg);
+      if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
+        await auth.succeeded(head.headers, leg);
+      }
       throw new ProxyConnectError(proxy.origin, target, head.status);
     }
     let drained: boolean;

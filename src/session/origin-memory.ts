@@ -1,3 +1,4 @@
+import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificate } from '../options.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
@@ -110,14 +111,7 @@ export class OriginMemory {
    * first round trip: a single request takes 2 legs rather than 3.
    */
   opensUnasked(sole: Mechanism | undefined): sole is Mechanism {
-    return (
-      sole !== undefined &&
-      sole.scheme.toLowerCase() === 'ntlm' &&
-      sole.multileg &&
-      this.scheme === undefined &&
-      !this.unchallenged &&
-      !this.openedInVain
-    );
+    return opensUnasked(sole) && this.scheme === undefined && !this.unchallenged && !this.openedInVain;
   }
 
   /**
