@@ -178,8 +178,13 @@ export class MultilegAgent extends Dispatcher {
     checkSchemes('schemes', options.schemes, options.mechanisms ?? []);
     if (options.allowH2 !== undefined && typeof options.allowH2 !== 'boolean')
       throw new ConfigError(`allowH2 must be true or false, got ${JSON.stringify(options.allowH2)}`);
+    const connect: unknown = options.connect;
+    if (connect !== undefined && (connect === null || typeof connect !== 'object' || Array.isArray(connect)))
+      throw new ConfigError(
+        `connect must be an object of TLS options (got ${connect === null ? 'null' : typeof connect})`,
+      );
     // The connector sets ALPN per lane: one given here would be overridden without a word.
-    if (options.connect && 'ALPNProtocols' in options.connect)
+    if (connect !== undefined && 'ALPNProtocols' in connect)
       throw new ConfigError(
         "connect.ALPNProtocols: the agent offers h2 and http/1.1 itself; for HTTP/1.1 only, pass allowH2: false (or allowH2: false in a request's dispatch options)",
       );

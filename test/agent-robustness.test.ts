@@ -343,6 +343,12 @@ describe('options given wrong are construction errors, not failures of every req
       { trustedOrigin: ['https://intranet.example'] } as MultilegAgentOptions,
       /MultilegAgent options: unknown option "trustedOrigin"; known: credentials, trustedOrigins/,
     ],
+    // Before: TypeError "Cannot use 'in' operator".
+    [
+      'connect not an object',
+      { connect: 'x' as unknown as object },
+      /connect must be an object of TLS options \(got string\)/,
+    ],
     ['allowH2 not a boolean', { allowH2: 'no' as unknown as boolean }, /allowH2 must be true or false, got "no"/],
     // The connector sets ALPN per lane: ALPNProtocols given here was overridden without a word.
     [
