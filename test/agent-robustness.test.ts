@@ -356,6 +356,13 @@ describe('options given wrong are construction errors, not failures of every req
       { connect: { ALPNProtocols: ['http/1.1'] } },
       /connect\.ALPNProtocols: the agent offers h2 and http\/1\.1 itself; for HTTP\/1\.1 only, pass allowH2: false/,
     ],
+    // Before: it won over the lane's ALPN: an https:// proxy answered a tunnel's HTTP/1.1 CONNECT on
+    // an h2 connection ("the proxy closed the connection"), and forwarding ignored allowH2: false.
+    [
+      'proxy.connect.ALPNProtocols',
+      { proxy: { uri: 'https://proxy.example:3128', connect: { ALPNProtocols: ['h2', 'http/1.1'] } } },
+      /proxy\.connect\.ALPNProtocols: the agent chooses what it offers the proxy itself \(http\/1\.1 for CONNECT tunnels/,
+    ],
     [
       'limits that are not an object',
       { limits: 5 as unknown as Partial<Limits> },

@@ -537,6 +537,39 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     expect(proxy.proof.refused).toBe(true);
   });
 
+  it.each([
+    [
+      'a 403',
+      (r: Request): void => void r.socket.write('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n'),
+      ProxyConnectError,
+    ],
+    [
+      'a 502',
+      (r: Request): void => void r.socket.write('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n'),
+      ProxyConnectError,
+    ],
+    ['a dropped connection', (r: Request): void => void r.socket.destroy(), ProxyProtocolError],
+    ['no answer (the handshake times out)', (): void => {}, ProxyTimeoutError],
+    ['no answer (the caller aborts)', (): void => {}, DOMException],
+  ] as const)(
+    'R4: an opening answered with %s gives its leave back: the next tunnel opens at once',
+    async (what, first, type) => {
+      const answer = ntlmAnswer();
+      const { uri, seen } = await scripted((r) => (r.index === 0 ? first(r) : answer(r)));
+      const proxy = ntlmOnly(uri);
+      const signal = what.includes('aborts') ? AbortSignal.timeout(150) : undefined;
+      const err = await failure(
+        openTunnel(proxy, 'localhost', 8443, { ...DEFAULT_LIMITS, handshakeTimeout: 300 }, signal),
+      );
+      expect(err).toBeInstanceOf(type);
+      // A leave kept would make this one wait for it, and fail with QueueTimeoutError.
+      const t = await tunnel(proxy, { queueTimeout: 200 });
+      t.socket.destroy();
+      expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 1, 3]);
+      expect(proxy.proof.proved).toBe(true);
+    },
+  );
+
   it('R1: a tunnel waiting for another’s opening to prove the credentials is bounded by limits.queueTimeout', async () => {
     // The proxy never answers the AUTHENTICATE: the first tunnel holds the leave until its own deadline.
     const { uri, seen } = await scripted(ntlmAnswer(''));

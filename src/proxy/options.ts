@@ -42,7 +42,10 @@ export interface ProxyOptions {
   readonly negotiate?: Omit<NegotiateOptions, 'credentials' | 'delegate'> | false;
   /** Extra or replacement mechanisms towards the proxy, keyed by scheme. */
   readonly mechanisms?: readonly Mechanism[];
-  /** TLS options for an `https://` proxy (ca, cert, key, ...). */
+  /**
+   * TLS options for an `https://` proxy (ca, cert, key, ...). Not `ALPNProtocols`: the agent offers
+   * `http/1.1` for CONNECT tunnels, `h2` and `http/1.1` for forwarded requests (`allowH2`).
+   */
   readonly connect?: ConnectionOptions;
   /**
    * Hosts not to proxy, in NO_PROXY syntax (`*`, `host`, `.suffix`, `*.suffix`, `host:port`). Default:
@@ -304,6 +307,13 @@ export class ProxyResolver {
       this.#fixedNoProxy = '';
       return;
     }
+    // connectToProxy sets ALPN per lane: one given here would win, and a tunnel's CONNECT would be
+    // written in HTTP/1.1 on an h2 connection (the proxy then seems to close it), a forwarding lane
+    // would ignore allowH2: false.
+    if (o.connect && 'ALPNProtocols' in o.connect)
+      throw new ConfigError(
+        'proxy.connect.ALPNProtocols: the agent chooses what it offers the proxy itself (http/1.1 for CONNECT tunnels; h2 and http/1.1 for forwarded requests); remove it, and for HTTP/1.1 only pass allowH2: false',
+      );
     if (o.uri !== undefined) {
       this.#http = this.#https = resolveProxy(o.uri, o, identity);
       this.#fixedNoProxy = o.noProxy ?? '';
