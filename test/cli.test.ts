@@ -846,6 +846,26 @@ describe('multileg command line', () => {
     }
   });
 
+  it('doctor for a server that is down or a host that does not resolve: the TLS check is skipped, not a certificate problem fixed with --cacert', async () => {
+    // A port nothing listens on (bound, then closed) and a name that never resolves (RFC 6761).
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    for (const [url, exit, cause] of [
+      [`https://127.0.0.1:${port}/x`, 1, 'could not connect to 127.0.0.1'],
+      ['https://nonexistent.invalid/x', 1, 'could not resolve host nonexistent.invalid'],
+    ] as const) {
+      const doctor = await run(['doctor', '--cacert', ca, url]);
+      expect(doctor.code).toBe(exit);
+      expect(doctor.stdout).toMatch(/^skip +TLS: not checked: no TLS handshake \((ECONNREFUSED|ENOTFOUND)\)\n/m);
+      expect(doctor.stdout).not.toContain('certificate not trusted');
+      expect(doctor.stdout).not.toContain('--cacert');
+      // The cause is named once, where it belongs.
+      expect(doctor.stdout).toContain(`FAIL  schemes: the server could not be reached: ${cause}`);
+    }
+  });
+
   it("a certificate out of its dates, for real: exit 60, and doctor's fix is the server's certificate or this machine's clock, not --cacert", async () => {
     // Self-signed for localhost, valid 2020-01-01 to 2020-01-02 (openssl ca -startdate/-enddate).
     const cert = readFileSync(new URL('./fixtures/expired-localhost-cert.pem', import.meta.url), 'utf8');
