@@ -1390,6 +1390,10 @@ describe('multileg command line', () => {
       expect(denied.stderr).toContain('MULTILEG_PROXY');
       expect(denied.stderr).toContain('give --proxy-user (or a Kerberos ticket for the proxy)');
       expect(denied.stderr).not.toMatch(/proxy\.\w/);
+      // -v's line for the failed leg names the flags too, not the library's options.
+      const deniedVerbose = await run([...base, '-v', url]);
+      expect(deniedVerbose.stderr).toMatch(/^! MULTILEG_PROXY_AUTH: .*give --proxy-user/m);
+      expect(deniedVerbose.stderr).not.toMatch(/proxy\.\w/);
       const refused = await run([...base, '--proxy-user', 'proxyuser:wrongpw', url]);
       expect(refused.code).toBe(7);
       expect(refused.stderr).toMatch(
