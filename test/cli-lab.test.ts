@@ -151,6 +151,22 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   );
 
   it.skipIf(!haveSquid)(
+    'H5: -U user:password and no ticket at a Negotiate-only Squid: the CONNECT error says the password cannot answer Negotiate and to get a ticket, not to give the -U that was given',
+    async () => {
+      const r = await run(
+        ['-x', lab.negotiateSquid!.origin, '-U', 'alice:alicepw', '--cacert', ca, `${lab.apache!.origin}/public/`],
+        { env: noTicket },
+      );
+      expect(r.code).toBe(7);
+      expect(r.stderr).toContain(
+        "(MULTILEG_KRB_NO_TICKET)); --proxy-user's password cannot answer Negotiate: get a Kerberos ticket for the proxy, or check --proxy-negotiate/",
+      );
+      expect(r.stderr).not.toContain('give --proxy-user');
+      expect(r.stderr).not.toContain('alicepw');
+    },
+  );
+
+  it.skipIf(!haveSquid)(
     "H5: --proxy-negotiate -U : (curl's way) authenticates to a Negotiate-only Squid with the Kerberos ticket, through a CONNECT and forwarded",
     async () => {
       const base = [
