@@ -362,7 +362,15 @@ export function explain401(ctx: {
       : ctx.netrcFile !== undefined
         ? `check the login and password for this host in ${ctx.netrcFile} (DOMAIN\\user)`
         : 'check -u user:password (DOMAIN\\user)';
-    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}`;
+    // The password went through NTLM inside Negotiate because Kerberos could not run: a server that
+    // offers no NTLM of its own may take Kerberos only, and refuse a right password there too.
+    const skipped =
+      h.scheme.toLowerCase() === 'negotiate' &&
+      h.fallbackReason !== undefined &&
+      !ctx.offered.some((s) => s.toLowerCase() === 'ntlm')
+        ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${h.fallbackReason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
+        : '';
+    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}${skipped}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;
   if (!ctx.trusted)
