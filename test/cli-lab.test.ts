@@ -151,6 +151,22 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   );
 
   it.skipIf(!haveSquid)(
+    'H5: -U user:password and no ticket at a Negotiate-only Squid: the CONNECT error says the password cannot answer Negotiate and to get a ticket, not to give the -U that was given',
+    async () => {
+      const r = await run(
+        ['-x', lab.negotiateSquid!.origin, '-U', 'alice:alicepw', '--cacert', ca, `${lab.apache!.origin}/public/`],
+        { env: noTicket },
+      );
+      expect(r.code).toBe(7);
+      expect(r.stderr).toContain(
+        "(MULTILEG_KRB_NO_TICKET)); --proxy-user's password cannot answer Negotiate: get a Kerberos ticket for the proxy, or check --proxy-negotiate/",
+      );
+      expect(r.stderr).not.toContain('give --proxy-user');
+      expect(r.stderr).not.toContain('alicepw');
+    },
+  );
+
+  it.skipIf(!haveSquid)(
     "H5: --proxy-negotiate -U : (curl's way) authenticates to a Negotiate-only Squid with the Kerberos ticket, through a CONNECT and forwarded",
     async () => {
       const base = [
@@ -170,6 +186,30 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       }
     },
   );
+
+  it('M2: without a ticket, -u user:password at a Kerberos-only Negotiate server (Apache /protected): the 401 names kinit as well as -u, since the right password went as NTLM inside Negotiate and was refused', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const r = await run(
+      ['-u', 'EXAMPLE\\alice:alicepw', '-w', '%{http_code}', '-o', '/dev/null', '--cacert', ca, url],
+      {
+        env: noTicket,
+      },
+    );
+    expect(r).toMatchObject({ code: 0, stdout: '401' });
+    expect(r.stderr).toBe(
+      `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; the server refused our Negotiate credentials after 1 leg(s): check -u user:password (DOMAIN\\user); or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (MULTILEG_KRB_NO_TICKET) and the password went as NTLM inside Negotiate\n`,
+    );
+    // Where the server offers NTLM of its own (Apache /spnego2), a refusal is the password's: no kinit.
+    const wrong = await run(
+      ['-u', 'EXAMPLE\\alice:wrong', '-o', '/dev/null', '--cacert', ca, `${lab.apache!.origin}/spnego2/`],
+      {
+        env: noTicket,
+      },
+    );
+    expect(wrong.stderr).toContain('offered Negotiate, NTLM; the server refused our Negotiate credentials');
+    expect(wrong.stderr).not.toContain('kinit');
+    expect(wrong.stderr).not.toContain('wrong');
+  });
 
   it("M2: a server whose SPNEGO takes no Kerberos (Apache /ntlm answers alice's ticket with a reject): its 401 is shown, as curl shows it (exit 0; 22 with -f), with the fix, not a GSS failure (exit 1)", async () => {
     const url = `${lab.apache!.origin}/ntlm/`;

@@ -846,6 +846,26 @@ describe('multileg command line', () => {
     }
   });
 
+  it('doctor for a server that is down or a host that does not resolve: the TLS check is skipped, not a certificate problem fixed with --cacert', async () => {
+    // A port nothing listens on (bound, then closed) and a name that never resolves (RFC 6761).
+    const closed = createTcpServer();
+    const port = await listen(closed);
+    closed.close();
+    await once(closed, 'close');
+    for (const [url, exit, cause] of [
+      [`https://127.0.0.1:${port}/x`, 1, 'could not connect to 127.0.0.1'],
+      ['https://nonexistent.invalid/x', 1, 'could not resolve host nonexistent.invalid'],
+    ] as const) {
+      const doctor = await run(['doctor', '--cacert', ca, url]);
+      expect(doctor.code).toBe(exit);
+      expect(doctor.stdout).toMatch(/^skip +TLS: not checked: no TLS handshake \((ECONNREFUSED|ENOTFOUND)\)\n/m);
+      expect(doctor.stdout).not.toContain('certificate not trusted');
+      expect(doctor.stdout).not.toContain('--cacert');
+      // The cause is named once, where it belongs.
+      expect(doctor.stdout).toContain(`FAIL  schemes: the server could not be reached: ${cause}`);
+    }
+  });
+
   it("a certificate out of its dates, for real: exit 60, and doctor's fix is the server's certificate or this machine's clock, not --cacert", async () => {
     // Self-signed for localhost, valid 2020-01-01 to 2020-01-02 (openssl ca -startdate/-enddate).
     const cert = readFileSync(new URL('./fixtures/expired-localhost-cert.pem', import.meta.url), 'utf8');
@@ -1370,6 +1390,10 @@ describe('multileg command line', () => {
       expect(denied.stderr).toContain('MULTILEG_PROXY');
       expect(denied.stderr).toContain('give --proxy-user (or a Kerberos ticket for the proxy)');
       expect(denied.stderr).not.toMatch(/proxy\.\w/);
+      // -v's line for the failed leg names the flags too, not the library's options.
+      const deniedVerbose = await run([...base, '-v', url]);
+      expect(deniedVerbose.stderr).toMatch(/^! MULTILEG_PROXY_AUTH: .*give --proxy-user/m);
+      expect(deniedVerbose.stderr).not.toMatch(/proxy\.\w/);
       const refused = await run([...base, '--proxy-user', 'proxyuser:wrongpw', url]);
       expect(refused.code).toBe(7);
       expect(refused.stderr).toMatch(

@@ -380,10 +380,30 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     );
     const err = await failure(tunnel(resolved(uri, { mechanisms: [unavailable], schemes: ['Gone' as SchemeName] })));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    // proxy.credentials are given (resolved's u/p): the fix is not to give them, but a scheme they answer.
     expect(err.message).toContain(
-      'no offered scheme could be used (Gone is not available: test: not on this machine (MULTILEG_MECHANISM_UNAVAILABLE)); give proxy.credentials',
+      'no offered scheme could be used (Gone is not available: test: not on this machine (MULTILEG_MECHANISM_UNAVAILABLE)); the password in proxy.credentials cannot answer Gone: check proxy.schemes',
     );
+    expect(err.message).not.toContain('give proxy.credentials');
     expect(seen).toHaveLength(1);
+    // Without proxy.credentials, giving them is the fix.
+    const none = await failure(
+      tunnel(
+        new ProxyResolver(
+          { uri, negotiate: false, mechanisms: [unavailable], schemes: ['Gone' as SchemeName] },
+          {},
+        ).route('https://localhost:8443')!.proxy,
+      ),
+    );
+    expect(none.message).toMatch(/\(MULTILEG_MECHANISM_UNAVAILABLE\)\); give proxy\.credentials or a Kerberos ticket$/);
+  });
+
+  it('T2: with proxy.credentials given but none of the offered schemes configured, the error does not ask to give them', async () => {
+    const { uri } = await scripted(({ socket }) =>
+      socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Bearer realm="x"\r\nContent-Length: 0\r\n\r\n'),
+    );
+    const err = await failure(tunnel(resolved(uri)));
+    expect(err.message).toMatch(/none of the offered schemes is configured; check proxy\.schemes$/);
   });
 
   it.each([

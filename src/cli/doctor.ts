@@ -130,33 +130,43 @@ function tlsTrust(req: CliRequest): Promise<Check> {
   const url = req.url;
   const connect = req.agent.connect ?? {};
   const probe = (ca: readonly string[] | undefined) =>
-    new Promise<{ authorized: boolean; error?: string; issuer?: string; validTo?: string; names: string[] }>(
-      (resolve) => {
-        const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
-        const socket = tlsConnect({
-          host: hostname,
-          port: Number(url.port || 443),
-          // SNI is for names: Node warns (DEP0123) when given an address, and an address has no SNI.
-          ...(isIP(hostname) ? {} : { servername: hostname }),
-          ...(ca ? { ca: [...ca] } : {}),
-          rejectUnauthorized: false,
-          ALPNProtocols: ['h2', 'http/1.1'],
+    new Promise<{
+      authorized: boolean;
+      /** Whether a TLS handshake showed a certificate at all (not a refused connection or unknown host). */
+      handshake: boolean;
+      error?: string;
+      issuer?: string;
+      validTo?: string;
+      names: string[];
+    }>((resolve) => {
+      const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+      const socket = tlsConnect({
+        host: hostname,
+        port: Number(url.port || 443),
+        // SNI is for names: Node warns (DEP0123) when given an address, and an address has no SNI.
+        ...(isIP(hostname) ? {} : { servername: hostname }),
+        ...(ca ? { ca: [...ca] } : {}),
+        rejectUnauthorized: false,
+        ALPNProtocols: ['h2', 'http/1.1'],
+      });
+      socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
+      socket.once('secureConnect', () => {
+        const cert = socket.getPeerCertificate();
+        resolve({
+          authorized: socket.authorized,
+          handshake: true,
+          ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}),
+          issuer: [cert.issuer?.CN ?? cert.issuer?.O].flat()[0],
+          validTo: cert.valid_to,
+          names: certificateNames({ cert }),
         });
-        socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
-        socket.once('secureConnect', () => {
-          const cert = socket.getPeerCertificate();
-          resolve({
-            authorized: socket.authorized,
-            ...(socket.authorizationError ? { error: String(socket.authorizationError) } : {}),
-            issuer: [cert.issuer?.CN ?? cert.issuer?.O].flat()[0],
-            validTo: cert.valid_to,
-            names: certificateNames({ cert }),
-          });
-          socket.end();
-        });
-        socket.once('error', (err) => resolve({ authorized: false, error: err.message, names: [] }));
-      },
-    );
+        socket.end();
+      });
+      // The code (ECONNREFUSED, ERR_SSL_WRONG_VERSION_NUMBER): OpenSSL's message spans lines.
+      socket.once('error', (err: NodeJS.ErrnoException) =>
+        resolve({ authorized: false, handshake: false, error: err.code ?? err.message, names: [] }),
+      );
+    });
   return (async () => {
     if (connect.rejectUnauthorized === false)
       return {
@@ -175,6 +185,9 @@ function tlsTrust(req: CliRequest): Promise<Check> {
     const r = await probe(connect.ca as readonly string[] | undefined);
     const about = `issuer ${r.issuer ?? '?'}, valid to ${r.validTo ?? '?'}`;
     if (r.authorized) return { name: 'TLS', verdict: 'ok', detail: `certificate chain trusted (${about})` };
+    // No certificate was shown (a refused connection, an unknown host, a plain-HTTP port): no CA
+    // fixes that, and the schemes check names the cause and its fix.
+    if (!r.handshake) return { name: 'TLS', verdict: 'skip', detail: `not checked: no TLS handshake (${r.error})` };
     // The chain may be fine: the certificate is for other names. No CA fixes that.
     if (r.error === 'ERR_TLS_CERT_ALTNAME_INVALID')
       return {

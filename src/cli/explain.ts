@@ -75,12 +75,18 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
   [/\bnegotiate\.spn\b/g, '--spn'],
   [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
+  [/\bthe password in proxy\.credentials\b/g, "--proxy-user's password"],
   [/\bproxy\.credentials\b/g, '--proxy-user'],
   [/\bin proxy\.connect\.ca\b/g, 'with --proxy-cacert FILE or --proxy-ca-native'],
   [/\bproxy\.uri\b/g, '-x'],
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
   [/ and check proxy\.schemes\b/g, ''],
+  // With --proxy-user given (the credentials are there): the flags that choose the proxy's schemes.
+  [
+    /\bcheck proxy\.schemes\b/g,
+    'check --proxy-negotiate/--proxy-ntlm/--proxy-digest/--proxy-basic (default --proxy-anyauth)',
+  ],
   [/\bproxy\.negotiate with a Kerberos ticket\b/g, 'a Kerberos ticket for the proxy'],
   [/\bpass principal\b/g, 'pass --principal'],
   [/\bpass passphrase\b/g, 'pass --pass'],
@@ -356,7 +362,15 @@ export function explain401(ctx: {
       : ctx.netrcFile !== undefined
         ? `check the login and password for this host in ${ctx.netrcFile} (DOMAIN\\user)`
         : 'check -u user:password (DOMAIN\\user)';
-    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}`;
+    // The password went through NTLM inside Negotiate because Kerberos could not run: a server that
+    // offers no NTLM of its own may take Kerberos only, and refuse a right password there too.
+    const skipped =
+      h.scheme.toLowerCase() === 'negotiate' &&
+      h.fallbackReason !== undefined &&
+      !ctx.offered.some((s) => s.toLowerCase() === 'ntlm')
+        ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${h.fallbackReason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
+        : '';
+    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}${skipped}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;
   if (!ctx.trusted)

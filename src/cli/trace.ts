@@ -15,7 +15,7 @@ import {
   type ProxyUnansweredEvent,
 } from '../diagnostics.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
-import { challengeSchemes } from './explain.ts';
+import { challengeSchemes, forCli } from './explain.ts';
 
 /** One leg: its request, and its response or error once known. */
 export interface LegRecord {
@@ -100,7 +100,8 @@ export class Trace {
       // again over HTTP/1.1, so this is news, not a failure.
       if (/HTTP_1_1_REQUIRED/.test(e.error.message))
         this.#say('* the server wants this request over HTTP/1.1 (HTTP_1_1_REQUIRED): sending it again there');
-      else this.#say(`! ${e.error.code ?? e.error.name}: ${e.error.message}`);
+      // The library's message names its options (proxy.credentials): here, the flags that set them.
+      else this.#say(`! ${e.error.code ?? e.error.name}: ${forCli(e.error.message)}`);
     }
   }
 

@@ -54,6 +54,17 @@ export function rejected(
   );
 }
 
+/**
+ * The fix when proxy credentials were given and every offered scheme still could not run: not to
+ * give them again, but a ticket for a Negotiate proxy (its Negotiate has no NTLM fallback), or a
+ * scheme the password answers.
+ */
+function withCredentials(unusable: Iterable<{ readonly scheme: string }>): string {
+  const schemes = [...unusable].map((u) => u.scheme);
+  const ticket = schemes.some((s) => s.toLowerCase() === 'negotiate') ? 'get a Kerberos ticket for the proxy, or ' : '';
+  return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
+}
+
 /** Why a scheme could not run here, in one line: its error's message (GSS-API's detail left out) and code. */
 const whyUnusable = (u: { readonly error: MultilegError }): string =>
   `${withoutGssDetail(u.error.message)} (${u.error.code})`;
@@ -264,8 +275,15 @@ export class ProxyAuth {
         throw new ProxyAuthenticationError(
           this.#proxy.origin,
           this.#excluded.size
-            ? `no offered scheme could be used (${[...this.#unusable.values()].map(whyUnusable).join('; ')}); give proxy.credentials or a Kerberos ticket`
-            : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
+            ? `no offered scheme could be used (${[...this.#unusable.values()].map(whyUnusable).join('; ')}); ${
+                // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
+                this.#proxy.hasCredentials
+                  ? withCredentials(this.#unusable.values())
+                  : 'give proxy.credentials or a Kerberos ticket'
+              }`
+            : this.#proxy.hasCredentials
+              ? 'none of the offered schemes is configured; check proxy.schemes'
+              : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
           offeredSchemes(offered),
         );
       }

@@ -99,6 +99,8 @@ export interface ResolvedProxy {
    * until they do, and not at all for a while after it refused them (account lockout).
    */
   readonly proof: CredentialProof;
+  /** Whether `proxy.credentials` (or the URI's user:password) were given: errors then do not ask for them. */
+  readonly hasCredentials: boolean;
   /**
    * The proxy took no part in an opening NEGOTIATE (`proxy.schemes: ['NTLM']`): it let that CONNECT
    * through, or its 407 carried no NTLM challenge. Later tunnels wait for its 407, as origins do
@@ -213,6 +215,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
     ),
+    hasCredentials: credentials !== undefined,
     openedInVain: false,
   };
 }
