@@ -1513,6 +1513,11 @@ describe('multileg command line', () => {
       const slow = await run([...alice(), '--connect-timeout', '0.3', '-x', `https://127.0.0.1:${silentPort}`, url]);
       expect(slow.code).toBe(28);
       expect(slow.stderr).toContain('within --connect-timeout (300 ms)');
+      // An http:// proxy that takes the connection and never answers the CONNECT: curl's
+      // --connect-timeout covers that too (it waited for the 30 s handshake limit, naming --timeout).
+      const mute = await run([...alice(), '--connect-timeout', '0.3', '-x', `http://127.0.0.1:${silentPort}`, url]);
+      expect(mute.code).toBe(28);
+      expect(mute.stderr).toMatch(/did not answer CONNECT localhost:\d+ within --connect-timeout \(300 ms\)/);
       proxy = await startReferenceProxy({});
       const untrusted = await run(['-u', 'EXAMPLE\\alice:alicepw', '-x', proxy.origin, url]);
       expect(untrusted.code).toBe(60);

@@ -102,6 +102,21 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     expect(proxy.received[0]).toMatch(/^CONNECT localhost:8443 HTTP\/1\.1\r\n/);
   }, 20_000);
 
+  it("R1: an http:// proxy that accepts TCP and never answers CONNECT fails within proxy.connectTimeout (the answer is part of connecting, as curl's --connect-timeout), not the whole handshake's limit", async () => {
+    proxy = await silent();
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, connectTimeout: 300 },
+      limits: { handshakeTimeout: 60_000 },
+    });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyConnectTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT_TIMEOUT', stage: 'answer' });
+    expect((err as Error).message).toBe(
+      `proxy http://127.0.0.1:${proxy.port} accepted the connection but did not answer CONNECT localhost:8443 within proxy.connectTimeout (300 ms); check the proxy, or raise proxy.connectTimeout`,
+    );
+    expect(proxy.received[0]).toMatch(/^CONNECT localhost:8443 HTTP\/1\.1\r\n/);
+  }, 20_000);
+
   it('R1: a proxy that answers CONNECT 200 and then relays nothing: the TLS handshake with the origin fails with ProxyConnectTimeoutError', async () => {
     proxy = await connectThenSilent();
     agent = new MultilegAgent({

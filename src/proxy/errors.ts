@@ -154,18 +154,23 @@ export class ProxyTimeoutError extends MultilegError {
  */
 export class ProxyConnectTimeoutError extends MultilegError {
   readonly proxy: string;
-  /** `proxy` (connecting to the proxy) or `origin` (TLS with the origin through the tunnel). */
-  readonly stage: 'proxy' | 'origin';
-  /** `target` (`host:port`) names the origin when the TLS handshake inside the tunnel timed out. */
-  constructor(proxy: string, ms: number, target?: string) {
+  /**
+   * `proxy` (connecting to the proxy), `answer` (the proxy's answer to a CONNECT) or `origin` (TLS
+   * with the origin through the tunnel).
+   */
+  readonly stage: 'proxy' | 'answer' | 'origin';
+  /** `target` (`host:port`) names the origin of a CONNECT that went unanswered, or of TLS inside the tunnel. */
+  constructor(proxy: string, ms: number, target?: string, stage: 'answer' | 'origin' = 'origin') {
     super(
       'MULTILEG_PROXY_CONNECT_TIMEOUT',
       target === undefined
         ? `proxy ${proxy} accepted no connection within proxy.connectTimeout (${ms} ms); check the proxy address and that it is up, or raise proxy.connectTimeout`
-        : `the TLS handshake with ${target} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
+        : stage === 'answer'
+          ? `proxy ${proxy} accepted the connection but did not answer CONNECT ${target} within proxy.connectTimeout (${ms} ms); check the proxy, or raise proxy.connectTimeout`
+          : `the TLS handshake with ${target} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
     );
     this.proxy = proxy;
-    this.stage = target === undefined ? 'proxy' : 'origin';
+    this.stage = target === undefined ? 'proxy' : stage;
   }
 }
 

@@ -72,9 +72,10 @@ export interface ProxyOptions {
   readonly deliver407?: boolean;
   /**
    * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
-   * TLS) connection to the proxy, and the TLS handshake with the origin inside a CONNECT tunnel. The
-   * CONNECT exchange itself, and a forwarded request's 407 exchange, are bounded by
-   * `limits.handshakeTimeout`, the proxy mechanism's own steps included (`ProxyTimeoutError`).
+   * TLS) connection to the proxy, the proxy's answer to each CONNECT (as curl's --connect-timeout),
+   * and the TLS handshake with the origin inside a CONNECT tunnel. The CONNECT exchange as a whole,
+   * and a forwarded request's 407 exchange, are bounded by `limits.handshakeTimeout`, the proxy
+   * mechanism's own steps included (`ProxyTimeoutError`).
    * Default 10 000 (undici's connect timeout).
    */
   readonly connectTimeout?: number;

@@ -3,7 +3,7 @@
  * 407 `Proxy-Authenticate` handshake on that same socket, then the raw socket is handed back for TLS
  * to the origin. If the proxy closes the connection between legs, the handshake restarts once on a
  * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`; each connect (to the proxy,
- * and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
+ * each CONNECT's answer, and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
@@ -356,11 +356,24 @@ async function connectLegs(
     requests += 1;
     const reused = reader.received;
     let head: Awaited<ReturnType<ResponseReader['readHead']>>;
+    // The answer is part of connecting (curl's --connect-timeout covers it): a proxy that takes the
+    // connection and never answers fails within proxy.connectTimeout, not the whole handshake's.
+    let unanswered = false;
+    const waiting = socket;
+    const answerTimer = setTimeout(() => {
+      unanswered = true;
+      waiting.destroy();
+    }, proxy.connectTimeout);
     try {
       // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
       do head = await reader.readHead();
       while (head.status < 200);
     } catch (err) {
+      if (unanswered) {
+        const e = new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, target, 'answer');
+        traced.error(e);
+        throw e;
+      }
       // A kept-alive connection the proxy closed after its last answer without saying so (as
       // undici retries a request on a reused connection): the leg goes again on a new one, once;
       // a handshake that lived on that connection starts over.
@@ -381,6 +394,8 @@ async function connectLegs(
       const e = wireError(proxy, err, reader.received);
       traced.error(e);
       throw e;
+    } finally {
+      clearTimeout(answerTimer);
     }
     traced.response(head.status, head.headers, head.status !== 407);
     log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
