@@ -372,6 +372,15 @@ describe.skipIf(!haveCurl)('multileg: -T, -G, --data-urlencode, -F, -A, -e (as c
       stderr:
         'multileg: You can only select one HTTP request method! You asked for both POST (-d, --data) and multipart formpost (-F, --form).\n',
     });
+    // -G does not make -d go with -F or -T (curl 7.88 checked: 2 too).
+    for (const upload of [
+      ['-F', 'a=1'],
+      ['-T', join(dir, 'ca.pem')],
+    ])
+      expect(await run(['-G', '-d', 'b=2', ...upload, `${recorderOrigin}/x`]), upload[0]).toMatchObject({
+        code: 2,
+        stdout: '',
+      });
     expect(await run(['-F', 'a=1', '-I', `${recorderOrigin}/x`])).toMatchObject({
       code: 2,
       stderr:

@@ -929,14 +929,16 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   // -G takes the -d data out of the body (into the URL query).
   const posted = dataBody !== undefined && !o.get;
   if (head && posted) throw new ConfigError('-I and -d: you can only select one HTTP request method (HEAD or POST)');
-  // curl's own words for the other pairs (exit 2).
+  // curl's own words for the other pairs (exit 2); -d is one with -T or -F even after -G (curl's).
   const methods = [
     uploads.length > 0 && 'PUT (-T, --upload-file)',
-    posted && 'POST (-d, --data)',
+    dataBody !== undefined && 'POST (-d, --data)',
     forms.length > 0 && 'multipart formpost (-F, --form)',
     head && 'HEAD (-I, --head)',
   ].filter((m) => m !== false);
-  if (methods.length > 1)
+  // -G -d -I: a HEAD with the data in its query, the one pair that is no conflict (curl's).
+  const headWithQuery = o.get && head && methods.length === 2 && dataBody !== undefined;
+  if (methods.length > 1 && !headWithQuery)
     throw new ConfigError(
       `You can only select one HTTP request method! You asked for both ${methods[0]} and ${methods[1]}.`,
     );
