@@ -3,13 +3,19 @@
  * from reading the files the flags name; credentials that need a prompt or stdin are resolved later
  * (credentials.ts).
  */
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { getCACertificates } from 'node:tls';
 import type * as Commander from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
-import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
+import {
+  type ClientCertificate,
+  DEFAULT_LIMITS,
+  type MultilegAgentOptions,
+  SCHEME_NAMES,
+  type SchemeName,
+} from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { EXIT } from './explain.ts';
 import type { RetryOptions } from './retry.ts';
@@ -29,6 +35,20 @@ export interface UserArg {
   readonly password: string | undefined;
 }
 
+/**
+ * One URL's transfer: where its body goes (-o), and what it sends — the command's request, but -T
+ * pairs with the URLs in order as -o does (curl's), so each URL has its own method and body.
+ */
+export interface Transfer {
+  /** The URL, with -G's query and, for -T to a URL ending in `/`, the file's name. */
+  readonly url: URL;
+  readonly output: string | undefined;
+  readonly method: string;
+  readonly body: Buffer | undefined;
+  /** The body is a -T file: a 301 or 302 sends it again, as curl re-sends a PUT (only a POST turns GET). */
+  readonly upload: boolean;
+}
+
 /** What one `multileg` invocation asks for: the agent's options and the request to send. */
 export interface CliRequest {
   /** The first URL (the one `doctor` checks); {@link CliRequest.transfers} has them all. */
@@ -37,7 +57,7 @@ export interface CliRequest {
    * The URLs in the order given, each with its -o (curl's pairing: the first -o for the first URL;
    * undefined: stdout). One transfer after another, through one agent.
    */
-  readonly transfers: ReadonlyArray<{ readonly url: URL; readonly output: string | undefined }>;
+  readonly transfers: ReadonlyArray<Transfer>;
   /** More -o than URLs: curl's warning, the extra ones unused. */
   readonly unusedOutputs: boolean;
   /** --fail-early: stop at the first transfer that fails (else the last one's result is the exit code). */
@@ -47,8 +67,15 @@ export interface CliRequest {
   readonly customMethod: boolean;
   readonly headers: Record<string, string | string[]>;
   readonly body: Buffer | undefined;
-  /** The command added `Content-Type: application/x-www-form-urlencoded` for -d (curl's default). */
+  /** The first transfer's (see {@link Transfer.upload}). */
+  readonly upload: boolean;
+  /**
+   * The command added the Content-Type of the body: `application/x-www-form-urlencoded` for -d
+   * (curl's default), `multipart/form-data` for -F; it goes with the body when a redirect drops it.
+   */
   readonly formType: boolean;
+  /** `-e URL;auto`: each -L redirect sends the URL it came from as Referer (curl's). */
+  readonly autoReferer: boolean;
   readonly http1: boolean;
   /** -i: print status line and headers; -I: the same, for a HEAD request, without body. */
   readonly include: boolean;
@@ -169,6 +196,24 @@ export function program(): Commander.Command {
       )
       .option('--data-binary <data>', 'request body as given; @file reads a file as it is, @- stdin', collect)
       .option('--data-raw <data>', 'request body as given, @ included', collect)
+      .option(
+        '--data-urlencode <data>',
+        'request body piece URL-encoded, as curl: content, =content, name=content, @file, name@file (@-: stdin); joined with the -d data by &',
+        collect,
+      )
+      .option('-G, --get', 'put the -d data in the URL query (joined with &) and send a GET (HEAD with -I)')
+      .option(
+        '-F, --form <name=content>',
+        'multipart/form-data field (implies POST): name=value, name=@file (a file upload), name=<file (its content as the value); ;type=… and ;filename=… after it (repeatable: one form)',
+        collect,
+      )
+      .option(
+        '-T, --upload-file <file>',
+        'PUT the file (-: stdin), held in memory; a URL ending in / gets the file name appended (one per URL, in order)',
+        collect,
+      )
+      .option('-A, --user-agent <name>', 'User-Agent header to send')
+      .option('-e, --referer <URL>', 'Referer header to send; URL;auto also sends the previous URL on each -L redirect')
       .option(
         '-u, --user <user[:password]>',
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
@@ -404,6 +449,161 @@ export function readFlagFile(flag: string, path: string, exit?: number): Buffer 
   }
 }
 
+/** The flags whose data make the body (or, with -G, the query), joined with `&`. */
+type DataFlag = '-d' | '--data-binary' | '--data-raw' | '--data-urlencode';
+
+/** Whether a data flag's value reads stdin: `@-`, or --data-urlencode's `name@-` (not after an `=`). */
+function dataReadsStdin(flag: DataFlag, value: string): boolean {
+  if (flag === '--data-raw') return false;
+  if (flag !== '--data-urlencode') return value === '@-';
+  return !value.includes('=') && value.endsWith('@-') && value.indexOf('@') === value.length - 2;
+}
+
+/** `bytes` as text, each byte `keep` refuses as %XX (`upper`: the hex digits' case). */
+function percentEncoded(bytes: Buffer, keep: (byte: number) => boolean, upper: boolean): string {
+  let out = '';
+  for (const b of bytes)
+    out += keep(b)
+      ? String.fromCharCode(b)
+      : `%${b.toString(16).padStart(2, '0')[upper ? 'toUpperCase' : 'toLowerCase']()}`;
+  return out;
+}
+/** What curl_easy_escape leaves as it is: ALPHA DIGIT - . _ ~ (RFC 3986's unreserved). */
+const UNRESERVED = (b: number) =>
+  (b >= 0x30 && b <= 0x39) ||
+  (b >= 0x41 && b <= 0x5a) ||
+  (b >= 0x61 && b <= 0x7a) ||
+  b === 0x2d ||
+  b === 0x2e ||
+  b === 0x5f ||
+  b === 0x7e;
+
+/**
+ * `--data-urlencode` in curl's five forms: `content`, `=content` (the content encoded, no name),
+ * `name=content`, `@file` and `name@file` (the file's content encoded; `-`: stdin). The first `=`
+ * decides, else the first `@`; the content is percent-encoded, a space as `+` (curl's), the name
+ * is not. A file that cannot be read is curl's 26.
+ */
+function urlencodedPiece(arg: string): Buffer {
+  let at = arg.indexOf('=');
+  if (at < 0) at = arg.indexOf('@');
+  const name = at < 0 ? '' : arg.slice(0, at);
+  const rest = at < 0 ? arg : arg.slice(at + 1);
+  const content = at >= 0 && arg[at] === '@' ? readFlagFile('--data-urlencode', rest, EXIT.read) : Buffer.from(rest);
+  const encoded = percentEncoded(content, UNRESERVED, true).replaceAll('%20', '+');
+  return Buffer.from(name === '' ? encoded : `${name}=${encoded}`);
+}
+
+/**
+ * -G's data as a URL query: as given, but the bytes a URL cannot carry as they are (controls, space,
+ * `"`, `#`, `'`, `<`, `>`, non-ASCII) percent-encoded, so the URL parser keeps every byte (curl 7.88
+ * refuses a space, exit 3, and ends the query at a `#`).
+ */
+function queryText(data: Buffer): string {
+  return percentEncoded(data, (b) => b > 0x20 && b < 0x7f && !'"#\'<>'.includes(String.fromCharCode(b)), true);
+}
+
+/** A -T file's name as curl appends it to a URL ending in `/` (curl 7.88: lower-case hex). */
+function escapeFileName(name: string): string {
+  return percentEncoded(Buffer.from(name), UNRESERVED, false);
+}
+
+/** The Content-Type curl gives a -F file upload from its name's extension (lib/mime.c). */
+const FILE_TYPES: Readonly<Record<string, string>> = {
+  gif: 'image/gif',
+  jpg: 'image/jpeg',
+  jpeg: 'image/jpeg',
+  png: 'image/png',
+  svg: 'image/svg+xml',
+  txt: 'text/plain',
+  htm: 'text/html',
+  html: 'text/html',
+  pdf: 'application/pdf',
+  xml: 'application/xml',
+};
+
+/** One -F field. */
+interface FormPart {
+  readonly name: string;
+  readonly content: Buffer;
+  readonly filename: string | undefined;
+  readonly type: string | undefined;
+}
+
+/**
+ * Reads a -F word at `i`: a `"…"` string (backslash escapes the next character) or up to the next
+ * `;`, as curl's -F parser does.
+ */
+function formWord(text: string, i: number): { word: string; end: number } {
+  if (text[i] !== '"') {
+    const end = text.indexOf(';', i);
+    return { word: text.slice(i, end < 0 ? text.length : end), end: end < 0 ? text.length : end };
+  }
+  let word = '';
+  let j = i + 1;
+  for (; j < text.length && text[j] !== '"'; j++) word += text[j] === '\\' && j + 1 < text.length ? text[++j] : text[j];
+  return { word, end: j + 1 };
+}
+
+/**
+ * `-F name=value`, `name=@file` (a file upload: its base name as filename, a type from its
+ * extension), `name=<file` (the file's content as the value), each with `;type=` and `;filename=`.
+ * curl drops another `;…` with a warning; here it is bad usage, as the value would silently lose it.
+ */
+function formPart(arg: string): FormPart {
+  const eq = arg.indexOf('=');
+  // Not echoed: without its name, any part may be a secret (as -H's message).
+  if (eq <= 0) throw new ConfigError('-F: a form field is name=value, name=@file or name=<file (one -F has no name=)');
+  const name = arg.slice(0, eq);
+  const marker = arg[eq + 1];
+  const kind = marker === '@' || marker === '<' ? marker : '';
+  const first = formWord(arg, eq + 1 + kind.length);
+  let type: string | undefined;
+  let filename: string | undefined;
+  for (let i = first.end; i < arg.length; ) {
+    const param = /^;\s*(type|filename)=/.exec(arg.slice(i));
+    // The value is not repeated: a form field may hold a password.
+    if (!param)
+      throw new ConfigError(
+        `-F ${name}=…: a ; starts a parameter other than ;type= and ;filename= (curl would drop it from the value); to send a ; quote the value: ${name}="…;…"`,
+      );
+    const value = formWord(arg, i + param[0].length);
+    if (param[1] === 'type') type = value.word;
+    else filename = value.word;
+    i = value.end;
+  }
+  if (kind === '') return { name, content: Buffer.from(first.word), filename, type };
+  const path = first.word;
+  const content = readFlagFile('-F', path, EXIT.read);
+  if (kind === '<') return { name, content, filename, type };
+  const base = path.slice(Math.max(path.lastIndexOf('/'), path.lastIndexOf('\\')) + 1);
+  // curl: the type from the file's own name (not ;filename=), application/octet-stream when its
+  // extension is none of curl's; stdin's part has none.
+  const extension = base.includes('.') ? base.slice(base.lastIndexOf('.') + 1).toLowerCase() : '';
+  const guessed = path === '-' ? undefined : (FILE_TYPES[extension] ?? 'application/octet-stream');
+  return { name, content, filename: filename ?? base, type: type ?? guessed };
+}
+
+/** A name or filename in a Content-Disposition: curl's escaping (`"` and line breaks as %XX). */
+const dispositionText = (text: string) => text.replaceAll('"', '%22').replaceAll('\r', '%0D').replaceAll('\n', '%0A');
+
+/**
+ * The -F fields as one multipart/form-data body, laid out as curl 7.88 lays it out (its boundary: 24
+ * dashes and 16 random hex digits), one Buffer so every leg of a handshake sends the same bytes (C10).
+ */
+function multipart(args: readonly string[]): { body: Buffer; boundary: string; type: string } {
+  const boundary = `${'-'.repeat(24)}${randomBytes(8).toString('hex')}`;
+  const chunks: Buffer[] = [];
+  for (const part of args.map(formPart)) {
+    let head = `--${boundary}\r\nContent-Disposition: form-data; name="${dispositionText(part.name)}"`;
+    if (part.filename !== undefined) head += `; filename="${dispositionText(part.filename)}"`;
+    head += `\r\n${part.type !== undefined ? `Content-Type: ${part.type}\r\n` : ''}\r\n`;
+    chunks.push(Buffer.from(head), part.content, Buffer.from('\r\n'));
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`));
+  return { body: Buffer.concat(chunks), boundary, type: `multipart/form-data; boundary=${boundary}` };
+}
+
 /** A flag that reads stdin, and what to give instead (see {@link stdinConflict}). */
 interface StdinReader {
   readonly name: string;
@@ -416,6 +616,8 @@ const STDIN_READERS = {
   writeOut: { name: '-w @-', fix: 'give the -w format as text or in a file' },
   password: { name: '--password-stdin', fix: 'give the password with MULTILEG_PASSWORD (or -u user:password)' },
   data: { name: '-d @-', fix: 'give the body in a file' },
+  form: { name: '-F name=@-', fix: 'give the form field in a file' },
+  upload: { name: '-T -', fix: 'give the file to upload by name' },
   // readFlagFile reads `-` as stdin for these too.
   cert: { name: '--cert -', fix: 'give the certificate in a file' },
   key: { name: '--key -', fix: 'give the key in a file' },
@@ -650,9 +852,9 @@ function outputFile(output: string | typeof REMOTE_NAME | undefined, url: URL): 
 
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
 export function parseCli(argv: readonly string[], cmd: Commander.Command = program()): CliRequest {
-  // -d, --data-binary and --data-raw in the order given (curl joins them so), not grouped by flag.
-  const data: Array<[flag: '-d' | '--data-binary' | '--data-raw', value: string]> = [];
-  for (const flag of ['-d', '--data-binary', '--data-raw'] as const)
+  // -d, --data-binary, --data-raw and --data-urlencode in the order given (curl joins them so), not grouped by flag.
+  const data: Array<[flag: DataFlag, value: string]> = [];
+  for (const flag of ['-d', '--data-binary', '--data-raw', '--data-urlencode'] as const)
     cmd.on(`option:${flag === '-d' ? 'data' : flag.slice(2)}`, (value: string) => data.push([flag, value]));
   // -o and -O in the order given: curl pairs each with the URL in its place.
   const outputs: Array<string | typeof REMOTE_NAME> = [];
@@ -662,11 +864,6 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const o = cmd.opts();
   for (const arg of cmd.args) notAUrl(arg, Boolean(o.json));
   const parsed = cmd.args.map(parseUrl);
-  const { url } = parsed[0]!;
-  const transfers = parsed.map((p, i) => ({
-    url: p.url,
-    output: outputFile(outputs[i] ?? (o.remoteNameAll ? REMOTE_NAME : undefined), p.url),
-  }));
   // A URL's user:password@ is that URL's only (curl's), while the agent has one set of credentials
   // for the command: several URLs with different user info would send one URL's password to another's origin.
   const urlUser = parsed[0]!.user;
@@ -702,29 +899,93 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   if (cookieStrings.length > 0 && !('cookie' in headers) && !removed.has('cookie'))
     headers.cookie = cookieStrings.join('; ');
   const cookieJar = o.cookieJar as string | undefined;
-  // -d @- / --data-binary @-: the body from stdin, which then can bring nothing else.
-  const dataStdin = data.find(([flag, d]) => flag !== '--data-raw' && d === '@-')?.[0];
+  // -d @- / --data-binary @- / --data-urlencode [name]@-: the body from stdin, which then can bring nothing else.
+  const dataStdin = data.find(([flag, d]) => dataReadsStdin(flag, d));
+  const forms = (o.form as string[] | undefined) ?? [];
+  const formStdin = forms.find((f) => /^[^=]*=[@<]-(;|$)/.test(f));
+  const uploads = (o.uploadFile as string[] | undefined) ?? [];
   const twoReaders = stdinConflict([
     cookieFiles.includes('-') && STDIN_READERS.cookies,
     o.writeOut === '@-' && STDIN_READERS.writeOut,
     o.passwordStdin === true && STDIN_READERS.password,
-    dataStdin !== undefined && { ...STDIN_READERS.data, name: `${dataStdin} @-` },
+    dataStdin !== undefined && { ...STDIN_READERS.data, name: `${dataStdin[0]} ${dataStdin[1]}` },
+    formStdin !== undefined && { ...STDIN_READERS.form, name: `-F ${formStdin.slice(0, formStdin.indexOf('=') + 3)}` },
+    ...uploads.map((file) => file === '-' && STDIN_READERS.upload),
     o.cert !== undefined && certFile(o).path === '-' && STDIN_READERS.cert,
     o.key === '-' && STDIN_READERS.key,
   ]);
   if (twoReaders) throw new ConfigError(twoReaders);
   const pieces = data.map(([flag, d]) => {
+    if (flag === '--data-urlencode') return urlencodedPiece(d);
     if (flag === '--data-raw' || !d.startsWith('@')) return Buffer.from(d);
     // A file that cannot be read is curl's 26 (curl 8.3 and later; older ones sent an empty body).
     const file = readFlagFile(flag, d.slice(1), EXIT.read);
     // -d @file: without its line breaks, as curl reads it; --data-binary @file: as it is.
     return flag === '-d' ? Buffer.from(file.toString('latin1').replace(/[\r\n]/g, ''), 'latin1') : file;
   });
-  const body =
+  const dataBody =
     pieces.length === 0 ? undefined : Buffer.concat(pieces.flatMap((p, i) => (i === 0 ? [p] : [Buffer.from('&'), p])));
-  // As curl: a body from -d is a form unless a Content-Type says otherwise (or -H 'Content-Type:' drops it).
-  const formType = body !== undefined && !('content-type' in headers) && !removed.has('content-type');
-  if (formType) headers['content-type'] = 'application/x-www-form-urlencoded';
+  const head = Boolean(o.head);
+  // -G takes the -d data out of the body (into the URL query).
+  const posted = dataBody !== undefined && !o.get;
+  if (head && posted) throw new ConfigError('-I and -d: you can only select one HTTP request method (HEAD or POST)');
+  // curl's own words for the other pairs (exit 2); -d is one with -T or -F even after -G (curl's).
+  const methods = [
+    uploads.length > 0 && 'PUT (-T, --upload-file)',
+    dataBody !== undefined && 'POST (-d, --data)',
+    forms.length > 0 && 'multipart formpost (-F, --form)',
+    head && 'HEAD (-I, --head)',
+  ].filter((m) => m !== false);
+  // -G -d -I: a HEAD with the data in its query, the one pair that is no conflict (curl's).
+  const headWithQuery = o.get && head && methods.length === 2 && dataBody !== undefined;
+  if (methods.length > 1 && !headWithQuery)
+    throw new ConfigError(
+      `You can only select one HTTP request method! You asked for both ${methods[0]} and ${methods[1]}.`,
+    );
+  // -G: the data goes into every URL's query instead (curl's), no body.
+  const query = o.get && dataBody !== undefined ? queryText(dataBody) : undefined;
+  const form = forms.length > 0 ? multipart(forms) : undefined;
+  const body = query === undefined ? (form?.body ?? dataBody) : undefined;
+  // As curl: a body from -d is a form unless a Content-Type says otherwise (or -H 'Content-Type:'
+  // drops it); -F's is multipart/form-data, and a type given with -H gets its boundary.
+  const ownType = 'content-type' in headers || removed.has('content-type');
+  const formType = body !== undefined && !ownType;
+  if (formType) headers['content-type'] = form ? form.type : 'application/x-www-form-urlencoded';
+  else if (form && typeof headers['content-type'] === 'string' && !/;\s*boundary=/i.test(headers['content-type']))
+    headers['content-type'] += `; boundary=${form.boundary}`;
+  // -A and -e: headers a -H of the same name replaces or drops (curl's); -A '' sends none.
+  if (o.userAgent && !('user-agent' in headers) && !removed.has('user-agent'))
+    headers['user-agent'] = o.userAgent as string;
+  const referer = o.referer as string | undefined;
+  const ownReferer = 'referer' in headers || removed.has('referer');
+  const autoReferer = referer?.endsWith(';auto') === true && !ownReferer;
+  const firstReferer = autoReferer ? referer!.slice(0, -';auto'.length) : referer;
+  if (firstReferer && !ownReferer) headers.referer = firstReferer;
+  if (uploads.length > parsed.length)
+    throw new ConfigError(
+      `${uploads.length} -T files and ${parsed.length} URL(s): each -T goes with one URL, in order`,
+    );
+  // -T files: read now (a file that cannot be read is curl's 26), whole, so every leg of a
+  // handshake sends the same bytes (C10); curl streams them.
+  const uploaded = uploads.map((file) => readFlagFile('-T', file, EXIT.read));
+  const method = (o.request as string | undefined) ?? (head ? 'HEAD' : form ? 'POST' : body ? 'POST' : 'GET');
+  const transfers: Transfer[] = parsed.map((p, i) => {
+    const url = new URL(p.url);
+    if (query) url.search = url.search ? `${url.search.slice(1)}&${query}` : query;
+    const file = uploads[i];
+    // curl's rule: a URL whose path ends in / gets the file's name (not for stdin).
+    if (file !== undefined && file !== '-' && url.pathname.endsWith('/'))
+      url.pathname += escapeFileName(file.slice(Math.max(file.lastIndexOf('/'), file.lastIndexOf('\\')) + 1));
+    return {
+      url,
+      output: outputFile(outputs[i] ?? (o.remoteNameAll ? REMOTE_NAME : undefined), url),
+      ...(file !== undefined
+        ? { method: (o.request as string | undefined) ?? 'PUT', body: uploaded[i], upload: true }
+        : { method, body, upload: false }),
+    };
+  });
+  const { url } = transfers[0]!;
+  const largestBody = Math.max(0, ...uploaded.map((b) => b.length));
   // curl 8.18 and later: a netrc file named that is not there is bad usage, before anything is sent.
   if (o.netrcFile !== undefined && !existsSync(o.netrcFile as string))
     throw new ConfigError(`--netrc-file ${o.netrcFile}: no such file`);
@@ -766,7 +1027,6 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     throw new ConfigError(
       '--netrc with URLs on different hosts: give -u, or run one command per host (netrc credentials are per host)',
     );
-  const head = Boolean(o.head);
   const proxyUser = o.proxyUser !== undefined && o.noproxy !== '*' ? parseUser(o.proxyUser as string) : undefined;
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
   const agent: MultilegAgentOptions = {
@@ -778,23 +1038,26 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     ...(certificate ? { clientCertificate: certificate } : {}),
     ...(proxy !== undefined ? { proxy } : {}),
     limits: {
+      // C10: a -T file goes on every leg of a handshake; the agent replays a Buffer as it is, and
+      // the limit says so for bodies past the default (README: -T holds the file in memory).
+      ...(largestBody > DEFAULT_LIMITS.maxReplayBodyBytes ? { maxReplayBodyBytes: largestBody } : {}),
       ...(o.maxLegs ? { maxLegs: o.maxLegs as number } : {}),
       ...(o.timeout ? { handshakeTimeout: o.timeout as number } : {}),
     },
   };
-  // curl: "You can only select one HTTP request method!"
-  if (head && body) throw new ConfigError('-I and -d: you can only select one HTTP request method (HEAD or POST)');
   return {
     url,
     transfers,
     unusedOutputs: outputs.length > transfers.length,
     failEarly: Boolean(o.failEarly),
     // As given (curl sends `-X patch` as `patch`).
-    method: (o.request as string | undefined) ?? (head ? 'HEAD' : body ? 'POST' : 'GET'),
+    method: transfers[0]!.method,
     customMethod: o.request !== undefined,
     headers,
-    body,
+    body: transfers[0]!.body,
+    upload: transfers[0]!.upload,
     formType,
+    autoReferer,
     http1: Boolean(o['http1.1']),
     include: Boolean(o.include) || head,
     head,

@@ -142,8 +142,18 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
       delete headers['proxy-authorization'];
     }
   }
-  // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body.
-  if (status === 303 || ((status === 301 || status === 302) && (body !== undefined || method === 'POST'))) {
+  // -e URL;auto: the URL the redirect came from (curl's), which holds no user:password@ here.
+  if (req.autoReferer) {
+    const referer = new URL(from.url);
+    referer.hash = '';
+    headers.referer = referer.href;
+  }
+  // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body; a
+  // -T upload (a PUT) goes on with it after a 301/302, as curl sends it again.
+  if (
+    status === 303 ||
+    ((status === 301 || status === 302) && !req.upload && (body !== undefined || method === 'POST'))
+  ) {
     // -X stays the method of every request (curl's), without the body.
     if (method !== 'HEAD' && !req.customMethod) method = 'GET';
     body = undefined;
