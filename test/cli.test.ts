@@ -661,6 +661,26 @@ describe('multileg command line', () => {
     ]);
   });
 
+  it("--keytab naming a file that cannot be read is 26 before anything is sent (it ended 0 with the server's 401, the keytab found missing only at the Negotiate challenge)", async () => {
+    const before = server.exchanges.length;
+    const missing = await run(['--keytab', join(dir, 'no.keytab'), '--cacert', ca, `${server.origin}/auth/kt`]);
+    expect(missing).toMatchObject({
+      code: 26,
+      stdout: '',
+      stderr: `multileg: --keytab ${join(dir, 'no.keytab')}: no such file\n`,
+    });
+    const directory = await run(['--keytab', `FILE:${dir}`, '--cacert', ca, `${server.origin}/auth/kt`]);
+    expect(directory).toMatchObject({ code: 26, stderr: `multileg: --keytab ${dir}: is a directory\n` });
+    expect(server.exchanges.length).toBe(before);
+  });
+
+  it('doctor --help shows its own usage line and what it checks, not the request help alone', async () => {
+    const help = await run(['doctor', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: multileg doctor \[options\] <url>\n\nchecks one URL's setup/);
+    expect(help.stdout).toContain('--cacert');
+  });
+
   it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {
     const url = `${server.origin}/auth/netrc`;
     const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));

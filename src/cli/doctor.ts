@@ -29,7 +29,7 @@ import {
   withoutFallbackHint,
   wrongNameFix,
 } from './explain.ts';
-import { type CliRequest, parseCliOrExit } from './options.ts';
+import { type CliRequest, parseCliOrExit, program } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
@@ -240,7 +240,14 @@ async function probe(req: CliRequest, http1: boolean) {
 }
 
 export async function doctor(argv: string[]): Promise<number> {
-  const parsed = parseCliOrExit(argv, 'multileg doctor');
+  // Its own usage line and description under --help; the options are the request's.
+  const cmd = program()
+    .name('multileg doctor')
+    .usage('[options] <url>')
+    .description(
+      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; exits 1 when a check fails",
+    );
+  const parsed = parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
   // without it and say to give the -U that was given.

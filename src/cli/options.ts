@@ -4,7 +4,7 @@
  * (credentials.ts).
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { getCACertificates } from 'node:tls';
 import type * as Commander from 'commander';
@@ -831,8 +831,25 @@ function writeOutFormat(value: string | undefined): string | undefined {
     .replace(/[\r\n]/g, '');
 }
 
-/** A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. */
-const keytabName = (v: string) => (/^[A-Z]+:/.test(v) ? v : `FILE:${v}`);
+/**
+ * A keytab path becomes a `FILE:` name; `FILE:`/`MEMORY:`... names pass through. A keytab file that
+ * cannot be read is curl's 26 for a file a flag names, before anything is sent (GSS-API would find
+ * it missing only at a Negotiate challenge, and the command then ended 0 with the server's 401).
+ */
+function keytabName(v: string): string {
+  const path = /^FILE:/i.test(v) ? v.slice('FILE:'.length) : /^[A-Z]+:/.test(v) ? undefined : v;
+  if (path !== undefined) {
+    try {
+      const fd = openSync(path, 'r');
+      const directory = fstatSync(fd).isDirectory();
+      closeSync(fd);
+      if (directory) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+    } catch (err) {
+      throw new UsageError(`--keytab ${path}: ${unreadable(err)}`, EXIT.read);
+    }
+  }
+  return path !== undefined && !/^FILE:/i.test(v) ? `FILE:${v}` : v;
+}
 
 /** -O's place among the outputs: the file is named after the URL it pairs with. */
 const REMOTE_NAME: unique symbol = Symbol('-O');
