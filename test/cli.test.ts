@@ -840,6 +840,19 @@ describe('multileg command line', () => {
     expect(withoutFlag.code).toBe(60);
     const insecure = await run(['-k', `${server.origin}/public/`]);
     expect(insecure.code).toBe(0);
+    // A --cacert of other CAs: the file is what to fix (it said to give a --cacert, the one given); doctor too.
+    const other = fileURLToPath(new URL('./fixtures/expired-localhost-cert.pem', import.meta.url));
+    const wrongCa = await run(['--cacert', other, `${server.origin}/public/`]);
+    expect(wrongCa.code).toBe(60);
+    expect(wrongCa.stderr).toMatch(
+      new RegExp(
+        `is not trusted \\(\\w+\\): --cacert ${other.replaceAll('.', '\\.')} holds no CA that issued it: give that CA's certificate, or add --ca-native`,
+      ),
+    );
+    const doctor = await run(['doctor', '--cacert', other, `${server.origin}/public/`]);
+    expect(doctor.stdout).toMatch(
+      /^FAIL +TLS: certificate not trusted: .*\n +fix: --cacert \S+ holds no CA that issued it/m,
+    );
   });
 
   it('a certificate for other names: exit 60 naming the names it is for and the fix (another name in the URL, not a CA); doctor says the same', async () => {

@@ -26,6 +26,7 @@ import {
   EXIT,
   forCli,
   outOfDatesFix,
+  untrustedFix,
   withoutFallbackHint,
   wrongNameFix,
 } from './explain.ts';
@@ -211,7 +212,7 @@ function tlsTrust(req: CliRequest): Promise<Check> {
       detail: `certificate not trusted: ${r.error ?? 'unknown'} (${about})`,
       fix: system.authorized
         ? "the operating system's store trusts it: add --ca-native (library: connect.ca from tls.getCACertificates('system'))"
-        : 'give the issuing CA with --cacert FILE or NODE_EXTRA_CA_CERTS=FILE',
+        : untrustedFix(req.cacert),
     };
   })();
 }

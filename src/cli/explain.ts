@@ -172,6 +172,8 @@ export function describeFailure(
     maxTime: number | undefined;
     /** Set when the failure came while reading the body: the bytes received, and how many were announced. */
     midBody?: { received: number; expected: number | undefined } | undefined;
+    /** The --cacert file given, if one was. */
+    cacert?: string | undefined;
   },
 ): Failure {
   const e = rootCause(err);
@@ -219,7 +221,7 @@ export function describeFailure(
       };
     return {
       exit: EXIT.certificate,
-      message: `the certificate of ${host} is not trusted (${code}): give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE), or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
+      message: `the certificate of ${host} is not trusted (${code}): ${untrustedFix(ctx.cacert)}, or add --ca-native to trust the operating system's store where corporate CAs live; -k skips the check (unsafe)`,
     };
   }
   if (NOT_TLS_CODES.has(code))
@@ -294,6 +296,16 @@ export function wrongName(host: string, hostname: string, names: readonly string
 
 /** What fixes a certificate issued to other names (the names, when known). */
 /** The fix for a certificate out of its dates (CERT_HAS_EXPIRED, CERT_NOT_YET_VALID): not a CA. */
+/**
+ * The fix for a certificate no trusted CA issued: its CA with --cacert, or, when a --cacert file
+ * was given (and used: it parsed), that the file holds another CA than the issuer.
+ */
+export function untrustedFix(cacert: string | undefined): string {
+  return cacert
+    ? `--cacert ${cacert} holds no CA that issued it: give that CA's certificate`
+    : 'give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE)';
+}
+
 export function outOfDatesFix(code: 'CERT_HAS_EXPIRED' | 'CERT_NOT_YET_VALID'): string {
   return `the server must ${code === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong`;
 }

@@ -121,6 +121,8 @@ export interface CliRequest {
    * (an https:// URL or redirect, an https:// proxy), nothing for plain http:// (curl ignores it there).
    */
   readonly unusableCa: string | undefined;
+  /** The --cacert file given (a certificate its CAs do not vouch for: the file is the thing to fix). */
+  readonly cacert: string | undefined;
   /** The same for --proxy-cacert: 77 once an https:// proxy is on the way (not with --proxy-insecure). */
   readonly unusableProxyCa: string | undefined;
   /**
@@ -1108,6 +1110,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     passwordStdin: Boolean(o.passwordStdin),
     netrc: netrc ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) } : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
+    cacert: o.cacert as string | undefined,
     unusableProxyCa: proxyCacert && 'problem' in proxyCacert ? proxyCacert.problem : undefined,
     cookies:
       cookieFiles.length > 0 || cookieJar !== undefined

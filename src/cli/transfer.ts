@@ -461,7 +461,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         break;
       }
     } catch (err) {
-      failure = describeFailure(err, { url: hop.url, maxTime: req.maxTime, midBody: reading });
+      failure = describeFailure(err, { url: hop.url, maxTime: req.maxTime, midBody: reading, cacert: req.cacert });
       fail(failure.exit, failure.message);
     }
     // A head that came before the attempt failed (a 401 whose next leg was cut): shown now.
