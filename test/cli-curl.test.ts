@@ -226,6 +226,28 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('H5: doctor checks that the proxy can be reached: a proxy that is down FAILs there with its fix (it said ok: only its address was read), a reachable one is ok', async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      const closed = createTcpServer();
+      await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+      const port = (closed.address() as { port: number }).port;
+      closed.close();
+      await once(closed, 'close');
+      const target = `${server.origin}/public/`;
+      const down = await run(['doctor', '--cacert', ca, '-x', `http://127.0.0.1:${port}`, target]);
+      expect(down.code).toBe(1);
+      expect(down.stdout).toContain(
+        `FAIL  proxy: http://127.0.0.1:${port} (CONNECT tunnel): cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY)`,
+      );
+      proxy = await startReferenceProxy({});
+      const up = await run(['doctor', '--cacert', ca, '--proxy-cacert', ca, '-x', proxy.origin, target]);
+      expect(up.stdout).toContain(`ok    proxy: ${proxy.origin} (CONNECT tunnel), reachable\n`);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it("-D: a file that cannot be created is curl's 23 before anything is sent, in one line; one that can is created empty when no response comes", async () => {
     const before = server.exchanges.length;
     const missing = join(dir, 'no-such-dir', 'heads.txt');

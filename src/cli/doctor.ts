@@ -17,7 +17,8 @@ import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { portOf } from '../options.ts';
-import { ProxyResolver } from '../proxy/options.ts';
+import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
+import { connectToProxy } from '../proxy/tunnel.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
 import {
   certificateNames,
@@ -217,6 +218,22 @@ function tlsTrust(req: CliRequest): Promise<Check> {
   })();
 }
 
+/**
+ * The proxy the URL goes through, and whether it can be reached (TCP, and TLS to an https://
+ * proxy): a proxy that is down is named here, with its fix, not only by the schemes check after it.
+ */
+async function proxyCheck(route: ProxyRoute | undefined): Promise<Check> {
+  if (!route) return { name: 'proxy', verdict: 'ok', detail: 'none: direct connection' };
+  const detail = `${route.proxy.origin} (${route.kind === 'tunnel' ? 'CONNECT tunnel' : 'forwarded'})`;
+  try {
+    (await connectToProxy(route.proxy)).destroy();
+    return { name: 'proxy', verdict: 'ok', detail: `${detail}, reachable` };
+  } catch (err) {
+    const message = err instanceof MultilegError ? `${forCli(err.message)} (${err.code})` : String(err);
+    return { name: 'proxy', verdict: 'FAIL', detail: `${detail}: ${message}` };
+  }
+}
+
 /** One request without credentials: the protocol, the offered schemes, the Date header. */
 async function probe(req: CliRequest, http1: boolean) {
   const trace = new Trace();
@@ -304,13 +321,7 @@ export async function doctor(argv: string[]): Promise<number> {
   }
 
   const proxy = new ProxyResolver(req.agent.proxy).route(req.url.origin);
-  add({
-    name: 'proxy',
-    verdict: 'ok',
-    detail: proxy
-      ? `${proxy.proxy.origin} (${proxy.kind === 'tunnel' ? 'CONNECT tunnel' : 'forwarded'})`
-      : 'none: direct connection',
-  });
+  add(await proxyCheck(proxy));
 
   if (req.url.protocol === 'https:' && !proxy) add(await tlsTrust(req));
 
