@@ -294,8 +294,6 @@ export function wrongName(host: string, hostname: string, names: readonly string
   return `the certificate of ${host} ${what} (ERR_TLS_CERT_ALTNAME_INVALID): ${wrongNameFix(names)}`;
 }
 
-/** What fixes a certificate issued to other names (the names, when known). */
-/** The fix for a certificate out of its dates (CERT_HAS_EXPIRED, CERT_NOT_YET_VALID): not a CA. */
 /**
  * The fix for a certificate no trusted CA issued: its CA with --cacert, or, when a --cacert file
  * was given (and used: it parsed), that the file holds another CA than the issuer.
@@ -306,10 +304,12 @@ export function untrustedFix(cacert: string | undefined): string {
     : 'give its CA with --cacert FILE (or NODE_EXTRA_CA_CERTS=FILE)';
 }
 
+/** The fix for a certificate out of its dates (CERT_HAS_EXPIRED, CERT_NOT_YET_VALID): not a CA. */
 export function outOfDatesFix(code: 'CERT_HAS_EXPIRED' | 'CERT_NOT_YET_VALID'): string {
   return `the server must ${code === 'CERT_HAS_EXPIRED' ? 'renew it' : 'use one valid today'}, or this machine's clock is wrong`;
 }
 
+/** What fixes a certificate issued to other names (the names, when known). */
 export function wrongNameFix(names: readonly string[]): string {
   const use =
     names.length === 0
