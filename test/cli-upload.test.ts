@@ -199,6 +199,28 @@ describe.skipIf(!haveCurl)('multileg: -T, -G, --data-urlencode, -F, -A, -e (as c
     });
   });
 
+  it('two -F or data flags reading stdin are bad usage, as two different readers are: the second would read nothing and send an empty field or piece', async () => {
+    for (const [args, said] of [
+      [
+        ['-F', 'a=@-', '-F', 'b=<-'],
+        '-F a=@- and -F b=<-: only one of them can read stdin; give the form field in a file',
+      ],
+      [
+        ['-d', '@-', '--data-urlencode', 'n@-'],
+        '-d @- and --data-urlencode n@-: only one of them can read stdin; give the body in a file',
+      ],
+      [
+        ['--data-binary', '@-', '-d', '@-'],
+        '--data-binary @- and -d @-: only one of them can read stdin; give the body in a file',
+      ],
+    ] as const)
+      expect(await run([...args, `${recorderOrigin}/x`], { input: 'piped\n' })).toMatchObject({
+        code: 2,
+        stdout: '',
+        stderr: `multileg: ${said}\n`,
+      });
+  });
+
   it('-G puts the -d and --data-urlencode data in the query of every URL (joined with &, after a query there), as a GET, a HEAD with -I (no -I/-d conflict), -X kept; as curl', async () => {
     const r = await run([...alice(), '-G', '-d', 'a=1', '--data-urlencode', 'q=x y&z', `${server.origin}/auth/g?k=0`]);
     expect(r.code, r.stderr).toBe(0);

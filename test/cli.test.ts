@@ -1848,6 +1848,35 @@ describe('multileg command line', () => {
     );
   });
 
+  it('M2: a refused password that went as NTLM inside Negotiate names kinit only when Kerberos was skipped for want of a ticket; a skip for an unknown SPN, an unreachable KDC or a skewed clock names that cause, not kinit', () => {
+    const base = {
+      origin: 'https://h',
+      offered: ['Negotiate'],
+      trusted: true,
+      hasPassword: true,
+      schemes: undefined,
+    };
+    const skipped = (fallbackReason: string) =>
+      explain401({
+        ...base,
+        handshakes: [{ origin: 'https://h', scheme: 'Negotiate', outcome: 'failed', legs: 1, fallbackReason }] as never,
+      });
+    for (const code of ['MULTILEG_KRB_NO_TICKET', 'MULTILEG_KRB_TICKET_EXPIRED'])
+      expect(skipped(`${code}: no Kerberos ticket`)).toContain(`get a ticket (kinit): Kerberos was skipped (${code})`);
+    // alice has a ticket here: the KDC does not know the SPN, or cannot be reached; kinit fixes neither.
+    for (const [code, cause] of [
+      ['MULTILEG_KRB_UNKNOWN_SPN', 'the KDC does not know the service principal HTTP@h'],
+      ['MULTILEG_KRB_KDC_UNREACHABLE', 'no KDC could be reached'],
+      ['MULTILEG_KRB_CLOCK_SKEW', 'the clocks differ too much'],
+    ]) {
+      const said = skipped(`${code}: ${cause}`);
+      expect(said, code).not.toContain('kinit');
+      expect(said, code).toContain(
+        `Kerberos was skipped (${code}: ${cause}) and the password went as NTLM inside Negotiate`,
+      );
+    }
+  });
+
   it("H5: explain407 names only a fix that can answer the proxy's 407: --proxy-user for NTLM, Digest or Basic (a proxy's Negotiate has no NTLM fallback), a ticket for Negotiate", () => {
     const noTicket = {
       code: 'MULTILEG_KRB_NO_TICKET',

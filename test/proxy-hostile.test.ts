@@ -112,7 +112,7 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     expect(err).toBeInstanceOf(ProxyConnectTimeoutError);
     expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT_TIMEOUT', stage: 'answer' });
     expect((err as Error).message).toBe(
-      `proxy http://127.0.0.1:${proxy.port} accepted the connection but did not answer CONNECT localhost:8443 within proxy.connectTimeout (300 ms); check the proxy, or raise proxy.connectTimeout`,
+      `proxy http://127.0.0.1:${proxy.port} accepted the connection but did not answer CONNECT localhost:8443 within proxy.connectTimeout (300 ms); a proxy answers once it has connected to localhost:8443: check that localhost:8443 is up and reachable from the proxy, then the proxy, or raise proxy.connectTimeout`,
     );
     expect(proxy.received[0]).toMatch(/^CONNECT localhost:8443 HTTP\/1\.1\r\n/);
   }, 20_000);

@@ -376,11 +376,17 @@ export function explain401(ctx: {
         : 'check -u user:password (DOMAIN\\user)';
     // The password went through NTLM inside Negotiate because Kerberos could not run: a server that
     // offers no NTLM of its own may take Kerberos only, and refuse a right password there too.
+    // A ticket (kinit) is the fix only when the want of one skipped Kerberos: with an unknown SPN,
+    // an unreachable KDC or a skewed clock the user may well have one, so the cause is named instead.
+    const reason = h.fallbackReason;
+    const noTicket = reason !== undefined && /^MULTILEG_KRB_(NO_TICKET|TICKET_EXPIRED):/.test(reason);
     const skipped =
       h.scheme.toLowerCase() === 'negotiate' &&
-      h.fallbackReason !== undefined &&
+      reason !== undefined &&
       !ctx.offered.some((s) => s.toLowerCase() === 'ntlm')
-        ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${h.fallbackReason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
+        ? noTicket
+          ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${reason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
+          : `; or, if it takes Kerberos only, make Kerberos work here (multileg doctor URL names the fix): Kerberos was skipped (${forCli(reason)}) and the password went as NTLM inside Negotiate`
         : '';
     return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}${skipped}`;
   }

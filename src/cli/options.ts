@@ -919,16 +919,17 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     headers.cookie = cookieStrings.join('; ');
   const cookieJar = o.cookieJar as string | undefined;
   // -d @- / --data-binary @- / --data-urlencode [name]@-: the body from stdin, which then can bring nothing else.
-  const dataStdin = data.find(([flag, d]) => dataReadsStdin(flag, d));
+  const dataStdin = data.filter(([flag, d]) => dataReadsStdin(flag, d));
   const forms = (o.form as string[] | undefined) ?? [];
-  const formStdin = forms.find((f) => /^[^=]*=[@<]-(;|$)/.test(f));
+  const formStdin = forms.filter((f) => /^[^=]*=[@<]-(;|$)/.test(f));
   const uploads = (o.uploadFile as string[] | undefined) ?? [];
   const twoReaders = stdinConflict([
     cookieFiles.includes('-') && STDIN_READERS.cookies,
     o.writeOut === '@-' && STDIN_READERS.writeOut,
     o.passwordStdin === true && STDIN_READERS.password,
-    dataStdin !== undefined && { ...STDIN_READERS.data, name: `${dataStdin[0]} ${dataStdin[1]}` },
-    formStdin !== undefined && { ...STDIN_READERS.form, name: `-F ${formStdin.slice(0, formStdin.indexOf('=') + 3)}` },
+    // Each one: a second would read nothing (stdin is at its end) and send an empty piece or field.
+    ...dataStdin.map(([flag, d]) => ({ ...STDIN_READERS.data, name: `${flag} ${d}` })),
+    ...formStdin.map((f) => ({ ...STDIN_READERS.form, name: `-F ${f.slice(0, f.indexOf('=') + 3)}` })),
     ...uploads.map((file) => file === '-' && STDIN_READERS.upload),
     o.cert !== undefined && certFile(o).path === '-' && STDIN_READERS.cert,
     o.key === '-' && STDIN_READERS.key,

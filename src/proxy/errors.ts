@@ -166,7 +166,8 @@ export class ProxyConnectTimeoutError extends MultilegError {
       target === undefined
         ? `proxy ${proxy} accepted no connection within proxy.connectTimeout (${ms} ms); check the proxy address and that it is up, or raise proxy.connectTimeout`
         : stage === 'answer'
-          ? `proxy ${proxy} accepted the connection but did not answer CONNECT ${target} within proxy.connectTimeout (${ms} ms); check the proxy, or raise proxy.connectTimeout`
+          ? // A proxy answers a CONNECT once it has reached the target: a target it cannot reach keeps it silent too.
+            `proxy ${proxy} accepted the connection but did not answer CONNECT ${target} within proxy.connectTimeout (${ms} ms); a proxy answers once it has connected to ${target}: check that ${target} is up and reachable from the proxy, then the proxy, or raise proxy.connectTimeout`
           : `the TLS handshake with ${target} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
     );
     this.proxy = proxy;
