@@ -9,13 +9,7 @@ import { createRequire } from 'node:module';
 import { getCACertificates } from 'node:tls';
 import type * as Commander from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
-import {
-  type ClientCertificate,
-  DEFAULT_LIMITS,
-  type MultilegAgentOptions,
-  SCHEME_NAMES,
-  type SchemeName,
-} from '../options.ts';
+import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { EXIT } from './explain.ts';
 import type { RetryOptions } from './retry.ts';
@@ -1005,7 +999,6 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     };
   });
   const { url } = transfers[0]!;
-  const largestBody = Math.max(0, ...uploaded.map((b) => b.length));
   // curl 8.18 and later: a netrc file named that is not there is bad usage, before anything is sent.
   if (o.netrcFile !== undefined && !existsSync(o.netrcFile as string))
     throw new ConfigError(`--netrc-file ${o.netrcFile}: no such file`);
@@ -1058,9 +1051,6 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     ...(certificate ? { clientCertificate: certificate } : {}),
     ...(proxy !== undefined ? { proxy } : {}),
     limits: {
-      // C10: a -T file goes on every leg of a handshake; the agent replays a Buffer as it is, and
-      // the limit says so for bodies past the default (README: -T holds the file in memory).
-      ...(largestBody > DEFAULT_LIMITS.maxReplayBodyBytes ? { maxReplayBodyBytes: largestBody } : {}),
       ...(o.maxLegs ? { maxLegs: o.maxLegs as number } : {}),
       ...(o.timeout ? { handshakeTimeout: o.timeout as number } : {}),
     },
