@@ -10,6 +10,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseChallenges } from '../src/challenge/index.ts';
 import {
   InvalidTokenError,
+  KerberosNoTicketError,
+  KerberosUnknownServiceError,
   LegLimitError,
   type Mechanism,
   MechanismUnavailableError,
@@ -397,6 +399,34 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     );
     expect(none.message).toMatch(/\(MULTILEG_MECHANISM_UNAVAILABLE\)\); give proxy\.credentials or a Kerberos ticket$/);
   });
+
+  it.each([
+    ['no ticket', new KerberosNoTicketError('no creds'), true],
+    // The KDC does not know HTTP@proxy: a ticket would not help, and the reason already says what would.
+    ['an unknown SPN', new KerberosUnknownServiceError('not found', 'HTTP@proxy'), false],
+  ] as const)(
+    'T2: with proxy.credentials given, a Negotiate proxy whose Kerberos cannot run (%s) names a ticket as the fix only when there was none',
+    async (_, error, namesTicket) => {
+      const { uri } = await scripted(({ socket }) =>
+        socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n'),
+      );
+      const kerberosFails: Mechanism = {
+        ...endless,
+        scheme: 'Negotiate',
+        createContext: () => ({
+          complete: false,
+          step: async () => {
+            throw error;
+          },
+          finish: async () => {},
+        }),
+      };
+      const err = await failure(tunnel(resolved(uri, { mechanisms: [kerberosFails], schemes: ['Negotiate'] })));
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err.message).toContain(`(${error.code})); the password in proxy.credentials cannot answer Negotiate: `);
+      expect(err.message.includes('get a Kerberos ticket for the proxy')).toBe(namesTicket);
+    },
+  );
 
   it('T2: with proxy.credentials given but none of the offered schemes configured, the error does not ask to give them', async () => {
     const { uri } = await scripted(({ socket }) =>

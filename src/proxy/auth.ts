@@ -59,9 +59,15 @@ export function rejected(
  * give them again, but a ticket for a Negotiate proxy (its Negotiate has no NTLM fallback), or a
  * scheme the password answers.
  */
-function withCredentials(unusable: Iterable<{ readonly scheme: string }>): string {
-  const schemes = [...unusable].map((u) => u.scheme);
-  const ticket = schemes.some((s) => s.toLowerCase() === 'negotiate') ? 'get a Kerberos ticket for the proxy, or ' : '';
+function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly error: MultilegError }>): string {
+  const list = [...unusable];
+  const schemes = list.map((u) => u.scheme);
+  // A ticket is the fix where there was none (or it expired); an unknown SPN, a KDC out of reach or
+  // a skewed clock are named in the reason before this, and a ticket does not mend them.
+  const noTicket = list.some(
+    (u) => u.error.code === 'MULTILEG_KRB_NO_TICKET' || u.error.code === 'MULTILEG_KRB_TICKET_EXPIRED',
+  );
+  const ticket = noTicket ? 'get a Kerberos ticket for the proxy, or ' : '';
   return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
 }
 
