@@ -11,7 +11,7 @@ import { createServer as createHttpServer, type IncomingHttpHeaders, type Server
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseCli } from '../src/cli/options.ts';
+import { parseCli, shownArgv } from '../src/cli/options.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { runCli as run, runCommand } from './cli-helpers.ts';
 import { requirePeer } from './lab/index.ts';
@@ -426,5 +426,58 @@ describe.skipIf(!haveCurl)('multileg: -T, -G, --data-urlencode, -F, -A, -e (as c
     const own = parseCli(['-F', 'a=1', '-H', 'Content-Type: multipart/mixed', 'h/']);
     expect(own.headers['content-type']).toMatch(/^multipart\/mixed; boundary=-{24}[0-9a-f]{16}$/);
     expect(own.body?.toString()).toContain(String(own.headers['content-type']).split('boundary=')[1]);
+  });
+
+  it('S2: form data on the command line (-d, --data-binary, --data-raw, --data-urlencode, -F values) and the password of an -e URL are *** in ps; the files they name are not', () => {
+    expect(
+      shownArgv([
+        '-d',
+        'user=alice&password=SECRET1',
+        '--data-binary=SECRET2',
+        '--data-raw',
+        '@SECRET3',
+        '--data-urlencode',
+        'pw=SECRET4',
+        '--data-urlencode=SECRET5',
+        '-F',
+        'password=SECRET6',
+        '-Ftoken=SECRET7;type=text/plain',
+        '--form=upload=@report.pdf',
+        '-F',
+        'notes=<notes.txt',
+        '-d',
+        '@body.txt',
+        '--data-urlencode',
+        'n@file.txt',
+        '-e',
+        'https://bob:SECRET8@portal.example/;auto',
+        'https://h/',
+      ]),
+    ).toEqual([
+      '-d',
+      '***',
+      '--data-binary=***',
+      '--data-raw',
+      '***',
+      '--data-urlencode',
+      'pw=***',
+      '--data-urlencode=***',
+      '-F',
+      'password=***',
+      '-Ftoken=***',
+      '--form=upload=@report.pdf',
+      '-F',
+      'notes=<notes.txt',
+      '-d',
+      '@body.txt',
+      '--data-urlencode',
+      'n@file.txt',
+      '-e',
+      'https://bob:***@portal.example/;auto',
+      'https://h/',
+    ]);
+    expect(shownArgv(['-d', '@body.txt', '-F', 'f=@a.bin', '-e', 'https://portal.example/', 'https://h/'])).toBe(
+      undefined,
+    );
   });
 });

@@ -719,7 +719,9 @@ function certFile(o: Record<string, unknown>): { path: string; passphrase: strin
 const CLIENT_CERT_PROBLEM = 58;
 
 /** How each option that takes a value may hold a secret: `user:password`, all of it, a URL's password, a header's value. */
-const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'header' | 'cert' | 'cookie'>> = {
+const SECRET_VALUES: Readonly<
+  Record<string, 'after-colon' | 'all' | 'url' | 'header' | 'cert' | 'cookie' | 'data' | 'form' | 'urlencode'>
+> = {
   '--user': 'after-colon',
   '--proxy-user': 'after-colon',
   '--pass': 'all',
@@ -727,6 +729,13 @@ const SECRET_VALUES: Readonly<Record<string, 'after-colon' | 'all' | 'url' | 'he
   '--header': 'header',
   '--cert': 'cert',
   '--cookie': 'cookie',
+  // Form data (a login form's password, a token): the data itself, not a file that holds it.
+  '--data': 'data',
+  '--data-binary': 'data',
+  '--data-raw': 'all',
+  '--data-urlencode': 'urlencode',
+  '--form': 'form',
+  '--referer': 'url',
 };
 const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
 
@@ -755,6 +764,20 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
     case 'cookie':
       // -b NAME=VALUE is the cookies themselves; without `=` it names a file.
       return value.includes('=') ? '***' : value;
+    case 'data':
+      // -d @file names a file; anything else is the data.
+      return value.startsWith('@') ? value : '***';
+    case 'form': {
+      // -F name=@file and name=<file name a file; name=value is the value.
+      const eq = value.indexOf('=');
+      return eq < 0 ? '***' : /^[@<]/.test(value.slice(eq + 1)) ? value : `${value.slice(0, eq + 1)}***`;
+    }
+    case 'urlencode': {
+      // --data-urlencode @file and name@file name a file (the first `=`, else `@`, decides).
+      const eq = value.indexOf('=');
+      if (eq < 0) return value.includes('@') ? value : '***';
+      return `${value.slice(0, eq + 1)}***`;
+    }
     default: {
       // user:password, or --cert file:passphrase (after a Windows drive letter).
       const colon = value.indexOf(':', kind === 'cert' && /^[A-Za-z]:[\\/]/.test(value) ? 2 : 0);
@@ -765,10 +788,11 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
 
 /**
  * The command line as `ps` may show it, or undefined when it holds no secret: the passwords of
- * -u/--user, --proxy-user, -x/--proxy URLs, --cert file:passphrase and URLs, --pass, -b cookies, and
- * Authorization / Cookie headers become `***`, in every form commander reads (`--opt=value`,
+ * -u/--user, --proxy-user, -x/--proxy and -e URLs, --cert file:passphrase and URLs, --pass, -b cookies,
+ * Authorization / Cookie headers and form data (-d, --data-binary, --data-raw, --data-urlencode, -F
+ * values; not the files they name) become `***`, in every form commander reads (`--opt=value`,
  * `-uvalue`, `-ku value`). Set as the process title, it replaces the arguments other users can read
- * (curl blanks them too).
+ * (curl blanks passwords too).
  */
 export function shownArgv(argv: readonly string[], cmd: Commander.Command = program()): string[] | undefined {
   const longOf = new Map<string, string>();
