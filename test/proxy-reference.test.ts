@@ -60,6 +60,8 @@ async function setup(p: ReferenceProxyOptions, s: ReferenceServerOptions = {}, a
   return { base: `http://localhost:${server.port}`, server, proxy, agent };
 }
 
+const ok = { status: 200, body: { user: 'EXAMPLE\\alice' } };
+
 async function get(url: string) {
   const res = await fetch(url, { dispatcher: agent! });
   return { status: res.status, body: (await res.json()) as { user: string | null } };
@@ -96,6 +98,79 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     // One client connection to the proxy (bound upstream), HTTP/2 to the proxy.
     expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
     expect(p.exchanges.every((e) => e.protocol === 'h2')).toBe(true);
+  });
+
+  describe('NTLM inside Negotiate (no Kerberos ticket, a password) over HTTP/1.1 to the proxy', () => {
+    /** The NTLM message type inside a `Negotiate` Authorization (raw NTLMSSP, the agent's default), 0 for none. */
+    const negotiateNtlmType = (h: Readonly<Record<string, unknown>>): number => {
+      const v = h.authorization;
+      if (typeof v !== 'string' || !v.startsWith('Negotiate ')) return 0;
+      const token = Buffer.from(v.slice('Negotiate '.length), 'base64');
+      return token.subarray(0, 8).toString('latin1') === 'NTLMSSP\0' ? token.readUInt32LE(8) : -1;
+    };
+    // `none`: the server keeps the authentication on the connection without saying Persistent-Auth
+    // (as Apache mod_auth_gssapi does), so only the fallback's connection binding (C5/H1) makes it
+    // session-based; `session`: the server says Persistent-Auth: true as well.
+    const noTicketAgent = async (proxySupport: boolean, mode: 'none' | 'session') => {
+      const rig = await setup({ proxySupport }, { mode });
+      await agent!.destroy();
+      agent = new MultilegAgent({
+        credentials: ALICE,
+        // A ticket cache that does not exist: Kerberos has no ticket, the password goes as NTLM inside Negotiate.
+        negotiate: { ccache: 'FILE:/nonexistent/multileg-t26-no-ticket' },
+        allowH2: false,
+        trustedOrigins: [rig.base, rig.server.origin],
+        proxy: { uri: rig.proxy.origin, connect: { ca: rig.proxy.ca } },
+      });
+      return { ...rig, agent };
+    };
+
+    it.each(['none', 'session'] as const)(
+      'H4: without Proxy-support the bound connection is not trusted (server mode %s): every request carries its own Negotiate handshake',
+      async (mode) => {
+        const { base, server: s, proxy: p, agent: a } = await noTicketAgent(false, mode);
+        for (let i = 0; i < 3; i++) expect(await get(`${base}/auth/${i}`)).toMatchObject(ok);
+        const hs = a.handshakes();
+        expect(hs.map((h) => [h.scheme, h.protocol, h.legs, h.outcome])).toEqual(
+          Array(3).fill(['Negotiate', 'http/1.1', 2, 'per-request']),
+        );
+        expect(hs.every((h) => /^MULTILEG_KRB_NO_TICKET/.test(h.fallbackReason ?? ''))).toBe(true);
+        // One HTTP/1.1 connection to the proxy; the first request met a bare 401 first, then each
+        // request ran NEGOTIATE and AUTHENTICATE: none went bare on the authenticated connection.
+        expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
+        expect(p.exchanges.every((e) => e.protocol === 'http/1.1')).toBe(true);
+        expect(s.exchanges.map((e) => [e.path, e.status, negotiateNtlmType(e.requestHeaders)])).toEqual([
+          ['/auth/0', 401, 0],
+          ['/auth/0', 401, 1],
+          ['/auth/0', 200, 3],
+          ['/auth/1', 401, 1],
+          ['/auth/1', 200, 3],
+          ['/auth/2', 401, 1],
+          ['/auth/2', 200, 3],
+        ]);
+      },
+    );
+
+    it.each(['none', 'session'] as const)(
+      'H4: with Proxy-support: Session-Based-Authentication the HTTP/1.1 connection is bound (server mode %s): one handshake, later requests go bare',
+      async (mode) => {
+        const { base, server: s, proxy: p, agent: a } = await noTicketAgent(true, mode);
+        for (let i = 0; i < 3; i++) expect(await get(`${base}/auth/${i}`)).toMatchObject(ok);
+        expect(a.handshakes().map((h) => [h.scheme, h.protocol, h.legs, h.outcome])).toEqual([
+          ['Negotiate', 'http/1.1', 2, 'session'],
+        ]);
+        expect(a.handshakes()[0]!.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET/);
+        expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
+        expect(p.exchanges.every((e) => e.protocol === 'http/1.1')).toBe(true);
+        expect(s.exchanges.map((e) => [e.path, e.status, negotiateNtlmType(e.requestHeaders)])).toEqual([
+          ['/auth/0', 401, 0],
+          ['/auth/0', 401, 1],
+          ['/auth/0', 200, 3],
+          ['/auth/1', 200, 0],
+          ['/auth/2', 200, 0],
+        ]);
+      },
+    );
   });
 
   it('H3: Remote-http-version: 1.1 moves authenticated traffic for that origin to HTTP/1.1', async () => {
