@@ -18,6 +18,7 @@
  */
 import { channel } from 'node:diagnostics_channel';
 import type { HeaderMap } from './headers.ts';
+import { carriesNoSecret } from './mechanisms/no-secret.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import type { WithheldReason } from './trust/policy.ts';
 
@@ -110,6 +111,14 @@ export interface LegRequestEvent extends LegEventBase {
   readonly scheme: string | undefined;
   /** Whether this leg echoed the server's Auth-ID (C3). */
   readonly authId: boolean;
+  /**
+   * True when this leg carried credentials and none of them derives from a secret: each
+   * Authorization / Proxy-Authorization on it is an NTLM NEGOTIATE (type 1), the opening of an NTLM
+   * handshake — bare, or inside Negotiate (raw or as SPNEGO's first token). It holds flags, no
+   * password: a server cannot count it as a try of one (R4). False when it carried none, and for
+   * any other credentials — an NTLM AUTHENTICATE, a Kerberos AP-REQ (a ticket), Basic, Digest, a raw key.
+   */
+  readonly secretless: boolean;
   readonly headers: readonly RedactedHeader[];
 }
 
@@ -159,6 +168,20 @@ const SCHEME_WORD = /^[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]{1,20})[ \t]+[^ \t]/;
  */
 export function authScheme(value: string): string | undefined {
   return SCHEME_WORD.exec(value)?.[1];
+}
+
+/** Whether `headers` carry credentials, all of them {@link carriesNoSecret}. */
+function secretless(headers: HeaderMap): boolean {
+  let some = false;
+  for (const [name, value] of Object.entries(headers)) {
+    const key = name.toLowerCase();
+    if (key !== 'authorization' && key !== 'proxy-authorization') continue;
+    for (const v of Array.isArray(value) ? value : [value]) {
+      if (!carriesNoSecret(String(v))) return false;
+      some = true;
+    }
+  }
+  return some;
 }
 
 function redactValue(name: string, value: string): string {
@@ -220,6 +243,7 @@ export function publishLeg(
     path: request.path,
     scheme: typeof authorization === 'string' ? authScheme(authorization) : undefined,
     authId: 'auth-id' in request.headers,
+    secretless: secretless(request.headers),
     headers: redactHeaders(request.headers),
   } satisfies LegRequestEvent);
   return {

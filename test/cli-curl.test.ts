@@ -18,12 +18,17 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { runCli as run, runOnTerminal } from './cli-helpers.ts';
+import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   return (server.address() as { port: number }).port;
 };
+
+/** The NTLM message type an Authorization carries (1 NEGOTIATE, 3 AUTHENTICATE), 0 for none. */
+const ntlmType = (value: string | undefined): number =>
+  value?.startsWith('NTLM ') ? Buffer.from(value.slice(5), 'base64').readUInt32LE(8) : 0;
 
 /** The status lines of the heads in `text` (curl's `-D` / `-i` output). */
 const statusLines = (text: string) => text.match(/^HTTP\/\S+ \d{3}[^\r\n]*/gm) ?? [];
@@ -36,6 +41,8 @@ describe('multileg: curl options', () => {
   let plainOrigin: string;
   /** What the plain server received: `METHOD path body`, in order. */
   const received: string[] = [];
+  /** What the /ntlm-silent/ routes received: `path type`, type the NTLM message's (0: none). */
+  const ntlmSeen: string[] = [];
   /** Per key (`/flaky/KEY`), how many answers are still the failure. */
   const failuresLeft = new Map<string, number>();
   /** alice's password and the reference CA: the common start of a command line. */
@@ -80,6 +87,14 @@ describe('multileg: curl options', () => {
           if (req.headers.authorization === undefined)
             res.writeHead(401, { 'www-authenticate': 'Basic realm="cut"' }).end('who?\n');
           else res.socket?.destroy();
+        } else if (url.pathname.startsWith('/ntlm-silent/')) {
+          // NTLM: /ntlm-silent/1 never answers a NEGOTIATE, /ntlm-silent/3 answers it with a
+          // CHALLENGE and never answers the AUTHENTICATE (R4).
+          const type = ntlmType(req.headers.authorization);
+          ntlmSeen.push(`${url.pathname} ${type}`);
+          if (type === 0) res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+          else if (type === 1 && url.pathname.endsWith('/3'))
+            res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
         } else if (url.pathname === '/hang') {
           // never answers: --max-time
         } else res.writeHead(404).end('not here\n');
@@ -587,6 +602,72 @@ describe('multileg: curl options', () => {
       for (const socket of accepted) (socket as { destroy(): void }).destroy();
       silent.close();
     }
+  });
+
+  it("R4: --retry retries a timeout whose only unanswered credentials were an NTLM NEGOTIATE (no password in it): --proxy-ntlm's opening CONNECT to a silent proxy, --ntlm's opening request to a silent origin", async () => {
+    const accepted: Array<{ destroy(): void }> = [];
+    const seen: string[] = [];
+    const silent = createTcpServer((socket) => {
+      accepted.push(socket);
+      socket.on('data', (d: Buffer) =>
+        seen.push(/\r\nProxy-Authorization: (\S+)/i.exec(d.toString('latin1'))?.[1] ?? ''),
+      );
+    });
+    const port = await listen(silent);
+    const retry = ['--retry', '1', '--retry-delay', '0.05'];
+    try {
+      const proxied = await run([
+        '-x',
+        `http://127.0.0.1:${port}`,
+        '--proxy-ntlm',
+        '-U',
+        'proxyuser:proxypw',
+        '--timeout',
+        '200',
+        ...retry,
+        'https://localhost:9/never',
+      ]);
+      expect(proxied.stderr).toContain('(MULTILEG_PROXY_TIMEOUT)');
+      expect(proxied.code).toBe(28);
+      // Before: no retry (the NEGOTIATE counted as credentials that may have been counted).
+      expect(proxied.stderr).toContain('Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.');
+      expect(seen).toEqual(['NTLM', 'NTLM']);
+    } finally {
+      for (const socket of accepted) socket.destroy();
+      silent.close();
+    }
+    const origin = await run([
+      '-u',
+      'bob:secret',
+      '--ntlm',
+      '--timeout',
+      '200',
+      ...retry,
+      `${plainOrigin}/ntlm-silent/1`,
+    ]);
+    expect(origin.code).toBe(28);
+    expect(origin.stderr).toContain('Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.');
+    expect(ntlmSeen.filter((r) => r.startsWith('/ntlm-silent/1 '))).toEqual(['/ntlm-silent/1 1', '/ntlm-silent/1 1']);
+  });
+
+  it('R4: --retry still does not retry an attempt whose NTLM AUTHENTICATE went unanswered (it holds the proof of the password)', async () => {
+    const r = await run([
+      '-u',
+      'bob:secret',
+      '--ntlm',
+      '--timeout',
+      '300',
+      '--retry',
+      '1',
+      '--retry-all-errors',
+      '--retry-delay',
+      '0.05',
+      `${plainOrigin}/ntlm-silent/3`,
+    ]);
+    expect(r.code).toBe(28);
+    expect(r.stderr).not.toContain('Warning');
+    // The NEGOTIATE (answered) and the AUTHENTICATE, once.
+    expect(ntlmSeen.filter((s) => s.startsWith('/ntlm-silent/3 '))).toEqual(['/ntlm-silent/3 1', '/ntlm-silent/3 3']);
   });
 
   it('R4: --retry still retries a timeout after a proxy accepted its credentials (the CONNECT answered 200): they were not refused', async () => {

@@ -3,8 +3,20 @@ import { createSecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { authScheme, redactHeaders } from '../src/diagnostics.ts';
+import { authScheme, type LegRequestEvent, publishLeg, redactHeaders } from '../src/diagnostics.ts';
+import type { HeaderMap } from '../src/headers.ts';
 import { HANDSHAKE_CHANNEL, type HandshakeReport, LEG_CHANNEL, type LegEvent, MultilegAgent } from '../src/index.ts';
+import { carriesNoSecret } from '../src/mechanisms/no-secret.ts';
+import { encodeNegotiate, isNegotiateMessage, NTLMSSP_SIGNATURE } from '../src/mechanisms/ntlm/messages.ts';
+import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
+import { SPNEGO_NTLM_FLAGS } from '../src/mechanisms/spnego/ntlm.ts';
+import {
+  decodeNegTokenInit,
+  encodeNegTokenInit,
+  OID_KRB5,
+  OID_MS_KRB5,
+  OID_NTLMSSP,
+} from '../src/mechanisms/spnego/tokens.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
@@ -223,6 +235,151 @@ describe('diagnostics_channel events', () => {
       expect(published).toContain(/nextnonce="([^"]+)"/.exec(String(info))![1]!);
     }
     expect(published).toContain('rspauth=[redacted]');
+  });
+});
+
+describe('multileg:leg: legs whose credentials hold no secret (R4)', () => {
+  const b64 = (b: Buffer) => b.toString('base64');
+  const negotiate = encodeNegotiate(SPNEGO_NTLM_FLAGS);
+  /** An AUTHENTICATE's header (type 3): what carries the password's proof. */
+  const authenticate = Buffer.concat([NTLMSSP_SIGNATURE, Buffer.from([3, 0, 0, 0]), Buffer.alloc(80, 0x41)]);
+  const apReq = Buffer.concat([Buffer.from([0x6e, 0x82, 0x01, 0x00]), Buffer.alloc(256, 0x30)]);
+  const rawKerberos = tlv(0x60, Buffer.concat([encodeOid(OID_KRB5), Buffer.from([1, 0]), apReq]));
+
+  /** The request events of what `run` does. */
+  async function requestEvents(run: () => Promise<unknown>): Promise<LegRequestEvent[]> {
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    try {
+      await run();
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+    }
+    return legs.filter((e): e is LegRequestEvent => e.phase === 'request');
+  }
+
+  it('R4: carriesNoSecret is true for an NTLM NEGOTIATE only (NTLM, Negotiate raw or in SPNEGO), never for an AUTHENTICATE, a Kerberos AP-REQ or a password scheme', () => {
+    for (const value of [
+      `NTLM ${b64(negotiate)}`,
+      `Negotiate ${b64(negotiate)}`,
+      `negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP], negotiate))}`,
+      `  NTLM\t${b64(negotiate)} `,
+    ])
+      expect(carriesNoSecret(value), value).toBe(true);
+    for (const value of [
+      `NTLM ${b64(authenticate)}`,
+      `Negotiate ${b64(authenticate)}`,
+      `Negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP], authenticate))}`,
+      // A ticket is a credential (SECURITY.md), raw or as SPNEGO's optimistic token.
+      `Negotiate ${b64(rawKerberos)}`,
+      `Negotiate ${b64(encodeNegTokenInit([OID_KRB5, OID_NTLMSSP], apReq))}`,
+      // A NEGOTIATE that is not the token of the first mech offered, or with a MIC: not ours to judge.
+      `Negotiate ${b64(encodeNegTokenInit([OID_KRB5, OID_NTLMSSP], negotiate))}`,
+      `Negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP], negotiate, Buffer.alloc(16, 1)))}`,
+      `Negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP]))}`,
+      // The NEGOTIATE under another scheme, or with more after it.
+      `Bearer ${b64(negotiate)}`,
+      `NTLM ${b64(negotiate)} extra`,
+      `Basic ${b64(Buffer.from('alice:alicepw'))}`,
+      'Digest username="alice", response="0123456789abcdef"',
+      b64(negotiate),
+      'NTLM',
+      '',
+    ])
+      expect(carriesNoSecret(value), value).toBe(false);
+  });
+
+  it('R4: carriesNoSecret reads a SPNEGO token as the whole decode (decodeNegTokenInit) does, never saying no secret where it would not (mech lists, tokens, MICs, long lengths, every truncation and flipped byte)', () => {
+    const byDecoder = (token: Buffer): boolean => {
+      try {
+        const init = decodeNegTokenInit(token);
+        return (
+          init.mechTypes[0] === OID_NTLMSSP &&
+          init.mechListMIC === undefined &&
+          init.mechToken !== undefined &&
+          isNegotiateMessage(init.mechToken)
+        );
+      } catch {
+        return false;
+      }
+    };
+    const quick = (token: Buffer) => carriesNoSecret(`Negotiate ${b64(token)}`);
+    const long = Buffer.concat([negotiate, Buffer.alloc(300, 0x41)]);
+    const tokens: Buffer[] = [];
+    for (const mechs of [[OID_NTLMSSP], [OID_NTLMSSP, OID_KRB5], [OID_KRB5, OID_NTLMSSP], [OID_MS_KRB5], []])
+      for (const token of [negotiate, long, authenticate, apReq, undefined])
+        for (const mic of [undefined, Buffer.alloc(16, 7)]) tokens.push(encodeNegTokenInit(mechs, token, mic));
+    let yes = 0;
+    for (const token of tokens) {
+      expect(quick(token), b64(token)).toBe(byDecoder(token));
+      if (byDecoder(token)) yes += 1;
+    }
+    expect(yes).toBe(4);
+    const good = encodeNegTokenInit([OID_NTLMSSP, OID_KRB5], long);
+    for (let i = 0; i < good.length; i++) {
+      expect(quick(good.subarray(0, i))).toBe(false);
+      const flipped = Buffer.from(good);
+      flipped[i] = flipped[i]! ^ 0xff;
+      if (quick(flipped)) expect(byDecoder(flipped), `byte ${i}`).toBe(true);
+    }
+  });
+
+  it('R4: a leg is secretless only when every Authorization and Proxy-Authorization on it is an NTLM NEGOTIATE', async () => {
+    const NEG = `NTLM ${b64(negotiate)}`;
+    const events = await requestEvents(async () => {
+      const legs: HeaderMap[] = [
+        { authorization: NEG },
+        { 'proxy-authorization': NEG },
+        { Authorization: [NEG, NEG] },
+        {},
+        { 'proxy-authorization': NEG, authorization: 'Basic YWxpY2U6YWxpY2Vwdw==' },
+        { authorization: NEG, 'proxy-authorization': `Negotiate ${b64(rawKerberos)}` },
+      ];
+      for (const headers of legs)
+        publishLeg(
+          { origin: 'https://x', sessionId: 's', protocol: () => undefined },
+          { method: 'GET', path: '/', headers },
+        );
+    });
+    expect(events.map((e) => e.secretless)).toEqual([true, true, true, false, false, false]);
+  });
+
+  it("R4: the agent's legs say secretless on the NEGOTIATE leg only: NTLM inside Negotiate after the 401, NTLM's opening on the first request; never on the bare leg or the AUTHENTICATE", async () => {
+    const agentFor = (origin: ReferenceServer, schemes?: ['NTLM']) =>
+      new MultilegAgent({
+        credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+        trustedOrigins: [origin.origin],
+        connect: { ca: origin.ca },
+        ...(schemes ? { schemes, negotiate: false } : {}),
+      });
+    const get = async (agent: MultilegAgent, url: string) => {
+      try {
+        const res = await fetch(url, { dispatcher: agent });
+        await res.text();
+        expect(res.status).toBe(200);
+      } finally {
+        await agent.destroy();
+      }
+    };
+    const server = await startReferenceServer({ mode: 'session' });
+    const ntlmOnly = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    try {
+      const inNegotiate = await requestEvents(() => get(agentFor(server), `${server.origin}/auth/secretless`));
+      expect(inNegotiate.map((e) => [e.scheme, e.secretless])).toEqual([
+        [undefined, false],
+        ['Negotiate', true],
+        ['Negotiate', false],
+      ]);
+      const opening = await requestEvents(() => get(agentFor(ntlmOnly, ['NTLM']), `${ntlmOnly.origin}/auth/opening`));
+      expect(opening.map((e) => [e.scheme, e.secretless])).toEqual([
+        ['NTLM', true],
+        ['NTLM', false],
+      ]);
+    } finally {
+      await server.close();
+      await ntlmOnly.close();
+    }
   });
 });
 

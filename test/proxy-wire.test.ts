@@ -4,6 +4,7 @@
  * between legs. Each test drives `openTunnel` — the code the agent's connector runs — against a raw
  * loopback TCP server that answers each CONNECT as the test scripts it.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -12,6 +13,8 @@ import {
   InvalidTokenError,
   KerberosNoTicketError,
   KerberosUnknownServiceError,
+  LEG_CHANNEL,
+  type LegEvent,
   LegLimitError,
   type Mechanism,
   MechanismUnavailableError,
@@ -531,6 +534,23 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     const again = await tunnel(proxy);
     again.socket.destroy();
     expect(seen.slice(2).map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 3]);
+  });
+
+  it("R4: the CONNECT legs' multileg:leg events say secretless on the NEGOTIATE only, not on the AUTHENTICATE", async () => {
+    const { uri } = await scripted(ntlmAnswer());
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    try {
+      (await tunnel(ntlmOnly(uri))).socket.destroy();
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+    }
+    const requests = legs.flatMap((e) => (e.phase === 'request' ? [[e.method, e.scheme, e.secretless]] : []));
+    expect(requests).toEqual([
+      ['CONNECT', 'NTLM', true],
+      ['CONNECT', 'NTLM', false],
+    ]);
   });
 
   it('H5: with a second scheme allowed (NTLM, Basic) the first CONNECT stays bare', async () => {

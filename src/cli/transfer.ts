@@ -106,10 +106,12 @@ async function unusableCaFor(req: CliRequest, url: URL): Promise<string | undefi
 /**
  * R4: a leg that carried credentials and got no answer (the connection cut, or the time ran out,
  * after they went): the server or proxy may have counted them, and the outcome is unknown. The
- * trace keeps header names; values are redacted.
+ * trace keeps header names; values are redacted. An NTLM NEGOTIATE alone (`secretless`: `--ntlm`'s
+ * and `--proxy-ntlm`'s opening, a handshake's first leg) holds no password: nothing to count.
  */
 const credentialsUnanswered = (leg: LegRecord): boolean =>
   leg.response === undefined &&
+  !leg.request.secretless &&
   leg.request.headers.some(([name]) => name === 'authorization' || name === 'proxy-authorization');
 
 /** What a transfer's next request sends: the URL given, then each redirect's. */

@@ -172,6 +172,14 @@ export function decodeNegotiate(msg: Buffer): NegotiateMessage {
   return { flags: msg.readUInt32LE(12) };
 }
 
+/**
+ * Whether `msg` is a NEGOTIATE_MESSAGE (type 1): its signature and type, as {@link decodeNegotiate}
+ * reads them. It carries flags (and at most a domain and workstation name), nothing derived from a password.
+ */
+export function isNegotiateMessage(msg: Buffer): boolean {
+  return msg.length >= 16 && msg.subarray(0, 8).equals(NTLMSSP_SIGNATURE) && msg.readUInt32LE(8) === 1;
+}
+
 /** Parses an AV_PAIR list; it must end with MsvAvEOL inside `buf`. */
 export function decodeAvPairs(buf: Buffer): AvPair[] {
   const pairs: AvPair[] = [];
