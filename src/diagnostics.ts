@@ -114,7 +114,7 @@ export interface LegRequestEvent extends LegEventBase {
   /**
    * True when this leg carried credentials and none of them derives from a secret: each
    * Authorization / Proxy-Authorization on it is an NTLM NEGOTIATE (type 1), the opening of an NTLM
-   * handshake — bare, or inside Negotiate (raw or as SPNEGO's first token). It holds flags, no
+   * handshake — bare, or unwrapped inside Negotiate (one wrapped in SPNEGO is not decoded: false). It holds flags, no
    * password: a server cannot count it as a try of one (R4). False when it carried none, and for
    * any other credentials — an NTLM AUTHENTICATE, a Kerberos AP-REQ (a ticket), Basic, Digest, a raw key.
    */

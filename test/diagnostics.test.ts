@@ -7,16 +7,10 @@ import { authScheme, type LegRequestEvent, publishLeg, redactHeaders } from '../
 import type { HeaderMap } from '../src/headers.ts';
 import { HANDSHAKE_CHANNEL, type HandshakeReport, LEG_CHANNEL, type LegEvent, MultilegAgent } from '../src/index.ts';
 import { carriesNoSecret } from '../src/mechanisms/no-secret.ts';
-import { encodeNegotiate, isNegotiateMessage, NTLMSSP_SIGNATURE } from '../src/mechanisms/ntlm/messages.ts';
+import { encodeNegotiate, NTLMSSP_SIGNATURE } from '../src/mechanisms/ntlm/messages.ts';
 import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
 import { SPNEGO_NTLM_FLAGS } from '../src/mechanisms/spnego/ntlm.ts';
-import {
-  decodeNegTokenInit,
-  encodeNegTokenInit,
-  OID_KRB5,
-  OID_MS_KRB5,
-  OID_NTLMSSP,
-} from '../src/mechanisms/spnego/tokens.ts';
+import { encodeNegTokenInit, OID_KRB5, OID_NTLMSSP } from '../src/mechanisms/spnego/tokens.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
@@ -259,13 +253,8 @@ describe('multileg:leg: legs whose credentials hold no secret (R4)', () => {
     return legs.filter((e): e is LegRequestEvent => e.phase === 'request');
   }
 
-  it('R4: carriesNoSecret is true for an NTLM NEGOTIATE only (NTLM, Negotiate raw or in SPNEGO), never for an AUTHENTICATE, a Kerberos AP-REQ or a password scheme', () => {
-    for (const value of [
-      `NTLM ${b64(negotiate)}`,
-      `Negotiate ${b64(negotiate)}`,
-      `negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP], negotiate))}`,
-      `  NTLM\t${b64(negotiate)} `,
-    ])
+  it('R4: carriesNoSecret is true for an NTLM NEGOTIATE only (NTLM, or raw in Negotiate), never for an AUTHENTICATE, a Kerberos AP-REQ or a password scheme', () => {
+    for (const value of [`NTLM ${b64(negotiate)}`, `negotiate ${b64(negotiate)}`, `  NTLM\t${b64(negotiate)} `])
       expect(carriesNoSecret(value), value).toBe(true);
     for (const value of [
       `NTLM ${b64(authenticate)}`,
@@ -274,10 +263,9 @@ describe('multileg:leg: legs whose credentials hold no secret (R4)', () => {
       // A ticket is a credential (SECURITY.md), raw or as SPNEGO's optimistic token.
       `Negotiate ${b64(rawKerberos)}`,
       `Negotiate ${b64(encodeNegTokenInit([OID_KRB5, OID_NTLMSSP], apReq))}`,
-      // A NEGOTIATE that is not the token of the first mech offered, or with a MIC: not ours to judge.
+      // A NEGOTIATE wrapped in SPNEGO is not decoded here: counted, the safe side.
+      `Negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP], negotiate))}`,
       `Negotiate ${b64(encodeNegTokenInit([OID_KRB5, OID_NTLMSSP], negotiate))}`,
-      `Negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP], negotiate, Buffer.alloc(16, 1)))}`,
-      `Negotiate ${b64(encodeNegTokenInit([OID_NTLMSSP]))}`,
       // The NEGOTIATE under another scheme, or with more after it.
       `Bearer ${b64(negotiate)}`,
       `NTLM ${b64(negotiate)} extra`,
@@ -288,41 +276,6 @@ describe('multileg:leg: legs whose credentials hold no secret (R4)', () => {
       '',
     ])
       expect(carriesNoSecret(value), value).toBe(false);
-  });
-
-  it('R4: carriesNoSecret reads a SPNEGO token as the whole decode (decodeNegTokenInit) does, never saying no secret where it would not (mech lists, tokens, MICs, long lengths, every truncation and flipped byte)', () => {
-    const byDecoder = (token: Buffer): boolean => {
-      try {
-        const init = decodeNegTokenInit(token);
-        return (
-          init.mechTypes[0] === OID_NTLMSSP &&
-          init.mechListMIC === undefined &&
-          init.mechToken !== undefined &&
-          isNegotiateMessage(init.mechToken)
-        );
-      } catch {
-        return false;
-      }
-    };
-    const quick = (token: Buffer) => carriesNoSecret(`Negotiate ${b64(token)}`);
-    const long = Buffer.concat([negotiate, Buffer.alloc(300, 0x41)]);
-    const tokens: Buffer[] = [];
-    for (const mechs of [[OID_NTLMSSP], [OID_NTLMSSP, OID_KRB5], [OID_KRB5, OID_NTLMSSP], [OID_MS_KRB5], []])
-      for (const token of [negotiate, long, authenticate, apReq, undefined])
-        for (const mic of [undefined, Buffer.alloc(16, 7)]) tokens.push(encodeNegTokenInit(mechs, token, mic));
-    let yes = 0;
-    for (const token of tokens) {
-      expect(quick(token), b64(token)).toBe(byDecoder(token));
-      if (byDecoder(token)) yes += 1;
-    }
-    expect(yes).toBe(4);
-    const good = encodeNegTokenInit([OID_NTLMSSP, OID_KRB5], long);
-    for (let i = 0; i < good.length; i++) {
-      expect(quick(good.subarray(0, i))).toBe(false);
-      const flipped = Buffer.from(good);
-      flipped[i] = flipped[i]! ^ 0xff;
-      if (quick(flipped)) expect(byDecoder(flipped), `byte ${i}`).toBe(true);
-    }
   });
 
   it('R4: a leg is secretless only when every Authorization and Proxy-Authorization on it is an NTLM NEGOTIATE', async () => {
