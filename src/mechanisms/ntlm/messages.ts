@@ -144,10 +144,13 @@ function readField(msg: Buffer, at: number, headerLen: number): Buffer {
   return msg.subarray(offset, offset + len);
 }
 
+/** Whether `msg` is at least `minLen` bytes of an NTLMSSP message of `type`. */
+function hasHeader(msg: Buffer, type: number, minLen: number): boolean {
+  return msg.length >= minLen && msg.subarray(0, 8).equals(NTLMSSP_SIGNATURE) && msg.readUInt32LE(8) === type;
+}
+
 function checkHeader(msg: Buffer, type: number, minLen: number): void {
-  if (msg.length < minLen) throw invalid();
-  if (!msg.subarray(0, 8).equals(NTLMSSP_SIGNATURE)) throw invalid();
-  if (msg.readUInt32LE(8) !== type) throw invalid();
+  if (!hasHeader(msg, type, minLen)) throw invalid();
 }
 
 /**
@@ -177,7 +180,7 @@ export function decodeNegotiate(msg: Buffer): NegotiateMessage {
  * reads them. It carries flags (and at most a domain and workstation name), nothing derived from a password.
  */
 export function isNegotiateMessage(msg: Buffer): boolean {
-  return msg.length >= 16 && msg.subarray(0, 8).equals(NTLMSSP_SIGNATURE) && msg.readUInt32LE(8) === 1;
+  return hasHeader(msg, 1, 16);
 }
 
 /** Parses an AV_PAIR list; it must end with MsvAvEOL inside `buf`. */
