@@ -13,7 +13,7 @@ import { MultilegAgent } from '../agent.ts';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
-import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { portOf } from '../options.ts';
@@ -372,9 +372,6 @@ export async function doctor(argv: string[]): Promise<number> {
   return failed ? EXIT.failure : EXIT.ok;
 }
 
-/** Kerberos failures that kinit fixes: no ticket, or one that expired. */
-const NO_TICKET_CODES: ReadonlySet<string> = new Set(['MULTILEG_KRB_NO_TICKET', 'MULTILEG_KRB_TICKET_EXPIRED']);
-
 /** A real authenticated request: which scheme won, and whether it had to move to HTTP/1.1. */
 async function authenticate(
   req: CliRequest,
@@ -391,7 +388,7 @@ async function authenticate(
   }
   // The server asks for authentication and nothing here can answer it: that is the problem.
   // A ticket is there, but no service ticket for this server: kinit would not help, the SPN check's fix does.
-  if (!credentials && !ticketWorks && kerberosFailure && !NO_TICKET_CODES.has(kerberosFailure))
+  if (!credentials && !ticketWorks && kerberosFailure && !ticketFixes(kerberosFailure))
     return {
       name: 'authentication',
       verdict: 'FAIL',

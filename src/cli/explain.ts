@@ -5,6 +5,7 @@
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, HandshakeTimeoutError, MultilegError, QueueTimeoutError } from '../errors.ts';
+import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -379,7 +380,7 @@ export function explain401(ctx: {
     // A ticket (kinit) is the fix only when the want of one skipped Kerberos: with an unknown SPN,
     // an unreachable KDC or a skewed clock the user may well have one, so the cause is named instead.
     const reason = h.fallbackReason;
-    const noTicket = reason !== undefined && /^MULTILEG_KRB_(NO_TICKET|TICKET_EXPIRED):/.test(reason);
+    const noTicket = ticketFixes(reason?.replace(/:.*/, ''));
     const skipped =
       h.scheme.toLowerCase() === 'negotiate' &&
       reason !== undefined &&

@@ -8,7 +8,7 @@ import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
-import { withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { cannotRunHere, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { ProxyAuthenticationError } from './errors.ts';
@@ -64,10 +64,7 @@ function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly 
   const schemes = list.map((u) => u.scheme);
   // A ticket is the fix where there was none (or it expired); an unknown SPN, a KDC out of reach or
   // a skewed clock are named in the reason before this, and a ticket does not mend them.
-  const noTicket = list.some(
-    (u) => u.error.code === 'MULTILEG_KRB_NO_TICKET' || u.error.code === 'MULTILEG_KRB_TICKET_EXPIRED',
-  );
-  const ticket = noTicket ? 'get a Kerberos ticket for the proxy, or ' : '';
+  const ticket = list.some((u) => ticketFixes(u.error.code)) ? 'get a Kerberos ticket for the proxy, or ' : '';
   return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
 }
 

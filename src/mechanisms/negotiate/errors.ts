@@ -126,6 +126,12 @@ export interface NegotiateFallbackReason {
   readonly message: string;
 }
 
+/** Kerberos failures a ticket (kinit) fixes: none there, or one that expired; not an unknown SPN, a KDC out of reach, a clock. */
+const TICKET_FIXES: ReadonlySet<string> = new Set(['MULTILEG_KRB_NO_TICKET', 'MULTILEG_KRB_TICKET_EXPIRED']);
+
+/** Whether the Kerberos failure of error code `code` is mended by getting a ticket (kinit). */
+export const ticketFixes = (code: string | undefined): boolean => code !== undefined && TICKET_FIXES.has(code);
+
 /**
  * A Negotiate error's message without GSS-API's own text (the ` [GSS: …]` it ends with): the cause
  * and the fix, for a line where GSS-API's words are noise.
