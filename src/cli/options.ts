@@ -452,8 +452,26 @@ type DataFlag = '-d' | '--data-binary' | '--data-raw' | '--data-urlencode';
 function dataReadsStdin(flag: DataFlag, value: string): boolean {
   if (flag === '--data-raw') return false;
   if (flag !== '--data-urlencode') return value === '@-';
-  return !value.includes('=') && value.endsWith('@-') && value.indexOf('@') === value.length - 2;
+  return urlencodeParts(value).file === '-';
 }
+
+/**
+ * A `--data-urlencode` argument in curl's five forms: `content`, `=content`, `name=content`, `@file`,
+ * `name@file`. The first `=` decides, else the first `@`: a name (maybe empty) and the content, or
+ * the file that holds it (`-`: stdin).
+ */
+function urlencodeParts(arg: string): { name: string; content: string; file: string | undefined } {
+  let at = arg.indexOf('=');
+  if (at < 0) at = arg.indexOf('@');
+  if (at < 0) return { name: '', content: arg, file: undefined };
+  const rest = arg.slice(at + 1);
+  return arg[at] === '@'
+    ? { name: arg.slice(0, at), content: '', file: rest }
+    : { name: arg.slice(0, at), content: rest, file: undefined };
+}
+
+/** The base name of a path given on the command line (separated by `/` or a backslash, as curl takes either). */
+const baseName = (path: string): string => path.slice(Math.max(path.lastIndexOf('/'), path.lastIndexOf('\\')) + 1);
 
 /** `bytes` as text, each byte `keep` refuses as %XX (`upper`: the hex digits' case). */
 function percentEncoded(bytes: Buffer, keep: (byte: number) => boolean, upper: boolean): string {
@@ -475,17 +493,12 @@ const UNRESERVED = (b: number) =>
   b === 0x7e;
 
 /**
- * `--data-urlencode` in curl's five forms: `content`, `=content` (the content encoded, no name),
- * `name=content`, `@file` and `name@file` (the file's content encoded; `-`: stdin). The first `=`
- * decides, else the first `@`; the content is percent-encoded, a space as `+` (curl's), the name
- * is not. A file that cannot be read is curl's 26.
+ * A `--data-urlencode` piece ({@link urlencodeParts}): the content (or the file's) percent-encoded,
+ * a space as `+` (curl's), after its name, which is not. A file that cannot be read is curl's 26.
  */
 function urlencodedPiece(arg: string): Buffer {
-  let at = arg.indexOf('=');
-  if (at < 0) at = arg.indexOf('@');
-  const name = at < 0 ? '' : arg.slice(0, at);
-  const rest = at < 0 ? arg : arg.slice(at + 1);
-  const content = at >= 0 && arg[at] === '@' ? readFlagFile('--data-urlencode', rest, EXIT.read) : Buffer.from(rest);
+  const { name, content: text, file } = urlencodeParts(arg);
+  const content = file !== undefined ? readFlagFile('--data-urlencode', file, EXIT.read) : Buffer.from(text);
   const encoded = percentEncoded(content, UNRESERVED, true).replaceAll('%20', '+');
   return Buffer.from(name === '' ? encoded : `${name}=${encoded}`);
 }
@@ -572,7 +585,7 @@ function formPart(arg: string): FormPart {
   const path = first.word;
   const content = readFlagFile('-F', path, EXIT.read);
   if (kind === '<') return { name, content, filename, type };
-  const base = path.slice(Math.max(path.lastIndexOf('/'), path.lastIndexOf('\\')) + 1);
+  const base = baseName(path);
   // curl: the type from the file's own name (not ;filename=), application/octet-stream when its
   // extension is none of curl's; stdin's part has none.
   const extension = base.includes('.') ? base.slice(base.lastIndexOf('.') + 1).toLowerCase() : '';
@@ -773,10 +786,10 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
       return eq < 0 ? '***' : /^[@<]/.test(value.slice(eq + 1)) ? value : `${value.slice(0, eq + 1)}***`;
     }
     case 'urlencode': {
-      // --data-urlencode @file and name@file name a file (the first `=`, else `@`, decides).
-      const eq = value.indexOf('=');
-      if (eq < 0) return value.includes('@') ? value : '***';
-      return `${value.slice(0, eq + 1)}***`;
+      // --data-urlencode @file and name@file name a file; name=content and content are the data.
+      const { name, file } = urlencodeParts(value);
+      if (file !== undefined) return value;
+      return value.includes('=') ? `${name}=***` : '***';
     }
     default: {
       // user:password, or --cert file:passphrase (after a Windows drive letter).
@@ -1013,7 +1026,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     const file = uploads[i];
     // curl's rule: a URL whose path ends in / gets the file's name (not for stdin).
     if (file !== undefined && file !== '-' && url.pathname.endsWith('/'))
-      url.pathname += escapeFileName(file.slice(Math.max(file.lastIndexOf('/'), file.lastIndexOf('\\')) + 1));
+      url.pathname += escapeFileName(baseName(file));
     return {
       url,
       output: outputFile(outputs[i] ?? (o.remoteNameAll ? REMOTE_NAME : undefined), url),
