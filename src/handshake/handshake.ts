@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
-import { cannotRunHere, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
@@ -541,7 +541,7 @@ class Handshake {
           return;
         }
         if (result.status === 401) {
-          const opening = legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
+          const opening = atOpening(this.#mechanism, this.#context, legs);
           const noPassword = !sentPassword(this.#mechanism, this.#context);
           this.#end(
             this.#failedAfter(done, {

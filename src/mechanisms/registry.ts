@@ -35,6 +35,16 @@ export const sentPassword = (
 ): boolean => context?.sentPassword ?? mechanism.usesPassword !== false;
 
 /**
+ * Whether a handshake that has sent `legs` legs is still at the opening of a multi-leg handshake
+ * (an NTLM NEGOTIATE): a 401 (407) to it refuses no credential, for none went (R4).
+ */
+export const atOpening = (
+  mechanism: Pick<Mechanism, 'multileg'>,
+  context: Pick<MechanismContext, 'firstLegCompletes'>,
+  legs: number,
+): boolean => legs === 1 && mechanism.multileg && !context.firstLegCompletes;
+
+/**
  * Whether `sole` (the one mechanism allowed, {@link MechanismSet.sole}) may lead its handshake before
  * any challenge, as curl --ntlm and --proxy-ntlm do: only NTLM, whose NEGOTIATE carries no password
  * (a server or proxy that wants no NTLM learns nothing from it, R4).

@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
-import { cannotRunHere, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
@@ -265,7 +265,7 @@ export class ProxyAuth {
       } else {
         this.#state = 'idle';
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
-        const opening = this.#legs === 1 && this.#mechanism.multileg && !this.#context.firstLegCompletes;
+        const opening = atOpening(this.#mechanism, this.#context, this.#legs);
         throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered), !opening);
       }
     }

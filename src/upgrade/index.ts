@@ -21,7 +21,7 @@ import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
-import { cannotRunHere, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
 import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
@@ -461,7 +461,7 @@ export class UpgradeDispatcher {
  */
 function outcomeFor(auth: Auth, status: number): ProofOutcome {
   if (status === 401) {
-    if (auth.legs === 1 && auth.multileg && !auth.context.firstLegCompletes) return 'none';
+    if (atOpening(auth, auth.context, auth.legs)) return 'none';
     // A refused Kerberos ticket is kept back 30 s each time; a refused password's wait doubles.
     return sentPassword(auth, auth.context) ? 'refused' : 'refused-no-password';
   }
