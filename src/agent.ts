@@ -188,6 +188,15 @@ export class MultilegAgent extends Dispatcher {
       throw new ConfigError(
         "connect.ALPNProtocols: the agent offers h2 and http/1.1 itself; for HTTP/1.1 only, pass allowH2: false (or allowH2: false in a request's dispatch options)",
       );
+    // Every session takes these TLS options, anonymous ones and redirect hops included: a client
+    // certificate here would go to every origin that asks, past trustedOrigins (S1, S5).
+    const certificateOption =
+      connect === undefined ? undefined : (['cert', 'key', 'pfx'] as const).find((k) => k in connect);
+    if (certificateOption !== undefined)
+      throw new ConfigError(
+        `connect.${certificateOption}: TLS options in connect go to every origin, untrusted ones and redirect targets included; give the client certificate as clientCertificate: { cert, key } (PEM or DER; a .pfx converted with openssl pkcs12 -nodes), which only the agent's own connections to origins it may send credentials to present`,
+        'connect',
+      );
     if (options.cookies !== undefined) checkCookieStore(options.cookies);
     let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).

@@ -161,7 +161,9 @@ export interface MultilegAgentOptions {
   mechanisms?: readonly Mechanism[];
   /**
    * TLS options for connections to origins (ca, rejectUnauthorized, ...). Not `ALPNProtocols`: the
-   * agent offers `h2` and `http/1.1` itself, or `http/1.1` alone where it must (`allowH2`).
+   * agent offers `h2` and `http/1.1` itself, or `http/1.1` alone where it must (`allowH2`). Not a
+   * client certificate (`cert`, `key`, `pfx`): these options go to every origin, so it is
+   * {@link MultilegAgentOptions.clientCertificate} (a `ConfigError` says so).
    */
   connect?: ConnectionOptions;
   /**

@@ -105,6 +105,29 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     }
   });
 
+  it('S1/S5: a client certificate in connect (cert, key, pfx) is a ConfigError naming clientCertificate: it would go to every origin', () => {
+    // Before: undici's idiom `connect: { cert, key }` was taken as it came and the certificate went in
+    // the TLS handshake of every connection: to an origin not on the list, and to the hop fetch
+    // followed from a trusted origin's 302 (both answered 200 as alice by a server requiring it).
+    for (const connect of [
+      { ca: CA_CERT, ...CERT },
+      { cert: CLIENT_CERT },
+      { key: CLIENT_KEY },
+      { pfx: Buffer.alloc(1) },
+    ]) {
+      const made = () => new MultilegAgent({ connect, trustedOrigins: ['https://intranet.example'] });
+      expect(made).toThrow(ConfigError);
+      expect(made).toThrow(/connect\.(cert|key|pfx): .*every origin.*clientCertificate: \{ cert, key \}/);
+      try {
+        made();
+      } catch (err) {
+        expect((err as ConfigError).option).toBe('connect');
+      }
+    }
+    // The proxy's own TLS options may hold one: it goes to that proxy only.
+    new MultilegAgent({ proxy: { uri: 'https://proxy.example:3128', connect: { ...CERT } } }).destroy();
+  });
+
   it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
     // A selector is asked on the challenge only (a certificate given as such goes in the handshake).
     r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: () => CERT });
