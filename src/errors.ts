@@ -14,6 +14,19 @@ export class MultilegError extends Error {
 }
 
 /**
+ * A copy of `err` for one more caller: the same class, code, message, cause and fields, but an object
+ * (and stack) of its own. An error remembered for an origin (R4) fails every request for 30 s; the
+ * same object each time would carry one caller's annotations to the next, and error trackers that
+ * mark what they have reported (Sentry) would report only the first.
+ */
+export function ownCopy<E extends Error>(err: E): E {
+  const copy = Object.create(Object.getPrototypeOf(err)) as E;
+  Object.defineProperties(copy, Object.getOwnPropertyDescriptors(err));
+  Error.captureStackTrace(copy, ownCopy);
+  return copy;
+}
+
+/**
  * `text` (a URL or origin, or what should have been one) as a message may show it: whatever comes
  * before its last `@` is user info, which may hold a password (S2), and is shown as `…@`.
  */

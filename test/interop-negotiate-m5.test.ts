@@ -271,6 +271,25 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       expect(err).toMatchObject({ code: 'MULTILEG_KRB_KEYTAB' });
       expect((err as Error).message).toMatch(/nope\.keytab: check the path/);
     });
+    it('M5: a keytab agent whose ticket expired and cannot be renewed (its key changed in the KDC) gets MULTILEG_KRB_KEYTAB naming the keytab, not "run kinit"', async () => {
+      const keytab = join(lab.dir, 'stale.keytab');
+      await lab.realm!.kadmin('addprinc -randkey -maxlife "2 seconds" stale@EXAMPLE.TEST');
+      await lab.realm!.kadmin(`ktadd -k ${keytab} stale@EXAMPLE.TEST`);
+      const a = agent({ negotiate: { keytab: `FILE:${keytab}`, principal: 'stale@EXAMPLE.TEST' } });
+      const get = () => fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });
+      const first = await get();
+      await first.text();
+      expect([first.status, first.headers.get('x-remote-user')]).toEqual([200, 'stale@EXAMPLE.TEST']);
+      // The key rotated in the KDC, the file keeps the old one (a keytab not redeployed).
+      await lab.realm!.kadmin('cpw -randkey stale@EXAMPLE.TEST');
+      await new Promise((r) => setTimeout(r, 3000)); // let the ticket lapse (not a timing assertion)
+      const err = await get().catch((e: { cause?: Error }) => e.cause);
+      expect(err).toMatchObject({ code: 'MULTILEG_KRB_KEYTAB' });
+      expect((err as Error).message).toMatch(
+        /stale\.keytab: check the path, that it holds the principal's current keys/,
+      );
+      expect((err as Error).message).not.toMatch(/kinit/);
+    });
   });
 
   describe('fallback to NTLM when Kerberos cannot produce a token (Apache /spnego2: Negotiate, NTLM)', () => {

@@ -649,6 +649,37 @@ describe('R4: no storms', () => {
       else process.env.KRB5CCNAME = saved;
     }
   });
+
+  it('R4: while a scheme is remembered unusable at an origin, each request fails with an error object of its own (same class, code and message), not one shared object', async () => {
+    if (!requirePeer('kerberos-addon')) return;
+    const s = await reference({ mode: 'session', schemes: ['Negotiate'] });
+    const saved = process.env.KRB5CCNAME;
+    process.env.KRB5CCNAME = 'FILE:/nonexistent/multileg-no-ticket';
+    try {
+      const a = agent({});
+      const errors: Error[] = [];
+      for (let i = 0; i < 3; i++) {
+        // undici's request throws ours directly (its `cause` is GSS-API's error).
+        errors.push(
+          await request(`${s.origin}/x/${i}`, { dispatcher: a }).then(
+            () => new Error('no error'),
+            (e: Error) => e,
+          ),
+        );
+      }
+      // The second and third were failed from the origin's memory (R4): one bare request each, no new try.
+      for (const e of errors) {
+        expect(e).toBeInstanceOf(KerberosNoTicketError);
+        expect([(e as KerberosNoTicketError).code, e.message]).toEqual(['MULTILEG_KRB_NO_TICKET', errors[0]!.message]);
+      }
+      // A caller that annotates its error (a request id, an error tracker's "reported" mark) does
+      // not see it on another caller's.
+      expect(new Set(errors).size).toBe(3);
+    } finally {
+      if (saved === undefined) delete process.env.KRB5CCNAME;
+      else process.env.KRB5CCNAME = saved;
+    }
+  });
 });
 
 describe("C4: per-request handshakes run side by side up to the server's cap on incomplete contexts", () => {

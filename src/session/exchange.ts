@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishWithheld, tracingLegs } from '../diagnostics.ts';
-import { BodyNotReplayableError, MultilegError } from '../errors.ts';
+import { BodyNotReplayableError, MultilegError, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
@@ -557,7 +557,7 @@ function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     return end({ kind: 'done', done: result.done });
   }
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
-  if (seen.unusable && run.lastUnusable) return failed(job, run.lastUnusable);
+  if (seen.unusable && run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
   // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1);
   // if the connection closed with it, the next one answers it.
@@ -578,7 +578,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   if (!chosen) {
     // Every offered scheme we have proved unusable here: say why; or, when nothing said why
     // (a certificate selector declined), send the request again as it is and show the 401.
-    if (run.lastUnusable) return failed(job, run.lastUnusable);
+    if (run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
     job.noAuth = true;
     return CHECK;
   }

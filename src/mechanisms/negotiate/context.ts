@@ -20,6 +20,7 @@ import { GSS_C_DELEG_FLAG, GSS_C_MUTUAL_FLAG, GSS_C_SEQUENCE_FLAG, type Kerberos
 import { loadBackend } from './backend.ts';
 import {
   fallbackReasonOf,
+  KerberosKeytabError,
   KerberosNoTicketError,
   KerberosOtherPrincipalError,
   KerberosTicketExpiredError,
@@ -413,6 +414,9 @@ function credentialLevel(err: unknown): boolean {
   return (
     err instanceof KerberosNoTicketError ||
     err instanceof KerberosTicketExpiredError ||
+    // A keytab that cannot give a ticket is not asked again by every request (a stale key is a failed
+    // pre-authentication at the KDC each time, which can lock the account): a fixed one is read after 30 s.
+    err instanceof KerberosKeytabError ||
     err instanceof KerberosOtherPrincipalError ||
     (err instanceof MultilegError && err.code === 'MULTILEG_MECHANISM_UNAVAILABLE')
   );

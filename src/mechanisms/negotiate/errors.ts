@@ -106,12 +106,18 @@ export class KerberosOtherPrincipalError extends KerberosError {
   }
 }
 
-/** The client keytab gave no ticket (missing file, no key for the principal). */
+/**
+ * The client keytab gave no ticket (missing file, no key for the principal), or, `expired`, gave no
+ * new one when the ticket it gave expired (file gone, key changed in the KDC, KDC out of reach).
+ */
 export class KerberosKeytabError extends KerberosError {
-  constructor(gssMessage: string, keytab: string, options?: { cause?: unknown }) {
+  constructor(gssMessage: string, keytab: string, options?: { cause?: unknown; expired?: boolean }) {
     super(
       'MULTILEG_KRB_KEYTAB',
-      `Negotiate: no ticket from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k), or pass negotiate.principal [GSS: ${gssMessage}]`,
+      options?.expired
+        ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
+          `Negotiate: the ticket expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
+        : `Negotiate: no ticket from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k), or pass negotiate.principal [GSS: ${gssMessage}]`,
       gssMessage,
       options,
     );
@@ -182,6 +188,8 @@ export function mapGssError(
   const msg = messageOf(err).replace(/\s+/g, ' ').trim();
   const cause = { cause: err };
   if (SKEW.test(msg)) return new KerberosClockSkewError(msg, cause);
+  // With a client keytab the agent renews its tickets itself: an expired one means the keytab failed.
+  if (ctx.keytab && EXPIRED.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...cause, expired: true });
   if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
   if (WRONG_REALM.test(msg) || (UNKNOWN_SPN.test(msg) && acrossRealms(err)))
