@@ -4,7 +4,9 @@
  * what no mock can show: Apache authenticates Negotiate per request and sends no Persistent-Auth,
  * and loses NTLM state between HTTP/2 streams without saying so.
  */
+import diagnostics from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -166,6 +168,51 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
       expect(wire.filter((w) => w.proto === 'HTTP/1.1').map((w) => w.status)).toEqual([401, 200, 200, 200, 200]);
       expect(new Set(wire.filter((w) => w.proto === 'HTTP/1.1').map((w) => w.port)).size).toBe(1);
     } finally {
+      restore();
+    }
+  });
+
+  it("C5/H1: NTLMSSP that the system's SPNEGO chose (kerberos addon, gss-ntlmssp's NTLM_USER_FILE, no ticket) binds the HTTP/1.1 connection: the next request goes on it bare, 200, one handshake", async () => {
+    const restore = lab.applyEnv({
+      KRB5CCNAME: `FILE:${join(lab.dir, 'no-such-ccache')}`,
+      NTLM_USER_FILE: lab.ntlmUserFile,
+    });
+    // What went on the wire: each request's path, whether it carried Authorization, its client port.
+    const sent: Array<{ path: string; auth: boolean; port: number | undefined }> = [];
+    const onSend = (m: unknown) => {
+      const { request: r, headers, socket } = m as { request: { path: string }; headers: string; socket: Socket };
+      sent.push({ path: r.path, auth: /^authorization:/im.test(headers), port: socket.localPort });
+    };
+    diagnostics.subscribe('undici:client:sendHeaders', onSend);
+    const logged = accessLog('/spnego2/index.html').length; // earlier tests' lines
+    try {
+      // No credentials: the user is the system's (gss-ntlmssp's first user, EXAMPLE\alice), as with SSPI.
+      const a = agent({ negotiate: { backend: 'kerberos' }, allowH2: false });
+      const get = async () => {
+        const r = await request(`${lab.apache!.origin}/spnego2/index.html`, { dispatcher: a });
+        await r.body.text();
+        return [r.statusCode, r.headers['x-remote-user'], r.headers['x-protocol']];
+      };
+      // Before: the first 200, then a new SPNEGO/NTLMSSP handshake on the authenticated connection, which
+      // mod_auth_gssapi (GssapiConnectionBound) refuses with a bare 401, twice.
+      for (let i = 0; i < 3; i++) expect(await get()).toEqual([200, 'EXAMPLE\\alice', 'HTTP/1.1']);
+      expect(a.handshakes().map((h) => [h.scheme, h.outcome, h.protocol, h.legs])).toEqual([
+        ['Negotiate', 'session', 'http/1.1', 2],
+      ]);
+      const wire = sent.filter((w) => w.path === '/spnego2/index.html');
+      // A bare request, the two legs (NEGOTIATE, AUTHENTICATE inside SPNEGO), then two requests bare.
+      expect(wire.map((w) => w.auth)).toEqual([false, true, true, false, false]);
+      expect(new Set(wire.map((w) => w.port)).size).toBe(1);
+      await a.close();
+      expect((await logSettled('/spnego2/index.html', logged, 5)).map((w) => [w.status, w.proto])).toEqual([
+        [401, 'HTTP/1.1'],
+        [401, 'HTTP/1.1'],
+        [200, 'HTTP/1.1'],
+        [200, 'HTTP/1.1'],
+        [200, 'HTTP/1.1'],
+      ]);
+    } finally {
+      diagnostics.unsubscribe('undici:client:sendHeaders', onSend);
       restore();
     }
   });

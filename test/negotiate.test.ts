@@ -765,6 +765,46 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(ctx.sentPassword).toBe(true);
   });
 
+  it("C5/H1: a Negotiate context says connectionBound when the system's SPNEGO runs NTLMSSP (the server's supportedMech, or a bare NTLM token as SSPI sends), never on Kerberos or on a reply that does not say", async () => {
+    const ntlm = (type: number) => Buffer.from(`NTLMSSP\0${String.fromCharCode(type)}\0\0\0`, 'latin1');
+    const ntlmInit = encodeNegTokenInit([OID_NTLMSSP], ntlm(1)).toString('base64');
+    const resp = (r: Parameters<typeof encodeNegTokenResp>[0]) => encodeNegTokenResp(r).toString('base64');
+    const challenge = resp({
+      negState: NegState.ACCEPT_INCOMPLETE,
+      supportedMech: OID_NTLMSSP,
+      responseToken: ntlm(2),
+    });
+    const authenticate = resp({ responseToken: ntlm(3) });
+    /** Steps a context through `first` and the server's `replies` (each answered by `next`): its connectionBound after each. */
+    const run = async (first: string, next: string, replies: string[]) => {
+      const kerberos = fakeKerberos({ steps: [() => first, ...replies.map(() => () => next)] });
+      const ctx = negotiateMechanism({ kerberos }).createContext(leg);
+      await ctx.step(undefined, leg);
+      const seen = [ctx.connectionBound];
+      for (const r of replies) {
+        await ctx.step(ch(r), leg);
+        seen.push(ctx.connectionBound);
+      }
+      return seen;
+    };
+    // gss-ntlmssp chosen by MIT's SPNEGO (no ticket, NTLM_USER_FILE): known from the server's first reply.
+    expect(await run(ntlmInit, authenticate, [challenge])).toEqual([false, true]);
+    // A server that took SPNEGO's NTLMSSP over the optimistic Kerberos token.
+    expect(await run(FIRST, authenticate, [challenge])).toEqual([false, true]);
+    // SSPI's Negotiate sending NTLM unwrapped: known from the first token.
+    const raw = ntlm(1).toString('base64');
+    expect(await run(raw, ntlm(3).toString('base64'), [ntlm(2).toString('base64')])).toEqual([true, true]);
+    // Kerberos that takes another leg, a reply without supportedMech, one that is not DER: per request as before.
+    const krb = resp({ negState: NegState.ACCEPT_INCOMPLETE, supportedMech: OID_KRB5, responseToken: ntlm(2) });
+    expect(await run(FIRST, authenticate, [krb])).toEqual([false, false]);
+    expect(
+      await run(ntlmInit, authenticate, [resp({ negState: NegState.ACCEPT_INCOMPLETE, responseToken: ntlm(2) })]),
+    ).toEqual([false, false]);
+    expect(await run(ntlmInit, authenticate, ['oQMwAQ=='])).toEqual([false, false]);
+    // Only the first reply names the mechanism: a later supportedMech (not SPNEGO) changes nothing.
+    expect(await run(FIRST, authenticate, [krb, challenge])).toEqual([false, false, false]);
+  });
+
   it('R4: a Kerberos ticket a forwarding proxy rejects three times in a row is kept back 30 s each time (was 30 s, 1 min, 2 min)', async () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const { origin: proxy, seen } = await peer(407);

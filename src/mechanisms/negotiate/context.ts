@@ -14,7 +14,15 @@ import { log } from '../../log.ts';
 import { CredCache } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
-import { decodeNegTokenInit, isNegTokenReject, OID_KRB5, OID_MS_KRB5, OID_SPNEGO } from '../spnego/tokens.ts';
+import {
+  decodeNegTokenInit,
+  decodeNegTokenResp,
+  isNegTokenReject,
+  OID_KRB5,
+  OID_MS_KRB5,
+  OID_NTLMSSP,
+  OID_SPNEGO,
+} from '../spnego/tokens.ts';
 import type { LegInfo, MechanismContext } from '../types.ts';
 import { GSS_C_DELEG_FLAG, GSS_C_MUTUAL_FLAG, GSS_C_SEQUENCE_FLAG, type KerberosClientLike } from './addon.ts';
 import { loadBackend } from './backend.ts';
@@ -73,6 +81,8 @@ export class NegotiateContext implements MechanismContext {
   #firstLegCompletes = false;
   /** GSS-API made a token after the first: SPNEGO may have switched mechanisms (to gss-ntlmssp's NTLM). */
   #steppedOn = false;
+  /** GSS-API's own SPNEGO is known to run NTLMSSP (gss-ntlmssp, SSPI), not Kerberos. */
+  #systemNtlm = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -119,9 +129,13 @@ export class NegotiateContext implements MechanismContext {
     return this.#fallback !== undefined;
   }
 
-  /** NTLM inside Negotiate authenticates the connection, as NTLM does (C5, H1). */
+  /**
+   * NTLM inside Negotiate authenticates the connection, as NTLM does (C5, H1): ours (the fallback), or
+   * NTLMSSP that the system's SPNEGO chose (gss-ntlmssp with NTLM_USER_FILE, SSPI) — known only from
+   * the wire, see {@link ntlmsspChosen}. Unknown stays false: Kerberos per request, as before.
+   */
   get connectionBound(): boolean {
-    return this.#fallback !== undefined;
+    return this.#fallback !== undefined || this.#systemNtlm;
   }
 
   /**
@@ -241,6 +255,7 @@ export class NegotiateContext implements MechanismContext {
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
       this.#firstLegCompletes = carriesKerberosApReq(out);
+      this.#systemNtlm = isRawNtlmssp(out);
       return `${SCHEME} ${out}`;
     }
     if (this.#state === 'done' || !this.#client) {
@@ -253,6 +268,8 @@ export class NegotiateContext implements MechanismContext {
         `the server rejected the Negotiate token for ${this.#spn} (401 without a token); check that the server's keytab matches the SPN and the client's realm is trusted`,
       );
     }
+    // The server's first reply names the mechanism it chose (RFC 4178 §4.2.2 supportedMech).
+    if (!this.#steppedOn && !this.#systemNtlm) this.#systemNtlm = ntlmsspChosen(token);
     let out: string | null;
     try {
       out = await this.#client.step(token);
@@ -323,6 +340,30 @@ export function carriesKerberosApReq(base64: string): boolean {
     const init = decodeNegTokenInit(der);
     const first = init.mechTypes[0];
     return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
+  } catch {
+    return false;
+  }
+}
+
+/** "NTLMSSP\0" in base64: the start of every NTLM message (SSPI's Negotiate may send NTLM unwrapped). */
+const NTLMSSP_BASE64 = 'TlRMTVNTUAA';
+
+/** Whether a base64 GSS-API token is a bare NTLM message rather than a GSS or SPNEGO token. */
+function isRawNtlmssp(base64: string): boolean {
+  return base64.startsWith(NTLMSSP_BASE64);
+}
+
+/**
+ * Whether a server's first Negotiate token (base64) says NTLMSSP authenticates this handshake: an
+ * SPNEGO NegTokenResp whose supportedMech is NTLMSSP, or a bare NTLM message (an answer to one).
+ * Anything else — Kerberos, no supportedMech, a token that does not decode — is false: the caller
+ * then keeps Kerberos's per-request rule, so only a positive NTLMSSP changes how later requests go.
+ */
+function ntlmsspChosen(base64: string): boolean {
+  if (isRawNtlmssp(base64)) return true;
+  try {
+    const der = Buffer.from(base64, 'base64');
+    return der[0] === 0xa1 && decodeNegTokenResp(der).supportedMech === OID_NTLMSSP;
   } catch {
     return false;
   }
