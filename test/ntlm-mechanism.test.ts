@@ -167,7 +167,8 @@ describe('NTLM mechanism', () => {
       const header = server.exchanges.at(-1)!.requestHeaders.authorization as string;
       const { ntResponse } = decodeAuthenticate(tokenOf(header));
       expect(ntResponse.includes(Buffer.from('HTTP/::1', 'utf16le'))).toBe(true);
-      expect(ntResponse.includes(Buffer.from('[', 'utf16le'))).toBe(false);
+      // The bracketed form itself: a lone '[' may be in the response's random bytes (flaky).
+      expect(ntResponse.includes(Buffer.from('HTTP/[::1]', 'utf16le'))).toBe(false);
     } finally {
       await agent.destroy();
       await server.close();

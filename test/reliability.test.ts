@@ -110,9 +110,17 @@ describe('R1: every wait is bounded', () => {
   it("R1: 5,000 requests behind a fresh session's first response that never comes settle with QueueTimeoutError", async () => {
     const s = await hostile(() => {}); // holds every request
     const a = agent({ trustedOrigins: [s.origin], negotiate: false, limits: { queueTimeout: 500 } });
-    const signal = AbortSignal.timeout(3000);
+    // The signal only ends the probe, once the rest have settled: a fixed timeout would race the
+    // agent's bound on a loaded machine (5,000 requests take a while to queue there).
+    const probeEnd = new AbortController();
+    const signal = AbortSignal.any([probeEnd.signal, AbortSignal.timeout(60_000)]);
+    let settled = 0;
     const results = await Promise.all(
-      Array.from({ length: 5000 }, (_, i) => settle(request(`${s.origin}/x/${i}`, { dispatcher: a, signal }))),
+      Array.from({ length: 5000 }, (_, i) =>
+        settle(request(`${s.origin}/x/${i}`, { dispatcher: a, signal })).finally(() => {
+          if (++settled === 4999) probeEnd.abort();
+        }),
+      ),
     );
     const timeouts = results.filter((r) => !r.ok && r.e instanceof QueueTimeoutError).length;
     // All but the probe itself (it is on the wire, ended by its own signal) were ended by the agent's bound.
