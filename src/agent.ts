@@ -221,6 +221,7 @@ export class MultilegAgent extends Dispatcher {
       http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
       proxy: new ProxyResolver(options.proxy, process.env, options.negotiate),
       ...(options.cookies ? { cookies: options.cookies } : {}),
+      deliver401: options.deliver401 === true,
     };
     const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
     this.#mechanisms = new MechanismSet(mechanisms, schemes, selectCertificate !== undefined);
@@ -485,6 +486,7 @@ function newJob(
     reauthenticated: false,
     relocations: 0,
     challenges: undefined,
+    held401: undefined,
   };
 }
 

@@ -10,6 +10,8 @@
  *   published for upgrades).
  * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
  *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
+ * - `multileg:unanswered` — an {@link UnansweredEvent} when an origin's 401 goes to the caller
+ *   because every scheme it offers that the agent has cannot run here (`deliver401`), and why.
  *
  * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies, the
  * tokens in `WWW-Authenticate` / `Proxy-Authenticate` and Digest's `rspauth` in
@@ -28,11 +30,13 @@ export const LEG_CHANNEL = 'multileg:leg';
 
 export const WITHHELD_CHANNEL = 'multileg:withheld';
 export const PROXY_UNANSWERED_CHANNEL = 'multileg:proxy-unanswered';
+export const UNANSWERED_CHANNEL = 'multileg:unanswered';
 
 const handshakeChannel = channel(HANDSHAKE_CHANNEL);
 const legChannel = channel(LEG_CHANNEL);
 const withheldChannel = channel(WITHHELD_CHANNEL);
 const proxyUnansweredChannel = channel(PROXY_UNANSWERED_CHANNEL);
+const unansweredChannel = channel(UNANSWERED_CHANNEL);
 
 /**
  * A 401 the agent could have answered reached the caller unanswered: its credentials are withheld
@@ -83,6 +87,28 @@ export interface ProxyUnansweredEvent {
 /** Publishes a {@link ProxyUnansweredEvent}, made only when someone subscribes. */
 export function publishProxyUnanswered(event: () => ProxyUnansweredEvent): void {
   if (proxyUnansweredChannel.hasSubscribers) proxyUnansweredChannel.publish(event());
+}
+
+/**
+ * An origin's 401 reached the caller (`deliver401`) because the agent's mechanisms for the schemes
+ * it offers cannot run here — Negotiate without a Kerberos ticket, or without GSS-API — where
+ * without `deliver401` the request fails with the first of these errors. Published before the
+ * caller gets the response; nothing was sent with credentials for it.
+ */
+export interface UnansweredEvent {
+  readonly origin: string;
+  readonly path: string;
+  /** The schemes the 401 offered (names only). */
+  readonly schemes: readonly string[];
+  /** The offered schemes that cannot run here, with why: the error's code and message (which name the fix, never a secret). */
+  readonly unusable: readonly { readonly scheme: string; readonly code: string; readonly message: string }[];
+  /** Date.now() when the event was published. */
+  readonly time: number;
+}
+
+/** Publishes an {@link UnansweredEvent}, made only when someone subscribes. */
+export function publishUnanswered(event: () => UnansweredEvent): void {
+  if (unansweredChannel.hasSubscribers) unansweredChannel.publish(event());
 }
 
 /** A header as `[name, value]`, name in lower case, value redacted where it may hold a secret. */

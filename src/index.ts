@@ -14,6 +14,8 @@ export {
   PROXY_UNANSWERED_CHANNEL,
   type ProxyUnansweredEvent,
   type RedactedHeader,
+  UNANSWERED_CHANNEL,
+  type UnansweredEvent,
   WITHHELD_CHANNEL,
   type WithheldEvent,
 } from './diagnostics.ts';

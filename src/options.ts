@@ -219,6 +219,16 @@ export interface MultilegAgentOptions {
    * and tells the jar too.
    */
   cookies?: CookieStore;
+  /**
+   * A 401 whose offered schemes the agent cannot answer here — its mechanisms for them cannot run,
+   * such as Negotiate without a Kerberos ticket — is the caller's response, with its body, as curl
+   * shows it, instead of the typed error that says why (`KerberosNoTicketError`…). The request is
+   * sent once: the 401's body is kept while the mechanism tries (bounded by
+   * `limits.maxChallengeBodyBytes`; a body cut at that bound leaves the typed error). Why goes to
+   * `multileg:unanswered` (diagnostics channel). Default `false`: the typed error names the fix.
+   * A 401 offering nothing the agent has, or refusing its credentials, is the caller's either way.
+   */
+  deliver401?: boolean;
 }
 
 export interface ResolvedOptions {
@@ -242,6 +252,7 @@ export interface ResolvedOptions {
   http1MemoryTtl: number;
   proxy: ProxyResolver;
   cookies?: CookieStore;
+  deliver401: boolean;
 }
 
 /** Every option of {@link MultilegAgentOptions} (the compiler keeps this list whole). */
@@ -262,6 +273,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   http1MemoryTtl: true,
   proxy: true,
   cookies: true,
+  deliver401: true,
 };
 
 /**

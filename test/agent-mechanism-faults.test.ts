@@ -3,8 +3,9 @@
  * against the reference server: the caller gets the next scheme's result or a typed error, never
  * the mechanism's own exception and never a response whose proof failed (T2, S3, M2).
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { fetch, type Response } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   InvalidTokenError,
   type Mechanism,
@@ -13,6 +14,8 @@ import {
   MultilegAgent,
   type MultilegError,
   ntlmMechanism,
+  UNANSWERED_CHANNEL,
+  type UnansweredEvent,
 } from '../src/index.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { ALICE, hasAuth, patchedNtlm, unavailableScheme } from './helpers.ts';
@@ -205,5 +208,80 @@ describe('a remembered scheme on a new session (proactive first leg)', () => {
       [401, 'none'],
       [200, 'Basic'],
     ]);
+  });
+});
+
+describe('deliver401: a 401 that nothing here can answer is the response, the request sent once', () => {
+  async function deliverSetup(limits: { maxChallengeBodyBytes?: number } = {}) {
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: server.ca },
+      trustedOrigins: [server.origin],
+      negotiate: false,
+      mechanisms: [unavailableScheme('NTLM')],
+      deliver401: true,
+      limits,
+    });
+    return { s: server, a: agent };
+  }
+
+  const events: UnansweredEvent[] = [];
+  const onEvent = (e: unknown) => events.push(e as UnansweredEvent);
+  beforeEach(() => {
+    events.length = 0;
+    subscribe(UNANSWERED_CHANNEL, onEvent);
+  });
+  afterEach(() => unsubscribe(UNANSWERED_CHANNEL, onEvent));
+
+  it('T2/R4: the server’s 401 comes with its body, a POST body goes once, and multileg:unanswered says why (the typed error’s code and message)', async () => {
+    const { s, a } = await deliverSetup();
+    const res = await fetch(`${s.origin}/auth/post`, { dispatcher: a, method: 'POST', body: 'payload' });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toMatch(/^NTLM/);
+    expect(await res.json()).toMatchObject({ user: null, method: 'POST', path: '/auth/post', bodyLength: 7 });
+    expect(s.exchanges.map((e) => [e.path, e.status, e.bodyLength, hasAuth(e.requestHeaders)])).toEqual([
+      ['/auth/post', 401, 7, false],
+    ]);
+    expect(events).toEqual([
+      expect.objectContaining({
+        origin: s.origin,
+        path: '/auth/post',
+        schemes: ['NTLM'],
+        unusable: [
+          { scheme: 'NTLM', code: 'MULTILEG_MECHANISM_UNAVAILABLE', message: expect.stringContaining('NTLM') },
+        ],
+      }),
+    ]);
+    // The origin now knows NTLM cannot run (R4): the next 401 is delivered as it comes, told why too.
+    const again = await fetch(`${s.origin}/auth/again`, { dispatcher: a });
+    expect(again.status).toBe(401);
+    expect(await again.json()).toMatchObject({ path: '/auth/again', error: 'unauthenticated' });
+    expect(s.exchanges.map((e) => e.path)).toEqual(['/auth/post', '/auth/again']);
+    expect(events.map((e) => [e.path, e.unusable.map((u) => u.code)])).toEqual([
+      ['/auth/post', ['MULTILEG_MECHANISM_UNAVAILABLE']],
+      ['/auth/again', ['MULTILEG_MECHANISM_UNAVAILABLE']],
+    ]);
+  });
+
+  it('T2: a 401 body cut at limits.maxChallengeBodyBytes is not the server’s response: the typed error stands', async () => {
+    const { s, a } = await deliverSetup({ maxChallengeBodyBytes: 8 });
+    const r = await outcome(fetch(`${s.origin}/auth/x`, { dispatcher: a }));
+    expect(r).toMatchObject({ error: { code: 'MULTILEG_MECHANISM_UNAVAILABLE' } });
+    expect(events).toEqual([]);
+  });
+
+  it('T2: without deliver401 the same 401 is the typed error that names why (the default)', async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: server.ca },
+      trustedOrigins: [server.origin],
+      negotiate: false,
+      mechanisms: [unavailableScheme('NTLM')],
+    });
+    const r = await outcome(fetch(`${server.origin}/auth/x`, { dispatcher: agent }));
+    expect(r).toMatchObject({ error: { code: 'MULTILEG_MECHANISM_UNAVAILABLE' } });
+    expect(server.exchanges).toHaveLength(1);
   });
 });

@@ -6,11 +6,12 @@ import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli as run } from './cli-helpers.ts';
+import { runCli as run, runCommand } from './cli-helpers.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
 const haveSquid = requirePeer('squid');
+const haveCurl = requirePeer('curl');
 
 describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Apache (real peers)', () => {
   let lab: Lab;
@@ -121,6 +122,38 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     const f = await run(['-f', '--cacert', ca, `${lab.apache!.origin}/protected/index.html`], { env: noTicket });
     expect(f.code).toBe(22);
   });
+
+  it.skipIf(!haveCurl)(
+    "without a ticket, side by side with curl --negotiate -u : — the same 401 and body from ONE request each in Apache's access log, a -d body sent once, -v and stderr naming kinit",
+    async () => {
+      const url = (who: string) => `${lab.apache!.origin}/protected/index.html?${who}`;
+      const curl = await runCommand(
+        '/usr/bin/curl',
+        ['-s', '--negotiate', '-u', ':', '-d', 'a=1', '-w', '\n%{http_code}', '--cacert', ca, url('curl')],
+        '',
+        noTicket as NodeJS.ProcessEnv,
+      );
+      const ours = await run(['-v', '-d', 'a=1', '-w', '\n%{http_code}', '--cacert', ca, url('multileg')], {
+        env: noTicket,
+      });
+      expect(ours.code).toBe(0);
+      expect(curl.stdout.endsWith('\n401')).toBe(true);
+      expect(ours.stdout).toBe(curl.stdout);
+      expect(ours.stderr).toMatch(/\* its 401 is the answer: Negotiate cannot run here \(MULTILEG_KRB_NO_TICKET\)/);
+      expect(ours.stderr).toMatch(/^multileg: Negotiate: no Kerberos ticket: run kinit/m);
+      // Apache's own log: one POST each (before: multileg sent it, and its body, twice).
+      const logged = async (who: string) =>
+        (await readFile(lab.apache!.accessLog, 'utf8')).split('\n').filter((l) => l.includes(`?${who} `));
+      for (let i = 0; i < 100 && (await logged('multileg')).length < 1; i++)
+        await new Promise((res) => setTimeout(res, 20));
+      await new Promise((res) => setTimeout(res, 100));
+      for (const who of ['curl', 'multileg']) {
+        const lines = await logged(who);
+        expect(lines).toHaveLength(1);
+        expect(lines[0]).toMatch(/"POST \S+ HTTP\/\S+" 401 /);
+      }
+    },
+  );
 
   it.skipIf(!haveSquid)(
     "H5: without a ticket, a Negotiate-only Squid's 407 to an http:// URL is shown as curl shows it (exit 0; 22 with -f), with why nothing was sent",

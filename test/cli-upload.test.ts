@@ -220,6 +220,36 @@ describe.skipIf(!haveCurl)('multileg: -T, -G, --data-urlencode, -F, -A, -e (as c
       });
   });
 
+  it('-F name=@"-" and name=<"-" (the file name quoted) read stdin as curl reads them (the same bytes), so the one stdin rule sees them: with another stdin reader they are bad usage', async () => {
+    for (const form of ['a=@"-"', 'a=<"-"', 'a=<-', 'a=@"-";type=text/plain'] as const) {
+      const { curl, multileg } = await sideBySide(['-F', form], ['/f'], { input: 'from stdin\n' });
+      expect(curl[0]!.body, form).toContain('from stdin');
+      expect(multileg, form).toEqual(curl);
+    }
+    for (const [args, said] of [
+      [
+        ['-F', 'a=@"-"', '-F', 'b=<-'],
+        '-F a=@- and -F b=<-: only one of them can read stdin; give the form field in a file',
+      ],
+      [['-F', 'a=<"-"', '-T', '-'], '-F a=<- and -T -: only one of them can read stdin; give the form field in a file'],
+      [
+        ['-u', 'alice', '--password-stdin', '-F', 'a=@"-";filename=x'],
+        '--password-stdin and -F a=@-: only one of them can read stdin; give the password with MULTILEG_PASSWORD (or -u user:password)',
+      ],
+    ] as const)
+      expect(await run([...args, `${recorderOrigin}/x`], { input: 'piped\n' }), args.join(' ')).toMatchObject({
+        code: 2,
+        stdout: '',
+        stderr: `multileg: ${said}\n`,
+      });
+    // A quoted name that is not "-" is a file, not stdin: no conflict with --password-stdin (the file is missing: 26).
+    const named = await run(['-u', 'alice', '--password-stdin', '-F', 'a=<"-x"', `${recorderOrigin}/x`], {
+      input: 'piped\n',
+    });
+    expect(named.code).toBe(26);
+    expect(named.stderr).not.toContain('stdin');
+  });
+
   it('-G puts the -d and --data-urlencode data in the query of every URL (joined with &, after a query there), as a GET, a HEAD with -I (no -I/-d conflict), -X kept; as curl', async () => {
     const r = await run([...alice(), '-G', '-d', 'a=1', '--data-urlencode', 'q=x y&z', `${server.origin}/auth/g?k=0`]);
     expect(r.code, r.stderr).toBe(0);

@@ -17,9 +17,10 @@ export class ResponseHeads {
   readonly #dump: HeaderDump | undefined;
   #reasons: Readonly<Record<number, string | undefined>> | undefined;
   /**
-   * The last leg's head, held until the next head or the end of the attempt shows it: the one
-   * leg whose answer may come again is a 401 that Negotiate could not answer (the transfer sends
-   * the request once more without it, and {@link drop}s this one, so that the 401 shows once).
+   * The last leg's head, held until the next head or the end of the attempt shows it: a 401 read
+   * while the agent tried to answer it may turn out to be the answer (what it offers cannot run
+   * here: the agent's deliver401), which the command receives itself; it {@link drop}s this one,
+   * so that the 401 shows once.
    */
   #pending: string | undefined;
   /** The running transfer's `-i`, set by it (each transfer has its own -o); undefined without -i. */
@@ -50,7 +51,7 @@ export class ResponseHeads {
     this.#write(text);
   }
 
-  /** Forgets the leg's head held back: its request is sent again, and its answer shown instead. */
+  /** Forgets the leg's head held back: it is the answer, which the command shows as it receives it. */
   drop(): void {
     this.#pending = undefined;
   }

@@ -103,7 +103,7 @@ async function main(argv: string[]): Promise<number> {
   }
   // The heads -D and -i show, one sequence for both (heads.ts): the handshake's from the trace.
   const heads = dump || (req.include && !req.json) ? new (await import('./heads.ts')).ResponseHeads(dump) : undefined;
-  const trace = new Trace(verbose, heads ? (leg) => heads.leg(leg) : undefined);
+  const trace = new Trace(verbose, heads ? (leg) => heads.leg(leg) : undefined, heads ? () => heads.drop() : undefined);
   // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
   const remotes = req.writeOut !== undefined ? new Remotes() : undefined;
   const stdout = new Stdout();

@@ -593,6 +593,18 @@ function formPart(arg: string): FormPart {
   return { name, content, filename: filename ?? base, type: type ?? guessed };
 }
 
+/**
+ * How a -F that reads stdin is named in a conflict (`-F a=@-`, `-F a=<-`), or undefined for one
+ * that does not: its file is `-` as {@link formPart} reads it, so quoted too (`a=@"-"`, `a=<"-"`),
+ * which curl also reads from stdin.
+ */
+function formStdinName(arg: string): string | undefined {
+  const eq = arg.indexOf('=');
+  const marker = arg[eq + 1];
+  if (eq <= 0 || (marker !== '@' && marker !== '<')) return undefined;
+  return formWord(arg, eq + 2).word === '-' ? `-F ${arg.slice(0, eq + 2)}-` : undefined;
+}
+
 /** A name or filename in a Content-Disposition: curl's escaping (`"` and line breaks as %XX). */
 const dispositionText = (text: string) => text.replaceAll('"', '%22').replaceAll('\r', '%0D').replaceAll('\n', '%0A');
 
@@ -952,7 +964,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   // -d @- / --data-binary @- / --data-urlencode [name]@-: the body from stdin, which then can bring nothing else.
   const dataStdin = data.filter(([flag, d]) => dataReadsStdin(flag, d));
   const forms = (o.form as string[] | undefined) ?? [];
-  const formStdin = forms.filter((f) => /^[^=]*=[@<]-(;|$)/.test(f));
+  const formStdin = forms.map(formStdinName).filter((n) => n !== undefined);
   const uploads = (o.uploadFile as string[] | undefined) ?? [];
   const twoReaders = stdinConflict([
     cookieFiles.includes('-') && STDIN_READERS.cookies,
@@ -960,7 +972,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     o.passwordStdin === true && STDIN_READERS.password,
     // Each one: a second would read nothing (stdin is at its end) and send an empty piece or field.
     ...dataStdin.map(([flag, d]) => ({ ...STDIN_READERS.data, name: `${flag} ${d}` })),
-    ...formStdin.map((f) => ({ ...STDIN_READERS.form, name: `-F ${f.slice(0, f.indexOf('=') + 3)}` })),
+    ...formStdin.map((name) => ({ ...STDIN_READERS.form, name })),
     ...uploads.map((file) => file === '-' && STDIN_READERS.upload),
     o.cert !== undefined && certFile(o).path === '-' && STDIN_READERS.cert,
     o.key === '-' && STDIN_READERS.key,

@@ -13,6 +13,8 @@ import {
   type LegResponseEvent,
   PROXY_UNANSWERED_CHANNEL,
   type ProxyUnansweredEvent,
+  UNANSWERED_CHANNEL,
+  type UnansweredEvent,
 } from '../diagnostics.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import { challengeSchemes, forCli } from './explain.ts';
@@ -24,6 +26,8 @@ export interface LegRecord {
   error?: LegErrorEvent;
   /** The response body's size, when the CLI read it (the final response only). */
   bodySize?: number;
+  /** Its 401 is the answer because what it offers cannot run here (the agent's deliver401), and why. */
+  unanswered?: UnansweredEvent;
 }
 
 export class Trace {
@@ -38,20 +42,29 @@ export class Trace {
   readonly #onLeg = (message: unknown) => this.#leg(message as LegEvent);
   readonly #onHandshake = (message: unknown) => this.#handshake(message as HandshakeReport);
   readonly #onUnanswered = (message: unknown) => this.#unanswered(message as ProxyUnansweredEvent);
+  readonly #onUnanswered401 = (message: unknown) => this.#unanswered401(message as UnansweredEvent);
+  readonly #onHeld: (() => void) | undefined;
 
-  /** `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D, -i). */
-  constructor(verbose?: (line: string) => void, onResponse?: (leg: LegRecord) => void) {
+  /**
+   * `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D,
+   * -i); `onHeld` when the last leg's head, reported as intermediate, turns out to be the answer
+   * (the command receives it: -i and -D show it once).
+   */
+  constructor(verbose?: (line: string) => void, onResponse?: (leg: LegRecord) => void, onHeld?: () => void) {
     this.#verbose = verbose;
     this.#onResponse = onResponse;
+    this.#onHeld = onHeld;
     subscribe(LEG_CHANNEL, this.#onLeg);
     subscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     subscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
+    subscribe(UNANSWERED_CHANNEL, this.#onUnanswered401);
   }
 
   stop(): void {
     unsubscribe(LEG_CHANNEL, this.#onLeg);
     unsubscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     unsubscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
+    unsubscribe(UNANSWERED_CHANNEL, this.#onUnanswered401);
   }
 
   /** The leg whose response the caller received last (the one on screen). */
@@ -127,6 +140,26 @@ export class Trace {
           ? e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ')
           : `nothing configured for ${e.schemes.join(', ') || 'what it offers'}`;
     this.#say(`* proxy ${e.proxy}: its 407 goes unanswered: ${why}`);
+  }
+
+  /**
+   * A 401 is the answer because what it offers cannot run here. It belongs to the origin's last
+   * leg (the command sends one request at a time): one whose head has not come yet (a scheme known
+   * to be unusable: its head comes next, delivered), or one whose 401 was read while the agent
+   * tried to answer it (reported intermediate: now the answer).
+   */
+  #unanswered401(e: UnansweredEvent): void {
+    const record = this.legs.findLast((l) => l.request.origin === e.origin);
+    if (record) {
+      record.unanswered = e;
+      const r = record.response;
+      if (r && !r.delivered && r.status === 401) {
+        record.response = { ...r, delivered: true };
+        this.#onHeld?.();
+      }
+    }
+    const why = e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
+    this.#say(`* its 401 is the answer: ${why || 'nothing offered can run here'}`);
   }
 
   #say(line: string): void {

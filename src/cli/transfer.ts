@@ -10,7 +10,6 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
-import { cannotRunHere } from '../mechanisms/registry.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import type { CommandAgent } from './command-agent.ts';
@@ -167,8 +166,8 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
 }
 
 /**
- * Why a final 401 or 407 stood, in words, once its body is read: the reason Negotiate could not
- * run (the request was sent again without it), or explain.ts's account of the 401; a forwarding
+ * Why a final 401 or 407 stood, in words, once its body is read: why what it offers could not run
+ * here (no Kerberos ticket: the agent's deliver401 made it the answer), or explain.ts's account of the 401; a forwarding
  * proxy's 407 as curl shows it (proxy.deliver407).
  */
 async function whyStood(
@@ -178,8 +177,10 @@ async function whyStood(
   headers: Record<string, string | string[] | undefined>,
   { command, credentials, trace }: TransferEnv,
 ): Promise<string | undefined> {
-  const cannotRun = command.cannotRunAt(url.origin);
-  if (status === 401 && cannotRun) return `${forCli(cannotRun.message)} (${cannotRun.code})`;
+  // The 401 came as the answer because what it offers cannot run here (deliver401): why (kinit…).
+  const unanswered = trace.lastDelivered?.unanswered;
+  if (status === 401 && unanswered && unanswered.unusable.length > 0)
+    return unanswered.unusable.map((u) => `${forCli(u.message)} (${u.code})`).join('; ');
   if (status === 401)
     return explain401({
       origin: url.origin,
@@ -217,32 +218,16 @@ function showHeads(req: CliRequest, shownHeads: ResponseHeads | undefined, toFil
 }
 
 /** One request of the transfer (a hop) through the command's agent. */
-async function send(
-  req: CliRequest,
-  hop: Hop,
-  signal: AbortSignal | undefined,
-  { command, credentials, heads: shownHeads }: TransferEnv,
-): Promise<Answer> {
-  for (;;) {
-    try {
-      return await command.agentFor(hop.url.origin).request({
-        origin: hop.url.origin,
-        path: `${hop.url.pathname}${hop.url.search}`,
-        method: hop.method as 'GET',
-        headers: hop.headers,
-        body: hop.body ?? null,
-        ...(signal ? { signal } : {}),
-        ...(req.http1 ? { allowH2: false } : {}),
-      } as Parameters<MultilegAgent['request']>[0]);
-    } catch (err) {
-      // No -u and no usable Kerberos ticket: curl shows the server's 401; so does the command,
-      // sent once more without Negotiate, with the reason (kinit…) instead of the usual hint.
-      if (credentials || command.cannotRunAt(hop.url.origin) || !cannotRunHere(err)) throw err;
-      command.withoutNegotiate(hop.url.origin, err);
-      // The 401 Negotiate could not answer comes again, as the answer: shown once (curl's).
-      shownHeads?.drop();
-    }
-  }
+function send(req: CliRequest, hop: Hop, signal: AbortSignal | undefined, { command }: TransferEnv): Promise<Answer> {
+  return command.agent.request({
+    origin: hop.url.origin,
+    path: `${hop.url.pathname}${hop.url.search}`,
+    method: hop.method as 'GET',
+    headers: hop.headers,
+    body: hop.body ?? null,
+    ...(signal ? { signal } : {}),
+    ...(req.http1 ? { allowH2: false } : {}),
+  } as Parameters<MultilegAgent['request']>[0]);
 }
 
 /** Counts a body's bytes as they pass: the transfer's (`add`), and this response's in `progress` (curl's 18 when cut short). */

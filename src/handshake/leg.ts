@@ -7,11 +7,26 @@ export type ResponseHeaders = Record<string, string | string[]>;
 /**
  * What to do with a response, decided when its head arrives:
  * - `swallow`: an intermediate leg (401 challenge, 421): drained, never shown to the caller;
+ * - `hold`: a 401 the agent means to answer, read like `swallow` but kept ({@link HeldResponse},
+ *   bounded as a drained body is): the caller's response if it turns out nothing can answer it
+ *   (`deliver401`), so that the request is not sent again to show it;
  * - `deliver`: the caller's response;
  * - a promise: deliver once it settles — used to verify the server's final token (mutual
  *   authentication) before the caller sees a byte; a rejection becomes the caller's error.
  */
-export type Verdict = 'swallow' | 'deliver' | Promise<void>;
+export type Verdict = 'swallow' | 'hold' | 'deliver' | Promise<void>;
+
+/** A response read in full and kept, not yet shown to the caller (a `hold` verdict's). */
+export interface HeldResponse {
+  readonly status: number;
+  readonly headers: ResponseHeaders;
+  readonly message: string;
+  readonly body: readonly Buffer[];
+  readonly trailers: ResponseHeaders;
+  /** undici's raw header and trailer lists (the controller's), which fetch reads the headers from. */
+  readonly rawHeaders: unknown;
+  readonly rawTrailers: unknown;
+}
 
 /**
  * Body bytes a gated response may buffer before the leg is paused. Verification usually settles
@@ -21,7 +36,13 @@ export type Verdict = 'swallow' | 'deliver' | Promise<void>;
 const GATE_BUFFER_BYTES = 64 * 1024;
 
 export type LegResult =
-  | { readonly kind: 'swallowed'; readonly status: number; readonly headers: ResponseHeaders }
+  | {
+      readonly kind: 'swallowed';
+      readonly status: number;
+      readonly headers: ResponseHeaders;
+      /** With `hold`: the response in full; absent when its body was cut (too large or too slow). */
+      readonly held?: HeldResponse;
+    }
   /** The response reached the caller; `done` settles when its body has ended or failed. */
   | {
       readonly kind: 'delivered';
@@ -31,6 +52,12 @@ export type LegResult =
     }
   /** The leg failed before anything reached the caller; nothing was reported to the caller yet. */
   | { readonly kind: 'failed'; readonly error: Error };
+
+/** A controller's raw header lists, as undici's fetch reads them (not in its typings). */
+function raw(controller: Controller): { rawHeaders: unknown; rawTrailers: unknown } {
+  const c = controller as { rawHeaders?: unknown; rawTrailers?: unknown };
+  return { rawHeaders: c.rawHeaders, rawTrailers: c.rawTrailers };
+}
 
 /**
  * The undici v2 handler of one leg. Intermediate bodies are drained, not aborted (aborting on
@@ -52,6 +79,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #status = 0;
   #headers: ResponseHeaders = {};
   #drained = 0;
+  /** With `hold`: the body's chunks as they came, and the status line's message. */
+  #held: Buffer[] | undefined;
+  #message = '';
   #buffered: Array<() => void> = [];
   #bufferedBytes = 0;
   /** The leg was paused because the gate held too much (not the caller's pause). */
@@ -145,8 +175,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       controller.abort(err as Error);
       return;
     }
-    if (verdict === 'swallow') {
+    if (verdict === 'swallow' || verdict === 'hold') {
       this.#mode = 'drain';
+      if (verdict === 'hold') {
+        this.#held = [];
+        this.#message = message;
+      }
       if (this.#maxDrainMs !== undefined)
         this.#drainTimer = setTimeout(
           () => this.#stopDraining(controller, 'challenge body too slow'),
@@ -209,6 +243,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       case 'drain':
         this.#drained += chunk.length;
         if (this.#drained > this.#maxDrain) this.#stopDraining(controller, 'challenge body too large');
+        else this.#held?.push(chunk);
         return;
       case 'deliver':
         this.#sink.responseData(chunk);
@@ -235,24 +270,40 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     if (this.#mode !== 'drain') return;
     clearTimeout(this.#drainTimer);
     this.#mode = 'over';
+    // A body cut short is not the server's response: nothing is held.
+    this.#held = undefined;
     this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
     controller.abort(new Error(why));
   }
 
-  onResponseEnd(_controller: Controller, trailers: ResponseHeaders): void {
+  onResponseEnd(controller: Controller, trailers: ResponseHeaders): void {
     switch (this.#mode) {
-      case 'drain':
+      case 'drain': {
         clearTimeout(this.#drainTimer);
         this.#mode = 'over';
-        this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+        const status = this.#status;
+        const headers = this.#headers;
+        const body = this.#held;
+        this.#held = undefined;
+        this.#resolve(
+          body
+            ? {
+                kind: 'swallowed',
+                status,
+                headers,
+                held: { status, headers, message: this.#message, body, trailers, ...raw(controller) },
+              }
+            : { kind: 'swallowed', status, headers },
+        );
         return;
+      }
       case 'deliver':
         this.#mode = 'over';
         this.#sink.responseEnd(trailers);
         this.#settleDone();
         return;
       case 'gated':
-        this.#buffered.push(() => this.onResponseEnd(_controller, trailers));
+        this.#buffered.push(() => this.onResponseEnd(controller, trailers));
         return;
       default:
         return;

@@ -252,7 +252,7 @@ export class ForwardProxy {
         throw err;
       },
     );
-    if (verdict === 'swallow') {
+    if (verdict === 'swallow' || verdict === 'hold') {
       // An origin's challenge goes on to its next leg; a failed check closes the connection under it.
       proved.catch(() => {});
       return verdict;

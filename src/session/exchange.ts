@@ -1,10 +1,10 @@
 import type { Dispatcher } from 'undici';
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { publishWithheld, tracingLegs } from '../diagnostics.ts';
+import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
+import { type HeldResponse, LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
@@ -56,6 +56,8 @@ export interface ExchangeEnv {
   readonly limits: Limits;
   /** Picks a client certificate for a Transport challenge (T3). */
   readonly selectCertificate?: ClientCertificateSelector;
+  /** A 401 nothing can answer here is the caller's response, not the typed error (`deliver401`). */
+  readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
 }
 
@@ -133,6 +135,56 @@ const failed = (job: Job, err: Error): Step => {
   job.sink.fail(err);
   return end(DONE);
 };
+
+/** The controller of a held 401 read in full: nothing left on the wire to pause or abort. */
+const heldController = (held: HeldResponse): Dispatcher.DispatchController =>
+  ({
+    abort() {},
+    pause() {},
+    resume() {},
+    aborted: false,
+    paused: false,
+    reason: null,
+    rawHeaders: held.rawHeaders,
+    rawTrailers: held.rawTrailers,
+  }) as unknown as Dispatcher.DispatchController;
+
+/**
+ * `deliver401`: says why the 401 in `headers` goes to the caller (the offered schemes that cannot
+ * run here, with their errors), before the caller gets it.
+ */
+function tellUnanswered({ job, env }: Run, headers: ResponseHeaders): void {
+  publishUnanswered(() => {
+    const offered = readChallenges(headers);
+    const byKey = new Map(offered.map((c) => [c.schemeKey, c.scheme]));
+    return {
+      origin: job.origin,
+      path: job.dispatchOptions.path,
+      schemes: offered.map((c) => c.scheme),
+      unusable: env.memory
+        .unusable()
+        .filter(([key]) => byKey.has(key))
+        .map(([key, err]) => ({
+          scheme: byKey.get(key)!,
+          code: err instanceof MultilegError ? err.code : err.name,
+          message: err.message,
+        })),
+      time: Date.now(),
+    };
+  });
+}
+
+/** `deliver401`: the held 401 nothing here can answer is the caller's response (sent once, as curl does). */
+function deliverHeld(run: Run, held: HeldResponse): Step {
+  const { sink } = run.job;
+  run.job.held401 = undefined;
+  tellUnanswered(run, held.headers);
+  sink.onAbort(undefined);
+  sink.responseStart(heldController(held), held.status, held.headers, held.message);
+  for (const chunk of held.body) sink.responseData(chunk);
+  sink.responseEnd(held.trailers);
+  return end(DONE);
+}
 
 /** What one request carries through its lifecycle on one session. */
 interface Run {
@@ -492,10 +544,16 @@ function classifySend(run: Run, seen: SendSeen, status: number, headers: Respons
       seen.challenges = offered;
       const reading = readAuthId(headers);
       if (reading?.ok) seen.authId = reading.value;
-      return 'swallow';
+      // deliver401: kept, to be the caller's if what it offers cannot run here (no second request).
+      return env.deliver401 ? 'hold' : 'swallow';
     }
-    // Only schemes already proved unusable here are offered: the caller gets why (R4, T2).
+    // Only schemes already proved unusable here are offered: the caller gets why (R4, T2), or
+    // with deliver401 this 401, told why.
     if (run.lastUnusable && env.mechanisms.choose(offered)) {
+      if (env.deliver401) {
+        tellUnanswered(run, headers);
+        return 'deliver';
+      }
       seen.unusable = true;
       return 'swallow';
     }
@@ -556,6 +614,7 @@ function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     if (result.status !== 401 && job.identity === 'agent') env.memory.unchallenged = true;
     return end({ kind: 'done', done: result.done });
   }
+  if (env.deliver401) job.held401 = result.held;
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
@@ -576,9 +635,10 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   const { session, job, env } = run;
   const chosen = env.mechanisms.choose(step.challenges, run.excluded);
   if (!chosen) {
-    // Every offered scheme we have proved unusable here: say why; or, when nothing said why
-    // (a certificate selector declined), send the request again as it is and show the 401.
-    if (run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
+    // Every offered scheme we have proved unusable here: say why (deliver401: show the 401 itself,
+    // kept from its bare send); or, when nothing said why (a certificate selector declined), send
+    // the request again as it is and show the 401.
+    if (run.lastUnusable) return job.held401 ? deliverHeld(run, job.held401) : failed(job, ownCopy(run.lastUnusable));
     job.noAuth = true;
     return CHECK;
   }
@@ -859,6 +919,9 @@ class Lead implements HandshakeInput, LegInfo {
     const { session, job, env } = run;
     const step = this.#step;
     const scheme = this.mechanism.scheme;
+    // A handshake that sent a leg met its own answer: the 401 held from the bare send is not the
+    // one to show any more (only a scheme that could not start leaves it the request's answer).
+    if (result.kind !== 'unusable') job.held401 = undefined;
     switch (result.kind) {
       case 'success': {
         // H4: through a forward proxy that does not vouch for it, session auth counts as per-request;

@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 import type { PreparedBody } from '../body/replayable.ts';
 import type { Challenge } from '../challenge/types.ts';
+import type { HeldResponse } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import type { WithheldReason } from '../trust/policy.ts';
@@ -43,6 +44,11 @@ export interface Job {
    * close`, or a challenge body too big to read): the next session answers them at once (H1).
    */
   challenges: readonly Challenge[] | undefined;
+  /**
+   * With `deliver401`: the last 401 a bare send of it met, read in full and kept while the agent
+   * tries to answer it; the caller's response if nothing offered can run here.
+   */
+  held401: HeldResponse | undefined;
 }
 
 export function newJobId(): number {

@@ -109,6 +109,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       memory: this.memory,
       mechanisms,
       limits: options.limits,
+      deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       report,
     };

@@ -441,9 +441,10 @@ export class Session {
       classify: (status, h) => {
         if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
-        traced?.response(status, h, verdict !== 'swallow');
+        const intermediate = verdict === 'swallow' || verdict === 'hold';
+        traced?.response(status, h, !intermediate);
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
-        if (verdict !== 'swallow') this.#markProbed();
+        if (!intermediate) this.#markProbed();
         return verdict;
       },
       beforeStart: (controller) => this.checkStart(job, controller),
