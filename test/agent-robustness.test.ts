@@ -216,14 +216,29 @@ describe('a hostile server gets a typed error or its own response, never a hang 
 
 describe('closing and destroying never loses a request silently', () => {
   it('C8: destroy() while requests wait in the queue: every one ends with an error, none hangs', async () => {
-    r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 300 : 0) } });
+    // The handshake's legs are held until the test ends (the server's close releases them); destroy()
+    // comes once a leg is in flight, not after a fixed sleep, which a loaded machine outran.
+    let legArrived!: () => void;
+    const inFlight = new Promise<void>((res) => {
+      legArrived = res;
+    });
+    r = await rig({
+      mode: 'session',
+      faults: {
+        delayMs: (q) => {
+          if (!q.headers.authorization) return 0;
+          legArrived();
+          return 30_000;
+        },
+      },
+    });
     const pending = Array.from({ length: 10 }, (_, i) =>
       get(r!, `/auth/${i}`).then(
         () => 'ok',
         () => 'error',
       ),
     );
-    await new Promise((res) => setTimeout(res, 50));
+    await inFlight;
     await r.agent.destroy();
     const results = await Promise.all(pending);
     // All ten settled (none hangs): the handshake was held past destroy(), so every one got an error.
