@@ -352,8 +352,16 @@ describe('origin memory and session state', () => {
     const memory = new OriginMemory(60_000);
     const why = new Error('no ticket');
     memory.markUnusable('negotiate', why);
-    expect(memory.unusable()).toEqual([['negotiate', why]]);
-    vi.advanceTimersByTime(UNUSABLE_MEMORY_MS);
+    const [[scheme, remembered]] = memory.unusable() as [[string, Error]];
+    expect(scheme).toBe('negotiate');
+    expect(remembered).toBeInstanceOf(Error);
+    const until = new Date(Date.now() + UNUSABLE_MEMORY_MS).toISOString().slice(11, 19);
+    expect(remembered.message).toBe(
+      `no ticket (remembered for this origin: negotiate is tried here again from ${until} UTC)`,
+    );
+    vi.advanceTimersByTime(UNUSABLE_MEMORY_MS - 1);
+    expect(memory.unusable()).toHaveLength(1);
+    vi.advanceTimersByTime(1);
     expect(memory.unusable()).toEqual([]);
     expect(memory.unusable()).toEqual([]);
   });

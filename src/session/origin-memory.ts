@@ -1,3 +1,4 @@
+import { ownCopy } from '../errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificate } from '../options.ts';
@@ -22,7 +23,7 @@ export class OriginMemory {
   readonly proof: CredentialProof;
   readonly #ttl: number;
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
-  readonly #unusable = new Map<string, { readonly error: Error; readonly until: number }>();
+  readonly #unusable = new Map<string, { readonly remembered: Error; readonly until: number }>();
 
   constructor(http1Ttl: number, origin = 'the origin') {
     this.#ttl = http1Ttl;
@@ -41,7 +42,8 @@ export class OriginMemory {
 
   /** A scheme could not run here (R4): the requests that follow skip it for a while. */
   markUnusable(schemeKey: string, error: Error): void {
-    this.#unusable.set(schemeKey, { error, until: Date.now() + UNUSABLE_MEMORY_MS });
+    const until = Date.now() + UNUSABLE_MEMORY_MS;
+    this.#unusable.set(schemeKey, { remembered: rememberedUntil(error, schemeKey, until), until });
   }
 
   /** Some scheme was found unusable here lately (the fast path leaves such requests to the steps). */
@@ -55,7 +57,7 @@ export class OriginMemory {
     const now = Date.now();
     const out: Array<readonly [string, Error]> = [];
     for (const [scheme, u] of this.#unusable) {
-      if (u.until > now) out.push([scheme, u.error]);
+      if (u.until > now) out.push([scheme, u.remembered]);
       else this.#unusable.delete(scheme);
     }
     return out;
@@ -125,4 +127,15 @@ export class OriginMemory {
     this.mode = mode;
     this.multilegPerRequest = mode === 'per-request' && legs > 1;
   }
+}
+
+/**
+ * The error the requests after the first are failed with (R4): its message says it is remembered and
+ * until when, so that a kinit or a fixed keytab that seems not to work is seen to wait its turn.
+ */
+function rememberedUntil(error: Error, schemeKey: string, until: number): Error {
+  const copy = ownCopy(error);
+  const time = new Date(until).toISOString().slice(11, 19);
+  copy.message = `${error.message} (remembered for this origin: ${schemeKey} is tried here again from ${time} UTC)`;
+  return copy;
 }
