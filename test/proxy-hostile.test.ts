@@ -460,24 +460,38 @@ describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTim
     {
       hangs: 'step',
       what: 'step',
-      during: 'on a forwarded (plain-http) request',
+      during: 'on a forwarded (plain-http) request, answering its 407',
       url: 'http://localhost:8080/x',
       route: 'forward',
       answer: undefined,
+      opening: false,
+    },
+    {
+      hangs: 'step',
+      what: 'step',
+      during: "at a forwarded (plain-http) request's NTLM opening, before it is sent",
+      url: 'http://localhost:8080/x',
+      route: 'forward',
+      answer: undefined,
+      opening: true,
     },
   ] as const)(
     'R3: a proxy mechanism $what that never returns $during fails with ProxyTimeoutError (limits.handshakeTimeout)',
-    async ({ hangs, url, route, answer }) => {
+    async ({ hangs, url, route, answer, ...o }) => {
       proxy = await ntlmProxy(answer);
+      // NTLM the only scheme opens unasked (its NEGOTIATE on the first request); one that is not
+      // multi-leg waits for the proxy's 407 and hangs answering it.
+      const mechanism = 'opening' in o && !o.opening ? { ...stuck(hangs), multileg: false } : stuck(hangs);
       agent = new MultilegAgent({
-        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [stuck(hangs)] },
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [mechanism] },
         limits: { handshakeTimeout: 300 },
       });
       const err = await cause(fetch(url, { dispatcher: agent }));
       expect(err).toBeInstanceOf(ProxyTimeoutError);
       expect(err).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT', route });
       expect((err as Error).message).toContain('limits.handshakeTimeout (300 ms)');
-      if (route === 'forward') expect(proxy.received[0]).toMatch(/^GET http:\/\/localhost:8080\/x HTTP\/1\.1\r\n/);
+      if ('opening' in o)
+        expect(proxy.received.join('')).toMatch(o.opening ? /^$/ : /^GET http:\/\/localhost:8080\/x HTTP\/1\.1\r\n/);
     },
     10_000,
   );

@@ -4,8 +4,11 @@
  * `Proxy-support: Session-Based-Authentication` and `Remote-http-version`.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { connect as h2Connect } from 'node:http2';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { QueueTimeoutError } from '../src/errors.ts';
+import type { LegResult, ResponseHeaders } from '../src/handshake/leg.ts';
 import {
   type Mechanism,
   MultilegAgent,
@@ -14,7 +17,10 @@ import {
   PROXY_UNANSWERED_CHANNEL,
   type ProxyUnansweredEvent,
 } from '../src/index.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyAuthenticationError, ProxyAuthorizationHeaderError } from '../src/proxy/errors.ts';
+import { ForwardProxy, type SendOnProxy } from '../src/proxy/forward.ts';
+import { ProxyResolver } from '../src/proxy/options.ts';
 import {
   CA_CERT,
   type ReferenceProxy,
@@ -24,6 +30,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { signalWaiter } from '../src/session/credential-proof.ts';
 import { ALICE } from './helpers.ts';
 
 /** NTLM that sends NEGOTIATE on the first leg once the origin is known to want it (as Negotiate does). */
@@ -426,5 +433,174 @@ describe('authentication through a forward proxy (reference proxy)', () => {
       (e: { cause?: Error }) => e.cause,
     )) as Error;
     expect(tunnelErr).toBeInstanceOf(ProxyAuthenticationError);
+  });
+});
+
+describe("the proxy's NTLM opening on forwarded requests (reference proxy with ntlmUsers, H5, R4)", () => {
+  const PROXY_ACCOUNT = { username: 'proxyuser', password: 'proxypw' };
+  /** An agent whose proxy allows NTLM only (curl --proxy-ntlm), to a proxy that asks for NTLM with `users`. */
+  async function ntlmProxy(users: Record<string, string> | undefined, limits: MultilegAgentOptions['limits'] = {}) {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ proxySupport: true, ...(users ? { ntlmUsers: users } : {}) });
+    agent = new MultilegAgent({
+      negotiate: false,
+      limits,
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, credentials: PROXY_ACCOUNT, schemes: ['NTLM'] },
+    });
+    return { base: `http://localhost:${server.port}`, other: `http://127.0.0.1:${server.port}`, p: proxy, a: agent };
+  }
+  /** Each proxy exchange as [NTLM message (or '-' bare), status]. */
+  const wire = (p: ReferenceProxy, from = 0) =>
+    p.exchanges.slice(from).map((e) => [e.proxyNtlm ?? (e.proxyAuthorization ? 'other' : '-'), e.status]);
+  const status = async (url: string, a: MultilegAgent) => {
+    const res = await fetch(url, { dispatcher: a });
+    await res.arrayBuffer();
+    return res.status;
+  };
+
+  it('H5: one forwarded request carries the NEGOTIATE unasked, as curl --proxy-ntlm: 2 requests to the proxy, not 3, on one connection; the next goes bare on it', async () => {
+    const { base, p, a } = await ntlmProxy({ proxyuser: 'proxypw' });
+    expect(await status(`${base}/public/one`, a)).toBe(200);
+    // Before: [['-', 407], ['negotiate', 407], ['authenticate', 200]].
+    expect(wire(p)).toEqual([
+      ['negotiate', 407],
+      ['authenticate', 200],
+    ]);
+    expect(await status(`${base}/public/two`, a)).toBe(200);
+    expect(wire(p, 2)).toEqual([['-', 200]]);
+    expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
+  });
+
+  it('H5/R4: 20 concurrent forwarded requests on a fresh proxy connection run one handshake: the others go after it, bare, on the authenticated connection', async () => {
+    const { base, p, a } = await ntlmProxy({ proxyuser: 'proxypw' });
+    const statuses = await Promise.all(Array.from({ length: 20 }, (_, i) => status(`${base}/public/${i}`, a)));
+    expect(statuses).toEqual(Array(20).fill(200));
+    // Before: a bare first request and its 407 too (22 exchanges). (The pool holds a fresh session to
+    // one request until its first response; the ForwardProxy's own one-leader rule is the last test's.)
+    expect(wire(p)).toEqual([['negotiate', 407], ['authenticate', 200], ...Array(19).fill(['-', 200])]);
+    expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
+    expect(p.exchanges.every((e) => e.protocol === 'h2')).toBe(true);
+  });
+
+  it('R4: a proxy that lets the NEGOTIATE through (it wants no authentication) proves nothing, and is not opened again: neither on that connection nor on a new one', async () => {
+    const { base, other, p, a } = await ntlmProxy(undefined);
+    expect(await status(`${base}/public/one`, a)).toBe(200);
+    expect(await status(`${base}/public/two`, a)).toBe(200);
+    // Another origin: another proxy connection, which goes bare too.
+    expect(await status(`${other}/public/three`, a)).toBe(200);
+    expect(wire(p)).toEqual([
+      ['negotiate', 200],
+      ['-', 200],
+      ['-', 200],
+    ]);
+    expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(2);
+  });
+
+  it('R4: a refused AUTHENTICATE gives the lockout gate back: of 20 concurrent requests one sends a password, the others fail at once (no queue timeout) without one, and a new connection sends no NEGOTIATE', async () => {
+    const { base, other, p, a } = await ntlmProxy({ proxyuser: 'another password' }, { queueTimeout: 2_000 });
+    const errors = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        fetch(`${base}/public/${i}`, { dispatcher: a }).then(
+          () => undefined,
+          (e: { cause?: Error }) => e.cause,
+        ),
+      ),
+    );
+    for (const err of errors) expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(errors.some((e) => e instanceof QueueTimeoutError)).toBe(false);
+    expect(errors.filter((e) => e?.message.includes('refused proxy.credentials lately'))).toHaveLength(19);
+    // Before: a bare first request, then the NEGOTIATE and the AUTHENTICATE.
+    expect(wire(p)).toEqual([['negotiate', 407], ['authenticate', 407], ...Array(19).fill(['-', 407])]);
+    // While refused, a new connection's first request goes bare: the gate comes before the NEGOTIATE.
+    const from = p.exchanges.length;
+    const err = await fetch(`${other}/public/x`, { dispatcher: a }).then(
+      () => undefined,
+      (e: { cause?: Error }) => e.cause,
+    );
+    expect(err?.message).toMatch(/refused proxy.credentials lately/);
+    expect(wire(p, from)).toEqual([['-', 407]]);
+  });
+
+  it('H5/R1: requests sent side by side on one HTTP/2 proxy connection wait for the one that runs the handshake (one NEGOTIATE), then go bare on the authenticated connection; a wait is bounded by queueTimeout', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
+    const origin = `http://localhost:${server.port}`;
+    const run = async (queueTimeout: number, n: number, hold = 0) => {
+      const resolved = new ProxyResolver(
+        {
+          uri: proxy!.origin,
+          connect: { ca: proxy!.ca },
+          negotiate: false,
+          credentials: PROXY_ACCOUNT,
+          schemes: ['NTLM'],
+        },
+        {},
+      ).route(origin)!;
+      const limits = { ...DEFAULT_LIMITS, queueTimeout };
+      const forward = new ForwardProxy({
+        route: resolved as Extract<typeof resolved, { kind: 'forward' }>,
+        allowH2: true,
+        limits,
+        onRemoteHttp1: () => {},
+        onUnusable: () => {},
+      });
+      // The session's part: every leg a stream on the one HTTP/2 connection the ForwardProxy opened.
+      const socket = await forward.socket;
+      const session = h2Connect(proxy!.origin, { createConnection: () => socket });
+      const send: SendOnProxy = (extra, classify, path) =>
+        new Promise<LegResult>((resolve) => {
+          const { host, ...rest } = extra;
+          const stream = session.request({ ':method': 'GET', ':path': path, ':authority': host!, ...rest });
+          stream.on('response', async (head) => {
+            const code = Number(head[':status']);
+            const headers = Object.fromEntries(
+              Object.entries(head).filter(([k, v]) => !k.startsWith(':') && v !== undefined),
+            ) as ResponseHeaders;
+            // The leader's legs are held back `hold` ms, so that the others must wait that long.
+            if (hold && 'proxy-authorization' in rest) await new Promise((r) => setTimeout(r, hold));
+            const verdict = classify(code, headers);
+            stream.resume();
+            try {
+              await verdict;
+            } catch (error) {
+              return resolve({ kind: 'failed', error: error as Error });
+            }
+            resolve(
+              verdict === 'swallow'
+                ? { kind: 'swallowed', status: code, headers }
+                : { kind: 'delivered', status: code, headers, done: Promise.resolve() },
+            );
+          });
+          stream.on('error', (error) => resolve({ kind: 'failed', error }));
+          stream.end();
+        });
+      try {
+        return await Promise.all(
+          Array.from({ length: n }, (_, i) =>
+            forward.send(
+              { origin, method: 'GET', path: `/public/${i}`, ownProxyAuthorization: false },
+              {},
+              () => 'deliver',
+              send,
+              () => true,
+              signalWaiter(undefined),
+            ),
+          ),
+        );
+      } finally {
+        session.destroy();
+      }
+    };
+    const results = await run(5_000, 20);
+    expect(results.map((r) => (r.kind === 'failed' ? r.error.name : r.status))).toEqual(Array(20).fill(200));
+    // Without one leader per connection each request opened a handshake of its own on the shared context.
+    expect(wire(proxy)).toEqual([['negotiate', 407], ['authenticate', 200], ...Array(19).fill(['-', 200])]);
+    // A handshake slower than queueTimeout: the waiting requests fail with QueueTimeoutError, nothing hangs.
+    const slow = await run(100, 3, 400);
+    expect(slow.map((r) => (r.kind === 'failed' ? r.error.constructor : r.status))).toEqual([
+      200,
+      QueueTimeoutError,
+      QueueTimeoutError,
+    ]);
   });
 });

@@ -244,6 +244,7 @@ export class ProxyAuth {
   /** A 407 that goes to the caller unanswered ends the running handshake: the next request starts anew. */
   giveUp(): void {
     this.#state = 'idle';
+    this.#opening = false;
   }
 
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
@@ -271,6 +272,7 @@ export class ProxyAuth {
     }
     // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
     this.#state = 'idle';
+    this.#opening = false;
     this.#legs = 0;
     for (;;) {
       const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);

@@ -6,7 +6,7 @@ import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
-import type { Waiter } from '../session/wait-queue.ts';
+import { type Waiter, WaitQueue } from '../session/wait-queue.ts';
 import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import type { ProxyRoute } from './options.ts';
@@ -32,7 +32,10 @@ export type SendOnProxy = (
  * One connection to a forwarding proxy (plain-http targets, H5): absolute-form requests on
  * HTTP/1.1, `:authority` on HTTP/2; the proxy's 407s are answered on this connection before the
  * origin's exchange sees anything. Its answers say whether the proxy vouches for session-based
- * authentication (H4) and whether the origin speaks HTTP/1.1 (H3).
+ * authentication (H4) and whether the origin speaks HTTP/1.1 (H3). One request at a time runs the
+ * connection's handshake with the proxy (with `proxy.schemes: ['NTLM']` the first request opens it
+ * with the NEGOTIATE, as a CONNECT does); the others wait and then go on the connection it
+ * authenticated.
  */
 export class ForwardProxy {
   readonly route: Extract<ProxyRoute, { kind: 'forward' }>;
@@ -44,6 +47,16 @@ export class ForwardProxy {
   readonly #onRemoteHttp1: () => void;
   readonly #onUnusable: (err: Error) => void;
   #vouched = false;
+  /**
+   * A request runs this connection's handshake with the proxy now: one at a time, since a
+   * connection-bound scheme (NTLM, Negotiate) authenticates the connection, not a request (H1, H4)
+   * and its legs share one context. The others wait for its end in {@link #followers}.
+   */
+  #leading = false;
+  /** Requests waiting for the running handshake with the proxy (bounded as every wait is, R1). */
+  readonly #followers: WaitQueue<void, Waiter>;
+  /** Handshakes with the proxy that succeeded on this connection: a 407 to a request sent before the last is stale. */
+  #authentications = 0;
 
   constructor(opts: {
     route: Extract<ProxyRoute, { kind: 'forward' }>;
@@ -62,6 +75,10 @@ export class ForwardProxy {
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
     this.#onUnusable = opts.onUnusable;
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
+    this.#followers = new WaitQueue(
+      opts.limits,
+      `another request's authentication to proxy ${opts.route.proxy.origin} on the same connection`,
+    );
     this.socket = connectToProxy(opts.route.proxy, opts.allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
     this.#protocol = this.socket.then(
       (s) => ((s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1'),
@@ -135,11 +152,60 @@ export class ForwardProxy {
       ticket = admission;
       return true;
     };
+    // This request runs the connection's handshake with the proxy (#leading): from its opening, or
+    // from the 407 it answers with a new handshake, to that handshake's end.
+    let leader = false;
+    /** Ends this request's lead (once): the waiting requests go on, on the connection as it is now. */
+    const release = (): void => {
+      if (!leader) return;
+      leader = this.#leading = false;
+      // A handshake left halfway (a leg failed, the caller aborted) is no one else's to go on with.
+      if (this.#auth.state === 'handshaking') this.#auth.giveUp();
+      this.#followers.settleAll(undefined);
+    };
+    /** How many handshakes had succeeded on the connection when this request's last leg went. */
+    let sentAt = this.#authentications;
+    /** A 407 to this request that another's handshake answers: it ran, runs, or succeeded since it went. */
+    const another = (): boolean =>
+      !leader && (this.#leading || (this.#auth.state === 'done' && this.#authentications > sentAt));
+    // The next leg starts this request anew: it waits for a handshake another request runs, then
+    // may open one itself.
+    let fresh = true;
     try {
       for (let answers = 0; ; answers++) {
+        const first = fresh;
+        if (fresh) {
+          fresh = false;
+          if (this.#leading) {
+            // R1: bounded by queueTimeout, maxQueue and the caller's abort; the exchange's clock stops meanwhile.
+            deadline?.pause();
+            try {
+              while (this.#leading) await this.#followers.wait(waiter);
+            } finally {
+              deadline?.start();
+            }
+          }
+          // NTLM the proxy's only scheme: its NEGOTIATE goes on this connection's first request, as
+          // curl --proxy-ntlm sends it and as a CONNECT's opening goes (2 requests rather than 3).
+          if (this.#auth.opens) {
+            leader = this.#leading = true;
+            // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
+            if (await admit(this.route.proxy.mechanisms.sole?.usesPassword !== false)) {
+              if (this.#auth.opens) {
+                clock().start();
+                await race(this.#auth.open(leg));
+              } else if (ticket) {
+                // Another connection found meanwhile that the proxy takes no part in openings: go
+                // bare, and give the leave back at once so that no one waits for this request.
+                proof.settle(ticket, 'none');
+                ticket = undefined;
+              }
+            }
+          }
+        }
         // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step
         // too — with leave only; without, the request goes bare and a 407 ends it with why.
-        const own = answers === 0 && this.#auth.proactive;
+        const own = first && this.#auth.proactive;
         const allowed = !own || (await admit(this.#auth.usesPassword()));
         if (own && allowed) clock().start();
         const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
@@ -147,12 +213,13 @@ export class ForwardProxy {
         let challenged: ResponseHeaders | undefined;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
+        sentAt = this.#authentications;
         const result = await race(
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
-                if (!this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
+                if (another() || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
                   challenged = headers;
                   clock().start();
                   return 'swallow';
@@ -168,6 +235,16 @@ export class ForwardProxy {
               // the origin's to bound.
               this.#note(status, headers, onHttp2);
               const verdict = classify(status, headers);
+              if (credentials && this.#auth.opening) {
+                // The proxy let the opening's NEGOTIATE through (it proves nothing, R4): it wants no
+                // authentication, so no connection to it opens again. (A 5xx may be the proxy's own
+                // failure before it looked: only this connection goes on without the opening.)
+                if (status < 500) this.#auth.notNeeded();
+                else this.#auth.giveUp();
+                deadline?.stop();
+                release();
+                return verdict;
+              }
               const ownContext = credentials?.own;
               if (ownContext && status !== 407) {
                 // This request's own credentials (Digest): the proxy's answer proves itself as a
@@ -184,6 +261,10 @@ export class ForwardProxy {
               }
               const succeeded = this.#auth.succeeded(headers, leg).then(() => {
                 outcome = 'success';
+                // The connection is authenticated: the requests waiting for it go now.
+                if (ticket) proof.settle(ticket, outcome);
+                this.#authentications += 1;
+                release();
               });
               return this.#proved(succeeded, clock(), verdict);
             },
@@ -194,6 +275,13 @@ export class ForwardProxy {
         onWire = undefined;
         if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
+        if (another()) {
+          // Another request's handshake answers this 407: this one goes again after it (on the
+          // connection it authenticated), bounded by limits.maxLegs as every leg is.
+          fresh = true;
+          continue;
+        }
+        leader = this.#leading = true;
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
@@ -233,6 +321,7 @@ export class ForwardProxy {
       return { kind: 'failed', error: err as Error };
     } finally {
       deadline?.stop();
+      release();
       if (ticket) proof.settle(ticket, outcome);
     }
   }

@@ -5,12 +5,14 @@
  * them to the reference server over TLS — each client connection bound to its own upstream connection
  * (D§4.1: "Proxies MUST bind the client-to-proxy and proxy-to-server connections"). It can add
  * `Proxy-support: Session-Based-Authentication` and `Remote-http-version` to every response, can ask
- * for Basic proxy authentication, and tunnels CONNECT (HTTP/1.1) to loopback. Test-only.
+ * for Basic proxy authentication, or NTLM for forwarded requests (authenticating the client
+ * connection, as Squid and Apache do), and tunnels CONNECT (HTTP/1.1) to loopback. Test-only.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
 import { Client } from 'undici';
+import type { NtlmAcceptor } from '../mechanisms/ntlm/acceptor.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from './test-pki.ts';
 
 /** Live options of {@link ReferenceProxy}; change any field at runtime. */
@@ -21,6 +23,14 @@ export interface ReferenceProxyOptions {
   remoteHttpVersion?: string;
   /** Require Basic proxy authentication with these `user → password` (407 otherwise). Default none. */
   basicUsers?: Record<string, string>;
+  /**
+   * Require NTLM proxy authentication of forwarded requests with these `user → password` (domain
+   * `EXAMPLE`): a client connection (an HTTP/2 session or an HTTP/1.1 connection) is authenticated
+   * once, by a NEGOTIATE and an AUTHENTICATE on it; a 407 offers `NTLM` (and Basic with
+   * `basicUsers`). Not for CONNECT: node:http hands a CONNECT's socket over after one answer, so a
+   * second leg cannot follow on it (CONNECT goes by `basicUsers` alone). Default none.
+   */
+  ntlmUsers?: Record<string, string>;
   /** CA for the TLS connections to upstream origins. Default the reference server's test CA. */
   upstreamCa?: string;
 }
@@ -36,6 +46,8 @@ export interface ProxyExchange {
   readonly target: string;
   readonly proxyAuthorization: boolean;
   readonly authorization: boolean;
+  /** The NTLM message its Proxy-Authorization carried, if any (whether or not the proxy asks for NTLM). */
+  readonly proxyNtlm?: 'negotiate' | 'authenticate';
   readonly status: number;
 }
 
@@ -91,9 +103,27 @@ function authorized(options: ReferenceProxyOptions, header: string | string[] | 
   return colon > 0 && options.basicUsers[decoded.slice(0, colon)] === decoded.slice(colon + 1);
 }
 
+/** A client connection's NTLM state: the handshake running on it, or who it is authenticated as. */
+interface NtlmConnection {
+  acceptor?: NtlmAcceptor;
+  user?: string;
+}
+
+/** The NTLM message in a `Proxy-Authorization: NTLM <token>` (1 NEGOTIATE, 3 AUTHENTICATE), else undefined. */
+function ntlmMessage(header: string | string[] | undefined): { type: number; token: Buffer } | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  const m = /^NTLM\s+([A-Za-z0-9+/=]+)$/i.exec(value ?? '');
+  if (!m) return undefined;
+  const token = Buffer.from(m[1]!, 'base64');
+  return token.length >= 12 ? { type: token.readUInt32LE(8), token } : undefined;
+}
+
 /** Starts a {@link ReferenceProxy} on 127.0.0.1 (any free port). */
 export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Promise<ReferenceProxy> {
   const options: ReferenceProxyOptions = { ...opts };
+  // Loaded when a request first needs it, as the reference server loads its acceptor lazily.
+  let acceptor: Promise<typeof NtlmAcceptor> | undefined;
+  const ntlmConnections = new WeakMap<object, NtlmConnection>();
   const exchanges: ProxyExchange[] = [];
   const ids = new WeakMap<object, string>();
   const upstreams = new WeakMap<object, Map<string, Client>>();
@@ -162,6 +192,7 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
     } catch {
       target = new URL('http://invalid/');
     }
+    const ntlm = ntlmMessage(headers['proxy-authorization']);
     const record = (status: number) =>
       exchanges.push({
         seq: ++seq,
@@ -171,17 +202,40 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
         target: target.href,
         proxyAuthorization: headers['proxy-authorization'] !== undefined,
         authorization: headers.authorization !== undefined,
+        ...(ntlm?.type === 1 ? { proxyNtlm: 'negotiate' as const } : {}),
+        ...(ntlm?.type === 3 ? { proxyNtlm: 'authenticate' as const } : {}),
         status,
       });
-    const end = (status: number, extra: Record<string, string> = {}) => {
+    const end = (status: number, extra: Record<string, string | string[]> = {}) => {
       record(status);
       res.writeHead(status, { ...proxyHeaders(), ...extra, 'content-length': '0' });
       res.end();
     };
-    if (!authorized(options, headers['proxy-authorization'])) {
+    const challenge = (token?: Buffer) => {
       req.resume();
-      end(407, { 'proxy-authenticate': 'Basic realm="reference-proxy"' });
-      return;
+      const schemes = [
+        ...(options.ntlmUsers ? [token ? `NTLM ${token.toString('base64')}` : 'NTLM'] : []),
+        ...(options.basicUsers && !token ? ['Basic realm="reference-proxy"'] : []),
+      ];
+      end(407, { 'proxy-authenticate': schemes.length === 1 ? schemes[0]! : schemes });
+    };
+    if (options.ntlmUsers) {
+      // NTLM authenticates the client connection: once it has, its requests need nothing more.
+      const state = ntlmConnections.get(conn) ?? {};
+      ntlmConnections.set(conn, state);
+      if (state.user === undefined && !(options.basicUsers && authorized(options, headers['proxy-authorization']))) {
+        if (ntlm?.type === 1) {
+          acceptor ??= import('../mechanisms/ntlm/acceptor.ts').then((m) => m.NtlmAcceptor);
+          state.acceptor = new (await acceptor)({ users: options.ntlmUsers, domain: 'EXAMPLE' });
+        }
+        const step = ntlm && state.acceptor ? state.acceptor.step(ntlm.token) : undefined;
+        if (ntlm?.type !== 1) state.acceptor = undefined;
+        if (step?.kind === 'challenge') return challenge(step.token);
+        if (step?.kind !== 'accepted') return challenge();
+        state.user = step.user;
+      }
+    } else if (!authorized(options, headers['proxy-authorization'])) {
+      return challenge();
     }
     if (target.protocol !== 'http:' || !['localhost', '127.0.0.1'].includes(target.hostname)) {
       req.resume();
