@@ -20,6 +20,9 @@ export type Verdict = 'swallow' | 'deliver' | Promise<void>;
  */
 const GATE_BUFFER_BYTES = 64 * 1024;
 
+/** A leg's headers before its response head: one shared object, never written (not one per leg). */
+const NO_HEADERS: ResponseHeaders = Object.freeze({});
+
 export type LegResult =
   | { readonly kind: 'swallowed'; readonly status: number; readonly headers: ResponseHeaders }
   /** The response reached the caller; `done` settles when its body has ended or failed. */
@@ -50,9 +53,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #doneSettled = false;
   #mode: 'head' | 'drain' | 'deliver' | 'gated' | 'over' = 'head';
   #status = 0;
-  #headers: ResponseHeaders = {};
+  #headers: ResponseHeaders = NO_HEADERS;
   #drained = 0;
-  #buffered: Array<() => void> = [];
+  /** A gated response's callbacks, made when one is held (most legs never are). */
+  #buffered: Array<() => void> | undefined;
   #bufferedBytes = 0;
   /** The leg was paused because the gate held too much (not the caller's pause). */
   #gatePaused = false;
@@ -164,7 +168,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         // The gate may have ended meanwhile (abort, timeout, a reset stream): its result stands.
         if (this.#mode !== 'gated') return;
         this.#startDelivery(controller, message);
-        for (const replay of this.#buffered.splice(0)) replay();
+        const buffered = this.#buffered;
+        this.#buffered = undefined;
+        if (buffered) for (const replay of buffered) replay();
         // The caller may have paused meanwhile (in onResponseStart or a data callback): keep it so.
         if (this.#gatePaused && !this.#sink.controller.paused) controller.resume();
       },
@@ -177,7 +183,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   /** The gate ends without delivery: the caller gets `err`, the leg counts as delivered (with it). */
   #gateFailed(err: Error): void {
     this.#mode = 'over';
-    this.#buffered = [];
+    this.#buffered = undefined;
     this.#sink.fail(err);
     this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
     this.#settleDone();
@@ -214,6 +220,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         this.#sink.responseData(chunk);
         return;
       case 'gated':
+        this.#buffered ??= [];
         this.#buffered.push(() => this.#sink.responseData(chunk));
         this.#bufferedBytes += chunk.length;
         if (!this.#gatePaused && this.#bufferedBytes > GATE_BUFFER_BYTES) {
@@ -252,6 +259,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         this.#settleDone();
         return;
       case 'gated':
+        this.#buffered ??= [];
         this.#buffered.push(() => this.onResponseEnd(_controller, trailers));
         return;
       default:

@@ -456,14 +456,15 @@ export class Session {
     });
     job.sink.onAbort(leg);
     started?.(leg);
+    // Set after the copy, not spread from conditional literals: two objects less per leg.
     const opts: Dispatcher.DispatchOptions = {
       ...job.dispatchOptions,
-      ...(path !== undefined ? { path } : {}),
       headers,
       body: body as Dispatcher.DispatchOptions['body'],
-      // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
-      ...(job.dispatchOptions.method === 'HEAD' ? { reset: false } : {}),
     };
+    if (path !== undefined) opts.path = path;
+    // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
+    if (opts.method === 'HEAD') opts.reset = false;
     if (logging)
       log.leg(
         '%s job %d leg %s %s auth=%s auth-id=%s',
