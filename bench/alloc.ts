@@ -5,15 +5,19 @@
  * against the reference server in its own process. Wall time is left out on purpose: on a shared
  * machine it is noise, and the bytes are nearly deterministic.
  *
- * Bytes allocated in a burst = the heap's growth over the burst + what every garbage collection
- * inside it freed (`v8.GCProfiler`: each collection's used heap before and after), with a full
- * collection just before the burst so that what dies in it was made in it. Only the V8 heap: the
- * backing stores of Buffers past the pool are outside it.
+ * Bytes allocated in a burst = what the used heap grew by between garbage collections over the
+ * burst (`v8.GCProfiler`: each collection's used heap before and after), i.e. allocation, whatever
+ * died when. No collection is forced before a burst: after `gc()` a burst allocated
+ * ~4 KB a request more and took three times the CPU (recompiling, probably). Only the V8 heap: the backing stores of Buffers past the
+ * pool (and typed arrays over 64 bytes) are outside it.
  *
  *   node bench/alloc.ts                  ALLOC_N=1000 ALLOC_ROUNDS=15 (plus 3 warm-up bursts of each)
  *   ALLOC_PROFILE=1 node bench/alloc.ts  instead: V8's sampling heap profiler over multileg's bursts
  *                                        (collected objects included), the top allocation sites and the
  *                                        bytes per request by the nearest frame in src/ on their stack
+ *   ALLOC_SITE=NAME ALLOC_TOP=40         with ALLOC_PROFILE: also the stacks of sites whose name holds
+ *                                        NAME; how many rows to print (add --no-turbo-inlining to node
+ *                                        for sites that are the functions themselves, not their inliners)
  */
 import { Session } from 'node:inspector/promises';
 import v8 from 'node:v8';
