@@ -35,6 +35,9 @@ export interface HeldResponse {
  */
 const GATE_BUFFER_BYTES = 64 * 1024;
 
+/** A leg's headers before its response head: one shared object, never written (not one per leg). */
+const NO_HEADERS: ResponseHeaders = Object.freeze({});
+
 export type LegResult =
   | {
       readonly kind: 'swallowed';
@@ -77,12 +80,13 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #doneSettled = false;
   #mode: 'head' | 'drain' | 'deliver' | 'gated' | 'over' = 'head';
   #status = 0;
-  #headers: ResponseHeaders = {};
+  #headers: ResponseHeaders = NO_HEADERS;
   #drained = 0;
   /** With `hold`: the body's chunks as they came, and the status line's message. */
   #held: Buffer[] | undefined;
   #message = '';
-  #buffered: Array<() => void> = [];
+  /** A gated response's callbacks, made when one is held (most legs never are). */
+  #buffered: Array<() => void> | undefined;
   #bufferedBytes = 0;
   /** The leg was paused because the gate held too much (not the caller's pause). */
   #gatePaused = false;
@@ -198,7 +202,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         // The gate may have ended meanwhile (abort, timeout, a reset stream): its result stands.
         if (this.#mode !== 'gated') return;
         this.#startDelivery(controller, message);
-        for (const replay of this.#buffered.splice(0)) replay();
+        const buffered = this.#buffered;
+        this.#buffered = undefined;
+        if (buffered) for (const replay of buffered) replay();
         // The caller may have paused meanwhile (in onResponseStart or a data callback): keep it so.
         if (this.#gatePaused && !this.#sink.controller.paused) controller.resume();
       },
@@ -211,7 +217,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   /** The gate ends without delivery: the caller gets `err`, the leg counts as delivered (with it). */
   #gateFailed(err: Error): void {
     this.#mode = 'over';
-    this.#buffered = [];
+    this.#buffered = undefined;
     this.#sink.fail(err);
     this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
     this.#settleDone();
@@ -249,6 +255,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         this.#sink.responseData(chunk);
         return;
       case 'gated':
+        this.#buffered ??= [];
         this.#buffered.push(() => this.#sink.responseData(chunk));
         this.#bufferedBytes += chunk.length;
         if (!this.#gatePaused && this.#bufferedBytes > GATE_BUFFER_BYTES) {
@@ -303,6 +310,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         this.#settleDone();
         return;
       case 'gated':
+        this.#buffered ??= [];
         this.#buffered.push(() => this.onResponseEnd(controller, trailers));
         return;
       default:

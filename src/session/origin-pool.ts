@@ -251,7 +251,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return true;
     }
     if (outcome.kind === 'done') {
-      outcome.done.finally(() => session.release());
+      // As `finally` (done never rejects), without its two closures and promise.
+      const release = () => session.release();
+      outcome.done.then(release, release);
       return true;
     }
     session.release();

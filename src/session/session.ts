@@ -457,14 +457,15 @@ export class Session {
     });
     job.sink.onAbort(leg);
     started?.(leg);
+    // Set after the copy, not spread from conditional literals: two objects less per leg.
     const opts: Dispatcher.DispatchOptions = {
       ...job.dispatchOptions,
-      ...(path !== undefined ? { path } : {}),
       headers,
       body: body as Dispatcher.DispatchOptions['body'],
-      // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
-      ...(job.dispatchOptions.method === 'HEAD' ? { reset: false } : {}),
     };
+    if (path !== undefined) opts.path = path;
+    // HEAD would otherwise close the HTTP/1.1 connection and lose a connection-bound handshake.
+    if (opts.method === 'HEAD') opts.reset = false;
     if (logging)
       log.leg(
         '%s job %d leg %s %s auth=%s auth-id=%s',
@@ -518,9 +519,12 @@ export class Session {
 
   /** A leg's result, once it is known: the caller's abort stops reaching it, and R5's refused streams move. */
   settleLeg(job: Job, r: LegResult): LegResult {
-    // The caller's abort reaches the leg until its response has been delivered in full.
-    if (r.kind === 'delivered') r.done.finally(() => job.sink.onAbort(undefined));
-    else job.sink.onAbort(undefined);
+    // The caller's abort reaches the leg until its response has been delivered in full. (`then`, not
+    // `finally`: `done` never rejects, and `finally` makes two closures and a promise more per request.)
+    if (r.kind === 'delivered') {
+      const off = () => job.sink.onAbort(undefined);
+      r.done.then(off, off);
+    } else job.sink.onAbort(undefined);
     // R5: a stream above the GOAWAY's last-stream-id was not processed: run it on a new session.
     if (r.kind === 'failed' && r.error === this.#goaway) {
       // (The reference server's IIS mode resets a refused stream besides its GOAWAY

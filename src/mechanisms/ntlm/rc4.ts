@@ -4,10 +4,15 @@
  * decryption are the same operation.
  */
 
+/**
+ * The cipher's state, reused: a call runs to its end synchronously, and per-request NTLM makes one
+ * call per request (a 256-byte array each was ~0.4 KB of allocation a request).
+ */
+const s = new Uint8Array(256);
+
 /** RC4-encrypts (or decrypts) `data` under `key` (1..256 bytes) in one shot. */
 export function rc4(key: Uint8Array, data: Uint8Array): Buffer {
   if (key.length === 0 || key.length > 256) throw new RangeError('rc4: key must be 1..256 bytes');
-  const s = new Uint8Array(256);
   for (let i = 0; i < 256; i++) s[i] = i;
   let j = 0;
   for (let i = 0; i < 256; i++) {
@@ -28,5 +33,7 @@ export function rc4(key: Uint8Array, data: Uint8Array): Buffer {
     s[j] = si;
     out[n] = data[n]! ^ s[(si + sj) & 0xff]!;
   }
+  // The key schedule does not outlive the call.
+  s.fill(0);
   return out;
 }
