@@ -1587,14 +1587,23 @@ describe('multileg command line', () => {
       if (e.authIdSent) expect(text).not.toContain(e.authIdSent);
     }
     expect(text).not.toContain('alicepw');
+    const before = server.exchanges.length;
     const unwritable = await run([
       '--har',
       join(dir, 'no-such-dir', 'x.har'),
       ...alice(),
       `${server.origin}/auth/json`,
     ]);
-    expect(unwritable.code).toBe(1);
-    expect(unwritable.stderr).toMatch(/^multileg: --har .*x\.har: ENOENT/);
+    // As -D: curl's 23 before anything is sent (it was 1 after the request had gone), and
+    // --create-dirs makes the directory.
+    expect(unwritable.code).toBe(23);
+    expect(unwritable.stderr).toBe(
+      `multileg: --har ${join(dir, 'no-such-dir', 'x.har')}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    );
+    expect(server.exchanges.length).toBe(before);
+    const made = join(dir, 'har-dir', 'x.har');
+    expect((await run(['--create-dirs', '--har', made, ...alice(), `${server.origin}/auth/json`])).code).toBe(0);
+    expect(validateHar(JSON.parse(readFileSync(made, 'utf8')))).toEqual([]);
   });
 
   it('S2: an Authorization header without a scheme word (-H with a raw API key) reaches neither -v, --json nor --har', async () => {

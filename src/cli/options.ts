@@ -87,7 +87,7 @@ export interface CliRequest {
   /** -D: where the head of every response received goes (`-` stdout, `%` stderr, else a file). */
   readonly dumpHeader: string | undefined;
   /**
-   * --create-dirs: -o, -D and -c make the missing directories of their file's path (else a missing one
+   * --create-dirs: -o, -D, -c and --har make the missing directories of their file's path (else a missing one
    * is 23). -O's file is in the current folder: nothing to make.
    */
   readonly createDirs: boolean;
@@ -298,7 +298,7 @@ export function program(): Commander.Command {
         "write the body to a file named as the URL's last path segment, here; one per URL, as -o",
       )
       .option('--remote-name-all', '-O for every URL that has no -o or -O of its own')
-      .option('--create-dirs', "with -o, -D and -c: create the missing directories of the file's path")
+      .option('--create-dirs', "with -o, -D, -c and --har: create the missing directories of the file's path")
       .option(
         '-D, --dump-header <file>',
         'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
