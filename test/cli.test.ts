@@ -661,6 +661,26 @@ describe('multileg command line', () => {
     ]);
   });
 
+  it('--password-stdin without -u (or a netrc) is bad usage before anything is sent: the password piped in was dropped unread and the request went without credentials (a 401, exit 0)', async () => {
+    const before = server.exchanges.length;
+    const r = await run(['--password-stdin', '--cacert', ca, `${server.origin}/auth/pw-stdin`], { input: 'alicepw\n' });
+    expect(r).toMatchObject({ code: 2, stdout: '' });
+    expect(r.stderr).toBe(
+      'multileg: --password-stdin reads the password of -u: give -u DOMAIN\\user too (-U takes its password in -U user:password)\n',
+    );
+    expect(server.exchanges.length).toBe(before);
+    // With a netrc whose entry has no password, stdin gives it.
+    const netrc = join(dir, 'netrc-login-only');
+    writeFileSync(netrc, 'machine localhost login EXAMPLE\\alice\n');
+    const fromNetrc = await run(
+      ['--password-stdin', '--netrc-file', netrc, '--cacert', ca, `${server.origin}/auth/pw`],
+      {
+        input: 'alicepw\n',
+      },
+    );
+    expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+  });
+
   it("--keytab naming a file that cannot be read is 26 before anything is sent (it ended 0 with the server's 401, the keytab found missing only at the Negotiate challenge)", async () => {
     const before = server.exchanges.length;
     const missing = await run(['--keytab', join(dir, 'no.keytab'), '--cacert', ca, `${server.origin}/auth/kt`]);

@@ -1077,6 +1077,12 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     throw new ConfigError(
       '--netrc with URLs on different hosts: give -u, or run one command per host (netrc credentials are per host)',
     );
+  // Without a user to read it for, the password would be dropped unread and the request go without
+  // credentials (a 401, exit 0: a script goes on as if it had authenticated).
+  if (o.passwordStdin && user === undefined && !netrc)
+    throw new ConfigError(
+      '--password-stdin reads the password of -u: give -u DOMAIN\\user too (-U takes its password in -U user:password)',
+    );
   const proxyUser = o.proxyUser !== undefined && o.noproxy !== '*' ? parseUser(o.proxyUser as string) : undefined;
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
   const agent: MultilegAgentOptions = {
