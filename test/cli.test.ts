@@ -681,6 +681,29 @@ describe('multileg command line', () => {
     expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
+  it("URL globbing ({a,b}, [1-3]), which multileg does not do, is bad usage before anything is sent (one literal URL went, where curl makes several transfers); -g (curl's --globoff) sends {} and [] as they are", async () => {
+    const before = server.exchanges.length;
+    for (const url of [
+      `${server.origin}/auth/{a,b}`,
+      `${server.origin}/auth/page[1-3]`,
+      `${server.origin}/auth/x?q=[1]`,
+    ]) {
+      const r = await run([...alice(), url]);
+      expect(r, url).toMatchObject({
+        code: 2,
+        stdout: '',
+        stderr:
+          'multileg: URL globbing ({a,b}, [1-3]) is not supported: give each URL (the shell can expand {a,b} unquoted), or -g (--globoff) to send {} and [] as they are\n',
+      });
+    }
+    expect(server.exchanges.length).toBe(before);
+    // An IPv6 host is no glob; -g sends the URL literally, as curl -g does.
+    expect((await run(['-m', '2', 'http://[::1]:1/x'])).code).toBe(7);
+    const literal = await run(['-g', ...alice(), `${server.origin}/auth/{a,b}`]);
+    expect(literal.code).toBe(0);
+    expect(server.exchanges.at(-1)!.path).toBe('/auth/%7Ba,b%7D');
+  });
+
   it("--keytab naming a file that cannot be read is 26 before anything is sent (it ended 0 with the server's 401, the keytab found missing only at the Negotiate challenge)", async () => {
     const before = server.exchanges.length;
     const missing = await run(['--keytab', join(dir, 'no.keytab'), '--cacert', ca, `${server.origin}/auth/kt`]);

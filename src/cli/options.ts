@@ -283,6 +283,7 @@ export function program(): Commander.Command {
         'turn the cookie engine on and write every cookie to this file at the end (Netscape format, mode 0600; "-": stdout)',
       )
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
+      .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
       .option('--http1.1', 'use HTTP/1.1 only')
       .option('-i, --include', "print each response's status line and headers (a handshake's 401s too), then the body")
       .option('-I, --head', 'send HEAD and print the status line and headers only')
@@ -378,6 +379,20 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   url.username = '';
   url.password = '';
   return { url, user };
+}
+
+/**
+ * curl expands `{a,b}` and `[1-3]` in a URL into several transfers (its globbing, off with -g);
+ * multileg does not, and sent such a URL as one literal request: a script got one wrong answer
+ * where curl made several.
+ */
+function notAGlob(arg: string): void {
+  // The path and query only: braces in a host fail as "not a URL" anyway, and brackets there are IPv6.
+  const rest = arg.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/^[^/?#]*/, '');
+  if (!/[{}[\]]/.test(rest)) return;
+  throw new ConfigError(
+    `URL globbing ({a,b}, [1-3]) is not supported: give each URL (the shell can expand {a,b} unquoted), or -g (--globoff) to send {} and [] as they are`,
+  );
 }
 
 /**
@@ -912,7 +927,10 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   cmd.on('option:remote-name', () => outputs.push(REMOTE_NAME));
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
-  for (const arg of cmd.args) notAUrl(arg, Boolean(o.json));
+  for (const arg of cmd.args) {
+    notAUrl(arg, Boolean(o.json));
+    if (!o.globoff) notAGlob(arg);
+  }
   const parsed = cmd.args.map(parseUrl);
   // A URL's user:password@ is that URL's only (curl's), while the agent has one set of credentials
   // for the command: several URLs with different user info would send one URL's password to another's origin.
