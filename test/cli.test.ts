@@ -664,6 +664,49 @@ describe('multileg command line', () => {
     ]);
   });
 
+  it('--password-stdin without -u (or a netrc) is bad usage before anything is sent: the password piped in was dropped unread and the request went without credentials (a 401, exit 0)', async () => {
+    const before = server.exchanges.length;
+    const r = await run(['--password-stdin', '--cacert', ca, `${server.origin}/auth/pw-stdin`], { input: 'alicepw\n' });
+    expect(r).toMatchObject({ code: 2, stdout: '' });
+    expect(r.stderr).toBe(
+      'multileg: --password-stdin reads the password of -u: give -u DOMAIN\\user too (-U takes its password in -U user:password)\n',
+    );
+    expect(server.exchanges.length).toBe(before);
+    // With a netrc whose entry has no password, stdin gives it.
+    const netrc = join(dir, 'netrc-login-only');
+    writeFileSync(netrc, 'machine localhost login EXAMPLE\\alice\n');
+    const fromNetrc = await run(
+      ['--password-stdin', '--netrc-file', netrc, '--cacert', ca, `${server.origin}/auth/pw`],
+      {
+        input: 'alicepw\n',
+      },
+    );
+    expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+  });
+
+  it("URL globbing ({a,b}, [1-3]), which multileg does not do, is bad usage before anything is sent (one literal URL went, where curl makes several transfers); -g (curl's --globoff) sends {} and [] as they are", async () => {
+    const before = server.exchanges.length;
+    for (const url of [
+      `${server.origin}/auth/{a,b}`,
+      `${server.origin}/auth/page[1-3]`,
+      `${server.origin}/auth/x?q=[1]`,
+    ]) {
+      const r = await run([...alice(), url]);
+      expect(r, url).toMatchObject({
+        code: 2,
+        stdout: '',
+        stderr:
+          'multileg: URL globbing ({a,b}, [1-3]) is not supported: give each URL (the shell can expand {a,b} unquoted), or -g (--globoff) to send {} and [] as they are\n',
+      });
+    }
+    expect(server.exchanges.length).toBe(before);
+    // An IPv6 host is no glob; -g sends the URL literally, as curl -g does.
+    expect((await run(['-m', '2', 'http://[::1]:1/x'])).code).toBe(7);
+    const literal = await run(['-g', ...alice(), `${server.origin}/auth/{a,b}`]);
+    expect(literal.code).toBe(0);
+    expect(server.exchanges.at(-1)!.path).toBe('/auth/%7Ba,b%7D');
+  });
+
   it("--keytab naming a file that cannot be read is 26 before anything is sent (it ended 0 with the server's 401, the keytab found missing only at the Negotiate challenge)", async () => {
     const before = server.exchanges.length;
     const missing = await run(['--keytab', join(dir, 'no.keytab'), '--cacert', ca, `${server.origin}/auth/kt`]);
@@ -1590,14 +1633,23 @@ describe('multileg command line', () => {
       if (e.authIdSent) expect(text).not.toContain(e.authIdSent);
     }
     expect(text).not.toContain('alicepw');
+    const before = server.exchanges.length;
     const unwritable = await run([
       '--har',
       join(dir, 'no-such-dir', 'x.har'),
       ...alice(),
       `${server.origin}/auth/json`,
     ]);
-    expect(unwritable.code).toBe(1);
-    expect(unwritable.stderr).toMatch(/^multileg: --har .*x\.har: ENOENT/);
+    // As -D: curl's 23 before anything is sent (it was 1 after the request had gone), and
+    // --create-dirs makes the directory.
+    expect(unwritable.code).toBe(23);
+    expect(unwritable.stderr).toBe(
+      `multileg: --har ${join(dir, 'no-such-dir', 'x.har')}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
+    );
+    expect(server.exchanges.length).toBe(before);
+    const made = join(dir, 'har-dir', 'x.har');
+    expect((await run(['--create-dirs', '--har', made, ...alice(), `${server.origin}/auth/json`])).code).toBe(0);
+    expect(validateHar(JSON.parse(readFileSync(made, 'utf8')))).toEqual([]);
   });
 
   it('S2: an Authorization header without a scheme word (-H with a raw API key) reaches neither -v, --json nor --har', async () => {

@@ -9,7 +9,7 @@
  * URL's transfer (transfer.ts) and what is written after it (report.ts), then the exit code. The
  * modules it uses are given what they need and never reach back here.
  */
-import { writeFileSync } from 'node:fs';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { ConfigError } from '../errors.ts';
 import { CommandAgent } from './command-agent.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
@@ -101,6 +101,20 @@ async function main(argv: string[]): Promise<number> {
       return EXIT.write;
     }
   }
+  // --har: opened (emptied) before the first request too, as -D: a file that cannot be made fails
+  // before a request (a POST) is sent, not after it, and is curl's 23 as the other files are.
+  let har: number | undefined;
+  if (req.har !== undefined) {
+    try {
+      if (req.createDirs) createDirsFor(req.har);
+      har = openSync(req.har, 'w');
+    } catch (err) {
+      say(fileProblem('--har', req.har, err as NodeJS.ErrnoException, req.createDirs));
+      dump?.close();
+      await command.destroy();
+      return EXIT.write;
+    }
+  }
   // The heads -D and -i show, one sequence for both (heads.ts): the handshake's from the trace.
   const heads = dump || (req.include && !req.json) ? new (await import('./heads.ts')).ResponseHeads(dump) : undefined;
   const trace = new Trace(verbose, heads ? (leg) => heads.leg(leg) : undefined, heads ? () => heads.drop() : undefined);
@@ -161,13 +175,15 @@ async function main(argv: string[]): Promise<number> {
     say(`-D ${req.dumpHeader}: ${writeProblem(dump.error)}`);
     exit = EXIT.write;
   }
-  if (req.har) {
+  if (har !== undefined && req.har !== undefined) {
     try {
       const { toHar } = await import('./har.ts'); // only for --har, as write-out.ts for -w
-      writeFileSync(req.har, `${JSON.stringify(toHar(trace.legs), null, 2)}\n`);
+      writeFileSync(har, `${JSON.stringify(toHar(trace.legs), null, 2)}\n`);
     } catch (err) {
-      say(`--har ${req.har}: ${(err as Error).message}`);
-      if (exit === EXIT.ok) exit = EXIT.failure;
+      say(`--har ${req.har}: ${writeProblem(err as NodeJS.ErrnoException)}`);
+      if (exit === EXIT.ok) exit = EXIT.write;
+    } finally {
+      closeSync(har);
     }
   }
   // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too. (Write

@@ -87,7 +87,7 @@ export interface CliRequest {
   /** -D: where the head of every response received goes (`-` stdout, `%` stderr, else a file). */
   readonly dumpHeader: string | undefined;
   /**
-   * --create-dirs: -o, -D and -c make the missing directories of their file's path (else a missing one
+   * --create-dirs: -o, -D, -c and --har make the missing directories of their file's path (else a missing one
    * is 23). -O's file is in the current folder: nothing to make.
    */
   readonly createDirs: boolean;
@@ -283,6 +283,7 @@ export function program(): Commander.Command {
         'turn the cookie engine on and write every cookie to this file at the end (Netscape format, mode 0600; "-": stdout)',
       )
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
+      .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
       .option('--http1.1', 'use HTTP/1.1 only')
       .option('-i, --include', "print each response's status line and headers (a handshake's 401s too), then the body")
       .option('-I, --head', 'send HEAD and print the status line and headers only')
@@ -298,7 +299,7 @@ export function program(): Commander.Command {
         "write the body to a file named as the URL's last path segment, here; one per URL, as -o",
       )
       .option('--remote-name-all', '-O for every URL that has no -o or -O of its own')
-      .option('--create-dirs', "with -o, -D and -c: create the missing directories of the file's path")
+      .option('--create-dirs', "with -o, -D, -c and --har: create the missing directories of the file's path")
       .option(
         '-D, --dump-header <file>',
         'write every response\'s headers, a handshake\'s 401s too, to a file ("-": stdout, "%": stderr)',
@@ -378,6 +379,20 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   url.username = '';
   url.password = '';
   return { url, user };
+}
+
+/**
+ * curl expands `{a,b}` and `[1-3]` in a URL into several transfers (its globbing, off with -g);
+ * multileg does not, and sent such a URL as one literal request: a script got one wrong answer
+ * where curl made several.
+ */
+function notAGlob(arg: string): void {
+  // The path and query only: braces in a host fail as "not a URL" anyway, and brackets there are IPv6.
+  const rest = arg.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/^[^/?#]*/, '');
+  if (!/[{}[\]]/.test(rest)) return;
+  throw new ConfigError(
+    `URL globbing ({a,b}, [1-3]) is not supported: give each URL (the shell can expand {a,b} unquoted), or -g (--globoff) to send {} and [] as they are`,
+  );
 }
 
 /**
@@ -924,7 +939,10 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   cmd.on('option:remote-name', () => outputs.push(REMOTE_NAME));
   cmd.parse(argv as string[], { from: 'user' });
   const o = cmd.opts();
-  for (const arg of cmd.args) notAUrl(arg, Boolean(o.json));
+  for (const arg of cmd.args) {
+    notAUrl(arg, Boolean(o.json));
+    if (!o.globoff) notAGlob(arg);
+  }
   const parsed = cmd.args.map(parseUrl);
   // A URL's user:password@ is that URL's only (curl's), while the agent has one set of credentials
   // for the command: several URLs with different user info would send one URL's password to another's origin.
@@ -1088,6 +1106,12 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   if (user === undefined && netrc && new Set(transfers.map((t) => t.url.hostname)).size > 1)
     throw new ConfigError(
       '--netrc with URLs on different hosts: give -u, or run one command per host (netrc credentials are per host)',
+    );
+  // Without a user to read it for, the password would be dropped unread and the request go without
+  // credentials (a 401, exit 0: a script goes on as if it had authenticated).
+  if (o.passwordStdin && user === undefined && !netrc)
+    throw new ConfigError(
+      '--password-stdin reads the password of -u: give -u DOMAIN\\user too (-U takes its password in -U user:password)',
     );
   const proxyUser = o.proxyUser !== undefined && o.noproxy !== '*' ? parseUser(o.proxyUser as string) : undefined;
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
