@@ -34,8 +34,9 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
         return { status: Number(m?.[1]), port: m?.[2], proto: m?.[3] };
       });
 
+  /** Waits (up to 15 s: Apache writes its log after the response, later still on a loaded machine) for `count` lines. */
   async function logSettled(prefix: string, from: number, count: number) {
-    for (let i = 0; i < 250 && accessLog(prefix).length - from < count; i++)
+    for (let i = 0; i < 750 && accessLog(prefix).length - from < count; i++)
       await new Promise((r) => setTimeout(r, 20));
     return accessLog(prefix).slice(from);
   }
