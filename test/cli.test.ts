@@ -206,7 +206,7 @@ describe('multileg command line', () => {
 
   it("no -u and no Kerberos ticket: the server's 401 is shown, as curl shows it (exit 0), with why Negotiate could not answer, from the one request curl sends", async () => {
     const before = server.exchanges.filter((e) => e.path === '/auth/anon').length;
-    const r = await run(['-s', '-S', '-w', '%{http_code}', '--cacert', ca, `${server.origin}/auth/anon`], {
+    const r = await run(['-w', '%{http_code}', '--cacert', ca, `${server.origin}/auth/anon`], {
       env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
     });
     // Before: the request went twice (the second through an agent without Negotiate).
@@ -215,10 +215,17 @@ describe('multileg command line', () => {
     expect(r.code).toBe(0);
     expect(r.stdout.endsWith('401')).toBe(true);
     expect(r.stderr).toMatch(/^multileg: Negotiate: no Kerberos ticket: run kinit/);
-    const f = await run(['-f', '--cacert', ca, `${server.origin}/auth/anon`], {
+    // -sS: a 401 without -f is no error, and curl says nothing (a cron job would mail it each run).
+    const quiet = await run(['-sS', '-w', '%{http_code}', '--cacert', ca, `${server.origin}/auth/anon`], {
+      env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
+    });
+    expect([quiet.code, quiet.stdout.endsWith('401'), quiet.stderr]).toEqual([0, true, '']);
+    // With -f it is an error, and -S shows why next to it.
+    const f = await run(['-sSf', '--cacert', ca, `${server.origin}/auth/anon`], {
       env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
     });
     expect(f.code).toBe(22);
+    expect(f.stderr).toMatch(/^multileg: Negotiate: no Kerberos ticket: run kinit.*\nmultileg: \(22\) HTTP 401\n$/s);
     // One request, one connection (before: 2, the second try's agent had its own).
     const w = await run(
       ['-s', '-o', '/dev/null', '-w', '%{num_connects}', '--cacert', ca, `${server.origin}/auth/anon`],

@@ -440,9 +440,12 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         reading = undefined;
         const last = trace.lastDelivered;
         if (last) last.bodySize = bytes;
-        const why = await whyStood(req, hop.url, status, res.headers, env);
+        const failing = (req.fail || req.failWithBody) && status >= 400;
+        // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
+        // run); -S brings it back only where -f makes the status an error.
+        const why = !req.silent || failing ? await whyStood(req, hop.url, status, res.headers, env) : undefined;
         if (why !== undefined) say(why);
-        if ((req.fail || req.failWithBody) && status >= 400) {
+        if (failing) {
           fail(EXIT.httpError, `(22) HTTP ${status}`);
         }
         break;
