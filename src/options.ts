@@ -201,7 +201,7 @@ export interface MultilegAgentOptions {
   /**
    * Proxy (H5): a URI, {@link ProxyOptions} (with its own credentials, never the origin's), or `false`
    * to ignore the environment. Default: `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as undici's
-   * EnvHttpProxyAgent reads them. https targets go through a CONNECT tunnel; http targets are
+   * EnvHttpProxyAgent reads them (not `HTTP_PROXY` under CGI: "httpoxy"). https targets go through a CONNECT tunnel; http targets are
    * forwarded (absolute-form) unless `http: 'tunnel'`.
    */
   proxy?: string | ProxyOptions | false;

@@ -241,6 +241,20 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it("H5/S1: an upper-case HTTP_PROXY in the environment is not read for http:// URLs, as curl (httpoxy: under CGI a request's Proxy header sets it); the lower-case http_proxy is", async () => {
+    const closed = createTcpServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as { port: number }).port;
+    closed.close();
+    await once(closed, 'close');
+    const args = ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${plainOrigin}/flaky/env?n=0`];
+    // Straight to the server, as curl goes: the proxy that HTTP_PROXY names is down.
+    const upper = await run(args, { env: { HTTP_PROXY: `http://127.0.0.1:${port}` } });
+    expect([upper.code, upper.stdout]).toEqual([0, '200']);
+    const lower = await run(args, { env: { http_proxy: `http://127.0.0.1:${port}` } });
+    expect([lower.code, lower.stdout]).toEqual([7, '000']);
+  });
+
   it('H5: doctor checks that the proxy can be reached: a proxy that is down FAILs there with its fix (it said ok: only its address was read), a reachable one is ok', async () => {
     let proxy: ReferenceProxy | undefined;
     try {
@@ -253,7 +267,7 @@ describe('multileg: curl options', () => {
       const down = await run(['doctor', '--cacert', ca, '-x', `http://127.0.0.1:${port}`, target]);
       expect(down.code).toBe(1);
       expect(down.stdout).toContain(
-        `FAIL  proxy: http://127.0.0.1:${port} (CONNECT tunnel): cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY)`,
+        `FAIL  proxy: http://127.0.0.1:${port} (CONNECT tunnel): cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / http_proxy)`,
       );
       proxy = await startReferenceProxy({});
       const up = await run(['doctor', '--cacert', ca, '--proxy-cacert', ca, '-x', proxy.origin, target]);

@@ -1587,14 +1587,14 @@ describe('multileg command line', () => {
       const refused = await run([...alice(), '-x', `http://127.0.0.1:${port}`, url]);
       expect(refused.code).toBe(7);
       expect(refused.stderr).toBe(
-        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / HTTP_PROXY) and that the proxy is running, or bypass it with --noproxy (or NO_PROXY) (MULTILEG_PROXY_UNREACHABLE)\n`,
+        `multileg: cannot connect to proxy http://127.0.0.1:${port} (ECONNREFUSED); check the proxy address (-x, or HTTPS_PROXY / http_proxy) and that the proxy is running, or bypass it with --noproxy (or NO_PROXY) (MULTILEG_PROXY_UNREACHABLE)\n`,
       );
       const unresolved = await run([...alice(), url], {
         env: { HTTPS_PROXY: 'http://proxy.corp.test:3128', NODE_OPTIONS: preload('dns-fails.mjs') },
       });
       expect(unresolved.code).toBe(5);
       expect(unresolved.stderr).toMatch(
-        /^multileg: cannot resolve the host name of proxy http:\/\/proxy\.corp\.test:3128 \(ENOTFOUND\); check the proxy address \(-x, or HTTPS_PROXY \/ HTTP_PROXY\) and DNS \(MULTILEG_PROXY_UNREACHABLE\)\n$/,
+        /^multileg: cannot resolve the host name of proxy http:\/\/proxy\.corp\.test:3128 \(ENOTFOUND\); check the proxy address \(-x, or HTTPS_PROXY \/ http_proxy\) and DNS \(MULTILEG_PROXY_UNREACHABLE\)\n$/,
       );
       const slow = await run([...alice(), '--connect-timeout', '0.3', '-x', `https://127.0.0.1:${silentPort}`, url]);
       expect(slow.code).toBe(28);

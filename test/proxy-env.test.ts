@@ -21,6 +21,17 @@ describe('proxy selection', () => {
     expect(via(new ProxyResolver(false, { HTTPS_PROXY: 'http://p:1' }), 'https://a.example')).toBe('direct');
   });
 
+  it("H5/S1: under CGI (REQUEST_METHOD set) HTTP_PROXY is ignored, for http targets and as https's fallback: a request's Proxy header sets it (httpoxy); http_proxy and HTTPS_PROXY still count", () => {
+    const cgi = { REQUEST_METHOD: 'GET', HTTP_PROXY: 'http://attacker:8080' };
+    expect(via(new ProxyResolver(undefined, cgi), 'http://a.example')).toBe('direct');
+    expect(via(new ProxyResolver(undefined, cgi), 'https://a.example')).toBe('direct');
+    const lower = new ProxyResolver(undefined, { ...cgi, http_proxy: 'http://corp:3128' });
+    expect(via(lower, 'http://a.example')).toBe('forward http://corp:3128');
+    const https = new ProxyResolver(undefined, { ...cgi, HTTPS_PROXY: 'http://secure:3128' });
+    expect(via(https, 'https://a.example')).toBe('tunnel http://secure:3128');
+    expect(via(https, 'http://a.example')).toBe('direct');
+  });
+
   it('H5: NO_PROXY: *, exact hosts, suffixes with and without a dot, *.suffix, host:port, case-insensitive', () => {
     const r = (noProxy: string) => new ProxyResolver(undefined, { HTTP_PROXY: 'http://p:1', NO_PROXY: noProxy });
     expect(via(r('*'), 'https://x.test')).toBe('direct');

@@ -80,6 +80,8 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bproxy\.credentials\b/g, '--proxy-user'],
   [/\bin proxy\.connect\.ca\b/g, 'with --proxy-cacert FILE or --proxy-ca-native'],
   [/\bproxy\.uri\b/g, '-x'],
+  // The command reads only the lower-case http_proxy, as curl (main.ts).
+  [/\bHTTPS_PROXY \/ HTTP_PROXY\b/g, 'HTTPS_PROXY / http_proxy'],
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
   [/ and check proxy\.schemes\b/g, ''],

@@ -34,6 +34,9 @@ async function main(argv: string[]): Promise<number> {
   // What `ps` shows other users: the arguments without their passwords (doctor's too).
   const shown = shownArgv(argv, cmd);
   if (shown) process.title = ['multileg', ...shown].join(' ');
+  // curl reads only the lower-case http_proxy: a CGI script's HTTP_PROXY is the request's `Proxy`
+  // header ("httpoxy"). The agent would read it (undici's rule); this process is the command's.
+  delete process.env.HTTP_PROXY;
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
   const req = parseCliOrExit(argv, 'multileg', cmd);
   if (typeof req === 'number') return req;

@@ -20,7 +20,8 @@ export interface ProxyOptions {
   /**
    * `http://host:port` or `https://host:port` (TLS to the proxy). `user:password@` in it become
    * `credentials`. Default: `HTTPS_PROXY` for https targets, `HTTP_PROXY` for http ones (and
-   * `NO_PROXY`), as undici's EnvHttpProxyAgent reads them.
+   * `NO_PROXY`), as undici's EnvHttpProxyAgent reads them; not `HTTP_PROXY` under CGI
+   * (`REQUEST_METHOD` set), where a request's `Proxy` header sets it ("httpoxy").
    */
   readonly uri?: string;
   /** For the proxy only (never sent to origins): NTLM, Digest, Basic, and Negotiate's NTLM fallback. */
@@ -285,7 +286,8 @@ type Env = Readonly<Record<string, string | undefined>>;
  * Decides, per origin, whether and how to go through a proxy. With no `proxy` option the proxies come
  * from the environment when the agent is created (`https_proxy`/`HTTPS_PROXY` for https targets,
  * falling back to `http_proxy`/`HTTP_PROXY`; `http_proxy`/`HTTP_PROXY` for http), and `no_proxy`/
- * `NO_PROXY` is re-read when it changes — as undici's EnvHttpProxyAgent does.
+ * `NO_PROXY` is re-read when it changes — as undici's EnvHttpProxyAgent does; but not `HTTP_PROXY`
+ * under CGI (`REQUEST_METHOD` set), where a request sets it ("httpoxy").
  */
 export class ProxyResolver {
   readonly #http: ResolvedProxy | undefined;
@@ -322,7 +324,9 @@ export class ProxyResolver {
       this.#http = this.#https = resolveProxy(o.uri, o, identity);
       this.#fixedNoProxy = o.noProxy ?? '';
     } else {
-      const http = env.http_proxy ?? env.HTTP_PROXY;
+      // httpoxy: under CGI (REQUEST_METHOD set) HTTP_PROXY is the request's own `Proxy` header, set
+      // by any client; lower-case http_proxy cannot come from a request. Go's net/http refuses it too.
+      const http = env.http_proxy ?? (env.REQUEST_METHOD === undefined ? env.HTTP_PROXY : undefined);
       const https = env.https_proxy ?? env.HTTPS_PROXY;
       if (http) this.#http = resolveProxy(http, o, identity);
       this.#https = https ? resolveProxy(https, o, identity) : this.#http;
