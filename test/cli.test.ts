@@ -689,6 +689,16 @@ describe('multileg command line', () => {
       },
     );
     expect(JSON.parse(fromNetrc.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+    // Without it (a cron job: no terminal), the message names the netrc entry to complete.
+    const sent = server.exchanges.length;
+    const none = await run(['--netrc-file', netrc, '--cacert', ca, `${server.origin}/auth/pw`], {
+      env: { MULTILEG_PASSWORD: undefined },
+    });
+    expect(none.code).toBe(2);
+    expect(none.stderr).toBe(
+      `multileg: no password for EXAMPLE\\alice: ${netrc}'s entry for localhost has a login and no password; add 'password …' to it, pipe it with --password-stdin, or set MULTILEG_PASSWORD\n`,
+    );
+    expect(server.exchanges.length).toBe(sent);
   });
 
   it("URL globbing ({a,b}, [1-3]), which multileg does not do, is bad usage before anything is sent (one literal URL went, where curl makes several transfers); -g (curl's --globoff) sends {} and [] as they are", async () => {

@@ -114,10 +114,13 @@ async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS
 /** The credentials for the agent, or undefined (Kerberos ticket only, or no authentication). */
 export async function resolveCredentials(s: CredentialSources): Promise<Credentials | undefined> {
   let user = s.user;
+  /** Where a user name without a password came from, for the message that asks for one. */
+  let netrcFile: string | undefined;
   if (!user && s.netrc !== undefined) {
     const { file, optional } = s.netrc;
+    netrcFile = file ?? (s.env.NETRC || join(s.env.HOME ?? homedir(), '.netrc'));
     const entry = fromNetrc(
-      file ?? (s.env.NETRC || join(s.env.HOME ?? homedir(), '.netrc')),
+      netrcFile,
       file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc',
       s.host,
       optional,
@@ -136,7 +139,9 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
     return { username: user.username, password };
   }
   throw new ConfigError(
-    `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, or set MULTILEG_PASSWORD`,
+    netrcFile !== undefined
+      ? `no password for ${user.username}: ${netrcFile}'s entry for ${s.host} has a login and no password; add 'password …' to it, pipe it with --password-stdin, or set MULTILEG_PASSWORD`
+      : `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, or set MULTILEG_PASSWORD`,
   );
 }
 
