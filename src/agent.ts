@@ -191,7 +191,10 @@ export class MultilegAgent extends Dispatcher {
     // Every session takes these TLS options, anonymous ones and redirect hops included: a client
     // certificate here would go to every origin that asks, past trustedOrigins (S1, S5).
     const certificateOption =
-      connect === undefined ? undefined : (['cert', 'key', 'pfx'] as const).find((k) => k in connect);
+      connect === undefined
+        ? undefined
+        : ((['cert', 'key', 'pfx'] as const).find((k) => k in connect) ??
+          (secureContextCertificate(connect) ? 'secureContext' : undefined));
     if (certificateOption !== undefined)
       throw new ConfigError(
         `connect.${certificateOption}: TLS options in connect go to every origin, untrusted ones and redirect targets included; give the client certificate as clientCertificate: { cert, key } (PEM or DER; a .pfx converted with openssl pkcs12 -nodes), which only the agent's own connections to origins it may send credentials to present`,
@@ -504,6 +507,17 @@ function refuseTunnelledProxyAuthorization(
   if (!('proxy-authorization' in headers)) return;
   if (route && (routes === 'any' || route.kind === 'tunnel'))
     throw new ProxyAuthorizationHeaderError(origin, route.proxy.origin);
+}
+
+/**
+ * Whether `connect.secureContext` may hold a certificate of its own (made with cert/key/pfx): it would
+ * go to every origin as `connect.cert` would. One made with CAs only (its usual use) holds none. Node's
+ * native context answers `getCertificate()`; one that cannot be asked counts as holding one (fail safe).
+ */
+function secureContextCertificate(connect: object): boolean {
+  if (!('secureContext' in connect) || connect.secureContext === undefined) return false;
+  const context = (connect.secureContext as { context?: { getCertificate?: () => unknown } } | null)?.context;
+  return typeof context?.getCertificate !== 'function' || context.getCertificate() != null;
 }
 
 /**

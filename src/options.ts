@@ -163,8 +163,8 @@ export interface MultilegAgentOptions {
    * TLS options for connections to origins (ca, rejectUnauthorized, ...). Not `ALPNProtocols`: the
    * agent offers `h2` and `http/1.1` itself, or `http/1.1` alone where it must (`allowH2`). Not a
    * client certificate (`cert`, `key`, `pfx`): these options go to every origin, so it is
-   * {@link MultilegAgentOptions.clientCertificate} (a `ConfigError` says so). A `secureContext` is not
-   * inspected (it is the usual way to give CAs): one made with a certificate would go everywhere too.
+   * {@link MultilegAgentOptions.clientCertificate} (a `ConfigError` says so), nor a `secureContext`
+   * made with one (one made with CAs only, its usual use, is taken).
    */
   connect?: ConnectionOptions;
   /**

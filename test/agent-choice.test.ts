@@ -128,6 +128,17 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     new MultilegAgent({ proxy: { uri: 'https://proxy.example:3128', connect: { ...CERT } } }).destroy();
   });
 
+  it('S1/S5: a connect.secureContext made with a client certificate is a ConfigError too; one made with CAs only is taken', () => {
+    // Before: only cert/key/pfx were looked at, and a secureContext holding a certificate (the same
+    // options, made into a context first) went in the TLS handshake of every origin that asked.
+    const withCertificate = createSecureContext({ ca: CA_CERT, ...CERT });
+    const made = () => new MultilegAgent({ connect: { secureContext: withCertificate } });
+    expect(made).toThrow(ConfigError);
+    expect(made).toThrow(/connect\.secureContext: .*every origin.*clientCertificate: \{ cert, key \}/);
+    // The usual use, CAs only, stays allowed.
+    new MultilegAgent({ connect: { secureContext: createSecureContext({ ca: CA_CERT }) } }).destroy();
+  });
+
   it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
     // A selector is asked on the challenge only (a certificate given as such goes in the handshake).
     r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: () => CERT });
