@@ -215,6 +215,8 @@ describe('multileg command line', () => {
     expect(r.code).toBe(0);
     expect(r.stdout.endsWith('401')).toBe(true);
     expect(r.stderr).toMatch(/^multileg: Negotiate: no Kerberos ticket: run kinit/);
+    // This request found it itself: not the origin memory's "remembered … tried again from" copy (R4).
+    expect(r.stderr).not.toContain('remembered');
     // -sS: a 401 without -f is no error, and curl says nothing (a cron job would mail it each run).
     const quiet = await run(['-sS', '-w', '%{http_code}', '--cacert', ca, `${server.origin}/auth/anon`], {
       env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },

@@ -153,7 +153,7 @@ const heldController = (held: HeldResponse): Dispatcher.DispatchController =>
  * `deliver401`: says why the 401 in `headers` goes to the caller (the offered schemes that cannot
  * run here, with their errors), before the caller gets it.
  */
-function tellUnanswered({ job, env }: Run, headers: ResponseHeaders): void {
+function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): void {
   publishUnanswered(() => {
     const offered = readChallenges(headers);
     const byKey = new Map(offered.map((c) => [c.schemeKey, c.scheme]));
@@ -161,8 +161,7 @@ function tellUnanswered({ job, env }: Run, headers: ResponseHeaders): void {
       origin: job.origin,
       path: job.dispatchOptions.path,
       schemes: offered.map((c) => c.scheme),
-      unusable: env.memory
-        .unusable()
+      unusable: [...(unusableWhy ?? [])]
         .filter(([key]) => byKey.has(key))
         .map(([key, err]) => ({
           scheme: byKey.get(key)!,
@@ -195,6 +194,8 @@ interface Run {
   excluded: Set<string> | undefined;
   /** Why the last excluded scheme could not run: the caller's error when nothing else is left. */
   lastUnusable: Error | undefined;
+  /** Why each scheme excluded as unusable could not run (lower-case keys); made when needed. */
+  unusableWhy?: Map<string, Error>;
   /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
   negotiateSkipped?: MultilegError;
   /** The session was asked to connect before a channel-bound first token (once per request). */
@@ -433,7 +434,12 @@ function exclude(run: Run, scheme: string): void {
 
 /** Excludes a scheme that proved unusable here and keeps why (T2, M5). */
 function unusable(run: Run, scheme: string, error: Error): void {
+  // What this request found itself stays its reason: `check` reads the origin's memory again, whose
+  // copy says "remembered".
+  if (run.unusableWhy?.has(scheme)) return;
   exclude(run, scheme);
+  run.unusableWhy ??= new Map();
+  run.unusableWhy.set(scheme, error);
   run.lastUnusable = error;
   if (scheme === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
 }
