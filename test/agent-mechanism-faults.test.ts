@@ -212,7 +212,8 @@ describe('a remembered scheme on a new session (proactive first leg)', () => {
 });
 
 describe('deliver401: a 401 that nothing here can answer is the response, the request sent once', () => {
-  async function deliverSetup(limits: { maxChallengeBodyBytes?: number } = {}) {
+  /** A server that offers only NTLM, and an agent whose NTLM cannot run here. */
+  async function deliverSetup(limits: { maxChallengeBodyBytes?: number } = {}, deliver401 = true) {
     server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
     agent = new MultilegAgent({
       credentials: ALICE,
@@ -220,7 +221,7 @@ describe('deliver401: a 401 that nothing here can answer is the response, the re
       trustedOrigins: [server.origin],
       negotiate: false,
       mechanisms: [unavailableScheme('NTLM')],
-      deliver401: true,
+      ...(deliver401 ? { deliver401 } : {}),
       limits,
     });
     return { s: server, a: agent };
@@ -272,16 +273,9 @@ describe('deliver401: a 401 that nothing here can answer is the response, the re
   });
 
   it('T2: without deliver401 the same 401 is the typed error that names why (the default)', async () => {
-    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
-    agent = new MultilegAgent({
-      credentials: ALICE,
-      connect: { ca: server.ca },
-      trustedOrigins: [server.origin],
-      negotiate: false,
-      mechanisms: [unavailableScheme('NTLM')],
-    });
-    const r = await outcome(fetch(`${server.origin}/auth/x`, { dispatcher: agent }));
+    const { s, a } = await deliverSetup({}, false);
+    const r = await outcome(fetch(`${s.origin}/auth/x`, { dispatcher: a }));
     expect(r).toMatchObject({ error: { code: 'MULTILEG_MECHANISM_UNAVAILABLE' } });
-    expect(server.exchanges).toHaveLength(1);
+    expect(s.exchanges).toHaveLength(1);
   });
 });

@@ -612,6 +612,18 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
 });
 
 describe('R4: no storms', () => {
+  /** Runs `fn` with no Kerberos ticket (the addon reads KRB5CCNAME when asked), then puts it back. */
+  async function withoutTicket(fn: () => Promise<void>): Promise<void> {
+    const saved = process.env.KRB5CCNAME;
+    process.env.KRB5CCNAME = 'FILE:/nonexistent/multileg-no-ticket';
+    try {
+      await fn();
+    } finally {
+      if (saved === undefined) delete process.env.KRB5CCNAME;
+      else process.env.KRB5CCNAME = saved;
+    }
+  }
+
   for (const n of [20, 50]) {
     it(`R4: a server that forgets NTLM authentication after every handshake: ${n} requests cost a bounded number of wire requests each`, async () => {
       const s = await reference({ mode: 'session', schemes: ['NTLM'] });
@@ -631,9 +643,7 @@ describe('R4: no storms', () => {
   it('R4: a Negotiate-only server, no ticket and no password: each of 200 requests tries once and gets the typed error', async () => {
     if (!requirePeer('kerberos-addon')) return;
     const s = await reference({ mode: 'session', schemes: ['Negotiate'] });
-    const saved = process.env.KRB5CCNAME;
-    process.env.KRB5CCNAME = 'FILE:/nonexistent/multileg-no-ticket';
-    try {
+    await withoutTicket(async () => {
       const a = agent({});
       const results = await Promise.all(
         Array.from({ length: 200 }, (_, i) => settle(fetch(`${s.origin}/x/${i}`, { dispatcher: a }))),
@@ -652,18 +662,13 @@ describe('R4: no storms', () => {
       const perPath = new Map<string, number>();
       for (const e of s.exchanges) perPath.set(e.path, (perPath.get(e.path) ?? 0) + 1);
       expect(Math.max(...perPath.values())).toBe(1);
-    } finally {
-      if (saved === undefined) delete process.env.KRB5CCNAME;
-      else process.env.KRB5CCNAME = saved;
-    }
+    });
   });
 
   it('R4: while a scheme is remembered unusable at an origin, each request fails with an error object of its own (same class and code), whose message says until when it is remembered', async () => {
     if (!requirePeer('kerberos-addon')) return;
     const s = await reference({ mode: 'session', schemes: ['Negotiate'] });
-    const saved = process.env.KRB5CCNAME;
-    process.env.KRB5CCNAME = 'FILE:/nonexistent/multileg-no-ticket';
-    try {
+    await withoutTicket(async () => {
       const a = agent({});
       const errors: Error[] = [];
       for (let i = 0; i < 3; i++) {
@@ -691,10 +696,7 @@ describe('R4: no storms', () => {
       // A caller that annotates its error (a request id, an error tracker's "reported" mark) does
       // not see it on another caller's.
       expect(new Set(errors).size).toBe(3);
-    } finally {
-      if (saved === undefined) delete process.env.KRB5CCNAME;
-      else process.env.KRB5CCNAME = saved;
-    }
+    });
   });
 });
 

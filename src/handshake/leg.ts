@@ -62,6 +62,26 @@ function raw(controller: Controller): { rawHeaders: unknown; rawTrailers: unknow
   return { rawHeaders: c.rawHeaders, rawTrailers: c.rawTrailers };
 }
 
+/** The controller of a held response, read in full: nothing left on the wire to pause or abort. */
+const heldController = (held: HeldResponse): Controller =>
+  ({
+    abort() {},
+    pause() {},
+    resume() {},
+    aborted: false,
+    paused: false,
+    reason: null,
+    rawHeaders: held.rawHeaders,
+    rawTrailers: held.rawTrailers,
+  }) as unknown as Controller;
+
+/** Gives the caller a held response (a `hold` verdict's) as a delivered leg would, all at once. */
+export function replayHeld(sink: UserSink, held: HeldResponse): void {
+  sink.responseStart(heldController(held), held.status, held.headers, held.message);
+  for (const chunk of held.body) sink.responseData(chunk);
+  sink.responseEnd(held.trailers);
+}
+
 /**
  * The undici v2 handler of one leg. Intermediate bodies are drained, not aborted (aborting on
  * HTTP/1.1 destroys the socket and with it a connection-bound handshake), unless one is too large

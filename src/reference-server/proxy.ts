@@ -14,6 +14,7 @@ import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
 import { Client } from 'undici';
 import type { NtlmAcceptor } from '../mechanisms/ntlm/acceptor.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from './test-pki.ts';
+import { headerValue, ntlmMessageType, parseAuthorization } from './wire.ts';
 
 /** Live options of {@link ReferenceProxy}; change any field at runtime. */
 export interface ReferenceProxyOptions {
@@ -93,12 +94,18 @@ export class ReferenceProxy {
   }
 }
 
+/** The token of a `Proxy-Authorization: <scheme> <token>` (parsed as the reference server parses Authorization). */
+function tokenOf(header: string | string[] | undefined, scheme: 'basic' | 'ntlm'): Buffer | undefined {
+  const value = headerValue(header);
+  const parsed = value === undefined ? undefined : parseAuthorization(value);
+  return parsed?.ok && parsed.scheme.toLowerCase() === scheme ? parsed.token : undefined;
+}
+
 function authorized(options: ReferenceProxyOptions, header: string | string[] | undefined): boolean {
   if (!options.basicUsers) return true;
-  const value = Array.isArray(header) ? header[0] : header;
-  const m = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(value ?? '');
-  if (!m) return false;
-  const decoded = Buffer.from(m[1]!, 'base64').toString('utf8');
+  const token = tokenOf(header, 'basic');
+  if (!token) return false;
+  const decoded = token.toString('utf8');
   const colon = decoded.indexOf(':');
   return colon > 0 && options.basicUsers[decoded.slice(0, colon)] === decoded.slice(colon + 1);
 }
@@ -111,11 +118,9 @@ interface NtlmConnection {
 
 /** The NTLM message in a `Proxy-Authorization: NTLM <token>` (1 NEGOTIATE, 3 AUTHENTICATE), else undefined. */
 function ntlmMessage(header: string | string[] | undefined): { type: number; token: Buffer } | undefined {
-  const value = Array.isArray(header) ? header[0] : header;
-  const m = /^NTLM\s+([A-Za-z0-9+/=]+)$/i.exec(value ?? '');
-  if (!m) return undefined;
-  const token = Buffer.from(m[1]!, 'base64');
-  return token.length >= 12 ? { type: token.readUInt32LE(8), token } : undefined;
+  const token = tokenOf(header, 'ntlm');
+  const type = token && ntlmMessageType(token);
+  return token && type !== undefined ? { type, token } : undefined;
 }
 
 /** Starts a {@link ReferenceProxy} on 127.0.0.1 (any free port). */

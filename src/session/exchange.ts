@@ -4,7 +4,14 @@ import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import { type HeldResponse, LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
+import {
+  type HeldResponse,
+  LegHandler,
+  type LegResult,
+  type ResponseHeaders,
+  replayHeld,
+  type Verdict,
+} from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
@@ -136,19 +143,6 @@ const failed = (job: Job, err: Error): Step => {
   return end(DONE);
 };
 
-/** The controller of a held 401 read in full: nothing left on the wire to pause or abort. */
-const heldController = (held: HeldResponse): Dispatcher.DispatchController =>
-  ({
-    abort() {},
-    pause() {},
-    resume() {},
-    aborted: false,
-    paused: false,
-    reason: null,
-    rawHeaders: held.rawHeaders,
-    rawTrailers: held.rawTrailers,
-  }) as unknown as Dispatcher.DispatchController;
-
 /**
  * `deliver401`: says why the 401 in `headers` goes to the caller (the offered schemes that cannot
  * run here, with their errors), before the caller gets it.
@@ -179,9 +173,7 @@ function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
   tellUnanswered(run, held.headers);
   sink.onAbort(undefined);
-  sink.responseStart(heldController(held), held.status, held.headers, held.message);
-  for (const chunk of held.body) sink.responseData(chunk);
-  sink.responseEnd(held.trailers);
+  replayHeld(sink, held);
   return end(DONE);
 }
 
