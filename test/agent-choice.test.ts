@@ -139,6 +139,16 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     new MultilegAgent({ connect: { secureContext: createSecureContext({ ca: CA_CERT }) } }).destroy();
   });
 
+  it('S1/S5: a connect.secureContext that cannot be asked whether it holds a certificate counts as holding one (fail safe)', () => {
+    // Not made by tls.createSecureContext (no native context answering getCertificate): nothing says
+    // it holds no certificate, so it is refused as one that does, not passed on to every origin.
+    for (const secureContext of [{}, { context: {} }]) {
+      const made = () => new MultilegAgent({ connect: { secureContext } as never });
+      expect(made).toThrow(ConfigError);
+      expect(made).toThrow(/connect\.secureContext: /);
+    }
+  });
+
   it('T3: a Transport challenge moves the request to a new session that presents the certificate', async () => {
     // A selector is asked on the challenge only (a certificate given as such goes in the handshake).
     r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: () => CERT });

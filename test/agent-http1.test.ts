@@ -129,6 +129,19 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     },
   );
 
+  it('H2: the origin is remembered as HTTP/1.1 for http1MemoryTtl only: past it, the next request tries HTTP/2 again', async () => {
+    r = await rig({ mode: 'iis', iisVia: 'rst' }, { http1MemoryTtl: 100 });
+    const first = await get(r, '/auth/first');
+    expect([first.status, first.body.protocol]).toEqual([200, 'http/1.1']);
+    // Past the memory's lifetime (the server may have been fixed meanwhile): HTTP/2 is asked again,
+    // refused again, and the request still ends over HTTP/1.1.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    r.server.reset();
+    const later = await get(r, '/auth/later');
+    expect([later.status, later.body.protocol]).toEqual([200, 'http/1.1']);
+    expect(r.server.exchanges.some((e) => e.protocol === 'h2')).toBe(true);
+  });
+
   it('H2: concurrent requests refused with HTTP_1_1_REQUIRED all complete over HTTP/1.1, none twice', async () => {
     r = await rig({ mode: 'iis', iisVia: 'goaway' });
     const results = await many(r, 20, '/auth', { method: 'POST', body: 'x' });
