@@ -204,7 +204,7 @@ describe('multileg command line', () => {
     expect(sent.requestHeaders['x-gone']).toBeUndefined();
   });
 
-  it("no -u and no Kerberos ticket: the server's 401 is shown, as curl shows it (exit 0), with why Negotiate could not answer, from the one request curl sends", async () => {
+  it("T2/R4: no -u and no Kerberos ticket: the server's 401 is shown, as curl shows it (exit 0), with why Negotiate could not answer, from the one request curl sends", async () => {
     const before = server.exchanges.filter((e) => e.path === '/auth/anon').length;
     const r = await run(['-w', '%{http_code}', '--cacert', ca, `${server.origin}/auth/anon`], {
       env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` },
