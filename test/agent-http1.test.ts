@@ -284,6 +284,19 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     expect(new Set(results.map((x) => x.body.sessionId)).size).toBeGreaterThan(1);
   });
 
+  it('R4: until the credentials are proved, an HTTP/1.1 burst opens one connection: nothing reaches the server on another before the first success', async () => {
+    // The proof's gate alone sends the password once, but without the pool's one-connection rule
+    // every request of the burst opened its own connection and sent a bare request meanwhile.
+    r = await rig({ mode: 'iis' });
+    const results = await many(r, 20);
+    expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+    // (the first connection, which learns that the origin speaks HTTP/1.1 only, answers nothing)
+    const ex = r.server.exchanges.filter((e) => e.status !== null);
+    const firstSuccess = ex.findIndex((e) => e.status === 200);
+    expect(firstSuccess).toBeGreaterThan(0);
+    expect(new Set(ex.slice(0, firstSuccess + 1).map((e) => e.sessionId)).size).toBe(1);
+  });
+
   it('an abort while queued removes the request and reports the abort', async () => {
     r = await rig({ mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 200 : 0) } });
     const leader = get(r, '/auth/leader');

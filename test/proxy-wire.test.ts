@@ -591,6 +591,21 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1]);
   });
 
+  it('R4/H5: a bare 407 to the NTLM NEGOTIATE (a proxy at its cap on contexts) refuses no credential: the next tunnel sends them', async () => {
+    const answer = ntlmAnswer();
+    // The first tunnel's CONNECTs: bare (407 NTLM), then the NEGOTIATE, answered by a bare 407 again.
+    const { uri, seen } = await scripted((r) => (r.index < 2 ? r.socket.write(NTLM_407()) : answer(r)));
+    const proxy = resolved(uri, { schemes: ['NTLM', 'Basic'] });
+    const err = await failure(tunnel(proxy));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: false });
+    expect(proxy.proof.refused).toBe(false);
+    // Counted as a refusal, the password would be kept back here for 30 s.
+    (await tunnel(proxy)).socket.destroy();
+    expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([0, 1, 0, 1, 3]);
+    expect(proxy.proof.proved).toBe(true);
+  });
+
   it('R4/H5: a wrong password: a burst of 6 tunnels sends one AUTHENTICATE; the others wait for its refusal, then send nothing', async () => {
     const { uri, seen } = await scripted(ntlmAnswer(NTLM_407()));
     const proxy = ntlmOnly(uri);
