@@ -93,30 +93,27 @@ async function main(argv: string[]): Promise<number> {
     say(describeFailure(err, req).message);
     return EXIT.usage;
   }
-  // -D: opened (emptied) before the first request, as curl does; one that cannot be is curl's 23.
+  // -D and --har: opened (emptied) before the first request, as curl opens -D: a file that cannot
+  // be made fails before a request (a POST) is sent, not after it, and is curl's 23.
   let dump: HeaderDump | undefined;
-  if (req.dumpHeader !== undefined) {
-    try {
-      dump = new (await import('./dump-header.ts')).HeaderDump(req.dumpHeader, req.createDirs);
-    } catch (err) {
-      say(fileProblem('-D', req.dumpHeader, err as NodeJS.ErrnoException, req.createDirs));
-      await command.destroy();
-      return EXIT.write;
-    }
-  }
-  // --har: opened (emptied) before the first request too, as -D: a file that cannot be made fails
-  // before a request (a POST) is sent, not after it, and is curl's 23 as the other files are.
   let har: number | undefined;
-  if (req.har !== undefined) {
-    try {
+  let opening: [option: string, path: string] | undefined;
+  try {
+    if (req.dumpHeader !== undefined) {
+      opening = ['-D', req.dumpHeader];
+      dump = new (await import('./dump-header.ts')).HeaderDump(req.dumpHeader, req.createDirs);
+    }
+    if (req.har !== undefined) {
+      opening = ['--har', req.har];
       if (req.createDirs) createDirsFor(req.har);
       har = openSync(req.har, 'w');
-    } catch (err) {
-      say(fileProblem('--har', req.har, err as NodeJS.ErrnoException, req.createDirs));
-      dump?.close();
-      await command.destroy();
-      return EXIT.write;
     }
+  } catch (err) {
+    if (!opening) throw err;
+    say(fileProblem(opening[0], opening[1], err as NodeJS.ErrnoException, req.createDirs));
+    dump?.close();
+    await command.destroy();
+    return EXIT.write;
   }
   // The heads -D and -i show, one sequence for both (heads.ts): the handshake's from the trace.
   const heads = dump || (req.include && !req.json) ? new (await import('./heads.ts')).ResponseHeads(dump) : undefined;
