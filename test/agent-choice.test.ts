@@ -436,6 +436,29 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(s.requests.map((h) => ntlmType(h.authorization))).toEqual([1, 0, 1, 3, 0]);
   });
 
+  it('T4: a 403 that carries a challenge is final to a bare request too (no opening: more than one scheme), then a 401 there is answered', async () => {
+    // NTLM and Basic: no scheme is the agent's only one, so the first request at the origin goes
+    // bare and its head is judged as any bare send's, not as a handshake leg's.
+    const s = await scriptedOrigin((req, res) => {
+      const type = ntlmType(req.headers.authorization);
+      if (req.url.startsWith('/forbidden')) return void res.writeHead(403, { 'www-authenticate': 'NTLM' }).end();
+      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+      if (type === 0) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+      res.writeHead(200).end('ok');
+    });
+    const a = agentFor(s.origin, { negotiate: false, schemes: ['NTLM', 'Basic'] });
+    const res = await fetch(`${s.origin}/forbidden/bare`, { dispatcher: a });
+    await res.arrayBuffer();
+    expect(res.status).toBe(403);
+    expect(s.requests.map((h) => ntlmType(h.authorization))).toEqual([0]);
+    expect(a.stats().handshakes).toBe(0);
+    // The same head with 401 is answered: the 403 alone kept the credentials back.
+    const ok = await fetch(`${s.origin}/auth`, { dispatcher: a });
+    await ok.arrayBuffer();
+    expect(ok.status).toBe(200);
+    expect(s.requests.map((h) => ntlmType(h.authorization))).toEqual([0, 0, 1, 3]);
+  });
+
   it('T3: a Transport challenge of a mode other than tls-client-certificate is not answered with the certificate', async () => {
     let asked = 0;
     const s = await scriptedOrigin((_req, res) => {

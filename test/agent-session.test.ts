@@ -490,7 +490,7 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect((err as LegLimitError).message).toContain('limits.maxLegs');
   });
 
-  it('C11: maxQueue bounds the queue', async () => {
+  it('C11: maxQueue bounds the wait for a new session', async () => {
     r = await rig(
       { mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 100 : 0) } },
       { limits: { maxQueue: 2 } },
@@ -500,6 +500,29 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(errors.length).toBeGreaterThan(0);
     expect(errors.every((e) => e instanceof QueueFullError)).toBe(true);
     expect(results.filter((x) => x.status === 'fulfilled').length).toBeGreaterThanOrEqual(3);
+    // The bound met is the pool's, for the new session's first response: the session's own queue
+    // would have refused the same requests had the pool let them all through.
+    expect(errors.map((e) => (e as QueueFullError).message)).toEqual(
+      errors.map(() => expect.stringContaining('while waiting for a connection to')),
+    );
+  });
+
+  it('C11: maxQueue bounds the queue behind a handshake on its session, not only the wait for a new session', async () => {
+    r = await rig(
+      { mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 100 : 0) } },
+      { limits: { maxQueue: 2 } },
+    );
+    // Connected first (a resource that needs no authentication): the burst then meets the
+    // session's handshake queue (C1), not the pool's wait for a new session's first response,
+    // which the test above fills.
+    expect((await get(r, '/public/health')).status).toBe(200);
+    const results = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => get(r!, `/auth/${i}`)));
+    const errors = results.filter((x) => x.status === 'rejected').map((x) => (x as PromiseRejectedResult).reason.cause);
+    expect(errors.every((e) => e instanceof QueueFullError)).toBe(true);
+    expect(errors.map((e) => (e as QueueFullError).message)).toEqual(
+      Array(5).fill(expect.stringContaining('limits.maxQueue = 2) while waiting for a handshake on its session')),
+    );
+    expect(results.filter((x) => x.status === 'fulfilled').map((x) => x.value.status)).toEqual([200, 200, 200]);
   });
 
   it('C11: queueTimeout bounds the wait in the queue', async () => {

@@ -140,6 +140,8 @@ describe('parseChallenges', () => {
     ['control character inside quotes drops the challenge', 'Basic realm="a\u0000b", NTLM', [ch('NTLM')]],
     ['token68 followed by junk is neither token68 nor params', 'Negotiate abc def, NTLM', [ch('NTLM')]],
     ['scheme glued to a quote', 'Basic"x", NTLM', [ch('NTLM')]],
+    // `/` is a token68 character but no tchar: the scheme is not `NTLM` with a token68 `/abc`.
+    ['scheme glued to a token68 character', 'NTLM/abc, Basic', [ch('Basic')]],
     [
       'a bare token after params is a new challenge',
       'Digest realm="a", stale, nonce="n"',

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { InvalidTokenError } from '../src/errors.ts';
 import { md4 } from '../src/mechanisms/ntlm/md4.ts';
 import {
+  AV_FLAG_MIC_PRESENT,
   AvId,
   decodeAvPairs,
   decodeChallenge,
@@ -12,6 +13,7 @@ import {
 import {
   CLIENT_FLAGS,
   channelBindingsValue,
+  clientAvPairs,
   createAuthenticate,
   gssChannelBindingsHash,
   lmv2Response,
@@ -179,6 +181,23 @@ describe('NTLMv2 (MS-NLMP 4.2.4 test vectors)', () => {
     });
     expect(out.flags).toBe(0x00088203);
     expect(out.message.toString('hex')).toBe(expected.toString('hex'));
+  });
+
+  it("M1: the client's target info keeps the server's MsvAvFlags bits with MIC present added, and replaces its channel bindings and target name rather than repeating them", () => {
+    const flags = Buffer.alloc(4);
+    flags.writeUInt32LE(0x1, 0); // account authentication is constrained (MS-NLMP 2.2.2.1)
+    const server = [
+      { id: AvId.NbDomainName, value: Buffer.from('DOMAIN', 'utf16le') },
+      { id: AvId.Flags, value: flags },
+      { id: AvId.ChannelBindings, value: Buffer.alloc(16, 7) },
+      { id: AvId.TargetName, value: Buffer.from('cifs/elsewhere', 'utf16le') },
+    ];
+    const bindings = Buffer.alloc(16, 9);
+    const out = clientAvPairs(server, bindings, 'HTTP/host.example');
+    expect(out.map((p) => p.id)).toEqual([AvId.NbDomainName, AvId.Flags, AvId.ChannelBindings, AvId.TargetName]);
+    expect(out[1]!.value.readUInt32LE(0)).toBe(0x1 | AV_FLAG_MIC_PRESENT);
+    expect(out[2]!.value).toEqual(bindings);
+    expect(out[3]!.value.toString('utf16le')).toBe('HTTP/host.example');
   });
 
   it('M1: uses the server timestamp and sends a zero LMv2 response when the server sends one', () => {

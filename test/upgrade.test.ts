@@ -561,7 +561,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     ]);
   });
 
-  it('H5/H1: a TLS (wss-style) upgrade through the proxy tunnel, NTLM with channel bindings of the origin’s certificate', async () => {
+  it('H5/H1/M1: a TLS (wss-style) upgrade through the proxy tunnel, NTLM with channel bindings of the origin’s certificate', async () => {
     origin = await upgradeServer({ ntlm: true, tls: true });
     proxy = await startReferenceProxy({});
     agent = ntlmAgent({ connect: { ca: CA_CERT }, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
