@@ -116,6 +116,8 @@ export class Session {
     route?: ProxyRoute;
     /** A forward proxy said the origin speaks HTTP/1.1 (H3). */
     onRemoteHttp1?: () => void;
+    /** The session's first connection could not be made (before undici fails the request that asked for it). */
+    onConnectFailed?: (session: Session, err: Error) => void;
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
@@ -148,7 +150,16 @@ export class Session {
     const route = opts.route
       ? { proxy: opts.route, limits: opts.limits, ...(this.#forward ? { preopened: this.#forward.socket } : {}) }
       : undefined;
-    this.#connector = sessionConnector(opts.origin, opts.tls, allowH2, (info) => this.#connected(info), route);
+    this.#connector = sessionConnector(
+      opts.origin,
+      opts.tls,
+      allowH2,
+      (info) => this.#connected(info),
+      route,
+      (err) => {
+        if (!this.#connection) opts.onConnectFailed?.(this, err);
+      },
+    );
     this.client = new Client(origin, {
       connect: this.#connector.connect,
       allowH2,
