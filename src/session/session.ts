@@ -261,8 +261,14 @@ export class Session {
     return this.client.close().catch(() => {});
   }
 
-  /** Ends the Client now, its connection and one still being made too. */
+  /**
+   * Ends the Client now, its connection and one still being made too. The requests waiting for
+   * its handshake or a handshake slot get `err` first: the failing handshake would otherwise
+   * release them onto the destroyed Client, and they would fail with undici's ClientDestroyedError.
+   */
   destroy(err: Error): Promise<void> {
+    this.#queue.settleAll(undefined, err);
+    this.#slots.settleAll(undefined, err);
     this.#connector.dispose();
     this.#connector.abortDials();
     return this.client.destroy(err).catch(() => {});
