@@ -108,17 +108,19 @@ const settle = <T>(p: Promise<T>) =>
 
 describe('R1: every wait is bounded', () => {
   it("R1: 5,000 requests behind a fresh session's first response that never comes settle with QueueTimeoutError", async () => {
-    const s = await hostile(() => {}); // holds every request
+    const probeArrived = deferred();
+    const s = await hostile(() => probeArrived.resolve()); // holds every request
     const a = agent({ trustedOrigins: [s.origin], negotiate: false, limits: { queueTimeout: 500 } });
-    // The signal only ends the probe, once the rest have settled: a fixed timeout would race the
-    // agent's bound on a loaded machine (5,000 requests take a while to queue there).
+    // The signal only ends the probe, once the rest have settled and the server has it: a fixed
+    // timeout would race the agent's bound on a loaded machine (5,000 requests take a while to
+    // queue there), and at a load average of 6 the probe's TLS handshake outlasted the 500 ms.
     const probeEnd = new AbortController();
     const signal = AbortSignal.any([probeEnd.signal, AbortSignal.timeout(60_000)]);
     let settled = 0;
     const results = await Promise.all(
       Array.from({ length: 5000 }, (_, i) =>
         settle(request(`${s.origin}/x/${i}`, { dispatcher: a, signal })).finally(() => {
-          if (++settled === 4999) probeEnd.abort();
+          if (++settled === 4999) void probeArrived.promise.then(() => probeEnd.abort());
         }),
       ),
     );
