@@ -248,6 +248,34 @@ describe('closing and destroying never loses a request silently', () => {
     expect(r.server.stats.sessions).toBe(1);
   });
 
+  it('C8/R1: destroy() while requests wait behind a handshake: every one gets AgentClosedError, none is released onto the destroyed connection', async () => {
+    let legArrived!: () => void;
+    const inFlight = new Promise<void>((res) => {
+      legArrived = res;
+    });
+    r = await rig({
+      mode: 'session',
+      faults: {
+        delayMs: (q) => {
+          if (!q.headers.authorization) return 0;
+          legArrived();
+          return 30_000;
+        },
+      },
+    });
+    const pending = Array.from({ length: 5 }, (_, i) =>
+      get(r!, `/auth/${i}`).then(
+        () => 'ok',
+        (e: { cause?: { code?: string } }) => e.cause?.code,
+      ),
+    );
+    await inFlight;
+    await r.agent.destroy();
+    // Before: the leader's failed handshake released the 4 waiting requests onto the destroyed
+    // Client, and they got undici's ClientDestroyedError (UND_ERR_DESTROYED) instead of the agent's.
+    expect(await Promise.all(pending)).toEqual(Array(5).fill('MULTILEG_CLOSED'));
+  });
+
   it('a refused connection reaches the caller as the socket error, and the next request connects afresh', async () => {
     const { createServer } = await import('node:net');
     const probe = createServer();

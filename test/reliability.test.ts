@@ -5,7 +5,7 @@
  * proves the agent's bound, not the test's, ended it.
  */
 import { createSecureServer, type Http2SecureServer, type IncomingHttpHeaders } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -108,17 +108,19 @@ const settle = <T>(p: Promise<T>) =>
 
 describe('R1: every wait is bounded', () => {
   it("R1: 5,000 requests behind a fresh session's first response that never comes settle with QueueTimeoutError", async () => {
-    const s = await hostile(() => {}); // holds every request
+    const probeArrived = deferred();
+    const s = await hostile(() => probeArrived.resolve()); // holds every request
     const a = agent({ trustedOrigins: [s.origin], negotiate: false, limits: { queueTimeout: 500 } });
-    // The signal only ends the probe, once the rest have settled: a fixed timeout would race the
-    // agent's bound on a loaded machine (5,000 requests take a while to queue there).
+    // The signal only ends the probe, once the rest have settled and the server has it: a fixed
+    // timeout would race the agent's bound on a loaded machine (5,000 requests take a while to
+    // queue there), and at a load average of 6 the probe's TLS handshake outlasted the 500 ms.
     const probeEnd = new AbortController();
     const signal = AbortSignal.any([probeEnd.signal, AbortSignal.timeout(60_000)]);
     let settled = 0;
     const results = await Promise.all(
       Array.from({ length: 5000 }, (_, i) =>
         settle(request(`${s.origin}/x/${i}`, { dispatcher: a, signal })).finally(() => {
-          if (++settled === 4999) probeEnd.abort();
+          if (++settled === 4999) void probeArrived.promise.then(() => probeEnd.abort());
         }),
       ),
     );
@@ -186,6 +188,44 @@ describe('R1: every wait is bounded', () => {
     expect(s.requests()).toBe(0);
     await a.close();
   });
+
+  for (const via of ['direct', 'proxy'] as const) {
+    it(`R1: a burst to a peer that accepts TCP and never answers (${via}): one connection attempt, and its timeout answers every request waiting for it`, async () => {
+      const accepted: Socket[] = [];
+      const silent = createNetServer((socket) => {
+        accepted.push(socket);
+        socket.on('error', () => {});
+      });
+      const port = await new Promise<number>((resolve) =>
+        silent.listen(0, '127.0.0.1', () => resolve((silent.address() as AddressInfo).port)),
+      );
+      servers.push({
+        close: () => {
+          for (const socket of accepted) socket.destroy();
+          silent.close();
+        },
+      });
+      const origin = `https://localhost:${port}`;
+      const a = agent({
+        trustedOrigins: [origin],
+        negotiate: false,
+        connect: { ca: CA_CERT, timeout: 200 },
+        proxy: via === 'proxy' ? { uri: `http://127.0.0.1:${port}`, connectTimeout: 200 } : false,
+      });
+      // Before: each waiting request made an attempt of its own, one after another (the 6th of a
+      // burst waited 60 s for QueueTimeoutError with defaults); the caller's deadline is far above.
+      const got = await Promise.all(
+        Array.from({ length: 5 }, (_, i) =>
+          settle(fetch(`${origin}/r${i}`, { dispatcher: a, signal: AbortSignal.timeout(10_000) })),
+        ),
+      );
+      const code = via === 'direct' ? 'UND_ERR_CONNECT_TIMEOUT' : 'MULTILEG_PROXY_CONNECT_TIMEOUT';
+      for (const g of got) expect(g.ok === false && (g.e as { code?: string }).code).toBe(code);
+      expect(accepted.length).toBe(1);
+      // Each request its own error object (same class and code), as for a remembered scheme (R4).
+      expect(new Set(got.map((g) => g.ok === false && g.e)).size).toBe(5);
+    });
+  }
 
   it("R1: maxQueue bounds the wait behind one session's running handshake (not the pool's): the rest fail at once with QueueFullError", async () => {
     // The leader's legs are held, so its handshake is still running when the others arrive.

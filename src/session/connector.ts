@@ -54,6 +54,8 @@ export function sessionConnector(
     /** forward: the first connection, opened early so the session knows its protocol before its first request. */
     readonly preopened?: Promise<Socket>;
   },
+  /** Told of a connection that could not be made, before undici fails the request that asked for it. */
+  onFailure?: (err: Error) => void,
 ): SessionConnector {
   let generation = 0;
   const describe = (socket: Socket, proxied: 'tunnel' | 'forward' | undefined): Socket => {
@@ -70,7 +72,10 @@ export function sessionConnector(
   const handOver = (opening: Promise<Socket>, callback: buildConnector.Callback) =>
     opening.then(
       (socket) => callback(null, socket),
-      (err: Error) => callback(err, null),
+      (err: Error) => {
+        onFailure?.(err);
+        callback(err, null);
+      },
     );
   const alpn = allowH2 ? ['h2', 'http/1.1'] : ['http/1.1'];
   if (route?.proxy.kind === 'forward') {

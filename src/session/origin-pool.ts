@@ -1,4 +1,4 @@
-import { AgentClosedError, MultilegError } from '../errors.ts';
+import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { ResolvedOptions } from '../options.ts';
@@ -46,6 +46,14 @@ interface Survey {
 export const SPREAD_ROOM = 8;
 
 /** One key per (lane, identity), made once rather than per request. */
+/** Error codes of a connection attempt that timed out: undici's connect timeout, a proxy's, the OS's. */
+const CONNECT_TIMEOUTS: ReadonlySet<string> = new Set([
+  'UND_ERR_CONNECT_TIMEOUT',
+  'MULTILEG_PROXY_CONNECT_TIMEOUT',
+  'MULTILEG_PROXY_TIMEOUT',
+  'ETIMEDOUT',
+]);
+
 const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
   auto: {
     agent: 'auto/agent',
@@ -415,12 +423,29 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         : {}),
       ...(this.memory.contextCap !== undefined ? { handshakeCap: this.memory.contextCap } : {}),
       onChange: () => this.#pump(),
+      onConnectFailed: (failed, err) => this.#connectFailed(failed, err),
       ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),
     });
     this.#sessionsCreated += 1;
     this.#sessions.push(session);
     log.pool('%s new session %s (%s, %s)', this.origin, session.id, lane, identity);
     return session;
+  }
+
+  /**
+   * A connection attempt that timed out (the peer, or the proxy before it, accepts and never
+   * answers: a blackholed address) fails the requests waiting for a connection to this origin with
+   * its error, as undici's Client fails its queue: otherwise each would wait for an attempt of its
+   * own, one after another (R1: the 6th of a burst waited 60 s for QueueTimeoutError, not 10 s).
+   * Not while another session of the origin is connected, and not for a fast failure (refused,
+   * DNS): the next waiter's own attempt costs little there and may succeed.
+   */
+  #connectFailed(failed: Session, err: Error): void {
+    if (!CONNECT_TIMEOUTS.has((err as { code?: unknown }).code as string)) return;
+    if (this.#sessions.some((s) => s !== failed && !s.closed && s.connection !== undefined)) return;
+    log.pool('%s connection timed out (%s): failing the requests waiting for one', this.origin, err.message);
+    // Each its own copy (same class, code and message): one caller's annotations stay its own.
+    for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, () => ownCopy(err));
   }
 
   /** Hands freed capacity to waiting requests, in arrival order per lane and identity. */

@@ -116,6 +116,8 @@ export class Session {
     route?: ProxyRoute;
     /** A forward proxy said the origin speaks HTTP/1.1 (H3). */
     onRemoteHttp1?: () => void;
+    /** The session's first connection could not be made (before undici fails the request that asked for it). */
+    onConnectFailed?: (session: Session, err: Error) => void;
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
@@ -148,7 +150,16 @@ export class Session {
     const route = opts.route
       ? { proxy: opts.route, limits: opts.limits, ...(this.#forward ? { preopened: this.#forward.socket } : {}) }
       : undefined;
-    this.#connector = sessionConnector(opts.origin, opts.tls, allowH2, (info) => this.#connected(info), route);
+    this.#connector = sessionConnector(
+      opts.origin,
+      opts.tls,
+      allowH2,
+      (info) => this.#connected(info),
+      route,
+      (err) => {
+        if (!this.#connection) opts.onConnectFailed?.(this, err);
+      },
+    );
     this.client = new Client(origin, {
       connect: this.#connector.connect,
       allowH2,
@@ -250,8 +261,14 @@ export class Session {
     return this.client.close().catch(() => {});
   }
 
-  /** Ends the Client now, its connection and one still being made too. */
+  /**
+   * Ends the Client now, its connection and one still being made too. The requests waiting for
+   * its handshake or a handshake slot get `err` first: the failing handshake would otherwise
+   * release them onto the destroyed Client, and they would fail with undici's ClientDestroyedError.
+   */
   destroy(err: Error): Promise<void> {
+    this.#queue.settleAll(undefined, err);
+    this.#slots.settleAll(undefined, err);
     this.#connector.dispose();
     this.#connector.abortDials();
     return this.client.destroy(err).catch(() => {});

@@ -152,10 +152,10 @@ export class WaitQueue<T, W extends Waiter = Job> {
     return entry.job;
   }
 
-  /** Hands every waiting request `value`, or fails each with `err`. */
+  /** Hands every waiting request `value`, or fails each with `err` (a function: an error of its own for each). */
   settleAll(value: T): void;
-  settleAll(value: undefined, err: Error): void;
-  settleAll(value: T | undefined, err?: Error): void {
+  settleAll(value: undefined, err: Error | (() => Error)): void;
+  settleAll(value: T | undefined, err?: Error | (() => Error)): void {
     const entries = this.#entries;
     const head = this.#head;
     this.#entries = [];
@@ -163,7 +163,7 @@ export class WaitQueue<T, W extends Waiter = Job> {
     for (let i = head; i < entries.length; i++) {
       const entry = this.#settle(entries[i]!);
       if (!entry) continue;
-      if (err) entry.reject(err);
+      if (err) entry.reject(typeof err === 'function' ? err() : err);
       else entry.resolve(value as T);
     }
   }
