@@ -45,7 +45,6 @@ interface Survey {
 /** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
 export const SPREAD_ROOM = 8;
 
-/** One key per (lane, identity), made once rather than per request. */
 /** Error codes of a connection attempt that timed out: undici's connect timeout, a proxy's, the OS's. */
 const CONNECT_TIMEOUTS: ReadonlySet<string> = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
@@ -54,6 +53,7 @@ const CONNECT_TIMEOUTS: ReadonlySet<string> = new Set([
   'ETIMEDOUT',
 ]);
 
+/** One key per (lane, identity), made once rather than per request. */
 const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
   auto: {
     agent: 'auto/agent',
