@@ -221,6 +221,8 @@ export class MultilegAgent extends Dispatcher {
       maxHttp1Connections: positive('maxHttp1Connections', options.maxHttp1Connections ?? 16, true),
       maxConcurrentStreams: positive('maxConcurrentStreams', options.maxConcurrentStreams ?? 100, true),
       keepAliveTimeout: positive('keepAliveTimeout', options.keepAliveTimeout ?? 60_000, false, MAX_TIMER_MS),
+      headersTimeout: positive('headersTimeout', options.headersTimeout ?? 300_000, false, MAX_TIMER_MS),
+      bodyTimeout: positive('bodyTimeout', options.bodyTimeout ?? 300_000, false, MAX_TIMER_MS),
       http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
       proxy: new ProxyResolver(options.proxy, process.env, options.negotiate),
       ...(options.cookies ? { cookies: options.cookies } : {}),

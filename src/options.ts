@@ -196,6 +196,18 @@ export interface MultilegAgentOptions {
   maxConcurrentStreams?: number;
   /** Keep-alive for idle connections in ms; long, because an NTLM connection is worth keeping. Default 60 000. */
   keepAliveTimeout?: number;
+  /**
+   * undici's `headersTimeout` for every request and leg of the agent's connections, in ms: how long
+   * a response head may take once the request went (the first request on a new connection is
+   * bounded by it alone; those queued behind it by `limits.queueTimeout`). A request's own
+   * `headersTimeout` dispatch option still wins. Default 300 000, undici's. No 0: every wait has a bound.
+   */
+  headersTimeout?: number;
+  /**
+   * undici's `bodyTimeout`: the longest pause between two chunks of a response body, in ms. A
+   * request's own `bodyTimeout` still wins. Default 300 000, undici's. No 0: every wait has a bound.
+   */
+  bodyTimeout?: number;
   /** How long an origin stays "HTTP/1.1 for authentication" after a downgrade, in ms. Default 1 hour. */
   http1MemoryTtl?: number;
   /**
@@ -249,6 +261,8 @@ export interface ResolvedOptions {
   maxHttp1Connections: number;
   maxConcurrentStreams: number;
   keepAliveTimeout: number;
+  headersTimeout: number;
+  bodyTimeout: number;
   http1MemoryTtl: number;
   proxy: ProxyResolver;
   cookies?: CookieStore;
@@ -270,6 +284,8 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   maxHttp1Connections: true,
   maxConcurrentStreams: true,
   keepAliveTimeout: true,
+  headersTimeout: true,
+  bodyTimeout: true,
   http1MemoryTtl: true,
   proxy: true,
   cookies: true,

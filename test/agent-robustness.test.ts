@@ -354,6 +354,9 @@ describe('options given wrong are construction errors, not failures of every req
     ],
     ['keepAliveTimeout', { keepAliveTimeout: 'x' as unknown as number }, /keepAliveTimeout must be a positive number/],
     ['http1MemoryTtl', { http1MemoryTtl: Number.NaN }, /http1MemoryTtl must be a positive number/],
+    // undici takes 0 as "no limit": here every wait has a bound.
+    ['headersTimeout', { headersTimeout: 0 }, /headersTimeout must be a positive number, got 0/],
+    ['bodyTimeout', { bodyTimeout: 2 ** 40 }, /bodyTimeout must be at most 2147483647 ms/],
     // Plain JavaScript: a typo in a choice used to pass and change nothing (or everything).
     [
       'negotiate.mech',

@@ -545,6 +545,8 @@ describe('Session: nothing goes on a session after it ended', () => {
       tls: {},
       certified: false,
       keepAliveTimeout: 1000,
+      headersTimeout: 300_000,
+      bodyTimeout: 300_000,
       maxConcurrentStreams: 100,
       limits: DEFAULT_LIMITS,
       onChange: () => {},

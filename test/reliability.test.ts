@@ -130,6 +130,21 @@ describe('R1: every wait is bounded', () => {
     expect(s.requests()).toBe(1);
   });
 
+  it("R1: the agent's headersTimeout and bodyTimeout bound fetch's requests (which take no per-request timeout), the first on a new session included", async () => {
+    const s = await hostile((headers, respond) => {
+      if (headers[':path'] === '/body') respond(200, {}, 'stalls'); // a head, then a body that stops
+    }); // any other request: no answer at all
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false, headersTimeout: 200, bodyTimeout: 200 });
+    // The test's own bound only: without the agent's options undici waits 300 s for either.
+    const signal = AbortSignal.timeout(20_000);
+    const head = await settle(fetch(`${s.origin}/head`, { dispatcher: a, signal }));
+    expect(head.ok === false && (head.e as { code?: string }).code).toBe('UND_ERR_HEADERS_TIMEOUT');
+    const res = await fetch(`${s.origin}/body`, { dispatcher: a, signal });
+    expect(res.status).toBe(200);
+    const body = await settle(res.text());
+    expect(body.ok === false && (body.e as { code?: string }).code).toBe('UND_ERR_BODY_TIMEOUT');
+  });
+
   it('R1: on the HTTP/1.1 lane, maxQueue bounds the wait for a connection: the rest fail at once with QueueFullError', async () => {
     const s = await hostile(() => {});
     const a = agent({

@@ -414,6 +414,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
       certified: certificate !== undefined,
       keepAliveTimeout: this.#options.keepAliveTimeout,
+      headersTimeout: this.#options.headersTimeout,
+      bodyTimeout: this.#options.bodyTimeout,
       maxConcurrentStreams: this.#options.maxConcurrentStreams,
       limits: this.#options.limits,
       // S6: the jar is the agent's (its login's session cookie among them): not for requests that

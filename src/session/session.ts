@@ -104,6 +104,9 @@ export class Session {
     tls: ConnectionOptions;
     certified: boolean;
     keepAliveTimeout: number;
+    /** undici's, for every request and leg on this session's connections. */
+    headersTimeout: number;
+    bodyTimeout: number;
     maxConcurrentStreams: number;
     limits: Limits;
     /** The agent's cookie jar: asked for each leg's Cookie header, told each response head's Set-Cookie. */
@@ -165,6 +168,8 @@ export class Session {
       allowH2,
       pipelining: 1,
       keepAliveTimeout: opts.keepAliveTimeout,
+      headersTimeout: opts.headersTimeout,
+      bodyTimeout: opts.bodyTimeout,
       h2Options: { maxConcurrentStreams: opts.maxConcurrentStreams },
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
     });
