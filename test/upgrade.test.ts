@@ -376,6 +376,27 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     }
   });
 
+  it("R1: the agent's headersTimeout bounds an upgrade whose answer never comes (its own connection, not a session's)", async () => {
+    const silent = createNetServer((socket) => {
+      socket.on('error', () => {});
+      sockets.push(socket); // reads the request, never answers
+    });
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const at = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    try {
+      agent = new MultilegAgent({ trustedOrigins: [at], negotiate: false, proxy: false, headersTimeout: 200 });
+      // Without it: undici's 300 s.
+      const err = await upgrade(`${at}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect((err as { code?: string } | undefined)?.code).toBe('UND_ERR_HEADERS_TIMEOUT');
+    } finally {
+      silent.close();
+    }
+  });
+
   it("S6: an upgrade that brings its own Proxy-Authorization (no proxy here) gets none of the agent's credentials: the caller sees the 401", async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent();

@@ -38,6 +38,9 @@ export interface UpgradeOptions {
   readonly connect: ConnectionOptions;
   readonly proxy: ProxyResolver;
   readonly limits: Limits;
+  /** undici's, as on the agent's sessions. */
+  readonly headersTimeout: number;
+  readonly bodyTimeout: number;
   readonly mechanisms: MechanismSet;
   /** Presented in the TLS handshake of upgrades that may carry credentials (T3). */
   readonly handshakeCertificate?: ClientCertificate;
@@ -154,7 +157,8 @@ export class UpgradeDispatcher {
         (err: Error) => callback(err, null),
       );
     };
-    client = new Client(origin, { pipelining: 1, connect: connector, allowH2: false });
+    const { headersTimeout, bodyTimeout } = this.#options;
+    client = new Client(origin, { pipelining: 1, connect: connector, allowH2: false, headersTimeout, bodyTimeout });
     this.#clients.add(client);
     return client;
   }
