@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
 import { publishProxyUnanswered } from '../diagnostics.ts';
-import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
+import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
@@ -27,6 +27,12 @@ export type SendOnProxy = (
   path: string,
   started?: (leg: AbortableLeg) => void,
 ) => Promise<LegResult>;
+
+/**
+ * Gives the caller a response held from a leg (a `hold` verdict's, read in full) as a delivered
+ * leg's result: a proxy's 407 that nothing here could answer, shown without sending the request again.
+ */
+export type DeliverHeld = (held: HeldResponse) => LegResult;
 
 /**
  * One connection to a forwarding proxy (plain-http targets, H5): absolute-form requests on
@@ -94,7 +100,9 @@ export class ForwardProxy {
   /**
    * Sends one leg of a request for `origin` through the proxy, answering its 407s. A request that
    * carries its own `Proxy-Authorization` (S6) goes with exactly that header, and its 407 is the
-   * caller's to answer: the agent's proxy credentials are neither added nor used for it.
+   * caller's to answer: the agent's proxy credentials are neither added nor used for it. With
+   * `proxy.deliver407`, a 407 the mechanism for it turns out unable to answer is given to the caller
+   * through `deliverHeld`, as it came.
    */
   async send(
     request: { origin: string; method: string; path: string; ownProxyAuthorization: boolean },
@@ -103,6 +111,7 @@ export class ForwardProxy {
     sendOnProxy: SendOnProxy,
     onHttp2: () => boolean,
     waiter: Waiter,
+    deliverHeld: DeliverHeld,
   ): Promise<LegResult> {
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
@@ -219,10 +228,15 @@ export class ForwardProxy {
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
-                if (another() || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
+                const others = another();
+                if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
                   challenged = headers;
                   clock().start();
-                  return 'swallow';
+                  // proxy.deliver407: kept (its body bounded by limits.maxChallengeBodyBytes), to be
+                  // the caller's if the mechanism for it cannot run here, which shows only once
+                  // tried: the request is not sent again to show it. (Another's handshake answers
+                  // it otherwise: this request goes again after that one anyway.)
+                  return this.route.proxy.deliver407 && !others ? 'hold' : 'swallow';
                 }
                 // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
                 this.#auth.giveUp();
@@ -302,17 +316,21 @@ export class ForwardProxy {
         } catch (err) {
           if (err instanceof ProxyAuthenticationError && err.refused) outcome = this.#auth.refusal;
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
-          // without a Kerberos ticket), which shows only once tried. The 407 was drained by then: the
-          // request goes once more, bare, and the proxy's 407 to it — one nothing here answers now —
-          // is the caller's, with why (once per connection: the scheme stays excluded on it).
+          // without a Kerberos ticket), which shows only once tried: the 407 held from the leg is
+          // the caller's, with why, sent once as curl sends it (the scheme stays excluded on this
+          // connection: its next 407 goes to the caller at once). A body cut at its bound was not
+          // kept: the typed error says why instead.
           if (
+            result.held &&
             this.route.proxy.deliver407 &&
             err instanceof ProxyAuthenticationError &&
             !err.refused &&
             !this.#auth.canAnswer(challenged)
           ) {
-            log.proxy('%s: no usable scheme for its 407: sent again without credentials', this.route.proxy.origin);
-            continue;
+            log.proxy('%s: no usable scheme for its 407: the 407 goes to the caller', this.route.proxy.origin);
+            // Not a refusal: nothing here could answer it (#unanswered says `unusable`, with why).
+            this.#unanswered(request, result.held.headers, false);
+            return deliverHeld(result.held);
           }
           throw err;
         }
