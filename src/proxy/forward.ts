@@ -6,11 +6,12 @@ import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../hands
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
-import { type Waiter, WaitQueue } from '../session/wait-queue.ts';
+import type { Waiter } from '../session/wait-queue.ts';
 import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
+import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
-import { connectToProxy, proxyLeave, refusedLately } from './tunnel.ts';
+import { connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 /** A leg on the wire, as far as the proxy's deadline needs it. */
@@ -53,16 +54,8 @@ export class ForwardProxy {
   readonly #onRemoteHttp1: () => void;
   readonly #onUnusable: (err: Error) => void;
   #vouched = false;
-  /**
-   * A request runs this connection's handshake with the proxy now: one at a time, since a
-   * connection-bound scheme (NTLM, Negotiate) authenticates the connection, not a request (H1, H4)
-   * and its legs share one context. The others wait for its end in {@link #followers}.
-   */
-  #leading = false;
-  /** Requests waiting for the running handshake with the proxy (bounded as every wait is, R1). */
-  readonly #followers: WaitQueue<void, Waiter>;
-  /** Handshakes with the proxy that succeeded on this connection: a 407 to a request sent before the last is stale. */
-  #authentications = 0;
+  /** Which request runs this connection's handshake with the proxy (one at a time), and who waits. */
+  readonly #lead: ProxyLead;
 
   constructor(opts: {
     route: Extract<ProxyRoute, { kind: 'forward' }>;
@@ -81,7 +74,8 @@ export class ForwardProxy {
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
     this.#onUnusable = opts.onUnusable;
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
-    this.#followers = new WaitQueue(
+    this.#lead = new ProxyLead(
+      this.#auth,
       opts.limits,
       `another request's authentication to proxy ${opts.route.proxy.origin} on the same connection`,
     );
@@ -161,55 +155,21 @@ export class ForwardProxy {
       ticket = admission;
       return true;
     };
-    // This request runs the connection's handshake with the proxy (#leading): from its opening, or
-    // from the 407 it answers with a new handshake, to that handshake's end.
-    let leader = false;
-    /** Ends this request's lead (once): the waiting requests go on, on the connection as it is now. */
-    const release = (): void => {
-      if (!leader) return;
-      leader = this.#leading = false;
-      // A handshake left halfway (a leg failed, the caller aborted) is no one else's to go on with.
-      if (this.#auth.state === 'handshaking') this.#auth.giveUp();
-      this.#followers.settleAll(undefined);
-    };
-    /** How many handshakes had succeeded on the connection when this request's last leg went. */
-    let sentAt = this.#authentications;
-    /** A 407 to this request that another's handshake answers: it ran, runs, or succeeded since it went. */
-    const another = (): boolean =>
-      !leader && (this.#leading || (this.#auth.state === 'done' && this.#authentications > sentAt));
-    // The next leg starts this request anew: it waits for a handshake another request runs, then
-    // may open one itself.
-    let fresh = true;
+    // This request's part in the connection's lead: it may run the handshake with the proxy (from
+    // its opening, or from the 407 it answers with a new handshake) or wait for the one that does.
+    const turn = this.#lead.turn();
     try {
       for (let answers = 0; ; answers++) {
-        const first = fresh;
-        if (fresh) {
-          fresh = false;
-          if (this.#leading) {
-            // R1: bounded by queueTimeout, maxQueue and the caller's abort; the exchange's clock stops meanwhile.
-            deadline?.pause();
-            try {
-              while (this.#leading) await this.#followers.wait(waiter);
-            } finally {
-              deadline?.start();
-            }
-          }
-          // NTLM the proxy's only scheme: its NEGOTIATE goes on this connection's first request, as
-          // curl --proxy-ntlm sends it and as a CONNECT's opening goes (2 requests rather than 3).
-          if (this.#auth.opens) {
-            leader = this.#leading = true;
-            // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-            if (await admit(this.route.proxy.mechanisms.sole?.usesPassword !== false)) {
-              if (this.#auth.opens) {
-                clock().start();
-                await race(this.#auth.open(leg));
-              } else if (ticket) {
-                // Another connection found meanwhile that the proxy takes no part in openings: go
-                // bare, and give the leave back at once so that no one waits for this request.
-                proof.settle(ticket, 'none');
-                ticket = undefined;
-              }
-            }
+        const first = turn.state === 'anew';
+        // It waits for a handshake another request runs. NTLM the proxy's only scheme: its
+        // NEGOTIATE goes on this connection's first request, as curl --proxy-ntlm sends it and as a
+        // CONNECT's opening goes (2 requests rather than 3); this request then leads.
+        if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
+          // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
+          ticket ??= await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
+          if (ticket && this.#auth.opens) {
+            clock().start();
+            await race(this.#auth.open(leg));
           }
         }
         // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step
@@ -222,13 +182,13 @@ export class ForwardProxy {
         let challenged: ResponseHeaders | undefined;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
-        sentAt = this.#authentications;
+        turn.sending();
         const result = await race(
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
-                const others = another();
+                const others = turn.answeredByAnother;
                 if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
                   challenged = headers;
                   clock().start();
@@ -256,7 +216,7 @@ export class ForwardProxy {
                 if (status < 500) this.#auth.notNeeded();
                 else this.#auth.giveUp();
                 deadline?.stop();
-                release();
+                turn.end();
                 return verdict;
               }
               const ownContext = credentials?.own;
@@ -277,8 +237,7 @@ export class ForwardProxy {
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);
-                this.#authentications += 1;
-                release();
+                turn.succeeded();
               });
               return this.#proved(succeeded, clock(), verdict);
             },
@@ -289,13 +248,13 @@ export class ForwardProxy {
         onWire = undefined;
         if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
-        if (another()) {
+        if (turn.answeredByAnother) {
           // Another request's handshake answers this 407: this one goes again after it (on the
           // connection it authenticated), bounded by limits.maxLegs as every leg is.
-          fresh = true;
+          turn.again();
           continue;
         }
-        leader = this.#leading = true;
+        turn.take();
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
@@ -339,7 +298,7 @@ export class ForwardProxy {
       return { kind: 'failed', error: err as Error };
     } finally {
       deadline?.stop();
-      release();
+      turn.end();
       if (ticket) proof.settle(ticket, outcome);
     }
   }
