@@ -15,6 +15,9 @@ import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.t
 import { UserSink } from '../src/handshake/user-sink.ts';
 import { QueueTimeoutError } from '../src/index.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
+import { ProxyAuth } from '../src/proxy/auth.ts';
+import { ProxyLead } from '../src/proxy/lead.ts';
+import { ProxyResolver } from '../src/proxy/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from '../src/session/connector.ts';
 import {
@@ -165,6 +168,59 @@ describe('WaitQueue.enqueue: the callback form of the wait (the pool waits for a
     expect(queue.length).toBe(0);
     expect(queue.shift('late')).toBeUndefined();
     expect(told).toEqual(['4 refused MULTILEG_QUEUE_FULL', '1 granted s1', '2 refused caller', '3 refused timeout']);
+  });
+});
+
+describe("ProxyLead: one request at a time runs a forwarding proxy connection's handshake (H5, R1)", () => {
+  const lead = () => {
+    const proxy = new ProxyResolver({ uri: 'http://proxy.example:3128', negotiate: false }, {}).route(
+      'http://origin.example',
+    )!.proxy;
+    return new ProxyLead(
+      new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs),
+      { ...DEFAULT_LIMITS, queueTimeout: 200 },
+      'a test lead',
+    );
+  };
+  const turns = () => new Promise((r) => setImmediate(r));
+
+  it("H5: of the requests a lead's end wakes, one leads (found free and taken in one tick) and the others wait again", async () => {
+    const l = lead();
+    const first = l.turn();
+    expect(await first.follow(signalWaiter(undefined), undefined, () => true)).toBe(true);
+    const others = [l.turn(), l.turn(), l.turn()];
+    const led = others.map((t) => t.follow(signalWaiter(undefined), undefined, () => true));
+    await turns();
+    expect(others.map((t) => t.state)).toEqual(['following', 'following', 'following']);
+    for (let i = 0; i < others.length; i++) {
+      (i === 0 ? first : others[i - 1]!).end();
+      await turns();
+      expect(others.map((t) => t.state)).toEqual(
+        others.map((_, j) => (j < i ? 'ended' : j === i ? 'leading' : 'following')),
+      );
+    }
+    expect(await Promise.all(led)).toEqual([true, true, true]);
+  });
+
+  it("H5: a 407 to a request while another leads is answered by that one's handshake, never one to its own lead; the wait is bounded by queueTimeout (R1)", async () => {
+    const l = lead();
+    const a = l.turn();
+    const b = l.turn();
+    await b.follow(signalWaiter(undefined), undefined, () => false);
+    b.sending();
+    expect(b.answeredByAnother).toBe(false);
+    expect(await a.follow(signalWaiter(undefined), undefined, () => true)).toBe(true);
+    expect(b.answeredByAnother).toBe(true);
+    expect(a.answeredByAnother).toBe(false);
+    a.end();
+    // (The handshake did not succeed: b's 407 is its own to answer.)
+    expect(b.answeredByAnother).toBe(false);
+    // A wait that outlasts queueTimeout ends in QueueTimeoutError; the lead stays with its holder.
+    const c = l.turn();
+    expect(await c.follow(signalWaiter(undefined), undefined, () => true)).toBe(true);
+    const late = l.turn();
+    await expect(late.follow(signalWaiter(undefined), undefined, () => true)).rejects.toBeInstanceOf(QueueTimeoutError);
+    expect([c.state, late.state]).toEqual(['leading', 'following']);
   });
 });
 

@@ -3,17 +3,23 @@
  * ends in a typed error that names the option to change. The proxies are raw loopback TCP servers
  * that misbehave on purpose.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import dns from 'node:dns';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
-import { fetch } from 'undici';
+import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  KerberosNoTicketError,
   KerberosTicketExpiredError,
   type Mechanism,
   MultilegAgent,
   MutualAuthError,
   ntlmMechanism,
+  PROXY_UNANSWERED_CHANNEL,
+  ProxyAuthenticationError,
+  type ProxyUnansweredEvent,
 } from '../src/index.ts';
 import {
   ProxyCertificateError,
@@ -211,6 +217,118 @@ describe('proxies: a scheme that cannot run here (M5)', () => {
     expect(res.status).toBe(200);
     await res.arrayBuffer();
     expect(proxy.received.at(-1)).toMatch(/^Proxy-Authorization: Basic /im);
+  });
+});
+
+/** What a forwarding proxy received: one request each, its method, target and body. */
+interface Forwarded {
+  readonly method: string;
+  readonly url: string;
+  readonly body: string;
+  readonly proxyAuthorization: boolean;
+}
+
+/**
+ * A forwarding proxy (node:http) that answers every request with a 407 offering Negotiate alone and
+ * an error page, as Squid with only negotiate_kerberos_auth does; it reads each request's body.
+ */
+async function negotiateOnlyProxy(page: string): Promise<{ port: number; seen: Forwarded[]; close(): Promise<void> }> {
+  const seen: Forwarded[] = [];
+  const http: HttpServer = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      seen.push({
+        method: req.method!,
+        url: req.url!,
+        body: Buffer.concat(chunks).toString(),
+        proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
+      });
+      res.writeHead(407, { 'proxy-authenticate': 'Negotiate', 'content-type': 'text/html' }).end(page);
+    });
+  });
+  await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+  return {
+    port: (http.address() as AddressInfo).port,
+    seen,
+    close: () => {
+      http.closeAllConnections();
+      return new Promise<void>((r) => http.close(() => r()));
+    },
+  };
+}
+
+describe("proxies: a forwarded request's 407 that nothing here can answer (H5, proxy.deliver407)", () => {
+  const page = '<html>ERR_CACHE_ACCESS_DENIED</html>';
+  const noTicket = unavailableScheme('Negotiate', () => new KerberosNoTicketError('no credentials cache found'));
+  let negotiateOnly: Awaited<ReturnType<typeof negotiateOnlyProxy>> | undefined;
+  afterEach(async () => {
+    await negotiateOnly?.close();
+    negotiateOnly = undefined;
+  });
+
+  it.each([
+    { method: 'GET', body: undefined },
+    { method: 'POST', body: 'order=42&confirm=yes' },
+  ] as const)(
+    'H5: with proxy.deliver407, a 407 whose only scheme (Negotiate, no Kerberos ticket) cannot run once tried is held and given to the caller with its body: the request ($method) goes to the proxy once, not twice, and multileg:proxy-unanswered says why',
+    async ({ method, body }) => {
+      negotiateOnly = await negotiateOnlyProxy(page);
+      const events: ProxyUnansweredEvent[] = [];
+      const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      try {
+        agent = new MultilegAgent({
+          proxy: { uri: `http://127.0.0.1:${negotiateOnly.port}`, deliver407: true, mechanisms: [noTicket] },
+        });
+        const res = await request('http://localhost:8080/form', {
+          dispatcher: agent,
+          method,
+          ...(body !== undefined ? { body } : {}),
+        });
+        expect(res.statusCode).toBe(407);
+        expect(res.headers['proxy-authenticate']).toBe('Negotiate');
+        expect(await res.body.text()).toBe(page);
+        // Before: the drained 407 was not kept, so the request (and a POST's body) went again, bare.
+        expect(negotiateOnly.seen).toEqual([
+          { method, url: 'http://localhost:8080/form', body: body ?? '', proxyAuthorization: false },
+        ]);
+        expect(events).toEqual([
+          {
+            proxy: `http://127.0.0.1:${negotiateOnly.port}`,
+            origin: 'http://localhost:8080',
+            path: '/form',
+            reason: 'unusable',
+            schemes: ['Negotiate'],
+            unusable: [expect.objectContaining({ scheme: 'Negotiate', code: 'MULTILEG_KRB_NO_TICKET' })],
+            time: expect.any(Number),
+          },
+        ]);
+        // The next request on the connection knows Negotiate cannot run: sent once, its 407 shown.
+        const next = await request('http://localhost:8080/next', { dispatcher: agent });
+        expect(await next.body.text()).toBe(page);
+        expect(negotiateOnly.seen.map((s) => s.url)).toEqual([
+          'http://localhost:8080/form',
+          'http://localhost:8080/next',
+        ]);
+        expect(events.map((e) => e.reason)).toEqual(['unusable', 'unusable']);
+      } finally {
+        unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      }
+    },
+  );
+
+  it('H5: a held 407 whose body was cut (larger than limits.maxChallengeBodyBytes) is not shown: the typed error, and still one request', async () => {
+    negotiateOnly = await negotiateOnlyProxy('x'.repeat(4096));
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${negotiateOnly.port}`, deliver407: true, mechanisms: [noTicket] },
+      limits: { maxChallengeBodyBytes: 1024 },
+    });
+    const err = await cause(request('http://localhost:8080/big', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: false, offered: ['Negotiate'] });
+    expect((err as Error).message).toContain('(MULTILEG_KRB_NO_TICKET)');
+    expect(negotiateOnly.seen).toHaveLength(1);
   });
 });
 

@@ -584,6 +584,9 @@ describe("the proxy's NTLM opening on forwarded requests (reference proxy with n
               send,
               () => true,
               signalWaiter(undefined),
+              () => {
+                throw new Error('no 407 is held without proxy.deliver407');
+              },
             ),
           ),
         );

@@ -133,6 +133,14 @@ export class Trace {
 
   #unanswered(e: ProxyUnansweredEvent): void {
     this.unanswered407.push(e);
+    // A 407 read while the agent tried to answer it (reported intermediate), held and now the
+    // answer (the mechanism for it cannot run here): the command receives it, so it shows once.
+    const record = this.legs.findLast((l) => l.request.origin === e.origin);
+    const r = record?.response;
+    if (record && r && !r.delivered && r.status === 407) {
+      record.response = { ...r, delivered: true };
+      this.#onHeld?.();
+    }
     const why =
       e.reason === 'refused'
         ? 'it refused the credentials'

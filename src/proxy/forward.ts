@@ -2,15 +2,16 @@ import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
 import { publishProxyUnanswered } from '../diagnostics.ts';
-import type { LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
+import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
-import { type Waiter, WaitQueue } from '../session/wait-queue.ts';
+import type { Waiter } from '../session/wait-queue.ts';
 import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
+import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
-import { connectToProxy, proxyLeave, refusedLately } from './tunnel.ts';
+import { connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 /** A leg on the wire, as far as the proxy's deadline needs it. */
@@ -27,6 +28,12 @@ export type SendOnProxy = (
   path: string,
   started?: (leg: AbortableLeg) => void,
 ) => Promise<LegResult>;
+
+/**
+ * Gives the caller a response held from a leg (a `hold` verdict's, read in full) as a delivered
+ * leg's result: a proxy's 407 that nothing here could answer, shown without sending the request again.
+ */
+export type DeliverHeld = (held: HeldResponse) => LegResult;
 
 /**
  * One connection to a forwarding proxy (plain-http targets, H5): absolute-form requests on
@@ -47,16 +54,8 @@ export class ForwardProxy {
   readonly #onRemoteHttp1: () => void;
   readonly #onUnusable: (err: Error) => void;
   #vouched = false;
-  /**
-   * A request runs this connection's handshake with the proxy now: one at a time, since a
-   * connection-bound scheme (NTLM, Negotiate) authenticates the connection, not a request (H1, H4)
-   * and its legs share one context. The others wait for its end in {@link #followers}.
-   */
-  #leading = false;
-  /** Requests waiting for the running handshake with the proxy (bounded as every wait is, R1). */
-  readonly #followers: WaitQueue<void, Waiter>;
-  /** Handshakes with the proxy that succeeded on this connection: a 407 to a request sent before the last is stale. */
-  #authentications = 0;
+  /** Which request runs this connection's handshake with the proxy (one at a time), and who waits. */
+  readonly #lead: ProxyLead;
 
   constructor(opts: {
     route: Extract<ProxyRoute, { kind: 'forward' }>;
@@ -75,7 +74,8 @@ export class ForwardProxy {
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
     this.#onUnusable = opts.onUnusable;
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
-    this.#followers = new WaitQueue(
+    this.#lead = new ProxyLead(
+      this.#auth,
       opts.limits,
       `another request's authentication to proxy ${opts.route.proxy.origin} on the same connection`,
     );
@@ -94,7 +94,9 @@ export class ForwardProxy {
   /**
    * Sends one leg of a request for `origin` through the proxy, answering its 407s. A request that
    * carries its own `Proxy-Authorization` (S6) goes with exactly that header, and its 407 is the
-   * caller's to answer: the agent's proxy credentials are neither added nor used for it.
+   * caller's to answer: the agent's proxy credentials are neither added nor used for it. With
+   * `proxy.deliver407`, a 407 the mechanism for it turns out unable to answer is given to the caller
+   * through `deliverHeld`, as it came.
    */
   async send(
     request: { origin: string; method: string; path: string; ownProxyAuthorization: boolean },
@@ -103,6 +105,7 @@ export class ForwardProxy {
     sendOnProxy: SendOnProxy,
     onHttp2: () => boolean,
     waiter: Waiter,
+    deliverHeld: DeliverHeld,
   ): Promise<LegResult> {
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
@@ -152,55 +155,21 @@ export class ForwardProxy {
       ticket = admission;
       return true;
     };
-    // This request runs the connection's handshake with the proxy (#leading): from its opening, or
-    // from the 407 it answers with a new handshake, to that handshake's end.
-    let leader = false;
-    /** Ends this request's lead (once): the waiting requests go on, on the connection as it is now. */
-    const release = (): void => {
-      if (!leader) return;
-      leader = this.#leading = false;
-      // A handshake left halfway (a leg failed, the caller aborted) is no one else's to go on with.
-      if (this.#auth.state === 'handshaking') this.#auth.giveUp();
-      this.#followers.settleAll(undefined);
-    };
-    /** How many handshakes had succeeded on the connection when this request's last leg went. */
-    let sentAt = this.#authentications;
-    /** A 407 to this request that another's handshake answers: it ran, runs, or succeeded since it went. */
-    const another = (): boolean =>
-      !leader && (this.#leading || (this.#auth.state === 'done' && this.#authentications > sentAt));
-    // The next leg starts this request anew: it waits for a handshake another request runs, then
-    // may open one itself.
-    let fresh = true;
+    // This request's part in the connection's lead: it may run the handshake with the proxy (from
+    // its opening, or from the 407 it answers with a new handshake) or wait for the one that does.
+    const turn = this.#lead.turn();
     try {
       for (let answers = 0; ; answers++) {
-        const first = fresh;
-        if (fresh) {
-          fresh = false;
-          if (this.#leading) {
-            // R1: bounded by queueTimeout, maxQueue and the caller's abort; the exchange's clock stops meanwhile.
-            deadline?.pause();
-            try {
-              while (this.#leading) await this.#followers.wait(waiter);
-            } finally {
-              deadline?.start();
-            }
-          }
-          // NTLM the proxy's only scheme: its NEGOTIATE goes on this connection's first request, as
-          // curl --proxy-ntlm sends it and as a CONNECT's opening goes (2 requests rather than 3).
-          if (this.#auth.opens) {
-            leader = this.#leading = true;
-            // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-            if (await admit(this.route.proxy.mechanisms.sole?.usesPassword !== false)) {
-              if (this.#auth.opens) {
-                clock().start();
-                await race(this.#auth.open(leg));
-              } else if (ticket) {
-                // Another connection found meanwhile that the proxy takes no part in openings: go
-                // bare, and give the leave back at once so that no one waits for this request.
-                proof.settle(ticket, 'none');
-                ticket = undefined;
-              }
-            }
+        const first = turn.state === 'anew';
+        // It waits for a handshake another request runs. NTLM the proxy's only scheme: its
+        // NEGOTIATE goes on this connection's first request, as curl --proxy-ntlm sends it and as a
+        // CONNECT's opening goes (2 requests rather than 3); this request then leads.
+        if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
+          // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
+          ticket ??= await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
+          if (ticket && this.#auth.opens) {
+            clock().start();
+            await race(this.#auth.open(leg));
           }
         }
         // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step
@@ -213,16 +182,21 @@ export class ForwardProxy {
         let challenged: ResponseHeaders | undefined;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
-        sentAt = this.#authentications;
+        turn.sending();
         const result = await race(
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
               if (status === 407 && answers <= this.#limits.maxLegs) {
-                if (another() || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
+                const others = turn.answeredByAnother;
+                if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
                   challenged = headers;
                   clock().start();
-                  return 'swallow';
+                  // proxy.deliver407: kept (its body bounded by limits.maxChallengeBodyBytes), to be
+                  // the caller's if the mechanism for it cannot run here, which shows only once
+                  // tried: the request is not sent again to show it. (Another's handshake answers
+                  // it otherwise: this request goes again after that one anyway.)
+                  return this.route.proxy.deliver407 && !others ? 'hold' : 'swallow';
                 }
                 // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
                 this.#auth.giveUp();
@@ -242,7 +216,7 @@ export class ForwardProxy {
                 if (status < 500) this.#auth.notNeeded();
                 else this.#auth.giveUp();
                 deadline?.stop();
-                release();
+                turn.end();
                 return verdict;
               }
               const ownContext = credentials?.own;
@@ -263,8 +237,7 @@ export class ForwardProxy {
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);
-                this.#authentications += 1;
-                release();
+                turn.succeeded();
               });
               return this.#proved(succeeded, clock(), verdict);
             },
@@ -275,13 +248,13 @@ export class ForwardProxy {
         onWire = undefined;
         if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
-        if (another()) {
+        if (turn.answeredByAnother) {
           // Another request's handshake answers this 407: this one goes again after it (on the
           // connection it authenticated), bounded by limits.maxLegs as every leg is.
-          fresh = true;
+          turn.again();
           continue;
         }
-        leader = this.#leading = true;
+        turn.take();
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
@@ -302,17 +275,21 @@ export class ForwardProxy {
         } catch (err) {
           if (err instanceof ProxyAuthenticationError && err.refused) outcome = this.#auth.refusal;
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
-          // without a Kerberos ticket), which shows only once tried. The 407 was drained by then: the
-          // request goes once more, bare, and the proxy's 407 to it — one nothing here answers now —
-          // is the caller's, with why (once per connection: the scheme stays excluded on it).
+          // without a Kerberos ticket), which shows only once tried: the 407 held from the leg is
+          // the caller's, with why, sent once as curl sends it (the scheme stays excluded on this
+          // connection: its next 407 goes to the caller at once). A body cut at its bound was not
+          // kept: the typed error says why instead.
           if (
+            result.held &&
             this.route.proxy.deliver407 &&
             err instanceof ProxyAuthenticationError &&
             !err.refused &&
             !this.#auth.canAnswer(challenged)
           ) {
-            log.proxy('%s: no usable scheme for its 407: sent again without credentials', this.route.proxy.origin);
-            continue;
+            log.proxy('%s: no usable scheme for its 407: the 407 goes to the caller', this.route.proxy.origin);
+            // Not a refusal: nothing here could answer it (#unanswered says `unusable`, with why).
+            this.#unanswered(request, result.held.headers, false);
+            return deliverHeld(result.held);
           }
           throw err;
         }
@@ -321,7 +298,7 @@ export class ForwardProxy {
       return { kind: 'failed', error: err as Error };
     } finally {
       deadline?.stop();
-      release();
+      turn.end();
       if (ticket) proof.settle(ticket, outcome);
     }
   }

@@ -66,9 +66,10 @@ export interface ProxyOptions {
    * caller's response, as curl shows it, instead of {@link ProxyAuthenticationError}. Default
    * `false`: `fetch` turns a 407 into a bare network error, where the typed error names the fix.
    * `multileg:proxy-unanswered` (diagnostics channel) says why no credential was sent. A mechanism
-   * that cannot run shows it only once tried, after the 407 was read: the request then goes once
-   * more without credentials (once per proxy connection) and the proxy's 407 to that is the one
-   * delivered. A CONNECT's 407 is always the error (no tunnel, no response).
+   * that cannot run shows it only once tried, after the 407 was read: the 407 is kept meanwhile (its
+   * body bounded by `limits.maxChallengeBodyBytes`; one cut there leaves the error) and delivered
+   * then, so the request goes to the proxy once. A CONNECT's 407 is always the error (no tunnel, no
+   * response).
    */
   readonly deliver407?: boolean;
   /**

@@ -245,20 +245,8 @@ async function handshake(
         ticket = admission;
       },
       async () => {
-        // The opening's leave, taken before its NEGOTIATE as an origin's leader takes it (R4): the
-        // AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
-        // no connection waits for it halfway through a handshake the proxy may expire meanwhile.
-        const password = proxy.mechanisms.sole?.usesPassword !== false;
-        const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
-        if (admission === 'refused') return false; // bare: the 407 meets refusedLately, as before
-        // Another tunnel found meanwhile that the proxy takes no part in openings: go bare, and
-        // give the leave back at once so that the tunnels behind it do not wait for this one.
-        if (!auth.opens) {
-          proxy.proof.settle(admission, 'none');
-          return false;
-        }
-        ticket = admission;
-        return true;
+        ticket = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline);
+        return ticket !== undefined;
       },
       (o) => {
         outcome = o;
@@ -287,6 +275,31 @@ export async function proxyLeave(
   } finally {
     deadline?.start();
   }
+}
+
+/**
+ * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
+ * (R4): the AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
+ * no connection waits for it halfway through a handshake the proxy may expire meanwhile. Undefined:
+ * the request goes bare — refused lately (its 407 meets {@link refusedLately}), or another
+ * connection found meanwhile that the proxy takes no part in openings (`auth.opens` no longer
+ * holds: the leave is given back at once, so that no one waits for this one).
+ */
+export async function openingLeave(
+  proxy: ResolvedProxy,
+  auth: ProxyAuth,
+  waiter: Waiter,
+  limits: Limits,
+  deadline: Deadline<ProxyTimeoutError> | undefined,
+): Promise<Ticket | undefined> {
+  const password = proxy.mechanisms.sole?.usesPassword !== false;
+  const admission = await proxyLeave(proxy, password, waiter, limits, deadline);
+  if (admission === 'refused') return undefined;
+  if (!auth.opens) {
+    proxy.proof.settle(admission, 'none');
+    return undefined;
+  }
+  return admission;
 }
 
 /**

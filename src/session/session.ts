@@ -4,7 +4,14 @@ import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import { publishLeg, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, CookieStoreError, MultilegError } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
-import { LegHandler, type LegResult, type ResponseHeaders, type Verdict } from '../handshake/leg.ts';
+import {
+  type HeldResponse,
+  LegHandler,
+  type LegResult,
+  type ResponseHeaders,
+  replayHeld,
+  type Verdict,
+} from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import type { CookieStore, Limits } from '../options.ts';
@@ -412,8 +419,17 @@ export class Session {
         (e, c, path, started) => new Promise((resolve) => this.#send(job, e, c, resolve, path, started)),
         () => this.protocol === 'h2',
         job,
+        (held) => this.#deliverHeld(job, held),
       )
       .then(onResult, (error: Error) => onResult({ kind: 'failed', error }));
+  }
+
+  /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
+  #deliverHeld(job: Job, held: HeldResponse): LegResult {
+    job.sink.onAbort(undefined);
+    replayHeld(job.sink, held);
+    this.#markProbed();
+    return { kind: 'delivered', status: held.status, headers: held.headers, done: Promise.resolve() };
   }
 
   #send(
