@@ -37,7 +37,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, recordingPorts, testNtlm, unavailableScheme } from './helpers.ts';
+import { ALICE, recordingPorts, SCRIPTED_NTLM_CHALLENGE, testNtlm, unavailableScheme } from './helpers.ts';
 import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
@@ -123,6 +123,36 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
       `proxy http://127.0.0.1:${proxy.port} accepted the connection but did not answer CONNECT localhost:8443 within proxy.connectTimeout (300 ms); a proxy answers once it has connected to localhost:8443: check that localhost:8443 is up and reachable from the proxy, then the proxy, or raise proxy.connectTimeout`,
     );
     expect(proxy.received[0]).toMatch(/^CONNECT localhost:8443 HTTP\/1\.1\r\n/);
+  }, 20_000);
+
+  it("R1: a proxy that challenges the CONNECT (NTLM) and never answers the leg carrying the credentials: ProxyConnectTimeoutError names the credentials and the proxy's authentication backend", async () => {
+    // Each CONNECT by what it carries: none → 407 NTLM; NEGOTIATE → 407 with a CHALLENGE; AUTHENTICATE → silence.
+    proxy = await hostile((socket, received) => {
+      let answered = 0;
+      socket.on('data', () => {
+        const heads = received().split('\r\n\r\n').slice(0, -1);
+        for (; answered < heads.length; answered++) {
+          const token = /proxy-authorization: NTLM (\S+)/i.exec(heads[answered]!)?.[1];
+          const type = token ? Buffer.from(token, 'base64')[8] : 0;
+          if (type === 3) return; // the leg with the credentials: never answered
+          const challenge = type === 1 ? `NTLM ${SCRIPTED_NTLM_CHALLENGE}` : 'NTLM';
+          socket.write(
+            `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: ${challenge}\r\nContent-Length: 0\r\n\r\n`,
+          );
+        }
+      });
+    });
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: ALICE, schemes: ['NTLM'], connectTimeout: 300 },
+      limits: { handshakeTimeout: 60_000 },
+    });
+    const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyConnectTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT_TIMEOUT', stage: 'answer' });
+    expect((err as Error).message).toBe(
+      `proxy http://127.0.0.1:${proxy.port} did not answer CONNECT localhost:8443 carrying NTLM credentials within proxy.connectTimeout (300 ms); a proxy answers once it has checked them and connected to localhost:8443: check the proxy's authentication backend (its domain controller or auth helper) and that localhost:8443 is reachable from the proxy, or raise proxy.connectTimeout`,
+    );
+    expect(proxy.received.join('')).toMatch(/Proxy-Authorization: NTLM TlRMTVNTUAADAAAA/);
   }, 20_000);
 
   it('R1: a proxy that answers CONNECT 200 and then relays nothing: the TLS handshake with the origin fails with ProxyConnectTimeoutError', async () => {

@@ -159,15 +159,21 @@ export class ProxyConnectTimeoutError extends MultilegError {
    * with the origin through the tunnel).
    */
   readonly stage: 'proxy' | 'answer' | 'origin';
-  /** `target` (`host:port`) names the origin of a CONNECT that went unanswered, or of TLS inside the tunnel. */
-  constructor(proxy: string, ms: number, target?: string, stage: 'answer' | 'origin' = 'origin') {
+  /**
+   * `target` (`host:port`) names the origin of a CONNECT that went unanswered, or of TLS inside the
+   * tunnel; `scheme`, the scheme whose credentials that CONNECT carried (a handshake's leg).
+   */
+  constructor(proxy: string, ms: number, target?: string, stage: 'answer' | 'origin' = 'origin', scheme?: string) {
     super(
       'MULTILEG_PROXY_CONNECT_TIMEOUT',
       target === undefined
         ? `proxy ${proxy} accepted no connection within proxy.connectTimeout (${ms} ms); check the proxy address and that it is up, or raise proxy.connectTimeout`
         : stage === 'answer'
           ? // A proxy answers a CONNECT once it has reached the target: a target it cannot reach keeps it silent too.
-            `proxy ${proxy} accepted the connection but did not answer CONNECT ${target} within proxy.connectTimeout (${ms} ms); a proxy answers once it has connected to ${target}: check that ${target} is up and reachable from the proxy, then the proxy, or raise proxy.connectTimeout`
+            scheme === undefined
+            ? `proxy ${proxy} accepted the connection but did not answer CONNECT ${target} within proxy.connectTimeout (${ms} ms); a proxy answers once it has connected to ${target}: check that ${target} is up and reachable from the proxy, then the proxy, or raise proxy.connectTimeout`
+            : // With credentials the proxy checks them first (its authentication backend: Squid's helper, a domain controller).
+              `proxy ${proxy} did not answer CONNECT ${target} carrying ${scheme} credentials within proxy.connectTimeout (${ms} ms); a proxy answers once it has checked them and connected to ${target}: check the proxy's authentication backend (its domain controller or auth helper) and that ${target} is reachable from the proxy, or raise proxy.connectTimeout`
           : `the TLS handshake with ${target} through proxy ${proxy} did not finish within proxy.connectTimeout (${ms} ms); the proxy opened the tunnel but relays nothing: check the proxy, or raise proxy.connectTimeout`,
     );
     this.proxy = proxy;

@@ -383,7 +383,13 @@ async function connectLegs(
       while (head.status < 200);
     } catch (err) {
       if (unanswered) {
-        const e = new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, target, 'answer');
+        const e = new ProxyConnectTimeoutError(
+          proxy.origin,
+          proxy.connectTimeout,
+          target,
+          'answer',
+          credentials ? auth.scheme : undefined,
+        );
         traced.error(e);
         throw e;
       }
