@@ -242,6 +242,46 @@ describe('R1: every wait is bounded', () => {
     });
   }
 
+  it('R1/R3: a burst through a proxy whose CONNECT handshake outlasts limits.handshakeTimeout (a 407 body that never ends): one tunnel attempt, and its ProxyTimeoutError answers every request waiting for it', async () => {
+    const accepted: Socket[] = [];
+    const proxy = createNetServer((socket) => {
+      accepted.push(socket);
+      socket.on('error', () => {});
+      // Each head answered at once (proxy.connectTimeout never fires), its body never sent.
+      socket.on('data', () =>
+        socket.write(
+          'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 10\r\n\r\n',
+        ),
+      );
+    });
+    const port = await new Promise<number>((resolve) =>
+      proxy.listen(0, '127.0.0.1', () => resolve((proxy.address() as AddressInfo).port)),
+    );
+    servers.push({
+      close: () => {
+        for (const socket of accepted) socket.destroy();
+        proxy.close();
+      },
+    });
+    const origin = 'https://localhost:8443'; // never reached: the proxy opens no tunnel
+    const a = agent({
+      trustedOrigins: [origin],
+      negotiate: false,
+      proxy: { uri: `http://127.0.0.1:${port}`, credentials: { username: 'u', password: 'pw' } },
+      limits: { handshakeTimeout: 300 },
+    });
+    // The tunnel's handshake is the connection attempt: each waiting request's own would stall as
+    // long again, one after another (queueTimeout 60 s); the caller's deadline is far above.
+    const got = await Promise.all(
+      Array.from({ length: 5 }, (_, i) =>
+        settle(fetch(`${origin}/r${i}`, { dispatcher: a, signal: AbortSignal.timeout(10_000) })),
+      ),
+    );
+    for (const g of got) expect(g.ok === false && (g.e as { code?: string }).code).toBe('MULTILEG_PROXY_TIMEOUT');
+    expect(accepted.length).toBe(1);
+    expect(new Set(got.map((g) => g.ok === false && g.e)).size).toBe(5);
+  });
+
   it("R1: maxQueue bounds the wait behind one session's running handshake (not the pool's): the rest fail at once with QueueFullError", async () => {
     // The leader's legs are held, so its handshake is still running when the others arrive.
     const s = await reference({

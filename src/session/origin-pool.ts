@@ -45,7 +45,11 @@ interface Survey {
 /** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
 export const SPREAD_ROOM = 8;
 
-/** Error codes of a connection attempt that timed out: undici's connect timeout, a proxy's, the OS's. */
+/**
+ * Error codes of a connection attempt that timed out: undici's connect timeout, a proxy's connect
+ * timeout, a CONNECT tunnel's handshake past limits.handshakeTimeout (the tunnel is the connection:
+ * each waiter's own attempt would stall as long), the OS's.
+ */
 const CONNECT_TIMEOUTS: ReadonlySet<string> = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
   'MULTILEG_PROXY_CONNECT_TIMEOUT',
