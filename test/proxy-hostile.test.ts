@@ -5,8 +5,17 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import dns from 'node:dns';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
+import {
+  createSecureServer as createHttp2SecureServer,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+} from 'node:http2';
+import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -262,28 +271,44 @@ interface Forwarded {
  * A forwarding proxy (node:http) that answers every request with a 407 offering Negotiate alone and
  * an error page, as Squid with only negotiate_kerberos_auth does; it reads each request's body.
  */
-async function negotiateOnlyProxy(page: string): Promise<{ port: number; seen: Forwarded[]; close(): Promise<void> }> {
+/** A forwarding proxy that answers every request 407 Negotiate with `page`; `h2`: over TLS, HTTP/2 offered (ALPN). */
+async function negotiateOnlyProxy(
+  page: string,
+  h2 = false,
+): Promise<{ port: number; seen: Forwarded[]; close(): Promise<void> }> {
   const seen: Forwarded[] = [];
-  const http: HttpServer = createHttpServer((req, res) => {
+  const handle = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse): void => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       seen.push({
         method: req.method!,
-        url: req.url!,
+        // Over HTTP/2 the origin is the :authority, the path its own.
+        url: h2 ? `http://${req.headers[':authority']}${req.url}` : req.url!,
         body: Buffer.concat(chunks).toString(),
         proxyAuthorization: req.headers['proxy-authorization'] !== undefined,
       });
-      res.writeHead(407, { 'proxy-authenticate': 'Negotiate', 'content-type': 'text/html' }).end(page);
+      res.statusCode = 407;
+      res.setHeader('proxy-authenticate', 'Negotiate');
+      res.setHeader('content-type', 'text/html');
+      res.end(page);
     });
+  };
+  const server = h2
+    ? createHttp2SecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false }, handle)
+    : createHttpServer(handle);
+  const sockets = new Set<Socket>();
+  server.on('connection', (c: Socket) => {
+    sockets.add(c);
+    c.once('close', () => sockets.delete(c));
   });
-  await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
-    port: (http.address() as AddressInfo).port,
+    port: (server.address() as AddressInfo).port,
     seen,
     close: () => {
-      http.closeAllConnections();
-      return new Promise<void>((r) => http.close(() => r()));
+      for (const c of sockets) c.destroy();
+      return new Promise<void>((r) => server.close(() => r()));
     },
   };
 }
@@ -298,18 +323,25 @@ describe("proxies: a forwarded request's 407 that nothing here can answer (H5, p
   });
 
   it.each([
-    { method: 'GET', body: undefined },
-    { method: 'POST', body: 'order=42&confirm=yes' },
+    { method: 'GET', body: undefined, h2: false },
+    { method: 'POST', body: 'order=42&confirm=yes', h2: false },
+    { method: 'POST', body: 'order=42&confirm=yes', h2: true },
   ] as const)(
-    'H5: with proxy.deliver407, a 407 whose only scheme (Negotiate, no Kerberos ticket) cannot run once tried is held and given to the caller with its body: the request ($method) goes to the proxy once, not twice, and multileg:proxy-unanswered says why',
-    async ({ method, body }) => {
-      negotiateOnly = await negotiateOnlyProxy(page);
+    'H5: with proxy.deliver407, a 407 whose only scheme (Negotiate, no Kerberos ticket) cannot run once tried is held and given to the caller with its body: the request ($method, HTTP/2 $h2) goes to the proxy once, not twice, and multileg:proxy-unanswered says why',
+    async ({ method, body, h2 }) => {
+      negotiateOnly = await negotiateOnlyProxy(page, h2);
+      const scheme = h2 ? 'https' : 'http';
       const events: ProxyUnansweredEvent[] = [];
       const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
       subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
       try {
         agent = new MultilegAgent({
-          proxy: { uri: `http://127.0.0.1:${negotiateOnly.port}`, deliver407: true, mechanisms: [noTicket] },
+          proxy: {
+            uri: `${scheme}://127.0.0.1:${negotiateOnly.port}`,
+            deliver407: true,
+            mechanisms: [noTicket],
+            ...(h2 ? { connect: { ca: CA_CERT } } : {}),
+          },
         });
         const res = await request('http://localhost:8080/form', {
           dispatcher: agent,
@@ -325,7 +357,7 @@ describe("proxies: a forwarded request's 407 that nothing here can answer (H5, p
         ]);
         expect(events).toEqual([
           {
-            proxy: `http://127.0.0.1:${negotiateOnly.port}`,
+            proxy: `${scheme}://127.0.0.1:${negotiateOnly.port}`,
             origin: 'http://localhost:8080',
             path: '/form',
             reason: 'unusable',
