@@ -1,17 +1,9 @@
-import type { Dispatcher } from 'undici';
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, MultilegError, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import {
-  type HeldResponse,
-  LegHandler,
-  type LegResult,
-  type ResponseHeaders,
-  replayHeld,
-  type Verdict,
-} from '../handshake/leg.ts';
+import { type HeldResponse, type LegResult, type ResponseHeaders, replayHeld, type Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
@@ -29,7 +21,7 @@ import { selectCertificate } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import type { OriginMemory } from './origin-memory.ts';
-import { cookieUrlOf, type Session, type WaitOutcome } from './session.ts';
+import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
 /** One finished handshake, as reported by the agent's `handshake` event and stats. */
@@ -71,11 +63,11 @@ export interface ExchangeEnv {
 export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
 export type ExchangeOutcome =
   | { readonly kind: 'done'; readonly done: Promise<void> }
-  /** The request is to go bare on its authenticated session: the pool starts a {@link FastExchange}. */
+  /** The request is to go bare on its authenticated session: the pool starts a FastExchange (fast-exchange.ts). */
   | { readonly kind: 'fast' }
   | { readonly kind: 'relocate'; readonly reason: RelocateReason };
 
-const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
+export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
 
 /** Host and port of the last origin a leg was made for: per-request mode asks once per request. */
@@ -178,7 +170,7 @@ function deliverHeld(run: Run, held: HeldResponse): Step {
 }
 
 /** What one request carries through its lifecycle on one session. */
-interface Run {
+export interface Run {
   readonly session: Session;
   readonly job: Job;
   readonly env: ExchangeEnv;
@@ -214,14 +206,14 @@ export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Prom
   );
 }
 
-function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
+export function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
   const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined };
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) exclude(run, TRANSPORT);
   return run;
 }
 
-async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
+export async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
   const { session, job } = run;
   let step = first;
   while (step.kind !== 'end') {
@@ -248,7 +240,7 @@ async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
         break;
       case 'send':
         // Released from a wait onto an authenticated session, like most of a burst: the fast path.
-        if (run.excluded === undefined && FastExchange.eligible(session, job, run.env)) return FAST;
+        if (run.excluded === undefined && fastPathEligible(session, job, run.env)) return FAST;
         step = await send(run);
         break;
       case 'answer':
@@ -262,161 +254,30 @@ async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> {
   return step.outcome;
 }
 
-/** Where a request taken by {@link FastExchange} ends; `outcome` undefined: it ended on the fast path. */
-export interface FastHost {
-  fastEnded(exchange: FastExchange, outcome: ExchangeOutcome | undefined): void;
+/**
+ * Whether `job` may take the fast path on `session` (FastExchange, fast-exchange.ts): the steps'
+ * decision, checked by the pool before it starts one and by `send` after a wait.
+ */
+export function fastPathEligible(session: Session, job: Job, env: ExchangeEnv): boolean {
+  return (
+    job.identity === 'agent' &&
+    !job.noAuth &&
+    (job.body.asIs === true || (job.body.streams === true && job.body.replayable)) &&
+    fastPathReady(session, env)
+  );
 }
 
-/**
- * The authenticated fast path (C2): a request on an authenticated session goes bare, as the
- * caller gave it (no header or option copy, but for a cookie jar's Cookie), with this one handler
- * object: no step, promise or closure per request. Anything but a plain response — a 401
- * (re-authenticate, T4), a 421 (C9), a failure before the response — hands the request to the
- * steps exactly where `send` would be, so the wire and the outcome are the same as on the slow path.
- */
-export class FastExchange implements Dispatcher.DispatchHandler {
-  readonly session: Session;
-  readonly job: Job;
-  readonly #env: ExchangeEnv;
-  readonly #host: FastHost;
-  #controller: Dispatcher.DispatchController | undefined;
-  #delivering = false;
-  /** The leg handler that took over after a 401 or 421. */
-  #slow: LegHandler | undefined;
-
-  constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost) {
-    this.session = session;
-    // On an authenticated session, a 401 carried from a closed connection is answered already.
-    job.challenges = undefined;
-    this.job = job;
-    this.#env = env;
-    this.#host = host;
-  }
-
-  /** Whether `job` may take the fast path on `session` (checked by the pool before it starts one). */
-  static eligible(session: Session, job: Job, env: ExchangeEnv): boolean {
-    return (
-      job.identity === 'agent' &&
-      !job.noAuth &&
-      (job.body.asIs === true || (job.body.streams === true && job.body.replayable)) &&
-      FastExchange.sessionReady(session, env)
-    );
-  }
-
-  /** The session is authenticated and nothing the steps would check stands in the way. */
-  static sessionReady(session: Session, env: ExchangeEnv): boolean {
-    return (
-      session.state.kind === 'authenticated' &&
-      // Traced legs are published by the session's own send (multileg:leg).
-      !tracingLegs() &&
-      !env.memory.requiresHttp1 &&
-      (env.memory.clientCertificate === undefined || session.certified) &&
-      !env.memory.hasUnusable &&
-      session.sendsDirect
-    );
-  }
-
-  start(): void {
-    const error = this.session.dispatchAsGiven(this.job, this);
-    if (error) this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error }));
-  }
-
-  /** The caller aborted (the sink's abort hook: no closure per request). */
-  callerAborted(reason: Error): void {
-    if (this.#slow) this.#slow.abort(reason);
-    else this.#controller?.abort(reason);
-  }
-
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.#controller = controller;
-    this.job.sink.onAbort(this);
-    this.session.checkStart(this.job, controller);
-  }
-
-  onResponseStart(
-    controller: Dispatcher.DispatchController,
-    status: number,
-    headers: ResponseHeaders,
-    message: string,
-  ): void {
-    if (this.#slow) {
-      this.#slow.onResponseStart(controller, status, headers, message);
-      return;
-    }
-    if (status < 200) return;
-    // The jar is told every head, as #send tells it (a 401's cookie goes on the next leg).
-    if (this.session.cookies) this.session.tellCookies(cookieUrlOf(this.job), headers);
-    if (status === 401 || status === 421) {
-      // Not a plain response: from here the leg is the slow path's `send` step.
-      const run = newRun(this.session, this.job, this.#env);
-      // What `check` would have learnt before a slow send (R4).
-      for (const [scheme, error] of this.#env.memory.unusable()) unusable(run, scheme, error);
-      const seen = newSeen(true);
-      const leg = new LegHandler({
-        sink: this.job.sink,
-        classify: (s, h) => classifySend(run, seen, s, h),
-        beforeStart: () => {},
-        maxDrainBytes: this.#env.limits.maxChallengeBodyBytes,
-        maxDrainMs: this.#env.limits.handshakeTimeout,
-      });
-      this.#slow = leg;
-      leg.onRequestStart(controller);
-      leg.onResponseStart(controller, status, headers, message);
-      this.#toSteps(run, leg.result, seen);
-      return;
-    }
-    this.#delivering = true;
-    this.job.sink.responseStart(controller, status, headers, message);
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#slow) this.#slow.onResponseData(controller, chunk);
-    else if (this.#delivering) this.job.sink.responseData(chunk);
-  }
-
-  onResponseEnd(controller: Dispatcher.DispatchController, trailers: ResponseHeaders): void {
-    if (this.#slow) {
-      this.#slow.onResponseEnd(controller, trailers);
-      return;
-    }
-    if (!this.#delivering) return;
-    this.job.sink.responseEnd(trailers);
-    this.#ended();
-  }
-
-  onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
-    if (this.#slow) {
-      this.#slow.onResponseError(controller, err);
-      return;
-    }
-    if (this.#delivering) {
-      this.job.sink.fail(err);
-      this.#ended();
-      return;
-    }
-    // Nothing reached the caller: the steps decide (relocate after GOAWAY, R5; or the caller's error).
-    this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error: err }));
-  }
-
-  #ended(): void {
-    this.job.sink.onAbort(undefined);
-    this.#host.fastEnded(this, undefined);
-  }
-
-  /** Continues on the steps from the result of this leg, as `send` would. */
-  #toSteps(run: Run | undefined, result: Promise<LegResult>, seen: SendSeen = newSeen(true)): void {
-    const r = run ?? newRun(this.session, this.job, this.#env);
-    result
-      .then((leg) => runSteps(r, afterSend(r, seen, this.session.settleLeg(this.job, leg))))
-      .then(
-        (outcome) => this.#host.fastEnded(this, outcome),
-        (err: Error) => {
-          // A bug, not a network condition: the caller still gets an error, never a hang.
-          this.job.sink.fail(err);
-          this.#host.fastEnded(this, DONE);
-        },
-      );
-  }
+/** The session is authenticated and nothing the steps would check stands in the way. */
+export function fastPathReady(session: Session, env: ExchangeEnv): boolean {
+  return (
+    session.state.kind === 'authenticated' &&
+    // Traced legs are published by the session's own send (multileg:leg).
+    !tracingLegs() &&
+    !env.memory.requiresHttp1 &&
+    (env.memory.clientCertificate === undefined || session.certified) &&
+    !env.memory.hasUnusable &&
+    session.sendsDirect
+  );
 }
 
 function exclude(run: Run, scheme: string): void {
@@ -425,7 +286,7 @@ function exclude(run: Run, scheme: string): void {
 }
 
 /** Excludes a scheme that proved unusable here and keeps why (T2, M5). */
-function unusable(run: Run, scheme: string, error: Error): void {
+export function unusable(run: Run, scheme: string, error: Error): void {
   // What this request found itself stays its reason: `check` reads the origin's memory again, whose
   // copy says "remembered".
   if (run.unusableWhy?.has(scheme)) return;
@@ -517,7 +378,7 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
 }
 
 /** What the classifier of a bare send saw in the response head, for {@link afterSend}. */
-interface SendSeen {
+export interface SendSeen {
   /** Sent on an authenticated session (T4). */
   readonly reauth: boolean;
   challenges: Challenge[];
@@ -531,7 +392,7 @@ interface SendSeen {
  * The verdict on the head of a bare send (C2): a 401 we can answer, a 401 whose every scheme proved
  * unusable here, a refused cleartext challenge (S4) or a 421 (C9) are swallowed; the rest delivered.
  */
-function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
+export function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
   if (status === 401) env.memory.unchallenged = false;
   if (status !== 401 && status !== 421) return 'deliver';
@@ -580,7 +441,7 @@ function classifySend(run: Run, seen: SendSeen, status: number, headers: Respons
   return 'deliver';
 }
 
-const newSeen = (reauth: boolean): SendSeen => ({
+export const newSeen = (reauth: boolean): SendSeen => ({
   reauth,
   challenges: [],
   authId: undefined,
@@ -596,7 +457,7 @@ async function send(run: Run): Promise<Step> {
 }
 
 /** The next step after a bare send: done, relocate, fail, or answer the 401. */
-function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
+export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   const { session, job, env } = run;
   if (result.kind === 'failed') {
     const reason = relocationReason(result.error);

@@ -6,11 +6,12 @@ import type { ProxyRoute } from '../proxy/options.ts';
 import {
   type ExchangeEnv,
   type ExchangeOutcome,
-  FastExchange,
-  type FastHost,
+  fastPathEligible,
+  fastPathReady,
   type HandshakeReport,
   runOnSession,
 } from './exchange.ts';
+import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
@@ -154,7 +155,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (this.memory.unchallenged && this.memory.scheme === undefined) return true;
     if (http1Only || this.#options.http1Only) return false;
     const session = this.#pick('auto', identity);
-    return session !== undefined && FastExchange.sessionReady(session, this.#env);
+    return session !== undefined && fastPathReady(session, this.#env);
   }
 
   /**
@@ -194,13 +195,13 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     }
     if (!session) this.#queueOf(lane, job.identity).enqueue(job, this);
     // Handed an authenticated session: straight to the fast path, no steps.
-    else if (FastExchange.eligible(session, job, this.#env)) new FastExchange(session, job, this.#env, this).start();
+    else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this.#env, this).start();
     else this.#steps(session, job);
   }
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
-    if (FastExchange.eligible(session, job, this.#env)) {
+    if (fastPathEligible(session, job, this.#env)) {
       new FastExchange(session, job, this.#env, this).start();
       return;
     }

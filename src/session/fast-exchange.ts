@@ -1,0 +1,156 @@
+/**
+ * The authenticated fast path (C2): a request on an authenticated session runs here, as one undici
+ * handler, without the steps of exchange.ts, until anything but a plain response hands it to them.
+ * Which requests may come here is the steps' decision (`fastPathEligible`, exchange.ts).
+ */
+import type { Dispatcher } from 'undici';
+import { LegHandler, type LegResult, type ResponseHeaders } from '../handshake/leg.ts';
+import {
+  afterSend,
+  classifySend,
+  DONE,
+  type ExchangeEnv,
+  type ExchangeOutcome,
+  newRun,
+  newSeen,
+  type Run,
+  runSteps,
+  type SendSeen,
+  unusable,
+} from './exchange.ts';
+import type { Job } from './job.ts';
+import { cookieUrlOf, type Session } from './session.ts';
+
+/** Where a request taken by {@link FastExchange} ends; `outcome` undefined: it ended on the fast path. */
+export interface FastHost {
+  fastEnded(exchange: FastExchange, outcome: ExchangeOutcome | undefined): void;
+}
+
+/**
+ * The authenticated fast path (C2): a request on an authenticated session goes bare, as the
+ * caller gave it (no header or option copy, but for a cookie jar's Cookie), with this one handler
+ * object: no step, promise or closure per request. Anything but a plain response — a 401
+ * (re-authenticate, T4), a 421 (C9), a failure before the response — hands the request to the
+ * steps exactly where `send` would be, so the wire and the outcome are the same as on the slow path.
+ */
+export class FastExchange implements Dispatcher.DispatchHandler {
+  readonly session: Session;
+  readonly job: Job;
+  readonly #env: ExchangeEnv;
+  readonly #host: FastHost;
+  #controller: Dispatcher.DispatchController | undefined;
+  #delivering = false;
+  /** The leg handler that took over after a 401 or 421. */
+  #slow: LegHandler | undefined;
+
+  constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost) {
+    this.session = session;
+    // On an authenticated session, a 401 carried from a closed connection is answered already.
+    job.challenges = undefined;
+    this.job = job;
+    this.#env = env;
+    this.#host = host;
+  }
+
+  start(): void {
+    const error = this.session.dispatchAsGiven(this.job, this);
+    if (error) this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error }));
+  }
+
+  /** The caller aborted (the sink's abort hook: no closure per request). */
+  callerAborted(reason: Error): void {
+    if (this.#slow) this.#slow.abort(reason);
+    else this.#controller?.abort(reason);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    this.job.sink.onAbort(this);
+    this.session.checkStart(this.job, controller);
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: ResponseHeaders,
+    message: string,
+  ): void {
+    if (this.#slow) {
+      this.#slow.onResponseStart(controller, status, headers, message);
+      return;
+    }
+    if (status < 200) return;
+    // The jar is told every head, as #send tells it (a 401's cookie goes on the next leg).
+    if (this.session.cookies) this.session.tellCookies(cookieUrlOf(this.job), headers);
+    if (status === 401 || status === 421) {
+      // Not a plain response: from here the leg is the slow path's `send` step.
+      const run = newRun(this.session, this.job, this.#env);
+      // What `check` would have learnt before a slow send (R4).
+      for (const [scheme, error] of this.#env.memory.unusable()) unusable(run, scheme, error);
+      const seen = newSeen(true);
+      const leg = new LegHandler({
+        sink: this.job.sink,
+        classify: (s, h) => classifySend(run, seen, s, h),
+        beforeStart: () => {},
+        maxDrainBytes: this.#env.limits.maxChallengeBodyBytes,
+        maxDrainMs: this.#env.limits.handshakeTimeout,
+      });
+      this.#slow = leg;
+      leg.onRequestStart(controller);
+      leg.onResponseStart(controller, status, headers, message);
+      this.#toSteps(run, leg.result, seen);
+      return;
+    }
+    this.#delivering = true;
+    this.job.sink.responseStart(controller, status, headers, message);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#slow) this.#slow.onResponseData(controller, chunk);
+    else if (this.#delivering) this.job.sink.responseData(chunk);
+  }
+
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: ResponseHeaders): void {
+    if (this.#slow) {
+      this.#slow.onResponseEnd(controller, trailers);
+      return;
+    }
+    if (!this.#delivering) return;
+    this.job.sink.responseEnd(trailers);
+    this.#ended();
+  }
+
+  onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
+    if (this.#slow) {
+      this.#slow.onResponseError(controller, err);
+      return;
+    }
+    if (this.#delivering) {
+      this.job.sink.fail(err);
+      this.#ended();
+      return;
+    }
+    // Nothing reached the caller: the steps decide (relocate after GOAWAY, R5; or the caller's error).
+    this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error: err }));
+  }
+
+  #ended(): void {
+    this.job.sink.onAbort(undefined);
+    this.#host.fastEnded(this, undefined);
+  }
+
+  /** Continues on the steps from the result of this leg, as `send` would. */
+  #toSteps(run: Run | undefined, result: Promise<LegResult>, seen: SendSeen = newSeen(true)): void {
+    const r = run ?? newRun(this.session, this.job, this.#env);
+    result
+      .then((leg) => runSteps(r, afterSend(r, seen, this.session.settleLeg(this.job, leg))))
+      .then(
+        (outcome) => this.#host.fastEnded(this, outcome),
+        (err: Error) => {
+          // A bug, not a network condition: the caller still gets an error, never a hang.
+          this.job.sink.fail(err);
+          this.#host.fastEnded(this, DONE);
+        },
+      );
+  }
+}
