@@ -4,6 +4,7 @@ import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import {
+  DONE,
   type ExchangeEnv,
   type ExchangeOutcome,
   fastPathEligible,
@@ -16,8 +17,6 @@ import type { Job } from './job.ts';
 import { OriginMemory } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
 import { type WaitConsumer, WaitQueue } from './wait-queue.ts';
-
-const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
 const MAX_RELOCATIONS = 4;
