@@ -5,11 +5,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import dns from 'node:dns';
-import {
-  createServer as createHttpServer,
-  type IncomingMessage,
-  type ServerResponse,
-} from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import {
   createSecureServer as createHttp2SecureServer,
   type Http2ServerRequest,
