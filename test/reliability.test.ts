@@ -26,6 +26,7 @@ import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, deferred, hasAuth, SCRIPTED_NTLM_CHALLENGE, testNtlm } from './helpers.ts';
+import { hostile as hostileProxy } from './hostile-proxy.ts';
 import { requirePeer } from './lab/index.ts';
 
 const servers: Array<{ close(): unknown }> = [];
@@ -206,20 +207,9 @@ describe('R1: every wait is bounded', () => {
 
   for (const via of ['direct', 'proxy'] as const) {
     it(`R1: a burst to a peer that accepts TCP and never answers (${via}): one connection attempt, and its timeout answers every request waiting for it`, async () => {
-      const accepted: Socket[] = [];
-      const silent = createNetServer((socket) => {
-        accepted.push(socket);
-        socket.on('error', () => {});
-      });
-      const port = await new Promise<number>((resolve) =>
-        silent.listen(0, '127.0.0.1', () => resolve((silent.address() as AddressInfo).port)),
-      );
-      servers.push({
-        close: () => {
-          for (const socket of accepted) socket.destroy();
-          silent.close();
-        },
-      });
+      const silent = await hostileProxy(() => {});
+      servers.push(silent);
+      const { port } = silent;
       const origin = `https://localhost:${port}`;
       const a = agent({
         trustedOrigins: [origin],
@@ -236,33 +226,23 @@ describe('R1: every wait is bounded', () => {
       );
       const code = via === 'direct' ? 'UND_ERR_CONNECT_TIMEOUT' : 'MULTILEG_PROXY_CONNECT_TIMEOUT';
       for (const g of got) expect(g.ok === false && (g.e as { code?: string }).code).toBe(code);
-      expect(accepted.length).toBe(1);
+      expect(silent.connections).toBe(1);
       // Each request its own error object (same class and code), as for a remembered scheme (R4).
       expect(new Set(got.map((g) => g.ok === false && g.e)).size).toBe(5);
     });
   }
 
   it('R1/R3: a burst through a proxy whose CONNECT handshake outlasts limits.handshakeTimeout (a 407 body that never ends): one tunnel attempt, and its ProxyTimeoutError answers every request waiting for it', async () => {
-    const accepted: Socket[] = [];
-    const proxy = createNetServer((socket) => {
-      accepted.push(socket);
-      socket.on('error', () => {});
-      // Each head answered at once (proxy.connectTimeout never fires), its body never sent.
+    // Each head answered at once (proxy.connectTimeout never fires), its body never sent.
+    const proxy = await hostileProxy((socket) =>
       socket.on('data', () =>
         socket.write(
           'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 10\r\n\r\n',
         ),
-      );
-    });
-    const port = await new Promise<number>((resolve) =>
-      proxy.listen(0, '127.0.0.1', () => resolve((proxy.address() as AddressInfo).port)),
+      ),
     );
-    servers.push({
-      close: () => {
-        for (const socket of accepted) socket.destroy();
-        proxy.close();
-      },
-    });
+    servers.push(proxy);
+    const { port } = proxy;
     const origin = 'https://localhost:8443'; // never reached: the proxy opens no tunnel
     const a = agent({
       trustedOrigins: [origin],
@@ -278,7 +258,7 @@ describe('R1: every wait is bounded', () => {
       ),
     );
     for (const g of got) expect(g.ok === false && (g.e as { code?: string }).code).toBe('MULTILEG_PROXY_TIMEOUT');
-    expect(accepted.length).toBe(1);
+    expect(proxy.connections).toBe(1);
     expect(new Set(got.map((g) => g.ok === false && g.e)).size).toBe(5);
   });
 
