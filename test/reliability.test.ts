@@ -5,7 +5,7 @@
  * proves the agent's bound, not the test's, ended it.
  */
 import { createSecureServer, type Http2SecureServer, type IncomingHttpHeaders } from 'node:http2';
-import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
