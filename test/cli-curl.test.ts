@@ -30,8 +30,8 @@ const listen = async (server: Server | TcpServer) => {
 const ntlmType = (value: string | undefined): number =>
   value?.startsWith('NTLM ') ? Buffer.from(value.slice(5), 'base64').readUInt32LE(8) : 0;
 
-/** The status lines of the heads in `text` (curl's `-D` / `-i` output). */
-const statusLines = (text: string) => text.match(/^HTTP\/\S+ \d{3}[^\r\n]*/gm) ?? [];
+/** The status lines of the heads in `text` (curl's `-D` / `-i` output), without HTTP/2's trailing space. */
+const statusLines = (text: string) => (text.match(/^HTTP\/\S+ \d{3}[^\r\n]*/gm) ?? []).map((l) => l.trimEnd());
 
 describe('multileg: curl options', () => {
   let server: ReferenceServer;
@@ -833,5 +833,12 @@ describe('multileg: curl options', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr).toMatch(/^multileg: option '--retry[a-z-]* <[a-z]+>' argument '.*' is invalid\. expected /);
     }
+  });
+
+  it("-i and -D over HTTP/2: curl's status line, a space after the status (HTTP/2 has no reason phrase)", async () => {
+    const r = await run(['-s', '-i', '-D', join(dir, 'h2.heads'), '--cacert', ca, `${server.origin}/public/x`]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.startsWith('HTTP/2 200 \r\n')).toBe(true);
+    expect(readFileSync(join(dir, 'h2.heads'), 'utf8').startsWith('HTTP/2 200 \r\n')).toBe(true);
   });
 });

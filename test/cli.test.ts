@@ -161,7 +161,7 @@ describe('multileg command line', () => {
     const file = join(dir, 'body.txt');
     writeFileSync(file, 'from a file');
     const h2 = await run(['-i', '-d', `@${file}`, ...alice(), `${server.origin}/auth/post`]);
-    expect(h2.stdout).toMatch(/^HTTP\/2 401\r\n[\s\S]*\r\n\r\nHTTP\/2 200\r\n/);
+    expect(h2.stdout).toMatch(/^HTTP\/2 401 \r\n[\s\S]*\r\n\r\nHTTP\/2 200 \r\n/);
     expect(JSON.parse(h2.stdout.slice(h2.stdout.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({
       bodyLength: 11,
       protocol: 'h2',
@@ -286,7 +286,7 @@ describe('multileg command line', () => {
     const { code, stdout } = await run(['-I', ...alice(), `localhost:${server.port}/auth/head`]);
     expect(code).toBe(0);
     expect(stdout.match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
-    expect(stdout).toMatch(/\r\nHTTP\/2 200\r\n[\s\S]*\r\n\r\n$/);
+    expect(stdout).toMatch(/\r\nHTTP\/2 200 \r\n[\s\S]*\r\n\r\n$/);
     expect(server.exchanges.at(-1)).toMatchObject({ method: 'HEAD', status: 200 });
   });
 
@@ -357,7 +357,7 @@ describe('multileg command line', () => {
     const i = await run(['-i', '-o', withHead, ...alice(), `${server.origin}/auth/file`]);
     expect(i.stdout).toBe('');
     const text = readFileSync(withHead, 'utf8');
-    expect(text).toMatch(/^HTTP\/2 401\r\n[\s\S]*\r\n\r\nHTTP\/2 200\r\n/);
+    expect(text).toMatch(/^HTTP\/2 401 \r\n[\s\S]*\r\n\r\nHTTP\/2 200 \r\n/);
     expect(JSON.parse(text.slice(text.lastIndexOf('\r\n\r\n') + 4))).toMatchObject({ user: 'EXAMPLE\\alice' });
     const dash = await run(['-o', '-', ...alice(), `${server.origin}/auth/file`]);
     expect(JSON.parse(dash.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
@@ -1288,7 +1288,7 @@ describe('multileg command line', () => {
     const user = ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
     other.exchanges.length = 0;
     const notFollowed = await run([...user, '-i', redirect]);
-    expect(notFollowed.stdout).toMatch(/^HTTP\/2 302\r\n/);
+    expect(notFollowed.stdout).toMatch(/^HTTP\/2 302 \r\n/);
     expect(other.exchanges).toHaveLength(0);
 
     const followed = await run([...user, '-L', '-H', 'Authorization: Basic c2VjcmV0', redirect]);
