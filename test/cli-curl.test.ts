@@ -95,6 +95,11 @@ describe('multileg: curl options', () => {
           if (type === 0) res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
           else if (type === 1 && url.pathname.endsWith('/3'))
             res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+        } else if (url.pathname === '/headers') {
+          // The request's headers, for curl's defaults (Accept); a repeated response header for -w.
+          res
+            .writeHead(200, { 'content-type': 'application/json', 'x-twice': ['a', 'b'] })
+            .end(JSON.stringify(req.headers));
         } else if (url.pathname === '/hang') {
           // never answers: --max-time
         } else res.writeHead(404).end('not here\n');
@@ -833,6 +838,20 @@ describe('multileg: curl options', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr).toMatch(/^multileg: option '--retry[a-z-]* <[a-z]+>' argument '.*' is invalid\. expected /);
     }
+  });
+
+  it("curl's Accept: */* goes with every request, redirects' too; -H 'Accept: …' replaces it, -H 'Accept:' drops it", async () => {
+    const sent = async (...args: string[]) => {
+      const r = await run(['-s', ...args, `${plainOrigin}/headers`]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as Record<string, string>;
+    };
+    expect((await sent()).accept).toBe('*/*');
+    expect((await sent('-d', 'x=1')).accept).toBe('*/*');
+    expect((await sent('-H', 'Accept: text/html')).accept).toBe('text/html');
+    expect(await sent('-H', 'Accept:')).not.toHaveProperty('accept');
+    const followed = await run(['-s', '-L', `${server.origin}/public/redirect?to=${plainOrigin}/headers`, ...alice()]);
+    expect(JSON.parse(followed.stdout)).toMatchObject({ accept: '*/*' });
   });
 
   it("-i and -D over HTTP/2: curl's status line, a space after the status (HTTP/2 has no reason phrase)", async () => {

@@ -1034,6 +1034,9 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   if (formType) headers['content-type'] = form ? form.type : 'application/x-www-form-urlencoded';
   else if (form && typeof headers['content-type'] === 'string' && !/;\s*boundary=/i.test(headers['content-type']))
     headers['content-type'] += `; boundary=${form.boundary}`;
+  // curl's Accept: */* (a server that negotiates may answer a request without one otherwise); -H
+  // 'Accept: …' replaces it, -H 'Accept:' drops it.
+  if (!('accept' in headers) && !removed.has('accept')) headers.accept = '*/*';
   // -A and -e: headers a -H of the same name replaces or drops (curl's); -A '' sends none.
   if (o.userAgent && !('user-agent' in headers) && !removed.has('user-agent'))
     headers['user-agent'] = o.userAgent as string;
