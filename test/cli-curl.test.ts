@@ -854,6 +854,22 @@ describe('multileg: curl options', () => {
     expect(JSON.parse(followed.stdout)).toMatchObject({ accept: '*/*' });
   });
 
+  it("a URL that is not one is curl's 3 (URL malformed), a scheme other than http(s) curl's 1 (unsupported protocol), nothing sent; options stay 2", async () => {
+    const bad = await run(['-sS', 'http://[::1']);
+    expect(bad).toMatchObject({ code: 3, stdout: '', stderr: 'multileg: not a URL: http://[::1\n' });
+    const gopher = await run(['-sS', 'gopher://localhost/']);
+    expect(gopher.code).toBe(1);
+    expect(gopher.stderr).toBe(
+      'multileg: unsupported protocol gopher: in gopher://localhost/: use https:// or http://\n',
+    );
+    // Checked before anything is sent: the good URL before the bad one is not requested.
+    const before = received.length;
+    const mixed = await run([`${plainOrigin}/headers`, 'http://[::1']);
+    expect(mixed.code).toBe(3);
+    expect(received.length).toBe(before);
+    expect((await run(['--no-such-option', `${plainOrigin}/headers`])).code).toBe(2);
+  });
+
   it("-i and -D over HTTP/2: curl's status line, a space after the status (HTTP/2 has no reason phrase)", async () => {
     const r = await run(['-s', '-i', '-D', join(dir, 'h2.heads'), '--cacert', ca, `${server.origin}/public/x`]);
     expect(r.code).toBe(0);

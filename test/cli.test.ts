@@ -536,7 +536,6 @@ describe('multileg command line', () => {
         ['--schemes', 'Negotiate,Kerberos', 'https://localhost:1/'],
         /^multileg: --schemes: unknown scheme "Kerberos"; use Negotiate, NTLM, Digest, Basic, Transport\n$/,
       ],
-      [['ftp://localhost/'], /^multileg: unsupported protocol ftp:/],
       // curl's -4 / -6 are no URL (commander leaves what looks like a negative number as an argument).
       [['-4', 'https://localhost:1/'], /^multileg: unknown option '-4' \(multileg --help lists the options\)\n$/],
       // curl's --json DATA: the data must not become a URL and the POST a GET; nor is it echoed.
@@ -1857,11 +1856,11 @@ describe('multileg command line', () => {
 
     const ftp = await run(['ftp://alice:s3cretpw@host/']);
     expect(ftp).toMatchObject({
-      code: 2,
+      code: 1,
       stderr: 'multileg: unsupported protocol ftp: in ftp://…@host/: use https:// or http://\n',
     });
     const bad = await run(['https://alice:s3cretpw@[bad/']);
-    expect(bad).toMatchObject({ code: 2, stderr: 'multileg: not a URL: https://…@[bad/\n' });
+    expect(bad).toMatchObject({ code: 3, stderr: 'multileg: not a URL: https://…@[bad/\n' });
 
     const parsed = (url: string) => {
       const r = parseCli([url]);

@@ -364,10 +364,15 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   try {
     url = new URL(withScheme);
   } catch {
-    throw new ConfigError(`not a URL: ${redactUserinfo(text)}`);
+    // curl's 3 (CURLE_URL_MALFORMAT): a script tells a bad URL from bad options (2).
+    throw new UsageError(`not a URL: ${redactUserinfo(text)}`, EXIT.badUrl);
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:')
-    throw new ConfigError(`unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`);
+    // curl's 1 (CURLE_UNSUPPORTED_PROTOCOL).
+    throw new UsageError(
+      `unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`,
+      EXIT.unsupportedProtocol,
+    );
   let user: UserArg | undefined;
   if (url.username || url.password) {
     // `user@`, without a colon, is `-u user`: the password is asked for (MULTILEG_PASSWORD, stdin, a
