@@ -870,6 +870,35 @@ describe('multileg: curl options', () => {
     expect((await run(['--no-such-option', `${plainOrigin}/headers`])).code).toBe(2);
   });
 
+  it("-w: curl's %{method}, %{scheme}, %{url}, %{urlnum}, %{filename_effective}, %{num_headers}, %header{name} and %{onerror}", async () => {
+    const out = join(dir, 'w-vars.out');
+    const format =
+      '%{method} %{scheme} %{url} %{urlnum} %{filename_effective} %{num_headers} [%header{X-Twice}] [%header{none}]%{onerror} failed %{exitcode}\\n';
+    const r = await run(['-s', '-w', format, '-o', out, `${plainOrigin}/headers`, 'http://127.0.0.1:1/']);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toBe('');
+    // A successful transfer stops at %{onerror}; the failed one writes the rest.
+    expect(r.stdout).toBe(
+      `GET http ${plainOrigin}/headers 0 ${out} 7 [a, b] []` + 'GET http http://127.0.0.1:1/ 1  0 [] [] failed 7\n',
+    );
+    // After -L: the method of the last request (a 303 turns a POST into a GET), the URL as given.
+    const redirect = `${server.origin}/public/redirect?to=/public/x&status=303`;
+    const hop = await run([
+      '-s',
+      '-L',
+      '-d',
+      'a=1',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{method} %{scheme} %{url}',
+      '--cacert',
+      ca,
+      redirect,
+    ]);
+    expect(hop.stdout).toBe(`GET https ${redirect}`);
+  });
+
   it("-i and -D over HTTP/2: curl's status line, a space after the status (HTTP/2 has no reason phrase)", async () => {
     const r = await run(['-s', '-i', '-D', join(dir, 'h2.heads'), '--cacert', ca, `${server.origin}/public/x`]);
     expect(r.code).toBe(0);
