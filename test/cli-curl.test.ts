@@ -30,8 +30,8 @@ const listen = async (server: Server | TcpServer) => {
 const ntlmType = (value: string | undefined): number =>
   value?.startsWith('NTLM ') ? Buffer.from(value.slice(5), 'base64').readUInt32LE(8) : 0;
 
-/** The status lines of the heads in `text` (curl's `-D` / `-i` output). */
-const statusLines = (text: string) => text.match(/^HTTP\/\S+ \d{3}[^\r\n]*/gm) ?? [];
+/** The status lines of the heads in `text` (curl's `-D` / `-i` output), without HTTP/2's trailing space. */
+const statusLines = (text: string) => (text.match(/^HTTP\/\S+ \d{3}[^\r\n]*/gm) ?? []).map((l) => l.trimEnd());
 
 describe('multileg: curl options', () => {
   let server: ReferenceServer;
@@ -95,6 +95,11 @@ describe('multileg: curl options', () => {
           if (type === 0) res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
           else if (type === 1 && url.pathname.endsWith('/3'))
             res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+        } else if (url.pathname === '/headers') {
+          // The request's headers, for curl's defaults (Accept); a repeated response header for -w.
+          res
+            .writeHead(200, { 'content-type': 'application/json', 'x-twice': ['a', 'b'] })
+            .end(JSON.stringify(req.headers));
         } else if (url.pathname === '/hang') {
           // never answers: --max-time
         } else res.writeHead(404).end('not here\n');
@@ -833,5 +838,71 @@ describe('multileg: curl options', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr).toMatch(/^multileg: option '--retry[a-z-]* <[a-z]+>' argument '.*' is invalid\. expected /);
     }
+  });
+
+  it("curl's Accept: */* goes with every request, redirects' too; -H 'Accept: …' replaces it, -H 'Accept:' drops it", async () => {
+    const sent = async (...args: string[]) => {
+      const r = await run(['-s', ...args, `${plainOrigin}/headers`]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as Record<string, string>;
+    };
+    expect((await sent()).accept).toBe('*/*');
+    expect((await sent('-d', 'x=1')).accept).toBe('*/*');
+    expect((await sent('-H', 'Accept: text/html')).accept).toBe('text/html');
+    expect(await sent('-H', 'Accept:')).not.toHaveProperty('accept');
+    const followed = await run(['-s', '-L', `${server.origin}/public/redirect?to=${plainOrigin}/headers`, ...alice()]);
+    expect(JSON.parse(followed.stdout)).toMatchObject({ accept: '*/*' });
+  });
+
+  it("a URL that is not one is curl's 3 (URL malformed), a scheme other than http(s) curl's 1 (unsupported protocol), nothing sent; options stay 2", async () => {
+    const bad = await run(['-sS', 'http://[::1']);
+    expect(bad).toMatchObject({ code: 3, stdout: '', stderr: 'multileg: not a URL: http://[::1\n' });
+    const gopher = await run(['-sS', 'gopher://localhost/']);
+    expect(gopher.code).toBe(1);
+    expect(gopher.stderr).toBe(
+      'multileg: unsupported protocol gopher: in gopher://localhost/: use https:// or http://\n',
+    );
+    // Checked before anything is sent: the good URL before the bad one is not requested.
+    const before = received.length;
+    const mixed = await run([`${plainOrigin}/headers`, 'http://[::1']);
+    expect(mixed.code).toBe(3);
+    expect(received.length).toBe(before);
+    expect((await run(['--no-such-option', `${plainOrigin}/headers`])).code).toBe(2);
+  });
+
+  it("-w: curl's %{method}, %{scheme}, %{url}, %{urlnum}, %{filename_effective}, %{num_headers}, %header{name} and %{onerror}", async () => {
+    const out = join(dir, 'w-vars.out');
+    const format =
+      '%{method} %{scheme} %{url} %{urlnum} %{filename_effective} %{num_headers} [%header{X-Twice}] [%header{none}]%{onerror} failed %{exitcode}\\n';
+    const r = await run(['-s', '-w', format, '-o', out, `${plainOrigin}/headers`, 'http://127.0.0.1:1/']);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toBe('');
+    // A successful transfer stops at %{onerror}; the failed one writes the rest.
+    expect(r.stdout).toBe(
+      `GET http ${plainOrigin}/headers 0 ${out} 7 [a, b] []` + 'GET http http://127.0.0.1:1/ 1  0 [] [] failed 7\n',
+    );
+    // After -L: the method of the last request (a 303 turns a POST into a GET), the URL as given.
+    const redirect = `${server.origin}/public/redirect?to=/public/x&status=303`;
+    const hop = await run([
+      '-s',
+      '-L',
+      '-d',
+      'a=1',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{method} %{scheme} %{url}',
+      '--cacert',
+      ca,
+      redirect,
+    ]);
+    expect(hop.stdout).toBe(`GET https ${redirect}`);
+  });
+
+  it("-i and -D over HTTP/2: curl's status line, a space after the status (HTTP/2 has no reason phrase)", async () => {
+    const r = await run(['-s', '-i', '-D', join(dir, 'h2.heads'), '--cacert', ca, `${server.origin}/public/x`]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.startsWith('HTTP/2 200 \r\n')).toBe(true);
+    expect(readFileSync(join(dir, 'h2.heads'), 'utf8').startsWith('HTTP/2 200 \r\n')).toBe(true);
   });
 });

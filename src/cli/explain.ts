@@ -21,7 +21,11 @@ import type { HandshakeReport } from '../session/exchange.ts';
 export const EXIT = {
   ok: 0,
   failure: 1,
+  /** curl's CURLE_UNSUPPORTED_PROTOCOL: a URL whose scheme is not http or https. */
+  unsupportedProtocol: 1,
   usage: 2,
+  /** curl's CURLE_URL_MALFORMAT: an argument that is not a URL. */
+  badUrl: 3,
   resolveProxy: 5,
   resolve: 6,
   connect: 7,

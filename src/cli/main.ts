@@ -134,14 +134,14 @@ async function main(argv: string[]): Promise<number> {
   /** Why the -c jar could not be written. */
   let jarError: NodeJS.ErrnoException | undefined;
   try {
-    for (const each of req.transfers) {
+    for (const [urlnum, each] of req.transfers.entries()) {
       const { url } = each;
       command.trusted = new CliTrust(url.origin, req.trust);
       // Its own URL and -o, and its own method and body (-T pairs with the URLs in order).
       const transferReq = { ...req, ...each };
       const connects = remotes?.connects ?? 0;
       const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
-      await report(transferReq, outcome, remotes, connects);
+      await report(transferReq, outcome, remotes, connects, urlnum);
       exit = outcome.exit;
       if (exit !== EXIT.ok && req.failEarly) break;
     }

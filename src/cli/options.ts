@@ -364,10 +364,15 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   try {
     url = new URL(withScheme);
   } catch {
-    throw new ConfigError(`not a URL: ${redactUserinfo(text)}`);
+    // curl's 3 (CURLE_URL_MALFORMAT): a script tells a bad URL from bad options (2).
+    throw new UsageError(`not a URL: ${redactUserinfo(text)}`, EXIT.badUrl);
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:')
-    throw new ConfigError(`unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`);
+    // curl's 1 (CURLE_UNSUPPORTED_PROTOCOL).
+    throw new UsageError(
+      `unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`,
+      EXIT.unsupportedProtocol,
+    );
   let user: UserArg | undefined;
   if (url.username || url.password) {
     // `user@`, without a colon, is `-u user`: the password is asked for (MULTILEG_PASSWORD, stdin, a
@@ -1034,6 +1039,9 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   if (formType) headers['content-type'] = form ? form.type : 'application/x-www-form-urlencoded';
   else if (form && typeof headers['content-type'] === 'string' && !/;\s*boundary=/i.test(headers['content-type']))
     headers['content-type'] += `; boundary=${form.boundary}`;
+  // curl's Accept: */* (a server that negotiates may answer a request without one otherwise); -H
+  // 'Accept: …' replaces it, -H 'Accept:' drops it.
+  if (!('accept' in headers) && !removed.has('accept')) headers.accept = '*/*';
   // -A and -e: headers a -H of the same name replaces or drops (curl's); -A '' sends none.
   if (o.userAgent && !('user-agent' in headers) && !removed.has('user-agent'))
     headers['user-agent'] = o.userAgent as string;

@@ -8,14 +8,18 @@ import { dirname } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
-/** A response head as curl writes it (`-i`, `-D`): `HTTP/2 200` or `HTTP/1.1 200 OK`, CRLF lines, a blank line. */
+/**
+ * A response head as curl writes it (`-i`, `-D`): `HTTP/2 200 ` (curl's space after the status,
+ * though HTTP/2 has no reason phrase) or `HTTP/1.1 200 OK`, CRLF lines, a blank line.
+ */
 export function headText(
   protocol: string | undefined,
   status: number,
   statusText: string,
   headers: Iterable<readonly [string, string]>,
 ): string {
-  let text = protocol === 'h2' ? `HTTP/2 ${status}\r\n` : `HTTP/1.1 ${status}${statusText ? ` ${statusText}` : ''}\r\n`;
+  let text =
+    protocol === 'h2' ? `HTTP/2 ${status} \r\n` : `HTTP/1.1 ${status}${statusText ? ` ${statusText}` : ''}\r\n`;
   for (const [name, value] of headers) text += `${name}: ${value}\r\n`;
   return `${text}\r\n`;
 }

@@ -69,6 +69,8 @@ export async function report(
   remotes: Remotes | undefined,
   /** `remotes.connects` when the transfer started. */
   connectsBefore = 0,
+  /** The transfer's place among the command's URLs, from 0 (-w %{urlnum}). */
+  urlnum = 0,
 ): Promise<void> {
   const { url, status, final, redirects, exit, timeTotal, stats } = outcome;
   if (req.json) {
@@ -101,6 +103,15 @@ export async function report(
       const v = final?.headers[name];
       return (Array.isArray(v) ? v[0] : v) ?? '';
     };
+    // %header{name}: every value of a repeated header, joined by ", " (curl's).
+    const headerAll = (name: string) => {
+      const v = final?.headers[name];
+      return Array.isArray(v) ? v.join(', ') : (v ?? '');
+    };
+    const numHeaders = Object.values(final?.headers ?? {}).reduce(
+      (n: number, v) => n + (v === undefined ? 0 : Array.isArray(v) ? v.length : 1),
+      0,
+    );
     const location = header('location');
     let redirectUrl = '';
     if (REDIRECTS.has(status) && location) {
@@ -109,23 +120,34 @@ export async function report(
       } catch {}
     }
     const remote = remotes?.get(url.origin);
-    const parts = writeOut(req.writeOut, {
-      http_code: String(status).padStart(3, '0'),
-      response_code: String(status).padStart(3, '0'),
-      time_total: timeTotal.toFixed(6),
-      num_connects: String(remotes ? remotes.connects - connectsBefore : stats.sessions),
-      num_redirects: String(redirects),
-      url_effective: url.href,
-      http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
-      size_download: String(outcome.bytes),
-      exitcode: String(exit),
-      errormsg: outcome.errormsg,
-      content_type: header('content-type'),
-      redirect_url: redirectUrl,
-      remote_ip: remote?.ip ?? '',
-      remote_port: remote?.port ?? '',
-      num_retries: String(outcome.retries),
-    });
+    const parts = writeOut(
+      req.writeOut,
+      {
+        http_code: String(status).padStart(3, '0'),
+        response_code: String(status).padStart(3, '0'),
+        time_total: timeTotal.toFixed(6),
+        num_connects: String(remotes ? remotes.connects - connectsBefore : stats.sessions),
+        num_redirects: String(redirects),
+        url_effective: url.href,
+        http_version: final?.protocol === 'h2' ? '2' : final ? '1.1' : '0',
+        size_download: String(outcome.bytes),
+        exitcode: String(exit),
+        errormsg: outcome.errormsg,
+        content_type: header('content-type'),
+        redirect_url: redirectUrl,
+        remote_ip: remote?.ip ?? '',
+        remote_port: remote?.port ?? '',
+        num_retries: String(outcome.retries),
+        method: outcome.method,
+        // Lower case, as curl 8.8 and later (7.88 said HTTPS).
+        scheme: url.protocol.slice(0, -1),
+        url: req.url.href,
+        urlnum: String(urlnum),
+        filename_effective: req.output ?? '',
+        num_headers: String(numHeaders),
+      },
+      headerAll,
+    );
     for (const part of parts) (part.to === 'stderr' ? process.stderr : process.stdout).write(part.text);
   }
 }

@@ -49,6 +49,8 @@ export interface TransferOutcome {
   readonly url: URL;
   /** The final response's status, 0 when none came. */
   readonly status: number;
+  /** The method of its last request (a redirect may have turned a POST into a GET): -w %{method}. */
+  readonly method: string;
   readonly redirects: number;
   readonly exit: number;
   /** The message of the failure that set the exit code (-w %{errormsg}). */
@@ -482,6 +484,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   return {
     url: hop.url,
     status,
+    method: hop.method,
     redirects,
     exit,
     errormsg,
