@@ -12,6 +12,7 @@ import {
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
+  MultilegError,
   QueueTimeoutError,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
@@ -266,4 +267,48 @@ describe('R4: a changed proxy password is not tried again and again (account loc
       expect(proxy.exchanges.every((e) => !e.proxyAuthorization)).toBe(true);
     },
   );
+
+  it('C11/R4: a burst right after the proxy password changed (no quiet spell) ends every forwarded request with a typed error, never the proxy 407 (proxy.deliver407 off)', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      connect: { ca: r.server.ca },
+      trustedOrigins: [`http://localhost:${r.server.port}`],
+      // A low bound, so that requests following other requests' handshakes reach it in one burst.
+      limits: { maxLegs: 2 },
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    const closeRig = r.close;
+    r.close = async () => {
+      await agent.destroy().catch(() => {});
+      await closeRig();
+    };
+    const url = `http://localhost:${r.server.port}/auth`;
+    expect(await burst(`${url}/warm`, agent, 100)).toEqual(Array(100).fill(200));
+    proxy.options.basicUsers = { proxyuser: 'rotated' };
+    const errors: unknown[] = [];
+    const statuses: number[] = [];
+    await Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        request(`${url}/a/${i}`, { dispatcher: agent }).then(
+          (res) => res.body.dump().then(() => statuses.push(res.statusCode)),
+          (err: unknown) => errors.push(err),
+        ),
+      ),
+    );
+    // Before: a request that followed other requests' 407 exchanges past limits.maxLegs got the
+    // proxy's 407 as its response, although proxy.deliver407 is off.
+    expect(statuses).toEqual([]);
+    expect(errors).toHaveLength(100);
+    for (const err of errors) {
+      expect(err).toBeInstanceOf(MultilegError);
+      expect(['MULTILEG_PROXY_AUTH', 'MULTILEG_LEG_LIMIT']).toContain((err as MultilegError).code);
+    }
+  });
 });

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
 import { publishProxyUnanswered } from '../diagnostics.ts';
+import { LegLimitError } from '../errors.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
@@ -187,7 +188,8 @@ export class ForwardProxy {
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
-              if (status === 407 && answers <= this.#limits.maxLegs) {
+              // Past limits.maxLegs a 407 is the caller's only under proxy.deliver407; else the typed error below.
+              if (status === 407 && (answers <= this.#limits.maxLegs || !this.route.proxy.deliver407)) {
                 const others = turn.answeredByAnother;
                 if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
                   challenged = headers;
@@ -248,6 +250,13 @@ export class ForwardProxy {
         onWire = undefined;
         if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
+        if (answers >= this.#limits.maxLegs && !this.route.proxy.deliver407) {
+          // C11: the proxy kept answering 407 (to this request's legs, or while it followed other
+          // requests' exchanges): a typed error, never the bare 407 (fetch would make it a network error).
+          throw this.route.proxy.proof.refused
+            ? refusedLately(this.route.proxy, offeredSchemes(readChallenges(challenged, true)))
+            : new LegLimitError(this.#limits.maxLegs, `proxy ${this.#auth.scheme ?? 'authentication'}`);
+        }
         if (turn.answeredByAnother) {
           // Another request's handshake answers this 407: this one goes again after it (on the
           // connection it authenticated), bounded by limits.maxLegs as every leg is.
