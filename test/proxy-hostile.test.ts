@@ -693,3 +693,106 @@ describe('hostile proxies: the proxy handshake is bounded by limits.handshakeTim
     expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
   }, 10_000);
 });
+
+describe('forwarding proxies that close the connection after every response (H5, R4, C11)', () => {
+  /**
+   * A forwarding proxy that answers each request itself and closes the connection after every
+   * response, saying so (`Connection: close`), as Squid with `client_persistent_connections off`.
+   * `answer` gives the response to one request head.
+   */
+  const closingProxy = (answer: (head: string) => string) =>
+    hostile((socket, received) => {
+      const onData = () => {
+        const end = received().indexOf('\r\n\r\n');
+        if (end < 0) return;
+        socket.off('data', onData);
+        socket.end(answer(received().slice(0, end)));
+      };
+      socket.on('data', onData);
+    });
+  const ok = 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok';
+  const basicProxy = () =>
+    closingProxy((head) =>
+      /\r\nproxy-authorization: basic dTpwdw==/i.test(head)
+        ? ok
+        : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
+    );
+  const unauthenticated = (heads: string[]) => heads.filter((h) => !/\r\nproxy-authorization:/i.test(h));
+  const heads = (p: Hostile) => p.received.map((r) => r.slice(0, r.indexOf('\r\n\r\n')));
+
+  const basicAgent = (p: Hostile) =>
+    new MultilegAgent({
+      allowBasicOverHttp: true,
+      proxy: { uri: `http://127.0.0.1:${p.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+  const get = async (path: string) => {
+    const res = await request(`http://origin.test${path}`, { dispatcher: agent! });
+    return { status: res.statusCode, body: await res.body.text() };
+  };
+
+  it('H5/R4: Basic through a forwarding proxy that closes after every response: N requests succeed, one bare request in all (the first: nothing had told the agent what the proxy asks), the credentials only in Proxy-Authorization to that proxy, one connection each', async () => {
+    proxy = await basicProxy();
+    agent = basicAgent(proxy);
+    const n = 5;
+    // Before: each request failed with MULTILEG_RELOCATION_LIMIT, every new connection bare again.
+    for (let i = 0; i < n; i++) expect(await get(`/r${i}`)).toEqual({ status: 200, body: 'ok' });
+    const sent = heads(proxy);
+    expect(unauthenticated(sent)).toHaveLength(1);
+    // Each request once with the credentials on its first leg, the first once bare before.
+    expect(sent).toHaveLength(n + 1);
+    // The proxy's credentials go in Proxy-Authorization alone, never as the origin's Authorization.
+    expect(sent.some((h) => /\r\nauthorization:/i.test(h))).toBe(false);
+    // No connection opened and left unused (undici's reconnect after the proxy's close).
+    expect(proxy.connections).toBe(n + 1);
+  });
+
+  it('H5/R4: after the first 407 a burst through the closing forwarding proxy sends no bare request: every new connection carries the Basic the proxy asked for', async () => {
+    proxy = await basicProxy();
+    agent = basicAgent(proxy);
+    expect((await get('/first')).status).toBe(200);
+    const burst = await Promise.all(Array.from({ length: 8 }, (_, i) => get(`/b${i}`)));
+    expect(burst.every((r) => r.status === 200)).toBe(true);
+    expect(unauthenticated(heads(proxy))).toHaveLength(1);
+  });
+
+  it('R4: a wrong Basic password through the closing forwarding proxy is sent once, and the typed refusal names the proxy (no relocation loop)', async () => {
+    proxy = await basicProxy();
+    agent = new MultilegAgent({
+      allowBasicOverHttp: true,
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'wrong' } },
+    });
+    const err = await get('/x').then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: true });
+    expect(err!.message).toContain(`127.0.0.1:${proxy.port}`);
+    const sent = heads(proxy);
+    expect(sent.filter((h) => /\r\nproxy-authorization:/i.test(h))).toHaveLength(1);
+    // Refused lately (R4): the next request does not send the password again.
+    await get('/y').catch(() => {});
+    expect(heads(proxy).filter((h) => /\r\nproxy-authorization:/i.test(h))).toHaveLength(1);
+  });
+
+  it('H5/R4: Digest through the closing forwarding proxy: the nonce of its 407 goes on the next connection; a stale=true answer there is answered once more (not a refusal)', async () => {
+    let nonces = 0;
+    proxy = await closingProxy((head) => {
+      const used = /\r\nproxy-authorization: digest .*nonce="(n\d)"/i.exec(head)?.[1];
+      // n2 is accepted; n1 (the first 407's) is stale by the time it comes back.
+      if (used === 'n2') return ok;
+      nonces += 1;
+      const stale = used === 'n1' ? ', stale=true' : '';
+      return `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest realm="p", qop="auth", nonce="n${nonces}"${stale}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
+    });
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+    expect(await get('/d1')).toEqual({ status: 200, body: 'ok' });
+    // The next request goes on a new connection with the nonce that worked: no bare request, no 407.
+    expect(await get('/d2')).toEqual({ status: 200, body: 'ok' });
+    const sent = heads(proxy);
+    expect(unauthenticated(sent)).toHaveLength(1);
+    expect(sent.map((h) => /nonce="(n\d)"/.exec(h)?.[1] ?? 'bare')).toEqual(['bare', 'n1', 'n2', 'n2']);
+  });
+});

@@ -543,6 +543,7 @@ describe("the proxy's NTLM opening on forwarded requests (reference proxy with n
         limits,
         onRemoteHttp1: () => {},
         onUnusable: () => {},
+        onClosing: () => {},
       });
       // The session's part: every leg a stream on the one HTTP/2 connection the ForwardProxy opened.
       const socket = await forward.socket;

@@ -162,6 +162,19 @@ export class ProxyAuth {
     this.#state = 'idle';
   }
 
+  /**
+   * A new connection takes the per-request scheme (Basic, Digest) the proxy asked for on another
+   * ({@link ResolvedProxy.perRequest}), as if its own handshake had succeeded with it: its first
+   * request then carries it ({@link proactive}). Nothing happens once the connection has run anything.
+   */
+  adopt(): void {
+    const remembered = this.#proxy.perRequest;
+    if (this.#state !== 'idle' || this.#mechanism !== undefined || remembered === undefined) return;
+    if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
+    this.#mechanism = remembered;
+    this.#state = 'done';
+  }
+
   /** {@link header} will make credentials for a request of its own (a per-request scheme after a success). */
   get proactive(): boolean {
     const mechanism = this.#mechanism;
@@ -298,6 +311,8 @@ export class ProxyAuth {
         this.#context = mechanism.createContext(leg);
         this.#first = challenge;
         await this.#step(challenge, leg);
+        // What the proxy asks for, for its next connections (a connection-bound scheme is this one's alone).
+        this.#proxy.perRequest = mechanism.level === 'request' ? mechanism : undefined;
         return;
       } catch (err) {
         if (this.#legs === 0 && cannotRunHere(err)) {

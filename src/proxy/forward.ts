@@ -54,6 +54,7 @@ export class ForwardProxy {
   readonly #limits: Limits;
   readonly #onRemoteHttp1: () => void;
   readonly #onUnusable: (err: Error) => void;
+  readonly #onClosing: () => void;
   #vouched = false;
   /** Which request runs this connection's handshake with the proxy (one at a time), and who waits. */
   readonly #lead: ProxyLead;
@@ -69,11 +70,17 @@ export class ForwardProxy {
      * or authenticating to the proxy did not finish within `limits.handshakeTimeout`.
      */
     onUnusable: (err: Error) => void;
+    /**
+     * The proxy said it closes the connection after its answer (`Connection: close`): no request
+     * or leg is given to it any more, so each goes to a new connection at once.
+     */
+    onClosing: () => void;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
     this.#onUnusable = opts.onUnusable;
+    this.#onClosing = opts.onClosing;
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
     this.#lead = new ProxyLead(
       this.#auth,
@@ -108,6 +115,19 @@ export class ForwardProxy {
     waiter: Waiter,
     deliverHeld: DeliverHeld,
   ): Promise<LegResult> {
+    const onProxy = sendOnProxy;
+    // A proxy that closes the connection after an answer (Squid's client_persistent_connections
+    // off; old proxies after each 407) gets nothing more on it: the next leg goes elsewhere at once.
+    sendOnProxy = (e, c, p, started) =>
+      onProxy(
+        e,
+        (status, headers) => {
+          if (saysClose(headers)) this.#onClosing();
+          return c(status, headers);
+        },
+        p,
+        started,
+      );
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
     const host = new URL(request.origin).host;
@@ -149,6 +169,8 @@ export class ForwardProxy {
     const proof = this.route.proxy.proof;
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
+    /** A stale nonce was answered once already. */
+    let renewed = false;
     const admit = async (password: boolean): Promise<boolean> => {
       if (ticket) return true;
       const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
@@ -173,8 +195,11 @@ export class ForwardProxy {
             await race(this.#auth.open(leg));
           }
         }
-        // After a success, a per-request scheme (Digest, Basic) makes this request's header: a step
-        // too — with leave only; without, the request goes bare and a 407 ends it with why.
+        // After a success — on this connection, or the proxy's 407 answered on another (a proxy
+        // that closes the connection after each response is never answered on the one it asked
+        // on) — a per-request scheme (Digest, Basic) makes this request's header: a step too — with
+        // leave only; without, the request goes bare and a 407 ends it with why.
+        if (first) this.#auth.adopt();
         const own = first && this.#auth.proactive;
         const allowed = !own || (await admit(this.#auth.usesPassword()));
         if (own && allowed) clock().start();
@@ -269,7 +294,10 @@ export class ForwardProxy {
           // per-request scheme's) were just refused: tried once more only while that may go.
           const offered = offeredSchemes(readChallenges(challenged, true));
           if (credentials && ticket) {
-            if (!proof.again(ticket)) {
+            // A nonce the proxy no longer takes (Digest's stale=true) refused no password: answered
+            // once more, as an origin's is; any other 407 to them is a refusal.
+            if (credentials.own && !renewed && staleNonce(challenged, this.#auth.scheme)) renewed = true;
+            else if (!proof.again(ticket)) {
               outcome = 'refused';
               throw proof.refused
                 ? refusedLately(this.route.proxy, offered)
@@ -360,4 +388,17 @@ export class ForwardProxy {
       if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
     }
   }
+}
+
+/** The answer ends its connection after it (HTTP/1.1 `Connection: close`, or an old proxy's `Proxy-Connection: close`). */
+function saysClose(headers: ResponseHeaders): boolean {
+  return [headers.connection, headers['proxy-connection']]
+    .flat()
+    .some((v) => v !== undefined && /(^|,)\s*close\s*(,|$)/i.test(v));
+}
+
+/** The 407 offers `scheme` again with `stale=true` (RFC 7616 §3.3): only the nonce was refused. */
+function staleNonce(headers: ResponseHeaders, scheme: string | undefined): boolean {
+  const key = scheme?.toLowerCase();
+  return readChallenges(headers, true).some((c) => c.schemeKey === key && c.params.stale?.toLowerCase() === 'true');
 }

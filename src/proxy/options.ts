@@ -110,6 +110,13 @@ export interface ResolvedProxy {
    * (OriginMemory.openedInVain).
    */
   openedInVain: boolean;
+  /**
+   * The per-request scheme (Basic, Digest) this proxy's last 407 was answered with: a new
+   * connection's first request carries it unasked, as curl does, with leave only (R4). Without it a
+   * proxy that closes the connection after every response would get a bare request on each new
+   * connection, and never the answer to its 407.
+   */
+  perRequest: Mechanism | undefined;
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -220,6 +227,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     ),
     hasCredentials: credentials !== undefined,
     openedInVain: false,
+    perRequest: undefined,
   };
 }
 

@@ -155,6 +155,10 @@ export class Session {
           log.session('%s proxy connection unusable (%s): closing', this.id, err.message);
           this.apply({ type: 'closed' });
         },
+        onClosing: () => {
+          log.session('%s proxy closes the connection after its answer: closing', this.id);
+          this.apply({ type: 'closed' });
+        },
       });
     }
     const route = opts.route
