@@ -795,4 +795,39 @@ describe('forwarding proxies that close the connection after every response (H5,
     expect(unauthenticated(sent)).toHaveLength(1);
     expect(sent.map((h) => /nonce="(n\d)"/.exec(h)?.[1] ?? 'bare')).toEqual(['bare', 'n1', 'n2', 'n2']);
   });
+
+  it.each([
+    { opening: false, how: 'answering its 407' },
+    { opening: true, how: "opened unasked (proxy.schemes: ['NTLM'])" },
+  ])(
+    'H5/C11: NTLM through a forwarding proxy that closes after every response ($how): one typed ProxyAuthenticationError naming the proxy and its keep-alive settings, on one connection (not RelocationLimitError)',
+    async ({ opening }) => {
+      proxy = await closingProxy(
+        (head) =>
+          `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM${
+            /\r\nproxy-authorization: ntlm /i.test(head) ? ` ${SCRIPTED_NTLM_CHALLENGE}` : ''
+          }\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
+      );
+      agent = new MultilegAgent({
+        proxy: {
+          uri: `http://127.0.0.1:${proxy.port}`,
+          credentials: ALICE,
+          ...(opening ? { schemes: ['NTLM' as const] } : {}),
+        },
+      });
+      // Before: RelocationLimitError ("check the server or the network") after 5 connections.
+      const err = await get('/n').then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err).toMatchObject({
+        code: 'MULTILEG_PROXY_AUTH',
+        proxy: `http://127.0.0.1:${proxy.port}`,
+        refused: false,
+      });
+      expect(err!.message).toMatch(/closes the connection between NTLM legs.*keep-alive/);
+      expect(proxy.connections).toBe(1);
+    },
+  );
 });

@@ -175,6 +175,14 @@ export class ProxyAuth {
     this.#state = 'done';
   }
 
+  /**
+   * A handshake that authenticates the connection it runs on (NTLM, Negotiate) is running: a proxy
+   * that closes that connection before the next leg ends it.
+   */
+  get connectionBound(): boolean {
+    return this.#state === 'handshaking' && this.#mechanism !== undefined && this.#mechanism.level !== 'request';
+  }
+
   /** {@link header} will make credentials for a request of its own (a per-request scheme after a success). */
   get proactive(): boolean {
     const mechanism = this.#mechanism;

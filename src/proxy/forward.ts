@@ -12,7 +12,7 @@ import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
-import { connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
+import { closedBetweenLegs, connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 /** A leg on the wire, as far as the proxy's deadline needs it. */
@@ -206,6 +206,8 @@ export class ForwardProxy {
         const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
         if (own && allowed) deadline?.stop();
         let challenged: ResponseHeaders | undefined;
+        /** The proxy said it closes the connection after its 407 (`Connection: close`). */
+        let closes = false;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
         turn.sending();
@@ -218,6 +220,7 @@ export class ForwardProxy {
                 const others = turn.answeredByAnother;
                 if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
                   challenged = headers;
+                  closes = saysClose(headers);
                   clock().start();
                   // proxy.deliver407: kept (its body bounded by limits.maxChallengeBodyBytes), to be
                   // the caller's if the mechanism for it cannot run here, which shows only once
@@ -309,6 +312,12 @@ export class ForwardProxy {
         }
         try {
           await race(this.#auth.answer(challenged, leg));
+          // The next leg of a connection-bound handshake (NTLM, Negotiate) would have to go on the
+          // connection the proxy just said it closes; on another it would start bare again, and
+          // again, until the relocation limit. Named now, as a CONNECT's is.
+          if (closes && this.#auth.connectionBound) {
+            throw closedBetweenLegs(this.route.proxy, this.#auth.scheme, 'its 407 said Connection: close');
+          }
         } catch (err) {
           if (err instanceof ProxyAuthenticationError && err.refused) outcome = this.#auth.refusal;
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate

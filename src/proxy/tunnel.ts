@@ -316,6 +316,22 @@ export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]):
 }
 
 /**
+ * The proxy ends the connection a connection-bound handshake (NTLM, Negotiate) lives on before its
+ * next leg, again: it cannot finish through this proxy (curl fails too). `how`: what showed it.
+ */
+export function closedBetweenLegs(
+  proxy: ResolvedProxy,
+  scheme: string | undefined,
+  how = '',
+): ProxyAuthenticationError {
+  return new ProxyAuthenticationError(
+    proxy.origin,
+    `the proxy closes the connection between ${scheme ?? 'authentication'} legs${how ? ` (${how})` : ''}, so a connection-bound handshake cannot finish; check the proxy's keep-alive settings (Squid: client_persistent_connections on)`,
+    [],
+  );
+}
+
+/**
  * The CONNECT legs of one tunnel; `admit` is called before a 407 is answered by a new handshake
  * (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
  * (it may wait; false: go bare), `proved` with what the handshake said of the credentials.
@@ -402,11 +418,7 @@ async function connectLegs(
         socket.destroy();
         socket = undefined;
         if (auth.state === 'handshaking' && credentials !== undefined && !(await auth.restart(leg))) {
-          throw new ProxyAuthenticationError(
-            proxy.origin,
-            `the proxy closed the connection between ${auth.scheme} legs, so a connection-bound handshake cannot finish; check the proxy's keep-alive settings`,
-            [],
-          );
+          throw closedBetweenLegs(proxy, auth.scheme);
         }
         continue;
       }
@@ -453,11 +465,7 @@ async function connectLegs(
       socket.destroy();
       socket = undefined;
       if (!(await auth.restart(leg))) {
-        throw new ProxyAuthenticationError(
-          proxy.origin,
-          `the proxy closes the connection between ${auth.scheme} legs, so a connection-bound handshake cannot finish; check the proxy's keep-alive settings`,
-          [],
-        );
+        throw closedBetweenLegs(proxy, auth.scheme);
       }
       continue;
     }
