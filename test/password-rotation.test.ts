@@ -40,6 +40,34 @@ const noKerberos: MultilegAgentOptions['negotiate'] = {
   kerberos: { initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'not in this test')) },
 };
 
+/**
+ * The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw), and an agent
+ * with both passwords, destroyed with the rig.
+ */
+async function behindBasicProxy(
+  trustedOrigins: (origin: string, port: number) => string[],
+  extra: MultilegAgentOptions = {},
+): Promise<{ rig: Rig; proxy: ReferenceProxy; agent: MultilegAgent }> {
+  const rg = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+  r = rg;
+  const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+  proxy = px;
+  const agent = new MultilegAgent({
+    credentials: ALICE,
+    negotiate: false,
+    connect: { ca: rg.server.ca },
+    trustedOrigins: trustedOrigins(rg.server.origin, rg.server.port),
+    ...extra,
+    proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: { username: 'proxyuser', password: 'proxypw' } },
+  });
+  const closeRig = rg.close;
+  rg.close = async () => {
+    await agent.destroy().catch(() => {});
+    await closeRig();
+  };
+  return { rig: rg, proxy: px, agent };
+}
+
 /** `n` concurrent GETs of `path/i`; each gives its status, or its error's name. */
 function burst(url: string, agent: MultilegAgent, n: number, h1 = false): Promise<Array<number | string>> {
   return Promise.all(
@@ -216,37 +244,24 @@ describe('R4: a changed proxy password is not tried again and again (account loc
   ])(
     'R4: through %s: after the proxy password changed, a burst of 200 tries the old one at most twice, then not at all for 30 s',
     async (_, tunnel, before) => {
-      r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
-      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-      const agent = new MultilegAgent({
-        credentials: ALICE,
-        negotiate: false,
-        connect: { ca: r.server.ca },
-        trustedOrigins: [r.server.origin, `http://localhost:${r.server.port}`],
-        proxy: {
-          uri: proxy.origin,
-          connect: { ca: proxy.ca },
-          credentials: { username: 'proxyuser', password: 'proxypw' },
-        },
-      });
-      const closeRig = r.close;
-      r.close = async () => {
-        await agent.destroy().catch(() => {});
-        await closeRig();
-      };
-      const url = `${tunnel ? r.server.origin : `http://localhost:${r.server.port}`}/auth`;
+      const {
+        agent,
+        rig: rg,
+        proxy: px,
+      } = await behindBasicProxy((origin, port) => [origin, `http://localhost:${port}`]);
+      const url = `${tunnel ? rg.server.origin : `http://localhost:${rg.server.port}`}/auth`;
       expect(await burst(`${url}/warm`, agent, 20)).toEqual(Array(20).fill(200));
-      proxy.options.basicUsers = { proxyuser: 'rotated' };
-      r.server.endSessions();
+      px.options.basicUsers = { proxyuser: 'rotated' };
+      rg.server.endSessions();
       await quiet();
-      proxy.exchanges.length = 0;
-      const wrong = () => proxy!.exchanges.filter((e) => e.proxyAuthorization && e.status === 407).length;
+      px.exchanges.length = 0;
+      const wrong = () => px.exchanges.filter((e) => e.proxyAuthorization && e.status === 407).length;
       expect(await burst(`${url}/a`, agent, 200)).toEqual(Array(200).fill('ProxyAuthenticationError'));
       // Before: `before` wrong proxy passwords for this burst (once per tunnel, or per request).
       expect(before).toBeGreaterThan(2);
       expect(wrong()).toBeGreaterThanOrEqual(1);
       expect(wrong()).toBeLessThanOrEqual(2);
-      proxy.exchanges.length = 0;
+      px.exchanges.length = 0;
       const errors: unknown[] = [];
       const again = await Promise.all(
         Array.from({ length: 20 }, (_, i) =>
@@ -264,34 +279,22 @@ describe('R4: a changed proxy password is not tried again and again (account loc
         expect((err as Error).message).toContain('refused proxy.credentials lately');
       }
       expect(wrong()).toBe(0);
-      expect(proxy.exchanges.every((e) => !e.proxyAuthorization)).toBe(true);
+      expect(px.exchanges.every((e) => !e.proxyAuthorization)).toBe(true);
     },
   );
 
   it('C11/R4: a burst right after the proxy password changed (no quiet spell) ends every forwarded request with a typed error, never the proxy 407 (proxy.deliver407 off)', async () => {
-    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
-    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-    const agent = new MultilegAgent({
-      credentials: ALICE,
-      negotiate: false,
-      connect: { ca: r.server.ca },
-      trustedOrigins: [`http://localhost:${r.server.port}`],
+    const {
+      agent,
+      rig: rg,
+      proxy: px,
+    } = await behindBasicProxy((_, port) => [`http://localhost:${port}`], {
       // A low bound, so that requests following other requests' handshakes reach it in one burst.
       limits: { maxLegs: 2 },
-      proxy: {
-        uri: proxy.origin,
-        connect: { ca: proxy.ca },
-        credentials: { username: 'proxyuser', password: 'proxypw' },
-      },
     });
-    const closeRig = r.close;
-    r.close = async () => {
-      await agent.destroy().catch(() => {});
-      await closeRig();
-    };
-    const url = `http://localhost:${r.server.port}/auth`;
+    const url = `http://localhost:${rg.server.port}/auth`;
     expect(await burst(`${url}/warm`, agent, 100)).toEqual(Array(100).fill(200));
-    proxy.options.basicUsers = { proxyuser: 'rotated' };
+    px.options.basicUsers = { proxyuser: 'rotated' };
     const errors: unknown[] = [];
     const statuses: number[] = [];
     await Promise.all(
