@@ -711,12 +711,10 @@ describe('forwarding proxies that close the connection after every response (H5,
       socket.on('data', onData);
     });
   const ok = 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok';
+  const basic407 =
+    'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
   const basicProxy = () =>
-    closingProxy((head) =>
-      /\r\nproxy-authorization: basic dTpwdw==/i.test(head)
-        ? ok
-        : 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
-    );
+    closingProxy((head) => (/\r\nproxy-authorization: basic dTpwdw==/i.test(head) ? ok : basic407));
   const unauthenticated = (heads: string[]) => heads.filter((h) => !/\r\nproxy-authorization:/i.test(h));
   const heads = (p: Hostile) => p.received.map((r) => r.slice(0, r.indexOf('\r\n\r\n')));
 
@@ -794,6 +792,32 @@ describe('forwarding proxies that close the connection after every response (H5,
     const sent = heads(proxy);
     expect(unauthenticated(sent)).toHaveLength(1);
     expect(sent.map((h) => /nonce="(n\d)"/.exec(h)?.[1] ?? 'bare')).toEqual(['bare', 'n1', 'n2', 'n2']);
+  });
+
+  it('R4/H5: the closing forwarding proxy switched from Basic to Digest: a burst whose new connections carry the Basic it asked for before gets Digest, every request 200 — a 407 that no longer offers Basic is no refusal of the password (no lockout)', async () => {
+    let digest = false;
+    let nonces = 0;
+    proxy = await closingProxy((head) => {
+      if (!digest) return /\r\nproxy-authorization: basic dTpwdw==/i.test(head) ? ok : basic407;
+      if (/\r\nproxy-authorization: digest [^\r]*username="u"/i.test(head)) return ok;
+      nonces += 1;
+      return `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest realm="p", qop="auth", nonce="n${nonces}"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
+    });
+    agent = basicAgent(proxy);
+    expect((await get('/before')).status).toBe(200);
+    digest = true;
+    const burst = await Promise.all(
+      Array.from({ length: 6 }, (_, i) =>
+        get(`/after${i}`).then(
+          (r) => r.status,
+          (e: Error) => e.message,
+        ),
+      ),
+    );
+    // Before: the first 407 to the remembered Basic counted as a refusal, the next ones made the
+    // password "refused lately": those requests failed, and no credentials went for 30 s.
+    expect(burst).toEqual(Array(6).fill(200));
+    expect((await get('/later')).status).toBe(200);
   });
 
   it.each([

@@ -176,6 +176,14 @@ export class ProxyAuth {
   }
 
   /**
+   * The proxy's 407 no longer offers this connection's per-request scheme: new connections stop
+   * carrying it unasked ({@link adopt}), unless another has answered the proxy with something since.
+   */
+  forget(): void {
+    if (this.#proxy.perRequest === this.#mechanism) this.#proxy.perRequest = undefined;
+  }
+
+  /**
    * A handshake that authenticates the connection it runs on (NTLM, Negotiate) is running: a proxy
    * that closes that connection before the next leg ends it.
    */

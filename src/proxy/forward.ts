@@ -300,6 +300,10 @@ export class ForwardProxy {
             // A nonce the proxy no longer takes (Digest's stale=true) refused no password: answered
             // once more, as an origin's is; any other 407 to them is a refusal.
             if (credentials.own && !renewed && staleNonce(challenged, this.#auth.scheme)) renewed = true;
+            // A 407 that no longer offers their scheme (the proxy now asks for another) judged
+            // nothing sent: no refusal (R4), and new connections stop carrying it — as an origin's
+            // declined proactive leg. A new handshake answers it.
+            else if (credentials.own && !offers(challenged, this.#auth.scheme)) this.#auth.forget();
             else if (!proof.again(ticket)) {
               outcome = 'refused';
               throw proof.refused
@@ -404,6 +408,12 @@ function saysClose(headers: ResponseHeaders): boolean {
   return [headers.connection, headers['proxy-connection']]
     .flat()
     .some((v) => v !== undefined && /(^|,)\s*close\s*(,|$)/i.test(v));
+}
+
+/** The 407 offers `scheme` at all. */
+function offers(headers: ResponseHeaders, scheme: string | undefined): boolean {
+  const key = scheme?.toLowerCase();
+  return readChallenges(headers, true).some((c) => c.schemeKey === key);
 }
 
 /** The 407 offers `scheme` again with `stale=true` (RFC 7616 §3.3): only the nonce was refused. */
