@@ -14,7 +14,7 @@ import {
 import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { fetch, request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   KerberosNoTicketError,
   KerberosTicketExpiredError,
@@ -42,6 +42,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
 import { ALICE, recordingPorts, SCRIPTED_NTLM_CHALLENGE, testNtlm, unavailableScheme } from './helpers.ts';
 import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
@@ -751,6 +752,43 @@ describe('forwarding proxies that close the connection after every response (H5,
     const burst = await Promise.all(Array.from({ length: 8 }, (_, i) => get(`/b${i}`)));
     expect(burst.every((r) => r.status === 200)).toBe(true);
     expect(unauthenticated(heads(proxy))).toHaveLength(1);
+  });
+
+  it('H5/R4: a Basic chosen because Negotiate cannot run here (no Kerberos ticket) is carried unasked only for UNUSABLE_MEMORY_MS: then a new connection goes bare and Negotiate is tried again (after a kinit it would answer), not the password for good', async () => {
+    const negotiateAndBasic407 =
+      'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nProxy-Authenticate: Basic realm="p"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+    proxy = await closingProxy((head) =>
+      /\r\nproxy-authorization: basic dTpwdw==/i.test(head) ? ok : negotiateAndBasic407,
+    );
+    let negotiateTried = 0;
+    const noTicket = unavailableScheme('Negotiate', () => {
+      negotiateTried += 1;
+      return new KerberosNoTicketError('no credentials cache found');
+    });
+    agent = new MultilegAgent({
+      proxy: {
+        uri: `http://127.0.0.1:${proxy.port}`,
+        credentials: { username: 'u', password: 'pw' },
+        mechanisms: [noTicket],
+      },
+    });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      expect((await get('/first')).status).toBe(200);
+      expect(negotiateTried).toBe(1);
+      // Within the memory: a new connection carries the Basic unasked, Negotiate is not tried.
+      expect((await get('/soon')).status).toBe(200);
+      expect(unauthenticated(heads(proxy))).toHaveLength(1);
+      expect(negotiateTried).toBe(1);
+      vi.setSystemTime(Date.now() + UNUSABLE_MEMORY_MS + 1);
+      // After it: bare, the proxy's 407, Negotiate tried again (still no ticket here), then Basic.
+      expect((await get('/later')).status).toBe(200);
+      // Before: the Basic went unasked on every new connection for good; Negotiate never again.
+      expect(unauthenticated(heads(proxy))).toHaveLength(2);
+      expect(negotiateTried).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('R4: a wrong Basic password through the closing forwarding proxy is sent once, and the typed refusal names the proxy (no relocation loop)', async () => {

@@ -11,6 +11,7 @@ import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { atOpening, cannotRunHere, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
+import { UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
 
@@ -170,6 +171,7 @@ export class ProxyAuth {
   adopt(): void {
     const remembered = this.#proxy.perRequest;
     if (this.#state !== 'idle' || this.#mechanism !== undefined || remembered === undefined) return;
+    if (Date.now() >= this.#proxy.perRequestUntil) return;
     if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
     this.#mechanism = remembered;
     this.#state = 'done';
@@ -327,8 +329,13 @@ export class ProxyAuth {
         this.#context = mechanism.createContext(leg);
         this.#first = challenge;
         await this.#step(challenge, leg);
-        // What the proxy asks for, for its next connections (a connection-bound scheme is this one's alone).
+        // What the proxy asks for, for its next connections (a connection-bound scheme is this one's
+        // alone). Chosen because a scheme offered ahead of it cannot run here (no Kerberos ticket):
+        // only for as long as that is remembered on an origin, then that scheme is tried again.
         this.#proxy.perRequest = mechanism.level === 'request' ? mechanism : undefined;
+        this.#proxy.perRequestUntil = offered.some((c) => this.#excluded.has(c.schemeKey))
+          ? Date.now() + UNUSABLE_MEMORY_MS
+          : Number.POSITIVE_INFINITY;
         return;
       } catch (err) {
         if (this.#legs === 0 && cannotRunHere(err)) {

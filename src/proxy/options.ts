@@ -117,6 +117,13 @@ export interface ResolvedProxy {
    * connection, and never the answer to its 407.
    */
   perRequest: Mechanism | undefined;
+  /**
+   * Until when (ms since the epoch) {@link perRequest} is taken up, when the proxy also offered a
+   * scheme that could not run here (Negotiate without a Kerberos ticket): after it a new
+   * connection goes bare again, so that scheme is tried again (after a kinit) rather than the
+   * password sent unasked for good. Infinity when nothing offered was skipped.
+   */
+  perRequestUntil: number;
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -228,6 +235,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     hasCredentials: credentials !== undefined,
     openedInVain: false,
     perRequest: undefined,
+    perRequestUntil: 0,
   };
 }
 
