@@ -721,7 +721,6 @@ describe('forwarding proxies that close the connection after every response (H5,
 
   const basicAgent = (p: Hostile) =>
     new MultilegAgent({
-      allowBasicOverHttp: true,
       proxy: { uri: `http://127.0.0.1:${p.port}`, credentials: { username: 'u', password: 'pw' } },
     });
   const get = async (path: string) => {
@@ -794,7 +793,6 @@ describe('forwarding proxies that close the connection after every response (H5,
   it('R4: a wrong Basic password through the closing forwarding proxy is sent once, and the typed refusal names the proxy (no relocation loop)', async () => {
     proxy = await basicProxy();
     agent = new MultilegAgent({
-      allowBasicOverHttp: true,
       proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'wrong' } },
     });
     const err = await get('/x').then(
