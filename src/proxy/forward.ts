@@ -13,6 +13,7 @@ import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from '.
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
 import { closedBetweenLegs, connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
+import { saysClose } from './wire.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 /** A leg on the wire, as far as the proxy's deadline needs it. */
@@ -401,13 +402,6 @@ export class ForwardProxy {
       if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
     }
   }
-}
-
-/** The answer ends its connection after it (HTTP/1.1 `Connection: close`, or an old proxy's `Proxy-Connection: close`). */
-function saysClose(headers: ResponseHeaders): boolean {
-  return [headers.connection, headers['proxy-connection']]
-    .flat()
-    .some((v) => v !== undefined && /(^|,)\s*close\s*(,|$)/i.test(v));
 }
 
 /** The 407 offers `scheme` at all. */

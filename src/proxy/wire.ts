@@ -188,8 +188,19 @@ function parseHead(text: string): ResponseHead {
     headers[name] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
   }
   const version = m[1]!;
-  const connection =
-    `${headerValue(headers, 'connection') ?? ''},${headerValue(headers, 'proxy-connection') ?? ''}`.toLowerCase();
-  const close = /(^|,)\s*close\s*(,|$)/.test(connection) || (version === '1.0' && !/keep-alive/.test(connection));
+  const close = saysClose(headers) || (version === '1.0' && !/keep-alive/i.test(connectionTokens(headers)));
   return { status: Number(m[2]), version, headers, close };
+}
+
+/** `Connection` and an old proxy's `Proxy-Connection`, one comma-separated list. */
+function connectionTokens(headers: Readonly<Record<string, string | string[] | undefined>>): string {
+  return [headers.connection, headers['proxy-connection']]
+    .flat()
+    .filter((v) => v !== undefined)
+    .join(',');
+}
+
+/** The head says its connection ends after it (`Connection: close`, or an old proxy's `Proxy-Connection: close`). */
+export function saysClose(headers: Readonly<Record<string, string | string[] | undefined>>): boolean {
+  return /(^|,)\s*close\s*(,|$)/i.test(connectionTokens(headers));
 }
