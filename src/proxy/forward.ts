@@ -296,15 +296,18 @@ export class ForwardProxy {
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
-          const offered = offeredSchemes(readChallenges(challenged, true));
+          const challenges = readChallenges(challenged, true);
+          const offered = offeredSchemes(challenges);
           if (credentials && ticket) {
+            const key = this.#auth.scheme?.toLowerCase();
+            const again = challenges.find((c) => c.schemeKey === key);
             // A nonce the proxy no longer takes (Digest's stale=true) refused no password: answered
             // once more, as an origin's is; any other 407 to them is a refusal.
-            if (credentials.own && !renewed && staleNonce(challenged, this.#auth.scheme)) renewed = true;
+            if (credentials.own && !renewed && again?.params.stale?.toLowerCase() === 'true') renewed = true;
             // A 407 that no longer offers their scheme (the proxy now asks for another) judged
             // nothing sent: no refusal (R4), and new connections stop carrying it — as an origin's
             // declined proactive leg. A new handshake answers it.
-            else if (credentials.own && !offers(challenged, this.#auth.scheme)) this.#auth.forget();
+            else if (credentials.own && again === undefined) this.#auth.forget();
             else if (!proof.again(ticket)) {
               outcome = 'refused';
               throw proof.refused
@@ -402,16 +405,4 @@ export class ForwardProxy {
       if (status === 401 && onHttp2()) throw new RemoteHttp1Error();
     }
   }
-}
-
-/** The 407 offers `scheme` at all. */
-function offers(headers: ResponseHeaders, scheme: string | undefined): boolean {
-  const key = scheme?.toLowerCase();
-  return readChallenges(headers, true).some((c) => c.schemeKey === key);
-}
-
-/** The 407 offers `scheme` again with `stale=true` (RFC 7616 §3.3): only the nonce was refused. */
-function staleNonce(headers: ResponseHeaders, scheme: string | undefined): boolean {
-  const key = scheme?.toLowerCase();
-  return readChallenges(headers, true).some((c) => c.schemeKey === key && c.params.stale?.toLowerCase() === 'true');
 }
