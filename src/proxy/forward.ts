@@ -116,19 +116,6 @@ export class ForwardProxy {
     waiter: Waiter,
     deliverHeld: DeliverHeld,
   ): Promise<LegResult> {
-    const onProxy = sendOnProxy;
-    // A proxy that closes the connection after an answer (Squid's client_persistent_connections
-    // off; old proxies after each 407) gets nothing more on it: the next leg goes elsewhere at once.
-    sendOnProxy = (e, c, p, started) =>
-      onProxy(
-        e,
-        (status, headers) => {
-          if (saysClose(headers)) this.#onClosing();
-          return c(status, headers);
-        },
-        p,
-        started,
-      );
     const protocol = await this.#protocol;
     const path = protocol === 'h2' ? request.path : `${request.origin}${request.path}`;
     const host = new URL(request.origin).host;
@@ -136,6 +123,7 @@ export class ForwardProxy {
       return sendOnProxy(
         { ...extra, host },
         (status, headers) => {
+          this.#closing(headers);
           if (status !== 407) this.#note(status, headers, onHttp2);
           return classify(status, headers);
         },
@@ -216,6 +204,7 @@ export class ForwardProxy {
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
+              this.#closing(headers);
               // Past limits.maxLegs a 407 is the caller's only under proxy.deliver407; else the typed error below.
               if (status === 407 && (answers <= this.#limits.maxLegs || !this.route.proxy.deliver407)) {
                 const others = turn.answeredByAnother;
@@ -394,6 +383,14 @@ export class ForwardProxy {
         time: Date.now(),
       };
     });
+  }
+
+  /**
+   * A proxy that closes the connection after an answer (Squid's client_persistent_connections off;
+   * old proxies after each 407) gets nothing more on it: the next leg goes elsewhere at once.
+   */
+  #closing(headers: ResponseHeaders): void {
+    if (saysClose(headers)) this.#onClosing();
   }
 
   /** What the proxy says of the origin in an answer that is not its own 407 (H3, H4). */
