@@ -75,8 +75,12 @@ const heldController = (held: HeldResponse): Controller =>
     rawTrailers: held.rawTrailers,
   }) as unknown as Controller;
 
-/** Gives the caller a held response (a `hold` verdict's) as a delivered leg would, all at once. */
+/**
+ * Gives the caller a held response (a `hold` verdict's) as a delivered leg would, all at once. The
+ * leg it was read from has ended: the caller's abort no longer has it to abort.
+ */
 export function replayHeld(sink: UserSink, held: HeldResponse): void {
+  sink.onAbort(undefined);
   sink.responseStart(heldController(held), held.status, held.headers, held.message);
   for (const chunk of held.body) sink.responseData(chunk);
   sink.responseEnd(held.trailers);

@@ -161,11 +161,9 @@ function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): vo
 
 /** `deliver401`: the held 401 nothing here can answer is the caller's response (sent once, as curl does). */
 function deliverHeld(run: Run, held: HeldResponse): Step {
-  const { sink } = run.job;
   run.job.held401 = undefined;
   tellUnanswered(run, held.headers);
-  sink.onAbort(undefined);
-  replayHeld(sink, held);
+  replayHeld(run.job.sink, held);
   return end(DONE);
 }
 

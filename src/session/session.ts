@@ -430,7 +430,6 @@ export class Session {
 
   /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
   #deliverHeld(job: Job, held: HeldResponse): LegResult {
-    job.sink.onAbort(undefined);
     replayHeld(job.sink, held);
     this.#markProbed();
     return { kind: 'delivered', status: held.status, headers: held.headers, done: Promise.resolve() };
