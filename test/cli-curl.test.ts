@@ -18,7 +18,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { runCli as run, runOnTerminal } from './cli-helpers.ts';
-import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { REFUSED_PORT, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
   server.listen(0, '127.0.0.1');
@@ -247,11 +247,7 @@ describe('multileg: curl options', () => {
   });
 
   it("H5/S1: an upper-case HTTP_PROXY in the environment is not read for http:// URLs, as curl (httpoxy: under CGI a request's Proxy header sets it); the lower-case http_proxy is", async () => {
-    const closed = createTcpServer();
-    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-    const port = (closed.address() as { port: number }).port;
-    closed.close();
-    await once(closed, 'close');
+    const port = REFUSED_PORT;
     const args = ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${plainOrigin}/flaky/env?n=0`];
     // Straight to the server, as curl goes: the proxy that HTTP_PROXY names is down.
     const upper = await run(args, { env: { HTTP_PROXY: `http://127.0.0.1:${port}` } });
@@ -263,11 +259,7 @@ describe('multileg: curl options', () => {
   it('H5: doctor checks that the proxy can be reached: a proxy that is down FAILs there with its fix (it said ok: only its address was read), a reachable one is ok', async () => {
     let proxy: ReferenceProxy | undefined;
     try {
-      const closed = createTcpServer();
-      await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-      const port = (closed.address() as { port: number }).port;
-      closed.close();
-      await once(closed, 'close');
+      const port = REFUSED_PORT;
       const target = `${server.origin}/public/`;
       const down = await run(['doctor', '--cacert', ca, '-x', `http://127.0.0.1:${port}`, target]);
       expect(down.code).toBe(1);
@@ -291,10 +283,7 @@ describe('multileg: curl options', () => {
       `multileg: -D ${missing}: no such directory (ENOENT); --create-dirs makes the missing directories\n`,
     );
     expect(server.exchanges.length).toBe(before);
-    const closed = createTcpServer();
-    const port = await listen(closed);
-    closed.close();
-    await once(closed, 'close');
+    const port = REFUSED_PORT;
     const empty = join(dir, 'empty.txt');
     writeFileSync(empty, 'left over from before');
     const refused = await run(['-D', empty, `http://127.0.0.1:${port}/`]);
@@ -470,10 +459,7 @@ describe('multileg: curl options', () => {
     expect(hang.code).toBe(28);
     expect(hang.stderr).toContain('multileg: Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.\n');
     expect(to('/hang')).toHaveLength(2);
-    const closed = createTcpServer();
-    const port = await listen(closed);
-    closed.close();
-    await once(closed, 'close');
+    const port = REFUSED_PORT;
     const refusedUrl = `http://127.0.0.1:${port}/`;
     const refused = await run(['--retry', '2', '--retry-delay', '0.05', refusedUrl]);
     expect(refused.code).toBe(7);

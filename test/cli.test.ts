@@ -26,6 +26,7 @@ import {
 } from '../src/reference-server/index.ts';
 import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
+import { REFUSED_PORT } from './helpers.ts';
 
 /** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
@@ -944,11 +945,8 @@ describe('multileg command line', () => {
   });
 
   it('doctor for a server that is down or a host that does not resolve: the TLS check is skipped, not a certificate problem fixed with --cacert', async () => {
-    // A port nothing listens on (bound, then closed) and a name that never resolves (RFC 6761).
-    const closed = createTcpServer();
-    const port = await listen(closed);
-    closed.close();
-    await once(closed, 'close');
+    // A port nothing listens on and a name that never resolves (RFC 6761).
+    const port = REFUSED_PORT;
     for (const [url, exit, cause] of [
       [`https://127.0.0.1:${port}/x`, 1, 'could not connect to 127.0.0.1'],
       ['https://nonexistent.invalid/x', 1, 'could not resolve host nonexistent.invalid'],
@@ -1040,10 +1038,7 @@ describe('multileg command line', () => {
   });
 
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {
-    const closed = createTcpServer();
-    const port = await listen(closed);
-    closed.close();
-    await once(closed, 'close');
+    const port = REFUSED_PORT;
     const refused = await run([`https://127.0.0.1:${port}/`]);
     expect(refused.code).toBe(7);
     expect(refused.stderr).toBe(`multileg: could not connect to 127.0.0.1:${port} (ECONNREFUSED)\n`);
@@ -1159,10 +1154,7 @@ describe('multileg command line', () => {
   });
 
   it("-w %{num_connects} counts the connections made, as curl's: none for a refused one, then one for the next URL's; one whose TLS handshake failed", async () => {
-    const closed = createTcpServer();
-    const port = await listen(closed);
-    closed.close();
-    await once(closed, 'close');
+    const port = REFUSED_PORT;
     const r = await run([
       ...alice(),
       '-w',
@@ -1403,10 +1395,7 @@ describe('multileg command line', () => {
   });
 
   it("several URLs: the exit code is the last transfer's (curl's); --fail-early stops at the first failure", async () => {
-    const closed = createTcpServer();
-    const port = await listen(closed);
-    closed.close();
-    await once(closed, 'close');
+    const port = REFUSED_PORT;
     const refused = `http://127.0.0.1:${port}/`;
     const ok = `${server.origin}/public/ok`;
     const lastOk = await run(['-s', '--cacert', ca, refused, ok]);
@@ -1591,10 +1580,7 @@ describe('multileg command line', () => {
     let proxy: ReferenceProxy | undefined;
     try {
       const url = `${server.origin}/auth/x`;
-      const closed = createTcpServer();
-      const port = await listen(closed);
-      closed.close();
-      await once(closed, 'close');
+      const port = REFUSED_PORT;
       const refused = await run([...alice(), '-x', `http://127.0.0.1:${port}`, url]);
       expect(refused.code).toBe(7);
       expect(refused.stderr).toBe(

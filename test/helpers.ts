@@ -57,6 +57,13 @@ export function many(r: Rig, n: number, path = '/auth', init: Parameters<typeof 
   return Promise.all(Array.from({ length: n }, (_, i) => get(r, `${path}/${i}`, init)));
 }
 
+/**
+ * A loopback port that refuses connections (ECONNREFUSED). Below the ephemeral range (Linux
+ * 32768–60999), so no server another test file starts with `listen(0)` meanwhile can take it, as
+ * it could a port bound and closed for the purpose; nothing serves port 1 (tcpmux).
+ */
+export const REFUSED_PORT = 1;
+
 export const hasAuth = (h: Readonly<Record<string, unknown>>) => h.authorization !== undefined;
 
 /** NTLM as alice, whose contexts behave as `patch` says on top of the real ones. */

@@ -43,7 +43,14 @@ import {
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
-import { ALICE, recordingPorts, SCRIPTED_NTLM_CHALLENGE, testNtlm, unavailableScheme } from './helpers.ts';
+import {
+  ALICE,
+  REFUSED_PORT,
+  recordingPorts,
+  SCRIPTED_NTLM_CHALLENGE,
+  testNtlm,
+  unavailableScheme,
+} from './helpers.ts';
 import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
@@ -470,9 +477,7 @@ describe('proxies: how the agent names the target and reaches the proxy (H5)', (
   });
 
   it('H5: a proxy that refuses the TCP connection is a ProxyUnreachableError naming the proxy, the cause and the fix', async () => {
-    const closed = await hostile(() => {});
-    const port = closed.port;
-    await closed.close();
+    const port = REFUSED_PORT;
     agent = new MultilegAgent({ proxy: `http://127.0.0.1:${port}` });
     const err = await cause(fetch('https://localhost:8443/x', { dispatcher: agent }));
     expect(err).toBeInstanceOf(ProxyUnreachableError);
