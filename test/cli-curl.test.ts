@@ -17,7 +17,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { runCli as run, runOnTerminal } from './cli-helpers.ts';
+import { runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const listen = async (server: Server | TcpServer) => {
@@ -883,6 +883,133 @@ describe('multileg: curl options', () => {
       redirect,
     ]);
     expect(hop.stdout).toBe(`GET https ${redirect}`);
+  });
+
+  /** -w's curl timings, in curl's order: name lookup, connect, TLS, request sent, first byte, end. */
+  const TIMES =
+    '%{time_namelookup} %{time_connect} %{time_appconnect} %{time_pretransfer} %{time_starttransfer} %{time_total} %{time_redirect}\n';
+  const times = (line: string) => {
+    expect(line).toMatch(/^(\d+\.\d{6} ){6}\d+\.\d{6}$/);
+    const [namelookup, connect, appconnect, pretransfer, starttransfer, total, redirect] = line.split(' ').map(Number);
+    return { namelookup, connect, appconnect, pretransfer, starttransfer, total, redirect } as Record<string, number>;
+  };
+
+  it("-w: curl's timings %{time_namelookup} … %{time_starttransfer}, %{time_redirect}: seconds from the transfer's start, each phase after the one before; 0 for the phases of a connection used again and for plain http's TLS", async () => {
+    const r = await run([
+      '-s',
+      '-o',
+      '/dev/null',
+      '-o',
+      '/dev/null',
+      '-w',
+      TIMES,
+      '--cacert',
+      ca,
+      `${server.origin}/public/x`,
+      `${server.origin}/public/x`,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const [fresh, reused] = r.stdout.trimEnd().split('\n').map(times);
+    // A new TLS connection: every phase happened, in curl's order.
+    expect(fresh!.namelookup).toBeGreaterThanOrEqual(0);
+    expect(fresh!.connect).toBeGreaterThan(0);
+    expect(fresh!.connect).toBeGreaterThanOrEqual(fresh!.namelookup!);
+    expect(fresh!.appconnect).toBeGreaterThanOrEqual(fresh!.connect!);
+    expect(fresh!.pretransfer).toBeGreaterThanOrEqual(fresh!.appconnect!);
+    expect(fresh!.starttransfer).toBeGreaterThanOrEqual(fresh!.pretransfer!);
+    expect(fresh!.total).toBeGreaterThanOrEqual(fresh!.starttransfer!);
+    expect(fresh!.redirect).toBe(0);
+    // The second URL goes over the same connection: no lookup, connect or TLS (curl's 0).
+    expect([reused!.namelookup, reused!.connect, reused!.appconnect]).toEqual([0, 0, 0]);
+    expect(reused!.pretransfer).toBeGreaterThan(0);
+    expect(reused!.starttransfer).toBeGreaterThanOrEqual(reused!.pretransfer!);
+    expect(reused!.total).toBeGreaterThanOrEqual(reused!.starttransfer!);
+    // Plain http: no TLS; a refused connection: looked up, never connected.
+    const plainRun = await run(['-s', '-o', '/dev/null', '-w', TIMES, `${plainOrigin}/headers`]);
+    const plainTimes = times(plainRun.stdout.trimEnd());
+    expect(plainTimes.connect).toBeGreaterThan(0);
+    expect(plainTimes.appconnect).toBe(0);
+    expect(plainTimes.pretransfer).toBeGreaterThanOrEqual(plainTimes.connect!);
+    const refused = times((await run(['-s', '-w', TIMES, `http://127.0.0.1:${REFUSED_PORT}/`])).stdout.trimEnd());
+    expect([refused.connect, refused.appconnect, refused.pretransfer, refused.starttransfer]).toEqual([0, 0, 0, 0]);
+    // -L: the redirect's time ends where the last request starts, before its first byte.
+    const hop = await run([
+      '-s',
+      '-L',
+      '-o',
+      '/dev/null',
+      '-w',
+      TIMES,
+      '--cacert',
+      ca,
+      `${server.origin}/public/redirect?to=/public/x&status=302`,
+    ]);
+    const hopTimes = times(hop.stdout.trimEnd());
+    expect(hopTimes.redirect).toBeGreaterThan(0);
+    expect(hopTimes.starttransfer).toBeGreaterThanOrEqual(hopTimes.redirect!);
+    expect(hopTimes.total).toBeGreaterThanOrEqual(hopTimes.starttransfer!);
+    // A handshake's legs: the first byte is the answer's, after the 401s (curl's), with a connect before it.
+    const authed = await run(['-s', '-o', '/dev/null', '-w', TIMES, ...alice(), `${server.origin}/auth/timed`]);
+    expect(authed.code, authed.stderr).toBe(0);
+    const authTimes = times(authed.stdout.trimEnd());
+    expect(authTimes.connect).toBeGreaterThan(0);
+    expect(authTimes.starttransfer).toBeGreaterThanOrEqual(authTimes.pretransfer!);
+    expect(authTimes.pretransfer).toBeGreaterThan(authTimes.appconnect!);
+  });
+
+  it("-w: curl's %{size_header}, %{size_request}, %{size_upload}, %{speed_download}, %{speed_upload}, %{header_json}, %{local_ip}, %{local_port}, %{ssl_verify_result} and %{http_connect}, as curl 7.88 prints them for the same requests", async () => {
+    const format = '%{size_header} %{size_upload} %{ssl_verify_result} %{http_connect} %{local_ip}\n%{header_json}\n';
+    const withoutDate = (text: string) => text.replace(/"date":\["[^"]*"\]/, '"date":[DATE]');
+    for (const args of [
+      [`${server.origin}/public/x`],
+      ['-L', '-d', 'a=1', `${server.origin}/public/redirect?to=/public/x&status=307`],
+      ['--http1.1', `${server.origin}/public/x`],
+    ]) {
+      const ours = await run(['-s', '-o', '/dev/null', '-w', format, '--cacert', ca, ...args]);
+      const curl = await runCommand('/usr/bin/curl', ['-s', '-o', '/dev/null', '-w', format, '--cacert', ca, ...args]);
+      expect(ours.code, ours.stderr).toBe(0);
+      expect(withoutDate(ours.stdout), args.join(' ')).toBe(withoutDate(curl.stdout));
+    }
+    const r = await run([
+      '-s',
+      '-o',
+      '/dev/null',
+      '-d',
+      'a=1',
+      '-w',
+      '%{size_request} %{speed_download} %{speed_upload} %{local_port} %{size_download}',
+      `${plainOrigin}/flaky/sizes?n=0`,
+    ]);
+    const [request, download, upload, localPort] = r.stdout.split(' ').map(Number);
+    // A POST's head over HTTP/1.1: its request line and headers, at least.
+    expect(request).toBeGreaterThan('POST /flaky/sizes?n=0 HTTP/1.1\r\n\r\n'.length);
+    // The body is `POST a=1`.
+    expect(r.stdout).toMatch(/^\d+ \d+ \d+ \d+ 8$/);
+    expect(download).toBeGreaterThan(0);
+    expect(upload).toBeGreaterThan(0);
+    expect(localPort).toBeGreaterThan(0);
+    // Through a proxy: its answer to the CONNECT.
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({});
+      const via = await run([
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_connect}',
+        '--cacert',
+        ca,
+        '--proxy-cacert',
+        ca,
+        '-x',
+        proxy.origin,
+        `${server.origin}/public/x`,
+      ]);
+      expect(via.stdout, via.stderr).toBe('200');
+    } finally {
+      await proxy?.close();
+    }
   });
 
   it("-i and -D over HTTP/2: curl's status line, a space after the status (HTTP/2 has no reason phrase)", async () => {

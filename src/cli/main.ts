@@ -120,6 +120,14 @@ async function main(argv: string[]): Promise<number> {
   const trace = new Trace(verbose, heads ? (leg) => heads.leg(leg) : undefined, heads ? () => heads.drop() : undefined);
   // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
   const remotes = req.writeOut !== undefined ? new Remotes() : undefined;
+  // -w's phase times and head sizes: only for a format naming one (timings.ts subscribes to the
+  // channels they come from; a run without them neither loads nor listens).
+  let timings: import('./timings.ts').Timings | undefined;
+  if (
+    req.writeOut !== undefined &&
+    /%\{(time_(namelookup|connect|appconnect|pretransfer)|size_(header|request))\}/.test(req.writeOut)
+  )
+    timings = new (await import('./timings.ts')).Timings();
   const stdout = new Stdout();
   // `performance` (each transfer's -w %{time_total}) loads Node's perf_hooks on first use: before
   // wasm.ts's V8 flag, which would cost those modules their code cache.
@@ -140,8 +148,9 @@ async function main(argv: string[]): Promise<number> {
       // Its own URL and -o, and its own method and body (-T pairs with the URLs in order).
       const transferReq = { ...req, ...each };
       const connects = remotes?.connects ?? 0;
+      timings?.reset();
       const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
-      await report(transferReq, outcome, remotes, connects, urlnum);
+      await report(transferReq, outcome, remotes, connects, urlnum, timings);
       exit = outcome.exit;
       if (exit !== EXIT.ok && req.failEarly) break;
     }
@@ -155,6 +164,7 @@ async function main(argv: string[]): Promise<number> {
     trace.stop();
     await command.destroy();
     remotes?.stop();
+    timings?.stop();
     dump?.close();
     // -c: every cookie, at the end, whatever came of the transfers (curl's).
     if (cookies && req.cookies?.jar !== undefined) {

@@ -5,6 +5,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { CliRequest } from './options.ts';
+import type { Timings } from './timings.ts';
 import { REDIRECTS, redirectTarget, type TransferOutcome } from './transfer.ts';
 
 /** -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached, while listening. */
@@ -20,8 +21,49 @@ const NO_CONNECTION: ReadonlySet<string> = new Set([
   'MULTILEG_PROXY_UNREACHABLE',
 ]);
 
+/** The last connection to an origin, as -w shows it. */
+interface Remote {
+  readonly ip: string;
+  readonly port: string;
+  /** -w %{local_ip} / %{local_port}. */
+  readonly localIp: string;
+  readonly localPort: string;
+  /** -w %{ssl_verify_result}: OpenSSL's number for why the certificate was not verified (-k), 0 when it was. */
+  readonly verifyResult: number;
+}
+
+/**
+ * OpenSSL's X509_V_ERR numbers (x509_vfy.h) for the codes Node reports in `authorizationError`, as
+ * curl's %{ssl_verify_result} prints them; a name that is not the server's is 0 there, as curl checks
+ * the name apart from OpenSSL's verification. Another code: 1 (X509_V_ERR_UNSPECIFIED).
+ */
+const X509_ERRORS: Readonly<Record<string, number>> = {
+  UNABLE_TO_GET_ISSUER_CERT: 2,
+  UNABLE_TO_GET_CRL: 3,
+  CERT_SIGNATURE_FAILURE: 7,
+  CERT_NOT_YET_VALID: 9,
+  CERT_HAS_EXPIRED: 10,
+  DEPTH_ZERO_SELF_SIGNED_CERT: 18,
+  SELF_SIGNED_CERT_IN_CHAIN: 19,
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 20,
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 21,
+  CERT_CHAIN_TOO_LONG: 22,
+  CERT_REVOKED: 23,
+  INVALID_CA: 24,
+  INVALID_PURPOSE: 26,
+  CERT_UNTRUSTED: 27,
+  CERT_REJECTED: 28,
+  ERR_TLS_CERT_ALTNAME_INVALID: 0,
+};
+
+function verifyResult(error: Error | string | null | undefined): number {
+  if (!error) return 0;
+  const code = typeof error === 'string' ? error : ((error as { code?: string }).code ?? error.message);
+  return X509_ERRORS[code] ?? 1;
+}
+
 export class Remotes {
-  readonly #byOrigin = new Map<string, { ip: string; port: string }>();
+  readonly #byOrigin = new Map<string, Remote>();
   /**
    * Connections made so far (-w %{num_connects}, curl's count of the transfer's new connections):
    * an attempt that never connected (refused, unresolved) is none, where the agent's session count
@@ -37,12 +79,22 @@ export class Remotes {
     this.connects += 1;
     const { connectParams: p, socket } = message as {
       connectParams: { protocol: string; host: string };
-      socket: { remoteAddress?: string; remotePort?: number };
+      socket: {
+        remoteAddress?: string;
+        remotePort?: number;
+        localAddress?: string;
+        localPort?: number;
+        encrypted?: boolean;
+        authorizationError?: Error | string | null;
+      };
     };
     try {
       this.#byOrigin.set(new URL(`${p.protocol}//${p.host}`).origin, {
         ip: socket.remoteAddress ?? '',
         port: socket.remotePort !== undefined ? String(socket.remotePort) : '',
+        localIp: socket.localAddress ?? '',
+        localPort: socket.localPort !== undefined ? String(socket.localPort) : '',
+        verifyResult: socket.encrypted ? verifyResult(socket.authorizationError) : 0,
       });
     } catch {}
   };
@@ -52,7 +104,7 @@ export class Remotes {
     subscribe('undici:client:connectError', this.#onConnectError);
   }
 
-  get(origin: string): { ip: string; port: string } | undefined {
+  get(origin: string): Remote | undefined {
     return this.#byOrigin.get(origin);
   }
 
@@ -71,6 +123,8 @@ export async function report(
   connectsBefore = 0,
   /** The transfer's place among the command's URLs, from 0 (-w %{urlnum}). */
   urlnum = 0,
+  /** There when -w names a timing or a head's size (timings.ts). */
+  timings?: Timings,
 ): Promise<void> {
   const { url, status, final, redirects, exit, timeTotal, stats } = outcome;
   if (req.json) {
@@ -120,6 +174,18 @@ export async function report(
       } catch {}
     }
     const remote = remotes?.get(url.origin);
+    const { clock } = outcome;
+    const seconds = (t: number | undefined) => (t === undefined ? 0 : (t - clock.started) / 1000).toFixed(6);
+    const phases = timings?.phases(clock.started);
+    // curl's speeds: bytes a second over the whole transfer, a whole number.
+    const speed = (bytes: number) => String(timeTotal > 0 ? Math.floor(bytes / timeTotal) : 0);
+    // %{header_json}: curl's, one line per header, names lower case, every value in an array.
+    const headerJson = `{${Object.entries(final?.headers ?? {})
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => `${JSON.stringify(k.toLowerCase())}:${JSON.stringify(Array.isArray(v) ? v : [v])}`)
+      .join(',\n')}\n}`;
+    // %{http_connect}: the proxy's answer to the transfer's last CONNECT, 000 without one (curl's).
+    const connect = outcome.legs.findLast((l) => l.request.method === 'CONNECT')?.response?.status ?? 0;
     const parts = writeOut(
       req.writeOut,
       {
@@ -145,6 +211,23 @@ export async function report(
         urlnum: String(urlnum),
         filename_effective: req.output ?? '',
         num_headers: String(numHeaders),
+        time_namelookup: (phases?.namelookup ?? 0).toFixed(6),
+        time_connect: (phases?.connect ?? 0).toFixed(6),
+        time_appconnect: (phases?.appconnect ?? 0).toFixed(6),
+        time_pretransfer: (phases?.pretransfer ?? 0).toFixed(6),
+        // The first byte of the response shown: after the handshake's 401s and the redirects (curl's).
+        time_starttransfer: seconds(clock.head),
+        time_redirect: redirects > 0 ? seconds(clock.lastHop) : (0).toFixed(6),
+        size_header: String(timings?.headerBytes() ?? 0),
+        size_request: String(timings?.requestBytes() ?? 0),
+        size_upload: String(outcome.uploaded),
+        speed_download: speed(outcome.bytes),
+        speed_upload: speed(outcome.uploaded),
+        header_json: headerJson,
+        local_ip: remote?.localIp ?? '',
+        local_port: remote?.localPort ?? '',
+        ssl_verify_result: String(remote?.verifyResult ?? 0),
+        http_connect: String(connect).padStart(3, '0'),
       },
       headerAll,
     );

@@ -63,6 +63,13 @@ export interface TransferOutcome {
   readonly retries: number;
   /** Seconds from its start to its end (-w %{time_total}). */
   readonly timeTotal: number;
+  /**
+   * When (performance.now()) it started, its last request (after the redirects it followed) started,
+   * and that request's response head reached the command (-w %{time_redirect}, %{time_starttransfer}).
+   */
+  readonly clock: { readonly started: number; readonly lastHop: number; readonly head: number | undefined };
+  /** The body bytes its last request sent (-w %{size_upload}). */
+  readonly uploaded: number;
   /** This transfer's counts; `origins` is now's. */
   readonly stats: MultilegStats;
   /** Its legs and handshakes, from the trace. */
@@ -339,6 +346,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   const firstLeg = trace.legs.length;
   const firstHandshake = trace.handshakes.length;
   let hop = firstHop(req);
+  /** -w %{time_redirect}, %{time_starttransfer}: when the last request started, when its head came. */
+  let lastHop = started;
+  let head: number | undefined;
   let redirects = 0;
   let status = 0;
   let bytes = 0;
@@ -385,6 +395,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           break;
         }
         const res = await send(req, hop, signal, env);
+        head = performance.now();
         status = res.statusCode;
         const protocol = trace.lastDelivered?.response?.protocol;
         final = { headers: res.headers, protocol };
@@ -403,6 +414,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           }
           redirects++;
           hop = redirected(req, hop, status, redirectTarget(location, hop.url), command.trusted);
+          lastHop = performance.now();
+          head = undefined;
           continue;
         }
         if (retrier?.transient(status)) {
@@ -471,6 +484,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     await sleep(next.delayMs);
     // The transfer starts over from the URL given, as curl's does.
     hop = firstHop(req);
+    lastHop = performance.now();
+    head = undefined;
     redirects = 0;
     status = 0;
     bytes = 0;
@@ -492,6 +507,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     final,
     retries: retrier?.retries ?? 0,
     timeTotal: (performance.now() - started) / 1000,
+    clock: { started, lastHop, head },
+    uploaded: hop.body?.length ?? 0,
     stats,
     legs: trace.legs.slice(firstLeg),
     handshakes: trace.handshakes.slice(firstHandshake),
