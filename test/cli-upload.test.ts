@@ -166,6 +166,21 @@ describe.skipIf(!haveCurl)('multileg: -T, -G, --data-urlencode, -F, -A, -e (as c
     ]);
   });
 
+  it("-d with -L: after a 301, 302 or 303 the next request is a GET without the body, its type or a Content-Length, as curl's; -X POST keeps the method POST, without the body (curl's)", async () => {
+    for (const path of ['/r301', '/r302', '/r303']) {
+      const { curl, multileg } = await sideBySide(['-L', '-d', 'a=1'], [path]);
+      expect(multileg, path).toEqual(curl);
+      expect(multileg.map((m) => `${m.request} ${m.body}`)).toEqual([`POST ${path} a=1`, 'GET /dest ']);
+      expect(multileg[1]!.headers).toEqual({ 'content-type': undefined, 'content-length': undefined });
+      // -X POST: the method stays, the body goes (undici sends its Content-Length: 0, README's differences).
+      const custom = await sideBySide(['-L', '-X', 'POST', '-d', 'a=1'], [path]);
+      expect(custom.multileg.map((m) => `${m.request} ${m.body}`)).toEqual(
+        custom.curl.map((m) => `${m.request} ${m.body}`),
+      );
+      expect(custom.multileg.map((m) => `${m.request} ${m.body}`)).toEqual([`POST ${path} a=1`, 'POST /dest ']);
+    }
+  });
+
   it("-T: a file that cannot be read is curl's 26; with -d, -F or -I it is curl's bad usage (2); -T - and another stdin reader are bad usage", async () => {
     const missing = join(dir, 'missing.txt');
     expect(await run(['-T', missing, `${recorderOrigin}/x`])).toMatchObject({
