@@ -490,6 +490,7 @@ function newJob(
     bare: false,
     reauthenticated: false,
     relocations: 0,
+    resentAfterClose: false,
     challenges: undefined,
     held401: undefined,
   };

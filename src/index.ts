@@ -52,6 +52,7 @@ export {
   ProxyAuthenticationError,
   ProxyAuthorizationHeaderError,
   ProxyCertificateError,
+  ProxyClosedError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,

@@ -17,7 +17,7 @@ import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
 import { unsupportedNode } from '../src/node-version.ts';
-import { ProxyTimeoutError } from '../src/proxy/errors.ts';
+import { ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -1035,6 +1035,15 @@ describe('multileg command line', () => {
       expect([failure.exit, failure.refused]).toEqual([28, false]);
       expect(failure.message).toContain(`(${err.code})`);
     }
+  });
+
+  it('C8/H5: a forwarding proxy that closed under a POST it may have read (ProxyClosedError) is curl\'s 52, "Empty reply from server", which only --retry-all-errors retries', () => {
+    const url = new URL('http://intranet.example.com/form');
+    const failure = describeFailure(new ProxyClosedError('http://proxy:3128', 'POST'), { url, maxTime: undefined });
+    expect([failure.exit, failure.refused]).toEqual([52, false]);
+    expect(failure.message).toMatch(
+      /^proxy http:\/\/proxy:3128 closed its kept-alive connection .* \(MULTILEG_PROXY_CLOSED\)$/,
+    );
   });
 
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {

@@ -28,6 +28,7 @@ import {
 } from '../src/index.ts';
 import {
   ProxyCertificateError,
+  ProxyClosedError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
@@ -895,4 +896,203 @@ describe('forwarding proxies that close the connection after every response (H5,
       expect(proxy.connections).toBe(1);
     },
   );
+});
+
+describe('forwarding proxies that close a kept-alive connection without saying so (H5, C8, C11)', () => {
+  /**
+   * What the scripted proxy does with one request: answer it and keep the connection (`text`),
+   * answer it and then close (`close`), or read it and close without a word (no `text`).
+   */
+  type Act = { text?: string; close?: boolean };
+  /**
+   * A forwarding proxy that reads each request (head and Content-Length body) in turn on each
+   * connection and acts on it by `act(head, answered, connection)` (`answered`: 200s it gave on this
+   * connection; `connection`: 0 for the first one).
+   * It never says `Connection: close`.
+   */
+  const quietProxy = (act: (head: string, answered: number, connection: number) => Act) => {
+    let connections = 0;
+    return hostile((socket, received) => {
+      const connection = connections++;
+      let at = 0;
+      let answered = 0;
+      const onData = () => {
+        for (;;) {
+          const all = received();
+          const end = all.indexOf('\r\n\r\n', at);
+          if (end < 0) return;
+          const head = all.slice(at, end);
+          const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+          if (all.length < end + 4 + length) return;
+          at = end + 4 + length;
+          const { text, close } = act(head, answered, connection);
+          if (text?.includes(' 200 ')) answered += 1;
+          if (text === undefined || close) {
+            socket.off('data', onData);
+            if (text === undefined) socket.end();
+            else socket.end(text);
+            return;
+          }
+          socket.write(text);
+        }
+      };
+      socket.on('data', onData);
+    });
+  };
+  const basic = (head: string) => /\r\nproxy-authorization: basic dTpwdw==/i.test(head);
+  const ok = (version = '1.1') => `HTTP/${version} 200 OK\r\nContent-Length: 2\r\n\r\nok`;
+  const basic407 = (version = '1.1') =>
+    `HTTP/${version} 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 4\r\n\r\nnope`;
+  const ntlm407 = (head: string, version = '1.1') =>
+    `HTTP/${version} 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM${
+      /\r\nproxy-authorization: ntlm /i.test(head) ? ` ${SCRIPTED_NTLM_CHALLENGE}` : ''
+    }\r\nContent-Length: 0\r\n\r\n`;
+  /** Each connection's request lines, with whether each carried Proxy-Authorization. */
+  const requests = (p: Hostile) =>
+    p.received.map((r) =>
+      [...r.matchAll(/^([A-Z]+ \S+) HTTP\/1\.1\r\n((?:.+\r\n)*?)\r\n/gm)].map(
+        (m) => `${m[1]}${/^proxy-authorization:/im.test(m[2]!) ? ' +auth' : ''}`,
+      ),
+    );
+  const basicAgent = (p: Hostile) =>
+    new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${p.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+  const send = async (path: string, opts: { method?: string; body?: string; idempotent?: boolean } = {}) => {
+    const res = await request(`http://origin.test${path}`, { dispatcher: agent!, ...opts });
+    return { status: res.statusCode, body: await res.body.text() };
+  };
+  const failure = (p: Promise<unknown>) =>
+    p.then(
+      () => undefined,
+      (e: Error) => e,
+    );
+
+  it("H5/C8: an HTTP/1.0 proxy (407 and 200 without keep-alive, RFC 9112 §9.3; it leaves the connection open itself): undici's rule ends each connection, and Basic's next leg and request go on a new one, no connection opened for nothing", async () => {
+    proxy = await quietProxy((head) => ({ text: basic(head) ? ok('1.0') : basic407('1.0') }));
+    agent = basicAgent(proxy);
+    for (const path of ['/a', '/b', '/c']) expect(await send(path)).toEqual({ status: 200, body: 'ok' });
+    // Before: 7, three opened for nothing — undici opened a connection for each leg written after its own close,
+    // which the session then refused unused.
+    expect(requests(proxy)).toEqual([
+      ['GET http://origin.test/a'],
+      ...['a', 'b', 'c'].map((p) => [`GET http://origin.test/${p} +auth`]),
+    ]);
+  });
+
+  it.each([
+    { how: 'an HTTP/1.0 407 without keep-alive', act: (head: string): Act => ({ text: ntlm407(head, '1.0') }) },
+    {
+      how: 'an HTTP/1.1 407, then the connection closed under the NEGOTIATE',
+      act: (head: string): Act => (/\r\nproxy-authorization:/i.test(head) ? {} : { text: ntlm407(head) }),
+    },
+    {
+      how: 'an HTTP/1.1 407, then the proxy closed at once',
+      act: (head: string): Act => ({ text: ntlm407(head), close: true }),
+    },
+  ])(
+    'H5/C11: NTLM through a forwarding proxy whose connection ends after its 407 without Connection: close ($how): one typed ProxyAuthenticationError naming the proxy and its keep-alive settings, on one connection',
+    async ({ act }) => {
+      proxy = await quietProxy(act);
+      agent = new MultilegAgent({ proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: ALICE } });
+      // Before: undici's "other side closed" (UND_ERR_SOCKET), or RelocationLimitError after 5 connections.
+      const err = await failure(send('/n'));
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err).toMatchObject({
+        code: 'MULTILEG_PROXY_AUTH',
+        proxy: `http://127.0.0.1:${proxy.port}`,
+        refused: false,
+      });
+      expect(err!.message).toMatch(
+        /closes the connection between NTLM legs \(the connection ended after its 407 without Connection: close.*keep-alive/,
+      );
+      expect(proxy.connections).toBe(1);
+    },
+  );
+
+  it.each([
+    {
+      how: 'closed at once after its 407: the leg written into a closing connection',
+      act: (head: string): Act => (basic(head) ? { text: ok() } : { text: basic407(), close: true }),
+    },
+    {
+      how: 'the leg read on the first connection, which then closed unanswered',
+      act: (head: string, _answered: number, connection: number): Act =>
+        basic(head) ? (connection === 0 ? {} : { text: ok() }) : { text: basic407() },
+    },
+  ])(
+    'H5/C8: a Basic leg answering a 407 after which the proxy closed silently ($how) goes on a new connection and succeeds',
+    async ({ act }) => {
+      proxy = await quietProxy(act);
+      agent = basicAgent(proxy);
+      // Before: undici's SocketError "other side closed" (UND_ERR_SOCKET).
+      expect(await send('/x')).toEqual({ status: 200, body: 'ok' });
+      expect(requests(proxy)).toEqual([
+        ['GET http://origin.test/x', 'GET http://origin.test/x +auth'],
+        ['GET http://origin.test/x +auth'],
+      ]);
+    },
+  );
+
+  /** Answers a connection's first request 407 or 200 (Basic), reads any later one and closes unanswered. */
+  const closesAfterFirst200 = () =>
+    quietProxy((head, answered) => (answered > 0 ? {} : { text: basic(head) ? ok() : basic407() }));
+
+  it("C8/H5: after a 200 the proxy closes silently under the next request: a GET goes once more, on a new connection; a POST is not sent again (ProxyClosedError naming the proxy, undici's error its cause), its body reached the proxy once", async () => {
+    proxy = await closesAfterFirst200();
+    agent = basicAgent(proxy);
+    expect((await send('/a')).status).toBe(200);
+    // Before: UND_ERR_SOCKET "other side closed".
+    expect(await send('/b')).toEqual({ status: 200, body: 'ok' });
+    const err = await failure(send('/c', { method: 'POST', body: 'payload' }));
+    expect(err).toBeInstanceOf(ProxyClosedError);
+    expect(err).toMatchObject({
+      code: 'MULTILEG_PROXY_CLOSED',
+      proxy: `http://127.0.0.1:${proxy.port}`,
+      method: 'POST',
+    });
+    expect(err!.message).toMatch(/without answering the POST written on it.*not sent again.*idempotent: true/);
+    expect((err as Error & { cause: { code: string } }).cause.code).toBe('UND_ERR_SOCKET');
+    expect(proxy.received.join('').split('payload')).toHaveLength(2);
+    expect(requests(proxy)).toEqual([
+      ['GET http://origin.test/a', 'GET http://origin.test/a +auth', 'GET http://origin.test/b +auth'],
+      ['GET http://origin.test/b +auth', 'POST http://origin.test/c +auth'],
+    ]);
+  });
+
+  it('C8/H5: a GET is sent again once only: the proxy closing the new connection under it too is ProxyClosedError saying so, the GET twice at the proxy', async () => {
+    let broken = false;
+    proxy = await quietProxy((head) => {
+      if (broken) return {};
+      broken = basic(head);
+      return { text: basic(head) ? ok() : basic407() };
+    });
+    agent = basicAgent(proxy);
+    expect((await send('/a')).status).toBe(200);
+    const err = await failure(send('/b'));
+    // Without the bound: undici's raw "other side closed" from the second connection.
+    expect(err).toBeInstanceOf(ProxyClosedError);
+    expect(err!.message).toMatch(/without answering the GET written on it, again after it was sent once more/);
+    expect(
+      requests(proxy)
+        .flat()
+        .filter((r) => r.startsWith('GET http://origin.test/b')),
+    ).toHaveLength(2);
+  });
+
+  it('C8/H5: a request the caller marks idempotent (a PUT with idempotent: true) goes once more after the silent close; nothing queued is lost in a burst behind such closes', async () => {
+    proxy = await closesAfterFirst200();
+    agent = basicAgent(proxy);
+    expect((await send('/a')).status).toBe(200);
+    expect(await send('/put', { method: 'PUT', body: 'v', idempotent: true })).toEqual({ status: 200, body: 'ok' });
+    const burst = await Promise.all(
+      Array.from({ length: 6 }, (_, i) =>
+        send(`/b${i}`).then(
+          (r) => r.status,
+          (e: Error) => e.message,
+        ),
+      ),
+    );
+    expect(burst).toEqual(Array(6).fill(200));
+  });
 });

@@ -9,6 +9,7 @@ import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
+  ProxyClosedError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
@@ -162,6 +163,7 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'MULTILEG_PROXY_CERTIFICATE',
   'MULTILEG_PROXY_CONNECT',
   'MULTILEG_PROXY_PROTOCOL',
+  'MULTILEG_PROXY_CLOSED',
   'MULTILEG_PROXY_TIMEOUT',
   'MULTILEG_QUEUE_TIMEOUT',
   'MULTILEG_QUEUE_FULL',
@@ -207,7 +209,10 @@ export function describeFailure(
               : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted").
                 e instanceof ProxyProtocolError
                 ? EXIT.receive
-                : EXIT.failure;
+                : // curl's 52, "Empty reply from server": the proxy closed without a byte of an answer.
+                  e instanceof ProxyClosedError
+                  ? EXIT.emptyReply
+                  : EXIT.failure;
     return {
       exit,
       message: `${forCli(e.message)} (${e.code})`,

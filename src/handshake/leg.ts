@@ -115,6 +115,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   /** The leg was paused because the gate held too much (not the caller's pause). */
   #gatePaused = false;
   #controller: Controller | undefined;
+  /** undici wrote the leg, and it failed before any response head came (see {@link unanswered}). */
+  #unanswered = false;
   readonly #sink: UserSink;
   readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
   readonly #beforeStart: (controller: Controller) => void;
@@ -177,6 +179,15 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     if (this.#mode === 'gated') this.#gateFailed(reason);
     else if (this.#controller) this.#controller.abort(reason);
     else this.#sink.fail(reason);
+  }
+
+  /**
+   * undici started the leg (its onRequestStart: the request went to the socket, so the peer may
+   * have read it) and the leg failed before any response head came: what a connection the peer
+   * closed under a written request looks like.
+   */
+  get unanswered(): boolean {
+    return this.#unanswered;
   }
 
   /** The caller aborted (the sink's abort hook: no closure per leg). */
@@ -344,6 +355,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Controller | null, err: Error): void {
     const mode = this.#mode;
+    this.#unanswered = mode === 'head' && this.#controller !== undefined;
     if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';
     if (mode === 'deliver' || mode === 'gated') {

@@ -71,6 +71,28 @@ export class ProxyProtocolError extends MultilegError {
   }
 }
 
+/**
+ * A forwarding proxy closed its kept-alive connection after a request was written on it, before
+ * any answer to it, and the request is not idempotent (undici's rule: GET and HEAD, or the dispatch
+ * option `idempotent`): it is not sent again, since the proxy may have read it and passed it on
+ * before it closed (RFC 9110 §9.2.2); nor is an idempotent one a second time. undici's own error is `cause`.
+ */
+export class ProxyClosedError extends MultilegError {
+  readonly proxy: string;
+  readonly method: string;
+  constructor(proxy: string, method: string, options?: { cause?: unknown; again?: boolean }) {
+    super(
+      'MULTILEG_PROXY_CLOSED',
+      options?.again
+        ? `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
+        : `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,
+      options,
+    );
+    this.proxy = proxy;
+    this.method = method;
+  }
+}
+
 /** System error codes of a failed name lookup. */
 const RESOLVE_CODES: ReadonlySet<string> = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL', 'EAI_NONAME']);
 

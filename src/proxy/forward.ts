@@ -9,13 +9,25 @@ import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
 import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
-import { ProxyAuthenticationError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
+import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
 import { closedBetweenLegs, connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
 import { saysClose } from './wire.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
+
+/** Why a connection-bound handshake ended when the proxy closed without a header saying so. */
+const SILENT_CLOSE =
+  'the connection ended after its 407 without Connection: close: an HTTP/1.0 answer without keep-alive, or the proxy closed it';
+
+/**
+ * The leg failed because its connection ended under it: the session's relocation error (the
+ * connection was gone before the leg was written, or the proxy closed it unanswered) or
+ * {@link ProxyClosedError} (the same, for a request that is not sent again).
+ */
+const connectionLost = (err: Error): boolean =>
+  err instanceof ProxyClosedError || (err as { code?: unknown }).code === 'MULTILEG_STALE_CONNECTION';
 /** A leg on the wire, as far as the proxy's deadline needs it. */
 export interface AbortableLeg {
   abort(reason: Error): void;
@@ -57,6 +69,8 @@ export class ForwardProxy {
   readonly #onUnusable: (err: Error) => void;
   readonly #onClosing: () => void;
   #vouched = false;
+  /** The proxy connection once open (the session's only one: a reconnect is a new session). */
+  #wire: Socket | undefined;
   /** Which request runs this connection's handshake with the proxy (one at a time), and who waits. */
   readonly #lead: ProxyLead;
 
@@ -90,9 +104,21 @@ export class ForwardProxy {
     );
     this.socket = connectToProxy(opts.route.proxy, opts.allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
     this.#protocol = this.socket.then(
-      (s) => ((s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1'),
+      (s) => {
+        this.#wire = s;
+        return (s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
+      },
       () => undefined,
     );
+  }
+
+  /**
+   * The proxy connection has ended without a header saying so: undici destroys it right after a
+   * response it may not keep (an `HTTP/1.0` answer without `keep-alive`, RFC 9112 §9.3 — llhttp's
+   * rule, not a copy of it here), or after the proxy's FIN. Nothing more may be written on it.
+   */
+  get gone(): boolean {
+    return this.#wire?.destroyed === true;
   }
 
   /** The proxy's last answer carried `Proxy-support: Session-Based-Authentication` (H4). */
@@ -266,6 +292,12 @@ export class ForwardProxy {
           ),
         );
         onWire = undefined;
+        // A leg answering this handshake's 407 lost its connection before any answer (the proxy
+        // closed it after the 407 without saying so): a connection-bound handshake cannot go on
+        // elsewhere — a new connection would start it bare again, and again. Named now.
+        if (result.kind === 'failed' && answers > 0 && this.#auth.connectionBound && connectionLost(result.error)) {
+          throw closedBetweenLegs(this.route.proxy, this.#auth.scheme, SILENT_CLOSE);
+        }
         if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
         if (answers >= this.#limits.maxLegs && !this.route.proxy.deliver407) {

@@ -40,6 +40,11 @@ export interface Job {
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */
   relocations: number;
   /**
+   * Sent again once already because a forwarding proxy closed its kept-alive connection under it
+   * unanswered (Session: an idempotent request only, once).
+   */
+  resentAfterClose: boolean;
+  /**
    * The challenges of a 401 whose connection closed before it was answered (HTTP/1.1 `Connection:
    * close`, or a challenge body too big to read): the next session answers them at once (H1).
    */

@@ -15,6 +15,7 @@ import {
 import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import type { CookieStore, Limits } from '../options.ts';
+import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
@@ -77,6 +78,8 @@ export class Session {
   #state: SessionState = FRESH;
   #connection: ConnectionInfo | undefined;
   #connections = 0;
+  /** Response heads this session's connection gave (a forwarding proxy's leg it closed under after one was reused). */
+  #answers = 0;
   #inflight = 0;
   /** The most requests it held at once (see peakInflight). */
   #peakInflight = 0;
@@ -444,6 +447,13 @@ export class Session {
     started?: (leg: LegHandler) => void,
     clocked = false,
   ): void {
+    // Through a forwarding proxy, a connection undici has ended (it may not keep it after the last
+    // response, or the proxy closed it) takes nothing more: without this, undici would queue the
+    // leg and open a connection for it that checkStart then refuses, a connection for nothing.
+    if (this.#forward?.gone && !this.closed) {
+      log.session('%s proxy connection ended after its answer: closing', this.id);
+      this.apply({ type: 'closed' });
+    }
     // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
     if (this.closed) {
       onResult({ kind: 'failed', error: new StaleConnectionError() });
@@ -477,9 +487,12 @@ export class Session {
           { method: job.dispatchOptions.method, path: path ?? job.dispatchOptions.path, headers },
         )
       : undefined;
+    // Responses this connection gave before this leg: a leg it closed under after some was reused.
+    const answered = this.#answers;
     const leg = new LegHandler({
       sink: job.sink,
       classify: (status, h) => {
+        this.#answers += 1;
         if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
         const intermediate = verdict === 'swallow' || verdict === 'hold';
@@ -493,7 +506,7 @@ export class Session {
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
         if (r.kind === 'failed') traced?.error(r.error);
-        onResult(this.settleLeg(job, r));
+        onResult(this.settleLeg(job, r.kind === 'failed' && leg.unanswered ? this.#unanswered(job, r, answered) : r));
       },
     });
     job.sink.onAbort(leg);
@@ -523,6 +536,40 @@ export class Session {
       traced?.error(err as Error);
       onResult({ kind: 'failed', error: err as Error });
     }
+  }
+
+  /**
+   * A leg written on a kept-alive connection to a forwarding proxy that the proxy closed before any
+   * answer to it, without having said it would (no `Connection: close`; an idle timeout, a
+   * restart): undici fails it with its socket error (`UND_ERR_SOCKET` "other side closed" for the
+   * proxy's FIN, or the system's reset). undici started it, so the proxy may have read it. Once, and
+   * only if undici deems the request idempotent (GET, HEAD, or the dispatch option `idempotent`),
+   * it goes to a new connection, as curl's "Connection died, retrying a fresh connect" does; any
+   * other is {@link ProxyClosedError}, never sent twice (nor a third time). On a connection that
+   * had not answered anything yet, the proxy's failure is the caller's as it came.
+   */
+  #unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number): LegResult {
+    const code = (r.error as { code?: unknown }).code;
+    const again = job.resentAfterClose;
+    // (A fresh connection closed unanswered is the proxy's failure, not an idle close: as it came,
+    // unless this request was sent again for such a close already.)
+    if (
+      !this.#forward ||
+      (answered === 0 && !again) ||
+      !(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')
+    )
+      return r;
+    log.session('%s proxy closed the connection under a written leg (%s): closing', this.id, code);
+    this.apply({ type: 'closed' });
+    const { method, idempotent } = job.dispatchOptions;
+    if (!again && (idempotent ?? (method === 'GET' || method === 'HEAD'))) {
+      job.resentAfterClose = true;
+      return { kind: 'failed', error: new StaleConnectionError() };
+    }
+    return {
+      kind: 'failed',
+      error: new ProxyClosedError(this.#forward.route.proxy.origin, method, { cause: r.error, again }),
+    };
   }
 
   /** A response head's Set-Cookie, to the jar (with one). */
