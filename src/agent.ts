@@ -8,6 +8,7 @@ import { type HeaderMap, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
+import type { Credentials } from './mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -119,7 +120,11 @@ export interface SessionSnapshot {
  */
 export class MultilegAgent extends Dispatcher {
   readonly #options: ResolvedOptions;
-  readonly #mechanisms: MechanismSet;
+  /** Replaced by {@link setCredentials}: pools and upgrades read it afresh for each handshake. */
+  #mechanisms: MechanismSet;
+  /** What the mechanisms were made from, to make them again with new credentials. */
+  readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
+  readonly #transport: boolean;
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: Omit<MultilegStats, 'origins'> = {
     requests: 0,
@@ -228,8 +233,88 @@ export class MultilegAgent extends Dispatcher {
       ...(options.cookies ? { cookies: options.cookies } : {}),
       deliver401: options.deliver401 === true,
     };
-    const mechanisms = [...defaultMechanisms(options), ...this.#options.mechanisms];
-    this.#mechanisms = new MechanismSet(mechanisms, schemes, selectCertificate !== undefined);
+    this.#mechanismOptions = {
+      ...(options.negotiate !== undefined ? { negotiate: options.negotiate } : {}),
+      ...(options.allowBasicOverHttp !== undefined ? { allowBasicOverHttp: options.allowBasicOverHttp } : {}),
+      mechanisms: this.#options.mechanisms,
+    };
+    this.#transport = selectCertificate !== undefined;
+    this.#mechanisms = this.#mechanismSet(options.credentials);
+  }
+
+  /** The agent's mechanisms for `credentials`: its defaults, then its own `mechanisms` by scheme. */
+  #mechanismSet(credentials: MultilegAgentOptions['credentials']): MechanismSet {
+    const o = this.#mechanismOptions;
+    const mechanisms = [
+      ...defaultMechanisms({ ...o, ...(credentials ? { credentials } : {}) }),
+      ...(o.mechanisms ?? []),
+    ];
+    return new MechanismSet(mechanisms, this.#options.schemes, this.#transport);
+  }
+
+  /**
+   * Replaces the agent's `credentials` on a live agent (a password rotated in a vault), without
+   * cutting a request. Handshakes started from now on use the new ones, and nothing of the old ones
+   * is sent again (not a Basic or Digest answer sent unasked, nor a cached Digest HA1 or NTLM key).
+   * Every session authenticated (or authenticating) with the old ones retires, even when only the
+   * password changed: the requests already on the wire finish there, those waiting for it move to
+   * new sessions, which authenticate with the new credentials (S6: no request sent after this call
+   * runs as the old identity). What was learnt of the old ones goes: a refusal of the old password
+   * does not keep the new one back, and the new ones are tried one handshake at a time until one
+   * succeeds, as for a new agent (R4).
+   *
+   * @throws {ConfigError} when `credentials` is not `{ username, password }` with a non-empty user name
+   * and a string password (as the constructor).
+   * @throws {TrustRequiredError} on an agent made without `trustedOrigins` (S1): a password only goes
+   * where the caller said.
+   * @throws {AgentClosedError} after `close()` or `destroy()`.
+   */
+  setCredentials(credentials: Credentials): void {
+    if (this.#closed) throw new AgentClosedError();
+    if (credentials === null || typeof credentials !== 'object')
+      throw new ConfigError(
+        `setCredentials takes { username, password } (and optionally domain, workstation), got ${credentials === null ? 'null' : typeof credentials}`,
+        'credentials',
+      );
+    checkCredentials(credentials);
+    if (!this.#options.trust.listed) throw new TrustRequiredError('an agent with a password (credentials)');
+    // A copy: the caller's object changing later must not change what the mechanisms send.
+    const own: Credentials = { ...credentials };
+    this.#mechanisms = this.#mechanismSet(own);
+    let retired = 0;
+    for (const pool of this.#pools.values()) retired += pool.credentialsChanged('origin', this.#mechanisms);
+    log.agent('credentials replaced: %d session(s) retire', retired);
+  }
+
+  /**
+   * Replaces `proxy.credentials` (or a proxy URL's user:password) on a live agent, as
+   * {@link setCredentials} does the origin's: connections, CONNECT tunnels and forwarding-proxy
+   * connections made with the old ones retire once their requests on the wire have finished, new
+   * handshakes with the proxy use the new ones, and the proxy's refusal of the old ones does not
+   * keep the new ones back (R4, S6).
+   *
+   * @throws {ConfigError} when `credentials` is not `{ username, password }` (as the constructor's
+   * `proxy.credentials`), or the agent has no proxy (none given, `proxy: false`, and none in the
+   * environment).
+   * @throws {AgentClosedError} after `close()` or `destroy()`.
+   */
+  setProxyCredentials(credentials: Credentials): void {
+    if (this.#closed) throw new AgentClosedError();
+    if (credentials === null || typeof credentials !== 'object')
+      throw new ConfigError(
+        `setProxyCredentials takes { username, password } (and optionally domain, workstation), got ${credentials === null ? 'null' : typeof credentials}`,
+        'proxy.credentials',
+      );
+    checkCredentials(credentials, 'proxy.credentials');
+    if (!this.#options.proxy.configured)
+      throw new ConfigError(
+        'setProxyCredentials: the agent has no proxy (none given in options.proxy, nor HTTPS_PROXY/HTTP_PROXY in the environment); give options.proxy when making the agent',
+        'proxy.credentials',
+      );
+    this.#options.proxy.setCredentials({ ...credentials });
+    let retired = 0;
+    for (const pool of this.#pools.values()) retired += pool.credentialsChanged('proxy');
+    log.agent('proxy credentials replaced: %d session(s) retire', retired);
   }
 
   /** A snapshot of the counters. */
@@ -289,9 +374,13 @@ export class MultilegAgent extends Dispatcher {
         // Upgrades always tunnel through a proxy that applies.
         const headers = normalizeRequestHeaders(opts.headers);
         refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin), 'any');
+        const agent = this;
         this.#upgrades ??= new UpgradeDispatcher({
           ...this.#options,
-          mechanisms: this.#mechanisms,
+          // Read for each upgrade: setCredentials replaces them.
+          get mechanisms() {
+            return agent.#mechanisms;
+          },
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
           proofOf: (o) => this.#pool(o).memory.proof,
         });

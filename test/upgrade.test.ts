@@ -195,6 +195,17 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.slice(3).map((s) => s.authorization)).toEqual(Array(4).fill(undefined));
   });
 
+  it('R4/S6: after setCredentials, an upgrade authenticates with the new password at once (the old one refused, kept back, does not carry over)', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });
+    for (let i = 0; i < 2; i++) expect((await upgradeOrResponse(agent, origin.origin)).kind).toBe('response');
+    agent.setCredentials(ALICE);
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r.kind).toBe('upgraded');
+    if (r.kind === 'upgraded') sockets.push(r.socket);
+    expect(origin.seen.filter((s) => s.authorization === 'NTLM/3')).toHaveLength(2);
+  });
+
   it('H1: an authenticated upgrade the origin refuses: the caller gets that response, body and all', async () => {
     origin = await upgradeServer({ ntlm: true, refuse: true });
     agent = ntlmAgent();

@@ -173,6 +173,8 @@ export class ProxyAuth {
     if (this.#state !== 'idle' || this.#mechanism !== undefined || remembered === undefined) return;
     if (Date.now() >= this.#proxy.perRequestUntil) return;
     if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
+    // Remembered by a handshake of credentials replaced since (setProxyCredentials): not sent unasked.
+    if (this.#proxy.mechanisms.get(remembered.scheme) !== remembered) return;
     this.#mechanism = remembered;
     this.#state = 'done';
   }

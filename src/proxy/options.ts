@@ -91,7 +91,8 @@ export interface ResolvedProxy {
   readonly port: number;
   readonly tls: boolean;
   readonly connect: ConnectionOptions;
-  readonly mechanisms: MechanismSet;
+  /** Replaced, with {@link hasCredentials}, when the agent's proxy credentials are (ProxyResolver.setCredentials). */
+  mechanisms: MechanismSet;
   readonly http: 'forward' | 'tunnel';
   /** See {@link ProxyOptions.deliver407}. */
   readonly deliver407: boolean;
@@ -103,7 +104,7 @@ export interface ResolvedProxy {
    */
   readonly proof: CredentialProof;
   /** Whether `proxy.credentials` (or the URI's user:password) were given: errors then do not ask for them. */
-  readonly hasCredentials: boolean;
+  hasCredentials: boolean;
   /**
    * The proxy took no part in an opening NEGOTIATE (`proxy.schemes: ['NTLM']`): it let that CONNECT
    * through, or its 407 carried no NTLM challenge. Later tunnels wait for its 407, as origins do
@@ -311,6 +312,9 @@ export class ProxyResolver {
   readonly #https: ResolvedProxy | undefined;
   readonly #fixedNoProxy: string | undefined;
   readonly #env: Env;
+  /** What the proxies were resolved from, to make their mechanisms again with new credentials. */
+  readonly #option: ProxyOptions = {};
+  readonly #identity: KerberosIdentity = {};
   #noProxyValue: string | undefined;
   #noProxy: NoProxyEntry[] = [];
 
@@ -326,6 +330,8 @@ export class ProxyResolver {
     this.#env = env;
     const identity = kerberosIdentity(negotiate);
     const o: ProxyOptions = typeof option === 'string' ? { uri: option } : option || {};
+    this.#option = o;
+    this.#identity = identity;
     if (option === false) {
       this.#fixedNoProxy = '';
       return;
@@ -348,6 +354,26 @@ export class ProxyResolver {
       if (http) this.#http = resolveProxy(http, o, identity);
       this.#https = https ? resolveProxy(https, o, identity) : this.#http;
       this.#fixedNoProxy = o.noProxy;
+    }
+  }
+
+  /** Whether a proxy is configured (given, or from the environment), whatever NO_PROXY says. */
+  get configured(): boolean {
+    return this.#http !== undefined || this.#https !== undefined;
+  }
+
+  /**
+   * New proxy credentials (MultilegAgent.setProxyCredentials): the proxies' mechanisms are made
+   * again with them (fresh Digest nonces and NTLM keys) and their proof starts over (R4). The
+   * per-request scheme remembered for new connections is the old mechanism, which ProxyAuth.adopt
+   * no longer takes: nothing of the old ones is sent again.
+   */
+  setCredentials(credentials: Credentials): void {
+    for (const proxy of new Set([this.#http, this.#https])) {
+      if (!proxy) continue;
+      proxy.mechanisms = proxyMechanisms(this.#option, credentials, this.#identity);
+      proxy.hasCredentials = true;
+      proxy.proof.reset();
     }
   }
 

@@ -36,9 +36,12 @@ export class Ticket {
   settled = false;
   /** The refusal that ends its handshake was counted already ({@link CredentialProof.again}). */
   counted = false;
-  constructor(probe: boolean, epoch: number) {
+  /** The credentials it was admitted for ({@link CredentialProof.reset} starts new ones). */
+  readonly generation: number;
+  constructor(probe: boolean, epoch: number, generation = 0) {
     this.probe = probe;
     this.epoch = epoch;
+    this.generation = generation;
   }
 }
 
@@ -81,6 +84,8 @@ export class CredentialProof {
   #refusedTimes = 0;
   #epoch = 0;
   #probing = false;
+  /** Bumped when the credentials are replaced: tickets of older ones say nothing about these. */
+  #generation = 0;
   #queue: WaitQueue<Admission, Waiter> | undefined;
   /** What a waiting handshake waits for, for QueueTimeoutError / QueueFullError. */
   readonly #what: string;
@@ -112,11 +117,11 @@ export class CredentialProof {
   admit(password: boolean): Admission | undefined {
     if (this.refused) return 'refused';
     if (this.#proved && (!password || Date.now() - this.#provedAt < PROOF_FRESH_MS)) {
-      return new Ticket(false, this.#epoch);
+      return new Ticket(false, this.#epoch, this.#generation);
     }
     if (this.#probing) return undefined;
     this.#probing = true;
-    return new Ticket(true, this.#epoch);
+    return new Ticket(true, this.#epoch, this.#generation);
   }
 
   /** Waits for the running probe's outcome (bounded by `bounds`, abortable through `waiter`, R1). */
@@ -138,6 +143,11 @@ export class CredentialProof {
    * proving them.
    */
   again(ticket: Ticket): boolean {
+    // A refusal of credentials replaced since is no refusal of the new ones (R4).
+    if (ticket.generation !== this.#generation) {
+      ticket.counted = true;
+      return false;
+    }
     const wasProved = this.#proved;
     this.#refuse();
     ticket.epoch = this.#epoch;
@@ -152,6 +162,9 @@ export class CredentialProof {
   settle(ticket: Ticket, outcome: ProofOutcome): void {
     if (ticket.settled) return;
     ticket.settled = true;
+    // Of credentials replaced since: neither a proof nor a refusal of the new ones (R4); its probe
+    // was no longer counted as running.
+    if (ticket.generation !== this.#generation) return;
     if (ticket.probe) this.#probing = false;
     if (outcome === 'success' && ticket.epoch === this.#epoch) {
       this.#proved = true;
@@ -161,6 +174,23 @@ export class CredentialProof {
     } else if (outcome !== 'success' && outcome !== 'none' && !ticket.counted) {
       this.#refuse(outcome === 'refused');
     }
+    this.#wake();
+  }
+
+  /**
+   * The credentials were replaced (MultilegAgent.setCredentials): what was learnt of the old ones
+   * goes, so a refusal of an old password does not keep the new one back, and the new ones start
+   * unproved (one handshake at a time until one succeeds). Handshakes of the old ones still
+   * running settle into nothing; those waiting for their outcome are handed a probe of the new ones.
+   */
+  reset(): void {
+    this.#generation += 1;
+    this.#epoch += 1;
+    this.#proved = false;
+    this.#provedAt = 0;
+    this.#refusedUntil = 0;
+    this.#refusedTimes = 0;
+    this.#probing = false;
     this.#wake();
   }
 
@@ -189,9 +219,9 @@ export class CredentialProof {
     if (!queue || queue.length === 0) return;
     if (this.refused) queue.settleAll('refused');
     else if (this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS) {
-      while (queue.length > 0) queue.shift(new Ticket(false, this.#epoch));
+      while (queue.length > 0) queue.shift(new Ticket(false, this.#epoch, this.#generation));
     } else if (!this.#probing) {
-      this.#probing = queue.shift(new Ticket(true, this.#epoch)) !== undefined;
+      this.#probing = queue.shift(new Ticket(true, this.#epoch, this.#generation)) !== undefined;
     }
   }
 }

@@ -82,6 +82,16 @@ export class OriginMemory {
     return this.proof.refused;
   }
 
+  /**
+   * The agent's credentials were replaced: they start unproved and unrefused here, and schemes
+   * found unusable with the old ones (a Kerberos ticket of another user than the old name) are
+   * tried again. What the server wants (scheme, mode, HTTP/1.1) is the server's, and stays.
+   */
+  credentialsChanged(): void {
+    this.proof.reset();
+    this.#unusable.clear();
+  }
+
   /** The remembered scheme was refused: learn it again from the next challenge. */
   forgetScheme(): void {
     this.scheme = undefined;

@@ -42,6 +42,15 @@ interface Survey {
   leastLoaded: Session | undefined;
 }
 
+/**
+ * Whether sessions of `identity` carry the agent's own credentials of `which` kind: the origin's
+ * only on its own sessions; the proxy's on every session but those whose requests bring their own
+ * Proxy-Authorization (anonymous requests and a caller's own Authorization still ride the agent's
+ * proxy identity).
+ */
+const carries = (identity: Identity, which: 'origin' | 'proxy'): boolean =>
+  which === 'origin' ? identity === 'agent' : identity !== 'caller-proxy' && identity !== 'caller-both';
+
 /** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
 export const SPREAD_ROOM = 8;
 
@@ -89,7 +98,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
   #closed = false;
   readonly #options: ResolvedOptions;
-  readonly #env: ExchangeEnv;
+  /** Mutable only for {@link credentialsChanged}: exchanges read it by reference. */
+  readonly #env: { -readonly [K in keyof ExchangeEnv]: ExchangeEnv[K] };
   /** Called once for every request given to {@link run}, when it has ended (never throws). */
   readonly #ended: () => void;
   /** Through a proxy (H5), decided once for the origin. */
@@ -470,6 +480,30 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         if (!queue.shift(s)) s.release();
       }
     }
+  }
+
+  /**
+   * The agent's credentials were replaced (`origin`: its own, `proxy`: the proxy's, when this
+   * origin's connections go through a proxy): handshakes from now on use `mechanisms`, the proof
+   * starts over (R4), and every session that carries the old identity retires (S6) — its requests
+   * already on the wire finish there, those waiting on it move to new sessions, and a request
+   * undici has not written yet is refused by `Session.checkStart` and moves too. Returns how many
+   * sessions retired. Fail safe: they retire even when only the password changed, as the server
+   * may bind the session to the old one.
+   */
+  credentialsChanged(which: 'origin' | 'proxy', mechanisms?: MechanismSet): number {
+    if (which === 'origin') {
+      if (mechanisms) this.#env.mechanisms = mechanisms;
+      this.memory.credentialsChanged();
+    } else if (!this.#route) return 0;
+    let retired = 0;
+    for (const s of [...this.#sessions]) {
+      if (s.closed || !carries(s.identity, which)) continue;
+      s.apply({ type: 'closed' });
+      retired += 1;
+    }
+    if (retired > 0) log.pool('%s credentials replaced: %d session(s) retire', this.origin, retired);
+    return retired;
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,346 @@
+/**
+ * New credentials on a live agent (MultilegAgent.setCredentials / setProxyCredentials): a password
+ * rotated in a vault reaches the agent without a new one. Validated as at construction (S1); no
+ * request sent after the call runs as the old identity (S6); what was learnt of the old password
+ * does not hold the new one back, which starts unproved (R4).
+ */
+
+import { execFile } from 'node:child_process';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { promisify } from 'node:util';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AgentClosedError, ConfigError, MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
+import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
+import { TrustRequiredError } from '../src/trust/policy.ts';
+import { ALICE, type Rig, rig } from './helpers.ts';
+
+let r: Rig | undefined;
+let proxy: ReferenceProxy | undefined;
+afterEach(async () => {
+  await r?.close();
+  await proxy?.close();
+  r = proxy = undefined;
+});
+
+const BOB = { username: 'EXAMPLE\\bob', password: 'bobpw' } as const;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Resolves once `check` holds (polled; at most 3 s): no fixed sleep that a loaded machine could outrun. */
+async function until(check: () => boolean): Promise<void> {
+  const end = Date.now() + 3000;
+  while (!check() && Date.now() < end) await sleep(5);
+}
+
+/** A `faults.delayMs` holding requests whose path has `part` (with Authorization, if `auth`) `ms`, counting them. */
+function hold(part: string, ms: number, auth = false) {
+  const h = {
+    arrived: 0,
+    delayMs: (q: { path: string; headers: Record<string, unknown> }): number => {
+      if (!q.path.includes(part) || (auth && !q.headers.authorization)) return 0;
+      h.arrived += 1;
+      return ms;
+    },
+  };
+  return h;
+}
+
+/** One GET: its status and the user the reference server saw (its JSON body), or the error's name. */
+async function get(url: string, agent: MultilegAgent, h1 = false): Promise<{ status: number; user: string | null }> {
+  const res = await request(url, { dispatcher: agent, ...(h1 ? { allowH2: false } : {}) } as never);
+  const text = await res.body.text();
+  let user: string | null = null;
+  try {
+    user = (JSON.parse(text) as { user: string | null }).user;
+  } catch {}
+  return { status: res.statusCode, user };
+}
+
+/**
+ * Every Authorization (or Proxy-Authorization) value undici writes from now on, as written
+ * (undici's own diagnostics channel, published synchronously as it writes a request's headers).
+ */
+function wire(header = 'authorization'): { values: string[]; stop(): void } {
+  const values: string[] = [];
+  const re = new RegExp(`^${header}: (.*)$`, 'im');
+  const listener = (m: unknown) => {
+    const v = re.exec((m as { headers: string }).headers)?.[1];
+    if (v) values.push(v.trim());
+  };
+  subscribe('undici:client:sendHeaders', listener);
+  return { values, stop: () => unsubscribe('undici:client:sendHeaders', listener) };
+}
+
+const basic = (c: { username: string; password: string }) =>
+  `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
+
+describe('S1: setCredentials validates as the constructor does', () => {
+  it('S1: a malformed user name or password is the same ConfigError; without trustedOrigins a password is TrustRequiredError; a closed or destroyed agent says AgentClosedError', async () => {
+    const agent = new MultilegAgent({ credentials: ALICE, trustedOrigins: ['https://intranet.example'] });
+    for (const bad of [{ username: '', password: 'x' }, { username: 'u' }, { username: 'u', password: 1 }]) {
+      let ctor: unknown;
+      try {
+        new MultilegAgent({ credentials: bad as never, trustedOrigins: ['https://intranet.example'] });
+      } catch (err) {
+        ctor = err;
+      }
+      let set: unknown;
+      try {
+        agent.setCredentials(bad as never);
+      } catch (err) {
+        set = err;
+      }
+      expect(set).toBeInstanceOf(ConfigError);
+      expect((set as Error).message).toBe((ctor as Error).message);
+    }
+    expect(() => agent.setCredentials(null as never)).toThrow(ConfigError);
+    expect(() => agent.setProxyCredentials({ username: '', password: 'x' })).toThrow(/proxy\.credentials\.username/);
+    // No proxy (none given, none in the environment): nothing to replace.
+    const direct = new MultilegAgent({ trustedOrigins: ['https://intranet.example'], proxy: false });
+    expect(() => direct.setProxyCredentials(ALICE)).toThrow(ConfigError);
+    // S1: a password goes only where the caller said, whether given at construction or later.
+    const ambient = new MultilegAgent();
+    expect(() => ambient.setCredentials(ALICE)).toThrow(TrustRequiredError);
+    await agent.close();
+    expect(() => agent.setCredentials(BOB)).toThrow(AgentClosedError);
+    await direct.destroy();
+    expect(() => direct.setCredentials(BOB)).toThrow(AgentClosedError);
+    await ambient.close();
+  });
+
+  it('S1: an agent made without credentials but with trustedOrigins takes a password later, and sends it only to those origins', async () => {
+    r = await rig({ schemes: ['Basic'] }, { negotiate: false, credentials: undefined });
+    const url = `${r.server.origin}/auth/x`;
+    expect((await get(url, r.agent)).status).toBe(401);
+    r.agent.setCredentials(ALICE);
+    expect(await get(url, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+  });
+});
+
+describe('S6: no request sent after setCredentials runs as the old identity', () => {
+  it.each([
+    ['HTTP/2', false],
+    ['HTTP/1.1', true],
+  ])(
+    'S6: %s, Basic: a burst running when the identity changes: each request ends as the old one (sent before) or the new one, and not one old Authorization is written after the call',
+    async (_, h1) => {
+      const held = hold('/a/', 150, true);
+      r = await rig({ schemes: ['Basic'], faults: { delayMs: held.delayMs } }, { negotiate: false });
+      const url = `${r.server.origin}/auth`;
+      expect((await get(`${url}/warm`, r.agent, h1)).status).toBe(200);
+      const sent = wire();
+      const before = Array.from({ length: 30 }, (_, i) => get(`${url}/a/${i}`, r!.agent, h1));
+      // Some of the burst are on the wire (held by the server) when the identity changes.
+      await until(() => held.arrived >= 3);
+      expect(held.arrived).toBeGreaterThanOrEqual(3);
+      const atCall = sent.values.length;
+      r.agent.setCredentials(BOB);
+      const after = Array.from({ length: 30 }, (_, i) => get(`${url}/b/${i}`, r!.agent, h1));
+      const results = [...(await Promise.all(before)), ...(await Promise.all(after))];
+      sent.stop();
+      expect(results.every((x) => x.status === 200)).toBe(true);
+      // Some went as alice before the call (on the wire, or finished), the rest as bob.
+      expect(atCall).toBeGreaterThan(0);
+      expect(results.some((x) => x.user === 'EXAMPLE\\alice')).toBe(true);
+      expect(results.slice(30).every((x) => x.user === 'EXAMPLE\\bob')).toBe(true);
+      const old = sent.values.slice(atCall).filter((v) => v === basic(ALICE));
+      expect(old).toHaveLength(0);
+      expect(sent.values.slice(atCall).filter((v) => v === basic(BOB)).length).toBeGreaterThan(0);
+    },
+  );
+
+  it.each([
+    ['HTTP/2', false],
+    ['HTTP/1.1', true],
+  ])(
+    'S6: %s, NTLM session mode, the password rotated on the server: requests on the wire finish on the old session, which then closes; new requests authenticate a new session with the new password; no old password is tried',
+    async (_, h1) => {
+      const held = hold('/slow/', 200);
+      r = await rig({ mode: 'session', schemes: ['NTLM'], faults: { delayMs: held.delayMs } }, { negotiate: false });
+      const url = `${r.server.origin}/auth`;
+      const warm = await Promise.all(Array.from({ length: 3 }, (_, i) => get(`${url}/warm/${i}`, r!.agent, h1)));
+      expect(warm.every((x) => x.status === 200)).toBe(true);
+      const old = new Set(r.agent.sessions().map((s) => s.sessionId));
+      // Bare requests on the authenticated session(s), held by the server past the rotation.
+      const inflight = Array.from({ length: 3 }, (_, i) => get(`${url}/slow/${i}`, r!.agent, h1));
+      await until(() => held.arrived === 3);
+      r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'rotated' };
+      r.server.reset();
+      r.agent.setCredentials({ ...ALICE, password: 'rotated' });
+      // Retired at once: no old session takes a new request.
+      expect(r.agent.sessions().filter((s) => old.has(s.sessionId) && s.held === 0)).toEqual([]);
+      const next = await Promise.all(Array.from({ length: 10 }, (_, i) => get(`${url}/new/${i}`, r!.agent, h1)));
+      expect((await Promise.all(inflight)).every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
+      expect(next.every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
+      const slow = r.server.exchanges.filter((e) => e.path.includes('/slow/'));
+      const fresh = r.server.exchanges.filter((e) => e.path.includes('/new/'));
+      expect(slow).toHaveLength(3);
+      // The server saw the new requests on other connections than the held ones.
+      const slowSessions = new Set(slow.map((e) => e.sessionId));
+      expect(fresh.some((e) => slowSessions.has(e.sessionId))).toBe(false);
+      expect(r.server.exchanges.filter((e) => e.outcome === 'rejected')).toHaveLength(0);
+      // The old sessions closed once their requests had finished.
+      await until(() => !r!.agent.sessions().some((s) => old.has(s.sessionId)));
+      expect(r.agent.sessions().filter((s) => old.has(s.sessionId))).toEqual([]);
+    },
+  );
+
+  it('S6/R4: Digest: the remembered nonce and its cached HA1 are not sent again after the password changed (no proactive answer with the old one)', async () => {
+    r = await rig({ schemes: ['Digest'] }, { negotiate: false });
+    const url = `${r.server.origin}/auth`;
+    for (let i = 0; i < 3; i++) expect((await get(`${url}/warm/${i}`, r.agent)).status).toBe(200);
+    r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'rotated' };
+    r.server.reset();
+    r.agent.setCredentials({ ...ALICE, password: 'rotated' });
+    const after = await Promise.all(Array.from({ length: 10 }, (_, i) => get(`${url}/a/${i}`, r!.agent)));
+    expect(after.every((x) => x.status === 200)).toBe(true);
+    expect(r.server.exchanges.filter((e) => e.outcome === 'rejected')).toHaveLength(0);
+  });
+});
+
+describe('R4: the old credentials’ record does not carry over to the new ones', () => {
+  it('R4: a wrong password refused (kept back 30 s) does not keep the right one back: the next request authenticates at once', async () => {
+    r = await rig({ schemes: ['Basic'] }, { negotiate: false, credentials: { ...ALICE, password: 'wrong' } });
+    const url = `${r.server.origin}/auth`;
+    expect((await get(`${url}/a`, r.agent)).status).toBe(401);
+    expect((await get(`${url}/b`, r.agent)).status).toBe(401);
+    r.server.reset();
+    // Refused twice in a row: this one goes without the password.
+    expect((await get(`${url}/c`, r.agent)).status).toBe(401);
+    expect(r.server.exchanges.map((e) => e.outcome)).toEqual(['unauthenticated']);
+    r.agent.setCredentials(ALICE);
+    expect(await get(`${url}/d`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+  });
+
+  it('R4: the old password refused after the call (its handshake was on the wire) does not count against the new one', async () => {
+    const held = hold('/slow', 200);
+    r = await rig({ schemes: ['Basic'], faults: { delayMs: held.delayMs } }, { negotiate: false });
+    const url = `${r.server.origin}/auth`;
+    expect((await get(`${url}/warm`, r.agent)).status).toBe(200);
+    const slow = get(`${url}/slow`, r.agent);
+    await until(() => held.arrived === 1);
+    r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'rotated' };
+    r.agent.setCredentials({ ...ALICE, password: 'rotated' });
+    // Sent before the call with the old password, refused by the rotated server: the server's answer.
+    expect((await slow).status).toBe(401);
+    const after = await Promise.all(Array.from({ length: 5 }, (_, i) => get(`${url}/a/${i}`, r!.agent)));
+    expect(after.every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
+  });
+
+  it.each([
+    ['HTTP/2', false],
+    ['HTTP/1.1', true],
+  ])(
+    'R4: %s: new credentials start unproved: after a success with the old ones, a burst with a wrong new password tries it at most twice',
+    async (_, h1) => {
+      r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+      const url = `${r.server.origin}/auth`;
+      const warm = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`${url}/warm/${i}`, r!.agent, h1)));
+      expect(warm.every((x) => x.status === 200)).toBe(true);
+      r.server.reset();
+      // Proved a moment ago (side by side, were the proof kept): the new password must prove itself.
+      r.agent.setCredentials({ ...ALICE, password: 'mistyped' });
+      const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => get(`${url}/a/${i}`, r!.agent, h1)));
+      expect(burst.every((x) => x.status === 401)).toBe(true);
+      const wrong = r.server.exchanges.filter((e) => e.outcome === 'rejected').length;
+      expect(wrong).toBeGreaterThanOrEqual(1);
+      expect(wrong).toBeLessThanOrEqual(2);
+    },
+  );
+});
+
+describe('S6/R4: setProxyCredentials', () => {
+  /** The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw). */
+  async function behindProxy(extra: MultilegAgentOptions = {}) {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+    const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    proxy = px;
+    const agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      connect: { ca: r.server.ca },
+      trustedOrigins: [r.server.origin, `http://localhost:${r.server.port}`],
+      ...extra,
+      proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: { username: 'proxyuser', password: 'proxypw' } },
+    });
+    const closeRig = r.close;
+    r.close = async () => {
+      await agent.destroy().catch(() => {});
+      await closeRig();
+    };
+    return { agent, px };
+  }
+
+  it.each([
+    ['a CONNECT tunnel (https origin)', true],
+    ['a forwarding proxy (http origin)', false],
+  ])(
+    'S6: through %s: after the proxy password rotated, new requests go through new proxy connections with the new one, none with the old',
+    async (_, tunnel) => {
+      const { agent, px } = await behindProxy();
+      const url = `${tunnel ? r!.server.origin : `http://localhost:${r!.server.port}`}/auth`;
+      const warm = await Promise.all(Array.from({ length: 5 }, (_, i) => get(`${url}/warm/${i}`, agent)));
+      expect(warm.every((x) => x.status === 200)).toBe(true);
+      const connections = new Set(px.exchanges.map((e) => e.connectionId));
+      px.options.basicUsers = { proxyuser: 'rotated' };
+      px.exchanges.length = 0;
+      const sent = wire('proxy-authorization');
+      agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
+      const after = await Promise.all(Array.from({ length: 10 }, (_, i) => get(`${url}/a/${i}`, agent)));
+      sent.stop();
+      expect(after.every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
+      expect(px.exchanges.length).toBeGreaterThan(0);
+      expect(px.exchanges.some((e) => connections.has(e.connectionId))).toBe(false);
+      expect(px.exchanges.filter((e) => e.proxyAuthorization && e.status === 407)).toHaveLength(0);
+      // (Forwarded requests carry it through undici; a tunnel's CONNECT is written by the agent itself.)
+      expect(sent.values.filter((v) => v === basic({ username: 'proxyuser', password: 'proxypw' }))).toHaveLength(0);
+    },
+  );
+
+  it('R4: the proxy’s refusal of the old password (kept back 30 s) does not keep the new one back', async () => {
+    const { agent, px } = await behindProxy();
+    const url = `${r!.server.origin}/auth`;
+    expect((await get(`${url}/warm`, agent)).status).toBe(200);
+    px.options.basicUsers = { proxyuser: 'rotated' };
+    r!.server.endSessions();
+    await sleep(PROOF_FRESH_MS + 100);
+    const errors: string[] = [];
+    for (let i = 0; i < 3; i++) await get(`${url}/refused/${i}`, agent).catch((e: Error) => errors.push(e.message));
+    expect(errors).toHaveLength(3);
+    expect(errors[2]).toContain('refused proxy.credentials lately');
+    agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
+    expect(await get(`${url}/a`, agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+  });
+});
+
+describe('S2: secrets never reach logs', () => {
+  it('S2/S6: DEBUG=multileg:* around setCredentials and setProxyCredentials shows no old or new password', async () => {
+    const script = `
+      import { request } from 'undici';
+      import { MultilegAgent } from './src/index.ts';
+      import { startReferenceProxy, startReferenceServer } from './src/reference-server/index.ts';
+      const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM', 'Basic'] });
+      const proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'Old-Pr0xy' } });
+      const agent = new MultilegAgent({ negotiate: false, credentials: { username: 'EXAMPLE\\\\alice', password: 'alicepw' },
+        trustedOrigins: ['http://localhost:' + server.port],
+        proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, credentials: { username: 'proxyuser', password: 'Old-Pr0xy' } } });
+      const go = (p) => request('http://localhost:' + server.port + '/auth/' + p, { dispatcher: agent }).then((r) => r.body.text());
+      await go('a');
+      server.options.users = { ...server.options.users, 'EXAMPLE\\\\alice': 'N3w-Secret' };
+      proxy.options.basicUsers = { proxyuser: 'N3w-Pr0xy' };
+      agent.setCredentials({ username: 'EXAMPLE\\\\alice', password: 'N3w-Secret' });
+      agent.setProxyCredentials({ username: 'proxyuser', password: 'N3w-Pr0xy' });
+      try { agent.setCredentials({ username: 'EXAMPLE\\\\alice', password: 5 }); } catch (e) { console.error(e.message); }
+      console.log('BODY ' + await go('b'));
+      await agent.close(); await proxy.close(); await server.close();
+    `;
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: new URL('..', import.meta.url).pathname,
+      env: { ...process.env, DEBUG: 'multileg:*', DEBUG_COLORS: '0' },
+    });
+    expect(stdout).toContain('"user":"EXAMPLE\\\\alice"');
+    expect(stderr).toContain('credentials replaced');
+    for (const secret of ['alicepw', 'N3w-Secret', 'Old-Pr0xy', 'N3w-Pr0xy'])
+      expect(stderr + stdout).not.toContain(secret);
+  });
+});
