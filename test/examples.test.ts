@@ -6,7 +6,7 @@ const EXAMPLES = new URL('../examples/', import.meta.url);
 const runExample = (name: string) => runCommand(process.execPath, [new URL(name, EXAMPLES).pathname]);
 
 /** Every example runs self-contained on loopback (no system peers): each is run to its end here. */
-const TESTED = ['demo.ts', 'fetch-errors.ts', 'proxy.ts'];
+const TESTED = ['demo.ts', 'fetch-errors.ts', 'proxy.ts', 'rotate-password.ts'];
 
 describe('examples', () => {
   it('every example is run by this file', () => {
@@ -32,6 +32,18 @@ describe('examples', () => {
     expect(r.stderr).toBe('');
     expect(r.stdout).toContain('https through the tunnel: 20/20 ok over h2\n');
     expect(r.stdout).toContain('http forwarded by the proxy: 200 as EXAMPLE\\alice\n');
+    expect(r.code).toBe(0);
+  });
+
+  it('S6/R4: rotate-password: after setCredentials a new session authenticates with the new password, no handshake fails', async () => {
+    const r = await runExample('rotate-password.ts');
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(
+      'before the rotation: 50/50 ok as EXAMPLE\\alice; server sessions s1; 401s sent 2\n' +
+        'rotated on the server only: 50/50 ok as EXAMPLE\\alice; server sessions s1; 401s sent 0\n' +
+        'after setCredentials: 50/50 ok as EXAMPLE\\alice; server sessions s2; 401s sent 1\n' +
+        'handshakes: 2, failed: 0\n',
+    );
     expect(r.code).toBe(0);
   });
 
