@@ -655,6 +655,37 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     },
   );
 
+  it('S6/R4: proxy credentials replaced between the NEGOTIATE and the AUTHENTICATE: the old user’s AUTHENTICATE is never written; the tunnel starts over with the new ones, on a new connection', async () => {
+    /** The user name an NTLM AUTHENTICATE carries (its UserName field, UTF-16LE). */
+    const userOf = (value: string | undefined): string | undefined => {
+      if (ntlmType(value) !== 3) return undefined;
+      const m = Buffer.from(value!.slice(5), 'base64');
+      return m.subarray(m.readUInt32LE(40), m.readUInt32LE(40) + m.readUInt16LE(36)).toString('utf16le');
+    };
+    let rotate = () => {};
+    const answer = ntlmAnswer();
+    const { uri, seen } = await scripted((r) => {
+      // The password rotates while the proxy's CHALLENGE to the first NEGOTIATE is on its way.
+      if (r.index === 0) rotate();
+      answer(r);
+    });
+    const resolver = new ProxyResolver(
+      { uri, negotiate: false, credentials: { username: 'u', password: 'p' }, schemes: ['NTLM'] },
+      {},
+    );
+    rotate = () => resolver.setCredentials({ username: 'rotated', password: 'q' });
+    const proxy = resolver.route('https://localhost:8443')!.proxy;
+    const t = await tunnel(proxy);
+    t.socket.destroy();
+    expect(seen.map((s) => [s.connection, ntlmType(s.proxyAuthorization), userOf(s.proxyAuthorization)])).toEqual([
+      [1, 1, undefined],
+      [2, 1, undefined],
+      [2, 3, 'rotated'],
+    ]);
+    // Its success proves the new credentials (the restarted handshake took leave of its own).
+    expect(proxy.proof.proved).toBe(true);
+  });
+
   it('R1: a tunnel waiting for another’s opening to prove the credentials is bounded by limits.queueTimeout', async () => {
     // The proxy never answers the AUTHENTICATE: the first tunnel holds the leave until its own deadline.
     const { uri, seen } = await scripted(ntlmAnswer(''));

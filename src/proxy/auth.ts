@@ -188,6 +188,16 @@ export class ProxyAuth {
   }
 
   /**
+   * The proxy's credentials were replaced (setProxyCredentials) since this connection chose its
+   * mechanism: its running handshake's next token, or a per-request scheme's header, would carry the
+   * old ones, so nothing more of it may be sent (S6).
+   */
+  get replaced(): boolean {
+    const mechanism = this.#mechanism;
+    return mechanism !== undefined && this.#proxy.mechanisms.get(mechanism.scheme) !== mechanism;
+  }
+
+  /**
    * A handshake that authenticates the connection it runs on (NTLM, Negotiate) is running: a proxy
    * that closes that connection before the next leg ends it.
    */

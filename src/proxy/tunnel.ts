@@ -226,6 +226,29 @@ async function handshake(
   given: AbortSignal,
   track: (s: Socket) => void,
 ): Promise<Tunnel> {
+  for (;;) {
+    try {
+      return await tunnelLegs(proxy, target, limits, deadline, given, track);
+    } catch (err) {
+      // The credentials were replaced mid-handshake (setProxyCredentials): it starts over with the
+      // new ones, on a new connection, with leave of their own (R4). Bounded by the deadline.
+      if (err !== REPLACED) throw err;
+      log.proxy('%s CONNECT %s: credentials replaced mid-handshake: starting over', proxy.origin, target);
+    }
+  }
+}
+
+/** Thrown by {@link connectLegs} when the proxy's credentials were replaced under its handshake. */
+const REPLACED = new Error('proxy credentials replaced');
+
+async function tunnelLegs(
+  proxy: ResolvedProxy,
+  target: string,
+  limits: Limits,
+  deadline: Deadline<ProxyTimeoutError>,
+  given: AbortSignal,
+  track: (s: Socket) => void,
+): Promise<Tunnel> {
   const auth = new ProxyAuth(proxy, limits.maxLegs);
   // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
   let ticket: Ticket | undefined;
@@ -369,6 +392,11 @@ async function connectLegs(
       log.proxy('%s connection %d for CONNECT %s', proxy.origin, connections, target);
     }
     const credentials = await auth.header(leg);
+    // S6: nothing of replaced credentials goes after the call (the old password's AUTHENTICATE).
+    if (auth.replaced) {
+      socket.destroy();
+      throw REPLACED;
+    }
     const traced = publishLeg(
       { origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
       {
