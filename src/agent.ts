@@ -37,14 +37,20 @@ import { UpgradeDispatcher } from './upgrade/index.ts';
  * A password that is not a string (an unset environment variable, say) would fail much later, as
  * if the server had misbehaved: say so at construction.
  */
-function checkCredentials(c: MultilegAgentOptions['credentials'] & object, name = 'credentials'): void {
-  if (typeof c.username !== 'string' || c.username === '')
+function checkCredentials(c: unknown, name = 'credentials'): asserts c is Credentials {
+  if (c === null || typeof c !== 'object')
+    throw new ConfigError(
+      `${name} must be { username, password } (and optionally domain, workstation), got ${c === null ? 'null' : typeof c}`,
+      name,
+    );
+  const { username, password } = c as Partial<Credentials>;
+  if (typeof username !== 'string' || username === '')
     throw new ConfigError(
       `${name}.username must be a non-empty string, e.g. EXAMPLE\\alice${name === 'proxy.credentials' ? " (for the proxy's Kerberos ticket alone, leave proxy.credentials out)" : ''}`,
     );
-  if (typeof c.password !== 'string')
+  if (typeof password !== 'string')
     throw new ConfigError(
-      `${name}.password must be a string, got ${c.password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof c.password}`,
+      `${name}.password must be a string, got ${password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof password}`,
     );
 }
 
@@ -214,7 +220,6 @@ export class MultilegAgent extends Dispatcher {
     // the caller ranked another scheme first.
     if (schemes[0]?.toLowerCase() !== 'transport') handshakeCertificate = undefined;
     this.#options = {
-      ...(options.credentials ? { credentials: options.credentials } : {}),
       ...(selectCertificate ? { clientCertificate: selectCertificate } : {}),
       ...(handshakeCertificate ? { handshakeCertificate } : {}),
       trust: new TrustPolicy(options.trustedOrigins),
@@ -271,11 +276,6 @@ export class MultilegAgent extends Dispatcher {
    */
   setCredentials(credentials: Credentials): void {
     if (this.#closed) throw new AgentClosedError();
-    if (credentials === null || typeof credentials !== 'object')
-      throw new ConfigError(
-        `setCredentials takes { username, password } (and optionally domain, workstation), got ${credentials === null ? 'null' : typeof credentials}`,
-        'credentials',
-      );
     checkCredentials(credentials);
     if (!this.#options.trust.listed) throw new TrustRequiredError('an agent with a password (credentials)');
     // A copy: the caller's object changing later must not change what the mechanisms send.
@@ -300,11 +300,6 @@ export class MultilegAgent extends Dispatcher {
    */
   setProxyCredentials(credentials: Credentials): void {
     if (this.#closed) throw new AgentClosedError();
-    if (credentials === null || typeof credentials !== 'object')
-      throw new ConfigError(
-        `setProxyCredentials takes { username, password } (and optionally domain, workstation), got ${credentials === null ? 'null' : typeof credentials}`,
-        'proxy.credentials',
-      );
     checkCredentials(credentials, 'proxy.credentials');
     if (!this.#options.proxy.configured)
       throw new ConfigError(

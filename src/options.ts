@@ -244,7 +244,6 @@ export interface MultilegAgentOptions {
 }
 
 export interface ResolvedOptions {
-  credentials?: Credentials;
   clientCertificate?: ClientCertificateSelector;
   /**
    * A certificate given as such (not a selector): the agent's own sessions present it in the TLS
