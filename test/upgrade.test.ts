@@ -5,6 +5,7 @@
  * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
  * switches protocols and echoes.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { connect, type Dispatcher, upgrade } from 'undici';
@@ -204,6 +205,31 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(r.kind).toBe('upgraded');
     if (r.kind === 'upgraded') sockets.push(r.socket);
     expect(origin.seen.filter((s) => s.authorization === 'NTLM/3')).toHaveLength(2);
+  });
+
+  it("S6/R4: setCredentials between an upgrade's NEGOTIATE and its AUTHENTICATE: nothing of the old password is sent, the upgrade starts over with the new one", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
+    const a = agent;
+    // As the NEGOTIATE is written, before the CHALLENGE comes back: the vault hands over the new password.
+    const rotate = (message: unknown) => {
+      const { headers } = message as { headers: unknown };
+      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAB/i.test(headers)) {
+        unsubscribe('undici:client:sendHeaders', rotate);
+        a.setCredentials(ALICE);
+      }
+    };
+    subscribe('undici:client:sendHeaders', rotate);
+    try {
+      const r = await upgradeOrResponse(agent, origin.origin);
+      expect(r.kind).toBe('upgraded');
+      if (r.kind === 'upgraded') sockets.push(r.socket);
+    } finally {
+      unsubscribe('undici:client:sendHeaders', rotate);
+    }
+    // One AUTHENTICATE, the new password's, answered 101: the old one's was never written.
+    expect(origin.seen.filter((s) => s.authorization === 'NTLM/3').map((s) => s.status)).toEqual([101]);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', undefined, 'NTLM/1', 'NTLM/3']);
   });
 
   it('H1: an authenticated upgrade the origin refuses: the caller gets that response, body and all', async () => {

@@ -173,7 +173,9 @@ export class UpgradeDispatcher {
     onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
     cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
   ): Promise<void> {
-    const { limits, mechanisms } = this.#options;
+    const { limits } = this.#options;
+    // The agent's, read again when setCredentials replaces them under the handshake (below).
+    let mechanisms = this.#options.mechanisms;
     const prepared = prepareBody(opts.body, limits.maxReplayBodyBytes);
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
@@ -201,6 +203,17 @@ export class UpgradeDispatcher {
     let clock: Deadline<HandshakeTimeoutError> | undefined;
     const legs = async (): Promise<void> => {
       for (;;) {
+        if (auth && this.#options.mechanisms !== mechanisms) {
+          // setCredentials replaced the credentials mid-handshake: nothing more of the old ones goes
+          // (S6, their next token: an NTLM AUTHENTICATE of the old password). Start over, bare, with
+          // the new ones and leave of their own (R4); the handshake's clock still bounds it (R3).
+          log.agent('%s upgrade: credentials replaced mid-handshake: starting over', origin);
+          mechanisms = this.#options.mechanisms;
+          if (ticket) proof!.settle(ticket, 'none');
+          ticket = undefined;
+          auth = undefined;
+          excluded.clear();
+        }
         const authorization = auth?.header;
         // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
         const cookie = cookies && jarCookie(cookies.jar, cookies.url);
