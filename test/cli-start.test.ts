@@ -73,4 +73,18 @@ describe('the command’s start', () => {
     expect(loaded).toContainEqual(expect.stringMatching(/\/commander\/lib\/command\.js$/));
     expect(loaded.filter((file) => !file.endsWith('.js'))).toEqual([]);
   });
+
+  it("-w loads and listens for its timings (timings.ts, diagnostics channels) only when the format names a phase time or a head's size: none for a run without -w, nor for %{http_code} %{size_upload} %{time_total}", async () => {
+    const timings = async (format: string | undefined) => {
+      const args = [...(format === undefined ? [] : ['-o', '/dev/null', '-w', format]), ...ntlm(false)];
+      const r = await runCli(args, { nodeArgs: ['--import', pathToFileURL(hook).href] });
+      expect(r.code, r.stderr.slice(-2000)).toBe(0);
+      return { out: r.stdout, loaded: /^loaded file:\S+\/src\/cli\/timings\.ts$/m.test(r.stderr) };
+    };
+    expect((await timings(undefined)).loaded).toBe(false);
+    expect(await timings('%{http_code} %{size_upload} %{time_total}')).toMatchObject({ loaded: false });
+    const named = await timings('%{time_connect} %{size_request}');
+    expect(named.loaded).toBe(true);
+    expect(named.out).toMatch(/^\d+\.\d{6} [1-9]\d*$/);
+  });
 });

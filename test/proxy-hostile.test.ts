@@ -1095,4 +1095,34 @@ describe('forwarding proxies that close a kept-alive connection without saying s
     );
     expect(burst).toEqual(Array(6).fill(200));
   });
+
+  it('C10/C8: an idempotent PUT whose one-shot stream body was read past limits.maxReplayBodyBytes is not sent again after the silent close: ProxyClosedError naming the limit, its body at the proxy once, no connection opened for it; one within the limit goes again whole', async () => {
+    const { Readable } = await import('node:stream');
+    const put = (size: number) =>
+      request('http://origin.test/put', {
+        dispatcher: agent!,
+        method: 'PUT',
+        body: Readable.from([Buffer.alloc(size, 'x')]),
+        idempotent: true,
+      }).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }));
+    const bodies = (p: Hostile) => p.received.map((r) => r.match(/x{5,}/g) ?? []);
+    proxy = await closesAfterFirst200();
+    agent = new MultilegAgent({
+      limits: { maxReplayBodyBytes: 32 },
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+    expect((await send('/a')).status).toBe(200);
+    const err = await failure(put(100));
+    // Before: a new connection opened, then BodyNotReplayableError blaming authentication.
+    expect(err).toBeInstanceOf(ProxyClosedError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CLOSED', method: 'PUT' });
+    expect(err!.message).toMatch(/one-shot stream larger than limits.maxReplayBodyBytes \(32 bytes\)/);
+    expect((err as Error & { cause: { code: string } }).cause.code).toBe('UND_ERR_SOCKET');
+    expect(proxy.connections).toBe(1);
+    expect(bodies(proxy)).toEqual([['x'.repeat(100)]]);
+    // Within the limit the copy goes again, whole, on a new connection.
+    expect((await send('/b')).status).toBe(200);
+    expect(await put(10)).toEqual({ status: 200, body: 'ok' });
+    expect(bodies(proxy).slice(1)).toEqual([['x'.repeat(10)], ['x'.repeat(10)]]);
+  });
 });

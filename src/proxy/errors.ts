@@ -75,17 +75,29 @@ export class ProxyProtocolError extends MultilegError {
  * A forwarding proxy closed its kept-alive connection after a request was written on it, before
  * any answer to it, and the request is not idempotent (undici's rule: GET and HEAD, or the dispatch
  * option `idempotent`): it is not sent again, since the proxy may have read it and passed it on
- * before it closed (RFC 9110 §9.2.2); nor is an idempotent one a second time. undici's own error is `cause`.
+ * before it closed (RFC 9110 §9.2.2); nor is an idempotent one a second time, nor one whose one-shot
+ * body cannot be written again (C10). undici's own error is `cause`.
  */
 export class ProxyClosedError extends MultilegError {
   readonly proxy: string;
   readonly method: string;
-  constructor(proxy: string, method: string, options?: { cause?: unknown; again?: boolean }) {
+  /**
+   * `oneShot`: the request was idempotent, but its body was a one-shot stream larger than
+   * `limits.maxReplayBodyBytes` (this many bytes), read once already, so it could not go again.
+   */
+  constructor(
+    proxy: string,
+    method: string,
+    options?: { cause?: unknown; again?: boolean; oneShot?: number | undefined },
+  ) {
+    const closed = `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
     super(
       'MULTILEG_PROXY_CLOSED',
       options?.again
-        ? `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
-        : `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,
+        ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
+        : options?.oneShot !== undefined
+          ? `${closed}, and did not say it would (no Connection: close); not sent again, as its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes, and check the proxy's keep-alive settings`
+          : `${closed}, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,
       options,
     );
     this.proxy = proxy;

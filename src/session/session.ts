@@ -545,7 +545,8 @@ export class Session {
    * proxy's FIN, or the system's reset). undici started it, so the proxy may have read it. Once, and
    * only if undici deems the request idempotent (GET, HEAD, or the dispatch option `idempotent`),
    * it goes to a new connection, as curl's "Connection died, retrying a fresh connect" does; any
-   * other is {@link ProxyClosedError}, never sent twice (nor a third time). On a connection that
+   * other is {@link ProxyClosedError}, never sent twice (nor a third time), as is an idempotent one
+   * whose one-shot body was read past limits.maxReplayBodyBytes (C10). On a connection that
    * had not answered anything yet, the proxy's failure is the caller's as it came.
    */
   #unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number): LegResult {
@@ -562,13 +563,17 @@ export class Session {
     log.session('%s proxy closed the connection under a written leg (%s): closing', this.id, code);
     this.apply({ type: 'closed' });
     const { method, idempotent } = job.dispatchOptions;
-    if (!again && (idempotent ?? (method === 'GET' || method === 'HEAD'))) {
+    const resend = !again && (idempotent ?? (method === 'GET' || method === 'HEAD'));
+    // C10: a one-shot body read past limits.maxReplayBodyBytes cannot go again: said here, with the
+    // proxy's close as its cause, rather than after a new connection opened for nothing.
+    const oneShot = resend && !job.body.replayable ? this.#limits.maxReplayBodyBytes : undefined;
+    if (resend && oneShot === undefined) {
       job.resentAfterClose = true;
       return { kind: 'failed', error: new StaleConnectionError() };
     }
     return {
       kind: 'failed',
-      error: new ProxyClosedError(this.#forward.route.proxy.origin, method, { cause: r.error, again }),
+      error: new ProxyClosedError(this.#forward.route.proxy.origin, method, { cause: r.error, again, oneShot }),
     };
   }
 
