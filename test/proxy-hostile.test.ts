@@ -1021,18 +1021,38 @@ describe('forwarding proxies that close a kept-alive connection without saying s
         basic(head) ? (connection === 0 ? {} : { text: ok() }) : { text: basic407() },
     },
   ])(
-    'H5/C8: a Basic leg answering a 407 after which the proxy closed silently ($how) goes on a new connection and succeeds',
+    'R4/H5/C8: a Basic password the proxy has not accepted yet, on a leg answering its 407 that the proxy closed silently under ($how), is not sent again: ProxyClosedError saying why; the next request carries it on a new connection and succeeds',
     async ({ act }) => {
       proxy = await quietProxy(act);
       agent = basicAgent(proxy);
-      // Before: undici's SocketError "other side closed" (UND_ERR_SOCKET).
-      expect(await send('/x')).toEqual({ status: 200, body: 'ok' });
+      // Before: undici's SocketError "other side closed" (UND_ERR_SOCKET); then, sent again on a new
+      // connection at once: a password the proxy may have counted, twice for one request.
+      const err = await failure(send('/x'));
+      expect(err).toBeInstanceOf(ProxyClosedError);
+      expect(err!.message).toMatch(
+        /not sent again, as it carried credentials \(Proxy-Authorization\) this proxy has not accepted yet and may have counted/,
+      );
+      expect(err!.message).not.toContain('dTpwdw==');
+      expect(await send('/y')).toEqual({ status: 200, body: 'ok' });
       expect(requests(proxy)).toEqual([
         ['GET http://origin.test/x', 'GET http://origin.test/x +auth'],
-        ['GET http://origin.test/x +auth'],
+        ['GET http://origin.test/y +auth'],
       ]);
     },
   );
+
+  it('R4/C8: a proxy that reads every request carrying a password and closes unanswered: each request sends it once (ProxyClosedError), never twice', async () => {
+    proxy = await quietProxy((head) => (basic(head) ? {} : { text: basic407() }));
+    agent = basicAgent(proxy);
+    const errors = await Promise.all(['/a', '/b', '/c'].map((p) => failure(send(p))));
+    for (const err of errors) expect(err).toBeInstanceOf(ProxyClosedError);
+    // Before: 6 for 3 requests, each sent again on a new connection.
+    expect(
+      requests(proxy)
+        .flat()
+        .filter((r) => r.endsWith('+auth')),
+    ).toHaveLength(3);
+  });
 
   /** Answers a connection's first request 407 or 200 (Basic), reads any later one and closes unanswered. */
   const closesAfterFirst200 = () =>

@@ -76,7 +76,8 @@ export class ProxyProtocolError extends MultilegError {
  * any answer to it, and the request is not idempotent (undici's rule: GET and HEAD, or the dispatch
  * option `idempotent`): it is not sent again, since the proxy may have read it and passed it on
  * before it closed (RFC 9110 §9.2.2); nor is an idempotent one a second time, nor one whose one-shot
- * body cannot be written again (C10). undici's own error is `cause`.
+ * body cannot be written again (C10), nor one carrying credentials not proved at the proxy (R4).
+ * undici's own error is `cause`.
  */
 export class ProxyClosedError extends MultilegError {
   readonly proxy: string;
@@ -84,20 +85,23 @@ export class ProxyClosedError extends MultilegError {
   /**
    * `oneShot`: the request was idempotent, but its body was a one-shot stream larger than
    * `limits.maxReplayBodyBytes` (this many bytes), read once already, so it could not go again.
+   * `unproved`: it was idempotent, but carried credentials (this header) not proved at the proxy (R4).
    */
   constructor(
     proxy: string,
     method: string,
-    options?: { cause?: unknown; again?: boolean; oneShot?: number | undefined },
+    options?: { cause?: unknown; again?: boolean; oneShot?: number | undefined; unproved?: string | undefined },
   ) {
     const closed = `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
     super(
       'MULTILEG_PROXY_CLOSED',
       options?.again
         ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
-        : options?.oneShot !== undefined
-          ? `${closed}, and did not say it would (no Connection: close); not sent again, as its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes, and check the proxy's keep-alive settings`
-          : `${closed}, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,
+        : options?.unproved !== undefined
+          ? `${closed}, and did not say it would (no Connection: close); not sent again, as it carried credentials (${options.unproved}) this proxy has not accepted yet and may have counted: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection), and check the proxy's keep-alive settings`
+          : options?.oneShot !== undefined
+            ? `${closed}, and did not say it would (no Connection: close); not sent again, as its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes, and check the proxy's keep-alive settings`
+            : `${closed}, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,
       options,
     );
     this.proxy = proxy;

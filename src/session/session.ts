@@ -14,6 +14,7 @@ import {
 } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
+import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import type { CookieStore, Limits } from '../options.ts';
 import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
@@ -506,7 +507,9 @@ export class Session {
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
         if (r.kind === 'failed') traced?.error(r.error);
-        onResult(this.settleLeg(job, r.kind === 'failed' && leg.unanswered ? this.#unanswered(job, r, answered) : r));
+        onResult(
+          this.settleLeg(job, r.kind === 'failed' && leg.unanswered ? this.#unanswered(job, r, answered, headers) : r),
+        );
       },
     });
     job.sink.onAbort(leg);
@@ -546,10 +549,11 @@ export class Session {
    * only if undici deems the request idempotent (GET, HEAD, or the dispatch option `idempotent`),
    * it goes to a new connection, as curl's "Connection died, retrying a fresh connect" does; any
    * other is {@link ProxyClosedError}, never sent twice (nor a third time), as is an idempotent one
-   * whose one-shot body was read past limits.maxReplayBodyBytes (C10). On a connection that
+   * whose one-shot body was read past limits.maxReplayBodyBytes (C10), and one whose credentials
+   * the proxy may have counted unanswered (R4: {@link #unprovedSecret}). On a connection that
    * had not answered anything yet, the proxy's failure is the caller's as it came.
    */
-  #unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number): LegResult {
+  #unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap): LegResult {
     const code = (r.error as { code?: unknown }).code;
     const again = job.resentAfterClose;
     // (A fresh connection closed unanswered is the proxy's failure, not an idle close: as it came,
@@ -567,14 +571,38 @@ export class Session {
     // C10: a one-shot body read past limits.maxReplayBodyBytes cannot go again: said here, with the
     // proxy's close as its cause, rather than after a new connection opened for nothing.
     const oneShot = resend && !job.body.replayable ? this.#limits.maxReplayBodyBytes : undefined;
-    if (resend && oneShot === undefined) {
+    const unproved = resend && oneShot === undefined ? this.#unprovedSecret(job, headers) : undefined;
+    if (resend && oneShot === undefined && unproved === undefined) {
       job.resentAfterClose = true;
       return { kind: 'failed', error: new StaleConnectionError() };
     }
     return {
       kind: 'failed',
-      error: new ProxyClosedError(this.#forward.route.proxy.origin, method, { cause: r.error, again, oneShot }),
+      error: new ProxyClosedError(this.#forward.route.proxy.origin, method, {
+        cause: r.error,
+        again,
+        oneShot,
+        unproved,
+      }),
     };
+  }
+
+  /**
+   * The credential header of a leg the proxy closed under unanswered that may not go again (R4, as
+   * the command's `--retry` rule): the proxy may have counted it, and a wrong password tried twice
+   * counts twice toward a lockout. Only the agent's own proxy credentials, once proved at this proxy
+   * (a success and no refusal since), go again: a kept-alive connection closed when idle is no
+   * verdict on them. A secretless token (an NTLM NEGOTIATE) is none. When in doubt, nothing twice.
+   */
+  #unprovedSecret(job: Job, headers: HeaderMap): string | undefined {
+    for (const name of ['authorization', 'proxy-authorization'] as const) {
+      const value = headers[name];
+      if (value === undefined || [value].flat().every((v) => carriesNoSecret(String(v)))) continue;
+      const agentsProxy = name === 'proxy-authorization' && !(name in job.headers);
+      if (!agentsProxy || !this.#forward!.route.proxy.proof.proved)
+        return name === 'authorization' ? 'Authorization' : 'Proxy-Authorization';
+    }
+    return undefined;
   }
 
   /** A response head's Set-Cookie, to the jar (with one). */
