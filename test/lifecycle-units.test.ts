@@ -11,6 +11,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { type PreparedBody, prepareBody } from '../src/body/replayable.ts';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
 import { QueueTimeoutError } from '../src/index.ts';
@@ -33,7 +34,7 @@ import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
 import { WaitQueue } from '../src/session/wait-queue.ts';
 import { RedirectHops } from '../src/trust/redirects.ts';
-import { deferred } from './helpers.ts';
+import { ALICE, deferred } from './helpers.ts';
 import { findBin } from './lab/peers.ts';
 
 afterEach(() => {
@@ -781,6 +782,79 @@ describe("a session connector's early connection (M5: a bound first token needs 
       c.dispose();
     } finally {
       await s.close();
+    }
+  });
+});
+
+describe('a lead chosen a microtask before it starts (the answer step awaits)', () => {
+  it("C1: two requests answering 401s on one session in the same tick: the second joins the first one's handshake, no IllegalTransitionError reaches its caller", async () => {
+    const { startReferenceServer } = await import('../src/reference-server/index.ts');
+    const { ntlmMechanism } = await import('../src/mechanisms/ntlm/index.ts');
+    const { MechanismSet } = await import('../src/mechanisms/registry.ts');
+    const { readChallenges } = await import('../src/challenge/headers.ts');
+    const { runOnSession } = await import('../src/session/exchange.ts');
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const session = new Session({
+      origin: server.origin,
+      lane: 'auto',
+      identity: 'agent',
+      tls: { ca: server.ca },
+      certified: false,
+      keepAliveTimeout: 1000,
+      headersTimeout: 300_000,
+      bodyTimeout: 300_000,
+      maxConcurrentStreams: 100,
+      limits: DEFAULT_LIMITS,
+      onChange: () => {},
+    });
+    const env = {
+      memory: new OriginMemory(60_000, server.origin),
+      mechanisms: new MechanismSet([ntlmMechanism(ALICE)], ['NTLM']),
+      limits: DEFAULT_LIMITS,
+      report: () => {},
+    };
+    const statuses: number[] = [];
+    const request = (id: number): Job => ({
+      id: 1_000_000 + id,
+      origin: server.origin,
+      dispatchOptions: { origin: server.origin, path: `/auth/${id}`, method: 'GET', headers: {} },
+      headers: {},
+      body: prepareBody(undefined, DEFAULT_LIMITS.maxReplayBodyBytes) as PreparedBody,
+      sink: new UserSink({
+        onResponseStart: (_c: unknown, status: number) => statuses.push(status),
+        onResponseData: () => {},
+        onResponseEnd: () => {},
+        onResponseError: () => {},
+      } as unknown as Dispatcher.DispatchHandler),
+      http1Only: false,
+      identity: 'agent',
+      withheld: undefined,
+      noAuth: false,
+      waits: 0,
+      bare: false,
+      reauthenticated: false,
+      relocations: 0,
+      resentAfterClose: false,
+      // Each met the server's 401 (bare sends side by side, a scheme found unusable): its challenges answer it here.
+      challenges: readChallenges({ 'www-authenticate': 'NTLM' }),
+      held401: undefined,
+    });
+    try {
+      // Both choose to lead before either starts: each answer step resolves a tick later.
+      const outcomes = await Promise.all([
+        runOnSession(session, request(1), env),
+        runOnSession(session, request(2), env),
+      ]);
+      // Before: the second rejected with "session: event handshake-start is not allowed in state handshaking".
+      expect(outcomes.map((o) => o.kind)).toEqual(['done', 'fast']);
+      for (const o of outcomes) if (o.kind === 'done') await o.done;
+      expect(statuses).toEqual([200]);
+      expect(session.state.kind).toBe('authenticated');
+      // One handshake on the wire: NEGOTIATE and AUTHENTICATE; the second request waited for it.
+      expect(server.exchanges.map((e) => e.status)).toEqual([401, 200]);
+    } finally {
+      await session.client.destroy().catch(() => {});
+      await server.close();
     }
   });
 });

@@ -642,8 +642,19 @@ class Lead implements HandshakeInput, LegInfo {
   start(): void {
     const { session, job, env } = this.#run;
     const step = this.#step;
-    if (step.blocking && !step.handedOver)
+    if (step.blocking && !step.handedOver) {
+      // Chosen a tick ago (the answer step awaits): another request may have started a blocking
+      // handshake here since (requests released together, each answering its own 401), or the session
+      // ended. Join that handshake's queue with this 401's challenges, as answer does (C1), or let
+      // check send the request elsewhere.
+      const state = session.state;
+      if (state.kind === 'closed' || (state.kind === 'handshaking' && state.leader !== job.id)) {
+        if (step.offered) job.challenges = step.offered;
+        this.#done(CHECK);
+        return;
+      }
       session.apply({ type: 'handshake-start', scheme: step.mechanism.scheme, leader: job.id });
+    }
     // Leave to send the credentials here: at once, after the handshake proving them (one at a time
     // until they are proved, so a wrong or changed password is not tried by a whole burst), or not
     // at all while they are refused.
