@@ -1,5 +1,5 @@
 import { Dispatcher, Dispatcher1Wrapper } from 'undici';
-import { type PreparedBody, prepareBody, preparedBody, readsFirst, TeeBody } from './body/replayable.ts';
+import { prepareBody, preparedBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
@@ -26,7 +26,7 @@ import { ProxyAuthorizationHeaderError } from './proxy/errors.ts';
 import { ProxyResolver, type ProxyRoute } from './proxy/options.ts';
 import { configuredCertificate } from './session/client-certificate.ts';
 import type { HandshakeReport } from './session/exchange.ts';
-import { type Job, newJobId } from './session/job.ts';
+import { http1Only, newJob } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
 import type { Identity } from './session/session.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
@@ -71,7 +71,6 @@ function checkCookieStore(store: unknown): void {
 const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean =>
   typeof h.onRequestStart !== 'function' && typeof (h as { onError?: unknown }).onError === 'function';
 /** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
-const http1Only = (opts: Dispatcher.DispatchOptions): boolean => (opts as { allowH2?: boolean }).allowH2 === false;
 
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
 const POOL_SWEEP_THRESHOLD = 64;
@@ -546,38 +545,6 @@ export class MultilegAgent extends Dispatcher {
     }
     return done;
   }
-}
-
-function newJob(
-  origin: string,
-  opts: Dispatcher.DispatchOptions,
-  headers: HeaderMap,
-  body: PreparedBody,
-  sink: UserSink,
-  identity: Identity,
-  withheld: Job['withheld'],
-): Job {
-  return {
-    id: newJobId(),
-    origin,
-    // The caller's own options, not a copy: legs put their headers and body over them, and the
-    // fast path sends them as they are (the Client ignores their origin).
-    dispatchOptions: opts,
-    headers,
-    body,
-    sink,
-    http1Only: http1Only(opts),
-    identity,
-    withheld,
-    noAuth: false,
-    waits: 0,
-    bare: false,
-    reauthenticated: false,
-    relocations: 0,
-    resentAfterClose: false,
-    challenges: undefined,
-    held401: undefined,
-  };
 }
 
 /**

@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
 import { createServer } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
@@ -28,7 +29,7 @@ import {
   signalWaiter,
   Ticket,
 } from '../src/session/credential-proof.ts';
-import type { Job } from '../src/session/job.ts';
+import { type Job, newJob } from '../src/session/job.ts';
 import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
@@ -586,6 +587,23 @@ describe('origin memory and session state', () => {
   });
 });
 
+/** A session of the agent's own requests to `origin`, with the default limits and no pool behind it. */
+function agentSession(origin: string, tls: ConnectionOptions = {}): Session {
+  return new Session({
+    origin,
+    lane: 'auto',
+    identity: 'agent',
+    tls,
+    certified: false,
+    keepAliveTimeout: 1000,
+    headersTimeout: 300_000,
+    bodyTimeout: 300_000,
+    maxConcurrentStreams: 100,
+    limits: DEFAULT_LIMITS,
+    onChange: () => {},
+  });
+}
+
 describe('Session: nothing goes on a session after it ended', () => {
   it('R5: a leg for a session that has closed (GOAWAY, reset) fails as stale, and no stream or connection is opened', async () => {
     let connections = 0;
@@ -595,19 +613,7 @@ describe('Session: nothing goes on a session after it ended', () => {
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as { port: number }).port;
-    const session = new Session({
-      origin: `https://localhost:${port}`,
-      lane: 'auto',
-      identity: 'agent',
-      tls: {},
-      certified: false,
-      keepAliveTimeout: 1000,
-      headersTimeout: 300_000,
-      bodyTimeout: 300_000,
-      maxConcurrentStreams: 100,
-      limits: DEFAULT_LIMITS,
-      onChange: () => {},
-    });
+    const session = agentSession(`https://localhost:${port}`);
     try {
       session.apply({ type: 'closed' });
       const result = await session.send(job(1), { authorization: 'NTLM x' }, () => 'deliver');
@@ -794,19 +800,7 @@ describe('a lead chosen a microtask before it starts (the answer step awaits)', 
     const { readChallenges } = await import('../src/challenge/headers.ts');
     const { runOnSession } = await import('../src/session/exchange.ts');
     const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
-    const session = new Session({
-      origin: server.origin,
-      lane: 'auto',
-      identity: 'agent',
-      tls: { ca: server.ca },
-      certified: false,
-      keepAliveTimeout: 1000,
-      headersTimeout: 300_000,
-      bodyTimeout: 300_000,
-      maxConcurrentStreams: 100,
-      limits: DEFAULT_LIMITS,
-      onChange: () => {},
-    });
+    const session = agentSession(server.origin, { ca: server.ca });
     const env = {
       memory: new OriginMemory(60_000, server.origin),
       mechanisms: new MechanismSet([ntlmMechanism(ALICE)], ['NTLM']),
@@ -814,31 +808,20 @@ describe('a lead chosen a microtask before it starts (the answer step awaits)', 
       report: () => {},
     };
     const statuses: number[] = [];
-    const request = (id: number): Job => ({
-      id: 1_000_000 + id,
-      origin: server.origin,
-      dispatchOptions: { origin: server.origin, path: `/auth/${id}`, method: 'GET', headers: {} },
-      headers: {},
-      body: prepareBody(undefined, DEFAULT_LIMITS.maxReplayBodyBytes) as PreparedBody,
-      sink: new UserSink({
+    const request = (id: number): Job => {
+      const sink = new UserSink({
         onResponseStart: (_c: unknown, status: number) => statuses.push(status),
         onResponseData: () => {},
         onResponseEnd: () => {},
         onResponseError: () => {},
-      } as unknown as Dispatcher.DispatchHandler),
-      http1Only: false,
-      identity: 'agent',
-      withheld: undefined,
-      noAuth: false,
-      waits: 0,
-      bare: false,
-      reauthenticated: false,
-      relocations: 0,
-      resentAfterClose: false,
+      } as unknown as Dispatcher.DispatchHandler);
+      const opts = { origin: server.origin, path: `/auth/${id}`, method: 'GET' as const, headers: {} };
+      const body = prepareBody(undefined, DEFAULT_LIMITS.maxReplayBodyBytes) as PreparedBody;
+      const job = newJob(server.origin, opts, {}, body, sink, 'agent', undefined);
       // Each met the server's 401 (bare sends side by side, a scheme found unusable): its challenges answer it here.
-      challenges: readChallenges({ 'www-authenticate': 'NTLM' }),
-      held401: undefined,
-    });
+      job.challenges = readChallenges({ 'www-authenticate': 'NTLM' });
+      return job;
+    };
     try {
       // Both choose to lead before either starts: each answer step resolves a tick later.
       const outcomes = await Promise.all([

@@ -56,7 +56,40 @@ export interface Job {
   held401: HeldResponse | undefined;
 }
 
-export function newJobId(): number {
+/** The caller asked for HTTP/1.1 (`allowH2: false` on the request: Node's built-in fetch). */
+export const http1Only = (opts: Dispatcher.DispatchOptions): boolean =>
+  (opts as { allowH2?: boolean }).allowH2 === false;
+
+/** A request as the agent takes it in, before any session: nothing tried, nothing learnt yet. */
+export function newJob(
+  origin: string,
+  opts: Dispatcher.DispatchOptions,
+  headers: HeaderMap,
+  body: PreparedBody,
+  sink: UserSink,
+  identity: Identity,
+  withheld: Job['withheld'],
+): Job {
   nextJobId += 1;
-  return nextJobId;
+  return {
+    id: nextJobId,
+    origin,
+    // The caller's own options, not a copy: legs put their headers and body over them, and the
+    // fast path sends them as they are (the Client ignores their origin).
+    dispatchOptions: opts,
+    headers,
+    body,
+    sink,
+    http1Only: http1Only(opts),
+    identity,
+    withheld,
+    noAuth: false,
+    waits: 0,
+    bare: false,
+    reauthenticated: false,
+    relocations: 0,
+    resentAfterClose: false,
+    challenges: undefined,
+    held401: undefined,
+  };
 }
