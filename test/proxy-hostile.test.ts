@@ -1058,6 +1058,37 @@ describe('forwarding proxies that close a kept-alive connection without saying s
   const closesAfterFirst200 = () =>
     quietProxy((head, answered) => (answered > 0 ? {} : { text: basic(head) ? ok() : basic407() }));
 
+  it("R4/C8/H5: the agent's origin Basic password (Authorization, on a forwarded leg): proved at the origin, a GET the proxy closed silently under goes once more on a new connection (an idle close is no verdict on it); not yet proved, it is not sent twice (ProxyClosedError naming the origin)", async () => {
+    const originBasic = (head: string) => /\r\nauthorization: basic dTpwdw==/i.test(head);
+    const basic401 = 'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="o"\r\nContent-Length: 4\r\n\r\nnope';
+    const originAgent = (p: Hostile) =>
+      new MultilegAgent({
+        proxy: { uri: `http://127.0.0.1:${p.port}` },
+        credentials: { username: 'u', password: 'pw' },
+        trustedOrigins: ['http://origin.test'],
+        allowBasicOverHttp: true,
+      });
+    const passwords = (p: Hostile) => p.received.join('').match(/\r\nauthorization: basic dTpwdw==/gi)?.length ?? 0;
+    proxy = await quietProxy((head, answered) => (answered > 0 ? {} : { text: originBasic(head) ? ok() : basic401 }));
+    agent = originAgent(proxy);
+    expect((await send('/a')).status).toBe(200);
+    // Before: ProxyClosedError, blaming credentials "this proxy has not accepted yet" (the origin's, proved there).
+    expect(await send('/b')).toEqual({ status: 200, body: 'ok' });
+    expect(passwords(proxy)).toBe(3);
+    await agent.close();
+    await proxy.close();
+    // The origin has not seen it accepted yet: the leg answering its 401 goes once.
+    proxy = await quietProxy((head, _answered, connection) =>
+      originBasic(head) ? (connection === 0 ? {} : { text: ok() }) : { text: basic401 },
+    );
+    agent = originAgent(proxy);
+    const err = await failure(send('/x'));
+    expect(err).toBeInstanceOf(ProxyClosedError);
+    expect(err!.message).toMatch(/carried credentials \(Authorization\) the origin has not accepted yet/);
+    expect(err!.message).not.toContain('dTpwdw==');
+    expect(passwords(proxy)).toBe(1);
+  });
+
   it("C8/H5: after a 200 the proxy closes silently under the next request: a GET goes once more, on a new connection; a POST is not sent again (ProxyClosedError naming the proxy, undici's error its cause), its body reached the proxy once", async () => {
     proxy = await closesAfterFirst200();
     agent = basicAgent(proxy);

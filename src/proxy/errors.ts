@@ -85,7 +85,8 @@ export class ProxyClosedError extends MultilegError {
   /**
    * `oneShot`: the request was idempotent, but its body was a one-shot stream larger than
    * `limits.maxReplayBodyBytes` (this many bytes), read once already, so it could not go again.
-   * `unproved`: it was idempotent, but carried credentials (this header) not proved at the proxy (R4).
+   * `unproved`: it was idempotent, but carried credentials (this header) not proved where they go:
+   * the proxy's (`Proxy-Authorization`), or the origin's the proxy may have passed on (`Authorization`), R4.
    */
   constructor(
     proxy: string,
@@ -98,7 +99,7 @@ export class ProxyClosedError extends MultilegError {
       options?.again
         ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
         : options?.unproved !== undefined
-          ? `${closed}, and did not say it would (no Connection: close); not sent again, as it carried credentials (${options.unproved}) this proxy has not accepted yet and may have counted: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection), and check the proxy's keep-alive settings`
+          ? `${closed}, and did not say it would (no Connection: close); not sent again, as it carried credentials (${options.unproved}) ${options.unproved === 'Authorization' ? 'the origin has not accepted yet and may have counted (the proxy may have passed it on)' : 'this proxy has not accepted yet and may have counted'}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection), and check the proxy's keep-alive settings`
           : options?.oneShot !== undefined
             ? `${closed}, and did not say it would (no Connection: close); not sent again, as its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes, and check the proxy's keep-alive settings`
             : `${closed}, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,

@@ -20,6 +20,7 @@ import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
+import type { CredentialProof } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
 import { WaitQueue } from './wait-queue.ts';
@@ -102,6 +103,7 @@ export class Session {
   /** Through a forwarding proxy (plain-http target, H3-H5): that connection's own state. */
   readonly #forward: ForwardProxy | undefined;
   readonly #connector: SessionConnector;
+  readonly #originProof: CredentialProof | undefined;
 
   /** This session presents a client certificate (T3): only such sessions serve the origin then. */
   readonly certified: boolean;
@@ -128,6 +130,8 @@ export class Session {
     onChange: () => void;
     /** Connect through this proxy (H5). */
     route?: ProxyRoute;
+    /** Whether the agent's credentials are proved at the origin: an unanswered leg carrying them may go again (R4). */
+    originProof?: CredentialProof;
     /** A forward proxy said the origin speaks HTTP/1.1 (H3). */
     onRemoteHttp1?: () => void;
     /** The session's first connection could not be made (before undici fails the request that asked for it). */
@@ -139,6 +143,7 @@ export class Session {
     this.certified = opts.certified;
     this.cookies = opts.cookies;
     this.#limits = opts.limits;
+    this.#originProof = opts.originProof;
     this.#handshakeCap = Math.min(opts.handshakeCap ?? Number.POSITIVE_INFINITY, opts.limits.maxConcurrentHandshakes);
     this.#queue = new WaitQueue(opts.limits, 'a handshake on its session');
     this.#slots = new WaitQueue(opts.limits, 'a free handshake slot on its session (limits.maxConcurrentHandshakes)');
@@ -589,18 +594,21 @@ export class Session {
 
   /**
    * The credential header of a leg the proxy closed under unanswered that may not go again (R4, as
-   * the command's `--retry` rule): the proxy may have counted it, and a wrong password tried twice
-   * counts twice toward a lockout. Only the agent's own proxy credentials, once proved at this proxy
-   * (a success and no refusal since), go again: a kept-alive connection closed when idle is no
-   * verdict on them. A secretless token (an NTLM NEGOTIATE) is none. When in doubt, nothing twice.
+   * the command's `--retry` rule): the proxy, or the origin it may have passed the leg on to, may
+   * have counted it, and a wrong password tried twice counts twice toward a lockout. Only the
+   * agent's own credentials, once proved where they go (a success and no refusal since: the proxy's
+   * for Proxy-Authorization, the origin's for Authorization), go again: a kept-alive connection
+   * closed when idle is no verdict on them. A secretless token (an NTLM NEGOTIATE) is none; the
+   * caller's own header is never known proved. When in doubt, nothing twice.
    */
   #unprovedSecret(job: Job, headers: HeaderMap): string | undefined {
     for (const name of ['authorization', 'proxy-authorization'] as const) {
       const value = headers[name];
       if (value === undefined || [value].flat().every((v) => carriesNoSecret(String(v)))) continue;
-      const agentsProxy = name === 'proxy-authorization' && !(name in job.headers);
-      if (!agentsProxy || !this.#forward!.route.proxy.proof.proved)
-        return name === 'authorization' ? 'Authorization' : 'Proxy-Authorization';
+      // (The agent's header goes in the leg's extra, over the job's; the caller's is the job's.)
+      const agents = !(name in job.headers);
+      const proof = name === 'authorization' ? this.#originProof : this.#forward!.route.proxy.proof;
+      if (!agents || !proof?.proved) return name === 'authorization' ? 'Authorization' : 'Proxy-Authorization';
     }
     return undefined;
   }
