@@ -166,9 +166,10 @@ export class MultilegAgent extends Dispatcher {
         `MultilegAgent takes an options object, e.g. new MultilegAgent({ trustedOrigins: ['https://intranet.example'] }) (got ${options === null ? 'null' : Array.isArray(options) ? 'an array' : typeof options})`,
       );
     checkOptionNames(options);
-    if (options.credentials) checkCredentials(options.credentials);
+    // Absent is undefined or null; anything else given (an empty string from an unset variable) is checked.
+    if (options.credentials != null) checkCredentials(options.credentials);
     // The proxy's too: an empty user name would reach Negotiate as the identity a ticket must match.
-    if (typeof options.proxy === 'object' && options.proxy?.credentials)
+    if (typeof options.proxy === 'object' && options.proxy?.credentials != null)
       checkCredentials(options.proxy.credentials, 'proxy.credentials');
     if (options.trustedOrigins === undefined) {
       // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
@@ -243,7 +244,8 @@ export class MultilegAgent extends Dispatcher {
       mechanisms: this.#options.mechanisms,
     };
     this.#transport = selectCertificate !== undefined;
-    this.#mechanisms = this.#mechanismSet(options.credentials);
+    // A copy, as setCredentials takes: the caller's object changing later does not change what is sent.
+    this.#mechanisms = this.#mechanismSet(options.credentials ? { ...options.credentials } : undefined);
   }
 
   /** The agent's mechanisms for `credentials`: its defaults, then its own `mechanisms` by scheme. */

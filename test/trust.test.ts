@@ -598,6 +598,30 @@ describe('credentials given wrong', () => {
     expect(() => new MultilegAgent({ credentials: { username: '', password: 'x' }, trustedOrigins: [] })).toThrow(
       ConfigError,
     );
+    // Not an object at all (an unset variable's empty string): said so, not taken as "no credentials".
+    for (const given of ['', 0, false]) {
+      expect(() => new MultilegAgent({ credentials: given as never, trustedOrigins: [] })).toThrow(
+        /^credentials must be \{ username, password \}/,
+      );
+      expect(() => new MultilegAgent({ proxy: { uri: 'http://p:3128', credentials: given as never } })).toThrow(
+        /^proxy\.credentials must be \{ username, password \}/,
+      );
+    }
+  });
+
+  it("S1: the agent keeps its own copy of the credentials: the caller's object changed later changes nothing sent", async () => {
+    const server = await startReferenceServer({ mode: 'session' });
+    const given = { username: 'EXAMPLE\\alice', password: 'alicepw' };
+    const mine = new MultilegAgent({ credentials: given, connect: { ca: server.ca }, trustedOrigins: [server.origin] });
+    try {
+      given.password = 'changed';
+      const res = await request(`${server.origin}/auth/copy`, { dispatcher: mine });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    } finally {
+      await mine.close();
+      await server.close();
+    }
   });
 
   it("H5: the proxy's credentials are checked the same way: an empty user name or a missing password is a construction error naming proxy.credentials", () => {
