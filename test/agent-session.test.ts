@@ -338,9 +338,14 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
   });
 
   it('C7: a new successful handshake on an authenticated session replaces the identity', async () => {
-    // Credentials rotated between two handshakes (the object the agent was given is read per handshake).
+    // Credentials changed between two handshakes on one session: a caller's own mechanism reads its
+    // object per handshake (the agent's own credentials are a copy, replaced by setCredentials, which
+    // retires the session instead: test/set-credentials.test.ts).
     const credentials = { username: 'EXAMPLE\\alice', password: 'alicepw' };
-    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { credentials, negotiate: false });
+    r = await rig(
+      { mode: 'session', schemes: ['NTLM'] },
+      { mechanisms: [ntlmMechanism(credentials)], negotiate: false },
+    );
     const first = await get(r, '/auth/a');
     expect(first.body.user).toBe('EXAMPLE\\alice');
     credentials.username = 'EXAMPLE\\bob';
