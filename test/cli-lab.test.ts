@@ -127,9 +127,25 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     "without a ticket, side by side with curl --negotiate -u : — the same 401 and body from ONE request each in Apache's access log, a -d body sent once, -v and stderr naming kinit",
     async () => {
       const url = (who: string) => `${lab.apache!.origin}/protected/index.html?${who}`;
+      // curl over HTTP/1.1: curl 7.88 over HTTP/2 fails now and then (exit 92, "Stream error in the
+      // HTTP/2 framing layer") when mod_http2 answers the POST 401 before reading its body — 15 of
+      // 200 under load, 0 of 200 over HTTP/1.1; the 401, its body and the one POST are the same.
       const curl = await runCommand(
         '/usr/bin/curl',
-        ['-s', '--negotiate', '-u', ':', '-d', 'a=1', '-w', '\n%{http_code}', '--cacert', ca, url('curl')],
+        [
+          '-sS',
+          '--http1.1',
+          '--negotiate',
+          '-u',
+          ':',
+          '-d',
+          'a=1',
+          '-w',
+          '\n%{http_code}',
+          '--cacert',
+          ca,
+          url('curl'),
+        ],
         '',
         noTicket as NodeJS.ProcessEnv,
       );
@@ -138,7 +154,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       });
       expect(ours.code).toBe(0);
       // As a match (not endsWith → true/false), so that a failure shows what curl printed.
-      expect(curl.stdout).toMatch(/\n401$/);
+      expect(curl.stdout, curl.stderr).toMatch(/\n401$/);
       expect(ours.stdout).toBe(curl.stdout);
       expect(ours.stderr).toMatch(/\* its 401 is the answer: Negotiate cannot run here \(MULTILEG_KRB_NO_TICKET\)/);
       expect(ours.stderr).toMatch(/^multileg: Negotiate: no Kerberos ticket: run kinit/m);
