@@ -377,8 +377,11 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
 
 /** What the classifier of a bare send saw in the response head, for {@link afterSend}. */
 export interface SendSeen {
-  /** Sent on an authenticated session (T4). */
-  readonly reauth: boolean;
+  /**
+   * Sent on an authenticated session (T4); cleared when its 401 does not offer the session's scheme
+   * (another protection space, {@link otherProtectionSpace}).
+   */
+  reauth: boolean;
   challenges: Challenge[];
   authId: string | undefined;
   misdirected: boolean;
@@ -394,6 +397,7 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   const { job, env } = run;
   if (status === 401) env.memory.unchallenged = false;
   if (status !== 401 && status !== 421) return 'deliver';
+  if (status === 401 && seen.reauth && otherProtectionSpace(run, headers)) seen.reauth = false;
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
   if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
     const offered = readChallenges(headers);
@@ -438,6 +442,23 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   }
   return 'deliver';
 }
+
+/**
+ * T4: a 401 on an authenticated session says the session lost its authentication only when it
+ * offers the session's own scheme. One that offers only others is another protection space at the
+ * same origin (`/basic/` on a connection that NTLM authenticated for `/ntlm/`, RFC 7617 §2.2): the
+ * request's own first challenge, answered as on any session; the session stays authenticated, and
+ * the request keeps its one re-authentication (it may yet move to another such session).
+ */
+function otherProtectionSpace({ session }: Run, headers: ResponseHeaders): boolean {
+  const state = session.state;
+  if (state.kind !== 'authenticated') return false;
+  const key = state.scheme.toLowerCase();
+  return !readChallenges(headers).some((c) => c.schemeKey === key || (SPNEGO.has(key) && SPNEGO.has(c.schemeKey)));
+}
+
+/** Negotiate may carry NTLM and an NTLM server may offer either: one protection space for T4. */
+const SPNEGO = new Set(['negotiate', 'ntlm']);
 
 export const newSeen = (reauth: boolean): SendSeen => ({
   reauth,
