@@ -257,16 +257,18 @@ describe('an authenticated session with every stream busy', () => {
   });
 
   it('C2: by default the requests beyond its streams wait for a free one there, past queueTimeout (the bound of a handshake wait): one session, one handshake', async () => {
-    const s = await reference({ mode: 'session', schemes: ['NTLM'], faults: held(60) });
+    const s = await reference({ mode: 'session', schemes: ['NTLM'], faults: held(150) });
     const a = agent({
       credentials: ALICE,
       connect: { ca: s.ca },
       trustedOrigins: [s.origin],
       negotiate: false,
       maxConcurrentStreams: 5,
-      limits: { queueTimeout: 150 },
+      // Room for the first session's connection and handshake on a loaded machine (CI saw 150 ms
+      // pass before it) while the streams' waits below still take more than twice as long.
+      limits: { queueTimeout: 500 },
     });
-    // 8 rounds of 5 streams at 60 ms each: well past queueTimeout, which bounds waiting for a
+    // 8 rounds of 5 streams at 150 ms each: well past queueTimeout, which bounds waiting for a
     // handshake, not waiting for a stream of an authenticated session (undici's own queue).
     expect(await burst(s, a)).toEqual(Array(40).fill([200, 'EXAMPLE\\alice']));
     expect(s.stats.h2Sessions).toBe(1);
