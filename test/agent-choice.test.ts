@@ -47,6 +47,41 @@ function agentFor(origin: string, opts: Partial<MultilegAgentOptions> = {}): Mul
   return agent;
 }
 
+/**
+ * A reference server (session mode, NTLM) whose two HTTP/1.1 connections are each authenticated
+ * as alice (T4's "once" setup); an HTTP/1.1 GET on it, with the reference server's JSON body.
+ */
+async function twoAuthenticatedConnections(agent: Partial<MultilegAgentOptions>) {
+  r = await rig({ mode: 'session', schemes: ['NTLM'] }, { maxHttp1Connections: 2, ...agent });
+  const h1 = async (path: string) => {
+    const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
+    return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string } };
+  };
+  expect((await h1('/auth/first')).status).toBe(200);
+  const two = await Promise.all([h1('/auth/a'), h1('/auth/b')]);
+  expect(two.map((x) => x.status)).toEqual([200, 200]);
+  expect(new Set(two.map((x) => x.body.sessionId)).size).toBe(2);
+  expect(r.agent.handshakes().map((h) => h.scheme)).toEqual(['NTLM', 'NTLM']);
+  return r;
+}
+
+/**
+ * The server forgets both connections' authentication; the next handshake's CHALLENGE ends its
+ * connection (once only), so the request moves to the other connection, still authenticated as far
+ * as the agent knows. The request's exchanges: bare 401, the re-authentication's leg, and bare 401.
+ */
+async function reauthenticateAcrossConnections(rg: Rig) {
+  rg.server.forgetAuthentication();
+  rg.server.options.faults.goawayAfterChallenge = true;
+  rg.server.on('exchange', (e) => {
+    if (e.authIdSent) rg.server.options.faults.goawayAfterChallenge = false;
+  });
+  const res = await request(`${rg.server.origin}/auth/x`, { dispatcher: rg.agent, allowH2: false } as never);
+  await res.body.dump();
+  const wire = rg.server.exchanges.filter((e) => e.path === '/auth/x');
+  return { status: res.statusCode, wire };
+}
+
 /** The NTLM message an Authorization header carries: 0 none, else its type (1 NEGOTIATE, 3 AUTHENTICATE). */
 function ntlmType(authorization: string | undefined): number {
   if (!authorization) return 0;
@@ -375,35 +410,34 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
   });
 
   it('T4: once: a request that re-authenticated and then meets a 401 on another authenticated session gets that 401, no second handshake', async () => {
-    // Two HTTP/1.1 connections, each authenticated as alice.
-    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false, maxHttp1Connections: 2 });
-    const h1 = async (path: string) => {
-      const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
-      return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string } };
-    };
-    expect((await h1('/auth/first')).status).toBe(200);
-    const two = await Promise.all([h1('/auth/a'), h1('/auth/b')]);
-    expect(two.map((x) => x.status)).toEqual([200, 200]);
-    expect(new Set(two.map((x) => x.body.sessionId)).size).toBe(2);
-    expect(r.agent.stats().handshakes).toBe(2);
-    // The server forgets both; the re-authentication's CHALLENGE ends its connection (once only), so
-    // the request moves to the other connection, still authenticated as far as the agent knows.
-    r.server.forgetAuthentication();
-    r.server.options.faults.goawayAfterChallenge = true;
-    r.server.on('exchange', (e) => {
-      if (e.authIdSent) r!.server.options.faults.goawayAfterChallenge = false;
-    });
-    const res = await request(`${r.server.origin}/auth/x`, { dispatcher: r.agent, allowH2: false } as never);
-    await res.body.dump();
+    const rg = await twoAuthenticatedConnections({ negotiate: false });
+    expect(rg.agent.stats().handshakes).toBe(2);
+    const { status, wire } = await reauthenticateAcrossConnections(rg);
     // Its one re-authentication is spent: the second 401 is the caller's (before: a second handshake, 200).
-    expect(res.statusCode).toBe(401);
-    expect(r.agent.stats().handshakes).toBe(2);
-    const wire = r.server.exchanges.filter((e) => e.path === '/auth/x');
+    expect(status).toBe(401);
+    expect(rg.agent.stats().handshakes).toBe(2);
     expect(wire.map((e) => [e.status, e.outcome, hasAuth(e.requestHeaders)])).toEqual([
       [401, 'unauthenticated', false],
       [401, 'challenge', true],
       [401, 'unauthenticated', false],
     ]);
+    expect(wire[2]!.sessionId).not.toBe(wire[0]!.sessionId);
+  });
+
+  it("T4: Negotiate and NTLM are one protection space: a Negotiate-only 401 on an NTLM-authenticated session is that session's lost authentication, re-run once: moved to another such session, its 401 is the caller's", async () => {
+    // As `T4: once`, but the server now offers only Negotiate (answered with NTLM inside SPNEGO, no
+    // Kerberos ticket here): not another protection space (otherProtectionSpace in exchange.ts).
+    const rg = await twoAuthenticatedConnections({});
+    rg.server.options.schemes = ['Negotiate'];
+    const { status, wire } = await reauthenticateAcrossConnections(rg);
+    // Counted as another space's first challenge instead, each 401 is answered again: 200.
+    expect(status).toBe(401);
+    expect(wire.map((e) => [e.status, e.outcome, hasAuth(e.requestHeaders)])).toEqual([
+      [401, 'unauthenticated', false],
+      [401, 'challenge', true],
+      [401, 'unauthenticated', false],
+    ]);
+    expect(wire[1]!.requestHeaders.authorization).toMatch(/^Negotiate /);
     expect(wire[2]!.sessionId).not.toBe(wire[0]!.sessionId);
   });
 
