@@ -129,7 +129,11 @@ export interface CookieStore {
 
 /** Options of {@link MultilegAgent}. */
 export interface MultilegAgentOptions {
-  /** Username/password used by NTLM (and by Negotiate's NTLM fallback, Digest and Basic). */
+  /**
+   * Username/password used by NTLM (and by Negotiate's NTLM fallback, Digest and Basic). The agent
+   * keeps a copy (change them with `setCredentials`). Absent, `undefined` or (from JavaScript)
+   * `null` is none; anything else that is not `{ username, password }` is a `ConfigError`.
+   */
   credentials?: Credentials;
   /**
    * Origins that may receive credentials (S1, S4, S5; docs/SECURITY.md): exact origins

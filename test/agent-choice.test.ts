@@ -47,6 +47,73 @@ function agentFor(origin: string, opts: Partial<MultilegAgentOptions> = {}): Mul
   return agent;
 }
 
+/**
+ * A reference server (session mode, NTLM) whose two HTTP/1.1 connections are each authenticated
+ * as alice (T4's "once" setup); an HTTP/1.1 GET on it, with the reference server's JSON body.
+ */
+async function twoAuthenticatedConnections(agent: Partial<MultilegAgentOptions>) {
+  r = await rig({ mode: 'session', schemes: ['NTLM'] }, { maxHttp1Connections: 2, ...agent });
+  const h1 = async (path: string) => {
+    const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
+    return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string } };
+  };
+  expect((await h1('/auth/first')).status).toBe(200);
+  const two = await Promise.all([h1('/auth/a'), h1('/auth/b')]);
+  expect(two.map((x) => x.status)).toEqual([200, 200]);
+  expect(new Set(two.map((x) => x.body.sessionId)).size).toBe(2);
+  expect(r.agent.handshakes().map((h) => h.scheme)).toEqual(['NTLM', 'NTLM']);
+  return r;
+}
+
+/**
+ * The server forgets both connections' authentication; the next handshake's CHALLENGE ends its
+ * connection (once only), so the request moves to the other connection, still authenticated as far
+ * as the agent knows. The request's exchanges: bare 401, the re-authentication's leg, and bare 401.
+ */
+async function reauthenticateAcrossConnections(rg: Rig) {
+  rg.server.forgetAuthentication();
+  rg.server.options.faults.goawayAfterChallenge = true;
+  rg.server.on('exchange', (e) => {
+    if (e.authIdSent) rg.server.options.faults.goawayAfterChallenge = false;
+  });
+  const res = await request(`${rg.server.origin}/auth/x`, { dispatcher: rg.agent, allowH2: false } as never);
+  await res.body.dump();
+  const wire = rg.server.exchanges.filter((e) => e.path === '/auth/x');
+  return { status: res.statusCode, wire };
+}
+
+/**
+ * An HTTP/1.1 origin with two protection spaces (Apache: mod_auth_gssapi for `/ntlm/`, which
+ * authenticates each connection with NTLM, and mod_auth_basic for `/basic/`, which wants Basic with
+ * `basicPassword` on every request); `closeBasic()` true closes the connection of the next bare
+ * `/basic/` 401 (Apache at MaxKeepAliveRequests). An agent for it that prefers NTLM, then Basic, and
+ * an HTTP/1.1 request through it.
+ */
+async function ntlmOriginWithBasicPath(basicPassword: string, closeBasic: () => boolean = () => false) {
+  const authenticated = new WeakSet<object>();
+  const s = await scriptedOrigin((req, res) => {
+    const conn = req.socket;
+    const authz = req.headers.authorization ?? '';
+    if (req.url.startsWith('/basic/')) {
+      if (authz === `Basic ${Buffer.from(`EXAMPLE\\alice:${basicPassword}`).toString('base64')}`)
+        return void res.writeHead(200).end('basic');
+      const close = closeBasic() ? { connection: 'close' } : {};
+      return void res.writeHead(401, { 'www-authenticate': 'Basic realm="b"', ...close }).end();
+    }
+    const type = ntlmType(authz || undefined);
+    if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+    if (type === 3) authenticated.add(conn);
+    if (type === 0 && !authenticated.has(conn)) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+    res.writeHead(200).end('ntlm');
+  });
+  const a = agentFor(s.origin, { negotiate: false, schemes: ['NTLM', 'Basic'], maxHttp1Connections: 2 });
+  const h1 = async (path: string) => {
+    const res = await request(`${s.origin}${path}`, { dispatcher: a, allowH2: false } as never);
+    return { status: res.statusCode, body: await res.body.text() };
+  };
+  return { s, a, h1 };
+}
+
 /** The NTLM message an Authorization header carries: 0 none, else its type (1 NEGOTIATE, 3 AUTHENTICATE). */
 function ntlmType(authorization: string | undefined): number {
   if (!authorization) return 0;
@@ -375,30 +442,12 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
   });
 
   it('T4: once: a request that re-authenticated and then meets a 401 on another authenticated session gets that 401, no second handshake', async () => {
-    // Two HTTP/1.1 connections, each authenticated as alice.
-    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false, maxHttp1Connections: 2 });
-    const h1 = async (path: string) => {
-      const res = await request(`${r!.server.origin}${path}`, { dispatcher: r!.agent, allowH2: false } as never);
-      return { status: res.statusCode, body: (await res.body.json()) as { sessionId: string } };
-    };
-    expect((await h1('/auth/first')).status).toBe(200);
-    const two = await Promise.all([h1('/auth/a'), h1('/auth/b')]);
-    expect(two.map((x) => x.status)).toEqual([200, 200]);
-    expect(new Set(two.map((x) => x.body.sessionId)).size).toBe(2);
-    expect(r.agent.stats().handshakes).toBe(2);
-    // The server forgets both; the re-authentication's CHALLENGE ends its connection (once only), so
-    // the request moves to the other connection, still authenticated as far as the agent knows.
-    r.server.forgetAuthentication();
-    r.server.options.faults.goawayAfterChallenge = true;
-    r.server.on('exchange', (e) => {
-      if (e.authIdSent) r!.server.options.faults.goawayAfterChallenge = false;
-    });
-    const res = await request(`${r.server.origin}/auth/x`, { dispatcher: r.agent, allowH2: false } as never);
-    await res.body.dump();
+    const rg = await twoAuthenticatedConnections({ negotiate: false });
+    expect(rg.agent.stats().handshakes).toBe(2);
+    const { status, wire } = await reauthenticateAcrossConnections(rg);
     // Its one re-authentication is spent: the second 401 is the caller's (before: a second handshake, 200).
-    expect(res.statusCode).toBe(401);
-    expect(r.agent.stats().handshakes).toBe(2);
-    const wire = r.server.exchanges.filter((e) => e.path === '/auth/x');
+    expect(status).toBe(401);
+    expect(rg.agent.stats().handshakes).toBe(2);
     expect(wire.map((e) => [e.status, e.outcome, hasAuth(e.requestHeaders)])).toEqual([
       [401, 'unauthenticated', false],
       [401, 'challenge', true],
@@ -407,35 +456,32 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(wire[2]!.sessionId).not.toBe(wire[0]!.sessionId);
   });
 
+  it("T4: Negotiate and NTLM are one protection space: a Negotiate-only 401 on an NTLM-authenticated session is that session's lost authentication, re-run once: moved to another such session, its 401 is the caller's", async () => {
+    // As `T4: once`, but the server now offers only Negotiate (answered with NTLM inside SPNEGO, no
+    // Kerberos ticket here): not another protection space (otherProtectionSpace in exchange.ts).
+    const rg = await twoAuthenticatedConnections({});
+    rg.server.options.schemes = ['Negotiate'];
+    const { status, wire } = await reauthenticateAcrossConnections(rg);
+    // Counted as another space's first challenge instead, each 401 is answered again: 200.
+    expect(status).toBe(401);
+    expect(wire.map((e) => [e.status, e.outcome, hasAuth(e.requestHeaders)])).toEqual([
+      [401, 'unauthenticated', false],
+      [401, 'challenge', true],
+      [401, 'unauthenticated', false],
+    ]);
+    expect(wire[1]!.requestHeaders.authorization).toMatch(/^Negotiate /);
+    expect(wire[2]!.sessionId).not.toBe(wire[0]!.sessionId);
+  });
+
   it("T4, R4: a 401 offering another scheme than its authenticated session's (a Basic path at an NTLM origin) is that request's own challenge: after a move to another authenticated session it is answered, not shown", async () => {
-    // /ntlm/ authenticates each HTTP/1.1 connection with NTLM; /basic/ wants Basic on every request
-    // (Apache with mod_auth_gssapi for one path and mod_auth_basic for another). The first bare 401
-    // closes its connection (Apache at MaxKeepAliveRequests), so the request moves to the other
+    // The first bare 401 closes its connection, so the request moves to the other
     // NTLM-authenticated connection, whose bare answer is Basic's 401 again.
-    const authenticated = new WeakSet<object>();
     let dropBasic = false;
-    const s = await scriptedOrigin((req, res) => {
-      const conn = req.socket;
-      const authz = req.headers.authorization ?? '';
-      if (req.url.startsWith('/basic/')) {
-        if (authz === `Basic ${Buffer.from('EXAMPLE\\alice:alicepw').toString('base64')}`) {
-          return void res.writeHead(200).end('basic');
-        }
-        const close = dropBasic ? { connection: 'close' } : {};
-        dropBasic = false;
-        return void res.writeHead(401, { 'www-authenticate': 'Basic realm="b"', ...close }).end();
-      }
-      const type = ntlmType(authz || undefined);
-      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
-      if (type === 3) authenticated.add(conn);
-      if (type === 0 && !authenticated.has(conn)) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
-      res.writeHead(200).end('ntlm');
+    const { s, a, h1 } = await ntlmOriginWithBasicPath('alicepw', () => {
+      const close = dropBasic;
+      dropBasic = false;
+      return close;
     });
-    const a = agentFor(s.origin, { negotiate: false, schemes: ['NTLM', 'Basic'], maxHttp1Connections: 2 });
-    const h1 = async (path: string) => {
-      const res = await request(`${s.origin}${path}`, { dispatcher: a, allowH2: false } as never);
-      return { status: res.statusCode, body: await res.body.text() };
-    };
     expect((await h1('/ntlm/first')).status).toBe(200);
     expect((await Promise.all([h1('/ntlm/a'), h1('/ntlm/b')])).map((x) => x.status)).toEqual([200, 200]);
     const ntlmHandshakes = a.handshakes().length;
@@ -454,35 +500,16 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
 
   it('R4: at an origin whose NTLM-authenticated connections meet a Basic path, a Basic password the path refuses is sent twice at most (the second refusal in a row after NTLM proved it, docs/SECURITY.md): then the callers get the bare 401, with no password sent', async () => {
     // NTLM takes alice/alicepw; /basic/ wants another password: the agent's is wrong there.
-    const authenticated = new WeakSet<object>();
-    const s = await scriptedOrigin((req, res) => {
-      const conn = req.socket;
-      const authz = req.headers.authorization ?? '';
-      if (req.url.startsWith('/basic/')) {
-        if (authz === `Basic ${Buffer.from('EXAMPLE\\alice:other').toString('base64')}`)
-          return void res.writeHead(200).end();
-        return void res.writeHead(401, { 'www-authenticate': 'Basic realm="b"' }).end();
-      }
-      const type = ntlmType(authz || undefined);
-      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
-      if (type === 3) authenticated.add(conn);
-      if (type === 0 && !authenticated.has(conn)) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
-      res.writeHead(200).end('ntlm');
-    });
-    const a = agentFor(s.origin, { negotiate: false, schemes: ['NTLM', 'Basic'], maxHttp1Connections: 2 });
-    const h1 = async (path: string) => {
-      const res = await request(`${s.origin}${path}`, { dispatcher: a, allowH2: false } as never);
-      await res.body.dump();
-      return res.statusCode;
-    };
-    expect(await Promise.all([h1('/ntlm/a'), h1('/ntlm/b')])).toEqual([200, 200]);
+    const { s, h1 } = await ntlmOriginWithBasicPath('other');
+    const status = async (path: string) => (await h1(path)).status;
+    expect(await Promise.all([status('/ntlm/a'), status('/ntlm/b')])).toEqual([200, 200]);
     const before = s.requests.length;
     // A bound kept with the T4 change (each 401 here offers another scheme than the session's).
-    for (const p of ['/basic/x', '/basic/y', '/basic/z']) expect(await h1(p)).toBe(401);
+    for (const p of ['/basic/x', '/basic/y', '/basic/z']) expect(await status(p)).toBe(401);
     const auth = s.requests.slice(before).map((h) => h.authorization?.split(' ')[0] ?? 'none');
     expect(auth).toEqual(['none', 'Basic', 'none', 'Basic', 'none']);
     // The NTLM connections still serve /ntlm/ (their authentication held throughout).
-    expect(await h1('/ntlm/c')).toBe(200);
+    expect(await status('/ntlm/c')).toBe(200);
   });
 
   it('T4: a 403 that carries a challenge is final too: no leg answers it, bare or on an authenticated session', async () => {

@@ -16,12 +16,19 @@ import {
   MultilegAgent,
   type MultilegAgentOptions,
   ntlmMechanism,
+  ProxyAuthenticationError,
   parseChallenges,
   TrustRequiredError,
   WITHHELD_CHANNEL,
   type WithheldEvent,
 } from '../src/index.ts';
-import { CLIENT_CERT, CLIENT_KEY, type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import {
+  CLIENT_CERT,
+  CLIENT_KEY,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
 import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
@@ -620,6 +627,51 @@ describe('credentials given wrong', () => {
       await res.body.dump();
     } finally {
       await mine.close();
+      await server.close();
+    }
+  });
+
+  it("S1: the proxy's credentials are copied too: the caller's proxy.credentials changed later changes nothing sent to the proxy", async () => {
+    const server = await startReferenceServer({ mode: 'session' });
+    const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const given = { username: 'proxyuser', password: 'proxypw' };
+    const mine = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: server.ca },
+      trustedOrigins: [server.origin],
+      proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: given },
+    });
+    try {
+      given.password = 'changed';
+      const res = await request(`${server.origin}/auth/proxy-copy`, { dispatcher: mine });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(px.exchanges.some((e) => e.proxyAuthorization && e.status !== 407)).toBe(true);
+    } finally {
+      await mine.close();
+      await px.close();
+      await server.close();
+    }
+  });
+
+  it("H5: proxy.credentials: null is none, as credentials: null is: the proxy's 407 asks for proxy.credentials", async () => {
+    const server = await startReferenceServer({ mode: 'session' });
+    const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const mine = new MultilegAgent({
+      credentials: null as never,
+      connect: { ca: server.ca },
+      proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: null as never },
+    });
+    try {
+      const err = await request(`${server.origin}/public/x`, { dispatcher: mine }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err?.message).toMatch(/give proxy\.credentials/);
+    } finally {
+      await mine.close();
+      await px.close();
       await server.close();
     }
   });

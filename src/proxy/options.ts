@@ -24,7 +24,10 @@ export interface ProxyOptions {
    * (`REQUEST_METHOD` set), where a request's `Proxy` header sets it ("httpoxy").
    */
   readonly uri?: string;
-  /** For the proxy only (never sent to origins): NTLM, Digest, Basic, and Negotiate's NTLM fallback. */
+  /**
+   * For the proxy only (never sent to origins): NTLM, Digest, Basic, and Negotiate's NTLM fallback.
+   * Copied as the agent's `credentials` are (change them with `setProxyCredentials`); `null` is none.
+   */
   readonly credentials?: Credentials;
   /** Scheme preference towards the proxy, strongest first. Default Negotiate > NTLM > Digest > Basic. */
   readonly schemes?: readonly SchemeName[];
@@ -209,7 +212,9 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new ConfigError(`proxy: unsupported proxy protocol ${url.protocol}; use http:// or https://`);
   }
-  let credentials = o.credentials;
+  // A copy, as the agent's own credentials and setProxyCredentials take: the caller's object
+  // changing later does not change what is sent. Null is none (the agent's check lets it through).
+  let credentials: Credentials | undefined = o.credentials ? { ...o.credentials } : undefined;
   if (!credentials && url.username) {
     credentials = { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
   }
