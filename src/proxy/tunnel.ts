@@ -227,58 +227,45 @@ async function handshake(
   track: (s: Socket) => void,
 ): Promise<Tunnel> {
   for (;;) {
+    const auth = new ProxyAuth(proxy, limits.maxLegs);
+    // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
+    let ticket: Ticket | undefined;
+    let outcome: ProofOutcome = 'none';
     try {
-      return await tunnelLegs(proxy, target, limits, deadline, given, track);
+      return await connectLegs(
+        proxy,
+        auth,
+        target,
+        limits,
+        deadline,
+        track,
+        async (headers, offered) => {
+          if (ticket) return;
+          const admission = await proxyLeave(proxy, auth.usesPassword(headers), signalWaiter(given), limits, deadline);
+          if (admission === 'refused') throw refusedLately(proxy, offered);
+          ticket = admission;
+        },
+        async () => {
+          ticket = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline);
+          return ticket !== undefined;
+        },
+        (o) => {
+          outcome = o;
+        },
+      );
     } catch (err) {
       // The credentials were replaced mid-handshake (setProxyCredentials): it starts over with the
       // new ones, on a new connection, with leave of their own (R4). Bounded by the deadline.
       if (err !== REPLACED) throw err;
       log.proxy('%s CONNECT %s: credentials replaced mid-handshake: starting over', proxy.origin, target);
+    } finally {
+      if (ticket) proxy.proof.settle(ticket, outcome);
     }
   }
 }
 
 /** Thrown by {@link connectLegs} when the proxy's credentials were replaced under its handshake. */
 const REPLACED = new Error('proxy credentials replaced');
-
-async function tunnelLegs(
-  proxy: ResolvedProxy,
-  target: string,
-  limits: Limits,
-  deadline: Deadline<ProxyTimeoutError>,
-  given: AbortSignal,
-  track: (s: Socket) => void,
-): Promise<Tunnel> {
-  const auth = new ProxyAuth(proxy, limits.maxLegs);
-  // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
-  let ticket: Ticket | undefined;
-  let outcome: ProofOutcome = 'none';
-  try {
-    return await connectLegs(
-      proxy,
-      auth,
-      target,
-      limits,
-      deadline,
-      track,
-      async (headers, offered) => {
-        if (ticket) return;
-        const admission = await proxyLeave(proxy, auth.usesPassword(headers), signalWaiter(given), limits, deadline);
-        if (admission === 'refused') throw refusedLately(proxy, offered);
-        ticket = admission;
-      },
-      async () => {
-        ticket = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline);
-        return ticket !== undefined;
-      },
-      (o) => {
-        outcome = o;
-      },
-    );
-  } finally {
-    if (ticket) proxy.proof.settle(ticket, outcome);
-  }
-}
 
 /**
  * Leave to send the proxy credentials (account lockout: one connection at a time until proved, none
