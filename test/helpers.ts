@@ -13,8 +13,10 @@ import {
 import { digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
 import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import {
+  type ReferenceProxy,
   type ReferenceServer,
   type ReferenceServerOptions,
+  startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 
@@ -41,6 +43,36 @@ export async function rig(
       await s.close();
     },
   };
+}
+
+/**
+ * The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw), and an agent
+ * with both passwords that trusts `trustedOrigins(origin, port)` of the rig's server, destroyed with
+ * the rig.
+ */
+export async function behindBasicProxy(
+  trustedOrigins: (origin: string, port: number) => string[],
+  extra: MultilegAgentOptions = {},
+): Promise<{ rig: Rig; proxy: ReferenceProxy; agent: MultilegAgent }> {
+  const rg = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+  const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } }).catch(async (err: Error) => {
+    await rg.close();
+    throw err;
+  });
+  const agent = new MultilegAgent({
+    credentials: ALICE,
+    negotiate: false,
+    connect: { ca: rg.server.ca },
+    trustedOrigins: trustedOrigins(rg.server.origin, rg.server.port),
+    ...extra,
+    proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: { username: 'proxyuser', password: 'proxypw' } },
+  });
+  const closeRig = rg.close;
+  rg.close = async () => {
+    await agent.destroy().catch(() => {});
+    await closeRig();
+  };
+  return { rig: rg, proxy: px, agent };
 }
 
 export interface Result {

@@ -10,19 +10,15 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   MechanismUnavailableError,
-  MultilegAgent,
+  type MultilegAgent,
   type MultilegAgentOptions,
   MultilegError,
   QueueTimeoutError,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
-import {
-  type ReferenceProxy,
-  type ReferenceServerOptions,
-  startReferenceProxy,
-} from '../src/reference-server/index.ts';
+import type { ReferenceProxy, ReferenceServerOptions } from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
-import { ALICE, type Rig, rig } from './helpers.ts';
+import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 let proxy: ReferenceProxy | undefined;
@@ -40,32 +36,15 @@ const noKerberos: MultilegAgentOptions['negotiate'] = {
   kerberos: { initializeClient: () => Promise.reject(new MechanismUnavailableError('Negotiate', 'not in this test')) },
 };
 
-/**
- * The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw), and an agent
- * with both passwords, destroyed with the rig.
- */
-async function behindBasicProxy(
+/** {@link behindBasicProxy}, closed after each test. */
+async function behindProxy(
   trustedOrigins: (origin: string, port: number) => string[],
   extra: MultilegAgentOptions = {},
 ): Promise<{ rig: Rig; proxy: ReferenceProxy; agent: MultilegAgent }> {
-  const rg = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
-  r = rg;
-  const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-  proxy = px;
-  const agent = new MultilegAgent({
-    credentials: ALICE,
-    negotiate: false,
-    connect: { ca: rg.server.ca },
-    trustedOrigins: trustedOrigins(rg.server.origin, rg.server.port),
-    ...extra,
-    proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: { username: 'proxyuser', password: 'proxypw' } },
-  });
-  const closeRig = rg.close;
-  rg.close = async () => {
-    await agent.destroy().catch(() => {});
-    await closeRig();
-  };
-  return { rig: rg, proxy: px, agent };
+  const made = await behindBasicProxy(trustedOrigins, extra);
+  r = made.rig;
+  proxy = made.proxy;
+  return made;
 }
 
 /** `n` concurrent GETs of `path/i`; each gives its status, or its error's name. */
@@ -244,11 +223,7 @@ describe('R4: a changed proxy password is not tried again and again (account loc
   ])(
     'R4: through %s: after the proxy password changed, a burst of 200 tries the old one at most twice, then not at all for 30 s',
     async (_, tunnel, before) => {
-      const {
-        agent,
-        rig: rg,
-        proxy: px,
-      } = await behindBasicProxy((origin, port) => [origin, `http://localhost:${port}`]);
+      const { agent, rig: rg, proxy: px } = await behindProxy((origin, port) => [origin, `http://localhost:${port}`]);
       const url = `${tunnel ? rg.server.origin : `http://localhost:${rg.server.port}`}/auth`;
       expect(await burst(`${url}/warm`, agent, 20)).toEqual(Array(20).fill(200));
       px.options.basicUsers = { proxyuser: 'rotated' };
@@ -288,7 +263,7 @@ describe('R4: a changed proxy password is not tried again and again (account loc
       agent,
       rig: rg,
       proxy: px,
-    } = await behindBasicProxy((_, port) => [`http://localhost:${port}`], {
+    } = await behindProxy((_, port) => [`http://localhost:${port}`], {
       // A low bound, so that requests following other requests' handshakes reach it in one burst.
       limits: { maxLegs: 2 },
     });

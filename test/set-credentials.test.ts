@@ -10,11 +10,11 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentClosedError, ConfigError, MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
-import { type ReferenceProxy, startReferenceProxy } from '../src/reference-server/index.ts';
+import { AgentClosedError, ConfigError, MultilegAgent } from '../src/index.ts';
+import type { ReferenceProxy } from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
-import { ALICE, type Rig, rig } from './helpers.ts';
+import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 let proxy: ReferenceProxy | undefined;
@@ -250,25 +250,12 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
 });
 
 describe('S6/R4: setProxyCredentials', () => {
-  /** The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw). */
-  async function behindProxy(extra: MultilegAgentOptions = {}) {
-    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
-    const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-    proxy = px;
-    const agent = new MultilegAgent({
-      credentials: ALICE,
-      negotiate: false,
-      connect: { ca: r.server.ca },
-      trustedOrigins: [r.server.origin, `http://localhost:${r.server.port}`],
-      ...extra,
-      proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: { username: 'proxyuser', password: 'proxypw' } },
-    });
-    const closeRig = r.close;
-    r.close = async () => {
-      await agent.destroy().catch(() => {});
-      await closeRig();
-    };
-    return { agent, px };
+  /** The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw), closed after each test. */
+  async function behindProxy() {
+    const made = await behindBasicProxy((origin, port) => [origin, `http://localhost:${port}`]);
+    r = made.rig;
+    proxy = made.proxy;
+    return { agent: made.agent, px: made.proxy };
   }
 
   it.each([
