@@ -70,8 +70,6 @@ function checkCookieStore(store: unknown): void {
  */
 const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean =>
   typeof h.onRequestStart !== 'function' && typeof (h as { onError?: unknown }).onError === 'function';
-/** The caller wants HTTP/1.1 (Node's built-in fetch through the global dispatcher forces it). */
-
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
 const POOL_SWEEP_THRESHOLD = 64;
 
@@ -244,15 +242,17 @@ export class MultilegAgent extends Dispatcher {
       mechanisms: this.#options.mechanisms,
     };
     this.#transport = selectCertificate !== undefined;
-    // A copy, as setCredentials takes: the caller's object changing later does not change what is sent.
-    this.#mechanisms = this.#mechanismSet(options.credentials ? { ...options.credentials } : undefined);
+    this.#mechanisms = this.#mechanismSet(options.credentials);
   }
 
-  /** The agent's mechanisms for `credentials`: its defaults, then its own `mechanisms` by scheme. */
+  /**
+   * The agent's mechanisms for `credentials`: its defaults, then its own `mechanisms` by scheme. They
+   * get a copy: the caller's object changing later does not change what is sent.
+   */
   #mechanismSet(credentials: MultilegAgentOptions['credentials']): MechanismSet {
     const o = this.#mechanismOptions;
     const mechanisms = [
-      ...defaultMechanisms({ ...o, ...(credentials ? { credentials } : {}) }),
+      ...defaultMechanisms({ ...o, ...(credentials ? { credentials: { ...credentials } } : {}) }),
       ...(o.mechanisms ?? []),
     ];
     return new MechanismSet(mechanisms, this.#options.schemes, this.#transport);
@@ -279,9 +279,7 @@ export class MultilegAgent extends Dispatcher {
     if (this.#closed) throw new AgentClosedError();
     checkCredentials(credentials);
     if (!this.#options.trust.listed) throw new TrustRequiredError('an agent with a password (credentials)');
-    // A copy: the caller's object changing later must not change what the mechanisms send.
-    const own: Credentials = { ...credentials };
-    this.#mechanisms = this.#mechanismSet(own);
+    this.#mechanisms = this.#mechanismSet(credentials);
     let retired = 0;
     for (const pool of this.#pools.values()) retired += pool.credentialsChanged('origin', this.#mechanisms);
     log.agent('credentials replaced: %d session(s) retire', retired);
@@ -307,7 +305,7 @@ export class MultilegAgent extends Dispatcher {
         'setProxyCredentials: the agent has no proxy (none given in options.proxy, nor HTTPS_PROXY/HTTP_PROXY in the environment); give options.proxy when making the agent',
         'proxy.credentials',
       );
-    this.#options.proxy.setCredentials({ ...credentials });
+    this.#options.proxy.setCredentials(credentials);
     let retired = 0;
     for (const pool of this.#pools.values()) retired += pool.credentialsChanged('proxy');
     log.agent('proxy credentials replaced: %d session(s) retire', retired);

@@ -374,9 +374,11 @@ export class ProxyResolver {
    * no longer takes: nothing of the old ones is sent again.
    */
   setCredentials(credentials: Credentials): void {
+    // A copy, as resolveProxy takes of the constructor's: the caller's object changing later changes nothing sent.
+    const own = { ...credentials };
     for (const proxy of new Set([this.#http, this.#https])) {
       if (!proxy) continue;
-      proxy.mechanisms = proxyMechanisms(this.#option, credentials, this.#identity);
+      proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.hasCredentials = true;
       proxy.proof.reset();
     }
