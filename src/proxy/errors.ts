@@ -94,15 +94,17 @@ export class ProxyClosedError extends MultilegError {
     options?: { cause?: unknown; again?: boolean; oneShot?: number | undefined; unproved?: string | undefined },
   ) {
     const closed = `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
+    const why =
+      options?.unproved !== undefined
+        ? `it carried credentials (${options.unproved}) ${options.unproved === 'Authorization' ? 'the origin has not accepted yet and may have counted (the proxy may have passed it on)' : 'this proxy has not accepted yet and may have counted'}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection)`
+        : options?.oneShot !== undefined
+          ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
+          : 'the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true)';
     super(
       'MULTILEG_PROXY_CLOSED',
       options?.again
         ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
-        : options?.unproved !== undefined
-          ? `${closed}, and did not say it would (no Connection: close); not sent again, as it carried credentials (${options.unproved}) ${options.unproved === 'Authorization' ? 'the origin has not accepted yet and may have counted (the proxy may have passed it on)' : 'this proxy has not accepted yet and may have counted'}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection), and check the proxy's keep-alive settings`
-          : options?.oneShot !== undefined
-            ? `${closed}, and did not say it would (no Connection: close); not sent again, as its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes, and check the proxy's keep-alive settings`
-            : `${closed}, and did not say it would (no Connection: close); not sent again, as the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true), and check the proxy's keep-alive settings`,
+        : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the proxy's keep-alive settings`,
       options,
     );
     this.proxy = proxy;
