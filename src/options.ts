@@ -134,7 +134,7 @@ export interface MultilegAgentOptions {
    * keeps a copy (change them with `setCredentials`). Absent, `undefined` or (from JavaScript)
    * `null` is none; anything else that is not `{ username, password }` is a `ConfigError`.
    */
-  credentials?: Credentials;
+  credentials?: Credentials | null;
   /**
    * Origins that may receive credentials (S1, S4, S5; docs/SECURITY.md): exact origins
    * (`https://intranet.example.com`), wildcard host patterns (`https://*.corp.example.com`, with a

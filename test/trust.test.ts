@@ -658,9 +658,9 @@ describe('credentials given wrong', () => {
     const server = await startReferenceServer({ mode: 'session' });
     const px = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
     const mine = new MultilegAgent({
-      credentials: null as never,
+      credentials: null,
       connect: { ca: server.ca },
-      proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: null as never },
+      proxy: { uri: px.origin, connect: { ca: px.ca }, credentials: null },
     });
     try {
       const err = await request(`${server.origin}/public/x`, { dispatcher: mine }).then(

@@ -28,7 +28,7 @@ export interface ProxyOptions {
    * For the proxy only (never sent to origins): NTLM, Digest, Basic, and Negotiate's NTLM fallback.
    * Copied as the agent's `credentials` are (change them with `setProxyCredentials`); `null` is none.
    */
-  readonly credentials?: Credentials;
+  readonly credentials?: Credentials | null;
   /** Scheme preference towards the proxy, strongest first. Default Negotiate > NTLM > Digest > Basic. */
   readonly schemes?: readonly SchemeName[];
   /**
