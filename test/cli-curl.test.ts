@@ -957,6 +957,47 @@ describe('multileg: curl options', () => {
     expect(authTimes.pretransfer).toBeGreaterThan(authTimes.appconnect!);
   });
 
+  it("-w after --retry: the sizes, connections and times are the last attempt's, as curl 7.88 prints them for the same requests", async () => {
+    // One 503 then the 200, on a connection kept alive: curl counts only the attempt that got the 200.
+    const format = '%{size_header} %{num_connects} %{size_download} %{http_code}';
+    // A file, not /dev/null: curl 7.88 truncates -o before a retry, and fails (23) on /dev/null.
+    const args = (key: string) => [
+      '-s',
+      '-o',
+      join(dir, `${key}.out`),
+      '--retry',
+      '1',
+      '--retry-delay',
+      '0',
+      '-A',
+      'x',
+      '-w',
+      format,
+      `${plainOrigin}/flaky/${key}?n=1`,
+    ];
+    const ours = await run(args('w-ours'));
+    const curl = await runCommand('/usr/bin/curl', args('w-curl'));
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(ours.stdout).toBe(curl.stdout);
+    expect(ours.stdout).toMatch(/^\d+ 0 \d+ 200$/);
+    // The last attempt's request head alone: the same bytes as one attempt's at a path as long.
+    const request = (r: { stdout: string }) => Number(r.stdout);
+    const retried = await run([
+      '-s',
+      '-o',
+      '/dev/null',
+      '--retry',
+      '1',
+      '--retry-delay',
+      '0',
+      '-w',
+      '%{size_request}',
+      `${plainOrigin}/flaky/w-sr1?n=1`,
+    ]);
+    const once = await run(['-s', '-o', '/dev/null', '-w', '%{size_request}', `${plainOrigin}/flaky/w-sr2?n=0`]);
+    expect(request(retried)).toBe(request(once));
+  });
+
   it("-w: curl's %{size_header}, %{size_request}, %{size_upload}, %{speed_download}, %{speed_upload}, %{header_json}, %{local_ip}, %{local_port}, %{ssl_verify_result} and %{http_connect}, as curl 7.88 prints them for the same requests", async () => {
     const format = '%{size_header} %{size_upload} %{ssl_verify_result} %{http_connect} %{local_ip}\n%{header_json}\n';
     const withoutDate = (text: string) => text.replace(/"date":\["[^"]*"\]/, '"date":[DATE]');

@@ -147,9 +147,14 @@ async function main(argv: string[]): Promise<number> {
       command.trusted = new CliTrust(url.origin, req.trust);
       // Its own URL and -o, and its own method and body (-T pairs with the URLs in order).
       const transferReq = { ...req, ...each };
-      const connects = remotes?.connects ?? 0;
-      timings?.reset();
-      const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn });
+      let connects = 0;
+      // -w counts each transfer's last attempt (curl's, with --retry).
+      const attempt = () => {
+        connects = remotes?.connects ?? 0;
+        timings?.reset();
+      };
+      attempt();
+      const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn, attempt });
       await report(transferReq, outcome, remotes, connects, urlnum, timings);
       exit = outcome.exit;
       if (exit !== EXIT.ok && req.failEarly) break;

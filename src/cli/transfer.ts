@@ -41,6 +41,8 @@ export interface TransferEnv {
   readonly say: (line: string) => void;
   /** curl's warnings (-s hides them). */
   readonly warn: (line: string) => void;
+  /** An attempt starts over (--retry): what -w counts is the last attempt's, as curl's. */
+  readonly attempt?: () => void;
 }
 
 /** What came of a transfer, for its exit code, -w and --json. */
@@ -61,10 +63,10 @@ export interface TransferOutcome {
   readonly final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
   /** How many times it was sent again (--retry). */
   readonly retries: number;
-  /** Seconds from its start to its end (-w %{time_total}). */
+  /** Seconds from its last attempt's start to its end (-w %{time_total}; curl's, with --retry). */
   readonly timeTotal: number;
   /**
-   * When (performance.now()) it started, its last request (after the redirects it followed) started,
+   * When (performance.now()) its last attempt started, its last request (after the redirects it followed) started,
    * and that request's response head reached the command (-w %{time_redirect}, %{time_starttransfer}).
    */
   readonly clock: { readonly started: number; readonly lastHop: number; readonly head: number | undefined };
@@ -341,7 +343,7 @@ function countsSince(before: MultilegStats, after: MultilegStats): MultilegStats
  */
 export async function transfer(req: CliRequest, env: TransferEnv): Promise<TransferOutcome> {
   const { command, trace, heads: shownHeads, stdout, say, warn } = env;
-  const started = performance.now();
+  let started = performance.now();
   const before = command.totals();
   const firstLeg = trace.legs.length;
   const firstHandshake = trace.handshakes.length;
@@ -482,9 +484,11 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     warn(next.warning);
     if (wroteOutput) forgetOutput(req);
     await sleep(next.delayMs);
-    // The transfer starts over from the URL given, as curl's does.
+    // The transfer starts over from the URL given, as curl's does, and so does its clock.
+    env.attempt?.();
     hop = firstHop(req);
-    lastHop = performance.now();
+    started = performance.now();
+    lastHop = started;
     head = undefined;
     redirects = 0;
     status = 0;
