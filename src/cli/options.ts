@@ -97,6 +97,8 @@ export interface CliRequest {
   readonly location: boolean;
   readonly locationTrusted: boolean;
   readonly maxRedirs: number;
+  /** --post301, --post302, --post303: the redirects after which a -d/-F POST stays a POST with its body (curl's). */
+  readonly keepPost: ReadonlySet<301 | 302 | 303>;
   /** Origins and `*.` host patterns trusted with credentials besides the URL's own (--trust). */
   readonly trust: readonly string[];
   /** --max-time in ms: each attempt's bound (curl's, with --retry). */
@@ -265,6 +267,9 @@ export function program(): Commander.Command {
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
       .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
       .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
+      .option('--post301', 'with -L, a POST stays a POST, with its body, after a 301')
+      .option('--post302', 'with -L, a POST stays a POST, with its body, after a 302')
+      .option('--post303', 'with -L, a POST stays a POST, with its body, after a 303')
       .addOption(
         new Option('--max-redirs <n>', 'maximum redirects with -L (-1: no limit)').argParser(redirectLimit).default(50),
       )
@@ -1166,6 +1171,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     location: Boolean(o.location) || Boolean(o.locationTrusted),
     locationTrusted: Boolean(o.locationTrusted),
     maxRedirs: o.maxRedirs as number,
+    keepPost: new Set(([301, 302, 303] as const).filter((status) => o[`post${status}`] === true)),
     trust: ((o.trust as string[] | undefined) ?? []).map(parseTrust),
     maxTime: o.maxTime as number | undefined,
     retry:

@@ -161,10 +161,13 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
     headers.referer = referer.href;
   }
   // curl: a 303, or a 301/302 to a request with a body (or a POST), goes on without the body; a
-  // -T upload (a PUT) goes on with it after a 301/302, as curl sends it again.
+  // -T upload (a PUT) goes on with it after a 301/302, as curl sends it again; --post301/302/303
+  // keep a -d/-F body (curl's POST, whatever -X says) and its method.
+  const posts = body !== undefined && !req.upload;
+  const kept = posts && req.keepPost.has(status as 301 | 302 | 303);
   if (
-    status === 303 ||
-    ((status === 301 || status === 302) && !req.upload && (body !== undefined || method === 'POST'))
+    !kept &&
+    (status === 303 || ((status === 301 || status === 302) && !req.upload && (posts || method === 'POST')))
   ) {
     // -X stays the method of every request (curl's), without the body.
     if (method !== 'HEAD' && !req.customMethod) method = 'GET';
