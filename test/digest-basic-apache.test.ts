@@ -39,8 +39,8 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
       .split('\n')
       .filter((l) => / "[A-Z]+ (\S+) /.exec(l)?.[1]?.startsWith(prefix))
       .map((l) => {
-        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+) at=(\d+)/.exec(l);
-        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3], at: Number(m?.[4]) };
+        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+) at=(\d+) scheme=(\S+)/.exec(l);
+        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3], at: Number(m?.[4]), scheme: m?.[5] };
       })
       .sort((x, y) => x.at - y.at)
       .map(({ at: _, ...w }) => w);
