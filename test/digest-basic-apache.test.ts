@@ -39,8 +39,8 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
       .split('\n')
       .filter((l) => / "[A-Z]+ (\S+) /.exec(l)?.[1]?.startsWith(prefix))
       .map((l) => {
-        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+) at=(\d+)/.exec(l);
-        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3], at: Number(m?.[4]) };
+        const m = /" (\d{3}) \d+ proto=(\S+) user=(\S+) at=(\d+) scheme=(\S+)/.exec(l);
+        return { status: Number(m?.[1]), proto: m?.[2], user: m?.[3], at: Number(m?.[4]), scheme: m?.[5] };
       })
       .sort((x, y) => x.at - y.at)
       .map(({ at: _, ...w }) => w);
@@ -297,6 +297,38 @@ describe.skipIf(!havePeers)('Digest and Basic against Apache httpd (real peer)',
       [401, '-'],
       [200, 'alice'],
     ]);
+  });
+
+  it("S1, C4, T4: Apache with NTLM at /ntlm and Basic at /basic, over its cleartext port: once /basic/ took Basic, the password goes unasked to /basic/ only (1 wire request each), never to /public/ or /ntlm/; /ntlm/ keeps its NTLM connection, and Apache logs no 'wrong authentication scheme'", async () => {
+    const errorLog = () =>
+      readFileSync(lab.apache!.errorLog, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('AH01614'));
+    const wrongScheme = errorLog().length;
+    const a = agent({
+      credentials: { ...BASIC_USER, domain: 'EXAMPLE' },
+      schemes: ['NTLM', 'Basic'],
+      allowBasicOverHttp: true,
+      maxHttp1Connections: 1,
+    });
+    const go = async (path: string) => {
+      const res = await request(`${lab.apache!.cleartextOrigin}${path}`, { dispatcher: a, allowH2: false } as never);
+      await res.body.dump();
+      return res.statusCode;
+    };
+    expect(await go('/ntlm/?space=0')).toBe(200);
+    for (let i = 1; i <= 5; i++) {
+      expect([await go(`/basic/?space=${i}`), await go(`/ntlm/?space=${i}`), await go(`/public/?space=${i}`)]).toEqual([
+        200, 200, 200,
+      ]);
+    }
+    await a.close();
+    const wire = (prefix: string) => accessLog(prefix).map((w) => `${w.status} ${w.scheme}`);
+    // Before: /public/ and /ntlm/ got Basic after the first Basic success, each /basic/ went bare first.
+    expect(wire('/basic/?space=')).toEqual(['401 -', ...Array(5).fill('200 Basic')]);
+    expect(wire('/ntlm/?space=')).toEqual(['401 -', '401 NTLM', '200 NTLM', ...Array(5).fill('200 -')]);
+    expect(wire('/public/?space=')).toEqual(Array(5).fill('200 -'));
+    expect(errorLog().length).toBe(wrongScheme);
   });
 
   it("M3: Digest is fine over Apache's cleartext port", async () => {

@@ -424,15 +424,19 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const h2 = state.protocol === 'h2';
     // T (TLS list message): a client certificate is offered as one more challenge.
     const transport = o.clientCertificate === 'offer' ? [TRANSPORT_CHALLENGE] : [];
+    const pathname = draft.path.split('?')[0] ?? '';
+    const spaced = spaceOf(o.pathSchemes, pathname);
+    const schemes = spaced ?? o.schemes;
     const bare = (stale = false): Headers => ({
-      'www-authenticate': [...this.digest.challenges(o.schemes, stale), ...transport],
+      'www-authenticate': [...this.digest.challenges(schemes, stale), ...transport],
     });
 
     if (o.faults.misdirectedForOtherHosts && !o.authorities.some((a) => a.toLowerCase() === authority.toLowerCase())) {
       return { kind: 'respond', status: 421, outcome: 'misdirected', headers: {} };
     }
-    const pathname = draft.path.split('?')[0] ?? '';
-    const sessionUser = mode !== 'per-request' ? state.user : undefined;
+    // A path of its own schemes without NTLM or Negotiate is not served by the connection's authentication.
+    const sessionServes = spaced === undefined || spaced.some((s) => /^(?:ntlm|negotiate)$/i.test(s));
+    const sessionUser = mode !== 'per-request' && sessionServes ? state.user : undefined;
     if (pathname === '/public/redirect') {
       // A redirect to wherever `?to=` says: for tests of credentials across redirects (S1).
       // `?status=` picks the redirect code (300, 301, 302, 303, 307, 308; default 302); `?cache=N`
@@ -464,7 +468,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     }
 
     // Digest and Basic authenticate the request alone (M3, M4).
-    const requestScheme = this.digest.schemeOf(authorization, o.schemes);
+    const requestScheme = this.digest.schemeOf(authorization, schemes);
     if (requestScheme !== undefined) {
       draft.scheme = requestScheme;
       const v = this.digest.verify(
@@ -492,7 +496,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     }
 
     const parsed = parseAuthorization(authorization);
-    const scheme = o.schemes.find((s) => s.toLowerCase() === parsed.scheme?.toLowerCase());
+    const scheme = schemes.find((s) => s.toLowerCase() === parsed.scheme?.toLowerCase());
     if (scheme !== undefined) draft.scheme = scheme;
     if (!parsed.ok || scheme === undefined) {
       const reason = parsed.ok ? 'unsupported-scheme' : parsed.reason;
@@ -691,6 +695,15 @@ function otherFinalStatus(pathname: string): { status: number; rest: string } | 
   return status === 401 || status === 407 ? undefined : { status, rest: m[2]! };
 }
 
+/** The schemes of the longest `pathSchemes` prefix `pathname` lies in, if any. */
+function spaceOf(pathSchemes: Record<string, string[]>, pathname: string): string[] | undefined {
+  let best: string | undefined;
+  for (const prefix of Object.keys(pathSchemes)) {
+    if (pathname.startsWith(prefix) && (best === undefined || prefix.length > best.length)) best = prefix;
+  }
+  return best === undefined ? undefined : pathSchemes[best];
+}
+
 function userField(user: string | undefined): { user?: string } {
   return user === undefined ? {} : { user };
 }
@@ -725,6 +738,7 @@ function resolveOptions(opts: ReferenceServerOptions): ResolvedReferenceServerOp
   const resolved: ResolvedReferenceServerOptions = {
     mode: opts.mode ?? 'session',
     schemes: [...(opts.schemes ?? ['Negotiate', 'NTLM'])],
+    pathSchemes: Object.fromEntries(Object.entries(opts.pathSchemes ?? {}).map(([p, s]) => [p, [...s]])),
     users: { ...(opts.users ?? DEFAULT_USERS) },
     domain: opts.domain ?? 'EXAMPLE',
     maxIncompleteContexts: opts.maxIncompleteContexts ?? 8,

@@ -102,6 +102,13 @@ export interface ReferenceServerOptions {
   /** Schemes offered in the bare 401, in this order. Default `['Negotiate', 'NTLM']`. */
   schemes?: string[];
   /**
+   * Path prefixes with schemes of their own (the longest matching prefix wins; other paths have
+   * `schemes`): protection spaces at one origin, as Apache's `<Location>`s, e.g.
+   * `{ '/basic/': ['Basic'] }`. A session's authentication (NTLM, Negotiate) serves such a path
+   * only when its schemes include NTLM or Negotiate. Default none.
+   */
+  pathSchemes?: Record<string, string[]>;
+  /**
    * Accounts: `'DOMAIN\\user'` or `'user'` → password. Default alice/alicepw, bob/bobpw in EXAMPLE.
    * Read for each handshake: assigning `server.options.users` changes a password at run time (a
    * rotation on the domain controller).
@@ -153,6 +160,7 @@ export interface ReferenceServerOptions {
 export interface ResolvedReferenceServerOptions {
   mode: ReferenceServerMode;
   schemes: string[];
+  pathSchemes: Record<string, string[]>;
   users: Record<string, string>;
   domain: string;
   maxIncompleteContexts: number;

@@ -20,7 +20,7 @@ import { CleartextCredentialsError } from '../trust/policy.ts';
 import { selectCertificate } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import type { Job } from './job.ts';
-import type { OriginMemory } from './origin-memory.ts';
+import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
@@ -119,6 +119,8 @@ type Step =
       readonly handedOver?: boolean;
       /** Led before any 401 at an origin nothing is known of (OriginMemory.opensUnasked). */
       readonly opening?: boolean;
+      /** Led before any 401 inside a protection space where its scheme succeeded (OriginMemory.spaceScheme). */
+      readonly spaced?: boolean;
     }
   | { readonly kind: 'end'; readonly outcome: ExchangeOutcome };
 
@@ -261,7 +263,9 @@ export function fastPathEligible(session: Session, job: Job, env: ExchangeEnv): 
     job.identity === 'agent' &&
     !job.noAuth &&
     (job.body.asIs === true || (job.body.streams === true && job.body.replayable)) &&
-    fastPathReady(session, env)
+    fastPathReady(session, env) &&
+    // S1: a path inside a Basic or Digest protection space carries its credentials (check).
+    env.memory.spaceScheme(job.dispatchOptions.path) === undefined
   );
 }
 
@@ -320,11 +324,27 @@ function check(run: Run): Step {
   }
   // The 401 of a connection that closed before it was answered: its challenges start the
   // handshake here, where a bare request would only meet the same 401 and close again (H1).
-  const authenticates = mayAuthenticate(run) && state.kind !== 'authenticated';
+  const may = mayAuthenticate(run);
+  const authenticates = may && state.kind !== 'authenticated';
   const { challenges } = run.job;
   if (challenges) {
     run.job.challenges = undefined;
     if (authenticates) return answerStep(challenges, undefined);
+  }
+  if (!may) return SEND;
+  // R4: a request that waited in vain MAX_WAITS times goes bare and gets the server's answer;
+  // C6: one whose leader's proactive first leg went unanswered goes bare once.
+  const mayLead = run.job.waits < MAX_WAITS && !run.job.bare;
+  // S1: a per-request password scheme (Basic, Digest) goes unasked only inside a protection space
+  // where it succeeded, on any session (an NTLM-authenticated one too: it blocks no one there).
+  const spaced = env.memory.spaceScheme(run.job.dispatchOptions.path);
+  if (spaced !== undefined) {
+    run.job.bare = false;
+    const mechanism = env.mechanisms.get(spaced);
+    if (mechanism?.proactive && mayLead && !run.excluded?.has(mechanism.scheme.toLowerCase())) {
+      return { kind: 'lead', mechanism, challenge: undefined, blocking: false, spaced: true };
+    }
+    return SEND;
   }
   // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
   if (authenticates) {
@@ -335,11 +355,10 @@ function check(run: Run): Step {
     const opens = scheme === undefined && state.kind === 'fresh' && env.memory.opensUnasked(sole);
     const mechanism = scheme ? env.mechanisms.get(scheme) : opens ? sole : undefined;
     const perRequest = state.kind === 'per-request' || env.memory.mode === 'per-request';
-    // R4: a request that waited in vain MAX_WAITS times goes bare and gets the server's answer;
-    // C6: one whose leader's proactive first leg went unanswered goes bare once.
-    const leads = run.job.waits < MAX_WAITS && !run.job.bare && (!perRequest || mechanism?.proactive);
+    const leads = mayLead && (!perRequest || mechanism?.proactive);
     run.job.bare = false;
-    if (mechanism && !run.excluded?.has(mechanism.scheme.toLowerCase()) && leads) {
+    // S1: a per-request scheme outside every space it succeeded in (above) waits to be asked.
+    if (mechanism && mechanism.level !== 'request' && !run.excluded?.has(mechanism.scheme.toLowerCase()) && leads) {
       // M5: a channel-bound first token needs the connection's certificate: a new session
       // connects first; where it cannot (a proxy's connection, or the dial failed) the request
       // goes bare and the server's 401 starts the handshake.
@@ -821,7 +840,14 @@ class Lead implements HandshakeInput, LegInfo {
           result.sessionAuthenticated || (result.connectionBound === true && session.protocol === 'http/1.1');
         const sessionAuthenticated = bound && session.trustsSessionAuth && !session.authenticationFails;
         // Remembered first: the release below lets the pool hand out room, by what the origin wants.
-        env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
+        if (this.mechanism.level === 'request' && !sessionAuthenticated) {
+          // S1: a per-request scheme is remembered for the protection space it succeeded in; it does
+          // not replace a scheme that authenticates the origin's sessions (an NTLM origin's Basic path).
+          env.memory.rememberSpaces(scheme, protectionSpaces(job.origin, this.path, this.challenge));
+          if (env.memory.mode !== 'session') env.memory.rememberScheme(scheme, 'per-request', result.legs);
+        } else {
+          env.memory.rememberScheme(scheme, sessionAuthenticated ? 'session' : 'per-request', result.legs);
+        }
         const identity = result.identity ? { identity: result.identity } : {};
         if (this.#leading()) {
           session.apply({ type: 'handshake-success', leader: job.id, scheme, sessionAuthenticated, ...identity });
@@ -867,7 +893,8 @@ class Lead implements HandshakeInput, LegInfo {
         return step;
       case 'declined':
         // The remembered scheme is no longer offered: forget it, and answer what the server offers now.
-        env.memory.forgetScheme();
+        if (step.spaced) env.memory.forgetSpaces(scheme, this.path);
+        else env.memory.forgetScheme();
         if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
         return answerStep(result.offered, result.authId);
       case 'unusable': {

@@ -1,3 +1,4 @@
+import type { Challenge } from '../challenge/types.ts';
 import { ownCopy } from '../errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
@@ -7,6 +8,15 @@ import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 export { UNUSABLE_MEMORY_MS };
 
 const NONE: ReadonlyArray<readonly [string, Error]> = [];
+
+/**
+ * Most protection spaces one origin remembers (least recently used forgotten first): a server that
+ * challenges in ever new directories costs a bare first request there again, never unbounded memory.
+ */
+export const MAX_PROTECTION_SPACES = 64;
+
+/** A dot segment (`/../`, `/./`, `%2e`): where the server ends up is not what the path says. */
+const DOT_SEGMENT = /\/(?:\.|%2e){1,2}(?:\/|$)/i;
 
 /**
  * What the agent has learnt about one origin, shared by its sessions: which scheme it wants and
@@ -22,6 +32,12 @@ export class OriginMemory {
   /** Whether the agent's credentials work here: one handshake at a time until they do (account lockout). */
   readonly proof: CredentialProof;
   readonly #ttl: number;
+  /**
+   * Protection spaces of the per-request schemes that succeeded here (Basic, Digest; level
+   * `request`): path prefix → scheme. Only a request inside one carries such a scheme's
+   * credentials before a 401 asks for them (S1, {@link protectionSpaces}).
+   */
+  readonly #spaces = new Map<string, string>();
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
   readonly #unusable = new Map<string, { readonly remembered: Error; readonly until: number }>();
 
@@ -132,11 +148,80 @@ export class OriginMemory {
    */
   contextCap: number | undefined;
 
+  /**
+   * The per-request scheme whose credentials `path` may carry unasked: that of the longest
+   * remembered protection space the path lies in, or none (then the request goes bare, and a 401
+   * asks). A path with a dot segment is in none: the server may resolve it to another space.
+   */
+  spaceScheme(path: string): string | undefined {
+    if (this.#spaces.size === 0) return undefined;
+    const best = this.#longest(path);
+    if (best === undefined) return undefined;
+    const query = path.indexOf('?');
+    if (DOT_SEGMENT.test(query < 0 ? path : path.slice(0, query))) return undefined;
+    const scheme = this.#spaces.get(best)!;
+    // Least recently used last, the first to go at the bound.
+    this.#spaces.delete(best);
+    this.#spaces.set(best, scheme);
+    return scheme;
+  }
+
+  /** `scheme` (a per-request one) succeeded for these path prefixes ({@link protectionSpaces}). */
+  rememberSpaces(scheme: string, prefixes: readonly string[]): void {
+    for (const prefix of prefixes) {
+      // Inside a space of the same scheme already (a proactive success): no entry to crowd others out.
+      const covering = this.#longest(prefix);
+      if (covering !== undefined && covering !== prefix && this.#spaces.get(covering) === scheme) continue;
+      this.#spaces.delete(prefix);
+      this.#spaces.set(prefix, scheme);
+      if (this.#spaces.size > MAX_PROTECTION_SPACES) this.#spaces.delete(this.#spaces.keys().next().value!);
+    }
+  }
+
+  /** The longest remembered space `path` lies in. */
+  #longest(path: string): string | undefined {
+    let best: string | undefined;
+    for (const prefix of this.#spaces.keys()) {
+      if (path.startsWith(prefix) && (best === undefined || prefix.length > best.length)) best = prefix;
+    }
+    return best;
+  }
+
+  /** `scheme` is no longer offered at `path`: the spaces of that scheme it lies in are forgotten. */
+  forgetSpaces(scheme: string, path: string): void {
+    for (const [prefix, s] of this.#spaces) if (s === scheme && path.startsWith(prefix)) this.#spaces.delete(prefix);
+  }
+
   rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
     this.scheme = scheme;
     this.mode = mode;
     this.multilegPerRequest = mode === 'per-request' && legs > 1;
   }
+}
+
+/**
+ * The protection space a per-request scheme's success at `path` opens (path prefixes, S1): the
+ * directory of the path, as RFC 7617 §2.2 has it for Basic (`/basic/y` → `/basic/`); for Digest
+ * also the same-origin URIs of the challenge's `domain`, or the whole origin when it names none
+ * (RFC 7616 §3.3). A proactive leg (no challenge) was inside a space already: its directory only.
+ */
+export function protectionSpaces(origin: string, path: string, challenge: Challenge | undefined): string[] {
+  const query = path.search(/[?#]/);
+  const bare = query < 0 ? path : path.slice(0, query);
+  const spaces = [bare.slice(0, bare.lastIndexOf('/') + 1) || '/'];
+  if (challenge?.schemeKey !== 'digest') return spaces;
+  const domain = challenge.params.domain?.trim();
+  if (!domain) return ['/'];
+  const own = new URL(origin).origin;
+  for (const uri of domain.split(/\s+/)) {
+    try {
+      const url = new URL(uri, own);
+      if (url.origin === own && !spaces.includes(url.pathname)) spaces.push(url.pathname);
+    } catch {
+      // Not a URI: no space (T1: malformed input is skipped).
+    }
+  }
+  return spaces;
 }
 
 /**

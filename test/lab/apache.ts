@@ -94,6 +94,7 @@ export async function startApache(o: ApacheOptions): Promise<Apache> {
     'headers',
     'mime',
     'dir',
+    'setenvif',
     ...(o.proxy ? ['proxy', 'proxy_connect', 'proxy_http'] : []),
   ];
   const conf = `ServerRoot ${A}
@@ -110,7 +111,9 @@ ErrorLog ${A}/logs/error.log
 LogLevel warn auth_gssapi:debug
 # at=: when the request arrived (µs). Lines are written when a request ends, which under load is
 # not always the order they arrived in (a 401 can be logged after the retry it caused).
-LogFormat "%h \\"%r\\" %>s %{remote}p proto=%H user=%u at=%{begin:usec}t" lab
+# scheme=: the scheme of the request's Authorization (never its credentials), - without one.
+SetEnvIf Authorization "^(\\S+)" auth_scheme=$1
+LogFormat "%h \\"%r\\" %>s %{remote}p proto=%H user=%u at=%{begin:usec}t scheme=%{auth_scheme}e" lab
 CustomLog ${A}/logs/access.log lab
 KeepAliveTimeout 30
 MaxKeepAliveRequests 1000
