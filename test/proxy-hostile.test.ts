@@ -939,6 +939,25 @@ describe('forwarding proxies that close a kept-alive connection without saying s
       socket.on('data', onData);
     });
   };
+  /**
+   * Reads each new connection's first request and closes (FIN) or resets it without a byte; a
+   * connection `spare()` spares is answered 200 (as the Basic proxy lets it through) instead.
+   */
+  const dropsNew = (how: 'close' | 'reset', spare = () => false) =>
+    hostile((socket, received) => {
+      const onData = () => {
+        const all = received();
+        const end = all.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(all.slice(0, end))?.[1] ?? 0);
+        if (all.length < end + 4 + length) return;
+        socket.off('data', onData);
+        if (spare()) socket.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+        else if (how === 'close') socket.end();
+        else socket.resetAndDestroy();
+      };
+      socket.on('data', onData);
+    });
   const basic = (head: string) => /\r\nproxy-authorization: basic dTpwdw==/i.test(head);
   const ok = (version = '1.1') => `HTTP/${version} 200 OK\r\nContent-Length: 2\r\n\r\nok`;
   const basic407 = (version = '1.1') =>
@@ -1145,6 +1164,63 @@ describe('forwarding proxies that close a kept-alive connection without saying s
       ),
     );
     expect(burst).toEqual(Array(6).fill(200));
+  });
+
+  it.each([
+    {
+      how: 'close' as const,
+      method: 'GET',
+      cause: 'UND_ERR_SOCKET',
+      said: /closed a new connection .*\(an empty reply\)/,
+    },
+    {
+      how: 'close' as const,
+      method: 'POST',
+      cause: 'UND_ERR_SOCKET',
+      said: /closed a new connection .*\(an empty reply\)/,
+    },
+    { how: 'reset' as const, method: 'GET', cause: 'ECONNRESET', said: /reset a new connection .*\(ECONNRESET\)/ },
+    { how: 'reset' as const, method: 'POST', cause: 'ECONNRESET', said: /reset a new connection .*\(ECONNRESET\)/ },
+  ])(
+    'C8/H5: a forwarding proxy that reads the first request on a NEW connection and then ends it unanswered ($how): a $method is ProxyClosedError (fresh) naming the proxy, not sent again, one connection (curl 7.88: one connection, exit 52 / 56)',
+    async ({ how, method, cause: code, said }) => {
+      proxy = await dropsNew(how);
+      agent = basicAgent(proxy);
+      // Before: undici's raw SocketError "other side closed" (UND_ERR_SOCKET), or the system's ECONNRESET.
+      const err = await failure(send('/x', method === 'POST' ? { method, body: 'payload' } : { method }));
+      expect(err).toBeInstanceOf(ProxyClosedError);
+      expect(err).toMatchObject({
+        code: 'MULTILEG_PROXY_CLOSED',
+        proxy: `http://127.0.0.1:${proxy.port}`,
+        method,
+        fresh: true,
+      });
+      expect(err!.message).toMatch(said);
+      expect(err!.message).toMatch(
+        /without answering the (GET|POST) written on it, the first on it.*not sent again.*access rules/,
+      );
+      expect((err as Error & { cause: { code: string } }).cause.code).toBe(code);
+      expect(proxy.connections).toBe(1);
+      expect(requests(proxy)).toEqual([[`${method} http://origin.test/x`]]);
+    },
+  );
+
+  it('R1/C8/H5: a forwarding proxy that drops every new connection unanswered: a burst of 5 GETs ends in 5 typed ProxyClosedErrors, each GET written once, one connection each (no retry storm); once the proxy answers again the next request succeeds', async () => {
+    let dropping = true;
+    proxy = await dropsNew('close', () => !dropping);
+    agent = basicAgent(proxy);
+    const paths = ['/b0', '/b1', '/b2', '/b3', '/b4'];
+    const errors = await Promise.all(paths.map((p) => failure(send(p))));
+    for (const err of errors) expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CLOSED', fresh: true });
+    expect(proxy.connections).toBe(5);
+    expect(
+      requests(proxy)
+        .flat()
+        .map((r) => r.replace(/ \+auth$/, ''))
+        .sort(),
+    ).toEqual(paths.map((p) => `GET http://origin.test${p}`));
+    dropping = false;
+    expect(await send('/after')).toEqual({ status: 200, body: 'ok' });
   });
 
   it('C10/C8: an idempotent PUT whose one-shot stream body was read past limits.maxReplayBodyBytes is not sent again after the silent close: ProxyClosedError naming the limit, its body at the proxy once, no connection opened for it; one within the limit goes again whole', async () => {
