@@ -88,6 +88,7 @@ export class ProxyClosedError extends MultilegError {
   readonly fresh: boolean;
   /**
    * `fresh`: the connection was new (see {@link ProxyClosedError.fresh}).
+   * `goaway`: an HTTP/2 proxy's GOAWAY came first, its last-stream-id counting this stream processed.
    * `oneShot`: the request was idempotent, but its body was a one-shot stream larger than
    * `limits.maxReplayBodyBytes` (this many bytes), read once already, so it could not go again.
    * `unproved`: it was idempotent, but carried credentials (this header) not proved where they go:
@@ -100,13 +101,17 @@ export class ProxyClosedError extends MultilegError {
       cause?: unknown;
       again?: boolean;
       fresh?: boolean;
+      goaway?: boolean;
       oneShot?: number | undefined;
       unproved?: string | undefined;
     },
   ) {
     // The system's reset (curl: "Connection reset by peer") is told apart from a close without a byte.
     const reset = (options?.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET';
-    const closed = `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
+    // Over HTTP/2 the proxy's GOAWAY said which streams it processed: this one among them.
+    const closed = options?.goaway
+      ? `proxy ${proxy} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
+      : `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
     const why =
       options?.unproved !== undefined
         ? `it carried credentials (${options.unproved}) ${options.unproved === 'Authorization' ? 'the origin has not accepted yet and may have counted (the proxy may have passed it on)' : 'this proxy has not accepted yet and may have counted'}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection)`
@@ -120,7 +125,9 @@ export class ProxyClosedError extends MultilegError {
           `proxy ${proxy} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
         : options?.again
           ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
-          : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the proxy's keep-alive settings`,
+          : options?.goaway
+            ? `${closed}; not sent again, as ${why}, and check the proxy's logs`
+            : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the proxy's keep-alive settings`,
       options,
     );
     this.proxy = proxy;

@@ -588,6 +588,8 @@ export class Session {
       error: new ProxyClosedError(this.#forward.route.proxy.origin, method, {
         cause: r.error,
         again,
+        // (A stream above the GOAWAY's last-stream-id never gets here: undici queues it again, R5.)
+        goaway: this.#goaway !== undefined,
         oneShot,
         unproved,
       }),
