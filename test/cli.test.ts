@@ -1075,7 +1075,7 @@ describe('multileg command line', () => {
     );
   });
 
-  it("a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded, 56 for a CONNECT the proxy closes", async () => {
+  it("a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded (56 reset, C8), 56 for a CONNECT the proxy closes", async () => {
     const peers: Socket[] = [];
     // Reads the request, then closes (or resets) without a byte.
     const closing = createTcpServer((s) => {
@@ -1102,6 +1102,17 @@ describe('multileg command line', () => {
       // A forwarding proxy that closes is the server that gave nothing; a CONNECT cut off is curl's 56.
       const forwarded = await run(['-x', `http://${closed}`, `${plainOrigin}/hop/0`]);
       expect(forwarded.code).toBe(52);
+      // C8: the proxy named, not the origin as the server that gave nothing (curl 7.88 -x: 52, and 56 reset).
+      expect(forwarded.stderr).toMatch(
+        new RegExp(
+          `^multileg: proxy http://${closed} closed a new connection without answering the GET .*\\(MULTILEG_PROXY_CLOSED\\)\n$`,
+        ),
+      );
+      const forwardedReset = await run(['-x', `http://${reset}`, `${plainOrigin}/hop/0`]);
+      expect(forwardedReset.code).toBe(56);
+      expect(forwardedReset.stderr).toMatch(
+        /^multileg: proxy http:\/\/\S+ reset a new connection .*\(MULTILEG_PROXY_CLOSED\)\n$/,
+      );
       const tunnel = await run(['-x', `http://${closed}`, `${server.origin}/public/`]);
       expect(tunnel.code).toBe(56);
       expect(tunnel.stderr).toMatch(

@@ -10,10 +10,12 @@ import {
   createSecureServer as createHttp2SecureServer,
   type Http2ServerRequest,
   type Http2ServerResponse,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
 } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
-import { fetch, request } from 'undici';
+import { type Dispatcher, fetch, request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   KerberosNoTicketError,
@@ -939,6 +941,25 @@ describe('forwarding proxies that close a kept-alive connection without saying s
       socket.on('data', onData);
     });
   };
+  /**
+   * Reads each new connection's first request and closes (FIN) or resets it without a byte; a
+   * connection `spare()` spares is answered 200 (as the Basic proxy lets it through) instead.
+   */
+  const dropsNew = (how: 'close' | 'reset', spare = () => false) =>
+    hostile((socket, received) => {
+      const onData = () => {
+        const all = received();
+        const end = all.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(all.slice(0, end))?.[1] ?? 0);
+        if (all.length < end + 4 + length) return;
+        socket.off('data', onData);
+        if (spare()) socket.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+        else if (how === 'close') socket.end();
+        else socket.resetAndDestroy();
+      };
+      socket.on('data', onData);
+    });
   const basic = (head: string) => /\r\nproxy-authorization: basic dTpwdw==/i.test(head);
   const ok = (version = '1.1') => `HTTP/${version} 200 OK\r\nContent-Length: 2\r\n\r\nok`;
   const basic407 = (version = '1.1') =>
@@ -1147,6 +1168,63 @@ describe('forwarding proxies that close a kept-alive connection without saying s
     expect(burst).toEqual(Array(6).fill(200));
   });
 
+  it.each([
+    {
+      how: 'close' as const,
+      method: 'GET',
+      cause: 'UND_ERR_SOCKET',
+      said: /closed a new connection .*\(an empty reply\)/,
+    },
+    {
+      how: 'close' as const,
+      method: 'POST',
+      cause: 'UND_ERR_SOCKET',
+      said: /closed a new connection .*\(an empty reply\)/,
+    },
+    { how: 'reset' as const, method: 'GET', cause: 'ECONNRESET', said: /reset a new connection .*\(ECONNRESET\)/ },
+    { how: 'reset' as const, method: 'POST', cause: 'ECONNRESET', said: /reset a new connection .*\(ECONNRESET\)/ },
+  ])(
+    'C8/H5: a forwarding proxy that reads the first request on a NEW connection and then ends it unanswered ($how): a $method is ProxyClosedError (fresh) naming the proxy, not sent again, one connection (curl 7.88: one connection, exit 52 / 56)',
+    async ({ how, method, cause: code, said }) => {
+      proxy = await dropsNew(how);
+      agent = basicAgent(proxy);
+      // Before: undici's raw SocketError "other side closed" (UND_ERR_SOCKET), or the system's ECONNRESET.
+      const err = await failure(send('/x', method === 'POST' ? { method, body: 'payload' } : { method }));
+      expect(err).toBeInstanceOf(ProxyClosedError);
+      expect(err).toMatchObject({
+        code: 'MULTILEG_PROXY_CLOSED',
+        proxy: `http://127.0.0.1:${proxy.port}`,
+        method,
+        fresh: true,
+      });
+      expect(err!.message).toMatch(said);
+      expect(err!.message).toMatch(
+        /without answering the (GET|POST) written on it, the first on it.*not sent again.*access rules/,
+      );
+      expect((err as Error & { cause: { code: string } }).cause.code).toBe(code);
+      expect(proxy.connections).toBe(1);
+      expect(requests(proxy)).toEqual([[`${method} http://origin.test/x`]]);
+    },
+  );
+
+  it('R1/C8/H5: a forwarding proxy that drops every new connection unanswered: a burst of 5 GETs ends in 5 typed ProxyClosedErrors, each GET written once, one connection each (no retry storm); once the proxy answers again the next request succeeds', async () => {
+    let dropping = true;
+    proxy = await dropsNew('close', () => !dropping);
+    agent = basicAgent(proxy);
+    const paths = ['/b0', '/b1', '/b2', '/b3', '/b4'];
+    const errors = await Promise.all(paths.map((p) => failure(send(p))));
+    for (const err of errors) expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CLOSED', fresh: true });
+    expect(proxy.connections).toBe(5);
+    expect(
+      requests(proxy)
+        .flat()
+        .map((r) => r.replace(/ \+auth$/, ''))
+        .sort(),
+    ).toEqual(paths.map((p) => `GET http://origin.test${p}`));
+    dropping = false;
+    expect(await send('/after')).toEqual({ status: 200, body: 'ok' });
+  });
+
   it('C10/C8: an idempotent PUT whose one-shot stream body was read past limits.maxReplayBodyBytes is not sent again after the silent close: ProxyClosedError naming the limit, its body at the proxy once, no connection opened for it; one within the limit goes again whole', async () => {
     const { Readable } = await import('node:stream');
     const put = (size: number) =>
@@ -1175,5 +1253,96 @@ describe('forwarding proxies that close a kept-alive connection without saying s
     expect((await send('/b')).status).toBe(200);
     expect(await put(10)).toEqual({ status: 200, body: 'ok' });
     expect(bodies(proxy).slice(1)).toEqual([['x'.repeat(10)], ['x'.repeat(10)]]);
+  });
+});
+
+describe("an HTTP/2 forwarding proxy's GOAWAY (H5, R5, C8)", () => {
+  let h2: { port: number; seen: string[]; close(): Promise<void> } | undefined;
+  afterEach(async () => {
+    await h2?.close();
+    h2 = undefined;
+  });
+
+  /**
+   * An https:// forwarding proxy speaking HTTP/2 (node:http2). Its first connection answers `/warm`
+   * (the session's probe), holds `/hold`, and at the POST's end sends GOAWAY(NO_ERROR) whose
+   * last-stream-id is the held stream's (`below`: the POST not processed) or the POST's own (then
+   * it closes the connection 50 ms later, the POST unanswered); later connections answer 200.
+   * `seen`: connection:stream:method path body, in order.
+   */
+  const goawayProxy = async (lastStream: 'below' | 'post') => {
+    const seen: string[] = [];
+    const sessions = new Set<ServerHttp2Session>();
+    const server = createHttp2SecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+    let hold: ServerHttp2Stream | undefined;
+    server.on('session', (s) => {
+      sessions.add(s);
+      s.on('error', () => {});
+    });
+    server.on('stream', (stream, headers) => {
+      const session = stream.session as ServerHttp2Session;
+      const connection = [...sessions].indexOf(session);
+      let body = '';
+      stream.on('error', () => {});
+      stream.on('data', (d: Buffer) => {
+        body += d.toString();
+      });
+      stream.on('end', () => {
+        const path = String(headers[':path']);
+        seen.push(`${connection}:${stream.id}:${headers[':method']} ${path} ${body}`);
+        if (connection > 0 || path === '/warm') {
+          stream.respond({ ':status': 200 });
+          return void stream.end('ok');
+        }
+        if (path === '/hold') {
+          hold = stream;
+          return;
+        }
+        session.goaway(0, lastStream === 'below' ? hold!.id : stream.id);
+        hold!.respond({ ':status': 200 });
+        hold!.end('held');
+        if (lastStream === 'post') setTimeout(() => session.destroy(), 50);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    h2 = {
+      port,
+      seen,
+      close: () => {
+        for (const s of sessions) s.destroy();
+        return new Promise<void>((r) => server.close(() => r()));
+      },
+    };
+    agent = new MultilegAgent({ proxy: { uri: `https://127.0.0.1:${port}`, connect: { ca: CA_CERT } } });
+    const text = (p: Promise<Dispatcher.ResponseData>) =>
+      p.then(
+        async (r) => `${r.statusCode} ${await r.body.text()}`,
+        (e: Error) => e,
+      );
+    expect(await text(request('http://origin.test/warm', { dispatcher: agent }))).toBe('200 ok');
+    const held = text(request('http://origin.test/hold', { dispatcher: agent }));
+    for (let i = 0; !hold && i < 400; i++) await new Promise((r) => setTimeout(r, 5));
+    const post = text(request('http://origin.test/post', { dispatcher: agent, method: 'POST', body: 'payload' }));
+    return { held: await held, post: await post, seen };
+  };
+
+  it("R5/H5/C8: a GOAWAY whose last-stream-id is below a POST's stream: the POST was not processed (RFC 9113 §6.8) and goes once more, on a new connection: 200; the stream below it is answered on the old one", async () => {
+    const { held, post, seen } = await goawayProxy('below');
+    expect(held).toBe('200 held');
+    expect(post).toBe('200 ok');
+    expect(seen).toEqual(['0:1:GET /warm ', '0:3:GET /hold ', '0:5:POST /post payload', '1:1:POST /post payload']);
+  });
+
+  it('C8/H5: a GOAWAY counting the POST processed, then the connection closed under it unanswered: ProxyClosedError saying the GOAWAY counted it processed, not sent again', async () => {
+    const { held, post, seen } = await goawayProxy('post');
+    expect(held).toBe('200 held');
+    expect(post).toBeInstanceOf(ProxyClosedError);
+    expect(post).toMatchObject({ code: 'MULTILEG_PROXY_CLOSED', method: 'POST', fresh: false });
+    // Before: "closed its kept-alive connection ... and did not say it would (no Connection: close)".
+    expect((post as Error).message).toMatch(
+      /closed its HTTP\/2 connection without answering the POST written on it, which its GOAWAY counted as processed \(last-stream-id, RFC 9113 §6\.8\); not sent again/,
+    );
+    expect(seen).toEqual(['0:1:GET /warm ', '0:3:GET /hold ', '0:5:POST /post payload']);
   });
 });

@@ -209,9 +209,12 @@ export function describeFailure(
               : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted").
                 e instanceof ProxyProtocolError
                 ? EXIT.receive
-                : // curl's 52, "Empty reply from server": the proxy closed without a byte of an answer.
+                : // curl's 52, "Empty reply from server": the proxy closed without a byte of an answer;
+                  // reset, curl 7.88's 56 ("Recv failure: Connection reset by peer"), as for a server.
                   e instanceof ProxyClosedError
-                  ? EXIT.emptyReply
+                  ? (e.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET'
+                    ? EXIT.receive
+                    : EXIT.emptyReply
                   : EXIT.failure;
     return {
       exit,

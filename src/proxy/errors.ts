@@ -72,8 +72,10 @@ export class ProxyProtocolError extends MultilegError {
 }
 
 /**
- * A forwarding proxy closed its kept-alive connection after a request was written on it, before
- * any answer to it, and the request is not idempotent (undici's rule: GET and HEAD, or the dispatch
+ * A forwarding proxy closed a new connection (`fresh`) after the first request was written on it,
+ * before any answer (curl's 52, "Empty reply from server"): not sent again, idempotent or not, as
+ * that is the proxy refusing or failing it, not an idle close. Or it closed its kept-alive
+ * connection after a request was written on it, before any answer to it, and the request is not idempotent (undici's rule: GET and HEAD, or the dispatch
  * option `idempotent`): it is not sent again, since the proxy may have read it and passed it on
  * before it closed (RFC 9110 §9.2.2); nor is an idempotent one a second time, nor one whose one-shot
  * body cannot be written again (C10), nor one carrying credentials not proved at the proxy (R4).
@@ -82,7 +84,11 @@ export class ProxyProtocolError extends MultilegError {
 export class ProxyClosedError extends MultilegError {
   readonly proxy: string;
   readonly method: string;
+  /** The connection was new: the proxy answered nothing on it, this request its first. */
+  readonly fresh: boolean;
   /**
+   * `fresh`: the connection was new (see {@link ProxyClosedError.fresh}).
+   * `goaway`: an HTTP/2 proxy's GOAWAY came first, its last-stream-id counting this stream processed.
    * `oneShot`: the request was idempotent, but its body was a one-shot stream larger than
    * `limits.maxReplayBodyBytes` (this many bytes), read once already, so it could not go again.
    * `unproved`: it was idempotent, but carried credentials (this header) not proved where they go:
@@ -91,9 +97,21 @@ export class ProxyClosedError extends MultilegError {
   constructor(
     proxy: string,
     method: string,
-    options?: { cause?: unknown; again?: boolean; oneShot?: number | undefined; unproved?: string | undefined },
+    options?: {
+      cause?: unknown;
+      again?: boolean;
+      fresh?: boolean;
+      goaway?: boolean;
+      oneShot?: number | undefined;
+      unproved?: string | undefined;
+    },
   ) {
-    const closed = `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
+    // The system's reset (curl: "Connection reset by peer") is told apart from a close without a byte.
+    const reset = (options?.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET';
+    // Over HTTP/2 the proxy's GOAWAY said which streams it processed: this one among them.
+    const closed = options?.goaway
+      ? `proxy ${proxy} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
+      : `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
     const why =
       options?.unproved !== undefined
         ? `it carried credentials (${options.unproved}) ${options.unproved === 'Authorization' ? 'the origin has not accepted yet and may have counted (the proxy may have passed it on)' : 'this proxy has not accepted yet and may have counted'}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection)`
@@ -102,13 +120,19 @@ export class ProxyClosedError extends MultilegError {
           : 'the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true)';
     super(
       'MULTILEG_PROXY_CLOSED',
-      options?.again
-        ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
-        : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the proxy's keep-alive settings`,
+      options?.fresh
+        ? // A proxy that drops a new connection under its first request would drop the next one too.
+          `proxy ${proxy} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
+        : options?.again
+          ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
+          : options?.goaway
+            ? `${closed}; not sent again, as ${why}, and check the proxy's logs`
+            : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the proxy's keep-alive settings`,
       options,
     );
     this.proxy = proxy;
     this.method = method;
+    this.fresh = options?.fresh === true;
   }
 }
 

@@ -555,23 +555,25 @@ export class Session {
    * it goes to a new connection, as curl's "Connection died, retrying a fresh connect" does; any
    * other is {@link ProxyClosedError}, never sent twice (nor a third time), as is an idempotent one
    * whose one-shot body was read past limits.maxReplayBodyBytes (C10), and one whose credentials
-   * the proxy may have counted unanswered (R4: {@link #unprovedSecret}). On a connection that
-   * had not answered anything yet, the proxy's failure is the caller's as it came.
+   * the proxy may have counted unanswered (R4: {@link #unprovedSecret}). On a new connection
+   * (nothing answered on it yet) the close is no idle timeout but the proxy refusing or failing the
+   * request: {@link ProxyClosedError} (`fresh`) at once, idempotent or not — curl 7.88 says "Empty
+   * reply from server" on its one connection, and a new connection would only meet the same, a
+   * connection per attempt against a proxy that drops every one.
    */
   #unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap): LegResult {
     const code = (r.error as { code?: unknown }).code;
     const again = job.resentAfterClose;
-    // (A fresh connection closed unanswered is the proxy's failure, not an idle close: as it came,
-    // unless this request was sent again for such a close already.)
-    if (
-      !this.#forward ||
-      (answered === 0 && !again) ||
-      !(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')
-    )
-      return r;
+    if (!this.#forward || !(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
     log.session('%s proxy closed the connection under a written leg (%s): closing', this.id, code);
     this.apply({ type: 'closed' });
     const { method, idempotent } = job.dispatchOptions;
+    // (A request sent again for an idle close already says so, whatever connection failed it now.)
+    if (answered === 0 && !again)
+      return {
+        kind: 'failed',
+        error: new ProxyClosedError(this.#forward.route.proxy.origin, method, { cause: r.error, fresh: true }),
+      };
     const resend = !again && (idempotent ?? (method === 'GET' || method === 'HEAD'));
     // C10: a one-shot body read past limits.maxReplayBodyBytes cannot go again: said here, with the
     // proxy's close as its cause, rather than after a new connection opened for nothing.
@@ -586,6 +588,8 @@ export class Session {
       error: new ProxyClosedError(this.#forward.route.proxy.origin, method, {
         cause: r.error,
         again,
+        // (A stream above the GOAWAY's last-stream-id never gets here: undici queues it again, R5.)
+        goaway: this.#goaway !== undefined,
         oneShot,
         unproved,
       }),
