@@ -212,7 +212,7 @@ export function describeFailure(
                 : // curl's 52, "Empty reply from server": the proxy closed without a byte of an answer;
                   // reset, curl 7.88's 56 ("Recv failure: Connection reset by peer"), as for a server.
                   e instanceof ProxyClosedError
-                  ? (e.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET'
+                  ? e.reset
                     ? EXIT.receive
                     : EXIT.emptyReply
                   : EXIT.failure;

@@ -72,13 +72,13 @@ export class ProxyProtocolError extends MultilegError {
 }
 
 /**
- * A forwarding proxy closed a new connection (`fresh`) after the first request was written on it,
- * before any answer (curl's 52, "Empty reply from server"): not sent again, idempotent or not, as
- * that is the proxy refusing or failing it, not an idle close. Or it closed its kept-alive
- * connection after a request was written on it, before any answer to it, and the request is not idempotent (undici's rule: GET and HEAD, or the dispatch
- * option `idempotent`): it is not sent again, since the proxy may have read it and passed it on
- * before it closed (RFC 9110 §9.2.2); nor is an idempotent one a second time, nor one whose one-shot
- * body cannot be written again (C10), nor one carrying credentials not proved at the proxy (R4).
+ * A forwarding proxy closed a connection after a request was written on it, before any answer to it.
+ * On a new connection (`fresh`, curl's 52 "Empty reply from server") the request is not sent again,
+ * idempotent or not: that is the proxy refusing or failing it, not an idle close. On a kept-alive
+ * one, a request that is not idempotent (undici's rule: GET and HEAD, or the dispatch option
+ * `idempotent`) is not sent again, since the proxy may have read it and passed it on before it
+ * closed (RFC 9110 §9.2.2); nor is an idempotent one a second time, nor one whose one-shot body
+ * cannot be written again (C10), nor one carrying credentials not proved at the proxy (R4).
  * undici's own error is `cause`.
  */
 export class ProxyClosedError extends MultilegError {
@@ -86,6 +86,8 @@ export class ProxyClosedError extends MultilegError {
   readonly method: string;
   /** The connection was new: the proxy answered nothing on it, this request its first. */
   readonly fresh: boolean;
+  /** The proxy reset the connection (ECONNRESET; curl: "Connection reset by peer") rather than closing it. */
+  readonly reset: boolean;
   /**
    * `fresh`: the connection was new (see {@link ProxyClosedError.fresh}).
    * `goaway`: an HTTP/2 proxy's GOAWAY came first, its last-stream-id counting this stream processed.
@@ -106,7 +108,6 @@ export class ProxyClosedError extends MultilegError {
       unproved?: string | undefined;
     },
   ) {
-    // The system's reset (curl: "Connection reset by peer") is told apart from a close without a byte.
     const reset = (options?.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET';
     // Over HTTP/2 the proxy's GOAWAY said which streams it processed: this one among them.
     const closed = options?.goaway
@@ -133,6 +134,7 @@ export class ProxyClosedError extends MultilegError {
     this.proxy = proxy;
     this.method = method;
     this.fresh = options?.fresh === true;
+    this.reset = reset;
   }
 }
 
