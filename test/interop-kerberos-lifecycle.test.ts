@@ -3,6 +3,7 @@
  * mod_auth_gssapi: the ticket goes away and comes back (kdestroy / kinit in the same ccache) while
  * the agent keeps serving requests. Measured trial: docs/RELIABILITY.md "Kerberos over days".
  */
+import { chmod, copyFile, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +13,12 @@ import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gss-binding');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Statuses of the wire requests Apache logged for `path` after the first `from` lines. */
+async function wire(accessLog: string, path: string, from: number): Promise<string[]> {
+  const lines = (await readFile(accessLog, 'utf8')).split('\n').filter((l) => l.includes(` ${path} `));
+  return lines.slice(from).map((l) => / (\d{3}) /.exec(l)?.[1] ?? '?');
+}
 
 /** The `code` of what fetch rejected with (its cause), or the status and user it answered with. */
 async function outcome(url: string, agent: MultilegAgent): Promise<string> {
@@ -40,6 +47,17 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
     await lab?.stop();
   });
 
+  /** A new key for HTTP/localhost in the KDC; `toApache`: Apache's keytab gets only it (atomically, as an admin would). */
+  async function rotateServerKey(toApache: boolean): Promise<void> {
+    const realm = lab.realm!;
+    const fresh = join(lab.dir, `rotated-${Date.now()}.keytab`);
+    await realm.kadmin(`ktadd -k ${fresh} HTTP/localhost@EXAMPLE.TEST`);
+    if (!toApache) return;
+    await copyFile(fresh, `${realm.keytab}.new`);
+    await chmod(`${realm.keytab}.new`, 0o644);
+    await rename(`${realm.keytab}.new`, realm.keytab);
+  }
+
   for (const h2 of [true, false]) {
     it(`R4: a kinit after "no ticket" is used within TICKET_RECHECK_MS, not after 30 s (${h2 ? 'HTTP/2' : 'HTTP/1.1'})`, async () => {
       const a = lab.apache!;
@@ -58,4 +76,45 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
       }
     });
   }
+
+  it('M2/R4: the server key rotated (old kvno gone from its keytab): the cached ticket is refused once, dropped, and the request succeeds with a fresh one', async () => {
+    const a = lab.apache!;
+    await lab.realm!.kinit({ ccache });
+    const agent = new MultilegAgent({ connect: { ca: a.ca } });
+    try {
+      expect(await outcome(`${a.origin}/protected/`, agent)).toBe('200 alice@EXAMPLE.TEST');
+      await rotateServerKey(true);
+      const from = (await wire(a.accessLog, '/protected/', 0)).length;
+      // Was: a 401 for every request until the cached ticket expired (10 h here); curl does the same.
+      expect(await outcome(`${a.origin}/protected/`, agent)).toBe('200 alice@EXAMPLE.TEST');
+      expect(await outcome(`${a.origin}/protected/`, agent)).toBe('200 alice@EXAMPLE.TEST');
+      // The refused AP-REQ, the fresh one, then the next request's one: no more.
+      expect(await wire(a.accessLog, '/protected/', from)).toEqual(['401', '200', '200']);
+      // The fresh ticket is in the cache for everyone (curl included), not in a private copy.
+      const klist = await run('/usr/bin/klist', [], { env: { ...lab.realm!.toolEnv, KRB5CCNAME: ccache } });
+      expect(klist.stdout).toContain('HTTP/localhost@EXAMPLE.TEST');
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('R4: a server whose keytab lags the KDC refuses the fresh ticket too: one retry, then its 401, with no loop and no ticket dropped again', async () => {
+    const a = lab.apache!;
+    await lab.realm!.kinit({ ccache });
+    const agent = new MultilegAgent({ connect: { ca: a.ca } });
+    try {
+      expect(await outcome(`${a.origin}/protected/`, agent)).toBe('200 alice@EXAMPLE.TEST');
+      await rotateServerKey(true);
+      await rotateServerKey(false); // the KDC moves on; Apache keeps the previous key
+      const from = (await wire(a.accessLog, '/protected/', 0)).length;
+      expect(await outcome(`${a.origin}/protected/`, agent)).toBe('401 ');
+      expect(await outcome(`${a.origin}/protected/`, agent)).toBe('401 ');
+      // First request: the cached ticket refused, the fresh one refused (delivered). Then the
+      // refusal is remembered (R4): the second goes without credentials.
+      expect(await wire(a.accessLog, '/protected/', from)).toEqual(['401', '401', '401']);
+    } finally {
+      await rotateServerKey(true); // the admin fixes Apache's keytab
+      await agent.close();
+    }
+  });
 });
