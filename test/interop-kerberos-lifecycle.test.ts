@@ -117,4 +117,33 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
       await agent.close();
     }
   });
+
+  it('S6: the ccache switched to another principal (kdestroy; kinit bob): once a new session authenticates as bob, no request runs as alice on the sessions she authenticated', async () => {
+    const a = lab.apache!;
+    const realm = lab.realm!;
+    await realm.kadmin('addprinc -pw bobpw bob@EXAMPLE.TEST');
+    await realm.kinit({ ccache });
+    // Session mode over HTTP/1.1 (Apache keeps the context on the connection, Persistent-Auth: true).
+    const agent = new MultilegAgent({ connect: { ca: a.ca }, allowH2: false });
+    const url = `${a.origin}/krb-session/`;
+    const burst = (n: number) => Promise.all(Array.from({ length: n }, () => outcome(url, agent)));
+    try {
+      expect(await outcome(url, agent)).toBe('200 alice@EXAMPLE.TEST');
+      expect(new Set(await burst(6))).toEqual(new Set(['200 alice@EXAMPLE.TEST']));
+      const alices = agent.sessions().length;
+      expect(alices).toBeGreaterThan(1);
+      await run('/usr/bin/kdestroy', [], { env: { ...realm.toolEnv, KRB5CCNAME: ccache } });
+      await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+      // Wider than alice's sessions: new connections authenticate, as bob.
+      const during = await burst(alices + 4);
+      expect(during).toContain('200 bob@EXAMPLE.TEST');
+      // From then on bob only (was: alice's kept-alive connections went on serving as alice,
+      // for as long as the server kept them open).
+      const after: string[] = [];
+      for (let i = 0; i < 3; i++) after.push(...(await burst(alices + 4)));
+      expect(new Set(after)).toEqual(new Set(['200 bob@EXAMPLE.TEST']));
+    } finally {
+      await agent.close();
+    }
+  });
 });
