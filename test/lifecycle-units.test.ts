@@ -16,6 +16,7 @@ import { type PreparedBody, prepareBody } from '../src/body/replayable.ts';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
 import { QueueTimeoutError } from '../src/index.ts';
+import { KerberosTicketExpiredError, KerberosUnknownServiceError } from '../src/mechanisms/negotiate/errors.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyAuth } from '../src/proxy/auth.ts';
 import { ProxyLead } from '../src/proxy/lead.ts';
@@ -30,7 +31,7 @@ import {
   Ticket,
 } from '../src/session/credential-proof.ts';
 import { type Job, newJob } from '../src/session/job.ts';
-import { OriginMemory, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
+import { OriginMemory, TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
 import { WaitQueue } from '../src/session/wait-queue.ts';
@@ -421,6 +422,22 @@ describe('origin memory and session state', () => {
     expect(memory.unusable()).toHaveLength(1);
     vi.advanceTimersByTime(1);
     expect(memory.unusable()).toEqual([]);
+    expect(memory.unusable()).toEqual([]);
+  });
+
+  it('R4: a missing or expired Kerberos ticket is remembered for TICKET_RECHECK_MS only (a kinit mends it); an unknown SPN for UNUSABLE_MEMORY_MS', () => {
+    vi.useFakeTimers();
+    const memory = new OriginMemory(60_000);
+    memory.markUnusable('negotiate', new KerberosTicketExpiredError('Ticket expired'));
+    vi.advanceTimersByTime(TICKET_RECHECK_MS - 1);
+    expect(memory.unusable()).toHaveLength(1);
+    vi.advanceTimersByTime(1);
+    expect(memory.unusable()).toEqual([]);
+    // Not mended by a kinit: asked again no sooner than before.
+    memory.markUnusable('negotiate', new KerberosUnknownServiceError('not found', 'HTTP@x'));
+    vi.advanceTimersByTime(UNUSABLE_MEMORY_MS - 1);
+    expect(memory.unusable()).toHaveLength(1);
+    vi.advanceTimersByTime(1);
     expect(memory.unusable()).toEqual([]);
   });
 

@@ -419,6 +419,12 @@ class Handshake {
       this.#nextRead = true;
       // A token asks for the next leg, unless it is the server's refusal (an SPNEGO reject).
       if (next?.token68 !== undefined && !context.complete && !context.rejects?.(next)) return 'swallow';
+      // Refused credentials that the mechanism has renewed since (a ticket under a rotated key):
+      // the request runs its handshake again with the new ones; the mechanism says so once (R4).
+      if (next?.token68 !== undefined && context.renewed) {
+        this.#refused = true;
+        return 'swallow';
+      }
       if (legs === 1 && this.#release !== undefined && next && input.contextRefused?.()) {
         this.#refused = true;
         return 'swallow';

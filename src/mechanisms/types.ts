@@ -75,6 +75,13 @@ export interface MechanismContext {
    * Absent: a token always asks for a next leg.
    */
   rejects?(challenge: Challenge): boolean;
+  /**
+   * Read after {@link rejects} said yes: the refusal was of credentials the mechanism has renewed
+   * since (Negotiate: a Kerberos ticket sealed with a server key that was rotated, now dropped from
+   * the cache), so the request runs its handshake once more, with the new ones, instead of getting
+   * the 401. The mechanism bounds it (R4): a context made after the renewal never says so.
+   */
+  readonly renewed?: boolean;
   /** Who authenticated, for reporting only (never a secret). */
   readonly identity?: string;
   /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */

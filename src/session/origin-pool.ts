@@ -133,8 +133,30 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       limits: options.limits,
       deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
-      report,
+      report: (r) => {
+        if (r.outcome === 'session' && r.identity !== undefined) this.#identityProved(r.identity, r.sessionId);
+        report(r);
+      },
     };
+  }
+
+  /**
+   * A session authenticated as `identity` (S6): the agent's sessions authenticated as someone else
+   * retire, as after setCredentials. Ambient Kerberos follows the default ccache, which a
+   * `kdestroy; kinit bob` switches under a running process: new sessions are bob's, and alice's
+   * kept-alive ones would otherwise go on serving the agent's requests as alice for as long as the
+   * server keeps them open. (A session that never handshakes again cannot notice the switch.)
+   */
+  #identityProved(identity: string, sessionId: string): void {
+    let retired = 0;
+    for (const s of [...this.#sessions]) {
+      const state = s.state;
+      if (s.id === sessionId || s.identity !== 'agent' || state.kind !== 'authenticated') continue;
+      if (state.identity === undefined || state.identity === identity) continue;
+      s.apply({ type: 'closed' });
+      retired += 1;
+    }
+    if (retired > 0) log.pool('%s now authenticates as another identity: %d session(s) retire', this.origin, retired);
   }
 
   get sessionsCreated(): number {

@@ -38,7 +38,16 @@ export interface Apache {
   stop(): Promise<void>;
 }
 
-export const APACHE_LOCATIONS = ['protected', 'ntlm', 'spnego2', 'basic', 'digest', 'digest-once', 'public'] as const;
+export const APACHE_LOCATIONS = [
+  'protected',
+  'ntlm',
+  'spnego2',
+  'basic',
+  'digest',
+  'digest-once',
+  'public',
+  'krb-session',
+] as const;
 export const BASIC_USER = { username: 'alice', password: 'alicepw' } as const;
 export const DIGEST_REALM = 'digest-realm';
 
@@ -146,6 +155,17 @@ Header always set X-Protocol "expr=%{SERVER_PROTOCOL}"
     GssapiCredStore keytab:${o.keytab}
     GssapiAllowedMech krb5
     GssapiPublishMech On
+    Require valid-user
+</Location>
+# Kerberos, session mode (Persistent-Auth: true): the HTTP/1.1 connection stays authenticated
+<Location /krb-session>
+    AuthType GSSAPI
+    AuthName "GSSAPI Kerberos session"
+    GssapiCredStore keytab:${o.keytab}
+    GssapiAllowedMech krb5
+    GssapiConnectionBound On
+    GssapiPublishMech On
+    Header always set Persistent-Auth true "expr=%{REQUEST_STATUS} == 200"
     Require valid-user
 </Location>
 # NTLM via gss-ntlmssp, multi-leg, HTTP/1.1 only in practice

@@ -25,6 +25,8 @@ import {
   takeBuffer,
 } from './ffi.ts';
 
+import { dropServiceTicket } from './krb5.ts';
+
 export { GssapiUnavailableError, gssLibraryName, loadGssFunctions } from './ffi.ts';
 
 /** `GSS_C_CHANNEL_BOUND_FLAG` (gssapi_ext.h): set by an acceptor that verified the bindings. */
@@ -521,6 +523,27 @@ export class GssClient {
     this.#complete = (major & GSS_S_CONTINUE_NEEDED) === 0;
     if (this.#complete) this.dispose();
     return token.length ? token.toString('base64') : null;
+  }
+
+  /**
+   * The server refused this context's ticket as sealed with a key it no longer has (its key was
+   * rotated): drops that service ticket from the credential's cache, and what this client's owner
+   * keeps on it (the credential, a context made ahead with the same ticket), so that the next
+   * context asks the KDC for a ticket under the new key. True when a ticket was dropped.
+   */
+  forgetServiceTicket(): boolean {
+    const service = this.#h.target ? kerberosName(this.#g, this.#h.target) : '';
+    if (!service || !this.username) return false;
+    this.#credCache?.drop();
+    return dropServiceTicket(
+      this.#g,
+      {
+        client: this.username,
+        ...(this.#o.ccache ? { ccache: this.#o.ccache } : {}),
+        ...(this.#o.principal ? { principal: this.#o.principal } : {}),
+      },
+      service,
+    );
   }
 
   /** Frees the GSS handles now (also done when the context completes or fails, and on garbage collection). */

@@ -25,6 +25,11 @@ export interface KerberosClientLike {
   step(challenge: string): Promise<string | null>;
   readonly username: string;
   readonly contextComplete: boolean;
+  /**
+   * Drops this context's service ticket from its cache (the GSS-API binding only; the addon cannot):
+   * the server refused it as sealed with a key it no longer has. True when one was dropped.
+   */
+  forgetServiceTicket?(): boolean;
 }
 
 export interface KerberosModuleLike {

@@ -83,6 +83,9 @@ export class NegotiateContext implements MechanismContext {
   #steppedOn = false;
   /** GSS-API's own SPNEGO is known to run NTLMSSP (gss-ntlmssp, SSPI), not Kerberos. */
   #systemNtlm = false;
+  /** The refused-ticket drops there had been when this context made its first token. */
+  #ticketEpoch = 0;
+  #renewed = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -98,9 +101,40 @@ export class NegotiateContext implements MechanismContext {
     return this.#firstLegCompletes;
   }
 
-  /** An SPNEGO reject (Kerberos inside SPNEGO, or NTLM inside it): the server's final refusal. */
+  /**
+   * An SPNEGO reject (Kerberos inside SPNEGO, or NTLM inside it): the server's final refusal. One
+   * that says our ticket is sealed with a key the server no longer has (its key was rotated) also
+   * drops that ticket from the cache, so that the next handshake gets one under the new key from
+   * the KDC instead of being refused until the ticket expires (hours) — at most once per SPN per
+   * STALE_TICKET_MEMORY_MS, so a server whose keytab is wrong costs the KDC no storm (R4).
+   */
   rejects(challenge: Challenge): boolean {
-    return challenge.token68 !== undefined && isNegTokenReject(challenge.token68);
+    if (challenge.token68 === undefined || !isNegTokenReject(challenge.token68)) return false;
+    const client = this.#client;
+    if (client?.forgetServiceTicket && this.#state === 'sent' && staleKeyError(challenge.token68) !== undefined) {
+      const memory = this.#memory;
+      memory.staleTickets ??= new Map();
+      const drops = memory.staleTickets;
+      const last = drops.get(this.#spn);
+      const now = Date.now();
+      if (last === undefined || now >= last.until) {
+        if (client.forgetServiceTicket()) {
+          memory.ticketEpoch = (memory.ticketEpoch ?? 0) + 1;
+          this.#renewed = true;
+        }
+        drops.set(this.#spn, { epoch: memory.ticketEpoch ?? 0, until: now + STALE_TICKET_MEMORY_MS });
+        log.handshake('Negotiate: %s refused a ticket under an old key; dropped: %s', this.#spn, this.#renewed);
+      } else {
+        // Another request dropped it meanwhile: ours was the old ticket too (made before that drop).
+        this.#renewed = this.#ticketEpoch < last.epoch;
+      }
+    }
+    return true;
+  }
+
+  /** The server refused this context's ticket, which has been dropped since: run once more (R4: once). */
+  get renewed(): boolean {
+    return this.#renewed;
   }
 
   get identity(): string | undefined {
@@ -177,6 +211,7 @@ export class NegotiateContext implements MechanismContext {
     this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
     this.#memory.creds ??= new CredCache();
+    this.#ticketEpoch = this.#memory.ticketEpoch ?? 0;
     this.#client = await backend.initializeClient(this.#spn, {
       mech: o.mech ?? 'spnego',
       flags: negotiateFlags(o),
@@ -342,6 +377,54 @@ export function carriesKerberosApReq(base64: string): boolean {
     return init.mechToken !== undefined && (first === OID_KRB5 || first === OID_MS_KRB5);
   } catch {
     return false;
+  }
+}
+
+/** How long after dropping a refused service ticket another refusal for that SPN drops none (R4). */
+export const STALE_TICKET_MEMORY_MS = 30_000;
+
+/**
+ * KRB-ERROR codes (RFC 4120 §7.5.9) that say the ticket is sealed with a key the server lacks:
+ * KRB_AP_ERR_MODIFIED (41: same kvno, other key), KRB_AP_ERR_BADKEYVER (44), KRB_AP_ERR_NOKEY (45).
+ */
+const STALE_KEY_ERRORS: ReadonlySet<number> = new Set([41, 44, 45]);
+
+/**
+ * The KRB-ERROR code in a server's refusal (base64: an SPNEGO negTokenResp whose responseToken is
+ * a Kerberos GSS token, RFC 4121 §4.1, TOK_ID 03 00), when it is one of {@link STALE_KEY_ERRORS}.
+ */
+export function staleKeyError(base64: string): number | undefined {
+  try {
+    let der: Buffer = Buffer.from(base64, 'base64');
+    if (der[0] === 0xa1) {
+      const inner = decodeNegTokenResp(der).responseToken;
+      if (!inner) return undefined;
+      der = inner;
+    }
+    if (der[0] !== 0x60) return undefined;
+    const body = readTlv(der).content;
+    const oid = readTlv(body);
+    const mech = oid.tag === 0x06 ? decodeOidContent(oid.content) : '';
+    if ((mech !== OID_KRB5 && mech !== OID_MS_KRB5) || body[oid.end] !== 0x03 || body[oid.end + 1] !== 0x00) {
+      return undefined;
+    }
+    const krbError = readTlv(body, oid.end + 2);
+    if (krbError.tag !== 0x7e) return undefined;
+    const seq = readTlv(krbError.content);
+    if (seq.tag !== 0x30) return undefined;
+    for (let at = 0; at < seq.content.length; ) {
+      const field = readTlv(seq.content, at);
+      if (field.tag === 0xa6) {
+        const int = readTlv(field.content);
+        if (int.tag !== 0x02 || int.content.length === 0 || int.content.length > 4) return undefined;
+        const code = int.content.readIntBE(0, int.content.length);
+        return STALE_KEY_ERRORS.has(code) ? code : undefined;
+      }
+      at = field.end;
+    }
+    return undefined;
+  } catch {
+    return undefined;
   }
 }
 

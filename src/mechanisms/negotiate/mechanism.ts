@@ -83,6 +83,14 @@ export interface KerberosMemory {
   bindsChannel?: boolean;
   /** The backend, once one loaded. */
   backend?: KerberosBackend;
+  /**
+   * SPN → when a service ticket the server refused as sealed under an old key was last dropped,
+   * and how many drops there were (`epoch`): a context whose first token came before the last drop
+   * used the old ticket and may run once more; none is dropped again until `until` (R4).
+   */
+  staleTickets?: Map<string, { readonly epoch: number; readonly until: number }>;
+  /** Drops of refused service tickets so far (all SPNs): a context notes it at its first token. */
+  ticketEpoch?: number;
 }
 
 /** context.ts, once a first step has loaded it. */
@@ -141,6 +149,11 @@ class LazyNegotiateContext implements MechanismContext {
   /** True when the Kerberos token carries the TLS channel bindings. */
   get channelBound(): boolean {
     return this.#context?.channelBound ?? false;
+  }
+
+  /** Whether the server refused a ticket that has been dropped since (a key rotation): run again. */
+  get renewed(): boolean {
+    return this.#context?.renewed ?? false;
   }
 
   /** Before the first step nothing was sent; unsure counts as a password (R4). */

@@ -1,0 +1,131 @@
+/**
+ * The one libkrb5 call GSS-API has no equivalent for: dropping a service ticket from a credential
+ * cache (`krb5_cc_remove_cred`), so that the next `gss_init_sec_context` asks the KDC for a fresh
+ * one. Needed when a server's key changed (a rotated keytab): GSS-API keeps presenting the cached
+ * ticket, sealed with the old key, until it expires (hours), and the server refuses each (M2, R4).
+ * Loaded lazily, through the koffi the GSS-API binding already loaded; Linux x86_64/arm64 layouts
+ * (as ffi.ts). `kvno` after `kdestroy -p` would do the same from a shell.
+ */
+import type { GssFunctions } from './ffi.ts';
+
+interface Krb5Functions {
+  initContext: (...a: unknown[]) => unknown;
+  freeContext: (...a: unknown[]) => unknown;
+  ccResolve: (...a: unknown[]) => unknown;
+  ccDefault: (...a: unknown[]) => unknown;
+  ccCacheMatch: (...a: unknown[]) => unknown;
+  ccClose: (...a: unknown[]) => unknown;
+  ccGetPrincipal: (...a: unknown[]) => unknown;
+  ccRemoveCred: (...a: unknown[]) => unknown;
+  parseName: (...a: unknown[]) => unknown;
+  principalCompare: (...a: unknown[]) => unknown;
+  freePrincipal: (...a: unknown[]) => unknown;
+}
+
+/** `KRB5_CC_NOTFOUND`: no such ticket in the cache (nothing to drop). */
+const KRB5_CC_NOTFOUND = -1765328243;
+
+let krb5: Krb5Functions | null | undefined;
+
+function load(g: GssFunctions): Krb5Functions | null {
+  if (krb5 !== undefined) return krb5;
+  try {
+    const k = g.koffi as unknown as {
+      load(p: string): { func(d: string): (...a: unknown[]) => unknown };
+      pointer(n: string, t: unknown): unknown;
+      opaque(n: string): unknown;
+      struct(n: string, d: Record<string, string>): unknown;
+    };
+    const lib = k.load('libkrb5.so.3');
+    k.pointer('krb5_context', k.opaque('_krb5_context'));
+    k.pointer('krb5_ccache', k.opaque('_krb5_ccache'));
+    k.pointer('krb5_principal', k.opaque('krb5_principal_data'));
+    // krb5_creds as a match template: only client and server are read (flags 0); the rest stays zero.
+    k.struct('krb5_creds_match', {
+      magic: 'int32_t',
+      client: 'krb5_principal',
+      server: 'krb5_principal',
+      rest: 'uint8_t[96]',
+    });
+    const f = (d: string) => lib.func(d);
+    krb5 = {
+      initContext: f('int32_t krb5_init_context(_Out_ krb5_context *ctx)'),
+      freeContext: f('void krb5_free_context(krb5_context ctx)'),
+      ccResolve: f('int32_t krb5_cc_resolve(krb5_context ctx, const char *name, _Out_ krb5_ccache *cc)'),
+      ccDefault: f('int32_t krb5_cc_default(krb5_context ctx, _Out_ krb5_ccache *cc)'),
+      ccCacheMatch: f('int32_t krb5_cc_cache_match(krb5_context ctx, krb5_principal client, _Out_ krb5_ccache *cc)'),
+      ccClose: f('int32_t krb5_cc_close(krb5_context ctx, krb5_ccache cc)'),
+      ccGetPrincipal: f('int32_t krb5_cc_get_principal(krb5_context ctx, krb5_ccache cc, _Out_ krb5_principal *p)'),
+      ccRemoveCred: f(
+        'int32_t krb5_cc_remove_cred(krb5_context ctx, krb5_ccache cc, int32_t flags, const krb5_creds_match *creds)',
+      ),
+      parseName: f('int32_t krb5_parse_name(krb5_context ctx, const char *name, _Out_ krb5_principal *p)'),
+      principalCompare: f('uint32_t krb5_principal_compare(krb5_context ctx, krb5_principal a, krb5_principal b)'),
+      freePrincipal: f('void krb5_free_principal(krb5_context ctx, krb5_principal p)'),
+    };
+  } catch {
+    krb5 = null; // no libkrb5 (another GSS-API): the ticket stays, as before
+  }
+  return krb5;
+}
+
+/** Where the credential's tickets are: what {@link GssClient} acquired from. */
+export interface TicketCache {
+  /** The store's `ccache`, when the agent has one of its own. */
+  readonly ccache?: string;
+  /** `negotiate.principal`: its cache in the collection. */
+  readonly principal?: string;
+  /** The principal the credential belongs to: the cache must still be theirs. */
+  readonly client: string;
+}
+
+/**
+ * Drops `client`'s tickets for `service` (`HTTP/host@REALM`; also its referral form `HTTP/host@`)
+ * from the cache the credential came from. True when one was dropped. Never throws: a cache
+ * that cannot be read, or that now holds another principal's tickets (a kdestroy; kinit bob), is
+ * left alone.
+ */
+export function dropServiceTicket(g: GssFunctions, where: TicketCache, service: string): boolean {
+  const k = load(g);
+  if (!k) return false;
+  const ctx: [unknown] = [null];
+  if (k.initContext(ctx) !== 0) return false;
+  const owned: unknown[] = [];
+  const principal = (name: string): unknown => {
+    const p: [unknown] = [null];
+    if (k.parseName(ctx[0], name, p) !== 0) return null;
+    owned.push(p[0]);
+    return p[0];
+  };
+  const cc: [unknown] = [null];
+  try {
+    const client = principal(where.client);
+    if (!client) return false;
+    const found = where.ccache
+      ? k.ccResolve(ctx[0], where.ccache, cc)
+      : where.principal
+        ? k.ccCacheMatch(ctx[0], client, cc)
+        : k.ccDefault(ctx[0], cc);
+    if (found !== 0 || !cc[0]) return false;
+    const holder: [unknown] = [null];
+    if (k.ccGetPrincipal(ctx[0], cc[0], holder) !== 0) return false;
+    owned.push(holder[0]);
+    if (!k.principalCompare(ctx[0], holder[0], client)) return false;
+    let dropped = false;
+    const at = service.lastIndexOf('@');
+    for (const name of at < 0 ? [service] : [service, service.slice(0, at + 1)]) {
+      const server = principal(name);
+      if (!server) continue;
+      const code = k.ccRemoveCred(ctx[0], cc[0], 0, { magic: 0, client, server, rest: new Uint8Array(96) });
+      if (code === 0) dropped = true;
+      else if (code !== KRB5_CC_NOTFOUND) break;
+    }
+    return dropped;
+  } catch {
+    return false;
+  } finally {
+    if (cc[0]) k.ccClose(ctx[0], cc[0]);
+    for (const p of owned) k.freePrincipal(ctx[0], p);
+    k.freeContext(ctx[0]);
+  }
+}
