@@ -18,10 +18,19 @@
  *   ALLOC_SITE=NAME ALLOC_TOP=40         with ALLOC_PROFILE: also the stacks of sites whose name holds
  *                                        NAME; how many rows to print (add --no-turbo-inlining to node
  *                                        for sites that are the functions themselves, not their inliners)
+ *   ALLOC_MODE=session                   session mode instead (issue 10 goal 1): the reference server in
+ *                                        session mode, multileg's GETs on its authenticated HTTP/2 session
+ *                                        against one undici Client's (allowH2, one session) to /public;
+ *                                        each dispatcher made once and reused, so every measured request
+ *                                        runs on an authenticated session (ALLOC_FRESH=1: a new one per
+ *                                        burst, as bench/ab.ts, its handshake included)
+ *   ALLOC_INTERVAL=512                   with ALLOC_PROFILE: the profiler's mean bytes between samples
+ *   ALLOC_KIND=plain                     with ALLOC_PROFILE: profile the comparator (the Agent, or in
+ *                                        session mode the Client) instead of multileg
  */
 import { Session } from 'node:inspector/promises';
 import v8 from 'node:v8';
-import { Agent, type Dispatcher, request } from 'undici';
+import { Agent, Client, type Dispatcher, request } from 'undici';
 import { MultilegAgent } from '../src/index.ts';
 import { CA_CERT } from '../src/reference-server/index.ts';
 import { median, startServer } from './server.ts';
@@ -29,6 +38,8 @@ import { median, startServer } from './server.ts';
 const N = Number(process.env.ALLOC_N ?? 1000);
 const ROUNDS = Number(process.env.ALLOC_ROUNDS ?? 15);
 const PROFILE = process.env.ALLOC_PROFILE === '1';
+const SESSION = process.env.ALLOC_MODE === 'session';
+const FRESH = !SESSION || process.env.ALLOC_FRESH === '1';
 
 type Kind = 'multileg' | 'plain';
 interface Round {
@@ -40,17 +51,35 @@ interface Round {
   gcs: number;
 }
 
-const server = await startServer(['--mode', 'per-request']);
+const server = await startServer(['--mode', SESSION ? 'session' : 'per-request']);
 
-function dispatcherOf(kind: Kind): Dispatcher {
-  return kind === 'multileg'
-    ? new MultilegAgent({
-        credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
-        connect: { ca: CA_CERT },
-        trustedOrigins: [server.origin],
-      })
+function newDispatcher(kind: Kind): Dispatcher {
+  if (kind === 'multileg')
+    return new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      connect: { ca: CA_CERT },
+      trustedOrigins: [server.origin],
+    });
+  // Session mode's comparator is one session, as multileg's.
+  return SESSION
+    ? new Client(server.origin, { connect: { ca: CA_CERT }, allowH2: true })
     : new Agent({ connect: { ca: CA_CERT } });
 }
+
+/** Without FRESH, one dispatcher per kind for the whole run (warmed by the warm-up bursts). */
+const kept = new Map<Kind, Dispatcher>();
+function dispatcherOf(kind: Kind): Dispatcher {
+  if (FRESH) return newDispatcher(kind);
+  let d = kept.get(kind);
+  if (!d) {
+    d = newDispatcher(kind);
+    kept.set(kind, d);
+  }
+  return d;
+}
+const release = async (d: Dispatcher) => {
+  if (FRESH) await d.close();
+};
 
 async function gets(kind: Kind, dispatcher: Dispatcher): Promise<void> {
   const path = kind === 'multileg' ? '/auth' : '/public';
@@ -73,7 +102,7 @@ async function burst(kind: Kind): Promise<Round> {
   const used = process.cpuUsage(cpu);
   const usedAfter = v8.getHeapStatistics().used_heap_size;
   const stats = profiler.stop()?.statistics ?? [];
-  await dispatcher.close();
+  await release(dispatcher);
   // What the heap grew by between collections: allocation alone, whatever died when.
   let bytes = 0;
   let from = usedBefore;
@@ -93,18 +122,23 @@ interface ProfileNode {
 
 /** Sampling heap profile of multileg's bursts: top sites, and bytes by the nearest src/ frame. */
 async function profile(): Promise<void> {
-  for (let i = 0; i < 3; i++) await gets('multileg', dispatcherOf('multileg'));
+  const kind: Kind = process.env.ALLOC_KIND === 'plain' ? 'plain' : 'multileg';
+  for (let i = 0; i < 3; i++) {
+    const d = dispatcherOf(kind);
+    await gets(kind, d);
+    await release(d);
+  }
   const session = new Session();
   session.connect();
   await session.post('HeapProfiler.startSampling', {
-    samplingInterval: 512,
+    samplingInterval: Number(process.env.ALLOC_INTERVAL ?? 512),
     includeObjectsCollectedByMajorGC: true,
     includeObjectsCollectedByMinorGC: true,
   });
   for (let i = 0; i < ROUNDS; i++) {
-    const d = dispatcherOf('multileg');
-    await gets('multileg', d);
-    await d.close();
+    const d = dispatcherOf(kind);
+    await gets(kind, d);
+    await release(d);
   }
   const { profile } = (await session.post('HeapProfiler.stopSampling')) as { profile: { head: ProfileNode } };
   session.disconnect();
@@ -138,7 +172,7 @@ async function profile(): Promise<void> {
     for (const [k, v] of [...m].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.ALLOC_TOP ?? 40)))
       console.log(`  ${(v / requests).toFixed(0).padStart(6)} B  ${k}`);
   };
-  console.log(`sampled ${(total / requests).toFixed(0)} B per request over ${ROUNDS} bursts of ${N}`);
+  console.log(`${kind}: sampled ${(total / requests).toFixed(0)} B per request over ${ROUNDS} bursts of ${N}`);
   print('allocation sites (self), per request', bySite);
   print('by the nearest src/ frame on the stack, per request', byOurs);
   if (site)
@@ -167,7 +201,11 @@ try {
         .map((l) => l.toFixed(1))
         .join(' ')}`,
     );
-    console.log(`per-request NTLM inside Negotiate, ${N} concurrent GETs, medians of ${ROUNDS} interleaved rounds`);
+    console.log(
+      SESSION
+        ? `session mode (NTLM), ${N} concurrent GETs, ${FRESH ? 'a new dispatcher per burst' : 'one dispatcher reused (an authenticated session)'}; plain = one undici Client; medians of ${ROUNDS} interleaved rounds`
+        : `per-request NTLM inside Negotiate, ${N} concurrent GETs, medians of ${ROUNDS} interleaved rounds`,
+    );
     for (const kind of kinds)
       console.log(
         `  ${kind.padEnd(9)} ${of(kind, 'bytes').toFixed(0)} B/request (${spread(kind, 'bytes')}), client CPU ${of(kind, 'cpu').toFixed(1)} µs/request (${spread(kind, 'cpu')}), ${of(kind, 'gcs')} GCs`,
@@ -177,5 +215,6 @@ try {
     console.log(`  multileg / plain per round: bytes ${ratio('bytes')}, CPU ${ratio('cpu')}`);
   }
 } finally {
+  for (const d of kept.values()) await d.close();
   server.stop();
 }

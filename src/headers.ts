@@ -19,12 +19,18 @@ function add(out: HeaderMap, k: unknown, v: unknown): void {
 }
 
 /**
+ * A request without headers (undici's `request()` without `headers`): one shared map, not an object
+ * per request. Frozen: nothing writes a Job's headers (legs copy them), and a write would throw.
+ */
+const NO_HEADERS: HeaderMap = Object.freeze({});
+
+/**
  * undici accepts request headers as an object, a flat `[k, v, k, v]` array, or an iterable of
  * pairs, depending on the caller (fetch passes an object, `request()` whatever it was given).
  */
 export function normalizeRequestHeaders(headers: unknown): HeaderMap {
+  if (headers == null) return NO_HEADERS;
   const out: HeaderMap = {};
-  if (headers == null) return out;
   if (Array.isArray(headers)) {
     if (headers.length > 0 && Array.isArray(headers[0])) {
       for (const pair of headers as unknown[][]) add(out, pair[0], pair[1]);

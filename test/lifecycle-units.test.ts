@@ -15,6 +15,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type PreparedBody, prepareBody } from '../src/body/replayable.ts';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
+import { normalizeRequestHeaders } from '../src/headers.ts';
 import { QueueTimeoutError } from '../src/index.ts';
 import { KerberosTicketExpiredError, KerberosUnknownServiceError } from '../src/mechanisms/negotiate/errors.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
@@ -254,6 +255,33 @@ describe('UserSink: the caller sees one response or one error', () => {
     sink.responseEnd({});
     sink.responseData(Buffer.from('late'));
     expect(seen).toEqual(['start 200', 'end']);
+  });
+
+  it('responseStarted is true from the head a leg delivers to the caller, and stays so after the end', () => {
+    const { handler } = recordingHandler();
+    const sink = new UserSink(handler);
+    expect(sink.responseStarted).toBe(false);
+    sink.responseStart(fakeController().controller, 200, {}, 'OK');
+    expect(sink.responseStarted).toBe(true);
+    sink.responseEnd({});
+    expect(sink.responseStarted).toBe(true);
+  });
+});
+
+describe("normalizeRequestHeaders: the Job's header map", () => {
+  it('C2: a request without headers gets one shared, frozen map, not an object per request (fast path)', () => {
+    const none = normalizeRequestHeaders(undefined);
+    expect(none).toEqual({});
+    expect(normalizeRequestHeaders(null)).toBe(none);
+    expect(normalizeRequestHeaders(undefined)).toBe(none);
+    // Shared, so frozen: a write would throw rather than reach another request.
+    expect(Object.isFrozen(none)).toBe(true);
+    // Headers given, even none, are the caller's own map, lower-cased as before.
+    const empty = normalizeRequestHeaders({});
+    expect(empty).not.toBe(none);
+    expect(Object.isFrozen(empty)).toBe(false);
+    expect(normalizeRequestHeaders({ Accept: 'a', 'X-A': ['1', '2'] })).toEqual({ accept: 'a', 'x-a': ['1', '2'] });
+    expect(normalizeRequestHeaders(['Accept', 'a', 'accept', 'b'])).toEqual({ accept: ['a', 'b'] });
   });
 });
 

@@ -54,7 +54,6 @@ export class UserSink {
   #aborted = false;
   #reason: Error | null = null;
   #paused = false;
-  #started = false;
   #finished = false;
   #onAbort: AbortHook | undefined;
   readonly #observer: ResponseObserver | undefined;
@@ -99,7 +98,8 @@ export class UserSink {
     return this.#finished;
   }
   get responseStarted(): boolean {
-    return this.#started;
+    // (No field of its own: a response started is a leg delivering, one field less per request.)
+    return this.#leg !== undefined;
   }
 
   /** Registers what to do when the caller aborts (dequeue, or abort the current leg). */
@@ -144,7 +144,6 @@ export class UserSink {
   responseStart(leg: Controller, status: number, headers: Headers, message: string): void {
     if (this.#finished) return;
     this.#leg = leg;
-    this.#started = true;
     if (this.#paused) leg.pause();
     this.#observer?.noteResponse(this.#origin, this.#path, status, headers);
     this.#handler.onResponseStart?.(this.controller, status, headers, message);

@@ -23,6 +23,8 @@ import { cookieUrlOf, type Session } from './session.ts';
 
 /** Where a request taken by {@link FastExchange} ends; `outcome` undefined: it ended on the fast path. */
 export interface FastHost {
+  /** The origin's exchange environment (read from the host: one field less per request). */
+  readonly env: ExchangeEnv;
   fastEnded(exchange: FastExchange, outcome: ExchangeOutcome | undefined): void;
 }
 
@@ -36,19 +38,17 @@ export interface FastHost {
 export class FastExchange implements Dispatcher.DispatchHandler {
   readonly session: Session;
   readonly job: Job;
-  readonly #env: ExchangeEnv;
   readonly #host: FastHost;
   #controller: Dispatcher.DispatchController | undefined;
   #delivering = false;
   /** The leg handler that took over after a 401 or 421. */
   #slow: LegHandler | undefined;
 
-  constructor(session: Session, job: Job, env: ExchangeEnv, host: FastHost) {
+  constructor(session: Session, job: Job, host: FastHost) {
     this.session = session;
     // On an authenticated session, a 401 carried from a closed connection is answered already.
     job.challenges = undefined;
     this.job = job;
-    this.#env = env;
     this.#host = host;
   }
 
@@ -84,16 +84,17 @@ export class FastExchange implements Dispatcher.DispatchHandler {
     if (this.session.cookies) this.session.tellCookies(cookieUrlOf(this.job), headers);
     if (status === 401 || status === 421) {
       // Not a plain response: from here the leg is the slow path's `send` step.
-      const run = newRun(this.session, this.job, this.#env);
+      const env = this.#host.env;
+      const run = newRun(this.session, this.job, env);
       // What `check` would have learnt before a slow send (R4).
-      for (const [scheme, error] of this.#env.memory.unusable()) unusable(run, scheme, error);
+      for (const [scheme, error] of env.memory.unusable()) unusable(run, scheme, error);
       const seen = newSeen(true);
       const leg = new LegHandler({
         sink: this.job.sink,
         classify: (s, h) => classifySend(run, seen, s, h),
         beforeStart: () => {},
-        maxDrainBytes: this.#env.limits.maxChallengeBodyBytes,
-        maxDrainMs: this.#env.limits.handshakeTimeout,
+        maxDrainBytes: env.limits.maxChallengeBodyBytes,
+        maxDrainMs: env.limits.handshakeTimeout,
       });
       this.#slow = leg;
       leg.onRequestStart(controller);
@@ -141,7 +142,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
 
   /** Continues on the steps from the result of this leg, as `send` would. */
   #toSteps(run: Run | undefined, result: Promise<LegResult>, seen: SendSeen = newSeen(true)): void {
-    const r = run ?? newRun(this.session, this.job, this.#env);
+    const r = run ?? newRun(this.session, this.job, this.#host.env);
     result
       .then((leg) => runSteps(r, afterSend(r, seen, this.session.settleLeg(this.job, leg))))
       .then(

@@ -159,6 +159,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (retired > 0) log.pool('%s now authenticates as another identity: %d session(s) retire', this.origin, retired);
   }
 
+  /** @internal FastHost: the environment of this origin's exchanges (read by reference). */
+  get env(): ExchangeEnv {
+    return this.#env;
+  }
+
   get sessionsCreated(): number {
     return this.#sessionsCreated;
   }
@@ -226,14 +231,14 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     }
     if (!session) this.#queueOf(lane, job.identity).enqueue(job, this);
     // Handed an authenticated session: straight to the fast path, no steps.
-    else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this.#env, this).start();
+    else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
     else this.#steps(session, job);
   }
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
     if (fastPathEligible(session, job, this.#env)) {
-      new FastExchange(session, job, this.#env, this).start();
+      new FastExchange(session, job, this).start();
       return;
     }
     // The steps start a microtask later, as when the pool awaited its queue (the sessions #pump
@@ -291,7 +296,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   #settle(session: Session, job: Job, outcome: ExchangeOutcome): boolean {
     if (outcome.kind === 'fast') {
       // The session stays acquired: the FastExchange releases it.
-      new FastExchange(session, job, this.#env, this).start();
+      new FastExchange(session, job, this).start();
       return true;
     }
     if (outcome.kind === 'done') {
