@@ -51,6 +51,16 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     );
   });
 
+  it('S1: after a Basic success at /basic/, a path that a server may resolve out of /basic/ (/basic/..%2fpublic/x, /basic/..;/public/x) goes without the password; the 401 there still gets it', async () => {
+    r = await rig(MIXED, AGENT);
+    expect((await get(r, '/basic/a')).status).toBe(200);
+    for (const path of ['/basic/..%2fpublic/x', '/basic/..;/public/x']) {
+      expect((await get(r, path)).status).toBe(200);
+      // Before: ['Basic'], the password on the first request, which such a server serves as /public/x.
+      expect(schemes(r, path), path).toEqual(['none', 'Basic']);
+    }
+  });
+
   it('S1: where Basic alone is used, a request outside every space where it succeeded waits for a 401 (curl and browsers do the same)', async () => {
     r = await rig({ mode: 'per-request', schemes: ['Basic'] }, { schemes: ['Basic'] });
     expect((await get(r, '/auth/a')).status).toBe(200);
@@ -131,5 +141,25 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     expect(n.spaceScheme('/s0/x')).toBeUndefined();
     expect(n.spaceScheme('/keep/x')).toBe('Basic');
     expect(n.spaceScheme(`/s${MAX_PROTECTION_SPACES - 1}/x`)).toBe('Basic');
+  });
+
+  it('S1: a path the server may resolve out of the space is in none: an encoded slash or backslash (%2f, %5c: some servers decode them before they resolve dot segments), a backslash (IIS reads it as /), a dot segment with ;params (Tomcat reads /..;/ as /../), any case', () => {
+    const m = new OriginMemory(1000);
+    m.rememberSpaces('Basic', ['/basic/']);
+    const elsewhere = [
+      '/basic/..%2fpublic/x',
+      '/basic/..%2Fpublic/x',
+      '/basic/%2e%2e%2fpublic/x',
+      '/basic/..%5cpublic/x',
+      '/basic/..\\public/x',
+      '/basic/..;/public/x',
+      '/basic/.;x/x',
+      '/basic/%2E%2E;jsessionid=1/public/x',
+    ];
+    // Before: each was inside /basic/ (only a literal dot segment was seen), and carried the password.
+    for (const p of elsewhere) expect(m.spaceScheme(p), p).toBeUndefined();
+    // Parameters, encoded characters and dots that stay inside the space leave it inside.
+    for (const p of ['/basic/x;v=1', '/basic/a%20b', '/basic/...', '/basic/.x/y', '/basic/x?u=..%2f..%2f'])
+      expect(m.spaceScheme(p), p).toBe('Basic');
   });
 });

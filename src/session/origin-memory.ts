@@ -15,8 +15,24 @@ const NONE: ReadonlyArray<readonly [string, Error]> = [];
  */
 export const MAX_PROTECTION_SPACES = 64;
 
-/** A dot segment (`/../`, `/./`, `%2e`): where the server ends up is not what the path says. */
-const DOT_SEGMENT = /\/(?:\.|%2e){1,2}(?:\/|$)/i;
+/** An encoded slash or backslash, or a backslash: servers differ on where it leads (IIS reads `\` as `/`). */
+const SEPARATOR = /%2f|%5c|\\/i;
+
+/**
+ * Whether the server may resolve `path` elsewhere than its text says, out of any space it seems
+ * inside: a separator {@link SEPARATOR} does not show, or a dot segment (`/../`, `/./`, `%2e`, and
+ * `..;x`, which Tomcat reads as `..`). The query is not looked at.
+ */
+function resolvesElsewhere(path: string): boolean {
+  const end = path.search(/[?#]/);
+  const bare = end < 0 ? path : path.slice(0, end);
+  if (SEPARATOR.test(bare)) return true;
+  for (const segment of bare.split('/')) {
+    const name = segment.replace(/;.*$/s, '').replace(/%2e/gi, '.');
+    if (name === '.' || name === '..') return true;
+  }
+  return false;
+}
 
 /**
  * What the agent has learnt about one origin, shared by its sessions: which scheme it wants and
@@ -151,14 +167,13 @@ export class OriginMemory {
   /**
    * The per-request scheme whose credentials `path` may carry unasked: that of the longest
    * remembered protection space the path lies in, or none (then the request goes bare, and a 401
-   * asks). A path with a dot segment is in none: the server may resolve it to another space.
+   * asks). A path the server may resolve to another space (a dot segment, an encoded slash) is in none.
    */
   spaceScheme(path: string): string | undefined {
     if (this.#spaces.size === 0) return undefined;
     const best = this.#longest(path);
     if (best === undefined) return undefined;
-    const query = path.indexOf('?');
-    if (DOT_SEGMENT.test(query < 0 ? path : path.slice(0, query))) return undefined;
+    if (resolvesElsewhere(path)) return undefined;
     const scheme = this.#spaces.get(best)!;
     // Least recently used last, the first to go at the bound.
     this.#spaces.delete(best);
