@@ -143,6 +143,16 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     expect(n.spaceScheme(`/s${MAX_PROTECTION_SPACES - 1}/x`)).toBe('Basic');
   });
 
+  it('S1: a Digest domain of more URIs than MAX_PROTECTION_SPACES does not crowd out the space where Digest just succeeded: its directory and its first URIs stay', () => {
+    const m = new OriginMemory(1000);
+    const domain = Array.from({ length: 2 * MAX_PROTECTION_SPACES }, (_, i) => `/u${i}/`).join(' ');
+    m.rememberSpaces('Digest', protectionSpaces('https://h.example', '/d/x', digest({ nonce: 'n', domain })));
+    // Before: the directory was remembered first and the domain's URIs pushed it out (a bare request and a 401 each time).
+    expect(m.spaceScheme('/d/y')).toBe('Digest');
+    expect(m.spaceScheme('/u0/y')).toBe('Digest');
+    expect(m.spaceScheme(`/u${2 * MAX_PROTECTION_SPACES - 1}/y`)).toBeUndefined();
+  });
+
   it('S1: a path the server may resolve out of the space is in none: an encoded slash or backslash (%2f, %5c: some servers decode them before they resolve dot segments), a backslash (IIS reads it as /), a dot segment with ;params (Tomcat reads /..;/ as /../), any case', () => {
     const m = new OriginMemory(1000);
     m.rememberSpaces('Basic', ['/basic/']);

@@ -183,7 +183,10 @@ export class OriginMemory {
 
   /** `scheme` (a per-request one) succeeded for these path prefixes ({@link protectionSpaces}). */
   rememberSpaces(scheme: string, prefixes: readonly string[]): void {
-    for (const prefix of prefixes) {
+    // Last to first: the first (the directory where it succeeded) is the most recently used, and a
+    // Digest domain longer than the bound crowds out its own last URIs, not that directory.
+    for (let i = prefixes.length - 1; i >= 0; i--) {
+      const prefix = prefixes[i]!;
       // Inside a space of the same scheme already (a proactive success): no entry to crowd others out.
       const covering = this.#longest(prefix);
       if (covering !== undefined && covering !== prefix && this.#spaces.get(covering) === scheme) continue;
