@@ -5,12 +5,13 @@
  * origin's sessions as before. The reference server serves `/basic/` with Basic and every other
  * path but `/public/` with NTLM (`pathSchemes`), as the lab's Apache does.
  */
+import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Challenge } from '../src/challenge/types.ts';
-import type { MultilegAgentOptions } from '../src/index.ts';
-import type { ReferenceServerOptions } from '../src/reference-server/index.ts';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { type ReferenceServerOptions, startReferenceServer } from '../src/reference-server/index.ts';
 import { MAX_PROTECTION_SPACES, OriginMemory, protectionSpaces } from '../src/session/origin-memory.ts';
-import { get, type Rig, rig } from './helpers.ts';
+import { ALICE, get, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -99,6 +100,36 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     // Before: the space stayed (only the origin's scheme was forgotten), so /basic/c led Basic again.
     expect(schemes(r, '/basic/b')).toEqual(['Basic', 'NTLM', 'NTLM']);
     expect(schemes(r, '/basic/c')).toEqual(['none']);
+  });
+
+  it("T2, S1: a Digest space whose origin has no nonce remembered (new credentials, another origin's nonce known) is answered from its 401, and Digest stays usable there", async () => {
+    const server = await startReferenceServer({ mode: 'per-request', schemes: ['Digest'] });
+    const other = await startReferenceServer({ mode: 'per-request', schemes: ['Digest'] });
+    const agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: [server.ca, other.ca] },
+      trustedOrigins: [server.origin, other.origin],
+      schemes: ['Digest'],
+    });
+    r = {
+      server,
+      agent,
+      async close() {
+        await agent.destroy().catch(() => {});
+        await server.close();
+        await other.close();
+      },
+    };
+    expect((await get(r, '/d/1')).status).toBe(200);
+    // New credentials, a new nonce memory: the space stays; another origin's nonce makes Digest proactive.
+    agent.setCredentials({ ...ALICE });
+    const res = await fetch(`${other.origin}/x`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    // Before: "Digest is not available: no server nonce is known", then remembered unusable here for 30 s.
+    expect((await get(r, '/d/2')).status).toBe(200);
+    expect((await get(r, '/d/3')).status).toBe(200);
+    expect(schemes(r, '/d/')).toEqual(['none', 'Digest', 'none', 'Digest', 'Digest']);
   });
 
   it('S1: a protection space is the directory of the path (RFC 7617 §2.2); Digest adds its same-origin domain URIs, or is the whole origin without one (RFC 7616 §3.3)', () => {
