@@ -5,12 +5,13 @@
  * origin's sessions as before. The reference server serves `/basic/` with Basic and every other
  * path but `/public/` with NTLM (`pathSchemes`), as the lab's Apache does.
  */
+import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Challenge } from '../src/challenge/types.ts';
-import type { MultilegAgentOptions } from '../src/index.ts';
-import type { ReferenceServerOptions } from '../src/reference-server/index.ts';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { type ReferenceServerOptions, startReferenceServer } from '../src/reference-server/index.ts';
 import { MAX_PROTECTION_SPACES, OriginMemory, protectionSpaces } from '../src/session/origin-memory.ts';
-import { get, type Rig, rig } from './helpers.ts';
+import { ALICE, get, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -49,6 +50,16 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     expect(r.server.exchanges.filter((e) => !e.path.startsWith('/basic/')).every((e) => e.scheme !== 'Basic')).toBe(
       true,
     );
+  });
+
+  it('S1: after a Basic success at /basic/, a path that a server may resolve out of /basic/ (/basic/..%2fpublic/x, /basic/..;/public/x) goes without the password; the 401 there still gets it', async () => {
+    r = await rig(MIXED, AGENT);
+    expect((await get(r, '/basic/a')).status).toBe(200);
+    for (const path of ['/basic/..%2fpublic/x', '/basic/..;/public/x']) {
+      expect((await get(r, path)).status).toBe(200);
+      // Before: ['Basic'], the password on the first request, which such a server serves as /public/x.
+      expect(schemes(r, path), path).toEqual(['none', 'Basic']);
+    }
   });
 
   it('S1: where Basic alone is used, a request outside every space where it succeeded waits for a 401 (curl and browsers do the same)', async () => {
@@ -91,6 +102,36 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     expect(schemes(r, '/basic/c')).toEqual(['none']);
   });
 
+  it("T2, S1: a Digest space whose origin has no nonce remembered (new credentials, another origin's nonce known) is answered from its 401, and Digest stays usable there", async () => {
+    const server = await startReferenceServer({ mode: 'per-request', schemes: ['Digest'] });
+    const other = await startReferenceServer({ mode: 'per-request', schemes: ['Digest'] });
+    const agent = new MultilegAgent({
+      credentials: ALICE,
+      connect: { ca: [server.ca, other.ca] },
+      trustedOrigins: [server.origin, other.origin],
+      schemes: ['Digest'],
+    });
+    r = {
+      server,
+      agent,
+      async close() {
+        await agent.destroy().catch(() => {});
+        await server.close();
+        await other.close();
+      },
+    };
+    expect((await get(r, '/d/1')).status).toBe(200);
+    // New credentials, a new nonce memory: the space stays; another origin's nonce makes Digest proactive.
+    agent.setCredentials({ ...ALICE });
+    const res = await fetch(`${other.origin}/x`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    // Before: "Digest is not available: no server nonce is known", then remembered unusable here for 30 s.
+    expect((await get(r, '/d/2')).status).toBe(200);
+    expect((await get(r, '/d/3')).status).toBe(200);
+    expect(schemes(r, '/d/')).toEqual(['none', 'Digest', 'none', 'Digest', 'Digest']);
+  });
+
   it('S1: a protection space is the directory of the path (RFC 7617 §2.2); Digest adds its same-origin domain URIs, or is the whole origin without one (RFC 7616 §3.3)', () => {
     const o = 'https://h.example:8443';
     expect(protectionSpaces(o, '/basic/y?q=/x/', undefined)).toEqual(['/basic/']);
@@ -131,5 +172,35 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
     expect(n.spaceScheme('/s0/x')).toBeUndefined();
     expect(n.spaceScheme('/keep/x')).toBe('Basic');
     expect(n.spaceScheme(`/s${MAX_PROTECTION_SPACES - 1}/x`)).toBe('Basic');
+  });
+
+  it('S1: a Digest domain of more URIs than MAX_PROTECTION_SPACES does not crowd out the space where Digest just succeeded: its directory and its first URIs stay', () => {
+    const m = new OriginMemory(1000);
+    const domain = Array.from({ length: 2 * MAX_PROTECTION_SPACES }, (_, i) => `/u${i}/`).join(' ');
+    m.rememberSpaces('Digest', protectionSpaces('https://h.example', '/d/x', digest({ nonce: 'n', domain })));
+    // Before: the directory was remembered first and the domain's URIs pushed it out (a bare request and a 401 each time).
+    expect(m.spaceScheme('/d/y')).toBe('Digest');
+    expect(m.spaceScheme('/u0/y')).toBe('Digest');
+    expect(m.spaceScheme(`/u${2 * MAX_PROTECTION_SPACES - 1}/y`)).toBeUndefined();
+  });
+
+  it('S1: a path the server may resolve out of the space is in none: an encoded slash or backslash (%2f, %5c: some servers decode them before they resolve dot segments), a backslash (IIS reads it as /), a dot segment with ;params (Tomcat reads /..;/ as /../), any case', () => {
+    const m = new OriginMemory(1000);
+    m.rememberSpaces('Basic', ['/basic/']);
+    const elsewhere = [
+      '/basic/..%2fpublic/x',
+      '/basic/..%2Fpublic/x',
+      '/basic/%2e%2e%2fpublic/x',
+      '/basic/..%5cpublic/x',
+      '/basic/..\\public/x',
+      '/basic/..;/public/x',
+      '/basic/.;x/x',
+      '/basic/%2E%2E;jsessionid=1/public/x',
+    ];
+    // Before: each was inside /basic/ (only a literal dot segment was seen), and carried the password.
+    for (const p of elsewhere) expect(m.spaceScheme(p), p).toBeUndefined();
+    // Parameters, encoded characters and dots that stay inside the space leave it inside.
+    for (const p of ['/basic/x;v=1', '/basic/a%20b', '/basic/...', '/basic/.x/y', '/basic/x?u=..%2f..%2f'])
+      expect(m.spaceScheme(p), p).toBe('Basic');
   });
 });

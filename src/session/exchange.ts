@@ -898,6 +898,14 @@ class Lead implements HandshakeInput, LegInfo {
         if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
         return answerStep(result.offered, result.authId);
       case 'unusable': {
+        if (this.challenge === undefined && this.mechanism.level === 'request') {
+          // T2: a per-request scheme's proactive leg that could not be made (Digest with no nonce of
+          // this origin, only another's) says nothing of the server's challenge: the request goes
+          // bare once and answers its 401, rather than the scheme being unusable here for a while.
+          if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+          job.bare = true;
+          return CHECK;
+        }
         // R4: known for the origin at once, so the waiters released now do not each try it again.
         const schemeKey = scheme.toLowerCase();
         env.memory.markUnusable(schemeKey, result.error);

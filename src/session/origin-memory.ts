@@ -24,8 +24,13 @@ const NONE: ReadonlyArray<readonly [string, Error]> = [];
  */
 export const MAX_PROTECTION_SPACES = 64;
 
-/** A dot segment (`/../`, `/./`, `%2e`): where the server ends up is not what the path says. */
-const DOT_SEGMENT = /\/(?:\.|%2e){1,2}(?:\/|$)/i;
+/**
+ * Where the server may resolve a path elsewhere than its text says, out of any space it seems
+ * inside: an encoded slash or backslash (`%2f`, `%5c`: some servers decode them first), a
+ * backslash (IIS reads it as `/`), or a dot segment (`/../`, `/./`, `%2e`, and `/..;x/`, which
+ * Tomcat reads as `/../`). One regular expression: it runs for every request inside a space.
+ */
+const ELSEWHERE = /%2f|%5c|\\|\/(?:\.|%2e){1,2}(?:;[^/]*)?(?:\/|$)/i;
 
 /**
  * What the agent has learnt about one origin, shared by its sessions: which scheme it wants and
@@ -161,14 +166,14 @@ export class OriginMemory {
   /**
    * The per-request scheme whose credentials `path` may carry unasked: that of the longest
    * remembered protection space the path lies in, or none (then the request goes bare, and a 401
-   * asks). A path with a dot segment is in none: the server may resolve it to another space.
+   * asks). A path the server may resolve to another space (a dot segment, an encoded slash) is in none.
    */
   spaceScheme(path: string): string | undefined {
     if (this.#spaces.size === 0) return undefined;
     const best = this.#longest(path);
     if (best === undefined) return undefined;
-    const query = path.indexOf('?');
-    if (DOT_SEGMENT.test(query < 0 ? path : path.slice(0, query))) return undefined;
+    const end = path.search(/[?#]/);
+    if (ELSEWHERE.test(end < 0 ? path : path.slice(0, end))) return undefined;
     const scheme = this.#spaces.get(best)!;
     // Least recently used last, the first to go at the bound.
     this.#spaces.delete(best);
@@ -178,7 +183,10 @@ export class OriginMemory {
 
   /** `scheme` (a per-request one) succeeded for these path prefixes ({@link protectionSpaces}). */
   rememberSpaces(scheme: string, prefixes: readonly string[]): void {
-    for (const prefix of prefixes) {
+    // Last to first: the first (the directory where it succeeded) is the most recently used, and a
+    // Digest domain longer than the bound crowds out its own last URIs, not that directory.
+    for (let i = prefixes.length - 1; i >= 0; i--) {
+      const prefix = prefixes[i]!;
       // Inside a space of the same scheme already (a proactive success): no entry to crowd others out.
       const covering = this.#longest(prefix);
       if (covering !== undefined && covering !== prefix && this.#spaces.get(covering) === scheme) continue;
