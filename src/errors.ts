@@ -174,3 +174,83 @@ export class CookieStoreError extends MultilegError {
     );
   }
 }
+
+/** What a {@link ConnectionClosedError} knows of the close, and why the request was not sent again. */
+export interface ConnectionClosedOptions {
+  cause?: unknown;
+  /** It had been sent again already after idle closes: how many times (true: once). */
+  again?: boolean | number | undefined;
+  /** The connection was new: nothing answered on it, this request its first. */
+  fresh?: boolean;
+  /** An HTTP/2 GOAWAY came first, its last-stream-id counting this stream processed. */
+  goaway?: boolean;
+  /** Idempotent, but its one-shot body was read past limits.maxReplayBodyBytes (this many bytes). */
+  oneShot?: number | undefined;
+  /** Idempotent, but it carried credentials (this header) not proved where they go (R4). */
+  unproved?: string | undefined;
+}
+
+/**
+ * A server closed (or reset) a connection after a request was written on it, before a byte of an
+ * answer to it, and the request was not sent again. A request written on a kept-alive connection
+ * (one that had answered before: the server's idle timeout or its `MaxKeepAliveRequests` racing
+ * the write, curl's "Connection died, retrying a fresh connect") goes once more on a new connection
+ * when it is idempotent (undici's rule: GET and HEAD, or the dispatch option `idempotent`), its
+ * body can be written again and its credentials were proved (R4); this error is every other case:
+ * not idempotent (the server may have read and acted on it, RFC 9110 §9.2.2), closed under again
+ * on the new connection, a one-shot body past the replay limit (C10), credentials the server may
+ * have counted unanswered. `MULTILEG_CONNECTION_CLOSED` for the origin's connection;
+ * {@link ProxyClosedError} (`MULTILEG_PROXY_CLOSED`) for a forwarding proxy's. undici's own error
+ * is `cause`.
+ */
+export class ConnectionClosedError extends MultilegError {
+  /** The server that closed, as `http://host:port`: the origin, or the forwarding proxy. */
+  readonly peer: string;
+  readonly method: string;
+  /** The connection was new: the server answered nothing on it, this request its first. */
+  readonly fresh: boolean;
+  /** The server reset the connection (ECONNRESET; curl: "Connection reset by peer") rather than closing it. */
+  readonly reset: boolean;
+  /**
+   * `peer` closed under `method`; `options` says why it was not sent again. `via` (internal): which
+   * server it is, `'proxy'` for {@link ProxyClosedError}.
+   */
+  constructor(peer: string, method: string, options?: ConnectionClosedOptions, via: 'origin' | 'proxy' = 'origin') {
+    const reset = (options?.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET';
+    const who = `${via} ${peer}`;
+    // Over HTTP/2 the server's GOAWAY said which streams it processed: this one among them.
+    const closed = options?.goaway
+      ? `${who} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
+      : `${who} closed its kept-alive connection without answering the ${method} written on it`;
+    const counted =
+      options?.unproved === 'Authorization'
+        ? `the origin has not accepted yet and may have counted${via === 'proxy' ? ' (the proxy may have passed it on)' : ''}`
+        : `this ${via} has not accepted yet and may have counted`;
+    const why =
+      options?.unproved !== undefined
+        ? `it carried credentials (${options.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection)`
+        : options?.oneShot !== undefined
+          ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
+          : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
+    const fresh =
+      via === 'proxy'
+        ? // A proxy that drops a new connection under its first request would drop the next one too.
+          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
+        : `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering anything is refusing or failing the request, not closing an idle connection: check the server's logs`;
+    super(
+      via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
+      options?.fresh
+        ? fresh
+        : options?.again
+          ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
+          : options?.goaway
+            ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
+            : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
+      options,
+    );
+    this.peer = peer;
+    this.method = method;
+    this.fresh = options?.fresh === true;
+    this.reset = reset;
+  }
+}

@@ -15,7 +15,7 @@ import { describeFailure, explain401, explain407, forCli } from '../src/cli/expl
 import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
-import { ConfigError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
+import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
 import { unsupportedNode } from '../src/node-version.ts';
 import { ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
 import {
@@ -1044,6 +1044,24 @@ describe('multileg command line', () => {
     expect(failure.message).toMatch(
       /^proxy http:\/\/proxy:3128 closed its kept-alive connection .* \(MULTILEG_PROXY_CLOSED\)$/,
     );
+  });
+
+  it('C8: an origin that closed a kept-alive connection under a POST it may have read (ConnectionClosedError) is curl\'s 52, "Empty reply from server"; reset, 56; only --retry-all-errors retries either', () => {
+    const url = new URL('http://intranet.example.com/form');
+    const closed = describeFailure(new ConnectionClosedError('http://intranet.example.com', 'POST'), {
+      url,
+      maxTime: undefined,
+    });
+    expect([closed.exit, closed.refused]).toEqual([52, false]);
+    expect(closed.message).toMatch(
+      /^origin http:\/\/intranet\.example\.com closed its kept-alive connection .* \(MULTILEG_CONNECTION_CLOSED\)$/,
+    );
+    const cause = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+    const reset = describeFailure(new ConnectionClosedError('http://intranet.example.com', 'POST', { cause }), {
+      url,
+      maxTime: undefined,
+    });
+    expect([reset.exit, reset.refused]).toEqual([56, false]);
   });
 
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {

@@ -4,12 +4,17 @@
  */
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
-import { CERTIFICATE_CODES, HandshakeTimeoutError, MultilegError, QueueTimeoutError } from '../errors.ts';
+import {
+  CERTIFICATE_CODES,
+  ConnectionClosedError,
+  HandshakeTimeoutError,
+  MultilegError,
+  QueueTimeoutError,
+} from '../errors.ts';
 import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
-  ProxyClosedError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
@@ -164,6 +169,7 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'MULTILEG_PROXY_CONNECT',
   'MULTILEG_PROXY_PROTOCOL',
   'MULTILEG_PROXY_CLOSED',
+  'MULTILEG_CONNECTION_CLOSED',
   'MULTILEG_PROXY_TIMEOUT',
   'MULTILEG_QUEUE_TIMEOUT',
   'MULTILEG_QUEUE_FULL',
@@ -209,9 +215,9 @@ export function describeFailure(
               : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted").
                 e instanceof ProxyProtocolError
                 ? EXIT.receive
-                : // curl's 52, "Empty reply from server": the proxy closed without a byte of an answer;
-                  // reset, curl 7.88's 56 ("Recv failure: Connection reset by peer"), as for a server.
-                  e instanceof ProxyClosedError
+                : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
+                  // answer; reset, curl 7.88's 56 ("Recv failure: Connection reset by peer").
+                  e instanceof ConnectionClosedError
                   ? e.reset
                     ? EXIT.receive
                     : EXIT.emptyReply

@@ -2,7 +2,7 @@
  * Proxy errors (H5). Messages name the proxy by its origin (never its userinfo), the cause and the
  * fix; they never carry a Proxy-Authorization value, a password or a token (S2).
  */
-import { MultilegError } from '../errors.ts';
+import { ConnectionClosedError, type ConnectionClosedOptions, MultilegError } from '../errors.ts';
 
 /** The proxy refused authentication: a final 407, or no usable scheme among those it offers. */
 export class ProxyAuthenticationError extends MultilegError {
@@ -72,69 +72,19 @@ export class ProxyProtocolError extends MultilegError {
 }
 
 /**
- * A forwarding proxy closed a connection after a request was written on it, before any answer to it.
- * On a new connection (`fresh`, curl's 52 "Empty reply from server") the request is not sent again,
- * idempotent or not: that is the proxy refusing or failing it, not an idle close. On a kept-alive
- * one, a request that is not idempotent (undici's rule: GET and HEAD, or the dispatch option
- * `idempotent`) is not sent again, since the proxy may have read it and passed it on before it
- * closed (RFC 9110 §9.2.2); nor is an idempotent one a second time, nor one whose one-shot body
- * cannot be written again (C10), nor one carrying credentials not proved at the proxy (R4).
- * undici's own error is `cause`.
+ * A forwarding proxy closed a connection after a request was written on it, before any answer to
+ * it: {@link ConnectionClosedError} for the proxy's connection (the same rule, messages naming the
+ * proxy), with its own stable code `MULTILEG_PROXY_CLOSED`. On a new connection (`fresh`, curl's 52
+ * "Empty reply from server") the request is not sent again, idempotent or not: that is the proxy
+ * refusing or failing it, not an idle close. `Authorization` in `unproved`: the origin's credentials,
+ * which the proxy may have passed on.
  */
-export class ProxyClosedError extends MultilegError {
+export class ProxyClosedError extends ConnectionClosedError {
+  /** The proxy, as `http://host:port` (also {@link ConnectionClosedError.peer}). */
   readonly proxy: string;
-  readonly method: string;
-  /** The connection was new: the proxy answered nothing on it, this request its first. */
-  readonly fresh: boolean;
-  /** The proxy reset the connection (ECONNRESET; curl: "Connection reset by peer") rather than closing it. */
-  readonly reset: boolean;
-  /**
-   * `fresh`: the connection was new (see {@link ProxyClosedError.fresh}).
-   * `goaway`: an HTTP/2 proxy's GOAWAY came first, its last-stream-id counting this stream processed.
-   * `oneShot`: the request was idempotent, but its body was a one-shot stream larger than
-   * `limits.maxReplayBodyBytes` (this many bytes), read once already, so it could not go again.
-   * `unproved`: it was idempotent, but carried credentials (this header) not proved where they go:
-   * the proxy's (`Proxy-Authorization`), or the origin's the proxy may have passed on (`Authorization`), R4.
-   */
-  constructor(
-    proxy: string,
-    method: string,
-    options?: {
-      cause?: unknown;
-      again?: boolean;
-      fresh?: boolean;
-      goaway?: boolean;
-      oneShot?: number | undefined;
-      unproved?: string | undefined;
-    },
-  ) {
-    const reset = (options?.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET';
-    // Over HTTP/2 the proxy's GOAWAY said which streams it processed: this one among them.
-    const closed = options?.goaway
-      ? `proxy ${proxy} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
-      : `proxy ${proxy} closed its kept-alive connection without answering the ${method} written on it`;
-    const why =
-      options?.unproved !== undefined
-        ? `it carried credentials (${options.unproved}) ${options.unproved === 'Authorization' ? 'the origin has not accepted yet and may have counted (the proxy may have passed it on)' : 'this proxy has not accepted yet and may have counted'}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection)`
-        : options?.oneShot !== undefined
-          ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
-          : 'the proxy may have received it: send it again if that is safe (or give the dispatch option idempotent: true)';
-    super(
-      'MULTILEG_PROXY_CLOSED',
-      options?.fresh
-        ? // A proxy that drops a new connection under its first request would drop the next one too.
-          `proxy ${proxy} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
-        : options?.again
-          ? `${closed}, again after it was sent once more on a new connection; check the proxy's keep-alive settings and logs`
-          : options?.goaway
-            ? `${closed}; not sent again, as ${why}, and check the proxy's logs`
-            : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the proxy's keep-alive settings`,
-      options,
-    );
+  constructor(proxy: string, method: string, options?: ConnectionClosedOptions) {
+    super(proxy, method, options, 'proxy');
     this.proxy = proxy;
-    this.method = method;
-    this.fresh = options?.fresh === true;
-    this.reset = reset;
   }
 }
 

@@ -132,7 +132,12 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       return;
     }
     // Nothing reached the caller: the steps decide (relocate after GOAWAY, R5; or the caller's error).
-    this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error: err }));
+    let r: LegResult = { kind: 'failed', error: err };
+    // Written, then the connection closed unanswered: an idle close racing the write goes once more
+    // on a new connection, as on the slow path (C8). An authenticated session's connection has
+    // answered before (its handshake, or the response that opened it): a reused one, so `1`.
+    if (this.#controller !== undefined) r = this.session.unanswered(this.job, r, 1, this.job.headers);
+    this.#toSteps(undefined, Promise.resolve(r));
   }
 
   #ended(): void {

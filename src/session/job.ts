@@ -40,10 +40,11 @@ export interface Job {
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */
   relocations: number;
   /**
-   * Sent again once already because a forwarding proxy closed its kept-alive connection under it
-   * unanswered (Session: an idempotent request only, once).
+   * Times sent again because the server (origin or forwarding proxy) closed a kept-alive connection
+   * under it unanswered (Session.unanswered: an idempotent request only, at most
+   * MAX_RESENDS_AFTER_CLOSE times, and never after a close on a new connection).
    */
-  resentAfterClose: boolean;
+  resendsAfterClose: number;
   /**
    * The challenges of a 401 whose connection closed before it was answered (HTTP/1.1 `Connection:
    * close`, or a challenge body too big to read): the next session answers them at once (H1).
@@ -88,7 +89,7 @@ export function newJob(
     bare: false,
     reauthenticated: false,
     relocations: 0,
-    resentAfterClose: false,
+    resendsAfterClose: 0,
     challenges: undefined,
     held401: undefined,
   };

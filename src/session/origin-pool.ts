@@ -467,9 +467,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       ...(this.memory.contextCap !== undefined ? { handshakeCap: this.memory.contextCap } : {}),
       onChange: () => this.#pump(),
       onConnectFailed: (failed, err) => this.#connectFailed(failed, err),
-      ...(this.#route
-        ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1(), originProof: this.memory.proof }
-        : {}),
+      // R4: whether a leg the origin (or a forwarding proxy) closed under unanswered may go again.
+      originProof: this.memory.proof,
+      ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),
     });
     this.#sessionsCreated += 1;
     this.#sessions.push(session);

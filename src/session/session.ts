@@ -2,7 +2,13 @@ import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import { publishLeg, tracingLegs } from '../diagnostics.ts';
-import { BodyNotReplayableError, CookieStoreError, MultilegError } from '../errors.ts';
+import {
+  BodyNotReplayableError,
+  ConnectionClosedError,
+  type ConnectionClosedOptions,
+  CookieStoreError,
+  MultilegError,
+} from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import {
   type HeldResponse,
@@ -24,6 +30,13 @@ import type { CredentialProof } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
 import { WaitQueue } from './wait-queue.ts';
+
+/**
+ * How many times an idempotent request goes again after servers closed kept-alive connections under
+ * it unanswered: curl's CONN_MAX_RETRIES ("Connection died, retrying a fresh connect", then "tried 5
+ * times before giving up"). Each needs a close on a connection that had answered before.
+ */
+export const MAX_RESENDS_AFTER_CLOSE = 5;
 
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
@@ -513,7 +526,7 @@ export class Session {
       onResult: (r) => {
         if (r.kind === 'failed') traced?.error(r.error);
         onResult(
-          this.settleLeg(job, r.kind === 'failed' && leg.unanswered ? this.#unanswered(job, r, answered, headers) : r),
+          this.settleLeg(job, r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers) : r),
         );
       },
     });
@@ -547,47 +560,57 @@ export class Session {
   }
 
   /**
-   * A leg written on a kept-alive connection to a forwarding proxy that the proxy closed before any
-   * answer to it, without having said it would (no `Connection: close`; an idle timeout, a
-   * restart): undici fails it with its socket error (`UND_ERR_SOCKET` "other side closed" for the
-   * proxy's FIN, or the system's reset). undici started it, so the proxy may have read it. Once, and
-   * only if undici deems the request idempotent (GET, HEAD, or the dispatch option `idempotent`),
-   * it goes to a new connection, as curl's "Connection died, retrying a fresh connect" does; any
-   * other is {@link ProxyClosedError}, never sent twice (nor a third time), as is an idempotent one
-   * whose one-shot body was read past limits.maxReplayBodyBytes (C10), and one whose credentials
-   * the proxy may have counted unanswered (R4: {@link #unprovedSecret}). On a new connection
-   * (nothing answered on it yet) the close is no idle timeout but the proxy refusing or failing the
-   * request: {@link ProxyClosedError} (`fresh`) at once, idempotent or not — curl 7.88 says "Empty
-   * reply from server" on its one connection, and a new connection would only meet the same, a
-   * connection per attempt against a proxy that drops every one.
+   * A leg written on a connection that the server (the origin, or the forwarding proxy it goes
+   * through) closed before any answer to it, without having said it would (no `Connection: close`;
+   * an idle timeout or `MaxKeepAliveRequests` racing the write, a restart, an HTTP/2 connection
+   * ending without GOAWAY): undici fails it with its socket error (`UND_ERR_SOCKET` "other side
+   * closed" for the server's FIN, or the system's reset). undici started it, so the server may have
+   * read it. Once, and only if undici deems the request idempotent (GET, HEAD, or the dispatch
+   * option `idempotent`), it goes to a new connection (a new session, which authenticates there: C8),
+   * as curl's "Connection died, retrying a fresh connect" does; any other is
+   * {@link ConnectionClosedError} ({@link ProxyClosedError} for a proxy), never sent twice (nor a
+   * third time), as is an idempotent one whose one-shot body was read past
+   * limits.maxReplayBodyBytes (C10), and one whose credentials the server may have counted
+   * unanswered (R4: {@link #unprovedSecret}). On a new connection (nothing answered on it yet) the
+   * close is no idle timeout but the server refusing or failing the request: a forwarding proxy's
+   * is {@link ProxyClosedError} (`fresh`) at once, idempotent or not — curl 7.88 says "Empty reply
+   * from server" on its one connection, and a new connection would only meet the same, a
+   * connection per attempt against a proxy that drops every one; an origin's stays undici's error,
+   * which the command explains (a plain request to a TLS port, among others). `answered`: the
+   * responses the connection gave before this leg was written.
    */
-  #unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap): LegResult {
+  unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap): LegResult {
     const code = (r.error as { code?: unknown }).code;
-    const again = job.resentAfterClose;
-    if (!this.#forward || !(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
-    log.session('%s proxy closed the connection under a written leg (%s): closing', this.id, code);
+    const again = job.resendsAfterClose;
+    if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
+    if (answered === 0 && again === 0 && !this.#forward) return r;
+    log.session('%s server closed the connection under a written leg (%s): closing', this.id, code);
     this.apply({ type: 'closed' });
     const { method, idempotent } = job.dispatchOptions;
+    const closedError = (options: ConnectionClosedOptions): ConnectionClosedError =>
+      this.#forward
+        ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
+        : new ConnectionClosedError(job.origin, method, options);
     // (A request sent again for an idle close already says so, whatever connection failed it now.)
-    if (answered === 0 && !again)
-      return {
-        kind: 'failed',
-        error: new ProxyClosedError(this.#forward.route.proxy.origin, method, { cause: r.error, fresh: true }),
-      };
-    const resend = !again && (idempotent ?? (method === 'GET' || method === 'HEAD'));
+    if (answered === 0 && again === 0) return { kind: 'failed', error: closedError({ cause: r.error, fresh: true }) };
+    // Only a close on a reused connection is an idle close to send again after: one on a new
+    // connection ends it (a server that always closes: one resend, one error). The pool may hand the
+    // resent request another kept-alive connection, which its own keep-alive limit may close too.
+    const resend =
+      answered > 0 && again < MAX_RESENDS_AFTER_CLOSE && (idempotent ?? (method === 'GET' || method === 'HEAD'));
     // C10: a one-shot body read past limits.maxReplayBodyBytes cannot go again: said here, with the
-    // proxy's close as its cause, rather than after a new connection opened for nothing.
+    // server's close as its cause, rather than after a new connection opened for nothing.
     const oneShot = resend && !job.body.replayable ? this.#limits.maxReplayBodyBytes : undefined;
     const unproved = resend && oneShot === undefined ? this.#unprovedSecret(job, headers) : undefined;
     if (resend && oneShot === undefined && unproved === undefined) {
-      job.resentAfterClose = true;
+      job.resendsAfterClose += 1;
       return { kind: 'failed', error: new StaleConnectionError() };
     }
     return {
       kind: 'failed',
-      error: new ProxyClosedError(this.#forward.route.proxy.origin, method, {
+      error: closedError({
         cause: r.error,
-        again,
+        again: again > 0 ? again : undefined,
         // (A stream above the GOAWAY's last-stream-id never gets here: undici queues it again, R5.)
         goaway: this.#goaway !== undefined,
         oneShot,
@@ -597,9 +620,9 @@ export class Session {
   }
 
   /**
-   * The credential header of a leg the proxy closed under unanswered that may not go again (R4, as
-   * the command's `--retry` rule): the proxy, or the origin it may have passed the leg on to, may
-   * have counted it, and a wrong password tried twice counts twice toward a lockout. Only the
+   * The credential header of a leg the server closed under unanswered that may not go again (R4, as
+   * the command's `--retry` rule): the origin, or a forwarding proxy and the origin it may have
+   * passed the leg on to, may have counted it, and a wrong password tried twice counts twice toward a lockout. Only the
    * agent's own credentials, once proved where they go (a success and no refusal since: the proxy's
    * for Proxy-Authorization, the origin's for Authorization), go again: a kept-alive connection
    * closed when idle is no verdict on them. A secretless token (an NTLM NEGOTIATE) is none; the
@@ -611,7 +634,7 @@ export class Session {
       if (value === undefined || [value].flat().every((v) => carriesNoSecret(String(v)))) continue;
       // (The agent's header goes in the leg's extra, over the job's; the caller's is the job's.)
       const agents = !(name in job.headers);
-      const proof = name === 'authorization' ? this.#originProof : this.#forward!.route.proxy.proof;
+      const proof = name === 'authorization' ? this.#originProof : this.#forward?.route.proxy.proof;
       if (!agents || !proof?.proved) return name === 'authorization' ? 'Authorization' : 'Proxy-Authorization';
     }
     return undefined;
