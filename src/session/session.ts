@@ -565,13 +565,13 @@ export class Session {
    * an idle timeout or `MaxKeepAliveRequests` racing the write, a restart, an HTTP/2 connection
    * ending without GOAWAY): undici fails it with its socket error (`UND_ERR_SOCKET` "other side
    * closed" for the server's FIN, or the system's reset). undici started it, so the server may have
-   * read it. Once, and only if undici deems the request idempotent (GET, HEAD, or the dispatch
-   * option `idempotent`), it goes to a new connection (a new session, which authenticates there: C8),
-   * as curl's "Connection died, retrying a fresh connect" does; any other is
-   * {@link ConnectionClosedError} ({@link ProxyClosedError} for a proxy), never sent twice (nor a
-   * third time), as is an idempotent one whose one-shot body was read past
-   * limits.maxReplayBodyBytes (C10), and one whose credentials the server may have counted
-   * unanswered (R4: {@link #unprovedSecret}). On a new connection (nothing answered on it yet) the
+   * read it. Only if undici deems the request idempotent (GET, HEAD, or the dispatch option
+   * `idempotent`) does it go to a new connection (a new session, which authenticates there: C8), as
+   * curl's "Connection died, retrying a fresh connect" does, up to MAX_RESENDS_AFTER_CLOSE times
+   * while each close is of a reused connection; any other is {@link ConnectionClosedError}
+   * ({@link ProxyClosedError} for a proxy), never sent twice, as is an idempotent one whose one-shot
+   * body was read past limits.maxReplayBodyBytes (C10), and one whose credentials the server may
+   * have counted unanswered (R4: {@link #unprovedSecret}). On a new connection (nothing answered on it yet) the
    * close is no idle timeout but the server refusing or failing the request: a forwarding proxy's
    * is {@link ProxyClosedError} (`fresh`) at once, idempotent or not — curl 7.88 says "Empty reply
    * from server" on its one connection, and a new connection would only meet the same, a
@@ -622,10 +622,10 @@ export class Session {
   /**
    * The credential header of a leg the server closed under unanswered that may not go again (R4, as
    * the command's `--retry` rule): the origin, or a forwarding proxy and the origin it may have
-   * passed the leg on to, may have counted it, and a wrong password tried twice counts twice toward a lockout. Only the
-   * agent's own credentials, once proved where they go (a success and no refusal since: the proxy's
-   * for Proxy-Authorization, the origin's for Authorization), go again: a kept-alive connection
-   * closed when idle is no verdict on them. A secretless token (an NTLM NEGOTIATE) is none; the
+   * passed the leg on to, may have counted it, and a wrong password tried twice counts twice toward
+   * a lockout. Only the agent's own credentials, once proved where they go (a success and no
+   * refusal since: the proxy's for Proxy-Authorization, the origin's for Authorization), go again: a
+   * kept-alive connection closed when idle is no verdict on them. A secretless token (an NTLM NEGOTIATE) is none; the
    * caller's own header is never known proved. When in doubt, nothing twice.
    */
   #unprovedSecret(job: Job, headers: HeaderMap): string | undefined {
