@@ -180,7 +180,7 @@ export interface ConnectionClosedOptions {
   cause?: unknown;
   /** It had been sent again already after idle closes: how many times (true: once). */
   again?: boolean | number | undefined;
-  /** The connection was new: nothing answered on it, this request its first. */
+  /** The connection was new: this request its first (it answered nothing else, a handshake's challenges aside). */
   fresh?: boolean;
   /** An HTTP/2 GOAWAY came first, its last-stream-id counting this stream processed. */
   goaway?: boolean;
@@ -207,7 +207,7 @@ export class ConnectionClosedError extends MultilegError {
   /** The server that closed, as `http://host:port`: the origin, or the forwarding proxy. */
   readonly peer: string;
   readonly method: string;
-  /** The connection was new: the server answered nothing on it, this request its first. */
+  /** The connection was new: this request its first (nothing else answered on it, a handshake's challenges aside). */
   readonly fresh: boolean;
   /** The server reset the connection (ECONNRESET; curl: "Connection reset by peer") rather than closing it. */
   readonly reset: boolean;
@@ -236,7 +236,7 @@ export class ConnectionClosedError extends MultilegError {
       via === 'proxy'
         ? // A proxy that drops a new connection under its first request would drop the next one too.
           `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
-        : `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering anything is refusing or failing the request, not closing an idle connection: check the server's logs`;
+        : `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: check the server's logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
       options?.fresh

@@ -208,6 +208,29 @@ describe('an origin that closes a kept-alive connection under a written request 
     }
   });
 
+  it("R4/C8: an origin that answers each new connection's NTLM NEGOTIATE, then closes under its AUTHENTICATE (credentials proved before): one resend after the idle close, then ConnectionClosedError; no loop of handshakes carrying the password", async () => {
+    // Connection 0 authenticates and serves /a; every later one answers only a handshake's 401.
+    const o = await closingOrigin({ auth: 'ntlm', answers: (c) => (c === 0 ? 3 : 1), record: true });
+    const agent = agentFor(o.origin);
+    expect((await send(agent, `${o.origin}/a`)).status).toBe(200);
+    // The idle close on connection 0 sends /b once more; its new connection closes under its handshake.
+    const b = await failure(send(agent, `${o.origin}/b`));
+    expect(b).toBeInstanceOf(ConnectionClosedError);
+    expect(b).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: false });
+    expect(b.message).toMatch(/again after it was sent once more on a new connection/);
+    // A close right after this request's own 401 is no idle race: the first request on it, not sent again.
+    const c = await failure(send(agent, `${o.origin}/c`));
+    expect(c).toBeInstanceOf(ConnectionClosedError);
+    expect(c).toMatchObject({ fresh: true, method: 'GET' });
+    expect(c.message).not.toContain('alicepw');
+    // Before: 4 and 5 connections, each a handshake with the AUTHENTICATE, then RelocationLimitError.
+    expect(o.requests).toEqual([
+      ['GET /a -> 401', 'GET /a +1 -> 401', 'GET /a +3 -> 200', 'GET /b -> closed'],
+      ['GET /b +1 -> 401', 'GET /b +3 -> closed'],
+      ['GET /c +1 -> 401', 'GET /c +3 -> closed'],
+    ]);
+  });
+
   it.each([
     {
       who: "the caller's own Authorization",

@@ -46,6 +46,12 @@ export interface Job {
    */
   resendsAfterClose: number;
   /**
+   * The session whose connection answered this request's own legs last (a handshake's 401s), and
+   * how many: answers to its own legs make no connection a kept-alive one for it (Session.unanswered).
+   */
+  answeredOn: object | undefined;
+  answeredHere: number;
+  /**
    * The challenges of a 401 whose connection closed before it was answered (HTTP/1.1 `Connection:
    * close`, or a challenge body too big to read): the next session answers them at once (H1).
    */
@@ -90,6 +96,8 @@ export function newJob(
     reauthenticated: false,
     relocations: 0,
     resendsAfterClose: 0,
+    answeredOn: undefined,
+    answeredHere: 0,
     challenges: undefined,
     held401: undefined,
   };

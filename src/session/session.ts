@@ -506,12 +506,20 @@ export class Session {
           { method: job.dispatchOptions.method, path: path ?? job.dispatchOptions.path, headers },
         )
       : undefined;
-    // Responses this connection gave before this leg: a leg it closed under after some was reused.
-    const answered = this.#answers;
+    // Responses this connection gave to other requests before this leg: a leg it closed under after
+    // some was on a reused connection. Its answers to this request's own legs (a handshake's 401s)
+    // do not count: a close right after them is the server ending this request, no idle race (R4).
+    const own = job.answeredOn === this ? job.answeredHere : 0;
+    const answered = this.#answers - own;
     const leg = new LegHandler({
       sink: job.sink,
       classify: (status, h) => {
         this.#answers += 1;
+        if (job.answeredOn !== this) {
+          job.answeredOn = this;
+          job.answeredHere = 0;
+        }
+        job.answeredHere += 1;
         if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
         const intermediate = verdict === 'swallow' || verdict === 'hold';
@@ -526,7 +534,10 @@ export class Session {
       onResult: (r) => {
         if (r.kind === 'failed') traced?.error(r.error);
         onResult(
-          this.settleLeg(job, r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers) : r),
+          this.settleLeg(
+            job,
+            r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers, own) : r,
+          ),
         );
       },
     });
@@ -577,13 +588,15 @@ export class Session {
    * from server" on its one connection, and a new connection would only meet the same, a
    * connection per attempt against a proxy that drops every one; an origin's stays undici's error,
    * which the command explains (a plain request to a TLS port, among others). `answered`: the
-   * responses the connection gave before this leg was written.
+   * responses the connection gave to other requests before this leg was written; `own`: to this
+   * request's earlier legs (a handshake's challenges), which make it no kept-alive connection: a
+   * server that closes under every handshake's last leg gets no resend loop (R4).
    */
-  unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap): LegResult {
+  unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap, own = 0): LegResult {
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
-    if (answered === 0 && again === 0 && !this.#forward) return r;
+    if (answered === 0 && own === 0 && again === 0 && !this.#forward) return r;
     log.session('%s server closed the connection under a written leg (%s): closing', this.id, code);
     this.apply({ type: 'closed' });
     const { method, idempotent } = job.dispatchOptions;
@@ -592,17 +605,23 @@ export class Session {
         ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
         : new ConnectionClosedError(job.origin, method, options);
     // (A request sent again for an idle close already says so, whatever connection failed it now.)
-    if (answered === 0 && again === 0) return { kind: 'failed', error: closedError({ cause: r.error, fresh: true }) };
+    if (answered === 0 && own === 0 && again === 0) {
+      return { kind: 'failed', error: closedError({ cause: r.error, fresh: true }) };
+    }
     // Only a close on a reused connection is an idle close to send again after: one on a new
     // connection ends it (a server that always closes: one resend, one error). The pool may hand the
     // resent request another kept-alive connection, which its own keep-alive limit may close too.
-    const resend =
-      answered > 0 && again < MAX_RESENDS_AFTER_CLOSE && (idempotent ?? (method === 'GET' || method === 'HEAD'));
+    // A connection that answered only this request's own earlier legs (a handshake's challenges) is
+    // new to it: no idle race, the server ending this request (R4: no handshake per resend, looping).
+    const mine = answered === 0 && again === 0;
+    const idem = again < MAX_RESENDS_AFTER_CLOSE && (idempotent ?? (method === 'GET' || method === 'HEAD'));
+    const resend = (answered > 0 || mine) && idem;
     // C10: a one-shot body read past limits.maxReplayBodyBytes cannot go again: said here, with the
     // server's close as its cause, rather than after a new connection opened for nothing.
     const oneShot = resend && !job.body.replayable ? this.#limits.maxReplayBodyBytes : undefined;
     const unproved = resend && oneShot === undefined ? this.#unprovedSecret(job, headers) : undefined;
     if (resend && oneShot === undefined && unproved === undefined) {
+      if (mine) return { kind: 'failed', error: closedError({ cause: r.error, fresh: true }) };
       job.resendsAfterClose += 1;
       return { kind: 'failed', error: new StaleConnectionError() };
     }
