@@ -12,6 +12,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionClosedError, MultilegAgent, type MultilegAgentOptions, ProxyClosedError } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { MAX_RESENDS_AFTER_CLOSE } from '../src/session/session.ts';
 import { ALICE, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
@@ -178,6 +179,20 @@ describe('an origin that closes a kept-alive connection under a written request 
     expect(err).toBeInstanceOf(ConnectionClosedError);
     expect(err.message).toMatch(/without answering the GET written on it, again after it was sent once more/);
     expect(o.requests).toEqual([['GET /a', 'PUT /put v'], ['PUT /put v', 'GET /b'], ['GET /b']]);
+  });
+
+  it("C8: a GET that meets kept-alive connections closed under it one after another goes again at most MAX_RESENDS_AFTER_CLOSE (4) times, then is one ConnectionClosedError saying so, not the pool's RelocationLimitError", async () => {
+    // Six connections answer one request each and stay open; each closes under the next request.
+    const o = await closingOrigin({ auth: 'none', answers: (c) => (c < 6 ? 1 : 0) });
+    const agent = agentFor(o.origin);
+    const warm = await Promise.all(Array.from({ length: 6 }, (_, i) => send(agent, `${o.origin}/w${i}`)));
+    expect(warm.map((r) => r.status)).toEqual(Array(6).fill(200));
+    expect(o.requests.length).toBe(6);
+    const err = await failure(send(agent, `${o.origin}/x`));
+    // Before: a fifth resend, past the pool's four moves: RelocationLimitError, naming neither.
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err.message).toMatch(/without answering the GET written on it, again after it was sent 4 more times/);
+    expect(o.requests.flat().filter((r) => r === 'GET /x').length).toBe(MAX_RESENDS_AFTER_CLOSE + 1);
   });
 
   it('C8/H1: session mode over HTTP/1.1 (NTLM bound to the connection): an origin that closes every connection after 5 answers, under the next request, with 20 in flight: every request 200, each answered once, the retried ones on new connections that authenticated', async () => {

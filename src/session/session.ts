@@ -33,10 +33,12 @@ import { WaitQueue } from './wait-queue.ts';
 
 /**
  * How many times an idempotent request goes again after servers closed kept-alive connections under
- * it unanswered: curl's CONN_MAX_RETRIES ("Connection died, retrying a fresh connect", then "tried 5
- * times before giving up"). Each needs a close on a connection that had answered before.
+ * it unanswered ("Connection died, retrying a fresh connect": curl's CONN_MAX_RETRIES is 5). Each
+ * needs a close on a connection that had answered before. 4: each resend is also a move to a new
+ * connection, which the pool bounds at 4 (MAX_RELOCATIONS) with a RelocationLimitError that would
+ * name neither the close nor the cause, so a fifth close ends in ConnectionClosedError.
  */
-export const MAX_RESENDS_AFTER_CLOSE = 5;
+export const MAX_RESENDS_AFTER_CLOSE = 4;
 
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
