@@ -365,6 +365,49 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(r.agent.stats().handshakes).toBe(2);
   });
 
+  it('S6: sessions authenticated as one account spelled two ways (NTLM inside Negotiate says EXAMPLE\\alice, Kerberos alice@EXAMPLE.TEST) do not retire each other; another account does', async () => {
+    // HTTP/1.1 session mode: a burst opens several connections, each its own handshake. Every second
+    // context reports the Kerberos spelling of the same account, as a Negotiate fallback would.
+    const spellings: string[] = [];
+    const base = ntlmMechanism({ username: 'EXAMPLE\\alice', password: 'alicepw' });
+    const spelled = (other: string) => ({
+      ...base,
+      createContext: (...args: Parameters<typeof base.createContext>) => {
+        const context = base.createContext(...args);
+        const identity = spellings.length % 2 === 1 ? other : undefined;
+        spellings.push(identity ?? 'EXAMPLE\\alice');
+        return new Proxy(context, {
+          get(target, key) {
+            if (key === 'identity' && identity !== undefined) return identity;
+            const value = Reflect.get(target, key, target);
+            return typeof value === 'function' ? value.bind(target) : value;
+          },
+        });
+      },
+    });
+    const handshakesFor = async (other: string) => {
+      spellings.length = 0;
+      r = await rig(
+        { mode: 'session', schemes: ['NTLM'] },
+        { mechanisms: [spelled(other)], negotiate: false, allowH2: false },
+      );
+      for (let round = 0; round < 3; round++)
+        expect((await many(r, 6)).map((x) => x.status)).toEqual(Array(6).fill(200));
+      const handshakes = r.agent.stats().handshakes;
+      const sessions = r.agent.sessions().length;
+      await r.close();
+      r = undefined;
+      return { handshakes, sessions };
+    };
+    // The same account: one handshake per connection, none retired (before: each new spelling's
+    // handshake retired the other's sessions, which then authenticated again).
+    const same = await handshakesFor('ALICE@EXAMPLE.TEST');
+    expect(same.handshakes).toBe(same.sessions);
+    // Another account (a kinit bob) does retire the sessions authenticated as alice (S6).
+    const other = await handshakesFor('bob@EXAMPLE.TEST');
+    expect(other.handshakes).toBeGreaterThan(other.sessions);
+  });
+
   it('C8: a session that ends mid-handshake (GOAWAY) moves its queue to a new session; nothing lost or sent twice', async () => {
     r = await rig({ mode: 'session', faults: { goawayAfterChallenge: true } });
     // Cut the first handshake only.

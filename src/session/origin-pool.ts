@@ -145,14 +145,15 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * retire, as after setCredentials. Ambient Kerberos follows the default ccache, which a
    * `kdestroy; kinit bob` switches under a running process: new sessions are bob's, and alice's
    * kept-alive ones would otherwise go on serving the agent's requests as alice for as long as the
-   * server keeps them open. (A session that never handshakes again cannot notice the switch.)
+   * server keeps them open. (A session that never handshakes again cannot notice the switch.) The
+   * same account spelled by another mechanism (Kerberos after NTLM inside Negotiate) is no switch.
    */
   #identityProved(identity: string, sessionId: string): void {
     let retired = 0;
     for (const s of [...this.#sessions]) {
       const state = s.state;
       if (s.id === sessionId || s.identity !== 'agent' || state.kind !== 'authenticated') continue;
-      if (state.identity === undefined || state.identity === identity) continue;
+      if (state.identity === undefined || sameAccount(state.identity, identity)) continue;
       s.apply({ type: 'closed' });
       retired += 1;
     }
@@ -545,4 +546,19 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }
+}
+
+/**
+ * Whether two reported identities name the same account, case aside as Windows compares them: equal,
+ * or spelled by different mechanisms (NTLM's `DOMAIN\user` or `user`, Kerberos' `user@REALM`) with
+ * the same user name. Two Kerberos principals, or two NTLM names, compare whole: a `kinit bob` after
+ * alice is a switch, and so is another realm's alice.
+ */
+function sameAccount(a: string, b: string): boolean {
+  if (a.toLowerCase() === b.toLowerCase()) return true;
+  const kerberos = (id: string) => !id.includes('\\') && id.includes('@');
+  if (kerberos(a) === kerberos(b)) return false;
+  const user = (id: string) =>
+    (kerberos(id) ? id.slice(0, id.lastIndexOf('@')) : id.slice(id.lastIndexOf('\\') + 1)).toLowerCase();
+  return user(a) === user(b);
 }
