@@ -1172,6 +1172,28 @@ describe('multileg command line', () => {
     }
   });
 
+  it('a plain http:// request to a port that answers in TLS (an alert record) is curl 7.88\'s 1 ("Received HTTP/0.9"), with the https:// port hint', async () => {
+    const peers: Socket[] = [];
+    // What a TLS server may send back for a plain request: an alert record (fatal, protocol_version).
+    const alerting = createTcpServer((s) => {
+      peers.push(s);
+      s.on('error', () => {});
+      s.once('data', () => s.end(Buffer.from('15030100020246', 'hex')));
+    });
+    try {
+      const host = `127.0.0.1:${await listen(alerting)}`;
+      const plain = await run([`http://${host}/x`]);
+      // Before: undici's "Response does not match the HTTP/1.1 protocol (Expected HTTP/, RTSP/ or ICE/)", no hint.
+      expect(plain).toMatchObject({
+        code: 1,
+        stderr: `multileg: ${host} answered in TLS, not HTTP: is it an https:// port? (Response does not match the HTTP/1.1 protocol (Expected HTTP/, RTSP/ or ICE/))\n`,
+      });
+    } finally {
+      for (const p of peers) p.destroy();
+      alerting.close();
+    }
+  });
+
   it("a body cut short (the server closes mid-body) is curl's 18, in one line, with no https hint; to -o too", async () => {
     const url = `${plainOrigin}/truncated`;
     const shown = await run([url]);

@@ -265,6 +265,14 @@ export function describeFailure(
   // OpenSSL's own text is two lines with a source path: the code says it.
   if (code.startsWith('ERR_SSL_'))
     return { exit: EXIT.tls, message: `the TLS handshake with ${host} failed (${code})` };
+  // A TLS port that answers a plain request with a TLS record (an alert): curl 7.88's 1, "Received
+  // HTTP/0.9 when not allowed"; undici's parser error keeps the bytes it could not read.
+  if (
+    e.name === 'HTTPParserError' &&
+    ctx.url.protocol === 'http:' &&
+    /^[\x15\x16]\x03/.test(String((e as { data?: unknown }).data))
+  )
+    return { exit: EXIT.failure, message: `${host} answered in TLS, not HTTP: is it an https:// port? (${e.message})` };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
