@@ -199,7 +199,9 @@ export interface ConnectionClosedOptions {
  * body can be written again and its credentials were proved (R4); this error is every other case:
  * not idempotent (the server may have read and acted on it, RFC 9110 §9.2.2), closed under again
  * on the new connection, a one-shot body past the replay limit (C10), credentials the server may
- * have counted unanswered. `MULTILEG_CONNECTION_CLOSED` for the origin's connection;
+ * have counted unanswered. A close under the first request on a NEW connection is this error at
+ * once with `fresh: true`, idempotent or not (a server refusing or failing the request, or a
+ * plain request to a TLS port: not an idle close). `MULTILEG_CONNECTION_CLOSED` for the origin's connection;
  * {@link ProxyClosedError} (`MULTILEG_PROXY_CLOSED`) for a forwarding proxy's. undici's own error
  * is `cause`.
  */
@@ -236,7 +238,8 @@ export class ConnectionClosedError extends MultilegError {
       via === 'proxy'
         ? // A proxy that drops a new connection under its first request would drop the next one too.
           `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
-        : `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: check the server's logs`;
+        : // A TLS port closes on a plain-HTTP request: the likelier fix than the server's logs.
+          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
       options?.fresh

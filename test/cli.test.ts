@@ -1064,6 +1064,30 @@ describe('multileg command line', () => {
     expect([reset.exit, reset.refused]).toEqual([56, false]);
   });
 
+  it("C8: an origin that closed a NEW connection under its first request (ConnectionClosedError, fresh) is curl's 52 in the command's words, with the https:// port hint for http://; reset, 56; only --retry-all-errors retries either", () => {
+    const url = new URL('http://intranet.example.com/form');
+    const closed = describeFailure(new ConnectionClosedError('http://intranet.example.com', 'POST', { fresh: true }), {
+      url,
+      maxTime: undefined,
+    });
+    expect(closed).toEqual({
+      exit: 52,
+      message:
+        'empty reply from intranet.example.com: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED); is it an https:// port?',
+      refused: false,
+    });
+    const cause = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+    const reset = describeFailure(
+      new ConnectionClosedError('https://intranet.example.com:8443', 'GET', { fresh: true, cause }),
+      { url: new URL('https://intranet.example.com:8443/'), maxTime: undefined },
+    );
+    expect(reset).toEqual({
+      exit: 56,
+      message: 'intranet.example.com:8443 reset the connection (MULTILEG_CONNECTION_CLOSED)',
+      refused: false,
+    });
+  });
+
   it('network failures exit with curl codes: 7 refused, 28 --connect-timeout and --max-time, 35 https to a plain port, 56 closed', async () => {
     const port = REFUSED_PORT;
     const refused = await run([`https://127.0.0.1:${port}/`]);
@@ -1085,15 +1109,16 @@ describe('multileg command line', () => {
     expect(tlsToPlain.stderr).toBe(
       `multileg: ${new URL(plainOrigin).host} did not speak TLS: is it an http:// port? (ERR_SSL_WRONG_VERSION_NUMBER)\n`,
     );
-    // Plain HTTP to the TLS port: the server closes the connection without a byte (curl's 52).
+    // Plain HTTP to the TLS port: the server closes the connection without a byte (curl's 52), now
+    // the library's ConnectionClosedError (fresh), not undici's UND_ERR_SOCKET (C8).
     const plainToTls = await run([`http://localhost:${server.port}/public/`]);
     expect(plainToTls.code).toBe(52);
     expect(plainToTls.stderr).toBe(
-      `multileg: empty reply from localhost:${server.port}: it closed the connection without answering (UND_ERR_SOCKET); is it an https:// port?\n`,
+      `multileg: empty reply from localhost:${server.port}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED); is it an https:// port?\n`,
     );
   });
 
-  it("a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded (56 reset, C8), 56 for a CONNECT the proxy closes", async () => {
+  it("C8: a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded (56 reset, C8), 56 for a CONNECT the proxy closes", async () => {
     const peers: Socket[] = [];
     // Reads the request, then closes (or resets) without a byte.
     const closing = createTcpServer((s) => {
@@ -1113,10 +1138,14 @@ describe('multileg command line', () => {
       expect(empty).toMatchObject({
         code: 52,
         stdout: '000 52',
-        stderr: `multileg: empty reply from ${closed}: it closed the connection without answering (UND_ERR_SOCKET); is it an https:// port?\n`,
+        // C8: the library's ConnectionClosedError (fresh), no longer undici's UND_ERR_SOCKET / ECONNRESET.
+        stderr: `multileg: empty reply from ${closed}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED); is it an https:// port?\n`,
       });
       const byReset = await run([`http://${reset}/x`]);
-      expect(byReset).toMatchObject({ code: 56, stderr: `multileg: ${reset} reset the connection (ECONNRESET)\n` });
+      expect(byReset).toMatchObject({
+        code: 56,
+        stderr: `multileg: ${reset} reset the connection (MULTILEG_CONNECTION_CLOSED)\n`,
+      });
       // A forwarding proxy that closes is the server that gave nothing; a CONNECT cut off is curl's 56.
       const forwarded = await run(['-x', `http://${closed}`, `${plainOrigin}/hop/0`]);
       expect(forwarded.code).toBe(52);
@@ -1140,6 +1169,28 @@ describe('multileg command line', () => {
       for (const p of peers) p.destroy();
       closing.close();
       resetting.close();
+    }
+  });
+
+  it('a plain http:// request to a port that answers in TLS (an alert record) is curl 7.88\'s 1 ("Received HTTP/0.9"), with the https:// port hint', async () => {
+    const peers: Socket[] = [];
+    // What a TLS server may send back for a plain request: an alert record (fatal, protocol_version).
+    const alerting = createTcpServer((s) => {
+      peers.push(s);
+      s.on('error', () => {});
+      s.once('data', () => s.end(Buffer.from('15030100020246', 'hex')));
+    });
+    try {
+      const host = `127.0.0.1:${await listen(alerting)}`;
+      const plain = await run([`http://${host}/x`]);
+      // Before: undici's "Response does not match the HTTP/1.1 protocol (Expected HTTP/, RTSP/ or ICE/)", no hint.
+      expect(plain).toMatchObject({
+        code: 1,
+        stderr: `multileg: ${host} answered in TLS, not HTTP: is it an https:// port? (Response does not match the HTTP/1.1 protocol (Expected HTTP/, RTSP/ or ICE/))\n`,
+      });
+    } finally {
+      for (const p of peers) p.destroy();
+      alerting.close();
     }
   });
 

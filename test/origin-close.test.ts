@@ -312,3 +312,79 @@ describe('an origin that closes a kept-alive connection under a written request 
     expect(seen.filter((r) => r.endsWith('/b'))).toEqual(['1 GET /b', '2 GET /b']);
   });
 });
+
+describe('an origin that closes a NEW connection under its first request (C8)', () => {
+  it.each([
+    { how: 'fin', method: 'GET' },
+    { how: 'fin', method: 'POST' },
+    { how: 'rst', method: 'GET' },
+    { how: 'rst', method: 'POST' },
+  ] as const)(
+    'C8: over HTTP/1.1 the origin ends ($how) a new connection under its first request, a $method: ConnectionClosedError (fresh) naming the origin, not sent again, one connection (curl 7.88: one connection, exit 52 / 56)',
+    async ({ how, method }) => {
+      const o = await closingOrigin({ auth: 'none', answers: () => 0, how });
+      const agent = agentFor(o.origin);
+      // Before: undici's raw SocketError "other side closed" (UND_ERR_SOCKET), or the system's ECONNRESET.
+      const err = await failure(send(agent, `${o.origin}/a`, method === 'POST' ? { method, body: 'v' } : {}));
+      expect(err).toBeInstanceOf(ConnectionClosedError);
+      expect(err).not.toBeInstanceOf(ProxyClosedError);
+      expect(err).toMatchObject({
+        code: 'MULTILEG_CONNECTION_CLOSED',
+        peer: o.origin,
+        method,
+        fresh: true,
+        reset: how === 'rst',
+      });
+      expect(err.message).toBe(
+        `origin ${o.origin} ${how === 'rst' ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how === 'rst' ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: is it an https:// port? If not, check the server's logs`,
+      );
+      expect((err.cause as { code: string }).code).toBe(how === 'rst' ? 'ECONNRESET' : 'UND_ERR_SOCKET');
+      expect(o.requests).toEqual([[`${method} /a${method === 'POST' ? ' v' : ''}`]]);
+      // The next request opens a new connection of its own (nothing of the closed one is kept).
+      await failure(send(agent, `${o.origin}/b`));
+      expect(o.requests).toHaveLength(2);
+    },
+  );
+
+  it('C8: a plain http:// request to a TLS port (the TLS server closes without a byte): ConnectionClosedError (fresh) asking "is it an https:// port?", not sent again', async () => {
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true });
+    let connections = 0;
+    server.on('connection', () => {
+      connections += 1;
+    });
+    const tlsOrigin = await loopbackOrigin(server, closers);
+    const plain = tlsOrigin.replace('https:', 'http:');
+    const agent = agentFor(plain);
+    // Before: undici's raw UND_ERR_SOCKET "other side closed".
+    const err = await failure(send(agent, `${plain}/x`));
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', peer: plain, fresh: true, reset: false });
+    expect(err.message).toContain('is it an https:// port?');
+    expect(connections).toBe(1);
+  });
+
+  it.each(['GET', 'POST'])(
+    'C8/R5: an HTTP/2 origin that ends a NEW connection without GOAWAY under its first stream, a %s: ConnectionClosedError (fresh), not sent again, one connection',
+    async (method) => {
+      const seen: string[] = [];
+      const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+      const sockets: TLSSocket[] = [];
+      server.on('secureConnection', (socket: TLSSocket) => sockets.push(socket));
+      server.on('stream', (stream, h) => {
+        stream.on('error', () => {});
+        seen.push(`${sockets.length} ${h[':method']} ${h[':path']}`);
+        // The socket destroyed: no GOAWAY, no answer.
+        sockets.at(-1)!.destroy();
+      });
+      const origin = await loopbackOrigin(server, closers);
+      const agent = agentFor(origin, { credentials: undefined, connect: { ca: CA_CERT } });
+      // Before: undici's raw SocketError "other side closed" (UND_ERR_SOCKET).
+      const err = await failure(send(agent, `${origin}/a`, method === 'POST' ? { method, body: 'v' } : {}));
+      expect(err).toBeInstanceOf(ConnectionClosedError);
+      expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', peer: origin, method, fresh: true });
+      // An https:// origin: no "https:// port" hint.
+      expect(err.message).not.toContain('https:// port');
+      expect(seen).toEqual([`1 ${method} /a`]);
+    },
+  );
+});

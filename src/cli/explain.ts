@@ -15,6 +15,7 @@ import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
+  ProxyClosedError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
@@ -193,6 +194,20 @@ export function describeFailure(
 ): Failure {
   const e = rootCause(err);
   const host = ctx.url.host;
+  if (e instanceof ConnectionClosedError && e.fresh && !(e instanceof ProxyClosedError)) {
+    // The origin closed a new connection under its first request: the command's words for it, as
+    // curl's 52 "Empty reply from server" / 56 "Recv failure", and what a TLS port does with a
+    // plain request (a reset, as before, without the hint).
+    const peer = new URL(e.peer);
+    const hint = peer.protocol === 'http:' ? '; is it an https:// port?' : '';
+    return {
+      exit: e.reset ? EXIT.receive : EXIT.emptyReply,
+      message: e.reset
+        ? `${peer.host} reset the connection (${e.code})`
+        : `empty reply from ${peer.host}: it closed the connection without answering (${e.code})${hint}`,
+      refused: false,
+    };
+  }
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =
@@ -250,6 +265,14 @@ export function describeFailure(
   // OpenSSL's own text is two lines with a source path: the code says it.
   if (code.startsWith('ERR_SSL_'))
     return { exit: EXIT.tls, message: `the TLS handshake with ${host} failed (${code})` };
+  // A TLS port that answers a plain request with a TLS record (an alert): curl 7.88's 1, "Received
+  // HTTP/0.9 when not allowed"; undici's parser error keeps the bytes it could not read.
+  if (
+    e.name === 'HTTPParserError' &&
+    ctx.url.protocol === 'http:' &&
+    /^[\x15\x16]\x03/.test(String((e as { data?: unknown }).data))
+  )
+    return { exit: EXIT.failure, message: `${host} answered in TLS, not HTTP: is it an https:// port? (${e.message})` };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')

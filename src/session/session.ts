@@ -585,20 +585,22 @@ export class Session {
    * ({@link ProxyClosedError} for a proxy), never sent twice, as is an idempotent one whose one-shot
    * body was read past limits.maxReplayBodyBytes (C10), and one whose credentials the server may
    * have counted unanswered (R4: {@link #unprovedSecret}). On a new connection (nothing answered on it yet) the
-   * close is no idle timeout but the server refusing or failing the request: a forwarding proxy's
-   * is {@link ProxyClosedError} (`fresh`) at once, idempotent or not — curl 7.88 says "Empty reply
-   * from server" on its one connection, and a new connection would only meet the same, a
-   * connection per attempt against a proxy that drops every one; an origin's stays undici's error,
-   * which the command explains (a plain request to a TLS port, among others). `answered`: the
-   * responses the connection gave to other requests before this leg was written; `own`: to this
-   * request's earlier legs (a handshake's challenges), which make it no kept-alive connection: a
-   * server that closes under every handshake's last leg gets no resend loop (R4).
+   * close is no idle timeout but the server refusing or failing the request (or a plain request to
+   * a TLS port): {@link ConnectionClosedError} (`fresh`; {@link ProxyClosedError} for a forwarding
+   * proxy) at once, idempotent or not — curl 7.88 says "Empty reply from server" (reset: "Recv
+   * failure") on its one connection, and a new connection would only meet the same, a connection
+   * per attempt against a server that drops every one. A stream an HTTP/2 GOAWAY refused fails
+   * with the GOAWAY's own error (a SocketError for a non-zero code): not a close, {@link settleLeg}
+   * moves it (R5). `answered`: the responses the connection gave to other requests before this leg
+   * was written; `own`: to this request's earlier legs (a handshake's challenges), which make it no
+   * kept-alive connection: a server that closes under every handshake's last leg gets no resend
+   * loop (R4).
    */
   unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap, own = 0): LegResult {
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
-    if (answered === 0 && own === 0 && again === 0 && !this.#forward) return r;
+    if (r.error === this.#goaway) return r;
     log.session('%s server closed the connection under a written leg (%s): closing', this.id, code);
     this.apply({ type: 'closed' });
     const { method, idempotent } = job.dispatchOptions;
