@@ -727,5 +727,16 @@ export class Session {
   }
 }
 
+/**
+ * Whether `job`, whose credentials were refused after the agent replaced them (setCredentials,
+ * setProxyCredentials), may run once more with the current ones: once per request, and only when
+ * its body can go again (C10: else the refusal is its answer). Marks it when it may.
+ */
+export function rerunWithNewCredentials(job: Job): boolean {
+  if (job.rerunWithNewCredentials || !job.body.replayable) return false;
+  job.rerunWithNewCredentials = true;
+  return true;
+}
+
 /** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
 export const cookieUrlOf = (job: Job): string => `${job.origin}${job.dispatchOptions.path}`;
