@@ -10,7 +10,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ALICE, type Rig, rig } from './helpers.ts';
+import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -220,5 +220,38 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
     const res = await pending;
     await res.body.dump();
     expect(res.statusCode).toBe(401);
+  });
+
+  it('S6/R4/H5: a forwarded request held by the proxy with the old proxy password, refused (407) after setProxyCredentials, goes again with the new one and ends 200 (not ProxyAuthenticationError)', async () => {
+    const old = basic({ username: 'proxyuser', password: 'proxypw' });
+    const made = await behindBasicProxy((_, port) => [`http://localhost:${port}`]);
+    r = made.rig;
+    const px = made.proxy;
+    const closeRig = r.close;
+    r.close = async () => {
+      await closeRig();
+      await px.close();
+    };
+    const url = `http://localhost:${r.server.port}/auth`;
+    expect((await get(`${url}/warm`, { ...r, agent: made.agent })).status).toBe(200);
+    let arrived = 0;
+    px.options.delayMs = (q) => {
+      if (!q.target.includes('/slow') || q.proxyAuthorization !== old) return 0;
+      arrived += 1;
+      return 200;
+    };
+    const pending = Array.from({ length: 3 }, (_, i) => get(`${url}/slow/${i}`, { ...r!, agent: made.agent }));
+    await until(() => arrived === 3);
+    expect(arrived).toBe(3);
+    px.options.basicUsers = { proxyuser: 'rotated' };
+    made.agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
+    expect(await Promise.all(pending)).toEqual(
+      Array.from({ length: 3 }, () => ({ status: 200, user: ALICE.username })),
+    );
+    // Each refused once with the old password (then asked again bare on its new connection, as new
+    // connections wait for the 407), and let through with the new one.
+    const slow = px.exchanges.filter((e) => e.target.includes('/slow'));
+    expect(slow.filter((e) => e.status === 407 && e.proxyAuthorization)).toHaveLength(3);
+    expect(slow.filter((e) => e.status === 200 && e.proxyAuthorization)).toHaveLength(3);
   });
 });

@@ -436,6 +436,8 @@ export class Session {
       path: job.dispatchOptions.path,
       // S6: the caller's own Proxy-Authorization goes as given; its 407 is the caller's.
       ownProxyAuthorization: 'proxy-authorization' in job.headers,
+      // R4/S6: a refusal of replaced proxy credentials moves the request to a new connection, once.
+      rerun: () => (rerunWithNewCredentials(job) ? new StaleConnectionError() : undefined),
     };
     this.#forward
       .send(
