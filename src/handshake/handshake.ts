@@ -52,6 +52,13 @@ export interface HandshakeInput {
    */
   readonly contextRefused?: () => boolean;
   /**
+   * The server's final 401 refused this handshake's last leg: asks whether the credentials it
+   * carried have been replaced since (setCredentials) and the request may run its handshake once
+   * more with the current ones. When it says so the 401 is not shown: the handshake ends
+   * `refused` with that 401's challenges, to be answered with the current mechanisms.
+   */
+  readonly superseded?: () => boolean;
+  /**
    * Led before any 401 at an origin nothing is known of (curl --ntlm's first leg): a 401 that does
    * not offer this scheme is the caller's answer, as a bare request would have met it — nothing else
    * could answer it, and nothing more is sent.
@@ -114,7 +121,16 @@ export type HandshakeResult =
    * The server would not start this handshake's security context: it holds as many incomplete
    * ones on the session as it allows (draft §3.1). Nothing reached the caller: run it again.
    */
-  | { readonly kind: 'refused' }
+  | {
+      readonly kind: 'refused';
+      /**
+       * Set when what was refused were credentials replaced since (see
+       * {@link HandshakeInput.superseded}): the refusal's challenges, to answer with the current ones.
+       */
+      readonly offered?: readonly Challenge[];
+      /** With `offered`: the refusal's Auth-ID (C3). */
+      readonly authId?: string;
+    }
   /** The mechanism cannot run here (no ticket, package missing) and sent nothing: try another scheme (T2). */
   | { readonly kind: 'unusable'; readonly error: Error }
   /**
@@ -208,6 +224,7 @@ class Handshake {
   #legacyLost = false;
   #declined = false;
   #refused = false;
+  #superseded = false;
   #finishError: MultilegError | undefined;
   /**
    * The server's final token: `pending` while the mechanism verifies it (the response is held for
@@ -383,6 +400,7 @@ class Handshake {
     this.#legacyLost = false;
     this.#declined = false;
     this.#refused = false;
+    this.#superseded = false;
     this.#finishError = undefined;
     this.#verification = 'none';
     this.#persistent = false;
@@ -452,6 +470,12 @@ class Handshake {
         this.#declined = true;
         return 'swallow';
       }
+      // The final refusal of credentials replaced since this leg left (setCredentials after a
+      // rotation): not the caller's answer while the agent holds others; run again with them (once).
+      if (input.superseded?.()) {
+        this.#superseded = true;
+        return 'swallow';
+      }
       return 'deliver';
     }
     // A forwarding proxy's 407 (proxy.deliver407, or to the caller's own Proxy-Authorization):
@@ -512,6 +536,15 @@ class Handshake {
         }
         if (this.#refused) {
           this.#end({ kind: 'refused' });
+          return;
+        }
+        if (this.#superseded) {
+          const id = readAuthId(result.headers);
+          this.#end({
+            kind: 'refused',
+            offered: readChallenges(result.headers),
+            ...(id?.ok ? { authId: id.value } : {}),
+          });
           return;
         }
         if (this.#legacyLost) {

@@ -134,7 +134,17 @@ export class ForwardProxy {
    * through `deliverHeld`, as it came.
    */
   async send(
-    request: { origin: string; method: string; path: string; ownProxyAuthorization: boolean },
+    request: {
+      origin: string;
+      method: string;
+      path: string;
+      ownProxyAuthorization: boolean;
+      /**
+       * The error that moves the request to a new connection, when it may run once more with proxy
+       * credentials replaced since it left (and marks it so); undefined when it may not.
+       */
+      rerun?: () => Error | undefined;
+    },
     extra: Record<string, string>,
     classify: Classify,
     sendOnProxy: SendOnProxy,
@@ -329,11 +339,21 @@ export class ForwardProxy {
             // nothing sent: no refusal (R4), and new connections stop carrying it — as an origin's
             // declined proactive leg. A new handshake answers it.
             else if (credentials.own && again === undefined) this.#auth.forget();
-            else if (!proof.again(ticket)) {
-              outcome = 'refused';
-              throw proof.refused
-                ? refusedLately(this.route.proxy, offered)
-                : rejected(this.route.proxy, this.#auth.scheme, offered);
+            else {
+              // Refused, but the agent has replaced them since this leg left (setProxyCredentials
+              // after the proxy's password rotated): the request goes once more, on a new connection
+              // with the current ones and leave of their own (R4), rather than failing with this refusal.
+              const moved = proof.replaced(ticket) && !proof.refused ? request.rerun?.() : undefined;
+              if (moved) {
+                log.proxy('%s: refused replaced credentials: the request goes again', this.route.proxy.origin);
+                throw moved;
+              }
+              if (!proof.again(ticket)) {
+                outcome = 'refused';
+                throw proof.refused
+                  ? refusedLately(this.route.proxy, offered)
+                  : rejected(this.route.proxy, this.#auth.scheme, offered);
+              }
             }
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
             throw refusedLately(this.route.proxy, offered);

@@ -34,6 +34,11 @@ export interface ReferenceProxyOptions {
   ntlmUsers?: Record<string, string>;
   /** CA for the TLS connections to upstream origins. Default the reference server's test CA. */
   upstreamCa?: string;
+  /**
+   * How long (ms) to hold a forwarded request before its `Proxy-Authorization` is checked (a test
+   * hook: puts a request on the wire while a test changes `basicUsers`). Default none.
+   */
+  delayMs?: (request: { readonly target: string; readonly proxyAuthorization: string | undefined }) => number;
 }
 
 /** One request the proxy handled. */
@@ -197,6 +202,11 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
     } catch {
       target = new URL('http://invalid/');
     }
+    const delay = options.delayMs?.({
+      target: target.href,
+      proxyAuthorization: headerValue(headers['proxy-authorization']),
+    });
+    if (delay && delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
     const ntlm = ntlmMessage(headers['proxy-authorization']);
     const record = (status: number) =>
       exchanges.push({

@@ -158,6 +158,14 @@ export class CredentialProof {
     return more;
   }
 
+  /**
+   * The credentials `ticket` was admitted for have been replaced since ({@link reset}): what the
+   * server says of its handshake says nothing of the current ones.
+   */
+  replaced(ticket: Ticket): boolean {
+    return ticket.generation !== this.#generation;
+  }
+
   /** Gives `ticket` back with its handshake's outcome (once; later calls are ignored). */
   settle(ticket: Ticket, outcome: ProofOutcome): void {
     if (ticket.settled) return;

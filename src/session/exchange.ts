@@ -21,7 +21,7 @@ import { selectCertificate } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import type { Job } from './job.ts';
 import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
-import type { Session, WaitOutcome } from './session.ts';
+import { rerunWithNewCredentials, type Session, type WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
 /** One finished handshake, as reported by the agent's `handshake` event and stats. */
@@ -774,6 +774,25 @@ class Lead implements HandshakeInput, LegInfo {
     return !this.#step.blocking && contextRefused(this.#run);
   }
 
+  /**
+   * The server refused this handshake's last leg, whose credentials the agent has replaced since it
+   * was admitted (setCredentials, typically because the server's password was just rotated): the
+   * request runs its handshake once more with the current ones instead of showing the refusal
+   * (S6/R4). Not when it did so already, when its one-shot body cannot go again (C10: the refusal
+   * is its answer, as before), or when the current credentials are refused here lately (R4: they
+   * would not be sent). The new handshake takes leave of the proof like any other: one at a time
+   * until the new credentials are proved, so a wrong new password is tried once per burst.
+   */
+  superseded(): boolean {
+    const { job, env } = this.#run;
+    const ticket = this.#ticket;
+    if (!ticket) return false;
+    const proof = env.memory.proof;
+    if (!proof.replaced(ticket) || proof.refused || !rerunWithNewCredentials(job)) return false;
+    log.agent('%s job %d: refused with replaced credentials: running again with the current ones', job.origin, job.id);
+    return true;
+  }
+
   #leading(): boolean {
     const state = this.#run.session.state;
     return this.#step.blocking && state.kind === 'handshaking' && state.leader === this.#run.job.id;
@@ -889,6 +908,13 @@ class Lead implements HandshakeInput, LegInfo {
         if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true, bare: true });
         return end({ kind: 'done', done: result.done });
       case 'refused':
+        if (result.offered) {
+          // A refusal of replaced credentials (superseded): the refusal's challenges are answered
+          // afresh, with the agent's current mechanisms (never this handshake's, which hold the old
+          // ones), on this session or — retired by setCredentials — on a new one.
+          if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
+          return answerStep(result.offered, result.authId);
+        }
         // Run again once a slot is free; the session now takes no more than the server allows.
         return step;
       case 'declined':

@@ -37,6 +37,11 @@ export interface Job {
   bare: boolean;
   /** Set once this request re-authenticated an authenticated session (T4: once). */
   reauthenticated: boolean;
+  /**
+   * Set once the server's refusal of credentials replaced since its leg was made (setCredentials)
+   * was answered by running the handshake again with the current ones (S6/R4: once per request).
+   */
+  rerunWithNewCredentials: boolean;
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */
   relocations: number;
   /**
@@ -94,6 +99,7 @@ export function newJob(
     waits: 0,
     bare: false,
     reauthenticated: false,
+    rerunWithNewCredentials: false,
     relocations: 0,
     resendsAfterClose: 0,
     answeredOn: undefined,

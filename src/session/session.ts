@@ -438,6 +438,8 @@ export class Session {
       path: job.dispatchOptions.path,
       // S6: the caller's own Proxy-Authorization goes as given; its 407 is the caller's.
       ownProxyAuthorization: 'proxy-authorization' in job.headers,
+      // R4/S6: a refusal of replaced proxy credentials moves the request to a new connection, once.
+      rerun: () => (rerunWithNewCredentials(job) ? new StaleConnectionError() : undefined),
     };
     this.#forward
       .send(
@@ -748,6 +750,17 @@ export class Session {
     }
     return undefined;
   }
+}
+
+/**
+ * Whether `job`, whose credentials were refused after the agent replaced them (setCredentials,
+ * setProxyCredentials), may run once more with the current ones: once per request, and only when
+ * its body can go again (C10: else the refusal is its answer). Marks it when it may.
+ */
+export function rerunWithNewCredentials(job: Job): boolean {
+  if (job.rerunWithNewCredentials || !job.body.replayable) return false;
+  job.rerunWithNewCredentials = true;
+  return true;
 }
 
 /** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
