@@ -19,9 +19,9 @@ import {
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import { selectCertificate } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
-import type { Job } from './job.ts';
+import { type Job, rerunWithNewCredentials } from './job.ts';
 import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
-import { rerunWithNewCredentials, type Session, type WaitOutcome } from './session.ts';
+import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
 /** One finished handshake, as reported by the agent's `handshake` event and stats. */

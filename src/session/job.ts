@@ -108,3 +108,14 @@ export function newJob(
     held401: undefined,
   };
 }
+
+/**
+ * Whether `job`, whose credentials were refused after the agent replaced them (setCredentials,
+ * setProxyCredentials), may run once more with the current ones: once per request, and only when
+ * its body can go again (C10: else the refusal is its answer). Marks it when it may.
+ */
+export function rerunWithNewCredentials(job: Job): boolean {
+  if (job.rerunWithNewCredentials || !job.body.replayable) return false;
+  job.rerunWithNewCredentials = true;
+  return true;
+}

@@ -27,7 +27,7 @@ import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
 import type { CredentialProof } from './credential-proof.ts';
-import type { Job } from './job.ts';
+import { type Job, rerunWithNewCredentials } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
 import { WaitQueue } from './wait-queue.ts';
 
@@ -750,17 +750,6 @@ export class Session {
     }
     return undefined;
   }
-}
-
-/**
- * Whether `job`, whose credentials were refused after the agent replaced them (setCredentials,
- * setProxyCredentials), may run once more with the current ones: once per request, and only when
- * its body can go again (C10: else the refusal is its answer). Marks it when it may.
- */
-export function rerunWithNewCredentials(job: Job): boolean {
-  if (job.rerunWithNewCredentials || !job.body.replayable) return false;
-  job.rerunWithNewCredentials = true;
-  return true;
 }
 
 /** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
