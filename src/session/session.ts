@@ -619,6 +619,8 @@ export class Session {
     // resent request another kept-alive connection, which its own keep-alive limit may close too.
     // A connection that answered only this request's own earlier legs (a handshake's challenges) is
     // new to it: no idle race, the server ending this request (R4: no handshake per resend, looping).
+    // Such a request is never sent again: the checks below only choose what its error says (the
+    // credentials the server may have counted, a one-shot body, else `fresh`).
     const mine = answered === 0 && again === 0;
     const idem = again < MAX_RESENDS_AFTER_CLOSE && (idempotent ?? (method === 'GET' || method === 'HEAD'));
     const resend = (answered > 0 || mine) && idem;
