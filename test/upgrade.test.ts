@@ -232,6 +232,46 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', undefined, 'NTLM/1', 'NTLM/3']);
   });
 
+  it('S6/R4: an upgrade waiting for its leave (the first upgrade proves the old password) at setCredentials sends no AUTHENTICATE of the old password and upgrades with the new one', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
+    const a = agent;
+    const o = origin;
+    // The first upgrade's AUTHENTICATE (old password) is written: the other, whose NTLM was chosen
+    // with the old password at its 401, waits in the origin's proof queue for that one's outcome.
+    let atCall: (string | undefined)[] = [];
+    const rotate = (message: unknown) => {
+      const { headers } = message as { headers: unknown };
+      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAD/i.test(headers)) {
+        unsubscribe('undici:client:sendHeaders', rotate);
+        atCall = o.seen.map((s) => s.authorization);
+        a.setCredentials(ALICE);
+      }
+    };
+    subscribe('undici:client:sendHeaders', rotate);
+    let second: Awaited<ReturnType<typeof upgradeOrResponse>>;
+    try {
+      const both = await Promise.all([
+        upgradeOrResponse(agent, origin.origin),
+        upgradeOrResponse(agent, origin.origin),
+      ]);
+      second = both.find((r) => r.kind === 'upgraded') ?? both[1]!;
+      for (const r of both) if (r.kind === 'upgraded') sockets.push(r.socket);
+    } finally {
+      unsubscribe('undici:client:sendHeaders', rotate);
+    }
+    // At the call: both had met their bare 401, only one had gone on (NEGOTIATE).
+    expect(atCall).toEqual([undefined, undefined, 'NTLM/1']);
+    // The old password's AUTHENTICATE went once, before the call (refused); after it, only the new one's.
+    expect(
+      origin.seen
+        .filter((s) => s.authorization === 'NTLM/3')
+        .map((s) => s.status)
+        .sort(),
+    ).toEqual([101, 401].sort());
+    expect(second.kind).toBe('upgraded');
+  });
+
   it('H1: an authenticated upgrade the origin refuses: the caller gets that response, body and all', async () => {
     origin = await upgradeServer({ ntlm: true, refuse: true });
     agent = ntlmAgent();
