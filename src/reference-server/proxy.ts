@@ -39,6 +39,12 @@ export interface ReferenceProxyOptions {
    * hook: puts a request on the wire while a test changes `basicUsers`). Default none.
    */
   delayMs?: (request: { readonly target: string; readonly proxyAuthorization: string | undefined }) => number;
+  /**
+   * How long (ms) to hold a CONNECT before its `Proxy-Authorization` is checked (a test hook: puts a
+   * tunnel's CONNECT on the wire while a test changes `basicUsers`; {@link delayMs} is for forwarded
+   * requests only). `target` is `host:port`. Default none.
+   */
+  connectDelayMs?: (connect: { readonly target: string; readonly proxyAuthorization: string | undefined }) => number;
 }
 
 /** One request the proxy handled. */
@@ -288,6 +294,18 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
   });
   // HTTP/1.1 CONNECT: a tunnel to a loopback port.
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const delay = options.connectDelayMs?.({
+      target: req.url ?? '',
+      proxyAuthorization: headerValue(req.headers['proxy-authorization']),
+    });
+    if (delay && delay > 0) {
+      socket.on('error', () => {}); // a client that gives up meanwhile resets it
+      setTimeout(() => tunnel(req, socket, head), delay);
+    } else tunnel(req, socket, head);
+  });
+  const tunnel = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    // (A client that went away while the CONNECT was held gets nothing.)
+    if (socket.destroyed) return;
     const target = req.url ?? '';
     const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
     const record = (status: number) =>
@@ -328,7 +346,7 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
     upstream.once('close', () => sockets.delete(upstream));
     upstream.on('error', () => socket.destroy());
     socket.on('error', () => upstream.destroy());
-  });
+  };
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
