@@ -226,6 +226,8 @@ async function handshake(
   given: AbortSignal,
   track: (s: Socket) => void,
 ): Promise<Tunnel> {
+  /** The tunnel already started over after a refusal of replaced credentials (once per tunnel, R4). */
+  let rerun = false;
   for (;;) {
     const auth = new ProxyAuth(proxy, limits.maxLegs);
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
@@ -254,6 +256,25 @@ async function handshake(
         },
       );
     } catch (err) {
+      // The proxy refused credentials replaced since their CONNECT left (setProxyCredentials after the
+      // proxy's password rotated): not the answer while the agent holds others; the tunnel starts
+      // over with them once, as a forwarded request goes again (R4: through their own proof; a
+      // refusal of the new ones, or a second such refusal, is delivered).
+      const refusedReplaced =
+        err instanceof ProxyAuthenticationError &&
+        err.refused &&
+        ticket !== undefined &&
+        proxy.proof.replaced(ticket) &&
+        !proxy.proof.refused;
+      if (refusedReplaced && !rerun) {
+        rerun = true;
+        log.proxy(
+          '%s CONNECT %s: refused replaced credentials: starting over with the current ones',
+          proxy.origin,
+          target,
+        );
+        continue;
+      }
       // The credentials were replaced mid-handshake (setProxyCredentials): it starts over with the
       // new ones, on a new connection, with leave of their own (R4). Bounded by the deadline.
       if (err !== REPLACED) throw err;
