@@ -1,3 +1,4 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import { fetch } from 'undici';
@@ -258,3 +259,30 @@ export function digestOfAnswer(
 
 /** `digest` with its first hex digit changed: a wrong `rspauth`, as a server that does not know the password sends. */
 export const spoiledDigest = (digest: string): string => (digest[0] === '0' ? '1' : '0') + digest.slice(1);
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Resolves once `check` holds (polled; at most 3 s): no fixed sleep that a loaded machine could outrun. */
+export async function until(check: () => boolean): Promise<void> {
+  const end = Date.now() + 3000;
+  while (!check() && Date.now() < end) await sleep(5);
+}
+
+/** The `Basic` credentials header value of `c`. */
+export const basic = (c: { readonly username: string; readonly password: string }): string =>
+  `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
+
+/**
+ * Every value of `header` (Authorization by default) undici writes from now on, as written (its own
+ * diagnostics channel, published synchronously as it writes a request's headers).
+ */
+export function wire(header = 'authorization'): { values: string[]; stop(): void } {
+  const values: string[] = [];
+  const pattern = new RegExp(`^${header}: (.*)$`, 'im');
+  const listener = (m: unknown) => {
+    const v = pattern.exec((m as { headers: string }).headers)?.[1];
+    if (v) values.push(v.trim());
+  };
+  subscribe('undici:client:sendHeaders', listener);
+  return { values, stop: () => unsubscribe('undici:client:sendHeaders', listener) };
+}

@@ -11,38 +11,15 @@
  * is written after the call).
  */
 
-import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, type Rig, rig, sleep, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
   await r?.close();
   r = undefined;
 });
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-/** Resolves once `check` holds (polled; at most 3 s). */
-async function until(check: () => boolean): Promise<void> {
-  const end = Date.now() + 3000;
-  while (!check() && Date.now() < end) await sleep(5);
-}
-
-const basic = (c: { username: string; password: string }) =>
-  `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
-
-/** Every value of `header` undici writes from now on (its diagnostics channel, synchronous). */
-function wire(header: string): { values: string[]; stop(): void } {
-  const values: string[] = [];
-  const pattern = new RegExp(`^${header}: (.*)$`, 'im');
-  const listener = (m: unknown) => {
-    const v = pattern.exec((m as { headers: string }).headers)?.[1];
-    if (v) values.push(v.trim());
-  };
-  subscribe('undici:client:sendHeaders', listener);
-  return { values, stop: () => unsubscribe('undici:client:sendHeaders', listener) };
-}
 
 async function get(url: string, agent: Rig['agent'], h1 = false): Promise<{ status: number; user: string | null }> {
   const res = await request(url, { dispatcher: agent, ...(h1 ? { allowH2: false } : {}) } as never);

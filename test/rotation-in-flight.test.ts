@@ -6,27 +6,16 @@
  * can go again (C10). A refusal of the current credentials is delivered as before.
  */
 
-import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, type Rig, rig, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
   await r?.close();
   r = undefined;
 });
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-/** Resolves once `check` holds (polled; at most 3 s). */
-async function until(check: () => boolean): Promise<void> {
-  const end = Date.now() + 3000;
-  while (!check() && Date.now() < end) await sleep(5);
-}
-
-const basic = (c: { username: string; password: string }) =>
-  `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
 
 /** Holds `ms` the requests whose Authorization `matches`, counting them. */
 function hold(matches: (authorization: string) => boolean, ms: number) {
@@ -40,17 +29,6 @@ function hold(matches: (authorization: string) => boolean, ms: number) {
     },
   };
   return h;
-}
-
-/** Every Authorization value undici writes from now on (its diagnostics channel, synchronous). */
-function wire(): { values: string[]; stop(): void } {
-  const values: string[] = [];
-  const listener = (m: unknown) => {
-    const v = /^authorization: (.*)$/im.exec((m as { headers: string }).headers)?.[1];
-    if (v) values.push(v.trim());
-  };
-  subscribe('undici:client:sendHeaders', listener);
-  return { values, stop: () => unsubscribe('undici:client:sendHeaders', listener) };
 }
 
 async function get(url: string, rg: Rig, h1 = false): Promise<{ status: number; user: string | null }> {

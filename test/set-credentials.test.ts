@@ -6,7 +6,6 @@
  */
 
 import { execFile } from 'node:child_process';
-import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { request } from 'undici';
@@ -15,7 +14,7 @@ import { AgentClosedError, ConfigError, MultilegAgent } from '../src/index.ts';
 import type { ReferenceProxy } from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
-import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, type Rig, rig, sleep, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
 let proxy: ReferenceProxy | undefined;
@@ -26,12 +25,6 @@ afterEach(async () => {
 });
 
 const BOB = { username: 'EXAMPLE\\bob', password: 'bobpw' } as const;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-/** Resolves once `check` holds (polled; at most 3 s): no fixed sleep that a loaded machine could outrun. */
-async function until(check: () => boolean): Promise<void> {
-  const end = Date.now() + 3000;
-  while (!check() && Date.now() < end) await sleep(5);
-}
 
 /** A `faults.delayMs` holding requests whose path has `part` (with Authorization, if `auth`) `ms`, counting them. */
 function hold(part: string, ms: number, auth = false) {
@@ -56,24 +49,6 @@ async function get(url: string, agent: MultilegAgent, h1 = false): Promise<{ sta
   } catch {}
   return { status: res.statusCode, user };
 }
-
-/**
- * Every Authorization (or Proxy-Authorization) value undici writes from now on, as written
- * (undici's own diagnostics channel, published synchronously as it writes a request's headers).
- */
-function wire(header = 'authorization'): { values: string[]; stop(): void } {
-  const values: string[] = [];
-  const re = new RegExp(`^${header}: (.*)$`, 'im');
-  const listener = (m: unknown) => {
-    const v = re.exec((m as { headers: string }).headers)?.[1];
-    if (v) values.push(v.trim());
-  };
-  subscribe('undici:client:sendHeaders', listener);
-  return { values, stop: () => unsubscribe('undici:client:sendHeaders', listener) };
-}
-
-const basic = (c: { username: string; password: string }) =>
-  `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
 
 describe('S1: setCredentials validates as the constructor does', () => {
   it('S1: a malformed user name or password is the same ConfigError; without trustedOrigins a password is TrustRequiredError; a closed or destroyed agent says AgentClosedError', async () => {

@@ -9,7 +9,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { MultilegAgent } from '../src/index.ts';
 import type { ReferenceProxy } from '../src/reference-server/index.ts';
-import { ALICE, behindBasicProxy, type Rig } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, type Rig, until } from './helpers.ts';
 
 let r: Rig | undefined;
 let px: ReferenceProxy | undefined;
@@ -19,16 +19,7 @@ afterEach(async () => {
   r = px = undefined;
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-/** Resolves once `check` holds (polled; at most 3 s). */
-async function until(check: () => boolean): Promise<void> {
-  const end = Date.now() + 3000;
-  while (!check() && Date.now() < end) await sleep(5);
-}
-
-const basic = (username: string, password: string) =>
-  `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
-const OLD = basic('proxyuser', 'proxypw');
+const OLD = basic({ username: 'proxyuser', password: 'proxypw' });
 
 /** `n` concurrent GETs of `url/i` over HTTP/2: each gives its status and user, or its error's name. */
 function burst(
@@ -88,7 +79,7 @@ describe('S6/R4/H5: a CONNECT with the old proxy password on the wire at setProx
     // (The session whose tunnel was being made retired at the call, so the waiting requests went on
     // a new tunnel of their own, after the restarted one proved the new password.)
     expect(held.seen.filter((a) => a === OLD)).toHaveLength(1);
-    const NEW = basic('proxyuser', 'rotated');
+    const NEW = basic({ username: 'proxyuser', password: 'rotated' });
     expect(held.seen.filter((a) => a === NEW).length).toBeGreaterThanOrEqual(1);
     expect(held.seen.every((a) => a === undefined || a === OLD || a === NEW)).toBe(true);
     expect(connects(proxy).filter((e) => e.proxyAuthorization && e.status === 407)).toHaveLength(1);
@@ -103,12 +94,12 @@ describe('S6/R4/H5: a CONNECT with the old proxy password on the wire at setProx
     expect(await pending).toEqual(Array(5).fill('ProxyAuthenticationError'));
     // The old password once, the mistyped one once (the restart and the new tunnel share its proof).
     expect(held.seen.filter((a) => a === OLD)).toHaveLength(1);
-    expect(held.seen.filter((a) => a === basic('proxyuser', 'mistyped'))).toHaveLength(1);
+    expect(held.seen.filter((a) => a === basic({ username: 'proxyuser', password: 'mistyped' }))).toHaveLength(1);
     expect(connects(proxy).filter((e) => e.proxyAuthorization && e.status === 407)).toHaveLength(2);
   });
 
   it('R4/H5: once per tunnel attempt: a restart whose new password was replaced again while on the wire gets its refusal', async () => {
-    const second = basic('proxyuser', 'second');
+    const second = basic({ username: 'proxyuser', password: 'second' });
     const { agent, proxy, url, held } = await setUp((a) => a === OLD || a === second);
     const pending = burst(url, agent, 1);
     await until(() => held.count === 1);
