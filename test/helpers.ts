@@ -1,7 +1,7 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
-import { fetch } from 'undici';
+import { type Dispatcher, fetch, request } from 'undici';
 import {
   type Challenge,
   type Mechanism,
@@ -285,4 +285,19 @@ export function wire(header = 'authorization'): { values: string[]; stop(): void
   };
   subscribe('undici:client:sendHeaders', listener);
   return { values, stop: () => unsubscribe('undici:client:sendHeaders', listener) };
+}
+
+/** One GET through `agent`: its status and the user the reference server saw (its JSON body), or null. */
+export async function getUser(
+  url: string,
+  agent: Dispatcher,
+  h1 = false,
+): Promise<{ status: number; user: string | null }> {
+  const res = await request(url, { dispatcher: agent, ...(h1 ? { allowH2: false } : {}) } as never);
+  const text = await res.body.text();
+  let user: string | null = null;
+  try {
+    user = (JSON.parse(text) as { user: string | null }).user;
+  } catch {}
+  return { status: res.statusCode, user };
 }

@@ -11,25 +11,14 @@
  * is written after the call).
  */
 
-import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ALICE, basic, behindBasicProxy, type Rig, rig, sleep, until, wire } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, getUser, type Rig, rig, sleep, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
   await r?.close();
   r = undefined;
 });
-
-async function get(url: string, agent: Rig['agent'], h1 = false): Promise<{ status: number; user: string | null }> {
-  const res = await request(url, { dispatcher: agent, ...(h1 ? { allowH2: false } : {}) } as never);
-  const text = await res.body.text();
-  let user: string | null = null;
-  try {
-    user = (JSON.parse(text) as { user: string | null }).user;
-  } catch {}
-  return { status: res.statusCode, user };
-}
 
 const ROTATED = { ...ALICE, password: 'rotated' };
 const BURST = 5;
@@ -52,12 +41,12 @@ describe('S6/R4: a request waiting for its leave at setCredentials sends nothing
       };
       r = await rig({ schemes: ['Basic'], faults: { delayMs } }, { negotiate: false });
       const url = `${r.server.origin}/auth`;
-      expect((await get(`${url}/warm`, r.agent, h1)).status).toBe(200);
+      expect((await getUser(`${url}/warm`, r.agent, h1)).status).toBe(200);
       await sleep(1_100);
       const sent = wire('authorization');
-      const probe = get(`${url}/probe`, r.agent, h1);
+      const probe = getUser(`${url}/probe`, r.agent, h1);
       await until(() => probes === 1);
-      const burst = Array.from({ length: BURST }, (_, i) => get(`${url}/burst/${i}`, r!.agent, h1));
+      const burst = Array.from({ length: BURST }, (_, i) => getUser(`${url}/burst/${i}`, r!.agent, h1));
       await sleep(100);
       // Only the probe's old value went: the burst waits for its leave.
       expect(sent.values).toEqual([basic(ALICE)]);
@@ -86,7 +75,7 @@ describe('S6/R4: a request waiting for its leave at setCredentials sends nothing
     const agent = made.agent;
     const url = `http://localhost:${r.server.port}/auth`;
     // The proxy asked for Basic once: new connections carry it unasked (adopted before their leave).
-    expect((await get(`${url}/warm`, agent, true)).status).toBe(200);
+    expect((await getUser(`${url}/warm`, agent, true)).status).toBe(200);
     // Past the proof's freshness, the next password goes alone first and the rest wait for it.
     await sleep(1_100);
     let probes = 0;
@@ -96,9 +85,9 @@ describe('S6/R4: a request waiting for its leave at setCredentials sends nothing
       return 300;
     };
     const sent = wire('proxy-authorization');
-    const probe = get(`${url}/probe`, agent, true);
+    const probe = getUser(`${url}/probe`, agent, true);
     await until(() => probes === 1);
-    const burst = Array.from({ length: BURST }, (_, i) => get(`${url}/burst/${i}`, agent, true));
+    const burst = Array.from({ length: BURST }, (_, i) => getUser(`${url}/burst/${i}`, agent, true));
     await sleep(100);
     // Only the probe's old value went: the burst waits for its leave.
     expect(sent.values).toEqual([old]);

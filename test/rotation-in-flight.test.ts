@@ -9,7 +9,7 @@
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ALICE, basic, behindBasicProxy, type Rig, rig, until, wire } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, getUser, type Rig, rig, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -31,16 +31,6 @@ function hold(matches: (authorization: string) => boolean, ms: number) {
   return h;
 }
 
-async function get(url: string, rg: Rig, h1 = false): Promise<{ status: number; user: string | null }> {
-  const res = await request(url, { dispatcher: rg.agent, ...(h1 ? { allowH2: false } : {}) } as never);
-  const text = await res.body.text();
-  let user: string | null = null;
-  try {
-    user = (JSON.parse(text) as { user: string | null }).user;
-  } catch {}
-  return { status: res.statusCode, user };
-}
-
 const ROTATED = { ...ALICE, password: 'rotated' };
 
 /** The server's password becomes `password` (the rotation), then the agent is given `given`. */
@@ -59,9 +49,9 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
       const held = hold((a) => a === basic(ALICE), 200);
       r = await rig({ schemes: ['Basic'], faults: { delayMs: held.delayMs } }, { negotiate: false });
       const url = `${r.server.origin}/auth`;
-      expect((await get(`${url}/warm`, r, h1)).status).toBe(200);
+      expect((await getUser(`${url}/warm`, r.agent, h1)).status).toBe(200);
       held.arrived = 0;
-      const inflight = Array.from({ length: 6 }, (_, i) => get(`${url}/slow/${i}`, r!, h1));
+      const inflight = Array.from({ length: 6 }, (_, i) => getUser(`${url}/slow/${i}`, r!.agent, h1));
       await until(() => held.arrived === 6);
       expect(held.arrived).toBe(6);
       const sent = wire();
@@ -79,8 +69,8 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
     const held = hold((a) => a.startsWith('Digest ') && a.includes('/slow'), 200);
     r = await rig({ schemes: ['Digest'], faults: { delayMs: held.delayMs } }, { negotiate: false });
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/warm`, r)).status).toBe(200);
-    const slow = Array.from({ length: 3 }, (_, i) => get(`${url}/slow/${i}`, r!));
+    expect((await getUser(`${url}/warm`, r.agent)).status).toBe(200);
+    const slow = Array.from({ length: 3 }, (_, i) => getUser(`${url}/slow/${i}`, r!.agent));
     await until(() => held.arrived === 3);
     expect(held.arrived).toBe(3);
     rotate(r, 'rotated', ROTATED);
@@ -108,7 +98,7 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
       };
       r = await rig({ mode: 'session', schemes: ['NTLM'], faults: { delayMs } }, { negotiate: false });
       const url = `${r.server.origin}/auth`;
-      const pending = get(`${url}/a`, r, h1);
+      const pending = getUser(`${url}/a`, r.agent, h1);
       await until(() => seen.negotiate === 1);
       r.server.options.users = { ...r.server.options.users, [ALICE.username]: 'rotated' };
       await until(() => seen.authenticate === 1);
@@ -125,9 +115,9 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
     const held = hold((a) => a === basic(ALICE), 200);
     r = await rig({ schemes: ['Basic'], faults: { delayMs: held.delayMs } }, { negotiate: false });
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/warm`, r)).status).toBe(200);
+    expect((await getUser(`${url}/warm`, r.agent)).status).toBe(200);
     held.arrived = 0;
-    const inflight = Array.from({ length: 8 }, (_, i) => get(`${url}/slow/${i}`, r!));
+    const inflight = Array.from({ length: 8 }, (_, i) => getUser(`${url}/slow/${i}`, r!.agent));
     await until(() => held.arrived === 8);
     expect(held.arrived).toBe(8);
     const sent = wire();
@@ -148,9 +138,9 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
     };
     r = await rig({ schemes: ['Basic'], faults: { delayMs } }, { negotiate: false });
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/warm`, r)).status).toBe(200);
-    const early = get(`${url}/early`, r);
-    const late = get(`${url}/late`, r);
+    expect((await getUser(`${url}/warm`, r.agent)).status).toBe(200);
+    const early = getUser(`${url}/early`, r.agent);
+    const late = getUser(`${url}/late`, r.agent);
     await until(() => arrived === 2);
     expect(arrived).toBe(2);
     rotate(r, 'rotated', { ...ALICE, password: 'mistyped' });
@@ -166,9 +156,9 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
     const held = hold((a) => a === basic(ALICE) || a === basic(second), 200);
     r = await rig({ schemes: ['Basic'], faults: { delayMs: held.delayMs } }, { negotiate: false });
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/warm`, r)).status).toBe(200);
+    expect((await getUser(`${url}/warm`, r.agent)).status).toBe(200);
     held.arrived = 0;
-    const pending = get(`${url}/slow`, r);
+    const pending = getUser(`${url}/slow`, r.agent);
     await until(() => held.arrived === 1);
     rotate(r, 'second', second);
     // The rerun, with the second password, is on the wire when the third replaces it.
@@ -185,7 +175,7 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
       { negotiate: false, limits: { maxReplayBodyBytes: 1024 } },
     );
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/warm`, r)).status).toBe(200);
+    expect((await getUser(`${url}/warm`, r.agent)).status).toBe(200);
     held.arrived = 0;
     const pending = request(`${url}/big`, {
       dispatcher: r.agent,
@@ -211,14 +201,14 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
       await px.close();
     };
     const url = `http://localhost:${r.server.port}/auth`;
-    expect((await get(`${url}/warm`, { ...r, agent: made.agent })).status).toBe(200);
+    expect((await getUser(`${url}/warm`, made.agent)).status).toBe(200);
     let arrived = 0;
     px.options.delayMs = (q) => {
       if (!q.target.includes('/slow') || q.proxyAuthorization !== old) return 0;
       arrived += 1;
       return 200;
     };
-    const pending = Array.from({ length: 3 }, (_, i) => get(`${url}/slow/${i}`, { ...r!, agent: made.agent }));
+    const pending = Array.from({ length: 3 }, (_, i) => getUser(`${url}/slow/${i}`, made.agent));
     await until(() => arrived === 3);
     expect(arrived).toBe(3);
     px.options.basicUsers = { proxyuser: 'rotated' };

@@ -14,7 +14,7 @@ import { AgentClosedError, ConfigError, MultilegAgent } from '../src/index.ts';
 import type { ReferenceProxy } from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
-import { ALICE, basic, behindBasicProxy, type Rig, rig, sleep, until, wire } from './helpers.ts';
+import { ALICE, basic, behindBasicProxy, getUser, type Rig, rig, sleep, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
 let proxy: ReferenceProxy | undefined;
@@ -37,17 +37,6 @@ function hold(part: string, ms: number, auth = false) {
     },
   };
   return h;
-}
-
-/** One GET: its status and the user the reference server saw (its JSON body), or the error's name. */
-async function get(url: string, agent: MultilegAgent, h1 = false): Promise<{ status: number; user: string | null }> {
-  const res = await request(url, { dispatcher: agent, ...(h1 ? { allowH2: false } : {}) } as never);
-  const text = await res.body.text();
-  let user: string | null = null;
-  try {
-    user = (JSON.parse(text) as { user: string | null }).user;
-  } catch {}
-  return { status: res.statusCode, user };
 }
 
 describe('S1: setCredentials validates as the constructor does', () => {
@@ -87,9 +76,9 @@ describe('S1: setCredentials validates as the constructor does', () => {
   it('S1: an agent made without credentials but with trustedOrigins takes a password later, and sends it only to those origins', async () => {
     r = await rig({ schemes: ['Basic'] }, { negotiate: false, credentials: undefined });
     const url = `${r.server.origin}/auth/x`;
-    expect((await get(url, r.agent)).status).toBe(401);
+    expect((await getUser(url, r.agent)).status).toBe(401);
     r.agent.setCredentials(ALICE);
-    expect(await get(url, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    expect(await getUser(url, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });
 });
 
@@ -103,15 +92,15 @@ describe('S6: no request sent after setCredentials runs as the old identity', ()
       const held = hold('/a/', 150, true);
       r = await rig({ schemes: ['Basic'], faults: { delayMs: held.delayMs } }, { negotiate: false });
       const url = `${r.server.origin}/auth`;
-      expect((await get(`${url}/warm`, r.agent, h1)).status).toBe(200);
+      expect((await getUser(`${url}/warm`, r.agent, h1)).status).toBe(200);
       const sent = wire();
-      const before = Array.from({ length: 30 }, (_, i) => get(`${url}/a/${i}`, r!.agent, h1));
+      const before = Array.from({ length: 30 }, (_, i) => getUser(`${url}/a/${i}`, r!.agent, h1));
       // Some of the burst are on the wire (held by the server) when the identity changes.
       await until(() => held.arrived >= 3);
       expect(held.arrived).toBeGreaterThanOrEqual(3);
       const atCall = sent.values.length;
       r.agent.setCredentials(BOB);
-      const after = Array.from({ length: 30 }, (_, i) => get(`${url}/b/${i}`, r!.agent, h1));
+      const after = Array.from({ length: 30 }, (_, i) => getUser(`${url}/b/${i}`, r!.agent, h1));
       const results = [...(await Promise.all(before)), ...(await Promise.all(after))];
       sent.stop();
       expect(results.every((x) => x.status === 200)).toBe(true);
@@ -134,18 +123,18 @@ describe('S6: no request sent after setCredentials runs as the old identity', ()
       const held = hold('/slow/', 200);
       r = await rig({ mode: 'session', schemes: ['NTLM'], faults: { delayMs: held.delayMs } }, { negotiate: false });
       const url = `${r.server.origin}/auth`;
-      const warm = await Promise.all(Array.from({ length: 3 }, (_, i) => get(`${url}/warm/${i}`, r!.agent, h1)));
+      const warm = await Promise.all(Array.from({ length: 3 }, (_, i) => getUser(`${url}/warm/${i}`, r!.agent, h1)));
       expect(warm.every((x) => x.status === 200)).toBe(true);
       const old = new Set(r.agent.sessions().map((s) => s.sessionId));
       // Bare requests on the authenticated session(s), held by the server past the rotation.
-      const inflight = Array.from({ length: 3 }, (_, i) => get(`${url}/slow/${i}`, r!.agent, h1));
+      const inflight = Array.from({ length: 3 }, (_, i) => getUser(`${url}/slow/${i}`, r!.agent, h1));
       await until(() => held.arrived === 3);
       r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'rotated' };
       r.server.reset();
       r.agent.setCredentials({ ...ALICE, password: 'rotated' });
       // Retired at once: no old session takes a new request.
       expect(r.agent.sessions().filter((s) => old.has(s.sessionId) && s.held === 0)).toEqual([]);
-      const next = await Promise.all(Array.from({ length: 10 }, (_, i) => get(`${url}/new/${i}`, r!.agent, h1)));
+      const next = await Promise.all(Array.from({ length: 10 }, (_, i) => getUser(`${url}/new/${i}`, r!.agent, h1)));
       expect((await Promise.all(inflight)).every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
       expect(next.every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
       const slow = r.server.exchanges.filter((e) => e.path.includes('/slow/'));
@@ -164,11 +153,11 @@ describe('S6: no request sent after setCredentials runs as the old identity', ()
   it('S6/R4: Digest: the remembered nonce and its cached HA1 are not sent again after the password changed (no proactive answer with the old one)', async () => {
     r = await rig({ schemes: ['Digest'] }, { negotiate: false });
     const url = `${r.server.origin}/auth`;
-    for (let i = 0; i < 3; i++) expect((await get(`${url}/warm/${i}`, r.agent)).status).toBe(200);
+    for (let i = 0; i < 3; i++) expect((await getUser(`${url}/warm/${i}`, r.agent)).status).toBe(200);
     r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'rotated' };
     r.server.reset();
     r.agent.setCredentials({ ...ALICE, password: 'rotated' });
-    const after = await Promise.all(Array.from({ length: 10 }, (_, i) => get(`${url}/a/${i}`, r!.agent)));
+    const after = await Promise.all(Array.from({ length: 10 }, (_, i) => getUser(`${url}/a/${i}`, r!.agent)));
     expect(after.every((x) => x.status === 200)).toBe(true);
     expect(r.server.exchanges.filter((e) => e.outcome === 'rejected')).toHaveLength(0);
   });
@@ -178,14 +167,14 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
   it('R4: a wrong password refused (kept back 30 s) does not keep the right one back: the next request authenticates at once', async () => {
     r = await rig({ schemes: ['Basic'] }, { negotiate: false, credentials: { ...ALICE, password: 'wrong' } });
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/a`, r.agent)).status).toBe(401);
-    expect((await get(`${url}/b`, r.agent)).status).toBe(401);
+    expect((await getUser(`${url}/a`, r.agent)).status).toBe(401);
+    expect((await getUser(`${url}/b`, r.agent)).status).toBe(401);
     r.server.reset();
     // Refused twice in a row: this one goes without the password.
-    expect((await get(`${url}/c`, r.agent)).status).toBe(401);
+    expect((await getUser(`${url}/c`, r.agent)).status).toBe(401);
     expect(r.server.exchanges.map((e) => e.outcome)).toEqual(['unauthenticated']);
     r.agent.setCredentials(ALICE);
-    expect(await get(`${url}/d`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    expect(await getUser(`${url}/d`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });
 
   it('R4: the old password refused after the call (its handshake was on the wire) does not count against the new one', async () => {
@@ -195,7 +184,7 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
       { negotiate: false, limits: { maxReplayBodyBytes: 1024 } },
     );
     const url = `${r.server.origin}/auth`;
-    expect((await get(`${url}/warm`, r.agent)).status).toBe(200);
+    expect((await getUser(`${url}/warm`, r.agent)).status).toBe(200);
     // A one-shot body past the replay limit: its refusal cannot be run again with the new password
     // (C10; test/rotation-in-flight.test.ts), so it is delivered — and must count for nothing.
     const slow = request(`${url}/slow`, {
@@ -210,7 +199,7 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
     const res = await slow;
     await res.body.dump();
     expect(res.statusCode).toBe(401);
-    const after = await Promise.all(Array.from({ length: 5 }, (_, i) => get(`${url}/a/${i}`, r!.agent)));
+    const after = await Promise.all(Array.from({ length: 5 }, (_, i) => getUser(`${url}/a/${i}`, r!.agent)));
     expect(after.every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
   });
 
@@ -222,12 +211,12 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
     async (_, h1) => {
       r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
       const url = `${r.server.origin}/auth`;
-      const warm = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`${url}/warm/${i}`, r!.agent, h1)));
+      const warm = await Promise.all(Array.from({ length: 20 }, (_, i) => getUser(`${url}/warm/${i}`, r!.agent, h1)));
       expect(warm.every((x) => x.status === 200)).toBe(true);
       r.server.reset();
       // Proved a moment ago (side by side, were the proof kept): the new password must prove itself.
       r.agent.setCredentials({ ...ALICE, password: 'mistyped' });
-      const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => get(`${url}/a/${i}`, r!.agent, h1)));
+      const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => getUser(`${url}/a/${i}`, r!.agent, h1)));
       expect(burst.every((x) => x.status === 401)).toBe(true);
       const wrong = r.server.exchanges.filter((e) => e.outcome === 'rejected').length;
       expect(wrong).toBeGreaterThanOrEqual(1);
@@ -253,14 +242,14 @@ describe('S6/R4: setProxyCredentials', () => {
     async (_, tunnel) => {
       const { agent, px } = await behindProxy();
       const url = `${tunnel ? r!.server.origin : `http://localhost:${r!.server.port}`}/auth`;
-      const warm = await Promise.all(Array.from({ length: 5 }, (_, i) => get(`${url}/warm/${i}`, agent)));
+      const warm = await Promise.all(Array.from({ length: 5 }, (_, i) => getUser(`${url}/warm/${i}`, agent)));
       expect(warm.every((x) => x.status === 200)).toBe(true);
       const connections = new Set(px.exchanges.map((e) => e.connectionId));
       px.options.basicUsers = { proxyuser: 'rotated' };
       px.exchanges.length = 0;
       const sent = wire('proxy-authorization');
       agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
-      const after = await Promise.all(Array.from({ length: 10 }, (_, i) => get(`${url}/a/${i}`, agent)));
+      const after = await Promise.all(Array.from({ length: 10 }, (_, i) => getUser(`${url}/a/${i}`, agent)));
       sent.stop();
       expect(after.every((x) => x.status === 200 && x.user === 'EXAMPLE\\alice')).toBe(true);
       expect(px.exchanges.length).toBeGreaterThan(0);
@@ -274,16 +263,16 @@ describe('S6/R4: setProxyCredentials', () => {
   it('R4: the proxy’s refusal of the old password (kept back 30 s) does not keep the new one back', async () => {
     const { agent, px } = await behindProxy();
     const url = `${r!.server.origin}/auth`;
-    expect((await get(`${url}/warm`, agent)).status).toBe(200);
+    expect((await getUser(`${url}/warm`, agent)).status).toBe(200);
     px.options.basicUsers = { proxyuser: 'rotated' };
     r!.server.endSessions();
     await sleep(PROOF_FRESH_MS + 100);
     const errors: string[] = [];
-    for (let i = 0; i < 3; i++) await get(`${url}/refused/${i}`, agent).catch((e: Error) => errors.push(e.message));
+    for (let i = 0; i < 3; i++) await getUser(`${url}/refused/${i}`, agent).catch((e: Error) => errors.push(e.message));
     expect(errors).toHaveLength(3);
     expect(errors[2]).toContain('refused proxy.credentials lately');
     agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
-    expect(await get(`${url}/a`, agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    expect(await getUser(`${url}/a`, agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });
 });
 
