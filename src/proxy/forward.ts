@@ -343,7 +343,7 @@ export class ForwardProxy {
               // Refused, but the agent has replaced them since this leg left (setProxyCredentials
               // after the proxy's password rotated): the request goes once more, on a new connection
               // with the current ones and leave of their own (R4), rather than failing with this refusal.
-              const moved = proof.replaced(ticket) && !proof.refused ? request.rerun?.() : undefined;
+              const moved = proof.rerunsAfterRefusal(ticket) ? request.rerun?.() : undefined;
               if (moved) {
                 log.proxy('%s: refused replaced credentials: the request goes again', this.route.proxy.origin);
                 throw moved;

@@ -264,8 +264,7 @@ async function handshake(
         err instanceof ProxyAuthenticationError &&
         err.refused &&
         ticket !== undefined &&
-        proxy.proof.replaced(ticket) &&
-        !proxy.proof.refused;
+        proxy.proof.rerunsAfterRefusal(ticket);
       if (refusedReplaced && !rerun) {
         rerun = true;
         log.proxy(

@@ -159,11 +159,12 @@ export class CredentialProof {
   }
 
   /**
-   * The credentials `ticket` was admitted for have been replaced since ({@link reset}): what the
-   * server says of its handshake says nothing of the current ones.
+   * A refusal of `ticket`'s handshake may run once more with the current credentials: they replaced
+   * the ones it was admitted for ({@link reset}: the refusal says nothing of them), and are not
+   * refused here lately (R4: they would not be sent). The caller bounds it to once.
    */
-  replaced(ticket: Ticket): boolean {
-    return ticket.generation !== this.#generation;
+  rerunsAfterRefusal(ticket: Ticket): boolean {
+    return ticket.generation !== this.#generation && !this.refused;
   }
 
   /** Gives `ticket` back with its handshake's outcome (once; later calls are ignored). */

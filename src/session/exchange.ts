@@ -788,7 +788,7 @@ class Lead implements HandshakeInput, LegInfo {
     const ticket = this.#ticket;
     if (!ticket) return false;
     const proof = env.memory.proof;
-    if (!proof.replaced(ticket) || proof.refused || !rerunWithNewCredentials(job)) return false;
+    if (!proof.rerunsAfterRefusal(ticket) || !rerunWithNewCredentials(job)) return false;
     log.agent('%s job %d: refused with replaced credentials: running again with the current ones', job.origin, job.id);
     return true;
   }
