@@ -48,8 +48,8 @@ export async function rig(
 
 /**
  * The session-mode NTLM rig behind the reference proxy (Basic: proxyuser / proxypw), and an agent
- * with both passwords that trusts `trustedOrigins(origin, port)` of the rig's server, destroyed with
- * the rig.
+ * with both passwords that trusts `trustedOrigins(origin, port)` of the rig's server, both closed
+ * with the rig.
  */
 export async function behindBasicProxy(
   trustedOrigins: (origin: string, port: number) => string[],
@@ -72,6 +72,7 @@ export async function behindBasicProxy(
   rg.close = async () => {
     await agent.destroy().catch(() => {});
     await closeRig();
+    await px.close();
   };
   return { rig: rg, proxy: px, agent };
 }

@@ -67,11 +67,6 @@ describe('S6/R4: a request waiting for its leave at setCredentials sends nothing
     const made = await behindBasicProxy((_, port) => [`http://localhost:${port}`]);
     r = made.rig;
     const px = made.proxy;
-    const closeRig = r.close;
-    r.close = async () => {
-      await closeRig();
-      await px.close();
-    };
     const agent = made.agent;
     const url = `http://localhost:${r.server.port}/auth`;
     // The proxy asked for Basic once: new connections carry it unasked (adopted before their leave).

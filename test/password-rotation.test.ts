@@ -18,18 +18,15 @@ import {
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import type { ReferenceProxy, ReferenceServerOptions } from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
-import { ALICE, behindBasicProxy, type Rig, rig } from './helpers.ts';
+import { ALICE, behindBasicProxy, type Rig, rig, sleep } from './helpers.ts';
 
 let r: Rig | undefined;
-let proxy: ReferenceProxy | undefined;
 afterEach(async () => {
   vi.useRealTimers();
   await r?.close();
-  await proxy?.close();
-  r = proxy = undefined;
+  r = undefined;
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Long enough without a success that the proof is no longer fresh: a burst after a quiet spell. */
 const quiet = () => sleep(PROOF_FRESH_MS + 100);
 const noKerberos: MultilegAgentOptions['negotiate'] = {
@@ -43,7 +40,6 @@ async function behindProxy(
 ): Promise<{ rig: Rig; proxy: ReferenceProxy; agent: MultilegAgent }> {
   const made = await behindBasicProxy(trustedOrigins, extra);
   r = made.rig;
-  proxy = made.proxy;
   return made;
 }
 

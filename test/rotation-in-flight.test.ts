@@ -195,11 +195,6 @@ describe('S6/R4: a leg with the old password on the wire at setCredentials runs 
     const made = await behindBasicProxy((_, port) => [`http://localhost:${port}`]);
     r = made.rig;
     const px = made.proxy;
-    const closeRig = r.close;
-    r.close = async () => {
-      await closeRig();
-      await px.close();
-    };
     const url = `http://localhost:${r.server.port}/auth`;
     expect((await getUser(`${url}/warm`, made.agent)).status).toBe(200);
     let arrived = 0;

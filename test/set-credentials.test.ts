@@ -11,17 +11,14 @@ import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClosedError, ConfigError, MultilegAgent } from '../src/index.ts';
-import type { ReferenceProxy } from '../src/reference-server/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
 import { ALICE, basic, behindBasicProxy, getUser, type Rig, rig, sleep, until, wire } from './helpers.ts';
 
 let r: Rig | undefined;
-let proxy: ReferenceProxy | undefined;
 afterEach(async () => {
   await r?.close();
-  await proxy?.close();
-  r = proxy = undefined;
+  r = undefined;
 });
 
 const BOB = { username: 'EXAMPLE\\bob', password: 'bobpw' } as const;
@@ -230,7 +227,6 @@ describe('S6/R4: setProxyCredentials', () => {
   async function behindProxy() {
     const made = await behindBasicProxy((origin, port) => [origin, `http://localhost:${port}`]);
     r = made.rig;
-    proxy = made.proxy;
     return { agent: made.agent, px: made.proxy };
   }
 

@@ -12,11 +12,9 @@ import type { ReferenceProxy } from '../src/reference-server/index.ts';
 import { ALICE, basic, behindBasicProxy, type Rig, until } from './helpers.ts';
 
 let r: Rig | undefined;
-let px: ReferenceProxy | undefined;
 afterEach(async () => {
   await r?.close();
-  await px?.close();
-  r = px = undefined;
+  r = undefined;
 });
 
 const OLD = basic({ username: 'proxyuser', password: 'proxypw' });
@@ -47,7 +45,7 @@ function burst(
 async function setUp(holds: (proxyAuthorization: string | undefined) => boolean, ms = 200) {
   const made = await behindBasicProxy((origin) => [origin]);
   r = made.rig;
-  px = made.proxy;
+  const px = made.proxy;
   /** `seen`: every CONNECT's Proxy-Authorization (none: bare), in order of arrival. */
   const held = { count: 0, seen: [] as Array<string | undefined> };
   px.options.connectDelayMs = (c) => {
