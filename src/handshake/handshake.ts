@@ -526,12 +526,7 @@ class Handshake {
       }
       case 'swallowed': {
         if (this.#declined) {
-          const id = readAuthId(result.headers);
-          this.#end({
-            kind: 'declined',
-            offered: readChallenges(result.headers),
-            ...(id?.ok ? { authId: id.value } : {}),
-          });
+          this.#end({ kind: 'declined', ...offeredBy(result.headers) });
           return;
         }
         if (this.#refused) {
@@ -539,12 +534,7 @@ class Handshake {
           return;
         }
         if (this.#superseded) {
-          const id = readAuthId(result.headers);
-          this.#end({
-            kind: 'refused',
-            offered: readChallenges(result.headers),
-            ...(id?.ok ? { authId: id.value } : {}),
-          });
+          this.#end({ kind: 'refused', ...offeredBy(result.headers) });
           return;
         }
         if (this.#legacyLost) {
@@ -613,4 +603,10 @@ class Handshake {
       }
     }
   }
+}
+
+/** A swallowed 401's challenges and Auth-ID (C3), for the steps to answer afresh. */
+function offeredBy(headers: ResponseHeaders): { offered: Challenge[]; authId?: string } {
+  const id = readAuthId(headers);
+  return { offered: readChallenges(headers), ...(id?.ok ? { authId: id.value } : {}) };
 }
