@@ -11,7 +11,8 @@ import {
   QueueFullError,
   QueueTimeoutError,
 } from '../src/index.ts';
-import { ALICE, get, hasAuth, many, type Rig, rig } from './helpers.ts';
+import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
+import { ALICE, get, hasAuth, many, type Rig, rig, sleep } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -406,6 +407,45 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     // Another account (a kinit bob) does retire the sessions authenticated as alice (S6).
     const other = await handshakesFor('bob@EXAMPLE.TEST');
     expect(other.handshakes).toBeGreaterThan(other.sessions);
+  });
+
+  it('S6: an authenticated HTTP/2 session that never handshakes again retires once its mechanism says the credentials behind its identity are gone (a kdestroy; kinit bob): the next request authenticates anew', async () => {
+    // NTLM standing in for ambient Kerberos: `held` is what the ccache would answer.
+    let held: boolean | undefined = true;
+    const asked: string[] = [];
+    const mechanism = {
+      ...ntlmMechanism({ username: 'EXAMPLE\\alice', password: 'alicepw' }),
+      holdsCredentials: (identity: string) => {
+        asked.push(identity);
+        return held;
+      },
+    };
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { mechanisms: [mechanism], negotiate: false });
+    const first = await get(r, '/auth/a');
+    expect((await many(r, 5)).map((x) => x.status)).toEqual(Array(5).fill(200));
+    // Credentials still there, or the mechanism cannot tell: the session serves on, no handshake.
+    for (const answer of [true, undefined]) {
+      held = answer;
+      await sleep(TICKET_RECHECK_MS + 50);
+      expect((await get(r, '/auth/b')).body.sessionId).toBe(first.body.sessionId);
+    }
+    expect(r.agent.stats().handshakes).toBe(1);
+    expect(asked.length).toBeGreaterThan(0);
+    expect(new Set(asked)).toEqual(new Set(['EXAMPLE\\alice']));
+    // Gone: the next request does not ride alice's session (was: it did, for as long as the server
+    // kept the connection open), it authenticates on a new one.
+    held = false;
+    await sleep(TICKET_RECHECK_MS + 50);
+    const after = await get(r, '/auth/c');
+    expect(after.status).toBe(200);
+    expect(after.body.sessionId).not.toBe(first.body.sessionId);
+    expect(r.agent.stats().handshakes).toBe(2);
+    // Asked once a second at most, whatever the requests: not once per request.
+    const asks = asked.length;
+    const since = Date.now();
+    held = true;
+    expect((await many(r, 20)).map((x) => x.status)).toEqual(Array(20).fill(200));
+    expect(asked.length - asks).toBeLessThanOrEqual(1 + Math.floor((Date.now() - since) / TICKET_RECHECK_MS));
   });
 
   it('C8: a session that ends mid-handshake (GOAWAY) moves its queue to a new session; nothing lost or sent twice', async () => {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent } from '../src/index.ts';
+import { HOLDER_RECHECK_MS } from '../src/mechanisms/gssapi/index.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
 
@@ -44,6 +45,8 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
 
   beforeAll(async () => {
     lab = await startLab({ apache: true });
+    // The principal the S6 tests switch to.
+    await lab.realm!.kadmin('addprinc -pw bobpw bob@EXAMPLE.TEST');
     ccache = `FILE:${join(lab.dir, 'lifecycle.ccache')}`;
     // A ccache of its own (kdestroy / kinit below touch only it); no NTLM user file: Kerberos only.
     restoreEnv = lab.applyEnv({ NTLM_USER_FILE: undefined, KRB5CCNAME: ccache });
@@ -124,10 +127,67 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
     }
   });
 
+  it('S6: a connection alice authenticated that never handshakes again serves no request once her tickets are gone: after kdestroy; kinit bob the next request runs as bob, after kdestroy alone it gets no-ticket', async () => {
+    const a = lab.apache!;
+    const realm = lab.realm!;
+    await realm.kinit({ ccache });
+    // One request at a time over HTTP/1.1: one connection, authenticated once (Persistent-Auth: true).
+    const agent = new MultilegAgent({ connect: { ca: a.ca }, allowH2: false });
+    const url = `${a.origin}/krb-session/`;
+    const tools = { env: { ...realm.toolEnv, KRB5CCNAME: ccache } };
+    try {
+      expect(await outcome(url, agent)).toBe('200 alice@EXAMPLE.TEST');
+      expect(await outcome(url, agent)).toBe('200 alice@EXAMPLE.TEST');
+      expect(agent.stats().handshakes).toBe(1);
+      // A renewal (a new ticket for the same principal) is no switch: the connection serves on.
+      await realm.kinit({ ccache });
+      await sleep(TICKET_RECHECK_MS + 200);
+      expect(await outcome(url, agent)).toBe('200 alice@EXAMPLE.TEST');
+      expect(agent.stats().handshakes).toBe(1);
+      await run('/usr/bin/kdestroy', [], tools);
+      await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+      await sleep(TICKET_RECHECK_MS + 200);
+      // Was: alice, on her kept-alive connection, for as long as Apache kept it open.
+      expect(await outcome(url, agent)).toBe('200 bob@EXAMPLE.TEST');
+      expect(await outcome(url, agent)).toBe('200 bob@EXAMPLE.TEST');
+      await run('/usr/bin/kdestroy', [], tools);
+      await sleep(TICKET_RECHECK_MS + 200);
+      // No one's tickets: the typed error, not bob's connection (fail safe).
+      expect(await outcome(url, agent)).toBe('MULTILEG_KRB_NO_TICKET');
+    } finally {
+      await agent.close();
+    }
+  });
+
+  for (const h2 of [true, false]) {
+    it(`S6: per-request Kerberos: HOLDER_RECHECK_MS after kdestroy; kinit bob requests run as bob, not as alice from the kept credential; after kdestroy alone they get no-ticket (${h2 ? 'HTTP/2' : 'HTTP/1.1'})`, async () => {
+      const a = lab.apache!;
+      const realm = lab.realm!;
+      await realm.kinit({ ccache });
+      const agent = new MultilegAgent({ connect: { ca: a.ca }, allowH2: h2 });
+      const url = `${a.origin}/protected/`;
+      const tools = { env: { ...realm.toolEnv, KRB5CCNAME: ccache } };
+      try {
+        expect(await outcome(url, agent)).toBe('200 alice@EXAMPLE.TEST');
+        expect(await outcome(url, agent)).toBe('200 alice@EXAMPLE.TEST');
+        await run('/usr/bin/kdestroy', [], tools);
+        await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+        await sleep(HOLDER_RECHECK_MS + 200);
+        // Was: alice's, from the credential the agent kept (CRED_REUSE_MS), or a failure against the changed cache.
+        expect(await outcome(url, agent)).toBe('200 bob@EXAMPLE.TEST');
+        expect(await outcome(url, agent)).toBe('200 bob@EXAMPLE.TEST');
+        await run('/usr/bin/kdestroy', [], tools);
+        await sleep(HOLDER_RECHECK_MS + 200);
+        expect(await outcome(url, agent)).toBe('MULTILEG_KRB_NO_TICKET');
+      } finally {
+        await agent.close();
+      }
+    });
+  }
+
   it('S6: the ccache switched to another principal (kdestroy; kinit bob): once a new session authenticates as bob, no request runs as alice on the sessions she authenticated', async () => {
     const a = lab.apache!;
     const realm = lab.realm!;
-    await realm.kadmin('addprinc -pw bobpw bob@EXAMPLE.TEST');
     await realm.kinit({ ccache });
     // Session mode over HTTP/1.1 (Apache keeps the context on the connection, Persistent-Auth: true).
     const agent = new MultilegAgent({ connect: { ca: a.ca }, allowH2: false });

@@ -113,6 +113,15 @@ export interface Mechanism {
   readonly usesPassword?: boolean;
   /** Creates a context for one handshake, or throws a MultilegError naming why it can't. */
   createContext(leg: LegInfo): MechanismContext;
+  /**
+   * For credentials that live outside the agent and can change under a running process (the
+   * Kerberos ccache: `kdestroy`, a `kinit` or `kswitch` to another principal): whether `identity`,
+   * which one of this mechanism's contexts reported, still holds them. `false` retires the sessions
+   * authenticated as `identity` (S6), so that no request runs as someone whose credentials are gone;
+   * undefined: cannot tell, or `identity` did not come from such credentials (a password, a keytab).
+   * An origin asks at most once a second while it has such a session, on the event loop: be quick.
+   */
+  holdsCredentials?(identity: string): boolean | undefined;
 }
 
 /** Credentials given to the agent. */

@@ -14,7 +14,7 @@ import {
 } from './exchange.ts';
 import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
-import { OriginMemory } from './origin-memory.ts';
+import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
 import { type Identity, type Lane, Session } from './session.ts';
 import { type WaitConsumer, WaitQueue } from './wait-queue.ts';
 
@@ -110,6 +110,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     return this.#route;
   }
   #sessionsCreated = 0;
+  /** A session is authenticated by credentials that may change outside the agent: see #checkHolders. */
+  #watchHolders = false;
+  #holdersCheckedUntil = 0;
 
   constructor(
     origin: string,
@@ -134,7 +137,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       report: (r) => {
-        if (r.outcome === 'session' && r.identity !== undefined) this.#identityProved(r.identity, r.sessionId);
+        if (r.outcome === 'session' && r.identity !== undefined)
+          this.#identityProved(r.identity, r.sessionId, r.scheme);
         report(r);
       },
     };
@@ -148,7 +152,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * server keeps them open. (A session that never handshakes again cannot notice the switch.) The
    * same account spelled by another mechanism (Kerberos after NTLM inside Negotiate) is no switch.
    */
-  #identityProved(identity: string, sessionId: string): void {
+  #identityProved(identity: string, sessionId: string, scheme: string): void {
+    if (this.#env.mechanisms.get(scheme)?.holdsCredentials) this.#watchHolders = true;
     let retired = 0;
     for (const s of [...this.#sessions]) {
       const state = s.state;
@@ -158,6 +163,35 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       retired += 1;
     }
     if (retired > 0) log.pool('%s now authenticates as another identity: %d session(s) retire', this.origin, retired);
+  }
+
+  /**
+   * A session that never handshakes again cannot notice the switch above: while one is authenticated
+   * by credentials from outside the agent (Kerberos' ccache), each request asks at most once every
+   * TICKET_RECHECK_MS whether they still belong to its identity, and its sessions retire once they
+   * do not (S6): after a `kdestroy; kinit bob` the next request authenticates as bob; after a
+   * `kdestroy` alone it gets the mechanism's error (no ticket), never alice's session.
+   */
+  #checkHolders(): void {
+    const now = Date.now();
+    if (now < this.#holdersCheckedUntil) return;
+    this.#holdersCheckedUntil = now + TICKET_RECHECK_MS;
+    let watched = false;
+    let retired = 0;
+    const answers = new Map<string, boolean | undefined>();
+    for (const s of [...this.#sessions]) {
+      const state = s.state;
+      if (s.identity !== 'agent' || state.kind !== 'authenticated' || state.identity === undefined) continue;
+      const mechanism = this.#env.mechanisms.get(state.scheme);
+      if (!mechanism?.holdsCredentials) continue;
+      watched = true;
+      if (!answers.has(state.identity)) answers.set(state.identity, mechanism.holdsCredentials(state.identity));
+      if (answers.get(state.identity) !== false) continue;
+      s.apply({ type: 'closed' });
+      retired += 1;
+    }
+    this.#watchHolders = watched;
+    if (retired > 0) log.pool('%s: the credentials of %d session(s) are gone; they retire', this.origin, retired);
   }
 
   /** @internal FastHost: the environment of this origin's exchanges (read by reference). */
@@ -222,6 +256,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       this.#fail(job, new AgentClosedError());
       return;
     }
+    if (this.#watchHolders) this.#checkHolders();
     const lane = this.#lane(job);
     let session: Session | undefined;
     try {

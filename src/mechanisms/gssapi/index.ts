@@ -25,7 +25,7 @@ import {
   takeBuffer,
 } from './ffi.ts';
 
-import { dropServiceTicket } from './krb5.ts';
+import { cacheHolds, dropServiceTicket, type TicketCache } from './krb5.ts';
 
 export { GssapiUnavailableError, gssLibraryName, loadGssFunctions } from './ffi.ts';
 
@@ -51,6 +51,13 @@ export interface GssClientOptions {
 
 /** How long an acquired credential serves new contexts: a burst acquires once, a later kinit is seen soon. */
 export const CRED_REUSE_MS = 5_000;
+
+/**
+ * How often a kept credential's cache is asked whether it still holds the credential's principal
+ * (a `kdestroy; kinit bob` under a running process: S6): contexts made after the switch is seen are
+ * bob's, not alice's from the kept handle. One cache read (~25 µs) a second, not one per context.
+ */
+export const HOLDER_RECHECK_MS = 1_000;
 
 /**
  * A first `gss_init_sec_context` runs on the event loop (no thread hop) only when its service ticket
@@ -112,6 +119,8 @@ export class CredCache {
   #ahead: Ahead | undefined;
   #making = false;
   #lastFirst = Number.NEGATIVE_INFINITY;
+  /** Until when the kept credential's cache is known to hold its principal (see {@link recheck}). */
+  #heldUntil = 0;
   /** SPN → whether a first step with its ticket cached was seen to be quick (`fast`) or to block. */
   readonly #speed = new Map<string, 'fast' | 'slow'>();
 
@@ -140,6 +149,24 @@ export class CredCache {
     this.drop();
     shared.holders += 1;
     Object.assign(this.#slot, { g, shared, until: now + Math.min(CRED_REUSE_MS, lifetimeMs) });
+    this.#heldUntil = now + HOLDER_RECHECK_MS;
+  }
+
+  /**
+   * Drops the kept credential, and a context made ahead on it, once its cache no longer holds its
+   * principal's tickets (S6): the handle would go on making that principal's tokens. Asks at most
+   * once every HOLDER_RECHECK_MS; never for a keytab credential (it is the keytab's principal's).
+   */
+  recheck(now: number, g: GssFunctions, o: GssClientOptions): void {
+    const shared = this.#slot.shared;
+    if (!shared || now < this.#heldUntil || o.keytab) return;
+    this.#heldUntil = now + HOLDER_RECHECK_MS;
+    if (cacheHolds(g, cacheOf(o, shared.username)) === false) this.drop();
+  }
+
+  /** Drops the kept credential if it is `username`'s: their tickets left the cache (a kdestroy, a kinit as another). */
+  forget(username: string): void {
+    if (this.#slot.shared?.username === username) this.drop();
   }
 
   drop(): void {
@@ -346,6 +373,7 @@ export class GssClient {
   static async create(spn: string, o: GssClientOptions, only?: { keptOnly: true }): Promise<GssClient | undefined> {
     const g = await loadGssFunctions();
     const now = Date.now();
+    o.credCache?.recheck(now, g, o);
     const ahead = only ? undefined : o.credCache?.takeAhead(spn, o, now);
     if (ahead) return ahead;
     const h: Handles = { ctx: [null] };
@@ -535,15 +563,18 @@ export class GssClient {
     const service = this.#h.target ? kerberosName(this.#g, this.#h.target) : '';
     if (!service || !this.username) return false;
     this.#credCache?.drop();
-    return dropServiceTicket(
-      this.#g,
-      {
-        client: this.username,
-        ...(this.#o.ccache ? { ccache: this.#o.ccache } : {}),
-        ...(this.#o.principal ? { principal: this.#o.principal } : {}),
-      },
-      service,
-    );
+    return dropServiceTicket(this.#g, cacheOf(this.#o, this.username), service);
+  }
+
+  /**
+   * Whether the cache this context's credential came from still holds its principal's tickets (S6):
+   * false after a `kdestroy`, or a `kinit` / `kswitch` to another principal. Undefined when it cannot
+   * tell, or the answer would not mean a switch: a client keytab gets its own principal's tickets
+   * again whenever asked. Works after the context is done (it reads only the cache).
+   */
+  stillHolds(): boolean | undefined {
+    if (this.#o.keytab || !this.username) return undefined;
+    return cacheHolds(this.#g, cacheOf(this.#o, this.username));
   }
 
   /** Frees the GSS handles now (also done when the context completes or fails, and on garbage collection). */
@@ -570,6 +601,11 @@ function displayAndRelease(g: GssFunctions, name: [GssHandle]): string {
   } finally {
     if (name[0]) g.releaseName([0], name);
   }
+}
+
+/** Where `client`'s tickets for contexts made with `o` are: its own ccache, its principal's in the collection, or the default. */
+function cacheOf(o: GssClientOptions, client: string): TicketCache {
+  return { client, ...(o.ccache ? { ccache: o.ccache } : {}), ...(o.principal ? { principal: o.principal } : {}) };
 }
 
 /** A name as a Kerberos principal (`HTTP/host@REALM`: the realm from krb5.conf's domain_realm), or ''. */

@@ -1,10 +1,13 @@
 /**
- * The one libkrb5 call GSS-API has no equivalent for: dropping a service ticket from a credential
+ * The two libkrb5 calls GSS-API has no equivalent for. Dropping a service ticket from a credential
  * cache (`krb5_cc_remove_cred`), so that the next `gss_init_sec_context` asks the KDC for a fresh
- * one. Needed when a server's key changed (a rotated keytab): GSS-API keeps presenting the cached
- * ticket, sealed with the old key, until it expires (hours), and the server refuses each (M2, R4).
+ * one: needed when a server's key changed (a rotated keytab), as GSS-API keeps presenting the cached
+ * ticket, sealed with the old key, until it expires (hours), and the server refuses each (M2, R4);
+ * `kvno` after `kdestroy -p` would do the same from a shell. And asking whom a cache now belongs to
+ * (`krb5_cc_get_principal`), without acquiring a credential: a session authenticated long ago
+ * learns that a `kdestroy; kinit bob` took its principal's tickets away (S6).
  * Loaded lazily, through the koffi the GSS-API binding already loaded; Linux x86_64/arm64 layouts
- * (as ffi.ts). `kvno` after `kdestroy -p` would do the same from a shell.
+ * (as ffi.ts).
  */
 import type { GssFunctions } from './ffi.ts';
 
@@ -79,17 +82,23 @@ export interface TicketCache {
   readonly client: string;
 }
 
+type Principal = (name: string) => unknown;
+
 /**
- * Drops `client`'s tickets for `service` (`HTTP/host@REALM`; also its referral form `HTTP/host@`)
- * from the cache the credential came from. True when one was dropped. Never throws: a cache
- * that cannot be read, or that now holds another principal's tickets (a kdestroy; kinit bob), is
- * left alone.
+ * Opens the cache `where` names and runs `use` on it once it is known to hold `where.client`'s
+ * tickets; `otherwise` when it cannot be opened, holds no one's, or holds another principal's (a
+ * kdestroy; kinit bob). Undefined when libkrb5 cannot be loaded (another GSS-API). Never throws.
  */
-export function dropServiceTicket(g: GssFunctions, where: TicketCache, service: string): boolean {
+function inClientCache<T>(
+  g: GssFunctions,
+  where: TicketCache,
+  otherwise: T,
+  use: (k: Krb5Functions, ctx: unknown, cc: unknown, client: unknown, principal: Principal) => T,
+): T | undefined {
   const k = load(g);
-  if (!k) return false;
+  if (!k) return undefined;
   const ctx: [unknown] = [null];
-  if (k.initContext(ctx) !== 0) return false;
+  if (k.initContext(ctx) !== 0) return undefined;
   const owned: unknown[] = [];
   const principal = (name: string): unknown => {
     const p: [unknown] = [null];
@@ -100,32 +109,55 @@ export function dropServiceTicket(g: GssFunctions, where: TicketCache, service: 
   const cc: [unknown] = [null];
   try {
     const client = principal(where.client);
-    if (!client) return false;
+    if (!client) return otherwise;
     const found = where.ccache
       ? k.ccResolve(ctx[0], where.ccache, cc)
       : where.principal
         ? k.ccCacheMatch(ctx[0], client, cc)
         : k.ccDefault(ctx[0], cc);
-    if (found !== 0 || !cc[0]) return false;
+    if (found !== 0 || !cc[0]) return otherwise;
     const holder: [unknown] = [null];
-    if (k.ccGetPrincipal(ctx[0], cc[0], holder) !== 0) return false;
+    if (k.ccGetPrincipal(ctx[0], cc[0], holder) !== 0) return otherwise;
     owned.push(holder[0]);
-    if (!k.principalCompare(ctx[0], holder[0], client)) return false;
-    let dropped = false;
-    const at = service.lastIndexOf('@');
-    for (const name of at < 0 ? [service] : [service, service.slice(0, at + 1)]) {
-      const server = principal(name);
-      if (!server) continue;
-      const code = k.ccRemoveCred(ctx[0], cc[0], 0, { magic: 0, client, server, rest: new Uint8Array(96) });
-      if (code === 0) dropped = true;
-      else if (code !== KRB5_CC_NOTFOUND) break;
-    }
-    return dropped;
+    if (!k.principalCompare(ctx[0], holder[0], client)) return otherwise;
+    return use(k, ctx[0], cc[0], client, principal);
   } catch {
-    return false;
+    return otherwise;
   } finally {
     if (cc[0]) k.ccClose(ctx[0], cc[0]);
     for (const p of owned) k.freePrincipal(ctx[0], p);
     k.freeContext(ctx[0]);
   }
+}
+
+/**
+ * Whether the cache the credential came from still holds `where.client`'s tickets: false after a
+ * `kdestroy`, or a `kinit` / `kswitch` to another principal (S6); undefined when libkrb5 is not there.
+ * Reads the cache (a file, a keyring, KCM's socket) on the calling thread; it does not ask the KDC.
+ */
+export function cacheHolds(g: GssFunctions, where: TicketCache): boolean | undefined {
+  return inClientCache(g, where, false, () => true);
+}
+
+/**
+ * Drops `client`'s tickets for `service` (`HTTP/host@REALM`; also its referral form `HTTP/host@`)
+ * from the cache the credential came from. True when one was dropped. Never throws: a cache
+ * that cannot be read, or that now holds another principal's tickets (a kdestroy; kinit bob), is
+ * left alone.
+ */
+export function dropServiceTicket(g: GssFunctions, where: TicketCache, service: string): boolean {
+  return (
+    inClientCache(g, where, false, (k, ctx, cc, client, principal) => {
+      let dropped = false;
+      const at = service.lastIndexOf('@');
+      for (const name of at < 0 ? [service] : [service, service.slice(0, at + 1)]) {
+        const server = principal(name);
+        if (!server) continue;
+        const code = k.ccRemoveCred(ctx, cc, 0, { magic: 0, client, server, rest: new Uint8Array(96) });
+        if (code === 0) dropped = true;
+        else if (code !== KRB5_CC_NOTFOUND) break;
+      }
+      return dropped;
+    }) ?? false
+  );
 }

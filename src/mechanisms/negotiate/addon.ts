@@ -30,6 +30,11 @@ export interface KerberosClientLike {
    * the server refused it as sealed with a key it no longer has. True when one was dropped.
    */
   forgetServiceTicket?(): boolean;
+  /**
+   * Whether the cache the credential came from still holds its principal's tickets (the GSS-API
+   * binding only): false after a kdestroy or a kinit as another principal; undefined: cannot tell.
+   */
+  stillHolds?(): boolean | undefined;
 }
 
 export interface KerberosModuleLike {

@@ -350,6 +350,11 @@ export class NegotiateContext implements MechanismContext {
       throw new MutualAuthError(`the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`);
     }
     this.#state = 'done';
+    // Sessions authenticated as this principal ask later whether its tickets are still there (S6).
+    if (client.stillHolds && client.username) {
+      this.#memory.holders ??= new Map();
+      this.#memory.holders.set(client.username, client);
+    }
   }
 }
 

@@ -10,7 +10,7 @@ import type { Challenge } from '../../challenge/types.ts';
 import { ConfigError } from '../../errors.ts';
 import type { CredCache } from '../gssapi/index.ts';
 import type { Credentials, LegInfo, Mechanism, MechanismContext } from '../types.ts';
-import type { KerberosModuleLike } from './addon.ts';
+import type { KerberosClientLike, KerberosModuleLike } from './addon.ts';
 import type { BackendChoice, KerberosBackend } from './backend.ts';
 import type { NegotiateContext } from './context.ts';
 import type { NegotiateFallbackReason } from './errors.ts';
@@ -91,6 +91,12 @@ export interface KerberosMemory {
   staleTickets?: Map<string, { readonly epoch: number; readonly until: number }>;
   /** Drops of refused service tickets so far (all SPNs): a context notes it at its first token. */
   ticketEpoch?: number;
+  /**
+   * Principal → the last Kerberos context that authenticated as it from a cache outside the agent
+   * (the default ccache, `negotiate.ccache` or `principal`; not a keytab): asked whether that cache
+   * still holds the principal's tickets (S6, {@link Mechanism.holdsCredentials}).
+   */
+  holders?: Map<string, KerberosClientLike>;
 }
 
 /** context.ts, once a first step has loaded it. */
@@ -228,6 +234,12 @@ export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
       return opts.channelBindings !== false && memory.bindsChannel !== false && !ntlmFirst;
     },
     createContext: () => new LazyNegotiateContext(opts, memory),
+    holdsCredentials(identity) {
+      const held = memory.holders?.get(identity)?.stillHolds?.();
+      // Not kept for the next context either: it would fail against the changed cache.
+      if (held === false) memory.creds?.forget(identity);
+      return held;
+    },
   };
 }
 
