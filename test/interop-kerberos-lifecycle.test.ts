@@ -86,6 +86,30 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
     });
   }
 
+  it('R4/M5: with a password, "no ticket" sends NTLM inside Negotiate only until a kinit is seen (TICKET_RECHECK_MS), not for 30 s: new connections then authenticate with the ticket', async () => {
+    const a = lab.apache!;
+    await run('/usr/bin/kdestroy', [], { env: { ...lab.realm!.toolEnv, KRB5CCNAME: ccache } });
+    const agent = new MultilegAgent({
+      connect: { ca: a.ca },
+      allowH2: false,
+      credentials: { username: 'alice', password: 'alicepw', domain: 'EXAMPLE' },
+      trustedOrigins: [a.origin],
+    });
+    const url = `${a.origin}/spnego2/`;
+    try {
+      expect(await outcome(url, agent)).toBe('200 EXAMPLE\\alice');
+      expect(agent.handshakes().at(-1)?.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET: /);
+      await lab.realm!.kinit({ ccache });
+      await sleep(TICKET_RECHECK_MS + 200);
+      // Three at once: the NTLM connection serves one, new connections run their own handshakes.
+      const burst = await Promise.all([0, 1, 2].map(() => outcome(url, agent)));
+      expect(burst).toContain('200 alice@EXAMPLE.TEST');
+      expect(agent.handshakes().at(-1)?.fallbackReason).toBeUndefined();
+    } finally {
+      await agent.close();
+    }
+  });
+
   it('M2/R4: the server key rotated (old kvno gone from its keytab): the cached ticket is refused once, dropped, and the request succeeds with a fresh one', async () => {
     const a = lab.apache!;
     await lab.realm!.kinit({ ccache });

@@ -1,20 +1,12 @@
 import type { Challenge } from '../challenge/types.ts';
 import { MultilegError, ownCopy } from '../errors.ts';
-import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
+import { TICKET_RECHECK_MS, ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
 import type { ClientCertificate } from '../options.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 
-export { UNUSABLE_MEMORY_MS };
-
-/**
- * How long "no Kerberos ticket" / "ticket expired" is remembered for an origin (R4). Short, because
- * a kinit mends it and callers (curl, .NET) expect the new ticket on the next request; and cheap to
- * ask again: GSS-API answers it from the ccache, with no KDC and no extra wire request (the 401 is
- * the same either way). Still one request per origin a second at most asks, not every waiter.
- */
-export const TICKET_RECHECK_MS = 1_000;
+export { TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS };
 
 const NONE: ReadonlyArray<readonly [string, Error]> = [];
 

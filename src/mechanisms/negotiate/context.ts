@@ -34,6 +34,8 @@ import {
   KerberosTicketExpiredError,
   mapGssError,
   type NegotiateFallbackReason,
+  TICKET_RECHECK_MS,
+  ticketFixes,
 } from './errors.ts';
 import { type KerberosMemory, type NegotiateOptions, SCHEME } from './mechanism.ts';
 import { spnFor, spnWithoutLookup } from './spn.ts';
@@ -42,7 +44,10 @@ import { spnFor, spnWithoutLookup } from './spn.ts';
 export const MAX_NEGOTIATE_TOKEN_LENGTH = 64 * 1024;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
-/** How long "no Kerberos here" is remembered before GSS-API is asked again (a kinit may follow). */
+/**
+ * How long "no Kerberos here" is remembered before GSS-API is asked again: no binding, a keytab that
+ * gives no ticket, only another principal's ticket. No ticket or an expired one: TICKET_RECHECK_MS.
+ */
 export const NO_KERBEROS_MEMORY_MS = 30_000;
 
 /** Strictly decodes nothing, but validates a server token (canonical base64, bounded length; S3). */
@@ -278,9 +283,11 @@ export class NegotiateContext implements MechanismContext {
       } catch (e) {
         const err = e instanceof MultilegError ? e : this.#mapError(e);
         const reason = fallbackReasonOf(err);
-        // Credentials (not this host) are at fault: remember it for a while (a kinit may follow).
+        // Credentials (not this host) are at fault: remember it for a while — a second only when a
+        // kinit mends it, so that its ticket, not the password's NTLM, serves soon after.
         if (credentialLevel(err)) {
-          this.#memory.unavailableUntil = Date.now() + NO_KERBEROS_MEMORY_MS;
+          this.#memory.unavailableUntil =
+            Date.now() + (ticketFixes(err.code) ? TICKET_RECHECK_MS : NO_KERBEROS_MEMORY_MS);
           this.#memory.reason = reason;
         }
         // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).

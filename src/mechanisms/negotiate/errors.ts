@@ -135,6 +135,15 @@ export interface NegotiateFallbackReason {
 /** Kerberos failures a ticket (kinit) fixes: none there, or one that expired; not an unknown SPN, a KDC out of reach, a clock. */
 const TICKET_FIXES: ReadonlySet<string> = new Set(['MULTILEG_KRB_NO_TICKET', 'MULTILEG_KRB_TICKET_EXPIRED']);
 
+/**
+ * How long "no Kerberos ticket" / "ticket expired" is remembered (R4), by an origin and by the
+ * Negotiate mechanism that falls back to NTLM meanwhile. Short, because a kinit mends it and callers
+ * (curl, .NET) expect the new ticket on the next request; and cheap to ask again: GSS-API answers it
+ * from the ccache, with no KDC and no extra wire request (the 401 is the same either way). Still
+ * one request a second at most asks, not every waiter.
+ */
+export const TICKET_RECHECK_MS = 1_000;
+
 /** Whether the Kerberos failure of error code `code` is mended by getting a ticket (kinit). */
 export const ticketFixes = (code: string | undefined): boolean => code !== undefined && TICKET_FIXES.has(code);
 
