@@ -7,12 +7,13 @@ import {
   LegLimitError,
   MechanismUnavailableError,
   MultilegAgent,
+  type MultilegAgentOptions,
   ntlmMechanism,
   QueueFullError,
   QueueTimeoutError,
 } from '../src/index.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
-import { ALICE, get, hasAuth, many, type Rig, rig, sleep } from './helpers.ts';
+import { ALICE, get, getUser, hasAuth, many, type Rig, rig, sleep, until } from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -446,6 +447,60 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     held = true;
     expect((await many(r, 20)).map((x) => x.status)).toEqual(Array(20).fill(200));
     expect(asked.length - asks).toBeLessThanOrEqual(1 + Math.floor((Date.now() - since) / TICKET_RECHECK_MS));
+  });
+
+  describe('S6: a handshake that carried the old identity and ends after the new one was proved', () => {
+    /** HTTP/1.1 session mode; an AUTHENTICATE to `/auth/slow` is answered 1.5 s late. */
+    const slowRig = async (agent: Partial<MultilegAgentOptions>) => {
+      let held = false;
+      r = await rig(
+        {
+          mode: 'session',
+          schemes: ['NTLM'],
+          faults: {
+            delayMs: (info) => {
+              const value = String(info.headers.authorization ?? '');
+              if (!info.path.startsWith('/auth/slow') || !value.startsWith('NTLM ')) return 0;
+              if (Buffer.from(value.slice(5), 'base64').readUInt32LE(8) !== 3) return 0;
+              held = true;
+              return 1500;
+            },
+          },
+        },
+        { negotiate: false, allowH2: false, ...agent },
+      );
+      const url = (path: string) => `${r!.server.origin}${path}`;
+      expect(await getUser(url('/auth/warm'), r.agent, true)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+      // The first connection busy; /auth/slow opens a second and runs alice's handshake there, held.
+      const busy = getUser(url('/auth/hold?delay=2500'), r.agent, true);
+      const slow = getUser(url('/auth/slow'), r.agent, true);
+      await until(() => held);
+      return { url, busy, slow };
+    };
+
+    it("S6: the ambient identity switched mid-handshake (a mechanism reading live credentials, as a ccache is read): once bob is proved, alice's late success does not take the agent back", async () => {
+      const who = { username: 'EXAMPLE\\alice', password: 'alicepw' };
+      const { url, busy, slow } = await slowRig({ mechanisms: [ntlmMechanism(who)] });
+      Object.assign(who, { username: 'EXAMPLE\\bob', password: 'bobpw' });
+      expect(await getUser(url('/auth/bob'), r!.agent, true)).toEqual({ status: 200, user: 'EXAMPLE\\bob' });
+      // Its own request was answered as alice: it was on the wire before bob was proved.
+      expect(await slow).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+      await busy;
+      // Was: alice's late success retired bob's session and kept its own, so every request after ran as alice.
+      expect(await getUser(url('/auth/after'), r!.agent, true)).toEqual({ status: 200, user: 'EXAMPLE\\bob' });
+    });
+
+    it("S6: after setCredentials, a retired session's late success as alice retires nothing: bob's session serves on", async () => {
+      const { url, busy, slow } = await slowRig({});
+      r!.agent.setCredentials({ username: 'EXAMPLE\\bob', password: 'bobpw' });
+      expect(await getUser(url('/auth/bob'), r!.agent, true)).toEqual({ status: 200, user: 'EXAMPLE\\bob' });
+      await slow;
+      await busy;
+      const handshakes = r!.agent.stats().handshakes;
+      // Was: bob's session retired by it, and one more handshake for the next request.
+      expect(await getUser(url('/auth/after'), r!.agent, true)).toEqual({ status: 200, user: 'EXAMPLE\\bob' });
+      expect(r!.agent.stats().handshakes).toBe(handshakes);
+    });
   });
 
   it('C8: a session that ends mid-handshake (GOAWAY) moves its queue to a new session; nothing lost or sent twice', async () => {

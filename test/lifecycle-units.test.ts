@@ -851,6 +851,7 @@ describe('a lead chosen a microtask before it starts (the answer step awaits)', 
       mechanisms: new MechanismSet([ntlmMechanism(ALICE)], ['NTLM']),
       limits: DEFAULT_LIMITS,
       report: () => {},
+      identityProved: () => {},
     };
     const statuses: number[] = [];
     const request = (id: number): Job => {

@@ -58,6 +58,11 @@ export interface ExchangeEnv {
   /** A 401 nothing can answer here is the caller's response, not the typed error (`deliver401`). */
   readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
+  /**
+   * `session` is authenticated as `identity` (S6) by `scheme`'s handshake, the `admitted`-th to get
+   * leave to send credentials (an order over all handshakes: which one's credentials are newer).
+   */
+  identityProved(session: Session, identity: string, scheme: string, admitted: number): void;
 }
 
 export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
@@ -69,6 +74,9 @@ export type ExchangeOutcome =
 
 export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
+
+/** Handshakes given leave to send credentials so far (see ExchangeEnv.identityProved). */
+let admitted = 0;
 
 /** Host and port of the last origin a leg was made for: per-request mode asks once per request. */
 let lastOrigin: { origin: string; hostname: string; port: number } | undefined;
@@ -643,6 +651,8 @@ class Lead implements HandshakeInput, LegInfo {
   #renewed = false;
   /** Leave to send the credentials here (CredentialProof), given back with the outcome. */
   #ticket: Ticket | undefined;
+  /** When it got that leave, in the order of all handshakes (its credentials are those of then). */
+  #order = 0;
 
   constructor(run: Run, step: LeadStep, done: (next: Step) => void) {
     const { job, env } = run;
@@ -725,6 +735,7 @@ class Lead implements HandshakeInput, LegInfo {
     }
     const ticket = admission;
     this.#ticket = ticket;
+    this.#order = ++admitted;
     runHandshake(
       this,
       (result) => {
@@ -872,6 +883,9 @@ class Lead implements HandshakeInput, LegInfo {
           session.apply({ type: 'handshake-success', leader: job.id, scheme, sessionAuthenticated, ...identity });
         } else if (sessionAuthenticated && (session.state.kind === 'per-request' || session.state.kind === 'fresh')) {
           session.apply({ type: 'server-authenticated', scheme, ...identity });
+        }
+        if (sessionAuthenticated && result.identity !== undefined) {
+          env.identityProved(session, result.identity, scheme, this.#order);
         }
         this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
         return end({ kind: 'done', done: result.done });

@@ -110,6 +110,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     return this.#route;
   }
   #sessionsCreated = 0;
+  /** The identity the newest-admitted handshake proved here, and its place in that order (S6). */
+  #proved: { readonly identity: string; readonly admitted: number } | undefined;
   /** A session is authenticated by credentials that may change outside the agent: see #checkHolders. */
   #watchHolders = false;
   #holdersCheckedUntil = 0;
@@ -136,11 +138,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       limits: options.limits,
       deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
-      report: (r) => {
-        if (r.outcome === 'session' && r.identity !== undefined)
-          this.#identityProved(r.identity, r.sessionId, r.scheme);
-        report(r);
-      },
+      report,
+      identityProved: (session, identity, scheme, admitted) =>
+        this.#identityProved(session, identity, scheme, admitted),
     };
   }
 
@@ -149,15 +149,26 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * retire, as after setCredentials. Ambient Kerberos follows the default ccache, which a
    * `kdestroy; kinit bob` switches under a running process: new sessions are bob's, and alice's
    * kept-alive ones would otherwise go on serving the agent's requests as alice for as long as the
-   * server keeps them open. (A session that never handshakes again cannot notice the switch.) The
-   * same account spelled by another mechanism (Kerberos after NTLM inside Negotiate) is no switch.
+   * server keeps them open. The same account spelled by another mechanism (Kerberos after NTLM
+   * inside Negotiate) is no switch. A handshake that got leave to send credentials (`admitted`)
+   * before the one that proved another account carried the old credentials and merely ended later
+   * (a slow server, a setCredentials or a kinit meanwhile): its session retires instead.
    */
-  #identityProved(identity: string, sessionId: string, scheme: string): void {
+  #identityProved(session: Session, identity: string, scheme: string, admitted: number): void {
+    if (session.identity !== 'agent') return;
     if (this.#env.mechanisms.get(scheme)?.holdsCredentials) this.#watchHolders = true;
+    const last = this.#proved;
+    if (last !== undefined && admitted < last.admitted) {
+      if (sameAccount(last.identity, identity)) return;
+      session.apply({ type: 'closed' });
+      log.pool('%s: %s authenticated as an older identity than the last proved: it retires', this.origin, session.id);
+      return;
+    }
+    this.#proved = { identity, admitted };
     let retired = 0;
     for (const s of [...this.#sessions]) {
       const state = s.state;
-      if (s.id === sessionId || s.identity !== 'agent' || state.kind !== 'authenticated') continue;
+      if (s === session || s.identity !== 'agent' || state.kind !== 'authenticated') continue;
       if (state.identity === undefined || sameAccount(state.identity, identity)) continue;
       s.apply({ type: 'closed' });
       retired += 1;
