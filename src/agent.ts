@@ -7,6 +7,7 @@ import { UserSink } from './handshake/user-sink.ts';
 import { type HeaderMap, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
+import { type NtlmIdentity, parseNtlmUser } from './mechanisms/ntlm/index.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import type { Credentials } from './mechanisms/types.ts';
 import {
@@ -53,6 +54,19 @@ function checkCredentials(c: unknown, name = 'credentials'): asserts c is Creden
       `${name}.password must be a string, got ${password === undefined ? 'undefined (is the environment variable that should hold it set?)' : typeof password}`,
     );
 }
+
+/** Options of {@link MultilegAgent.setCredentials}. */
+export interface SetCredentialsOptions {
+  /**
+   * The cookie jar requests use from now on (`null`: none). Needed when the new credentials name
+   * another account and the agent has a jar; omitted, the jar stays.
+   */
+  readonly cookies?: CookieStore | null;
+}
+
+/** Whether two user names (as NTLM splits them) are one account, case aside: a password rotation, not a switch. */
+const sameAccount = (a: NtlmIdentity | undefined, b: NtlmIdentity): boolean =>
+  a !== undefined && a.user.toLowerCase() === b.user.toLowerCase() && a.domain.toLowerCase() === b.domain.toLowerCase();
 
 /** A `cookies` option that is not a cookie store fails here, not at the first request. */
 function checkCookieStore(store: unknown): void {
@@ -125,6 +139,8 @@ export class MultilegAgent extends Dispatcher {
   readonly #options: ResolvedOptions;
   /** Replaced by {@link setCredentials}: pools and upgrades read it afresh for each handshake. */
   #mechanisms: MechanismSet;
+  /** Whose credentials the agent holds: another account's need a word on the cookie jar (setCredentials). */
+  #account: NtlmIdentity | undefined;
   /** What the mechanisms were made from, to make them again with new credentials. */
   readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
   readonly #transport: boolean;
@@ -243,6 +259,7 @@ export class MultilegAgent extends Dispatcher {
     };
     this.#transport = selectCertificate !== undefined;
     this.#mechanisms = this.#mechanismSet(options.credentials);
+    this.#account = options.credentials ? parseNtlmUser(options.credentials) : undefined;
   }
 
   /**
@@ -269,16 +286,34 @@ export class MultilegAgent extends Dispatcher {
    * does not keep the new one back, and the new ones are tried one handshake at a time until one
    * succeeds, as for a new agent (R4).
    *
+   * The cookie jar (`cookies`) holds what servers gave the old identity — a login session cookie runs
+   * requests as its owner whatever credentials they would carry. A new password for the same account
+   * (the user name as NTLM reads it, case aside) keeps the jar; for another account say which jar its
+   * requests use: `{ cookies: newJar }`, `{ cookies: null }` for none, or the same jar to keep it
+   * knowingly. Without that word the call throws and changes nothing (S6, fail safe).
+   *
    * @throws {ConfigError} when `credentials` is not `{ username, password }` with a non-empty user name
-   * and a string password (as the constructor).
+   * and a string password (as the constructor), when `options.cookies` is not a cookie store, or when
+   * the agent has a cookie jar, the credentials name another account and `options.cookies` is not given.
    * @throws {TrustRequiredError} on an agent made without `trustedOrigins` (S1): a password only goes
    * where the caller said.
    * @throws {AgentClosedError} after `close()` or `destroy()`.
    */
-  setCredentials(credentials: Credentials): void {
+  setCredentials(credentials: Credentials, options: SetCredentialsOptions = {}): void {
     if (this.#closed) throw new AgentClosedError();
     checkCredentials(credentials);
     if (!this.#options.trust.listed) throw new TrustRequiredError('an agent with a password (credentials)');
+    const account = parseNtlmUser(credentials);
+    const jar = options.cookies;
+    if (jar != null) checkCookieStore(jar);
+    if (jar === undefined && this.#options.cookies && !sameAccount(this.#account, account)) {
+      throw new ConfigError(
+        "setCredentials: the agent's cookie jar holds what servers gave the previous identity (a login session cookie would run the new account's requests as it); say which jar the new account uses: setCredentials(credentials, { cookies: newJar }), { cookies: null } for none, or the same jar to keep it knowingly",
+        'cookies',
+      );
+    }
+    if (jar !== undefined) this.#options.cookies = jar ?? undefined;
+    this.#account = account;
     this.#mechanisms = this.#mechanismSet(credentials);
     let retired = 0;
     for (const pool of this.#pools.values()) retired += pool.credentialsChanged('origin', this.#mechanisms);

@@ -1,7 +1,13 @@
 // First: on an unsupported Node this throws a clear error before undici is loaded.
 import './runtime-check.ts';
 
-export { MAX_REPORTS, MultilegAgent, type MultilegStats, type SessionSnapshot } from './agent.ts';
+export {
+  MAX_REPORTS,
+  MultilegAgent,
+  type MultilegStats,
+  type SessionSnapshot,
+  type SetCredentialsOptions,
+} from './agent.ts';
 export { chooseChallenge, DEFAULT_SCHEME_ORDER, parseChallenges } from './challenge/index.ts';
 export type { Challenge } from './challenge/types.ts';
 export {

@@ -6,11 +6,14 @@
  */
 
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentClosedError, ConfigError, MultilegAgent } from '../src/index.ts';
+import { AgentClosedError, ConfigError, type CookieStore, MultilegAgent } from '../src/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
 import { ALICE, basic, behindBasicProxy, getUser, type Rig, rig, sleep, until, wire } from './helpers.ts';
@@ -301,5 +304,86 @@ describe('S2: secrets never reach logs', () => {
     expect(stderr).toContain('credentials replaced');
     for (const secret of ['alicepw', 'N3w-Secret', 'Old-Pr0xy', 'N3w-Pr0xy'])
       expect(stderr + stdout).not.toContain(secret);
+  });
+});
+
+describe('S6: the cookie jar across setCredentials', () => {
+  /** A jar that keeps name=value for one origin. */
+  const tinyJar = (): CookieStore => {
+    const all = new Map<string, string>();
+    return {
+      cookieHeader: () => (all.size ? [...all].map(([k, v]) => `${k}=${v}`).join('; ') : undefined),
+      setCookies: (_url, values) => {
+        for (const v of values) {
+          const pair = v.split(';')[0]!;
+          const eq = pair.indexOf('=');
+          all.set(pair.slice(0, eq).trim(), pair.slice(eq + 1).trim());
+        }
+      },
+    };
+  };
+
+  /** An app that authenticates once with Basic, then runs requests as the owner of its session cookie. */
+  async function loginApp(): Promise<{ origin: string; close: () => Promise<void> }> {
+    const users: Record<string, string> = { alice: 'alicepw', bob: 'bobpw' };
+    const sessions = new Map<string, string>();
+    const server = createServer((req, res) => {
+      const sid = /(?:^|;\s*)sid=([^;]+)/.exec(req.headers.cookie ?? '')?.[1];
+      let user = sid ? sessions.get(sid) : undefined;
+      const setCookie: string[] = [];
+      if (!user) {
+        const m = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
+        const [u, p] = m ? Buffer.from(m[1]!, 'base64').toString().split(':') : [];
+        if (u === undefined || users[u] !== p) {
+          res.writeHead(401, { 'www-authenticate': 'Basic realm="app"', 'content-length': '0' }).end();
+          return;
+        }
+        user = u;
+        const id = `s${sessions.size + 1}`;
+        sessions.set(id, u);
+        setCookie.push(`sid=${id}; Path=/; HttpOnly`);
+      }
+      res.writeHead(200, setCookie.length ? { 'set-cookie': setCookie } : {}).end(user);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return {
+      origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      close: () => new Promise((resolve) => server.close(() => resolve())),
+    };
+  }
+
+  it("S6: another account needs a word on the jar (its login cookie would run bob's requests as alice); a new password for the same account keeps it", async () => {
+    const app = await loginApp();
+    const jar = tinyJar();
+    const agent = new MultilegAgent({
+      credentials: { username: 'alice', password: 'alicepw' },
+      trustedOrigins: [app.origin],
+      allowBasicOverHttp: true,
+      cookies: jar,
+    });
+    const who = async (path: string) => (await request(`${app.origin}${path}`, { dispatcher: agent })).body.text();
+    try {
+      expect(await who('/app/1')).toBe('alice');
+      // Was: accepted, and every later request ran as alice through her session cookie.
+      expect(() => agent.setCredentials({ username: 'bob', password: 'bobpw' })).toThrow(ConfigError);
+      expect(await who('/app/2')).toBe('alice'); // nothing changed: still alice's agent
+      expect(() =>
+        agent.setCredentials({ username: 'bob', password: 'bobpw' }, { cookies: {} as CookieStore }),
+      ).toThrow(ConfigError);
+      // A rotated password for the same account (spelled otherwise): the jar stays.
+      agent.setCredentials({ username: 'ALICE', password: 'alicepw' });
+      expect(await who('/app/3')).toBe('alice');
+      // Bob with a jar of his own: his requests are his.
+      agent.setCredentials({ username: 'bob', password: 'bobpw' }, { cookies: tinyJar() });
+      expect(await who('/app/4')).toBe('bob');
+      expect(await who('/app/5')).toBe('bob');
+      // Back to alice without a jar: no cookie goes, her password does.
+      agent.setCredentials({ username: 'alice', password: 'alicepw' }, { cookies: null });
+      expect(await who('/app/6')).toBe('alice');
+    } finally {
+      await agent.destroy();
+      await app.close();
+    }
   });
 });
