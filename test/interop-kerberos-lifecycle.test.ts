@@ -5,9 +5,9 @@
  */
 import { chmod, copyFile, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fetch } from 'undici';
+import { type Dispatcher, fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MultilegAgent } from '../src/index.ts';
+import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
 import { HOLDER_RECHECK_MS } from '../src/mechanisms/gssapi/index.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
@@ -38,13 +38,36 @@ async function outcome(url: string, agent: MultilegAgent): Promise<string> {
   }
 }
 
+/** The status of the response an upgrade request through `agent` got instead of a 101 (101 if upgraded). */
+function upgradeAnswer(agent: Dispatcher, origin: string, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    agent.dispatch(
+      { origin, path, method: 'GET', upgrade: 'websocket' },
+      {
+        onRequestUpgrade: (_c, s, _h, socket) => {
+          socket.destroy();
+          resolve(s);
+        },
+        onResponseStart: (_c, s) => {
+          status = s;
+        },
+        onResponseData: () => {},
+        onResponseEnd: () => resolve(status),
+        onResponseError: (_c, err) => reject(err),
+      },
+    );
+  });
+}
+
 describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_gssapi)', () => {
   let lab: Lab;
   let restoreEnv: () => void;
   let ccache: string;
 
   beforeAll(async () => {
-    lab = await startLab({ apache: true });
+    // The GSSAPI forward proxy shares the origin's SPN (HTTP@localhost) and keytab: one rotation serves both.
+    lab = await startLab({ apache: true, apacheProxy: true });
     // The principal the S6 tests switch to.
     await lab.realm!.kadmin('addprinc -pw bobpw bob@EXAMPLE.TEST');
     ccache = `FILE:${join(lab.dir, 'lifecycle.ccache')}`;
@@ -208,6 +231,110 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
       }
     });
   }
+  /**
+   * Statuses of the Apache log's lines (origin and proxy vhost share it) that `match`, in log order
+   * but for the first `from`, sorted, once there are at least `atLeast` of them.
+   */
+  async function logged(match: (line: string) => boolean, atLeast: number, from = 0): Promise<string[]> {
+    for (let waited = 0; ; waited += 20) {
+      const lines = (await readFile(lab.apache!.accessLog, 'utf8')).split('\n').filter((l) => l && match(l));
+      if (lines.length >= from + atLeast || waited >= 5_000) {
+        return lines
+          .slice(from)
+          .map((l) => /" (\d{3}) /.exec(l)?.[1] ?? '?')
+          .sort();
+      }
+      await sleep(20);
+    }
+  }
+
+  /**
+   * An agent that has a service ticket for HTTP/localhost cached under the current key (a fresh
+   * kinit, one Kerberos request by another agent), then that key rotated in the KDC and Apache's
+   * keytab (the origin's and the forward proxy's): the cached ticket is stale for both.
+   */
+  async function staleTicket(o: Partial<MultilegAgentOptions>): Promise<MultilegAgent> {
+    const a = lab.apache!;
+    await lab.realm!.kinit({ ccache });
+    const warm = new MultilegAgent({ connect: { ca: a.ca } });
+    try {
+      expect(await outcome(`${a.origin}/protected/`, warm)).toBe('200 alice@EXAMPLE.TEST');
+    } finally {
+      await warm.close();
+    }
+    await rotateServerKey(true);
+    return new MultilegAgent({ connect: { ca: a.ca }, ...o });
+  }
+
+  const viaProxy = (): Partial<MultilegAgentOptions> => ({
+    proxy: { uri: lab.apache!.proxyOrigin!, schemes: ['Negotiate'] },
+  });
+
+  it('H5/M2/R4: a CONNECT to a proxy whose key rotated (Apache mod_auth_gssapi forward proxy): the refused ticket is dropped and the tunnel made with a fresh one, within the request', async () => {
+    const a = lab.apache!;
+    const connects = (l: string) => l.includes(`"CONNECT localhost:${a.tlsPort} `);
+    const before = (await logged(connects, 0)).length;
+    const agent = await staleTicket(viaProxy());
+    try {
+      // Was: ProxyAuthenticationError (the ticket dropped, but the tunnel not tried again); curl the same.
+      expect(await outcome(`${a.origin}/public/?r=connect-rotated`, agent)).toBe('200 ');
+    } finally {
+      await agent.close();
+    }
+    // The bare CONNECT, the refused ticket, the fresh one (logged when the tunnel closes): no more,
+    // and all on one proxy connection (the client port Apache logged).
+    expect(await logged(connects, 3, before)).toEqual(['200', '407', '407']);
+    const ports = (await readFile(a.accessLog, 'utf8'))
+      .split('\n')
+      .filter(connects)
+      .slice(before)
+      .map((l) => /" \d{3} (\d+) /.exec(l)?.[1]);
+    expect(new Set(ports).size).toBe(1);
+  });
+
+  it('H5/M2/R4: a forwarded request to a proxy whose key rotated: the refused ticket is dropped and the request goes with a fresh one, once', async () => {
+    const a = lab.apache!;
+    const url = `${a.cleartextOrigin}/public/?r=forward-rotated`;
+    const agent = await staleTicket(viaProxy());
+    try {
+      // Was: ProxyAuthenticationError, though the ticket was dropped. (X-Remote-User: the proxy's.)
+      expect(await outcome(url, agent)).toMatch(/^200 /);
+      expect(await outcome(url, agent)).toMatch(/^200 /);
+    } finally {
+      await agent.close();
+    }
+    // At the proxy: the bare request, the refused ticket, the fresh one; the next request on the
+    // authenticated connection. The origin saw the two requests.
+    expect(await logged((l) => l.includes(`"GET ${url} `), 4)).toEqual(['200', '200', '407', '407']);
+    expect(await logged((l) => l.includes('"GET /public/?r=forward-rotated '), 2)).toEqual(['200', '200']);
+  });
+
+  it('R4/H5: a proxy whose keytab lags the KDC refuses the fresh ticket too: one retry, then ProxyAuthenticationError, with no loop', async () => {
+    const a = lab.apache!;
+    const url = `${a.cleartextOrigin}/public/?r=forward-lagging`;
+    const agent = await staleTicket(viaProxy());
+    try {
+      await rotateServerKey(false); // the KDC moves on; Apache keeps the previous key
+      expect(await outcome(url, agent)).toBe('MULTILEG_PROXY_AUTH');
+    } finally {
+      await rotateServerKey(true);
+      await agent.close();
+    }
+    expect(await logged((l) => l.includes(`"GET ${url} `), 3)).toEqual(['407', '407', '407']);
+  });
+
+  it('M2/R4: an upgrade (WebSocket) to an origin whose key rotated: the refused ticket is dropped and the upgrade request goes with a fresh one, within the request', async () => {
+    const a = lab.apache!;
+    const agent = await staleTicket({});
+    try {
+      // Apache serves no WebSocket: its final answer (200 once authenticated) is the caller's.
+      expect(await upgradeAnswer(agent, a.origin, '/protected/?r=upgrade-rotated')).toBe(200);
+    } finally {
+      await agent.close();
+    }
+    // The bare request, the refused ticket, the fresh one (was: the caller got the second 401).
+    expect(await logged((l) => l.includes('?r=upgrade-rotated '), 3)).toEqual(['200', '401', '401']);
+  });
 
   it('S6: the ccache switched to another principal (kdestroy; kinit bob): once a new session authenticates as bob, no request runs as alice on the sessions she authenticated', async () => {
     const a = lab.apache!;

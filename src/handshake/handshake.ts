@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
-import { atOpening, cannotRunHere, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
@@ -435,11 +435,12 @@ class Handshake {
       const next = challengeFor(headers, scheme);
       this.#next = next;
       this.#nextRead = true;
-      // A token asks for the next leg, unless it is the server's refusal (an SPNEGO reject).
-      if (next?.token68 !== undefined && !context.complete && !context.rejects?.(next)) return 'swallow';
-      // Refused credentials that the mechanism has renewed since (a ticket under a rotated key):
-      // the request runs its handshake again with the new ones; the mechanism says so once (R4).
-      if (next?.token68 !== undefined && context.renewed) {
+      // A token asks for the next leg, unless it is the server's refusal (an SPNEGO reject); one of
+      // credentials the mechanism has renewed since (a ticket under a rotated key) runs the request's
+      // handshake again with the new ones.
+      const asks = challengeAsks(context, next);
+      if (asks === 'next-leg') return 'swallow';
+      if (asks === 'run-again') {
         this.#refused = true;
         return 'swallow';
       }

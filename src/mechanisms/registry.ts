@@ -45,6 +45,24 @@ export const atOpening = (
 ): boolean => legs === 1 && mechanism.multileg && !context.firstLegCompletes;
 
 /**
+ * What the server's (a proxy's) challenge for a running handshake's scheme asks of it, one rule for
+ * origins, proxies and upgrades: `next-leg`, a token to answer; `run-again`, the refusal (an SPNEGO
+ * reject) of credentials the mechanism has renewed since (Negotiate: a ticket sealed with a key the
+ * server no longer has, now dropped from the cache), so the handshake runs once more from its first
+ * leg with the new ones instead of delivering the refusal — the mechanism says so once (R4: a
+ * context made after the renewal never does); `refused`, the final refusal (no token, a reject).
+ * Asks `context.rejects`, which may drop the refused ticket: read once per answer.
+ */
+export function challengeAsks(
+  context: Pick<MechanismContext, 'complete' | 'rejects' | 'renewed'>,
+  challenge: Challenge | undefined,
+): 'next-leg' | 'run-again' | 'refused' {
+  if (challenge?.token68 === undefined) return 'refused';
+  if (!context.complete && !context.rejects?.(challenge)) return 'next-leg';
+  return context.renewed === true ? 'run-again' : 'refused';
+}
+
+/**
  * Whether `sole` (the one mechanism allowed, {@link MechanismSet.sole}) may lead its handshake before
  * any challenge, as curl --ntlm and --proxy-ntlm do: only NTLM, whose NEGOTIATE carries no password
  * (a server or proxy that wants no NTLM learns nothing from it, R4).

@@ -78,8 +78,9 @@ export interface MechanismContext {
   /**
    * Read after {@link rejects} said yes: the refusal was of credentials the mechanism has renewed
    * since (Negotiate: a Kerberos ticket sealed with a server key that was rotated, now dropped from
-   * the cache), so the request runs its handshake once more, with the new ones, instead of getting
-   * the 401. The mechanism bounds it (R4): a context made after the renewal never says so.
+   * the cache), so the handshake — an origin's, a proxy's, an upgrade's (`challengeAsks`) — runs
+   * once more, with the new ones, instead of delivering the 401 (407). The mechanism bounds it (R4):
+   * a context made after the renewal never says so.
    */
   readonly renewed?: boolean;
   /** Who authenticated, for reporting only (never a secret). */

@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
-import { atOpening, cannotRunHere, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
 import { ProxyAuthenticationError } from './errors.ts';
@@ -273,7 +273,7 @@ export class ProxyAuth {
     if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
       const key = this.#mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
-      return next?.token68 !== undefined && !this.#context.complete && !this.#context.rejects?.(next);
+      return challengeAsks(this.#context, next) !== 'refused';
     }
     return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
   }
@@ -297,8 +297,17 @@ export class ProxyAuth {
       const key = this.#mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
       // A token asks for the next leg, unless it is the proxy's refusal (an SPNEGO reject).
-      if (next?.token68 !== undefined && !this.#context.complete && !this.#context.rejects?.(next)) {
+      const asks = challengeAsks(this.#context, next);
+      if (asks === 'next-leg') {
         await this.#step(next, leg);
+        return;
+      }
+      if (asks === 'run-again') {
+        // Refused credentials the mechanism has renewed since (a ticket under the proxy's rotated
+        // key, dropped): the handshake runs again on this connection with the new ones, as an
+        // origin's does; the mechanism says so once (R4). Their leave (the proof's) still holds.
+        log.proxy('%s %s: refused credentials renewed since: running the handshake again', this.#proxy.origin, key);
+        await this.#again(leg);
         return;
       }
       if (this.opening && next?.token68 === undefined) {
@@ -371,9 +380,14 @@ export class ProxyAuth {
   restart(leg: LegInfo): Promise<boolean> {
     if (this.#restarted || !this.#mechanism) return Promise.resolve(false);
     this.#restarted = true;
-    this.#context = this.#mechanism.createContext(leg);
+    return this.#again(leg).then(() => true);
+  }
+
+  /** The running mechanism's handshake from its first leg again, with a new context. */
+  #again(leg: LegInfo): Promise<void> {
+    this.#context = this.#mechanism!.createContext(leg);
     this.#legs = 0;
-    return this.#step(this.#first, leg).then(() => true);
+    return this.#step(this.#first, leg);
   }
 
   /** A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final token. */

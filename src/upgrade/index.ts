@@ -21,7 +21,7 @@ import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
-import { atOpening, cannotRunHere, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, challengeAsks, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
 import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
@@ -199,6 +199,8 @@ export class UpgradeDispatcher {
     });
     const excluded = new Set<string>();
     let auth: Auth | undefined;
+    /** The challenges the running handshake started from. */
+    let opened: readonly Challenge[] = [];
     // R3: the handshake is bounded from the first answered 401 (the sink's abort reaches the leg).
     let clock: Deadline<HandshakeTimeoutError> | undefined;
     const legs = async (): Promise<void> => {
@@ -215,6 +217,8 @@ export class UpgradeDispatcher {
           excluded.clear();
         }
         const authorization = auth?.header;
+        /** What this leg's 401 asked, as the classifier below read it (its callback sets it). */
+        let asks = 'refused' as ReturnType<typeof challengeAsks>;
         // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
         const cookie = cookies && jarCookie(cookies.jar, cookies.url);
         if (cookie instanceof CookieStoreError) throw cookie;
@@ -233,8 +237,10 @@ export class UpgradeDispatcher {
             if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
             const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
-            // so is an SPNEGO reject (a token, but no next leg), as for a request.
-            return next?.token68 !== undefined && !auth.context.complete && !auth.context.rejects?.(next);
+            // so is an SPNEGO reject (a token, but no next leg), as for a request — unless it refused
+            // credentials the mechanism has renewed since (a ticket under a rotated key): run again.
+            asks = challengeAsks(auth.context, next);
+            return asks !== 'refused';
           },
           auth && ((h) => finish(auth!, h, legInfo())),
           onUpgrade,
@@ -257,7 +263,15 @@ export class UpgradeDispatcher {
             }
             ticket = admission;
           }
+          opened = challenges;
           auth = await start(challenges);
+          continue;
+        }
+        if (asks === 'run-again') {
+          // As a request's handshake: from its first leg again, with the renewed credentials, on
+          // this connection and with the leave it has; the mechanism says so once (R4).
+          log.agent('%s upgrade: %s: refused credentials renewed since: running again', origin, auth.scheme);
+          auth = await start(opened);
           continue;
         }
         if (auth.legs >= limits.maxLegs) throw new LegLimitError(limits.maxLegs, `${auth.scheme} (upgrade)`);
