@@ -387,3 +387,66 @@ describe('S6: the cookie jar across setCredentials', () => {
     }
   });
 });
+
+describe('S1: setProxyCredentials with two proxies in the environment', () => {
+  /** A forwarding proxy that asks for Basic and notes each user:password it is sent. */
+  async function basicProxy(seen: string[]): Promise<{ hostPort: string; close: () => Promise<void> }> {
+    const server = createServer((req, res) => {
+      const value = req.headers['proxy-authorization'];
+      if (!value) {
+        res.writeHead(407, { 'proxy-authenticate': 'Basic realm="p"', 'content-length': '0' }).end();
+        return;
+      }
+      seen.push(Buffer.from(value.replace(/^Basic /, ''), 'base64').toString());
+      res.end('forwarded');
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return {
+      hostPort: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+      close: () => new Promise((resolve) => server.close(() => resolve())),
+    };
+  }
+
+  it("S1: a password rotated for https_proxy's proxy does not go to http_proxy's, which had none; with neither holding any, the call cannot tell and throws", async () => {
+    const seenA: string[] = [];
+    const seenB: string[] = [];
+    const a = await basicProxy(seenA);
+    const b = await basicProxy(seenB);
+    const names = ['http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY'] as const;
+    const saved = Object.fromEntries(names.map((n) => [n, process.env[n]]));
+    for (const n of names) delete process.env[n];
+    const agents: MultilegAgent[] = [];
+    try {
+      process.env.http_proxy = `http://${a.hostPort}`;
+      process.env.https_proxy = `http://bob:old-b-pw@${b.hostPort}`;
+      const agent = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
+      agents.push(agent);
+      agent.setProxyCredentials({ username: 'bob', password: 'new-b-pw' });
+      const res = await request('http://origin.example/2', { dispatcher: agent }).catch((e: Error) => e);
+      if (!(res instanceof Error)) await res.body.text();
+      // Was: ['bob:new-b-pw'], a password A was never given.
+      expect(seenA).toEqual([]);
+      // Neither proxy with credentials: which one they are for cannot be told.
+      process.env.https_proxy = `http://${b.hostPort}`;
+      const unsure = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
+      agents.push(unsure);
+      expect(() => unsure.setProxyCredentials({ username: 'bob', password: 'new-b-pw' })).toThrow(ConfigError);
+      // One proxy for both schemes: as before, it gets them.
+      process.env.https_proxy = process.env.http_proxy;
+      const one = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
+      agents.push(one);
+      one.setProxyCredentials({ username: 'carol', password: 'carolpw' });
+      await (await request('http://origin.example/3', { dispatcher: one })).body.text();
+      expect(seenA).toEqual(['carol:carolpw']);
+    } finally {
+      for (const n of names) {
+        if (saved[n] === undefined) delete process.env[n];
+        else process.env[n] = saved[n];
+      }
+      for (const agent of agents) await agent.destroy();
+      await a.close();
+      await b.close();
+    }
+  });
+});

@@ -371,13 +371,26 @@ export class ProxyResolver {
    * New proxy credentials (MultilegAgent.setProxyCredentials): the proxies' mechanisms are made
    * again with them (fresh Digest nonces and NTLM keys) and their proof starts over (R4). The
    * per-request scheme remembered for new connections is the old mechanism, which ProxyAuth.adopt
-   * no longer takes: nothing of the old ones is sent again.
+   * no longer takes: nothing of the old ones is sent again. With two different proxies (http_proxy
+   * and https_proxy), only those that hold credentials now get the new ones: a password rotated for
+   * one proxy is not that of the other, which had none (S1); when neither holds any, which one is
+   * meant cannot be told.
+   *
+   * @throws {ConfigError} with two different proxies of which neither holds credentials.
    */
   setCredentials(credentials: Credentials): void {
     // A copy, as resolveProxy takes of the constructor's: the caller's object changing later changes nothing sent.
     const own = { ...credentials };
-    for (const proxy of new Set([this.#http, this.#https])) {
-      if (!proxy) continue;
+    let proxies = [...new Set([this.#http, this.#https])].filter((p) => p !== undefined);
+    if (new Set(proxies.map((p) => p.origin)).size > 1) {
+      proxies = proxies.filter((p) => p.hasCredentials);
+      if (proxies.length === 0)
+        throw new ConfigError(
+          `setProxyCredentials: two proxies (${this.#http!.origin} for http://, ${this.#https!.origin} for https://) and neither has credentials, so which one they are for cannot be told; give proxy.uri (the one proxy) or the proxy URL's user:password when making the agent`,
+          'proxy.credentials',
+        );
+    }
+    for (const proxy of proxies) {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.hasCredentials = true;
       proxy.proof.reset();
