@@ -5,6 +5,8 @@ export interface Hostile {
   readonly port: number;
   /** TCP connections accepted. */
   readonly connections: number;
+  /** Accepted connections not yet closed. */
+  readonly open: number;
   /** Every byte each connection sent, as latin1 text. */
   readonly received: string[];
   close(): Promise<void>;
@@ -29,6 +31,9 @@ export async function hostile(behave: (socket: Socket, received: () => string) =
     port: (server.address() as { port: number }).port,
     get connections() {
       return received.length;
+    },
+    get open() {
+      return sockets.size;
     },
     received,
     async close() {
@@ -84,3 +89,59 @@ export const slowRelayTo = (port: number, ms: number) =>
     socket.once('close', () => clearTimeout(timer));
     void received;
   });
+
+/**
+ * A Basic proxy that keeps its connection open after a 407, as Squid does (the reference proxy, on
+ * node:http, ends it): the CONNECTs on a connection are answered in turn, each `holdMs(its
+ * Proxy-Authorization)` after it arrives — a 407 `Basic` (keep-alive, no body) unless it carries
+ * `accepts()` (read when it is answered), else 200 and a relay to 127.0.0.1:`port`. `seen`: each
+ * CONNECT's Proxy-Authorization (none: bare), in order of arrival.
+ */
+export async function keptAliveBasicProxy(
+  port: number,
+  accepts: () => string,
+  holdMs: (proxyAuthorization: string | undefined) => number = () => 0,
+): Promise<Hostile & { readonly seen: Array<string | undefined> }> {
+  const seen: Array<string | undefined> = [];
+  const h = await hostile((socket, received) => {
+    /** Where the next CONNECT's head starts in what the connection sent. */
+    let at = 0;
+    let holding = false;
+    const next = () => {
+      if (holding || socket.destroyed) return;
+      const end = received().indexOf('\r\n\r\n', at);
+      if (end < 0) return;
+      const head = received().slice(at, end);
+      at = end + 4;
+      const auth = /^proxy-authorization:[ \t]*(.*?)[ \t]*$/im.exec(head)?.[1];
+      seen.push(auth);
+      const answer = () => {
+        holding = false;
+        if (socket.destroyed) return;
+        if (auth !== accepts()) {
+          socket.write(
+            'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="kept-alive"\r\nContent-Length: 0\r\n\r\n',
+          );
+          return next();
+        }
+        socket.off('data', next);
+        socket.pause();
+        const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+          socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+          const rest = Buffer.from(received().slice(at), 'latin1');
+          if (rest.length) upstream.write(rest);
+          socket.pipe(upstream).pipe(socket);
+          socket.resume();
+        });
+        upstream.on('error', () => socket.destroy());
+        socket.once('close', () => upstream.destroy());
+      };
+      holding = true;
+      const ms = holdMs(auth);
+      if (ms > 0) setTimeout(answer, ms);
+      else answer();
+    };
+    socket.on('data', next);
+  });
+  return Object.assign(h, { seen });
+}

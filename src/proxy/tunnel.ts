@@ -387,136 +387,142 @@ async function connectLegs(
   let reader: ResponseReader | undefined;
   /** A leg already sent again because its kept-alive connection was gone (once per tunnel). */
   let resent = false;
-  for (;;) {
-    // Past the deadline (a step returned late): no new connection, no new leg.
-    if (deadline.timedOut) throw deadline.error();
-    if (!socket || !reader || reader.ended) {
-      socket?.destroy();
-      socket = await connectToProxy(proxy);
-      track(socket);
-      connections += 1;
-      reader = new ResponseReader(socket);
-      log.proxy('%s connection %d for CONNECT %s', proxy.origin, connections, target);
-    }
-    const credentials = await auth.header(leg);
-    // S6: nothing of replaced credentials goes after the call (the old password's AUTHENTICATE).
-    if (auth.replaced) {
-      socket.destroy();
-      throw REPLACED;
-    }
-    const traced = publishLeg(
-      { origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
-      {
-        method: 'CONNECT',
-        path: target,
-        headers: { host: target, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
-      },
-    );
-    socket.write(
-      `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Connection: keep-alive\r\n${
-        credentials ? `Proxy-Authorization: ${credentials.value}\r\n` : ''
-      }\r\n`,
-    );
-    requests += 1;
-    const reused = reader.received;
-    let head: Awaited<ReturnType<ResponseReader['readHead']>>;
-    // The answer is part of connecting (curl's --connect-timeout covers it): a proxy that takes the
-    // connection and never answers fails within proxy.connectTimeout, not the whole handshake's.
-    let unanswered = false;
-    const waiting = socket;
-    const answerTimer = setTimeout(() => {
-      unanswered = true;
-      waiting.destroy();
-    }, proxy.connectTimeout);
-    try {
-      // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
-      do head = await reader.readHead();
-      while (head.status < 200);
-    } catch (err) {
-      if (unanswered) {
-        const e = new ProxyConnectTimeoutError(
-          proxy.origin,
-          proxy.connectTimeout,
-          target,
-          'answer',
-          credentials ? auth.scheme : undefined,
-        );
+  // Every way out but the tunnel (a throw: a refusal, REPLACED, a timeout, a broken wire) closes the
+  // connection this attempt holds: a proxy that keeps a 407's connection open (Squid) would
+  // otherwise hold it open for good when the tunnel starts over on a new one, and so would this
+  // process. The tunnel's own socket leaves by the return and is never closed here.
+  try {
+    for (;;) {
+      // Past the deadline (a step returned late): no new connection, no new leg.
+      if (deadline.timedOut) throw deadline.error();
+      if (!socket || !reader || reader.ended) {
+        socket?.destroy();
+        socket = await connectToProxy(proxy);
+        track(socket);
+        connections += 1;
+        reader = new ResponseReader(socket);
+        log.proxy('%s connection %d for CONNECT %s', proxy.origin, connections, target);
+      }
+      const credentials = await auth.header(leg);
+      // S6: nothing of replaced credentials goes after the call (the old password's AUTHENTICATE).
+      if (auth.replaced) throw REPLACED;
+      const traced = publishLeg(
+        { origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
+        {
+          method: 'CONNECT',
+          path: target,
+          headers: { host: target, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
+        },
+      );
+      socket.write(
+        `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Connection: keep-alive\r\n${
+          credentials ? `Proxy-Authorization: ${credentials.value}\r\n` : ''
+        }\r\n`,
+      );
+      requests += 1;
+      const reused = reader.received;
+      let head: Awaited<ReturnType<ResponseReader['readHead']>>;
+      // The answer is part of connecting (curl's --connect-timeout covers it): a proxy that takes the
+      // connection and never answers fails within proxy.connectTimeout, not the whole handshake's.
+      let unanswered = false;
+      const waiting = socket;
+      const answerTimer = setTimeout(() => {
+        unanswered = true;
+        waiting.destroy();
+      }, proxy.connectTimeout);
+      try {
+        // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
+        do head = await reader.readHead();
+        while (head.status < 200);
+      } catch (err) {
+        if (unanswered) {
+          const e = new ProxyConnectTimeoutError(
+            proxy.origin,
+            proxy.connectTimeout,
+            target,
+            'answer',
+            credentials ? auth.scheme : undefined,
+          );
+          traced.error(e);
+          throw e;
+        }
+        // A kept-alive connection the proxy closed after its last answer without saying so (as
+        // undici retries a request on a reused connection): the leg goes again on a new one, once;
+        // a handshake that lived on that connection starts over.
+        if (reused && !resent && reader.ended && reader.buffered === 0) {
+          resent = true;
+          traced.error(err as Error);
+          socket.destroy();
+          socket = undefined;
+          if (auth.state === 'handshaking' && credentials !== undefined && !(await auth.restart(leg))) {
+            throw closedBetweenLegs(proxy, auth.scheme);
+          }
+          continue;
+        }
+        const e = wireError(proxy, err, reader.received);
         traced.error(e);
         throw e;
+      } finally {
+        clearTimeout(answerTimer);
       }
-      // A kept-alive connection the proxy closed after its last answer without saying so (as
-      // undici retries a request on a reused connection): the leg goes again on a new one, once;
-      // a handshake that lived on that connection starts over.
-      if (reused && !resent && reader.ended && reader.buffered === 0) {
-        resent = true;
-        traced.error(err as Error);
+      traced.response(head.status, head.headers, head.status !== 407);
+      log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
+      if (head.status >= 200 && head.status < 300) {
+        // A 2xx to the opening authenticated nothing: the proxy wants no authentication (R4: nothing proved).
+        if (credentials && auth.opening) auth.notNeeded();
+        else if (credentials) {
+          await auth.succeeded(head.headers, leg);
+          proved('success');
+        }
+        reader.detach();
+        return { socket, requests, connections };
+      }
+      if (head.status !== 407) {
+        socket.destroy();
+        // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
+        // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
+        if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
+          await auth.succeeded(head.headers, leg);
+        }
+        throw new ProxyConnectError(proxy.origin, target, head.status);
+      }
+      let drained: boolean;
+      try {
+        drained = await reader.drainBody(head, limits.maxChallengeBodyBytes);
+      } catch (err) {
+        throw wireError(proxy, err, true);
+      }
+      const closing = head.close || !drained || reader.ended;
+      const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
+      const challenged = readChallenges(head.headers, true).some(
+        (c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined,
+      );
+      if (closing && midHandshake && challenged) {
+        // The proxy dropped the connection that holds the handshake's state: start over, once.
         socket.destroy();
         socket = undefined;
-        if (auth.state === 'handshaking' && credentials !== undefined && !(await auth.restart(leg))) {
+        if (!(await auth.restart(leg))) {
           throw closedBetweenLegs(proxy, auth.scheme);
         }
         continue;
       }
-      const e = wireError(proxy, err, reader.received);
-      traced.error(e);
-      throw e;
-    } finally {
-      clearTimeout(answerTimer);
-    }
-    traced.response(head.status, head.headers, head.status !== 407);
-    log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
-    if (head.status >= 200 && head.status < 300) {
-      // A 2xx to the opening authenticated nothing: the proxy wants no authentication (R4: nothing proved).
-      if (credentials && auth.opening) auth.notNeeded();
-      else if (credentials) {
-        await auth.succeeded(head.headers, leg);
-        proved('success');
+      if (auth.state !== 'handshaking') {
+        await admit(head.headers, offeredSchemes(readChallenges(head.headers, true)));
       }
-      reader.detach();
-      return { socket, requests, connections };
-    }
-    if (head.status !== 407) {
-      socket.destroy();
-      // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
-      // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
-      if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
-        await auth.succeeded(head.headers, leg);
+      try {
+        await auth.answer(head.headers, leg);
+      } catch (err) {
+        if (err instanceof ProxyAuthenticationError && err.refused) proved(auth.refusal);
+        throw err;
       }
-      throw new ProxyConnectError(proxy.origin, target, head.status);
-    }
-    let drained: boolean;
-    try {
-      drained = await reader.drainBody(head, limits.maxChallengeBodyBytes);
-    } catch (err) {
-      throw wireError(proxy, err, true);
-    }
-    const closing = head.close || !drained || reader.ended;
-    const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
-    const challenged = readChallenges(head.headers, true).some(
-      (c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined,
-    );
-    if (closing && midHandshake && challenged) {
-      // The proxy dropped the connection that holds the handshake's state: start over, once.
-      socket.destroy();
-      socket = undefined;
-      if (!(await auth.restart(leg))) {
-        throw closedBetweenLegs(proxy, auth.scheme);
+      if (closing) {
+        socket.destroy();
+        socket = undefined;
       }
-      continue;
     }
-    if (auth.state !== 'handshaking') {
-      await admit(head.headers, offeredSchemes(readChallenges(head.headers, true)));
-    }
-    try {
-      await auth.answer(head.headers, leg);
-    } catch (err) {
-      if (err instanceof ProxyAuthenticationError && err.refused) proved(auth.refusal);
-      throw err;
-    }
-    if (closing) {
-      socket.destroy();
-      socket = undefined;
-    }
+  } catch (err) {
+    socket?.destroy();
+    throw err;
   }
 }
 
