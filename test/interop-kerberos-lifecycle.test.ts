@@ -363,4 +363,105 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
       await agent.close();
     }
   });
+  /** The `user=` of the Apache log's lines (origin and proxy vhost share it) that `match` and answered 200, in log order. */
+  async function usersLogged(match: (line: string) => boolean, atLeast: number, from = 0): Promise<string[]> {
+    for (let waited = 0; ; waited += 20) {
+      const lines = (await readFile(lab.apache!.accessLog, 'utf8'))
+        .split('\n')
+        .filter((l) => l && match(l))
+        .slice(from)
+        .filter((l) => /" 200 /.test(l));
+      if (lines.length >= atLeast || waited >= 5_000) return lines.map((l) => / user=(\S+) /.exec(l)?.[1] ?? '?');
+      await sleep(20);
+    }
+  }
+
+  /** What fetch rejected with (its cause's code and message), or the status it answered with. */
+  async function failure(url: string, agent: MultilegAgent): Promise<string> {
+    try {
+      const r = await fetch(url, { dispatcher: agent });
+      await r.arrayBuffer();
+      return `${r.status}`;
+    } catch (e) {
+      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      return `${cause?.code}: ${cause?.message}`;
+    }
+  }
+
+  it('S6/H5: a forwarding-proxy connection alice authenticated with the ambient ticket serves no request once her tickets are gone: after kdestroy; kinit bob the next request of each origin reaches the proxy as bob, after kdestroy alone it gets the no-ticket error', async () => {
+    const a = lab.apache!;
+    const realm = lab.realm!;
+    await realm.kinit({ ccache });
+    const agent = new MultilegAgent({ proxy: { uri: a.proxyOrigin!, schemes: ['Negotiate'] } });
+    // Two origins (two pools, one proxy between them): the one that asks first must not hide the
+    // switch from the other.
+    const urls = [`${a.cleartextOrigin}/public/?r=proxy-holders`, `http://127.0.0.1:${a.port}/public/?r=proxy-holders`];
+    const atProxy = (url: string) => (l: string) => l.includes(`"GET ${url} `);
+    const both = async () => {
+      // (X-Remote-User: the proxy's, then the origin's: none.)
+      for (const url of urls) expect(await outcome(url, agent)).toMatch(/^200 /);
+    };
+    const tools = { env: { ...realm.toolEnv, KRB5CCNAME: ccache } };
+    try {
+      await both();
+      await both();
+      // A renewal (a new ticket for the same principal) is no switch: the connections serve on.
+      await realm.kinit({ ccache });
+      await sleep(TICKET_RECHECK_MS + 200);
+      await both();
+      expect(agent.sessions().length).toBe(2);
+      await run('/usr/bin/kdestroy', [], tools);
+      await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+      await sleep(TICKET_RECHECK_MS + 200);
+      await both();
+      await both();
+      // Was: alice, on her kept-alive proxy connections (GssapiConnectionBound), for as long as the proxy kept them open.
+      for (const url of urls) {
+        expect(await usersLogged(atProxy(url), 5)).toEqual([
+          'alice@EXAMPLE.TEST',
+          'alice@EXAMPLE.TEST',
+          'alice@EXAMPLE.TEST',
+          'bob@EXAMPLE.TEST',
+          'bob@EXAMPLE.TEST',
+        ]);
+      }
+      await run('/usr/bin/kdestroy', [], tools);
+      await sleep(TICKET_RECHECK_MS + 200);
+      // No one's tickets: the typed error naming the missing ticket, not bob's connections (fail safe).
+      for (const url of urls) {
+        expect(await failure(url, agent)).toMatch(/^MULTILEG_PROXY_AUTH: .*MULTILEG_KRB_NO_TICKET/);
+        expect(await usersLogged(atProxy(url), 5)).toHaveLength(5);
+      }
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('S6/H5: a CONNECT tunnel alice authenticated with the ambient ticket carries no request once her tickets are gone: after kdestroy; kinit bob the next request goes through a tunnel bob made, after kdestroy alone it gets the no-ticket error', async () => {
+    const a = lab.apache!;
+    const realm = lab.realm!;
+    await realm.kinit({ ccache });
+    const connects = (l: string) => l.includes(`"CONNECT localhost:${a.tlsPort} `);
+    const before = (await readFile(a.accessLog, 'utf8')).split('\n').filter((l) => l && connects(l)).length;
+    // The origin's /public/ asks for nothing: only the proxy's identity is on the tunnel.
+    const agent = new MultilegAgent({ connect: { ca: a.ca }, proxy: { uri: a.proxyOrigin!, schemes: ['Negotiate'] } });
+    const url = `${a.origin}/public/?r=tunnel-holders`;
+    const tools = { env: { ...realm.toolEnv, KRB5CCNAME: ccache } };
+    try {
+      expect(await outcome(url, agent)).toBe('200 ');
+      expect(await outcome(url, agent)).toBe('200 ');
+      await run('/usr/bin/kdestroy', [], tools);
+      await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+      await sleep(TICKET_RECHECK_MS + 200);
+      expect(await outcome(url, agent)).toBe('200 ');
+      await run('/usr/bin/kdestroy', [], tools);
+      await sleep(TICKET_RECHECK_MS + 200);
+      expect(await failure(url, agent)).toMatch(/^MULTILEG_PROXY_AUTH: .*MULTILEG_KRB_NO_TICKET/);
+    } finally {
+      await agent.close();
+    }
+    // Apache logs a CONNECT when its tunnel closes: alice's, then bob's (was: alice's alone, which
+    // carried the request made after the switch).
+    expect(await usersLogged(connects, 2, before)).toEqual(['alice@EXAMPLE.TEST', 'bob@EXAMPLE.TEST']);
+  });
 });

@@ -219,6 +219,19 @@ describe('M2: Negotiate context state machine (fake GSS)', () => {
     expect(seen).toEqual({ mechOID: 9, flags: GSS_C_MUTUAL_FLAG | GSS_C_SEQUENCE_FLAG, principal: 'alice@R' });
   });
 
+  it('S6/H5: no final token with mutualAuth optional (a proxy): once finish took the answer, identity is the principal whose ticket went, which the pool watches', async () => {
+    const ctx = negotiateMechanism({
+      kerberos: fakeKerberos({ steps: [() => 'AAAA'] }),
+      mutualAuth: 'optional',
+    }).createContext(leg);
+    await ctx.step(undefined, leg);
+    expect(ctx.identity).toBeUndefined(); // not before the server took it
+    await ctx.finish(undefined, leg);
+    expect(ctx.complete).toBe(false);
+    // Was: undefined, so a Squid or Apache CONNECT that sends no final token held a tunnel as alice unwatched.
+    expect(ctx.identity).toBe('u@R');
+  });
+
   it('M2: no final token → MutualAuthError when required, fine when optional', async () => {
     const mk = () => fakeKerberos({ steps: [() => 'AAAA'] });
     const req = negotiateMechanism({ kerberos: mk() }).createContext(leg);

@@ -16,7 +16,8 @@ import {
   type ProxyUnansweredEvent,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
-import { type Lab, requirePeer, startLab } from './lab/index.ts';
+import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
+import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'squid', 'kerberos-addon');
 /** A ccache of the agent's own (negotiate.ccache) needs the GSS-API binding. */
@@ -404,6 +405,56 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
         1,
       );
       expect(lines.map((l) => l.user)).toEqual(['bob@EXAMPLE.TEST']);
+    },
+  );
+  it.skipIf(!haveBinding)(
+    'S6/H5: Squid (Negotiate, no final token) holds a forwarding connection and a CONNECT tunnel as alice: after kdestroy; kinit bob in the ccache the next requests reach it as bob, after kdestroy alone they get the no-ticket error',
+    async () => {
+      await bob(); // the principal
+      const ccache = `FILE:${join(lab.dir, 'proxy-holders.ccache')}`;
+      const tools = { env: { ...lab.realm!.toolEnv, KRB5CCNAME: ccache } };
+      await lab.realm!.kinit({ ccache });
+      const before = squidLog().length;
+      const a = agent({ negotiate: { ccache }, proxy: { uri: lab.squid!.origin, schemes: ['Negotiate'] } });
+      const forwarded = `${lab.apache!.cleartextOrigin}/public/index.html?r=squid-holders`;
+      const tunnelled = `${lab.apache!.origin}/public/?r=squid-holders`;
+      const get = async (url: string) => {
+        const res = await fetch(url, { dispatcher: a });
+        await res.arrayBuffer();
+        return res.status;
+      };
+      for (let i = 0; i < 2; i++) expect([await get(forwarded), await get(tunnelled)]).toEqual([200, 200]);
+      await run('/usr/bin/kdestroy', [], tools);
+      await lab.realm!.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+      await new Promise((r) => setTimeout(r, TICKET_RECHECK_MS + 200));
+      for (let i = 0; i < 2; i++) expect([await get(forwarded), await get(tunnelled)]).toEqual([200, 200]);
+      await run('/usr/bin/kdestroy', [], tools);
+      await new Promise((r) => setTimeout(r, TICKET_RECHECK_MS + 200));
+      // No one's tickets: the typed error naming the missing ticket, not bob's connections (fail safe).
+      for (const url of [forwarded, tunnelled]) {
+        const err = await cause(fetch(url, { dispatcher: a }));
+        expect(err).toBeInstanceOf(ProxyAuthenticationError);
+        expect(err!.message).toContain('MULTILEG_KRB_NO_TICKET');
+      }
+      await a.close(); // Squid logs a CONNECT when its tunnel ends
+      // (Squid logs a URL without its query.)
+      const users = (method: string, url: string) =>
+        squidLog()
+          .slice(before)
+          .filter((l) => l.method === method && l.url === url && l.user !== '-')
+          .map((l) => l.user);
+      // Was: alice for all four forwarded requests (Squid keeps a Negotiate connection's user), and
+      // one tunnel, alice's, carrying bob's turn too.
+      expect(await settled(() => users('GET', forwarded.replace(/\?.*/, '?')), 4)).toEqual([
+        'alice@EXAMPLE.TEST',
+        'alice@EXAMPLE.TEST',
+        'bob@EXAMPLE.TEST',
+        'bob@EXAMPLE.TEST',
+      ]);
+      expect(await settled(() => users('CONNECT', `localhost:${lab.apache!.tlsPort}`), 2)).toEqual([
+        'alice@EXAMPLE.TEST',
+        'bob@EXAMPLE.TEST',
+      ]);
     },
   );
 });

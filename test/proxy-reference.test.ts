@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { QueueTimeoutError } from '../src/errors.ts';
 import type { LegResult, ResponseHeaders } from '../src/handshake/leg.ts';
 import {
+  basicMechanism,
   type Mechanism,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -31,7 +32,8 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { signalWaiter } from '../src/session/credential-proof.ts';
-import { ALICE } from './helpers.ts';
+import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
+import { ALICE, sleep } from './helpers.ts';
 
 /** NTLM that sends NEGOTIATE on the first leg once the origin is known to want it (as Negotiate does). */
 const proactiveNtlm: Mechanism = { ...ntlmMechanism(ALICE), proactive: true };
@@ -605,6 +607,108 @@ describe("the proxy's NTLM opening on forwarded requests (reference proxy with n
       200,
       QueueTimeoutError,
       QueueTimeoutError,
+    ]);
+  });
+});
+
+describe('a proxy identity whose credentials live outside the agent (S6/H5, reference proxy)', () => {
+  const PROXY_ACCOUNT = { username: 'proxyuser', password: 'proxypw' };
+  /**
+   * `mechanism` standing in for Negotiate with the ambient Kerberos ticket: `held` is what the ccache
+   * would answer about the identity the proxy's handshake proved; `asked` records each question.
+   */
+  function holding(mechanism: Mechanism) {
+    const watch = { held: true as boolean | undefined, asked: [] as string[] };
+    const wrapped: Mechanism = {
+      ...mechanism,
+      holdsCredentials: (identity: string) => {
+        watch.asked.push(identity);
+        return watch.held;
+      },
+    };
+    return { watch, wrapped };
+  }
+  const status = async (url: string) => {
+    const res = await fetch(url, { dispatcher: agent! });
+    await res.arrayBuffer();
+    return res.status;
+  };
+
+  it("S6/H5: forwarding-proxy connections (two origins, one proxy) retire once the proxy identity no longer holds its credentials: each origin's next request authenticates to the proxy on a new connection; asked at most once a second per origin", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
+    const { watch, wrapped } = holding(ntlmMechanism(PROXY_ACCOUNT));
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['NTLM'], mechanisms: [wrapped] },
+    });
+    const urls = [`http://localhost:${server.port}/public/a`, `http://127.0.0.1:${server.port}/public/b`];
+    const p = proxy;
+    const connections = () => new Set(p.exchanges.map((e) => e.connectionId)).size;
+    for (const url of urls) expect(await status(url)).toBe(200);
+    expect(connections()).toBe(2);
+    // Still held, or cannot tell: the connections serve on, bare.
+    for (const answer of [true, undefined]) {
+      watch.held = answer;
+      await sleep(TICKET_RECHECK_MS + 50);
+      for (const url of urls) expect(await status(url)).toBe(200);
+    }
+    expect(connections()).toBe(2);
+    expect(watch.asked.length).toBeGreaterThan(0);
+    expect(new Set(watch.asked).size).toBe(1);
+    // Gone: neither origin's next request rides the connection the proxy holds as that identity
+    // (was: both did, bare, for as long as the proxy kept them open); each authenticates anew.
+    watch.held = false;
+    await sleep(TICKET_RECHECK_MS + 50);
+    const from = p.exchanges.length;
+    for (const url of urls) expect(await status(url)).toBe(200);
+    watch.held = true; // (the next check's answer: the new identity's, in the ccache)
+    expect(p.exchanges.slice(from).map((e) => [e.proxyNtlm ?? '-', e.status])).toEqual([
+      ['negotiate', 407],
+      ['authenticate', 200],
+      ['negotiate', 407],
+      ['authenticate', 200],
+    ]);
+    expect(connections()).toBe(4);
+    // Asked at most once a second per origin, whatever the requests: not once per request.
+    const asks = watch.asked.length;
+    const since = Date.now();
+    for (let i = 0; i < 20; i++) expect(await status(urls[i % 2]!)).toBe(200);
+    const seconds = Math.floor((Date.now() - since) / TICKET_RECHECK_MS);
+    expect(watch.asked.length - asks).toBeLessThanOrEqual(2 * (1 + seconds));
+  });
+
+  it('S6/H5: a CONNECT tunnel retires once the proxy identity it was made as no longer holds its credentials: the next request goes through a new CONNECT', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const { watch, wrapped } = holding(basicMechanism(PROXY_ACCOUNT));
+    agent = new MultilegAgent({
+      negotiate: false,
+      connect: { ca: CA_CERT },
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [wrapped] },
+    });
+    const url = `${server.origin}/public/t`;
+    const p = proxy;
+    const connects = () =>
+      p.exchanges.filter((e) => e.method === 'CONNECT').map((e) => [e.status, e.proxyAuthorization]);
+    expect(await status(url)).toBe(200);
+    for (const answer of [true, undefined]) {
+      watch.held = answer;
+      await sleep(TICKET_RECHECK_MS + 50);
+      expect(await status(url)).toBe(200);
+    }
+    expect(connects()).toEqual([
+      [407, false],
+      [200, true],
+    ]);
+    expect(new Set(watch.asked)).toEqual(new Set(['proxyuser']));
+    watch.held = false;
+    await sleep(TICKET_RECHECK_MS + 50);
+    expect(await status(url)).toBe(200);
+    // Was: the tunnel made as that identity carried it.
+    expect(connects().slice(2)).toEqual([
+      [407, false],
+      [200, true],
     ]);
   });
 });

@@ -120,7 +120,9 @@ export interface Mechanism {
    * which one of this mechanism's contexts reported, still holds them. `false` retires the sessions
    * authenticated as `identity` (S6), so that no request runs as someone whose credentials are gone;
    * undefined: cannot tell, or `identity` did not come from such credentials (a password, a keytab).
-   * An origin asks at most once a second while it has such a session, on the event loop: be quick.
+   * A proxy's mechanism is asked the same of the identity a proxy connection (a forwarding one, a
+   * CONNECT tunnel) was authenticated as, and `false` retires the sessions riding such connections.
+   * Each origin asks at most once a second while it has such a session, on the event loop: be quick.
    */
   holdsCredentials?(identity: string): boolean | undefined;
 }

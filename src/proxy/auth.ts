@@ -25,6 +25,17 @@ export interface ProxyCredentials {
   readonly own?: MechanismContext;
 }
 
+/**
+ * Who a proxy connection's handshake proved the agent to be, with credentials that live outside
+ * the agent and can change under a running process (a Kerberos ticket from a ccache): the pool asks
+ * `mechanism.holdsCredentials(identity)` now and then, and retires the connection once they are
+ * gone (S6: `kdestroy; kinit bob` must not leave requests running as alice at the proxy).
+ */
+export interface ProxyHolder {
+  readonly mechanism: Mechanism;
+  readonly identity: string;
+}
+
 /** The scheme names a 407's challenges offer, each once, in order. */
 export function offeredSchemes(challenges: readonly Challenge[]): string[] {
   return [...new Set(challenges.map((c) => c.scheme))];
@@ -88,6 +99,7 @@ export class ProxyAuth {
   /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
   #opening = false;
   #state: 'idle' | 'handshaking' | 'done' = 'idle';
+  #holder: ProxyHolder | undefined;
 
   constructor(proxy: ResolvedProxy, maxLegs: number) {
     this.#proxy = proxy;
@@ -99,6 +111,15 @@ export class ProxyAuth {
   }
   get scheme(): string | undefined {
     return this.#mechanism?.scheme;
+  }
+
+  /**
+   * The identity the last successful handshake on this connection proved, when its credentials can
+   * change outside the agent ({@link Mechanism.holdsCredentials}: a ticket from a ccache); kept
+   * until another handshake succeeds, as the proxy holds the connection as that identity till then.
+   */
+  get holder(): ProxyHolder | undefined {
+    return this.#holder;
   }
 
   /**
@@ -397,7 +418,11 @@ export class ProxyAuth {
     if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
     this.#state = 'done';
     log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
-    await this.#finish(this.#context, headers, leg);
+    const mechanism = this.#mechanism;
+    const context = this.#context;
+    await this.#finish(context, headers, leg);
+    const identity = context.identity;
+    this.#holder = mechanism.holdsCredentials && identity !== undefined ? { mechanism, identity } : undefined;
   }
 
   async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {

@@ -8,7 +8,7 @@ import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
+import { offeredSchemes, ProxyAuth, type ProxyHolder, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
@@ -68,6 +68,7 @@ export class ForwardProxy {
   readonly #onRemoteHttp1: () => void;
   readonly #onUnusable: (err: Error) => void;
   readonly #onClosing: () => void;
+  readonly #onHolder: () => void;
   #vouched = false;
   /** The proxy connection once open (the session's only one: a reconnect is a new session). */
   #wire: Socket | undefined;
@@ -90,12 +91,15 @@ export class ForwardProxy {
      * or leg is given to it any more, so each goes to a new connection at once.
      */
     onClosing: () => void;
+    /** A handshake on the connection proved an identity whose credentials can change outside the agent ({@link holder}). */
+    onHolder?: () => void;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
     this.#onRemoteHttp1 = opts.onRemoteHttp1;
     this.#onUnusable = opts.onUnusable;
     this.#onClosing = opts.onClosing;
+    this.#onHolder = opts.onHolder ?? (() => {});
     this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
     this.#lead = new ProxyLead(
       this.#auth,
@@ -119,6 +123,11 @@ export class ForwardProxy {
    */
   get gone(): boolean {
     return this.#wire?.destroyed === true;
+  }
+
+  /** Who the proxy holds this connection as, with a ccache's ticket (S6: see {@link ProxyAuth.holder}). */
+  get holder(): ProxyHolder | undefined {
+    return this.#auth.holder;
   }
 
   /** The proxy's last answer carried `Proxy-support: Session-Based-Authentication` (H4). */
@@ -294,6 +303,7 @@ export class ForwardProxy {
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);
                 turn.succeeded();
+                if (this.#auth.holder) this.#onHolder();
               });
               return this.#proved(succeeded, clock(), verdict);
             },

@@ -21,7 +21,7 @@ import {
   type Ticket,
 } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { offeredSchemes, ProxyAuth, proxyLeg } from './auth.ts';
+import { offeredSchemes, ProxyAuth, type ProxyHolder, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -85,6 +85,12 @@ export interface TunnelTarget {
   readonly servername?: string | null;
 }
 
+/** A connection through a CONNECT tunnel, and who its CONNECT authenticated as (see {@link Tunnel.holder}). */
+export interface TunnelledConnection {
+  readonly socket: Socket;
+  readonly holder: ProxyHolder | undefined;
+}
+
 /**
  * A connection to `target` through a CONNECT tunnel: {@link openTunnel}, then, for https, TLS with
  * the origin inside it (ALPN `alpn`, the caller's TLS options) within `proxy.connectTimeout` — a
@@ -97,10 +103,10 @@ export async function connectThroughTunnel(
   alpn: string[],
   limits: Limits,
   signal?: AbortSignal,
-): Promise<Socket> {
+): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
-  const { socket } = await openTunnel(proxy, hostname, target.port, limits, signal);
-  if (target.protocol !== 'https:') return socket;
+  const { socket, holder } = await openTunnel(proxy, hostname, target.port, limits, signal);
+  if (target.protocol !== 'https:') return { socket, holder };
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
     const secure = tlsConnect({ ...tls, socket, ...(servername ? { servername } : {}), ALPNProtocols: alpn });
@@ -123,7 +129,7 @@ export async function connectThroughTunnel(
       clearTimeout(timer);
       signal?.removeEventListener('abort', aborted);
       secure.off('error', fail);
-      resolve(secure);
+      resolve({ socket: secure, holder });
     });
   });
 }
@@ -151,6 +157,12 @@ export interface Tunnel {
   /** CONNECT requests written (every leg, a bare first one included), and proxy connections used. */
   readonly requests: number;
   readonly connections: number;
+  /**
+   * The identity the CONNECT's handshake proved with credentials that can change outside the agent
+   * (a ccache's Kerberos ticket), which the proxy holds the tunnel as: the pool retires the
+   * connection once they are gone (S6). Undefined for any other (or no) authentication.
+   */
+  readonly holder: ProxyHolder | undefined;
 }
 
 /**
@@ -475,7 +487,7 @@ async function connectLegs(
           proved('success');
         }
         reader.detach();
-        return { socket, requests, connections };
+        return { socket, requests, connections, holder: credentials ? auth.holder : undefined };
       }
       if (head.status !== 407) {
         socket.destroy();

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { buildConnector } from 'undici';
 import { type Limits, portOf, unbracketed } from '../options.ts';
+import type { ProxyHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
@@ -13,6 +14,8 @@ export interface ConnectionInfo {
   readonly protocol: 'h2' | 'http/1.1';
   /** tls-server-end-point channel binding of this connection's server certificate. */
   readonly channelBinding?: Buffer;
+  /** Through a CONNECT tunnel: who its CONNECT authenticated as with a ccache's ticket (S6, {@link ProxyHolder}). */
+  readonly proxyHolder?: ProxyHolder;
 }
 
 /** One session's connect function for its Client, and its early connection. */
@@ -58,7 +61,7 @@ export function sessionConnector(
   onFailure?: (err: Error) => void,
 ): SessionConnector {
   let generation = 0;
-  const describe = (socket: Socket, proxied: 'tunnel' | 'forward' | undefined): Socket => {
+  const describe = (socket: Socket, proxied: 'tunnel' | 'forward' | undefined, proxyHolder?: ProxyHolder): Socket => {
     const tlsSocket = socket as Socket & Partial<TLSSocket>;
     const protocol = tlsSocket.alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
     const cert =
@@ -66,7 +69,12 @@ export function sessionConnector(
         ? tlsSocket.getPeerX509Certificate()
         : undefined;
     generation += 1;
-    onConnection({ generation, protocol, channelBinding: tlsServerEndPoint(cert) });
+    onConnection({
+      generation,
+      protocol,
+      channelBinding: tlsServerEndPoint(cert),
+      ...(proxyHolder ? { proxyHolder } : {}),
+    });
     return socket;
   };
   const handOver = (opening: Promise<Socket>, callback: buildConnector.Callback) =>
@@ -119,7 +127,7 @@ export function sessionConnector(
         const opening = connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits, dial.signal);
         void opening.finally(() => tunnelling.delete(dial)).catch(() => {});
         handOver(
-          opening.then((socket) => describe(socket, 'tunnel')),
+          opening.then(({ socket, holder }) => describe(socket, 'tunnel', holder)),
           callback,
         );
       },

@@ -181,7 +181,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * by credentials from outside the agent (Kerberos' ccache), each request asks at most once every
    * TICKET_RECHECK_MS whether they still belong to its identity, and its sessions retire once they
    * do not (S6): after a `kdestroy; kinit bob` the next request authenticates as bob; after a
-   * `kdestroy` alone it gets the mechanism's error (no ticket), never alice's session.
+   * `kdestroy` alone it gets the mechanism's error (no ticket), never alice's session. The same
+   * holds for the identity a session's proxy connection was authenticated as (a forwarding proxy's
+   * connection, a CONNECT tunnel: the proxy's own Negotiate mechanism answers), whatever the origin
+   * asked. Each pool asks for its own sessions, on its own clock: the proxy is shared by the
+   * agent's pools, and nothing one pool learns here is kept where another would skip its own.
    */
   #checkHolders(): void {
     const now = Date.now();
@@ -190,7 +194,20 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     let watched = false;
     let retired = 0;
     const answers = new Map<string, boolean | undefined>();
+    const proxyAnswers = new Map<string, boolean | undefined>();
     for (const s of [...this.#sessions]) {
+      if (s.closed) continue;
+      const proxied = s.proxyHolder;
+      if (proxied) {
+        watched = true;
+        const { mechanism, identity } = proxied;
+        if (!proxyAnswers.has(identity)) proxyAnswers.set(identity, mechanism.holdsCredentials?.(identity));
+        if (proxyAnswers.get(identity) === false) {
+          s.apply({ type: 'closed' });
+          retired += 1;
+          continue;
+        }
+      }
       const state = s.state;
       if (s.identity !== 'agent' || state.kind !== 'authenticated' || state.identity === undefined) continue;
       const mechanism = this.#env.mechanisms.get(state.scheme);
@@ -516,7 +533,16 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       onConnectFailed: (failed, err) => this.#connectFailed(failed, err),
       // R4: whether a leg the origin (or a forwarding proxy) closed under unanswered may go again.
       originProof: this.memory.proof,
-      ...(this.#route ? { route: this.#route, onRemoteHttp1: () => this.memory.rememberHttp1() } : {}),
+      ...(this.#route
+        ? {
+            route: this.#route,
+            onRemoteHttp1: () => this.memory.rememberHttp1(),
+            // S6: from now on requests ask (at most once a second) whether the proxy identity's tickets are still there.
+            onProxyHolder: () => {
+              this.#watchHolders = true;
+            },
+          }
+        : {}),
     });
     this.#sessionsCreated += 1;
     this.#sessions.push(session);

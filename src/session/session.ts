@@ -22,6 +22,7 @@ import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import type { CookieStore, Limits } from '../options.ts';
+import type { ProxyHolder } from '../proxy/auth.ts';
 import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
@@ -151,6 +152,8 @@ export class Session {
     onRemoteHttp1?: () => void;
     /** The session's first connection could not be made (before undici fails the request that asked for it). */
     onConnectFailed?: (session: Session, err: Error) => void;
+    /** Its proxy connection authenticated with a ccache's ticket ({@link proxyHolder}): the pool watches it (S6). */
+    onProxyHolder?: () => void;
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
@@ -183,6 +186,7 @@ export class Session {
           log.session('%s proxy closes the connection after its answer: closing', this.id);
           this.apply({ type: 'closed' });
         },
+        ...(opts.onProxyHolder ? { onHolder: opts.onProxyHolder } : {}),
       });
     }
     const route = opts.route
@@ -192,7 +196,10 @@ export class Session {
       opts.origin,
       opts.tls,
       allowH2,
-      (info) => this.#connected(info),
+      (info) => {
+        this.#connected(info);
+        if (info.proxyHolder && this.#connection === info) opts.onProxyHolder?.();
+      },
       route,
       (err) => {
         if (!this.#connection) opts.onConnectFailed?.(this, err);
@@ -222,6 +229,14 @@ export class Session {
   }
   get connection(): ConnectionInfo | undefined {
     return this.#connection;
+  }
+  /**
+   * Who the proxy holds this session's connection as (a forwarding proxy's, or the CONNECT tunnel's)
+   * when a handshake with it proved an identity whose credentials live outside the agent (a ccache's
+   * Kerberos ticket): the pool retires the session once they are gone (S6).
+   */
+  get proxyHolder(): ProxyHolder | undefined {
+    return this.#forward ? this.#forward.holder : this.#connection?.proxyHolder;
   }
   get protocol(): 'h2' | 'http/1.1' | undefined {
     return this.#connection?.protocol;

@@ -153,7 +153,8 @@ export class UpgradeDispatcher {
       }
       const port = portOf(opts);
       connectThroughTunnel(route!.proxy, { ...opts, port }, tls, ['http/1.1'], limits).then(
-        (socket) => connected(callback)(null, socket),
+        // (One upgrade's connection, the caller's once upgraded: no pool keeps it to retire it, S6.)
+        ({ socket }) => connected(callback)(null, socket),
         (err: Error) => callback(err, null),
       );
     };

@@ -81,6 +81,8 @@ export class NegotiateContext implements MechanismContext {
   #fallback: SpnegoNtlmContext | undefined;
   #spn = '';
   #mutualVerified = false;
+  /** finish() took the server's answer: its final token verified, or none where mutual auth is optional. */
+  #accepted = false;
   #fallbackReason: NegotiateFallbackReason | undefined;
   #channelBound = false;
   #firstLegCompletes = false;
@@ -142,9 +144,15 @@ export class NegotiateContext implements MechanismContext {
     return this.#renewed;
   }
 
+  /**
+   * The principal whose ticket the server took: once the context is complete, or once finish()
+   * took an answer without a final token (mutualAuth `optional`: proxies rarely send one, and the
+   * proxy holds the connection as that principal all the same, which S6 must know).
+   */
   get identity(): string | undefined {
     if (this.#fallback) return this.#fallback.identity;
-    const u = this.#client?.contextComplete ? this.#client.username : undefined;
+    const client = this.#client;
+    const u = client && (client.contextComplete || this.#accepted) ? client.username : undefined;
     return u || undefined;
   }
 
@@ -357,6 +365,7 @@ export class NegotiateContext implements MechanismContext {
       throw new MutualAuthError(`the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`);
     }
     this.#state = 'done';
+    this.#accepted = true;
     // Sessions authenticated as this principal ask later whether its tickets are still there (S6).
     if (client.stillHolds && client.username) {
       this.#memory.holders ??= new Map();
