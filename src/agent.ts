@@ -64,9 +64,13 @@ export interface SetCredentialsOptions {
   readonly cookies?: CookieStore | null;
 }
 
-/** Whether two user names (as NTLM splits them) are one account, case aside: a password rotation, not a switch. */
+/**
+ * Whether two user names (as NTLM splits them) are one account: a password rotation, not a switch.
+ * The user as written (Basic and Digest servers may tell `Alice` from `alice`; unsure is a switch),
+ * the domain case aside.
+ */
 const sameAccount = (a: NtlmIdentity | undefined, b: NtlmIdentity): boolean =>
-  a !== undefined && a.user.toLowerCase() === b.user.toLowerCase() && a.domain.toLowerCase() === b.domain.toLowerCase();
+  a !== undefined && a.user === b.user && a.domain.toLowerCase() === b.domain.toLowerCase();
 
 /** A `cookies` option that is not a cookie store fails here, not at the first request. */
 function checkCookieStore(store: unknown): void {
@@ -288,7 +292,7 @@ export class MultilegAgent extends Dispatcher {
    *
    * The cookie jar (`cookies`) holds what servers gave the old identity — a login session cookie runs
    * requests as its owner whatever credentials they would carry. A new password for the same account
-   * (the user name as NTLM reads it, case aside) keeps the jar; for another account say which jar its
+   * (the same user name, as NTLM splits it from its domain) keeps the jar; for another account say which jar its
    * requests use: `{ cookies: newJar }`, `{ cookies: null }` for none, or the same jar to keep it
    * knowingly. Without that word the call throws and changes nothing (S6, fail safe).
    *
@@ -316,7 +320,7 @@ export class MultilegAgent extends Dispatcher {
     this.#account = account;
     this.#mechanisms = this.#mechanismSet(credentials);
     let retired = 0;
-    for (const pool of this.#pools.values()) retired += pool.credentialsChanged('origin', this.#mechanisms);
+    for (const pool of this.#pools.values()) retired += pool.credentialsChanged('origin', this.#mechanisms, jar !== undefined);
     log.agent('credentials replaced: %d session(s) retire', retired);
   }
 
@@ -410,9 +414,12 @@ export class MultilegAgent extends Dispatcher {
         const agent = this;
         this.#upgrades ??= new UpgradeDispatcher({
           ...this.#options,
-          // Read for each upgrade: setCredentials replaces them.
+          // Read for each upgrade: setCredentials replaces them (and the jar, for another account).
           get mechanisms() {
             return agent.#mechanisms;
+          },
+          get cookies() {
+            return agent.#options.cookies;
           },
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
           proofOf: (o) => this.#pool(o).memory.proof,

@@ -6,12 +6,13 @@
  */
 
 import { execFile } from 'node:child_process';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { request } from 'undici';
+import { request, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClosedError, ConfigError, type CookieStore, MultilegAgent } from '../src/index.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
@@ -278,7 +279,7 @@ describe('S6/R4: setProxyCredentials', () => {
 describe('S2: secrets never reach logs', () => {
   it('S2/S6: DEBUG=multileg:* around setCredentials and setProxyCredentials shows no old or new password', async () => {
     const script = `
-      import { request } from 'undici';
+      import { request, upgrade } from 'undici';
       import { MultilegAgent } from './src/index.ts';
       import { startReferenceProxy, startReferenceServer } from './src/reference-server/index.ts';
       const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM', 'Basic'] });
@@ -323,33 +324,46 @@ describe('S6: the cookie jar across setCredentials', () => {
     };
   };
 
-  /** An app that authenticates once with Basic, then runs requests as the owner of its session cookie. */
+  /**
+   * An app that authenticates once with Basic, then runs requests as the owner of its session cookie;
+   * `/public/` needs no login, and an upgrade's 101 says (X-User) whom its cookie made it run as.
+   */
   async function loginApp(): Promise<{ origin: string; close: () => Promise<void> }> {
     const users: Record<string, string> = { alice: 'alicepw', bob: 'bobpw' };
     const sessions = new Map<string, string>();
-    const server = createServer((req, res) => {
+    const who = (req: IncomingMessage): { user?: string; setCookie?: string } => {
       const sid = /(?:^|;\s*)sid=([^;]+)/.exec(req.headers.cookie ?? '')?.[1];
-      let user = sid ? sessions.get(sid) : undefined;
-      const setCookie: string[] = [];
-      if (!user) {
-        const m = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
-        const [u, p] = m ? Buffer.from(m[1]!, 'base64').toString().split(':') : [];
-        if (u === undefined || users[u] !== p) {
-          res.writeHead(401, { 'www-authenticate': 'Basic realm="app"', 'content-length': '0' }).end();
-          return;
-        }
-        user = u;
-        const id = `s${sessions.size + 1}`;
-        sessions.set(id, u);
-        setCookie.push(`sid=${id}; Path=/; HttpOnly`);
+      const user = sid ? sessions.get(sid) : undefined;
+      if (user) return { user };
+      if (req.url?.startsWith('/public/')) return {};
+      const m = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
+      const [u, p] = m ? Buffer.from(m[1]!, 'base64').toString().split(':') : [];
+      if (u === undefined || users[u] !== p) return {};
+      const id = `s${sessions.size + 1}`;
+      sessions.set(id, u);
+      return { user: u, setCookie: `sid=${id}; Path=/; HttpOnly` };
+    };
+    const server = createServer((req, res) => {
+      const { user, setCookie } = who(req);
+      if (!user && !req.url?.startsWith('/public/')) {
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="app"', 'content-length': '0' }).end();
+        return;
       }
-      res.writeHead(200, setCookie.length ? { 'set-cookie': setCookie } : {}).end(user);
+      res.writeHead(200, setCookie ? { 'set-cookie': setCookie } : {}).end(user ?? 'nobody');
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+      socket.end(
+        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-User: ${who(req).user ?? 'nobody'}\r\n\r\n`,
+      );
     });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     return {
       origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-      close: () => new Promise((resolve) => server.close(() => resolve())),
+      close: () => {
+        server.closeAllConnections();
+        return new Promise((resolve) => server.close(() => resolve()));
+      },
     };
   }
 
@@ -371,9 +385,11 @@ describe('S6: the cookie jar across setCredentials', () => {
       expect(() =>
         agent.setCredentials({ username: 'bob', password: 'bobpw' }, { cookies: {} as CookieStore }),
       ).toThrow(ConfigError);
-      // A rotated password for the same account (spelled otherwise): the jar stays.
-      agent.setCredentials({ username: 'ALICE', password: 'alicepw' });
+      // A rotated password for the same account: the jar stays. `Alice` is another account to a
+      // Basic server that tells case apart (htpasswd): a word on the jar is needed.
+      agent.setCredentials({ username: 'alice', password: 'alicepw' });
       expect(await who('/app/3')).toBe('alice');
+      expect(() => agent.setCredentials({ username: 'Alice', password: 'alicepw' })).toThrow(ConfigError);
       // Bob with a jar of his own: his requests are his.
       agent.setCredentials({ username: 'bob', password: 'bobpw' }, { cookies: tinyJar() });
       expect(await who('/app/4')).toBe('bob');
@@ -384,6 +400,66 @@ describe('S6: the cookie jar across setCredentials', () => {
     } finally {
       await agent.destroy();
       await app.close();
+    }
+  });
+
+  it('S6: after setCredentials with a new jar (or none), upgrades use it too: no WebSocket runs as alice through her login cookie', async () => {
+    const app = await loginApp();
+    const agent = new MultilegAgent({
+      credentials: { username: 'alice', password: 'alicepw' },
+      trustedOrigins: [app.origin],
+      allowBasicOverHttp: true,
+      cookies: tinyJar(),
+    });
+    const upgradedAs = async () => {
+      const { headers, socket } = await upgrade(`${app.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      socket.destroy();
+      return headers['x-user'];
+    };
+    try {
+      expect(await (await request(`${app.origin}/app/0`, { dispatcher: agent })).body.text()).toBe('alice');
+      expect(await upgradedAs()).toBe('alice');
+      agent.setCredentials({ username: 'bob', password: 'bobpw' }, { cookies: null });
+      expect(await (await request(`${app.origin}/app/1`, { dispatcher: agent })).body.text()).toBe('bob');
+      // Was: alice, the upgrade path having kept the jar it was made with.
+      expect(await upgradedAs()).toBe('nobody');
+    } finally {
+      await agent.destroy();
+      await app.close();
+    }
+  });
+
+  it('S6: after setCredentials with a new jar, a kept-alive anonymous session (an untrusted origin) no longer asks or tells the old one', async () => {
+    const app = await loginApp();
+    // Another port of the same host: cookies ignore ports (RFC 6265 §8.5), so one jar serves both.
+    const other = await loginApp();
+    const agent = new MultilegAgent({
+      credentials: { username: 'alice', password: 'alicepw' },
+      trustedOrigins: [app.origin],
+      allowBasicOverHttp: true,
+      cookies: tinyJar(),
+    });
+    const text = async (url: string) => (await request(url, { dispatcher: agent })).body.text();
+    const sent: string[] = [];
+    const listener = (m: unknown) => {
+      const cookie = /^cookie: (.*)$/im.exec((m as { headers: string }).headers)?.[1];
+      if (cookie) sent.push(cookie.trim());
+    };
+    try {
+      expect(await text(`${app.origin}/app/1`)).toBe('alice');
+      expect(await text(`${other.origin}/public/1`)).toBe('nobody');
+      agent.setCredentials({ username: 'bob', password: 'bobpw' }, { cookies: tinyJar() });
+      expect(await text(`${app.origin}/app/2`)).toBe('bob');
+      subscribe('undici:client:sendHeaders', listener);
+      await text(`${other.origin}/public/2`);
+      // The new jar's (bob's login, cookies ignoring ports); was ['sid=s1'], alice's from the old
+      // jar, on the anonymous session made with it.
+      expect(sent).toEqual(['sid=s2']);
+    } finally {
+      unsubscribe('undici:client:sendHeaders', listener);
+      await agent.destroy();
+      await app.close();
+      await other.close();
     }
   });
 });

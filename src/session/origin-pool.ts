@@ -591,16 +591,17 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * already on the wire finish there, those waiting on it move to new sessions, and a request
    * undici has not written yet is refused by `Session.checkStart` and moves too. Returns how many
    * sessions retired. Fail safe: they retire even when only the password changed, as the server
-   * may bind the session to the old one.
+   * may bind the session to the old one. `jarReplaced`: the cookie jar changed too, which anonymous
+   * sessions were given as well: they retire, so that none asks or tells the old jar again.
    */
-  credentialsChanged(which: 'origin' | 'proxy', mechanisms?: MechanismSet): number {
+  credentialsChanged(which: 'origin' | 'proxy', mechanisms?: MechanismSet, jarReplaced = false): number {
     if (which === 'origin') {
       if (mechanisms) this.#env.mechanisms = mechanisms;
       this.memory.credentialsChanged();
     } else if (!this.#route) return 0;
     let retired = 0;
     for (const s of [...this.#sessions]) {
-      if (s.closed || !carries(s.identity, which)) continue;
+      if (s.closed || !(carries(s.identity, which) || (jarReplaced && s.identity === 'anonymous'))) continue;
       s.apply({ type: 'closed' });
       retired += 1;
     }
