@@ -320,7 +320,8 @@ export class MultilegAgent extends Dispatcher {
     this.#account = account;
     this.#mechanisms = this.#mechanismSet(credentials);
     let retired = 0;
-    for (const pool of this.#pools.values()) retired += pool.credentialsChanged('origin', this.#mechanisms, jar !== undefined);
+    for (const pool of this.#pools.values())
+      retired += pool.credentialsChanged('origin', this.#mechanisms, jar !== undefined);
     log.agent('credentials replaced: %d session(s) retire', retired);
   }
 

@@ -449,6 +449,27 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(asked.length - asks).toBeLessThanOrEqual(1 + Math.floor((Date.now() - since) / TICKET_RECHECK_MS));
   });
 
+  it('S6/R4: a mechanism\'s holdsCredentials that throws is "cannot tell": no request fails for it, the session serves on', async () => {
+    let asked = 0;
+    const mechanism = {
+      ...ntlmMechanism({ username: 'EXAMPLE\\alice', password: 'alicepw' }),
+      holdsCredentials: (): boolean | undefined => {
+        asked += 1;
+        throw new TypeError('ccache backend went away');
+      },
+    };
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { mechanisms: [mechanism], negotiate: false });
+    const first = await get(r, '/auth/a');
+    await sleep(TICKET_RECHECK_MS + 50);
+    // Was: the request that asked failed with the mechanism's raw TypeError.
+    const after = await Promise.all([get(r, '/auth/b'), get(r, '/auth/c')]);
+    expect(after.map((x) => [x.status, x.body.sessionId])).toEqual([
+      [200, first.body.sessionId],
+      [200, first.body.sessionId],
+    ]);
+    expect(asked).toBeGreaterThan(0);
+  });
+
   describe('S6: a handshake that carried the old identity and ends after the new one was proved', () => {
     /** HTTP/1.1 session mode; an AUTHENTICATE to `/auth/slow` is answered 1.5 s late. */
     const slowRig = async (agent: Partial<MultilegAgentOptions>) => {

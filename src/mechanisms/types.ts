@@ -123,6 +123,7 @@ export interface Mechanism {
    * A proxy's mechanism is asked the same of the identity a proxy connection (a forwarding one, a
    * CONNECT tunnel) was authenticated as, and `false` retires the sessions riding such connections.
    * Each origin asks at most once a second while it has such a session, on the event loop: be quick.
+   * A throw counts as undefined (cannot tell).
    */
   holdsCredentials?(identity: string): boolean | undefined;
 }

@@ -1,6 +1,7 @@
 import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
+import type { Mechanism } from '../mechanisms/types.ts';
 import type { ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import {
@@ -201,7 +202,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       if (proxied) {
         watched = true;
         const { mechanism, identity } = proxied;
-        if (!proxyAnswers.has(identity)) proxyAnswers.set(identity, mechanism.holdsCredentials?.(identity));
+        if (!proxyAnswers.has(identity)) proxyAnswers.set(identity, askHolds(mechanism, identity));
         if (proxyAnswers.get(identity) === false) {
           s.apply({ type: 'closed' });
           retired += 1;
@@ -213,7 +214,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       const mechanism = this.#env.mechanisms.get(state.scheme);
       if (!mechanism?.holdsCredentials) continue;
       watched = true;
-      if (!answers.has(state.identity)) answers.set(state.identity, mechanism.holdsCredentials(state.identity));
+      if (!answers.has(state.identity)) answers.set(state.identity, askHolds(mechanism, state.identity));
       if (answers.get(state.identity) !== false) continue;
       s.apply({ type: 'closed' });
       retired += 1;
@@ -618,6 +619,19 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     this.#closed = true;
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
+  }
+}
+
+/**
+ * `mechanism.holdsCredentials(identity)`, a throw being "cannot tell" (a mechanism of the caller's
+ * own may throw; the request that happened to ask must not fail for it, nor a relocation lose it).
+ */
+function askHolds(mechanism: Mechanism, identity: string): boolean | undefined {
+  try {
+    return mechanism.holdsCredentials?.(identity);
+  } catch (err) {
+    log.pool('%s holdsCredentials threw (%s): taken as cannot tell', mechanism.scheme, (err as Error)?.name);
+    return undefined;
   }
 }
 
