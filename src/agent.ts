@@ -332,13 +332,13 @@ export class MultilegAgent extends Dispatcher {
    * handshakes with the proxy use the new ones, and the proxy's refusal of the old ones does not
    * keep the new ones back (R4, S6).
    *
-   * With two different proxies from the environment (`http_proxy`, `https_proxy`) only those that
-   * hold credentials get the new ones: a password rotated for one is not the other's (S1).
+   * With two different proxies from the environment (`http_proxy`, `https_proxy`) the new ones go to
+   * the proxy holding the same user name, else to the only one holding credentials: a password
+   * rotated for one is not the other's (S1).
    *
    * @throws {ConfigError} when `credentials` is not `{ username, password }` (as the constructor's
    * `proxy.credentials`), the agent has no proxy (none given, `proxy: false`, and none in the
-   * environment), or it has two different ones of which neither holds credentials (which one is
-   * meant cannot be told).
+   * environment), or it has two different ones and which one they are for cannot be told.
    * @throws {AgentClosedError} after `close()` or `destroy()`.
    */
   setProxyCredentials(credentials: Credentials): void {

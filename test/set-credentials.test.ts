@@ -484,7 +484,7 @@ describe('S1: setProxyCredentials with two proxies in the environment', () => {
     };
   }
 
-  it("S1: a password rotated for https_proxy's proxy does not go to http_proxy's, which had none; with neither holding any, the call cannot tell and throws", async () => {
+  it("S1: a password rotated for https_proxy's proxy does not go to http_proxy's, which had none or another user's; when it cannot be told whose they are, the call throws", async () => {
     const seenA: string[] = [];
     const seenB: string[] = [];
     const a = await basicProxy(seenA);
@@ -508,7 +508,19 @@ describe('S1: setProxyCredentials with two proxies in the environment', () => {
       const unsure = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
       agents.push(unsure);
       expect(() => unsure.setProxyCredentials({ username: 'bob', password: 'new-b-pw' })).toThrow(ConfigError);
+      // Both hold credentials (carol at A, bob at B): bob's go to B only; a third user's cannot be told.
+      process.env.http_proxy = `http://carol:carol-pw@${a.hostPort}`;
+      process.env.https_proxy = `http://bob:old-b-pw@${b.hostPort}`;
+      const both = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
+      agents.push(both);
+      both.setProxyCredentials({ username: 'bob', password: 'new-b-pw' });
+      await (await request('http://origin.example/carol', { dispatcher: both })).body.text();
+      // Was: ['bob:new-b-pw'] at A, carol's proxy (review r24).
+      expect(seenA).toEqual(['carol:carol-pw']);
+      expect(() => both.setProxyCredentials({ username: 'dave', password: 'davepw' })).toThrow(ConfigError);
+      seenA.length = 0;
       // One proxy for both schemes: as before, it gets them.
+      process.env.http_proxy = `http://${a.hostPort}`;
       process.env.https_proxy = process.env.http_proxy;
       const one = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
       agents.push(one);

@@ -355,11 +355,11 @@ export class ProxyAuth {
           this.#excluded.size
             ? `no offered scheme could be used (${[...this.#unusable.values()].map(whyUnusable).join('; ')}); ${
                 // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
-                this.#proxy.hasCredentials
+                this.#proxy.account !== undefined
                   ? withCredentials(this.#unusable.values())
                   : 'give proxy.credentials or a Kerberos ticket'
               }`
-            : this.#proxy.hasCredentials
+            : this.#proxy.account !== undefined
               ? 'none of the offered schemes is configured; check proxy.schemes'
               : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
           offeredSchemes(offered),

@@ -94,7 +94,7 @@ export interface ResolvedProxy {
   readonly port: number;
   readonly tls: boolean;
   readonly connect: ConnectionOptions;
-  /** Replaced, with {@link hasCredentials}, when the agent's proxy credentials are (ProxyResolver.setCredentials). */
+  /** Replaced, with {@link account}, when the agent's proxy credentials are (ProxyResolver.setCredentials). */
   mechanisms: MechanismSet;
   readonly http: 'forward' | 'tunnel';
   /** See {@link ProxyOptions.deliver407}. */
@@ -106,8 +106,11 @@ export interface ResolvedProxy {
    * until they do, and not at all for a while after it refused them (account lockout).
    */
   readonly proof: CredentialProof;
-  /** Whether `proxy.credentials` (or the URI's user:password) were given: errors then do not ask for them. */
-  hasCredentials: boolean;
+  /**
+   * The user name of `proxy.credentials` (or the URI's user:password) when given: errors then do not
+   * ask for them, and setProxyCredentials tells two proxies' credentials apart by it.
+   */
+  account: string | undefined;
   /**
    * The proxy took no part in an opening NEGOTIATE (`proxy.schemes: ['NTLM']`): it let that CONNECT
    * through, or its 407 carried no NTLM challenge. Later tunnels wait for its 407, as origins do
@@ -238,7 +241,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
     ),
-    hasCredentials: credentials !== undefined,
+    account: credentials?.username,
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
@@ -372,27 +375,29 @@ export class ProxyResolver {
    * again with them (fresh Digest nonces and NTLM keys) and their proof starts over (R4). The
    * per-request scheme remembered for new connections is the old mechanism, which ProxyAuth.adopt
    * no longer takes: nothing of the old ones is sent again. With two different proxies (http_proxy
-   * and https_proxy), only those that hold credentials now get the new ones: a password rotated for
-   * one proxy is not that of the other, which had none (S1); when neither holds any, which one is
-   * meant cannot be told.
+   * and https_proxy), the new credentials go to the one they belong to, not to the other (S1: a
+   * password rotated for one proxy is not the other's): to those holding the same user name, else
+   * to the only one holding credentials; with neither, it cannot be told.
    *
-   * @throws {ConfigError} with two different proxies of which neither holds credentials.
+   * @throws {ConfigError} with two different proxies when the credentials cannot be told to be one's.
    */
   setCredentials(credentials: Credentials): void {
     // A copy, as resolveProxy takes of the constructor's: the caller's object changing later changes nothing sent.
     const own = { ...credentials };
     let proxies = [...new Set([this.#http, this.#https])].filter((p) => p !== undefined);
     if (new Set(proxies.map((p) => p.origin)).size > 1) {
-      proxies = proxies.filter((p) => p.hasCredentials);
+      const holding = proxies.filter((p) => p.account !== undefined);
+      const same = holding.filter((p) => p.account === credentials.username);
+      proxies = same.length > 0 ? same : holding.length === 1 ? holding : [];
       if (proxies.length === 0)
         throw new ConfigError(
-          `setProxyCredentials: two proxies (${this.#http!.origin} for http://, ${this.#https!.origin} for https://) and neither has credentials, so which one they are for cannot be told; give proxy.uri (the one proxy) or the proxy URL's user:password when making the agent`,
+          `setProxyCredentials: two proxies (${this.#http!.origin} for http://, ${this.#https!.origin} for https://), and which one ${credentials.username}'s credentials are for cannot be told (${holding.length === 0 ? 'neither holds credentials' : 'both hold credentials of other users'}); give proxy.uri (the one proxy) or each proxy URL's user:password when making the agent`,
           'proxy.credentials',
         );
     }
     for (const proxy of proxies) {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
-      proxy.hasCredentials = true;
+      proxy.account = own.username;
       proxy.proof.reset();
     }
   }
