@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { type Dispatcher, fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
-import { HOLDER_RECHECK_MS } from '../src/mechanisms/gssapi/index.ts';
+import { CRED_REUSE_MS, HOLDER_RECHECK_MS } from '../src/mechanisms/gssapi/index.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
 
@@ -201,6 +201,33 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
       await sleep(TICKET_RECHECK_MS + 200);
       // No one's tickets: the typed error, not bob's connection (fail safe).
       expect(await outcome(url, agent)).toBe('MULTILEG_KRB_NO_TICKET');
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it("S6: the credential kept for new contexts goes with the sessions whose principal's tickets are gone, even one acquired within HOLDER_RECHECK_MS (another origin's request just before the switch)", async () => {
+    const a = lab.apache!;
+    const realm = lab.realm!;
+    await realm.kinit({ ccache });
+    // The cleartext origin trusted explicitly (S4), for a second origin with the same SPN.
+    const agent = new MultilegAgent({
+      connect: { ca: a.ca },
+      allowH2: false,
+      trustedOrigins: [a.origin, a.cleartextOrigin],
+    });
+    const tools = { env: { ...realm.toolEnv, KRB5CCNAME: ccache } };
+    try {
+      // alice's session at the https origin; its pool checks her tickets from here on.
+      expect(await outcome(`${a.origin}/krb-session/`, agent)).toBe('200 alice@EXAMPLE.TEST');
+      await sleep(CRED_REUSE_MS + 200);
+      // Another origin (the same SPN, cleartext) acquires a fresh credential: kept, checked just now.
+      expect(await outcome(`${a.cleartextOrigin}/protected/`, agent)).toBe('200 alice@EXAMPLE.TEST');
+      await run('/usr/bin/kdestroy', [], tools);
+      await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+      // The https origin's check is due: alice's session retires, and its new handshake must not take
+      // the credential kept a moment ago (its own recheck is not due yet): bob, not alice.
+      expect(await outcome(`${a.origin}/krb-session/`, agent)).toBe('200 bob@EXAMPLE.TEST');
     } finally {
       await agent.close();
     }
