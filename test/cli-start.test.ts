@@ -74,6 +74,23 @@ describe('the command’s start', () => {
     expect(loaded.filter((file) => !file.endsWith('.js'))).toEqual([]);
   });
 
+  it('zlib and the body decoders (decode.ts) load only with --compressed: a plain request loads neither', async () => {
+    const loads = async (args: readonly string[]) => {
+      const r = await runCli([...args, ...ntlm(false)], {
+        env: { NODE_DEBUG_NATIVE: 'CODE_CACHE' },
+        nodeArgs: ['--import', pathToFileURL(hook).href],
+      });
+      expect(r.code, r.stderr.slice(-2000)).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      return {
+        zlib: /Code cache of zlib\b/.test(r.stderr),
+        decode: /^loaded file:\S+\/src\/cli\/decode\.ts$/m.test(r.stderr),
+      };
+    };
+    expect(await loads([])).toEqual({ zlib: false, decode: false });
+    expect(await loads(['--compressed'])).toEqual({ zlib: true, decode: true });
+  });
+
   it("-w loads and listens for its timings (timings.ts, diagnostics channels) only when the format names a phase time or a head's size: none for a run without -w, nor for %{http_code} %{size_upload} %{time_total}", async () => {
     const timings = async (format: string | undefined) => {
       const args = [...(format === undefined ? [] : ['-o', '/dev/null', '-w', format]), ...ntlm(false)];

@@ -47,6 +47,8 @@ export const EXIT = {
   /** curl's CURLE_GOT_NOTHING: the server closed the connection without a byte of a response. */
   emptyReply: 52,
   receive: 56,
+  /** curl's CURLE_BAD_CONTENT_ENCODING: --compressed could not decode the body (decode.ts). */
+  badContentEncoding: 61,
   /** curl's CURLE_SSL_CERTPROBLEM: the local client certificate cannot be used. */
   clientCertificate: 58,
   certificate: 60,
@@ -194,6 +196,10 @@ export function describeFailure(
 ): Failure {
   const e = rootCause(err);
   const host = ctx.url.host;
+  // --compressed's body that does not decode (decode.ts's ContentEncodingError, told by its code:
+  // this module does not load that one). curl's 61; not refused, so --retry-all-errors retries it.
+  if (e instanceof MultilegError && e.code === 'MULTILEG_CONTENT_ENCODING')
+    return { exit: EXIT.badContentEncoding, message: `${e.message} (${e.code})`, refused: false };
   if (e instanceof ConnectionClosedError && e.fresh && !(e instanceof ProxyClosedError)) {
     // The origin closed a new connection under its first request: the command's words for it, as
     // curl's 52 "Empty reply from server" / 56 "Recv failure", and what a TLS port does with a

@@ -52,7 +52,15 @@ export function toHar(legs: readonly LegRecord[]): object {
             httpVersion: httpVersion(protocol),
             cookies: [],
             headers: harHeaders(response?.headers ?? []),
-            content: { size: leg.bodySize ?? 0, mimeType: contentType },
+            // bodySize is the bytes received; content.size the body's own, decoded with --compressed
+            // (HAR's `compression`: the bytes the coding saved).
+            content: {
+              size: leg.contentSize ?? leg.bodySize ?? 0,
+              ...(leg.contentSize !== undefined && leg.bodySize !== undefined
+                ? { compression: leg.contentSize - leg.bodySize }
+                : {}),
+              mimeType: contentType,
+            },
             redirectURL: location,
             headersSize: -1,
             bodySize: leg.bodySize ?? (response?.delivered ? -1 : 0),

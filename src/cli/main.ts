@@ -3,7 +3,7 @@
  * Basic or a client certificate, over HTTP/2 and HTTP/1.1. Exit codes (README "Command line"): 0
  * done, 1 a typed failure (the message names the fix), 2 bad usage, and curl's 5, 6, 7, 18, 22 (-f), 23
  * (-o cannot be written), 26 (a file a flag names cannot be read), 28, 35, 47, 52 (empty reply), 56, 58,
- * 60, 77. Started through bin.ts, which checks the Node.js version first.
+ * 60, 61 (--compressed: a body that does not decode), 77. Started through bin.ts, which checks the Node.js version first.
  *
  * This module is the command's composition: the arguments parsed, the credentials, the agent, each
  * URL's transfer (transfer.ts) and what is written after it (report.ts), then the exit code. The

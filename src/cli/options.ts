@@ -71,6 +71,11 @@ export interface CliRequest {
   /** `-e URL;auto`: each -L redirect sends the URL it came from as Referer (curl's). */
   readonly autoReferer: boolean;
   readonly http1: boolean;
+  /**
+   * --compressed: the final response's body is decoded by its Content-Encoding (decode.ts, curl's
+   * rules); the request asks for what can be decoded (Accept-Encoding, unless a -H names it).
+   */
+  readonly compressed: boolean;
   /** -i: print status line and headers; -I: the same, for a HEAD request, without body. */
   readonly include: boolean;
   readonly head: boolean;
@@ -290,6 +295,10 @@ export function program(): Commander.Command {
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
       .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
       .option('--http1.1', 'use HTTP/1.1 only')
+      .option(
+        '--compressed',
+        'ask for a compressed response (Accept-Encoding: deflate, gzip, br, zstd) and write its body decoded',
+      )
       .option('-i, --include', "print each response's status line and headers (a handshake's 401s too), then the body")
       .option('-I, --head', 'send HEAD and print the status line and headers only')
       .option('-v, --verbose', 'show each leg and handshake on stderr (never secrets)')
@@ -937,6 +946,16 @@ function outputFile(output: string | typeof REMOTE_NAME | undefined, url: URL): 
   return name;
 }
 
+/**
+ * --compressed's Accept-Encoding: the codings Node's zlib decodes, in curl's order (curl 7.88 built
+ * with zlib, brotli and zstd sends the same); zstd only where this Node has its decoder (22.15 and
+ * later). zlib is asked only with --compressed, so a plain request's start does not load it.
+ */
+export function acceptEncoding(): string {
+  const zlib = process.getBuiltinModule('node:zlib');
+  return typeof zlib.createZstdDecompress === 'function' ? 'deflate, gzip, br, zstd' : 'deflate, gzip, br';
+}
+
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
 export function parseCli(argv: readonly string[], cmd: Commander.Command = program()): CliRequest {
   // -d, --data-binary, --data-raw and --data-urlencode in the order given (curl joins them so), not grouped by flag.
@@ -1047,6 +1066,10 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   // curl's Accept: */* (a server that negotiates may answer a request without one otherwise); -H
   // 'Accept: …' replaces it, -H 'Accept:' drops it.
   if (!('accept' in headers) && !removed.has('accept')) headers.accept = '*/*';
+  // --compressed: curl's Accept-Encoding, what the body can be decoded from; one given with -H is
+  // sent instead (-H 'Accept-Encoding:' sends none), and the body is decoded all the same.
+  if (o.compressed && !('accept-encoding' in headers) && !removed.has('accept-encoding'))
+    headers['accept-encoding'] = acceptEncoding();
   // -A and -e: headers a -H of the same name replaces or drops (curl's); -A '' sends none.
   if (o.userAgent && !('user-agent' in headers) && !removed.has('user-agent'))
     headers['user-agent'] = o.userAgent as string;
@@ -1155,6 +1178,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     formType,
     autoReferer,
     http1: Boolean(o['http1.1']),
+    compressed: Boolean(o.compressed),
     include: Boolean(o.include) || head,
     head,
     verbose: Boolean(o.verbose),

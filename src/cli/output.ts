@@ -112,15 +112,30 @@ export class Stdout {
 }
 
 /**
- * Writes a response body, through `counter`, to the -o file (after the heads -i keeps for it; its
- * directories made first with `createDirs`) or to stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
+ * pipeline() over any number of stages between a source and a destination: its typings list the
+ * stages one by one (or take an array that admits no async generator).
+ */
+export const pipelineOf = pipeline as (
+  source: AsyncIterable<Buffer>,
+  ...rest: Array<
+    | NodeJS.ReadWriteStream
+    | NodeJS.WritableStream
+    | ((source: AsyncIterable<Buffer>) => Promise<void>)
+    | { end: boolean }
+  >
+) => Promise<void>;
+
+/**
+ * Writes a response body, through `stages` (the byte counter, then --compressed's decoders), to the
+ * -o file (after the heads -i keeps for it; its directories made first with `createDirs`) or to
+ * stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
  * its error is thrown (18): it is kept aside meanwhile, so pipeline() ends the output instead of
  * destroying it. A failure to write is returned as the line curl's 23 says (the file, or stdout,
  * failed, not the transfer); a reader of stdout that went away ends the body quietly.
  */
 export async function writeBody(
   body: Readable,
-  counter: Transform,
+  stages: readonly Transform[],
   output: string | undefined,
   heads: string,
   stdout: Stdout,
@@ -136,7 +151,14 @@ export async function writeBody(
   }
   const out = output ? createWriteStream(output) : process.stdout;
   let fileError: NodeJS.ErrnoException | undefined;
-  if (output) out.once('error', (err) => (fileError = err));
+  // A stage's failure (--compressed's decoder) reaches the file too, as pipeline() destroys it:
+  // the file failed only when its error came first.
+  let stageError: unknown;
+  for (const stage of stages) stage.once('error', (err) => (stageError ??= err));
+  if (output)
+    out.once('error', (err) => {
+      if (stageError === undefined) fileError = err;
+    });
   let cutShort: { error: unknown } | undefined;
   async function* received() {
     try {
@@ -148,7 +170,7 @@ export async function writeBody(
   // With -o, the heads -i shows go into the file first, as curl writes them.
   if (heads) out.write(heads);
   try {
-    await pipeline(received(), counter, out, { end: Boolean(output) });
+    await pipelineOf(received(), ...stages, out, { end: Boolean(output) });
   } catch (err) {
     if (fileError !== undefined && output !== undefined) return fileProblem('-o', output, fileError, createDirs);
     const failed = stdout.error ?? (output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);

@@ -24,8 +24,10 @@ export interface LegRecord {
   readonly request: LegRequestEvent;
   response?: LegResponseEvent;
   error?: LegErrorEvent;
-  /** The response body's size, when the CLI read it (the final response only). */
+  /** The response body's size as received, when the CLI read it (the final response only). */
   bodySize?: number;
+  /** Its size decoded, when --compressed decoded it (--har's content.size). */
+  contentSize?: number;
   /** Its 401 is the answer because what it offers cannot run here (the agent's deliver401), and why. */
   unanswered?: UnansweredEvent;
 }

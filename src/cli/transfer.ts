@@ -7,16 +7,16 @@
  */
 import { statSync, truncateSync } from 'node:fs';
 import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import type { CommandAgent } from './command-agent.ts';
+import type { BodyDecoding } from './decode.ts';
 import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
-import { type Stdout, writeBody, writeHeadsFile } from './output.ts';
+import { pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
 import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -256,21 +256,22 @@ function byteCounter(progress: { received: number }, add: (n: number) => void): 
 }
 
 /**
- * The final response's body, through `counter`: to the -o file (after the heads -i keeps for it)
- * or stdout; read and dropped for -I without -o, --json, and -f's status >= 400. `opened` is
- * called before the -o file is written. Returns the line of a failure to write.
+ * The final response's body, through `stages` (the byte counter, then --compressed's decoders): to
+ * the -o file (after the heads -i keeps for it) or stdout; read and dropped for -I without -o,
+ * --json (decoded all the same: its exit code is the transfer's), and -f's status >= 400. `opened`
+ * is called before the -o file is written. Returns the line of a failure to write.
  */
 async function outputBody(
   req: CliRequest,
   res: Answer,
   status: number,
-  counter: Transform,
+  stages: readonly Transform[],
   heads: string,
   stdout: Stdout,
   opened: () => void,
 ): Promise<string | undefined> {
   if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
-    await pipeline(res.body, counter, async (source) => {
+    await pipelineOf(res.body, ...stages, async (source) => {
       for await (const _ of source);
     });
     // -f -i -o: the final head still goes into the file (curl writes it there), without the body.
@@ -281,7 +282,21 @@ async function outputBody(
     return undefined;
   }
   if (req.output !== undefined) opened();
-  return writeBody(res.body, counter, req.output, heads, stdout, req.createDirs);
+  return writeBody(res.body, stages, req.output, heads, stdout, req.createDirs);
+}
+
+/**
+ * --compressed's decoding of the final response's body (decode.ts, loaded only then). A response
+ * with more codings than curl accepts is refused before its body, which is dropped unread.
+ */
+async function decodingOf(res: Answer, url: URL): Promise<BodyDecoding> {
+  const { bodyDecoding } = await import('./decode.ts');
+  try {
+    return bodyDecoding(res.headers['content-encoding'], url.host);
+  } catch (err) {
+    await res.body.dump().catch(() => {});
+    throw err;
+  }
 }
 
 /**
@@ -449,7 +464,11 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         const counter = byteCounter(progress, (n) => {
           bytes += n;
         });
-        const problem = await outputBody(req, res, status, counter, heads, stdout, () => {
+        // --compressed: the body is decoded after it is counted (curl's -w size_download is the
+        // bytes received); not -f's refused one, which is dropped unread as curl does.
+        const decoding = req.compressed && !(req.fail && status >= 400) ? await decodingOf(res, hop.url) : undefined;
+        const stages = decoding ? [counter, ...decoding.stages] : [counter];
+        const problem = await outputBody(req, res, status, stages, heads, stdout, () => {
           wroteOutput = true;
         });
         heads = '';
@@ -459,7 +478,11 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         }
         reading = undefined;
         const last = trace.lastDelivered;
-        if (last) last.bodySize = bytes;
+        if (last) {
+          last.bodySize = bytes;
+          // --har: the size decoded beside the size received, once the body was decoded.
+          if (decoding && decoding.stages.length > 0) last.contentSize = decoding.decoded();
+        }
         const failing = (req.fail || req.failWithBody) && status >= 400;
         // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
         // run); -S brings it back only where -f makes the status an error.

@@ -11,6 +11,7 @@ import {
 } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { DigestResponder } from './digest.ts';
 import { type PendingContext, SessionState } from './session-state.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from './test-pki.ts';
@@ -39,6 +40,12 @@ export const DEFAULT_USERS: Readonly<Record<string, string>> = Object.freeze({
 
 /** Longest request body read (the server reads every body whole, also on 401 legs). */
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
+/** The codings `faults.contentEncoding` compresses a body with. */
+const ENCODE = {
+  gzip: (body: string) => gzipSync(body),
+  deflate: (body: string) => deflateSync(body),
+  br: (body: string) => brotliCompressSync(body),
+} as const;
 /** Upper bound of a `?delay=` query parameter, so a typo cannot park a test for hours. */
 const MAX_QUERY_DELAY_MS = 60_000;
 
@@ -398,6 +405,12 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       ...(status === 200 ? {} : { error: outcome }),
     };
     const responseHeaders: Headers = { 'content-type': 'application/json', ...decision.headers };
+    let payload: string | Buffer = JSON.stringify(out);
+    const coding = this.options.faults.contentEncoding?.({ status, request: info });
+    if (coding !== undefined) {
+      responseHeaders['content-encoding'] = coding === 'corrupt-gzip' ? 'gzip' : coding;
+      if (coding !== 'corrupt-gzip') payload = ENCODE[coding](payload);
+    }
     if ((decision.endSession || state.endRequested) && !h2) responseHeaders.connection = 'close';
     for (const [name, value] of Object.entries(responseHeaders)) res.setHeader(name, value);
     res.statusCode = status;
@@ -408,7 +421,7 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       // GOAWAY(NO_ERROR) once this response is out: the session ends, nothing is refused abruptly.
       res.on('finish', () => state.end());
     }
-    res.end(JSON.stringify(out));
+    res.end(payload);
   }
 
   /** The authorization logic of the draft (D§3, D§3.1) and of the modes. */

@@ -77,6 +77,16 @@ export interface ReferenceServerFaults {
   refuseWithGoaway?: (request: IncomingRequestInfo) => boolean;
   /** The error code of `refuseWithGoaway`'s GOAWAY. Default NO_ERROR; 0xd is HTTP_1_1_REQUIRED (H2). */
   refuseWithGoawayCode?: number;
+  /**
+   * Test hook for clients that decode bodies (the command's `--compressed`): the Content-Encoding of
+   * each response, chosen by its status and request. `gzip`, `deflate` and `br` compress the JSON
+   * body so; `corrupt-gzip` labels it gzip and sends it as it is, which a client that decoded it
+   * would fail on. Undefined: the body as it is, no Content-Encoding (the default).
+   */
+  contentEncoding?: (response: {
+    readonly status: number;
+    readonly request: IncomingRequestInfo;
+  }) => 'gzip' | 'deflate' | 'br' | 'corrupt-gzip' | undefined;
 }
 
 /** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */
