@@ -269,13 +269,13 @@ export function program(): Commander.Command {
       .option('--proxy-anyauth', 'the strongest scheme the proxy offers (the default)')
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
       .option(
-        '--resolve <[+]host:port:addr[,addr]...>',
-        'connect to these addresses for host:port instead of what DNS says (the URL keeps its name for TLS, Host, cookies and the Kerberos SPN); * as host: any; -host:port removes one (repeatable)',
+        '--resolve <host:port:addr>',
+        'connect to this address for host:port instead of what DNS says (the URL keeps its name for TLS, Host, cookies and the Kerberos SPN); [+]host:port:addr[,addr]... as curl, * as host: any, -host:port removes one (repeatable)',
         collect,
       )
       .option(
-        '--connect-to <HOST1:PORT1:HOST2:PORT2>',
-        'for requests to HOST1:PORT1 connect to HOST2:PORT2 instead (empty parts: any host or port, or the same); the first that matches wins (repeatable)',
+        '--connect-to <h1:p1:h2:p2>',
+        'for requests to host h1 port p1 connect to host h2 port p2 instead (an empty part: any host or port, or the same); the first that matches wins (repeatable)',
         collect,
       )
       .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
