@@ -1,6 +1,7 @@
 import { Dispatcher, Dispatcher1Wrapper } from 'undici';
 import { prepareBody, preparedBody, readsFirst, TeeBody } from './body/replayable.ts';
 import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
+import { checkConnectTo } from './connect-to.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
@@ -230,6 +231,7 @@ export class MultilegAgent extends Dispatcher {
         'connect',
       );
     if (options.cookies !== undefined) checkCookieStore(options.cookies);
+    const connectTo = checkConnectTo(options.connectTo);
     let schemes: readonly string[] = options.schemes ?? DEFAULT_SCHEME_ORDER;
     // A configured certificate is an explicit choice: strongest unless `schemes` places Transport (T2).
     if (selectCertificate && !schemes.some((s) => s.toLowerCase() === 'transport')) schemes = ['Transport', ...schemes];
@@ -252,7 +254,8 @@ export class MultilegAgent extends Dispatcher {
       headersTimeout: positive('headersTimeout', options.headersTimeout ?? 300_000, false, MAX_TIMER_MS),
       bodyTimeout: positive('bodyTimeout', options.bodyTimeout ?? 300_000, false, MAX_TIMER_MS),
       http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
-      proxy: new ProxyResolver(options.proxy, process.env, options.negotiate),
+      proxy: new ProxyResolver(options.proxy, process.env, options.negotiate, connectTo),
+      ...(connectTo ? { connectTo } : {}),
       ...(options.cookies ? { cookies: options.cookies } : {}),
       deliver401: options.deliver401 === true,
     };

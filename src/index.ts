@@ -10,6 +10,7 @@ export {
 } from './agent.ts';
 export { chooseChallenge, DEFAULT_SCHEME_ORDER, parseChallenges } from './challenge/index.ts';
 export type { Challenge } from './challenge/types.ts';
+export type { ConnectRoute, ConnectTarget, ConnectTo } from './connect-to.ts';
 export {
   HANDSHAKE_CHANNEL,
   LEG_CHANNEL,

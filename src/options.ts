@@ -1,5 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
 import type { Challenge } from './challenge/types.ts';
+import type { ConnectTo } from './connect-to.ts';
 import { ConfigError } from './errors.ts';
 import type { NegotiateOptions } from './mechanisms/negotiate/index.ts';
 import type { Credentials, Mechanism } from './mechanisms/types.ts';
@@ -222,6 +223,19 @@ export interface MultilegAgentOptions {
    */
   proxy?: string | ProxyOptions | false;
   /**
+   * Where connections go instead of where DNS says, as curl's `--resolve` and `--connect-to`: asked
+   * before each connection the agent makes — to an origin (`via: 'origin'`), the `host:port` a
+   * CONNECT asks a proxy for (`'tunnel'`), a proxy itself (`'proxy'`) — it returns another
+   * hostname, port or the addresses to use (a `ConnectRoute`), or undefined for the usual. Only
+   * the address changes: the URL's host stays what TLS sends (SNI) and verifies the certificate
+   * against, the Host header, cookies, `trustedOrigins` and the Kerberos SPN (`HTTP@host`); channel
+   * bindings come from the certificate of the server reached. An `http://` origin routed
+   * elsewhere behind a forwarding proxy goes through a CONNECT tunnel (curl's rule). Upgrades too.
+   * (`connect.lookup` also reaches Node's socket for direct connections, but it is not told the
+   * port, nor asked for proxies.)
+   */
+  connectTo?: ConnectTo;
+  /**
    * A cookie jar ({@link CookieStore}), as curl's cookie engine or a browser's: asked for the
    * `Cookie` header of every request the agent writes, each leg of a handshake included, and told
    * every response head's `Set-Cookie`, a handshake's 401s too, so that a cookie a server sets on
@@ -268,6 +282,7 @@ export interface ResolvedOptions {
   bodyTimeout: number;
   http1MemoryTtl: number;
   proxy: ProxyResolver;
+  connectTo?: ConnectTo;
   cookies?: CookieStore;
   deliver401: boolean;
 }
@@ -291,6 +306,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   bodyTimeout: true,
   http1MemoryTtl: true,
   proxy: true,
+  connectTo: true,
   cookies: true,
   deliver401: true,
 };

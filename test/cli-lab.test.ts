@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli as run, runCommand } from './cli-helpers.ts';
-import { type Lab, requirePeer, startLab } from './lab/index.ts';
+import { INTRANET_HOST, type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
 const haveSquid = requirePeer('squid');
@@ -281,6 +281,49 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     const ntlm = await run(['--ntlm', '-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, url], { env });
     expect(ntlm).toMatchObject({ code: 0, stdout: 'hello from /ntlm\n' });
   });
+
+  it.skipIf(!haveCurl)(
+    "M2: --resolve and --connect-to test one server under the intranet's name, as curl: Kerberos as alice with the SPN of the URL's host (HTTP@intranet.example.test, which the KDC knows; not the address's), TLS verified for that name, -v naming the address connected to",
+    async () => {
+      const port = new URL(lab.apache!.origin).port;
+      const url = `https://${INTRANET_HOST}:${port}/protected/index.html`;
+      const routes = [
+        ['--resolve', `${INTRANET_HOST}:${port}:127.0.0.1`],
+        ['--connect-to', `${INTRANET_HOST}:${port}:localhost:${port}`],
+      ];
+      for (const route of routes) {
+        const r = await run(['--negotiate', '-u', ':', '-v', '-i', '--cacert', ca, ...route, url], { env });
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stdout).toMatch(/^HTTP\/2 200/m);
+        expect(r.stdout).toContain('x-remote-user: alice@EXAMPLE.TEST');
+        expect(r.stdout).toContain('hello from /protected');
+        // The ticket was asked for the URL's host: the address (127.0.0.1) has no SPN at the KDC.
+        expect(r.stderr).toMatch(
+          /\* Negotiate handshake on session \S+ \(HTTP\/2\): 1 leg\(s\), .* as alice@EXAMPLE\.TEST \(SPN HTTP@intranet\.example\.test\)/,
+        );
+        expect(r.stderr).toMatch(
+          new RegExp(`\\* Connected to ${INTRANET_HOST} \\((127\\.0\\.0\\.1|::1)\\) port ${port}\n`),
+        );
+        // The KDC issued a ticket for that service (before curl's request below asks for one too).
+        if (route === routes[0])
+          expect(await readFile(join(lab.realm!.dir, 'kdc.log'), 'utf8')).toMatch(
+            /TGS_REQ .* alice@EXAMPLE\.TEST for HTTP\/intranet\.example\.test@EXAMPLE\.TEST/,
+          );
+        // curl, the same way: --negotiate -u : with the same --resolve / --connect-to.
+        const curl = await runCommand(
+          '/usr/bin/curl',
+          ['-s', '--negotiate', '-u', ':', '-i', '--cacert', ca, ...route, url],
+          '',
+          { ...process.env, ...env, NTLM_USER_FILE: '' },
+        );
+        expect(curl.stdout, curl.stderr).toMatch(/^HTTP\/2 200/m);
+        expect(curl.stdout).toContain('x-remote-user: alice@EXAMPLE.TEST');
+      }
+      // The name is the one DNS does not know: without the flag neither gets anywhere (curl's 6).
+      const nowhere = await run(['--negotiate', '-u', ':', '--cacert', ca, url], { env });
+      expect(nowhere.code).toBe(6);
+    },
+  );
 
   it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env });

@@ -6,10 +6,11 @@
  */
 import { execFile } from 'node:child_process';
 import { isIP } from 'node:net';
-import { getCACertificates, connect as tlsConnect } from 'node:tls';
+import { checkServerIdentity, getCACertificates, connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { MultilegAgent } from '../agent.ts';
+import { dialFor } from '../connect-to.ts';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
@@ -142,9 +143,13 @@ function tlsTrust(req: CliRequest): Promise<Check> {
       names: string[];
     }>((resolve) => {
       const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+      // Where a request goes (--resolve, --connect-to): the check is of that server, for the URL's name.
+      const dial = dialFor(req.agent.connectTo, { hostname, port: Number(url.port || 443), via: 'origin' });
       const socket = tlsConnect({
-        host: hostname,
-        port: Number(url.port || 443),
+        host: dial.hostname,
+        port: dial.port,
+        ...(dial.lookup ? { lookup: dial.lookup } : {}),
+        checkServerIdentity: (_host, cert) => checkServerIdentity(hostname, cert),
         // SNI is for names: Node warns (DEP0123) when given an address, and an address has no SNI.
         ...(isIP(hostname) ? {} : { servername: hostname }),
         ...(ca ? { ca: [...ca] } : {}),
@@ -320,7 +325,7 @@ export async function doctor(argv: string[]): Promise<number> {
     });
   }
 
-  const proxy = new ProxyResolver(req.agent.proxy).route(req.url.origin);
+  const proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
   add(await proxyCheck(proxy));
 
   if (req.url.protocol === 'https:' && !proxy) add(await tlsTrust(req));

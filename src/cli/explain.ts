@@ -12,6 +12,7 @@ import {
   QueueTimeoutError,
 } from '../errors.ts';
 import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
+import { portOf } from '../options.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -56,7 +57,20 @@ export const EXIT = {
   caFile: 77,
   /** curl's CURLE_SSL_CONNECT_ERROR: the TLS handshake failed (a plain-HTTP port, for one). */
   tls: 35,
+  /** curl's CURLE_SETOPT_OPTION_SYNTAX: a --resolve or --connect-to entry that cannot be read. */
+  optionSyntax: 49,
 } as const;
+
+/**
+ * Where a refused connection went, when that is not the URL's host and port (--resolve,
+ * --connect-to; curl names the address: "Failed to connect to 127.0.0.1 port 1").
+ */
+function reached(e: Error, url: URL): string {
+  const { address, port } = e as { address?: unknown; port?: unknown };
+  if (typeof address !== 'string' || typeof port !== 'number') return '';
+  const same = address === url.hostname.replace(/^\[(.*)\]$/, '$1') && port === portOf(url);
+  return same ? '' : ` at ${address} port ${port}`;
+}
 
 /** OpenSSL's codes for a peer that answered a ClientHello with something that is not TLS. */
 const NOT_TLS_CODES: ReadonlySet<string> = new Set([
@@ -282,7 +296,7 @@ export function describeFailure(
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
-    return { exit: EXIT.connect, message: `could not connect to ${host} (${code})`, errno: code };
+    return { exit: EXIT.connect, message: `could not connect to ${host}${reached(e, ctx.url)} (${code})`, errno: code };
   if (code === 'UND_ERR_CONNECT_TIMEOUT')
     return {
       exit: EXIT.timeout,

@@ -73,6 +73,18 @@ async function main(argv: string[]): Promise<number> {
       verbose?.(`* Loaded ${loaded} cookie(s) from ${file === '-' ? 'stdin' : file}`);
     }
   }
+  // -v: the --resolve entries as curl loads them, then each connection's address (curl's lines).
+  let connected: import('./connections.ts').ConnectedLines | undefined;
+  if (verbose) {
+    for (const line of req.routes?.added() ?? []) verbose(line);
+    const { ProxyResolver } = await import('../proxy/options.ts');
+    const o = agentOptions;
+    const proxies = new ProxyResolver(o.proxy, process.env, o.negotiate, o.connectTo);
+    connected = new (await import('./connections.ts')).ConnectedLines(verbose, (origin) => {
+      const route = proxies.route(origin);
+      return route && { origin: route.proxy.origin, hostname: route.proxy.hostname, kind: route.kind };
+    });
+  }
   // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
   // Each transfer has its own (set when it starts): a URL's origin is trusted in its own transfer
   // only, never because another URL of the command names it. Cookies go by their own rules (the jar's).
@@ -168,6 +180,7 @@ async function main(argv: string[]): Promise<number> {
     // Also after an error of ours (exit 1 below): no agent, subscription or -D file left open.
     trace.stop();
     await command.destroy();
+    connected?.stop();
     remotes?.stop();
     timings?.stop();
     dump?.close();

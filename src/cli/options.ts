@@ -13,6 +13,7 @@ import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type S
 import type { ProxyOptions } from '../proxy/options.ts';
 import { EXIT } from './explain.ts';
 import type { RetryOptions } from './retry.ts';
+import { Routes } from './routes.ts';
 import { parseTrust } from './trust.ts';
 import { versionText } from './version.ts';
 
@@ -142,6 +143,8 @@ export interface CliRequest {
    * terminal before the first request (credentials.ts withProxyPassword).
    */
   readonly proxyUserToAsk: string | undefined;
+  /** --resolve and --connect-to (the agent's `connectTo` is theirs), or undefined without either. */
+  readonly routes: Routes | undefined;
 }
 
 const positiveInt = (v: string) => {
@@ -270,6 +273,16 @@ export function program(): Commander.Command {
       .option('--proxy-basic', 'use Basic only towards the proxy')
       .option('--proxy-anyauth', 'the strongest scheme the proxy offers (the default)')
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
+      .option(
+        '--resolve <host:port:addr>',
+        'connect to this address for host:port instead of what DNS says (the URL keeps its name for TLS, Host, cookies and the Kerberos SPN); [+]host:port:addr[,addr]... as curl, * as host: any, -host:port removes one (repeatable)',
+        collect,
+      )
+      .option(
+        '--connect-to <h1:p1:h2:p2>',
+        'for requests to host h1 port p1 connect to host h2 port p2 instead (an empty part: any host or port, or the same); the first that matches wins (repeatable)',
+        collect,
+      )
       .option('-L, --location', 'follow redirects; credentials stay on the URL origin and --trust origins')
       .option('--location-trusted', 'follow redirects and send credentials to every origin they lead to')
       .option('--post301', 'with -L, a POST stays a POST, with its body, after a 301')
@@ -1151,8 +1164,12 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     );
   const proxyUser = o.proxyUser !== undefined && o.noproxy !== '*' ? parseUser(o.proxyUser as string) : undefined;
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
+  const resolve = (o.resolve as string[] | undefined) ?? [];
+  const connectTo = (o.connectTo as string[] | undefined) ?? [];
+  const routes = resolve.length > 0 || connectTo.length > 0 ? new Routes(resolve, connectTo) : undefined;
   const agent: MultilegAgentOptions = {
     connect,
+    ...(routes ? { connectTo: routes.connectTo } : {}),
     // curl sends Basic to an http:// URL the user named; S4 still keeps it to the trusted origins.
     allowBasicOverHttp: true,
     ...(schemes ? { schemes } : {}),
@@ -1220,6 +1237,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
         : undefined,
     agent,
     proxyUserToAsk,
+    routes,
   };
 }
 

@@ -129,7 +129,7 @@ export class Trace {
           ? 'each request authenticates on its own'
           : 'failed';
     this.#say(
-      `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
+      `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
     );
   }
 

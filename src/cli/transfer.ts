@@ -93,7 +93,8 @@ export function redirectTarget(location: string, url: URL): URL {
  */
 async function proxyFor(req: CliRequest, url: URL): Promise<string | undefined> {
   const { ProxyResolver } = await import('../proxy/options.ts');
-  return new ProxyResolver(req.agent.proxy, process.env, req.agent.negotiate).route(url.origin)?.proxy.origin;
+  const { proxy, negotiate, connectTo } = req.agent;
+  return new ProxyResolver(proxy, process.env, negotiate, connectTo).route(url.origin)?.proxy.origin;
 }
 
 /**

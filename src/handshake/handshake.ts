@@ -77,6 +77,8 @@ export type HandshakeResult =
       readonly authIdCarried: boolean;
       readonly identity?: string;
       readonly fallbackReason?: string;
+      /** Negotiate: the service principal the context asked a ticket for. */
+      readonly spn?: string;
       readonly done: Promise<void>;
     }
   /**
@@ -89,6 +91,8 @@ export type HandshakeResult =
       readonly legs: number;
       readonly authIdCarried: boolean;
       readonly fallbackReason?: string;
+      /** Negotiate: the service principal the context asked a ticket for. */
+      readonly spn?: string;
       readonly done: Promise<void>;
       readonly proofFailed?: MultilegError;
       /** The error the caller got, when it was not the server's own 401. */
@@ -273,9 +277,11 @@ class Handshake {
     this.#step();
   }
 
-  #fallback(): { fallbackReason?: string } {
+  /** What the context tells for the report: why Kerberos was skipped, the SPN it was asked for. */
+  #reported(): { fallbackReason?: string; spn?: string } {
     const reason = this.#context?.fallbackReason;
-    return reason ? { fallbackReason: reason } : {};
+    const spn = this.#context?.spn;
+    return { ...(reason ? { fallbackReason: reason } : {}), ...(spn ? { spn } : {}) };
   }
 
   /** The caller gets `err` (a typed error, never the mechanism's own exception). */
@@ -285,7 +291,7 @@ class Handshake {
       kind: 'failed',
       legs: this.#legs,
       authIdCarried: this.#authIdCarried,
-      ...this.#fallback(),
+      ...this.#reported(),
       done: Promise.resolve(),
       error: err,
     };
@@ -299,7 +305,7 @@ class Handshake {
       'refused' | 'opening' | 'noPassword' | 'proofFailed' | 'error'
     >,
   ): HandshakeResult {
-    return { kind: 'failed', legs: this.#legs, authIdCarried: this.#authIdCarried, ...this.#fallback(), done, ...why };
+    return { kind: 'failed', legs: this.#legs, authIdCarried: this.#authIdCarried, ...this.#reported(), done, ...why };
   }
 
   #end(r: HandshakeResult): void {
@@ -598,7 +604,7 @@ class Handshake {
           authIdCarried,
           done,
           ...(identity ? { identity } : {}),
-          ...this.#fallback(),
+          ...this.#reported(),
         });
         return;
       }

@@ -87,6 +87,12 @@ export interface MechanismContext {
   readonly identity?: string;
   /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */
   readonly fallbackReason?: string | undefined;
+  /**
+   * Negotiate: the service principal name (`HTTP@host`) the context asked a Kerberos ticket for, once
+   * it has (empty or absent before), for reporting only: it names the URL's host, wherever the
+   * connection went (`connectTo`).
+   */
+  readonly spn?: string;
 }
 
 /** A mechanism: a factory of contexts plus fixed properties. Adding one touches one folder. */

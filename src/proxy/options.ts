@@ -5,6 +5,7 @@
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
+import { type ConnectTo, dialFor } from '../connect-to.ts';
 import { ConfigError } from '../errors.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
@@ -101,6 +102,8 @@ export interface ResolvedProxy {
   readonly deliver407: boolean;
   /** See {@link ProxyOptions.connectTimeout}. */
   readonly connectTimeout: number;
+  /** The agent's `connectTo`: where connections to the proxy, and the CONNECTs through it, go. */
+  readonly connectTo?: ConnectTo;
   /**
    * Whether the proxy credentials work at this proxy: its connections authenticate one at a time
    * until they do, and not at all for a while after it refused them (account lockout).
@@ -205,7 +208,12 @@ function flag(name: string, value: unknown): boolean {
   return value;
 }
 
-function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity): ResolvedProxy {
+function resolveProxy(
+  uri: string,
+  o: ProxyOptions,
+  identity: KerberosIdentity,
+  connectTo: ConnectTo | undefined,
+): ResolvedProxy {
   let url: URL;
   try {
     url = new URL(uri.includes('://') ? uri : `http://${uri}`);
@@ -238,6 +246,7 @@ function resolveProxy(uri: string, o: ProxyOptions, identity: KerberosIdentity):
     http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
     deliver407: flag('proxy.deliver407', o.deliver407),
     connectTimeout,
+    ...(connectTo ? { connectTo } : {}),
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
     ),
@@ -323,19 +332,23 @@ export class ProxyResolver {
   /** What the proxies were resolved from, to make their mechanisms again with new credentials. */
   readonly #option: ProxyOptions = {};
   readonly #identity: KerberosIdentity = {};
+  readonly #connectTo: ConnectTo | undefined;
   #noProxyValue: string | undefined;
   #noProxy: NoProxyEntry[] = [];
 
   /**
    * `negotiate`: the agent's own Negotiate options, whose Kerberos identity (ccache, keytab,
-   * principal) proxy Negotiate uses unless the proxy options name their own.
+   * principal) proxy Negotiate uses unless the proxy options name their own. `connectTo`: the
+   * agent's, for the connections to the proxies and the CONNECTs through them.
    */
   constructor(
     option: string | ProxyOptions | false | undefined,
     env: Env = process.env,
     negotiate?: KerberosIdentity | false,
+    connectTo?: ConnectTo,
   ) {
     this.#env = env;
+    this.#connectTo = connectTo;
     const identity = kerberosIdentity(negotiate);
     const o: ProxyOptions = typeof option === 'string' ? { uri: option } : option || {};
     this.#option = o;
@@ -352,15 +365,15 @@ export class ProxyResolver {
         'proxy.connect.ALPNProtocols: the agent chooses what it offers the proxy itself (http/1.1 for CONNECT tunnels; h2 and http/1.1 for forwarded requests); remove it, and for HTTP/1.1 only pass allowH2: false',
       );
     if (o.uri !== undefined) {
-      this.#http = this.#https = resolveProxy(o.uri, o, identity);
+      this.#http = this.#https = resolveProxy(o.uri, o, identity, connectTo);
       this.#fixedNoProxy = o.noProxy ?? '';
     } else {
       // httpoxy: under CGI (REQUEST_METHOD set) HTTP_PROXY is the request's own `Proxy` header, set
       // by any client; lower-case http_proxy cannot come from a request. Go's net/http refuses it too.
       const http = env.http_proxy ?? (env.REQUEST_METHOD === undefined ? env.HTTP_PROXY : undefined);
       const https = env.https_proxy ?? env.HTTPS_PROXY;
-      if (http) this.#http = resolveProxy(http, o, identity);
-      this.#https = https ? resolveProxy(https, o, identity) : this.#http;
+      if (http) this.#http = resolveProxy(http, o, identity, connectTo);
+      this.#https = https ? resolveProxy(https, o, identity, connectTo) : this.#http;
       this.#fixedNoProxy = o.noProxy;
     }
   }
@@ -413,9 +426,22 @@ export class ProxyResolver {
       this.#noProxy = parseNoProxy(noProxy);
     }
     if (!shouldProxy(this.#noProxy, url)) return undefined;
-    return url.protocol === 'https:' || proxy.http === 'tunnel'
+    return url.protocol === 'https:' || proxy.http === 'tunnel' || this.#routed(url)
       ? { kind: 'tunnel', proxy }
       : { kind: 'forward', proxy };
+  }
+
+  /**
+   * Whether `connectTo` sends a plain-http origin's connection elsewhere: a forwarded request names
+   * its own host to the proxy, so such an origin goes through a CONNECT tunnel instead (curl's rule
+   * for --connect-to through an HTTP proxy).
+   */
+  #routed(url: URL): boolean {
+    if (!this.#connectTo) return false;
+    const hostname = unbracketed(url.hostname);
+    const port = portOf(url);
+    const dial = dialFor(this.#connectTo, { hostname, port, via: 'tunnel' });
+    return dial.hostname !== hostname || dial.port !== port;
   }
 }
 

@@ -6,8 +6,9 @@
  * each CONNECT's answer, and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
-import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
+import { type ConnectionOptions, checkServerIdentity, connect as tlsConnect } from 'node:tls';
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
+import { type Dial, dialFor } from '../connect-to.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
@@ -44,15 +45,24 @@ import { ResponseReader, WireError } from './wire.ts';
  */
 export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1']): Promise<Socket> {
   return new Promise((resolve, reject) => {
+    let dial: Dial;
+    try {
+      dial = dialFor(proxy.connectTo, { hostname: proxy.hostname, port: proxy.port, via: 'proxy' });
+    } catch (err) {
+      reject(err);
+      return;
+    }
+    // Routed (the agent's connectTo), only the address changes: TLS still checks the proxy's name.
+    const where = { host: dial.hostname, port: dial.port, ...(dial.lookup ? { lookup: dial.lookup } : {}) };
     const socket: Socket = proxy.tls
       ? tlsConnect({
-          host: proxy.hostname,
-          port: proxy.port,
+          ...where,
           ...(isIpLiteral(proxy.hostname) ? {} : { servername: proxy.hostname }),
           ALPNProtocols: alpn,
           ...proxy.connect,
+          ...(dial.routed ? { checkServerIdentity: identityOf(proxy.hostname, proxy.connect) } : {}),
         })
-      : netConnect({ host: proxy.hostname, port: proxy.port });
+      : netConnect(where);
     const ready = proxy.tls ? 'secureConnect' : 'connect';
     const fail = (err: Error) => {
       clearTimeout(timer);
@@ -105,11 +115,20 @@ export async function connectThroughTunnel(
   signal?: AbortSignal,
 ): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
-  const { socket, holder } = await openTunnel(proxy, hostname, target.port, limits, signal);
+  // The agent's connectTo may send the CONNECT elsewhere; TLS inside is still the origin's.
+  const dial = dialFor(proxy.connectTo, { hostname, port: target.port, via: 'tunnel' });
+  const { socket, holder } = await openTunnel(proxy, dial.hostname, dial.port, limits, signal);
   if (target.protocol !== 'https:') return { socket, holder };
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
-    const secure = tlsConnect({ ...tls, socket, ...(servername ? { servername } : {}), ALPNProtocols: alpn });
+    const secure = tlsConnect({
+      ...tls,
+      socket,
+      ...(servername ? { servername } : {}),
+      ALPNProtocols: alpn,
+      // Without it an address in the URL (no SNI) is checked against the proxy socket's host.
+      checkServerIdentity: identityOf(hostname, tls),
+    });
     const fail = (err: Error) => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', aborted);
@@ -145,6 +164,12 @@ function connectFailure(proxy: ResolvedProxy, err: Error): MultilegError {
   if (UNREACHABLE_CODES.has(code)) return new ProxyUnreachableError(proxy.origin, code, { cause: err });
   if (CERTIFICATE_CODES.has(code)) return new ProxyCertificateError(proxy.origin, code, { cause: err });
   return new ProxyProtocolError(proxy.origin, `cannot connect (${code || err.message})`, { cause: err });
+}
+
+/** The certificate check of `tls` (Node's by default), always against `hostname`. */
+function identityOf(hostname: string, tls: ConnectionOptions): NonNullable<ConnectionOptions['checkServerIdentity']> {
+  const check = tls.checkServerIdentity ?? checkServerIdentity;
+  return (_host, cert) => check(hostname, cert);
 }
 
 function isIpLiteral(host: string): boolean {

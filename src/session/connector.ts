@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
-import { buildConnector } from 'undici';
+import type { buildConnector } from 'undici';
+import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
@@ -59,6 +60,8 @@ export function sessionConnector(
   },
   /** Told of a connection that could not be made, before undici fails the request that asked for it. */
   onFailure?: (err: Error) => void,
+  /** The agent's `connectTo`, for direct connections (a proxy route's carries it for its own). */
+  connectTo?: ConnectTo,
 ): SessionConnector {
   let generation = 0;
   const describe = (socket: Socket, proxied: 'tunnel' | 'forward' | undefined, proxyHolder?: ProxyHolder): Socket => {
@@ -138,7 +141,7 @@ export function sessionConnector(
       },
     };
   }
-  const base = buildConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 });
+  const base = routedConnector({ ...(tls as buildConnector.BuildOptions), allowH2, maxCachedSessions: 0 }, connectTo);
   const dialling = new Set<Socket>();
   const dial = (opts: buildConnector.Options) =>
     new Promise<Socket>((resolve, reject) => {

@@ -41,6 +41,8 @@ export interface HandshakeReport {
    * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`.
    */
   readonly fallbackReason?: string;
+  /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@host`: the URL's host). */
+  readonly spn?: string;
   /**
    * A failed handshake's cause, where it is known: `refused`, the server answered the last leg
    * with a 401 (wrong password, or an account it does not accept); `proof`, the server's final
@@ -837,8 +839,10 @@ class Lead implements HandshakeInput, LegInfo {
     const fallbackReason =
       (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
       (skipped && `${skipped.code}: ${skipped.message}`);
+    const spn = result.kind === 'success' || result.kind === 'failed' ? result.spn : undefined;
     env.report({
       ...(fallbackReason ? { fallbackReason } : {}),
+      ...(spn ? { spn } : {}),
       ...(failure ? { failure } : {}),
       origin: job.origin,
       sessionId: session.id,

@@ -518,6 +518,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       lane,
       identity,
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
+      ...(this.#options.connectTo ? { connectTo: this.#options.connectTo } : {}),
       certified: certificate !== undefined,
       keepAliveTimeout: this.#options.keepAliveTimeout,
       headersTimeout: this.#options.headersTimeout,

@@ -1,5 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
 import { Client, type Dispatcher } from 'undici';
+import type { ConnectTo } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import { publishLeg, tracingLegs } from '../diagnostics.ts';
 import {
@@ -131,6 +132,8 @@ export class Session {
     lane: Lane;
     identity: Identity;
     tls: ConnectionOptions;
+    /** The agent's `connectTo` (where a direct connection goes). */
+    connectTo?: ConnectTo;
     certified: boolean;
     keepAliveTimeout: number;
     /** undici's, for every request and leg on this session's connections. */
@@ -204,6 +207,7 @@ export class Session {
       (err) => {
         if (!this.#connection) opts.onConnectFailed?.(this, err);
       },
+      opts.connectTo,
     );
     this.client = new Client(origin, {
       connect: this.#connector.connect,

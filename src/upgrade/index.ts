@@ -10,10 +10,11 @@
  */
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
-import { buildConnector, Client, type Dispatcher } from 'undici';
+import { type buildConnector, Client, type Dispatcher } from 'undici';
 import { prepareBody, preparedBody } from '../body/replayable.ts';
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
+import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
 import { CookieStoreError, HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
@@ -36,6 +37,8 @@ type Headers = Record<string, string | string[]>;
 export interface UpgradeOptions {
   /** TLS options for origins. */
   readonly connect: ConnectionOptions;
+  /** The agent's `connectTo`: where a direct connection goes (a tunnel's proxy carries it for its own). */
+  readonly connectTo?: ConnectTo;
   readonly proxy: ProxyResolver;
   readonly limits: Limits;
   /** undici's, as on the agent's sessions. */
@@ -134,7 +137,10 @@ export class UpgradeDispatcher {
     // only http/1.1, here as through a tunnel, or an h2 server would take the connection to HTTP/2.
     const base = route
       ? undefined
-      : buildConnector({ ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false });
+      : routedConnector(
+          { ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
+          this.#options.connectTo,
+        );
     let client: Client & { channelBinding?: Buffer };
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { chmod, chown, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { INTRANET_HOST } from './krb5.ts';
 import { freePort } from './net.ts';
 import { APACHE_MODULES } from './peers.ts';
 import { type Daemon, runOk, spawnDaemon, waitDaemon } from './proc.ts';
@@ -77,7 +78,8 @@ export async function startApache(o: ApacheOptions): Promise<Apache> {
     '-subj',
     '/CN=localhost',
     '-addext',
-    'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    // The made-up intranet name too: reached through --resolve, TLS still checks it.
+    `subjectAltName=DNS:localhost,DNS:${INTRANET_HOST},IP:127.0.0.1`,
   ]);
   for (const l of APACHE_LOCATIONS) await writeFile(join(A, `htdocs/${l}/index.html`), `hello from /${l}\n`);
   await runOk('/usr/bin/htpasswd', ['-cbm', join(A, 'conf/htpasswd'), BASIC_USER.username, BASIC_USER.password]);

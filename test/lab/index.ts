@@ -18,7 +18,7 @@ import { type PyAcceptor, startPyAcceptor } from './py-acceptor.ts';
 import { type Squid, startSquid } from './squid.ts';
 
 export { APACHE_LOCATIONS, type Apache, BASIC_USER, DIGEST_REALM } from './apache.ts';
-export { ALICE, CAROL, OTHER_REALM, REALM, type Realm } from './krb5.ts';
+export { ALICE, CAROL, INTRANET_HOST, OTHER_REALM, REALM, type Realm } from './krb5.ts';
 export { freePort, waitForPort } from './net.ts';
 export { type PeerName, type PeerStatus, PYTHON, peerAvailability, requirePeer } from './peers.ts';
 export { type RunResult, run, runOk } from './proc.ts';

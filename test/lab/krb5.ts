@@ -9,6 +9,12 @@ export const ALICE = { principal: `alice@${REALM}`, password: 'alicepw' } as con
 /** A second realm served by the same KDC, with no trust to EXAMPLE.TEST (a "ticket for the wrong realm"). */
 export const OTHER_REALM = 'OTHER.TEST';
 export const CAROL = { principal: `carol@${OTHER_REALM}`, password: 'carolpw' } as const;
+/**
+ * A made-up intranet name that DNS does not know (`.test` is reserved): Apache's keytab holds
+ * `HTTP/intranet.example.test` too and its certificate names it, so a client that connects to
+ * 127.0.0.1 for it (curl's --resolve) authenticates with that SPN.
+ */
+export const INTRANET_HOST = 'intranet.example.test';
 
 export interface Realm {
   readonly realm: string;
@@ -16,7 +22,7 @@ export interface Realm {
   readonly kdcPort: number;
   readonly krb5Conf: string;
   readonly kdcConf: string;
-  /** Keytab holding HTTP/localhost@EXAMPLE.TEST. */
+  /** Keytab holding HTTP/localhost@EXAMPLE.TEST and HTTP/intranet.example.test@EXAMPLE.TEST. */
   readonly keytab: string;
   /** `FILE:` ccache holding alice's TGT (after startup). */
   readonly ccache: string;
@@ -61,6 +67,7 @@ function krb5ConfText(dir: string, kdcPort: number): string {
 [domain_realm]
     localhost = ${REALM}
     .localhost = ${REALM}
+    ${INTRANET_HOST} = ${REALM}
 `;
 }
 
@@ -115,6 +122,8 @@ export async function startRealm(labDir: string): Promise<Realm> {
   await kadmin(`addprinc -pw ${ALICE.password} ${ALICE.principal}`);
   await kadmin(`addprinc -randkey HTTP/localhost@${REALM}`);
   await kadmin(`ktadd -k ${keytab} HTTP/localhost@${REALM}`);
+  await kadmin(`addprinc -randkey HTTP/${INTRANET_HOST}@${REALM}`);
+  await kadmin(`ktadd -k ${keytab} HTTP/${INTRANET_HOST}@${REALM}`);
   await chmod(keytab, 0o644); // Apache runs as www-data, squid helpers as proxy
   await runOk('/usr/sbin/kdb5_util', ['create', '-s', '-r', OTHER_REALM, '-P', `masterpw-${process.pid}`], {
     env: toolEnv,

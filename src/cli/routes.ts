@@ -1,0 +1,163 @@
+/**
+ * curl's --resolve and --connect-to, read as curl 7.88 reads them and mapped onto the agent's
+ * `connectTo`: the URL keeps its name (TLS, Host, cookies, --trust, the Kerberos SPN); only the
+ * address connected to changes.
+ */
+import { isIP } from 'node:net';
+import type { ConnectRoute, ConnectTarget, ConnectTo } from '../connect-to.ts';
+import { EXIT } from './explain.ts';
+import { UsageError } from './options.ts';
+
+/** One --connect-to entry: `HOST1:PORT1:HOST2:PORT2`, an empty part being any host or port (1, 2) or the same (3, 4). */
+interface ConnectToEntry {
+  /** '' matches any host; else compared without case (an IPv6 address in brackets, as curl writes it). */
+  readonly host: string;
+  readonly port: number | undefined;
+  readonly toHost: string | undefined;
+  readonly toPort: number | undefined;
+}
+
+/** `text` as a port number (curl reads 0 to 65535), or undefined when it is none. */
+function portNumber(text: string, allowZero: boolean): number | undefined {
+  if (!/^\d{1,5}$/.test(text)) return undefined;
+  const n = Number(text);
+  return n <= 65535 && (allowZero || n > 0) ? n : undefined;
+}
+
+const lower = (host: string) => host.toLowerCase();
+
+/**
+ * The --resolve entries in order, as curl loads them into its DNS cache: `[+]HOST:PORT:ADDR[,ADDR]…`
+ * adds (or replaces) HOST:PORT's addresses (IPv6 ones in brackets or not; `+` is curl's
+ * "may time out", the same here), `-HOST:PORT` removes an earlier one; `*` as HOST is any host
+ * (curl 7.86+). An entry curl cannot parse is its 49, before anything is sent (curl's words).
+ */
+export function parseResolve(entries: readonly string[]): Map<string, readonly string[]> {
+  const table = new Map<string, readonly string[]>();
+  for (const entry of entries) {
+    if (entry.startsWith('-')) {
+      // curl only says "Bad syntax" in -v for a removal it cannot read, and goes on.
+      const m = /^-([^:]+):(\d+)/.exec(entry);
+      if (m && Number(m[2]) <= 65535) table.delete(`${lower(m[1]!)}:${Number(m[2])}`);
+      continue;
+    }
+    const bad = () =>
+      new UsageError(
+        `Couldn't parse --resolve entry '${entry}': give [+]HOST:PORT:ADDRESS[,ADDRESS]... (IP addresses; IPv6 ones may be in brackets), or -HOST:PORT to remove one`,
+        EXIT.optionSyntax,
+      );
+    const text = entry.startsWith('+') ? entry.slice(1) : entry;
+    const m = /^([^:]*):([^:]*):(.*)$/s.exec(text);
+    const port = m ? portNumber(m[2]!, true) : undefined;
+    if (!m || port === undefined) throw bad();
+    const addresses: string[] = [];
+    for (let address of m[3]!.split(',')) {
+      if (address.startsWith('[')) {
+        if (!address.endsWith(']')) throw bad();
+        address = address.slice(1, -1);
+      }
+      if (address === '') continue; // curl skips empty ones
+      if (!isIP(address) || address.includes('%')) throw bad();
+      addresses.push(address);
+    }
+    if (addresses.length === 0) throw bad();
+    table.set(`${lower(m[1]!)}:${port}`, addresses);
+  }
+  return table;
+}
+
+/**
+ * The --connect-to entries, each checked now: curl reads an entry only when a request's host and
+ * port match it (a port that is no number then is its 49, "No valid port number in connect to host
+ * string"), and passes over one it cannot read without a word; here an entry that can never be
+ * right is that 49 before anything is sent, whatever the URL.
+ */
+export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
+  return entries.map((entry) => {
+    const bad = (why: string) =>
+      new UsageError(
+        `--connect-to '${entry}': ${why}; give HOST1:PORT1:HOST2:PORT2 (an empty part: any host or port, or the same one)`,
+        EXIT.optionSyntax,
+      );
+    // HOST1: up to its colon; an IPv6 address in brackets as curl compares it (with the brackets).
+    const hostEnd = entry.startsWith('[') ? entry.indexOf(']') + 1 : entry.indexOf(':');
+    if (hostEnd <= 0 && !entry.startsWith(':')) throw bad("Couldn't parse the entry");
+    if (entry[hostEnd] !== ':') throw bad("Couldn't parse the entry");
+    const portEnd = entry.indexOf(':', hostEnd + 1);
+    if (portEnd < 0) throw bad("Couldn't parse the entry");
+    const portText = entry.slice(hostEnd + 1, portEnd);
+    const port = portText === '' ? undefined : portNumber(portText, false);
+    if (portText !== '' && port === undefined) throw bad(`No valid port number to match (${portText})`);
+    const rest = entry.slice(portEnd + 1);
+    // HOST2[:PORT2], HOST2 an IPv6 address in brackets or a name (curl's parse_connect_to_host_port).
+    let toHost = rest;
+    let toPortText = '';
+    const close = rest.startsWith('[') ? rest.indexOf(']') : -1;
+    if (rest.startsWith('[') && close < 0) throw bad('Invalid IPv6 address format');
+    const colon = rest.indexOf(':', close + 1);
+    if (colon >= 0) {
+      toHost = rest.slice(0, colon);
+      toPortText = rest.slice(colon + 1);
+    }
+    if (close >= 0 && toHost.length !== close + 1) throw bad('Invalid IPv6 address format');
+    if (close >= 0) toHost = toHost.slice(1, -1);
+    const toPort = toPortText === '' ? undefined : portNumber(toPortText, false);
+    if (toPortText !== '' && toPort === undefined)
+      throw bad(`No valid port number in connect to host string (${toPortText})`);
+    return {
+      host: lower(entry.slice(0, hostEnd)),
+      port,
+      toHost: toHost === '' ? undefined : lower(toHost),
+      toPort,
+    };
+  });
+}
+
+/** What --resolve and --connect-to say, for the agent's `connectTo` and for -v. */
+export class Routes {
+  readonly #resolve: Map<string, readonly string[]>;
+  readonly #connectTo: readonly ConnectToEntry[];
+
+  constructor(resolve: readonly string[], connectTo: readonly string[]) {
+    this.#resolve = parseResolve(resolve);
+    this.#connectTo = parseConnectTo(connectTo);
+  }
+
+  /** -v's lines for the --resolve entries, as curl prints them when it loads them. */
+  added(): string[] {
+    return [...this.#resolve].map(([key, addresses]) => `* Added ${key}:${addresses.join(',')} to DNS cache`);
+  }
+
+  /** The agent's `connectTo`: curl's rules for each connection (see {@link ConnectTarget.via}). */
+  readonly connectTo: ConnectTo = ({ hostname, port, via }: ConnectTarget): ConnectRoute | undefined => {
+    // curl resolves a proxy's name through its DNS cache too; --connect-to is for the origin only.
+    if (via === 'proxy') {
+      const addresses = this.#addresses(hostname, port);
+      return addresses ? { addresses } : undefined;
+    }
+    const moved = this.#moved(hostname, port);
+    // Through a proxy the CONNECT names the host: the proxy looks it up, not --resolve.
+    if (via === 'tunnel') return moved;
+    const addresses = this.#addresses(moved?.hostname ?? hostname, moved?.port ?? port);
+    return addresses ? { ...moved, addresses } : moved;
+  };
+
+  /** curl's first matching --connect-to entry that names a HOST2 or a PORT2 (one with neither is passed over). */
+  #moved(hostname: string, port: number): { hostname?: string; port?: number } | undefined {
+    const host = isIP(hostname) === 6 ? `[${hostname}]` : hostname;
+    for (const e of this.#connectTo) {
+      if ((e.host !== '' && e.host !== host) || (e.port !== undefined && e.port !== port)) continue;
+      if (e.toHost === undefined && e.toPort === undefined) continue;
+      return {
+        ...(e.toHost !== undefined ? { hostname: e.toHost } : {}),
+        ...(e.toPort !== undefined ? { port: e.toPort } : {}),
+      };
+    }
+    return undefined;
+  }
+
+  /** The --resolve addresses for host:port (then `*`:port, curl's wildcard). */
+  #addresses(hostname: string, port: number): readonly string[] | undefined {
+    return this.#resolve.get(`${lower(hostname)}:${port}`) ?? this.#resolve.get(`*:${port}`);
+  }
+}

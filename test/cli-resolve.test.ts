@@ -1,0 +1,341 @@
+/**
+ * curl's --resolve and --connect-to, side by side with curl 7.88 against the same servers: a site
+ * reached under a name DNS does not know (`app.test`), one node of a farm, a plain proxy. Only the
+ * address connected to changes; the URL's host stays what TLS checks, the Host header, credentials
+ * (the trust policy) and channel bindings use. The Kerberos SPN at the real KDC: test/cli-lab.test.ts.
+ */
+import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, request as httpRequest, type Server } from 'node:http';
+import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { type CliResult, runCli, runCommand } from './cli-helpers.ts';
+import { requirePeer } from './lab/index.ts';
+
+const listen = async (server: Server) => {
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return (server.address() as { port: number }).port;
+};
+
+/** curl's environment: no proxy of the developer's. */
+const curlEnv = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => !/^(https?|no)_proxy$/i.test(k) && k !== 'ALL_PROXY'),
+);
+
+describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88', () => {
+  let server: ReferenceServer;
+  let ca: string;
+  /** The reference server's port (TLS, a certificate for localhost and 127.0.0.1). */
+  let sp: number;
+  let plain: Server;
+  /** The plain server's port; it answers `Host <host> user <Authorization's user>`. */
+  let p: number;
+  /** What the plain server received: `host path`. */
+  const seen: string[] = [];
+  let proxy: Server;
+  /** The plain proxy's port: it forwards and tunnels, every name it is asked for being 127.0.0.1 (its DNS). */
+  let pp: number;
+  /** What the proxy was asked: `GET http://…` or `CONNECT host:port`. */
+  const asked: string[] = [];
+
+  /** multileg and curl with the same arguments (`-sS -w '%{http_code} %{remote_ip} %{remote_port}'`). */
+  const both = async (args: readonly string[]): Promise<{ ours: CliResult; curl: CliResult }> => {
+    const common = ['-sS', '-w', '%{http_code} %{remote_ip} %{remote_port}', ...args];
+    const ours = await runCli(common);
+    const curl = await runCommand('/usr/bin/curl', common, '', curlEnv);
+    return { ours, curl };
+  };
+  /** What -w prints, without the body before it. */
+  const written = (r: CliResult) => r.stdout.split('\n').pop();
+  /**
+   * -w's line as the two should agree on it: all of it for a response; the status alone otherwise
+   * (multileg leaves remote_ip and remote_port empty where no connection stood, curl writes its 0 or
+   * the address whose TLS failed).
+   */
+  const agreed = (r: CliResult) => (r.code === 0 ? written(r) : written(r)?.split(' ')[0]);
+
+  beforeAll(async () => {
+    server = await startReferenceServer({ mode: 'session', requireChannelBinding: true });
+    sp = Number(new URL(server.origin).port);
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-resolve-'));
+    ca = join(dir, 'ca.pem');
+    writeFileSync(ca, server.ca);
+    plain = createHttpServer((req, res) => {
+      seen.push(`${req.headers.host} ${req.url}`);
+      const auth = req.headers.authorization;
+      if (req.url === '/basic' && !auth) {
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+        return;
+      }
+      const user = auth ? Buffer.from(auth.slice(6), 'base64').toString().split(':')[0] : '-';
+      res.writeHead(200).end(`Host ${req.headers.host} user ${user}\n`);
+    });
+    p = await listen(plain);
+    proxy = createHttpServer((req, res) => {
+      asked.push(`${req.method} ${req.url}`);
+      const target = new URL(req.url ?? '');
+      const upstream = httpRequest(
+        { host: '127.0.0.1', port: target.port, path: target.pathname, method: req.method, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      upstream.on('error', () => res.writeHead(502).end());
+      req.pipe(upstream);
+    });
+    proxy.on('connect', (req, client) => {
+      asked.push(`CONNECT ${req.url}`);
+      const port = Number(String(req.url).split(':').pop());
+      const upstream = netConnect(port, '127.0.0.1', () => {
+        client.write('HTTP/1.1 200 Connection established\r\n\r\n');
+        upstream.pipe(client);
+        client.pipe(upstream);
+      });
+      upstream.on('error', () => client.destroy());
+      client.on('error', () => upstream.destroy());
+    });
+    pp = await listen(proxy);
+  });
+  afterAll(async () => {
+    plain.closeAllConnections();
+    plain.close();
+    proxy.closeAllConnections();
+    proxy.close();
+    await server.close();
+  });
+
+  it("S1: --resolve reaches the server under a name DNS does not know: the Host header is the URL's, credentials go to the URL's origin, -w and -v name the address reached (curl's \"Connected to app.test (127.0.0.1) port N\")", async () => {
+    const url = `http://app.test:${p}/basic`;
+    const { ours, curl } = await both(['-u', 'alice:alicepw', '--resolve', `app.test:${p}:127.0.0.1`, url]);
+    expect(ours.code, ours.stderr).toBe(0);
+    expect(ours.stdout).toBe(`Host app.test:${p} user alice\n200 127.0.0.1 ${p}`);
+    expect(ours.stdout).toBe(curl.stdout);
+    const verbose = await runCli(['-v', '-s', '-o', '/dev/null', '--resolve', `app.test:${p}:127.0.0.1`, url]);
+    expect(verbose.stderr).toContain(`* Added app.test:${p}:127.0.0.1 to DNS cache\n`);
+    expect(verbose.stderr).toContain(`* Connected to app.test (127.0.0.1) port ${p}\n`);
+    const curlVerbose = await runCommand(
+      '/usr/bin/curl',
+      ['-v', '-s', '-o', '/dev/null', '--resolve', `app.test:${p}:127.0.0.1`, url],
+      '',
+      curlEnv,
+    );
+    expect(curlVerbose.stderr).toContain(`* Added app.test:${p}:127.0.0.1 to DNS cache\n`);
+    expect(curlVerbose.stderr).toContain(`* Connected to app.test (127.0.0.1) port ${p} (#0)\n`);
+  });
+
+  it('--resolve as curl 7.88 reads it: several entries, `*`, `+`, IPv6 in brackets, addresses tried in order, -HOST:PORT removing one, a later entry replacing one; an entry it cannot parse is its 49 and nothing is sent', async () => {
+    const url = `http://app.test:${p}/`;
+    const cases: Array<[entries: string[], exit: number]> = [
+      [[`*:${p}:127.0.0.1`], 0],
+      [[`+app.test:${p}:127.0.0.1`], 0],
+      [[`APP.TEST:${p}:127.0.0.1`], 0],
+      // ::1 refuses (the server listens on 127.0.0.1): the next address is tried.
+      [[`app.test:${p}:[::1],127.0.0.1`], 0],
+      [[`app.test:${p}:,127.0.0.1`], 0],
+      [[`other.test:${p}:127.0.0.2`, `app.test:${p}:127.0.0.1`], 0],
+      [[`app.test:${p}:127.0.0.1`, `-app.test:${p}`], 6],
+      [[`app.test:${p}:127.0.0.1`, `app.test:${p}:127.0.0.2`], 7],
+      [[`app.test:1:127.0.0.1`], 6],
+    ];
+    for (const [entries, exit] of cases) {
+      const { ours, curl } = await both([...entries.flatMap((e) => ['--resolve', e]), url]);
+      expect([ours.code, curl.code], entries.join(' ')).toEqual([exit, exit]);
+      expect(agreed(ours), entries.join(' ')).toBe(agreed(curl));
+    }
+    const before = seen.length;
+    for (const bad of [
+      `app.test:${p}`,
+      'app.test::127.0.0.1',
+      'app.test:x:127.0.0.1',
+      `app.test:${p}:app.internal`,
+      `app.test:${p}:`,
+      'app.test:99999:127.0.0.1',
+      `app.test:${p}:[127.0.0.1`,
+      `app.test:${p}:127.0.0.1:80`,
+    ]) {
+      const { ours, curl } = await both(['--resolve', bad, url]);
+      expect([ours.code, curl.code], bad).toEqual([49, 49]);
+      expect(curl.stderr).toContain(`Couldn't parse CURLOPT_RESOLVE entry '${bad}'`);
+      expect(ours.stderr).toContain(`multileg: Couldn't parse --resolve entry '${bad}': give [+]HOST:PORT:ADDRESS`);
+    }
+    expect(seen.length).toBe(before);
+  });
+
+  it("--connect-to as curl 7.88 reads it: empty parts (any host or port; the same one), the first entry that matches and names a HOST2 or PORT2 wins, --resolve applies to HOST2; a PORT2 that is no port is its 49; an entry that can never match is multileg's 49 (curl passes over it)", async () => {
+    const url = `http://app.test:${p}/`;
+    const cases: Array<[entries: string[], exit: number]> = [
+      [[`app.test:${p}:127.0.0.1:${p}`], 0],
+      [[`::127.0.0.1:${p}`], 0],
+      [['app.test::127.0.0.1:'], 0],
+      [[`:${p}:127.0.0.1:`], 0],
+      [[`APP.TEST:${p}:127.0.0.1:`], 0],
+      // Nothing after PORT1, or neither HOST2 nor PORT2: passed over.
+      [[`app.test:${p}:`, `app.test:${p}:127.0.0.1:${p}`], 0],
+      [[`app.test:${p}::`, `app.test:${p}:127.0.0.1:1`], 7],
+      [[`app.test:${p}:127.0.0.1:1`, `app.test:${p}:127.0.0.1:${p}`], 7],
+      [[`app.test:1:127.0.0.1:${p}`], 6],
+      [[`other.test:${p}:127.0.0.1:${p}`], 6],
+    ];
+    for (const [entries, exit] of cases) {
+      const { ours, curl } = await both([...entries.flatMap((e) => ['--connect-to', e]), url]);
+      expect([ours.code, curl.code], entries.join(' ')).toEqual([exit, exit]);
+      expect(agreed(ours), entries.join(' ')).toBe(agreed(curl));
+    }
+    // --resolve gives HOST2 its address, as curl's DNS cache does.
+    const chained = await both([
+      '--connect-to',
+      `app.test:${p}:backend.test:`,
+      '--resolve',
+      `backend.test:${p}:127.0.0.1`,
+      url,
+    ]);
+    expect([chained.ours.code, chained.curl.code]).toEqual([0, 0]);
+    expect(chained.ours.stdout).toBe(`Host app.test:${p} user -\n200 127.0.0.1 ${p}`);
+    expect(chained.ours.stdout).toBe(chained.curl.stdout);
+    // A refused connection names the address it went to, as curl's "Failed to connect to 127.0.0.1 port 1".
+    const refused = await runCli(['-sS', '--connect-to', `app.test:${p}:127.0.0.1:1`, url]);
+    expect(refused.stderr).toBe(`multileg: could not connect to app.test:${p} at 127.0.0.1 port 1 (ECONNREFUSED)\n`);
+    const before = seen.length;
+    for (const bad of [`app.test:${p}:127.0.0.1:x`, `app.test:${p}:127.0.0.1:${p}:9`]) {
+      const { ours, curl } = await both(['--connect-to', bad, url]);
+      expect([ours.code, curl.code], bad).toEqual([49, 49]);
+      expect(curl.stderr).toContain('No valid port number in connect to host string');
+      expect(ours.stderr).toContain(`--connect-to '${bad}': No valid port number in connect to host string`);
+    }
+    // curl reads an entry only for a URL it matches, and passes over one it cannot read: a typo
+    // would go unnoticed there (6 here, the name unknown); multileg says so before sending anything.
+    for (const bad of [`app.test:${p}`, `app.test:x:127.0.0.1:${p}`, `app.test:${p}:[::1:${p}`]) {
+      const { ours, curl } = await both(['--connect-to', bad, url]);
+      expect([ours.code, curl.code], bad).toEqual([49, 6]);
+      expect(ours.stderr).toContain(`--connect-to '${bad}': `);
+      expect(ours.stderr).toContain('give HOST1:PORT1:HOST2:PORT2');
+    }
+    expect(seen.length).toBe(before);
+  });
+
+  it("S1: TLS checks the certificate against the URL's host wherever the connection goes: app.test (the server's certificate names localhost) is 60, as curl's, -k passes; a name or address the certificate has is 200", async () => {
+    const cases: Array<[args: string[], exit: number]> = [
+      [['--resolve', `app.test:${sp}:127.0.0.1`, `https://app.test:${sp}/public/x`], 60],
+      [['--connect-to', `app.test:${sp}:localhost:${sp}`, `https://app.test:${sp}/public/x`], 60],
+      [['-k', '--resolve', `app.test:${sp}:127.0.0.1`, `https://app.test:${sp}/public/x`], 0],
+      [['--resolve', `localhost:${sp}:127.0.0.1`, `https://localhost:${sp}/public/x`], 0],
+      [['--connect-to', `localhost:1:127.0.0.1:${sp}`, 'https://localhost:1/public/x'], 0],
+      // An address in the URL: checked against that address (the certificate has 127.0.0.1 only).
+      [['--connect-to', `127.0.0.2:${sp}:127.0.0.1:${sp}`, `https://127.0.0.2:${sp}/public/x`], 60],
+    ];
+    for (const [args, exit] of cases) {
+      const { ours, curl } = await both(['-o', '/dev/null', '--cacert', ca, ...args]);
+      expect([ours.code, curl.code], args.join(' ')).toEqual([exit, exit]);
+      expect(ours.stdout, args.join(' ')).toBe(exit === 0 ? `200 127.0.0.1 ${sp}` : '000  ');
+      expect(agreed(ours), args.join(' ')).toBe(agreed(curl));
+    }
+    const named = await runCli([
+      '-sS',
+      '--cacert',
+      ca,
+      '--resolve',
+      `app.test:${sp}:127.0.0.1`,
+      `https://app.test:${sp}/`,
+    ]);
+    expect(named.stderr).toMatch(/the certificate .* not app\.test/);
+  });
+
+  it('M1/M5: NTLM channel bindings come from the certificate of the server reached: a server that requires them (MsvAvChannelBindings) takes alice through --resolve and --connect-to', async () => {
+    for (const route of [
+      ['--resolve', `app.test:${sp}:127.0.0.1`],
+      ['--connect-to', `app.test:${sp}:localhost:${sp}`],
+    ]) {
+      const r = await runCli([
+        '-k',
+        '--ntlm',
+        '-u',
+        'EXAMPLE\\alice:alicepw',
+        '-w',
+        '\n%{http_code}',
+        ...route,
+        `https://app.test:${sp}/private`,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/"user":"EXAMPLE\\\\alice".*\n200$/s);
+    }
+    const last = server.exchanges.at(-1)!;
+    expect([last.authority, last.status]).toEqual([`app.test:${sp}`, 200]);
+  });
+
+  it("H5: through a proxy, as curl: --resolve applies to the proxy's name (not to the origin the proxy looks up), --connect-to to the origin only; an http:// URL it routes elsewhere goes through a CONNECT tunnel to HOST2:PORT2", async () => {
+    const check = async (args: string[], exit: number, wanted: string[]) => {
+      asked.length = 0;
+      const { ours, curl } = await both(args);
+      expect([ours.code, curl.code], args.join(' ')).toEqual([exit, exit]);
+      // (Through a proxy multileg's -w has no remote_ip yet: the status alone.)
+      expect(written(ours)?.split(' ')[0], args.join(' ')).toBe(written(curl)?.split(' ')[0]);
+      // The proxy was asked the same by both.
+      expect(asked, args.join(' ')).toEqual([...wanted, ...wanted]);
+      return { ours, curl };
+    };
+    const viaName = ['-x', `http://proxy.test:${pp}`];
+    const viaAddress = ['-x', `http://127.0.0.1:${pp}`];
+    const forwarded = await check(
+      [...viaName, '--resolve', `proxy.test:${pp}:127.0.0.1`, `http://app.test:${p}/f`],
+      0,
+      [`GET http://app.test:${p}/f`],
+    );
+    expect(forwarded.ours.stdout).toMatch(new RegExp(`^Host app.test:${p} user -\n200 `));
+    await check([...viaName, '--connect-to', `proxy.test:${pp}:127.0.0.1:${pp}`, `http://app.test:${p}/`], 5, []);
+    // 10.255.255.1 would not answer: the proxy, not --resolve, finds app.test.
+    await check([...viaAddress, '--resolve', `app.test:${p}:10.255.255.1`, `http://app.test:${p}/g`], 0, [
+      `GET http://app.test:${p}/g`,
+    ]);
+    const tunnelled = await check(
+      [...viaAddress, '--connect-to', `app.test:${p}:backend.test:`, `http://app.test:${p}/t`],
+      0,
+      [`CONNECT backend.test:${p}`],
+    );
+    expect(tunnelled.ours.stdout).toMatch(new RegExp(`^Host app.test:${p} user -\n200 `));
+    const tls = ['-o', '/dev/null', '--cacert', ca, ...viaAddress];
+    await check([...tls, '--connect-to', `localhost:1:localhost:${sp}`, 'https://localhost:1/public/x'], 0, [
+      `CONNECT localhost:${sp}`,
+    ]);
+    // The certificate is checked against the URL's host inside the tunnel too: app.test, and
+    // 127.0.0.2 (an address in the URL, which has no SNI: not the proxy's 127.0.0.1).
+    await check([...tls, '--connect-to', `app.test:${sp}:localhost:${sp}`, `https://app.test:${sp}/public/x`], 60, [
+      `CONNECT localhost:${sp}`,
+    ]);
+    await check([...tls, '--connect-to', `127.0.0.2:${sp}:127.0.0.1:${sp}`, `https://127.0.0.2:${sp}/public/x`], 60, [
+      `CONNECT 127.0.0.1:${sp}`,
+    ]);
+    const verbose = await runCli([
+      '-v',
+      '-s',
+      '-o',
+      '/dev/null',
+      ...viaName,
+      '--resolve',
+      `proxy.test:${pp}:127.0.0.1`,
+      '--cacert',
+      ca,
+      `https://localhost:${sp}/public/x`,
+    ]);
+    expect(verbose.code, verbose.stderr).toBe(0);
+    expect(verbose.stderr).toContain(`* Connected to proxy.test (127.0.0.1) port ${pp}, tunnel to localhost:${sp}\n`);
+  });
+
+  it("doctor checks the server --resolve leads to, for the URL's name: its certificate is for localhost, not app.test", async () => {
+    const r = await runCli([
+      'doctor',
+      '--resolve',
+      `app.test:${sp}:127.0.0.1`,
+      '--cacert',
+      ca,
+      `https://app.test:${sp}/`,
+    ]);
+    expect(r.stdout).toMatch(/^FAIL +TLS: the certificate is for localhost, 127\.0\.0\.1, not app\.test/m);
+    const bad = await runCli(['doctor', '--resolve', 'app.test', `https://app.test:${sp}/`]);
+    expect([bad.code, bad.stdout]).toEqual([49, '']);
+  });
+});
