@@ -13,6 +13,7 @@ import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { type Lab, requirePeer, run, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gss-binding');
+const haveAddon = havePeers && requirePeer('kerberos-addon');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -463,6 +464,35 @@ describe.skipIf(!havePeers)('Kerberos over days (real MIT KDC, Apache mod_auth_g
       await agent.close();
     }
   });
+
+  it.skipIf(!haveAddon)(
+    "S6/H5: with the kerberos addon (which cannot be asked whether the ccache changed), once a proxy connection is held as bob, alice's kept-alive one carries no more requests",
+    async () => {
+      const a = lab.apache!;
+      const realm = lab.realm!;
+      await realm.kinit({ ccache });
+      const agent = new MultilegAgent({
+        negotiate: { backend: 'kerberos' },
+        proxy: { uri: a.proxyOrigin!, schemes: ['Negotiate'], negotiate: { backend: 'kerberos' } },
+      });
+      const url = `${a.cleartextOrigin}/public/?r=proxy-addon`;
+      const tools = { env: { ...realm.toolEnv, KRB5CCNAME: ccache } };
+      try {
+        expect(await outcome(url, agent)).toMatch(/^200 /);
+        await run('/usr/bin/kdestroy', [], tools);
+        await realm.kinit({ ccache, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
+        // Four at once: new proxy connections authenticate, as bob.
+        for (const answer of await Promise.all([0, 1, 2, 3].map(() => outcome(url, agent))))
+          expect(answer).toMatch(/^200 /);
+        for (let i = 0; i < 6; i++) expect(await outcome(url, agent)).toMatch(/^200 /);
+        const users = await usersLogged((l) => l.includes(`"GET ${url} `), 11);
+        // Was: alice for the 6 after the burst, on her kept-alive proxy connection (review r25).
+        expect(users.slice(5)).toEqual(Array(6).fill('bob@EXAMPLE.TEST'));
+      } finally {
+        await agent.close();
+      }
+    },
+  );
 
   it('S6/H5: a CONNECT tunnel alice authenticated with the ambient ticket carries no request once her tickets are gone: after kdestroy; kinit bob the next request goes through a tunnel bob made, after kdestroy alone it gets the no-ticket error', async () => {
     const a = lab.apache!;

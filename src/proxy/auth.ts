@@ -26,10 +26,12 @@ export interface ProxyCredentials {
 }
 
 /**
- * Who a proxy connection's handshake proved the agent to be, with credentials that live outside
- * the agent and can change under a running process (a Kerberos ticket from a ccache): the pool asks
- * `mechanism.holdsCredentials(identity)` now and then, and retires the connection once they are
- * gone (S6: `kdestroy; kinit bob` must not leave requests running as alice at the proxy).
+ * Who a proxy connection's handshake proved the agent to be, and by which mechanism (S6): the pool
+ * retires the agent's other sessions whose proxy connection is held as another account once one is
+ * held as this one, and — for credentials that live outside the agent and can change under a running
+ * process (a Kerberos ticket from a ccache) — asks `mechanism.holdsCredentials(identity)` now and
+ * then and retires the connection once they are gone (`kdestroy; kinit bob` must not leave requests
+ * running as alice at the proxy).
  */
 export interface ProxyHolder {
   readonly mechanism: Mechanism;
@@ -114,9 +116,9 @@ export class ProxyAuth {
   }
 
   /**
-   * The identity the last successful handshake on this connection proved, when its credentials can
-   * change outside the agent ({@link Mechanism.holdsCredentials}: a ticket from a ccache); kept
-   * until another handshake succeeds, as the proxy holds the connection as that identity till then.
+   * The identity the last successful handshake on this connection proved (when its mechanism says
+   * one); kept until another handshake succeeds, as the proxy holds the connection as that identity
+   * till then.
    */
   get holder(): ProxyHolder | undefined {
     return this.#holder;
@@ -422,7 +424,7 @@ export class ProxyAuth {
     const context = this.#context;
     await this.#finish(context, headers, leg);
     const identity = context.identity;
-    this.#holder = mechanism.holdsCredentials && identity !== undefined ? { mechanism, identity } : undefined;
+    this.#holder = identity !== undefined ? { mechanism, identity } : undefined;
   }
 
   async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {

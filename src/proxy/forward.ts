@@ -91,7 +91,7 @@ export class ForwardProxy {
      * or leg is given to it any more, so each goes to a new connection at once.
      */
     onClosing: () => void;
-    /** A handshake on the connection proved an identity whose credentials can change outside the agent ({@link holder}). */
+    /** A handshake on the connection proved an identity ({@link holder}). */
     onHolder?: () => void;
   }) {
     this.route = opts.route;
@@ -125,7 +125,7 @@ export class ForwardProxy {
     return this.#wire?.destroyed === true;
   }
 
-  /** Who the proxy holds this connection as, with a ccache's ticket (S6: see {@link ProxyAuth.holder}). */
+  /** Who the proxy holds this connection as (S6: see {@link ProxyAuth.holder}). */
   get holder(): ProxyHolder | undefined {
     return this.#auth.holder;
   }

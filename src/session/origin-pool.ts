@@ -178,6 +178,27 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   /**
+   * `session`'s proxy connection is held as {@link Session.proxyHolder}'s identity (S6): the sessions
+   * whose proxy connection is held as another account retire, as #identityProved does for the
+   * origin's, so that after a `kinit bob` no request keeps going to the proxy as alice once bob is
+   * proved there — whatever the backend (the `kerberos` addon cannot be asked whether a ccache
+   * changed). One whose credentials can change outside the agent is watched from now on.
+   */
+  #proxyIdentityProved(session: Session): void {
+    const holder = session.proxyHolder;
+    if (!holder || session.closed) return;
+    if (holder.mechanism.holdsCredentials) this.#watchHolders = true;
+    let retired = 0;
+    for (const s of [...this.#sessions]) {
+      const other = s.proxyHolder;
+      if (s === session || s.closed || !other || sameAccount(other.identity, holder.identity)) continue;
+      s.apply({ type: 'closed' });
+      retired += 1;
+    }
+    if (retired > 0) log.pool('%s: the proxy now holds another identity: %d session(s) retire', this.origin, retired);
+  }
+
+  /**
    * A session that never handshakes again cannot notice the switch above: while one is authenticated
    * by credentials from outside the agent (Kerberos' ccache), each request asks at most once every
    * TICKET_RECHECK_MS whether they still belong to its identity, and its sessions retire once they
@@ -199,7 +220,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     for (const s of [...this.#sessions]) {
       if (s.closed) continue;
       const proxied = s.proxyHolder;
-      if (proxied) {
+      if (proxied?.mechanism.holdsCredentials) {
         watched = true;
         const { mechanism, identity } = proxied;
         if (!proxyAnswers.has(identity)) proxyAnswers.set(identity, askHolds(mechanism, identity));
@@ -540,9 +561,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
             route: this.#route,
             onRemoteHttp1: () => this.memory.rememberHttp1(),
             // S6: from now on requests ask (at most once a second) whether the proxy identity's tickets are still there.
-            onProxyHolder: () => {
-              this.#watchHolders = true;
-            },
+            onProxyHolder: (session) => this.#proxyIdentityProved(session),
           }
         : {}),
     });

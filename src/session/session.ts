@@ -155,8 +155,8 @@ export class Session {
     onRemoteHttp1?: () => void;
     /** The session's first connection could not be made (before undici fails the request that asked for it). */
     onConnectFailed?: (session: Session, err: Error) => void;
-    /** Its proxy connection authenticated with a ccache's ticket ({@link proxyHolder}): the pool watches it (S6). */
-    onProxyHolder?: () => void;
+    /** A handshake with its proxy proved an identity ({@link proxyHolder}): the pool acts on it (S6). */
+    onProxyHolder?: (session: Session) => void;
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
@@ -189,7 +189,7 @@ export class Session {
           log.session('%s proxy closes the connection after its answer: closing', this.id);
           this.apply({ type: 'closed' });
         },
-        ...(opts.onProxyHolder ? { onHolder: opts.onProxyHolder } : {}),
+        ...(opts.onProxyHolder ? { onHolder: () => opts.onProxyHolder?.(this) } : {}),
       });
     }
     const route = opts.route
@@ -201,7 +201,7 @@ export class Session {
       allowH2,
       (info) => {
         this.#connected(info);
-        if (info.proxyHolder && this.#connection === info) opts.onProxyHolder?.();
+        if (info.proxyHolder && this.#connection === info) opts.onProxyHolder?.(this);
       },
       route,
       (err) => {
@@ -235,9 +235,9 @@ export class Session {
     return this.#connection;
   }
   /**
-   * Who the proxy holds this session's connection as (a forwarding proxy's, or the CONNECT tunnel's)
-   * when a handshake with it proved an identity whose credentials live outside the agent (a ccache's
-   * Kerberos ticket): the pool retires the session once they are gone (S6).
+   * Who the proxy holds this session's connection as (a forwarding proxy's, or the CONNECT tunnel's),
+   * when a handshake with it proved an identity: the pool retires the session once another account
+   * is proved at the proxy, or its credentials are gone (a ccache's Kerberos ticket; S6).
    */
   get proxyHolder(): ProxyHolder | undefined {
     return this.#forward ? this.#forward.holder : this.#connection?.proxyHolder;
