@@ -260,8 +260,10 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     } finally {
       unsubscribe('undici:client:sendHeaders', rotate);
     }
-    // At the call: both had met their bare 401, only one had gone on (NEGOTIATE).
-    expect(atCall).toEqual([undefined, undefined, 'NTLM/1']);
+    // At the call: both had met their bare 401, only one had gone on (NEGOTIATE) — in whichever
+    // order the server saw them (the second bare request may arrive after the first's NEGOTIATE).
+    expect(atCall.filter((a) => a === undefined)).toHaveLength(2);
+    expect(atCall.filter((a) => a !== undefined)).toEqual(['NTLM/1']);
     // The old password's AUTHENTICATE went once, before the call (refused); after it, only the new one's.
     expect(
       origin.seen
