@@ -6,8 +6,8 @@
  *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
  *   arrives, and when it fails;
  * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
- *   the caller unanswered, because the trust policy withheld the credentials (why that 401; not
- *   published for upgrades).
+ *   the caller unanswered, because the trust policy withheld the credentials, or because the server
+ *   refused them lately and they are held back (R4) — why that 401; not published for upgrades.
  * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
  *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
  * - `multileg:unanswered` — an {@link UnansweredEvent} when an origin's 401 goes to the caller
@@ -41,12 +41,16 @@ const unansweredChannel = channel(UNANSWERED_CHANNEL);
 /**
  * A 401 the agent could have answered reached the caller unanswered: its credentials are withheld
  * from this request (S1, S4, S5) — the origin is not trusted, or the request is a cross-origin
- * redirect hop. (Over cleartext the caller gets `CleartextCredentialsError` instead.)
+ * redirect hop (over cleartext the caller gets `CleartextCredentialsError` instead) — or, reason
+ * `refused-lately`, the server refused them here lately and they are held back for a while (R4:
+ * account lockout; a wrong password is not tried by every request), `heldBackFor` ms more.
  */
 export interface WithheldEvent {
   readonly origin: string;
   readonly path: string;
-  readonly reason: WithheldReason;
+  readonly reason: WithheldReason | 'refused-lately';
+  /** With `refused-lately`: how long (ms) the credentials are still held back here. */
+  readonly heldBackFor?: number;
   /** The schemes the 401 offered (names only). */
   readonly schemes: readonly string[];
   /** Date.now() when the event was published. */

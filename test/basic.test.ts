@@ -2,11 +2,19 @@
  * Basic (RFC 7617): UTF-8 credentials, proactive after the first success, and refusal over
  * cleartext unless the caller allows it — against the reference server and a hand-made http server.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CleartextCredentialsError, MechanismError, MultilegAgent, type MultilegError } from '../src/index.ts';
+import {
+  CleartextCredentialsError,
+  MechanismError,
+  MultilegAgent,
+  type MultilegError,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
+} from '../src/index.ts';
 import { BasicOverHttpError, basicAuthorization, basicMechanism } from '../src/mechanisms/basic/index.ts';
 import type { LegInfo } from '../src/mechanisms/types.ts';
 import { get, type Rig, rig } from './helpers.ts';
@@ -96,6 +104,30 @@ describe('Basic (RFC 7617)', () => {
     expect(r.server.exchanges.map((e) => [e.status, e.reason ?? ''])).toEqual([
       [401, ''],
       [401, 'bad-password'],
+    ]);
+  });
+
+  it('R4: a 401 met while the refused password is held back says so on multileg:withheld (refused-lately, for how long); nothing is sent with it', async () => {
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request' },
+      { negotiate: false, credentials: { username: 'alice', password: 'wrong' } },
+    );
+    expect((await get(r, '/auth/x')).status).toBe(401);
+    const events: WithheldEvent[] = [];
+    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onWithheld);
+    try {
+      expect((await get(r, '/auth/y')).status).toBe(401);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onWithheld);
+    }
+    // Was: nothing said why, and the 401 looked like a refusal of what it sent (it sent nothing).
+    expect(events).toEqual([
+      expect.objectContaining({ path: '/auth/y', reason: 'refused-lately', schemes: ['Basic'] }),
+    ]);
+    expect(events[0]!.heldBackFor).toBeGreaterThan(0);
+    expect(r.server.exchanges.filter((e) => e.path === '/auth/y').map((e) => e.requestHeaders.authorization)).toEqual([
+      undefined,
     ]);
   });
 });

@@ -463,6 +463,24 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       schemes: readChallenges(headers).map((c) => c.scheme),
       time: Date.now(),
     }));
+  } else if (
+    status === 401 &&
+    job.identity === 'agent' &&
+    env.memory.credentialsRefused &&
+    env.mechanisms.choose(readChallenges(headers))
+  ) {
+    // R4: held back after the server refused them here; without a word the caller could not tell
+    // this 401 from a refusal of what it sent (it sent nothing), nor when they go again.
+    const heldBackFor = env.memory.proof.refusedFor;
+    log.agent('%s job %d: 401 not answered: refused here lately, held back %d ms more', job.origin, job.id, heldBackFor);
+    publishWithheld(() => ({
+      origin: job.origin,
+      path: job.dispatchOptions.path,
+      reason: 'refused-lately',
+      heldBackFor,
+      schemes: readChallenges(headers).map((c) => c.scheme),
+      time: Date.now(),
+    }));
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
   if (status === 421 && job.relocations < 2) {
