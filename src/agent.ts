@@ -101,9 +101,14 @@ export interface MultilegStats {
   requests: number;
   /** Sessions (connections) opened. */
   sessions: number;
+  /**
+   * Handshakes with origins (each {@link HandshakeReport}). A proxy's are not counted here: its
+   * CONNECTs and 407 legs are on `multileg:leg` (session `proxy-N`) and `multileg:proxy-unanswered`.
+   */
   handshakes: number;
-  /** Handshake legs sent with credentials. */
+  /** Handshake legs sent with credentials to origins. */
   legs: number;
+  /** Handshakes with origins that ended without authenticating. */
   failedHandshakes: number;
   /** Origins the agent holds connections and memory for now (idle ones are dropped past 64). */
   origins: number;

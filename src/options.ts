@@ -230,7 +230,8 @@ export interface MultilegAgentOptions {
    * the address changes: the URL's host stays what TLS sends (SNI) and verifies the certificate
    * against, the Host header, cookies, `trustedOrigins` and the Kerberos SPN (`HTTP@host`); channel
    * bindings come from the certificate of the server reached. An `http://` origin routed
-   * elsewhere behind a forwarding proxy goes through a CONNECT tunnel (curl's rule). Upgrades too.
+   * elsewhere behind a forwarding proxy goes through a CONNECT tunnel (curl's rule; decided once per
+   * origin, at its first request, so answer the same for an origin throughout). Upgrades too.
    * (`connect.lookup` also reaches Node's socket for direct connections, but it is not told the
    * port, nor asked for proxies.)
    */
