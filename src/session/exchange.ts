@@ -472,7 +472,12 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     // R4: held back after the server refused them here; without a word the caller could not tell
     // this 401 from a refusal of what it sent (it sent nothing), nor when they go again.
     const heldBackFor = env.memory.proof.refusedFor;
-    log.agent('%s job %d: 401 not answered: refused here lately, held back %d ms more', job.origin, job.id, heldBackFor);
+    log.agent(
+      '%s job %d: 401 not answered: refused here lately, held back %d ms more',
+      job.origin,
+      job.id,
+      heldBackFor,
+    );
     publishWithheld(() => ({
       origin: job.origin,
       path: job.dispatchOptions.path,
