@@ -166,15 +166,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return;
     }
     this.#proved = { identity, admitted };
-    let retired = 0;
-    for (const s of [...this.#sessions]) {
-      const state = s.state;
-      if (s === session || s.identity !== 'agent' || state.kind !== 'authenticated') continue;
-      if (state.identity === undefined || sameAccount(state.identity, identity)) continue;
-      s.apply({ type: 'closed' });
-      retired += 1;
-    }
-    if (retired > 0) log.pool('%s now authenticates as another identity: %d session(s) retire', this.origin, retired);
+    this.#retireOthers(session, identity, authenticatedAs, 'the origin');
   }
 
   /**
@@ -188,14 +180,19 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     const holder = session.proxyHolder;
     if (!holder || session.closed) return;
     if (holder.mechanism.holdsCredentials) this.#watchHolders = true;
+    this.#retireOthers(session, holder.identity, (s) => s.proxyHolder?.identity, 'the proxy');
+  }
+
+  /** Retires the open sessions but `kept` that `identityOf` says are held as another account than `identity` (S6). */
+  #retireOthers(kept: Session, identity: string, identityOf: (s: Session) => string | undefined, where: string): void {
     let retired = 0;
     for (const s of [...this.#sessions]) {
-      const other = s.proxyHolder;
-      if (s === session || s.closed || !other || sameAccount(other.identity, holder.identity)) continue;
+      const other = s === kept || s.closed ? undefined : identityOf(s);
+      if (other === undefined || sameAccount(other, identity)) continue;
       s.apply({ type: 'closed' });
       retired += 1;
     }
-    if (retired > 0) log.pool('%s: the proxy now holds another identity: %d session(s) retire', this.origin, retired);
+    if (retired > 0) log.pool('%s: %s now holds another identity: %d session(s) retire', this.origin, where, retired);
   }
 
   /**
@@ -640,6 +637,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }
+}
+
+/** The identity `s` is authenticated as at the origin, when it is the agent's and authenticated. */
+function authenticatedAs(s: Session): string | undefined {
+  const state = s.state;
+  return s.identity === 'agent' && state.kind === 'authenticated' ? state.identity : undefined;
 }
 
 /**
