@@ -9,8 +9,11 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { brotliCompressSync, deflateRawSync, deflateSync, gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bodyDecoding } from '../src/cli/decode.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { runCli as run, runCommand } from './cli-helpers.ts';
 
@@ -180,6 +183,40 @@ describe('multileg --compressed, as curl', () => {
       expect(curl.code, args.join(' ')).toBe(0);
       expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(0);
       if (args[0] !== '-I') expect(ours.stdout, args.join(' ')).toBe(curl.stdout);
+    }
+  });
+
+  it('--compressed: the decoders wait for a slow reader — a br, zstd, gzip or stacked (gzip then br) body of 16 MiB of zeros sent into a consumer that never takes a chunk pushes at most a few highWaterMarks out of the decoding, not the whole body (review r26: 1 GiB of zeros in an 809-byte br body piped into `sleep` reached 1.19 GB, curl 27 MB)', async () => {
+    const zeros = Buffer.alloc(16 << 20);
+    const cases: Array<[string, Buffer]> = [
+      ['br', brotliCompressSync(zeros)],
+      ['zstd', zstdCompressSync(zeros)],
+      ['gzip', gzipSync(zeros)],
+      ['gzip, br', brotliCompressSync(gzipSync(zeros))],
+    ];
+    for (const [coding, body] of cases) {
+      const { stages, decoded } = bodyDecoding(coding, 'test.example');
+      // A reader that takes one chunk and never asks for the next (stdout into `sleep 20`).
+      let taken = 0;
+      const stuck = new Writable({
+        highWaterMark: 1,
+        write(chunk: Buffer, _encoding, _callback) {
+          taken += chunk.length;
+        },
+      });
+      const done = pipeline([Readable.from([body]), ...stages, stuck]).catch(() => {});
+      // Until the decoding stops moving (no time is asserted: only the bytes it let out).
+      let last = -1;
+      for (let still = 0; still < 20; still = decoded() === last ? still + 1 : 0) {
+        last = decoded();
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const bound = 4 * stages.at(-1)!.readableHighWaterMark;
+      expect(taken, coding).toBeGreaterThan(0);
+      expect(decoded(), coding).toBeLessThanOrEqual(bound);
+      for (const stage of stages) stage.destroy();
+      stuck.destroy();
+      await done;
     }
   });
 
