@@ -60,6 +60,14 @@ describe('multileg --compressed, as curl', () => {
         res.writeHead(204, { 'content-encoding': 'gzip' }).end();
         return;
       }
+      // /six-204, /six-304, /six-302 (to /gzip?six), /six-404: that status with 6 codings.
+      const six = /^\/six-(\d{3})$/.exec(path);
+      if (six) {
+        const status = Number(six[1]);
+        const head = { 'content-encoding': Array(6).fill('identity').join(', '), location: '/gzip?six' };
+        res.writeHead(status, head).end(status === 204 || status === 304 ? undefined : 'abc');
+        return;
+      }
       const [coding, body] = ANSWERS[path] ?? ['gzip', GZIP];
       // setHeader: a list is sent as that many Content-Encoding lines.
       res.setHeader('content-type', 'text/plain');
@@ -218,6 +226,26 @@ describe('multileg --compressed, as curl', () => {
       stuck.destroy();
       await done;
     }
+  });
+
+  it("--compressed: more than 5 codings is curl's 61 as the head is read, whatever the status — a redirect's under -L, -f's 404, a HEAD's (-I) — but a 204's or a 304's, which have no body, are not looked at (curl 7.88 exits 0; multileg exited 61)", async () => {
+    for (const [args, code] of [
+      [[`${origin}/six-204`], 0],
+      [[`${origin}/six-304`], 0],
+      [['-L', `${origin}/six-302`], 61],
+      [[`${origin}/six-302`], 61],
+      [['-f', `${origin}/six-404`], 61],
+      [['-I', `${origin}/six`], 61],
+    ] as const) {
+      const { ours, curl } = await both(['-sS', '--compressed', ...args]);
+      expect(curl.code, args.join(' ')).toBe(code);
+      expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(code);
+      if (code === 61) expect(ours.stderr).toMatch(/^multileg: Reject response due to more than 5 content encodings: /);
+      else expect(ours.stderr).toBe('');
+      if (args[0] !== '-I') expect(ours.stdout, args.join(' ')).toBe(curl.stdout);
+    }
+    // -L did not follow the refused redirect (curl's).
+    expect(asked.get('/gzip?six')).toBeUndefined();
   });
 
   it("--compressed: an Accept-Encoding given with -H is sent instead of curl's (-H 'Accept-Encoding:' sends none, 'Accept-Encoding;' an empty one), and the body is decoded all the same, as curl's", async () => {

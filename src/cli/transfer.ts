@@ -24,6 +24,12 @@ import type { CliTrust } from './trust.ts';
 /** A response the agent gives the command. */
 type Answer = Awaited<ReturnType<MultilegAgent['request']>>;
 
+/**
+ * Statuses whose response has no body (RFC 9110 §6.4.1): curl reads no Content-Encoding on them
+ * (its `http_bodyless`), so --compressed refuses none of their heads. A HEAD's is still read (curl's).
+ */
+const bodyless = (status: number): boolean => status < 200 || status === 204 || status === 304;
+
 /** The statuses -L follows. */
 export const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
 
@@ -287,8 +293,10 @@ async function outputBody(
 }
 
 /**
- * --compressed's decoding of the final response's body (decode.ts, loaded only then). A response
- * with more codings than curl accepts is refused before its body, which is dropped unread.
+ * --compressed's decoding of a response's body (decode.ts, loaded only then): every response the
+ * command receives, as curl reads each head's Content-Encoding, though only the final body goes
+ * through it. A response with more codings than curl accepts is refused before its body, which is
+ * dropped unread.
  */
 async function decodingOf(res: Answer, url: URL): Promise<BodyDecoding> {
   const { bodyDecoding } = await import('./decode.ts');
@@ -425,6 +433,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         // answer retried shows its head, not its body (stdout would have it twice); an -o file
         // forgets it (heads = '', below).
         shownHeads?.received(protocol, res);
+        // --compressed: curl refuses a head with more than 5 codings as it reads it, before -L,
+        // -f or --retry look at its status (61 for a redirect too); never a 204's or a 304's.
+        const decoding = req.compressed && !bodyless(status) ? await decodingOf(res, hop.url) : undefined;
         const location = res.headers.location;
         if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
           await res.body.dump();
@@ -467,8 +478,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         });
         // --compressed: the body is decoded after it is counted (curl's -w size_download is the
         // bytes received); not -f's refused one, which is dropped unread as curl does.
-        const decoding = req.compressed && !(req.fail && status >= 400) ? await decodingOf(res, hop.url) : undefined;
-        const stages = decoding ? [counter, ...decoding.stages] : [counter];
+        const decoded = req.fail && status >= 400 ? undefined : decoding;
+        const stages = decoded ? [counter, ...decoded.stages] : [counter];
         const problem = await outputBody(req, res, status, stages, heads, stdout, () => {
           wroteOutput = true;
         });
@@ -482,7 +493,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         if (last) {
           last.bodySize = bytes;
           // --har: the size decoded beside the size received, once the body was decoded.
-          if (decoding && decoding.stages.length > 0) last.contentSize = decoding.decoded();
+          if (decoded && decoded.stages.length > 0) last.contentSize = decoded.decoded();
         }
         const failing = (req.fail || req.failWithBody) && status >= 400;
         // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
