@@ -332,6 +332,57 @@ describe('multileg command line', () => {
     );
   });
 
+  it("S6: a copied browser command's own -H 'Authorization: NTLM …' with --ntlm -u: the header goes alone (the caller's identity, never mixed with -u's), a warning says at the start that -u's credentials are not used (not with -s), and the 401's explanation names the header; the header alone says it was refused", async () => {
+    const own = 'NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==';
+    const url = `${ntlmOnly.origin}/auth/copied`;
+    const warning =
+      "multileg: Warning: -H 'Authorization: …' replaces -u: its credentials are not used; drop the header\n";
+    const copied = await run(['--ntlm', ...alice(), '-H', `authorization: ${own}`, url]);
+    expect(copied.code).toBe(0);
+    expect(copied.stderr).toBe(
+      `${warning}multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; it refused the Authorization given with -H, which replaces -u: its credentials were not used; drop the header\n`,
+    );
+    // S6: only the caller's header went, never alice's NTLM.
+    const sent = ntlmOnly.exchanges.filter((e) => e.path === '/auth/copied').map((e) => e.requestHeaders.authorization);
+    expect(sent).toEqual([own]);
+    // -s: neither the warning nor the explanation (curl's silence).
+    expect((await run(['-s', '--ntlm', ...alice(), '-H', `Authorization: ${own}`, url])).stderr).toBe('');
+    // --negotiate -u : and the URL's user:password are named too; a netrc flag likewise.
+    const ticket = await run([
+      '-s',
+      '-S',
+      '--negotiate',
+      '-u',
+      ':',
+      '--cacert',
+      ca,
+      '-H',
+      `Authorization: ${own}`,
+      url,
+    ]);
+    expect(ticket.stderr).not.toContain('Warning');
+    const named = await run(['--negotiate', '-u', ':', '--cacert', ca, '-H', `Authorization: ${own}`, url]);
+    expect(named.stderr).toContain(
+      "multileg: Warning: -H 'Authorization: …' replaces -u : (the Kerberos ticket): its credentials are not used; drop the header\n",
+    );
+    const inUrl = await run([
+      '--cacert',
+      ca,
+      '-H',
+      `Authorization: ${own}`,
+      url.replace('https://', 'https://bob:pw@'),
+    ]);
+    expect(inUrl.stderr).toContain("replaces the URL's user:password: its credentials are not used");
+    // The header alone: no warning; the explanation says the server refused it.
+    const alone = await run(['--cacert', ca, '-H', `Authorization: ${own}`, url]);
+    expect(alone.stderr).toBe(
+      `multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; it refused the Authorization given with -H (sent as given, never answered for): check or drop the header\n`,
+    );
+    // -u alone, or -H 'Authorization:' (which drops the header): no warning.
+    for (const args of [alice(), [...alice(), '-H', 'Authorization:']])
+      expect((await run(['-o', '/dev/null', ...args, `${server.origin}/auth/x`])).stderr).toBe('');
+  });
+
   it('exits 1 with a typed error whose message names CLI flags, not library options', async () => {
     const limited = await run(['--max-legs', '1', ...alice(), `${server.origin}/auth/x`]);
     expect(limited.code).toBe(1);

@@ -424,9 +424,19 @@ export function explain401(ctx: {
   readonly netrcFile?: string | undefined;
   readonly schemes: readonly string[] | undefined;
   readonly handshakes: readonly HandshakeReport[];
+  /**
+   * The request carried the caller's own Authorization (-H), which the agent sends as it is and
+   * never answers for (S6); `replaces`, the flag whose credentials it kept unused.
+   */
+  readonly ownAuthorization?: { readonly replaces: string | undefined } | undefined;
 }): string {
   const offered = ctx.offered.length > 0 ? ctx.offered.join(', ') : 'no scheme';
   const head = `${ctx.origin} answered 401 and offered ${offered}`;
+  const own = ctx.ownAuthorization;
+  if (own)
+    return own.replaces !== undefined
+      ? `${head}; it refused the Authorization given with -H, which replaces ${own.replaces}: its credentials were not used; drop the header`
+      : `${head}; it refused the Authorization given with -H (sent as given, never answered for): check or drop the header`;
   const failed = ctx.handshakes.filter((h) => h.origin === ctx.origin && h.outcome === 'failed');
   if (failed.length > 0) {
     const h = failed[failed.length - 1]!;

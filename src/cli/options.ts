@@ -55,6 +55,12 @@ export interface CliRequest {
   readonly transfers: ReadonlyArray<Transfer>;
   /** More -o than URLs: curl's warning, the extra ones unused. */
   readonly unusedOutputs: boolean;
+  /**
+   * The flag whose credentials a `-H 'Authorization: …'` keeps from every request (`-u`, the URL's
+   * user:password, `--netrc`, `--negotiate`): the caller's own header is the request's identity (S6),
+   * so they are never used. Undefined without such a header, or without such a flag.
+   */
+  readonly authorizationReplaces: string | undefined;
   /** --fail-early: stop at the first transfer that fails (else the last one's result is the exit code). */
   readonly failEarly: boolean;
   readonly method: string;
@@ -960,6 +966,23 @@ function outputFile(output: string | typeof REMOTE_NAME | undefined, url: URL): 
 }
 
 /**
+ * The flag that gave the command credentials (`-u`, the URL's user:password, a netrc flag, or
+ * `--negotiate` for the Kerberos ticket), named when a `-H 'Authorization: …'` keeps them unused.
+ */
+function credentialsFlag(
+  o: Record<string, unknown>,
+  user: UserArg | undefined,
+  only: readonly string[],
+): string | undefined {
+  if (o.user !== undefined) return o.user === ':' ? '-u : (the Kerberos ticket)' : '-u';
+  if (user !== undefined) return "the URL's user:password";
+  if (o.netrcFile !== undefined) return '--netrc-file';
+  if (o.netrcOptional) return '--netrc-optional';
+  if (o.netrc) return '--netrc';
+  return only.includes('negotiate') ? '--negotiate' : undefined;
+}
+
+/**
  * --compressed's Accept-Encoding: the codings Node's zlib decodes, in curl's order (curl 7.88 built
  * with zlib, brotli and zstd sends the same); zstd only where this Node has its decoder (22.15 and
  * later). zlib is asked only with --compressed, so a plain request's start does not load it.
@@ -1185,6 +1208,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     url,
     transfers,
     unusedOutputs: outputs.length > transfers.length,
+    authorizationReplaces: 'authorization' in headers ? credentialsFlag(o, user, only) : undefined,
     failEarly: Boolean(o.failEarly),
     // As given (curl sends `-X patch` as `patch`).
     method: transfers[0]!.method,

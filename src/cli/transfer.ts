@@ -193,11 +193,12 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
  */
 async function whyStood(
   req: CliRequest,
-  url: URL,
+  hop: Hop,
   status: number,
   headers: Record<string, string | string[] | undefined>,
   { command, credentials, trace }: TransferEnv,
 ): Promise<string | undefined> {
+  const { url } = hop;
   // The 401 came as the answer because what it offers cannot run here (deliver401): why (kinit…).
   const unanswered = trace.lastDelivered?.unanswered;
   if (status === 401 && unanswered && unanswered.unusable.length > 0)
@@ -212,6 +213,8 @@ async function whyStood(
       netrcFile: req.user === undefined && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined,
       schemes: req.agent.schemes,
       handshakes: trace.handshakes,
+      // The request carried the caller's own Authorization (-H; not dropped by a redirect).
+      ...(hop.headers.authorization !== undefined ? { ownAuthorization: { replaces: req.authorizationReplaces } } : {}),
     });
   if (status !== 407) return undefined;
   const proxy = await proxyFor(req, url);
@@ -498,7 +501,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         const failing = (req.fail || req.failWithBody) && status >= 400;
         // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
         // run); -S brings it back only where -f makes the status an error.
-        const why = !req.silent || failing ? await whyStood(req, hop.url, status, res.headers, env) : undefined;
+        const why = !req.silent || failing ? await whyStood(req, hop, status, res.headers, env) : undefined;
         if (why !== undefined) say(why);
         if (failing) {
           fail(EXIT.httpError, `(22) HTTP ${status}`);
