@@ -13,7 +13,16 @@ import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import type { CommandAgent } from './command-agent.ts';
 import type { BodyDecoding } from './decode.ts';
-import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
+import {
+  challengeSchemes,
+  describeFailure,
+  EXIT,
+  explain401,
+  explain407,
+  type Failure,
+  forCli,
+  netrcFileOf,
+} from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
@@ -209,8 +218,7 @@ async function whyStood(
       offered: challengeSchemes(headers, status),
       trusted: command.trusted.trusts(url.origin),
       hasPassword: credentials !== undefined,
-      // -u (or the URL's user) wins over a netrc file, which gave them only without one.
-      netrcFile: req.user === undefined && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined,
+      netrcFile: netrcFileOf(req),
       schemes: req.agent.schemes,
       handshakes: trace.handshakes,
       // The request carried the caller's own Authorization (-H; not dropped by a redirect).
