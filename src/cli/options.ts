@@ -199,6 +199,11 @@ export function program(): Commander.Command {
         '<url...>',
         'the URLs to request, one after another over the same connections (no scheme means https://)',
       )
+      .option(
+        '--url <url>',
+        'a URL to request, as one given without a flag, in its place among them (repeatable)',
+        collect,
+      )
       .option('-X, --request <method>', 'request method')
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
@@ -314,6 +319,8 @@ export function program(): Commander.Command {
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
       .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
       .option('--http1.1', 'use HTTP/1.1 only')
+      .option('--http2', 'use HTTP/2 where the server offers it, the default (the last of --http1.1 and --http2 wins)')
+      .option('--no-progress-meter', 'accepted, as curl: multileg shows no progress meter')
       .option(
         '--compressed',
         'ask for a compressed response (Accept-Encoding: deflate, gzip, br, zstd) and write its body decoded',
@@ -814,6 +821,7 @@ const SECRET_VALUES: Readonly<
   '--data-urlencode': 'urlencode',
   '--form': 'form',
   '--referer': 'url',
+  '--url': 'url',
 };
 const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
 
@@ -862,6 +870,48 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
       return colon < 0 ? value : `${value.slice(0, colon)}:***`;
     }
   }
+}
+
+/**
+ * curl's `--url URL` as a URL given without a flag, in its place among them (curl keeps one list in
+ * the order given, which -o pairs with): the arguments as commander reads them — options and their
+ * values first, then `--` and the URLs in order. Unchanged without a `--url`.
+ */
+function urlsInPlace(argv: readonly string[], cmd: Commander.Command): string[] {
+  if (!argv.some((a) => a === '--url' || a.startsWith('--url='))) return [...argv];
+  const takesValue = new Set<string>();
+  for (const option of cmd.options)
+    if (option.required || option.optional) {
+      if (option.short) takesValue.add(option.short);
+      if (option.long) takesValue.add(option.long);
+    }
+  const options: string[] = [];
+  const urls: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      urls.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg === '--url') {
+      // A --url with nothing after it: commander's "argument missing", as for any option.
+      if (i + 1 === argv.length) return [...argv];
+      urls.push(argv[++i]!);
+    } else if (arg.startsWith('--url=')) urls.push(arg.slice('--url='.length));
+    else if (arg.startsWith('--')) {
+      options.push(arg);
+      if (!arg.includes('=') && takesValue.has(arg) && i + 1 < argv.length) options.push(argv[++i]!);
+    } else if (arg.startsWith('-') && arg.length > 1) {
+      options.push(arg);
+      // Short flags together: the first that takes a value takes the rest, or the next argument.
+      for (let j = 1; j < arg.length; j++) {
+        if (!takesValue.has(`-${arg[j]}`)) continue;
+        if (j === arg.length - 1 && i + 1 < argv.length) options.push(argv[++i]!);
+        break;
+      }
+    } else urls.push(arg);
+  }
+  return [...options, '--', ...urls];
 }
 
 /**
@@ -1002,7 +1052,15 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const outputs: Array<string | typeof REMOTE_NAME> = [];
   cmd.on('option:output', (file: string) => outputs.push(file));
   cmd.on('option:remote-name', () => outputs.push(REMOTE_NAME));
-  cmd.parse(argv as string[], { from: 'user' });
+  // --http1.1 and --http2: the last one given wins (curl's); HTTP/2 is the default.
+  let http1 = false;
+  cmd.on('option:http1.1', () => {
+    http1 = true;
+  });
+  cmd.on('option:http2', () => {
+    http1 = false;
+  });
+  cmd.parse(urlsInPlace(argv, cmd), { from: 'user' });
   const o = cmd.opts();
   for (const arg of cmd.args) {
     notAUrl(arg, Boolean(o.json));
@@ -1218,7 +1276,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     upload: transfers[0]!.upload,
     formType,
     autoReferer,
-    http1: Boolean(o['http1.1']),
+    http1,
     compressed: Boolean(o.compressed),
     include: Boolean(o.include) || head,
     head,
