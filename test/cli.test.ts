@@ -17,6 +17,7 @@ import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
 import { unsupportedNode } from '../src/node-version.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
 import {
   type ReferenceProxy,
@@ -1073,6 +1074,18 @@ describe('multileg command line', () => {
     expect(body.message).toBe(
       'intranet.example.com:8443 sent nothing more of the body for 300 s (UND_ERR_BODY_TIMEOUT): the server is stuck or overloaded; -m SECONDS (--max-time) ends the wait sooner',
     );
+  });
+
+  it('R1: README and docs/RELIABILITY.md give the wait in the library\'s queue the default DEFAULT_LIMITS.queueTimeout has (60 s; the exit codes said "past its 30 s")', () => {
+    const seconds = `${DEFAULT_LIMITS.queueTimeout / 1000} s`;
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const reliability = readFileSync(new URL('../docs/RELIABILITY.md', import.meta.url), 'utf8');
+    const said = [
+      ...readme.matchAll(/the library's queue past its (\d+ s)/g),
+      ...readme.matchAll(/\| `limits\.queueTimeout` \| (\d+ s) \|/g),
+      ...reliability.matchAll(/\| `limits\.queueTimeout` \| (\d+ s) \|/g),
+    ].map((m) => m[1]);
+    expect(said).toEqual([seconds, seconds, seconds]);
   });
 
   it("C11/R1/R3: the library's own time limits (a handshake's, a queue wait's, a proxy's) are curl's 28, as -m's, and --retry-all-errors may retry them", () => {
