@@ -11,7 +11,8 @@
  * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
  *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
  * - `multileg:unanswered` — an {@link UnansweredEvent} when an origin's 401 goes to the caller
- *   because every scheme it offers that the agent has cannot run here (`deliver401`), and why.
+ *   because every scheme it offers that the agent has cannot run here (`deliver401`), and why; or
+ *   because the credentials are kept back after a refusal there (R4: `keptBackMs`).
  *
  * Events carry no secret (S2): `Authorization`, `Proxy-Authorization`, `Auth-ID`, cookies, the
  * tokens in `WWW-Authenticate` / `Proxy-Authenticate` and Digest's `rspauth` in
@@ -92,8 +93,10 @@ export function publishProxyUnanswered(event: () => ProxyUnansweredEvent): void 
 /**
  * An origin's 401 reached the caller (`deliver401`) because the agent's mechanisms for the schemes
  * it offers cannot run here — Negotiate without a Kerberos ticket, or without GSS-API — where
- * without `deliver401` the request fails with the first of these errors. Published before the
- * caller gets the response; nothing was sent with credentials for it.
+ * without `deliver401` the request fails with the first of these errors; or, with `keptBackMs`
+ * (whatever `deliver401` says), because the origin refused the agent's credentials lately and they
+ * are kept back (R4). Published before the caller gets the response; nothing was sent with
+ * credentials for it.
  */
 export interface UnansweredEvent {
   readonly origin: string;
@@ -102,6 +105,12 @@ export interface UnansweredEvent {
   readonly schemes: readonly string[];
   /** The offered schemes that cannot run here, with why: the error's code and message (which name the fix, never a secret). */
   readonly unusable: readonly { readonly scheme: string; readonly code: string; readonly message: string }[];
+  /**
+   * R4: the origin refused the agent's credentials lately, and they go to it with no request for
+   * another `keptBackMs` ms (a refused password's wait doubles with each refusal in a row, up to
+   * 30 min; a Kerberos ticket's is 30 s): this request went without them. Absent otherwise.
+   */
+  readonly keptBackMs?: number;
   /** Date.now() when the event was published. */
   readonly time: number;
 }

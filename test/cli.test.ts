@@ -1520,6 +1520,42 @@ describe('multileg command line', () => {
     expect(existsSync(join(dir, 'multi-b'))).toBe(false);
   });
 
+  it('R4: with several URLs, one sent without credentials because the server refused them for an earlier URL says they were held back, and for how long — not that the server refused them (it was never sent them); -v says so too', async () => {
+    const wrong = ['--ntlm', '-u', 'EXAMPLE\\alice:wrong', '--cacert', ca];
+    ntlmOnly.exchanges.length = 0;
+    const r = await run([
+      '-v',
+      '-o',
+      '/dev/null',
+      '-o',
+      '/dev/null',
+      ...wrong,
+      `${ntlmOnly.origin}/auth/r1`,
+      `${ntlmOnly.origin}/auth/r2`,
+    ]);
+    expect(r.code).toBe(0);
+    const said = r.stderr.split('\n').filter((l) => l.startsWith('multileg: '));
+    expect(said).toEqual([
+      `multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; the server refused our NTLM credentials after 2 leg(s): check -u user:password (DOMAIN\\user)`,
+      expect.stringMatching(
+        new RegExp(
+          `^multileg: ${ntlmOnly.origin.replaceAll('.', '\\.')} answered 401 and offered NTLM; no credentials were sent: the server refused them lately \\(NTLM, for an earlier request\\), so they are held back from it for another (\\d+) s \\(a wrong password tried again and again locks the account\\): check -u user:password \\(DOMAIN\\\\user\\)$`,
+        ),
+      ),
+    ]);
+    // How long: what is left of the 30 s a first refusal keeps them back (no clock asserted).
+    const left = Number(/held back from it for another (\d+) s/.exec(r.stderr)?.[1]);
+    expect(left).toBeGreaterThan(0);
+    expect(left).toBeLessThanOrEqual(30);
+    expect(r.stderr).toMatch(
+      /\* its 401 is the answer: the credentials, refused here lately, are held back for another \d+ s\n/,
+    );
+    // The second URL went once, bare (R4): the server never saw the password for it.
+    expect(
+      ntlmOnly.exchanges.filter((e) => e.path === '/auth/r2').map((e) => e.requestHeaders.authorization ?? null),
+    ).toEqual([null]);
+  });
+
   it("S1: with several URLs, each URL's origin gets credentials in its own transfer only, never because another URL names it", async () => {
     // The first URL redirects (-L) to the second URL's origin: that hop goes without credentials, as
     // it would alone; the second URL, on that origin, is sent them.

@@ -473,6 +473,11 @@ export function explain401(ctx: {
    * never answers for (S6); `replaces`, the flag whose credentials it kept unused.
    */
   readonly ownAuthorization?: { readonly replaces: string | undefined } | undefined;
+  /**
+   * R4: the request went without the credentials because the server refused them lately (an
+   * earlier URL's handshake): how long (ms) they are still kept back.
+   */
+  readonly keptBackMs?: number | undefined;
 }): string {
   const offered = ctx.offered.length > 0 ? ctx.offered.join(', ') : 'no scheme';
   const head = `${ctx.origin} answered 401 and offered ${offered}`;
@@ -482,6 +487,12 @@ export function explain401(ctx: {
       ? `${head}; it refused the Authorization given with -H, which replaces ${own.replaces}: its credentials were not used; drop the header`
       : `${head}; it refused the Authorization given with -H (sent as given, never answered for): check or drop the header`;
   const failed = ctx.handshakes.filter((h) => h.origin === ctx.origin && h.outcome === 'failed');
+  if (ctx.keptBackMs !== undefined) {
+    const h = failed.at(-1);
+    const refused = h ? ` (${h.scheme}, for an earlier request)` : '';
+    const fix = h ? `: ${refusalFix(h, ctx.offered, ctx.netrcFile)}` : '';
+    return `${head}; no credentials were sent: the server refused them lately${refused}, so they are held back from it for another ${Math.ceil(ctx.keptBackMs / 1000)} s (a wrong password tried again and again locks the account)${fix}`;
+  }
   if (failed.length > 0) {
     const h = failed[failed.length - 1]!;
     return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${refusalFix(h, ctx.offered, ctx.netrcFile)}`;

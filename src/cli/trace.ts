@@ -28,7 +28,10 @@ export interface LegRecord {
   bodySize?: number;
   /** Its size decoded, when --compressed decoded it (--har's content.size). */
   contentSize?: number;
-  /** Its 401 is the answer because what it offers cannot run here (the agent's deliver401), and why. */
+  /**
+   * Its 401 is the answer because what it offers cannot run here (the agent's deliver401), or
+   * because the credentials are held back after a refusal (`keptBackMs`), and why.
+   */
   unanswered?: UnansweredEvent;
 }
 
@@ -168,7 +171,10 @@ export class Trace {
         this.#onHeld?.();
       }
     }
-    const why = e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
+    const why =
+      e.keptBackMs !== undefined
+        ? `the credentials, refused here lately, are held back for another ${Math.ceil(e.keptBackMs / 1000)} s`
+        : e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
     this.#say(`* its 401 is the answer: ${why || 'nothing offered can run here'}`);
   }
 

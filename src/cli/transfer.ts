@@ -221,6 +221,7 @@ async function whyStood(
       netrcFile: netrcFileOf(req),
       schemes: req.agent.schemes,
       handshakes: trace.handshakes,
+      keptBackMs: unanswered?.keptBackMs,
       // The request carried the caller's own Authorization (-H; not dropped by a redirect).
       ...(hop.headers.authorization !== undefined ? { ownAuthorization: { replaces: req.authorizationReplaces } } : {}),
     });

@@ -448,6 +448,24 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       return 'swallow';
     }
   }
+  // R4: the credentials were refused here lately and go nowhere until their wait ends: the caller
+  // is told so with this 401, which is no refusal of this request's own.
+  if (
+    status === 401 &&
+    job.identity === 'agent' &&
+    !job.noAuth &&
+    !env.mechanisms.empty &&
+    env.memory.credentialsRefused &&
+    env.mechanisms.choose(readChallenges(headers))
+  )
+    publishUnanswered(() => ({
+      origin: job.origin,
+      path: job.dispatchOptions.path,
+      schemes: readChallenges(headers).map((c) => c.scheme),
+      unusable: [],
+      keptBackMs: env.memory.proof.refusedFor,
+      time: Date.now(),
+    }));
   if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
     const reason = job.withheld;
     log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, reason);
