@@ -1845,6 +1845,69 @@ describe('multileg command line', () => {
     expect(validateHar(JSON.parse(readFileSync(made, 'utf8')))).toEqual([]);
   });
 
+  it("S2: --har gives each leg's request body: its bodySize and HAR 1.2's postData — a form's text and params, a JSON body, a multipart form's fields (files by name), another type by its type alone — with credential-like fields [redacted]; a GET's legs bodySize 0 (was -1 and no postData)", async () => {
+    const har = join(dir, 'post.har');
+    const entries = async (args: string[], path: string) => {
+      const r = await run(['-o', '/dev/null', '--har', har, ...alice(), ...args, `${server.origin}${path}`]);
+      expect(r.code, r.stderr).toBe(0);
+      const text = readFileSync(har, 'utf8');
+      // No credential: neither -u's password nor a credential-like field's value.
+      expect(text).not.toMatch(/alicepw|S3CRET/);
+      const doc = JSON.parse(text);
+      expect(validateHar(doc)).toEqual([]);
+      return doc.log.entries as Array<{ request: { method: string; bodySize: number; postData?: unknown } }>;
+    };
+    const form = 'user=alice&password=S3CRET1&note=hi+there';
+    const posted = await entries(['-d', form], '/auth/har-form');
+    // Every leg of the handshake sent the body (C10): the 401s' too.
+    expect(posted.map((e) => [e.request.method, e.request.bodySize])).toEqual([
+      ['POST', form.length],
+      ['POST', form.length],
+      ['POST', form.length],
+    ]);
+    for (const e of posted)
+      expect(e.request.postData).toEqual({
+        mimeType: 'application/x-www-form-urlencoded',
+        params: [
+          { name: 'user', value: 'alice' },
+          { name: 'password', value: '[redacted]' },
+          { name: 'note', value: 'hi there' },
+        ],
+        text: 'user=alice&password=[redacted]&note=hi+there',
+      });
+    const json = '{"user":"alice","nested":{"api_token":"S3CRET2"},"n":1}';
+    const [jsonLeg] = await entries(['-H', 'Content-Type: application/json', '-d', json], '/auth/har-json');
+    expect(jsonLeg!.request.postData).toEqual({
+      mimeType: 'application/json',
+      text: '{"user":"alice","nested":{"api_token":"[redacted]"},"n":1}',
+    });
+    const file = join(dir, 'upload.bin');
+    writeFileSync(file, Buffer.from([0, 1, 2, 3, 255]));
+    const [multipart] = await entries(
+      ['-F', 'name=x', '-F', 'secret=S3CRET3', '-F', `f=@${file}`],
+      '/auth/har-multipart',
+    );
+    expect(multipart!.request.postData).toMatchObject({
+      mimeType: expect.stringMatching(/^multipart\/form-data; boundary=/),
+      params: [
+        { name: 'name', value: 'x' },
+        { name: 'secret', value: '[redacted]' },
+        { name: 'f', fileName: 'upload.bin', contentType: 'application/octet-stream' },
+      ],
+    });
+    const [binary] = await entries(['-T', file], '/auth/har-put');
+    expect(binary!.request).toMatchObject({ method: 'PUT', bodySize: 5, postData: { mimeType: '' } });
+    expect(binary!.request.postData).not.toHaveProperty('text');
+    const got = await entries([], '/auth/har-get');
+    expect(got.map((e) => [e.request.bodySize, 'postData' in e.request])).toEqual([
+      [0, false],
+      [0, false],
+      [0, false],
+    ]);
+    // Three legs went to the server, each with the body (C10), as the HAR says.
+    expect(server.exchanges.filter((e) => e.path === '/auth/har-form')).toHaveLength(3);
+  });
+
   it('S2: an Authorization header without a scheme word (-H with a raw API key) reaches neither -v, --json nor --har', async () => {
     const har = join(dir, 'raw-key.har');
     const key = 'sk_live_SUPERSECRET123';
@@ -2195,6 +2258,16 @@ function validateHar(doc: unknown): string[] {
     });
     nameValues(req.headers, `${p}.request.headers`);
     nameValues(req.queryString, `${p}.request.queryString`);
+    if (req.postData !== undefined) {
+      const post = req.postData as Record<string, unknown>;
+      need(post, `${p}.request.postData`, { mimeType: 'string' });
+      if (post.text !== undefined) need(post, `${p}.request.postData`, { text: 'string' });
+      if (post.params !== undefined) {
+        need(post, `${p}.request.postData`, { params: 'array' });
+        for (const [i, param] of (post.params as Record<string, unknown>[]).entries())
+          need(param, `${p}.request.postData.params[${i}]`, { name: 'string' });
+      }
+    }
     const res = e.response as Record<string, unknown>;
     need(res, `${p}.response`, {
       status: 'number',

@@ -28,6 +28,8 @@ export interface LegRecord {
   bodySize?: number;
   /** Its size decoded, when --compressed decoded it (--har's content.size). */
   contentSize?: number;
+  /** The body its request sent, and that body's Content-Type ('' without one): --har's postData. */
+  requestBody?: { readonly bytes: Buffer; readonly mimeType: string };
   /**
    * Its 401 is the answer because what it offers cannot run here (the agent's deliver401), or
    * because the credentials are held back after a refusal (`keptBackMs`), and why.
@@ -76,6 +78,16 @@ export class Trace {
   get lastDelivered(): LegRecord | undefined {
     for (let i = this.legs.length - 1; i >= 0; i--) if (this.legs[i]!.response?.delivered) return this.legs[i];
     return undefined;
+  }
+
+  /**
+   * The body (none: empty) and Content-Type of the request whose legs start at `from` in
+   * {@link legs}, for its legs to `origin` (not a proxy's CONNECT, which sends none): --har's.
+   */
+  sentBody(from: number, origin: string, body: Buffer | undefined, type: string | string[] | undefined): void {
+    const requestBody = { bytes: body ?? Buffer.alloc(0), mimeType: [type ?? ''].flat().join(', ') };
+    for (const leg of this.legs.slice(from))
+      if (leg.request.origin === origin && leg.request.method !== 'CONNECT') leg.requestBody = requestBody;
   }
 
   #leg(e: LegEvent): void {

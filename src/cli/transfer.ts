@@ -435,7 +435,14 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           fail(EXIT.caFile, unusableCa);
           break;
         }
-        const res = await send(req, hop, signal, env);
+        const hopLegs = trace.legs.length;
+        let res: Answer;
+        try {
+          res = await send(req, hop, signal, env);
+        } finally {
+          // --har: the body each leg of this request sent (every leg sends the same, C10).
+          if (req.har !== undefined) trace.sentBody(hopLegs, hop.url.origin, hop.body, hop.headers['content-type']);
+        }
         head = performance.now();
         status = res.statusCode;
         const protocol = trace.lastDelivered?.response?.protocol;
