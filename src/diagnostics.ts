@@ -97,7 +97,8 @@ export function publishProxyUnanswered(event: () => ProxyUnansweredEvent): void 
  * An origin's 401 reached the caller (`deliver401`) because the agent's mechanisms for the schemes
  * it offers cannot run here — Negotiate without a Kerberos ticket, or without GSS-API — where
  * without `deliver401` the request fails with the first of these errors. Published before the
- * caller gets the response; nothing was sent with credentials for it.
+ * caller gets the response; nothing was sent with credentials for it. (A 401 met while refused
+ * credentials are held back is on `multileg:withheld`, reason `refused-lately`.)
  */
 export interface UnansweredEvent {
   readonly origin: string;

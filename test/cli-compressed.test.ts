@@ -9,8 +9,11 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { brotliCompressSync, deflateRawSync, deflateSync, gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bodyDecoding } from '../src/cli/decode.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { runCli as run, runCommand } from './cli-helpers.ts';
 
@@ -55,6 +58,14 @@ describe('multileg --compressed, as curl', () => {
       asked.set(path, [...(asked.get(path) ?? []), req.headers['accept-encoding'] ?? null]);
       if (path === '/204') {
         res.writeHead(204, { 'content-encoding': 'gzip' }).end();
+        return;
+      }
+      // /six-204, /six-304, /six-302 (to /gzip?six), /six-404: that status with 6 codings.
+      const six = /^\/six-(\d{3})$/.exec(path);
+      if (six) {
+        const status = Number(six[1]);
+        const head = { 'content-encoding': Array(6).fill('identity').join(', '), location: '/gzip?six' };
+        res.writeHead(status, head).end(status === 204 || status === 304 ? undefined : 'abc');
         return;
       }
       const [coding, body] = ANSWERS[path] ?? ['gzip', GZIP];
@@ -181,6 +192,60 @@ describe('multileg --compressed, as curl', () => {
       expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(0);
       if (args[0] !== '-I') expect(ours.stdout, args.join(' ')).toBe(curl.stdout);
     }
+  });
+
+  it('--compressed: the decoders wait for a slow reader — a br, zstd, gzip or stacked (gzip then br) body of 16 MiB of zeros sent into a consumer that never takes a chunk pushes at most a few highWaterMarks out of the decoding, not the whole body (review r26: 1 GiB of zeros in an 809-byte br body piped into `sleep` reached 1.19 GB, curl 27 MB)', async () => {
+    const zeros = Buffer.alloc(16 << 20);
+    const cases: Array<[string, Buffer]> = [
+      ['br', brotliCompressSync(zeros)],
+      ['zstd', zstdCompressSync(zeros)],
+      ['gzip', gzipSync(zeros)],
+      ['gzip, br', brotliCompressSync(gzipSync(zeros))],
+    ];
+    for (const [coding, body] of cases) {
+      const { stages, decoded } = bodyDecoding(coding, 'test.example');
+      // A reader that takes one chunk and never asks for the next (stdout into `sleep 20`).
+      let taken = 0;
+      const stuck = new Writable({
+        highWaterMark: 1,
+        write(chunk: Buffer, _encoding, _callback) {
+          taken += chunk.length;
+        },
+      });
+      const done = pipeline([Readable.from([body]), ...stages, stuck]).catch(() => {});
+      // Until the decoding stops moving (no time is asserted: only the bytes it let out).
+      let last = -1;
+      for (let still = 0; still < 20; still = decoded() === last ? still + 1 : 0) {
+        last = decoded();
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const bound = 4 * stages.at(-1)!.readableHighWaterMark;
+      expect(taken, coding).toBeGreaterThan(0);
+      expect(decoded(), coding).toBeLessThanOrEqual(bound);
+      for (const stage of stages) stage.destroy();
+      stuck.destroy();
+      await done;
+    }
+  });
+
+  it("--compressed: more than 5 codings is curl's 61 as the head is read, whatever the status — a redirect's under -L, -f's 404, a HEAD's (-I) — but a 204's or a 304's, which have no body, are not looked at (curl 7.88 exits 0; multileg exited 61)", async () => {
+    for (const [args, code] of [
+      [[`${origin}/six-204`], 0],
+      [[`${origin}/six-304`], 0],
+      [['-L', `${origin}/six-302`], 61],
+      [[`${origin}/six-302`], 61],
+      [['-f', `${origin}/six-404`], 61],
+      [['-I', `${origin}/six`], 61],
+    ] as const) {
+      const { ours, curl } = await both(['-sS', '--compressed', ...args]);
+      expect(curl.code, args.join(' ')).toBe(code);
+      expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(code);
+      if (code === 61) expect(ours.stderr).toMatch(/^multileg: Reject response due to more than 5 content encodings: /);
+      else expect(ours.stderr).toBe('');
+      if (args[0] !== '-I') expect(ours.stdout, args.join(' ')).toBe(curl.stdout);
+    }
+    // -L did not follow the refused redirect (curl's).
+    expect(asked.get('/gzip?six')).toBeUndefined();
   });
 
   it("--compressed: an Accept-Encoding given with -H is sent instead of curl's (-H 'Accept-Encoding:' sends none, 'Accept-Encoding;' an empty one), and the body is decoded all the same, as curl's", async () => {

@@ -10,6 +10,7 @@ import { createServer as createTcpServer, type Server as TcpServer } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { shownArgv } from '../src/cli/options.ts';
 import { Retrier } from '../src/cli/retry.ts';
 import {
   type ReferenceProxy,
@@ -858,6 +859,60 @@ describe('multileg: curl options', () => {
     expect(mixed.code).toBe(3);
     expect(received.length).toBe(before);
     expect((await run(['--no-such-option', `${plainOrigin}/headers`])).code).toBe(2);
+  });
+
+  it("curl's --http2 (HTTP/2 is already the default; the last of --http1.1 and --http2 wins), --no-progress-meter (no meter here) and --url URL (a URL in its place among the others, -o pairing with it) are taken as curl 7.88 takes them; they were bad usage (exit 2)", async () => {
+    const both = async (args: readonly string[]) => ({
+      ours: await run(args),
+      curl: await runCommand('/usr/bin/curl', args),
+    });
+    const version = (...flags: string[]) =>
+      both(['-s', ...flags, '--cacert', ca, '-o', '/dev/null', '-w', '%{http_version}', `${server.origin}/public/x`]);
+    for (const [flags, expected] of [
+      [['--http2'], '2'],
+      [['--http1.1', '--http2'], '2'],
+      [['--http2', '--http1.1'], '1.1'],
+      [['--no-progress-meter'], '2'],
+    ] as const) {
+      const { ours, curl } = await version(...flags);
+      expect([ours.code, ours.stdout], `${flags.join(' ')}: ${ours.stderr}`).toEqual([0, expected]);
+      expect(curl.stdout, flags.join(' ')).toBe(expected);
+    }
+    const out = join(dir, 'url-flag.out');
+    const urls = await both([
+      '-s',
+      '-w',
+      '%{urlnum} %{url}\n',
+      `${plainOrigin}/headers?1`,
+      '--url',
+      `${plainOrigin}/headers?2`,
+      '-o',
+      '/dev/null',
+      '-o',
+      out,
+      '--url',
+      `${plainOrigin}/headers?3`,
+      `${plainOrigin}/headers?4`,
+    ]);
+    expect(urls.ours.code, urls.ours.stderr).toBe(0);
+    // Each -w line follows its body (JSON, no line break of its own).
+    const written = (stdout: string) => stdout.match(/\d http:\/\/\S+(?=\n)/g);
+    expect(written(urls.ours.stdout)).toEqual([
+      `0 ${plainOrigin}/headers?1`,
+      `1 ${plainOrigin}/headers?2`,
+      `2 ${plainOrigin}/headers?3`,
+      `3 ${plainOrigin}/headers?4`,
+    ]);
+    expect(written(urls.ours.stdout)).toEqual(written(urls.curl.stdout));
+    // The second -o is the second URL's: the one --url gave.
+    expect(readFileSync(out, 'utf8')).toMatch(/^\{/);
+    // --url alone is a URL (--url=URL too, as commander reads every option; curl knows no `=`);
+    // without its value, bad usage (curl's 2).
+    for (const args of [['--url', `${plainOrigin}/headers`], [`--url=${plainOrigin}/headers`]])
+      expect((await run(['-s', '-o', '/dev/null', ...args])).code).toBe(0);
+    expect((await run(['--url'])).code).toBe(2);
+    // S2: its password is hidden from ps as a URL's is.
+    expect(shownArgv(['--url', 'https://bob:SECRET7@h/'])).toEqual(['--url', 'https://bob:***@h/']);
   });
 
   it("-w: curl's %{method}, %{scheme}, %{url}, %{urlnum}, %{filename_effective}, %{num_headers}, %header{name} and %{onerror}", async () => {

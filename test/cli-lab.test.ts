@@ -396,6 +396,23 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.code).toBe(1);
   });
 
+  it('M2: doctor at a server whose SPNEGO takes no Kerberos (Apache /ntlm refuses alice\'s ticket): the authentication check gives the command\'s own fix for that 401 (--ntlm -u DOMAIN\\user), not "check -u user:password … or the ticket"', async () => {
+    const url = `${lab.apache!.origin}/ntlm/`;
+    const args = ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca, url];
+    const [doctor, command] = [
+      await run(['doctor', ...args], { env }),
+      await run(['-o', '/dev/null', ...args], { env }),
+    ];
+    const fix = command.stderr.slice(command.stderr.indexOf('leg(s): ') + 'leg(s): '.length).trimEnd();
+    expect(fix).toBe(
+      'check the Kerberos ticket (klist) and the service name (--spn); if the server takes no Kerberos here, --ntlm -u DOMAIN\\user (where it offers NTLM)',
+    );
+    expect(doctor.stdout).toMatch(/^FAIL +authentication: Negotiate, 1 leg\(s\), failed .*→ 401\n/m);
+    expect(doctor.stdout).toContain(`      fix: ${fix}\n`);
+    expect(doctor.stdout).not.toContain('or the ticket');
+    expect(doctor.code).toBe(1);
+  });
+
   it('doctor without the CA: TLS fails and says --cacert', async () => {
     const r = await run(['doctor', `${lab.apache!.origin}/protected/`], { env });
     expect(r.stdout).toMatch(/^FAIL +TLS: certificate not trusted: \S+ .*\n +fix: give its CA with --cacert FILE/m);

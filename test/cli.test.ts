@@ -17,6 +17,7 @@ import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
 import { unsupportedNode } from '../src/node-version.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
 import {
   type ReferenceProxy,
@@ -330,6 +331,57 @@ describe('multileg command line', () => {
     expect(noTicket.stderr).toMatch(
       /no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
     );
+  });
+
+  it("S6: a copied browser command's own -H 'Authorization: NTLM …' with --ntlm -u: the header goes alone (the caller's identity, never mixed with -u's), a warning says at the start that -u's credentials are not used (not with -s), and the 401's explanation names the header; the header alone says it was refused", async () => {
+    const own = 'NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==';
+    const url = `${ntlmOnly.origin}/auth/copied`;
+    const warning =
+      "multileg: Warning: -H 'Authorization: …' replaces -u: its credentials are not used; drop the header\n";
+    const copied = await run(['--ntlm', ...alice(), '-H', `authorization: ${own}`, url]);
+    expect(copied.code).toBe(0);
+    expect(copied.stderr).toBe(
+      `${warning}multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; it refused the Authorization given with -H, which replaces -u: its credentials were not used; drop the header\n`,
+    );
+    // S6: only the caller's header went, never alice's NTLM.
+    const sent = ntlmOnly.exchanges.filter((e) => e.path === '/auth/copied').map((e) => e.requestHeaders.authorization);
+    expect(sent).toEqual([own]);
+    // -s: neither the warning nor the explanation (curl's silence).
+    expect((await run(['-s', '--ntlm', ...alice(), '-H', `Authorization: ${own}`, url])).stderr).toBe('');
+    // --negotiate -u : and the URL's user:password are named too; a netrc flag likewise.
+    const ticket = await run([
+      '-s',
+      '-S',
+      '--negotiate',
+      '-u',
+      ':',
+      '--cacert',
+      ca,
+      '-H',
+      `Authorization: ${own}`,
+      url,
+    ]);
+    expect(ticket.stderr).not.toContain('Warning');
+    const named = await run(['--negotiate', '-u', ':', '--cacert', ca, '-H', `Authorization: ${own}`, url]);
+    expect(named.stderr).toContain(
+      "multileg: Warning: -H 'Authorization: …' replaces -u : (the Kerberos ticket): its credentials are not used; drop the header\n",
+    );
+    const inUrl = await run([
+      '--cacert',
+      ca,
+      '-H',
+      `Authorization: ${own}`,
+      url.replace('https://', 'https://bob:pw@'),
+    ]);
+    expect(inUrl.stderr).toContain("replaces the URL's user:password: its credentials are not used");
+    // The header alone: no warning; the explanation says the server refused it.
+    const alone = await run(['--cacert', ca, '-H', `Authorization: ${own}`, url]);
+    expect(alone.stderr).toBe(
+      `multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; it refused the Authorization given with -H (sent as given, never answered for): check or drop the header\n`,
+    );
+    // -u alone, or -H 'Authorization:' (which drops the header): no warning.
+    for (const args of [alice(), [...alice(), '-H', 'Authorization:']])
+      expect((await run(['-o', '/dev/null', ...args, `${server.origin}/auth/x`])).stderr).toBe('');
   });
 
   it('exits 1 with a typed error whose message names CLI flags, not library options', async () => {
@@ -1024,6 +1076,18 @@ describe('multileg command line', () => {
     );
   });
 
+  it('R1: README and docs/RELIABILITY.md give the wait in the library\'s queue the default DEFAULT_LIMITS.queueTimeout has (60 s; the exit codes said "past its 30 s")', () => {
+    const seconds = `${DEFAULT_LIMITS.queueTimeout / 1000} s`;
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const reliability = readFileSync(new URL('../docs/RELIABILITY.md', import.meta.url), 'utf8');
+    const said = [
+      ...readme.matchAll(/the library's queue past its (\d+ s)/g),
+      ...readme.matchAll(/\| `limits\.queueTimeout` \| (\d+ s) \|/g),
+      ...reliability.matchAll(/\| `limits\.queueTimeout` \| (\d+ s) \|/g),
+    ].map((m) => m[1]);
+    expect(said).toEqual([seconds, seconds, seconds]);
+  });
+
   it("C11/R1/R3: the library's own time limits (a handshake's, a queue wait's, a proxy's) are curl's 28, as -m's, and --retry-all-errors may retry them", () => {
     const url = new URL('https://intranet.example.com/');
     for (const err of [
@@ -1456,6 +1520,42 @@ describe('multileg command line', () => {
     expect(existsSync(join(dir, 'multi-b'))).toBe(false);
   });
 
+  it('R4: with several URLs, one sent without credentials because the server refused them for an earlier URL says they were held back, and for how long — not that the server refused them (it was never sent them); -v says so too', async () => {
+    const wrong = ['--ntlm', '-u', 'EXAMPLE\\alice:wrong', '--cacert', ca];
+    ntlmOnly.exchanges.length = 0;
+    const r = await run([
+      '-v',
+      '-o',
+      '/dev/null',
+      '-o',
+      '/dev/null',
+      ...wrong,
+      `${ntlmOnly.origin}/auth/r1`,
+      `${ntlmOnly.origin}/auth/r2`,
+    ]);
+    expect(r.code).toBe(0);
+    const said = r.stderr.split('\n').filter((l) => l.startsWith('multileg: '));
+    expect(said).toEqual([
+      `multileg: ${ntlmOnly.origin} answered 401 and offered NTLM; the server refused our NTLM credentials after 2 leg(s): check -u user:password (DOMAIN\\user)`,
+      expect.stringMatching(
+        new RegExp(
+          `^multileg: ${ntlmOnly.origin.replaceAll('.', '\\.')} answered 401 and offered NTLM; no credentials were sent: the server refused them lately \\(NTLM, for an earlier request\\), so they are held back from it for another (\\d+) s \\(a wrong password tried again and again locks the account\\): check -u user:password \\(DOMAIN\\\\user\\)$`,
+        ),
+      ),
+    ]);
+    // How long: what is left of the 30 s a first refusal keeps them back (no clock asserted).
+    const left = Number(/held back from it for another (\d+) s/.exec(r.stderr)?.[1]);
+    expect(left).toBeGreaterThan(0);
+    expect(left).toBeLessThanOrEqual(30);
+    expect(r.stderr).toMatch(
+      /\* its 401 is the answer: the credentials, refused here lately, are held back for another \d+ s\n/,
+    );
+    // The second URL went once, bare (R4): the server never saw the password for it.
+    expect(
+      ntlmOnly.exchanges.filter((e) => e.path === '/auth/r2').map((e) => e.requestHeaders.authorization ?? null),
+    ).toEqual([null]);
+  });
+
   it("S1: with several URLs, each URL's origin gets credentials in its own transfer only, never because another URL names it", async () => {
     // The first URL redirects (-L) to the second URL's origin: that hop goes without credentials, as
     // it would alone; the second URL, on that origin, is sent them.
@@ -1743,6 +1843,76 @@ describe('multileg command line', () => {
     const made = join(dir, 'har-dir', 'x.har');
     expect((await run(['--create-dirs', '--har', made, ...alice(), `${server.origin}/auth/json`])).code).toBe(0);
     expect(validateHar(JSON.parse(readFileSync(made, 'utf8')))).toEqual([]);
+  });
+
+  it("S2: --har gives each leg's request body: its bodySize and HAR 1.2's postData — a form's text and params, a JSON body, a multipart form's fields (files by name), another type (XML, plain text) by its type and size alone — with credential-like fields [redacted]; a GET's legs bodySize 0 (was -1 and no postData)", async () => {
+    const har = join(dir, 'post.har');
+    const entries = async (args: string[], path: string) => {
+      const r = await run(['-o', '/dev/null', '--har', har, ...alice(), ...args, `${server.origin}${path}`]);
+      expect(r.code, r.stderr).toBe(0);
+      const text = readFileSync(har, 'utf8');
+      // No credential: neither -u's password nor a credential-like field's value.
+      expect(text).not.toMatch(/alicepw|S3CRET/);
+      const doc = JSON.parse(text);
+      expect(validateHar(doc)).toEqual([]);
+      return doc.log.entries as Array<{ request: { method: string; bodySize: number; postData?: unknown } }>;
+    };
+    const form = 'user=alice&password=S3CRET1&note=hi+there';
+    const posted = await entries(['-d', form], '/auth/har-form');
+    // Every leg of the handshake sent the body (C10): the 401s' too.
+    expect(posted.map((e) => [e.request.method, e.request.bodySize])).toEqual([
+      ['POST', form.length],
+      ['POST', form.length],
+      ['POST', form.length],
+    ]);
+    for (const e of posted)
+      expect(e.request.postData).toEqual({
+        mimeType: 'application/x-www-form-urlencoded',
+        params: [
+          { name: 'user', value: 'alice' },
+          { name: 'password', value: '[redacted]' },
+          { name: 'note', value: 'hi there' },
+        ],
+        text: 'user=alice&password=[redacted]&note=hi+there',
+      });
+    const json = '{"user":"alice","nested":{"api_token":"S3CRET2"},"n":1}';
+    const [jsonLeg] = await entries(['-H', 'Content-Type: application/json', '-d', json], '/auth/har-json');
+    expect(jsonLeg!.request.postData).toEqual({
+      mimeType: 'application/json',
+      text: '{"user":"alice","nested":{"api_token":"[redacted]"},"n":1}',
+    });
+    // A SOAP request (WS-Security's password in an element): text with no field names to redact by, not shown.
+    const soap = '<Envelope><UsernameToken><Password>S3CRET4</Password></UsernameToken></Envelope>';
+    const [soapLeg] = await entries(['-H', 'Content-Type: text/xml', '-d', soap], '/auth/har-soap');
+    expect(soapLeg!.request.postData).toEqual({
+      mimeType: 'text/xml',
+      comment: `${soap.length} bytes of text/xml: not shown (it may hold credentials)`,
+    });
+    const file = join(dir, 'upload.bin');
+    writeFileSync(file, Buffer.from([0, 1, 2, 3, 255]));
+    const [multipart] = await entries(
+      ['-F', 'name=x', '-F', 'secret=S3CRET3', '-F', `f=@${file}`],
+      '/auth/har-multipart',
+    );
+    expect(multipart!.request.postData).toMatchObject({
+      mimeType: expect.stringMatching(/^multipart\/form-data; boundary=/),
+      params: [
+        { name: 'name', value: 'x' },
+        { name: 'secret', value: '[redacted]' },
+        { name: 'f', fileName: 'upload.bin', contentType: 'application/octet-stream' },
+      ],
+    });
+    const [binary] = await entries(['-T', file], '/auth/har-put');
+    expect(binary!.request).toMatchObject({ method: 'PUT', bodySize: 5, postData: { mimeType: '' } });
+    expect(binary!.request.postData).not.toHaveProperty('text');
+    const got = await entries([], '/auth/har-get');
+    expect(got.map((e) => [e.request.bodySize, 'postData' in e.request])).toEqual([
+      [0, false],
+      [0, false],
+      [0, false],
+    ]);
+    // Three legs went to the server, each with the body (C10), as the HAR says.
+    expect(server.exchanges.filter((e) => e.path === '/auth/har-form')).toHaveLength(3);
   });
 
   it('S2: an Authorization header without a scheme word (-H with a raw API key) reaches neither -v, --json nor --har', async () => {
@@ -2095,6 +2265,16 @@ function validateHar(doc: unknown): string[] {
     });
     nameValues(req.headers, `${p}.request.headers`);
     nameValues(req.queryString, `${p}.request.queryString`);
+    if (req.postData !== undefined) {
+      const post = req.postData as Record<string, unknown>;
+      need(post, `${p}.request.postData`, { mimeType: 'string' });
+      if (post.text !== undefined) need(post, `${p}.request.postData`, { text: 'string' });
+      if (post.params !== undefined) {
+        need(post, `${p}.request.postData`, { params: 'array' });
+        for (const [i, param] of (post.params as Record<string, unknown>[]).entries())
+          need(param, `${p}.request.postData.params[${i}]`, { name: 'string' });
+      }
+    }
     const res = e.response as Record<string, unknown>;
     need(res, `${p}.response`, {
       status: 'number',

@@ -5,7 +5,15 @@ import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authScheme, type LegRequestEvent, publishLeg, redactHeaders } from '../src/diagnostics.ts';
 import type { HeaderMap } from '../src/headers.ts';
-import { HANDSHAKE_CHANNEL, type HandshakeReport, LEG_CHANNEL, type LegEvent, MultilegAgent } from '../src/index.ts';
+import {
+  HANDSHAKE_CHANNEL,
+  type HandshakeReport,
+  LEG_CHANNEL,
+  type LegEvent,
+  MultilegAgent,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
+} from '../src/index.ts';
 import { carriesNoSecret } from '../src/mechanisms/no-secret.ts';
 import { encodeNegotiate, NTLMSSP_SIGNATURE } from '../src/mechanisms/ntlm/messages.ts';
 import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
@@ -229,6 +237,39 @@ describe('diagnostics_channel events', () => {
       expect(published).toContain(/nextnonce="([^"]+)"/.exec(String(info))![1]!);
     }
     expect(published).toContain('rspauth=[redacted]');
+  });
+
+  it("R4: a 401 to a request sent without the credentials because the origin refused them lately reaches multileg:withheld as refused-lately, with how long; the refused request's own 401 does not", async () => {
+    const events: WithheldEvent[] = [];
+    const onEvent = (m: unknown) => events.push(m as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onEvent);
+    const agent = new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'wrong' },
+      trustedOrigins: [server.origin],
+      schemes: ['NTLM'],
+      connect: { ca: server.ca },
+    });
+    try {
+      for (const path of ['/auth/kept-1', '/auth/kept-2']) {
+        const res = await fetch(`${server.origin}${path}`, { dispatcher: agent });
+        expect(res.status, path).toBe(401);
+        await res.text();
+        // The refusal itself is not a kept-back request: nothing published for the first.
+        expect(events.map((e) => e.path)).toEqual(path === '/auth/kept-1' ? [] : ['/auth/kept-2']);
+      }
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onEvent);
+      await agent.destroy();
+    }
+    const [event] = events;
+    expect(event).toMatchObject({ origin: server.origin, reason: 'refused-lately' });
+    expect(event!.schemes).toContain('NTLM');
+    expect(event!.heldBackFor).toBeGreaterThan(0);
+    expect(event!.heldBackFor).toBeLessThanOrEqual(30_000);
+    // It went bare: the server saw no Authorization for it.
+    expect(
+      server.exchanges.filter((e) => e.path === '/auth/kept-2').map((e) => e.requestHeaders.authorization),
+    ).toEqual([undefined]);
   });
 });
 

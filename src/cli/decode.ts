@@ -91,10 +91,12 @@ class Decoding extends Transform {
       }
       inner = this.#open(chunk);
       this.#inner = inner;
-      // The decoder's output for one chunk is passed on whole; the next chunk waits for it to be read.
+      // Backpressure: a few hundred bytes may decode to a gigabyte (a brotli or zstd body of
+      // zeros), so the decoder pauses while this stage's reader is behind (push() false) and
+      // _read resumes it; its input then waits too (the write callback below), up the pipeline.
       inner.on('data', (out: Buffer) => {
         this.#count?.(out.length);
-        this.push(out);
+        if (!this.push(out)) inner?.pause();
       });
       inner.on('error', (err: Error & { code?: unknown }) => this.destroy(this.#failure(err)));
     }
@@ -102,6 +104,13 @@ class Decoding extends Transform {
     inner.write(chunk, (err) => {
       if (!err) callback();
     });
+  }
+
+  override _read(size: number): void {
+    // The reader wants more: the decoder paused for it goes on (Transform's own _read, which
+    // takes the next input chunk, too).
+    if (this.#inner?.isPaused()) this.#inner.resume();
+    super._read(size);
   }
 
   override _flush(callback: TransformCallback): void {

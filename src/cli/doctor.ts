@@ -27,7 +27,9 @@ import {
   describeFailure,
   EXIT,
   forCli,
+  netrcFileOf,
   outOfDatesFix,
+  refusalFix,
   untrustedFix,
   withoutFallbackHint,
   wrongNameFix,
@@ -424,11 +426,16 @@ async function authenticate(
         detail: `${res.statusCode} without a handshake`,
       };
     const moved = probed === 'h2' && h.protocol === 'http/1.1';
+    // A 401 after a handshake that failed: the command's fix for it (explain.ts), the same words.
+    const refused =
+      res.statusCode === 401 && h.outcome === 'failed'
+        ? refusalFix(h, challengeSchemes(res.headers, 401), netrcFileOf(req))
+        : 'check -u user:password (DOMAIN\\user) or the ticket; run with -v';
     return {
       name: 'authentication',
       verdict: res.statusCode < 400 ? (moved ? 'warn' : 'ok') : 'FAIL',
       detail: `${h.scheme}, ${h.legs} leg(s), ${h.outcome}${h.identity ? ` as ${h.identity}` : ''} over ${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} → ${res.statusCode}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
-      ...(res.statusCode >= 400 ? { fix: 'check -u user:password (DOMAIN\\user) or the ticket; run with -v' } : {}),
+      ...(res.statusCode >= 400 ? { fix: refused } : {}),
       ...(moved
         ? {
             fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',

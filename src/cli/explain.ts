@@ -414,6 +414,50 @@ export function explain407(ctx: {
   return `${head}: ${why.join('; ')}${password ? '; or give --proxy-user user:password' : ''}`;
 }
 
+/**
+ * The netrc file the command's password came from, for the fix that names it: -u (or the URL's
+ * user) wins over a netrc file, which gave them only without one.
+ */
+export function netrcFileOf(req: {
+  readonly user: unknown;
+  readonly netrc: { readonly file: string | undefined } | undefined;
+}): string | undefined {
+  return req.user === undefined && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined;
+}
+
+/**
+ * What to do when the server refused the credentials of handshake `h` (a 401 that stood after it),
+ * `offered` the schemes of that 401, `netrcFile` the netrc file the password came from: the
+ * command's 401 explanation and doctor's authentication check give the same fix.
+ */
+export function refusalFix(
+  h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'>,
+  offered: readonly string[],
+  netrcFile?: string,
+): string {
+  // Kerberos only when Negotiate ran Kerberos (not NTLM inside it, as after a fallback).
+  const kerberos = h.scheme.toLowerCase() === 'negotiate' && h.fallbackReason === undefined;
+  const fix = kerberos
+    ? // A server may also take no Kerberos at all (an SPNEGO reject): NTLM, where offered, avoids it.
+      'check the Kerberos ticket (klist) and the service name (--spn); if the server takes no Kerberos here, --ntlm -u DOMAIN\\user (where it offers NTLM)'
+    : netrcFile !== undefined
+      ? `check the login and password for this host in ${netrcFile} (DOMAIN\\user)`
+      : 'check -u user:password (DOMAIN\\user)';
+  // The password went through NTLM inside Negotiate because Kerberos could not run: a server that
+  // offers no NTLM of its own may take Kerberos only, and refuse a right password there too.
+  // A ticket (kinit) is the fix only when the want of one skipped Kerberos: with an unknown SPN,
+  // an unreachable KDC or a skewed clock the user may well have one, so the cause is named instead.
+  const reason = h.fallbackReason;
+  const noTicket = ticketFixes(reason?.replace(/:.*/, ''));
+  const skipped =
+    h.scheme.toLowerCase() === 'negotiate' && reason !== undefined && !offered.some((s) => s.toLowerCase() === 'ntlm')
+      ? noTicket
+        ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${reason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
+        : `; or, if it takes Kerberos only, make Kerberos work here (multileg doctor URL names the fix): Kerberos was skipped (${forCli(reason)}) and the password went as NTLM inside Negotiate`
+      : '';
+  return `${fix}${skipped}`;
+}
+
 /** Why the CLI sent no credentials that the server accepted, in one or two lines. */
 export function explain401(ctx: {
   readonly origin: string;
@@ -424,35 +468,34 @@ export function explain401(ctx: {
   readonly netrcFile?: string | undefined;
   readonly schemes: readonly string[] | undefined;
   readonly handshakes: readonly HandshakeReport[];
+  /**
+   * The request carried the caller's own Authorization (-H), which the agent sends as it is and
+   * never answers for (S6); `replaces`, the flag whose credentials it kept unused.
+   */
+  readonly ownAuthorization?: { readonly replaces: string | undefined } | undefined;
+  /**
+   * R4: the request went without the credentials because the server refused them lately (an
+   * earlier URL's handshake): how long (ms) they are still kept back.
+   */
+  readonly keptBackMs?: number | undefined;
 }): string {
   const offered = ctx.offered.length > 0 ? ctx.offered.join(', ') : 'no scheme';
   const head = `${ctx.origin} answered 401 and offered ${offered}`;
+  const own = ctx.ownAuthorization;
+  if (own)
+    return own.replaces !== undefined
+      ? `${head}; it refused the Authorization given with -H, which replaces ${own.replaces}: its credentials were not used; drop the header`
+      : `${head}; it refused the Authorization given with -H (sent as given, never answered for): check or drop the header`;
   const failed = ctx.handshakes.filter((h) => h.origin === ctx.origin && h.outcome === 'failed');
+  if (ctx.keptBackMs !== undefined) {
+    const h = failed.at(-1);
+    const refused = h ? ` (${h.scheme}, for an earlier request)` : '';
+    const fix = h ? `: ${refusalFix(h, ctx.offered, ctx.netrcFile)}` : '';
+    return `${head}; no credentials were sent: the server refused them lately${refused}, so they are held back from it for another ${Math.ceil(ctx.keptBackMs / 1000)} s (a wrong password tried again and again locks the account)${fix}`;
+  }
   if (failed.length > 0) {
     const h = failed[failed.length - 1]!;
-    // Kerberos only when Negotiate ran Kerberos (not NTLM inside it, as after a fallback).
-    const kerberos = h.scheme.toLowerCase() === 'negotiate' && h.fallbackReason === undefined;
-    const fix = kerberos
-      ? // A server may also take no Kerberos at all (an SPNEGO reject): NTLM, where offered, avoids it.
-        'check the Kerberos ticket (klist) and the service name (--spn); if the server takes no Kerberos here, --ntlm -u DOMAIN\\user (where it offers NTLM)'
-      : ctx.netrcFile !== undefined
-        ? `check the login and password for this host in ${ctx.netrcFile} (DOMAIN\\user)`
-        : 'check -u user:password (DOMAIN\\user)';
-    // The password went through NTLM inside Negotiate because Kerberos could not run: a server that
-    // offers no NTLM of its own may take Kerberos only, and refuse a right password there too.
-    // A ticket (kinit) is the fix only when the want of one skipped Kerberos: with an unknown SPN,
-    // an unreachable KDC or a skewed clock the user may well have one, so the cause is named instead.
-    const reason = h.fallbackReason;
-    const noTicket = ticketFixes(reason?.replace(/:.*/, ''));
-    const skipped =
-      h.scheme.toLowerCase() === 'negotiate' &&
-      reason !== undefined &&
-      !ctx.offered.some((s) => s.toLowerCase() === 'ntlm')
-        ? noTicket
-          ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${reason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
-          : `; or, if it takes Kerberos only, make Kerberos work here (multileg doctor URL names the fix): Kerberos was skipped (${forCli(reason)}) and the password went as NTLM inside Negotiate`
-        : '';
-    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${fix}${skipped}`;
+    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${refusalFix(h, ctx.offered, ctx.netrcFile)}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;
   if (!ctx.trusted)

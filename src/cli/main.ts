@@ -47,6 +47,14 @@ async function main(argv: string[]): Promise<number> {
   const say = (line: string) => {
     if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
   };
+  /** curl's warnings: -s hides them, -S does not bring them back. */
+  const warn = (line: string) => {
+    if (!req.silent) process.stderr.write(`multileg: Warning: ${line}\n`);
+  };
+  // A copied browser command's own Authorization is the request's identity (S6): the credentials
+  // of -u never go with it, and the 401 it gets would not say why. Said before a password is asked.
+  if (req.authorizationReplaces !== undefined)
+    warn(`-H 'Authorization: …' replaces ${req.authorizationReplaces}: its credentials are not used; drop the header`);
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   let agentOptions = req.agent;
   try {
@@ -57,10 +65,6 @@ async function main(argv: string[]): Promise<number> {
     say(err.message);
     return err instanceof UsageError ? err.exit : EXIT.usage;
   }
-  /** curl's warnings: -s hides them, -S does not bring them back. */
-  const warn = (line: string) => {
-    if (!req.silent) process.stderr.write(`multileg: Warning: ${line}\n`);
-  };
   const verbose = req.verbose ? (line: string) => process.stderr.write(`${line}\n`) : undefined;
   // -b FILE, -c: the cookie engine (cookies.ts, with tough-cookie), loaded only for them; before
   // the first request (wasm.ts: modules loaded after its V8 flag lose their code cache).

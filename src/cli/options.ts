@@ -55,6 +55,12 @@ export interface CliRequest {
   readonly transfers: ReadonlyArray<Transfer>;
   /** More -o than URLs: curl's warning, the extra ones unused. */
   readonly unusedOutputs: boolean;
+  /**
+   * The flag whose credentials a `-H 'Authorization: …'` keeps from every request (`-u`, the URL's
+   * user:password, `--netrc`, `--negotiate`): the caller's own header is the request's identity (S6),
+   * so they are never used. Undefined without such a header, or without such a flag.
+   */
+  readonly authorizationReplaces: string | undefined;
   /** --fail-early: stop at the first transfer that fails (else the last one's result is the exit code). */
   readonly failEarly: boolean;
   readonly method: string;
@@ -193,6 +199,11 @@ export function program(): Commander.Command {
         '<url...>',
         'the URLs to request, one after another over the same connections (no scheme means https://)',
       )
+      .option(
+        '--url <url>',
+        'a URL to request, as one given without a flag, in its place among them (repeatable)',
+        collect,
+      )
       .option('-X, --request <method>', 'request method')
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
@@ -308,6 +319,8 @@ export function program(): Commander.Command {
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
       .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
       .option('--http1.1', 'use HTTP/1.1 only')
+      .option('--http2', 'use HTTP/2 where the server offers it, the default (the last of --http1.1 and --http2 wins)')
+      .option('--no-progress-meter', 'accepted, as curl: multileg shows no progress meter')
       .option(
         '--compressed',
         'ask for a compressed response (Accept-Encoding: deflate, gzip, br, zstd) and write its body decoded',
@@ -808,6 +821,7 @@ const SECRET_VALUES: Readonly<
   '--data-urlencode': 'urlencode',
   '--form': 'form',
   '--referer': 'url',
+  '--url': 'url',
 };
 const SECRET_HEADERS = /^\s*(authorization|proxy-authorization|cookie)\s*:/i;
 
@@ -856,6 +870,48 @@ function hideValue(kind: (typeof SECRET_VALUES)[string], value: string): string 
       return colon < 0 ? value : `${value.slice(0, colon)}:***`;
     }
   }
+}
+
+/**
+ * curl's `--url URL` as a URL given without a flag, in its place among them (curl keeps one list in
+ * the order given, which -o pairs with): the arguments as commander reads them — options and their
+ * values first, then `--` and the URLs in order. Unchanged without a `--url`.
+ */
+function urlsInPlace(argv: readonly string[], cmd: Commander.Command): string[] {
+  if (!argv.some((a) => a === '--url' || a.startsWith('--url='))) return [...argv];
+  const takesValue = new Set<string>();
+  for (const option of cmd.options)
+    if (option.required || option.optional) {
+      if (option.short) takesValue.add(option.short);
+      if (option.long) takesValue.add(option.long);
+    }
+  const options: string[] = [];
+  const urls: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      urls.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg === '--url') {
+      // A --url with nothing after it: commander's "argument missing", as for any option.
+      if (i + 1 === argv.length) return [...argv];
+      urls.push(argv[++i]!);
+    } else if (arg.startsWith('--url=')) urls.push(arg.slice('--url='.length));
+    else if (arg.startsWith('--')) {
+      options.push(arg);
+      if (!arg.includes('=') && takesValue.has(arg) && i + 1 < argv.length) options.push(argv[++i]!);
+    } else if (arg.startsWith('-') && arg.length > 1) {
+      options.push(arg);
+      // Short flags together: the first that takes a value takes the rest, or the next argument.
+      for (let j = 1; j < arg.length; j++) {
+        if (!takesValue.has(`-${arg[j]}`)) continue;
+        if (j === arg.length - 1 && i + 1 < argv.length) options.push(argv[++i]!);
+        break;
+      }
+    } else urls.push(arg);
+  }
+  return [...options, '--', ...urls];
 }
 
 /**
@@ -960,6 +1016,23 @@ function outputFile(output: string | typeof REMOTE_NAME | undefined, url: URL): 
 }
 
 /**
+ * The flag that gave the command credentials (`-u`, the URL's user:password, a netrc flag, or
+ * `--negotiate` for the Kerberos ticket), named when a `-H 'Authorization: …'` keeps them unused.
+ */
+function credentialsFlag(
+  o: Record<string, unknown>,
+  user: UserArg | undefined,
+  only: readonly string[],
+): string | undefined {
+  if (o.user !== undefined) return o.user === ':' ? '-u : (the Kerberos ticket)' : '-u';
+  if (user !== undefined) return "the URL's user:password";
+  if (o.netrcFile !== undefined) return '--netrc-file';
+  if (o.netrcOptional) return '--netrc-optional';
+  if (o.netrc) return '--netrc';
+  return only.includes('negotiate') ? '--negotiate' : undefined;
+}
+
+/**
  * --compressed's Accept-Encoding: the codings Node's zlib decodes, in curl's order (curl 7.88 built
  * with zlib, brotli and zstd sends the same); zstd only where this Node has its decoder (22.15 and
  * later). zlib is asked only with --compressed, so a plain request's start does not load it.
@@ -979,7 +1052,15 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const outputs: Array<string | typeof REMOTE_NAME> = [];
   cmd.on('option:output', (file: string) => outputs.push(file));
   cmd.on('option:remote-name', () => outputs.push(REMOTE_NAME));
-  cmd.parse(argv as string[], { from: 'user' });
+  // --http1.1 and --http2: the last one given wins (curl's); HTTP/2 is the default.
+  let http1 = false;
+  cmd.on('option:http1.1', () => {
+    http1 = true;
+  });
+  cmd.on('option:http2', () => {
+    http1 = false;
+  });
+  cmd.parse(urlsInPlace(argv, cmd), { from: 'user' });
   const o = cmd.opts();
   for (const arg of cmd.args) {
     notAUrl(arg, Boolean(o.json));
@@ -1185,6 +1266,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     url,
     transfers,
     unusedOutputs: outputs.length > transfers.length,
+    authorizationReplaces: 'authorization' in headers ? credentialsFlag(o, user, only) : undefined,
     failEarly: Boolean(o.failEarly),
     // As given (curl sends `-X patch` as `patch`).
     method: transfers[0]!.method,
@@ -1194,7 +1276,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     upload: transfers[0]!.upload,
     formType,
     autoReferer,
-    http1: Boolean(o['http1.1']),
+    http1,
     compressed: Boolean(o.compressed),
     include: Boolean(o.include) || head,
     head,

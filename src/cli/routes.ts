@@ -17,11 +17,33 @@ interface ConnectToEntry {
   readonly toPort: number | undefined;
 }
 
-/** `text` as a port number (curl reads 0 to 65535), or undefined when it is none. */
+/**
+ * `text` as a port number, read as curl 7.88 reads one with C's strtoul/strtol: white space, then a
+ * `+` or `-`, then decimal digits (leading zeros too: `018931` is 18931, not octal), and nothing
+ * after them; 0 to 65535 (`-0` is 0, any other negative is no port). Undefined when it is none, or
+ * 0 without `allowZero`.
+ */
 function portNumber(text: string, allowZero: boolean): number | undefined {
-  if (!/^\d{1,5}$/.test(text)) return undefined;
-  const n = Number(text);
+  const m = /^[ \t\n\v\f\r]*([+-]?)(\d+)$/.exec(text);
+  if (!m) return undefined;
+  const n = Number(m[2]);
+  if (m[1] === '-' && n !== 0) return undefined;
   return n <= 65535 && (allowZero || n > 0) ? n : undefined;
+}
+
+/**
+ * A connection --connect-to sends to port 0: curl connects there and the system refuses it (curl's
+ * 7, "Failed to connect to ADDRESS port 0"); Node does not connect to port 0 at all, so it is
+ * refused here, with the error the system gives.
+ */
+function refusedAtPortZero(address: string): Error {
+  return Object.assign(new Error(`connect ECONNREFUSED ${address}:0`), {
+    code: 'ECONNREFUSED',
+    errno: -111,
+    syscall: 'connect',
+    address,
+    port: 0,
+  });
 }
 
 const lower = (host: string) => host.toLowerCase();
@@ -36,9 +58,11 @@ export function parseResolve(entries: readonly string[]): Map<string, readonly s
   const table = new Map<string, readonly string[]>();
   for (const entry of entries) {
     if (entry.startsWith('-')) {
-      // curl only says "Bad syntax" in -v for a removal it cannot read, and goes on.
-      const m = /^-([^:]+):(\d+)/.exec(entry);
-      if (m && Number(m[2]) <= 65535) table.delete(`${lower(m[1]!)}:${Number(m[2])}`);
+      // curl only says "Bad syntax" in -v for a removal it cannot read, and goes on (its sscanf
+      // "%d" reads the port: white space, a sign, digits, whatever follows them).
+      const m = /^-([^:]+):([ \t\n\v\f\r]*[+-]?\d+)/.exec(entry);
+      const port = m && portNumber(m[2]!, true);
+      if (m && port !== undefined) table.delete(`${lower(m[1]!)}:${port}`);
       continue;
     }
     const bad = () =>
@@ -101,7 +125,8 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
     }
     if (close >= 0 && toHost.length !== close + 1) throw bad('Invalid IPv6 address format');
     if (close >= 0) toHost = toHost.slice(1, -1);
-    const toPort = toPortText === '' ? undefined : portNumber(toPortText, false);
+    // Port 0 is taken, as curl takes it: the connection there is refused (curl's 7).
+    const toPort = toPortText === '' ? undefined : portNumber(toPortText, true);
     if (toPortText !== '' && toPort === undefined)
       throw bad(`No valid port number in connect to host string (${toPortText})`);
     return {
@@ -136,9 +161,10 @@ export class Routes {
       return addresses ? { addresses } : undefined;
     }
     const moved = this.#moved(hostname, port);
+    const addresses = via === 'tunnel' ? undefined : this.#addresses(moved?.hostname ?? hostname, moved?.port ?? port);
+    if (moved?.port === 0) throw refusedAtPortZero(addresses?.[0] ?? moved.hostname ?? hostname);
     // Through a proxy the CONNECT names the host: the proxy looks it up, not --resolve.
     if (via === 'tunnel') return moved;
-    const addresses = this.#addresses(moved?.hostname ?? hostname, moved?.port ?? port);
     return addresses ? { ...moved, addresses } : moved;
   };
 

@@ -15,6 +15,8 @@ import {
   type ProxyUnansweredEvent,
   UNANSWERED_CHANNEL,
   type UnansweredEvent,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
 } from '../diagnostics.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import { challengeSchemes, forCli } from './explain.ts';
@@ -28,8 +30,12 @@ export interface LegRecord {
   bodySize?: number;
   /** Its size decoded, when --compressed decoded it (--har's content.size). */
   contentSize?: number;
+  /** The body its request sent, and that body's Content-Type ('' without one): --har's postData. */
+  requestBody?: { readonly bytes: Buffer; readonly mimeType: string };
   /** Its 401 is the answer because what it offers cannot run here (the agent's deliver401), and why. */
   unanswered?: UnansweredEvent;
+  /** It went without the credentials, refused there lately (R4): how long (ms) they are still held back. */
+  heldBackFor?: number;
 }
 
 export class Trace {
@@ -45,6 +51,7 @@ export class Trace {
   readonly #onHandshake = (message: unknown) => this.#handshake(message as HandshakeReport);
   readonly #onUnanswered = (message: unknown) => this.#unanswered(message as ProxyUnansweredEvent);
   readonly #onUnanswered401 = (message: unknown) => this.#unanswered401(message as UnansweredEvent);
+  readonly #onWithheld = (message: unknown) => this.#withheld(message as WithheldEvent);
   readonly #onHeld: (() => void) | undefined;
 
   /**
@@ -60,6 +67,7 @@ export class Trace {
     subscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     subscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
     subscribe(UNANSWERED_CHANNEL, this.#onUnanswered401);
+    subscribe(WITHHELD_CHANNEL, this.#onWithheld);
   }
 
   stop(): void {
@@ -67,12 +75,23 @@ export class Trace {
     unsubscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     unsubscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
     unsubscribe(UNANSWERED_CHANNEL, this.#onUnanswered401);
+    unsubscribe(WITHHELD_CHANNEL, this.#onWithheld);
   }
 
   /** The leg whose response the caller received last (the one on screen). */
   get lastDelivered(): LegRecord | undefined {
     for (let i = this.legs.length - 1; i >= 0; i--) if (this.legs[i]!.response?.delivered) return this.legs[i];
     return undefined;
+  }
+
+  /**
+   * The body (none: empty) and Content-Type of the request whose legs start at `from` in
+   * {@link legs}, for its legs to `origin` (not a proxy's CONNECT, which sends none): --har's.
+   */
+  sentBody(from: number, origin: string, body: Buffer | undefined, type: string | string[] | undefined): void {
+    const requestBody = { bytes: body ?? Buffer.alloc(0), mimeType: [type ?? ''].flat().join(', ') };
+    for (const leg of this.legs.slice(from))
+      if (leg.request.origin === origin && leg.request.method !== 'CONNECT') leg.requestBody = requestBody;
   }
 
   #leg(e: LegEvent): void {
@@ -170,6 +189,16 @@ export class Trace {
     }
     const why = e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
     this.#say(`* its 401 is the answer: ${why || 'nothing offered can run here'}`);
+  }
+
+  /** A 401 to the origin's last leg, which went without the credentials because they are held back (R4). */
+  #withheld(e: WithheldEvent): void {
+    if (e.reason !== 'refused-lately' || e.heldBackFor === undefined) return;
+    const record = this.legs.findLast((l) => l.request.origin === e.origin);
+    if (record) record.heldBackFor = e.heldBackFor;
+    this.#say(
+      `* its 401 is the answer: the credentials, refused here lately, are held back for another ${Math.ceil(e.heldBackFor / 1000)} s`,
+    );
   }
 
   #say(line: string): void {

@@ -13,7 +13,16 @@ import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import type { CommandAgent } from './command-agent.ts';
 import type { BodyDecoding } from './decode.ts';
-import { challengeSchemes, describeFailure, EXIT, explain401, explain407, type Failure, forCli } from './explain.ts';
+import {
+  challengeSchemes,
+  describeFailure,
+  EXIT,
+  explain401,
+  explain407,
+  type Failure,
+  forCli,
+  netrcFileOf,
+} from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
@@ -23,6 +32,12 @@ import type { CliTrust } from './trust.ts';
 
 /** A response the agent gives the command. */
 type Answer = Awaited<ReturnType<MultilegAgent['request']>>;
+
+/**
+ * Statuses whose response has no body (RFC 9110 §6.4.1): curl reads no Content-Encoding on them
+ * (its `http_bodyless`), so --compressed refuses none of their heads. A HEAD's is still read (curl's).
+ */
+const bodyless = (status: number): boolean => status < 200 || status === 204 || status === 304;
 
 /** The statuses -L follows. */
 export const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
@@ -187,11 +202,12 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
  */
 async function whyStood(
   req: CliRequest,
-  url: URL,
+  hop: Hop,
   status: number,
   headers: Record<string, string | string[] | undefined>,
   { command, credentials, trace }: TransferEnv,
 ): Promise<string | undefined> {
+  const { url } = hop;
   // The 401 came as the answer because what it offers cannot run here (deliver401): why (kinit…).
   const unanswered = trace.lastDelivered?.unanswered;
   if (status === 401 && unanswered && unanswered.unusable.length > 0)
@@ -202,10 +218,12 @@ async function whyStood(
       offered: challengeSchemes(headers, status),
       trusted: command.trusted.trusts(url.origin),
       hasPassword: credentials !== undefined,
-      // -u (or the URL's user) wins over a netrc file, which gave them only without one.
-      netrcFile: req.user === undefined && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined,
+      netrcFile: netrcFileOf(req),
       schemes: req.agent.schemes,
       handshakes: trace.handshakes,
+      keptBackMs: trace.lastDelivered?.heldBackFor,
+      // The request carried the caller's own Authorization (-H; not dropped by a redirect).
+      ...(hop.headers.authorization !== undefined ? { ownAuthorization: { replaces: req.authorizationReplaces } } : {}),
     });
   if (status !== 407) return undefined;
   const proxy = await proxyFor(req, url);
@@ -287,8 +305,10 @@ async function outputBody(
 }
 
 /**
- * --compressed's decoding of the final response's body (decode.ts, loaded only then). A response
- * with more codings than curl accepts is refused before its body, which is dropped unread.
+ * --compressed's decoding of a response's body (decode.ts, loaded only then): every response the
+ * command receives, as curl reads each head's Content-Encoding, though only the final body goes
+ * through it. A response with more codings than curl accepts is refused before its body, which is
+ * dropped unread.
  */
 async function decodingOf(res: Answer, url: URL): Promise<BodyDecoding> {
   const { bodyDecoding } = await import('./decode.ts');
@@ -415,7 +435,14 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           fail(EXIT.caFile, unusableCa);
           break;
         }
-        const res = await send(req, hop, signal, env);
+        const hopLegs = trace.legs.length;
+        let res: Answer;
+        try {
+          res = await send(req, hop, signal, env);
+        } finally {
+          // --har: the body each leg of this request sent (every leg sends the same, C10).
+          if (req.har !== undefined) trace.sentBody(hopLegs, hop.url.origin, hop.body, hop.headers['content-type']);
+        }
         head = performance.now();
         status = res.statusCode;
         const protocol = trace.lastDelivered?.response?.protocol;
@@ -425,6 +452,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         // answer retried shows its head, not its body (stdout would have it twice); an -o file
         // forgets it (heads = '', below).
         shownHeads?.received(protocol, res);
+        // --compressed: curl refuses a head with more than 5 codings as it reads it, before -L,
+        // -f or --retry look at its status (61 for a redirect too); never a 204's or a 304's.
+        const decoding = req.compressed && !bodyless(status) ? await decodingOf(res, hop.url) : undefined;
         const location = res.headers.location;
         if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
           await res.body.dump();
@@ -467,8 +497,8 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         });
         // --compressed: the body is decoded after it is counted (curl's -w size_download is the
         // bytes received); not -f's refused one, which is dropped unread as curl does.
-        const decoding = req.compressed && !(req.fail && status >= 400) ? await decodingOf(res, hop.url) : undefined;
-        const stages = decoding ? [counter, ...decoding.stages] : [counter];
+        const decoded = req.fail && status >= 400 ? undefined : decoding;
+        const stages = decoded ? [counter, ...decoded.stages] : [counter];
         const problem = await outputBody(req, res, status, stages, heads, stdout, () => {
           wroteOutput = true;
         });
@@ -482,12 +512,12 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         if (last) {
           last.bodySize = bytes;
           // --har: the size decoded beside the size received, once the body was decoded.
-          if (decoding && decoding.stages.length > 0) last.contentSize = decoding.decoded();
+          if (decoded && decoded.stages.length > 0) last.contentSize = decoded.decoded();
         }
         const failing = (req.fail || req.failWithBody) && status >= 400;
         // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
         // run); -S brings it back only where -f makes the status an error.
-        const why = !req.silent || failing ? await whyStood(req, hop.url, status, res.headers, env) : undefined;
+        const why = !req.silent || failing ? await whyStood(req, hop, status, res.headers, env) : undefined;
         if (why !== undefined) say(why);
         if (failing) {
           fail(EXIT.httpError, `(22) HTTP ${status}`);
