@@ -1881,6 +1881,37 @@ describe('multileg command line', () => {
       mimeType: 'application/json',
       text: '{"user":"alice","nested":{"api_token":"[redacted]"},"n":1}',
     });
+    // curl's -d labels any body a form: JSON sent so is no form (a piece without '='), not shown (review r27).
+    const unlabelled = '{"username":"alice","password":"S3CRET5"}';
+    const [unlabelledLeg] = await entries(['-d', unlabelled], '/auth/har-unlabelled');
+    expect(unlabelledLeg!.request.postData).toEqual({
+      mimeType: 'application/x-www-form-urlencoded',
+      comment: `${unlabelled.length} bytes of application/x-www-form-urlencoded: not shown (it may hold credentials)`,
+    });
+    // A multipart part whose name is not one quoted name (a token, name*=): its value is not shown.
+    const crafted = join(dir, 'crafted.multipart');
+    writeFileSync(
+      crafted,
+      '--XB\r\nContent-Disposition: form-data; name=password\r\n\r\nS3CRET6\r\n' +
+        '--XB\r\nContent-Disposition: form-data; name="pw"; name="password"\r\n\r\nS3CRET7\r\n--XB--\r\n',
+    );
+    const [craftedLeg] = await entries(
+      ['-H', 'Content-Type: multipart/form-data; boundary=XB', '--data-binary', `@${crafted}`],
+      '/auth/har-crafted',
+    );
+    expect(craftedLeg!.request.postData).toMatchObject({
+      params: [
+        { name: '', value: '[redacted]' },
+        { name: 'pw', value: '[redacted]' },
+      ],
+    });
+    // A body past 64 KiB is not parsed to be shown.
+    const big = `note=${'x'.repeat(70_000)}`;
+    const [bigLeg] = await entries(['-d', big], '/auth/har-big');
+    expect(bigLeg!.request.postData).toEqual({
+      mimeType: 'application/x-www-form-urlencoded',
+      comment: `${big.length} bytes: not shown (over 65536)`,
+    });
     // A SOAP request (WS-Security's password in an element): text with no field names to redact by, not shown.
     const soap = '<Envelope><UsernameToken><Password>S3CRET4</Password></UsernameToken></Envelope>';
     const [soapLeg] = await entries(['-H', 'Content-Type: text/xml', '-d', soap], '/auth/har-soap');

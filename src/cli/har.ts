@@ -34,6 +34,8 @@ const httpVersion = (p: string | undefined) => (p === 'h2' ? 'HTTP/2' : 'HTTP/1.
  */
 const SECRET_FIELD = /pass|pwd|secret|token|auth|credential|session|cookie|api[-_]?key|private[-_]?key|otp|signature/i;
 const REDACTED = '[redacted]';
+/** The largest request body shown as postData (bytes). */
+const MAX_SHOWN_BODY = 64 * 1024;
 
 /** The media type of a Content-Type, in lower case, and its parameters. */
 function mediaType(contentType: string): { type: string; params: Map<string, string> } {
@@ -86,13 +88,17 @@ function multipartParams(body: Buffer, boundary: string): HarParam[] {
     if (split < 0) continue;
     const head = part.slice(0, split);
     const disposition = /^content-disposition:(.*)$/im.exec(head)?.[1] ?? '';
-    const name = /\bname="([^"]*)"/i.exec(disposition)?.[1] ?? '';
+    // One quoted name, as -F writes it; another form (a token, `name*=`, two names) is not read:
+    // its value is then not shown (S2: it may be the password).
+    const names = [...disposition.matchAll(/(?:^|;)\s*name\s*=\s*"([^"]*)"/gi)].map((m) => m[1]!);
+    const readable = names.length === 1 && !/\bname\*?\s*=\s*[^"\s]/i.test(disposition.replace(/"[^"]*"/g, '""'));
+    const name = readable ? names[0]! : (names[0] ?? '');
     const fileName = /\bfilename="([^"]*)"/i.exec(disposition)?.[1];
     const contentType = /^content-type:\s*(.*)$/im.exec(head)?.[1]?.trim();
     if (fileName !== undefined) params.push({ name, fileName, ...(contentType ? { contentType } : {}) });
     else {
       const value = Buffer.from(part.slice(split + 4).replace(/\r\n$/, ''), 'latin1').toString('utf8');
-      params.push({ name, value: SECRET_FIELD.test(name) ? REDACTED : value });
+      params.push({ name, value: !readable || SECRET_FIELD.test(name) ? REDACTED : value });
     }
   }
   return params;
@@ -105,11 +111,16 @@ function multipartParams(body: Buffer, boundary: string): HarParam[] {
  */
 function postData(body: Buffer, contentType: string): HarPostData {
   const { type, params } = mediaType(contentType);
+  // Not parsed past this size (a HAR is for reading; a 73 MB body took 1.1 GB to show).
+  if (body.length > MAX_SHOWN_BODY)
+    return { mimeType: contentType, comment: `${body.length} bytes: not shown (over ${MAX_SHOWN_BODY})` };
   if (type === 'multipart/form-data' && params.has('boundary'))
     return { mimeType: contentType, params: multipartParams(body, params.get('boundary')!) };
   if (!isText(type)) return { mimeType: contentType, comment: `${body.length} bytes, not text: not shown` };
   const text = body.toString('utf8');
-  if (type === 'application/x-www-form-urlencoded') {
+  // A form whose every piece is name=value (curl's -d labels any body a form: a JSON or XML body, a
+  // bare token sent so is not one, and is not shown, as other text).
+  if (type === 'application/x-www-form-urlencoded' && text.split('&').every((piece) => /^[^=]+=/.test(piece))) {
     const pieces = text.split('&').map((piece) => {
       const eq = piece.indexOf('=');
       const rawName = eq < 0 ? piece : piece.slice(0, eq);
