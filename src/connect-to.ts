@@ -6,7 +6,7 @@
  * use, and channel bindings come from the certificate of the server actually reached.
  */
 import { isIP, type LookupFunction } from 'node:net';
-import { checkServerIdentity, type PeerCertificate } from 'node:tls';
+import { type ConnectionOptions, checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { buildConnector } from 'undici';
 import { ConfigError } from './errors.ts';
 import { portOf, unbracketed } from './options.ts';
@@ -112,6 +112,18 @@ function addressLookup(addresses: readonly string[]): LookupFunction {
 }
 
 /**
+ * The certificate check of `tls` (Node's by default), always against `hostname`, whatever host the
+ * socket was connected to (an address from connectTo, a proxy carrying a tunnel).
+ */
+export function checkedAgainst(
+  hostname: string,
+  tls: Pick<ConnectionOptions, 'checkServerIdentity'>,
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  const check = tls.checkServerIdentity ?? checkServerIdentity;
+  return (_host, cert) => check(hostname, cert);
+}
+
+/**
  * undici's connector for these options, with each connection to an origin going where `connectTo`
  * says. A routed connection keeps the URL's host for TLS: undici takes the SNI name from
  * `host` (the URL's authority, unchanged here), and the certificate is checked against that host
@@ -123,8 +135,6 @@ export function routedConnector(
 ): buildConnector.connector {
   const base = buildConnector(options);
   if (!connectTo) return base;
-  const check =
-    (options as { checkServerIdentity?: typeof checkServerIdentity }).checkServerIdentity ?? checkServerIdentity;
   return (opts, callback) => {
     let dial: Dial;
     try {
@@ -134,12 +144,11 @@ export function routedConnector(
       return;
     }
     if (!dial.routed) return base(opts, callback);
-    const original = unbracketed(opts.hostname);
     // A connector of its own for this one connection: undici passes no lookup per call.
     const routed = buildConnector({
       ...options,
       ...(dial.lookup ? { lookup: dial.lookup } : {}),
-      checkServerIdentity: (_host: string, cert: PeerCertificate) => check(original, cert),
+      checkServerIdentity: checkedAgainst(unbracketed(opts.hostname), options as ConnectionOptions),
     } as buildConnector.BuildOptions);
     return routed({ ...opts, hostname: dial.hostname, port: String(dial.port) }, callback);
   };

@@ -6,9 +6,9 @@
  * each CONNECT's answer, and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
-import { type ConnectionOptions, checkServerIdentity, connect as tlsConnect } from 'node:tls';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
-import { type Dial, dialFor } from '../connect-to.ts';
+import { checkedAgainst, type Dial, dialFor } from '../connect-to.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
@@ -60,7 +60,7 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
           ...(isIpLiteral(proxy.hostname) ? {} : { servername: proxy.hostname }),
           ALPNProtocols: alpn,
           ...proxy.connect,
-          ...(dial.routed ? { checkServerIdentity: identityOf(proxy.hostname, proxy.connect) } : {}),
+          ...(dial.routed ? { checkServerIdentity: checkedAgainst(proxy.hostname, proxy.connect) } : {}),
         })
       : netConnect(where);
     const ready = proxy.tls ? 'secureConnect' : 'connect';
@@ -127,7 +127,7 @@ export async function connectThroughTunnel(
       ...(servername ? { servername } : {}),
       ALPNProtocols: alpn,
       // Without it an address in the URL (no SNI) is checked against the proxy socket's host.
-      checkServerIdentity: identityOf(hostname, tls),
+      checkServerIdentity: checkedAgainst(hostname, tls),
     });
     const fail = (err: Error) => {
       clearTimeout(timer);
@@ -166,12 +166,6 @@ function connectFailure(proxy: ResolvedProxy, err: Error): MultilegError {
   return new ProxyProtocolError(proxy.origin, `cannot connect (${code || err.message})`, { cause: err });
 }
 
-/** The certificate check of `tls` (Node's by default), always against `hostname`. */
-function identityOf(hostname: string, tls: ConnectionOptions): NonNullable<ConnectionOptions['checkServerIdentity']> {
-  const check = tls.checkServerIdentity ?? checkServerIdentity;
-  return (_host, cert) => check(hostname, cert);
-}
-
 function isIpLiteral(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
 }
@@ -183,9 +177,9 @@ export interface Tunnel {
   readonly requests: number;
   readonly connections: number;
   /**
-   * The identity the CONNECT's handshake proved with credentials that can change outside the agent
-   * (a ccache's Kerberos ticket), which the proxy holds the tunnel as: the pool retires the
-   * connection once they are gone (S6). Undefined for any other (or no) authentication.
+   * The identity the CONNECT's handshake proved, which the proxy holds the tunnel as: the pool
+   * retires the connection once another account is proved at the proxy, or its credentials are gone
+   * (a ccache's Kerberos ticket; S6). Undefined when none was proved.
    */
   readonly holder: ProxyHolder | undefined;
 }

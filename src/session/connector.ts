@@ -15,7 +15,7 @@ export interface ConnectionInfo {
   readonly protocol: 'h2' | 'http/1.1';
   /** tls-server-end-point channel binding of this connection's server certificate. */
   readonly channelBinding?: Buffer;
-  /** Through a CONNECT tunnel: who its CONNECT authenticated as with a ccache's ticket (S6, {@link ProxyHolder}). */
+  /** Through a CONNECT tunnel: who its CONNECT authenticated as (S6, {@link ProxyHolder}). */
   readonly proxyHolder?: ProxyHolder;
 }
 

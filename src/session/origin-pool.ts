@@ -557,7 +557,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         ? {
             route: this.#route,
             onRemoteHttp1: () => this.memory.rememberHttp1(),
-            // S6: from now on requests ask (at most once a second) whether the proxy identity's tickets are still there.
+            // S6: a proxy connection held as another account retires the others, and is watched.
             onProxyHolder: (session) => this.#proxyIdentityProved(session),
           }
         : {}),
