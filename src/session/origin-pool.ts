@@ -3,6 +3,7 @@ import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
 import type { ResolvedOptions } from '../options.ts';
+import type { ProxyHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import {
   DONE,
@@ -212,33 +213,34 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     this.#holdersCheckedUntil = now + TICKET_RECHECK_MS;
     let watched = false;
     let retired = 0;
-    const answers = new Map<string, boolean | undefined>();
-    const proxyAnswers = new Map<string, boolean | undefined>();
-    for (const s of [...this.#sessions]) {
-      if (s.closed) continue;
-      const proxied = s.proxyHolder;
-      if (proxied?.mechanism.holdsCredentials) {
-        watched = true;
-        const { mechanism, identity } = proxied;
-        if (!proxyAnswers.has(identity)) proxyAnswers.set(identity, askHolds(mechanism, identity));
-        if (proxyAnswers.get(identity) === false) {
-          s.apply({ type: 'closed' });
-          retired += 1;
-          continue;
-        }
-      }
-      const state = s.state;
-      if (s.identity !== 'agent' || state.kind !== 'authenticated' || state.identity === undefined) continue;
-      const mechanism = this.#env.mechanisms.get(state.scheme);
-      if (!mechanism?.holdsCredentials) continue;
+    // Each mechanism asked once a pass for each identity (origin and proxy mechanisms may differ).
+    const answers = new Map<Mechanism, Map<string, boolean | undefined>>();
+    const gone = (held: ProxyHolder | undefined): boolean => {
+      if (!held?.mechanism.holdsCredentials) return false;
       watched = true;
-      if (!answers.has(state.identity)) answers.set(state.identity, askHolds(mechanism, state.identity));
-      if (answers.get(state.identity) !== false) continue;
+      let byIdentity = answers.get(held.mechanism);
+      if (!byIdentity) {
+        byIdentity = new Map();
+        answers.set(held.mechanism, byIdentity);
+      }
+      if (!byIdentity.has(held.identity)) byIdentity.set(held.identity, askHolds(held.mechanism, held.identity));
+      return byIdentity.get(held.identity) === false;
+    };
+    for (const s of [...this.#sessions]) {
+      if (s.closed || (!gone(s.proxyHolder) && !gone(this.#originHolder(s)))) continue;
       s.apply({ type: 'closed' });
       retired += 1;
     }
     this.#watchHolders = watched;
     if (retired > 0) log.pool('%s: the credentials of %d session(s) are gone; they retire', this.origin, retired);
+  }
+
+  /** Who `s` is authenticated as at the origin, and by which of the agent's mechanisms (S6). */
+  #originHolder(s: Session): ProxyHolder | undefined {
+    const state = s.state;
+    if (s.identity !== 'agent' || state.kind !== 'authenticated' || state.identity === undefined) return undefined;
+    const mechanism = this.#env.mechanisms.get(state.scheme);
+    return mechanism && { mechanism, identity: state.identity };
   }
 
   /** @internal FastHost: the environment of this origin's exchanges (read by reference). */
