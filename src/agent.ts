@@ -32,7 +32,7 @@ import { http1Only, newJob } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
 import type { Identity } from './session/session.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
-import { RedirectHops } from './trust/redirects.ts';
+import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
 
 /**
@@ -433,19 +433,22 @@ export class MultilegAgent extends Dispatcher {
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
           proofOf: (o) => this.#pool(o).memory.proof,
         });
-        const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
+        const named = namedOrigin(origin, headers);
+        const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         const identity = identityOf(headers, grant.allowed);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
-      const sink = new UserSink(handler, this.#hops, origin, opts.path);
+      // (A Host header is looked at only where an interceptor may have put an address in the origin.)
+      const named = mayBeAddress(origin) ? namedOrigin(origin, normalizeRequestHeaders(opts.headers)) : origin;
+      const sink = new UserSink(handler, this.#hops, named, opts.path);
       sink.begin();
       if (sink.aborted) return true;
       this.#running += 1;
       try {
-        this.#start(origin, opts, sink, handler);
+        this.#start(origin, named, opts, sink, handler);
       } catch (err) {
         // Only a synchronous failure before the pool took the request lands here.
         sink.fail(err as Error);
@@ -469,23 +472,32 @@ export class MultilegAgent extends Dispatcher {
   /**
    * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
    * whose `history` names where the request started; fetch follows redirects itself, and the hop
-   * is recognised from the 3xx we delivered (RedirectHops).
+   * is recognised from the 3xx we delivered (RedirectHops). Both name origins as the caller and the
+   * 3xx did: `named` (see namedOrigin), not an address an interceptor put in `origin`.
    */
-  #crossOriginHop(origin: string, path: string, handler: Dispatcher.DispatchHandler): boolean {
-    const fetchHop = this.#hops.consume(origin, path);
+  #crossOriginHop(origin: string, named: string, path: string, handler: Dispatcher.DispatchHandler): boolean {
+    const fetchHop = this.#hops.consume(named, path);
     const first = (handler as { history?: readonly URL[] }).history?.[0];
-    return fetchHop || (first !== undefined && normalizeOrigin(first) !== origin);
+    if (first === undefined) return fetchHop;
+    const started = normalizeOrigin(first);
+    return fetchHop || (started !== origin && started !== named);
   }
 
   /** Builds the request's Job and starts it on its origin's pool (after reading a body that must be read, C10). */
-  #start(origin: string, opts: Dispatcher.DispatchOptions, sink: UserSink, handler: Dispatcher.DispatchHandler): void {
+  #start(
+    origin: string,
+    named: string,
+    opts: Dispatcher.DispatchOptions,
+    sink: UserSink,
+    handler: Dispatcher.DispatchHandler,
+  ): void {
     const headers = normalizeRequestHeaders(opts.headers);
     const pool = this.#pool(origin);
     // Refused before anything is counted or a pending redirect hop is used up; by the route the
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
     refuseTunnelledProxyAuthorization(origin, headers, pool.route, 'tunnel');
     this.#stats.requests += 1;
-    const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, opts.path, handler));
+    const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
     const identity = identityOf(headers, grant.allowed);
     const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;

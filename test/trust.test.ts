@@ -469,6 +469,32 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     expect(await dispatch('/auth/same', [new URL(`${b.origin}/start`)])).toEqual({ status: 200, user: 'cert:alice' });
   });
 
+  it("S5: behind undici's dns interceptor (the address in the origin, the name in Host) a hop to another origin still gets no client certificate, a same-origin one does", async () => {
+    const b = await server({ schemes: [], clientCertificate: 'offer' });
+    const a = await rawServer((_req, res) => {
+      res.writeHead(302, { location: `${b.origin}/auth/hop`, 'content-length': '0' }).end();
+    });
+    const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+    const dns = () =>
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]),
+      });
+    const viaFetch = await fetch(`${a}/start`, { dispatcher: certified.compose(dns()) });
+    await viaFetch.arrayBuffer();
+    const viaInterceptor = await request(`${a}/start`, {
+      dispatcher: certified.compose(dns(), interceptors.redirect({ maxRedirections: 2 })),
+    });
+    await viaInterceptor.body.arrayBuffer();
+    // Before: the hop went to https://127.0.0.1:B, which no 3xx had named, and B answered 200 as cert:alice.
+    expect([viaFetch.status, viaInterceptor.statusCode]).toEqual([401, 401]);
+    expect(b.exchanges.some((e) => e.outcome === 'certificate')).toBe(false);
+    // A redirect within B, to its own name: the certificate goes.
+    const same = `${b.origin}/public/redirect?to=${encodeURIComponent(`${b.origin}/auth/same`)}`;
+    const within = await fetch(same, { dispatcher: certified.compose(dns()) });
+    expect(within.status).toBe(200);
+    expect(((await within.json()) as { user: string }).user).toBe('cert:alice');
+  });
+
   it('S5: the hop is recognised once, soon after the 3xx: a later direct call to the same URL is not a hop', () => {
     const hops = new RedirectHops();
     hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/x?y=1#frag' });

@@ -1,3 +1,7 @@
+import { isIP } from 'node:net';
+import type { HeaderMap } from '../headers.ts';
+import { unbracketed } from '../options.ts';
+
 /**
  * Recognises redirect hops the dispatcher is not told about (S5): fetch follows a 3xx itself, and
  * an interceptor between undici's redirect interceptor and the agent (retry, decompress) hides the
@@ -27,6 +31,38 @@ interface Pending {
 }
 
 const joined = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(',') : v);
+
+const HOST_AND_PORT = /^[^/?#@\\\s]+$/;
+
+/**
+ * Whether `origin`'s host may be an address (a cheap test on the hot path: its first character is
+ * a digit or `[`), which an interceptor may have put there in place of the name the caller gave.
+ */
+export function mayBeAddress(origin: string): boolean {
+  const c = origin.charCodeAt(origin.indexOf('//') + 2);
+  return c === 0x5b || (c >= 0x30 && c <= 0x39);
+}
+
+/**
+ * The origin as the caller and a 3xx's `Location` name it: undici's `dns` interceptor puts the
+ * address it resolved in `opts.origin` and keeps the name in the Host header, so a redirect hop
+ * must be noted and recognised by that name, or a hop to another origin passes for a direct call
+ * and gets an ambient credential (a certificate, a Kerberos ticket). `origin` itself when its host
+ * is not an address or no usable Host header names another.
+ */
+export function namedOrigin(origin: string, headers: HeaderMap): string {
+  const host = headers.host;
+  if (typeof host !== 'string' || !mayBeAddress(origin)) return origin;
+  const url = new URL(origin);
+  if (isIP(unbracketed(url.hostname)) === 0) return origin;
+  // A Host header with more than a host and port is not the dns interceptor's: no name from it.
+  if (!HOST_AND_PORT.test(host)) return origin;
+  try {
+    return new URL(`${url.protocol}//${host}`).origin;
+  } catch {
+    return origin;
+  }
+}
 
 /**
  * How long a cache may serve this response again (ms, 0 when none may store it): freshness from
