@@ -10,7 +10,7 @@ import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
-import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
+import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
@@ -23,19 +23,6 @@ export interface ProxyCredentials {
   readonly value: string;
   /** A per-request scheme's own context: the proxy's answer goes to {@link ProxyAuth.verify}. */
   readonly own?: MechanismContext;
-}
-
-/**
- * Who a proxy connection's handshake proved the agent to be, and by which mechanism (S6): the pool
- * retires the agent's other sessions whose proxy connection is held as another account once one is
- * held as this one, and — for credentials that live outside the agent and can change under a running
- * process (a Kerberos ticket from a ccache) — asks `mechanism.holdsCredentials(identity)` now and
- * then and retires the connection once they are gone (`kdestroy; kinit bob` must not leave requests
- * running as alice at the proxy).
- */
-export interface ProxyHolder {
-  readonly mechanism: Mechanism;
-  readonly identity: string;
 }
 
 /** The scheme names a 407's challenges offer, each once, in order. */
@@ -101,7 +88,7 @@ export class ProxyAuth {
   /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
   #opening = false;
   #state: 'idle' | 'handshaking' | 'done' = 'idle';
-  #holder: ProxyHolder | undefined;
+  #holder: Holder | undefined;
 
   constructor(proxy: ResolvedProxy, maxLegs: number) {
     this.#proxy = proxy;
@@ -120,7 +107,7 @@ export class ProxyAuth {
    * one); kept until another handshake succeeds, as the proxy holds the connection as that identity
    * till then.
    */
-  get holder(): ProxyHolder | undefined {
+  get holder(): Holder | undefined {
     return this.#holder;
   }
 

@@ -5,10 +5,11 @@ import { publishProxyUnanswered } from '../diagnostics.ts';
 import { LegLimitError } from '../errors.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
+import type { Holder } from '../mechanisms/types.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { offeredSchemes, ProxyAuth, type ProxyHolder, proxyLeg, rejected } from './auth.ts';
+import { offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
@@ -126,7 +127,7 @@ export class ForwardProxy {
   }
 
   /** Who the proxy holds this connection as (S6: see {@link ProxyAuth.holder}). */
-  get holder(): ProxyHolder | undefined {
+  get holder(): Holder | undefined {
     return this.#auth.holder;
   }
 

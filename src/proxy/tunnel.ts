@@ -13,6 +13,7 @@ import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
+import type { Holder } from '../mechanisms/types.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import {
   type Admission,
@@ -22,7 +23,7 @@ import {
   type Ticket,
 } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { offeredSchemes, ProxyAuth, type ProxyHolder, proxyLeg } from './auth.ts';
+import { offeredSchemes, ProxyAuth, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -98,7 +99,7 @@ export interface TunnelTarget {
 /** A connection through a CONNECT tunnel, and who its CONNECT authenticated as (see {@link Tunnel.holder}). */
 export interface TunnelledConnection {
   readonly socket: Socket;
-  readonly holder: ProxyHolder | undefined;
+  readonly holder: Holder | undefined;
 }
 
 /**
@@ -181,7 +182,7 @@ export interface Tunnel {
    * retires the connection once another account is proved at the proxy, or its credentials are gone
    * (a ccache's Kerberos ticket; S6). Undefined when none was proved.
    */
-  readonly holder: ProxyHolder | undefined;
+  readonly holder: Holder | undefined;
 }
 
 /**

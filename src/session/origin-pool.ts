@@ -1,9 +1,8 @@
 import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
-import type { Mechanism } from '../mechanisms/types.ts';
+import type { Holder, Mechanism } from '../mechanisms/types.ts';
 import type { ResolvedOptions } from '../options.ts';
-import type { ProxyHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import {
   DONE,
@@ -215,7 +214,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     let retired = 0;
     // Each mechanism asked once a pass for each identity (origin and proxy mechanisms may differ).
     const answers = new Map<Mechanism, Map<string, boolean | undefined>>();
-    const gone = (held: ProxyHolder | undefined): boolean => {
+    const gone = (held: Holder | undefined): boolean => {
       if (!held?.mechanism.holdsCredentials) return false;
       watched = true;
       let byIdentity = answers.get(held.mechanism);
@@ -236,7 +235,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   /** Who `s` is authenticated as at the origin, and by which of the agent's mechanisms (S6). */
-  #originHolder(s: Session): ProxyHolder | undefined {
+  #originHolder(s: Session): Holder | undefined {
     const state = s.state;
     if (s.identity !== 'agent' || state.kind !== 'authenticated' || state.identity === undefined) return undefined;
     const mechanism = this.#env.mechanisms.get(state.scheme);
