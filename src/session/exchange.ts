@@ -61,8 +61,8 @@ export interface ExchangeEnv {
   readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
   /**
-   * `session` is authenticated as `identity` (S6) by `scheme`'s handshake, the `admitted`-th to get
-   * leave to send credentials (an order over all handshakes: which one's credentials are newer).
+   * `session` is authenticated as `identity` (S6) by `scheme`'s handshake, whose leave to send
+   * credentials was the `admitted`-th ({@link Ticket.admitted}: which handshake's credentials are newer).
    */
   identityProved(session: Session, identity: string, scheme: string, admitted: number): void;
 }
@@ -76,9 +76,6 @@ export type ExchangeOutcome =
 
 export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
-
-/** Handshakes given leave to send credentials so far (see ExchangeEnv.identityProved). */
-let admitted = 0;
 
 /** Host and port of the last origin a leg was made for: per-request mode asks once per request. */
 let lastOrigin: { origin: string; hostname: string; port: number } | undefined;
@@ -676,8 +673,6 @@ class Lead implements HandshakeInput, LegInfo {
   #renewed = false;
   /** Leave to send the credentials here (CredentialProof), given back with the outcome. */
   #ticket: Ticket | undefined;
-  /** When it got that leave, in the order of all handshakes (its credentials are those of then). */
-  #order = 0;
 
   constructor(run: Run, step: LeadStep, done: (next: Step) => void) {
     const { job, env } = run;
@@ -760,7 +755,6 @@ class Lead implements HandshakeInput, LegInfo {
     }
     const ticket = admission;
     this.#ticket = ticket;
-    this.#order = ++admitted;
     runHandshake(
       this,
       (result) => {
@@ -912,7 +906,7 @@ class Lead implements HandshakeInput, LegInfo {
           session.apply({ type: 'server-authenticated', scheme, ...identity });
         }
         if (sessionAuthenticated && result.identity !== undefined) {
-          env.identityProved(session, result.identity, scheme, this.#order);
+          env.identityProved(session, result.identity, scheme, this.#ticket!.admitted);
         }
         this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
         return end({ kind: 'done', done: result.done });
