@@ -306,6 +306,17 @@ export function unusable(run: Run, scheme: string, error: Error): void {
   if (scheme === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
 }
 
+/**
+ * The challenges of `offered` a request on another connection may answer as its own: connection-bound
+ * schemes (NTLM, Negotiate) the agent has, with no token (nothing of this connection, request or path).
+ */
+function connectionBound(offered: readonly Challenge[], env: ExchangeEnv): readonly Challenge[] | undefined {
+  const bound = offered.filter(
+    (c) => c.token68 === undefined && (env.mechanisms.get(c.scheme)?.level ?? 'request') !== 'request',
+  );
+  return bound.length > 0 ? bound : undefined;
+}
+
 function mayAuthenticate({ job, env }: Run): boolean {
   return job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty && !env.memory.credentialsRefused;
 }
@@ -352,6 +363,13 @@ function check(run: Run): Step {
       return { kind: 'lead', mechanism, challenge: undefined, blocking: false, spaced: true };
     }
     return SEND;
+  }
+  // R1: bare requests here meet a 401 whose body stalls, which waits limits.handshakeTimeout each
+  // (on HTTP/1.1 the next connection would be another request's bare probe stalling as long): a
+  // new session answers the challenges of the last one, as a relocated request answers its own.
+  const stalled = env.memory.stalledChallenges;
+  if (authenticates && stalled && mayLead && state.kind === 'fresh' && env.memory.scheme === undefined) {
+    return answerStep(stalled, undefined);
   }
   // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
   if (authenticates) {
@@ -545,6 +563,10 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
+  // R1: a bare 401 whose body stalls costs each bare request here limits.handshakeTimeout: new
+  // sessions answer its challenges at once (check), until one ends in time or a handshake succeeds.
+  if (job.identity === 'agent')
+    env.memory.stalledChallenges = result.slow ? connectionBound(seen.challenges, env) : undefined;
   // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1);
   // if the connection closed with it, the next one answers it.
   const now = session.state.kind;
