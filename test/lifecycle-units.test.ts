@@ -341,7 +341,13 @@ describe('LegHandler: one leg against a fake undici controller', () => {
       vi.advanceTimersByTime(1);
       // Before: the leg waited for undici's bodyTimeout (300 s by default).
       expect(wire.calls).toEqual(['abort challenge body too slow']);
-      expect(await h.result).toEqual({ kind: 'swallowed', status: 401, headers: { 'www-authenticate': 'NTLM' } });
+      // `slow`: the exchange remembers the challenge for the next new session (R1).
+      expect(await h.result).toEqual({
+        kind: 'swallowed',
+        status: 401,
+        headers: { 'www-authenticate': 'NTLM' },
+        slow: true,
+      });
       h.onResponseError(wire.controller, new Error('aborted'));
       expect(seen).toEqual([]);
     } finally {

@@ -33,7 +33,7 @@ import {
 } from '../src/reference-server/index.ts';
 import { signalWaiter } from '../src/session/credential-proof.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
-import { ALICE, sleep } from './helpers.ts';
+import { ALICE, basic, sleep, until } from './helpers.ts';
 
 /** NTLM that sends NEGOTIATE on the first leg once the origin is known to want it (as Negotiate does). */
 const proactiveNtlm: Mechanism = { ...ntlmMechanism(ALICE), proactive: true };
@@ -710,5 +710,59 @@ describe('a proxy identity whose credentials live outside the agent (S6/H5, refe
       [407, false],
       [200, true],
     ]);
+  });
+
+  it("S6/H5: a CONNECT admitted as alice that the proxy answers after bob's (the identity switched meanwhile, as a ccache's is) retires its own tunnel, not bob's: the next request goes through bob's", async () => {
+    const ALICE_P = { username: 'alice', password: 'alicepw' };
+    const BOB_P = { username: 'bob', password: 'bobpw' };
+    // /public/busy keeps the first tunnel's connection busy, so that each request after opens its own.
+    server = await startReferenceServer({
+      mode: 'session',
+      faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? 2500 : 0) },
+    });
+    proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
+    // Each handshake takes the credentials of its time, as Negotiate takes the ccache's (a ticket:
+    // no password, so the CONNECTs of a proved identity run side by side).
+    let ccache = ALICE_P;
+    const ambient: Mechanism = {
+      ...basicMechanism(ALICE_P),
+      usesPassword: false,
+      createContext: (leg) => basicMechanism(ccache).createContext(leg),
+    };
+    let hold = false;
+    let held = false;
+    proxy.options.connectDelayMs = (c) => {
+      if (!hold || c.proxyAuthorization !== basic(ALICE_P)) return 0;
+      hold = false;
+      held = true;
+      return 1500;
+    };
+    agent = new MultilegAgent({
+      negotiate: false,
+      allowH2: false,
+      connect: { ca: server.ca },
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
+    });
+    /** The origin's connection a request came on: one per tunnel. */
+    const via = async (path: string) => {
+      const res = await request(`${server!.origin}${path}`, { dispatcher: agent! });
+      const body = (await res.body.json()) as { sessionId: string };
+      expect(res.statusCode).toBe(200);
+      return body.sessionId;
+    };
+    await via('/public/warm');
+    const busy = via('/public/busy');
+    hold = true;
+    const late = via('/public/late');
+    await until(() => held);
+    // The ccache now holds bob's ticket: the next tunnel is bob's, proved while alice's CONNECT is held.
+    ccache = BOB_P;
+    const bobs = await via('/public/bob');
+    await late;
+    await busy;
+    // Was: alice's late 200 retired bob's tunnel and kept hers, so this went to the proxy as alice.
+    expect(await via('/public/after')).toBe(bobs);
+    const p = proxy;
+    expect(p.exchanges.filter((e) => e.method === 'CONNECT' && e.status === 200)).toHaveLength(3);
   });
 });

@@ -517,6 +517,55 @@ describe('R3: handshakeTimeout bounds a challenge body that never ends', () => {
   }
 });
 
+describe('R1: HTTP/1.1, bare 401s whose bodies never end wait one handshakeTimeout, not one per request', () => {
+  it('R1: a burst of 2 on HTTP/1.1 (one connection while the password is unproved): one bare probe; the other request answers its stalled NTLM challenge on a new connection, not a second bare probe stalling as long; both 200', async () => {
+    /** Each request as the server saw it: its connection (1, 2, …) and whether it was bare. */
+    const seen: Array<{ connection: number; bare: boolean }> = [];
+    const connections = new Map<import('node:net').Socket, number>();
+    const server: Http2SecureServer = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true });
+    server.on('connection', (s) => s.on('error', () => {}));
+    server.on('request', (req, res) => {
+      const socket = req.socket as import('node:net').Socket;
+      if (!connections.has(socket)) connections.set(socket, connections.size + 1);
+      seen.push({ connection: connections.get(socket)!, bare: !req.headers.authorization });
+      req.resume();
+      if (!req.headers.authorization)
+        res.writeHead(401, { 'www-authenticate': 'NTLM' }).write('x'); // never ends
+      else res.writeHead(200, { 'persistent-auth': 'true' }).end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push({
+      close: () =>
+        new Promise<void>((resolve) => {
+          for (const s of connections.keys()) s.destroy();
+          server.close(() => resolve());
+        }),
+    });
+    const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+    // NTLM among other schemes: the first request goes bare (NTLM alone would open unasked).
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [origin],
+      negotiate: false,
+      allowH2: false,
+      mechanisms: [testNtlm({ tokens: 1 })],
+      limits: { handshakeTimeout: 300 },
+    });
+    const statuses = await Promise.all(
+      [0, 1].map(async (i) => {
+        const res = await request(`${origin}/x${i}`, { dispatcher: a, signal: AbortSignal.timeout(8000) });
+        await res.body.dump();
+        return res.statusCode;
+      }),
+    );
+    expect(statuses).toEqual([200, 200]);
+    // Was: two bare probes, one after the other on connections 1 and 2, each stalling handshakeTimeout.
+    expect(seen.filter((r) => r.bare)).toEqual([{ connection: 1, bare: true }]);
+    expect(seen.filter((r) => !r.bare)).toHaveLength(2);
+    expect(connections.size).toBe(3);
+  }, 10_000);
+});
+
 describe('R3: handshakeTimeout bounds a challenge body in the middle of a handshake', () => {
   for (const allowH2 of [true, false]) {
     it(`R3: a 401 that continues the handshake sends its head and never ends its body (${allowH2 ? 'HTTP/2' : 'HTTP/1.1'}): the handshake's clock ends it with HandshakeTimeoutError`, async () => {

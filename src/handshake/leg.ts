@@ -45,6 +45,8 @@ export type LegResult =
       readonly headers: ResponseHeaders;
       /** With `hold`: the response in full; absent when its body was cut (too large or too slow). */
       readonly held?: HeldResponse;
+      /** Its body did not end within `maxDrainMs`: it was cut (on HTTP/1.1, its connection with it). */
+      readonly slow?: true;
     }
   /** The response reached the caller; `done` settles when its body has ended or failed. */
   | {
@@ -308,13 +310,14 @@ export class LegHandler implements Dispatcher.DispatchHandler {
    * headers are all a handshake needs), and the leg is cut — on HTTP/1.1 with its connection, the
    * lesser evil (the handshake goes on another, H1).
    */
-  #stopDraining(controller: Controller, why: string): void {
+  #stopDraining(controller: Controller, why: 'challenge body too large' | 'challenge body too slow'): void {
     if (this.#mode !== 'drain') return;
     clearTimeout(this.#drainTimer);
     this.#mode = 'over';
     // A body cut short is not the server's response: nothing is held.
     this.#held = undefined;
-    this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+    const slow = why === 'challenge body too slow' ? { slow: true as const } : {};
+    this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers, ...slow });
     controller.abort(new Error(why));
   }
 

@@ -134,6 +134,20 @@ export interface Mechanism {
   holdsCredentials?(identity: string): boolean | undefined;
 }
 
+/**
+ * Who a connection is held as, and by which mechanism (S6): the identity a handshake proved, at the
+ * origin (an authenticated session) or at the proxy (a forwarding proxy's connection, a CONNECT
+ * tunnel). The pool retires the agent's sessions held as another account once one is held as this
+ * one, and — for credentials that live outside the agent and can change under a running process (a
+ * Kerberos ticket from a ccache) — asks `mechanism.holdsCredentials(identity)` now and then and
+ * retires the connection once they are gone (`kdestroy; kinit bob` must not leave requests running
+ * as alice).
+ */
+export interface Holder {
+  readonly mechanism: Mechanism;
+  readonly identity: string;
+}
+
 /** Credentials given to the agent. */
 export interface Credentials {
   readonly username: string;

@@ -10,8 +10,8 @@ import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
-import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
-import { UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
+import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
+import { type Ticket, UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
 
@@ -26,16 +26,12 @@ export interface ProxyCredentials {
 }
 
 /**
- * Who a proxy connection's handshake proved the agent to be, and by which mechanism (S6): the pool
- * retires the agent's other sessions whose proxy connection is held as another account once one is
- * held as this one, and — for credentials that live outside the agent and can change under a running
- * process (a Kerberos ticket from a ccache) — asks `mechanism.holdsCredentials(identity)` now and
- * then and retires the connection once they are gone (`kdestroy; kinit bob` must not leave requests
- * running as alice at the proxy).
+ * Who the proxy holds a connection as ({@link Holder}), and the place of the leave to send the
+ * credentials that its handshake ran under ({@link Ticket.admitted}): the pool orders the proxy's
+ * proofs by it, as the origin's (S6).
  */
-export interface ProxyHolder {
-  readonly mechanism: Mechanism;
-  readonly identity: string;
+export interface AdmittedHolder extends Holder {
+  readonly admitted: number;
 }
 
 /** The scheme names a 407's challenges offer, each once, in order. */
@@ -101,7 +97,7 @@ export class ProxyAuth {
   /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
   #opening = false;
   #state: 'idle' | 'handshaking' | 'done' = 'idle';
-  #holder: ProxyHolder | undefined;
+  #holder: AdmittedHolder | undefined;
 
   constructor(proxy: ResolvedProxy, maxLegs: number) {
     this.#proxy = proxy;
@@ -120,7 +116,7 @@ export class ProxyAuth {
    * one); kept until another handshake succeeds, as the proxy holds the connection as that identity
    * till then.
    */
-  get holder(): ProxyHolder | undefined {
+  get holder(): AdmittedHolder | undefined {
     return this.#holder;
   }
 
@@ -413,8 +409,12 @@ export class ProxyAuth {
     return this.#step(this.#first, leg);
   }
 
-  /** A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final token. */
-  async succeeded(headers: Headers, leg: LegInfo): Promise<void> {
+  /**
+   * A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final
+   * token. `leave`: the leave to send the credentials it ran under (always given: credentials go only
+   * with leave), whose place orders the identity it proved.
+   */
+  async succeeded(headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<void> {
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
     if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
@@ -424,7 +424,7 @@ export class ProxyAuth {
     const context = this.#context;
     await this.#finish(context, headers, leg);
     const identity = context.identity;
-    this.#holder = identity !== undefined ? { mechanism, identity } : undefined;
+    this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
   }
 
   async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {

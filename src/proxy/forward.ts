@@ -8,7 +8,7 @@ import { log } from '../log.ts';
 import type { Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { offeredSchemes, ProxyAuth, type ProxyHolder, proxyLeg, rejected } from './auth.ts';
+import { type AdmittedHolder, offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
@@ -126,7 +126,7 @@ export class ForwardProxy {
   }
 
   /** Who the proxy holds this connection as (S6: see {@link ProxyAuth.holder}). */
-  get holder(): ProxyHolder | undefined {
+  get holder(): AdmittedHolder | undefined {
     return this.#auth.holder;
   }
 
@@ -298,7 +298,7 @@ export class ForwardProxy {
                 if (credentials && status !== 407) outcome = 'success';
                 return verdict;
               }
-              const succeeded = this.#auth.succeeded(headers, leg).then(() => {
+              const succeeded = this.#auth.succeeded(headers, leg, ticket).then(() => {
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);

@@ -22,7 +22,7 @@ import {
   type Ticket,
 } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { offeredSchemes, ProxyAuth, type ProxyHolder, proxyLeg } from './auth.ts';
+import { type AdmittedHolder, offeredSchemes, ProxyAuth, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -98,7 +98,7 @@ export interface TunnelTarget {
 /** A connection through a CONNECT tunnel, and who its CONNECT authenticated as (see {@link Tunnel.holder}). */
 export interface TunnelledConnection {
   readonly socket: Socket;
-  readonly holder: ProxyHolder | undefined;
+  readonly holder: AdmittedHolder | undefined;
 }
 
 /**
@@ -181,7 +181,7 @@ export interface Tunnel {
    * retires the connection once another account is proved at the proxy, or its credentials are gone
    * (a ccache's Kerberos ticket; S6). Undefined when none was proved.
    */
-  readonly holder: ProxyHolder | undefined;
+  readonly holder: AdmittedHolder | undefined;
 }
 
 /**
@@ -285,6 +285,7 @@ async function handshake(
         (o) => {
           outcome = o;
         },
+        () => ticket,
       );
     } catch (err) {
       // The proxy refused credentials replaced since their CONNECT left (setProxyCredentials after the
@@ -395,7 +396,8 @@ export function closedBetweenLegs(
 /**
  * The CONNECT legs of one tunnel; `admit` is called before a 407 is answered by a new handshake
  * (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
- * (it may wait; false: go bare), `proved` with what the handshake said of the credentials.
+ * (it may wait; false: go bare), `proved` with what the handshake said of the credentials; `leave`
+ * gives the leave to send them that the handshake runs under.
  */
 async function connectLegs(
   proxy: ResolvedProxy,
@@ -407,6 +409,7 @@ async function connectLegs(
   admit: (headers: Record<string, string | string[]>, offered: readonly string[]) => Promise<void>,
   lead: () => Promise<boolean>,
   proved: (outcome: ProofOutcome) => void,
+  leave: () => Ticket | undefined,
 ): Promise<Tunnel> {
   const leg = proxyLeg(proxy, 'CONNECT', target);
   // NTLM the proxy's only scheme: its NEGOTIATE goes on the first CONNECT, as curl --proxy-ntlm
@@ -502,7 +505,7 @@ async function connectLegs(
         // A 2xx to the opening authenticated nothing: the proxy wants no authentication (R4: nothing proved).
         if (credentials && auth.opening) auth.notNeeded();
         else if (credentials) {
-          await auth.succeeded(head.headers, leg);
+          await auth.succeeded(head.headers, leg, leave());
           proved('success');
         }
         reader.detach();
@@ -513,7 +516,7 @@ async function connectLegs(
         // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
         // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
         if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
-          await auth.succeeded(head.headers, leg);
+          await auth.succeeded(head.headers, leg, leave());
         }
         throw new ProxyConnectError(proxy.origin, target, head.status);
       }

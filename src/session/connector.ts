@@ -3,7 +3,7 @@ import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { type Limits, portOf, unbracketed } from '../options.ts';
-import type { ProxyHolder } from '../proxy/auth.ts';
+import type { AdmittedHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
@@ -15,8 +15,8 @@ export interface ConnectionInfo {
   readonly protocol: 'h2' | 'http/1.1';
   /** tls-server-end-point channel binding of this connection's server certificate. */
   readonly channelBinding?: Buffer;
-  /** Through a CONNECT tunnel: who its CONNECT authenticated as (S6, {@link ProxyHolder}). */
-  readonly proxyHolder?: ProxyHolder;
+  /** Through a CONNECT tunnel: who its CONNECT authenticated as (S6, {@link AdmittedHolder}). */
+  readonly proxyHolder?: AdmittedHolder;
 }
 
 /** One session's connect function for its Client, and its early connection. */
@@ -64,7 +64,11 @@ export function sessionConnector(
   connectTo?: ConnectTo,
 ): SessionConnector {
   let generation = 0;
-  const describe = (socket: Socket, proxied: 'tunnel' | 'forward' | undefined, proxyHolder?: ProxyHolder): Socket => {
+  const describe = (
+    socket: Socket,
+    proxied: 'tunnel' | 'forward' | undefined,
+    proxyHolder?: AdmittedHolder,
+  ): Socket => {
     const tlsSocket = socket as Socket & Partial<TLSSocket>;
     const protocol = tlsSocket.alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
     const cert =

@@ -27,8 +27,17 @@ export const PROOF_FRESH_MS = 1_000;
 /** What a handshake may do with the credentials: run ({@link Ticket}), or go without them. */
 export type Admission = Ticket | 'refused';
 
+/** Leave given so far, at every place: see {@link Ticket.admitted}. */
+let given = 0;
+
 /** One handshake's leave to send the credentials; given back with its outcome ({@link CredentialProof.settle}). */
 export class Ticket {
+  /**
+   * Its place in the order leave is given, over every origin and proxy (S6): a handshake carries
+   * the credentials of when it got leave, so of two that proved different accounts at one place, the
+   * later-admitted one carried the newer (a slower one may end after it: OriginPool's `Proved`).
+   */
+  readonly admitted = ++given;
   /** It runs alone: the others wait for its outcome. */
   probe: boolean;
   /** The refusals counted when it was admitted (a success proves nothing about a later refusal). */

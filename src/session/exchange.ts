@@ -61,8 +61,8 @@ export interface ExchangeEnv {
   readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
   /**
-   * `session` is authenticated as `identity` (S6) by `scheme`'s handshake, the `admitted`-th to get
-   * leave to send credentials (an order over all handshakes: which one's credentials are newer).
+   * `session` is authenticated as `identity` (S6) by `scheme`'s handshake, whose leave to send
+   * credentials was the `admitted`-th ({@link Ticket.admitted}: which handshake's credentials are newer).
    */
   identityProved(session: Session, identity: string, scheme: string, admitted: number): void;
 }
@@ -76,9 +76,6 @@ export type ExchangeOutcome =
 
 export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
-
-/** Handshakes given leave to send credentials so far (see ExchangeEnv.identityProved). */
-let admitted = 0;
 
 /** Host and port of the last origin a leg was made for: per-request mode asks once per request. */
 let lastOrigin: { origin: string; hostname: string; port: number } | undefined;
@@ -309,6 +306,17 @@ export function unusable(run: Run, scheme: string, error: Error): void {
   if (scheme === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
 }
 
+/**
+ * The challenges of `offered` a request on another connection may answer as its own: connection-bound
+ * schemes (NTLM, Negotiate) the agent has, with no token (nothing of this connection, request or path).
+ */
+function connectionBound(offered: readonly Challenge[], env: ExchangeEnv): readonly Challenge[] | undefined {
+  const bound = offered.filter(
+    (c) => c.token68 === undefined && (env.mechanisms.get(c.scheme)?.level ?? 'request') !== 'request',
+  );
+  return bound.length > 0 ? bound : undefined;
+}
+
 function mayAuthenticate({ job, env }: Run): boolean {
   return job.identity === 'agent' && !job.noAuth && !env.mechanisms.empty && !env.memory.credentialsRefused;
 }
@@ -355,6 +363,13 @@ function check(run: Run): Step {
       return { kind: 'lead', mechanism, challenge: undefined, blocking: false, spaced: true };
     }
     return SEND;
+  }
+  // R1: bare requests here meet a 401 whose body stalls, which waits limits.handshakeTimeout each
+  // (on HTTP/1.1 the next connection would be another request's bare probe stalling as long): a
+  // new session answers the challenges of the last one, as a relocated request answers its own.
+  const stalled = env.memory.stalledChallenges;
+  if (authenticates && stalled && mayLead && state.kind === 'fresh' && env.memory.scheme === undefined) {
+    return answerStep(stalled, undefined);
   }
   // Proactive: the origin is known to want a scheme (per-request: every request; session: the leader).
   if (authenticates) {
@@ -548,6 +563,10 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
+  // R1: a bare 401 whose body stalls costs each bare request here limits.handshakeTimeout: new
+  // sessions answer its challenges at once (check), until one ends in time or a handshake succeeds.
+  if (job.identity === 'agent')
+    env.memory.stalledChallenges = result.slow ? connectionBound(seen.challenges, env) : undefined;
   // A 401 we can answer. If another request started a handshake meanwhile, join its queue (C1);
   // if the connection closed with it, the next one answers it.
   const now = session.state.kind;
@@ -676,8 +695,6 @@ class Lead implements HandshakeInput, LegInfo {
   #renewed = false;
   /** Leave to send the credentials here (CredentialProof), given back with the outcome. */
   #ticket: Ticket | undefined;
-  /** When it got that leave, in the order of all handshakes (its credentials are those of then). */
-  #order = 0;
 
   constructor(run: Run, step: LeadStep, done: (next: Step) => void) {
     const { job, env } = run;
@@ -760,7 +777,6 @@ class Lead implements HandshakeInput, LegInfo {
     }
     const ticket = admission;
     this.#ticket = ticket;
-    this.#order = ++admitted;
     runHandshake(
       this,
       (result) => {
@@ -912,7 +928,7 @@ class Lead implements HandshakeInput, LegInfo {
           session.apply({ type: 'server-authenticated', scheme, ...identity });
         }
         if (sessionAuthenticated && result.identity !== undefined) {
-          env.identityProved(session, result.identity, scheme, this.#order);
+          env.identityProved(session, result.identity, scheme, this.#ticket!.admitted);
         }
         this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
         return end({ kind: 'done', done: result.done });

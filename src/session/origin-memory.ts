@@ -134,6 +134,14 @@ export class OriginMemory {
    */
   unchallenged = false;
   /**
+   * The challenges of a bare request's 401 here whose body did not end within
+   * limits.handshakeTimeout (cut, and on HTTP/1.1 its connection with it), those of connection-bound
+   * schemes only (NTLM, Negotiate: nothing per request or per path, no token): until a handshake
+   * succeeds here, or a bare 401's body ends in time, a request on a new session answers them at
+   * once rather than wait that long again for the same 401 (R1). Cleared by {@link rememberScheme}.
+   */
+  stalledChallenges: readonly Challenge[] | undefined;
+  /**
    * A first leg led without any 401 here (the sole scheme's opening, {@link opensUnasked}) met a
    * server that took no part in it: requests here wait for a 401 again.
    */
@@ -203,6 +211,7 @@ export class OriginMemory {
   }
 
   rememberScheme(scheme: string, mode: 'session' | 'per-request', legs = 1): void {
+    this.stalledChallenges = undefined;
     this.scheme = scheme;
     this.mode = mode;
     this.multilegPerRequest = mode === 'per-request' && legs > 1;

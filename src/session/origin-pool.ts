@@ -1,9 +1,8 @@
 import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
-import type { Mechanism } from '../mechanisms/types.ts';
+import type { Holder, Mechanism } from '../mechanisms/types.ts';
 import type { ResolvedOptions } from '../options.ts';
-import type { ProxyHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import {
   DONE,
@@ -112,8 +111,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     return this.#route;
   }
   #sessionsCreated = 0;
-  /** The identity the newest-admitted handshake proved here, and its place in that order (S6). */
-  #proved: { readonly identity: string; readonly admitted: number } | undefined;
+  /** The accounts the newest-admitted handshakes proved at the origin and at its proxy (S6). */
+  readonly #originProved = new Proved();
+  readonly #proxyProved = new Proved();
   /** A session is authenticated by credentials that may change outside the agent: see #checkHolders. */
   #watchHolders = false;
   #holdersCheckedUntil = 0;
@@ -159,15 +159,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   #identityProved(session: Session, identity: string, scheme: string, admitted: number): void {
     if (session.identity !== 'agent') return;
     if (this.#env.mechanisms.get(scheme)?.holdsCredentials) this.#watchHolders = true;
-    const last = this.#proved;
-    if (last !== undefined && admitted < last.admitted) {
-      if (sameAccount(last.identity, identity)) return;
-      session.apply({ type: 'closed' });
-      log.pool('%s: %s authenticated as an older identity than the last proved: it retires', this.origin, session.id);
-      return;
-    }
-    this.#proved = { identity, admitted };
-    this.#retireOthers(session, identity, authenticatedAs, 'the origin');
+    this.#proved(session, this.#originProved, identity, admitted, authenticatedAs, 'the origin');
   }
 
   /**
@@ -175,13 +167,41 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * whose proxy connection is held as another account retire, as #identityProved does for the
    * origin's, so that after a `kinit bob` no request keeps going to the proxy as alice once bob is
    * proved there — whatever the backend (the `kerberos` addon cannot be asked whether a ccache
-   * changed). One whose credentials can change outside the agent is watched from now on.
+   * changed). In the same order: a CONNECT or forwarded handshake admitted before the one that
+   * proved another account there (a slow proxy) retires its own session, not the newer one's. One
+   * whose credentials can change outside the agent is watched from now on.
    */
   #proxyIdentityProved(session: Session): void {
     const holder = session.proxyHolder;
     if (!holder || session.closed) return;
     if (holder.mechanism.holdsCredentials) this.#watchHolders = true;
-    this.#retireOthers(session, holder.identity, (s) => s.proxyHolder?.identity, 'the proxy');
+    const identityOf = (s: Session) => s.proxyHolder?.identity;
+    this.#proved(session, this.#proxyProved, holder.identity, holder.admitted, identityOf, 'the proxy');
+  }
+
+  /**
+   * `session` was proved `identity` at `where` by a handshake admitted `admitted`-th: the newest
+   * retires the sessions `identityOf` says are held there as another account; one older than the
+   * newest of another account retires its own session (S6).
+   */
+  #proved(
+    session: Session,
+    proved: Proved,
+    identity: string,
+    admitted: number,
+    identityOf: (s: Session) => string | undefined,
+    where: string,
+  ): void {
+    const standing = proved.place(identity, admitted);
+    if (standing === 'stale') {
+      session.apply({ type: 'closed' });
+      log.pool(
+        '%s: %s authenticated to %s as an older identity than the last proved: it retires',
+        this.origin,
+        session.id,
+        where,
+      );
+    } else if (standing === 'newest') this.#retireOthers(session, identity, identityOf, where);
   }
 
   /** Retires the open sessions but `kept` that `identityOf` says are held as another account than `identity` (S6). */
@@ -215,7 +235,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     let retired = 0;
     // Each mechanism asked once a pass for each identity (origin and proxy mechanisms may differ).
     const answers = new Map<Mechanism, Map<string, boolean | undefined>>();
-    const gone = (held: ProxyHolder | undefined): boolean => {
+    const gone = (held: Holder | undefined): boolean => {
       if (!held?.mechanism.holdsCredentials) return false;
       watched = true;
       let byIdentity = answers.get(held.mechanism);
@@ -236,7 +256,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   /** Who `s` is authenticated as at the origin, and by which of the agent's mechanisms (S6). */
-  #originHolder(s: Session): ProxyHolder | undefined {
+  #originHolder(s: Session): Holder | undefined {
     const state = s.state;
     if (s.identity !== 'agent' || state.kind !== 'authenticated' || state.identity === undefined) return undefined;
     const mechanism = this.#env.mechanisms.get(state.scheme);
@@ -638,6 +658,26 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     this.#closed = true;
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
+  }
+}
+
+/**
+ * The account the newest-admitted handshake proved at one place (the origin, or its proxy), and its
+ * place in the order handshakes got leave to send credentials (`Ticket.admitted`, S6).
+ */
+class Proved {
+  #last: { readonly identity: string; readonly admitted: number } | undefined;
+
+  /**
+   * A handshake admitted `admitted`-th proved `identity` here: `newest` (recorded), `same` (admitted
+   * before the newest, but the same account: nothing to do), or `stale` (admitted before a handshake
+   * that proved another account: it carried the old credentials and merely ended later).
+   */
+  place(identity: string, admitted: number): 'newest' | 'same' | 'stale' {
+    const last = this.#last;
+    if (last !== undefined && admitted < last.admitted) return sameAccount(last.identity, identity) ? 'same' : 'stale';
+    this.#last = { identity, admitted };
+    return 'newest';
   }
 }
 

@@ -23,7 +23,7 @@ import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import type { CookieStore, Limits } from '../options.ts';
-import type { ProxyHolder } from '../proxy/auth.ts';
+import type { AdmittedHolder } from '../proxy/auth.ts';
 import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
@@ -239,7 +239,7 @@ export class Session {
    * when a handshake with it proved an identity: the pool retires the session once another account
    * is proved at the proxy, or its credentials are gone (a ccache's Kerberos ticket; S6).
    */
-  get proxyHolder(): ProxyHolder | undefined {
+  get proxyHolder(): AdmittedHolder | undefined {
     return this.#forward ? this.#forward.holder : this.#connection?.proxyHolder;
   }
   get protocol(): 'h2' | 'http/1.1' | undefined {
