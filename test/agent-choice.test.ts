@@ -1,8 +1,10 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
+import { createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
 import { createSecureContext, type TLSSocket } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -21,6 +23,7 @@ import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
 import { startReferenceProxy } from '../src/reference-server/proxy.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, get, hasAuth, loopbackOrigin, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { certificateApache, requirePeer } from './lab/index.ts';
 
 let r: Rig | undefined;
 const closers: Array<() => Promise<unknown>> = [];
@@ -693,6 +696,8 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
     expect(told).toHaveLength(1);
     expect(told[0]).toEqual({});
     expect('acceptableIssuers' in told[0]!).toBe(false);
+    // Not for want of asking: the probe's handshake found no CertificateRequest (the session's and its).
+    expect(s.seen.connections).toBe(2);
   });
 
   it('T3: a server that asks naming no CA: acceptableIssuers is []', async () => {
@@ -706,6 +711,30 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
       expect(res.status).toBe(401);
       expect(told.map((i) => i.acceptableIssuers)).toEqual([[]]);
     }
+  });
+
+  it('T3/R3: a probe the server never answers ends the request with HandshakeTimeoutError at handshakeTimeout, and is closed', async () => {
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    // In front of it: the second connection (the probe's) is held unanswered; the others pass.
+    let accepted = 0;
+    const held: Socket[] = [];
+    const front = createNetServer((c) => {
+      accepted += 1;
+      if (accepted === 2) return void held.push(c.resume());
+      const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
+      up.on('error', () => c.destroy());
+      c.pipe(up).pipe(c);
+    });
+    const origin = await loopbackOrigin(front, closers);
+    const { told, select } = recordingSelector();
+    const a = agentFor(origin, { clientCertificate: select, limits: { handshakeTimeout: 300 } });
+    const err = await fetch(`${origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+    // Before the bound, the request waited as long as the server held the probe's handshake.
+    expect(err).toBeInstanceOf(HandshakeTimeoutError);
+    expect((err as HandshakeTimeoutError).message).toMatch(/Transport/);
+    expect(told).toHaveLength(0);
+    expect(held).toHaveLength(1);
+    if (!held[0]!.closed) await once(held[0]!, 'close');
   });
 
   it('T3: through a CONNECT tunnel the probe reaches the origin, not the proxy, the way the sessions go', async () => {
@@ -728,6 +757,30 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
     );
     expect(s.seen.connections).toBe(3);
   });
+});
+
+describe('T3: Apache names its acceptable client CAs (SSLVerifyClient optional, SSLCACertificateFile)', () => {
+  const haveApache = requirePeer('apache');
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it.runIf(haveApache)(
+      `T3: Apache (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache verifies it`,
+      async () => {
+        const apache = await certificateApache({
+          cert: SERVER_CERT,
+          key: SERVER_KEY,
+          clientCas: [CA_A, CA_B],
+          maxVersion,
+        });
+        closers.push(() => apache.stop());
+        const { told, select } = recordingSelector();
+        const a = agentFor(apache.origin, { clientCertificate: select });
+        const res = await fetch(`${apache.origin}/`, { dispatcher: a });
+        expect([res.status, await res.text()]).toEqual([200, 'certificate']);
+        expect(told.map((i) => i.acceptableIssuers?.map((n) => n.name))).toEqual([[subjectOf(CA_A), subjectOf(CA_B)]]);
+      },
+      30_000,
+    );
+  }
 });
 
 /** The DER of a certificate's subject Name (the issuer Name of the certificates it issues). */
