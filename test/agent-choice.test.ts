@@ -23,7 +23,7 @@ import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
 import { startReferenceProxy } from '../src/reference-server/proxy.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, get, hasAuth, loopbackOrigin, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
-import { certificateApache, requirePeer } from './lab/index.ts';
+import { certificateApache, freePort, requirePeer } from './lab/index.ts';
 
 let r: Rig | undefined;
 const closers: Array<() => Promise<unknown>> = [];
@@ -735,6 +735,19 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
     expect(told).toHaveLength(0);
     expect(held).toHaveLength(1);
     if (!held[0]!.closed) await once(held[0]!, 'close');
+  });
+
+  it('T3: with connectTo the probe goes where the sessions go', async () => {
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    const { told, select } = recordingSelector();
+    // The URL names a port nothing listens on; connectTo sends every connection to the server's.
+    const named = `https://localhost:${await freePort()}`;
+    const port = Number(new URL(s.origin).port);
+    const a = agentFor(named, { clientCertificate: select, connectTo: () => ({ port }) });
+    const res = await fetch(`${named}/x`, { dispatcher: a });
+    expect([res.status, await res.text()]).toEqual([200, subjectOf(CA_B)]);
+    expect(told[0]!.acceptableIssuers!.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
+    expect(s.seen.connections).toBe(3);
   });
 
   it('T3: through a CONNECT tunnel the probe reaches the origin, not the proxy, the way the sessions go', async () => {
