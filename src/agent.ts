@@ -246,6 +246,7 @@ export class MultilegAgent extends Dispatcher {
     if (schemes[0]?.toLowerCase() !== 'transport') handshakeCertificate = undefined;
     this.#options = {
       ...(selectCertificate ? { clientCertificate: selectCertificate } : {}),
+      ...(typeof certificate === 'function' ? { askAcceptableIssuers: true } : {}),
       ...(handshakeCertificate ? { handshakeCertificate } : {}),
       trust: new TrustPolicy(options.trustedOrigins),
       schemes,

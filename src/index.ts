@@ -47,9 +47,11 @@ export { ntlmMechanism, ntlmMechanismWithScheme } from './mechanisms/ntlm/index.
 export type { AuthLevel, Credentials, LegInfo, Mechanism, MechanismContext } from './mechanisms/types.ts';
 export { MIN_NODE_VERSION, UnsupportedNodeError } from './node-version.ts';
 export {
+  type CertificateRequestInfo,
   type ClientCertificate,
   type ClientCertificateSelector,
   type CookieStore,
+  type DistinguishedName,
   type Limits,
   type MultilegAgentOptions,
   SCHEME_NAMES,
@@ -68,6 +70,7 @@ export {
   RemoteHttp1Error,
 } from './proxy/errors.ts';
 export type { ProxyOptions } from './proxy/options.ts';
+export { issuedByOneOf } from './session/acceptable-issuers.ts';
 export { ClientCertificateError } from './session/client-certificate.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export { RelocationLimitError } from './session/origin-pool.ts';

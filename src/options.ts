@@ -101,10 +101,41 @@ export interface ClientCertificate {
   readonly passphrase?: string;
 }
 
-/** Picks a client certificate for an origin that offered `Transport mode="tls-client-certificate"`. */
+/**
+ * A certificate authority's name as a server's TLS CertificateRequest gives it (T3): `der`, the
+ * DER of its X.501 Name, and `name`, the same text Node's `X509Certificate#issuer` gives (one
+ * `KEY=value` a line), so that `new X509Certificate(pem).issuer === name` for a certificate it issued.
+ */
+export interface DistinguishedName {
+  readonly der: Buffer;
+  readonly name: string;
+}
+
+/** What the agent knows of the server's request for a client certificate, given to the selector (T3). */
+export interface CertificateRequestInfo {
+  /**
+   * The certificate authorities the server accepts client certificates of, as its TLS
+   * CertificateRequest names them (read by a TLS handshake of the agent's own that presents no
+   * certificate, once per origin). Each a {@link DistinguishedName}; `issuedByOneOf` matches one.
+   * - a list: the server asked for a certificate at the TLS level, issued by one of these;
+   * - `[]`: it asked and named no authority (RFC 8446 §4.2.4, RFC 5246 §7.4.4: any may do);
+   * - `undefined`: it did not ask at the TLS level (only by its `Transport` challenge), or the agent
+   *   could not tell (the origin is `http:`, the handshake failed or took longer than
+   *   `limits.handshakeTimeout`, a cipher suite it cannot read).
+   */
+  readonly acceptableIssuers?: readonly DistinguishedName[];
+}
+
+/**
+ * Picks a client certificate for an origin that offered `Transport mode="tls-client-certificate"`,
+ * by its origin, its challenge, and the certificate authorities the server accepts (`info`, as .NET's
+ * `LocalCertificateSelectionCallback` gets `acceptableIssuers`). A selector that takes two
+ * arguments works as before.
+ */
 export type ClientCertificateSelector = (
   origin: string,
   challenge: Challenge,
+  info: CertificateRequestInfo,
 ) => ClientCertificate | undefined | Promise<ClientCertificate | undefined>;
 
 /**
@@ -264,6 +295,11 @@ export interface MultilegAgentOptions {
 
 export interface ResolvedOptions {
   clientCertificate?: ClientCertificateSelector;
+  /**
+   * `clientCertificate` is the caller's selector (not a certificate given as such): it is told the
+   * server's acceptable CAs, which a TLS handshake of the agent's own reads once per origin.
+   */
+  askAcceptableIssuers?: boolean;
   /**
    * A certificate given as such (not a selector): the agent's own sessions present it in the TLS
    * handshake of every origin the caller names, when the server asks for one there (T3).

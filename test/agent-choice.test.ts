@@ -1,23 +1,29 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
+import { createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
 import { createSecureContext, type TLSSocket } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  type CertificateRequestInfo,
   type Challenge,
   type ClientCertificate,
   ClientCertificateError,
   ConfigError,
   HandshakeTimeoutError,
+  issuedByOneOf,
   MultilegAgent,
   type MultilegAgentOptions,
 } from '../src/index.ts';
 import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
+import { startReferenceProxy } from '../src/reference-server/proxy.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, get, hasAuth, loopbackOrigin, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { certificateApache, freePort, requirePeer } from './lab/index.ts';
 
 let r: Rig | undefined;
 const closers: Array<() => Promise<unknown>> = [];
@@ -588,3 +594,224 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(s.requests).toHaveLength(1);
   });
 });
+
+/** Two client-certificate CAs and alice's certificate from each (scripts/make-issuer-certs.sh). */
+const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+const CA_A = fixture('ca-a.pem');
+const CA_B = fixture('ca-b.pem');
+const CERT_B = { cert: fixture('client-b.pem'), key: fixture('client-b.key') };
+const subjectOf = (pem: string) => new X509Certificate(pem).subject;
+const TRANSPORT_401 = { 'www-authenticate': 'Transport mode="tls-client-certificate"' };
+
+/**
+ * An h2 (and HTTP/1.1) origin that asks for a client certificate in TLS with `tls` (`requestCert`,
+ * its `ca`, a `maxVersion`), accepting a handshake without one, and answers `Transport` 401 until
+ * a certificate its CAs verify is presented; then 200 with its issuer's text. It counts its
+ * connections and requests.
+ */
+async function certificateOrigin(tls: Omit<ServerOptions, 'cert' | 'key'>) {
+  const seen = { connections: 0, requests: 0 };
+  const server = createSecureServer(
+    { cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true, rejectUnauthorized: false, ...tls },
+    (req, res) => {
+      seen.requests += 1;
+      const socket = req.socket as TLSSocket;
+      if (!socket.authorized) return void res.writeHead(401, TRANSPORT_401).end();
+      res.end(socket.getPeerX509Certificate()?.issuer ?? '');
+    },
+  );
+  // (TCP connections: a server counts a TLS 1.3 one only once the client's Finished is read.)
+  server.on('connection', () => {
+    seen.connections += 1;
+  });
+  server.on('tlsClientError', () => {});
+  return { origin: await loopbackOrigin(server, closers), seen };
+}
+
+/** A selector that records what it is told and picks, of the test CA's certificate and caB's, one `issuedByOneOf` the acceptable CAs. */
+function recordingSelector() {
+  const told: CertificateRequestInfo[] = [];
+  const select = (_origin: string, _challenge: Challenge, info: CertificateRequestInfo) => {
+    told.push(info);
+    return [CERT, CERT_B].find((c) => issuedByOneOf(c.cert, info.acceptableIssuers));
+  };
+  return { told, select };
+}
+
+describe("T3: the certificate selector is told the server's acceptable CAs", () => {
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it(`T3: a server asking with CAs A and B (${maxVersion}): the selector gets exactly their names and picks the certificate issued by B, which the server accepts`, async () => {
+      const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B], maxVersion });
+      const { told, select } = recordingSelector();
+      const a = agentFor(s.origin, { clientCertificate: select });
+      const res = await fetch(`${s.origin}/x`, { dispatcher: a });
+      // Before: the selector had no third argument; it found no acceptable certificate and declined.
+      expect([res.status, await res.text()]).toEqual([200, subjectOf(CA_B)]);
+      expect(told).toHaveLength(1);
+      const issuers = told[0]!.acceptableIssuers!;
+      expect(issuers.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
+      expect(issuers[1]!.name).toBe(new X509Certificate(CERT_B.cert).issuer);
+      expect(issuers.map((n) => n.der)).toEqual([CA_A, CA_B].map((pem) => subjectDer(pem)));
+      expect(issuedByOneOf(CERT.cert, issuers)).toBe(false);
+      // The probe is one TLS handshake that sends no HTTP: 401, then 200 on the certificate's session.
+      expect(s.seen.requests).toBe(2);
+      expect(s.seen.connections).toBe(3);
+      // Once per origin: a second agent request asks nothing more (its session presents the certificate).
+      const again = await fetch(`${s.origin}/y`, { dispatcher: a });
+      expect(again.status).toBe(200);
+      await again.text();
+      expect(s.seen.connections).toBe(3);
+    });
+  }
+
+  it('T3: the probe is made once per origin, and a two-argument selector still works', async () => {
+    let asked = 0;
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    const a = agentFor(s.origin, {
+      clientCertificate: (origin: string) => {
+        asked += 1;
+        return origin === s.origin && asked > 1 ? CERT_B : undefined;
+      },
+      schemes: ['Transport'],
+    });
+    // Declined: the 401 is the caller's; the next request asks the selector again, not the server.
+    const first = await fetch(`${s.origin}/a`, { dispatcher: a });
+    expect(first.status).toBe(401);
+    await first.text();
+    const connections = s.seen.connections;
+    const second = await fetch(`${s.origin}/b`, { dispatcher: a });
+    expect([second.status, await second.text()]).toEqual([200, subjectOf(CA_B)]);
+    expect(asked).toBe(2);
+    // The second request's only new connection is the certificate's session: no second probe.
+    expect(s.seen.connections).toBe(connections + 1);
+  });
+
+  it('T3: a server that does not ask for a certificate in TLS: acceptableIssuers is undefined', async () => {
+    const s = await certificateOrigin({});
+    const { told, select } = recordingSelector();
+    const a = agentFor(s.origin, { clientCertificate: select, schemes: ['Transport'] });
+    const res = await fetch(`${s.origin}/x`, { dispatcher: a });
+    await res.text();
+    expect(res.status).toBe(401);
+    expect(told).toHaveLength(1);
+    expect(told[0]).toEqual({});
+    expect('acceptableIssuers' in told[0]!).toBe(false);
+    // Not for want of asking: the probe's handshake found no CertificateRequest (the session's and its).
+    expect(s.seen.connections).toBe(2);
+  });
+
+  it('T3: a server that asks naming no CA: acceptableIssuers is []', async () => {
+    // A server CA list emptied (as a server configured to name none), over TLS 1.3 and 1.2.
+    for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+      const s = await certificateOrigin({ requestCert: true, maxVersion });
+      const { told, select } = recordingSelector();
+      const a = agentFor(s.origin, { clientCertificate: select, schemes: ['Transport'] });
+      const res = await fetch(`${s.origin}/x`, { dispatcher: a });
+      await res.text();
+      expect(res.status).toBe(401);
+      expect(told.map((i) => i.acceptableIssuers)).toEqual([[]]);
+    }
+  });
+
+  it('T3/R3: a probe the server never answers ends the request with HandshakeTimeoutError at handshakeTimeout, and is closed', async () => {
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    // In front of it: the second connection (the probe's) is held unanswered; the others pass.
+    let accepted = 0;
+    const held: Socket[] = [];
+    const front = createNetServer((c) => {
+      accepted += 1;
+      if (accepted === 2) return void held.push(c.resume());
+      const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
+      up.on('error', () => c.destroy());
+      c.pipe(up).pipe(c);
+    });
+    const origin = await loopbackOrigin(front, closers);
+    const { told, select } = recordingSelector();
+    const a = agentFor(origin, { clientCertificate: select, limits: { handshakeTimeout: 300 } });
+    const err = await fetch(`${origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+    // Before the bound, the request waited as long as the server held the probe's handshake.
+    expect(err).toBeInstanceOf(HandshakeTimeoutError);
+    expect((err as HandshakeTimeoutError).message).toMatch(/Transport/);
+    expect(told).toHaveLength(0);
+    expect(held).toHaveLength(1);
+    if (!held[0]!.closed) await once(held[0]!, 'close');
+  });
+
+  it('T3: with connectTo the probe goes where the sessions go', async () => {
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    const { told, select } = recordingSelector();
+    // The URL names a port nothing listens on; connectTo sends every connection to the server's.
+    const named = `https://localhost:${await freePort()}`;
+    const port = Number(new URL(s.origin).port);
+    const a = agentFor(named, { clientCertificate: select, connectTo: () => ({ port }) });
+    const res = await fetch(`${named}/x`, { dispatcher: a });
+    expect([res.status, await res.text()]).toEqual([200, subjectOf(CA_B)]);
+    expect(told[0]!.acceptableIssuers!.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
+    expect(s.seen.connections).toBe(3);
+  });
+
+  it('T3: through a CONNECT tunnel the probe reaches the origin, not the proxy, the way the sessions go', async () => {
+    const proxy = await startReferenceProxy({});
+    closers.push(() => proxy.close());
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    const { told, select } = recordingSelector();
+    const a = agentFor(s.origin, {
+      clientCertificate: select,
+      proxy: { uri: proxy.origin, connect: { ca: CA_CERT } },
+    });
+    const res = await fetch(`${s.origin}/x`, { dispatcher: a });
+    expect([res.status, await res.text()]).toEqual([200, subjectOf(CA_B)]);
+    expect(told[0]!.acceptableIssuers!.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
+    // Every connection to the origin, the probe's included, was a CONNECT tunnel to it.
+    const port = new URL(s.origin).port;
+    const connects = proxy.exchanges.filter((e) => e.method === 'CONNECT');
+    expect(connects.map((e) => [e.target, e.status])).toEqual(
+      Array.from({ length: 3 }, () => [`localhost:${port}`, 200]),
+    );
+    expect(s.seen.connections).toBe(3);
+  });
+});
+
+describe('T3: Apache names its acceptable client CAs (SSLVerifyClient optional, SSLCACertificateFile)', () => {
+  const haveApache = requirePeer('apache');
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it.runIf(haveApache)(
+      `T3: Apache (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache verifies it`,
+      async () => {
+        const apache = await certificateApache({
+          cert: SERVER_CERT,
+          key: SERVER_KEY,
+          clientCas: [CA_A, CA_B],
+          maxVersion,
+        });
+        closers.push(() => apache.stop());
+        const { told, select } = recordingSelector();
+        const a = agentFor(apache.origin, { clientCertificate: select });
+        const res = await fetch(`${apache.origin}/`, { dispatcher: a });
+        expect([res.status, await res.text()]).toEqual([200, 'certificate']);
+        expect(told.map((i) => i.acceptableIssuers?.map((n) => n.name))).toEqual([[subjectOf(CA_A), subjectOf(CA_B)]]);
+      },
+      30_000,
+    );
+  }
+});
+
+/** The DER of a certificate's subject Name (the issuer Name of the certificates it issues). */
+function subjectDer(pem: string): Buffer {
+  // tbsCertificate's fields: [0] version, serial, signature, issuer, validity, subject.
+  const raw = new X509Certificate(pem).raw;
+  const read = (at: number) => {
+    let len = raw[at + 1]!;
+    let start = at + 2;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      len = raw.readUIntBE(start, n);
+      start += n;
+    }
+    return { start, end: start + len };
+  };
+  const tbs = read(read(0).start);
+  let at = tbs.start;
+  for (let i = 0; i < 5; i++) at = read(at).end;
+  return raw.subarray(at, read(at).end);
+}

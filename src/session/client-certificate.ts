@@ -3,7 +3,12 @@ import { createSecureContext } from 'node:tls';
 import type { Challenge } from '../challenge/types.ts';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
-import type { ClientCertificate, ClientCertificateSelector } from '../options.ts';
+import type {
+  CertificateRequestInfo,
+  ClientCertificate,
+  ClientCertificateSelector,
+  DistinguishedName,
+} from '../options.ts';
 
 /** A client certificate the `clientCertificate` selector could not give (T3): it threw or gave an unusable one. */
 export class ClientCertificateError extends MultilegError {
@@ -129,8 +134,10 @@ export function configuredCertificate(value: unknown): ClientCertificate {
 
 /**
  * Asks the caller's selector for `origin`'s certificate, within the handshake deadline (R3: a selector
- * that never answers must not hold the request forever); undefined when it declines.
- * @throws {HandshakeTimeoutError} when it does not answer within `ms`.
+ * that never answers must not hold the request forever); undefined when it declines. `issuers`, where
+ * given, reads the server's acceptable CAs first (the probe, once per origin: acceptable-issuers.ts),
+ * within the same deadline; the selector is told them.
+ * @throws {HandshakeTimeoutError} when the probe and the selector do not answer within `ms`.
  * @throws {ClientCertificateError} when it throws or gives an unusable certificate.
  */
 export async function selectCertificate(
@@ -138,11 +145,14 @@ export async function selectCertificate(
   origin: string,
   challenge: Challenge,
   ms: number,
+  issuers?: () => Promise<readonly DistinguishedName[] | undefined>,
 ): Promise<ClientCertificate | undefined> {
   const clock = handshakeClock(ms, 'Transport', () => {});
   let chosen: ClientCertificate | undefined;
   try {
-    chosen = await clock.race(Promise.resolve().then(() => select(origin, challenge)));
+    const acceptableIssuers = issuers ? await clock.race(issuers().catch(() => undefined)) : undefined;
+    const info: CertificateRequestInfo = Object.freeze(acceptableIssuers ? { acceptableIssuers } : {});
+    chosen = await clock.race(Promise.resolve().then(() => select(origin, challenge, info)));
   } catch (e) {
     if (clock.timedOut) throw clock.error();
     throw new ClientCertificateError(origin, 'the selector threw', { cause: e });

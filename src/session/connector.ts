@@ -202,3 +202,44 @@ export function sessionConnector(
     },
   };
 }
+
+/**
+ * A connection to the https `origin` made the way its sessions' connections are — straight, or where
+ * `connectTo` sends it, or through the route's CONNECT tunnel (authenticated to the proxy as theirs
+ * are) — that stops short of TLS: the caller runs TLS on it (the acceptable-issuers probe, T3).
+ * `signal` ends a connection still being made. A forwarding proxy never carries https.
+ */
+export function plainConnection(
+  origin: string,
+  tls: ConnectionOptions,
+  route: ProxyRoute | undefined,
+  limits: Limits,
+  connectTo: ConnectTo | undefined,
+  signal: AbortSignal,
+): Promise<Socket> {
+  const url = new URL(origin);
+  const hostname = unbracketed(url.hostname);
+  const port = portOf(url);
+  if (route?.kind === 'forward') return Promise.reject(new Error('a forwarding proxy carries no TLS to the origin'));
+  if (route?.kind === 'tunnel') {
+    const target = { hostname, port, protocol: 'http:' };
+    return connectThroughTunnel(route.proxy, target, tls, [], limits, signal).then(({ socket }) => socket);
+  }
+  // undici's own connector, `http:` (plain TCP): the address, connectTo's route and the socket
+  // options are those of the session's, whose connector runs TLS on such a socket itself.
+  const base = routedConnector({ ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0 }, connectTo);
+  return new Promise<Socket>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    let socket: Socket | undefined;
+    const aborted = () => {
+      socket?.destroy();
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', aborted, { once: true });
+    socket = base({ host: url.host, hostname, protocol: 'http:', port: String(port) }, (err, connected) => {
+      signal.removeEventListener('abort', aborted);
+      if (err) reject(err);
+      else resolve(connected as Socket);
+    }) as Socket | undefined;
+  });
+}

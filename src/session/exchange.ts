@@ -12,6 +12,7 @@ import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
+  type DistinguishedName,
   type Limits,
   portOf,
   unbracketed,
@@ -57,6 +58,8 @@ export interface ExchangeEnv {
   readonly limits: Limits;
   /** Picks a client certificate for a Transport challenge (T3). */
   readonly selectCertificate?: ClientCertificateSelector;
+  /** The server's acceptable CAs for the selector (T3): a caller's selector only; once per origin. */
+  readonly acceptableIssuers?: () => Promise<readonly DistinguishedName[] | undefined>;
   /** A 401 nothing can answer here is the caller's response, not the typed error (`deliver401`). */
   readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
@@ -597,7 +600,13 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
     try {
       if (env.selectCertificate) {
         const ms = env.limits.handshakeTimeout;
-        certificate = await selectCertificate(env.selectCertificate, job.origin, chosen.challenge, ms);
+        certificate = await selectCertificate(
+          env.selectCertificate,
+          job.origin,
+          chosen.challenge,
+          ms,
+          env.acceptableIssuers,
+        );
       }
     } catch (err) {
       return failed(job, err as Error);

@@ -3,7 +3,7 @@ import { MultilegError, ownCopy } from '../errors.ts';
 import { TICKET_RECHECK_MS, ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
-import type { ClientCertificate } from '../options.ts';
+import type { ClientCertificate, DistinguishedName } from '../options.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 
 export { TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS };
@@ -33,6 +33,11 @@ export class OriginMemory {
   scheme: string | undefined;
   /** Set once the origin asked for a client certificate and one was chosen (T3): sessions present it. */
   clientCertificate: ClientCertificate | undefined;
+  /**
+   * The server's acceptable client-certificate CAs, as the probe read them (T3; a caller's selector
+   * only): asked once, by the first Transport challenge, and kept, the answer "could not tell" too.
+   */
+  acceptableIssuers: Promise<readonly DistinguishedName[] | undefined> | undefined;
   mode: 'session' | 'per-request' | undefined;
   #http1Until = 0;
   /** Whether the agent's credentials work here: one handshake at a time until they do (account lockout). */

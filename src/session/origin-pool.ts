@@ -2,8 +2,9 @@ import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Holder, Mechanism } from '../mechanisms/types.ts';
-import type { ResolvedOptions } from '../options.ts';
+import type { DistinguishedName, ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
+import { probeAcceptableIssuers } from './acceptable-issuers.ts';
 import {
   DONE,
   type ExchangeEnv,
@@ -140,10 +141,28 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       limits: options.limits,
       deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
+      ...(options.askAcceptableIssuers ? { acceptableIssuers: () => this.#acceptableIssuers() } : {}),
       report,
       identityProved: (session, identity, scheme, admitted) =>
         this.#identityProved(session, identity, scheme, admitted),
     };
+  }
+
+  /**
+   * The server's acceptable client-certificate CAs for the caller's selector (T3): one probe per
+   * origin, made as this pool's sessions connect (its proxy route, `connectTo`, the agent's TLS
+   * options), its answer kept in the origin's memory.
+   */
+  #acceptableIssuers(): Promise<readonly DistinguishedName[] | undefined> {
+    this.memory.acceptableIssuers ??= probeAcceptableIssuers({
+      origin: this.origin,
+      tls: this.#options.connect,
+      alpn: this.#options.http1Only ? ['http/1.1'] : ['h2', 'http/1.1'],
+      route: this.#route,
+      connectTo: this.#options.connectTo,
+      limits: this.#options.limits,
+    });
+    return this.memory.acceptableIssuers;
   }
 
   /**

@@ -263,3 +263,79 @@ ${
     stop: () => d.stop(),
   };
 }
+
+/** Apache asking for a client certificate in TLS (`SSLVerifyClient optional`): see {@link startCertificateApache}. */
+export interface CertificateApache {
+  /** `https://localhost:PORT` (h2 + http/1.1). */
+  readonly origin: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Apache httpd (mod_ssl, mod_http2) of its own, no Kerberos: its TLS vhost asks every client for a
+ * certificate of `clientCas` (`SSLVerifyClient optional`, `SSLCACertificateFile`: Apache names them
+ * in its CertificateRequest) and answers `Transport mode="tls-client-certificate"` 401 until one it
+ * verifies is presented; then 200 with the text `certificate`. `cert`/`key`: its server certificate.
+ * `maxVersion` `TLSv1.2` keeps it to TLS 1.2 (`SSLProtocol`). `runAs` as {@link ApacheOptions.runAs}.
+ */
+export async function startCertificateApache(o: {
+  readonly dir: string;
+  readonly cert: string;
+  readonly key: string;
+  readonly clientCas: readonly string[];
+  readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
+  readonly runAs?: { uid: number; gid: number };
+}): Promise<CertificateApache> {
+  const A = join(o.dir, 'apache-cert');
+  for (const d of ['conf', 'logs', 'run', 'htdocs']) await mkdir(join(A, d), { recursive: true });
+  if (o.runAs) await chown(join(A, 'logs'), o.runAs.uid, o.runAs.gid);
+  await writeFile(join(A, 'conf/server.crt'), o.cert);
+  await writeFile(join(A, 'conf/server.key'), o.key);
+  await writeFile(join(A, 'conf/client-cas.pem'), o.clientCas.join(''));
+  await writeFile(join(A, 'htdocs/index.html'), 'certificate');
+  const tlsPort = await freePort();
+  const M = APACHE_MODULES;
+  const mods = ['mpm_event', 'authz_core', 'socache_shmcb', 'ssl', 'http2', 'headers', 'rewrite', 'mime', 'dir'];
+  const conf = `ServerRoot ${A}
+ServerName localhost
+DefaultRuntimeDir ${A}/run
+PidFile ${A}/run/httpd.pid
+Listen 127.0.0.1:${tlsPort}
+${o.runAs ? 'User www-data\nGroup www-data' : ''}
+${mods.map((m) => `LoadModule ${m}_module ${M}/mod_${m}.so`).join('\n')}
+TypesConfig /etc/mime.types
+DirectoryIndex index.html
+ErrorLog ${A}/logs/error.log
+LogLevel warn
+StartServers 1
+ServerLimit 1
+ThreadsPerChild 8
+MaxRequestWorkers 8
+SSLSessionCache shmcb:${A}/run/ssl_scache(512000)
+DocumentRoot ${A}/htdocs
+<Directory ${A}/htdocs>
+    Require all granted
+</Directory>
+<VirtualHost 127.0.0.1:${tlsPort}>
+    SSLEngine on
+    SSLCertificateFile ${A}/conf/server.crt
+    SSLCertificateKeyFile ${A}/conf/server.key
+    ${o.maxVersion === 'TLSv1.2' ? 'SSLProtocol -all +TLSv1.2' : ''}
+    SSLVerifyClient optional
+    SSLVerifyDepth 2
+    SSLCACertificateFile ${A}/conf/client-cas.pem
+    Protocols h2 http/1.1
+    RewriteEngine on
+    RewriteCond %{SSL:SSL_CLIENT_VERIFY} !=SUCCESS
+    RewriteRule ^ - [R=401]
+    Header always set WWW-Authenticate "Transport mode=\\"tls-client-certificate\\"" "expr=%{REQUEST_STATUS} == 401"
+</VirtualHost>
+`;
+  const confFile = join(A, 'conf/httpd.conf');
+  await writeFile(confFile, conf);
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' };
+  const log = join(A, 'logs/stdout.log');
+  const d: Daemon = spawnDaemon('apache2', '/usr/sbin/apache2', ['-f', confFile, '-DFOREGROUND'], env, log);
+  await waitDaemon(d, tlsPort, log);
+  return { origin: `https://localhost:${tlsPort}`, stop: () => d.stop() };
+}

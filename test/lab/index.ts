@@ -12,12 +12,12 @@ import { readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Apache, startApache } from './apache.ts';
+import { type Apache, type CertificateApache, startApache, startCertificateApache } from './apache.ts';
 import { type Realm, startRealm } from './krb5.ts';
 import { type PyAcceptor, startPyAcceptor } from './py-acceptor.ts';
 import { type Squid, startSquid } from './squid.ts';
 
-export { APACHE_LOCATIONS, type Apache, BASIC_USER, DIGEST_REALM } from './apache.ts';
+export { APACHE_LOCATIONS, type Apache, BASIC_USER, type CertificateApache, DIGEST_REALM } from './apache.ts';
 export { ALICE, CAROL, INTRANET_HOST, OTHER_REALM, REALM, type Realm } from './krb5.ts';
 export { freePort, waitForPort } from './net.ts';
 export { type PeerName, type PeerStatus, PYTHON, peerAvailability, requirePeer } from './peers.ts';
@@ -76,6 +76,31 @@ function lookupUser(name: string): { uid: number; gid: number } | undefined {
     }
   } catch {}
   return undefined;
+}
+
+/**
+ * Apache asking for client certificates of `o.clientCas` ({@link startCertificateApache}), in a temp
+ * dir of its own (as www-data when root), the dir removed when it stops. Needs the `apache` peer only.
+ */
+export async function certificateApache(
+  o: Omit<Parameters<typeof startCertificateApache>[0], 'dir' | 'runAs'>,
+): Promise<CertificateApache> {
+  const dir = await mkdtemp(join(tmpdir(), 'multileg-lab-'));
+  await chmod(dir, 0o755); // Apache workers (www-data) read htdocs
+  const www = process.getuid?.() === 0 ? lookupUser('www-data') : undefined;
+  try {
+    const apache = await startCertificateApache({ ...o, dir, ...(www ? { runAs: www } : {}) });
+    return {
+      origin: apache.origin,
+      stop: async () => {
+        await apache.stop();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 /** Applies env values to process.env; returns a restorer. */
