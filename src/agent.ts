@@ -165,6 +165,12 @@ export class MultilegAgent extends Dispatcher {
   readonly #reports: HandshakeReport[] = [];
   /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
   readonly #hops = new RedirectHops();
+  /**
+   * The handlers of dispatches taken for redirect hops: an interceptor that dispatches a request
+   * again hands over the same handler (undici's retry interceptor, its `dns` interceptor trying the
+   * other address family), and the hop, used up by the first dispatch, must stay a hop (S5).
+   */
+  #hopHandlers: WeakSet<Dispatcher.DispatchHandler> | undefined;
   /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
   #upgrades: UpgradeDispatcher | undefined;
   /** undici's adapter for handlers of its first API, around this agent (see dispatch). */
@@ -443,13 +449,14 @@ export class MultilegAgent extends Dispatcher {
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
       // (A Host header is looked at only where an interceptor may have put an address in the origin.)
-      const named = mayBeAddress(origin) ? namedOrigin(origin, normalizeRequestHeaders(opts.headers)) : origin;
+      const headers = mayBeAddress(origin) ? normalizeRequestHeaders(opts.headers) : undefined;
+      const named = headers ? namedOrigin(origin, headers) : origin;
       const sink = new UserSink(handler, this.#hops, named, opts.path);
       sink.begin();
       if (sink.aborted) return true;
       this.#running += 1;
       try {
-        this.#start(origin, named, opts, sink, handler);
+        this.#start(origin, named, headers ?? normalizeRequestHeaders(opts.headers), opts, sink, handler);
       } catch (err) {
         // Only a synchronous failure before the pool took the request lands here.
         sink.fail(err as Error);
@@ -477,22 +484,26 @@ export class MultilegAgent extends Dispatcher {
    * 3xx did: `named` (see namedOrigin), not an address an interceptor put in `origin`.
    */
   #crossOriginHop(origin: string, named: string, path: string, handler: Dispatcher.DispatchHandler): boolean {
-    const fetchHop = this.#hops.consume(named, path);
+    if (this.#hopHandlers?.has(handler)) return true;
     const first = (handler as { history?: readonly URL[] }).history?.[0];
-    if (first === undefined) return fetchHop;
-    const started = normalizeOrigin(first);
-    return fetchHop || (started !== origin && started !== named);
+    const started = first === undefined ? undefined : normalizeOrigin(first);
+    const hop = this.#hops.consume(named, path) || (started !== undefined && started !== origin && started !== named);
+    if (hop) {
+      this.#hopHandlers ??= new WeakSet();
+      this.#hopHandlers.add(handler);
+    }
+    return hop;
   }
 
   /** Builds the request's Job and starts it on its origin's pool (after reading a body that must be read, C10). */
   #start(
     origin: string,
     named: string,
+    headers: HeaderMap,
     opts: Dispatcher.DispatchOptions,
     sink: UserSink,
     handler: Dispatcher.DispatchHandler,
   ): void {
-    const headers = normalizeRequestHeaders(opts.headers);
     const pool = this.#pool(origin);
     // Refused before anything is counted or a pending redirect hop is used up; by the route the
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.

@@ -12,7 +12,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { fetch } from 'undici';
+import { type Dispatcher, fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   ConfigError,
@@ -269,6 +269,52 @@ describe('closing and destroying never loses a request silently', () => {
     await new Promise<void>((res) => later.listen(port, '127.0.0.1', res));
     const res = await fetch(`https://localhost:${port}/y`, { dispatcher: agent });
     expect(res.status).toBe(204);
+  });
+
+  it("R1: a handler that throws gets the error in onResponseError, as from undici's own requests: undici's retry interceptor retries a 503 (the throw was lost: it waited for good)", async () => {
+    let seen = 0;
+    const origin = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (_req, res) => {
+      seen += 1;
+      if (seen === 1) res.writeHead(503, { 'content-length': '0' }).end();
+      else res.writeHead(200, { 'content-length': '2' }).end('ok');
+    });
+    servers.push(origin);
+    await new Promise<void>((res) => origin.listen(0, '127.0.0.1', res));
+    const url = `https://localhost:${(origin.address() as AddressInfo).port}`;
+    const agent = new MultilegAgent({ connect: { ca: CA_CERT } });
+    agents.push(agent);
+    const retrying = agent.compose(interceptors.retry({ minTimeout: 1, maxTimeout: 1, statusCodes: [503] }));
+    const res = await request(`${url}/retried`, { dispatcher: retrying });
+    expect([res.statusCode, await res.body.text(), seen]).toEqual([200, 'ok', 2]);
+    // A handler's own throw, from each callback, is the error it is told of; nothing else follows.
+    for (const where of ['onResponseStart', 'onResponseData', 'onResponseEnd'] as const) {
+      const calls: string[] = [];
+      const told = await new Promise<Error>((resolve) => {
+        const handler: Dispatcher.DispatchHandler = {
+          onRequestStart() {},
+          onResponseStart() {
+            calls.push('start');
+            if (where === 'onResponseStart') throw new Error(where);
+          },
+          onResponseData() {
+            calls.push('data');
+            if (where === 'onResponseData') throw new Error(where);
+          },
+          onResponseEnd() {
+            calls.push('end');
+            if (where === 'onResponseEnd') throw new Error(where);
+          },
+          onResponseError(_c, err) {
+            calls.push('error');
+            resolve(err);
+          },
+        };
+        agent.dispatch({ origin: url, path: `/${where}`, method: 'GET' }, handler);
+      });
+      expect(told.message).toBe(where);
+      expect(calls.at(-1)).toBe('error');
+      expect(calls.filter((c) => c === 'error')).toHaveLength(1);
+    }
   });
 
   it('close() lets requests in flight finish, then refuses new ones with a typed error', async () => {

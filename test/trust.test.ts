@@ -7,6 +7,7 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import fc from 'fast-check';
 import { type Dispatcher, fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -493,6 +494,55 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     const within = await fetch(same, { dispatcher: certified.compose(dns()) });
     expect(within.status).toBe(200);
     expect(((await within.json()) as { user: string }).user).toBe('cert:alice');
+  });
+
+  it('S5: a hop dispatched again by an interceptor (the dns one trying the other address family, the retry one after a 503) stays a hop: no client certificate', async () => {
+    // dns: B listens on ::1 only; the first try (127.0.0.1) is refused and the interceptor tries again.
+    const b = await server({ schemes: [], clientCertificate: 'offer', host: '::1' });
+    const a = await rawServer((_req, res) => {
+      res
+        .writeHead(302, { location: `https://localhost:${new URL(b.origin).port}/auth/hop`, 'content-length': '0' })
+        .end();
+    });
+    // (The test certificate names 127.0.0.1, not ::1, which the dns interceptor puts in the origin.)
+    const certified = agent({
+      clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY },
+      connect: { ca: b.ca, checkServerIdentity: () => undefined },
+    });
+    const dns = interceptors.dns({
+      affinity: 4,
+      lookup: (_origin, _opts, cb) =>
+        cb(null, [
+          { address: '127.0.0.1', family: 4, ttl: 60_000 },
+          { address: '::1', family: 6, ttl: 60_000 },
+        ]),
+    });
+    const viaDns = await fetch(`${a}/start`, { dispatcher: certified.compose(dns) });
+    await viaDns.arrayBuffer();
+    // Before: the second dispatch found the hop used up and B answered 200 as cert:alice.
+    expect(viaDns.status).toBe(401);
+    expect(b.exchanges.some((e) => e.outcome === 'certificate')).toBe(false);
+    // retry: C answers the hop 503 once, then whatever it is asked.
+    let answered = 0;
+    const certificates: boolean[] = [];
+    const c = await loopbackOrigin(
+      createHttpsServer(
+        { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: false },
+        (req, res) => {
+          certificates.push((req.socket as TLSSocket).getPeerCertificate()?.subject !== undefined);
+          answered += 1;
+          res.writeHead(answered === 1 ? 503 : 200, { 'content-length': '0' }).end();
+        },
+      ),
+      closers,
+    );
+    const toC = await rawServer((_req, res) => {
+      res.writeHead(302, { location: `${c}/hop`, 'content-length': '0' }).end();
+    });
+    const retrying = certified.compose(interceptors.retry({ minTimeout: 1, maxTimeout: 1, statusCodes: [503] }));
+    const viaRetry = await fetch(`${toC}/start`, { dispatcher: retrying });
+    await viaRetry.arrayBuffer();
+    expect([viaRetry.status, certificates]).toEqual([200, [false, false]]);
   });
 
   it('S5: the hop is recognised once, soon after the 3xx: a later direct call to the same URL is not a hop', () => {

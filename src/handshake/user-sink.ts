@@ -146,17 +146,34 @@ export class UserSink {
     this.#leg = leg;
     if (this.#paused) leg.pause();
     this.#observer?.noteResponse(this.#origin, this.#path, status, headers);
-    this.#handler.onResponseStart?.(this.controller, status, headers, message);
+    try {
+      this.#handler.onResponseStart?.(this.controller, status, headers, message);
+    } catch (err) {
+      this.abort(err as Error);
+    }
   }
 
+  // As undici's own Request: a handler that throws from onResponseStart or onResponseData has its
+  // request aborted with that error, and one that throws from onResponseEnd gets it in
+  // onResponseError — undici's RetryHandler throws there to ask for a retry (its default
+  // throwOnError), which it makes from onResponseError; a throw lost here left it waiting for good.
   responseData(chunk: Buffer): void {
-    if (!this.#finished) this.#handler.onResponseData?.(this.controller, chunk);
+    if (this.#finished) return;
+    try {
+      this.#handler.onResponseData?.(this.controller, chunk);
+    } catch (err) {
+      this.abort(err as Error);
+    }
   }
 
   responseEnd(trailers: Record<string, string | string[]>): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#handler.onResponseEnd?.(this.controller, trailers);
+    try {
+      this.#handler.onResponseEnd?.(this.controller, trailers);
+    } catch (err) {
+      this.#handler.onResponseError?.(this.controller, err as Error);
+    }
   }
 
   /** Reports an error to the caller, once; later calls are ignored. */

@@ -118,6 +118,8 @@ export class OriginMemory {
   credentialsChanged(): void {
     this.proof.reset();
     this.#unusable.clear();
+    // (Read with the old credentials' mechanisms: the new ones learn the origin afresh.)
+    this.stalledChallenges = undefined;
   }
 
   /** The remembered scheme was refused: learn it again from the next challenge. */
