@@ -204,6 +204,11 @@ export function program(): Commander.Command {
         'a URL to request, as one given without a flag, in its place among them (repeatable)',
         collect,
       )
+      .option(
+        '-K, --config <file>',
+        'read options from this file as curl does, one a line: `user = "DOMAIN\\\\user:password"`, `-H "Name: value"`, `url = URL` (-: stdin); they apply where -K stands; keeps passwords off the command line (repeatable)',
+        collect,
+      )
       .option('-X, --request <method>', 'request method')
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
@@ -693,6 +698,7 @@ interface StdinReader {
 
 /** Whatever reads stdin, in the order a conflict names them: the first one's fix is given. */
 const STDIN_READERS = {
+  config: { name: '-K -', fix: 'give the options in a file (-K FILE)' },
   cookies: { name: '-b -', fix: 'give the cookies in a file' },
   writeOut: { name: '-w @-', fix: 'give the -w format as text or in a file' },
   password: { name: '--password-stdin', fix: 'give the password with MULTILEG_PASSWORD (or -u user:password)' },
@@ -718,7 +724,7 @@ function stdinConflict(readers: readonly (StdinReader | false)[]): string | unde
  * All of stdin (curl's `@-`). Through fd 0, not /dev/stdin: a parent's socket there (Node's
  * child_process gives one) cannot be opened by name (ENXIO); a non-blocking fd 0 is read by name.
  */
-function readStdin(): Buffer {
+export function readStdin(): Buffer {
   try {
     return readFileSync(0);
   } catch (err) {
@@ -1043,7 +1049,12 @@ export function acceptEncoding(): string {
 }
 
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
-export function parseCli(argv: readonly string[], cmd: Commander.Command = program()): CliRequest {
+export function parseCli(
+  argv: readonly string[],
+  cmd: Commander.Command = program(),
+  /** How many `-K -` read stdin (config.ts, which has replaced every -K of `argv` by its options). */
+  configStdin = 0,
+): CliRequest {
   // -d, --data-binary, --data-raw and --data-urlencode in the order given (curl joins them so), not grouped by flag.
   const data: Array<[flag: DataFlag, value: string]> = [];
   for (const flag of ['-d', '--data-binary', '--data-raw', '--data-urlencode'] as const)
@@ -1062,6 +1073,8 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   });
   cmd.parse(urlsInPlace(argv, cmd), { from: 'user' });
   const o = cmd.opts();
+  // parseCliOrExit reads the -K files first; a -K left here would be ignored without a word.
+  if (o.config !== undefined) throw new Error('-K: the config files must be read first (parseCliOrExit)');
   for (const arg of cmd.args) {
     notAUrl(arg, Boolean(o.json));
     if (!o.globoff) notAGlob(arg);
@@ -1108,6 +1121,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const formStdin = forms.map(formStdinName).filter((n) => n !== undefined);
   const uploads = (o.uploadFile as string[] | undefined) ?? [];
   const twoReaders = stdinConflict([
+    ...Array.from({ length: configStdin }, () => STDIN_READERS.config),
     cookieFiles.includes('-') && STDIN_READERS.cookies,
     o.writeOut === '@-' && STDIN_READERS.writeOut,
     o.passwordStdin === true && STDIN_READERS.password,
@@ -1387,12 +1401,26 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
 }
 
 /**
- * {@link parseCli}, or the exit code for bad usage after one line on stderr (commander prints its
- * own errors and --help/--version output).
+ * Whether the arguments may name a -K/--config file (a quick look: config.ts reads them properly);
+ * a command line without one does not load config.ts.
  */
-export function parseCliOrExit(argv: readonly string[], name: string, cmd?: Commander.Command): CliRequest | number {
+function mayNameConfig(argv: readonly string[]): boolean {
+  return argv.some((a) => a === '--config' || a.startsWith('--config=') || /^-[^-]*K/.test(a));
+}
+
+/**
+ * {@link parseCli} of the arguments with their -K files read in place (config.ts), or the exit code
+ * for bad usage after one line on stderr (commander prints its own errors and --help/--version output).
+ */
+export async function parseCliOrExit(
+  argv: readonly string[],
+  name: string,
+  cmd: Commander.Command = program(),
+): Promise<CliRequest | number> {
   try {
-    return parseCli(argv, cmd);
+    if (!mayNameConfig(argv)) return parseCli(argv, cmd);
+    const expanded = (await import('./config.ts')).expandConfig(argv, cmd, name);
+    return parseCli(expanded.argv, cmd, expanded.stdinReads);
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof ConfigError) {
