@@ -166,7 +166,7 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
     expect(seen.length).toBe(before);
   });
 
-  it("--connect-to as curl 7.88 reads it: empty parts (any host or port; the same one), the first entry that matches and names a HOST2 or PORT2 wins, --resolve applies to HOST2; a PORT2 that is no port is its 49; an entry that can never match is multileg's 49 (curl passes over it)", async () => {
+  it('--connect-to as curl 7.88 reads it: empty parts (any host or port; the same one), the first entry that matches and names a HOST2 or PORT2 wins, --resolve applies to HOST2; a PORT2 that is no port is its 49', async () => {
     const url = `http://app.test:${p}/`;
     const cases: Array<[entries: string[], exit: number]> = [
       [[`app.test:${p}:127.0.0.1:${p}`], 0],
@@ -207,15 +207,30 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
       expect(curl.stderr).toContain('No valid port number in connect to host string');
       expect(ours.stderr).toContain(`--connect-to '${bad}': No valid port number in connect to host string`);
     }
-    // curl reads an entry only for a URL it matches, and passes over one it cannot read: a typo
-    // would go unnoticed there (6 here, the name unknown); multileg says so before sending anything.
-    for (const bad of [`app.test:${p}`, `app.test:x:127.0.0.1:${p}`, `app.test:${p}:[::1:${p}`]) {
+    // An entry curl cannot read as HOST2 (an IPv6 address without its `]`): multileg's 49 before
+    // anything is sent (curl connects to the name `::1:PORT`, its 6).
+    for (const bad of [`app.test:${p}:[::1:${p}`]) {
       const { ours, curl } = await both(['--connect-to', bad, url]);
       expect([ours.code, curl.code], bad).toEqual([49, 6]);
-      expect(ours.stderr).toContain(`--connect-to '${bad}': `);
-      expect(ours.stderr).toContain('give HOST1:PORT1:HOST2:PORT2');
+      expect(ours.stderr).toContain(`--connect-to '${bad}': Invalid IPv6 address format; give HOST1:PORT1:HOST2:PORT2`);
     }
     expect(seen.length).toBe(before);
+  });
+
+  it('--connect-to passes over an entry that cannot match, as curl 7.88 does without a word: no PORT1 part, or a PORT1 that is no port (99999, 0, -1, -0, a word, text after the digits, 2^32 + the port): the next entry, or none, decides (multileg exited 49)', async () => {
+    const url = `http://app.test:${p}/`;
+    for (const port1 of ['99999', '0', '-1', '-0', 'x', `${p}x`, `${p} `, String(2 ** 32 + p), '1e3']) {
+      const odd = `app.test:${port1}:127.0.0.1:1`;
+      const { ours, curl } = await both(['--connect-to', odd, '--connect-to', `app.test:${p}:127.0.0.1:`, url]);
+      expect([ours.code, curl.code], odd).toEqual([0, 0]);
+      expect(agreed(ours), odd).toBe(agreed(curl));
+      expect(ours.stderr, odd).toBe('');
+    }
+    for (const odd of [`app.test:${p}`, 'app.test', `[::1:${p}:127.0.0.1:`]) {
+      const { ours, curl } = await both(['--connect-to', odd, url]);
+      expect([ours.code, curl.code], odd).toEqual([6, 6]);
+      expect(ours.stderr, odd).toBe('multileg: could not resolve host app.test\n');
+    }
   });
 
   it("--resolve and --connect-to read a port as curl 7.88's strtoul/strtol do: leading zeros (`0N`, not octal), a `+`, white space before it, `-0`; another negative port is its 49; a --connect-to PORT2 of 0 is curl's 7, the connection there refused (multileg exited 49 for all of these)", async () => {

@@ -92,12 +92,13 @@ export function parseResolve(entries: readonly string[]): Map<string, readonly s
 
 /**
  * The --connect-to entries, each checked now: curl reads an entry only when a request's host and
- * port match it (a port that is no number then is its 49, "No valid port number in connect to host
- * string"), and passes over one it cannot read without a word; here an entry that can never be
- * right is that 49 before anything is sent, whatever the URL.
+ * port match it (a PORT2 that is no port is then its 49, "No valid port number in connect to host
+ * string"; here that is said before anything is sent, whatever the URL), and passes over one that
+ * cannot match without a word, as here: no PORT1 part (`HOST1:PORT1` alone), or a PORT1 that is no
+ * port of a URL (not a number, 0, over 65535, with text after it).
  */
 export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
-  return entries.map((entry) => {
+  return entries.flatMap((entry) => {
     const bad = (why: string) =>
       new UsageError(
         `--connect-to '${entry}': ${why}; give HOST1:PORT1:HOST2:PORT2 (an empty part: any host or port, or the same one)`,
@@ -105,13 +106,14 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
       );
     // HOST1: up to its colon; an IPv6 address in brackets as curl compares it (with the brackets).
     const hostEnd = entry.startsWith('[') ? entry.indexOf(']') + 1 : entry.indexOf(':');
-    if (hostEnd <= 0 && !entry.startsWith(':')) throw bad("Couldn't parse the entry");
-    if (entry[hostEnd] !== ':') throw bad("Couldn't parse the entry");
+    // curl 7.88 passes over what matches no URL: no HOST1 end, no PORT1 end, a PORT1 no port is.
+    if (hostEnd <= 0 && !entry.startsWith(':')) return [];
+    if (entry[hostEnd] !== ':') return [];
     const portEnd = entry.indexOf(':', hostEnd + 1);
-    if (portEnd < 0) throw bad("Couldn't parse the entry");
+    if (portEnd < 0) return [];
     const portText = entry.slice(hostEnd + 1, portEnd);
     const port = portText === '' ? undefined : portNumber(portText, false);
-    if (portText !== '' && port === undefined) throw bad(`No valid port number to match (${portText})`);
+    if (portText !== '' && port === undefined) return [];
     const rest = entry.slice(portEnd + 1);
     // HOST2[:PORT2], HOST2 an IPv6 address in brackets or a name (curl's parse_connect_to_host_port).
     let toHost = rest;
@@ -129,12 +131,14 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
     const toPort = toPortText === '' ? undefined : portNumber(toPortText, true);
     if (toPortText !== '' && toPort === undefined)
       throw bad(`No valid port number in connect to host string (${toPortText})`);
-    return {
-      host: lower(entry.slice(0, hostEnd)),
-      port,
-      toHost: toHost === '' ? undefined : lower(toHost),
-      toPort,
-    };
+    return [
+      {
+        host: lower(entry.slice(0, hostEnd)),
+        port,
+        toHost: toHost === '' ? undefined : lower(toHost),
+        toPort,
+      },
+    ];
   });
 }
 
