@@ -10,6 +10,7 @@ import { createServer as createHttpServer, request as httpRequest, type Server }
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { type CliResult, runCli, runCommand } from './cli-helpers.ts';
@@ -369,6 +370,82 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
     ]);
     expect(verbose.code, verbose.stderr).toBe(0);
     expect(verbose.stderr).toContain(`* Connected to proxy.test (127.0.0.1) port ${pp}, tunnel to localhost:${sp}\n`);
+  });
+
+  describe('-4 / -6', () => {
+    /** A plain server on ::1 only, beside `plain` on 127.0.0.1 only. */
+    let plain6: Server;
+    let p6: number;
+    beforeAll(async () => {
+      plain6 = createHttpServer((req, res) => res.writeHead(200).end(`Host ${req.headers.host}\n`));
+      plain6.listen(0, '::1');
+      await once(plain6, 'listening');
+      p6 = (plain6.address() as { port: number }).port;
+    });
+    afterAll(() => {
+      plain6.closeAllConnections();
+      plain6.close();
+    });
+
+    it("-4 and -6 as curl 7.88: localhost is 127.0.0.1 or ::1 (curl's own answer for it), a server on one family only is reached or refused (7), an IP address of the other family is 7, a --resolve entry of the other family only is 6 (of both: the one that fits), --connect-to's HOST2 too, the last of -4 and -6 wins (multileg took neither: exit 2)", async () => {
+      const cases: Array<[args: string[], exit: number]> = [
+        [['-4', `http://localhost:${p}/`], 0],
+        [['-6', `http://localhost:${p}/`], 7],
+        [['-6', `http://localhost:${p6}/`], 0],
+        [['-4', `http://localhost:${p6}/`], 7],
+        [['--ipv6', '--http1.1', `http://app.localhost:${p6}/`], 0],
+        [['--ipv4', `http://[::1]:${p6}/`], 7],
+        [['-6', `http://127.0.0.1:${p}/`], 7],
+        [['-6', '--resolve', `app.test:${p}:127.0.0.1`, `http://app.test:${p}/`], 6],
+        [['-4', '--resolve', `app.test:${p6}:::1`, `http://app.test:${p6}/`], 6],
+        [['-4', '--resolve', `app.test:${p}:::1,127.0.0.1`, `http://app.test:${p}/`], 0],
+        [['-6', '--resolve', `app.test:${p6}:127.0.0.1,::1`, `http://app.test:${p6}/`], 0],
+        [['-6', '--connect-to', `app.test:${p}:localhost:${p6}`, `http://app.test:${p}/`], 0],
+        [['-6', '--connect-to', `app.test:${p}:127.0.0.1:${p}`, `http://app.test:${p}/`], 7],
+        [['-6', '-4', `http://localhost:${p}/`], 0],
+        [['-4', '-6', `http://localhost:${p6}/`], 0],
+        // An https:// URL over HTTP/2 and HTTP/1.1: the reference server is on 127.0.0.1.
+        [['-4', '-o', '/dev/null', '--cacert', ca, `https://localhost:${sp}/`], 0],
+        [['-6', '-o', '/dev/null', '--cacert', ca, `https://localhost:${sp}/`], 7],
+        [['-6', '--http1.1', '--cacert', ca, `https://localhost:${sp}/`], 7],
+      ];
+      for (const [args, exit] of cases) {
+        const { ours, curl } = await both(args);
+        expect([ours.code, curl.code], `${args.join(' ')}: ${ours.stderr}`).toEqual([exit, exit]);
+        expect(agreed(ours), args.join(' ')).toBe(agreed(curl));
+      }
+      const other = await runCli(['-sS', '-6', `http://127.0.0.1:${p}/`]);
+      expect(other.stderr).toBe(
+        `multileg: could not connect to 127.0.0.1:${p}: -6: 127.0.0.1 is an IPv4 address; drop -6, or give a name or address of IPv6\n`,
+      );
+    });
+
+    it('-4 / -6 reach the system resolver (a name with an IPv4 address only: -6 is 6, -4 reaches it) for a direct connection over HTTP/2 and HTTP/1.1, and for the proxy’s name (-6: 5, the proxy unresolved); curl with the same answer from its DNS cache (--resolve) says the same for the origin', async () => {
+      const dns = {
+        env: { NODE_OPTIONS: `--import ${fileURLToPath(new URL('./fixtures/dns-v4-only.mjs', import.meta.url))}` },
+      };
+      const w = ['-sS', '-o', '/dev/null', '-w', '%{http_code}'];
+      const cases: Array<[args: string[], exit: number]> = [
+        [['-6', `http://app.test:${p}/`], 6],
+        [['-4', `http://app.test:${p}/`], 0],
+        [['-6', '--cacert', ca, '-k', `https://app.test:${sp}/`], 6],
+        [['-6', '--http1.1', '-k', `https://app.test:${sp}/`], 6],
+        [['-4', '--http1.1', '-k', `https://app.test:${sp}/`], 0],
+        [['-6', '-x', `http://proxy.test:${pp}`, `http://127.0.0.1:${p}/`], 5],
+        [['-4', '-x', `http://proxy.test:${pp}`, `http://127.0.0.1:${p}/`], 0],
+        [['-6', '-x', `http://proxy.test:${pp}`, '-k', `https://localhost:${sp}/`], 5],
+      ];
+      for (const [args, exit] of cases) {
+        const ours = await runCli([...w, ...args], dns);
+        expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(exit);
+        if (!args.includes('-x')) {
+          const host = new URL(args.at(-1)!);
+          const cached = ['--resolve', `app.test:${host.port}:127.0.0.1`];
+          const curl = await runCommand('/usr/bin/curl', [...w, ...cached, ...args], '', curlEnv);
+          expect(curl.code, args.join(' ')).toBe(exit);
+        }
+      }
+    });
   });
 
   it("doctor checks the server --resolve leads to, for the URL's name: its certificate is for localhost, not app.test", async () => {

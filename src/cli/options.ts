@@ -323,6 +323,8 @@ export function program(): Commander.Command {
       )
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
       .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
+      .option('-4, --ipv4', 'resolve names to IPv4 addresses only (the last of -4 and -6 wins)')
+      .option('-6, --ipv6', 'resolve names to IPv6 addresses only (the last of -4 and -6 wins)')
       .option('--http1.1', 'use HTTP/1.1 only')
       .option('--http2', 'use HTTP/2 where the server offers it, the default (the last of --http1.1 and --http2 wins)')
       .option('--no-progress-meter', 'accepted, as curl: multileg shows no progress meter')
@@ -1071,6 +1073,14 @@ export function parseCli(
   cmd.on('option:http2', () => {
     http1 = false;
   });
+  // -4 and -6: the last one given wins (curl's CURLOPT_IPRESOLVE).
+  let family: 4 | 6 | undefined;
+  cmd.on('option:ipv4', () => {
+    family = 4;
+  });
+  cmd.on('option:ipv6', () => {
+    family = 6;
+  });
   cmd.parse(urlsInPlace(argv, cmd), { from: 'user' });
   const o = cmd.opts();
   // parseCliOrExit reads the -K files first; a -K left here would be ignored without a word.
@@ -1230,6 +1240,9 @@ export function parseCli(
   const proxyCacert = o.proxyCacert ? caFile(o.proxyCacert as string, '--proxy-cacert') : undefined;
   const proxyCa = trustedCas(proxyCacert, Boolean(o.proxyCaNative));
   const connect = {
+    // -4/-6: net.connect's `family` for the names DNS answers (undici's connector passes it on);
+    // routes.ts takes --resolve, IP addresses and localhost.
+    ...(family ? { family } : {}),
     ...(ca.length > 0 ? { ca } : {}),
     ...(o.insecure ? { rejectUnauthorized: false } : {}),
     ...(o.connectTimeout ? { timeout: o.connectTimeout as number } : {}),
@@ -1243,7 +1256,7 @@ export function parseCli(
     ...(o.ccache ? { ccache: o.ccache as string } : {}),
     ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
-  const proxy = proxyOption(o, proxyCa);
+  const proxy = proxyOption(o, proxyCa, family);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   // netrc holds credentials per host; the agent has one set for all the URLs.
   const netrc = o.netrcFile !== undefined || o.netrc || o.netrcOptional;
@@ -1261,7 +1274,8 @@ export function parseCli(
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
   const resolve = (o.resolve as string[] | undefined) ?? [];
   const connectTo = (o.connectTo as string[] | undefined) ?? [];
-  const routes = resolve.length > 0 || connectTo.length > 0 ? new Routes(resolve, connectTo) : undefined;
+  const routes =
+    resolve.length > 0 || connectTo.length > 0 || family ? new Routes(resolve, connectTo, family) : undefined;
   const agent: MultilegAgentOptions = {
     connect,
     ...(routes ? { connectTo: routes.connectTo } : {}),
@@ -1352,11 +1366,20 @@ function trustedCas(file: { text: string } | { problem: string } | undefined, na
  * from the origin's trust, and --connect-timeout bounds connecting to it — whether -x names it or
  * HTTPS_PROXY / HTTP_PROXY do.
  */
-function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
+function proxyOption(
+  o: Record<string, unknown>,
+  ca: readonly string[],
+  family: 4 | 6 | undefined,
+): MultilegAgentOptions['proxy'] {
   if (o.noproxy === '*') return false;
   const connect =
-    ca.length > 0 || o.proxyInsecure
-      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.proxyInsecure ? { rejectUnauthorized: false } : {}) }
+    ca.length > 0 || o.proxyInsecure || family
+      ? {
+          ...(ca.length > 0 ? { ca: [...ca] } : {}),
+          ...(o.proxyInsecure ? { rejectUnauthorized: false } : {}),
+          // -4/-6 for the proxy's name too (curl resolves it so); the proxy looks up the origin's.
+          ...(family ? { family } : {}),
+        }
       : undefined;
   const common = {
     ...(connect ? { connect } : {}),

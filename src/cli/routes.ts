@@ -48,6 +48,27 @@ function refusedAtPortZero(address: string): Error {
 
 const lower = (host: string) => host.toLowerCase();
 
+/** A name -4 or -6 finds no address of its family for (curl's 6, "Could not resolve host"). */
+function noAddressOf(family: 4 | 6, hostname: string): Error {
+  return Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname} (no IPv${family} address: -${family})`), {
+    code: 'ENOTFOUND',
+    hostname,
+  });
+}
+
+/** An IP address of the other family than -4 or -6 asks for: curl does not connect (its 7). */
+function otherFamily(family: 4 | 6, address: string, port: number): Error {
+  return Object.assign(
+    new Error(
+      `-${family}: ${address} is an IPv${family === 4 ? 6 : 4} address; drop -${family}, or give a name or address of IPv${family}`,
+    ),
+    { code: 'EAFNOSUPPORT', address, port },
+  );
+}
+
+/** curl 7.88 answers `localhost` and `*.localhost` itself (127.0.0.1 and ::1, RFC 6761), whatever the system's resolver says. */
+const isLocalhost = (host: string) => host === 'localhost' || host.endsWith('.localhost');
+
 /**
  * The --resolve entries in order, as curl loads them into its DNS cache: `[+]HOST:PORT:ADDR[,ADDR]…`
  * adds (or replaces) HOST:PORT's addresses (IPv6 ones in brackets or not; `+` is curl's
@@ -146,10 +167,13 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
 export class Routes {
   readonly #resolve: Map<string, readonly string[]>;
   readonly #connectTo: readonly ConnectToEntry[];
+  /** -4 or -6: only addresses of that family (the agent's `connect.family` for names DNS answers). */
+  readonly #family: 4 | 6 | undefined;
 
-  constructor(resolve: readonly string[], connectTo: readonly string[]) {
+  constructor(resolve: readonly string[], connectTo: readonly string[], family?: 4 | 6) {
     this.#resolve = parseResolve(resolve);
     this.#connectTo = parseConnectTo(connectTo);
+    this.#family = family;
   }
 
   /** -v's lines for the --resolve entries, as curl prints them when it loads them. */
@@ -161,11 +185,11 @@ export class Routes {
   readonly connectTo: ConnectTo = ({ hostname, port, via }: ConnectTarget): ConnectRoute | undefined => {
     // curl resolves a proxy's name through its DNS cache too; --connect-to is for the origin only.
     if (via === 'proxy') {
-      const addresses = this.#addresses(hostname, port);
+      const addresses = this.#fitting(hostname, port, true);
       return addresses ? { addresses } : undefined;
     }
     const moved = this.#moved(hostname, port);
-    const addresses = via === 'tunnel' ? undefined : this.#addresses(moved?.hostname ?? hostname, moved?.port ?? port);
+    const addresses = via === 'tunnel' ? undefined : this.#fitting(moved?.hostname ?? hostname, moved?.port ?? port);
     if (moved?.port === 0) throw refusedAtPortZero(addresses?.[0] ?? moved.hostname ?? hostname);
     // Through a proxy the CONNECT names the host: the proxy looks it up, not --resolve.
     if (via === 'tunnel') return moved;
@@ -183,6 +207,27 @@ export class Routes {
         ...(e.toPort !== undefined ? { port: e.toPort } : {}),
       };
     }
+    return undefined;
+  }
+
+  /**
+   * The addresses to connect to for host:port: its --resolve entry's, of -4's or -6's family only
+   * (none of it: curl's 6); with -4 or -6, also an IP address of the other family refused (curl's
+   * 7) and `localhost` answered as curl answers it. Undefined: DNS (the agent's `connect.family`).
+   * A proxy's --resolve entry of the other family only is curl 7.88's 7, not 6 (`proxy`).
+   */
+  #fitting(hostname: string, port: number, proxy = false): readonly string[] | undefined {
+    const addresses = this.#addresses(hostname, port);
+    const family = this.#family;
+    if (family === undefined) return addresses;
+    if (addresses) {
+      const fit = addresses.filter((a) => isIP(a) === family);
+      if (fit.length === 0) throw proxy ? otherFamily(family, addresses[0]!, port) : noAddressOf(family, hostname);
+      return fit;
+    }
+    const literal = isIP(hostname);
+    if (literal !== 0 && literal !== family) throw otherFamily(family, hostname, port);
+    if (literal === 0 && isLocalhost(lower(hostname))) return [family === 4 ? '127.0.0.1' : '::1'];
     return undefined;
   }
 
