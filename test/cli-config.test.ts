@@ -103,6 +103,13 @@ describe('multileg -K: curl’s config file', () => {
     const stdin = await both(['-K', '-', url], 'user = "dave:d"\n');
     same(stdin);
     expect(stdin.oursSeen).toEqual(['GET /auth/x dave:d']);
+    // A file that names itself (by another spelling too) is read once, with a warning.
+    const loop = file('user erin:e');
+    writeFileSync(loop, `user erin:e\nconfig ${dir}/./${loop.slice(dir.length + 1)}\n`);
+    const looped = await runCli(['-K', loop, url]);
+    expect(looped.code).toBe(0);
+    expect(looped.stdout).toBe('hello erin:e\n');
+    expect(looped.stderr).toMatch(/^multileg: Warning: \S+:2: -K \S+ is already being read; skipped\n$/);
     const carolThenBob = await both(['-K', carol, url]);
     same(carolThenBob);
     expect(carolThenBob.oursSeen).toEqual(['GET /auth/x bob:b']);

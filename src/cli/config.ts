@@ -11,6 +11,7 @@
  * name an option only by its own name, never a value nor a line that names no option we know.
  */
 import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import type * as Commander from 'commander';
 import { EXIT } from './explain.ts';
 import { readStdin, UsageError, unreadable } from './options.ts';
@@ -21,6 +22,9 @@ export interface ExpandedArgs {
   /** `-K -` (in a file too): each read stdin, which then has nothing left for another reader. */
   readonly stdinReads: number;
 }
+
+/** How deep -K files may name one another. */
+const MAX_DEPTH = 16;
 
 /** C's isspace, as curl's ISSPACE. */
 const isSpace = (c: string | undefined) =>
@@ -101,7 +105,10 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
 
   /** The options of one file; `where` is the line naming it (undefined: the command line, where a file that cannot be read is curl's 26). */
   const readConfig = (path: string, where: string | undefined): string[] => {
-    if (path !== '-' && reading.includes(path)) {
+    // A file that names itself, through another or by another spelling (or a link: the depth),
+    // would be read until the stack ran out (curl 7.88's own fate).
+    const key = path === '-' ? path : resolvePath(path);
+    if ((path !== '-' && reading.includes(key)) || reading.length >= MAX_DEPTH) {
       warn(`${where}: -K ${path} is already being read; skipped`);
       return [];
     }
@@ -116,7 +123,7 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
       return [];
     }
     if (path === '-') stdinReads++;
-    reading.push(path);
+    reading.push(key);
     const out: string[] = [];
     const file = path === '-' ? '<stdin>' : path;
     for (const [index, raw] of text.split(/(?<=\n)/).entries()) {
