@@ -68,6 +68,13 @@ describe('multileg --compressed, as curl', () => {
         res.writeHead(status, head).end(status === 204 || status === 304 ? undefined : 'abc');
         return;
       }
+      // /split-six, /split-six-404: 3 + 3 codings on two lines between two other headers.
+      const split = /^\/split-six(-404)?$/.exec(path);
+      if (split) {
+        const lines = ['x-before', '1', 'content-encoding', 'identity, identity, identity'];
+        res.writeHead(split[1] ? 404 : 200, [...lines, ...lines.slice(2), 'x-after', '2']).end('abc');
+        return;
+      }
       const [coding, body] = ANSWERS[path] ?? ['gzip', GZIP];
       // setHeader: a list is sent as that many Content-Encoding lines.
       res.setHeader('content-type', 'text/plain');
@@ -246,6 +253,24 @@ describe('multileg --compressed, as curl', () => {
     }
     // -L did not follow the refused redirect (curl's).
     expect(asked.get('/gzip?six')).toBeUndefined();
+  });
+
+  it("--compressed: -I, -i and -D - show a head refused for more than 5 codings up to the line that went past them, with no blank line after it, as curl 7.88 stops there (multileg showed the whole head); --fail-with-body's 404 is 61 too, as curl 7.88's", async () => {
+    for (const args of [
+      ['-I', `${origin}/split-six`],
+      ['-i', `${origin}/split-six`],
+      ['-D', '-', '-o', '/dev/null', `${origin}/split-six`],
+      ['-i', '--fail-with-body', `${origin}/split-six-404`],
+      ['--fail-with-body', `${origin}/split-six-404`],
+    ]) {
+      const { ours, curl } = await both(['-sS', '--compressed', ...args]);
+      expect(curl.code, args.join(' ')).toBe(61);
+      expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(61);
+      expect(ours.stdout, args.join(' ')).toBe(curl.stdout);
+    }
+    expect((await run(['-sS', '--compressed', '-I', `${origin}/split-six`])).stdout).toMatch(
+      /^HTTP\/1\.1 200 OK\r\nx-before: 1\r\ncontent-encoding: identity, identity, identity\r\n$/,
+    );
   });
 
   it("--compressed: an Accept-Encoding given with -H is sent instead of curl's (-H 'Accept-Encoding:' sends none, 'Accept-Encoding;' an empty one), and the body is decoded all the same, as curl's", async () => {

@@ -10,6 +10,7 @@ import { createServer as createHttpServer, request as httpRequest, type Server }
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { type CliResult, runCli, runCommand } from './cli-helpers.ts';
@@ -166,7 +167,7 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
     expect(seen.length).toBe(before);
   });
 
-  it("--connect-to as curl 7.88 reads it: empty parts (any host or port; the same one), the first entry that matches and names a HOST2 or PORT2 wins, --resolve applies to HOST2; a PORT2 that is no port is its 49; an entry that can never match is multileg's 49 (curl passes over it)", async () => {
+  it('--connect-to as curl 7.88 reads it: empty parts (any host or port; the same one), the first entry that matches and names a HOST2 or PORT2 wins, --resolve applies to HOST2; a PORT2 that is no port is its 49', async () => {
     const url = `http://app.test:${p}/`;
     const cases: Array<[entries: string[], exit: number]> = [
       [[`app.test:${p}:127.0.0.1:${p}`], 0],
@@ -207,15 +208,30 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
       expect(curl.stderr).toContain('No valid port number in connect to host string');
       expect(ours.stderr).toContain(`--connect-to '${bad}': No valid port number in connect to host string`);
     }
-    // curl reads an entry only for a URL it matches, and passes over one it cannot read: a typo
-    // would go unnoticed there (6 here, the name unknown); multileg says so before sending anything.
-    for (const bad of [`app.test:${p}`, `app.test:x:127.0.0.1:${p}`, `app.test:${p}:[::1:${p}`]) {
+    // An entry curl cannot read as HOST2 (an IPv6 address without its `]`): multileg's 49 before
+    // anything is sent (curl connects to the name `::1:PORT`, its 6).
+    for (const bad of [`app.test:${p}:[::1:${p}`]) {
       const { ours, curl } = await both(['--connect-to', bad, url]);
       expect([ours.code, curl.code], bad).toEqual([49, 6]);
-      expect(ours.stderr).toContain(`--connect-to '${bad}': `);
-      expect(ours.stderr).toContain('give HOST1:PORT1:HOST2:PORT2');
+      expect(ours.stderr).toContain(`--connect-to '${bad}': Invalid IPv6 address format; give HOST1:PORT1:HOST2:PORT2`);
     }
     expect(seen.length).toBe(before);
+  });
+
+  it('--connect-to passes over an entry that cannot match, as curl 7.88 does without a word: no PORT1 part, or a PORT1 that is no port (99999, 0, -1, -0, a word, text after the digits, 2^32 + the port): the next entry, or none, decides (multileg exited 49)', async () => {
+    const url = `http://app.test:${p}/`;
+    for (const port1 of ['99999', '0', '-1', '-0', 'x', `${p}x`, `${p} `, String(2 ** 32 + p), '1e3']) {
+      const odd = `app.test:${port1}:127.0.0.1:1`;
+      const { ours, curl } = await both(['--connect-to', odd, '--connect-to', `app.test:${p}:127.0.0.1:`, url]);
+      expect([ours.code, curl.code], odd).toEqual([0, 0]);
+      expect(agreed(ours), odd).toBe(agreed(curl));
+      expect(ours.stderr, odd).toBe('');
+    }
+    for (const odd of [`app.test:${p}`, 'app.test', `[::1:${p}:127.0.0.1:`]) {
+      const { ours, curl } = await both(['--connect-to', odd, url]);
+      expect([ours.code, curl.code], odd).toEqual([6, 6]);
+      expect(ours.stderr, odd).toBe('multileg: could not resolve host app.test\n');
+    }
   });
 
   it("--resolve and --connect-to read a port as curl 7.88's strtoul/strtol do: leading zeros (`0N`, not octal), a `+`, white space before it, `-0`; another negative port is its 49; a --connect-to PORT2 of 0 is curl's 7, the connection there refused (multileg exited 49 for all of these)", async () => {
@@ -354,6 +370,82 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
     ]);
     expect(verbose.code, verbose.stderr).toBe(0);
     expect(verbose.stderr).toContain(`* Connected to proxy.test (127.0.0.1) port ${pp}, tunnel to localhost:${sp}\n`);
+  });
+
+  describe('-4 / -6', () => {
+    /** A plain server on ::1 only, beside `plain` on 127.0.0.1 only. */
+    let plain6: Server;
+    let p6: number;
+    beforeAll(async () => {
+      plain6 = createHttpServer((req, res) => res.writeHead(200).end(`Host ${req.headers.host}\n`));
+      plain6.listen(0, '::1');
+      await once(plain6, 'listening');
+      p6 = (plain6.address() as { port: number }).port;
+    });
+    afterAll(() => {
+      plain6.closeAllConnections();
+      plain6.close();
+    });
+
+    it("-4 and -6 as curl 7.88: localhost is 127.0.0.1 or ::1 (curl's own answer for it), a server on one family only is reached or refused (7), an IP address of the other family is 7, a --resolve entry of the other family only is 6 (of both: the one that fits), --connect-to's HOST2 too, the last of -4 and -6 wins (multileg took neither: exit 2)", async () => {
+      const cases: Array<[args: string[], exit: number]> = [
+        [['-4', `http://localhost:${p}/`], 0],
+        [['-6', `http://localhost:${p}/`], 7],
+        [['-6', `http://localhost:${p6}/`], 0],
+        [['-4', `http://localhost:${p6}/`], 7],
+        [['--ipv6', '--http1.1', `http://app.localhost:${p6}/`], 0],
+        [['--ipv4', `http://[::1]:${p6}/`], 7],
+        [['-6', `http://127.0.0.1:${p}/`], 7],
+        [['-6', '--resolve', `app.test:${p}:127.0.0.1`, `http://app.test:${p}/`], 6],
+        [['-4', '--resolve', `app.test:${p6}:::1`, `http://app.test:${p6}/`], 6],
+        [['-4', '--resolve', `app.test:${p}:::1,127.0.0.1`, `http://app.test:${p}/`], 0],
+        [['-6', '--resolve', `app.test:${p6}:127.0.0.1,::1`, `http://app.test:${p6}/`], 0],
+        [['-6', '--connect-to', `app.test:${p}:localhost:${p6}`, `http://app.test:${p}/`], 0],
+        [['-6', '--connect-to', `app.test:${p}:127.0.0.1:${p}`, `http://app.test:${p}/`], 7],
+        [['-6', '-4', `http://localhost:${p}/`], 0],
+        [['-4', '-6', `http://localhost:${p6}/`], 0],
+        // An https:// URL over HTTP/2 and HTTP/1.1: the reference server is on 127.0.0.1.
+        [['-4', '-o', '/dev/null', '--cacert', ca, `https://localhost:${sp}/`], 0],
+        [['-6', '-o', '/dev/null', '--cacert', ca, `https://localhost:${sp}/`], 7],
+        [['-6', '--http1.1', '--cacert', ca, `https://localhost:${sp}/`], 7],
+      ];
+      for (const [args, exit] of cases) {
+        const { ours, curl } = await both(args);
+        expect([ours.code, curl.code], `${args.join(' ')}: ${ours.stderr}`).toEqual([exit, exit]);
+        expect(agreed(ours), args.join(' ')).toBe(agreed(curl));
+      }
+      const other = await runCli(['-sS', '-6', `http://127.0.0.1:${p}/`]);
+      expect(other.stderr).toBe(
+        `multileg: could not connect to 127.0.0.1:${p}: -6: 127.0.0.1 is an IPv4 address; drop -6, or give a name or address of IPv6\n`,
+      );
+    });
+
+    it('-4 / -6 reach the system resolver (a name with an IPv4 address only: -6 is 6, -4 reaches it) for a direct connection over HTTP/2 and HTTP/1.1, and for the proxy’s name (-6: 5, the proxy unresolved); curl with the same answer from its DNS cache (--resolve) says the same for the origin', async () => {
+      const dns = {
+        env: { NODE_OPTIONS: `--import ${fileURLToPath(new URL('./fixtures/dns-v4-only.mjs', import.meta.url))}` },
+      };
+      const w = ['-sS', '-o', '/dev/null', '-w', '%{http_code}'];
+      const cases: Array<[args: string[], exit: number]> = [
+        [['-6', `http://app.test:${p}/`], 6],
+        [['-4', `http://app.test:${p}/`], 0],
+        [['-6', '--cacert', ca, '-k', `https://app.test:${sp}/`], 6],
+        [['-6', '--http1.1', '-k', `https://app.test:${sp}/`], 6],
+        [['-4', '--http1.1', '-k', `https://app.test:${sp}/`], 0],
+        [['-6', '-x', `http://proxy.test:${pp}`, `http://127.0.0.1:${p}/`], 5],
+        [['-4', '-x', `http://proxy.test:${pp}`, `http://127.0.0.1:${p}/`], 0],
+        [['-6', '-x', `http://proxy.test:${pp}`, '-k', `https://localhost:${sp}/`], 5],
+      ];
+      for (const [args, exit] of cases) {
+        const ours = await runCli([...w, ...args], dns);
+        expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(exit);
+        if (!args.includes('-x')) {
+          const host = new URL(args.at(-1)!);
+          const cached = ['--resolve', `app.test:${host.port}:127.0.0.1`];
+          const curl = await runCommand('/usr/bin/curl', [...w, ...cached, ...args], '', curlEnv);
+          expect(curl.code, args.join(' ')).toBe(exit);
+        }
+      }
+    });
   });
 
   it("doctor checks the server --resolve leads to, for the URL's name: its certificate is for localhost, not app.test", async () => {

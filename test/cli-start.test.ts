@@ -91,6 +91,15 @@ describe('the command’s start', () => {
     expect(await loads(['--compressed'])).toEqual({ zlib: true, decode: true });
   });
 
+  it("-K's reader (config.ts) loads only for a command line that names -K: a run without one loads nothing of it", async () => {
+    const config = join(ca, '..', 'start.conf');
+    writeFileSync(config, 'silent\n');
+    expect((await filesLoaded(ntlm(false))).filter((file) => file.endsWith('/src/cli/config.ts'))).toEqual([]);
+    expect(await filesLoaded(['-K', config, ...ntlm(false)])).toContainEqual(
+      expect.stringMatching(/\/src\/cli\/config\.ts$/),
+    );
+  });
+
   it("-w loads and listens for its timings (timings.ts, diagnostics channels) only when the format names a phase time or a head's size: none for a run without -w, nor for %{http_code} %{size_upload} %{time_total}", async () => {
     const timings = async (format: string | undefined) => {
       const args = [...(format === undefined ? [] : ['-o', '/dev/null', '-w', format]), ...ntlm(false)];

@@ -589,8 +589,8 @@ describe('multileg command line', () => {
         ['--schemes', 'Negotiate,Kerberos', 'https://localhost:1/'],
         /^multileg: --schemes: unknown scheme "Kerberos"; use Negotiate, NTLM, Digest, Basic, Transport\n$/,
       ],
-      // curl's -4 / -6 are no URL (commander leaves what looks like a negative number as an argument).
-      [['-4', 'https://localhost:1/'], /^multileg: unknown option '-4' \(multileg --help lists the options\)\n$/],
+      // curl's -0 (--http1.0) is no URL (commander leaves what looks like a negative number as an argument).
+      [['-0', 'https://localhost:1/'], /^multileg: unknown option '-0' \(multileg --help lists the options\)\n$/],
       // curl's --json DATA: the data must not become a URL and the POST a GET; nor is it echoed.
       [
         ['--json', '{"password":"s3cret"}', 'https://localhost:1/'],

@@ -11,6 +11,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { MultilegError } from '../errors.ts';
 import { acceptEncoding } from './options.ts';
+import { headerLines } from './output.ts';
 
 /** The stable code of {@link ContentEncodingError} (explain.ts reads it without loading this module). */
 export const CONTENT_ENCODING_CODE = 'MULTILEG_CONTENT_ENCODING';
@@ -153,6 +154,20 @@ export interface BodyDecoding {
  * order), from `from` (a host, for the messages). Throws {@link ContentEncodingError} for more than
  * 5 codings, as curl refuses such a response before its body (CVE-2022-32206's bound).
  */
+/**
+ * The header line (of {@link headerLines}) at which a head's codings go past 5, where curl stops
+ * reading it (and writing it to -i, -I and -D) with its 61; undefined for a head within the bound.
+ */
+export function codingsCut(headers: Record<string, string | string[] | undefined>): number | undefined {
+  let codings = 0;
+  for (const [i, [name, value]] of headerLines(headers).entries()) {
+    if (name.toLowerCase() !== 'content-encoding') continue;
+    codings += value.split(',').filter((c) => c.trim() !== '').length;
+    if (codings > MAX_CODINGS) return i;
+  }
+  return undefined;
+}
+
 export function bodyDecoding(header: string | string[] | undefined, from: string): BodyDecoding {
   const codings = (Array.isArray(header) ? header.join(',') : (header ?? ''))
     .split(',')

@@ -272,7 +272,7 @@ export async function doctor(argv: string[]): Promise<number> {
     .description(
       "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; exits 1 when a check fails",
     );
-  const parsed = parseCliOrExit(argv, 'multileg doctor', cmd);
+  const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
   // without it and say to give the -U that was given.

@@ -295,6 +295,9 @@ export function describeFailure(
     return { exit: EXIT.failure, message: `${host} answered in TLS, not HTTP: is it an https:// port? (${e.message})` };
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
+  // -4 or -6 and an IP address of the other family (routes.ts): curl's 7, the reason its own.
+  if (code === 'EAFNOSUPPORT')
+    return { exit: EXIT.connect, message: `could not connect to ${host}: ${e.message}`, errno: code };
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH')
     return { exit: EXIT.connect, message: `could not connect to ${host}${reached(e, ctx.url)} (${code})`, errno: code };
   if (code === 'UND_ERR_CONNECT_TIMEOUT')

@@ -58,11 +58,12 @@ export class ResponseHeads {
 
   /**
    * A response the command receives itself, verbatim, to -D and -i: also the final head that -f
-   * turns into exit 22 (curl shows it, then no body).
+   * turns into exit 22 (curl shows it, then no body); up to header line `cutAt` only, for one that
+   * --compressed refuses there (curl's 61 as it reads that line).
    */
-  received(protocol: string | undefined, res: Parameters<typeof responseHead>[1]): void {
+  received(protocol: string | undefined, res: Parameters<typeof responseHead>[1], cutAt?: number): void {
     this.flush();
-    this.#write(responseHead(protocol, res));
+    this.#write(responseHead(protocol, res, cutAt));
   }
 
   #write(text: string): void {

@@ -38,7 +38,7 @@ async function main(argv: string[]): Promise<number> {
   // header ("httpoxy"). The agent would read it (undici's rule); this process is the command's.
   delete process.env.HTTP_PROXY;
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
-  const req = parseCliOrExit(argv, 'multileg', cmd);
+  const req = await parseCliOrExit(argv, 'multileg', cmd);
   if (typeof req === 'number') return req;
   // Loaded once a request will be made: usage errors start without them. Of undici, only what a
   // request uses (undici-core.ts).

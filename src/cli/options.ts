@@ -204,6 +204,11 @@ export function program(): Commander.Command {
         'a URL to request, as one given without a flag, in its place among them (repeatable)',
         collect,
       )
+      .option(
+        '-K, --config <file>',
+        'read options from this file as curl does, one a line: `user = "DOMAIN\\\\user:password"`, `-H "Name: value"`, `url = URL` (-: stdin); they apply where -K stands; keeps passwords off the command line (repeatable)',
+        collect,
+      )
       .option('-X, --request <method>', 'request method')
       .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
       .option(
@@ -318,6 +323,8 @@ export function program(): Commander.Command {
       )
       .option('-j, --junk-session-cookies', 'leave out the session cookies of the -b files (start a new session)')
       .option('-g, --globoff', 'send {} and [] in a URL as they are (multileg has no URL globbing)')
+      .option('-4, --ipv4', 'resolve names to IPv4 addresses only (the last of -4 and -6 wins)')
+      .option('-6, --ipv6', 'resolve names to IPv6 addresses only (the last of -4 and -6 wins)')
       .option('--http1.1', 'use HTTP/1.1 only')
       .option('--http2', 'use HTTP/2 where the server offers it, the default (the last of --http1.1 and --http2 wins)')
       .option('--no-progress-meter', 'accepted, as curl: multileg shows no progress meter')
@@ -693,6 +700,7 @@ interface StdinReader {
 
 /** Whatever reads stdin, in the order a conflict names them: the first one's fix is given. */
 const STDIN_READERS = {
+  config: { name: '-K -', fix: 'give the options in a file (-K FILE)' },
   cookies: { name: '-b -', fix: 'give the cookies in a file' },
   writeOut: { name: '-w @-', fix: 'give the -w format as text or in a file' },
   password: { name: '--password-stdin', fix: 'give the password with MULTILEG_PASSWORD (or -u user:password)' },
@@ -718,7 +726,7 @@ function stdinConflict(readers: readonly (StdinReader | false)[]): string | unde
  * All of stdin (curl's `@-`). Through fd 0, not /dev/stdin: a parent's socket there (Node's
  * child_process gives one) cannot be opened by name (ENXIO); a non-blocking fd 0 is read by name.
  */
-function readStdin(): Buffer {
+export function readStdin(): Buffer {
   try {
     return readFileSync(0);
   } catch (err) {
@@ -1043,7 +1051,12 @@ export function acceptEncoding(): string {
 }
 
 /** Turns command-line arguments into a request; throws commander's or a ConfigError on bad input. */
-export function parseCli(argv: readonly string[], cmd: Commander.Command = program()): CliRequest {
+export function parseCli(
+  argv: readonly string[],
+  cmd: Commander.Command = program(),
+  /** How many `-K -` read stdin (config.ts, which has replaced every -K of `argv` by its options). */
+  configStdin = 0,
+): CliRequest {
   // -d, --data-binary, --data-raw and --data-urlencode in the order given (curl joins them so), not grouped by flag.
   const data: Array<[flag: DataFlag, value: string]> = [];
   for (const flag of ['-d', '--data-binary', '--data-raw', '--data-urlencode'] as const)
@@ -1060,8 +1073,18 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   cmd.on('option:http2', () => {
     http1 = false;
   });
+  // -4 and -6: the last one given wins (curl's CURLOPT_IPRESOLVE).
+  let family: 4 | 6 | undefined;
+  cmd.on('option:ipv4', () => {
+    family = 4;
+  });
+  cmd.on('option:ipv6', () => {
+    family = 6;
+  });
   cmd.parse(urlsInPlace(argv, cmd), { from: 'user' });
   const o = cmd.opts();
+  // parseCliOrExit reads the -K files first; a -K left here would be ignored without a word.
+  if (o.config !== undefined) throw new Error('-K: the config files must be read first (parseCliOrExit)');
   for (const arg of cmd.args) {
     notAUrl(arg, Boolean(o.json));
     if (!o.globoff) notAGlob(arg);
@@ -1108,6 +1131,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const formStdin = forms.map(formStdinName).filter((n) => n !== undefined);
   const uploads = (o.uploadFile as string[] | undefined) ?? [];
   const twoReaders = stdinConflict([
+    ...Array.from({ length: configStdin }, () => STDIN_READERS.config),
     cookieFiles.includes('-') && STDIN_READERS.cookies,
     o.writeOut === '@-' && STDIN_READERS.writeOut,
     o.passwordStdin === true && STDIN_READERS.password,
@@ -1216,6 +1240,9 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const proxyCacert = o.proxyCacert ? caFile(o.proxyCacert as string, '--proxy-cacert') : undefined;
   const proxyCa = trustedCas(proxyCacert, Boolean(o.proxyCaNative));
   const connect = {
+    // -4/-6: net.connect's `family` for the names DNS answers (undici's connector passes it on);
+    // routes.ts takes --resolve, IP addresses and localhost.
+    ...(family ? { family } : {}),
     ...(ca.length > 0 ? { ca } : {}),
     ...(o.insecure ? { rejectUnauthorized: false } : {}),
     ...(o.connectTimeout ? { timeout: o.connectTimeout as number } : {}),
@@ -1229,7 +1256,7 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
     ...(o.ccache ? { ccache: o.ccache as string } : {}),
     ...(o.keytab ? { keytab: keytabName(o.keytab as string) } : {}),
   };
-  const proxy = proxyOption(o, proxyCa);
+  const proxy = proxyOption(o, proxyCa, family);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   // netrc holds credentials per host; the agent has one set for all the URLs.
   const netrc = o.netrcFile !== undefined || o.netrc || o.netrcOptional;
@@ -1247,7 +1274,8 @@ export function parseCli(argv: readonly string[], cmd: Commander.Command = progr
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
   const resolve = (o.resolve as string[] | undefined) ?? [];
   const connectTo = (o.connectTo as string[] | undefined) ?? [];
-  const routes = resolve.length > 0 || connectTo.length > 0 ? new Routes(resolve, connectTo) : undefined;
+  const routes =
+    resolve.length > 0 || connectTo.length > 0 || family ? new Routes(resolve, connectTo, family) : undefined;
   const agent: MultilegAgentOptions = {
     connect,
     ...(routes ? { connectTo: routes.connectTo } : {}),
@@ -1338,11 +1366,20 @@ function trustedCas(file: { text: string } | { problem: string } | undefined, na
  * from the origin's trust, and --connect-timeout bounds connecting to it — whether -x names it or
  * HTTPS_PROXY / HTTP_PROXY do.
  */
-function proxyOption(o: Record<string, unknown>, ca: readonly string[]): MultilegAgentOptions['proxy'] {
+function proxyOption(
+  o: Record<string, unknown>,
+  ca: readonly string[],
+  family: 4 | 6 | undefined,
+): MultilegAgentOptions['proxy'] {
   if (o.noproxy === '*') return false;
   const connect =
-    ca.length > 0 || o.proxyInsecure
-      ? { ...(ca.length > 0 ? { ca: [...ca] } : {}), ...(o.proxyInsecure ? { rejectUnauthorized: false } : {}) }
+    ca.length > 0 || o.proxyInsecure || family
+      ? {
+          ...(ca.length > 0 ? { ca: [...ca] } : {}),
+          ...(o.proxyInsecure ? { rejectUnauthorized: false } : {}),
+          // -4/-6 for the proxy's name too (curl resolves it so); the proxy looks up the origin's.
+          ...(family ? { family } : {}),
+        }
       : undefined;
   const common = {
     ...(connect ? { connect } : {}),
@@ -1387,12 +1424,26 @@ function proxyOption(o: Record<string, unknown>, ca: readonly string[]): Multile
 }
 
 /**
- * {@link parseCli}, or the exit code for bad usage after one line on stderr (commander prints its
- * own errors and --help/--version output).
+ * Whether the arguments may name a -K/--config file (a quick look: config.ts reads them properly);
+ * a command line without one does not load config.ts.
  */
-export function parseCliOrExit(argv: readonly string[], name: string, cmd?: Commander.Command): CliRequest | number {
+function mayNameConfig(argv: readonly string[]): boolean {
+  return argv.some((a) => a === '--config' || a.startsWith('--config=') || /^-[^-]*K/.test(a));
+}
+
+/**
+ * {@link parseCli} of the arguments with their -K files read in place (config.ts), or the exit code
+ * for bad usage after one line on stderr (commander prints its own errors and --help/--version output).
+ */
+export async function parseCliOrExit(
+  argv: readonly string[],
+  name: string,
+  cmd: Commander.Command = program(),
+): Promise<CliRequest | number> {
   try {
-    return parseCli(argv, cmd);
+    if (!mayNameConfig(argv)) return parseCli(argv, cmd);
+    const expanded = (await import('./config.ts')).expandConfig(argv, cmd, name);
+    return parseCli(expanded.argv, cmd, expanded.stdinReads);
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
     if (err instanceof ConfigError) {

@@ -86,13 +86,22 @@ export function writeHeadsFile(output: string, heads: string, createDirs: boolea
 export function responseHead(
   protocol: string | undefined,
   res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
+  cutAt?: number,
 ): string {
+  const lines = headerLines(res.headers);
+  if (cutAt === undefined) return headText(protocol, res.statusCode, res.statusText, lines);
+  // Cut before header line `cutAt`, as curl stops writing a head at the line it refuses (no blank line after it).
+  return headText(protocol, res.statusCode, res.statusText, lines.slice(0, cutAt)).slice(0, -2);
+}
+
+/** A head's header lines in the order {@link responseHead} writes them (a repeated header's values one a line). */
+export function headerLines(headers: Record<string, string | string[] | undefined>): Array<[string, string]> {
   const lines: Array<[string, string]> = [];
-  for (const [k, v] of Object.entries(res.headers)) {
+  for (const [k, v] of Object.entries(headers)) {
     if (v === undefined) continue;
     for (const value of Array.isArray(v) ? v : [v]) lines.push([k, value]);
   }
-  return headText(protocol, res.statusCode, res.statusText, lines);
+  return lines;
 }
 
 /**

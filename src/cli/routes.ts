@@ -48,6 +48,27 @@ function refusedAtPortZero(address: string): Error {
 
 const lower = (host: string) => host.toLowerCase();
 
+/** A name -4 or -6 finds no address of its family for (curl's 6, "Could not resolve host"). */
+function noAddressOf(family: 4 | 6, hostname: string): Error {
+  return Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname} (no IPv${family} address: -${family})`), {
+    code: 'ENOTFOUND',
+    hostname,
+  });
+}
+
+/** An IP address of the other family than -4 or -6 asks for: curl does not connect (its 7). */
+function otherFamily(family: 4 | 6, address: string, port: number): Error {
+  return Object.assign(
+    new Error(
+      `-${family}: ${address} is an IPv${family === 4 ? 6 : 4} address; drop -${family}, or give a name or address of IPv${family}`,
+    ),
+    { code: 'EAFNOSUPPORT', address, port },
+  );
+}
+
+/** curl 7.88 answers `localhost` and `*.localhost` itself (127.0.0.1 and ::1, RFC 6761), whatever the system's resolver says. */
+const isLocalhost = (host: string) => host === 'localhost' || host.endsWith('.localhost');
+
 /**
  * The --resolve entries in order, as curl loads them into its DNS cache: `[+]HOST:PORT:ADDR[,ADDR]…`
  * adds (or replaces) HOST:PORT's addresses (IPv6 ones in brackets or not; `+` is curl's
@@ -92,12 +113,13 @@ export function parseResolve(entries: readonly string[]): Map<string, readonly s
 
 /**
  * The --connect-to entries, each checked now: curl reads an entry only when a request's host and
- * port match it (a port that is no number then is its 49, "No valid port number in connect to host
- * string"), and passes over one it cannot read without a word; here an entry that can never be
- * right is that 49 before anything is sent, whatever the URL.
+ * port match it (a PORT2 that is no port is then its 49, "No valid port number in connect to host
+ * string"; here that is said before anything is sent, whatever the URL), and passes over one that
+ * cannot match without a word, as here: no PORT1 part (`HOST1:PORT1` alone), or a PORT1 that is no
+ * port of a URL (not a number, 0, over 65535, with text after it).
  */
 export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
-  return entries.map((entry) => {
+  return entries.flatMap((entry) => {
     const bad = (why: string) =>
       new UsageError(
         `--connect-to '${entry}': ${why}; give HOST1:PORT1:HOST2:PORT2 (an empty part: any host or port, or the same one)`,
@@ -105,13 +127,14 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
       );
     // HOST1: up to its colon; an IPv6 address in brackets as curl compares it (with the brackets).
     const hostEnd = entry.startsWith('[') ? entry.indexOf(']') + 1 : entry.indexOf(':');
-    if (hostEnd <= 0 && !entry.startsWith(':')) throw bad("Couldn't parse the entry");
-    if (entry[hostEnd] !== ':') throw bad("Couldn't parse the entry");
+    // curl 7.88 passes over what matches no URL: no HOST1 end, no PORT1 end, a PORT1 no port is.
+    if (hostEnd <= 0 && !entry.startsWith(':')) return [];
+    if (entry[hostEnd] !== ':') return [];
     const portEnd = entry.indexOf(':', hostEnd + 1);
-    if (portEnd < 0) throw bad("Couldn't parse the entry");
+    if (portEnd < 0) return [];
     const portText = entry.slice(hostEnd + 1, portEnd);
     const port = portText === '' ? undefined : portNumber(portText, false);
-    if (portText !== '' && port === undefined) throw bad(`No valid port number to match (${portText})`);
+    if (portText !== '' && port === undefined) return [];
     const rest = entry.slice(portEnd + 1);
     // HOST2[:PORT2], HOST2 an IPv6 address in brackets or a name (curl's parse_connect_to_host_port).
     let toHost = rest;
@@ -129,12 +152,14 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
     const toPort = toPortText === '' ? undefined : portNumber(toPortText, true);
     if (toPortText !== '' && toPort === undefined)
       throw bad(`No valid port number in connect to host string (${toPortText})`);
-    return {
-      host: lower(entry.slice(0, hostEnd)),
-      port,
-      toHost: toHost === '' ? undefined : lower(toHost),
-      toPort,
-    };
+    return [
+      {
+        host: lower(entry.slice(0, hostEnd)),
+        port,
+        toHost: toHost === '' ? undefined : lower(toHost),
+        toPort,
+      },
+    ];
   });
 }
 
@@ -142,10 +167,13 @@ export function parseConnectTo(entries: readonly string[]): ConnectToEntry[] {
 export class Routes {
   readonly #resolve: Map<string, readonly string[]>;
   readonly #connectTo: readonly ConnectToEntry[];
+  /** -4 or -6: only addresses of that family (the agent's `connect.family` for names DNS answers). */
+  readonly #family: 4 | 6 | undefined;
 
-  constructor(resolve: readonly string[], connectTo: readonly string[]) {
+  constructor(resolve: readonly string[], connectTo: readonly string[], family?: 4 | 6) {
     this.#resolve = parseResolve(resolve);
     this.#connectTo = parseConnectTo(connectTo);
+    this.#family = family;
   }
 
   /** -v's lines for the --resolve entries, as curl prints them when it loads them. */
@@ -157,11 +185,11 @@ export class Routes {
   readonly connectTo: ConnectTo = ({ hostname, port, via }: ConnectTarget): ConnectRoute | undefined => {
     // curl resolves a proxy's name through its DNS cache too; --connect-to is for the origin only.
     if (via === 'proxy') {
-      const addresses = this.#addresses(hostname, port);
+      const addresses = this.#fitting(hostname, port, true);
       return addresses ? { addresses } : undefined;
     }
     const moved = this.#moved(hostname, port);
-    const addresses = via === 'tunnel' ? undefined : this.#addresses(moved?.hostname ?? hostname, moved?.port ?? port);
+    const addresses = via === 'tunnel' ? undefined : this.#fitting(moved?.hostname ?? hostname, moved?.port ?? port);
     if (moved?.port === 0) throw refusedAtPortZero(addresses?.[0] ?? moved.hostname ?? hostname);
     // Through a proxy the CONNECT names the host: the proxy looks it up, not --resolve.
     if (via === 'tunnel') return moved;
@@ -179,6 +207,27 @@ export class Routes {
         ...(e.toPort !== undefined ? { port: e.toPort } : {}),
       };
     }
+    return undefined;
+  }
+
+  /**
+   * The addresses to connect to for host:port: its --resolve entry's, of -4's or -6's family only
+   * (none of it: curl's 6); with -4 or -6, also an IP address of the other family refused (curl's
+   * 7) and `localhost` answered as curl answers it. Undefined: DNS (the agent's `connect.family`).
+   * A proxy's --resolve entry of the other family only is curl 7.88's 7, not 6 (`proxy`).
+   */
+  #fitting(hostname: string, port: number, proxy = false): readonly string[] | undefined {
+    const addresses = this.#addresses(hostname, port);
+    const family = this.#family;
+    if (family === undefined) return addresses;
+    if (addresses) {
+      const fit = addresses.filter((a) => isIP(a) === family);
+      if (fit.length === 0) throw proxy ? otherFamily(family, addresses[0]!, port) : noAddressOf(family, hostname);
+      return fit;
+    }
+    const literal = isIP(hostname);
+    if (literal !== 0 && literal !== family) throw otherFamily(family, hostname, port);
+    if (literal === 0 && isLocalhost(lower(hostname))) return [family === 4 ? '127.0.0.1' : '::1'];
     return undefined;
   }
 

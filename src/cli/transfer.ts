@@ -451,10 +451,14 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         // trace), -f's final >= 400 too (curl shows its head, then exits 22 without the body). An
         // answer retried shows its head, not its body (stdout would have it twice); an -o file
         // forgets it (heads = '', below).
-        shownHeads?.received(protocol, res);
         // --compressed: curl refuses a head with more than 5 codings as it reads it, before -L,
-        // -f or --retry look at its status (61 for a redirect too); never a 204's or a 304's.
-        const decoding = req.compressed && !bodyless(status) ? await decodingOf(res, hop.url) : undefined;
+        // -f or --retry look at its status (61 for a redirect too, and for -f's or
+        // --fail-with-body's 404: curl 7.88's), never a 204's or a 304's; -i, -I and -D show the
+        // head up to the line that went past them.
+        const decodes = req.compressed && !bodyless(status);
+        const cut = decodes && shownHeads ? (await import('./decode.ts')).codingsCut(res.headers) : undefined;
+        shownHeads?.received(protocol, res, cut);
+        const decoding = decodes ? await decodingOf(res, hop.url) : undefined;
         const location = res.headers.location;
         if (req.location && REDIRECTS.has(status) && typeof location === 'string') {
           await res.body.dump();

@@ -49,7 +49,8 @@ export interface ProxyOptions {
   readonly mechanisms?: readonly Mechanism[];
   /**
    * TLS options for an `https://` proxy (ca, cert, key, ...). Not `ALPNProtocols`: the agent offers
-   * `http/1.1` for CONNECT tunnels, `h2` and `http/1.1` for forwarded requests (`allowH2`).
+   * `http/1.1` for CONNECT tunnels, `h2` and `http/1.1` for forwarded requests (`allowH2`). Its
+   * `family` (4 or 6, net.connect's) reaches a plain `http://` proxy's connection too.
    */
   readonly connect?: ConnectionOptions;
   /**

@@ -53,7 +53,14 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       return;
     }
     // Routed (the agent's connectTo), only the address changes: TLS still checks the proxy's name.
-    const where = { host: dial.hostname, port: dial.port, ...(dial.lookup ? { lookup: dial.lookup } : {}) };
+    // `proxy.connect.family` (the command's -4/-6) for a plain proxy too: its other options are TLS's.
+    const family = (proxy.connect as { family?: unknown }).family;
+    const where = {
+      host: dial.hostname,
+      port: dial.port,
+      ...(dial.lookup ? { lookup: dial.lookup } : {}),
+      ...(family === 4 || family === 6 ? { family } : {}),
+    };
     const socket: Socket = proxy.tls
       ? tlsConnect({
           ...where,

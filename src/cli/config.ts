@@ -1,0 +1,238 @@
+/**
+ * `-K FILE` / `--config FILE` (`-K -`: stdin), curl's config file, read as curl 7.88's
+ * src/tool_parsecfg.c reads it, and put in the arguments where the -K stands (curl inserts its
+ * options there: what comes later on the command line wins over them, what came earlier loses).
+ * Loaded only for a command line that names -K (options.ts {@link mayNameConfig}): a run without
+ * one loads nothing of this.
+ *
+ * Why it matters here: a file keeps `-u user:password` and `-U` off the command line, which `ps`
+ * and the shell's history show. Its values go through the same parsing as the command line's, so
+ * every rule about secrets holds for them (never in -v, --har, --json, errors); the warnings below
+ * name an option only by its own name, never a value nor a line that names no option we know.
+ */
+import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
+import type * as Commander from 'commander';
+import { EXIT } from './explain.ts';
+import { readStdin, UsageError, unreadable } from './options.ts';
+
+/** The arguments with each -K replaced by its file's options, and how many -K read stdin. */
+export interface ExpandedArgs {
+  readonly argv: string[];
+  /** `-K -` (in a file too): each read stdin, which then has nothing left for another reader. */
+  readonly stdinReads: number;
+}
+
+/** How deep -K files may name one another. */
+const MAX_DEPTH = 16;
+
+/** C's isspace, as curl's ISSPACE. */
+const isSpace = (c: string | undefined) =>
+  c === ' ' || c === '\t' || c === '\n' || c === '\v' || c === '\f' || c === '\r';
+
+/** curl's ISSEP: `=` and `:` end an option name only when it was written without a leading dash. */
+const isSep = (c: string | undefined, dashed: boolean) => !dashed && (c === '=' || c === ':');
+
+/** A `"…"` value from `i` (after the quote) to the next unescaped quote: curl's unslashquote. */
+function unslashquote(line: string, i: number): string {
+  let out = '';
+  while (i < line.length && line[i] !== '"') {
+    if (line[i] !== '\\') {
+      out += line[i++];
+      continue;
+    }
+    const c = line[++i];
+    if (c === undefined) break;
+    out += c === 't' ? '\t' : c === 'n' ? '\n' : c === 'r' ? '\r' : c === 'v' ? '\v' : c;
+    i++;
+  }
+  return out;
+}
+
+/** One line of a config file as curl splits it: the option as written and its value (null: none). */
+interface ConfigLine {
+  readonly option: string;
+  readonly param: string | null;
+  /** An unquoted value followed by more text on the line (curl warns: only its first word is taken). */
+  readonly unquotedSpace: boolean;
+}
+
+/** curl's parseconfig loop for one line (with its line break, as fgets gives it); undefined: a comment or blank line. */
+export function configLine(raw: string): ConfigLine | undefined {
+  // C strings: a NUL ends the line.
+  const nul = raw.indexOf('\0');
+  const line = nul < 0 ? raw : raw.slice(0, nul);
+  let i = 0;
+  while (i < line.length && isSpace(line[i])) i++;
+  // curl's comment starts (its own list: `#`, `/`, `*`) and blank lines.
+  if (i === line.length || '#/*\r\n'.includes(line[i]!)) return undefined;
+  const start = i;
+  const dashed = line[i] === '-';
+  while (i < line.length && !isSpace(line[i]) && !isSep(line[i], dashed)) i++;
+  const option = line.slice(start, i);
+  if (i < line.length) i++; // the character that ended it
+  while (i < line.length && (isSpace(line[i]) || isSep(line[i], dashed))) i++;
+  if (line[i] === '"') return { option, param: unslashquote(line, i + 1), unquotedSpace: false };
+  const valueStart = i;
+  while (i < line.length && !isSpace(line[i])) i++;
+  const param = line.slice(valueStart, i);
+  let unquotedSpace = false;
+  if (i < line.length) {
+    i++;
+    while (i < line.length && isSpace(line[i])) i++;
+    unquotedSpace = i < line.length && line[i] !== '#';
+  }
+  return { option, param: param === '' ? null : param, unquotedSpace };
+}
+
+/** Replaces each -K/--config of `argv` by its file's options (see the module's comment). */
+export function expandConfig(argv: readonly string[], cmd: Commander.Command, name: string): ExpandedArgs {
+  const longs = new Map<string, Commander.Option>();
+  const shorts = new Map<string, Commander.Option>();
+  for (const option of cmd.options) {
+    if (option.long) longs.set(option.long.slice(2).toLowerCase(), option);
+    if (option.short) shorts.set(option.short.slice(1), option);
+  }
+  const takesValue = (option: Commander.Option | undefined) => Boolean(option && (option.required || option.optional));
+  let stdinReads = 0;
+  // curl's warnings are muted once -s is read (a -s after the -K does not hide those before it).
+  let muted = false;
+  const warn = (text: string) => {
+    if (!muted) process.stderr.write(`${name}: Warning: ${text}\n`);
+  };
+  /** The files being read, outermost first: one that names itself (or an outer one) is not read again. */
+  const reading: string[] = [];
+
+  /** The options of one file; `where` is the line naming it (undefined: the command line, where a file that cannot be read is curl's 26). */
+  const readConfig = (path: string, where: string | undefined): string[] => {
+    // A file that names itself, through another or by another spelling (or a link: the depth),
+    // would be read until the stack ran out (curl 7.88's own fate).
+    const key = path === '-' ? path : resolvePath(path);
+    if ((path !== '-' && reading.includes(key)) || reading.length >= MAX_DEPTH) {
+      warn(`${where}: -K ${path} is already being read; skipped`);
+      return [];
+    }
+    let text: string;
+    try {
+      text = (path === '-' ? readStdin() : readFileSync(path)).toString('utf8');
+    } catch (err) {
+      const message = `-K ${path === '-' ? '- (stdin)' : path}: ${unreadable(err)}`;
+      // curl: "cannot read config from …", 26 on the command line; in a file a warning, and it goes on.
+      if (where === undefined) throw new UsageError(message, EXIT.read);
+      warn(`${where}: ${message}; skipped`);
+      return [];
+    }
+    if (path === '-') stdinReads++;
+    reading.push(key);
+    const out: string[] = [];
+    const file = path === '-' ? '<stdin>' : path;
+    for (const [index, raw] of text.split(/(?<=\n)/).entries()) {
+      const line = configLine(raw);
+      if (line) out.push(...configOptions(line, `${file}:${index + 1}`));
+    }
+    reading.pop();
+    return out;
+  };
+
+  /** The arguments one line stands for, or none (with curl's warning) for one curl would not use. */
+  const configOptions = ({ option, param, unquotedSpace }: ConfigLine, where: string): string[] => {
+    // Not repeated: a line that names no option of ours may be a password on a line of its own.
+    const unknown = () => warn(`${where}: unknown option, skipped (not shown: the line may hold a secret)`);
+    const valued = (flag: string, known: Commander.Option, value: string | null): string[] => {
+      const named = known.long ?? flag;
+      if (value === null) {
+        warn(`${where}: '${named}' requires parameter; skipped`);
+        return [];
+      }
+      if (known.long === '--config') return readConfig(value, where);
+      // A value commander would refuse: curl's warning, and it goes on without the option.
+      if (known.parseArg)
+        try {
+          known.parseArg(value, undefined);
+        } catch (err) {
+          warn(`${where}: '${named}' ${(err as Error).message}; skipped`);
+          return [];
+        }
+      if (unquotedSpace)
+        warn(`${where}: '${named}' uses unquoted whitespace in the line: only its first word is taken`);
+      return [flag, value];
+    };
+    const garbage = (named: string) => warn(`${where}: '${named}' had unsupported trailing garbage`);
+    if (!option.startsWith('-') || option.startsWith('--')) {
+      const known = longs.get((option.startsWith('--') ? option.slice(2) : option).toLowerCase());
+      if (!known?.long) {
+        unknown();
+        return [];
+      }
+      if (takesValue(known)) return valued(known.long, known, param);
+      if (known.long === '--silent') muted = true;
+      if (param !== null) garbage(known.long);
+      return [known.long];
+    }
+    // Short options, several together as on the command line: the first that takes a value takes
+    // the rest of the word, else the line's value.
+    const out: string[] = [];
+    const letters = option.slice(1);
+    for (let j = 0; j < letters.length; j++) {
+      const known = shorts.get(letters[j]!);
+      if (!known) {
+        unknown();
+        return out;
+      }
+      if (takesValue(known)) {
+        const rest = letters.slice(j + 1);
+        out.push(...valued(`-${letters[j]}`, known, rest !== '' ? rest : param));
+        if (rest !== '' && param !== null) garbage(`-${letters[j]}`);
+        return out;
+      }
+      if (letters[j] === 's') muted = true;
+      out.push(`-${letters[j]}`);
+    }
+    if (param !== null) garbage(option.length === 2 ? option : '-');
+    return out;
+  };
+
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      const flag = eq < 0 ? arg : arg.slice(0, eq);
+      if (flag === '--config' && (eq >= 0 || i + 1 < argv.length)) {
+        out.push(...readConfig(eq >= 0 ? arg.slice(eq + 1) : argv[++i]!, undefined));
+        continue;
+      }
+      if (flag === '--silent') muted = true;
+      out.push(arg);
+      if (eq < 0 && takesValue(longs.get(flag.slice(2))) && i + 1 < argv.length) out.push(argv[++i]!);
+      continue;
+    }
+    if (arg.startsWith('-') && arg.length > 1) {
+      let j = 1;
+      for (; j < arg.length; j++) {
+        const letter = arg[j]!;
+        if (letter === 's') muted = true;
+        if (takesValue(shorts.get(letter))) break;
+      }
+      if (j === arg.length || arg[j] !== 'K') {
+        out.push(arg);
+        if (j === arg.length - 1 && i + 1 < argv.length) out.push(argv[++i]!);
+        continue;
+      }
+      // `-sK FILE`, `-KFILE`: the flags before it, then the file's options in its place.
+      if (j > 1) out.push(arg.slice(0, j));
+      if (j === arg.length - 1 && i + 1 >= argv.length) {
+        out.push('-K'); // commander's "argument missing"
+        continue;
+      }
+      out.push(...readConfig(j < arg.length - 1 ? arg.slice(j + 1) : argv[++i]!, undefined));
+      continue;
+    }
+    out.push(arg);
+  }
+  return { argv: out, stdinReads };
+}
