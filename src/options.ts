@@ -116,12 +116,14 @@ export interface CertificateRequestInfo {
   /**
    * The certificate authorities the server accepts client certificates of, as its TLS
    * CertificateRequest names them (read by a TLS handshake of the agent's own that presents no
-   * certificate, once per origin). Each a {@link DistinguishedName}; `issuedByOneOf` matches one.
+   * certificate, once per origin; asked again at the next Transport challenge when it could not
+   * tell). Each a {@link DistinguishedName}; `issuedByOneOf` matches one.
    * - a list: the server asked for a certificate at the TLS level, issued by one of these;
    * - `[]`: it asked and named no authority (RFC 8446 §4.2.4, RFC 5246 §7.4.4: any may do);
    * - `undefined`: it did not ask at the TLS level (only by its `Transport` challenge), or the agent
-   *   could not tell (the origin is `http:`, the handshake failed or took longer than
-   *   `limits.handshakeTimeout`, a cipher suite it cannot read).
+   *   could not tell (the origin is `http:`, the handshake failed, a cipher suite it cannot read).
+   *   A probe that does not finish within `limits.handshakeTimeout` fails the request with
+   *   `HandshakeTimeoutError` (the probe and the selector share that bound): the selector is not asked.
    */
   readonly acceptableIssuers?: readonly DistinguishedName[];
 }

@@ -5,26 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { issuedByOneOf } from '../src/index.ts';
 import { CA_CERT, CLIENT_CERT } from '../src/reference-server/test-pki.ts';
 import { distinguishedName, readCertificateRequest } from '../src/session/acceptable-issuers.ts';
+import { subjectDer } from './helpers.ts';
 
 const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
-
-/** The DER of a certificate's subject Name (its issued certificates' issuer): read by Node, not by the code under test. */
-function subjectDer(pem: string): Buffer {
-  const raw = new X509Certificate(pem).raw;
-  const read = (at: number) => {
-    let len = raw[at + 1]!;
-    let start = at + 2;
-    if (len & 0x80) {
-      const n = len & 0x7f;
-      len = raw.readUIntBE(start, n);
-      start += n;
-    }
-    return { start, end: start + len };
-  };
-  let at = read(read(0).start).start;
-  for (let i = 0; i < 5; i++) at = read(at).end; // version, serial, signature, issuer, validity
-  return raw.subarray(at, read(at).end);
-}
 
 const NAMES = [fixture('ca-a.pem'), fixture('ca-b.pem'), CA_CERT].map(subjectDer);
 
@@ -167,6 +150,10 @@ describe('T3: reading a CertificateRequest from a server handshake', () => {
     expect(issuedByOneOf(CLIENT_CERT + fixture('client-b.pem'), [b!])).toBe(true);
     expect(issuedByOneOf(CLIENT_CERT, [])).toBe(false);
     expect(issuedByOneOf(CLIENT_CERT, undefined)).toBe(false);
+    // A PEM Buffer as `openssl pkcs12 -nodes` writes it: "Bag Attributes" lines before the block
+    // (read as DER before: more than 64 bytes came before the first "-----BEGIN").
+    const bagged = `Bag Attributes\n    localKeyID: ${'01 '.repeat(20)}\nsubject=CN = alice\nissuer=CN = Test CA B\n${fixture('client-b.pem')}`;
+    expect(issuedByOneOf(Buffer.from(bagged), [b!])).toBe(true);
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
         const b = Buffer.from(bytes);

@@ -18,11 +18,24 @@ import {
   issuedByOneOf,
   MultilegAgent,
   type MultilegAgentOptions,
+  MultilegError,
 } from '../src/index.ts';
+import { DEFAULT_LIMITS } from '../src/options.ts';
 import { CLIENT_CERT, CLIENT_KEY } from '../src/reference-server/index.ts';
 import { startReferenceProxy } from '../src/reference-server/proxy.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, get, hasAuth, loopbackOrigin, many, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { probeAcceptableIssuers } from '../src/session/acceptable-issuers.ts';
+import {
+  ALICE,
+  get,
+  hasAuth,
+  loopbackOrigin,
+  many,
+  type Rig,
+  rig,
+  SCRIPTED_NTLM_CHALLENGE,
+  subjectDer,
+} from './helpers.ts';
 import { certificateApache, freePort, requirePeer } from './lab/index.ts';
 
 let r: Rig | undefined;
@@ -735,6 +748,85 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
     expect(told).toHaveLength(0);
     expect(held).toHaveLength(1);
     if (!held[0]!.closed) await once(held[0]!, 'close');
+    // "Could not tell" is not kept: the next Transport challenge probes again, and gets the names.
+    const res = await fetch(`${origin}/y`, { dispatcher: a });
+    expect([res.status, await res.text()]).toEqual([200, subjectOf(CA_B)]);
+    expect(told.map((i) => i.acceptableIssuers?.map((n) => n.name))).toEqual([[subjectOf(CA_A), subjectOf(CA_B)]]);
+  });
+
+  it("T3/R1: destroy() while the probe's handshake is held closes the probe's connection and ends the request at once", async () => {
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    let accepted = 0;
+    const held: Socket[] = [];
+    let probing: () => void = () => {};
+    const probed = new Promise<void>((resolve) => {
+      probing = resolve;
+    });
+    const front = createNetServer((c) => {
+      accepted += 1;
+      if (accepted === 2) {
+        held.push(c.resume());
+        return probing();
+      }
+      const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
+      up.on('error', () => c.destroy());
+      c.pipe(up).pipe(c);
+    });
+    const origin = await loopbackOrigin(front, closers);
+    const { select } = recordingSelector();
+    // (A handshakeTimeout past the test's own timeout: only destroy() may end this.)
+    const a = agentFor(origin, { clientCertificate: select, limits: { handshakeTimeout: 120_000 } });
+    const pending = fetch(`${origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+    await probed;
+    await a.destroy();
+    // Before: the probe's connection stayed open, and the request waited, for handshakeTimeout.
+    if (!held[0]!.closed) await once(held[0]!, 'close');
+    expect(await pending).toBeInstanceOf(MultilegError);
+  });
+
+  it('T3: the probe names and checks the server as direct sessions do: connect.servername where given', async () => {
+    // The server at 127.0.0.2, whose certificate names localhost (and 127.0.0.1), reached by address.
+    const server = createSecureServer(
+      {
+        cert: SERVER_CERT,
+        key: SERVER_KEY,
+        allowHTTP1: true,
+        requestCert: true,
+        rejectUnauthorized: false,
+        ca: [CA_A, CA_B],
+      },
+      (req, res) => {
+        const socket = req.socket as TLSSocket;
+        if (!socket.authorized) return void res.writeHead(401, TRANSPORT_401).end();
+        res.end(socket.getPeerX509Certificate()?.issuer ?? '');
+      },
+    );
+    server.on('tlsClientError', () => {});
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.2', resolve));
+    closers.push(() => new Promise((resolve) => server.close(resolve)));
+    const origin = `https://127.0.0.2:${(server.address() as { port: number }).port}`;
+    const { told, select } = recordingSelector();
+    const a = agentFor(origin, { clientCertificate: select, connect: { ca: CA_CERT, servername: 'localhost' } });
+    const res = await fetch(`${origin}/x`, { dispatcher: a });
+    // Before: the probe checked the certificate against 127.0.0.2, failed, and the selector was told nothing.
+    expect([res.status, await res.text()]).toEqual([200, subjectOf(CA_B)]);
+    expect(told.map((i) => i.acceptableIssuers?.map((n) => n.name))).toEqual([[subjectOf(CA_A), subjectOf(CA_B)]]);
+  });
+
+  it('T3: names come only from a handshake that verified the server as the sessions do', async () => {
+    const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    const target = (tls: object) => ({
+      origin: s.origin,
+      tls,
+      alpn: ['h2', 'http/1.1'],
+      route: undefined,
+      connectTo: undefined,
+      limits: { ...DEFAULT_LIMITS, handshakeTimeout: 5_000 },
+    });
+    // Not trusted (the system's CAs only): the server said what it said, but nothing is taken from it.
+    expect(await probeAcceptableIssuers(target({}))).toEqual({ told: false });
+    const trusted = await probeAcceptableIssuers(target({ ca: CA_CERT }));
+    expect(trusted.issuers?.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
   });
 
   it('T3: with connectTo the probe goes where the sessions go', async () => {
@@ -795,23 +887,3 @@ describe('T3: Apache names its acceptable client CAs (SSLVerifyClient optional, 
     );
   }
 });
-
-/** The DER of a certificate's subject Name (the issuer Name of the certificates it issues). */
-function subjectDer(pem: string): Buffer {
-  // tbsCertificate's fields: [0] version, serial, signature, issuer, validity, subject.
-  const raw = new X509Certificate(pem).raw;
-  const read = (at: number) => {
-    let len = raw[at + 1]!;
-    let start = at + 2;
-    if (len & 0x80) {
-      const n = len & 0x7f;
-      len = raw.readUIntBE(start, n);
-      start += n;
-    }
-    return { start, end: start + len };
-  };
-  const tbs = read(read(0).start);
-  let at = tbs.start;
-  for (let i = 0; i < 5; i++) at = read(at).end;
-  return raw.subarray(at, read(at).end);
-}

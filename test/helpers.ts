@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
@@ -301,4 +302,24 @@ export async function getUser(
     user = (JSON.parse(text) as { user: string | null }).user;
   } catch {}
   return { status: res.statusCode, user };
+}
+
+/** The DER of a certificate's subject Name (the issuer Name of the certificates it issues). */
+export function subjectDer(pem: string): Buffer {
+  // tbsCertificate's fields: [0] version, serial, signature, issuer, validity, subject.
+  const raw = new X509Certificate(pem).raw;
+  const read = (at: number) => {
+    let len = raw[at + 1]!;
+    let start = at + 2;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      len = raw.readUIntBE(start, n);
+      start += n;
+    }
+    return { start, end: start + len };
+  };
+  const tbs = read(read(0).start);
+  let at = tbs.start;
+  for (let i = 0; i < 5; i++) at = read(at).end;
+  return raw.subarray(at, read(at).end);
 }

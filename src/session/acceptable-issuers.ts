@@ -301,9 +301,9 @@ function issuerOf(cert: Buffer): Buffer {
 /** The DER certificates in `cert`: every one of a PEM text (a chain), or the DER bytes. */
 function certificates(cert: string | Buffer | X509Certificate): Buffer[] {
   if (cert instanceof X509Certificate) return [cert.raw];
-  const text = typeof cert === 'string' ? cert : cert.subarray(0, 64).toString('latin1');
-  if (!/-----BEGIN /.test(text)) return [cert as Buffer];
+  // (The whole text: `openssl pkcs12 -nodes` writes "Bag Attributes" lines before the first block.)
   const pem = typeof cert === 'string' ? cert : cert.toString('latin1');
+  if (!pem.includes('-----BEGIN ')) return [cert as Buffer];
   const blocks = pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g);
   return [...blocks].map((m) => Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64'));
 }
@@ -341,16 +341,31 @@ export interface ProbeTarget {
   readonly route: ProxyRoute | undefined;
   readonly connectTo: ConnectTo | undefined;
   readonly limits: Limits;
+  /** Ends the probe at once (its pool closed: nothing may keep the process open after `destroy()`). */
+  readonly signal?: AbortSignal;
 }
 
 /**
- * The server's acceptable client-certificate authorities (see `CertificateRequestInfo`): a list,
- * `[]` when it asked naming none, undefined when it did not ask or the probe could not tell. One TLS
- * handshake with `target.origin`, made the way its sessions connect and verifying the server as they
- * do (names are taken only from a handshake that completed), presenting no certificate and sending
- * no HTTP, then closed; bounded by `limits.handshakeTimeout`. Never rejects.
+ * What the probe learned: `told` when the server's handshake said (it asked, with `issuers`, or it
+ * did not ask: no `issuers`); not `told` when the probe could not tell (no handshake in time, one
+ * that failed, bytes it cannot read), which a later Transport challenge may ask again.
  */
-export async function probeAcceptableIssuers(target: ProbeTarget): Promise<readonly DistinguishedName[] | undefined> {
+export interface ProbeAnswer {
+  readonly told: boolean;
+  readonly issuers?: readonly DistinguishedName[];
+}
+
+const COULD_NOT_TELL: ProbeAnswer = Object.freeze({ told: false });
+const NOT_ASKED: ProbeAnswer = Object.freeze({ told: true });
+
+/**
+ * The server's acceptable client-certificate authorities (see `CertificateRequestInfo` and
+ * {@link ProbeAnswer}): a list, `[]` when it asked naming none. One TLS handshake with
+ * `target.origin`, made the way its sessions connect and verifying the server as they do (names are
+ * taken only from a handshake that completed), presenting no certificate and sending no HTTP, then
+ * closed; bounded by `limits.handshakeTimeout` and `target.signal`. Never rejects.
+ */
+export async function probeAcceptableIssuers(target: ProbeTarget): Promise<ProbeAnswer> {
   const seen = await probe(target).catch((err: Error) => {
     log.session(
       '%s acceptable issuers: could not tell (%s)',
@@ -359,14 +374,14 @@ export async function probeAcceptableIssuers(target: ProbeTarget): Promise<reado
     );
     return undefined;
   });
-  if (!seen) return undefined;
+  if (!seen) return COULD_NOT_TELL;
   if (!seen.asked) {
     log.session('%s acceptable issuers: the server asks for no certificate in TLS', target.origin);
-    return undefined;
+    return NOT_ASKED;
   }
   const names = seen.names.map(distinguishedName).filter((n) => n !== undefined);
   log.session('%s acceptable issuers: %d named', target.origin, names.length);
-  return Object.freeze(names);
+  return Object.freeze({ told: true, issuers: Object.freeze(names) });
 }
 
 async function probe(target: ProbeTarget): Promise<CertificateRequestSeen | undefined> {
@@ -374,14 +389,13 @@ async function probe(target: ProbeTarget): Promise<CertificateRequestSeen | unde
   if (url.protocol !== 'https:') return undefined;
   const hostname = unbracketed(url.hostname);
   const ms = target.limits.handshakeTimeout;
-  const stop = new AbortController();
-  const timer = setTimeout(() => stop.abort(new Error(`no answer within limits.handshakeTimeout (${ms} ms)`)), ms);
+  const timeout = AbortSignal.timeout(ms);
+  const stop = target.signal ? AbortSignal.any([timeout, target.signal]) : timeout;
   let raw: Socket | undefined;
   try {
-    raw = await plainConnection(target.origin, target.tls, target.route, target.limits, target.connectTo, stop.signal);
-    return await handshake(raw, hostname, target, stop.signal);
+    raw = await plainConnection(target.origin, target.tls, target.route, target.limits, target.connectTo, stop);
+    return await handshake(raw, hostname, target, stop);
   } finally {
-    clearTimeout(timer);
     raw?.destroy();
   }
 }
@@ -416,14 +430,19 @@ function handshake(
   raw.on('error', (err) => copy.destroy(err));
   raw.on('close', () => copy.destroy());
   let secret: Buffer | undefined;
-  // As undici's connector (and the tunnel's TLS) name the server: no SNI for an address.
-  const servername = target.tls.servername || (isIP(hostname) ? undefined : hostname);
+  // The server named and checked as the sessions name and check it: a tunnel's TLS by the URL's
+  // host (tunnel.ts); undici's connector by `connect.servername` where given, the URL's host else,
+  // and, with `connectTo` (routedConnector), checked against the URL's host. No SNI for an address.
+  const tunnelled = target.route?.kind === 'tunnel';
+  const named = tunnelled ? undefined : target.tls.servername || undefined;
+  const servername = named ?? (isIP(hostname) ? undefined : hostname);
+  const checked = tunnelled || target.connectTo ? hostname : (named ?? hostname);
   const secure = tlsConnect({
     ...target.tls,
     socket: copy,
-    ...(servername ? { servername } : {}),
+    servername,
     ALPNProtocols: target.alpn,
-    checkServerIdentity: checkedAgainst(hostname, target.tls),
+    checkServerIdentity: checkedAgainst(checked, target.tls),
   });
   secure.on('keylog', (line: Buffer) => {
     const [label, , hex] = line.toString('latin1').trim().split(' ');

@@ -35,7 +35,8 @@ export class OriginMemory {
   clientCertificate: ClientCertificate | undefined;
   /**
    * The server's acceptable client-certificate CAs, as the probe read them (T3; a caller's selector
-   * only): asked once, by the first Transport challenge, and kept, the answer "could not tell" too.
+   * only): asked by the first Transport challenge and kept, unless the probe could not tell (then
+   * the next Transport challenge asks again).
    */
   acceptableIssuers: Promise<readonly DistinguishedName[] | undefined> | undefined;
   mode: 'session' | 'per-request' | undefined;

@@ -99,6 +99,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
   readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
   #closed = false;
+  /** Ends the acceptable-issuers probes still running when the pool closes (T3, R1). */
+  #probing: AbortController | undefined;
   readonly #options: ResolvedOptions;
   /** Mutable only for {@link credentialsChanged}: exchanges read it by reference. */
   readonly #env: { -readonly [K in keyof ExchangeEnv]: ExchangeEnv[K] };
@@ -154,15 +156,24 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * options), its answer kept in the origin's memory.
    */
   #acceptableIssuers(): Promise<readonly DistinguishedName[] | undefined> {
-    this.memory.acceptableIssuers ??= probeAcceptableIssuers({
+    const kept = this.memory.acceptableIssuers;
+    if (kept) return kept;
+    this.#probing ??= new AbortController();
+    const asking = probeAcceptableIssuers({
       origin: this.origin,
       tls: this.#options.connect,
       alpn: this.#options.http1Only ? ['http/1.1'] : ['h2', 'http/1.1'],
       route: this.#route,
       connectTo: this.#options.connectTo,
       limits: this.#options.limits,
+      signal: this.#probing.signal,
+    }).then((answer) => {
+      // Could not tell (no handshake in time, a failed one): the next Transport challenge asks again.
+      if (!answer.told && this.memory.acceptableIssuers === asking) this.memory.acceptableIssuers = undefined;
+      return answer.issuers;
     });
-    return this.memory.acceptableIssuers;
+    this.memory.acceptableIssuers = asking;
+    return asking;
   }
 
   /**
@@ -670,11 +681,13 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#probing?.abort(new AgentClosedError());
     await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
     this.#closed = true;
+    this.#probing?.abort(err);
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }

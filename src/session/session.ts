@@ -108,6 +108,8 @@ export class Session {
   #authenticationLost = 0;
   /** True once a first response came back, so a probe is no longer needed (see capacity). */
   #probed = false;
+  /** destroy() was called: no leg is sent here any more (see #send). */
+  #destroyed = false;
   /** Requests waiting for the running handshake (C1). */
   readonly #queue: WaitQueue<WaitOutcome>;
   #handshakes = 0;
@@ -328,6 +330,7 @@ export class Session {
   destroy(err: Error): Promise<void> {
     this.#queue.settleAll(undefined, err);
     this.#slots.settleAll(undefined, err);
+    this.#destroyed = true;
     this.#connector.dispose();
     this.#connector.abortDials();
     return this.client.destroy(err).catch(() => {});
@@ -496,8 +499,11 @@ export class Session {
       log.session('%s proxy connection ended after its answer: closing', this.id);
       this.apply({ type: 'closed' });
     }
-    // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere.
-    if (this.closed) {
+    // R5: no new stream after the session ended (RFC 9113 §6.8): the request goes elsewhere. So
+    // does one between two of its legs (a mechanism step, a certificate selector) when the session
+    // was destroyed meanwhile: it finds the pool closed (AgentClosedError), not undici's
+    // ClientDestroyedError.
+    if (this.closed || this.#destroyed) {
       onResult({ kind: 'failed', error: new StaleConnectionError() });
       return;
     }
