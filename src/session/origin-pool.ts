@@ -99,7 +99,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
   readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
   #closed = false;
-  /** Ends the acceptable-issuers probes still running when the pool closes (T3, R1). */
+  /** Ends the acceptable-issuers probes still running when the pool is destroyed (T3, R1; close() lets the requests waiting for one finish). */
   #probing: AbortController | undefined;
   readonly #options: ResolvedOptions;
   /** Mutable only for {@link credentialsChanged}: exchanges read it by reference. */
@@ -681,7 +681,6 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   async close(): Promise<void> {
     this.#closed = true;
-    this.#probing?.abort(new AgentClosedError());
     await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
