@@ -41,11 +41,13 @@ const proactiveNtlm: Mechanism = { ...ntlmMechanism(ALICE), proactive: true };
 let server: ReferenceServer | undefined;
 let proxy: ReferenceProxy | undefined;
 let agent: MultilegAgent | undefined;
+const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   await agent?.destroy().catch(() => {});
   await proxy?.close();
   await server?.close();
   agent = proxy = server = undefined;
+  for (const close of closers.splice(0)) await close();
 });
 
 async function setup(p: ReferenceProxyOptions, s: ReferenceServerOptions = {}, a: Partial<MultilegAgentOptions> = {}) {
@@ -764,5 +766,109 @@ describe('a proxy identity whose credentials live outside the agent (S6/H5, refe
     expect(await via('/public/after')).toBe(bobs);
     const p = proxy;
     expect(p.exchanges.filter((e) => e.method === 'CONNECT' && e.status === 200)).toHaveLength(3);
+  });
+
+  it("S6/H5: the proxy's order is the agent's, not one origin's: a CONNECT for origin B admitted as alice and answered after bob was proved for origin A retires its own tunnel, and B's next request goes to the proxy as bob", async () => {
+    const ALICE_P = { username: 'alice', password: 'alicepw' };
+    const BOB_P = { username: 'bob', password: 'bobpw' };
+    // A's /public/busy keeps its first tunnel busy, so that A's next request opens a tunnel of its own.
+    server = await startReferenceServer({
+      mode: 'session',
+      faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? 2500 : 0) },
+    });
+    const b = await startReferenceServer({ mode: 'session' });
+    closers.push(() => b.close());
+    proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
+    let ccache = ALICE_P;
+    const ambient: Mechanism = {
+      ...basicMechanism(ALICE_P),
+      usesPassword: false,
+      createContext: (leg) => basicMechanism(ccache).createContext(leg),
+    };
+    let hold = false;
+    let held = false;
+    const connects: string[] = [];
+    proxy.options.connectDelayMs = (c) => {
+      const who =
+        c.proxyAuthorization === basic(BOB_P) ? 'bob' : c.proxyAuthorization === basic(ALICE_P) ? 'alice' : 'bare';
+      connects.push(`${c.target.endsWith(`:${b.port}`) ? 'B' : 'A'} ${who}`);
+      if (!hold || who !== 'alice') return 0;
+      hold = false;
+      held = true;
+      return 1500;
+    };
+    agent = new MultilegAgent({
+      negotiate: false,
+      allowH2: false,
+      connect: { ca: server.ca },
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
+    });
+    const via = async (origin: string, path: string) => {
+      const res = await request(`${origin}${path}`, { dispatcher: agent! });
+      const body = (await res.body.json()) as { sessionId: string };
+      expect(res.statusCode).toBe(200);
+      return body.sessionId;
+    };
+    await via(server.origin, '/public/warm');
+    hold = true;
+    const lateB = via(b.origin, '/public/late');
+    await until(() => held);
+    // The ccache now holds bob's ticket: A's next tunnel is bob's, proved while B's alice CONNECT is held.
+    ccache = BOB_P;
+    const busyA = via(server.origin, '/public/busy');
+    await via(server.origin, '/public/bob');
+    const late = await lateB;
+    await busyA;
+    // Was: pool B kept its own record, took alice's late 200 for the newest there, and kept her
+    // tunnel: B's requests went on through the proxy as alice. Now that tunnel retires (the late
+    // request itself moves to a new one, bob's), and B's next request takes that one.
+    expect(await via(b.origin, '/public/after')).toBe(late);
+    expect(connects.filter((c) => c.startsWith('B')).at(-1)).toBe('B bob');
+  });
+
+  it("S6/H5: once a handshake for origin A proved bob at the proxy, origin B's tunnel held as alice retires before B's next request", async () => {
+    const ALICE_P = { username: 'alice', password: 'alicepw' };
+    const BOB_P = { username: 'bob', password: 'bobpw' };
+    server = await startReferenceServer({
+      mode: 'session',
+      faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? 1500 : 0) },
+    });
+    const b = await startReferenceServer({ mode: 'session' });
+    closers.push(() => b.close());
+    proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
+    let ccache = ALICE_P;
+    const ambient: Mechanism = {
+      ...basicMechanism(ALICE_P),
+      usesPassword: false,
+      createContext: (leg) => basicMechanism(ccache).createContext(leg),
+    };
+    const connects: string[] = [];
+    proxy.options.connectDelayMs = (c) => {
+      const who =
+        c.proxyAuthorization === basic(BOB_P) ? 'bob' : c.proxyAuthorization === basic(ALICE_P) ? 'alice' : 'bare';
+      connects.push(`${c.target.endsWith(`:${b.port}`) ? 'B' : 'A'} ${who}`);
+      return 0;
+    };
+    agent = new MultilegAgent({
+      negotiate: false,
+      allowH2: false,
+      connect: { ca: server.ca },
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
+    });
+    const via = async (origin: string, path: string) => {
+      const res = await request(`${origin}${path}`, { dispatcher: agent! });
+      await res.body.arrayBuffer();
+      expect(res.statusCode).toBe(200);
+    };
+    await via(server.origin, '/public/warm');
+    await via(b.origin, '/public/warm');
+    ccache = BOB_P;
+    const busy = via(server.origin, '/public/busy');
+    await via(server.origin, '/public/bob');
+    await busy;
+    expect(connects.filter((c) => c.endsWith('bob'))).toEqual(['A bob']);
+    // Was: B's alice tunnel (idle, kept alive) carried B's next request: to the proxy as alice.
+    await via(b.origin, '/public/after');
+    expect(connects.filter((c) => c.startsWith('B') && c !== 'B bare')).toEqual(['B alice', 'B bob']);
   });
 });

@@ -15,6 +15,7 @@ import { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Mechanism } from '../mechanisms/types.ts';
 import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 import { CredentialProof } from '../session/credential-proof.ts';
+import { ProvedIdentity } from '../session/proved-identity.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -110,6 +111,8 @@ export interface ResolvedProxy {
    * until they do, and not at all for a while after it refused them (account lockout).
    */
   readonly proof: CredentialProof;
+  /** Who the newest-admitted handshake proved the agent to be at this proxy, for all the agent's pools (S6). */
+  readonly proved: ProvedIdentity;
   /**
    * The user name of `proxy.credentials` (or the URI's user:password) when given: errors then do not
    * ask for them, and setProxyCredentials tells two proxies' credentials apart by it.
@@ -251,6 +254,7 @@ function resolveProxy(
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
     ),
+    proved: new ProvedIdentity(),
     account: credentials?.username,
     openedInVain: false,
     perRequest: undefined,

@@ -17,6 +17,7 @@ import {
 import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
 import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
+import { ProvedIdentity, sameAccount } from './proved-identity.ts';
 import { type Identity, type Lane, Session } from './session.ts';
 import { type WaitConsumer, WaitQueue } from './wait-queue.ts';
 
@@ -115,8 +116,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
   #sessionsCreated = 0;
   /** The accounts the newest-admitted handshakes proved at the origin and at its proxy (S6). */
-  readonly #originProved = new Proved();
-  readonly #proxyProved = new Proved();
+  readonly #originProved = new ProvedIdentity();
+  /** The version of the proxy's record (shared by the agent's pools) this pool has followed (#followProxy). */
+  #proxySeen = 0;
   /** A session is authenticated by credentials that may change outside the agent: see #checkHolders. */
   #watchHolders = false;
   #holdersCheckedUntil = 0;
@@ -205,8 +207,21 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     const holder = session.proxyHolder;
     if (!holder || session.closed) return;
     if (holder.mechanism.holdsCredentials) this.#watchHolders = true;
-    const identityOf = (s: Session) => s.proxyHolder?.identity;
-    this.#proved(session, this.#proxyProved, holder.identity, holder.admitted, identityOf, 'the proxy');
+    const proved = this.#route?.proxy.proved;
+    if (!proved) return;
+    this.#proved(session, proved, holder.identity, holder.admitted, proxyHeldAs, 'the proxy');
+    this.#proxySeen = proved.version;
+  }
+
+  /**
+   * The proxy's record is shared by the agent's pools: once another pool's handshake proved another
+   * account there (a later-admitted one), this pool's sessions held there as someone else retire
+   * before the next request picks one (S6). A version compare per request on a proxied pool.
+   */
+  #followProxy(proved: ProvedIdentity): void {
+    this.#proxySeen = proved.version;
+    const identity = proved.identity;
+    if (identity !== undefined) this.#retireOthers(undefined, identity, proxyHeldAs, 'the proxy');
   }
 
   /**
@@ -216,7 +231,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    */
   #proved(
     session: Session,
-    proved: Proved,
+    proved: ProvedIdentity,
     identity: string,
     admitted: number,
     identityOf: (s: Session) => string | undefined,
@@ -235,7 +250,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   /** Retires the open sessions but `kept` that `identityOf` says are held as another account than `identity` (S6). */
-  #retireOthers(kept: Session, identity: string, identityOf: (s: Session) => string | undefined, where: string): void {
+  #retireOthers(
+    kept: Session | undefined,
+    identity: string,
+    identityOf: (s: Session) => string | undefined,
+    where: string,
+  ): void {
     let retired = 0;
     for (const s of [...this.#sessions]) {
       const other = s === kept || s.closed ? undefined : identityOf(s);
@@ -356,6 +376,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return;
     }
     if (this.#watchHolders) this.#checkHolders();
+    const proved = this.#route?.proxy.proved;
+    if (proved && proved.version !== this.#proxySeen) this.#followProxy(proved);
     const lane = this.#lane(job);
     let session: Session | undefined;
     try {
@@ -692,25 +714,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 }
 
-/**
- * The account the newest-admitted handshake proved at one place (the origin, or its proxy), and its
- * place in the order handshakes got leave to send credentials (`Ticket.admitted`, S6).
- */
-class Proved {
-  #last: { readonly identity: string; readonly admitted: number } | undefined;
-
-  /**
-   * A handshake admitted `admitted`-th proved `identity` here: `newest` (recorded), `same` (admitted
-   * before the newest, but the same account: nothing to do), or `stale` (admitted before a handshake
-   * that proved another account: it carried the old credentials and merely ended later).
-   */
-  place(identity: string, admitted: number): 'newest' | 'same' | 'stale' {
-    const last = this.#last;
-    if (last !== undefined && admitted < last.admitted) return sameAccount(last.identity, identity) ? 'same' : 'stale';
-    this.#last = { identity, admitted };
-    return 'newest';
-  }
-}
+/** The identity `s`'s proxy connection is held as, if any. */
+const proxyHeldAs = (s: Session): string | undefined => s.proxyHolder?.identity;
 
 /** The identity `s` is authenticated as at the origin, when it is the agent's and authenticated. */
 function authenticatedAs(s: Session): string | undefined {
@@ -729,19 +734,4 @@ function askHolds(mechanism: Mechanism, identity: string): boolean | undefined {
     log.pool('%s holdsCredentials threw (%s): taken as cannot tell', mechanism.scheme, (err as Error)?.name);
     return undefined;
   }
-}
-
-/**
- * Whether two reported identities name the same account, case aside as Windows compares them: equal,
- * or spelled by different mechanisms (NTLM's `DOMAIN\user` or `user`, Kerberos' `user@REALM`) with
- * the same user name. Two Kerberos principals, or two NTLM names, compare whole: a `kinit bob` after
- * alice is a switch, and so is another realm's alice.
- */
-function sameAccount(a: string, b: string): boolean {
-  if (a.toLowerCase() === b.toLowerCase()) return true;
-  const kerberos = (id: string) => !id.includes('\\') && id.includes('@');
-  if (kerberos(a) === kerberos(b)) return false;
-  const user = (id: string) =>
-    (kerberos(id) ? id.slice(0, id.lastIndexOf('@')) : id.slice(id.lastIndexOf('\\') + 1)).toLowerCase();
-  return user(a) === user(b);
 }
