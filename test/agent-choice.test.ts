@@ -286,6 +286,19 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(res.body.user).toBe('cert:alice');
   });
 
+  it('T3: one PEM file as `openssl pkcs12 -nodes` writes it ("Bag Attributes" before each block), read as a Buffer, is the certificate and the key', async () => {
+    const bag = (what: string) =>
+      `Bag Attributes\n    localKeyID: ${'AB:'.repeat(19)}CD\n    friendlyName: alice\n${what}`;
+    const file = Buffer.from(
+      bag(`Key Attributes: <No Attributes>\n${CLIENT_KEY}`) + bag(`subject=CN = alice\n${CLIENT_CERT}`),
+    );
+    // Was: more than 64 bytes before the first block made the bytes DER: "neither PEM nor DER".
+    r = await rig({ mode: 'session', clientCertificate: 'offer' }, { clientCertificate: { cert: file, key: file } });
+    const res = await get(r, '/auth/a');
+    expect(res.status).toBe(200);
+    expect(res.body.user).toBe('cert:alice');
+  });
+
   it('T3: an encrypted key with its passphrase is accepted; a certificate that cannot be used is a ConfigError when the agent is made', () => {
     const encrypted = createPrivateKey(CLIENT_KEY).export({
       format: 'pem',

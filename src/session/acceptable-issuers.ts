@@ -15,6 +15,7 @@ import { type ConnectTo, checkedAgainst } from '../connect-to.ts';
 import { log } from '../log.ts';
 import { type DistinguishedName, type Limits, unbracketed } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
+import { isPem } from './client-certificate.ts';
 import { plainConnection } from './connector.ts';
 
 /**
@@ -301,9 +302,8 @@ function issuerOf(cert: Buffer): Buffer {
 /** The DER certificates in `cert`: every one of a PEM text (a chain), or the DER bytes. */
 function certificates(cert: string | Buffer | X509Certificate): Buffer[] {
   if (cert instanceof X509Certificate) return [cert.raw];
-  // (The whole text: `openssl pkcs12 -nodes` writes "Bag Attributes" lines before the first block.)
+  if (!isPem(cert)) return [cert as Buffer];
   const pem = typeof cert === 'string' ? cert : cert.toString('latin1');
-  if (!pem.includes('-----BEGIN ')) return [cert as Buffer];
   const blocks = pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g);
   return [...blocks].map((m) => Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64'));
 }

@@ -17,9 +17,11 @@ export class ClientCertificateError extends MultilegError {
   }
 }
 
-const PEM = /^\s*-----BEGIN /;
-/** Text, or bytes that begin as PEM does (else DER). */
-const isPem = (x: string | Buffer): boolean => typeof x === 'string' || PEM.test(x.subarray(0, 64).toString('latin1'));
+/**
+ * Text, or bytes that hold a PEM block (else DER): anywhere, as `openssl pkcs12 -nodes` writes
+ * "Bag Attributes" lines before each block (read as DER before, a chain's leaf alone or an error).
+ */
+export const isPem = (x: string | Buffer): boolean => typeof x === 'string' || x.includes('-----BEGIN ', 0, 'latin1');
 
 /** Certificates {@link usableCertificate} made: the selector of a configured one is not checked again. */
 const checked = new WeakSet<ClientCertificate>();

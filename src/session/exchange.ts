@@ -47,7 +47,8 @@ export interface HandshakeReport {
   /**
    * A failed handshake's cause, where it is known: `refused`, the server answered the last leg
    * with a 401 (wrong password, or an account it does not accept); `proof`, the server's final
-   * token failed mutual authentication; `error`, the handshake ended otherwise (a timeout, a reset).
+   * token failed mutual authentication; `error`, the handshake ended otherwise (a timeout, a reset,
+   * a last leg answered neither with success nor with a 401: a 5xx from a backend that is down).
    */
   readonly failure?: 'refused' | 'proof' | 'error';
 }
