@@ -424,6 +424,55 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
   });
 
+  it('H5/R4: once the proxy took its Basic password, each new tunnel carries it unasked (as curl -U): one CONNECT each, not a 407 first; none after the proxy refused it', async () => {
+    const origins = await Promise.all([1, 2, 3].map(() => startReferenceServer({ mode: 'session' })));
+    for (const o of origins) closers.push(() => o.close());
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const p = proxy;
+    agent = new MultilegAgent({
+      connect: { ca: origins[0]!.ca },
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    const statusOf = async (url: string) => {
+      const res = await request(url, { dispatcher: agent! });
+      await res.body.arrayBuffer();
+      return res.statusCode;
+    };
+    for (const o of origins) expect(await statusOf(`${o.origin}/public/x`)).toBe(200);
+    const connects = () =>
+      p.exchanges.filter((e) => e.method === 'CONNECT').map((e) => [e.status, e.proxyAuthorization]);
+    // Was: [407, false], [200, true] for each tunnel.
+    expect(connects()).toEqual([
+      [407, false],
+      [200, true],
+      [200, true],
+      [200, true],
+    ]);
+    // The proxy's password changes there: a tunnel's unasked Basic drawing a 407 is a refusal, not
+    // sent again on that tunnel (R4). A refusal after a proof may be one resource's (an ACL): one more
+    // tunnel tries, then none sends it for a while, unasked or asked.
+    p.options.basicUsers = { proxyuser: 'rotated' };
+    const fresh = await Promise.all([1, 2, 3].map(() => startReferenceServer({ mode: 'session' })));
+    for (const o of fresh) closers.push(() => o.close());
+    const sent: number[] = [];
+    for (const o of fresh) {
+      const from = connects().length;
+      const failed = await statusOf(`${o.origin}/public/y`).catch((e: Error) => e);
+      expect(failed).toBeInstanceOf(ProxyAuthenticationError);
+      sent.push(
+        connects()
+          .slice(from)
+          .filter(([, carried]) => carried).length,
+      );
+    }
+    // Was (before a 407 to unasked credentials counted as a refusal): 2 on the first tunnel.
+    expect(sent).toEqual([1, 1, 0]);
+  });
+
   it('H5: a wrong proxy password is a ProxyAuthenticationError that names the proxy and no secret', async () => {
     const { base } = await setup({ basicUsers: { proxyuser: 'other' } });
     const err = (await fetch(`${base}/auth/x`, { dispatcher: agent! }).catch(
@@ -707,11 +756,9 @@ describe('a proxy identity whose credentials live outside the agent (S6/H5, refe
     watch.held = false;
     await sleep(TICKET_RECHECK_MS + 50);
     expect(await status(url)).toBe(200);
-    // Was: the tunnel made as that identity carried it.
-    expect(connects().slice(2)).toEqual([
-      [407, false],
-      [200, true],
-    ]);
+    // Was: the tunnel made as that identity carried it. The new tunnel's CONNECT carries the Basic
+    // the proxy asked for on the first one, unasked (as curl -U sends it), and is let through.
+    expect(connects().slice(2)).toEqual([[200, true]]);
   });
 
   it("S6/H5: a CONNECT admitted as alice that the proxy answers after bob's (the identity switched meanwhile, as a ccache's is) retires its own tunnel, not bob's: the next request goes through bob's", async () => {

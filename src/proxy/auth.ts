@@ -97,6 +97,8 @@ export class ProxyAuth {
   /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
   #opening = false;
   #state: 'idle' | 'handshaking' | 'done' = 'idle';
+  /** Its per-request scheme was taken up from another connection ({@link adopt}), not answered here. */
+  #adopted = false;
   #holder: AdmittedHolder | undefined;
 
   constructor(proxy: ResolvedProxy, maxLegs: number) {
@@ -186,14 +188,18 @@ export class ProxyAuth {
    * A new connection takes the per-request scheme (Basic, Digest) the proxy asked for on another
    * ({@link ResolvedProxy.perRequest}), as if its own handshake had succeeded with it: its first
    * request then carries it ({@link proactive}). Nothing happens once the connection has run anything.
+   * `leave`, where given, is asked first whether the credentials may go now (R4: `password`, they
+   * derive from a password); on false nothing is adopted.
    */
-  adopt(): void {
+  adopt(leave?: (password: boolean) => boolean): void {
     const remembered = this.#proxy.perRequest;
     if (this.#state !== 'idle' || this.#mechanism !== undefined || remembered === undefined) return;
     if (Date.now() >= this.#proxy.perRequestUntil) return;
     if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
     // Remembered by a handshake of credentials replaced since (setProxyCredentials): not sent unasked.
     if (this.#proxy.mechanisms.get(remembered.scheme) !== remembered) return;
+    if (leave && !leave(remembered.usesPassword !== false)) return;
+    this.#adopted = true;
     this.#mechanism = remembered;
     this.#state = 'done';
   }
@@ -269,10 +275,18 @@ export class ProxyAuth {
   /**
    * The proxy let through a request that carried credentials of its own ({@link header} after a
    * success): its answer is checked as a handshake's last is (Digest: Proxy-Authentication-Info's
-   * rspauth and nextnonce). Throws {@link MutualAuthError} when the proxy fails the proof.
+   * rspauth and nextnonce). Throws {@link MutualAuthError} when the proxy fails the proof. True when
+   * it made the connection's {@link holder} another identity (`leave`: the request's leave, R4/S6).
    */
-  verify(own: MechanismContext, headers: Headers, leg: LegInfo): Promise<void> {
-    return this.#finish(own, headers, leg);
+  async verify(own: MechanismContext, headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<boolean> {
+    await this.#finish(own, headers, leg);
+    // The proxy holds the connection as who these credentials name: a connection that took up a
+    // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
+    const identity = own.identity;
+    const mechanism = this.#mechanism;
+    if (identity === undefined || mechanism === undefined || this.#holder?.identity === identity) return false;
+    this.#holder = { mechanism, identity, admitted: leave?.admitted ?? 0 };
+    return true;
   }
 
   /** `context`'s check of the proxy's answer: its scheme's last Proxy-Authenticate and Proxy-Authentication-Info. */
@@ -312,6 +326,18 @@ export class ProxyAuth {
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
   async answer(headers: Headers, leg: LegInfo): Promise<void> {
     const offered = readChallenges(headers, true);
+    if (this.#adopted && this.#mechanism) {
+      // The credentials taken up unasked ({@link adopt}) drew a 407: refused, as a handshake's last
+      // leg refused (R4: not sent again here) — unless a Digest nonce merely went stale.
+      this.#adopted = false;
+      const key = this.#mechanism.scheme.toLowerCase();
+      const again = offered.find((c) => c.schemeKey === key);
+      // (A 407 that no longer offers the scheme refused nothing: the proxy changed its schemes.)
+      if (again !== undefined && again.params.stale?.toLowerCase() !== 'true') {
+        this.#state = 'idle';
+        throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered));
+      }
+    }
     if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
       const key = this.#mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);

@@ -288,8 +288,9 @@ export class ForwardProxy {
               if (ownContext && status !== 407) {
                 // This request's own credentials (Digest): the proxy's answer proves itself as a
                 // handshake's last does (rspauth), and may name the next nonce.
-                const verified = this.#auth.verify(ownContext, headers, leg).then(() => {
+                const verified = this.#auth.verify(ownContext, headers, leg, ticket).then((held) => {
                   outcome = 'success';
+                  if (held) this.#onHolder();
                 });
                 return this.#proved(verified, clock().start(), verdict);
               }

@@ -19,7 +19,7 @@ import {
   MAX_REFUSED_MEMORY_MS,
   type ProofOutcome,
   signalWaiter,
-  type Ticket,
+  Ticket,
 } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
 import { type AdmittedHolder, offeredSchemes, ProxyAuth, proxyLeg } from './auth.ts';
@@ -271,6 +271,14 @@ async function handshake(
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
+    // The per-request scheme (Basic, Digest) the proxy's 407 asked for on another tunnel goes on
+    // this one's first CONNECT, as curl -U sends it (one CONNECT, not a 407 first) — with leave
+    // given now only (R4: proved lately, or this tunnel the one to prove them); else it goes bare.
+    auth.adopt((password) => {
+      const admission = proxy.proof.admit(password);
+      if (admission instanceof Ticket) ticket = admission;
+      return ticket !== undefined;
+    });
     try {
       return await connectLegs(
         proxy,
@@ -511,7 +519,11 @@ async function connectLegs(
       if (head.status >= 200 && head.status < 300) {
         // A 2xx to the opening authenticated nothing: the proxy wants no authentication (R4: nothing proved).
         if (credentials && auth.opening) auth.notNeeded();
-        else if (credentials) {
+        else if (credentials?.own) {
+          // A per-request scheme taken up from another tunnel (auth.adopt): its answer proves itself.
+          await auth.verify(credentials.own, head.headers, leg, leave());
+          proved('success');
+        } else if (credentials) {
           await auth.succeeded(head.headers, leg, leave());
           proved('success');
         }
