@@ -469,6 +469,17 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
         }
       }
     });
+
+    it("doctor -6 makes its TLS check over IPv6, as the requests: a name with an IPv4 address only has no handshake to check (before, it was checked over IPv4: the certificate's names)", async () => {
+      const dns = {
+        env: { NODE_OPTIONS: `--import ${fileURLToPath(new URL('./fixtures/dns-v4-only.mjs', import.meta.url))}` },
+      };
+      const url = `https://app.test:${sp}/`;
+      const six = await runCli(['doctor', '-6', '--cacert', ca, url], dns);
+      expect(six.stdout).toMatch(/^skip +TLS: not checked: no TLS handshake \(ENOTFOUND\)$/m);
+      const four = await runCli(['doctor', '-4', '--cacert', ca, url], dns);
+      expect(four.stdout).toMatch(/^FAIL +TLS: the certificate is for localhost, 127\.0\.0\.1, not app\.test/m);
+    });
   });
 
   it("doctor checks the server --resolve leads to, for the URL's name: its certificate is for localhost, not app.test", async () => {
