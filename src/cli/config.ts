@@ -29,15 +29,15 @@ const MAX_DEPTH = 16;
  * The most a -K file may hold: a config file is a few lines; what is larger (`/dev/zero`, a log, a
  * FIFO that never ends) is not read past this, never all into memory.
  */
-export const MAX_CONFIG_BYTES = 1024 * 1024;
+const MAX_CONFIG_BYTES = 1024 * 1024;
 
 /**
  * The most -K files one command reads, and lines in all of them: files that name others several
  * times each (or names of one file by links) would otherwise be read a number of times that grows
  * with each level (8 lines, 16 levels: 8^16), where curl 7.88 runs until it is stopped.
  */
-export const MAX_CONFIG_READS = 100;
-export const MAX_CONFIG_LINES = 100_000;
+const MAX_CONFIG_READS = 100;
+const MAX_CONFIG_LINES = 100_000;
 
 /** C's isspace, as curl's ISSPACE. */
 const isSpace = (c: string | undefined) =>
@@ -287,7 +287,7 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
-      out.push(...argv.slice(i));
+      append(out, argv.slice(i));
       break;
     }
     if (arg.startsWith('--')) {
