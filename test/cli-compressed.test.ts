@@ -75,6 +75,12 @@ describe('multileg --compressed, as curl', () => {
         res.writeHead(split[1] ? 404 : 200, [...lines, ...lines.slice(2), 'x-after', '2']).end('abc');
         return;
       }
+      // /split-mid: 3 + 3 codings with another header between them, and a repeated header around a third.
+      if (path === '/split-mid') {
+        const codings = ['content-encoding', 'identity, identity, identity'];
+        res.writeHead(200, [...codings, 'x-mid', '1', ...codings, 'x-a', '1', 'x-b', '2', 'x-a', '3']).end('abc');
+        return;
+      }
       const [coding, body] = ANSWERS[path] ?? ['gzip', GZIP];
       // setHeader: a list is sent as that many Content-Encoding lines.
       res.setHeader('content-type', 'text/plain');
@@ -270,6 +276,26 @@ describe('multileg --compressed, as curl', () => {
     }
     expect((await run(['-sS', '--compressed', '-I', `${origin}/split-six`])).stdout).toMatch(
       /^HTTP\/1\.1 200 OK\r\nx-before: 1\r\ncontent-encoding: identity, identity, identity\r\n$/,
+    );
+  });
+
+  it("--compressed: -i and -D - show the header lines in the order they came, as curl 7.88: a head refused at its sixth coding shows the header between the two Content-Encoding lines (multileg grouped a repeated header's lines, and cut after the second), and without the refusal a header repeated around another stays around it", async () => {
+    /** The lines up to the server's own (Date, …), which curl writes with its capitals and multileg without. */
+    const upToDate = (text: string) => text.split(/\r\ndate: /i)[0];
+    for (const args of [
+      ['--compressed', '-i', `${origin}/split-mid`],
+      ['--compressed', '-D', '-', '-o', '/dev/null', `${origin}/split-mid`],
+      ['-i', `${origin}/split-mid`],
+    ]) {
+      const { ours: r, curl } = await both(['-sS', ...args]);
+      expect([r.code, curl.code], `${args.join(' ')}: ${r.stderr}`).toEqual([curl.code, curl.code]);
+      expect(upToDate(r.stdout), args.join(' ')).toBe(upToDate(curl.stdout));
+    }
+    expect((await run(['-sS', '--compressed', '-i', `${origin}/split-mid`])).stdout).toBe(
+      'HTTP/1.1 200 OK\r\ncontent-encoding: identity, identity, identity\r\nx-mid: 1\r\n',
+    );
+    expect(upToDate((await run(['-sS', '-i', `${origin}/split-mid`])).stdout)).toBe(
+      'HTTP/1.1 200 OK\r\ncontent-encoding: identity, identity, identity\r\nx-mid: 1\r\ncontent-encoding: identity, identity, identity\r\nx-a: 1\r\nx-b: 2\r\nx-a: 3',
     );
   });
 

@@ -4,7 +4,7 @@
  * everything the command prints (S2).
  */
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -138,6 +138,58 @@ describe('multileg -K: curl’s config file', () => {
     expect(r.curl.stderr.match(/^Warning: \S+:\d: /gm)).toHaveLength(5);
     // A -s before the -K mutes them, as curl's.
     expect((await runCli(['-s', '-K', lenient, `${origin}/lenient`])).stderr).toBe('');
+  });
+
+  it('-K bounds what it reads: a file that names itself through links is read once (its real path), files naming one another many times stop at 100 reads (exit 2), a file larger than 1 MiB (/dev/zero, a pipe) is 26; none reads without end (curl 7.88 hangs on the first two)', async () => {
+    const url = `${origin}/auth/x`;
+    // Eight lines naming links to the file itself: before, each link was a new file (8^16 reads).
+    const self = file('user erin:e');
+    const links = Array.from({ length: 8 }, (_, i) => `${self}-l${i}`);
+    for (const link of links) symlinkSync(self, link);
+    writeFileSync(self, ['user erin:e', ...links.map((l) => `config ${l}`)].join('\n'));
+    const looped = await runCli(['-K', self, url]);
+    expect([looped.code, looped.stdout]).toEqual([0, 'hello erin:e\n']);
+    expect(looped.stderr.match(/^multileg: Warning: \S+:\d: -K \S+ is already being read; skipped$/gm)).toHaveLength(8);
+    expect(looped.stderr.split('\n')).toHaveLength(9);
+    expect(await runCli(['-s', '-K', self, url])).toMatchObject({ code: 0, stdout: 'hello erin:e\n', stderr: '' });
+    // Sixteen levels of distinct files, each naming the next eight times.
+    const levels = Array.from({ length: 17 }, () => file());
+    levels.forEach((path, i) => {
+      const next = levels[i + 1];
+      writeFileSync(path, next ? Array(8).fill(`config ${next}`).join('\n') : 'user erin:e');
+    });
+    seen.length = 0;
+    const fanned = await runCli(['-s', '-K', levels[0]!, url]);
+    expect([fanned.code, fanned.stderr]).toEqual([
+      2,
+      'multileg: -K: more than 100 config files read in all (config files naming one another, or one file, many times); name fewer\n',
+    ]);
+    const zero = await runCli(['-K', '/dev/zero', url]);
+    expect([zero.code, zero.stderr]).toEqual([
+      26,
+      'multileg: -K /dev/zero: larger than 1048576 bytes, not read (not a config file?); give a config file\n',
+    ]);
+    const piped = await runCli(['-K', '-', url], { input: `user erin:e\n${'#'.repeat(1024 * 1024)}\n` });
+    expect([piped.code, piped.stderr]).toEqual([
+      26,
+      'multileg: -K - (stdin): larger than 1048576 bytes, not read (not a config file?); give a config file\n',
+    ]);
+    expect(seen).toEqual([]);
+  });
+
+  it('-K reads a file of Latin-1 bytes as curl does: a header value goes byte for byte (curl sends 0xE9, as here), a password keeps its é (it was changed into U+FFFD); a UTF-8 file is read as UTF-8', async () => {
+    const latin1 = join(dir, 'latin1');
+    writeFileSync(latin1, Buffer.from('header = "X-I: caf\xe9"\n', 'latin1'));
+    const header = await both(['-K', latin1, `${origin}/latin1`]);
+    same(header);
+    expect(header.oursSeen).toEqual(['GET /latin1 - x-i="café"']);
+    const password = join(dir, 'latin1-password');
+    writeFileSync(password, Buffer.from('user = "alice:caf\xe9"\n', 'latin1'));
+    const utf8 = file('user = "bob:café"');
+    seen.length = 0;
+    for (const config of [password, utf8]) expect((await runCli(['-K', config, `${origin}/auth/p`])).code).toBe(0);
+    // Basic sends the password in UTF-8 (RFC 7617), as the same password typed on the command line.
+    expect(seen).toEqual(['GET /auth/p alice:café', 'GET /auth/p bob:café']);
   });
 
   it('-K - and --password-stdin (or -d @-) both want stdin: bad usage, exit 2, nothing sent', async () => {

@@ -387,7 +387,7 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
       plain6.close();
     });
 
-    it("-4 and -6 as curl 7.88: localhost is 127.0.0.1 or ::1 (curl's own answer for it), a server on one family only is reached or refused (7), an IP address of the other family is 7, a --resolve entry of the other family only is 6 (of both: the one that fits), --connect-to's HOST2 too, the last of -4 and -6 wins (multileg took neither: exit 2)", async () => {
+    it("-4 and -6 as curl 7.88: localhost is 127.0.0.1 or ::1 (curl's own answer for it), a server on one family only is reached or refused (7), an IP address of the other family is 7, a --resolve entry of the other family only is passed over, the name resolved as without it (of both: the one that fits; for the proxy's name too), --connect-to's HOST2 too, the last of -4 and -6 wins (multileg took neither: exit 2)", async () => {
       const cases: Array<[args: string[], exit: number]> = [
         [['-4', `http://localhost:${p}/`], 0],
         [['-6', `http://localhost:${p}/`], 7],
@@ -396,8 +396,10 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
         [['--ipv6', '--http1.1', `http://app.localhost:${p6}/`], 0],
         [['--ipv4', `http://[::1]:${p6}/`], 7],
         [['-6', `http://127.0.0.1:${p}/`], 7],
-        [['-6', '--resolve', `app.test:${p}:127.0.0.1`, `http://app.test:${p}/`], 6],
-        [['-4', '--resolve', `app.test:${p6}:::1`, `http://app.test:${p6}/`], 6],
+        // An entry with no address of the family is passed over: the name is resolved as without it.
+        [['-6', '--resolve', `localhost:${p6}:127.0.0.1`, `http://localhost:${p6}/`], 0],
+        [['-4', '--resolve', `localhost:${p}:::1`, `http://localhost:${p}/`], 0],
+        [['-6', '--resolve', `localhost:${p}:127.0.0.1`, `http://localhost:${p}/`], 7],
         [['-4', '--resolve', `app.test:${p}:::1,127.0.0.1`, `http://app.test:${p}/`], 0],
         [['-6', '--resolve', `app.test:${p6}:127.0.0.1,::1`, `http://app.test:${p6}/`], 0],
         [['-6', '--connect-to', `app.test:${p}:localhost:${p6}`, `http://app.test:${p}/`], 0],
@@ -414,13 +416,27 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
         expect([ours.code, curl.code], `${args.join(' ')}: ${ours.stderr}`).toEqual([exit, exit]);
         expect(agreed(ours), args.join(' ')).toBe(agreed(curl));
       }
+      // The proxy's name: its entry passed over too (before, 7 naming the origin); -w's
+      // remote_ip for a proxy is curl's only, so the status and the exit code are compared.
+      const proxies: Array<[args: string[], exit: number]> = [
+        [['-6', '-x', `http://localhost:${p6}`, '--resolve', `localhost:${p6}:127.0.0.1`, 'http://x/'], 0],
+        [['-6', '-x', 'http://proxy.example:1', '--resolve', 'proxy.example:1:127.0.0.1', 'http://x/'], 5],
+      ];
+      for (const [args, exit] of proxies) {
+        const { ours, curl } = await both(args);
+        expect([ours.code, curl.code], `${args.join(' ')}: ${ours.stderr}`).toEqual([exit, exit]);
+        expect(written(ours)?.split(' ')[0], args.join(' ')).toBe(written(curl)?.split(' ')[0]);
+      }
+      expect((await both(proxies[1]![0])).ours.stderr).toMatch(
+        /^multileg: cannot resolve the host name of proxy http:\/\/proxy\.example:1 /,
+      );
       const other = await runCli(['-sS', '-6', `http://127.0.0.1:${p}/`]);
       expect(other.stderr).toBe(
         `multileg: could not connect to 127.0.0.1:${p}: -6: 127.0.0.1 is an IPv4 address; drop -6, or give a name or address of IPv6\n`,
       );
     });
 
-    it('-4 / -6 reach the system resolver (a name with an IPv4 address only: -6 is 6, -4 reaches it) for a direct connection over HTTP/2 and HTTP/1.1, and for the proxy’s name (-6: 5, the proxy unresolved); curl with the same answer from its DNS cache (--resolve) says the same for the origin', async () => {
+    it('-4 / -6 reach the system resolver (a name with an IPv4 address only: -6 is 6, -4 reaches it; also past a --resolve entry with no address of the family) for a direct connection over HTTP/2 and HTTP/1.1, and for the proxy’s name (-6: 5, the proxy unresolved); curl with the same answer from its DNS cache (--resolve) says the same for the origin', async () => {
       const dns = {
         env: { NODE_OPTIONS: `--import ${fileURLToPath(new URL('./fixtures/dns-v4-only.mjs', import.meta.url))}` },
       };
@@ -434,17 +450,35 @@ describe.skipIf(!requirePeer('curl'))('--resolve and --connect-to, as curl 7.88'
         [['-6', '-x', `http://proxy.test:${pp}`, `http://127.0.0.1:${p}/`], 5],
         [['-4', '-x', `http://proxy.test:${pp}`, `http://127.0.0.1:${p}/`], 0],
         [['-6', '-x', `http://proxy.test:${pp}`, '-k', `https://localhost:${sp}/`], 5],
+        // A --resolve entry with no address of the family: the name goes to the resolver (curl's way).
+        [['-4', '--resolve', `app.test:${p}:::1`, `http://app.test:${p}/`], 0],
+        [['-6', '--resolve', `app.test:${p}:127.0.0.1`, `http://app.test:${p}/`], 6],
+        [
+          ['-6', '-x', `http://proxy.test:${pp}`, '--resolve', `proxy.test:${pp}:127.0.0.1`, `http://127.0.0.1:${p}/`],
+          5,
+        ],
       ];
       for (const [args, exit] of cases) {
         const ours = await runCli([...w, ...args], dns);
         expect(ours.code, `${args.join(' ')}: ${ours.stderr}`).toBe(exit);
-        if (!args.includes('-x')) {
+        if (!args.includes('-x') && !args.includes('--resolve')) {
           const host = new URL(args.at(-1)!);
           const cached = ['--resolve', `app.test:${host.port}:127.0.0.1`];
           const curl = await runCommand('/usr/bin/curl', [...w, ...cached, ...args], '', curlEnv);
           expect(curl.code, args.join(' ')).toBe(exit);
         }
       }
+    });
+
+    it("doctor -6 makes its TLS check over IPv6, as the requests: a name with an IPv4 address only has no handshake to check (before, it was checked over IPv4: the certificate's names)", async () => {
+      const dns = {
+        env: { NODE_OPTIONS: `--import ${fileURLToPath(new URL('./fixtures/dns-v4-only.mjs', import.meta.url))}` },
+      };
+      const url = `https://app.test:${sp}/`;
+      const six = await runCli(['doctor', '-6', '--cacert', ca, url], dns);
+      expect(six.stdout).toMatch(/^skip +TLS: not checked: no TLS handshake \(ENOTFOUND\)$/m);
+      const four = await runCli(['doctor', '-4', '--cacert', ca, url], dns);
+      expect(four.stdout).toMatch(/^FAIL +TLS: the certificate is for localhost, 127\.0\.0\.1, not app\.test/m);
     });
   });
 

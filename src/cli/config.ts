@@ -10,11 +10,10 @@
  * every rule about secrets holds for them (never in -v, --har, --json, errors); the warnings below
  * name an option only by its own name, never a value nor a line that names no option we know.
  */
-import { readFileSync } from 'node:fs';
-import { resolve as resolvePath } from 'node:path';
+import { closeSync, openSync, readSync, realpathSync } from 'node:fs';
 import type * as Commander from 'commander';
 import { EXIT } from './explain.ts';
-import { readStdin, UsageError, unreadable } from './options.ts';
+import { UsageError, unreadable } from './options.ts';
 
 /** The arguments with each -K replaced by its file's options, and how many -K read stdin. */
 export interface ExpandedArgs {
@@ -25,6 +24,20 @@ export interface ExpandedArgs {
 
 /** How deep -K files may name one another. */
 const MAX_DEPTH = 16;
+
+/**
+ * The most a -K file may hold: a config file is a few lines; what is larger (`/dev/zero`, a log, a
+ * FIFO that never ends) is not read past this, never all into memory.
+ */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
+/**
+ * The most -K files one command reads, and lines in all of them: files that name others several
+ * times each (or names of one file by links) would otherwise be read a number of times that grows
+ * with each level (8 lines, 16 levels: 8^16), where curl 7.88 runs until it is stopped.
+ */
+const MAX_CONFIG_READS = 100;
+const MAX_CONFIG_LINES = 100_000;
 
 /** C's isspace, as curl's ISSPACE. */
 const isSpace = (c: string | undefined) =>
@@ -55,6 +68,57 @@ interface ConfigLine {
   readonly param: string | null;
   /** An unquoted value followed by more text on the line (curl warns: only its first word is taken). */
   readonly unquotedSpace: boolean;
+}
+
+/**
+ * The bytes of `path` (`-`: stdin), at most {@link MAX_CONFIG_BYTES}: read a piece at a time, so
+ * that a device or a pipe without end is not read further than that. Undefined for more.
+ */
+function readBounded(path: string): Buffer | undefined {
+  const stdin = path === '-';
+  let fd = stdin ? 0 : openSync(path, 'r');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(64 * 1024);
+      let n: number;
+      try {
+        n = readSync(fd, chunk, 0, chunk.length, null);
+      } catch (err) {
+        // A non-blocking stdin (a terminal, some pipes): read it through its path, blocking.
+        if (!stdin || fd !== 0 || (err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+        fd = openSync('/dev/stdin', 'r');
+        continue;
+      }
+      if (n === 0) return Buffer.concat(chunks, size);
+      chunks.push(chunk.subarray(0, n));
+      size += n;
+      if (size > MAX_CONFIG_BYTES) return undefined;
+    }
+  } finally {
+    if (fd !== 0) closeSync(fd);
+  }
+}
+
+/** Pushes `items` onto `out` one at a time: a spread of a long array passes the engine's bound on arguments. */
+function append(out: string[], items: readonly string[]): void {
+  for (const item of items) out.push(item);
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A file's text: UTF-8 when its bytes are (what the same value typed on the command line is), else
+ * each byte one character (Latin-1), as curl takes a file's bytes: `X-I: caf\xe9` sends the byte
+ * 0xE9, and a Latin-1 password is é, not changed into U+FFFD.
+ */
+function configText(bytes: Buffer): string {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    return bytes.toString('latin1');
+  }
 }
 
 /** curl's parseconfig loop for one line (with its line break, as fgets gives it); undefined: a comment or blank line. */
@@ -100,35 +164,62 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
   const warn = (text: string) => {
     if (!muted) process.stderr.write(`${name}: Warning: ${text}\n`);
   };
-  /** The files being read, outermost first: one that names itself (or an outer one) is not read again. */
+  /** The files being read, outermost first (their real paths): one that names itself (or an outer one) is not read again. */
   const reading: string[] = [];
+  /** Files read and lines read so far, in all: bounded ({@link MAX_CONFIG_READS}, {@link MAX_CONFIG_LINES}). */
+  let reads = 0;
+  let lines = 0;
+  const tooMany = (what: string) =>
+    new UsageError(
+      `-K: more than ${what} read in all (config files naming one another, or one file, many times); name fewer`,
+      EXIT.usage,
+    );
 
   /** The options of one file; `where` is the line naming it (undefined: the command line, where a file that cannot be read is curl's 26). */
   const readConfig = (path: string, where: string | undefined): string[] => {
-    // A file that names itself, through another or by another spelling (or a link: the depth),
-    // would be read until the stack ran out (curl 7.88's own fate).
-    const key = path === '-' ? path : resolvePath(path);
-    if ((path !== '-' && reading.includes(key)) || reading.length >= MAX_DEPTH) {
-      warn(`${where}: -K ${path} is already being read; skipped`);
-      return [];
-    }
-    let text: string;
+    const shown = path === '-' ? '- (stdin)' : path;
+    let key = path;
+    let bytes: Buffer | undefined;
     try {
-      text = (path === '-' ? readStdin() : readFileSync(path)).toString('utf8');
+      // Its real path: a file that names itself, through another, by another spelling or through a
+      // link, is not read again (it would be until the stack ran out: curl 7.88's own fate).
+      if (path !== '-') key = realpathSync(path);
+      if (path !== '-' && reading.includes(key)) {
+        warn(`${where}: -K ${path} is already being read; skipped`);
+        return [];
+      }
+      if (reading.length >= MAX_DEPTH) {
+        warn(`${where}: -K ${path} is nested more than ${MAX_DEPTH} deep; skipped`);
+        return [];
+      }
+      if (++reads > MAX_CONFIG_READS) throw tooMany(`${MAX_CONFIG_READS} config files`);
+      bytes = readBounded(path);
     } catch (err) {
-      const message = `-K ${path === '-' ? '- (stdin)' : path}: ${unreadable(err)}`;
+      if (err instanceof UsageError) throw err;
+      const message = `-K ${shown}: ${unreadable(err)}`;
       // curl: "cannot read config from …", 26 on the command line; in a file a warning, and it goes on.
       if (where === undefined) throw new UsageError(message, EXIT.read);
       warn(`${where}: ${message}; skipped`);
       return [];
     }
+    // Not what a config file is, wherever it is named: the read error (26) of a file named on
+    // the command line, not a warning (the options it was meant to give would be missing).
+    if (bytes === undefined)
+      throw new UsageError(
+        `-K ${shown}: larger than ${MAX_CONFIG_BYTES} bytes, not read (not a config file?); give a config file`,
+        EXIT.read,
+      );
     if (path === '-') stdinReads++;
     reading.push(key);
     const out: string[] = [];
     const file = path === '-' ? '<stdin>' : path;
-    for (const [index, raw] of text.split(/(?<=\n)/).entries()) {
+    for (const [index, raw] of configText(bytes)
+      .split(/(?<=\n)/)
+      .entries()) {
+      if (++lines > MAX_CONFIG_LINES) throw tooMany(`${MAX_CONFIG_LINES} config lines`);
       const line = configLine(raw);
-      if (line) out.push(...configOptions(line, `${file}:${index + 1}`));
+      // One at a time: a spread of a file's options could pass the engine's bound on arguments.
+      if (line) append(out, configOptions(line, `${file}:${index + 1}`));
     }
     reading.pop();
     return out;
@@ -181,7 +272,7 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
       }
       if (takesValue(known)) {
         const rest = letters.slice(j + 1);
-        out.push(...valued(`-${letters[j]}`, known, rest !== '' ? rest : param));
+        append(out, valued(`-${letters[j]}`, known, rest !== '' ? rest : param));
         if (rest !== '' && param !== null) garbage(`-${letters[j]}`);
         return out;
       }
@@ -196,14 +287,14 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
-      out.push(...argv.slice(i));
+      append(out, argv.slice(i));
       break;
     }
     if (arg.startsWith('--')) {
       const eq = arg.indexOf('=');
       const flag = eq < 0 ? arg : arg.slice(0, eq);
       if (flag === '--config' && (eq >= 0 || i + 1 < argv.length)) {
-        out.push(...readConfig(eq >= 0 ? arg.slice(eq + 1) : argv[++i]!, undefined));
+        append(out, readConfig(eq >= 0 ? arg.slice(eq + 1) : argv[++i]!, undefined));
         continue;
       }
       if (flag === '--silent') muted = true;
@@ -229,7 +320,7 @@ export function expandConfig(argv: readonly string[], cmd: Commander.Command, na
         out.push('-K'); // commander's "argument missing"
         continue;
       }
-      out.push(...readConfig(j < arg.length - 1 ? arg.slice(j + 1) : argv[++i]!, undefined));
+      append(out, readConfig(j < arg.length - 1 ? arg.slice(j + 1) : argv[++i]!, undefined));
       continue;
     }
     out.push(arg);

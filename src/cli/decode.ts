@@ -11,7 +11,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { MultilegError } from '../errors.ts';
 import { acceptEncoding } from './options.ts';
-import { headerLines } from './output.ts';
+import { headerLines, type ReceivedHead } from './output.ts';
 
 /** The stable code of {@link ContentEncodingError} (explain.ts reads it without loading this module). */
 export const CONTENT_ENCODING_CODE = 'MULTILEG_CONTENT_ENCODING';
@@ -150,17 +150,12 @@ export interface BodyDecoding {
 }
 
 /**
- * The decoding of a body whose Content-Encoding is `header` (every value of a repeated header, in
- * order), from `from` (a host, for the messages). Throws {@link ContentEncodingError} for more than
- * 5 codings, as curl refuses such a response before its body (CVE-2022-32206's bound).
- */
-/**
  * The header line (of {@link headerLines}) at which a head's codings go past 5, where curl stops
  * reading it (and writing it to -i, -I and -D) with its 61; undefined for a head within the bound.
  */
-export function codingsCut(headers: Record<string, string | string[] | undefined>): number | undefined {
+export function codingsCut(head: ReceivedHead): number | undefined {
   let codings = 0;
-  for (const [i, [name, value]] of headerLines(headers).entries()) {
+  for (const [i, [name, value]] of headerLines(head.headers, head.names).entries()) {
     if (name.toLowerCase() !== 'content-encoding') continue;
     codings += value.split(',').filter((c) => c.trim() !== '').length;
     if (codings > MAX_CODINGS) return i;
@@ -168,6 +163,11 @@ export function codingsCut(headers: Record<string, string | string[] | undefined
   return undefined;
 }
 
+/**
+ * The decoding of a body whose Content-Encoding is `header` (every value of a repeated header, in
+ * order), from `from` (a host, for the messages). Throws {@link ContentEncodingError} for more than
+ * 5 codings, as curl refuses such a response before its body (CVE-2022-32206's bound).
+ */
 export function bodyDecoding(header: string | string[] | undefined, from: string): BodyDecoding {
   const codings = (Array.isArray(header) ? header.join(',') : (header ?? ''))
     .split(',')

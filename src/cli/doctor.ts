@@ -134,6 +134,8 @@ async function kerberos(
 function tlsTrust(req: CliRequest): Promise<Check> {
   const url = req.url;
   const connect = req.agent.connect ?? {};
+  // The options' -4/-6 (net.connect's option, which undici's connector passes on; its type omits it).
+  const { family } = connect as { family?: 4 | 6 };
   const probe = (ca: readonly string[] | undefined) =>
     new Promise<{
       authorized: boolean;
@@ -151,6 +153,8 @@ function tlsTrust(req: CliRequest): Promise<Check> {
         host: dial.hostname,
         port: dial.port,
         ...(dial.lookup ? { lookup: dial.lookup } : {}),
+        // -4/-6: the family the requests use (a name DNS answers for both would be checked over the other).
+        ...(family ? { family } : {}),
         checkServerIdentity: (_host, cert) => checkServerIdentity(hostname, cert),
         // SNI is for names: Node warns (DEP0123) when given an address, and an address has no SNI.
         ...(isIP(hostname) ? {} : { servername: hostname }),

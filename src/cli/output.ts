@@ -82,25 +82,53 @@ export function writeHeadsFile(output: string, heads: string, createDirs: boolea
   }
 }
 
+/** A response head as the command received it. */
+export interface ReceivedHead {
+  readonly statusCode: number;
+  readonly statusText: string;
+  /** undici's object: a repeated header's values together, under its first place. */
+  readonly headers: Record<string, string | string[] | undefined>;
+  /** The header names in the order they came, when known (HTTP/1.1; {@link headNames}). */
+  readonly names?: readonly string[] | undefined;
+}
+
 /** The status line and header lines `-i` and `-D` show, as curl writes them. */
-export function responseHead(
-  protocol: string | undefined,
-  res: { statusCode: number; statusText: string; headers: Record<string, string | string[] | undefined> },
-  cutAt?: number,
-): string {
-  const lines = headerLines(res.headers);
+export function responseHead(protocol: string | undefined, res: ReceivedHead, cutAt?: number): string {
+  const lines = headerLines(res.headers, res.names);
   if (cutAt === undefined) return headText(protocol, res.statusCode, res.statusText, lines);
   // Cut before header line `cutAt`, as curl stops writing a head at the line it refuses (no blank line after it).
   return headText(protocol, res.statusCode, res.statusText, lines.slice(0, cutAt)).slice(0, -2);
 }
 
-/** A head's header lines in the order {@link responseHead} writes them (a repeated header's values one a line). */
-export function headerLines(headers: Record<string, string | string[] | undefined>): Array<[string, string]> {
+/**
+ * The header names of undici's `controller.rawHeaders`, in the order they came, lower case; undefined
+ * where undici gives no list (HTTP/2: its headers object, repeated ones together).
+ */
+export function headNames(rawHeaders: unknown): string[] | undefined {
+  if (!Array.isArray(rawHeaders)) return undefined;
+  const names: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) names.push(String(rawHeaders[i]).toLowerCase());
+  return names;
+}
+
+/**
+ * A head's header lines in the order {@link responseHead} writes them, a repeated header's values
+ * one a line: in `names`' order where known (curl's: `x-mid` between two Content-Encoding lines
+ * stays there), else each header's values together.
+ */
+export function headerLines(
+  headers: Record<string, string | string[] | undefined>,
+  names?: readonly string[],
+): Array<[string, string]> {
   const lines: Array<[string, string]> = [];
-  for (const [k, v] of Object.entries(headers)) {
-    if (v === undefined) continue;
-    for (const value of Array.isArray(v) ? v : [v]) lines.push([k, value]);
+  const values = new Map<string, string[]>();
+  for (const [k, v] of Object.entries(headers)) if (v !== undefined) values.set(k, Array.isArray(v) ? [...v] : [v]);
+  for (const name of names ?? []) {
+    const value = values.get(name)?.shift();
+    if (value !== undefined) lines.push([name, value]);
   }
+  // Without `names` (or what they did not name): the object's order.
+  for (const [k, rest] of values) for (const value of rest) lines.push([k, value]);
   return lines;
 }
 

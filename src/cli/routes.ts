@@ -48,14 +48,6 @@ function refusedAtPortZero(address: string): Error {
 
 const lower = (host: string) => host.toLowerCase();
 
-/** A name -4 or -6 finds no address of its family for (curl's 6, "Could not resolve host"). */
-function noAddressOf(family: 4 | 6, hostname: string): Error {
-  return Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname} (no IPv${family} address: -${family})`), {
-    code: 'ENOTFOUND',
-    hostname,
-  });
-}
-
 /** An IP address of the other family than -4 or -6 asks for: curl does not connect (its 7). */
 function otherFamily(family: 4 | 6, address: string, port: number): Error {
   return Object.assign(
@@ -185,7 +177,7 @@ export class Routes {
   readonly connectTo: ConnectTo = ({ hostname, port, via }: ConnectTarget): ConnectRoute | undefined => {
     // curl resolves a proxy's name through its DNS cache too; --connect-to is for the origin only.
     if (via === 'proxy') {
-      const addresses = this.#fitting(hostname, port, true);
+      const addresses = this.#fitting(hostname, port);
       return addresses ? { addresses } : undefined;
     }
     const moved = this.#moved(hostname, port);
@@ -212,19 +204,16 @@ export class Routes {
 
   /**
    * The addresses to connect to for host:port: its --resolve entry's, of -4's or -6's family only
-   * (none of it: curl's 6); with -4 or -6, also an IP address of the other family refused (curl's
-   * 7) and `localhost` answered as curl answers it. Undefined: DNS (the agent's `connect.family`).
-   * A proxy's --resolve entry of the other family only is curl 7.88's 7, not 6 (`proxy`).
+   * (none of it: the entry is passed over and the name resolved as without it, curl's way); with -4
+   * or -6, also an IP address of the other family refused (curl's 7) and `localhost` answered as
+   * curl answers it. Undefined: DNS (the agent's `connect.family`).
    */
-  #fitting(hostname: string, port: number, proxy = false): readonly string[] | undefined {
+  #fitting(hostname: string, port: number): readonly string[] | undefined {
     const addresses = this.#addresses(hostname, port);
     const family = this.#family;
     if (family === undefined) return addresses;
-    if (addresses) {
-      const fit = addresses.filter((a) => isIP(a) === family);
-      if (fit.length === 0) throw proxy ? otherFamily(family, addresses[0]!, port) : noAddressOf(family, hostname);
-      return fit;
-    }
+    const fit = addresses?.filter((a) => isIP(a) === family);
+    if (fit && fit.length > 0) return fit;
     const literal = isIP(hostname);
     if (literal !== 0 && literal !== family) throw otherFamily(family, hostname, port);
     if (literal === 0 && isLocalhost(lower(hostname))) return [family === 4 ? '127.0.0.1' : '::1'];

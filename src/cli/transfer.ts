@@ -6,8 +6,11 @@
  * which the command writes out (report.ts) and exits with.
  */
 import { statSync, truncateSync } from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { Transform } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Dispatcher } from 'undici';
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
@@ -25,7 +28,7 @@ import {
 } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
-import { pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
+import { headNames, pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
 import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -250,9 +253,71 @@ function showHeads(req: CliRequest, shownHeads: ResponseHeads | undefined, toFil
         : undefined;
 }
 
-/** One request of the transfer (a hop) through the command's agent. */
-function send(req: CliRequest, hop: Hop, signal: AbortSignal | undefined, { command }: TransferEnv): Promise<Answer> {
-  return command.agent.request({
+/**
+ * The caller's handler, passing on the head's raw header list (undici's `controller.rawHeaders`,
+ * which its request() drops): -i and -D write the headers in the order they came, as curl.
+ */
+class RawHead implements Dispatcher.DispatchHandler {
+  readonly #handler: Dispatcher.DispatchHandler;
+  readonly #seen: (raw: unknown) => void;
+  constructor(handler: Dispatcher.DispatchHandler, seen: (raw: unknown) => void) {
+    this.#handler = handler;
+    this.#seen = seen;
+  }
+  onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
+    this.#handler.onRequestStart?.(controller, context);
+  }
+  onRequestUpgrade(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: IncomingHttpHeaders,
+    socket: Duplex,
+  ): void {
+    this.#handler.onRequestUpgrade?.(controller, status, headers, socket);
+  }
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: IncomingHttpHeaders,
+    message: string,
+  ): void {
+    this.#seen((controller as { rawHeaders?: unknown }).rawHeaders);
+    this.#handler.onResponseStart?.(controller, status, headers, message);
+  }
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#handler.onResponseData?.(controller, chunk);
+  }
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
+    this.#handler.onResponseEnd?.(controller, trailers);
+  }
+  onResponseError(controller: Dispatcher.DispatchController, error: Error): void {
+    this.#handler.onResponseError?.(controller, error);
+  }
+}
+
+/**
+ * One request of the transfer (a hop) through the command's agent; with -i, -I or -D, with the
+ * names of its head in the order they came (`names`).
+ */
+async function send(
+  req: CliRequest,
+  hop: Hop,
+  signal: AbortSignal | undefined,
+  { command, heads }: TransferEnv,
+): Promise<Answer & { names?: string[] | undefined }> {
+  let raw: unknown;
+  const dispatcher = heads
+    ? command.agent.compose(
+        (dispatch) => (opts, handler) =>
+          dispatch(
+            opts,
+            new RawHead(handler, (r) => {
+              raw = r;
+            }),
+          ),
+      )
+    : command.agent;
+  const res = await dispatcher.request({
     origin: hop.url.origin,
     path: `${hop.url.pathname}${hop.url.search}`,
     method: hop.method as 'GET',
@@ -261,6 +326,7 @@ function send(req: CliRequest, hop: Hop, signal: AbortSignal | undefined, { comm
     ...(signal ? { signal } : {}),
     ...(req.http1 ? { allowH2: false } : {}),
   } as Parameters<MultilegAgent['request']>[0]);
+  return heads ? Object.assign(res, { names: headNames(raw) }) : res;
 }
 
 /** Counts a body's bytes as they pass: the transfer's (`add`), and this response's in `progress` (curl's 18 when cut short). */
@@ -436,7 +502,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           break;
         }
         const hopLegs = trace.legs.length;
-        let res: Answer;
+        let res: Answer & { names?: string[] | undefined };
         try {
           res = await send(req, hop, signal, env);
         } finally {
@@ -456,7 +522,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         // --fail-with-body's 404: curl 7.88's), never a 204's or a 304's; -i, -I and -D show the
         // head up to the line that went past them.
         const decodes = req.compressed && !bodyless(status);
-        const cut = decodes && shownHeads ? (await import('./decode.ts')).codingsCut(res.headers) : undefined;
+        const cut = decodes && shownHeads ? (await import('./decode.ts')).codingsCut(res) : undefined;
         shownHeads?.received(protocol, res, cut);
         const decoding = decodes ? await decodingOf(res, hop.url) : undefined;
         const location = res.headers.location;
