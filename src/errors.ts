@@ -84,10 +84,13 @@ export class QueueTimeoutError extends MultilegError {
 
 /** A handshake took longer than `limits.handshakeTimeout` (C11). */
 export class HandshakeTimeoutError extends MultilegError {
-  constructor(ms: number, scheme: string) {
+  /** `waited`: what did not answer, when it was not the server (T3: the caller's certificate selector). */
+  constructor(ms: number, scheme: string, waited?: string) {
     super(
       'MULTILEG_HANDSHAKE_TIMEOUT',
-      `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms); check the server or raise limits.handshakeTimeout`,
+      waited === undefined
+        ? `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms); check the server or raise limits.handshakeTimeout`
+        : `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms): ${waited}`,
     );
   }
 }

@@ -126,13 +126,23 @@ export interface CertificateRequestInfo {
    *   `HandshakeTimeoutError` (the probe and the selector share that bound): the selector is not asked.
    */
   readonly acceptableIssuers?: readonly DistinguishedName[];
+  /**
+   * `true` when no HTTP challenge came: the server refused the TLS handshake without a client
+   * certificate (it requires one there: Node's `requestCert` with `rejectUnauthorized`, nginx's
+   * `ssl_verify_client on`, IIS's "require"), and the agent's own TLS handshake confirmed that it
+   * asks for one (`acceptableIssuers` is then always a list, `[]` for any CA). The challenge is then
+   * a synthetic `Transport mode="tls-client-certificate"`, so a selector written for the HTTP
+   * challenge needs no change. Absent for a challenge the server sent.
+   */
+  readonly requiredInHandshake?: true;
 }
 
 /**
  * Picks a client certificate for an origin that offered `Transport mode="tls-client-certificate"`,
- * by its origin, its challenge, and the certificate authorities the server accepts (`info`, as .NET's
- * `LocalCertificateSelectionCallback` gets `acceptableIssuers`). A selector that takes two
- * arguments works as before.
+ * or that requires one in the TLS handshake (then `info.requiredInHandshake` is true and the
+ * challenge a synthetic one of that form), by its origin, its challenge, and the certificate
+ * authorities the server accepts (`info`, as .NET's `LocalCertificateSelectionCallback` gets
+ * `acceptableIssuers`). A selector that takes two arguments works as before.
  */
 export type ClientCertificateSelector = (
   origin: string,

@@ -13,6 +13,7 @@ import {
   type Challenge,
   type ClientCertificate,
   ClientCertificateError,
+  ClientCertificateRequiredError,
   ConfigError,
   HandshakeTimeoutError,
   issuedByOneOf,
@@ -895,6 +896,223 @@ describe('T3: Apache names its acceptable client CAs (SSLVerifyClient optional, 
         const res = await fetch(`${apache.origin}/`, { dispatcher: a });
         expect([res.status, await res.text()]).toEqual([200, 'certificate']);
         expect(told.map((i) => i.acceptableIssuers?.map((n) => n.name))).toEqual([[subjectOf(CA_A), subjectOf(CA_B)]]);
+      },
+      30_000,
+    );
+  }
+});
+
+/**
+ * An origin that requires a client certificate in the TLS handshake (`requestCert`, `rejectUnauthorized`,
+ * CAs A and B): h2 (and HTTP/1.1), or HTTP/1.1 only with `h1`; 200 with the issuer of the certificate
+ * it verified. It counts its connections.
+ */
+async function requiringOrigin(tls: Omit<ServerOptions, 'cert' | 'key'>, h1 = false) {
+  const seen = { connections: 0, requests: 0 };
+  const options = { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: true, ca: [CA_A, CA_B] };
+  const handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
+    seen.requests += 1;
+    res.end((req.socket as TLSSocket).getPeerX509Certificate()?.issuer ?? '');
+  };
+  const server = h1
+    ? createHttpsServer({ ...options, ...tls }, handler)
+    : createSecureServer({ ...options, allowHTTP1: true, ...tls }, handler);
+  server.on('connection', () => {
+    seen.connections += 1;
+  });
+  server.on('tlsClientError', () => {});
+  return { origin: await loopbackOrigin(server, closers), seen };
+}
+
+describe('T3: the selector runs for servers that require a certificate in the TLS handshake', () => {
+  for (const h1 of [false, true])
+    for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+      it(`T3: a server that requires one (${h1 ? 'HTTP/1.1' : 'h2'}, ${maxVersion}): the selector is asked once with its CAs and a synthetic Transport challenge, picks B's certificate, and the requests succeed`, async () => {
+        const s = await requiringOrigin({ maxVersion }, h1);
+        const challenges: Challenge[] = [];
+        const { told, select } = recordingSelector();
+        const a = agentFor(s.origin, {
+          clientCertificate: (origin, challenge, info) => {
+            challenges.push(challenge);
+            return select(origin, challenge, info);
+          },
+        });
+        // Three at once: the requests whose connections the server refused share one answer.
+        const res = await Promise.all(
+          [1, 2, 3].map(async (i) => {
+            const r = await fetch(`${s.origin}/${i}`, { dispatcher: a });
+            return [r.status, await r.text()];
+          }),
+        );
+        // Before: MULTILEG_CONNECTION_CLOSED (HTTP/1.1, TLS 1.3) or the TLS alert, and no selector asked.
+        expect(res).toEqual([1, 2, 3].map(() => [200, subjectOf(CA_B)]));
+        expect(told).toHaveLength(1);
+        expect(told[0]!.requiredInHandshake).toBe(true);
+        expect(told[0]!.acceptableIssuers!.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
+        expect(challenges.map((c) => [c.scheme, c.params.mode])).toEqual([['Transport', 'tls-client-certificate']]);
+        // Later requests go on the certificate's sessions: the selector is not asked again.
+        const again = await fetch(`${s.origin}/4`, { dispatcher: a });
+        expect([again.status, await again.text()]).toEqual([200, subjectOf(CA_B)]);
+        expect(told).toHaveLength(1);
+      });
+    }
+
+  it('T3: a selector that declines, or no selector: ClientCertificateRequiredError naming the cause and the fix, the TLS error its cause', async () => {
+    for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+      const s = await requiringOrigin({ maxVersion });
+      let asked = 0;
+      const declining = agentFor(s.origin, {
+        clientCertificate: () => {
+          asked += 1;
+          return undefined;
+        },
+      });
+      const err = await fetch(`${s.origin}/x`, { dispatcher: declining }).catch((e: Error) => e.cause);
+      expect(err).toBeInstanceOf(ClientCertificateRequiredError);
+      expect(err).toBeInstanceOf(ClientCertificateError);
+      const e = err as ClientCertificateRequiredError;
+      expect(e.code).toBe('MULTILEG_CLIENT_CERTIFICATE_REQUIRED');
+      expect(e.message).toContain('the server requires a TLS client certificate');
+      expect(e.message).toContain(`the selector returned none: return a certificate for ${s.origin}`);
+      expect(e.message).toContain('CN=Test CA B');
+      expect(e.acceptableIssuers.map((n) => n.name)).toEqual([subjectOf(CA_A), subjectOf(CA_B)]);
+      expect(String((e.cause as { code?: string }).code)).toMatch(/^ERR_SSL_/);
+      expect(asked).toBe(1);
+      const none = agentFor(s.origin, {});
+      const bare = await fetch(`${s.origin}/x`, { dispatcher: none }).catch((x: Error) => x.cause);
+      expect(bare).toBeInstanceOf(ClientCertificateRequiredError);
+      expect((bare as Error).message).toContain(
+        `give clientCertificate: { cert, key }, or a selector that returns one for ${s.origin}`,
+      );
+      expect(s.seen.requests).toBe(0);
+    }
+  });
+
+  it('T3: TLS failures that are no demand for a certificate are not taken for one: the selector is not asked', async () => {
+    let asked = 0;
+    const select = () => {
+      asked += 1;
+      return CERT_B;
+    };
+    // No cipher in common (it asks for a certificate, but never gets that far): the TLS 1.2 alert
+    // is the one a certificate demand sends, the probe finds no CertificateRequest.
+    const cipher = await requiringOrigin({ maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES256-GCM-SHA384' });
+    const a = agentFor(cipher.origin, {
+      clientCertificate: select,
+      connect: { ca: CA_CERT, maxVersion: 'TLSv1.2', ciphers: 'ECDHE-RSA-AES128-GCM-SHA256' },
+    });
+    const err = await fetch(`${cipher.origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+    expect((err as { code?: string }).code).toBe('ERR_SSL_SSL/TLS_ALERT_HANDSHAKE_FAILURE');
+    // A server that completes the handshake (asking for no certificate) and closes at once.
+    const closing = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY });
+    closing.on('secureConnection', (socket) => socket.destroy());
+    const closingOrigin = await loopbackOrigin(closing, closers);
+    const b = agentFor(closingOrigin, { clientCertificate: select, allowH2: false });
+    const closed = await fetch(`${closingOrigin}/x`, { dispatcher: b }).catch((e: Error) => e.cause);
+    expect((closed as MultilegError).code).toBe('MULTILEG_CONNECTION_CLOSED');
+    // One that closes during the handshake.
+    const cut = createNetServer((socket) => socket.destroy());
+    const cutOrigin = await loopbackOrigin(cut, closers);
+    const c = agentFor(cutOrigin, { clientCertificate: select });
+    await expect(fetch(`${cutOrigin}/x`, { dispatcher: c })).rejects.toThrow();
+    expect(asked).toBe(0);
+  });
+
+  it('T3/S1: an origin the certificate may not go to (not trusted, or a redirect hop) does not get the selector asked', async () => {
+    const s = await requiringOrigin({});
+    let asked = 0;
+    const redirector = await httpsServer({}, (_req, res) => res.writeHead(302, { location: `${s.origin}/hop` }).end());
+    const a = agentFor(redirector, {
+      clientCertificate: () => {
+        asked += 1;
+        return CERT_B;
+      },
+    });
+    const err = await fetch(`${s.origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+    expect(err).not.toBeInstanceOf(ClientCertificateRequiredError);
+    await expect(fetch(`${redirector}/r`, { dispatcher: a })).rejects.toThrow();
+    expect(asked).toBe(0);
+    expect(s.seen.requests).toBe(0);
+  });
+
+  it('T3/R3: a selector that never answers: HandshakeTimeoutError says the selector did not answer, not to check the server', async () => {
+    const s = await requiringOrigin({});
+    const c = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+    for (const origin of [s.origin, c.origin]) {
+      const a = agentFor(origin, {
+        clientCertificate: () => new Promise<undefined>(() => {}),
+        limits: { handshakeTimeout: 300 },
+      });
+      const err = await fetch(`${origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+      expect(err).toBeInstanceOf(HandshakeTimeoutError);
+      expect((err as Error).message).toContain(`the clientCertificate selector did not answer for ${origin}`);
+      expect((err as Error).message).not.toContain('check the server');
+    }
+  });
+
+  it('T3/R1: after destroy(), a probe that ends does not call the selector', async () => {
+    for (const requiring of [true, false]) {
+      const s = requiring
+        ? await requiringOrigin({})
+        : await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
+      let accepted = 0;
+      let probing: () => void = () => {};
+      const probed = new Promise<void>((resolve) => {
+        probing = resolve;
+      });
+      // The second connection (the probe's) is held unanswered; the first passes.
+      const front = createNetServer((c) => {
+        accepted += 1;
+        if (accepted === 2) {
+          c.resume();
+          return probing();
+        }
+        const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
+        up.on('error', () => c.destroy());
+        c.pipe(up).pipe(c);
+      });
+      const origin = await loopbackOrigin(front, closers);
+      let asked = 0;
+      const a = agentFor(origin, {
+        clientCertificate: () => {
+          asked += 1;
+          return CERT_B;
+        },
+        limits: { handshakeTimeout: 120_000 },
+      });
+      const pending = fetch(`${origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
+      await probed;
+      await a.destroy();
+      // (Without the check the selector was asked before the request ended.)
+      expect(await pending).toBeInstanceOf(MultilegError);
+      // Before: the aborted probe answered "could not tell" and the selector was asked all the same.
+      expect(asked).toBe(0);
+    }
+  });
+});
+
+describe('T3: Apache with SSLVerifyClient require', () => {
+  const haveApache = requirePeer('apache');
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it.runIf(haveApache)(
+      `T3: Apache requiring a certificate (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache answers`,
+      async () => {
+        const apache = await certificateApache({
+          cert: SERVER_CERT,
+          key: SERVER_KEY,
+          clientCas: [CA_A, CA_B],
+          maxVersion,
+          verify: 'require',
+        });
+        closers.push(() => apache.stop());
+        const { told, select } = recordingSelector();
+        const a = agentFor(apache.origin, { clientCertificate: select });
+        const res = await fetch(`${apache.origin}/`, { dispatcher: a });
+        // Before: the TLS alert (or Apache's close), and no selector asked.
+        expect([res.status, await res.text()]).toEqual([200, 'certificate']);
+        expect(told.map((i) => [i.requiredInHandshake, i.acceptableIssuers?.map((n) => n.name)])).toEqual([
+          [true, [subjectOf(CA_A), subjectOf(CA_B)]],
+        ]);
       },
       30_000,
     );

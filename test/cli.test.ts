@@ -460,6 +460,32 @@ describe('multileg command line', () => {
     }
   });
 
+  it('T3: a server that requires a client certificate in TLS: without --cert the error says so and names --cert/--key (35); with a --cert it refuses, the command says it refused the one given', async () => {
+    const issuers = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+    const requiring = createHttpsServer(
+      { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: true, ca: issuers('ca-a.pem') },
+      (_req, res) => res.end('ok'),
+    );
+    requiring.on('tlsClientError', () => {});
+    await new Promise<void>((resolve) => requiring.listen(0, 'localhost', resolve));
+    try {
+      const url = `https://localhost:${(requiring.address() as { port: number }).port}/`;
+      const none = await run(['--cacert', ca, url]);
+      // Before: "empty reply from …" (52), not a word of a certificate.
+      expect(none.code).toBe(35);
+      expect(none.stderr).toContain(`${new URL(url).origin}: the server requires a TLS client certificate`);
+      expect(none.stderr).toContain('give one with --cert and --key');
+      expect(none.stderr).toContain('CN=Test CA A');
+      const cert = join(dir, 'wrong-ca.pem');
+      writeFileSync(cert, `${CLIENT_CERT}\n${CLIENT_KEY}`);
+      const given = await run(['--cacert', ca, '--cert', cert, url]);
+      expect(given.stderr).toContain('it refused the one given with --cert');
+      expect(given.stderr).not.toContain('give one with --cert and --key');
+    } finally {
+      await new Promise((resolve) => requiring.close(resolve));
+    }
+  });
+
   it('S2: passwords on the command line are not left for ps to show (as curl blanks them)', async () => {
     expect(
       shownArgv([
@@ -2176,6 +2202,29 @@ describe('multileg command line', () => {
     expect(t.trusts('https://moved.example')).toBe(true);
   });
 
+  it('T3: with --cert given, a TLS alert refusing a certificate, a close or a reset of a new connection say the server may have refused the one given', () => {
+    const url = new URL('https://h:8443/x');
+    const alert = Object.assign(new Error('tlsv1 alert unknown ca'), { code: 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA' });
+    const given = describeFailure(alert, { url, maxTime: undefined, clientCertificate: true });
+    expect(given.exit).toBe(35);
+    expect(given.message).toContain('h:8443 refused the client certificate given with --cert in the TLS handshake');
+    // Without --cert: OpenSSL's code as before.
+    expect(describeFailure(alert, { url, maxTime: undefined }).message).toBe(
+      'the TLS handshake with h:8443 failed (ERR_SSL_TLSV1_ALERT_UNKNOWN_CA)',
+    );
+    const closed = new ConnectionClosedError('https://h:8443', 'GET', { fresh: true });
+    expect(describeFailure(closed, { url, maxTime: undefined, clientCertificate: true }).message).toContain(
+      'it refused the one given with --cert',
+    );
+    const reset = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+    expect(describeFailure(reset, { url, maxTime: undefined, clientCertificate: true }).message).toContain(
+      'it refused the one given with --cert',
+    );
+    expect(describeFailure(reset, { url, maxTime: undefined }).message).toBe(
+      'h:8443 reset the connection (ECONNRESET)',
+    );
+  });
+
   it('explain401 covers each reason; a refusal names where the credentials came from (-u or the netrc file)', () => {
     const base = {
       origin: 'https://h',
@@ -2188,6 +2237,15 @@ describe('multileg command line', () => {
     expect(explain401({ ...base, trusted: false })).toContain('add --trust https://h');
     expect(explain401({ ...base, offered: [] })).toContain('nothing to answer');
     expect(explain401({ ...base, offered: ['Transport'], hasPassword: false })).toContain('--cert and --key');
+    // T3: with --cert given, a Transport 401 is its refusal: not "give a client certificate".
+    const refusedCertificate = explain401({
+      ...base,
+      offered: ['Transport'],
+      hasPassword: false,
+      hasCertificate: true,
+    });
+    expect(refusedCertificate).toContain('it refused the client certificate given with --cert');
+    expect(refusedCertificate).not.toContain('--cert and --key');
     expect(explain401(base)).toContain('none of them could be used here');
     // A refusal names where the refused credentials came from: -u, or the netrc file.
     const refused = [{ origin: 'https://h', scheme: 'NTLM', outcome: 'failed', legs: 2 }] as never;

@@ -125,6 +125,12 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bcheck credentials\b/g, 'check -u user:password'],
   [/\bcheck the credentials\b/g, 'check -u user:password'],
   [/\btrustedOrigins\b/g, '--trust'],
+  // T3: the command has no selector; a certificate is --cert's.
+  [/\bclientCertificate for (\S+): the server requires\b/g, '$1: the server requires'],
+  [
+    /\bgive clientCertificate: \{ cert, key \}, or a selector that returns one for \S+/g,
+    'give one with --cert and --key',
+  ],
   [/\bset allowBasicOverHttp: true in the MultilegAgent options\b/g, 'use --trust for that origin'],
 ];
 
@@ -151,6 +157,14 @@ function rootCause(err: unknown): Error & { code?: string } {
   }
   return (e ?? (err as Error)) as Error & { code?: string };
 }
+
+/** OpenSSL's codes for the alerts a server sends when it does not accept the client certificate it got. */
+const REFUSED_CERTIFICATE =
+  /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR|HANDSHAKE_FAILURE)$/;
+
+/** A close or reset with --cert given: what a server that requires a certificate does with one it refuses. */
+const REFUSED_CERTIFICATE_MAYBE =
+  'if it requires a client certificate, it refused the one given with --cert: give one issued by a CA it accepts, valid today';
 
 /** How a connection that ends mid-body shows (undici's, the system's, HTTP/2's stream reset). */
 const PARTIAL_CODES: ReadonlySet<string> = new Set([
@@ -206,6 +220,8 @@ export function describeFailure(
     midBody?: { received: number; expected: number | undefined } | undefined;
     /** The --cacert file given, if one was. */
     cacert?: string | undefined;
+    /** A client certificate was given (--cert): a server that refuses the handshake may be refusing it. */
+    clientCertificate?: boolean | undefined;
   },
 ): Failure {
   const e = rootCause(err);
@@ -217,9 +233,15 @@ export function describeFailure(
   if (e instanceof ConnectionClosedError && e.fresh && !(e instanceof ProxyClosedError)) {
     // The origin closed a new connection under its first request: the command's words for it, as
     // curl's 52 "Empty reply from server" / 56 "Recv failure", and what a TLS port does with a
-    // plain request (a reset, as before, without the hint).
+    // plain request (a reset, as before, without the hint). With --cert, what a server that
+    // requires a client certificate does with one it does not accept (TLS 1.3: after the handshake).
     const peer = new URL(e.peer);
-    const hint = peer.protocol === 'http:' ? '; is it an https:// port?' : '';
+    const hint =
+      peer.protocol === 'http:'
+        ? '; is it an https:// port?'
+        : ctx.clientCertificate
+          ? `; ${REFUSED_CERTIFICATE_MAYBE}`
+          : '';
     return {
       exit: e.reset ? EXIT.receive : EXIT.emptyReply,
       message: e.reset
@@ -250,13 +272,16 @@ export function describeFailure(
               : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted").
                 e instanceof ProxyProtocolError
                 ? EXIT.receive
-                : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
-                  // answer; reset, curl 7.88's 56 ("Recv failure: Connection reset by peer").
-                  e instanceof ConnectionClosedError
-                  ? e.reset
-                    ? EXIT.receive
-                    : EXIT.emptyReply
-                  : EXIT.failure;
+                : // T3: the server refused the TLS handshake without a client certificate (curl's 35).
+                  e.code === 'MULTILEG_CLIENT_CERTIFICATE_REQUIRED'
+                  ? EXIT.tls
+                  : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
+                    // answer; reset, curl 7.88's 56 ("Recv failure: Connection reset by peer").
+                    e instanceof ConnectionClosedError
+                    ? e.reset
+                      ? EXIT.receive
+                      : EXIT.emptyReply
+                    : EXIT.failure;
     return {
       exit,
       message: `${forCli(e.message)} (${e.code})`,
@@ -282,6 +307,12 @@ export function describeFailure(
   }
   if (NOT_TLS_CODES.has(code))
     return { exit: EXIT.tls, message: `${host} did not speak TLS: is it an http:// port? (${code})` };
+  // T3: an alert that refuses the client certificate given (an unknown CA, a bad or expired one).
+  if (ctx.clientCertificate && REFUSED_CERTIFICATE.test(code))
+    return {
+      exit: EXIT.tls,
+      message: `${host} refused the client certificate given with --cert in the TLS handshake (${code}): give one issued by a CA it accepts (\`openssl s_client -connect ${host}\` lists them under "Acceptable client certificate CA names"), and check that it is valid today`,
+    };
   // OpenSSL's own text is two lines with a source path: the code says it.
   if (code.startsWith('ERR_SSL_'))
     return { exit: EXIT.tls, message: `the TLS handshake with ${host} failed (${code})` };
@@ -334,7 +365,10 @@ export function describeFailure(
   }
   if (code === 'ECONNRESET')
     // curl's 56 too ("Recv failure: Connection reset by peer"); mid-body it is 18, above.
-    return { exit: EXIT.receive, message: `${host} reset the connection (${code})` };
+    return {
+      exit: EXIT.receive,
+      message: `${host} reset the connection (${code})${ctx.clientCertificate && ctx.url.protocol === 'https:' ? `; ${REFUSED_CERTIFICATE_MAYBE}` : ''}`,
+    };
   if (e.name === 'TimeoutError' || (e.name === 'AbortError' && ctx.maxTime !== undefined))
     return { exit: EXIT.timeout, message: `operation timed out after ${ctx.maxTime} ms (--max-time)` };
   return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };
@@ -467,6 +501,8 @@ export function explain401(ctx: {
   readonly offered: readonly string[];
   readonly trusted: boolean;
   readonly hasPassword: boolean;
+  /** A client certificate was given (--cert): a Transport 401 after it is its refusal. */
+  readonly hasCertificate?: boolean | undefined;
   /** Where the user and password came from when not from -u: the netrc file that gave them. */
   readonly netrcFile?: string | undefined;
   readonly schemes: readonly string[] | undefined;
@@ -512,7 +548,11 @@ export function explain401(ctx: {
     return `${head}; --schemes (or --negotiate/--ntlm/--digest/--basic) excluded ${known.join(', ')}`;
   const password = enabled.filter((s) => /^(ntlm|digest|basic)$/i.test(s));
   const negotiate = enabled.some((s) => /^negotiate$/i.test(s));
-  if (!ctx.hasPassword && enabled.some((s) => /^transport$/i.test(s)) && enabled.length === 1)
+  const transport = enabled.some((s) => /^transport$/i.test(s));
+  // T3: presented (in the TLS handshake, or on a new connection after the first 401), and still 401.
+  if (ctx.hasCertificate && transport && (!ctx.hasPassword || enabled.length === 1))
+    return `${head}; it refused the client certificate given with --cert: give one issued by a CA it accepts, valid today`;
+  if (!ctx.hasPassword && transport && enabled.length === 1)
     return `${head}; give a client certificate with --cert and --key`;
   if (!ctx.hasPassword)
     return `${head}; no credentials: ${negotiate ? 'Negotiate needs a Kerberos ticket (kinit; check with `multileg doctor URL`) or ' : ''}${password.length > 0 || negotiate ? 'give -u DOMAIN\\user (the password is asked for, or comes from --password-stdin / MULTILEG_PASSWORD)' : ''}`;

@@ -221,6 +221,7 @@ async function whyStood(
       offered: challengeSchemes(headers, status),
       trusted: command.trusted.trusts(url.origin),
       hasPassword: credentials !== undefined,
+      hasCertificate: req.agent.clientCertificate !== undefined,
       netrcFile: netrcFileOf(req),
       schemes: req.agent.schemes,
       handshakes: trace.handshakes,
@@ -595,7 +596,13 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         break;
       }
     } catch (err) {
-      failure = describeFailure(err, { url: hop.url, maxTime: req.maxTime, midBody: reading, cacert: req.cacert });
+      failure = describeFailure(err, {
+        url: hop.url,
+        maxTime: req.maxTime,
+        midBody: reading,
+        cacert: req.cacert,
+        clientCertificate: req.agent.clientCertificate !== undefined,
+      });
       fail(failure.exit, failure.message);
     }
     // A head that came before the attempt failed (a 401 whose next leg was cut): shown now.

@@ -10,7 +10,7 @@
 import { createDecipheriv, createHmac, X509Certificate } from 'node:crypto';
 import { isIP, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
+import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { type ConnectTo, checkedAgainst } from '../connect-to.ts';
 import { log } from '../log.ts';
 import { type DistinguishedName, type Limits, unbracketed } from '../options.ts';
@@ -462,10 +462,38 @@ function handshake(
     const aborted = () => end(signal.reason as Error);
     if (signal.aborted) return aborted();
     signal.addEventListener('abort', aborted, { once: true });
-    secure.once('error', end);
+    secure.once('error', (err: Error) => {
+      // A server that requires a certificate (TLS 1.2: Node's `requestCert` with
+      // `rejectUnauthorized`, IIS "require") ends the handshake with an alert once it sees none:
+      // its CertificateRequest, already read, is taken when the server proved itself as a
+      // session's would have it (its chain and name checked: what Node checks after a handshake).
+      const seen = readCertificateRequest(Buffer.concat(inbound), secret);
+      if (seen?.asked && verifiedSoFar(secure, target.tls, checked)) {
+        signal.removeEventListener('abort', aborted);
+        ended = true;
+        secure.destroy();
+        resolve(seen);
+      } else end(err);
+    });
     secure.once('close', () => end(new Error('closed during the TLS handshake')));
     // Only a handshake that completed verified the server as a session's would (Node checks the
     // chain and the name then): names from any other are not given.
     secure.once('secureConnect', () => end(undefined));
   });
+}
+
+/**
+ * Whether the server of a handshake that failed before it completed proved itself as Node checks it
+ * after one (tls.connect's `onConnectSecure`): its chain verified against the agent's CAs, and its
+ * certificate for `hostname` — or no check at all with `rejectUnauthorized: false`. False when it
+ * cannot be told (Node's handle gone, no certificate seen).
+ */
+function verifiedSoFar(secure: TLSSocket, tls: ConnectionOptions, hostname: string): boolean {
+  if (tls.rejectUnauthorized === false) return true;
+  // (Node's own handle: it has no public call for a handshake that did not complete.)
+  const handle = (secure as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
+  if (typeof handle?.verifyError !== 'function' || handle.verifyError() !== null) return false;
+  const cert = secure.getPeerCertificate(true);
+  if (!cert || Object.keys(cert).length === 0) return false;
+  return checkedAgainst(hostname, tls)(hostname, cert) === undefined;
 }

@@ -1,7 +1,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { Challenge } from '../challenge/types.ts';
-import { ConfigError, MultilegError } from '../errors.ts';
+import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import type {
   CertificateRequestInfo,
@@ -9,11 +9,44 @@ import type {
   ClientCertificateSelector,
   DistinguishedName,
 } from '../options.ts';
+import type { ProbeAnswer } from './acceptable-issuers.ts';
 
 /** A client certificate the `clientCertificate` selector could not give (T3): it threw or gave an unusable one. */
 export class ClientCertificateError extends MultilegError {
-  constructor(origin: string, reason: string, options?: { cause?: unknown }) {
-    super('MULTILEG_CLIENT_CERTIFICATE', `clientCertificate for ${origin}: ${reason}`, options);
+  /** `code`: a subclass's own. */
+  constructor(origin: string, reason: string, options?: { cause?: unknown }, code = 'MULTILEG_CLIENT_CERTIFICATE') {
+    super(code, `clientCertificate for ${origin}: ${reason}`, options);
+  }
+}
+
+/**
+ * The server refused the TLS handshake without a client certificate, and the agent had none to
+ * give it (T3): no `clientCertificate`, or a selector that returned none for the origin. The cause
+ * is the TLS error; `acceptableIssuers`, the CAs the server named (as the selector was told them).
+ */
+export class ClientCertificateRequiredError extends ClientCertificateError {
+  readonly origin: string;
+  readonly acceptableIssuers: readonly DistinguishedName[];
+  constructor(
+    origin: string,
+    selector: boolean,
+    acceptableIssuers: readonly DistinguishedName[],
+    options?: { cause?: unknown },
+  ) {
+    const named = acceptableIssuers.slice(0, 3).map((n) => n.name.replaceAll('\n', ', '));
+    const more = acceptableIssuers.length > named.length ? `, and ${acceptableIssuers.length - named.length} more` : '';
+    const issuers = named.length > 0 ? ` (it accepts certificates issued by ${named.join('; ')}${more})` : '';
+    const fix = selector
+      ? `the selector returned none: return a certificate for ${origin} from the clientCertificate selector${issuers}`
+      : `give clientCertificate: { cert, key }, or a selector that returns one for ${origin}${issuers}`;
+    super(
+      origin,
+      `the server requires a TLS client certificate (it refused the TLS handshake without one); ${fix}`,
+      options,
+      'MULTILEG_CLIENT_CERTIFICATE_REQUIRED',
+    );
+    this.origin = origin;
+    this.acceptableIssuers = acceptableIssuers;
   }
 }
 
@@ -135,10 +168,89 @@ export function configuredCertificate(value: unknown): ClientCertificate {
 }
 
 /**
+ * The challenge a selector is given for a certificate the server demanded in the TLS handshake
+ * (T3): no HTTP response came, so it is the Transport challenge such a server would have sent;
+ * `CertificateRequestInfo.requiredInHandshake` tells the two apart.
+ */
+export const HANDSHAKE_CHALLENGE: Challenge = Object.freeze({
+  scheme: 'Transport',
+  schemeKey: 'transport',
+  params: Object.freeze({ mode: 'tls-client-certificate' }),
+});
+
+/**
+ * What a certificate the server demanded in TLS came to (T3): the selector gave one (now the
+ * origin's), gave none (`declined`: the server's CAs, as it was told them), or the probe did not
+ * confirm that the server asks for one (`unconfirmed`: the failure was something else).
+ */
+export type CertificateDemand =
+  | { readonly kind: 'chosen'; readonly certificate: ClientCertificate }
+  | { readonly kind: 'declined'; readonly issuers: readonly DistinguishedName[] }
+  | { readonly kind: 'unconfirmed' };
+
+/**
+ * OpenSSL's codes (Node's `ERR_SSL_…`) for the alerts a server that requires a client certificate
+ * sends when it gets none: TLS 1.3's certificate_required (RFC 8446 §4.4.2.4), and TLS 1.2's
+ * handshake_failure or bad_certificate (RFC 5246 §7.4.6; OpenSSL, IIS, Java). Both OpenSSL
+ * spellings of the last two.
+ */
+const DEMAND_CODES: ReadonlySet<string> = new Set([
+  'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
+  'ERR_SSL_SSL/TLS_ALERT_HANDSHAKE_FAILURE',
+  'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE',
+  'ERR_SSL_SSL/TLS_ALERT_BAD_CERTIFICATE',
+  'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
+]);
+
+/**
+ * Whether a request's failure on a connection that never answered may be a server refusing a
+ * client certificate's absence (T3): one of its TLS alerts ({@link DEMAND_CODES}, anywhere in the
+ * cause chain), or the origin closing a new connection under the first request (TLS 1.3 over
+ * HTTP/1.1: the alert comes after the handshake, and undici reports the close). Only a hint: the
+ * probe confirms it ({@link answerCertificateDemand}).
+ */
+export function mayDemandCertificate(err: Error): boolean {
+  if (err instanceof ConnectionClosedError && err.fresh && err.code === 'MULTILEG_CONNECTION_CLOSED') return true;
+  let e: unknown = err;
+  for (let depth = 0; e instanceof Error && depth < 4; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && DEMAND_CODES.has(code)) return true;
+    e = e.cause;
+  }
+  return false;
+}
+
+/** What did not answer: said by the HandshakeTimeoutError of a selector that never returned (R3). */
+const silentSelector = (origin: string) =>
+  `the clientCertificate selector did not answer for ${origin}; make it return a certificate or undefined sooner, or raise limits.handshakeTimeout`;
+
+/** Asks `select` within `clock`; its answer checked (a usable certificate) or undefined. */
+async function ask(
+  select: ClientCertificateSelector,
+  origin: string,
+  challenge: Challenge,
+  info: CertificateRequestInfo,
+  ms: number,
+  clock: ReturnType<typeof handshakeClock>,
+): Promise<ClientCertificate | undefined> {
+  let chosen: ClientCertificate | undefined;
+  try {
+    chosen = await clock.race(Promise.resolve().then(() => select(origin, challenge, info)));
+  } catch (e) {
+    if (clock.timedOut) throw new HandshakeTimeoutError(ms, 'Transport', silentSelector(origin));
+    throw new ClientCertificateError(origin, 'the selector threw', { cause: e });
+  }
+  if (chosen === undefined) return undefined;
+  if (checked.has(chosen)) return chosen;
+  return usableCertificate(chosen, (reason, cause) => new ClientCertificateError(origin, reason, { cause }));
+}
+
+/**
  * Asks the caller's selector for `origin`'s certificate, within the handshake deadline (R3: a selector
  * that never answers must not hold the request forever); undefined when it declines. `issuers`, where
  * given, reads the server's acceptable CAs first (the probe, once per origin: acceptable-issuers.ts),
- * within the same deadline; the selector is told them.
+ * within the same deadline; the selector is told them. `ended`: the agent was destroyed meanwhile
+ * (its error): the selector is not asked after that.
  * @throws {HandshakeTimeoutError} when the probe and the selector do not answer within `ms`.
  * @throws {ClientCertificateError} when it throws or gives an unusable certificate.
  */
@@ -148,20 +260,60 @@ export async function selectCertificate(
   challenge: Challenge,
   ms: number,
   issuers?: () => Promise<readonly DistinguishedName[] | undefined>,
+  ended?: () => Error | undefined,
 ): Promise<ClientCertificate | undefined> {
   const clock = handshakeClock(ms, 'Transport', () => {});
-  let chosen: ClientCertificate | undefined;
   try {
-    const acceptableIssuers = issuers ? await clock.race(issuers().catch(() => undefined)) : undefined;
+    let acceptableIssuers: readonly DistinguishedName[] | undefined;
+    try {
+      acceptableIssuers = issuers ? await clock.race(issuers().catch(() => undefined)) : undefined;
+    } catch (e) {
+      if (clock.timedOut) throw clock.error();
+      throw e;
+    }
+    const gone = ended?.();
+    if (gone) throw gone;
     const info: CertificateRequestInfo = Object.freeze(acceptableIssuers ? { acceptableIssuers } : {});
-    chosen = await clock.race(Promise.resolve().then(() => select(origin, challenge, info)));
-  } catch (e) {
-    if (clock.timedOut) throw clock.error();
-    throw new ClientCertificateError(origin, 'the selector threw', { cause: e });
+    return await ask(select, origin, challenge, info, ms, clock);
   } finally {
     clock.stop();
   }
-  if (chosen === undefined) return undefined;
-  if (checked.has(chosen)) return chosen;
-  return usableCertificate(chosen, (reason, cause) => new ClientCertificateError(origin, reason, { cause }));
+}
+
+/**
+ * A connection to `origin` failed as a server that requires a client certificate fails it
+ * ({@link mayDemandCertificate}): `probe` (the acceptable-issuers probe) confirms that the server
+ * asks for one in TLS, then `select` (when the agent has one) is asked, with
+ * {@link HANDSHAKE_CHALLENGE} and `requiredInHandshake`; the probe and the selector within `ms`
+ * (R3). `ended`: the agent was destroyed meanwhile (its error): the selector is not asked.
+ * @throws {HandshakeTimeoutError} when the selector does not answer within `ms`.
+ * @throws {ClientCertificateError} when it throws or gives an unusable certificate.
+ */
+export async function answerCertificateDemand(
+  select: ClientCertificateSelector | undefined,
+  origin: string,
+  ms: number,
+  probe: () => Promise<ProbeAnswer>,
+  ended?: () => Error | undefined,
+): Promise<CertificateDemand> {
+  const clock = handshakeClock(ms, 'Transport', () => {});
+  try {
+    let answer: ProbeAnswer;
+    try {
+      answer = await clock.race(probe());
+    } catch {
+      // (The probe never rejects: only the clock ends it so.) Not confirmed in time: not taken for one.
+      return { kind: 'unconfirmed' };
+    }
+    const gone = ended?.();
+    if (gone) throw gone;
+    const acceptableIssuers = answer.told ? answer.issuers : undefined;
+    if (!acceptableIssuers) return { kind: 'unconfirmed' };
+    if (!select) return { kind: 'declined', issuers: acceptableIssuers };
+    const info: CertificateRequestInfo = Object.freeze({ acceptableIssuers, requiredInHandshake: true });
+    const certificate = await ask(select, origin, HANDSHAKE_CHALLENGE, info, ms, clock);
+    return certificate ? { kind: 'chosen', certificate } : { kind: 'declined', issuers: acceptableIssuers };
+  } finally {
+    clock.stop();
+  }
 }

@@ -18,7 +18,14 @@ import {
   unbracketed,
 } from '../options.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
-import { selectCertificate } from './client-certificate.ts';
+import type { ProbeAnswer } from './acceptable-issuers.ts';
+import {
+  answerCertificateDemand,
+  type CertificateDemand,
+  ClientCertificateRequiredError,
+  mayDemandCertificate,
+  selectCertificate,
+} from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import { type Job, rerunWithNewCredentials } from './job.ts';
 import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
@@ -61,6 +68,10 @@ export interface ExchangeEnv {
   readonly selectCertificate?: ClientCertificateSelector;
   /** The server's acceptable CAs for the selector (T3): a caller's selector only; once per origin. */
   readonly acceptableIssuers?: () => Promise<readonly DistinguishedName[] | undefined>;
+  /** The probe's answer (T3): whether the server asks for a client certificate in TLS; once per origin. */
+  readonly certificateRequest?: () => Promise<ProbeAnswer>;
+  /** The agent was destroyed: its error (no selector is asked after it, T3). */
+  readonly destroyed?: () => Error | undefined;
   /** A 401 nothing can answer here is the caller's response, not the typed error (`deliver401`). */
   readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
@@ -115,6 +126,8 @@ type Step =
   | { readonly kind: 'send' }
   /** A 401 whose challenges we may answer: choose the scheme (T2, T3). */
   | { readonly kind: 'answer'; readonly challenges: readonly Challenge[]; readonly authId?: string }
+  /** The connection failed as a server that requires a client certificate in TLS fails it (T3). */
+  | { readonly kind: 'demand'; readonly error: Error }
   /** Run a handshake with `mechanism`. */
   | {
       readonly kind: 'lead';
@@ -256,6 +269,9 @@ export async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> 
         break;
       case 'answer':
         step = await answer(run, step);
+        break;
+      case 'demand':
+        step = await demand(run, step);
         break;
       case 'lead':
         step = await lead(run, step);
@@ -557,6 +573,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
       return end({ kind: 'relocate', reason: 'http1' });
     }
     if (reason) return end({ kind: 'relocate', reason });
+    if (demandsCertificate(run, result.error)) return { kind: 'demand', error: result.error };
     return failed(job, result.error);
   }
   if (result.kind === 'delivered') {
@@ -584,6 +601,87 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   return answerStep(seen.challenges, seen.authId);
 }
 
+/**
+ * T3: whether the failure of a bare send may be the server refusing the TLS handshake for want of a
+ * client certificate, and the agent may answer that: the agent's own request (S1, S5: trusted, no
+ * credentials of the caller's; as the Transport challenge is answered), to an https origin, on a
+ * connection that answered nothing and presented no certificate (one that did was refused for
+ * other reasons, and a second is not asked for).
+ */
+function demandsCertificate({ session, job, env, excluded }: Run, error: Error): boolean {
+  return (
+    job.identity === 'agent' &&
+    !job.noAuth &&
+    env.certificateRequest !== undefined &&
+    !session.certified &&
+    !excluded?.has(TRANSPORT) &&
+    job.origin.startsWith('https:') &&
+    !session.answered &&
+    mayDemandCertificate(error)
+  );
+}
+
+/**
+ * T3: the server refused the connection as one that requires a client certificate does. The probe
+ * confirms it asks for one, the selector is asked (once for the requests refused meanwhile: they
+ * share the answer), and on a certificate the request moves to a new session presenting it, as
+ * after a Transport challenge. Not confirmed: the request gets its error. No certificate:
+ * {@link ClientCertificateRequiredError}, with the TLS error as its cause.
+ */
+async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promise<Step> {
+  const { session, job, env } = run;
+  const chosen = env.memory.clientCertificate;
+  let outcome: CertificateDemand;
+  try {
+    // Chosen meanwhile, for another request: this session's connection was made before.
+    outcome = chosen ? { kind: 'chosen', certificate: chosen } : await sharedDemand(run);
+  } catch (err) {
+    return failed(job, ownCopy(err as Error));
+  }
+  switch (outcome.kind) {
+    case 'unconfirmed':
+      return failed(job, step.error);
+    case 'declined':
+      exclude(run, TRANSPORT);
+      return failed(
+        job,
+        new ClientCertificateRequiredError(job.origin, env.selectCertificate !== undefined, outcome.issuers, {
+          cause: step.error,
+        }),
+      );
+    case 'chosen':
+      // The refused session serves nothing: its connection never came up, or the server ended it.
+      session.apply({ type: 'closed' });
+      return end({ kind: 'relocate', reason: 'client-certificate' });
+  }
+}
+
+/** The origin's answer to the certificate demand (T3), asked once for the requests refused meanwhile. */
+function sharedDemand({ job, env }: Run): Promise<CertificateDemand> {
+  const memory = env.memory;
+  const pending = memory.certificateDemand;
+  if (pending) return pending;
+  log.agent('%s job %d: the connection failed as one that wants a client certificate: asking', job.origin, job.id);
+  const asking = answerCertificateDemand(
+    env.selectCertificate,
+    job.origin,
+    env.limits.handshakeTimeout,
+    env.certificateRequest!,
+    env.destroyed,
+  ).then((o) => {
+    // Chosen: the origin's sessions present it from now on (before any request moves there).
+    if (o.kind === 'chosen') memory.clientCertificate ??= o.certificate;
+    return o;
+  });
+  memory.certificateDemand = asking;
+  // Settled: the next refused connection asks again (a selector that declined may choose later).
+  const clear = () => {
+    if (memory.certificateDemand === asking) memory.certificateDemand = undefined;
+  };
+  asking.then(clear, clear);
+  return asking;
+}
+
 async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promise<Step> {
   const { session, job, env } = run;
   const chosen = env.mechanisms.choose(step.challenges, run.excluded);
@@ -607,6 +705,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
           chosen.challenge,
           ms,
           env.acceptableIssuers,
+          env.destroyed,
         );
       }
     } catch (err) {

@@ -3,7 +3,9 @@ import { MultilegError, ownCopy } from '../errors.ts';
 import { TICKET_RECHECK_MS, ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
-import type { ClientCertificate, DistinguishedName } from '../options.ts';
+import type { ClientCertificate } from '../options.ts';
+import type { ProbeAnswer } from './acceptable-issuers.ts';
+import type { CertificateDemand } from './client-certificate.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 
 export { TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS };
@@ -34,11 +36,17 @@ export class OriginMemory {
   /** Set once the origin asked for a client certificate and one was chosen (T3): sessions present it. */
   clientCertificate: ClientCertificate | undefined;
   /**
-   * The server's acceptable client-certificate CAs, as the probe read them (T3; a caller's selector
-   * only): asked by the first Transport challenge and kept, unless the probe could not tell (then
-   * the next Transport challenge asks again).
+   * What the probe read of the server's request for a client certificate (T3): whether it asks in
+   * TLS, and its acceptable CAs. Asked by the first Transport challenge (a caller's selector), or
+   * by a connection the server refused as one that wants a certificate, and kept, unless the probe
+   * could not tell (then the next asks again).
    */
-  acceptableIssuers: Promise<readonly DistinguishedName[] | undefined> | undefined;
+  certificateRequest: Promise<ProbeAnswer> | undefined;
+  /**
+   * The answer to a certificate the server demanded in TLS (T3) while it is being given: the
+   * requests whose connections it refused meanwhile share it, so the selector is asked once.
+   */
+  certificateDemand: Promise<CertificateDemand> | undefined;
   mode: 'session' | 'per-request' | undefined;
   #http1Until = 0;
   /** Whether the agent's credentials work here: one handshake at a time until they do (account lockout). */

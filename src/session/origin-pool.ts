@@ -2,9 +2,9 @@ import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Holder, Mechanism } from '../mechanisms/types.ts';
-import type { DistinguishedName, ResolvedOptions } from '../options.ts';
+import type { ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { probeAcceptableIssuers } from './acceptable-issuers.ts';
+import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
 import {
   DONE,
   type ExchangeEnv,
@@ -100,6 +100,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
   readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
   #closed = false;
+  /** destroy()'s error, once it was called. */
+  #destroyed: Error | undefined;
   /** Ends the acceptable-issuers probes still running when the pool is destroyed (T3, R1; close() lets the requests waiting for one finish). */
   #probing: AbortController | undefined;
   readonly #options: ResolvedOptions;
@@ -145,7 +147,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       limits: options.limits,
       deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
-      ...(options.askAcceptableIssuers ? { acceptableIssuers: () => this.#acceptableIssuers() } : {}),
+      ...(options.askAcceptableIssuers
+        ? { acceptableIssuers: () => this.#certificateRequest().then((answer) => answer.issuers) }
+        : {}),
+      certificateRequest: () => this.#certificateRequest(),
+      // A probe that ends after destroy() (aborted by it) asks no selector of the caller's.
+      destroyed: () => this.#destroyed && ownCopy(this.#destroyed),
       report,
       identityProved: (session, identity, scheme, admitted) =>
         this.#identityProved(session, identity, scheme, admitted),
@@ -153,12 +160,14 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   /**
-   * The server's acceptable client-certificate CAs for the caller's selector (T3): one probe per
-   * origin, made as this pool's sessions connect (its proxy route, `connectTo`, the agent's TLS
-   * options), its answer kept in the origin's memory.
+   * What the server's TLS handshake says of client certificates (T3): whether it asks for one and
+   * its acceptable CAs, for the caller's selector and to confirm that a refused connection was a
+   * demand for one. One probe per origin, made as this pool's sessions connect (its proxy route,
+   * `connectTo`, the agent's TLS options), its answer kept in the origin's memory unless it could
+   * not tell.
    */
-  #acceptableIssuers(): Promise<readonly DistinguishedName[] | undefined> {
-    const kept = this.memory.acceptableIssuers;
+  #certificateRequest(): Promise<ProbeAnswer> {
+    const kept = this.memory.certificateRequest;
     if (kept) return kept;
     this.#probing ??= new AbortController();
     const asking = probeAcceptableIssuers({
@@ -170,11 +179,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       limits: this.#options.limits,
       signal: this.#probing.signal,
     }).then((answer) => {
-      // Could not tell (no handshake in time, a failed one): the next Transport challenge asks again.
-      if (!answer.told && this.memory.acceptableIssuers === asking) this.memory.acceptableIssuers = undefined;
-      return answer.issuers;
+      // Could not tell (no handshake in time, a failed one): the next asks again.
+      if (!answer.told && this.memory.certificateRequest === asking) this.memory.certificateRequest = undefined;
+      return answer;
     });
-    this.memory.acceptableIssuers = asking;
+    this.memory.certificateRequest = asking;
     return asking;
   }
 
@@ -708,6 +717,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   async destroy(err: Error): Promise<void> {
     this.#closed = true;
+    this.#destroyed = err;
     this.#probing?.abort(err);
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));

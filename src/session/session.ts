@@ -250,6 +250,10 @@ export class Session {
   get closed(): boolean {
     return this.#state.kind === 'closed';
   }
+  /** Its connection gave a response head (T3: a refusal after one is no demand for a certificate). */
+  get answered(): boolean {
+    return this.#answers > 0;
+  }
   /** Requests the pool gave this session and that have not ended: waiting for its handshake or a slot, or on the wire. */
   get inflight(): number {
     return this.#inflight;

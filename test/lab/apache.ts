@@ -276,7 +276,8 @@ export interface CertificateApache {
  * certificate of `clientCas` (`SSLVerifyClient optional`, `SSLCACertificateFile`: Apache names them
  * in its CertificateRequest) and answers `Transport mode="tls-client-certificate"` 401 until one it
  * verifies is presented; then 200 with the text `certificate`. `cert`/`key`: its server certificate.
- * `maxVersion` `TLSv1.2` keeps it to TLS 1.2 (`SSLProtocol`). `runAs` as {@link ApacheOptions.runAs}.
+ * `maxVersion` `TLSv1.2` keeps it to TLS 1.2 (`SSLProtocol`). `verify` `require`: `SSLVerifyClient
+ * require` instead (a handshake without a certificate fails). `runAs` as {@link ApacheOptions.runAs}.
  */
 export async function startCertificateApache(o: {
   readonly dir: string;
@@ -284,6 +285,7 @@ export async function startCertificateApache(o: {
   readonly key: string;
   readonly clientCas: readonly string[];
   readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
+  readonly verify?: 'optional' | 'require';
   readonly runAs?: { uid: number; gid: number };
 }): Promise<CertificateApache> {
   const A = join(o.dir, 'apache-cert');
@@ -321,7 +323,7 @@ DocumentRoot ${A}/htdocs
     SSLCertificateFile ${A}/conf/server.crt
     SSLCertificateKeyFile ${A}/conf/server.key
     ${o.maxVersion === 'TLSv1.2' ? 'SSLProtocol -all +TLSv1.2' : ''}
-    SSLVerifyClient optional
+    SSLVerifyClient ${o.verify ?? 'optional'}
     SSLVerifyDepth 2
     SSLCACertificateFile ${A}/conf/client-cas.pem
     Protocols h2 http/1.1
