@@ -71,6 +71,56 @@ async function setup(p: ReferenceProxyOptions, s: ReferenceServerOptions = {}, a
   return { base: `http://localhost:${server.port}`, server, proxy, agent };
 }
 
+const ALICE_P = { username: 'alice', password: 'alicepw' };
+const BOB_P = { username: 'bob', password: 'bobpw' };
+
+/**
+ * The lab of the proxy's order (S6): origin A (`lab.a`, its /public/busy answered after `busyMs`),
+ * origin B, a proxy taking alice's and bob's Basic passwords, and an agent whose proxy mechanism
+ * takes the credentials current when each handshake starts, as Negotiate takes the ccache's
+ * (`lab.ccache = BOB_P` is a `kinit bob`; a ticket: no password, so the CONNECTs of a proved
+ * identity run side by side). Each CONNECT is logged (`A alice`, `B bob`, `A bare`); `lab.hold`
+ * holds the next alice CONNECT 1.5 s (`lab.held` once it is). `via` answers a request's origin
+ * connection (one per tunnel).
+ */
+async function ambientProxyLab(busyMs: number) {
+  server = await startReferenceServer({
+    mode: 'session',
+    faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? busyMs : 0) },
+  });
+  const b = await startReferenceServer({ mode: 'session' });
+  closers.push(() => b.close());
+  proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
+  const lab = { a: server.origin, b: b.origin, ccache: ALICE_P, connects: [] as string[], hold: false, held: false };
+  const ambient: Mechanism = {
+    ...basicMechanism(ALICE_P),
+    usesPassword: false,
+    createContext: (leg) => basicMechanism(lab.ccache).createContext(leg),
+  };
+  proxy.options.connectDelayMs = (c) => {
+    const who =
+      c.proxyAuthorization === basic(BOB_P) ? 'bob' : c.proxyAuthorization === basic(ALICE_P) ? 'alice' : 'bare';
+    lab.connects.push(`${c.target.endsWith(`:${b.port}`) ? 'B' : 'A'} ${who}`);
+    if (!lab.hold || who !== 'alice') return 0;
+    lab.hold = false;
+    lab.held = true;
+    return 1500;
+  };
+  agent = new MultilegAgent({
+    negotiate: false,
+    allowH2: false,
+    connect: { ca: server.ca },
+    proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
+  });
+  const via = async (origin: string, path: string) => {
+    const res = await request(`${origin}${path}`, { dispatcher: agent! });
+    const body = (await res.body.json()) as { sessionId: string };
+    expect(res.statusCode).toBe(200);
+    return body.sessionId;
+  };
+  return { lab, via };
+}
+
 const ok = { status: 200, body: { user: 'EXAMPLE\\alice' } };
 
 async function get(url: string) {
@@ -762,160 +812,53 @@ describe('a proxy identity whose credentials live outside the agent (S6/H5, refe
   });
 
   it("S6/H5: a CONNECT admitted as alice that the proxy answers after bob's (the identity switched meanwhile, as a ccache's is) retires its own tunnel, not bob's: the next request goes through bob's", async () => {
-    const ALICE_P = { username: 'alice', password: 'alicepw' };
-    const BOB_P = { username: 'bob', password: 'bobpw' };
-    // /public/busy keeps the first tunnel's connection busy, so that each request after opens its own.
-    server = await startReferenceServer({
-      mode: 'session',
-      faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? 2500 : 0) },
-    });
-    proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
-    // Each handshake takes the credentials of its time, as Negotiate takes the ccache's (a ticket:
-    // no password, so the CONNECTs of a proved identity run side by side).
-    let ccache = ALICE_P;
-    const ambient: Mechanism = {
-      ...basicMechanism(ALICE_P),
-      usesPassword: false,
-      createContext: (leg) => basicMechanism(ccache).createContext(leg),
-    };
-    let hold = false;
-    let held = false;
-    proxy.options.connectDelayMs = (c) => {
-      if (!hold || c.proxyAuthorization !== basic(ALICE_P)) return 0;
-      hold = false;
-      held = true;
-      return 1500;
-    };
-    agent = new MultilegAgent({
-      negotiate: false,
-      allowH2: false,
-      connect: { ca: server.ca },
-      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
-    });
-    /** The origin's connection a request came on: one per tunnel. */
-    const via = async (path: string) => {
-      const res = await request(`${server!.origin}${path}`, { dispatcher: agent! });
-      const body = (await res.body.json()) as { sessionId: string };
-      expect(res.statusCode).toBe(200);
-      return body.sessionId;
-    };
-    await via('/public/warm');
-    const busy = via('/public/busy');
-    hold = true;
-    const late = via('/public/late');
-    await until(() => held);
+    const { lab, via } = await ambientProxyLab(2500);
+    await via(lab.a, '/public/warm');
+    const busy = via(lab.a, '/public/busy');
+    lab.hold = true;
+    const late = via(lab.a, '/public/late');
+    await until(() => lab.held);
     // The ccache now holds bob's ticket: the next tunnel is bob's, proved while alice's CONNECT is held.
-    ccache = BOB_P;
-    const bobs = await via('/public/bob');
+    lab.ccache = BOB_P;
+    const bobs = await via(lab.a, '/public/bob');
     await late;
     await busy;
     // Was: alice's late 200 retired bob's tunnel and kept hers, so this went to the proxy as alice.
-    expect(await via('/public/after')).toBe(bobs);
-    const p = proxy;
+    expect(await via(lab.a, '/public/after')).toBe(bobs);
+    const p = proxy!;
     expect(p.exchanges.filter((e) => e.method === 'CONNECT' && e.status === 200)).toHaveLength(3);
   });
 
   it("S6/H5: the proxy's order is the agent's, not one origin's: a CONNECT for origin B admitted as alice and answered after bob was proved for origin A retires its own tunnel, and B's next request goes to the proxy as bob", async () => {
-    const ALICE_P = { username: 'alice', password: 'alicepw' };
-    const BOB_P = { username: 'bob', password: 'bobpw' };
-    // A's /public/busy keeps its first tunnel busy, so that A's next request opens a tunnel of its own.
-    server = await startReferenceServer({
-      mode: 'session',
-      faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? 2500 : 0) },
-    });
-    const b = await startReferenceServer({ mode: 'session' });
-    closers.push(() => b.close());
-    proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
-    let ccache = ALICE_P;
-    const ambient: Mechanism = {
-      ...basicMechanism(ALICE_P),
-      usesPassword: false,
-      createContext: (leg) => basicMechanism(ccache).createContext(leg),
-    };
-    let hold = false;
-    let held = false;
-    const connects: string[] = [];
-    proxy.options.connectDelayMs = (c) => {
-      const who =
-        c.proxyAuthorization === basic(BOB_P) ? 'bob' : c.proxyAuthorization === basic(ALICE_P) ? 'alice' : 'bare';
-      connects.push(`${c.target.endsWith(`:${b.port}`) ? 'B' : 'A'} ${who}`);
-      if (!hold || who !== 'alice') return 0;
-      hold = false;
-      held = true;
-      return 1500;
-    };
-    agent = new MultilegAgent({
-      negotiate: false,
-      allowH2: false,
-      connect: { ca: server.ca },
-      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
-    });
-    const via = async (origin: string, path: string) => {
-      const res = await request(`${origin}${path}`, { dispatcher: agent! });
-      const body = (await res.body.json()) as { sessionId: string };
-      expect(res.statusCode).toBe(200);
-      return body.sessionId;
-    };
-    await via(server.origin, '/public/warm');
-    hold = true;
-    const lateB = via(b.origin, '/public/late');
-    await until(() => held);
+    const { lab, via } = await ambientProxyLab(2500);
+    await via(lab.a, '/public/warm');
+    lab.hold = true;
+    const lateB = via(lab.b, '/public/late');
+    await until(() => lab.held);
     // The ccache now holds bob's ticket: A's next tunnel is bob's, proved while B's alice CONNECT is held.
-    ccache = BOB_P;
-    const busyA = via(server.origin, '/public/busy');
-    await via(server.origin, '/public/bob');
+    lab.ccache = BOB_P;
+    const busyA = via(lab.a, '/public/busy');
+    await via(lab.a, '/public/bob');
     const late = await lateB;
     await busyA;
     // Was: pool B kept its own record, took alice's late 200 for the newest there, and kept her
     // tunnel: B's requests went on through the proxy as alice. Now that tunnel retires (the late
     // request itself moves to a new one, bob's), and B's next request takes that one.
-    expect(await via(b.origin, '/public/after')).toBe(late);
-    expect(connects.filter((c) => c.startsWith('B')).at(-1)).toBe('B bob');
+    expect(await via(lab.b, '/public/after')).toBe(late);
+    expect(lab.connects.filter((c) => c.startsWith('B')).at(-1)).toBe('B bob');
   });
 
   it("S6/H5: once a handshake for origin A proved bob at the proxy, origin B's tunnel held as alice retires before B's next request", async () => {
-    const ALICE_P = { username: 'alice', password: 'alicepw' };
-    const BOB_P = { username: 'bob', password: 'bobpw' };
-    server = await startReferenceServer({
-      mode: 'session',
-      faults: { delayMs: (i) => (i.path.startsWith('/public/busy') ? 1500 : 0) },
-    });
-    const b = await startReferenceServer({ mode: 'session' });
-    closers.push(() => b.close());
-    proxy = await startReferenceProxy({ basicUsers: { alice: 'alicepw', bob: 'bobpw' } });
-    let ccache = ALICE_P;
-    const ambient: Mechanism = {
-      ...basicMechanism(ALICE_P),
-      usesPassword: false,
-      createContext: (leg) => basicMechanism(ccache).createContext(leg),
-    };
-    const connects: string[] = [];
-    proxy.options.connectDelayMs = (c) => {
-      const who =
-        c.proxyAuthorization === basic(BOB_P) ? 'bob' : c.proxyAuthorization === basic(ALICE_P) ? 'alice' : 'bare';
-      connects.push(`${c.target.endsWith(`:${b.port}`) ? 'B' : 'A'} ${who}`);
-      return 0;
-    };
-    agent = new MultilegAgent({
-      negotiate: false,
-      allowH2: false,
-      connect: { ca: server.ca },
-      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [ambient] },
-    });
-    const via = async (origin: string, path: string) => {
-      const res = await request(`${origin}${path}`, { dispatcher: agent! });
-      await res.body.arrayBuffer();
-      expect(res.statusCode).toBe(200);
-    };
-    await via(server.origin, '/public/warm');
-    await via(b.origin, '/public/warm');
-    ccache = BOB_P;
-    const busy = via(server.origin, '/public/busy');
-    await via(server.origin, '/public/bob');
+    const { lab, via } = await ambientProxyLab(1500);
+    await via(lab.a, '/public/warm');
+    await via(lab.b, '/public/warm');
+    lab.ccache = BOB_P;
+    const busy = via(lab.a, '/public/busy');
+    await via(lab.a, '/public/bob');
     await busy;
-    expect(connects.filter((c) => c.endsWith('bob'))).toEqual(['A bob']);
+    expect(lab.connects.filter((c) => c.endsWith('bob'))).toEqual(['A bob']);
     // Was: B's alice tunnel (idle, kept alive) carried B's next request: to the proxy as alice.
-    await via(b.origin, '/public/after');
-    expect(connects.filter((c) => c.startsWith('B') && c !== 'B bare')).toEqual(['B alice', 'B bob']);
+    await via(lab.b, '/public/after');
+    expect(lab.connects.filter((c) => c.startsWith('B') && c !== 'B bare')).toEqual(['B alice', 'B bob']);
   });
 });
