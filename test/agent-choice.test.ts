@@ -655,6 +655,30 @@ async function certificateOrigin(tls: Omit<ServerOptions, 'cert' | 'key'>) {
   return { origin: await loopbackOrigin(server, closers), seen };
 }
 
+/**
+ * A relay in front of `target` (a loopback origin) that holds its second connection unanswered
+ * (the acceptable-CAs probe's) and passes the others: `probed` settles once it holds it.
+ */
+async function holdingSecond(target: string): Promise<{ origin: string; held: Socket[]; probed: Promise<void> }> {
+  let accepted = 0;
+  const held: Socket[] = [];
+  let probing: () => void = () => {};
+  const probed = new Promise<void>((resolve) => {
+    probing = resolve;
+  });
+  const front = createNetServer((c) => {
+    accepted += 1;
+    if (accepted === 2) {
+      held.push(c.resume());
+      return probing();
+    }
+    const up = netConnect(Number(new URL(target).port), '127.0.0.1');
+    up.on('error', () => c.destroy());
+    c.pipe(up).pipe(c);
+  });
+  return { origin: await loopbackOrigin(front, closers), held, probed };
+}
+
 /** A selector that records what it is told and picks, of the test CA's certificate and caB's, one `issuedByOneOf` the acceptable CAs. */
 function recordingSelector() {
   const told: CertificateRequestInfo[] = [];
@@ -742,17 +766,7 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
 
   it('T3/R3: a probe the server never answers ends the request with HandshakeTimeoutError at handshakeTimeout, and is closed', async () => {
     const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
-    // In front of it: the second connection (the probe's) is held unanswered; the others pass.
-    let accepted = 0;
-    const held: Socket[] = [];
-    const front = createNetServer((c) => {
-      accepted += 1;
-      if (accepted === 2) return void held.push(c.resume());
-      const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
-      up.on('error', () => c.destroy());
-      c.pipe(up).pipe(c);
-    });
-    const origin = await loopbackOrigin(front, closers);
+    const { origin, held } = await holdingSecond(s.origin);
     const { told, select } = recordingSelector();
     const a = agentFor(origin, { clientCertificate: select, limits: { handshakeTimeout: 300 } });
     const err = await fetch(`${origin}/x`, { dispatcher: a }).catch((e: Error) => e.cause);
@@ -770,23 +784,7 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
 
   it("T3/R1: destroy() while the probe's handshake is held closes the probe's connection and ends the request at once", async () => {
     const s = await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
-    let accepted = 0;
-    const held: Socket[] = [];
-    let probing: () => void = () => {};
-    const probed = new Promise<void>((resolve) => {
-      probing = resolve;
-    });
-    const front = createNetServer((c) => {
-      accepted += 1;
-      if (accepted === 2) {
-        held.push(c.resume());
-        return probing();
-      }
-      const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
-      up.on('error', () => c.destroy());
-      c.pipe(up).pipe(c);
-    });
-    const origin = await loopbackOrigin(front, closers);
+    const { origin, held, probed } = await holdingSecond(s.origin);
     const { select } = recordingSelector();
     // (A handshakeTimeout past the test's own timeout: only destroy() may end this.)
     const a = agentFor(origin, { clientCertificate: select, limits: { handshakeTimeout: 120_000 } });
@@ -1055,23 +1053,7 @@ describe('T3: the selector runs for servers that require a certificate in the TL
       const s = requiring
         ? await requiringOrigin({})
         : await certificateOrigin({ requestCert: true, ca: [CA_A, CA_B] });
-      let accepted = 0;
-      let probing: () => void = () => {};
-      const probed = new Promise<void>((resolve) => {
-        probing = resolve;
-      });
-      // The second connection (the probe's) is held unanswered; the first passes.
-      const front = createNetServer((c) => {
-        accepted += 1;
-        if (accepted === 2) {
-          c.resume();
-          return probing();
-        }
-        const up = netConnect(Number(new URL(s.origin).port), '127.0.0.1');
-        up.on('error', () => c.destroy());
-        c.pipe(up).pipe(c);
-      });
-      const origin = await loopbackOrigin(front, closers);
+      const { origin, probed } = await holdingSecond(s.origin);
       let asked = 0;
       const a = agentFor(origin, {
         clientCertificate: () => {
