@@ -986,6 +986,32 @@ describe('T3: the selector runs for servers that require a certificate in the TL
     }
   });
 
+  it('T3: a POST whose new connection a server asking (not requiring) a certificate closed after reading it is not sent again, nor the selector asked (review r33)', async () => {
+    let bodies = 0;
+    const server = createHttpsServer(
+      { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: false, ca: [CA_A, CA_B] },
+      (req) => {
+        req.resume();
+        req.on('end', () => {
+          bodies += 1;
+          req.socket.destroy();
+        });
+      },
+    );
+    server.on('tlsClientError', () => {});
+    const origin = await loopbackOrigin(server, closers);
+    const { told, select } = recordingSelector();
+    const a = agentFor(origin, { clientCertificate: select });
+    const err = await request(`${origin}/transfer`, { dispatcher: a, method: 'POST', body: 'transfer=100' }).catch(
+      (e: Error) => e,
+    );
+    // Was: taken for a certificate demand (the probe saw the server ask): the selector was asked and
+    // the POST went again, presenting the certificate — the server read it twice.
+    expect(err).toBeInstanceOf(MultilegError);
+    expect((err as MultilegError).code).toBe('MULTILEG_CONNECTION_CLOSED');
+    expect([bodies, told.length]).toEqual([1, 0]);
+  });
+
   it('T3: TLS failures that are no demand for a certificate are not taken for one: the selector is not asked', async () => {
     let asked = 0;
     const select = () => {

@@ -2212,6 +2212,16 @@ describe('multileg command line', () => {
     expect(describeFailure(alert, { url, maxTime: undefined }).message).toBe(
       'the TLS handshake with h:8443 failed (ERR_SSL_TLSV1_ALERT_UNKNOWN_CA)',
     );
+    // handshake_failure is also a server sharing no cipher with us: either may be why (was: the
+    // certificate blamed outright, review r33).
+    const failure = Object.assign(new Error('sslv3 alert handshake failure'), {
+      code: 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE',
+    });
+    const either = describeFailure(failure, { url, maxTime: undefined, clientCertificate: true });
+    expect(either.exit).toBe(35);
+    expect(either.message).toContain('it refused the one given with --cert');
+    expect(either.message).toContain('or the two sides share no TLS version or cipher');
+    expect(either.message).not.toContain('h:8443 refused the client certificate given');
     const closed = new ConnectionClosedError('https://h:8443', 'GET', { fresh: true });
     expect(describeFailure(closed, { url, maxTime: undefined, clientCertificate: true }).message).toContain(
       'it refused the one given with --cert',

@@ -838,6 +838,28 @@ describe('forwarding proxies that close the connection after every response (H5,
     expect(sent.map((h) => /nonce="(n\d)"/.exec(h)?.[1] ?? 'bare')).toEqual(['bare', 'n1', 'n2', 'n2']);
   });
 
+  it("H5/R4: a Digest nonce dropped (the proxy's rspauth failed): the next connection goes bare, and the proxy's 407 to it is answered — no refusal of credentials never sent (review r33)", async () => {
+    let nonces = 0;
+    let lied = false;
+    proxy = await closingProxy((head) => {
+      if (/\r\nproxy-authorization: digest [^\r]*username="u"/i.test(head)) {
+        if (lied) return ok;
+        lied = true;
+        return 'HTTP/1.1 200 OK\r\nProxy-Authentication-Info: rspauth="00", qop=auth\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok';
+      }
+      nonces += 1;
+      return `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest realm="p", qop="auth", nonce="n${nonces}"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
+    });
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+    expect(await get('/first').catch((e: Error) => e)).toBeInstanceOf(MutualAuthError);
+    // Was: the bare request's 407 counted as a refusal of the adopted Digest: a ProxyAuthenticationError,
+    // then "refused lately" with nothing sent.
+    expect(await get('/second')).toEqual({ status: 200, body: 'ok' });
+    expect(await get('/third')).toEqual({ status: 200, body: 'ok' });
+  });
+
   it('R4/H5: the closing forwarding proxy switched from Basic to Digest: a burst whose new connections carry the Basic it asked for before gets Digest, every request 200 — a 407 that no longer offers Basic is no refusal of the password (no lockout)', async () => {
     let digest = false;
     let nonces = 0;

@@ -160,7 +160,7 @@ function rootCause(err: unknown): Error & { code?: string } {
 
 /** OpenSSL's codes for the alerts a server sends when it does not accept the client certificate it got. */
 const REFUSED_CERTIFICATE =
-  /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR|HANDSHAKE_FAILURE)$/;
+  /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR)$/;
 
 /** A close or reset with --cert given: what a server that requires a certificate does with one it refuses. */
 const REFUSED_CERTIFICATE_MAYBE =
@@ -313,9 +313,17 @@ export function describeFailure(
       exit: EXIT.tls,
       message: `${host} refused the client certificate given with --cert in the TLS handshake (${code}): give one issued by a CA it accepts (\`openssl s_client -connect ${host}\` lists them under "Acceptable client certificate CA names"), and check that it is valid today`,
     };
-  // OpenSSL's own text is two lines with a source path: the code says it.
+  // OpenSSL's own text is two lines with a source path: the code says it. A handshake_failure alert
+  // is also what a server that shares no cipher or TLS version sends: with --cert, either may be why.
   if (code.startsWith('ERR_SSL_'))
-    return { exit: EXIT.tls, message: `the TLS handshake with ${host} failed (${code})` };
+    return {
+      exit: EXIT.tls,
+      message: `the TLS handshake with ${host} failed (${code})${
+        ctx.clientCertificate && code.endsWith('_ALERT_HANDSHAKE_FAILURE')
+          ? `; ${REFUSED_CERTIFICATE_MAYBE}, or the two sides share no TLS version or cipher`
+          : ''
+      }`,
+    };
   // A TLS port that answers a plain request with a TLS record (an alert): curl 7.88's 1, "Received
   // HTTP/0.9 when not allowed"; undici's parser error keeps the bytes it could not read.
   if (

@@ -263,11 +263,16 @@ export class ProxyAuth {
   async header(leg: LegInfo): Promise<ProxyCredentials | undefined> {
     if (this.#state === 'handshaking') return this.#pending === undefined ? undefined : { value: this.#pending };
     const mechanism = this.#mechanism;
-    if (this.#state !== 'done' || mechanism?.level !== 'request' || !mechanism.proactive) return undefined;
+    // Nothing goes unasked: the proxy's 407 is then no refusal of credentials taken up (adopt).
+    if (this.#state !== 'done' || mechanism?.level !== 'request' || !mechanism.proactive) {
+      this.#adopted = false;
+      return undefined;
+    }
     try {
       const own = mechanism.createContext(leg);
       return { value: await own.step(undefined, leg), own };
     } catch {
+      this.#adopted = false;
       return undefined; // (a used-up nonce) the proxy's 407 starts a new handshake
     }
   }

@@ -209,8 +209,11 @@ const DEMAND_CODES: ReadonlySet<string> = new Set([
  * HTTP/1.1: the alert comes after the handshake, and undici reports the close). Only a hint: the
  * probe confirms it ({@link answerCertificateDemand}).
  */
-export function mayDemandCertificate(err: Error): boolean {
-  if (err instanceof ConnectionClosedError && err.fresh && err.code === 'MULTILEG_CONNECTION_CLOSED') return true;
+export function mayDemandCertificate(err: Error, idempotent: boolean): boolean {
+  // (A close says less than an alert: a server may have read the request and failed after it. Only a
+  // request that may go twice is taken through the probe for it: a POST is not sent again, review r33.)
+  if (idempotent && err instanceof ConnectionClosedError && err.fresh && err.code === 'MULTILEG_CONNECTION_CLOSED')
+    return true;
   let e: unknown = err;
   for (let depth = 0; e instanceof Error && depth < 4; depth++) {
     const code = (e as { code?: unknown }).code;

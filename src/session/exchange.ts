@@ -601,6 +601,9 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   return answerStep(seen.challenges, seen.authId);
 }
 
+/** As undici deems a request idempotent by default (its `idempotent` dispatch option aside). */
+const isSafeMethod = (method: string): boolean => method === 'GET' || method === 'HEAD';
+
 /**
  * T3: whether the failure of a bare send may be the server refusing the TLS handshake for want of a
  * client certificate, and the agent may answer that: the agent's own request (S1, S5: trusted, no
@@ -617,7 +620,7 @@ function demandsCertificate({ session, job, env, excluded }: Run, error: Error):
     !excluded?.has(TRANSPORT) &&
     job.origin.startsWith('https:') &&
     !session.answered &&
-    mayDemandCertificate(error)
+    mayDemandCertificate(error, job.dispatchOptions.idempotent ?? isSafeMethod(job.dispatchOptions.method))
   );
 }
 
