@@ -55,6 +55,8 @@ export async function upgradeServer(opts: {
   authenticationInfo?: string;
   /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
   setCookies?: boolean;
+  /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
+  holdChallenge?: () => Promise<void>;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
@@ -126,12 +128,16 @@ export async function upgradeServer(opts: {
             const legCookie: Record<string, string> = opts.setCookies
               ? { 'set-cookie': `leg=${seen.filter((x) => x.connection === connection).length}` }
               : {};
-            respond(
-              401,
-              'Unauthorized',
-              { 'www-authenticate': offer, ...legCookie },
-              opts.challengeBody ?? 'who are you?',
-            );
+            const answer = () =>
+              respond(
+                401,
+                'Unauthorized',
+                { 'www-authenticate': offer, ...legCookie },
+                opts.challengeBody ?? 'who are you?',
+              );
+            // (Nothing more comes on this connection before its answer: held, the order holds.)
+            if (opts.holdChallenge && result?.kind === 'challenge') void opts.holdChallenge().then(answer);
+            else answer();
             continue;
           }
         }
