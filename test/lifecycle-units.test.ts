@@ -19,7 +19,7 @@ import { normalizeRequestHeaders } from '../src/headers.ts';
 import { QueueTimeoutError } from '../src/index.ts';
 import { KerberosTicketExpiredError, KerberosUnknownServiceError } from '../src/mechanisms/negotiate/errors.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
-import { ProxyAuth } from '../src/proxy/auth.ts';
+import { ProxyAuth, proxyLeg } from '../src/proxy/auth.ts';
 import { ProxyLead } from '../src/proxy/lead.ts';
 import { ProxyResolver } from '../src/proxy/options.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
@@ -172,6 +172,34 @@ describe('WaitQueue.enqueue: the callback form of the wait (the pool waits for a
     expect(queue.length).toBe(0);
     expect(queue.shift('late')).toBeUndefined();
     expect(told).toEqual(['4 refused MULTILEG_QUEUE_FULL', '1 granted s1', '2 refused caller', '3 refused timeout']);
+  });
+});
+
+describe('ProxyAuth: a per-request scheme taken up from another connection (H5, R4)', () => {
+  it('H5/R4: a 407 to the credentials it sent unasked is their refusal; once the proxy let them through, a later 407 is answered as after a handshake (review r35)', async () => {
+    const proxy = new ProxyResolver(
+      { uri: 'http://proxy.example:3128', negotiate: false, credentials: { username: 'u', password: 'pw' } },
+      {},
+    ).route('http://origin.example')!.proxy;
+    const leg = proxyLeg(proxy, 'GET', 'http://origin.example/');
+    const basic407 = { 'proxy-authenticate': 'Basic realm="p"' };
+    // The proxy's 407 answered with Basic on one connection: what new ones take up.
+    const first = new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs);
+    await first.answer(basic407, leg);
+    expect((await first.header(leg))?.value).toMatch(/^Basic /);
+    // A new connection takes it up and sends it unasked; a 407 to that is a refusal.
+    const refused = new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs);
+    refused.adopt();
+    expect(refused.proactive).toBe(true);
+    await refused.header(leg);
+    await expect(refused.answer(basic407, leg)).rejects.toMatchObject({ refused: true });
+    // Another that the proxy let through: a later 407 on it (a server-side change) is answered.
+    const through = new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs);
+    through.adopt();
+    const sent = await through.header(leg);
+    await through.verify(sent!.own!, {}, leg, undefined);
+    // Was: still taken for a refusal of the credentials sent unasked.
+    await expect(through.answer(basic407, leg)).resolves.toBeUndefined();
   });
 });
 

@@ -285,6 +285,8 @@ export class ProxyAuth {
    */
   async verify(own: MechanismContext, headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<boolean> {
     await this.#finish(own, headers, leg);
+    // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
+    this.#adopted = false;
     // The proxy holds the connection as who these credentials name: a connection that took up a
     // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
     const identity = own.identity;
@@ -442,8 +444,9 @@ export class ProxyAuth {
 
   /**
    * A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final
-   * token. `leave`: the leave to send the credentials it ran under (always given: credentials go only
-   * with leave), whose place orders the identity it proved.
+   * token. `leave`: the leave to send the credentials it ran under (credentials go only with leave:
+   * the callers always have one; without, the identity counts as the oldest), whose place orders the
+   * identity it proved.
    */
   async succeeded(headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<void> {
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;

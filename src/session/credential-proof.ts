@@ -35,7 +35,7 @@ export class Ticket {
   /**
    * Its place in the order leave is given, over every origin and proxy (S6): a handshake carries
    * the credentials of when it got leave, so of two that proved different accounts at one place, the
-   * later-admitted one carried the newer (a slower one may end after it: OriginPool's `Proved`).
+   * later-admitted one carried the newer (a slower one may end after it: ProvedIdentity).
    */
   readonly admitted = ++given;
   /** It runs alone: the others wait for its outcome. */

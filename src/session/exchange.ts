@@ -27,7 +27,7 @@ import {
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
-import { type Job, rerunWithNewCredentials } from './job.ts';
+import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
@@ -601,9 +601,6 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   return answerStep(seen.challenges, seen.authId);
 }
 
-/** As undici deems a request idempotent by default (its `idempotent` dispatch option aside). */
-const isSafeMethod = (method: string): boolean => method === 'GET' || method === 'HEAD';
-
 /**
  * T3: whether the failure of a bare send may be the server refusing the TLS handshake for want of a
  * client certificate, and the agent may answer that: the agent's own request (S1, S5: trusted, no
@@ -620,7 +617,7 @@ function demandsCertificate({ session, job, env, excluded }: Run, error: Error):
     !excluded?.has(TRANSPORT) &&
     job.origin.startsWith('https:') &&
     !session.answered &&
-    mayDemandCertificate(error, job.dispatchOptions.idempotent ?? isSafeMethod(job.dispatchOptions.method))
+    mayDemandCertificate(error, mayGoTwice(job))
   );
 }
 

@@ -72,6 +72,13 @@ export interface Job {
 export const http1Only = (opts: Dispatcher.DispatchOptions): boolean =>
   (opts as { allowH2?: boolean }).allowH2 === false;
 
+/**
+ * Whether `job` may go to the server twice: its `idempotent` dispatch option, else undici's own rule
+ * (GET and HEAD), as undici decides whether to retry a request on a connection that closed.
+ */
+export const mayGoTwice = (job: Job): boolean =>
+  job.dispatchOptions.idempotent ?? (job.dispatchOptions.method === 'GET' || job.dispatchOptions.method === 'HEAD');
+
 /** A request as the agent takes it in, before any session: nothing tried, nothing learnt yet. */
 export function newJob(
   origin: string,

@@ -154,7 +154,8 @@ export class OriginMemory {
    * limits.handshakeTimeout (cut, and on HTTP/1.1 its connection with it), those of connection-bound
    * schemes only (NTLM, Negotiate: nothing per request or per path, no token): until a handshake
    * succeeds here, or a bare 401's body ends in time, a request on a new session answers them at
-   * once rather than wait that long again for the same 401 (R1). Cleared by {@link rememberScheme}.
+   * once rather than wait that long again for the same 401 (R1). Cleared by {@link rememberScheme},
+   * {@link credentialsChanged}, and a bare 401 whose body ends in time (exchange.ts afterSend).
    */
   stalledChallenges: readonly Challenge[] | undefined;
   /**

@@ -29,7 +29,7 @@ import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
 import type { CredentialProof } from './credential-proof.ts';
-import { type Job, rerunWithNewCredentials } from './job.ts';
+import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { FRESH, type SessionEvent, type SessionState, transition } from './state.ts';
 import { WaitQueue } from './wait-queue.ts';
 
@@ -634,7 +634,7 @@ export class Session {
     if (r.error === this.#goaway) return r;
     log.session('%s server closed the connection under a written leg (%s): closing', this.id, code);
     this.apply({ type: 'closed' });
-    const { method, idempotent } = job.dispatchOptions;
+    const { method } = job.dispatchOptions;
     const closedError = (options: ConnectionClosedOptions): ConnectionClosedError =>
       this.#forward
         ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
@@ -651,7 +651,7 @@ export class Session {
     // Such a request is never sent again: the checks below only choose what its error says (the
     // credentials the server may have counted, a one-shot body, else `fresh`).
     const mine = answered === 0 && again === 0;
-    const idem = again < MAX_RESENDS_AFTER_CLOSE && (idempotent ?? (method === 'GET' || method === 'HEAD'));
+    const idem = again < MAX_RESENDS_AFTER_CLOSE && mayGoTwice(job);
     const resend = (answered > 0 || mine) && idem;
     // C10: a one-shot body read past limits.maxReplayBodyBytes cannot go again: said here, with the
     // server's close as its cause, rather than after a new connection opened for nothing.
