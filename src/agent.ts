@@ -238,7 +238,7 @@ export class MultilegAgent extends Dispatcher {
           (secureContextCertificate(connect) ? 'secureContext' : undefined));
     if (certificateOption !== undefined)
       throw new ConfigError(
-        `connect.${certificateOption}: TLS options in connect go to every origin, untrusted ones and redirect targets included; give the client certificate as clientCertificate: { cert, key } (PEM or DER) or { pfx, passphrase } (a PKCS#12 file), which only the agent's own connections to origins it may send credentials to present`,
+        `connect.${certificateOption}: TLS options in connect go to every origin, untrusted ones and redirect targets included; give the client certificate as clientCertificate: { cert, key } (PEM or DER; a .pfx converted with openssl pkcs12 -nodes), which only the agent's own connections to origins it may send credentials to present`,
         'connect',
       );
     if (options.cookies !== undefined) checkCookieStore(options.cookies);

@@ -49,8 +49,6 @@ export { MIN_NODE_VERSION, UnsupportedNodeError } from './node-version.ts';
 export {
   type CertificateRequestInfo,
   type ClientCertificate,
-  type ClientCertificateKeyPair,
-  type ClientCertificatePfx,
   type ClientCertificateSelector,
   type CookieStore,
   type DistinguishedName,

@@ -92,36 +92,13 @@ export function checkSchemes(
 }
 
 /**
- * A TLS client certificate presented to origins that ask for one (T3): a certificate and its key
- * ({@link ClientCertificateKeyPair}), or a PKCS#12 file ({@link ClientCertificatePfx}: a `.pfx`
- * or `.p12`, as Windows and .NET's `X509Certificate2` export them). Checked when given: a bad one
- * is a `ConfigError` (a selector's, a `ClientCertificateError`).
+ * A TLS client certificate presented to origins that ask for one (T3): PEM, or DER in a Buffer (converted
+ * to PEM); an encrypted key with its `passphrase`. Checked when given: a bad one is a `ConfigError`.
  */
-export type ClientCertificate = ClientCertificateKeyPair | ClientCertificatePfx;
-
-/**
- * A client certificate and its private key: PEM, or DER in a Buffer (converted to PEM); an
- * encrypted key with its `passphrase`. A PEM certificate may be followed by its chain.
- */
-export interface ClientCertificateKeyPair {
+export interface ClientCertificate {
   readonly cert: string | Buffer;
   readonly key: string | Buffer;
   readonly passphrase?: string;
-  readonly pfx?: undefined;
-}
-
-/**
- * A PKCS#12 file (`.pfx`, `.p12`): its bytes, as `readFileSync(file)` gives them (no encoding),
- * holding the certificate, its private key and maybe its chain; `passphrase` opens it (none, or
- * `''`, for one exported without a password). One encrypted with the legacy ciphers of older exports
- * (RC2-40, which OpenSSL 3 leaves to its legacy provider) is refused with the command that
- * re-exports it with AES; a wrong passphrase is named as such.
- */
-export interface ClientCertificatePfx {
-  readonly pfx: Buffer;
-  readonly passphrase?: string;
-  readonly cert?: undefined;
-  readonly key?: undefined;
 }
 
 /**

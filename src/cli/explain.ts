@@ -131,13 +131,6 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
     /\bgive clientCertificate: \{ cert, key \}, or a selector that returns one for \S+/g,
     'give one with --cert and --key',
   ],
-  // A PKCS#12 file: --cert-type P12 (or none: one is recognized), and Node's flag through NODE_OPTIONS.
-  [/\bgive it as \{ pfx, passphrase \}/g, 'give --cert-type P12'],
-  [
-    /\bpfx is not a PKCS#12 \(\.pfx, \.p12\) file: [^;]*; PEM or DER go in \{ cert, key \}/g,
-    'the file is not PKCS#12 (.pfx, .p12): give one, or --cert-type PEM for a PEM or DER file',
-  ],
-  [/\brun Node with --openssl-legacy-provider\b/g, 'run with NODE_OPTIONS=--openssl-legacy-provider'],
   [/\bset allowBasicOverHttp: true in the MultilegAgent options\b/g, 'use --trust for that origin'],
 ];
 

@@ -103,9 +103,7 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     if (err.option === 'clientCertificate') {
-      // A PKCS#12 --cert holds its key: --key is not read then.
-      const pfx = typeof agentOptions.clientCertificate === 'object' && agentOptions.clientCertificate.pfx;
-      say(forCli(err.message.replace(/^clientCertificate: /, pfx ? '--cert: ' : '--cert/--key: ')));
+      say(forCli(err.message.replace(/^clientCertificate: /, '--cert/--key: ')));
       return EXIT.clientCertificate;
     }
     say(describeFailure(err, req).message);

@@ -11,7 +11,6 @@ import type * as Commander from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
 import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
-import { isPkcs12 } from '../session/client-certificate.ts';
 import { EXIT } from './explain.ts';
 import type { RetryOptions } from './retry.ts';
 import { Routes } from './routes.ts';
@@ -270,12 +269,8 @@ export function program(): Commander.Command {
       .option('--cacert <file>', 'CA certificate(s) to trust (PEM)')
       .option('--ca-native', "also trust the operating system's certificate store (corporate CAs)")
       .option('-k, --insecure', 'do not verify the server certificate')
-      .option(
-        '--cert <file[:passphrase]>',
-        'client certificate (PEM or DER; with its key when --key is not given; or PKCS#12, .pfx/.p12)',
-      )
-      .option('--cert-type <type>', 'type of --cert: PEM, DER or P12 (PKCS#12; a .pfx/.p12 is recognized without it)')
-      .option('--key <file>', 'private key (PEM or DER) of --cert (not read with a PKCS#12 --cert)')
+      .option('--cert <file[:passphrase]>', 'client certificate (PEM or DER; with its key when --key is not given)')
+      .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / http_proxy')
       .option(
@@ -777,29 +772,12 @@ function caFile(path: string, flag: '--cacert' | '--proxy-cacert'): { text: stri
 }
 
 /**
- * `--cert-type` as curl 7.88 takes it (any case): PEM, DER or P12; curl's ENG (an OpenSSL engine)
- * and anything else are curl's 58 (it says "not supported file type").
- */
-function certType(o: Record<string, unknown>): 'PEM' | 'DER' | 'P12' | undefined {
-  if (o.certType === undefined) return undefined;
-  const type = String(o.certType).toUpperCase();
-  if (type === 'PEM' || type === 'DER' || type === 'P12') return type;
-  throw new UsageError(
-    `--cert-type ${String(o.certType)}: not a type multileg reads; give PEM, DER or P12 (a PKCS#12 .pfx/.p12 file)`,
-    CLIENT_CERT_PROBLEM,
-  );
-}
-
-/**
  * `--cert file[:passphrase]` (curl's form: a value that is no file and holds a colon is split at
  * it, after a Windows drive letter; the passphrase is never printed), `--key` (else the key is in
- * the --cert file, as curl allows) and `--pass`. A PKCS#12 file (`--cert-type P12`, or without a
- * type one that begins as PKCS#12 does: curl 7.88 needs the type) holds the key: --key is not read
- * then, as curl ignores it. PEM and DER: the file is read as either, whichever it is.
+ * the --cert file, as curl allows) and `--pass`.
  */
 function clientCertificate(o: Record<string, unknown>): ClientCertificate {
   const { path, passphrase } = certFile(o);
-  const type = certType(o);
   // A file that cannot be read is curl's 58 too (CURLE_SSL_CERTPROBLEM), not a usage error.
   const read = (flag: string, file: string) => {
     try {
@@ -809,10 +787,6 @@ function clientCertificate(o: Record<string, unknown>): ClientCertificate {
     }
   };
   const cert = read('--cert', path);
-  if (type === 'P12' || (type === undefined && isPkcs12(cert))) {
-    // (The library says what is wrong with it: not PKCS#12, the passphrase, a legacy cipher.)
-    return { pfx: cert, ...(passphrase !== undefined ? { passphrase } : {}) };
-  }
   return {
     cert,
     key: o.key !== undefined ? read('--key', o.key as string) : cert,
@@ -1252,7 +1226,6 @@ export function parseCli(
   if (o.key !== undefined && o.cert === undefined) throw new ConfigError('--key goes with --cert');
   if (o.pass !== undefined && o.cert === undefined)
     throw new ConfigError('--pass is the passphrase of the --cert / --key key: give --cert');
-  if (o.certType !== undefined && o.cert === undefined) throw new ConfigError('--cert-type goes with --cert');
   const certificate = o.cert !== undefined ? clientCertificate(o) : undefined;
   const only = (['negotiate', 'ntlm', 'digest', 'basic'] as const).filter((k) => o[k]);
   if (only.length > 0 && o.schemes) throw new ConfigError(`--${only[0]} and --schemes: give one of them`);

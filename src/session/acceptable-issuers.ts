@@ -10,16 +10,10 @@
 import { createDecipheriv, createHmac, X509Certificate } from 'node:crypto';
 import { isIP, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { type ConnectionOptions, createSecureContext, type TLSSocket, connect as tlsConnect } from 'node:tls';
+import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { type ConnectTo, checkedAgainst } from '../connect-to.ts';
 import { log } from '../log.ts';
-import {
-  type ClientCertificate,
-  type ClientCertificatePfx,
-  type DistinguishedName,
-  type Limits,
-  unbracketed,
-} from '../options.ts';
+import { type DistinguishedName, type Limits, unbracketed } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { isPem } from './client-certificate.ts';
 import { plainConnection } from './connector.ts';
@@ -305,34 +299,9 @@ function issuerOf(cert: Buffer): Buffer {
   return cert.subarray(signature.end, issuer.end);
 }
 
-/**
- * A PKCS#12 file's certificate and, where the file holds it, its issuer's (DER), as OpenSSL read
- * them into a secure context (Node has no other PKCS#12 reader). `getCertificate`/`getIssuer` are
- * the native context's, not documented: where a Node lacks them, none (test/pkcs12.test.ts tells).
- */
-const pfxCertificates = new WeakMap<ClientCertificatePfx, Buffer[]>();
-function certificatesOfPfx(c: ClientCertificatePfx): Buffer[] {
-  let found = pfxCertificates.get(c);
-  if (found) return found;
-  found = [];
-  try {
-    const native = createSecureContext({
-      pfx: c.pfx,
-      ...(c.passphrase !== undefined ? { passphrase: c.passphrase } : {}),
-    }).context as { getCertificate?: () => unknown; getIssuer?: () => unknown };
-    for (const der of [native.getCertificate?.(), native.getIssuer?.()]) if (Buffer.isBuffer(der)) found.push(der);
-  } catch {
-    // One it cannot open is issued by none.
-  }
-  pfxCertificates.set(c, found);
-  return found;
-}
-
-/** The DER certificates in `cert`: every one of a PEM text (a chain), the DER bytes, or a client certificate's. */
-function certificates(cert: string | Buffer | X509Certificate | ClientCertificate): Buffer[] {
+/** The DER certificates in `cert`: every one of a PEM text (a chain), or the DER bytes. */
+function certificates(cert: string | Buffer | X509Certificate): Buffer[] {
   if (cert instanceof X509Certificate) return [cert.raw];
-  if (typeof cert === 'object' && !Buffer.isBuffer(cert))
-    return cert.pfx !== undefined ? certificatesOfPfx(cert) : certificates(cert.cert);
   if (!isPem(cert)) return [cert as Buffer];
   const pem = typeof cert === 'string' ? cert : cert.toString('latin1');
   const blocks = pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g);
@@ -341,15 +310,13 @@ function certificates(cert: string | Buffer | X509Certificate | ClientCertificat
 
 /**
  * Whether `cert` — PEM text or bytes (every certificate of a chain in it is looked at), DER bytes,
- * an `X509Certificate`, or a {@link ClientCertificate} (`{ cert, key }`: its `cert`; `{ pfx,
- * passphrase }`: the PKCS#12 file's certificate and the issuer's where the file holds it) — was
- * issued by one of `acceptableIssuers` (the selector's `info.acceptableIssuers`, T3): its issuer
- * Name's DER is one of theirs. False for none given: an empty list (the server named no authority:
- * any may do) or undefined is the selector's to weigh. A certificate it cannot read (a PKCS#12 file
- * its passphrase does not open) is issued by none.
+ * or an `X509Certificate` — was issued by one of `acceptableIssuers` (the selector's
+ * `info.acceptableIssuers`, T3): its issuer Name's DER is one of theirs. False for none given: an
+ * empty list (the server named no authority: any may do) or undefined is the selector's to weigh.
+ * A certificate it cannot read is issued by none.
  */
 export function issuedByOneOf(
-  cert: string | Buffer | X509Certificate | ClientCertificate,
+  cert: string | Buffer | X509Certificate,
   acceptableIssuers: readonly DistinguishedName[] | undefined,
 ): boolean {
   if (!acceptableIssuers?.length) return false;

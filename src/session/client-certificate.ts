@@ -137,86 +137,15 @@ function certificateReason(e: unknown): string {
 }
 
 /**
- * Whether `bytes` begin as a PKCS#12 file does (RFC 7292 §4: PFX ::= SEQUENCE { version INTEGER 3,
- * authSafe ContentInfo of id-data or id-signedData, … }): enough to tell a `.pfx` given where a
- * certificate was expected from a DER certificate or garbage, not a check of the whole.
- */
-export function isPkcs12(bytes: string | Buffer): boolean {
-  if (typeof bytes === 'string' || bytes[0] !== 0x30) return false;
-  // The outer SEQUENCE's length: short form, or 1–4 bytes of long form.
-  const first = bytes[1] ?? 0;
-  const at = first < 0x80 ? 2 : first > 0x80 && first <= 0x84 ? 2 + (first & 0x7f) : -1;
-  if (at < 0) return false;
-  const version = bytes.subarray(at, at + 3);
-  if (!version.equals(Buffer.from([0x02, 0x01, 0x03])) || bytes[at + 3] !== 0x30) return false;
-  const inner = bytes[at + 4] ?? 0;
-  const oid = at + 5 + (inner < 0x80 ? 0 : inner & 0x7f);
-  // 06 09 then 1.2.840.113549.1.7.1 (data) or .7.2 (signedData).
-  const pkcs7 = Buffer.from('06092a864886f70d0107', 'hex');
-  return bytes.subarray(oid, oid + pkcs7.length).equals(pkcs7) && [1, 2].includes(bytes[oid + pkcs7.length] ?? 0);
-}
-
-const PFX_PASSPHRASE_REASON =
-  'the PKCS#12 file’s passphrase is missing or wrong (its integrity check failed): pass passphrase';
-
-const PFX_CIPHER_REASON =
-  'the PKCS#12 file is encrypted with a legacy cipher (RC2-40, as older Windows and OpenSSL 1.x exports are) that OpenSSL 3 leaves to its legacy provider: export it again with AES, e.g. openssl pkcs12 -legacy -in old.pfx -nodes -out old.pem; openssl pkcs12 -export -in old.pem -out new.pfx (then delete old.pem: its key is not encrypted), or run Node with --openssl-legacy-provider';
-
-/** What went wrong with a PKCS#12 file, and the fix (Node's errors carry no code for most). */
-function pfxReason(e: unknown): string {
-  const { code, message } = e as { code?: unknown; message?: unknown };
-  const text = typeof message === 'string' ? message : '';
-  if (/mac verify failure/i.test(text)) return PFX_PASSPHRASE_REASON;
-  if (code === 'ERR_CRYPTO_UNSUPPORTED_OPERATION' || /unsupported/i.test(text)) return PFX_CIPHER_REASON;
-  if (/private key/i.test(text))
-    return 'the PKCS#12 file holds no private key (a certificate exported without it): export it with its private key';
-  if (/bad decrypt/i.test(text)) return PFX_PASSPHRASE_REASON;
-  if (code === undefined)
-    return 'pfx is not a PKCS#12 (.pfx, .p12) file: give the file’s bytes as read (readFileSync without an encoding); PEM or DER go in { cert, key }';
-  return `the PKCS#12 file cannot be used (${typeof code === 'string' ? code : text})`;
-}
-
-/** A PKCS#12 file checked as {@link usableCertificate} checks a certificate and key: Node's TLS takes it as it is. */
-function usablePfx(
-  value: Record<string, unknown>,
-  fail: (reason: string, cause?: unknown) => Error,
-): ClientCertificate {
-  const { pfx, passphrase } = value;
-  if (value.cert !== undefined || value.key !== undefined)
-    throw fail('give either pfx (a PKCS#12 file) or cert and key, not both');
-  if (typeof pfx === 'string')
-    throw fail(
-      'pfx must be the PKCS#12 file’s bytes, a Buffer (readFileSync(file) without an encoding): text mangles them',
-    );
-  if (!Buffer.isBuffer(pfx) || pfx.length === 0) throw fail('pfx must be a Buffer of a PKCS#12 (.pfx, .p12) file');
-  if (passphrase !== undefined && typeof passphrase !== 'string') throw fail('passphrase must be a string');
-  const usable: ClientCertificate = { pfx, ...(passphrase !== undefined ? { passphrase } : {}) };
-  try {
-    createSecureContext(usable);
-  } catch (e) {
-    throw fail(pfxReason(e), e);
-  }
-  checked.add(usable);
-  return usable;
-}
-
-/**
- * `value` as Node's TLS takes a client certificate: PEM (a DER certificate or key converted), or a
- * PKCS#12 file as given, checked now — it parses, the passphrase opens the key, the key is the
- * certificate's — so that a bad one is a clear error here rather than an OpenSSL message from a
- * later connection. `fail` makes the error.
+ * `value` as Node's TLS takes a client certificate: PEM (a DER certificate or key converted), checked
+ * now — it parses, the passphrase opens the key, the key is the certificate's — so that a bad one is
+ * a clear error here rather than an OpenSSL message from a later connection. `fail` makes the error.
  */
 export function usableCertificate(value: unknown, fail: (reason: string, cause?: unknown) => Error): ClientCertificate {
-  if (value === null || typeof value !== 'object')
-    throw fail('it must be an object { cert, key, passphrase? } or { pfx, passphrase? }');
-  if ((value as { pfx?: unknown }).pfx !== undefined) return usablePfx(value as Record<string, unknown>, fail);
+  if (value === null || typeof value !== 'object') throw fail('it must be an object { cert, key, passphrase? }');
   const { cert, key, passphrase } = value as Record<string, unknown>;
   const given = (x: unknown): x is string | Buffer => (typeof x === 'string' || Buffer.isBuffer(x)) && x.length > 0;
-  // A .pfx read into `cert`: it is neither PEM nor DER, and the fix is another field.
-  if (Buffer.isBuffer(cert) && isPkcs12(cert))
-    throw fail('cert is a PKCS#12 (.pfx, .p12) file: give it as { pfx, passphrase }');
-  if (!given(cert) || !given(key))
-    throw fail('cert and key must each be PEM text or a Buffer of PEM or DER (a PKCS#12 file: { pfx, passphrase })');
+  if (!given(cert) || !given(key)) throw fail('cert and key must each be PEM text or a Buffer of PEM or DER');
   if (passphrase !== undefined && typeof passphrase !== 'string') throw fail('passphrase must be a string');
   try {
     const pem = pemKey(key, passphrase);
