@@ -1,10 +1,13 @@
+import { execFileSync } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
 import { createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createSecureContext, type TLSSocket } from 'node:tls';
 import { fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -285,6 +288,42 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     const res = await get(r, '/auth/a');
     expect(res.status).toBe(200);
     expect(res.body.user).toBe('cert:alice');
+  });
+
+  it('T3/S1: a PKCS#12 file is a ConfigError that says how to convert it (Node would trust the CA certificates it carries for the servers too)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-p12-'));
+    try {
+      writeFileSync(join(dir, 'c.pem'), CLIENT_CERT + CLIENT_KEY + CA_CERT);
+      execFileSync('openssl', [
+        'pkcs12',
+        '-export',
+        '-in',
+        join(dir, 'c.pem'),
+        '-out',
+        join(dir, 'c.p12'),
+        '-passout',
+        'pass:pw',
+      ]);
+      const p12 = readFileSync(join(dir, 'c.p12'));
+      for (const given of [
+        { pfx: p12, passphrase: 'pw' },
+        { cert: p12, key: p12, passphrase: 'pw' },
+      ]) {
+        const err = (() => {
+          try {
+            new MultilegAgent({ clientCertificate: given as unknown as ClientCertificate });
+          } catch (e) {
+            return e as Error;
+          }
+        })();
+        expect(err).toBeInstanceOf(ConfigError);
+        expect(err!.message).toContain('PKCS#12');
+        expect(err!.message).toContain('openssl pkcs12 -in cert.p12 -nodes -out cert.pem');
+        expect(err!.message).not.toContain('pw');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('T3: one PEM file as `openssl pkcs12 -nodes` writes it ("Bag Attributes" before each block), read as a Buffer, is the certificate and the key', async () => {

@@ -137,13 +137,42 @@ function certificateReason(e: unknown): string {
 }
 
 /**
+ * Whether `bytes` begin as a PKCS#12 file does (RFC 7292 §4: PFX ::= SEQUENCE { version INTEGER 3,
+ * authSafe ContentInfo of id-data or id-signedData, … }): enough to tell a `.pfx` given for a
+ * certificate from a DER certificate or garbage, not a check of the whole.
+ */
+export function isPkcs12(bytes: string | Buffer): boolean {
+  if (typeof bytes === 'string' || bytes[0] !== 0x30) return false;
+  // The outer SEQUENCE's length: short form, or 1–4 bytes of long form.
+  const first = bytes[1] ?? 0;
+  const at = first < 0x80 ? 2 : first > 0x80 && first <= 0x84 ? 2 + (first & 0x7f) : -1;
+  if (at < 0) return false;
+  const version = bytes.subarray(at, at + 3);
+  if (!version.equals(Buffer.from([0x02, 0x01, 0x03])) || bytes[at + 3] !== 0x30) return false;
+  const inner = bytes[at + 4] ?? 0;
+  const oid = at + 5 + (inner < 0x80 ? 0 : inner & 0x7f);
+  // 06 09 then 1.2.840.113549.1.7.1 (data) or .7.2 (signedData).
+  const pkcs7 = Buffer.from('06092a864886f70d0107', 'hex');
+  return bytes.subarray(oid, oid + pkcs7.length).equals(pkcs7) && [1, 2].includes(bytes[oid + pkcs7.length] ?? 0);
+}
+
+/**
+ * Why a PKCS#12 file is not taken, and the fix. Node's TLS loads the CA certificates a `.pfx` carries
+ * into the trust store it checks the server with (review r34: a file carrying a CA made the agent
+ * trust servers that CA issued, where curl does not), so it is converted to PEM instead.
+ */
+const PKCS12_REASON =
+  'a PKCS#12 file (.pfx, .p12) is not taken (Node would also trust, for the servers, the CA certificates it carries): convert it with `openssl pkcs12 -in cert.p12 -nodes -out cert.pem` (add -legacy for an old RC2 file), then give { cert, key } from it (one PEM file may hold both; with -nodes its key is not encrypted: keep it private, or leave -nodes out and give the passphrase openssl asks for)';
+
+/**
  * `value` as Node's TLS takes a client certificate: PEM (a DER certificate or key converted), checked
  * now — it parses, the passphrase opens the key, the key is the certificate's — so that a bad one is
  * a clear error here rather than an OpenSSL message from a later connection. `fail` makes the error.
  */
 export function usableCertificate(value: unknown, fail: (reason: string, cause?: unknown) => Error): ClientCertificate {
   if (value === null || typeof value !== 'object') throw fail('it must be an object { cert, key, passphrase? }');
-  const { cert, key, passphrase } = value as Record<string, unknown>;
+  const { cert, key, passphrase, pfx } = value as Record<string, unknown>;
+  if (pfx !== undefined || (Buffer.isBuffer(cert) && isPkcs12(cert))) throw fail(PKCS12_REASON);
   const given = (x: unknown): x is string | Buffer => (typeof x === 'string' || Buffer.isBuffer(x)) && x.length > 0;
   if (!given(cert) || !given(key)) throw fail('cert and key must each be PEM text or a Buffer of PEM or DER');
   if (passphrase !== undefined && typeof passphrase !== 'string') throw fail('passphrase must be a string');
