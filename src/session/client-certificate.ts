@@ -11,6 +11,9 @@ import type {
 } from '../options.ts';
 import type { ProbeAnswer } from './acceptable-issuers.ts';
 
+/** No probe asked: the selector is told nothing of the server's CAs. */
+const NOT_ASKED: ProbeAnswer = Object.freeze({ told: false });
+
 /** A client certificate the `clientCertificate` selector could not give (T3): it threw or gave an unusable one. */
 export class ClientCertificateError extends MultilegError {
   /** `code`: a subclass's own. */
@@ -25,7 +28,9 @@ export class ClientCertificateError extends MultilegError {
  * is the TLS error; `acceptableIssuers`, the CAs the server named (as the selector was told them).
  */
 export class ClientCertificateRequiredError extends ClientCertificateError {
+  /** The origin whose server refused the handshake. */
   readonly origin: string;
+  /** The CAs the server's CertificateRequest named (`[]`: none named, any may do). */
   readonly acceptableIssuers: readonly DistinguishedName[];
   constructor(
     origin: string,
@@ -278,11 +283,31 @@ async function ask(
 }
 
 /**
+ * The probe's answer within `clock`, undefined when the clock ran out first (the probe never
+ * rejects); `ended`'s error, thrown, when the agent was destroyed meanwhile: no selector is asked then.
+ */
+async function probed(
+  clock: ReturnType<typeof handshakeClock>,
+  probe: () => Promise<ProbeAnswer>,
+  ended: (() => Error | undefined) | undefined,
+): Promise<ProbeAnswer | undefined> {
+  let answer: ProbeAnswer | undefined;
+  try {
+    answer = await clock.race(probe());
+  } catch {
+    answer = undefined;
+  }
+  const gone = ended?.();
+  if (gone) throw gone;
+  return answer;
+}
+
+/**
  * Asks the caller's selector for `origin`'s certificate, within the handshake deadline (R3: a selector
- * that never answers must not hold the request forever); undefined when it declines. `issuers`, where
- * given, reads the server's acceptable CAs first (the probe, once per origin: acceptable-issuers.ts),
- * within the same deadline; the selector is told them. `ended`: the agent was destroyed meanwhile
- * (its error): the selector is not asked after that.
+ * that never answers must not hold the request forever); undefined when it declines. `probe`, where
+ * given, reads the server's acceptable CAs first (once per origin: acceptable-issuers.ts), within the
+ * same deadline; the selector is told them. `ended`: the agent was destroyed meanwhile (its error):
+ * the selector is not asked after that.
  * @throws {HandshakeTimeoutError} when the probe and the selector do not answer within `ms`.
  * @throws {ClientCertificateError} when it throws or gives an unusable certificate.
  */
@@ -291,18 +316,14 @@ export async function selectCertificate(
   origin: string,
   challenge: Challenge,
   ms: number,
-  issuers?: () => Promise<readonly DistinguishedName[] | undefined>,
+  probe?: () => Promise<ProbeAnswer>,
   ended?: () => Error | undefined,
 ): Promise<ClientCertificate | undefined> {
   const clock = handshakeClock(ms, 'Transport', () => {});
   try {
-    let acceptableIssuers: readonly DistinguishedName[] | undefined;
-    try {
-      acceptableIssuers = issuers ? await clock.race(issuers().catch(() => undefined)) : undefined;
-    } catch (e) {
-      if (clock.timedOut) throw clock.error();
-      throw e;
-    }
+    const answer = probe ? await probed(clock, probe, ended) : NOT_ASKED;
+    if (answer === undefined) throw clock.error();
+    const acceptableIssuers = answer.told ? answer.issuers : undefined;
     const gone = ended?.();
     if (gone) throw gone;
     const info: CertificateRequestInfo = Object.freeze(acceptableIssuers ? { acceptableIssuers } : {});
@@ -330,16 +351,9 @@ export async function answerCertificateDemand(
 ): Promise<CertificateDemand> {
   const clock = handshakeClock(ms, 'Transport', () => {});
   try {
-    let answer: ProbeAnswer;
-    try {
-      answer = await clock.race(probe());
-    } catch {
-      // (The probe never rejects: only the clock ends it so.) Not confirmed in time: not taken for one.
-      return { kind: 'unconfirmed' };
-    }
-    const gone = ended?.();
-    if (gone) throw gone;
-    const acceptableIssuers = answer.told ? answer.issuers : undefined;
+    // Not confirmed in time: not taken for a demand.
+    const answer = await probed(clock, probe, ended);
+    const acceptableIssuers = answer?.told ? answer.issuers : undefined;
     if (!acceptableIssuers) return { kind: 'unconfirmed' };
     if (!select) return { kind: 'declined', issuers: acceptableIssuers };
     const info: CertificateRequestInfo = Object.freeze({ acceptableIssuers, requiredInHandshake: true });

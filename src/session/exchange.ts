@@ -12,7 +12,6 @@ import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
-  type DistinguishedName,
   type Limits,
   portOf,
   unbracketed,
@@ -66,8 +65,8 @@ export interface ExchangeEnv {
   readonly limits: Limits;
   /** Picks a client certificate for a Transport challenge (T3). */
   readonly selectCertificate?: ClientCertificateSelector;
-  /** The server's acceptable CAs for the selector (T3): a caller's selector only; once per origin. */
-  readonly acceptableIssuers?: () => Promise<readonly DistinguishedName[] | undefined>;
+  /** The selector is the caller's (not a certificate given as such): it is told the server's acceptable CAs (T3). */
+  readonly askAcceptableIssuers?: boolean;
   /** The probe's answer (T3): whether the server asks for a client certificate in TLS; once per origin. */
   readonly certificateRequest?: () => Promise<ProbeAnswer>;
   /** The agent was destroyed: its error (no selector is asked after it, T3). */
@@ -704,7 +703,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
           job.origin,
           chosen.challenge,
           ms,
-          env.acceptableIssuers,
+          env.askAcceptableIssuers ? env.certificateRequest : undefined,
           env.destroyed,
         );
       }

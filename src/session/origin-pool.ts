@@ -147,9 +147,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       limits: options.limits,
       deliver401: options.deliver401,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
-      ...(options.askAcceptableIssuers
-        ? { acceptableIssuers: () => this.#certificateRequest().then((answer) => answer.issuers) }
-        : {}),
+      ...(options.askAcceptableIssuers ? { askAcceptableIssuers: true } : {}),
       certificateRequest: () => this.#certificateRequest(),
       // A probe that ends after destroy() (aborted by it) asks no selector of the caller's.
       destroyed: () => this.#destroyed && ownCopy(this.#destroyed),
