@@ -12,6 +12,7 @@ import { isIP, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { type ConnectTo, checkedAgainst } from '../connect-to.ts';
+import { derEncode, derHeader } from '../der.ts';
 import { log } from '../log.ts';
 import { type DistinguishedName, type Limits, unbracketed } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
@@ -227,43 +228,16 @@ function read(inbound: Buffer, secret: Buffer | undefined): CertificateRequestSe
   return undefined;
 }
 
-/** One DER TLV at `at`: its tag, where its content starts, and where it ends. Throws if cut short. */
-function tlv(b: Buffer, at: number): { tag: number; start: number; end: number } {
-  const tag = take(b, at, 2)[0]!;
-  let length = b[at + 1]!;
-  let start = at + 2;
-  if (length & 0x80) {
-    const n = length & 0x7f;
-    if (n === 0 || n > 4) throw new RangeError('DER length');
-    length = take(b, start, n).readUIntBE(0, n);
-    start += n;
-  }
-  take(b, start, length);
-  return { tag, start, end: start + length };
-}
-
 const SEQUENCE = 0x30;
-
-/** A DER length and content, tagged. */
-function der(tag: number, ...content: Buffer[]): Buffer {
-  const body = Buffer.concat(content);
-  const n = body.length;
-  const length =
-    n < 0x80
-      ? [n]
-      : n < 0x100
-        ? [0x81, n]
-        : n < 0x10000
-          ? [0x82, n >> 8, n & 0xff]
-          : [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
-  return Buffer.concat([Buffer.from([tag, ...length]), body]);
-}
 
 // The parts of a certificate around an issuer name that Node's own parser reads it from (below).
 const SERIAL = Buffer.from('020101', 'hex');
 const SHA256_RSA = Buffer.from('300d06092a864886f70d01010b0500', 'hex');
-const VALIDITY = der(SEQUENCE, Buffer.from('170d3235303130313030303030305a170d3235303130323030303030305a', 'hex'));
-const NO_SUBJECT = der(SEQUENCE);
+const VALIDITY = derEncode(
+  SEQUENCE,
+  Buffer.from('170d3235303130313030303030305a170d3235303130323030303030305a', 'hex'),
+);
+const NO_SUBJECT = derEncode(SEQUENCE);
 const SOME_KEY = Buffer.from(
   '3059301306072a8648ce3d020106082a8648ce3d03010703420004bdda7a09478d7ae3bc8e61b27c0720ee648d09948e865b012c2f169e22082f713344e76e70c73716ef09382e6e288ef079664bcf071ea0ce4e94ace40014f998',
   'hex',
@@ -277,10 +251,10 @@ const NO_SIGNATURE = Buffer.from('03020000', 'hex');
  */
 export function distinguishedName(name: Buffer): DistinguishedName | undefined {
   try {
-    const outer = tlv(name, 0);
+    const outer = derHeader(name, 0);
     if (outer.tag !== SEQUENCE || outer.end !== name.length) return undefined;
-    const tbs = der(SEQUENCE, SERIAL, SHA256_RSA, name, VALIDITY, NO_SUBJECT, SOME_KEY);
-    const text = new X509Certificate(der(SEQUENCE, tbs, SHA256_RSA, NO_SIGNATURE)).issuer;
+    const tbs = derEncode(SEQUENCE, SERIAL, SHA256_RSA, name, VALIDITY, NO_SUBJECT, SOME_KEY);
+    const text = new X509Certificate(derEncode(SEQUENCE, tbs, SHA256_RSA, NO_SIGNATURE)).issuer;
     return Object.freeze({ der: Buffer.from(name), name: text });
   } catch {
     return undefined;
@@ -289,12 +263,12 @@ export function distinguishedName(name: Buffer): DistinguishedName | undefined {
 
 /** The DER of a certificate's issuer Name (Certificate → tbsCertificate → issuer, RFC 5280 §4.1). */
 function issuerOf(cert: Buffer): Buffer {
-  const certificate = tlv(cert, 0);
-  const tbs = tlv(cert, certificate.start);
-  let field = tlv(cert, tbs.start);
-  if (field.tag === 0xa0) field = tlv(cert, field.end); // version
-  const signature = tlv(cert, field.end); // after serialNumber
-  const issuer = tlv(cert, signature.end);
+  const certificate = derHeader(cert, 0);
+  const tbs = derHeader(cert, certificate.start);
+  let field = derHeader(cert, tbs.start);
+  if (field.tag === 0xa0) field = derHeader(cert, field.end); // version
+  const signature = derHeader(cert, field.end); // after serialNumber
+  const issuer = derHeader(cert, signature.end);
   if (issuer.tag !== SEQUENCE) throw new RangeError('not a Name');
   return cert.subarray(signature.end, issuer.end);
 }

@@ -3,20 +3,14 @@
  * STRING. The decoder treats input as hostile: every length is checked against the buffer and anything
  * malformed throws {@link InvalidTokenError} (S3).
  */
+import { type DerHeader, derEncode, derHeader } from '../../der.ts';
 import { InvalidTokenError } from '../../errors.ts';
 
 const invalid = (): InvalidTokenError => new InvalidTokenError('SPNEGO token (malformed DER)');
 
-function encodeLength(n: number): Buffer {
-  if (n < 0x80) return Buffer.from([n]);
-  const bytes: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
-}
-
 /** One TLV. */
 export function tlv(tag: number, content: Buffer): Buffer {
-  return Buffer.concat([Buffer.from([tag]), encodeLength(content.length), content]);
+  return derEncode(tag, content);
 }
 
 /** OID from dotted form, e.g. `1.3.6.1.5.5.2`. */
@@ -59,20 +53,14 @@ export interface Tlv {
 
 /** Reads one TLV at `offset` within `buf[0, limit)`. */
 export function readTlv(buf: Buffer, offset = 0, limit = buf.length): Tlv {
-  if (offset + 2 > limit) throw invalid();
-  const tag = buf[offset]!;
-  if ((tag & 0x1f) === 0x1f) throw invalid(); // high tag numbers never occur in SPNEGO
-  let len = buf[offset + 1]!;
-  let p = offset + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    if (n === 0 || n > 4 || p + n > limit) throw invalid();
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
-    p += n;
+  let header: DerHeader;
+  try {
+    header = derHeader(buf, offset, limit);
+  } catch {
+    throw invalid();
   }
-  if (p + len > limit) throw invalid();
-  return { tag, content: buf.subarray(p, p + len), end: p + len };
+  if ((header.tag & 0x1f) === 0x1f) throw invalid(); // high tag numbers never occur in SPNEGO
+  return { tag: header.tag, content: buf.subarray(header.start, header.end), end: header.end };
 }
 
 /** All TLVs inside `content` (a SEQUENCE's content, say). */
