@@ -419,6 +419,9 @@ export function resolveLimits(partial: Partial<Limits> | undefined): Limits {
   return limits as unknown as Limits;
 }
 
+/** The ALPN protocols a connection offers: HTTP/2 first where it may be used, else HTTP/1.1 only. */
+export const alpnFor = (allowH2: boolean): string[] => (allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
+
 /** The port a URL (or undici's connect options) names, else its scheme's default: 443 for https:, 80 otherwise. */
 export function portOf(url: { readonly port?: string | number | null; readonly protocol?: string | null }): number {
   return Number(url.port || (url.protocol === 'https:' ? 443 : 80));

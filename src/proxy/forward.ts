@@ -5,7 +5,7 @@ import { publishProxyUnanswered } from '../diagnostics.ts';
 import { LegLimitError } from '../errors.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
-import type { Limits } from '../options.ts';
+import { alpnFor, type Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
 import { type AdmittedHolder, offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
@@ -106,7 +106,7 @@ export class ForwardProxy {
       opts.limits,
       `another request's authentication to proxy ${opts.route.proxy.origin} on the same connection`,
     );
-    this.socket = connectToProxy(opts.route.proxy, opts.allowH2 ? ['h2', 'http/1.1'] : ['http/1.1']);
+    this.socket = connectToProxy(opts.route.proxy, alpnFor(opts.allowH2));
     this.#protocol = this.socket.then(
       (s) => {
         this.#wire = s;

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
-import { type Limits, portOf, unbracketed } from '../options.ts';
+import { alpnFor, type Limits, portOf, unbracketed } from '../options.ts';
 import type { AdmittedHolder } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
@@ -92,7 +92,7 @@ export function sessionConnector(
         callback(err, null);
       },
     );
-  const alpn = allowH2 ? ['h2', 'http/1.1'] : ['http/1.1'];
+  const alpn = alpnFor(allowH2);
   if (route?.proxy.kind === 'forward') {
     const proxy = route.proxy.proxy;
     let first = route.preopened;

@@ -2,7 +2,7 @@ import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Holder, Mechanism } from '../mechanisms/types.ts';
-import type { ResolvedOptions } from '../options.ts';
+import { alpnFor, type ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
 import {
@@ -171,7 +171,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     const asking = probeAcceptableIssuers({
       origin: this.origin,
       tls: this.#options.connect,
-      alpn: this.#options.http1Only ? ['http/1.1'] : ['h2', 'http/1.1'],
+      alpn: alpnFor(!this.#options.http1Only),
       route: this.#route,
       connectTo: this.#options.connectTo,
       limits: this.#options.limits,
