@@ -915,28 +915,36 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
   });
 });
 
-describe('T3: Apache names its acceptable client CAs (SSLVerifyClient optional, SSLCACertificateFile)', () => {
+describe('T3: Apache names its acceptable client CAs (SSLCACertificateFile), asking (optional) or requiring a certificate', () => {
   const haveApache = requirePeer('apache');
-  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
-    it.runIf(haveApache)(
-      `T3: Apache (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache verifies it`,
-      async () => {
-        const apache = await certificateApache({
-          cert: SERVER_CERT,
-          key: SERVER_KEY,
-          clientCas: [CA_A, CA_B],
-          maxVersion,
-        });
-        closers.push(() => apache.stop());
-        const { told, select } = recordingSelector();
-        const a = agentFor(apache.origin, { clientCertificate: select });
-        const res = await fetch(`${apache.origin}/`, { dispatcher: a });
-        expect([res.status, await res.text()]).toEqual([200, 'certificate']);
-        expect(told.map((i) => i.acceptableIssuers?.map((n) => n.name))).toEqual([[subjectOf(CA_A), subjectOf(CA_B)]]);
-      },
-      30_000,
-    );
-  }
+  for (const verify of ['optional', 'require'] as const)
+    for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+      it.runIf(haveApache)(
+        verify === 'optional'
+          ? `T3: Apache (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache verifies it`
+          : `T3: Apache requiring a certificate (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache answers`,
+        async () => {
+          const apache = await certificateApache({
+            cert: SERVER_CERT,
+            key: SERVER_KEY,
+            clientCas: [CA_A, CA_B],
+            maxVersion,
+            verify,
+          });
+          closers.push(() => apache.stop());
+          const { told, select } = recordingSelector();
+          const a = agentFor(apache.origin, { clientCertificate: select });
+          const res = await fetch(`${apache.origin}/`, { dispatcher: a });
+          // Before (require): the TLS alert (or Apache's close), and no selector asked.
+          expect([res.status, await res.text()]).toEqual([200, 'certificate']);
+          // Asked on the Transport 401 (optional), or for the refused handshake (require).
+          expect(told.map((i) => [i.requiredInHandshake, i.acceptableIssuers?.map((n) => n.name)])).toEqual([
+            [verify === 'require' ? true : undefined, [subjectOf(CA_A), subjectOf(CA_B)]],
+          ]);
+        },
+        30_000,
+      );
+    }
 });
 
 /**
@@ -1136,32 +1144,4 @@ describe('T3: the selector runs for servers that require a certificate in the TL
       expect(asked).toBe(0);
     }
   });
-});
-
-describe('T3: Apache with SSLVerifyClient require', () => {
-  const haveApache = requirePeer('apache');
-  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
-    it.runIf(haveApache)(
-      `T3: Apache requiring a certificate (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache answers`,
-      async () => {
-        const apache = await certificateApache({
-          cert: SERVER_CERT,
-          key: SERVER_KEY,
-          clientCas: [CA_A, CA_B],
-          maxVersion,
-          verify: 'require',
-        });
-        closers.push(() => apache.stop());
-        const { told, select } = recordingSelector();
-        const a = agentFor(apache.origin, { clientCertificate: select });
-        const res = await fetch(`${apache.origin}/`, { dispatcher: a });
-        // Before: the TLS alert (or Apache's close), and no selector asked.
-        expect([res.status, await res.text()]).toEqual([200, 'certificate']);
-        expect(told.map((i) => [i.requiredInHandshake, i.acceptableIssuers?.map((n) => n.name)])).toEqual([
-          [true, [subjectOf(CA_A), subjectOf(CA_B)]],
-        ]);
-      },
-      30_000,
-    );
-  }
 });
