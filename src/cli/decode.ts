@@ -149,6 +149,13 @@ export interface BodyDecoding {
   readonly decoded: () => number;
 }
 
+/** The codings a Content-Encoding value names, in order, in lower case (empty list items skipped). */
+const codingsOf = (value: string): string[] =>
+  value
+    .split(',')
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '');
+
 /**
  * The header line (of {@link headerLines}) at which a head's codings go past 5, where curl stops
  * reading it (and writing it to -i, -I and -D) with its 61; undefined for a head within the bound.
@@ -157,7 +164,7 @@ export function codingsCut(head: ReceivedHead): number | undefined {
   let codings = 0;
   for (const [i, [name, value]] of headerLines(head.headers, head.names).entries()) {
     if (name.toLowerCase() !== 'content-encoding') continue;
-    codings += value.split(',').filter((c) => c.trim() !== '').length;
+    codings += codingsOf(value).length;
     if (codings > MAX_CODINGS) return i;
   }
   return undefined;
@@ -169,10 +176,7 @@ export function codingsCut(head: ReceivedHead): number | undefined {
  * 5 codings, as curl refuses such a response before its body (CVE-2022-32206's bound).
  */
 export function bodyDecoding(header: string | string[] | undefined, from: string): BodyDecoding {
-  const codings = (Array.isArray(header) ? header.join(',') : (header ?? ''))
-    .split(',')
-    .map((c) => c.trim().toLowerCase())
-    .filter((c) => c !== '');
+  const codings = codingsOf(Array.isArray(header) ? header.join(',') : (header ?? ''));
   if (codings.length > MAX_CODINGS)
     throw new ContentEncodingError(
       `Reject response due to more than ${MAX_CODINGS} content encodings: ${from} sent ${codings.length}; ${FIX}`,
