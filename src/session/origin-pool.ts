@@ -99,9 +99,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   /** Requests waiting for a session with room, per lane and identity (R1: bounded like every wait). */
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
   readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
-  #closed = false;
-  /** destroy()'s error, once it was called. */
-  #destroyed: Error | undefined;
+  /**
+   * Open while undefined; then closed by close() (running requests finish, new ones fail) or by
+   * destroy(err) (everything fails with err). Terminal.
+   */
+  #end: { readonly kind: 'closed' } | { readonly kind: 'destroyed'; readonly error: Error } | undefined;
   /** Ends the acceptable-issuers probes still running when the pool is destroyed (T3, R1; close() lets the requests waiting for one finish). */
   #probing: AbortController | undefined;
   readonly #options: ResolvedOptions;
@@ -150,7 +152,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       ...(options.askAcceptableIssuers ? { askAcceptableIssuers: true } : {}),
       certificateRequest: () => this.#certificateRequest(),
       // A probe that ends after destroy() (aborted by it) asks no selector of the caller's.
-      destroyed: () => this.#destroyed && ownCopy(this.#destroyed),
+      destroyed: () => (this.#end?.kind === 'destroyed' ? ownCopy(this.#end.error) : undefined),
       report,
       identityProved: (session, identity, scheme, admitted) =>
         this.#identityProved(session, identity, scheme, admitted),
@@ -348,7 +350,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * challenged the agent's requests (and no scheme is remembered for it).
    */
   streamsNow(identity: Identity, http1Only: boolean): boolean {
-    if (this.#closed || identity !== 'agent') return false;
+    if (this.#end || identity !== 'agent') return false;
     if (this.memory.unchallenged && this.memory.scheme === undefined) return true;
     if (http1Only || this.#options.http1Only) return false;
     const session = this.#pick('auto', identity);
@@ -378,7 +380,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // Closed between relocations: only destroy() closes a pool with requests still running (close()
     // waits for them), and it fails them first, so no test reaches this; it keeps a late
     // relocation from opening a connection.
-    if (this.#closed) {
+    if (this.#end) {
       this.#fail(job, new AgentClosedError());
       return;
     }
@@ -671,7 +673,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       const s = this.#sessions[i]!;
       if (s.closed && s.inflight === 0) this.#sessions.splice(i, 1);
     }
-    if (this.#closed) return;
+    if (this.#end) return;
     for (const { lane, identity, queue } of this.#waiting.values()) {
       while (queue.length > 0) {
         const s = this.#take(lane, identity);
@@ -709,13 +711,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   async close(): Promise<void> {
-    this.#closed = true;
+    this.#end ??= { kind: 'closed' };
     await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
-    this.#closed = true;
-    this.#destroyed = err;
+    if (this.#end?.kind !== 'destroyed') this.#end = { kind: 'destroyed', error: err };
     this.#probing?.abort(err);
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));

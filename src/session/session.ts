@@ -108,8 +108,6 @@ export class Session {
   #authenticationLost = 0;
   /** True once a first response came back, so a probe is no longer needed (see capacity). */
   #probed = false;
-  /** destroy() was called: no leg is sent here any more (see #send). */
-  #destroyed = false;
   /** Requests waiting for the running handshake (C1). */
   readonly #queue: WaitQueue<WaitOutcome>;
   #handshakes = 0;
@@ -334,7 +332,9 @@ export class Session {
   destroy(err: Error): Promise<void> {
     this.#queue.settleAll(undefined, err);
     this.#slots.settleAll(undefined, err);
-    this.#destroyed = true;
+    // Closed for good (#send sends no leg after this), without apply's close() and pool wake-up:
+    // the pool destroying it is closed already.
+    this.#state = transition(this.#state, { type: 'closed' });
     this.#connector.dispose();
     this.#connector.abortDials();
     return this.client.destroy(err).catch(() => {});
@@ -507,7 +507,7 @@ export class Session {
     // does one between two of its legs (a mechanism step, a certificate selector) when the session
     // was destroyed meanwhile: it finds the pool closed (AgentClosedError), not undici's
     // ClientDestroyedError.
-    if (this.closed || this.#destroyed) {
+    if (this.closed) {
       onResult({ kind: 'failed', error: new StaleConnectionError() });
       return;
     }
