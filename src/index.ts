@@ -71,7 +71,11 @@ export {
 } from './proxy/errors.ts';
 export type { ProxyOptions } from './proxy/options.ts';
 export { issuedByOneOf } from './session/acceptable-issuers.ts';
-export { ClientCertificateError, ClientCertificateRequiredError } from './session/client-certificate.ts';
+export {
+  ClientCertificateError,
+  ClientCertificateRefusedError,
+  ClientCertificateRequiredError,
+} from './session/client-certificate.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export { RelocationLimitError } from './session/origin-pool.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';

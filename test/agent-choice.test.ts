@@ -16,6 +16,7 @@ import {
   type Challenge,
   type ClientCertificate,
   ClientCertificateError,
+  ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   ConfigError,
   HandshakeTimeoutError,
@@ -945,6 +946,32 @@ describe('T3: Apache names its acceptable client CAs (SSLCACertificateFile), ask
         30_000,
       );
     }
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const)
+    it.runIf(haveApache)(
+      `T3: Apache requiring a certificate (${maxVersion}) refuses one of another CA with a TLS alert: ClientCertificateRefusedError names it, and the next request asks the selector again`,
+      async () => {
+        const apache = await certificateApache({
+          cert: SERVER_CERT,
+          key: SERVER_KEY,
+          clientCas: [CA_A, CA_B],
+          maxVersion,
+          verify: 'require',
+        });
+        closers.push(() => apache.stop());
+        let asked = 0;
+        const a = agentFor(apache.origin, { clientCertificate: () => (++asked === 1 ? CERT : CERT_B) });
+        const err = await fetch(`${apache.origin}/`, { dispatcher: a }).catch((e: Error) => e.cause);
+        expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+        const e = err as ClientCertificateRefusedError;
+        expect(e.alert).toMatch(/^ERR_SSL_.*_ALERT_UNKNOWN_CA$/);
+        expect(e.message).toContain(
+          `the server refused the client certificate the selector chose for ${apache.origin} in the TLS handshake (${e.alert})`,
+        );
+        const res = await fetch(`${apache.origin}/`, { dispatcher: a });
+        expect([res.status, await res.text(), asked]).toEqual([200, 'certificate', 2]);
+      },
+      30_000,
+    );
 });
 
 /**
@@ -1001,6 +1028,50 @@ describe('T3: the selector runs for servers that require a certificate in the TL
         expect(told).toHaveLength(1);
       });
     }
+
+  for (const h1 of [false, true])
+    for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+      it(`T3: a certificate the server refuses in the TLS handshake (${h1 ? 'HTTP/1.1' : 'h2'}, ${maxVersion}) ends the request with ClientCertificateRefusedError, and the next request asks the selector again`, async () => {
+        const s = await requiringOrigin({ maxVersion }, h1);
+        const told: CertificateRequestInfo[] = [];
+        // First the test CA's certificate, which this server does not accept; then B's.
+        const a = agentFor(s.origin, {
+          clientCertificate: (_origin, _challenge, info) => (told.push(info) === 1 ? CERT : CERT_B),
+        });
+        const err = await fetch(`${s.origin}/1`, { dispatcher: a }).catch((e: Error) => e.cause);
+        // Before: MULTILEG_CONNECTION_CLOSED (TLS 1.3) or ECONNRESET (1.2), the certificate kept.
+        expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+        expect(err).toBeInstanceOf(ClientCertificateError);
+        const e = err as ClientCertificateRefusedError;
+        expect(e.code).toBe('MULTILEG_CLIENT_CERTIFICATE_REFUSED');
+        // Node's https sends no alert: it closes once it has verified the certificate.
+        expect(e.alert).toBeUndefined();
+        expect(e.message).toContain(
+          `the server closed the connection that presented the client certificate the selector chose for ${s.origin} before answering`,
+        );
+        expect(e.message).toContain('the next request asks the selector again');
+        expect(e.cause).toBeInstanceOf(Error);
+        // Before: the refused certificate stayed the origin's, and every later request failed alike.
+        const again = await fetch(`${s.origin}/2`, { dispatcher: a });
+        expect([again.status, await again.text()]).toEqual([200, subjectOf(CA_B)]);
+        expect(told).toHaveLength(2);
+        expect(s.seen.requests).toBe(1);
+      });
+    }
+
+  it('T3: a certificate given as such that the server refuses: ClientCertificateRefusedError says to give another, and it stays the one presented', async () => {
+    const s = await requiringOrigin({});
+    const a = agentFor(s.origin, { clientCertificate: CERT });
+    for (const path of ['/1', '/2']) {
+      const err = await fetch(`${s.origin}${path}`, { dispatcher: a }).catch((e: Error) => e.cause);
+      expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+      expect((err as Error).message).toContain(
+        `the client certificate given as clientCertificate for ${s.origin} before answering`,
+      );
+      expect((err as Error).message).toContain('give one issued by a CA the server accepts');
+    }
+    expect(s.seen.requests).toBe(0);
+  });
 
   it('T3: a selector that declines, or no selector: ClientCertificateRequiredError naming the cause and the fix, the TLS error its cause', async () => {
     for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {

@@ -26,6 +26,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ClientCertificateRefusedError } from '../src/session/client-certificate.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT } from './helpers.ts';
 
@@ -2233,6 +2234,29 @@ describe('multileg command line', () => {
     expect(describeFailure(reset, { url, maxTime: undefined }).message).toBe(
       'h:8443 reset the connection (ECONNRESET)',
     );
+  });
+
+  it("T3: the agent's ClientCertificateRefusedError exits 35 naming the alert; one for a close is told as its close was, never retried", () => {
+    const url = new URL('https://h:8443/x');
+    const ctx = { url, maxTime: undefined, clientCertificate: true };
+    const alert = Object.assign(new Error('tlsv1 alert unknown ca'), { code: 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA' });
+    const refused = describeFailure(
+      new ClientCertificateRefusedError('https://h:8443', 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', false, { cause: alert }),
+      ctx,
+    );
+    expect(refused.exit).toBe(35);
+    expect(refused.message).toContain(
+      'h:8443 refused the client certificate given with --cert in the TLS handshake (ERR_SSL_TLSV1_ALERT_UNKNOWN_CA)',
+    );
+    expect(refused.message).toContain('(MULTILEG_CLIENT_CERTIFICATE_REFUSED)');
+    expect(refused.refused).toBe(true);
+    const closed = new ConnectionClosedError('https://h:8443', 'GET', { fresh: true });
+    const asClose = describeFailure(
+      new ClientCertificateRefusedError('https://h:8443', undefined, false, { cause: closed }),
+      ctx,
+    );
+    expect({ ...asClose, refused: undefined }).toEqual({ ...describeFailure(closed, ctx), refused: undefined });
+    expect(asClose.refused).toBe(true);
   });
 
   it('explain401 covers each reason; a refusal names where the credentials came from (-u or the netrc file)', () => {

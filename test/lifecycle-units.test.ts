@@ -673,7 +673,6 @@ function agentSession(origin: string, tls: ConnectionOptions = {}): Session {
     lane: 'auto',
     identity: 'agent',
     tls,
-    certified: false,
     keepAliveTimeout: 1000,
     headersTimeout: 300_000,
     bodyTimeout: 300_000,

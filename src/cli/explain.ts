@@ -23,6 +23,7 @@ import {
   ProxyTimeoutError,
   ProxyUnreachableError,
 } from '../proxy/errors.ts';
+import { ClientCertificateRefusedError, REFUSED_CERTIFICATE } from '../session/client-certificate.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 
 /** Exit codes (README "Command line"); the network ones are curl's. */
@@ -158,9 +159,9 @@ function rootCause(err: unknown): Error & { code?: string } {
   return (e ?? (err as Error)) as Error & { code?: string };
 }
 
-/** OpenSSL's codes for the alerts a server sends when it does not accept the client certificate it got. */
-const REFUSED_CERTIFICATE =
-  /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR)$/;
+/** T3: the server refused the certificate given with --cert, by the TLS alert `code`. */
+const refusedCertificate = (host: string, code: string) =>
+  `${host} refused the client certificate given with --cert in the TLS handshake (${code}): give one issued by a CA it accepts (\`openssl s_client -connect ${host}\` lists them under "Acceptable client certificate CA names"), and check that it is valid today`;
 
 /** A close or reset with --cert given: what a server that requires a certificate does with one it refuses. */
 const REFUSED_CERTIFICATE_MAYBE =
@@ -250,6 +251,12 @@ export function describeFailure(
       refused: false,
     };
   }
+  // T3: the agent's word for a certificate refused in the TLS handshake. A close without an alert is
+  // told as its close is (curl's 52 or 56, the hint that the certificate may be why).
+  if (e instanceof ClientCertificateRefusedError)
+    return e.alert
+      ? { exit: EXIT.tls, message: `${refusedCertificate(host, e.alert)} (${e.code})`, refused: true }
+      : { ...describeFailure(e.cause, ctx), refused: true };
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =
@@ -309,10 +316,7 @@ export function describeFailure(
     return { exit: EXIT.tls, message: `${host} did not speak TLS: is it an http:// port? (${code})` };
   // T3: an alert that refuses the client certificate given (an unknown CA, a bad or expired one).
   if (ctx.clientCertificate && REFUSED_CERTIFICATE.test(code))
-    return {
-      exit: EXIT.tls,
-      message: `${host} refused the client certificate given with --cert in the TLS handshake (${code}): give one issued by a CA it accepts (\`openssl s_client -connect ${host}\` lists them under "Acceptable client certificate CA names"), and check that it is valid today`,
-    };
+    return { exit: EXIT.tls, message: refusedCertificate(host, code) };
   // OpenSSL's own text is two lines with a source path: the code says it. A handshake_failure alert
   // is also what a server that shares no cipher or TLS version sends: with --cert, either may be why.
   if (code.startsWith('ERR_SSL_'))

@@ -56,6 +56,67 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
 }
 
 /**
+ * The server refused the client certificate the agent presented in the TLS handshake (T3): a TLS
+ * alert such as unknown_ca, bad_certificate or certificate_expired, or (Node's https, which
+ * verifies after the handshake and sends none) a close or reset of the connection before any
+ * answer. The cause is the connection's error. A certificate the selector chose is no longer the
+ * origin's: the next request's refused connection asks the selector again, so that it may give
+ * another (renewed, or of another CA), as .NET asks on each new connection. One given as such stays.
+ */
+export class ClientCertificateRefusedError extends ClientCertificateError {
+  /** The origin whose server refused the certificate. */
+  readonly origin: string;
+  /** The TLS alert's code, as Node names it (`ERR_SSL_TLSV1_ALERT_UNKNOWN_CA`, …); undefined for a close without one. */
+  readonly alert: string | undefined;
+  constructor(origin: string, alert: string | undefined, chosen: boolean, options?: { cause?: unknown }) {
+    const given = `the client certificate ${chosen ? 'the selector chose' : 'given as clientCertificate'} for ${origin}`;
+    super(
+      origin,
+      `${
+        alert
+          ? `the server refused ${given} in the TLS handshake (${alert})`
+          : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does`
+      }; ${
+        chosen
+          ? "the next request asks the selector again: return one issued by a CA the server accepts (the selector's info.acceptableIssuers names them), valid today"
+          : 'give one issued by a CA the server accepts (a selector is told their names in info.acceptableIssuers), valid today'
+      }`,
+      options,
+      'MULTILEG_CLIENT_CERTIFICATE_REFUSED',
+    );
+    this.origin = origin;
+    this.alert = alert;
+  }
+}
+
+/**
+ * OpenSSL's codes (Node's `ERR_SSL_…`) for the alerts a server sends when it does not accept the
+ * client certificate it got (RFC 8446 §6.2): every TLS version's spelling. Not handshake_failure,
+ * which also says that the two sides share no cipher or version.
+ */
+export const REFUSED_CERTIFICATE =
+  /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR)$/;
+
+/**
+ * How the failure of a connection that presented a client certificate, before any answer on it,
+ * says the server refused the certificate (T3): by a {@link REFUSED_CERTIFICATE} alert anywhere in
+ * the cause chain (its code), or by a close or reset (`'closed'`: Node's https sends no alert, it
+ * closes once it has verified); undefined for anything else (a refused port, a timeout).
+ */
+export function certificateRefusal(err: Error): string | undefined {
+  if (err instanceof ConnectionClosedError && err.fresh) return 'closed';
+  let closed = false;
+  let e: unknown = err;
+  for (let depth = 0; e instanceof Error && depth < 4; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && REFUSED_CERTIFICATE.test(code)) return code;
+    if (code === 'ECONNRESET') closed = true;
+    e = e.cause;
+  }
+  return closed ? 'closed' : undefined;
+}
+
+/**
  * Text, or bytes that hold a PEM block (else DER): anywhere, as `openssl pkcs12 -nodes` writes
  * "Bag Attributes" lines before each block (read as DER before, a chain's leaf alone or an error).
  */

@@ -21,7 +21,9 @@ import type { ProbeAnswer } from './acceptable-issuers.ts';
 import {
   answerCertificateDemand,
   type CertificateDemand,
+  ClientCertificateRefusedError,
   ClientCertificateRequiredError,
+  certificateRefusal,
   mayDemandCertificate,
   selectCertificate,
 } from './client-certificate.ts';
@@ -572,6 +574,8 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
       return end({ kind: 'relocate', reason: 'http1' });
     }
     if (reason) return end({ kind: 'relocate', reason });
+    const refused = refusedCertificate(run, result.error);
+    if (refused) return failed(job, refused);
     if (demandsCertificate(run, result.error)) return { kind: 'demand', error: result.error };
     return failed(job, result.error);
   }
@@ -598,6 +602,28 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     session.noteAuthenticationLost();
   }
   return answerStep(seen.challenges, seen.authId);
+}
+
+/**
+ * T3: the server refused the client certificate this session presents (a TLS alert saying so, or a
+ * close, before any answer on its connection: {@link certificateRefusal}). The session closes: undici would present the certificate
+ * again on its next connection. One the selector chose is the origin's no longer (a configured one
+ * stays: there is no other), so the next request's refused connection asks the selector again. The
+ * request is not sent again: a certificate refused once is not sent again to this connection's
+ * server for it.
+ */
+function refusedCertificate({ session, job, env }: Run, error: Error): ClientCertificateRefusedError | undefined {
+  const certificate = session.certificate;
+  if (certificate === undefined || session.answered) return undefined;
+  const refusal = certificateRefusal(error);
+  if (refusal === undefined) return undefined;
+  session.apply({ type: 'closed' });
+  // (Only a selector is told the server's acceptable CAs: askAcceptableIssuers says the caller gave one.)
+  const chosen = env.askAcceptableIssuers === true;
+  if (chosen && env.memory.clientCertificate === certificate) env.memory.clientCertificate = undefined;
+  log.agent('%s job %d: the server refused the client certificate (%s)', job.origin, job.id, refusal);
+  const alert = refusal === 'closed' ? undefined : refusal;
+  return new ClientCertificateRefusedError(job.origin, alert, chosen, { cause: error });
 }
 
 /**

@@ -561,7 +561,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       s.lane === lane &&
       s.identity === identity &&
       !s.closed &&
-      s.certified === (identity === 'agent' && this.memory.clientCertificate !== undefined)
+      s.certificate === (identity === 'agent' ? this.memory.clientCertificate : undefined)
     );
   }
 
@@ -620,7 +620,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       identity,
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
       ...(this.#options.connectTo ? { connectTo: this.#options.connectTo } : {}),
-      certified: certificate !== undefined,
+      ...(certificate ? { certificate } : {}),
       keepAliveTimeout: this.#options.keepAliveTimeout,
       headersTimeout: this.#options.headersTimeout,
       bodyTimeout: this.#options.bodyTimeout,

@@ -22,7 +22,7 @@ import {
 import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
-import type { CookieStore, Limits } from '../options.ts';
+import type { ClientCertificate, CookieStore, Limits } from '../options.ts';
 import type { AdmittedHolder } from '../proxy/auth.ts';
 import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
@@ -122,8 +122,8 @@ export class Session {
   readonly #connector: SessionConnector;
   readonly #originProof: CredentialProof | undefined;
 
-  /** This session presents a client certificate (T3): only such sessions serve the origin then. */
-  readonly certified: boolean;
+  /** The client certificate this session presents (T3): only sessions with the origin's serve it then. */
+  readonly certificate: ClientCertificate | undefined;
   /** The agent's cookie jar, if it has one: every leg this session writes asks and tells it. */
   readonly cookies: CookieStore | undefined;
 
@@ -134,7 +134,7 @@ export class Session {
     tls: ConnectionOptions;
     /** The agent's `connectTo` (where a direct connection goes). */
     connectTo?: ConnectTo;
-    certified: boolean;
+    certificate?: ClientCertificate;
     keepAliveTimeout: number;
     /** undici's, for every request and leg on this session's connections. */
     headersTimeout: number;
@@ -161,7 +161,7 @@ export class Session {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
     this.identity = opts.identity;
-    this.certified = opts.certified;
+    this.certificate = opts.certificate;
     this.cookies = opts.cookies;
     this.#limits = opts.limits;
     this.#originProof = opts.originProof;
@@ -244,6 +244,10 @@ export class Session {
   }
   get protocol(): 'h2' | 'http/1.1' | undefined {
     return this.#connection?.protocol;
+  }
+  /** It presents a client certificate (T3). */
+  get certified(): boolean {
+    return this.certificate !== undefined;
   }
   get closed(): boolean {
     return this.#state.kind === 'closed';
