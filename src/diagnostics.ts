@@ -172,7 +172,8 @@ export type LegEvent = LegRequestEvent | LegResponseEvent | LegErrorEvent;
 
 const SECRET_HEADERS = new Set(['authorization', 'proxy-authorization', 'auth-id', 'cookie', 'set-cookie']);
 const CHALLENGE_HEADERS = new Set(['www-authenticate', 'proxy-authenticate']);
-const PROOF_HEADERS = new Set(['authentication-info', 'proxy-authentication-info']);
+/** Headers whose Digest `rspauth` is {@link redactProof}ed. */
+export const PROOF_HEADERS: ReadonlySet<string> = new Set(['authentication-info', 'proxy-authentication-info']);
 
 /** Keeps a challenge's scheme and parameters, drops its token68 (`Negotiate oYIB…` → `Negotiate [redacted]`). */
 function redactChallenges(value: string): string {
@@ -185,7 +186,7 @@ function redactChallenges(value: string): string {
  * password-derived as the `response` of the Authorization it answers — with the nonce, cnonce and
  * user name, enough to guess the password offline.
  */
-function redactProof(value: string): string {
+export function redactProof(value: string): string {
   return value.replace(/(^|[\s,])(rspauth\s*=\s*)(?:"(?:[^"\\]|\\.)*"?|[^\s,]*)/gi, '$1$2[redacted]');
 }
 

@@ -253,6 +253,25 @@ describe('multileg command line', () => {
     expect(readFileSync(dump, 'utf8').match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401']);
   });
 
+  it("S2: -i and -D show a Digest answer's Authentication-Info with rspauth [redacted] (password-derived), the rest as it came", async () => {
+    const digest = await startReferenceServer({ mode: 'session', schemes: ['Digest'] });
+    try {
+      const dump = join(dir, 'digest-heads.txt');
+      const r = await run(['-s', '-i', '-D', dump, ...alice(), `${digest.origin}/auth/digest-heads`]);
+      expect(r.code).toBe(0);
+      const sent = digest.exchanges.find((e) => e.path === '/auth/digest-heads' && e.status === 200)!;
+      const info = String(sent.responseHeaders['authentication-info']);
+      // The server did send one (before: written to stdout and the file as it came).
+      expect(info).toMatch(/rspauth="[0-9a-f]{16,}"/);
+      for (const text of [r.stdout, readFileSync(dump, 'utf8')]) {
+        const line = text.split('\r\n').find((l) => l.startsWith('authentication-info:'))!;
+        expect(line).toBe(`authentication-info: ${info.replace(/rspauth="[0-9a-f]+"/, 'rspauth=[redacted]')}`);
+      }
+    } finally {
+      await digest.close();
+    }
+  });
+
   it('-d, --data-binary and --data-raw join in the order given; the form type the command added does not follow a POST turned GET by a redirect', async () => {
     // Before: grouped by flag (a=1&c=3&b=2).
     expect(parseCli(['-d', 'a=1', '--data-binary', 'b=2', '-d', 'c=3', 'h/']).body?.toString()).toBe('a=1&b=2&c=3');

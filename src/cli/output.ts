@@ -7,6 +7,7 @@ import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { PROOF_HEADERS, redactProof } from '../diagnostics.ts';
 
 /**
  * A response head as curl writes it (`-i`, `-D`): `HTTP/2 200 ` (curl's space after the status,
@@ -92,9 +93,16 @@ export interface ReceivedHead {
   readonly names?: readonly string[] | undefined;
 }
 
-/** The status line and header lines `-i` and `-D` show, as curl writes them. */
+/**
+ * The status line and header lines `-i` and `-D` show, as curl writes them, but for Digest's
+ * `rspauth` in `Authentication-Info`: `[redacted]`, as in -v, --json and --har (S2). It is as
+ * password-derived as the request's `response`, and a -D file kept in a CI log also holds the
+ * nonce, cnonce and nc that a guess at the password needs (review r36).
+ */
 export function responseHead(protocol: string | undefined, res: ReceivedHead, cutAt?: number): string {
-  const lines = headerLines(res.headers, res.names);
+  const lines = headerLines(res.headers, res.names).map(([name, value]): [string, string] =>
+    PROOF_HEADERS.has(name) ? [name, redactProof(value)] : [name, value],
+  );
   if (cutAt === undefined) return headText(protocol, res.statusCode, res.statusText, lines);
   // Cut before header line `cutAt`, as curl stops writing a head at the line it refuses (no blank line after it).
   return headText(protocol, res.statusCode, res.statusText, lines.slice(0, cutAt)).slice(0, -2);
