@@ -200,9 +200,11 @@ export interface MultilegAgentOptions {
    */
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /**
-   * Let Basic send the password to cleartext `http:` origins and proxies (M4). Default false: such a
-   * Basic challenge is refused with a `BasicOverHttpError` (or another offered scheme is used). An
-   * `http:` origin must also be trusted explicitly (S4).
+   * Let Basic send the password to cleartext `http:` origins (M4). Default false: such a Basic
+   * challenge is refused with a `BasicOverHttpError` (or another offered scheme is used). An `http:`
+   * origin must also be trusted explicitly (S4). Not for proxies: `proxy.credentials` answer the
+   * proxy configured, Basic included over an `http://` proxy URL, as curl and browsers do (use an
+   * `https://` proxy URL, or `proxy.schemes` without Basic, to keep the password off the wire).
    */
   allowBasicOverHttp?: boolean;
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
