@@ -3,6 +3,7 @@ import { createSecureContext } from 'node:tls';
 import type { Challenge } from '../challenge/types.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
+import type { HeldResponse, ResponseHeaders } from '../handshake/leg.ts';
 import type {
   CertificateRequestInfo,
   ClientCertificate,
@@ -32,11 +33,13 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
   readonly origin: string;
   /** The CAs the server's CertificateRequest named (`[]`: none named, any may do). */
   readonly acceptableIssuers: readonly DistinguishedName[];
+  /** `how`: how the server refused the request without one (default: the TLS handshake; nginx: its 400). */
   constructor(
     origin: string,
     selector: boolean,
     acceptableIssuers: readonly DistinguishedName[],
     options?: { cause?: unknown },
+    how = 'it refused the TLS handshake without one',
   ) {
     const named = acceptableIssuers.slice(0, 3).map((n) => n.name.replaceAll('\n', ', '));
     const more = acceptableIssuers.length > named.length ? `, and ${acceptableIssuers.length - named.length} more` : '';
@@ -46,7 +49,7 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
       : `give clientCertificate: { cert, key }, or a selector that returns one for ${origin}${issuers}`;
     super(
       origin,
-      `the server requires a TLS client certificate (it refused the TLS handshake without one); ${fix}`,
+      `the server requires a TLS client certificate (${how}); ${fix}`,
       options,
       'MULTILEG_CLIENT_CERTIFICATE_REQUIRED',
     );
@@ -68,14 +71,23 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
   readonly origin: string;
   /** The TLS alert's code, as Node names it (`ERR_SSL_TLSV1_ALERT_UNKNOWN_CA`, …); undefined for a close without one. */
   readonly alert: string | undefined;
-  constructor(origin: string, alert: string | undefined, chosen: boolean, options?: { cause?: unknown }) {
+  /** `answered`: the response that refused it, where the server answered (nginx's 400). */
+  constructor(
+    origin: string,
+    alert: string | undefined,
+    chosen: boolean,
+    options?: { cause?: unknown },
+    answered?: string,
+  ) {
     const given = `the client certificate ${chosen ? 'the selector chose' : 'given as clientCertificate'} for ${origin}`;
     super(
       origin,
       `${
         alert
           ? `the server refused ${given} in the TLS handshake (${alert})`
-          : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does`
+          : answered
+            ? `the server refused ${given}: it answered ${answered}`
+            : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does`
       }; ${
         chosen
           ? "the next request asks the selector again: return one issued by a CA the server accepts (the selector's info.acceptableIssuers names them), valid today"
@@ -96,6 +108,32 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
  */
 export const REFUSED_CERTIFICATE =
   /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR)$/;
+
+/** nginx's 400 pages under `ssl_verify_client on`: no certificate sent (its 496), one it refused (its 495). */
+const NGINX_MISSING = 'No required SSL certificate was sent';
+const NGINX_REFUSED = 'The SSL certificate error';
+
+/**
+ * Whether a 400's head may be nginx's answer about the client certificate (T3): a short HTML page.
+ * nginx (`ssl_verify_client on`) completes the TLS handshake without one, or with one it refuses,
+ * and answers each request 400; only the page's words tell these from other 400s, so such a head's
+ * body is read before the response goes to the caller.
+ */
+export function mayBeCertificateAnswer(headers: ResponseHeaders): boolean {
+  const type = headers['content-type'];
+  const length = Number(headers['content-length']);
+  return typeof type === 'string' && type.startsWith('text/html') && length > 0 && length <= 2048;
+}
+
+/** What nginx's 400 page says of the client certificate: none was sent, or it refused the one sent. */
+export function certificateAnswer(
+  held: HeldResponse,
+): { readonly said: 'missing' | 'refused'; readonly words: string } | undefined {
+  const text = Buffer.concat(held.body).toString('latin1');
+  if (text.includes(NGINX_MISSING)) return { said: 'missing', words: `400 "${NGINX_MISSING}" (nginx)` };
+  if (text.includes(NGINX_REFUSED)) return { said: 'refused', words: `400 "${NGINX_REFUSED}" (nginx)` };
+  return undefined;
+}
 
 /**
  * How the failure of a connection that presented a client certificate, before any answer on it,
