@@ -82,23 +82,66 @@ function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly 
 const whyUnusable = (u: { readonly error: MultilegError }): string =>
   `${withoutGssDetail(u.error.message)} (${u.error.code})`;
 
+/** A running handshake's parts, which each of its legs carries on. */
+interface Run {
+  readonly mechanism: Mechanism;
+  readonly context: MechanismContext;
+  /** Legs sent (tokens made) so far: none before its first; bounded by maxLegs. */
+  readonly legs: number;
+  /**
+   * The 407's challenge its first leg answered, which a run from its first leg again answers;
+   * undefined: it began unasked ({@link ProxyAuth.open}), and so begins again.
+   */
+  readonly first: Challenge | undefined;
+}
+
+/**
+ * One proxy connection's authentication, an explicit state (as a session's, src/session/state.ts);
+ * `kind` is {@link ProxyAuth.state}, but for `fresh`, which callers see as `'idle'` too.
+ *
+ *   fresh ──open──▶ handshaking ──answer (next leg)──▶ handshaking ──succeeded──▶ done
+ *   fresh ──adopt──▶ done (adopted)
+ *   fresh, idle, done ──answer (a new handshake)──▶ idle ──its first leg──▶ handshaking
+ *   handshaking, done ──giveUp, notNeeded, a refusal, past maxLegs──▶ idle
+ */
+type AuthState =
+  /** Nothing has run on the connection (or its opening was not made): it may open, or adopt. */
+  | { readonly kind: 'fresh' }
+  /**
+   * No handshake runs and none stands: the last was given up, refused or failed, or found not
+   * needed, or a new one's first token is being made. Its mechanism is still the connection's: it
+   * is what {@link ProxyAuth.scheme}, {@link ProxyAuth.refusal} and {@link ProxyAuth.replaced} speak of.
+   */
+  | { readonly kind: 'idle'; readonly mechanism: Mechanism; readonly context?: MechanismContext }
+  /** A handshake runs: `pending` is the token its next request carries. */
+  | ({ readonly kind: 'handshaking'; readonly pending: string } & Run)
+  /**
+   * The last handshake succeeded. `adopted`: its per-request scheme was taken up from another
+   * connection ({@link ProxyAuth.adopt}), not answered here, until the proxy judges what it sent.
+   */
+  | {
+      readonly kind: 'done';
+      readonly mechanism: Mechanism;
+      readonly context?: MechanismContext;
+      readonly adopted: boolean;
+    };
+
+/** What a handshake's end (given up, refused, failed, not needed) leaves: the connection's mechanism stays. */
+const ended = (state: AuthState): AuthState =>
+  state.kind === 'fresh' ? state : { kind: 'idle', mechanism: state.mechanism, context: state.context };
+
 export class ProxyAuth {
   readonly #proxy: ResolvedProxy;
   readonly #maxLegs: number;
+  #state: AuthState = { kind: 'fresh' };
+  // Beside the state, what outlives any one handshake on this connection: a scheme found unusable
+  // stays excluded (with why) for every later one; a lost connection restarts a handshake once in
+  // all, not once per run; the proxy holds the connection as the last success's identity through
+  // idle and new handshakes, until another succeeds.
   readonly #excluded = new Set<string>();
   /** Why each excluded scheme cannot run here (by scheme key): the reason a 407 went unanswered. */
   readonly #unusable = new Map<string, { readonly scheme: string; readonly error: MultilegError }>();
-  #mechanism: Mechanism | undefined;
-  #context: MechanismContext | undefined;
-  #pending: string | undefined;
-  #legs = 0;
   #restarted = false;
-  #first: Challenge | undefined;
-  /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
-  #opening = false;
-  #state: 'idle' | 'handshaking' | 'done' = 'idle';
-  /** Its per-request scheme was taken up from another connection ({@link adopt}), not answered here. */
-  #adopted = false;
   #holder: AdmittedHolder | undefined;
 
   constructor(proxy: ResolvedProxy, maxLegs: number) {
@@ -107,10 +150,15 @@ export class ProxyAuth {
   }
 
   get state(): 'idle' | 'handshaking' | 'done' {
-    return this.#state;
+    return this.#state.kind === 'fresh' ? 'idle' : this.#state.kind;
   }
   get scheme(): string | undefined {
     return this.#mechanism?.scheme;
+  }
+
+  /** The connection's mechanism: the running handshake's, the last one's, or the adopted scheme's. */
+  get #mechanism(): Mechanism | undefined {
+    return this.#state.kind === 'fresh' ? undefined : this.#state.mechanism;
   }
 
   /**
@@ -130,8 +178,7 @@ export class ProxyAuth {
   get opens(): boolean {
     const sole = this.#proxy.mechanisms.sole;
     return (
-      this.#state === 'idle' &&
-      this.#mechanism === undefined &&
+      this.#state.kind === 'fresh' &&
       !this.#proxy.openedInVain &&
       opensUnasked(sole) &&
       !this.#excluded.has(sole.scheme.toLowerCase())
@@ -143,7 +190,8 @@ export class ProxyAuth {
    * authenticated nothing (nothing is proved, R4), and says the proxy wants no authentication.
    */
   get opening(): boolean {
-    return this.#opening && this.#legs === 1;
+    const state = this.#state;
+    return state.kind === 'handshaking' && state.first === undefined && state.legs === 1;
   }
 
   /**
@@ -155,33 +203,25 @@ export class ProxyAuth {
   async open(leg: LegInfo): Promise<void> {
     const sole = this.#proxy.mechanisms.sole;
     if (!this.opens || !sole) return;
-    this.#first = undefined;
-    this.#legs = 0;
     try {
-      this.#mechanism = sole;
+      // Chosen, its first token not made yet (no other request opens meanwhile).
+      this.#state = { kind: 'idle', mechanism: sole };
       const context = sole.createContext(leg);
-      this.#context = context;
-      await this.#step(undefined, leg);
+      await this.#step({ mechanism: sole, context, legs: 0, first: undefined }, leg, undefined);
       // A first token that ends the handshake (a mechanism of that name that is not NTLM's
       // NEGOTIATE) waits for a challenge to answer, as any scheme's does.
-      if (!context.complete && !context.firstLegCompletes) {
-        this.#opening = true;
-        return;
-      }
+      if (!context.complete && !context.firstLegCompletes) return;
       log.proxy('%s %s opening not made: its first token is its last', this.#proxy.origin, sole.scheme);
     } catch (err) {
       log.proxy('%s %s opening not made: %s', this.#proxy.origin, sole.scheme, (err as MultilegError).code);
     }
-    this.#mechanism = this.#context = undefined;
-    this.#legs = 0;
-    this.#state = 'idle';
+    this.#state = { kind: 'fresh' };
   }
 
   /** The proxy let the opening through (a 2xx): it wants no authentication, so later tunnels wait for a 407. */
   notNeeded(): void {
     this.#proxy.openedInVain = true;
-    this.#opening = false;
-    this.#state = 'idle';
+    this.#state = ended(this.#state);
   }
 
   /**
@@ -193,15 +233,18 @@ export class ProxyAuth {
    */
   adopt(leave?: (password: boolean) => boolean): void {
     const remembered = this.#proxy.perRequest;
-    if (this.#state !== 'idle' || this.#mechanism !== undefined || remembered === undefined) return;
+    if (this.#state.kind !== 'fresh' || remembered === undefined) return;
     if (Date.now() >= this.#proxy.perRequestUntil) return;
     if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
     // Remembered by a handshake of credentials replaced since (setProxyCredentials): not sent unasked.
     if (this.#proxy.mechanisms.get(remembered.scheme) !== remembered) return;
     if (leave && !leave(remembered.usesPassword !== false)) return;
-    this.#adopted = true;
-    this.#mechanism = remembered;
-    this.#state = 'done';
+    this.#state = { kind: 'done', mechanism: remembered, adopted: true };
+  }
+
+  /** What an adopted scheme sends is judged as this connection's own from now on (let through, or nothing sent). */
+  #makeOwn(): void {
+    if (this.#state.kind === 'done' && this.#state.adopted) this.#state = { ...this.#state, adopted: false };
   }
 
   /**
@@ -227,13 +270,13 @@ export class ProxyAuth {
    * that closes that connection before the next leg ends it.
    */
   get connectionBound(): boolean {
-    return this.#state === 'handshaking' && this.#mechanism !== undefined && this.#mechanism.level !== 'request';
+    return this.#state.kind === 'handshaking' && this.#state.mechanism.level !== 'request';
   }
 
   /** {@link header} will make credentials for a request of its own (a per-request scheme after a success). */
   get proactive(): boolean {
-    const mechanism = this.#mechanism;
-    return this.#state === 'done' && mechanism?.level === 'request' && mechanism.proactive;
+    const state = this.#state;
+    return state.kind === 'done' && state.mechanism.level === 'request' && state.mechanism.proactive;
   }
 
   /**
@@ -252,7 +295,8 @@ export class ProxyAuth {
    * sent a password (or may have), `'refused-no-password'` for a Kerberos ticket only.
    */
   get refusal(): 'refused' | 'refused-no-password' {
-    return this.#mechanism && !sentPassword(this.#mechanism, this.#context) ? 'refused-no-password' : 'refused';
+    const state = this.#state;
+    return state.kind !== 'fresh' && !sentPassword(state.mechanism, state.context) ? 'refused-no-password' : 'refused';
   }
 
   /**
@@ -261,18 +305,18 @@ export class ProxyAuth {
    * count — the first request's header again would be a replay; Basic: the same). Never logged.
    */
   async header(leg: LegInfo): Promise<ProxyCredentials | undefined> {
-    if (this.#state === 'handshaking') return this.#pending === undefined ? undefined : { value: this.#pending };
-    const mechanism = this.#mechanism;
+    const state = this.#state;
+    if (state.kind === 'handshaking') return { value: state.pending };
     // Nothing goes unasked: the proxy's 407 is then no refusal of credentials taken up (adopt).
-    if (this.#state !== 'done' || mechanism?.level !== 'request' || !mechanism.proactive) {
-      this.#adopted = false;
+    if (state.kind !== 'done' || state.mechanism.level !== 'request' || !state.mechanism.proactive) {
+      this.#makeOwn();
       return undefined;
     }
     try {
-      const own = mechanism.createContext(leg);
+      const own = state.mechanism.createContext(leg);
       return { value: await own.step(undefined, leg), own };
     } catch {
-      this.#adopted = false;
+      this.#makeOwn();
       return undefined; // (a used-up nonce) the proxy's 407 starts a new handshake
     }
   }
@@ -286,7 +330,7 @@ export class ProxyAuth {
   async verify(own: MechanismContext, headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<boolean> {
     await this.#finish(own, headers, leg);
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
-    this.#adopted = false;
+    this.#makeOwn();
     // The proxy holds the connection as who these credentials name: a connection that took up a
     // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
     const identity = own.identity;
@@ -310,10 +354,11 @@ export class ProxyAuth {
    */
   canAnswer(headers: Headers): boolean {
     const offered = readChallenges(headers, true);
-    if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
-      const key = this.#mechanism.scheme.toLowerCase();
+    const state = this.#state;
+    if (state.kind === 'handshaking') {
+      const key = state.mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
-      return challengeAsks(this.#context, next) !== 'refused';
+      return challengeAsks(state.context, next) !== 'refused';
     }
     return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
   }
@@ -326,32 +371,32 @@ export class ProxyAuth {
 
   /** A 407 that goes to the caller unanswered ends the running handshake: the next request starts anew. */
   giveUp(): void {
-    this.#state = 'idle';
-    this.#opening = false;
+    this.#state = ended(this.#state);
   }
 
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
   async answer(headers: Headers, leg: LegInfo): Promise<void> {
     const offered = readChallenges(headers, true);
-    if (this.#adopted && this.#mechanism) {
+    const state = this.#state;
+    if (state.kind === 'done' && state.adopted) {
       // The credentials taken up unasked ({@link adopt}) drew a 407: refused, as a handshake's last
-      // leg refused (R4: not sent again here) — unless a Digest nonce merely went stale.
-      this.#adopted = false;
-      const key = this.#mechanism.scheme.toLowerCase();
+      // leg refused (R4: not sent again here) — unless a Digest nonce merely went stale; else a new
+      // handshake answers it (below).
+      const key = state.mechanism.scheme.toLowerCase();
       const again = offered.find((c) => c.schemeKey === key);
       // (A 407 that no longer offers the scheme refused nothing: the proxy changed its schemes.)
       if (again !== undefined && again.params.stale?.toLowerCase() !== 'true') {
-        this.#state = 'idle';
-        throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered));
+        this.#state = ended(state);
+        throw rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered));
       }
     }
-    if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
-      const key = this.#mechanism.scheme.toLowerCase();
+    if (state.kind === 'handshaking') {
+      const key = state.mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
       // A token asks for the next leg, unless it is the proxy's refusal (an SPNEGO reject).
-      const asks = challengeAsks(this.#context, next);
+      const asks = challengeAsks(state.context, next);
       if (asks === 'next-leg') {
-        await this.#step(next, leg);
+        await this.#step(state, leg, next);
         return;
       }
       if (asks === 'run-again') {
@@ -359,25 +404,22 @@ export class ProxyAuth {
         // key, dropped): the handshake runs again on this connection with the new ones, as an
         // origin's does; the mechanism says so once (R4). Their leave (the proof's) still holds.
         log.proxy('%s %s: refused credentials renewed since: running the handshake again', this.#proxy.origin, key);
-        await this.#again(leg);
+        await this.#again(state, leg);
         return;
       }
       if (this.opening && next?.token68 === undefined) {
         // The proxy took no part in the opening (a bare NTLM challenge, or other schemes only): its
         // 407 is answered as a bare CONNECT's would have been, and later tunnels wait for the 407.
-        this.#opening = false;
         this.#proxy.openedInVain = true;
       } else {
-        this.#state = 'idle';
+        this.#state = ended(state);
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
-        const opening = atOpening(this.#mechanism, this.#context, this.#legs);
-        throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered), !opening);
+        const opening = atOpening(state.mechanism, state.context, state.legs);
+        throw rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
       }
     }
     // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
-    this.#state = 'idle';
-    this.#opening = false;
-    this.#legs = 0;
+    this.#state = ended(this.#state);
     for (;;) {
       const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);
       if (!chosen?.mechanism) {
@@ -398,10 +440,13 @@ export class ProxyAuth {
       }
       const { mechanism, challenge } = chosen as { mechanism: Mechanism; challenge: Challenge };
       try {
-        this.#mechanism = mechanism;
-        this.#context = mechanism.createContext(leg);
-        this.#first = challenge;
-        await this.#step(challenge, leg);
+        // Chosen, its first token not made yet: idle till then (where a first leg that fails leaves it).
+        this.#state = { kind: 'idle', mechanism };
+        await this.#step(
+          { mechanism, context: mechanism.createContext(leg), legs: 0, first: challenge },
+          leg,
+          challenge,
+        );
         // What the proxy asks for, for its next connections (a connection-bound scheme is this one's
         // alone). Chosen because a scheme offered ahead of it cannot run here (no Kerberos ticket):
         // only for as long as that is remembered on an origin, then that scheme is tried again.
@@ -411,15 +456,12 @@ export class ProxyAuth {
           : Number.POSITIVE_INFINITY;
         return;
       } catch (err) {
-        if (this.#legs === 0 && cannotRunHere(err)) {
+        if (cannotRunHere(err)) {
           log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
           this.#excluded.add(challenge.schemeKey);
           this.#unusable.set(challenge.schemeKey, { scheme: mechanism.scheme, error: err });
-          this.#legs = 0;
-          this.#state = 'idle';
           continue;
         }
-        this.#state = 'idle';
         throw err;
       }
     }
@@ -427,19 +469,18 @@ export class ProxyAuth {
 
   /**
    * The connection was lost in the middle of a connection-bound handshake: start it again (once) on
-   * a new connection. Returns false when it was restarted already.
+   * a new connection. Returns false when it was restarted already (or none runs).
    */
   restart(leg: LegInfo): Promise<boolean> {
-    if (this.#restarted || !this.#mechanism) return Promise.resolve(false);
+    const state = this.#state;
+    if (this.#restarted || state.kind !== 'handshaking') return Promise.resolve(false);
     this.#restarted = true;
-    return this.#again(leg).then(() => true);
+    return this.#again(state, leg).then(() => true);
   }
 
-  /** The running mechanism's handshake from its first leg again, with a new context. */
-  #again(leg: LegInfo): Promise<void> {
-    this.#context = this.#mechanism!.createContext(leg);
-    this.#legs = 0;
-    return this.#step(this.#first, leg);
+  /** The running handshake from its first leg again, with a new context. */
+  #again(run: Run, leg: LegInfo): Promise<void> {
+    return this.#step({ ...run, context: run.mechanism.createContext(leg), legs: 0 }, leg, run.first);
   }
 
   /**
@@ -449,36 +490,39 @@ export class ProxyAuth {
    * identity it proved.
    */
   async succeeded(headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<void> {
+    const state = this.#state;
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
-    if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
-    this.#state = 'done';
-    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
-    const mechanism = this.#mechanism;
-    const context = this.#context;
+    if (state.kind !== 'handshaking') return;
+    const { mechanism, context } = state;
+    this.#state = { kind: 'done', mechanism, context, adopted: false };
+    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, mechanism.scheme, state.legs);
     await this.#finish(context, headers, leg);
     const identity = context.identity;
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
   }
 
-  async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
-    const mechanism = this.#mechanism!;
-    if (this.#legs >= this.#maxLegs) {
-      this.#state = 'idle';
+  /**
+   * `run`'s next leg, answering `challenge` (none: an opening): the handshake runs with its token
+   * pending. One that fails leaves the state as it was, but past maxLegs the handshake ends (idle).
+   */
+  async #step(run: Run, leg: LegInfo, challenge: Challenge | undefined): Promise<void> {
+    const { mechanism, context } = run;
+    if (run.legs >= this.#maxLegs) {
+      this.#state = { kind: 'idle', mechanism, context };
       throw new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
     }
-    let header: string;
+    let pending: string;
     try {
-      header = await this.#context!.step(challenge, leg);
+      pending = await context.step(challenge, leg);
     } catch (err) {
       // The mechanism's own words for a bad token say "server": this one came from the proxy.
       if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.what, this.#proxy.origin);
       if (err instanceof MultilegError) throw err;
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     }
-    this.#legs += 1;
-    this.#pending = header;
-    this.#state = 'handshaking';
-    log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, this.#legs);
+    const legs = run.legs + 1;
+    this.#state = { kind: 'handshaking', mechanism, context, legs, first: run.first, pending };
+    log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, legs);
   }
 }
