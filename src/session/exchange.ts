@@ -3,7 +3,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, HandshakeTimeoutError, MultilegError, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import { type HeldResponse, type LegResult, type ResponseHeaders, replayHeld, type Verdict } from '../handshake/leg.ts';
+import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
@@ -196,7 +196,7 @@ function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): vo
 function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
   tellUnanswered(run, held.headers);
-  replayHeld(run.job.sink, held);
+  run.session.deliverHeld(run.job, held);
   return end(DONE);
 }
 
@@ -464,12 +464,18 @@ export interface SendSeen {
 
 /**
  * The verdict on the head of a bare send (C2): a 401 we can answer, a 401 whose every scheme proved
- * unusable here, a refused cleartext challenge (S4) or a 421 (C9) are swallowed; the rest delivered.
+ * unusable here, a refused cleartext challenge (S4) or a 421 (C9) are swallowed; a 400 that may be
+ * nginx's page about a client certificate (T3) is held to be read; the rest delivered.
  */
 export function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
   if (status === 401) env.memory.unchallenged = false;
-  if (status === 400 && mayAnswerCertificate(run) && mayBeCertificateAnswer(headers)) {
+  if (
+    status === 400 &&
+    mayAnswerCertificate(run) &&
+    mayBeCertificateAnswer(headers) &&
+    Number(headers['content-length']) <= env.limits.maxChallengeBodyBytes
+  ) {
     seen.certificateAnswer = true;
     return 'hold';
   }
@@ -676,13 +682,14 @@ function mayAnswerCertificate({ session, job, env, excluded }: Run): boolean {
 function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swallowed' }>): Step {
   const { session, job, env } = run;
   const held = result.held;
+  // (Cut: only as slow, as a page of nginx's length was held only within limits.maxChallengeBodyBytes.)
   if (!held)
     return failed(
       job,
       new HandshakeTimeoutError(
         env.limits.handshakeTimeout,
         'Transport',
-        "the body of the server's 400 (read for its words about a client certificate) did not arrive in time",
+        "the body of the server's 400 (nginx's page about a client certificate, by its head) did not arrive in time",
       ),
     );
   const answer = certificateAnswer(held);
@@ -692,7 +699,7 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
   if (answer?.said === 'refused' && session.certified)
     return failed(job, refuseCertificate(run, { answered: answer.words, cause }));
   if (job.identity === 'agent') env.memory.unchallenged = true;
-  replayHeld(job.sink, held);
+  session.deliverHeld(job, held);
   return end(DONE);
 }
 
@@ -736,7 +743,7 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   switch (outcome.kind) {
     case 'unconfirmed':
       if (step.held) {
-        replayHeld(job.sink, step.held);
+        session.deliverHeld(job, step.held);
         return end(DONE);
       }
       return failed(job, step.error);
