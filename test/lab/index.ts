@@ -86,35 +86,31 @@ function lookupUser(name: string): { uid: number; gid: number } | undefined {
 export async function certificateApache(
   o: Omit<Parameters<typeof startCertificateApache>[0], 'dir' | 'runAs'>,
 ): Promise<CertificateApache> {
-  const dir = await mkdtemp(join(tmpdir(), 'multileg-lab-'));
-  await chmod(dir, 0o755); // Apache workers (www-data) read htdocs
   const www = process.getuid?.() === 0 ? lookupUser('www-data') : undefined;
-  try {
-    const apache = await startCertificateApache({ ...o, dir, ...(www ? { runAs: www } : {}) });
-    return {
-      origin: apache.origin,
-      stop: async () => {
-        await apache.stop();
-        await rm(dir, { recursive: true, force: true });
-      },
-    };
-  } catch (e) {
-    await rm(dir, { recursive: true, force: true });
-    throw e;
-  }
+  return inTempDir(async (dir) => {
+    await chmod(dir, 0o755); // Apache workers (www-data) read htdocs
+    return startCertificateApache({ ...o, dir, ...(www ? { runAs: www } : {}) });
+  });
 }
 
 /** nginx requiring a client certificate (`ssl_verify_client on`) in a temp dir of its own; `stop` removes it. */
 export async function certificateNginx(
   o: Omit<Parameters<typeof startCertificateNginx>[0], 'dir'>,
 ): Promise<CertificateNginx> {
+  return inTempDir((dir) => startCertificateNginx({ ...o, dir }));
+}
+
+/** A server `start`ed in a temp dir of its own, which its `stop` (or a failed start) removes. */
+async function inTempDir<T extends { readonly origin: string; stop(): Promise<void> }>(
+  start: (dir: string) => Promise<T>,
+): Promise<{ readonly origin: string; stop(): Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'multileg-lab-'));
   try {
-    const nginx = await startCertificateNginx({ ...o, dir });
+    const server = await start(dir);
     return {
-      origin: nginx.origin,
+      origin: server.origin,
       stop: async () => {
-        await nginx.stop();
+        await server.stop();
         await rm(dir, { recursive: true, force: true });
       },
     };
