@@ -626,11 +626,10 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
 
 /**
  * T3: the server refused the client certificate this session presents (a TLS alert saying so, or a
- * close, before any answer on its connection: {@link certificateRefusal}). The session closes: undici would present the certificate
- * again on its next connection. One the selector chose is the origin's no longer (a configured one
- * stays: there is no other), so the next request's refused connection asks the selector again. The
- * request is not sent again: a certificate refused once is not sent again to this connection's
- * server for it.
+ * close, before any answer on its connection: {@link certificateRefusal}). The session closes:
+ * undici would present the certificate again on its next connection. One the selector chose is the
+ * origin's no longer (a configured one stays: there is no other), so the next request's refused
+ * connection asks the selector again. This request fails with the refusal, not sent again.
  */
 function refusedCertificate(run: Run, error: Error): ClientCertificateRefusedError | undefined {
   if (!run.session.certified || run.session.answered) return undefined;
@@ -693,11 +692,11 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
       ),
     );
   const answer = certificateAnswer(held);
-  const cause = new Error(answer ? `the server answered ${answer.words}` : 'the server answered 400');
+  const cause = () => new Error(`the server answered ${answer!.words}`);
   if (answer?.said === 'missing' && !session.certified)
-    return { kind: 'demand', error: cause, held, answered: answer.words };
+    return { kind: 'demand', error: cause(), held, answered: answer.words };
   if (answer?.said === 'refused' && session.certified)
-    return failed(job, refuseCertificate(run, { answered: answer.words, cause }));
+    return failed(job, refuseCertificate(run, { answered: answer.words, cause: cause() }));
   if (job.identity === 'agent') env.memory.unchallenged = true;
   session.deliverHeld(job, held);
   return end(DONE);
@@ -756,7 +755,7 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
           env.selectCertificate !== undefined,
           outcome.issuers,
           { cause: step.error },
-          ...(step.answered ? [`it answered ${step.answered} without one`] : []),
+          step.answered && `it answered ${step.answered} without one`,
         ),
       );
     case 'chosen':
