@@ -2276,6 +2276,19 @@ describe('multileg command line', () => {
     );
     expect({ ...asClose, refused: undefined }).toEqual({ ...describeFailure(closed, ctx), refused: undefined });
     expect(asClose.refused).toBe(true);
+    // nginx's page (u6: exit 1 and only the page's words before).
+    const page = new ClientCertificateRefusedError(
+      'https://h:8443',
+      undefined,
+      false,
+      { cause: new Error('the server answered 400 "The SSL certificate error" (nginx)') },
+      '400 "The SSL certificate error" (nginx)',
+    );
+    const nginx = describeFailure(page, ctx);
+    expect([nginx.exit, nginx.refused]).toEqual([35, true]);
+    expect(nginx.message).toContain(
+      'h:8443 refused the client certificate given with --cert (it answered 400 "The SSL certificate error" (nginx)): give one issued by a CA it accepts',
+    );
   });
 
   it('explain401 covers each reason; a refusal names where the credentials came from (-u or the netrc file)', () => {

@@ -159,9 +159,9 @@ function rootCause(err: unknown): Error & { code?: string } {
   return (e ?? (err as Error)) as Error & { code?: string };
 }
 
-/** T3: the server refused the certificate given with --cert, by the TLS alert `code`. */
-const refusedCertificate = (host: string, code: string) =>
-  `${host} refused the client certificate given with --cert in the TLS handshake (${code}): give one issued by a CA it accepts (\`openssl s_client -connect ${host}\` lists them under "Acceptable client certificate CA names"), and check that it is valid today`;
+/** T3: the server refused the certificate given with --cert: by the TLS alert `code`, or (`answered`) nginx's page. */
+const refusedCertificate = (host: string, code: string, answered?: string) =>
+  `${host} refused the client certificate given with --cert ${answered ? `(it answered ${answered})` : `in the TLS handshake (${code})`}: give one issued by a CA it accepts (\`openssl s_client -connect ${host}\` lists them under "Acceptable client certificate CA names"), and check that it is valid today`;
 
 /** A close or reset with --cert given: what a server that requires a certificate does with one it refuses. */
 const REFUSED_CERTIFICATE_MAYBE =
@@ -251,11 +251,12 @@ export function describeFailure(
       refused: false,
     };
   }
-  // T3: the agent's word for a certificate refused in the TLS handshake. A close without an alert is
-  // told as its close is (curl's 52 or 56, the hint that the certificate may be why).
+  // T3: the agent's word for a certificate refused in the TLS handshake, or by nginx's 400 page (curl
+  // shows that page and exits 0: here it is the TLS failure it stands for). A close without an alert
+  // is told as its close is (curl's 52 or 56, the hint that the certificate may be why).
   if (e instanceof ClientCertificateRefusedError)
-    return e.alert
-      ? { exit: EXIT.tls, message: `${refusedCertificate(host, e.alert)} (${e.code})`, refused: true }
+    return e.alert || e.answered
+      ? { exit: EXIT.tls, message: `${refusedCertificate(host, e.alert ?? '', e.answered)} (${e.code})`, refused: true }
       : { ...describeFailure(e.cause, ctx), refused: true };
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.

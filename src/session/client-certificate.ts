@@ -71,7 +71,8 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
   readonly origin: string;
   /** The TLS alert's code, as Node names it (`ERR_SSL_TLSV1_ALERT_UNKNOWN_CA`, …); undefined for a close without one. */
   readonly alert: string | undefined;
-  /** `answered`: the response that refused it, where the server answered (nginx's 400). */
+  /** The response that refused it, where the server answered (nginx's 400 page: `400 "The SSL certificate error" (nginx)`). */
+  readonly answered: string | undefined;
   constructor(
     origin: string,
     alert: string | undefined,
@@ -79,27 +80,36 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
     options?: { cause?: unknown },
     answered?: string,
   ) {
-    const given = `the client certificate ${chosen ? 'the selector chose' : 'given as clientCertificate'} for ${origin}`;
+    // (The origin is named once, by ClientCertificateError's prefix.)
+    const given = `the client certificate ${chosen ? 'the selector chose' : 'given as clientCertificate'}`;
+    const name = alert?.replace(/^ERR_SSL_.*_ALERT_/, '').toLowerCase();
+    const why =
+      name === 'certificate_expired'
+        ? "it has expired, or is not valid yet, by the server's clock: renew it"
+        : name === 'certificate_revoked'
+          ? 'it was revoked: get a new one'
+          : 'one issued by a CA the server accepts (a selector is told them in info.acceptableIssuers), valid today, is needed';
     super(
       origin,
       `${
         alert
-          ? `the server refused ${given} in the TLS handshake (${alert})`
+          ? `the server refused ${given} in the TLS handshake (TLS alert ${name}, ${alert})`
           : answered
             ? `the server refused ${given}: it answered ${answered}`
             : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does (Node's https sends no TLS alert; if the server did accept it, something between closed the connection: a load balancer, a restart)`
-      }; ${
-        chosen
-          ? "the next request asks the selector again: return one issued by a CA the server accepts (the selector's info.acceptableIssuers names them), valid today"
-          : 'give one issued by a CA the server accepts (a selector is told their names in info.acceptableIssuers), valid today'
-      }`,
+      }; ${why}${chosen ? '; the selector is asked again (at once where the request can go again, else for the next request)' : ''}`,
       options,
       'MULTILEG_CLIENT_CERTIFICATE_REFUSED',
     );
     this.origin = origin;
     this.alert = alert;
+    this.answered = answered;
   }
 }
+
+/** The same certificate: the same object, or the same certificate text or bytes (a selector that reads its file again). */
+export const sameCertificate = (a: ClientCertificate, b: ClientCertificate): boolean =>
+  a === b || Buffer.from(a.cert).equals(Buffer.from(b.cert));
 
 /**
  * OpenSSL's codes (Node's `ERR_SSL_…`) for the alerts a server sends when it does not accept the

@@ -27,6 +27,7 @@ import {
   certificateRefusal,
   mayBeCertificateAnswer,
   mayDemandCertificate,
+  sameCertificate,
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
@@ -134,7 +135,17 @@ type Step =
    * (`held`) the server answered that none was sent: nginx's 400, shown as it came where the probe
    * does not confirm that the server asks for one (`answered`: its words) (T3).
    */
-  | { readonly kind: 'demand'; readonly error: Error; readonly held?: HeldResponse; readonly answered?: string }
+  | {
+      readonly kind: 'demand';
+      readonly error: Error;
+      readonly held?: HeldResponse;
+      readonly answered?: string;
+      /**
+       * The certificate the server refused, which the selector chose ({@link refuseCertificate}):
+       * the request goes again only with another (`error` is then the refusal).
+       */
+      readonly refused?: ClientCertificate;
+    }
   /** Run a handshake with `mechanism`. */
   | {
       readonly kind: 'lead';
@@ -594,7 +605,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     }
     if (reason) return end({ kind: 'relocate', reason });
     const refused = refusedCertificate(run, result.error);
-    if (refused) return failed(job, refused);
+    if (refused) return refused;
     if (demandsCertificate(run, result.error)) return { kind: 'demand', error: result.error };
     return failed(job, result.error);
   }
@@ -626,34 +637,46 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
 
 /**
  * T3: the server refused the client certificate this session presents (a TLS alert saying so, or a
- * close, before any answer on its connection: {@link certificateRefusal}). The session closes:
- * undici would present the certificate again on its next connection. One the selector chose is the
- * origin's no longer (a configured one stays: there is no other), so the next request's refused
- * connection asks the selector again. This request fails with the refusal, not sent again.
+ * close, before any answer on its connection: {@link certificateRefusal}): {@link refuseCertificate}.
  */
-function refusedCertificate(run: Run, error: Error): ClientCertificateRefusedError | undefined {
+function refusedCertificate(run: Run, error: Error): Step | undefined {
   if (!run.session.certified || run.session.answered) return undefined;
   const refusal = certificateRefusal(error);
   if (refusal === undefined) return undefined;
-  return refuseCertificate(run, refusal === 'closed' ? { cause: error } : { alert: refusal, cause: error });
+  return refuseCertificate(
+    run,
+    refusal === 'closed' ? { cause: error, closed: true } : { alert: refusal, cause: error },
+  );
 }
 
-/** The session's certificate was refused ({@link refusedCertificate}, {@link certificateAnswered}): the session closes, a chosen one is forgotten. */
+/**
+ * The session's certificate was refused ({@link refusedCertificate}, {@link certificateAnswered}).
+ * The session closes: undici would present it again on its next connection. One the selector
+ * chose is the origin's no longer (a configured one stays: there is no other), and the selector is
+ * asked again at once ({@link demand}): a certificate renewed, or of the server's new CA, takes the
+ * request on, as .NET asks its selector on each new connection. Once per request, and only where
+ * the request did not reach the server (an alert, nginx's page; after a close, one that may go
+ * twice) and its body can go again; else it fails with {@link ClientCertificateRefusedError}.
+ */
 function refuseCertificate(
   { session, job, env }: Run,
-  how: { readonly alert?: string; readonly answered?: string; readonly cause: unknown },
-): ClientCertificateRefusedError {
+  how: { readonly alert?: string; readonly answered?: string; readonly closed?: true; readonly cause: unknown },
+): Step {
   session.apply({ type: 'closed' });
   // (Only a selector is told the server's acceptable CAs: askAcceptableIssuers says the caller gave one.)
   const chosen = env.askAcceptableIssuers === true;
-  if (chosen && env.memory.clientCertificate === session.certificate) env.memory.clientCertificate = undefined;
+  const certificate = session.certificate!;
+  if (chosen && env.memory.clientCertificate === certificate) env.memory.clientCertificate = undefined;
   log.agent(
     '%s job %d: the server refused the client certificate (%s)',
     job.origin,
     job.id,
     how.alert ?? how.answered ?? 'closed',
   );
-  return new ClientCertificateRefusedError(job.origin, how.alert, chosen, { cause: how.cause }, how.answered);
+  const refusal = new ClientCertificateRefusedError(job.origin, how.alert, chosen, { cause: how.cause }, how.answered);
+  if (chosen && (!how.closed || mayGoTwice(job)) && rerunWithNewCredentials(job))
+    return { kind: 'demand', error: refusal, refused: certificate };
+  return failed(job, refusal);
 }
 
 /**
@@ -696,7 +719,7 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
   if (answer?.said === 'missing' && !session.certified)
     return { kind: 'demand', error: cause(), held, answered: answer.words };
   if (answer?.said === 'refused' && session.certified)
-    return failed(job, refuseCertificate(run, { answered: answer.words, cause: cause() }));
+    return refuseCertificate(run, { answered: answer.words, cause: cause() });
   if (job.identity === 'agent') env.memory.unchallenged = true;
   session.deliverHeld(job, held);
   return end(DONE);
@@ -741,13 +764,14 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   }
   switch (outcome.kind) {
     case 'unconfirmed':
-      if (step.held) {
+      if (step.held && !step.refused) {
         session.deliverHeld(job, step.held);
         return end(DONE);
       }
       return failed(job, step.error);
     case 'declined':
       exclude(run, TRANSPORT);
+      if (step.refused) return failed(job, step.error);
       return failed(
         job,
         new ClientCertificateRequiredError(
@@ -759,6 +783,8 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
         ),
       );
     case 'chosen':
+      // The selector gave the refused certificate again: the refusal stands.
+      if (step.refused && sameCertificate(outcome.certificate, step.refused)) return failed(job, step.error);
       // The refused session serves nothing: its connection never came up, or the server ended it.
       session.apply({ type: 'closed' });
       return end({ kind: 'relocate', reason: 'client-certificate' });
