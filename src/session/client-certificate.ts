@@ -62,9 +62,10 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
  * The server refused the client certificate the agent presented in the TLS handshake (T3): a TLS
  * alert such as unknown_ca, bad_certificate or certificate_expired, or (Node's https, which
  * verifies after the handshake and sends none) a close or reset of the connection before any
- * answer. The cause is the connection's error. A certificate the selector chose is no longer the
- * origin's: the next request's refused connection asks the selector again, so that it may give
- * another (renewed, or of another CA), as .NET asks on each new connection. One given as such stays.
+ * answer; or nginx's 400 page (`answered`). The cause is the connection's error. A certificate the
+ * selector chose is no longer the origin's, and the selector is asked again at once: this error
+ * comes when it gave the refused one again, or the request could not go again (then the next
+ * request asks). One given as such stays.
  */
 export class ClientCertificateRefusedError extends ClientCertificateError {
   /** The origin whose server refused the certificate. */
