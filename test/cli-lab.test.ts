@@ -413,6 +413,26 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(doctor.code).toBe(1);
   });
 
+  it.skipIf(!haveSquid)(
+    "H5: doctor through a proxy: a CONNECT tunnel's schemes check shows the server's HTTP/2, as its authentication check (it said the server does not speak HTTP/2: the proxy's answer to CONNECT); through a forwarding proxy it says the protocol seen is the proxy's",
+    async () => {
+      const proxy = ['-x', lab.negotiateSquid!.origin, '--cacert', ca];
+      const tunnel = await run(['doctor', ...proxy, `${lab.apache!.origin}/protected/`], { env });
+      expect(tunnel.stdout).toMatch(
+        /^ok +schemes: HTTP\/2 401 offers Negotiate; over HTTP\/1\.1: HTTP\/1\.1 401 offers Negotiate\n/m,
+      );
+      expect(tunnel.stdout).toMatch(/^ok +authentication: Negotiate, .* over HTTP\/2 → 200\n/m);
+      expect(tunnel.stdout).not.toContain('does not speak HTTP/2');
+      const forwarded = await run(['doctor', ...proxy, `${lab.apache!.cleartextOrigin}/protected/`], { env });
+      expect(forwarded.stdout).toMatch(
+        /^ok +schemes: HTTP\/1\.1 401 offers Negotiate; that protocol is the proxy's: the server's is not seen through a forwarding proxy\n/m,
+      );
+      expect(forwarded.stdout).toMatch(/^ok +authentication: Negotiate, .* over HTTP\/1\.1 to the proxy → 200\n/m);
+      expect(forwarded.stdout).not.toContain('does not speak HTTP/2');
+      expect(forwarded.code).toBe(0);
+    },
+  );
+
   it('doctor without the CA: TLS fails and says --cacert', async () => {
     const r = await run(['doctor', `${lab.apache!.origin}/protected/`], { env });
     expect(r.stdout).toMatch(/^FAIL +TLS: certificate not trusted: \S+ .*\n +fix: give its CA with --cacert FILE/m);

@@ -2098,13 +2098,13 @@ describe('multileg command line', () => {
     },
   );
 
-  it('doctor: a server clock an hour off fails the clock check with the fix', async () => {
+  it('doctor: a server clock an hour off fails the clock check with the fix (over http:// no HTTP/2 is tried: not "the server does not speak HTTP/2", H5)', async () => {
     const r = await run(['doctor', `${plainOrigin}/skew`]);
     expect(r.stdout).toMatch(
       /^FAIL +clock: the server's Date is 3\d{3} s behind this machine\n +fix: synchronise the clocks \(NTP\)/m,
     );
     expect(r.stdout).toMatch(
-      /^ok +schemes: HTTP\/1\.1 200; the server does not speak HTTP\/2 \(no authentication asked for at this URL\)/m,
+      /^ok +schemes: HTTP\/1\.1 200; over http:\/\/ HTTP\/2 is not tried \(no h2c upgrade\) \(no authentication asked for at this URL\)/m,
     );
     expect(r.stdout).toContain('1 check(s) failed');
     expect(r.code).toBe(1);

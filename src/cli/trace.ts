@@ -78,9 +78,16 @@ export class Trace {
     unsubscribe(WITHHELD_CHANNEL, this.#onWithheld);
   }
 
-  /** The leg whose response the caller received last (the one on screen). */
+  /**
+   * The leg whose response the caller received last (the one on screen). Not a proxy's answer to
+   * CONNECT: its leg is published after the request's own first leg (the tunnel opens under it),
+   * and its HTTP/1.1 was taken for the protocol of the response that came through the tunnel.
+   */
   get lastDelivered(): LegRecord | undefined {
-    for (let i = this.legs.length - 1; i >= 0; i--) if (this.legs[i]!.response?.delivered) return this.legs[i];
+    for (let i = this.legs.length - 1; i >= 0; i--) {
+      const leg = this.legs[i]!;
+      if (leg.response?.delivered && leg.request.method !== 'CONNECT') return leg;
+    }
     return undefined;
   }
 
