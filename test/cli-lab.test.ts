@@ -413,6 +413,27 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(doctor.code).toBe(1);
   });
 
+  it('H2: doctor: a password refused where authentication moved to HTTP/1.1 (Apache /ntlm, no ticket: NTLM inside Negotiate) gets the refusal\'s fix, the command\'s own, the move a note (it said "nothing to do"); with --http1.1 nothing moved', async () => {
+    const args = ['-u', 'EXAMPLE\\alice:wrong', '--cacert', ca, `${lab.apache!.origin}/ntlm/`];
+    const command = await run(['-o', '/dev/null', ...args], { env: noTicket });
+    const fix = command.stderr.slice(command.stderr.indexOf('leg(s): ') + 'leg(s): '.length).trimEnd();
+    expect(fix).toBe('check -u user:password (DOMAIN\\user)');
+    const doctor = await run(['doctor', ...args], { env: noTicket });
+    expect(doctor.stdout).toMatch(
+      /^FAIL +authentication: Negotiate, 2 leg\(s\), failed over HTTP\/1\.1 → 401; needs HTTP\/1\.1 for authentication \(multileg moves there by itself\)\n {6}fix: (.*)\n/m,
+    );
+    expect(doctor.stdout).toContain(`      fix: ${fix}\n`);
+    expect(doctor.stdout).not.toContain('nothing to do');
+    expect(doctor.code).toBe(1);
+    // --http1.1: the request goes over HTTP/1.1 from the start, as the command's; no move to report.
+    const http1 = await run(['doctor', '--http1.1', ...args], { env: noTicket });
+    expect(http1.stdout).toMatch(
+      /^FAIL +authentication: Negotiate, 2 leg\(s\), failed over HTTP\/1\.1 → 401\n {6}fix: check -u user:password \(DOMAIN\\user\)\n/m,
+    );
+    expect(http1.stdout).not.toContain('needs HTTP/1.1');
+    expect(http1.code).toBe(1);
+  });
+
   it.skipIf(!haveSquid)(
     "H5: doctor through a proxy: a CONNECT tunnel's schemes check shows the server's HTTP/2, as its authentication check (it said the server does not speak HTTP/2: the proxy's answer to CONNECT); through a forwarding proxy it says the protocol seen is the proxy's",
     async () => {

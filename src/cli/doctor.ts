@@ -430,7 +430,12 @@ async function authenticate(
     trustedOrigins: [req.url.origin],
   });
   try {
-    const res = await request(req.url, { dispatcher: agent, method: 'GET' });
+    // --http1.1: the request goes as the command's would (transfer.ts), never tried over HTTP/2.
+    const res = await request(req.url, {
+      dispatcher: agent,
+      method: 'GET',
+      ...(req.http1 ? { allowH2: false } : {}),
+    } as Parameters<typeof request>[1]);
     await res.body.dump();
     const h = trace.handshakes.at(-1);
     if (!h)
@@ -439,7 +444,8 @@ async function authenticate(
         verdict: res.statusCode === 401 ? 'FAIL' : 'ok',
         detail: `${res.statusCode} without a handshake`,
       };
-    const moved = probed === 'h2' && h.protocol === 'http/1.1';
+    const moved = probed === 'h2' && h.protocol === 'http/1.1' && !req.http1;
+    const failed = res.statusCode >= 400;
     // A 401 after a handshake that failed: the command's fix for it (explain.ts), the same words.
     const refused =
       res.statusCode === 401 && h.outcome === 'failed'
@@ -448,14 +454,16 @@ async function authenticate(
     const over = `${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'}${forwarded ? ' to the proxy' : ''}`;
     return {
       name: 'authentication',
-      verdict: res.statusCode < 400 ? (moved ? 'warn' : 'ok') : 'FAIL',
+      verdict: failed ? 'FAIL' : moved ? 'warn' : 'ok',
       detail: `${h.scheme}, ${h.legs} leg(s), ${h.outcome}${h.identity ? ` as ${h.identity}` : ''} over ${over} → ${res.statusCode}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
-      ...(res.statusCode >= 400 ? { fix: refused } : {}),
-      ...(moved
-        ? {
-            fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
-          }
-        : {}),
+      // A refusal's fix wins: the move to HTTP/1.1 is then a note in the detail, nothing to do.
+      ...(failed
+        ? { fix: refused }
+        : moved
+          ? {
+              fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
+            }
+          : {}),
     };
   } catch (err) {
     return { name: 'authentication', verdict: 'FAIL', detail: describeFailure(err, req).message };
