@@ -239,7 +239,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
-  it('M2: without a ticket, -u user:password at a Kerberos-only Negotiate server (Apache /protected): the 401 names kinit as well as -u, since the right password went as NTLM inside Negotiate and was refused', async () => {
+  it('M2: without a ticket, -u user:password at a Kerberos-only Negotiate server (Apache /protected): the 401 names kinit, since the server refused the NTLM opening inside Negotiate (no password went; it said the password went and was refused)', async () => {
     const url = `${lab.apache!.origin}/protected/`;
     const r = await run(
       ['-u', 'EXAMPLE\\alice:alicepw', '-w', '%{http_code}', '-o', '/dev/null', '--cacert', ca, url],
@@ -249,7 +249,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     );
     expect(r).toMatchObject({ code: 0, stdout: '401' });
     expect(r.stderr).toBe(
-      `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; the server refused our Negotiate credentials after 1 leg(s): check -u user:password (DOMAIN\\user); or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (MULTILEG_KRB_NO_TICKET) and the password went as NTLM inside Negotiate\n`,
+      `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; it takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent (Kerberos was skipped: MULTILEG_KRB_NO_TICKET); the server wants Kerberos: get a ticket (kinit)\n`,
     );
     // Where the server offers NTLM of its own (Apache /spnego2), a refusal is the password's: no kinit.
     const wrong = await run(
@@ -432,6 +432,25 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     );
     expect(http1.stdout).not.toContain('needs HTTP/1.1');
     expect(http1.code).toBe(1);
+  });
+
+  it('M5/R4: -u and no ticket at a Kerberos-only location (Apache /protected): the command and doctor say the server refused the NTLM opening inside Negotiate, no password sent, and that it wants a ticket (they said it refused the password); the next URL sends it again (R4: nothing held back)', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const args = ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
+    const why = `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; it takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent (Kerberos was skipped: MULTILEG_KRB_NO_TICKET); the server wants Kerberos: get a ticket (kinit)\n`;
+    const command = await run(['-o', '/dev/null', '-o', '/dev/null', ...args, url, url], { env: noTicket });
+    expect([command.code, command.stderr]).toEqual([0, why + why]);
+    const verbose = await run(['-v', '-o', '/dev/null', ...args, url], { env: noTicket });
+    expect(verbose.stderr).toMatch(
+      /^\* Negotiate handshake on session \S+ \(HTTP\/2\): 1 leg\(s\), Auth-ID not used, failed at its opening, refused before any password went .*; Kerberos skipped: MULTILEG_KRB_NO_TICKET/m,
+    );
+    expect(verbose.stderr).not.toContain('alicepw');
+    const doctor = await run(['doctor', ...args, url], { env: noTicket });
+    expect(doctor.stdout).toMatch(
+      /^FAIL +authentication: Negotiate, 1 leg\(s\), failed at its opening over HTTP\/2 → 401: the server takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent \(Kerberos was skipped: MULTILEG_KRB_NO_TICKET\)\n {6}fix: the server wants Kerberos: get a ticket \(kinit\)\n/m,
+    );
+    expect(doctor.stdout).not.toContain('password went as NTLM');
+    expect(doctor.code).toBe(1);
   });
 
   it.skipIf(!haveSquid)(

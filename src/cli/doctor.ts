@@ -28,6 +28,7 @@ import {
   EXIT,
   forCli,
   netrcFileOf,
+  openingRefusal,
   outOfDatesFix,
   refusalFix,
   untrustedFix,
@@ -451,11 +452,15 @@ async function authenticate(
       res.statusCode === 401 && h.outcome === 'failed'
         ? refusalFix(h, challengeSchemes(res.headers, 401), netrcFileOf(req))
         : 'check -u user:password (DOMAIN\\user) or the ticket; run with -v';
+    // The opening refused: no password went, so "failed" alone would read as a wrong one.
+    const opening = h.failure === 'opening' ? openingRefusal(h) : undefined;
+    const outcome = opening ? 'failed at its opening' : h.outcome;
+    const why = opening && `: ${opening.what.replace(/^it /, 'the server ')}${opening.why ? ` (${opening.why})` : ''}`;
     const over = `${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'}${forwarded ? ' to the proxy' : ''}`;
     return {
       name: 'authentication',
       verdict: failed ? 'FAIL' : moved ? 'warn' : 'ok',
-      detail: `${h.scheme}, ${h.legs} leg(s), ${h.outcome}${h.identity ? ` as ${h.identity}` : ''} over ${over} → ${res.statusCode}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
+      detail: `${h.scheme}, ${h.legs} leg(s), ${outcome}${h.identity ? ` as ${h.identity}` : ''} over ${over} → ${res.statusCode}${why ?? ''}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
       // A refusal's fix wins: the move to HTTP/1.1 is then a note in the detail, nothing to do.
       ...(failed
         ? { fix: refused }

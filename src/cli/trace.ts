@@ -153,7 +153,9 @@ export class Trace {
         ? 'the session is authenticated'
         : r.outcome === 'per-request'
           ? 'each request authenticates on its own'
-          : 'failed';
+          : r.failure === 'opening'
+            ? 'failed at its opening, refused before any password went'
+            : 'failed';
     this.#say(
       `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
     );
