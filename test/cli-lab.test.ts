@@ -453,6 +453,20 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(doctor.code).toBe(1);
   });
 
+  it('T2/M2: -v: a 401 whose one scheme cannot run here (no ticket) is the answer, not labelled intermediate; one answered still is', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const r = await run(['-v', '-o', '/dev/null', '--cacert', ca, url], { env: noTicket });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(
+      /^< 401 offers Negotiate \[HTTP\/2\]\n\* its 401 is the answer: Negotiate cannot run here \(MULTILEG_KRB_NO_TICKET\)\n/m,
+    );
+    expect(r.stderr).not.toContain('intermediate');
+    const answered = await run(['-v', '-o', '/dev/null', '--negotiate', '-u', ':', '--cacert', ca, url], { env });
+    expect(answered.stderr).toMatch(
+      /^< 401 offers Negotiate \[HTTP\/2, intermediate\]\n> GET \/protected\/ \(Authorization: Negotiate …/m,
+    );
+  });
+
   it.skipIf(!haveSquid)(
     "H5: doctor through a proxy: a CONNECT tunnel's schemes check shows the server's HTTP/2, as its authentication check (it said the server does not speak HTTP/2: the proxy's answer to CONNECT); through a forwarding proxy it says the protocol seen is the proxy's",
     async () => {

@@ -53,6 +53,13 @@ export class Trace {
   readonly #onUnanswered401 = (message: unknown) => this.#unanswered401(message as UnansweredEvent);
   readonly #onWithheld = (message: unknown) => this.#withheld(message as WithheldEvent);
   readonly #onHeld: (() => void) | undefined;
+  /**
+   * -v: the line of a response not passed to the caller as it came (a 401 or 407 the agent read
+   * while trying to answer it), written once its fate is known: intermediate when anything else is
+   * said (the next leg goes), the answer when nothing offered can run here (the unanswered events).
+   * Written at once, a 401 that turned out to be the answer was labelled intermediate.
+   */
+  #pending: { readonly record: LegRecord; readonly line: (delivered: boolean) => string } | undefined;
 
   /**
    * `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D,
@@ -71,6 +78,7 @@ export class Trace {
   }
 
   stop(): void {
+    this.flush();
     unsubscribe(LEG_CHANNEL, this.#onLeg);
     unsubscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     unsubscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
@@ -89,6 +97,14 @@ export class Trace {
       if (leg.response?.delivered && leg.request.method !== 'CONNECT') return leg;
     }
     return undefined;
+  }
+
+  /** -v: writes the line of a response held back as intermediate (before a line of the command's own). */
+  flush(): void {
+    const pending = this.#pending;
+    if (!pending) return;
+    this.#pending = undefined;
+    this.#verbose?.(pending.line(false));
   }
 
   /**
@@ -131,9 +147,13 @@ export class Trace {
       const offers = e.status === 401 || e.status === 407 ? challengeSchemes(e.headers, e.status) : [];
       const authId = e.headers.some(([n]) => n === 'auth-id');
       const persistent = e.headers.find(([n]) => /^persist(ent|ed)-auth$/.test(n))?.[1];
-      this.#say(
-        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${e.delivered ? '' : ', intermediate'}]`,
-      );
+      const line = (delivered: boolean) =>
+        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${delivered ? '' : ', intermediate'}]`;
+      if (e.delivered || !this.#verbose) this.#say(line(e.delivered));
+      else {
+        this.flush();
+        this.#pending = { record, line };
+      }
       this.#onResponse?.(record);
     } else {
       record.error = e;
@@ -170,6 +190,7 @@ export class Trace {
     if (record && r && !r.delivered && r.status === 407) {
       record.response = { ...r, delivered: true };
       this.#onHeld?.();
+      this.#answer(record);
     }
     const why =
       e.reason === 'refused'
@@ -194,6 +215,7 @@ export class Trace {
       if (r && !r.delivered && r.status === 401) {
         record.response = { ...r, delivered: true };
         this.#onHeld?.();
+        this.#answer(record);
       }
     }
     const why = e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
@@ -210,7 +232,16 @@ export class Trace {
     );
   }
 
+  /** -v: the held line of `record`'s response is the answer: written without "intermediate". */
+  #answer(record: LegRecord): void {
+    const pending = this.#pending;
+    if (pending?.record !== record) return;
+    this.#pending = undefined;
+    this.#verbose?.(pending.line(true));
+  }
+
   #say(line: string): void {
+    this.flush();
     this.#verbose?.(line);
   }
 }
