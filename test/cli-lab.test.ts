@@ -467,6 +467,36 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     );
   });
 
+  it('M2: doctor --spn: the fix names the SPN given to check, not "or pass --spn" (given already); --principal with no ticket of it: "run kinit bob@EXAMPLE.TEST", not "or pass --principal"', async () => {
+    const r = await run(
+      ['doctor', '--spn', 'HTTP@wrong.example.test', '--cacert', ca, `${lab.apache!.origin}/protected/`],
+      { env },
+    );
+    expect(r.stdout).toMatch(
+      /^FAIL +SPN: HTTP@wrong\.example\.test \(--spn\): the KDC does not know this service principal\n {6}fix: Negotiate: the KDC does not know the service principal HTTP@wrong\.example\.test: check the SPN given in --spn against the server's keytab name \(klist -k on the server\)\n/m,
+    );
+    expect(r.stdout).not.toContain('pass --spn');
+    const bob = await run(
+      [
+        '-o',
+        '/dev/null',
+        '--negotiate',
+        '-u',
+        ':',
+        '--principal',
+        'bob@EXAMPLE.TEST',
+        '--cacert',
+        ca,
+        `${lab.apache!.origin}/protected/`,
+      ],
+      { env },
+    );
+    expect(bob.stderr).toMatch(
+      /^multileg: Negotiate: no Kerberos ticket for bob@EXAMPLE\.TEST: run kinit bob@EXAMPLE\.TEST \(or give -u user:password for the NTLM fallback\) \[GSS: .*\(MULTILEG_KRB_NO_TICKET\)\n$/,
+    );
+    expect(bob.stderr).not.toContain('pass --principal');
+  });
+
   it.skipIf(!haveSquid)(
     "H5: doctor through a proxy: a CONNECT tunnel's schemes check shows the server's HTTP/2, as its authentication check (it said the server does not speak HTTP/2: the proxy's answer to CONNECT); through a forwarding proxy it says the protocol seen is the proxy's",
     async () => {

@@ -1399,6 +1399,18 @@ describe('multileg command line', () => {
     expect(both.stderr).toBe('multileg: -I and -d: you can only select one HTTP request method (HEAD or POST)\n');
   });
 
+  it('S2: curl\'s --trace and --trace-ascii (a dump of every byte, secrets too) are bad usage that points to -v and --har, not "Did you mean --ccache?"', async () => {
+    for (const args of [['--trace', 'dump.txt'], ['--trace-ascii', '-'], ['--trace-ascii=dump.txt']]) {
+      const r = await run([...args, `${plainOrigin}/hop/0`]);
+      const option = args[0]!.replace(/=.*/, '');
+      expect([r.code, r.stderr, r.stdout], args.join(' ')).toEqual([
+        2,
+        `multileg: ${option} is not supported: -v shows each leg's request and response (credentials redacted), --har FILE writes them all (multileg --help lists the options)\n`,
+        '',
+      ]);
+    }
+  });
+
   it('usage as curl: --max-redirs -1 is no limit; "Did you mean" in one line; an empty --password-stdin is an error; -n is --netrc', async () => {
     const unlimited = await run(['-L', '--max-redirs', '-1', '-w', ' %{num_redirects}', `${plainOrigin}/hop/60`]);
     expect(unlimited).toMatchObject({ code: 0, stdout: 'GET  60' });
