@@ -275,6 +275,33 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it("H5: through a CONNECT tunnel the response's protocol is the server's, not the proxy's answer to CONNECT: -w %{http_version} 2 and -i's HTTP/2 (curl's), doctor's schemes check HTTP/2 as its authentication check (it said the server does not speak HTTP/2)", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({});
+      const through = ['--cacert', ca, '--proxy-cacert', ca, '-x', proxy.origin];
+      const version = await run([
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_version}',
+        ...through,
+        `${server.origin}/public/`,
+      ]);
+      expect([version.code, version.stdout]).toEqual([0, '2']);
+      const heads = await run(['-s', '-i', ...alice(), ...through, `${server.origin}/auth/tunnel-protocol`]);
+      // The proxy's answer to CONNECT (HTTP/1.1), the handshake's 401s (NTLM: 2), the answer: each its own.
+      expect(statusLines(heads.stdout)).toEqual(['HTTP/1.1 200 OK', 'HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
+      const doctor = await run(['doctor', ...alice(), ...through, `${server.origin}/auth/tunnel-doctor`]);
+      expect(doctor.stdout).toMatch(/^ok +schemes: HTTP\/2 401 offers .*; over HTTP\/1\.1: HTTP\/1\.1 401/m);
+      expect(doctor.stdout).toMatch(/^ok +authentication: .* over HTTP\/2 → 200\n/m);
+      expect(doctor.stdout).not.toContain('does not speak HTTP/2');
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it("-D: a file that cannot be created is curl's 23 before anything is sent, in one line; one that can is created empty when no response comes", async () => {
     const before = server.exchanges.length;
     const missing = join(dir, 'no-such-dir', 'heads.txt');

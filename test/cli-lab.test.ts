@@ -240,7 +240,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
-  it('M2: without a ticket, -u user:password at a Kerberos-only Negotiate server (Apache /protected): the 401 names kinit as well as -u, since the right password went as NTLM inside Negotiate and was refused', async () => {
+  it('M2: without a ticket, -u user:password at a Kerberos-only Negotiate server (Apache /protected): the 401 names kinit, since the server refused the NTLM opening inside Negotiate (no password went; it said the password went and was refused)', async () => {
     const url = `${lab.apache!.origin}/protected/`;
     const r = await run(
       ['-u', 'EXAMPLE\\alice:alicepw', '-w', '%{http_code}', '-o', '/dev/null', '--cacert', ca, url],
@@ -250,7 +250,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     );
     expect(r).toMatchObject({ code: 0, stdout: '401' });
     expect(r.stderr).toBe(
-      `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; the server refused our Negotiate credentials after 1 leg(s): check -u user:password (DOMAIN\\user); or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (MULTILEG_KRB_NO_TICKET) and the password went as NTLM inside Negotiate\n`,
+      `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; it takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent (Kerberos was skipped: MULTILEG_KRB_NO_TICKET); the server wants Kerberos: get a ticket (kinit)\n`,
     );
     // Where the server offers NTLM of its own (Apache /spnego2), a refusal is the password's: no kinit.
     const wrong = await run(
@@ -413,6 +413,110 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(doctor.stdout).not.toContain('or the ticket');
     expect(doctor.code).toBe(1);
   });
+
+  it('H2: doctor: a password refused where authentication moved to HTTP/1.1 (Apache /ntlm, no ticket: NTLM inside Negotiate) gets the refusal\'s fix, the command\'s own, the move a note (it said "nothing to do"); with --http1.1 nothing moved', async () => {
+    const args = ['-u', 'EXAMPLE\\alice:wrong', '--cacert', ca, `${lab.apache!.origin}/ntlm/`];
+    const command = await run(['-o', '/dev/null', ...args], { env: noTicket });
+    const fix = command.stderr.slice(command.stderr.indexOf('leg(s): ') + 'leg(s): '.length).trimEnd();
+    expect(fix).toBe('check -u user:password (DOMAIN\\user)');
+    const doctor = await run(['doctor', ...args], { env: noTicket });
+    expect(doctor.stdout).toMatch(
+      /^FAIL +authentication: Negotiate, 2 leg\(s\), failed over HTTP\/1\.1 → 401; needs HTTP\/1\.1 for authentication \(multileg moves there by itself\)\n {6}fix: (.*)\n/m,
+    );
+    expect(doctor.stdout).toContain(`      fix: ${fix}\n`);
+    expect(doctor.stdout).not.toContain('nothing to do');
+    expect(doctor.code).toBe(1);
+    // --http1.1: the request goes over HTTP/1.1 from the start, as the command's; no move to report.
+    const http1 = await run(['doctor', '--http1.1', ...args], { env: noTicket });
+    expect(http1.stdout).toMatch(
+      /^FAIL +authentication: Negotiate, 2 leg\(s\), failed over HTTP\/1\.1 → 401\n {6}fix: check -u user:password \(DOMAIN\\user\)\n/m,
+    );
+    expect(http1.stdout).not.toContain('needs HTTP/1.1');
+    expect(http1.code).toBe(1);
+  });
+
+  it('M5/R4: -u and no ticket at a Kerberos-only location (Apache /protected): the command and doctor say the server refused the NTLM opening inside Negotiate, no password sent, and that it wants a ticket (they said it refused the password); the next URL sends it again (R4: nothing held back)', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const args = ['-u', 'EXAMPLE\\alice:alicepw', '--cacert', ca];
+    const why = `multileg: ${lab.apache!.origin} answered 401 and offered Negotiate; it takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent (Kerberos was skipped: MULTILEG_KRB_NO_TICKET); the server wants Kerberos: get a ticket (kinit)\n`;
+    const command = await run(['-o', '/dev/null', '-o', '/dev/null', ...args, url, url], { env: noTicket });
+    expect([command.code, command.stderr]).toEqual([0, why + why]);
+    const verbose = await run(['-v', '-o', '/dev/null', ...args, url], { env: noTicket });
+    expect(verbose.stderr).toMatch(
+      /^\* Negotiate handshake on session \S+ \(HTTP\/2\): 1 leg\(s\), Auth-ID not used, failed at its opening, refused before any password went .*; Kerberos skipped: MULTILEG_KRB_NO_TICKET/m,
+    );
+    expect(verbose.stderr).not.toContain('alicepw');
+    const doctor = await run(['doctor', ...args, url], { env: noTicket });
+    expect(doctor.stdout).toMatch(
+      /^FAIL +authentication: Negotiate, 1 leg\(s\), failed at its opening over HTTP\/2 → 401: the server takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent \(Kerberos was skipped: MULTILEG_KRB_NO_TICKET\)\n {6}fix: the server wants Kerberos: get a ticket \(kinit\)\n/m,
+    );
+    expect(doctor.stdout).not.toContain('password went as NTLM');
+    expect(doctor.code).toBe(1);
+  });
+
+  it('T2/M2: -v: a 401 whose one scheme cannot run here (no ticket) is the answer, not labelled intermediate; one answered still is', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const r = await run(['-v', '-o', '/dev/null', '--cacert', ca, url], { env: noTicket });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(
+      /^< 401 offers Negotiate \[HTTP\/2\]\n\* its 401 is the answer: Negotiate cannot run here \(MULTILEG_KRB_NO_TICKET\)\n/m,
+    );
+    expect(r.stderr).not.toContain('intermediate');
+    const answered = await run(['-v', '-o', '/dev/null', '--negotiate', '-u', ':', '--cacert', ca, url], { env });
+    expect(answered.stderr).toMatch(
+      /^< 401 offers Negotiate \[HTTP\/2, intermediate\]\n> GET \/protected\/ \(Authorization: Negotiate …/m,
+    );
+  });
+
+  it('M2: doctor --spn: the fix names the SPN given to check, not "or pass --spn" (given already); --principal with no ticket of it: "run kinit bob@EXAMPLE.TEST", not "or pass --principal"', async () => {
+    const r = await run(
+      ['doctor', '--spn', 'HTTP@wrong.example.test', '--cacert', ca, `${lab.apache!.origin}/protected/`],
+      { env },
+    );
+    expect(r.stdout).toMatch(
+      /^FAIL +SPN: HTTP@wrong\.example\.test \(--spn\): the KDC does not know this service principal\n {6}fix: Negotiate: the KDC does not know the service principal HTTP@wrong\.example\.test: check the SPN given in --spn against the server's keytab name \(klist -k on the server\)\n/m,
+    );
+    expect(r.stdout).not.toContain('pass --spn');
+    const bob = await run(
+      [
+        '-o',
+        '/dev/null',
+        '--negotiate',
+        '-u',
+        ':',
+        '--principal',
+        'bob@EXAMPLE.TEST',
+        '--cacert',
+        ca,
+        `${lab.apache!.origin}/protected/`,
+      ],
+      { env },
+    );
+    expect(bob.stderr).toMatch(
+      /^multileg: Negotiate: no Kerberos ticket for bob@EXAMPLE\.TEST: run kinit bob@EXAMPLE\.TEST \(or give -u user:password for the NTLM fallback\) \[GSS: .*\(MULTILEG_KRB_NO_TICKET\)\n$/,
+    );
+    expect(bob.stderr).not.toContain('pass --principal');
+  });
+
+  it.skipIf(!haveSquid)(
+    "H5: doctor through a proxy: a CONNECT tunnel's schemes check shows the server's HTTP/2, as its authentication check (it said the server does not speak HTTP/2: the proxy's answer to CONNECT); through a forwarding proxy it says the protocol seen is the proxy's",
+    async () => {
+      const proxy = ['-x', lab.negotiateSquid!.origin, '--cacert', ca];
+      const tunnel = await run(['doctor', ...proxy, `${lab.apache!.origin}/protected/`], { env });
+      expect(tunnel.stdout).toMatch(
+        /^ok +schemes: HTTP\/2 401 offers Negotiate; over HTTP\/1\.1: HTTP\/1\.1 401 offers Negotiate\n/m,
+      );
+      expect(tunnel.stdout).toMatch(/^ok +authentication: Negotiate, .* over HTTP\/2 → 200\n/m);
+      expect(tunnel.stdout).not.toContain('does not speak HTTP/2');
+      const forwarded = await run(['doctor', ...proxy, `${lab.apache!.cleartextOrigin}/protected/`], { env });
+      expect(forwarded.stdout).toMatch(
+        /^ok +schemes: HTTP\/1\.1 401 offers Negotiate; that protocol is the proxy's: the server's is not seen through a forwarding proxy\n/m,
+      );
+      expect(forwarded.stdout).toMatch(/^ok +authentication: Negotiate, .* over HTTP\/1\.1 to the proxy → 200\n/m);
+      expect(forwarded.stdout).not.toContain('does not speak HTTP/2');
+      expect(forwarded.code).toBe(0);
+    },
+  );
 
   it('doctor without the CA: TLS fails and says --cacert', async () => {
     const r = await run(['doctor', `${lab.apache!.origin}/protected/`], { env });

@@ -1419,6 +1419,18 @@ describe('multileg command line', () => {
     expect(both.stderr).toBe('multileg: -I and -d: you can only select one HTTP request method (HEAD or POST)\n');
   });
 
+  it('S2: curl\'s --trace and --trace-ascii (a dump of every byte, secrets too) are bad usage that points to -v and --har, not "Did you mean --ccache?"', async () => {
+    for (const args of [['--trace', 'dump.txt'], ['--trace-ascii', '-'], ['--trace-ascii=dump.txt']]) {
+      const r = await run([...args, `${plainOrigin}/hop/0`]);
+      const option = args[0]!.replace(/=.*/, '');
+      expect([r.code, r.stderr, r.stdout], args.join(' ')).toEqual([
+        2,
+        `multileg: ${option} is not supported: -v shows each leg's request and response (credentials redacted), --har FILE writes them all (multileg --help lists the options)\n`,
+        '',
+      ]);
+    }
+  });
+
   it('usage as curl: --max-redirs -1 is no limit; "Did you mean" in one line; an empty --password-stdin is an error; -n is --netrc', async () => {
     const unlimited = await run(['-L', '--max-redirs', '-1', '-w', ' %{num_redirects}', `${plainOrigin}/hop/60`]);
     expect(unlimited).toMatchObject({ code: 0, stdout: 'GET  60' });
@@ -2118,13 +2130,13 @@ describe('multileg command line', () => {
     },
   );
 
-  it('doctor: a server clock an hour off fails the clock check with the fix', async () => {
+  it('doctor: a server clock an hour off fails the clock check with the fix (over http:// no HTTP/2 is tried: not "the server does not speak HTTP/2", H5)', async () => {
     const r = await run(['doctor', `${plainOrigin}/skew`]);
     expect(r.stdout).toMatch(
       /^FAIL +clock: the server's Date is 3\d{3} s behind this machine\n +fix: synchronise the clocks \(NTP\)/m,
     );
     expect(r.stdout).toMatch(
-      /^ok +schemes: HTTP\/1\.1 200; the server does not speak HTTP\/2 \(no authentication asked for at this URL\)/m,
+      /^ok +schemes: HTTP\/1\.1 200; over http:\/\/ HTTP\/2 is not tried \(no h2c upgrade\) \(no authentication asked for at this URL\)/m,
     );
     expect(r.stdout).toContain('1 check(s) failed');
     expect(r.code).toBe(1);

@@ -354,6 +354,32 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       await asAlice.arrayBuffer();
     });
 
+    it('M5/R4: a password and no ticket at a Kerberos-only location (Apache /protected): the NTLM opening inside Negotiate went alone and was refused; the report says `opening` (it said `refused`, as for a wrong password) and R4 holds nothing back, where a wrong password refused after its 2 legs at /spnego2 is `refused` and held back', async () => {
+      const origin = lab.apache!.origin;
+      const a = agent({ credentials: ALICE_NTLM, trustedOrigins: [origin], negotiate: { ccache: cc('none') } });
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(`${origin}/protected/`, { dispatcher: a });
+        expect(res.status).toBe(401);
+        await res.arrayBuffer();
+      }
+      // Both requests sent the opening (no password in it: nothing held back), each refused there.
+      expect(
+        a.handshakes().map((h) => [h.scheme, h.legs, h.outcome, h.failure, h.fallbackReason?.split(':')[0]]),
+      ).toEqual(Array(2).fill(['Negotiate', 1, 'failed', 'opening', 'MULTILEG_KRB_NO_TICKET']));
+      const wrong = agent({
+        credentials: { ...ALICE_NTLM, password: 'wrong' },
+        trustedOrigins: [origin],
+        negotiate: { ccache: cc('none') },
+      });
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(`${origin}/spnego2/`, { dispatcher: wrong });
+        expect(res.status).toBe(401);
+        await res.arrayBuffer();
+      }
+      // The password refused: the second request goes without it (R4), one handshake in all.
+      expect(wrong.handshakes().map((h) => [h.legs, h.outcome, h.failure])).toEqual([[2, 'failed', 'refused']]);
+    });
+
     it('M5: Apache /spnego2 offers both Negotiate and NTLM', async () => {
       const client = labClient(lab.apache!.origin, lab.apache!.ca);
       try {

@@ -117,6 +117,23 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     expect(other.message).toContain('Invalid token was supplied');
   });
 
+  it('M2: a principal or an SPN given as such is what the fix names: "run kinit bob@R" (it said "or pass principal", passed already), the given SPN to check against the keytab (it said "or pass negotiate.spn")', () => {
+    const noTicket = mapGssError(new Error(GSS.noTicketSpnego), { spn: 'HTTP@h', principal: 'bob@R' });
+    expect(noTicket).toBeInstanceOf(KerberosNoTicketError);
+    expect(noTicket.message).toMatch(
+      /^Negotiate: no Kerberos ticket for bob@R: run kinit bob@R \(or give credentials for the NTLM fallback\) \[GSS: /,
+    );
+    expect(noTicket.message).not.toContain('pass principal');
+    const given = mapGssError(new Error(GSS.spn), { spn: 'HTTP@wrong.example', spnGiven: true });
+    expect(given).toBeInstanceOf(KerberosUnknownServiceError);
+    expect(given.code).toBe('MULTILEG_KRB_UNKNOWN_SPN');
+    expect(given.message).toMatch(
+      /^Negotiate: the KDC does not know the service principal HTTP@wrong\.example: check the SPN given in negotiate\.spn against the server's keytab name \(klist -k on the server\) \[GSS: /,
+    );
+    expect(given.message).not.toContain('pass negotiate.spn');
+    expect(given.cause).toBeInstanceOf(Error);
+  });
+
   it('M2: "A required argument is missing" with a chosen principal means no ticket for that principal', () => {
     const text = 'Unspecified GSS failure.  Minor code may provide more information: A required argument is missing';
     expect(mapGssError(new Error(text), { spn: 'HTTP@h', principal: 'bob@R' })).toBeInstanceOf(KerberosNoTicketError);

@@ -28,6 +28,7 @@ import {
   EXIT,
   forCli,
   netrcFileOf,
+  openingRefusal,
   outOfDatesFix,
   refusalFix,
   untrustedFix,
@@ -343,10 +344,18 @@ export async function doctor(argv: string[]): Promise<number> {
     const show = (p: Awaited<ReturnType<typeof probe>>) =>
       `${p.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} ${p.status}${p.offered.length ? ` offers ${p.offered.join(', ')}` : ''}`;
     const none = h2.status !== 401 && h1.status !== 401;
+    // Only a TLS connection to the server itself (direct or through a CONNECT tunnel) shows whether
+    // it speaks HTTP/2: a forwarding proxy answers for it, and over http:// no h2c is tried.
+    const unseen =
+      proxy?.kind === 'forward'
+        ? "that protocol is the proxy's: the server's is not seen through a forwarding proxy"
+        : req.url.protocol === 'http:'
+          ? 'over http:// HTTP/2 is not tried (no h2c upgrade)'
+          : undefined;
     add({
       name: 'schemes',
       verdict: 'ok',
-      detail: `${show(h2)}; ${h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2'}${none ? ' (no authentication asked for at this URL)' : ''}`,
+      detail: `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}${none ? ' (no authentication asked for at this URL)' : ''}`,
     });
     if (h2.date) {
       const skew = Math.round((Date.parse(h2.date) - Date.now()) / 1000);
@@ -376,7 +385,7 @@ export async function doctor(argv: string[]): Promise<number> {
   }
 
   if (h2 && (h2.status === 401 || h2.offered.length > 0))
-    add(await authenticate(req, h2.protocol, ticketWorks, kerberosFailure));
+    add(await authenticate(req, h2.protocol, ticketWorks, kerberosFailure, proxy?.kind === 'forward'));
 
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
   process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
@@ -389,7 +398,9 @@ async function authenticate(
   probed: string | undefined,
   ticketWorks: boolean,
   /** The code of the SPN check's failure, when it failed. */
-  kerberosFailure?: string,
+  kerberosFailure: string | undefined,
+  /** Through a forwarding proxy: the protocol seen is the proxy's, not the server's. */
+  forwarded: boolean,
 ): Promise<Check> {
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   try {
@@ -420,7 +431,12 @@ async function authenticate(
     trustedOrigins: [req.url.origin],
   });
   try {
-    const res = await request(req.url, { dispatcher: agent, method: 'GET' });
+    // --http1.1: the request goes as the command's would (transfer.ts), never tried over HTTP/2.
+    const res = await request(req.url, {
+      dispatcher: agent,
+      method: 'GET',
+      ...(req.http1 ? { allowH2: false } : {}),
+    } as Parameters<typeof request>[1]);
     await res.body.dump();
     const h = trace.handshakes.at(-1);
     if (!h)
@@ -429,22 +445,30 @@ async function authenticate(
         verdict: res.statusCode === 401 ? 'FAIL' : 'ok',
         detail: `${res.statusCode} without a handshake`,
       };
-    const moved = probed === 'h2' && h.protocol === 'http/1.1';
+    const moved = probed === 'h2' && h.protocol === 'http/1.1' && !req.http1;
+    const failed = res.statusCode >= 400;
     // A 401 after a handshake that failed: the command's fix for it (explain.ts), the same words.
     const refused =
       res.statusCode === 401 && h.outcome === 'failed'
         ? refusalFix(h, challengeSchemes(res.headers, 401), netrcFileOf(req))
         : 'check -u user:password (DOMAIN\\user) or the ticket; run with -v';
+    // The opening refused: no password went, so "failed" alone would read as a wrong one.
+    const opening = h.failure === 'opening' ? openingRefusal(h) : undefined;
+    const outcome = opening ? 'failed at its opening' : h.outcome;
+    const why = opening && `: ${opening.what.replace(/^it /, 'the server ')}${opening.why ? ` (${opening.why})` : ''}`;
+    const over = `${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'}${forwarded ? ' to the proxy' : ''}`;
     return {
       name: 'authentication',
-      verdict: res.statusCode < 400 ? (moved ? 'warn' : 'ok') : 'FAIL',
-      detail: `${h.scheme}, ${h.legs} leg(s), ${h.outcome}${h.identity ? ` as ${h.identity}` : ''} over ${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} → ${res.statusCode}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
-      ...(res.statusCode >= 400 ? { fix: refused } : {}),
-      ...(moved
-        ? {
-            fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
-          }
-        : {}),
+      verdict: failed ? 'FAIL' : moved ? 'warn' : 'ok',
+      detail: `${h.scheme}, ${h.legs} leg(s), ${outcome}${h.identity ? ` as ${h.identity}` : ''} over ${over} → ${res.statusCode}${why ?? ''}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
+      // A refusal's fix wins: the move to HTTP/1.1 is then a note in the detail, nothing to do.
+      ...(failed
+        ? { fix: refused }
+        : moved
+          ? {
+              fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
+            }
+          : {}),
     };
   } catch (err) {
     return { name: 'authentication', verdict: 'FAIL', detail: describeFailure(err, req).message };

@@ -476,15 +476,47 @@ export function netrcFileOf(req: {
 }
 
 /**
+ * Handshake `h`'s opening leg met the server's final 401 (failure `opening`: an NTLM NEGOTIATE,
+ * alone or inside SPNEGO, which holds no password): what happened, why (Kerberos skipped), and the
+ * fix, for the command's 401 explanation and doctor's authentication check alike. Not a wrong
+ * password: none was sent.
+ */
+export function openingRefusal(h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'>): {
+  readonly what: string;
+  readonly why?: string;
+  readonly fix: string;
+} {
+  if (h.scheme.toLowerCase() !== 'negotiate')
+    return {
+      what: `it refused the opening of the ${h.scheme} handshake, before any password was sent: it would not start one here`,
+      fix: 'it may want another scheme it offers: run with -v, or multileg doctor URL',
+    };
+  // Kerberos was skipped (no ticket, say) and NTLM went inside Negotiate; with no reason, the
+  // system's GSS-API chose NTLM itself (no ticket in the cache). Either way it wants Kerberos.
+  const reason = h.fallbackReason;
+  const code = reason?.replace(/:.*/, '');
+  return {
+    what: 'it takes no NTLM here: it refused the NTLM opening inside Negotiate, before any password was sent',
+    ...(reason !== undefined ? { why: `Kerberos was skipped: ${ticketFixes(code) ? code : forCli(reason)}` } : {}),
+    fix:
+      reason === undefined || ticketFixes(code)
+        ? 'the server wants Kerberos: get a ticket (kinit)'
+        : 'the server wants Kerberos: make Kerberos work here (multileg doctor URL names the fix)',
+  };
+}
+
+/**
  * What to do when the server refused the credentials of handshake `h` (a 401 that stood after it),
  * `offered` the schemes of that 401, `netrcFile` the netrc file the password came from: the
  * command's 401 explanation and doctor's authentication check give the same fix.
  */
 export function refusalFix(
-  h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'>,
+  h: Pick<HandshakeReport, 'scheme' | 'fallbackReason' | 'failure'>,
   offered: readonly string[],
   netrcFile?: string,
 ): string {
+  // No password was refused: the server would not take the handshake's opening.
+  if (h.failure === 'opening') return openingRefusal(h).fix;
   // Kerberos only when Negotiate ran Kerberos (not NTLM inside it, as after a fallback).
   const kerberos = h.scheme.toLowerCase() === 'negotiate' && h.fallbackReason === undefined;
   const fix = kerberos
@@ -547,6 +579,10 @@ export function explain401(ctx: {
   }
   if (failed.length > 0) {
     const h = failed[failed.length - 1]!;
+    if (h.failure === 'opening') {
+      const { what, why, fix } = openingRefusal(h);
+      return `${head}; ${what}${why ? ` (${why})` : ''}; ${fix}`;
+    }
     return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${refusalFix(h, ctx.offered, ctx.netrcFile)}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;

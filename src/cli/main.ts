@@ -44,11 +44,18 @@ async function main(argv: string[]): Promise<number> {
   // request uses (undici-core.ts).
   (await import('./undici-core.ts')).useUndiciCore();
   const { MultilegAgent } = await import('../agent.ts');
+  /**
+   * -v: the trace, once made, may hold back a response's line until its fate is known (trace.ts):
+   * any other line on stderr comes after it.
+   */
+  let tracing: Trace | undefined;
   const say = (line: string) => {
+    tracing?.flush();
     if (!req.silent || req.showError) process.stderr.write(`multileg: ${line}\n`);
   };
   /** curl's warnings: -s hides them, -S does not bring them back. */
   const warn = (line: string) => {
+    tracing?.flush();
     if (!req.silent) process.stderr.write(`multileg: Warning: ${line}\n`);
   };
   // A copied browser command's own Authorization is the request's identity (S6): the credentials
@@ -65,7 +72,13 @@ async function main(argv: string[]): Promise<number> {
     say(err.message);
     return err instanceof UsageError ? err.exit : EXIT.usage;
   }
-  const verbose = req.verbose ? (line: string) => process.stderr.write(`${line}\n`) : undefined;
+  const write = (line: string) => process.stderr.write(`${line}\n`);
+  const verbose = req.verbose
+    ? (line: string) => {
+        tracing?.flush();
+        write(line);
+      }
+    : undefined;
   // -b FILE, -c: the cookie engine (cookies.ts, with tough-cookie), loaded only for them; before
   // the first request (wasm.ts: modules loaded after its V8 flag lose their code cache).
   let cookies: import('./cookies.ts').CookieEngine | undefined;
@@ -133,7 +146,12 @@ async function main(argv: string[]): Promise<number> {
   }
   // The heads -D and -i show, one sequence for both (heads.ts): the handshake's from the trace.
   const heads = dump || (req.include && !req.json) ? new (await import('./heads.ts')).ResponseHeads(dump) : undefined;
-  const trace = new Trace(verbose, heads ? (leg) => heads.leg(leg) : undefined, heads ? () => heads.drop() : undefined);
+  const trace = new Trace(
+    verbose && write,
+    heads ? (leg) => heads.leg(leg) : undefined,
+    heads ? () => heads.drop() : undefined,
+  );
+  tracing = trace;
   // -w %{remote_ip} / %{remote_port}: the address each origin's last connection reached.
   const remotes = req.writeOut !== undefined ? new Remotes() : undefined;
   // -w's phase times and head sizes: only for a format naming one (timings.ts subscribes to the
@@ -171,11 +189,13 @@ async function main(argv: string[]): Promise<number> {
       };
       attempt();
       const outcome = await transfer(transferReq, { command, credentials, trace, heads, stdout, say, warn, attempt });
+      trace.flush();
       await report(transferReq, outcome, remotes, connects, urlnum, timings);
       exit = outcome.exit;
       if (exit !== EXIT.ok && req.failEarly) break;
     }
     const stats = command.totals();
+    trace.flush();
     if (req.verbose)
       process.stderr.write(
         `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,

@@ -382,7 +382,7 @@ export function program(): Commander.Command {
       .configureOutput({
         outputError: (message, write) =>
           write(
-            `multileg: ${message
+            `multileg: ${unsupportedCurlOption(message)
               .replace(/^error: /, '')
               .trimEnd()
               .replace(/\s*\n\s*/g, ' ')} (multileg --help lists the options)\n`,
@@ -390,6 +390,17 @@ export function program(): Commander.Command {
       })
       .exitOverride()
   );
+}
+
+/**
+ * curl's --trace and --trace-ascii (a dump of every byte, secrets too) are not multileg's: commander
+ * would suggest a flag by its spelling (`--trace`: "Did you mean --ccache?"); a curl user is told
+ * what shows the exchange here instead.
+ */
+function unsupportedCurlOption(message: string): string {
+  const trace = /^error: unknown option '(--trace(?:-ascii)?)(?:=[^']*)?'/.exec(message);
+  if (!trace) return message;
+  return `error: ${trace[1]} is not supported: -v shows each leg's request and response (credentials redacted), --har FILE writes them all`;
 }
 
 /** Percent-decoded, as curl decodes URL userinfo; text that is not valid percent-encoding stays as it is. */

@@ -53,6 +53,13 @@ export class Trace {
   readonly #onUnanswered401 = (message: unknown) => this.#unanswered401(message as UnansweredEvent);
   readonly #onWithheld = (message: unknown) => this.#withheld(message as WithheldEvent);
   readonly #onHeld: (() => void) | undefined;
+  /**
+   * -v: the line of a response not passed to the caller as it came (a 401 or 407 the agent read
+   * while trying to answer it), written once its fate is known: intermediate when anything else is
+   * said (the next leg goes), the answer when nothing offered can run here (the unanswered events).
+   * Written at once, a 401 that turned out to be the answer was labelled intermediate.
+   */
+  #pending: { readonly record: LegRecord; readonly line: (delivered: boolean) => string } | undefined;
 
   /**
    * `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D,
@@ -71,6 +78,7 @@ export class Trace {
   }
 
   stop(): void {
+    this.flush();
     unsubscribe(LEG_CHANNEL, this.#onLeg);
     unsubscribe(HANDSHAKE_CHANNEL, this.#onHandshake);
     unsubscribe(PROXY_UNANSWERED_CHANNEL, this.#onUnanswered);
@@ -78,10 +86,25 @@ export class Trace {
     unsubscribe(WITHHELD_CHANNEL, this.#onWithheld);
   }
 
-  /** The leg whose response the caller received last (the one on screen). */
+  /**
+   * The leg whose response the caller received last (the one on screen). Not a proxy's answer to
+   * CONNECT: its leg is published after the request's own first leg (the tunnel opens under it),
+   * and its HTTP/1.1 was taken for the protocol of the response that came through the tunnel.
+   */
   get lastDelivered(): LegRecord | undefined {
-    for (let i = this.legs.length - 1; i >= 0; i--) if (this.legs[i]!.response?.delivered) return this.legs[i];
+    for (let i = this.legs.length - 1; i >= 0; i--) {
+      const leg = this.legs[i]!;
+      if (leg.response?.delivered && leg.request.method !== 'CONNECT') return leg;
+    }
     return undefined;
+  }
+
+  /** -v: writes the line of a response held back as intermediate (before a line of the command's own). */
+  flush(): void {
+    const pending = this.#pending;
+    if (!pending) return;
+    this.#pending = undefined;
+    this.#verbose?.(pending.line(false));
   }
 
   /**
@@ -124,9 +147,13 @@ export class Trace {
       const offers = e.status === 401 || e.status === 407 ? challengeSchemes(e.headers, e.status) : [];
       const authId = e.headers.some(([n]) => n === 'auth-id');
       const persistent = e.headers.find(([n]) => /^persist(ent|ed)-auth$/.test(n))?.[1];
-      this.#say(
-        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${e.delivered ? '' : ', intermediate'}]`,
-      );
+      const line = (delivered: boolean) =>
+        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${delivered ? '' : ', intermediate'}]`;
+      if (e.delivered || !this.#verbose) this.#say(line(e.delivered));
+      else {
+        this.flush();
+        this.#pending = { record, line };
+      }
       this.#onResponse?.(record);
     } else {
       record.error = e;
@@ -146,7 +173,9 @@ export class Trace {
         ? 'the session is authenticated'
         : r.outcome === 'per-request'
           ? 'each request authenticates on its own'
-          : 'failed';
+          : r.failure === 'opening'
+            ? 'failed at its opening, refused before any password went'
+            : 'failed';
     this.#say(
       `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
     );
@@ -161,6 +190,7 @@ export class Trace {
     if (record && r && !r.delivered && r.status === 407) {
       record.response = { ...r, delivered: true };
       this.#onHeld?.();
+      this.#answer(record);
     }
     const why =
       e.reason === 'refused'
@@ -185,6 +215,7 @@ export class Trace {
       if (r && !r.delivered && r.status === 401) {
         record.response = { ...r, delivered: true };
         this.#onHeld?.();
+        this.#answer(record);
       }
     }
     const why = e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
@@ -201,7 +232,16 @@ export class Trace {
     );
   }
 
+  /** -v: the held line of `record`'s response is the answer: written without "intermediate". */
+  #answer(record: LegRecord): void {
+    const pending = this.#pending;
+    if (pending?.record !== record) return;
+    this.#pending = undefined;
+    this.#verbose?.(pending.line(true));
+  }
+
   #say(line: string): void {
+    this.flush();
     this.#verbose?.(line);
   }
 }

@@ -59,9 +59,13 @@ export interface HandshakeReport {
    * A failed handshake's cause, where it is known: `refused`, the server answered the last leg
    * with a 401 (wrong password, or an account it does not accept); `proof`, the server's final
    * token failed mutual authentication; `error`, the handshake ended otherwise (a timeout, a reset,
-   * a last leg answered neither with success nor with a 401: a 5xx from a backend that is down).
+   * a last leg answered neither with success nor with a 401: a 5xx from a backend that is down);
+   * `opening`, the server answered the opening leg of a multi-leg handshake with its final 401 (an
+   * NTLM NEGOTIATE, alone or inside SPNEGO, which holds no password): no password was tried — the
+   * server takes no such handshake here (a Kerberos-only Negotiate: `fallbackReason` says why
+   * Kerberos was skipped) or would not start one. R4 does not count it against the credentials.
    */
-  readonly failure?: 'refused' | 'proof' | 'error';
+  readonly failure?: 'refused' | 'opening' | 'proof' | 'error';
 }
 
 export interface ExchangeEnv {
@@ -1189,7 +1193,14 @@ class Lead implements HandshakeInput, LegInfo {
           // MAX_WAITS times then goes bare (check).
           else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
         }
-        this.#report(result, 'failed', undefined, result.refused ? 'refused' : result.proofFailed ? 'proof' : 'error');
+        // A refusal of the opening leg refused no password (R4 leaves it uncounted, above): said so,
+        // or a Kerberos-only server reads as a wrong password.
+        this.#report(
+          result,
+          'failed',
+          undefined,
+          result.refused ? (result.opening ? 'opening' : 'refused') : result.proofFailed ? 'proof' : 'error',
+        );
         return end({ kind: 'done', done: result.done });
       case 'relocate': {
         // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).

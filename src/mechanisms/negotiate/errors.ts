@@ -21,7 +21,8 @@ export class KerberosNoTicketError extends KerberosError {
   constructor(gssMessage: string, principal?: string, options?: { cause?: unknown; fallback?: boolean }) {
     super(
       'MULTILEG_KRB_NO_TICKET',
-      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}` : ''}: run kinit${principal ? ` ${principal}` : ''} or pass principal${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
+      // With a principal given, "or pass principal" would name what is there: its kinit is the fix.
+      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}` : ''}: run kinit${principal ? ` ${principal}` : ' or pass principal'}${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
       gssMessage,
       options,
     );
@@ -55,12 +56,15 @@ export class KerberosKdcUnreachableError extends KerberosError {
 /** The KDC does not know the service principal the client asked a ticket for. */
 export class KerberosUnknownServiceError extends KerberosError {
   readonly spn: string;
-  constructor(gssMessage: string, spn: string, options?: { cause?: unknown }) {
+  /** `given`: the SPN is negotiate.spn's, not one made from the URL's host (the fix is then that option's value). */
+  constructor(gssMessage: string, spn: string, options?: { cause?: unknown; given?: boolean }) {
     super(
       'MULTILEG_KRB_UNKNOWN_SPN',
-      `Negotiate: the KDC does not know the service principal for ${spn}: check the SPN (the server's keytab name; a CNAME may need negotiate.canonicalizeHost, a non-default port negotiate.includePort) or pass negotiate.spn [GSS: ${gssMessage}]`,
+      options?.given
+        ? `Negotiate: the KDC does not know the service principal ${spn}: check the SPN given in negotiate.spn against the server's keytab name (klist -k on the server) [GSS: ${gssMessage}]`
+        : `Negotiate: the KDC does not know the service principal for ${spn}: check the SPN (the server's keytab name; a CNAME may need negotiate.canonicalizeHost, a non-default port negotiate.includePort) or pass negotiate.spn [GSS: ${gssMessage}]`,
       gssMessage,
-      options,
+      options?.cause !== undefined ? { cause: options.cause } : undefined,
     );
     this.spn = spn;
   }
@@ -191,7 +195,7 @@ function acrossRealms(err: unknown): boolean {
  */
 export function mapGssError(
   err: unknown,
-  ctx: { spn: string; principal?: string; keytab?: string; fallback?: boolean },
+  ctx: { spn: string; principal?: string; keytab?: string; fallback?: boolean; spnGiven?: boolean },
 ): MultilegError {
   if (err instanceof MultilegError) return err;
   const msg = messageOf(err).replace(/\s+/g, ' ').trim();
@@ -203,7 +207,8 @@ export function mapGssError(
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
   if (WRONG_REALM.test(msg) || (UNKNOWN_SPN.test(msg) && acrossRealms(err)))
     return new KerberosWrongRealmError(msg, ctx.spn, cause);
-  if (UNKNOWN_SPN.test(msg)) return new KerberosUnknownServiceError(msg, ctx.spn, cause);
+  if (UNKNOWN_SPN.test(msg))
+    return new KerberosUnknownServiceError(msg, ctx.spn, ctx.spnGiven ? { ...cause, given: true } : cause);
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, cause);
   const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
   if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
