@@ -6,7 +6,7 @@
  */
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
@@ -32,6 +32,48 @@ export interface ProxyCredentials {
  */
 export interface AdmittedHolder extends Holder {
   readonly admitted: number;
+}
+
+/**
+ * One finished handshake with a proxy (H5): its legs and how it ended, no secret. The session
+ * layer reports it as it reports an origin's (`HandshakeReport` with `proxy: true`, on the session
+ * whose connection it ran on).
+ */
+export interface ProxyHandshake {
+  /** The proxy, as `http://host:port` (no userinfo). */
+  readonly origin: string;
+  /** The protocol of the connection to the proxy it ran on (a CONNECT's is always HTTP/1.1). */
+  readonly protocol: 'h2' | 'http/1.1' | undefined;
+  readonly scheme: string;
+  /** Legs sent with credentials, those before a restart on a new connection included. */
+  readonly legs: number;
+  /**
+   * `session`: a connection-bound scheme (NTLM, Negotiate) authenticated the connection;
+   * `per-request`: a per-request scheme (Basic, Digest) was taken, after a 407 or carried by a
+   * request on its own (one each, as an origin's); `failed`: it ended without authenticating.
+   */
+  readonly outcome: 'session' | 'per-request' | 'failed';
+  /** Who the proxy took the credentials for, where the mechanism says it. */
+  readonly identity?: string;
+  /**
+   * A failed handshake's cause: `refused`, the proxy's final 407 refused the credentials;
+   * `proof`, its final token failed mutual authentication (Digest's rspauth); `error`, it ended
+   * otherwise (a timeout, a lost connection, a 407 to an opening NEGOTIATE, another status).
+   */
+  readonly failure?: 'refused' | 'proof' | 'error';
+  /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@proxyhost`). */
+  readonly spn?: string;
+  /** Why Kerberos was skipped and NTLM used instead (M5). */
+  readonly fallbackReason?: string;
+}
+
+/** Told of each finished handshake with the proxy (the caller adds the connection's protocol). */
+export type ProxyHandshakeListener = (handshake: Omit<ProxyHandshake, 'protocol'>) => void;
+
+/** What a handshake's end by `err` says of it ({@link ProxyHandshake.failure}). */
+export function proxyFailure(err: unknown): 'refused' | 'proof' | 'error' {
+  if (err instanceof ProxyAuthenticationError && err.refused) return 'refused';
+  return err instanceof MutualAuthError ? 'proof' : 'error';
 }
 
 /** The scheme names a 407's challenges offer, each once, in order. */
@@ -100,10 +142,18 @@ export class ProxyAuth {
   /** Its per-request scheme was taken up from another connection ({@link adopt}), not answered here. */
   #adopted = false;
   #holder: AdmittedHolder | undefined;
+  readonly #onHandshake: ProxyHandshakeListener | undefined;
+  /**
+   * Legs the running handshake has made, its restarts' included: more than 0 while it runs and is
+   * not yet reported ({@link #end} reports it once, and sets it back to 0).
+   */
+  #sent = 0;
 
-  constructor(proxy: ResolvedProxy, maxLegs: number) {
+  /** `onHandshake` is told of each handshake that ends (success or failure), once. */
+  constructor(proxy: ResolvedProxy, maxLegs: number, onHandshake?: ProxyHandshakeListener) {
     this.#proxy = proxy;
     this.#maxLegs = maxLegs;
+    this.#onHandshake = onHandshake;
   }
 
   get state(): 'idle' | 'handshaking' | 'done' {
@@ -157,6 +207,7 @@ export class ProxyAuth {
     if (!this.opens || !sole) return;
     this.#first = undefined;
     this.#legs = 0;
+    this.#sent = 0;
     try {
       this.#mechanism = sole;
       const context = sole.createContext(leg);
@@ -174,6 +225,7 @@ export class ProxyAuth {
     }
     this.#mechanism = this.#context = undefined;
     this.#legs = 0;
+    this.#sent = 0;
     this.#state = 'idle';
   }
 
@@ -182,6 +234,8 @@ export class ProxyAuth {
     this.#proxy.openedInVain = true;
     this.#opening = false;
     this.#state = 'idle';
+    // Nothing was authenticated, nor refused: no handshake to report (as an origin's, C6).
+    this.#sent = 0;
   }
 
   /**
@@ -284,9 +338,16 @@ export class ProxyAuth {
    * it made the connection's {@link holder} another identity (`leave`: the request's leave, R4/S6).
    */
   async verify(own: MechanismContext, headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<boolean> {
-    await this.#finish(own, headers, leg);
+    try {
+      await this.#finish(own, headers, leg);
+    } catch (err) {
+      this.#emit('failed', 1, own, { failure: 'proof' });
+      throw err;
+    }
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
     this.#adopted = false;
+    // One leg that authenticated one request: reported as an origin's per-request scheme is.
+    this.#emit('per-request', 1, own, own.identity === undefined ? {} : { identity: own.identity });
     // The proxy holds the connection as who these credentials name: a connection that took up a
     // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
     const identity = own.identity;
@@ -324,14 +385,56 @@ export class ProxyAuth {
     return [...offered].flatMap((key) => this.#unusable.get(key) ?? []);
   }
 
-  /** A 407 that goes to the caller unanswered ends the running handshake: the next request starts anew. */
-  giveUp(): void {
+  /**
+   * A 407 that goes to the caller unanswered (or a leg that failed) ends the running handshake: the
+   * next request starts anew. A handshake that sent credentials is reported as failed (`failure`:
+   * why, `error` unless told).
+   */
+  giveUp(failure: 'refused' | 'error' = 'error'): void {
+    if (this.#state === 'handshaking') this.#end('failed', { failure });
     this.#state = 'idle';
     this.#opening = false;
   }
 
+  /**
+   * The running handshake ended with `err`, thrown by the caller or here (a timeout, a lost
+   * connection, the proxy's refusal): reported as failed, once. Nothing when none is running.
+   */
+  abandon(err: unknown): void {
+    this.#end('failed', { failure: proxyFailure(err) });
+  }
+
+  /**
+   * The connection ended under the running handshake's leg and the request goes again on another
+   * (a per-request scheme's next leg, a proxy that closes after its 407): the handshake goes on
+   * there, with that connection's own report, and is not reported here (as an origin's relocated one).
+   */
+  moved(): void {
+    this.#sent = 0;
+  }
+
+  /**
+   * The proxy refused the credentials a request carried on their own (`own`: {@link header}'s
+   * context, after a success): that request's one-leg handshake failed, as an origin's per-request
+   * one does.
+   */
+  refusedOwn(own: MechanismContext): void {
+    this.#emit('failed', 1, own, { failure: 'refused' });
+  }
+
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
   async answer(headers: Headers, leg: LegInfo): Promise<void> {
+    try {
+      await this.#answer(headers, leg);
+    } catch (err) {
+      // The running handshake ends here (refused, a bad token, past limits.maxLegs); one whose first
+      // leg could not be made sent nothing, and is no handshake to report.
+      this.abandon(err);
+      throw err;
+    }
+  }
+
+  async #answer(headers: Headers, leg: LegInfo): Promise<void> {
     const offered = readChallenges(headers, true);
     if (this.#adopted && this.#mechanism) {
       // The credentials taken up unasked ({@link adopt}) drew a 407: refused, as a handshake's last
@@ -342,6 +445,8 @@ export class ProxyAuth {
       // (A 407 that no longer offers the scheme refused nothing: the proxy changed its schemes.)
       if (again !== undefined && again.params.stale?.toLowerCase() !== 'true') {
         this.#state = 'idle';
+        // One leg, a request's own: its per-request handshake was refused.
+        this.#emit('failed', 1, undefined, { failure: 'refused' });
         throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered));
       }
     }
@@ -367,6 +472,8 @@ export class ProxyAuth {
         // 407 is answered as a bare CONNECT's would have been, and later tunnels wait for the 407.
         this.#opening = false;
         this.#proxy.openedInVain = true;
+        // It took no part: nothing to report (as an origin's unanswered opening, C6).
+        this.#sent = 0;
       } else {
         this.#state = 'idle';
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
@@ -378,6 +485,7 @@ export class ProxyAuth {
     this.#state = 'idle';
     this.#opening = false;
     this.#legs = 0;
+    this.#sent = 0;
     for (;;) {
       const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);
       if (!chosen?.mechanism) {
@@ -456,9 +564,49 @@ export class ProxyAuth {
     log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
     const mechanism = this.#mechanism;
     const context = this.#context;
-    await this.#finish(context, headers, leg);
+    try {
+      await this.#finish(context, headers, leg);
+    } catch (err) {
+      this.#end('failed', { failure: 'proof' });
+      throw err;
+    }
     const identity = context.identity;
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
+    this.#end(mechanism.level === 'request' ? 'per-request' : 'session', identity === undefined ? {} : { identity });
+  }
+
+  /** Reports the running handshake's end, once (see {@link #sent}); nothing when none ran. */
+  #end(
+    outcome: ProxyHandshake['outcome'],
+    how: { readonly failure?: ProxyHandshake['failure']; readonly identity?: string },
+  ): void {
+    const legs = this.#sent;
+    if (legs === 0) return;
+    this.#sent = 0;
+    this.#emit(outcome, legs, this.#context, how);
+  }
+
+  /** Tells the listener of a handshake of {@link #mechanism}'s that ended (`context`'s, where known). */
+  #emit(
+    outcome: ProxyHandshake['outcome'],
+    legs: number,
+    context: MechanismContext | undefined,
+    how: { readonly failure?: ProxyHandshake['failure']; readonly identity?: string },
+  ): void {
+    const mechanism = this.#mechanism;
+    if (!this.#onHandshake || !mechanism) return;
+    const spn = context?.spn;
+    const fallbackReason = context?.fallbackReason;
+    this.#onHandshake({
+      origin: this.#proxy.origin,
+      scheme: mechanism.scheme,
+      legs,
+      outcome,
+      ...(how.identity !== undefined ? { identity: how.identity } : {}),
+      ...(how.failure ? { failure: how.failure } : {}),
+      ...(spn ? { spn } : {}),
+      ...(fallbackReason ? { fallbackReason } : {}),
+    });
   }
 
   async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
@@ -477,6 +625,7 @@ export class ProxyAuth {
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     }
     this.#legs += 1;
+    this.#sent += 1;
     this.#pending = header;
     this.#state = 'handshaking';
     log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, this.#legs);

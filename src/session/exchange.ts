@@ -16,6 +16,7 @@ import {
   portOf,
   unbracketed,
 } from '../options.ts';
+import type { ProxyHandshake } from '../proxy/auth.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { ProbeAnswer } from './acceptable-issuers.ts';
 import {
@@ -33,17 +34,35 @@ import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
-/** One finished handshake, as reported by the agent's `handshake` event and stats. */
+/**
+ * One finished handshake, as reported by the agent's `handshake` event, `multileg:handshake` and
+ * stats: with an origin, or (`proxy: true`) with the proxy on the way to one (H5).
+ */
 export interface HandshakeReport {
+  /**
+   * Set on a handshake with a proxy (H5): a CONNECT tunnel's, or one on a forwarding proxy's
+   * connection; absent on an origin's. `origin` is then the proxy's (`http://host:port`, no
+   * userinfo), `sessionId` the session whose connection it authenticated (its CONNECT, or the
+   * forwarding proxy connection), `protocol` that of the connection to the proxy (a CONNECT's is
+   * HTTP/1.1), and `authIdCarried` false. `stats()` counts these apart (`proxyHandshakes`).
+   */
+  readonly proxy?: true;
+  /** The origin (`https://host:port`); with {@link proxy}, the proxy's. */
   readonly origin: string;
   readonly sessionId: string;
   readonly protocol: 'h2' | 'http/1.1' | undefined;
   readonly scheme: string;
+  /** Legs sent with credentials. */
   readonly legs: number;
-  /** `session`: the connection is authenticated; `per-request`: each request authenticates itself. */
+  /**
+   * `session`: the connection is authenticated; `per-request`: each request authenticates itself
+   * (with a proxy's Basic or Digest, each request that carries them on its own is a one-leg
+   * handshake of its own, as with an origin's).
+   */
   readonly outcome: 'session' | 'per-request' | 'failed';
   /** Whether a server Auth-ID was echoed on a later leg (C3). */
   readonly authIdCarried: boolean;
+  /** Who the server (or proxy) took the credentials for, where the mechanism says it. */
   readonly identity?: string;
   /**
    * Why Kerberos was skipped and NTLM used instead (inside Negotiate, or as the next offered scheme; M5),
@@ -57,8 +76,28 @@ export interface HandshakeReport {
    * with a 401 (wrong password, or an account it does not accept); `proof`, the server's final
    * token failed mutual authentication; `error`, the handshake ended otherwise (a timeout, a reset,
    * a last leg answered neither with success nor with a 401: a 5xx from a backend that is down).
+   * With a proxy, the same of its 407 (`error` too for a 407 to an opening NEGOTIATE, which
+   * carried no credential).
    */
   readonly failure?: 'refused' | 'proof' | 'error';
+}
+
+/** The report of a handshake with the proxy that ran on `sessionId`'s connection (H5). */
+export function proxyHandshakeReport(sessionId: string, h: ProxyHandshake): HandshakeReport {
+  return {
+    proxy: true,
+    ...(h.fallbackReason ? { fallbackReason: h.fallbackReason } : {}),
+    ...(h.spn ? { spn: h.spn } : {}),
+    ...(h.failure ? { failure: h.failure } : {}),
+    origin: h.origin,
+    sessionId,
+    protocol: h.protocol,
+    scheme: h.scheme,
+    legs: h.legs,
+    outcome: h.outcome,
+    authIdCarried: false,
+    ...(h.identity !== undefined ? { identity: h.identity } : {}),
+  };
 }
 
 export interface ExchangeEnv {
