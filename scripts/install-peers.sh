@@ -7,7 +7,7 @@
 set -u
 
 PACKAGES=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev gss-ntlmssp python3-gssapi
-          apache2 libapache2-mod-auth-gssapi squid curl openssl)
+          apache2 libapache2-mod-auth-gssapi squid nginx curl openssl)
 
 missing=()
 need() { # need <description> <test command...>
@@ -32,6 +32,7 @@ check() {
   need gss-ntlmssp ntlmssp_so
   need "python3-gssapi (/usr/bin/python3 -c 'import gssapi')" /usr/bin/python3 -c 'import gssapi'
   need squid have_exe /usr/sbin/squid
+  need nginx have_exe /usr/sbin/nginx
   need curl have_exe /usr/bin/curl
   need openssl have_exe /usr/bin/openssl
   need "krb5.h (libkrb5-dev)" krb5_header
@@ -66,7 +67,7 @@ apt-get update || fail "apt-get update failed"
 apt-get install -y --no-install-recommends "${PACKAGES[@]}" || fail "apt-get install failed"
 # The packages' services are not needed (the lab starts its own daemons on loopback); on systemd hosts stop them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for s in apache2 squid krb5-kdc krb5-admin-server; do systemctl disable --now "$s" >/dev/null 2>&1 || true; done
+  for s in apache2 squid nginx krb5-kdc krb5-admin-server; do systemctl disable --now "$s" >/dev/null 2>&1 || true; done
 fi
 
 check

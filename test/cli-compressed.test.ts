@@ -279,9 +279,7 @@ describe('multileg --compressed, as curl', () => {
     );
   });
 
-  it("--compressed: -i and -D - show the header lines in the order they came, as curl 7.88: a head refused at its sixth coding shows the header between the two Content-Encoding lines (multileg grouped a repeated header's lines, and cut after the second), and without the refusal a header repeated around another stays around it", async () => {
-    /** The lines up to the server's own (Date, …), which curl writes with its capitals and multileg without. */
-    const upToDate = (text: string) => text.split(/\r\ndate: /i)[0];
+  it("--compressed: -i and -D - show the header lines in the order and the case they came, as curl 7.88: a head refused at its sixth coding shows the header between the two Content-Encoding lines (multileg grouped a repeated header's lines, and cut after the second), and without the refusal a header repeated around another stays around it", async () => {
     for (const args of [
       ['--compressed', '-i', `${origin}/split-mid`],
       ['--compressed', '-D', '-', '-o', '/dev/null', `${origin}/split-mid`],
@@ -289,12 +287,14 @@ describe('multileg --compressed, as curl', () => {
     ]) {
       const { ours: r, curl } = await both(['-sS', ...args]);
       expect([r.code, curl.code], `${args.join(' ')}: ${r.stderr}`).toEqual([curl.code, curl.code]);
-      expect(upToDate(r.stdout), args.join(' ')).toBe(upToDate(curl.stdout));
+      // Whole heads: Node's server writes Date, Connection, Keep-Alive with capitals (before: the
+      // names lower-cased, so only the lines up to Date matched).
+      expect(r.stdout, args.join(' ')).toBe(curl.stdout);
     }
     expect((await run(['-sS', '--compressed', '-i', `${origin}/split-mid`])).stdout).toBe(
       'HTTP/1.1 200 OK\r\ncontent-encoding: identity, identity, identity\r\nx-mid: 1\r\n',
     );
-    expect(upToDate((await run(['-sS', '-i', `${origin}/split-mid`])).stdout)).toBe(
+    expect((await run(['-sS', '-i', `${origin}/split-mid`])).stdout.split('\r\nDate: ')[0]).toBe(
       'HTTP/1.1 200 OK\r\ncontent-encoding: identity, identity, identity\r\nx-mid: 1\r\ncontent-encoding: identity, identity, identity\r\nx-a: 1\r\nx-b: 2\r\nx-a: 3',
     );
   });

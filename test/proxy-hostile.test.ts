@@ -424,6 +424,53 @@ describe('proxies that close a kept-alive connection (H5)', () => {
   });
 });
 
+describe('proxies: a refusal of credentials the mechanism renewed since (H5, R4)', () => {
+  it("H5/R4: the proxy's reject of a token whose credentials the mechanism has renewed since (a ticket under the proxy's rotated key, dropped) runs the handshake again from its first leg on the same connection: 200, not the 407", async () => {
+    // Scripted (the real one, a rotated keytab at Apache's forward proxy with a KDC: in
+    // test/interop-kerberos-lifecycle.test.ts), so that the proxy's run-again is covered without the lab.
+    const sent: string[] = [];
+    proxy = await hostile((socket) => {
+      socket.on('data', (d: Buffer) => {
+        const token = /\r\nproxy-authorization: negotiate (\S+)/i.exec(d.toString('latin1'))?.[1];
+        sent.push(token ?? 'bare');
+        socket.write(
+          token === 'bmV3'
+            ? 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+            : // Bare: the proxy's first 407; the old token: its reject (a token, not a next leg).
+              `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate${token ? ' cmVqZWN0' : ''}\r\nContent-Length: 0\r\n\r\n`,
+        );
+      });
+    });
+    // The first context sends the old credentials ("old") and, refused, says they were renewed since;
+    // the next one (made after the renewal) sends the new ("new") and never says so.
+    let contexts = 0;
+    const renewing: Mechanism = {
+      scheme: 'Negotiate',
+      level: 'connection',
+      multileg: true,
+      proactive: false,
+      createContext: () => {
+        const first = ++contexts === 1;
+        return {
+          complete: false,
+          renewed: first,
+          rejects: (c) => c.token68 === 'cmVqZWN0',
+          step: async () => `Negotiate ${first ? 'b2xk' : 'bmV3'}`,
+          finish: async () => {},
+        };
+      },
+    };
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [renewing] },
+    });
+    const res = await fetch('http://localhost:8080/x', { dispatcher: agent });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe('ok');
+    expect(sent).toEqual(['bare', 'b2xk', 'bmV3']);
+    expect(proxy.connections).toBe(1);
+  });
+});
+
 describe('proxies: how the agent names the target and reaches the proxy (H5)', () => {
   it.each([
     ['https', 443],

@@ -101,7 +101,7 @@ export interface ReceivedHead {
  */
 export function responseHead(protocol: string | undefined, res: ReceivedHead, cutAt?: number): string {
   const lines = headerLines(res.headers, res.names).map(([name, value]): [string, string] =>
-    PROOF_HEADERS.has(name) ? [name, redactProof(value)] : [name, value],
+    PROOF_HEADERS.has(name.toLowerCase()) ? [name, redactProof(value)] : [name, value],
   );
   if (cutAt === undefined) return headText(protocol, res.statusCode, res.statusText, lines);
   // Cut before header line `cutAt`, as curl stops writing a head at the line it refuses (no blank line after it).
@@ -109,13 +109,14 @@ export function responseHead(protocol: string | undefined, res: ReceivedHead, cu
 }
 
 /**
- * The header names of undici's `controller.rawHeaders`, in the order they came, lower case; undefined
- * where undici gives no list (HTTP/2: its headers object, repeated ones together).
+ * The header names of undici's `controller.rawHeaders`, in the order and the case they came (curl
+ * writes an HTTP/1.1 head's names as the server sent them); undefined where undici gives no list
+ * (HTTP/2: its headers object, lower case, repeated ones together).
  */
 export function headNames(rawHeaders: unknown): string[] | undefined {
   if (!Array.isArray(rawHeaders)) return undefined;
   const names: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) names.push(String(rawHeaders[i]).toLowerCase());
+  for (let i = 0; i < rawHeaders.length; i += 2) names.push(String(rawHeaders[i]));
   return names;
 }
 
@@ -132,7 +133,7 @@ export function headerLines(
   const values = new Map<string, string[]>();
   for (const [k, v] of Object.entries(headers)) if (v !== undefined) values.set(k, Array.isArray(v) ? [...v] : [v]);
   for (const name of names ?? []) {
-    const value = values.get(name)?.shift();
+    const value = values.get(name.toLowerCase())?.shift();
     if (value !== undefined) lines.push([name, value]);
   }
   // Without `names` (or what they did not name): the object's order.

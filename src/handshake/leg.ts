@@ -7,9 +7,10 @@ export type ResponseHeaders = Record<string, string | string[]>;
 /**
  * What to do with a response, decided when its head arrives:
  * - `swallow`: an intermediate leg (401 challenge, 421): drained, never shown to the caller;
- * - `hold`: a 401 the agent means to answer, read like `swallow` but kept ({@link HeldResponse},
- *   bounded as a drained body is): the caller's response if it turns out nothing can answer it
- *   (`deliver401`), so that the request is not sent again to show it;
+ * - `hold`: a 401 the agent means to answer (or nginx's 400 about a client certificate), read like
+ *   `swallow` but kept ({@link HeldResponse}, bounded as a drained body is): the caller's response
+ *   if it turns out nothing can answer it (`deliver401`), so that the request is not sent again to
+ *   show it;
  * - `deliver`: the caller's response;
  * - a promise: deliver once it settles — used to verify the server's final token (mutual
  *   authentication) before the caller sees a byte; a rejection becomes the caller's error.

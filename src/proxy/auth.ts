@@ -45,7 +45,7 @@ export interface ProxyHandshake {
   /** The protocol of the connection to the proxy it ran on (a CONNECT's is always HTTP/1.1). */
   readonly protocol: 'h2' | 'http/1.1' | undefined;
   readonly scheme: string;
-  /** Legs sent with credentials, those before a restart on a new connection included. */
+  /** Legs sent with credentials, those of a run from its first leg again (a restart on a new connection, a run-again) included. */
   readonly legs: number;
   /**
    * `session`: a connection-bound scheme (NTLM, Negotiate) authenticated the connection;
@@ -124,30 +124,84 @@ function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly 
 const whyUnusable = (u: { readonly error: MultilegError }): string =>
   `${withoutGssDetail(u.error.message)} (${u.error.code})`;
 
+/** A running handshake's parts, which each of its legs carries on. */
+interface Run {
+  readonly mechanism: Mechanism;
+  readonly context: MechanismContext;
+  /** Legs sent (tokens made) so far: none before its first; bounded by maxLegs. */
+  readonly legs: number;
+  /**
+   * Legs of this handshake sent in all, those of its runs from the first leg again included (a
+   * restart on a new connection, a run-again): what its report counts ({@link ProxyHandshake.legs}).
+   */
+  readonly sent: number;
+  /**
+   * The 407's challenge its first leg answered, which a run from its first leg again answers;
+   * undefined: it began unasked ({@link ProxyAuth.open}), and so begins again.
+   */
+  readonly first: Challenge | undefined;
+}
+
+/**
+ * One proxy connection's authentication, an explicit state (as a session's, src/session/state.ts);
+ * `kind` is {@link ProxyAuth.state}, but for `fresh`, which callers see as `'idle'` too.
+ *
+ *   fresh ──open──▶ handshaking ──answer (next leg)──▶ handshaking ──succeeded──▶ done
+ *   fresh ──adopt──▶ done (adopted)
+ *   fresh, idle, done ──answer (a new handshake)──▶ idle ──its first leg──▶ handshaking
+ *   handshaking, done ──giveUp, notNeeded, a refusal, past maxLegs──▶ idle
+ *   handshaking ──abandon, moved──▶ idle
+ *
+ * A handshake is reported (H5, the constructor's `onHandshake`) as it leaves `handshaking`, so
+ * once: for `done` when its final token is checked, else as failed — but for an opening the proxy
+ * let through or took no part in, and a leg that moved to another connection, which end unreported.
+ */
+type AuthState =
+  /** Nothing has run on the connection (or its opening was not made): it may open, or adopt. */
+  | { readonly kind: 'fresh' }
+  /**
+   * No handshake runs and none stands: the last was given up, refused or failed, or found not
+   * needed, or a new one's first token is being made. Its mechanism is still the connection's: it
+   * is what {@link ProxyAuth.scheme}, {@link ProxyAuth.refusal} and {@link ProxyAuth.replaced} speak of.
+   */
+  | { readonly kind: 'idle'; readonly mechanism: Mechanism; readonly context?: MechanismContext }
+  /** A handshake runs: `pending` is the token its next request carries. */
+  | ({ readonly kind: 'handshaking'; readonly pending: string } & Run)
+  /**
+   * The last handshake succeeded. `adopted`: its per-request scheme was taken up from another
+   * connection ({@link ProxyAuth.adopt}), not answered here, until the proxy judges what it sent.
+   */
+  | {
+      readonly kind: 'done';
+      readonly mechanism: Mechanism;
+      readonly context?: MechanismContext;
+      readonly adopted: boolean;
+    };
+
+/** How a handshake ended, for its report: a failure's cause, or the identity a success proved. */
+interface Report {
+  readonly failure?: ProxyHandshake['failure'];
+  readonly identity?: string;
+}
+
+/** What a handshake's end (given up, refused, failed, not needed) leaves: the connection's mechanism stays. */
+const ended = (state: AuthState): AuthState =>
+  state.kind === 'fresh' ? state : { kind: 'idle', mechanism: state.mechanism, context: state.context };
+
 export class ProxyAuth {
   readonly #proxy: ResolvedProxy;
   readonly #maxLegs: number;
+  #state: AuthState = { kind: 'fresh' };
+  // Beside the state, what outlives any one handshake on this connection: a scheme found unusable
+  // stays excluded (with why) for every later one; a lost connection restarts a handshake once in
+  // all, not once per run; the proxy holds the connection as the last success's identity through
+  // idle and new handshakes, until another succeeds.
   readonly #excluded = new Set<string>();
   /** Why each excluded scheme cannot run here (by scheme key): the reason a 407 went unanswered. */
   readonly #unusable = new Map<string, { readonly scheme: string; readonly error: MultilegError }>();
-  #mechanism: Mechanism | undefined;
-  #context: MechanismContext | undefined;
-  #pending: string | undefined;
-  #legs = 0;
   #restarted = false;
-  #first: Challenge | undefined;
-  /** The running handshake began unasked ({@link open}): its first leg answered no 407. */
-  #opening = false;
-  #state: 'idle' | 'handshaking' | 'done' = 'idle';
-  /** Its per-request scheme was taken up from another connection ({@link adopt}), not answered here. */
-  #adopted = false;
   #holder: AdmittedHolder | undefined;
   readonly #onHandshake: ProxyHandshakeListener | undefined;
-  /**
-   * Legs the running handshake has made, its restarts' included: more than 0 while it runs and is
-   * not yet reported ({@link #end} reports it once, and sets it back to 0).
-   */
-  #sent = 0;
 
   /** `onHandshake` is told of each handshake that ends (success or failure), once. */
   constructor(proxy: ResolvedProxy, maxLegs: number, onHandshake?: ProxyHandshakeListener) {
@@ -157,10 +211,15 @@ export class ProxyAuth {
   }
 
   get state(): 'idle' | 'handshaking' | 'done' {
-    return this.#state;
+    return this.#state.kind === 'fresh' ? 'idle' : this.#state.kind;
   }
   get scheme(): string | undefined {
     return this.#mechanism?.scheme;
+  }
+
+  /** The connection's mechanism: the running handshake's, the last one's, or the adopted scheme's. */
+  get #mechanism(): Mechanism | undefined {
+    return this.#state.kind === 'fresh' ? undefined : this.#state.mechanism;
   }
 
   /**
@@ -180,8 +239,7 @@ export class ProxyAuth {
   get opens(): boolean {
     const sole = this.#proxy.mechanisms.sole;
     return (
-      this.#state === 'idle' &&
-      this.#mechanism === undefined &&
+      this.#state.kind === 'fresh' &&
       !this.#proxy.openedInVain &&
       opensUnasked(sole) &&
       !this.#excluded.has(sole.scheme.toLowerCase())
@@ -193,7 +251,8 @@ export class ProxyAuth {
    * authenticated nothing (nothing is proved, R4), and says the proxy wants no authentication.
    */
   get opening(): boolean {
-    return this.#opening && this.#legs === 1;
+    const state = this.#state;
+    return state.kind === 'handshaking' && state.first === undefined && state.legs === 1;
   }
 
   /**
@@ -205,37 +264,27 @@ export class ProxyAuth {
   async open(leg: LegInfo): Promise<void> {
     const sole = this.#proxy.mechanisms.sole;
     if (!this.opens || !sole) return;
-    this.#first = undefined;
-    this.#legs = 0;
-    this.#sent = 0;
     try {
-      this.#mechanism = sole;
+      // Chosen, its first token not made yet (no other request opens meanwhile).
+      this.#state = { kind: 'idle', mechanism: sole };
       const context = sole.createContext(leg);
-      this.#context = context;
-      await this.#step(undefined, leg);
+      await this.#step({ mechanism: sole, context, legs: 0, sent: 0, first: undefined }, leg, undefined);
       // A first token that ends the handshake (a mechanism of that name that is not NTLM's
       // NEGOTIATE) waits for a challenge to answer, as any scheme's does.
-      if (!context.complete && !context.firstLegCompletes) {
-        this.#opening = true;
-        return;
-      }
+      if (!context.complete && !context.firstLegCompletes) return;
       log.proxy('%s %s opening not made: its first token is its last', this.#proxy.origin, sole.scheme);
     } catch (err) {
       log.proxy('%s %s opening not made: %s', this.#proxy.origin, sole.scheme, (err as MultilegError).code);
     }
-    this.#mechanism = this.#context = undefined;
-    this.#legs = 0;
-    this.#sent = 0;
-    this.#state = 'idle';
+    // The opening not made, or made and found its last: nothing was sent to report (C6).
+    this.#state = { kind: 'fresh' };
   }
 
   /** The proxy let the opening through (a 2xx): it wants no authentication, so later tunnels wait for a 407. */
   notNeeded(): void {
     this.#proxy.openedInVain = true;
-    this.#opening = false;
-    this.#state = 'idle';
-    // Nothing was authenticated, nor refused: no handshake to report (as an origin's, C6).
-    this.#sent = 0;
+    // Nothing was authenticated, nor refused: the opening ends unreported (as an origin's, C6).
+    this.#state = ended(this.#state);
   }
 
   /**
@@ -247,15 +296,18 @@ export class ProxyAuth {
    */
   adopt(leave?: (password: boolean) => boolean): void {
     const remembered = this.#proxy.perRequest;
-    if (this.#state !== 'idle' || this.#mechanism !== undefined || remembered === undefined) return;
+    if (this.#state.kind !== 'fresh' || remembered === undefined) return;
     if (Date.now() >= this.#proxy.perRequestUntil) return;
     if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
     // Remembered by a handshake of credentials replaced since (setProxyCredentials): not sent unasked.
     if (this.#proxy.mechanisms.get(remembered.scheme) !== remembered) return;
     if (leave && !leave(remembered.usesPassword !== false)) return;
-    this.#adopted = true;
-    this.#mechanism = remembered;
-    this.#state = 'done';
+    this.#state = { kind: 'done', mechanism: remembered, adopted: true };
+  }
+
+  /** What an adopted scheme sends is judged as this connection's own from now on (let through, or nothing sent). */
+  #makeOwn(): void {
+    if (this.#state.kind === 'done' && this.#state.adopted) this.#state = { ...this.#state, adopted: false };
   }
 
   /**
@@ -281,13 +333,13 @@ export class ProxyAuth {
    * that closes that connection before the next leg ends it.
    */
   get connectionBound(): boolean {
-    return this.#state === 'handshaking' && this.#mechanism !== undefined && this.#mechanism.level !== 'request';
+    return this.#state.kind === 'handshaking' && this.#state.mechanism.level !== 'request';
   }
 
   /** {@link header} will make credentials for a request of its own (a per-request scheme after a success). */
   get proactive(): boolean {
-    const mechanism = this.#mechanism;
-    return this.#state === 'done' && mechanism?.level === 'request' && mechanism.proactive;
+    const state = this.#state;
+    return state.kind === 'done' && state.mechanism.level === 'request' && state.mechanism.proactive;
   }
 
   /**
@@ -306,7 +358,8 @@ export class ProxyAuth {
    * sent a password (or may have), `'refused-no-password'` for a Kerberos ticket only.
    */
   get refusal(): 'refused' | 'refused-no-password' {
-    return this.#mechanism && !sentPassword(this.#mechanism, this.#context) ? 'refused-no-password' : 'refused';
+    const state = this.#state;
+    return state.kind !== 'fresh' && !sentPassword(state.mechanism, state.context) ? 'refused-no-password' : 'refused';
   }
 
   /**
@@ -315,18 +368,18 @@ export class ProxyAuth {
    * count — the first request's header again would be a replay; Basic: the same). Never logged.
    */
   async header(leg: LegInfo): Promise<ProxyCredentials | undefined> {
-    if (this.#state === 'handshaking') return this.#pending === undefined ? undefined : { value: this.#pending };
-    const mechanism = this.#mechanism;
+    const state = this.#state;
+    if (state.kind === 'handshaking') return { value: state.pending };
     // Nothing goes unasked: the proxy's 407 is then no refusal of credentials taken up (adopt).
-    if (this.#state !== 'done' || mechanism?.level !== 'request' || !mechanism.proactive) {
-      this.#adopted = false;
+    if (state.kind !== 'done' || state.mechanism.level !== 'request' || !state.mechanism.proactive) {
+      this.#makeOwn();
       return undefined;
     }
     try {
-      const own = mechanism.createContext(leg);
+      const own = state.mechanism.createContext(leg);
       return { value: await own.step(undefined, leg), own };
     } catch {
-      this.#adopted = false;
+      this.#makeOwn();
       return undefined; // (a used-up nonce) the proxy's 407 starts a new handshake
     }
   }
@@ -341,13 +394,13 @@ export class ProxyAuth {
     try {
       await this.#finish(own, headers, leg);
     } catch (err) {
-      this.#emit('failed', 1, own, { failure: 'proof' });
+      this.#emit('failed', 1, this.#mechanism, own, { failure: 'proof' });
       throw err;
     }
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
-    this.#adopted = false;
+    this.#makeOwn();
     // One leg that authenticated one request: reported as an origin's per-request scheme is.
-    this.#emit('per-request', 1, own, own.identity === undefined ? {} : { identity: own.identity });
+    this.#emit('per-request', 1, this.#mechanism, own, own.identity === undefined ? {} : { identity: own.identity });
     // The proxy holds the connection as who these credentials name: a connection that took up a
     // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
     const identity = own.identity;
@@ -371,10 +424,11 @@ export class ProxyAuth {
    */
   canAnswer(headers: Headers): boolean {
     const offered = readChallenges(headers, true);
-    if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
-      const key = this.#mechanism.scheme.toLowerCase();
+    const state = this.#state;
+    if (state.kind === 'handshaking') {
+      const key = state.mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
-      return challengeAsks(this.#context, next) !== 'refused';
+      return challengeAsks(state.context, next) !== 'refused';
     }
     return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
   }
@@ -391,9 +445,7 @@ export class ProxyAuth {
    * why, `error` unless told).
    */
   giveUp(failure: 'refused' | 'error' = 'error'): void {
-    if (this.#state === 'handshaking') this.#end('failed', { failure });
-    this.#state = 'idle';
-    this.#opening = false;
+    this.#leave(ended(this.#state), { outcome: 'failed', failure });
   }
 
   /**
@@ -401,7 +453,8 @@ export class ProxyAuth {
    * connection, the proxy's refusal): reported as failed, once. Nothing when none is running.
    */
   abandon(err: unknown): void {
-    this.#end('failed', { failure: proxyFailure(err) });
+    if (this.#state.kind === 'handshaking')
+      this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err) });
   }
 
   /**
@@ -410,7 +463,7 @@ export class ProxyAuth {
    * there, with that connection's own report, and is not reported here (as an origin's relocated one).
    */
   moved(): void {
-    this.#sent = 0;
+    if (this.#state.kind === 'handshaking') this.#leave(ended(this.#state));
   }
 
   /**
@@ -419,7 +472,7 @@ export class ProxyAuth {
    * one does.
    */
   refusedOwn(own: MechanismContext): void {
-    this.#emit('failed', 1, own, { failure: 'refused' });
+    this.#emit('failed', 1, this.#mechanism, own, { failure: 'refused' });
   }
 
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
@@ -436,27 +489,28 @@ export class ProxyAuth {
 
   async #answer(headers: Headers, leg: LegInfo): Promise<void> {
     const offered = readChallenges(headers, true);
-    if (this.#adopted && this.#mechanism) {
+    const state = this.#state;
+    if (state.kind === 'done' && state.adopted) {
       // The credentials taken up unasked ({@link adopt}) drew a 407: refused, as a handshake's last
-      // leg refused (R4: not sent again here) — unless a Digest nonce merely went stale.
-      this.#adopted = false;
-      const key = this.#mechanism.scheme.toLowerCase();
+      // leg refused (R4: not sent again here) — unless a Digest nonce merely went stale; else a new
+      // handshake answers it (below).
+      const key = state.mechanism.scheme.toLowerCase();
       const again = offered.find((c) => c.schemeKey === key);
       // (A 407 that no longer offers the scheme refused nothing: the proxy changed its schemes.)
       if (again !== undefined && again.params.stale?.toLowerCase() !== 'true') {
-        this.#state = 'idle';
+        this.#state = ended(state);
         // One leg, a request's own: its per-request handshake was refused.
-        this.#emit('failed', 1, undefined, { failure: 'refused' });
-        throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered));
+        this.#emit('failed', 1, state.mechanism, undefined, { failure: 'refused' });
+        throw rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered));
       }
     }
-    if (this.#state === 'handshaking' && this.#mechanism && this.#context) {
-      const key = this.#mechanism.scheme.toLowerCase();
+    if (state.kind === 'handshaking') {
+      const key = state.mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
       // A token asks for the next leg, unless it is the proxy's refusal (an SPNEGO reject).
-      const asks = challengeAsks(this.#context, next);
+      const asks = challengeAsks(state.context, next);
       if (asks === 'next-leg') {
-        await this.#step(next, leg);
+        await this.#step(state, leg, next);
         return;
       }
       if (asks === 'run-again') {
@@ -464,28 +518,24 @@ export class ProxyAuth {
         // key, dropped): the handshake runs again on this connection with the new ones, as an
         // origin's does; the mechanism says so once (R4). Their leave (the proof's) still holds.
         log.proxy('%s %s: refused credentials renewed since: running the handshake again', this.#proxy.origin, key);
-        await this.#again(leg);
+        await this.#again(state, leg);
         return;
       }
       if (this.opening && next?.token68 === undefined) {
         // The proxy took no part in the opening (a bare NTLM challenge, or other schemes only): its
         // 407 is answered as a bare CONNECT's would have been, and later tunnels wait for the 407.
-        this.#opening = false;
         this.#proxy.openedInVain = true;
-        // It took no part: nothing to report (as an origin's unanswered opening, C6).
-        this.#sent = 0;
       } else {
-        this.#state = 'idle';
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
-        const opening = atOpening(this.#mechanism, this.#context, this.#legs);
-        throw rejected(this.#proxy, this.#mechanism.scheme, offeredSchemes(offered), !opening);
+        const opening = atOpening(state.mechanism, state.context, state.legs);
+        const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
+        this.#leave(ended(state), { outcome: 'failed', failure: proxyFailure(err) });
+        throw err;
       }
     }
     // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
-    this.#state = 'idle';
-    this.#opening = false;
-    this.#legs = 0;
-    this.#sent = 0;
+    // An opening the proxy took no part in ends here unreported (as an origin's unanswered one, C6).
+    this.#leave(ended(this.#state));
     for (;;) {
       const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);
       if (!chosen?.mechanism) {
@@ -506,10 +556,13 @@ export class ProxyAuth {
       }
       const { mechanism, challenge } = chosen as { mechanism: Mechanism; challenge: Challenge };
       try {
-        this.#mechanism = mechanism;
-        this.#context = mechanism.createContext(leg);
-        this.#first = challenge;
-        await this.#step(challenge, leg);
+        // Chosen, its first token not made yet: idle till then (where a first leg that fails leaves it).
+        this.#state = { kind: 'idle', mechanism };
+        await this.#step(
+          { mechanism, context: mechanism.createContext(leg), legs: 0, sent: 0, first: challenge },
+          leg,
+          challenge,
+        );
         // What the proxy asks for, for its next connections (a connection-bound scheme is this one's
         // alone). Chosen because a scheme offered ahead of it cannot run here (no Kerberos ticket):
         // only for as long as that is remembered on an origin, then that scheme is tried again.
@@ -519,15 +572,12 @@ export class ProxyAuth {
           : Number.POSITIVE_INFINITY;
         return;
       } catch (err) {
-        if (this.#legs === 0 && cannotRunHere(err)) {
+        if (cannotRunHere(err)) {
           log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
           this.#excluded.add(challenge.schemeKey);
           this.#unusable.set(challenge.schemeKey, { scheme: mechanism.scheme, error: err });
-          this.#legs = 0;
-          this.#state = 'idle';
           continue;
         }
-        this.#state = 'idle';
         throw err;
       }
     }
@@ -535,19 +585,18 @@ export class ProxyAuth {
 
   /**
    * The connection was lost in the middle of a connection-bound handshake: start it again (once) on
-   * a new connection. Returns false when it was restarted already.
+   * a new connection. Returns false when it was restarted already (or none runs).
    */
   restart(leg: LegInfo): Promise<boolean> {
-    if (this.#restarted || !this.#mechanism) return Promise.resolve(false);
+    const state = this.#state;
+    if (this.#restarted || state.kind !== 'handshaking') return Promise.resolve(false);
     this.#restarted = true;
-    return this.#again(leg).then(() => true);
+    return this.#again(state, leg).then(() => true);
   }
 
-  /** The running mechanism's handshake from its first leg again, with a new context. */
-  #again(leg: LegInfo): Promise<void> {
-    this.#context = this.#mechanism!.createContext(leg);
-    this.#legs = 0;
-    return this.#step(this.#first, leg);
+  /** The running handshake from its first leg again, with a new context. */
+  #again(run: Run, leg: LegInfo): Promise<void> {
+    return this.#step({ ...run, context: run.mechanism.createContext(leg), legs: 0 }, leg, run.first);
   }
 
   /**
@@ -557,43 +606,46 @@ export class ProxyAuth {
    * identity it proved.
    */
   async succeeded(headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<void> {
+    const state = this.#state;
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
-    if (this.#state !== 'handshaking' || !this.#mechanism || !this.#context) return;
-    this.#state = 'done';
-    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, this.#mechanism.scheme, this.#legs);
-    const mechanism = this.#mechanism;
-    const context = this.#context;
+    if (state.kind !== 'handshaking') return;
+    const { mechanism, context, sent } = state;
+    // Out of handshaking here, so nothing else reports it: it is reported below, once its proof is in.
+    this.#state = { kind: 'done', mechanism, context, adopted: false };
+    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, mechanism.scheme, state.legs);
     try {
       await this.#finish(context, headers, leg);
     } catch (err) {
-      this.#end('failed', { failure: 'proof' });
+      this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
       throw err;
     }
     const identity = context.identity;
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
-    this.#end(mechanism.level === 'request' ? 'per-request' : 'session', identity === undefined ? {} : { identity });
+    const outcome = mechanism.level === 'request' ? 'per-request' : 'session';
+    this.#emit(outcome, sent, mechanism, context, identity === undefined ? {} : { identity });
   }
 
-  /** Reports the running handshake's end, once (see {@link #sent}); nothing when none ran. */
-  #end(
-    outcome: ProxyHandshake['outcome'],
-    how: { readonly failure?: ProxyHandshake['failure']; readonly identity?: string },
-  ): void {
-    const legs = this.#sent;
-    if (legs === 0) return;
-    this.#sent = 0;
-    this.#emit(outcome, legs, this.#context, how);
+  /**
+   * Moves to `next`; a running handshake left so ends there, reported as `report` says (none: it
+   * ends unreported). Reported once: only the move out of `handshaking` reports it, and a handshake
+   * is left once.
+   */
+  #leave(next: AuthState, report?: Report & { readonly outcome: ProxyHandshake['outcome'] }): void {
+    const left = this.#state;
+    this.#state = next;
+    if (left.kind === 'handshaking' && report)
+      this.#emit(report.outcome, left.sent, left.mechanism, left.context, report);
   }
 
-  /** Tells the listener of a handshake of {@link #mechanism}'s that ended (`context`'s, where known). */
+  /** Tells the listener of a handshake of `mechanism`'s that ended in `legs` legs (`context`'s, where known). */
   #emit(
     outcome: ProxyHandshake['outcome'],
     legs: number,
+    mechanism: Mechanism | undefined,
     context: MechanismContext | undefined,
-    how: { readonly failure?: ProxyHandshake['failure']; readonly identity?: string },
+    how: Report,
   ): void {
-    const mechanism = this.#mechanism;
     if (!this.#onHandshake || !mechanism) return;
     const spn = context?.spn;
     const fallbackReason = context?.fallbackReason;
@@ -609,25 +661,29 @@ export class ProxyAuth {
     });
   }
 
-  async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
-    const mechanism = this.#mechanism!;
-    if (this.#legs >= this.#maxLegs) {
-      this.#state = 'idle';
-      throw new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
+  /**
+   * `run`'s next leg, answering `challenge` (none: an opening): the handshake runs with its token
+   * pending. One that fails leaves the state as it was, but past maxLegs the handshake ends (idle).
+   */
+  async #step(run: Run, leg: LegInfo, challenge: Challenge | undefined): Promise<void> {
+    const { mechanism, context } = run;
+    if (run.legs >= this.#maxLegs) {
+      const err = new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
+      // A running handshake (its next leg, or its run again from the first) fails here.
+      this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err) });
+      throw err;
     }
-    let header: string;
+    let pending: string;
     try {
-      header = await this.#context!.step(challenge, leg);
+      pending = await context.step(challenge, leg);
     } catch (err) {
       // The mechanism's own words for a bad token say "server": this one came from the proxy.
       if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.what, this.#proxy.origin);
       if (err instanceof MultilegError) throw err;
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     }
-    this.#legs += 1;
-    this.#sent += 1;
-    this.#pending = header;
-    this.#state = 'handshaking';
-    log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, this.#legs);
+    const legs = run.legs + 1;
+    this.#state = { kind: 'handshaking', mechanism, context, legs, sent: run.sent + 1, first: run.first, pending };
+    log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, legs);
   }
 }

@@ -3,6 +3,7 @@ import { createSecureContext } from 'node:tls';
 import type { Challenge } from '../challenge/types.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, MultilegError } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
+import type { HeldResponse, ResponseHeaders } from '../handshake/leg.ts';
 import type {
   CertificateRequestInfo,
   ClientCertificate,
@@ -32,11 +33,13 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
   readonly origin: string;
   /** The CAs the server's CertificateRequest named (`[]`: none named, any may do). */
   readonly acceptableIssuers: readonly DistinguishedName[];
+  /** `how`: how the server refused the request without one (default: the TLS handshake; nginx: its 400). */
   constructor(
     origin: string,
     selector: boolean,
     acceptableIssuers: readonly DistinguishedName[],
     options?: { cause?: unknown },
+    how = 'it refused the TLS handshake without one',
   ) {
     const named = acceptableIssuers.slice(0, 3).map((n) => n.name.replaceAll('\n', ', '));
     const more = acceptableIssuers.length > named.length ? `, and ${acceptableIssuers.length - named.length} more` : '';
@@ -46,7 +49,7 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
       : `give clientCertificate: { cert, key }, or a selector that returns one for ${origin}${issuers}`;
     super(
       origin,
-      `the server requires a TLS client certificate (it refused the TLS handshake without one); ${fix}`,
+      `the server requires a TLS client certificate (${how}); ${fix}`,
       options,
       'MULTILEG_CLIENT_CERTIFICATE_REQUIRED',
     );
@@ -68,14 +71,23 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
   readonly origin: string;
   /** The TLS alert's code, as Node names it (`ERR_SSL_TLSV1_ALERT_UNKNOWN_CA`, …); undefined for a close without one. */
   readonly alert: string | undefined;
-  constructor(origin: string, alert: string | undefined, chosen: boolean, options?: { cause?: unknown }) {
+  /** `answered`: the response that refused it, where the server answered (nginx's 400). */
+  constructor(
+    origin: string,
+    alert: string | undefined,
+    chosen: boolean,
+    options?: { cause?: unknown },
+    answered?: string,
+  ) {
     const given = `the client certificate ${chosen ? 'the selector chose' : 'given as clientCertificate'} for ${origin}`;
     super(
       origin,
       `${
         alert
           ? `the server refused ${given} in the TLS handshake (${alert})`
-          : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does`
+          : answered
+            ? `the server refused ${given}: it answered ${answered}`
+            : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does (Node's https sends no TLS alert; if the server did accept it, something between closed the connection: a load balancer, a restart)`
       }; ${
         chosen
           ? "the next request asks the selector again: return one issued by a CA the server accepts (the selector's info.acceptableIssuers names them), valid today"
@@ -98,6 +110,46 @@ export const REFUSED_CERTIFICATE =
   /^ERR_SSL_(?:SSLV3|TLSV1|SSL\/TLS)_ALERT_(?:UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|ACCESS_DENIED|DECRYPT_ERROR)$/;
 
 /**
+ * nginx's own 400 pages under `ssl_verify_client on` (ngx_http_special_response.c): no certificate
+ * sent (its 496), one it refused (its 495), each followed by the tail naming the server as its
+ * Server header does (`nginx`, or `nginx/1.22.1` with server_tokens on).
+ */
+const NGINX_SAID = {
+  missing: 'No required SSL certificate was sent',
+  refused: 'The SSL certificate error',
+} as const;
+const nginxPage = (words: string, server: string) =>
+  `<html>\r\n<head><title>400 ${words}</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>${words}</center>\r\n<hr><center>${server}</center>\r\n</body>\r\n</html>\r\n`;
+
+/**
+ * Whether a 400's head may be nginx's own page about the client certificate (T3): its Server, an
+ * HTML type and the length of one of the two pages. nginx (`ssl_verify_client on`) completes the TLS
+ * handshake without a certificate, or with one it refuses, and answers each request so; only the
+ * page tells these from other 400s, so such a head's body is read ({@link certificateAnswer})
+ * before the response goes to the caller. An application's 400 is not of that length and Server.
+ */
+export function mayBeCertificateAnswer(headers: ResponseHeaders): boolean {
+  const server = headers.server;
+  const type = headers['content-type'];
+  if (typeof server !== 'string' || !server.startsWith('nginx') || typeof type !== 'string') return false;
+  if (!type.startsWith('text/html')) return false;
+  const length = Number(headers['content-length']);
+  return Object.values(NGINX_SAID).some((words) => Buffer.byteLength(nginxPage(words, server)) === length);
+}
+
+/** What nginx's own 400 page says of the client certificate (the whole page, as nginx writes it): none was sent, or it refused the one sent. */
+export function certificateAnswer(
+  held: HeldResponse,
+): { readonly said: 'missing' | 'refused'; readonly words: string } | undefined {
+  const server = held.headers.server;
+  if (typeof server !== 'string') return undefined;
+  const page = Buffer.concat(held.body).toString('latin1');
+  for (const said of ['missing', 'refused'] as const)
+    if (page === nginxPage(NGINX_SAID[said], server)) return { said, words: `400 "${NGINX_SAID[said]}" (nginx)` };
+  return undefined;
+}
+
+/**
  * How the failure of a connection that presented a client certificate, before any answer on it,
  * says the server refused the certificate (T3): by a {@link REFUSED_CERTIFICATE} alert anywhere in
  * the cause chain (its code), or by a close or reset (`'closed'`: Node's https sends no alert, it
@@ -105,15 +157,20 @@ export const REFUSED_CERTIFICATE =
  */
 export function certificateRefusal(err: Error): string | undefined {
   if (err instanceof ConnectionClosedError && err.fresh) return 'closed';
-  let closed = false;
+  const codes = codesOf(err);
+  return codes.find((code) => REFUSED_CERTIFICATE.test(code)) ?? (codes.includes('ECONNRESET') ? 'closed' : undefined);
+}
+
+/** The string `code`s along `err`'s cause chain (a TLS alert lies under undici's and our wrappers), at most 4 deep. */
+function codesOf(err: Error): string[] {
+  const codes: string[] = [];
   let e: unknown = err;
   for (let depth = 0; e instanceof Error && depth < 4; depth++) {
     const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && REFUSED_CERTIFICATE.test(code)) return code;
-    if (code === 'ECONNRESET') closed = true;
+    if (typeof code === 'string') codes.push(code);
     e = e.cause;
   }
-  return closed ? 'closed' : undefined;
+  return codes;
 }
 
 /**
@@ -309,13 +366,7 @@ export function mayDemandCertificate(err: Error, idempotent: boolean): boolean {
   // request that may go twice is taken through the probe for it: a POST is not sent again, review r33.)
   if (idempotent && err instanceof ConnectionClosedError && err.fresh && err.code === 'MULTILEG_CONNECTION_CLOSED')
     return true;
-  let e: unknown = err;
-  for (let depth = 0; e instanceof Error && depth < 4; depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && DEMAND_CODES.has(code)) return true;
-    e = e.cause;
-  }
-  return false;
+  return codesOf(err).some((code) => DEMAND_CODES.has(code));
 }
 
 /** What did not answer: said by the HandshakeTimeoutError of a selector that never returned (R3). */

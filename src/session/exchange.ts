@@ -1,9 +1,9 @@
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
-import { BodyNotReplayableError, MultilegError, ownCopy } from '../errors.ts';
+import { BodyNotReplayableError, HandshakeTimeoutError, MultilegError, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
-import { type HeldResponse, type LegResult, type ResponseHeaders, replayHeld, type Verdict } from '../handshake/leg.ts';
+import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
@@ -24,7 +24,9 @@ import {
   type CertificateDemand,
   ClientCertificateRefusedError,
   ClientCertificateRequiredError,
+  certificateAnswer,
   certificateRefusal,
+  mayBeCertificateAnswer,
   mayDemandCertificate,
   selectCertificate,
 } from './client-certificate.ts';
@@ -166,8 +168,12 @@ type Step =
   | { readonly kind: 'send' }
   /** A 401 whose challenges we may answer: choose the scheme (T2, T3). */
   | { readonly kind: 'answer'; readonly challenges: readonly Challenge[]; readonly authId?: string }
-  /** The connection failed as a server that requires a client certificate in TLS fails it (T3). */
-  | { readonly kind: 'demand'; readonly error: Error }
+  /**
+   * The connection failed as a server that requires a client certificate in TLS fails it, or
+   * (`held`) the server answered that none was sent: nginx's 400, shown as it came where the probe
+   * does not confirm that the server asks for one (`answered`: its words) (T3).
+   */
+  | { readonly kind: 'demand'; readonly error: Error; readonly held?: HeldResponse; readonly answered?: string }
   /** Run a handshake with `mechanism`. */
   | {
       readonly kind: 'lead';
@@ -229,7 +235,7 @@ function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): vo
 function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
   tellUnanswered(run, held.headers);
-  replayHeld(run.job.sink, held);
+  run.session.deliverHeld(run.job, held);
   return end(DONE);
 }
 
@@ -491,15 +497,27 @@ export interface SendSeen {
   misdirected: boolean;
   cleartextRefused: boolean;
   unusable: boolean;
+  /** A 400 held as possibly nginx's answer about the client certificate (T3, {@link mayBeCertificateAnswer}). */
+  certificateAnswer: boolean;
 }
 
 /**
  * The verdict on the head of a bare send (C2): a 401 we can answer, a 401 whose every scheme proved
- * unusable here, a refused cleartext challenge (S4) or a 421 (C9) are swallowed; the rest delivered.
+ * unusable here, a refused cleartext challenge (S4) or a 421 (C9) are swallowed; a 400 that may be
+ * nginx's page about a client certificate (T3) is held to be read; the rest delivered.
  */
 export function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
   if (status === 401) env.memory.unchallenged = false;
+  if (
+    status === 400 &&
+    mayAnswerCertificate(run) &&
+    mayBeCertificateAnswer(headers) &&
+    Number(headers['content-length']) <= env.limits.maxChallengeBodyBytes
+  ) {
+    seen.certificateAnswer = true;
+    return 'hold';
+  }
   if (status !== 401 && status !== 421) return 'deliver';
   if (status === 401 && seen.reauth && otherProtectionSpace(run, headers)) seen.reauth = false;
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
@@ -594,6 +612,7 @@ export const newSeen = (reauth: boolean): SendSeen => ({
   misdirected: false,
   cleartextRefused: false,
   unusable: false,
+  certificateAnswer: false,
 });
 
 async function send(run: Run): Promise<Step> {
@@ -622,6 +641,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     if (result.status !== 401 && job.identity === 'agent') env.memory.unchallenged = true;
     return end({ kind: 'done', done: result.done });
   }
+  if (seen.certificateAnswer) return certificateAnswered(run, result);
   if (env.deliver401) job.held401 = result.held;
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
@@ -651,18 +671,75 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
  * request is not sent again: a certificate refused once is not sent again to this connection's
  * server for it.
  */
-function refusedCertificate({ session, job, env }: Run, error: Error): ClientCertificateRefusedError | undefined {
-  const certificate = session.certificate;
-  if (certificate === undefined || session.answered) return undefined;
+function refusedCertificate(run: Run, error: Error): ClientCertificateRefusedError | undefined {
+  if (!run.session.certified || run.session.answered) return undefined;
   const refusal = certificateRefusal(error);
   if (refusal === undefined) return undefined;
+  return refuseCertificate(run, refusal === 'closed' ? { cause: error } : { alert: refusal, cause: error });
+}
+
+/** The session's certificate was refused ({@link refusedCertificate}, {@link certificateAnswered}): the session closes, a chosen one is forgotten. */
+function refuseCertificate(
+  { session, job, env }: Run,
+  how: { readonly alert?: string; readonly answered?: string; readonly cause: unknown },
+): ClientCertificateRefusedError {
   session.apply({ type: 'closed' });
   // (Only a selector is told the server's acceptable CAs: askAcceptableIssuers says the caller gave one.)
   const chosen = env.askAcceptableIssuers === true;
-  if (chosen && env.memory.clientCertificate === certificate) env.memory.clientCertificate = undefined;
-  log.agent('%s job %d: the server refused the client certificate (%s)', job.origin, job.id, refusal);
-  const alert = refusal === 'closed' ? undefined : refusal;
-  return new ClientCertificateRefusedError(job.origin, alert, chosen, { cause: error });
+  if (chosen && env.memory.clientCertificate === session.certificate) env.memory.clientCertificate = undefined;
+  log.agent(
+    '%s job %d: the server refused the client certificate (%s)',
+    job.origin,
+    job.id,
+    how.alert ?? how.answered ?? 'closed',
+  );
+  return new ClientCertificateRefusedError(job.origin, how.alert, chosen, { cause: how.cause }, how.answered);
+}
+
+/**
+ * T3: whether a 400 to this request may be the server's answer about a client certificate that the
+ * agent could act on: its own request to an https origin, with a certificate or selector to give,
+ * on a session presenting one (its refusal), or on one without while a certificate may still be
+ * chosen. Without a certificate to give, the 400 is the caller's as it came (as curl shows it).
+ */
+function mayAnswerCertificate({ session, job, env, excluded }: Run): boolean {
+  return (
+    job.identity === 'agent' &&
+    !job.noAuth &&
+    env.selectCertificate !== undefined &&
+    (session.certified || !excluded?.has(TRANSPORT)) &&
+    job.origin.startsWith('https:')
+  );
+}
+
+/**
+ * T3: a 400 held as possibly nginx's answer about the client certificate. None was sent: handled
+ * as a server that refuses the TLS handshake without one ({@link demand}: the probe confirms, the
+ * selector is asked, the request moves to a session presenting it). The one sent was refused: as
+ * {@link refusedCertificate}. Any other 400 is the caller's, as it came.
+ */
+function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swallowed' }>): Step {
+  const { session, job, env } = run;
+  const held = result.held;
+  // (Cut: only as slow, as a page of nginx's length was held only within limits.maxChallengeBodyBytes.)
+  if (!held)
+    return failed(
+      job,
+      new HandshakeTimeoutError(
+        env.limits.handshakeTimeout,
+        'Transport',
+        "the body of the server's 400 (nginx's page about a client certificate, by its head) did not arrive in time",
+      ),
+    );
+  const answer = certificateAnswer(held);
+  const cause = new Error(answer ? `the server answered ${answer.words}` : 'the server answered 400');
+  if (answer?.said === 'missing' && !session.certified)
+    return { kind: 'demand', error: cause, held, answered: answer.words };
+  if (answer?.said === 'refused' && session.certified)
+    return failed(job, refuseCertificate(run, { answered: answer.words, cause }));
+  if (job.identity === 'agent') env.memory.unchallenged = true;
+  session.deliverHeld(job, held);
+  return end(DONE);
 }
 
 /**
@@ -704,14 +781,22 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   }
   switch (outcome.kind) {
     case 'unconfirmed':
+      if (step.held) {
+        session.deliverHeld(job, step.held);
+        return end(DONE);
+      }
       return failed(job, step.error);
     case 'declined':
       exclude(run, TRANSPORT);
       return failed(
         job,
-        new ClientCertificateRequiredError(job.origin, env.selectCertificate !== undefined, outcome.issuers, {
-          cause: step.error,
-        }),
+        new ClientCertificateRequiredError(
+          job.origin,
+          env.selectCertificate !== undefined,
+          outcome.issuers,
+          { cause: step.error },
+          ...(step.answered ? [`it answered ${step.answered} without one`] : []),
+        ),
       );
     case 'chosen':
       // The refused session serves nothing: its connection never came up, or the server ended it.

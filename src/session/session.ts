@@ -495,9 +495,19 @@ export class Session {
 
   /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
   #deliverHeld(job: Job, held: HeldResponse): LegResult {
+    this.deliverHeld(job, held);
+    return { kind: 'delivered', status: held.status, headers: held.headers, done: Promise.resolve() };
+  }
+
+  /**
+   * A response held from one of this session's legs (a `hold` verdict: an origin's 401, nginx's
+   * 400, a proxy's 407) turned out to be the caller's: replayed all at once. It is this connection's
+   * first answer to the caller as any delivered one is, so the session is no longer probed one
+   * stream at a time (see capacity).
+   */
+  deliverHeld(job: Job, held: HeldResponse): void {
     replayHeld(job.sink, held);
     this.#markProbed();
-    return { kind: 'delivered', status: held.status, headers: held.headers, done: Promise.resolve() };
   }
 
   #send(
@@ -568,6 +578,7 @@ export class Session {
         job.answeredHere += 1;
         if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
+        // (A held response may still go to the caller: deliverHeld; the trace has called it intermediate.)
         const intermediate = verdict === 'swallow' || verdict === 'hold';
         traced?.response(status, h, !intermediate);
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Apache, type CertificateApache, startApache, startCertificateApache } from './apache.ts';
 import { type Realm, startRealm } from './krb5.ts';
+import { type CertificateNginx, startCertificateNginx } from './nginx.ts';
 import { type PyAcceptor, startPyAcceptor } from './py-acceptor.ts';
 import { type Squid, startSquid } from './squid.ts';
 
@@ -94,6 +95,26 @@ export async function certificateApache(
       origin: apache.origin,
       stop: async () => {
         await apache.stop();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/** nginx requiring a client certificate (`ssl_verify_client on`) in a temp dir of its own; `stop` removes it. */
+export async function certificateNginx(
+  o: Omit<Parameters<typeof startCertificateNginx>[0], 'dir'>,
+): Promise<CertificateNginx> {
+  const dir = await mkdtemp(join(tmpdir(), 'multileg-lab-'));
+  try {
+    const nginx = await startCertificateNginx({ ...o, dir });
+    return {
+      origin: nginx.origin,
+      stop: async () => {
+        await nginx.stop();
         await rm(dir, { recursive: true, force: true });
       },
     };

@@ -12,6 +12,7 @@ export type PeerName =
   | 'gssntlmssp'
   | 'python-gssapi'
   | 'squid'
+  | 'nginx'
   | 'curl'
   | 'openssl'
   | 'kerberos-addon'
@@ -96,6 +97,7 @@ export function peerAvailability(): Readonly<Record<PeerName, PeerStatus>> {
     gssntlmssp: check([['gss-ntlmssp', ntlmssp]]),
     'python-gssapi': check([['/usr/bin/python3 with python3-gssapi', pyGssapi]]),
     squid: check([['squid', !!findBin('/usr/sbin/squid')]]),
+    nginx: check([['nginx', !!findBin('/usr/sbin/nginx')]]),
     curl: check([['curl', !!findBin('/usr/bin/curl')]]),
     openssl: check([['openssl', !!findBin('/usr/bin/openssl')]]),
     'kerberos-addon': check([["the optional 'kerberos' npm package (built)", addon]]),
