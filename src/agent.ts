@@ -102,14 +102,24 @@ export interface MultilegStats {
   /** Sessions (connections) opened. */
   sessions: number;
   /**
-   * Handshakes with origins (each {@link HandshakeReport}). A proxy's are not counted here: its
-   * CONNECTs and 407 legs are on `multileg:leg` (session `proxy-N`) and `multileg:proxy-unanswered`.
+   * Handshakes with origins (each {@link HandshakeReport} without `proxy`). A proxy's are counted
+   * apart, in {@link proxyHandshakes}: through a Basic or Digest proxy every request is a handshake
+   * with it, which would hide here whether the origin's sessions stay authenticated (R6).
    */
   handshakes: number;
   /** Handshake legs sent with credentials to origins. */
   legs: number;
   /** Handshakes with origins that ended without authenticating. */
   failedHandshakes: number;
+  /**
+   * Handshakes with a proxy (H5: each {@link HandshakeReport} with `proxy: true`), on a CONNECT or
+   * a forwarding proxy connection; not in {@link handshakes}.
+   */
+  proxyHandshakes: number;
+  /** Handshake legs sent with credentials to a proxy (a CONNECT or a forwarded request with `Proxy-Authorization`). */
+  proxyLegs: number;
+  /** Handshakes with a proxy that ended without authenticating (refused, or otherwise). */
+  failedProxyHandshakes: number;
   /** Origins the agent holds connections and memory for now (idle ones are dropped past 64). */
   origins: number;
 }
@@ -143,7 +153,8 @@ export interface SessionSnapshot {
  * Use it with `fetch(url, { dispatcher })`, `request(url, { dispatcher })` or
  * `setGlobalDispatcher(agent)`.
  *
- * Events: `'handshake'` with a {@link HandshakeReport} for every finished handshake.
+ * Events: `'handshake'` with a {@link HandshakeReport} for every finished handshake (a proxy's
+ * too, with `proxy: true`).
  */
 export class MultilegAgent extends Dispatcher {
   readonly #options: ResolvedOptions;
@@ -161,6 +172,9 @@ export class MultilegAgent extends Dispatcher {
     handshakes: 0,
     legs: 0,
     failedHandshakes: 0,
+    proxyHandshakes: 0,
+    proxyLegs: 0,
+    failedProxyHandshakes: 0,
   };
   readonly #reports: HandshakeReport[] = [];
   /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
@@ -379,7 +393,8 @@ export class MultilegAgent extends Dispatcher {
 
   /**
    * Calls `listener` with every finished handshake (also emitted as the `'handshake'` event, which
-   * undici's Dispatcher typings do not know). Returns a function that unsubscribes.
+   * undici's Dispatcher typings do not know): with origins, and with the proxy (`proxy: true`, H5)
+   * on the agent's sessions' connections. Returns a function that unsubscribes.
    */
   onHandshake(listener: (report: HandshakeReport) => void): () => void {
     const emitter = this as unknown as NodeJS.EventEmitter;
@@ -405,7 +420,10 @@ export class MultilegAgent extends Dispatcher {
     return out;
   }
 
-  /** The last {@link MAX_REPORTS} finished handshakes, oldest first (`stats()` counts them all). */
+  /**
+   * The last {@link MAX_REPORTS} finished handshakes, oldest first, the proxy's among them
+   * (`proxy: true`; `stats()` counts them all).
+   */
   handshakes(): readonly HandshakeReport[] {
     return this.#reports.slice();
   }
@@ -563,14 +581,22 @@ export class MultilegAgent extends Dispatcher {
   }
 
   #report(r: HandshakeReport): void {
-    this.#stats.handshakes += 1;
-    this.#stats.legs += r.legs;
-    if (r.outcome === 'failed') this.#stats.failedHandshakes += 1;
+    const stats = this.#stats;
+    if (r.proxy) {
+      stats.proxyHandshakes += 1;
+      stats.proxyLegs += r.legs;
+      if (r.outcome === 'failed') stats.failedProxyHandshakes += 1;
+    } else {
+      stats.handshakes += 1;
+      stats.legs += r.legs;
+      if (r.outcome === 'failed') stats.failedHandshakes += 1;
+    }
     this.#reports.push(r);
     // Per-request mode runs a handshake per request: keep a window, not the whole history.
     if (this.#reports.length > MAX_REPORTS) this.#reports.splice(0, this.#reports.length - MAX_REPORTS);
     log.agent(
-      'handshake %s %s %s legs=%d outcome=%s auth-id=%s',
+      '%s %s %s %s legs=%d outcome=%s auth-id=%s',
+      r.proxy ? 'proxy handshake' : 'handshake',
       r.origin,
       r.sessionId,
       r.scheme,

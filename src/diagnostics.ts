@@ -1,7 +1,8 @@
 /**
  * `node:diagnostics_channel` events, for tracing and metrics (and the CLI's `-v`, `-i`, `--har`):
  *
- * - `multileg:handshake` — a {@link HandshakeReport} for every finished handshake;
+ * - `multileg:handshake` — a {@link HandshakeReport} for every finished handshake, an origin's and
+ *   (`proxy: true`) a proxy's on the agent's sessions;
  * - `multileg:leg` — a {@link LegEvent} when a leg (one HTTP request on the wire, with or without
  *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
  *   arrives, and when it fails;

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { shownArgv } from '../src/cli/options.ts';
 import { Retrier } from '../src/cli/retry.ts';
+import type { HandshakeReport, MultilegStats } from '../src/index.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -206,6 +207,44 @@ describe('multileg: curl options', () => {
       expect(statusLines(heads).slice(2)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 200']);
       expect(r.stdout.slice(0, heads.length)).toBe(heads);
       expect(JSON.parse(r.stdout.slice(heads.length))).toMatchObject({ path: '/auth/via-proxy' });
+    } finally {
+      await proxy?.close();
+    }
+  });
+
+  it("H5: -v and --json show the proxy's handshake as the proxy's (its line, the summary's proxy count, proxy: true and stats.proxyHandshakes), the origin's apart", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const proxyArgs = ['--proxy-cacert', ca, '-x', proxy.origin, '-U', 'proxyuser:proxypw'];
+      const url = `${server.origin}/auth/proxy-reported`;
+      const verbose = await run([...alice(), ...proxyArgs, '-v', url]);
+      expect(verbose.code, verbose.stderr).toBe(0);
+      // Before: no line for it, and the summary counted the origin's alone (as it still does).
+      expect(verbose.stderr).toMatch(
+        new RegExp(
+          `^\\* proxy ${proxy.origin}: Basic handshake for session s\\d+ \\(HTTP/1\\.1\\): 1 leg\\(s\\), each request authenticates on its own as proxyuser$`,
+          'm',
+        ),
+      );
+      expect(verbose.stderr).toContain(
+        '* 1 session(s), 1 handshake(s), 2 leg(s) with credentials; proxy: 1 handshake(s), 1 leg(s) with credentials\n',
+      );
+      expect(verbose.stderr).not.toContain('proxypw');
+      const json = await run([...alice(), ...proxyArgs, '--json', url]);
+      expect(json.code, json.stderr).toBe(0);
+      const out = JSON.parse(json.stdout) as { handshakes: HandshakeReport[]; stats: MultilegStats };
+      expect(out.handshakes.map((h) => [h.proxy ?? false, h.origin, h.scheme, h.legs, h.outcome])).toEqual([
+        [true, proxy.origin, 'Basic', 1, 'per-request'],
+        [false, server.origin, expect.any(String), 2, 'session'],
+      ]);
+      expect(out.stats).toMatchObject({
+        handshakes: 1,
+        legs: 2,
+        proxyHandshakes: 1,
+        proxyLegs: 1,
+        failedProxyHandshakes: 0,
+      });
     } finally {
       await proxy?.close();
     }

@@ -907,6 +907,39 @@ describe('forwarding proxies that close the connection after every response (H5,
     expect(await get('/third')).toEqual({ status: 200, body: 'ok' });
   });
 
+  it("H5: Digest handshakes with the closing forwarding proxy are reported as an origin's (proxy: true): one per-request report for each request it let through, none for a leg that moved to a new connection or a stale nonce; a failed rspauth is failure proof", async () => {
+    let nonces = 0;
+    let lie = true;
+    proxy = await closingProxy((head) => {
+      const used = /\r\nproxy-authorization: digest .*nonce="(n\d)"/i.exec(head)?.[1];
+      if (used !== undefined && used !== 'n1') {
+        if (!lie) return ok;
+        lie = false;
+        return 'HTTP/1.1 200 OK\r\nProxy-Authentication-Info: rspauth="00", qop=auth\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok';
+      }
+      nonces += 1;
+      // n1 (the first 407's) is stale by the time it comes back on the next connection.
+      const stale = used === 'n1' ? ', stale=true' : '';
+      return `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest realm="p", qop="auth", nonce="n${nonces}"${stale}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
+    });
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+    });
+    // bare → 407 n1; n1 on a new connection → 407 stale n2; n2 → 200 with a wrong rspauth. Then
+    // (the nonce dropped) bare → 407 n3; n3 → 200; n3 again → 200.
+    expect(await get('/lied').catch((e: Error) => e)).toBeInstanceOf(MutualAuthError);
+    expect(await get('/d1')).toEqual({ status: 200, body: 'ok' });
+    expect(await get('/d2')).toEqual({ status: 200, body: 'ok' });
+    const reported = { proxy: true, origin: `http://127.0.0.1:${proxy.port}`, scheme: 'Digest', legs: 1 };
+    // Before: none was reported.
+    expect(agent.handshakes()).toEqual([
+      expect.objectContaining({ ...reported, outcome: 'failed', failure: 'proof' }),
+      expect.objectContaining({ ...reported, outcome: 'per-request', identity: 'u' }),
+      expect.objectContaining({ ...reported, outcome: 'per-request', identity: 'u' }),
+    ]);
+    expect(agent.stats()).toMatchObject({ handshakes: 0, proxyHandshakes: 3, proxyLegs: 3, failedProxyHandshakes: 1 });
+  });
+
   it('R4/H5: the closing forwarding proxy switched from Basic to Digest: a burst whose new connections carry the Basic it asked for before gets Digest, every request 200 — a 407 that no longer offers Basic is no refusal of the password (no lockout)', async () => {
     let digest = false;
     let nonces = 0;

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  type HandshakeReport,
   MultilegAgent,
   type MultilegAgentOptions,
   PROXY_UNANSWERED_CHANNEL,
@@ -214,6 +215,58 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(err!.message).not.toContain('nope');
   });
 
+  it("H5/S2: handshakes with Squid are reported as an origin's (onHandshake, proxy: true, stats.proxyHandshakes): Basic on a CONNECT (per-request, one leg, alice), Negotiate on a forwarding proxy connection (session, SPN HTTP@proxyhost), a wrong Basic password (failed, refused); no secret", async () => {
+    const squid = lab.squid!.origin;
+    const heard: HandshakeReport[] = [];
+    const tunnelled = agent({ proxy: { uri: squid, credentials: ALICE_BASIC, schemes: ['Basic'] } });
+    tunnelled.onHandshake((r) => heard.push(r));
+    const res = await fetch(`${lab.apache!.origin}/public/`, { dispatcher: tunnelled });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    // Before: nothing reported, stats() all 0.
+    expect(heard).toEqual([
+      {
+        proxy: true,
+        origin: squid,
+        sessionId: tunnelled.sessions()[0]!.sessionId,
+        protocol: 'http/1.1',
+        scheme: 'Basic',
+        legs: 1,
+        outcome: 'per-request',
+        authIdCarried: false,
+        identity: 'alice',
+      },
+    ]);
+    expect(tunnelled.stats()).toMatchObject({ handshakes: 0, proxyHandshakes: 1, proxyLegs: 1 });
+    const forwarded = agent({ proxy: { uri: squid, schemes: ['Negotiate'] } });
+    for (let i = 0; i < 2; i++) {
+      const r = await fetch(`${lab.apache!.cleartextOrigin}/public/?reported-${i}`, { dispatcher: forwarded });
+      expect(r.status).toBe(200);
+      await r.arrayBuffer();
+    }
+    // One handshake authenticated the connection; the second request went on it.
+    expect(forwarded.handshakes()).toEqual([
+      expect.objectContaining({
+        proxy: true,
+        origin: squid,
+        scheme: 'Negotiate',
+        outcome: 'session',
+        spn: `HTTP@${new URL(squid).hostname}`,
+      }),
+    ]);
+    const wrong = agent({
+      proxy: { uri: squid, credentials: { username: 'alice', password: 'wrong-pw' }, schemes: ['Basic'] },
+    });
+    expect(await cause(fetch(`${lab.apache!.origin}/public/`, { dispatcher: wrong }))).toBeInstanceOf(
+      ProxyAuthenticationError,
+    );
+    expect(wrong.handshakes()).toEqual([
+      expect.objectContaining({ proxy: true, scheme: 'Basic', legs: 1, outcome: 'failed', failure: 'refused' }),
+    ]);
+    expect(wrong.stats()).toMatchObject({ proxyHandshakes: 1, failedProxyHandshakes: 1 });
+    expect(JSON.stringify([heard, wrong.handshakes()])).not.toMatch(/alicepw|wrong-pw/);
+  });
+
   it('H5/H1: proxy and origin credentials are separate: alice to the proxy, bob to Apache /ntlm/ through it', async () => {
     const a = agent({
       credentials: BOB_NTLM,
@@ -228,7 +281,12 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       await res.text();
     }
     // Apache loses NTLM between HTTP/2 streams; the agent moved it to one HTTP/1.1 connection (its own tunnel).
-    expect(a.handshakes().at(-1)).toMatchObject({ scheme: 'NTLM', protocol: 'http/1.1', outcome: 'session' });
+    // (The origin's handshakes: the proxy's NTLM is reported too, with `proxy`.)
+    expect(a.handshakes().findLast((h) => !h.proxy)).toMatchObject({
+      scheme: 'NTLM',
+      protocol: 'http/1.1',
+      outcome: 'session',
+    });
     expect(a.stats().handshakes).toBe(1);
   });
 
@@ -249,7 +307,13 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
         const res = await a.request({ origin, path, method: 'GET', allowH2: false } as Parameters<typeof a.request>[0]);
         expect(res.statusCode).toBe(200);
         expect(await res.body.text()).toBe('hello from /ntlm\n');
-        expect(a.handshakes().map((h) => [h.scheme, h.legs])).toEqual([['NTLM', 2]]);
+        // The origin's (Squid's Basic is reported too, with `proxy`).
+        expect(
+          a
+            .handshakes()
+            .filter((h) => !h.proxy)
+            .map((h) => [h.scheme, h.legs]),
+        ).toEqual([['NTLM', 2]]);
         const lines = await settled(() => apacheLog('GET', path), schemes.length + 1);
         expect(lines.map((l) => l.status)).toEqual(schemes.length === 1 ? [401, 200] : [401, 401, 200]);
         expect(new Set(lines.map((l) => l.port)).size).toBe(1);

@@ -11,6 +11,8 @@ import { QueueTimeoutError } from '../src/errors.ts';
 import type { LegResult, ResponseHeaders } from '../src/handshake/leg.ts';
 import {
   basicMechanism,
+  HANDSHAKE_CHANNEL,
+  type HandshakeReport,
   type Mechanism,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -284,8 +286,14 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     ]);
     // This proxy closes the connection after a 407 to CONNECT: the agent answered on a new one.
     expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(2);
-    // Over a tunnel the session is ours alone: session auth is trusted without Proxy-support.
-    expect(a.handshakes().map((h) => h.outcome)).toEqual(['session']);
+    // Over a tunnel the session is ours alone: session auth is trusted without Proxy-support. (The
+    // origin's handshakes: the CONNECT's Basic is reported too, as the proxy's.)
+    expect(
+      a
+        .handshakes()
+        .filter((h) => !h.proxy)
+        .map((h) => h.outcome),
+    ).toEqual(['session']);
   });
 
   it("S2/H5: a caller's own Proxy-Authorization is refused through a CONNECT tunnel (it would reach the origin), and goes to a forwarding proxy", async () => {
@@ -466,12 +474,14 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     await refused.body.dump();
     expect(refused.statusCode).toBe(407);
     expect(p.exchanges.map((e) => e.status)).toEqual([407, 401, 407, 407]);
-    expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed']);
+    // The origin's handshakes (the proxy's are reported too, with `proxy`).
+    const origins = () => agent!.handshakes().filter((h) => !h.proxy);
+    expect(origins().map((h) => h.outcome)).toEqual(['failed']);
     // The proxy takes the password again: the session was not taken as authenticated by the 407.
     Object.defineProperty(p.options, 'basicUsers', { configurable: true, value: { proxyuser: 'proxypw' } });
     const ok = await request(`${base}/auth/two`, { dispatcher: agent });
     expect(((await ok.body.json()) as { user: string | null }).user).toBe('EXAMPLE\\alice');
-    expect(agent.handshakes().map((h) => h.outcome)).toEqual(['failed', 'session']);
+    expect(origins().map((h) => h.outcome)).toEqual(['failed', 'session']);
   });
 
   it('H5/R4: once the proxy took its Basic password, each new tunnel carries it unasked (as curl -U): one CONNECT each, not a 407 first; none after the proxy refused it', async () => {
@@ -539,6 +549,107 @@ describe('authentication through a forward proxy (reference proxy)', () => {
   });
 });
 
+describe("handshakes with the proxy are reported as an origin's (H5, reference proxy)", () => {
+  /** Every report, as onHandshake and multileg:handshake each give them. */
+  function listen(a: MultilegAgent) {
+    const heard: HandshakeReport[] = [];
+    const published: HandshakeReport[] = [];
+    const onPublished = (m: unknown) => published.push(m as HandshakeReport);
+    a.onHandshake((r) => heard.push(r));
+    subscribe(HANDSHAKE_CHANNEL, onPublished);
+    closers.push(async () => unsubscribe(HANDSHAKE_CHANNEL, onPublished));
+    return { heard, published };
+  }
+
+  it("H5/S2: a Basic proxy's handshakes reach onHandshake, multileg:handshake, handshakes() and stats() (proxyHandshakes, apart from the origin's): a forwarded request's and a CONNECT's, each with proxy: true, the proxy's origin without userinfo, the session it ran on; no secret", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const base = `http://localhost:${server.port}`;
+    const withUser = new URL(proxy.origin);
+    withUser.username = 'proxyuser';
+    withUser.password = 'proxypw';
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      schemes: ['NTLM'],
+      connect: { ca: server.ca },
+      trustedOrigins: [server.origin],
+      proxy: { uri: withUser.href, connect: { ca: proxy.ca } },
+    });
+    const { heard, published } = listen(agent);
+    // Forwarded (plain http): a bare request, the proxy's 407, Basic.
+    const res = await fetch(`${base}/public/forwarded`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    const forwarded = agent.sessions().find((s) => s.origin === base)!;
+    // Tunnelled (https): the CONNECT carries the Basic the proxy asked for, then NTLM with the origin.
+    const tunnelled = await get(`${server.origin}/auth/tunnelled`);
+    expect(tunnelled.status).toBe(200);
+    const viaTunnel = agent.sessions().find((s) => s.origin === server!.origin)!;
+    const proxyReport = { proxy: true, origin: proxy.origin, scheme: 'Basic', legs: 1, outcome: 'per-request' };
+    // Before: none of the proxy's handshakes was reported (the origin's NTLM alone; proxyHandshakes did not exist).
+    expect(agent.handshakes()).toEqual([
+      { ...proxyReport, sessionId: forwarded.sessionId, protocol: 'h2', authIdCarried: false, identity: 'proxyuser' },
+      {
+        ...proxyReport,
+        sessionId: viaTunnel.sessionId,
+        protocol: 'http/1.1',
+        authIdCarried: false,
+        identity: 'proxyuser',
+      },
+      expect.objectContaining({ origin: server.origin, sessionId: viaTunnel.sessionId, scheme: 'NTLM' }),
+    ]);
+    expect(agent.handshakes()[2]).not.toHaveProperty('proxy');
+    expect(heard).toEqual(agent.handshakes());
+    expect(published).toEqual(agent.handshakes());
+    expect(agent.stats()).toMatchObject({
+      handshakes: 1,
+      legs: 2,
+      failedHandshakes: 0,
+      proxyHandshakes: 2,
+      proxyLegs: 2,
+      failedProxyHandshakes: 0,
+    });
+    expect(JSON.stringify(published)).not.toContain('proxypw');
+    expect(JSON.stringify(published)).not.toContain(basic({ username: 'proxyuser', password: 'proxypw' }).slice(6));
+  });
+
+  it('H5/S2: a refused proxy password is a failed report (failure refused), forwarded and tunnelled, counted in failedProxyHandshakes; no secret in it', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const options: MultilegAgentOptions = {
+      negotiate: false,
+      connect: { ca: server.ca },
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'wrongpw' },
+      },
+    };
+    const refused = {
+      proxy: true,
+      origin: proxy.origin,
+      scheme: 'Basic',
+      legs: 1,
+      outcome: 'failed',
+      failure: 'refused',
+    };
+    for (const url of [`http://localhost:${server.port}/public/x`, `${server.origin}/public/x`]) {
+      const a = new MultilegAgent(options);
+      closers.push(() => a.destroy());
+      const { published } = listen(a);
+      const err = await fetch(url, { dispatcher: a }).catch((e: { cause?: Error }) => e.cause);
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      // Before: no report, and stats() said nothing had happened.
+      expect(a.handshakes()).toEqual([expect.objectContaining(refused)]);
+      expect(a.handshakes()[0]).not.toHaveProperty('identity');
+      expect(published).toEqual(a.handshakes());
+      expect(a.stats()).toMatchObject({ handshakes: 0, proxyHandshakes: 1, proxyLegs: 1, failedProxyHandshakes: 1 });
+      expect(JSON.stringify(published)).not.toContain('wrongpw');
+    }
+  });
+});
+
 describe("the proxy's NTLM opening on forwarded requests (reference proxy with ntlmUsers, H5, R4)", () => {
   const PROXY_ACCOUNT = { username: 'proxyuser', password: 'proxypw' };
   /** An agent whose proxy allows NTLM only (curl --proxy-ntlm), to a proxy that asks for NTLM with `users`. */
@@ -583,6 +694,44 @@ describe("the proxy's NTLM opening on forwarded requests (reference proxy with n
     expect(wire(p)).toEqual([['negotiate', 407], ['authenticate', 200], ...Array(19).fill(['-', 200])]);
     expect(new Set(p.exchanges.map((e) => e.connectionId)).size).toBe(1);
     expect(p.exchanges.every((e) => e.protocol === 'h2')).toBe(true);
+  });
+
+  it("H5: the NTLM proxy's handshake on a forwarding proxy connection is reported once for 20 concurrent requests (outcome session, 2 legs, the proxy account, the session); a wrong password is one failed report (failure refused)", async () => {
+    const { base, a } = await ntlmProxy({ proxyuser: 'proxypw' });
+    const statuses = await Promise.all(Array.from({ length: 20 }, (_, i) => status(`${base}/public/${i}`, a)));
+    expect(statuses).toEqual(Array(20).fill(200));
+    const [session] = a.sessions();
+    // Before: no report at all.
+    expect(a.handshakes()).toEqual([
+      {
+        proxy: true,
+        origin: proxy!.origin,
+        sessionId: session!.sessionId,
+        protocol: 'h2',
+        scheme: 'NTLM',
+        legs: 2,
+        outcome: 'session',
+        authIdCarried: false,
+        identity: 'proxyuser',
+      },
+    ]);
+    expect(a.stats()).toMatchObject({ handshakes: 0, proxyHandshakes: 1, proxyLegs: 2, failedProxyHandshakes: 0 });
+    const wrong = new MultilegAgent({
+      negotiate: false,
+      proxy: {
+        uri: proxy!.origin,
+        connect: { ca: proxy!.ca },
+        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
+        schemes: ['NTLM'],
+      },
+    });
+    closers.push(() => wrong.destroy());
+    const err = await fetch(`${base}/public/wrong`, { dispatcher: wrong }).catch((e: { cause?: Error }) => e.cause);
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(wrong.handshakes()).toEqual([
+      expect.objectContaining({ proxy: true, scheme: 'NTLM', legs: 2, outcome: 'failed', failure: 'refused' }),
+    ]);
+    expect(wrong.stats()).toMatchObject({ proxyHandshakes: 1, failedProxyHandshakes: 1 });
   });
 
   it('R4: a proxy that lets the NEGOTIATE through (it wants no authentication) proves nothing, and is not opened again: neither on that connection nor on a new one', async () => {

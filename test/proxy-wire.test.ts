@@ -27,6 +27,7 @@ import {
   QueueTimeoutError,
 } from '../src/index.ts';
 import { DEFAULT_LIMITS, type Limits, type SchemeName } from '../src/options.ts';
+import type { ProxyHandshake } from '../src/proxy/auth.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
@@ -501,6 +502,31 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err.message).toMatch(/closes the connection between Loop legs/);
     expect(seen.map((s) => s.connection)).toEqual([1, 1, 2]);
+  });
+
+  it('H5: a handshake restarted on a new connection is reported once, the legs before the restart counted: 2 legs for its success, 2 for its failure after one restart', async () => {
+    const dropEvery = { value: false };
+    const { uri } = await scripted(({ socket, proxyAuthorization, connection }) => {
+      if (!proxyAuthorization)
+        return void socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Loop\r\nContent-Length: 0\r\n\r\n');
+      if (connection === 1 || dropEvery.value)
+        return void socket.end(
+          'HTTP/1.1 407 x\r\nProxy-Authenticate: Loop t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
+        );
+      socket.write(OK);
+    });
+    const reports: ProxyHandshake[] = [];
+    const proxy = resolved(uri, { mechanisms: [endless], schemes: ['Loop' as SchemeName] });
+    const t = await openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h));
+    t.socket.destroy();
+    // One leg on the first connection, one on the second: one handshake (the legs the proxy saw).
+    expect(reports).toEqual([expect.objectContaining({ scheme: 'Loop', legs: 2, outcome: 'session' })]);
+    reports.length = 0;
+    dropEvery.value = true;
+    await failure(openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)));
+    expect(reports).toEqual([
+      expect.objectContaining({ scheme: 'Loop', legs: 2, outcome: 'failed', failure: 'error' }),
+    ]);
   });
 });
 

@@ -438,7 +438,8 @@ async function authenticate(
       ...(req.http1 ? { allowH2: false } : {}),
     } as Parameters<typeof request>[1]);
     await res.body.dump();
-    const h = trace.handshakes.at(-1);
+    // The origin's (a proxy's handshake, H5, is not this check's).
+    const h = trace.handshakes.findLast((r) => !r.proxy);
     if (!h)
       return {
         name: 'authentication',

@@ -570,7 +570,7 @@ export function explain401(ctx: {
     return own.replaces !== undefined
       ? `${head}; it refused the Authorization given with -H, which replaces ${own.replaces}: its credentials were not used; drop the header`
       : `${head}; it refused the Authorization given with -H (sent as given, never answered for): check or drop the header`;
-  const failed = ctx.handshakes.filter((h) => h.origin === ctx.origin && h.outcome === 'failed');
+  const failed = ctx.handshakes.filter((h) => !h.proxy && h.origin === ctx.origin && h.outcome === 'failed');
   if (ctx.keptBackMs !== undefined) {
     const h = failed.at(-1);
     const refused = h ? ` (${h.scheme}, for an earlier request)` : '';

@@ -198,7 +198,12 @@ async function main(argv: string[]): Promise<number> {
     trace.flush();
     if (req.verbose)
       process.stderr.write(
-        `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials\n`,
+        `* ${stats.sessions} session(s), ${stats.handshakes} handshake(s), ${stats.legs} leg(s) with credentials${
+          // The proxy's apart (H5): -x with -U, --proxy-ntlm, --proxy-negotiate.
+          stats.proxyHandshakes > 0
+            ? `; proxy: ${stats.proxyHandshakes} handshake(s), ${stats.proxyLegs} leg(s) with credentials`
+            : ''
+        }\n`,
       );
   } finally {
     // Also after an error of ours (exit 1 below): no agent, subscription or -D file left open.

@@ -176,8 +176,22 @@ export class Trace {
           : r.failure === 'opening'
             ? 'failed at its opening, refused before any password went'
             : 'failed';
+    const detail = `${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`;
+    if (r.proxy) {
+      // H5: the proxy's own handshake (no Auth-ID there); a refusal says so.
+      const how =
+        r.outcome === 'session'
+          ? 'the connection to the proxy is authenticated'
+          : r.failure === 'refused'
+            ? 'failed: the proxy refused the credentials'
+            : outcome;
+      this.#say(
+        `* proxy ${r.origin}: ${r.scheme} handshake for session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), ${how}${detail}`,
+      );
+      return;
+    }
     this.#say(
-      `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`,
+      `* ${r.scheme} handshake on session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), Auth-ID ${r.authIdCarried ? 'carried' : 'not used'}, ${outcome}${detail}`,
     );
   }
 

@@ -440,6 +440,9 @@ function countsSince(before: MultilegStats, after: MultilegStats): MultilegStats
     handshakes: after.handshakes - before.handshakes,
     legs: after.legs - before.legs,
     failedHandshakes: after.failedHandshakes - before.failedHandshakes,
+    proxyHandshakes: after.proxyHandshakes - before.proxyHandshakes,
+    proxyLegs: after.proxyLegs - before.proxyLegs,
+    failedProxyHandshakes: after.failedProxyHandshakes - before.failedProxyHandshakes,
   };
 }
 

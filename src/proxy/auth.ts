@@ -6,7 +6,7 @@
  */
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { log } from '../log.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
@@ -32,6 +32,48 @@ export interface ProxyCredentials {
  */
 export interface AdmittedHolder extends Holder {
   readonly admitted: number;
+}
+
+/**
+ * One finished handshake with a proxy (H5): its legs and how it ended, no secret. The session
+ * layer reports it as it reports an origin's (`HandshakeReport` with `proxy: true`, on the session
+ * whose connection it ran on).
+ */
+export interface ProxyHandshake {
+  /** The proxy, as `http://host:port` (no userinfo). */
+  readonly origin: string;
+  /** The protocol of the connection to the proxy it ran on (a CONNECT's is always HTTP/1.1). */
+  readonly protocol: 'h2' | 'http/1.1' | undefined;
+  readonly scheme: string;
+  /** Legs sent with credentials, those of a run from its first leg again (a restart on a new connection, a run-again) included. */
+  readonly legs: number;
+  /**
+   * `session`: a connection-bound scheme (NTLM, Negotiate) authenticated the connection;
+   * `per-request`: a per-request scheme (Basic, Digest) was taken, after a 407 or carried by a
+   * request on its own (one each, as an origin's); `failed`: it ended without authenticating.
+   */
+  readonly outcome: 'session' | 'per-request' | 'failed';
+  /** Who the proxy took the credentials for, where the mechanism says it. */
+  readonly identity?: string;
+  /**
+   * A failed handshake's cause: `refused`, the proxy's final 407 refused the credentials;
+   * `proof`, its final token failed mutual authentication (Digest's rspauth); `error`, it ended
+   * otherwise (a timeout, a lost connection, a 407 to an opening NEGOTIATE, another status).
+   */
+  readonly failure?: 'refused' | 'proof' | 'error';
+  /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@proxyhost`). */
+  readonly spn?: string;
+  /** Why Kerberos was skipped and NTLM used instead (M5). */
+  readonly fallbackReason?: string;
+}
+
+/** Told of each finished handshake with the proxy (the caller adds the connection's protocol). */
+export type ProxyHandshakeListener = (handshake: Omit<ProxyHandshake, 'protocol'>) => void;
+
+/** What a handshake's end by `err` says of it ({@link ProxyHandshake.failure}). */
+export function proxyFailure(err: unknown): 'refused' | 'proof' | 'error' {
+  if (err instanceof ProxyAuthenticationError && err.refused) return 'refused';
+  return err instanceof MutualAuthError ? 'proof' : 'error';
 }
 
 /** The scheme names a 407's challenges offer, each once, in order. */
@@ -89,6 +131,11 @@ interface Run {
   /** Legs sent (tokens made) so far: none before its first; bounded by maxLegs. */
   readonly legs: number;
   /**
+   * Legs of this handshake sent in all, those of its runs from the first leg again included (a
+   * restart on a new connection, a run-again): what its report counts ({@link ProxyHandshake.legs}).
+   */
+  readonly sent: number;
+  /**
    * The 407's challenge its first leg answered, which a run from its first leg again answers;
    * undefined: it began unasked ({@link ProxyAuth.open}), and so begins again.
    */
@@ -103,6 +150,11 @@ interface Run {
  *   fresh ──adopt──▶ done (adopted)
  *   fresh, idle, done ──answer (a new handshake)──▶ idle ──its first leg──▶ handshaking
  *   handshaking, done ──giveUp, notNeeded, a refusal, past maxLegs──▶ idle
+ *   handshaking ──abandon, moved──▶ idle
+ *
+ * A handshake is reported (H5, the constructor's `onHandshake`) as it leaves `handshaking`, so
+ * once: for `done` when its final token is checked, else as failed — but for an opening the proxy
+ * let through or took no part in, and a leg that moved to another connection, which end unreported.
  */
 type AuthState =
   /** Nothing has run on the connection (or its opening was not made): it may open, or adopt. */
@@ -126,6 +178,12 @@ type AuthState =
       readonly adopted: boolean;
     };
 
+/** How a handshake ended, for its report: a failure's cause, or the identity a success proved. */
+interface Report {
+  readonly failure?: ProxyHandshake['failure'];
+  readonly identity?: string;
+}
+
 /** What a handshake's end (given up, refused, failed, not needed) leaves: the connection's mechanism stays. */
 const ended = (state: AuthState): AuthState =>
   state.kind === 'fresh' ? state : { kind: 'idle', mechanism: state.mechanism, context: state.context };
@@ -143,10 +201,13 @@ export class ProxyAuth {
   readonly #unusable = new Map<string, { readonly scheme: string; readonly error: MultilegError }>();
   #restarted = false;
   #holder: AdmittedHolder | undefined;
+  readonly #onHandshake: ProxyHandshakeListener | undefined;
 
-  constructor(proxy: ResolvedProxy, maxLegs: number) {
+  /** `onHandshake` is told of each handshake that ends (success or failure), once. */
+  constructor(proxy: ResolvedProxy, maxLegs: number, onHandshake?: ProxyHandshakeListener) {
     this.#proxy = proxy;
     this.#maxLegs = maxLegs;
+    this.#onHandshake = onHandshake;
   }
 
   get state(): 'idle' | 'handshaking' | 'done' {
@@ -207,7 +268,7 @@ export class ProxyAuth {
       // Chosen, its first token not made yet (no other request opens meanwhile).
       this.#state = { kind: 'idle', mechanism: sole };
       const context = sole.createContext(leg);
-      await this.#step({ mechanism: sole, context, legs: 0, first: undefined }, leg, undefined);
+      await this.#step({ mechanism: sole, context, legs: 0, sent: 0, first: undefined }, leg, undefined);
       // A first token that ends the handshake (a mechanism of that name that is not NTLM's
       // NEGOTIATE) waits for a challenge to answer, as any scheme's does.
       if (!context.complete && !context.firstLegCompletes) return;
@@ -215,12 +276,14 @@ export class ProxyAuth {
     } catch (err) {
       log.proxy('%s %s opening not made: %s', this.#proxy.origin, sole.scheme, (err as MultilegError).code);
     }
+    // The opening not made, or made and found its last: nothing was sent to report (C6).
     this.#state = { kind: 'fresh' };
   }
 
   /** The proxy let the opening through (a 2xx): it wants no authentication, so later tunnels wait for a 407. */
   notNeeded(): void {
     this.#proxy.openedInVain = true;
+    // Nothing was authenticated, nor refused: the opening ends unreported (as an origin's, C6).
     this.#state = ended(this.#state);
   }
 
@@ -328,9 +391,16 @@ export class ProxyAuth {
    * it made the connection's {@link holder} another identity (`leave`: the request's leave, R4/S6).
    */
   async verify(own: MechanismContext, headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<boolean> {
-    await this.#finish(own, headers, leg);
+    try {
+      await this.#finish(own, headers, leg);
+    } catch (err) {
+      this.#emit('failed', 1, this.#mechanism, own, { failure: 'proof' });
+      throw err;
+    }
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
     this.#makeOwn();
+    // One leg that authenticated one request: reported as an origin's per-request scheme is.
+    this.#emit('per-request', 1, this.#mechanism, own, own.identity === undefined ? {} : { identity: own.identity });
     // The proxy holds the connection as who these credentials name: a connection that took up a
     // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
     const identity = own.identity;
@@ -369,13 +439,55 @@ export class ProxyAuth {
     return [...offered].flatMap((key) => this.#unusable.get(key) ?? []);
   }
 
-  /** A 407 that goes to the caller unanswered ends the running handshake: the next request starts anew. */
-  giveUp(): void {
-    this.#state = ended(this.#state);
+  /**
+   * A 407 that goes to the caller unanswered (or a leg that failed) ends the running handshake: the
+   * next request starts anew. A handshake that sent credentials is reported as failed (`failure`:
+   * why, `error` unless told).
+   */
+  giveUp(failure: 'refused' | 'error' = 'error'): void {
+    this.#leave(ended(this.#state), { outcome: 'failed', failure });
+  }
+
+  /**
+   * The running handshake ended with `err`, thrown by the caller or here (a timeout, a lost
+   * connection, the proxy's refusal): reported as failed, once. Nothing when none is running.
+   */
+  abandon(err: unknown): void {
+    if (this.#state.kind === 'handshaking')
+      this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err) });
+  }
+
+  /**
+   * The connection ended under the running handshake's leg and the request goes again on another
+   * (a per-request scheme's next leg, a proxy that closes after its 407): the handshake goes on
+   * there, with that connection's own report, and is not reported here (as an origin's relocated one).
+   */
+  moved(): void {
+    if (this.#state.kind === 'handshaking') this.#leave(ended(this.#state));
+  }
+
+  /**
+   * The proxy refused the credentials a request carried on their own (`own`: {@link header}'s
+   * context, after a success): that request's one-leg handshake failed, as an origin's per-request
+   * one does.
+   */
+  refusedOwn(own: MechanismContext): void {
+    this.#emit('failed', 1, this.#mechanism, own, { failure: 'refused' });
   }
 
   /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
   async answer(headers: Headers, leg: LegInfo): Promise<void> {
+    try {
+      await this.#answer(headers, leg);
+    } catch (err) {
+      // The running handshake ends here (refused, a bad token, past limits.maxLegs); one whose first
+      // leg could not be made sent nothing, and is no handshake to report.
+      this.abandon(err);
+      throw err;
+    }
+  }
+
+  async #answer(headers: Headers, leg: LegInfo): Promise<void> {
     const offered = readChallenges(headers, true);
     const state = this.#state;
     if (state.kind === 'done' && state.adopted) {
@@ -387,6 +499,8 @@ export class ProxyAuth {
       // (A 407 that no longer offers the scheme refused nothing: the proxy changed its schemes.)
       if (again !== undefined && again.params.stale?.toLowerCase() !== 'true') {
         this.#state = ended(state);
+        // One leg, a request's own: its per-request handshake was refused.
+        this.#emit('failed', 1, state.mechanism, undefined, { failure: 'refused' });
         throw rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered));
       }
     }
@@ -412,14 +526,16 @@ export class ProxyAuth {
         // 407 is answered as a bare CONNECT's would have been, and later tunnels wait for the 407.
         this.#proxy.openedInVain = true;
       } else {
-        this.#state = ended(state);
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
         const opening = atOpening(state.mechanism, state.context, state.legs);
-        throw rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
+        const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
+        this.#leave(ended(state), { outcome: 'failed', failure: proxyFailure(err) });
+        throw err;
       }
     }
     // A new handshake (a connection-bound success that is challenged again starts over, once per answer()).
-    this.#state = ended(this.#state);
+    // An opening the proxy took no part in ends here unreported (as an origin's unanswered one, C6).
+    this.#leave(ended(this.#state));
     for (;;) {
       const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);
       if (!chosen?.mechanism) {
@@ -443,7 +559,7 @@ export class ProxyAuth {
         // Chosen, its first token not made yet: idle till then (where a first leg that fails leaves it).
         this.#state = { kind: 'idle', mechanism };
         await this.#step(
-          { mechanism, context: mechanism.createContext(leg), legs: 0, first: challenge },
+          { mechanism, context: mechanism.createContext(leg), legs: 0, sent: 0, first: challenge },
           leg,
           challenge,
         );
@@ -494,12 +610,55 @@ export class ProxyAuth {
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
     if (state.kind !== 'handshaking') return;
-    const { mechanism, context } = state;
+    const { mechanism, context, sent } = state;
+    // Out of handshaking here, so nothing else reports it: it is reported below, once its proof is in.
     this.#state = { kind: 'done', mechanism, context, adopted: false };
     log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, mechanism.scheme, state.legs);
-    await this.#finish(context, headers, leg);
+    try {
+      await this.#finish(context, headers, leg);
+    } catch (err) {
+      this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
+      throw err;
+    }
     const identity = context.identity;
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
+    const outcome = mechanism.level === 'request' ? 'per-request' : 'session';
+    this.#emit(outcome, sent, mechanism, context, identity === undefined ? {} : { identity });
+  }
+
+  /**
+   * Moves to `next`; a running handshake left so ends there, reported as `report` says (none: it
+   * ends unreported). Reported once: only the move out of `handshaking` reports it, and a handshake
+   * is left once.
+   */
+  #leave(next: AuthState, report?: Report & { readonly outcome: ProxyHandshake['outcome'] }): void {
+    const left = this.#state;
+    this.#state = next;
+    if (left.kind === 'handshaking' && report)
+      this.#emit(report.outcome, left.sent, left.mechanism, left.context, report);
+  }
+
+  /** Tells the listener of a handshake of `mechanism`'s that ended in `legs` legs (`context`'s, where known). */
+  #emit(
+    outcome: ProxyHandshake['outcome'],
+    legs: number,
+    mechanism: Mechanism | undefined,
+    context: MechanismContext | undefined,
+    how: Report,
+  ): void {
+    if (!this.#onHandshake || !mechanism) return;
+    const spn = context?.spn;
+    const fallbackReason = context?.fallbackReason;
+    this.#onHandshake({
+      origin: this.#proxy.origin,
+      scheme: mechanism.scheme,
+      legs,
+      outcome,
+      ...(how.identity !== undefined ? { identity: how.identity } : {}),
+      ...(how.failure ? { failure: how.failure } : {}),
+      ...(spn ? { spn } : {}),
+      ...(fallbackReason ? { fallbackReason } : {}),
+    });
   }
 
   /**
@@ -509,8 +668,10 @@ export class ProxyAuth {
   async #step(run: Run, leg: LegInfo, challenge: Challenge | undefined): Promise<void> {
     const { mechanism, context } = run;
     if (run.legs >= this.#maxLegs) {
-      this.#state = { kind: 'idle', mechanism, context };
-      throw new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
+      const err = new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
+      // A running handshake (its next leg, or its run again from the first) fails here.
+      this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err) });
+      throw err;
     }
     let pending: string;
     try {
@@ -522,7 +683,7 @@ export class ProxyAuth {
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     }
     const legs = run.legs + 1;
-    this.#state = { kind: 'handshaking', mechanism, context, legs, first: run.first, pending };
+    this.#state = { kind: 'handshaking', mechanism, context, legs, sent: run.sent + 1, first: run.first, pending };
     log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, legs);
   }
 }

@@ -8,7 +8,7 @@ import { log } from '../log.ts';
 import { alpnFor, type Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { type AdmittedHolder, offeredSchemes, ProxyAuth, proxyLeg, rejected } from './auth.ts';
+import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
@@ -21,13 +21,14 @@ type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 const SILENT_CLOSE =
   'the connection ended after its 407 without Connection: close: an HTTP/1.0 answer without keep-alive, or the proxy closed it';
 
+/** The leg failed as one that goes again on a new connection does (the session's relocation error). */
+const relocated = (err: Error): boolean => (err as { code?: unknown }).code === 'MULTILEG_STALE_CONNECTION';
 /**
  * The leg failed because its connection ended under it: the session's relocation error (the
  * connection was gone before the leg was written, or the proxy closed it unanswered) or
  * {@link ProxyClosedError} (the same, for a request that is not sent again).
  */
-const connectionLost = (err: Error): boolean =>
-  err instanceof ProxyClosedError || (err as { code?: unknown }).code === 'MULTILEG_STALE_CONNECTION';
+const connectionLost = (err: Error): boolean => err instanceof ProxyClosedError || relocated(err);
 /** A leg on the wire, as far as the proxy's deadline needs it. */
 export interface AbortableLeg {
   abort(reason: Error): void;
@@ -72,6 +73,8 @@ export class ForwardProxy {
   #vouched = false;
   /** The proxy connection once open (the session's only one: a reconnect is a new session). */
   #wire: Socket | undefined;
+  /** Its protocol, once open: the handshakes on it are reported with it. */
+  #protocolNow: 'h2' | 'http/1.1' | undefined;
   /** Which request runs this connection's handshake with the proxy (one at a time), and who waits. */
   readonly #lead: ProxyLead;
 
@@ -93,6 +96,8 @@ export class ForwardProxy {
     onClosing: () => void;
     /** A handshake on the connection proved an identity ({@link holder}). */
     onHolder?: () => void;
+    /** Each handshake with the proxy on this connection that sent credentials and ended (H5). */
+    onHandshake?: (handshake: ProxyHandshake) => void;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
@@ -100,7 +105,12 @@ export class ForwardProxy {
     this.#onUnusable = opts.onUnusable;
     this.#onClosing = opts.onClosing;
     this.#onHolder = opts.onHolder ?? (() => {});
-    this.#auth = new ProxyAuth(opts.route.proxy, opts.limits.maxLegs);
+    const onHandshake = opts.onHandshake;
+    this.#auth = new ProxyAuth(
+      opts.route.proxy,
+      opts.limits.maxLegs,
+      onHandshake && ((h) => onHandshake({ ...h, protocol: this.#protocolNow })),
+    );
     this.#lead = new ProxyLead(
       this.#auth,
       opts.limits,
@@ -110,7 +120,8 @@ export class ForwardProxy {
     this.#protocol = this.socket.then(
       (s) => {
         this.#wire = s;
-        return (s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
+        this.#protocolNow = (s as Socket & { alpnProtocol?: string | false }).alpnProtocol === 'h2' ? 'h2' : 'http/1.1';
+        return this.#protocolNow;
       },
       () => undefined,
     );
@@ -264,7 +275,8 @@ export class ForwardProxy {
                   return this.route.proxy.deliver407 && !others ? 'hold' : 'swallow';
                 }
                 // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
-                this.#auth.giveUp();
+                // In the middle of a handshake, that 407 is the proxy's refusal (canAnswer).
+                this.#auth.giveUp('refused');
                 deadline?.stop();
                 unanswered = headers;
                 return classify(status, headers);
@@ -319,6 +331,9 @@ export class ForwardProxy {
         if (result.kind === 'failed' && answers > 0 && this.#auth.connectionBound && connectionLost(result.error)) {
           throw closedBetweenLegs(this.route.proxy, this.#auth.scheme, SILENT_CLOSE);
         }
+        // The request goes again on another connection (the session's relocation): so does the
+        // handshake this request ran, where it is reported.
+        if (result.kind === 'failed' && turn.state === 'leading' && relocated(result.error)) this.#auth.moved();
         if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
         if (answers >= this.#limits.maxLegs && !this.route.proxy.deliver407) {
@@ -361,6 +376,7 @@ export class ForwardProxy {
               }
               if (!proof.again(ticket)) {
                 outcome = 'refused';
+                if (credentials.own) this.#auth.refusedOwn(credentials.own);
                 throw proof.refused
                   ? refusedLately(this.route.proxy, offered)
                   : rejected(this.route.proxy, this.#auth.scheme, offered);
@@ -401,6 +417,9 @@ export class ForwardProxy {
         }
       }
     } catch (err) {
+      // The connection's handshake this request ran ends with it (reported failed, once); a request
+      // that waited for another's leaves that one running.
+      if (turn.state === 'leading') this.#auth.abandon(err);
       return { kind: 'failed', error: err as Error };
     } finally {
       deadline?.stop();

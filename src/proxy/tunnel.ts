@@ -22,7 +22,7 @@ import {
   Ticket,
 } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
-import { type AdmittedHolder, offeredSchemes, ProxyAuth, proxyLeg } from './auth.ts';
+import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, proxyLeg } from './auth.ts';
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
@@ -112,6 +112,7 @@ export interface TunnelledConnection {
  * A connection to `target` through a CONNECT tunnel: {@link openTunnel}, then, for https, TLS with
  * the origin inside it (ALPN `alpn`, the caller's TLS options) within `proxy.connectTimeout` — a
  * proxy that answers 200 and then relays nothing fails with {@link ProxyConnectTimeoutError}.
+ * `onHandshake` is told of each handshake with the proxy that ends (see {@link openTunnel}).
  */
 export async function connectThroughTunnel(
   proxy: ResolvedProxy,
@@ -120,11 +121,12 @@ export async function connectThroughTunnel(
   alpn: string[],
   limits: Limits,
   signal?: AbortSignal,
+  onHandshake?: (handshake: ProxyHandshake) => void,
 ): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
   // The agent's connectTo may send the CONNECT elsewhere; TLS inside is still the origin's.
   const dial = dialFor(proxy.connectTo, { hostname, port: target.port, via: 'tunnel' });
-  const { socket, holder } = await openTunnel(proxy, dial.hostname, dial.port, limits, signal);
+  const { socket, holder } = await openTunnel(proxy, dial.hostname, dial.port, limits, signal, onHandshake);
   if (target.protocol !== 'https:') return { socket, holder };
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
@@ -195,7 +197,9 @@ export interface Tunnel {
  * Opens a tunnel to `host:port` through `proxy`, authenticating to it as it asks. Rejects with
  * {@link ProxyAuthenticationError} (final 407), {@link ProxyConnectError} (other status),
  * {@link ProxyTimeoutError}, {@link ProxyUnreachableError}, {@link ProxyCertificateError},
- * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}.
+ * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}. `onHandshake` is told of each
+ * handshake with the proxy that sent credentials and ended, succeeded or failed (H5: reported as an
+ * origin's are).
  */
 export async function openTunnel(
   proxy: ResolvedProxy,
@@ -203,6 +207,7 @@ export async function openTunnel(
   port: number,
   limits: Limits,
   signal?: AbortSignal,
+  onHandshake?: (handshake: ProxyHandshake) => void,
 ): Promise<Tunnel> {
   const target = authority(host, port);
   let socket: Socket | undefined;
@@ -220,10 +225,18 @@ export async function openTunnel(
   ).start();
   // Past the deadline, or given up by its session (`signal`): no socket of it is kept.
   const ended = () => deadline.timedOut || signal?.aborted === true;
-  const running = handshake(proxy, target, limits, deadline, given.signal, (s) => {
-    socket = s;
-    if (ended()) s.destroy();
-  });
+  const running = handshake(
+    proxy,
+    target,
+    limits,
+    deadline,
+    given.signal,
+    (s) => {
+      socket = s;
+      if (ended()) s.destroy();
+    },
+    onHandshake,
+  );
   // A tunnel that opens after that (a mechanism step that returned late) is not kept.
   running.then(
     (t) => {
@@ -263,11 +276,14 @@ async function handshake(
   deadline: Deadline<ProxyTimeoutError>,
   given: AbortSignal,
   track: (s: Socket) => void,
+  onHandshake: ((handshake: ProxyHandshake) => void) | undefined,
 ): Promise<Tunnel> {
   /** The tunnel already started over after a refusal of replaced credentials (once per tunnel, R4). */
   let rerun = false;
+  // Every CONNECT goes over HTTP/1.1 (connectToProxy's ALPN).
+  const report = onHandshake && ((h: Omit<ProxyHandshake, 'protocol'>) => onHandshake({ ...h, protocol: 'http/1.1' }));
   for (;;) {
-    const auth = new ProxyAuth(proxy, limits.maxLegs);
+    const auth = new ProxyAuth(proxy, limits.maxLegs, report);
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
@@ -575,6 +591,9 @@ async function connectLegs(
     }
   } catch (err) {
     socket?.destroy();
+    // The handshake running on it ended with the tunnel (reported failed); not one whose credentials
+    // were replaced under it: it starts over with the new ones, as an origin's superseded one does.
+    if (err !== REPLACED) auth.abandon(err);
     throw err;
   }
 }

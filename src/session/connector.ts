@@ -3,7 +3,7 @@ import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { alpnFor, type Limits, portOf, unbracketed } from '../options.ts';
-import type { AdmittedHolder } from '../proxy/auth.ts';
+import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
@@ -57,6 +57,8 @@ export function sessionConnector(
     readonly limits: Limits;
     /** forward: the first connection, opened early so the session knows its protocol before its first request. */
     readonly preopened?: Promise<Socket>;
+    /** tunnel: told of each CONNECT's handshake with the proxy that ends (H5). */
+    readonly onHandshake?: (handshake: ProxyHandshake) => void;
   },
   /** Told of a connection that could not be made, before undici fails the request that asked for it. */
   onFailure?: (err: Error) => void,
@@ -131,7 +133,15 @@ export function sessionConnector(
         const port = portOf(opts);
         const dial = new AbortController();
         tunnelling.add(dial);
-        const opening = connectThroughTunnel(proxy, { ...opts, port }, tls, alpn, route.limits, dial.signal);
+        const opening = connectThroughTunnel(
+          proxy,
+          { ...opts, port },
+          tls,
+          alpn,
+          route.limits,
+          dial.signal,
+          route.onHandshake,
+        );
         void opening.finally(() => tunnelling.delete(dial)).catch(() => {});
         handOver(
           opening.then(({ socket, holder }) => describe(socket, 'tunnel', holder)),

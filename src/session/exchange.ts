@@ -16,6 +16,7 @@ import {
   portOf,
   unbracketed,
 } from '../options.ts';
+import type { ProxyHandshake } from '../proxy/auth.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { ProbeAnswer } from './acceptable-issuers.ts';
 import {
@@ -36,17 +37,35 @@ import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
-/** One finished handshake, as reported by the agent's `handshake` event and stats. */
+/**
+ * One finished handshake, as reported by the agent's `handshake` event, `multileg:handshake` and
+ * stats: with an origin, or (`proxy: true`) with the proxy on the way to one (H5).
+ */
 export interface HandshakeReport {
+  /**
+   * Set on a handshake with a proxy (H5): a CONNECT tunnel's, or one on a forwarding proxy's
+   * connection; absent on an origin's. `origin` is then the proxy's (`http://host:port`, no
+   * userinfo), `sessionId` the session whose connection it authenticated (its CONNECT, or the
+   * forwarding proxy connection), `protocol` that of the connection to the proxy (a CONNECT's is
+   * HTTP/1.1), and `authIdCarried` false. `stats()` counts these apart (`proxyHandshakes`).
+   */
+  readonly proxy?: true;
+  /** The origin (`https://host:port`); with {@link proxy}, the proxy's. */
   readonly origin: string;
   readonly sessionId: string;
   readonly protocol: 'h2' | 'http/1.1' | undefined;
   readonly scheme: string;
+  /** Legs sent with credentials. */
   readonly legs: number;
-  /** `session`: the connection is authenticated; `per-request`: each request authenticates itself. */
+  /**
+   * `session`: the connection is authenticated; `per-request`: each request authenticates itself
+   * (with a proxy's Basic or Digest, each request that carries them on its own is a one-leg
+   * handshake of its own, as with an origin's).
+   */
   readonly outcome: 'session' | 'per-request' | 'failed';
   /** Whether a server Auth-ID was echoed on a later leg (C3). */
   readonly authIdCarried: boolean;
+  /** Who the server (or proxy) took the credentials for, where the mechanism says it. */
   readonly identity?: string;
   /**
    * Why Kerberos was skipped and NTLM used instead (inside Negotiate, or as the next offered scheme; M5),
@@ -64,8 +83,28 @@ export interface HandshakeReport {
    * NTLM NEGOTIATE, alone or inside SPNEGO, which holds no password): no password was tried — the
    * server takes no such handshake here (a Kerberos-only Negotiate: `fallbackReason` says why
    * Kerberos was skipped) or would not start one. R4 does not count it against the credentials.
+   * With a proxy, the same of its 407 (`error` too for a 407 to an opening NEGOTIATE, which
+   * carried no credential).
    */
   readonly failure?: 'refused' | 'opening' | 'proof' | 'error';
+}
+
+/** The report of a handshake with the proxy that ran on `sessionId`'s connection (H5). */
+export function proxyHandshakeReport(sessionId: string, h: ProxyHandshake): HandshakeReport {
+  return {
+    proxy: true,
+    ...(h.fallbackReason ? { fallbackReason: h.fallbackReason } : {}),
+    ...(h.spn ? { spn: h.spn } : {}),
+    ...(h.failure ? { failure: h.failure } : {}),
+    origin: h.origin,
+    sessionId,
+    protocol: h.protocol,
+    scheme: h.scheme,
+    legs: h.legs,
+    outcome: h.outcome,
+    authIdCarried: false,
+    ...(h.identity !== undefined ? { identity: h.identity } : {}),
+  };
 }
 
 export interface ExchangeEnv {

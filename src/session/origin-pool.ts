@@ -12,6 +12,7 @@ import {
   fastPathEligible,
   fastPathReady,
   type HandshakeReport,
+  proxyHandshakeReport,
   runOnSession,
 } from './exchange.ts';
 import { FastExchange, type FastHost } from './fast-exchange.ts';
@@ -642,6 +643,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
             onRemoteHttp1: () => this.memory.rememberHttp1(),
             // S6: a proxy connection held as another account retires the others, and is watched.
             onProxyHolder: (session) => this.#proxyIdentityProved(session),
+            // H5: reported as an origin's handshake is (the agent's onHandshake, the channel, stats).
+            onProxyHandshake: (session, h) => this.#env.report(proxyHandshakeReport(session.id, h)),
           }
         : {}),
     });

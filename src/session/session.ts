@@ -23,7 +23,7 @@ import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import type { ClientCertificate, CookieStore, Limits } from '../options.ts';
-import type { AdmittedHolder } from '../proxy/auth.ts';
+import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
@@ -157,6 +157,8 @@ export class Session {
     onConnectFailed?: (session: Session, err: Error) => void;
     /** A handshake with its proxy proved an identity ({@link proxyHolder}): the pool acts on it (S6). */
     onProxyHolder?: (session: Session) => void;
+    /** A handshake with its proxy (a CONNECT's, or on the forwarding proxy connection) ended (H5). */
+    onProxyHandshake?: (session: Session, handshake: ProxyHandshake) => void;
   }) {
     this.id = `s${++nextSessionSeq}`;
     this.lane = opts.lane;
@@ -171,6 +173,7 @@ export class Session {
     this.#onChange = opts.onChange;
     const allowH2 = opts.lane === 'auto';
     let origin = opts.origin;
+    const onProxyHandshake = opts.onProxyHandshake && ((h: ProxyHandshake) => opts.onProxyHandshake?.(this, h));
     if (opts.route?.kind === 'forward') {
       // The Client talks to the proxy (`http:` so that HTTP/2 sends `:scheme http`; the connector
       // does TLS for an https:// proxy), over the connection the ForwardProxy opened.
@@ -190,10 +193,16 @@ export class Session {
           this.apply({ type: 'closed' });
         },
         ...(opts.onProxyHolder ? { onHolder: () => opts.onProxyHolder?.(this) } : {}),
+        ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
       });
     }
     const route = opts.route
-      ? { proxy: opts.route, limits: opts.limits, ...(this.#forward ? { preopened: this.#forward.socket } : {}) }
+      ? {
+          proxy: opts.route,
+          limits: opts.limits,
+          ...(this.#forward ? { preopened: this.#forward.socket } : {}),
+          ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
+        }
       : undefined;
     this.#connector = sessionConnector(
       opts.origin,
