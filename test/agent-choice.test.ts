@@ -360,6 +360,8 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
       ],
       [{ cert: CLIENT_CERT, key: encrypted, passphrase: 'hunter2-secret' }, /passphrase is missing or wrong/],
       [{ cert: CLIENT_CERT }, /cert and key must each be PEM text or a Buffer of PEM or DER/],
+      // The certificate file given for the key too (u6: "cannot be used (ERR_OSSL_UNSUPPORTED)").
+      [{ cert: CLIENT_CERT, key: CLIENT_CERT }, /the key holds no private key, only certificates: give the key file/],
       [null, /clientCertificate: it must be an object/],
     ];
     for (const [clientCertificate, message] of bad) {

@@ -321,8 +321,24 @@ export function usableCertificate(value: unknown, fail: (reason: string, cause?:
     checked.add(usable);
     return usable;
   } catch (e) {
-    throw fail(encryptedKeyReason(key, passphrase) ?? certificateReason(e), e);
+    throw fail(encryptedKeyReason(key, passphrase) ?? noKeyReason(key) ?? certificateReason(e), e);
   }
+}
+
+/**
+ * A PEM `key` that holds certificates and no private key: a certificate file given for the key too
+ * (the command's --cert without --key, as curl reads the key from that file then). OpenSSL says only
+ * ERR_OSSL_UNSUPPORTED of it (u6).
+ */
+function noKeyReason(key: string | Buffer): string | undefined {
+  const text = typeof key === 'string' ? key : isPem(key) ? key.toString('latin1') : undefined;
+  if (
+    text === undefined ||
+    /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text) ||
+    !text.includes('-----BEGIN CERTIFICATE-----')
+  )
+    return undefined;
+  return "the key holds no private key, only certificates: give the key file (key:, the command's --key) or one PEM file holding the certificate and its key";
 }
 
 /** The `clientCertificate` option as the agent keeps it: a ConfigError now for a bad certificate. */
