@@ -966,7 +966,12 @@ describe('T3: Apache names its acceptable client CAs (SSLCACertificateFile), ask
         const res = await fetch(`${apache.origin}/`, { dispatcher: a });
         expect([res.status, await res.text(), asked]).toEqual([200, 'certificate', 2]);
         let stubborn = 0;
-        const b = agentFor(apache.origin, { clientCertificate: () => (++stubborn, CERT) });
+        const b = agentFor(apache.origin, {
+          clientCertificate: () => {
+            stubborn += 1;
+            return CERT;
+          },
+        });
         const err = await fetch(`${apache.origin}/`, { dispatcher: b }).catch((e: Error) => e.cause);
         expect(err).toBeInstanceOf(ClientCertificateRefusedError);
         const e = err as ClientCertificateRefusedError;
