@@ -379,6 +379,18 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(without.stdout).toMatch(/^ +fix: Negotiate: no Kerberos ticket: .*NTLM fallback/m);
   });
 
+  it("S6/M2: doctor --principal bob with only alice's ticket: the SPN check (raw Kerberos) says there is no ticket for bob, not ok as alice; the authentication check fails", async () => {
+    const r = await run(
+      ['doctor', '--principal', 'bob@EXAMPLE.TEST', '--cacert', ca, `${lab.apache!.origin}/protected/`],
+      { env },
+    );
+    expect(r.stdout).toMatch(
+      /^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_NO_TICKET\)\n +fix: Negotiate: no Kerberos ticket for bob@EXAMPLE\.TEST: run kinit bob@EXAMPLE\.TEST/m,
+    );
+    expect(r.stdout).not.toMatch(/^ok +SPN/m);
+    expect(r.code).toBe(1);
+  });
+
   it('doctor with a wrong SPN: the KDC does not know it, and the fix names --spn; the authentication check points there, not at kinit', async () => {
     const r = await run(
       ['doctor', '--spn', 'HTTP@wrong.example.test', '--cacert', ca, `${lab.apache!.origin}/protected/`],

@@ -3,11 +3,13 @@
  * mod_auth_gssapi over HTTP/2 and HTTP/1.1; actionable Kerberos errors from real failures; the NTLM-inside-
  * SPNEGO fallback (no ticket, password given) against Apache /spnego2; curl as a reference client.
  */
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Client } from 'undici';
+import { type Client, fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Challenge } from '../src/challenge/types.ts';
 import { MutualAuthError } from '../src/errors.ts';
+import { MultilegAgent } from '../src/index.ts';
 import {
   GSS_C_DELEG_FLAG,
   GSS_C_MUTUAL_FLAG,
@@ -224,6 +226,64 @@ describe.skipIf(!havePeers)('M2 Negotiate/Kerberos interop (MIT KDC, Apache mod_
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(KerberosNoTicketError);
     expect((err as Error).message).toContain('kinit bob@EXAMPLE.TEST');
+  });
+
+  describe('S6: negotiate.principal is the identity used, or nothing is sent', () => {
+    const BOB = 'bob@EXAMPLE.TEST';
+    /** An agent made as bob; the request's outcome: the user Apache saw, or the error's code and message. */
+    async function asBob(
+      negotiate: NegotiateOptions,
+    ): Promise<{ user?: string | null; code?: string; message?: string }> {
+      const a = new MultilegAgent({ connect: { ca: [lab.apache!.ca] }, negotiate: { principal: BOB, ...negotiate } });
+      try {
+        const res = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a });
+        await res.text();
+        return { user: res.headers.get('x-remote-user') };
+      } catch (e) {
+        const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+        return { code: cause?.code ?? 'none', message: cause?.message ?? String(e) };
+      } finally {
+        await a.destroy();
+      }
+    }
+    beforeAll(async () => {
+      await lab.realm!.kadmin(`addprinc -pw bobpw ${BOB}`);
+    });
+
+    it("S6/M2: only alice's ticket at hand, raw Kerberos (mech: 'kerberos') as bob: MULTILEG_KRB_NO_TICKET naming bob, not a request as alice — from the default cache and from negotiate.ccache, SPNEGO alike", async () => {
+      for (const negotiate of [
+        { mech: 'kerberos' },
+        { mech: 'kerberos', ccache: lab.realm!.ccache },
+        { mech: 'spnego' },
+        { mech: 'spnego', ccache: lab.realm!.ccache },
+      ] satisfies NegotiateOptions[]) {
+        const r = await asBob({ backend: 'gssapi', ...negotiate });
+        // Before the fix raw Kerberos got 200 as alice: the credential acquired for bob had no
+        // Kerberos element (gss-ntlmssp's only), and MIT then took the default ticket.
+        expect(r, JSON.stringify(negotiate)).toMatchObject({ code: 'MULTILEG_KRB_NO_TICKET' });
+        expect(r.message).toContain(`no Kerberos ticket for ${BOB}: run kinit ${BOB}`);
+      }
+    });
+
+    it("S6/M2: the kerberos addon (backend: 'kerberos') with principal and raw Kerberos is refused before any token, not run as alice; with SPNEGO it is bob's no-ticket", async () => {
+      const raw = await asBob({ backend: 'kerberos', mech: 'kerberos' });
+      expect(raw).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+      expect(raw.message).toMatch(/negotiate\.principal with mech: 'kerberos' needs the GSS-API binding/);
+      const spnego = await asBob({ backend: 'kerberos', mech: 'spnego' });
+      expect(spnego).toMatchObject({ code: 'MULTILEG_KRB_NO_TICKET' });
+      expect(spnego.message).toContain(`kinit ${BOB}`);
+    });
+
+    it("S6/M2: bob's ticket in a collection whose primary cache is alice's: raw Kerberos and SPNEGO as bob run as bob", async () => {
+      const collection = `DIR:${join(lab.dir, 'collection')}`;
+      mkdirSync(join(lab.dir, 'collection'));
+      await lab.realm!.kinit({ ccache: collection, principal: BOB, password: 'bobpw' });
+      await lab.realm!.kinit({ ccache: collection }); // alice, in a cache of her own: now the primary one
+      for (const mech of ['kerberos', 'spnego'] as const) {
+        const r = await withEnv({ KRB5CCNAME: collection }, () => asBob({ backend: 'gssapi', mech }));
+        expect(r, mech).toEqual({ user: BOB });
+      }
+    });
   });
 
   it('M2: KDC unreachable (krb5.conf points at a closed port) → KerberosKdcUnreachableError', async () => {

@@ -392,13 +392,17 @@ export class GssClient {
       if (o.ccache) store.push({ key: 'ccache', value: o.ccache });
       const minor = [0];
       const cred: [GssHandle] = [null];
+      // Raw Kerberos acquires for Kerberos alone (S6): for every mechanism, a principal without a
+      // ticket still gets a credential (gss-ntlmssp's), and MIT's Kerberos context on a credential
+      // without a Kerberos element takes the default ticket — another principal's.
+      const mechs = o.mech === 'kerberos' ? { count: 1, elements: [MECH_KRB5] } : null;
       // A keytab acquire may send an AS-REQ to the KDC: off the event loop.
       const major = await callAsync(
         g.acquireCredFrom,
         minor,
         h.name ?? null,
         GSS_C_INDEFINITE,
-        null,
+        mechs,
         GSS_C_INITIATE,
         store.length ? { count: store.length, elements: store } : null,
         cred,
@@ -410,10 +414,13 @@ export class GssClient {
       }
       h.cred = cred[0];
       // SPNEGO would otherwise offer every installed mech (gss-ntlmssp would answer with NTLM from
-      // NTLM_USER_FILE); NTLM is ours, in TypeScript, so SPNEGO here negotiates Kerberos only.
-      const negMajor = g.setNegMechs(minor, h.cred, { count: 1, elements: [MECH_KRB5] }) as number;
-      if (isGssError(negMajor)) {
-        throw new GssCallError('gss_set_neg_mechs', negMajor, minor[0]!, statusText(g, negMajor, minor[0]!, null));
+      // NTLM_USER_FILE); NTLM is ours, in TypeScript, so SPNEGO here negotiates Kerberos only. (A
+      // Kerberos-only credential has no SPNEGO element to tell.)
+      if (!mechs) {
+        const negMajor = g.setNegMechs(minor, h.cred, { count: 1, elements: [MECH_KRB5] }) as number;
+        if (isGssError(negMajor)) {
+          throw new GssCallError('gss_set_neg_mechs', negMajor, minor[0]!, statusText(g, negMajor, minor[0]!, null));
+        }
       }
       const { name: username, lifetime } = inquireCredential(g, h.cred);
       // Kept no longer than its tickets last (a keytab credential is then acquired anew, with a new ticket).

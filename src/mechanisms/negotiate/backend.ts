@@ -49,23 +49,41 @@ function addonBackend(k: KerberosModuleLike): KerberosBackend {
 }
 
 /**
+ * Why `principal` with raw Kerberos cannot go to the addon (S6): it acquires the principal's
+ * credential for every installed mechanism, and when only another one (gss-ntlmssp) has it, MIT's
+ * raw Kerberos context takes the default ticket instead — alice's token for an agent made as bob.
+ */
+const ADDON_RAW_PRINCIPAL = "the kerberos addon's raw Kerberos may use the default ticket, whoever's it is";
+
+/**
  * Picks the backend. A per-agent `ccache` or `keytab` needs the GSS-API binding: without it that is a
- * {@link GssapiUnavailableError} (the addon would silently use the process-wide cache instead).
+ * {@link GssapiUnavailableError} (the addon would silently use the process-wide cache instead); so
+ * does `principal` with `mech: 'kerberos'` (the addon may use another principal's ticket). An
+ * injected `kerberos` module is taken as given.
  */
 export async function loadBackend(o: {
   readonly backend?: BackendChoice;
   readonly kerberos?: KerberosModuleLike;
   readonly ccache?: string;
   readonly keytab?: string;
+  readonly principal?: string;
+  readonly mech?: 'spnego' | 'kerberos';
 }): Promise<KerberosBackend> {
   if (o.kerberos) return addonBackend(o.kerberos);
   const choice = o.backend ?? 'auto';
   const needsStore = o.ccache !== undefined || o.keytab !== undefined;
+  const rawPrincipal = o.principal !== undefined && o.mech === 'kerberos';
   if (choice === 'kerberos') {
     if (needsStore) {
       throw new MechanismUnavailableError(
         'Negotiate',
         "negotiate.ccache / negotiate.keytab need the GSS-API binding: drop negotiate.backend: 'kerberos'",
+      );
+    }
+    if (rawPrincipal) {
+      throw new MechanismUnavailableError(
+        'Negotiate',
+        `negotiate.principal with mech: 'kerberos' needs the GSS-API binding (${ADDON_RAW_PRINCIPAL}): drop negotiate.backend: 'kerberos', or use mech: 'spnego'`,
       );
     }
     return addonBackend(await loadKerberos());
@@ -74,9 +92,15 @@ export async function loadBackend(o: {
     await loadGssFunctions();
     return gssapiBackend;
   } catch (e) {
-    if (choice === 'gssapi' || needsStore || !(e instanceof GssapiUnavailableError)) {
+    if (choice === 'gssapi' || needsStore || rawPrincipal || !(e instanceof GssapiUnavailableError)) {
       if (needsStore && e instanceof GssapiUnavailableError) {
         throw new GssapiUnavailableError(`negotiate.ccache / negotiate.keytab need it: ${e.message}`, { cause: e });
+      }
+      if (rawPrincipal && e instanceof GssapiUnavailableError) {
+        throw new GssapiUnavailableError(
+          `negotiate.principal with mech: 'kerberos' needs it (${ADDON_RAW_PRINCIPAL}), or use mech: 'spnego': ${e.message}`,
+          { cause: e },
+        );
       }
       throw e;
     }

@@ -21,8 +21,8 @@ export class KerberosNoTicketError extends KerberosError {
   constructor(gssMessage: string, principal?: string, options?: { cause?: unknown; fallback?: boolean }) {
     super(
       'MULTILEG_KRB_NO_TICKET',
-      // With a principal given, "or pass principal" would name what is there: its kinit is the fix.
-      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}` : ''}: run kinit${principal ? ` ${principal}` : ' or pass principal'}${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
+      // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
+      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}: run kinit ${principal}` : ': run kinit or pass principal'}${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
       gssMessage,
       options,
     );
@@ -212,8 +212,12 @@ export function mapGssError(
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, cause);
   const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
   if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
-  // MIT, when `principal` names a client that has no cache in the collection.
-  if (ctx.principal && /A required argument is missing/.test(msg)) {
+  // MIT, when `principal` names a client that has no cache in the collection (SPNEGO), or, for raw
+  // Kerberos, whose tickets are not in the cache named (negotiate.ccache, or a FILE default cache).
+  if (
+    ctx.principal &&
+    /A required argument is missing|Principal in credential cache does not match desired name/.test(msg)
+  ) {
     return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   }
   return new MechanismError('Negotiate', `GSS-API failure: ${msg}`, cause);
