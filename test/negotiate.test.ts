@@ -486,6 +486,30 @@ describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () =>
     expect(chosen).toBe('kerberos');
   });
 
+  it('S6: on Windows (SSPI through the kerberos addon, which ignores it) negotiate.principal is refused before any token is made, with the backend chosen or fallen back to', async () => {
+    const platform = Object.getOwnPropertyDescriptor(process, 'platform')!;
+    Object.defineProperty(process, 'platform', { value: 'win32' });
+    try {
+      const noKoffi = () => {
+        throw new Error("Cannot find package 'koffi'");
+      };
+      for (const o of [{ backend: 'kerberos' as const }, {}]) {
+        const err = await withMissing('koffi', noKoffi, (m) =>
+          m.loadBackend({ ...o, principal: 'bob@EXAMPLE.TEST' }).then(
+            () => undefined,
+            (e: unknown) => e,
+          ),
+        );
+        expect(err).toMatchObject({ code: 'MULTILEG_MECHANISM_UNAVAILABLE' });
+        expect((err as Error).message).toContain(
+          "negotiate.principal on Windows: the kerberos addon (SSPI) ignores it and would use the logged-on user's credentials",
+        );
+      }
+    } finally {
+      Object.defineProperty(process, 'platform', platform);
+    }
+  });
+
   it('M5: a GSS-API library without gss_acquire_cred_from (e.g. Heimdal): typed error; auto uses the addon', async () => {
     const heimdal = () => ({
       load: () => ({

@@ -86,7 +86,7 @@ export async function loadBackend(o: {
         `negotiate.principal with mech: 'kerberos' needs the GSS-API binding (${ADDON_RAW_PRINCIPAL}): drop negotiate.backend: 'kerberos', or use mech: 'spnego'`,
       );
     }
-    return addonBackend(await loadKerberos());
+    return addonFor(o);
   }
   try {
     await loadGssFunctions();
@@ -105,6 +105,20 @@ export async function loadBackend(o: {
       throw e;
     }
     log.handshake('GSS-API binding unavailable (%s); using the kerberos addon, without channel bindings', e.code);
-    return addonBackend(await loadKerberos());
+    return addonFor(o);
   }
+}
+
+/**
+ * The addon as the backend, but not with `principal` on Windows (S6, fail safe): there it is SSPI,
+ * which reads only user, domain and password, never the principal — its tokens would be the
+ * logged-on user's for an agent made as another.
+ */
+async function addonFor(o: { readonly principal?: string }): Promise<KerberosBackend> {
+  if (o.principal !== undefined && process.platform === 'win32')
+    throw new MechanismUnavailableError(
+      'Negotiate',
+      "negotiate.principal on Windows: the kerberos addon (SSPI) ignores it and would use the logged-on user's credentials; drop negotiate.principal (the logged-on user is used), or run the process as that user",
+    );
+  return addonBackend(await loadKerberos());
 }
