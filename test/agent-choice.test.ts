@@ -1169,30 +1169,43 @@ describe('T3: the selector runs for servers that require a certificate in the TL
         // Before: MULTILEG_CONNECTION_CLOSED (TLS 1.3) or ECONNRESET (1.2), the certificate kept for good.
         const res = await fetch(`${s.origin}/1`, { dispatcher: a });
         expect([res.status, await res.text(), told.length]).toEqual([200, subjectOf(CA_B), 2]);
-        // A selector that gives the refused certificate again: the refusal stands.
+        // A selector that gives the refused certificate again: the refusal stands, and the origin
+        // does not keep that certificate (review r38: the next requests were refused with it).
         let asked = 0;
         const b = agentFor(s.origin, { clientCertificate: () => (++asked <= 2 ? CERT : CERT_B) });
         const stood = await fetch(`${s.origin}/2`, { dispatcher: b }).catch((e: Error) => e.cause);
-        expect([stood, asked]).toEqual([expect.any(ClientCertificateRefusedError), 2]);
-        // A POST on a connection that closed: the server may have read it (Node's https closes
-        // without an alert), so it is not sent again, nor the selector asked for it.
-        const err = await fetch(`${s.origin}/3`, { dispatcher: b, method: 'POST', body: 'a=1' }).catch(
-          (e: Error) => e.cause,
+        expect(stood).toBeInstanceOf(ClientCertificateRefusedError);
+        expect((stood as Error).message).toContain(
+          'the selector, asked again, returned the same certificate: return another',
         );
         expect(asked).toBe(2);
-        expect(err).toBeInstanceOf(ClientCertificateRefusedError);
-        expect(err).toBeInstanceOf(ClientCertificateError);
-        const e = err as ClientCertificateRefusedError;
-        expect(e.code).toBe('MULTILEG_CLIENT_CERTIFICATE_REFUSED');
-        // Node's https sends no alert: it closes once it has verified the certificate.
-        expect(e.alert).toBeUndefined();
-        expect(e.message).toContain(
-          'the server closed the connection that presented the client certificate the selector chose before answering',
-        );
-        expect(e.message).toContain('the selector is asked again');
-        expect(e.cause).toBeInstanceOf(Error);
-        const again = await fetch(`${s.origin}/4`, { dispatcher: b });
+        // A POST (a GET over HTTP/1.1 with TLS 1.3, where a refusal without a certificate is a close):
+        // kept, the refused certificate would be presented again, and the POST not sent again.
+        const post = !(h1 && maxVersion === 'TLSv1.3');
+        const again = await fetch(`${s.origin}/3`, { dispatcher: b, ...(post ? { method: 'POST', body: 'a=1' } : {}) });
         expect([again.status, await again.text(), asked]).toEqual([200, subjectOf(CA_B), 3]);
+        // A POST on a connection that closed: the server may have read it (Node's https closes
+        // without an alert), so it is not sent again, nor the selector asked for it. (Over HTTP/1.1
+        // with TLS 1.3 the refusal without a certificate is a close too: a POST never gets that far.)
+        if (!(h1 && maxVersion === 'TLSv1.3')) {
+          let n = 0;
+          const c = agentFor(s.origin, { clientCertificate: () => (++n === 1 ? CERT : CERT_B) });
+          const err = await fetch(`${s.origin}/4`, { dispatcher: c, method: 'POST', body: 'a=1' }).catch(
+            (e: Error) => e.cause,
+          );
+          expect(n).toBe(1);
+          expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+          expect(err).toBeInstanceOf(ClientCertificateError);
+          const e = err as ClientCertificateRefusedError;
+          expect(e.code).toBe('MULTILEG_CLIENT_CERTIFICATE_REFUSED');
+          // Node's https sends no alert: it closes once it has verified the certificate.
+          expect(e.alert).toBeUndefined();
+          expect(e.message).toContain(
+            'the server closed the connection that presented the client certificate the selector chose before answering',
+          );
+          expect(e.message).toContain('the selector is asked again for the next request');
+          expect(e.cause).toBeInstanceOf(Error);
+        }
         expect(s.seen.requests).toBe(2);
       });
     }

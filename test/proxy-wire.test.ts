@@ -622,9 +622,14 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     // The first tunnel's CONNECTs: bare (407 NTLM), then the NEGOTIATE, answered by a bare 407 again.
     const { uri, seen } = await scripted((r) => (r.index < 2 ? r.socket.write(NTLM_407()) : answer(r)));
     const proxy = resolved(uri, { schemes: ['NTLM', 'Basic'] });
-    const err = await failure(tunnel(proxy));
+    const reports: ProxyHandshake[] = [];
+    const err = await failure(openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)));
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err).toMatchObject({ refused: false });
+    // Reported as an origin's refused opening is: no password went (review r38: it said 'error').
+    expect(reports).toEqual([
+      expect.objectContaining({ scheme: 'NTLM', legs: 1, outcome: 'failed', failure: 'opening' }),
+    ]);
     expect(proxy.proof.refused).toBe(false);
     // Counted as a refusal, the password would be kept back here for 30 s.
     (await tunnel(proxy)).socket.destroy();

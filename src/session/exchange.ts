@@ -83,8 +83,7 @@ export interface HandshakeReport {
    * NTLM NEGOTIATE, alone or inside SPNEGO, which holds no password): no password was tried — the
    * server takes no such handshake here (a Kerberos-only Negotiate: `fallbackReason` says why
    * Kerberos was skipped) or would not start one. R4 does not count it against the credentials.
-   * With a proxy, the same of its 407 (`error` too for a 407 to an opening NEGOTIATE, which
-   * carried no credential).
+   * With a proxy, the same of its 407.
    */
   readonly failure?: 'refused' | 'opening' | 'proof' | 'error';
 }
@@ -814,7 +813,7 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
       return failed(job, step.error);
     case 'declined':
       exclude(run, TRANSPORT);
-      if (step.refused) return failed(job, step.error);
+      if (step.refused) return failed(job, refusedAgain(job, step.error, 'none'));
       return failed(
         job,
         new ClientCertificateRequiredError(
@@ -826,12 +825,22 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
         ),
       );
     case 'chosen':
-      // The selector gave the refused certificate again: the refusal stands.
-      if (step.refused && sameCertificate(outcome.certificate, step.refused)) return failed(job, step.error);
+      // The selector gave the refused certificate again: the refusal stands, and the origin does not
+      // keep it for the next requests to be refused with (review r38).
+      if (step.refused && sameCertificate(outcome.certificate, step.refused)) {
+        if (env.memory.clientCertificate === outcome.certificate) env.memory.clientCertificate = undefined;
+        return failed(job, refusedAgain(job, step.error, 'again'));
+      }
       // The refused session serves nothing: its connection never came up, or the server ended it.
       session.apply({ type: 'closed' });
       return end({ kind: 'relocate', reason: 'client-certificate' });
   }
+}
+
+/** A refusal's error (`error`, {@link refuseCertificate}'s) once the selector, asked again at once, returned it `again` or `none`. */
+function refusedAgain(job: Job, error: Error, chosen: 'again' | 'none'): Error {
+  if (!(error instanceof ClientCertificateRefusedError)) return error;
+  return new ClientCertificateRefusedError(job.origin, error.alert, chosen, { cause: error.cause }, error.answered);
 }
 
 /** The origin's answer to the certificate demand (T3), asked once for the requests refused meanwhile. */

@@ -38,8 +38,10 @@ export interface Job {
   /** Set once this request re-authenticated an authenticated session (T4: once). */
   reauthenticated: boolean;
   /**
-   * Set once the server's refusal of credentials replaced since its leg was made (setCredentials)
-   * was answered by running the handshake again with the current ones (S6/R4: once per request).
+   * Set once the request ran again with new credentials after a refusal (once per request, for
+   * either): a password replaced since its leg was made (setCredentials: the handshake again with
+   * the current one, S6/R4), or a client certificate the server refused, for which the selector
+   * gave another (T3).
    */
   rerunWithNewCredentials: boolean;
   /** Relocations to another session so far (bounded, so a flapping server cannot loop us). */
@@ -118,8 +120,9 @@ export function newJob(
 
 /**
  * Whether `job`, whose credentials were refused after the agent replaced them (setCredentials,
- * setProxyCredentials), may run once more with the current ones: once per request, and only when
- * its body can go again (C10: else the refusal is its answer). Marks it when it may.
+ * setProxyCredentials), or whose client certificate was refused (the selector is asked for
+ * another), may run once more with new ones: once per request, whichever, and only when its body
+ * can go again (C10: else the refusal is its answer). Marks it when it may.
  */
 export function rerunWithNewCredentials(job: Job): boolean {
   if (job.rerunWithNewCredentials || !job.body.replayable) return false;

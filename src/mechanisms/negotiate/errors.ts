@@ -218,6 +218,8 @@ export function mapGssError(
     ctx.principal &&
     /A required argument is missing|Principal in credential cache does not match desired name/.test(msg)
   ) {
+    // With a keytab, its principal's key is what is missing, not a kinit (review r38).
+    if (ctx.keytab) return new KerberosKeytabError(msg, ctx.keytab, cause);
     return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   }
   return new MechanismError('Negotiate', `GSS-API failure: ${msg}`, cause);
