@@ -265,10 +265,22 @@ ${
 }
 
 /** Apache asking for a client certificate in TLS (`SSLVerifyClient optional`): see {@link startCertificateApache}. */
-export interface CertificateApache {
+/** A server that asks for (or requires) a TLS client certificate: Apache's here, nginx's (nginx.ts). */
+export interface CertificateServer {
   /** `https://localhost:PORT` (h2 + http/1.1). */
   readonly origin: string;
   stop(): Promise<void>;
+}
+export type CertificateApache = CertificateServer;
+
+/** What a {@link CertificateServer} is made of: its directory, its own certificate and key, the client CAs it takes. */
+export interface CertificateServerOptions {
+  readonly dir: string;
+  readonly cert: string;
+  readonly key: string;
+  readonly clientCas: readonly string[];
+  /** `TLSv1.2`: that version only. */
+  readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
 }
 
 /**
@@ -279,15 +291,12 @@ export interface CertificateApache {
  * `maxVersion` `TLSv1.2` keeps it to TLS 1.2 (`SSLProtocol`). `verify` `require`: `SSLVerifyClient
  * require` instead (a handshake without a certificate fails). `runAs` as {@link ApacheOptions.runAs}.
  */
-export async function startCertificateApache(o: {
-  readonly dir: string;
-  readonly cert: string;
-  readonly key: string;
-  readonly clientCas: readonly string[];
-  readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
-  readonly verify?: 'optional' | 'require';
-  readonly runAs?: { uid: number; gid: number };
-}): Promise<CertificateApache> {
+export async function startCertificateApache(
+  o: CertificateServerOptions & {
+    readonly verify?: 'optional' | 'require';
+    readonly runAs?: { uid: number; gid: number };
+  },
+): Promise<CertificateApache> {
   const A = join(o.dir, 'apache-cert');
   for (const d of ['conf', 'logs', 'run', 'htdocs']) await mkdir(join(A, d), { recursive: true });
   if (o.runAs) await chown(join(A, 'logs'), o.runAs.uid, o.runAs.gid);

@@ -6,22 +6,13 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { CertificateServer, CertificateServerOptions } from './apache.ts';
 import { freePort } from './net.ts';
 import { type Daemon, spawnDaemon, waitDaemon } from './proc.ts';
 
-export interface CertificateNginx {
-  /** `https://localhost:PORT`. */
-  readonly origin: string;
-  stop(): Promise<void>;
-}
+export type CertificateNginx = CertificateServer;
 
-export async function startCertificateNginx(o: {
-  readonly dir: string;
-  readonly cert: string;
-  readonly key: string;
-  readonly clientCas: readonly string[];
-  readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
-}): Promise<CertificateNginx> {
+export async function startCertificateNginx(o: CertificateServerOptions): Promise<CertificateNginx> {
   const N = join(o.dir, 'nginx');
   await mkdir(join(N, 'logs'), { recursive: true });
   await writeFile(join(N, 'server.crt'), o.cert);
