@@ -653,6 +653,27 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     expect(proxy.proof.refused).toBe(true);
   });
 
+  it("H5: a CONNECT answered 503 (Squid's ERR_CONNECT_FAIL: the target is down) says the proxy could not reach it; a 403 that the proxy refused it", async () => {
+    const { uri } = await scripted((r) =>
+      r.socket.write(
+        r.index === 0
+          ? 'HTTP/1.1 503 Service Unavailable\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 0\r\n\r\n'
+          : 'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n',
+      ),
+    );
+    const proxy = resolved(uri);
+    const down = await failure(tunnel(proxy));
+    expect(down).toBeInstanceOf(ProxyConnectError);
+    // Before (u7): "check that the proxy allows CONNECT to that host and port".
+    expect(down.message).toContain(
+      'could not open a tunnel to localhost:8443 (status 503: the proxy could not reach it; check that localhost:8443 is up and reachable from the proxy',
+    );
+    const refused = await failure(tunnel(proxy));
+    expect(refused.message).toContain(
+      'refused to open a tunnel to localhost:8443 (status 403); check that the proxy allows CONNECT',
+    );
+  });
+
   it.each([
     [
       'a 403',

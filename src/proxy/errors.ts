@@ -44,14 +44,19 @@ export class ProxyAuthorizationHeaderError extends MultilegError {
   }
 }
 
-/** The proxy answered CONNECT with a status other than 2xx or 407. */
+/**
+ * The proxy answered CONNECT with a status other than 2xx or 407: a refusal (403, 405…), or (502,
+ * 503, 504) that it could not reach the target itself — Squid's ERR_CONNECT_FAIL is a 503.
+ */
 export class ProxyConnectError extends MultilegError {
   readonly statusCode: number;
   readonly proxy: string;
   constructor(proxy: string, target: string, status: number) {
     super(
       'MULTILEG_PROXY_CONNECT',
-      `proxy ${proxy} refused to open a tunnel to ${target} (status ${status}); check that the proxy allows CONNECT to that host and port, or exclude it with NO_PROXY`,
+      status === 502 || status === 503 || status === 504
+        ? `proxy ${proxy} could not open a tunnel to ${target} (status ${status}: the proxy could not reach it; check that ${target} is up and reachable from the proxy, its name resolvable there)`
+        : `proxy ${proxy} refused to open a tunnel to ${target} (status ${status}); check that the proxy allows CONNECT to that host and port, or exclude it with NO_PROXY`,
     );
     this.statusCode = status;
     this.proxy = proxy;
