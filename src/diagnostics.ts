@@ -219,7 +219,7 @@ export function authScheme(value: string): string | undefined {
   return SCHEME_WORD.exec(value)?.[1];
 }
 
-/** What a leg's credentials say: each header's scheme (one value of it), and {@link secretless}. */
+/** What a leg's credentials say: each header's scheme, and whether they hold no secret (`secretless`). */
 interface Credentials {
   scheme: string | undefined;
   proxyScheme: string | undefined;
