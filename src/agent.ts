@@ -133,7 +133,11 @@ export interface SessionSnapshot {
   readonly origin: string;
   /** The id that {@link HandshakeReport.sessionId} and the `multileg:leg` events name. */
   readonly sessionId: string;
-  /** `h2` or `http/1.1`; undefined while its connection is still opening. */
+  /**
+   * `h2` or `http/1.1` once its connection is up; undefined (absent from its JSON) until then: while
+   * its connection is still opening, and on a session whose CONNECT tunnel through the proxy failed
+   * (a refused or unreachable proxy) — it stays listed, and its next request tries the tunnel again.
+   */
   readonly protocol: 'h2' | 'http/1.1' | undefined;
   /**
    * Requests it holds now: given to this session and not yet ended, whether waiting for its

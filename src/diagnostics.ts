@@ -4,8 +4,8 @@
  * - `multileg:handshake` — a {@link HandshakeReport} for every finished handshake, an origin's and
  *   (`proxy: true`) a proxy's on the agent's sessions;
  * - `multileg:leg` — a {@link LegEvent} when a leg (one HTTP request on the wire, with or without
- *   credentials; a proxy's CONNECT too, on session `proxy-N`) is sent, when its response head
- *   arrives, and when it fails;
+ *   credentials; a proxy's CONNECT too, `target: 'proxy'` on session `proxy-N`) is sent, when its
+ *   response head arrives, and when it fails;
  * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
  *   the caller unanswered, because the trust policy withheld the credentials, or because the server
  *   refused them lately and they are held back (R4) — why that 401; not published for upgrades.
@@ -123,6 +123,15 @@ export type RedactedHeader = readonly [name: string, value: string];
 interface LegEventBase {
   /** Unique per process; the request, response and error events of one leg share it. */
   readonly legId: number;
+  /**
+   * Whose leg it is. `proxy`: a CONNECT to a proxy, opening a tunnel (`origin` is then the proxy's,
+   * `sessionId` its connection `proxy-N`, and its credentials are the proxy's: `proxyScheme`).
+   * `origin`: a request to the origin, directly, inside a tunnel, or through a forwarding proxy — a
+   * forwarded one may carry the proxy's credentials too (`proxyScheme`) beside the origin's
+   * (`scheme`). The same on the request, response and error events of a leg, so a proxy's 407s
+   * and failures can be counted apart from an origin's, as handshake reports' `proxy: true` are.
+   */
+  readonly target: 'origin' | 'proxy';
   readonly origin: string;
   readonly sessionId: string;
   /** `h2` or `http/1.1`; undefined while the session's first connection is still opening. */
@@ -137,10 +146,17 @@ export interface LegRequestEvent extends LegEventBase {
   readonly method: string;
   readonly path: string;
   /**
-   * The scheme of the Authorization (Proxy-Authorization on a CONNECT) sent on this leg, or undefined:
-   * none sent, several, or a value with no scheme word (an API key sent raw, published as `[redacted]`).
+   * The scheme of the `Authorization` sent on this leg — the origin's credentials — or undefined:
+   * none sent (a CONNECT carries none: its credentials are in `proxyScheme`), several, or a value
+   * with no scheme word (an API key sent raw, published as `[redacted]`).
    */
   readonly scheme: string | undefined;
+  /**
+   * The scheme of the `Proxy-Authorization` sent on this leg — the proxy's credentials, on a
+   * CONNECT (`target: 'proxy'`) or on a request through a forwarding proxy — or undefined, as for
+   * `scheme`. Never the origin's.
+   */
+  readonly proxyScheme: string | undefined;
   /** Whether this leg echoed the server's Auth-ID (C3). */
   readonly authId: boolean;
   /**
@@ -203,18 +219,32 @@ export function authScheme(value: string): string | undefined {
   return SCHEME_WORD.exec(value)?.[1];
 }
 
-/** Whether `headers` carry credentials, all of them {@link carriesNoSecret}. */
-function secretless(headers: HeaderMap): boolean {
-  let some = false;
+/** What a leg's credentials say: each header's scheme, and whether they hold no secret (`secretless`). */
+interface Credentials {
+  scheme: string | undefined;
+  proxyScheme: string | undefined;
+  secretless: boolean;
+}
+
+/**
+ * The schemes of `headers`' `Authorization` (the origin's) and `Proxy-Authorization` (the
+ * proxy's), each read from its own header only — undefined for none, several or no scheme word —
+ * and whether they carry credentials, all of them {@link carriesNoSecret}.
+ */
+function credentialsOf(headers: HeaderMap): Credentials {
+  const seen = { authorization: [] as string[], 'proxy-authorization': [] as string[] };
   for (const [name, value] of Object.entries(headers)) {
     const key = name.toLowerCase();
     if (key !== 'authorization' && key !== 'proxy-authorization') continue;
-    for (const v of Array.isArray(value) ? value : [value]) {
-      if (!carriesNoSecret(String(v))) return false;
-      some = true;
-    }
+    for (const v of Array.isArray(value) ? value : [value]) seen[key].push(String(v));
   }
-  return some;
+  const one = (values: string[]) => (values.length === 1 ? authScheme(values[0]!) : undefined);
+  const all = [...seen.authorization, ...seen['proxy-authorization']];
+  return {
+    scheme: one(seen.authorization),
+    proxyScheme: one(seen['proxy-authorization']),
+    secretless: all.length > 0 && all.every(carriesNoSecret),
+  };
 }
 
 function redactValue(name: string, value: string): string {
@@ -255,28 +285,36 @@ const UNTRACED: LegTrace = { response() {}, error() {} };
 
 /** What the session knows about a leg it sends; reports it and returns the reporters of its outcome. */
 export function publishLeg(
-  base: { origin: string; sessionId: string; protocol: () => LegEventBase['protocol'] },
+  base: {
+    target: LegEventBase['target'];
+    origin: string;
+    sessionId: string;
+    protocol: () => LegEventBase['protocol'];
+  },
   request: { method: string; path: string; headers: HeaderMap },
 ): LegTrace {
   if (!legChannel.hasSubscribers) return UNTRACED;
   const legId = ++nextLegId;
   const common = () => ({
     legId,
+    target: base.target,
     origin: base.origin,
     sessionId: base.sessionId,
     protocol: base.protocol(),
     time: Date.now(),
   });
-  // A proxy leg carries Proxy-Authorization; an origin leg Authorization.
-  const authorization = request.headers.authorization ?? request.headers['proxy-authorization'];
+  // Each scheme from its own header: a Proxy-Authorization's scheme counted as the origin's
+  // (a CONNECT's, a forwarded request's) made a proxy's Basic look like the origin's.
+  const credentials = credentialsOf(request.headers);
   legChannel.publish({
     ...common(),
     phase: 'request',
     method: request.method,
     path: request.path,
-    scheme: typeof authorization === 'string' ? authScheme(authorization) : undefined,
+    scheme: credentials.scheme,
+    proxyScheme: credentials.proxyScheme,
     authId: 'auth-id' in request.headers,
-    secretless: secretless(request.headers),
+    secretless: credentials.secretless,
     headers: redactHeaders(request.headers),
   } satisfies LegRequestEvent);
   return {

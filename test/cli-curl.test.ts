@@ -250,6 +250,46 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it("S2/H5: --json and --har say whose leg each is: the CONNECT the proxy's (its Basic as proxyScheme, no scheme), a forwarded request's the origin's with the proxy's Basic beside; no secret", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      const proxyArgs = ['--proxy-cacert', ca, '-x', proxy.origin, '-U', 'proxyuser:proxypw'];
+      const json = await run([...alice(), ...proxyArgs, '--json', `${server.origin}/auth/whose-leg`]);
+      expect(json.code, json.stderr).toBe(0);
+      type Leg = { target: string; method: string; scheme: string | null; proxyScheme: string | null; status: number };
+      const legs = (JSON.parse(json.stdout) as { legs: Leg[] }).legs;
+      // The origin's first leg opens the tunnel under it (bare CONNECT, its 407, then Basic: this
+      // proxy closes after a 407). Before: no target nor proxyScheme, and the CONNECT's scheme was
+      // the proxy's Basic, counted as the origin's.
+      expect(legs.map((l) => [l.target, l.method, l.scheme, l.proxyScheme, l.status])).toEqual([
+        ['origin', 'GET', null, null, 401],
+        ['proxy', 'CONNECT', null, null, 407],
+        ['proxy', 'CONNECT', null, 'Basic', 200],
+        ['origin', 'GET', 'Negotiate', null, 401],
+        ['origin', 'GET', 'Negotiate', null, 200],
+      ]);
+      const har = join(dir, 'whose-leg.har');
+      // A plain http:// URL goes through the forwarding proxy: the origin's leg, the proxy's Basic on it.
+      const forwarded = await run([...proxyArgs, '--har', har, `http://localhost:${server.port}/public/whose-leg`]);
+      expect(forwarded.code, forwarded.stderr).toBe(0);
+      const text = readFileSync(har, 'utf8');
+      const entries = (JSON.parse(text) as { log: { entries: Record<string, unknown>[] } }).log.entries;
+      expect(
+        entries.map((e) => [e._target, e._authScheme, e._proxyAuthScheme, (e.response as { status: number }).status]),
+      ).toEqual([
+        ['origin', undefined, undefined, 407],
+        ['origin', undefined, 'Basic', 200],
+      ]);
+      for (const out of [json.stdout, text]) {
+        expect(out).not.toContain('proxypw');
+        expect(out).not.toContain(Buffer.from('proxyuser:proxypw').toString('base64'));
+      }
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it('H5: -U user without a password asks for it on a terminal, as curl does (the proxy then takes it); with no terminal it is bad usage naming the fix', async () => {
     let proxy: ReferenceProxy | undefined;
     try {

@@ -332,7 +332,7 @@ describe('multileg:leg: legs whose credentials hold no secret (R4)', () => {
       ];
       for (const headers of legs)
         publishLeg(
-          { origin: 'https://x', sessionId: 's', protocol: () => undefined },
+          { target: 'origin', origin: 'https://x', sessionId: 's', protocol: () => undefined },
           { method: 'GET', path: '/', headers },
         );
     });

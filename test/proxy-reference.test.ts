@@ -13,6 +13,8 @@ import {
   basicMechanism,
   HANDSHAKE_CHANNEL,
   type HandshakeReport,
+  LEG_CHANNEL,
+  type LegEvent,
   type Mechanism,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -646,6 +648,72 @@ describe("handshakes with the proxy are reported as an origin's (H5, reference p
       expect(published).toEqual(a.handshakes());
       expect(a.stats()).toMatchObject({ handshakes: 0, proxyHandshakes: 1, proxyLegs: 1, failedProxyHandshakes: 1 });
       expect(JSON.stringify(published)).not.toContain('wrongpw');
+    }
+  });
+
+  it("S2/H5: multileg:leg says whose leg it is: a CONNECT is the proxy's (target proxy, its Basic in proxyScheme, no scheme), a forwarded request the origin's (its NTLM in scheme, the proxy's Basic in proxyScheme), on every phase; no secret", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({
+      credentials: ALICE,
+      negotiate: false,
+      schemes: ['NTLM'],
+      connect: { ca: server.ca },
+      trustedOrigins: [`http://localhost:${server.port}`, server.origin],
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    closers.push(async () => unsubscribe(LEG_CHANNEL, onLeg));
+    // Forwarded (plain http: NTLM the origin's only scheme, its NEGOTIATE on the first request; the
+    // proxy's Basic once it asked), a public path (the proxy's Basic alone), then tunnelled (https:
+    // the CONNECT carries the Basic the proxy took; the origin's first leg is published before it,
+    // the tunnel opening under it).
+    const base = `http://localhost:${server.port}`;
+    expect((await get(`${base}/auth/forwarded`)).status).toBe(200);
+    const res = await fetch(`${base}/public/forwarded`, { dispatcher: agent });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    const forwarded = legs.length;
+    expect((await get(`${server.origin}/auth/tunnelled`)).status).toBe(200);
+    unsubscribe(LEG_CHANNEL, onLeg);
+    const sent = (from: number, to?: number) =>
+      legs
+        .slice(from, to)
+        .flatMap((e) => (e.phase === 'request' ? [[e.target, e.method, e.scheme, e.proxyScheme, e.origin]] : []));
+    // Before: no target, no proxyScheme, and a leg carrying the proxy's Basic alone said scheme
+    // Basic — counted as the origin's Basic, as a CONNECT's was.
+    expect(sent(0, forwarded)).toEqual([
+      ['origin', 'GET', 'NTLM', undefined, base],
+      ['origin', 'GET', 'NTLM', 'Basic', base],
+      ['origin', 'GET', 'NTLM', 'Basic', base],
+      ['origin', 'GET', undefined, 'Basic', base],
+    ]);
+    expect(sent(forwarded)).toEqual([
+      ['origin', 'GET', 'NTLM', undefined, server.origin],
+      ['proxy', 'CONNECT', undefined, 'Basic', proxy.origin],
+      ['origin', 'GET', 'NTLM', undefined, server.origin],
+    ]);
+    // The response and error events of a leg say the same as its request: the proxy's 200 to the
+    // CONNECT is the proxy's; the proxy's 407 to a forwarded request is on the origin's leg (its status says whose).
+    const targets = new Map(legs.flatMap((e) => (e.phase === 'request' ? [[e.legId, e.target] as const] : [])));
+    expect(legs.every((e) => e.target === targets.get(e.legId))).toBe(true);
+    expect(
+      legs.flatMap((e) => (e.phase === 'response' && e.target === 'proxy' ? [[e.status, e.sessionId]] : [])),
+    ).toEqual([[200, 'proxy-1']]);
+    expect(legs.flatMap((e) => (e.phase === 'response' && e.status === 407 ? [e.target] : []))).toEqual(['origin']);
+    // No secret (S2): no password, no Basic credentials, no NTLM token the origin saw.
+    const published = JSON.stringify(legs);
+    for (const secret of ['proxypw', ALICE.password, basic({ username: 'proxyuser', password: 'proxypw' }).slice(6)])
+      expect(published).not.toContain(secret);
+    for (const e of server.exchanges) {
+      const auth = e.requestHeaders.authorization;
+      if (typeof auth === 'string') expect(published).not.toContain(auth.split(' ')[1]);
     }
   });
 });

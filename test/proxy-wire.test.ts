@@ -572,7 +572,8 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     } finally {
       unsubscribe(LEG_CHANNEL, onLeg);
     }
-    const requests = legs.flatMap((e) => (e.phase === 'request' ? [[e.method, e.scheme, e.secretless]] : []));
+    // (A CONNECT's scheme is its Proxy-Authorization's: proxyScheme; `scheme` is the origin's alone.)
+    const requests = legs.flatMap((e) => (e.phase === 'request' ? [[e.method, e.proxyScheme, e.secretless]] : []));
     expect(requests).toEqual([
       ['CONNECT', 'NTLM', true],
       ['CONNECT', 'NTLM', false],

@@ -174,7 +174,7 @@ describe('R1/H5: a tunnel that starts over leaves no proxy connection of its own
         proxy: { uri: 'http://127.0.0.1:${px.port}', credentials: { username: 'proxyuser', password: 'proxypw' } } });
       let replaced = false;
       subscribe('multileg:leg', (e) => {
-        if (replaced || e.phase !== 'request' || e.method !== 'CONNECT' || e.scheme !== 'Basic') return;
+        if (replaced || e.phase !== 'request' || e.method !== 'CONNECT' || e.proxyScheme !== 'Basic') return;
         replaced = true;
         setImmediate(() => agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' }));
       });

@@ -216,7 +216,10 @@ export function toHar(legs: readonly LegRecord[]): object {
               ? 'delivered to the caller'
               : 'intermediate leg: not passed to the caller'
             : 'failed on the wire',
+          // Whose leg (a CONNECT's is the proxy's), and each header's scheme apart (origin, proxy).
+          _target: request.target,
           ...(request.scheme ? { _authScheme: request.scheme, _authId: request.authId } : {}),
+          ...(request.proxyScheme ? { _proxyAuthScheme: request.proxyScheme } : {}),
           ...(error ? { _error: `${error.error.code ?? error.error.name}: ${error.error.message}` } : {}),
         };
       }),

@@ -137,9 +137,13 @@ export async function report(
       timeTotal,
       legs: outcome.legs.map((l) => ({
         session: l.request.sessionId,
+        // Whose leg: a CONNECT is the proxy's; a forwarded request the origin's, with the proxy's
+        // credentials maybe (proxyScheme), so neither is counted as the other's.
+        target: l.request.target,
         method: l.request.method,
         url: l.request.method === 'CONNECT' ? l.request.path : new URL(l.request.path, l.request.origin).href,
         scheme: l.request.scheme ?? null,
+        proxyScheme: l.request.proxyScheme ?? null,
         authId: l.request.authId,
         protocol: l.response?.protocol ?? l.request.protocol ?? null,
         status: l.response?.status ?? null,

@@ -472,7 +472,7 @@ async function connectLegs(
       // S6: nothing of replaced credentials goes after the call (the old password's AUTHENTICATE).
       if (auth.replaced) throw REPLACED;
       const traced = publishLeg(
-        { origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
+        { target: 'proxy', origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
         {
           method: 'CONNECT',
           path: target,

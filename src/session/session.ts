@@ -558,7 +558,7 @@ export class Session {
     // Per-request mode sends two legs per request: nothing is built for a trace nobody reads.
     const traced = tracingLegs()
       ? publishLeg(
-          { origin: job.origin, sessionId: this.id, protocol: () => this.protocol },
+          { target: 'origin', origin: job.origin, sessionId: this.id, protocol: () => this.protocol },
           { method: job.dispatchOptions.method, path: path ?? job.dispatchOptions.path, headers },
         )
       : undefined;
