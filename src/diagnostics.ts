@@ -167,6 +167,14 @@ export interface LegRequestEvent extends LegEventBase {
    * any other credentials — an NTLM AUTHENTICATE, a Kerberos AP-REQ (a ticket), Basic, Digest, a raw key.
    */
   readonly secretless: boolean;
+  /**
+   * The subject of the client certificate this leg's session offers in its TLS handshake (T3), as
+   * Node writes it with its lines joined by ", " (`CN=alice`, `C=FR, O=Example A\, Inc., CN=alice`):
+   * sent where the server asks for one, which a server that does not ask never sees. The subject
+   * only: never the certificate, its key or passphrase (S2). Undefined when the session offers none
+   * (an origin the certificate may not go to, a proxy's CONNECT).
+   */
+  readonly certificate?: string;
   readonly headers: readonly RedactedHeader[];
 }
 
@@ -290,6 +298,8 @@ export function publishLeg(
     origin: string;
     sessionId: string;
     protocol: () => LegEventBase['protocol'];
+    /** The subject of the client certificate the session offers, if it offers one. */
+    certificate?: string | undefined;
   },
   request: { method: string; path: string; headers: HeaderMap },
 ): LegTrace {
@@ -315,6 +325,7 @@ export function publishLeg(
     proxyScheme: credentials.proxyScheme,
     authId: 'auth-id' in request.headers,
     secretless: credentials.secretless,
+    ...(base.certificate !== undefined ? { certificate: base.certificate } : {}),
     headers: redactHeaders(request.headers),
   } satisfies LegRequestEvent);
   return {

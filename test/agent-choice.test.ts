@@ -340,6 +340,20 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(res.body.user).toBe('cert:alice');
   });
 
+  it("T3: a key of another type than the certificate's (an EC key with an RSA certificate, DER too) is a ConfigError when the agent is made; OpenSSL took it without a word and the handshake presented no certificate (u6)", () => {
+    const ecKey = fixture('client-a.key');
+    expect(new X509Certificate(CLIENT_CERT).publicKey.asymmetricKeyType).toBe('rsa');
+    expect(createPrivateKey(ecKey).asymmetricKeyType).toBe('ec');
+    const der = createPrivateKey(ecKey).export({ format: 'der', type: 'pkcs8' });
+    for (const key of [ecKey, der]) {
+      const make = () => new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key } });
+      expect(make).toThrow(ConfigError);
+      expect(make).toThrow(/clientCertificate: the key is not the certificate’s \(key values mismatch\)/);
+    }
+    // Its own key still goes.
+    expect(() => new MultilegAgent({ clientCertificate: { cert: fixture('client-a.pem'), key: ecKey } })).not.toThrow();
+  });
+
   it('T3: an encrypted key with its passphrase is accepted; a certificate that cannot be used is a ConfigError when the agent is made', () => {
     const encrypted = createPrivateKey(CLIENT_KEY).export({
       format: 'pem',

@@ -1,3 +1,4 @@
+import { createPrivateKey } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createSecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
@@ -20,7 +21,7 @@ import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
 import { SPNEGO_NTLM_FLAGS } from '../src/mechanisms/spnego/ntlm.ts';
 import { encodeNegTokenInit, OID_KRB5, OID_NTLMSSP } from '../src/mechanisms/spnego/tokens.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
-import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
 describe('diagnostics_channel events', () => {
   let server: ReferenceServer;
@@ -237,6 +238,46 @@ describe('diagnostics_channel events', () => {
       expect(published).toContain(/nextnonce="([^"]+)"/.exec(String(info))![1]!);
     }
     expect(published).toContain('rspauth=[redacted]');
+  });
+
+  it('T3/S2: a leg whose session offers a client certificate carries its subject in `certificate` (the first leg, before the Transport challenge, none); no key, passphrase or certificate text in any event', async () => {
+    const offering = await startReferenceServer({ mode: 'session', clientCertificate: 'offer' });
+    const encrypted = createPrivateKey(CLIENT_KEY).export({
+      format: 'pem',
+      type: 'pkcs8',
+      cipher: 'aes-256-cbc',
+      passphrase: 'hunter2-passphrase',
+    }) as string;
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    const agent = new MultilegAgent({
+      clientCertificate: () => ({ cert: CLIENT_CERT, key: encrypted, passphrase: 'hunter2-passphrase' }),
+      trustedOrigins: [offering.origin],
+      connect: { ca: offering.ca },
+    });
+    try {
+      const res = await fetch(`${offering.origin}/auth/cert`, { dispatcher: agent });
+      expect([res.status, ((await res.json()) as { user: string }).user]).toEqual([200, 'cert:alice']);
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+      await agent.destroy();
+      await offering.close();
+    }
+    const requests = legs.filter((e): e is LegRequestEvent => e.phase === 'request');
+    // Before: no such field, and a trace said the second leg carried no credentials.
+    expect(requests.map((e) => [e.sessionId === requests[0]!.sessionId, e.certificate])).toEqual([
+      [true, undefined],
+      [false, 'CN=alice'],
+    ]);
+    const text = JSON.stringify(legs);
+    for (const secret of [
+      'hunter2',
+      encrypted.split('\n')[1]!,
+      CLIENT_KEY.split('\n')[1]!,
+      CLIENT_CERT.split('\n')[1]!,
+    ])
+      expect(text).not.toContain(secret);
   });
 
   it("R4: a 401 to a request sent without the credentials because the origin refused them lately reaches multileg:withheld as refused-lately, with how long; the refused request's own 401 does not", async () => {

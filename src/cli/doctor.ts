@@ -2,9 +2,11 @@
  * `multileg doctor URL`: the checks a help desk runs by hand, each with a verdict and the fix —
  * Node, the kerberos addon, the ticket (klist), the SPN and whether the KDC knows it, clock skew
  * against the server's Date, the schemes offered over HTTP/2 and HTTP/1.1, whether authentication
- * needs HTTP/1.1, the proxy, and TLS trust. Takes the same options as a request.
+ * needs HTTP/1.1, the proxy, TLS trust, and the client certificate (--cert's, and the CAs the server
+ * accepts). Takes the same options as a request.
  */
 import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { checkServerIdentity, getCACertificates, connect as tlsConnect } from 'node:tls';
 import { promisify } from 'node:util';
@@ -17,9 +19,17 @@ import { loadBackend } from '../mechanisms/negotiate/backend.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import { unsupportedNode } from '../node-version.ts';
-import { portOf } from '../options.ts';
+import { alpnFor, type ClientCertificate, type DistinguishedName, portOf, resolveLimits } from '../options.ts';
 import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
 import { connectToProxy } from '../proxy/tunnel.ts';
+import { issuedByOneOf, type ProbeAnswer, probeAcceptableIssuers } from '../session/acceptable-issuers.ts';
+import {
+  ClientCertificateRefusedError,
+  ClientCertificateRequiredError,
+  certificateAnswer,
+  mayBeCertificateAnswer,
+  usableCertificate,
+} from '../session/client-certificate.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
 import {
   certificateNames,
@@ -256,17 +266,220 @@ async function probe(req: CliRequest, http1: boolean) {
       method: 'GET',
       ...(http1 ? { allowH2: false } : {}),
     } as Parameters<typeof request>[1]);
-    await res.body.dump();
+    // T3: nginx (`ssl_verify_client on`) says "no certificate" with a 400 page of its own: its
+    // head tells such a page (a few hundred bytes) from others, whose bodies are not kept.
+    const headers = res.headers as Record<string, string | string[]>;
+    const nginx =
+      res.statusCode === 400 && mayBeCertificateAnswer(headers)
+        ? certificateAnswer({ headers, body: [Buffer.from(await res.body.arrayBuffer())] })
+        : void (await res.body.dump());
     return {
       status: res.statusCode,
       protocol: trace.lastDelivered?.response?.protocol,
       offered: challengeSchemes(res.headers, res.statusCode),
       date: [res.headers.date].flat()[0],
+      /** nginx's 400 page about the client certificate: none sent (`missing`), or the one sent refused. */
+      nginx,
     };
   } finally {
     trace.stop();
     await agent.destroy().catch(() => {});
   }
+}
+
+/** At most `max` CA names, each on one line, and how many more (a server may name hundreds). */
+function caNames(issuers: readonly DistinguishedName[], max = 4): string {
+  const named = issuers.slice(0, max).map((n) => n.name.replaceAll('\n', ', '));
+  return `${named.join('; ')}${issuers.length > max ? `; and ${issuers.length - max} more` : ''}`;
+}
+
+/** A Node X509Certificate name (one attribute a line) on one line; commas in values are escaped `\,`. */
+const oneLine = (name: string) => name.replaceAll('\n', ', ');
+
+/**
+ * T3: the --cert certificate itself — its subject, issuer and dates, and whether the key is its
+ * own — and (`cert`) the certificate when it can be read. Only the certificate's names and dates
+ * are printed: never the key, nor the passphrase (S2), which the library's reasons do not hold.
+ */
+function ownCertificate(given: ClientCertificate): { check: Check; cert?: X509Certificate } {
+  const name = 'client certificate';
+  let cert: X509Certificate | undefined;
+  try {
+    cert = new X509Certificate(given.cert);
+  } catch {}
+  let problem: string | undefined;
+  let mismatch = false;
+  try {
+    usableCertificate(given, (reason, cause) => Object.assign(new Error(reason), { cause }));
+  } catch (err) {
+    problem = forCli((err as Error).message);
+    mismatch = (err as { cause?: { code?: unknown } }).cause?.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH';
+  }
+  if (!cert)
+    return {
+      check: {
+        name,
+        verdict: 'FAIL',
+        detail: `--cert cannot be used: ${problem ?? 'it holds no certificate'}`,
+        fix: 'give the certificate (PEM or DER) with --cert and its key with --key',
+      },
+    };
+  const about = `subject ${oneLine(cert.subject)}; issuer ${oneLine(cert.issuer)}`;
+  if (mismatch)
+    return {
+      cert,
+      check: {
+        name,
+        verdict: 'FAIL',
+        detail: `${about}; the key is not its own (key values mismatch)`,
+        fix: 'give the key the certificate was issued for with --key (or one PEM file holding both with --cert)',
+      },
+    };
+  if (problem) return { cert, check: { name, verdict: 'FAIL', detail: `${about}; ${problem}` } };
+  const now = Date.now();
+  if (Date.parse(cert.validTo) < now)
+    return {
+      cert,
+      check: {
+        name,
+        verdict: 'FAIL',
+        detail: `${about}; expired ${cert.validTo}`,
+        fix: "renew it (a server refuses an expired certificate); if it is not expired, set this machine's clock",
+      },
+    };
+  if (Date.parse(cert.validFrom) > now)
+    return {
+      cert,
+      check: {
+        name,
+        verdict: 'FAIL',
+        detail: `${about}; not valid before ${cert.validFrom}`,
+        fix: "renew it (ask for one valid today), or set this machine's clock if it is behind",
+      },
+    };
+  return { cert, check: { name, verdict: 'ok', detail: `${about}; valid to ${cert.validTo}; the key is its own` } };
+}
+
+/** How a server showed that it requires a client certificate none was given for (T3). */
+interface Demand {
+  readonly how: string;
+  /** The CAs it named, where the refusal said (the library's error). */
+  readonly issuers?: readonly DistinguishedName[];
+}
+
+/**
+ * T3: the server's side of client certificates, from the probe of its TLS CertificateRequest (the
+ * agent's own, acceptable-issuers.ts): whether the --cert certificate's issuer is one of the CAs
+ * it accepts; without --cert, whether it requires one (`demand`: the requests without one showed
+ * it). Nothing when it neither asks nor was given one.
+ */
+function serverCertificate(
+  seen: ProbeAnswer,
+  given: ClientCertificate | undefined,
+  cert: X509Certificate | undefined,
+  demand: Demand | undefined,
+  /** The TLS check ran (not through a proxy): it says why no handshake completed. */
+  tlsChecked: boolean,
+): Check | undefined {
+  const issuers = seen.told ? seen.issuers : demand?.issuers;
+  if (!given) {
+    if (demand)
+      return {
+        name: 'client certificate',
+        verdict: 'FAIL',
+        detail: `none given, and the server requires one (${demand.how})${issuers?.length ? `; it accepts certificates issued by ${caNames(issuers)}` : ''}`,
+        fix: `give one${issuers?.length ? ' issued by one of them' : ''} with --cert and --key`,
+      };
+    if (!issuers) return undefined;
+    return {
+      name: 'client certificate',
+      verdict: 'ok',
+      detail: `none given; the server asks for one in TLS and answered without it${issuers.length ? ` (it accepts certificates issued by ${caNames(issuers)})` : ''}`,
+    };
+  }
+  if (!seen.told)
+    return {
+      name: 'client CAs',
+      verdict: 'skip',
+      detail: `not seen: no TLS handshake with the server completed${tlsChecked ? ' (the TLS check says why)' : ''}`,
+    };
+  if (!issuers)
+    return {
+      name: 'client CAs',
+      verdict: 'warn',
+      detail:
+        'the server asks for no client certificate in the TLS handshake: the one given with --cert is not presented',
+      fix: 'nothing to do if this URL needs none; otherwise check the URL (a server that asks for one at some paths only asks later, by renegotiating)',
+    };
+  if (issuers.length === 0)
+    return {
+      name: 'client CAs',
+      verdict: 'ok',
+      detail: 'the server asks for a client certificate naming no CA (any may do)',
+    };
+  const issuer = cert ? `the --cert certificate's issuer (${oneLine(cert.issuer)})` : "the --cert certificate's issuer";
+  if (issuedByOneOf(given.cert, issuers))
+    return {
+      name: 'client CAs',
+      verdict: 'ok',
+      detail: `${issuer} is one of the CAs the server accepts (${caNames(issuers)})`,
+    };
+  return {
+    name: 'client CAs',
+    verdict: 'FAIL',
+    detail: `${issuer} is not one of the CAs the server accepts: ${caNames(issuers)}`,
+    fix: 'give a certificate issued by one of them with --cert and --key',
+  };
+}
+
+/** The MultilegError in `err`'s cause chain (undici's request and fetch wrap ours), if any. */
+function multilegCause(err: unknown): MultilegError | undefined {
+  let e = err as { cause?: unknown } | undefined;
+  for (let depth = 0; e && depth < 8; depth++) {
+    if (e instanceof MultilegError) return e;
+    e = e.cause as typeof e;
+  }
+  return undefined;
+}
+
+/**
+ * The schemes check when the probe's request failed over the client certificate (T3); undefined
+ * for any other failure. `given`: --cert was (a requirement without one is the certificate check's).
+ */
+function certificateFailure(err: unknown, given: boolean, issuerRefused: boolean): Check | undefined {
+  const e = multilegCause(err);
+  if (e instanceof ConfigError && e.option === 'clientCertificate')
+    return {
+      name: 'schemes',
+      verdict: 'skip',
+      detail: 'not seen: --cert/--key cannot be used (the client certificate check says why)',
+    };
+  if (e instanceof ClientCertificateRequiredError && !given)
+    return {
+      name: 'schemes',
+      verdict: 'skip',
+      detail: 'not seen: the server requires a client certificate (the client certificate check says which)',
+    };
+  if (!(e instanceof ClientCertificateRefusedError)) return undefined;
+  const alert = e.alert?.replace(/^ERR_SSL_.*_ALERT_/, '').toLowerCase();
+  const how = e.answered
+    ? `it answered ${e.answered}`
+    : alert
+      ? `TLS alert ${alert} in the handshake`
+      : 'it closed the connection that presented it before answering';
+  return {
+    name: 'schemes',
+    verdict: 'FAIL',
+    detail: `not seen: the server refused the client certificate given with --cert (${how})`,
+    fix:
+      alert === 'certificate_expired'
+        ? "renew it (expired, or not valid yet, by the server's clock)"
+        : alert === 'certificate_revoked'
+          ? 'it was revoked: get a new one'
+          : issuerRefused
+            ? 'give a certificate issued by one of the CAs it accepts (the client CAs check names them) with --cert and --key'
+            : 'give one issued by a CA it accepts, valid today, with --cert and --key',
+  };
 }
 
 export async function doctor(argv: string[]): Promise<number> {
@@ -275,7 +488,7 @@ export async function doctor(argv: string[]): Promise<number> {
     .name('multileg doctor')
     .usage('[options] <url>')
     .description(
-      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; exits 1 when a check fails",
+      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; exits 1 when a check fails",
     );
   const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
@@ -338,12 +551,64 @@ export async function doctor(argv: string[]): Promise<number> {
   const proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
   add(await proxyCheck(proxy));
 
-  if (req.url.protocol === 'https:' && !proxy) add(await tlsTrust(req));
+  const tls = req.url.protocol === 'https:' && !proxy ? await tlsTrust(req) : undefined;
+  if (tls) add(tls);
+
+  // T3: the client certificate given (--cert), and what the server's TLS handshake asks of one (the
+  // agent's own probe: one handshake without a certificate, through the proxy's tunnel if any).
+  const given = req.agent.clientCertificate as ClientCertificate | undefined;
+  const own = given ? ownCertificate(given) : undefined;
+  // (Not where the TLS check saw no trusted handshake: the probe, which verifies the server as the
+  // sessions do, would not tell either, and a silent server would hold it to its timeout.)
+  const seen: ProbeAnswer =
+    req.url.protocol === 'https:' &&
+    proxy?.kind !== 'forward' &&
+    (!tls || tls.verdict === 'ok' || tls.verdict === 'warn')
+      ? await probeAcceptableIssuers({
+          origin: req.url.origin,
+          tls: req.agent.connect ?? {},
+          alpn: alpnFor(!req.http1),
+          route: proxy,
+          connectTo: req.agent.connectTo,
+          limits: resolveLimits(req.agent.limits),
+        })
+      : { told: false };
 
   let h2: Awaited<ReturnType<typeof probe>> | undefined;
+  let h1: Awaited<ReturnType<typeof probe>> | undefined;
+  let failure: unknown;
   try {
     h2 = await probe(req, false);
-    const h1 = await probe(req, true);
+    h1 = await probe(req, true);
+  } catch (err) {
+    failure = err;
+  }
+  // Without --cert, the requests without one showed that the server requires one: it refused the
+  // TLS handshake, answered nginx's 400 page, or asked for nothing but a certificate (Transport).
+  const required = (() => {
+    if (given) return undefined;
+    const e = multilegCause(failure);
+    if (e instanceof ClientCertificateRequiredError)
+      return { how: 'it refused the TLS handshake without one', issuers: e.acceptableIssuers };
+    const missing = [h2, h1].find((p) => p?.nginx?.said === 'missing')?.nginx;
+    if (missing) return { how: `it answered ${missing.words}` };
+    if (h2?.status === 401 && h2.offered.length > 0 && h2.offered.every((o) => /^transport$/i.test(o)))
+      return { how: 'it answered 401 offering Transport only' };
+    return undefined;
+  })();
+  if (own) add(own.check);
+  const server =
+    req.url.protocol === 'https:'
+      ? serverCertificate(seen, given, own?.cert, required, tls !== undefined)
+      : given && {
+          name: 'client CAs',
+          verdict: 'warn' as const,
+          detail: 'an http:// URL has no TLS: the certificate given with --cert is not presented',
+          fix: 'use the https:// URL, if the server has one',
+        };
+  if (server) add(server);
+
+  if (h2 && h1) {
     const show = (p: Awaited<ReturnType<typeof probe>>) =>
       `${p.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} ${p.status}${p.offered.length ? ` offers ${p.offered.join(', ')}` : ''}`;
     const none = h2.status !== 401 && h1.status !== 401;
@@ -358,7 +623,7 @@ export async function doctor(argv: string[]): Promise<number> {
     add({
       name: 'schemes',
       verdict: 'ok',
-      detail: `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}${none ? ' (no authentication asked for at this URL)' : ''}`,
+      detail: `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}${none ? (required ? ' (a client certificate is asked for first)' : ' (no authentication asked for at this URL)') : ''}`,
     });
     if (h2.date) {
       const skew = Math.round((Date.parse(h2.date) - Date.now()) / 1000);
@@ -370,9 +635,16 @@ export async function doctor(argv: string[]): Promise<number> {
         ...(abs > 60 ? { fix: 'synchronise the clocks (NTP): Kerberos refuses more than 5 minutes of skew' } : {}),
       });
     } else add({ name: 'clock', verdict: 'skip', detail: 'the server sends no Date header' });
-  } catch (err) {
-    const f = describeFailure(err, req);
-    add({ name: 'schemes', verdict: 'FAIL', detail: `the server could not be reached: ${f.message}` });
+  } else {
+    // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
+    const issuerRefused = server?.name === 'client CAs' && server.verdict === 'FAIL';
+    add(
+      certificateFailure(failure, given !== undefined, issuerRefused) ?? {
+        name: 'schemes',
+        verdict: 'FAIL',
+        detail: `the server could not be reached: ${describeFailure(failure, req).message}`,
+      },
+    );
   }
 
   const negotiateOffered = h2?.offered.some((s) => s.toLowerCase() === 'negotiate') ?? true;
@@ -387,7 +659,8 @@ export async function doctor(argv: string[]): Promise<number> {
     kerberosFailure = k.failure;
   }
 
-  if (h2 && (h2.status === 401 || h2.offered.length > 0))
+  // A certificate required and none given: the client certificate check has said so and its fix.
+  if (h2 && (h2.status === 401 || h2.offered.length > 0) && !required)
     add(await authenticate(req, h2.protocol, ticketWorks, kerberosFailure, proxy?.kind === 'forward'));
 
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;

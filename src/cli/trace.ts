@@ -130,7 +130,12 @@ export class Trace {
           .filter(([n]) => n === header.toLowerCase())
           .map(([, v]) => `${header}: ${v.replace(/ \[redacted\]$/, ' …')}`),
       );
-      const auth = sent.length > 0 ? `${sent.join(', ')}, Auth-ID: ${e.authId ? 'yes' : 'no'}` : 'no credentials';
+      // T3: the client certificate its session offers (its subject only: S2) is a credential too.
+      const shown = [
+        ...(sent.length > 0 ? [`${sent.join(', ')}, Auth-ID: ${e.authId ? 'yes' : 'no'}`] : []),
+        ...(e.certificate !== undefined ? [`client certificate ${e.certificate}`] : []),
+      ];
+      const auth = shown.length > 0 ? shown.join(', ') : 'no credentials';
       const where = e.method === 'CONNECT' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
       this.#say(`> ${e.method} ${e.path} (${auth}) [${where}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`);
       return;

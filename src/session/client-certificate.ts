@@ -162,7 +162,7 @@ export function mayBeCertificateAnswer(headers: ResponseHeaders): boolean {
 
 /** What nginx's own 400 page says of the client certificate (the whole page, as nginx writes it): none was sent, or it refused the one sent. */
 export function certificateAnswer(
-  held: HeldResponse,
+  held: Pick<HeldResponse, 'headers' | 'body'>,
 ): { readonly said: 'missing' | 'refused'; readonly words: string } | undefined {
   const server = held.headers.server;
   if (typeof server !== 'string') return undefined;
@@ -170,6 +170,19 @@ export function certificateAnswer(
   for (const said of ['missing', 'refused'] as const)
     if (page === nginxPage(NGINX_SAID[said], server)) return { said, words: `400 "${NGINX_SAID[said]}" (nginx)` };
   return undefined;
+}
+
+/**
+ * The subject of `cert`'s first certificate (the one a TLS handshake presents), as Node writes it
+ * (`X509Certificate#subject`, control characters escaped) with its lines joined by ", " (a comma in
+ * a value is escaped `\,`); undefined when it cannot be read. No key is read.
+ */
+export function certificateSubject(cert: string | Buffer): string | undefined {
+  try {
+    return new X509Certificate(cert).subject.replaceAll('\n', ', ');
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -330,6 +343,15 @@ export function usableCertificate(value: unknown, fail: (reason: string, cause?:
       ...(passphrase !== undefined && !pem.converted ? { passphrase } : {}),
     };
     createSecureContext(usable);
+    // OpenSSL checks a key against the certificate only when both are of one type: an EC key with an
+    // RSA certificate goes to another slot without a word, and the handshake then presents no
+    // certificate at all (u6: nginx said "No required SSL certificate was sent").
+    const opened = createPrivateKey({
+      key: usable.key,
+      ...(usable.passphrase !== undefined ? { passphrase: usable.passphrase } : {}),
+    });
+    if (!new X509Certificate(usable.cert).checkPrivateKey(opened))
+      throw Object.assign(new Error('key values mismatch'), { code: 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' });
     checked.add(usable);
     return usable;
   } catch (e) {

@@ -27,6 +27,7 @@ import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import { ProxyClosedError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
+import { certificateSubject } from './client-certificate.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
 import type { CredentialProof } from './credential-proof.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
@@ -124,6 +125,8 @@ export class Session {
 
   /** The client certificate this session presents (T3): only sessions with the origin's serve it then. */
   readonly certificate: ClientCertificate | undefined;
+  /** Its certificate's subject, read once a traced leg asks (the leg events' `certificate`). */
+  #subject: string | undefined;
   /** The agent's cookie jar, if it has one: every leg this session writes asks and tells it. */
   readonly cookies: CookieStore | undefined;
 
@@ -257,6 +260,11 @@ export class Session {
   /** It presents a client certificate (T3). */
   get certified(): boolean {
     return this.certificate !== undefined;
+  }
+  /** The subject of its certificate, for a traced leg: read once (a certificate the agent took parses). */
+  #certificateSubject(): string | undefined {
+    if (this.certificate) this.#subject ??= certificateSubject(this.certificate.cert);
+    return this.#subject;
   }
   get closed(): boolean {
     return this.#state.kind === 'closed';
@@ -558,7 +566,13 @@ export class Session {
     // Per-request mode sends two legs per request: nothing is built for a trace nobody reads.
     const traced = tracingLegs()
       ? publishLeg(
-          { target: 'origin', origin: job.origin, sessionId: this.id, protocol: () => this.protocol },
+          {
+            target: 'origin',
+            origin: job.origin,
+            sessionId: this.id,
+            protocol: () => this.protocol,
+            ...(this.certificate ? { certificate: this.#certificateSubject() } : {}),
+          },
           { method: job.dispatchOptions.method, path: path ?? job.dispatchOptions.path, headers },
         )
       : undefined;
