@@ -11,6 +11,8 @@ import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type HandshakeReport,
+  LEG_CHANNEL,
+  type LegEvent,
   MultilegAgent,
   type MultilegAgentOptions,
   PROXY_UNANSWERED_CHANNEL,
@@ -112,6 +114,62 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       1,
     );
     expect(tunnels.length).toBeGreaterThan(0);
+  });
+
+  it.each(['tunnelled', 'forwarded'] as const)(
+    "T2/H5: Squid's NTLM (ntlm_fake_auth, whose CHALLENGE cannot be read) falls through to its Basic with proxy.credentials and the default schemes, no Kerberos ticket (%s): a request, then a burst of 6 on new connections, all 200, one NTLM handshake in all (failed, remembered for the proxy)",
+    async (route) => {
+      const a = agent({
+        negotiate: { ccache: `FILE:${lab.dir}/no-such-ccache` },
+        // HTTP/1.1 to the origin: the burst needs connections (tunnels) of its own.
+        allowH2: false,
+        proxy: { uri: lab.squid!.origin, credentials: ALICE_BASIC },
+      });
+      const reports: HandshakeReport[] = [];
+      a.onHandshake((r) => reports.push(r));
+      // (A query of its own: other tests read Squid's log for /public/.)
+      const url = `${route === 'tunnelled' ? lab.apache!.origin : lab.apache!.cleartextOrigin}/public/?t2`;
+      const get = async () => {
+        const res = await fetch(url, { dispatcher: a });
+        await res.arrayBuffer();
+        return res.status;
+      };
+      // Before: every request failed with MULTILEG_INVALID_TOKEN ("sent an invalid NTLM message").
+      expect(await get()).toBe(200);
+      expect(await Promise.all(Array.from({ length: 6 }, get))).toEqual(Array(6).fill(200));
+      const proxy = reports.filter((r) => r.proxy);
+      expect(proxy.filter((r) => r.scheme === 'NTLM').map((r) => [r.outcome, r.failure])).toEqual([
+        ['failed', 'error'],
+      ]);
+      expect(proxy.filter((r) => r.outcome === 'failed')).toHaveLength(1);
+      expect(proxy.filter((r) => r.scheme === 'Basic' && r.outcome === 'per-request').length).toBeGreaterThan(0);
+    },
+  );
+
+  it("T2: proxy.schemes ['NTLM'] (--proxy-ntlm) at Squid, whose NTLM CHALLENGE cannot be read: ProxyAuthenticationError naming it and proxy.schemes; the next tunnel sends no NEGOTIATE, and its error names the schemes Squid offers (--proxy-negotiate or --proxy-basic)", async () => {
+    const a = agent({ proxy: { uri: lab.squid!.origin, credentials: ALICE_BASIC, schemes: ['NTLM'] } });
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    try {
+      const first = await cause(fetch(`${lab.apache!.origin}/public/`, { dispatcher: a }));
+      // Before: InvalidTokenError, "the proxy or something in between is misbehaving", nothing else.
+      expect(first).toBeInstanceOf(ProxyAuthenticationError);
+      expect(first!.message).toContain("the proxy's NTLM challenge could not be read");
+      expect(first!.message).toContain('in proxy.schemes (the command: ');
+      const next = await cause(fetch(`${lab.apache!.origin}/public/?again`, { dispatcher: a }));
+      expect(next).toBeInstanceOf(ProxyAuthenticationError);
+      expect(next!.message).toMatch(
+        /allow another scheme it offers \(Negotiate, Basic\) in proxy\.schemes \(the command: --proxy-negotiate or --proxy-basic\)$/,
+      );
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+    }
+    const connects = legs.flatMap((e) =>
+      e.phase === 'request' && e.method === 'CONNECT' && e.origin === lab.squid!.origin ? [e.scheme ?? 'bare'] : [],
+    );
+    // The opening NEGOTIATE once; then a bare CONNECT (before: a NEGOTIATE again on every tunnel).
+    expect(connects).toEqual(['NTLM', 'bare']);
   });
 
   it('H5: with proxy.deliver407 and no Kerberos ticket, a Squid that offers only Negotiate is answered with its own 407 (why on multileg:proxy-unanswered); without deliver407 the ProxyAuthenticationError stays, saying why each scheme could not run', async () => {

@@ -113,6 +113,8 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
   [/ and check proxy\.schemes\b/g, ''],
+  // T2: a proxy scheme whose challenge could not be read: the flags that allow its others.
+  [/\bin proxy\.schemes \(the command: ([^)]*)\)/g, 'with $1'],
   // With --proxy-user given (the credentials are there): the flags that choose the proxy's schemes.
   [
     /\bcheck proxy\.schemes\b/g,

@@ -105,6 +105,17 @@ export class MechanismSet {
   }
 
   /**
+   * Whether a mechanism is configured for a scheme the order allows, `excluded` ones (lower-case)
+   * left out: whether another offer could still be answered.
+   */
+  anyBut(excluded: ReadonlySet<string>): boolean {
+    return this.#order.some((s) => {
+      const key = s.toLowerCase();
+      return this.#byScheme.has(key) && !excluded.has(key);
+    });
+  }
+
+  /**
    * The strongest offered challenge we can answer, skipping `excluded` schemes (lower-case). For
    * `Transport` there is no mechanism: the caller presents a client certificate instead.
    */

@@ -68,6 +68,16 @@ export interface ProxyHandshake {
   readonly fallbackReason?: string;
 }
 
+/**
+ * How {@link ProxyAuth.answer} fell through after the proxy's answer to a scheme's first leg could
+ * not be read (T2): `next`, it answered with the next scheme this 407 offers; `bare`, it answered
+ * nothing, this 407 offering no other the agent may use, so the request goes again bare
+ * ({@link ProxyAuth.header} gives nothing), whose 407 offers all the proxy's schemes — on a new
+ * connection: the proxy may hold this one's handshake half-way (Squid closes it after its next
+ * 407, saying keep-alive).
+ */
+export type FellThrough = 'next' | 'bare';
+
 /** Told of each finished handshake with the proxy (the caller adds the connection's protocol). */
 export type ProxyHandshakeListener = (handshake: Omit<ProxyHandshake, 'protocol'>) => void;
 
@@ -121,6 +131,33 @@ function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly 
   return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
 }
 
+/** The command's option that allows each scheme towards the proxy (curl's). */
+const PROXY_FLAGS: Readonly<Record<string, string>> = {
+  negotiate: '--proxy-negotiate',
+  ntlm: '--proxy-ntlm',
+  digest: '--proxy-digest',
+  basic: '--proxy-basic',
+};
+
+/**
+ * The fix when the proxy's challenge of `unreadable` schemes could not be read (T2): not the
+ * credentials, but another scheme, of those it offers (`others`) where it named some.
+ */
+function unreadableFix(unreadable: readonly string[], others: readonly string[]): string {
+  const gone = new Set(unreadable.map((s) => s.toLowerCase()));
+  // The command's options for the others offered; where none was named, for any other scheme.
+  const keys = others.length
+    ? others.map((s) => s.toLowerCase())
+    : Object.keys(PROXY_FLAGS).filter((k) => !gone.has(k));
+  const flags = keys.flatMap((k) => PROXY_FLAGS[k] ?? []);
+  const which = others.length ? `another scheme it offers (${others.join(', ')})` : 'another scheme it accepts';
+  return `the proxy's ${unreadable.join(' and ')} challenge could not be read, so ${
+    unreadable.length > 1 ? 'those are' : 'that scheme is'
+  } not used with it for ${UNUSABLE_MEMORY_MS / 1000} s: allow ${which} in proxy.schemes${
+    flags.length ? ` (the command: ${flags.join(' or ')})` : ''
+  }`;
+}
+
 /** Why a scheme could not run here, in one line: its error's message (GSS-API's detail left out) and code. */
 const whyUnusable = (u: { readonly error: MultilegError }): string =>
   `${withoutGssDetail(u.error.message)} (${u.error.code})`;
@@ -141,6 +178,11 @@ interface Run {
    * undefined: it began unasked ({@link ProxyAuth.open}), and so begins again.
    */
   readonly first: Challenge | undefined;
+  /**
+   * The schemes that 407 offered (none for an opening): the proxy's others, which the error names
+   * should this one's answer turn out unreadable and the 407 to it offer only this one (T2).
+   */
+  readonly offered: readonly string[];
 }
 
 /**
@@ -218,6 +260,31 @@ export class ProxyAuth {
     return this.#mechanism?.scheme;
   }
 
+  /**
+   * The schemes (lower-case) not to choose here now: those found unusable on this connection, and
+   * those the proxy showed unusable lately to any connection ({@link ResolvedProxy.unusable}).
+   */
+  get #skipped(): ReadonlySet<string> {
+    const remembered = this.#remembered();
+    return remembered.length ? new Set([...this.#excluded, ...remembered.map(([key]) => key)]) : this.#excluded;
+  }
+
+  /** The proxy's unusable schemes still remembered (by key, with why); forgotten ones dropped. */
+  #remembered(): [string, { readonly scheme: string; readonly error: MultilegError }][] {
+    const memory = this.#proxy.unusable;
+    if (memory.size === 0) return [];
+    const now = Date.now();
+    for (const [key, u] of memory) if (u.until <= now) memory.delete(key);
+    return [...memory];
+  }
+
+  /** Why each skipped scheme cannot run here, this connection's own reason first. */
+  #why(): { readonly scheme: string; readonly error: MultilegError }[] {
+    const why = new Map(this.#unusable);
+    for (const [key, u] of this.#remembered()) if (!why.has(key)) why.set(key, u);
+    return [...why.values()];
+  }
+
   /** The connection's mechanism: the running handshake's, the last one's, or the adopted scheme's. */
   get #mechanism(): Mechanism | undefined {
     return this.#state.kind === 'fresh' ? undefined : this.#state.mechanism;
@@ -243,7 +310,7 @@ export class ProxyAuth {
       this.#state.kind === 'fresh' &&
       !this.#proxy.openedInVain &&
       opensUnasked(sole) &&
-      !this.#excluded.has(sole.scheme.toLowerCase())
+      !this.#skipped.has(sole.scheme.toLowerCase())
     );
   }
 
@@ -269,7 +336,7 @@ export class ProxyAuth {
       // Chosen, its first token not made yet (no other request opens meanwhile).
       this.#state = { kind: 'idle', mechanism: sole };
       const context = sole.createContext(leg);
-      await this.#step({ mechanism: sole, context, legs: 0, sent: 0, first: undefined }, leg, undefined);
+      await this.#step({ mechanism: sole, context, legs: 0, sent: 0, first: undefined, offered: [] }, leg, undefined);
       // A first token that ends the handshake (a mechanism of that name that is not NTLM's
       // NEGOTIATE) waits for a challenge to answer, as any scheme's does.
       if (!context.complete && !context.firstLegCompletes) return;
@@ -299,7 +366,7 @@ export class ProxyAuth {
     const remembered = this.#proxy.perRequest;
     if (this.#state.kind !== 'fresh' || remembered === undefined) return;
     if (Date.now() >= this.#proxy.perRequestUntil) return;
-    if (this.#excluded.has(remembered.scheme.toLowerCase())) return;
+    if (this.#skipped.has(remembered.scheme.toLowerCase())) return;
     // Remembered by a handshake of credentials replaced since (setProxyCredentials): not sent unasked.
     if (this.#proxy.mechanisms.get(remembered.scheme) !== remembered) return;
     if (leave && !leave(remembered.usesPassword !== false)) return;
@@ -349,7 +416,7 @@ export class ProxyAuth {
    */
   usesPassword(headers?: Headers): boolean {
     const mechanism = headers
-      ? this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#excluded)?.mechanism
+      ? this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#skipped)?.mechanism
       : this.#mechanism;
     return mechanism?.usesPassword !== false;
   }
@@ -431,13 +498,17 @@ export class ProxyAuth {
       const next = offered.find((c) => c.schemeKey === key);
       return challengeAsks(state.context, next) !== 'refused';
     }
-    return this.#proxy.mechanisms.choose(offered, this.#excluded)?.mechanism !== undefined;
+    return this.#proxy.mechanisms.choose(offered, this.#skipped)?.mechanism !== undefined;
   }
 
-  /** The schemes this 407 offers that were found unusable on this connection, each with why. */
+  /**
+   * The schemes this 407 offers that were found unusable on this connection (or lately by the
+   * proxy, {@link ResolvedProxy.unusable}), each with why.
+   */
   unusableIn(headers: Headers): { readonly scheme: string; readonly error: MultilegError }[] {
     const offered = new Set(readChallenges(headers, true).map((c) => c.schemeKey));
-    return [...offered].flatMap((key) => this.#unusable.get(key) ?? []);
+    const remembered = new Map(this.#remembered());
+    return [...offered].flatMap((key) => this.#unusable.get(key) ?? remembered.get(key) ?? []);
   }
 
   /**
@@ -476,10 +547,18 @@ export class ProxyAuth {
     this.#emit('failed', 1, this.#mechanism, own, { failure: 'refused' });
   }
 
-  /** Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when it cannot. */
-  async answer(headers: Headers, leg: LegInfo): Promise<void> {
+  /**
+   * Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when
+   * it cannot. When the proxy's answer to a scheme's first leg cannot be read (T2: an NTLM
+   * CHALLENGE that is no NTLM message), that scheme is unusable with this proxy for a while
+   * ({@link ResolvedProxy.unusable}) and, with `fallThrough` (the caller's once per request), the
+   * next scheme the proxy offers answers, as the {@link FellThrough} it resolves to says (undefined:
+   * it did not fall through). Never after a refusal: a 407 that refuses credentials is no
+   * unreadable challenge (R4).
+   */
+  async answer(headers: Headers, leg: LegInfo, fallThrough = false): Promise<FellThrough | undefined> {
     try {
-      await this.#answer(headers, leg);
+      return await this.#answer(headers, leg, fallThrough);
     } catch (err) {
       // The running handshake ends here (refused, a bad token, past limits.maxLegs); one whose first
       // leg could not be made sent nothing, and is no handshake to report.
@@ -488,9 +567,15 @@ export class ProxyAuth {
     }
   }
 
-  async #answer(headers: Headers, leg: LegInfo): Promise<void> {
+  async #answer(headers: Headers, leg: LegInfo, fallThrough: boolean): Promise<FellThrough | undefined> {
     const offered = readChallenges(headers, true);
     const state = this.#state;
+    /**
+     * The running handshake's scheme proved unreadable here: the next offered scheme answers. (What
+     * the 407 its first leg answered offered, which the error names too.)
+     */
+    let fellThrough = false;
+    let before: readonly string[] = [];
     if (state.kind === 'done' && state.adopted) {
       // The credentials taken up unasked ({@link adopt}) drew a 407: refused, as a handshake's last
       // leg refused (R4: not sent again here) — unless a Digest nonce merely went stale; else a new
@@ -511,18 +596,27 @@ export class ProxyAuth {
       // A token asks for the next leg, unless it is the proxy's refusal (an SPNEGO reject).
       const asks = challengeAsks(state.context, next);
       if (asks === 'next-leg') {
-        await this.#step(state, leg, next);
-        return;
-      }
-      if (asks === 'run-again') {
+        try {
+          await this.#step(state, leg, next);
+          return undefined;
+        } catch (err) {
+          // T2: the answer to its first leg (the NTLM CHALLENGE to the NEGOTIATE) cannot be read.
+          // Not a refusal (that has no token, or a reject): the proxy's scheme is broken, not the
+          // credentials; a later leg's bad token stays this handshake's error.
+          if (!(err instanceof InvalidTokenError) || state.legs !== 1) throw err;
+          this.#unreadable(state.mechanism, err);
+          before = state.offered;
+          if (!fallThrough) throw this.#noScheme(offered, before);
+          fellThrough = true;
+        }
+      } else if (asks === 'run-again') {
         // Refused credentials the mechanism has renewed since (a ticket under the proxy's rotated
         // key, dropped): the handshake runs again on this connection with the new ones, as an
         // origin's does; the mechanism says so once (R4). Their leave (the proof's) still holds.
         log.proxy('%s %s: refused credentials renewed since: running the handshake again', this.#proxy.origin, key);
         await this.#again(state, leg);
-        return;
-      }
-      if (this.opening && next?.token68 === undefined) {
+        return undefined;
+      } else if (this.opening && next?.token68 === undefined) {
         // The proxy took no part in the opening (a bare NTLM challenge, or other schemes only): its
         // 407 is answered as a bare CONNECT's would have been, and later tunnels wait for the 407.
         this.#proxy.openedInVain = true;
@@ -539,29 +633,30 @@ export class ProxyAuth {
     // An opening the proxy took no part in ends here unreported (as an origin's unanswered one, C6).
     this.#leave(ended(this.#state));
     for (;;) {
-      const chosen = this.#proxy.mechanisms.choose(offered, this.#excluded);
+      const chosen = this.#proxy.mechanisms.choose(offered, this.#skipped);
       if (!chosen?.mechanism) {
-        throw new ProxyAuthenticationError(
-          this.#proxy.origin,
-          this.#excluded.size
-            ? `no offered scheme could be used (${[...this.#unusable.values()].map(whyUnusable).join('; ')}); ${
-                // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
-                this.#proxy.account !== undefined
-                  ? withCredentials(this.#unusable.values())
-                  : 'give proxy.credentials or a Kerberos ticket'
-              }`
-            : this.#proxy.account !== undefined
-              ? 'none of the offered schemes is configured; check proxy.schemes'
-              : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
-          offeredSchemes(offered),
-        );
+        // Fallen through, and this 407 (to the unreadable scheme's leg: Squid's names that scheme
+        // alone) offers no other: the request goes again bare, whose 407 offers all the proxy's
+        // schemes — only when the agent may still use one (proxy.schemes, credentials).
+        if (fellThrough && this.#proxy.mechanisms.anyBut(this.#skipped)) {
+          log.proxy('%s: the next request goes bare, for the schemes the proxy offers then', this.#proxy.origin);
+          return 'bare';
+        }
+        throw this.#noScheme(offered, before);
       }
       const { mechanism, challenge } = chosen as { mechanism: Mechanism; challenge: Challenge };
       try {
         // Chosen, its first token not made yet: idle till then (where a first leg that fails leaves it).
         this.#state = { kind: 'idle', mechanism };
         await this.#step(
-          { mechanism, context: mechanism.createContext(leg), legs: 0, sent: 0, first: challenge },
+          {
+            mechanism,
+            context: mechanism.createContext(leg),
+            legs: 0,
+            sent: 0,
+            first: challenge,
+            offered: offeredSchemes(offered),
+          },
           leg,
           challenge,
         );
@@ -569,10 +664,10 @@ export class ProxyAuth {
         // alone). Chosen because a scheme offered ahead of it cannot run here (no Kerberos ticket):
         // only for as long as that is remembered on an origin, then that scheme is tried again.
         this.#proxy.perRequest = mechanism.level === 'request' ? mechanism : undefined;
-        this.#proxy.perRequestUntil = offered.some((c) => this.#excluded.has(c.schemeKey))
+        this.#proxy.perRequestUntil = offered.some((c) => this.#skipped.has(c.schemeKey))
           ? Date.now() + UNUSABLE_MEMORY_MS
           : Number.POSITIVE_INFINITY;
-        return;
+        return fellThrough ? 'next' : undefined;
       } catch (err) {
         if (cannotRunHere(err)) {
           log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
@@ -583,6 +678,67 @@ export class ProxyAuth {
         throw err;
       }
     }
+  }
+
+  /**
+   * The proxy's answer to `mechanism`'s first leg could not be read (`err`): the scheme is excluded
+   * here and remembered unusable with this proxy for UNUSABLE_MEMORY_MS, for every connection to it
+   * (T2, R4: not tried again on each tunnel); the handshake that sent that leg ends, failed.
+   */
+  #unreadable(mechanism: Mechanism, err: InvalidTokenError): void {
+    const scheme = mechanism.scheme;
+    const key = scheme.toLowerCase();
+    log.proxy(
+      '%s %s unusable: its answer to the first leg cannot be read (%s); not used with this proxy for %d s',
+      this.#proxy.origin,
+      scheme,
+      err.code,
+      UNUSABLE_MEMORY_MS / 1000,
+    );
+    this.#excluded.add(key);
+    this.#unusable.set(key, { scheme, error: err });
+    this.#proxy.unusable.set(key, { scheme, error: err, until: Date.now() + UNUSABLE_MEMORY_MS });
+    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
+  }
+
+  /**
+   * Why no scheme answers `offered`: none configured for them, or (with why each) those offered
+   * could not run here, or their challenge could not be read — the fix named for each kind, the
+   * latter's among the schemes offered here or `before` (by the 407 the unreadable one answered).
+   */
+  #noScheme(offered: readonly Challenge[], before: readonly string[] = []): ProxyAuthenticationError {
+    const schemes = offeredSchemes(offered);
+    const why = this.#why();
+    const given = this.#proxy.account !== undefined;
+    if (why.length === 0)
+      return new ProxyAuthenticationError(
+        this.#proxy.origin,
+        given
+          ? 'none of the offered schemes is configured; check proxy.schemes'
+          : 'none of the offered schemes is configured; give proxy.credentials (or proxy.negotiate with a Kerberos ticket) and check proxy.schemes',
+        schemes,
+      );
+    const unreadable = why.filter((u) => u.error instanceof InvalidTokenError);
+    const cannotRun = why.filter((u) => !(u.error instanceof InvalidTokenError));
+    const fixes: string[] = [];
+    // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
+    if (cannotRun.length)
+      fixes.push(given ? withCredentials(cannotRun) : 'give proxy.credentials or a Kerberos ticket');
+    if (unreadable.length) {
+      const skipped = this.#skipped;
+      const others = [...new Set([...schemes, ...before])].filter((s) => !skipped.has(s.toLowerCase()));
+      fixes.push(
+        unreadableFix(
+          unreadable.map((u) => u.scheme),
+          others,
+        ),
+      );
+    }
+    return new ProxyAuthenticationError(
+      this.#proxy.origin,
+      `no offered scheme could be used (${why.map(whyUnusable).join('; ')}); ${fixes.join('; ')}`,
+      schemes,
+    );
   }
 
   /**
@@ -685,7 +841,8 @@ export class ProxyAuth {
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     }
     const legs = run.legs + 1;
-    this.#state = { kind: 'handshaking', mechanism, context, legs, sent: run.sent + 1, first: run.first, pending };
+    const { first, offered } = run;
+    this.#state = { kind: 'handshaking', mechanism, context, legs, sent: run.sent + 1, first, offered, pending };
     log.proxy('%s %s leg %d', this.#proxy.origin, mechanism.scheme, legs);
   }
 }

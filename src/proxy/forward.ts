@@ -21,6 +21,10 @@ type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 const SILENT_CLOSE =
   'the connection ended after its 407 without Connection: close: an HTTP/1.0 answer without keep-alive, or the proxy closed it';
 
+/** Why a connection is left after a scheme whose challenge could not be read (T2). */
+const FELL_THROUGH =
+  "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
+
 /** The leg failed as one that goes again on a new connection does (the session's relocation error). */
 const relocated = (err: Error): boolean => (err as { code?: unknown }).code === 'MULTILEG_STALE_CONNECTION';
 /**
@@ -216,6 +220,8 @@ export class ForwardProxy {
     let outcome: ProofOutcome = 'none';
     /** A stale nonce was answered once already. */
     let renewed = false;
+    /** A scheme whose challenge could not be read fell through to the next (once per request, T2). */
+    let fellThrough = false;
     const admit = async (password: boolean): Promise<boolean> => {
       if (ticket) return true;
       const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
@@ -387,7 +393,12 @@ export class ForwardProxy {
           }
         }
         try {
-          await race(this.#auth.answer(challenged, leg));
+          // T2: a scheme whose challenge could not be read falls through to the next one, once per
+          // request; where this 407 offers no other, the request goes again bare on a new
+          // connection (this one's ends: its next leg finds it closed, and moves).
+          const fell = await race(this.#auth.answer(challenged, leg, !fellThrough));
+          if (fell) fellThrough = true;
+          if (fell === 'bare') this.#onUnusable(new Error(FELL_THROUGH));
           // The next leg of a connection-bound handshake (NTLM, Negotiate) would have to go on the
           // connection the proxy just said it closes; on another it would start bare again, and
           // again, until the relocation limit. Named now, as a CONNECT's is.

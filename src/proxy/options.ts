@@ -6,7 +6,7 @@ import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { type ConnectTo, dialFor } from '../connect-to.ts';
-import { ConfigError } from '../errors.ts';
+import { ConfigError, type MultilegError } from '../errors.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/mechanism.ts';
@@ -138,6 +138,15 @@ export interface ResolvedProxy {
    * password sent unasked for good. Infinity when nothing offered was skipped.
    */
   perRequestUntil: number;
+  /**
+   * Schemes (by lower-case key) this proxy showed unusable with it, for every connection to it
+   * until `until` (UNUSABLE_MEMORY_MS, as an origin remembers a scheme that cannot run there, R4):
+   * one whose challenge, the proxy's answer to its first leg, could not be read (T2: its NTLM
+   * CHALLENGE malformed), with that error. Meanwhile its 407s are answered with the next scheme
+   * they offer, not that one again on every tunnel. Kept through setProxyCredentials: the proxy
+   * sent it, and other credentials do not mend it.
+   */
+  readonly unusable: Map<string, { readonly scheme: string; readonly error: MultilegError; readonly until: number }>;
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -259,6 +268,7 @@ function resolveProxy(
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
+    unusable: new Map(),
   };
 }
 

@@ -452,6 +452,8 @@ async function connectLegs(
   let reader: ResponseReader | undefined;
   /** A leg already sent again because its kept-alive connection was gone (once per tunnel). */
   let resent = false;
+  /** A scheme whose challenge could not be read fell through to the next (once per tunnel, T2). */
+  let fellThrough = false;
   // Every way out but the tunnel (a throw: a refusal, REPLACED, a timeout, a broken wire) closes the
   // connection this attempt holds: a proxy that keeps a 407's connection open (Squid) would
   // otherwise hold it open for good when the tunnel starts over on a new one, and so would this
@@ -561,7 +563,7 @@ async function connectLegs(
       } catch (err) {
         throw wireError(proxy, err, true);
       }
-      const closing = head.close || !drained || reader.ended;
+      let closing = head.close || !drained || reader.ended;
       const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
       const challenged = readChallenges(head.headers, true).some(
         (c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined,
@@ -579,7 +581,11 @@ async function connectLegs(
         await admit(head.headers, offeredSchemes(readChallenges(head.headers, true)));
       }
       try {
-        await auth.answer(head.headers, leg);
+        // T2: a scheme whose challenge could not be read falls through to the next one, once per
+        // tunnel; where this 407 offers no other, the next CONNECT goes bare on a new connection.
+        const fell = await auth.answer(head.headers, leg, !fellThrough);
+        if (fell) fellThrough = true;
+        if (fell === 'bare') closing = true;
       } catch (err) {
         if (err instanceof ProxyAuthenticationError && err.refused) proved(auth.refusal);
         throw err;
