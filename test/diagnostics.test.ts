@@ -1,5 +1,6 @@
 import { createPrivateKey } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { createServer } from 'node:http';
 import { createSecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { fetch } from 'undici';
@@ -278,6 +279,28 @@ describe('diagnostics_channel events', () => {
       CLIENT_CERT.split('\n')[1]!,
     ])
       expect(text).not.toContain(secret);
+  });
+
+  it('T3/S2: a leg to an http:// origin names no client certificate: only TLS presents one (review r39: the session held it, the event said so)', async () => {
+    const server = createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const legs: LegEvent[] = [];
+    const onLeg = (m: unknown) => legs.push(m as LegEvent);
+    subscribe(LEG_CHANNEL, onLeg);
+    const agent = new MultilegAgent({
+      clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY },
+      trustedOrigins: [origin],
+    });
+    try {
+      expect((await fetch(`${origin}/x`, { dispatcher: agent })).status).toBe(200);
+    } finally {
+      unsubscribe(LEG_CHANNEL, onLeg);
+      await agent.destroy();
+      server.close();
+    }
+    const requests = legs.filter((e): e is LegRequestEvent => e.phase === 'request' && e.origin === origin);
+    expect(requests.map((e) => e.certificate)).toEqual([undefined]);
   });
 
   it("R4: a 401 to a request sent without the credentials because the origin refused them lately reaches multileg:withheld as refused-lately, with how long; the refused request's own 401 does not", async () => {

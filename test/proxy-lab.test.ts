@@ -4,11 +4,13 @@
  * gss-ntlmssp, with a real password check) — CONNECT tunnels then TLS + ALPN to Apache, and plain-http
  * targets forwarded in absolute form. Proxy credentials are separate from origin credentials.
  */
+
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { forCli } from '../src/cli/explain.ts';
 import {
   type HandshakeReport,
   LEG_CHANNEL,
@@ -156,17 +158,21 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       // Before: InvalidTokenError, "the proxy or something in between is misbehaving", nothing else.
       expect(first).toBeInstanceOf(ProxyAuthenticationError);
       expect(first!.message).toContain("the proxy's NTLM challenge could not be read");
-      expect(first!.message).toContain('in proxy.schemes (the command: ');
+      expect(first!.message).toContain('in proxy.schemes');
+      expect(forCli(first!.message)).toContain('with --proxy-');
       const next = await cause(fetch(`${lab.apache!.origin}/public/?again`, { dispatcher: a }));
       expect(next).toBeInstanceOf(ProxyAuthenticationError);
-      expect(next!.message).toMatch(
-        /allow another scheme it offers \(Negotiate, Basic\) in proxy\.schemes \(the command: --proxy-negotiate or --proxy-basic\)$/,
+      expect(next!.message).toMatch(/allow another scheme it offers \(Negotiate, Basic\) in proxy\.schemes$/);
+      expect(forCli(next!.message)).toMatch(
+        /allow another scheme it offers \(Negotiate, Basic\) with --proxy-negotiate or --proxy-basic$/,
       );
     } finally {
       unsubscribe(LEG_CHANNEL, onLeg);
     }
     const connects = legs.flatMap((e) =>
-      e.phase === 'request' && e.method === 'CONNECT' && e.origin === lab.squid!.origin ? [e.scheme ?? 'bare'] : [],
+      e.phase === 'request' && e.method === 'CONNECT' && e.origin === lab.squid!.origin
+        ? [e.proxyScheme ?? 'bare']
+        : [],
     );
     // The opening NEGOTIATE once; then a bare CONNECT (before: a NEGOTIATE again on every tunnel).
     expect(connects).toEqual(['NTLM', 'bare']);

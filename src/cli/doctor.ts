@@ -24,10 +24,13 @@ import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
 import { connectToProxy } from '../proxy/tunnel.ts';
 import { issuedByOneOf, type ProbeAnswer, probeAcceptableIssuers } from '../session/acceptable-issuers.ts';
 import {
+  alertName,
   ClientCertificateRefusedError,
   ClientCertificateRequiredError,
+  caNames,
   certificateAnswer,
   mayBeCertificateAnswer,
+  nameLine,
   usableCertificate,
 } from '../session/client-certificate.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
@@ -41,6 +44,7 @@ import {
   openingRefusal,
   outOfDatesFix,
   refusalFix,
+  rootCause,
   untrustedFix,
   withoutFallbackHint,
   wrongNameFix,
@@ -287,15 +291,6 @@ async function probe(req: CliRequest, http1: boolean) {
   }
 }
 
-/** At most `max` CA names, each on one line, and how many more (a server may name hundreds). */
-function caNames(issuers: readonly DistinguishedName[], max = 4): string {
-  const named = issuers.slice(0, max).map((n) => n.name.replaceAll('\n', ', '));
-  return `${named.join('; ')}${issuers.length > max ? `; and ${issuers.length - max} more` : ''}`;
-}
-
-/** A Node X509Certificate name (one attribute a line) on one line; commas in values are escaped `\,`. */
-const oneLine = (name: string) => name.replaceAll('\n', ', ');
-
 /**
  * T3: the --cert certificate itself — its subject, issuer and dates, and whether the key is its
  * own — and (`cert`) the certificate when it can be read. Only the certificate's names and dates
@@ -324,7 +319,7 @@ function ownCertificate(given: ClientCertificate): { check: Check; cert?: X509Ce
         fix: 'give the certificate (PEM or DER) with --cert and its key with --key',
       },
     };
-  const about = `subject ${oneLine(cert.subject)}; issuer ${oneLine(cert.issuer)}`;
+  const about = `subject ${nameLine(cert.subject)}; issuer ${nameLine(cert.issuer)}`;
   if (mismatch)
     return {
       cert,
@@ -387,14 +382,14 @@ function serverCertificate(
       return {
         name: 'client certificate',
         verdict: 'FAIL',
-        detail: `none given, and the server requires one (${demand.how})${issuers?.length ? `; it accepts certificates issued by ${caNames(issuers)}` : ''}`,
+        detail: `none given, and the server requires one (${demand.how})${issuers?.length ? `; it accepts certificates issued by ${caNames(issuers, 4)}` : ''}`,
         fix: `give one${issuers?.length ? ' issued by one of them' : ''} with --cert and --key`,
       };
     if (!issuers) return undefined;
     return {
       name: 'client certificate',
       verdict: 'ok',
-      detail: `none given; the server asks for one in TLS and answered without it${issuers.length ? ` (it accepts certificates issued by ${caNames(issuers)})` : ''}`,
+      detail: `none given; the server asks for one in TLS and answered without it${issuers.length ? ` (it accepts certificates issued by ${caNames(issuers, 4)})` : ''}`,
     };
   }
   if (!seen.told)
@@ -417,29 +412,27 @@ function serverCertificate(
       verdict: 'ok',
       detail: 'the server asks for a client certificate naming no CA (any may do)',
     };
-  const issuer = cert ? `the --cert certificate's issuer (${oneLine(cert.issuer)})` : "the --cert certificate's issuer";
+  const issuer = cert
+    ? `the --cert certificate's issuer (${nameLine(cert.issuer)})`
+    : "the --cert certificate's issuer";
   if (issuedByOneOf(given.cert, issuers))
     return {
       name: 'client CAs',
       verdict: 'ok',
-      detail: `${issuer} is one of the CAs the server accepts (${caNames(issuers)})`,
+      detail: `${issuer} is one of the CAs the server accepts (${caNames(issuers, 4)})`,
     };
   return {
     name: 'client CAs',
     verdict: 'FAIL',
-    detail: `${issuer} is not one of the CAs the server accepts: ${caNames(issuers)}`,
+    detail: `${issuer} is not one of the CAs the server accepts: ${caNames(issuers, 4)}`,
     fix: 'give a certificate issued by one of them with --cert and --key',
   };
 }
 
 /** The MultilegError in `err`'s cause chain (undici's request and fetch wrap ours), if any. */
 function multilegCause(err: unknown): MultilegError | undefined {
-  let e = err as { cause?: unknown } | undefined;
-  for (let depth = 0; e && depth < 8; depth++) {
-    if (e instanceof MultilegError) return e;
-    e = e.cause as typeof e;
-  }
-  return undefined;
+  const e = rootCause(err);
+  return e instanceof MultilegError ? e : undefined;
 }
 
 /**
@@ -461,7 +454,7 @@ function certificateFailure(err: unknown, given: boolean, issuerRefused: boolean
       detail: 'not seen: the server requires a client certificate (the client certificate check says which)',
     };
   if (!(e instanceof ClientCertificateRefusedError)) return undefined;
-  const alert = e.alert?.replace(/^ERR_SSL_.*_ALERT_/, '').toLowerCase();
+  const alert = e.alert && alertName(e.alert);
   const how = e.answered
     ? `it answered ${e.answered}`
     : alert

@@ -96,8 +96,16 @@ export function challengeSchemes(
   return [...seen.values()];
 }
 
+/** The command's option that allows each scheme towards the proxy (curl's). */
+const PROXY_FLAGS: Readonly<Record<string, string>> = {
+  negotiate: '--proxy-negotiate',
+  ntlm: '--proxy-ntlm',
+  digest: '--proxy-digest',
+  basic: '--proxy-basic',
+};
+
 /** Library option names → the CLI flags that set them. Longest first, so prefixes do not win. */
-const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
+const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups: string[]) => string)]> = [
   [/\blimits\.maxLegs\b/g, '--max-legs'],
   [/\blimits\.handshakeTimeout\b/g, '--timeout'],
   [/\bnegotiate\.canonicalizeHost\b/g, '--canonicalize-host'],
@@ -113,8 +121,19 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
   [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
   [/ and check proxy\.schemes\b/g, ''],
-  // T2: a proxy scheme whose challenge could not be read: the flags that allow its others.
-  [/\bin proxy\.schemes \(the command: ([^)]*)\)/g, 'with $1'],
+  // T2: a proxy scheme whose challenge could not be read: the flags that allow its others (those
+  // it offers, or where it named none, every other).
+  [
+    /\bthe proxy's (\S+(?: and \S+)*) challenge could not be read, (.*?): allow another scheme it (?:offers \(([^)]*)\)|accepts) in proxy\.schemes/g,
+    (_all: string, unreadable: string, middle: string, offered?: string) => {
+      const gone = new Set(unreadable.toLowerCase().split(' and '));
+      const schemes = offered ? offered.split(', ') : Object.keys(PROXY_FLAGS).filter((k) => !gone.has(k));
+      const flags = schemes.flatMap((s) => PROXY_FLAGS[s.toLowerCase()] ?? []);
+      return `the proxy's ${unreadable} challenge could not be read, ${middle}: allow another scheme it ${
+        offered ? `offers (${offered})` : 'accepts'
+      }${flags.length ? ` with ${flags.join(' or ')}` : ''}`;
+    },
+  ],
   // With --proxy-user given (the credentials are there): the flags that choose the proxy's schemes.
   [
     /\bcheck proxy\.schemes\b/g,
@@ -140,12 +159,13 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string]> = [
 /** Rewrites a library message for the command line. */
 export function forCli(message: string): string {
   let out = message;
-  for (const [pattern, flag] of FLAGS) out = out.replace(pattern, flag);
+  for (const [pattern, flag] of FLAGS)
+    out = typeof flag === 'string' ? out.replace(pattern, flag) : out.replace(pattern, flag);
   return out;
 }
 
 /** The innermost MultilegError or coded system error in `err`'s cause chain (fetch wraps ours). */
-function rootCause(err: unknown): Error & { code?: string } {
+export function rootCause(err: unknown): Error & { code?: string } {
   let e = err as (Error & { code?: string; cause?: unknown }) | undefined;
   for (let depth = 0; e && depth < 8; depth++) {
     if (e instanceof MultilegError) return e;

@@ -131,31 +131,16 @@ function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly 
   return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
 }
 
-/** The command's option that allows each scheme towards the proxy (curl's). */
-const PROXY_FLAGS: Readonly<Record<string, string>> = {
-  negotiate: '--proxy-negotiate',
-  ntlm: '--proxy-ntlm',
-  digest: '--proxy-digest',
-  basic: '--proxy-basic',
-};
-
 /**
  * The fix when the proxy's challenge of `unreadable` schemes could not be read (T2): not the
- * credentials, but another scheme, of those it offers (`others`) where it named some.
+ * credentials, but another scheme, of those it offers (`others`) where it named some. (The command
+ * names its flags for them: cli/explain.ts.)
  */
 function unreadableFix(unreadable: readonly string[], others: readonly string[]): string {
-  const gone = new Set(unreadable.map((s) => s.toLowerCase()));
-  // The command's options for the others offered; where none was named, for any other scheme.
-  const keys = others.length
-    ? others.map((s) => s.toLowerCase())
-    : Object.keys(PROXY_FLAGS).filter((k) => !gone.has(k));
-  const flags = keys.flatMap((k) => PROXY_FLAGS[k] ?? []);
   const which = others.length ? `another scheme it offers (${others.join(', ')})` : 'another scheme it accepts';
   return `the proxy's ${unreadable.join(' and ')} challenge could not be read, so ${
     unreadable.length > 1 ? 'those are' : 'that scheme is'
-  } not used with it for ${UNUSABLE_MEMORY_MS / 1000} s: allow ${which} in proxy.schemes${
-    flags.length ? ` (the command: ${flags.join(' or ')})` : ''
-  }`;
+  } not used with it for ${UNUSABLE_MEMORY_MS / 1000} s: allow ${which} in proxy.schemes`;
 }
 
 /** Why a scheme could not run here, in one line: its error's message (GSS-API's detail left out) and code. */
@@ -194,6 +179,8 @@ interface Run {
  *   fresh, idle, done ──answer (a new handshake)──▶ idle ──its first leg──▶ handshaking
  *   handshaking, done ──giveUp, notNeeded, a refusal, past maxLegs──▶ idle
  *   handshaking ──abandon, moved──▶ idle
+ *   handshaking ──its first leg's answer unreadable (T2)──▶ idle ──the next scheme's first leg──▶ handshaking
+ *                                                              (or idle, the request going again bare)
  *
  * A handshake is reported (H5, the constructor's `onHandshake`) as it leaves `handshaking`, so
  * once: for `done` when its final token is checked, else as failed — but for an opening the proxy
@@ -575,6 +562,8 @@ export class ProxyAuth {
      * the 407 its first leg answered offered, which the error names too.)
      */
     let fellThrough = false;
+    /** The scheme it fell from: whether it sent a password says what the request's leave was taken for. */
+    let fellFrom: Mechanism | undefined;
     let before: readonly string[] = [];
     if (state.kind === 'done' && state.adopted) {
       // The credentials taken up unasked ({@link adopt}) drew a 407: refused, as a handshake's last
@@ -608,6 +597,7 @@ export class ProxyAuth {
           before = state.offered;
           if (!fallThrough) throw this.#noScheme(offered, before);
           fellThrough = true;
+          fellFrom = state.mechanism;
         }
       } else if (asks === 'run-again') {
         // Refused credentials the mechanism has renewed since (a ticket under the proxy's rotated
@@ -645,6 +635,13 @@ export class ProxyAuth {
         throw this.#noScheme(offered, before);
       }
       const { mechanism, challenge } = chosen as { mechanism: Mechanism; challenge: Challenge };
+      // Fallen from a scheme that sends no password (a Kerberos ticket) to one that does: the
+      // request's leave was taken for no password, so it goes again bare and takes one for a
+      // password (R4: those go one at a time until proved), rather than send it here (review r39).
+      if (fellFrom?.usesPassword === false && mechanism.usesPassword !== false) {
+        log.proxy('%s: the next request goes bare, to take leave for a password', this.#proxy.origin);
+        return 'bare';
+      }
       try {
         // Chosen, its first token not made yet: idle till then (where a first leg that fails leaves it).
         this.#state = { kind: 'idle', mechanism };

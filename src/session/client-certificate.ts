@@ -41,9 +41,8 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
     options?: { cause?: unknown },
     how = 'it refused the TLS handshake without one',
   ) {
-    const named = acceptableIssuers.slice(0, 3).map((n) => n.name.replaceAll('\n', ', '));
-    const more = acceptableIssuers.length > named.length ? `, and ${acceptableIssuers.length - named.length} more` : '';
-    const issuers = named.length > 0 ? ` (it accepts certificates issued by ${named.join('; ')}${more})` : '';
+    const issuers =
+      acceptableIssuers.length > 0 ? ` (it accepts certificates issued by ${caNames(acceptableIssuers, 3)})` : '';
     const fix = selector
       ? `the selector returned none: return a certificate for ${origin} from the clientCertificate selector${issuers}`
       : `give clientCertificate: { cert, key }, or a selector that returns one for ${origin}${issuers}`;
@@ -87,7 +86,7 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
   ) {
     // (The origin is named once, by ClientCertificateError's prefix.)
     const given = `the client certificate ${chosen ? 'the selector chose' : 'given as clientCertificate'}`;
-    const name = alert?.replace(/^ERR_SSL_.*_ALERT_/, '').toLowerCase();
+    const name = alert && alertName(alert);
     const why =
       name === 'certificate_expired'
         ? "it has expired, or is not valid yet, by the server's clock: renew it"
@@ -119,6 +118,18 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
     this.answered = answered;
   }
 }
+
+/** A name as Node's X509Certificate writes it (an attribute a line) on one line; a comma in a value is escaped `\,`. */
+export const nameLine = (name: string): string => name.replaceAll('\n', ', ');
+
+/** At most `max` CA names, each on one line, and how many more (a server may name hundreds). */
+export function caNames(issuers: readonly DistinguishedName[], max: number): string {
+  const named = issuers.slice(0, max).map((n) => nameLine(n.name));
+  return `${named.join('; ')}${issuers.length > max ? `; and ${issuers.length - max} more` : ''}`;
+}
+
+/** The TLS alert's name in a Node code for it: `ERR_SSL_TLSV1_ALERT_UNKNOWN_CA` → `unknown_ca`. */
+export const alertName = (code: string): string => code.replace(/^ERR_SSL_.*_ALERT_/, '').toLowerCase();
 
 /** The same certificate: the same object, or the same certificate text or bytes (a selector that reads its file again). */
 export const sameCertificate = (a: ClientCertificate, b: ClientCertificate): boolean =>
@@ -179,7 +190,7 @@ export function certificateAnswer(
  */
 export function certificateSubject(cert: string | Buffer): string | undefined {
   try {
-    return new X509Certificate(cert).subject.replaceAll('\n', ', ');
+    return nameLine(new X509Certificate(cert).subject);
   } catch {
     return undefined;
   }

@@ -571,7 +571,8 @@ export class Session {
             origin: job.origin,
             sessionId: this.id,
             protocol: () => this.protocol,
-            ...(this.certificate ? { certificate: this.#certificateSubject() } : {}),
+            // Only TLS presents one: an http:// leg (a forwarded one too) offers none (review r39).
+            ...(this.certificate && job.origin.startsWith('https:') ? { certificate: this.#certificateSubject() } : {}),
           },
           { method: job.dispatchOptions.method, path: path ?? job.dispatchOptions.path, headers },
         )
