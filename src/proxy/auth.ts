@@ -258,11 +258,7 @@ export class ProxyAuth {
 
   /** The proxy's unusable schemes still remembered (by key, with why); forgotten ones dropped. */
   #remembered(): [string, { readonly scheme: string; readonly error: MultilegError }][] {
-    const memory = this.#proxy.unusable;
-    if (memory.size === 0) return [];
-    const now = Date.now();
-    for (const [key, u] of memory) if (u.until <= now) memory.delete(key);
-    return [...memory];
+    return this.#proxy.unusable.live();
   }
 
   /** Why each skipped scheme cannot run here, this connection's own reason first. */
@@ -694,7 +690,7 @@ export class ProxyAuth {
     );
     this.#excluded.add(key);
     this.#unusable.set(key, { scheme, error: err });
-    this.#proxy.unusable.set(key, { scheme, error: err, until: Date.now() + UNUSABLE_MEMORY_MS });
+    this.#proxy.unusable.set(key, { scheme, error: err }, Date.now() + UNUSABLE_MEMORY_MS);
     this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
   }
 

@@ -7,6 +7,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { type ConnectTo, dialFor } from '../connect-to.ts';
 import { ConfigError, type MultilegError } from '../errors.ts';
+import { LapsingMap } from '../lapsing-map.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/mechanism.ts';
@@ -146,7 +147,7 @@ export interface ResolvedProxy {
    * they offer, not that one again on every tunnel. Kept through setProxyCredentials: the proxy
    * sent it, and other credentials do not mend it.
    */
-  readonly unusable: Map<string, { readonly scheme: string; readonly error: MultilegError; readonly until: number }>;
+  readonly unusable: LapsingMap<string, { readonly scheme: string; readonly error: MultilegError }>;
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -268,7 +269,7 @@ function resolveProxy(
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
-    unusable: new Map(),
+    unusable: new LapsingMap(),
   };
 }
 

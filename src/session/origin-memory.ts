@@ -1,5 +1,6 @@
 import type { Challenge } from '../challenge/types.ts';
 import { MultilegError, ownCopy } from '../errors.ts';
+import { LapsingMap } from '../lapsing-map.ts';
 import { TICKET_RECHECK_MS, ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
 import type { Mechanism } from '../mechanisms/types.ts';
@@ -59,7 +60,7 @@ export class OriginMemory {
    */
   readonly #spaces = new Map<string, string>();
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
-  readonly #unusable = new Map<string, { readonly remembered: Error; readonly until: number }>();
+  readonly #unusable = new LapsingMap<string, Error>();
 
   constructor(http1Ttl: number, origin = 'the origin') {
     this.#ttl = http1Ttl;
@@ -80,24 +81,17 @@ export class OriginMemory {
   markUnusable(schemeKey: string, error: Error): void {
     const kinitMends = error instanceof MultilegError && ticketFixes(error.code);
     const until = Date.now() + (kinitMends ? TICKET_RECHECK_MS : UNUSABLE_MEMORY_MS);
-    this.#unusable.set(schemeKey, { remembered: rememberedUntil(error, schemeKey, until), until });
+    this.#unusable.set(schemeKey, rememberedUntil(error, schemeKey, until), until);
   }
 
   /** Some scheme was found unusable here lately (the fast path leaves such requests to the steps). */
   get hasUnusable(): boolean {
-    return this.#unusable.size > 0;
+    return this.#unusable.any;
   }
 
   /** Schemes (lower-case) that cannot run here now, with why. */
   unusable(): ReadonlyArray<readonly [string, Error]> {
-    if (this.#unusable.size === 0) return NONE;
-    const now = Date.now();
-    const out: Array<readonly [string, Error]> = [];
-    for (const [scheme, u] of this.#unusable) {
-      if (u.until > now) out.push([scheme, u.remembered]);
-      else this.#unusable.delete(scheme);
-    }
-    return out;
+    return this.#unusable.any ? this.#unusable.live() : NONE;
   }
 
   /**
