@@ -94,7 +94,7 @@ export class Trace {
   get lastDelivered(): LegRecord | undefined {
     for (let i = this.legs.length - 1; i >= 0; i--) {
       const leg = this.legs[i]!;
-      if (leg.response?.delivered && leg.request.method !== 'CONNECT') return leg;
+      if (leg.response?.delivered && leg.request.target !== 'proxy') return leg;
     }
     return undefined;
   }
@@ -114,7 +114,7 @@ export class Trace {
   sentBody(from: number, origin: string, body: Buffer | undefined, type: string | string[] | undefined): void {
     const requestBody = { bytes: body ?? Buffer.alloc(0), mimeType: [type ?? ''].flat().join(', ') };
     for (const leg of this.legs.slice(from))
-      if (leg.request.origin === origin && leg.request.method !== 'CONNECT') leg.requestBody = requestBody;
+      if (leg.request.origin === origin && leg.request.target !== 'proxy') leg.requestBody = requestBody;
   }
 
   #leg(e: LegEvent): void {
@@ -136,7 +136,7 @@ export class Trace {
         ...(e.certificate !== undefined ? [`client certificate ${e.certificate}`] : []),
       ];
       const auth = shown.length > 0 ? shown.join(', ') : 'no credentials';
-      const where = e.method === 'CONNECT' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
+      const where = e.target === 'proxy' ? `proxy ${e.origin}` : `session ${e.sessionId}`;
       this.#say(`> ${e.method} ${e.path} (${auth}) [${where}${e.protocol ? `, ${proto(e.protocol)}` : ''}]`);
       return;
     }
