@@ -21,7 +21,7 @@ import { DEFAULT_LIMITS, type SchemeName } from '../src/options.ts';
 import type { ProxyHandshake } from '../src/proxy/auth.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
-import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
+import { PROOF_FRESH_MS, type Ticket, UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
 import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 import { type Hostile, hostile } from './hostile-proxy.ts';
 
@@ -280,6 +280,23 @@ describe('CONNECT: a fall-through from a scheme without a password to one with (
       [2, 'bare'],
       [2, 'Basic'],
     ]);
+  });
+
+  it('R4: credentials proved a while ago, three tunnels at once falling from the ticket to a wrong Basic password: the password goes one tunnel at a time (the refusal of proved credentials gets one more try, then none)', async () => {
+    const { proxy: p, seen } = await scripted((carried) => {
+      if (carried === 'Ticket') return { text: status407(['Ticket garbage==', 'Basic realm="p"']) };
+      // The password changed at the proxy: Basic is refused.
+      return { text: status407(['Ticket', 'Basic realm="p"']), ...(carried === 'Basic' ? { after: 'end' } : {}) };
+    });
+    const proxy = resolved(uriOf(p), { mechanisms: [ticket], schemes: ['Ticket' as SchemeName, 'Basic'] });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    // Proved once, then stale: a leave for no password is given freely, one for a password is not.
+    proxy.proof.settle(proxy.proof.admit(true) as Ticket, 'success');
+    vi.setSystemTime(Date.now() + PROOF_FRESH_MS + 1);
+    const errors = await Promise.all([failure(tunnel(proxy)), failure(tunnel(proxy)), failure(tunnel(proxy))]);
+    for (const err of errors) expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    // Before: 3 (each tunnel sent the password under its ticket's leave, no trial one at a time).
+    expect(seen.filter((s) => s.carried === 'Basic')).toHaveLength(2);
   });
 });
 

@@ -223,7 +223,9 @@ export class ForwardProxy {
     /** A scheme whose challenge could not be read fell through to the next (once per request, T2). */
     let fellThrough = false;
     const admit = async (password: boolean): Promise<boolean> => {
-      if (ticket) return true;
+      // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
+      // fall-through to one, review r39): that takes its own.
+      if (ticket?.covers(password)) return true;
       const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
       if (admission === 'refused') return false;
       ticket = admission;

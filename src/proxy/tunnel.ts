@@ -304,8 +304,11 @@ async function handshake(
         deadline,
         track,
         async (headers, offered) => {
-          if (ticket) return;
-          const admission = await proxyLeave(proxy, auth.usesPassword(headers), signalWaiter(given), limits, deadline);
+          // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
+          // fall-through to one, review r39): that takes its own.
+          const password = auth.usesPassword(headers);
+          if (ticket?.covers(password)) return;
+          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
           if (admission === 'refused') throw refusedLately(proxy, offered);
           ticket = admission;
         },

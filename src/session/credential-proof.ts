@@ -47,10 +47,22 @@ export class Ticket {
   counted = false;
   /** The credentials it was admitted for ({@link CredentialProof.reset} starts new ones). */
   readonly generation: number;
-  constructor(probe: boolean, epoch: number, generation = 0) {
+  /**
+   * It is leave for a password too: a probe's, or one given while the proof was fresh. Not one given
+   * for no password (a Kerberos ticket) while the proof is stale: a password sent under it would
+   * skip the one-at-a-time trial (R4), so a switch to a password takes leave anew ({@link covers}).
+   */
+  readonly password: boolean;
+  constructor(probe: boolean, epoch: number, generation = 0, password = true) {
     this.probe = probe;
     this.epoch = epoch;
     this.generation = generation;
+    this.password = probe || password;
+  }
+
+  /** Whether it is leave for credentials that derive from a password or not (`password`). */
+  covers(password: boolean): boolean {
+    return this.password || !password;
   }
 }
 
@@ -126,7 +138,7 @@ export class CredentialProof {
   admit(password: boolean): Admission | undefined {
     if (this.refused) return 'refused';
     if (this.#proved && (!password || Date.now() - this.#provedAt < PROOF_FRESH_MS)) {
-      return new Ticket(false, this.#epoch, this.#generation);
+      return new Ticket(false, this.#epoch, this.#generation, Date.now() - this.#provedAt < PROOF_FRESH_MS);
     }
     if (this.#probing) return undefined;
     this.#probing = true;
