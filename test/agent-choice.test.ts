@@ -683,6 +683,8 @@ const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${nam
 const CA_A = fixture('ca-a.pem');
 const CA_B = fixture('ca-b.pem');
 const CERT_B = { cert: fixture('client-b.pem'), key: fixture('client-b.key') };
+/** A server's TLS that asks for a client certificate of CA A or B and takes the connection without one. */
+const ASKING = { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: false, ca: [CA_A, CA_B] };
 const subjectOf = (pem: string) => new X509Certificate(pem).subject;
 const TRANSPORT_401 = { 'www-authenticate': 'Transport mode="tls-client-certificate"' };
 
@@ -854,21 +856,11 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
 
   it('T3: the probe names and checks the server as direct sessions do: connect.servername where given', async () => {
     // The server at 127.0.0.2, whose certificate names localhost (and 127.0.0.1), reached by address.
-    const server = createSecureServer(
-      {
-        cert: SERVER_CERT,
-        key: SERVER_KEY,
-        allowHTTP1: true,
-        requestCert: true,
-        rejectUnauthorized: false,
-        ca: [CA_A, CA_B],
-      },
-      (req, res) => {
-        const socket = req.socket as TLSSocket;
-        if (!socket.authorized) return void res.writeHead(401, TRANSPORT_401).end();
-        res.end(socket.getPeerX509Certificate()?.issuer ?? '');
-      },
-    );
+    const server = createSecureServer({ ...ASKING, allowHTTP1: true }, (req, res) => {
+      const socket = req.socket as TLSSocket;
+      if (!socket.authorized) return void res.writeHead(401, TRANSPORT_401).end();
+      res.end(socket.getPeerX509Certificate()?.issuer ?? '');
+    });
     server.on('tlsClientError', () => {});
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.2', resolve));
     closers.push(() => new Promise((resolve) => server.close(resolve)));
@@ -1086,23 +1078,13 @@ it("T3: a 400 HTML page that is not nginx's own page about a certificate is the 
   const page =
     '<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center><h1>400 Bad Reqvest</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n';
   let posts = 0;
-  const server = createSecureServer(
-    {
-      cert: SERVER_CERT,
-      key: SERVER_KEY,
-      allowHTTP1: true,
-      requestCert: true,
-      rejectUnauthorized: false,
-      ca: [CA_A, CA_B],
-    },
-    (req, res) => {
-      req.resume();
-      if (req.method === 'POST') posts += 1;
-      res
-        .writeHead(400, { server: 'nginx/1.22.1', 'content-type': 'text/html', 'content-length': page.length })
-        .end(page);
-    },
-  );
+  const server = createSecureServer({ ...ASKING, allowHTTP1: true }, (req, res) => {
+    req.resume();
+    if (req.method === 'POST') posts += 1;
+    res
+      .writeHead(400, { server: 'nginx/1.22.1', 'content-type': 'text/html', 'content-length': page.length })
+      .end(page);
+  });
   const origin = await loopbackOrigin(server, closers);
   const { told, select } = recordingSelector();
   const a = agentFor(origin, { clientCertificate: select });
@@ -1123,7 +1105,7 @@ it("T3: a 400 HTML page that is not nginx's own page about a certificate is the 
  */
 async function requiringOrigin(tls: Omit<ServerOptions, 'cert' | 'key'>, h1 = false) {
   const seen = { connections: 0, requests: 0 };
-  const options = { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: true, ca: [CA_A, CA_B] };
+  const options = { ...ASKING, rejectUnauthorized: true };
   const handler = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
     seen.requests += 1;
     res.end((req.socket as TLSSocket).getPeerX509Certificate()?.issuer ?? '');
@@ -1272,16 +1254,13 @@ describe('T3: the selector runs for servers that require a certificate in the TL
 
   it('T3: a POST whose new connection a server asking (not requiring) a certificate closed after reading it is not sent again, nor the selector asked (review r33)', async () => {
     let bodies = 0;
-    const server = createHttpsServer(
-      { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: false, ca: [CA_A, CA_B] },
-      (req) => {
-        req.resume();
-        req.on('end', () => {
-          bodies += 1;
-          req.socket.destroy();
-        });
-      },
-    );
+    const server = createHttpsServer(ASKING, (req) => {
+      req.resume();
+      req.on('end', () => {
+        bodies += 1;
+        req.socket.destroy();
+      });
+    });
     server.on('tlsClientError', () => {});
     const origin = await loopbackOrigin(server, closers);
     const { told, select } = recordingSelector();

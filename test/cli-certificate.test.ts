@@ -48,6 +48,8 @@ describe.skipIf(!haveNginx && !haveApache)(
     /** No Kerberos ticket (its checks say warn, never FAIL), nor the developer's. */
     const run = (args: string[]) =>
       runCli(args, { env: { KRB5CCNAME: `FILE:${join(dir, 'no-ccache')}`, KRB5_CONFIG: join(dir, 'no-krb5.conf') } });
+    /** `multileg doctor --cacert <the reference CA> ...options url`. */
+    const doctor = (url: string, ...options: string[]) => run(['doctor', '--cacert', ca, ...options, url]);
 
     beforeAll(async () => {
       dir = mkdtempSync(join(tmpdir(), 'multileg-cli-certificate-'));
@@ -84,7 +86,7 @@ describe.skipIf(!haveNginx && !haveApache)(
           [servers.nginx!, 'it answered 400 "The SSL certificate error" (nginx)'],
           [servers.require!, 'TLS alert unknown_ca in the handshake'],
         ] as const) {
-          const r = await run(['doctor', '--cacert', ca, ...other, `${origin}/x`]);
+          const r = await doctor(`${origin}/x`, ...other);
           // Before: "FAIL  schemes: the server could not be reached: …", and no check of the certificate.
           expect(r.stdout).not.toContain('could not be reached');
           expect(r.stdout).toMatch(
@@ -110,7 +112,7 @@ describe.skipIf(!haveNginx && !haveApache)(
           [servers.require!, 'it refused the TLS handshake without one'],
           [servers.optional!, 'it answered 401 offering Transport only'],
         ] as const) {
-          const r = await run(['doctor', '--cacert', ca, `${origin}/x`]);
+          const r = await doctor(`${origin}/x`);
           // Before: nginx "no problem found" (its 400 taken for an answer), Apache optional "kinit user@REALM".
           expect(r.stdout).toContain(
             `FAIL  client certificate: none given, and the server requires one (${how}); it accepts certificates issued by ${ACCEPTED}\n      fix: give one issued by one of them with --cert and --key\n`,
@@ -127,7 +129,7 @@ describe.skipIf(!haveNginx && !haveApache)(
       'T3: doctor --cert with a certificate of a CA the servers accept: its subject, issuer, dates and key ok, its issuer among their CAs, no problem found',
       async () => {
         for (const origin of [servers.nginx!, servers.require!, servers.optional!]) {
-          const r = await run(['doctor', '--cacert', ca, ...good, `${origin}/x`]);
+          const r = await doctor(`${origin}/x`, ...good);
           expect(r.stdout).toMatch(
             /^ok {4}client certificate: subject CN=alice; issuer C=FR, O=Example A\\, Inc\., CN=Test CA A; valid to .* 2126 GMT; the key is its own\n/m,
           );
@@ -144,37 +146,31 @@ describe.skipIf(!haveNginx && !haveApache)(
       'T3: doctor --cert: an expired certificate, one not valid yet, and a key that is not its own are each FAIL with the fix ("renew it"); the command refuses the key of another type (exit 58) where nginx got no certificate from it',
       async () => {
         const url = `${servers.nginx!}/x`;
-        const expired = await run([
-          'doctor',
-          '--cacert',
-          ca,
+        const expired = await doctor(
+          url,
           '--cert',
           fixturePath('expired-localhost-cert.pem'),
           '--key',
           fixturePath('expired-localhost-key.pem'),
-          url,
-        ]);
+        );
         expect(expired.stdout).toContain(
           "FAIL  client certificate: subject CN=localhost; issuer CN=localhost; expired Jan  2 00:00:00 2020 GMT\n      fix: renew it (a server refuses an expired certificate); if it is not expired, set this machine's clock\n",
         );
         expect(expired.code).toBe(1);
         // Made with `openssl ca -selfsign -startdate 21250101000000Z -enddate 21260101000000Z`.
-        const future = await run([
-          'doctor',
-          '--cacert',
-          ca,
+        const future = await doctor(
+          url,
           '--cert',
           fixturePath('future-client-cert.pem'),
           '--key',
           fixturePath('future-client-key.pem'),
-          url,
-        ]);
+        );
         expect(future.stdout).toContain(
           "FAIL  client certificate: subject CN=future; issuer CN=future; not valid before Jan  1 00:00:00 2125 GMT\n      fix: renew it (ask for one valid today), or set this machine's clock if it is behind\n",
         );
         // CA A's certificate (EC) with the reference PKI's RSA key.
         const mismatch = ['--cert', good[1]!, '--key', other[3]!];
-        const wrongKey = await run(['doctor', '--cacert', ca, ...mismatch, url]);
+        const wrongKey = await doctor(url, ...mismatch);
         expect(wrongKey.stdout).toContain(
           'FAIL  client certificate: subject CN=alice; issuer C=FR, O=Example A\\, Inc., CN=Test CA A; the key is not its own (key values mismatch)\n      fix: give the key the certificate was issued for with --key (or one PEM file holding both with --cert)\n',
         );
@@ -205,34 +201,12 @@ describe.skipIf(!haveNginx && !haveApache)(
           }) as string,
         );
         const url = `${servers.nginx!}/x`;
-        const right = await run([
-          'doctor',
-          '--cacert',
-          ca,
-          '--cert',
-          good[1]!,
-          '--key',
-          key,
-          '--pass',
-          PASSPHRASE,
-          url,
-        ]);
+        const right = await doctor(url, '--cert', good[1]!, '--key', key, '--pass', PASSPHRASE);
         expect(right.stdout).toMatch(/^ok {4}client certificate: subject CN=alice; .*; the key is its own\n/m);
         expect(right.code).toBe(0);
-        const colon = await run(['doctor', '--cacert', ca, '--cert', `${good[1]!}:${PASSPHRASE}`, '--key', key, url]);
+        const colon = await doctor(url, '--cert', `${good[1]!}:${PASSPHRASE}`, '--key', key);
         expect(colon.stdout).toMatch(/^ok {4}client certificate: subject CN=alice; .*; the key is its own\n/m);
-        const wrong = await run([
-          'doctor',
-          '--cacert',
-          ca,
-          '--cert',
-          good[1]!,
-          '--key',
-          key,
-          '--pass',
-          'hunter2-wrong',
-          url,
-        ]);
+        const wrong = await doctor(url, '--cert', good[1]!, '--key', key, '--pass', 'hunter2-wrong');
         expect(wrong.stdout).toContain(
           'FAIL  client certificate: subject CN=alice; issuer C=FR, O=Example A\\, Inc., CN=Test CA A; the key is encrypted and the passphrase is missing or wrong: pass --pass\n',
         );

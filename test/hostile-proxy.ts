@@ -44,6 +44,35 @@ export async function hostile(behave: (socket: Socket, received: () => string) =
 }
 
 /**
+ * Hands `onRequest` the head of each request `socket` sends, in turn, once it and its
+ * Content-Length body have arrived (`received`: what the connection sent, {@link hostile}'s);
+ * `onRequest` returns `'stop'` to read no more requests on it.
+ */
+export function eachRequest(
+  socket: Socket,
+  received: () => string,
+  onRequest: (head: string) => 'stop' | undefined,
+): void {
+  let at = 0;
+  const onData = () => {
+    for (;;) {
+      const all = received();
+      const end = all.indexOf('\r\n\r\n', at);
+      if (end < 0) return;
+      const head = all.slice(at, end);
+      const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+      if (all.length < end + 4 + length) return;
+      at = end + 4 + length;
+      if (onRequest(head) === 'stop') {
+        socket.off('data', onData);
+        return;
+      }
+    }
+  };
+  socket.on('data', onData);
+}
+
+/**
  * Answers the first CONNECT (whatever host:port it names) with 200 and relays the connection to
  * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it.
  */

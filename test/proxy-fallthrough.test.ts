@@ -23,7 +23,7 @@ import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/pro
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { PROOF_FRESH_MS, type Ticket, UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
 import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
-import { type Hostile, hostile } from './hostile-proxy.ts';
+import { eachRequest, type Hostile, hostile } from './hostile-proxy.ts';
 
 /**
  * The CHALLENGE Squid's ntlm_fake_auth (test/lab) sends to the agent's NEGOTIATE: TARGET_INFO set,
@@ -55,29 +55,16 @@ async function scripted(
   const proxy = await hostile((socket: Socket, received) => {
     const connection = ++connections;
     const before: string[] = [];
-    let at = 0;
-    const onData = () => {
-      for (;;) {
-        const all = received();
-        const end = all.indexOf('\r\n\r\n', at);
-        if (end < 0) return;
-        const head = all.slice(at, end);
-        at = end + 4;
-        const value = /\r\nproxy-authorization: ([^\r]*)/i.exec(head)?.[1];
-        const carried = value === undefined ? 'bare' : value === BASIC ? 'Basic' : value.split(' ')[0]!;
-        seen.push({ connection, carried });
-        const { text, after } = act(carried, before, head);
-        before.push(carried);
-        if (after) {
-          socket.off('data', onData);
-          if (after === 'end') socket.end(text);
-          else socket.write(text);
-          return;
-        }
-        socket.write(text);
-      }
-    };
-    socket.on('data', onData);
+    eachRequest(socket, received, (head) => {
+      const value = /\r\nproxy-authorization: ([^\r]*)/i.exec(head)?.[1];
+      const carried = value === undefined ? 'bare' : value === BASIC ? 'Basic' : value.split(' ')[0]!;
+      seen.push({ connection, carried });
+      const { text, after } = act(carried, before, head);
+      before.push(carried);
+      if (after === 'end') socket.end(text);
+      else socket.write(text);
+      return after ? 'stop' : undefined;
+    });
   });
   opened.push(proxy);
   return { proxy, seen };

@@ -54,7 +54,7 @@ import {
   testNtlm,
   unavailableScheme,
 } from './helpers.ts';
-import { type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
+import { eachRequest, type Hostile, hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** Accepts TCP and never says a word. */
 const silent = () => hostile(() => {});
@@ -1018,29 +1018,18 @@ describe('forwarding proxies that close a kept-alive connection without saying s
     let connections = 0;
     return hostile((socket, received) => {
       const connection = connections++;
-      let at = 0;
       let answered = 0;
-      const onData = () => {
-        for (;;) {
-          const all = received();
-          const end = all.indexOf('\r\n\r\n', at);
-          if (end < 0) return;
-          const head = all.slice(at, end);
-          const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-          if (all.length < end + 4 + length) return;
-          at = end + 4 + length;
-          const { text, close } = act(head, answered, connection);
-          if (text?.includes(' 200 ')) answered += 1;
-          if (text === undefined || close) {
-            socket.off('data', onData);
-            if (text === undefined) socket.end();
-            else socket.end(text);
-            return;
-          }
-          socket.write(text);
+      eachRequest(socket, received, (head) => {
+        const { text, close } = act(head, answered, connection);
+        if (text?.includes(' 200 ')) answered += 1;
+        if (text === undefined || close) {
+          if (text === undefined) socket.end();
+          else socket.end(text);
+          return 'stop';
         }
-      };
-      socket.on('data', onData);
+        socket.write(text);
+        return undefined;
+      });
     });
   };
   /**
