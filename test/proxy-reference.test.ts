@@ -23,7 +23,7 @@ import {
   type ProxyUnansweredEvent,
 } from '../src/index.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
-import { ProxyAuthenticationError, ProxyAuthorizationHeaderError } from '../src/proxy/errors.ts';
+import { ProxyAuthenticationError, ProxyAuthorizationHeaderError, ProxyTimeoutError } from '../src/proxy/errors.ts';
 import { ForwardProxy, type SendOnProxy } from '../src/proxy/forward.ts';
 import { ProxyResolver } from '../src/proxy/options.ts';
 import {
@@ -648,6 +648,52 @@ describe("handshakes with the proxy are reported as an origin's (H5, reference p
       expect(published).toEqual(a.handshakes());
       expect(a.stats()).toMatchObject({ handshakes: 0, proxyHandshakes: 1, proxyLegs: 1, failedProxyHandshakes: 1 });
       expect(JSON.stringify(published)).not.toContain('wrongpw');
+    }
+  });
+
+  it("H5/R3: a proxy's final answer whose check returns after the proxy's deadline is a failed report (failure error), forwarded and tunnelled: never a success, and the request ends with ProxyTimeoutError", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const account = { username: 'proxyuser', password: 'proxypw' };
+    for (const url of [`http://localhost:${server.port}/public/x`, `${server.origin}/public/x`]) {
+      // The check of the proxy's final answer (a GSS-API step on a worker, in life) returns only
+      // once the request has failed.
+      let release!: () => void;
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      const slowProof: Mechanism = {
+        ...basicMechanism(account),
+        createContext: (leg) => {
+          const context = basicMechanism(account).createContext(leg);
+          const finish = context.finish.bind(context);
+          context.finish = async (...args) => {
+            await held;
+            return finish(...args);
+          };
+          return context;
+        },
+      };
+      const a = new MultilegAgent({
+        negotiate: false,
+        connect: { ca: server.ca },
+        limits: { handshakeTimeout: 300 },
+        proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['Basic'], mechanisms: [slowProof] },
+      });
+      closers.push(() => a.destroy());
+      const { published } = listen(a);
+      const err = await fetch(url, { dispatcher: a }).catch((e: { cause?: Error }) => e.cause);
+      expect(err).toBeInstanceOf(ProxyTimeoutError);
+      release();
+      await until(() => a.handshakes().length > 0);
+      await sleep(20);
+      // Before: reported as a success (outcome per-request, identity proxyuser) once the check returned.
+      expect(a.handshakes()).toEqual([
+        expect.objectContaining({ proxy: true, scheme: 'Basic', outcome: 'failed', failure: 'error' }),
+      ]);
+      expect(a.handshakes()[0]).not.toHaveProperty('identity');
+      expect(published).toEqual(a.handshakes());
+      expect(a.stats()).toMatchObject({ proxyHandshakes: 1, failedProxyHandshakes: 1 });
     }
   });
 

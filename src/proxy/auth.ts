@@ -440,14 +440,22 @@ export class ProxyAuth {
    * success): its answer is checked as a handshake's last is (Digest: Proxy-Authentication-Info's
    * rspauth and nextnonce). Throws {@link MutualAuthError} when the proxy fails the proof. True when
    * it made the connection's {@link holder} another identity (`leave`: the request's leave, R4/S6).
+   * `expired`: the caller's deadline, as {@link succeeded} takes it.
    */
-  async verify(own: MechanismContext, headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<boolean> {
+  async verify(
+    own: MechanismContext,
+    headers: Headers,
+    leg: LegInfo,
+    leave: Ticket | undefined,
+    expired?: () => Error | undefined,
+  ): Promise<boolean> {
     try {
       await this.#finish(own, headers, leg);
     } catch (err) {
       this.#emit('failed', 1, this.#mechanism, own, { failure: 'proof' });
       throw err;
     }
+    this.#late(expired, 1, own);
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
     this.#makeOwn();
     // One leg that authenticated one request: reported as an origin's per-request scheme is.
@@ -754,9 +762,16 @@ export class ProxyAuth {
    * A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final
    * token. `leave`: the leave to send the credentials it ran under (credentials go only with leave:
    * the callers always have one; without, the identity counts as the oldest), whose place orders the
-   * identity it proved.
+   * identity it proved. `expired`: the caller's deadline, asked once the proof is in (a GSS-API
+   * check on a worker may return after it): a handshake its caller gave up on meanwhile failed
+   * with the caller's request, and proves nobody.
    */
-  async succeeded(headers: Headers, leg: LegInfo, leave: Ticket | undefined): Promise<void> {
+  async succeeded(
+    headers: Headers,
+    leg: LegInfo,
+    leave: Ticket | undefined,
+    expired?: () => Error | undefined,
+  ): Promise<void> {
     const state = this.#state;
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
@@ -771,10 +786,22 @@ export class ProxyAuth {
       this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
       throw err;
     }
+    this.#late(expired, sent, context);
     const identity = context.identity;
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
     const outcome = mechanism.level === 'request' ? 'per-request' : 'session';
     this.#emit(outcome, sent, mechanism, context, identity === undefined ? {} : { identity });
+  }
+
+  /**
+   * Throws the caller's error when its deadline passed while `context`'s proof was checked: the
+   * handshake is reported failed (`error`, as an origin's that timed out), never as a success.
+   */
+  #late(expired: (() => Error | undefined) | undefined, legs: number, context: MechanismContext): void {
+    const err = expired?.();
+    if (!err) return;
+    this.#emit('failed', legs, this.#mechanism, context, { failure: 'error' });
+    throw err;
   }
 
   /**

@@ -208,6 +208,8 @@ export class ForwardProxy {
       );
       return deadline;
     };
+    /** The deadline's error once it passed (a proof checked late is no success, H5). */
+    const expired = () => (deadline?.timedOut ? deadline.error() : undefined);
     // (A deadline made while a leg is on the wire ends that leg through `onWire`.)
     const race = <T>(work: Promise<T>): Promise<T> => (deadline ? deadline.race(work) : work);
     const started = (l: AbortableLeg) => {
@@ -308,7 +310,7 @@ export class ForwardProxy {
               if (ownContext && status !== 407) {
                 // This request's own credentials (Digest): the proxy's answer proves itself as a
                 // handshake's last does (rspauth), and may name the next nonce.
-                const verified = this.#auth.verify(ownContext, headers, leg, ticket).then((held) => {
+                const verified = this.#auth.verify(ownContext, headers, leg, ticket, expired).then((held) => {
                   outcome = 'success';
                   if (held) this.#onHolder();
                 });
@@ -319,7 +321,7 @@ export class ForwardProxy {
                 if (credentials && status !== 407) outcome = 'success';
                 return verdict;
               }
-              const succeeded = this.#auth.succeeded(headers, leg, ticket).then(() => {
+              const succeeded = this.#auth.succeeded(headers, leg, ticket, expired).then(() => {
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);

@@ -457,6 +457,8 @@ async function connectLegs(
   let resent = false;
   /** A scheme whose challenge could not be read fell through to the next (once per tunnel, T2). */
   let fellThrough = false;
+  /** The deadline's error once it passed (a proof checked late is no success, H5). */
+  const expired = () => (deadline.timedOut ? deadline.error() : undefined);
   // Every way out but the tunnel (a throw: a refusal, REPLACED, a timeout, a broken wire) closes the
   // connection this attempt holds: a proxy that keeps a 407's connection open (Squid) would
   // otherwise hold it open for good when the tunnel starts over on a new one, and so would this
@@ -542,10 +544,10 @@ async function connectLegs(
         if (credentials && auth.opening) auth.notNeeded();
         else if (credentials?.own) {
           // A per-request scheme taken up from another tunnel (auth.adopt): its answer proves itself.
-          await auth.verify(credentials.own, head.headers, leg, leave());
+          await auth.verify(credentials.own, head.headers, leg, leave(), expired);
           proved('success');
         } else if (credentials) {
-          await auth.succeeded(head.headers, leg, leave());
+          await auth.succeeded(head.headers, leg, leave(), expired);
           proved('success');
         }
         reader.detach();
@@ -556,7 +558,7 @@ async function connectLegs(
         // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
         // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
         if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
-          await auth.succeeded(head.headers, leg, leave());
+          await auth.succeeded(head.headers, leg, leave(), expired);
         }
         throw new ProxyConnectError(proxy.origin, target, head.status);
       }
