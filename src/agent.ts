@@ -31,6 +31,7 @@ import type { HandshakeReport } from './session/exchange.ts';
 import { http1Only, newJob } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
 import type { Identity } from './session/session.ts';
+import { hostElsewhere } from './trust/host-header.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
@@ -466,19 +467,19 @@ export class MultilegAgent extends Dispatcher {
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
-        const identity = identityOf(headers, grant.allowed);
+        const identity = identityOf(headers, grant.allowed, hostElsewhere(origin, headers, opts));
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
-      // (A Host header is looked at only where an interceptor may have put an address in the origin.)
-      const headers = mayBeAddress(origin) ? normalizeRequestHeaders(opts.headers) : undefined;
-      const named = headers ? namedOrigin(origin, headers) : origin;
+      const headers = normalizeRequestHeaders(opts.headers);
+      // (A Host header names the origin only where an interceptor may have put an address in it.)
+      const named = mayBeAddress(origin) ? namedOrigin(origin, headers) : origin;
       const sink = new UserSink(handler, this.#hops, named, opts.path);
       sink.begin();
       if (sink.aborted) return true;
       this.#running += 1;
       try {
-        this.#start(origin, named, headers ?? normalizeRequestHeaders(opts.headers), opts, sink, handler);
+        this.#start(origin, named, headers, opts, sink, handler);
       } catch (err) {
         // Only a synchronous failure before the pool took the request lands here.
         sink.fail(err as Error);
@@ -533,8 +534,14 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.requests += 1;
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
-    const identity = identityOf(headers, grant.allowed);
-    const withheld = identity === 'anonymous' && !grant.allowed ? grant.reason : undefined;
+    const elsewhere = hostElsewhere(origin, headers, opts);
+    const identity = identityOf(headers, grant.allowed, elsewhere);
+    const withheld =
+      identity === 'anonymous' && !grant.allowed
+        ? grant.reason
+        : elsewhere && identity === 'caller' && !('authorization' in headers)
+          ? 'host-header'
+          : undefined;
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
     // comes; elsewhere it is read first, for the handshake's legs (C10).
@@ -688,8 +695,9 @@ function secureContextCertificate(connect: object): boolean {
  * (each combination a lane of its own), else the agent's where the trust policy `allowed` them,
  * else none.
  */
-function identityOf(headers: HeaderMap, allowed: boolean): Identity {
-  const own = 'authorization' in headers;
+function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean): Identity {
+  // A Host header naming another origin makes the request the caller's own (see hostElsewhere).
+  const own = elsewhere || 'authorization' in headers;
   const ownProxy = 'proxy-authorization' in headers;
   if (own) return ownProxy ? 'caller-both' : 'caller';
   if (ownProxy) return 'caller-proxy';

@@ -404,6 +404,49 @@ describe('multileg command line', () => {
       expect((await run(['-o', '/dev/null', ...args, `${server.origin}/auth/x`])).stderr).toBe('');
   });
 
+  it("S1: -H 'Host: …' naming another host than the URL's: a warning says at the start that -u's credentials are not sent there, and none go (the server's 401 is shown); -L drops that Host on a hop to another host, as curl does", async () => {
+    const { port } = new URL(ntlmOnly.origin);
+    const url = `${ntlmOnly.origin}/auth/host-header`;
+    const elsewhere = await run(['--ntlm', ...alice(), '-H', `Host: 127.0.0.1:${port}`, url]);
+    expect(elsewhere.code).toBe(0);
+    expect(elsewhere.stderr).toContain(
+      "multileg: Warning: -H 'Host: …' names another host than the URL: the credentials of -u are not sent there; drop the header, or use --resolve or --connect-to to reach another address under the URL's name\n",
+    );
+    const sent = ntlmOnly.exchanges.filter((e) => e.path === '/auth/host-header');
+    // Before: alice's NTLM went to the authority the Host named.
+    expect(sent.map((e) => [e.status, e.requestHeaders.authorization ?? null])).toEqual([[401, null]]);
+    // The URL's own host and port in the header: no warning, and the credentials go.
+    const same = await run([
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--ntlm',
+      ...alice(),
+      '-H',
+      `Host: localhost:${port}`,
+      url,
+    ]);
+    expect([same.stdout, same.stderr]).toEqual(['200', '']);
+    // -L to another host: the Host given goes no further than the first (curl 7.88 the same).
+    const { port: otherPort } = new URL(other.origin);
+    const hop = `https://127.0.0.1:${otherPort}/public/landed-host`;
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(hop)}`;
+    const followed = await run([
+      '--cacert',
+      ca,
+      '-L',
+      '-H',
+      `Host: localhost:${new URL(server.origin).port}`,
+      redirect,
+    ]);
+    expect(followed.code).toBe(0);
+    const landed = other.exchanges.filter((e) => e.path === '/public/landed-host');
+    expect(landed.map((e) => e.requestHeaders[':authority'] ?? e.requestHeaders.host)).toEqual([
+      `127.0.0.1:${otherPort}`,
+    ]);
+  });
+
   it('exits 1 with a typed error whose message names CLI flags, not library options', async () => {
     const limited = await run(['--max-legs', '1', ...alice(), `${server.origin}/auth/x`]);
     expect(limited.code).toBe(1);

@@ -31,6 +31,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { hostElsewhere } from '../src/trust/host-header.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
 import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
 import { ALICE, hasAuth, loopbackOrigin } from './helpers.ts';
@@ -629,6 +630,88 @@ describe('S6: requests without the agent credentials, or with their own, never r
     expect(body.user).toBe('EXAMPLE\\alice');
     expect(aliceSessions.has(body.sessionId)).toBe(true);
     expect(a.stats().handshakes).toBe(1);
+  });
+});
+
+describe("S1/S6: a caller's Host header naming another origin (review r40)", () => {
+  /** The server's record of `path`'s exchanges: status, user, whether it carried credentials, on which session. */
+  const seen = (s: ReferenceServer, path: string) =>
+    s.exchanges
+      .filter((e) => e.path === path)
+      .map((e) => ({ status: e.status, user: e.user ?? null, sent: hasAuth(e.requestHeaders), session: e.sessionId }));
+
+  it("S1/S6: which Host headers name another origin: a host and port other than the origin's, a Host that is no authority, two Hosts; not the origin's own (any case, its default port), nor undici's dns interceptor's shape (an address in the origin, the name in Host and servername)", () => {
+    const o = 'https://intranet.example';
+    const elsewhere = (host: string | string[] | undefined, origin = o, servername?: string) =>
+      hostElsewhere(origin, host === undefined ? {} : { host }, { path: '/', method: 'GET', servername } as never);
+    expect(elsewhere(undefined)).toBe(false);
+    expect(elsewhere('intranet.example')).toBe(false);
+    expect(elsewhere('INTRANET.example:443')).toBe(false);
+    for (const host of [
+      'intranet.example:8443',
+      'intranet.example.',
+      'other.example',
+      'intranet.example/x',
+      'alice@intranet.example',
+      'intranet.example evil',
+      '',
+    ]) {
+      expect([host, elsewhere(host)]).toEqual([host, true]);
+    }
+    expect(elsewhere(['intranet.example', 'intranet.example'])).toBe(true);
+    // undici's dns interceptor: the address it resolved in the origin, the name in Host and servername.
+    expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443', 'intranet.example')).toBe(false);
+    expect(elsewhere('intranet.example:8443', 'https://[::1]:8443', 'INTRANET.example')).toBe(false);
+    expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443')).toBe(true);
+    expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443', 'other.example')).toBe(true);
+    expect(elsewhere('intranet.example:8443', 'https://name.example:8443', 'intranet.example')).toBe(true);
+  });
+
+  it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
+    const s = await server({ schemes: ['NTLM', 'Basic'] });
+    const { port } = new URL(s.origin);
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const first = await request(`${s.origin}/auth/alice`, { dispatcher: a });
+    expect(((await first.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    const [alice] = seen(s, '/auth/alice').filter((e) => e.status === 200);
+    const events: WithheldEvent[] = [];
+    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onWithheld);
+    try {
+      // A gateway that copied its incoming Host: undici makes it the :authority the server serves.
+      const res = await request(`${s.origin}/auth/elsewhere`, {
+        dispatcher: a,
+        headers: { host: `127.0.0.1:${port}` },
+      });
+      await res.body.arrayBuffer();
+      // Before: 200 as alice, on alice's NTLM-authenticated session, for the authority 127.0.0.1.
+      expect(res.statusCode).toBe(401);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onWithheld);
+    }
+    expect(seen(s, '/auth/elsewhere')).toEqual([expect.objectContaining({ status: 401, user: null, sent: false })]);
+    expect(seen(s, '/auth/elsewhere')[0]!.session).not.toBe(alice!.session);
+    expect(events).toEqual([
+      expect.objectContaining({ origin: s.origin, path: '/auth/elsewhere', reason: 'host-header' }),
+    ]);
+    // The origin's own name, in any case, with or without its port: the agent's request, as alice.
+    // (undici makes a Host header the TLS server name, and opens a new connection where that name
+    // changed: from none to one, here, so alice's session is not the one it goes on.)
+    for (const host of [`localhost:${port}`, `LOCALHOST:${port}`]) {
+      const same = await request(`${s.origin}/auth/same`, { dispatcher: a, headers: { host } });
+      expect(((await same.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    }
+
+    // A Basic password, per request: before, it went to the authority the Host named.
+    const b = await server({ schemes: ['Basic'] });
+    const viaB = agent({ credentials: ALICE, connect: { ca: b.ca }, trustedOrigins: [b.origin] });
+    const { port: portB } = new URL(b.origin);
+    for (const host of [`127.0.0.1:${portB}`, `localhost.:${portB}`, 'localhost:443', 'localhost']) {
+      const res = await request(`${b.origin}/auth/basic`, { dispatcher: viaB, headers: { host } });
+      await res.body.arrayBuffer();
+      expect(res.statusCode).toBe(401);
+    }
+    expect(withAuth(b, '/auth/basic')).toEqual([]);
   });
 });
 

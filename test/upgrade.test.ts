@@ -173,6 +173,16 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen).toHaveLength(1);
   });
 
+  it("S1/S6: an upgrade whose Host header names another origin goes as the caller's own: no NTLM of the agent's, the origin's 401 to the caller", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    const { port } = new URL(origin.origin);
+    const r = await upgradeOrResponse(agent, origin.origin, { host: `other.example:${port}` });
+    // Before: NEGOTIATE and AUTHENTICATE as alice, and the 101, for the authority the Host named.
+    expect(r).toEqual({ kind: 'response', status: 401, body: 'who are you?' });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
   it('H1: a wrong password: the caller gets the origin’s final 401 after one handshake', async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' } });

@@ -62,6 +62,11 @@ async function main(argv: string[]): Promise<number> {
   // of -u never go with it, and the 401 it gets would not say why. Said before a password is asked.
   if (req.authorizationReplaces !== undefined)
     warn(`-H 'Authorization: …' replaces ${req.authorizationReplaces}: its credentials are not used; drop the header`);
+  // Likewise a Host header naming another host: the credentials never go where it sends the request.
+  if (req.hostReplaces !== undefined)
+    warn(
+      `-H 'Host: …' names another host than the URL: the credentials of ${req.hostReplaces} are not sent there; drop the header, or use --resolve or --connect-to to reach another address under the URL's name`,
+    );
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   let agentOptions = req.agent;
   try {

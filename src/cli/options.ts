@@ -11,6 +11,7 @@ import type * as Commander from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
 import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
+import { hostElsewhere } from '../trust/host-header.ts';
 import { EXIT } from './explain.ts';
 import type { RetryOptions } from './retry.ts';
 import { Routes } from './routes.ts';
@@ -61,6 +62,11 @@ export interface CliRequest {
    * so they are never used. Undefined without such a header, or without such a flag.
    */
   readonly authorizationReplaces: string | undefined;
+  /**
+   * The flag whose credentials a `-H 'Host: …'` naming another host than a URL's keeps from that
+   * request: the library sends no credentials where the Host header sends a request (S1).
+   */
+  readonly hostReplaces: string | undefined;
   /** --fail-early: stop at the first transfer that fails (else the last one's result is the exit code). */
   readonly failEarly: boolean;
   readonly method: string;
@@ -1306,6 +1312,9 @@ export function parseCli(
     transfers,
     unusedOutputs: outputs.length > transfers.length,
     authorizationReplaces: 'authorization' in headers ? credentialsFlag(o, user, only) : undefined,
+    hostReplaces: transfers.some((t) => hostElsewhere(t.url.origin, headers))
+      ? credentialsFlag(o, user, only)
+      : undefined,
     failEarly: Boolean(o.failEarly),
     // As given (curl sends `-X patch` as `patch`).
     method: transfers[0]!.method,

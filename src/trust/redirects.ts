@@ -32,7 +32,8 @@ interface Pending {
 
 const joined = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(',') : v);
 
-const HOST_AND_PORT = /^[^/?#@\\\s]+$/;
+/** A Host header value that is a host and port alone (no path, query, userinfo or space). */
+export const HOST_AND_PORT = /^[^/?#@\\\s]+$/;
 
 /**
  * Whether `origin`'s host may be an address (a cheap test on the hot path: its first character is
