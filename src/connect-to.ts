@@ -77,6 +77,18 @@ export function dialFor(connectTo: ConnectTo | undefined, target: ConnectTarget)
   if (route === undefined || route === null) return same;
   const where = `connectTo (for ${target.via} ${target.hostname}:${target.port})`;
   if (typeof route !== 'object') throw new ConfigError(`${where} returned ${typeof route}, not a route`, 'connectTo');
+  // A promise, or a misspelt field (`host`), would read as "no change" and connect to the real host.
+  if (typeof (route as { then?: unknown }).then === 'function')
+    throw new ConfigError(
+      `${where} returned a promise: connectTo must answer at once, with a route or undefined`,
+      'connectTo',
+    );
+  const unknown = Object.keys(route).filter((k) => k !== 'hostname' && k !== 'port' && k !== 'addresses');
+  if (unknown.length > 0)
+    throw new ConfigError(
+      `${where} returned ${unknown.join(', ')}: a route has only hostname, port and addresses`,
+      'connectTo',
+    );
   const { hostname, port, addresses } = route as ConnectRoute;
   if (hostname !== undefined && (typeof hostname !== 'string' || hostname === ''))
     throw new ConfigError(`${where}: hostname must be a host name or an IP address`, 'connectTo');

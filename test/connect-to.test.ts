@@ -96,4 +96,24 @@ describe('connectTo', () => {
       }
     }
   });
+
+  it("a connectTo that answers with a promise, or with a field a route does not have (a misspelt `host`), is a ConfigError, not a connection to the URL's own host (review r41)", async () => {
+    const routes: Array<[unknown, RegExp]> = [
+      [new Promise(() => {}), /returned a promise: connectTo must answer at once/],
+      [Promise.resolve({ hostname: '127.0.0.1' }), /returned a promise/],
+      [{ host: '127.0.0.1' }, /returned host: a route has only hostname, port and addresses/],
+      [{ hostname: '127.0.0.1', Port: 1 }, /returned Port:/],
+    ];
+    for (const [route, message] of routes) {
+      const agent = new MultilegAgent({ connect: { ca: CA_CERT }, connectTo: () => route as never });
+      try {
+        // Before: each was read as "no change", and the request went to the URL's host (200).
+        const err = await request(`${server.origin}/public/x`, { dispatcher: agent }).catch((e: Error) => e);
+        expect(err, String(message)).toBeInstanceOf(ConfigError);
+        expect((err as ConfigError).message).toMatch(message);
+      } finally {
+        await agent.close();
+      }
+    }
+  });
 });
