@@ -1506,6 +1506,17 @@ describe('multileg command line', () => {
     expect(r.code).toBe(0);
   });
 
+  it('many URLs to stdout leave stderr empty, and piping them into head is no error either (u8: from the 11th URL Node warned of an EventEmitter leak on stdout; with three into head the command exited 13)', async () => {
+    const urls = Array.from({ length: 12 }, () => `${plainOrigin}/bearer`);
+    const r = await run(['-sS', ...urls]);
+    expect([r.code, r.stdout, r.stderr]).toEqual([0, 'no'.repeat(12), '']);
+    const piped = await runCommand('bash', [
+      '-c',
+      `set -o pipefail; ${process.execPath} ${BIN} -sS ${plainOrigin}/big ${plainOrigin}/big ${plainOrigin}/big | head -c 10`,
+    ]);
+    expect([piped.code, piped.stdout, piped.stderr]).toEqual([0, 'xxxxxxxxxx', '']);
+  });
+
   it('piping doctor into head is not an error either (EPIPE): the checks run on, their verdict is the exit code', async () => {
     const r = await runCommand('bash', [
       '-c',

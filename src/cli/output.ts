@@ -172,6 +172,31 @@ export const pipelineOf = pipeline as (
 ) => Promise<void>;
 
 /**
+ * The last stage to stdout, which outlives every transfer: pipeline() into it with `end: false`
+ * left its end-of-stream listeners on it, one set per transfer (Node's MaxListenersExceededWarning
+ * on stderr from the 11th URL on, u8). Here each wait for `drain` takes its listeners off again.
+ */
+async function toStdout(source: AsyncIterable<Buffer>): Promise<void> {
+  const out = process.stdout;
+  // Closed (after an error, or its reader went away): as EPIPE says; the error itself is Stdout's.
+  const gone = () => Object.assign(new Error('stdout closed'), { code: 'EPIPE' });
+  for await (const chunk of source) {
+    if (out.destroyed) throw gone();
+    if (out.write(chunk)) continue;
+    if (out.destroyed) throw gone();
+    await new Promise<void>((resolve, reject) => {
+      const done = (err?: unknown) => {
+        out.off('drain', done).off('error', done).off('close', closed);
+        if (err) reject(err);
+        else resolve();
+      };
+      const closed = () => done(gone());
+      out.on('drain', done).on('error', done).on('close', closed);
+    });
+  }
+}
+
+/**
  * Writes a response body, through `stages` (the byte counter, then --compressed's decoders), to the
  * -o file (after the heads -i keeps for it; its directories made first with `createDirs`) or to
  * stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
@@ -216,7 +241,8 @@ export async function writeBody(
   // With -o, the heads -i shows go into the file first, as curl writes them.
   if (heads) out.write(heads);
   try {
-    await pipelineOf(received(), ...stages, out, { end: Boolean(output) });
+    if (output) await pipelineOf(received(), ...stages, out);
+    else await pipelineOf(received(), ...stages, toStdout);
   } catch (err) {
     if (fileError !== undefined && output !== undefined) return fileProblem('-o', output, fileError, createDirs);
     const failed = stdout.error ?? (output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
