@@ -5,7 +5,7 @@ import { checkConnectTo } from './connect-to.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
 import { UserSink } from './handshake/user-sink.ts';
-import { type HeaderMap, normalizeRequestHeaders } from './headers.ts';
+import { type HeaderMap, iterableHeaders, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { type NtlmIdentity, parseNtlmUser } from './mechanisms/ntlm/index.ts';
@@ -433,7 +433,9 @@ export class MultilegAgent extends Dispatcher {
     return this.#reports.slice();
   }
 
-  override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+  override dispatch(given: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    // Iterable headers are read once, here, and what was read is what every send carries.
+    const opts = iterableHeaders(given.headers) ? { ...given, headers: normalizeRequestHeaders(given.headers) } : given;
     if (isLegacyHandler(handler)) {
       // Node's built-in fetch (its own, older undici) given this agent as `dispatcher` passes a
       // handler of undici's first API (onHeaders, onData, onComplete), which nothing here calls:
@@ -534,12 +536,12 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.requests += 1;
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
-    const elsewhere = hostElsewhere(origin, headers, opts);
+    const elsewhere = pool.route?.kind !== 'forward' && hostElsewhere(origin, headers, opts);
     const identity = identityOf(headers, grant.allowed, elsewhere);
     const withheld =
       identity === 'anonymous' && !grant.allowed
         ? grant.reason
-        : elsewhere && identity === 'caller' && !('authorization' in headers)
+        : elsewhere && !('authorization' in headers)
           ? 'host-header'
           : undefined;
     const limit = this.#options.limits.maxReplayBodyBytes;
@@ -692,14 +694,15 @@ function secureContextCertificate(connect: object): boolean {
 
 /**
  * Whose credentials a request carries (S6): its own `Authorization` and/or `Proxy-Authorization`
- * (each combination a lane of its own), else the agent's where the trust policy `allowed` them,
- * else none.
+ * (each combination a lane of its own); else none of the agent's where its own Host header sends
+ * it `elsewhere` (see hostElsewhere); else the agent's where the trust policy `allowed` them, else
+ * none.
  */
 function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean): Identity {
-  // A Host header naming another origin makes the request the caller's own (see hostElsewhere).
-  const own = elsewhere || 'authorization' in headers;
+  const own = 'authorization' in headers;
   const ownProxy = 'proxy-authorization' in headers;
   if (own) return ownProxy ? 'caller-both' : 'caller';
   if (ownProxy) return 'caller-proxy';
+  if (elsewhere) return 'elsewhere';
   return allowed ? 'agent' : 'anonymous';
 }

@@ -3,17 +3,18 @@ export type HeaderMap = Record<string, string | string[]>;
 
 /** Adds one header to `out` (a module function, not a closure per call; no array for a single value). */
 function add(out: HeaderMap, k: unknown, v: unknown): void {
-  if (v === undefined || v === null) return;
+  if (v === undefined) return;
   const key = String(k).toLowerCase();
   const prev = out[key];
   if (!Array.isArray(v)) {
-    const value = String(v);
+    // null is an empty value, as undici sends it (a `host: null` is an empty Host on HTTP/1.1).
+    const value = v === null ? '' : String(v);
     if (prev === undefined) out[key] = value;
     else if (Array.isArray(prev)) prev.push(value);
     else out[key] = [prev, value];
     return;
   }
-  const values = v.map(String);
+  const values = v.map((x) => (x === null ? '' : String(x)));
   if (prev === undefined) out[key] = values.length === 1 ? values[0]! : values;
   else out[key] = [...(Array.isArray(prev) ? prev : [prev]), ...values];
 }
@@ -32,18 +33,11 @@ export function normalizeRequestHeaders(headers: unknown): HeaderMap {
   if (headers == null) return NO_HEADERS;
   const out: HeaderMap = {};
   if (Array.isArray(headers)) {
-    if (headers.length > 0 && Array.isArray(headers[0])) {
-      for (const pair of headers as unknown[][]) add(out, pair[0], pair[1]);
-    } else {
-      for (let i = 0; i + 1 < headers.length; i += 2) add(out, headers[i], headers[i + 1]);
-    }
+    // Always flat, as undici reads an array (`[['host'], 'x']` is a Host to undici: review r42).
+    for (let i = 0; i + 1 < headers.length; i += 2) add(out, headers[i], headers[i + 1]);
     return out;
   }
-  if (
-    typeof headers === 'object' &&
-    Symbol.iterator in headers &&
-    typeof (headers as Iterable<unknown>)[Symbol.iterator] === 'function'
-  ) {
+  if (iterableHeaders(headers)) {
     for (const pair of headers as Iterable<[unknown, unknown]>) add(out, pair[0], pair[1]);
     return out;
   }
@@ -51,4 +45,18 @@ export function normalizeRequestHeaders(headers: unknown): HeaderMap {
   const record = headers as Record<string, unknown>;
   for (const k in record) if (Object.hasOwn(record, k)) add(out, k, record[k]);
   return out;
+}
+
+/**
+ * Headers given as an iterable of pairs (a `Headers`, a `Map`, a generator): read once, by the
+ * agent, which then sends what it read, so that what it decided on is what goes (a generator may
+ * yield other pairs, or none, a second time).
+ */
+export function iterableHeaders(headers: unknown): headers is Iterable<[unknown, unknown]> {
+  return (
+    typeof headers === 'object' &&
+    headers !== null &&
+    !Array.isArray(headers) &&
+    typeof (headers as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function'
+  );
 }

@@ -640,7 +640,7 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
       .filter((e) => e.path === path)
       .map((e) => ({ status: e.status, user: e.user ?? null, sent: hasAuth(e.requestHeaders), session: e.sessionId }));
 
-  it("S1/S6: which Host headers name another origin: a host and port other than the origin's, a Host that is no authority, two Hosts; not the origin's own (any case, its default port), nor undici's dns interceptor's shape (an address in the origin, the name in Host and servername)", () => {
+  it("S1/S6: which Host headers name another origin: a host and port other than the origin's, a Host that is no authority, two Hosts; not the origin's own (any case, its default port), nor undici's dns interceptor's shape (an address in the origin, the name in Host with its port, and servername if any)", () => {
     const o = 'https://intranet.example';
     const elsewhere = (host: string | string[] | undefined, origin = o, servername?: string) =>
       hostElsewhere(origin, host === undefined ? {} : { host }, { path: '/', method: 'GET', servername } as never);
@@ -659,12 +659,66 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
       expect([host, elsewhere(host)]).toEqual([host, true]);
     }
     expect(elsewhere(['intranet.example', 'intranet.example'])).toBe(true);
-    // undici's dns interceptor: the address it resolved in the origin, the name in Host and servername.
+    // Read as the origin by the URL parser, but a front end reads them as written (review r42).
+    for (const [host, origin] of [
+      ['intranet.exampl%65', o],
+      ['intranet.example:0443', o],
+      ['127.1:8443', 'https://127.0.0.1:8443'],
+      ['2130706433:8443', 'https://127.0.0.1:8443'],
+    ] as const) {
+      expect([host, elsewhere(host, origin)]).toEqual([host, true]);
+    }
+    // undici's dns interceptor: the address it resolved in the origin, the name in Host (same port)
+    // and servername; its retry on the other address family leaves servername out (review r42).
     expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443', 'intranet.example')).toBe(false);
     expect(elsewhere('intranet.example:8443', 'https://[::1]:8443', 'INTRANET.example')).toBe(false);
-    expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443')).toBe(true);
+    expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443')).toBe(false);
     expect(elsewhere('intranet.example:8443', 'https://10.0.0.5:8443', 'other.example')).toBe(true);
+    expect(elsewhere('intranet.example:9443', 'https://10.0.0.5:8443')).toBe(true);
+    expect(elsewhere('10.0.0.6:8443', 'https://10.0.0.5:8443')).toBe(true);
     expect(elsewhere('intranet.example:8443', 'https://name.example:8443', 'intranet.example')).toBe(true);
+  });
+
+  it("S1/S6: the Host is read as undici reads it, in every form it takes headers: null (an empty Host on HTTP/1.1), a flat array whose name is an array, an iterable that yields other pairs a second time — none rides alice's session (review r42)", async () => {
+    const s = await server({ schemes: ['NTLM'] });
+    const a = agent({ credentials: ALICE, allowH2: false, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const first = await request(`${s.origin}/auth/alice`, { dispatcher: a });
+    expect(((await first.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    const elsewhere = `127.0.0.1:${s.port}`;
+    let passes = 0;
+    const forms: Array<[string, unknown]> = [
+      ['null', { host: null }],
+      ['array name', [['host'], elsewhere]],
+      [
+        'changing iterable',
+        {
+          *[Symbol.iterator]() {
+            passes += 1;
+            yield ['host', passes === 1 ? elsewhere : `localhost:${s.port}`];
+          },
+        },
+      ],
+    ];
+    for (const [name, headers] of forms) {
+      const res = await request(`${s.origin}/auth/${name.replace(' ', '-')}`, {
+        dispatcher: a,
+        headers: headers as Record<string, string>,
+      });
+      await res.body.arrayBuffer();
+      // Before: 200 as alice, on her authenticated connection.
+      expect([name, res.statusCode]).toEqual([name, 401]);
+    }
+    const aliceSessions = new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\alice').map((e) => e.sessionId));
+    const others = s.exchanges.filter((e) => e.path !== '/auth/alice');
+    expect(
+      others.map((e) => [e.path, e.user ?? null, hasAuth(e.requestHeaders), aliceSessions.has(e.sessionId)]),
+    ).toEqual([
+      ['/auth/null', null, false, false],
+      ['/auth/array-name', null, false, false],
+      ['/auth/changing-iterable', null, false, false],
+    ]);
+    // What was decided on is what went: the Host the iterable gave first.
+    expect(others.at(-1)!.requestHeaders.host).toBe(elsewhere);
   });
 
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
@@ -716,10 +770,8 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
 });
 
 describe('S6: a session a caller authenticated with its own handshake', () => {
-  it("S6: a request with only its own Proxy-Authorization never rides a session another caller's own NTLM handshake authenticated as bob", async () => {
-    const s = await server({ schemes: ['NTLM'] });
-    const a = agent({ credentials: ALICE, negotiate: false, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
-    // Caller 1 (a gateway relaying an end user's NTLM) runs bob's handshake with headers of its own.
+  /** Caller 1 (a gateway relaying an end user's NTLM) runs bob's handshake through `a` with headers of its own. */
+  async function bobsOwnSession(s: ReferenceServer, a: MultilegAgent): Promise<void> {
     const leg = {
       origin: s.origin,
       hostname: 'localhost',
@@ -740,6 +792,14 @@ describe('S6: a session a caller authenticated with its own handshake', () => {
       headers: { authorization: await bob.step(challenge, leg), 'auth-id': r1.headers.get('auth-id')! },
     });
     expect(((await r2.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
+  }
+  const bobsSessions = (s: ReferenceServer) =>
+    new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\bob').map((e) => e.sessionId));
+
+  it("S6: a request with only its own Proxy-Authorization never rides a session another caller's own NTLM handshake authenticated as bob", async () => {
+    const s = await server({ schemes: ['NTLM'] });
+    const a = agent({ credentials: ALICE, negotiate: false, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    await bobsOwnSession(s, a);
     // Caller 2 sends no Authorization, only a Proxy-Authorization of its own (no proxy here).
     const r3 = await fetch(`${s.origin}/auth/carol`, {
       dispatcher: a,
@@ -750,8 +810,27 @@ describe('S6: a session a caller authenticated with its own handshake', () => {
     expect(r3.status).toBe(401);
     expect(body.user).toBeNull();
     const carol = s.exchanges.find((e) => e.path === '/auth/carol')!;
-    const bobs = new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\bob').map((e) => e.sessionId));
-    expect(bobs.has(carol.sessionId)).toBe(false);
+    expect(bobsSessions(s).has(carol.sessionId)).toBe(false);
+  });
+
+  it("S6: a request whose Host header names another origin never rides a session another caller's own NTLM handshake authenticated as bob (review r42), over HTTP/2 and HTTP/1.1", async () => {
+    for (const allowH2 of [true, false]) {
+      const s = await server({ schemes: ['NTLM'] });
+      const a = agent({
+        credentials: ALICE,
+        negotiate: false,
+        allowH2,
+        connect: { ca: s.ca },
+        trustedOrigins: [s.origin],
+      });
+      await bobsOwnSession(s, a);
+      const res = await request(`${s.origin}/auth/carol`, { dispatcher: a, headers: { host: `127.0.0.1:${s.port}` } });
+      await res.body.arrayBuffer();
+      // Before (the first fix, in the callers' lane): 200 as EXAMPLE\bob, on bob's session.
+      expect(res.statusCode).toBe(401);
+      const carol = s.exchanges.find((e) => e.path === '/auth/carol')!;
+      expect([carol.user ?? null, bobsSessions(s).has(carol.sessionId)]).toEqual([null, false]);
+    }
   });
 });
 

@@ -172,8 +172,12 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
       delete headers.cookie;
       delete headers['proxy-authorization'];
     }
-    // curl drops a custom Host on a hop to another host: it would send the hop to the first one's site.
-    if (next.hostname !== from.url.hostname) delete headers.host;
+  }
+  // curl keeps a Host given with -H only on hops to the first URL's host (its first_host): on
+  // another it would send the hop to the first one's site.
+  if (req.headers.host !== undefined) {
+    if (next.hostname === req.url.hostname) headers.host = req.headers.host;
+    else delete headers.host;
   }
   // -e URL;auto: the URL the redirect came from (curl's), which holds no user:password@ here.
   if (req.autoReferer) {

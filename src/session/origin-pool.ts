@@ -75,6 +75,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
   auto: {
     agent: 'auto/agent',
     anonymous: 'auto/anonymous',
+    elsewhere: 'auto/elsewhere',
     caller: 'auto/caller',
     'caller-proxy': 'auto/caller-proxy',
     'caller-both': 'auto/caller-both',
@@ -82,6 +83,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
   http1: {
     agent: 'http1/agent',
     anonymous: 'http1/anonymous',
+    elsewhere: 'http1/elsewhere',
     caller: 'http1/caller',
     'caller-proxy': 'http1/caller-proxy',
     'caller-both': 'http1/caller-both',

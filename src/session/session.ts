@@ -65,14 +65,16 @@ export type Lane = 'auto' | 'http1';
 /**
  * Whose credentials a session's requests carry (S6). A session serves one identity for its whole
  * life: `agent` (the agent's credentials), `anonymous` (requests that must go without them: an
- * untrusted origin, a cross-origin redirect hop), `caller` (requests that bring their own
+ * untrusted origin, a cross-origin redirect hop), `elsewhere` (requests whose own Host header
+ * names another origin: without the agent's credentials and its cookie jar, and apart from the
+ * sessions callers authenticated themselves), `caller` (requests that bring their own
  * `Authorization` only), `caller-proxy` (their own `Proxy-Authorization` only: to the origin they
  * carry nothing, so they must not ride a connection a caller's own handshake authenticated) or
  * `caller-both` (both: a proxy that binds authentication to the connection must not serve the
  * others as them). So a request never rides on a connection that is authenticated, or being
  * authenticated, as someone else.
  */
-export type Identity = 'agent' | 'anonymous' | 'caller' | 'caller-proxy' | 'caller-both';
+export type Identity = 'agent' | 'anonymous' | 'elsewhere' | 'caller' | 'caller-proxy' | 'caller-both';
 
 /**
  * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or

@@ -2,7 +2,20 @@ import { isIP } from 'node:net';
 import type { Dispatcher } from 'undici';
 import type { HeaderMap } from '../headers.ts';
 import { unbracketed } from '../options.ts';
-import { HOST_AND_PORT } from './redirects.ts';
+
+const DEFAULT_PORTS: Readonly<Record<string, string>> = { 'https:': '443', 'http:': '80' };
+/** A Host header value that is a host and port alone (no path, query, userinfo or space). */
+const HOST_AND_PORT = /^[^/?#@\\\s]+$/;
+
+/** What a Host header names, read with `origin`'s scheme; undefined for one that is no plain host and port. */
+export function hostUrl(origin: string, host: string): URL | undefined {
+  if (!HOST_AND_PORT.test(host)) return undefined;
+  try {
+    return new URL(`${origin.slice(0, origin.indexOf(':'))}://${host}`);
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * Whether the caller's Host header sends the request to another authority than `origin` (S1, S6).
@@ -10,25 +23,29 @@ import { HOST_AND_PORT } from './redirects.ts';
  * its certificate is checked against (unless `servername` is given): a gateway that copies its
  * incoming headers, Host among them, would have the agent's password, ticket or authenticated
  * session serve whichever tenant that Host names on a shared front end (review r40). Such a request
- * is the caller's own, as one with its own Authorization is: no agent credentials, no cookie jar,
- * connections of its own. When in doubt (a Host that is no authority, two of them) it is elsewhere.
- * Not elsewhere: no Host header, one naming `origin` itself, and undici's `dns` interceptor's shape
- * (an address in `origin`, the name in Host and in the dispatch option `servername`, which TLS then
- * checks).
+ * goes without the agent's credentials and its cookie jar, on connections of its own. When in
+ * doubt it is elsewhere: a Host that is no plain host and port, two of them, or one the URL parser
+ * reads as the origin but a front end would read as written (`localhos%74`, `127.1`, port `0443`).
+ * Not elsewhere: no Host header, the origin's own (any case, its default port written or not), and
+ * undici's `dns` interceptor's shape: the address it resolved in `origin`, the name in Host with
+ * the same port (and in the dispatch option `servername`, which undici's own retry on the other
+ * address family leaves out; over TLS undici checks the certificate against that name either way).
  */
 export function hostElsewhere(origin: string, headers: HeaderMap, opts?: Dispatcher.DispatchOptions): boolean {
   const host = headers.host;
   if (host === undefined) return false;
-  if (typeof host !== 'string' || !HOST_AND_PORT.test(host)) return true;
-  let named: URL;
-  try {
-    named = new URL(`${origin.slice(0, origin.indexOf(':'))}://${host}`);
-  } catch {
-    return true;
-  }
+  const named = typeof host === 'string' ? hostUrl(origin, host) : undefined;
+  if (!named || typeof host !== 'string') return true;
+  const written = host.toLowerCase();
+  if (written !== named.host && written !== `${named.host}:${DEFAULT_PORTS[named.protocol]}`) return true;
   if (named.origin === origin) return false;
-  const address = unbracketed(new URL(origin).hostname);
+  const dialled = new URL(origin);
   // (undici reads `servername` from the dispatch options; its types do not declare it.)
   const servername = (opts as { servername?: unknown } | undefined)?.servername;
-  return !(isIP(address) !== 0 && typeof servername === 'string' && servername.toLowerCase() === named.hostname);
+  const dnsShape =
+    isIP(unbracketed(dialled.hostname)) !== 0 &&
+    isIP(unbracketed(named.hostname)) === 0 &&
+    named.port === dialled.port &&
+    (servername == null || (typeof servername === 'string' && servername.toLowerCase() === named.hostname));
+  return !dnsShape;
 }

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import type { HeaderMap } from '../headers.ts';
 import { unbracketed } from '../options.ts';
+import { hostUrl } from './host-header.ts';
 
 /**
  * Recognises redirect hops the dispatcher is not told about (S5): fetch follows a 3xx itself, and
@@ -32,9 +33,6 @@ interface Pending {
 
 const joined = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(',') : v);
 
-/** A Host header value that is a host and port alone (no path, query, userinfo or space). */
-export const HOST_AND_PORT = /^[^/?#@\\\s]+$/;
-
 /**
  * Whether `origin`'s host may be an address (a cheap test on the hot path: its first character is
  * a digit or `[`), which an interceptor may have put there in place of the name the caller gave.
@@ -54,15 +52,9 @@ export function mayBeAddress(origin: string): boolean {
 export function namedOrigin(origin: string, headers: HeaderMap): string {
   const host = headers.host;
   if (typeof host !== 'string' || !mayBeAddress(origin)) return origin;
-  const url = new URL(origin);
-  if (isIP(unbracketed(url.hostname)) === 0) return origin;
+  if (isIP(unbracketed(new URL(origin).hostname)) === 0) return origin;
   // A Host header with more than a host and port is not the dns interceptor's: no name from it.
-  if (!HOST_AND_PORT.test(host)) return origin;
-  try {
-    return new URL(`${url.protocol}//${host}`).origin;
-  } catch {
-    return origin;
-  }
+  return hostUrl(origin, host)?.origin ?? origin;
 }
 
 /**
