@@ -721,6 +721,30 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(others.at(-1)!.requestHeaders.host).toBe(elsewhere);
   });
 
+  it("S1/S6: undici's dns interceptor retrying on the other address family (its retry has the name in Host, no servername) is the origin's request: the credentials go (review r42)", async () => {
+    const s = await server({ schemes: ['NTLM'] });
+    const a = agent({
+      credentials: ALICE,
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin, s.origin.replace('localhost', '127.0.0.1'), s.origin.replace('localhost', '[::1]')],
+    });
+    // ::1 first: the server listens on IPv4 only, so the interceptor dispatches again to 127.0.0.1.
+    const viaDns = a.compose(
+      interceptors.dns({
+        affinity: 6,
+        lookup: (_origin, _opts, cb) =>
+          cb(null, [
+            { address: '::1', family: 6, ttl: 60_000 },
+            { address: '127.0.0.1', family: 4, ttl: 60_000 },
+          ]),
+      }),
+    );
+    const res = await request(`${s.origin}/auth/family`, { dispatcher: viaDns });
+    // Before the fix's second round: 401, withheld as host-header.
+    expect(res.statusCode).toBe(200);
+    expect(((await res.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);
