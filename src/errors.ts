@@ -100,7 +100,7 @@ export class BodyNotReplayableError extends MultilegError {
   constructor(limit: number) {
     super(
       'MULTILEG_BODY_NOT_REPLAYABLE',
-      `the request body is a one-shot stream larger than limits.maxReplayBodyBytes (${limit} bytes) and authentication needs to send it again; pass a Buffer/string body or raise limits.maxReplayBodyBytes`,
+      `the request body is a one-shot stream larger than limits.maxReplayBodyBytes (${limit} bytes) and authentication needs to send it again; pass a Buffer/string body, raise limits.maxReplayBodyBytes, or send a small request (a GET) to that origin first: where the server authenticates the connection (NTLM, Kerberos with Persistent-Auth), a stream then goes as it comes`,
     );
   }
 }

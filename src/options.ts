@@ -11,9 +11,13 @@ import type { TrustedOrigins, TrustPolicy } from './trust/policy.ts';
 export interface Limits {
   /** Maximum legs (requests carrying credentials) in one handshake. Default 6. */
   maxLegs: number;
-  /** Maximum requests waiting on one session while a handshake runs. Default 10 000. */
+  /**
+   * Maximum requests waiting at one place: a handshake, a new session's first response, an
+   * HTTP/1.1 connection, a handshake slot, the handshake proving the credentials at an origin or
+   * proxy (`QueueFullError`). Default 10 000.
+   */
   maxQueue: number;
-  /** Maximum time a request may wait in that queue, in ms. Default 60 000. */
+  /** Maximum time a request may wait at any one of those places, in ms (`QueueTimeoutError`). Default 60 000. */
   queueTimeout: number;
   /** Maximum time for a whole handshake, in ms. Default 30 000. */
   handshakeTimeout: number;
