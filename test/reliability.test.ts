@@ -926,6 +926,55 @@ describe('R1/R3: an HTTP/2 server that gives no stream (SETTINGS_MAX_CONCURRENT_
   }, 30_000);
 });
 
+describe('R2: expectContinue, a handshake taken over', () => {
+  it('R2: the request that takes a timed-out handshake over answers the 401 whose stream the server reset after its head (it ended the request without the body its content-length promised): 200, not a raw stream error', async () => {
+    let authenticates = 0;
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY });
+    // (The resets are the point: not the test server's uncaught errors.)
+    server.on('stream', (stream) => stream.on('error', () => {}));
+    // Node's compatibility layer (which emits checkContinue) comes with a 'request' listener; every
+    // leg here expects 100-continue, so this one is never called.
+    server.on('request', (_req, res) => res.writeHead(500).end());
+    server.on('checkContinue', (req, res) => {
+      const type = ntlmType(req.headers);
+      if (type === 1) {
+        res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+        return;
+      }
+      if (type !== 3 || ++authenticates === 1) return; // the leader's AUTHENTICATE: never answered
+      res.writeContinue();
+      req.resume();
+      req.on('end', () => res.writeHead(200).end('ok'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) });
+    const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [origin],
+      schemes: ['NTLM'],
+      // (Its clock runs while the connection is made too: room for a loaded machine's TLS.)
+      limits: { handshakeTimeout: 1000 },
+    });
+    const post = () =>
+      settle(
+        request(`${origin}/x`, {
+          dispatcher: a,
+          method: 'POST',
+          body: 'hello',
+          expectContinue: true,
+          signal: AbortSignal.timeout(BOUND),
+        }),
+      );
+    const [leader, next] = await Promise.all([post(), post()]);
+    expect(leader.ok === false && leader.e).toBeInstanceOf(HandshakeTimeoutError);
+    // Before: ERR_HTTP2_STREAM_ERROR (NGHTTP2_PROTOCOL_ERROR), raw, for the request that took over.
+    expect(next.ok && next.v.statusCode).toBe(200);
+    if (next.ok) expect(await next.v.body.text()).toBe('ok');
+    expect(authenticates).toBe(2);
+  }, 30_000);
+});
+
 describe('R4: no storms', () => {
   /** Runs `fn` with no Kerberos ticket (the addon reads KRB5CCNAME when asked), then puts it back. */
   async function withoutTicket(fn: () => Promise<void>): Promise<void> {

@@ -393,6 +393,15 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     this.#unanswered = mode === 'head' && this.#controller !== undefined;
     if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';
+    if (mode === 'drain' && (err as { code?: unknown }).code === 'ERR_HTTP2_STREAM_ERROR') {
+      // An HTTP/2 stream reset after the challenge's head: its headers are all a handshake needs,
+      // and the connection lives on (as for a body cut, see #stopDraining). A Node server resets so
+      // when undici ends an expectContinue request it answered early without the body its
+      // content-length promised (PROTOCOL_ERROR): a raw stream error to the caller before.
+      this.#held = undefined; // (a body cut short is not the server's response)
+      this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+      return;
+    }
     if (mode === 'deliver' || mode === 'gated') {
       this.#sink.fail(err);
       this.#settleDone();
