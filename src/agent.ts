@@ -629,6 +629,12 @@ export class MultilegAgent extends Dispatcher {
     }
   }
 
+  /**
+   * Takes no new requests and resolves once those it has have ended, their responses read to the end
+   * (undici's close). What undici still holds on a connection once none of them is on it — a request
+   * given up before an HTTP/2 server gave it a stream, which undici keeps until its headersTimeout —
+   * is not waited for: that connection is destroyed (R1).
+   */
   override close(): Promise<void>;
   override close(callback: () => void): void;
   override close(callback?: () => void): Promise<void> | void {

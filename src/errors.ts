@@ -82,16 +82,38 @@ export class QueueTimeoutError extends MultilegError {
   }
 }
 
+/**
+ * Why the server never gave a request an HTTP/2 stream: its SETTINGS never came after TLS
+ * (`settings`), or it allows none (`limit`: SETTINGS_MAX_CONCURRENT_STREAMS 0).
+ */
+export type NoStream = 'settings' | 'limit';
+
+const NO_STREAM: Record<NoStream, string> = {
+  settings: 'its HTTP/2 SETTINGS never came (the TLS connection is up, nothing arrived on it)',
+  limit: 'it allows no HTTP/2 streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)',
+};
+
 /** A handshake took longer than `limits.handshakeTimeout` (C11). */
 export class HandshakeTimeoutError extends MultilegError {
-  /** `waited`: what did not answer, when it was not the server (T3: the caller's certificate selector). */
-  constructor(ms: number, scheme: string, waited?: string) {
+  /**
+   * Set when the handshake's leg never reached the server because the server gave it no HTTP/2
+   * stream (R3): a longer timeout does not help; the server (or HTTP/1.1) does.
+   */
+  readonly noStream: NoStream | undefined;
+  /**
+   * `waited`: what did not answer, when it was not the server (T3: the caller's certificate
+   * selector). `noStream`: the server never gave the leg a stream, and why.
+   */
+  constructor(ms: number, scheme: string, waited?: string, noStream?: NoStream) {
     super(
       'MULTILEG_HANDSHAKE_TIMEOUT',
-      waited === undefined
-        ? `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms); check the server or raise limits.handshakeTimeout`
-        : `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms): ${waited}`,
+      waited !== undefined
+        ? `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms): ${waited}`
+        : noStream !== undefined
+          ? `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms): the server never gave its leg a stream — ${NO_STREAM[noStream]}; check the server, or use HTTP/1.1 (allowH2: false)`
+          : `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms); check the server or raise limits.handshakeTimeout`,
     );
+    this.noStream = noStream;
   }
 }
 

@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
+import { createSecureServer as createHttp2Server, type Http2SecureServer } from 'node:http2';
 import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,10 +20,11 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
-const listen = async (server: Server | TcpServer) => {
+const listen = async (server: Server | TcpServer | Http2SecureServer) => {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   return (server.address() as { port: number }).port;
@@ -764,6 +766,20 @@ describe('multileg: curl options', () => {
     expect(origin.code).toBe(28);
     expect(origin.stderr).toContain('Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.');
     expect(ntlmSeen.filter((r) => r.startsWith('/ntlm-silent/1 '))).toEqual(['/ntlm-silent/1 1', '/ntlm-silent/1 1']);
+  });
+
+  it('R3: --ntlm to an HTTP/2 server that allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0): exit 28, and the message says the server gave the leg no stream and names --http1.1, not to raise --timeout', async () => {
+    const noStreams = createHttp2Server({ cert: SERVER_CERT, key: SERVER_KEY, settings: { maxConcurrentStreams: 0 } });
+    const port = await listen(noStreams);
+    try {
+      const r = await run([...alice(), '--ntlm', '--timeout', '1000', `https://localhost:${port}/x`]);
+      expect(r.code).toBe(28);
+      expect(r.stderr).toBe(
+        'multileg: NTLM handshake did not finish within --timeout (1000 ms): the server never gave its leg a stream — it allows no HTTP/2 streams (SETTINGS_MAX_CONCURRENT_STREAMS 0); check the server, or use HTTP/1.1 (--http1.1) (MULTILEG_HANDSHAKE_TIMEOUT)\n',
+      );
+    } finally {
+      noStreams.close();
+    }
   });
 
   it('R4: --retry still does not retry an attempt whose NTLM AUTHENTICATE went unanswered (it holds the proof of the password)', async () => {

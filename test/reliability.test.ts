@@ -4,9 +4,15 @@
  * AbortSignal far above the agent's bounds), so a request that settles with the agent's typed error
  * proves the agent's bound, not the test's, ended it.
  */
-import { createSecureServer, type Http2SecureServer, type IncomingHttpHeaders } from 'node:http2';
+import {
+  createSecureServer,
+  type Http2SecureServer,
+  type IncomingHttpHeaders,
+  type ServerHttp2Session,
+} from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
+import { createServer as createTlsServer } from 'node:tls';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { type Dispatcher, fetch, request } from 'undici';
@@ -733,6 +739,240 @@ describe('R3: handshakeTimeout bounds the mechanism itself', () => {
     // Ended by the agent's clock (about 1.2 s + 1 s), not by the test's deadline (no wall-clock check).
     expect(signal.aborted).toBe(false);
   });
+});
+
+/**
+ * An HTTP/2 TLS origin that gives no stream: `limit` says SETTINGS_MAX_CONCURRENT_STREAMS 0; `settings`
+ * completes TLS (ALPN h2) and never sends a byte, not even its SETTINGS. `answer`, on the `limit` one,
+ * answers a stream it once allows (its own `lower()` sets the limit to 0 on every connection again).
+ * `closed` settles when a client's connection to it has closed.
+ */
+async function noStreams(
+  kind: 'limit' | 'settings',
+  answer?: (headers: IncomingHttpHeaders, respond: (status: number, headers?: Record<string, string>) => void) => void,
+): Promise<{ origin: string; closed: Promise<void>; lower: () => Promise<void> }> {
+  const closed = deferred();
+  const sockets = new Set<import('node:net').Socket>();
+  const sessions = new Set<ServerHttp2Session>();
+  const server =
+    kind === 'settings'
+      ? createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY, ALPNProtocols: ['h2'] })
+      : createSecureServer({
+          cert: SERVER_CERT,
+          key: SERVER_KEY,
+          ...(answer ? {} : { settings: { maxConcurrentStreams: 0 } }),
+        });
+  server.on('secureConnection', (s: import('node:net').Socket) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.on('close', () => {
+      sockets.delete(s);
+      closed.resolve();
+    });
+  });
+  if (answer && kind === 'limit') {
+    const h2 = server as Http2SecureServer;
+    h2.on('session', (session) => sessions.add(session));
+    h2.on('stream', (stream, headers) =>
+      answer(headers, (status, extra = {}) => stream.respond({ ':status': status, ...extra }, { endStream: true })),
+    );
+  }
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  servers.push({
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  });
+  const lower = () =>
+    Promise.all(
+      [...sessions].map(
+        (session) => new Promise<void>((r) => session.settings({ maxConcurrentStreams: 0 }, () => r())),
+      ),
+    ).then(() => {});
+  return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, closed: closed.promise, lower };
+}
+
+/** undici's headersTimeout where it is at stake: far beyond any bound of the tests below. */
+const NEVER = 3_600_000;
+/** The tests' own generous bound, far below NEVER: a bound, not a timing assertion. */
+const BOUND = 20_000;
+const within = <T>(work: Promise<T>, what: string): Promise<T> =>
+  Promise.race([
+    work,
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`${what} did not happen within the test's bound`)), BOUND).unref(),
+    ),
+  ]);
+const ntlmType = (headers: IncomingHttpHeaders): number =>
+  headers.authorization?.startsWith('NTLM ') ? Buffer.from(headers.authorization.slice(5), 'base64')[8]! : 0;
+
+describe('R1/R3: an HTTP/2 server that gives no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0, or no SETTINGS at all)', () => {
+  const ntlmAgent = (origin: string) =>
+    agent({
+      credentials: ALICE,
+      trustedOrigins: [origin],
+      schemes: ['NTLM'], // a NEGOTIATE on the first request: the handshake starts at once
+      // (Its clock runs while the connection is made too: room for a loaded machine's TLS.)
+      limits: { handshakeTimeout: 1000 },
+      headersTimeout: NEVER,
+    });
+
+  it("R1: after a HandshakeTimeoutError there (the leg never got a stream), agent.close() resolves without waiting for undici's headersTimeout", async () => {
+    const s = await noStreams('limit');
+    const a = ntlmAgent(s.origin);
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
+    expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+    // Before: close() waited for the leg undici held unstarted, until its headersTimeout (300 s by default).
+    await within(a.close(), 'agent.close()');
+  }, 30_000);
+
+  it('R1: a session whose handshake leg never got a stream retires (destroyed) without close(): its connection ends, so a process can exit', async () => {
+    const s = await noStreams('limit');
+    const a = ntlmAgent(s.origin);
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
+    expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+    // Before: the connection stayed open (and the process alive) until undici's headersTimeout.
+    await within(s.closed, "the session's connection closing");
+    expect(a.sessions()).toEqual([]);
+  }, 30_000);
+
+  it("R1: a bare first request its caller aborts there: agent.close() resolves without waiting for undici's headersTimeout", async () => {
+    const s = await noStreams('limit');
+    const a = agent({ trustedOrigins: [s.origin], negotiate: false, headersTimeout: NEVER });
+    const caller = new AbortController();
+    const pending = settle(request(`${s.origin}/x`, { dispatcher: a, signal: caller.signal }));
+    setTimeout(() => caller.abort(new Error('caller gave up')), 300);
+    const r = await pending;
+    expect(r.ok === false && r.e.message).toBe('caller gave up');
+    await within(a.close(), 'agent.close()');
+    await within(s.closed, "the session's connection closing");
+  }, 30_000);
+
+  it('R1: a request on the fast path of an authenticated session whose server then allows no stream, aborted by its caller: agent.close() resolves without waiting for headersTimeout', async () => {
+    const s = await noStreams('limit', (headers, respond) => {
+      const type = ntlmType(headers);
+      if (type === 1) respond(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` });
+      else if (type === 3) respond(200);
+      else respond(headers.authorization ? 400 : 401, { 'www-authenticate': 'NTLM' });
+    });
+    const a = ntlmAgent(s.origin);
+    const first = await request(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) });
+    expect(first.statusCode).toBe(200);
+    await first.body.dump();
+    await s.lower(); // acknowledged: the agent's connection knows it may open no stream
+    // fetch: its abort reaches the agent, not undici (request() hands undici the signal itself).
+    const caller = new AbortController();
+    const pending = settle(fetch(`${s.origin}/y`, { dispatcher: a, signal: caller.signal }));
+    setTimeout(() => caller.abort(new Error('caller gave up')), 300);
+    const r = await pending;
+    expect(r.ok === false && r.e.message).toBe('caller gave up');
+    expect(a.handshakes()).toHaveLength(1); // the second went bare, on the authenticated session
+    await within(a.close(), 'agent.close()');
+  }, 30_000);
+
+  it('R1/R3: a burst of 2 there: the request that takes the timed-out handshake over (its leg never started: undici knew of the limit) gets its own HandshakeTimeoutError, and close() resolves', async () => {
+    const s = await noStreams('limit');
+    const a = ntlmAgent(s.origin);
+    const signal = AbortSignal.timeout(BOUND);
+    const results = await Promise.all([1, 2].map((i) => settle(fetch(`${s.origin}/${i}`, { dispatcher: a, signal }))));
+    // Before: the second's caller got its error, but its handshake waited for the leg undici held
+    // unstarted until its headersTimeout, and close() with it.
+    for (const r of results) expect(r.ok === false && r.e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(results.map((r) => (r.ok ? undefined : (r.e as HandshakeTimeoutError).noStream))).toEqual([
+      'limit',
+      'limit',
+    ]);
+    await within(a.close(), 'agent.close()');
+  }, 30_000);
+
+  it('R3: HandshakeTimeoutError says the server never gave the leg a stream, as it allows none — not to raise limits.handshakeTimeout', async () => {
+    const s = await noStreams('limit');
+    const a = ntlmAgent(s.origin);
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
+    const e = (r.ok === false && r.e) as HandshakeTimeoutError;
+    expect(e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(e.noStream).toBe('limit');
+    expect(e.message).toMatch(
+      /never gave its leg a stream — it allows no HTTP\/2 streams \(SETTINGS_MAX_CONCURRENT_STREAMS 0\)/,
+    );
+    expect(e.message).not.toMatch(/raise limits\.handshakeTimeout/);
+  }, 30_000);
+
+  it('R3: HandshakeTimeoutError says the server never gave the leg a stream, as its SETTINGS never came (TLS up, nothing after it); close() resolves', async () => {
+    const s = await noStreams('settings');
+    const a = ntlmAgent(s.origin);
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
+    const e = (r.ok === false && r.e) as HandshakeTimeoutError;
+    expect(e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(e.noStream).toBe('settings');
+    expect(e.message).toMatch(/never gave its leg a stream — its HTTP\/2 SETTINGS never came/);
+    await within(a.close(), 'agent.close()');
+  }, 30_000);
+
+  it('R3: a leg the server did get and never answered: HandshakeTimeoutError says to check the server or raise the limit, as before (no stream blamed)', async () => {
+    const s = await hostile((headers, respond) => {
+      if (ntlmType(headers) === 1) respond(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` });
+      // the AUTHENTICATE: never answered
+    });
+    const a = ntlmAgent(s.origin);
+    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
+    const e = (r.ok === false && r.e) as HandshakeTimeoutError;
+    expect(e).toBeInstanceOf(HandshakeTimeoutError);
+    expect(e.noStream).toBeUndefined();
+    expect(e.message).toMatch(/; check the server or raise limits\.handshakeTimeout$/);
+    expect(s.requests()).toBe(2);
+  }, 30_000);
+});
+
+describe('R2: expectContinue, a handshake taken over', () => {
+  it('R2: the request that takes a timed-out handshake over answers the 401 whose stream the server reset after its head (it ended the request without the body its content-length promised): 200, not a raw stream error', async () => {
+    let authenticates = 0;
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY });
+    // (The resets are the point: not the test server's uncaught errors.)
+    server.on('stream', (stream) => stream.on('error', () => {}));
+    // Node's compatibility layer (which emits checkContinue) comes with a 'request' listener; every
+    // leg here expects 100-continue, so this one is never called.
+    server.on('request', (_req, res) => res.writeHead(500).end());
+    server.on('checkContinue', (req, res) => {
+      const type = ntlmType(req.headers);
+      if (type === 1) {
+        res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+        return;
+      }
+      if (type !== 3 || ++authenticates === 1) return; // the leader's AUTHENTICATE: never answered
+      res.writeContinue();
+      req.resume();
+      req.on('end', () => res.writeHead(200).end('ok'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) });
+    const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [origin],
+      schemes: ['NTLM'],
+      // (Its clock runs while the connection is made too: room for a loaded machine's TLS.)
+      limits: { handshakeTimeout: 1000 },
+    });
+    const post = () =>
+      settle(
+        request(`${origin}/x`, {
+          dispatcher: a,
+          method: 'POST',
+          body: 'hello',
+          expectContinue: true,
+          signal: AbortSignal.timeout(BOUND),
+        }),
+      );
+    const [leader, next] = await Promise.all([post(), post()]);
+    expect(leader.ok === false && leader.e).toBeInstanceOf(HandshakeTimeoutError);
+    // Before: ERR_HTTP2_STREAM_ERROR (NGHTTP2_PROTOCOL_ERROR), raw, for the request that took over.
+    expect(next.ok && next.v.statusCode).toBe(200);
+    if (next.ok) expect(await next.v.body.text()).toBe('ok');
+    expect(authenticates).toBe(2);
+  }, 30_000);
 });
 
 describe('R4: no storms', () => {

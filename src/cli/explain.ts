@@ -108,6 +108,7 @@ const PROXY_FLAGS: Readonly<Record<string, string>> = {
 const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups: string[]) => string)]> = [
   [/\blimits\.maxLegs\b/g, '--max-legs'],
   [/\blimits\.handshakeTimeout\b/g, '--timeout'],
+  [/\buse HTTP\/1\.1 \(allowH2: false\)/g, 'use HTTP/1.1 (--http1.1)'],
   [/\bnegotiate\.canonicalizeHost\b/g, '--canonicalize-host'],
   [/\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
   [/\bnegotiate\.spn\b/g, '--spn'],

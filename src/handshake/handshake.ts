@@ -7,7 +7,7 @@ import {
 } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
-import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError, type NoStream } from '../errors.ts';
 import { log } from '../log.ts';
 import { atOpening, cannotRunHere, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
@@ -58,6 +58,11 @@ export interface HandshakeInput {
    * `refused` with that 401's challenges, to be answered with the current mechanisms.
    */
   readonly superseded?: () => boolean;
+  /**
+   * Asked when the handshake's clock ends it with a leg on the wire: whether the server never gave
+   * that leg a stream, and why (the timeout's message then says so, R3).
+   */
+  noStream?(): NoStream | undefined;
   /**
    * Led before any 401 at an origin nothing is known of (curl --ntlm's first leg): a 401 that does
    * not offer this scheme is the caller's answer, as a bare request would have met it — nothing else
@@ -179,8 +184,9 @@ export function handshakeClock(
   ms: number,
   scheme: string,
   onExpire: (err: HandshakeTimeoutError) => void,
+  noStream?: () => NoStream | undefined,
 ): Deadline<HandshakeTimeoutError> {
-  return new Deadline(ms, () => new HandshakeTimeoutError(ms, scheme), onExpire).start();
+  return new Deadline(ms, () => new HandshakeTimeoutError(ms, scheme, undefined, noStream?.()), onExpire).start();
 }
 
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
@@ -270,10 +276,16 @@ class Handshake {
     }
     // Aborting through the sink reaches whichever leg is on the wire; a step running then ends the
     // handshake here (a step that never returns cannot hold the caller, R3).
-    this.#clock = handshakeClock(this.#input.timeout, this.#mechanism.scheme, (err) => {
-      this.#sink.abort(err);
-      if (this.#phase === 'step') this.#end(this.#failed(this.#clock.error()));
-    });
+    this.#clock = handshakeClock(
+      this.#input.timeout,
+      this.#mechanism.scheme,
+      (err) => {
+        this.#sink.abort(err);
+        if (this.#phase === 'step') this.#end(this.#failed(this.#clock.error()));
+      },
+      // (Only for a leg: a mechanism step that never returns is no stream's fault.)
+      () => (this.#phase === 'leg' ? this.#input.noStream?.() : undefined),
+    );
     this.#step();
   }
 

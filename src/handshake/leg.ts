@@ -120,6 +120,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #controller: Controller | undefined;
   /** undici wrote the leg, and it failed before any response head came (see {@link unanswered}). */
   #unanswered = false;
+  /** Why the leg was given up before undici started it (see {@link abort}); undici aborts it when it does. */
+  #givenUp: Error | undefined;
+  readonly #onAbort: (() => void) | undefined;
   readonly #sink: UserSink;
   readonly #classify: (status: number, headers: ResponseHeaders) => Verdict;
   readonly #beforeStart: (controller: Controller) => void;
@@ -144,8 +147,14 @@ export class LegHandler implements Dispatcher.DispatchHandler {
      * promise per leg); `result` is then made only if someone asks for it.
      */
     onResult?: (r: LegResult) => void;
+    /**
+     * Told when the leg is aborted (caller, timeout) before its response ended: undici may go on
+     * holding it in its queue (see Session.noteAborted).
+     */
+    onAbort?: () => void;
   }) {
     this.#sink = opts.sink;
+    this.#onAbort = opts.onAbort;
     this.#classify = opts.classify;
     this.#beforeStart = opts.beforeStart;
     this.#maxDrain = opts.maxDrainBytes;
@@ -172,16 +181,31 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 
   /**
    * Aborts the leg on the wire (caller abort, timeout). A leg undici has not started yet (queued in
-   * its Client while the connection is made) ends for the caller now; undici aborts it when it
-   * starts it (Session.checkStart), so it never reaches the wire.
+   * its Client while the connection is made, or on an HTTP/2 connection whose server gives no
+   * stream) ends now, for the caller and for the handshake or request it belongs to; undici aborts
+   * it when it starts it (onRequestStart), so it never reaches the wire.
    */
   abort(reason: Error): void {
+    if (this.#mode !== 'over') this.#onAbort?.();
     // A gated response waits for the mechanism, not for undici, which may have ended the response
     // already (aborting its controller then does nothing): the gate ends here (R3, and the
     // caller's abort works while the server's final token is verified).
     if (this.#mode === 'gated') this.#gateFailed(reason);
     else if (this.#controller) this.#controller.abort(reason);
+    else if (this.#mode === 'head') this.#giveUp(reason);
     else this.#sink.fail(reason);
+  }
+
+  /**
+   * Ends a leg undici has not started. Its result comes now (R1, R3): undici may not start it
+   * before its headersTimeout (an HTTP/2 server whose SETTINGS never came, or that allows no
+   * stream), and a handshake waiting for it would hold its waiters and its session as long.
+   */
+  #giveUp(reason: Error): void {
+    this.#mode = 'over';
+    this.#givenUp = reason;
+    this.#sink.fail(reason);
+    this.#resolve({ kind: 'failed', error: reason });
   }
 
   /**
@@ -200,6 +224,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Controller): void {
     this.#controller = controller;
+    if (this.#givenUp) {
+      // Given up while undici held it: it never reaches the wire.
+      controller.abort(this.#givenUp);
+      return;
+    }
     this.#mode = 'head';
     this.#beforeStart(controller);
   }
@@ -358,10 +387,21 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Controller | null, err: Error): void {
+    // (Given up: its result is known; undici aborted it as it started it, or failed it unstarted.)
+    if (this.#givenUp) return;
     const mode = this.#mode;
     this.#unanswered = mode === 'head' && this.#controller !== undefined;
     if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';
+    if (mode === 'drain' && (err as { code?: unknown }).code === 'ERR_HTTP2_STREAM_ERROR') {
+      // An HTTP/2 stream reset after the challenge's head: its headers are all a handshake needs,
+      // and the connection lives on (as for a body cut, see #stopDraining). A Node server resets so
+      // when undici ends an expectContinue request it answered early without the body its
+      // content-length promised (PROTOCOL_ERROR): a raw stream error to the caller before.
+      this.#held = undefined; // (a body cut short is not the server's response)
+      this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+      return;
+    }
     if (mode === 'deliver' || mode === 'gated') {
       this.#sink.fail(err);
       this.#settleDone();

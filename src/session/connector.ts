@@ -17,6 +17,11 @@ export interface ConnectionInfo {
   readonly channelBinding?: Buffer;
   /** Through a CONNECT tunnel: who its CONNECT authenticated as (S6, {@link AdmittedHolder}). */
   readonly proxyHolder?: AdmittedHolder;
+  /**
+   * Nothing has come from the origin on the connection since it was made (after TLS: on HTTP/2,
+   * not even its SETTINGS). Not through a forwarding proxy, whose connection it is.
+   */
+  readonly silent?: () => boolean;
 }
 
 /** One session's connect function for its Client, and its early connection. */
@@ -83,6 +88,8 @@ export function sessionConnector(
       protocol,
       channelBinding: tlsServerEndPoint(cert),
       ...(proxyHolder ? { proxyHolder } : {}),
+      // A TLS socket counts the bytes it decrypted (the handshake's are its transport's).
+      ...(proxied !== 'forward' ? { silent: () => socket.bytesRead === 0 } : {}),
     });
     return socket;
   };

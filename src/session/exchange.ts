@@ -1,7 +1,7 @@
 import { readAuthId, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
-import { BodyNotReplayableError, HandshakeTimeoutError, MultilegError, ownCopy } from '../errors.ts';
+import { BodyNotReplayableError, HandshakeTimeoutError, MultilegError, type NoStream, ownCopy } from '../errors.ts';
 import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
@@ -1115,6 +1115,10 @@ class Lead implements HandshakeInput, LegInfo {
 
   slot(): (() => void) | Promise<() => void> {
     return this.#run.session.handshakeSlot(this.#run.job);
+  }
+
+  noStream(): NoStream | undefined {
+    return this.#run.session.noStream;
   }
 
   /** Per-request handshakes run side by side, up to the server's cap on incomplete contexts. */

@@ -43,6 +43,10 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   #delivering = false;
   /** The leg handler that took over after a 401 or 421. */
   #slow: LegHandler | undefined;
+  /** In undici's queue, not started yet. */
+  #queued = false;
+  /** Why the caller gave it up before undici started it; undici aborts it when it does. */
+  #givenUp: Error | undefined;
 
   constructor(session: Session, job: Job, host: FastHost) {
     this.session = session;
@@ -53,19 +57,40 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   }
 
   start(): void {
+    // The caller's abort reaches it from now, also while undici holds it unstarted (see callerAborted).
+    this.job.sink.onAbort(this);
+    this.#queued = true;
     const error = this.session.dispatchAsGiven(this.job, this);
-    if (error) this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error }));
+    if (error) {
+      this.#queued = false;
+      this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error }));
+    }
   }
 
   /** The caller aborted (the sink's abort hook: no closure per request). */
   callerAborted(reason: Error): void {
     if (this.#slow) this.#slow.abort(reason);
-    else this.#controller?.abort(reason);
+    else if (this.#controller) {
+      this.session.noteAborted();
+      this.#controller.abort(reason);
+    } else if (!this.#queued) this.job.sink.fail(reason);
+    else {
+      // Not started by undici yet: over now, for the caller and the session (R1). undici holds it
+      // until it can start it, which a server that gives no stream puts off until headersTimeout.
+      this.#givenUp = reason;
+      this.session.noteAborted();
+      this.job.sink.fail(reason);
+      this.#ended();
+    }
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
-    this.job.sink.onAbort(this);
+    this.#queued = false;
+    if (this.#givenUp) {
+      controller.abort(this.#givenUp);
+      return;
+    }
     this.session.checkStart(this.job, controller);
   }
 
@@ -93,6 +118,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
         sink: this.job.sink,
         classify: (s, h) => classifySend(run, seen, s, h),
         beforeStart: () => {},
+        onAbort: this.session.noteAborted,
         maxDrainBytes: env.limits.maxChallengeBodyBytes,
         maxDrainMs: env.limits.handshakeTimeout,
       });
@@ -122,6 +148,9 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
+    this.#queued = false;
+    // Ended for the caller already; failed by undici without being started (or aborted as it was).
+    if (this.#givenUp) return;
     if (this.#slow) {
       this.#slow.onResponseError(controller, err);
       return;

@@ -9,6 +9,7 @@ import {
   type ConnectionClosedOptions,
   CookieStoreError,
   MultilegError,
+  type NoStream,
 } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import {
@@ -103,6 +104,11 @@ export class Session {
   /** Response heads this session's connection gave (a forwarding proxy's leg it closed under after one was reused). */
   #answers = 0;
   #inflight = 0;
+  /**
+   * A leg or fast-path request was aborted (its caller, its handshake's clock) since the session last
+   * held nothing: undici may still hold it (see {@link noteAborted}).
+   */
+  #aborted = false;
   /** The most requests it held at once (see peakInflight). */
   #peakInflight = 0;
   /** The error undici failed the streams a GOAWAY refused with (R5). */
@@ -256,6 +262,20 @@ export class Session {
   get proxyHolder(): AdmittedHolder | undefined {
     return this.#forward ? this.#forward.holder : this.#connection?.proxyHolder;
   }
+  /**
+   * Why a leg on this HTTP/2 session never reached the origin, when the origin is why: its SETTINGS
+   * never came (`settings`: nothing came on the connection at all), or it gives no stream
+   * (`limit`: undici holds requests it cannot start while none runs — SETTINGS_MAX_CONCURRENT_STREAMS
+   * 0). Said by a handshake's timeout (R3), which a leg the server never saw is no fault of. Undefined
+   * otherwise (also through a forwarding proxy).
+   */
+  get noStream(): NoStream | undefined {
+    const connection = this.#connection;
+    if (connection?.protocol !== 'h2' || !connection.silent || this.client.destroyed) return undefined;
+    if (connection.silent()) return 'settings';
+    const { connected, running, pending } = this.client.stats;
+    return connected && running === 0 && pending > 0 ? 'limit' : undefined;
+  }
   get protocol(): 'h2' | 'http/1.1' | undefined {
     return this.#connection?.protocol;
   }
@@ -341,10 +361,44 @@ export class Session {
     return !this.#connection && this.#connector.open !== undefined && !this.closed;
   }
 
-  /** Closes the Client once its requests are done (and a connection it never took). */
+  /**
+   * Closes the Client once its requests are done (and a connection it never took). With none of
+   * ours left on it, what undici still holds is dead weight that its close would wait for (see
+   * {@link noteAborted}): the Client is destroyed instead.
+   */
   close(): Promise<void> {
     this.#connector.dispose();
+    if (this.#inflight === 0 && this.client.stats.size > 0) return this.#dropDead();
     return this.client.close().catch(() => {});
+  }
+
+  /**
+   * One of its legs or fast-path requests was aborted (R1). undici may go on holding an aborted
+   * request that never got an HTTP/2 stream — one it had not started, or had started and then put
+   * back in its queue when the server refused the stream (REFUSED_STREAM: a server whose
+   * SETTINGS_MAX_CONCURRENT_STREAMS is 0) — until it can start it, which such a server puts off
+   * until undici's headersTimeout (300 s by default): that held the session, its connection and
+   * the process as long. Once no request of ours is on the session, whatever undici holds is dead
+   * weight: the session is destroyed.
+   */
+  readonly noteAborted = (): void => {
+    this.#aborted = true;
+  };
+
+  /** After an abort, once no request of ours is left on it: destroyed if undici still holds any. */
+  readonly #dropIfDead = (): void => {
+    if (this.#inflight > 0 || this.client.destroyed) return;
+    this.#aborted = false;
+    if (this.client.stats.size === 0) return;
+    const open = !this.closed;
+    this.#dropDead();
+    // (An open session retires: the pool drops it and opens another for the next request.)
+    if (open) this.#onChange();
+  };
+
+  #dropDead(): Promise<void> {
+    log.session('%s holds only requests given up without a stream: destroyed', this.id);
+    return this.destroy(new StaleConnectionError());
   }
 
   /**
@@ -369,6 +423,8 @@ export class Session {
   }
   release(): void {
     this.#inflight -= 1;
+    // A microtask later: a request released from undici's own callback is not out of its queue yet.
+    if (this.#inflight === 0 && this.#aborted) queueMicrotask(this.#dropIfDead);
     this.#onChange();
   }
 
@@ -603,6 +659,7 @@ export class Session {
         return verdict;
       },
       beforeStart: (controller) => this.checkStart(job, controller),
+      onAbort: this.noteAborted,
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
