@@ -842,6 +842,13 @@ describe('multileg command line', () => {
       `multileg: no password for EXAMPLE\\alice: ${netrc}'s entry for localhost has a login and no password; add 'password …' to it, pipe it with --password-stdin, or set MULTILEG_PASSWORD\n`,
     );
     expect(server.exchanges.length).toBe(sent);
+    // -u with a user alone, no terminal: every way to give the password is named (u8: -K was not).
+    const userOnly = await run(['-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/pw`]);
+    expect(userOnly.code).toBe(2);
+    expect(userOnly.stderr).toBe(
+      'multileg: no password for EXAMPLE\\alice: write -u user:password, pipe it with --password-stdin, put it in a -K file (user = "user:password") or a --netrc-file, or set MULTILEG_PASSWORD\n',
+    );
+    expect(server.exchanges.length).toBe(sent);
   });
 
   it("URL globbing ({a,b}, [1-3]), which multileg does not do, is bad usage before anything is sent (one literal URL went, where curl makes several transfers); -g (curl's --globoff) sends {} and [] as they are", async () => {

@@ -141,7 +141,7 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
   throw new ConfigError(
     netrcFile !== undefined
       ? `no password for ${user.username}: ${netrcFile}'s entry for ${s.host} has a login and no password; add 'password …' to it, pipe it with --password-stdin, or set MULTILEG_PASSWORD`
-      : `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, or set MULTILEG_PASSWORD`,
+      : `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, put it in a -K file (user = "user:password") or a --netrc-file, or set MULTILEG_PASSWORD`,
   );
 }
 
