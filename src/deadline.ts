@@ -28,9 +28,13 @@ export class Deadline<E extends Error> {
     return this.#timedOut;
   }
 
-  /** The error for this deadline (also what `race` rejects with once it passed). */
+  /**
+   * The error for this deadline (also what `race` rejects with once it passed): once it fired, the
+   * one it fired with, so that every caller told of it gets the same (its message may read state
+   * that the expiry then changed, r44).
+   */
   error(): E {
-    return this.#error();
+    return this.#fired ?? this.#error();
   }
 
   /** Runs the timer: a full period from now, unless it runs already (or already fired). */

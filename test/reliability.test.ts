@@ -5,6 +5,7 @@
  * proves the agent's bound, not the test's, ended it.
  */
 import {
+  constants,
   createSecureServer,
   type Http2SecureServer,
   type IncomingHttpHeaders,
@@ -972,6 +973,55 @@ describe('R2: expectContinue, a handshake taken over', () => {
     expect(next.ok && next.v.statusCode).toBe(200);
     if (next.ok) expect(await next.v.body.text()).toBe('ok');
     expect(authenticates).toBe(2);
+  }, 30_000);
+
+  it("R2/R4: without expectContinue, or with a reset other than PROTOCOL_ERROR, a stream reset after a challenge's head is the error it was: the POST is not sent again (review r44)", async () => {
+    const seen: number[] = [];
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY });
+    let code: number = constants.NGHTTP2_REFUSED_STREAM;
+    server.on('stream', (stream, headers) => {
+      stream.on('error', () => {});
+      const type = ntlmType(headers);
+      seen.push(type);
+      if (type === 1) {
+        // The challenge's head and part of its body, then the server's own reset.
+        stream.respond({ ':status': 401, 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` });
+        stream.write('partial');
+        stream.close(code);
+        return;
+      }
+      if (type === 3) {
+        stream.respond({ ':status': 200 });
+        stream.end('ok');
+        return;
+      }
+      stream.respond({ ':status': 401, 'www-authenticate': 'NTLM' }, { endStream: true });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) });
+    const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+    for (const [reset, expectContinue] of [
+      [constants.NGHTTP2_REFUSED_STREAM, false],
+      [constants.NGHTTP2_INTERNAL_ERROR, false],
+      [constants.NGHTTP2_PROTOCOL_ERROR, false],
+      [constants.NGHTTP2_REFUSED_STREAM, true],
+    ] as const) {
+      code = reset;
+      seen.length = 0;
+      const a = agent({ credentials: ALICE, trustedOrigins: [origin], schemes: ['NTLM'] });
+      const r = await settle(
+        request(`${origin}/x`, {
+          dispatcher: a,
+          method: 'POST',
+          body: 'payload',
+          expectContinue,
+          signal: AbortSignal.timeout(BOUND),
+        }),
+      );
+      // Before: the handshake went on, the POST went again with its body (types 1, 3) and got 200.
+      expect([reset, r.ok]).toEqual([reset, false]);
+      expect([reset, seen.filter((t) => t === 3)]).toEqual([reset, []]);
+    }
   }, 30_000);
 });
 

@@ -128,6 +128,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   readonly #beforeStart: (controller: Controller) => void;
   readonly #maxDrain: number;
   readonly #maxDrainMs: number | undefined;
+  readonly #expectContinue: boolean;
   #drainTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: {
@@ -152,9 +153,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
      * holding it in its queue (see Session.noteAborted).
      */
     onAbort?: () => void;
+    /** The leg is sent with `expectContinue` (see onResponseError). */
+    expectContinue?: boolean;
   }) {
     this.#sink = opts.sink;
     this.#onAbort = opts.onAbort;
+    this.#expectContinue = opts.expectContinue === true;
     this.#classify = opts.classify;
     this.#beforeStart = opts.beforeStart;
     this.#maxDrain = opts.maxDrainBytes;
@@ -393,12 +397,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     this.#unanswered = mode === 'head' && this.#controller !== undefined;
     if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';
-    if (mode === 'drain' && (err as { code?: unknown }).code === 'ERR_HTTP2_STREAM_ERROR') {
-      // An HTTP/2 stream reset after the challenge's head: its headers are all a handshake needs,
-      // and the connection lives on (as for a body cut, see #stopDraining). A Node server resets so
-      // when undici ends an expectContinue request it answered early without the body its
-      // content-length promised (PROTOCOL_ERROR): a raw stream error to the caller before.
-      this.#held = undefined; // (a body cut short is not the server's response)
+    if (mode === 'drain' && this.#expectContinue && this.#held === undefined && protocolReset(err)) {
+      // An expectContinue leg answered early (the challenge's head before its body went): undici
+      // ends it without the body its content-length promised, and a Node server resets the stream
+      // for that (PROTOCOL_ERROR) — the challenge's headers are all a handshake needs, and the
+      // connection lives on (as for a body cut, see #stopDraining). Any other reset (REFUSED_STREAM,
+      // INTERNAL_ERROR: the server's own failure), or of a held response, stays the error (r44).
       this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
       return;
     }
@@ -411,4 +415,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     }
     if (mode !== 'over') this.#resolve({ kind: 'failed', error: err });
   }
+}
+
+/** An HTTP/2 stream reset with PROTOCOL_ERROR (undici's `http2ErrorCode`, RFC 9113 §7: 0x1). */
+function protocolReset(err: Error): boolean {
+  const e = err as { code?: unknown; http2ErrorCode?: unknown };
+  return e.code === 'ERR_HTTP2_STREAM_ERROR' && e.http2ErrorCode === 1;
 }

@@ -119,6 +119,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
         classify: (s, h) => classifySend(run, seen, s, h),
         beforeStart: () => {},
         onAbort: this.session.noteAborted,
+        expectContinue: this.job.dispatchOptions.expectContinue === true,
         maxDrainBytes: env.limits.maxChallengeBodyBytes,
         maxDrainMs: env.limits.handshakeTimeout,
       });

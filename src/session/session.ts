@@ -660,6 +660,7 @@ export class Session {
       },
       beforeStart: (controller) => this.checkStart(job, controller),
       onAbort: this.noteAborted,
+      expectContinue: job.dispatchOptions.expectContinue === true,
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
