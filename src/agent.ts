@@ -494,6 +494,21 @@ export class MultilegAgent extends Dispatcher {
     }
   }
 
+  /**
+   * undici's `compose`, with two differences. A handler of undici's first API (Node's built-in
+   * `fetch`, its own older undici) is wrapped with undici's `Dispatcher1Wrapper` before the first
+   * interceptor, not after the last: undici 8's interceptors call only the second API's methods, so
+   * fetch's promise never settled (undici's own Agent composed so hangs too); as undici does for
+   * such handlers, their requests go over HTTP/1.1 (undici#4989). Handlers of the second API go
+   * through untouched. And the agent's own methods (`close`, `destroy`, `stats`, `setCredentials`,
+   * …) called on the composed dispatcher run on the agent. Its `compose` does the same again.
+   */
+  override compose(dispatchers: Dispatcher.DispatcherComposeInterceptor[]): Dispatcher.ComposedDispatcher;
+  override compose(...dispatchers: Dispatcher.DispatcherComposeInterceptor[]): Dispatcher.ComposedDispatcher;
+  override compose(...args: unknown[]): Dispatcher.ComposedDispatcher {
+    return legacyFirst(this, this, args);
+  }
+
   /** The normalised origin; the same string as the last call's is not parsed again (hot path, R6). */
   #origin(raw: string | URL): string {
     if (raw === this.#lastOrigin[0]) return this.#lastOrigin[1];
@@ -669,6 +684,50 @@ export class MultilegAgent extends Dispatcher {
     }
     return done;
   }
+}
+
+/** The agent's own methods: on a composed dispatcher they run on the agent (they read its private state). */
+const AGENT_METHODS: ReadonlySet<PropertyKey> = new Set(
+  Object.getOwnPropertyNames(MultilegAgent.prototype).filter(
+    (k) => !['constructor', 'dispatch', 'compose'].includes(k),
+  ),
+);
+
+/**
+ * undici's `compose` of `interceptors` on `base` (the agent, or a dispatcher composed from it), as
+ * {@link MultilegAgent.compose} says: a handler of undici's first API is wrapped before the first
+ * interceptor; the agent's methods run on `agent`; `compose` again composes the same way.
+ */
+function legacyFirst(agent: MultilegAgent, base: Dispatcher, interceptors: unknown[]): Dispatcher.ComposedDispatcher {
+  const chained = (Dispatcher.prototype.compose as (...a: unknown[]) => Dispatcher.ComposedDispatcher).apply(
+    base,
+    interceptors,
+  );
+  // undici's composed dispatch: a closure over the interceptors that does not read `this`.
+  const inner = chained.dispatch;
+  let legacy: Dispatcher1Wrapper | undefined;
+  const dispatch = (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean => {
+    if (!isLegacyHandler(handler)) return inner(opts, handler);
+    legacy ??= new Dispatcher1Wrapper(chained);
+    return legacy.dispatch(opts, handler);
+  };
+  const bound = new Map<PropertyKey, unknown>();
+  const composed: Dispatcher.ComposedDispatcher = new Proxy(chained, {
+    get(target, key) {
+      if (key === 'dispatch') return dispatch;
+      if (key === 'compose') return compose;
+      const value: unknown = Reflect.get(target, key);
+      if (typeof value !== 'function' || !AGENT_METHODS.has(key)) return value;
+      let method = bound.get(key);
+      if (method === undefined) {
+        method = value.bind(agent);
+        bound.set(key, method);
+      }
+      return method;
+    },
+  });
+  const compose = (...more: unknown[]): Dispatcher.ComposedDispatcher => legacyFirst(agent, composed, more);
+  return composed;
 }
 
 /**

@@ -27,6 +27,11 @@ import type { WithheldReason } from './trust/policy.ts';
 
 /** Channel names, for `diagnostics_channel.subscribe(name, listener)`. */
 export const HANDSHAKE_CHANNEL = 'multileg:handshake';
+/**
+ * Every request the agent writes is a leg here, not only a handshake's (one on an authenticated
+ * session carries no credentials: `scheme` undefined); while anyone subscribes, requests on an
+ * authenticated session leave the fast path to be published (see tracingLegs).
+ */
 export const LEG_CHANNEL = 'multileg:leg';
 
 export const WITHHELD_CHANNEL = 'multileg:withheld';

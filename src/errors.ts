@@ -3,10 +3,65 @@
  * and its message names the cause and the fix. Messages never contain secrets (S2): callers pass
  * facts (limits, scheme names, origins), never header values or tokens.
  */
+
+/**
+ * Every {@link MultilegError.code}, in the order of docs/ERRORS.md, which says each one's class and
+ * meaning (a test keeps the two, and the codes the source raises, the same).
+ */
+export const MULTILEG_ERROR_CODES = [
+  'MULTILEG_CONFIG',
+  'MULTILEG_TRUST_REQUIRED',
+  'MULTILEG_CLOSED',
+  'MULTILEG_INVALID_REQUEST',
+  'MULTILEG_INVALID_CHALLENGE',
+  'MULTILEG_NODE_VERSION',
+  'MULTILEG_CLEARTEXT',
+  'MULTILEG_LEG_LIMIT',
+  'MULTILEG_QUEUE_FULL',
+  'MULTILEG_QUEUE_TIMEOUT',
+  'MULTILEG_HANDSHAKE_TIMEOUT',
+  'MULTILEG_BODY_NOT_REPLAYABLE',
+  'MULTILEG_CHALLENGE_BODY_TOO_LARGE',
+  'MULTILEG_INVALID_TOKEN',
+  'MULTILEG_MUTUAL_AUTH',
+  'MULTILEG_MECHANISM_UNAVAILABLE',
+  'MULTILEG_MECHANISM',
+  'MULTILEG_KRB_NO_TICKET',
+  'MULTILEG_KRB_TICKET_EXPIRED',
+  'MULTILEG_KRB_KDC_UNREACHABLE',
+  'MULTILEG_KRB_UNKNOWN_SPN',
+  'MULTILEG_KRB_CLOCK_SKEW',
+  'MULTILEG_KRB_WRONG_REALM',
+  'MULTILEG_KRB_OTHER_PRINCIPAL',
+  'MULTILEG_KRB_KEYTAB',
+  'MULTILEG_CLIENT_CERTIFICATE',
+  'MULTILEG_CLIENT_CERTIFICATE_REQUIRED',
+  'MULTILEG_CLIENT_CERTIFICATE_REFUSED',
+  'MULTILEG_COOKIE_STORE',
+  'MULTILEG_CONNECTION_CLOSED',
+  'MULTILEG_RELOCATION_LIMIT',
+  'MULTILEG_STALE_CONNECTION',
+  'MULTILEG_HTTP1_REQUIRED',
+  'MULTILEG_PROXY_AUTH',
+  'MULTILEG_PROXY_AUTH_HEADER',
+  'MULTILEG_PROXY_CONNECT',
+  'MULTILEG_PROXY_PROTOCOL',
+  'MULTILEG_PROXY_CLOSED',
+  'MULTILEG_PROXY_UNREACHABLE',
+  'MULTILEG_PROXY_CERTIFICATE',
+  'MULTILEG_PROXY_TIMEOUT',
+  'MULTILEG_PROXY_CONNECT_TIMEOUT',
+  'MULTILEG_REMOTE_HTTP1',
+  'MULTILEG_CONTENT_ENCODING',
+] as const;
+
+/** The stable code of a {@link MultilegError}: one of {@link MULTILEG_ERROR_CODES} (docs/ERRORS.md). */
+export type MultilegErrorCode = (typeof MULTILEG_ERROR_CODES)[number];
+
 export class MultilegError extends Error {
-  /** Stable machine-readable code, e.g. `MULTILEG_LEG_LIMIT`. */
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+  /** Stable machine-readable code, e.g. `MULTILEG_LEG_LIMIT` (every one: docs/ERRORS.md). */
+  readonly code: MultilegErrorCode;
+  constructor(code: MultilegErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
     this.code = code;

@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { fetch, getGlobalDispatcher, request, setGlobalDispatcher } from 'undici';
+import { fetch, getGlobalDispatcher, interceptors, request, setGlobalDispatcher } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { MultilegAgent } from '../src/index.ts';
 import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
@@ -242,6 +243,55 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     const err = await globalThis.fetch(`${r.server.origin}/auth/after-close`, init).catch((e: Error) => e);
     expect(err).toBeInstanceOf(TypeError);
     expect(((err as Error).cause as { code?: string }).code).toBe('MULTILEG_CLOSED');
+  });
+
+  it("works with Node's built-in fetch given agent.compose(retry, redirect) as its dispatcher: its first-API handler is wrapped before the first interceptor, and by the composed one's compose too", async () => {
+    // Before, undici 8's interceptors got fetch's handler as it came and never called it back: the
+    // server answered, the promise stayed pending (undici's own Agent composed so hangs too).
+    r = await rig({ mode: 'session' });
+    const origin = r.server.origin;
+    const composed = r.agent.compose(
+      interceptors.retry({ minTimeout: 1, maxTimeout: 1 }),
+      interceptors.redirect({ maxRedirections: 2 }),
+    );
+    const recomposed = composed.compose(interceptors.decompress());
+    const seen: Array<[number, string, string]> = [];
+    for (const [i, dispatcher] of [composed, recomposed].entries()) {
+      // Bounded: without the wrapper this never settles (an interceptor holding fetch's handler
+      // does not pass the abort on either), and the test fails on the bound, not by hanging.
+      const bound = AbortSignal.timeout(10_000);
+      const init = { dispatcher, signal: bound } as unknown as RequestInit;
+      const answer = globalThis.fetch(`${origin}/public/redirect?to=/auth/composed-${i}`, init).then(async (res) => {
+        const body = (await res.json()) as { protocol: string; user: string };
+        return [res.status, body.protocol, body.user] as [number, string, string];
+      });
+      const unanswered = new Promise<never>((_, reject) => bound.addEventListener('abort', () => reject(bound.reason)));
+      seen.push(await Promise.race([answer, unanswered]));
+    }
+    expect(seen).toEqual([
+      [200, 'http/1.1', 'EXAMPLE\\alice'],
+      [200, 'http/1.1', 'EXAMPLE\\alice'],
+    ]);
+    // The redirect interceptor followed the 302 (fetch saw only the 200), and a handler of the
+    // second API goes through the composed dispatcher untouched: on HTTP/2, as the agent chooses.
+    expect(r.server.exchanges.filter((e) => e.path.startsWith('/public/redirect'))).toHaveLength(2);
+    const viaUndici = await fetch(`${origin}/auth/composed-undici`, { dispatcher: recomposed });
+    expect([viaUndici.status, ((await viaUndici.json()) as { protocol: string }).protocol]).toEqual([200, 'h2']);
+  });
+
+  it("the agent's own methods called on a composed dispatcher (stats, sessions, close) run on the agent", async () => {
+    // Before, undici's composed dispatcher called them with itself as `this`: a TypeError (the
+    // agent's private fields), so setGlobalDispatcher(agent.compose(...)) could not be closed.
+    r = await rig({ mode: 'session' });
+    const composed = r.agent.compose(interceptors.retry()).compose(interceptors.decompress());
+    const res = await composed.request({ origin: r.server.origin, path: '/auth/methods', method: 'GET' });
+    await res.body.dump();
+    expect(res.statusCode).toBe(200);
+    const agent = composed as unknown as MultilegAgent;
+    expect([agent.stats().requests, agent.sessions().length]).toEqual([1, 1]);
+    await composed.close();
+    const err = await request(`${r.server.origin}/auth/after-close`, { dispatcher: r.agent }).catch((e: Error) => e);
+    expect((err as { code?: string }).code).toBe('MULTILEG_CLOSED');
   });
 
   it('a handler of the second API that also has an onError (and no onResponseError) is served as it is, not wrapped again and again', async () => {

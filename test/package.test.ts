@@ -92,10 +92,30 @@ describe('the packed package in a fresh app', () => {
         '',
       ].join('\n'),
     );
+    // A CommonJS consumer's way (TypeScript 5.8 or later: README), under the same settings.
+    writeFileSync(
+      join(app, 'consumer.cts'),
+      [
+        "import ml = require('multileg');",
+        "const agent: ml.MultilegAgent = new ml.MultilegAgent({ trustedOrigins: ['https://intranet.example'] });",
+        'const code: ml.MultilegErrorCode | undefined = ml.MULTILEG_ERROR_CODES[0];',
+        'console.log(agent.stats(), code);',
+        '',
+      ].join('\n'),
+    );
     writeFileSync(
       join(app, 'tsconfig.json'),
       JSON.stringify({
-        compilerOptions: { module: 'nodenext', target: 'es2023', strict: true, types: ['node'], noEmit: true },
+        // The strictest settings a consumer may have: our .d.ts files are checked under them too
+        // (no skipLibCheck), exactOptionalPropertyTypes included.
+        compilerOptions: {
+          module: 'nodenext',
+          target: 'es2023',
+          strict: true,
+          exactOptionalPropertyTypes: true,
+          types: ['node'],
+          noEmit: true,
+        },
       }),
     );
     const tsc = await runCommand(

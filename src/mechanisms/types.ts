@@ -83,8 +83,12 @@ export interface MechanismContext {
    * a context made after the renewal never says so.
    */
   readonly renewed?: boolean;
-  /** Who authenticated, for reporting only (never a secret). */
-  readonly identity?: string;
+  /**
+   * Who authenticated, for reporting only (never a secret). `| undefined`: a context may say it does
+   * not know yet (NegotiateContext's getter), which a consumer's `exactOptionalPropertyTypes` tells
+   * apart from leaving it out.
+   */
+  readonly identity?: string | undefined;
   /** Why the mechanism's preferred method was skipped (Negotiate: Kerberos → NTLM), for reporting only. */
   readonly fallbackReason?: string | undefined;
   /**

@@ -1,7 +1,13 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { Challenge } from '../challenge/types.ts';
-import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, MultilegError } from '../errors.ts';
+import {
+  ConfigError,
+  ConnectionClosedError,
+  HandshakeTimeoutError,
+  MultilegError,
+  type MultilegErrorCode,
+} from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import type { HeldResponse, ResponseHeaders } from '../handshake/leg.ts';
 import type {
@@ -18,7 +24,12 @@ const NOT_ASKED: ProbeAnswer = Object.freeze({ told: false });
 /** A client certificate the `clientCertificate` selector could not give (T3): it threw or gave an unusable one. */
 export class ClientCertificateError extends MultilegError {
   /** `code`: a subclass's own. */
-  constructor(origin: string, reason: string, options?: { cause?: unknown }, code = 'MULTILEG_CLIENT_CERTIFICATE') {
+  constructor(
+    origin: string,
+    reason: string,
+    options?: { cause?: unknown },
+    code: MultilegErrorCode = 'MULTILEG_CLIENT_CERTIFICATE',
+  ) {
     super(code, `clientCertificate for ${origin}: ${reason}`, options);
   }
 }

@@ -3,13 +3,13 @@
  * typed error with a stable code whose message names the cause and the fix. GSS messages carry names
  * (principals, ccache paths), never keys or tokens, so the original text is kept as `gssMessage`.
  */
-import { MechanismError, MultilegError } from '../../errors.ts';
+import { MechanismError, MultilegError, type MultilegErrorCode } from '../../errors.ts';
 
 /** Base class of the typed Kerberos failures. */
 export class KerberosError extends MultilegError {
   /** The GSS-API message as reported (major: minor), for diagnostics. */
   readonly gssMessage: string;
-  constructor(code: string, message: string, gssMessage: string, options?: { cause?: unknown }) {
+  constructor(code: MultilegErrorCode, message: string, gssMessage: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.gssMessage = gssMessage;
   }
