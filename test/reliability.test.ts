@@ -888,12 +888,18 @@ describe('R1/R3: an HTTP/2 server that gives no stream (SETTINGS_MAX_CONCURRENT_
     await within(a.close(), 'agent.close()');
   }, 30_000);
 
-  it('R3: HandshakeTimeoutError says the server never gave the leg a stream, as it allows none — not to raise limits.handshakeTimeout', async () => {
-    const s = await noStreams('limit');
+  /** The HandshakeTimeoutError of one NTLM request to a server that gives no stream (`why`), and its agent. */
+  async function timedOut(why: 'limit' | 'settings') {
+    const s = await noStreams(why);
     const a = ntlmAgent(s.origin);
     const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
     const e = (r.ok === false && r.e) as HandshakeTimeoutError;
     expect(e).toBeInstanceOf(HandshakeTimeoutError);
+    return { e, a };
+  }
+
+  it('R3: HandshakeTimeoutError says the server never gave the leg a stream, as it allows none — not to raise limits.handshakeTimeout', async () => {
+    const { e } = await timedOut('limit');
     expect(e.noStream).toBe('limit');
     expect(e.message).toMatch(
       /never gave its leg a stream — it allows no HTTP\/2 streams \(SETTINGS_MAX_CONCURRENT_STREAMS 0\)/,
@@ -902,11 +908,7 @@ describe('R1/R3: an HTTP/2 server that gives no stream (SETTINGS_MAX_CONCURRENT_
   }, 30_000);
 
   it('R3: HandshakeTimeoutError says the server never gave the leg a stream, as its SETTINGS never came (TLS up, nothing after it); close() resolves', async () => {
-    const s = await noStreams('settings');
-    const a = ntlmAgent(s.origin);
-    const r = await settle(fetch(`${s.origin}/x`, { dispatcher: a, signal: AbortSignal.timeout(BOUND) }));
-    const e = (r.ok === false && r.e) as HandshakeTimeoutError;
-    expect(e).toBeInstanceOf(HandshakeTimeoutError);
+    const { e, a } = await timedOut('settings');
     expect(e.noStream).toBe('settings');
     expect(e.message).toMatch(/never gave its leg a stream — its HTTP\/2 SETTINGS never came/);
     await within(a.close(), 'agent.close()');
