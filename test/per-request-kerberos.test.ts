@@ -7,6 +7,7 @@
  * once HELD of them are in flight together: with the cap applied to them (4), it never would.
  */
 import { spawn } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -407,6 +408,34 @@ describe.skipIf(!haveBindingAndAcceptor)(
       } finally {
         process.env.KRB5_CONFIG = previous;
         relay.stop();
+      }
+    });
+
+    it("R1/R3: where krb5.conf canonicalises host names in DNS (dns_canonicalize_hostname = true, MIT's default), every step runs on a worker — MIT looks the host up in each gss_init_sec_context call, a silent DNS server would stall the event loop", async () => {
+      const realm = lab.realm!;
+      const conf = join(lab.dir, 'canonicalize.conf');
+      await realm.writeKrb5Conf(conf, realm.kdcPort);
+      await writeFile(
+        conf,
+        (await readFile(conf, 'utf8')).replace('dns_canonicalize_hostname = false', 'dns_canonicalize_hostname = true'),
+      );
+      const previous = process.env.KRB5_CONFIG;
+      process.env.KRB5_CONFIG = conf;
+      try {
+        const o = options(new CredCache());
+        const clients: GssClient[] = [];
+        for (let i = 0; i < 5; i++) clients.push(await GssClient.create('HTTP@localhost', o));
+        const replies: string[] = [];
+        for (const client of clients) replies.push(await accept((await client.step(''))!));
+        // Ticket cached, steps quick (localhost is in /etc/hosts): still never on the event loop.
+        expect(clients.map((c) => c.lastCall)).toEqual(Array(5).fill('async'));
+        for (const [i, client] of clients.entries()) {
+          await client.step(replies[i]!);
+          expect(client.lastCall).toBe('async');
+          expect(client.contextComplete).toBe(true);
+        }
+      } finally {
+        process.env.KRB5_CONFIG = previous;
       }
     });
   },

@@ -6,6 +6,8 @@
  * Calls that may wait on the network (a KDC, DNS) run on koffi's workers; calls that cannot run on the
  * event loop, which is cheaper (see docs/ARCHITECTURE.md, "Blocking").
  */
+
+import { isIP } from 'node:net';
 import {
   callAsync,
   GSS_C_INDEFINITE,
@@ -24,8 +26,7 @@ import {
   statusText,
   takeBuffer,
 } from './ffi.ts';
-
-import { cacheHolds, dropServiceTicket, type TicketCache } from './krb5.ts';
+import { cacheHolds, dropServiceTicket, type NameLookupProfile, nameLookupProfile, type TicketCache } from './krb5.ts';
 
 export { GssapiUnavailableError, gssLibraryName, loadGssFunctions } from './ffi.ts';
 
@@ -65,8 +66,8 @@ export const HOLDER_RECHECK_MS = 1_000;
  */
 export const SYNC_TICKET_MARGIN_MS = 60_000;
 /**
- * A first step with its ticket in the ccache that took this long waited on something (a DNS lookup
- * for hostname canonicalisation, a TGT renewal): on a worker, it keeps the SPN off the event loop
+ * A first step with its ticket in the ccache that took this long waited on something (a TGT
+ * renewal, a slow local resolver the profile let us take for none: see {@link targetMayWaitOnDns}): on a worker, it keeps the SPN off the event loop
  * until one is quicker; on the event loop, for good (one stall at most per agent and SPN).
  */
 export const SLOW_SYNC_CALL_MS = 20;
@@ -77,6 +78,36 @@ export const SLOW_SYNC_CALL_MS = 20;
 export const AHEAD_WINDOW_MS = 1_000;
 /** How long a context made ahead waits for its request before it is thrown away unused. */
 export const AHEAD_MAX_AGE_MS = 2_000;
+
+/** A krb5 profile boolean as MIT reads it (`profile_parse_boolean`); `fallback` when it is neither. */
+function profileBoolean(value: string | undefined, fallback: boolean): boolean {
+  const v = value?.toLowerCase();
+  if (v === undefined) return fallback;
+  if (['y', 'yes', 'true', 't', '1', 'on'].includes(v)) return true;
+  if (['n', 'no', 'false', 'nil', '0', 'off'].includes(v)) return false;
+  return fallback;
+}
+
+/**
+ * Whether making the Kerberos name of `spn` (`service@host`) may wait on DNS, under this krb5
+ * profile (undefined: it could not be read — another GSS-API, whose defaults canonicalise too).
+ * MIT's mechglue imports a host-based target name into the mechanism in every
+ * `gss_init_sec_context` call, later steps included, and `krb5_sname_to_principal` then looks the
+ * host up (`getaddrinfo`, and `getnameinfo` when `rdns`) unless `dns_canonicalize_hostname` is
+ * false; `fallback` looks it up when the first name finds no ticket; an IP address is not looked
+ * up, only reversed (rdns); `dns_lookup_realm` may ask DNS for the host's realm. Such steps must not
+ * run on the event loop: a silent DNS server stalls them for resolv.conf's timeouts.
+ */
+export function targetMayWaitOnDns(spn: string, profile: NameLookupProfile | undefined): boolean {
+  if (!profile) return true;
+  if (profileBoolean(profile.dnsLookupRealm, false)) return true;
+  const canonicalize = profile.dnsCanonicalizeHostname?.toLowerCase();
+  if (canonicalize === 'fallback') return true;
+  if (!profileBoolean(canonicalize, true)) return false;
+  const at = spn.indexOf('@');
+  const host = at < 0 ? '' : spn.slice(at + 1);
+  return !(isIP(host) !== 0 && !profileBoolean(profile.rdns, true));
+}
 
 /** An acquired credential held by the contexts using it and by its cache; freed when the last lets go. */
 interface SharedCred {
@@ -329,6 +360,8 @@ export class GssClient {
   readonly #credCache: CredCache | undefined;
   readonly #o: GssClientOptions;
   readonly #spn: string;
+  /** Making the target's Kerberos name may wait on DNS (see {@link targetMayWaitOnDns}): every step on a worker. */
+  readonly #nameMayWait: boolean;
   #complete = false;
   #retFlags = 0;
   #lastCall: 'sync' | 'async' | 'ahead' | undefined;
@@ -342,6 +375,7 @@ export class GssClient {
     this.#g = g;
     this.#h = h;
     this.#spn = spn;
+    this.#nameMayWait = targetMayWaitOnDns(spn, nameLookupProfile(g));
     this.#mech = o.mech === 'kerberos' ? MECH_KRB5 : MECH_SPNEGO;
     this.#flags = o.flags;
     this.#credCache = o.credCache;
@@ -465,13 +499,15 @@ export class GssClient {
   }
 
   /**
-   * Whether this step can call GSS-API on the event loop: it cannot wait on the network. A later
-   * step only processes the server's token (the AP-REP: local crypto). A first step needs a TGS-REQ
-   * unless the service ticket is in the ccache (which a context on the same credential found there),
-   * and MIT may still look the host up in DNS (krb5.conf `dns_canonicalize_hostname`): so only after
+   * Whether this step can call GSS-API on the event loop: it cannot wait on the network. None can
+   * where making the target's name may ask DNS (every call makes it: see {@link targetMayWaitOnDns}).
+   * Else a later step only processes the server's token (the AP-REP: local crypto). A first step
+   * needs a TGS-REQ unless the service ticket is in the ccache (which a context on the same
+   * credential found there), and may still wait on something else (a TGT renewal): so only after
    * such a step, made on a worker, was seen to be quick.
    */
   #mayCallSync(input: Buffer | undefined, ticketKnown: boolean): boolean {
+    if (this.#nameMayWait) return false;
     if (input) return true;
     return ticketKnown && (this.#credCache?.isFast(this.#spn) ?? false);
   }

@@ -23,6 +23,11 @@ interface Krb5Functions {
   parseName: (...a: unknown[]) => unknown;
   principalCompare: (...a: unknown[]) => unknown;
   freePrincipal: (...a: unknown[]) => unknown;
+  getProfile: (...a: unknown[]) => unknown;
+  profileRelease: (...a: unknown[]) => unknown;
+  profileGetString: (...a: unknown[]) => unknown;
+  profileReleaseString: (...a: unknown[]) => unknown;
+  decodeString: (p: unknown) => string;
 }
 
 /** `KRB5_CC_NOTFOUND`: no such ticket in the cache (nothing to drop). */
@@ -37,12 +42,14 @@ function load(g: GssFunctions): Krb5Functions | null {
       load(p: string): { func(d: string): (...a: unknown[]) => unknown };
       pointer(n: string, t: unknown): unknown;
       opaque(n: string): unknown;
+      decode(p: unknown, t: string, len: number): unknown;
       struct(n: string, d: Record<string, string>): unknown;
     };
     const lib = k.load('libkrb5.so.3');
     k.pointer('krb5_context', k.opaque('_krb5_context'));
     k.pointer('krb5_ccache', k.opaque('_krb5_ccache'));
     k.pointer('krb5_principal', k.opaque('krb5_principal_data'));
+    k.pointer('profile_t', k.opaque('_profile_t'));
     // krb5_creds as a match template: only client and server are read (flags 0); the rest stays zero.
     k.struct('krb5_creds_match', {
       magic: 'int32_t',
@@ -65,6 +72,13 @@ function load(g: GssFunctions): Krb5Functions | null {
       parseName: f('int32_t krb5_parse_name(krb5_context ctx, const char *name, _Out_ krb5_principal *p)'),
       principalCompare: f('uint32_t krb5_principal_compare(krb5_context ctx, krb5_principal a, krb5_principal b)'),
       freePrincipal: f('void krb5_free_principal(krb5_context ctx, krb5_principal p)'),
+      getProfile: f('int32_t krb5_get_profile(krb5_context ctx, _Out_ profile_t *profile)'),
+      profileRelease: f('void profile_release(profile_t profile)'),
+      profileGetString: f(
+        'long profile_get_string(profile_t profile, const char *name, const char *sub, const char *subsub, const char *def, _Out_ void **out)',
+      ),
+      profileReleaseString: f('void profile_release_string(void *s)'),
+      decodeString: (p) => k.decode(p, 'char', -1) as string,
     };
   } catch {
     krb5 = null; // no libkrb5 (another GSS-API): the ticket stays, as before
@@ -160,4 +174,73 @@ export function dropServiceTicket(g: GssFunctions, where: TicketCache, service: 
       return dropped;
     }) ?? false
   );
+}
+
+/**
+ * What krb5.conf's [libdefaults] says about looking a service's host up while its name is made
+ * (`krb5_sname_to_principal`, which MIT's mechglue runs in every `gss_init_sec_context` call on a
+ * host-based name): the raw `dns_canonicalize_hostname` (`true`, `false`, `fallback`), `rdns`
+ * and `dns_lookup_realm` values, undefined where unset.
+ */
+export interface NameLookupProfile {
+  readonly dnsCanonicalizeHostname?: string;
+  readonly rdns?: string;
+  readonly dnsLookupRealm?: string;
+}
+
+/** The profile last read, for KRB5_CONFIG as it was then, until when. */
+let profileMemo: { config: string | undefined; until: number; profile: NameLookupProfile | undefined } | undefined;
+
+/** How long a profile read serves: a krb5.conf edited under a running process is seen within this. */
+export const PROFILE_REREAD_MS = 1_000;
+
+/**
+ * The name-lookup settings of the krb5 profile MIT itself reads (KRB5_CONFIG, include files and
+ * all), through libkrb5; undefined when libkrb5 cannot be loaded (another GSS-API) or the profile
+ * cannot be read. Read at most once every PROFILE_REREAD_MS per KRB5_CONFIG value: local files only.
+ */
+export function nameLookupProfile(g: GssFunctions, now = Date.now()): NameLookupProfile | undefined {
+  const config = process.env.KRB5_CONFIG;
+  if (profileMemo && profileMemo.config === config && now < profileMemo.until) return profileMemo.profile;
+  const profile = readNameLookupProfile(g);
+  profileMemo = { config, until: now + PROFILE_REREAD_MS, profile };
+  return profile;
+}
+
+function readNameLookupProfile(g: GssFunctions): NameLookupProfile | undefined {
+  const k = load(g);
+  if (!k) return undefined;
+  const ctx: [unknown] = [null];
+  try {
+    if (k.initContext(ctx) !== 0) return undefined;
+    const profile: [unknown] = [null];
+    if (k.getProfile(ctx[0], profile) !== 0) return undefined;
+    try {
+      const get = (name: string): string | undefined => {
+        const out: [unknown] = [null];
+        if (k.profileGetString(profile[0], 'libdefaults', name, null, null, out) !== 0 || !out[0]) return undefined;
+        try {
+          return k.decodeString(out[0]);
+        } finally {
+          k.profileReleaseString(out[0]);
+        }
+      };
+      const [dnsCanonicalizeHostname, rdns, dnsLookupRealm] = [
+        get('dns_canonicalize_hostname'),
+        get('rdns'),
+        get('dns_lookup_realm'),
+      ];
+      return {
+        ...(dnsCanonicalizeHostname !== undefined ? { dnsCanonicalizeHostname } : {}),
+        ...(rdns !== undefined ? { rdns } : {}),
+        ...(dnsLookupRealm !== undefined ? { dnsLookupRealm } : {}),
+      };
+    } finally {
+      k.profileRelease(profile[0]);
+    }
+  } catch {
+    return undefined;
+  } finally {
+    if (ctx[0]) k.freeContext(ctx[0]);
+  }
 }
