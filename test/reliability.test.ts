@@ -977,7 +977,7 @@ describe('R2: expectContinue, a handshake taken over', () => {
     expect(authenticates).toBe(2);
   }, 30_000);
 
-  it("R2/R4: without expectContinue, or with a reset other than PROTOCOL_ERROR, a stream reset after a challenge's head is the error it was: the POST is not sent again (review r44)", async () => {
+  it("R2/R4: a reset other than PROTOCOL_ERROR after a challenge's head (REFUSED_STREAM), with expectContinue or without, is the error it was: the POST is not sent again (review r44)", async () => {
     const seen: number[] = [];
     const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY });
     let code: number = constants.NGHTTP2_REFUSED_STREAM;
@@ -1002,10 +1002,11 @@ describe('R2: expectContinue, a handshake taken over', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     servers.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) });
     const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+    // (REFUSED_STREAM only: Node 24's http2 client ends a stream reset with another code after its
+    // data as if the server had ended it, so the challenge is answered there whatever the agent
+    // does; Node 22 errors.)
     for (const [reset, expectContinue] of [
       [constants.NGHTTP2_REFUSED_STREAM, false],
-      [constants.NGHTTP2_INTERNAL_ERROR, false],
-      [constants.NGHTTP2_PROTOCOL_ERROR, false],
       [constants.NGHTTP2_REFUSED_STREAM, true],
     ] as const) {
       code = reset;
