@@ -2,8 +2,10 @@
  * The `multileg` command line and `multileg doctor` against the real lab: MIT Kerberos and Apache
  * httpd with mod_http2 and mod_auth_gssapi (+ gss-ntlmssp), as a user at an intranet would run them.
  */
+import { createSocket } from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli as run, runCommand } from './cli-helpers.ts';
@@ -48,6 +50,34 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       /Negotiate handshake on session \S+ \(HTTP\/2\): 1 leg\(s\), Auth-ID not used, each request authenticates on its own/,
     );
   });
+
+  it('R1: -m bounds the whole command: where the KDC never answers (a TGT, no service ticket yet), --negotiate -m 2 exits 28 when -m says, not when MIT gives up on the KDC (review r43: 27 s later)', async () => {
+    // A KDC that reads and never answers, on UDP and TCP (MIT tries both).
+    const udp = createSocket('udp4');
+    await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+    const port = udp.address().port;
+    const held: Socket[] = [];
+    const tcp = createServer((socket) => held.push(socket.on('error', () => {})));
+    await new Promise<void>((resolve) => tcp.listen(port, '127.0.0.1', resolve));
+    try {
+      const conf = join(lab.dir, 'silent-kdc.conf');
+      const kdc = /kdc = 127\.0\.0\.1:\d+/g;
+      writeFileSync(conf, (await readFile(env.KRB5_CONFIG!, 'utf8')).replace(kdc, `kdc = 127.0.0.1:${port}`));
+      // A TGT from the real KDC; the service ticket would come from the silent one.
+      const ccache = `FILE:${join(lab.dir, 'tgt-only')}`;
+      await lab.realm!.kinit({ ccache });
+      const r = await run(['--negotiate', '-u', ':', '-m', '2', '--cacert', ca, `${lab.apache!.origin}/protected/`], {
+        env: { ...env, KRB5_CONFIG: conf, KRB5CCNAME: ccache },
+      });
+      // Before: the same 28 and message, but the process lived on until MIT gave up (past this test's bound).
+      expect(r.code).toBe(28);
+      expect(r.stderr).toContain('--max-time');
+    } finally {
+      for (const socket of held) socket.destroy();
+      tcp.close();
+      udp.close();
+    }
+  }, 20_000);
 
   it('M5: with several URLs, Kerberos that cannot run at one host (no SPN for 127.0.0.1) is skipped for that origin only: the next URL, at localhost, authenticates with the ticket', async () => {
     const byIp = lab.apache!.origin.replace('localhost', '127.0.0.1');

@@ -23,6 +23,9 @@ import { transfer } from './transfer.ts';
 import { CliTrust } from './trust.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
 
+/** How long the process may outlive the command once stdout and stderr are flushed (see the end). */
+const EXIT_GRACE_MS = 200;
+
 async function main(argv: string[]): Promise<number> {
   // -v and the messages go to stderr: a reader of it that went away (`2>&1 >file | head`) is not
   // an error, as for curl; the body still goes out and the exit code is the transfer's.
@@ -264,3 +267,21 @@ process.exitCode = await main(process.argv.slice(2)).catch((err: unknown) => {
   if (process.env.MULTILEG_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
   return EXIT.failure;
 });
+// All of the command's work is done and its files written (-o, -D, -c). What may still hold the
+// process is a GSS-API call on a worker thread that waits for a KDC that never answers: the thread
+// returns only when MIT gives up (27 s measured, review r43), long after -m's bound, and Node's exit
+// waits for it. Once stdout and stderr are flushed the command ends, as curl's -m bounds the whole
+// command; a process that nothing holds has exited long before the timer (which holds nothing).
+await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+setTimeout(async () => {
+  const code = Number(process.exitCode ?? 0);
+  if (!(await (await import('../mechanisms/gssapi/exit.ts')).exitNow(code))) process.exit(code);
+}, EXIT_GRACE_MS).unref();
+
+/** Resolves once what was written to `stream` so far has been handed on (or the stream failed). */
+function flushed(stream: NodeJS.WriteStream): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.destroyed || !stream.writable) resolve();
+    else stream.write('', () => resolve());
+  });
+}
