@@ -469,6 +469,7 @@ export class MultilegAgent extends Dispatcher {
         const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
+        // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
         const identity = identityOf(headers, grant.allowed, hostElsewhere(origin, headers, opts));
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);

@@ -275,7 +275,7 @@ process.exitCode = await main(process.argv.slice(2)).catch((err: unknown) => {
 await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
 setTimeout(async () => {
   const code = Number(process.exitCode ?? 0);
-  if (!(await (await import('../mechanisms/gssapi/exit.ts')).exitNow(code))) process.exit(code);
+  if (!(await (await import('./exit.ts')).exitNow(code))) process.exit(code);
 }, EXIT_GRACE_MS).unref();
 
 /** Resolves once what was written to `stream` so far has been handed on (or the stream failed). */

@@ -368,8 +368,17 @@ export class Session {
    */
   close(): Promise<void> {
     this.#connector.dispose();
-    if (this.#inflight === 0 && this.client.stats.size > 0) return this.#dropDead();
+    if (this.#holdsOnlyDead) return this.#dropDead();
     return this.client.close().catch(() => {});
+  }
+
+  /**
+   * None of ours is on it, yet undici holds requests, because the server gives none a stream
+   * ({@link noStream}): given up, they would wait for undici's headersTimeout. (Not a request still
+   * queued while the connection is made, nor a relocated one's body undici still drains: review r45.)
+   */
+  get #holdsOnlyDead(): boolean {
+    return this.#inflight === 0 && this.client.stats.size > 0 && this.noStream !== undefined;
   }
 
   /**
@@ -389,7 +398,7 @@ export class Session {
   readonly #dropIfDead = (): void => {
     if (this.#inflight > 0 || this.client.destroyed) return;
     this.#aborted = false;
-    if (this.client.stats.size === 0) return;
+    if (!this.#holdsOnlyDead) return;
     const open = !this.closed;
     this.#dropDead();
     // (An open session retires: the pool drops it and opens another for the next request.)

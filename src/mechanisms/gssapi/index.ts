@@ -67,8 +67,9 @@ export const HOLDER_RECHECK_MS = 1_000;
 export const SYNC_TICKET_MARGIN_MS = 60_000;
 /**
  * A first step with its ticket in the ccache that took this long waited on something (a TGT
- * renewal, a slow local resolver the profile let us take for none: see {@link targetMayWaitOnDns}): on a worker, it keeps the SPN off the event loop
- * until one is quicker; on the event loop, for good (one stall at most per agent and SPN).
+ * renewal, a slow local resolver the profile let us take for none: see {@link targetMayWaitOnDns}):
+ * on a worker, it keeps the SPN off the event loop until one is quicker; on the event loop, for
+ * good (one stall at most per agent and SPN).
  */
 export const SLOW_SYNC_CALL_MS = 20;
 /**

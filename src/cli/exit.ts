@@ -1,8 +1,9 @@
 /**
- * Ending a process that a GSS-API call still holds. A call that may wait on a KDC runs on a libuv
- * worker thread (koffi's `.async`), and MIT gives up on a KDC that never answers only after its own
- * timeouts (27 s measured, review r43). Node's exit, `process.exit()` too, joins its worker threads
- * first, so a command whose work is done would wait that long to end. libc's `_exit` does not.
+ * Ending the command's process while a GSS-API call still holds it. A call that may wait on a KDC
+ * runs on a libuv worker thread (koffi's `.async`), and MIT gives up on a KDC that never answers
+ * only after its own timeouts (27 s measured, review r43). Node's exit, `process.exit()` too, joins
+ * its worker threads first, so a command whose work is done would wait that long to end. libc's
+ * `_exit` does not.
  */
 
 /** The C library `_exit` lives in, by platform (the GSS-API binding serves Linux and the BSDs; the addon macOS). */
