@@ -21,6 +21,15 @@ import {
 import type { Job } from './job.ts';
 import { cookieUrlOf, type Session } from './session.ts';
 
+/**
+ * Where a {@link FastExchange}'s request is: `queued` in undici's Client, not started; `givenUp` by
+ * its caller while queued (over for the caller; undici aborts it as it starts it); `started` on the
+ * wire, no final response head yet; `delivering` a plain response to the caller; `slow` handed to a
+ * LegHandler and the steps after a 401 or 421; `idle` before it was dispatched, or handed to the
+ * steps with no leg of its own (a dispatch that failed, a failure before the response).
+ */
+type FastPhase = 'idle' | 'queued' | 'givenUp' | 'started' | 'delivering' | 'slow';
+
 /** Where a request taken by {@link FastExchange} ends; `outcome` undefined: it ended on the fast path. */
 export interface FastHost {
   /** The origin's exchange environment (read from the host: one field less per request). */
@@ -39,13 +48,13 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   readonly session: Session;
   readonly job: Job;
   readonly #host: FastHost;
+  /** Where the request is: see {@link FastPhase}. (A string and the fields below: no object per step.) */
+  #phase: FastPhase = 'idle';
+  /** undici's, once it started the request. */
   #controller: Dispatcher.DispatchController | undefined;
-  #delivering = false;
-  /** The leg handler that took over after a 401 or 421. */
+  /** In `slow`: the leg handler that took over after a 401 or 421. */
   #slow: LegHandler | undefined;
-  /** In undici's queue, not started yet. */
-  #queued = false;
-  /** Why the caller gave it up before undici started it; undici aborts it when it does. */
+  /** In `givenUp`: why; undici aborts the request with it when it starts it. */
   #givenUp: Error | undefined;
 
   constructor(session: Session, job: Job, host: FastHost) {
@@ -59,38 +68,40 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   start(): void {
     // The caller's abort reaches it from now, also while undici holds it unstarted (see callerAborted).
     this.job.sink.onAbort(this);
-    this.#queued = true;
+    this.#phase = 'queued';
     const error = this.session.dispatchAsGiven(this.job, this);
     if (error) {
-      this.#queued = false;
+      this.#phase = 'idle';
       this.#toSteps(undefined, Promise.resolve<LegResult>({ kind: 'failed', error }));
     }
   }
 
   /** The caller aborted (the sink's abort hook: no closure per request). */
   callerAborted(reason: Error): void {
-    if (this.#slow) this.#slow.abort(reason);
-    else if (this.#controller) {
+    const phase = this.#phase;
+    if (phase === 'slow') this.#slow?.abort(reason);
+    else if (phase === 'started' || phase === 'delivering') {
       this.session.noteAborted();
-      this.#controller.abort(reason);
-    } else if (!this.#queued) this.job.sink.fail(reason);
-    else {
+      this.#controller?.abort(reason);
+    } else if (phase === 'queued') {
       // Not started by undici yet: over now, for the caller and the session (R1). undici holds it
       // until it can start it, which a server that gives no stream puts off until headersTimeout.
+      this.#phase = 'givenUp';
       this.#givenUp = reason;
       this.session.noteAborted();
       this.job.sink.fail(reason);
       this.#ended();
-    }
+    } else this.job.sink.fail(reason);
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
-    this.#queued = false;
     if (this.#givenUp) {
+      // (Given up while queued: `givenUp` is the phase.)
       controller.abort(this.#givenUp);
       return;
     }
+    this.#phase = 'started';
     this.session.checkStart(this.job, controller);
   }
 
@@ -100,8 +111,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
     headers: ResponseHeaders,
     message: string,
   ): void {
-    if (this.#slow) {
-      this.#slow.onResponseStart(controller, status, headers, message);
+    if (this.#phase === 'slow') {
+      this.#slow?.onResponseStart(controller, status, headers, message);
       return;
     }
     if (status < 200) return;
@@ -123,44 +134,46 @@ export class FastExchange implements Dispatcher.DispatchHandler {
         maxDrainBytes: env.limits.maxChallengeBodyBytes,
         maxDrainMs: env.limits.handshakeTimeout,
       });
+      this.#phase = 'slow';
       this.#slow = leg;
       leg.onRequestStart(controller);
       leg.onResponseStart(controller, status, headers, message);
       this.#toSteps(run, leg.result, seen);
       return;
     }
-    this.#delivering = true;
+    this.#phase = 'delivering';
     this.job.sink.responseStart(controller, status, headers, message);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#slow) this.#slow.onResponseData(controller, chunk);
-    else if (this.#delivering) this.job.sink.responseData(chunk);
+    if (this.#phase === 'slow') this.#slow?.onResponseData(controller, chunk);
+    else if (this.#phase === 'delivering') this.job.sink.responseData(chunk);
   }
 
   onResponseEnd(controller: Dispatcher.DispatchController, trailers: ResponseHeaders): void {
-    if (this.#slow) {
-      this.#slow.onResponseEnd(controller, trailers);
+    if (this.#phase === 'slow') {
+      this.#slow?.onResponseEnd(controller, trailers);
       return;
     }
-    if (!this.#delivering) return;
+    if (this.#phase !== 'delivering') return;
     this.job.sink.responseEnd(trailers);
     this.#ended();
   }
 
   onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
-    this.#queued = false;
+    const phase = this.#phase;
     // Ended for the caller already; failed by undici without being started (or aborted as it was).
-    if (this.#givenUp) return;
-    if (this.#slow) {
-      this.#slow.onResponseError(controller, err);
+    if (phase === 'givenUp') return;
+    if (phase === 'slow') {
+      this.#slow?.onResponseError(controller, err);
       return;
     }
-    if (this.#delivering) {
+    if (phase === 'delivering') {
       this.job.sink.fail(err);
       this.#ended();
       return;
     }
+    this.#phase = 'idle';
     // Nothing reached the caller: the steps decide (relocate after GOAWAY, R5; or the caller's error).
     let r: LegResult = { kind: 'failed', error: err };
     // Written, then the connection closed unanswered: an idle close racing the write goes once more
