@@ -156,10 +156,17 @@ export class HandshakeTimeoutError extends MultilegError {
    */
   readonly noStream: NoStream | undefined;
   /**
-   * `waited`: what did not answer, when it was not the server (T3: the caller's certificate
-   * selector). `noStream`: the server never gave the leg a stream, and why.
+   * Set when the deadline passed while the mechanism was making a token and waited on something
+   * outside this process (Negotiate: GSS-API, so the KDC or DNS): the server is not at fault, and
+   * the origin fails the requests behind it at once for a few seconds (R4, KDC_RECHECK_MS).
    */
-  constructor(ms: number, scheme: string, waited?: string, noStream?: NoStream) {
+  readonly inMechanismStep: boolean;
+  /**
+   * `waited`: what did not answer, when it was not the server (T3: the caller's certificate
+   * selector; R3: a mechanism step, with `inMechanismStep`). `noStream`: the server never gave the
+   * leg a stream, and why.
+   */
+  constructor(ms: number, scheme: string, waited?: string, noStream?: NoStream, inMechanismStep = false) {
     super(
       'MULTILEG_HANDSHAKE_TIMEOUT',
       waited !== undefined
@@ -169,6 +176,7 @@ export class HandshakeTimeoutError extends MultilegError {
           : `${scheme} handshake did not finish within limits.handshakeTimeout (${ms} ms); check the server or raise limits.handshakeTimeout`,
     );
     this.noStream = noStream;
+    this.inMechanismStep = inMechanismStep;
   }
 }
 

@@ -185,8 +185,19 @@ export function handshakeClock(
   scheme: string,
   onExpire: (err: HandshakeTimeoutError) => void,
   noStream?: () => NoStream | undefined,
+  waitingOn?: () => string | undefined,
 ): Deadline<HandshakeTimeoutError> {
-  return new Deadline(ms, () => new HandshakeTimeoutError(ms, scheme, undefined, noStream?.()), onExpire).start();
+  return new Deadline(
+    ms,
+    () => {
+      // A mechanism step that waits outside the process (GSS-API: a KDC, DNS): that, not the server.
+      const waiting = waitingOn?.();
+      return waiting !== undefined
+        ? new HandshakeTimeoutError(ms, scheme, `waiting on ${waiting}`, undefined, true)
+        : new HandshakeTimeoutError(ms, scheme, undefined, noStream?.());
+    },
+    onExpire,
+  ).start();
 }
 
 function challengeFor(headers: ResponseHeaders, scheme: string): Challenge | undefined {
@@ -255,6 +266,8 @@ class Handshake {
   readonly #onLeg = (r: LegResult): void => this.#legDone(r);
   readonly #onStep = (authorization: string): void => this.#stepped(authorization);
   readonly #onStepError = (err: unknown): void => this.#stepFailed(err);
+  /** Whether a step's queued work is no longer wanted: the handshake ended, or its caller aborted. */
+  readonly #gaveUp = (): boolean => this.#phase === 'over' || this.#sink.aborted;
 
   constructor(input: HandshakeInput, done: (r: HandshakeResult) => void, noSlot: (err: Error) => void) {
     this.#input = input;
@@ -285,6 +298,7 @@ class Handshake {
       },
       // (Only for a leg: a mechanism step that never returns is no stream's fault.)
       () => (this.#phase === 'leg' ? this.#input.noStream?.() : undefined),
+      () => (this.#phase === 'step' ? this.#context.waitingOn : undefined),
     );
     this.#step();
   }
@@ -338,7 +352,7 @@ class Handshake {
     this.#phase = 'step';
     let token: Promise<string>;
     try {
-      token = this.#context.step(this.#challenge, leg);
+      token = this.#context.step(this.#challenge, leg, this.#gaveUp);
     } catch (err) {
       this.#stepFailed(err);
       return;

@@ -32,9 +32,17 @@ export interface MechanismContext {
   /**
    * Produce the credentials for the next leg: the whole header value after nothing, e.g.
    * `NTLM TlRMTVNT...` or `Digest username="..."`. `challenge` is the server's challenge for this
-   * scheme (undefined on a proactive first leg).
+   * scheme (undefined on a proactive first leg). `gaveUp`: whether the handshake no longer waits for
+   * this step (its deadline passed, its request was aborted) — work the step has queued and not
+   * started yet (a GSS-API call waiting for a worker thread) is then dropped.
    */
-  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string>;
+  step(challenge: Challenge | undefined, leg: LegInfo, gaveUp?: () => boolean): Promise<string>;
+  /**
+   * While a step runs: what it waits on outside this process, and what to check (Negotiate: `GSS-API
+   * for HTTP@host (the KDC or DNS: …)`). A handshake whose deadline passes meanwhile says so in its
+   * {@link HandshakeTimeoutError} rather than "check the server". Absent: nothing named.
+   */
+  readonly waitingOn?: string | undefined;
   /** True once the mechanism has nothing more to send. */
   readonly complete: boolean;
   /**

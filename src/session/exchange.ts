@@ -1233,13 +1233,18 @@ class Lead implements HandshakeInput, LegInfo {
         this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
         return end({ kind: 'done', done: result.done });
       }
-      case 'failed':
+      case 'failed': {
+        // R4: the mechanism waited out the deadline on its KDC (GSS-API), not on the server: the
+        // requests behind it fail at once for a few seconds (KDC_RECHECK_MS) rather than each take
+        // the handshake over (R2) and wait the same deadline on the same KDC in turn (review r43).
+        const kdcSilent = result.error instanceof HandshakeTimeoutError && result.error.inMechanismStep;
+        if (kdcSilent) env.memory.markUnusable(scheme.toLowerCase(), result.error);
         if (result.proofFailed) {
           // The server failed mutual authentication: nothing more goes on this connection, and the
           // requests queued behind the leader fail with the same error (never a 200 from it).
           session.apply({ type: 'closed', failure: result.proofFailed });
         } else if (this.#leading()) {
-          if (leaderGaveUp(job, result.error)) session.handOver(job.id);
+          if (!kdcSilent && leaderGaveUp(job, result.error)) session.handOver(job.id);
           // R2: only the server's own final 401 sends the waiters on without credentials; after any
           // other end (a reset stream, a bad token, a 500) they try again; a request that waited
           // MAX_WAITS times then goes bare (check).
@@ -1254,6 +1259,7 @@ class Lead implements HandshakeInput, LegInfo {
           result.refused ? (result.opening ? 'opening' : 'refused') : result.proofFailed ? 'proof' : 'error',
         );
         return end({ kind: 'done', done: result.done });
+      }
       case 'relocate': {
         // This session cannot finish the handshake: close it, and its queue follows the leader (C8, H2).
         const http1 =

@@ -1,5 +1,5 @@
 import type { Challenge } from '../challenge/types.ts';
-import { MultilegError, ownCopy } from '../errors.ts';
+import { HandshakeTimeoutError, MultilegError, ownCopy } from '../errors.ts';
 import { LapsingMap } from '../lapsing-map.ts';
 import { TICKET_RECHECK_MS, ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import { opensUnasked } from '../mechanisms/registry.ts';
@@ -10,6 +10,25 @@ import type { CertificateDemand } from './client-certificate.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
 
 export { TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS };
+
+/**
+ * How long a KDC that did not answer is remembered here (R4): a handshake whose GSS-API step
+ * outlasted limits.handshakeTimeout, or failed with MULTILEG_KRB_KDC_UNREACHABLE. The requests
+ * behind it fail at once with its error rather than each waiting out the timeout on the same KDC
+ * (review r43: 5, 10, … 35 s). 5 s: a burst and the waiters it released fall inside it, while a
+ * KDC back up (a restart, a network blip) is tried again within seconds; and trying sooner would
+ * only queue behind the calls still stuck on the dead KDC (ffi.ts GSS_WORKER_CALLS), which MIT
+ * holds for ~27 s anyway.
+ */
+export const KDC_RECHECK_MS = 5_000;
+
+/** Whether `error` says a KDC (or the DNS GSS-API needed) did not answer, rather than the server. */
+function kdcSilent(error: Error): boolean {
+  return (
+    (error instanceof HandshakeTimeoutError && error.inMechanismStep) ||
+    (error instanceof MultilegError && error.code === 'MULTILEG_KRB_KDC_UNREACHABLE')
+  );
+}
 
 const NONE: ReadonlyArray<readonly [string, Error]> = [];
 
@@ -77,10 +96,14 @@ export class OriginMemory {
     this.#http1Until = Date.now() + this.#ttl;
   }
 
-  /** A scheme could not run here (R4): the requests that follow skip it for a while. */
+  /**
+   * A scheme could not run here (R4): the requests that follow skip it for a while — a second when
+   * a kinit mends it, KDC_RECHECK_MS when a KDC did not answer, else UNUSABLE_MEMORY_MS.
+   */
   markUnusable(schemeKey: string, error: Error): void {
     const kinitMends = error instanceof MultilegError && ticketFixes(error.code);
-    const until = Date.now() + (kinitMends ? TICKET_RECHECK_MS : UNUSABLE_MEMORY_MS);
+    const until =
+      Date.now() + (kinitMends ? TICKET_RECHECK_MS : kdcSilent(error) ? KDC_RECHECK_MS : UNUSABLE_MEMORY_MS);
     this.#unusable.set(schemeKey, rememberedUntil(error, schemeKey, until), until);
   }
 

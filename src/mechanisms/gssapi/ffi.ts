@@ -218,9 +218,75 @@ export function statusText(g: GssFunctions, major: number, minor: number, mech: 
   return parts.join(': ');
 }
 
-/** Runs a koffi function on its worker pool and resolves with its return value. */
-export function callAsync(fn: KoffiFunction, ...args: unknown[]): Promise<number> {
+/**
+ * Most GSS-API calls on libuv's worker threads at once, over the whole process. koffi's `.async`
+ * runs on libuv's pool (UV_THREADPOOL_SIZE, 4 by default), which `dns.lookup`, `fs`, zlib and
+ * crypto share with every other agent: a KDC that never answers holds a `gss_init_sec_context`
+ * on its thread for MIT's whole retry schedule (~27 s), so a burst of such calls would take every
+ * thread and stall unrelated DNS lookups and file reads (review r43). Two leaves the other threads
+ * (two of the default four) to DNS and fs; a process that raises UV_THREADPOOL_SIZE still runs two
+ * at a time here: one stuck KDC must not take more, and two keep a second realm's calls moving.
+ */
+export const GSS_WORKER_CALLS = 2;
+
+/** A queued call that was never started: its caller had given up (its deadline passed, its request was aborted). */
+export class GssCallAbandonedError extends Error {
+  constructor() {
+    super('GSS-API call not started: its caller gave up waiting for a worker');
+    this.name = 'GssCallAbandonedError';
+  }
+}
+
+interface Queued {
+  readonly start: () => void;
+  readonly gaveUp: (() => boolean) | undefined;
+  readonly reject: (err: Error) => void;
+}
+
+let onWorkers = 0;
+const waiting: Queued[] = [];
+
+/** Starts queued calls while a worker slot is free; one whose caller gave up is dropped, not started. */
+function next(): void {
+  while (onWorkers < GSS_WORKER_CALLS && waiting.length > 0) {
+    const q = waiting.shift()!;
+    if (q.gaveUp?.()) {
+      q.reject(new GssCallAbandonedError());
+      continue;
+    }
+    q.start();
+  }
+}
+
+/** GSS-API calls on workers now, and waiting for one (for tests and diagnostics). */
+export function gssCallsPending(): { running: number; queued: number } {
+  return { running: onWorkers, queued: waiting.length };
+}
+
+/**
+ * Runs a koffi function on its worker pool and resolves with its return value, at most
+ * {@link GSS_WORKER_CALLS} at once process-wide (the rest queue, first come first served).
+ * `gaveUp`: asked when the call's turn comes; true rejects it with {@link GssCallAbandonedError}
+ * and starts nothing.
+ */
+export function callAsync(fn: KoffiFunction, args: unknown[], gaveUp?: () => boolean): Promise<number> {
   return new Promise((resolve, reject) => {
-    fn.async(...args, (err: unknown, ret: number) => (err ? reject(err) : resolve(ret)));
+    const start = () => {
+      onWorkers += 1;
+      try {
+        fn.async(...args, (err: unknown, ret: number) => {
+          onWorkers -= 1;
+          next();
+          if (err) reject(err);
+          else resolve(ret);
+        });
+      } catch (e) {
+        onWorkers -= 1;
+        reject(e);
+        next();
+      }
+    };
+    waiting.push({ start, gaveUp, reject });
+    next();
   });
 }

@@ -13,6 +13,7 @@ import {
   GSS_C_INDEFINITE,
   GSS_C_INITIATE,
   GSS_S_CONTINUE_NEEDED,
+  GssCallAbandonedError,
   type GssFunctions,
   type GssHandle,
   type GssOid,
@@ -28,7 +29,14 @@ import {
 } from './ffi.ts';
 import { cacheHolds, dropServiceTicket, type NameLookupProfile, nameLookupProfile, type TicketCache } from './krb5.ts';
 
-export { GssapiUnavailableError, gssLibraryName, loadGssFunctions } from './ffi.ts';
+export {
+  GSS_WORKER_CALLS,
+  GssapiUnavailableError,
+  GssCallAbandonedError,
+  gssCallsPending,
+  gssLibraryName,
+  loadGssFunctions,
+} from './ffi.ts';
 
 /** `GSS_C_CHANNEL_BOUND_FLAG` (gssapi_ext.h): set by an acceptor that verified the bindings. */
 export const GSS_C_CHANNEL_BOUND_FLAG = 0x800;
@@ -48,6 +56,12 @@ export interface GssClientOptions {
   readonly channelBinding?: Buffer;
   /** Where this client's owner keeps an acquired credential for its next contexts (see {@link CredCache}). */
   readonly credCache?: CredCache;
+  /**
+   * Whether this context's caller has given up (its handshake's deadline passed, its request was
+   * aborted): a call still queued for a worker is then not started (see ffi.ts callAsync). Not
+   * passed on to a context made ahead for a later request.
+   */
+  readonly gaveUp?: () => boolean;
 }
 
 /** How long an acquired credential serves new contexts: a burst acquires once, a later kinit is seen soon. */
@@ -434,15 +448,18 @@ export class GssClient {
       // A keytab acquire may send an AS-REQ to the KDC: off the event loop.
       const major = await callAsync(
         g.acquireCredFrom,
-        minor,
-        h.name ?? null,
-        GSS_C_INDEFINITE,
-        mechs,
-        GSS_C_INITIATE,
-        store.length ? { count: store.length, elements: store } : null,
-        cred,
-        null,
-        [0],
+        [
+          minor,
+          h.name ?? null,
+          GSS_C_INDEFINITE,
+          mechs,
+          GSS_C_INITIATE,
+          store.length ? { count: store.length, elements: store } : null,
+          cred,
+          null,
+          [0],
+        ],
+        only ? undefined : o.gaveUp,
       );
       if (isGssError(major)) {
         throw new GssCallError('gss_acquire_cred_from', major, minor[0]!, statusText(g, major, minor[0]!, MECH_KRB5));
@@ -562,7 +579,8 @@ export class GssClient {
       if (sync) {
         major = g.initSecContext(...args) as number;
       } else {
-        const call = callAsync(g.initSecContext, ...args);
+        // A context made ahead has no caller yet: only a request's own step can be given up.
+        const call = callAsync(g.initSecContext, args, maySync ? this.#o.gaveUp : undefined);
         this.#busy = call;
         try {
           major = await call;
@@ -571,7 +589,8 @@ export class GssClient {
         }
       }
     } catch (e) {
-      this.#credCache?.drop();
+      // A call never started says nothing of the credential: it stays kept for the next request.
+      if (!(e instanceof GssCallAbandonedError)) this.#credCache?.drop();
       this.dispose();
       throw e;
     }

@@ -93,6 +93,8 @@ export class NegotiateContext implements MechanismContext {
   /** The refused-ticket drops there had been when this context made its first token. */
   #ticketEpoch = 0;
   #renewed = false;
+  /** Set while a GSS-API call of this context runs (see {@link waitingOn}). */
+  #waiting = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -166,6 +168,13 @@ export class NegotiateContext implements MechanismContext {
     );
   }
 
+  /** While GSS-API works for this context: it may wait on a KDC or DNS, not on the server. */
+  get waitingOn(): string | undefined {
+    return this.#waiting
+      ? `GSS-API for ${this.#spn} (the KDC or DNS: check krb5.conf's kdc entries for the realm, and that kinit reaches that KDC)`
+      : undefined;
+  }
+
   /** The SPN this context asked a ticket for (after the first step). */
   get spn(): string {
     return this.#spn;
@@ -218,7 +227,7 @@ export class NegotiateContext implements MechanismContext {
   }
 
   /** Kerberos's first token, from whichever backend loads. */
-  async #firstKerberosToken(leg: LegInfo): Promise<string | null> {
+  async #firstKerberosToken(leg: LegInfo, gaveUp: (() => boolean) | undefined): Promise<string | null> {
     const o = this.#o;
     // The backend loads once per mechanism (a failure is tried again by the next request).
     this.#memory.backend ??= await loadBackend(o);
@@ -235,6 +244,7 @@ export class NegotiateContext implements MechanismContext {
       ...(o.keytab ? { keytab: o.keytab } : {}),
       ...(cb ? { channelBinding: cb } : {}),
       credCache: this.#memory.creds,
+      ...(gaveUp ? { gaveUp } : {}),
     });
     // Credentials name the caller's identity: another user's ticket (whoever ran kinit) is not
     // used for them — unless negotiate.principal chose a Kerberos identity of its own. (The addon
@@ -262,7 +272,7 @@ export class NegotiateContext implements MechanismContext {
     return this.#fallback.step(undefined, leg);
   }
 
-  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+  step(challenge: Challenge | undefined, leg: LegInfo, gaveUp?: () => boolean): Promise<string> {
     // NTLM inside Negotiate answers for itself: no async frame of ours around each of its steps.
     if (this.#fallback) return this.#fallback.step(challenge, leg);
     if (this.#state === 'initial' && challenge?.token68 === undefined) {
@@ -273,10 +283,10 @@ export class NegotiateContext implements MechanismContext {
         return this.#fallBack(remembered, leg);
       }
     }
-    return this.#step(challenge, leg);
+    return this.#step(challenge, leg, gaveUp);
   }
 
-  async #step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+  async #step(challenge: Challenge | undefined, leg: LegInfo, gaveUp?: () => boolean): Promise<string> {
     const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
     if (this.#state === 'initial') {
       const remembered = this.#memory.reason;
@@ -289,8 +299,10 @@ export class NegotiateContext implements MechanismContext {
         (await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname));
       let out: string | null;
       try {
-        out = await this.#firstKerberosToken(leg);
+        this.#waiting = true;
+        out = await this.#firstKerberosToken(leg, gaveUp);
       } catch (e) {
+        this.#waiting = false;
         const err = e instanceof MultilegError ? e : this.#mapError(e);
         const reason = fallbackReasonOf(err);
         // Credentials (not this host) are at fault: remember it for a while — a second only when a
@@ -303,6 +315,8 @@ export class NegotiateContext implements MechanismContext {
         // Kerberos cannot produce a token; a password can still authenticate, with NTLM (as SSPI does).
         if (this.#canFallBack(leg)) return await this.#fallBack(reason, leg);
         throw err;
+      } finally {
+        this.#waiting = false;
       }
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');

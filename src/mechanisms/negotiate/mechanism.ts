@@ -167,14 +167,19 @@ class LazyNegotiateContext implements MechanismContext {
     return this.#context?.sentPassword ?? true;
   }
 
-  step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
+  step(challenge: Challenge | undefined, leg: LegInfo, gaveUp?: () => boolean): Promise<string> {
     // Once loaded, straight through: no async frame of ours around each step (per-request mode).
-    if (this.#context) return this.#context.step(challenge, leg);
-    if (contexts) return this.#made(contexts).step(challenge, leg);
+    if (this.#context) return this.#context.step(challenge, leg, gaveUp);
+    if (contexts) return this.#made(contexts).step(challenge, leg, gaveUp);
     return import('./context.ts').then((loaded) => {
       contexts = loaded;
-      return (this.#context ?? this.#made(loaded)).step(challenge, leg);
+      return (this.#context ?? this.#made(loaded)).step(challenge, leg, gaveUp);
     });
+  }
+
+  /** What a running step waits on (GSS-API for the SPN), for the handshake's timeout message. */
+  get waitingOn(): string | undefined {
+    return this.#context?.waitingOn;
   }
 
   #made(loaded: typeof import('./context.ts')): NegotiateContext {
