@@ -123,6 +123,34 @@ describe.skipIf(!havePeers)('R1/R3/R4: a KDC that never answers (real MIT GSS-AP
     );
   }
 
+  // (First in this block: the tests after it leave calls stuck on the silent KDC for MIT's ~27 s.)
+  it('R3/R4: a healthy origin whose step only waited in the queue behind calls stuck elsewhere is not blamed: its timeout does not name its KDC, nothing is remembered, and its next request authenticates once the workers are free (review r46)', async () => {
+    const { fn, started } = fakeKoffiFunction();
+    const stuck = Array.from({ length: GSS_WORKER_CALLS }, () => callAsync(fn as never, []));
+    // The lab's own krb5.conf (its KDC answers) and alice's ticket: nothing wrong with this origin.
+    const restore = lab.applyEnv({ KRB5_CONFIG: lab.env.KRB5_CONFIG });
+    const agent = new MultilegAgent({
+      negotiate: { ccache: lab.env.KRB5CCNAME! },
+      limits: { handshakeTimeout: 500 },
+      connect: { ca: lab.apache!.ca },
+    });
+    try {
+      const queued = await get(agent);
+      expect(queued.code).toBe('MULTILEG_HANDSHAKE_TIMEOUT');
+      // Before: inMechanismStep true, "waiting on GSS-API for HTTP@localhost … kdc entries".
+      expect(queued.inMechanismStep).not.toBe(true);
+      expect(queued.message).not.toContain('kdc entries');
+      for (const done of started.splice(0)) done(null, 0);
+      await within(Promise.all(stuck));
+      // Before: "remembered for this origin" for 5 s.
+      expect((await get(agent)).code).toBe('status 200');
+    } finally {
+      for (const done of started.splice(0)) done(null, 0);
+      await agent.destroy();
+      restore();
+    }
+  });
+
   it('R3: the handshake timeout names GSS-API for the SPN and the KDC, not the server', async () => {
     const agent = await agentWithTgtOnly(500);
     try {

@@ -411,6 +411,38 @@ describe.skipIf(!haveBindingAndAcceptor)(
       }
     });
 
+    it("M2/R1: a context made ahead serves the request it is handed to, also where every step runs on a worker (MIT's default krb5.conf): its server-token check is not dropped for the earlier request whose handshake is over (review r46: every such request failed mutual authentication)", async () => {
+      const realm = lab.realm!;
+      const conf = join(lab.dir, 'canonicalize-ahead.conf');
+      await realm.writeKrb5Conf(conf, realm.kdcPort);
+      await writeFile(
+        conf,
+        (await readFile(conf, 'utf8')).replace('dns_canonicalize_hostname = false', 'dns_canonicalize_hostname = true'),
+      );
+      const previous = process.env.KRB5_CONFIG;
+      process.env.KRB5_CONFIG = conf;
+      try {
+        const cache = new CredCache();
+        const over: boolean[] = [];
+        // Each request's handshake: over once its server token was checked.
+        const o = (i: number) => ({ ...options(cache), gaveUp: () => over[i] === true });
+        for (let i = 0; i < 3; i++) {
+          const client = await GssClient.create('HTTP@localhost', o(i));
+          await client.step(await accept((await client.step(''))!));
+          over[i] = true;
+        }
+        await vi.waitFor(() => expect(cache.ahead).toBe(true));
+        const handed = await GssClient.create('HTTP@localhost', o(3));
+        const token = (await handed.step(''))!;
+        expect(handed.lastCall).toBe('ahead');
+        // Before: GssCallAbandonedError (the earlier request's gaveUp), a MutualAuthError to the caller.
+        await handed.step(await accept(token));
+        expect([handed.lastCall, handed.contextComplete]).toEqual(['async', true]);
+      } finally {
+        process.env.KRB5_CONFIG = previous;
+      }
+    });
+
     it("R1/R3: where krb5.conf canonicalises host names in DNS (dns_canonicalize_hostname = true, MIT's default), every step runs on a worker — MIT looks the host up in each gss_init_sec_context call, a silent DNS server would stall the event loop", async () => {
       const realm = lab.realm!;
       const conf = join(lab.dir, 'canonicalize.conf');

@@ -33,7 +33,7 @@ import {
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
-import { type OriginMemory, protectionSpaces } from './origin-memory.ts';
+import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
@@ -1237,14 +1237,14 @@ class Lead implements HandshakeInput, LegInfo {
         // R4: the mechanism waited out the deadline on its KDC (GSS-API), not on the server: the
         // requests behind it fail at once for a few seconds (KDC_RECHECK_MS) rather than each take
         // the handshake over (R2) and wait the same deadline on the same KDC in turn (review r43).
-        const kdcSilent = result.error instanceof HandshakeTimeoutError && result.error.inMechanismStep;
-        if (kdcSilent) env.memory.markUnusable(scheme.toLowerCase(), result.error);
+        const silentKdc = result.error instanceof HandshakeTimeoutError && kdcSilent(result.error);
+        if (silentKdc) env.memory.markUnusable(scheme.toLowerCase(), result.error);
         if (result.proofFailed) {
           // The server failed mutual authentication: nothing more goes on this connection, and the
           // requests queued behind the leader fail with the same error (never a 200 from it).
           session.apply({ type: 'closed', failure: result.proofFailed });
         } else if (this.#leading()) {
-          if (!kdcSilent && leaderGaveUp(job, result.error)) session.handOver(job.id);
+          if (!silentKdc && leaderGaveUp(job, result.error)) session.handOver(job.id);
           // R2: only the server's own final 401 sends the waiters on without credentials; after any
           // other end (a reset stream, a bad token, a 500) they try again; a request that waited
           // MAX_WAITS times then goes bare (check).

@@ -23,7 +23,7 @@ export { TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS };
 export const KDC_RECHECK_MS = 5_000;
 
 /** Whether `error` says a KDC (or the DNS GSS-API needed) did not answer, rather than the server. */
-function kdcSilent(error: Error): boolean {
+export function kdcSilent(error: Error): boolean {
   return (
     (error instanceof HandshakeTimeoutError && error.inMechanismStep) ||
     (error instanceof MultilegError && error.code === 'MULTILEG_KRB_KDC_UNREACHABLE')

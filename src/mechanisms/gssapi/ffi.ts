@@ -225,7 +225,8 @@ export function statusText(g: GssFunctions, major: number, minor: number, mech: 
  * on its thread for MIT's whole retry schedule (~27 s), so a burst of such calls would take every
  * thread and stall unrelated DNS lookups and file reads (review r43). Two leaves the other threads
  * (two of the default four) to DNS and fs; a process that raises UV_THREADPOOL_SIZE still runs two
- * at a time here: one stuck KDC must not take more, and two keep a second realm's calls moving.
+ * at a time here: one stuck KDC must not take more. (A second origin's calls queue behind stuck
+ * ones; the time they spend queued is not blamed on their KDC: see `onState`.)
  */
 export const GSS_WORKER_CALLS = 2;
 
@@ -258,6 +259,16 @@ function next(): void {
   }
 }
 
+/** Rejects and removes the queued calls whose callers gave up (review r46: else kept until a slot frees, ~27 s). */
+function dropAbandoned(): void {
+  for (let i = waiting.length - 1; i >= 0; i--) {
+    const q = waiting[i]!;
+    if (!q.gaveUp?.()) continue;
+    waiting.splice(i, 1);
+    q.reject(new GssCallAbandonedError());
+  }
+}
+
 /** GSS-API calls on workers now, and waiting for one (for tests and diagnostics). */
 export function gssCallsPending(): { running: number; queued: number } {
   return { running: onWorkers, queued: waiting.length };
@@ -267,26 +278,44 @@ export function gssCallsPending(): { running: number; queued: number } {
  * Runs a koffi function on its worker pool and resolves with its return value, at most
  * {@link GSS_WORKER_CALLS} at once process-wide (the rest queue, first come first served).
  * `gaveUp`: asked when the call's turn comes; true rejects it with {@link GssCallAbandonedError}
- * and starts nothing.
+ * and starts nothing (and a queued call whose caller gave up is dropped as others queue, so the
+ * queue holds only calls still wanted). `onState`: told as it queues, runs and ends.
  */
-export function callAsync(fn: KoffiFunction, args: unknown[], gaveUp?: () => boolean): Promise<number> {
-  return new Promise((resolve, reject) => {
+export function callAsync(
+  fn: KoffiFunction,
+  args: unknown[],
+  gaveUp?: () => boolean,
+  onState?: (state: GssCallState) => void,
+): Promise<number> {
+  dropAbandoned();
+  return new Promise<number>((resolve, reject) => {
     const start = () => {
+      onState?.('running');
       onWorkers += 1;
       try {
         fn.async(...args, (err: unknown, ret: number) => {
           onWorkers -= 1;
+          onState?.('done');
           next();
           if (err) reject(err);
           else resolve(ret);
         });
       } catch (e) {
         onWorkers -= 1;
+        onState?.('done');
         reject(e);
         next();
       }
     };
-    waiting.push({ start, gaveUp, reject });
+    const dropped = (err: Error) => {
+      onState?.('done');
+      reject(err);
+    };
+    onState?.('queued');
+    waiting.push({ start, gaveUp, reject: dropped });
     next();
   });
 }
+
+/** Where a GSS-API call on a worker is: waiting in the queue for one, running on one, or over. */
+export type GssCallState = 'queued' | 'running' | 'done';

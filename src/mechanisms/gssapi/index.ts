@@ -14,6 +14,7 @@ import {
   GSS_C_INITIATE,
   GSS_S_CONTINUE_NEEDED,
   GssCallAbandonedError,
+  type GssCallState,
   type GssFunctions,
   type GssHandle,
   type GssOid,
@@ -33,6 +34,7 @@ export {
   GSS_WORKER_CALLS,
   GssapiUnavailableError,
   GssCallAbandonedError,
+  type GssCallState,
   gssCallsPending,
   gssLibraryName,
   loadGssFunctions,
@@ -58,10 +60,13 @@ export interface GssClientOptions {
   readonly credCache?: CredCache;
   /**
    * Whether this context's caller has given up (its handshake's deadline passed, its request was
-   * aborted): a call still queued for a worker is then not started (see ffi.ts callAsync). Not
-   * passed on to a context made ahead for a later request.
+   * aborted): a call still queued for a worker is then not started (see ffi.ts callAsync). A context
+   * made ahead takes its request's when handed out (review r46: it kept the previous request's,
+   * which had given up, so its AP-REP check was dropped).
    */
   readonly gaveUp?: () => boolean;
+  /** Told where this context's GSS-API calls on workers are (see ffi.ts callAsync); rebound as `gaveUp` is. */
+  readonly onCall?: (state: GssCallState) => void;
 }
 
 /** How long an acquired credential serves new contexts: a burst acquires once, a later kinit is seen soon. */
@@ -382,8 +387,14 @@ export class GssClient {
   #lastCall: 'sync' | 'async' | 'ahead' | undefined;
   /** The first step, made ahead of the request (see {@link CredCache.firstTokenTaken}). */
   #ahead: Promise<string | null> | undefined;
-  /** The call running on a koffi worker, if one is. */
+  /** The call running on a koffi worker (or queued for one), if one is. */
   #busy: Promise<number> | undefined;
+  /** Thrown away (its handles go once a call on a worker is over). */
+  #disposed = false;
+  /** Whether its caller gave up (see {@link GssClientOptions.gaveUp}): the request it now serves. */
+  #gaveUp: (() => boolean) | undefined;
+  /** Its caller's {@link GssClientOptions.onCall}: the request it now serves. */
+  #onCall: ((state: GssCallState) => void) | undefined;
   readonly username: string;
 
   private constructor(g: GssFunctions, h: Handles, o: GssClientOptions, username: string, spn: string) {
@@ -395,6 +406,8 @@ export class GssClient {
     this.#flags = o.flags;
     this.#credCache = o.credCache;
     this.#o = o;
+    this.#gaveUp = o.gaveUp;
+    this.#onCall = o.onCall;
     this.username = username;
     // Both address types 0 and empty (they are part of the checksum): only the application data binds.
     const data = o.channelBinding
@@ -424,7 +437,12 @@ export class GssClient {
     const now = Date.now();
     o.credCache?.recheck(now, g, o);
     const ahead = only ? undefined : o.credCache?.takeAhead(spn, o, now);
-    if (ahead) return ahead;
+    if (ahead) {
+      // Made for a request still to come: this one's.
+      ahead.#gaveUp = o.gaveUp;
+      ahead.#onCall = o.onCall;
+      return ahead;
+    }
     const h: Handles = { ctx: [null] };
     try {
       const kept = o.credCache?.take(now);
@@ -460,6 +478,7 @@ export class GssClient {
           [0],
         ],
         only ? undefined : o.gaveUp,
+        only ? undefined : o.onCall,
       );
       if (isGssError(major)) {
         throw new GssCallError('gss_acquire_cred_from', major, minor[0]!, statusText(g, major, minor[0]!, MECH_KRB5));
@@ -579,8 +598,11 @@ export class GssClient {
       if (sync) {
         major = g.initSecContext(...args) as number;
       } else {
-        // A context made ahead has no caller yet: only a request's own step can be given up.
-        const call = callAsync(g.initSecContext, args, maySync ? this.#o.gaveUp : undefined);
+        // A request's own step is given up with its request; one made ahead (no caller yet) with
+        // the context, once thrown away unused.
+        const call = maySync
+          ? callAsync(g.initSecContext, args, this.#gaveUp, this.#onCall)
+          : callAsync(g.initSecContext, args, () => this.#disposed);
         this.#busy = call;
         try {
           major = await call;
@@ -642,6 +664,7 @@ export class GssClient {
 
   /** Frees the GSS handles now (also done when the context completes or fails, and on garbage collection). */
   dispose(): void {
+    this.#disposed = true;
     // A worker may be using the context, its credential and name right now (a context made ahead,
     // thrown away): MIT allows one thread per context, so release them once that call is over.
     const busy = this.#busy;

@@ -11,7 +11,7 @@
 import type { Challenge } from '../../challenge/types.ts';
 import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
 import { log } from '../../log.ts';
-import { CredCache } from '../gssapi/index.ts';
+import { CredCache, GssCallAbandonedError, type GssCallState } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
 import { SpnegoNtlmContext } from '../spnego/ntlm.ts';
 import {
@@ -95,6 +95,11 @@ export class NegotiateContext implements MechanismContext {
   #renewed = false;
   /** Set while a GSS-API call of this context runs (see {@link waitingOn}). */
   #waiting = false;
+  /** Where this context's GSS-API call on a worker is, if it has one (see ffi.ts callAsync). */
+  #call: GssCallState = 'done';
+  readonly #onCall = (state: GssCallState): void => {
+    this.#call = state;
+  };
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -168,11 +173,14 @@ export class NegotiateContext implements MechanismContext {
     );
   }
 
-  /** While GSS-API works for this context: it may wait on a KDC or DNS, not on the server. */
+  /**
+   * While GSS-API works for this context: it may wait on a KDC or DNS, not on the server. Not while
+   * its call only waits in the queue for a worker others hold (review r46: that is no fault of this
+   * KDC, and must not be remembered as one).
+   */
   get waitingOn(): string | undefined {
-    return this.#waiting
-      ? `GSS-API for ${this.#spn} (the KDC or DNS: check krb5.conf's kdc entries for the realm, and that kinit reaches that KDC)`
-      : undefined;
+    if (!this.#waiting || this.#call === 'queued') return undefined;
+    return `GSS-API for ${this.#spn} (the KDC or DNS: check krb5.conf's kdc entries for the realm, and that kinit reaches that KDC)`;
   }
 
   /** The SPN this context asked a ticket for (after the first step). */
@@ -245,6 +253,7 @@ export class NegotiateContext implements MechanismContext {
       ...(cb ? { channelBinding: cb } : {}),
       credCache: this.#memory.creds,
       ...(gaveUp ? { gaveUp } : {}),
+      onCall: this.#onCall,
     });
     // Credentials name the caller's identity: another user's ticket (whoever ran kinit) is not
     // used for them — unless negotiate.principal chose a Kerberos identity of its own. (The addon
@@ -303,6 +312,8 @@ export class NegotiateContext implements MechanismContext {
         out = await this.#firstKerberosToken(leg, gaveUp);
       } catch (e) {
         this.#waiting = false;
+        // Its handshake gave up while the call waited for a worker: no NTLM for a dead handshake.
+        if (e instanceof GssCallAbandonedError) throw e;
         const err = e instanceof MultilegError ? e : this.#mapError(e);
         const reason = fallbackReasonOf(err);
         // Credentials (not this host) are at fault: remember it for a while — a second only when a
