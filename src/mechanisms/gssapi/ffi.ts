@@ -292,8 +292,12 @@ export function callAsync(
     const start = () => {
       onState?.('running');
       onWorkers += 1;
+      let over = false;
       try {
         fn.async(...args, (err: unknown, ret: number) => {
+          // (Once: the count is the cap, and one callback told twice would lift it.)
+          if (over) return;
+          over = true;
           onWorkers -= 1;
           onState?.('done');
           next();
