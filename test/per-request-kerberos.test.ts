@@ -282,6 +282,24 @@ describe.skipIf(!haveBindingAndAcceptor)(
       await lab?.stop();
     });
 
+    /** Runs `fn` under the lab's krb5.conf saying `dns_canonicalize_hostname = true` (MIT's default). */
+    async function withCanonicalisingProfile(fn: () => Promise<void>): Promise<void> {
+      const realm = lab.realm!;
+      const conf = join(lab.dir, 'canonicalize.conf');
+      await realm.writeKrb5Conf(conf, realm.kdcPort);
+      await writeFile(
+        conf,
+        (await readFile(conf, 'utf8')).replace('dns_canonicalize_hostname = false', 'dns_canonicalize_hostname = true'),
+      );
+      const previous = process.env.KRB5_CONFIG;
+      process.env.KRB5_CONFIG = conf;
+      try {
+        await fn();
+      } finally {
+        process.env.KRB5_CONFIG = previous;
+      }
+    }
+
     const options = (cache: CredCache, more: { ccache?: string; keytab?: string } = {}) => ({
       mech: 'spnego' as const,
       flags: 2,
@@ -412,16 +430,7 @@ describe.skipIf(!haveBindingAndAcceptor)(
     });
 
     it("M2/R1: a context made ahead serves the request it is handed to, also where every step runs on a worker (MIT's default krb5.conf): its server-token check is not dropped for the earlier request whose handshake is over (review r46: every such request failed mutual authentication)", async () => {
-      const realm = lab.realm!;
-      const conf = join(lab.dir, 'canonicalize-ahead.conf');
-      await realm.writeKrb5Conf(conf, realm.kdcPort);
-      await writeFile(
-        conf,
-        (await readFile(conf, 'utf8')).replace('dns_canonicalize_hostname = false', 'dns_canonicalize_hostname = true'),
-      );
-      const previous = process.env.KRB5_CONFIG;
-      process.env.KRB5_CONFIG = conf;
-      try {
+      await withCanonicalisingProfile(async () => {
         const cache = new CredCache();
         const over: boolean[] = [];
         // Each request's handshake: over once its server token was checked.
@@ -438,22 +447,11 @@ describe.skipIf(!haveBindingAndAcceptor)(
         // Before: GssCallAbandonedError (the earlier request's gaveUp), a MutualAuthError to the caller.
         await handed.step(await accept(token));
         expect([handed.lastCall, handed.contextComplete]).toEqual(['async', true]);
-      } finally {
-        process.env.KRB5_CONFIG = previous;
-      }
+      });
     });
 
     it("R1/R3: where krb5.conf canonicalises host names in DNS (dns_canonicalize_hostname = true, MIT's default), every step runs on a worker — MIT looks the host up in each gss_init_sec_context call, a silent DNS server would stall the event loop", async () => {
-      const realm = lab.realm!;
-      const conf = join(lab.dir, 'canonicalize.conf');
-      await realm.writeKrb5Conf(conf, realm.kdcPort);
-      await writeFile(
-        conf,
-        (await readFile(conf, 'utf8')).replace('dns_canonicalize_hostname = false', 'dns_canonicalize_hostname = true'),
-      );
-      const previous = process.env.KRB5_CONFIG;
-      process.env.KRB5_CONFIG = conf;
-      try {
+      await withCanonicalisingProfile(async () => {
         const o = options(new CredCache());
         const clients: GssClient[] = [];
         for (let i = 0; i < 5; i++) clients.push(await GssClient.create('HTTP@localhost', o));
@@ -466,9 +464,7 @@ describe.skipIf(!haveBindingAndAcceptor)(
           expect(client.lastCall).toBe('async');
           expect(client.contextComplete).toBe(true);
         }
-      } finally {
-        process.env.KRB5_CONFIG = previous;
-      }
+      });
     });
   },
 );

@@ -72,6 +72,18 @@ async function perRequestNtlm(s: ReferenceServer, limits: MultilegAgentOptions['
   return a;
 }
 
+/** Listens on loopback; the test's end closes it, its `sockets` destroyed first (kept-alive ones would hold it). */
+async function listenClosingWith(server: import('node:net').Server, sockets: Set<import('node:net').Socket>) {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  servers.push({
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  });
+}
+
 /** An h2+h1 TLS server whose handler decides per request; `hold` leaves a request unanswered. */
 async function hostile(
   handler: (
@@ -97,14 +109,7 @@ async function hostile(
       else res.writeHead(status, headers).end();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  servers.push({
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  });
+  await listenClosingWith(server, sockets);
   return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, requests: () => n };
 }
 const causeOf = (e: unknown) => ((e as { cause?: unknown }).cause ?? e) as Error;
@@ -778,14 +783,7 @@ async function noStreams(
       answer(headers, (status, extra = {}) => stream.respond({ ':status': status, ...extra }, { endStream: true })),
     );
   }
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  servers.push({
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  });
+  await listenClosingWith(server, sockets);
   const lower = () =>
     Promise.all(
       [...sessions].map(
