@@ -926,6 +926,18 @@ describe("T3: the certificate selector is told the server's acceptable CAs", () 
 
 describe('T3: Apache names its acceptable client CAs (SSLCACertificateFile), asking (optional) or requiring a certificate', () => {
   const haveApache = requirePeer('apache');
+  /** Apache asking (`optional`) or requiring a client certificate of CA A or B, closed after the test. */
+  const apacheFor = async (maxVersion: 'TLSv1.3' | 'TLSv1.2', verify: 'optional' | 'require') => {
+    const apache = await certificateApache({
+      cert: SERVER_CERT,
+      key: SERVER_KEY,
+      clientCas: [CA_A, CA_B],
+      maxVersion,
+      verify,
+    });
+    closers.push(() => apache.stop());
+    return apache;
+  };
   for (const verify of ['optional', 'require'] as const)
     for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
       it.runIf(haveApache)(
@@ -933,14 +945,7 @@ describe('T3: Apache names its acceptable client CAs (SSLCACertificateFile), ask
           ? `T3: Apache (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache verifies it`
           : `T3: Apache requiring a certificate (${maxVersion}): the selector gets CAs A and B, picks B's certificate, and Apache answers`,
         async () => {
-          const apache = await certificateApache({
-            cert: SERVER_CERT,
-            key: SERVER_KEY,
-            clientCas: [CA_A, CA_B],
-            maxVersion,
-            verify,
-          });
-          closers.push(() => apache.stop());
+          const apache = await apacheFor(maxVersion, verify);
           const { told, select } = recordingSelector();
           const a = agentFor(apache.origin, { clientCertificate: select });
           const res = await fetch(`${apache.origin}/`, { dispatcher: a });
@@ -958,14 +963,7 @@ describe('T3: Apache names its acceptable client CAs (SSLCACertificateFile), ask
     it.runIf(haveApache)(
       `T3: Apache requiring a certificate (${maxVersion}) refuses one of another CA with a TLS alert: the selector is asked again at once and the request goes on with its new one; given the refused one again, ClientCertificateRefusedError names the alert`,
       async () => {
-        const apache = await certificateApache({
-          cert: SERVER_CERT,
-          key: SERVER_KEY,
-          clientCas: [CA_A, CA_B],
-          maxVersion,
-          verify: 'require',
-        });
-        closers.push(() => apache.stop());
+        const apache = await apacheFor(maxVersion, 'require');
         let asked = 0;
         // A certificate of another CA first (rotation: the server's CA changed), then B's.
         const a = agentFor(apache.origin, { clientCertificate: () => (++asked === 1 ? CERT : CERT_B) });
