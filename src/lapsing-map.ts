@@ -37,6 +37,15 @@ export class LapsingMap<K, V> {
     return undefined;
   }
 
+  /** When `key`'s entry lapses (a `Date.now()` time), unless it has. */
+  until(key: K): number | undefined {
+    return this.get(key) === undefined ? undefined : this.#entries.get(key)!.until;
+  }
+
+  delete(key: K): void {
+    this.#entries.delete(key);
+  }
+
   clear(): void {
     this.#entries.clear();
   }

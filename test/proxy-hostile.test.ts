@@ -18,7 +18,9 @@ import { createServer as createTlsServer } from 'node:tls';
 import { type Dispatcher, fetch, request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
+  KerberosKdcUnreachableError,
   KerberosNoTicketError,
+  KerberosOtherPrincipalError,
   KerberosTicketExpiredError,
   type Mechanism,
   MultilegAgent,
@@ -45,7 +47,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
+import { KDC_RECHECK_MS, TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import {
   ALICE,
   REFUSED_PORT,
@@ -808,7 +810,7 @@ describe('forwarding proxies that close the connection after every response (H5,
     expect(unauthenticated(heads(proxy))).toHaveLength(1);
   });
 
-  it('H5/R4: a Basic chosen because Negotiate cannot run here (no Kerberos ticket) is carried unasked only for UNUSABLE_MEMORY_MS: then a new connection goes bare and Negotiate is tried again (after a kinit it would answer), not the password for good', async () => {
+  it('H5/R4: a Basic chosen because Negotiate cannot run here (no Kerberos ticket) is carried unasked only while the proxy remembers that (TICKET_RECHECK_MS, as an origin): then a new connection goes bare and Negotiate is tried again (after a kinit it would answer), not the password for good', async () => {
     const negotiateAndBasic407 =
       'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nProxy-Authenticate: Basic realm="p"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
     proxy = await closingProxy((head) =>
@@ -834,15 +836,76 @@ describe('forwarding proxies that close the connection after every response (H5,
       expect((await get('/soon')).status).toBe(200);
       expect(unauthenticated(heads(proxy))).toHaveLength(1);
       expect(negotiateTried).toBe(1);
-      vi.setSystemTime(Date.now() + UNUSABLE_MEMORY_MS + 1);
+      vi.setSystemTime(Date.now() + TICKET_RECHECK_MS + 1);
       // After it: bare, the proxy's 407, Negotiate tried again (still no ticket here), then Basic.
       expect((await get('/later')).status).toBe(200);
-      // Before: the Basic went unasked on every new connection for good; Negotiate never again.
+      // Before: the Basic went unasked on every new connection for good; Negotiate never again (and
+      // later, for UNUSABLE_MEMORY_MS, where an origin tries a new ticket after a second).
       expect(unauthenticated(heads(proxy))).toHaveLength(2);
       expect(negotiateTried).toBe(2);
     } finally {
       vi.useRealTimers();
     }
+  });
+
+  it('R4/H5: a proxy Negotiate whose KDC did not answer is remembered for the proxy (KDC_RECHECK_MS): the next connection fails at once with why, not after another wait on the KDC; then it is tried again', async () => {
+    const negotiate407 =
+      'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+    proxy = await closingProxy(() => negotiate407);
+    let negotiateTried = 0;
+    const kdcDown = unavailableScheme('Negotiate', () => {
+      negotiateTried += 1;
+      return new KerberosKdcUnreachableError('Cannot contact any KDC for realm');
+    });
+    agent = new MultilegAgent({ proxy: { uri: `http://127.0.0.1:${proxy.port}`, mechanisms: [kdcDown] } });
+    const failure = (path: string) =>
+      get(path).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const first = await failure('/first');
+      expect(first).toBeInstanceOf(ProxyAuthenticationError);
+      expect(first!.message).toContain('MULTILEG_KRB_KDC_UNREACHABLE');
+      expect(negotiateTried).toBe(1);
+      // A new connection (the proxy closed the last): its 407 is answered from the proxy's memory.
+      const soon = await failure('/soon');
+      expect(soon).toBeInstanceOf(ProxyAuthenticationError);
+      expect(soon!.message).toContain('MULTILEG_KRB_KDC_UNREACHABLE');
+      // Before: remembered per connection only, so every tunnel waited on the KDC again.
+      expect(negotiateTried).toBe(1);
+      vi.setSystemTime(Date.now() + KDC_RECHECK_MS + 1);
+      expect(await failure('/later')).toBeInstanceOf(ProxyAuthenticationError);
+      expect(negotiateTried).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('R4/H5: setProxyCredentials forgets what could not run with the old credentials at the proxy: the next connection tries that scheme again', async () => {
+    const negotiateAndBasic407 =
+      'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nProxy-Authenticate: Basic realm="p"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+    proxy = await closingProxy((head) => (/\r\nproxy-authorization: basic /i.test(head) ? ok : negotiateAndBasic407));
+    let negotiateTried = 0;
+    const otherPrincipal = unavailableScheme('Negotiate', () => {
+      negotiateTried += 1;
+      return new KerberosOtherPrincipalError('someone@EXAMPLE.TEST', 'u');
+    });
+    agent = new MultilegAgent({
+      proxy: {
+        uri: `http://127.0.0.1:${proxy.port}`,
+        credentials: { username: 'u', password: 'pw' },
+        mechanisms: [otherPrincipal],
+      },
+    });
+    expect((await get('/first')).status).toBe(200);
+    expect((await get('/second')).status).toBe(200);
+    expect(negotiateTried).toBe(1);
+    agent.setProxyCredentials({ username: 'v', password: 'pw2' });
+    expect((await get('/third')).status).toBe(200);
+    // Else it stays skipped for UNUSABLE_MEMORY_MS (now remembered for the proxy) whoever the credentials now name.
+    expect(negotiateTried).toBe(2);
   });
 
   it('R4: a wrong Basic password through the closing forwarding proxy is sent once, and the typed refusal names the proxy (no relocation loop)', async () => {

@@ -12,6 +12,7 @@ import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts
 import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { type Ticket, UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
+import { unusableUntil } from '../session/origin-memory.ts';
 import { ProxyAuthenticationError } from './errors.ts';
 import type { ResolvedProxy } from './options.ts';
 
@@ -259,6 +260,19 @@ export class ProxyAuth {
   /** The proxy's unusable schemes still remembered (by key, with why); forgotten ones dropped. */
   #remembered(): [string, { readonly scheme: string; readonly error: MultilegError }][] {
     return this.#proxy.unusable.live();
+  }
+
+  /**
+   * Until when what `offered` lists and is skipped stays skipped by the proxy's other connections:
+   * the earliest lapse of its memory (now for one this connection alone still skips), Infinity
+   * when nothing offered is skipped.
+   */
+  #skippedUntil(offered: readonly Challenge[]): number {
+    let until = Number.POSITIVE_INFINITY;
+    const skipped = this.#skipped;
+    for (const c of offered)
+      if (skipped.has(c.schemeKey)) until = Math.min(until, this.#proxy.unusable.until(c.schemeKey) ?? Date.now());
+    return until;
   }
 
   /** Why each skipped scheme cannot run here, this connection's own reason first. */
@@ -663,17 +677,20 @@ export class ProxyAuth {
         );
         // What the proxy asks for, for its next connections (a connection-bound scheme is this one's
         // alone). Chosen because a scheme offered ahead of it cannot run here (no Kerberos ticket):
-        // only for as long as that is remembered on an origin, then that scheme is tried again.
+        // only for as long as the proxy remembers that (then that scheme is tried again: a kinit
+        // mends it within a second).
         this.#proxy.perRequest = mechanism.level === 'request' ? mechanism : undefined;
-        this.#proxy.perRequestUntil = offered.some((c) => this.#skipped.has(c.schemeKey))
-          ? Date.now() + UNUSABLE_MEMORY_MS
-          : Number.POSITIVE_INFINITY;
+        this.#proxy.perRequestUntil = this.#skippedUntil(offered);
         return fellThrough ? 'next' : undefined;
       } catch (err) {
         if (cannotRunHere(err)) {
           log.proxy('%s scheme %s unusable: %s', this.#proxy.origin, mechanism.scheme, err.code);
+          // Here for this connection's life; for the proxy's other connections while remembered
+          // (R4: a KDC that did not answer is not waited for again by every tunnel).
+          const why = { scheme: mechanism.scheme, error: err };
           this.#excluded.add(challenge.schemeKey);
-          this.#unusable.set(challenge.schemeKey, { scheme: mechanism.scheme, error: err });
+          this.#unusable.set(challenge.schemeKey, why);
+          this.#proxy.unusable.set(challenge.schemeKey, why, unusableUntil(err));
           continue;
         }
         throw err;
@@ -698,7 +715,7 @@ export class ProxyAuth {
     );
     this.#excluded.add(key);
     this.#unusable.set(key, { scheme, error: err });
-    this.#proxy.unusable.set(key, { scheme, error: err }, Date.now() + UNUSABLE_MEMORY_MS);
+    this.#proxy.unusable.set(key, { scheme, error: err }, unusableUntil(err));
     this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
   }
 

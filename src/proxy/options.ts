@@ -6,7 +6,7 @@ import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { type ConnectTo, dialFor } from '../connect-to.ts';
-import { ConfigError, type MultilegError } from '../errors.ts';
+import { ConfigError, InvalidTokenError, type MultilegError } from '../errors.ts';
 import { LapsingMap } from '../lapsing-map.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
@@ -140,11 +140,12 @@ export interface ResolvedProxy {
    */
   perRequestUntil: number;
   /**
-   * Schemes (by lower-case key) this proxy showed unusable with it, for every connection to it
-   * until `until` (UNUSABLE_MEMORY_MS, as an origin remembers a scheme that cannot run there, R4):
-   * one whose challenge, the proxy's answer to its first leg, could not be read (T2: its NTLM
-   * CHALLENGE malformed), with that error. Meanwhile its 407s are answered with the next scheme
-   * they offer, not that one again on every tunnel. Kept through setProxyCredentials: the proxy
+   * Schemes (by lower-case key) found unusable with this proxy, with why, for every connection to
+   * it for as long as an origin remembers such a scheme (R4, `unusableUntil`): one that could not
+   * run here (no Kerberos ticket: a second; a KDC that did not answer: a few seconds), or whose
+   * challenge, the proxy's answer to its first leg, could not be read (T2: its NTLM CHALLENGE
+   * malformed). Meanwhile its 407s are answered with the next scheme they offer, not that one
+   * again on every tunnel. setProxyCredentials forgets the former, not the latter: the proxy
    * sent it, and other credentials do not mend it.
    */
   readonly unusable: LapsingMap<string, { readonly scheme: string; readonly error: MultilegError }>;
@@ -428,6 +429,10 @@ export class ProxyResolver {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;
       proxy.proof.reset();
+      // What the old credentials could not do is tried again with the new ones (as an origin's,
+      // OriginMemory.credentialsChanged); a challenge the proxy sent unreadable stays remembered.
+      for (const [key, u] of proxy.unusable.live())
+        if (!(u.error instanceof InvalidTokenError)) proxy.unusable.delete(key);
     }
   }
 

@@ -30,6 +30,16 @@ export function kdcSilent(error: Error): boolean {
   );
 }
 
+/**
+ * Until when (a `Date.now()` time) a scheme that could not run with `error` is skipped, by an
+ * origin or a proxy (R4): a second when a kinit mends it (TICKET_RECHECK_MS), KDC_RECHECK_MS when
+ * a KDC did not answer, else UNUSABLE_MEMORY_MS.
+ */
+export function unusableUntil(error: Error, now = Date.now()): number {
+  const kinitMends = error instanceof MultilegError && ticketFixes(error.code);
+  return now + (kinitMends ? TICKET_RECHECK_MS : kdcSilent(error) ? KDC_RECHECK_MS : UNUSABLE_MEMORY_MS);
+}
+
 const NONE: ReadonlyArray<readonly [string, Error]> = [];
 
 /**
@@ -96,14 +106,9 @@ export class OriginMemory {
     this.#http1Until = Date.now() + this.#ttl;
   }
 
-  /**
-   * A scheme could not run here (R4): the requests that follow skip it for a while — a second when
-   * a kinit mends it, KDC_RECHECK_MS when a KDC did not answer, else UNUSABLE_MEMORY_MS.
-   */
+  /** A scheme could not run here (R4): the requests that follow skip it for a while ({@link unusableUntil}). */
   markUnusable(schemeKey: string, error: Error): void {
-    const kinitMends = error instanceof MultilegError && ticketFixes(error.code);
-    const until =
-      Date.now() + (kinitMends ? TICKET_RECHECK_MS : kdcSilent(error) ? KDC_RECHECK_MS : UNUSABLE_MEMORY_MS);
+    const until = unusableUntil(error);
     this.#unusable.set(schemeKey, rememberedUntil(error, schemeKey, until), until);
   }
 
