@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
+import { loadGssFunctions } from '../src/mechanisms/gssapi/ffi.ts';
 import {
   AHEAD_MAX_AGE_MS,
   CRED_REUSE_MS,
@@ -447,6 +448,34 @@ describe.skipIf(!haveBindingAndAcceptor)(
         // Before: GssCallAbandonedError (the earlier request's gaveUp), a MutualAuthError to the caller.
         await handed.step(await accept(token));
         expect([handed.lastCall, handed.contextComplete]).toEqual(['async', true]);
+      });
+    });
+
+    it("R1/R3: where krb5.conf canonicalises host names in DNS, a failed step's error names the service as written: its Kerberos name is not made on the event loop (gss_canonicalize_name looks the host up, which a silent DNS server stalls)", async () => {
+      await withCanonicalisingProfile(async () => {
+        const g = await loadGssFunctions();
+        const canonicalize = g.canonicalizeName;
+        let onLoop = 0;
+        g.canonicalizeName = new Proxy(canonicalize, {
+          apply: (fn, self, args) => {
+            onLoop += 1;
+            return Reflect.apply(fn, self, args);
+          },
+        });
+        try {
+          // No such service principal in the KDC: the first step fails (on a worker).
+          const client = await GssClient.create('nosuch@localhost', options(new CredCache()));
+          const err = await client.step('').then(
+            () => undefined,
+            (e: Error) => e,
+          );
+          expect(err).toBeInstanceOf(GssCallError);
+          expect((err as GssCallError).servicePrincipal).toBe('nosuch/localhost');
+          // Before: gss_canonicalize_name on the event loop, for 'nosuch/localhost@EXAMPLE.TEST'.
+          expect(onLoop).toBe(0);
+        } finally {
+          g.canonicalizeName = canonicalize;
+        }
       });
     });
 

@@ -625,7 +625,9 @@ export class GssClient {
     if (isGssError(major)) {
       this.#credCache?.drop();
       const text = statusText(g, major, minor[0]!, this.#mech === MECH_KRB5 ? MECH_KRB5 : null);
-      const service = kerberosName(g, this.#h.target);
+      // Where making the name may ask DNS (the call that failed may have waited on it), as written:
+      // not looked up again on the event loop.
+      const service = this.#nameMayWait ? writtenPrincipal(this.#spn) : kerberosName(g, this.#h.target);
       this.dispose();
       throw new GssCallError('gss_init_sec_context', major, minor[0]!, text, {
         ...(this.username ? { client: this.username } : {}),
@@ -693,6 +695,9 @@ function displayAndRelease(g: GssFunctions, name: [GssHandle]): string {
 function cacheOf(o: GssClientOptions, client: string): TicketCache {
   return { client, ...(o.ccache ? { ccache: o.ccache } : {}), ...(o.principal ? { principal: o.principal } : {}) };
 }
+
+/** `service@host` as a Kerberos principal is written, with no realm (`service/host`): made without GSS-API. */
+const writtenPrincipal = (spn: string): string => spn.replace('@', '/');
 
 /** A name as a Kerberos principal (`HTTP/host@REALM`: the realm from krb5.conf's domain_realm), or ''. */
 function kerberosName(g: GssFunctions, name: GssHandle): string {
