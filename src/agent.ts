@@ -466,11 +466,15 @@ export class MultilegAgent extends Dispatcher {
           proofOf: (o) => this.#pool(o).memory.proof,
         });
         const named = namedOrigin(origin, headers);
-        const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
+        // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
+        const elsewhere = hostElsewhere(origin, headers, opts);
+        const grant = this.#options.trust.decide(
+          trustedBy(origin, named, elsewhere),
+          this.#crossOriginHop(origin, named, opts.path, handler),
+        );
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
-        // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
-        const identity = identityOf(headers, grant.allowed, hostElsewhere(origin, headers, opts));
+        const identity = identityOf(headers, grant.allowed, elsewhere);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
@@ -550,9 +554,13 @@ export class MultilegAgent extends Dispatcher {
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
     refuseTunnelledProxyAuthorization(origin, headers, pool.route, 'tunnel');
     this.#stats.requests += 1;
-    const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
+    const forwarded = pool.route?.kind === 'forward';
     // S6: a request never shares a connection with another identity's credentials.
-    const elsewhere = pool.route?.kind !== 'forward' && hostElsewhere(origin, headers, opts);
+    const elsewhere = !forwarded && hostElsewhere(origin, headers, opts);
+    const grant = this.#options.trust.decide(
+      trustedBy(origin, named, elsewhere || forwarded),
+      this.#crossOriginHop(origin, named, opts.path, handler),
+    );
     const identity = identityOf(headers, grant.allowed, elsewhere);
     const withheld =
       identity === 'anonymous' && !grant.allowed
@@ -756,6 +764,18 @@ function secureContextCertificate(connect: object): boolean {
   if (!('secureContext' in connect) || connect.secureContext === undefined) return false;
   const context = (connect.secureContext as { context?: { getCertificate?: () => unknown } } | null)?.context;
   return typeof context?.getCertificate !== 'function' || context.getCertificate() != null;
+}
+
+/**
+ * The origin whose trust decides a request's credentials (S1): behind undici's `dns` interceptor
+ * (an address in `origin`, the name in Host: see hostElsewhere) the name's — the caller asked for
+ * it, and it is what TLS checks and the Host a shared front end serves; a trusted address would
+ * otherwise pass the agent's password to whichever site a copied Host names (review r48). The
+ * dispatched origin where the Host is not what goes (`dispatched`: another origin's, which goes
+ * without credentials anyway, or a forwarding proxy's request, which carries the origin's own).
+ */
+function trustedBy(origin: string, named: string, dispatched: boolean): string {
+  return dispatched ? origin : named;
 }
 
 /**

@@ -745,6 +745,35 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(((await res.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
 
+  it("S1: behind undici's dns interceptor's shape (an address in the origin, a name in Host) trust is the name's: trusting the address alone sends no password for a Host naming some other site (review r48); trusting the name, the interceptor's requests get them", async () => {
+    const s = await server({ schemes: ['NTLM'] });
+    const { port } = new URL(s.origin);
+    const ipOrigin = `https://127.0.0.1:${port}`;
+    // A gateway whose backend is configured by address copies its caller's Host.
+    const byAddress = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [ipOrigin] });
+    const copied = await request(`${ipOrigin}/auth/copied`, {
+      dispatcher: byAddress,
+      headers: { host: `localhost:${port}` },
+    });
+    await copied.body.arrayBuffer();
+    // Before: 200 as alice, for whichever name the Host said.
+    expect(copied.statusCode).toBe(401);
+    expect(withAuth(s, '/auth/copied')).toEqual([]);
+    // The address itself, no Host: trusted, the password goes.
+    const direct = await request(`${ipOrigin}/auth/direct`, { dispatcher: byAddress });
+    expect(((await direct.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    // The name trusted, the dns interceptor putting the address in the origin: the password goes
+    // (before, only where the address was listed too).
+    const byName = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const viaDns = byName.compose(
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]),
+      }),
+    );
+    const named = await request(`${s.origin}/auth/named`, { dispatcher: viaDns });
+    expect(((await named.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);
