@@ -1,6 +1,6 @@
 /** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as undici reads them. */
 import { describe, expect, it } from 'vitest';
-import { MultilegAgent } from '../src/index.ts';
+import { ConfigError, MultilegAgent } from '../src/index.ts';
 import { authority, ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
 
 const via = (r: ProxyResolver, origin: string) => {
@@ -30,6 +30,29 @@ describe('proxy selection', () => {
     const https = new ProxyResolver(undefined, { ...cgi, HTTPS_PROXY: 'http://secure:3128' });
     expect(via(https, 'https://a.example')).toBe('tunnel http://secure:3128');
     expect(via(https, 'http://a.example')).toBe('direct');
+  });
+
+  it("H5/S1: a proxy URL's user:password is decoded, or refused with a ConfigError naming the fix (never the password) when an escape is malformed (review r47: a bare URIError); proxy.credentials: null is none, the URL's user:password included", () => {
+    const account = (r: ProxyResolver) => r.route('https://a.example')?.proxy.account;
+    expect(account(new ProxyResolver(undefined, { HTTPS_PROXY: 'http://DOM%5Cu:p%25w@p:1' }))).toBe('DOM\\u');
+    for (const make of [
+      () => new ProxyResolver(undefined, { HTTPS_PROXY: 'http://u:p%zzSECRET@p:1' }),
+      () => new ProxyResolver({ uri: 'http://u:p%zzSECRET@p:1' }, {}),
+    ]) {
+      let err: unknown;
+      try {
+        make();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      expect(err).toMatchObject({ code: 'MULTILEG_CONFIG', option: 'proxy.uri' });
+      expect((err as Error).message).toContain('%25');
+      expect((err as Error).message).not.toContain('SECRET');
+    }
+    // Before: the URL's user:password went all the same.
+    expect(account(new ProxyResolver({ uri: 'http://u:pw@p:1', credentials: null }, {}))).toBeUndefined();
+    expect(account(new ProxyResolver({ uri: 'http://u:pw@p:1' }, {}))).toBe('u');
   });
 
   it('H5: NO_PROXY: *, exact hosts, suffixes with and without a dot, *.suffix, host:port, case-insensitive', () => {

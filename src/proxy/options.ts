@@ -223,6 +223,18 @@ function flag(name: string, value: unknown): boolean {
   return value;
 }
 
+/** A percent-encoded part of a proxy URL's user:password, decoded (never quoted in the error: it may be the password). */
+function userinfoPart(encoded: string): string {
+  try {
+    return decodeURIComponent(encoded);
+  } catch {
+    throw new ConfigError(
+      'proxy: the user:password in the proxy URL (proxy.uri, or HTTPS_PROXY/HTTP_PROXY) has a malformed %-escape: write a literal % as %25',
+      'proxy.uri',
+    );
+  }
+}
+
 function resolveProxy(
   uri: string,
   o: ProxyOptions,
@@ -239,10 +251,10 @@ function resolveProxy(
     throw new ConfigError(`proxy: unsupported proxy protocol ${url.protocol}; use http:// or https://`);
   }
   // A copy, as the agent's own credentials and setProxyCredentials take: the caller's object
-  // changing later does not change what is sent. Null is none (the agent's check lets it through).
+  // changing later does not change what is sent. Null is none, the URL's user:password included.
   let credentials: Credentials | undefined = o.credentials ? { ...o.credentials } : undefined;
-  if (!credentials && url.username) {
-    credentials = { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
+  if (o.credentials === undefined && url.username) {
+    credentials = { username: userinfoPart(url.username), password: userinfoPart(url.password) };
   }
   const tls = url.protocol === 'https:';
   const connectTimeout = positive(
