@@ -31,7 +31,7 @@ import type { HandshakeReport } from './session/exchange.ts';
 import { http1Only, newJob } from './session/job.ts';
 import { OriginPool } from './session/origin-pool.ts';
 import type { Identity } from './session/session.ts';
-import { hostElsewhere } from './trust/host-header.ts';
+import { hostElsewhere, targetElsewhere } from './trust/host-header.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
@@ -467,7 +467,7 @@ export class MultilegAgent extends Dispatcher {
         });
         const named = namedOrigin(origin, headers);
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
-        const elsewhere = hostElsewhere(origin, headers, opts);
+        const elsewhere = elsewhereBy(origin, headers, opts, false) !== undefined;
         const grant = this.#options.trust.decide(
           trustedBy(origin, named, elsewhere),
           this.#crossOriginHop(origin, named, opts.path, handler),
@@ -556,17 +556,17 @@ export class MultilegAgent extends Dispatcher {
     this.#stats.requests += 1;
     const forwarded = pool.route?.kind === 'forward';
     // S6: a request never shares a connection with another identity's credentials.
-    const elsewhere = !forwarded && hostElsewhere(origin, headers, opts);
+    const elsewhere = elsewhereBy(origin, headers, opts, forwarded);
     const grant = this.#options.trust.decide(
-      trustedBy(origin, named, elsewhere || forwarded),
+      trustedBy(origin, named, elsewhere !== undefined || forwarded),
       this.#crossOriginHop(origin, named, opts.path, handler),
     );
-    const identity = identityOf(headers, grant.allowed, elsewhere);
+    const identity = identityOf(headers, grant.allowed, elsewhere !== undefined);
     const withheld =
       identity === 'anonymous' && !grant.allowed
         ? grant.reason
-        : elsewhere && !('authorization' in headers)
-          ? 'host-header'
+        : elsewhere !== undefined && !('authorization' in headers)
+          ? elsewhere
           : undefined;
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
@@ -764,6 +764,22 @@ function secureContextCertificate(connect: object): boolean {
   if (!('secureContext' in connect) || connect.secureContext === undefined) return false;
   const context = (connect.secureContext as { context?: { getCertificate?: () => unknown } } | null)?.context;
   return typeof context?.getCertificate !== 'function' || context.getCertificate() != null;
+}
+
+/**
+ * Why the request goes to another authority than `origin`, if it does (S1, S6): an absolute-form
+ * request target naming another (see targetElsewhere; a forwarding proxy's too, which would take
+ * it as the URL to fetch), or the caller's Host header naming another (see hostElsewhere; not
+ * through a forwarding proxy, which is sent the origin's own).
+ */
+function elsewhereBy(
+  origin: string,
+  headers: HeaderMap,
+  opts: Dispatcher.DispatchOptions,
+  forwarded: boolean,
+): 'request-target' | 'host-header' | undefined {
+  if (typeof opts.path === 'string' && targetElsewhere(origin, opts.path)) return 'request-target';
+  return !forwarded && hostElsewhere(origin, headers, opts) ? 'host-header' : undefined;
 }
 
 /**

@@ -745,6 +745,36 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(((await res.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
 
+  it("S1/S6: an absolute-form request target naming another origin (undici writes it as is; a server routes by it, RFC 9112 §3.2.2) gets no credentials, cookie or authenticated session: multileg:withheld says request-target (review r49); one naming the origin itself is the agent's", async () => {
+    const s = await server({ schemes: ['NTLM'] });
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const events: WithheldEvent[] = [];
+    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onWithheld);
+    try {
+      const other = await a.request({
+        origin: s.origin,
+        path: 'https://tenant-b.example/auth/secret',
+        method: 'GET',
+        allowH2: false,
+      } as Dispatcher.RequestOptions);
+      await other.body.arrayBuffer();
+      // Before: 200 as EXAMPLE\alice, the request line naming tenant-b.example.
+      expect(other.statusCode).toBe(401);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onWithheld);
+    }
+    expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toEqual([]);
+    expect(events).toEqual([expect.objectContaining({ origin: s.origin, reason: 'request-target' })]);
+    const own = await a.request({
+      origin: s.origin,
+      path: `${s.origin}/auth/own`,
+      method: 'GET',
+      allowH2: false,
+    } as Dispatcher.RequestOptions);
+    expect(((await own.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
   it("S1: behind undici's dns interceptor's shape (an address in the origin, a name in Host) trust is the name's: trusting the address alone sends no password for a Host naming some other site (review r48); trusting the name, the interceptor's requests get them", async () => {
     const s = await server({ schemes: ['NTLM'] });
     const { port } = new URL(s.origin);

@@ -49,3 +49,20 @@ export function hostElsewhere(origin: string, headers: HeaderMap, opts?: Dispatc
     (servername == null || (typeof servername === 'string' && servername.toLowerCase() === named.hostname));
   return !dnsShape;
 }
+
+/**
+ * Whether the request target `path` is in absolute form (`https://other.example/x`, which undici
+ * takes and writes as is) naming another origin than `origin`, or one that cannot be read (S1, S6).
+ * A server routes such a request by the target's host, not the Host header (RFC 9112 §3.2.2): the
+ * agent's password would go to whichever site it names on a shared front end (review r49). Paths
+ * (`/…`) and `*` are not.
+ */
+export function targetElsewhere(origin: string, path: string): boolean {
+  const c = path.charCodeAt(0);
+  if (c === 0x2f || path === '*') return false;
+  try {
+    return new URL(path).origin !== origin;
+  } catch {
+    return true;
+  }
+}

@@ -15,7 +15,12 @@ import { portOf } from '../options.ts';
 export type TrustedOrigins = readonly string[] | ((origin: string) => boolean);
 
 /** Why a request goes without the agent's credentials. */
-export type WithheldReason = 'untrusted-origin' | 'cleartext' | 'cross-origin-redirect' | 'host-header';
+export type WithheldReason =
+  | 'untrusted-origin'
+  | 'cleartext'
+  | 'cross-origin-redirect'
+  | 'host-header'
+  | 'request-target';
 
 /** The decision for one request: may the agent's credentials be used, and if not, why. */
 export type Grant = { readonly allowed: true } | { readonly allowed: false; readonly reason: WithheldReason };
