@@ -470,7 +470,7 @@ export class MultilegAgent extends Dispatcher {
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
-        const identity = identityOf(headers, grant.allowed, hostElsewhere(origin, headers, opts));
+        const identity = identityOf(headers, grant.allowed, hostElsewhere(origin, headers, opts), this.#mechanisms);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
@@ -553,7 +553,7 @@ export class MultilegAgent extends Dispatcher {
     const grant = this.#options.trust.decide(origin, this.#crossOriginHop(origin, named, opts.path, handler));
     // S6: a request never shares a connection with another identity's credentials.
     const elsewhere = pool.route?.kind !== 'forward' && hostElsewhere(origin, headers, opts);
-    const identity = identityOf(headers, grant.allowed, elsewhere);
+    const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
     const withheld =
       identity === 'anonymous' && !grant.allowed
         ? grant.reason
@@ -760,14 +760,18 @@ function secureContextCertificate(connect: object): boolean {
 
 /**
  * Whose credentials a request carries (S6): its own `Authorization` and/or `Proxy-Authorization`
- * (each combination a lane of its own); else none of the agent's where its own Host header sends
+ * (each combination a lane of its own; an `Authorization` alone by whether `mechanisms` say its
+ * scheme may authenticate the connection); else none of the agent's where its own Host header sends
  * it `elsewhere` (see hostElsewhere); else the agent's where the trust policy `allowed` them, else
  * none.
  */
-function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean): Identity {
+function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean, mechanisms: MechanismSet): Identity {
   const own = 'authorization' in headers;
   const ownProxy = 'proxy-authorization' in headers;
-  if (own) return ownProxy ? 'caller-both' : 'caller';
+  // A scheme that may authenticate the connection (a gateway relaying a browser's NTLM) gets
+  // sessions apart from per-request ones (a Bearer the server ignores there would run as that user).
+  if (own)
+    return ownProxy ? 'caller-both' : mechanisms.bindsConnection(headers.authorization) ? 'caller-bound' : 'caller';
   if (ownProxy) return 'caller-proxy';
   if (elsewhere) return 'elsewhere';
   return allowed ? 'agent' : 'anonymous';
