@@ -126,6 +126,11 @@ export interface ExchangeEnv {
    * credentials was the `admitted`-th ({@link Ticket.admitted}: which handshake's credentials are newer).
    */
   identityProved(session: Session, identity: string, scheme: string, admitted: number): void;
+  /**
+   * A handshake of the agent's succeeded as `identity` with `scheme`'s mechanism, whether or not it
+   * authenticated the session (a login cookie may come on any success): for the cookie jar (S6).
+   */
+  succeededAs?(identity: string, scheme: string): void;
 }
 
 export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
@@ -1257,6 +1262,7 @@ class Lead implements HandshakeInput, LegInfo {
         if (sessionAuthenticated && result.identity !== undefined) {
           env.identityProved(session, result.identity, scheme, this.#ticket!.admitted);
         }
+        if (result.identity !== undefined) env.succeededAs?.(result.identity, scheme);
         this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
         return end({ kind: 'done', done: result.done });
       }
