@@ -10,7 +10,7 @@ import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { type NtlmIdentity, parseNtlmUser } from './mechanisms/ntlm/index.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
-import type { Credentials } from './mechanisms/types.ts';
+import type { Credentials, Holder } from './mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -29,7 +29,9 @@ import { ProxyResolver, type ProxyRoute } from './proxy/options.ts';
 import { configuredCertificate } from './session/client-certificate.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { http1Only, newJob } from './session/job.ts';
-import { OriginPool } from './session/origin-pool.ts';
+import { TICKET_RECHECK_MS } from './session/origin-memory.ts';
+import { askHolds, OriginPool } from './session/origin-pool.ts';
+import { sameAccount as sameIdentity } from './session/proved-identity.ts';
 import type { Identity } from './session/session.ts';
 import { hostElsewhere, targetElsewhere } from './trust/host-header.ts';
 import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
@@ -195,6 +197,9 @@ export class MultilegAgent extends Dispatcher {
   /** undici's adapter for handlers of its first API, around this agent (see dispatch). */
   #legacy: Dispatcher1Wrapper | undefined;
   #closed = false;
+  /** Whose logins the cookie jar may hold: the ambient identity first proved since it was given (S6). */
+  #jarHolder: Holder | undefined;
+  #jarCheckedUntil = 0;
   /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
   #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
@@ -351,6 +356,8 @@ export class MultilegAgent extends Dispatcher {
       );
     }
     if (jar !== undefined) this.#options.cookies = jar ?? undefined;
+    // A jar named (or kept) for these credentials starts with no ambient identity of its own.
+    if (jar !== undefined || !sameAccount(this.#account, account)) this.#jarHolder = undefined;
     this.#account = account;
     this.#mechanisms = this.#mechanismSet(credentials);
     let retired = 0;
@@ -474,7 +481,7 @@ export class MultilegAgent extends Dispatcher {
         );
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
-        const identity = identityOf(headers, grant.allowed, elsewhere);
+        const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
       }
@@ -549,6 +556,7 @@ export class MultilegAgent extends Dispatcher {
     sink: UserSink,
     handler: Dispatcher.DispatchHandler,
   ): void {
+    this.#checkJarHolder();
     const pool = this.#pool(origin);
     // Refused before anything is counted or a pending redirect hop is used up; by the route the
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
@@ -561,7 +569,7 @@ export class MultilegAgent extends Dispatcher {
       trustedBy(origin, named, elsewhere !== undefined || forwarded),
       this.#crossOriginHop(origin, named, opts.path, handler),
     );
-    const identity = identityOf(headers, grant.allowed, elsewhere !== undefined);
+    const identity = identityOf(headers, grant.allowed, elsewhere !== undefined, this.#mechanisms);
     const withheld =
       identity === 'anonymous' && !grant.allowed
         ? grant.reason
@@ -594,6 +602,49 @@ export class MultilegAgent extends Dispatcher {
     if (this.#running === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
   };
 
+  /**
+   * S6: a handshake succeeded as `held` (credentials from outside the agent: a Kerberos ticket). The
+   * first one since the jar was given is whose logins the jar may hold; another account proved
+   * after it is a switch (`kdestroy; kinit bob`): the jar goes.
+   */
+  readonly #succeededAs = (held: Holder): void => {
+    if (!this.#options.cookies) return;
+    if (this.#jarHolder === undefined) this.#jarHolder = held;
+    else if (!sameIdentity(this.#jarHolder.identity, held.identity)) this.#dropJar('another principal was proved');
+  };
+
+  /**
+   * S6: at most once every TICKET_RECHECK_MS, whether the credentials whose logins the jar may hold
+   * are still there; once they are not (`kdestroy`, `kinit bob`), the jar goes — also where no
+   * session of theirs is left to notice it, since the jar's login cookie alone runs requests as them.
+   */
+  #checkJarHolder(): void {
+    const held = this.#jarHolder;
+    if (held === undefined || !this.#options.cookies) return;
+    const now = Date.now();
+    if (now < this.#jarCheckedUntil) return;
+    this.#jarCheckedUntil = now + TICKET_RECHECK_MS;
+    if (askHolds(held.mechanism, held.identity) === false) this.#dropJar('its credentials left the ccache');
+  }
+
+  /**
+   * The ambient identity changed under the agent: its cookie jar holds what servers gave the previous
+   * one (a login session cookie would run requests as it), so requests go without a jar from now on,
+   * as after `setCredentials(…, { cookies: null })`, until setCredentials names one; said once, as a
+   * process warning (S6: never silently).
+   */
+  #dropJar(why: string): void {
+    this.#options.cookies = undefined;
+    this.#jarHolder = undefined;
+    let retired = 0;
+    for (const pool of this.#pools.values()) retired += pool.jarDropped();
+    log.agent('ambient identity switched (%s): cookie jar no longer used, %d session(s) retire', why, retired);
+    process.emitWarning(
+      `the Kerberos identity the agent's requests ran as changed (kdestroy, kinit as another principal: ${why}); its cookie jar holds what servers gave the previous one, whose login cookie would run requests as it, so requests go without the jar from now on. Give the new identity a jar of its own: setCredentials(credentials, { cookies: newJar }), or a new agent`,
+      { code: 'MULTILEG_COOKIES_DROPPED' },
+    );
+  }
+
   /** Resolves when no request is running. */
   #idle(): Promise<void> {
     if (this.#running === 0) return Promise.resolve();
@@ -611,7 +662,14 @@ export class MultilegAgent extends Dispatcher {
           this.#pools.delete(o);
         }
       }
-      pool = new OriginPool(origin, this.#options, this.#mechanisms, (r) => this.#report(r), this.#finished);
+      pool = new OriginPool(
+        origin,
+        this.#options,
+        this.#mechanisms,
+        (r) => this.#report(r),
+        this.#finished,
+        this.#succeededAs,
+      );
       this.#pools.set(origin, pool);
     }
     return pool;
@@ -796,14 +854,18 @@ function trustedBy(origin: string, named: string, dispatched: boolean): string {
 
 /**
  * Whose credentials a request carries (S6): its own `Authorization` and/or `Proxy-Authorization`
- * (each combination a lane of its own); else none of the agent's where its own Host header sends
+ * (each combination a lane of its own; an `Authorization` alone by whether `mechanisms` say its
+ * scheme may authenticate the connection); else none of the agent's where its own Host header sends
  * it `elsewhere` (see hostElsewhere); else the agent's where the trust policy `allowed` them, else
  * none.
  */
-function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean): Identity {
+function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean, mechanisms: MechanismSet): Identity {
   const own = 'authorization' in headers;
   const ownProxy = 'proxy-authorization' in headers;
-  if (own) return ownProxy ? 'caller-both' : 'caller';
+  // A scheme that may authenticate the connection (a gateway relaying a browser's NTLM) gets
+  // sessions apart from per-request ones (a Bearer the server ignores there would run as that user).
+  if (own)
+    return ownProxy ? 'caller-both' : mechanisms.bindsConnection(headers.authorization) ? 'caller-bound' : 'caller';
   if (ownProxy) return 'caller-proxy';
   if (elsewhere) return 'elsewhere';
   return allowed ? 'agent' : 'anonymous';

@@ -9,15 +9,29 @@ import { execFile } from 'node:child_process';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { createServer, type IncomingMessage } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { request, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentClosedError, ConfigError, type CookieStore, MultilegAgent } from '../src/index.ts';
+import { AgentClosedError, ConfigError, type CookieStore, MultilegAgent, MultilegError } from '../src/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
+import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
-import { ALICE, basic, behindBasicProxy, getUser, type Rig, rig, sleep, until, wire } from './helpers.ts';
+import {
+  ALICE,
+  basic,
+  behindBasicProxy,
+  getUser,
+  loopbackOrigin,
+  type Rig,
+  rig,
+  sleep,
+  until,
+  wire,
+} from './helpers.ts';
 
 let r: Rig | undefined;
 afterEach(async () => {
@@ -535,6 +549,136 @@ describe('S1: setProxyCredentials with two proxies in the environment', () => {
       for (const agent of agents) await agent.destroy();
       await a.close();
       await b.close();
+    }
+  });
+});
+
+describe('S6: the cookie jar after the ambient principal switches (review r48)', () => {
+  /**
+   * An app that logs a user in once by ticket and then by its session cookie (mod_auth_gssapi's
+   * GssapiUseSessions, an app's login cookie); a stand-in mechanism whose "ccache" the test switches,
+   * reporting it through holdsCredentials as the Negotiate mechanism does.
+   */
+  async function ambientApp() {
+    const state = { ccache: 'alice@EXAMPLE.TEST' as string | undefined };
+    const logins = new Map<string, string>();
+    const seen: string[] = [];
+    const closers: Array<() => Promise<unknown>> = [];
+    const origin = await loopbackOrigin(
+      createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+        const sid = /sid=(\w+)/.exec(req.headers.cookie ?? '')?.[1];
+        const ticket = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+        if (sid && logins.has(sid)) {
+          seen.push(`${req.url} cookie ${logins.get(sid)}`);
+          res.end(logins.get(sid));
+        } else if (ticket) {
+          const user = Buffer.from(ticket, 'base64').toString();
+          const id = `s${logins.size}`;
+          logins.set(id, user);
+          seen.push(`${req.url} ticket ${user}`);
+          res.writeHead(200, { 'set-cookie': `sid=${id}; Secure; HttpOnly; Path=/` }).end(user);
+        } else {
+          seen.push(`${req.url} bare`);
+          res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+        }
+      }),
+      closers,
+    );
+    const kerberosLike = {
+      scheme: 'Negotiate',
+      level: 'request' as const,
+      multileg: false,
+      proactive: false,
+      usesPassword: false,
+      createContext() {
+        let who: string | undefined;
+        return {
+          complete: false,
+          get identity() {
+            return who;
+          },
+          async step() {
+            if (!state.ccache) throw new MultilegError('MULTILEG_KRB_NO_TICKET', 'no ticket (stand-in)');
+            who = state.ccache;
+            (this as { complete: boolean }).complete = true;
+            return `Negotiate ${Buffer.from(state.ccache).toString('base64')}`;
+          },
+          async finish() {},
+        };
+      },
+      holdsCredentials: (identity: string) => identity === state.ccache,
+    };
+    const newJar = (): CookieStore => {
+      const jarred = new Map<string, string>();
+      return {
+        cookieHeader: () => (jarred.size ? [...jarred].map(([k, v]) => `${k}=${v}`).join('; ') : undefined),
+        setCookies: (_u, values) => {
+          for (const v of values) {
+            const [k, val] = v.split(';')[0]!.split('=');
+            jarred.set(k!, val!);
+          }
+        },
+      };
+    };
+    const agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      trustedOrigins: [origin],
+      mechanisms: [kerberosLike],
+      negotiate: false,
+      cookies: newJar(),
+    });
+    const get = async (path: string) => {
+      const res = await request(origin + path, { dispatcher: agent });
+      return `${res.statusCode} ${await res.body.text()}`;
+    };
+    const close = async () => {
+      await agent.destroy();
+      for (const c of closers) await c();
+    };
+    return { state, seen, agent, get, close, newJar };
+  }
+
+  it("S6: after kdestroy; kinit bob, and after kdestroy alone, requests no longer carry the jar holding alice's login cookie (bob's ticket, or no ticket: never alice); said once (MULTILEG_COOKIES_DROPPED), until setCredentials names a jar", async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => {
+      if ((w as { code?: string }).code === 'MULTILEG_COOKIES_DROPPED') warnings.push(w);
+    };
+    process.on('warning', onWarning);
+    const app = await ambientApp();
+    try {
+      expect(await app.get('/1')).toBe('200 alice@EXAMPLE.TEST');
+      expect(await app.get('/2')).toBe('200 alice@EXAMPLE.TEST');
+      app.state.ccache = 'bob@EXAMPLE.TEST'; // kdestroy; kinit bob
+      await sleep(TICKET_RECHECK_MS + 50);
+      // Before: 200 alice@EXAMPLE.TEST, by her login cookie.
+      expect(await app.get('/3')).toBe('200 bob@EXAMPLE.TEST');
+      expect(await app.get('/4')).toBe('200 bob@EXAMPLE.TEST');
+      app.state.ccache = undefined; // kdestroy
+      await sleep(TICKET_RECHECK_MS + 50);
+      // Before: 200 alice@EXAMPLE.TEST; now the stand-in's "no ticket".
+      await expect(app.get('/5')).rejects.toMatchObject({ code: 'MULTILEG_KRB_NO_TICKET' });
+      expect(app.seen).toEqual([
+        '/1 bare',
+        '/1 ticket alice@EXAMPLE.TEST',
+        '/2 cookie alice@EXAMPLE.TEST',
+        '/3 bare',
+        '/3 ticket bob@EXAMPLE.TEST',
+        '/4 bare',
+        '/4 ticket bob@EXAMPLE.TEST',
+        '/5 bare',
+      ]);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]!.message).not.toMatch(/sid=|s0/);
+      // A jar named again serves again: bob's login cookie, his from then on.
+      app.state.ccache = 'bob@EXAMPLE.TEST';
+      app.agent.setCredentials({ username: 'EXAMPLE\\bob', password: 'x' }, { cookies: app.newJar() });
+      expect(await app.get('/6')).toBe('200 bob@EXAMPLE.TEST');
+      expect(await app.get('/7')).toBe('200 bob@EXAMPLE.TEST');
+      expect(app.seen.slice(-3)).toEqual(['/6 bare', '/6 ticket bob@EXAMPLE.TEST', '/7 cookie bob@EXAMPLE.TEST']);
+    } finally {
+      process.off('warning', onWarning);
+      await app.close();
     }
   });
 });

@@ -6,6 +6,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createSecureServer } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import fc from 'fast-check';
@@ -23,6 +24,7 @@ import {
   WITHHELD_CHANNEL,
   type WithheldEvent,
 } from '../src/index.ts';
+import { MechanismSet } from '../src/mechanisms/registry.ts';
 import {
   CLIENT_CERT,
   CLIENT_KEY,
@@ -30,7 +32,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { hostElsewhere } from '../src/trust/host-header.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
 import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
@@ -914,6 +916,156 @@ describe('S6: a session a caller authenticated with its own handshake', () => {
       const carol = s.exchanges.find((e) => e.path === '/auth/carol')!;
       expect([carol.user ?? null, bobsSessions(s).has(carol.sessionId)]).toEqual([null, false]);
     }
+  });
+});
+
+describe("S6: the callers' sessions, after a caller's own credentials may have authenticated one (review r48)", () => {
+  /** Caller A (a gateway relaying a browser's NTLM, the agent holding no credentials) runs bob's handshake; its two legs. */
+  async function bobsHandshake(s: ReferenceServer, a: MultilegAgent): Promise<string[]> {
+    const leg = {
+      origin: s.origin,
+      hostname: 'localhost',
+      port: s.port,
+      method: 'GET',
+      path: '/auth/bob',
+      proxy: false,
+    };
+    const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg);
+    const r1 = await request(`${s.origin}/auth/bob`, {
+      dispatcher: a,
+      headers: { authorization: await bob.step(undefined, leg) },
+    });
+    await r1.body.arrayBuffer();
+    expect(r1.statusCode).toBe(401);
+    const challenge = parseChallenges(r1.headers['www-authenticate'] as string)[0];
+    const authId = r1.headers['auth-id'] as string | undefined;
+    const r2 = await request(`${s.origin}/auth/bob`, {
+      dispatcher: a,
+      headers: { authorization: await bob.step(challenge, leg), ...(authId ? { 'auth-id': authId } : {}) },
+    });
+    expect(((await r2.body.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
+    return s.exchanges.filter((e) => e.path === '/auth/bob').map((e) => e.sessionId);
+  }
+  /** `authorization` to /public/ (where the server serves whoever the session is): who it ran as, on bob's session or not. */
+  async function publicAs(s: ReferenceServer, a: MultilegAgent, path: string, authorization: string) {
+    const res = await request(`${s.origin}/public/${path}`, { dispatcher: a, headers: { authorization } });
+    const { user } = (await res.body.json()) as { user: string | null };
+    const bobs = new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\bob').map((e) => e.sessionId));
+    const e = s.exchanges.find((x) => x.path === `/public/${path}`)!;
+    return [res.statusCode, user, bobs.has(e.sessionId)];
+  }
+
+  it("S6: a caller's own Bearer after another caller's own NTLM handshake (session mode) is not served as bob, over HTTP/2 and HTTP/1.1; the handshake's second leg still goes on its first leg's session", async () => {
+    for (const allowH2 of [true, false]) {
+      const s = await server({ schemes: ['NTLM'] });
+      const a = agent({ allowH2, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+      const legs = await bobsHandshake(s, a);
+      expect(legs).toHaveLength(2);
+      expect(legs[1]).toBe(legs[0]);
+      // Before: 200 as EXAMPLE\bob, on bob's session (one lane for every caller).
+      expect([allowH2, ...(await publicAs(s, a, 'bearer', 'Bearer token-of-carol'))]).toEqual([
+        allowH2,
+        200,
+        null,
+        false,
+      ]);
+    }
+  });
+
+  it("S6: a caller's own NTLM or Negotiate token the server ignores (at /public/) after another caller's NTLM handshake authenticated a session: not served as bob, over HTTP/2 and HTTP/1.1 (that session retires once answered)", async () => {
+    for (const allowH2 of [true, false]) {
+      const s = await server({ schemes: ['NTLM'] });
+      const a = agent({ allowH2, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+      await bobsHandshake(s, a);
+      // Before (with the lanes split alone): 200 as EXAMPLE\bob, on bob's session.
+      expect([allowH2, ...(await publicAs(s, a, 'ntlm', 'NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAA='))]).toEqual(
+        [allowH2, 200, null, false],
+      );
+      expect([allowH2, ...(await publicAs(s, a, 'negotiate', 'Negotiate YIIBbm90LWEtdG9rZW4='))]).toEqual([
+        allowH2,
+        200,
+        null,
+        false,
+      ]);
+    }
+  });
+
+  it("S6: a caller's own per-request credentials answered with Persistent-Auth: true (the server keeps the connection authenticated): the next caller's request goes on another connection", async () => {
+    const users = new WeakMap<object, string>();
+    const origin = await rawServer((req, res) => {
+      const basic = /^Basic (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      const token = basic && Buffer.from(basic, 'base64').toString().split(':')[0];
+      if (token) users.set(req.socket, token);
+      res.writeHead(200, token ? { 'persistent-auth': 'true' } : {});
+      res.end(users.get(req.socket) ?? 'nobody');
+    });
+    const a = agent({ allowH2: false, connect: { ca: CA_CERT }, trustedOrigins: [origin] });
+    const first = await request(`${origin}/x`, { dispatcher: a, headers: { authorization: 'Bearer unknown-to-it' } });
+    expect(await first.body.text()).toBe('nobody');
+    const carol = await request(`${origin}/x`, {
+      dispatcher: a,
+      headers: { authorization: `Basic ${Buffer.from('carol:pw').toString('base64')}` },
+    });
+    expect(await carol.body.text()).toBe('carol');
+    const next = await request(`${origin}/x`, { dispatcher: a, headers: { authorization: 'Bearer of-dave' } });
+    // Before: carol, on the connection her token authenticated.
+    expect(await next.body.text()).toBe('nobody');
+  });
+
+  it("S6: a caller's own Bearer sent while another caller's NTLM leg is on the wire (HTTP/2) goes on another session: the server may authenticate that session before it serves the Bearer", async () => {
+    // Takes `NTLM …` as bob's login of its session at once and answers it only once another request came.
+    const users = new WeakMap<object, string>();
+    const held: Array<() => void> = [];
+    let arrived: () => void = () => {};
+    const ntlmArrived = new Promise<void>((resolve) => {
+      arrived = resolve;
+    });
+    const origin = await loopbackOrigin(
+      createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+        if (/^NTLM /.test(req.headers.authorization ?? '')) {
+          users.set(req.stream.session!, 'bob');
+          held.push(() => res.end('bob'));
+          arrived();
+          return;
+        }
+        res.end(users.get(req.stream.session!) ?? 'nobody');
+        for (const release of held.splice(0)) release();
+      }),
+      closers,
+    );
+    const a = agent({ connect: { ca: CA_CERT }, trustedOrigins: [origin] });
+    const bob = request(`${origin}/x`, { dispatcher: a, headers: { authorization: 'NTLM TlRMTVNTUAADAAAA' } });
+    await ntlmArrived;
+    const carol = await request(`${origin}/x`, { dispatcher: a, headers: { authorization: 'Bearer of-carol' } });
+    // Before: bob, on the session bob's leg was authenticating.
+    expect(await carol.body.text()).toBe('nobody');
+    expect(await (await bob).body.text()).toBe('bob');
+  });
+
+  it("S6: which caller schemes may authenticate the connection: NTLM, Negotiate, any not known per-request; not Basic, Bearer, Digest (any case), nor a mechanism's own per-request scheme", () => {
+    const set = new MechanismSet([], ['Negotiate', 'NTLM']);
+    for (const value of [
+      'NTLM TlRM',
+      'Negotiate YII=',
+      'negotiate x',
+      'Kerberos x',
+      'Custom x',
+      '',
+      ['Bearer x', 'NTLM y'],
+    ]) {
+      expect([value, set.bindsConnection(value)]).toEqual([value, true]);
+    }
+    for (const value of [
+      'Basic Ym9i',
+      'bearer abc',
+      'Digest username="x"',
+      'DPoP x',
+      'AWS4-HMAC-SHA256 Credential=x',
+    ]) {
+      expect([value, set.bindsConnection(value)]).toEqual([value, false]);
+    }
+    const own = new MechanismSet([{ scheme: 'Custom', level: 'request' } as never], ['Custom']);
+    expect(own.bindsConnection('Custom x')).toBe(false);
   });
 });
 

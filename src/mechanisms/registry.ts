@@ -74,6 +74,28 @@ export const opensUnasked = (sole: Mechanism | undefined): sole is Mechanism =>
 export const TRANSPORT = 'transport';
 
 /**
+ * Schemes whose credentials authenticate the one request that carries them (the IANA HTTP
+ * Authentication Scheme Registry but Negotiate, and AWS's signatures), lower-case: a caller's own
+ * `Authorization` of any other scheme may leave the connection authenticated (S6, bindsConnection).
+ */
+export const PER_REQUEST_SCHEMES: ReadonlySet<string> = new Set([
+  'basic',
+  'bearer',
+  'concealed',
+  'digest',
+  'dpop',
+  'gnap',
+  'hoba',
+  'mutual',
+  'oauth',
+  'privatetoken',
+  'scram-sha-1',
+  'scram-sha-256',
+  'vapid',
+  'aws4-hmac-sha256',
+]);
+
+/**
  * The mechanisms an agent can use, and the order it prefers them in (T2). `transport`: the agent
  * can answer `Transport` challenges (a client certificate), which no Mechanism carries.
  */
@@ -102,6 +124,23 @@ export class MechanismSet {
 
   get empty(): boolean {
     return this.#byScheme.size === 0 && !this.#transport;
+  }
+
+  /**
+   * Whether a caller's own `Authorization` (one value or several) may authenticate the connection it
+   * goes on, not only its request (S6): its scheme's mechanism here says so (NTLM `connection`,
+   * Negotiate `either`: NTLM inside it, or a server that keeps a Kerberos login on the connection),
+   * or, without one, its scheme is not one of {@link PER_REQUEST_SCHEMES}. When in doubt, bound: it
+   * costs a new connection, where a wrong guess would serve another caller as this one.
+   */
+  bindsConnection(authorization: string | readonly string[] | undefined): boolean {
+    if (authorization === undefined) return false;
+    for (const value of typeof authorization === 'string' ? [authorization] : authorization) {
+      const key = /^[ \t]*([^ \t,]*)/.exec(value)![1]!.toLowerCase();
+      const level = this.#byScheme.get(key)?.level;
+      if (level === undefined ? !PER_REQUEST_SCHEMES.has(key) : level !== 'request') return true;
+    }
+    return false;
   }
 
   /**

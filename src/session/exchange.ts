@@ -1,4 +1,4 @@
-import { readAuthId, readChallenges } from '../challenge/index.ts';
+import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
 import { BodyNotReplayableError, HandshakeTimeoutError, MultilegError, type NoStream, ownCopy } from '../errors.ts';
@@ -126,6 +126,11 @@ export interface ExchangeEnv {
    * credentials was the `admitted`-th ({@link Ticket.admitted}: which handshake's credentials are newer).
    */
   identityProved(session: Session, identity: string, scheme: string, admitted: number): void;
+  /**
+   * A handshake of the agent's succeeded as `identity` with `scheme`'s mechanism, whether or not it
+   * authenticated the session (a login cookie may come on any success): for the cookie jar (S6).
+   */
+  succeededAs?(identity: string, scheme: string): void;
 }
 
 export type RelocateReason = 'http1' | 'connection-ended' | 'misdirected' | 'client-certificate';
@@ -523,6 +528,7 @@ export interface SendSeen {
 export function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
   if (status === 401) env.memory.unchallenged = false;
+  else if (job.identity !== 'agent') callerAnswered(run, headers);
   if (
     status === 400 &&
     mayAnswerCertificate(run) &&
@@ -600,6 +606,32 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     return 'swallow';
   }
   return 'deliver';
+}
+
+/**
+ * S6: a caller's own `Authorization` may leave the connection authenticated as the caller: a final
+ * (non-401) answer to one of a scheme that may bind the connection (NTLM's AUTHENTICATE, a
+ * Negotiate; `caller-bound`, or `caller-both` whose `Authorization` is such), or any answer saying
+ * `Persistent-Auth: true`. The callers' sessions are shared by every caller of the lane, so the
+ * next one's request (a token the server ignores there) would be served as this one: the session
+ * takes no new requests from now on (it retires; those on the wire finish, those not written yet
+ * move). A 401 is no such answer: a handshake's next leg goes on the session that had its first.
+ */
+function callerAnswered({ job, session, env }: Run, headers: ResponseHeaders): void {
+  const identity = job.identity;
+  if (identity !== 'caller' && identity !== 'caller-bound' && identity !== 'caller-both') return;
+  const bound =
+    identity === 'caller-bound' ||
+    (identity === 'caller-both' && env.mechanisms.bindsConnection(job.headers.authorization));
+  if (!bound && !readPersistentAuth(headers)) return;
+  log.agent(
+    "%s job %d: %s: the caller's own Authorization may have authenticated %s; it retires",
+    job.origin,
+    job.id,
+    bound ? 'answered' : 'Persistent-Auth',
+    session.id,
+  );
+  session.apply({ type: 'closed' });
 }
 
 /**
@@ -1230,6 +1262,7 @@ class Lead implements HandshakeInput, LegInfo {
         if (sessionAuthenticated && result.identity !== undefined) {
           env.identityProved(session, result.identity, scheme, this.#ticket!.admitted);
         }
+        if (result.identity !== undefined) env.succeededAs?.(result.identity, scheme);
         this.#report(result, sessionAuthenticated ? 'session' : 'per-request', result.identity);
         return end({ kind: 'done', done: result.done });
       }

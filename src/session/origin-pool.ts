@@ -77,6 +77,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
     anonymous: 'auto/anonymous',
     elsewhere: 'auto/elsewhere',
     caller: 'auto/caller',
+    'caller-bound': 'auto/caller-bound',
     'caller-proxy': 'auto/caller-proxy',
     'caller-both': 'auto/caller-both',
   },
@@ -85,6 +86,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
     anonymous: 'http1/anonymous',
     elsewhere: 'http1/elsewhere',
     caller: 'http1/caller',
+    'caller-bound': 'http1/caller-bound',
     'caller-proxy': 'http1/caller-proxy',
     'caller-both': 'http1/caller-both',
   },
@@ -136,6 +138,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     mechanisms: MechanismSet,
     report: (r: HandshakeReport) => void,
     ended: () => void,
+    succeededAs?: (held: Holder) => void,
   ) {
     this.origin = origin;
     this.#ended = ended;
@@ -159,6 +162,15 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       report,
       identityProved: (session, identity, scheme, admitted) =>
         this.#identityProved(session, identity, scheme, admitted),
+      // S6: an identity from credentials outside the agent (a ccache), told whoever keeps the cookie jar.
+      ...(succeededAs
+        ? {
+            succeededAs: (identity: string, scheme: string) => {
+              const mechanism = this.#env.mechanisms.get(scheme);
+              if (mechanism?.holdsCredentials) succeededAs({ mechanism, identity });
+            },
+          }
+        : {}),
     };
   }
 
@@ -715,6 +727,20 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     return retired;
   }
 
+  /**
+   * The agent stopped using its cookie jar (S6): the sessions given it (the agent's and anonymous
+   * ones) retire, so none asks or tells it again; returns how many.
+   */
+  jarDropped(): number {
+    let retired = 0;
+    for (const s of [...this.#sessions]) {
+      if (s.closed || s.cookies === undefined) continue;
+      s.apply({ type: 'closed' });
+      retired += 1;
+    }
+    return retired;
+  }
+
   async close(): Promise<void> {
     this.#end ??= { kind: 'closed' };
     await Promise.all(this.#sessions.map((s) => s.close()));
@@ -741,7 +767,7 @@ function authenticatedAs(s: Session): string | undefined {
  * `mechanism.holdsCredentials(identity)`, a throw being "cannot tell" (a mechanism of the caller's
  * own may throw; the request that happened to ask must not fail for it, nor a relocation lose it).
  */
-function askHolds(mechanism: Mechanism, identity: string): boolean | undefined {
+export function askHolds(mechanism: Mechanism, identity: string): boolean | undefined {
   try {
     return mechanism.holdsCredentials?.(identity);
   } catch (err) {

@@ -69,13 +69,16 @@ export type Lane = 'auto' | 'http1';
  * untrusted origin, a cross-origin redirect hop), `elsewhere` (requests whose own Host header
  * names another origin: without the agent's credentials and its cookie jar, and apart from the
  * sessions callers authenticated themselves), `caller` (requests that bring their own
- * `Authorization` only), `caller-proxy` (their own `Proxy-Authorization` only: to the origin they
+ * `Authorization` only, of a per-request scheme: Basic, Bearer, …), `caller-bound` (their own
+ * `Authorization` only, of a scheme that may authenticate the connection: NTLM, Negotiate, one not
+ * known per-request; such a session retires once one of them is answered, see the exchange's
+ * `callerAnswered`), `caller-proxy` (their own `Proxy-Authorization` only: to the origin they
  * carry nothing, so they must not ride a connection a caller's own handshake authenticated) or
  * `caller-both` (both: a proxy that binds authentication to the connection must not serve the
  * others as them). So a request never rides on a connection that is authenticated, or being
  * authenticated, as someone else.
  */
-export type Identity = 'agent' | 'anonymous' | 'elsewhere' | 'caller' | 'caller-proxy' | 'caller-both';
+export type Identity = 'agent' | 'anonymous' | 'elsewhere' | 'caller' | 'caller-bound' | 'caller-proxy' | 'caller-both';
 
 /**
  * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or
