@@ -34,7 +34,7 @@ import { askHolds, OriginPool } from './session/origin-pool.ts';
 import { sameAccount as sameIdentity } from './session/proved-identity.ts';
 import type { Identity } from './session/session.ts';
 import { hostElsewhere, targetElsewhere } from './trust/host-header.ts';
-import { TrustPolicy, TrustRequiredError } from './trust/policy.ts';
+import { type Grant, TrustPolicy, TrustRequiredError } from './trust/policy.ts';
 import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
 
@@ -475,8 +475,9 @@ export class MultilegAgent extends Dispatcher {
         const named = namedOrigin(origin, headers);
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
         const elsewhere = elsewhereBy(origin, headers, opts, false) !== undefined;
-        const grant = this.#options.trust.decide(
-          trustedBy(origin, named, elsewhere),
+        const grant = this.#grant(
+          origin,
+          elsewhere ? origin : named,
           this.#crossOriginHop(origin, named, opts.path, handler),
         );
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
@@ -530,6 +531,23 @@ export class MultilegAgent extends Dispatcher {
   }
 
   /**
+   * Whether the agent's credentials may go with a request dispatched to `origin` whose Host names
+   * `named` (S1; `named` is `origin` where the Host is not what goes: another origin's, which goes
+   * without credentials anyway, or a forwarding proxy's request, which carries the origin's own).
+   * Behind undici's `dns` interceptor (an address in `origin`, the name in Host: see hostElsewhere)
+   * the name decides over https — the caller asked for it, TLS checks it, and a shared front end
+   * serves that Host, so a trusted address alone would pass the password to whichever site a copied
+   * Host names (review r48). Over http nothing ties the address to the name: both must be trusted
+   * (review r50).
+   */
+  #grant(origin: string, named: string, crossOriginHop: boolean): Grant {
+    const trust = this.#options.trust;
+    if (named === origin || origin.startsWith('https:')) return trust.decide(named, crossOriginHop);
+    const dialled = trust.decide(origin, crossOriginHop);
+    return dialled.allowed ? trust.decide(named, crossOriginHop) : dialled;
+  }
+
+  /**
    * A redirect hop from another origin (S5): undici's redirect interceptor hands us its handler,
    * whose `history` names where the request started; fetch follows redirects itself, and the hop
    * is recognised from the 3xx we delivered (RedirectHops). Both name origins as the caller and the
@@ -565,8 +583,9 @@ export class MultilegAgent extends Dispatcher {
     const forwarded = pool.route?.kind === 'forward';
     // S6: a request never shares a connection with another identity's credentials.
     const elsewhere = elsewhereBy(origin, headers, opts, forwarded);
-    const grant = this.#options.trust.decide(
-      trustedBy(origin, named, elsewhere !== undefined || forwarded),
+    const grant = this.#grant(
+      origin,
+      elsewhere !== undefined || forwarded ? origin : named,
       this.#crossOriginHop(origin, named, opts.path, handler),
     );
     const identity = identityOf(headers, grant.allowed, elsewhere !== undefined, this.#mechanisms);
@@ -838,18 +857,6 @@ function elsewhereBy(
 ): 'request-target' | 'host-header' | undefined {
   if (typeof opts.path === 'string' && targetElsewhere(origin, opts.path)) return 'request-target';
   return !forwarded && hostElsewhere(origin, headers, opts) ? 'host-header' : undefined;
-}
-
-/**
- * The origin whose trust decides a request's credentials (S1): behind undici's `dns` interceptor
- * (an address in `origin`, the name in Host: see hostElsewhere) the name's — the caller asked for
- * it, and it is what TLS checks and the Host a shared front end serves; a trusted address would
- * otherwise pass the agent's password to whichever site a copied Host names (review r48). The
- * dispatched origin where the Host is not what goes (`dispatched`: another origin's, which goes
- * without credentials anyway, or a forwarding proxy's request, which carries the origin's own).
- */
-function trustedBy(origin: string, named: string, dispatched: boolean): string {
-  return dispatched ? origin : named;
 }
 
 /**

@@ -6,6 +6,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
 import { createSecureServer } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
 import type { TLSSocket } from 'node:tls';
@@ -745,6 +746,43 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     // Before the fix's second round: 401, withheld as host-header.
     expect(res.statusCode).toBe(200);
     expect(((await res.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
+  it("S1/S4: over http the dns interceptor's shape is trusted only where the address and the Host's name both are: nothing ties the address to the name (review r50: a copied Host sent the password to an address nobody trusted)", async () => {
+    const seen: string[] = [];
+    const origin = await loopbackOrigin(
+      createHttpServer((req, res) => {
+        if (req.headers.authorization) {
+          seen.push(req.headers.authorization);
+          res.end('ok');
+          return;
+        }
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="x"', 'content-length': '0' }).end();
+      }),
+      closers,
+    );
+    const { port } = new URL(origin);
+    const address = `http://127.0.0.1:${port}`;
+    const byName = agent({
+      credentials: ALICE,
+      trustedOrigins: [`http://localhost:${port}`],
+      allowBasicOverHttp: true,
+    });
+    const copied = await cause(
+      request(`${address}/copied`, { dispatcher: byName, headers: { host: `localhost:${port}` } }).then((r) =>
+        r.body.text(),
+      ),
+    );
+    // Before: 200, the password sent to 127.0.0.1, which no entry trusts.
+    expect(copied).toBeInstanceOf(CleartextCredentialsError);
+    const both = agent({
+      credentials: ALICE,
+      trustedOrigins: [`http://localhost:${port}`, address],
+      allowBasicOverHttp: true,
+    });
+    const res = await request(`${address}/both`, { dispatcher: both, headers: { host: `localhost:${port}` } });
+    expect([res.statusCode, await res.body.text()]).toEqual([200, 'ok']);
+    expect(seen).toHaveLength(1);
   });
 
   it("S1/S6: an absolute-form request target naming another origin (undici writes it as is; a server routes by it, RFC 9112 §3.2.2) gets no credentials, cookie or authenticated session: multileg:withheld says request-target (review r49); one naming the origin itself is the agent's", async () => {
