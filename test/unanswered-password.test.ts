@@ -106,14 +106,15 @@ const outcome = (a: MultilegAgent, origin: string, path: string): Promise<string
   );
 
 describe('a handshake leg carrying the password that the server never answers (R4, review r49)', () => {
-  it('R4: a server silent on the NTLM AUTHENTICATE is sent it once, not once per request: the next requests go without the credentials', async () => {
+  it('R4: a server silent on the NTLM AUTHENTICATE is sent it twice in a row (as a refused password), not once per request: the next requests go without the credentials', async () => {
     const { origin, agent: a } = await setUp('silent-authenticate', 300);
     const results: string[] = [];
     for (let i = 0; i < 5; i++) results.push(await outcome(a, origin, `/x${i}`));
-    // The first times out with its AUTHENTICATE unanswered; the rest get the server's own 401 (before:
-    // 5 timeouts, 5 AUTHENTICATEs — ~60 in 30 minutes with the default handshakeTimeout).
-    expect(results).toEqual(['MULTILEG_HANDSHAKE_TIMEOUT', '401', '401', '401', '401']);
-    expect(served!.legs.filter((t) => t === 3)).toHaveLength(1);
+    // The first two time out with their AUTHENTICATE unanswered (the first may be a slow server's);
+    // the rest get the server's own 401 (before: 5 timeouts, 5 AUTHENTICATEs — ~60 in 30 minutes
+    // with the default handshakeTimeout).
+    expect(results).toEqual(['MULTILEG_HANDSHAKE_TIMEOUT', 'MULTILEG_HANDSHAKE_TIMEOUT', '401', '401', '401']);
+    expect(served!.legs.filter((t) => t === 3)).toHaveLength(2);
   });
 
   it('R4/C8: a new connection closed under the AUTHENTICATE keeps the unproved password back too, and its error names the handshake, not a kept-alive connection', async () => {
@@ -123,10 +124,12 @@ describe('a handshake leg carrying the password that the server never answers (R
     const message = (first as Error).message;
     expect(message).toContain("closed the connection this GET's handshake ran on, after answering its challenge");
     expect(message).not.toContain('kept-alive');
-    expect(await outcome(a, origin, '/y')).toBe('401');
-    // The AUTHENTICATE went once (the server closed before reading it or after; either way once).
-    expect(served!.legs.filter((t) => t === 3).length).toBeLessThanOrEqual(1);
-    expect(served!.legs.filter((t) => t === 1)).toHaveLength(1);
+    // The first unanswered in a row may be a slow server's: one more goes; then it is held back.
+    expect(await outcome(a, origin, '/y')).toBe('MULTILEG_CONNECTION_CLOSED');
+    expect(await outcome(a, origin, '/z')).toBe('401');
+    // The AUTHENTICATE went at most twice (the server closed before reading it or after).
+    expect(served!.legs.filter((t) => t === 3).length).toBeLessThanOrEqual(2);
+    expect(served!.legs.filter((t) => t === 1)).toHaveLength(2);
   });
 });
 
@@ -144,10 +147,15 @@ describe('H1/S3: a challenge framed with both Content-Length and Transfer-Encodi
 });
 
 describe('CredentialProof: an unanswered password leg (R4)', () => {
-  it("R4: 'unanswered' counts as a refusal of a password while the credentials are not proved (the wait doubles), and as nothing once they are", () => {
+  it("R4: 'unanswered' twice in a row counts as a refusal of a password while the credentials are not proved (the wait doubles), and as nothing once they are", () => {
     const proof = new CredentialProof('test');
     const first = proof.admit(true) as Ticket;
     proof.settle(first, 'unanswered');
+    // The first in a row may be a slow server's: one more may try.
+    expect(proof.refused).toBe(false);
+    const second = proof.admit(true) as Ticket;
+    expect(second).toBeInstanceOf(Ticket);
+    proof.settle(second, 'unanswered');
     expect(proof.refused).toBe(true);
     expect(proof.refusedFor).toBeGreaterThan(UNUSABLE_MEMORY_MS - 1_000);
     expect(proof.refusedFor).toBeLessThanOrEqual(UNUSABLE_MEMORY_MS);
