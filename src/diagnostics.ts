@@ -8,7 +8,7 @@
  *   response head arrives, and when it fails;
  * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
  *   the caller unanswered, because the trust policy withheld the credentials, or because the server
- *   refused them lately and they are held back (R4) — why that 401; not published for upgrades.
+ *   refused them (or left a password unanswered) lately and they are held back (R4) — why that 401; not published for upgrades.
  * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
  *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
  * - `multileg:unanswered` — an {@link UnansweredEvent} when an origin's 401 goes to the caller
@@ -49,7 +49,8 @@ const unansweredChannel = channel(UNANSWERED_CHANNEL);
  * from this request (S1, S4, S5) — the origin is not trusted, the request is a cross-origin
  * redirect hop (over cleartext the caller gets `CleartextCredentialsError` instead), or its Host
  * header (`host-header`) or its absolute-form target (`request-target`) names another origin — or, reason
- * `refused-lately`, the server refused them here lately and they are held back for a while (R4:
+ * `refused-lately`, the server refused them here lately, or left a leg carrying the password
+ * unanswered (a timeout, a close) before they were proved, and they are held back for a while (R4:
  * account lockout; a wrong password is not tried by every request), `heldBackFor` ms more.
  */
 export interface WithheldEvent {

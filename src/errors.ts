@@ -39,6 +39,7 @@ export const MULTILEG_ERROR_CODES = [
   'MULTILEG_CLIENT_CERTIFICATE_REFUSED',
   'MULTILEG_COOKIE_STORE',
   'MULTILEG_CONNECTION_CLOSED',
+  'MULTILEG_RESPONSE_FRAMING',
   'MULTILEG_RELOCATION_LIMIT',
   'MULTILEG_STALE_CONNECTION',
   'MULTILEG_HTTP1_REQUIRED',
@@ -263,6 +264,37 @@ export class CookieStoreError extends MultilegError {
   }
 }
 
+/**
+ * The origin's answer to a handshake leg (a challenge) was framed so that it cannot be read: undici
+ * rejected it — Content-Length and Transfer-Encoding both (RFC 9112 §6.3: a sign of request
+ * smuggling, or of a broken server or proxy in between), a body that does not match its
+ * Content-Length, a malformed head. The handshake ends there, its connection with it. `cause`:
+ * undici's own error.
+ */
+export class ResponseFramingError extends MultilegError {
+  /** The origin, as `https://host:port`. */
+  readonly origin: string;
+  constructor(origin: string, scheme: string, options?: { cause?: unknown }) {
+    const code = (options?.cause as { code?: unknown } | undefined)?.code;
+    super(
+      'MULTILEG_RESPONSE_FRAMING',
+      `${origin} answered a leg of a ${scheme} handshake with a response that cannot be read as HTTP/1.1 frames it${typeof code === 'string' ? ` (${code})` : ''}: Content-Length and Transfer-Encoding both, a body that does not match its Content-Length, or a malformed head; check the server, or a proxy or load balancer in front of it`,
+      options,
+    );
+    this.origin = origin;
+  }
+}
+
+/** undici's errors for a response it could not frame (its llhttp parser's, and a length mismatch). */
+export function isFramingError(err: Error): boolean {
+  const code = (err as { code?: unknown }).code;
+  return (
+    code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' ||
+    (typeof code === 'string' && code.startsWith('HPE_')) ||
+    err.name === 'HTTPParserError'
+  );
+}
+
 /** What a {@link ConnectionClosedError} knows of the close, and why the request was not sent again. */
 export interface ConnectionClosedOptions {
   cause?: unknown;
@@ -272,6 +304,11 @@ export interface ConnectionClosedOptions {
   fresh?: boolean;
   /** An HTTP/2 GOAWAY came first, its last-stream-id counting this stream processed. */
   goaway?: boolean;
+  /**
+   * The connection had answered only this request's earlier legs (a handshake's challenges): it
+   * was opened for it, no kept-alive connection reused — the server ended this request's handshake.
+   */
+  handshake?: boolean;
   /** Idempotent, but its one-shot body was read past limits.maxReplayBodyBytes (this many bytes). */
   oneShot?: number | undefined;
   /** Idempotent, but it carried credentials (this header) not proved where they go (R4). */
@@ -311,14 +348,16 @@ export class ConnectionClosedError extends MultilegError {
     // Over HTTP/2 the server's GOAWAY said which streams it processed: this one among them.
     const closed = options?.goaway
       ? `${who} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
-      : `${who} closed its kept-alive connection without answering the ${method} written on it`;
+      : options?.handshake
+        ? `${who} closed the connection this ${method}'s handshake ran on, after answering its challenge, without answering the next leg written on it`
+        : `${who} closed its kept-alive connection without answering the ${method} written on it`;
     const counted =
       options?.unproved === 'Authorization'
         ? `the origin has not accepted yet and may have counted${via === 'proxy' ? ' (the proxy may have passed it on)' : ''}`
         : `this ${via} has not accepted yet and may have counted`;
     const why =
       options?.unproved !== undefined
-        ? `it carried credentials (${options.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4). Send the request again (it tries them once more, on a new connection)`
+        ? `it carried credentials (${options.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4), so the agent holds its own back from there a while, as after a refusal. Send the request again once that is safe`
         : options?.oneShot !== undefined
           ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
           : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
@@ -334,7 +373,7 @@ export class ConnectionClosedError extends MultilegError {
         ? fresh
         : options?.again
           ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
-          : options?.goaway
+          : options?.goaway || options?.handshake
             ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
             : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
       options,

@@ -152,6 +152,18 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     expect(new Set(served).size).toBe(20);
   });
 
+  it('H2: a burst waiting for a connection when GOAWAY HTTP_1_1_REQUIRED ends the first HTTP/2 session opens no other HTTP/2 session (review r49)', async () => {
+    // 50 requests wait for the first session's first response; its GOAWAY sends them to the pool,
+    // which must already know the origin as HTTP/1.1-only (before: 4 HTTP/2 sessions, one of them
+    // carrying an NTLM NEGOTIATE).
+    r = await rig({ mode: 'iis', iisVia: 'goaway' });
+    const results = await many(r, 50);
+    expect(results.every((x) => x.status === 200 && x.body.protocol === 'http/1.1')).toBe(true);
+    const h2 = r.server.exchanges.filter((e) => e.protocol === 'h2');
+    expect(new Set(h2.map((e) => e.sessionId)).size).toBe(1);
+    expect(h2.filter((e) => e.requestHeaders.authorization)).toHaveLength(0);
+  });
+
   it('H2: a GOAWAY HTTP_1_1_REQUIRED alone (no RST_STREAM with that code) in the middle of a handshake sends its queue straight to HTTP/1.1', async () => {
     // The AUTHENTICATE leg on h2 is refused by GOAWAY(HTTP_1_1_REQUIRED) below its stream, while
     // the other requests wait behind the handshake: they learn from the session's end (the GOAWAY's

@@ -581,7 +581,7 @@ export function explain401(ctx: {
    */
   readonly ownAuthorization?: { readonly replaces: string | undefined } | undefined;
   /**
-   * R4: the request went without the credentials because the server refused them lately (an
+   * R4: the request went without the credentials because the server refused them (or left them unanswered) lately (an
    * earlier URL's handshake): how long (ms) they are still kept back.
    */
   readonly keptBackMs?: number | undefined;
@@ -598,7 +598,7 @@ export function explain401(ctx: {
     const h = failed.at(-1);
     const refused = h ? ` (${h.scheme}, for an earlier request)` : '';
     const fix = h ? `: ${refusalFix(h, ctx.offered, ctx.netrcFile)}` : '';
-    return `${head}; no credentials were sent: the server refused them lately${refused}, so they are held back from it for another ${Math.ceil(ctx.keptBackMs / 1000)} s (a wrong password tried again and again locks the account)${fix}`;
+    return `${head}; no credentials were sent: the server refused them or left them unanswered lately${refused}, so they are held back from it for another ${Math.ceil(ctx.keptBackMs / 1000)} s (a wrong password tried again and again locks the account)${fix}`;
   }
   if (failed.length > 0) {
     const h = failed[failed.length - 1]!;

@@ -34,7 +34,7 @@ export interface LegRecord {
   requestBody?: { readonly bytes: Buffer; readonly mimeType: string };
   /** Its 401 is the answer because what it offers cannot run here (the agent's deliver401), and why. */
   unanswered?: UnansweredEvent;
-  /** It went without the credentials, refused there lately (R4): how long (ms) they are still held back. */
+  /** It went without the credentials, refused or left unanswered there lately (R4): how long (ms) they are still held back. */
   heldBackFor?: number;
 }
 
@@ -247,7 +247,7 @@ export class Trace {
     const record = this.legs.findLast((l) => l.request.origin === e.origin);
     if (record) record.heldBackFor = e.heldBackFor;
     this.#say(
-      `* its 401 is the answer: the credentials, refused here lately, are held back for another ${Math.ceil(e.heldBackFor / 1000)} s`,
+      `* its 401 is the answer: the credentials, refused or left unanswered here lately, are held back for another ${Math.ceil(e.heldBackFor / 1000)} s`,
     );
   }
 

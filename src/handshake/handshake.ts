@@ -7,7 +7,16 @@ import {
 } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
-import { HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError, type NoStream } from '../errors.ts';
+import {
+  ConnectionClosedError,
+  HandshakeTimeoutError,
+  InvalidTokenError,
+  isFramingError,
+  LegLimitError,
+  MultilegError,
+  type NoStream,
+  ResponseFramingError,
+} from '../errors.ts';
 import { log } from '../log.ts';
 import { atOpening, cannotRunHere, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
@@ -118,6 +127,12 @@ export type HandshakeResult =
        * `sentPassword`): R4 keeps it back 30 s each time, where a refused password's wait doubles.
        */
       readonly noPassword?: true;
+      /**
+       * A leg carrying credentials derived from the password (not an NTLM NEGOTIATE, not a Kerberos
+       * ticket alone: `sentPassword`) was written and never answered: the handshake timed out or its
+       * connection closed under it. The server may have counted it as a try of the password (R4).
+       */
+      readonly passwordUnanswered?: true;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -155,6 +170,12 @@ export type HandshakeResult =
    * (with that 401's Auth-ID, C3).
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
+
+/** The connection closed under a written leg (the session's typed error for it, or undici's own). */
+function connectionClosed(err: Error): boolean {
+  const code = (err as { code?: unknown }).code;
+  return err instanceof ConnectionClosedError || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+}
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
@@ -311,7 +332,7 @@ class Handshake {
   }
 
   /** The caller gets `err` (a typed error, never the mechanism's own exception). */
-  #failed(err: Error): HandshakeResult {
+  #failed(err: Error, passwordUnanswered = false): HandshakeResult {
     this.#sink.fail(err);
     return {
       kind: 'failed',
@@ -320,7 +341,30 @@ class Handshake {
       ...this.#reported(),
       done: Promise.resolve(),
       error: err,
+      ...(passwordUnanswered ? { passwordUnanswered } : {}),
     };
+  }
+
+  /** undici's untyped framing error on a handshake leg is the caller's {@link ResponseFramingError}. */
+  #typed(err: Error): Error {
+    return isFramingError(err)
+      ? new ResponseFramingError(this.#input.leg.origin, this.#mechanism.scheme, { cause: err })
+      : err;
+  }
+
+  /**
+   * The leg that failed was written, carried the password (or what derives from it) and got no
+   * answer before the handshake's clock ran out or the connection closed under it: R4 counts it.
+   * (Not the caller's abort, nor a stream the server reset: those end it for other reasons.)
+   */
+  #passwordUnanswered(result: LegResult): boolean {
+    return (
+      result.kind === 'failed' &&
+      result.unanswered === true &&
+      (this.#clock.timedOut || connectionClosed(result.error)) &&
+      !atOpening(this.#mechanism, this.#context, this.#legs) &&
+      sentPassword(this.#mechanism, this.#context)
+    );
   }
 
   /** A failure after the caller got the last leg's response (`done`: when it is consumed). */
@@ -548,13 +592,17 @@ class Handshake {
     const legs = this.#legs;
     const authIdCarried = this.#authIdCarried;
     if (this.#clock.timedOut && result.kind !== 'delivered') {
-      this.#end(this.#failed(this.#clock.error()));
+      this.#end(this.#failed(this.#clock.error(), this.#passwordUnanswered(result)));
       return;
     }
     switch (result.kind) {
       case 'failed': {
         const reason = relocationReason(result.error);
-        this.#end(reason ? { kind: 'relocate', legs, reason, error: result.error } : this.#failed(result.error));
+        this.#end(
+          reason
+            ? { kind: 'relocate', legs, reason, error: result.error }
+            : this.#failed(this.#typed(result.error), this.#passwordUnanswered(result)),
+        );
         return;
       }
       case 'swallowed': {

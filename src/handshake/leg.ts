@@ -56,8 +56,12 @@ export type LegResult =
       readonly headers: ResponseHeaders;
       readonly done: Promise<void>;
     }
-  /** The leg failed before anything reached the caller; nothing was reported to the caller yet. */
-  | { readonly kind: 'failed'; readonly error: Error };
+  /**
+   * The leg failed before anything reached the caller; nothing was reported to the caller yet.
+   * `unanswered`: undici had written it and no response head came (a timeout, a close): the server
+   * may have read, and counted, the credentials it carried (R4).
+   */
+  | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
 
 /** A controller's raw header lists, as undici's fetch reads them (not in its typings). */
 function raw(controller: Controller): { rawHeaders: unknown; rawTrailers: unknown } {
@@ -219,6 +223,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
    */
   get unanswered(): boolean {
     return this.#unanswered;
+  }
+
+  /** undici started the leg (it went to the socket) and did not abort it as it did: the peer may have read it. */
+  get written(): boolean {
+    return this.#controller !== undefined && this.#givenUp === undefined;
   }
 
   /** The caller aborted (the sink's abort hook: no closure per leg). */

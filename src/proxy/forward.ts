@@ -5,6 +5,7 @@ import { publishProxyUnanswered } from '../diagnostics.ts';
 import { LegLimitError } from '../errors.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
+import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import { alpnFor, type Limits } from '../options.ts';
 import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
@@ -36,6 +37,8 @@ const connectionLost = (err: Error): boolean => err instanceof ProxyClosedError 
 /** A leg on the wire, as far as the proxy's deadline needs it. */
 export interface AbortableLeg {
   abort(reason: Error): void;
+  /** It went to the socket: the proxy may have read it (R4). */
+  readonly written?: boolean;
 }
 /**
  * Sends one leg on the proxy connection with extra headers and the request-target `path`;
@@ -212,8 +215,12 @@ export class ForwardProxy {
     const expired = () => (deadline?.timedOut ? deadline.error() : undefined);
     // (A deadline made while a leg is on the wire ends that leg through `onWire`.)
     const race = <T>(work: Promise<T>): Promise<T> => (deadline ? deadline.race(work) : work);
+    /** R4: the last leg carried the proxy password and no answer has come to it (yet). */
+    let secretUnanswered = false;
+    let lastLeg: AbortableLeg | undefined;
     const started = (l: AbortableLeg) => {
       onWire = l;
+      lastLeg = l;
     };
     // This request's leave to send the proxy credentials (account lockout: tried one at a time until
     // proved, not at all for a while after the proxy refused them), and what it learnt of them.
@@ -266,10 +273,15 @@ export class ForwardProxy {
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
         turn.sending();
+        // (Not an NTLM NEGOTIATE, not a Kerberos ticket alone: those carry no password.)
+        secretUnanswered =
+          credentials !== undefined && !carriesNoSecret(credentials.value) && this.#auth.refusal === 'refused';
+        lastLeg = undefined;
         const result = await race(
           sendOnProxy(
             { ...extra, host, ...(credentials ? { 'proxy-authorization': credentials.value } : {}) },
             (status, headers) => {
+              secretUnanswered = false;
               this.#closing(headers);
               // Past limits.maxLegs a 407 is the caller's only under proxy.deliver407; else the typed error below.
               if (status === 407 && (answers <= this.#limits.maxLegs || !this.route.proxy.deliver407)) {
@@ -439,6 +451,10 @@ export class ForwardProxy {
     } finally {
       deadline?.stop();
       turn.end();
+      // R4: a leg carrying the password that the proxy never answered (the deadline, a close; not
+      // the caller's abort) may have been counted: unproved credentials wait as after a refusal.
+      const callerAborted = (waiter.sink as { aborted?: boolean }).aborted === true && !deadline?.timedOut;
+      if (outcome === 'none' && secretUnanswered && lastLeg?.written === true && !callerAborted) outcome = 'unanswered';
       if (ticket) proof.settle(ticket, outcome);
     }
   }

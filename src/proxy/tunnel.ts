@@ -13,6 +13,7 @@ import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
+import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import {
   type Admission,
@@ -399,13 +400,14 @@ export async function openingLeave(
 }
 
 /**
- * The proxy refused its credentials lately (twice in a row, or before they ever worked): a 407 is
+ * The proxy refused its credentials lately (twice in a row, or before they ever worked), or left a
+ * leg carrying the password unanswered before they were proved: a 407 is
  * not answered with them again until that has passed.
  */
 export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]): ProxyAuthenticationError {
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy refused proxy.credentials lately, so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check proxy.credentials`,
+    `the proxy refused proxy.credentials lately (or left a leg carrying the password unanswered), so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check proxy.credentials`,
     offered,
     true,
   );
@@ -507,6 +509,10 @@ async function connectLegs(
         do head = await reader.readHead();
         while (head.status < 200);
       } catch (err) {
+        // R4: the proxy never answered a CONNECT carrying the password (or what derives from it;
+        // not an NTLM NEGOTIATE, not a Kerberos ticket alone): it may have counted it.
+        const secret = credentials !== undefined && !carriesNoSecret(credentials.value) && auth.refusal === 'refused';
+        if (secret && !(reused && !resent && reader.ended && reader.buffered === 0)) proved('unanswered');
         if (unanswered) {
           const e = new ProxyConnectTimeoutError(
             proxy.origin,

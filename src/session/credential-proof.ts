@@ -74,6 +74,15 @@ export type ProofOutcome =
   | 'refused'
   /** As `refused`, of a handshake that surely sent no password (a Kerberos ticket only: `sentPassword`, mechanisms/registry.ts). */
   | 'refused-no-password'
+  /**
+   * A leg carrying the password (or what derives from it: NTLM's AUTHENTICATE, Basic, a Digest
+   * answer — not an NTLM NEGOTIATE, not a Kerberos ticket alone) was written and never answered: the
+   * handshake timed out or its connection closed under it. The server may have counted it: while
+   * the credentials are not proved it counts as a refusal of a password does (the wait doubles), so
+   * a server that never answers it is not sent the password once per request; while they are proved
+   * it says nothing (a slow server, not a wrong password).
+   */
+  | 'unanswered'
   /** It says nothing about them: an error, a timeout, an abort, a 5xx, an unanswered first leg. */
   | 'none';
 
@@ -89,6 +98,10 @@ export type ProofOutcome =
  * - Not proved (never yet, or refused once since): one handshake at a time; the others wait for its
  *   outcome, bounded like every wait (R1). A success proves them; a refusal of credentials not proved
  *   (the second in a row after a proof) makes them refused.
+ * - A password leg written and never answered (a timeout, a close: `'unanswered'`) while they are not
+ *   proved may have been counted by the server: the first in a row lets one more handshake try (a
+ *   slow server), the second and each after it until a success count as a refusal; while they are
+ *   proved it says nothing.
  * - Refused: for {@link UNUSABLE_MEMORY_MS} no handshake sends them here (requests go without them and
  *   get the server's answer, R4); then one tries again. A password refused again doubles the wait,
  *   up to {@link MAX_REFUSED_MEMORY_MS}; a success starts over. A refusal of a handshake that sent no
@@ -105,6 +118,8 @@ export class CredentialProof {
   #refusedTimes = 0;
   #epoch = 0;
   #probing = false;
+  /** A leg carrying the unproved password went unanswered since the last success ('unanswered'). */
+  #unansweredBefore = false;
   /** Bumped when the credentials are replaced: tickets of older ones say nothing about these. */
   #generation = 0;
   #queue: WaitQueue<Admission, Waiter> | undefined;
@@ -201,6 +216,14 @@ export class CredentialProof {
       this.#provedAt = Date.now();
       this.#refusedUntil = 0;
       this.#refusedTimes = 0;
+      this.#unansweredBefore = false;
+    } else if (outcome === 'unanswered') {
+      // The first such leg in a row may be a slow server's: one more handshake may try (R2: a waiter
+      // takes it over); the second counts as a refusal, and every one after it until a success.
+      if (!this.#proved && !ticket.counted) {
+        if (this.#unansweredBefore) this.#refuse(true);
+        this.#unansweredBefore = true;
+      }
     } else if (outcome !== 'success' && outcome !== 'none' && !ticket.counted) {
       this.#refuse(outcome === 'refused');
     }
@@ -220,6 +243,7 @@ export class CredentialProof {
     this.#provedAt = 0;
     this.#refusedUntil = 0;
     this.#refusedTimes = 0;
+    this.#unansweredBefore = false;
     this.#probing = false;
     this.#wake();
   }

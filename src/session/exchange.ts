@@ -582,11 +582,11 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     env.memory.credentialsRefused &&
     env.mechanisms.choose(readChallenges(headers))
   ) {
-    // R4: held back after the server refused them here; without a word the caller could not tell
+    // R4: held back after the server refused them here (or left a password unanswered); without a word the caller could not tell
     // this 401 from a refusal of what it sent (it sent nothing), nor when they go again.
     const heldBackFor = env.memory.proof.refusedFor;
     log.agent(
-      '%s job %d: 401 not answered: refused here lately, held back %d ms more',
+      '%s job %d: 401 not answered: refused or left unanswered here lately, held back %d ms more',
       job.origin,
       job.id,
       heldBackFor,
@@ -1111,7 +1111,11 @@ class Lead implements HandshakeInput, LegInfo {
         // What the handshake says of the credentials, before the release in #after lets waiting requests go on.
         const refused = result.kind === 'failed' && result.refused === true && result.opening === undefined;
         const carried = result.kind === 'failed' && result.noPassword ? 'refused-no-password' : 'refused';
-        env.memory.proof.settle(ticket, result.kind === 'success' ? 'success' : refused ? carried : 'none');
+        const unanswered = result.kind === 'failed' && result.passwordUnanswered === true;
+        env.memory.proof.settle(
+          ticket,
+          result.kind === 'success' ? 'success' : refused ? carried : unanswered ? 'unanswered' : 'none',
+        );
         this.#done(this.#after(result));
       },
       (err) => {

@@ -649,6 +649,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       ...(this.memory.contextCap !== undefined ? { handshakeCap: this.memory.contextCap } : {}),
       onChange: () => this.#pump(),
       onConnectFailed: (failed, err) => this.#connectFailed(failed, err),
+      onHttp1Required: () => this.memory.rememberHttp1(),
       // R4: whether a leg the origin (or a forwarding proxy) closed under unanswered may go again.
       originProof: this.memory.proof,
       ...(this.#route
@@ -692,8 +693,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     }
     if (this.#end) return;
     for (const { lane, identity, queue } of this.#waiting.values()) {
+      // H2: requests that waited for an "auto" session go on HTTP/1.1 once the origin asked for it
+      // (GOAWAY HTTP_1_1_REQUIRED): not on a new HTTP/2 session that meets the same refusal.
+      const to = lane === 'auto' && this.memory.requiresHttp1 ? 'http1' : lane;
       while (queue.length > 0) {
-        const s = this.#take(lane, identity);
+        const s = this.#take(to, identity);
         if (!s) break;
         // A waiter that went away meanwhile gives the place back. (Not reached: `length` counts only
         // live waiters, and nothing between the check and the shift can settle one.)

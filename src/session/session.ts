@@ -129,6 +129,7 @@ export class Session {
   readonly #slots: WaitQueue<void>;
   readonly #limits: Limits;
   readonly #onChange: () => void;
+  readonly #onHttp1Required: (() => void) | undefined;
   /** Through a forwarding proxy (plain-http target, H3-H5): that connection's own state. */
   readonly #forward: ForwardProxy | undefined;
   readonly #connector: SessionConnector;
@@ -167,6 +168,11 @@ export class Session {
     originProof?: CredentialProof;
     /** A forward proxy said the origin speaks HTTP/1.1 (H3). */
     onRemoteHttp1?: () => void;
+    /**
+     * The session closed because the server wants HTTP/1.1 (GOAWAY HTTP_1_1_REQUIRED, H2): told
+     * before the requests waiting for it are handed elsewhere, so none opens another HTTP/2 session.
+     */
+    onHttp1Required?: () => void;
     /** The session's first connection could not be made (before undici fails the request that asked for it). */
     onConnectFailed?: (session: Session, err: Error) => void;
     /** A handshake with its proxy proved an identity ({@link proxyHolder}): the pool acts on it (S6). */
@@ -185,6 +191,7 @@ export class Session {
     this.#queue = new WaitQueue(opts.limits, 'a handshake on its session');
     this.#slots = new WaitQueue(opts.limits, 'a free handshake slot on its session (limits.maxConcurrentHandshakes)');
     this.#onChange = opts.onChange;
+    this.#onHttp1Required = opts.onHttp1Required;
     const allowH2 = opts.lane === 'auto';
     let origin = opts.origin;
     const onProxyHandshake = opts.onProxyHandshake && ((h: ProxyHandshake) => opts.onProxyHandshake?.(this, h));
@@ -459,6 +466,9 @@ export class Session {
     this.#state = transition(before, event);
     log.session('%s %s -> %s', this.id, before.kind, this.#state.kind);
     if (this.#state.kind === 'closed') {
+      // H2: the origin is HTTP/1.1-only from now on, before the waiting requests move (a request
+      // handed a new `auto` session here would open another HTTP/2 one, and meet the same GOAWAY).
+      if (this.#state.http1Required) this.#onHttp1Required?.();
       const failure = this.#state.failure;
       if (failure) this.#queue.settleAll(undefined, failure);
       else this.#queue.settleAll('closed');
@@ -677,12 +687,12 @@ export class Session {
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
         if (r.kind === 'failed') traced?.error(r.error);
-        onResult(
-          this.settleLeg(
-            job,
-            r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers, own) : r,
-          ),
+        const settled = this.settleLeg(
+          job,
+          r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers, own) : r,
         );
+        // R4: what the handshake tells the proof: its credentials went out and got no answer.
+        onResult(settled.kind === 'failed' && leg.unanswered ? { ...settled, unanswered: true } : settled);
       },
     });
     job.sink.onAbort(leg);
@@ -780,6 +790,8 @@ export class Session {
         again: again > 0 ? again : undefined,
         // (A stream above the GOAWAY's last-stream-id never gets here: undici queues it again, R5.)
         goaway: this.#goaway !== undefined,
+        // Opened for this request: it answered only its own earlier legs (no kept-alive connection).
+        handshake: mine && own > 0,
         oneShot,
         unproved,
       }),

@@ -60,7 +60,8 @@ export interface UpgradeOptions {
 type LegOutcome =
   | { readonly kind: 'challenged'; readonly headers: Headers }
   | { readonly kind: 'delivered'; readonly status: number }
-  | { readonly kind: 'failed'; readonly error: Error };
+  /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
+  | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
 
 /** A running authentication: the mechanism's context and what it sent last. */
 interface Auth {
@@ -256,7 +257,14 @@ export class UpgradeDispatcher {
           if (auth) proved = outcomeFor(auth, outcome.status);
           return;
         }
-        if (outcome.kind === 'failed') throw outcome.error;
+        if (outcome.kind === 'failed') {
+          // R4: a leg carrying the password that the server never answered (the clock, a close; not
+          // the caller's abort) may have been counted, as a request's handshake says.
+          if (auth && outcome.unanswered && (clock?.timedOut || !sink.aborted) && carriesPassword(auth)) {
+            proved = 'unanswered';
+          }
+          throw outcome.error;
+        }
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
           const here = proofHere();
@@ -382,6 +390,8 @@ export class UpgradeDispatcher {
         controller?.abort(error);
         resolve({ kind: 'failed', error });
       };
+      /** Written (undici started it) and no response head yet: the server may have read it. */
+      const unanswered = () => (controller !== undefined && status === 0 ? { unanswered: true as const } : {});
       sink.onAbort((reason) => {
         aborted = true;
         clearTimeout(drainTimer);
@@ -390,7 +400,7 @@ export class UpgradeDispatcher {
         // controller's abort does nothing then, so the leg ends here (R3), the socket with it.
         upgraded?.destroy();
         sink.fail(reason);
-        resolve({ kind: 'failed', error: reason });
+        resolve({ kind: 'failed', error: reason, ...unanswered() });
       });
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
@@ -475,7 +485,7 @@ export class UpgradeDispatcher {
         onResponseError(_c, err) {
           clearTimeout(drainTimer);
           if (held) held = undefined;
-          resolve({ kind: 'failed', error: err });
+          resolve({ kind: 'failed', error: err, ...unanswered() });
         },
       };
       client.dispatch(
@@ -491,6 +501,11 @@ export class UpgradeDispatcher {
       );
     });
   }
+}
+
+/** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
+function carriesPassword(auth: Auth): boolean {
+  return !atOpening(auth, auth.context, auth.legs) && sentPassword(auth, auth.context);
 }
 
 /**
