@@ -107,7 +107,7 @@ export function rejected(
 ): ProxyAuthenticationError {
   // What went: a ticket with Negotiate (a proxy's Negotiate has no NTLM fallback unless asked), else the password.
   const ticket = `the Kerberos ticket for HTTP@${proxy.hostname}`;
-  const password = 'proxy.credentials (user, domain, password)';
+  const password = `${proxy.credentialsFrom} (user, domain, password)`;
   const check =
     scheme === undefined ? `${password} or ${ticket}` : scheme.toLowerCase() === 'negotiate' ? ticket : password;
   return new ProxyAuthenticationError(
@@ -123,13 +123,17 @@ export function rejected(
  * give them again, but a ticket for a Negotiate proxy (its Negotiate has no NTLM fallback), or a
  * scheme the password answers.
  */
-function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly error: MultilegError }>): string {
+function withCredentials(
+  unusable: Iterable<{ readonly scheme: string; readonly error: MultilegError }>,
+  from: string,
+): string {
   const list = [...unusable];
   const schemes = list.map((u) => u.scheme);
   // A ticket is the fix where there was none (or it expired); an unknown SPN, a KDC out of reach or
   // a skewed clock are named in the reason before this, and a ticket does not mend them.
   const ticket = list.some((u) => ticketFixes(u.error.code)) ? 'get a Kerberos ticket for the proxy, or ' : '';
-  return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
+  const where = from.replace(/^the user:password in /, '');
+  return `the password in ${where} cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
 }
 
 /**
@@ -741,7 +745,9 @@ export class ProxyAuth {
     const fixes: string[] = [];
     // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
     if (cannotRun.length)
-      fixes.push(given ? withCredentials(cannotRun) : 'give proxy.credentials or a Kerberos ticket');
+      fixes.push(
+        given ? withCredentials(cannotRun, this.#proxy.credentialsFrom) : 'give proxy.credentials or a Kerberos ticket',
+      );
     if (unreadable.length) {
       const skipped = this.#skipped;
       const others = [...new Set([...schemes, ...before])].filter((s) => !skipped.has(s.toLowerCase()));

@@ -120,6 +120,12 @@ export interface ResolvedProxy {
    */
   account: string | undefined;
   /**
+   * Where the proxy credentials came from, as errors name it in their fix (a user who never set
+   * `proxy.credentials` is not told to check them): `proxy.credentials`, the user:password in the
+   * proxy URL (`proxy.uri`, or the environment variables named), or setProxyCredentials.
+   */
+  credentialsFrom: string;
+  /**
    * The proxy took no part in an opening NEGOTIATE (`proxy.schemes: ['NTLM']`): it let that CONNECT
    * through, or its 407 carried no NTLM challenge. Later tunnels wait for its 407, as origins do
    * (OriginMemory.openedInVain).
@@ -235,18 +241,27 @@ function userinfoPart(encoded: string): string {
   }
 }
 
+/** How an error names proxy credentials that came from the proxy URL given as `where` (`proxy.uri`, `HTTPS_PROXY`). */
+const fromUrl = (where: string): string => `the user:password in the proxy URL (${where})`;
+
+/** A proxy URL as written (scheme-less is http://), normalised: two variables naming one proxy compare equal. */
+function proxyUrl(uri: string): URL {
+  try {
+    return new URL(uri.includes('://') ? uri : `http://${uri}`);
+  } catch {
+    throw new ConfigError('proxy: the proxy address is not a URL; use http://host:port');
+  }
+}
+
+/** `where`: what gave `uri` (`proxy.uri`, or the environment variables), for errors naming its user:password. */
 function resolveProxy(
   uri: string,
   o: ProxyOptions,
   identity: KerberosIdentity,
   connectTo: ConnectTo | undefined,
+  where = 'proxy.uri',
 ): ResolvedProxy {
-  let url: URL;
-  try {
-    url = new URL(uri.includes('://') ? uri : `http://${uri}`);
-  } catch {
-    throw new ConfigError('proxy: the proxy address is not a URL; use http://host:port');
-  }
+  const url = proxyUrl(uri);
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new ConfigError(`proxy: unsupported proxy protocol ${url.protocol}; use http:// or https://`);
   }
@@ -279,6 +294,7 @@ function resolveProxy(
     ),
     proved: new ProvedIdentity(),
     account: credentials?.username,
+    credentialsFrom: credentials && !o.credentials ? fromUrl(where) : 'proxy.credentials',
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
@@ -472,8 +488,14 @@ export class ProxyResolver {
       // by any client; lower-case http_proxy cannot come from a request. Go's net/http refuses it too.
       const http = env.http_proxy ?? (env.REQUEST_METHOD === undefined ? env.HTTP_PROXY : undefined);
       const https = env.https_proxy ?? env.HTTPS_PROXY;
-      if (http) this.#http = resolveProxy(http, o, identity, connectTo);
-      this.#https = https ? resolveProxy(https, o, identity, connectTo) : this.#http;
+      const httpName = env.http_proxy !== undefined ? 'http_proxy' : 'HTTP_PROXY';
+      const httpsName = env.https_proxy !== undefined ? 'https_proxy' : 'HTTPS_PROXY';
+      // One proxy URL in both variables is one proxy (R4): one proof of its credentials, so a wrong
+      // password is refused once, not once per variable; one ProvedIdentity (S6).
+      const same = http && https && proxyUrl(http).href === proxyUrl(https).href;
+      if (http)
+        this.#http = resolveProxy(http, o, identity, connectTo, same ? `${httpsName} and ${httpName}` : httpName);
+      this.#https = same ? this.#http : https ? resolveProxy(https, o, identity, connectTo, httpsName) : this.#http;
       this.#fixedNoProxy = o.noProxy;
     }
   }
@@ -511,6 +533,7 @@ export class ProxyResolver {
     for (const proxy of proxies) {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;
+      proxy.credentialsFrom = 'the credentials given to setProxyCredentials';
       proxy.proof.reset();
       // What the old credentials could not do is tried again with the new ones (as an origin's,
       // OriginMemory.credentialsChanged); a challenge the proxy sent unreadable stays remembered.
