@@ -953,6 +953,7 @@ function leaderGaveUp(job: Job, error: Error | undefined): boolean {
     job.sink.aborted ||
     error instanceof BodyNotReplayableError ||
     code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'MULTILEG_PROXY_RESPONSE_TIMEOUT' ||
     code === 'UND_ERR_BODY_TIMEOUT'
   );
 }
