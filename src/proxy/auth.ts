@@ -67,6 +67,22 @@ export interface ProxyHandshake {
   readonly spn?: string;
   /** Why Kerberos was skipped and NTLM used instead (M5). */
   readonly fallbackReason?: string;
+  /** A failed handshake's error, where one ended it: `CODE: message` ({@link failureReason}; no secret, S2). */
+  readonly failureReason?: string;
+}
+
+/** The longest message a {@link ProxyHandshake.failureReason} keeps: a line of `-v`, not a page. */
+const MAX_REASON_CHARS = 240;
+
+/**
+ * What ended a failed handshake, for its report: the error's code and message (errors never carry
+ * secrets, S2), the message cut at {@link MAX_REASON_CHARS}.
+ */
+export function failureReason(err: unknown): string {
+  const e = err as { code?: unknown; name?: unknown; message?: unknown };
+  const code = typeof e?.code === 'string' ? e.code : typeof e?.name === 'string' ? e.name : 'Error';
+  const message = typeof e?.message === 'string' ? e.message : String(err);
+  return `${code}: ${message.length > MAX_REASON_CHARS ? `${message.slice(0, MAX_REASON_CHARS - 1)}…` : message}`;
 }
 
 /**
@@ -217,6 +233,8 @@ type AuthState =
 interface Report {
   readonly failure?: ProxyHandshake['failure'];
   readonly identity?: string;
+  /** The error that ended it (see {@link failureReason}). */
+  readonly error?: unknown;
 }
 
 /** What a handshake's end (given up, refused, failed, not needed) leaves: the connection's mechanism stays. */
@@ -535,7 +553,7 @@ export class ProxyAuth {
    */
   abandon(err: unknown): void {
     if (this.#state.kind === 'handshaking')
-      this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err) });
+      this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err), error: err });
   }
 
   /**
@@ -637,7 +655,7 @@ export class ProxyAuth {
         const opening = atOpening(state.mechanism, state.context, state.legs);
         const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
         // A refused opening refused no password: said as an origin's is (review r38).
-        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err) });
+        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err), error: err });
         throw err;
       }
     }
@@ -720,7 +738,7 @@ export class ProxyAuth {
     this.#excluded.add(key);
     this.#unusable.set(key, { scheme, error: err });
     this.#proxy.unusable.set(key, { scheme, error: err }, unusableUntil(err));
-    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
+    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error', error: err });
   }
 
   /**
@@ -823,7 +841,7 @@ export class ProxyAuth {
   #late(expired: (() => Error | undefined) | undefined, legs: number, context: MechanismContext): void {
     const err = expired?.();
     if (!err) return;
-    this.#emit('failed', legs, this.#mechanism, context, { failure: 'error' });
+    this.#emit('failed', legs, this.#mechanism, context, { failure: 'error', error: err });
     throw err;
   }
 
@@ -859,6 +877,7 @@ export class ProxyAuth {
       ...(how.failure ? { failure: how.failure } : {}),
       ...(spn ? { spn } : {}),
       ...(fallbackReason ? { fallbackReason } : {}),
+      ...(how.error !== undefined ? { failureReason: failureReason(how.error) } : {}),
     });
   }
 
@@ -871,7 +890,7 @@ export class ProxyAuth {
     if (run.legs >= this.#maxLegs) {
       const err = new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
       // A running handshake (its next leg, or its run again from the first) fails here.
-      this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err) });
+      this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err), error: err });
       throw err;
     }
     let pending: string;
