@@ -2,7 +2,7 @@
  * Proxy options and where a request goes (H5): the `proxy` option, or `HTTPS_PROXY` / `HTTP_PROXY` /
  * `NO_PROXY` read the way undici's EnvHttpProxyAgent reads them.
  */
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { type ConnectTo, dialFor } from '../connect-to.ts';
@@ -308,63 +308,36 @@ interface NoProxyEntry {
   readonly wildcard: boolean;
   /**
    * An address range written `address/bits` (curl 7.86+): it matches hosts written as IP addresses
-   * of the same family only, never a name (nothing is resolved for it).
+   * of the same family only, never a name (nothing is resolved for it). Node's BlockList does the
+   * matching; `undefined` ranges (a prefix longer than the address) match nothing, as in curl.
    */
-  readonly cidr?: { readonly family: 4 | 6; readonly bytes: Uint8Array; readonly bits: number };
-}
-
-/** The bytes of an IP address (`family` 4 or 6), or undefined when it is not one. */
-function addressBytes(address: string, family: 4 | 6): Uint8Array | undefined {
-  if (isIP(address) !== family) return undefined;
-  return family === 4 ? Uint8Array.from(address.split('.').map(Number)) : ipv6Bytes(address.replace(/%.*$/, ''));
-}
-
-/** The 16 bytes of a valid IPv6 address's text form (`::` expanded, an embedded IPv4 tail included). */
-function ipv6Bytes(address: string): Uint8Array {
-  let text = address;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const [a, b, c, d] = v4[1]!.split('.').map(Number) as [number, number, number, number];
-    text = `${text.slice(0, -v4[1]!.length)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
-  const left = head ? head.split(':') : [];
-  const right = tail ? tail.split(':') : [];
-  const groups = [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
-  const out = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    const n = Number.parseInt(g, 16);
-    out[i * 2] = n >> 8;
-    out[i * 2 + 1] = n & 0xff;
-  });
-  return out;
+  readonly cidr?: BlockList | null;
 }
 
 /**
  * A NO_PROXY entry `address/bits` as curl reads it (lib/noproxy.c): an IPv4 or IPv6 address (IPv6
  * also in brackets) and a decimal prefix length; bits 0, or the address's full length, matches that
- * address alone, as in curl. Undefined when the entry is no such range.
+ * address alone, and a prefix longer than the address matches nothing (null), as in curl.
+ * Undefined when the entry is no such range.
  */
-function parseCidr(entry: string): NoProxyEntry['cidr'] {
+function parseCidr(entry: string): BlockList | null | undefined {
   const m = /^\[?([^\]/]+)\]?\/(\d{1,3})$/.exec(entry);
   if (!m) return undefined;
-  const family = isIP(m[1]!);
+  const address = m[1]!;
+  const family = isIP(address);
   if (family !== 4 && family !== 6) return undefined;
   const bits = Number(m[2]);
-  // curl: a prefix longer than the address matches nothing.
-  if (bits > (family === 4 ? 32 : 128)) return { family, bytes: new Uint8Array(0), bits: -1 };
-  return { family, bytes: addressBytes(m[1]!, family)!, bits: bits === 0 ? (family === 4 ? 32 : 128) : bits };
+  const full = family === 4 ? 32 : 128;
+  if (bits > full) return null;
+  const range = new BlockList();
+  range.addSubnet(address, bits === 0 ? full : bits, family === 4 ? 'ipv4' : 'ipv6');
+  return range;
 }
 
-/** Whether `host` (an IP address or a name) lies in the range. */
-function inCidr(cidr: NonNullable<NoProxyEntry['cidr']>, host: string): boolean {
-  if (cidr.bits < 0) return false;
-  const address = addressBytes(host, cidr.family);
-  if (!address) return false;
-  const whole = cidr.bits >> 3;
-  for (let i = 0; i < whole; i++) if (address[i] !== cidr.bytes[i]) return false;
-  const rest = cidr.bits & 7;
-  return rest === 0 || ((address[whole]! ^ cidr.bytes[whole]!) & (0xff << (8 - rest)) & 0xff) === 0;
+/** Whether `host` (an IP address or a name) lies in the range (null: none does). */
+function inCidr(range: BlockList | null, host: string): boolean {
+  const family = isIP(host);
+  return range !== null && family !== 0 && range.check(host, family === 4 ? 'ipv4' : 'ipv6');
 }
 
 /**
@@ -376,7 +349,7 @@ export function parseNoProxy(value: string): NoProxyEntry[] {
   for (const entry of value.split(/[,\s]/)) {
     if (!entry) continue;
     const cidr = parseCidr(entry);
-    if (cidr) {
+    if (cidr !== undefined) {
       out.push({ hostname: entry.toLowerCase(), port: 0, wildcard: false, cidr });
       continue;
     }
@@ -416,7 +389,7 @@ export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean
   // Only http: and https: URLs get here (ProxyResolver.route).
   const port = portOf(url);
   for (const e of entries) {
-    if (e.cidr) {
+    if (e.cidr !== undefined) {
       if (inCidr(e.cidr, hostname)) return false;
       continue;
     }
