@@ -65,6 +65,7 @@ export {
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
+  ProxyResponseTimeoutError,
   ProxyTimeoutError,
   ProxyUnreachableError,
   RemoteHttp1Error,

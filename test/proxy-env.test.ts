@@ -124,6 +124,30 @@ describe('proxy selection', () => {
     expect(shouldProxy(entries, new URL('https://e.test'))).toBe(true);
   });
 
+  it('H5: NO_PROXY address ranges (10.0.0.0/8, fd00::/8) bypass the proxy for hosts written as IP addresses, as curl 7.86+ does; a name is not resolved for them', () => {
+    const env = {
+      HTTP_PROXY: 'http://plain:8080',
+      NO_PROXY: '10.0.0.0/8, fd00::/8 [2001:db8::]/32 192.168.1.7/0 1.2.3.4/33',
+    };
+    const r = new ProxyResolver(undefined, env);
+    expect(via(r, 'http://10.1.2.3:81/')).toBe('direct');
+    expect(via(r, 'http://11.0.0.1/')).toBe('forward http://plain:8080');
+    expect(via(r, 'http://[fd12::1]/')).toBe('direct');
+    expect(via(r, 'http://[fe00::1]/')).toBe('forward http://plain:8080');
+    expect(via(r, 'http://[2001:db8:1::5]/')).toBe('direct');
+    expect(via(r, 'http://[2001:db9::5]/')).toBe('forward http://plain:8080');
+    // curl: bits 0 is the address alone; a prefix longer than the address matches nothing.
+    expect(via(r, 'http://192.168.1.7/')).toBe('direct');
+    expect(via(r, 'http://192.168.1.8/')).toBe('forward http://plain:8080');
+    expect(via(r, 'http://1.2.3.4/')).toBe('forward http://plain:8080');
+    // A name, even one that reads like the range, goes through the proxy.
+    expect(via(r, 'http://10.corp.example/')).toBe('forward http://plain:8080');
+    // proxy.noProxy (the command's --noproxy) reads the same.
+    const given = new ProxyResolver({ uri: 'http://p:1', noProxy: '10.0.0.0/8' });
+    expect(via(given, 'https://10.200.0.1/')).toBe('direct');
+    expect(via(given, 'https://172.16.0.1/')).toBe('tunnel http://p:1');
+  });
+
   it('H5: a bad proxy URL is a ConfigError at construction', () => {
     expect(() => new MultilegAgent({ proxy: 'ftp://p:1' })).toThrow(/MULTILEG|proxy protocol/);
   });

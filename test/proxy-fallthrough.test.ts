@@ -22,6 +22,7 @@ import type { ProxyHandshake } from '../src/proxy/auth.ts';
 import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/proxy/options.ts';
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { PROOF_FRESH_MS, type Ticket, UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
+import { runCli } from './cli-helpers.ts';
 import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 import { eachRequest, type Hostile, hostile } from './hostile-proxy.ts';
 
@@ -363,5 +364,28 @@ describe('forwarded requests: a proxy scheme whose challenge cannot be read fall
       ['Basic', 'per-request', undefined],
       ['Basic', 'per-request', undefined],
     ]);
+  });
+
+  it("T2/H5/S2: the failed NTLM handshake's report says why it gave way to Basic (failureReason: the error's code and message, no secret), and the command's -v line carries it", async () => {
+    const { proxy: p } = await scripted(squidLike(OK));
+    const agent = new MultilegAgent({ proxy: { uri: uriOf(p), credentials: { username: 'u', password: 'p' } } });
+    agents.push(agent);
+    const reports: HandshakeReport[] = [];
+    agent.onHandshake((r) => reports.push(r));
+    expect(await get(agent, '/a')).toEqual({ status: 200, body: 'ok' });
+    const ntlm = reports.find((r) => r.scheme === 'NTLM');
+    // Before: `failure: 'error'` alone, and -v said "failed", then Basic, without why.
+    expect(ntlm?.failureReason).toMatch(/^MULTILEG_INVALID_TOKEN: /);
+    expect(ntlm?.failureReason).toContain(uriOf(p));
+    expect(ntlm?.failureReason).not.toContain(Buffer.from('u:p').toString('base64'));
+    expect(reports.find((r) => r.scheme === 'Basic')?.failureReason).toBeUndefined();
+    const cli = await runCli(['-v', '-s', '-x', uriOf(p), '-U', 'u:p', 'http://origin.test/v']);
+    expect(cli.code).toBe(0);
+    expect(cli.stderr).toMatch(
+      new RegExp(
+        `\\* proxy ${uriOf(p)}: NTLM handshake for session \\S+ \\(HTTP/1\\.1\\): 1 leg\\(s\\), failed \\(MULTILEG_INVALID_TOKEN: [^\\n]+\\)\\n`,
+      ),
+    );
+    expect(cli.stderr).not.toContain(Buffer.from('u:p').toString('base64'));
   });
 });

@@ -36,6 +36,7 @@ import {
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
+  ProxyResponseTimeoutError,
   ProxyTimeoutError,
   ProxyUnreachableError,
 } from '../src/proxy/errors.ts';
@@ -116,6 +117,31 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     const err = await cause(fetch('http://localhost:8443/x', { dispatcher: agent }));
     expect(err).toBeInstanceOf(ProxyConnectTimeoutError);
     expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT_TIMEOUT', stage: 'proxy' });
+  }, 20_000);
+
+  it('R1/R3/H5: a forwarding proxy (http:// target) that accepts TCP and never answers fails with ProxyResponseTimeoutError naming the proxy, the origin and headersTimeout, not a bare HeadersTimeoutError', async () => {
+    proxy = await silent();
+    agent = new MultilegAgent({ proxy: `http://127.0.0.1:${proxy.port}`, headersTimeout: 300 });
+    const err = await cause(fetch('http://localhost:8443/x', { dispatcher: agent }));
+    expect(err).toBeInstanceOf(ProxyResponseTimeoutError);
+    expect(err).toMatchObject({
+      code: 'MULTILEG_PROXY_RESPONSE_TIMEOUT',
+      proxy: `http://127.0.0.1:${proxy.port}`,
+      origin: 'http://localhost:8443',
+      timeout: 300,
+    });
+    expect((err as Error).message).toContain(`no response through proxy http://127.0.0.1:${proxy.port}`);
+    expect((err as Error).message).toContain(
+      'the proxy did not answer, or http://localhost:8443 behind it did not answer',
+    );
+    expect((err as Error).message).toContain('headersTimeout (300 ms)');
+    expect((err as Error & { cause?: { code?: string } }).cause?.code).toBe('UND_ERR_HEADERS_TIMEOUT');
+    expect(proxy.received[0]).toMatch(/^GET http:\/\/localhost:8443\/x HTTP\/1\.1\r\n/);
+    // A request's own headersTimeout is the one named.
+    const own = await request('http://localhost:8443/y', { dispatcher: agent, headersTimeout: 200 }).catch(
+      (e: Error) => e,
+    );
+    expect(own).toMatchObject({ code: 'MULTILEG_PROXY_RESPONSE_TIMEOUT', timeout: 200 });
   }, 20_000);
 
   it('R1: an http:// proxy that accepts TCP and never answers CONNECT fails with ProxyTimeoutError naming limits.handshakeTimeout', async () => {

@@ -372,6 +372,45 @@ describe('authentication through a forward proxy (reference proxy)', () => {
     }
   });
 
+  it('R4/H5: one proxy URL in both HTTPS_PROXY and HTTP_PROXY is one proxy: a wrong password in it is refused once, not once per variable, and the error names the URL it came from, not proxy.credentials', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const names = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy'] as const;
+    const saved = Object.fromEntries(names.map((n) => [n, process.env[n]]));
+    for (const n of names) delete process.env[n];
+    const url = new URL(proxy.origin);
+    url.username = 'proxyuser';
+    url.password = 'wrong-pw';
+    process.env.HTTPS_PROXY = process.env.HTTP_PROXY = url.href;
+    try {
+      agent = new MultilegAgent({ connect: { ca: CA_CERT }, proxy: { connect: { ca: proxy.ca } } });
+      const failure = (u: string) =>
+        fetch(u, { dispatcher: agent }).then(
+          () => undefined,
+          (e: { cause?: Error }) => e.cause,
+        );
+      const forwarded = await failure(`http://localhost:${server.port}/public/a`);
+      expect(forwarded).toBeInstanceOf(ProxyAuthenticationError);
+      expect(forwarded?.message).toContain(
+        'check the user:password in the proxy URL (HTTPS_PROXY and HTTP_PROXY) (user, domain, password)',
+      );
+      expect(forwarded?.message).not.toContain('proxy.credentials');
+      expect(forwarded?.message).not.toContain('wrong-pw');
+      const tunnelled = await failure(`${server.origin}/public/b`);
+      expect(tunnelled).toBeInstanceOf(ProxyAuthenticationError);
+      expect(tunnelled?.message).toContain(
+        'the proxy refused the user:password in the proxy URL (HTTPS_PROXY and HTTP_PROXY) lately',
+      );
+      // Before: two proxies, each its own proof: the wrong password went once for each.
+      expect(proxy.exchanges.filter((e) => e.proxyAuthorization)).toHaveLength(1);
+    } finally {
+      for (const n of names) {
+        if (saved[n] === undefined) delete process.env[n];
+        else process.env[n] = saved[n];
+      }
+    }
+  });
+
   it("S6/S2: a caller's own Proxy-Authorization through a forwarding proxy goes as given, and its 407 is the caller's: the agent's proxy account is never used for it", async () => {
     const { base, proxy: p, agent: a } = await setup({ basicUsers: { proxyuser: 'proxypw' } });
     const bob = { 'proxy-authorization': `Basic ${Buffer.from('bob:bobpw').toString('base64')}` };

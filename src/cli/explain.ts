@@ -20,6 +20,7 @@ import {
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
+  ProxyResponseTimeoutError,
   ProxyTimeoutError,
   ProxyUnreachableError,
 } from '../proxy/errors.ts';
@@ -120,6 +121,11 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   // The command reads only the lower-case http_proxy, as curl (main.ts).
   [/\bHTTPS_PROXY \/ HTTP_PROXY\b/g, 'HTTPS_PROXY / http_proxy'],
   [/\bproxy\.connectTimeout\b/g, '--connect-timeout'],
+  // The command sets no headersTimeout of its own (undici's 300 s): -m bounds the whole transfer.
+  [
+    /\bheadersTimeout \(the agent's, or the request's\) sets how long to wait\b/g,
+    '-m SECONDS (--max-time) ends the wait sooner',
+  ],
   [/\bbypass it with NO_PROXY\b/g, 'bypass it with --noproxy (or NO_PROXY)'],
   [/ and check proxy\.schemes\b/g, ''],
   // T2: a proxy scheme whose challenge could not be read: the flags that allow its others (those
@@ -220,6 +226,7 @@ export interface Failure {
 const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'MULTILEG_PROXY_UNREACHABLE',
   'MULTILEG_PROXY_CONNECT_TIMEOUT',
+  'MULTILEG_PROXY_RESPONSE_TIMEOUT',
   'MULTILEG_PROXY_CERTIFICATE',
   'MULTILEG_PROXY_CONNECT',
   'MULTILEG_PROXY_PROTOCOL',
@@ -292,6 +299,7 @@ export function describeFailure(
           ? EXIT.certificate
           : // Any of our time limits is curl's 28, "Operation timed out", as -m's is.
             e instanceof ProxyConnectTimeoutError ||
+              e instanceof ProxyResponseTimeoutError ||
               e instanceof ProxyTimeoutError ||
               e instanceof HandshakeTimeoutError ||
               e instanceof QueueTimeoutError

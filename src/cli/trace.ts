@@ -184,12 +184,15 @@ export class Trace {
     const detail = `${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`;
     if (r.proxy) {
       // H5: the proxy's own handshake (no Auth-ID there); a refusal says so.
-      const how =
-        r.outcome === 'session'
-          ? 'the connection to the proxy is authenticated'
-          : r.failure === 'refused'
-            ? 'failed: the proxy refused the credentials'
+      const failed =
+        r.failure === 'refused'
+          ? 'failed: the proxy refused the credentials'
+          : // Why it ended, where an error did (the command's words for the options it names): a
+            // handshake that gives way to the proxy's next scheme says why it did (T2).
+            r.failureReason
+            ? `failed (${forCli(r.failureReason)})`
             : outcome;
+      const how = r.outcome === 'session' ? 'the connection to the proxy is authenticated' : failed;
       this.#say(
         `* proxy ${r.origin}: ${r.scheme} handshake for session ${r.sessionId} (${proto(r.protocol)}): ${r.legs} leg(s), ${how}${detail}`,
       );

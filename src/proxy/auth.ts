@@ -67,6 +67,22 @@ export interface ProxyHandshake {
   readonly spn?: string;
   /** Why Kerberos was skipped and NTLM used instead (M5). */
   readonly fallbackReason?: string;
+  /** A failed handshake's error, where one ended it: `CODE: message` ({@link failureReason}; no secret, S2). */
+  readonly failureReason?: string;
+}
+
+/** The longest message a {@link ProxyHandshake.failureReason} keeps: a line of `-v`, not a page. */
+const MAX_REASON_CHARS = 240;
+
+/**
+ * What ended a failed handshake, for its report: the error's code and message (errors never carry
+ * secrets, S2), the message cut at {@link MAX_REASON_CHARS}.
+ */
+export function failureReason(err: unknown): string {
+  const e = err as { code?: unknown; name?: unknown; message?: unknown };
+  const code = typeof e?.code === 'string' ? e.code : typeof e?.name === 'string' ? e.name : 'Error';
+  const message = typeof e?.message === 'string' ? e.message : String(err);
+  return `${code}: ${message.length > MAX_REASON_CHARS ? `${message.slice(0, MAX_REASON_CHARS - 1)}…` : message}`;
 }
 
 /**
@@ -107,7 +123,7 @@ export function rejected(
 ): ProxyAuthenticationError {
   // What went: a ticket with Negotiate (a proxy's Negotiate has no NTLM fallback unless asked), else the password.
   const ticket = `the Kerberos ticket for HTTP@${proxy.hostname}`;
-  const password = 'proxy.credentials (user, domain, password)';
+  const password = `${proxy.credentialsFrom} (user, domain, password)`;
   const check =
     scheme === undefined ? `${password} or ${ticket}` : scheme.toLowerCase() === 'negotiate' ? ticket : password;
   return new ProxyAuthenticationError(
@@ -123,13 +139,17 @@ export function rejected(
  * give them again, but a ticket for a Negotiate proxy (its Negotiate has no NTLM fallback), or a
  * scheme the password answers.
  */
-function withCredentials(unusable: Iterable<{ readonly scheme: string; readonly error: MultilegError }>): string {
+function withCredentials(
+  unusable: Iterable<{ readonly scheme: string; readonly error: MultilegError }>,
+  from: string,
+): string {
   const list = [...unusable];
   const schemes = list.map((u) => u.scheme);
   // A ticket is the fix where there was none (or it expired); an unknown SPN, a KDC out of reach or
   // a skewed clock are named in the reason before this, and a ticket does not mend them.
   const ticket = list.some((u) => ticketFixes(u.error.code)) ? 'get a Kerberos ticket for the proxy, or ' : '';
-  return `the password in proxy.credentials cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
+  const where = from.replace(/^the user:password in /, '');
+  return `the password in ${where} cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
 }
 
 /**
@@ -213,6 +233,8 @@ type AuthState =
 interface Report {
   readonly failure?: ProxyHandshake['failure'];
   readonly identity?: string;
+  /** The error that ended it (see {@link failureReason}). */
+  readonly error?: unknown;
 }
 
 /** What a handshake's end (given up, refused, failed, not needed) leaves: the connection's mechanism stays. */
@@ -531,7 +553,7 @@ export class ProxyAuth {
    */
   abandon(err: unknown): void {
     if (this.#state.kind === 'handshaking')
-      this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err) });
+      this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err), error: err });
   }
 
   /**
@@ -633,7 +655,7 @@ export class ProxyAuth {
         const opening = atOpening(state.mechanism, state.context, state.legs);
         const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
         // A refused opening refused no password: said as an origin's is (review r38).
-        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err) });
+        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err), error: err });
         throw err;
       }
     }
@@ -716,7 +738,7 @@ export class ProxyAuth {
     this.#excluded.add(key);
     this.#unusable.set(key, { scheme, error: err });
     this.#proxy.unusable.set(key, { scheme, error: err }, unusableUntil(err));
-    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
+    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error', error: err });
   }
 
   /**
@@ -741,7 +763,9 @@ export class ProxyAuth {
     const fixes: string[] = [];
     // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
     if (cannotRun.length)
-      fixes.push(given ? withCredentials(cannotRun) : 'give proxy.credentials or a Kerberos ticket');
+      fixes.push(
+        given ? withCredentials(cannotRun, this.#proxy.credentialsFrom) : 'give proxy.credentials or a Kerberos ticket',
+      );
     if (unreadable.length) {
       const skipped = this.#skipped;
       const others = [...new Set([...schemes, ...before])].filter((s) => !skipped.has(s.toLowerCase()));
@@ -817,7 +841,7 @@ export class ProxyAuth {
   #late(expired: (() => Error | undefined) | undefined, legs: number, context: MechanismContext): void {
     const err = expired?.();
     if (!err) return;
-    this.#emit('failed', legs, this.#mechanism, context, { failure: 'error' });
+    this.#emit('failed', legs, this.#mechanism, context, { failure: 'error', error: err });
     throw err;
   }
 
@@ -853,6 +877,7 @@ export class ProxyAuth {
       ...(how.failure ? { failure: how.failure } : {}),
       ...(spn ? { spn } : {}),
       ...(fallbackReason ? { fallbackReason } : {}),
+      ...(how.error !== undefined ? { failureReason: failureReason(how.error) } : {}),
     });
   }
 
@@ -865,7 +890,7 @@ export class ProxyAuth {
     if (run.legs >= this.#maxLegs) {
       const err = new LegLimitError(this.#maxLegs, `proxy ${mechanism.scheme}`);
       // A running handshake (its next leg, or its run again from the first) fails here.
-      this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err) });
+      this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err), error: err });
       throw err;
     }
     let pending: string;

@@ -204,6 +204,32 @@ export class ProxyConnectTimeoutError extends MultilegError {
 }
 
 /**
+ * No response head came through a forwarding proxy (a plain-http target, H5) within undici's
+ * `headersTimeout`: the proxy did not answer, or the origin behind it did not answer the proxy — a
+ * forwarding proxy sends nothing until the origin's head comes (Squid relayed its first byte 15 s
+ * after the request, when a 15 s origin answered), so the two cannot be told apart, and nothing
+ * shorter than `headersTimeout` bounds the wait (a slow origin is no broken proxy). undici's
+ * `HeadersTimeoutError` is `cause`. A CONNECT's silence is {@link ProxyConnectTimeoutError}.
+ */
+export class ProxyResponseTimeoutError extends MultilegError {
+  readonly proxy: string;
+  /** The origin the request was for (`http://host:port`). */
+  readonly origin: string;
+  /** The wait, in ms: the request's own `headersTimeout`, else the agent's. */
+  readonly timeout: number;
+  constructor(proxy: string, origin: string, ms: number, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_PROXY_RESPONSE_TIMEOUT',
+      `no response through proxy ${proxy} for ${origin} within headersTimeout (${ms} ms): the proxy did not answer, or ${origin} behind it did not answer the proxy (a forwarding proxy sends nothing until the origin answers); check that the proxy is up and reaches ${origin} (its logs), or bypass it with NO_PROXY; headersTimeout (the agent's, or the request's) sets how long to wait`,
+      options,
+    );
+    this.proxy = proxy;
+    this.origin = origin;
+    this.timeout = ms;
+  }
+}
+
+/**
  * A forward proxy said the origin speaks HTTP/1.1 (`Remote-http-version`, H3): authenticated traffic
  * for it moves to HTTP/1.1. Carries HTTP/2's HTTP_1_1_REQUIRED code so the pool relocates the request
  * exactly as it does for H2; the caller never sees it.

@@ -2,7 +2,7 @@
  * Proxy options and where a request goes (H5): the `proxy` option, or `HTTPS_PROXY` / `HTTP_PROXY` /
  * `NO_PROXY` read the way undici's EnvHttpProxyAgent reads them.
  */
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { DEFAULT_SCHEME_ORDER } from '../challenge/index.ts';
 import { type ConnectTo, dialFor } from '../connect-to.ts';
@@ -120,6 +120,12 @@ export interface ResolvedProxy {
    */
   account: string | undefined;
   /**
+   * Where the proxy credentials came from, as errors name it in their fix (a user who never set
+   * `proxy.credentials` is not told to check them): `proxy.credentials`, the user:password in the
+   * proxy URL (`proxy.uri`, or the environment variables named), or setProxyCredentials.
+   */
+  credentialsFrom: string;
+  /**
    * The proxy took no part in an opening NEGOTIATE (`proxy.schemes: ['NTLM']`): it let that CONNECT
    * through, or its 407 carried no NTLM challenge. Later tunnels wait for its 407, as origins do
    * (OriginMemory.openedInVain).
@@ -235,18 +241,27 @@ function userinfoPart(encoded: string): string {
   }
 }
 
+/** How an error names proxy credentials that came from the proxy URL given as `where` (`proxy.uri`, `HTTPS_PROXY`). */
+const fromUrl = (where: string): string => `the user:password in the proxy URL (${where})`;
+
+/** A proxy URL as written (scheme-less is http://), normalised: two variables naming one proxy compare equal. */
+function proxyUrl(uri: string): URL {
+  try {
+    return new URL(uri.includes('://') ? uri : `http://${uri}`);
+  } catch {
+    throw new ConfigError('proxy: the proxy address is not a URL; use http://host:port');
+  }
+}
+
+/** `where`: what gave `uri` (`proxy.uri`, or the environment variables), for errors naming its user:password. */
 function resolveProxy(
   uri: string,
   o: ProxyOptions,
   identity: KerberosIdentity,
   connectTo: ConnectTo | undefined,
+  where = 'proxy.uri',
 ): ResolvedProxy {
-  let url: URL;
-  try {
-    url = new URL(uri.includes('://') ? uri : `http://${uri}`);
-  } catch {
-    throw new ConfigError('proxy: the proxy address is not a URL; use http://host:port');
-  }
+  const url = proxyUrl(uri);
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new ConfigError(`proxy: unsupported proxy protocol ${url.protocol}; use http:// or https://`);
   }
@@ -279,6 +294,7 @@ function resolveProxy(
     ),
     proved: new ProvedIdentity(),
     account: credentials?.username,
+    credentialsFrom: credentials && !o.credentials ? fromUrl(where) : 'proxy.credentials',
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
@@ -290,13 +306,53 @@ interface NoProxyEntry {
   readonly hostname: string;
   readonly port: number;
   readonly wildcard: boolean;
+  /**
+   * An address range written `address/bits` (curl 7.86+): it matches hosts written as IP addresses
+   * of the same family only, never a name (nothing is resolved for it). Node's BlockList does the
+   * matching; `undefined` ranges (a prefix longer than the address) match nothing, as in curl.
+   */
+  readonly cidr?: BlockList | null;
 }
 
-/** Parses a NO_PROXY value exactly as undici's EnvHttpProxyAgent does. */
+/**
+ * A NO_PROXY entry `address/bits` as curl reads it (lib/noproxy.c): an IPv4 or IPv6 address (IPv6
+ * also in brackets) and a decimal prefix length; bits 0, or the address's full length, matches that
+ * address alone, and a prefix longer than the address matches nothing (null), as in curl.
+ * Undefined when the entry is no such range.
+ */
+function parseCidr(entry: string): BlockList | null | undefined {
+  const m = /^\[?([^\]/]+)\]?\/(\d{1,3})$/.exec(entry);
+  if (!m) return undefined;
+  const address = m[1]!;
+  const family = isIP(address);
+  if (family !== 4 && family !== 6) return undefined;
+  const bits = Number(m[2]);
+  const full = family === 4 ? 32 : 128;
+  if (bits > full) return null;
+  const range = new BlockList();
+  range.addSubnet(address, bits === 0 ? full : bits, family === 4 ? 'ipv4' : 'ipv6');
+  return range;
+}
+
+/** Whether `host` (an IP address or a name) lies in the range (null: none does). */
+function inCidr(range: BlockList | null, host: string): boolean {
+  const family = isIP(host);
+  return range !== null && family !== 0 && range.check(host, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+/**
+ * Parses a NO_PROXY value as undici's EnvHttpProxyAgent does, and, as curl 7.86+ does, an
+ * `address/bits` entry as an address range (`10.0.0.0/8`, `fd00::/8`) for hosts written as IP addresses.
+ */
 export function parseNoProxy(value: string): NoProxyEntry[] {
   const out: NoProxyEntry[] = [];
   for (const entry of value.split(/[,\s]/)) {
     if (!entry) continue;
+    const cidr = parseCidr(entry);
+    if (cidr !== undefined) {
+      out.push({ hostname: entry.toLowerCase(), port: 0, wildcard: false, cidr });
+      continue;
+    }
     let hostname: string;
     let port: number;
     const v6 = /^\[(.+)\]:(\d+)$/.exec(entry);
@@ -322,7 +378,7 @@ export function parseNoProxy(value: string): NoProxyEntry[] {
   return out;
 }
 
-/** Whether a URL should go through the proxy given NO_PROXY entries (undici's rules). */
+/** Whether a URL should go through the proxy given NO_PROXY entries (undici's rules, and curl's address ranges). */
 export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean {
   if (entries.length === 0) return true;
   let hostname = url.host
@@ -333,6 +389,10 @@ export function shouldProxy(entries: readonly NoProxyEntry[], url: URL): boolean
   // Only http: and https: URLs get here (ProxyResolver.route).
   const port = portOf(url);
   for (const e of entries) {
+    if (e.cidr !== undefined) {
+      if (inCidr(e.cidr, hostname)) return false;
+      continue;
+    }
     if (e.hostname === '*') {
       if (e.port && e.port !== port) continue;
       return false;
@@ -401,8 +461,14 @@ export class ProxyResolver {
       // by any client; lower-case http_proxy cannot come from a request. Go's net/http refuses it too.
       const http = env.http_proxy ?? (env.REQUEST_METHOD === undefined ? env.HTTP_PROXY : undefined);
       const https = env.https_proxy ?? env.HTTPS_PROXY;
-      if (http) this.#http = resolveProxy(http, o, identity, connectTo);
-      this.#https = https ? resolveProxy(https, o, identity, connectTo) : this.#http;
+      const httpName = env.http_proxy !== undefined ? 'http_proxy' : 'HTTP_PROXY';
+      const httpsName = env.https_proxy !== undefined ? 'https_proxy' : 'HTTPS_PROXY';
+      // One proxy URL in both variables is one proxy (R4): one proof of its credentials, so a wrong
+      // password is refused once, not once per variable; one ProvedIdentity (S6).
+      const same = http && https && proxyUrl(http).href === proxyUrl(https).href;
+      if (http)
+        this.#http = resolveProxy(http, o, identity, connectTo, same ? `${httpsName} and ${httpName}` : httpName);
+      this.#https = same ? this.#http : https ? resolveProxy(https, o, identity, connectTo, httpsName) : this.#http;
       this.#fixedNoProxy = o.noProxy;
     }
   }
@@ -440,6 +506,7 @@ export class ProxyResolver {
     for (const proxy of proxies) {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;
+      proxy.credentialsFrom = 'the credentials given to setProxyCredentials';
       proxy.proof.reset();
       // What the old credentials could not do is tried again with the new ones (as an origin's,
       // OriginMemory.credentialsChanged); a challenge the proxy sent unreadable stays remembered.

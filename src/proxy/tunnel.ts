@@ -407,7 +407,7 @@ export async function openingLeave(
 export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]): ProxyAuthenticationError {
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy refused proxy.credentials lately (or left a leg carrying the password unanswered), so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check proxy.credentials`,
+    `the proxy refused ${proxy.credentialsFrom} lately (or left a leg carrying the password unanswered), so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check ${proxy.credentialsFrom}`,
     offered,
     true,
   );

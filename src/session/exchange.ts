@@ -86,6 +86,11 @@ export interface HandshakeReport {
    * With a proxy, the same of its 407.
    */
   readonly failure?: 'refused' | 'opening' | 'proof' | 'error';
+  /**
+   * A failed handshake with a proxy: the error that ended it, as `CODE: message` (no secret, S2),
+   * where one did — e.g. why a proxy's NTLM gave way to its Basic (T2: an unreadable CHALLENGE).
+   */
+  readonly failureReason?: string;
 }
 
 /** The report of a handshake with the proxy that ran on `sessionId`'s connection (H5). */
@@ -95,6 +100,7 @@ export function proxyHandshakeReport(sessionId: string, h: ProxyHandshake): Hand
     ...(h.fallbackReason ? { fallbackReason: h.fallbackReason } : {}),
     ...(h.spn ? { spn: h.spn } : {}),
     ...(h.failure ? { failure: h.failure } : {}),
+    ...(h.failureReason ? { failureReason: h.failureReason } : {}),
     origin: h.origin,
     sessionId,
     protocol: h.protocol,
@@ -985,6 +991,7 @@ function leaderGaveUp(job: Job, error: Error | undefined): boolean {
     job.sink.aborted ||
     error instanceof BodyNotReplayableError ||
     code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'MULTILEG_PROXY_RESPONSE_TIMEOUT' ||
     code === 'UND_ERR_BODY_TIMEOUT'
   );
 }

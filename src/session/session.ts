@@ -25,7 +25,7 @@ import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import type { ClientCertificate, CookieStore, Limits } from '../options.ts';
 import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
-import { ProxyClosedError } from '../proxy/errors.ts';
+import { ProxyClosedError, ProxyResponseTimeoutError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { certificateSubject } from './client-certificate.ts';
@@ -128,6 +128,8 @@ export class Session {
   /** Handshakes waiting for a slot (maxConcurrentHandshakes). */
   readonly #slots: WaitQueue<void>;
   readonly #limits: Limits;
+  /** undici's, for this session's legs (a request's own dispatch option wins): a proxy's silence names it. */
+  readonly #headersTimeout: number;
   readonly #onChange: () => void;
   readonly #onHttp1Required: (() => void) | undefined;
   /** Through a forwarding proxy (plain-http target, H3-H5): that connection's own state. */
@@ -186,6 +188,7 @@ export class Session {
     this.certificate = opts.certificate;
     this.cookies = opts.cookies;
     this.#limits = opts.limits;
+    this.#headersTimeout = opts.headersTimeout;
     this.#originProof = opts.originProof;
     this.#handshakeCap = Math.min(opts.handshakeCap ?? Number.POSITIVE_INFINITY, opts.limits.maxConcurrentHandshakes);
     this.#queue = new WaitQueue(opts.limits, 'a handshake on its session');
@@ -573,12 +576,25 @@ export class Session {
         request,
         extra,
         classify,
-        (e, c, path, started) => new Promise((resolve) => this.#send(job, e, c, resolve, path, started)),
+        (e, c, path, started) =>
+          new Promise((resolve) => this.#send(job, e, c, (r) => resolve(this.#proxySilent(job, r)), path, started)),
         () => this.protocol === 'h2',
         job,
         (held) => this.#deliverHeld(job, held),
       )
       .then(onResult, (error: Error) => onResult({ kind: 'failed', error }));
+  }
+
+  /**
+   * A forwarded leg that got no response head within undici's headersTimeout: the proxy's typed
+   * error naming it and the origin (R3: an error says where), undici's as its cause. Not bounded
+   * sooner: a forwarding proxy is silent while the origin behind it takes its time.
+   */
+  #proxySilent(job: Job, r: LegResult): LegResult {
+    if (r.kind !== 'failed' || (r.error as { code?: unknown }).code !== 'UND_ERR_HEADERS_TIMEOUT') return r;
+    const ms = job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
+    const proxy = this.#forward!.route.proxy.origin;
+    return { ...r, error: new ProxyResponseTimeoutError(proxy, job.origin, ms, { cause: r.error }) };
   }
 
   /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
