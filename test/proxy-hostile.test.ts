@@ -51,6 +51,7 @@ import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { KDC_RECHECK_MS, TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import {
   ALICE,
+  loopbackOrigin,
   REFUSED_PORT,
   recordingPorts,
   SCRIPTED_NTLM_CHALLENGE,
@@ -243,6 +244,36 @@ describe("proxies: callers' own proxy credentials (S6)", () => {
         }
       });
     });
+
+  it("S6: a forwarding-proxy connection a caller's own NTLM Proxy-Authorization authenticated takes no other caller's request (one with a Proxy-Authorization the proxy ignores there, alone or beside its own Authorization): it retires once the proxy answered (review r50)", async () => {
+    // Keeps a caller's NTLM login on the connection (as Squid pins NTLM), serves any other
+    // Proxy-Authorization as the connection's user.
+    const users = new WeakMap<object, string>();
+    const closers: Array<() => Promise<unknown>> = [];
+    const proxyOrigin = await loopbackOrigin(
+      createHttpServer((req, res) => {
+        const login = /^NTLM (\w+)$/.exec(String(req.headers['proxy-authorization'] ?? ''));
+        if (login) users.set(req.socket, login[1]!);
+        res.end(`as ${users.get(req.socket) ?? 'nobody'}`);
+      }),
+      closers,
+    );
+    agent = new MultilegAgent({ proxy: { uri: `http://127.0.0.1:${new URL(proxyOrigin).port}` } });
+    const send = async (headers: Record<string, string>) => {
+      const res = await request('http://origin.test/x', { dispatcher: agent!, headers });
+      return res.body.text();
+    };
+    try {
+      expect(await send({ 'proxy-authorization': 'NTLM alice' })).toBe('as alice');
+      // Before: 'as alice', on alice's connection.
+      expect(await send({ 'proxy-authorization': 'Bearer carol' })).toBe('as nobody');
+      expect(await send({ authorization: 'Basic eDp5', 'proxy-authorization': 'NTLM dave' })).toBe('as dave');
+      expect(await send({ authorization: 'Basic eDp5', 'proxy-authorization': 'Bearer erin' })).toBe('as nobody');
+    } finally {
+      await agent.close();
+      for (const close of closers) await close();
+    }
+  });
 
   it("S6: a request with only its own Authorization never rides a proxy connection that another caller's own Proxy-Authorization authenticated", async () => {
     proxy = await pinningProxy();

@@ -534,7 +534,7 @@ export interface SendSeen {
 export function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
   if (status === 401) env.memory.unchallenged = false;
-  else if (job.identity !== 'agent') callerAnswered(run, headers);
+  else if (job.identity !== 'agent') callerAnswered(run, status, headers);
   if (
     status === 400 &&
     mayAnswerCertificate(run) &&
@@ -618,20 +618,27 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
  * S6: a caller's own `Authorization` may leave the connection authenticated as the caller: a final
  * (non-401) answer to one of a scheme that may bind the connection (NTLM's AUTHENTICATE, a
  * Negotiate; `caller-bound`, or `caller-both` whose `Authorization` is such), or any answer saying
- * `Persistent-Auth: true`. The callers' sessions are shared by every caller of the lane, so the
- * next one's request (a token the server ignores there) would be served as this one: the session
- * takes no new requests from now on (it retires; those on the wire finish, those not written yet
- * move). A 401 is no such answer: a handshake's next leg goes on the session that had its first.
+ * `Persistent-Auth: true`; and so may its own `Proxy-Authorization` of such a scheme, at a
+ * forwarding proxy (a tunnel refuses a caller's own), once the proxy answers other than 407
+ * (`caller-proxy`, `caller-both`; review r50). The callers' sessions are shared by every caller of
+ * the lane, so the next one's request (a token the server or proxy ignores there) would be served
+ * as this one: the session takes no new requests from now on (it retires; those on the wire finish,
+ * those not written yet move). A 401 (407) is no such answer: a handshake's next leg goes on the
+ * session that had its first.
  */
-function callerAnswered({ job, session, env }: Run, headers: ResponseHeaders): void {
+function callerAnswered({ job, session, env }: Run, status: number, headers: ResponseHeaders): void {
   const identity = job.identity;
-  if (identity !== 'caller' && identity !== 'caller-bound' && identity !== 'caller-both') return;
+  if (identity === 'agent' || identity === 'anonymous' || identity === 'elsewhere') return;
+  const own = job.headers;
   const bound =
     identity === 'caller-bound' ||
-    (identity === 'caller-both' && env.mechanisms.bindsConnection(job.headers.authorization));
-  if (!bound && !readPersistentAuth(headers)) return;
+    (identity === 'caller-both' && env.mechanisms.bindsConnection(own.authorization)) ||
+    ((identity === 'caller-proxy' || identity === 'caller-both') &&
+      status !== 407 &&
+      env.mechanisms.bindsConnection(own['proxy-authorization']));
+  if (!bound && (identity === 'caller-proxy' || !readPersistentAuth(headers))) return;
   log.agent(
-    "%s job %d: %s: the caller's own Authorization may have authenticated %s; it retires",
+    "%s job %d: %s: the caller's own credentials may have authenticated %s; it retires",
     job.origin,
     job.id,
     bound ? 'answered' : 'Persistent-Auth',
