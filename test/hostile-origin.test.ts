@@ -99,6 +99,31 @@ function dispatchMany(agent: Dispatcher, origin: string, n: number, prefix = '/r
   );
 }
 
+describe('a final answer to the NTLM NEGOTIATE (review r50)', () => {
+  it("C6/S6: a 200 to the NEGOTIATE (with Persistent-Auth: true, a token, or neither) authenticates no one: no handshake succeeds, no identity is proved, the session is not taken as alice's", async () => {
+    for (const variant of ['none', 'persistent', 'token'] as const) {
+      const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+      server.on('request', (req, res) => {
+        req.resume();
+        if (!req.headers.authorization) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+        const headers: Record<string, string> = variant === 'none' ? {} : { 'persistent-auth': 'true' };
+        if (variant === 'token') headers['www-authenticate'] = `NTLM ${SCRIPTED_NTLM_CHALLENGE}`;
+        res.writeHead(200, headers).end('let through');
+      });
+      const origin = await loopbackOrigin(server, closers);
+      const agent = agentFor(origin);
+      for (const path of ['/a', '/b']) {
+        const res = await fetch(`${origin}${path}`, { dispatcher: agent });
+        expect([res.status, await res.text()]).toEqual([200, 'let through']);
+      }
+      // Before: reported a session-mode success as EXAMPLE\\alice after one leg (the password never went).
+      expect(agent.handshakes().filter((h) => h.outcome !== 'failed')).toEqual([]);
+      expect(agent.handshakes().some((h) => h.identity !== undefined)).toBe(false);
+      await agent.destroy();
+    }
+  });
+});
+
 describe('HTTP/1.1: a 401 whose connection closes before it is answered', () => {
   for (const how of ['Connection: close', 'a body over limits.maxChallengeBodyBytes'] as const) {
     it(`H1: a bare 401 that ends its connection (${how}) is answered on the next one, not met again bare`, async () => {

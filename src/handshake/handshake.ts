@@ -558,6 +558,14 @@ class Handshake {
     // A forwarding proxy's 407 (proxy.deliver407, or to the caller's own Proxy-Authorization):
     // the origin never saw this leg, so it says nothing of the handshake.
     if (status === 407) return 'deliver';
+    // A final answer to the opening of a multi-leg handshake (an NTLM NEGOTIATE, which carries no
+    // credential): the server let the request through without authenticating anyone, whatever
+    // Persistent-Auth says — nothing is proved, the session is not taken as authenticated (C6, S6;
+    // review r50: it was recorded as alice's session).
+    if (atOpening(this.#mechanism, context, legs) && !context.complete) {
+      this.#unanswered = true;
+      return 'deliver';
+    }
     this.#persistent = readPersistentAuth(headers);
     const final = challengeFor(headers, scheme);
     if (
