@@ -8,7 +8,7 @@ import {
 import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import {
-  ConnectionClosedError,
+  closedUnder,
   HandshakeTimeoutError,
   InvalidTokenError,
   isFramingError,
@@ -170,12 +170,6 @@ export type HandshakeResult =
    * (with that 401's Auth-ID, C3).
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
-
-/** The connection closed under a written leg (the session's typed error for it, or undici's own). */
-function connectionClosed(err: Error): boolean {
-  const code = (err as { code?: unknown }).code;
-  return err instanceof ConnectionClosedError || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
-}
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
@@ -361,7 +355,7 @@ class Handshake {
     return (
       result.kind === 'failed' &&
       result.unanswered === true &&
-      (this.#clock.timedOut || connectionClosed(result.error)) &&
+      (this.#clock.timedOut || closedUnder(result.error)) &&
       !atOpening(this.#mechanism, this.#context, this.#legs) &&
       sentPassword(this.#mechanism, this.#context)
     );
