@@ -133,6 +133,13 @@ export type HandshakeResult =
        * connection closed under it. The server may have counted it as a try of the password (R4).
        */
       readonly passwordUnanswered?: true;
+      /**
+       * The first leg never reached the server (its connection failed: refused, TLS, DNS, or not
+       * up within the handshake's deadline; or it was given up before undici wrote it): the server
+       * took part in nothing — no handshake to report, no credentials tried. The caller has the
+       * error (the connection's own, or the clock's).
+       */
+      readonly unreached?: true;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -326,7 +333,7 @@ class Handshake {
   }
 
   /** The caller gets `err` (a typed error, never the mechanism's own exception). */
-  #failed(err: Error, passwordUnanswered = false): HandshakeResult {
+  #failed(err: Error, passwordUnanswered = false, unreached = false): HandshakeResult {
     this.#sink.fail(err);
     return {
       kind: 'failed',
@@ -336,7 +343,13 @@ class Handshake {
       done: Promise.resolve(),
       error: err,
       ...(passwordUnanswered ? { passwordUnanswered } : {}),
+      ...(unreached ? { unreached } : {}),
     };
+  }
+
+  /** The leg that failed was the first, and undici never started it: nothing reached the server. */
+  #unreached(result: LegResult): boolean {
+    return result.kind === 'failed' && result.unsent === true && this.#legs === 1;
   }
 
   /** undici's untyped framing error on a handshake leg is the caller's {@link ResponseFramingError}. */
@@ -594,7 +607,7 @@ class Handshake {
     const legs = this.#legs;
     const authIdCarried = this.#authIdCarried;
     if (this.#clock.timedOut && result.kind !== 'delivered') {
-      this.#end(this.#failed(this.#clock.error(), this.#passwordUnanswered(result)));
+      this.#end(this.#failed(this.#clock.error(), this.#passwordUnanswered(result), this.#unreached(result)));
       return;
     }
     switch (result.kind) {
@@ -603,7 +616,7 @@ class Handshake {
         this.#end(
           reason
             ? { kind: 'relocate', legs, reason, error: result.error }
-            : this.#failed(this.#typed(result.error), this.#passwordUnanswered(result)),
+            : this.#failed(this.#typed(result.error), this.#passwordUnanswered(result), this.#unreached(result)),
         );
         return;
       }
