@@ -135,6 +135,28 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     expect(given.cause).toBeInstanceOf(Error);
   });
 
+  it("M5: a client keytab whose key is older than the KDC's (MIT: the AS-REP does not decrypt; AD: pre-authentication failed) is MULTILEG_KRB_KEYTAB naming the kvno check and a new export, the same words with or without a principal (it was a bare GSS-API failure, exit 1) (trial u12)", () => {
+    const texts = [
+      'gss_acquire_cred_from: No credentials were supplied, or the credentials were unavailable or inaccessible: Decrypt integrity check failed',
+      'gss_acquire_cred_from: No credentials were supplied, or the credentials were unavailable or inaccessible: Preauthentication failed (client svc@EXAMPLE.COM, service HTTP/h@EXAMPLE.COM)',
+    ];
+    for (const text of texts) {
+      for (const principal of [undefined, 'svc@EXAMPLE.COM']) {
+        const e = mapGssError(new Error(text), { spn: 'HTTP@h', keytab: 'FILE:/etc/svc.keytab', principal });
+        expect(e, text).toBeInstanceOf(KerberosKeytabError);
+        expect((e as KerberosKeytabError).stale).toBe(true);
+        expect(e.message).toContain(
+          "from the client keytab FILE:/etc/svc.keytab: its key is older than the KDC's (the key changed in the KDC since the keytab was made): compare the kvno of `klist -k /etc/svc.keytab` with `kvno ",
+        );
+        expect(e.message).toContain('then export the key again (kadmin ktadd; ktpass on Windows) [GSS: ');
+        expect(e.message).not.toContain('pass negotiate.principal');
+        expect(e.message).not.toContain('-K'); // klist -K would print the keys
+      }
+    }
+    // Without a keytab the text is no stale keytab's.
+    expect(mapGssError(new Error(texts[0]), { spn: 'HTTP@h' })).toBeInstanceOf(MechanismError);
+  });
+
   it('M5: the client keytab error names negotiate.principal as given (GSS-API wrote it EXAMPLE.COM\\svc) and suggests passing it only when it was not', () => {
     // MIT's text when the keytab has no key for the principal (SPNEGO): the client as gss-ntlmssp shows it.
     const text = `${GSS.noTicketSpnego} (client EXAMPLE.COM\\svc, service HTTP/h@EXAMPLE.COM)`;

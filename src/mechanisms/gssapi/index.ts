@@ -624,7 +624,17 @@ export class GssClient {
     const token = takeBuffer(g, out);
     if (isGssError(major)) {
       this.#credCache?.drop();
-      const text = statusText(g, major, minor[0]!, this.#mech === MECH_KRB5 ? MECH_KRB5 : null);
+      let call = 'gss_init_sec_context';
+      let text = statusText(g, major, minor[0]!, this.#mech === MECH_KRB5 ? MECH_KRB5 : null);
+      // SPNEGO says only that it has no mechanism when the keytab gave Kerberos no ticket (a stale
+      // key, a KDC out of reach): Kerberos alone says which (trial u12).
+      if (this.#mech !== MECH_KRB5 && this.#o.keytab && SPNEGO_NO_MECHANISM.test(text)) {
+        const why = await keytabFailure(g, this.#o, this.#h.name, () => this.#disposed || (this.#gaveUp?.() ?? false));
+        if (why !== undefined) {
+          call = 'gss_acquire_cred_from';
+          text = why;
+        }
+      }
       // Where making the name may ask DNS (the call that failed may have waited on it), as written:
       // not looked up again on the event loop.
       const service = this.#nameMayWait ? writtenPrincipal(this.#spn) : kerberosName(g, this.#h.target);
@@ -633,7 +643,7 @@ export class GssClient {
       // as `REALM\user` and a NUL: named as the caller gave it (negotiate.principal) instead.
       const shown = this.username.replace(/\0+$/, '');
       const client = shown.includes('\\') && this.#o.principal ? this.#o.principal : shown;
-      throw new GssCallError('gss_init_sec_context', major, minor[0]!, text, {
+      throw new GssCallError(call, major, minor[0]!, text, {
         ...(client ? { client } : {}),
         ...(service ? { service } : {}),
       });
@@ -714,6 +724,52 @@ function kerberosName(g: GssFunctions, name: GssHandle): string {
  * The principal a credential belongs to (for reports; empty when GSS-API cannot say) and its
  * remaining lifetime in seconds (0 when unknown).
  */
+/** MIT SPNEGO's text when none of its mechanisms (here: Kerberos alone) had a credential. */
+const SPNEGO_NO_MECHANISM = /SPNEGO cannot find mechanisms to negotiate/;
+
+/**
+ * Why a client keytab gave SPNEGO no Kerberos credential. Under SPNEGO the credential is acquired
+ * for every mechanism, so gss-ntlmssp's element stands in for a Kerberos one that failed (its
+ * AS-REQ's error lost), and SPNEGO then only says it has no mechanism. Acquiring for Kerberos alone
+ * asks the KDC again and keeps its error: the text, or undefined when it gave a credential now (or
+ * the call was given up). Only after such a failure, which the mechanism remembers (no storm).
+ */
+async function keytabFailure(
+  g: GssFunctions,
+  o: GssClientOptions,
+  name: GssHandle | undefined,
+  gaveUp: () => boolean,
+): Promise<string | undefined> {
+  const store = [{ key: 'client_keytab', value: o.keytab! }, ...(o.ccache ? [{ key: 'ccache', value: o.ccache }] : [])];
+  const minor = [0];
+  const cred: [GssHandle] = [null];
+  let major: number;
+  try {
+    major = await callAsync(
+      g.acquireCredFrom,
+      [
+        minor,
+        name ?? null,
+        GSS_C_INDEFINITE,
+        { count: 1, elements: [MECH_KRB5] },
+        GSS_C_INITIATE,
+        { count: store.length, elements: store },
+        cred,
+        null,
+        [0],
+      ],
+      gaveUp,
+    );
+  } catch {
+    return undefined;
+  }
+  if (!isGssError(major)) {
+    g.releaseCred([0], cred);
+    return undefined;
+  }
+  return statusText(g, major, minor[0]!, MECH_KRB5);
+}
+
 function inquireCredential(g: GssFunctions, cred: GssHandle): { name: string; lifetime: number } {
   const name: [GssHandle] = [null];
   const lifetime = [0];

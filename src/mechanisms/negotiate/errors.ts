@@ -112,26 +112,35 @@ export class KerberosOtherPrincipalError extends KerberosError {
 
 /**
  * The client keytab gave no ticket (missing file, no key for the principal), or, `expired`, gave no
- * new one when the ticket it gave expired (file gone, key changed in the KDC, KDC out of reach).
+ * new one when the ticket it gave expired (file gone, key changed in the KDC, KDC out of reach), or,
+ * `stale`, its key is older than the KDC's (the KDC's answer did not decrypt with it, or the KDC
+ * refused its pre-authentication: a new password or `cpw -randkey` since the keytab was made).
  * `principal`: negotiate.principal, named as the caller gave it (GSS-API's own text may name it
  * otherwise: gss-ntlmssp's `REALM\user`); "pass negotiate.principal" only when it was not.
  */
 export class KerberosKeytabError extends KerberosError {
+  /** The keytab's key is older than the KDC's (a key version behind): a new keytab is the fix. */
+  readonly stale: boolean;
   constructor(
     gssMessage: string,
     keytab: string,
-    options?: { cause?: unknown; expired?: boolean; principal?: string | undefined },
+    options?: { cause?: unknown; expired?: boolean; stale?: boolean; principal?: string | undefined },
   ) {
     const principal = options?.principal;
+    const who = principal ?? '<the principal klist -k names>';
     super(
       'MULTILEG_KRB_KEYTAB',
-      options?.expired
-        ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
-          `Negotiate: the ticket${principal ? ` of ${principal}` : ''} expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
-        : `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k)${principal ? '' : ', or pass negotiate.principal'} [GSS: ${gssMessage}]`,
+      options?.stale
+        ? // The same words with or without a principal given: the cause is the key, not the name.
+          `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: its key is older than the KDC's (the key changed in the KDC since the keytab was made): compare the kvno of \`klist -k ${keytab.replace(/^FILE:/, '')}\` with \`kvno ${who}\`, then export the key again (kadmin ktadd; ktpass on Windows) [GSS: ${gssMessage}]`
+        : options?.expired
+          ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
+            `Negotiate: the ticket${principal ? ` of ${principal}` : ''} expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
+          : `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k)${principal ? '' : ', or pass negotiate.principal'} [GSS: ${gssMessage}]`,
       gssMessage,
       options?.cause !== undefined ? { cause: options.cause } : undefined,
     );
+    this.stale = options?.stale === true;
   }
 }
 
@@ -183,6 +192,12 @@ const EXPIRED = /Ticket expired|credential\(?s\)? (?:have|has) expired/i;
 const KDC = /Cannot contact any KDC|Cannot find KDC|Cannot resolve network address for KDC|Cannot reach any KDC/i;
 const UNKNOWN_SPN = /not found in Kerberos database|Server not found in Kerberos database|Server principal unknown/i;
 const SKEW = /Clock skew too great/i;
+/**
+ * A client key older than the KDC's (MIT: the AS-REP does not decrypt with it, or the KDC refused
+ * the pre-authentication made with it; Windows: KDC_ERR_PREAUTH_FAILED): with a client keytab, the
+ * keytab is stale.
+ */
+const STALE_KEY = /Decrypt integrity check failed|Preauthentication failed|Password incorrect/i;
 /** The client's KDC has no cross-realm key for the server's realm (MIT: `krbtgt/SERVER@CLIENT` unknown). */
 const WRONG_REALM = /Server krbtgt\/[^@\s]+@\S+ not found in Kerberos database/i;
 /** A principal's realm; '' when it names none (`svc`, or gss-ntlmssp's `REALM\user`). */
@@ -221,6 +236,7 @@ export function mapGssError(
     return new KerberosWrongRealmError(msg, ctx.spn, cause);
   if (UNKNOWN_SPN.test(msg))
     return new KerberosUnknownServiceError(msg, ctx.spn, ctx.spnGiven ? { ...cause, given: true } : cause);
+  if (ctx.keytab && STALE_KEY.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, stale: true });
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
   const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
   if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
