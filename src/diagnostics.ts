@@ -113,8 +113,19 @@ export interface UnansweredEvent {
   readonly path: string;
   /** The schemes the 401 offered (names only). */
   readonly schemes: readonly string[];
-  /** The offered schemes that cannot run here, with why: the error's code and message (which name the fix, never a secret). */
-  readonly unusable: readonly { readonly scheme: string; readonly code: string; readonly message: string }[];
+  /**
+   * The offered schemes that cannot run here, with why: the error's code and message (which name the
+   * fix, never a secret). `kdcSilent`: a KDC (or the DNS GSS-API needed) did not answer, or none
+   * could be reached (MULTILEG_KRB_KDC_UNREACHABLE, or the handshake timed out on GSS-API) — no
+   * verdict of the server's on any credential: the same request later, once the KDC answers, may
+   * authenticate (the origin tries the KDC again after a few seconds).
+   */
+  readonly unusable: readonly {
+    readonly scheme: string;
+    readonly code: string;
+    readonly message: string;
+    readonly kdcSilent?: true;
+  }[];
   /** Date.now() when the event was published. */
   readonly time: number;
 }

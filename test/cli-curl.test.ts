@@ -21,6 +21,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { KDC_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
@@ -561,6 +562,28 @@ describe('multileg: curl options', () => {
     expect(limited.next({ exit: 28, status: 0, refused: false, failOnError: false })?.delayMs).toBe(2000);
     now += 3000;
     expect(limited.next({ exit: 28, status: 0, refused: false, failOnError: false })).toBeUndefined();
+  });
+
+  it("R4/R3: --retry: a Kerberos step that could not reach the KDC is transient — the 401 it led to (0, 22 with -f) and the handshake's timeout on GSS-API (28) — and the retry waits until the origin asks the KDC again (KDC_RECHECK_MS); a 401 that stands otherwise, or refused credentials, never (trial u12)", () => {
+    const options = { retries: 3, delayMs: 1000, maxTimeMs: 0, allErrors: false, connRefused: false };
+    const retrier = new Retrier(options, () => 0);
+    const kdc401 = retrier.next({ exit: 22, status: 401, refused: false, failOnError: true, kdcSilent: true });
+    expect(kdc401?.delayMs).toBe(KDC_RECHECK_MS);
+    expect(kdc401?.warning).toBe('Problem : no Kerberos KDC answered. Retrying in 5 seconds. 3 retries left.');
+    expect(retrier.next({ exit: 0, status: 401, refused: false, failOnError: false, kdcSilent: true })?.delayMs).toBe(
+      KDC_RECHECK_MS,
+    );
+    expect(retrier.next({ exit: 28, status: 0, refused: false, failOnError: false, kdcSilent: true })?.delayMs).toBe(
+      KDC_RECHECK_MS,
+    );
+    const other = new Retrier(options, () => 0);
+    expect(other.next({ exit: 22, status: 401, refused: false, failOnError: true })).toBeUndefined();
+    expect(other.next({ exit: 22, status: 401, refused: true, failOnError: true, kdcSilent: true })).toBeUndefined();
+    // A longer --retry-delay stays.
+    const longer = new Retrier({ ...options, delayMs: 6000 }, () => 0);
+    expect(longer.next({ exit: 22, status: 401, refused: false, failOnError: true, kdcSilent: true })?.delayMs).toBe(
+      6000,
+    );
   });
 
   it('--retry: a timeout (28) is transient, a refused connection only with --retry-connrefused, anything else with --retry-all-errors (an HTTP error with -f); what a cut-short attempt wrote to -o goes', async () => {

@@ -215,6 +215,12 @@ export interface Failure {
    * a wrong password sent again locks the account); when in doubt, not retried.
    */
   readonly refused?: boolean;
+  /**
+   * A Kerberos step could not reach the KDC (none answered within the handshake's time, or none
+   * could be reached): transient for --retry, whose next attempt waits until the origin tries the
+   * KDC again (KDC_RECHECK_MS).
+   */
+  readonly kdcSilent?: boolean;
 }
 
 /**
@@ -326,6 +332,9 @@ export function describeFailure(
       message: `${forCli(e.message)} (${e.code})`,
       ...(e instanceof ProxyUnreachableError ? { errno: e.systemCode } : {}),
       refused: !TRANSIENT_CODES.has(e.code),
+      ...((e instanceof HandshakeTimeoutError && e.inMechanismStep) || e.code === 'MULTILEG_KRB_KDC_UNREACHABLE'
+        ? { kdcSilent: true }
+        : {}),
     };
   }
   const code = typeof e.code === 'string' ? e.code : '';

@@ -5,6 +5,8 @@
  * must not lock the account), not even with --retry-all-errors. Loaded only with --retry.
  */
 
+import { KDC_RECHECK_MS } from '../session/origin-memory.ts';
+
 /** The --retry options, in ms where curl takes seconds. */
 export interface RetryOptions {
   /** --retry: how many times to try again. */
@@ -42,9 +44,16 @@ export interface Attempt {
   readonly failOnError: boolean;
   /** The final response's Retry-After. */
   readonly retryAfter?: string | string[] | undefined;
+  /**
+   * A Kerberos step could not reach the KDC: it timed out on GSS-API (28), or the 401 it led to is
+   * the answer because no KDC answered (0, 22 with -f) — no verdict of the server's on credentials,
+   * none went. Transient, as an unreachable host is to curl; the retry waits until the origin asks
+   * the KDC again ({@link KDC_RECHECK_MS}), or it would only read the origin's memory of the outage.
+   */
+  readonly kdcSilent?: boolean | undefined;
 }
 
-export type RetryReason = 'all errors' | 'timeout' | 'connection refused' | 'HTTP error';
+export type RetryReason = 'all errors' | 'timeout' | 'connection refused' | 'HTTP error' | 'KDC';
 
 /** The next attempt, after `delayMs`; `warning` is curl's line for it. */
 export interface RetryDecision {
@@ -81,6 +90,7 @@ const REASON_TEXT: Readonly<Record<RetryReason, string>> = {
   timeout: ': timeout',
   'connection refused': ': connection refused',
   'HTTP error': ': HTTP error',
+  KDC: ': no Kerberos KDC answered',
 };
 
 /** One transfer's retries: ask {@link next} once per attempt. */
@@ -111,8 +121,11 @@ export class Retrier {
 
   /** Why curl would retry `attempt` (nothing: it would not). */
   reason(attempt: Attempt): RetryReason | undefined {
-    // R4: refused credentials go again only when the user asks again.
-    if (attempt.refused || attempt.status === 401 || attempt.status === 407) return undefined;
+    // R4: refused credentials go again only when the user asks again. A 401 that stood because no
+    // KDC answered refused nothing: none went (trial u12).
+    if (attempt.refused) return undefined;
+    if (attempt.kdcSilent) return 'KDC';
+    if (attempt.status === 401 || attempt.status === 407) return undefined;
     let reason: RetryReason | undefined;
     // curl's "timeout" covers a host (or proxy) name that did not resolve too.
     if (attempt.exit === 28 || attempt.exit === 6 || attempt.exit === 5) reason = 'timeout';
@@ -150,6 +163,8 @@ export class Retrier {
         this.#sleep = Math.min(this.#sleep === 0 ? FIRST_SLEEP_MS : this.#sleep * 2, MAX_SLEEP_MS);
       delayMs = this.#sleep;
     }
+    // Not before the origin asks the KDC again: sooner, the attempt reads its memory of the outage.
+    if (reason === 'KDC') delayMs = Math.max(delayMs, KDC_RECHECK_MS);
     const left = this.#remaining;
     this.#remaining -= 1;
     this.retries += 1;

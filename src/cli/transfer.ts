@@ -405,6 +405,8 @@ function retryAfterAttempt(
     readonly failure: Failure | undefined;
     readonly legs: readonly LegRecord[];
     readonly final: { headers: Record<string, string | string[] | undefined> } | undefined;
+    /** The final 401 stood because no KDC answered (the agent's deliver401): not the server's verdict. */
+    readonly kdcSilent401: boolean;
   },
   failOnError: boolean,
 ): RetryDecision | undefined {
@@ -419,6 +421,7 @@ function retryAfterAttempt(
     refused: failure?.refused === true || (failure !== undefined && attempt.legs.some(credentialsUnanswered)),
     failOnError,
     retryAfter: final?.headers['retry-after'],
+    kdcSilent: failure?.kdcSilent === true || attempt.kdcSilent401,
   });
 }
 
@@ -621,7 +624,21 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     if (!retrier) break;
     const next = retryDecided
       ? retryNext
-      : retryAfterAttempt(retrier, { exit, status, failure, legs: trace.legs.slice(legsBefore), final }, failOnError);
+      : retryAfterAttempt(
+          retrier,
+          {
+            exit,
+            status,
+            failure,
+            legs: trace.legs.slice(legsBefore),
+            final,
+            kdcSilent401:
+              failure === undefined &&
+              status === 401 &&
+              (trace.lastDelivered?.unanswered?.unusable.some((u) => u.kdcSilent) ?? false),
+          },
+          failOnError,
+        );
     if (!next) {
       if (retrier.notice) warn(retrier.notice);
       break;

@@ -250,6 +250,8 @@ function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): vo
           scheme: byKey.get(key)!,
           code: err instanceof MultilegError ? err.code : err.name,
           message: err.message,
+          // The KDC's silence, not the server's word: a retry once it answers may authenticate.
+          ...(kdcSilent(err) ? { kdcSilent: true as const } : {}),
         })),
       time: Date.now(),
     };
