@@ -9,7 +9,7 @@ import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli as run, runCommand } from './cli-helpers.ts';
-import { INTRANET_HOST, type Lab, requirePeer, startLab } from './lab/index.ts';
+import { freePort, INTRANET_HOST, type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
 const haveSquid = requirePeer('squid');
@@ -355,6 +355,94 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       expect(nowhere.code).toBe(6);
     },
   );
+
+  describe('a nightly job with a client keytab (trial u12)', () => {
+    let good: string;
+    let stale: string;
+    beforeAll(async () => {
+      const realm = lab.realm!;
+      await realm.kadmin('addprinc -randkey svc-nightly@EXAMPLE.TEST');
+      stale = join(lab.dir, 'nightly-stale.keytab');
+      good = join(lab.dir, 'nightly.keytab');
+      // Each ktadd makes a new key: the first file keeps the older one (a keytab not redeployed).
+      await realm.kadmin(`ktadd -k ${stale} svc-nightly@EXAMPLE.TEST`);
+      await realm.kadmin(`ktadd -k ${good} svc-nightly@EXAMPLE.TEST`);
+    });
+
+    it('M5: a stale client keytab (its key older than the KDC\'s) is MULTILEG_KRB_KEYTAB naming the kvno check, the same with or without --principal, and the same exit as the other Kerberos failures: the 401 shown, 22 with -f (it was exit 1 with a bare GSS-API failure without --principal, and "check the path" over SPNEGO\'s text with it)', async () => {
+      const url = `${lab.apache!.origin}/protected/`;
+      const lines: string[] = [];
+      for (const principal of [[], ['--principal', 'svc-nightly@EXAMPLE.TEST']]) {
+        const r = await run(['-sS', '-f', '--keytab', stale, ...principal, '--cacert', ca, url], { env: noTicket });
+        expect(r.code, r.stderr).toBe(22);
+        const line = r.stderr.split('\n')[0]!;
+        expect(line).toMatch(/\(MULTILEG_KRB_KEYTAB\)$/);
+        expect(line).toContain(
+          `from the client keytab FILE:${stale}: its key is older than the KDC's (the key changed in the KDC since the keytab was made): compare the kvno of \`klist -k ${stale}\` with \`kvno `,
+        );
+        expect(line).toContain('Decrypt integrity check failed');
+        expect(line).not.toContain('SPNEGO cannot find mechanisms');
+        expect(r.stderr).toContain('multileg: (22) HTTP 401');
+        lines.push(line.replace(' for svc-nightly@EXAMPLE.TEST', '').replace(/ \[GSS: .*/, ''));
+        const shown = await run(['-s', '--keytab', stale, ...principal, '--cacert', ca, '-w', '%{http_code}', url], {
+          env: noTicket,
+        });
+        expect([shown.code, shown.stdout.slice(-3)]).toEqual([0, '401']);
+      }
+      expect(lines[1]).toBe(lines[0]!.replace('<the principal klist -k names>', 'svc-nightly@EXAMPLE.TEST'));
+    });
+
+    it("R4/R3: --retry retries a 401 that stood because no KDC could be reached (nothing was sent: no verdict on credentials), after the origin's KDC memory lapsed, so the retry asks the KDC again (it was num_retries=0, exit 22)", async () => {
+      const conf = join(lab.dir, 'krb5-nightly-unreachable.conf');
+      await lab.realm!.writeKrb5Conf(conf, await freePort(true)); // nothing listens there
+      const r = await run(
+        [
+          '-S',
+          '-f',
+          '--retry',
+          '1',
+          '--keytab',
+          good,
+          '--cacert',
+          ca,
+          '-w',
+          '%{http_code} %{num_retries}',
+          `${lab.apache!.origin}/protected/`,
+        ],
+        { env: { ...noTicket, KRB5_CONFIG: conf } },
+      );
+      expect(r.code).toBe(22);
+      expect(r.stdout).toBe('401 1');
+      expect(r.stderr).toContain('Warning: Problem : no Kerberos KDC answered. Retrying in 5 seconds. 1 retry left.');
+      const why = r.stderr.split('\n').filter((l) => l.includes('(MULTILEG_KRB_KDC_UNREACHABLE)'));
+      expect(why).toHaveLength(2);
+      // The retry asked the KDC itself, not the origin's memory of the outage.
+      expect(why[1]).not.toContain('remembered for this origin');
+    });
+
+    it('doctor --keytab: no credential cache is needed (no "no credential cache … kinit" warning); a stale keytab\'s SPN fix is the kvno check, not GSS-API\'s text', async () => {
+      const ok = await run(['doctor', '--keytab', good, '--cacert', ca, `${lab.apache!.origin}/protected/`], {
+        env: noTicket,
+      });
+      expect(ok.stdout).not.toContain('no credential cache');
+      expect(ok.stdout).toMatch(
+        new RegExp(
+          `^ok +ticket: from the client keytab FILE:${good}, a credential cache is not needed: svc-nightly@EXAMPLE\\.TEST \\(kvno \\d+\\)$`,
+          'm',
+        ),
+      );
+      expect(ok.stdout).toMatch(/no problem found\n$/);
+      expect(ok.code).toBe(0);
+      const bad = await run(['doctor', '--keytab', stale, '--cacert', ca, `${lab.apache!.origin}/protected/`], {
+        env: noTicket,
+      });
+      expect(bad.stdout).toMatch(
+        /^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_KEYTAB\)\n +fix: .*its key is older than the KDC's.*compare the kvno of `klist -k /m,
+      );
+      expect(bad.stdout).not.toMatch(/fix: .*GSS-API failure/);
+      expect(bad.code).toBe(1);
+    });
+  });
 
   it('doctor on a good setup: every check ok, the ticket and the SPN shown', async () => {
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env });

@@ -112,6 +112,45 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
   return { name: 'ticket', verdict: 'ok', detail: `${principal}${tgt ? `: ${tgt.trim()}` : ''}` };
 }
 
+/**
+ * With --keytab the agent gets its tickets from the keytab (into a cache of its own): no credential
+ * cache is needed, so none is looked for. `klist -k` names the principals and key versions it
+ * holds (never the keys); whether they still work is the SPN check's (it asks the KDC).
+ */
+async function keytabTickets(keytab: string, principal: string | undefined): Promise<Check> {
+  let out: string;
+  try {
+    out = (await promisify(execFile)('klist', ['-k', keytab], { timeout: 5000 })).stdout;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT')
+      return { name: 'ticket', verdict: 'skip', detail: 'klist is not installed (MIT krb5-user / Heimdal)' };
+    return {
+      name: 'ticket',
+      verdict: 'FAIL',
+      detail: `the client keytab ${keytab} cannot be read (${(e.stderr ?? e.message).trim().split('\n')[0]})`,
+      fix: "give a keytab holding the principal's keys with --keytab (kadmin ktadd; ktpass on Windows)",
+    };
+  }
+  // `  4 svc@EXAMPLE.TEST`: the newest key version of each principal.
+  const newest = new Map<string, number>();
+  for (const m of out.matchAll(/^\s*(\d+)\s+(\S+)/gm))
+    newest.set(m[2]!, Math.max(Number(m[1]), newest.get(m[2]!) ?? 0));
+  const held = [...newest].map(([p, kvno]) => `${p} (kvno ${kvno})`).join(', ');
+  if (principal !== undefined && ![...newest.keys()].some((p) => p.toLowerCase() === principal.toLowerCase()))
+    return {
+      name: 'ticket',
+      verdict: 'FAIL',
+      detail: `the client keytab ${keytab} holds no key for ${principal} (it holds: ${held || 'nothing'})`,
+      fix: `export ${principal}'s key into it (kadmin ktadd; ktpass on Windows), or give --principal as it holds`,
+    };
+  return {
+    name: 'ticket',
+    verdict: 'ok',
+    detail: `from the client keytab ${keytab}, a credential cache is not needed: ${held || 'no keys listed'}`,
+  };
+}
+
 /** The SPN the request would use, and whether the KDC issues a service ticket for it. */
 async function kerberos(
   req: CliRequest,
@@ -644,7 +683,9 @@ export async function doctor(argv: string[]): Promise<number> {
   let ticketWorks = false;
   let kerberosFailure: string | undefined;
   if (addon && negotiateOffered) {
-    const ticket = await klist(negotiate.ccache, req.user !== undefined);
+    const ticket = negotiate.keytab
+      ? await keytabTickets(negotiate.keytab, negotiate.principal)
+      : await klist(negotiate.ccache, req.user !== undefined);
     add(ticket);
     const k = await kerberos(req);
     for (const c of k.checks) add(c);
@@ -683,7 +724,10 @@ async function authenticate(
     return {
       name: 'authentication',
       verdict: 'FAIL',
-      detail: `the server asks for authentication; the Kerberos ticket gets no service ticket for it (${kerberosFailure}), and there is no password`,
+      detail:
+        kerberosFailure === 'MULTILEG_KRB_KEYTAB'
+          ? `the server asks for authentication; the client keytab gives no Kerberos ticket (${kerberosFailure}), and there is no password`
+          : `the server asks for authentication; the Kerberos ticket gets no service ticket for it (${kerberosFailure}), and there is no password`,
       fix: 'the SPN check above says what to change; or give -u DOMAIN\\user (NTLM)',
     };
   if (!credentials && !ticketWorks)
