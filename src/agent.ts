@@ -187,6 +187,8 @@ export class MultilegAgent extends Dispatcher {
   /** Replaced by {@link setCredentials}: pools and upgrades read it afresh for each handshake. */
   #mechanisms: MechanismSet;
   /** Whose credentials the agent holds: another account's need a word on the cookie jar (setCredentials). */
+  #credentials: Credentials | undefined;
+  /** Whose credentials the agent holds, as NTLM reads the name. */
   #account: NtlmIdentity | undefined;
   /** What the mechanisms were made from, to make them again with new credentials. */
   readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
@@ -318,10 +320,11 @@ export class MultilegAgent extends Dispatcher {
       headersTimeout: positive('headersTimeout', options.headersTimeout ?? 300_000, false, MAX_TIMER_MS),
       bodyTimeout: positive('bodyTimeout', options.bodyTimeout ?? 300_000, false, MAX_TIMER_MS),
       http1MemoryTtl: positive('http1MemoryTtl', options.http1MemoryTtl ?? 3_600_000),
-      proxy: new ProxyResolver(options.proxy, process.env, options.negotiate, connectTo),
+      proxy: new ProxyResolver(options.proxy, process.env, options.negotiate, connectTo, options.refusalMemory),
       ...(connectTo ? { connectTo } : {}),
       ...(options.cookies ? { cookies: options.cookies } : {}),
       deliver401: options.deliver401 === true,
+      ...(options.refusalMemory ? { refusalMemory: options.refusalMemory } : {}),
     };
     this.#mechanismOptions = {
       ...(options.negotiate !== undefined ? { negotiate: options.negotiate } : {}),
@@ -330,6 +333,7 @@ export class MultilegAgent extends Dispatcher {
     };
     this.#transport = selectCertificate !== undefined;
     this.#mechanisms = this.#mechanismSet(options.credentials);
+    this.#credentials = options.credentials ? { ...options.credentials } : undefined;
     this.#account = options.credentials ? parseNtlmUser(options.credentials) : undefined;
   }
 
@@ -388,6 +392,7 @@ export class MultilegAgent extends Dispatcher {
     if (jar !== undefined || !sameAccount(this.#account, account)) this.#jarHolder = undefined;
     this.#account = account;
     this.#mechanisms = this.#mechanismSet(credentials);
+    this.#credentials = { ...credentials };
     let retired = 0;
     for (const pool of this.#pools.values())
       retired += pool.credentialsChanged('origin', this.#mechanisms, jar !== undefined);
@@ -719,6 +724,8 @@ export class MultilegAgent extends Dispatcher {
         (r) => this.#report(r),
         this.#finished,
         this.#succeededAs,
+        // Read when asked: setCredentials replaces them (R4: a new password is not the refused one).
+        () => this.#credentials,
       );
       this.#pools.set(origin, pool);
     }

@@ -79,6 +79,7 @@ export {
 } from './session/client-certificate.ts';
 export type { HandshakeReport } from './session/exchange.ts';
 export { RelocationLimitError } from './session/origin-pool.ts';
+export type { RefusalMemory, RefusalPlace, RememberedRefusal } from './session/refusal-memory.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';
 export {
   CleartextCredentialsError,

@@ -5,6 +5,7 @@ import { ConfigError } from './errors.ts';
 import type { NegotiateOptions } from './mechanisms/negotiate/index.ts';
 import type { Credentials, Mechanism } from './mechanisms/types.ts';
 import type { ProxyOptions, ProxyResolver } from './proxy/options.ts';
+import type { RefusalMemory } from './session/refusal-memory.ts';
 import type { TrustedOrigins, TrustPolicy } from './trust/policy.ts';
 
 /** Bounds on handshakes and queues (C11). Every one fails with a typed error naming it. */
@@ -309,6 +310,16 @@ export interface MultilegAgentOptions {
    * A 401 offering nothing the agent has, or refusing its credentials, is the caller's either way.
    */
   deliver401?: boolean;
+  /**
+   * Keeps refusals of the agent's passwords (`credentials`, `proxy.credentials`) beyond this agent
+   * (R4, account lockout): asked before a handshake sends a password not proved at an origin or a
+   * proxy, told when it is refused there and when it succeeds. Within one agent the agent holds a
+   * refused password back itself (30 s doubling to 30 min); a process started anew knows nothing of
+   * that, so a wrong password run by a job per process (cron) is sent once per run without this.
+   * The `multileg` command keeps them in a file of the user's; a long-running service keeps one
+   * agent for the process and needs none. See {@link RefusalMemory}. Default: none (memory only).
+   */
+  refusalMemory?: RefusalMemory;
 }
 
 export interface ResolvedOptions {
@@ -340,6 +351,7 @@ export interface ResolvedOptions {
   connectTo?: ConnectTo;
   cookies?: CookieStore;
   deliver401: boolean;
+  refusalMemory?: RefusalMemory;
 }
 
 /** Every option of {@link MultilegAgentOptions} (the compiler keeps this list whole). */
@@ -364,6 +376,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   connectTo: true,
   cookies: true,
   deliver401: true,
+  refusalMemory: true,
 };
 
 /**

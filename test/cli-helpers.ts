@@ -1,5 +1,8 @@
 /** Runs the `multileg` command line (src/cli/bin.ts) in a child process, as a user would. */
 import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 
 export const BIN = new URL('../src/cli/bin.ts', import.meta.url).pathname;
@@ -75,11 +78,23 @@ export function runCli(
     'MULTILEG_PASSWORD',
   ])
     delete env[k];
+  // Each run its own state directory (R4: refused passwords are remembered there across runs),
+  // unless the test gives one: runs know nothing of each other's refusals, as before the state file,
+  // and the developer's own ~/.local/state is left alone.
+  const state = opts.env && 'XDG_STATE_HOME' in opts.env ? undefined : mkdtempSync(join(tmpdir(), 'multileg-state-'));
+  if (state) env.XDG_STATE_HOME = state;
   for (const [k, v] of Object.entries(opts.env ?? {})) {
     if (v === undefined) delete env[k];
     else env[k] = v;
   }
-  return runCommand(opts.node ?? process.execPath, [...(opts.nodeArgs ?? []), BIN, ...args], opts.input, env, opts.cwd);
+  const ran = runCommand(
+    opts.node ?? process.execPath,
+    [...(opts.nodeArgs ?? []), BIN, ...args],
+    opts.input,
+    env,
+    opts.cwd,
+  );
+  return state ? ran.finally(() => rmSync(state, { recursive: true, force: true })) : ran;
 }
 
 /** This machine's system Node when it is older than 22.19 (Debian's 20): to prove the version message. */

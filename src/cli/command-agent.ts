@@ -6,6 +6,7 @@
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { CliRequest } from './options.ts';
+import type { RefusalFile } from './refusals.ts';
 import type { CliTrust } from './trust.ts';
 
 export class CommandAgent {
@@ -17,6 +18,8 @@ export class CommandAgent {
    * `trustedOrigins` asks it.
    */
   trusted: CliTrust;
+  /** Where refused passwords are remembered across the command's runs (R4), when it has one. */
+  readonly refusals: RefusalFile | undefined;
 
   /**
    * `Agent` is the class itself (the command loads it once a request will be made). Throws the
@@ -27,10 +30,13 @@ export class CommandAgent {
     options: CliRequest['agent'],
     credentials: Credentials | undefined,
     trusted: CliTrust,
+    refusals?: RefusalFile,
   ) {
     this.trusted = trusted;
+    this.refusals = refusals;
     this.agent = new Agent({
       ...options,
+      ...(refusals ? { refusalMemory: refusals } : {}),
       // No -u: a 401 whose schemes cannot run here (Negotiate without a Kerberos ticket) is the
       // answer, as curl shows it, from the one request curl sends; the trace says why (kinit…).
       // With -u the typed error stands, as before.

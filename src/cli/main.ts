@@ -17,6 +17,7 @@ import type { HeaderDump } from './dump-header.ts';
 import { describeFailure, EXIT, forCli } from './explain.ts';
 import { parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
 import { createDirsFor, fileProblem, isEpipe, Stdout, writeProblem } from './output.ts';
+import { RefusalFile, stateDir } from './refusals.ts';
 import { Remotes, report } from './report.ts';
 import { Trace } from './trace.ts';
 import { transfer } from './transfer.ts';
@@ -120,6 +121,9 @@ async function main(argv: string[]): Promise<number> {
       cookies ? { ...agentOptions, cookies } : agentOptions,
       credentials,
       new CliTrust(req.url.origin, req.trust),
+      // R4: a password refused by an earlier run is held back here too (account lockout). The
+      // file is read only when a password would be sent where it is not proved in this run.
+      new RefusalFile({ dir: stateDir(), forget: req.forgetRefusals, warn: (line) => say(`Warning: ${line}`) }),
     );
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

@@ -125,6 +125,8 @@ export interface CliRequest {
   readonly retry: RetryOptions | undefined;
   readonly user: UserArg | undefined;
   readonly passwordStdin: boolean;
+  /** --forget-refusals: a password refused lately (the state file's record) is sent now, not held back (R4). */
+  readonly forgetRefusals: boolean;
   /**
    * --netrc, --netrc-file FILE, --netrc-optional: the file (undefined: $NETRC, else ~/.netrc), and
    * whether a missing one is fine (--netrc-optional). undefined: no netrc.
@@ -247,6 +249,10 @@ export function program(): Commander.Command {
         'credentials: DOMAIN\\user:password. Without a password: MULTILEG_PASSWORD, --password-stdin, or a prompt on a terminal. "-u :" uses the Kerberos ticket only',
       )
       .option('--password-stdin', 'read the password of -u from the first line of stdin')
+      .option(
+        '--forget-refusals',
+        'send a password refused lately now, not after the wait that keeps a wrong one from locking the account',
+      )
       .option('-n, --netrc', 'take credentials for the host from ~/.netrc (or the file $NETRC names)')
       .option('--netrc-file <file>', 'take credentials for the host from this netrc file')
       .option('--netrc-optional', 'as --netrc, but a missing netrc file is no error')
@@ -1357,6 +1363,7 @@ export function parseCli(
         : undefined,
     user,
     passwordStdin: Boolean(o.passwordStdin),
+    forgetRefusals: Boolean(o.forgetRefusals),
     netrc: netrc ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) } : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
     cacert: o.cacert as string | undefined,

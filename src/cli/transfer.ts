@@ -205,6 +205,21 @@ function redirected(req: CliRequest, from: Hop, status: number, next: URL, trust
 }
 
 /**
+ * R4, the state file (refusals.ts): the password was refused at `place` by an earlier run, and this
+ * one held it back (`heldBackMs` more), as the agent holds back one refused in the run.
+ */
+function heldBackLine(
+  place: string,
+  credentials: Credentials,
+  refusal: { readonly at: number },
+  heldBackMs: number,
+): string {
+  const user = credentials.domain ? `${credentials.domain}\\${credentials.username}` : credentials.username;
+  const ago = Math.max(0, Math.round((Date.now() - refusal.at) / 1000));
+  return `the password for ${user}, refused by ${place} ${ago} s ago, is held back ${Math.ceil(heldBackMs / 1000)} s more so a wrong password does not lock the account; no credentials were sent: fix the password, or pass --forget-refusals to try it now`;
+}
+
+/**
  * Why a final 401 or 407 stood, in words, once its body is read: why what it offers could not run
  * here (no Kerberos ticket: the agent's deliver401 made it the answer), or explain.ts's account of the 401; a forwarding
  * proxy's 407 as curl shows it (proxy.deliver407).
@@ -221,6 +236,10 @@ async function whyStood(
   const unanswered = trace.lastDelivered?.unanswered;
   if (status === 401 && unanswered && unanswered.unusable.length > 0)
     return unanswered.unusable.map((u) => `${forCli(u.message)} (${u.code})`).join('; ');
+  // R4: held back from the first because an earlier run's try of this password was refused there.
+  const remembered = status === 401 ? command.refusals?.heldBack(url.origin) : undefined;
+  if (remembered && trace.lastDelivered?.heldBackFor !== undefined && credentials)
+    return heldBackLine(url.origin, credentials, remembered, trace.lastDelivered.heldBackFor);
   if (status === 401)
     return explain401({
       origin: url.origin,

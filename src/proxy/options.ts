@@ -17,6 +17,7 @@ import type { Credentials, Mechanism } from '../mechanisms/types.ts';
 import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 import { CredentialProof } from '../session/credential-proof.ts';
 import { ProvedIdentity } from '../session/proved-identity.ts';
+import type { RefusalMemory } from '../session/refusal-memory.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -119,6 +120,8 @@ export interface ResolvedProxy {
    * ask for them, and setProxyCredentials tells two proxies' credentials apart by it.
    */
   account: string | undefined;
+  /** The credentials held for the proxy now, for the refusal memory's record (replaced with {@link account}). */
+  credentials: Credentials | undefined;
   /**
    * Where the proxy credentials came from, as errors name it in their fix (a user who never set
    * `proxy.credentials` is not told to check them): `proxy.credentials`, the user:password in the
@@ -260,6 +263,7 @@ function resolveProxy(
   identity: KerberosIdentity,
   connectTo: ConnectTo | undefined,
   where = 'proxy.uri',
+  memory?: RefusalMemory,
 ): ResolvedProxy {
   const url = proxyUrl(uri);
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
@@ -278,7 +282,7 @@ function resolveProxy(
     false,
     MAX_TIMER_MS,
   );
-  return {
+  const resolved: ResolvedProxy = {
     origin: url.origin,
     hostname: unbracketed(url.hostname),
     port: portOf(url),
@@ -291,15 +295,25 @@ function resolveProxy(
     ...(connectTo ? { connectTo } : {}),
     proof: new CredentialProof(
       `the outcome of another connection's authentication to proxy ${url.origin} (its credentials are tried one at a time until proved: a wrong password locks accounts)`,
+      memory && {
+        memory,
+        // Read when asked: setProxyCredentials replaces them (R4: a new password is not the refused one).
+        place: () => {
+          const c = resolved.credentials;
+          return c?.password ? { origin: url.origin, proxy: true, credentials: c } : undefined;
+        },
+      },
     ),
     proved: new ProvedIdentity(),
     account: credentials?.username,
+    credentials,
     credentialsFrom: credentials && !o.credentials ? fromUrl(where) : 'proxy.credentials',
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
     unusable: new LapsingMap(),
   };
+  return resolved;
 }
 
 interface NoProxyEntry {
@@ -428,13 +442,15 @@ export class ProxyResolver {
   /**
    * `negotiate`: the agent's own Negotiate options, whose Kerberos identity (ccache, keytab,
    * principal) proxy Negotiate uses unless the proxy options name their own. `connectTo`: the
-   * agent's, for the connections to the proxies and the CONNECTs through them.
+   * agent's, for the connections to the proxies and the CONNECTs through them. `memory`: the
+   * agent's `refusalMemory`, told of the proxies' refusals of their password (R4).
    */
   constructor(
     option: string | ProxyOptions | false | undefined,
     env: Env = process.env,
     negotiate?: KerberosIdentity | false,
     connectTo?: ConnectTo,
+    memory?: RefusalMemory,
   ) {
     this.#env = env;
     this.#connectTo = connectTo;
@@ -454,7 +470,7 @@ export class ProxyResolver {
         'proxy.connect.ALPNProtocols: the agent chooses what it offers the proxy itself (http/1.1 for CONNECT tunnels; h2 and http/1.1 for forwarded requests); remove it, and for HTTP/1.1 only pass allowH2: false',
       );
     if (o.uri !== undefined) {
-      this.#http = this.#https = resolveProxy(o.uri, o, identity, connectTo);
+      this.#http = this.#https = resolveProxy(o.uri, o, identity, connectTo, undefined, memory);
       this.#fixedNoProxy = o.noProxy ?? '';
     } else {
       // httpoxy: under CGI (REQUEST_METHOD set) HTTP_PROXY is the request's own `Proxy` header, set
@@ -467,8 +483,19 @@ export class ProxyResolver {
       // password is refused once, not once per variable; one ProvedIdentity (S6).
       const same = http && https && proxyUrl(http).href === proxyUrl(https).href;
       if (http)
-        this.#http = resolveProxy(http, o, identity, connectTo, same ? `${httpsName} and ${httpName}` : httpName);
-      this.#https = same ? this.#http : https ? resolveProxy(https, o, identity, connectTo, httpsName) : this.#http;
+        this.#http = resolveProxy(
+          http,
+          o,
+          identity,
+          connectTo,
+          same ? `${httpsName} and ${httpName}` : httpName,
+          memory,
+        );
+      this.#https = same
+        ? this.#http
+        : https
+          ? resolveProxy(https, o, identity, connectTo, httpsName, memory)
+          : this.#http;
       this.#fixedNoProxy = o.noProxy;
     }
   }
@@ -506,6 +533,7 @@ export class ProxyResolver {
     for (const proxy of proxies) {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;
+      proxy.credentials = own;
       proxy.credentialsFrom = 'the credentials given to setProxyCredentials';
       proxy.proof.reset();
       // What the old credentials could not do is tried again with the new ones (as an origin's,

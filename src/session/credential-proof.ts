@@ -1,3 +1,5 @@
+import { log } from '../log.ts';
+import type { RefusalKeeping, RefusalPlace, RememberedRefusal } from './refusal-memory.ts';
 import { type WaitBounds, type Waiter, WaitQueue } from './wait-queue.ts';
 
 /**
@@ -53,6 +55,8 @@ export class Ticket {
    * skip the one-at-a-time trial (R4), so a switch to a password takes leave anew ({@link covers}).
    */
   readonly password: boolean;
+  /** The place its leave was recalled for (RefusalMemory.recall): released when it settles. */
+  recalled: RefusalPlace | undefined;
   constructor(probe: boolean, epoch: number, generation = 0, password = true) {
     this.probe = probe;
     this.epoch = epoch;
@@ -125,9 +129,12 @@ export class CredentialProof {
   #queue: WaitQueue<Admission, Waiter> | undefined;
   /** What a waiting handshake waits for, for QueueTimeoutError / QueueFullError. */
   readonly #what: string;
+  /** Where refusals are kept beyond this agent (AgentOptions.refusalMemory), bound to this place. */
+  readonly #keeping: RefusalKeeping | undefined;
 
-  constructor(what: string) {
+  constructor(what: string, keeping?: RefusalKeeping) {
     this.#what = what;
+    this.#keeping = keeping;
   }
 
   /** A handshake with the credentials succeeded here and none was refused since. */
@@ -147,10 +154,21 @@ export class CredentialProof {
 
   /**
    * Whether a handshake may send the credentials now: a {@link Ticket}, `'refused'` (go without
-   * them), or undefined: another handshake is proving them, {@link wait} for its outcome.
+   * them), or undefined: another handshake is proving them, {@link wait} for its outcome — or the
+   * agent has a refusal memory to ask before a probe of the password: only {@link enter} asks it.
    * `password`: the handshake sends something derived from a password (see {@link PROOF_FRESH_MS}).
    */
   admit(password: boolean): Admission | undefined {
+    const admission = this.#admit(password);
+    // A probe of a password the refusal memory has a say in takes leave through enter (which asks it).
+    if (admission instanceof Ticket && admission.probe && password && this.#keeping?.place()) {
+      this.#probing = false;
+      return undefined;
+    }
+    return admission;
+  }
+
+  #admit(password: boolean): Admission | undefined {
     if (this.refused) return 'refused';
     if (this.#proved && (!password || Date.now() - this.#provedAt < PROOF_FRESH_MS)) {
       return new Ticket(false, this.#epoch, this.#generation, Date.now() - this.#provedAt < PROOF_FRESH_MS);
@@ -166,9 +184,48 @@ export class CredentialProof {
     return this.#queue.wait(waiter);
   }
 
-  /** {@link admit}, or else {@link wait}. */
+  /**
+   * {@link admit}, or else {@link wait}. A probe sending the password asks the refusal memory first
+   * (when the agent has one): what it remembers may hold the password back here, as a refusal met
+   * here would (R4: refusals met by other processes).
+   */
   enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
-    return this.admit(password) ?? this.wait(waiter, bounds);
+    const admission = this.#admit(password);
+    if (admission === undefined) return this.wait(waiter, bounds);
+    if (admission === 'refused' || !admission.probe || !password || !this.#keeping) return admission;
+    const place = this.#keeping.place();
+    if (!place) return admission;
+    const memory = this.#keeping.memory;
+    let recalled: RememberedRefusal | undefined | Promise<RememberedRefusal | undefined>;
+    try {
+      recalled = memory.recall(place);
+    } catch (err) {
+      log.agent('refusal memory: recall failed: %s', (err as Error).message);
+      return admission;
+    }
+    admission.recalled = place;
+    if (!(recalled instanceof Promise)) return this.#recalled(admission, recalled);
+    return recalled.then(
+      (r) => this.#recalled(admission, r),
+      (err: Error) => {
+        log.agent('refusal memory: recall failed: %s', err.message);
+        return admission;
+      },
+    );
+  }
+
+  /** What the memory recalled for `ticket`'s probe: held back ('refused') while in force, else the probe goes. */
+  #recalled(ticket: Ticket, r: RememberedRefusal | undefined): Admission {
+    // The credentials were replaced meanwhile, or a refusal came: this probe is no longer the one.
+    if (ticket.generation !== this.#generation || ticket.epoch !== this.#epoch || r === undefined) return ticket;
+    // Refused that many times in a row: the next refusal here doubles on from there.
+    this.#refusedTimes = Math.max(this.#refusedTimes, r.times);
+    if (r.until <= Date.now()) return ticket;
+    this.#proved = false;
+    this.#refusedUntil = Math.max(this.#refusedUntil, r.until);
+    // The probe is given back unused: the handshakes waiting for it go without, as it does.
+    this.settle(ticket, 'none');
+    return 'refused';
   }
 
   /**
@@ -207,16 +264,27 @@ export class CredentialProof {
   settle(ticket: Ticket, outcome: ProofOutcome): void {
     if (ticket.settled) return;
     ticket.settled = true;
+    try {
+      this.#settle(ticket, outcome);
+    } finally {
+      // After what it told the memory (refused, proved): the next process's recall reads it.
+      if (ticket.recalled) this.#tell((m) => m.release(ticket.recalled!));
+    }
+  }
+
+  #settle(ticket: Ticket, outcome: ProofOutcome): void {
     // Of credentials replaced since: neither a proof nor a refusal of the new ones (R4); its probe
     // was no longer counted as running.
     if (ticket.generation !== this.#generation) return;
     if (ticket.probe) this.#probing = false;
     if (outcome === 'success' && ticket.epoch === this.#epoch) {
+      const proving = !this.#proved;
       this.#proved = true;
       this.#provedAt = Date.now();
       this.#refusedUntil = 0;
       this.#refusedTimes = 0;
       this.#unansweredBefore = false;
+      if (proving) this.#tellPlace((m, place) => m.proved(place));
     } else if (outcome === 'unanswered') {
       // The first such leg in a row may be a slow server's: one more handshake may try (R2: a waiter
       // takes it over); the second counts as a refusal, and every one after it until a success.
@@ -263,7 +331,30 @@ export class CredentialProof {
       }
       const wait = Math.min(UNUSABLE_MEMORY_MS * 2 ** this.#refusedTimes, MAX_REFUSED_MEMORY_MS);
       this.#refusedTimes += 1;
-      this.#refusedUntil = Date.now() + wait;
+      const at = Date.now();
+      this.#refusedUntil = at + wait;
+      const refusal = { at, until: this.#refusedUntil, times: this.#refusedTimes };
+      this.#tellPlace((m, place) => m.refused(place, refusal));
+    }
+  }
+
+  /** Tells the refusal memory (if any) something of the place's current credentials (if with a password). */
+  #tellPlace(tell: (memory: NonNullable<RefusalKeeping>['memory'], place: RefusalPlace) => void): void {
+    const keeping = this.#keeping;
+    if (!keeping) return;
+    this.#tell((memory) => {
+      const place = keeping.place();
+      if (place) tell(memory, place);
+    });
+  }
+
+  /** A caller's hook that throws breaks no handshake (RefusalMemory: its methods must not throw). */
+  #tell(tell: (memory: NonNullable<RefusalKeeping>['memory']) => void): void {
+    if (!this.#keeping) return;
+    try {
+      tell(this.#keeping.memory);
+    } catch (err) {
+      log.agent('refusal memory failed: %s', (err as Error).message);
     }
   }
 

@@ -8,6 +8,7 @@ import type { ClientCertificate } from '../options.ts';
 import type { ProbeAnswer } from './acceptable-issuers.ts';
 import type { CertificateDemand } from './client-certificate.ts';
 import { CredentialProof, UNUSABLE_MEMORY_MS } from './credential-proof.ts';
+import type { RefusalKeeping } from './refusal-memory.ts';
 
 export { TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS };
 
@@ -91,10 +92,12 @@ export class OriginMemory {
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
   readonly #unusable = new LapsingMap<string, Error>();
 
-  constructor(http1Ttl: number, origin = 'the origin') {
+  /** `keeping`: where refusals of the agent's password here are kept beyond it (AgentOptions.refusalMemory). */
+  constructor(http1Ttl: number, origin = 'the origin', keeping?: RefusalKeeping) {
     this.#ttl = http1Ttl;
     this.proof = new CredentialProof(
       `the outcome of another request's handshake with the agent's credentials at ${origin} (they are tried there one at a time until proved: a wrong password locks accounts)`,
+      keeping,
     );
   }
 

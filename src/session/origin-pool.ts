@@ -1,7 +1,7 @@
 import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
-import type { Holder, Mechanism } from '../mechanisms/types.ts';
+import type { Credentials, Holder, Mechanism } from '../mechanisms/types.ts';
 import { alpnFor, type ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
@@ -139,11 +139,23 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     report: (r: HandshakeReport) => void,
     ended: () => void,
     succeededAs?: (held: Holder) => void,
+    credentials: () => Credentials | undefined = () => undefined,
   ) {
     this.origin = origin;
     this.#ended = ended;
     this.#options = options;
-    this.memory = new OriginMemory(options.http1MemoryTtl, origin);
+    const memory = options.refusalMemory;
+    this.memory = new OriginMemory(
+      options.http1MemoryTtl,
+      origin,
+      memory && {
+        memory,
+        place: () => {
+          const c = credentials();
+          return c?.password ? { origin, proxy: false, credentials: c } : undefined;
+        },
+      },
+    );
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;

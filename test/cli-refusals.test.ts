@@ -1,0 +1,150 @@
+/**
+ * R4 across processes: the command remembers a refused password in its state file
+ * ($XDG_STATE_HOME/multileg), so that one process per run (cron) does not send a wrong password
+ * once per run and lock the account.
+ */
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { runCli } from './cli-helpers.ts';
+
+describe('R4: refused passwords are held back across the command’s runs (state file)', () => {
+  let server: ReferenceServer;
+  let dir: string;
+  let ca: string;
+  let state: string;
+  beforeAll(async () => {
+    // NTLM only: each AUTHENTICATE the server receives is one try of the password.
+    server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    dir = mkdtempSync(join(tmpdir(), 'multileg-refusals-'));
+    ca = join(dir, 'ca.pem');
+    writeFileSync(ca, server.ca);
+  });
+  afterAll(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    state = mkdtempSync(join(dir, 'state-'));
+  });
+
+  /** The NTLM AUTHENTICATE messages (the password's tries) the server received so far. */
+  const tries = (path?: string) =>
+    server.exchanges.filter((e) => {
+      const auth = e.requestHeaders.authorization;
+      if (typeof auth !== 'string' || !auth.startsWith('NTLM ')) return false;
+      if (path !== undefined && !e.path.startsWith(path)) return false;
+      return Buffer.from(auth.slice(5), 'base64').readUInt32LE(8) === 3;
+    }).length;
+  const run = (password: string, path: string, extra: string[] = []) =>
+    runCli(['-sS', '-f', '-u', `EXAMPLE\\alice:${password}`, '--cacert', ca, ...extra, `${server.origin}${path}`], {
+      env: { XDG_STATE_HOME: state },
+    });
+
+  it('R4: a wrong password over 5 sequential processes is sent once, then held back; a different password is sent at once', async () => {
+    const results = [];
+    for (let i = 0; i < 5; i++) results.push(await run('wrongpw', `/auth/seq${i}`));
+    expect(tries('/auth/seq')).toBe(1);
+    expect(results.map((r) => r.code)).toEqual([22, 22, 22, 22, 22]);
+    // The first run met the refusal itself; the next ones say why nothing was sent, and how to try now.
+    expect(results[0]!.stderr).toContain('the server refused our NTLM credentials');
+    for (const r of results.slice(1)) {
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `the password for EXAMPLE\\\\alice, refused by ${server.origin.replaceAll('.', '\\.')} \\d+ s ago, is held back \\d+ s more so a wrong password does not lock the account; no credentials were sent: fix the password, or pass --forget-refusals to try it now`,
+        ),
+      );
+      expect(r.stderr).not.toContain('wrongpw');
+    }
+    // The file holds no password: only a keyed hash of it, 0600 in a 0700 directory.
+    const files = join(state, 'multileg');
+    expect(statSync(files).mode & 0o777).toBe(0o700);
+    for (const f of readdirSync(files)) {
+      expect(statSync(join(files, f)).mode & 0o077).toBe(0);
+      expect(readFileSync(join(files, f)).includes('wrongpw')).toBe(false);
+    }
+    const record = Object.values(JSON.parse(readFileSync(join(files, 'refusals.json'), 'utf8')).refusals);
+    expect(record).toEqual([
+      expect.objectContaining({ kind: 'origin', origin: server.origin, user: 'EXAMPLE\\alice', times: 1 }),
+    ]);
+    // Another password is another record: not held back.
+    const right = await run('alicepw', '/auth/seq-right');
+    expect(right.code).toBe(0);
+    expect(tries('/auth/seq-right')).toBe(1);
+    // That success is no proof of the wrong one, which stays held back.
+    expect((await run('wrongpw', '/auth/seq-again')).code).toBe(22);
+    expect(tries('/auth/seq-again')).toBe(0);
+  });
+
+  it('R4: --forget-refusals sends a held-back password now; a success clears its record, and the next run sends it at once', async () => {
+    const users = server.options.users;
+    // The account's password was changed on the server: alicepw is refused, recorded, held back.
+    server.options.users = { ...users, 'EXAMPLE\\alice': 'changed' };
+    try {
+      expect((await run('alicepw', '/auth/clear1')).code).toBe(22);
+      expect(tries('/auth/clear1')).toBe(1);
+    } finally {
+      // Changed back (the user fixed it server-side): the held-back password is right again.
+      server.options.users = users;
+    }
+    expect((await run('alicepw', '/auth/clear2')).code).toBe(22);
+    expect(tries('/auth/clear2')).toBe(0);
+    const forgot = await run('alicepw', '/auth/clear3', ['--forget-refusals']);
+    expect(forgot.code).toBe(0);
+    expect(tries('/auth/clear3')).toBe(1);
+    // The success cleared the record: the next run needs no flag.
+    expect(JSON.parse(readFileSync(join(state, 'multileg', 'refusals.json'), 'utf8')).refusals).toEqual({});
+    expect((await run('alicepw', '/auth/clear4')).code).toBe(0);
+    expect(tries('/auth/clear4')).toBe(1);
+  });
+
+  it('R4: --forget-refusals keeps the count: refused again, the wait doubles', async () => {
+    expect((await run('wrongpw', '/auth/count1')).code).toBe(22);
+    const forgot = await run('wrongpw', '/auth/count2', ['--forget-refusals']);
+    expect(forgot.code).toBe(22);
+    expect(tries('/auth/count2')).toBe(1);
+    const [r] = Object.values(
+      JSON.parse(readFileSync(join(state, 'multileg', 'refusals.json'), 'utf8')).refusals,
+    ) as Array<{
+      at: number;
+      until: number;
+      times: number;
+    }>;
+    expect(r!.times).toBe(2);
+    expect(r!.until - r!.at).toBe(60_000);
+  });
+
+  it('R4: --forget-refusals is in --help', async () => {
+    const help = await runCli(['--help']);
+    expect(help.stdout).toMatch(/--forget-refusals\s+send a password refused lately now/);
+  });
+
+  it('R4: a corrupt or unreadable state file is ignored with one warning, never a crash', async () => {
+    const files = join(state, 'multileg');
+    expect((await run('wrongpw', '/auth/corrupt0')).code).toBe(22);
+    writeFileSync(join(files, 'refusals.json'), '{"v":1,"refusals":');
+    const corrupt = await runCli(
+      ['-f', '-u', 'EXAMPLE\\alice:wrongpw', '--cacert', ca, `${server.origin}/auth/corrupt1`],
+      {
+        env: { XDG_STATE_HOME: state },
+      },
+    );
+    expect(corrupt.code).toBe(22);
+    expect(
+      corrupt.stderr.match(/Warning: .*refusals\.json is not a record of refused passwords: ignored/g),
+    ).toHaveLength(1);
+    // Ignored: the password was sent (as by a first run), refused, and the file written anew.
+    expect(tries('/auth/corrupt1')).toBe(1);
+    expect((await run('wrongpw', '/auth/corrupt2')).code).toBe(22);
+    expect(tries('/auth/corrupt2')).toBe(0);
+  });
+
+  it('R4: 20 processes started at once with one wrong password send it once (a lock per password and place)', async () => {
+    const burst = await Promise.all(Array.from({ length: 20 }, (_, i) => run('burstpw', `/auth/burst${i}`)));
+    expect(burst.map((r) => r.code)).toEqual(Array(20).fill(22));
+    expect(tries('/auth/burst')).toBe(1);
+    expect(readdirSync(join(state, 'multileg')).filter((f) => f.includes('lock') || f.startsWith('.tmp'))).toEqual([]);
+  });
+});
