@@ -1,3 +1,6 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
@@ -7,6 +10,9 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // The command keeps refused passwords in $XDG_STATE_HOME/multileg (R4): a test's commands never
+    // read or write the user's own (runCli gives each run a directory of its own besides).
+    env: { XDG_STATE_HOME: mkdtempSync(join(tmpdir(), 'multileg-test-state-')) },
     // Real-peer suites share one lab per file; keep files from fighting over CPU on a 2-core box.
     maxWorkers: 2,
     // Coverage is part of the whole suite's output (`npm test` passes --coverage; one file run by
