@@ -17,6 +17,7 @@ import {
 } from './exchange.ts';
 import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
+import { ChallengeRecords, callerNtlmLeg, NtlmUnpairedError } from './ntlm-pairing.ts';
 import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
 import { ProvedIdentity, sameAccount } from './proved-identity.ts';
 import { type Identity, type Lane, Session } from './session.ts';
@@ -43,6 +44,8 @@ interface Survey {
   authenticated: boolean;
   /** One of them is still connecting, probing or handshaking: it will have room soon. */
   opening: boolean;
+  /** Callers' sessions counted in `open` that take no new request: retiring, or reserved by CHALLENGEs (ntlm-pairing.ts). */
+  reserved: number;
   leastLoaded: Session | undefined;
 }
 
@@ -103,7 +106,16 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #sessions: Session[] = [];
   /** Requests waiting for a session with room, per lane and identity (R1: bounded like every wait). */
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
-  readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
+  readonly #surveyed: Survey = {
+    open: 0,
+    http1: false,
+    authenticated: false,
+    opening: false,
+    reserved: 0,
+    leastLoaded: undefined,
+  };
+  /** Callers' NTLM CHALLENGEs waiting for their AUTHENTICATE (ntlm-pairing.ts): a session freed by one pumps. */
+  readonly #challenges: ChallengeRecords;
   /**
    * Open while undefined; then closed by close() (running requests finish, new ones fail) or by
    * destroy(err) (everything fails with err). Terminal.
@@ -147,6 +159,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;
+    this.#challenges = new ChallengeRecords(options.limits, () => this.#pump());
     this.#route = options.proxy.route(origin);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
     this.#env = {
@@ -154,6 +167,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       mechanisms,
       limits: options.limits,
       deliver401: options.deliver401,
+      pairing: this.#challenges,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       ...(options.askAcceptableIssuers ? { askAcceptableIssuers: true } : {}),
       certificateRequest: () => this.#certificateRequest(),
@@ -378,7 +392,36 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * path.
    */
   run(job: Job): void {
+    if (job.identity === 'caller-bound' || job.identity === 'caller-both') job.ntlm = callerNtlmLeg(job.headers);
     this.#next(job);
+  }
+
+  /**
+   * A caller's own NTLM AUTHENTICATE goes to the session whose CHALLENGE it answers, retiring or
+   * not and whatever CHALLENGEs it holds (its own first leg counted one of them), or nowhere: with
+   * none to pair it with, or once that session ended under it (a relocation), it fails typed
+   * (ntlm-pairing.ts). True when it was dealt with.
+   */
+  #paired(job: Job): boolean {
+    if (job.ntlm?.kind !== 'continuation') return false;
+    if (job.paired) {
+      // Its connection ended before it was answered: the server context went with it.
+      this.#challenges.settle(job.paired);
+      this.#fail(job, new NtlmUnpairedError(this.origin, 'connection-gone'));
+      return true;
+    }
+    const record = this.#challenges.take(job.ntlm);
+    if (typeof record === 'string') {
+      log.pool('%s job %d: AUTHENTICATE not paired (%s): not sent', this.origin, job.id, record);
+      this.#fail(job, new NtlmUnpairedError(this.origin, record));
+      return true;
+    }
+    job.paired = record;
+    const session = record.session as Session;
+    log.pool('%s job %d: AUTHENTICATE paired with its CHALLENGE on %s', this.origin, job.id, session.id);
+    session.acquire();
+    this.#steps(session, job);
+    return true;
   }
 
   #lane(job: Job): Lane {
@@ -402,6 +445,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (this.#watchHolders) this.#checkHolders();
     const proved = this.#route?.proxy.proved;
     if (proved && proved.version !== this.#proxySeen) this.#followProxy(proved);
+    if (job.ntlm !== undefined && this.#paired(job)) return;
     const lane = this.#lane(job);
     let session: Session | undefined;
     try {
@@ -457,6 +501,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   #after(session: Session, job: Job, outcome: ExchangeOutcome): void {
+    // An AUTHENTICATE answered (or failed) there: its CHALLENGE is forgotten, and a retiring session may close.
+    if (job.paired && outcome.kind !== 'relocate') this.#challenges.settle(job.paired);
     if (!this.#settle(session, job, outcome)) this.#next(job);
     else if (outcome.kind !== 'fast') this.#ended();
   }
@@ -513,6 +559,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return proving ? 1 : this.#options.maxHttp1Connections;
     }
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
+    // Callers' handshakes: another session once every open one is reserved by CHALLENGEs (or retiring).
+    if (survey.reserved > 0) return Math.min(this.#options.limits.maxPerRequestSessions, survey.reserved + 1);
     const more = identity === 'agent' && this.memory.mode === 'session' && survey.authenticated;
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
@@ -527,10 +575,15 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     survey.http1 = false;
     survey.authenticated = false;
     survey.opening = false;
+    survey.reserved = 0;
     survey.leastLoaded = undefined;
     for (const s of this.#sessions) {
       if (!this.#usable(s, lane, identity)) continue;
       survey.open += 1;
+      if (this.#reserved(s)) {
+        survey.reserved += 1;
+        continue;
+      }
       if (s.protocol === 'http/1.1') survey.http1 = true;
       if (s.state.kind === 'authenticated') survey.authenticated = true;
       if (s.capacity !== Number.POSITIVE_INFINITY || s.state.kind === 'handshaking') survey.opening = true;
@@ -580,11 +633,26 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     );
   }
 
+  /**
+   * A callers' session that takes no new request (S6, R4): retiring (a caller's answer there may
+   * have authenticated it), or holding callers' CHALLENGEs that wait for their AUTHENTICATE — on
+   * HTTP/1.1 any (the connection is the server's context: another NEGOTIATE there would replace it,
+   * and the AUTHENTICATE would be read against another's), on HTTP/2 as many as its handshake slots
+   * (the server caps incomplete contexts per session, draft §3.1).
+   */
+  #reserved(s: Session): boolean {
+    if (s.retiring) return true;
+    const pending = s.challengesPending;
+    if (pending === 0) return false;
+    if (s.protocol !== 'h2') return true;
+    return pending >= Math.min(this.#options.limits.maxConcurrentHandshakes, this.memory.contextCap ?? Infinity);
+  }
+
   #pick(lane: Lane, identity: Identity): Session | undefined {
     let best: Session | undefined;
     let bestScore = -1;
     for (const s of this.#sessions) {
-      if (!this.#usable(s, lane, identity) || s.inflight >= this.#room(s)) continue;
+      if (!this.#usable(s, lane, identity) || this.#reserved(s) || s.inflight >= this.#room(s)) continue;
       // Prefer a connection that is already authenticated: it needs no handshake (H1).
       const score = s.state.kind === 'authenticated' ? 2 : s.state.kind === 'per-request' ? 1 : 0;
       if (score > bestScore) {
@@ -747,12 +815,14 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   async close(): Promise<void> {
     this.#end ??= { kind: 'closed' };
+    this.#challenges.dispose();
     await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
     if (this.#end?.kind !== 'destroyed') this.#end = { kind: 'destroyed', error: err };
     this.#probing?.abort(err);
+    this.#challenges.dispose();
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }
