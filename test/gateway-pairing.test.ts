@@ -232,3 +232,44 @@ describe('S6/R4: a gateway passing callers\u2019 NTLM through one agent pairs ea
     }
   });
 });
+
+describe('S6: a callers\u2019 HTTP/2 session and its pending CHALLENGEs', () => {
+  it('S6: a session another caller\u2019s answer retired takes no new request, but the AUTHENTICATE of a CHALLENGE it carried still goes there', async () => {
+    const s = await server({ mode: 'session' });
+    const a = passThrough(s);
+    const alice = client(s, a, 'alice', '/auth/alice');
+    const bob = client(s, a, 'bob', '/auth/bob');
+    expect(await alice.negotiate()).toBe(401);
+    expect(await bob.negotiate()).toBe(401);
+    // Bob's 200 retires the session (it may now be bob's)…
+    expect(await bob.authenticate()).toBe('200 EXAMPLE\\bob');
+    const carol = await request(`${s.origin}/public/carol`, {
+      dispatcher: a,
+      headers: { authorization: 'Bearer of-carol' },
+    });
+    expect(((await carol.body.json()) as { user: string | null }).user).toBe(null);
+    // …and alice's AUTHENTICATE still goes on it. Before: on a new session, "unknown-auth-id".
+    expect(await alice.authenticate()).toBe('200 EXAMPLE\\alice');
+    const sessionOf = (path: string) => [
+      ...new Set(s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId)),
+    ];
+    expect(sessionOf('/auth/alice')).toEqual(sessionOf('/auth/bob'));
+    expect(sessionOf('/auth/alice')).toHaveLength(1);
+    // Once none is pending there, it closes.
+    const retired = () => s.sessions().find((x) => x.id === sessionOf('/auth/alice')[0])?.open;
+    await until(() => retired() === false);
+    expect(retired()).toBe(false);
+  });
+
+  it('S6: callers\u2019 NEGOTIATEs spread over sessions at limits.maxConcurrentHandshakes pending CHALLENGEs each, so the server\u2019s cap on incomplete contexts refuses none; each AUTHENTICATE goes to its own session', async () => {
+    const s = await server({ mode: 'session', maxIncompleteContexts: 3 });
+    const a = passThrough(s, { limits: { maxConcurrentHandshakes: 3 } });
+    const clients = Array.from({ length: 7 }, (_, i) => client(s, a, i % 2 ? 'bob' : 'alice', `/auth/c${i}`));
+    // Before: all on one session, and the server refused the 4th on ("context-limit").
+    expect(await Promise.all(clients.map((c) => c.negotiate()))).toEqual(Array(7).fill(401));
+    const answers = await Promise.all(clients.map((c) => c.authenticate()));
+    expect(answers).toEqual(clients.map((_, i) => `200 EXAMPLE\\${i % 2 ? 'bob' : 'alice'}`));
+    expect(s.exchanges.filter((e) => e.refused !== undefined || e.reason !== undefined)).toEqual([]);
+    expect(new Set(s.exchanges.map((e) => e.sessionId)).size).toBeGreaterThanOrEqual(3);
+  });
+});

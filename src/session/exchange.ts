@@ -713,20 +713,14 @@ async function send(run: Run): Promise<Step> {
   // A caller's AUTHENTICATE carries the Auth-ID of the CHALLENGE it answers (C3), if the caller did not relay it.
   const authId = job.paired?.authId;
   let extra: Record<string, string> = authId !== undefined && !('auth-id' in job.headers) ? { 'auth-id': authId } : {};
-  const opening = job.ntlm?.kind === 'opening' && run.env.pairing !== undefined;
-  if (opening) run.session.openingSent();
-  try {
-    for (;;) {
-      const seen = newSeen(run.session.state.kind === 'authenticated');
-      const result = await run.session.send(job, extra, (status, headers) => classifySend(run, seen, status, headers));
-      if (seen.reask === undefined || result.kind !== 'swallowed') return afterSend(run, seen, result);
-      // Its body cut, the HTTP/1.1 connection went with it: the NEGOTIATE goes on another.
-      if (result.slow) return end({ kind: 'relocate', reason: 'connection-ended' });
-      await new Promise((resolve) => setTimeout(resolve, 2 ** (job.reasks - 1)));
-      extra = seen.reask === '' ? {} : { 'auth-id': seen.reask };
-    }
-  } finally {
-    if (opening) run.session.openingEnded();
+  for (;;) {
+    const seen = newSeen(run.session.state.kind === 'authenticated');
+    const result = await run.session.send(job, extra, (status, headers) => classifySend(run, seen, status, headers));
+    if (seen.reask === undefined || result.kind !== 'swallowed') return afterSend(run, seen, result);
+    // Its body cut, the HTTP/1.1 connection went with it: the NEGOTIATE goes on another.
+    if (result.slow) return end({ kind: 'relocate', reason: 'connection-ended' });
+    await new Promise((resolve) => setTimeout(resolve, 2 ** (job.reasks - 1)));
+    extra = seen.reask === '' ? {} : { 'auth-id': seen.reask };
   }
 }
 

@@ -76,6 +76,8 @@ export interface Job {
   ntlm: CallerNtlmLeg | undefined;
   /** The CHALLENGE this AUTHENTICATE answers, taken for it (its session is where it goes). */
   paired: ChallengeRecord | undefined;
+  /** The session its NEGOTIATE was given, counted there until it leaves (see Session.openingSent). */
+  openingOn: object | undefined;
   /** Times its NEGOTIATE was sent again for a CHALLENGE that could be told from the pending ones. */
   reasks: number;
 }
@@ -127,6 +129,7 @@ export function newJob(
     held401: undefined,
     ntlm: undefined,
     paired: undefined,
+    openingOn: undefined,
     reasks: 0,
   };
 }

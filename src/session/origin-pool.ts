@@ -457,11 +457,25 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (!session) this.#queueOf(lane, job.identity).enqueue(job, this);
     // Handed an authenticated session: straight to the fast path, no steps.
     else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
-    else this.#steps(session, job);
+    else {
+      this.#opening(session, job);
+      this.#steps(session, job);
+    }
+  }
+
+  /**
+   * A caller's NEGOTIATE was given `session`: counted with its CHALLENGEs at once (the next request
+   * the pump hands out sees it), until it leaves the session (#after; its CHALLENGE counts by then).
+   */
+  #opening(session: Session, job: Job): void {
+    if (job.ntlm?.kind !== 'opening') return;
+    session.openingSent();
+    job.openingOn = session;
   }
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
+    this.#opening(session, job);
     if (fastPathEligible(session, job, this.#env)) {
       new FastExchange(session, job, this).start();
       return;
@@ -503,6 +517,10 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   #after(session: Session, job: Job, outcome: ExchangeOutcome): void {
     // An AUTHENTICATE answered (or failed) there: its CHALLENGE is forgotten, and a retiring session may close.
     if (job.paired && outcome.kind !== 'relocate') this.#challenges.settle(job.paired);
+    if (job.openingOn === session) {
+      job.openingOn = undefined;
+      session.openingEnded();
+    }
     if (!this.#settle(session, job, outcome)) this.#next(job);
     else if (outcome.kind !== 'fast') this.#ended();
   }
@@ -644,7 +662,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (s.retiring) return true;
     const pending = s.challengesPending;
     if (pending === 0) return false;
-    if (s.protocol !== 'h2') return true;
+    // (Not connected yet: it takes one request until its first answer anyway, see Session.capacity.)
+    if (s.protocol === 'http/1.1') return true;
     return pending >= Math.min(this.#options.limits.maxConcurrentHandshakes, this.memory.contextCap ?? Infinity);
   }
 
