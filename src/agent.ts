@@ -4,7 +4,7 @@ import { DEFAULT_SCHEME_ORDER } from './challenge/index.ts';
 import { checkConnectTo } from './connect-to.ts';
 import { publishHandshake } from './diagnostics.ts';
 import { AgentClosedError, ConfigError, MultilegError } from './errors.ts';
-import { UserSink } from './handshake/user-sink.ts';
+import { type ResponseObserver, UserSink } from './handshake/user-sink.ts';
 import { type HeaderMap, iterableHeaders, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
@@ -107,12 +107,18 @@ export interface MultilegStats {
   /**
    * Handshakes with origins (each {@link HandshakeReport} without `proxy`). A proxy's are counted
    * apart, in {@link proxyHandshakes}: through a Basic or Digest proxy every request is a handshake
-   * with it, which would hide here whether the origin's sessions stay authenticated (R6).
+   * with it, which would hide here whether the origin's sessions stay authenticated (R6). The
+   * agent's own only: the callers' own Authorization is counted apart ({@link callerRequests}).
    */
   handshakes: number;
   /** Handshake legs sent with credentials to origins. */
   legs: number;
-  /** Handshakes with origins that ended without authenticating. */
+  /**
+   * Handshakes with origins that ended without authenticating. A handshake whose first leg never
+   * reached the server (its connection was refused, TLS failed, or neither it nor, on HTTP/2, a
+   * stream for the leg came within `limits.handshakeTimeout`) is no handshake: not counted, nor
+   * reported — the caller has the connection's error (or the clock's); no credentials were tried.
+   */
   failedHandshakes: number;
   /**
    * Handshakes with a proxy (H5: each {@link HandshakeReport} with `proxy: true`), on a CONNECT or
@@ -123,6 +129,19 @@ export interface MultilegStats {
   proxyLegs: number;
   /** Handshakes with a proxy that ended without authenticating (refused, or otherwise). */
   failedProxyHandshakes: number;
+  /**
+   * Requests that carried the caller's own `Authorization` (S6: sent as given, on sessions of
+   * their own, never answered by the agent). Their handshakes — a gateway relaying its clients'
+   * NTLM or Negotiate — are the callers', not the agent's: none of them is in {@link handshakes},
+   * {@link legs} or {@link failedHandshakes}; each of their legs is one of these requests.
+   */
+  callerRequests: number;
+  /**
+   * 401s delivered to those requests: a challenge to the caller's own credentials, whether it asks
+   * for the next leg of its handshake (an NTLM CHALLENGE) or refuses them — the agent does not read
+   * the callers' tokens to tell which.
+   */
+  callerChallenges: number;
   /** Origins the agent holds connections and memory for now (idle ones are dropped past 64). */
   origins: number;
 }
@@ -182,10 +201,19 @@ export class MultilegAgent extends Dispatcher {
     proxyHandshakes: 0,
     proxyLegs: 0,
     failedProxyHandshakes: 0,
+    callerRequests: 0,
+    callerChallenges: 0,
   };
   readonly #reports: HandshakeReport[] = [];
   /** fetch's cross-origin redirect hops, recognised from the 3xx responses we delivered (S5). */
   readonly #hops = new RedirectHops();
+  /** Sees the responses to requests with their own Authorization: counts their 401s, then as {@link #hops}. */
+  readonly #callerResponses: ResponseObserver = {
+    noteResponse: (origin, path, status, headers) => {
+      if (status === 401) this.#stats.callerChallenges += 1;
+      this.#hops.noteResponse(origin, path, status, headers);
+    },
+  };
   /**
    * The handlers of dispatches taken for redirect hops: an interceptor that dispatches a request
    * again hands over the same handler (undici's retry interceptor, its `dns` interceptor trying the
@@ -406,7 +434,8 @@ export class MultilegAgent extends Dispatcher {
   /**
    * Calls `listener` with every finished handshake (also emitted as the `'handshake'` event, which
    * undici's Dispatcher typings do not know): with origins, and with the proxy (`proxy: true`, H5)
-   * on the agent's sessions' connections. Returns a function that unsubscribes.
+   * on the agent's sessions' connections — not one whose first leg never reached the origin (no
+   * connection: refused, TLS failed), which tried no credentials. Returns a function that unsubscribes.
    */
   onHandshake(listener: (report: HandshakeReport) => void): () => void {
     const emitter = this as unknown as NodeJS.EventEmitter;
@@ -489,7 +518,8 @@ export class MultilegAgent extends Dispatcher {
       const headers = normalizeRequestHeaders(opts.headers);
       // (A Host header names the origin only where an interceptor may have put an address in it.)
       const named = mayBeAddress(origin) ? namedOrigin(origin, headers) : origin;
-      const sink = new UserSink(handler, this.#hops, named, opts.path);
+      const own = 'authorization' in headers;
+      const sink = new UserSink(handler, own ? this.#callerResponses : this.#hops, named, opts.path);
       sink.begin();
       if (sink.aborted) return true;
       this.#running += 1;
@@ -580,6 +610,7 @@ export class MultilegAgent extends Dispatcher {
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
     refuseTunnelledProxyAuthorization(origin, headers, pool.route, 'tunnel');
     this.#stats.requests += 1;
+    if ('authorization' in headers) this.#stats.callerRequests += 1;
     const forwarded = pool.route?.kind === 'forward';
     // S6: a request never shares a connection with another identity's credentials.
     const elsewhere = elsewhereBy(origin, headers, opts, forwarded);

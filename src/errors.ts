@@ -297,6 +297,12 @@ export function isFramingError(err: Error): boolean {
   );
 }
 
+/** The connection closed under a written leg (the session's typed error for it, or undici's own). */
+export function closedUnder(err: Error): boolean {
+  const code = (err as { code?: unknown }).code;
+  return err instanceof ConnectionClosedError || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+}
+
 /** What a {@link ConnectionClosedError} knows of the close, and why the request was not sent again. */
 export interface ConnectionClosedOptions {
   cause?: unknown;

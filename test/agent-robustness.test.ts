@@ -26,7 +26,7 @@ import {
   type SchemeName,
 } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, get, type Rig, rig, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, get, type Rig, rig, SCRIPTED_NTLM_CHALLENGE, until } from './helpers.ts';
 
 /** A server that answers every request with what `script` says for it. */
 async function scripted(
@@ -340,6 +340,76 @@ const challengeToken = await (async () => {
   if (step.kind !== 'challenge') throw new Error('no challenge');
   return step.token.toString('base64');
 })();
+
+describe('a first leg that never reached the server is no failed handshake (auth-failure alerts are not for network faults)', () => {
+  /** What the agent reported and counted of handshakes with origins. */
+  const seen = (agent: MultilegAgent, reports: readonly unknown[]) => {
+    const { handshakes, legs, failedHandshakes } = agent.stats();
+    return { reports: reports.length, handshakes, legs, failedHandshakes };
+  };
+
+  it('C8: an origin gone down after its NTLM session (its port refuses connections): the next request leads the remembered scheme on a new connection, the caller gets ECONNREFUSED, and nothing is reported or counted as a handshake (was failed, 1 leg, failedHandshakes 1)', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+    const reports: unknown[] = [];
+    r.agent.onHandshake((h) => reports.push(h));
+    expect((await get(r, '/auth')).status).toBe(200);
+    const before = seen(r.agent, reports);
+    expect(before).toEqual({ reports: 1, handshakes: 1, legs: 2, failedHandshakes: 0 });
+    await r.server.close();
+    await until(() => r!.agent.sessions().length === 0);
+    const err = await fetch(`${r.server.origin}/auth`, { dispatcher: r.agent }).catch(
+      (e: { cause?: unknown }) => e.cause,
+    );
+    expect(err).toMatchObject({ code: 'ECONNREFUSED' });
+    // (A new session was made for it: the remembered scheme led there, as the report before the fix showed.)
+    expect(r.agent.stats().sessions).toBe(2);
+    expect(seen(r.agent, reports)).toEqual(before);
+  });
+
+  it('C8: NTLM the only scheme, its NEGOTIATE led on the first request (curl --ntlm), at a server whose certificate the agent does not trust: the caller gets the TLS error, and nothing is reported (was failed, 1 leg)', async () => {
+    const s = await scripted(() => ({ status: 401, headers: { 'www-authenticate': 'NTLM' } }));
+    servers.push(s.server);
+    // No `connect.ca`: the test CA's certificate is not trusted.
+    const agent = new MultilegAgent({ credentials: ALICE, schemes: ['NTLM'], trustedOrigins: [s.origin] });
+    agents.push(agent);
+    const reports: unknown[] = [];
+    agent.onHandshake((h) => reports.push(h));
+    const err = await fetch(`${s.origin}/x`, { dispatcher: agent }).catch((e: { cause?: unknown }) => e.cause);
+    expect(err).toMatchObject({ code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' });
+    expect(s.count()).toBe(0);
+    expect(seen(agent, reports)).toEqual({ reports: 0, handshakes: 0, legs: 0, failedHandshakes: 0 });
+  });
+
+  it('R3: a connection whose TLS never completes (the server takes the TCP connection and says nothing) ends the NTLM opening at handshakeTimeout with HandshakeTimeoutError, and nothing is reported (was failed, 1 leg)', async () => {
+    const { createServer } = await import('node:net');
+    const held = new Set<import('node:net').Socket>();
+    const silent = createServer((socket) => {
+      held.add(socket);
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((res) => silent.listen(0, '127.0.0.1', res));
+    const origin = `https://localhost:${(silent.address() as AddressInfo).port}`;
+    try {
+      const agent = new MultilegAgent({
+        credentials: ALICE,
+        schemes: ['NTLM'],
+        connect: { ca: CA_CERT },
+        trustedOrigins: [origin],
+        limits: { handshakeTimeout: 300 },
+      });
+      agents.push(agent);
+      const reports: unknown[] = [];
+      agent.onHandshake((h) => reports.push(h));
+      const err = await fetch(`${origin}/x`, { dispatcher: agent }).catch((e: { cause?: unknown }) => e.cause);
+      expect(err).toMatchObject({ code: 'MULTILEG_HANDSHAKE_TIMEOUT' });
+      expect(held.size).toBe(1);
+      expect(seen(agent, reports)).toEqual({ reports: 0, handshakes: 0, legs: 0, failedHandshakes: 0 });
+    } finally {
+      for (const socket of held) socket.destroy();
+      await new Promise((res) => silent.close(res));
+    }
+  });
+});
 
 describe('options given wrong are construction errors, not failures of every request', () => {
   it.each([

@@ -271,6 +271,24 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
       expect(err).toMatchObject({ code: 'MULTILEG_KRB_KEYTAB' });
       expect((err as Error).message).toMatch(/nope\.keytab: check the path/);
     });
+    it("M5: a client keytab with no key for negotiate.principal: MULTILEG_KRB_KEYTAB names the principal as given (GSS-API's credential showed EXAMPLE.TEST\\svc and a NUL) and does not suggest passing it", async () => {
+      for (const [keytab, principal] of [
+        [join(lab.dir, 'nope.keytab'), 'svc@EXAMPLE.TEST'],
+        [svcKeytab, 'other@EXAMPLE.TEST'],
+      ] as const) {
+        const a = agent({ negotiate: { keytab: `FILE:${keytab}`, principal } });
+        const err = await fetch(`${lab.apache!.origin}/protected/`, { dispatcher: a }).catch(
+          (e: { cause?: Error }) => e.cause,
+        );
+        expect(err).toMatchObject({ code: 'MULTILEG_KRB_KEYTAB' });
+        const message = (err as Error).message;
+        expect(message).toContain(`no ticket for ${principal} from the client keytab FILE:${keytab}`);
+        expect(message).toContain(`(client ${principal}, `);
+        expect(message).not.toContain('\\');
+        expect(message).not.toContain('\0');
+        expect(message).not.toContain('pass negotiate.principal');
+      }
+    });
     it('M5: a keytab agent whose ticket expired and cannot be renewed (its key changed in the KDC) gets MULTILEG_KRB_KEYTAB naming the keytab, not "run kinit"', async () => {
       const keytab = join(lab.dir, 'stale.keytab');
       await lab.realm!.kadmin('addprinc -randkey -maxlife "2 seconds" stale@EXAMPLE.TEST');

@@ -21,6 +21,7 @@ import {
   type KerberosClientOptions,
   KerberosClockSkewError,
   KerberosKdcUnreachableError,
+  KerberosKeytabError,
   type KerberosModuleLike,
   KerberosNoTicketError,
   KerberosTicketExpiredError,
@@ -132,6 +133,42 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     );
     expect(given.message).not.toContain('pass negotiate.spn');
     expect(given.cause).toBeInstanceOf(Error);
+  });
+
+  it('M5: the client keytab error names negotiate.principal as given (GSS-API wrote it EXAMPLE.COM\\svc) and suggests passing it only when it was not', () => {
+    // MIT's text when the keytab has no key for the principal (SPNEGO): the client as gss-ntlmssp shows it.
+    const text = `${GSS.noTicketSpnego} (client EXAMPLE.COM\\svc, service HTTP/h@EXAMPLE.COM)`;
+    const keytab = 'FILE:/etc/svc.keytab';
+    const given = mapGssError(new Error(text), { spn: 'HTTP@h', keytab, principal: 'svc@EXAMPLE.COM' });
+    expect(given).toBeInstanceOf(KerberosKeytabError);
+    expect(given.code).toBe('MULTILEG_KRB_KEYTAB');
+    expect(given.message).toMatch(
+      /^Negotiate: no ticket for svc@EXAMPLE\.COM from the client keytab FILE:\/etc\/svc\.keytab: check the path and that it holds the principal's keys \(klist -k\) \[GSS: /,
+    );
+    expect(given.message).not.toContain('pass negotiate.principal');
+    expect(given.cause).toBeInstanceOf(Error);
+    const expired = mapGssError(new Error(GSS.expired), { spn: 'HTTP@h', keytab, principal: 'svc@EXAMPLE.COM' });
+    expect(expired.message).toMatch(
+      /^Negotiate: the ticket of svc@EXAMPLE\.COM expired and no new one came from the client keytab FILE:\/etc\/svc\.keytab: check the path, that it holds the principal's current keys /,
+    );
+    // Without a principal the keytab's own is used: naming one is a fix.
+    const unnamed = mapGssError(new Error(text), { spn: 'HTTP@h', keytab });
+    expect(unnamed.message).toMatch(
+      /^Negotiate: no ticket from the client keytab FILE:\/etc\/svc\.keytab: check the path and that it holds the principal's keys \(klist -k\), or pass negotiate\.principal \[GSS: /,
+    );
+  });
+
+  it('M2: an unknown SPN whose client is named without a realm (negotiate.principal `svc`, as given) is no cross-realm failure', () => {
+    const err = Object.assign(new Error(GSS.spn), {
+      clientPrincipal: 'svc',
+      servicePrincipal: 'HTTP/nosuchhost@EXAMPLE.TEST',
+    });
+    expect(mapGssError(err, { spn: 'HTTP@nosuchhost', principal: 'svc' })).toBeInstanceOf(KerberosUnknownServiceError);
+    const across = Object.assign(new Error(GSS.spn), {
+      clientPrincipal: 'carol@OTHER.TEST',
+      servicePrincipal: 'HTTP/nosuchhost@EXAMPLE.TEST',
+    });
+    expect(mapGssError(across, { spn: 'HTTP@nosuchhost' }).code).toBe('MULTILEG_KRB_WRONG_REALM');
   });
 
   it('M2: "A required argument is missing" with a chosen principal means no ticket for that principal', () => {

@@ -1200,6 +1200,44 @@ describe('forwarding proxies that close a kept-alive connection without saying s
       (e: Error) => e,
     );
 
+  /** Answers a request without Proxy-Authorization 407 Basic (keeping the connection), reads one with it and stays silent. */
+  const silentOnPassword = () =>
+    hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        if (basic(head) || /^CONNECT .*\r\nproxy-authorization: basic /is.test(head)) return 'stop';
+        socket.write(basic407());
+        return undefined;
+      }),
+    );
+  const passwords = (p: Hostile) => p.received.join('').match(/\r\nproxy-authorization: basic /gi)?.length ?? 0;
+
+  it("R4/H5: a forwarded request's own headersTimeout is not the proxy leaving the password unanswered (a forwarding proxy is silent while the origin takes its time): the password is not held back for it (review r51)", async () => {
+    proxy = await silentOnPassword();
+    agent = basicAgent(proxy);
+    for (const path of ['/a', '/b', '/c']) {
+      const err = await failure(request(`http://origin.test${path}`, { dispatcher: agent, headersTimeout: 300 }));
+      // Before: the third was ProxyAuthenticationError ("refused … lately (or left … unanswered)").
+      expect(err).toMatchObject({ code: 'MULTILEG_PROXY_RESPONSE_TIMEOUT' });
+    }
+    expect(passwords(proxy)).toBe(3);
+  });
+
+  it('R4/H5: a CONNECT carrying the password that the proxy never answers, on the connection its 407 kept open: counted as unanswered (twice in a row, then held back), not taken for an idle close and sent again per request (review r51)', async () => {
+    proxy = await silentOnPassword();
+    agent = new MultilegAgent({
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+      limits: { handshakeTimeout: 300 },
+    });
+    const codes: string[] = [];
+    for (const path of ['/a', '/b', '/c', '/d']) {
+      const err = await failure(request(`https://origin.test${path}`, { dispatcher: agent }));
+      codes.push((err as { code?: string }).code ?? String(err));
+    }
+    expect(codes.slice(2)).toEqual(['MULTILEG_PROXY_AUTH', 'MULTILEG_PROXY_AUTH']);
+    // Before: 4, one per request (the deadline's destroy looked like the proxy's idle close).
+    expect(passwords(proxy)).toBe(2);
+  });
+
   it("H5/C8: an HTTP/1.0 proxy (407 and 200 without keep-alive, RFC 9112 §9.3; it leaves the connection open itself): undici's rule ends each connection, and Basic's next leg and request go on a new one, no connection opened for nothing", async () => {
     proxy = await quietProxy((head) => ({ text: basic(head) ? ok('1.0') : basic407('1.0') }));
     agent = basicAgent(proxy);

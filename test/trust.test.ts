@@ -634,6 +634,26 @@ describe('S6: requests without the agent credentials, or with their own, never r
     expect(aliceSessions.has(body.sessionId)).toBe(true);
     expect(a.stats().handshakes).toBe(1);
   });
+
+  it("S6: a gateway's stats: requests with the caller's own Authorization and the 401s they got are counted apart (callerRequests, callerChallenges), never as the agent's handshakes (they showed handshakes: 0, nothing of them)", async () => {
+    const s = await server({ schemes: ['NTLM', 'Basic'] });
+    const a = agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
+    const own = (authorization: string) =>
+      fetch(`${s.origin}/auth/own`, { dispatcher: a, headers: { authorization } }).then(async (res) => {
+        await res.arrayBuffer();
+        return res.status;
+      });
+    // A caller's Basic taken, then refused: sent as given, the 401 delivered (never answered by the agent).
+    expect(await own(`Basic ${Buffer.from('bob:bobpw').toString('base64')}`)).toBe(200);
+    expect(await own('Basic Ym9ndXM6eA==')).toBe(401);
+    expect(a.stats()).toMatchObject({ requests: 2, handshakes: 0, legs: 0, failedHandshakes: 0 });
+    expect(a.stats()).toMatchObject({ callerRequests: 2, callerChallenges: 1 });
+    // The agent's own handshake is counted as such, and not among the callers'.
+    const mine = await fetch(`${s.origin}/auth/alice`, { dispatcher: a });
+    expect(mine.status).toBe(200);
+    await mine.arrayBuffer();
+    expect(a.stats()).toMatchObject({ requests: 3, handshakes: 1, callerRequests: 2, callerChallenges: 1 });
+  });
 });
 
 describe("S1/S6: a caller's Host header naming another origin (review r40)", () => {

@@ -449,6 +449,8 @@ function countsSince(before: MultilegStats, after: MultilegStats): MultilegStats
     proxyHandshakes: after.proxyHandshakes - before.proxyHandshakes,
     proxyLegs: after.proxyLegs - before.proxyLegs,
     failedProxyHandshakes: after.failedProxyHandshakes - before.failedProxyHandshakes,
+    callerRequests: after.callerRequests - before.callerRequests,
+    callerChallenges: after.callerChallenges - before.callerChallenges,
   };
 }
 

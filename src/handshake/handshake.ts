@@ -8,7 +8,7 @@ import {
 import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import {
-  ConnectionClosedError,
+  closedUnder,
   HandshakeTimeoutError,
   InvalidTokenError,
   isFramingError,
@@ -133,6 +133,13 @@ export type HandshakeResult =
        * connection closed under it. The server may have counted it as a try of the password (R4).
        */
       readonly passwordUnanswered?: true;
+      /**
+       * The first leg never reached the server (its connection failed: refused, TLS, DNS, or not
+       * up within the handshake's deadline; or it was given up before undici wrote it): the server
+       * took part in nothing — no handshake to report, no credentials tried. The caller has the
+       * error (the connection's own, or the clock's).
+       */
+      readonly unreached?: true;
     }
   /** Not finished here and nothing reached the caller: run the request again elsewhere. */
   | {
@@ -170,12 +177,6 @@ export type HandshakeResult =
    * (with that 401's Auth-ID, C3).
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
-
-/** The connection closed under a written leg (the session's typed error for it, or undici's own). */
-function connectionClosed(err: Error): boolean {
-  const code = (err as { code?: unknown }).code;
-  return err instanceof ConnectionClosedError || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
-}
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
@@ -332,7 +333,7 @@ class Handshake {
   }
 
   /** The caller gets `err` (a typed error, never the mechanism's own exception). */
-  #failed(err: Error, passwordUnanswered = false): HandshakeResult {
+  #failed(err: Error, passwordUnanswered = false, unreached = false): HandshakeResult {
     this.#sink.fail(err);
     return {
       kind: 'failed',
@@ -342,7 +343,13 @@ class Handshake {
       done: Promise.resolve(),
       error: err,
       ...(passwordUnanswered ? { passwordUnanswered } : {}),
+      ...(unreached ? { unreached } : {}),
     };
+  }
+
+  /** The leg that failed was the first, and undici never started it: nothing reached the server. */
+  #unreached(result: LegResult): boolean {
+    return result.kind === 'failed' && result.unsent === true && this.#legs === 1;
   }
 
   /** undici's untyped framing error on a handshake leg is the caller's {@link ResponseFramingError}. */
@@ -361,7 +368,7 @@ class Handshake {
     return (
       result.kind === 'failed' &&
       result.unanswered === true &&
-      (this.#clock.timedOut || connectionClosed(result.error)) &&
+      (this.#clock.timedOut || closedUnder(result.error)) &&
       !atOpening(this.#mechanism, this.#context, this.#legs) &&
       sentPassword(this.#mechanism, this.#context)
     );
@@ -600,7 +607,7 @@ class Handshake {
     const legs = this.#legs;
     const authIdCarried = this.#authIdCarried;
     if (this.#clock.timedOut && result.kind !== 'delivered') {
-      this.#end(this.#failed(this.#clock.error(), this.#passwordUnanswered(result)));
+      this.#end(this.#failed(this.#clock.error(), this.#passwordUnanswered(result), this.#unreached(result)));
       return;
     }
     switch (result.kind) {
@@ -609,7 +616,7 @@ class Handshake {
         this.#end(
           reason
             ? { kind: 'relocate', legs, reason, error: result.error }
-            : this.#failed(this.#typed(result.error), this.#passwordUnanswered(result)),
+            : this.#failed(this.#typed(result.error), this.#passwordUnanswered(result), this.#unreached(result)),
         );
         return;
       }

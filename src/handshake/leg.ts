@@ -59,9 +59,11 @@ export type LegResult =
   /**
    * The leg failed before anything reached the caller; nothing was reported to the caller yet.
    * `unanswered`: undici had written it and no response head came (a timeout, a close): the server
-   * may have read, and counted, the credentials it carried (R4).
+   * may have read, and counted, the credentials it carried (R4). `unsent`: undici never started it
+   * (its connection failed: refused, TLS, DNS; or it was given up while undici held it): nothing of
+   * it reached the server.
    */
-  | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
+  | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true; readonly unsent?: true };
 
 /** A controller's raw header lists, as undici's fetch reads them (not in its typings). */
 function raw(controller: Controller): { rawHeaders: unknown; rawTrailers: unknown } {
@@ -213,7 +215,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     this.#mode = 'over';
     this.#givenUp = reason;
     this.#sink.fail(reason);
-    this.#resolve({ kind: 'failed', error: reason });
+    this.#resolve({ kind: 'failed', error: reason, unsent: true });
   }
 
   /**
@@ -422,7 +424,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
       return;
     }
-    if (mode !== 'over') this.#resolve({ kind: 'failed', error: err });
+    if (mode !== 'over') {
+      // Failed before undici started it (onRequestStart): its connection never came up.
+      this.#resolve(
+        this.#controller === undefined ? { kind: 'failed', error: err, unsent: true } : { kind: 'failed', error: err },
+      );
+    }
   }
 }
 

@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
 import { Deadline } from '../deadline.ts';
 import { publishProxyUnanswered } from '../diagnostics.ts';
-import { LegLimitError } from '../errors.ts';
+import { closedUnder, LegLimitError } from '../errors.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
@@ -218,6 +218,8 @@ export class ForwardProxy {
     /** R4: the last leg carried the proxy password and no answer has come to it (yet). */
     let secretUnanswered = false;
     let lastLeg: AbortableLeg | undefined;
+    /** What ended the last leg, where it failed. */
+    let failure: Error | undefined;
     const started = (l: AbortableLeg) => {
       onWire = l;
       lastLeg = l;
@@ -347,6 +349,7 @@ export class ForwardProxy {
           ),
         );
         onWire = undefined;
+        if (result.kind === 'failed') failure = result.error;
         // A leg answering this handshake's 407 lost its connection before any answer (the proxy
         // closed it after the 407 without saying so): a connection-bound handshake cannot go on
         // elsewhere — a new connection would start it bare again, and again. Named now.
@@ -447,14 +450,18 @@ export class ForwardProxy {
       // The connection's handshake this request ran ends with it (reported failed, once); a request
       // that waited for another's leaves that one running.
       if (turn.state === 'leading') this.#auth.abandon(err);
+      failure = err as Error;
       return { kind: 'failed', error: err as Error };
     } finally {
       deadline?.stop();
       turn.end();
-      // R4: a leg carrying the password that the proxy never answered (the deadline, a close; not
-      // the caller's abort) may have been counted: unproved credentials wait as after a refusal.
-      const callerAborted = (waiter.sink as { aborted?: boolean }).aborted === true && !deadline?.timedOut;
-      if (outcome === 'none' && secretUnanswered && lastLeg?.written === true && !callerAborted) outcome = 'unanswered';
+      // R4: a leg carrying the password that the proxy never answered — its deadline ran out, or
+      // the connection closed under it — may have been counted: unproved credentials wait as after
+      // a refusal. Not the caller's abort, nor undici's headersTimeout (a forwarding proxy says
+      // nothing while the origin behind it takes its time: review r51).
+      const silent =
+        deadline?.timedOut === true || (failure !== undefined && (closedUnder(failure) || connectionLost(failure)));
+      if (outcome === 'none' && secretUnanswered && lastLeg?.written === true && silent) outcome = 'unanswered';
       if (ticket) proof.settle(ticket, outcome);
     }
   }

@@ -509,10 +509,14 @@ async function connectLegs(
         do head = await reader.readHead();
         while (head.status < 200);
       } catch (err) {
+        // A kept-alive connection the proxy closed after its last answer without saying so — not
+        // one our own timer or the deadline destroyed (review r51: that looked the same).
+        const idleClose =
+          reused && !resent && reader.ended && reader.buffered === 0 && !unanswered && !deadline.timedOut;
         // R4: the proxy never answered a CONNECT carrying the password (or what derives from it;
         // not an NTLM NEGOTIATE, not a Kerberos ticket alone): it may have counted it.
         const secret = credentials !== undefined && !carriesNoSecret(credentials.value) && auth.refusal === 'refused';
-        if (secret && !(reused && !resent && reader.ended && reader.buffered === 0)) proved('unanswered');
+        if (secret && !idleClose) proved('unanswered');
         if (unanswered) {
           const e = new ProxyConnectTimeoutError(
             proxy.origin,
@@ -524,10 +528,9 @@ async function connectLegs(
           traced.error(e);
           throw e;
         }
-        // A kept-alive connection the proxy closed after its last answer without saying so (as
-        // undici retries a request on a reused connection): the leg goes again on a new one, once;
-        // a handshake that lived on that connection starts over.
-        if (reused && !resent && reader.ended && reader.buffered === 0) {
+        // Such an idle close (as undici retries a request on a reused connection): the leg goes
+        // again on a new one, once; a handshake that lived on that connection starts over.
+        if (idleClose) {
           resent = true;
           traced.error(err as Error);
           socket.destroy();

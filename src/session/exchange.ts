@@ -1267,6 +1267,9 @@ class Lead implements HandshakeInput, LegInfo {
     identity?: string,
     failure?: HandshakeReport['failure'],
   ): void {
+    // A first leg that never reached the server (no connection, TLS failed) is no handshake, and
+    // no authentication failure (stats.failedHandshakes): nothing to report; the caller has the error.
+    if (result.kind === 'failed' && result.unreached) return;
     const { session, job, env } = this.#run;
     const skipped = this.#run.negotiateSkipped && fallbackReasonOf(this.#run.negotiateSkipped);
     const fallbackReason =

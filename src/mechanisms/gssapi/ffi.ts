@@ -208,7 +208,8 @@ export function statusText(g: GssFunctions, major: number, minor: number, mech: 
       const out: OutBuffer = {};
       const m = g.displayStatus([0], code, type, type === GSS_C_MECH_CODE ? mech : null, ctx, out) as number;
       if (isGssError(m)) break;
-      const text = takeBuffer(g, out).toString('utf8');
+      // (Some mechanisms count the C string's NUL in the buffer's length: gss-ntlmssp's, under SPNEGO.)
+      const text = takeBuffer(g, out).toString('utf8').replace(/\0+$/, '');
       if (text) parts.push(text);
       if (ctx[0] === 0) break;
     }

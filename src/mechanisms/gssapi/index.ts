@@ -629,8 +629,12 @@ export class GssClient {
       // not looked up again on the event loop.
       const service = this.#nameMayWait ? writtenPrincipal(this.#spn) : kerberosName(g, this.#h.target);
       this.dispose();
+      // A credential with no Kerberos element (its keytab gave none) is displayed by gss-ntlmssp,
+      // as `REALM\user` and a NUL: named as the caller gave it (negotiate.principal) instead.
+      const shown = this.username.replace(/\0+$/, '');
+      const client = shown.includes('\\') && this.#o.principal ? this.#o.principal : shown;
       throw new GssCallError('gss_init_sec_context', major, minor[0]!, text, {
-        ...(this.username ? { client: this.username } : {}),
+        ...(client ? { client } : {}),
         ...(service ? { service } : {}),
       });
     }

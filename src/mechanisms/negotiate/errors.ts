@@ -113,17 +113,24 @@ export class KerberosOtherPrincipalError extends KerberosError {
 /**
  * The client keytab gave no ticket (missing file, no key for the principal), or, `expired`, gave no
  * new one when the ticket it gave expired (file gone, key changed in the KDC, KDC out of reach).
+ * `principal`: negotiate.principal, named as the caller gave it (GSS-API's own text may name it
+ * otherwise: gss-ntlmssp's `REALM\user`); "pass negotiate.principal" only when it was not.
  */
 export class KerberosKeytabError extends KerberosError {
-  constructor(gssMessage: string, keytab: string, options?: { cause?: unknown; expired?: boolean }) {
+  constructor(
+    gssMessage: string,
+    keytab: string,
+    options?: { cause?: unknown; expired?: boolean; principal?: string | undefined },
+  ) {
+    const principal = options?.principal;
     super(
       'MULTILEG_KRB_KEYTAB',
       options?.expired
         ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
-          `Negotiate: the ticket expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
-        : `Negotiate: no ticket from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k), or pass negotiate.principal [GSS: ${gssMessage}]`,
+          `Negotiate: the ticket${principal ? ` of ${principal}` : ''} expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
+        : `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k)${principal ? '' : ', or pass negotiate.principal'} [GSS: ${gssMessage}]`,
       gssMessage,
-      options,
+      options?.cause !== undefined ? { cause: options.cause } : undefined,
     );
   }
 }
@@ -178,7 +185,11 @@ const UNKNOWN_SPN = /not found in Kerberos database|Server not found in Kerberos
 const SKEW = /Clock skew too great/i;
 /** The client's KDC has no cross-realm key for the server's realm (MIT: `krbtgt/SERVER@CLIENT` unknown). */
 const WRONG_REALM = /Server krbtgt\/[^@\s]+@\S+ not found in Kerberos database/i;
-const realmOf = (principal: string | undefined): string => principal?.slice(principal.lastIndexOf('@') + 1) ?? '';
+/** A principal's realm; '' when it names none (`svc`, or gss-ntlmssp's `REALM\user`). */
+const realmOf = (principal: string | undefined): string => {
+  const at = principal?.lastIndexOf('@') ?? -1;
+  return at < 0 ? '' : principal!.slice(at + 1);
+};
 
 /** The GSS-API binding names both principals: a "server not found" across realms is a missing trust. */
 function acrossRealms(err: unknown): boolean {
@@ -202,14 +213,15 @@ export function mapGssError(
   const cause = { cause: err };
   if (SKEW.test(msg)) return new KerberosClockSkewError(msg, cause);
   // With a client keytab the agent renews its tickets itself: an expired one means the keytab failed.
-  if (ctx.keytab && EXPIRED.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...cause, expired: true });
+  const keytabOf = { ...cause, principal: ctx.principal };
+  if (ctx.keytab && EXPIRED.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, expired: true });
   if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
   if (WRONG_REALM.test(msg) || (UNKNOWN_SPN.test(msg) && acrossRealms(err)))
     return new KerberosWrongRealmError(msg, ctx.spn, cause);
   if (UNKNOWN_SPN.test(msg))
     return new KerberosUnknownServiceError(msg, ctx.spn, ctx.spnGiven ? { ...cause, given: true } : cause);
-  if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, cause);
+  if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
   const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
   if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   // MIT, when `principal` names a client that has no cache in the collection (SPNEGO), or, for raw
@@ -219,7 +231,7 @@ export function mapGssError(
     /A required argument is missing|Principal in credential cache does not match desired name/.test(msg)
   ) {
     // With a keytab, its principal's key is what is missing, not a kinit (review r38).
-    if (ctx.keytab) return new KerberosKeytabError(msg, ctx.keytab, cause);
+    if (ctx.keytab) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
     return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   }
   return new MechanismError('Negotiate', `GSS-API failure: ${msg}`, cause);
