@@ -3,6 +3,8 @@
  * caller's AUTHENTICATE goes on the connection (HTTP/1.1) or session and Auth-ID (HTTP/2) whose
  * CHALLENGE it answers, or nowhere (src/session/ntlm-pairing.ts; S6, R4, C3).
  */
+import { createSecureServer, type Http2Session } from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -16,7 +18,9 @@ import {
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { AvId, decodeChallenge, encodeChallenge } from '../src/mechanisms/ntlm/messages.ts';
 import { type AcceptorStep, type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { MAX_REASKS } from '../src/session/exchange.ts';
+import { ABANDONED_CHALLENGE_GRACE_MS } from '../src/session/ntlm-pairing.ts';
 import { until } from './helpers.ts';
 
 const servers: ReferenceServer[] = [];
@@ -58,11 +62,16 @@ function client(s: ReferenceServer, a: MultilegAgent, name: 'alice' | 'bob', pat
       authId = r.headers['auth-id'] as string | undefined;
       return r.statusCode;
     },
-    /** The AUTHENTICATE answering it (through `via`): who the server says ran it, or the error. */
-    async authenticate(via = a): Promise<string> {
+    /** The CHALLENGE's Auth-ID, as the server gave it. */
+    get authId(): string | undefined {
+      return authId;
+    },
+    /** The AUTHENTICATE answering it (through `via`, relaying `relay` if given): who the server says ran it, or the error. */
+    async authenticate(via = a, relay?: string): Promise<string> {
       authenticate ??= (await ctx.step(challenge, leg))!;
       const headers: Record<string, string> = { authorization: authenticate };
-      if (relayAuthId && authId !== undefined) headers['auth-id'] = authId;
+      if (relay !== undefined) headers['auth-id'] = relay;
+      else if (relayAuthId && authId !== undefined) headers['auth-id'] = authId;
       try {
         const r = await request(`${s.origin}${path}`, { dispatcher: via, headers });
         const body = (await r.body.json()) as { user: string | null; error?: string };
@@ -231,6 +240,43 @@ describe('S6/R4: a gateway passing callers\u2019 NTLM through one agent pairs ea
       expect(mismatches(s)).toBe(0);
     }
   });
+
+  it('R1: NEGOTIATEs whose clients never send their AUTHENTICATE, their CHALLENGEs holding every HTTP/1.1 connection the lane may open, keep no other caller waiting past a bound: the oldest is given up after ABANDONED_CHALLENGE_GRACE_MS, and its late AUTHENTICATE is MULTILEG_NTLM_UNPAIRED (no-record), not sent', async () => {
+    const s = await server({ mode: 'iis' });
+    // queueTimeout well above the grace, well below handshakeTimeout (30 s): the bound that would fail.
+    const a = passThrough(s, {
+      allowH2: false,
+      maxHttp1Connections: 2,
+      limits: { queueTimeout: 10 * ABANDONED_CHALLENGE_GRACE_MS },
+    });
+    const gone = [client(s, a, 'bob', '/auth/gone-0'), client(s, a, 'bob', '/auth/gone-1')];
+    for (const c of gone) expect(await c.negotiate()).toBe(401);
+    const alice = client(s, a, 'alice', '/auth/alice');
+    // Before: alice's NEGOTIATE waited for a connection until MULTILEG_QUEUE_TIMEOUT (u11's load.js never finished).
+    expect(await alice.negotiate()).toBe(401);
+    expect(await alice.authenticate()).toBe('200 EXAMPLE\\alice');
+    // The oldest CHALLENGE was given up for her: its AUTHENTICATE goes nowhere (its connection now held alice's context).
+    const before = s.exchanges.length;
+    expect(await gone[0]!.authenticate()).toBe('MULTILEG_NTLM_UNPAIRED no-record');
+    expect(s.exchanges.length).toBe(before);
+    // Only as many as waited: the younger one kept its connection.
+    expect(await gone[1]!.authenticate()).toBe('200 EXAMPLE\\bob');
+    expect(mismatches(s)).toBe(0);
+  });
+
+  it('S6/C3: an AUTHENTICATE whose relayed Auth-ID names another pending CHALLENGE (a gateway\u2019s stale bookkeeping) goes with the Auth-ID of the CHALLENGE its NTLMv2 response echoes: 200 as itself, never read against the other context', async () => {
+    const s = await server({ mode: 'session' });
+    const a = passThrough(s);
+    const alice = client(s, a, 'alice', '/auth/alice');
+    const bob = client(s, a, 'bob', '/auth/bob');
+    expect(await alice.negotiate()).toBe(401);
+    expect(await bob.negotiate()).toBe(401);
+    expect(alice.authId).not.toBe(bob.authId);
+    // Before: the record was skipped for its Auth-ID, and the login failed MULTILEG_NTLM_UNPAIRED (no-record).
+    expect(await alice.authenticate(a, bob.authId)).toBe('200 EXAMPLE\\alice');
+    expect(await bob.authenticate()).toBe('200 EXAMPLE\\bob');
+    expect(s.exchanges.filter((e) => e.reason !== undefined)).toEqual([]);
+  });
 });
 
 describe('S6: a callers\u2019 HTTP/2 session and its pending CHALLENGEs', () => {
@@ -271,5 +317,56 @@ describe('S6: a callers\u2019 HTTP/2 session and its pending CHALLENGEs', () => 
     expect(answers).toEqual(clients.map((_, i) => `200 EXAMPLE\\${i % 2 ? 'bob' : 'alice'}`));
     expect(s.exchanges.filter((e) => e.refused !== undefined || e.reason !== undefined)).toEqual([]);
     expect(new Set(s.exchanges.map((e) => e.sessionId)).size).toBeGreaterThanOrEqual(3);
+  });
+});
+
+describe('R1/S6: callers\u2019 own connection-bound requests over HTTP/2', () => {
+  it('R1/S6: a burst of callers\u2019 own NTLM Authorization (each answer retires its session) runs on up to limits.maxPerRequestSessions sessions at once, not one after another; no request goes on a session after its answer', async () => {
+    // A server that holds every response until four requests are in at once, then answers all.
+    const held: (() => void)[] = [];
+    let released = false;
+    let sessions = 0;
+    const ids = new WeakMap<Http2Session, number>();
+    const answeredOn = new Set<number>();
+    const afterAnswer: number[] = [];
+    const srv = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: true }, (req, res) => {
+      const session = req.stream.session!;
+      if (!ids.has(session)) ids.set(session, ++sessions);
+      const id = ids.get(session)!;
+      if (answeredOn.has(id)) afterAnswer.push(id);
+      const answer = () => {
+        answeredOn.add(id);
+        res.end('ok');
+      };
+      if (released) answer();
+      else held.push(answer);
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const origin = `https://localhost:${(srv.address() as AddressInfo).port}`;
+    const a = new MultilegAgent({ connect: { ca: CA_CERT }, limits: { maxPerRequestSessions: 4 } });
+    agents.push(a);
+    try {
+      // An AUTHENTICATE too short to pair: a caller-bound request that goes as given (its 200 retires the session).
+      const all = Promise.all(
+        Array.from({ length: 12 }, async (_, i) => {
+          const r = await request(`${origin}/x/${i}`, {
+            dispatcher: a,
+            headers: { authorization: 'NTLM TlRMTVNTUAADAAAA' },
+          });
+          await r.body.text();
+          return r.statusCode;
+        }),
+      );
+      await until(() => held.length >= 4);
+      const atOnce = held.length;
+      released = true;
+      for (const answer of held.splice(0)) answer();
+      expect(await all).toEqual(Array(12).fill(200));
+      // Before: 1 (each waited for the one before's answer and its retired session's successor).
+      expect(atOnce).toBe(4);
+      expect(afterAnswer).toEqual([]);
+    } finally {
+      srv.close();
+    }
   });
 });

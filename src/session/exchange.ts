@@ -710,9 +710,10 @@ export const newSeen = (reauth: boolean): SendSeen => ({
 
 async function send(run: Run): Promise<Step> {
   const { job } = run;
-  // A caller's AUTHENTICATE carries the Auth-ID of the CHALLENGE it answers (C3), if the caller did not relay it.
+  // A caller's AUTHENTICATE carries the Auth-ID of the CHALLENGE it answers (C3), in place of a
+  // stale one the caller relayed (ntlm-pairing.ts `take`: its echoed TargetInfo named the CHALLENGE).
   const authId = job.paired?.authId;
-  let extra: Record<string, string> = authId !== undefined && !('auth-id' in job.headers) ? { 'auth-id': authId } : {};
+  let extra: Record<string, string> = authId !== undefined ? { 'auth-id': authId } : {};
   for (;;) {
     const seen = newSeen(run.session.state.kind === 'authenticated');
     const result = await run.session.send(job, extra, (status, headers) => classifySend(run, seen, status, headers));

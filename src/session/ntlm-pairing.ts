@@ -25,7 +25,7 @@ const WHY: Record<UnpairedReason, string> = {
   'no-timestamp':
     'it carries no NTLMv2 response echoing the CHALLENGE (NTLMv1 or LM, or no MsvAvTimestamp) and no Auth-ID',
   'no-record':
-    'no CHALLENGE this agent passed on matches it (its NEGOTIATE went through another agent or process, or the CHALLENGE was older than limits.handshakeTimeout)',
+    'no CHALLENGE this agent passed on matches it (its NEGOTIATE went through another agent or process, the CHALLENGE was older than limits.handshakeTimeout, or it was given up after ABANDONED_CHALLENGE_GRACE_MS because every connection was held by pending CHALLENGEs while other requests waited)',
   ambiguous: 'more than one CHALLENGE this agent passed on matches it (the server gave several the same TargetInfo)',
   'connection-gone': 'the connection that carried its CHALLENGE has ended, and the server context with it',
 };
@@ -157,6 +157,8 @@ export interface ChallengeRecord {
   readonly session: PairedSession;
   readonly key: string | undefined;
   readonly authId: string | undefined;
+  /** When it was recorded (Date.now()). */
+  readonly at: number;
   readonly expires: number;
   /** Its AUTHENTICATE is on its way (no other may take it). */
   taken: boolean;
@@ -164,6 +166,14 @@ export interface ChallengeRecord {
 
 /** At most this many CHALLENGEs are remembered per origin; the oldest goes first (its AUTHENTICATE then fails typed). */
 export const MAX_CHALLENGE_RECORDS = 1024;
+
+/**
+ * How long a pending CHALLENGE keeps its connection (HTTP/1.1) or handshake slot (HTTP/2) from
+ * requests that wait for one while the lane can open no more (R1): a client's AUTHENTICATE follows
+ * its CHALLENGE within milliseconds, so one older than this is most likely abandoned (a client that
+ * sent only a NEGOTIATE), and left for limits.handshakeTimeout it would stall everyone's handshakes.
+ */
+export const ABANDONED_CHALLENGE_GRACE_MS = 1000;
 
 /**
  * The CHALLENGEs of callers' handshakes at one origin that wait for their AUTHENTICATE: bounded in
@@ -176,6 +186,8 @@ export class ChallengeRecords {
   /** Told when records went (a session reserved by one may take requests again). */
   readonly #freed: () => void;
   #timer: NodeJS.Timeout | undefined;
+  /** Wakes the waiters when the oldest pending CHALLENGE comes of age for {@link relieve}. */
+  #reliefTimer: NodeJS.Timeout | undefined;
 
   constructor(limits: Limits, freed: () => void) {
     this.#limits = limits;
@@ -205,14 +217,22 @@ export class ChallengeRecords {
       if (older >= 0) this.#remove(older);
     }
     if (this.#records.length >= MAX_CHALLENGE_RECORDS) this.#remove(0);
-    this.#records.push({ session, key, authId, expires: Date.now() + this.#limits.handshakeTimeout, taken: false });
+    const at = Date.now();
+    this.#records.push({ session, key, authId, at, expires: at + this.#limits.handshakeTimeout, taken: false });
     session.challengesPending += 1;
     this.#arm();
   }
 
   /**
-   * The record an AUTHENTICATE answers, taken for it; or why there is none. Both the key and the
-   * Auth-ID narrow the candidates when the request has them: exactly one must remain.
+   * The record an AUTHENTICATE answers, taken for it; or why there is none: exactly one must match.
+   * The key, when the AUTHENTICATE has one, decides alone, and an Auth-ID the caller relayed that
+   * disagrees with its record's is overruled (the request goes with the record's, see exchange.ts
+   * `send`): the key is the TargetInfo the client's NTLMv2 response was computed over, so it names
+   * the CHALLENGE the client answered, while a relayed Auth-ID is the gateway's bookkeeping and may
+   * be stale (another handshake on the same client connection, a client that reconnected). Sent
+   * under that stale Auth-ID, the server would read the AUTHENTICATE against another context and
+   * count a wrong password; skipping the record would fail a login that can succeed. Without a key
+   * (NTLMv1/LM), the Auth-ID is all there is and must be the record's.
    */
   take(leg: Extract<CallerNtlmLeg, { kind: 'continuation' }>): ChallengeRecord | UnpairedReason {
     this.#purge();
@@ -221,9 +241,7 @@ export class ChallengeRecords {
     let gone = false;
     for (const r of this.#records) {
       if (r.taken) continue;
-      if (leg.key !== undefined && r.key !== leg.key) continue;
-      if (leg.authId !== undefined && r.authId !== undefined && r.authId !== leg.authId) continue;
-      if (leg.key === undefined && r.authId === undefined) continue;
+      if (leg.key !== undefined ? r.key !== leg.key : r.authId !== leg.authId) continue;
       if (r.session.closed) {
         gone = true;
         continue;
@@ -246,10 +264,52 @@ export class ChallengeRecords {
     }
   }
 
-  /** Stops the expiry timer (the pool is closing). */
+  /**
+   * R1: requests wait for a session that every pending CHALLENGE of `holds`' sessions keeps from
+   * them, and no more may open. Frees up to `wanted` of those CHALLENGEs, oldest first, that have
+   * waited {@link ABANDONED_CHALLENGE_GRACE_MS} for their AUTHENTICATE (their sessions take requests
+   * again: the pool pumps); when none is that old, one timer wakes the pool when the oldest will be.
+   * A freed CHALLENGE's AUTHENTICATE, if it still comes, pairs with nothing and fails `no-record`:
+   * never sent where another NEGOTIATE may have replaced its context. Returns how many it freed.
+   */
+  relieve(wanted: number, holds: (session: PairedSession) => boolean): number {
+    this.#purge();
+    const now = Date.now();
+    let freed = 0;
+    let next: number | undefined;
+    for (let i = 0; i < this.#records.length && freed < wanted; ) {
+      const r = this.#records[i]!;
+      if (r.taken || r.session.closed || !holds(r.session)) {
+        i++;
+        continue;
+      }
+      if (now - r.at < ABANDONED_CHALLENGE_GRACE_MS) {
+        next = r.at + ABANDONED_CHALLENGE_GRACE_MS;
+        break;
+      }
+      this.#remove(i);
+      freed += 1;
+    }
+    if (freed > 0) this.#arm();
+    else if (next !== undefined && !this.#reliefTimer) {
+      this.#reliefTimer = setTimeout(
+        () => {
+          this.#reliefTimer = undefined;
+          this.#freed();
+        },
+        Math.max(0, next - now) + 1,
+      );
+      this.#reliefTimer.unref();
+    }
+    return freed;
+  }
+
+  /** Stops the timers (the pool is closing). */
   dispose(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
+    clearTimeout(this.#reliefTimer);
+    this.#reliefTimer = undefined;
   }
 
   #remove(at: number): void {

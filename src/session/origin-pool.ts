@@ -454,7 +454,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       this.#fail(job, err as Error);
       return;
     }
-    if (!session) this.#queueOf(lane, job.identity).enqueue(job, this);
+    if (!session) {
+      const queue = this.#queueOf(lane, job.identity);
+      queue.enqueue(job, this);
+      this.#relieve(lane, job.identity, queue.length);
+    }
     // Handed an authenticated session: straight to the fast path, no steps.
     else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
     else {
@@ -577,8 +581,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return proving ? 1 : this.#options.maxHttp1Connections;
     }
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
-    // Callers' handshakes: another session once every open one is reserved by CHALLENGEs (or retiring).
-    if (survey.reserved > 0) return Math.min(this.#options.limits.maxPerRequestSessions, survey.reserved + 1);
+    // Callers' own connection-bound requests: a session carries one until its first answer (it may
+    // be unprobed HTTP/1.1) and retires on a final one (S6), so one at a time would run them one
+    // after another, a connection each (review r52: 211 of 300 timed out in the queue). They open
+    // sessions in parallel, as per-request handshakes do; the CHALLENGEs pending on them spread
+    // new NEGOTIATEs too (#reserved).
+    if (identity === 'caller-bound' || identity === 'caller-both') return this.#options.limits.maxPerRequestSessions;
     const more = identity === 'agent' && this.memory.mode === 'session' && survey.authenticated;
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
@@ -790,6 +798,33 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         // live waiters, and nothing between the check and the shift can settle one.)
         if (!queue.shift(s)) s.release();
       }
+      if (queue.length > 0) this.#relieve(to, identity, queue.length);
+    }
+  }
+
+  /**
+   * R1: `waiting` callers' requests wait for a session of `lane` and `identity`, every open one is
+   * kept from them by callers' pending CHALLENGEs (or retiring), and no more may open: CHALLENGEs
+   * left unanswered past a short grace (abandoned NEGOTIATEs) are given up, so that no client that
+   * sends only a NEGOTIATE holds the gateway's pass-through for limits.handshakeTimeout
+   * (ntlm-pairing.ts, `ChallengeRecords.relieve`; it pumps again when it freed some, or later).
+   */
+  #relieve(lane: Lane, identity: Identity, waiting: number): void {
+    if (identity !== 'caller-bound' && identity !== 'caller-both') return;
+    if (this.#challenges.size === 0) return;
+    const survey = this.#survey(lane, identity);
+    const starved = survey.reserved === survey.open && survey.open >= this.#maxSessions(lane, identity, survey);
+    survey.leastLoaded = undefined;
+    if (!starved) return;
+    const freed = this.#challenges.relieve(waiting, (s) => this.#usable(s as Session, lane, identity));
+    if (freed > 0) {
+      log.pool(
+        '%s %d pending CHALLENGE(s) given up: %d request(s) wait for their sessions',
+        this.origin,
+        freed,
+        waiting,
+      );
+      this.#pump();
     }
   }
 
