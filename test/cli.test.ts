@@ -16,6 +16,8 @@ import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
+import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
+import { ntlmMechanism } from '../src/mechanisms/ntlm/index.ts';
 import { unsupportedNode } from '../src/node-version.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
@@ -402,6 +404,27 @@ describe('multileg command line', () => {
     // -u alone, or -H 'Authorization:' (which drops the header): no warning.
     for (const args of [alice(), [...alice(), '-H', 'Authorization:']])
       expect((await run(['-o', '/dev/null', ...args, `${server.origin}/auth/x`])).stderr).toBe('');
+  });
+
+  it("S6/R4: -H 'Authorization: NTLM …' holding an AUTHENTICATE (the second leg of a browser's handshake, copied): not sent, and the command says why and what to give instead (not the library's words for a gateway)", async () => {
+    // A browser's AUTHENTICATE, answering a CHALLENGE it got on a connection of its own.
+    const leg = { origin: ntlmOnly.origin, hostname: 'localhost', port: 443, method: 'GET', path: '/', proxy: false };
+    const browser = ntlmMechanism({ username: 'EXAMPLE\\alice', password: 'alicepw' }).createContext(leg);
+    const negotiate = (await browser.step(undefined, leg))!;
+    const step = new NtlmAcceptor({ users: { alice: 'alicepw' }, domain: 'EXAMPLE' }).step(
+      Buffer.from(negotiate.split(' ')[1]!, 'base64'),
+    );
+    if (step.kind !== 'challenge') throw new Error('no CHALLENGE');
+    const challenge = { scheme: 'NTLM', schemeKey: 'ntlm', token68: step.token.toString('base64'), params: {} };
+    const own = (await browser.step(challenge, leg))!;
+    const url = `${ntlmOnly.origin}/auth/copied-authenticate`;
+    const r = await run(['--cacert', ca, '-H', `Authorization: ${own}`, url]);
+    expect(r.code).toBe(1);
+    // Before (t78): the library's advice to a gateway ("relay the server's Auth-ID header both ways").
+    expect(r.stderr).toBe(
+      `multileg: the Authorization given with -H holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?): it was not sent, since ${new URL(url).host} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -u DOMAIN\\user with --ntlm or --negotiate (MULTILEG_NTLM_UNPAIRED)\n`,
+    );
+    expect(ntlmOnly.exchanges.filter((e) => e.path === '/auth/copied-authenticate')).toEqual([]);
   });
 
   it("S1: -H 'Host: …' naming another host than the URL's: a warning says at the start that -u's credentials are not sent there, and none go (the server's 401 is shown); -L drops that Host on a hop to another host, as curl does", async () => {

@@ -26,6 +26,7 @@ import {
 } from '../proxy/errors.ts';
 import { ClientCertificateRefusedError, REFUSED_CERTIFICATE } from '../session/client-certificate.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
+import { NtlmUnpairedError } from '../session/ntlm-pairing.ts';
 
 /** Exit codes (README "Command line"); the network ones are curl's. */
 export const EXIT = {
@@ -294,6 +295,16 @@ export function describeFailure(
     return e.alert || e.answered
       ? { exit: EXIT.tls, message: `${refusedCertificate(host, e.alert ?? '', e.answered)} (${e.code})`, refused: true }
       : { ...describeFailure(e.cause, ctx), refused: true };
+  // S6/R4: -H 'Authorization: NTLM …' (or Negotiate) holding an NTLM AUTHENTICATE, the second leg
+  // of a handshake another client ran on a connection of its own (a request copied from a
+  // browser's developer tools): the command ran no NEGOTIATE for it, so it pairs with nothing and
+  // went nowhere. The library's words are a gateway's (relay Auth-ID, one agent for both legs).
+  if (e instanceof NtlmUnpairedError)
+    return {
+      exit: EXIT.failure,
+      message: `the Authorization given with -H holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?): it was not sent, since ${host} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -u DOMAIN\\user with --ntlm or --negotiate (${e.code})`,
+      refused: true,
+    };
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =

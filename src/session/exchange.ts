@@ -33,6 +33,7 @@ import {
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
+import { type ChallengeRecords, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
@@ -127,6 +128,8 @@ export interface ExchangeEnv {
   /** A 401 nothing can answer here is the caller's response, not the typed error (`deliver401`). */
   readonly deliver401?: boolean;
   report(r: HandshakeReport): void;
+  /** The callers' NTLM CHALLENGEs waiting for their AUTHENTICATE at this origin (ntlm-pairing.ts). */
+  readonly pairing?: ChallengeRecords;
   /**
    * `session` is authenticated as `identity` (S6) by `scheme`'s handshake, whose leave to send
    * credentials was the `admitted`-th ({@link Ticket.admitted}: which handshake's credentials are newer).
@@ -526,6 +529,8 @@ export interface SendSeen {
   unusable: boolean;
   /** A 400 held as possibly nginx's answer about the client certificate (T3, {@link mayBeCertificateAnswer}). */
   certificateAnswer: boolean;
+  /** A caller's NEGOTIATE goes again, with this Auth-ID unless empty (its CHALLENGE collided: {@link pairChallenge}). */
+  reask?: string;
 }
 
 /**
@@ -535,8 +540,10 @@ export interface SendSeen {
  */
 export function classifySend(run: Run, seen: SendSeen, status: number, headers: ResponseHeaders): Verdict {
   const { job, env } = run;
-  if (status === 401) env.memory.unchallenged = false;
-  else if (job.identity !== 'agent') callerAnswered(run, status, headers);
+  if (status === 401) {
+    env.memory.unchallenged = false;
+    if (job.ntlm?.kind === 'opening' && pairChallenge(run, seen, headers)) return 'swallow';
+  } else if (job.identity !== 'agent') callerAnswered(run, status, headers);
   if (
     status === 400 &&
     mayAnswerCertificate(run) &&
@@ -616,6 +623,32 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   return 'deliver';
 }
 
+/** Times a caller's NEGOTIATE goes again for a CHALLENGE that can be told from the pending ones (ms before each: 1, 2, 4, 8, 16). */
+export const MAX_REASKS = 5;
+
+/**
+ * A caller's own NTLM NEGOTIATE got `headers`' 401 (ntlm-pairing.ts): its CHALLENGE is remembered
+ * against this session, for its AUTHENTICATE. A CHALLENGE whose TargetInfo another pending one has
+ * (a server clock that ticked no further between the two MsvAvTimestamps) could not be told from it:
+ * the NEGOTIATE, which holds no secret, goes again on the same session for another (true: the 401 is
+ * swallowed; `seen.reask` the Auth-ID to send with it, so that the server replaces that context).
+ */
+function pairChallenge(run: Run, seen: SendSeen, headers: ResponseHeaders): boolean {
+  const { job, env, session } = run;
+  const pairing = env.pairing;
+  if (!pairing) return false;
+  const key = challengeKey(headers);
+  const reading = readAuthId(headers);
+  const authId = reading?.ok ? reading.value : undefined;
+  if (pairing.collides(key) && job.reasks < MAX_REASKS && job.body.replayable) {
+    job.reasks += 1;
+    seen.reask = authId ?? '';
+    return true;
+  }
+  pairing.record(session, key, authId);
+  return false;
+}
+
 /**
  * S6: a caller's own `Authorization` may leave the connection authenticated as the caller: a final
  * (non-401) answer to one of a scheme that may bind the connection (NTLM's AUTHENTICATE, a
@@ -646,7 +679,8 @@ function callerAnswered({ job, session, env }: Run, status: number, headers: Res
     bound ? 'answered' : 'Persistent-Auth',
     session.id,
   );
-  session.apply({ type: 'closed' });
+  // Other callers' CHALLENGEs it carried still get their AUTHENTICATE there (ntlm-pairing.ts).
+  session.retire();
 }
 
 /**
@@ -677,9 +711,20 @@ export const newSeen = (reauth: boolean): SendSeen => ({
 });
 
 async function send(run: Run): Promise<Step> {
-  const seen = newSeen(run.session.state.kind === 'authenticated');
-  const result = await run.session.send(run.job, {}, (status, headers) => classifySend(run, seen, status, headers));
-  return afterSend(run, seen, result);
+  const { job } = run;
+  // A caller's AUTHENTICATE carries the Auth-ID of the CHALLENGE it answers (C3), in place of a
+  // stale one the caller relayed (ntlm-pairing.ts `take`: its echoed TargetInfo named the CHALLENGE).
+  const authId = job.paired?.authId;
+  let extra: Record<string, string> = authId !== undefined ? { 'auth-id': authId } : {};
+  for (;;) {
+    const seen = newSeen(run.session.state.kind === 'authenticated');
+    const result = await run.session.send(job, extra, (status, headers) => classifySend(run, seen, status, headers));
+    if (seen.reask === undefined || result.kind !== 'swallowed') return afterSend(run, seen, result);
+    // Its body cut, the HTTP/1.1 connection went with it: the NEGOTIATE goes on another.
+    if (result.slow) return end({ kind: 'relocate', reason: 'connection-ended' });
+    await new Promise((resolve) => setTimeout(resolve, 2 ** (job.reasks - 1)));
+    extra = seen.reask === '' ? {} : { 'auth-id': seen.reask };
+  }
 }
 
 /** The next step after a bare send: done, relocate, fail, or answer the 401. */

@@ -5,6 +5,7 @@ import type { HeldResponse } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import type { WithheldReason } from '../trust/policy.ts';
+import type { CallerNtlmLeg, ChallengeRecord } from './ntlm-pairing.ts';
 import type { Identity } from './session.ts';
 
 let nextJobId = 0;
@@ -68,6 +69,17 @@ export interface Job {
    * tries to answer it; the caller's response if nothing offered can run here.
    */
   held401: HeldResponse | undefined;
+  /**
+   * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
+   * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
+   */
+  ntlm: CallerNtlmLeg | undefined;
+  /** The CHALLENGE this AUTHENTICATE answers, taken for it (its session is where it goes). */
+  paired: ChallengeRecord | undefined;
+  /** The session its NEGOTIATE was given, counted there until it leaves (see Session.openingSent). */
+  openingOn: object | undefined;
+  /** Times its NEGOTIATE was sent again for a CHALLENGE that could be told from the pending ones. */
+  reasks: number;
 }
 
 /** The caller asked for HTTP/1.1 (`allowH2: false` on the request: Node's built-in fetch). */
@@ -115,6 +127,10 @@ export function newJob(
     answeredHere: 0,
     challenges: undefined,
     held401: undefined,
+    ntlm: undefined,
+    paired: undefined,
+    openingOn: undefined,
+    reasks: 0,
   };
 }
 

@@ -17,6 +17,7 @@ import {
 } from './exchange.ts';
 import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
+import { ChallengeRecords, callerNtlmLeg, NtlmUnpairedError } from './ntlm-pairing.ts';
 import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
 import { ProvedIdentity, sameAccount } from './proved-identity.ts';
 import { type Identity, type Lane, Session } from './session.ts';
@@ -43,6 +44,8 @@ interface Survey {
   authenticated: boolean;
   /** One of them is still connecting, probing or handshaking: it will have room soon. */
   opening: boolean;
+  /** Callers' sessions counted in `open` that take no new request: retiring, or reserved by CHALLENGEs (ntlm-pairing.ts). */
+  reserved: number;
   leastLoaded: Session | undefined;
 }
 
@@ -103,7 +106,16 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #sessions: Session[] = [];
   /** Requests waiting for a session with room, per lane and identity (R1: bounded like every wait). */
   readonly #waiting = new Map<string, { lane: Lane; identity: Identity; queue: WaitQueue<Session> }>();
-  readonly #surveyed: Survey = { open: 0, http1: false, authenticated: false, opening: false, leastLoaded: undefined };
+  readonly #surveyed: Survey = {
+    open: 0,
+    http1: false,
+    authenticated: false,
+    opening: false,
+    reserved: 0,
+    leastLoaded: undefined,
+  };
+  /** Callers' NTLM CHALLENGEs waiting for their AUTHENTICATE (ntlm-pairing.ts): a session freed by one pumps. */
+  readonly #challenges: ChallengeRecords;
   /**
    * Open while undefined; then closed by close() (running requests finish, new ones fail) or by
    * destroy(err) (everything fails with err). Terminal.
@@ -159,6 +171,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;
+    this.#challenges = new ChallengeRecords(options.limits, () => this.#pump());
     this.#route = options.proxy.route(origin);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
     this.#env = {
@@ -166,6 +179,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       mechanisms,
       limits: options.limits,
       deliver401: options.deliver401,
+      pairing: this.#challenges,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       ...(options.askAcceptableIssuers ? { askAcceptableIssuers: true } : {}),
       certificateRequest: () => this.#certificateRequest(),
@@ -390,7 +404,36 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * path.
    */
   run(job: Job): void {
+    if (job.identity === 'caller-bound' || job.identity === 'caller-both') job.ntlm = callerNtlmLeg(job.headers);
     this.#next(job);
+  }
+
+  /**
+   * A caller's own NTLM AUTHENTICATE goes to the session whose CHALLENGE it answers, retiring or
+   * not and whatever CHALLENGEs it holds (its own first leg counted one of them), or nowhere: with
+   * none to pair it with, or once that session ended under it (a relocation), it fails typed
+   * (ntlm-pairing.ts). True when it was dealt with.
+   */
+  #paired(job: Job): boolean {
+    if (job.ntlm?.kind !== 'continuation') return false;
+    if (job.paired) {
+      // Its connection ended before it was answered: the server context went with it.
+      this.#challenges.settle(job.paired);
+      this.#fail(job, new NtlmUnpairedError(this.origin, 'connection-gone'));
+      return true;
+    }
+    const record = this.#challenges.take(job.ntlm);
+    if (typeof record === 'string') {
+      log.pool('%s job %d: AUTHENTICATE not paired (%s): not sent', this.origin, job.id, record);
+      this.#fail(job, new NtlmUnpairedError(this.origin, record));
+      return true;
+    }
+    job.paired = record;
+    const session = record.session as Session;
+    log.pool('%s job %d: AUTHENTICATE paired with its CHALLENGE on %s', this.origin, job.id, session.id);
+    session.acquire();
+    this.#steps(session, job);
+    return true;
   }
 
   #lane(job: Job): Lane {
@@ -414,6 +457,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (this.#watchHolders) this.#checkHolders();
     const proved = this.#route?.proxy.proved;
     if (proved && proved.version !== this.#proxySeen) this.#followProxy(proved);
+    if (job.ntlm !== undefined && this.#paired(job)) return;
     const lane = this.#lane(job);
     let session: Session | undefined;
     try {
@@ -422,14 +466,32 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       this.#fail(job, err as Error);
       return;
     }
-    if (!session) this.#queueOf(lane, job.identity).enqueue(job, this);
+    if (!session) {
+      const queue = this.#queueOf(lane, job.identity);
+      queue.enqueue(job, this);
+      this.#relieve(lane, job.identity, queue.length);
+    }
     // Handed an authenticated session: straight to the fast path, no steps.
     else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
-    else this.#steps(session, job);
+    else {
+      this.#opening(session, job);
+      this.#steps(session, job);
+    }
+  }
+
+  /**
+   * A caller's NEGOTIATE was given `session`: counted with its CHALLENGEs at once (the next request
+   * the pump hands out sees it), until it leaves the session (#after; its CHALLENGE counts by then).
+   */
+  #opening(session: Session, job: Job): void {
+    if (job.ntlm?.kind !== 'opening') return;
+    session.openingSent();
+    job.openingOn = session;
   }
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
+    this.#opening(session, job);
     if (fastPathEligible(session, job, this.#env)) {
       new FastExchange(session, job, this).start();
       return;
@@ -469,6 +531,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   #after(session: Session, job: Job, outcome: ExchangeOutcome): void {
+    // An AUTHENTICATE answered (or failed) there: its CHALLENGE is forgotten, and a retiring session may close.
+    if (job.paired && outcome.kind !== 'relocate') this.#challenges.settle(job.paired);
+    if (job.openingOn === session) {
+      job.openingOn = undefined;
+      session.openingEnded();
+    }
     if (!this.#settle(session, job, outcome)) this.#next(job);
     else if (outcome.kind !== 'fast') this.#ended();
   }
@@ -525,6 +593,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return proving ? 1 : this.#options.maxHttp1Connections;
     }
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
+    // Callers' own connection-bound requests: a session carries one until its first answer (it may
+    // be unprobed HTTP/1.1) and retires on a final one (S6), so one at a time would run them one
+    // after another, a connection each (review r52: 211 of 300 timed out in the queue). They open
+    // sessions in parallel, as per-request handshakes do; the CHALLENGEs pending on them spread
+    // new NEGOTIATEs too (#reserved).
+    if (identity === 'caller-bound' || identity === 'caller-both') return this.#options.limits.maxPerRequestSessions;
     const more = identity === 'agent' && this.memory.mode === 'session' && survey.authenticated;
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
@@ -539,10 +613,15 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     survey.http1 = false;
     survey.authenticated = false;
     survey.opening = false;
+    survey.reserved = 0;
     survey.leastLoaded = undefined;
     for (const s of this.#sessions) {
       if (!this.#usable(s, lane, identity)) continue;
       survey.open += 1;
+      if (this.#reserved(s)) {
+        survey.reserved += 1;
+        continue;
+      }
       if (s.protocol === 'http/1.1') survey.http1 = true;
       if (s.state.kind === 'authenticated') survey.authenticated = true;
       if (s.capacity !== Number.POSITIVE_INFINITY || s.state.kind === 'handshaking') survey.opening = true;
@@ -592,11 +671,27 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     );
   }
 
+  /**
+   * A callers' session that takes no new request (S6, R4): retiring (a caller's answer there may
+   * have authenticated it), or holding callers' CHALLENGEs that wait for their AUTHENTICATE — on
+   * HTTP/1.1 any (the connection is the server's context: another NEGOTIATE there would replace it,
+   * and the AUTHENTICATE would be read against another's), on HTTP/2 as many as its handshake slots
+   * (the server caps incomplete contexts per session, draft §3.1).
+   */
+  #reserved(s: Session): boolean {
+    if (s.retiring) return true;
+    const pending = s.challengesPending;
+    if (pending === 0) return false;
+    // (Not connected yet: it takes one request until its first answer anyway, see Session.capacity.)
+    if (s.protocol === 'http/1.1') return true;
+    return pending >= Math.min(this.#options.limits.maxConcurrentHandshakes, this.memory.contextCap ?? Infinity);
+  }
+
   #pick(lane: Lane, identity: Identity): Session | undefined {
     let best: Session | undefined;
     let bestScore = -1;
     for (const s of this.#sessions) {
-      if (!this.#usable(s, lane, identity) || s.inflight >= this.#room(s)) continue;
+      if (!this.#usable(s, lane, identity) || this.#reserved(s) || s.inflight >= this.#room(s)) continue;
       // Prefer a connection that is already authenticated: it needs no handshake (H1).
       const score = s.state.kind === 'authenticated' ? 2 : s.state.kind === 'per-request' ? 1 : 0;
       if (score > bestScore) {
@@ -715,6 +810,33 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         // live waiters, and nothing between the check and the shift can settle one.)
         if (!queue.shift(s)) s.release();
       }
+      if (queue.length > 0) this.#relieve(to, identity, queue.length);
+    }
+  }
+
+  /**
+   * R1: `waiting` callers' requests wait for a session of `lane` and `identity`, every open one is
+   * kept from them by callers' pending CHALLENGEs (or retiring), and no more may open: CHALLENGEs
+   * left unanswered past a short grace (abandoned NEGOTIATEs) are given up, so that no client that
+   * sends only a NEGOTIATE holds the gateway's pass-through for limits.handshakeTimeout
+   * (ntlm-pairing.ts, `ChallengeRecords.relieve`; it pumps again when it freed some, or later).
+   */
+  #relieve(lane: Lane, identity: Identity, waiting: number): void {
+    if (identity !== 'caller-bound' && identity !== 'caller-both') return;
+    if (this.#challenges.size === 0) return;
+    const survey = this.#survey(lane, identity);
+    const starved = survey.reserved === survey.open && survey.open >= this.#maxSessions(lane, identity, survey);
+    survey.leastLoaded = undefined;
+    if (!starved) return;
+    const freed = this.#challenges.relieve(waiting, (s) => this.#usable(s as Session, lane, identity));
+    if (freed > 0) {
+      log.pool(
+        '%s %d pending CHALLENGE(s) given up: %d request(s) wait for their sessions',
+        this.origin,
+        freed,
+        waiting,
+      );
+      this.#pump();
     }
   }
 
@@ -759,12 +881,14 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   async close(): Promise<void> {
     this.#end ??= { kind: 'closed' };
+    this.#challenges.dispose();
     await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
     if (this.#end?.kind !== 'destroyed') this.#end = { kind: 'destroyed', error: err };
     this.#probing?.abort(err);
+    this.#challenges.dispose();
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
   }

@@ -143,6 +143,14 @@ export class Session {
   #subject: string | undefined;
   /** The agent's cookie jar, if it has one: every leg this session writes asks and tells it. */
   readonly cookies: CookieStore | undefined;
+  /**
+   * Callers' NTLM CHALLENGEs this session carried whose AUTHENTICATE has not been answered yet
+   * (counted by the pool's ChallengeRecords, ntlm-pairing.ts): on HTTP/1.1 one reserves the
+   * connection for its AUTHENTICATE; a retiring session closes once none is left.
+   */
+  challengesPending = 0;
+  /** Takes no new requests, only the AUTHENTICATEs of the CHALLENGEs it carried (see {@link retire}). */
+  #retiring = false;
 
   constructor(opts: {
     origin: string;
@@ -303,6 +311,46 @@ export class Session {
   }
   get closed(): boolean {
     return this.#state.kind === 'closed';
+  }
+  /** Retired for new requests, open for the AUTHENTICATEs its pending CHALLENGEs wait for (S6). */
+  get retiring(): boolean {
+    return this.#retiring;
+  }
+
+  /**
+   * A callers' session that may now be authenticated as one of them (S6: the exchange's
+   * `callerAnswered`) takes no new request. It closes at once, unless callers' CHALLENGEs it carried
+   * still wait for their AUTHENTICATE: the server holds their contexts on this connection (or under
+   * its Auth-IDs), so those still come here (each an NTLM handshake of its own that the server
+   * checks afresh), and it closes once none is left.
+   */
+  retire(): void {
+    if (this.challengesPending === 0) {
+      this.apply({ type: 'closed' });
+      return;
+    }
+    if (!this.#retiring) log.session("%s retires once its callers' pending CHALLENGEs are answered", this.id);
+    this.#retiring = true;
+    this.#onChange();
+  }
+
+  /** The pool's ChallengeRecords: no CHALLENGE of this session waits any more. */
+  challengesSettled(): void {
+    if (this.#retiring) this.apply({ type: 'closed' });
+  }
+
+  /**
+   * A caller's NEGOTIATE goes on this session: counted with its CHALLENGEs until its answer is in
+   * (its CHALLENGE then counts), so that a session retiring meanwhile waits for its AUTHENTICATE too.
+   */
+  openingSent(): void {
+    this.challengesPending += 1;
+  }
+
+  /** The NEGOTIATE counted by {@link openingSent} got its answer, or failed. */
+  openingEnded(): void {
+    this.challengesPending -= 1;
+    if (this.challengesPending === 0) this.challengesSettled();
   }
   /** Its connection gave a response head (T3: a refusal after one is no demand for a certificate). */
   get answered(): boolean {

@@ -1,0 +1,350 @@
+/**
+ * A gateway passing its clients' own NTLM through one agent (S6, R4): each caller's handshake is two
+ * independent requests to the agent, a NEGOTIATE and, after the server's CHALLENGE, an AUTHENTICATE
+ * that answers that CHALLENGE and no other. The server reads the AUTHENTICATE against the context of
+ * the connection (HTTP/1.1) or Auth-ID (HTTP/2) it arrives on: on any other, a right password reads
+ * as a wrong one ("NTProofStr mismatch"), which a domain controller counts toward the account's
+ * lockout. So the agent pairs the legs itself: it remembers each CHALLENGE a caller's NEGOTIATE got,
+ * with the session that carried it, and sends the AUTHENTICATE there. An NTLMv2 AUTHENTICATE echoes
+ * the CHALLENGE's TargetInfo, MsvAvTimestamp included, in its NTLMv2 response (MS-NLMP 2.2.2.7,
+ * 3.3.2): that, or the Auth-ID the caller relays (C3), names the CHALLENGE. An AUTHENTICATE that
+ * names none, or more than one, is sent nowhere ({@link NtlmUnpairedError}).
+ */
+import { readChallenges } from '../challenge/index.ts';
+import { MultilegError } from '../errors.ts';
+import type { ResponseHeaders } from '../handshake/leg.ts';
+import type { HeaderMap } from '../headers.ts';
+import { AvId, decodeAuthenticate, decodeAvPairs, decodeChallenge } from '../mechanisms/ntlm/messages.ts';
+import { decodeNegTokenInit, decodeNegTokenResp, OID_NTLMSSP } from '../mechanisms/spnego/tokens.ts';
+import type { Limits } from '../options.ts';
+
+/** Why an AUTHENTICATE could not be paired with the CHALLENGE it answers. */
+export type UnpairedReason = 'no-timestamp' | 'no-record' | 'ambiguous' | 'connection-gone';
+
+const WHY: Record<UnpairedReason, string> = {
+  'no-timestamp':
+    'it carries no NTLMv2 response echoing the CHALLENGE (NTLMv1 or LM, or no MsvAvTimestamp) and no Auth-ID',
+  'no-record':
+    'no CHALLENGE this agent passed on matches it (its NEGOTIATE went through another agent or process, the CHALLENGE was older than limits.handshakeTimeout, or it was given up after ABANDONED_CHALLENGE_GRACE_MS because every connection was held by pending CHALLENGEs while other requests waited)',
+  ambiguous: 'more than one CHALLENGE this agent passed on matches it (the server gave several the same TargetInfo)',
+  'connection-gone': 'the connection that carried its CHALLENGE has ended, and the server context with it',
+};
+
+/**
+ * A caller's own NTLM AUTHENTICATE (`Authorization: NTLM …`, or inside Negotiate) that the agent
+ * cannot pair with the connection whose CHALLENGE it answers (`reason`): it was sent nowhere. On any
+ * other connection the server would read it against another handshake and count a wrong password
+ * toward that account's lockout (R4). A gateway answers its client as to a refused handshake (a 401
+ * with `WWW-Authenticate: NTLM`), so that the client starts again with a NEGOTIATE.
+ */
+export class NtlmUnpairedError extends MultilegError {
+  readonly reason: UnpairedReason;
+  constructor(origin: string, reason: UnpairedReason) {
+    super(
+      'MULTILEG_NTLM_UNPAIRED',
+      `a caller's own NTLM AUTHENTICATE to ${origin} was not sent: ${WHY[reason]}; sent on another connection the server would check it against another handshake and count a wrong password toward the account's lockout. Have the client start its handshake again (answer it 401 with WWW-Authenticate: NTLM), keep each client's legs on one agent (no credentials of its own, negotiate: false), and relay the server's Auth-ID header both ways`,
+    );
+    this.reason = reason;
+  }
+}
+
+/** A header's one value (the first of several). */
+const headerValue = (v: string | string[] | undefined): string | undefined => (typeof v === 'string' ? v : v?.[0]);
+
+/** One of a caller's NTLM legs, as read from its own `Authorization`. */
+export type CallerNtlmLeg =
+  | { readonly kind: 'opening' }
+  | {
+      readonly kind: 'continuation';
+      /** The CHALLENGE's TargetInfo as the NTLMv2 response echoes it (see {@link targetInfoKey}); none for NTLMv1/LM. */
+      readonly key: string | undefined;
+      /** The Auth-ID the caller sent with it (C3), if any. */
+      readonly authId: string | undefined;
+    };
+
+/** The NTLMSSP message in an `NTLM` or `Negotiate` credential or challenge token, bare or in SPNEGO. */
+function ntlmsspOf(scheme: string, token: Buffer): Buffer | undefined {
+  if (token.subarray(0, 8).toString('latin1') === 'NTLMSSP\0') return token;
+  if (scheme !== 'negotiate') return undefined;
+  try {
+    if (token[0] === 0x60) {
+      const init = decodeNegTokenInit(token);
+      return init.mechTypes[0] === OID_NTLMSSP ? init.mechToken : undefined;
+    }
+    if (token[0] === 0xa1) return decodeNegTokenResp(token).responseToken;
+  } catch {
+    // Not SPNEGO we can read: not an NTLM leg.
+  }
+  return undefined;
+}
+
+const CREDENTIAL = /^[ \t]*(NTLM|Negotiate)[ \t]+([A-Za-z0-9+/]+={0,2})[ \t]*$/i;
+
+/**
+ * The TargetInfo pairs the server chose (all but the client-owned MsvAvFlags, MsvAvSingleHost,
+ * MsvAvTargetName and MsvAvChannelBindings, which a client adds or replaces), in id order: a
+ * CHALLENGE's and the NTLMv2 response answering it read the same. Undefined without an
+ * MsvAvTimestamp (nothing then tells two CHALLENGEs of one server apart).
+ */
+function targetInfoKey(pairs: readonly { id: number; value: Buffer }[]): string | undefined {
+  const chosen = pairs.filter(
+    (p) => p.id !== AvId.Flags && p.id !== AvId.SingleHost && p.id !== AvId.TargetName && p.id !== AvId.ChannelBindings,
+  );
+  if (!chosen.some((p) => p.id === AvId.Timestamp && p.value.length === 8)) return undefined;
+  return chosen
+    .map((p) => `${p.id}:${p.value.toString('hex')}`)
+    .sort()
+    .join(',');
+}
+
+/**
+ * What a caller's own `Authorization` is, of an NTLM handshake: its opening NEGOTIATE, or an
+ * AUTHENTICATE naming a user (a token that does not parse, or names nobody, counts against no
+ * account: it goes as before, and the server refuses it). Undefined for anything else.
+ */
+export function callerNtlmLeg(headers: HeaderMap): CallerNtlmLeg | undefined {
+  const authorization = headerValue(headers.authorization);
+  const m = authorization === undefined ? null : CREDENTIAL.exec(authorization);
+  if (!m) return undefined;
+  const message = ntlmsspOf(m[1]!.toLowerCase(), Buffer.from(m[2]!, 'base64'));
+  if (!message || message.length < 12) return undefined;
+  const type = message.readUInt32LE(8);
+  if (type === 1) return { kind: 'opening' };
+  if (type !== 3) return undefined;
+  let key: string | undefined;
+  try {
+    const auth = decodeAuthenticate(message);
+    if (auth.user === '') return undefined;
+    // NTProofStr (16), then the blob: versions 1 1, 6 reserved, timestamp, client challenge, 4 reserved, AV pairs.
+    const blob = auth.ntResponse.subarray(16);
+    if (auth.ntResponse.length > 24 && blob.length >= 32 && blob[0] === 1 && blob[1] === 1) {
+      key = targetInfoKey(decodeAvPairs(blob.subarray(28)));
+    }
+  } catch {
+    return undefined;
+  }
+  const authId = headerValue(headers['auth-id']);
+  return { kind: 'continuation', key, authId };
+}
+
+/** The key of the NTLM CHALLENGE a 401 carries (bare NTLM, or Negotiate, raw or in SPNEGO), if any. */
+export function challengeKey(headers: ResponseHeaders): string | undefined {
+  for (const c of readChallenges(headers)) {
+    if ((c.schemeKey !== 'ntlm' && c.schemeKey !== 'negotiate') || c.token68 === undefined) continue;
+    const message = ntlmsspOf(c.schemeKey, Buffer.from(c.token68, 'base64'));
+    if (!message) continue;
+    try {
+      return targetInfoKey(decodeChallenge(message).avPairs);
+    } catch {
+      // A CHALLENGE we cannot read: nothing to pair by.
+    }
+  }
+  return undefined;
+}
+
+/** What a session must let the pairing see and do. */
+export interface PairedSession {
+  readonly closed: boolean;
+  readonly protocol: 'h2' | 'http/1.1' | undefined;
+  /** CHALLENGEs recorded on it and not yet answered (kept by {@link ChallengeRecords}). */
+  challengesPending: number;
+  /** Its last pending CHALLENGE was answered or forgotten (a retiring session may close now). */
+  challengesSettled(): void;
+}
+
+/** A CHALLENGE a caller's NEGOTIATE got on `session`, waiting for its AUTHENTICATE. */
+export interface ChallengeRecord {
+  readonly session: PairedSession;
+  readonly key: string | undefined;
+  readonly authId: string | undefined;
+  /** When it was recorded (Date.now()). */
+  readonly at: number;
+  readonly expires: number;
+  /** Its AUTHENTICATE is on its way (no other may take it). */
+  taken: boolean;
+}
+
+/** At most this many CHALLENGEs are remembered per origin; the oldest goes first (its AUTHENTICATE then fails typed). */
+export const MAX_CHALLENGE_RECORDS = 1024;
+
+/**
+ * How long a pending CHALLENGE keeps its connection (HTTP/1.1) or handshake slot (HTTP/2) from
+ * requests that wait for one while the lane can open no more (R1): a client's AUTHENTICATE follows
+ * its CHALLENGE within milliseconds, so one older than this is most likely abandoned (a client that
+ * sent only a NEGOTIATE), and left for limits.handshakeTimeout it would stall everyone's handshakes.
+ */
+export const ABANDONED_CHALLENGE_GRACE_MS = 1000;
+
+/**
+ * The CHALLENGEs of callers' handshakes at one origin that wait for their AUTHENTICATE: bounded in
+ * number ({@link MAX_CHALLENGE_RECORDS}) and age (limits.handshakeTimeout, by one unref'd timer),
+ * forgotten when their connection ends.
+ */
+export class ChallengeRecords {
+  readonly #records: ChallengeRecord[] = [];
+  readonly #limits: Limits;
+  /** Told when records went (a session reserved by one may take requests again). */
+  readonly #freed: () => void;
+  #timer: NodeJS.Timeout | undefined;
+  /** Wakes the waiters when the oldest pending CHALLENGE comes of age for {@link relieve}. */
+  #reliefTimer: NodeJS.Timeout | undefined;
+
+  constructor(limits: Limits, freed: () => void) {
+    this.#limits = limits;
+    this.#freed = freed;
+  }
+
+  get size(): number {
+    return this.#records.length;
+  }
+
+  /** Whether another pending CHALLENGE of another session, or of the same, has the same key (it could not be told apart). */
+  collides(key: string | undefined): boolean {
+    if (key === undefined) return false;
+    this.#purge();
+    return this.#records.some((r) => r.key === key && !r.session.closed);
+  }
+
+  /**
+   * `session` carried a CHALLENGE (`key`, `authId`) to a caller's NEGOTIATE. On HTTP/1.1 the
+   * connection holds one context: an older record of it is replaced.
+   */
+  record(session: PairedSession, key: string | undefined, authId: string | undefined): void {
+    if (key === undefined && authId === undefined) return;
+    this.#purge();
+    if (session.protocol !== 'h2') {
+      const older = this.#records.findIndex((r) => r.session === session && !r.taken);
+      if (older >= 0) this.#remove(older);
+    }
+    if (this.#records.length >= MAX_CHALLENGE_RECORDS) this.#remove(0);
+    const at = Date.now();
+    this.#records.push({ session, key, authId, at, expires: at + this.#limits.handshakeTimeout, taken: false });
+    session.challengesPending += 1;
+    this.#arm();
+  }
+
+  /**
+   * The record an AUTHENTICATE answers, taken for it; or why there is none: exactly one must match.
+   * The key, when the AUTHENTICATE has one, decides alone, and an Auth-ID the caller relayed that
+   * disagrees with its record's is overruled (the request goes with the record's, see exchange.ts
+   * `send`): the key is the TargetInfo the client's NTLMv2 response was computed over, so it names
+   * the CHALLENGE the client answered, while a relayed Auth-ID is the gateway's bookkeeping and may
+   * be stale (another handshake on the same client connection, a client that reconnected). Sent
+   * under that stale Auth-ID, the server would read the AUTHENTICATE against another context and
+   * count a wrong password; skipping the record would fail a login that can succeed. Without a key
+   * (NTLMv1/LM), the Auth-ID is all there is and must be the record's.
+   */
+  take(leg: Extract<CallerNtlmLeg, { kind: 'continuation' }>): ChallengeRecord | UnpairedReason {
+    this.#purge();
+    if (leg.key === undefined && leg.authId === undefined) return 'no-timestamp';
+    let found: ChallengeRecord | undefined;
+    let gone = false;
+    for (const r of this.#records) {
+      if (r.taken) continue;
+      if (leg.key !== undefined ? r.key !== leg.key : r.authId !== leg.authId) continue;
+      if (r.session.closed) {
+        gone = true;
+        continue;
+      }
+      if (found) return 'ambiguous';
+      found = r;
+    }
+    if (!found) return gone ? 'connection-gone' : 'no-record';
+    found.taken = true;
+    return found;
+  }
+
+  /** The AUTHENTICATE of `record` was answered (or failed): forgotten. */
+  settle(record: ChallengeRecord): void {
+    const at = this.#records.indexOf(record);
+    if (at >= 0) {
+      this.#remove(at);
+      this.#freed();
+      this.#arm();
+    }
+  }
+
+  /**
+   * R1: requests wait for a session that every pending CHALLENGE of `holds`' sessions keeps from
+   * them, and no more may open. Frees up to `wanted` of those CHALLENGEs, oldest first, that have
+   * waited {@link ABANDONED_CHALLENGE_GRACE_MS} for their AUTHENTICATE (their sessions take requests
+   * again: the pool pumps); when none is that old, one timer wakes the pool when the oldest will be.
+   * A freed CHALLENGE's AUTHENTICATE, if it still comes, pairs with nothing and fails `no-record`:
+   * never sent where another NEGOTIATE may have replaced its context. Returns how many it freed.
+   */
+  relieve(wanted: number, holds: (session: PairedSession) => boolean): number {
+    this.#purge();
+    const now = Date.now();
+    let freed = 0;
+    let next: number | undefined;
+    for (let i = 0; i < this.#records.length && freed < wanted; ) {
+      const r = this.#records[i]!;
+      if (r.taken || r.session.closed || !holds(r.session)) {
+        i++;
+        continue;
+      }
+      if (now - r.at < ABANDONED_CHALLENGE_GRACE_MS) {
+        next = r.at + ABANDONED_CHALLENGE_GRACE_MS;
+        break;
+      }
+      this.#remove(i);
+      freed += 1;
+    }
+    if (freed > 0) this.#arm();
+    else if (next !== undefined && !this.#reliefTimer) {
+      this.#reliefTimer = setTimeout(
+        () => {
+          this.#reliefTimer = undefined;
+          this.#freed();
+        },
+        Math.max(0, next - now) + 1,
+      );
+      this.#reliefTimer.unref();
+    }
+    return freed;
+  }
+
+  /** Stops the timers (the pool is closing). */
+  dispose(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    clearTimeout(this.#reliefTimer);
+    this.#reliefTimer = undefined;
+  }
+
+  #remove(at: number): void {
+    const [r] = this.#records.splice(at, 1);
+    r!.session.challengesPending -= 1;
+    if (r!.session.challengesPending === 0) r!.session.challengesSettled();
+  }
+
+  /**
+   * Drops expired records (a taken one stays until its leg ends). One of an ended connection stays
+   * until then too, so that its AUTHENTICATE is told why it cannot go (`connection-gone`).
+   */
+  #purge(): boolean {
+    const now = Date.now();
+    let dropped = false;
+    for (let i = this.#records.length - 1; i >= 0; i--) {
+      const r = this.#records[i]!;
+      if (!r.taken && r.expires <= now) {
+        this.#remove(i);
+        dropped = true;
+      }
+    }
+    return dropped;
+  }
+
+  /** One timer for the oldest record's expiry: a session it reserved takes requests again then. */
+  #arm(): void {
+    const next = this.#records.find((r) => !r.taken);
+    if (this.#timer || !next) return;
+    const wait = Math.max(0, next.expires - Date.now()) + 1;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (this.#purge()) this.#freed();
+      this.#arm();
+    }, wait);
+    this.#timer.unref();
+  }
+}
