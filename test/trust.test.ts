@@ -912,37 +912,43 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
   });
 });
 
+/**
+ * A caller (a gateway relaying an end user's NTLM) runs bob's handshake through `a` with headers of
+ * its own: the sessions its two legs went on.
+ */
+async function bobsHandshake(s: ReferenceServer, a: MultilegAgent): Promise<string[]> {
+  const leg = {
+    origin: s.origin,
+    hostname: 'localhost',
+    port: s.port,
+    method: 'GET',
+    path: '/auth/bob',
+    proxy: false,
+  };
+  const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg);
+  const r1 = await request(`${s.origin}/auth/bob`, {
+    dispatcher: a,
+    headers: { authorization: await bob.step(undefined, leg) },
+  });
+  await r1.body.arrayBuffer();
+  expect(r1.statusCode).toBe(401);
+  const challenge = parseChallenges(r1.headers['www-authenticate'] as string)[0];
+  const authId = r1.headers['auth-id'] as string | undefined;
+  const r2 = await request(`${s.origin}/auth/bob`, {
+    dispatcher: a,
+    headers: { authorization: await bob.step(challenge, leg), ...(authId ? { 'auth-id': authId } : {}) },
+  });
+  expect(((await r2.body.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
+  return s.exchanges.filter((e) => e.path === '/auth/bob').map((e) => e.sessionId);
+}
 describe('S6: a session a caller authenticated with its own handshake', () => {
-  /** Caller 1 (a gateway relaying an end user's NTLM) runs bob's handshake through `a` with headers of its own. */
-  async function bobsOwnSession(s: ReferenceServer, a: MultilegAgent): Promise<void> {
-    const leg = {
-      origin: s.origin,
-      hostname: 'localhost',
-      port: s.port,
-      method: 'GET',
-      path: '/auth/bob',
-      proxy: false,
-    };
-    const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg);
-    const r1 = await fetch(`${s.origin}/auth/bob`, {
-      dispatcher: a,
-      headers: { authorization: await bob.step(undefined, leg) },
-    });
-    await r1.arrayBuffer();
-    const challenge = parseChallenges(r1.headers.get('www-authenticate')!)[0];
-    const r2 = await fetch(`${s.origin}/auth/bob`, {
-      dispatcher: a,
-      headers: { authorization: await bob.step(challenge, leg), 'auth-id': r1.headers.get('auth-id')! },
-    });
-    expect(((await r2.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
-  }
   const bobsSessions = (s: ReferenceServer) =>
     new Set(s.exchanges.filter((e) => e.user === 'EXAMPLE\\bob').map((e) => e.sessionId));
 
   it("S6: a request with only its own Proxy-Authorization never rides a session another caller's own NTLM handshake authenticated as bob", async () => {
     const s = await server({ schemes: ['NTLM'] });
     const a = agent({ credentials: ALICE, negotiate: false, connect: { ca: s.ca }, trustedOrigins: [s.origin] });
-    await bobsOwnSession(s, a);
+    await bobsHandshake(s, a);
     // Caller 2 sends no Authorization, only a Proxy-Authorization of its own (no proxy here).
     const r3 = await fetch(`${s.origin}/auth/carol`, {
       dispatcher: a,
@@ -966,7 +972,7 @@ describe('S6: a session a caller authenticated with its own handshake', () => {
         connect: { ca: s.ca },
         trustedOrigins: [s.origin],
       });
-      await bobsOwnSession(s, a);
+      await bobsHandshake(s, a);
       const res = await request(`${s.origin}/auth/carol`, { dispatcher: a, headers: { host: `127.0.0.1:${s.port}` } });
       await res.body.arrayBuffer();
       // Before (the first fix, in the callers' lane): 200 as EXAMPLE\bob, on bob's session.
@@ -978,32 +984,6 @@ describe('S6: a session a caller authenticated with its own handshake', () => {
 });
 
 describe("S6: the callers' sessions, after a caller's own credentials may have authenticated one (review r48)", () => {
-  /** Caller A (a gateway relaying a browser's NTLM, the agent holding no credentials) runs bob's handshake; its two legs. */
-  async function bobsHandshake(s: ReferenceServer, a: MultilegAgent): Promise<string[]> {
-    const leg = {
-      origin: s.origin,
-      hostname: 'localhost',
-      port: s.port,
-      method: 'GET',
-      path: '/auth/bob',
-      proxy: false,
-    };
-    const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg);
-    const r1 = await request(`${s.origin}/auth/bob`, {
-      dispatcher: a,
-      headers: { authorization: await bob.step(undefined, leg) },
-    });
-    await r1.body.arrayBuffer();
-    expect(r1.statusCode).toBe(401);
-    const challenge = parseChallenges(r1.headers['www-authenticate'] as string)[0];
-    const authId = r1.headers['auth-id'] as string | undefined;
-    const r2 = await request(`${s.origin}/auth/bob`, {
-      dispatcher: a,
-      headers: { authorization: await bob.step(challenge, leg), ...(authId ? { 'auth-id': authId } : {}) },
-    });
-    expect(((await r2.body.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
-    return s.exchanges.filter((e) => e.path === '/auth/bob').map((e) => e.sessionId);
-  }
   /** `authorization` to /public/ (where the server serves whoever the session is): who it ran as, on bob's session or not. */
   async function publicAs(s: ReferenceServer, a: MultilegAgent, path: string, authorization: string) {
     const res = await request(`${s.origin}/public/${path}`, { dispatcher: a, headers: { authorization } });

@@ -71,24 +71,32 @@ function print(c: Check): void {
   if (c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
 }
 
-/** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
-async function klist(ccache: string | undefined, password: boolean): Promise<Check> {
-  let out: string;
+/**
+ * `klist args`'s output, or the check to report: skipped where klist is not installed, else what
+ * `failed` makes of klist's first line of complaint.
+ */
+async function klistOutput(args: string[], failed: (why: string) => Check): Promise<string | Check> {
   try {
-    out = (await promisify(execFile)('klist', ccache ? ['-c', ccache] : [], { timeout: 5000 })).stdout;
+    return (await promisify(execFile)('klist', args, { timeout: 5000 })).stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     if (e.code === 'ENOENT')
       return { name: 'ticket', verdict: 'skip', detail: 'klist is not installed (MIT krb5-user / Heimdal)' };
-    return {
-      name: 'ticket',
-      verdict: 'warn',
-      detail: `no credential cache (${(e.stderr ?? e.message).trim().split('\n')[0]})`,
-      fix: password
-        ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
-        : 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
-    };
+    return failed((e.stderr ?? e.message).trim().split('\n')[0] ?? '');
   }
+}
+
+/** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
+async function klist(ccache: string | undefined, password: boolean): Promise<Check> {
+  const out = await klistOutput(ccache ? ['-c', ccache] : [], (why) => ({
+    name: 'ticket',
+    verdict: 'warn',
+    detail: `no credential cache (${why})`,
+    fix: password
+      ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
+      : 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
+  }));
+  if (typeof out !== 'string') return out;
   const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
   const tgt = out.split('\n').find((l) => /krbtgt\//.test(l));
   const fields = tgt?.trim().split(/\s{2,}/) ?? [];
@@ -118,20 +126,13 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
  * holds (never the keys); whether they still work is the SPN check's (it asks the KDC).
  */
 async function keytabTickets(keytab: string, principal: string | undefined): Promise<Check> {
-  let out: string;
-  try {
-    out = (await promisify(execFile)('klist', ['-k', keytab], { timeout: 5000 })).stdout;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT')
-      return { name: 'ticket', verdict: 'skip', detail: 'klist is not installed (MIT krb5-user / Heimdal)' };
-    return {
-      name: 'ticket',
-      verdict: 'FAIL',
-      detail: `the client keytab ${keytab} cannot be read (${(e.stderr ?? e.message).trim().split('\n')[0]})`,
-      fix: "give a keytab holding the principal's keys with --keytab (kadmin ktadd; ktpass on Windows)",
-    };
-  }
+  const out = await klistOutput(['-k', keytab], (why) => ({
+    name: 'ticket',
+    verdict: 'FAIL',
+    detail: `the client keytab ${keytab} cannot be read (${why})`,
+    fix: "give a keytab holding the principal's keys with --keytab (kadmin ktadd; ktpass on Windows)",
+  }));
+  if (typeof out !== 'string') return out;
   // `  4 svc@EXAMPLE.TEST`: the newest key version of each principal.
   const newest = new Map<string, number>();
   for (const m of out.matchAll(/^\s*(\d+)\s+(\S+)/gm))
