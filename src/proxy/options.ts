@@ -120,8 +120,6 @@ export interface ResolvedProxy {
    * ask for them, and setProxyCredentials tells two proxies' credentials apart by it.
    */
   account: string | undefined;
-  /** The credentials held for the proxy now, for the refusal memory's record (replaced with {@link account}). */
-  credentials: Credentials | undefined;
   /**
    * Where the proxy credentials came from, as errors name it in their fix (a user who never set
    * `proxy.credentials` is not told to check them): `proxy.credentials`, the user:password in the
@@ -299,22 +297,28 @@ function resolveProxy(
         memory,
         // Read when asked: setProxyCredentials replaces them (R4: a new password is not the refused one).
         place: () => {
-          const c = resolved.credentials;
+          const c = heldCredentials.get(resolved);
           return c?.password ? { origin: url.origin, proxy: true, credentials: c } : undefined;
         },
       },
     ),
     proved: new ProvedIdentity(),
     account: credentials?.username,
-    credentials,
     credentialsFrom: credentials && !o.credentials ? fromUrl(where) : 'proxy.credentials',
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
     unusable: new LapsingMap(),
   };
+  if (credentials) heldCredentials.set(resolved, credentials);
   return resolved;
 }
+
+/**
+ * The credentials held for each proxy now, for the refusal memory's record: beside the resolved
+ * proxy, not in it, so that nothing that prints or serialises it shows the password (S2).
+ */
+const heldCredentials = new WeakMap<ResolvedProxy, Credentials>();
 
 interface NoProxyEntry {
   readonly hostname: string;
@@ -533,7 +537,7 @@ export class ProxyResolver {
     for (const proxy of proxies) {
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;
-      proxy.credentials = own;
+      heldCredentials.set(proxy, own);
       proxy.credentialsFrom = 'the credentials given to setProxyCredentials';
       proxy.proof.reset();
       // What the old credentials could not do is tried again with the new ones (as an origin's,
