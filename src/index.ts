@@ -78,7 +78,7 @@ export {
   ClientCertificateRequiredError,
 } from './session/client-certificate.ts';
 export type { HandshakeReport } from './session/exchange.ts';
-export { NtlmUnpairedError, type UnpairedReason } from './session/ntlm-pairing.ts';
+export { type CallerConnectionOption, NtlmUnpairedError, type UnpairedReason } from './session/ntlm-pairing.ts';
 export { RelocationLimitError } from './session/origin-pool.ts';
 export type { RefusalMemory, RefusalPlace, RememberedRefusal } from './session/refusal-memory.ts';
 export type { SessionEvent, SessionState } from './session/state.ts';

@@ -126,7 +126,7 @@ describe('S6/R4: a gateway passing callers\u2019 NTLM through one agent pairs ea
     expect(mismatches(s)).toBe(0);
   });
 
-  it('S6/C3: the same burst over HTTP/2 (session mode), relaying Auth-ID or not: every login 200 as itself, on the session of its CHALLENGE though another caller\u2019s answer retired it, within the server\u2019s context cap', async () => {
+  it('S6/C3: the same burst over HTTP/2 (session mode), relaying Auth-ID or not: every login 200 as itself, on the session of its CHALLENGE (one caller\u2019s handshake per session), within the server\u2019s context cap', async () => {
     for (const relay of [true, false]) {
       const s = await server({ mode: 'session' });
       const a = passThrough(s);
@@ -280,34 +280,35 @@ describe('S6/R4: a gateway passing callers\u2019 NTLM through one agent pairs ea
 });
 
 describe('S6: a callers\u2019 HTTP/2 session and its pending CHALLENGEs', () => {
-  it('S6: a session another caller\u2019s answer retired takes no new request, but the AUTHENTICATE of a CHALLENGE it carried still goes there', async () => {
+  it('S6: a callers\u2019 HTTP/2 session carries one caller\u2019s handshake at a time: a second NEGOTIATE goes on another session, a session one caller\u2019s answer retired takes no new request and closes, and the other\u2019s AUTHENTICATE goes to its own session', async () => {
     const s = await server({ mode: 'session' });
     const a = passThrough(s);
     const alice = client(s, a, 'alice', '/auth/alice');
     const bob = client(s, a, 'bob', '/auth/bob');
     expect(await alice.negotiate()).toBe(401);
     expect(await bob.negotiate()).toBe(401);
-    // Bob's 200 retires the session (it may now be bob's)…
+    const sessionOf = (path: string) => [
+      ...new Set(s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId)),
+    ];
+    expect(sessionOf('/auth/alice')).toHaveLength(1);
+    expect(sessionOf('/auth/bob')).not.toEqual(sessionOf('/auth/alice'));
+    // Bob's 200 retires his session (it may now be bob's)…
     expect(await bob.authenticate()).toBe('200 EXAMPLE\\bob');
     const carol = await request(`${s.origin}/public/carol`, {
       dispatcher: a,
       headers: { authorization: 'Bearer of-carol' },
     });
     expect(((await carol.body.json()) as { user: string | null }).user).toBe(null);
-    // …and alice's AUTHENTICATE still goes on it. Before: on a new session, "unknown-auth-id".
+    expect(sessionOf('/public/carol')).not.toEqual(sessionOf('/auth/bob'));
+    // …and alice's AUTHENTICATE goes on the session of her CHALLENGE.
     expect(await alice.authenticate()).toBe('200 EXAMPLE\\alice');
-    const sessionOf = (path: string) => [
-      ...new Set(s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId)),
-    ];
-    expect(sessionOf('/auth/alice')).toEqual(sessionOf('/auth/bob'));
     expect(sessionOf('/auth/alice')).toHaveLength(1);
-    // Once none is pending there, it closes.
-    const retired = () => s.sessions().find((x) => x.id === sessionOf('/auth/alice')[0])?.open;
-    await until(() => retired() === false);
-    expect(retired()).toBe(false);
+    const open = (path: string) => s.sessions().find((x) => x.id === sessionOf(path)[0])?.open;
+    await until(() => open('/auth/bob') === false);
+    expect(open('/auth/bob')).toBe(false);
   });
 
-  it('S6: callers\u2019 NEGOTIATEs spread over sessions at limits.maxConcurrentHandshakes pending CHALLENGEs each, so the server\u2019s cap on incomplete contexts refuses none; each AUTHENTICATE goes to its own session', async () => {
+  it('S6: callers\u2019 NEGOTIATEs spread over sessions, one pending CHALLENGE each, so the server\u2019s cap on incomplete contexts refuses none; each AUTHENTICATE goes to its own session', async () => {
     const s = await server({ mode: 'session', maxIncompleteContexts: 3 });
     const a = passThrough(s, { limits: { maxConcurrentHandshakes: 3 } });
     const clients = Array.from({ length: 7 }, (_, i) => client(s, a, i % 2 ? 'bob' : 'alice', `/auth/c${i}`));

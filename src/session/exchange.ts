@@ -645,7 +645,7 @@ function pairChallenge(run: Run, seen: SendSeen, headers: ResponseHeaders): bool
     seen.reask = authId ?? '';
     return true;
   }
-  pairing.record(session, key, authId);
+  pairing.record(session, key, authId, job.ntlm?.caller);
   return false;
 }
 
@@ -679,7 +679,9 @@ function callerAnswered({ job, session, env }: Run, status: number, headers: Res
     bound ? 'answered' : 'Persistent-Auth',
     session.id,
   );
-  // Other callers' CHALLENGEs it carried still get their AUTHENTICATE there (ntlm-pairing.ts).
+  // Other callers' CHALLENGEs recorded on it are dropped: their AUTHENTICATEs would be served as
+  // this caller there (review r53); they fail `connection-gone` (ntlm-pairing.ts `retired`).
+  env.pairing?.retired(session, job.paired);
   session.retire();
 }
 

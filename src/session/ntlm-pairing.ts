@@ -18,6 +18,29 @@ import { AvId, decodeAuthenticate, decodeAvPairs, decodeChallenge } from '../mec
 import { decodeNegTokenInit, decodeNegTokenResp, OID_NTLMSSP } from '../mechanisms/spnego/tokens.ts';
 import type { Limits } from '../options.ts';
 
+/**
+ * A dispatch option of the agent's (`dispatcher.request({ …, callerConnection })`, or undici's
+ * `request(url, { dispatcher, callerConnection })`, which pass unknown options through to
+ * `dispatch`): the gateway's own name for the client connection a request came in on — its socket
+ * object, or any string the gateway keeps per client connection. A client cannot forge it, as it
+ * can forge everything in its AUTHENTICATE (R4): given on a caller's NTLM NEGOTIATE, the CHALLENGE
+ * it gets is given only to an AUTHENTICATE dispatched with an equal one (`===`), so that another
+ * client who guesses its pairing key (the TargetInfo, MsvAvTimestamp included, which is a clock
+ * read) cannot take it and fail that login. Node's built-in `fetch` and undici's `fetch` pass no
+ * such option: a gateway using them composes a dispatcher per client connection
+ * (`agent.compose((dispatch) => (opts, handler) => dispatch({ ...opts, callerConnection }, handler))`).
+ */
+export interface CallerConnectionOption {
+  /** The client connection the request came in on (see {@link CallerConnectionOption}); unset: pairing by key and Auth-ID alone. */
+  readonly callerConnection?: string | object;
+}
+
+/** The `callerConnection` of a request's dispatch options, if it names one. */
+export function callerConnectionOf(opts: object): string | object | undefined {
+  const c = (opts as CallerConnectionOption).callerConnection;
+  return typeof c === 'string' || (typeof c === 'object' && c !== null) ? c : undefined;
+}
+
 /** Why an AUTHENTICATE could not be paired with the CHALLENGE it answers. */
 export type UnpairedReason = 'no-timestamp' | 'no-record' | 'ambiguous' | 'connection-gone';
 
@@ -53,9 +76,15 @@ const headerValue = (v: string | string[] | undefined): string | undefined => (t
 
 /** One of a caller's NTLM legs, as read from its own `Authorization`. */
 export type CallerNtlmLeg =
-  | { readonly kind: 'opening' }
+  | {
+      readonly kind: 'opening';
+      /** The gateway's client connection it came in on ({@link CallerConnectionOption}), if given. */
+      readonly caller: string | object | undefined;
+    }
   | {
       readonly kind: 'continuation';
+      /** The gateway's client connection it came in on ({@link CallerConnectionOption}), if given. */
+      readonly caller: string | object | undefined;
       /** The CHALLENGE's TargetInfo as the NTLMv2 response echoes it (see {@link targetInfoKey}); none for NTLMv1/LM. */
       readonly key: string | undefined;
       /** The Auth-ID the caller sent with it (C3), if any. */
@@ -102,14 +131,14 @@ function targetInfoKey(pairs: readonly { id: number; value: Buffer }[]): string 
  * AUTHENTICATE naming a user (a token that does not parse, or names nobody, counts against no
  * account: it goes as before, and the server refuses it). Undefined for anything else.
  */
-export function callerNtlmLeg(headers: HeaderMap): CallerNtlmLeg | undefined {
+export function callerNtlmLeg(headers: HeaderMap, caller?: string | object): CallerNtlmLeg | undefined {
   const authorization = headerValue(headers.authorization);
   const m = authorization === undefined ? null : CREDENTIAL.exec(authorization);
   if (!m) return undefined;
   const message = ntlmsspOf(m[1]!.toLowerCase(), Buffer.from(m[2]!, 'base64'));
   if (!message || message.length < 12) return undefined;
   const type = message.readUInt32LE(8);
-  if (type === 1) return { kind: 'opening' };
+  if (type === 1) return { kind: 'opening', caller };
   if (type !== 3) return undefined;
   let key: string | undefined;
   try {
@@ -124,7 +153,7 @@ export function callerNtlmLeg(headers: HeaderMap): CallerNtlmLeg | undefined {
     return undefined;
   }
   const authId = headerValue(headers['auth-id']);
-  return { kind: 'continuation', key, authId };
+  return { kind: 'continuation', key, authId, caller };
 }
 
 /** The key of the NTLM CHALLENGE a 401 carries (bare NTLM, or Negotiate, raw or in SPNEGO), if any. */
@@ -146,6 +175,8 @@ export function challengeKey(headers: ResponseHeaders): string | undefined {
 export interface PairedSession {
   readonly closed: boolean;
   readonly protocol: 'h2' | 'http/1.1' | undefined;
+  /** It takes no new request: a caller's answer there may have authenticated it (S6). */
+  readonly retiring: boolean;
   /** CHALLENGEs recorded on it and not yet answered (kept by {@link ChallengeRecords}). */
   challengesPending: number;
   /** Its last pending CHALLENGE was answered or forgotten (a retiring session may close now). */
@@ -157,11 +188,18 @@ export interface ChallengeRecord {
   readonly session: PairedSession;
   readonly key: string | undefined;
   readonly authId: string | undefined;
+  /** The NEGOTIATE's `callerConnection`: only an AUTHENTICATE dispatched with the same takes it. */
+  readonly caller: string | object | undefined;
   /** When it was recorded (Date.now()). */
   readonly at: number;
   readonly expires: number;
   /** Its AUTHENTICATE is on its way (no other may take it). */
   taken: boolean;
+  /**
+   * Its session retired (another caller's answer there may have authenticated it, S6): no longer
+   * counted there, kept only so that its AUTHENTICATE is told `connection-gone`.
+   */
+  dropped: boolean;
 }
 
 /** At most this many CHALLENGEs are remembered per origin; the oldest goes first (its AUTHENTICATE then fails typed). */
@@ -176,6 +214,14 @@ export const MAX_CHALLENGE_RECORDS = 1024;
 export const ABANDONED_CHALLENGE_GRACE_MS = 1000;
 
 /**
+ * R4: more AUTHENTICATEs than this pairing with nothing (`no-record`) at one origin within
+ * {@link MISS_WINDOW_MS} is logged once (multileg:pool): a client stepping the MsvAvTimestamp of its
+ * own CHALLENGE to guess another's pairing key misses many times before it hits.
+ */
+export const MISS_BOUND = 16;
+export const MISS_WINDOW_MS = 10_000;
+
+/**
  * The CHALLENGEs of callers' handshakes at one origin that wait for their AUTHENTICATE: bounded in
  * number ({@link MAX_CHALLENGE_RECORDS}) and age (limits.handshakeTimeout, by one unref'd timer),
  * forgotten when their connection ends.
@@ -188,6 +234,10 @@ export class ChallengeRecords {
   #timer: NodeJS.Timeout | undefined;
   /** Wakes the waiters when the oldest pending CHALLENGE comes of age for {@link relieve}. */
   #reliefTimer: NodeJS.Timeout | undefined;
+  /** The pool is closing: nothing more is recorded (no timer armed after {@link dispose}). */
+  #disposed = false;
+  /** `no-record` misses in the current window (R4), and whether this window was logged. */
+  #misses = { since: 0, count: 0, logged: false };
 
   constructor(limits: Limits, freed: () => void) {
     this.#limits = limits;
@@ -202,37 +252,71 @@ export class ChallengeRecords {
   collides(key: string | undefined): boolean {
     if (key === undefined) return false;
     this.#purge();
-    return this.#records.some((r) => r.key === key && !r.session.closed);
+    return this.#records.some((r) => r.key === key && !r.dropped && !r.session.closed);
   }
 
   /**
-   * `session` carried a CHALLENGE (`key`, `authId`) to a caller's NEGOTIATE. On HTTP/1.1 the
-   * connection holds one context: an older record of it is replaced.
+   * `session` carried a CHALLENGE (`key`, `authId`) to a caller's NEGOTIATE (dispatched with
+   * `caller`). A callers' session carries one caller's handshake at a time (the pool's #reserved): an
+   * older record of it not yet taken is replaced. One that came on a session retired meanwhile is
+   * kept dropped (its AUTHENTICATE fails `connection-gone`); after {@link dispose}, none is kept.
    */
-  record(session: PairedSession, key: string | undefined, authId: string | undefined): void {
-    if (key === undefined && authId === undefined) return;
+  record(session: PairedSession, key: string | undefined, authId: string | undefined, caller?: string | object): void {
+    if (this.#disposed || (key === undefined && authId === undefined)) return;
     this.#purge();
-    if (session.protocol !== 'h2') {
-      const older = this.#records.findIndex((r) => r.session === session && !r.taken);
-      if (older >= 0) this.#remove(older);
-    }
+    const older = this.#records.findIndex((r) => r.session === session && !r.taken && !r.dropped);
+    if (older >= 0) this.#remove(older);
     if (this.#records.length >= MAX_CHALLENGE_RECORDS) this.#remove(0);
     const at = Date.now();
-    this.#records.push({ session, key, authId, at, expires: at + this.#limits.handshakeTimeout, taken: false });
-    session.challengesPending += 1;
+    const dropped = session.retiring;
+    this.#records.push({
+      session,
+      key,
+      authId,
+      caller,
+      at,
+      expires: at + this.#limits.handshakeTimeout,
+      taken: false,
+      dropped,
+    });
+    if (!dropped) session.challengesPending += 1;
     this.#arm();
   }
 
   /**
+   * S6: `session` retires — a caller's answer there (`answered`'s AUTHENTICATE, or any caller's
+   * request) may have authenticated it as that caller, and the server would serve whatever else
+   * comes on it as them. Every other caller's CHALLENGE recorded on it is dropped: its AUTHENTICATE
+   * is never sent there (review r53: an AUTHENTICATE of made-up credentials, sent on a session
+   * another's login authenticated, was served as them) and fails `connection-gone`.
+   */
+  retired(session: PairedSession, answered: ChallengeRecord | undefined): void {
+    let dropped = 0;
+    for (const r of this.#records) {
+      if (r.session !== session || r === answered || r.taken || r.dropped) continue;
+      r.dropped = true;
+      session.challengesPending -= 1;
+      dropped += 1;
+    }
+    if (dropped > 0 && session.challengesPending === 0) session.challengesSettled();
+  }
+
+  /**
    * The record an AUTHENTICATE answers, taken for it; or why there is none: exactly one must match.
-   * The key, when the AUTHENTICATE has one, decides alone, and an Auth-ID the caller relayed that
-   * disagrees with its record's is overruled (the request goes with the record's, see exchange.ts
-   * `send`): the key is the TargetInfo the client's NTLMv2 response was computed over, so it names
-   * the CHALLENGE the client answered, while a relayed Auth-ID is the gateway's bookkeeping and may
-   * be stale (another handshake on the same client connection, a client that reconnected). Sent
-   * under that stale Auth-ID, the server would read the AUTHENTICATE against another context and
-   * count a wrong password; skipping the record would fail a login that can succeed. Without a key
-   * (NTLMv1/LM), the Auth-ID is all there is and must be the record's.
+   * A record whose NEGOTIATE named its client connection (`callerConnection`) matches only an
+   * AUTHENTICATE dispatched with the same one. The key, when the AUTHENTICATE has one, decides
+   * alone, and an Auth-ID the caller relayed that disagrees with its record's is overruled (the
+   * request goes with the record's, see exchange.ts `send`): the key is the TargetInfo the client's
+   * NTLMv2 response was computed over, so it names the CHALLENGE the client answered, while a
+   * relayed Auth-ID is the gateway's bookkeeping and may be stale (another handshake on the same
+   * client connection, a client that reconnected). Sent under that stale Auth-ID, the server would
+   * read the AUTHENTICATE against another context and count a wrong password; skipping the record
+   * would fail a login that can succeed. Requiring the two to agree would add no defence either: a
+   * client that guessed another's key (R4, docs/SECURITY.md) simply relays no Auth-ID;
+   * `callerConnection` is that defence. Without a key (NTLMv1/LM), the Auth-ID is all there is: it
+   * must be the record's, and the record must have no key either (a CHALLENGE with MsvAvTimestamp is
+   * answered by an NTLMv2 response that echoes it; a keyless AUTHENTICATE relaying its Auth-ID is
+   * not its client's, review r53).
    */
   take(leg: Extract<CallerNtlmLeg, { kind: 'continuation' }>): ChallengeRecord | UnpairedReason {
     this.#purge();
@@ -241,8 +325,9 @@ export class ChallengeRecords {
     let gone = false;
     for (const r of this.#records) {
       if (r.taken) continue;
-      if (leg.key !== undefined ? r.key !== leg.key : r.authId !== leg.authId) continue;
-      if (r.session.closed) {
+      if (leg.key !== undefined ? r.key !== leg.key : r.key !== undefined || r.authId !== leg.authId) continue;
+      if (r.caller !== undefined && r.caller !== leg.caller) continue;
+      if (r.dropped || r.session.closed) {
         gone = true;
         continue;
       }
@@ -252,6 +337,25 @@ export class ChallengeRecords {
     if (!found) return gone ? 'connection-gone' : 'no-record';
     found.taken = true;
     return found;
+  }
+
+  /**
+   * R4: an AUTHENTICATE paired with nothing (`no-record`). True once per {@link MISS_WINDOW_MS}
+   * when more than {@link MISS_BOUND} have come within it (the pool logs it): a client may be
+   * guessing other clients' pairing keys.
+   */
+  missed(): boolean {
+    const now = Date.now();
+    const m = this.#misses;
+    if (now - m.since > MISS_WINDOW_MS) {
+      m.since = now;
+      m.count = 0;
+      m.logged = false;
+    }
+    m.count += 1;
+    if (m.count <= MISS_BOUND || m.logged) return false;
+    m.logged = true;
+    return true;
   }
 
   /** The AUTHENTICATE of `record` was answered (or failed): forgotten. */
@@ -279,7 +383,7 @@ export class ChallengeRecords {
     let next: number | undefined;
     for (let i = 0; i < this.#records.length && freed < wanted; ) {
       const r = this.#records[i]!;
-      if (r.taken || r.session.closed || !holds(r.session)) {
+      if (r.taken || r.dropped || r.session.closed || !holds(r.session)) {
         i++;
         continue;
       }
@@ -306,6 +410,7 @@ export class ChallengeRecords {
 
   /** Stops the timers (the pool is closing). */
   dispose(): void {
+    this.#disposed = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
     clearTimeout(this.#reliefTimer);
@@ -314,6 +419,7 @@ export class ChallengeRecords {
 
   #remove(at: number): void {
     const [r] = this.#records.splice(at, 1);
+    if (r!.dropped) return;
     r!.session.challengesPending -= 1;
     if (r!.session.challengesPending === 0) r!.session.challengesSettled();
   }

@@ -17,7 +17,7 @@ import {
 } from './exchange.ts';
 import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
-import { ChallengeRecords, callerNtlmLeg, NtlmUnpairedError } from './ntlm-pairing.ts';
+import { ChallengeRecords, callerConnectionOf, callerNtlmLeg, NtlmUnpairedError } from './ntlm-pairing.ts';
 import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
 import { ProvedIdentity, sameAccount } from './proved-identity.ts';
 import { type Identity, type Lane, Session } from './session.ts';
@@ -404,7 +404,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * path.
    */
   run(job: Job): void {
-    if (job.identity === 'caller-bound' || job.identity === 'caller-both') job.ntlm = callerNtlmLeg(job.headers);
+    if (job.identity === 'caller-bound' || job.identity === 'caller-both')
+      job.ntlm = callerNtlmLeg(job.headers, callerConnectionOf(job.dispatchOptions));
     this.#next(job);
   }
 
@@ -425,6 +426,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     const record = this.#challenges.take(job.ntlm);
     if (typeof record === 'string') {
       log.pool('%s job %d: AUTHENTICATE not paired (%s): not sent', this.origin, job.id, record);
+      // R4: many misses may be a client guessing other clients' pairing keys (docs/SECURITY.md).
+      if (record === 'no-record' && this.#challenges.missed())
+        log.pool(
+          "%s: many AUTHENTICATEs paired with no CHALLENGE lately: a client may be guessing others' pairing keys (give callerConnection, docs/GATEWAYS.md)",
+          this.origin,
+        );
       this.#fail(job, new NtlmUnpairedError(this.origin, record));
       return true;
     }
@@ -673,18 +680,16 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   /**
    * A callers' session that takes no new request (S6, R4): retiring (a caller's answer there may
-   * have authenticated it), or holding callers' CHALLENGEs that wait for their AUTHENTICATE — on
-   * HTTP/1.1 any (the connection is the server's context: another NEGOTIATE there would replace it,
-   * and the AUTHENTICATE would be read against another's), on HTTP/2 as many as its handshake slots
-   * (the server caps incomplete contexts per session, draft §3.1).
+   * have authenticated it), or carrying a caller's handshake — its NEGOTIATE on the wire, or its
+   * CHALLENGE waiting for the AUTHENTICATE. One caller's handshake at a time, on HTTP/2 as on
+   * HTTP/1.1: on HTTP/1.1 another NEGOTIATE would replace the connection's context; on HTTP/2 (session
+   * mode authenticates the whole session) one caller's login would make the session that caller's
+   * while another's handshake still waited there, and that one's AUTHENTICATE — whatever it holds —
+   * would be served as the first (review r53). The handshakes spread over sessions instead (up to
+   * limits.maxPerRequestSessions, #maxSessions).
    */
   #reserved(s: Session): boolean {
-    if (s.retiring) return true;
-    const pending = s.challengesPending;
-    if (pending === 0) return false;
-    // (Not connected yet: it takes one request until its first answer anyway, see Session.capacity.)
-    if (s.protocol === 'http/1.1') return true;
-    return pending >= Math.min(this.#options.limits.maxConcurrentHandshakes, this.memory.contextCap ?? Infinity);
+    return s.retiring || s.challengesPending > 0;
   }
 
   #pick(lane: Lane, identity: Identity): Session | undefined {

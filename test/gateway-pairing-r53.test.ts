@@ -1,0 +1,192 @@
+/**
+ * Review r53 of the callers' NTLM pass-through pairing (src/session/ntlm-pairing.ts): a session one
+ * caller's login authenticated carries no other caller's AUTHENTICATE (S6); a keyless AUTHENTICATE
+ * takes no keyed CHALLENGE, and `callerConnection` keeps a guessed key from taking another client's
+ * CHALLENGE (R4).
+ */
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Challenge, MultilegAgent, NtlmUnpairedError, ntlmMechanism, parseChallenges } from '../src/index.ts';
+import { encodeAuthenticate } from '../src/mechanisms/ntlm/messages.ts';
+import type { Limits } from '../src/options.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { ChallengeRecords, MISS_BOUND, type PairedSession } from '../src/session/ntlm-pairing.ts';
+
+const servers: ReferenceServer[] = [];
+const agents: MultilegAgent[] = [];
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.destroy().catch(() => {})));
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+async function rig(mode: 'session' | 'iis', allowH2 = true) {
+  const s = await startReferenceServer({ schemes: ['NTLM'], mode });
+  servers.push(s);
+  const a = new MultilegAgent({ connect: { ca: s.ca }, negotiate: false, allowH2 });
+  agents.push(a);
+  const url = new URL(s.origin);
+  const leg = (path: string) => ({
+    origin: s.origin,
+    hostname: url.hostname,
+    port: Number(url.port),
+    method: 'GET',
+    path,
+    proxy: false,
+  });
+  const context = (user: string, password: string, path: string) =>
+    ntlmMechanism({ username: `EXAMPLE\\${user}`, password }).createContext(leg(path));
+  /** A NEGOTIATE from `ctx`: its CHALLENGE and Auth-ID. */
+  async function negotiate(ctx: ReturnType<typeof context>, path: string, callerConnection?: string) {
+    const r = await request(`${s.origin}${path}`, {
+      dispatcher: a,
+      headers: { authorization: (await ctx.step(undefined, leg(path)))! },
+      ...(callerConnection ? { callerConnection } : {}),
+    });
+    await r.body.text();
+    const challenge = parseChallenges(r.headers['www-authenticate'] as string).find((c) => c.token68 !== undefined);
+    return { challenge: challenge as Challenge, authId: r.headers['auth-id'] as string | undefined };
+  }
+  /** A request through the agent: who the server served it as, or the unpaired reason. */
+  async function send(path: string, headers: Record<string, string>, callerConnection?: string): Promise<string> {
+    try {
+      const r = await request(`${s.origin}${path}`, {
+        dispatcher: a,
+        headers,
+        ...(callerConnection ? { callerConnection } : {}),
+      });
+      const body = (await r.body.json().catch(() => ({}))) as { user?: string | null; error?: string };
+      return `${r.statusCode} ${body.user ?? body.error ?? 'anonymous'}`;
+    } catch (err) {
+      return err instanceof NtlmUnpairedError ? `${err.code} ${err.reason}` : String(err);
+    }
+  }
+  return { s, a, leg, context, negotiate, send };
+}
+
+describe('S6: a callers\u2019 session one caller\u2019s login authenticated carries no other caller\u2019s AUTHENTICATE (review r53)', () => {
+  it('S6: over HTTP/2 (session mode), Mallory\u2019s AUTHENTICATE of made-up credentials, echoing her own CHALLENGE, is never served as bob, whose login went first', async () => {
+    const { s, context, negotiate, send, leg } = await rig('session');
+    const bob = context('bob', 'bobpw', '/auth/bob');
+    const mallory = context('mallory', 'no-such-password', '/public/mine');
+    const b = await negotiate(bob, '/auth/bob');
+    const m = await negotiate(mallory, '/auth/mine');
+    const bobAuth = (await bob.step(b.challenge, leg('/auth/bob')))!;
+    expect(await send('/auth/bob', { authorization: bobAuth, 'auth-id': b.authId! })).toBe('200 EXAMPLE\\bob');
+    const malloryAuth = (await mallory.step(m.challenge, leg('/public/mine')))!;
+    // Before: "200 EXAMPLE\bob" (sent on bob's session, which his login had authenticated).
+    const got = await send('/public/mine', { authorization: malloryAuth });
+    expect(got).not.toContain('bob');
+    const sessionOf = (path: string) => s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId);
+    expect(sessionOf('/public/mine').some((id) => sessionOf('/auth/bob').includes(id))).toBe(false);
+  });
+
+  it('S6: once a session retires, another caller\u2019s CHALLENGE recorded on it is dropped (its AUTHENTICATE is connection-gone, never sent there), and one that comes back on it afterwards is kept dropped; the session closes once its own is answered', () => {
+    const records = new ChallengeRecords({ handshakeTimeout: 30_000 } as Limits, () => {});
+    let settled = 0;
+    const session: PairedSession & { retiring: boolean } = {
+      closed: false,
+      protocol: 'h2',
+      retiring: false,
+      challengesPending: 0,
+      challengesSettled: () => {
+        settled += 1;
+      },
+    };
+    records.record(session, 'bob-key', 'b1');
+    // Two handshakes on one session (a NEGOTIATE given it beside another caller's request).
+    const bobs = records.take({ kind: 'continuation', key: 'bob-key', authId: 'b1', caller: undefined });
+    expect(typeof bobs).toBe('object');
+    records.record(session, 'mallory-key', 'm1');
+    expect(session.challengesPending).toBe(2);
+    // Bob's answer retires the session.
+    records.retired(session, bobs as Exclude<typeof bobs, string>);
+    session.retiring = true;
+    expect(session.challengesPending).toBe(1);
+    // Before: Mallory's record was taken, and her AUTHENTICATE went on bob's session.
+    expect(records.take({ kind: 'continuation', key: 'mallory-key', authId: 'm1', caller: undefined })).toBe(
+      'connection-gone',
+    );
+    // A NEGOTIATE that was on the wire when it retired: its CHALLENGE is kept dropped.
+    records.record(session, 'carol-key', 'c1');
+    expect(session.challengesPending).toBe(1);
+    expect(records.take({ kind: 'continuation', key: 'carol-key', authId: undefined, caller: undefined })).toBe(
+      'connection-gone',
+    );
+    records.settle(bobs as Exclude<typeof bobs, string>);
+    expect(session.challengesPending).toBe(0);
+    expect(settled).toBe(1);
+    records.dispose();
+  });
+});
+
+describe('R4: the pairing of a callers\u2019 AUTHENTICATE cannot be taken by another client (review r53)', () => {
+  it('R4: an AUTHENTICATE with no timestamp key (NTLMv1-shaped) relaying another\u2019s Auth-ID takes no CHALLENGE that has a key: MULTILEG_NTLM_UNPAIRED (no-record), not sent, and bob\u2019s login succeeds', async () => {
+    const { s, context, negotiate, send, leg } = await rig('session');
+    const bob = context('bob', 'bobpw', '/auth/bob');
+    const b = await negotiate(bob, '/auth/bob');
+    const v1 = encodeAuthenticate({
+      flags: 0xa2088207,
+      encryptedRandomSessionKey: Buffer.alloc(0),
+      lmResponse: Buffer.alloc(24),
+      ntResponse: Buffer.alloc(24, 1),
+      domain: 'EXAMPLE',
+      user: 'mallory',
+      workstation: 'M',
+      version: Buffer.alloc(8),
+    } as Parameters<typeof encodeAuthenticate>[0]);
+    const before = s.exchanges.length;
+    // Before: it took bob's record ("401 rejected" at the server), and bob's login failed no-record.
+    expect(await send('/auth/m', { authorization: `NTLM ${v1.toString('base64')}`, 'auth-id': b.authId! })).toBe(
+      'MULTILEG_NTLM_UNPAIRED no-record',
+    );
+    expect(s.exchanges.length).toBe(before);
+    const auth = (await bob.step(b.challenge, leg('/auth/bob')))!;
+    expect(await send('/auth/bob', { authorization: auth, 'auth-id': b.authId! })).toBe('200 EXAMPLE\\bob');
+  });
+
+  it('R4: with callerConnection on its NEGOTIATE, bob\u2019s CHALLENGE is taken only by an AUTHENTICATE dispatched with the same: another client\u2019s answering it (a guessed key) is MULTILEG_NTLM_UNPAIRED (no-record), not sent, and bob\u2019s login succeeds', async () => {
+    for (const given of [false, true]) {
+      const { s, context, negotiate, send, leg } = await rig('iis', false);
+      const bob = context('bob', 'bobpw', '/auth/bob');
+      const b = await negotiate(bob, '/auth/bob', given ? 'client-conn-bob' : undefined);
+      // Mallory answers bob's very CHALLENGE with her own credentials: a perfect guess of its key.
+      const mallory = context('alice', 'alicepw', '/m');
+      await mallory.step(undefined, leg('/m'));
+      const forged = (await mallory.step(b.challenge, leg('/m')))!;
+      const before = s.exchanges.length;
+      const got = await send('/m', { authorization: forged }, given ? 'client-conn-mallory' : undefined);
+      const bobAuth = (await bob.step(b.challenge, leg('/auth/bob')))!;
+      const bobGot = await send('/auth/bob', { authorization: bobAuth }, given ? 'client-conn-bob' : undefined);
+      if (given) {
+        expect(got).toBe('MULTILEG_NTLM_UNPAIRED no-record');
+        expect(s.exchanges.length).toBe(before + 1);
+        expect(bobGot).toBe('200 EXAMPLE\\bob');
+      } else {
+        // Without it (the threat docs/SECURITY.md describes): the guess takes bob's CHALLENGE.
+        expect(got).not.toContain('MULTILEG_NTLM_UNPAIRED');
+        expect(bobGot).toBe('MULTILEG_NTLM_UNPAIRED no-record');
+      }
+    }
+  });
+
+  it('R4: AUTHENTICATEs pairing with nothing are counted per origin: past MISS_BOUND within the window, reported once', () => {
+    const records = new ChallengeRecords({ handshakeTimeout: 30_000 } as Limits, () => {});
+    const reports = Array.from({ length: 3 * MISS_BOUND }, () => records.missed()).filter(Boolean);
+    expect(reports).toHaveLength(1);
+  });
+
+  it('R4: a CHALLENGE answered after the pool closed (dispose) is not recorded, and arms no timer', () => {
+    const records = new ChallengeRecords({ handshakeTimeout: 30_000 } as Limits, () => {});
+    const session: PairedSession = {
+      closed: false,
+      protocol: 'h2',
+      retiring: false,
+      challengesPending: 0,
+      challengesSettled: () => {},
+    };
+    records.dispose();
+    records.record(session, 'late-key', 'l1');
+    expect(records.size).toBe(0);
+    expect(session.challengesPending).toBe(0);
+  });
+});
