@@ -4,6 +4,7 @@
  * takes no keyed CHALLENGE, and `callerConnection` keeps a guessed key from taking another client's
  * CHALLENGE (R4).
  */
+import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Challenge, MultilegAgent, NtlmUnpairedError, ntlmMechanism, parseChallenges } from '../src/index.ts';
@@ -76,6 +77,44 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
     // Before: "200 EXAMPLE\bob" (sent on bob's session, which his login had authenticated).
     const got = await send('/public/mine', { authorization: malloryAuth });
     expect(got).not.toContain('bob');
+    const sessionOf = (path: string) => s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId);
+    expect(sessionOf('/public/mine').some((id) => sessionOf('/auth/bob').includes(id))).toBe(false);
+  });
+
+  it('S6: over HTTP/2 (session mode) a callers\u2019 session carries one caller\u2019s request at a time: bob\u2019s login never shares a session with Mallory\u2019s request still on the wire (a slow body), which would then be served as bob (review r54)', async () => {
+    const { s, a, context, negotiate, send, leg } = await rig('session');
+    // A garbage NTLM token's 401: the session has answered once (it would take as many as its streams).
+    expect(await send('/auth/x', { authorization: 'NTLM AAAA' })).toMatch(/^401 /);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // Her request has reached the server (its head): it is on a session.
+    const onWire = new Promise<void>((resolve) => s.on('request', (q) => q.path === '/public/mine' && resolve()));
+    // Past maxReplayBodyBytes the body streams: her request stays on the wire until she releases it.
+    const body = Readable.from(
+      (async function* () {
+        yield Buffer.alloc(1100 * 1024, 97);
+        await held;
+        yield 'b';
+      })(),
+    );
+    const mine = request(`${s.origin}/public/mine`, {
+      dispatcher: a,
+      method: 'POST',
+      body,
+      headers: { authorization: 'NTLM AAAA' },
+    });
+    await onWire;
+    const bob = context('bob', 'bobpw', '/auth/bob');
+    const b = await negotiate(bob, '/auth/bob');
+    const bobAuth = (await bob.step(b.challenge, leg('/auth/bob')))!;
+    expect(await send('/auth/bob', { authorization: bobAuth, 'auth-id': b.authId! })).toBe('200 EXAMPLE\\bob');
+    release();
+    const res = await mine;
+    const { user } = (await res.body.json()) as { user: string | null };
+    // Before: 200 as EXAMPLE\bob, her request on the session bob's login authenticated.
+    expect(user).toBeNull();
     const sessionOf = (path: string) => s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId);
     expect(sessionOf('/public/mine').some((id) => sessionOf('/auth/bob').includes(id))).toBe(false);
   });

@@ -322,7 +322,7 @@ describe('S6: a callers\u2019 HTTP/2 session and its pending CHALLENGEs', () => 
 });
 
 describe('R1/S6: callers\u2019 own connection-bound requests over HTTP/2', () => {
-  it('R1/S6: a burst of callers\u2019 own NTLM Authorization (each answer retires its session) runs on up to limits.maxPerRequestSessions sessions at once, not one after another; no request goes on a session after its answer', async () => {
+  it('R1/S6: a burst of callers\u2019 own NTLM Authorization (each answer retires its session) runs on up to maxHttp1Connections sessions at once (one request each, as HTTP/1.1 connections: review r54), not one after another; no request goes on a session after its answer', async () => {
     // A server that holds every response until four requests are in at once, then answers all.
     const held: (() => void)[] = [];
     let released = false;
@@ -344,7 +344,7 @@ describe('R1/S6: callers\u2019 own connection-bound requests over HTTP/2', () =>
     });
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
     const origin = `https://localhost:${(srv.address() as AddressInfo).port}`;
-    const a = new MultilegAgent({ connect: { ca: CA_CERT }, limits: { maxPerRequestSessions: 4 } });
+    const a = new MultilegAgent({ connect: { ca: CA_CERT }, maxHttp1Connections: 4 });
     agents.push(a);
     try {
       // An AUTHENTICATE too short to pair: a caller-bound request that goes as given (its 200 retires the session).

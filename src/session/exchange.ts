@@ -640,7 +640,8 @@ function pairChallenge(run: Run, seen: SendSeen, headers: ResponseHeaders): bool
   const key = challengeKey(headers);
   const reading = readAuthId(headers);
   const authId = reading?.ok ? reading.value : undefined;
-  if (pairing.collides(key) && job.reasks < MAX_REASKS && job.body.replayable) {
+  // (Not on a session that retired meanwhile: it takes nothing more, and its records are dropped.)
+  if (!session.retiring && pairing.collides(key) && job.reasks < MAX_REASKS && job.body.replayable) {
     job.reasks += 1;
     seen.reask = authId ?? '';
     return true;

@@ -32,13 +32,13 @@ import type { Limits } from '../options.ts';
  */
 export interface CallerConnectionOption {
   /** The client connection the request came in on (see {@link CallerConnectionOption}); unset: pairing by key and Auth-ID alone. */
-  readonly callerConnection?: string | object;
+  readonly callerConnection?: string | number | object;
 }
 
 /** The `callerConnection` of a request's dispatch options, if it names one. */
-export function callerConnectionOf(opts: object): string | object | undefined {
+export function callerConnectionOf(opts: object): string | number | object | undefined {
   const c = (opts as CallerConnectionOption).callerConnection;
-  return typeof c === 'string' || (typeof c === 'object' && c !== null) ? c : undefined;
+  return typeof c === 'string' || typeof c === 'number' || (typeof c === 'object' && c !== null) ? c : undefined;
 }
 
 /** Why an AUTHENTICATE could not be paired with the CHALLENGE it answers. */
@@ -79,12 +79,12 @@ export type CallerNtlmLeg =
   | {
       readonly kind: 'opening';
       /** The gateway's client connection it came in on ({@link CallerConnectionOption}), if given. */
-      readonly caller: string | object | undefined;
+      readonly caller: string | number | object | undefined;
     }
   | {
       readonly kind: 'continuation';
       /** The gateway's client connection it came in on ({@link CallerConnectionOption}), if given. */
-      readonly caller: string | object | undefined;
+      readonly caller: string | number | object | undefined;
       /** The CHALLENGE's TargetInfo as the NTLMv2 response echoes it (see {@link targetInfoKey}); none for NTLMv1/LM. */
       readonly key: string | undefined;
       /** The Auth-ID the caller sent with it (C3), if any. */
@@ -131,7 +131,7 @@ function targetInfoKey(pairs: readonly { id: number; value: Buffer }[]): string 
  * AUTHENTICATE naming a user (a token that does not parse, or names nobody, counts against no
  * account: it goes as before, and the server refuses it). Undefined for anything else.
  */
-export function callerNtlmLeg(headers: HeaderMap, caller?: string | object): CallerNtlmLeg | undefined {
+export function callerNtlmLeg(headers: HeaderMap, caller?: string | number | object): CallerNtlmLeg | undefined {
   const authorization = headerValue(headers.authorization);
   const m = authorization === undefined ? null : CREDENTIAL.exec(authorization);
   if (!m) return undefined;
@@ -189,7 +189,7 @@ export interface ChallengeRecord {
   readonly key: string | undefined;
   readonly authId: string | undefined;
   /** The NEGOTIATE's `callerConnection`: only an AUTHENTICATE dispatched with the same takes it. */
-  readonly caller: string | object | undefined;
+  readonly caller: string | number | object | undefined;
   /** When it was recorded (Date.now()). */
   readonly at: number;
   readonly expires: number;
@@ -261,7 +261,12 @@ export class ChallengeRecords {
    * older record of it not yet taken is replaced. One that came on a session retired meanwhile is
    * kept dropped (its AUTHENTICATE fails `connection-gone`); after {@link dispose}, none is kept.
    */
-  record(session: PairedSession, key: string | undefined, authId: string | undefined, caller?: string | object): void {
+  record(
+    session: PairedSession,
+    key: string | undefined,
+    authId: string | undefined,
+    caller?: string | number | object,
+  ): void {
     if (this.#disposed || (key === undefined && authId === undefined)) return;
     this.#purge();
     const older = this.#records.findIndex((r) => r.session === session && !r.taken && !r.dropped);

@@ -404,8 +404,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * path.
    */
   run(job: Job): void {
-    if (job.identity === 'caller-bound' || job.identity === 'caller-both')
-      job.ntlm = callerNtlmLeg(job.headers, callerConnectionOf(job.dispatchOptions));
+    if (callerBound(job.identity)) job.ntlm = callerNtlmLeg(job.headers, callerConnectionOf(job.dispatchOptions));
     this.#next(job);
   }
 
@@ -600,12 +599,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return proving ? 1 : this.#options.maxHttp1Connections;
     }
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
-    // Callers' own connection-bound requests: a session carries one until its first answer (it may
-    // be unprobed HTTP/1.1) and retires on a final one (S6), so one at a time would run them one
-    // after another, a connection each (review r52: 211 of 300 timed out in the queue). They open
-    // sessions in parallel, as per-request handshakes do; the CHALLENGEs pending on them spread
-    // new NEGOTIATEs too (#reserved).
-    if (identity === 'caller-bound' || identity === 'caller-both') return this.#options.limits.maxPerRequestSessions;
+    // Callers' own connection-bound requests: a session carries one at a time (#room) and retires on
+    // a final answer (S6), so one session at a time would run them one after another, a connection
+    // each (review r52: 211 of 300 timed out in the queue). They open connections in parallel, as
+    // many as HTTP/1.1 would, where each carries one request too (review r54: 8 sessions of one
+    // handshake each failed slow clients under load).
+    if (callerBound(identity)) return this.#options.maxHttp1Connections;
     const more = identity === 'agent' && this.memory.mode === 'session' && survey.authenticated;
     return more ? this.#options.limits.maxAuthenticatedSessions : 1;
   }
@@ -655,6 +654,10 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    */
   #room(s: Session): number {
     const capacity = s.capacity;
+    // One caller's request at a time (S6): while another caller's connection-bound request is on
+    // it, a login there (session-mode NTLM authenticates the whole session) would serve that request
+    // as this caller, or its answer retire the session under this caller's handshake (review r54).
+    if (callerBound(s.identity)) return Math.min(capacity, 1);
     if (s.lane !== 'auto' || s.identity !== 'agent') return capacity;
     const spreadRoom = SPREAD_ROOM * this.#options.limits.maxConcurrentHandshakes;
     if (this.#spreads(s.identity)) return Math.min(capacity, spreadRoom);
@@ -728,7 +731,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       // Every session is at its room and no more may open: the least loaded one takes the request
       // into its Client's own queue, as one undici session would, unless a session is still opening
       // (connecting, handshaking) or handshakes spread: then the request waits here for room.
-      else if (survey.opening || this.#spreads(identity) || !survey.leastLoaded) session = undefined;
+      else if (survey.opening || this.#spreads(identity) || callerBound(identity) || !survey.leastLoaded)
+        session = undefined;
       else session = survey.leastLoaded;
       // The reused survey holds no session past its use (a closed one could not be collected).
       survey.leastLoaded = undefined;
@@ -827,7 +831,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * (ntlm-pairing.ts, `ChallengeRecords.relieve`; it pumps again when it freed some, or later).
    */
   #relieve(lane: Lane, identity: Identity, waiting: number): void {
-    if (identity !== 'caller-bound' && identity !== 'caller-both') return;
+    if (!callerBound(identity)) return;
     if (this.#challenges.size === 0) return;
     const survey = this.#survey(lane, identity);
     const starved = survey.reserved === survey.open && survey.open >= this.#maxSessions(lane, identity, survey);
@@ -919,4 +923,9 @@ export function askHolds(mechanism: Mechanism, identity: string): boolean | unde
     log.pool('%s holdsCredentials threw (%s): taken as cannot tell', mechanism.scheme, (err as Error)?.name);
     return undefined;
   }
+}
+
+/** Callers' own connection-bound requests (S6): one at a time per session, each caller's alone. */
+function callerBound(identity: Identity): boolean {
+  return identity === 'caller-bound' || identity === 'caller-both';
 }
