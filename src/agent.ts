@@ -490,6 +490,8 @@ export class MultilegAgent extends Dispatcher {
         throw new MultilegError('MULTILEG_INVALID_REQUEST', 'dispatch needs opts.origin (e.g. https://host:port)');
       const origin = this.#origin(opts.origin);
       if (opts.upgrade || opts.method === 'CONNECT') {
+        // A jar whose principal left the ccache is dropped before an upgrade reads it too (S6, review r55).
+        this.#checkJarHolder();
         // Upgrades always tunnel through a proxy that applies.
         const headers = normalizeRequestHeaders(opts.headers);
         refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin), 'any');

@@ -11,7 +11,12 @@ import { type Challenge, MultilegAgent, NtlmUnpairedError, ntlmMechanism, parseC
 import { encodeAuthenticate } from '../src/mechanisms/ntlm/messages.ts';
 import type { Limits } from '../src/options.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
-import { ChallengeRecords, MISS_BOUND, type PairedSession } from '../src/session/ntlm-pairing.ts';
+import {
+  ChallengeRecords,
+  MAX_CHALLENGE_RECORDS,
+  MISS_BOUND,
+  type PairedSession,
+} from '../src/session/ntlm-pairing.ts';
 
 const servers: ReferenceServer[] = [];
 const agents: MultilegAgent[] = [];
@@ -117,6 +122,26 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
     expect(user).toBeNull();
     const sessionOf = (path: string) => s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId);
     expect(sessionOf('/public/mine').some((id) => sessionOf('/auth/bob').includes(id))).toBe(false);
+  });
+
+  it('S6/R1: at MAX_CHALLENGE_RECORDS the oldest record not taken goes, never one whose AUTHENTICATE is on the wire (its session stays counted; review r55)', () => {
+    const records = new ChallengeRecords({ handshakeTimeout: 30_000 } as Limits, () => {});
+    const session = (): PairedSession => ({
+      closed: false,
+      protocol: 'http/1.1',
+      retiring: false,
+      challengesPending: 0,
+      challengesSettled: () => {},
+    });
+    const first = session();
+    records.record(first, 'k0', undefined);
+    const taken = records.take({ kind: 'continuation', key: 'k0', authId: undefined, caller: undefined });
+    expect(typeof taken).toBe('object');
+    for (let i = 1; i <= MAX_CHALLENGE_RECORDS; i++) records.record(session(), `k${i}`, undefined);
+    // Before: the taken one went first, its session uncounted while its AUTHENTICATE was on the wire.
+    expect(first.challengesPending).toBe(1);
+    expect(records.take({ kind: 'continuation', key: 'k1', authId: undefined, caller: undefined })).toBe('no-record');
+    records.dispose();
   });
 
   it('S6: once a session retires, another caller\u2019s CHALLENGE recorded on it is dropped (its AUTHENTICATE is connection-gone, never sent there), and one that comes back on it afterwards is kept dropped; the session closes once its own is answered', () => {

@@ -503,6 +503,46 @@ describe('origin memory and session state', () => {
     expect(memory.unusable()).toEqual([]);
   });
 
+  it('R1/R4: a refusal memory whose recall never answers holds a probe no longer than queueTimeout: that request goes without the password, the next asks again; one that answers late is released (review r55)', async () => {
+    vi.useFakeTimers();
+    const released: string[] = [];
+    let answerLate: ((r: undefined) => void) | undefined;
+    const recalls: Array<() => Promise<undefined> | undefined> = [
+      () => new Promise<undefined>(() => {}),
+      () =>
+        new Promise<undefined>((resolve) => {
+          answerLate = resolve;
+        }),
+      () => undefined,
+    ];
+    const memory = {
+      recall: () => recalls.shift()!(),
+      refused: () => {},
+      proved: () => {},
+      release: () => {
+        released.push('release');
+      },
+    };
+    const place = { origin: 'https://o.example', proxy: false, credentials: { username: 'u', password: 'p' } };
+    const proof = new CredentialProof('the proof', { memory, place: () => place });
+    const bounds = { maxQueue: 10, queueTimeout: 500 };
+    const hung = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(hung).toBeInstanceOf(Promise);
+    vi.advanceTimersByTime(500);
+    // Before: never settled, and every later probe waited behind it (QueueTimeoutError for good).
+    expect(await hung).toBe('refused');
+    const late = proof.enter(true, signalWaiter(undefined), bounds);
+    vi.advanceTimersByTime(500);
+    expect(await late).toBe('refused');
+    answerLate!(undefined);
+    await Promise.resolve();
+    // The late recall is released once, when it answers; nothing else was released.
+    expect(released).toEqual(['release']);
+    const next = (await proof.enter(true, signalWaiter(undefined), bounds)) as Ticket;
+    expect(next).toBeInstanceOf(Ticket);
+    expect(next.probe).toBe(true);
+  });
+
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {
     vi.useFakeTimers();
     const proof = new CredentialProof('the proof');

@@ -205,13 +205,46 @@ export class CredentialProof {
     }
     admission.recalled = place;
     if (!(recalled instanceof Promise)) return this.#recalled(admission, recalled);
-    return recalled.then(
-      (r) => this.#recalled(admission, r),
-      (err: Error) => {
-        log.agent('refusal memory: recall failed: %s', err.message);
-        return admission;
-      },
-    );
+    return this.#awaitRecall(admission, recalled, bounds.queueTimeout);
+  }
+
+  /**
+   * A recall that waits (another process's try of the password, say) is bounded like every wait
+   * (R1: queueTimeout): past it the probe is given back unused and its request goes without the
+   * password — when in doubt, none is sent — while the next request asks again. A recall that
+   * settles later is released then (one release per recall).
+   */
+  #awaitRecall(ticket: Ticket, recalled: Promise<RememberedRefusal | undefined>, timeout: number): Promise<Admission> {
+    const place = ticket.recalled!;
+    return new Promise<Admission>((resolve) => {
+      let late = false;
+      const timer = setTimeout(() => {
+        late = true;
+        log.agent(
+          'refusal memory: no answer within %d ms (limits.queueTimeout): this request goes without the password',
+          timeout,
+        );
+        ticket.recalled = undefined;
+        this.settle(ticket, 'none');
+        resolve('refused');
+      }, timeout);
+      const settled = (admission: () => Admission) => {
+        if (late) {
+          this.#tell((m) => m.release(place));
+          return;
+        }
+        clearTimeout(timer);
+        resolve(admission());
+      };
+      recalled.then(
+        (r) => settled(() => this.#recalled(ticket, r)),
+        (err: Error) =>
+          settled(() => {
+            log.agent('refusal memory: recall failed: %s', err.message);
+            return ticket;
+          }),
+      );
+    });
   }
 
   /** What the memory recalled for `ticket`'s probe: held back ('refused') while in force, else the probe goes. */

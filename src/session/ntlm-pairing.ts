@@ -206,7 +206,7 @@ export interface ChallengeRecord {
 export const MAX_CHALLENGE_RECORDS = 1024;
 
 /**
- * How long a pending CHALLENGE keeps its connection (HTTP/1.1) or handshake slot (HTTP/2) from
+ * How long a pending CHALLENGE keeps its connection or HTTP/2 session from
  * requests that wait for one while the lane can open no more (R1): a client's AUTHENTICATE follows
  * its CHALLENGE within milliseconds, so one older than this is most likely abandoned (a client that
  * sent only a NEGOTIATE), and left for limits.handshakeTimeout it would stall everyone's handshakes.
@@ -271,7 +271,11 @@ export class ChallengeRecords {
     this.#purge();
     const older = this.#records.findIndex((r) => r.session === session && !r.taken && !r.dropped);
     if (older >= 0) this.#remove(older);
-    if (this.#records.length >= MAX_CHALLENGE_RECORDS) this.#remove(0);
+    // At the bound the oldest not yet taken goes (one taken is on the wire: its session stays counted).
+    if (this.#records.length >= MAX_CHALLENGE_RECORDS) {
+      const oldest = this.#records.findIndex((r) => !r.taken);
+      if (oldest >= 0) this.#remove(oldest);
+    }
     const at = Date.now();
     const dropped = session.retiring;
     this.#records.push({

@@ -689,7 +689,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * mode authenticates the whole session) one caller's login would make the session that caller's
    * while another's handshake still waited there, and that one's AUTHENTICATE — whatever it holds —
    * would be served as the first (review r53). The handshakes spread over sessions instead (up to
-   * limits.maxPerRequestSessions, #maxSessions).
+   * maxHttp1Connections, #maxSessions; each session one request at a time, #room).
    */
   #reserved(s: Session): boolean {
     return s.retiring || s.challengesPending > 0;
