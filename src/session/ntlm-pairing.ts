@@ -15,7 +15,6 @@ import { MultilegError } from '../errors.ts';
 import type { ResponseHeaders } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
 import { AvId, decodeAuthenticate, decodeAvPairs, decodeChallenge } from '../mechanisms/ntlm/messages.ts';
-import { decodeNegTokenInit, decodeNegTokenResp, OID_NTLMSSP } from '../mechanisms/spnego/tokens.ts';
 import type { Limits } from '../options.ts';
 
 /**
@@ -91,16 +90,34 @@ export type CallerNtlmLeg =
       readonly authId: string | undefined;
     };
 
+/**
+ * SPNEGO's decoders, loaded for the first caller whose own `Authorization` is `Negotiate`
+ * ({@link loadSpnego}): a process that only ever speaks NTLM (the command's NTLM request) loads no
+ * SPNEGO code.
+ */
+let spnego: typeof import('../mechanisms/spnego/tokens.ts') | undefined;
+
+/** Whether `headers` carry a caller's own `Negotiate` credential whose SPNEGO is not readable yet. */
+export function needsSpnego(headers: HeaderMap): boolean {
+  return spnego === undefined && /^[ \t]*Negotiate[ \t]/i.test(headerValue(headers.authorization) ?? '');
+}
+
+/** Loads SPNEGO's decoders (see {@link needsSpnego}). */
+export async function loadSpnego(): Promise<void> {
+  spnego ??= await import('../mechanisms/spnego/tokens.ts');
+}
+
 /** The NTLMSSP message in an `NTLM` or `Negotiate` credential or challenge token, bare or in SPNEGO. */
 function ntlmsspOf(scheme: string, token: Buffer): Buffer | undefined {
   if (token.subarray(0, 8).toString('latin1') === 'NTLMSSP\0') return token;
-  if (scheme !== 'negotiate') return undefined;
+  // (A Negotiate challenge to an NTLM credential, before any caller sent Negotiate: not read.)
+  if (scheme !== 'negotiate' || spnego === undefined) return undefined;
   try {
     if (token[0] === 0x60) {
-      const init = decodeNegTokenInit(token);
-      return init.mechTypes[0] === OID_NTLMSSP ? init.mechToken : undefined;
+      const init = spnego.decodeNegTokenInit(token);
+      return init.mechTypes[0] === spnego.OID_NTLMSSP ? init.mechToken : undefined;
     }
-    if (token[0] === 0xa1) return decodeNegTokenResp(token).responseToken;
+    if (token[0] === 0xa1) return spnego.decodeNegTokenResp(token).responseToken;
   } catch {
     // Not SPNEGO we can read: not an NTLM leg.
   }

@@ -17,7 +17,14 @@ import {
 } from './exchange.ts';
 import { FastExchange, type FastHost } from './fast-exchange.ts';
 import type { Job } from './job.ts';
-import { ChallengeRecords, callerConnectionOf, callerNtlmLeg, NtlmUnpairedError } from './ntlm-pairing.ts';
+import {
+  ChallengeRecords,
+  callerConnectionOf,
+  callerNtlmLeg,
+  loadSpnego,
+  NtlmUnpairedError,
+  needsSpnego,
+} from './ntlm-pairing.ts';
 import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
 import { ProvedIdentity, sameAccount } from './proved-identity.ts';
 import { type Identity, type Lane, Session } from './session.ts';
@@ -404,7 +411,17 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * path.
    */
   run(job: Job): void {
-    if (callerBound(job.identity)) job.ntlm = callerNtlmLeg(job.headers, callerConnectionOf(job.dispatchOptions));
+    if (callerBound(job.identity)) {
+      // The first caller's own Negotiate credential: SPNEGO's decoders first (ntlm-pairing.ts).
+      if (needsSpnego(job.headers)) {
+        loadSpnego().then(
+          () => this.run(job),
+          (err: Error) => this.#fail(job, err),
+        );
+        return;
+      }
+      job.ntlm = callerNtlmLeg(job.headers, callerConnectionOf(job.dispatchOptions));
+    }
     this.#next(job);
   }
 
