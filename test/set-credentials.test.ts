@@ -564,26 +564,35 @@ describe('S6: the cookie jar after the ambient principal switches (review r48)',
     const logins = new Map<string, string>();
     const seen: string[] = [];
     const closers: Array<() => Promise<unknown>> = [];
-    const origin = await loopbackOrigin(
-      createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
-        const sid = /sid=(\w+)/.exec(req.headers.cookie ?? '')?.[1];
-        const ticket = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
-        if (sid && logins.has(sid)) {
-          seen.push(`${req.url} cookie ${logins.get(sid)}`);
-          res.end(logins.get(sid));
-        } else if (ticket) {
-          const user = Buffer.from(ticket, 'base64').toString();
-          const id = `s${logins.size}`;
-          logins.set(id, user);
-          seen.push(`${req.url} ticket ${user}`);
-          res.writeHead(200, { 'set-cookie': `sid=${id}; Secure; HttpOnly; Path=/` }).end(user);
-        } else {
-          seen.push(`${req.url} bare`);
-          res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
-        }
-      }),
-      closers,
-    );
+    const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      const sid = /sid=(\w+)/.exec(req.headers.cookie ?? '')?.[1];
+      const ticket = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      if (sid && logins.has(sid)) {
+        seen.push(`${req.url} cookie ${logins.get(sid)}`);
+        res.end(logins.get(sid));
+      } else if (ticket) {
+        const user = Buffer.from(ticket, 'base64').toString();
+        const id = `s${logins.size}`;
+        logins.set(id, user);
+        seen.push(`${req.url} ticket ${user}`);
+        res.writeHead(200, { 'set-cookie': `sid=${id}; Secure; HttpOnly; Path=/` }).end(user);
+      } else {
+        seen.push(`${req.url} bare`);
+        res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+      }
+    });
+    // An upgrade (a WebSocket, say): switched for whoever its login cookie names, else challenged.
+    server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+      const sid = /sid=(\w+)/.exec(req.headers.cookie ?? '')?.[1];
+      const user = sid ? logins.get(sid) : undefined;
+      seen.push(`${req.url} upgrade ${user ?? 'bare'}`);
+      socket.end(
+        user
+          ? 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n'
+          : 'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n',
+      );
+    });
+    const origin = await loopbackOrigin(server, closers);
     const kerberosLike = {
       scheme: 'Negotiate',
       level: 'request' as const,
@@ -635,8 +644,35 @@ describe('S6: the cookie jar after the ambient principal switches (review r48)',
       await agent.destroy();
       for (const c of closers) await c();
     };
-    return { state, seen, agent, get, close, newJar };
+    /** An upgrade through the agent: whether it switched (101) or what stood. */
+    const upgradeTo = (path: string) =>
+      upgrade(origin + path, { dispatcher: agent, protocol: 'x' }).then(
+        (u) => {
+          u.socket.destroy();
+          return 'switched';
+        },
+        (e: { statusCode?: number; code?: string }) => String(e.statusCode ?? e.code),
+      );
+    return { state, seen, agent, get, upgradeTo, close, newJar };
   }
+
+  it("S6: after kinit bob, an upgrade dispatched first carries no jar holding alice's login cookie either (review r55)", async () => {
+    const onWarning = () => {};
+    process.on('warning', onWarning);
+    const app = await ambientApp();
+    try {
+      expect(await app.get('/1')).toBe('200 alice@EXAMPLE.TEST');
+      expect(await app.get('/2')).toBe('200 alice@EXAMPLE.TEST');
+      app.state.ccache = 'bob@EXAMPLE.TEST'; // kdestroy; kinit bob
+      await sleep(TICKET_RECHECK_MS + 50);
+      await app.upgradeTo('/ws');
+      // Before: the upgrade switched for alice, by her login cookie.
+      expect(app.seen.filter((l) => l.startsWith('/ws'))).not.toContain('/ws upgrade alice@EXAMPLE.TEST');
+    } finally {
+      process.off('warning', onWarning);
+      await app.close();
+    }
+  });
 
   it("S6: after kdestroy; kinit bob, and after kdestroy alone, requests no longer carry the jar holding alice's login cookie (bob's ticket, or no ticket: never alice); said once (MULTILEG_COOKIES_DROPPED), until setCredentials names a jar", async () => {
     const warnings: Error[] = [];
