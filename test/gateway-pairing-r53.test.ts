@@ -6,7 +6,7 @@
  */
 import { Readable } from 'node:stream';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Challenge, MultilegAgent, NtlmUnpairedError, ntlmMechanism, parseChallenges } from '../src/index.ts';
 import { encodeAuthenticate } from '../src/mechanisms/ntlm/messages.ts';
 import type { Limits } from '../src/options.ts';
@@ -122,6 +122,59 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
     expect(user).toBeNull();
     const sessionOf = (path: string) => s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId);
     expect(sessionOf('/public/mine').some((id) => sessionOf('/auth/bob').includes(id))).toBe(false);
+  });
+
+  it('S6: over HTTP/2 (session mode) a login whose request is aborted before its answer is read retires its session: it may be bob\u2019s now, and Mallory\u2019s next request never rides it (review r56)', async () => {
+    const bobAbort = new AbortController();
+    const s = await startReferenceServer({
+      schemes: ['NTLM'],
+      mode: 'session',
+      faults: {
+        // After the server took bob's AUTHENTICATE (the session is his), before it writes the head.
+        contentEncoding: ({ status, request: r }) => {
+          if (status === 200 && r.path === '/auth/bob-slow') bobAbort.abort(new Error('bob went away'));
+          return undefined;
+        },
+      },
+    });
+    servers.push(s);
+    const a = new MultilegAgent({ connect: { ca: s.ca }, negotiate: false });
+    agents.push(a);
+    const url = new URL(s.origin);
+    const leg = (path: string) => ({
+      origin: s.origin,
+      hostname: url.hostname,
+      port: Number(url.port),
+      method: 'GET',
+      path,
+      proxy: false,
+    });
+    const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg('/auth/bob-slow'));
+    const r1 = await request(`${s.origin}/auth/bob-slow`, {
+      dispatcher: a,
+      headers: { authorization: (await bob.step(undefined, leg('/auth/bob-slow')))! },
+    });
+    await r1.body.text();
+    const challenge = parseChallenges(r1.headers['www-authenticate'] as string).find((c) => c.token68 !== undefined)!;
+    await expect(
+      request(`${s.origin}/auth/bob-slow`, {
+        dispatcher: a,
+        signal: bobAbort.signal,
+        headers: {
+          authorization: (await bob.step(challenge, leg('/auth/bob-slow')))!,
+          'auth-id': r1.headers['auth-id'] as string,
+        },
+      }),
+    ).rejects.toThrow('bob went away');
+    await vi.waitFor(() => expect(s.exchanges.some((e) => e.user === 'EXAMPLE\\bob')).toBe(true));
+    // Mallory: an NTLM NEGOTIATE of her own, no password.
+    const res = await request(`${s.origin}/public/x`, {
+      dispatcher: a,
+      headers: { authorization: 'NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==' },
+    });
+    const { user } = (await res.body.json()) as { user: string | null };
+    // Before: 200 as EXAMPLE\bob, on the session his aborted login had authenticated.
+    expect(user).toBeNull();
   });
 
   it('S6/R1: at MAX_CHALLENGE_RECORDS the oldest record not taken goes, never one whose AUTHENTICATE is on the wire (its session stays counted; review r55)', () => {

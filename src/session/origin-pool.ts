@@ -554,6 +554,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   #after(session: Session, job: Job, outcome: ExchangeOutcome): void {
+    // S6: a caller's connection-bound request that ended with no answer read (aborted, timed out, reset
+    // after the server took it) may have logged the session in all the same: it takes no one else's
+    // (review r56: bob's aborted login left the session his, and Mallory's next request was served as
+    // bob). Only an answer read tells (callerAnswered).
+    if (callerBound(job.identity) && !job.sink.responseStarted && !session.closed) session.retire();
     // An AUTHENTICATE answered (or failed) there: its CHALLENGE is forgotten, and a retiring session may close.
     if (job.paired && outcome.kind !== 'relocate') this.#challenges.settle(job.paired);
     if (job.openingOn === session) {
