@@ -177,6 +177,33 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
     expect(user).toBeNull();
   });
 
+  it('R1/R4: a CHALLENGE given up as abandoned retires its HTTP/2 session (the server still holds that incomplete context there, and caps them); an HTTP/1.1 connection is reused, its next NEGOTIATE replacing the context (trial u13)', () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const records = new ChallengeRecords({ handshakeTimeout: 30_000 } as Limits, () => {});
+      const retired: string[] = [];
+      const session = (protocol: 'h2' | 'http/1.1'): PairedSession => ({
+        closed: false,
+        protocol,
+        retiring: false,
+        challengesPending: 0,
+        challengesSettled: () => {},
+        retire: () => {
+          retired.push(protocol);
+        },
+      });
+      records.record(session('h2'), 'k-h2', 'a1');
+      records.record(session('http/1.1'), 'k-h1', undefined);
+      vi.setSystemTime(Date.now() + 1_500);
+      expect(records.relieve(2, () => true)).toBe(2);
+      // Before: neither retired; the HTTP/2 session took new NEGOTIATEs until the server refused every context.
+      expect(retired).toEqual(['h2']);
+      records.dispose();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('S6/R1: at MAX_CHALLENGE_RECORDS the oldest record not taken goes, never one whose AUTHENTICATE is on the wire (its session stays counted; review r55)', () => {
     const records = new ChallengeRecords({ handshakeTimeout: 30_000 } as Limits, () => {});
     const session = (): PairedSession => ({

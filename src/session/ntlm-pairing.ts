@@ -198,6 +198,8 @@ export interface PairedSession {
   challengesPending: number;
   /** Its last pending CHALLENGE was answered or forgotten (a retiring session may close now). */
   challengesSettled(): void;
+  /** Takes no new request, and closes once its pending CHALLENGEs are settled. */
+  retire?(): void;
 }
 
 /** A CHALLENGE a caller's NEGOTIATE got on `session`, waiting for its AUTHENTICATE. */
@@ -418,6 +420,10 @@ export class ChallengeRecords {
         break;
       }
       this.#remove(i);
+      // Over HTTP/2 the server still holds that incomplete context on the session (it caps them,
+      // draft §3.1): a new NEGOTIATE there would meet its cap sooner or later (trial u13: every login
+      // refused after ~350 abandoned ones). The session goes; a new one takes its place.
+      if (r.session.protocol === 'h2') r.session.retire?.();
       freed += 1;
     }
     if (freed > 0) this.#arm();
