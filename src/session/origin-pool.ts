@@ -313,13 +313,10 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     identityOf: (s: Session) => string | undefined,
     where: string,
   ): void {
-    let retired = 0;
-    for (const s of [...this.#sessions]) {
-      const other = s === kept || s.closed ? undefined : identityOf(s);
-      if (other === undefined || sameAccount(other, identity)) continue;
-      s.apply({ type: 'closed' });
-      retired += 1;
-    }
+    const retired = this.#retireWhere((s) => {
+      const other = s === kept ? undefined : identityOf(s);
+      return other !== undefined && !sameAccount(other, identity);
+    });
     if (retired > 0) log.pool('%s: %s now holds another identity: %d session(s) retire', this.origin, where, retired);
   }
 
@@ -339,7 +336,6 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (now < this.#holdersCheckedUntil) return;
     this.#holdersCheckedUntil = now + TICKET_RECHECK_MS;
     let watched = false;
-    let retired = 0;
     // Each mechanism asked once a pass for each identity (origin and proxy mechanisms may differ).
     const answers = new Map<Mechanism, Map<string, boolean | undefined>>();
     const gone = (held: Holder | undefined): boolean => {
@@ -353,11 +349,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       if (!byIdentity.has(held.identity)) byIdentity.set(held.identity, askHolds(held.mechanism, held.identity));
       return byIdentity.get(held.identity) === false;
     };
-    for (const s of [...this.#sessions]) {
-      if (s.closed || (!gone(s.proxyHolder) && !gone(this.#originHolder(s)))) continue;
-      s.apply({ type: 'closed' });
-      retired += 1;
-    }
+    const retired = this.#retireWhere((s) => gone(s.proxyHolder) || gone(this.#originHolder(s)));
     this.#watchHolders = watched;
     if (retired > 0) log.pool('%s: the credentials of %d session(s) are gone; they retire', this.origin, retired);
   }
@@ -886,12 +878,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       if (mechanisms) this.#env.mechanisms = mechanisms;
       this.memory.credentialsChanged();
     } else if (!this.#route) return 0;
-    let retired = 0;
-    for (const s of [...this.#sessions]) {
-      if (s.closed || !(carries(s.identity, which) || (jarReplaced && s.identity === 'anonymous'))) continue;
-      s.apply({ type: 'closed' });
-      retired += 1;
-    }
+    const retired = this.#retireWhere((s) => carries(s.identity, which) || (jarReplaced && s.identity === 'anonymous'));
     if (retired > 0) log.pool('%s credentials replaced: %d session(s) retire', this.origin, retired);
     return retired;
   }
@@ -901,9 +888,14 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * ones) retire, so none asks or tells it again; returns how many.
    */
   jarDropped(): number {
+    return this.#retireWhere((s) => s.cookies !== undefined);
+  }
+
+  /** Retires the open sessions `which` picks (they take no new request; those on them finish); returns how many. */
+  #retireWhere(which: (s: Session) => boolean): number {
     let retired = 0;
     for (const s of [...this.#sessions]) {
-      if (s.closed || s.cookies === undefined) continue;
+      if (s.closed || !which(s)) continue;
       s.apply({ type: 'closed' });
       retired += 1;
     }
