@@ -25,8 +25,8 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close()));
 });
 
-async function rig(mode: 'session' | 'iis', allowH2 = true) {
-  const s = await startReferenceServer({ schemes: ['NTLM'], mode });
+async function rig(mode: 'session' | 'iis', allowH2 = true, more: Parameters<typeof startReferenceServer>[0] = {}) {
+  const s = await startReferenceServer({ schemes: ['NTLM'], mode, ...more });
   servers.push(s);
   const a = new MultilegAgent({ connect: { ca: s.ca }, negotiate: false, allowH2 });
   agents.push(a);
@@ -126,9 +126,7 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
 
   it('S6: over HTTP/2 (session mode) a login whose request is aborted before its answer is read retires its session: it may be bob\u2019s now, and Mallory\u2019s next request never rides it (review r56)', async () => {
     const bobAbort = new AbortController();
-    const s = await startReferenceServer({
-      schemes: ['NTLM'],
-      mode: 'session',
+    const { s, a, leg } = await rig('session', true, {
       faults: {
         // After the server took bob's AUTHENTICATE (the session is his), before it writes the head.
         contentEncoding: ({ status, request: r }) => {
@@ -136,18 +134,6 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
           return undefined;
         },
       },
-    });
-    servers.push(s);
-    const a = new MultilegAgent({ connect: { ca: s.ca }, negotiate: false });
-    agents.push(a);
-    const url = new URL(s.origin);
-    const leg = (path: string) => ({
-      origin: s.origin,
-      hostname: url.hostname,
-      port: Number(url.port),
-      method: 'GET',
-      path,
-      proxy: false,
     });
     const bob = ntlmMechanism({ username: 'EXAMPLE\\bob', password: 'bobpw' }).createContext(leg('/auth/bob-slow'));
     const r1 = await request(`${s.origin}/auth/bob-slow`, {

@@ -653,23 +653,24 @@ describe('S6: the cookie jar after the ambient principal switches (review r48)',
         },
         (e: { statusCode?: number; code?: string }) => String(e.statusCode ?? e.code),
       );
-    return { state, seen, agent, get, upgradeTo, close, newJar };
+    /** Alice logs in (a ticket, then her login cookie); then `kdestroy; kinit bob`, seen once the agent looks again. */
+    const aliceThenBob = async () => {
+      expect(await get('/1')).toBe('200 alice@EXAMPLE.TEST');
+      expect(await get('/2')).toBe('200 alice@EXAMPLE.TEST');
+      state.ccache = 'bob@EXAMPLE.TEST'; // kdestroy; kinit bob
+      await sleep(TICKET_RECHECK_MS + 50);
+    };
+    return { state, seen, agent, get, upgradeTo, aliceThenBob, close, newJar };
   }
 
   it("S6: after kinit bob, an upgrade dispatched first carries no jar holding alice's login cookie either (review r55)", async () => {
-    const onWarning = () => {};
-    process.on('warning', onWarning);
     const app = await ambientApp();
     try {
-      expect(await app.get('/1')).toBe('200 alice@EXAMPLE.TEST');
-      expect(await app.get('/2')).toBe('200 alice@EXAMPLE.TEST');
-      app.state.ccache = 'bob@EXAMPLE.TEST'; // kdestroy; kinit bob
-      await sleep(TICKET_RECHECK_MS + 50);
+      await app.aliceThenBob();
       await app.upgradeTo('/ws');
       // Before: the upgrade switched for alice, by her login cookie.
       expect(app.seen.filter((l) => l.startsWith('/ws'))).not.toContain('/ws upgrade alice@EXAMPLE.TEST');
     } finally {
-      process.off('warning', onWarning);
       await app.close();
     }
   });
@@ -682,10 +683,7 @@ describe('S6: the cookie jar after the ambient principal switches (review r48)',
     process.on('warning', onWarning);
     const app = await ambientApp();
     try {
-      expect(await app.get('/1')).toBe('200 alice@EXAMPLE.TEST');
-      expect(await app.get('/2')).toBe('200 alice@EXAMPLE.TEST');
-      app.state.ccache = 'bob@EXAMPLE.TEST'; // kdestroy; kinit bob
-      await sleep(TICKET_RECHECK_MS + 50);
+      await app.aliceThenBob();
       // Before: 200 alice@EXAMPLE.TEST, by her login cookie.
       expect(await app.get('/3')).toBe('200 bob@EXAMPLE.TEST');
       expect(await app.get('/4')).toBe('200 bob@EXAMPLE.TEST');
