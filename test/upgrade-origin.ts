@@ -44,6 +44,8 @@ export async function upgradeServer(opts: {
   alsoOffer?: string;
   /** Never answer the request with this index (0-based, across connections). */
   stallAt?: number;
+  /** Never answer a request carrying an NTLM AUTHENTICATE (a server silent on the password's leg). */
+  stallAuthenticate?: boolean;
   /**
    * TLS with the reference server's certificate (`https://localhost`), and NTLM requires the
    * client's channel binding to be that certificate's tls-server-end-point hash.
@@ -101,7 +103,11 @@ export async function upgradeServer(opts: {
           const i = l.indexOf(':');
           headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
         }
-        if (seen.length === opts.stallAt) {
+        const authenticate = /^NTLM (\S+)$/.exec(headers.authorization ?? '')?.[1];
+        if (
+          seen.length === opts.stallAt ||
+          (opts.stallAuthenticate && authenticate && Buffer.from(authenticate, 'base64').readUInt32LE(8) === 3)
+        ) {
           seen.push({ connection, method, path, upgrade: undefined, authorization: 'stalled', status: 0 });
           return;
         }
