@@ -5,7 +5,7 @@
 import { createSocket } from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer, type Socket } from 'node:net';
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli as run, runCommand } from './cli-helpers.ts';
@@ -52,13 +52,10 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   });
 
   it('R1: -m bounds the whole command: where the KDC never answers (a TGT, no service ticket yet), --negotiate -m 2 exits 28 when -m says, not when MIT gives up on the KDC (review r43: 27 s later)', async () => {
-    // A KDC that reads and never answers, on UDP and TCP (MIT tries both).
-    const udp = createSocket('udp4');
-    await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
-    const port = udp.address().port;
+    // A KDC that reads and never answers, on UDP and TCP (MIT tries both), on one port number free
+    // for both (a UDP port free is no TCP port free: another file's server may hold it).
     const held: Socket[] = [];
-    const tcp = createServer((socket) => held.push(socket.on('error', () => {})));
-    await new Promise<void>((resolve) => tcp.listen(port, '127.0.0.1', resolve));
+    const { udp, tcp, port } = await silentKdc(held);
     try {
       const conf = join(lab.dir, 'silent-kdc.conf');
       const kdc = /kdc = 127\.0\.0\.1:\d+/g;
@@ -355,6 +352,26 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       expect(nowhere.code).toBe(6);
     },
   );
+
+  /** A UDP socket and a TCP server on one free port number on 127.0.0.1, neither answering (a silent KDC). */
+  async function silentKdc(
+    held: Socket[],
+  ): Promise<{ udp: ReturnType<typeof createSocket>; tcp: Server; port: number }> {
+    for (let attempt = 0; ; attempt++) {
+      const tcp = createServer((socket) => held.push(socket.on('error', () => {})));
+      await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+      const port = (tcp.address() as AddressInfo).port;
+      const udp = createSocket('udp4');
+      const bound = await new Promise<boolean>((resolve) => {
+        udp.once('error', () => resolve(false));
+        udp.bind(port, '127.0.0.1', () => resolve(true));
+      });
+      if (bound) return { udp, tcp, port };
+      udp.close();
+      tcp.close();
+      if (attempt === 9) throw new Error('no port free for both UDP and TCP');
+    }
+  }
 
   describe('a nightly job with a client keytab (trial u12)', () => {
     let good: string;
