@@ -507,6 +507,7 @@ export class MultilegAgent extends Dispatcher {
           },
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
           proofOf: (o) => this.#pool(o).memory.proof,
+          succeededAs: this.#succeededAs,
         });
         const named = namedOrigin(origin, headers);
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)

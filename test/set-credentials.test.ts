@@ -581,16 +581,25 @@ describe('S6: the cookie jar after the ambient principal switches (review r48)',
         res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
       }
     });
-    // An upgrade (a WebSocket, say): switched for whoever its login cookie names, else challenged.
+    // An upgrade (a WebSocket, say): switched for whoever its login cookie names, or for a ticket
+    // (then with a login cookie of its own, as for a request), else challenged.
     server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
       const sid = /sid=(\w+)/.exec(req.headers.cookie ?? '')?.[1];
-      const user = sid ? logins.get(sid) : undefined;
-      seen.push(`${req.url} upgrade ${user ?? 'bare'}`);
-      socket.end(
-        user
-          ? 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n'
-          : 'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n',
-      );
+      const ticket = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      const switched = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n';
+      if (sid && logins.has(sid)) {
+        seen.push(`${req.url} upgrade ${logins.get(sid)}`);
+        socket.end(`${switched}\r\n`);
+      } else if (ticket) {
+        const user = Buffer.from(ticket, 'base64').toString();
+        const id = `s${logins.size}`;
+        logins.set(id, user);
+        seen.push(`${req.url} upgrade ticket ${user}`);
+        socket.end(`${switched}Set-Cookie: sid=${id}; Secure; HttpOnly; Path=/\r\n\r\n`);
+      } else {
+        seen.push(`${req.url} upgrade bare`);
+        socket.end('HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n');
+      }
     });
     const origin = await loopbackOrigin(server, closers);
     const kerberosLike = {
@@ -670,6 +679,27 @@ describe('S6: the cookie jar after the ambient principal switches (review r48)',
       await app.upgradeTo('/ws');
       // Before: the upgrade switched for alice, by her login cookie.
       expect(app.seen.filter((l) => l.startsWith('/ws'))).not.toContain('/ws upgrade alice@EXAMPLE.TEST');
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("S6: a jar only upgrades used learns whose login it holds: after kinit bob, the next upgrade carries no cookie of alice's (she logged in through an upgrade)", async () => {
+    const app = await ambientApp();
+    try {
+      expect(await app.upgradeTo('/ws1')).toBe('switched');
+      expect(await app.upgradeTo('/ws2')).toBe('switched');
+      app.state.ccache = 'bob@EXAMPLE.TEST'; // kdestroy; kinit bob
+      await sleep(TICKET_RECHECK_MS + 50);
+      expect(await app.upgradeTo('/ws3')).toBe('switched');
+      // Before: '/ws3 upgrade alice@EXAMPLE.TEST', by the login cookie her upgrade got.
+      expect(app.seen).toEqual([
+        '/ws1 upgrade bare',
+        '/ws1 upgrade ticket alice@EXAMPLE.TEST',
+        '/ws2 upgrade alice@EXAMPLE.TEST',
+        '/ws3 upgrade bare',
+        '/ws3 upgrade ticket bob@EXAMPLE.TEST',
+      ]);
     } finally {
       await app.close();
     }

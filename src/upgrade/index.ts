@@ -23,7 +23,7 @@ import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import { log } from '../log.ts';
 import { atOpening, cannotRunHere, challengeAsks, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
-import type { LegInfo, MechanismContext } from '../mechanisms/types.ts';
+import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
@@ -54,6 +54,11 @@ export interface UpgradeOptions {
   readonly proofOf?: (origin: string) => CredentialProof;
   /** The agent's cookie jar: asked for each leg's Cookie, told each head's Set-Cookie (the 101's too). */
   readonly cookies?: CookieStore;
+  /**
+   * Told who an upgrade's handshake proved, where the credentials live outside the agent (a Kerberos
+   * ticket): whose logins the cookie jar may then hold, as a request's handshake tells it (S6).
+   */
+  readonly succeededAs?: (held: Holder) => void;
 }
 
 /** One leg's outcome, as far as the handshake is concerned. */
@@ -65,6 +70,7 @@ type LegOutcome =
 
 /** A running authentication: the mechanism's context and what it sent last. */
 interface Auth {
+  readonly mechanism: Mechanism;
   readonly scheme: string;
   readonly multileg: boolean;
   /** The mechanism's own word on passwords, for a context that says nothing of what it sent (R4). */
@@ -254,7 +260,13 @@ export class UpgradeDispatcher {
           onUpgrade,
         );
         if (outcome.kind === 'delivered') {
-          if (auth) proved = outcomeFor(auth, outcome.status);
+          if (auth) {
+            proved = outcomeFor(auth, outcome.status);
+            const { mechanism, context } = auth;
+            if (proved === 'success' && context.identity !== undefined && mechanism.holdsCredentials) {
+              this.#options.succeededAs?.({ mechanism, identity: context.identity });
+            }
+          }
           return;
         }
         if (outcome.kind === 'failed') {
@@ -314,6 +326,7 @@ export class UpgradeDispatcher {
         clock ??= handshakeClock(limits.handshakeTimeout, mechanism.scheme, (err) => sink.abort(err));
         try {
           const a: Auth = {
+            mechanism,
             scheme: mechanism.scheme,
             multileg: mechanism.multileg,
             usesPassword: mechanism.usesPassword,
