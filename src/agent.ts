@@ -10,7 +10,7 @@ import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
 import { type NtlmIdentity, parseNtlmUser } from './mechanisms/ntlm/index.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
-import type { Credentials, Holder } from './mechanisms/types.ts';
+import { type Credentials, type Holder, sameCredentials } from './mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -359,7 +359,10 @@ export class MultilegAgent extends Dispatcher {
    * new sessions, which authenticate with the new credentials (S6: no request sent after this call
    * runs as the old identity). What was learnt of the old ones goes: a refusal of the old password
    * does not keep the new one back, and the new ones are tried one handshake at a time until one
-   * succeeds, as for a new agent (R4).
+   * succeeds, as for a new agent (R4). The credentials the agent already holds (the same user name,
+   * password, domain and workstation; a vault poller re-applying an unchanged value) change nothing:
+   * sessions stay, and a refusal of that password still holds it back (R4), unless `options.cookies`
+   * names a jar.
    *
    * The cookie jar (`cookies`) holds what servers gave the old identity — a login session cookie runs
    * requests as its owner whatever credentials they would carry. A new password for the same account
@@ -387,6 +390,13 @@ export class MultilegAgent extends Dispatcher {
         'cookies',
       );
     }
+    // The same credentials again (a vault poller re-applying an unchanged password): nothing to do.
+    // Retiring sessions and forgetting a refusal would send a refused password again on every
+    // call (R4: account lockout, trial u14).
+    if (jar === undefined && sameCredentials(this.#credentials, credentials)) {
+      log.agent('credentials unchanged: sessions and what was learnt of them stay');
+      return;
+    }
     if (jar !== undefined) this.#options.cookies = jar ?? undefined;
     // A jar named (or kept) for these credentials starts with no ambient identity of its own.
     if (jar !== undefined || !sameAccount(this.#account, account)) this.#jarHolder = undefined;
@@ -404,7 +414,8 @@ export class MultilegAgent extends Dispatcher {
    * {@link setCredentials} does the origin's: connections, CONNECT tunnels and forwarding-proxy
    * connections made with the old ones retire once their requests on the wire have finished, new
    * handshakes with the proxy use the new ones, and the proxy's refusal of the old ones does not
-   * keep the new ones back (R4, S6).
+   * keep the new ones back (R4, S6). The credentials a proxy already holds change nothing there (a
+   * refusal of them still holds them back).
    *
    * With two different proxies from the environment (`http_proxy`, `https_proxy`) the new ones go to
    * the proxy holding the same user name, else to the only one holding credentials: a password
@@ -423,7 +434,11 @@ export class MultilegAgent extends Dispatcher {
         'setProxyCredentials: the agent has no proxy (none given in options.proxy, nor HTTPS_PROXY/HTTP_PROXY in the environment); give options.proxy when making the agent',
         'proxy.credentials',
       );
-    this.#options.proxy.setCredentials(credentials);
+    // The same credentials again change nothing (as setCredentials; R4).
+    if (!this.#options.proxy.setCredentials(credentials)) {
+      log.agent('proxy credentials unchanged: connections and what was learnt of them stay');
+      return;
+    }
     let retired = 0;
     for (const pool of this.#pools.values()) retired += pool.credentialsChanged('proxy');
     log.agent('proxy credentials replaced: %d session(s) retire', retired);

@@ -192,6 +192,32 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
     expect(await getUser(`${url}/d`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });
 
+  it('R4: the credentials the agent holds, given again, change nothing (a vault poller, trial u14): a refused password stays held back, an authenticated session stays', async () => {
+    r = await rig({ schemes: ['Basic'] }, { negotiate: false, credentials: { ...ALICE, password: 'wrong' } });
+    const url = `${r.server.origin}/auth`;
+    expect((await getUser(`${url}/a`, r.agent)).status).toBe(401);
+    expect((await getUser(`${url}/b`, r.agent)).status).toBe(401);
+    r.server.reset();
+    for (let i = 0; i < 5; i++) {
+      r.agent.setCredentials({ ...ALICE, password: 'wrong' });
+      expect((await getUser(`${url}/poll/${i}`, r.agent)).status).toBe(401);
+    }
+    // Before: the wrong password went once per call (5 'rejected': an account locked out).
+    expect(r.server.exchanges.map((e) => e.outcome)).toEqual(Array(5).fill('unauthenticated'));
+    await r.close();
+
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+    const ok = `${r.server.origin}/auth`;
+    expect((await getUser(`${ok}/warm`, r.agent)).status).toBe(200);
+    const before = r.agent.stats();
+    for (let i = 0; i < 3; i++) {
+      r.agent.setCredentials({ ...ALICE });
+      expect(await getUser(`${ok}/poll/${i}`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    }
+    // Before: a session retired and a handshake per call.
+    expect(r.agent.stats()).toMatchObject({ handshakes: before.handshakes, sessions: before.sessions });
+  });
+
   it('R4: the old password refused after the call (its handshake was on the wire) does not count against the new one', async () => {
     const held = hold('/slow', 200);
     r = await rig(
@@ -274,7 +300,7 @@ describe('S6/R4: setProxyCredentials', () => {
     },
   );
 
-  it('R4: the proxy’s refusal of the old password (kept back 30 s) does not keep the new one back', async () => {
+  it('R4: the proxy’s refusal of the old password (kept back 30 s) does not keep the new one back; the refused one given again stays held back (trial u14)', async () => {
     const { agent, px } = await behindProxy();
     const url = `${r!.server.origin}/auth`;
     expect((await getUser(`${url}/warm`, agent)).status).toBe(200);
@@ -285,6 +311,11 @@ describe('S6/R4: setProxyCredentials', () => {
     for (let i = 0; i < 3; i++) await getUser(`${url}/refused/${i}`, agent).catch((e: Error) => errors.push(e.message));
     expect(errors).toHaveLength(3);
     expect(errors[2]).toContain('refused proxy.credentials lately');
+    // The refused password given again changes nothing: still held back, not sent (trial u14).
+    const tried = px.exchanges.length;
+    agent.setProxyCredentials({ username: 'proxyuser', password: 'proxypw' });
+    await expect(getUser(`${url}/again`, agent)).rejects.toThrow('refused proxy.credentials lately');
+    expect(px.exchanges.slice(tried).filter((e) => e.proxyAuthorization)).toEqual([]);
     agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
     expect(await getUser(`${url}/a`, agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });

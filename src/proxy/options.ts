@@ -13,7 +13,7 @@ import { digestMechanism } from '../mechanisms/digest/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/mechanism.ts';
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
-import type { Credentials, Mechanism } from '../mechanisms/types.ts';
+import { type Credentials, type Mechanism, sameCredentials } from '../mechanisms/types.ts';
 import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 import { CredentialProof } from '../session/credential-proof.ts';
 import { ProvedIdentity } from '../session/proved-identity.ts';
@@ -518,9 +518,11 @@ export class ProxyResolver {
    * password rotated for one proxy is not the other's): to those holding the same user name, else
    * to the only one holding credentials; with neither, it cannot be told.
    *
+   * Returns whether a proxy's credentials changed (the ones it holds already change nothing).
+   *
    * @throws {ConfigError} with two different proxies when the credentials cannot be told to be one's.
    */
-  setCredentials(credentials: Credentials): void {
+  setCredentials(credentials: Credentials): boolean {
     // A copy, as resolveProxy takes of the constructor's: the caller's object changing later changes nothing sent.
     const own = { ...credentials };
     let proxies = [...new Set([this.#http, this.#https])].filter((p) => p !== undefined);
@@ -534,7 +536,10 @@ export class ProxyResolver {
           'proxy.credentials',
         );
     }
+    let changed = false;
     for (const proxy of proxies) {
+      if (sameCredentials(heldCredentials.get(proxy), own)) continue;
+      changed = true;
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;
       heldCredentials.set(proxy, own);
@@ -545,6 +550,7 @@ export class ProxyResolver {
       for (const [key, u] of proxy.unusable.live())
         if (!(u.error instanceof InvalidTokenError)) proxy.unusable.delete(key);
     }
+    return changed;
   }
 
   /** The route for `origin` (`https://host:port`), or undefined to connect directly. */
