@@ -40,6 +40,7 @@ export const MULTILEG_ERROR_CODES = [
   'MULTILEG_COOKIE_STORE',
   'MULTILEG_CONNECTION_CLOSED',
   'MULTILEG_RESPONSE_FRAMING',
+  'MULTILEG_AUTH_ID_IN_USE',
   'MULTILEG_RELOCATION_LIMIT',
   'MULTILEG_STALE_CONNECTION',
   'MULTILEG_HTTP1_REQUIRED',
@@ -282,6 +283,24 @@ export class ResponseFramingError extends MultilegError {
       'MULTILEG_RESPONSE_FRAMING',
       `${origin} answered a leg of a ${scheme} handshake with a response that cannot be read as HTTP/1.1 frames it${typeof code === 'string' ? ` (${code})` : ''}: Content-Length and Transfer-Encoding both, a body that does not match its Content-Length, or a malformed head; check the server, or a proxy or load balancer in front of it`,
       options,
+    );
+    this.origin = origin;
+  }
+}
+
+/**
+ * The server gave one `Auth-ID` to two handshakes running at once on one HTTP/2 session (C3): a
+ * client must never send one Auth-ID on two requests in flight (D2§3.1), and a leg under it could
+ * complete the other handshake's security context with this one's token. This handshake sent
+ * nothing under it and ended; the other goes on. Not a refusal of the credentials (R4).
+ */
+export class AuthIdInUseError extends MultilegError {
+  /** The origin, as `https://host:port`. */
+  readonly origin: string;
+  constructor(origin: string, scheme: string) {
+    super(
+      'MULTILEG_AUTH_ID_IN_USE',
+      `${origin} gave one Auth-ID to two ${scheme} handshakes at once on one connection, which the multilegged-auth draft forbids a client to send on two requests in flight (D2§3.1): nothing was sent under it and this request's handshake was given up, no credentials refused; the request may be sent again — the server should give each handshake its own Auth-ID, or set limits.maxConcurrentHandshakes to 1 to run one handshake at a time per connection`,
     );
     this.origin = origin;
   }

@@ -13,15 +13,17 @@ import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type PreparedBody, prepareBody } from '../src/body/replayable.ts';
+import { type HandshakeInput, type HandshakeResult, runHandshake } from '../src/handshake/handshake.ts';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../src/headers.ts';
-import { QueueTimeoutError } from '../src/index.ts';
+import { AuthIdInUseError, type Mechanism, QueueTimeoutError } from '../src/index.ts';
 import { KerberosTicketExpiredError, KerberosUnknownServiceError } from '../src/mechanisms/negotiate/errors.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyAuth, proxyLeg } from '../src/proxy/auth.ts';
 import { ProxyLead } from '../src/proxy/lead.ts';
 import { ProxyResolver } from '../src/proxy/options.ts';
+import { SessionAuthIds } from '../src/session/auth-ids.ts';
 import { tlsServerEndPoint } from '../src/session/channel-binding.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from '../src/session/connector.ts';
 import {
@@ -294,6 +296,127 @@ describe('UserSink: the caller sees one response or one error', () => {
     sink.responseEnd({});
     expect(sink.responseStarted).toBe(true);
   });
+});
+
+describe("runHandshake: the session's Auth-IDs in use (C3)", () => {
+  /** A multi-leg scheme whose second step fails when `failStep` says so; each leg's result is the test's to give. */
+  function handshake(authIds: SessionAuthIds, opts: { authId?: string; failStep?: boolean } = {}) {
+    const legs: Array<{ extra: Record<string, string>; answer: (r: LegResult) => void }> = [];
+    let result: HandshakeResult | undefined;
+    let steps = 0;
+    const mechanism = {
+      scheme: 'X',
+      level: 'request',
+      multileg: true,
+      proactive: false,
+      createContext: () => ({
+        complete: false,
+        step: () => (opts.failStep && ++steps > 1 ? Promise.reject(new Error('bad token')) : Promise.resolve('X tok')),
+        finish: () => Promise.resolve(),
+      }),
+    } as unknown as Mechanism;
+    const leg = { origin: 'https://h:443', hostname: 'h', port: 443, method: 'GET', path: '/', proxy: false };
+    const input: HandshakeInput = {
+      mechanism,
+      challenge: { scheme: 'X', schemeKey: 'x', params: {} },
+      leg,
+      send: (extra, _classify, onResult) => legs.push({ extra, answer: onResult }),
+      sink: new UserSink(recordingHandler().handler),
+      maxLegs: 5,
+      timeout: 60_000,
+      onHttp2: true,
+      authIds,
+      ...(opts.authId !== undefined ? { authId: opts.authId } : {}),
+    };
+    runHandshake(
+      input,
+      (r) => {
+        result = r;
+      },
+      () => {},
+    );
+    return { legs, result: () => result };
+  }
+  const tick = () => new Promise((r) => setImmediate(r));
+  const swallowed = (authId: string): LegResult => ({
+    kind: 'swallowed',
+    status: 401,
+    headers: { 'www-authenticate': 'X next', 'auth-id': authId },
+  });
+
+  it('C3: a handshake whose next leg would carry an Auth-ID another live one holds sends nothing under it: AuthIdInUseError, not a refusal', async () => {
+    const ids = new SessionAuthIds();
+    const a = handshake(ids, { authId: 'same' });
+    await tick();
+    expect(a.legs.map((l) => l.extra['auth-id'])).toEqual(['same']);
+    // The server gives the same one to a second handshake, on its 401 (the first leg) or a later one.
+    const b = handshake(ids, { authId: 'same' });
+    const c = handshake(ids);
+    await tick();
+    c.legs[0]!.answer(swallowed('same'));
+    await tick();
+    for (const h of [b, c]) {
+      const r = h.result();
+      expect(r).toMatchObject({ kind: 'failed', authIdCarried: false });
+      expect((r as { error: Error }).error).toBeInstanceOf(AuthIdInUseError);
+      expect((r as { refused?: true }).refused).toBeUndefined();
+      expect((r as { error: Error }).error.message).not.toContain('same');
+    }
+    expect(b.legs).toEqual([]);
+    expect(c.legs).toHaveLength(1); // its first leg only, which carried none
+    expect(ids.size).toBe(1);
+  });
+
+  it('C3: a handshake given a new Auth-ID on a later 401 holds that one and lets the old one go', async () => {
+    const ids = new SessionAuthIds();
+    const a = handshake(ids, { authId: 'one' });
+    await tick();
+    a.legs[0]!.answer(swallowed('two'));
+    await tick();
+    expect(a.legs.map((l) => l.extra['auth-id'])).toEqual(['one', 'two']);
+    const b = handshake(ids, { authId: 'one' });
+    const c = handshake(ids, { authId: 'two' });
+    await tick();
+    expect(b.legs.map((l) => l.extra['auth-id'])).toEqual(['one']);
+    expect(c.legs).toEqual([]);
+    expect((c.result() as { error: Error }).error).toBeInstanceOf(AuthIdInUseError);
+    expect(ids.size).toBe(2);
+  });
+
+  const ends: Array<[string, (h: ReturnType<typeof handshake>) => void]> = [
+    ['success', (h) => h.legs.at(-1)!.answer({ kind: 'delivered', status: 200, headers: {}, done: Promise.resolve() })],
+    [
+      'a final 401',
+      (h) => h.legs.at(-1)!.answer({ kind: 'delivered', status: 401, headers: {}, done: Promise.resolve() }),
+    ],
+    [
+      'a failed leg (the caller aborted, a reset)',
+      (h) => h.legs.at(-1)!.answer({ kind: 'failed', error: new Error('x') }),
+    ],
+    [
+      'relocation (the session ended)',
+      (h) =>
+        h.legs.at(-1)!.answer({
+          kind: 'failed',
+          error: Object.assign(new Error('gone'), { code: 'MULTILEG_STALE_CONNECTION' }),
+        }),
+    ],
+    ['a failed step (after a 401 that named another Auth-ID)', (h) => h.legs.at(-1)!.answer(swallowed('other'))],
+  ];
+  for (const [how, end] of ends) {
+    it(`C3: every end lets the Auth-ID go, so a later handshake on the session may be given it again: ${how}`, async () => {
+      const ids = new SessionAuthIds();
+      const a = handshake(ids, { authId: 'same', failStep: true });
+      await tick();
+      end(a);
+      await tick();
+      expect(a.result()).toBeDefined();
+      expect(ids.size).toBe(0);
+      const b = handshake(ids, { authId: 'same' });
+      await tick();
+      expect(b.legs.map((l) => l.extra['auth-id'])).toEqual(['same']);
+    });
+  }
 });
 
 describe("normalizeRequestHeaders: the Job's header map", () => {

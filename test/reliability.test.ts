@@ -19,6 +19,7 @@ import { runInNewContext } from 'node:vm';
 import { type Dispatcher, fetch, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  AuthIdInUseError,
   BodyNotReplayableError,
   HandshakeTimeoutError,
   KerberosNoTicketError,
@@ -1191,6 +1192,64 @@ describe('C3: an Auth-ID on the very first 401', () => {
     );
     expect(statuses).toEqual(Array(30).fill(200));
     expect(a.handshakes().map((h) => [h.outcome, h.authIdCarried])).toEqual([['session', true]]);
+  });
+});
+
+describe('C3: a server that gives one Auth-ID to two handshakes at once on a session', () => {
+  it('C3: two per-request handshakes on one HTTP/2 session given the same Auth-ID at once: never two legs in flight under it — one authenticates, the other sends nothing under it and fails with AuthIdInUseError, no refusal counted', async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'] });
+    const a = await perRequestNtlm(s, { maxPerRequestSessions: 1 });
+    s.setFaults({
+      sharedAuthId: 'one-id',
+      // Both handshakes hold the Auth-ID at once, in this order: the second's challenge comes after
+      // the first's, and each leg carrying the Auth-ID is held longer than that.
+      delayMs: (r) => (r.headers['auth-id'] !== undefined ? 1500 : r.path === '/auth/second' ? 300 : 0),
+    });
+    const before = s.exchanges.length;
+    const status = (p: string) => settle(fetch(`${s.origin}/auth/${p}`, { dispatcher: a }).then((r) => r.status));
+    const [first, second] = await Promise.all([status('first'), status('second')]);
+    const seen = s.exchanges.slice(before);
+    // The server did give it to both, on one session.
+    expect(new Set(seen.map((e) => e.sessionId)).size).toBe(1);
+    expect(
+      seen
+        .filter((e) => e.authIdSent === 'one-id')
+        .map((e) => e.path)
+        .sort(),
+    ).toEqual(['/auth/first', '/auth/second']);
+    // What arrived under it: the first handshake's leg alone.
+    expect(seen.filter((e) => e.authIdReceived === 'one-id').map((e) => e.path)).toEqual(['/auth/first']);
+    expect(first).toEqual({ ok: true, v: 200 });
+    expect(second.ok).toBe(false);
+    const err = (second as { e: Error }).e;
+    expect(err).toBeInstanceOf(AuthIdInUseError);
+    expect((err as AuthIdInUseError).code).toBe('MULTILEG_AUTH_ID_IN_USE');
+    expect(err.message).toMatch(/one Auth-ID to two Negotiate handshakes at once.*nothing was sent under it/);
+    expect(err.message).not.toContain('one-id');
+    // The report says why, with the one leg that went (its NEGOTIATE), and no value.
+    const failed = a.handshakes().filter((h) => h.outcome === 'failed');
+    expect(failed).toEqual([
+      expect.objectContaining({
+        failure: 'error',
+        legs: 1,
+        failureReason: expect.stringMatching(/^MULTILEG_AUTH_ID_IN_USE: /),
+      }),
+    ]);
+    expect(JSON.stringify(a.handshakes())).not.toContain('one-id');
+    // No refusal of the password was counted (R4): the next request, on a new session (the broken
+    // server still holds the context given up on the old one), authenticates at once.
+    s.setFaults({});
+    s.endSessions();
+    expect((await fetch(`${s.origin}/auth/third`, { dispatcher: a })).status).toBe(200);
+  });
+
+  it('C3: handshakes one after another on one session may be given the same Auth-ID: each carries it and authenticates (each end lets it go)', async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Negotiate'], faults: { sharedAuthId: 'one-id' } });
+    const a = await perRequestNtlm(s, { maxPerRequestSessions: 1 });
+    for (let i = 0; i < 3; i++) expect((await fetch(`${s.origin}/auth/${i}`, { dispatcher: a })).status).toBe(200);
+    expect(s.exchanges.filter((e) => e.authIdReceived === 'one-id')).toHaveLength(4);
+    expect(new Set(s.exchanges.map((e) => e.sessionId)).size).toBe(1);
+    expect(a.handshakes().map((h) => [h.outcome, h.authIdCarried])).toEqual(Array(4).fill(['per-request', true]));
   });
 });
 

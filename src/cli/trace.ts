@@ -180,7 +180,10 @@ export class Trace {
           ? 'each request authenticates on its own'
           : r.failure === 'opening'
             ? 'failed at its opening, refused before any password went'
-            : 'failed';
+            : // An origin's failure says why where the report does (C3: an Auth-ID given twice).
+              !r.proxy && r.failureReason
+              ? `failed (${forCli(r.failureReason)})`
+              : 'failed';
     const detail = `${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`;
     if (r.proxy) {
       // H5: the proxy's own handshake (no Auth-ID there); a refusal says so.

@@ -8,6 +8,7 @@ import {
 import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import {
+  AuthIdInUseError,
   closedUnder,
   HandshakeTimeoutError,
   InvalidTokenError,
@@ -33,6 +34,18 @@ export type SendLeg = (
   onResult: (r: LegResult) => void,
 ) => void;
 
+/**
+ * The Auth-IDs the live handshakes of one session hold (C3: never one Auth-ID on two requests in
+ * flight, D2§3.1). The session owns it; each handshake claims the Auth-ID its next leg carries
+ * before the leg leaves and lets it go when it ends, whatever the end.
+ */
+export interface AuthIdClaims {
+  /** Claims `id` for one handshake: false when another live handshake on the session holds it. */
+  claim(id: string): boolean;
+  /** Lets `id` go: the handshake that claimed it ended, or moved on to another Auth-ID. */
+  release(id: string): void;
+}
+
 export interface HandshakeInput {
   readonly mechanism: Mechanism;
   /** The server's challenge for this scheme from the 401 that started it; undefined = proactive. */
@@ -46,6 +59,12 @@ export interface HandshakeInput {
   readonly onHttp2: boolean;
   /** An Auth-ID the server put on the 401 that started it (C3: sent on every later leg). */
   readonly authId?: string;
+  /**
+   * The session's {@link AuthIdClaims}: a leg whose Auth-ID another live handshake there holds (a
+   * server that gave one to two handshakes at once) is not sent; the handshake fails with
+   * {@link AuthIdInUseError}.
+   */
+  readonly authIds?: AuthIdClaims;
   /**
    * Takes one of the session's handshake slots (draft §3.1: servers cap incomplete security
    * contexts per session) and returns its release. Asked for before the first leg that leaves, or
@@ -257,6 +276,8 @@ class Handshake {
   #phase: 'step' | 'slot' | 'leg' | 'over' = 'step';
   #legs = 0;
   #authId: string | undefined;
+  /** The Auth-ID this handshake holds in the session's claims (C3), let go at its end. */
+  #heldAuthId: string | undefined;
   #authIdCarried = false;
   #release: (() => void) | undefined;
   /** This scheme's challenge in the last 401 (undefined on a proactive first leg). */
@@ -388,10 +409,33 @@ class Handshake {
   #end(r: HandshakeResult): void {
     this.#phase = 'over';
     this.#clock.stop();
+    this.#letGoAuthId();
     const release = this.#release;
     this.#release = undefined;
     release?.();
     this.#done(r);
+  }
+
+  /** Every end lets the Auth-ID go: the server destroys its mapping then (D§3.1), so it may come again. */
+  #letGoAuthId(): void {
+    const held = this.#heldAuthId;
+    if (held === undefined) return;
+    this.#heldAuthId = undefined;
+    this.#input.authIds?.release(held);
+  }
+
+  /**
+   * Claims the Auth-ID the next leg carries (C3). False when another live handshake on the session
+   * holds it: the server gave it to both at once, and a leg under it could complete the other's
+   * context with this one's token (S6) — nothing is sent under it.
+   */
+  #claimAuthId(id: string): boolean {
+    const claims = this.#input.authIds;
+    if (claims === undefined || id === this.#heldAuthId) return true;
+    if (!claims.claim(id)) return false;
+    this.#letGoAuthId();
+    this.#heldAuthId = id;
+    return true;
   }
 
   #step(): void {
@@ -474,9 +518,18 @@ class Handshake {
   }
 
   #sendLeg(): void {
+    const authId = this.#authId;
+    if (authId !== undefined && !this.#claimAuthId(authId)) {
+      // Not sent: the legs count what went with credentials. The request fails (no retry: the
+      // server's Auth-ID handling is broken, and a retry would meet it again), a failure that
+      // refused no credentials (R4).
+      this.#legs -= 1;
+      this.#end(this.#failed(new AuthIdInUseError(this.#input.leg.origin, this.#mechanism.scheme)));
+      return;
+    }
     const extra: Record<string, string> = { authorization: this.#authorization };
-    if (this.#authId !== undefined) {
-      extra['auth-id'] = this.#authId;
+    if (authId !== undefined) {
+      extra['auth-id'] = authId;
       this.#authIdCarried = true;
     }
     this.#sentAfterServerToken = this.#challenge?.token68 !== undefined;

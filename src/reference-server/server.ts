@@ -524,8 +524,14 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
     const type = ntlmMessageType(parsed.token);
     const authIdIn = headerValue(headers['auth-id']);
     let ctx: PendingContext | undefined;
+    const shared = o.faults.sharedAuthId;
     if (type !== 1 && !legacyH2) {
-      ctx = authIdIn !== undefined ? state.contexts.get(authIdIn) : undefined;
+      ctx =
+        authIdIn === undefined
+          ? undefined
+          : authIdIn === shared
+            ? state.contexts.values().next().value
+            : state.contexts.get(authIdIn);
       // HTTP/1.1: the connection itself names the context when the client sends no (known) Auth-ID.
       if (!ctx && !h2) ctx = state.bound;
     }
@@ -563,13 +569,14 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       if (legacyH2) return { kind: 'respond', status: 401, outcome: 'challenge', headers: headersOut };
       if (!h2) state.bound = ctx;
       if (!sendAuthId) return { kind: 'respond', status: 401, outcome: 'challenge', headers: headersOut };
-      headersOut['auth-id'] = ctx.authId;
+      const authIdSent = shared ?? ctx.authId;
+      headersOut['auth-id'] = authIdSent;
       return {
         kind: 'respond',
         status: 401,
         outcome: 'challenge',
         headers: headersOut,
-        authIdSent: ctx.authId,
+        authIdSent,
         endSession: o.faults.goawayAfterChallenge === true,
       };
     }

@@ -54,6 +54,13 @@ export interface ReferenceServerFaults {
    * A `?delay=ms` query parameter on a request also delays it (at most 60 s).
    */
   delayMs?: number | ((request: IncomingRequestInfo) => number);
+  /**
+   * A broken server (C3, D2§3.1): every challenge on a session carries this one Auth-ID, whatever
+   * handshake it belongs to, so two handshakes running at once there are given the same; a leg
+   * carrying it continues the session's oldest incomplete context. Each context is still destroyed
+   * at the end of its handshake, so handshakes one after another each complete their own.
+   */
+  sharedAuthId?: string;
   /** Answer 421 when `:authority`/Host is not one of `authorities` (C9). */
   misdirectedForOtherHosts?: boolean;
   /** SETTINGS_MAX_CONCURRENT_STREAMS for h2 sessions (applied to new and live sessions). */

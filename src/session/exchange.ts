@@ -1,8 +1,21 @@
 import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
-import { BodyNotReplayableError, HandshakeTimeoutError, MultilegError, type NoStream, ownCopy } from '../errors.ts';
-import { type HandshakeInput, type HandshakeResult, relocationReason, runHandshake } from '../handshake/handshake.ts';
+import {
+  AuthIdInUseError,
+  BodyNotReplayableError,
+  HandshakeTimeoutError,
+  MultilegError,
+  type NoStream,
+  ownCopy,
+} from '../errors.ts';
+import {
+  type AuthIdClaims,
+  type HandshakeInput,
+  type HandshakeResult,
+  relocationReason,
+  runHandshake,
+} from '../handshake/handshake.ts';
 import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
@@ -90,6 +103,8 @@ export interface HandshakeReport {
   /**
    * A failed handshake with a proxy: the error that ended it, as `CODE: message` (no secret, S2),
    * where one did — e.g. why a proxy's NTLM gave way to its Basic (T2: an unreadable CHALLENGE).
+   * With an origin: `MULTILEG_AUTH_ID_IN_USE: …` when the server gave this handshake's Auth-ID to
+   * another running on the session too, and it sent nothing under it (C3; never the value).
    */
   readonly failureReason?: string;
 }
@@ -1217,6 +1232,11 @@ class Lead implements HandshakeInput, LegInfo {
     return this.#run.session.handshakeSlot(this.#run.job);
   }
 
+  /** The session's Auth-IDs in use (C3): its handshakes never carry one two at once. */
+  get authIds(): AuthIdClaims {
+    return this.#run.session.authIds;
+  }
+
   noStream(): NoStream | undefined {
     return this.#run.session.noStream;
   }
@@ -1282,10 +1302,13 @@ class Lead implements HandshakeInput, LegInfo {
       (result.kind === 'success' || result.kind === 'failed' ? result.fallbackReason : undefined) ??
       (skipped && `${skipped.code}: ${skipped.message}`);
     const spn = result.kind === 'success' || result.kind === 'failed' ? result.spn : undefined;
+    // C3: a handshake ended because the server gave its Auth-ID to another one too says so (no value).
+    const inUse = result.kind === 'failed' && result.error instanceof AuthIdInUseError ? result.error : undefined;
     env.report({
       ...(fallbackReason ? { fallbackReason } : {}),
       ...(spn ? { spn } : {}),
       ...(failure ? { failure } : {}),
+      ...(inUse ? { failureReason: `${inUse.code}: ${inUse.message}` } : {}),
       origin: job.origin,
       sessionId: session.id,
       protocol: session.protocol,

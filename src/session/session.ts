@@ -28,6 +28,7 @@ import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import { ProxyClosedError, ProxyResponseTimeoutError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
+import { SessionAuthIds } from './auth-ids.ts';
 import { certificateSubject } from './client-certificate.ts';
 import { type ConnectionInfo, type SessionConnector, sessionConnector } from './connector.ts';
 import type { CredentialProof } from './credential-proof.ts';
@@ -143,6 +144,8 @@ export class Session {
   #subject: string | undefined;
   /** The agent's cookie jar, if it has one: every leg this session writes asks and tells it. */
   readonly cookies: CookieStore | undefined;
+  /** The Auth-IDs its live handshakes hold (C3): one Auth-ID never goes on two of them at once. */
+  readonly authIds = new SessionAuthIds();
   /**
    * Callers' NTLM CHALLENGEs this session carried whose AUTHENTICATE has not been answered yet
    * (counted by the pool's ChallengeRecords, ntlm-pairing.ts): on HTTP/1.1 one reserves the
