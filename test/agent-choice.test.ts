@@ -635,6 +635,41 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     expect(s.requests.map((h) => ntlmType(h.authorization))).toEqual([1, 0, 1, 3, 0]);
   });
 
+  it('T4: a 401 carrying an NTLM CHALLENGE on an authenticated session is re-authenticated once, opening with NEGOTIATE (review r57)', async () => {
+    // The server loses the session's authentication and answers the next bare request with a
+    // CHALLENGE that answers no NEGOTIATE of ours: a fresh context opens as for a bare 401.
+    const authenticated = new WeakSet<object>();
+    let forget = false;
+    const s = await scriptedOrigin((req, res) => {
+      const session = req.stream.session!;
+      const type = ntlmType(req.headers.authorization);
+      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+      if (type === 3) authenticated.add(session);
+      if (type === 0 && forget) {
+        forget = false;
+        authenticated.delete(session);
+        return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+      }
+      if (type === 0 && !authenticated.has(session))
+        return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+      res.writeHead(200).end('ok');
+    });
+    const a = agentFor(s.origin, { negotiate: false, schemes: ['NTLM'] });
+    const get = async (path: string) => {
+      const res = await fetch(`${s.origin}${path}`, { dispatcher: a });
+      return `${res.status} ${await res.text()}`;
+    };
+    expect(await get('/a')).toBe('200 ok');
+    expect(await get('/b')).toBe('200 ok');
+    forget = true;
+    expect(await get('/c')).toBe('200 ok');
+    expect(await get('/d')).toBe('200 ok');
+    // The opening NEGOTIATE and AUTHENTICATE, a bare request on the session; then the lost
+    // session's 401 and one re-authentication (NEGOTIATE, AUTHENTICATE); then bare again.
+    expect(s.requests.map((h) => ntlmType(h.authorization))).toEqual([1, 3, 0, 0, 1, 3, 0]);
+    expect(a.handshakes().map((h) => h.outcome)).toEqual(['session', 'session']);
+  });
+
   it('T4: a 403 that carries a challenge is final to a bare request too (no opening: more than one scheme), then a 401 there is answered', async () => {
     // NTLM and Basic: no scheme is the agent's only one, so the first request at the origin goes
     // bare and its head is judged as any bare send's, not as a handshake leg's.

@@ -83,6 +83,24 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     ).toBe(true);
   });
 
+  it('M2: real Apache answering the authenticated request with a 302 (a RewriteRule [R=302] inside the protected location): the final token on it is verified and proves alice', async () => {
+    const a = agent();
+    const hops: Array<string | null> = [];
+    const res = await fetch(`${lab.apache!.origin}/krb-redirect/x`, { dispatcher: a, redirect: 'manual' });
+    hops.push(res.headers.get('www-authenticate')?.split(' ')[0] ?? null);
+    await res.arrayBuffer();
+    expect([res.status, res.headers.get('location'), res.headers.get('x-remote-user')]).toEqual([
+      302,
+      `${lab.apache!.origin}/protected/`,
+      'alice@EXAMPLE.TEST',
+    ]);
+    // mod_auth_gssapi 1.6.4 puts its final SPNEGO token (the AP-REP) on the 302: checked, as on a 200.
+    expect(hops).toEqual(['Negotiate']);
+    expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([
+      ['per-request', undefined, 'alice@EXAMPLE.TEST'],
+    ]);
+  });
+
   it('C6/M2: a resource that needs no authentication, on an origin known to want Kerberos: its proactive token goes unanswered, the response is delivered, nothing is recorded', async () => {
     const a = agent();
     expect((await fetch(`${lab.apache!.origin}/protected/index.html`, { dispatcher: a })).status).toBe(200);

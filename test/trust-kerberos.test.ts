@@ -220,4 +220,87 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
       expect(a.handshakes().every((h) => h.outcome === 'failed')).toBe(true);
     });
   }
+
+  // Review r57: the server's final token is checked on any final answer that carries it, not only
+  // on a 2xx; one without it proves nothing, whatever Persistent-Auth says.
+  const statusOf = async (a: MultilegAgent, url: string) => {
+    try {
+      const res = await request(url, { dispatcher: a });
+      await res.body.dump();
+      return res.statusCode;
+    } catch (e) {
+      return (e as Error & { cause?: Error }).cause ?? (e as Error);
+    }
+  };
+
+  it('M2: a 302 that ends a Kerberos handshake with a corrupt final token is a MutualAuthError, and its connection ends', async () => {
+    const s = await kerberosServer({ faults: { finalToken: 'corrupt' } });
+    const a = ambientAgent(s);
+    expect(await statusOf(a, `${s.origin}/status/302/a`)).toBeInstanceOf(MutualAuthError);
+    expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([['failed', 'proof', undefined]]);
+    const accepted = s.exchanges.filter((e) => e.outcome === 'accepted');
+    expect(accepted.map((e) => e.status)).toEqual([302]);
+    expect(s.exchanges.filter((e) => e.sessionId === accepted[0]!.sessionId && e.seq > accepted[0]!.seq)).toEqual([]);
+  });
+
+  it('S6: a 302 without the final token but with Persistent-Auth: true is delivered, and nothing is recorded: no session, no identity; the next request authenticates afresh', async () => {
+    const s = await kerberosServer({ faults: { finalToken: 'omit' } });
+    const a = ambientAgent(s);
+    expect(await statusOf(a, `${s.origin}/status/302/a`)).toBe(302);
+    const first = s.exchanges.find((e) => e.outcome === 'accepted')!;
+    expect(first.status).toBe(302);
+    expect(first.responseHeaders['persistent-auth']).toBe('true');
+    expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([['failed', 'proof', undefined]]);
+    // The server now proves itself: the next request carries a token of its own (not alice's
+    // unproved connection, which carries nothing more) and its proof is alice's session.
+    s.setFaults({});
+    const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
+    expect(next.user).toBe(ALICE_PRINCIPAL);
+    expect(next.sessionId).not.toBe(first.sessionId);
+    expect(s.exchanges.filter((e) => e.path === '/auth/b').some((e) => hasAuth(e.requestHeaders))).toBe(true);
+    expect(a.handshakes().map((h) => [h.outcome, h.identity])).toEqual([
+      ['failed', undefined],
+      ['session', ALICE_PRINCIPAL],
+    ]);
+  });
+
+  it('M2/S6: a 302 with a good final token completes the handshake: alice is proved, her session serves the next request', async () => {
+    const s = await kerberosServer();
+    const a = ambientAgent(s);
+    expect(await statusOf(a, `${s.origin}/status/302/a`)).toBe(302);
+    expect(a.handshakes().map((h) => [h.outcome, h.identity])).toEqual([['session', ALICE_PRINCIPAL]]);
+    const first = s.exchanges.find((e) => e.outcome === 'accepted')!;
+    const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
+    expect(next).toEqual(expect.objectContaining({ user: ALICE_PRINCIPAL, sessionId: first.sessionId }));
+    expect(s.exchanges.filter((e) => e.path === '/auth/b').map((e) => hasAuth(e.requestHeaders))).toEqual([false]);
+  });
+
+  it('M2: per-request Kerberos: a 404 after a proactive token is checked like a 2xx when it carries the final token (a corrupt one is a MutualAuthError); one with none is delivered, nothing proved', async () => {
+    const s = await kerberosServer({ mode: 'per-request' });
+    const a = ambientAgent(s);
+    expect(await fetch(`${s.origin}/auth/a`, { dispatcher: a }).then(userOf)).toEqual(
+      expect.objectContaining({ user: ALICE_PRINCIPAL }),
+    );
+    expect(await statusOf(a, `${s.origin}/status/404/b`)).toBe(404);
+    s.setFaults({ finalToken: 'corrupt' });
+    expect(await statusOf(a, `${s.origin}/status/404/c`)).toBeInstanceOf(MutualAuthError);
+    s.setFaults({ finalToken: 'omit' });
+    expect(await statusOf(a, `${s.origin}/status/404/d`)).toBe(404);
+    // Each went with a proactive token (one leg). The last one's server took part (IIS-style
+    // `Persistent-Auth: false`) but proved nothing: reported so, with no identity.
+    for (const p of ['/status/404/b', '/status/404/c', '/status/404/d'])
+      expect(s.exchanges.filter((e) => e.path === p).map((e) => hasAuth(e.requestHeaders))).toEqual([true]);
+    expect(s.exchanges.find((e) => e.path === '/status/404/d')!.responseHeaders['persistent-auth']).toBe('false');
+    expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([
+      ['per-request', undefined, ALICE_PRINCIPAL],
+      ['per-request', undefined, ALICE_PRINCIPAL],
+      ['failed', 'proof', undefined],
+      ['failed', 'proof', undefined],
+    ]);
+    // Nothing is lost: with the server proving itself again, the next request is alice's.
+    s.setFaults({});
+    expect(await fetch(`${s.origin}/auth/e`, { dispatcher: a }).then(userOf)).toEqual(
+      expect.objectContaining({ user: ALICE_PRINCIPAL }),
+    );
+  });
 });

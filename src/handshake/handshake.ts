@@ -128,6 +128,14 @@ export type HandshakeResult =
       readonly spn?: string;
       readonly done: Promise<void>;
       readonly proofFailed?: MultilegError;
+      /**
+       * The caller got a final answer other than a 2xx (a redirect, a 404, a 5xx) that carried
+       * neither the scheme's token nor Authentication-Info while the mechanism still waited for the
+       * server's proof (Kerberos' AP-REP): nothing is proved, no session, no identity (M2, S6).
+       * `persistent`: it said `Persistent-Auth: true` — the server holds the connection as someone
+       * the agent cannot name, so the connection must carry nothing more.
+       */
+      readonly unproved?: 'persistent' | 'request';
       /** The error the caller got, when it was not the server's own 401. */
       readonly error?: Error;
       /**
@@ -298,6 +306,8 @@ class Handshake {
   #verification: 'none' | 'pending' | 'passed' = 'none';
   #persistent = false;
   #unanswered = false;
+  /** A final answer that is not a 2xx came without the proof the mechanism still waits for. */
+  #unproved = false;
   /**
    * This scheme's challenge in the 401, read once by the classifier for the next leg (not parsed
    * again); a 401 swallowed before the classifier saw it (a renewed Digest nonce) is read later.
@@ -400,7 +410,7 @@ class Handshake {
     done: Promise<void>,
     why: Pick<
       Extract<HandshakeResult, { kind: 'failed' }>,
-      'refused' | 'opening' | 'noPassword' | 'proofFailed' | 'error'
+      'refused' | 'opening' | 'noPassword' | 'proofFailed' | 'error' | 'unproved'
     >,
   ): HandshakeResult {
     return { kind: 'failed', legs: this.#legs, authIdCarried: this.#authIdCarried, ...this.#reported(), done, ...why };
@@ -541,6 +551,7 @@ class Handshake {
     this.#verification = 'none';
     this.#persistent = false;
     this.#unanswered = false;
+    this.#unproved = false;
     this.#next = undefined;
     this.#nextRead = false;
     this.#phase = 'leg';
@@ -646,12 +657,17 @@ class Handshake {
       });
     }
     const info = readAuthenticationInfo(headers);
-    if (status >= 200 && status < 300) return this.#finish(final, info);
-    // Authentication-Info comes on the final response whatever its status (RFC 9110 §11.6.3, RFC
-    // 7616 §3.5): a redirect or a 404 after Digest still proves the server (rspauth) and names the
-    // next nonce. Without it a 3xx/4xx/5xx is delivered unchecked: a missing final Negotiate
-    // token fails only a 2xx.
-    if (info !== undefined) return this.#finish(final, info);
+    // The server's proof comes on the final response whatever its status (RFC 9110 §11.6.3, RFC
+    // 7616 §3.5): a redirect or a 404 that carries the scheme's token (a Kerberos AP-REP) or
+    // Authentication-Info (Digest's rspauth, its next nonce) is checked as a 2xx is — a bad one is
+    // a MutualAuthError whatever the status (review r57: a forged token on a 302 passed unchecked).
+    if ((status >= 200 && status < 300) || info !== undefined || final?.token68 !== undefined) {
+      return this.#finish(final, info);
+    }
+    // A 3xx/4xx/5xx without them is delivered (an error page, a redirect: no resource to withhold),
+    // but while the mechanism still wants the server's proof (Kerberos' AP-REP) nothing was proved:
+    // no session, no identity, whatever Persistent-Auth says (M2, S6).
+    if (!context.complete) this.#unproved = true;
     return 'deliver';
   }
 
@@ -732,9 +748,14 @@ class Handshake {
         }
         // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
         // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
-        // the server took them).
+        // the server took them — once it proved itself where the mechanism asks it to).
         if (result.status >= 500 || result.status === 407) {
           this.#end(this.#failedAfter(done, {}));
+          return;
+        }
+        if (this.#unproved) {
+          // A redirect or a 4xx without the server's proof: the caller has it, nothing is recorded.
+          this.#end(this.#failedAfter(done, { unproved: this.#persistent ? 'persistent' : 'request' }));
           return;
         }
         const identity = this.#context.identity;

@@ -606,9 +606,13 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       state.user = user;
       if (mode === 'session' || mode === 'iis') headersOut[o.persistentAuthHeaderName] = o.persistentAuthValue;
     }
+    // The completing leg answered with another status: its final token and Persistent-Auth go on it
+    // as on a 200 (a redirect after authentication, as IIS often answers the first request).
+    const other = otherFinalStatus(pathname);
+    if (other && other.status < 400) headersOut.location = `/auth/${other.rest}`;
     return {
       kind: 'respond',
-      status: 200,
+      status: other?.status ?? 200,
       outcome: 'accepted',
       headers: headersOut,
       user,
@@ -705,7 +709,8 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
 
 /**
  * `/status/NNN/rest` (NNN from 300 to 599, not 401 or 407): Basic or Digest credentials accepted,
- * answered with status NNN instead of 200 — a 3xx with `Location: /auth/rest` (a redirect after
+ * or an NTLM or Negotiate handshake completed (its final token on it), answered with status NNN
+ * instead of 200 — a 3xx with `Location: /auth/rest` (a redirect after
  * authentication, a 404 of a missing resource, M3's Authentication-Info on them).
  */
 function otherFinalStatus(pathname: string): { status: number; rest: string } | undefined {

@@ -200,8 +200,8 @@ export interface ResolvedReferenceServerOptions {
  * What the server did with a request.
  * - `unauthenticated`: 401 with bare challenges to a request without credentials;
  * - `challenge`: 401 carrying a mechanism token (a handshake leg in progress);
- * - `accepted`: the handshake completed; 200 (Basic or Digest under `/status/NNN/…`: NNN, a 3xx
- *   with `Location: /auth/…`);
+ * - `accepted`: the handshake completed; 200 (under `/status/NNN/…`: NNN, a 3xx with
+ *   `Location: /auth/…`);
  * - `rejected`: credentials present but refused (bad token, wrong password, no context); bare 401;
  * - `denied`: Basic or Digest credentials accepted, but the path is under `/denied/` (an ACL that
  *   refuses the user, IIS's 401.3); bare 401;

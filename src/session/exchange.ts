@@ -90,8 +90,11 @@ export interface HandshakeReport {
   readonly spn?: string;
   /**
    * A failed handshake's cause, where it is known: `refused`, the server answered the last leg
-   * with a 401 (wrong password, or an account it does not accept); `proof`, the server's final
-   * token failed mutual authentication; `error`, the handshake ended otherwise (a timeout, a reset,
+   * with a 401 (wrong password, or an account it does not accept); `proof`, the server did not
+   * prove itself: its final token failed mutual authentication (the caller got `MutualAuthError`),
+   * or a final answer other than a 2xx (a redirect, a 404) came without the token the mechanism
+   * waited for (a Kerberos AP-REP) — the caller got that answer, and nothing was recorded as
+   * authenticated (no session, no identity); `error`, the handshake ended otherwise (a timeout, a reset,
    * a last leg answered neither with success nor with a 401: a 5xx from a backend that is down);
    * `opening`, the server answered the opening leg of a multi-leg handshake with its final 401 (an
    * NTLM NEGOTIATE, alone or inside SPNEGO, which holds no password): no password was tried — the
@@ -1370,6 +1373,11 @@ class Lead implements HandshakeInput, LegInfo {
           // The server failed mutual authentication: nothing more goes on this connection, and the
           // requests queued behind the leader fail with the same error (never a 200 from it).
           session.apply({ type: 'closed', failure: result.proofFailed });
+        } else if (result.unproved === 'persistent') {
+          // The server says it holds the connection as someone, unproved and so unnamed: no identity
+          // check (S6: a ccache switched to bob) could ever retire it. It carries nothing more; the
+          // caller's answer ends as usual and the waiters go to another session (review r57).
+          session.apply({ type: 'closed' });
         } else if (this.#leading()) {
           if (!silentKdc && leaderGaveUp(job, result.error)) session.handOver(job.id);
           // R2: only the server's own final 401 sends the waiters on without credentials; after any
@@ -1383,7 +1391,13 @@ class Lead implements HandshakeInput, LegInfo {
           result,
           'failed',
           undefined,
-          result.refused ? (result.opening ? 'opening' : 'refused') : result.proofFailed ? 'proof' : 'error',
+          result.refused
+            ? result.opening
+              ? 'opening'
+              : 'refused'
+            : result.proofFailed || result.unproved
+              ? 'proof'
+              : 'error',
         );
         return end({ kind: 'done', done: result.done });
       }

@@ -106,6 +106,7 @@ export async function startApache(o: ApacheOptions): Promise<Apache> {
     'mime',
     'dir',
     'setenvif',
+    'rewrite',
     ...(o.proxy ? ['proxy', 'proxy_connect', 'proxy_http'] : []),
   ];
   const conf = `ServerRoot ${A}
@@ -158,6 +159,17 @@ Header always set X-Protocol "expr=%{SERVER_PROTOCOL}"
     GssapiAllowedMech krb5
     GssapiPublishMech On
     Require valid-user
+</Location>
+# Kerberos, the authenticated request answered with a 302: mod_rewrite in a Location runs after
+# authentication (mod_alias's Redirect there answers before it: no handshake at all)
+<Location /krb-redirect>
+    AuthType GSSAPI
+    AuthName "GSSAPI Kerberos"
+    GssapiCredStore keytab:${o.keytab}
+    GssapiAllowedMech krb5
+    Require valid-user
+    RewriteEngine On
+    RewriteRule ^ /protected/ [R=302,L]
 </Location>
 # Kerberos, session mode (Persistent-Auth: true): the HTTP/1.1 connection stays authenticated
 <Location /krb-session>

@@ -81,7 +81,9 @@ class NtlmContext implements MechanismContext {
   }
 
   async step(challenge: Challenge | undefined, leg: LegInfo): Promise<string> {
-    const token = challenge?.token68;
+    // A fresh context opens with NEGOTIATE whatever the 401 carried: a CHALLENGE there answers no
+    // NEGOTIATE of ours (a server that lost an authenticated connection's context offers one, T4).
+    const token = this.#state === 'initial' ? undefined : challenge?.token68;
     if (token === undefined) {
       if (this.#state === 'complete') {
         throw new MechanismError(
@@ -106,6 +108,7 @@ class NtlmContext implements MechanismContext {
       );
     }
     if (this.#negotiate === undefined) {
+      // Unreachable from 'initial' (above); kept so a CHALLENGE is never answered without our NEGOTIATE.
       throw new MechanismError(this.#scheme, 'the server sent an NTLM CHALLENGE before the client sent NEGOTIATE');
     }
     const { message } = authenticateForLeg({
