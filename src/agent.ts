@@ -8,9 +8,14 @@ import { type ResponseObserver, UserSink } from './handshake/user-sink.ts';
 import { type HeaderMap, iterableHeaders, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
-import { type NtlmIdentity, parseNtlmUser } from './mechanisms/ntlm/index.ts';
+import {
+  type NtlmIdentity,
+  parseNtlmUser,
+  sameNtlmAccount as sameAccount,
+  sameCredentials,
+} from './mechanisms/ntlm/index.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
-import { type Credentials, type Holder, sameCredentials } from './mechanisms/types.ts';
+import type { Credentials, Holder } from './mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -66,15 +71,15 @@ export interface SetCredentialsOptions {
    * another account and the agent has a jar; omitted, the jar stays.
    */
   readonly cookies?: CookieStore | null;
+  /**
+   * With the credentials the agent already holds (which otherwise change nothing): their refusal
+   * no longer holds them back — the password was fixed on the server (a vault ahead of the domain
+   * controller), so the next request tries it at once, one handshake at a time until one succeeds.
+   * Refused again, it waits longer (R4). A `refusalMemory` of your own keeps its records: forget
+   * them there. New credentials need no such word: the old ones' refusals never hold them back.
+   */
+  readonly forgetRefusals?: boolean;
 }
-
-/**
- * Whether two user names (as NTLM splits them) are one account: a password rotation, not a switch.
- * The user as written (Basic and Digest servers may tell `Alice` from `alice`; unsure is a switch),
- * the domain case aside.
- */
-const sameAccount = (a: NtlmIdentity | undefined, b: NtlmIdentity): boolean =>
-  a !== undefined && a.user === b.user && a.domain.toLowerCase() === b.domain.toLowerCase();
 
 /** A `cookies` option that is not a cookie store fails here, not at the first request. */
 function checkCookieStore(store: unknown): void {
@@ -361,8 +366,8 @@ export class MultilegAgent extends Dispatcher {
    * does not keep the new one back, and the new ones are tried one handshake at a time until one
    * succeeds, as for a new agent (R4). The credentials the agent already holds (the same user name,
    * password, domain and workstation; a vault poller re-applying an unchanged value) change nothing:
-   * sessions stay, and a refusal of that password still holds it back (R4), unless `options.cookies`
-   * names a jar.
+   * sessions stay, and a refusal of that password still holds it back (R4) until its wait ends or
+   * `options.forgetRefusals` lifts it (the same jar given again changes nothing either).
    *
    * The cookie jar (`cookies`) holds what servers gave the old identity — a login session cookie runs
    * requests as its owner whatever credentials they would carry. A new password for the same account
@@ -393,8 +398,12 @@ export class MultilegAgent extends Dispatcher {
     // The same credentials again (a vault poller re-applying an unchanged password): nothing to do.
     // Retiring sessions and forgetting a refusal would send a refused password again on every
     // call (R4: account lockout, trial u14).
-    if (jar === undefined && sameCredentials(this.#credentials, credentials)) {
-      log.agent('credentials unchanged: sessions and what was learnt of them stay');
+    if (
+      (jar === undefined || (jar ?? undefined) === this.#options.cookies) &&
+      sameCredentials(this.#credentials, credentials)
+    ) {
+      if (options.forgetRefusals) for (const pool of this.#pools.values()) pool.memory.proof.liftRefusal();
+      log.agent('credentials unchanged: sessions stay%s', options.forgetRefusals ? '; their refusals lifted' : '');
       return;
     }
     if (jar !== undefined) this.#options.cookies = jar ?? undefined;
@@ -414,8 +423,8 @@ export class MultilegAgent extends Dispatcher {
    * {@link setCredentials} does the origin's: connections, CONNECT tunnels and forwarding-proxy
    * connections made with the old ones retire once their requests on the wire have finished, new
    * handshakes with the proxy use the new ones, and the proxy's refusal of the old ones does not
-   * keep the new ones back (R4, S6). The credentials a proxy already holds change nothing there (a
-   * refusal of them still holds them back).
+   * keep the new ones back (R4, S6). The credentials a proxy already holds change nothing there: a
+   * refusal of them still holds them back, unless `options.forgetRefusals` (as for setCredentials).
    *
    * With two different proxies from the environment (`http_proxy`, `https_proxy`) the new ones go to
    * the proxy holding the same user name, else to the only one holding credentials: a password
@@ -426,7 +435,7 @@ export class MultilegAgent extends Dispatcher {
    * environment), or it has two different ones and which one they are for cannot be told.
    * @throws {AgentClosedError} after `close()` or `destroy()`.
    */
-  setProxyCredentials(credentials: Credentials): void {
+  setProxyCredentials(credentials: Credentials, options: Pick<SetCredentialsOptions, 'forgetRefusals'> = {}): void {
     if (this.#closed) throw new AgentClosedError();
     checkCredentials(credentials, 'proxy.credentials');
     if (!this.#options.proxy.configured)
@@ -435,7 +444,7 @@ export class MultilegAgent extends Dispatcher {
         'proxy.credentials',
       );
     // The same credentials again change nothing (as setCredentials; R4).
-    if (!this.#options.proxy.setCredentials(credentials)) {
+    if (!this.#options.proxy.setCredentials(credentials, options.forgetRefusals === true)) {
       log.agent('proxy credentials unchanged: connections and what was learnt of them stay');
       return;
     }

@@ -218,6 +218,29 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
     expect(r.agent.stats()).toMatchObject({ handshakes: before.handshakes, sessions: before.sessions });
   });
 
+  it('R4: the same account written the other way (user and domain), or with the same jar given again, changes nothing either; forgetRefusals lifts the hold-back once the server has the password (review r58)', async () => {
+    const jar: CookieStore = { cookieHeader: () => undefined, setCookies: () => {} };
+    r = await rig(
+      { schemes: ['Basic'] },
+      { negotiate: false, credentials: { ...ALICE, password: 'fixed' }, cookies: jar },
+    );
+    const url = `${r.server.origin}/auth`;
+    // The server does not have the password yet (a vault ahead of the domain controller).
+    expect((await getUser(`${url}/a`, r.agent)).status).toBe(401);
+    expect((await getUser(`${url}/b`, r.agent)).status).toBe(401);
+    r.server.reset();
+    r.agent.setCredentials({ username: 'alice', domain: 'EXAMPLE', password: 'fixed' });
+    expect((await getUser(`${url}/c`, r.agent)).status).toBe(401);
+    r.agent.setCredentials({ ...ALICE, password: 'fixed' }, { cookies: jar });
+    expect((await getUser(`${url}/d`, r.agent)).status).toBe(401);
+    // Before: 'rejected' twice (each call forgot the refusal).
+    expect(r.server.exchanges.map((e) => e.outcome)).toEqual(['unauthenticated', 'unauthenticated']);
+    r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'fixed' };
+    r.agent.setCredentials({ ...ALICE, password: 'fixed' }, { forgetRefusals: true });
+    // Without forgetRefusals: held back 30 s more.
+    expect(await getUser(`${url}/e`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+  });
+
   it('R4: the old password refused after the call (its handshake was on the wire) does not count against the new one', async () => {
     const held = hold('/slow', 200);
     r = await rig(
@@ -300,7 +323,7 @@ describe('S6/R4: setProxyCredentials', () => {
     },
   );
 
-  it('R4: the proxy’s refusal of the old password (kept back 30 s) does not keep the new one back; the refused one given again stays held back (trial u14)', async () => {
+  it('R4: the proxy’s refusal of the old password (kept back 30 s) does not keep the new one back; the refused one given again stays held back (trial u14) until forgetRefusals lifts it (review r58)', async () => {
     const { agent, px } = await behindProxy();
     const url = `${r!.server.origin}/auth`;
     expect((await getUser(`${url}/warm`, agent)).status).toBe(200);
@@ -316,6 +339,11 @@ describe('S6/R4: setProxyCredentials', () => {
     agent.setProxyCredentials({ username: 'proxyuser', password: 'proxypw' });
     await expect(getUser(`${url}/again`, agent)).rejects.toThrow('refused proxy.credentials lately');
     expect(px.exchanges.slice(tried).filter((e) => e.proxyAuthorization)).toEqual([]);
+    // Fixed on the proxy: forgetRefusals tries it at once.
+    px.options.basicUsers = { proxyuser: 'proxypw' };
+    agent.setProxyCredentials({ username: 'proxyuser', password: 'proxypw' }, { forgetRefusals: true });
+    expect(await getUser(`${url}/fixed`, agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    px.options.basicUsers = { proxyuser: 'rotated' };
     agent.setProxyCredentials({ username: 'proxyuser', password: 'rotated' });
     expect(await getUser(`${url}/a`, agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });

@@ -170,14 +170,3 @@ export interface Credentials {
   /** NTLM workstation name sent in AUTHENTICATE (default: empty). */
   readonly workstation?: string;
 }
-
-/** Whether two sets of credentials would send the same (user name, password, domain, workstation). */
-export function sameCredentials(a: Credentials | undefined, b: Credentials): boolean {
-  return (
-    a !== undefined &&
-    a.username === b.username &&
-    a.password === b.password &&
-    a.domain === b.domain &&
-    a.workstation === b.workstation
-  );
-}

@@ -11,9 +11,9 @@ import { LapsingMap } from '../lapsing-map.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/mechanism.ts';
-import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
+import { ntlmMechanism, sameCredentials } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
-import { type Credentials, type Mechanism, sameCredentials } from '../mechanisms/types.ts';
+import type { Credentials, Mechanism } from '../mechanisms/types.ts';
 import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 import { CredentialProof } from '../session/credential-proof.ts';
 import { ProvedIdentity } from '../session/proved-identity.ts';
@@ -518,11 +518,12 @@ export class ProxyResolver {
    * password rotated for one proxy is not the other's): to those holding the same user name, else
    * to the only one holding credentials; with neither, it cannot be told.
    *
-   * Returns whether a proxy's credentials changed (the ones it holds already change nothing).
+   * Returns whether a proxy's credentials changed (the ones it holds already change nothing;
+   * `forgetRefusals` lifts their refusal there).
    *
    * @throws {ConfigError} with two different proxies when the credentials cannot be told to be one's.
    */
-  setCredentials(credentials: Credentials): boolean {
+  setCredentials(credentials: Credentials, forgetRefusals = false): boolean {
     // A copy, as resolveProxy takes of the constructor's: the caller's object changing later changes nothing sent.
     const own = { ...credentials };
     let proxies = [...new Set([this.#http, this.#https])].filter((p) => p !== undefined);
@@ -538,7 +539,10 @@ export class ProxyResolver {
     }
     let changed = false;
     for (const proxy of proxies) {
-      if (sameCredentials(heldCredentials.get(proxy), own)) continue;
+      if (sameCredentials(heldCredentials.get(proxy), own)) {
+        if (forgetRefusals) proxy.proof.liftRefusal();
+        continue;
+      }
       changed = true;
       proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
       proxy.account = own.username;

@@ -332,6 +332,18 @@ export class CredentialProof {
   }
 
   /**
+   * The caller says the credentials may work now (the password was fixed on the server; the agent
+   * holds the same ones, so nothing else would lift it): a refusal in force holds them back no
+   * longer, and the next handshake tries them, one at a time as unproved. The count stays: refused
+   * again, the wait doubles on (R4). A refusal memory's own record is its own to forget.
+   */
+  liftRefusal(): void {
+    if (this.#refusedUntil === 0) return;
+    this.#refusedUntil = 0;
+    this.#wake();
+  }
+
+  /**
    * The credentials were replaced (MultilegAgent.setCredentials): what was learnt of the old ones
    * goes, so a refusal of an old password does not keep the new one back, and the new ones start
    * unproved (one handshake at a time until one succeeds). Handshakes of the old ones still
