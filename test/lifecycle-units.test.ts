@@ -300,8 +300,25 @@ describe('UserSink: the caller sees one response or one error', () => {
 
 describe("runHandshake: the session's Auth-IDs in use (C3)", () => {
   /** A multi-leg scheme whose second step fails when `failStep` says so; each leg's result is the test's to give. */
-  function handshake(authIds: SessionAuthIds, opts: { authId?: string; failStep?: boolean } = {}) {
-    const legs: Array<{ extra: Record<string, string>; answer: (r: LegResult) => void }> = [];
+  /**
+   * `finish`: the mechanism's verification of the final answer; `throwing`: the caller's handler
+   * throws from onResponseError (review r58); `slot`: the session's handshake slots.
+   */
+  function handshake(
+    authIds: SessionAuthIds,
+    opts: {
+      authId?: string;
+      failStep?: boolean;
+      finish?: () => Promise<void>;
+      throwing?: boolean;
+      slot?: () => () => void;
+    } = {},
+  ) {
+    const legs: Array<{
+      extra: Record<string, string>;
+      classify: (status: number, headers: Record<string, string>) => Verdict;
+      answer: (r: LegResult) => void;
+    }> = [];
     let result: HandshakeResult | undefined;
     let steps = 0;
     const mechanism = {
@@ -312,16 +329,22 @@ describe("runHandshake: the session's Auth-IDs in use (C3)", () => {
       createContext: () => ({
         complete: false,
         step: () => (opts.failStep && ++steps > 1 ? Promise.reject(new Error('bad token')) : Promise.resolve('X tok')),
-        finish: () => Promise.resolve(),
+        finish: opts.finish ?? (() => Promise.resolve()),
       }),
     } as unknown as Mechanism;
     const leg = { origin: 'https://h:443', hostname: 'h', port: 443, method: 'GET', path: '/', proxy: false };
+    const { handler } = recordingHandler();
+    if (opts.throwing)
+      handler.onResponseError = () => {
+        throw new Error('the caller handler threw');
+      };
     const input: HandshakeInput = {
       mechanism,
       challenge: { scheme: 'X', schemeKey: 'x', params: {} },
       leg,
-      send: (extra, _classify, onResult) => legs.push({ extra, answer: onResult }),
-      sink: new UserSink(recordingHandler().handler),
+      send: (extra, classify, onResult) => legs.push({ extra, classify: classify as never, answer: onResult }),
+      sink: new UserSink(handler),
+      ...(opts.slot ? { slot: opts.slot } : {}),
       maxLegs: 5,
       timeout: 60_000,
       onHttp2: true,
@@ -417,6 +440,45 @@ describe("runHandshake: the session's Auth-IDs in use (C3)", () => {
       expect(b.legs.map((l) => l.extra['auth-id'])).toEqual(['same']);
     });
   }
+
+  it('C3: the final answer lets the Auth-ID go before its token is verified: the server, which destroyed the mapping as it sent it, may give it to its next handshake at once (review r58)', async () => {
+    const ids = new SessionAuthIds();
+    const verified = deferred();
+    const a = handshake(ids, { authId: '1', finish: () => verified.promise });
+    await tick();
+    a.legs[0]!.answer(swallowed('1'));
+    await tick();
+    expect(a.legs.map((l) => l.extra['auth-id'])).toEqual(['1', '1']);
+    // The server's final 200 for A: its final token is being verified.
+    expect(a.legs[1]!.classify(200, { 'www-authenticate': 'X final' })).toBeInstanceOf(Promise);
+    const b = handshake(ids, { authId: '1' });
+    await tick();
+    expect(b.result()).toBeUndefined();
+    expect(b.legs.map((l) => l.extra['auth-id'])).toEqual(['1']);
+    verified.resolve();
+  });
+
+  it('C3/R1: a caller whose onResponseError throws does not keep the Auth-ID or the slot held: the session gets the result, and a later handshake may be given the ID again (review r58)', async () => {
+    const ids = new SessionAuthIds();
+    let released = 0;
+    const a = handshake(ids, {
+      authId: 'same',
+      throwing: true,
+      slot: () => () => {
+        released += 1;
+      },
+    });
+    await tick();
+    // The handler's throw reaches whoever called (undici's errorRequest for a reset stream, as
+    // undici's own Request's does), once the handshake has ended.
+    expect(() => a.legs[0]!.answer({ kind: 'failed', error: new Error('reset') })).toThrow('the caller handler threw');
+    expect(a.result()).toMatchObject({ kind: 'failed' });
+    expect(ids.size).toBe(0);
+    expect(released).toBe(1);
+    const b = handshake(ids, { authId: 'same' });
+    await tick();
+    expect(b.legs.map((l) => l.extra['auth-id'])).toEqual(['same']);
+  });
 });
 
 describe("normalizeRequestHeaders: the Job's header map", () => {
@@ -479,6 +541,43 @@ describe('LegHandler: one leg against a fake undici controller', () => {
     gate.resolve();
     await new Promise((r) => setImmediate(r));
     expect(seen).toEqual(['error reset']);
+  });
+
+  it("M2/C3: a final token that fails verification ends the leg for its handshake even when the caller's onResponseError throws (review r58: the handshake never ended, its Auth-ID and slot held for good)", async () => {
+    const gate = deferred();
+    const sink = new UserSink({
+      onResponseError() {
+        throw new Error('the caller handler threw');
+      },
+    });
+    const h = new LegHandler({
+      sink,
+      classify: () => gate.promise,
+      beforeStart: () => {},
+      maxDrainBytes: 1024,
+      maxDrainMs: undefined,
+    });
+    const wire = fakeController();
+    h.onRequestStart(wire.controller);
+    h.onResponseStart(wire.controller, 200, {}, 'OK');
+    let result: LegResult | undefined;
+    void h.result.then((r) => {
+      result = r;
+    });
+    // The gate's rejection handler rethrows the caller's error: an unhandled rejection, as any throw
+    // from a handler's onResponseError in a promise callback is (undici's own included).
+    const unhandled: unknown[] = [];
+    const onUnhandled = (err: unknown) => unhandled.push(err);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      gate.reject(new Error('bad final token'));
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+    expect(result?.kind).toBe('delivered');
+    expect(wire.calls).toEqual(['abort bad final token']);
+    expect(unhandled).toEqual([new Error('the caller handler threw')]);
   });
 
   it('R3/S3: a swallowed challenge whose body has not ended after maxDrainMs counts as swallowed, and the leg is cut', async () => {

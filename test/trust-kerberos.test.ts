@@ -303,4 +303,73 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
       expect.objectContaining({ user: ALICE_PRINCIPAL }),
     );
   });
+
+  // Review r59: a final answer not recorded as a success that said Persistent-Auth: true leaves the
+  // server holding the connection as someone: it carries nothing more, whatever the status.
+  for (const allowH2 of [true, false]) {
+    const proto = allowH2 ? 'h2' : 'http/1.1';
+    it(`S6: a 500 without the final token but with Persistent-Auth: true is reported 'proof', and its connection carries nothing more: the next request authenticates afresh (${proto})`, async () => {
+      const s = await kerberosServer({ faults: { finalToken: 'omit' } });
+      const a = new MultilegAgent({ connect: { ca: s.ca }, allowH2 });
+      agents.push(a);
+      expect(await statusOf(a, `${s.origin}/status/500/a`)).toBe(500);
+      const first = s.exchanges.find((e) => e.outcome === 'accepted')!;
+      expect([first.status, first.responseHeaders['persistent-auth']]).toEqual([500, 'true']);
+      expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([['failed', 'proof', undefined]]);
+      s.setFaults({});
+      const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
+      expect(next.user).toBe(ALICE_PRINCIPAL);
+      // Before: it went bare on the 500's connection and was served as alice, no identity on record.
+      expect(next.sessionId).not.toBe(first.sessionId);
+      expect(s.exchanges.filter((e) => e.path === '/auth/b').some((e) => hasAuth(e.requestHeaders))).toBe(true);
+      expect(a.handshakes().map((h) => [h.outcome, h.identity])).toEqual([
+        ['failed', undefined],
+        ['session', ALICE_PRINCIPAL],
+      ]);
+    });
+  }
+
+  it("S6: a 500 whose final token verifies, with Persistent-Auth: true, is reported 'error' (no identity recorded), and its connection carries nothing more", async () => {
+    const s = await kerberosServer();
+    const a = ambientAgent(s);
+    expect(await statusOf(a, `${s.origin}/status/500/a`)).toBe(500);
+    const first = s.exchanges.find((e) => e.outcome === 'accepted')!;
+    expect([first.status, first.responseHeaders['persistent-auth']]).toEqual([500, 'true']);
+    expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([['failed', 'error', undefined]]);
+    const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
+    expect(next.sessionId).not.toBe(first.sessionId);
+    expect(a.handshakes().map((h) => [h.outcome, h.identity])).toEqual([
+      ['failed', undefined],
+      ['session', ALICE_PRINCIPAL],
+    ]);
+  });
+
+  for (const status of [302, 404, 403]) {
+    it(`M2: negotiate.mutualAuth 'optional': a ${status} without the final token ends the handshake as a 200 does: alice's session, no failed handshake (review r59: it was unproved and closed)`, async () => {
+      const s = await kerberosServer({ faults: { finalToken: 'omit' } });
+      const a = new MultilegAgent({ connect: { ca: s.ca }, negotiate: { mutualAuth: 'optional' } });
+      agents.push(a);
+      expect(await statusOf(a, `${s.origin}/status/${status}/a`)).toBe(status);
+      expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([
+        ['session', undefined, ALICE_PRINCIPAL],
+      ]);
+      expect(a.stats().failedHandshakes).toBe(0);
+      const first = s.exchanges.find((e) => e.outcome === 'accepted')!;
+      const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
+      expect(next).toEqual(expect.objectContaining({ user: ALICE_PRINCIPAL, sessionId: first.sessionId }));
+      expect(s.exchanges.filter((e) => e.path === '/auth/b').map((e) => hasAuth(e.requestHeaders))).toEqual([false]);
+    });
+  }
+
+  it("M2/S6: negotiate.mutualAuth 'optional': a 500 without the final token is a failure 'error' (the server said nothing of the credentials), and its Persistent-Auth connection carries nothing more", async () => {
+    const s = await kerberosServer({ faults: { finalToken: 'omit' } });
+    const a = new MultilegAgent({ connect: { ca: s.ca }, negotiate: { mutualAuth: 'optional' } });
+    agents.push(a);
+    expect(await statusOf(a, `${s.origin}/status/500/a`)).toBe(500);
+    expect(a.handshakes().map((h) => [h.outcome, h.failure, h.identity])).toEqual([['failed', 'error', undefined]]);
+    const first = s.exchanges.find((e) => e.outcome === 'accepted')!;
+    const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
+    expect(next).toEqual(expect.objectContaining({ user: ALICE_PRINCIPAL }));
+    expect(next.sessionId).not.toBe(first.sessionId);
+  });
 });

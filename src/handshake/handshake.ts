@@ -131,11 +131,16 @@ export type HandshakeResult =
       /**
        * The caller got a final answer other than a 2xx (a redirect, a 404, a 5xx) that carried
        * neither the scheme's token nor Authentication-Info while the mechanism still waited for the
-       * server's proof (Kerberos' AP-REP): nothing is proved, no session, no identity (M2, S6).
-       * `persistent`: it said `Persistent-Auth: true` — the server holds the connection as someone
-       * the agent cannot name, so the connection must carry nothing more.
+       * server's proof (Kerberos' AP-REP), and the mechanism would not do without it (mutualAuth
+       * 'required'): nothing is proved, no session, no identity (M2, S6).
        */
-      readonly unproved?: 'persistent' | 'request';
+      readonly unproved?: true;
+      /**
+       * The caller got a final answer (any status but a 401 or a 407) that said `Persistent-Auth:
+       * true`, and the handshake is not recorded as a success: the server holds the connection as
+       * someone the session does not record (unproved, or a 5xx), so it must carry nothing more (S6).
+       */
+      readonly persistent?: true;
       /** The error the caller got, when it was not the server's own 401. */
       readonly error?: Error;
       /**
@@ -337,7 +342,8 @@ class Handshake {
       this.#context = this.#mechanism.createContext(this.#input.leg);
     } catch (err) {
       this.#phase = 'over';
-      this.#done(cannotRunHere(err) ? { kind: 'unusable', error: err } : this.#failed(err as Error));
+      if (cannotRunHere(err)) this.#done({ kind: 'unusable', error: err });
+      else this.#tell(err as Error, this.#failed(err as Error));
       return;
     }
     // Aborting through the sink reaches whichever leg is on the wire; a step running then ends the
@@ -346,8 +352,10 @@ class Handshake {
       this.#input.timeout,
       this.#mechanism.scheme,
       (err) => {
-        this.#sink.abort(err);
-        if (this.#phase === 'step') this.#end(this.#failed(this.#clock.error()));
+        // A leg on the wire ends with the abort (its result ends the handshake, #legDone). A step
+        // running: the handshake lets go of what it holds before the caller hears (#end).
+        if (this.#phase !== 'step') this.#sink.abort(err);
+        else this.#end(this.#failed(err), err, true);
       },
       // (Only for a leg: a mechanism step that never returns is no stream's fault.)
       () => (this.#phase === 'leg' ? this.#input.noStream?.() : undefined),
@@ -363,9 +371,13 @@ class Handshake {
     return { ...(reason ? { fallbackReason: reason } : {}), ...(spn ? { spn } : {}) };
   }
 
-  /** The caller gets `err` (a typed error, never the mechanism's own exception). */
+  /** Ends the handshake; the caller gets `err` (a typed error, never the mechanism's own exception). */
+  #fail(err: Error, passwordUnanswered = false, unreached = false): void {
+    this.#end(this.#failed(err, passwordUnanswered, unreached), err);
+  }
+
+  /** The result of a failure whose error the caller gets (see {@link #fail}). */
   #failed(err: Error, passwordUnanswered = false, unreached = false): HandshakeResult {
-    this.#sink.fail(err);
     return {
       kind: 'failed',
       legs: this.#legs,
@@ -413,17 +425,46 @@ class Handshake {
       'refused' | 'opening' | 'noPassword' | 'proofFailed' | 'error' | 'unproved'
     >,
   ): HandshakeResult {
-    return { kind: 'failed', legs: this.#legs, authIdCarried: this.#authIdCarried, ...this.#reported(), done, ...why };
+    // Whatever ended it, a final answer that said Persistent-Auth: true left the server holding the
+    // connection as someone the session does not record (review r59: a 5xx's).
+    const persistent = this.#persistent ? { persistent: true as const } : {};
+    return {
+      kind: 'failed',
+      legs: this.#legs,
+      authIdCarried: this.#authIdCarried,
+      ...this.#reported(),
+      done,
+      ...persistent,
+      ...why,
+    };
   }
 
-  #end(r: HandshakeResult): void {
+  /**
+   * Ends the handshake: what it holds (its clock, its Auth-ID claim, its slot) is let go first, then
+   * the caller hears `tell` (`abort`: as the caller's abort does, which R2's hand-over reads) and
+   * the session gets `r` — even when the caller's handler throws (review r58: a throwing
+   * onResponseError left the claim held, and every later handshake on the session failed
+   * AuthIdInUseError).
+   */
+  #end(r: HandshakeResult, tell?: Error, abort = false): void {
     this.#phase = 'over';
     this.#clock.stop();
     this.#letGoAuthId();
     const release = this.#release;
     this.#release = undefined;
     release?.();
-    this.#done(r);
+    if (tell === undefined) this.#done(r);
+    else this.#tell(tell, r, abort);
+  }
+
+  /** The caller gets `err`; the session gets `r` whatever the caller's handler does. */
+  #tell(err: Error, r: HandshakeResult, abort = false): void {
+    try {
+      if (abort) this.#sink.abort(err);
+      this.#sink.fail(err);
+    } finally {
+      this.#done(r);
+    }
   }
 
   /** Every end lets the Auth-ID go: the server destroys its mapping then (D§3.1), so it may come again. */
@@ -451,7 +492,7 @@ class Handshake {
   #step(): void {
     const { maxLegs, leg } = this.#input;
     if (this.#legs >= maxLegs) {
-      this.#end(this.#failed(new LegLimitError(maxLegs, this.#mechanism.scheme)));
+      this.#fail(new LegLimitError(maxLegs, this.#mechanism.scheme));
       return;
     }
     this.#phase = 'step';
@@ -473,7 +514,7 @@ class Handshake {
       return;
     }
     const error = err instanceof MultilegError ? err : new InvalidTokenError(`${this.#mechanism.scheme} challenge`);
-    this.#end(this.#failed(error));
+    this.#fail(error);
   }
 
   #stepped(authorization: string): void {
@@ -518,7 +559,7 @@ class Handshake {
   #slotFailed(err: Error): void {
     this.#clock.start();
     if (this.#legs > 1) {
-      this.#end(this.#failed(err));
+      this.#fail(err);
       return;
     }
     // Nothing was sent: the caller decides (it may hand the handshake over, R2).
@@ -534,7 +575,7 @@ class Handshake {
       // server's Auth-ID handling is broken, and a retry would meet it again), a failure that
       // refused no credentials (R4).
       this.#legs -= 1;
-      this.#end(this.#failed(new AuthIdInUseError(this.#input.leg.origin, this.#mechanism.scheme)));
+      this.#fail(new AuthIdInUseError(this.#input.leg.origin, this.#mechanism.scheme));
       return;
     }
     const extra: Record<string, string> = { authorization: this.#authorization };
@@ -629,6 +670,10 @@ class Handshake {
     // A forwarding proxy's 407 (proxy.deliver407, or to the caller's own Proxy-Authorization):
     // the origin never saw this leg, so it says nothing of the handshake.
     if (status === 407) return 'deliver';
+    // The server's final answer: it destroyed the Auth-ID's mapping as it sent it (D§3.1) and may
+    // give the same ID to its next handshake at once, while this one's last token is still being
+    // verified (C3, review r58: a spurious AuthIdInUseError). Nothing more goes under it.
+    this.#letGoAuthId();
     // A final answer to the opening of a multi-leg handshake (an NTLM NEGOTIATE, which carries no
     // credential): the server let the request through without authenticating anyone, whatever
     // Persistent-Auth says — nothing is proved, the session is not taken as authenticated (C6, S6;
@@ -664,11 +709,30 @@ class Handshake {
     if ((status >= 200 && status < 300) || info !== undefined || final?.token68 !== undefined) {
       return this.#finish(final, info);
     }
-    // A 3xx/4xx/5xx without them is delivered (an error page, a redirect: no resource to withhold),
-    // but while the mechanism still wants the server's proof (Kerberos' AP-REP) nothing was proved:
-    // no session, no identity, whatever Persistent-Auth says (M2, S6).
-    if (!context.complete) this.#unproved = true;
-    return 'deliver';
+    // A 3xx/4xx/5xx without them is delivered (an error page, a redirect: no resource to withhold).
+    // While the mechanism still wants the server's proof (Kerberos' AP-REP) it is asked whether the
+    // answer will do without it (negotiate.mutualAuth 'optional': then as on a 2xx; review r59: every
+    // such answer was unproved); if not, nothing was proved: no session, no identity (M2, S6).
+    return context.complete ? 'deliver' : this.#withoutProof();
+  }
+
+  /**
+   * Asks the mechanism whether a final answer with no token of the server's will do (its `finish`
+   * with none). It never rejects: the caller gets that answer either way (a 3xx/4xx/5xx is no
+   * resource to withhold) — refused (the "no final token" MutualAuthError of mutualAuth 'required'),
+   * the handshake is `unproved` rather than the caller's error.
+   */
+  #withoutProof(): Promise<void> {
+    this.#verification = 'pending';
+    return this.#context.finish(undefined, this.#input.leg).then(
+      () => {
+        this.#verification = 'passed';
+      },
+      () => {
+        this.#verification = 'none';
+        this.#unproved = true;
+      },
+    );
   }
 
   #legDone(result: LegResult): void {
@@ -676,17 +740,14 @@ class Handshake {
     const legs = this.#legs;
     const authIdCarried = this.#authIdCarried;
     if (this.#clock.timedOut && result.kind !== 'delivered') {
-      this.#end(this.#failed(this.#clock.error(), this.#passwordUnanswered(result), this.#unreached(result)));
+      this.#fail(this.#clock.error(), this.#passwordUnanswered(result), this.#unreached(result));
       return;
     }
     switch (result.kind) {
       case 'failed': {
         const reason = relocationReason(result.error);
-        this.#end(
-          reason
-            ? { kind: 'relocate', legs, reason, error: result.error }
-            : this.#failed(this.#typed(result.error), this.#passwordUnanswered(result), this.#unreached(result)),
-        );
+        if (reason) this.#end({ kind: 'relocate', legs, reason, error: result.error });
+        else this.#fail(this.#typed(result.error), this.#passwordUnanswered(result), this.#unreached(result));
         return;
       }
       case 'swallowed': {
@@ -709,7 +770,7 @@ class Handshake {
         }
         const reading = readAuthId(result.headers);
         if (reading && !reading.ok) {
-          this.#end(this.#failed(new InvalidTokenError('Auth-ID header (too long)')));
+          this.#fail(new InvalidTokenError('Auth-ID header (too long)'));
           return;
         }
         if (reading?.ok) this.#authId = reading.value;
@@ -746,16 +807,17 @@ class Handshake {
           );
           return;
         }
+        if (this.#unproved) {
+          // A redirect, a 4xx or a 5xx without the server's proof: the caller has it, nothing is
+          // recorded (review r59: a 5xx was an 'error' that left its Persistent-Auth session open).
+          this.#end(this.#failedAfter(done, { unproved: true }));
+          return;
+        }
         // The caller has its answer, but a server error (or a proxy's 407) says nothing of the
         // credentials (a 403 or 404 that ends a handshake is the authenticated request's answer:
         // the server took them — once it proved itself where the mechanism asks it to).
         if (result.status >= 500 || result.status === 407) {
           this.#end(this.#failedAfter(done, {}));
-          return;
-        }
-        if (this.#unproved) {
-          // A redirect or a 4xx without the server's proof: the caller has it, nothing is recorded.
-          this.#end(this.#failedAfter(done, { unproved: this.#persistent ? 'persistent' : 'request' }));
           return;
         }
         const identity = this.#context.identity;

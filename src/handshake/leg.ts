@@ -214,8 +214,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #giveUp(reason: Error): void {
     this.#mode = 'over';
     this.#givenUp = reason;
-    this.#sink.fail(reason);
-    this.#resolve({ kind: 'failed', error: reason, unsent: true });
+    // (The result comes whatever the caller's handler does: a throw must not hold the handshake.)
+    try {
+      this.#sink.fail(reason);
+    } finally {
+      this.#resolve({ kind: 'failed', error: reason, unsent: true });
+    }
   }
 
   /**
@@ -300,10 +304,13 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #gateFailed(err: Error): void {
     this.#mode = 'over';
     this.#buffered = undefined;
-    this.#sink.fail(err);
-    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
-    this.#settleDone();
-    this.#controller?.abort(err);
+    try {
+      this.#sink.fail(err);
+    } finally {
+      this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+      this.#settleDone();
+      this.#controller?.abort(err);
+    }
   }
 
   #delivered(): Promise<void> {
@@ -322,8 +329,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 
   #startDelivery(controller: Controller, message: string): void {
     this.#mode = 'deliver';
-    this.#sink.responseStart(controller, this.#status, this.#headers, message);
-    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+    try {
+      this.#sink.responseStart(controller, this.#status, this.#headers, message);
+    } finally {
+      this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+    }
   }
 
   onResponseData(controller: Controller, chunk: Buffer): void {
@@ -418,10 +428,13 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       return;
     }
     if (mode === 'deliver' || mode === 'gated') {
-      this.#sink.fail(err);
-      this.#settleDone();
-      if (mode === 'gated')
-        this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+      try {
+        this.#sink.fail(err);
+      } finally {
+        this.#settleDone();
+        if (mode === 'gated')
+          this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+      }
       return;
     }
     if (mode !== 'over') {

@@ -69,10 +69,12 @@ export interface MechanismContext {
    * Called with the scheme's challenge, if any, on the response that ends the handshake — from an
    * origin a 2xx (a 101 for an upgrade; over cleartext also the answer to a proactive first leg that
    * names no token), from a proxy any answer but a 407; through a forwarding proxy also on the
-   * answer to each request's own Digest credentials. On an origin's 3xx, 4xx or 5xx only when it
+   * answer to each request's own Digest credentials. On an origin's 3xx, 4xx or 5xx when it
    * carries the scheme's token or `Authentication-Info` (RFC 7616 §3.5: the proof comes on the
-   * final response whatever its status), never on a 401 or 407. (One without either, while the
-   * context is not complete, proves nothing: the handshake records no session and no identity.) Verifies the server's last token (mutual authentication).
+   * final response whatever its status), never on a 401 or 407; one without either, while the
+   * context is not complete, is asked with none as a 2xx is: resolving takes it (mutual
+   * authentication optional), rejecting leaves it proving nothing — the caller still gets it, the
+   * handshake records no session and no identity. Verifies the server's last token (mutual authentication).
    * Throws {@link MutualAuthError} on failure.
    * `info`: the parameters of that response's `Authentication-Info` (`Proxy-Authentication-Info`
    * to a proxy), when it has one (Digest's `rspauth` and `nextnonce`; RFC 9110 §11.6.3).

@@ -92,10 +92,14 @@ export interface HandshakeReport {
    * A failed handshake's cause, where it is known: `refused`, the server answered the last leg
    * with a 401 (wrong password, or an account it does not accept); `proof`, the server did not
    * prove itself: its final token failed mutual authentication (the caller got `MutualAuthError`),
-   * or a final answer other than a 2xx (a redirect, a 404) came without the token the mechanism
-   * waited for (a Kerberos AP-REP) — the caller got that answer, and nothing was recorded as
-   * authenticated (no session, no identity); `error`, the handshake ended otherwise (a timeout, a reset,
-   * a last leg answered neither with success nor with a 401: a 5xx from a backend that is down);
+   * or a final answer other than a 2xx (a redirect, a 404, a 5xx) came without the token the
+   * mechanism waited for (a Kerberos AP-REP) and the mechanism would not do without it
+   * (`negotiate.mutualAuth` 'required', the default; 'optional' takes a 3xx or 4xx as a 2xx) — the
+   * caller got that answer, and nothing was recorded as authenticated (no session, no identity);
+   * `error`, the handshake ended otherwise (a timeout, a reset, a last leg answered neither with
+   * success nor with a 401: a 5xx from a backend that is down, its final token verified or not
+   * wanted). A failed handshake whose final answer said `Persistent-Auth: true` ends its connection
+   * (gracefully: the answer completes, nothing more goes on it), whatever the status;
    * `opening`, the server answered the opening leg of a multi-leg handshake with its final 401 (an
    * NTLM NEGOTIATE, alone or inside SPNEGO, which holds no password): no password was tried — the
    * server takes no such handshake here (a Kerberos-only Negotiate: `fallbackReason` says why
@@ -1373,10 +1377,11 @@ class Lead implements HandshakeInput, LegInfo {
           // The server failed mutual authentication: nothing more goes on this connection, and the
           // requests queued behind the leader fail with the same error (never a 200 from it).
           session.apply({ type: 'closed', failure: result.proofFailed });
-        } else if (result.unproved === 'persistent') {
-          // The server says it holds the connection as someone, unproved and so unnamed: no identity
-          // check (S6: a ccache switched to bob) could ever retire it. It carries nothing more; the
-          // caller's answer ends as usual and the waiters go to another session (review r57).
+        } else if (result.persistent) {
+          // The server says it holds the connection as someone the session does not record (unproved,
+          // or a 5xx: review r59): no identity check (S6: a ccache switched to bob) could ever retire
+          // it. It carries nothing more; the caller's answer ends as usual and the waiters go to
+          // another session (review r57).
           session.apply({ type: 'closed' });
         } else if (this.#leading()) {
           if (!silentKdc && leaderGaveUp(job, result.error)) session.handOver(job.id);
