@@ -121,8 +121,10 @@ describe('protection spaces: Basic and Digest remembered per path prefix (S1)', 
       },
     };
     expect((await get(r, '/d/1')).status).toBe(200);
-    // New credentials, a new nonce memory: the space stays; another origin's nonce makes Digest proactive.
-    agent.setCredentials({ ...ALICE });
+    // New credentials (a rotated password: the same ones again change nothing), a new nonce memory:
+    // the space stays; another origin's nonce makes Digest proactive.
+    for (const s of [server, other]) s.options.users = { ...s.options.users, [ALICE.username]: 'rotated' };
+    agent.setCredentials({ ...ALICE, password: 'rotated' });
     const res = await fetch(`${other.origin}/x`, { dispatcher: agent });
     expect(res.status).toBe(200);
     await res.arrayBuffer();
