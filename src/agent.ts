@@ -8,14 +8,9 @@ import { type ResponseObserver, UserSink } from './handshake/user-sink.ts';
 import { type HeaderMap, iterableHeaders, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
-import {
-  type NtlmIdentity,
-  parseNtlmUser,
-  sameNtlmAccount as sameAccount,
-  sameCredentials,
-} from './mechanisms/ntlm/index.ts';
+import { type NtlmIdentity, parseNtlmUser, sameNtlmAccount as sameAccount } from './mechanisms/ntlm/index.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
-import type { Credentials, Holder } from './mechanisms/types.ts';
+import { type Credentials, type Holder, sameCredentials } from './mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -75,8 +70,11 @@ export interface SetCredentialsOptions {
    * With the credentials the agent already holds (which otherwise change nothing): their refusal
    * no longer holds them back — the password was fixed on the server (a vault ahead of the domain
    * controller), so the next request tries it at once, one handshake at a time until one succeeds.
-   * Refused again, it waits longer (R4). A `refusalMemory` of your own keeps its records: forget
-   * them there. New credentials need no such word: the old ones' refusals never hold them back.
+   * Once per run of refusals: refused again after it, the password waits out its (longer)
+   * hold-back, and this option changes nothing until it succeeds (R4: passed on every poll, it
+   * would otherwise send a wrong password once per call). A `refusalMemory` of your own keeps its
+   * records: forget them there. New credentials need no such word: the old ones' refusals never
+   * hold them back.
    */
   readonly forgetRefusals?: boolean;
 }
@@ -402,8 +400,9 @@ export class MultilegAgent extends Dispatcher {
       (jar === undefined || (jar ?? undefined) === this.#options.cookies) &&
       sameCredentials(this.#credentials, credentials)
     ) {
-      if (options.forgetRefusals) for (const pool of this.#pools.values()) pool.memory.proof.liftRefusal();
-      log.agent('credentials unchanged: sessions stay%s', options.forgetRefusals ? '; their refusals lifted' : '');
+      let lifted = 0;
+      if (options.forgetRefusals) for (const pool of this.#pools.values()) lifted += +pool.memory.proof.liftRefusal();
+      log.agent('credentials unchanged: sessions stay; %d refusal(s) lifted', lifted);
       return;
     }
     if (jar !== undefined) this.#options.cookies = jar ?? undefined;

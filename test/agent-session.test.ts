@@ -172,6 +172,17 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(authorized(r)).toHaveLength(2);
   });
 
+  it("S6/R4: NTLM proved with the agent's password and answered 500 with Persistent-Auth: true keeps its session (no new connection and handshake per 5xx, review r60)", async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { negotiate: false });
+    expect((await get(r, '/status/500/a')).status).toBe(500);
+    const [h] = r.agent.handshakes();
+    expect([h?.outcome, h?.failure]).toEqual(['failed', 'error']);
+    expect((await get(r, '/auth/b')).status).toBe(200);
+    expect((await get(r, '/auth/c')).status).toBe(200);
+    // Was 2 sessions: the first closed after its 500.
+    expect(r.agent.stats().sessions).toBe(1);
+  });
+
   /**
    * A per-request session after a Negotiate handshake (no GSS-API here: NTLM inside Negotiate, which a
    * per-request server scopes to one request); the handshake's response.

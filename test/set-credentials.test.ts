@@ -218,7 +218,7 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
     expect(r.agent.stats()).toMatchObject({ handshakes: before.handshakes, sessions: before.sessions });
   });
 
-  it('R4: the same account written the other way (user and domain), or with the same jar given again, changes nothing either; forgetRefusals lifts the hold-back once the server has the password (review r58)', async () => {
+  it('R4: the same jar given again changes nothing either; forgetRefusals lifts the hold-back once the server has the password, once per run of refusals (reviews r58, r60)', async () => {
     const jar: CookieStore = { cookieHeader: () => undefined, setCookies: () => {} };
     r = await rig(
       { schemes: ['Basic'] },
@@ -229,17 +229,45 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
     expect((await getUser(`${url}/a`, r.agent)).status).toBe(401);
     expect((await getUser(`${url}/b`, r.agent)).status).toBe(401);
     r.server.reset();
-    r.agent.setCredentials({ username: 'alice', domain: 'EXAMPLE', password: 'fixed' });
-    expect((await getUser(`${url}/c`, r.agent)).status).toBe(401);
     r.agent.setCredentials({ ...ALICE, password: 'fixed' }, { cookies: jar });
-    expect((await getUser(`${url}/d`, r.agent)).status).toBe(401);
-    // Before: 'rejected' twice (each call forgot the refusal).
-    expect(r.server.exchanges.map((e) => e.outcome)).toEqual(['unauthenticated', 'unauthenticated']);
+    expect((await getUser(`${url}/c`, r.agent)).status).toBe(401);
+    // Before: 'rejected' (the call forgot the refusal).
+    expect(r.server.exchanges.map((e) => e.outcome)).toEqual(['unauthenticated']);
+    // Lifted while the server still refuses it: one try, then no lift until it succeeds.
+    r.server.reset();
+    for (let i = 0; i < 4; i++) {
+      r.agent.setCredentials({ ...ALICE, password: 'fixed' }, { forgetRefusals: true });
+      expect((await getUser(`${url}/poll/${i}`, r.agent)).status).toBe(401);
+    }
+    // Before: 'rejected' four times (review r60: a lockout).
+    expect(r.server.exchanges.filter((e) => e.outcome === 'rejected')).toHaveLength(1);
+    await r.close();
+
+    // A fresh run of refusals: lifted once the server has it, tried at once.
+    r = await rig({ schemes: ['Basic'] }, { negotiate: false, credentials: { ...ALICE, password: 'fixed' } });
+    const again = `${r.server.origin}/auth`;
+    expect((await getUser(`${again}/a`, r.agent)).status).toBe(401);
+    expect((await getUser(`${again}/b`, r.agent)).status).toBe(401);
     r.server.options.users = { ...r.server.options.users, 'EXAMPLE\\alice': 'fixed' };
     r.agent.setCredentials({ ...ALICE, password: 'fixed' }, { forgetRefusals: true });
     // Without forgetRefusals: held back 30 s more.
-    expect(await getUser(`${url}/e`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    expect(await getUser(`${again}/c`, r.agent)).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
   });
+
+  it.each([['Basic'], ['Digest']] as const)(
+    'S1/S6: %s: the user name written another way is other credentials, sent as written (review r60)',
+    async (scheme) => {
+      r = await rig(
+        { schemes: [scheme], users: { 'alice@example': 'pw' } },
+        { negotiate: false, credentials: { username: 'alice', domain: 'example', password: 'pw' } },
+      );
+      const url = `${r.server.origin}/auth`;
+      expect((await getUser(`${url}/a`, r.agent)).status).toBe(401);
+      r.agent.setCredentials({ username: 'alice@example', password: 'pw' });
+      // Was 401: taken as unchanged, the agent kept sending `alice`.
+      expect(await getUser(`${url}/b`, r.agent)).toEqual({ status: 200, user: 'alice@example' });
+    },
+  );
 
   it('R4: the old password refused after the call (its handshake was on the wire) does not count against the new one', async () => {
     const held = hold('/slow', 200);

@@ -172,3 +172,18 @@ export interface Credentials {
   /** NTLM workstation name sent in AUTHENTICATE (default: empty). */
   readonly workstation?: string;
 }
+
+/**
+ * Whether two sets of credentials are the same as written (user name, domain, password,
+ * workstation). Written otherwise they are other credentials, even for one NTLM account: Basic and
+ * Digest send the user name as written, and a server may take `alice@example` and not `alice`.
+ */
+export function sameCredentials(a: Credentials | undefined, b: Credentials): boolean {
+  return (
+    a !== undefined &&
+    a.username === b.username &&
+    a.domain === b.domain &&
+    a.password === b.password &&
+    a.workstation === b.workstation
+  );
+}

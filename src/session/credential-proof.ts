@@ -118,6 +118,8 @@ export class CredentialProof {
   #proved = false;
   #provedAt = 0;
   #refusedUntil = 0;
+  /** A refusal was lifted by the caller since the credentials last succeeded ({@link liftRefusal}). */
+  #lifted = false;
   /** How many times in a row a password was refused here (reset by a success): the next such wait doubles. */
   #refusedTimes = 0;
   #epoch = 0;
@@ -317,6 +319,7 @@ export class CredentialProof {
       this.#refusedUntil = 0;
       this.#refusedTimes = 0;
       this.#unansweredBefore = false;
+      this.#lifted = false;
       if (proving) this.#tellPlace((m, place) => m.proved(place));
     } else if (outcome === 'unanswered') {
       // The first such leg in a row may be a slow server's: one more handshake may try (R2: a waiter
@@ -335,12 +338,17 @@ export class CredentialProof {
    * The caller says the credentials may work now (the password was fixed on the server; the agent
    * holds the same ones, so nothing else would lift it): a refusal in force holds them back no
    * longer, and the next handshake tries them, one at a time as unproved. The count stays: refused
-   * again, the wait doubles on (R4). A refusal memory's own record is its own to forget.
+   * again, the wait doubles on (R4), and no lift shortens it until the credentials succeed. A
+   * refusal memory's own record is its own to forget. Returns whether it lifted one.
    */
-  liftRefusal(): void {
-    if (this.#refusedUntil === 0) return;
+  liftRefusal(): boolean {
+    // Once per run of refusals (review r60): a caller lifting on every poll would otherwise send a
+    // refused password once per call. Refused again after it, the hold-back runs its course.
+    if (this.#refusedUntil === 0 || this.#lifted) return false;
+    this.#lifted = true;
     this.#refusedUntil = 0;
     this.#wake();
+    return true;
   }
 
   /**
@@ -357,6 +365,7 @@ export class CredentialProof {
     this.#refusedUntil = 0;
     this.#refusedTimes = 0;
     this.#unansweredBefore = false;
+    this.#lifted = false;
     this.#probing = false;
     this.#wake();
   }

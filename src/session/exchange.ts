@@ -99,7 +99,8 @@ export interface HandshakeReport {
    * `error`, the handshake ended otherwise (a timeout, a reset, a last leg answered neither with
    * success nor with a 401: a 5xx from a backend that is down, its final token verified or not
    * wanted). A failed handshake whose final answer said `Persistent-Auth: true` ends its connection
-   * (gracefully: the answer completes, nothing more goes on it), whatever the status;
+   * (gracefully: the answer completes, nothing more goes on it), whatever the status, when it came
+   * unproved or its identity lives outside the agent (a Kerberos ticket);
    * `opening`, the server answered the opening leg of a multi-leg handshake with its final 401 (an
    * NTLM NEGOTIATE, alone or inside SPNEGO, which holds no password): no password was tried — the
    * server takes no such handshake here (a Kerberos-only Negotiate: `fallbackReason` says why
@@ -1377,11 +1378,13 @@ class Lead implements HandshakeInput, LegInfo {
           // The server failed mutual authentication: nothing more goes on this connection, and the
           // requests queued behind the leader fail with the same error (never a 200 from it).
           session.apply({ type: 'closed', failure: result.proofFailed });
-        } else if (result.persistent) {
+        } else if (result.persistent && (result.unproved || this.mechanism.holdsCredentials)) {
           // The server says it holds the connection as someone the session does not record (unproved,
-          // or a 5xx: review r59): no identity check (S6: a ccache switched to bob) could ever retire
-          // it. It carries nothing more; the caller's answer ends as usual and the waiters go to
-          // another session (review r57).
+          // or a 5xx: review r59): where that identity may change outside the agent (a ccache switched
+          // to bob: S6), no check could ever retire it. It carries nothing more; the caller's answer
+          // ends as usual and the waiters go to another session (review r57). The agent's own
+          // password (NTLM, proved but answered 5xx) keeps it: setCredentials retires it as any
+          // session of the agent's, and a new connection per 5xx would cost a handshake each (r60).
           session.apply({ type: 'closed' });
         } else if (this.#leading()) {
           if (!silentKdc && leaderGaveUp(job, result.error)) session.handOver(job.id);

@@ -56,19 +56,6 @@ export function sameNtlmAccount(a: NtlmIdentity | undefined, b: NtlmIdentity): b
   return a !== undefined && a.user === b.user && a.domain.toLowerCase() === b.domain.toLowerCase();
 }
 
-/**
- * Whether two sets of credentials are the same: one account (`DOMAIN\user` or `user` with `domain`,
- * which servers count as one for lockout), the same password and workstation.
- */
-export function sameCredentials(a: Credentials | undefined, b: Credentials): boolean {
-  return (
-    a !== undefined &&
-    a.password === b.password &&
-    a.workstation === b.workstation &&
-    sameNtlmAccount(parseNtlmUser(a), parseNtlmUser(b))
-  );
-}
-
 /** Strictly decodes a server token: canonical base64 alphabet and padding, bounded length (S3). */
 export function decodeToken(token: string): Buffer {
   if (token.length === 0 || token.length > MAX_TOKEN_LENGTH || token.length % 4 !== 0 || !BASE64.test(token)) {
