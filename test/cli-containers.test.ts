@@ -21,7 +21,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LOCK_WAIT_MS, RefusalFile } from '../src/cli/refusals.ts';
 import { BIN, runCli, runCommand } from './cli-helpers.ts';
 
@@ -48,6 +48,9 @@ describe('R4/R1: the state file’s locks, as a container leaves them (RefusalFi
   const place = { origin: 'https://intranet.example', proxy: false, credentials: { username: 'u', password: 'p' } };
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'multileg-locks-'));
+  });
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
   });
 
   /** The lock file of `place` (made by a first recall, which is then released). */
