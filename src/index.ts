@@ -31,6 +31,7 @@ export { BasicOverHttpError, basicMechanism } from './mechanisms/basic/index.ts'
 export { DigestChallengeError, digestMechanism } from './mechanisms/digest/index.ts';
 export { GssapiUnavailableError } from './mechanisms/gssapi/index.ts';
 export {
+  KerberosCcacheError,
   KerberosClockSkewError,
   KerberosError,
   KerberosKdcUnreachableError,

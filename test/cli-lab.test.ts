@@ -2,13 +2,16 @@
  * The `multileg` command line and `multileg doctor` against the real lab: MIT Kerberos and Apache
  * httpd with mod_http2 and mod_auth_gssapi (+ gss-ntlmssp), as a user at an intranet would run them.
  */
+
+import { spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli as run, runCommand } from './cli-helpers.ts';
+import { BIN, runCli as run, runCommand } from './cli-helpers.ts';
 import { freePort, INTRANET_HOST, type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'kerberos-addon');
@@ -372,6 +375,81 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       if (attempt === 9) throw new Error('no port free for both UDP and TCP');
     }
   }
+
+  // A pod's UID has no passwd entry and no right to root's files: root alone can be one (setpriv).
+  it.skipIf(process.getuid?.() !== 0 || spawnSync('setpriv', ['--version']).status !== 0)(
+    'M5: a pod (trial u15) with KRB5_CLIENT_KTNAME and KRB5CCNAME on a read-only mount: MULTILEG_KRB_CCACHE naming KRB5CCNAME and --keytab, the 401 shown, 22 with -f (it was a bare GSS-API failure, MULTILEG_MECHANISM, exit 1); an unreadable KRB5_CLIENT_KTNAME is named; --keytab works there',
+    async () => {
+      const pod = mkdtempSync(join(tmpdir(), 'multileg-pod-krb-'));
+      try {
+        chmodSync(pod, 0o755);
+        const ro = join(pod, 'ro');
+        mkdirSync(ro, { mode: 0o555 });
+        const keytab = join(pod, 'svc.keytab');
+        await lab.realm!.kadmin('addprinc -randkey svc-pod@EXAMPLE.TEST');
+        await lab.realm!.kadmin(`ktadd -k ${keytab} svc-pod@EXAMPLE.TEST`);
+        chmodSync(keytab, 0o644);
+        const secret = join(pod, 'secret.keytab');
+        copyFileSync(keytab, secret);
+        chmodSync(secret, 0o600);
+        const conf = join(pod, 'krb5.conf');
+        copyFileSync(lab.realm!.krb5Conf, conf);
+        chmodSync(conf, 0o644);
+        const podCa = join(pod, 'ca.pem');
+        writeFileSync(podCa, lab.apache!.ca, { mode: 0o644 });
+        const url = `${lab.apache!.origin}/protected/`;
+        const inPod = (args: string[], env: Record<string, string>) =>
+          runCommand(
+            'setpriv',
+            [
+              '--reuid=1000680000',
+              '--regid=0',
+              '--clear-groups',
+              process.execPath,
+              BIN,
+              ...args,
+              '--cacert',
+              podCa,
+              url,
+            ],
+            '',
+            { PATH: process.env.PATH ?? '/usr/bin:/bin', KRB5_CONFIG: conf, ...env },
+            ro,
+          );
+        const readOnly = await inPod(['-sS', '-f', '--negotiate', '-u', ':'], {
+          KRB5CCNAME: `FILE:${ro}/krb5cc`,
+          KRB5_CLIENT_KTNAME: keytab,
+        });
+        expect(readOnly.code, readOnly.stderr).toBe(22);
+        const line = readOnly.stderr.split('\n')[0]!;
+        expect(line).toMatch(/\(MULTILEG_KRB_CCACHE\)$/);
+        expect(line).toContain(
+          `the Kerberos credentials cache FILE:${ro}/krb5cc cannot be written by this user (a read-only place, or another user's file): make KRB5CCNAME name a writable file (in a container, on an emptyDir or tmpfs), or use --keytab, which keeps its tickets in memory`,
+        );
+        expect(readOnly.stderr).toContain('multileg: (22) HTTP 401');
+        const unreadable = await inPod(['-sS', '-f', '--negotiate', '-u', ':'], {
+          KRB5CCNAME: `FILE:${pod}/nowhere/krb5cc`,
+          KRB5_CLIENT_KTNAME: secret,
+        });
+        expect(unreadable.code, unreadable.stderr).toBe(22);
+        expect(unreadable.stderr).toContain(
+          `no ticket from the client keytab ${secret} (it cannot be read by this user: EACCES), named by KRB5_CLIENT_KTNAME`,
+        );
+        expect(unreadable.stderr).not.toContain('run kinit');
+        // The fix it names: --keytab keeps the tickets in memory, the read-only cache untouched.
+        const fixed = await inPod(
+          ['-sS', '-f', '--negotiate', '--keytab', keytab, '--principal', 'svc-pod@EXAMPLE.TEST'],
+          {
+            KRB5CCNAME: `FILE:${ro}/krb5cc`,
+          },
+        );
+        expect(fixed.code, fixed.stderr).toBe(0);
+        expect(fixed.stdout).toContain('hello from /protected');
+      } finally {
+        rmSync(pod, { recursive: true, force: true });
+      }
+    },
+  );
 
   describe('a nightly job with a client keytab (trial u12)', () => {
     let good: string;

@@ -17,6 +17,7 @@ import {
   GSS_C_DELEG_FLAG,
   GSS_C_MUTUAL_FLAG,
   GSS_C_SEQUENCE_FLAG,
+  KerberosCcacheError,
   type KerberosClientLike,
   type KerberosClientOptions,
   KerberosClockSkewError,
@@ -32,6 +33,7 @@ import {
   normalizeSpn,
   spnFor,
 } from '../src/mechanisms/negotiate/index.ts';
+import { cannotRunHere } from '../src/mechanisms/registry.ts';
 import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
 import {
   decodeNegTokenInit,
@@ -197,6 +199,56 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     const text = 'Unspecified GSS failure.  Minor code may provide more information: A required argument is missing';
     expect(mapGssError(new Error(text), { spn: 'HTTP@h', principal: 'bob@R' })).toBeInstanceOf(KerberosNoTicketError);
     expect(mapGssError(new Error(text), { spn: 'HTTP@h' })).toBeInstanceOf(MechanismError);
+  });
+
+  /** Runs `f` with the environment changed as given, then restores it. */
+  const withEnv = <T>(env: Record<string, string | undefined>, f: () => T): T => {
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    const set = (e: Record<string, string | undefined>) => {
+      for (const [k, v] of Object.entries(e)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    };
+    set(env);
+    try {
+      return f();
+    } finally {
+      set(saved);
+    }
+  };
+
+  it('M5/S2: a credentials cache this user cannot write (a pod: KRB5_CLIENT_KTNAME, KRB5CCNAME on a read-only mount) is MULTILEG_KRB_CCACHE, naming KRB5CCNAME and negotiate.keytab', () => {
+    const text =
+      'gss_acquire_cred_from: No credentials were supplied, or the credentials were unavailable or inaccessible: Credentials cache permissions incorrect';
+    const e = withEnv({ KRB5CCNAME: 'FILE:/etc/ro/krb5cc' }, () => mapGssError(new Error(text), { spn: 'HTTP@h' }));
+    expect(e).toBeInstanceOf(KerberosCcacheError);
+    expect(e.code).toBe('MULTILEG_KRB_CCACHE');
+    expect(e.message).toMatch(
+      /^Negotiate: the Kerberos credentials cache FILE:\/etc\/ro\/krb5cc cannot be written by this user .*: make KRB5CCNAME name a writable file .*, or use negotiate\.keytab, which keeps its tickets in memory \[GSS: /,
+    );
+    // The agent's own cache is the one named when it has one; it cannot run: the next scheme, or the 401 (C11's kind of typed error).
+    expect(mapGssError(new Error(text), { spn: 'HTTP@h', ccache: 'FILE:/x/cc' }).message).toContain(
+      'cache FILE:/x/cc ',
+    );
+    expect(cannotRunHere(e)).toBe(true);
+  });
+
+  it('M5: no ticket while KRB5_CLIENT_KTNAME names a keytab that is missing or unreadable: the variable and the file are named, not only kinit', () => {
+    const missing = '/nonexistent-dir/svc.keytab';
+    const e = withEnv({ KRB5_CLIENT_KTNAME: missing }, () =>
+      mapGssError(new Error(GSS.noTicketSpnego), { spn: 'HTTP@h' }),
+    );
+    expect(e).toBeInstanceOf(KerberosKeytabError);
+    expect(e.code).toBe('MULTILEG_KRB_KEYTAB');
+    expect(e.message).toContain(
+      `no ticket from the client keytab ${missing} (no such file), named by KRB5_CLIENT_KTNAME: check the path`,
+    );
+    // Without the variable, kinit is still the fix.
+    const none = withEnv({ KRB5_CLIENT_KTNAME: undefined }, () =>
+      mapGssError(new Error(GSS.noTicketSpnego), { spn: 'HTTP@h' }),
+    );
+    expect(none).toBeInstanceOf(KerberosNoTicketError);
   });
 });
 

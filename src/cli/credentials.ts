@@ -3,13 +3,13 @@
  * MULTILEG_PASSWORD, `--password-stdin`, a prompt on a terminal; or `--netrc` / `--netrc-file`.
  */
 import { readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ConfigError } from '../errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import { EXIT } from './explain.ts';
 import { type CliRequest, UsageError, type UserArg, unreadable } from './options.ts';
+import { homeDir } from './refusals.ts';
 
 export interface CredentialSources {
   readonly user: UserArg | undefined;
@@ -118,13 +118,18 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
   let netrcFile: string | undefined;
   if (!user && s.netrc !== undefined) {
     const { file, optional } = s.netrc;
-    netrcFile = file ?? (s.env.NETRC || join(s.env.HOME ?? homedir(), '.netrc'));
-    const entry = fromNetrc(
-      netrcFile,
-      file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc',
-      s.host,
-      optional,
-    );
+    const flag = file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc';
+    // ~/.netrc: never a relative .netrc (HOME=""), nor a crash where there is no home (a container's UID).
+    const home = file === undefined && !s.env.NETRC ? homeDir(s.env) : undefined;
+    if (file === undefined && !s.env.NETRC && home === undefined) {
+      if (optional) return undefined;
+      throw new UsageError(
+        `${flag}: no home directory to find .netrc in (HOME unset or not absolute, and no passwd entry): set HOME or NETRC, or pass --netrc-file FILE`,
+        EXIT.read,
+      );
+    }
+    netrcFile = file ?? (s.env.NETRC || join(home!, '.netrc'));
+    const entry = fromNetrc(netrcFile, flag, s.host, optional);
     if (!entry?.login) return undefined;
     user = { username: entry.login, password: entry.password };
   }

@@ -5,6 +5,7 @@
  * its worker threads first, so a command whose work is done would wait that long to end. libc's
  * `_exit` does not.
  */
+import { constants } from 'node:os';
 
 /** The C library `_exit` lives in, by platform (the GSS-API binding serves Linux and the BSDs; the addon macOS). */
 const LIBC: Readonly<Partial<Record<NodeJS.Platform, readonly string[]>>> = {
@@ -41,4 +42,35 @@ export async function exitNow(code: number): Promise<boolean> {
 /** The slice of koffi used here (typed locally: koffi is optional). */
 interface KoffiExit {
   load(name: string): { func(declaration: string): (code: number) => void };
+}
+
+/** The signals that end the command (curl dies by them; a container's stop is SIGTERM). */
+const ENDING: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
+/**
+ * Ends the command on SIGTERM, SIGINT or SIGHUP as curl ends: `cleanup` first (the locks of the
+ * state file: Node runs no `exit` listener when a signal kills it), then the signal again with
+ * Node's handler gone, so that the process dies by it. Where that does nothing — PID 1 of a PID
+ * namespace (a container's `command:`), for which the kernel drops a signal it has no handler for
+ * — it exits 128 + the signal's number, through `_exit` (a GSS-API call may hold a worker thread).
+ * What was written stays as it is (a partial -o file, as curl leaves it). For the command only: a
+ * library leaves its process's signals to the application.
+ */
+export function endOnSignals(cleanup: () => void): void {
+  const end = (signal: NodeJS.Signals) => {
+    for (const s of ENDING) process.removeListener(s, end);
+    try {
+      cleanup();
+    } catch {
+      // Ending anyway: a lock left is broken by the next run (its pid is gone).
+    }
+    process.kill(process.pid, signal);
+    // Still running: the signal was dropped (PID 1).
+    const code = 128 + (constants.signals[signal as keyof typeof constants.signals] ?? 15);
+    process.exitCode = code;
+    void exitNow(code).then((ended) => {
+      if (!ended) process.exit(code);
+    });
+  };
+  for (const s of ENDING) process.on(s, end);
 }

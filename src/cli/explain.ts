@@ -114,6 +114,7 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   [/\bnegotiate\.canonicalizeHost\b/g, '--canonicalize-host'],
   [/\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
   [/\bnegotiate\.spn\b/g, '--spn'],
+  [/\buse negotiate\.keytab\b/g, 'use --keytab'],
   [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
   [/\bthe password in proxy\.credentials\b/g, "--proxy-user's password"],
   [/\bproxy\.credentials\b/g, '--proxy-user'],

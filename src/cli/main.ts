@@ -14,6 +14,7 @@ import { ConfigError } from '../errors.ts';
 import { CommandAgent } from './command-agent.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
 import type { HeaderDump } from './dump-header.ts';
+import { endOnSignals } from './exit.ts';
 import { describeFailure, EXIT, forCli } from './explain.ts';
 import { parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
 import { createDirsFor, fileProblem, isEpipe, Stdout, writeProblem } from './output.ts';
@@ -27,7 +28,13 @@ import { keepWasmOnBaseline } from './wasm.ts';
 /** How long the process may outlive the command once stdout and stderr are flushed (see the end). */
 const EXIT_GRACE_MS = 200;
 
+/** The run's state file, once made: its locks are taken away when a signal ends the command. */
+let refusalFile: RefusalFile | undefined;
+
 async function main(argv: string[]): Promise<number> {
+  // SIGTERM (a container's stop: PID 1 has no default action), SIGINT, SIGHUP: locks released, then
+  // the command dies by the signal, as curl does (exit.ts).
+  endOnSignals(() => refusalFile?.releaseAll());
   // -v and the messages go to stderr: a reader of it that went away (`2>&1 >file | head`) is not
   // an error, as for curl; the body still goes out and the exit code is the transfer's.
   process.stderr.on('error', (err: NodeJS.ErrnoException) => {
@@ -114,6 +121,15 @@ async function main(argv: string[]): Promise<number> {
   // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
   // Each transfer has its own (set when it starts): a URL's origin is trusted in its own transfer
   // only, never because another URL of the command names it. Cookies go by their own rules (the jar's).
+  // R4: a password refused by an earlier run is held back here too (account lockout). The file is
+  // read only when a password would be sent where it is not proved in this run; its directory is
+  // found then too: a container's UID without a home runs without it.
+  refusalFile = new RefusalFile({
+    dir: () => stateDir(),
+    forget: req.forgetRefusals,
+    warn: (line) => say(`Warning: ${line}`),
+    verbose,
+  });
   let command: CommandAgent;
   try {
     command = new CommandAgent(
@@ -121,9 +137,7 @@ async function main(argv: string[]): Promise<number> {
       cookies ? { ...agentOptions, cookies } : agentOptions,
       credentials,
       new CliTrust(req.url.origin, req.trust),
-      // R4: a password refused by an earlier run is held back here too (account lockout). The
-      // file is read only when a password would be sent where it is not proved in this run.
-      new RefusalFile({ dir: stateDir(), forget: req.forgetRefusals, warn: (line) => say(`Warning: ${line}`) }),
+      refusalFile,
     );
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

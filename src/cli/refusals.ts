@@ -29,7 +29,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import { homedir } from 'node:os';
+import { hostname, userInfo } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import type { RefusalMemory, RefusalPlace, RememberedRefusal } from '../session/refusal-memory.ts';
 
@@ -53,11 +53,75 @@ interface StateFile {
   readonly refusals: { [id: string]: Record_ };
 }
 
-/** The command's state directory: `$XDG_STATE_HOME/multileg`, else `~/.local/state/multileg` (XDG: a relative value is ignored). */
+/**
+ * The command's state directory: `$XDG_STATE_HOME/multileg`, else `~/.local/state/multileg` (XDG: a
+ * relative value is ignored). Throws when there is neither (HOME unset or relative and no passwd
+ * entry: an arbitrary UID in a container); the caller goes on without the file.
+ */
 export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env.XDG_STATE_HOME;
-  const base = xdg && isAbsolute(xdg) ? xdg : join(env.HOME || homedir(), '.local', 'state');
-  return join(base, 'multileg');
+  if (xdg && isAbsolute(xdg)) return join(xdg, 'multileg');
+  const home = homeDir(env);
+  if (home === undefined)
+    throw new Error('XDG_STATE_HOME is not set and there is no home directory (HOME unset, no passwd entry)');
+  return join(home, '.local', 'state', 'multileg');
+}
+
+/**
+ * The home directory: `$HOME` when absolute, else the passwd entry's; undefined when there is none
+ * (a container's arbitrary UID). Never throws (Node's `homedir()` does there), and never a relative
+ * path (`HOME=""` would make one of the current directory).
+ */
+export function homeDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.HOME && isAbsolute(env.HOME)) return env.HOME;
+  try {
+    // Without HOME (env -i), libuv asks the passwd entry: ENOENT for a UID that has none.
+    const home = userInfo().homedir;
+    return home && isAbsolute(home) ? home : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A wait for another run's lock this long or longer is a warning, not only a -v line. */
+const LONG_WAIT_S = 5;
+
+/** A wait for another run's lock (see {@link RefusalFile.waitingFor}). */
+export interface LockWait {
+  readonly lock: string;
+  /** Who holds it, in words: `pid 42 on host web-1`. */
+  readonly holder: string;
+  /** When the wait began (`Date.now()`). */
+  readonly since: number;
+}
+
+/** Who holds a lock: a pid, the boot and the host it runs on (empty when unknown: a lock of an older version holds the pid alone). */
+interface LockOwner {
+  readonly pid: number;
+  readonly boot: string;
+  readonly host: string;
+}
+
+/**
+ * This process as a lock's owner. The boot id tells an earlier boot of this host from this one (a
+ * lock left by a run that a reboot ended), the host name another host (a volume shared by pods on
+ * several nodes; a container has its own): a pid is checked only where it means this process table's.
+ */
+function lockOwner(): LockOwner {
+  let boot = '';
+  try {
+    boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    // Not Linux: the host name alone.
+  }
+  return { pid: process.pid, boot, host: hostname().replace(/\s+/g, '') };
+}
+
+/** A lock's text: `pid boot host` (an older version's: `pid`). */
+function parseOwner(text: string): LockOwner | undefined {
+  const [pid, boot = '', host = ''] = text.trim().split(' ');
+  const n = Number.parseInt(pid ?? '', 10);
+  return Number.isInteger(n) && n > 0 ? { pid: n, boot: boot === '-' ? '' : boot, host } : undefined;
 }
 
 /** What a synchronous wait for the write lock waits on (nothing wakes it: it times out). */
@@ -90,11 +154,19 @@ function isRecord(r: unknown): r is Record_ {
 }
 
 export class RefusalFile implements RefusalMemory {
-  readonly dir: string;
-  readonly #file: string;
+  /** The state directory, or how to find it: resolved only once a password would be sent unproved. */
+  readonly #dirOf: string | (() => string);
+  #dir = '';
+  #file = '';
   /** --forget-refusals: a password held back goes now (its count stays: a refusal again waits longer). */
   readonly #forget: boolean;
   readonly #warn: (line: string) => void;
+  /** -v: lines about waiting for another run's lock. */
+  readonly #verbose: ((line: string) => void) | undefined;
+  /** This host and boot, written into each lock with the pid: a pid means something only there. */
+  readonly #self = lockOwner();
+  /** Waits for another run's lock going on now, by place: for the message of a request that went without the password. */
+  readonly #waiting = new Map<string, LockWait>();
   #key: Buffer | undefined;
   /** Something failed already: said once, then the command goes on without the file. */
   #broken = false;
@@ -104,14 +176,28 @@ export class RefusalFile implements RefusalMemory {
   /** What held a password back in this run, by place: for the message that says so. */
   readonly #held = new Map<string, RememberedRefusal>();
 
-  constructor(opts: { dir: string; forget?: boolean; warn: (line: string) => void }) {
-    this.dir = opts.dir;
-    this.#file = join(opts.dir, 'refusals.json');
+  /**
+   * `dir`: the state directory, or a function that finds it (called once, when the file is first
+   * needed; what it throws is said in the one warning and the run goes on with its own memory).
+   * `verbose`: -v's lines (a wait for another run's lock).
+   */
+  constructor(opts: {
+    dir: string | (() => string);
+    forget?: boolean;
+    warn: (line: string) => void;
+    verbose?: ((line: string) => void) | undefined;
+  }) {
+    this.#dirOf = opts.dir;
     this.#forget = opts.forget === true;
     this.#warn = opts.warn;
-    process.once('exit', () => {
-      for (const path of this.#locks.values()) this.#unlink(path);
-    });
+    this.#verbose = opts.verbose;
+    process.once('exit', () => this.releaseAll());
+  }
+
+  /** Takes away every lock this run holds: at exit, and on a signal that ends the command (main.ts). */
+  releaseAll(): void {
+    for (const path of this.#locks.values()) this.#unlink(path);
+    this.#locks.clear();
   }
 
   /** The record that held the password back at `origin` (a proxy's with `proxy`) in this run, if one did. */
@@ -119,21 +205,48 @@ export class RefusalFile implements RefusalMemory {
     return this.#held.get(`${proxy ? 'proxy' : 'origin'} ${origin}`);
   }
 
+  /**
+   * The wait for another run's lock at `origin` (a proxy's with `proxy`) still going on: the agent
+   * gave up on it (limits.queueTimeout) and its request went without the password.
+   */
+  waitingFor(origin: string, proxy = false): LockWait | undefined {
+    return this.#waiting.get(`${proxy ? 'proxy' : 'origin'} ${origin}`);
+  }
+
   recall(place: RefusalPlace): RememberedRefusal | undefined | Promise<RememberedRefusal | undefined> {
     const id = this.#id(place);
     if (id === undefined) return undefined;
-    const lock = join(this.dir, `${id.slice(0, 32)}.lock`);
+    const lock = join(this.#dir, `${id.slice(0, 32)}.lock`);
     if (this.#tryLock(lock)) {
       this.#locks.set(id, lock);
       return this.#read(place, id);
     }
+    // Another run (or another request of this one) is trying this password here: its outcome is
+    // read once it ends. Said (-v), since the wait may be long and nothing else shows it.
+    const key = `${place.proxy ? 'proxy' : 'origin'} ${place.origin}`;
+    const holder = this.#holderOf(lock);
+    const wait: LockWait = { lock, holder, since: Date.now() };
+    this.#waiting.set(key, wait);
+    this.#verbose?.(`* waiting for ${lock}: ${holder}, trying the same password at ${place.origin}, holds it`);
     return (async () => {
-      const deadline = Date.now() + LOCK_WAIT_MS;
+      const deadline = wait.since + LOCK_WAIT_MS;
       let pause = 10;
-      while (!this.#tryLock(lock, Date.now() > deadline)) {
+      let forced = false;
+      for (;;) {
+        forced = Date.now() > deadline;
+        if (this.#tryLock(lock, forced)) break;
         await sleep(pause);
         pause = Math.min(pause * 2, 100);
       }
+      this.#waiting.delete(key);
+      const waited = Math.round((Date.now() - wait.since) / 1000);
+      if (forced)
+        this.#warn(
+          `${lock} was held ${waited} s by ${holder}: broken (a lock held that long is taken as left by a run that died)`,
+        );
+      else if (waited >= LONG_WAIT_S)
+        this.#warn(`waited ${waited} s for ${holder}, which was trying the same password at ${place.origin}`);
+      else this.#verbose?.(`* ${lock} released after ${Date.now() - wait.since} ms: going on`);
       this.#locks.set(id, lock);
       return this.#read(place, id);
     })();
@@ -196,12 +309,18 @@ export class RefusalFile implements RefusalMemory {
   #keyOf(): Buffer | undefined {
     if (this.#key || this.#broken) return this.#key;
     try {
-      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      const st = statSync(this.dir);
-      if (process.getuid && st.uid !== process.getuid()) throw new Error(`${this.dir} belongs to another user`);
+      if (this.#dir === '') {
+        // Resolved only now: a run that sends no password unproved never needs a home directory.
+        const dir = typeof this.#dirOf === 'string' ? this.#dirOf : this.#dirOf();
+        this.#dir = dir;
+        this.#file = join(dir, 'refusals.json');
+      }
+      mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
+      const st = statSync(this.#dir);
+      if (process.getuid && st.uid !== process.getuid()) throw new Error(`${this.#dir} belongs to another user`);
       // Never readable by others, whoever made it.
-      if ((st.mode & 0o077) !== 0) chmodSync(this.dir, 0o700);
-      const path = join(this.dir, 'key');
+      if ((st.mode & 0o077) !== 0) chmodSync(this.#dir, 0o700);
+      const path = join(this.#dir, 'key');
       let key = this.#readKey(path);
       if (key === undefined) {
         // Made aside and linked in: of two processes making it at once, both use the one linked first.
@@ -224,7 +343,10 @@ export class RefusalFile implements RefusalMemory {
       return key;
     } catch (err) {
       this.#broken = true;
-      this.#warnOnce(`${this.dir}: ${(err as Error).message}; refused passwords are remembered in this run only`);
+      // A container's read-only or passwd-less home: the lockout protection across runs is lost, and how to keep it is said.
+      this.#warnOnce(
+        `${this.#dir ? `${this.#dir}: ` : ''}${(err as Error).message}; refused passwords are remembered in this run only: set XDG_STATE_HOME to a writable directory (in a container, a persistent volume) to remember them across runs`,
+      );
       return undefined;
     }
   }
@@ -290,7 +412,7 @@ export class RefusalFile implements RefusalMemory {
 
   /** Writes `data` to a new temporary file of this process in the directory (0600); returns its path. */
   #writeTemp(data: Buffer): string {
-    const path = join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const path = join(this.#dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     const fd = openSync(path, 'wx', 0o600);
     try {
       writeSync(fd, data);
@@ -308,7 +430,8 @@ export class RefusalFile implements RefusalMemory {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fd = openSync(path, 'wx', 0o600);
-        writeSync(fd, String(process.pid));
+        const me = this.#self;
+        writeSync(fd, `${me.pid} ${me.boot || '-'} ${me.host}`);
         closeSync(fd);
         return true;
       } catch (err) {
@@ -317,18 +440,60 @@ export class RefusalFile implements RefusalMemory {
           return true;
         }
       }
-      let pid = Number.NaN;
+      let owner: LockOwner | undefined;
       try {
-        pid = Number.parseInt(readFileSync(path, 'utf8'), 10);
+        owner = parseOwner(readFileSync(path, 'utf8'));
       } catch {
         // Gone meanwhile (released), or still being written: try again.
       }
       // An empty lock is one being made this instant: not stale.
-      const stale = force || (Number.isInteger(pid) && pid > 0 && !alive(pid));
+      const stale = force || (owner !== undefined && this.#gone(owner, path));
       if (!stale) return false;
       this.#unlink(path);
     }
     return false;
+  }
+
+  /**
+   * Whether the lock's owner is surely gone. Another host's (or another container's: its own host
+   * name, its own pids) cannot be checked: honoured, until {@link LOCK_WAIT_MS}. This host's from an
+   * earlier boot is gone. Here, our own pid in a lock this run does not hold is an earlier process's
+   * with the same pid — a container's PID 1, killed — and any other pid is checked.
+   */
+  #gone(owner: LockOwner, path: string): boolean {
+    const me = this.#self;
+    if (owner.host !== '' && owner.host !== me.host) {
+      // Made longer ago than any try waits: left by a run that died there (a CronJob's pod killed).
+      let age = 0;
+      try {
+        age = Date.now() - statSync(path).mtimeMs;
+      } catch {
+        // Gone meanwhile: taken next time round.
+      }
+      if (age <= LOCK_WAIT_MS) return false;
+      this.#warn(
+        `${path}, made ${Math.round(age / 1000)} s ago by the run of pid ${owner.pid} on host ${owner.host}, is broken (a lock held that long is taken as left by a run that died)`,
+      );
+      return true;
+    }
+    if (owner.boot !== '' && me.boot !== '' && owner.boot !== me.boot) return true;
+    if (owner.pid === process.pid) return ![...this.#locks.values()].includes(path);
+    return !alive(owner.pid);
+  }
+
+  /** Who holds the lock at `path`, in words (for the lines that say a run waits for it). */
+  #holderOf(path: string): string {
+    let owner: LockOwner | undefined;
+    try {
+      owner = parseOwner(readFileSync(path, 'utf8'));
+    } catch {
+      // Released meanwhile: the wait ends at once.
+    }
+    if (owner === undefined) return 'another run';
+    const where = owner.host !== '' && owner.host !== this.#self.host ? ` on host ${owner.host}` : '';
+    return owner.pid === process.pid && where === ''
+      ? 'another request of this run'
+      : `the run of pid ${owner.pid}${where}`;
   }
 
   #unlink(path: string): void {

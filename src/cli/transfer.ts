@@ -29,6 +29,7 @@ import {
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { headNames, pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
+import type { LockWait } from './refusals.ts';
 import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -219,6 +220,17 @@ function heldBackLine(
   return `the password for ${user}, refused by ${place} ${ago} s ago, is held back ${Math.ceil(heldBackMs / 1000)} s more so a wrong password does not lock the account; no credentials were sent: fix the password, or pass --forget-refusals to try it now`;
 }
 
+/** R4, R1: the request went without the password because another run's try of it held its lock (refusals.ts). */
+function lockWaitLine(wait: LockWait): string {
+  return `no credentials were sent: ${lockWaitNote(wait)}`;
+}
+
+/** Whose lock the request waited for, how long, and what to do. */
+function lockWaitNote(wait: LockWait): string {
+  const waited = Math.round((Date.now() - wait.since) / 1000);
+  return `the request waited ${waited} s for ${wait.lock}, held by ${wait.holder} while it tries the same password there (R4: one try at a time); run again once that run has ended, or delete the lock if no such run is alive`;
+}
+
 /**
  * Why a final 401 or 407 stood, in words, once its body is read: why what it offers could not run
  * here (no Kerberos ticket: the agent's deliver401 made it the answer), or explain.ts's account of the 401; a forwarding
@@ -236,6 +248,11 @@ async function whyStood(
   const unanswered = trace.lastDelivered?.unanswered;
   if (status === 401 && unanswered && unanswered.unusable.length > 0)
     return unanswered.unusable.map((u) => `${forCli(u.message)} (${u.code})`).join('; ');
+  // R4, R1: another run held this password's lock (trying it here) longer than the request waits:
+  // it went without the password, for that reason and not for any of the scheme's.
+  const waiting =
+    status === 401 || status === 407 ? command.refusals?.waitingFor(url.origin, status === 407) : undefined;
+  if (waiting) return lockWaitLine(waiting);
   // R4: held back from the first because an earlier run's try of this password was refused there.
   const remembered = status === 401 ? command.refusals?.heldBack(url.origin) : undefined;
   if (remembered && trace.lastDelivered?.heldBackFor !== undefined && credentials)
@@ -636,7 +653,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         cacert: req.cacert,
         clientCertificate: req.agent.clientCertificate !== undefined,
       });
-      fail(failure.exit, failure.message);
+      // R1: -m ran out while the request waited for another run's try of the password: said, with whose.
+      const waiting = command.refusals?.waitingFor(hop.url.origin);
+      fail(failure.exit, waiting ? `${failure.message}; ${lockWaitNote(waiting)}` : failure.message);
     }
     // A head that came before the attempt failed (a 401 whose next leg was cut): shown now.
     shownHeads?.flush();

@@ -5,7 +5,7 @@ import type { Mechanism, MechanismContext } from './types.ts';
 
 /**
  * Errors of a mechanism that cannot make its first token here — no addon, Kerberos with no usable
- * ticket, realm, SPN, KDC, clock or keytab, or only another user's ticket (M5) — where the next offered scheme may still
+ * ticket, realm, SPN, KDC, clock, keytab or credentials cache, or only another user's ticket (M5) — where the next offered scheme may still
  * authenticate. Every path that chooses a scheme (origin, upgrade, proxy) falls back on exactly these.
  */
 const CANNOT_RUN: ReadonlySet<string> = new Set([
@@ -17,6 +17,7 @@ const CANNOT_RUN: ReadonlySet<string> = new Set([
   'MULTILEG_KRB_KDC_UNREACHABLE',
   'MULTILEG_KRB_CLOCK_SKEW',
   'MULTILEG_KRB_KEYTAB',
+  'MULTILEG_KRB_CCACHE',
   'MULTILEG_KRB_OTHER_PRINCIPAL',
 ]);
 

@@ -227,6 +227,7 @@ export class NegotiateContext implements MechanismContext {
       spn: this.#spn,
       ...(this.#o.principal ? { principal: this.#o.principal } : {}),
       ...(this.#o.keytab ? { keytab: this.#o.keytab } : {}),
+      ...(this.#o.ccache ? { ccache: this.#o.ccache } : {}),
       // An SPN given as such: its value is what to check, not "pass negotiate.spn".
       ...(this.#o.spn ? { spnGiven: true } : {}),
       // No "give credentials for the NTLM fallback" where there is none (a proxy's Negotiate).

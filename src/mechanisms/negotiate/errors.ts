@@ -3,6 +3,7 @@
  * typed error with a stable code whose message names the cause and the fix. GSS messages carry names
  * (principals, ccache paths), never keys or tokens, so the original text is kept as `gssMessage`.
  */
+import { accessSync, constants } from 'node:fs';
 import { MechanismError, MultilegError, type MultilegErrorCode } from '../../errors.ts';
 
 /** Base class of the typed Kerberos failures. */
@@ -144,6 +145,23 @@ export class KerberosKeytabError extends KerberosError {
   }
 }
 
+/**
+ * The credentials cache cannot be written (MIT: "Credentials cache permissions incorrect"): a
+ * ticket got from a client keytab (KRB5_CLIENT_KTNAME) is stored there, and KRB5CCNAME points at a
+ * read-only place or another user's file — a container's read-only mount, say. `ccache`: which
+ * cache, as named (negotiate.ccache, else KRB5CCNAME), when known.
+ */
+export class KerberosCcacheError extends KerberosError {
+  constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown }) {
+    super(
+      'MULTILEG_KRB_CCACHE',
+      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be written by this user (a read-only place, or another user's file): make KRB5CCNAME name a writable file (in a container, on an emptyDir or tmpfs), or use negotiate.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
+      gssMessage,
+      options,
+    );
+  }
+}
+
 /** Why Kerberos was skipped for NTLM (reported by the handshake, never a secret). */
 export interface NegotiateFallbackReason {
   /** The code of the Kerberos error that would have been thrown without a password. */
@@ -192,6 +210,27 @@ const EXPIRED = /Ticket expired|credential\(?s\)? (?:have|has) expired/i;
 const KDC = /Cannot contact any KDC|Cannot find KDC|Cannot resolve network address for KDC|Cannot reach any KDC/i;
 const UNKNOWN_SPN = /not found in Kerberos database|Server not found in Kerberos database|Server principal unknown/i;
 const SKEW = /Clock skew too great/i;
+/** MIT's KRB5_FCC_PERM: the FILE cache (KRB5CCNAME) is not this user's to write. */
+const CCACHE = /Credentials cache permissions incorrect/i;
+
+/**
+ * The client keytab MIT reads by itself when there is no ticket (KRB5_CLIENT_KTNAME), with why it
+ * gave none where that shows (it cannot be read): named in "no ticket" rather than kinit alone.
+ */
+function envKeytab(): string | undefined {
+  const name = process.env.KRB5_CLIENT_KTNAME;
+  if (!name) return undefined;
+  const path = name.replace(/^(FILE|WRFILE):/, '');
+  let why = '';
+  if (path.startsWith('/'))
+    try {
+      accessSync(path, constants.R_OK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      why = code === 'ENOENT' ? ' (no such file)' : ` (it cannot be read by this user: ${code})`;
+    }
+  return `${name}${why}, named by KRB5_CLIENT_KTNAME`;
+}
 /**
  * A client key older than the KDC's (MIT: the AS-REP does not decrypt with it, or the KDC refused
  * the pre-authentication made with it; Windows: KDC_ERR_PREAUTH_FAILED): with a client keytab, the
@@ -221,7 +260,7 @@ function acrossRealms(err: unknown): boolean {
  */
 export function mapGssError(
   err: unknown,
-  ctx: { spn: string; principal?: string; keytab?: string; fallback?: boolean; spnGiven?: boolean },
+  ctx: { spn: string; principal?: string; keytab?: string; ccache?: string; fallback?: boolean; spnGiven?: boolean },
 ): MultilegError {
   if (err instanceof MultilegError) return err;
   const msg = messageOf(err).replace(/\s+/g, ' ').trim();
@@ -231,6 +270,8 @@ export function mapGssError(
   const keytabOf = { ...cause, principal: ctx.principal };
   if (ctx.keytab && EXPIRED.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, expired: true });
   if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
+  // Named as given (the agent's negotiate.ccache), else as the environment names it (a message only: never read to choose one).
+  if (CCACHE.test(msg)) return new KerberosCcacheError(msg, ctx.ccache ?? process.env.KRB5CCNAME, cause);
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
   if (WRONG_REALM.test(msg) || (UNKNOWN_SPN.test(msg) && acrossRealms(err)))
     return new KerberosWrongRealmError(msg, ctx.spn, cause);
@@ -239,6 +280,9 @@ export function mapGssError(
   if (ctx.keytab && STALE_KEY.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, stale: true });
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
   const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
+  // MIT tried the client keytab KRB5_CLIENT_KTNAME names, and got nothing from it: that file is the fix, not kinit.
+  const fromEnv = NO_TICKET.test(msg) ? envKeytab() : undefined;
+  if (fromEnv) return new KerberosKeytabError(msg, fromEnv, keytabOf);
   if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
   // MIT, when `principal` names a client that has no cache in the collection (SPNEGO), or, for raw
   // Kerberos, whose tickets are not in the cache named (negotiate.ccache, or a FILE default cache).

@@ -23,6 +23,7 @@ export {
 } from './context.ts';
 export {
   fallbackReasonOf,
+  KerberosCcacheError,
   KerberosClockSkewError,
   KerberosError,
   KerberosKdcUnreachableError,

@@ -1,0 +1,359 @@
+/**
+ * The command as a Kubernetes/OpenShift pod runs it (trial u15): an arbitrary UID without a passwd
+ * entry and without HOME, PID 1 of its own PID namespace, stopped by SIGTERM; its state file's
+ * locks (R4) left by a run that was killed, or held by a run on another host.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { once } from 'node:events';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { LOCK_WAIT_MS, RefusalFile } from '../src/cli/refusals.ts';
+import { BIN, runCli, runCommand } from './cli-helpers.ts';
+
+const BOOT = (() => {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return '';
+  }
+})();
+const ROOT = process.getuid?.() === 0;
+const has = (tool: string) => spawnSync(tool, ['--version']).status === 0;
+/** A PID namespace of its own (the command as PID 1) and a UID without a passwd entry: root only. */
+const CAN_UNSHARE = ROOT && process.platform === 'linux' && has('unshare');
+const CAN_SETPRIV = ROOT && process.platform === 'linux' && has('setpriv');
+/** A UID no passwd entry names (OpenShift's range). */
+const POD_UID = '1000680000';
+
+/** A lock's text as the command writes it: pid, boot id, host name. */
+const lockText = (pid: number, boot = BOOT || '-', host = hostname()) => `${pid} ${boot} ${host}`;
+
+describe('R4/R1: the state file’s locks, as a container leaves them (RefusalFile)', () => {
+  let dir: string;
+  const place = { origin: 'https://intranet.example', proxy: false, credentials: { username: 'u', password: 'p' } };
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'multileg-locks-'));
+  });
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** The lock file of `place` (made by a first recall, which is then released). */
+  function lockOf(file: RefusalFile): string {
+    expect(file.recall(place)).toBeUndefined();
+    const [name] = readdirSync(dir).filter((f) => f.endsWith('.lock'));
+    file.release(place);
+    return join(dir, name!);
+  }
+
+  it('R4: a lock holding our own pid, which this run does not hold, is stale (a killed PID 1 before us): taken at once', () => {
+    const file = new RefusalFile({ dir, warn: () => {} });
+    const lock = lockOf(file);
+    writeFileSync(lock, lockText(process.pid));
+    // Taken at once (no wait: a Promise would be one); the lock is ours now.
+    expect(file.recall(place)).toBeUndefined();
+    expect(readFileSync(lock, 'utf8')).toBe(lockText(process.pid));
+    file.releaseAll();
+    expect(existsSync(lock)).toBe(false);
+  });
+
+  it('R4: a lock holding our own pid in a bare number (an older version’s) is stale too', () => {
+    const file = new RefusalFile({ dir, warn: () => {} });
+    const lock = lockOf(file);
+    writeFileSync(lock, String(process.pid));
+    expect(file.recall(place)).toBeUndefined();
+    file.releaseAll();
+  });
+
+  it.skipIf(BOOT === '')('R4: a lock of this host from an earlier boot is stale, whatever its pid now is', () => {
+    const file = new RefusalFile({ dir, warn: () => {} });
+    const lock = lockOf(file);
+    // A pid alive now (our parent's), from a boot that is over.
+    writeFileSync(lock, lockText(process.ppid, '00000000-0000-0000-0000-000000000000'));
+    expect(file.recall(place)).toBeUndefined();
+    file.releaseAll();
+  });
+
+  it('R1: a lock of another host is honoured, and the wait is said (-v) with whose lock it is', async () => {
+    const lines: string[] = [];
+    const file = new RefusalFile({ dir, warn: (l) => lines.push(`warn ${l}`), verbose: (l) => lines.push(l) });
+    const lock = lockOf(file);
+    // Its pid means nothing here (another host's process table): not checked, and not broken.
+    writeFileSync(lock, lockText(process.pid, BOOT || '-', 'other-node-7'));
+    const recalled = file.recall(place);
+    expect(recalled).toBeInstanceOf(Promise);
+    expect(lines).toEqual([
+      `* waiting for ${lock}: the run of pid ${process.pid} on host other-node-7, trying the same password at ${place.origin}, holds it`,
+    ]);
+    expect(file.waitingFor(place.origin)).toMatchObject({
+      lock,
+      holder: `the run of pid ${process.pid} on host other-node-7`,
+    });
+    // That run ends: this one goes on, and waits no more.
+    rmSync(lock);
+    expect(await recalled).toBeUndefined();
+    expect(file.waitingFor(place.origin)).toBeUndefined();
+    file.releaseAll();
+  });
+
+  it(`R4: a lock of another host made more than LOCK_WAIT_MS (${LOCK_WAIT_MS / 1000} s) ago is broken, with a warning`, () => {
+    const warnings: string[] = [];
+    const file = new RefusalFile({ dir, warn: (l) => warnings.push(l) });
+    const lock = lockOf(file);
+    writeFileSync(lock, lockText(4242, BOOT || '-', 'cronjob-pod-28061234-abcde'));
+    const old = (Date.now() - 2 * LOCK_WAIT_MS) / 1000;
+    utimesSync(lock, old, old);
+    expect(file.recall(place)).toBeUndefined();
+    expect(warnings).toEqual([
+      expect.stringMatching(/made \d+ s ago by the run of pid 4242 on host cronjob-pod-28061234-abcde, is broken/),
+    ]);
+    file.releaseAll();
+  });
+
+  it('R4: the state directory is found only when a password would be sent unproved; none found: one warning naming XDG_STATE_HOME', () => {
+    const warnings: string[] = [];
+    let asked = 0;
+    const file = new RefusalFile({
+      dir: () => {
+        asked++;
+        throw new Error('XDG_STATE_HOME is not set and there is no home directory (HOME unset, no passwd entry)');
+      },
+      warn: (l) => warnings.push(l),
+    });
+    expect(asked).toBe(0);
+    expect(file.recall(place)).toBeUndefined();
+    file.release(place);
+    file.refused(place, { at: Date.now(), until: Date.now() + 30_000, times: 1 });
+    expect(asked).toBe(1);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain('set XDG_STATE_HOME to a writable directory');
+  });
+});
+
+describe('the command in a container (trial u15)', () => {
+  let dir: string;
+  let state: string;
+  let server: Server;
+  let origin: string;
+  /** The requests with an Authorization header, by path. */
+  const sent: string[] = [];
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'multileg-pod-'));
+    // The pod's UID reads the command's files from here.
+    chmodSync(dir, 0o755);
+    // Basic: alice:pw is right; a request with credentials to /stall is never answered (a stalled handshake).
+    server = createServer((req, res) => {
+      const auth = req.headers.authorization;
+      if (auth) sent.push(req.url ?? '');
+      if (auth === `Basic ${Buffer.from('alice:pw').toString('base64')}`) {
+        res.end('ok\n');
+        return;
+      }
+      if (auth && req.url?.startsWith('/stall')) return;
+      res.writeHead(401, { 'WWW-Authenticate': 'Basic realm="pod"' }).end('no\n');
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(() => {
+    server.closeAllConnections();
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    state = mkdtempSync(join(dir, 'state-'));
+    chmodSync(state, 0o777);
+  });
+
+  /** The environment of a pod: env -i, but for what is given. */
+  const podEnv = (env: Record<string, string> = {}) => ({ PATH: process.env.PATH ?? '/usr/bin:/bin', ...env });
+  const tries = (path: string) => sent.filter((p) => p.startsWith(path)).length;
+
+  /** The lock file names a run would take for `user:password` at the origin, under the state's key (made by a run first). */
+  const locksFor = (user: string, password: string) => {
+    const key = readFileSync(join(state, 'multileg', 'key'));
+    const id = createHmac('sha256', key)
+      .update(JSON.stringify(['origin', origin, '', user, password]))
+      .digest('hex');
+    return join(state, 'multileg', `${id.slice(0, 32)}.lock`);
+  };
+
+  /** Starts the command (spawned, not awaited): `prefix` runs it (unshare …). */
+  function start(args: string[], env: Record<string, string>, prefix: string[] = []) {
+    const [command, ...rest] = [...prefix, process.execPath, BIN, ...args];
+    const child = spawn(command!, rest, { env: podEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+    });
+    child.stdout.resume();
+    const ended = once(child, 'exit').then(([code, signal]) => ({
+      code: code as number | null,
+      signal: signal as NodeJS.Signals | null,
+      stderr,
+    }));
+    return { child, ended };
+  }
+
+  /** Until `path` exists (the run took its lock); no time measured. */
+  async function until(path: string): Promise<void> {
+    while (!existsSync(path)) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  it.skipIf(!CAN_SETPRIV)(
+    'R4: no home (HOME unset, a UID without a passwd entry): the run works; -sS says once how to keep refusals (XDG_STATE_HOME), -s does not',
+    async () => {
+      const pod = (flag: string) =>
+        runCommand(
+          'setpriv',
+          [
+            `--reuid=${POD_UID}`,
+            '--regid=0',
+            '--clear-groups',
+            process.execPath,
+            BIN,
+            flag,
+            '-f',
+            '-u',
+            'alice:pw',
+            `${origin}/nohome`,
+          ],
+          '',
+          podEnv(),
+          dir,
+        );
+      const shown = await pod('-sS');
+      expect(shown.stderr).not.toContain('unexpected error');
+      expect(shown.code).toBe(0);
+      expect(shown.stdout).toBe('ok\n');
+      expect(shown.stderr.match(/Warning: .*set XDG_STATE_HOME to a writable directory/g)).toHaveLength(1);
+      const quiet = await pod('-s');
+      expect(quiet.code).toBe(0);
+      expect(quiet.stderr).toBe('');
+      // A run that sends no password needs no state at all.
+      const none = await runCommand(
+        'setpriv',
+        [`--reuid=${POD_UID}`, '--regid=0', '--clear-groups', process.execPath, BIN, '-sS', `${origin}/public`],
+        '',
+        podEnv(),
+        dir,
+      );
+      expect(none.code).toBe(0);
+      expect(none.stderr).toBe('');
+    },
+  );
+
+  it('R4: HOME="" never makes --netrc read a relative .netrc (of the current directory)', async () => {
+    const cwd = mkdtempSync(join(dir, 'cwd-'));
+    writeFileSync(join(cwd, '.netrc'), 'machine 127.0.0.1 login alice password pw\n', { mode: 0o600 });
+    const r = await runCli(['-sS', '--netrc-optional', `${origin}/netrc-relative`], {
+      cwd,
+      env: { HOME: '', NETRC: undefined, XDG_STATE_HOME: state },
+    });
+    expect(tries('/netrc-relative')).toBe(0);
+    expect(r.stdout).not.toBe('ok\n');
+  });
+
+  it.skipIf(!CAN_UNSHARE)(
+    'R4: a lock left by a killed PID 1 (a CronJob run SIGKILLed) does not hold the next PID 1: the password goes at once',
+    async () => {
+      const env = { XDG_STATE_HOME: state };
+      // The key is made by a first run (a right password: no record).
+      expect(
+        (await runCommand(process.execPath, [BIN, '-sS', '-u', 'alice:pw', `${origin}/key`], '', podEnv(env))).code,
+      ).toBe(0);
+      // What the killed run left: its pid, 1, on this host and boot.
+      const lock = locksFor('alice', 'wrongpw');
+      writeFileSync(lock, lockText(1));
+      const run = start(['-sS', '-f', '-u', 'alice:wrongpw', `${origin}/pid1`], env, ['unshare', '-p', '-f']);
+      const r = await run.ended;
+      expect(tries('/pid1')).toBe(1);
+      expect(r.code).toBe(22);
+      expect(r.stderr).toContain('the server refused our Basic credentials');
+      expect(existsSync(lock)).toBe(false);
+    },
+    30_000,
+  );
+
+  it('R4: SIGTERM mid-handshake: the run takes its lock away and dies by the signal (curl’s way)', async () => {
+    const env = { XDG_STATE_HOME: state };
+    expect(
+      (await runCommand(process.execPath, [BIN, '-sS', '-u', 'alice:pw', `${origin}/key`], '', podEnv(env))).code,
+    ).toBe(0);
+    const lock = locksFor('alice', 'stallpw');
+    const run = start(['-sS', '-u', 'alice:stallpw', `${origin}/stall-term`], env);
+    await until(lock);
+    run.child.kill('SIGTERM');
+    const r = await run.ended;
+    expect(r.signal).toBe('SIGTERM');
+    expect(existsSync(lock)).toBe(false);
+  });
+
+  it.skipIf(!CAN_UNSHARE)(
+    'R4: SIGTERM to the command as PID 1 (a pod stopped): it ends at once, 143, its lock taken away',
+    async () => {
+      const env = { XDG_STATE_HOME: state };
+      expect(
+        (await runCommand(process.execPath, [BIN, '-sS', '-u', 'alice:pw', `${origin}/key`], '', podEnv(env))).code,
+      ).toBe(0);
+      const lock = locksFor('alice', 'stallpw1');
+      const run = start(['-sS', '-u', 'alice:stallpw1', `${origin}/stall-pid1`], env, ['unshare', '-p', '-f']);
+      await until(lock);
+      // unshare's child is the command, PID 1 of the new namespace: the kernel drops a signal it has no handler for.
+      const pid1 = Number(readFileSync(`/proc/${run.child.pid}/task/${run.child.pid}/children`, 'utf8').trim());
+      expect(readFileSync(`/proc/${pid1}/status`, 'utf8')).toMatch(/NSpid:\s+\d+\s+1\n/);
+      try {
+        process.kill(pid1, 'SIGTERM');
+        const r = await run.ended;
+        expect(r.code).toBe(143);
+        expect(existsSync(lock)).toBe(false);
+      } finally {
+        run.child.kill('SIGKILL');
+        try {
+          process.kill(pid1, 'SIGKILL');
+        } catch {
+          // Ended.
+        }
+      }
+    },
+    30_000,
+  );
+
+  it('R1: -m running out while another host’s run holds the lock: the wait is said (-v), and the message says whose lock', async () => {
+    const env = { XDG_STATE_HOME: state };
+    expect(
+      (await runCommand(process.execPath, [BIN, '-sS', '-u', 'alice:pw', `${origin}/key`], '', podEnv(env))).code,
+    ).toBe(0);
+    const lock = locksFor('alice', 'busypw');
+    mkdirSync(join(state, 'multileg'), { recursive: true });
+    writeFileSync(lock, lockText(77, BOOT || '-', 'other-node-3'));
+    const r = await runCli(['-v', '-m', '2', '-u', 'alice:busypw', `${origin}/busy`], { env });
+    expect(r.code).toBe(28);
+    expect(tries('/busy')).toBe(0);
+    expect(r.stderr).toContain(`* waiting for ${lock}: the run of pid 77 on host other-node-3`);
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `operation timed out .*; the request waited \\d+ s for ${lock.replaceAll('.', '\\.')}, held by the run of pid 77 on host other-node-3 while it tries the same password there`,
+      ),
+    );
+    expect(r.stderr).not.toContain('busypw');
+    // Not ours: left in place.
+    expect(readFileSync(lock, 'utf8')).toBe(lockText(77, BOOT || '-', 'other-node-3'));
+  });
+});
