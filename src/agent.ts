@@ -214,17 +214,18 @@ export class MultilegAgent extends Dispatcher {
   readonly #hops = new RedirectHops();
   /** Sees the responses to requests with their own Authorization: counts their 401s, then as {@link #hops}. */
   readonly #callerResponses: ResponseObserver = {
-    noteResponse: (origin, path, status, headers) => {
+    noteResponse: (origin, path, status, headers, hop) => {
       if (status === 401) this.#stats.callerChallenges += 1;
-      this.#hops.noteResponse(origin, path, status, headers);
+      this.#hops.noteResponse(origin, path, status, headers, hop);
     },
   };
   /**
-   * The handlers of dispatches taken for redirect hops: an interceptor that dispatches a request
-   * again hands over the same handler (undici's retry interceptor, its `dns` interceptor trying the
-   * other address family), and the hop, used up by the first dispatch, must stay a hop (S5).
+   * The handlers of dispatches taken for redirect hops, each with the last URL it was dispatched to:
+   * an interceptor that dispatches a request again hands over the same handler (undici's retry
+   * interceptor, its `dns` interceptor trying the other address family), and the hop, used up by
+   * the first dispatch, must stay a hop (S5). The redirect interceptor's next hop comes with it too.
    */
-  #hopHandlers: WeakSet<Dispatcher.DispatchHandler> | undefined;
+  #hopHandlers: WeakMap<Dispatcher.DispatchHandler, string> | undefined;
   /** Upgrades and CONNECT: one connection each, through the proxy, authenticated on it. */
   #upgrades: UpgradeDispatcher | undefined;
   /** undici's adapter for handlers of its first API, around this agent (see dispatch). */
@@ -615,13 +616,24 @@ export class MultilegAgent extends Dispatcher {
    * 3xx did: `named` (see namedOrigin), not an address an interceptor put in `origin`.
    */
   #crossOriginHop(origin: string, named: string, path: string, handler: Dispatcher.DispatchHandler): boolean {
-    if (this.#hopHandlers?.has(handler)) return true;
+    const last = this.#hopHandlers?.get(handler);
+    if (last !== undefined) {
+      // The redirect interceptor's next hop of a marked chain: a hop either way, but the one noted
+      // for it (a hop's same-origin redirect) is used up, or it would make the caller's own call to
+      // that URL a hop (a 401). The same URL again is a dispatch again: it uses up nothing, which
+      // would be another chain's hop to that URL.
+      if (last !== named + path) {
+        this.#hops.consume(named, path);
+        this.#hopHandlers!.set(handler, named + path);
+      }
+      return true;
+    }
     const first = (handler as { history?: readonly URL[] }).history?.[0];
     const started = first === undefined ? undefined : normalizeOrigin(first);
     const hop = this.#hops.consume(named, path) || (started !== undefined && started !== origin && started !== named);
     if (hop) {
-      this.#hopHandlers ??= new WeakSet();
-      this.#hopHandlers.add(handler);
+      this.#hopHandlers ??= new WeakMap();
+      this.#hopHandlers.set(handler, named + path);
     }
     return hop;
   }
@@ -645,11 +657,10 @@ export class MultilegAgent extends Dispatcher {
     const forwarded = pool.route?.kind === 'forward';
     // S6: a request never shares a connection with another identity's credentials.
     const elsewhere = elsewhereBy(origin, headers, opts, forwarded);
-    const grant = this.#grant(
-      origin,
-      elsewhere !== undefined || forwarded ? origin : named,
-      this.#crossOriginHop(origin, named, opts.path, handler),
-    );
+    // A hop's own redirects are hops too, same origin or not (S5: the chain stays marked).
+    const hop = this.#crossOriginHop(origin, named, opts.path, handler);
+    sink.hop = hop;
+    const grant = this.#grant(origin, elsewhere !== undefined || forwarded ? origin : named, hop);
     const identity = identityOf(headers, grant.allowed, elsewhere !== undefined, this.#mechanisms);
     const withheld =
       identity === 'anonymous' && !grant.allowed

@@ -110,6 +110,30 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     });
   }
 
+  for (const status of [302, 307]) {
+    it(`S5: without a list, fetch's ${status} hop to another origin that redirects again within itself (A → B/x → B/y): B/y goes without the ticket (review r61)`, async () => {
+      const s = await kerberosServer();
+      const from = s.origin.replace('localhost', '127.0.0.1');
+      const a = ambientAgent(s);
+      const bx = `${s.origin}/public/redirect?status=${status}&to=${encodeURIComponent('/auth/hop2')}`;
+      const post = status === 307 ? { method: 'POST', body: 'payload' } : {};
+      const hop = await fetch(`${from}/public/redirect?status=${status}&to=${encodeURIComponent(bx)}`, {
+        dispatcher: a,
+        ...post,
+      });
+      // Before: B/y got alice's ticket (the wire said ["/auth/hop2", true, "alice@EXAMPLE.TEST"]).
+      expect(hop.status).toBe(401);
+      expect((await userOf(hop)).user).toBeNull();
+      const wire = s.exchanges.filter((e) => e.path === '/auth/hop2');
+      expect(wire.map((e) => [e.method, hasAuth(e.requestHeaders), e.user ?? null])).toEqual([
+        [status === 307 ? 'POST' : 'GET', false, null],
+      ]);
+      expect(a.stats().handshakes).toBe(0);
+      // B/y called directly afterwards is the caller's own request: alice's.
+      expect((await userOf(await fetch(`${s.origin}/auth/hop2`, { dispatcher: a }))).user).toBe(ALICE_PRINCIPAL);
+    });
+  }
+
   it("S5: undici's redirect interceptor, without a list: the cross-origin hop goes without the ticket", async () => {
     const s = await kerberosServer();
     const from = s.origin.replace('localhost', '127.0.0.1');

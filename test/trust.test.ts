@@ -549,6 +549,126 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     expect([viaRetry.status, certificates]).toEqual([200, [false, false]]);
   });
 
+  /** `origin`'s /public/redirect to `to` with `status` (nested: the reference server's redirect chains). */
+  const redirect = (origin: string, to: string, status = 302) =>
+    `${origin}/public/redirect?status=${status}&to=${encodeURIComponent(to)}`;
+  type Follower = 'undici.fetch' | "Node's fetch" | 'the redirect interceptor';
+  /** Follows `url`'s redirects with `follower` (a POST with a body where `post`); the final status. */
+  async function follow(certified: MultilegAgent, follower: Follower, url: string, post: boolean): Promise<number> {
+    const init = post ? { method: 'POST', body: 'payload' } : {};
+    if (follower === 'undici.fetch') {
+      const res = await fetch(url, { dispatcher: certified, ...init });
+      await res.arrayBuffer();
+      return res.status;
+    }
+    if (follower === "Node's fetch") {
+      const res = await globalThis.fetch(url, { dispatcher: certified, ...init } as unknown as RequestInit);
+      await res.arrayBuffer();
+      return res.status;
+    }
+    const res = await request(url, {
+      dispatcher: certified.compose(interceptors.redirect({ maxRedirections: 5 })),
+      ...(post ? { method: 'POST' as const, body: 'payload' } : {}),
+    });
+    await res.body.arrayBuffer();
+    return res.statusCode;
+  }
+  const certificates = (s: ReferenceServer) =>
+    s.exchanges.filter((e) => e.outcome === 'certificate').map((e) => e.path);
+
+  for (const follower of ['undici.fetch', "Node's fetch", 'the redirect interceptor'] as const)
+    for (const status of [302, 307, 308]) {
+      it(`S5: ${follower}, ${status}: a hop to another origin whose own redirects stay within it (A → B/x → B/y → B/z) goes without the client certificate to its end (an agent without a list)`, async () => {
+        const a1 = await server({ schemes: [], clientCertificate: 'offer' });
+        const b = await server({ schemes: [], clientCertificate: 'offer' });
+        const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+        // B/x → B/y → B/z, relative Locations; 307 and 308 with a POST's body all the way.
+        const post = status !== 302;
+        const bx = redirect(b.origin, redirect('', '/auth/z', status), status);
+        const final = await follow(certified, follower, redirect(a1.origin, bx, status), post);
+        // Before (fetch): B/y and B/z went with alice's certificate, and B answered 200 as cert:alice.
+        expect(final).toBe(401);
+        expect(b.exchanges.map((e) => [e.path.split('?')[0], e.method])).toEqual([
+          ['/public/redirect', post ? 'POST' : 'GET'],
+          ['/public/redirect', post ? 'POST' : 'GET'],
+          ['/auth/z', post ? 'POST' : 'GET'],
+        ]);
+        expect(certificates(b)).toEqual([]);
+        // The same URL called directly afterwards is the caller's own request: the certificate goes.
+        const direct = await fetch(`${b.origin}/auth/z`, { dispatcher: certified });
+        expect(((await direct.json()) as { user: string }).user).toBe('cert:alice');
+      });
+    }
+
+  for (const follower of ['undici.fetch', "Node's fetch", 'the redirect interceptor'] as const)
+    it(`S5: ${follower}: a chain that went to another origin and back to the one the caller named (A → B → A/x → A/y) stays a hop to its end: no client certificate`, async () => {
+      const a1 = await server({ schemes: [], clientCertificate: 'offer' });
+      const b = await server({ schemes: [], clientCertificate: 'offer' });
+      const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+      // Back at A: its own /public/redirect to /auth/back, a redirect within A after the hop back.
+      const back = redirect(a1.origin, '/auth/back');
+      expect(await follow(certified, follower, redirect(a1.origin, redirect(b.origin, back)), false)).toBe(401);
+      expect(a1.exchanges.map((e) => e.path.split('?')[0])).toEqual([
+        '/public/redirect',
+        '/public/redirect',
+        '/auth/back',
+      ]);
+      expect([...certificates(a1), ...certificates(b)]).toEqual([]);
+      // A direct request to A is the caller's: the certificate goes.
+      expect(
+        ((await (await fetch(`${a1.origin}/auth/back`, { dispatcher: certified })).json()) as { user: string }).user,
+      ).toBe('cert:alice');
+    });
+
+  it("S5: redirect: 'manual' followed by hand: the hop's own redirect within its origin goes without the client certificate too", async () => {
+    const a1 = await server({ schemes: [], clientCertificate: 'offer' });
+    const b = await server({ schemes: [], clientCertificate: 'offer' });
+    const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+    let url = redirect(a1.origin, redirect(b.origin, '/auth/manual'));
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const res = await fetch(url, { dispatcher: certified, redirect: 'manual' });
+      await res.arrayBuffer();
+      statuses.push(res.status);
+      const location = res.headers.get('location');
+      if (location === null) break;
+      url = new URL(location, url).href;
+    }
+    expect(statuses).toEqual([302, 302, 401]);
+    expect(certificates(b)).toEqual([]);
+  });
+
+  it('S5: two chains at once through the same hop, and a direct call beside them: the chains go without the client certificate, the direct call with it', async () => {
+    const a1 = await server({ schemes: [], clientCertificate: 'offer' });
+    const b = await server({ schemes: [], clientCertificate: 'offer' });
+    const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+    const start = redirect(a1.origin, redirect(b.origin, '/auth/twice'));
+    const [one, two, direct] = await Promise.all([
+      follow(certified, 'undici.fetch', start, false),
+      follow(certified, 'undici.fetch', start, false),
+      fetch(`${b.origin}/auth/beside`, { dispatcher: certified }).then((r) => r.json() as Promise<{ user: string }>),
+    ]);
+    expect([one, two, direct.user]).toEqual([401, 401, 'cert:alice']);
+    expect(certificates(b)).toEqual(['/auth/beside']);
+  });
+
+  it("S5: a hop's answer notes its targets within its own origin too (the chain stays marked); any other request's does not", () => {
+    const hops = new RedirectHops();
+    hops.noteResponse('https://b.example', '/x', 302, { location: '/y' }, true);
+    hops.noteResponse('https://b.example', '/p', 302, { location: '/q' }, false);
+    hops.noteResponse('https://b.example', '/y', 307, { location: 'https://a.example/back' }, true);
+    hops.noteResponse('https://b.example', '/c', 301, { location: '/cached', 'cache-control': 'max-age=60' }, true);
+    expect(hops.consume('https://b.example', '/y')).toBe(true);
+    expect(hops.consume('https://b.example', '/y')).toBe(false);
+    expect(hops.consume('https://b.example', '/q')).toBe(false);
+    expect(hops.consume('https://a.example', '/back')).toBe(true);
+    // A target a cache may replay the 3xx for stays a hop, every dispatch, as another origin's does.
+    expect([hops.consume('https://b.example', '/cached'), hops.consume('https://b.example', '/cached')]).toEqual([
+      true,
+      true,
+    ]);
+  });
+
   it('S5: the hop is recognised once, soon after the 3xx: a later direct call to the same URL is not a hop', () => {
     const hops = new RedirectHops();
     hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/x?y=1#frag' });

@@ -3,9 +3,12 @@ import type { Dispatcher } from 'undici';
 type Controller = Dispatcher.DispatchController;
 type Headers = Record<string, string | string[]>;
 
-/** Sees the status and headers of the response a caller gets (the agent notes redirects, S5). */
+/**
+ * Sees the status and headers of the response a caller gets (the agent notes redirects, S5);
+ * `hop`: the request was itself a redirect hop from another origin.
+ */
 export interface ResponseObserver {
-  noteResponse(origin: string, path: string, status: number, headers: Headers): void;
+  noteResponse(origin: string, path: string, status: number, headers: Headers, hop: boolean): void;
 }
 
 /** What to do when the caller aborts: a function, or an object (no closure per wait, R6). */
@@ -59,6 +62,8 @@ export class UserSink {
   readonly #observer: ResponseObserver | undefined;
   readonly #origin: string;
   readonly #path: string;
+  /** The request is a redirect hop from another origin (S5): its own redirects continue the chain. */
+  hop = false;
 
   /** The controller the caller holds; pause/resume reach whichever leg is delivering. */
   readonly controller: Controller;
@@ -145,7 +150,7 @@ export class UserSink {
     if (this.#finished) return;
     this.#leg = leg;
     if (this.#paused) leg.pause();
-    this.#observer?.noteResponse(this.#origin, this.#path, status, headers);
+    this.#observer?.noteResponse(this.#origin, this.#path, status, headers, this.hop);
     try {
       this.#handler.onResponseStart?.(this.controller, status, headers, message);
     } catch (err) {

@@ -9,8 +9,10 @@ import { hostUrl } from './host-header.ts';
  * redirect handler's `history`. But the agent delivered that 3xx and saw its `Location`: a dispatch
  * to exactly that URL soon after is the hop. A 3xx a cache may keep (undici's cache interceptor)
  * can be replayed without reaching the agent again: its target stays a hop, every dispatch to it,
- * for as long as a cache may serve it. Misclassifying a direct call to the same URL only costs a
- * 401 (the safe side).
+ * for as long as a cache may serve it. A chain that went to another origin stays marked: the
+ * responses to a hop note their same-origin targets too (B/x → B/y after A → B/x), so every later
+ * hop of it is one, as the redirect interceptor's `history` makes it. Misclassifying a direct call
+ * to the same URL only costs a 401 (the safe side).
  */
 
 /** What fetch and undici's redirect interceptor follow (the interceptor also follows 300). */
@@ -96,13 +98,19 @@ const NOT_ASCII = /[^\x20-\x7e]/;
 
 /**
  * Every `origin + path` a follower may make of a redirect's `Location` (the value, or the lines, the
- * agent saw in its answer to `origin` + `path`), other origins only. Followers read it in
+ * agent saw in its answer to `origin` + `path`): other origins only, unless `chained` (the answer
+ * was to a hop, and its chain stays one to its end, same origin or not). Followers read it in
  * different ways, and a way missed here would send credentials on the hop: fetch joins several
  * lines with ", " and reads bytes beyond ASCII as UTF-8 (what browsers do); undici's redirect
  * interceptor joins them with ","; other clients take the first line. Each reading is a hop (a
  * direct call to one of the others only costs a 401: the safe side).
  */
-function hopTargets(location: string | string[] | undefined, origin: string, path: string): Set<string> {
+function hopTargets(
+  location: string | string[] | undefined,
+  origin: string,
+  path: string,
+  chained: boolean,
+): Set<string> {
   const values = Array.isArray(location) ? [location.join(', '), location.join(','), location[0]] : [location];
   const targets = new Set<string>();
   const base = origin + path;
@@ -116,8 +124,9 @@ function hopTargets(location: string | string[] | undefined, origin: string, pat
       } catch {
         continue; // a follower fails on a bad Location too: no hop follows
       }
-      // Same-origin hops are not a trust question.
-      if (target.origin !== origin) targets.add(target.origin + target.pathname + target.search);
+      // A same-origin redirect is no trust question, unless the chain has passed through another
+      // origin: B/x → B/y after A → B/x must go as bare as B/x did (review r61).
+      if (chained || target.origin !== origin) targets.add(target.origin + target.pathname + target.search);
     }
   }
   return targets;
@@ -129,11 +138,18 @@ export class RedirectHops {
 
   /**
    * Notes a response the agent delivered for `origin` + `path`: a redirect to another origin is
-   * remembered as a pending hop.
+   * remembered as a pending hop; with `chained` (the request was itself a cross-origin hop), a
+   * redirect within its origin too, so the chain stays marked through every later hop.
    */
-  noteResponse(origin: string, path: string, status: number, headers: Record<string, string | string[]>): void {
+  noteResponse(
+    origin: string,
+    path: string,
+    status: number,
+    headers: Record<string, string | string[]>,
+    chained = false,
+  ): void {
     if (!REDIRECT_STATUSES.has(status)) return;
-    const targets = hopTargets(headers.location, origin, path);
+    const targets = hopTargets(headers.location, origin, path, chained);
     if (targets.size === 0) return;
     const now = Date.now();
     const replayable = replayableFor(status, headers, now);
