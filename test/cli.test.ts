@@ -1377,6 +1377,43 @@ describe('multileg command line', () => {
     }
   });
 
+  it("H5: a forwarding proxy answering what is not HTTP is curl 7.88's 1, the proxy named (MULTILEG_PROXY_PROTOCOL); its TLS alert no https:// port hint for the origin; the same through a CONNECT 56", async () => {
+    const peers: Socket[] = [];
+    const answering = (bytes: Buffer) =>
+      createTcpServer((s) => {
+        peers.push(s);
+        s.on('error', () => {});
+        s.once('data', () => s.end(bytes));
+      });
+    const garbage = answering(Buffer.from('XYZ\r\n\r\n'));
+    const alerting = answering(Buffer.from('15030100020246', 'hex'));
+    try {
+      const bad = `http://127.0.0.1:${await listen(garbage)}`;
+      const tls = `http://127.0.0.1:${await listen(alerting)}`;
+      // Before: undici's bare "Response does not match the HTTP/1.1 protocol …", and for the TLS
+      // record "origin.example answered in TLS …: is it an https:// port?", the proxy's fault put on the origin.
+      const forwarded = await run(['-x', bad, 'http://origin.example/x']);
+      expect(forwarded.code).toBe(1);
+      expect(forwarded.stderr).toMatch(
+        new RegExp(
+          `^multileg: proxy ${bad}: its answer to a request forwarded to http://origin\\.example cannot be read as HTTP/1\\.1 .*\\(MULTILEG_PROXY_PROTOCOL\\)\n$`,
+        ),
+      );
+      const inTls = await run(['-x', tls, 'http://origin.example/x']);
+      expect(inTls.code).toBe(1);
+      expect(inTls.stderr).toMatch(
+        new RegExp(`^multileg: proxy ${tls}: it answered in TLS, not HTTP: an https:// proxy given as http://\\? `),
+      );
+      const tunnel = await run(['-x', bad, 'https://origin.example/x']);
+      expect(tunnel.code).toBe(56);
+      expect(tunnel.stderr).toContain('(MULTILEG_PROXY_PROTOCOL)');
+    } finally {
+      for (const p of peers) p.destroy();
+      garbage.close();
+      alerting.close();
+    }
+  });
+
   it("a body cut short (the server closes mid-body) is curl's 18, in one line, with no https hint; to -o too", async () => {
     const url = `${plainOrigin}/truncated`;
     const shown = await run([url]);

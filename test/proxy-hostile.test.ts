@@ -145,6 +145,47 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     expect(own).toMatchObject({ code: 'MULTILEG_PROXY_RESPONSE_TIMEOUT', timeout: 200 });
   }, 20_000);
 
+  for (const [what, answer] of [
+    ['a line that is not HTTP', 'XYZ\r\n\r\n'],
+    [
+      'a TLS alert record (an https:// proxy given as http://)',
+      Buffer.from('15030100020246', 'hex').toString('latin1'),
+    ],
+    [
+      'a head with Content-Length and Transfer-Encoding both',
+      'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+    ],
+  ] as const)
+    it(`H5: a forwarding proxy (http:// target) answering ${what} fails with ProxyProtocolError naming the proxy and the origin, as through a CONNECT tunnel; not undici's bare parser error, no proxy password`, async () => {
+      const secret = 'pxS3cretZ';
+      proxy = await hostile((socket) => socket.once('data', () => socket.end(Buffer.from(answer, 'latin1'))));
+      const uri = `http://127.0.0.1:${proxy.port}`;
+      agent = new MultilegAgent({ proxy: `http://puser:${secret}@127.0.0.1:${proxy.port}` });
+      const forwarded = await cause(fetch('http://origin.example/x', { dispatcher: agent }));
+      // Before: undici's "Response does not match the HTTP/1.1 protocol …", no code, no proxy named.
+      expect(forwarded).toBeInstanceOf(ProxyProtocolError);
+      expect(forwarded).toMatchObject({ code: 'MULTILEG_PROXY_PROTOCOL', proxy: uri });
+      const message = (forwarded as Error).message;
+      expect(message).toContain(`proxy ${uri}: `);
+      expect(message).toContain(
+        what.startsWith('a TLS')
+          ? 'answered in TLS, not HTTP: an https:// proxy given as http://?'
+          : 'its answer to a request forwarded to http://origin.example cannot be read as HTTP/1.1',
+      );
+      // undici's own error as the cause (its parser's, or its length check's for the last).
+      expect(['HTTPParserError', 'ResponseContentLengthMismatchError']).toContain(
+        (forwarded as Error & { cause?: Error }).cause?.name,
+      );
+      expect(`${message} ${(forwarded as Error).stack} ${JSON.stringify(forwarded)}`).not.toContain(secret);
+      expect(proxy.received[0]).toMatch(/^GET http:\/\/origin\.example\/x HTTP\/1\.1\r\n/);
+      // The same bytes in answer to a CONNECT (an https:// target): the same code, as before. (The
+      // last one's 200 opens the tunnel: what follows is the origin's TLS, no proxy fault.)
+      if (!answer.startsWith('HTTP/')) {
+        const tunnelled = await cause(fetch('https://origin.example/x', { dispatcher: agent }));
+        expect(tunnelled).toMatchObject({ code: 'MULTILEG_PROXY_PROTOCOL', proxy: uri });
+      }
+    });
+
   it('R1: an http:// proxy that accepts TCP and never answers CONNECT fails with ProxyTimeoutError naming limits.handshakeTimeout', async () => {
     proxy = await silent();
     agent = new MultilegAgent({ proxy: `http://127.0.0.1:${proxy.port}`, limits: { handshakeTimeout: 300 } });

@@ -8,6 +8,7 @@ import {
   CERTIFICATE_CODES,
   ConnectionClosedError,
   HandshakeTimeoutError,
+  isFramingError,
   MultilegError,
   QueueTimeoutError,
 } from '../errors.ts';
@@ -326,9 +327,12 @@ export function describeFailure(
               // 407 included; 7.88 said 56); a plain http:// URL goes through a forwarding proxy, no CONNECT.
               e instanceof ProxyConnectError || (e instanceof ProxyAuthenticationError && ctx.url.protocol === 'https:')
               ? EXIT.connect
-              : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted").
+              : // curl's 56 for a proxy that closed the connection instead ("Proxy CONNECT aborted");
+                // a forwarding proxy's answer not read as HTTP is curl 7.88's 1 ("Received HTTP/0.9").
                 e instanceof ProxyProtocolError
-                ? EXIT.receive
+                ? e.cause instanceof Error && isFramingError(e.cause)
+                  ? EXIT.failure
+                  : EXIT.receive
                 : // T3: the server refused the TLS handshake without a client certificate (curl's 35).
                   e.code === 'MULTILEG_CLIENT_CERTIFICATE_REQUIRED'
                   ? EXIT.tls

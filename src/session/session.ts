@@ -8,6 +8,7 @@ import {
   ConnectionClosedError,
   type ConnectionClosedOptions,
   CookieStoreError,
+  isFramingError,
   MultilegError,
   type NoStream,
 } from '../errors.ts';
@@ -25,7 +26,7 @@ import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import type { ClientCertificate, CookieStore, Limits } from '../options.ts';
 import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
-import { ProxyClosedError, ProxyResponseTimeoutError } from '../proxy/errors.ts';
+import { ProxyClosedError, ProxyProtocolError, ProxyResponseTimeoutError } from '../proxy/errors.ts';
 import { ForwardProxy } from '../proxy/forward.ts';
 import { authority, type ProxyRoute } from '../proxy/options.ts';
 import { SessionAuthIds } from './auth-ids.ts';
@@ -628,7 +629,7 @@ export class Session {
         extra,
         classify,
         (e, c, path, started) =>
-          new Promise((resolve) => this.#send(job, e, c, (r) => resolve(this.#proxySilent(job, r)), path, started)),
+          new Promise((resolve) => this.#send(job, e, c, (r) => resolve(this.#proxyTyped(job, r)), path, started)),
         () => this.protocol === 'h2',
         job,
         (held) => this.#deliverHeld(job, held),
@@ -637,15 +638,21 @@ export class Session {
   }
 
   /**
-   * A forwarded leg that got no response head within undici's headersTimeout: the proxy's typed
-   * error naming it and the origin (R3: an error says where), undici's as its cause. Not bounded
-   * sooner: a forwarding proxy is silent while the origin behind it takes its time.
+   * A forwarded leg's failure that undici leaves untyped, as the proxy's typed error naming it and
+   * the origin (R3: an error says where), undici's as its cause: no response head within undici's
+   * headersTimeout (not bounded sooner: a forwarding proxy is silent while the origin behind it
+   * takes its time), or an answer undici could not read as HTTP/1.1 ({@link ProxyProtocolError},
+   * as the same fault through a CONNECT tunnel is; H5).
    */
-  #proxySilent(job: Job, r: LegResult): LegResult {
-    if (r.kind !== 'failed' || (r.error as { code?: unknown }).code !== 'UND_ERR_HEADERS_TIMEOUT') return r;
-    const ms = job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
+  #proxyTyped(job: Job, r: LegResult): LegResult {
+    if (r.kind !== 'failed') return r;
     const proxy = this.#forward!.route.proxy.origin;
-    return { ...r, error: new ProxyResponseTimeoutError(proxy, job.origin, ms, { cause: r.error }) };
+    if ((r.error as { code?: unknown }).code === 'UND_ERR_HEADERS_TIMEOUT') {
+      const ms = job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
+      return { ...r, error: new ProxyResponseTimeoutError(proxy, job.origin, ms, { cause: r.error }) };
+    }
+    if (isFramingError(r.error)) return { ...r, error: forwardedFraming(proxy, job.origin, r.error) };
+    return r;
   }
 
   /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
@@ -975,3 +982,20 @@ export class Session {
 
 /** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
 export const cookieUrlOf = (job: Job): string => `${job.origin}${job.dispatchOptions.path}`;
+
+/**
+ * H5: what a forwarding proxy answered, undici could not read as HTTP/1.1 (its parser's error, or
+ * a length that does not match): the proxy's protocol error — the same fault through a CONNECT
+ * tunnel is one — naming it and the origin, with a TLS record's hint (an https:// proxy given as
+ * http://). A proxy may pass the origin's bytes on as they came: said too.
+ */
+function forwardedFraming(proxy: string, origin: string, err: Error): ProxyProtocolError {
+  const tls = /^[\x15\x16]\x03/.test(String((err as { data?: unknown }).data ?? ''));
+  return new ProxyProtocolError(
+    proxy,
+    tls
+      ? `it answered in TLS, not HTTP: an https:// proxy given as http://? (${err.message})`
+      : `its answer to a request forwarded to ${origin} cannot be read as HTTP/1.1 (${err.message}): the proxy's own, or the origin's passed on as it came`,
+    { cause: err },
+  );
+}
