@@ -424,7 +424,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
         const line = readOnly.stderr.split('\n')[0]!;
         expect(line).toMatch(/\(MULTILEG_KRB_CCACHE\)$/);
         expect(line).toContain(
-          `the Kerberos credentials cache FILE:${ro}/krb5cc cannot be written by this user (a read-only place, or another user's file): make KRB5CCNAME name a writable file (in a container, on an emptyDir or tmpfs), or use --keytab, which keeps its tickets in memory`,
+          `the Kerberos credentials cache FILE:${ro}/krb5cc cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use --keytab, which keeps its tickets in memory`,
         );
         expect(readOnly.stderr).toContain('multileg: (22) HTTP 401');
         const unreadable = await inPod(['-sS', '-f', '--negotiate', '-u', ':'], {

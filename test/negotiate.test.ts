@@ -225,7 +225,7 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     expect(e).toBeInstanceOf(KerberosCcacheError);
     expect(e.code).toBe('MULTILEG_KRB_CCACHE');
     expect(e.message).toMatch(
-      /^Negotiate: the Kerberos credentials cache FILE:\/etc\/ro\/krb5cc cannot be written by this user .*: make KRB5CCNAME name a writable file .*, or use negotiate\.keytab, which keeps its tickets in memory \[GSS: /,
+      /^Negotiate: the Kerberos credentials cache FILE:\/etc\/ro\/krb5cc cannot be used \(read or written\) by this user .*: make KRB5CCNAME name a file this user can read and write .*, or use negotiate\.keytab, which keeps its tickets in memory \[GSS: /,
     );
     // The agent's own cache is the one named when it has one; it cannot run: the next scheme, or the 401 (C11's kind of typed error).
     expect(mapGssError(new Error(text), { spn: 'HTTP@h', ccache: 'FILE:/x/cc' }).message).toContain(

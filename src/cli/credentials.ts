@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ConfigError } from '../errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
+import { undoOnSignal } from './exit.ts';
 import { EXIT } from './explain.ts';
 import { type CliRequest, UsageError, type UserArg, unreadable } from './options.ts';
 import { homeDir } from './refusals.ts';
@@ -92,20 +93,37 @@ async function readStdinLine(stdin: NodeJS.ReadStream): Promise<string> {
   return line;
 }
 
-/** Asks on the terminal without echoing (curl's wording). */
+/**
+ * Asks on the terminal without echoing (curl's wording). A signal meanwhile, or Ctrl-C typed (in raw
+ * mode a key, not a signal), gives the terminal back as it was before the command dies by it, as
+ * curl does: echo on, lines edited.
+ */
 async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS.WriteStream): Promise<string> {
   // Loaded only to prompt (most runs pass the password). The interface first: it puts the terminal
   // in raw mode, so nothing typed after the question echoes.
   const { createInterface } = await import('node:readline');
   const muted = new Writable({ write: (_c, _e, cb) => cb() });
   const rl = createInterface({ input: stdin, output: muted, terminal: true });
+  const giveBack = () => {
+    if (stdin.isTTY) stdin.setRawMode(false);
+    stderr.write('\n');
+  };
+  const forget = undoOnSignal(giveBack);
   stderr.write(question);
   try {
     return await new Promise<string>((resolve, reject) => {
       rl.once('line', resolve);
       rl.once('close', () => reject(new ConfigError('no password entered')));
+      // Ctrl-C: the command ends as by SIGINT (its handler releases the locks). The prompt is left
+      // unanswered, not closed: "no password entered" would race the signal to the exit.
+      rl.once('SIGINT', () => {
+        forget();
+        giveBack();
+        process.kill(process.pid, 'SIGINT');
+      });
     });
   } finally {
+    forget();
     stderr.write('\n');
     rl.close();
   }

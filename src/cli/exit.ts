@@ -47,9 +47,23 @@ interface KoffiExit {
 /** The signals that end the command (curl dies by them; a container's stop is SIGTERM). */
 const ENDING: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 
+/** What must be undone before a signal ends the command (see {@link undoOnSignal}). */
+const undos = new Set<() => void>();
+
 /**
- * Ends the command on SIGTERM, SIGINT or SIGHUP as curl ends: `cleanup` first (the locks of the
- * state file: Node runs no `exit` listener when a signal kills it), then the signal again with
+ * Registers `undo`, run before a signal ends the command: a terminal a prompt put in raw mode,
+ * which Node restores on a signal only while no listener of its own replaces its handler. Returns
+ * its removal (the prompt ended).
+ */
+export function undoOnSignal(undo: () => void): () => void {
+  undos.add(undo);
+  return () => undos.delete(undo);
+}
+
+/**
+ * Ends the command on SIGTERM, SIGINT or SIGHUP as curl ends: what {@link undoOnSignal} registered
+ * (a terminal in raw mode) and `cleanup` first (the locks of the state file: Node runs no `exit`
+ * listener when a signal kills it), then the signal again with
  * Node's handler gone, so that the process dies by it. Where that does nothing — PID 1 of a PID
  * namespace (a container's `command:`), for which the kernel drops a signal it has no handler for
  * — it exits 128 + the signal's number, through `_exit` (a GSS-API call may hold a worker thread).
@@ -59,10 +73,12 @@ const ENDING: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
 export function endOnSignals(cleanup: () => void): void {
   const end = (signal: NodeJS.Signals) => {
     for (const s of ENDING) process.removeListener(s, end);
-    try {
-      cleanup();
-    } catch {
-      // Ending anyway: a lock left is broken by the next run (its pid is gone).
+    for (const undo of [...undos, cleanup]) {
+      try {
+        undo();
+      } catch {
+        // Ending anyway: a lock left is broken by the next run (its pid is gone).
+      }
     }
     process.kill(process.pid, signal);
     // Still running: the signal was dropped (PID 1).

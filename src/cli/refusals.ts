@@ -9,10 +9,14 @@
  *   is known only by HMAC-SHA-256 under `key` (32 random bytes, 0600, made once): a different
  *   password has another record, and the file tells nothing of the password.
  * - Concurrency: a process about to send a password not proved there takes `<id>.lock` (made with
- *   O_EXCL; its pid inside) until that handshake ends, and reads the record only then: of a burst
- *   of processes with one wrong password, one sends it and the others read its refusal. A lock
- *   whose process is gone, or held longer than {@link LOCK_WAIT_MS}, is broken. The file is written
- *   whole to a temporary file renamed over it, under `refusals.json.lock` (held for the write only).
+ *   O_EXCL; its pid, boot id, host name and PID namespace inside) until that handshake ends, and
+ *   reads the record only then: of a burst of processes with one wrong password, one sends it and
+ *   the others read its refusal. The holder rewrites its lock every {@link LOCK_REFRESH_MS}. A lock
+ *   whose pid can be checked here (same host, boot and PID namespace) is broken only when that
+ *   process is gone; any other only once it has gone unrewritten for {@link LOCK_WAIT_MS}, by the
+ *   waiter's own clock or the file system's (never by comparing two hosts' clocks). The file is
+ *   written whole to a temporary file renamed over it, under `refusals.json.lock` (held for the
+ *   write only).
  * - A file that cannot be read or is not such a record is ignored with one warning; the next
  *   refusal writes it anew. Nothing here throws into a request.
  */
@@ -20,10 +24,14 @@ import { createHmac, randomBytes } from 'node:crypto';
 import {
   chmodSync,
   closeSync,
+  fstatSync,
+  fsyncSync,
   linkSync,
   mkdirSync,
   openSync,
   readFileSync,
+  readlinkSync,
+  readSync,
   renameSync,
   statSync,
   unlinkSync,
@@ -33,8 +41,15 @@ import { hostname, userInfo } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import type { RefusalMemory, RefusalPlace, RememberedRefusal } from '../session/refusal-memory.ts';
 
-/** How long a process waits for another's try of the same password before it breaks that lock. */
+/**
+ * How long a lock whose holder cannot be checked from here (another host, boot or PID namespace)
+ * must go unrewritten before it is broken: four missed {@link LOCK_REFRESH_MS}.
+ */
 export const LOCK_WAIT_MS = 60_000;
+/** How often a run rewrites the locks it holds: the sign, to runs that cannot check its pid, that it lives. */
+export const LOCK_REFRESH_MS = 15_000;
+/** How often a waiter asks the file system's clock how long ago a lock it cannot check was rewritten. */
+const LOCK_PROBE_MS = 5_000;
 /** How long the file lock of one write is waited for before it is broken (a write takes microseconds). */
 const WRITE_LOCK_WAIT_MS = 5_000;
 /** A record whose hold-back ended this long ago is dropped (lockout counters have long reset by then). */
@@ -95,34 +110,71 @@ export interface LockWait {
   readonly since: number;
 }
 
-/** Who holds a lock: a pid, the boot and the host it runs on (empty when unknown: a lock of an older version holds the pid alone). */
+/** Who holds a lock: a pid, and the host, boot and PID namespace that pid means something in. */
 interface LockOwner {
   readonly pid: number;
   readonly boot: string;
   readonly host: string;
+  /** `pid:[4026531836]` (readlink /proc/self/ns/pid); empty where there is no /proc. */
+  readonly ns: string;
 }
 
 /**
- * This process as a lock's owner. The boot id tells an earlier boot of this host from this one (a
- * lock left by a run that a reboot ended), the host name another host (a volume shared by pods on
- * several nodes; a container has its own): a pid is checked only where it means this process table's.
+ * This process as a lock's owner. A pid names a process only in its PID namespace: two containers
+ * of one pod (or hostNetwork pods, `docker run --hostname`) share a host name and a boot id but not
+ * their process tables, and may both be PID 1. Where no /proc tells boot and namespace (not
+ * Linux), the host name alone.
  */
 function lockOwner(): LockOwner {
-  let boot = '';
-  try {
-    boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    // Not Linux: the host name alone.
-  }
-  return { pid: process.pid, boot, host: hostname().replace(/\s+/g, '') };
+  const read = (f: () => string) => {
+    try {
+      return f().trim();
+    } catch {
+      return '';
+    }
+  };
+  return {
+    pid: process.pid,
+    boot: read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8')),
+    host: hostname().replace(/\s+/g, '') || '-',
+    ns: read(() => readlinkSync('/proc/self/ns/pid')).replace(/\s+/g, ''),
+  };
 }
 
-/** A lock's text: `pid boot host` (an older version's: `pid`). */
-function parseOwner(text: string): LockOwner | undefined {
-  const [pid, boot = '', host = ''] = text.trim().split(' ');
-  const n = Number.parseInt(pid ?? '', 10);
-  return Number.isInteger(n) && n > 0 ? { pid: n, boot: boot === '-' ? '' : boot, host } : undefined;
+/** A lock's text: `pid boot host ns` (`-` for what is not known). */
+function lockText(o: LockOwner): string {
+  return `${o.pid} ${o.boot || '-'} ${o.host || '-'} ${o.ns || '-'}`;
 }
+
+/** The owner a lock's text names; undefined for any other text (an older version's, or one being written). */
+function parseOwner(text: string): LockOwner | undefined {
+  const words = text.trim().split(' ');
+  if (words.length !== 4) return undefined;
+  const [pid, boot, host, ns] = words.map((w) => (w === '-' ? '' : w)) as [string, string, string, string];
+  const n = Number(pid);
+  return Number.isInteger(n) && n > 0 ? { pid: n, boot, host, ns } : undefined;
+}
+
+/** A lock this run holds: its file kept open, to rewrite it (and to tell it from another run's that replaced it). */
+interface HeldLock {
+  readonly path: string;
+  readonly fd: number;
+  readonly text: string;
+}
+
+/** What a waiter has seen of a lock it cannot check (see {@link RefusalFile}'s `#unrewritten`). */
+interface LockWatch {
+  /** The lock as last seen: inode, times, text. */
+  seen: string;
+  /** Since when (the waiter's clock) it has been seen so. */
+  since: number;
+  /** When the file system's clock was last asked (the waiter's clock). */
+  probed: number;
+  /** It was broken (and said so). */
+  broken?: boolean;
+}
+
+const newWatch = (): LockWatch => ({ seen: '', since: 0, probed: Number.NEGATIVE_INFINITY });
 
 /** What a synchronous wait for the write lock waits on (nothing wakes it: it times out). */
 const PAUSE = new Int32Array(new SharedArrayBuffer(4));
@@ -163,7 +215,7 @@ export class RefusalFile implements RefusalMemory {
   readonly #warn: (line: string) => void;
   /** -v: lines about waiting for another run's lock. */
   readonly #verbose: ((line: string) => void) | undefined;
-  /** This host and boot, written into each lock with the pid: a pid means something only there. */
+  /** This host, boot and PID namespace, written into each lock with the pid: a pid means something only there. */
   readonly #self = lockOwner();
   /** Waits for another run's lock going on now, by place: for the message of a request that went without the password. */
   readonly #waiting = new Map<string, LockWait>();
@@ -171,8 +223,10 @@ export class RefusalFile implements RefusalMemory {
   /** Something failed already: said once, then the command goes on without the file. */
   #broken = false;
   #warned = new Set<string>();
-  /** Locks this process holds (id → path), taken away at exit whatever happens. */
-  readonly #locks = new Map<string, string>();
+  /** Locks this process holds, by id: rewritten every LOCK_REFRESH_MS, taken away at exit whatever happens. */
+  readonly #locks = new Map<string, HeldLock>();
+  /** Rewrites the locks held, while there are any (unref'd: it never keeps the process). */
+  #refresher: NodeJS.Timeout | undefined;
   /** What held a password back in this run, by place: for the message that says so. */
   readonly #held = new Map<string, RememberedRefusal>();
 
@@ -196,8 +250,9 @@ export class RefusalFile implements RefusalMemory {
 
   /** Takes away every lock this run holds: at exit, and on a signal that ends the command (main.ts). */
   releaseAll(): void {
-    for (const path of this.#locks.values()) this.#unlink(path);
+    for (const lock of this.#locks.values()) this.#let(lock);
     this.#locks.clear();
+    this.#stopRefresher();
   }
 
   /** The record that held the password back at `origin` (a proxy's with `proxy`) in this run, if one did. */
@@ -217,37 +272,36 @@ export class RefusalFile implements RefusalMemory {
     const id = this.#id(place);
     if (id === undefined) return undefined;
     const lock = join(this.#dir, `${id.slice(0, 32)}.lock`);
-    if (this.#tryLock(lock)) {
-      this.#locks.set(id, lock);
+    const watch = newWatch();
+    const taken = this.#tryLock(lock, { watch });
+    if (taken) {
+      this.#hold(id, taken);
       return this.#read(place, id);
     }
     // Another run (or another request of this one) is trying this password here: its outcome is
-    // read once it ends. Said (-v), since the wait may be long and nothing else shows it.
+    // read once it ends. Said (-v), since the wait may be long and nothing else shows it. A holder
+    // whose pid is checked and alive is waited for as long as it lives: this wait is bounded by
+    // the agent's (limits.queueTimeout, -m), past which the request goes without the password (R1).
     const key = `${place.proxy ? 'proxy' : 'origin'} ${place.origin}`;
-    const holder = this.#holderOf(lock);
+    const holder = this.#describe(this.#look(lock)?.owner);
     const wait: LockWait = { lock, holder, since: Date.now() };
     this.#waiting.set(key, wait);
     this.#verbose?.(`* waiting for ${lock}: ${holder}, trying the same password at ${place.origin}, holds it`);
     return (async () => {
-      const deadline = wait.since + LOCK_WAIT_MS;
       let pause = 10;
-      let forced = false;
-      for (;;) {
-        forced = Date.now() > deadline;
-        if (this.#tryLock(lock, forced)) break;
+      let held = this.#tryLock(lock, { watch });
+      while (held === undefined) {
         await sleep(pause);
         pause = Math.min(pause * 2, 100);
+        held = this.#tryLock(lock, { watch });
       }
       this.#waiting.delete(key);
       const waited = Math.round((Date.now() - wait.since) / 1000);
-      if (forced)
-        this.#warn(
-          `${lock} was held ${waited} s by ${holder}: broken (a lock held that long is taken as left by a run that died)`,
-        );
-      else if (waited >= LONG_WAIT_S)
+      // A lock broken was said when it was.
+      if (!watch.broken && waited >= LONG_WAIT_S)
         this.#warn(`waited ${waited} s for ${holder}, which was trying the same password at ${place.origin}`);
-      else this.#verbose?.(`* ${lock} released after ${Date.now() - wait.since} ms: going on`);
-      this.#locks.set(id, lock);
+      else if (!watch.broken) this.#verbose?.(`* ${lock} released after ${Date.now() - wait.since} ms: going on`);
+      this.#hold(id, held);
       return this.#read(place, id);
     })();
   }
@@ -282,7 +336,53 @@ export class RefusalFile implements RefusalMemory {
     const lock = id === undefined ? undefined : this.#locks.get(id);
     if (lock === undefined) return;
     this.#locks.delete(id!);
-    this.#unlink(lock);
+    this.#let(lock);
+    if (this.#locks.size === 0) this.#stopRefresher();
+  }
+
+  /** Keeps `lock` as the one of `id`, rewritten every LOCK_REFRESH_MS until released. */
+  #hold(id: string, lock: HeldLock): void {
+    this.#locks.set(id, lock);
+    if (this.#refresher !== undefined || lock.fd < 0) return;
+    this.#refresher = setInterval(() => {
+      for (const held of this.#locks.values()) {
+        if (held.fd < 0) continue;
+        try {
+          // Written, not utimes(): the file system stamps the time (a file server's clock for all
+          // its clients alike), and fsync sends it there now (NFS writes back lazily).
+          writeSync(held.fd, held.text, 0);
+          fsyncSync(held.fd);
+        } catch {
+          // Left as it is: broken by others once LOCK_WAIT_MS passes, as a dead run's would be.
+        }
+      }
+    }, LOCK_REFRESH_MS);
+    this.#refresher.unref();
+  }
+
+  #stopRefresher(): void {
+    clearInterval(this.#refresher);
+    this.#refresher = undefined;
+  }
+
+  /**
+   * Takes a held lock away: its file unlinked only while it is still the one this run made — a
+   * lock broken meanwhile (this run stopped a minute, say) may be another run's now.
+   */
+  #let(lock: HeldLock): void {
+    if (lock.fd < 0) return;
+    try {
+      const mine = fstatSync(lock.fd);
+      const there = statSync(lock.path);
+      if (mine.ino === there.ino && mine.dev === there.dev) this.#unlink(lock.path);
+    } catch {
+      // Gone already.
+    }
+    try {
+      closeSync(lock.fd);
+    } catch {
+      // Closed already.
+    }
   }
 
   /** The record for `id`, as the agent takes it (a hold-back in force, or only the count). */
@@ -392,7 +492,11 @@ export class RefusalFile implements RefusalMemory {
     if (this.#broken) return;
     const lock = `${this.#file}.lock`;
     const deadline = Date.now() + WRITE_LOCK_WAIT_MS;
-    while (!this.#tryLock(lock, Date.now() > deadline)) Atomics.wait(PAUSE, 0, 0, 2);
+    let held = this.#tryLock(lock);
+    while (held === undefined) {
+      Atomics.wait(PAUSE, 0, 0, 2);
+      held = this.#tryLock(lock, { force: Date.now() > deadline });
+    }
     try {
       const refusals = { ...this.#load()?.refusals };
       change(refusals);
@@ -406,7 +510,7 @@ export class RefusalFile implements RefusalMemory {
     } catch (err) {
       this.#warnOnce(`${this.#file} cannot be written: ${(err as Error).message}`);
     } finally {
-      this.#unlink(lock);
+      this.#let(held);
     }
   }
 
@@ -423,74 +527,140 @@ export class RefusalFile implements RefusalMemory {
   }
 
   /**
-   * Takes the lock file `path` (O_EXCL, this pid inside): true when taken. One left by a process
-   * that is gone is broken, and so is any with `force` (waited for too long).
+   * Takes the lock file `path` (O_EXCL, this run's owner text inside), kept open: undefined when
+   * another holds it. A lock left by a run that is gone is broken (see `#stale`), and so is any
+   * with `force` (the write lock, held for microseconds, waited for too long). A lock that cannot
+   * be made at all (a read-only directory) is said once and taken as held (fd -1).
    */
-  #tryLock(path: string, force = false): boolean {
+  #tryLock(path: string, opts: { force?: boolean; watch?: LockWatch } = {}): HeldLock | undefined {
     for (let attempt = 0; attempt < 2; attempt++) {
+      let fd = -1;
       try {
-        const fd = openSync(path, 'wx', 0o600);
-        const me = this.#self;
-        writeSync(fd, `${me.pid} ${me.boot || '-'} ${me.host}`);
-        closeSync(fd);
-        return true;
+        fd = openSync(path, 'wx', 0o600);
+        const text = lockText(this.#self);
+        writeSync(fd, text);
+        return { path, fd, text };
       } catch (err) {
+        if (fd >= 0) {
+          // Made but not written (a full disk): not left behind.
+          closeSync(fd);
+          this.#unlink(path);
+        }
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
           this.#warnOnce(`${path} cannot be made: ${(err as Error).message}`);
-          return true;
+          return { path, fd: -1, text: '' };
         }
       }
-      let owner: LockOwner | undefined;
-      try {
-        owner = parseOwner(readFileSync(path, 'utf8'));
-      } catch {
-        // Gone meanwhile (released), or still being written: try again.
-      }
-      // An empty lock is one being made this instant: not stale.
-      const stale = force || (owner !== undefined && this.#gone(owner, path));
-      if (!stale) return false;
+      const found = this.#look(path);
+      // Gone meanwhile (released): try again.
+      if (found === undefined) continue;
+      if (!opts.force && !this.#stale(path, found, opts.watch ?? newWatch())) return undefined;
+      // Still the lock judged (not one another waiter made since it broke it too).
+      if (this.#look(path)?.seen !== found.seen) continue;
       this.#unlink(path);
     }
-    return false;
+    return undefined;
   }
 
   /**
-   * Whether the lock's owner is surely gone. Another host's (or another container's: its own host
-   * name, its own pids) cannot be checked: honoured, until {@link LOCK_WAIT_MS}. This host's from an
-   * earlier boot is gone. Here, our own pid in a lock this run does not hold is an earlier process's
-   * with the same pid — a container's PID 1, killed — and any other pid is checked.
+   * The lock at `path` as it is now, read through an open file (on NFS, opening is what makes its
+   * times current); undefined when it is gone. `seen` changes whenever its holder rewrites it.
    */
-  #gone(owner: LockOwner, path: string): boolean {
-    const me = this.#self;
-    if (owner.host !== '' && owner.host !== me.host) {
-      // Made longer ago than any try waits: left by a run that died there (a CronJob's pod killed).
-      let age = 0;
-      try {
-        age = Date.now() - statSync(path).mtimeMs;
-      } catch {
-        // Gone meanwhile: taken next time round.
-      }
-      if (age <= LOCK_WAIT_MS) return false;
-      this.#warn(
-        `${path}, made ${Math.round(age / 1000)} s ago by the run of pid ${owner.pid} on host ${owner.host}, is broken (a lock held that long is taken as left by a run that died)`,
-      );
-      return true;
+  #look(path: string): { owner: LockOwner | undefined; seen: string; mtimeMs: number } | undefined {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch {
+      return undefined;
     }
-    if (owner.boot !== '' && me.boot !== '' && owner.boot !== me.boot) return true;
-    if (owner.pid === process.pid) return ![...this.#locks.values()].includes(path);
-    return !alive(owner.pid);
+    try {
+      const st = fstatSync(fd);
+      const buf = Buffer.alloc(512);
+      const text = buf.subarray(0, readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
+      return { owner: parseOwner(text), seen: `${st.ino} ${st.mtimeMs} ${st.ctimeMs} ${text}`, mtimeMs: st.mtimeMs };
+    } catch {
+      return undefined;
+    } finally {
+      closeSync(fd);
+    }
   }
 
-  /** Who holds the lock at `path`, in words (for the lines that say a run waits for it). */
-  #holderOf(path: string): string {
-    let owner: LockOwner | undefined;
-    try {
-      owner = parseOwner(readFileSync(path, 'utf8'));
-    } catch {
-      // Released meanwhile: the wait ends at once.
+  /** Whether a pid in a lock names a process of this process table: same host, boot and PID namespace. */
+  #checkable(owner: LockOwner): boolean {
+    const me = this.#self;
+    // Linux without /proc (no namespace known): a pid there could be any container's.
+    if (process.platform === 'linux' && me.ns === '') return false;
+    return owner.host === me.host && owner.boot === me.boot && owner.ns === me.ns;
+  }
+
+  /**
+   * Whether the lock's holder is surely gone. A pid that can be checked here: our own pid in a lock
+   * this run does not hold is an earlier process's with the same pid (a killed PID 1 before us), any
+   * other is gone when no process has it; a live one is never broken (its waiters' own bounds end
+   * their waits). Any other lock — another host's, another container's, another boot's (the same
+   * host name on another machine; a PID namespace's number repeats across machines, so nothing
+   * tells this machine rebooted from that), an unreadable or older text — by `#unrewritten`.
+   */
+  #stale(path: string, found: { owner: LockOwner | undefined; seen: string; mtimeMs: number }, watch: LockWatch) {
+    const { owner } = found;
+    if (owner !== undefined && this.#checkable(owner)) {
+      if (owner.pid === process.pid) return ![...this.#locks.values()].some((l) => l.path === path);
+      return !alive(owner.pid);
     }
+    return this.#unrewritten(path, found, watch);
+  }
+
+  /**
+   * Whether a lock whose holder cannot be checked has gone unrewritten for LOCK_WAIT_MS (its holder
+   * rewrites it every LOCK_REFRESH_MS while it lives): as watched by this waiter's own clock, or as
+   * the file system's clock tells (its stamp on a file written there now, against the lock's).
+   * Never this host's clock against another's: a skew would break a live holder's lock.
+   */
+  #unrewritten(path: string, found: { owner: LockOwner | undefined; seen: string; mtimeMs: number }, watch: LockWatch) {
+    const now = Date.now();
+    if (found.seen !== watch.seen) {
+      watch.seen = found.seen;
+      watch.since = now;
+    }
+    let still = now - watch.since;
+    if (still < LOCK_WAIT_MS && now - watch.probed >= LOCK_PROBE_MS) {
+      watch.probed = now;
+      const fsNow = this.#fsNow();
+      if (fsNow !== undefined) still = Math.max(still, fsNow - found.mtimeMs);
+    }
+    if (still < LOCK_WAIT_MS) return false;
+    watch.broken = true;
+    this.#warn(
+      `${path}, held by ${this.#describe(found.owner)}, has not been rewritten for ${Math.round(still / 1000)} s (a run holding it rewrites it every ${LOCK_REFRESH_MS / 1000} s): broken, as that run has ended, or is stopped or cut off from this directory`,
+    );
+    return true;
+  }
+
+  /** The file system's clock now: the time it stamps on a file written in the directory; undefined when none can be. */
+  #fsNow(): number | undefined {
+    let temp: string | undefined;
+    try {
+      temp = this.#writeTemp(Buffer.from('?'));
+      return statSync(temp).mtimeMs;
+    } catch {
+      return undefined;
+    } finally {
+      if (temp !== undefined) this.#unlink(temp);
+    }
+  }
+
+  /** Who holds a lock, in words (for the lines that say a run waits for it, or broke it). */
+  #describe(owner: LockOwner | undefined): string {
     if (owner === undefined) return 'another run';
-    const where = owner.host !== '' && owner.host !== this.#self.host ? ` on host ${owner.host}` : '';
+    const me = this.#self;
+    const where =
+      owner.host !== me.host
+        ? ` on host ${owner.host || 'unknown'}`
+        : owner.boot !== me.boot
+          ? ` on host ${owner.host} of another boot (or another machine of that name)`
+          : owner.ns !== me.ns
+            ? ` in another PID namespace (another container), ${owner.ns || 'unknown'}`
+            : '';
     return owner.pid === process.pid && where === ''
       ? 'another request of this run'
       : `the run of pid ${owner.pid}${where}`;

@@ -146,16 +146,17 @@ export class KerberosKeytabError extends KerberosError {
 }
 
 /**
- * The credentials cache cannot be written (MIT: "Credentials cache permissions incorrect"): a
- * ticket got from a client keytab (KRB5_CLIENT_KTNAME) is stored there, and KRB5CCNAME points at a
- * read-only place or another user's file — a container's read-only mount, say. `ccache`: which
- * cache, as named (negotiate.ccache, else KRB5CCNAME), when known.
+ * The credentials cache cannot be used (MIT: "Credentials cache permissions incorrect"): read or
+ * written — a ticket got from a client keytab (KRB5_CLIENT_KTNAME) is stored there, and KRB5CCNAME
+ * points at a read-only place or another user's file (a container's read-only mount, say); a file
+ * this user cannot read, a KRB5CCNAME naming a directory, a KCM daemon that refuses this user fail
+ * with the same words. `ccache`: which cache, as named (negotiate.ccache, else KRB5CCNAME), when known.
  */
 export class KerberosCcacheError extends KerberosError {
   constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown }) {
     super(
       'MULTILEG_KRB_CCACHE',
-      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be written by this user (a read-only place, or another user's file): make KRB5CCNAME name a writable file (in a container, on an emptyDir or tmpfs), or use negotiate.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
+      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use negotiate.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
       gssMessage,
       options,
     );
