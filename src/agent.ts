@@ -328,6 +328,7 @@ export class MultilegAgent extends Dispatcher {
       ...(connectTo ? { connectTo } : {}),
       ...(options.cookies ? { cookies: options.cookies } : {}),
       deliver401: options.deliver401 === true,
+      markPrivate: options.markPrivate !== false,
       ...(options.refusalMemory ? { refusalMemory: options.refusalMemory } : {}),
     };
     this.#mechanismOptions = {
@@ -551,7 +552,13 @@ export class MultilegAgent extends Dispatcher {
       // (A Host header names the origin only where an interceptor may have put an address in it.)
       const named = mayBeAddress(origin) ? namedOrigin(origin, headers) : origin;
       const own = 'authorization' in headers;
-      const sink = new UserSink(handler, own ? this.#callerResponses : this.#hops, named, opts.path);
+      const sink = new UserSink(
+        handler,
+        own ? this.#callerResponses : this.#hops,
+        named,
+        opts.path,
+        this.#options.markPrivate,
+      );
       sink.begin();
       if (sink.aborted) return true;
       this.#running += 1;

@@ -311,6 +311,19 @@ export interface MultilegAgentOptions {
    */
   deliver401?: boolean;
   /**
+   * A response the agent got as its own identity — its leg carried the agent's `Authorization` or
+   * its cookie jar's `Cookie`, or came on a connection authenticated as the agent (NTLM, Negotiate,
+   * `Persistent-Auth`) or over its client certificate — is delivered with `private` added to its
+   * `Cache-Control`, unless the response already allows a shared cache to reuse it (`public`,
+   * `s-maxage`, `must-revalidate`: RFC 9111 §3.5) or forbids storing it (`no-store`, `private`). A
+   * shared cache above the agent (undici's `interceptors.cache`) sees a request without those
+   * credentials and would otherwise store the response as anyone's (S6). Responses to anonymous
+   * requests and to requests with the caller's own `Authorization` (which the cache sees) are left
+   * as sent. Default `true`; `false` delivers every response's headers as the server sent them, for
+   * a client with no cache above the agent that shows the wire (the `multileg` command).
+   */
+  markPrivate?: boolean;
+  /**
    * Keeps refusals of the agent's passwords (`credentials`, `proxy.credentials`) beyond this agent
    * (R4, account lockout): asked before a handshake sends a password not proved at an origin or a
    * proxy, told when it is refused there and when it succeeds. Within one agent the agent holds a
@@ -351,6 +364,7 @@ export interface ResolvedOptions {
   connectTo?: ConnectTo;
   cookies?: CookieStore;
   deliver401: boolean;
+  markPrivate: boolean;
   refusalMemory?: RefusalMemory;
 }
 
@@ -376,6 +390,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
   connectTo: true,
   cookies: true,
   deliver401: true,
+  markPrivate: true,
   refusalMemory: true,
 };
 

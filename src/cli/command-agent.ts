@@ -37,6 +37,9 @@ export class CommandAgent {
     this.agent = new Agent({
       ...options,
       ...(refusals ? { refusalMemory: refusals } : {}),
+      // -i, -D, --json and the HAR show the headers as the server sent them, as curl: no cache is
+      // above the command's agent for the `private` it adds to its own identity's responses (S6).
+      markPrivate: false,
       // No -u: a 401 whose schemes cannot run here (Negotiate without a Kerberos ticket) is the
       // answer, as curl shows it, from the one request curl sends; the trace says why (kinit…).
       // With -u the typed error stands, as before.

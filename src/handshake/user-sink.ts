@@ -3,6 +3,9 @@ import type { Dispatcher } from 'undici';
 type Controller = Dispatcher.DispatchController;
 type Headers = Record<string, string | string[]>;
 
+const CACHE_CONTROL = Buffer.from('cache-control');
+const PRIVATE = Buffer.from('private');
+
 /**
  * Sees the status and headers of the response a caller gets (the agent notes redirects, S5);
  * `hop`: the request was itself a redirect hop from another origin.
@@ -21,7 +24,7 @@ class SinkController {
     this.#sink = sink;
   }
   abort(reason: Error): void {
-    this.#sink.abort(reason);
+    this.#sink.abort(reason, true);
   }
   pause(): void {
     this.#sink.pause();
@@ -29,17 +32,22 @@ class SinkController {
   resume(): void {
     this.#sink.resume();
   }
+  // Only the caller's abort (or a handler of its that threw) reads as aborted: undici's
+  // RetryHandler passes an aborted request's error on without asking its retry policy, so the
+  // agent's own failures (a handshake's clock, R3) must not look like one (trial u16).
   get aborted(): boolean {
-    return this.#sink.aborted;
+    return this.#sink.abortedByCaller;
   }
   get paused(): boolean {
     return this.#sink.paused;
   }
   get reason(): Error | null {
-    return this.#sink.reason;
+    return this.#sink.abortedByCaller ? this.#sink.reason : null;
   }
   get rawHeaders(): unknown {
-    return (this.#sink.leg as { rawHeaders?: unknown } | undefined)?.rawHeaders;
+    const raw = (this.#sink.leg as { rawHeaders?: unknown } | undefined)?.rawHeaders;
+    // The Cache-Control the sink added (S6) is in the raw list too: fetch reads that one.
+    return this.#sink.madePrivate && Array.isArray(raw) ? [...raw, CACHE_CONTROL, PRIVATE] : raw;
   }
   get rawTrailers(): unknown {
     return (this.#sink.leg as { rawTrailers?: unknown } | undefined)?.rawTrailers;
@@ -55,6 +63,9 @@ export class UserSink {
   readonly #handler: Dispatcher.DispatchHandler;
   #leg: Controller | undefined;
   #aborted = false;
+  #byCaller = false;
+  /** The response was delivered with the `private` the sink added to its Cache-Control (S6). */
+  #madePrivate = false;
   #reason: Error | null = null;
   #paused = false;
   #finished = false;
@@ -62,18 +73,34 @@ export class UserSink {
   readonly #observer: ResponseObserver | undefined;
   readonly #origin: string;
   readonly #path: string;
+  /** `markPrivate` (the agent's option): a response to the agent's identity gets `private` added (S6). */
+  readonly #markPrivate: boolean;
   /** The request is a redirect hop from another origin (S5): its own redirects continue the chain. */
   hop = false;
+  /**
+   * The response answers the agent's identity (S6): the leg it came on carried the agent's
+   * Authorization or its cookie jar's Cookie, or its connection is authenticated as the agent or
+   * presents the agent's client certificate. Set by whoever sent that leg; the caller gets it with
+   * `Cache-Control: private` (see {@link privateForSharedCache}).
+   */
+  asAgent = false;
 
   /** The controller the caller holds; pause/resume reach whichever leg is delivering. */
   readonly controller: Controller;
 
   /** `observer` sees the response the caller gets for `origin` + `path`. */
-  constructor(handler: Dispatcher.DispatchHandler, observer?: ResponseObserver, origin = '', path = '') {
+  constructor(
+    handler: Dispatcher.DispatchHandler,
+    observer?: ResponseObserver,
+    origin = '',
+    path = '',
+    markPrivate = true,
+  ) {
     this.#handler = handler;
     this.#observer = observer;
     this.#origin = origin;
     this.#path = path;
+    this.#markPrivate = markPrivate;
     this.controller = new SinkController(this) as unknown as Controller;
   }
 
@@ -93,8 +120,16 @@ export class UserSink {
     this.#leg?.resume();
   }
 
+  /** Aborted: by the caller, or by the agent ending the request itself (a handshake's clock). */
   get aborted(): boolean {
     return this.#aborted;
+  }
+  /** Aborted by the caller (its controller's abort, or its handler threw). */
+  get abortedByCaller(): boolean {
+    return this.#byCaller;
+  }
+  get madePrivate(): boolean {
+    return this.#madePrivate;
   }
   get reason(): Error | null {
     return this.#reason;
@@ -136,9 +171,15 @@ export class UserSink {
     this.#handler.onRequestStart?.(this.controller, null);
   }
 
-  abort(reason: Error): void {
+  /**
+   * Ends the request as an abort does: the leg on the wire, or the wait, ends with `reason`.
+   * `byCaller`: the caller aborted (or its handler threw); else the agent gave up on it (R3), which
+   * the caller's controller does not read as aborted, so that a retry above the agent may retry it.
+   */
+  abort(reason: Error, byCaller = false): void {
     if (this.#aborted || this.#finished) return;
     this.#aborted = true;
+    this.#byCaller = byCaller;
     this.#reason = reason;
     const hook = this.#onAbort;
     if (typeof hook === 'function') hook(reason);
@@ -151,10 +192,16 @@ export class UserSink {
     this.#leg = leg;
     if (this.#paused) leg.pause();
     this.#observer?.noteResponse(this.#origin, this.#path, status, headers, this.hop);
+    // (One field read for the others: nothing to add to a response nobody's identity got.)
+    let given = headers;
+    if (this.asAgent && this.#markPrivate) {
+      given = privateForSharedCache(headers);
+      this.#madePrivate = given !== headers;
+    }
     try {
-      this.#handler.onResponseStart?.(this.controller, status, headers, message);
+      this.#handler.onResponseStart?.(this.controller, status, given, message);
     } catch (err) {
-      this.abort(err as Error);
+      this.abort(err as Error, true);
     }
   }
 
@@ -167,7 +214,7 @@ export class UserSink {
     try {
       this.#handler.onResponseData?.(this.controller, chunk);
     } catch (err) {
-      this.abort(err as Error);
+      this.abort(err as Error, true);
     }
   }
 
@@ -187,4 +234,28 @@ export class UserSink {
     this.#finished = true;
     this.#handler.onResponseError?.(this.controller, err);
   }
+}
+
+/** Cache-Control directives by which a response already says how a shared cache may keep it. */
+const SAID = /(?:^|,)\s*(?:public|must-revalidate|no-store|private|s-maxage\s*=[^,]*)\s*(?:,|$)/i;
+
+/**
+ * `headers` with `private` added to its Cache-Control, or `headers` itself when the response
+ * already allows a shared cache to reuse it for others (`public`, `s-maxage`, `must-revalidate`:
+ * RFC 9111 §3.5) or forbids keeping it (`no-store`, a bare `private`). For a response to a request
+ * the agent authenticated below a cache: that cache saw no Authorization (nor the jar's Cookie, nor
+ * the connection's authentication) and would store it as anyone's (S6, trial u16). A qualified
+ * `private="…"` still lets a shared cache store the response: `private` is added to it too.
+ */
+export function privateForSharedCache(headers: Headers): Headers {
+  const value = headers['cache-control'];
+  if (value === undefined) return { ...headers, 'cache-control': 'private' };
+  const joined = typeof value === 'string' ? value : value.join(', ');
+  if (SAID.test(withoutQuoted(joined))) return headers;
+  return { ...headers, 'cache-control': `${joined}, private` };
+}
+
+/** A Cache-Control value without its quoted strings (a `no-cache="public"` names a field, says nothing). */
+function withoutQuoted(value: string): string {
+  return value.includes('"') ? value.replace(/"(?:[^"\\]|\\.)*"/g, '""') : value;
 }

@@ -404,7 +404,11 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       bodySha256,
       ...(status === 200 ? {} : { error: outcome }),
     };
-    const responseHeaders: Headers = { 'content-type': 'application/json', ...decision.headers };
+    const responseHeaders: Headers = {
+      'content-type': 'application/json',
+      ...this.options.faults.responseHeaders?.({ status, request: info }),
+      ...decision.headers,
+    };
     let payload: string | Buffer = JSON.stringify(out);
     const coding = this.options.faults.contentEncoding?.({ status, request: info });
     if (coding !== undefined) {

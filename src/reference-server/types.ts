@@ -85,6 +85,15 @@ export interface ReferenceServerFaults {
   /** The error code of `refuseWithGoaway`'s GOAWAY. Default NO_ERROR; 0xd is HTTP_1_1_REQUIRED (H2). */
   refuseWithGoawayCode?: number;
   /**
+   * Test hook for caches above a client (S6): headers added to each response, chosen by its status
+   * and request (a `Cache-Control: max-age=60`, a `Last-Modified` as IIS sends on static files).
+   * Undefined: none (the default).
+   */
+  responseHeaders?: (response: {
+    readonly status: number;
+    readonly request: IncomingRequestInfo;
+  }) => Record<string, string> | undefined;
+  /**
    * Test hook for clients that decode bodies (the command's `--compressed`): the Content-Encoding of
    * each response, chosen by its status and request. `gzip`, `deflate` and `br` compress the JSON
    * body so; `corrupt-gzip` labels it gzip and sends it as it is, which a client that decoded it

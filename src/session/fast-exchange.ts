@@ -142,6 +142,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       return;
     }
     this.#phase = 'delivering';
+    // Only an authenticated session of the agent's runs the fast path: its answers are the agent's (S6).
+    this.job.sink.asAgent = true;
     this.job.sink.responseStart(controller, status, headers, message);
   }
 

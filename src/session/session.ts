@@ -304,6 +304,20 @@ export class Session {
   get protocol(): 'h2' | 'http/1.1' | undefined {
     return this.#connection?.protocol;
   }
+  /**
+   * A response on its connection answers the agent's identity even to a leg that carried none of
+   * its credentials (S6): the connection is authenticated as the agent (NTLM, Negotiate,
+   * Persistent-Auth; also while it authenticates again, T4), or presents its client certificate.
+   */
+  get asAgent(): boolean {
+    if (this.identity !== 'agent') return false;
+    const state = this.#state;
+    return (
+      this.certificate !== undefined ||
+      state.kind === 'authenticated' ||
+      (state.kind === 'handshaking' && state.previous.kind === 'authenticated')
+    );
+  }
   /** It presents a client certificate (T3). */
   get certified(): boolean {
     return this.certificate !== undefined;
@@ -707,6 +721,8 @@ export class Session {
     }
     const headers: HeaderMap = { ...job.headers };
     for (const k in extra) headers[k] = extra[k]!;
+    // The leg carries the agent's identity, which a cache above the agent does not see (S6).
+    let asAgent = 'authorization' in extra;
     // The jar is asked per leg, not per request: a cookie set on a challenge goes on the next leg.
     const cookieUrl = this.cookies ? cookieUrlOf(job) : undefined;
     if (cookieUrl !== undefined) {
@@ -715,7 +731,10 @@ export class Session {
         onResult({ kind: 'failed', error: jar });
         return;
       }
-      if (jar) headers.cookie = withJarCookie(headers.cookie, jar);
+      if (jar) {
+        headers.cookie = withJarCookie(headers.cookie, jar);
+        asAgent = true;
+      }
     }
     // Per-request mode sends two legs per request: nothing is built for a trace nobody reads.
     const traced = tracingLegs()
@@ -745,6 +764,8 @@ export class Session {
           job.answeredHere = 0;
         }
         job.answeredHere += 1;
+        // Read as the answer comes: the connection may have been authenticated meanwhile (S6).
+        if (asAgent || this.asAgent) job.sink.asAgent = true;
         if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
         // (A held response may still go to the caller: deliverHeld; the trace has called it intermediate.)

@@ -54,6 +54,8 @@ export interface UpgradeOptions {
   readonly proofOf?: (origin: string) => CredentialProof;
   /** The agent's cookie jar: asked for each leg's Cookie, told each head's Set-Cookie (the 101's too). */
   readonly cookies?: CookieStore;
+  /** The agent's `markPrivate`: a non-101 answer to the agent's identity gets `Cache-Control: private` (S6). */
+  readonly markPrivate?: boolean;
   /**
    * Told who an upgrade's handshake proved, where the credentials live outside the agent (a Kerberos
    * ticket): whose logins the cookie jar may then hold, as a request's handshake tells it (S6).
@@ -105,7 +107,7 @@ export class UpgradeDispatcher {
     credentialsAllowed: boolean,
     withJar = false,
   ): boolean {
-    const sink = new UserSink(handler);
+    const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
     if (sink.aborted) return true;
     const client = this.#client(origin, credentialsAllowed);
@@ -194,6 +196,8 @@ export class UpgradeDispatcher {
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
     let answering = credentialsAllowed && body.replayable;
+    const certified =
+      credentialsAllowed && this.#options.handshakeCertificate !== undefined && origin.startsWith('https:');
     // Leave to send the agent's credentials at this origin, shared with its requests (R4); looked
     // up at the first 401 (an upgrade no one challenges leaves the agent no origin memory).
     const proofOf = this.#options.proofOf;
@@ -236,6 +240,9 @@ export class UpgradeDispatcher {
         // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
         const cookie = cookies && jarCookie(cookies.jar, cookies.url);
         if (cookie instanceof CookieStoreError) throw cookie;
+        // A leg with the agent's Authorization, its jar's Cookie or over its certificate's TLS
+        // connection: the caller's answer is the agent's identity's, which a cache above does not see (S6).
+        if (authorization !== undefined || cookie || certified) sink.asAgent = true;
         const outcome = await this.#leg(
           client,
           opts,
