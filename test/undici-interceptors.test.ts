@@ -5,6 +5,7 @@
  */
 import { Agent, cacheStores, type Dispatcher, fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { privateForSharedCache } from '../src/handshake/user-sink.ts';
 import { MultilegAgent } from '../src/index.ts';
 import type { IncomingRequestInfo } from '../src/reference-server/index.ts';
 import { ALICE, type Rig, rig } from './helpers.ts';
@@ -113,6 +114,27 @@ describe('S6: a shared cache above the agent (undici interceptors.cache)', () =>
     expect(await get(d, '/mine')).toMatchObject({ status: 200, cacheControl: 'max-age=60, private' });
     const again = await get(d, '/mine');
     expect(again.wire).toBeGreaterThan(0);
+  });
+
+  it("S6: public with Vary: Authorization (or Cookie) is still the identity's: delivered private (review r64); a 304 without Cache-Control is left as sent", async () => {
+    const { agent } = await cachingRig(['NTLM'], (path) =>
+      path === '/varied'
+        ? { 'cache-control': 'public, max-age=60', vary: 'Authorization' }
+        : { 'cache-control': 'public, max-age=60', vary: 'Accept-Encoding' },
+    );
+    const d = agent.compose(interceptors.cache({ store: new cacheStores.MemoryCacheStore() }));
+    // Was 'public, max-age=60' and served again from the store (to bob, to a plain Agent: r64).
+    expect(await get(d, '/varied')).toMatchObject({ status: 200, cacheControl: 'public, max-age=60, private' });
+    expect((await get(d, '/varied')).wire).toBeGreaterThan(0);
+    // A Vary on something else leaves public as it is.
+    expect(await get(d, '/other')).toMatchObject({ status: 200, cacheControl: 'public, max-age=60' });
+    expect(await get(d, '/other')).toMatchObject({ wire: 0 });
+    // (Unit: the revalidation's 304 without Cache-Control adds nothing, or a shared cache refetches the entry each time.)
+    expect(privateForSharedCache(304, { etag: '"v1"' })).toEqual({ etag: '"v1"' });
+    expect(privateForSharedCache(200, { etag: '"v1"' })).toEqual({ etag: '"v1"', 'cache-control': 'private' });
+    expect(privateForSharedCache(200, { 'cache-control': 'public', vary: 'accept, Cookie' })['cache-control']).toBe(
+      'public, private',
+    );
   });
 
   it('S6: markPrivate: false delivers the headers as sent (the command, whose -i shows the wire, sets it)', async () => {

@@ -195,7 +195,7 @@ export class UserSink {
     // (One field read for the others: nothing to add to a response nobody's identity got.)
     let given = headers;
     if (this.asAgent && this.#markPrivate) {
-      given = privateForSharedCache(headers);
+      given = privateForSharedCache(status, headers);
       this.#madePrivate = given !== headers;
     }
     try {
@@ -238,6 +238,10 @@ export class UserSink {
 
 /** Cache-Control directives by which a response already says how a shared cache may keep it. */
 const SAID = /(?:^|,)\s*(?:public|must-revalidate|no-store|private|s-maxage\s*=[^,]*)\s*(?:,|$)/i;
+/** Cache-Control directives that keep a response out of a shared cache whatever else it says. */
+const KEPT_OUT = /(?:^|,)\s*(?:no-store|private)\s*(?:,|$)/i;
+/** A Vary naming what the agent adds below a cache (its Authorization, its jar's Cookie), or `*`. */
+const VARIES_BY_IDENTITY = /(?:^|,)\s*(?:authorization|cookie|\*)\s*(?:,|$)/i;
 
 /**
  * `headers` with `private` added to its Cache-Control, or `headers` itself when the response
@@ -245,14 +249,20 @@ const SAID = /(?:^|,)\s*(?:public|must-revalidate|no-store|private|s-maxage\s*=[
  * RFC 9111 §3.5) or forbids keeping it (`no-store`, a bare `private`). For a response to a request
  * the agent authenticated below a cache: that cache saw no Authorization (nor the jar's Cookie, nor
  * the connection's authentication) and would store it as anyone's (S6, trial u16). A qualified
- * `private="…"` still lets a shared cache store the response: `private` is added to it too.
+ * `private="…"` still lets a shared cache store the response: `private` is added to it too. A
+ * `Vary` on Authorization or Cookie says the answer is the identity's whatever `public` says: the
+ * cache above saw neither, and would key it on their absence (review r64). A 304 without
+ * Cache-Control is left as sent: it carries no body of the identity, and `private` on it would make
+ * a shared cache fetch the stored entry again on every revalidation.
  */
-export function privateForSharedCache(headers: Headers): Headers {
+export function privateForSharedCache(status: number, headers: Headers): Headers {
   const value = headers['cache-control'];
-  if (value === undefined) return { ...headers, 'cache-control': 'private' };
-  const joined = typeof value === 'string' ? value : value.join(', ');
-  if (SAID.test(withoutQuoted(joined))) return headers;
-  return { ...headers, 'cache-control': `${joined}, private` };
+  if (value === undefined) return status === 304 ? headers : { ...headers, 'cache-control': 'private' };
+  const joined = withoutQuoted(typeof value === 'string' ? value : value.join(', '));
+  const vary = headers.vary;
+  const byIdentity = vary !== undefined && VARIES_BY_IDENTITY.test(typeof vary === 'string' ? vary : vary.join(', '));
+  if (byIdentity ? KEPT_OUT.test(joined) : SAID.test(joined)) return headers;
+  return { ...headers, 'cache-control': `${typeof value === 'string' ? value : value.join(', ')}, private` };
 }
 
 /** A Cache-Control value without its quoted strings (a `no-cache="public"` names a field, says nothing). */
