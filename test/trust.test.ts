@@ -652,6 +652,97 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     expect(certificates(b)).toEqual(['/auth/beside']);
   });
 
+  it("S5: a cacheable same-origin 301 in a chain (B/app → B/app/) marks the chain's hop only: a later direct call to B/app/ gets the client certificate", async () => {
+    const a1 = await server({ schemes: [], clientCertificate: 'offer' });
+    const b = await server({ schemes: [], clientCertificate: 'offer' });
+    const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: b.ca } });
+    // B's trailing-slash 301, which a cache may keep an hour.
+    const app = `${b.origin}/public/redirect?status=301&cache=3600&to=${encodeURIComponent('/auth/app/')}`;
+    expect(await follow(certified, 'undici.fetch', redirect(a1.origin, app), false)).toBe(401);
+    expect(certificates(b)).toEqual([]);
+    // Before (review r63): both went bare for the hour the 301 may be cached, and B answered 401.
+    const direct = await fetch(`${b.origin}/auth/app/`, { dispatcher: certified });
+    expect(((await direct.json()) as { user: string }).user).toBe('cert:alice');
+    expect(await follow(certified, 'undici.fetch', app, false)).toBe(200);
+    expect(certificates(b)).toEqual(['/auth/app/', '/auth/app/']);
+  });
+
+  it("S5: undici's cache interceptor: B/x's 301 stored on a direct call, then replayed in a chain A → B/x: the hop to B/y gets no client certificate", async () => {
+    // B over HTTP/1.1, its 301 without a body (stored as soon as it ends); each request with its certificate or not.
+    const seen: Array<[string | undefined, boolean]> = [];
+    const b = await loopbackOrigin(
+      createHttpsServer(
+        { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: false },
+        (req, res) => {
+          seen.push([req.url, (req.socket as TLSSocket).getPeerCertificate()?.subject !== undefined]);
+          if (req.url === '/x') res.writeHead(301, { location: '/y', 'cache-control': 'max-age=3600' }).end();
+          else res.writeHead(200, { 'content-length': '0', 'cache-control': 'no-store' }).end();
+        },
+      ),
+      closers,
+    );
+    const a = await rawServer((_req, res) => {
+      res.writeHead(302, { location: `${b}/x`, 'content-length': '0' }).end();
+    });
+    const certified = agent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: CA_CERT } });
+    const cached = certified.compose(interceptors.cache());
+    await (await fetch(`${b}/x`, { dispatcher: cached })).arrayBuffer();
+    await (await fetch(`${a}/start`, { dispatcher: cached })).arrayBuffer();
+    // The cache answered B/x the second time; before, B/y went with alice's certificate.
+    expect(seen).toEqual([
+      ['/x', true],
+      ['/y', true],
+      ['/y', false],
+    ]);
+  });
+
+  it('S5: a same-origin redirect a cache may replay links its target to its source: a hop while the source is one pending (through several, a revalidated one too), bounded', () => {
+    const hops = new RedirectHops();
+    const cache = { 'cache-control': 'max-age=3600' };
+    // Direct calls: B/x → B/y → B/z, each cacheable: links, no hops.
+    hops.noteResponse('https://b.example', '/x', 301, { location: '/y', ...cache });
+    hops.noteResponse('https://b.example', '/y', 302, { location: '/z', ...cache });
+    hops.noteResponse('https://b.example', '/n', 302, { location: '/m' }); // not cacheable: no link
+    hops.noteResponse('https://a.example', '/other', 302, { location: 'https://c.example/' });
+    expect(['/y', '/z', '/m'].map((p) => hops.consume('https://b.example', p))).toEqual([false, false, false]);
+    // A chain A → B/x, the cache answering B/x and B/y: B/z is the hop (once: B/x's is used up).
+    hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/x' });
+    expect([hops.consume('https://b.example', '/z'), hops.consume('https://b.example', '/z')]).toEqual([true, false]);
+    expect(hops.consume('https://b.example', '/x')).toBe(false);
+    // A chain A → B/n: B/n's 302 not cacheable, so B/m is the caller's own (the agent sees B/n).
+    hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/n' });
+    expect(hops.consume('https://b.example', '/m')).toBe(false);
+    // The cache revalidates B/x on the hop (a 304), then replays its 301: B/y is the hop.
+    hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/x' });
+    expect(hops.consume('https://b.example', '/x')).toBe(true);
+    hops.noteResponse('https://b.example', '/x', 304, {}, true);
+    expect([hops.consume('https://b.example', '/y'), hops.consume('https://b.example', '/y')]).toEqual([true, false]);
+    // A caller's own 304 marks nothing.
+    hops.noteResponse('https://b.example', '/x', 304, {}, false);
+    expect(hops.consume('https://b.example', '/y')).toBe(false);
+    // Bounded: 1000 targets linked (oldest dropped), 8 sources each, 20 redirects back.
+    const bounded = new RedirectHops();
+    bounded.noteResponse('https://b.example', '/old', 301, { location: '/old-target', ...cache });
+    for (let i = 0; i < 1000; i++)
+      bounded.noteResponse('https://b.example', `/s${i}`, 301, { location: `/t${i}`, ...cache });
+    for (let i = 0; i < 9; i++)
+      bounded.noteResponse('https://b.example', `/src${i}`, 301, { location: '/many', ...cache });
+    for (let i = 0; i < 21; i++)
+      bounded.noteResponse('https://b.example', `/c${i}`, 301, { location: `/c${i + 1}`, ...cache });
+    const hopTo = (path: string) =>
+      bounded.noteResponse('https://a.example', '/r', 302, { location: `https://b.example${path}` });
+    hopTo('/old');
+    expect(bounded.consume('https://b.example', '/old-target')).toBe(false);
+    hopTo('/src0');
+    expect(bounded.consume('https://b.example', '/many')).toBe(false);
+    hopTo('/src1');
+    expect(bounded.consume('https://b.example', '/many')).toBe(true);
+    hopTo('/c1');
+    expect(bounded.consume('https://b.example', '/c21')).toBe(true);
+    hopTo('/c0');
+    expect(bounded.consume('https://b.example', '/c21')).toBe(false);
+  });
+
   it("S5: a hop's answer notes its targets within its own origin too (the chain stays marked); any other request's does not", () => {
     const hops = new RedirectHops();
     hops.noteResponse('https://b.example', '/x', 302, { location: '/y' }, true);
@@ -662,10 +753,17 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
     expect(hops.consume('https://b.example', '/y')).toBe(false);
     expect(hops.consume('https://b.example', '/q')).toBe(false);
     expect(hops.consume('https://a.example', '/back')).toBe(true);
-    // A target a cache may replay the 3xx for stays a hop, every dispatch, as another origin's does.
+    // A target within the origin a cache may replay the 3xx for is the chain's hop once (review r63:
+    // it stayed one, every dispatch, for as long as a cache may serve it — a direct call too) ...
     expect([hops.consume('https://b.example', '/cached'), hops.consume('https://b.example', '/cached')]).toEqual([
       true,
+      false,
+    ]);
+    // ... and again when its source is a hop pending (a cache answers B/c without the agent seeing it).
+    hops.noteResponse('https://a.example', '/r', 302, { location: 'https://b.example/c' });
+    expect([hops.consume('https://b.example', '/cached'), hops.consume('https://b.example', '/c')]).toEqual([
       true,
+      false,
     ]);
   });
 

@@ -7,14 +7,16 @@ import { hostUrl } from './host-header.ts';
  * Recognises redirect hops the dispatcher is not told about (S5): fetch follows a 3xx itself, and
  * an interceptor between undici's redirect interceptor and the agent (retry, decompress) hides the
  * redirect handler's `history`. But the agent delivered that 3xx and saw its `Location`: a dispatch
- * to exactly that URL soon after is the hop. A 3xx a cache may keep (undici's cache interceptor)
- * can be replayed without reaching the agent again: its target stays a hop, every dispatch to it,
- * for as long as a cache may serve it. A chain that went to another origin stays marked: the
- * responses to a hop note their same-origin targets too (B/x → B/y after A → B/x), so every later
- * hop of it is one, as the redirect interceptor's `history` makes it. Misclassifying a direct call
- * to the same URL only costs a 401 (the safe side).
+ * to exactly that URL soon after is the hop. A 3xx to another origin a cache may keep (undici's
+ * cache interceptor) can be replayed without reaching the agent again: its target stays a hop,
+ * every dispatch to it, for as long as a cache may serve it. A chain that went to another origin
+ * stays marked: the responses to a hop note their same-origin targets too (B/x → B/y after
+ * A → B/x), once and soon, as the redirect interceptor's `history` makes it. A same-origin 3xx a
+ * cache may replay leaves a link `target ← source` instead of a long mark: its target is a hop
+ * while the source is one pending (a cache answered it without the agent seeing it), so a direct
+ * call to the target, once the chain is over, is the caller's own (review r63). Misclassifying a
+ * direct call to the same URL only costs a 401 (the safe side).
  */
-
 /** What fetch and undici's redirect interceptor follow (the interceptor also follows 300). */
 const REDIRECT_STATUSES = new Set([300, 301, 302, 303, 307, 308]);
 /** fetch dispatches the hop as soon as the 3xx head arrives; a generous bound for a busy event loop. */
@@ -23,6 +25,12 @@ const HOP_WINDOW_MS = 10_000;
 const MAX_REPLAY_MS = 365 * 24 * 3600 * 1000;
 /** Bound on remembered hops, so a server that redirects everything cannot grow memory. */
 const MAX_PENDING = 1000;
+/** Bound on targets with links to their same-origin sources (oldest dropped first), for the same reason. */
+const MAX_LINKED = 1000;
+/** Bound on the sources kept for one target (oldest dropped first). */
+const MAX_SOURCES = 8;
+/** How many redirects back a target's links are followed (fetch follows 20 redirects at most). */
+const MAX_LINK_DEPTH = 20;
 /** Statuses a cache may keep on `Last-Modified` alone (RFC 9111 §4.2.2, as undici's cache does). */
 const HEURISTIC_STATUSES = new Set([300, 301, 308]);
 
@@ -98,21 +106,20 @@ const NOT_ASCII = /[^\x20-\x7e]/;
 
 /**
  * Every `origin + path` a follower may make of a redirect's `Location` (the value, or the lines, the
- * agent saw in its answer to `origin` + `path`): other origins only, unless `chained` (the answer
- * was to a hop, and its chain stays one to its end, same origin or not). Followers read it in
- * different ways, and a way missed here would send credentials on the hop: fetch joins several
- * lines with ", " and reads bytes beyond ASCII as UTF-8 (what browsers do); undici's redirect
- * interceptor joins them with ","; other clients take the first line. Each reading is a hop (a
- * direct call to one of the others only costs a 401: the safe side).
+ * agent saw in its answer to `origin` + `path`), into `elsewhere` (other origins) or `within`
+ * (`origin` itself). Followers read it in different ways, and a way missed here would send
+ * credentials on the hop: fetch joins several lines with ", " and reads bytes beyond ASCII as UTF-8
+ * (what browsers do); undici's redirect interceptor joins them with ","; other clients take the
+ * first line. Each reading is a hop (a direct call to one of the others only costs a 401: the safe side).
  */
 function hopTargets(
   location: string | string[] | undefined,
   origin: string,
   path: string,
-  chained: boolean,
-): Set<string> {
+  elsewhere: Set<string>,
+  within: Set<string>,
+): void {
   const values = Array.isArray(location) ? [location.join(', '), location.join(','), location[0]] : [location];
-  const targets = new Set<string>();
   const base = origin + path;
   for (const value of values) {
     if (!value) continue;
@@ -124,22 +131,26 @@ function hopTargets(
       } catch {
         continue; // a follower fails on a bad Location too: no hop follows
       }
-      // A same-origin redirect is no trust question, unless the chain has passed through another
-      // origin: B/x → B/y after A → B/x must go as bare as B/x did (review r61).
-      if (chained || target.origin !== origin) targets.add(target.origin + target.pathname + target.search);
+      (target.origin === origin ? within : elsewhere).add(target.origin + target.pathname + target.search);
     }
   }
-  return targets;
 }
 
 export class RedirectHops {
-  /** `origin + path` of a pending cross-origin hop → how many are expected, until when. */
+  /** `origin + path` of a pending hop → how many are expected, until when. */
   readonly #pending = new Map<string, Pending>();
+  /**
+   * `origin + path` of a same-origin 3xx's target a cache may replay → its sources (`origin + path`
+   * of the request the 3xx answered) → until when a cache may replay it.
+   */
+  readonly #links = new Map<string, Map<string, number>>();
 
   /**
    * Notes a response the agent delivered for `origin` + `path`: a redirect to another origin is
-   * remembered as a pending hop; with `chained` (the request was itself a cross-origin hop), a
-   * redirect within its origin too, so the chain stays marked through every later hop.
+   * remembered as a pending hop; with `chained` (the request was itself a hop), a redirect within
+   * its origin too, once and soon, so the chain stays marked through every later hop. A redirect
+   * within its origin that a cache may replay also links its target to `origin` + `path`, for as
+   * long as a cache may serve it: see {@link consume}.
    */
   noteResponse(
     origin: string,
@@ -148,34 +159,114 @@ export class RedirectHops {
     headers: Record<string, string | string[]>,
     chained = false,
   ): void {
+    // One comparison for a 2xx (the fast path).
+    if (status < 300 || status > 308) return;
+    if (status === 304) {
+      // A hop revalidated by a cache: it replays its stored answer (a 3xx, maybe) without the agent
+      // seeing it, so the hop is pending again for the links from it (consume).
+      if (chained) this.#add(origin + path, Date.now() + HOP_WINDOW_MS, false);
+      return;
+    }
     if (!REDIRECT_STATUSES.has(status)) return;
-    const targets = hopTargets(headers.location, origin, path, chained);
-    if (targets.size === 0) return;
+    const elsewhere = new Set<string>();
+    const within = new Set<string>();
+    hopTargets(headers.location, origin, path, elsewhere, within);
+    if (elsewhere.size === 0 && within.size === 0) return;
     const now = Date.now();
     const replayable = replayableFor(status, headers, now);
     const expires = now + Math.max(HOP_WINDOW_MS, replayable);
-    for (const key of targets) {
-      const pending = this.#pending.get(key);
-      if (pending) {
-        pending.count += 1;
-        pending.expires = Math.max(pending.expires, expires);
-        pending.cached ||= replayable > 0;
-        continue;
-      }
-      if (this.#pending.size >= MAX_PENDING) this.#evict(now);
-      this.#pending.set(key, { count: 1, expires, cached: replayable > 0 });
+    for (const key of elsewhere) this.#add(key, expires, replayable > 0);
+    for (const key of within) {
+      // A hop's redirect within its origin is the chain's next hop, now; a cache's replay of it
+      // later is one only while its source is a hop pending (the links).
+      if (chained) this.#add(key, now + HOP_WINDOW_MS, false);
+      if (replayable > 0) this.#link(key, origin + path, now + replayable, now);
     }
   }
 
-  /** True when a dispatch to `origin` + `path` is a pending cross-origin hop; consumes it (unless cached). */
+  /**
+   * True when a dispatch to `origin` + `path` is a hop; uses it up (unless a cache may replay it).
+   * A hop it is when noted as pending, or when a same-origin 3xx a cache may replay links it
+   * (through up to {@link MAX_LINK_DEPTH} of them) to a source pending now: a cache answered that
+   * hop without the agent seeing it (the source is used up instead).
+   */
   consume(origin: string, path: string): boolean {
     if (this.#pending.size === 0) return false;
     const key = origin + path;
+    // Two map lookups for a URL no 3xx named (the fast path); the clock only for one that did.
+    if (this.#pending.has(key) && this.#take(key, Date.now())) return true;
+    return this.#links.has(key) && this.#viaLinks(key);
+  }
+
+  /** Whether `key`'s links lead to a hop pending now; uses that one up (kept apart: the fast path stays small). */
+  #viaLinks(key: string): boolean {
+    const now = Date.now();
+    let frontier = [key];
+    const seen = new Set(frontier);
+    for (let depth = 0; depth < MAX_LINK_DEPTH && frontier.length > 0; depth++) {
+      const next: string[] = [];
+      for (const target of frontier) {
+        const sources = this.#links.get(target);
+        if (!sources) continue;
+        for (const [source, expires] of sources) {
+          if (expires < now) {
+            sources.delete(source);
+            continue;
+          }
+          if (this.#take(source, now)) return true;
+          if (!seen.has(source)) {
+            seen.add(source);
+            next.push(source);
+          }
+        }
+        if (sources.size === 0) this.#links.delete(target);
+      }
+      frontier = next;
+    }
+    return false;
+  }
+
+  /** Uses up the pending hop `key` (a cached one stays), dropping it once past its time: whether it was one. */
+  #take(key: string, now: number): boolean {
     const pending = this.#pending.get(key);
     if (!pending) return false;
-    const live = pending.expires >= Date.now();
+    const live = pending.expires >= now;
     if (!live || (!pending.cached && --pending.count === 0)) this.#pending.delete(key);
     return live;
+  }
+
+  #add(key: string, expires: number, cached: boolean): void {
+    const pending = this.#pending.get(key);
+    if (pending) {
+      pending.count += 1;
+      pending.expires = Math.max(pending.expires, expires);
+      pending.cached ||= cached;
+      return;
+    }
+    if (this.#pending.size >= MAX_PENDING) this.#evict(Date.now());
+    this.#pending.set(key, { count: 1, expires, cached });
+  }
+
+  #link(target: string, source: string, expires: number, now: number): void {
+    let sources = this.#links.get(target);
+    if (sources)
+      this.#links.delete(target); // re-inserted below: the newest
+    else {
+      if (this.#links.size >= MAX_LINKED) {
+        for (const [t, s] of this.#links) if ([...s.values()].every((e) => e < now)) this.#links.delete(t);
+        // Still full: the oldest go (Map keeps insertion order).
+        for (const t of this.#links.keys()) {
+          if (this.#links.size < MAX_LINKED) break;
+          this.#links.delete(t);
+        }
+      }
+      sources = new Map();
+    }
+    const before = sources.get(source) ?? 0;
+    sources.delete(source); // re-inserted: the newest
+    sources.set(source, Math.max(expires, before));
+    if (sources.size > MAX_SOURCES) sources.delete(sources.keys().next().value as string);
+    this.#links.set(target, sources);
   }
 
   #evict(now: number): void {
