@@ -675,7 +675,8 @@ describe('S5: a redirect hop to another origin carries no credentials unless tha
         { cert: SERVER_CERT, key: SERVER_KEY, requestCert: true, rejectUnauthorized: false },
         (req, res) => {
           seen.push([req.url, (req.socket as TLSSocket).getPeerCertificate()?.subject !== undefined]);
-          if (req.url === '/x') res.writeHead(301, { location: '/y', 'cache-control': 'max-age=3600' }).end();
+          // (public: a response to the agent's identity is delivered private otherwise, and no shared cache keeps it.)
+          if (req.url === '/x') res.writeHead(301, { location: '/y', 'cache-control': 'public, max-age=3600' }).end();
           else res.writeHead(200, { 'content-length': '0', 'cache-control': 'no-store' }).end();
         },
       ),
