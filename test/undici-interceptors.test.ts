@@ -131,6 +131,8 @@ describe('S6: a shared cache above the agent (undici interceptors.cache)', () =>
     expect(await get(d, '/other')).toMatchObject({ wire: 0 });
     // (Unit: the revalidation's 304 without Cache-Control adds nothing, or a shared cache refetches the entry each time.)
     expect(privateForSharedCache(304, { etag: '"v1"' })).toEqual({ etag: '"v1"' });
+    // With Expires a 304 refreshes the stored entry: marked (review r65).
+    expect(privateForSharedCache(304, { expires: 'Thu, 01 Jan 2099 00:00:00 GMT' })['cache-control']).toBe('private');
     expect(privateForSharedCache(200, { etag: '"v1"' })).toEqual({ etag: '"v1"', 'cache-control': 'private' });
     expect(privateForSharedCache(200, { 'cache-control': 'public', vary: 'accept, Cookie' })['cache-control']).toBe(
       'public, private',

@@ -257,7 +257,9 @@ const VARIES_BY_IDENTITY = /(?:^|,)\s*(?:authorization|cookie|\*)\s*(?:,|$)/i;
  */
 export function privateForSharedCache(status: number, headers: Headers): Headers {
   const value = headers['cache-control'];
-  if (value === undefined) return status === 304 ? headers : { ...headers, 'cache-control': 'private' };
+  // (A 304 with Expires refreshes the stored entry: marked as any other, review r65.)
+  if (value === undefined)
+    return status === 304 && headers.expires === undefined ? headers : { ...headers, 'cache-control': 'private' };
   const joined = withoutQuoted(typeof value === 'string' ? value : value.join(', '));
   const vary = headers.vary;
   const byIdentity = vary !== undefined && VARIES_BY_IDENTITY.test(typeof vary === 'string' ? vary : vary.join(', '));

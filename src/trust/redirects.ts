@@ -95,9 +95,11 @@ export function replayableFor(status: number, headers: Record<string, string | s
     if (directives.has('immutable')) fresh = MAX_REPLAY_MS;
   }
   const stale = Math.max(seconds('stale-while-revalidate'), seconds('stale-if-error'));
-  if (fresh + stale > 0) return Math.min(fresh + stale, MAX_REPLAY_MS);
-  const storable = ['max-age', 's-maxage', 'no-cache'].some((d) => directives.has(d)) || expires !== undefined;
   const validator = headers.etag !== undefined || lastModified !== undefined;
+  // With a validator a cache keeps it past its freshness and replays it after a 304 the agent
+  // cannot tie to it (undici keeps a stale entry to revalidate; review r65): a year too.
+  if (fresh + stale > 0) return validator ? MAX_REPLAY_MS : Math.min(fresh + stale, MAX_REPLAY_MS);
+  const storable = ['max-age', 's-maxage', 'no-cache'].some((d) => directives.has(d)) || expires !== undefined;
   return storable && validator ? MAX_REPLAY_MS : 0;
 }
 
@@ -134,6 +136,12 @@ function hopTargets(
       (target.origin === origin ? within : elsewhere).add(target.origin + target.pathname + target.search);
     }
   }
+}
+
+/** Whether any of a target's sources may still be replayed (no array built: run over every target when full). */
+function someLive(sources: Map<string, number>, now: number): boolean {
+  for (const expires of sources.values()) if (expires >= now) return true;
+  return false;
 }
 
 export class RedirectHops {
@@ -180,7 +188,7 @@ export class RedirectHops {
       // A hop's redirect within its origin is the chain's next hop, now; a cache's replay of it
       // later is one only while its source is a hop pending (the links).
       if (chained) this.#add(key, now + HOP_WINDOW_MS, false);
-      if (replayable > 0) this.#link(key, origin + path, now + replayable, now);
+      if (replayable > 0) this.#link(key, origin + path, now + Math.max(HOP_WINDOW_MS, replayable), now);
     }
   }
 
@@ -188,7 +196,8 @@ export class RedirectHops {
    * True when a dispatch to `origin` + `path` is a hop; uses it up (unless a cache may replay it).
    * A hop it is when noted as pending, or when a same-origin 3xx a cache may replay links it
    * (through up to {@link MAX_LINK_DEPTH} of them) to a source pending now: a cache answered that
-   * hop without the agent seeing it (the source is used up instead).
+   * hop without the agent seeing it. The source stays pending (its own hop may still come; a direct
+   * call to it meanwhile costs a 401, the safe side).
    */
   consume(origin: string, path: string): boolean {
     if (this.#pending.size === 0) return false;
@@ -198,7 +207,7 @@ export class RedirectHops {
     return this.#links.has(key) && this.#viaLinks(key);
   }
 
-  /** Whether `key`'s links lead to a hop pending now; uses that one up (kept apart: the fast path stays small). */
+  /** Whether `key`'s links lead to a hop pending now (kept apart: the fast path stays small). */
   #viaLinks(key: string): boolean {
     const now = Date.now();
     let frontier = [key];
@@ -213,7 +222,9 @@ export class RedirectHops {
             sources.delete(source);
             continue;
           }
-          if (this.#take(source, now)) return true;
+          // Live, not used up: a direct call to the target must not take the source's own hop away
+          // (review r65: the hop to B/x then went with the certificate).
+          if (this.#live(source, now)) return true;
           if (!seen.has(source)) {
             seen.add(source);
             next.push(source);
@@ -235,6 +246,12 @@ export class RedirectHops {
     return live;
   }
 
+  /** Whether `key` is a hop pending now (not used up). */
+  #live(key: string, now: number): boolean {
+    const pending = this.#pending.get(key);
+    return pending !== undefined && pending.expires >= now;
+  }
+
   #add(key: string, expires: number, cached: boolean): void {
     const pending = this.#pending.get(key);
     if (pending) {
@@ -253,7 +270,7 @@ export class RedirectHops {
       this.#links.delete(target); // re-inserted below: the newest
     else {
       if (this.#links.size >= MAX_LINKED) {
-        for (const [t, s] of this.#links) if ([...s.values()].every((e) => e < now)) this.#links.delete(t);
+        for (const [t, s] of this.#links) if (!someLive(s, now)) this.#links.delete(t);
         // Still full: the oldest go (Map keeps insertion order).
         for (const t of this.#links.keys()) {
           if (this.#links.size < MAX_LINKED) break;
