@@ -183,6 +183,26 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect(r.agent.stats().sessions).toBe(1);
   });
 
+  it("S6/R4: Negotiate fallen back to NTLM with the agent's password, answered 500 with Persistent-Auth: true, keeps its session too (review r66)", async () => {
+    r = await rig(
+      { mode: 'session', schemes: ['Negotiate', 'NTLM'] },
+      {
+        negotiate: {
+          kerberos: {
+            initializeClient: () =>
+              Promise.reject(new MechanismUnavailableError('Negotiate', 'no GSS-API in this test')),
+          },
+        },
+      },
+    );
+    expect((await get(r, '/status/500/a')).status).toBe(500);
+    const [h] = r.agent.handshakes();
+    expect([h?.scheme, h?.outcome, h?.failure]).toEqual(['Negotiate', 'failed', 'error']);
+    expect((await get(r, '/auth/b')).status).toBe(200);
+    // Was 2 sessions: closed as if a ticket held it.
+    expect(r.agent.stats().sessions).toBe(1);
+  });
+
   /**
    * A per-request session after a Negotiate handshake (no GSS-API here: NTLM inside Negotiate, which a
    * per-request server scopes to one request); the handshake's response.

@@ -433,7 +433,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
         });
         expect(unreadable.code, unreadable.stderr).toBe(22);
         expect(unreadable.stderr).toContain(
-          `no ticket from the client keytab ${secret} (it cannot be read by this user: EACCES), named by KRB5_CLIENT_KTNAME`,
+          `no Kerberos ticket from the client keytab ${secret} (it cannot be read by this user: EACCES), named by KRB5_CLIENT_KTNAME`,
         );
         expect(unreadable.stderr).not.toContain('run kinit');
         // The fix it names: --keytab keeps the tickets in memory, the read-only cache untouched.

@@ -33,7 +33,7 @@ import {
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, deferred, hasAuth, SCRIPTED_NTLM_CHALLENGE, testNtlm } from './helpers.ts';
+import { ALICE, deferred, hasAuth, SCRIPTED_NTLM_CHALLENGE, sleep, testNtlm } from './helpers.ts';
 import { hostile as hostileProxy } from './hostile-proxy.ts';
 import { requirePeer } from './lab/index.ts';
 
@@ -121,6 +121,54 @@ const settle = <T>(p: Promise<T>) =>
   );
 
 describe('R1: every wait is bounded', () => {
+  it("R1: a caller's onResponseError that throws (told of a queue timeout) neither escapes as an uncaught exception nor keeps close() from resolving; said as a warning (review r66)", async () => {
+    const s = await startReferenceServer({ mode: 'session', schemes: ['NTLM'], faults: { delayMs: 1500 } });
+    servers.push(s);
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      negotiate: false,
+      limits: { queueTimeout: 200 },
+    });
+    const uncaught: unknown[] = [];
+    const warned: string[] = [];
+    const onUncaught = (e: unknown) => uncaught.push(e);
+    const onWarning = (w: Error) => {
+      if ((w as { code?: string }).code === 'MULTILEG_HANDLER_THREW') warned.push(w.message);
+    };
+    process.on('uncaughtException', onUncaught);
+    process.on('warning', onWarning);
+    try {
+      const first = request(`${s.origin}/auth/a`, { dispatcher: a }).then(
+        (res) => res.body.text().then(() => res.statusCode),
+        (e: Error) => e,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const told = await new Promise<Error>((resolve) => {
+        a.dispatch(
+          { origin: s.origin, path: '/auth/b', method: 'GET' },
+          {
+            onResponseError(_c, err) {
+              resolve(err);
+              throw new Error('the caller threw');
+            },
+          },
+        );
+      });
+      expect((told as { code?: string }).code).toBe('MULTILEG_QUEUE_TIMEOUT');
+      await first;
+      await new Promise((resolve) => setImmediate(resolve));
+      // Before: an uncaught exception from the pool's microtask, and close() pending for good.
+      expect(uncaught).toEqual([]);
+      expect(await Promise.race([a.close().then(() => 'closed'), sleep(3000).then(() => 'pending')])).toBe('closed');
+      expect(warned).toHaveLength(1);
+      expect(warned[0]).not.toContain('the caller threw');
+    } finally {
+      process.off('uncaughtException', onUncaught);
+      process.off('warning', onWarning);
+    }
+  });
+
   it("R1: 5,000 requests behind a fresh session's first response that never comes settle with QueueTimeoutError", async () => {
     const probeArrived = deferred();
     const s = await hostile(() => probeArrived.resolve()); // holds every request

@@ -442,9 +442,8 @@ class Handshake {
   /**
    * Ends the handshake: what it holds (its clock, its Auth-ID claim, its slot) is let go first, then
    * the caller hears `tell` (`abort`: as the caller's abort does, which R2's hand-over reads) and
-   * the session gets `r` — even when the caller's handler throws (review r58: a throwing
-   * onResponseError left the claim held, and every later handshake on the session failed
-   * AuthIdInUseError).
+   * the session gets `r` (review r58: a throwing onResponseError left the claim held, and every
+   * later handshake on the session failed AuthIdInUseError; the sink now keeps such a throw).
    */
   #end(r: HandshakeResult, tell?: Error, abort = false): void {
     this.#phase = 'over';
@@ -457,14 +456,11 @@ class Handshake {
     else this.#tell(tell, r, abort);
   }
 
-  /** The caller gets `err`; the session gets `r` whatever the caller's handler does. */
+  /** The caller gets `err` (the sink never throws: a throwing handler is its warning), the session `r`. */
   #tell(err: Error, r: HandshakeResult, abort = false): void {
-    try {
-      if (abort) this.#sink.abort(err);
-      this.#sink.fail(err);
-    } finally {
-      this.#done(r);
-    }
+    if (abort) this.#sink.abort(err);
+    this.#sink.fail(err);
+    this.#done(r);
   }
 
   /** Every end lets the Auth-ID go: the server destroys its mapping then (D§3.1), so it may come again. */

@@ -214,12 +214,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #giveUp(reason: Error): void {
     this.#mode = 'over';
     this.#givenUp = reason;
-    // (The result comes whatever the caller's handler does: a throw must not hold the handshake.)
-    try {
-      this.#sink.fail(reason);
-    } finally {
-      this.#resolve({ kind: 'failed', error: reason, unsent: true });
-    }
+    this.#sink.fail(reason);
+    this.#resolve({ kind: 'failed', error: reason, unsent: true });
   }
 
   /**
@@ -304,13 +300,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #gateFailed(err: Error): void {
     this.#mode = 'over';
     this.#buffered = undefined;
-    try {
-      this.#sink.fail(err);
-    } finally {
-      this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
-      this.#settleDone();
-      this.#controller?.abort(err);
-    }
+    this.#sink.fail(err);
+    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
+    this.#settleDone();
+    this.#controller?.abort(err);
   }
 
   #delivered(): Promise<void> {
@@ -329,11 +322,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 
   #startDelivery(controller: Controller, message: string): void {
     this.#mode = 'deliver';
-    try {
-      this.#sink.responseStart(controller, this.#status, this.#headers, message);
-    } finally {
-      this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
-    }
+    this.#sink.responseStart(controller, this.#status, this.#headers, message);
+    this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
   }
 
   onResponseData(controller: Controller, chunk: Buffer): void {
@@ -428,13 +418,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       return;
     }
     if (mode === 'deliver' || mode === 'gated') {
-      try {
-        this.#sink.fail(err);
-      } finally {
-        this.#settleDone();
-        if (mode === 'gated')
-          this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
-      }
+      this.#sink.fail(err);
+      this.#settleDone();
+      if (mode === 'gated')
+        this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });
       return;
     }
     if (mode !== 'over') {

@@ -224,15 +224,32 @@ export class UserSink {
     try {
       this.#handler.onResponseEnd?.(this.controller, trailers);
     } catch (err) {
-      this.#handler.onResponseError?.(this.controller, err as Error);
+      this.#tellError(err as Error);
     }
   }
 
-  /** Reports an error to the caller, once; later calls are ignored. */
+  /** Reports an error to the caller, once; later calls are ignored. Never throws (see #tellError). */
   fail(err: Error): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#handler.onResponseError?.(this.controller, err);
+    this.#tellError(err);
+  }
+
+  /**
+   * The caller's onResponseError, whose own throw is said as a process warning and goes no further:
+   * thrown on into the agent's queue, its timers or undici, it skipped the request's end (the
+   * agent's close() never resolved; review r66) or became an uncaught exception. undici's
+   * errorRequest catches it too. Only the error's name is said (its message is the caller's).
+   */
+  #tellError(err: Error): void {
+    try {
+      this.#handler.onResponseError?.(this.controller, err);
+    } catch (thrown) {
+      process.emitWarning(
+        `a dispatch handler's onResponseError threw (${(thrown as Error)?.name ?? typeof thrown}) while told ${err.name}: ignored, the request had ended`,
+        { code: 'MULTILEG_HANDLER_THREW' },
+      );
+    }
   }
 }
 

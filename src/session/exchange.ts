@@ -1378,7 +1378,11 @@ class Lead implements HandshakeInput, LegInfo {
           // The server failed mutual authentication: nothing more goes on this connection, and the
           // requests queued behind the leader fail with the same error (never a 200 from it).
           session.apply({ type: 'closed', failure: result.proofFailed });
-        } else if (result.persistent && (result.unproved || this.mechanism.holdsCredentials)) {
+        } else if (
+          result.persistent &&
+          // (A Negotiate that fell back to NTLM with the agent's password holds no ticket: review r66.)
+          (result.unproved || (this.mechanism.holdsCredentials !== undefined && result.fallbackReason === undefined))
+        ) {
           // The server says it holds the connection as someone the session does not record (unproved,
           // or a 5xx: review r59): where that identity may change outside the agent (a ccache switched
           // to bob: S6), no check could ever retire it. It carries nothing more; the caller's answer

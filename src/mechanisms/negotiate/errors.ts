@@ -18,12 +18,26 @@ export class KerberosError extends MultilegError {
 
 /** No usable Kerberos credentials (no ccache / no TGT / principal not in the cache). */
 export class KerberosNoTicketError extends KerberosError {
-  /** `fallback`: whether credentials would make an NTLM fallback (not towards a proxy, nor with `ntlmFallback: false`). */
-  constructor(gssMessage: string, principal?: string, options?: { cause?: unknown; fallback?: boolean }) {
+  /**
+   * `fallback`: whether credentials would make an NTLM fallback (not towards a proxy, nor with
+   * `ntlmFallback: false`). `envKeytab`: the client keytab KRB5_CLIENT_KTNAME names, which MIT tried
+   * and got nothing from (that file is the fix). Still "no ticket" (R4: asked again after
+   * TICKET_RECHECK_MS, a fixed file or a kinit used at once; review r66).
+   */
+  constructor(
+    gssMessage: string,
+    principal?: string,
+    options?: { cause?: unknown; fallback?: boolean; envKeytab?: string },
+  ) {
+    const fix = options?.envKeytab
+      ? ` from the client keytab ${options.envKeytab}: check the path, or get a ticket otherwise (kinit)`
+      : principal
+        ? ` for ${principal}: run kinit ${principal}`
+        : ': run kinit or pass principal';
     super(
       'MULTILEG_KRB_NO_TICKET',
       // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
-      `Negotiate: no Kerberos ticket${principal ? ` for ${principal}: run kinit ${principal}` : ': run kinit or pass principal'}${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
+      `Negotiate: no Kerberos ticket${fix}${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
       gssMessage,
       options,
     );
@@ -282,9 +296,10 @@ export function mapGssError(
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
   const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
   // MIT tried the client keytab KRB5_CLIENT_KTNAME names, and got nothing from it: that file is the fix, not kinit.
-  const fromEnv = NO_TICKET.test(msg) ? envKeytab() : undefined;
-  if (fromEnv) return new KerberosKeytabError(msg, fromEnv, keytabOf);
-  if (NO_TICKET.test(msg)) return new KerberosNoTicketError(msg, ctx.principal, noTicket);
+  if (NO_TICKET.test(msg)) {
+    const fromEnv = envKeytab();
+    return new KerberosNoTicketError(msg, ctx.principal, fromEnv ? { ...noTicket, envKeytab: fromEnv } : noTicket);
+  }
   // MIT, when `principal` names a client that has no cache in the collection (SPNEGO), or, for raw
   // Kerberos, whose tickets are not in the cache named (negotiate.ccache, or a FILE default cache).
   if (
