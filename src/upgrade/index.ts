@@ -70,13 +70,9 @@ type LegOutcome =
   /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
   | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
 
-/** A running authentication: the mechanism's context and what it sent last. */
+/** A running authentication: the mechanism, its context and what it sent last. */
 interface Auth {
   readonly mechanism: Mechanism;
-  readonly scheme: string;
-  readonly multileg: boolean;
-  /** The mechanism's own word on passwords, for a context that says nothing of what it sent (R4). */
-  readonly usesPassword: boolean | undefined;
   readonly context: MechanismContext;
   header: string;
   legs: number;
@@ -256,7 +252,7 @@ export class UpgradeDispatcher {
             // Refused here lately (R4): the caller gets the server's 401, as a request does.
             if (!auth && proofHere()?.refused) return false;
             if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
-            const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.scheme.toLowerCase());
+            const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
             // so is an SPNEGO reject (a token, but no next leg), as for a request — unless it refused
             // credentials the mechanism has renewed since (a ticket under a rotated key): run again.
@@ -304,12 +300,12 @@ export class UpgradeDispatcher {
         if (asks === 'run-again') {
           // As a request's handshake: from its first leg again, with the renewed credentials, on
           // this connection and with the leave it has; the mechanism says so once (R4).
-          log.agent('%s upgrade: %s: refused credentials renewed since: running again', origin, auth.scheme);
+          log.agent('%s upgrade: %s: refused credentials renewed since: running again', origin, auth.mechanism.scheme);
           auth = await start(opened);
           continue;
         }
-        if (auth.legs >= limits.maxLegs) throw new LegLimitError(limits.maxLegs, `${auth.scheme} (upgrade)`);
-        const next = challenges.find((c) => c.schemeKey === auth!.scheme.toLowerCase());
+        if (auth.legs >= limits.maxLegs) throw new LegLimitError(limits.maxLegs, `${auth.mechanism.scheme} (upgrade)`);
+        const next = challenges.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
         auth.header = await step(auth, next);
         auth.legs += 1;
       }
@@ -334,9 +330,6 @@ export class UpgradeDispatcher {
         try {
           const a: Auth = {
             mechanism,
-            scheme: mechanism.scheme,
-            multileg: mechanism.multileg,
-            usesPassword: mechanism.usesPassword,
             context: mechanism.createContext(legInfo()),
             header: '',
             legs: 0,
@@ -362,7 +355,7 @@ export class UpgradeDispatcher {
         return await (clock ? clock.race(stepped) : stepped);
       } catch (err) {
         if (err instanceof MultilegError) throw err;
-        throw new InvalidTokenError(`${a.scheme} WWW-Authenticate challenge`);
+        throw new InvalidTokenError(`${a.mechanism.scheme} WWW-Authenticate challenge`);
       }
     }
   }
@@ -525,7 +518,7 @@ export class UpgradeDispatcher {
 
 /** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
 function carriesPassword(auth: Auth): boolean {
-  return !atOpening(auth, auth.context, auth.legs) && sentPassword(auth, auth.context);
+  return !atOpening(auth.mechanism, auth.context, auth.legs) && sentPassword(auth.mechanism, auth.context);
 }
 
 /**
@@ -534,16 +527,16 @@ function carriesPassword(auth: Auth): boolean {
  */
 function outcomeFor(auth: Auth, status: number): ProofOutcome {
   if (status === 401) {
-    if (atOpening(auth, auth.context, auth.legs)) return 'none';
+    if (atOpening(auth.mechanism, auth.context, auth.legs)) return 'none';
     // A refused Kerberos ticket is kept back 30 s each time; a refused password's wait doubles.
-    return sentPassword(auth, auth.context) ? 'refused' : 'refused-no-password';
+    return sentPassword(auth.mechanism, auth.context) ? 'refused' : 'refused-no-password';
   }
   return status >= 500 ? 'none' : 'success';
 }
 
 /** Verifies the server's final token (or Authentication-Info), if it sent one, on the answer to our last leg. */
 function finish(auth: Auth, headers: Headers, leg: LegInfo): Promise<void> {
-  const final = readChallenges(headers, false).find((c) => c.schemeKey === auth.scheme.toLowerCase());
-  log.agent('%s upgrade authenticated with %s in %d legs', leg.origin, auth.scheme, auth.legs);
+  const final = readChallenges(headers, false).find((c) => c.schemeKey === auth.mechanism.scheme.toLowerCase());
+  log.agent('%s upgrade authenticated with %s in %d legs', leg.origin, auth.mechanism.scheme, auth.legs);
   return auth.context.finish(final, leg, readAuthenticationInfo(headers));
 }
