@@ -280,11 +280,11 @@ export function privateForSharedCache(status: number, headers: Headers): Headers
     if (status !== 304 || headers.expires !== undefined) headers['cache-control'] = 'private';
     return headers;
   }
-  const joined = withoutQuoted(typeof value === 'string' ? value : value.join(', '));
+  const given = typeof value === 'string' ? value : value.join(', ');
+  const joined = withoutQuoted(given);
   const vary = headers.vary;
   const byIdentity = vary !== undefined && VARIES_BY_IDENTITY.test(typeof vary === 'string' ? vary : vary.join(', '));
-  if (!(byIdentity ? KEPT_OUT.test(joined) : SAID.test(joined)))
-    headers['cache-control'] = `${typeof value === 'string' ? value : value.join(', ')}, private`;
+  if (!(byIdentity ? KEPT_OUT.test(joined) : SAID.test(joined))) headers['cache-control'] = `${given}, private`;
   return headers;
 }
 
