@@ -8,7 +8,7 @@ import { type ResponseObserver, UserSink } from './handshake/user-sink.ts';
 import { type HeaderMap, iterableHeaders, normalizeRequestHeaders } from './headers.ts';
 import { log } from './log.ts';
 import { defaultMechanisms } from './mechanisms/defaults.ts';
-import { type NtlmIdentity, parseNtlmUser, sameNtlmAccount as sameAccount } from './mechanisms/ntlm/index.ts';
+import { parseNtlmUser, sameNtlmAccount as sameAccount } from './mechanisms/ntlm/index.ts';
 import { MechanismSet } from './mechanisms/registry.ts';
 import { type Credentials, type Holder, sameCredentials } from './mechanisms/types.ts';
 import {
@@ -189,10 +189,11 @@ export class MultilegAgent extends Dispatcher {
   readonly #options: ResolvedOptions;
   /** Replaced by {@link setCredentials}: pools and upgrades read it afresh for each handshake. */
   #mechanisms: MechanismSet;
-  /** Whose credentials the agent holds: another account's need a word on the cookie jar (setCredentials). */
+  /**
+   * The credentials the agent holds: the same again change nothing, another account's need a word
+   * on the cookie jar (setCredentials); the refusal memory keys its records by them.
+   */
   #credentials: Credentials | undefined;
-  /** Whose credentials the agent holds, as NTLM reads the name. */
-  #account: NtlmIdentity | undefined;
   /** What the mechanisms were made from, to make them again with new credentials. */
   readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
   readonly #transport: boolean;
@@ -339,7 +340,6 @@ export class MultilegAgent extends Dispatcher {
     this.#transport = selectCertificate !== undefined;
     this.#mechanisms = this.#mechanismSet(options.credentials);
     this.#credentials = options.credentials ? { ...options.credentials } : undefined;
-    this.#account = options.credentials ? parseNtlmUser(options.credentials) : undefined;
   }
 
   /**
@@ -387,9 +387,10 @@ export class MultilegAgent extends Dispatcher {
     checkCredentials(credentials);
     if (!this.#options.trust.listed) throw new TrustRequiredError('an agent with a password (credentials)');
     const account = parseNtlmUser(credentials);
+    const held = this.#credentials && parseNtlmUser(this.#credentials);
     const jar = options.cookies;
     if (jar != null) checkCookieStore(jar);
-    if (jar === undefined && this.#options.cookies && !sameAccount(this.#account, account)) {
+    if (jar === undefined && this.#options.cookies && !sameAccount(held, account)) {
       throw new ConfigError(
         "setCredentials: the agent's cookie jar holds what servers gave the previous identity (a login session cookie would run the new account's requests as it); say which jar the new account uses: setCredentials(credentials, { cookies: newJar }), { cookies: null } for none, or the same jar to keep it knowingly",
         'cookies',
@@ -409,8 +410,7 @@ export class MultilegAgent extends Dispatcher {
     }
     if (jar !== undefined) this.#options.cookies = jar ?? undefined;
     // A jar named (or kept) for these credentials starts with no ambient identity of its own.
-    if (jar !== undefined || !sameAccount(this.#account, account)) this.#jarHolder = undefined;
-    this.#account = account;
+    if (jar !== undefined || !sameAccount(held, account)) this.#jarHolder = undefined;
     this.#mechanisms = this.#mechanismSet(credentials);
     this.#credentials = { ...credentials };
     let retired = 0;
