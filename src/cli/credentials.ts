@@ -138,8 +138,9 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
     const { file, optional } = s.netrc;
     const flag = file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc';
     // ~/.netrc: never a relative .netrc (HOME=""), nor a crash where there is no home (a container's UID).
-    const home = file === undefined && !s.env.NETRC ? homeDir(s.env) : undefined;
-    if (file === undefined && !s.env.NETRC && home === undefined) {
+    const inHome = file === undefined && !s.env.NETRC;
+    const home = inHome ? homeDir(s.env) : undefined;
+    if (inHome && home === undefined) {
       if (optional) return undefined;
       throw new UsageError(
         `${flag}: no home directory to find .netrc in (HOME unset or not absolute, and no passwd entry): set HOME or NETRC, or pass --netrc-file FILE`,
