@@ -1301,6 +1301,46 @@ describe('multileg command line', () => {
     );
   });
 
+  it("a response undici cannot frame exits as curl 7.88 does on the same bytes: 8 for a head it cannot read (a header without a colon, a bad or second Content-Length, Content-Length with Transfer-Encoding), 56 for a broken chunked body, 1 for a status line that is not HTTP's", async () => {
+    const replies: Record<string, string> = {
+      'bad-length': 'HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nhello',
+      'no-colon': 'HTTP/1.1 200 OK\r\nX-Broken header\r\nContent-Length: 5\r\n\r\nhello',
+      'two-lengths': 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!',
+      'length-and-chunked':
+        'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+      'bad-chunk': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n',
+      'bad-status': 'HTTP/1.1 2x0 OK\r\nContent-Length: 5\r\n\r\nhello',
+      'http-0.9': 'hello there\r\n\r\n',
+    };
+    const broken = createTcpServer((s) => {
+      s.on('error', () => {});
+      s.once('data', (d) => s.end(replies[d.toString().split(' ')[1]?.slice(1) ?? ''] ?? ''));
+    });
+    try {
+      const at = `127.0.0.1:${await listen(broken)}`;
+      const exits: Record<string, [number | null, string]> = {};
+      for (const name of Object.keys(replies)) {
+        const r = await run(['-sS', '-o', '/dev/null', `http://${at}/${name}`]);
+        exits[name] = [r.code, r.stderr];
+      }
+      expect(Object.fromEntries(Object.entries(exits).map(([k, [code]]) => [k, code]))).toEqual({
+        'bad-length': 8,
+        'no-colon': 8,
+        'two-lengths': 8,
+        'length-and-chunked': 8,
+        'bad-chunk': 56,
+        'bad-status': 1,
+        'http-0.9': 1,
+      });
+      // One line naming the server and llhttp's reason, not undici's stack or its bare words.
+      expect(exits['no-colon']?.[1]).toBe(
+        `multileg: ${at} sent a response that is not valid HTTP/1.1 (Invalid header token): the server, or something between, is broken\n`,
+      );
+    } finally {
+      broken.close();
+    }
+  });
+
   it("C8: a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded (56 reset, C8), 56 for a CONNECT the proxy closes", async () => {
     const peers: Socket[] = [];
     // Reads the request, then closes (or resets) without a byte.

@@ -41,6 +41,8 @@ export const EXIT = {
   resolveProxy: 5,
   resolve: 6,
   connect: 7,
+  /** curl's CURLE_WEIRD_SERVER_REPLY: a response head that is not HTTP (a header without a colon, a bad Content-Length). */
+  weirdReply: 8,
   /** curl's CURLE_PARTIAL_FILE: the connection ended before the whole body came. */
   partial: 18,
   httpError: 22,
@@ -393,6 +395,7 @@ export function describeFailure(
     /^[\x15\x16]\x03/.test(String((e as { data?: unknown }).data))
   )
     return { exit: EXIT.failure, message: `${host} answered in TLS, not HTTP: is it an https:// port? (${e.message})` };
+  if (isFramingError(e)) return framingFailure(e, host, ctx.midBody !== undefined);
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
     return { exit: EXIT.resolve, message: `could not resolve host ${ctx.url.hostname}` };
   // -4 or -6 and an IP address of the other family (routes.ts): curl's 7, the reason its own.
@@ -441,6 +444,29 @@ export function describeFailure(
   if (e.name === 'TimeoutError' || (e.name === 'AbortError' && ctx.maxTime !== undefined))
     return { exit: EXIT.timeout, message: `operation timed out after ${ctx.maxTime} ms (--max-time)` };
   return { exit: EXIT.failure, message: `${e.message}${code ? ` (${code})` : ''}` };
+}
+
+/** llhttp's reasons for a status line it could not read (an HTTP/0.9 reply, a status of other than three digits). */
+const STATUS_LINE_REASON = /Expected HTTP\/|version|Expected dot|status|response line|start line/i;
+
+/**
+ * A response undici could not frame, as curl 7.88 exits on the same bytes (checked side by side):
+ * a status line that is not HTTP's, 1 ("Received HTTP/0.9", "Unsupported response code"); a broken
+ * chunked body or anything else once the body has begun, 56 ("Illegal or missing hexadecimal
+ * sequence in chunked-encoding"); a head it cannot read or a body longer than its Content-Length
+ * (a header without a colon, an invalid or second Content-Length, Content-Length with
+ * Transfer-Encoding), 8, "Weird server reply". undici drops llhttp's error code (its message keeps
+ * the reason), so the reason is read from the message.
+ */
+function framingFailure(e: Error, host: string, midBody: boolean): Failure {
+  const reason = /\((.*)\)$/.exec(e.message)?.[1] ?? e.message;
+  const exit =
+    /chunk/i.test(reason) || midBody ? EXIT.receive : STATUS_LINE_REASON.test(reason) ? EXIT.failure : EXIT.weirdReply;
+  const what =
+    (e as { code?: unknown }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH'
+      ? 'a body whose length is not what its Content-Length said (or two Content-Length headers, or one with Transfer-Encoding)'
+      : `a response that is not valid HTTP/1.1 (${reason})`;
+  return { exit, message: `${host} sent ${what}: the server, or something between, is broken` };
 }
 
 /**
