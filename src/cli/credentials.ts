@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ConfigError } from '../errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
+import { homeDir } from './dirs.ts';
 import { undoOnSignal } from './exit.ts';
 import { EXIT } from './explain.ts';
 import { type CliRequest, UsageError, type UserArg, unreadable } from './options.ts';
-import { homeDir } from './refusals.ts';
 
 export interface CredentialSources {
   readonly user: UserArg | undefined;

@@ -1,0 +1,37 @@
+/**
+ * Where the command finds the user's files: the home directory (`~/.netrc`) and the state
+ * directory (the refusal file, refusals.ts). Both are looked up when a run needs them, never at
+ * start: a container's arbitrary UID has neither, and only the runs that need one may fail for it.
+ */
+import { userInfo } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+
+/**
+ * The command's state directory: `$XDG_STATE_HOME/multileg`, else `~/.local/state/multileg` (XDG: a
+ * relative value is ignored). Throws when there is neither (HOME unset or relative and no passwd
+ * entry: an arbitrary UID in a container); the caller goes on without the file.
+ */
+export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_STATE_HOME;
+  if (xdg && isAbsolute(xdg)) return join(xdg, 'multileg');
+  const home = homeDir(env);
+  if (home === undefined)
+    throw new Error('XDG_STATE_HOME is not set and there is no home directory (HOME unset, no passwd entry)');
+  return join(home, '.local', 'state', 'multileg');
+}
+
+/**
+ * The home directory: `$HOME` when absolute, else the passwd entry's; undefined when there is none
+ * (a container's arbitrary UID). Never throws (Node's `homedir()` does there), and never a relative
+ * path (`HOME=""` would make one of the current directory).
+ */
+export function homeDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.HOME && isAbsolute(env.HOME)) return env.HOME;
+  try {
+    // Without HOME (env -i), libuv asks the passwd entry: ENOENT for a UID that has none.
+    const home = userInfo().homedir;
+    return home && isAbsolute(home) ? home : undefined;
+  } catch {
+    return undefined;
+  }
+}
