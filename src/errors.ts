@@ -330,6 +330,11 @@ export interface ConnectionClosedOptions {
   again?: boolean | number | undefined;
   /** The connection was new: this request its first (it answered nothing else, a handshake's challenges aside). */
   fresh?: boolean;
+  /**
+   * With `fresh`, on a connection that had answered nothing: bytes of a response head it read
+   * before the close (HTTP/1.1's socket count, after TLS), a head cut short rather than no answer.
+   */
+  headBytes?: number | undefined;
   /** An HTTP/2 GOAWAY came first, its last-stream-id counting this stream processed. */
   goaway?: boolean;
   /**
@@ -366,6 +371,8 @@ export class ConnectionClosedError extends MultilegError {
   readonly fresh: boolean;
   /** The server reset the connection (ECONNRESET; curl: "Connection reset by peer") rather than closing it. */
   readonly reset: boolean;
+  /** A new connection's close came partway through a response head, this many bytes of it (0: no answer at all). */
+  readonly headBytes: number;
   /**
    * `peer` closed under `method`; `options` says why it was not sent again. `via` (internal): which
    * server it is, `'proxy'` for {@link ProxyClosedError}.
@@ -389,12 +396,14 @@ export class ConnectionClosedError extends MultilegError {
         : options?.oneShot !== undefined
           ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
           : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
+    const headBytes = options?.fresh && options.headBytes ? options.headBytes : 0;
+    const how = reset ? 'ECONNRESET' : headBytes > 0 ? `after ${headBytes} bytes of a response head` : 'an empty reply';
     const fresh =
       via === 'proxy'
         ? // A proxy that drops a new connection under its first request would drop the next one too.
-          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
+          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
         : // A TLS port closes on a plain-HTTP request: the likelier fix than the server's logs.
-          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${reset ? 'ECONNRESET' : 'an empty reply'}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
+          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
       options?.fresh
@@ -410,5 +419,6 @@ export class ConnectionClosedError extends MultilegError {
     this.method = method;
     this.fresh = options?.fresh === true;
     this.reset = reset;
+    this.headBytes = headBytes;
   }
 }

@@ -1341,7 +1341,7 @@ describe('multileg command line', () => {
     }
   });
 
-  it("C8: a server that closes the connection without a response is curl's 52 (empty reply), one that resets it 56; through a proxy: 52 forwarded (56 reset, C8), 56 for a CONNECT the proxy closes", async () => {
+  it("C8: a server that closes the connection without a response is curl's 52 (empty reply), one that resets it or cuts its head short 56; through a proxy: 52 forwarded (56 reset, C8), 56 for a CONNECT the proxy closes", async () => {
     const peers: Socket[] = [];
     // Reads the request, then closes (or resets) without a byte.
     const closing = createTcpServer((s) => {
@@ -1364,6 +1364,18 @@ describe('multileg command line', () => {
         // C8: the library's ConnectionClosedError (fresh), no longer undici's UND_ERR_SOCKET / ECONNRESET.
         stderr: `multileg: empty reply from ${closed}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED); is it an https:// port?\n`,
       });
+      // A head cut short is no empty reply: curl's 56, as README says, with how much of it came.
+      const cutting = createTcpServer((s) => {
+        peers.push(s);
+        s.on('error', () => {});
+        s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Le'));
+      });
+      const cut = `127.0.0.1:${await listen(cutting)}`;
+      expect(await run([`http://${cut}/x`])).toMatchObject({
+        code: 56,
+        stderr: `multileg: ${cut} closed the connection after 27 bytes of a response head, before its end (MULTILEG_CONNECTION_CLOSED)\n`,
+      });
+      cutting.close();
       const byReset = await run([`http://${reset}/x`]);
       expect(byReset).toMatchObject({
         code: 56,

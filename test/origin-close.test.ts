@@ -363,6 +363,26 @@ describe('an origin that closes a NEW connection under its first request (C8)', 
     expect(connections).toBe(1);
   });
 
+  it('C8: a NEW connection closed partway through the response head of its first request: ConnectionClosedError (fresh) that says how many bytes of a head came (headBytes), not "an empty reply"; one closed without a byte says an empty reply (headBytes 0)', async () => {
+    const replies = ['HTTP/1.1 200 OK\r\nContent-Le', ''];
+    const errors: ConnectionClosedError[] = [];
+    for (const reply of replies) {
+      const server = createServer((s) => {
+        s.on('error', () => {});
+        s.once('data', () => s.end(reply));
+      });
+      const origin = (await loopbackOrigin(server, closers)).replace('https://localhost', 'http://127.0.0.1');
+      const agent = agentFor(origin, { credentials: undefined });
+      errors.push((await failure(send(agent, `${origin}/x`))) as ConnectionClosedError);
+    }
+    const [cut, empty] = errors;
+    expect(cut).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true, reset: false, headBytes: 27 });
+    expect(cut!.message).toContain('(after 27 bytes of a response head)');
+    expect(cut!.message).not.toContain('an empty reply');
+    expect(empty).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true, reset: false, headBytes: 0 });
+    expect(empty!.message).toContain('(an empty reply)');
+  });
+
   it.each(['GET', 'POST'])(
     'C8/R5: an HTTP/2 origin that ends a NEW connection without GOAWAY under its first stream, a %s: ConnectionClosedError (fresh), not sent again, one connection',
     async (method) => {

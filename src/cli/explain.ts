@@ -284,11 +284,14 @@ export function describeFailure(
         : ctx.clientCertificate
           ? `; ${REFUSED_CERTIFICATE_MAYBE}`
           : '';
+    // A head cut short is curl's 56 ("Recv failure"), as a reset is: something came, then the end.
     return {
-      exit: e.reset ? EXIT.receive : EXIT.emptyReply,
+      exit: e.reset || e.headBytes > 0 ? EXIT.receive : EXIT.emptyReply,
       message: e.reset
         ? `${peer.host} reset the connection (${e.code})`
-        : `empty reply from ${peer.host}: it closed the connection without answering (${e.code})${hint}`,
+        : e.headBytes > 0
+          ? `${peer.host} closed the connection after ${e.headBytes} bytes of a response head, before its end (${e.code})`
+          : `empty reply from ${peer.host}: it closed the connection without answering (${e.code})${hint}`,
       refused: false,
     };
   }
@@ -339,9 +342,9 @@ export function describeFailure(
                   e.code === 'MULTILEG_CLIENT_CERTIFICATE_REQUIRED'
                   ? EXIT.tls
                   : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
-                    // answer; reset, curl 7.88's 56 ("Recv failure: Connection reset by peer").
+                    // answer; reset or a head cut short, curl 7.88's 56 ("Recv failure").
                     e instanceof ConnectionClosedError
-                    ? e.reset
+                    ? e.reset || e.headBytes > 0
                       ? EXIT.receive
                       : EXIT.emptyReply
                     : EXIT.failure;

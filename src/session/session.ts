@@ -857,7 +857,12 @@ export class Session {
         : new ConnectionClosedError(job.origin, method, options);
     // (A request sent again for an idle close already says so, whatever connection failed it now.)
     if (answered === 0 && own === 0 && again === 0) {
-      return { kind: 'failed', error: closedError({ cause: r.error, fresh: true }) };
+      // Nothing answered on it before: what its socket read is this leg's response head, cut short.
+      const headBytes = (r.error as { socket?: { bytesRead?: unknown } }).socket?.bytesRead;
+      return {
+        kind: 'failed',
+        error: closedError({ cause: r.error, fresh: true, headBytes: typeof headBytes === 'number' ? headBytes : 0 }),
+      };
     }
     // Only a close on a reused connection is an idle close to send again after: one on a new
     // connection ends it (a server that always closes: one resend, one error). The pool may hand the
