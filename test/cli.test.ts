@@ -1635,6 +1635,55 @@ describe('multileg command line', () => {
     expect(tooMany.stderr).toContain('maximum (0) redirects followed (--max-redirs)');
   });
 
+  it("S1/S5: netrc credentials go to their own host only (curl CVE-2024-11053, CVE-2025-0167): --location-trusted and --trust do not carry localhost's entry to a host the file gives an entry of its own (a login without a password, an empty or another default); said, with the file; a host it says nothing of gets them, as curl's --location-trusted sends them, and so does one whose entry is the same", async () => {
+    const port = new URL(other.origin).port;
+    const target = `https://127.0.0.1:${port}`;
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(`${target}/auth/netrc-hop`)}`;
+    const alices = 'machine localhost login EXAMPLE\\alice password alicepw\n';
+    const hop = async (name: string, text: string, flags: readonly string[]) => {
+      const file = join(dir, `netrc-hop-${name}`);
+      writeFileSync(file, text);
+      other.exchanges.length = 0;
+      const r = await run(['--netrc-file', file, '--cacert', ca, ...flags, redirect]);
+      expect(r.code, name).toBe(0);
+      const sent = other.exchanges.filter((e) => e.requestHeaders.authorization !== undefined);
+      return { r, file, user: JSON.parse(r.stdout).user as string | null, sent: sent.length };
+    };
+    for (const [name, text] of [
+      // CVE-2024-11053: the hop's host has an entry without a password (curl sent localhost's).
+      ['login-only', `${alices}machine 127.0.0.1 login EXAMPLE\\bob\n`],
+      // CVE-2025-0167: an empty default entry.
+      ['empty-default', `${alices}default\n`],
+      // Another account for every other host.
+      ['other-default', `${alices}default login EXAMPLE\\bob password bobpw\n`],
+    ] as const) {
+      for (const flags of [['--location-trusted'], ['-L', '--trust', target]]) {
+        const { r, file, user, sent } = await hop(name, text, flags);
+        expect({ name, flags, user, sent }).toEqual({ name, flags, user: null, sent: 0 });
+        expect(r.stderr).toContain(
+          `${target} answered 401 and offered Negotiate, NTLM; no credentials were sent: ${file} gives 127.0.0.1 credentials of its own (its entry, or the default one), and netrc credentials go to their own host only, whatever --trust or --location-trusted say: request ${target} in a command of its own, or give -u`,
+        );
+        if (flags[0] === '--location-trusted')
+          expect(r.stderr).toContain(
+            `multileg: Warning: --location-trusted: no credentials go to ${target}: ${file} gives 127.0.0.1`,
+          );
+        else expect(r.stderr).not.toContain('Warning');
+      }
+    }
+    // The file says nothing of 127.0.0.1, or gives it the same login and password: sent.
+    for (const [name, text] of [
+      ['silent', alices],
+      ['same', `${alices}machine 127.0.0.1 login EXAMPLE\\alice password alicepw\n`],
+    ] as const) {
+      const { r, user } = await hop(name, text, ['--location-trusted']);
+      expect({ name, user }).toEqual({ name, user: 'EXAMPLE\\alice' });
+      expect(r.stderr).toBe('');
+    }
+    // Without them, -L sends nothing there (S5), whatever the file says.
+    const plainL = await hop('plain-l', `${alices}machine 127.0.0.1 login EXAMPLE\\alice password alicepw\n`, ['-L']);
+    expect(plainL.sent).toBe(0);
+  });
+
   it('several URLs: one after another through one agent, one handshake for three (session mode); -o pairs with the URLs in order, the rest to stdout; -i, -w and --json per transfer', async () => {
     const first = join(dir, 'multi-first.txt');
     server.exchanges.length = 0;

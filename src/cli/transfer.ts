@@ -25,6 +25,7 @@ import {
   type Failure,
   forCli,
   netrcFileOf,
+  netrcOtherHost,
 } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
@@ -262,6 +263,7 @@ async function whyStood(
       origin: url.origin,
       offered: challengeSchemes(headers, status),
       trusted: command.trusted.trusts(url.origin),
+      netrcNamesOther: command.trusted.namesOther(url.origin),
       hasPassword: credentials !== undefined,
       hasCertificate: req.agent.clientCertificate !== undefined,
       netrcFile: netrcFileOf(req),
@@ -585,7 +587,13 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             break;
           }
           redirects++;
+          const from = hop.url.origin;
           hop = redirected(req, hop, status, redirectTarget(location, hop.url), command.trusted);
+          // --location-trusted trusts the hop's origin, but netrc credentials stay with their host.
+          if (req.locationTrusted && hop.url.origin !== from && command.trusted.namesOther(hop.url.origin))
+            warn(
+              `--location-trusted: no credentials go to ${hop.url.origin}: ${netrcOtherHost(hop.url.origin, netrcFileOf(req))}`,
+            );
           lastHop = performance.now();
           head = undefined;
           continue;
