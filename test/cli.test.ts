@@ -96,6 +96,9 @@ describe('multileg command line', () => {
         // 10 bytes of the 100 announced, then the connection ends.
         res.writeHead(200, { 'content-length': '100' });
         res.write('0123456789', () => res.socket?.destroy());
+      } else if (req.url?.startsWith('/to-location?')) {
+        // A 302 to whatever the query says, as given.
+        res.writeHead(302, { location: decodeURIComponent(req.url.slice('/to-location?'.length)) }).end();
       } else if (req.url === '/to-tls') {
         res.writeHead(302, { location: `${server.origin}/public/` }).end();
       } else if (req.url === '/hang') {
@@ -1682,6 +1685,28 @@ describe('multileg command line', () => {
     // Without them, -L sends nothing there (S5), whatever the file says.
     const plainL = await hop('plain-l', `${alices}machine 127.0.0.1 login EXAMPLE\\alice password alicepw\n`, ['-L']);
     expect(plainL.sent).toBe(0);
+  });
+
+  it("-L: a Location that is not an http(s) URL (file:, ftp:, javascript:) is not followed, curl's 1; one that is no URL, curl's 3; each in one line naming where the redirect came from, never the Location (it said undici's \"Invalid URL\")", async () => {
+    for (const [location, code, said] of [
+      ['file:///etc/passwd', 1, 'leads to a file: URL; -L follows http:// and https:// only'],
+      ['ftp://alice:secret@127.0.0.1/x', 1, 'leads to a ftp: URL; -L follows http:// and https:// only'],
+      ['javascript:alert(1)', 1, 'leads to a javascript: URL; -L follows http:// and https:// only'],
+      ['http://[secret/x', 3, 'has a Location that is not a URL; not followed'],
+    ] as const) {
+      const r = await run([
+        '-L',
+        '-w',
+        '%{http_code} %{num_redirects}',
+        `${plainOrigin}/to-location?${encodeURIComponent(location)}`,
+      ]);
+      expect({ location, code: r.code, stderr: r.stderr, stdout: r.stdout }).toEqual({
+        location,
+        code,
+        stderr: `multileg: the redirect from ${plainOrigin} ${said}\n`,
+        stdout: '302 0',
+      });
+    }
   });
 
   it('several URLs: one after another through one agent, one handshake for three (session mode); -o pairs with the URLs in order, the rest to stdout; -i, -w and --json per transfer', async () => {

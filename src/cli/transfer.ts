@@ -586,9 +586,24 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
             break;
           }
+          // curl's 3 and 1 for a Location it cannot follow; never echoed (it may hold user:password@).
+          let next: URL;
+          try {
+            next = redirectTarget(location, hop.url);
+          } catch {
+            fail(EXIT.badUrl, `the redirect from ${hop.url.origin} has a Location that is not a URL; not followed`);
+            break;
+          }
+          if (next.protocol !== 'https:' && next.protocol !== 'http:') {
+            fail(
+              EXIT.unsupportedProtocol,
+              `the redirect from ${hop.url.origin} leads to a ${next.protocol} URL; -L follows http:// and https:// only`,
+            );
+            break;
+          }
           redirects++;
           const from = hop.url.origin;
-          hop = redirected(req, hop, status, redirectTarget(location, hop.url), command.trusted);
+          hop = redirected(req, hop, status, next, command.trusted);
           // --location-trusted trusts the hop's origin, but netrc credentials stay with their host.
           if (req.locationTrusted && hop.url.origin !== from && command.trusted.namesOther(hop.url.origin))
             warn(
