@@ -96,6 +96,9 @@ describe('multileg command line', () => {
         // 10 bytes of the 100 announced, then the connection ends.
         res.writeHead(200, { 'content-length': '100' });
         res.write('0123456789', () => res.socket?.destroy());
+      } else if (req.url?.startsWith('/to-location?')) {
+        // A 302 to whatever the query says, as given.
+        res.writeHead(302, { location: decodeURIComponent(req.url.slice('/to-location?'.length)) }).end();
       } else if (req.url === '/to-tls') {
         res.writeHead(302, { location: `${server.origin}/public/` }).end();
       } else if (req.url === '/hang') {
@@ -1685,6 +1688,77 @@ describe('multileg command line', () => {
     const tooMany = await run([...user, '-L', '--max-redirs', '0', redirect]);
     expect(tooMany.code).toBe(47);
     expect(tooMany.stderr).toContain('maximum (0) redirects followed (--max-redirs)');
+  });
+
+  it("S1/S5: netrc credentials go to their own host only (curl CVE-2024-11053, CVE-2025-0167): --location-trusted and --trust do not carry localhost's entry to a host the file gives an entry of its own (a login without a password, an empty or another default); said, with the file; a host it says nothing of gets them, as curl's --location-trusted sends them, and so does one whose entry is the same", async () => {
+    const port = new URL(other.origin).port;
+    const target = `https://127.0.0.1:${port}`;
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(`${target}/auth/netrc-hop`)}`;
+    const alices = 'machine localhost login EXAMPLE\\alice password alicepw\n';
+    const hop = async (name: string, text: string, flags: readonly string[]) => {
+      const file = join(dir, `netrc-hop-${name}`);
+      writeFileSync(file, text);
+      other.exchanges.length = 0;
+      const r = await run(['--netrc-file', file, '--cacert', ca, ...flags, redirect]);
+      expect(r.code, name).toBe(0);
+      const sent = other.exchanges.filter((e) => e.requestHeaders.authorization !== undefined);
+      return { r, file, user: JSON.parse(r.stdout).user as string | null, sent: sent.length };
+    };
+    for (const [name, text] of [
+      // CVE-2024-11053: the hop's host has an entry without a password (curl sent localhost's).
+      ['login-only', `${alices}machine 127.0.0.1 login EXAMPLE\\bob\n`],
+      // CVE-2025-0167: an empty default entry.
+      ['empty-default', `${alices}default\n`],
+      // Another account for every other host.
+      ['other-default', `${alices}default login EXAMPLE\\bob password bobpw\n`],
+    ] as const) {
+      for (const flags of [['--location-trusted'], ['-L', '--trust', target]]) {
+        const { r, file, user, sent } = await hop(name, text, flags);
+        expect({ name, flags, user, sent }).toEqual({ name, flags, user: null, sent: 0 });
+        expect(r.stderr).toContain(
+          `${target} answered 401 and offered Negotiate, NTLM; no credentials were sent: ${file} gives 127.0.0.1 credentials of its own (its entry, or the default one), and netrc credentials go to their own host only, whatever --trust or --location-trusted say: request ${target} in a command of its own, or give -u`,
+        );
+        if (flags[0] === '--location-trusted')
+          expect(r.stderr).toContain(
+            `multileg: Warning: --location-trusted: no credentials go to ${target}: ${file} gives 127.0.0.1`,
+          );
+        else expect(r.stderr).not.toContain('Warning');
+      }
+    }
+    // The file says nothing of 127.0.0.1, or gives it the same login and password: sent.
+    for (const [name, text] of [
+      ['silent', alices],
+      ['same', `${alices}machine 127.0.0.1 login EXAMPLE\\alice password alicepw\n`],
+    ] as const) {
+      const { r, user } = await hop(name, text, ['--location-trusted']);
+      expect({ name, user }).toEqual({ name, user: 'EXAMPLE\\alice' });
+      expect(r.stderr).toBe('');
+    }
+    // Without them, -L sends nothing there (S5), whatever the file says.
+    const plainL = await hop('plain-l', `${alices}machine 127.0.0.1 login EXAMPLE\\alice password alicepw\n`, ['-L']);
+    expect(plainL.sent).toBe(0);
+  });
+
+  it("-L: a Location that is not an http(s) URL (file:, ftp:, javascript:) is not followed, curl's 1; one that is no URL, curl's 3; each in one line naming where the redirect came from, never the Location (it said undici's \"Invalid URL\")", async () => {
+    for (const [location, code, said] of [
+      ['file:///etc/passwd', 1, 'leads to a file: URL; -L follows http:// and https:// only'],
+      ['ftp://alice:secret@127.0.0.1/x', 1, 'leads to a ftp: URL; -L follows http:// and https:// only'],
+      ['javascript:alert(1)', 1, 'leads to a javascript: URL; -L follows http:// and https:// only'],
+      ['http://[secret/x', 3, 'has a Location that is not a URL; not followed'],
+    ] as const) {
+      const r = await run([
+        '-L',
+        '-w',
+        '%{http_code} %{num_redirects}',
+        `${plainOrigin}/to-location?${encodeURIComponent(location)}`,
+      ]);
+      expect({ location, code: r.code, stderr: r.stderr, stdout: r.stdout }).toEqual({
+        location,
+        code,
+        stderr: `multileg: the redirect from ${plainOrigin} ${said}\n`,
+        stdout: '302 0',
+      });
+    }
   });
 
   it('several URLs: one after another through one agent, one handshake for three (session mode); -o pairs with the URLs in order, the rest to stdout; -i, -w and --json per transfer', async () => {

@@ -21,6 +21,24 @@ export interface CredentialSources {
   readonly env: NodeJS.ProcessEnv;
   readonly stdin: NodeJS.ReadStream;
   readonly stderr: NodeJS.WriteStream;
+  /** Told when the credentials come from a netrc entry: what that file says of other hosts. */
+  readonly fromNetrc?: ((found: NetrcFound) => void) | undefined;
+}
+
+/**
+ * Credentials a netrc file gave for the URL's host, and what the same file says of other hosts.
+ * curl's netrc is per host (CVE-2024-11053, CVE-2025-0167: a redirect's host whose own entry has no
+ * password, or an empty `default`, got the first host's password); the command has one set of
+ * credentials, so where the file gives a host other credentials, or none, these do not go there.
+ */
+export interface NetrcFound {
+  /** The file the credentials came from. */
+  readonly file: string;
+  /**
+   * Whether the file's entry for `host` (its `machine`, else `default`) differs from the one the
+   * credentials came from. False where no entry applies to it: the file says nothing of that host.
+   */
+  readonly namesOther: (host: string) => boolean;
 }
 
 /** A netrc entry (`machine host login user password secret`, or `default …`). */
@@ -59,16 +77,16 @@ export function parseNetrc(text: string): NetrcEntry[] {
   return entries;
 }
 
+/** The entry that applies to `host`: its `machine` entry, else the `default` one (curl's order). */
+function entryFor(entries: readonly NetrcEntry[], host: string): NetrcEntry | undefined {
+  return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
+}
+
 /**
- * The entry for `host`. A file that cannot be read is curl's 26 (curl 8.12.1 and later: --netrc
+ * The file's entries. A file that cannot be read is curl's 26 (curl 8.12.1 and later: --netrc
  * without a ~/.netrc included), unless `optional` (--netrc-optional) and it is not there.
  */
-function fromNetrc(
-  path: string,
-  flag: string,
-  host: string,
-  optional: boolean,
-): { login?: string; password?: string } | undefined {
+function readNetrc(path: string, flag: string, optional: boolean): NetrcEntry[] | undefined {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -77,8 +95,7 @@ function fromNetrc(
     const fix = flag === '--netrc-file' ? '' : ' (--netrc-optional goes on without it)';
     throw new UsageError(`${flag} ${path}: ${unreadable(err)}${fix}`, EXIT.read);
   }
-  const entries = parseNetrc(text);
-  return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
+  return parseNetrc(text);
 }
 
 async function readStdinLine(stdin: NodeJS.ReadStream): Promise<string> {
@@ -148,9 +165,22 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
       );
     }
     netrcFile = file ?? (s.env.NETRC || join(home!, '.netrc'));
-    const entry = fromNetrc(netrcFile, flag, s.host, optional);
+    const entries = readNetrc(netrcFile, flag, optional) ?? [];
+    const entry = entryFor(entries, s.host);
     if (!entry?.login) return undefined;
     user = { username: entry.login, password: entry.password };
+    // Another entry is another host's unless it writes the same login and password: a password
+    // typed at the prompt for this entry's login answers no other entry.
+    const same = (other: NetrcEntry) =>
+      other === entry ||
+      (other.password !== undefined && other.login === entry.login && other.password === entry.password);
+    s.fromNetrc?.({
+      file: netrcFile,
+      namesOther: (host) => {
+        const other = entryFor(entries, host);
+        return other !== undefined && !same(other);
+      },
+    });
   }
   if (!user) return undefined;
   // curl's `-u :` (with --negotiate): no user name, the ticket authenticates.
@@ -169,9 +199,16 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
   );
 }
 
-/** The credentials a parsed command line asks for, from this process's environment and terminal. */
-export function credentialsFor(req: CliRequest): Promise<Credentials | undefined> {
+/**
+ * The credentials a parsed command line asks for, from this process's environment and terminal;
+ * `fromNetrc` is told what the netrc file says of other hosts when they come from one.
+ */
+export function credentialsFor(
+  req: CliRequest,
+  fromNetrc?: (found: NetrcFound) => void,
+): Promise<Credentials | undefined> {
   return resolveCredentials({
+    fromNetrc,
     user: req.user,
     passwordStdin: req.passwordStdin,
     netrc: req.netrc,

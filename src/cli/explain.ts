@@ -550,6 +550,14 @@ export function explain407(ctx: {
 }
 
 /**
+ * Why the netrc credentials of the URL's host do not go to `origin` (CVE-2024-11053, CVE-2025-0167):
+ * the file gives its host others. For -L's warning, and the 401's explanation, which adds the fix.
+ */
+export function netrcOtherHost(origin: string, netrcFile: string | undefined): string {
+  return `${netrcFile ?? 'the netrc file'} gives ${new URL(origin).hostname} credentials of its own (its entry, or the default one), and netrc credentials go to their own host only`;
+}
+
+/**
  * The netrc file the command's password came from, for the fix that names it: -u (or the URL's
  * user) wins over a netrc file, which gave them only without one.
  */
@@ -630,6 +638,12 @@ export function explain401(ctx: {
   readonly origin: string;
   readonly offered: readonly string[];
   readonly trusted: boolean;
+  /**
+   * Not trusted because the netrc file the credentials came from gives this origin's host other
+   * credentials (its own entry, or the default one): `--trust` and `--location-trusted` do not
+   * carry the URL host's there. The netrc file is `netrcFile`.
+   */
+  readonly netrcNamesOther?: boolean | undefined;
   readonly hasPassword: boolean;
   /** A client certificate was given (--cert): a Transport 401 after it is its refusal. */
   readonly hasCertificate?: boolean | undefined;
@@ -671,6 +685,8 @@ export function explain401(ctx: {
     return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${refusalFix(h, ctx.offered, ctx.netrcFile)}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;
+  if (!ctx.trusted && ctx.netrcNamesOther)
+    return `${head}; no credentials were sent: ${netrcOtherHost(ctx.origin, ctx.netrcFile)}, whatever --trust or --location-trusted say: request ${ctx.origin} in a command of its own, or give -u`;
   if (!ctx.trusted)
     return `${head}; no credentials were sent: ${ctx.origin} is not the URL's origin (a redirect led here); add --trust ${ctx.origin} or use --location-trusted`;
   const known = ctx.offered.filter((s) => /^(negotiate|ntlm|digest|basic|transport)$/i.test(s));

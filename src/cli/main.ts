@@ -80,9 +80,13 @@ async function main(argv: string[]): Promise<number> {
       `-H 'Host: …' names another host than the URL: the credentials of ${req.hostReplaces} are not sent there; drop the header, or use --resolve or --connect-to to reach another address under the URL's name`,
     );
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
+  /** Credentials from a netrc file: whether it gives another host others (they never go there). */
+  let netrcNamesOther: ((host: string) => boolean) | undefined;
   let agentOptions = req.agent;
   try {
-    credentials = await credentialsFor(req);
+    credentials = await credentialsFor(req, (found) => {
+      netrcNamesOther = found.namesOther;
+    });
     agentOptions = await withProxyPassword(req);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
@@ -137,7 +141,7 @@ async function main(argv: string[]): Promise<number> {
       MultilegAgent,
       cookies ? { ...agentOptions, cookies } : agentOptions,
       credentials,
-      new CliTrust(req.url.origin, req.trust),
+      new CliTrust(req.url.origin, req.trust, netrcNamesOther),
       refusalFile,
     );
   } catch (err) {
@@ -205,7 +209,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     for (const [urlnum, each] of req.transfers.entries()) {
       const { url } = each;
-      command.trusted = new CliTrust(url.origin, req.trust);
+      command.trusted = new CliTrust(url.origin, req.trust, netrcNamesOther);
       // Its own URL and -o, and its own method and body (-T pairs with the URLs in order).
       const transferReq = { ...req, ...each };
       let connects = 0;

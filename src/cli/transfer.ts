@@ -25,6 +25,7 @@ import {
   type Failure,
   forCli,
   netrcFileOf,
+  netrcOtherHost,
 } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
@@ -262,6 +263,7 @@ async function whyStood(
       origin: url.origin,
       offered: challengeSchemes(headers, status),
       trusted: command.trusted.trusts(url.origin),
+      netrcNamesOther: command.trusted.namesOther(url.origin),
       hasPassword: credentials !== undefined,
       hasCertificate: req.agent.clientCertificate !== undefined,
       netrcFile: netrcFileOf(req),
@@ -584,8 +586,29 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             fail(EXIT.redirects, `maximum (${req.maxRedirs}) redirects followed (--max-redirs)`);
             break;
           }
+          // curl's 3 and 1 for a Location it cannot follow; never echoed (it may hold user:password@).
+          let next: URL;
+          try {
+            next = redirectTarget(location, hop.url);
+          } catch {
+            fail(EXIT.badUrl, `the redirect from ${hop.url.origin} has a Location that is not a URL; not followed`);
+            break;
+          }
+          if (next.protocol !== 'https:' && next.protocol !== 'http:') {
+            fail(
+              EXIT.unsupportedProtocol,
+              `the redirect from ${hop.url.origin} leads to a ${next.protocol} URL; -L follows http:// and https:// only`,
+            );
+            break;
+          }
           redirects++;
-          hop = redirected(req, hop, status, redirectTarget(location, hop.url), command.trusted);
+          const from = hop.url.origin;
+          hop = redirected(req, hop, status, next, command.trusted);
+          // --location-trusted trusts the hop's origin, but netrc credentials stay with their host.
+          if (req.locationTrusted && hop.url.origin !== from && command.trusted.namesOther(hop.url.origin))
+            warn(
+              `--location-trusted: no credentials go to ${hop.url.origin}: ${netrcOtherHost(hop.url.origin, netrcFileOf(req))}`,
+            );
           lastHop = performance.now();
           head = undefined;
           continue;

@@ -1,8 +1,9 @@
 /**
  * Where the command line sends credentials (issue 8, curl's rule): the URL's origin, the `--trust`
  * origins and host patterns (`https://*.corp.example.com[:port]`, matched by the library's own
- * TrustPolicy), and, with `--location-trusted`, each origin a redirect leads to. Given to the agent
- * as its `trustedOrigins` predicate, so each of them counts as trusted explicitly.
+ * TrustPolicy), and, with `--location-trusted`, each origin a redirect leads to — but never a host
+ * to which the netrc file the credentials came from gives others. Given to the agent as its
+ * `trustedOrigins` predicate, so each of them counts as trusted explicitly.
  */
 import { ConfigError } from '../errors.ts';
 import { TrustPolicy } from '../trust/policy.ts';
@@ -24,10 +25,21 @@ export function parseTrust(text: string): string {
 export class CliTrust {
   readonly #origins = new Set<string>();
   readonly #listed: TrustPolicy;
+  readonly #host: string;
+  readonly #namesOther: ((host: string) => boolean) | undefined;
+  /** What {@link namesOther} said of each origin asked about (the predicate runs per request). */
+  readonly #verdicts = new Map<string, boolean>();
 
-  constructor(urlOrigin: string, trust: readonly string[]) {
+  /**
+   * `namesOther`: where the credentials came from a netrc file, whether it gives a host other
+   * credentials than the URL host's (credentials.ts): none go there, whatever --trust and
+   * --location-trusted say (curl's netrc is per host: CVE-2024-11053, CVE-2025-0167).
+   */
+  constructor(urlOrigin: string, trust: readonly string[], namesOther?: (host: string) => boolean) {
     this.#origins.add(urlOrigin);
     this.#listed = new TrustPolicy(trust);
+    this.#host = new URL(urlOrigin).hostname;
+    this.#namesOther = namesOther;
   }
 
   /** --location-trusted: an origin a redirect led to. */
@@ -36,6 +48,21 @@ export class CliTrust {
   }
 
   trusts(origin: string): boolean {
-    return this.#origins.has(origin) || this.#listed.explicit(origin);
+    return (this.#origins.has(origin) || this.#listed.explicit(origin)) && !this.namesOther(origin);
+  }
+
+  /**
+   * The netrc file the credentials came from gives `origin`'s host credentials of its own (another
+   * entry, an entry without a password, an empty `default`): the command's are not sent there.
+   */
+  namesOther(origin: string): boolean {
+    if (!this.#namesOther) return false;
+    let verdict = this.#verdicts.get(origin);
+    if (verdict === undefined) {
+      const host = new URL(origin).hostname;
+      verdict = host !== this.#host && this.#namesOther(host);
+      this.#verdicts.set(origin, verdict);
+    }
+    return verdict;
   }
 }
