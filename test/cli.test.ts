@@ -101,6 +101,11 @@ describe('multileg command line', () => {
         res.writeHead(302, { location: decodeURIComponent(req.url.slice('/to-location?'.length)) }).end();
       } else if (req.url === '/to-tls') {
         res.writeHead(302, { location: `${server.origin}/public/` }).end();
+      } else if (req.url === '/basic') {
+        // Basic over plain http: says which scheme reached it, if any.
+        const auth = req.headers.authorization;
+        if (auth) res.writeHead(200, { 'content-type': 'text/plain' }).end(`got ${auth.split(' ')[0]}`);
+        else res.writeHead(401, { 'www-authenticate': 'Basic realm="plain"' }).end();
       } else if (req.url === '/hang') {
         // never answers: --max-time
       } else res.writeHead(404).end();
@@ -1928,6 +1933,19 @@ describe('multileg command line', () => {
     const doctor = await run(['doctor', '--cacert', ca, `${server.origin}/`, `${other.origin}/`]);
     expect(doctor.code).toBe(2);
     expect(doctor.stderr).toContain('multileg doctor: checks one URL (got 2): run it once per URL');
+  });
+
+  it('S4/S5: --location-trusted from https to http sends the credentials unencrypted, as curl does, and says so at the hop; -L alone sends none there and does not warn', async () => {
+    const redirect = `${server.origin}/public/redirect?to=${encodeURIComponent(`${plainOrigin}/basic`)}`;
+    const user = ['-u', 'alice:alicepw', '--cacert', ca];
+    const trusted = await run([...user, '--location-trusted', redirect]);
+    expect([trusted.code, trusted.stdout]).toEqual([0, 'got Basic']);
+    expect(trusted.stderr).toContain(
+      `multileg: Warning: --location-trusted: the redirect leads from https to ${plainOrigin}: the credentials go there unencrypted, as curl sends them; drop --location-trusted, or use --trust with the https:// origins meant`,
+    );
+    const followed = await run([...user, '-L', redirect]);
+    expect(followed.stdout).toBe('');
+    expect(followed.stderr).not.toContain('unencrypted');
   });
 
   it("S5: -L to another origin drops the caller's Authorization, Cookie and Proxy-Authorization headers; --location-trusted keeps them", async () => {

@@ -609,6 +609,16 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             warn(
               `--location-trusted: no credentials go to ${hop.url.origin}: ${netrcOtherHost(hop.url.origin, netrcFileOf(req))}`,
             );
+          else if (
+            req.locationTrusted &&
+            from.startsWith('https:') &&
+            hop.url.protocol === 'http:' &&
+            (env.credentials !== undefined || hop.headers.authorization !== undefined)
+          )
+            // curl sends them too; said, since what TLS kept from the network is now on it.
+            warn(
+              `--location-trusted: the redirect leads from https to ${hop.url.origin}: the credentials go there unencrypted, as curl sends them; drop --location-trusted, or use --trust with the https:// origins meant`,
+            );
           lastHop = performance.now();
           head = undefined;
           continue;
