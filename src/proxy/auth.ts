@@ -254,6 +254,8 @@ export class ProxyAuth {
   readonly #unusable = new Map<string, { readonly scheme: string; readonly error: MultilegError }>();
   #restarted = false;
   #holder: AdmittedHolder | undefined;
+  /** The proxy refused a connection-bound handshake here past its opening (see {@link refusedBound}). */
+  #refusedBound = false;
   readonly #onHandshake: ProxyHandshakeListener | undefined;
 
   /** `onHandshake` is told of each handshake that ends (success or failure), once. */
@@ -261,6 +263,16 @@ export class ProxyAuth {
     this.#proxy = proxy;
     this.#maxLegs = maxLegs;
     this.#onHandshake = onHandshake;
+  }
+
+  /**
+   * The proxy refused a connection-bound handshake (NTLM, NTLM inside Negotiate) on this connection
+   * after its opening: a proxy may keep the failed context on the connection (Apache mod_auth_gssapi,
+   * `GssapiConnectionBound`) and refuse every later handshake there, so the connection must not
+   * carry another (H1/C8).
+   */
+  get refusedBound(): boolean {
+    return this.#refusedBound;
   }
 
   get state(): 'idle' | 'handshaking' | 'done' {
@@ -654,6 +666,10 @@ export class ProxyAuth {
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
         const opening = atOpening(state.mechanism, state.context, state.legs);
         const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
+        // H1/C8: a refused connection-bound context may stay on the connection, failed (Apache
+        // mod_auth_gssapi as a proxy refuses every later handshake there): the connection retires.
+        this.#refusedBound =
+          !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
         // A refused opening refused no password: said as an origin's is (review r38).
         this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err), error: err });
         throw err;

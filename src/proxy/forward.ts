@@ -426,6 +426,9 @@ export class ForwardProxy {
           }
         } catch (err) {
           if (err instanceof ProxyAuthenticationError && err.refused) outcome = this.#auth.refusal;
+          // H1/C8: the refused connection-bound context may stay on this connection at the proxy:
+          // it retires (the caller gets this error), and the next handshake opens another.
+          if (this.#auth.refusedBound) this.#onUnusable(err as Error);
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
           // without a Kerberos ticket), which shows only once tried: the 407 held from the leg is
           // the caller's, with why, sent once as curl sends it (the scheme stays excluded on this
