@@ -279,6 +279,33 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(err!.message).not.toContain('nope');
   });
 
+  it("M5/H5: a scheme that answers the proxy because Negotiate cannot run there (no ticket) says why, in its report and in the proxy's refusal", async () => {
+    const a = agent({
+      negotiate: { ccache: `FILE:${lab.dir}/no-such-ccache` },
+      proxy: {
+        uri: lab.squid!.origin,
+        credentials: { username: 'alice', password: 'wrong-u17' },
+        schemes: ['Negotiate', 'Basic'],
+      },
+    });
+    const heard: HandshakeReport[] = [];
+    a.onHandshake((r) => heard.push(r));
+    const err = await cause(fetch(`${lab.apache!.origin}/public/?u17-skipped`, { dispatcher: a }));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    // Before: "the proxy rejected the Basic credentials; check …", and the report said nothing of
+    // Kerberos (an origin's report names it): why Basic at a Negotiate proxy was left to guess.
+    expect(err!.message).toMatch(/rejected the Basic credentials \(Negotiate was not used: MULTILEG_KRB_NO_TICKET: /);
+    expect(err!.message).not.toContain('wrong-u17');
+    expect(heard.map((h) => [h.scheme, h.outcome, h.failure])).toEqual([['Basic', 'failed', 'refused']]);
+    expect(heard[0]!.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET: /);
+    a.setProxyCredentials(ALICE_BASIC);
+    const res = await fetch(`${lab.apache!.origin}/public/?u17-skipped`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(heard.at(-1)).toMatchObject({ scheme: 'Basic', outcome: 'per-request', identity: 'alice' });
+    expect(heard.at(-1)!.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET: /);
+  });
+
   it('H1/C8/H5: NTLM refused by the Apache forwarding proxy retires that proxy connection: once the proxy has the password, every request after it authenticates', async () => {
     const users = readFileSync(lab.ntlmUserFile, 'utf8');
     try {

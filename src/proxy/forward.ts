@@ -404,7 +404,13 @@ export class ForwardProxy {
                 if (credentials.own) this.#auth.refusedOwn(credentials.own);
                 throw proof.refused
                   ? refusedLately(this.route.proxy, offered)
-                  : rejected(this.route.proxy, this.#auth.scheme, offered);
+                  : rejected(
+                      this.route.proxy,
+                      this.#auth.scheme,
+                      offered,
+                      true,
+                      this.#auth.kerberosSkipped(this.#auth.scheme),
+                    );
               }
             }
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {

@@ -83,7 +83,8 @@ export interface HandshakeReport {
   readonly identity?: string;
   /**
    * Why Kerberos was skipped and NTLM used instead (inside Negotiate, or as the next offered scheme; M5),
-   * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`.
+   * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`. A proxy's report (`proxy:
+   * true`) says it too for whichever scheme the proxy offered answered instead (NTLM, Digest, Basic).
    */
   readonly fallbackReason?: string;
   /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@host`: the URL's host). */
