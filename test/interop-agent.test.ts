@@ -5,7 +5,7 @@
  * and loses NTLM state between HTTP/2 streams without saying so.
  */
 import diagnostics from 'node:diagnostics_channel';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { fetch, request } from 'undici';
@@ -268,6 +268,49 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     expect(new Set(h1.map((w) => w.port)).size).toBe(1); // every leg and later request on one connection
     expect(a.stats().handshakes).toBe(1);
   });
+
+  it.each([
+    ['NTLM', '/ntlm/', { schemes: ['NTLM'], negotiate: false }],
+    ['NTLM inside Negotiate', '/spnego2/', {}],
+  ] as const)(
+    'H1/C8: %s refused at Apache %s retires its HTTP/1.1 connection: once the server has the password, the next request authenticates',
+    async (_, path, o) => {
+      const restore = lab.applyEnv({
+        KRB5CCNAME: `FILE:${join(lab.dir, 'no-such-ccache')}`,
+        NTLM_USER_FILE: undefined,
+      });
+      const users = readFileSync(lab.ntlmUserFile, 'utf8');
+      try {
+        // The vault ran ahead of the domain controller: the server still has dave's old password.
+        writeFileSync(lab.ntlmUserFile, `${users}EXAMPLE:dave:dave-old\n`);
+        const dave = { username: 'EXAMPLE\\dave', password: 'dave-new' };
+        const a = agent({ credentials: dave, ...o });
+        const get = async () => {
+          const r = await request(`${lab.apache!.origin}${path}`, { dispatcher: a });
+          await r.body.text();
+          return [r.statusCode, r.headers['x-remote-user']];
+        };
+        expect((await get())[0]).toBe(401);
+        // The server has it now; the caller says so (R4 would otherwise hold it back 30 s).
+        writeFileSync(lab.ntlmUserFile, `${users}EXAMPLE:dave:dave-new\n`);
+        a.setCredentials(dave, { forgetRefusals: true });
+        // Before: the next handshake went on the connection the refused one left, where mod_auth_gssapi
+        // (GssapiConnectionBound) keeps the failed context and answered its NEGOTIATE with a bare 401
+        // (reported as a refused opening, "get a ticket") for as long as that connection lived.
+        expect(await get()).toEqual([200, 'EXAMPLE\\dave']);
+        expect(await get()).toEqual([200, 'EXAMPLE\\dave']);
+        expect(a.handshakes().map((h) => [h.outcome, h.failure, h.protocol])).toEqual([
+          ['failed', 'refused', 'http/1.1'],
+          ['session', undefined, 'http/1.1'],
+        ]);
+        const [refused, proved] = a.handshakes().map((h) => h.sessionId);
+        expect(proved).not.toBe(refused);
+      } finally {
+        writeFileSync(lab.ntlmUserFile, users);
+        restore();
+      }
+    },
+  );
 
   it("M1: a wrong NTLM password at Apache ends with Apache's own 401, not a hang", async () => {
     const a = agent({

@@ -67,6 +67,15 @@ describe('the packed package in a fresh app', () => {
     }
   });
 
+  it('ships every docs/*.md that its README and docs name (docs/GATEWAYS.md was left out)', () => {
+    const shipped = walk(join(pkgDir, 'docs')).map((f) => `docs/${f.slice(join(pkgDir, 'docs').length + 1)}`);
+    const named = new Set<string>();
+    for (const f of ['README.md', ...shipped])
+      for (const m of readFileSync(join(pkgDir, f), 'utf8').matchAll(/\bdocs\/[A-Z]+\.md\b/g)) named.add(m[0]);
+    expect(named.size).toBeGreaterThan(5);
+    for (const doc of named) expect(shipped, doc).toContain(doc);
+  });
+
   it('imports as ESM, loads through require, type-checks, and runs `npx multileg --version`', async () => {
     const script = (code: string, file: string) => {
       writeFileSync(join(app, file), code);

@@ -6,7 +6,7 @@
  */
 
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fetch, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -277,6 +277,66 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(err).toBeInstanceOf(ProxyAuthenticationError);
     expect(err!.message).toMatch(/rejected the NTLM credentials/);
     expect(err!.message).not.toContain('nope');
+  });
+
+  it("M5/H5: a scheme that answers the proxy because Negotiate cannot run there (no ticket) says why, in its report and in the proxy's refusal", async () => {
+    const a = agent({
+      negotiate: { ccache: `FILE:${lab.dir}/no-such-ccache` },
+      proxy: {
+        uri: lab.squid!.origin,
+        credentials: { username: 'alice', password: 'wrong-u17' },
+        schemes: ['Negotiate', 'Basic'],
+      },
+    });
+    const heard: HandshakeReport[] = [];
+    a.onHandshake((r) => heard.push(r));
+    const err = await cause(fetch(`${lab.apache!.origin}/public/?u17-skipped`, { dispatcher: a }));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    // Before: "the proxy rejected the Basic credentials; check …", and the report said nothing of
+    // Kerberos (an origin's report names it): why Basic at a Negotiate proxy was left to guess.
+    expect(err!.message).toMatch(/rejected the Basic credentials \(Negotiate was not used: MULTILEG_KRB_NO_TICKET: /);
+    expect(err!.message).not.toContain('wrong-u17');
+    expect(heard.map((h) => [h.scheme, h.outcome, h.failure])).toEqual([['Basic', 'failed', 'refused']]);
+    expect(heard[0]!.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET: /);
+    a.setProxyCredentials(ALICE_BASIC);
+    const res = await fetch(`${lab.apache!.origin}/public/?u17-skipped`, { dispatcher: a });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+    expect(heard.at(-1)).toMatchObject({ scheme: 'Basic', outcome: 'per-request', identity: 'alice' });
+    expect(heard.at(-1)!.fallbackReason).toMatch(/^MULTILEG_KRB_NO_TICKET: /);
+  });
+
+  it('H1/C8/H5: NTLM refused by the Apache forwarding proxy retires that proxy connection: once the proxy has the password, every request after it authenticates', async () => {
+    const users = readFileSync(lab.ntlmUserFile, 'utf8');
+    try {
+      // The vault ran ahead of the domain controller: the proxy still has dave's old password.
+      writeFileSync(lab.ntlmUserFile, `${users}EXAMPLE:dave:dave-old\n`);
+      const dave = { username: 'EXAMPLE\\dave', password: 'dave-new' };
+      const a = agent({ proxy: { uri: lab.apache!.proxyOrigin!, credentials: dave, schemes: ['NTLM'] } });
+      const heard: HandshakeReport[] = [];
+      a.onHandshake((r) => heard.push(r));
+      const get = () =>
+        request(`${lab.apache!.cleartextOrigin}/public/?u17`, { dispatcher: a }).then(async (r) => {
+          await r.body.text();
+          return r.statusCode;
+        });
+      const err = await get().catch((e: Error) => e);
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      writeFileSync(lab.ntlmUserFile, `${users}EXAMPLE:dave:dave-new\n`);
+      a.setProxyCredentials(dave, { forgetRefusals: true });
+      // Before: the second request authenticated on a new connection, the third went to the one the
+      // refusal left, where Apache keeps the failed context: its NEGOTIATE got a bare 407
+      // (ProxyAuthenticationError, reported as a refused opening).
+      expect(await get()).toBe(200);
+      expect(await get()).toBe(200);
+      expect(await get()).toBe(200);
+      expect(heard.map((h) => [h.scheme, h.outcome, h.failure])).toEqual([
+        ['NTLM', 'failed', 'refused'],
+        ['NTLM', 'session', undefined],
+      ]);
+    } finally {
+      writeFileSync(lab.ntlmUserFile, users);
+    }
   });
 
   it("H5/S2: handshakes with Squid are reported as an origin's (onHandshake, proxy: true, stats.proxyHandshakes): Basic on a CONNECT (per-request, one leg, alice), Negotiate on a forwarding proxy connection (session, SPN HTTP@proxyhost), a wrong Basic password (failed, refused); no secret", async () => {

@@ -160,6 +160,12 @@ export type HandshakeResult =
        */
       readonly noPassword?: true;
       /**
+       * With `refused`: the refused context authenticates the connection, not the request (NTLM,
+       * NTLM inside Negotiate: C5, H1). A server may keep it, failed, on the connection (Apache
+       * mod_auth_gssapi), so no later handshake there can succeed.
+       */
+      readonly connectionBound?: true;
+      /**
        * A leg carrying credentials derived from the password (not an NTLM NEGOTIATE, not a Kerberos
        * ticket alone: `sentPassword`) was written and never answered: the handshake timed out or its
        * connection closed under it. The server may have counted it as a try of the password (R4).
@@ -422,7 +428,7 @@ class Handshake {
     done: Promise<void>,
     why: Pick<
       Extract<HandshakeResult, { kind: 'failed' }>,
-      'refused' | 'opening' | 'noPassword' | 'proofFailed' | 'error' | 'unproved'
+      'refused' | 'opening' | 'noPassword' | 'connectionBound' | 'proofFailed' | 'error' | 'unproved'
     >,
   ): HandshakeResult {
     // Whatever ended it, a final answer that said Persistent-Auth: true left the server holding the
@@ -799,6 +805,9 @@ class Handshake {
               refused: true,
               ...(opening ? { opening } : {}),
               ...(noPassword ? { noPassword } : {}),
+              ...(this.#mechanism.level === 'connection' || this.#context.connectionBound
+                ? { connectionBound: true as const }
+                : {}),
             }),
           );
           return;

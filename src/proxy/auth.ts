@@ -8,7 +8,7 @@ import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { log } from '../log.ts';
-import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import { fallbackReasonOf, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
 import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { type Ticket, UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
@@ -65,7 +65,10 @@ export interface ProxyHandshake {
   readonly failure?: 'refused' | 'opening' | 'proof' | 'error';
   /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@proxyhost`). */
   readonly spn?: string;
-  /** Why Kerberos was skipped and NTLM used instead (M5). */
+  /**
+   * Why Kerberos was skipped (M5): for NTLM inside Negotiate, and for another scheme the proxy
+   * offered that answered because Negotiate could not run here (`CODE: cause`, as an origin's).
+   */
   readonly fallbackReason?: string;
   /** A failed handshake's error, where one ended it: `CODE: message` ({@link failureReason}; no secret, S2). */
   readonly failureReason?: string;
@@ -120,15 +123,18 @@ export function rejected(
   scheme: string | undefined,
   offered: readonly string[],
   refused = true,
+  kerberosSkipped?: string,
 ): ProxyAuthenticationError {
   // What went: a ticket with Negotiate (a proxy's Negotiate has no NTLM fallback unless asked), else the password.
   const ticket = `the Kerberos ticket for HTTP@${proxy.hostname}`;
   const password = `${proxy.credentialsFrom} (user, domain, password)`;
   const check =
     scheme === undefined ? `${password} or ${ticket}` : scheme.toLowerCase() === 'negotiate' ? ticket : password;
+  // The scheme answered only because Negotiate could not run: why, or the caller asks why not Kerberos.
+  const skipped = kerberosSkipped ? ` (Negotiate was not used: ${kerberosSkipped})` : '';
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy rejected the ${scheme ? `${scheme} ` : ''}credentials; check ${check}`,
+    `the proxy rejected the ${scheme ? `${scheme} ` : ''}credentials${skipped}; check ${check}`,
     offered,
     refused,
   );
@@ -254,6 +260,8 @@ export class ProxyAuth {
   readonly #unusable = new Map<string, { readonly scheme: string; readonly error: MultilegError }>();
   #restarted = false;
   #holder: AdmittedHolder | undefined;
+  /** The proxy refused a connection-bound handshake here past its opening (see {@link refusedBound}). */
+  #refusedBound = false;
   readonly #onHandshake: ProxyHandshakeListener | undefined;
 
   /** `onHandshake` is told of each handshake that ends (success or failure), once. */
@@ -261,6 +269,16 @@ export class ProxyAuth {
     this.#proxy = proxy;
     this.#maxLegs = maxLegs;
     this.#onHandshake = onHandshake;
+  }
+
+  /**
+   * The proxy refused a connection-bound handshake (NTLM, NTLM inside Negotiate) on this connection
+   * after its opening: a proxy may keep the failed context on the connection (Apache mod_auth_gssapi,
+   * `GssapiConnectionBound`) and refuse every later handshake there, so the connection must not
+   * carry another (H1/C8).
+   */
+  get refusedBound(): boolean {
+    return this.#refusedBound;
   }
 
   get state(): 'idle' | 'handshaking' | 'done' {
@@ -295,6 +313,18 @@ export class ProxyAuth {
     for (const c of offered)
       if (skipped.has(c.schemeKey)) until = Math.min(until, this.#proxy.unusable.until(c.schemeKey) ?? Date.now());
     return until;
+  }
+
+  /**
+   * Why Negotiate could not run here (`CODE: cause`), when it is skipped and `scheme` answers
+   * instead (M5: said as an origin's report says it); undefined for Negotiate itself.
+   */
+  kerberosSkipped(scheme: string | undefined): string | undefined {
+    if (scheme === undefined || scheme.toLowerCase() === 'negotiate') return undefined;
+    const why = this.#why().find((u) => u.scheme.toLowerCase() === 'negotiate');
+    if (!why) return undefined;
+    const reason = fallbackReasonOf(why.error);
+    return `${reason.code}: ${reason.message}`;
   }
 
   /** Why each skipped scheme cannot run here, this connection's own reason first. */
@@ -616,7 +646,13 @@ export class ProxyAuth {
         this.#state = ended(state);
         // One leg, a request's own: its per-request handshake was refused.
         this.#emit('failed', 1, state.mechanism, undefined, { failure: 'refused' });
-        throw rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered));
+        throw rejected(
+          this.#proxy,
+          state.mechanism.scheme,
+          offeredSchemes(offered),
+          true,
+          this.kerberosSkipped(state.mechanism.scheme),
+        );
       }
     }
     if (state.kind === 'handshaking') {
@@ -653,7 +689,17 @@ export class ProxyAuth {
       } else {
         // A 407 to the opening leg of a multi-leg handshake (an NTLM NEGOTIATE) refused no credential.
         const opening = atOpening(state.mechanism, state.context, state.legs);
-        const err = rejected(this.#proxy, state.mechanism.scheme, offeredSchemes(offered), !opening);
+        const err = rejected(
+          this.#proxy,
+          state.mechanism.scheme,
+          offeredSchemes(offered),
+          !opening,
+          this.kerberosSkipped(state.mechanism.scheme),
+        );
+        // H1/C8: a refused connection-bound context may stay on the connection, failed (Apache
+        // mod_auth_gssapi as a proxy refuses every later handshake there): the connection retires.
+        this.#refusedBound =
+          !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
         // A refused opening refused no password: said as an origin's is (review r38).
         this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err), error: err });
         throw err;
@@ -867,7 +913,7 @@ export class ProxyAuth {
   ): void {
     if (!this.#onHandshake || !mechanism) return;
     const spn = context?.spn;
-    const fallbackReason = context?.fallbackReason;
+    const fallbackReason = context?.fallbackReason ?? this.kerberosSkipped(mechanism.scheme);
     this.#onHandshake({
       origin: this.#proxy.origin,
       scheme: mechanism.scheme,

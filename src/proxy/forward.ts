@@ -404,7 +404,13 @@ export class ForwardProxy {
                 if (credentials.own) this.#auth.refusedOwn(credentials.own);
                 throw proof.refused
                   ? refusedLately(this.route.proxy, offered)
-                  : rejected(this.route.proxy, this.#auth.scheme, offered);
+                  : rejected(
+                      this.route.proxy,
+                      this.#auth.scheme,
+                      offered,
+                      true,
+                      this.#auth.kerberosSkipped(this.#auth.scheme),
+                    );
               }
             }
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
@@ -426,6 +432,9 @@ export class ForwardProxy {
           }
         } catch (err) {
           if (err instanceof ProxyAuthenticationError && err.refused) outcome = this.#auth.refusal;
+          // H1/C8: the refused connection-bound context may stay on this connection at the proxy:
+          // it retires (the caller gets this error), and the next handshake opens another.
+          if (this.#auth.refusedBound) this.#onUnusable(err as Error);
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
           // without a Kerberos ticket), which shows only once tried: the 407 held from the leg is
           // the caller's, with why, sent once as curl sends it (the scheme stays excluded on this

@@ -83,7 +83,8 @@ export interface HandshakeReport {
   readonly identity?: string;
   /**
    * Why Kerberos was skipped and NTLM used instead (inside Negotiate, or as the next offered scheme; M5),
-   * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`.
+   * e.g. `MULTILEG_KRB_TICKET_EXPIRED: the Kerberos ticket has expired`. A proxy's report (`proxy:
+   * true`) says it too for whichever scheme the proxy offered answered instead (NTLM, Digest, Basic).
    */
   readonly fallbackReason?: string;
   /** Negotiate: the service principal name the Kerberos ticket was asked for (`HTTP@host`: the URL's host). */
@@ -1396,6 +1397,22 @@ class Lead implements HandshakeInput, LegInfo {
           // other end (a reset stream, a bad token, a 500) they try again; a request that waited
           // MAX_WAITS times then goes bare (check).
           else session.apply({ type: 'handshake-failure', leader: job.id, ...(result.refused ? {} : { retry: true }) });
+        }
+        // H1/C8: a refused connection-bound context (NTLM, NTLM inside Negotiate) may stay on its
+        // HTTP/1.1 connection, failed: Apache mod_auth_gssapi (GssapiConnectionBound) keeps it and
+        // answers every later handshake there with a bare 401, so the right password (the domain
+        // controller caught up, setCredentials) would never be tried while the connection lives.
+        // It retires once the caller has this 401 (the waiters go bare elsewhere, C7); the next
+        // handshake opens a new connection. (Not a refused opening: no context was made.)
+        if (
+          result.refused &&
+          result.connectionBound &&
+          !result.opening &&
+          session.protocol === 'http/1.1' &&
+          !session.closed
+        ) {
+          log.agent('%s job %d: refused connection-bound handshake: its connection retires', job.origin, job.id);
+          session.apply({ type: 'closed' });
         }
         // A refusal of the opening leg refused no password (R4 leaves it uncounted, above): said so,
         // or a Kerberos-only server reads as a wrong password.
