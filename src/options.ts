@@ -398,7 +398,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
  * A ConfigError for a name `given` has and `known` does not: from plain JavaScript a misspelt option
  * (`limits: { handshakeTimout }`, undici's `allowH2`) would otherwise be ignored without a word.
  */
-function checkNames(what: string, given: unknown, known: object): void {
+export function checkNames(what: string, given: unknown, known: object): void {
   if (given === null || typeof given !== 'object' || Array.isArray(given))
     throw new ConfigError(`${what} must be an object (got ${given === null ? 'null' : typeof given})`);
   for (const name of Object.keys(given))

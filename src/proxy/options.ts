@@ -14,7 +14,7 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import { type Credentials, type Mechanism, sameCredentials } from '../mechanisms/types.ts';
-import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
+import { checkNames, checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
 import { CredentialProof } from '../session/credential-proof.ts';
 import { ProvedIdentity } from '../session/proved-identity.ts';
 import type { RefusalMemory } from '../session/refusal-memory.ts';
@@ -156,6 +156,46 @@ export interface ResolvedProxy {
    * sent it, and other credentials do not mend it.
    */
   readonly unusable: LapsingMap<string, { readonly scheme: string; readonly error: MultilegError }>;
+}
+
+/** Every option of {@link ProxyOptions} (the compiler keeps this list whole). */
+const PROXY_OPTION_NAMES: Record<keyof ProxyOptions, true> = {
+  uri: true,
+  credentials: true,
+  schemes: true,
+  negotiate: true,
+  mechanisms: true,
+  connect: true,
+  noProxy: true,
+  http: true,
+  deliver407: true,
+  connectTimeout: true,
+};
+
+/**
+ * The `proxy` option's shape, checked before anything is read from it: a misspelt name (`url` for
+ * `uri`, `noproxy`) was ignored without a word, and with `credentials` beside it those went to the
+ * proxy the environment names instead (S1, review r68); a `noProxy` that is no string failed every
+ * request with a TypeError.
+ *
+ * @throws {ConfigError} naming the option.
+ */
+function checkProxyOption(option: unknown): void {
+  if (option === undefined || option === false || typeof option === 'string') return;
+  if (option === null || typeof option !== 'object' || Array.isArray(option))
+    throw new ConfigError(
+      `proxy must be a proxy URL (http://host:port), an object of proxy options, or false for none; got ${option === null ? 'null' : Array.isArray(option) ? 'an array' : typeof option}`,
+      'proxy',
+    );
+  checkNames('proxy', option, PROXY_OPTION_NAMES);
+  const { uri, noProxy } = option as ProxyOptions;
+  if (uri !== undefined && typeof uri !== 'string')
+    throw new ConfigError(`proxy.uri must be a proxy URL string (http://host:port), got ${typeof uri}`, 'proxy.uri');
+  if (noProxy !== undefined && typeof noProxy !== 'string')
+    throw new ConfigError(
+      `proxy.noProxy must be a string in NO_PROXY syntax (hosts separated by commas: "a.example,.corp.example"), got ${Array.isArray(noProxy) ? 'an array' : typeof noProxy}`,
+      'proxy.noProxy',
+    );
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -456,6 +496,7 @@ export class ProxyResolver {
     connectTo?: ConnectTo,
     memory?: RefusalMemory,
   ) {
+    checkProxyOption(option);
     this.#env = env;
     this.#connectTo = connectTo;
     const identity = kerberosIdentity(negotiate);
