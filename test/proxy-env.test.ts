@@ -162,6 +162,13 @@ describe('proxy selection', () => {
       /^proxy: unknown option "url"; known: uri, credentials, /,
     );
     expect(misspelt({ uri: 'http://corp-proxy.test:3128', noproxy: '.corp.test' })).toThrow(/unknown option "noproxy"/);
+    // Before: ignored, and the proxy's Kerberos ran as the agent's own identity, not the one named.
+    expect(misspelt({ uri: 'http://corp-proxy.test:3128', negotiate: { principle: 'svc@EXAMPLE.TEST' } })).toThrow(
+      /^proxy\.negotiate: unknown option "principle"/,
+    );
+    expect(
+      misspelt({ uri: 'http://corp-proxy.test:3128', negotiate: { principal: 'svc@EXAMPLE.TEST' } }),
+    ).not.toThrow();
     // The agent says so at construction, before any request.
     expect(() => new MultilegAgent({ proxy: { url: 'http://corp-proxy.test:3128', credentials } as never })).toThrow(
       ConfigError,

@@ -173,10 +173,33 @@ const PROXY_OPTION_NAMES: Record<keyof ProxyOptions, true> = {
 };
 
 /**
+ * Every option `proxy.negotiate` takes: {@link NegotiateOptions} but the password (`credentials`,
+ * the proxy's own go there) and the agent's trust hook (the compiler keeps this list whole).
+ */
+const PROXY_NEGOTIATE_NAMES: Record<Exclude<keyof NegotiateOptions, 'credentials' | 'passwordAllowed'>, true> = {
+  mech: true,
+  spn: true,
+  serviceName: true,
+  canonicalizeHost: true,
+  includePort: true,
+  principal: true,
+  ccache: true,
+  keytab: true,
+  channelBindings: true,
+  backend: true,
+  delegate: true,
+  mutualAuth: true,
+  ntlmFallback: true,
+  kerberos: true,
+  resolveCname: true,
+};
+
+/**
  * The `proxy` option's shape, checked before anything is read from it: a misspelt name (`url` for
  * `uri`, `noproxy`) was ignored without a word, and with `credentials` beside it those went to the
- * proxy the environment names instead (S1, review r68); a `noProxy` that is no string failed every
- * request with a TypeError.
+ * proxy the environment names instead (S1, review r68); one in `proxy.negotiate` (`principle`)
+ * made the proxy's Kerberos run as the agent's own identity instead of the one named; a `noProxy`
+ * that is no string failed every request with a TypeError.
  *
  * @throws {ConfigError} naming the option.
  */
@@ -188,7 +211,9 @@ function checkProxyOption(option: unknown): void {
       'proxy',
     );
   checkNames('proxy', option, PROXY_OPTION_NAMES);
-  const { uri, noProxy } = option as ProxyOptions;
+  const { uri, noProxy, negotiate } = option as ProxyOptions;
+  if (typeof negotiate === 'object' && negotiate !== null)
+    checkNames('proxy.negotiate', negotiate, PROXY_NEGOTIATE_NAMES);
   if (uri !== undefined && typeof uri !== 'string')
     throw new ConfigError(`proxy.uri must be a proxy URL string (http://host:port), got ${typeof uri}`, 'proxy.uri');
   if (noProxy !== undefined && typeof noProxy !== 'string')
