@@ -186,6 +186,11 @@ describe('proxy selection', () => {
     );
     expect(config({ uri: 'http://p:1', noProxy: 5 })).toThrow(/proxy\.noProxy must be a string in NO_PROXY syntax/);
     expect(config({ uri: 42 })).toThrow(expect.objectContaining({ option: 'proxy.uri' }));
+    // Before: a URL object read as an object of no options, and the environment's proxy (or none) was used.
+    expect(config(new URL('http://corp-proxy.test:3128'))).toThrow(
+      /^proxy is a URL object: give its text, proxy: url\.href/,
+    );
+    expect(config({ uri: new URL('http://corp-proxy.test:3128') })).toThrow(/a URL object: give url\.href/);
     for (const bad of [5, true, null, ['http://p:1']]) expect(config(bad)).toThrow(/^proxy must be a proxy URL/);
     for (const good of [undefined, false, 'http://p:1', {}, { uri: 'http://p:1', noProxy: 'a.test' }])
       expect(config(good)).not.toThrow();

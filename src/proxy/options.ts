@@ -205,17 +205,27 @@ const PROXY_NEGOTIATE_NAMES: Record<Exclude<keyof NegotiateOptions, 'credentials
  */
 function checkProxyOption(option: unknown): void {
   if (option === undefined || option === false || typeof option === 'string') return;
+  // A URL object has no options of its own to check: it read as `{}`, the environment's proxies.
+  if (option instanceof URL)
+    throw new ConfigError(
+      'proxy is a URL object: give its text, proxy: url.href (or proxy: { uri: url.href })',
+      'proxy',
+    );
   if (option === null || typeof option !== 'object' || Array.isArray(option))
     throw new ConfigError(
       `proxy must be a proxy URL (http://host:port), an object of proxy options, or false for none; got ${option === null ? 'null' : Array.isArray(option) ? 'an array' : typeof option}`,
       'proxy',
     );
   checkNames('proxy', option, PROXY_OPTION_NAMES);
-  const { uri, noProxy, negotiate } = option as ProxyOptions;
+  // As given (plain JavaScript): any type, each checked below.
+  const { uri, noProxy, negotiate } = option as { uri?: unknown; noProxy?: unknown; negotiate?: unknown };
   if (typeof negotiate === 'object' && negotiate !== null)
     checkNames('proxy.negotiate', negotiate, PROXY_NEGOTIATE_NAMES);
   if (uri !== undefined && typeof uri !== 'string')
-    throw new ConfigError(`proxy.uri must be a proxy URL string (http://host:port), got ${typeof uri}`, 'proxy.uri');
+    throw new ConfigError(
+      `proxy.uri must be a proxy URL string (http://host:port), got ${uri instanceof URL ? 'a URL object: give url.href' : typeof uri}`,
+      'proxy.uri',
+    );
   if (noProxy !== undefined && typeof noProxy !== 'string')
     throw new ConfigError(
       `proxy.noProxy must be a string in NO_PROXY syntax (hosts separated by commas: "a.example,.corp.example"), got ${Array.isArray(noProxy) ? 'an array' : typeof noProxy}`,
