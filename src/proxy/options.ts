@@ -592,7 +592,8 @@ export class ProxyResolver {
    * no longer takes: nothing of the old ones is sent again. With two different proxies (http_proxy
    * and https_proxy), the new credentials go to the one they belong to, not to the other (S1: a
    * password rotated for one proxy is not the other's): to those holding the same user name, else
-   * to the only one holding credentials; with neither, it cannot be told.
+   * to the only one holding credentials; with neither, or both holding that user name with
+   * different passwords (two accounts of one name), it cannot be told.
    *
    * Returns whether a proxy's credentials changed (the ones it holds already change nothing;
    * `forgetRefusals` lifts their refusal there).
@@ -606,6 +607,15 @@ export class ProxyResolver {
     if (new Set(proxies.map((p) => p.origin)).size > 1) {
       const holding = proxies.filter((p) => p.account !== undefined);
       const same = holding.filter((p) => p.account === credentials.username);
+      // Both hold this user name, each with another password: two accounts of one name, and which
+      // one's password was rotated cannot be told (S1: not the other's; review r68). One account
+      // (the same credentials at both) is both proxies'.
+      const [first, ...others] = same.map((p) => heldCredentials.get(p));
+      if (others.some((c) => first === undefined || !sameCredentials(c, first)))
+        throw new ConfigError(
+          `setProxyCredentials: two proxies (${this.#http!.origin} for http://, ${this.#https!.origin} for https://), and both hold ${credentials.username}'s with other passwords (two accounts of that name): which one the new password is for cannot be told, and neither gets it; make a new agent with each proxy URL's user:password`,
+          'proxy.credentials',
+        );
       proxies = same.length > 0 ? same : holding.length === 1 ? holding : [];
       if (proxies.length === 0)
         throw new ConfigError(
