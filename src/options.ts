@@ -406,9 +406,43 @@ export function checkNames(what: string, given: unknown, known: object): void {
       throw new ConfigError(`${what}: unknown option ${JSON.stringify(name)}; known: ${Object.keys(known).join(', ')}`);
 }
 
-/** @throws {ConfigError} on an option MultilegAgent does not have. */
+/** Every option `negotiate` takes (the compiler keeps this list whole); `credentials` are the agent's own. */
+const NEGOTIATE_NAMES: Record<Exclude<keyof NegotiateOptions, 'credentials'>, true> = {
+  mech: true,
+  spn: true,
+  serviceName: true,
+  canonicalizeHost: true,
+  includePort: true,
+  principal: true,
+  ccache: true,
+  keytab: true,
+  channelBindings: true,
+  backend: true,
+  delegate: true,
+  mutualAuth: true,
+  passwordAllowed: true,
+  ntlmFallback: true,
+  kerberos: true,
+  resolveCname: true,
+};
+
+/**
+ * @throws {ConfigError} on an option MultilegAgent does not have, or `negotiate` does not (a
+ * misspelt `principal` or `ccache` made the agent, and the proxy with it, run as whoever the default
+ * ticket cache holds: review r68).
+ */
 export function checkOptionNames(options: object): void {
   checkNames('MultilegAgent options', options, OPTION_NAMES);
+  const negotiate = (options as { negotiate?: unknown }).negotiate;
+  if (typeof negotiate !== 'object' || negotiate === null) return;
+  // A password there went, as NTLM inside Negotiate, to any https origin: the constructor's S1
+  // check (no password without trustedOrigins) reads `credentials` alone (review r68).
+  if (Object.hasOwn(negotiate, 'credentials'))
+    throw new ConfigError(
+      "negotiate.credentials: give the password as credentials (the agent's own, which need trustedOrigins: S1), not inside negotiate",
+      'negotiate.credentials',
+    );
+  checkNames('negotiate', negotiate, NEGOTIATE_NAMES);
 }
 
 /** Limits that count something (legs, requests, handshakes, sessions, bytes): whole numbers. */

@@ -219,8 +219,14 @@ function checkProxyOption(option: unknown): void {
   checkNames('proxy', option, PROXY_OPTION_NAMES);
   // As given (plain JavaScript): any type, each checked below.
   const { uri, noProxy, negotiate } = option as { uri?: unknown; noProxy?: unknown; negotiate?: unknown };
-  if (typeof negotiate === 'object' && negotiate !== null)
+  if (typeof negotiate === 'object' && negotiate !== null) {
+    if (Object.hasOwn(negotiate, 'credentials'))
+      throw new ConfigError(
+        "proxy.negotiate.credentials: give the proxy's password as proxy.credentials, not inside proxy.negotiate",
+        'proxy.negotiate.credentials',
+      );
     checkNames('proxy.negotiate', negotiate, PROXY_NEGOTIATE_NAMES);
+  }
   if (uri !== undefined && typeof uri !== 'string')
     throw new ConfigError(
       `proxy.uri must be a proxy URL string (http://host:port), got ${uri instanceof URL ? 'a URL object: give url.href' : typeof uri}`,
