@@ -429,7 +429,8 @@ export class MultilegAgent extends Dispatcher {
    *
    * With two different proxies from the environment (`http_proxy`, `https_proxy`) the new ones go to
    * the proxy holding the same user name, else to the only one holding credentials: a password
-   * rotated for one is not the other's (S1).
+   * rotated for one is not the other's (S1). Both holding that user name with different passwords
+   * (two accounts of one name) cannot be told apart: the call throws.
    *
    * @throws {ConfigError} when `credentials` is not `{ username, password }` (as the constructor's
    * `proxy.credentials`), the agent has no proxy (none given, `proxy: false`, and none in the

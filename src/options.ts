@@ -398,7 +398,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
  * A ConfigError for a name `given` has and `known` does not: from plain JavaScript a misspelt option
  * (`limits: { handshakeTimout }`, undici's `allowH2`) would otherwise be ignored without a word.
  */
-function checkNames(what: string, given: unknown, known: object): void {
+export function checkNames(what: string, given: unknown, known: object): void {
   if (given === null || typeof given !== 'object' || Array.isArray(given))
     throw new ConfigError(`${what} must be an object (got ${given === null ? 'null' : typeof given})`);
   for (const name of Object.keys(given))
@@ -406,9 +406,43 @@ function checkNames(what: string, given: unknown, known: object): void {
       throw new ConfigError(`${what}: unknown option ${JSON.stringify(name)}; known: ${Object.keys(known).join(', ')}`);
 }
 
-/** @throws {ConfigError} on an option MultilegAgent does not have. */
+/** Every option `negotiate` takes (the compiler keeps this list whole); `credentials` are the agent's own. */
+export const NEGOTIATE_NAMES: Record<Exclude<keyof NegotiateOptions, 'credentials'>, true> = {
+  mech: true,
+  spn: true,
+  serviceName: true,
+  canonicalizeHost: true,
+  includePort: true,
+  principal: true,
+  ccache: true,
+  keytab: true,
+  channelBindings: true,
+  backend: true,
+  delegate: true,
+  mutualAuth: true,
+  passwordAllowed: true,
+  ntlmFallback: true,
+  kerberos: true,
+  resolveCname: true,
+};
+
+/**
+ * @throws {ConfigError} on an option MultilegAgent does not have, or `negotiate` does not (a
+ * misspelt `principal` or `ccache` made the agent, and the proxy with it, run as whoever the default
+ * ticket cache holds: review r68).
+ */
 export function checkOptionNames(options: object): void {
   checkNames('MultilegAgent options', options, OPTION_NAMES);
+  const negotiate = (options as { negotiate?: unknown }).negotiate;
+  if (typeof negotiate !== 'object' || negotiate === null) return;
+  // A password there went, as NTLM inside Negotiate, to any https origin: the constructor's S1
+  // check (no password without trustedOrigins) reads `credentials` alone (review r68).
+  if (Object.hasOwn(negotiate, 'credentials'))
+    throw new ConfigError(
+      "negotiate.credentials: give the password as credentials (the agent's own, which need trustedOrigins: S1), not inside negotiate",
+      'negotiate.credentials',
+    );
+  checkNames('negotiate', negotiate, NEGOTIATE_NAMES);
 }
 
 /** Limits that count something (legs, requests, handshakes, sessions, bytes): whole numbers. */

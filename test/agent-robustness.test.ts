@@ -510,6 +510,41 @@ describe('options given wrong are construction errors, not failures of every req
     expect(() => new MultilegAgent(options)).toThrow(message);
   });
 
+  it('S1: a password given inside negotiate (negotiate.credentials, no trustedOrigins) is a ConfigError: it went, as NTLM inside Negotiate, to any https origin (review r68)', () => {
+    // Before: no TrustRequiredError (the S1 check reads `credentials` alone), and an untrusted origin
+    // offering Negotiate got alice's NTLM handshake when no Kerberos ticket was at hand.
+    const smuggled = { negotiate: { credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' } } } as never;
+    expect(() => new MultilegAgent(smuggled)).toThrow(ConfigError);
+    expect(() => new MultilegAgent(smuggled)).toThrow(
+      expect.objectContaining({ code: 'MULTILEG_CONFIG', option: 'negotiate.credentials' }),
+    );
+    expect(() => new MultilegAgent(smuggled)).toThrow(/give the password as credentials .*trustedOrigins/);
+    // The proxy's likewise: its password has one place, proxy.credentials.
+    expect(
+      () =>
+        new MultilegAgent({
+          proxy: { uri: 'http://p.test:3128', negotiate: { credentials: { username: 'u', password: 'p' } } } as never,
+        }),
+    ).toThrow(expect.objectContaining({ option: 'proxy.negotiate.credentials' }));
+  });
+
+  it("S6: a misspelt negotiate option (principle for principal, ccahe) is a ConfigError naming it: the agent, and its proxy, never run as the default ticket cache's principal instead (review r68)", () => {
+    // Before: ignored, and Kerberos at the origins and the proxy ran as whoever the default ccache held.
+    expect(() => new MultilegAgent({ negotiate: { principle: 'bob@EXAMPLE.TEST' } as never })).toThrow(ConfigError);
+    expect(() => new MultilegAgent({ negotiate: { principle: 'bob@EXAMPLE.TEST' } as never })).toThrow(
+      /^negotiate: unknown option "principle"; known: mech, spn, /,
+    );
+    expect(() => new MultilegAgent({ negotiate: { ccahe: 'FILE:/tmp/bob' } as never })).toThrow(
+      /unknown option "ccahe"/,
+    );
+    const spelt: MultilegAgentOptions['negotiate'][] = [
+      false,
+      undefined,
+      { principal: 'bob@EXAMPLE.TEST', mutualAuth: 'optional' },
+    ];
+    for (const negotiate of spelt) expect(() => new MultilegAgent({ negotiate })).not.toThrow();
+  });
+
   it('a handshake listener that throws does not fail the request: the report still reaches the channel, the error is a process warning', async () => {
     r = await rig({ mode: 'session' });
     const published: unknown[] = [];

@@ -852,7 +852,8 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
       vi.useFakeTimers({ toFake: ['Date'] });
       const { origin, seen } = await peer(401);
       const kerberos = fakeKerberos({ steps: [() => FIRST], username: 'alice@EXAMPLE.TEST' });
-      const agent = new MultilegAgent({ negotiate: { kerberos, ...more }, trustedOrigins: [origin] });
+      // (The password as the agent's own credentials: inside negotiate it is a ConfigError since review r68.)
+      const agent = new MultilegAgent({ negotiate: { kerberos }, ...more, trustedOrigins: [origin] });
       agents.push(agent);
       /** One request (the server's 401 either way): whether it carried the ticket. */
       const tried = async () => {

@@ -151,4 +151,48 @@ describe('proxy selection', () => {
   it('H5: a bad proxy URL is a ConfigError at construction', () => {
     expect(() => new MultilegAgent({ proxy: 'ftp://p:1' })).toThrow(/MULTILEG|proxy protocol/);
   });
+
+  it("S1/H5: a misspelt proxy option (url for uri, noproxy) is a ConfigError naming it: the proxy credentials beside it never go to the environment's proxy instead (review r68)", () => {
+    const env = { HTTPS_PROXY: 'http://env-proxy.test:8080' };
+    const credentials = { username: 'alice', password: 'corp-secret' };
+    const misspelt = (o: object) => () => new ProxyResolver(o as never, env);
+    // Before: `url` was ignored without a word, and alice's corp-proxy password answered env-proxy's 407.
+    expect(misspelt({ url: 'http://corp-proxy.test:3128', credentials })).toThrow(ConfigError);
+    expect(misspelt({ url: 'http://corp-proxy.test:3128', credentials })).toThrow(
+      /^proxy: unknown option "url"; known: uri, credentials, /,
+    );
+    expect(misspelt({ uri: 'http://corp-proxy.test:3128', noproxy: '.corp.test' })).toThrow(/unknown option "noproxy"/);
+    // Before: ignored, and the proxy's Kerberos ran as the agent's own identity, not the one named.
+    expect(misspelt({ uri: 'http://corp-proxy.test:3128', negotiate: { principle: 'svc@EXAMPLE.TEST' } })).toThrow(
+      /^proxy\.negotiate: unknown option "principle"/,
+    );
+    expect(
+      misspelt({ uri: 'http://corp-proxy.test:3128', negotiate: { principal: 'svc@EXAMPLE.TEST' } }),
+    ).not.toThrow();
+    // The agent says so at construction, before any request.
+    expect(() => new MultilegAgent({ proxy: { url: 'http://corp-proxy.test:3128', credentials } as never })).toThrow(
+      ConfigError,
+    );
+    // Spelt right, the credentials are corp-proxy's, and env-proxy is not used.
+    const right = new ProxyResolver({ uri: 'http://corp-proxy.test:3128', credentials }, env);
+    expect(via(right, 'https://a.example')).toBe('tunnel http://corp-proxy.test:3128');
+  });
+
+  it('H5: proxy must be a URL, an object or false, and proxy.uri and proxy.noProxy strings: a ConfigError at construction naming the option, not a TypeError on every request (review r68)', () => {
+    const config = (o: unknown) => () => new ProxyResolver(o as never, {});
+    // Before: an array noProxy (NO_PROXY's hosts as a list) failed each request with "value.split is not a function".
+    expect(config({ uri: 'http://p:1', noProxy: ['a.test', 'b.test'] })).toThrow(
+      expect.objectContaining({ code: 'MULTILEG_CONFIG', option: 'proxy.noProxy' }),
+    );
+    expect(config({ uri: 'http://p:1', noProxy: 5 })).toThrow(/proxy\.noProxy must be a string in NO_PROXY syntax/);
+    expect(config({ uri: 42 })).toThrow(expect.objectContaining({ option: 'proxy.uri' }));
+    // Before: a URL object read as an object of no options, and the environment's proxy (or none) was used.
+    expect(config(new URL('http://corp-proxy.test:3128'))).toThrow(
+      /^proxy is a URL object: give its text, proxy: url\.href/,
+    );
+    expect(config({ uri: new URL('http://corp-proxy.test:3128') })).toThrow(/a URL object: give url\.href/);
+    for (const bad of [5, true, null, ['http://p:1']]) expect(config(bad)).toThrow(/^proxy must be a proxy URL/);
+    for (const good of [undefined, false, 'http://p:1', {}, { uri: 'http://p:1', noProxy: 'a.test' }])
+      expect(config(good)).not.toThrow();
+  });
 });

@@ -1640,3 +1640,54 @@ describe("an HTTP/2 forwarding proxy's GOAWAY (H5, R5, C8)", () => {
     expect(seen).toEqual(['0:1:GET /warm ', '0:3:GET /hold ', '0:5:POST /post payload']);
   });
 });
+
+describe('forwarding proxies that reset a connection before its first request (H5, R1)', () => {
+  it("H5/R1: a forwarding proxy resets a connection opened for a request that waits for leave to send the proxy's Basic (another connection is proving it): no uncaught error ends the process; the request goes on a new connection, 200 (review r68)", async () => {
+    const uncaught: Error[] = [];
+    const onUncaught = (err: Error) => uncaught.push(err);
+    process.on('uncaughtException', onUncaught);
+    try {
+      let connections = 0;
+      let sawPassword = false;
+      proxy = await hostile((socket, received) => {
+        const connection = connections++;
+        // The second connection is the one opened for b.test while its request waits: reset unused.
+        if (connection === 1) {
+          setTimeout(() => socket.resetAndDestroy(), 200);
+          return;
+        }
+        eachRequest(socket, received, (head) => {
+          if (!/\r\nproxy-authorization: basic dTpwdw==/i.test(head)) {
+            socket.write(
+              'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n',
+            );
+            return undefined;
+          }
+          sawPassword = true;
+          // The first connection proves the password slowly: the other request waits for leave meanwhile.
+          setTimeout(() => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'), connection === 0 ? 800 : 0);
+          return undefined;
+        });
+      });
+      agent = new MultilegAgent({
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, credentials: { username: 'u', password: 'pw' } },
+      });
+      const text = (url: string) =>
+        request(url, { dispatcher: agent! }).then(
+          async (r) => `${r.statusCode} ${await r.body.text()}`,
+          (e: Error) => e,
+        );
+      const a = text('http://a.test/x');
+      while (!sawPassword) await new Promise((r) => setTimeout(r, 5));
+      const b = text('http://b.test/x');
+      expect(await a).toBe('200 ok');
+      expect(await b).toBe('200 ok');
+      // Before: the reset was an 'error' on a socket nobody listened to — uncaught, the process ended.
+      expect(uncaught).toEqual([]);
+      expect(proxy.received[1]).toBe('');
+      expect(proxy.connections).toBe(3);
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+  });
+});

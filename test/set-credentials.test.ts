@@ -638,6 +638,46 @@ describe('S1: setProxyCredentials with two proxies in the environment', () => {
       await b.close();
     }
   });
+  it("S1: two proxies holding one user name with different passwords (two accounts of that name): a new password cannot be told to be either's, so the call throws and neither gets it (review r68)", async () => {
+    const seenA: string[] = [];
+    const seenB: string[] = [];
+    const a = await basicProxy(seenA);
+    const b = await basicProxy(seenB);
+    const names = ['http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY'] as const;
+    const saved = Object.fromEntries(names.map((n) => [n, process.env[n]]));
+    for (const n of names) delete process.env[n];
+    const agents: MultilegAgent[] = [];
+    try {
+      process.env.http_proxy = `http://alice:a-pw@${a.hostPort}`;
+      process.env.https_proxy = `http://alice:b-pw@${b.hostPort}`;
+      const agent = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
+      agents.push(agent);
+      // alice's password at B was rotated; the agent cannot know that B, not A, is meant.
+      expect(() => agent.setProxyCredentials({ username: 'alice', password: 'new-b-pw' })).toThrow(ConfigError);
+      expect(() => agent.setProxyCredentials({ username: 'alice', password: 'new-b-pw' })).toThrow(
+        /both hold alice's with other passwords/,
+      );
+      await (await request('http://origin.example/1', { dispatcher: agent })).body.text();
+      // Was: ['alice:new-b-pw'], B's new password sent to A.
+      expect(seenA).toEqual(['alice:a-pw']);
+      // One account at both (the same password): it is both proxies', as before.
+      process.env.https_proxy = `http://alice:a-pw@${b.hostPort}`;
+      const one = new MultilegAgent({ trustedOrigins: ['https://unused.example'] });
+      agents.push(one);
+      one.setProxyCredentials({ username: 'alice', password: 'rotated' });
+      await (await request('http://origin.example/2', { dispatcher: one })).body.text();
+      expect(seenA.at(-1)).toBe('alice:rotated');
+      expect(seenB).toEqual([]);
+    } finally {
+      for (const n of names) {
+        if (saved[n] === undefined) delete process.env[n];
+        else process.env[n] = saved[n];
+      }
+      for (const agent of agents) await agent.destroy();
+      await a.close();
+      await b.close();
+    }
+  });
 });
 
 describe('S6: the cookie jar after the ambient principal switches (review r48)', () => {

@@ -14,7 +14,16 @@ import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotia
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import { type Credentials, type Mechanism, sameCredentials } from '../mechanisms/types.ts';
-import { checkSchemes, MAX_TIMER_MS, portOf, positive, type SchemeName, unbracketed } from '../options.ts';
+import {
+  checkNames,
+  checkSchemes,
+  MAX_TIMER_MS,
+  NEGOTIATE_NAMES,
+  portOf,
+  positive,
+  type SchemeName,
+  unbracketed,
+} from '../options.ts';
 import { CredentialProof } from '../session/credential-proof.ts';
 import { ProvedIdentity } from '../session/proved-identity.ts';
 import type { RefusalMemory } from '../session/refusal-memory.ts';
@@ -156,6 +165,71 @@ export interface ResolvedProxy {
    * sent it, and other credentials do not mend it.
    */
   readonly unusable: LapsingMap<string, { readonly scheme: string; readonly error: MultilegError }>;
+}
+
+/** Every option of {@link ProxyOptions} (the compiler keeps this list whole). */
+const PROXY_OPTION_NAMES: Record<keyof ProxyOptions, true> = {
+  uri: true,
+  credentials: true,
+  schemes: true,
+  negotiate: true,
+  mechanisms: true,
+  connect: true,
+  noProxy: true,
+  http: true,
+  deliver407: true,
+  connectTimeout: true,
+};
+
+/**
+ * Every option `proxy.negotiate` takes: the agent's `negotiate` ones but its trust hook
+ * (`passwordAllowed`); the proxy's password is `proxy.credentials`.
+ */
+const { passwordAllowed: _agentsOnly, ...PROXY_NEGOTIATE_NAMES } = NEGOTIATE_NAMES;
+
+/**
+ * The `proxy` option's shape, checked before anything is read from it: a misspelt name (`url` for
+ * `uri`, `noproxy`) was ignored without a word, and with `credentials` beside it those went to the
+ * proxy the environment names instead (S1, review r68); one in `proxy.negotiate` (`principle`)
+ * made the proxy's Kerberos run as the agent's own identity instead of the one named; a `noProxy`
+ * that is no string failed every request with a TypeError.
+ *
+ * @throws {ConfigError} naming the option.
+ */
+function checkProxyOption(option: unknown): void {
+  if (option === undefined || option === false || typeof option === 'string') return;
+  // A URL object has no options of its own to check: it read as `{}`, the environment's proxies.
+  if (option instanceof URL)
+    throw new ConfigError(
+      'proxy is a URL object: give its text, proxy: url.href (or proxy: { uri: url.href })',
+      'proxy',
+    );
+  if (option === null || typeof option !== 'object' || Array.isArray(option))
+    throw new ConfigError(
+      `proxy must be a proxy URL (http://host:port), an object of proxy options, or false for none; got ${option === null ? 'null' : Array.isArray(option) ? 'an array' : typeof option}`,
+      'proxy',
+    );
+  checkNames('proxy', option, PROXY_OPTION_NAMES);
+  // As given (plain JavaScript): any type, each checked below.
+  const { uri, noProxy, negotiate } = option as { uri?: unknown; noProxy?: unknown; negotiate?: unknown };
+  if (typeof negotiate === 'object' && negotiate !== null) {
+    if (Object.hasOwn(negotiate, 'credentials'))
+      throw new ConfigError(
+        "proxy.negotiate.credentials: give the proxy's password as proxy.credentials, not inside proxy.negotiate",
+        'proxy.negotiate.credentials',
+      );
+    checkNames('proxy.negotiate', negotiate, PROXY_NEGOTIATE_NAMES);
+  }
+  if (uri !== undefined && typeof uri !== 'string')
+    throw new ConfigError(
+      `proxy.uri must be a proxy URL string (http://host:port), got ${uri instanceof URL ? 'a URL object: give url.href' : typeof uri}`,
+      'proxy.uri',
+    );
+  if (noProxy !== undefined && typeof noProxy !== 'string')
+    throw new ConfigError(
+      `proxy.noProxy must be a string in NO_PROXY syntax (hosts separated by commas: "a.example,.corp.example"), got ${Array.isArray(noProxy) ? 'an array' : typeof noProxy}`,
+      'proxy.noProxy',
+    );
 }
 
 /** Default of {@link ProxyOptions.connectTimeout}, in ms. */
@@ -456,6 +530,7 @@ export class ProxyResolver {
     connectTo?: ConnectTo,
     memory?: RefusalMemory,
   ) {
+    checkProxyOption(option);
     this.#env = env;
     this.#connectTo = connectTo;
     const identity = kerberosIdentity(negotiate);
@@ -516,7 +591,8 @@ export class ProxyResolver {
    * no longer takes: nothing of the old ones is sent again. With two different proxies (http_proxy
    * and https_proxy), the new credentials go to the one they belong to, not to the other (S1: a
    * password rotated for one proxy is not the other's): to those holding the same user name, else
-   * to the only one holding credentials; with neither, it cannot be told.
+   * to the only one holding credentials; with neither, or both holding that user name with
+   * different passwords (two accounts of one name), it cannot be told.
    *
    * Returns whether a proxy's credentials changed (the ones it holds already change nothing;
    * `forgetRefusals` lifts their refusal there).
@@ -530,6 +606,15 @@ export class ProxyResolver {
     if (new Set(proxies.map((p) => p.origin)).size > 1) {
       const holding = proxies.filter((p) => p.account !== undefined);
       const same = holding.filter((p) => p.account === credentials.username);
+      // Both hold this user name, each with another password: two accounts of one name, and which
+      // one's password was rotated cannot be told (S1: not the other's; review r68). One account
+      // (the same credentials at both) is both proxies'.
+      const [first, ...others] = same.map((p) => heldCredentials.get(p));
+      if (others.some((c) => first === undefined || !sameCredentials(c, first)))
+        throw new ConfigError(
+          `setProxyCredentials: two proxies (${this.#http!.origin} for http://, ${this.#https!.origin} for https://), and both hold ${credentials.username}'s with other passwords (two accounts of that name): which one the new password is for cannot be told, and neither gets it; make a new agent with each proxy URL's user:password`,
+          'proxy.credentials',
+        );
       proxies = same.length > 0 ? same : holding.length === 1 ? holding : [];
       if (proxies.length === 0)
         throw new ConfigError(

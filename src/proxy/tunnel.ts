@@ -82,14 +82,24 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
       proxy.connectTimeout,
     );
-    const onError = (err: Error) => fail(connectFailure(proxy, err));
+    let connected = false;
+    // Stays for the socket's life, as undici's connector keeps its own: a forwarding proxy's
+    // connection is opened before its first request is written (ForwardProxy), and that request may
+    // wait meanwhile (for leave to send the credentials, R4); a reset then, with no other listener,
+    // was an uncaught 'error' that ended the process (review r68). Whoever takes the socket (undici,
+    // the CONNECT reader, TLS) listens for its own; an error before it did leaves the socket
+    // destroyed, which the forwarding session reads as gone (the leg goes on a new connection).
+    const onError = (err: Error) => {
+      if (connected) log.proxy('%s connection error: %s', proxy.origin, (err as { code?: string }).code);
+      else fail(connectFailure(proxy, err));
+    };
     const onReady = () => {
       clearTimeout(timer);
-      socket.off('error', onError);
+      connected = true;
       socket.setNoDelay(true);
       resolve(socket);
     };
-    socket.once('error', onError);
+    socket.on('error', onError);
     socket.once(ready, onReady);
   });
 }
