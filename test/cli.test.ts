@@ -2299,6 +2299,16 @@ describe('multileg command line', () => {
     expect((any.agent.proxy as { schemes?: unknown }).schemes).toBeUndefined();
   });
 
+  it('H5: -x "" is curl\'s "no proxy", over the environment\'s too: the proxy user goes nowhere', async () => {
+    expect(parseCli(['-x', '', 'h/']).agent.proxy).toBe(false);
+    expect(parseCli(['-x', '', '-U', 'u:pw', 'h/']).proxyUserToAsk).toBeUndefined();
+    const r = await run(['-x', '', ...alice(), `${server.origin}/auth/x`], {
+      env: { HTTPS_PROXY: `http://127.0.0.1:${REFUSED_PORT}`, https_proxy: `http://127.0.0.1:${REFUSED_PORT}` },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  });
+
   it('H5: -U : is curl\'s "no user, the Kerberos ticket" for the proxy: no proxy credentials; a user name missing before a password is bad usage', async () => {
     const ticket = parseCli(['-x', 'http://p:3128', '--proxy-negotiate', '-U', ':', 'h/']);
     expect(ticket.agent.proxy).toEqual({ uri: 'http://p:3128', schemes: ['Negotiate'], deliver407: true });

@@ -284,7 +284,7 @@ export function program(): Commander.Command {
       .option('--cert <file[:passphrase]>', 'client certificate (PEM or DER; with its key when --key is not given)')
       .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
-      .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / http_proxy')
+      .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / http_proxy; "" for none')
       .option(
         '--proxy-cacert <file>',
         "CA certificate(s) to trust for an https:// proxy (PEM; --cacert is the server's)",
@@ -1293,7 +1293,8 @@ export function parseCli(
     throw new ConfigError(
       '--password-stdin reads the password of -u: give -u DOMAIN\\user too (-U takes its password in -U user:password)',
     );
-  const proxyUser = o.proxyUser !== undefined && o.noproxy !== '*' ? parseUser(o.proxyUser as string) : undefined;
+  const proxyUser =
+    o.proxyUser !== undefined && o.noproxy !== '*' && o.proxy !== '' ? parseUser(o.proxyUser as string) : undefined;
   const proxyUserToAsk = proxyUser?.password === undefined ? proxyUser?.username : undefined;
   const resolve = (o.resolve as string[] | undefined) ?? [];
   const connectTo = (o.connectTo as string[] | undefined) ?? [];
@@ -1398,7 +1399,8 @@ function proxyOption(
   ca: readonly string[],
   family: 4 | 6 | undefined,
 ): MultilegAgentOptions['proxy'] {
-  if (o.noproxy === '*') return false;
+  // curl: `--noproxy '*'`, and `-x ""` which also overrides the environment's proxy.
+  if (o.noproxy === '*' || o.proxy === '') return false;
   const connect =
     ca.length > 0 || o.proxyInsecure || family
       ? {
