@@ -845,6 +845,31 @@ describe('multileg command line', () => {
     ]);
   });
 
+  it("--netrc with the URL's user and no password (https://bob@host/) takes the password of that login's entry, as curl; no entry of that login: asked for as -u's", async () => {
+    const host = new URL(server.origin).host;
+    const url = `https://EXAMPLE%5Cbob@${host}/auth/pw`;
+    const netrc = join(dir, 'netrc-logins');
+    writeFileSync(
+      netrc,
+      'machine localhost login EXAMPLE\\alice password alicepw\nmachine localhost login EXAMPLE\\bob password bobpw\n',
+    );
+    const bob = await run(['--netrc-file', netrc, '--cacert', ca, url]);
+    expect(bob.stderr).toBe('');
+    expect(JSON.parse(bob.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+    // A refused password: the fix names the file it came from.
+    writeFileSync(netrc, 'machine localhost login EXAMPLE\\bob password nope\n');
+    const refused = await run(['--netrc-file', netrc, '--cacert', ca, url]);
+    expect(refused.stderr).toContain(`check the login and password for this host in ${netrc}`);
+    // Only alice's entry: bob's password is not alice's; without a terminal it is asked for by name.
+    writeFileSync(netrc, 'machine localhost login EXAMPLE\\alice password alicepw\n');
+    const none = await run(['--netrc-file', netrc, '--cacert', ca, url]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('no password for EXAMPLE\\bob');
+    expect(none.stderr).not.toContain('alicepw');
+    const env = await run(['--netrc-file', netrc, '--cacert', ca, url], { env: { MULTILEG_PASSWORD: 'bobpw' } });
+    expect(JSON.parse(env.stdout)).toMatchObject({ user: 'EXAMPLE\\bob' });
+  });
+
   it('--password-stdin without -u (or a netrc) is bad usage before anything is sent: the password piped in was dropped unread and the request went without credentials (a 401, exit 0)', async () => {
     const before = server.exchanges.length;
     const r = await run(['--password-stdin', '--cacert', ca, `${server.origin}/auth/pw-stdin`], { input: 'alicepw\n' });

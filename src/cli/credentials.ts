@@ -77,9 +77,13 @@ export function parseNetrc(text: string): NetrcEntry[] {
   return entries;
 }
 
-/** The entry that applies to `host`: its `machine` entry, else the `default` one (curl's order). */
-function entryFor(entries: readonly NetrcEntry[], host: string): NetrcEntry | undefined {
-  return entries.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? entries.find((e) => !e.machine);
+/**
+ * The entry that applies to `host`: its `machine` entry, else the `default` one (curl's order); with
+ * `login` (the URL's user), only an entry of that login, as curl's.
+ */
+function entryFor(entries: readonly NetrcEntry[], host: string, login?: string): NetrcEntry | undefined {
+  const ofLogin = login === undefined ? entries : entries.filter((e) => e.login === login);
+  return ofLogin.find((e) => e.machine?.toLowerCase() === host.toLowerCase()) ?? ofLogin.find((e) => !e.machine);
 }
 
 /**
@@ -146,41 +150,57 @@ async function prompt(question: string, stdin: NodeJS.ReadStream, stderr: NodeJS
   }
 }
 
+/**
+ * The netrc file's entries and its entry for `host` (of `netrc.login` when the URL names one);
+ * undefined for --netrc-optional without a home directory to look in.
+ */
+function netrcEntry(
+  netrc: NonNullable<CredentialSources['netrc']>,
+  host: string,
+  env: NodeJS.ProcessEnv,
+): { file: string; entries: NetrcEntry[]; entry: NetrcEntry | undefined } | undefined {
+  const { file, optional, login } = netrc;
+  const flag = file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc';
+  // ~/.netrc: never a relative .netrc (HOME=""), nor a crash where there is no home (a container's UID).
+  const inHome = file === undefined && !env.NETRC;
+  const home = inHome ? homeDir(env) : undefined;
+  if (inHome && home === undefined) {
+    if (optional) return undefined;
+    throw new UsageError(
+      `${flag}: no home directory to find .netrc in (HOME unset or not absolute, and no passwd entry): set HOME or NETRC, or pass --netrc-file FILE`,
+      EXIT.read,
+    );
+  }
+  const path = file ?? (env.NETRC || join(home!, '.netrc'));
+  const entries = readNetrc(path, flag, optional) ?? [];
+  return { file: path, entries, entry: entryFor(entries, host, login) };
+}
+
 /** The credentials for the agent, or undefined (Kerberos ticket only, or no authentication). */
 export async function resolveCredentials(s: CredentialSources): Promise<Credentials | undefined> {
   let user = s.user;
   /** Where a user name without a password came from, for the message that asks for one. */
   let netrcFile: string | undefined;
-  if (!user && s.netrc !== undefined) {
-    const { file, optional } = s.netrc;
-    const flag = file !== undefined ? '--netrc-file' : optional ? '--netrc-optional' : '--netrc';
-    // ~/.netrc: never a relative .netrc (HOME=""), nor a crash where there is no home (a container's UID).
-    const inHome = file === undefined && !s.env.NETRC;
-    const home = inHome ? homeDir(s.env) : undefined;
-    if (inHome && home === undefined) {
-      if (optional) return undefined;
-      throw new UsageError(
-        `${flag}: no home directory to find .netrc in (HOME unset or not absolute, and no passwd entry): set HOME or NETRC, or pass --netrc-file FILE`,
-        EXIT.read,
-      );
-    }
-    netrcFile = file ?? (s.env.NETRC || join(home!, '.netrc'));
-    const entries = readNetrc(netrcFile, flag, optional) ?? [];
-    const entry = entryFor(entries, s.host);
-    if (!entry?.login) return undefined;
-    user = { username: entry.login, password: entry.password };
-    // Another entry is another host's unless it writes the same login and password: a password
-    // typed at the prompt for this entry's login answers no other entry.
-    const same = (other: NetrcEntry) =>
-      other === entry ||
-      (other.password !== undefined && other.login === entry.login && other.password === entry.password);
-    s.fromNetrc?.({
-      file: netrcFile,
-      namesOther: (host) => {
-        const other = entryFor(entries, host);
-        return other !== undefined && !same(other);
-      },
-    });
+  if (s.netrc !== undefined && (!user || s.netrc.login !== undefined)) {
+    const found = netrcEntry(s.netrc, s.host, s.env);
+    const entry = found?.entry;
+    if (found && entry?.login) {
+      user = { username: entry.login, password: entry.password };
+      netrcFile = found.file;
+      // Another entry is another host's unless it writes the same login and password: a password
+      // typed at the prompt for this entry's login answers no other entry.
+      const same = (other: NetrcEntry) =>
+        other === entry ||
+        (other.password !== undefined && other.login === entry.login && other.password === entry.password);
+      s.fromNetrc?.({
+        file: found.file,
+        namesOther: (host) => {
+          const other = entryFor(found.entries, host);
+          return other !== undefined && !same(other);
+        },
+      });
+    } else if (s.netrc.login === undefined) return undefined;
+    // No entry for the URL's login: its password comes as -u's would (MULTILEG_PASSWORD, a prompt…).
   }
   if (!user) return undefined;
   // curl's `-u :` (with --negotiate): no user name, the ticket authenticates.

@@ -559,13 +559,15 @@ export function netrcOtherHost(origin: string, netrcFile: string | undefined): s
 
 /**
  * The netrc file the command's password came from, for the fix that names it: -u (or the URL's
- * user) wins over a netrc file, which gave them only without one.
+ * user:password) wins over a netrc file, which gave them only without one — or the password of
+ * the URL's user without a password (`https://bob@host/`).
  */
 export function netrcFileOf(req: {
   readonly user: unknown;
-  readonly netrc: { readonly file: string | undefined } | undefined;
+  readonly netrc: { readonly file: string | undefined; readonly login?: string | undefined } | undefined;
 }): string | undefined {
-  return req.user === undefined && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined;
+  const fromFile = req.user === undefined || req.netrc?.login !== undefined;
+  return fromFile && req.netrc ? (req.netrc.file ?? '~/.netrc (or $NETRC)') : undefined;
 }
 
 /**

@@ -129,9 +129,13 @@ export interface CliRequest {
   readonly forgetRefusals: boolean;
   /**
    * --netrc, --netrc-file FILE, --netrc-optional: the file (undefined: $NETRC, else ~/.netrc), and
-   * whether a missing one is fine (--netrc-optional). undefined: no netrc.
+   * whether a missing one is fine (--netrc-optional); `login`: the user the URL names without a
+   * password (`https://bob@host/`), whose password the file's entry for that login gives, as curl's.
+   * undefined: no netrc.
    */
-  readonly netrc: { readonly file: string | undefined; readonly optional: boolean } | undefined;
+  readonly netrc:
+    | { readonly file: string | undefined; readonly optional: boolean; readonly login?: string | undefined }
+    | undefined;
   /**
    * Why the --cacert file, which is there, cannot be used: curl's 77 once a TLS connection needs it
    * (an https:// URL or redirect, an https:// proxy), nothing for plain http:// (curl ignores it there).
@@ -1283,7 +1287,13 @@ export function parseCli(
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
   // netrc holds credentials per host; the agent has one set for all the URLs.
   const netrc = o.netrcFile !== undefined || o.netrc || o.netrcOptional;
-  if (user === undefined && netrc && new Set(transfers.map((t) => t.url.hostname)).size > 1)
+  // `https://bob@host/` with --netrc: bob's password is the file's (curl's); `-u bob` asks for it.
+  const netrcLogin = o.user === undefined && urlUser?.password === undefined ? urlUser?.username : undefined;
+  if (
+    (user === undefined || netrcLogin !== undefined) &&
+    netrc &&
+    new Set(transfers.map((t) => t.url.hostname)).size > 1
+  )
     throw new ConfigError(
       '--netrc with URLs on different hosts: give -u, or run one command per host (netrc credentials are per host)',
     );
@@ -1365,7 +1375,9 @@ export function parseCli(
     user,
     passwordStdin: Boolean(o.passwordStdin),
     forgetRefusals: Boolean(o.forgetRefusals),
-    netrc: netrc ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional) } : undefined,
+    netrc: netrc
+      ? { file: o.netrcFile as string | undefined, optional: Boolean(o.netrcOptional), login: netrcLogin }
+      : undefined,
     unusableCa: cacert && 'problem' in cacert ? cacert.problem : undefined,
     cacert: o.cacert as string | undefined,
     unusableProxyCa: proxyCacert && 'problem' in proxyCacert ? proxyCacert.problem : undefined,
