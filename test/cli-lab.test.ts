@@ -242,7 +242,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       );
       expect(r.code).toBe(7);
       expect(r.stderr).toContain(
-        "(MULTILEG_KRB_NO_TICKET)); --proxy-user's password cannot answer Negotiate: get a Kerberos ticket for the proxy, or check --proxy-negotiate/",
+        "(MULTILEG_KRB_NO_TICKET)); --proxy-user's password cannot answer Negotiate: get a Kerberos ticket for the proxy, or check --proxy-negotiate (the proxy's; default --proxy-anyauth)",
       );
       expect(r.stderr).not.toContain('give --proxy-user');
       expect(r.stderr).not.toContain('alicepw');

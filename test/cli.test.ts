@@ -20,7 +20,7 @@ import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { ntlmMechanism } from '../src/mechanisms/ntlm/index.ts';
 import { unsupportedNode } from '../src/node-version.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
-import { ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
+import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError } from '../src/proxy/errors.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -476,6 +476,22 @@ describe('multileg command line', () => {
     expect(landed.map((e) => e.requestHeaders[':authority'] ?? e.requestHeaders.host)).toEqual([
       `127.0.0.1:${otherPort}`,
     ]);
+  });
+
+  it("H5: a proxy's 407 that no allowed scheme answers names the flags of the schemes it offers, not those it does not take", () => {
+    const offered = new ProxyAuthenticationError(
+      'http://p:3128',
+      'none of the offered schemes is configured; check proxy.schemes',
+      ['NTLM', 'Basic'],
+    );
+    expect(forCli(offered.message)).toBe(
+      "proxy http://p:3128 requires authentication (407; offers NTLM, Basic): none of the offered schemes is configured; check --proxy-ntlm/--proxy-basic (the proxy's; default --proxy-anyauth)",
+    );
+    const unknown = new ProxyAuthenticationError('http://p:3128', 'none … configured; check proxy.schemes', ['Bearer']);
+    expect(forCli(unknown.message)).toMatch(
+      /\(407; offers Bearer\): none … configured; it offers no scheme the command speaks$/,
+    );
+    expect(forCli(unknown.message)).not.toContain('--proxy-ntlm');
   });
 
   it('exits 1 with a typed error whose message names CLI flags, not library options', async () => {

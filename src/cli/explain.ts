@@ -146,7 +146,19 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
       }${flags.length ? ` with ${flags.join(' or ')}` : ''}`;
     },
   ],
-  // With --proxy-user given (the credentials are there): the flags that choose the proxy's schemes.
+  // With --proxy-user given (the credentials are there): the flags of the schemes the proxy offers
+  // (the 407's, in the message's head), not those it does not take.
+  [
+    /\(407; offers ([^)]*)\)(.*?)\bcheck proxy\.schemes\b/gs,
+    (_all: string, offered: string, middle: string) => {
+      const flags = offered.split(', ').flatMap((s) => PROXY_FLAGS[s.toLowerCase()] ?? []);
+      return `(407; offers ${offered})${middle}${
+        flags.length
+          ? `check ${flags.join('/')} (the proxy's; default --proxy-anyauth)`
+          : 'it offers no scheme the command speaks'
+      }`;
+    },
+  ],
   [
     /\bcheck proxy\.schemes\b/g,
     'check --proxy-negotiate/--proxy-ntlm/--proxy-digest/--proxy-basic (default --proxy-anyauth)',
