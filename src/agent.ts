@@ -547,7 +547,11 @@ export class MultilegAgent extends Dispatcher {
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
-        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
+        // S4: a cleartext origin (http:, and so ws:, which undici's WebSocket sends as http:) not
+        // trusted explicitly: a challenge the agent could answer is refused with a typed error, as a
+        // request's is, not shown to the caller as a bare 401.
+        const cleartext = identity === 'anonymous' && !grant.allowed && grant.reason === 'cleartext';
+        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, cleartext);
       }
       const headers = normalizeRequestHeaders(opts.headers);
       // (A Host header names the origin only where an interceptor may have put an address in it.)

@@ -3,6 +3,7 @@
  * src/mechanisms/ntlm, a real NTLMv2 password check) when asked to, then switches protocols and
  * echoes. It records every request it reads.
  */
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer as createTcpServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
@@ -162,7 +163,8 @@ export async function upgradeServer(opts: {
         socket.off('data', onData);
         // The greeting rides in the same write as the 101: it must reach the caller's socket.
         socket.write(
-          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}${opts.setCookies ? 'set-cookie: ws=1\r\n' : ''}`}\r\nhello ${user ?? 'anonymous'}\n`,
+          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}${opts.setCookies ? 'set-cookie: ws=1\r\n' : ''}${webSocketAccept(headers['sec-websocket-key'])}`}\r\n${greeting(`hello ${user ?? 'anonymous'}\n`, headers['sec-websocket-key'])}`,
+          'latin1',
         );
         socket.on('data', (chunk: Buffer) => socket.write(chunk));
         if (buf.length) socket.write(buf);
@@ -193,6 +195,18 @@ export async function upgradeServer(opts: {
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+/** RFC 6455 §4.2.2's `Sec-WebSocket-Accept` line for a WebSocket client's key (undici's WebSocket checks it); none without a key. */
+function webSocketAccept(key: string | undefined): string {
+  if (key === undefined) return '';
+  const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  return `sec-websocket-accept: ${accept}\r\n`;
+}
+
+/** The greeting as written: to a WebSocket client (it sent a key) in one unmasked text frame (RFC 6455 §5.2). */
+function greeting(text: string, key: string | undefined): string {
+  return key === undefined ? text : `\x81${String.fromCharCode(text.length)}${text}`;
 }
 
 /** Reads from `socket` until `count` bytes arrived. */

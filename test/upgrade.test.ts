@@ -8,10 +8,11 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
-import { connect, type Dispatcher, upgrade } from 'undici';
+import { connect, type Dispatcher, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   BasicOverHttpError,
+  CleartextCredentialsError,
   HandshakeTimeoutError,
   InvalidTokenError,
   KerberosTicketExpiredError,
@@ -658,10 +659,54 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   });
 
   it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {
-    origin = await upgradeServer({ ntlm: true });
-    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    // (https: an untrusted http: origin is S4's CleartextCredentialsError, below.)
+    origin = await upgradeServer({ ntlm: true, tls: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'], connect: { ca: CA_CERT } });
     const r = await upgradeOrResponse(agent, origin.origin);
     expect(r).toMatchObject({ kind: 'response', status: 401 });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('S4: an upgrade to an http: origin not trusted explicitly, challenged with a scheme the agent could answer: CleartextCredentialsError naming the origin, as for a request; nothing sent', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    // Before: the bare 401 was the caller's, with no word of why (a request got CleartextCredentialsError).
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(CleartextCredentialsError);
+    expect((err as Error).message).toContain(origin.origin);
+    expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([[undefined, 401]]);
+  });
+
+  it('S4: a ws:// WebSocket (undici sends it as http:) to an origin not trusted explicitly: its error carries CleartextCredentialsError; nothing sent, no socket', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    // undici's WebSocket keeps no cause in its ErrorEvent: the agent's error is seen where undici gets it.
+    const errors: Error[] = [];
+    const dispatch = agent.dispatch.bind(agent);
+    agent.dispatch = (opts, handler) =>
+      dispatch(
+        opts,
+        new Proxy(handler, {
+          get: (target, key) =>
+            key === 'onResponseError'
+              ? (c: Dispatcher.DispatchController, err: Error) => {
+                  errors.push(err);
+                  target.onResponseError?.(c, err);
+                }
+              : Reflect.get(target, key),
+        }),
+      );
+    const ws = new WebSocket(`ws://localhost:${origin.port}/ws`, { dispatcher: agent });
+    const event = await new Promise<unknown>((resolve) => {
+      ws.onerror = resolve;
+      ws.onopen = () => resolve('open');
+    });
+    expect(event).toMatchObject({ type: 'error' });
+    expect(errors.length).toBeGreaterThan(0);
+    for (const err of errors) expect(err).toBeInstanceOf(CleartextCredentialsError);
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
   });
 

@@ -29,6 +29,7 @@ import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import { CleartextCredentialsError } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
 type Headers = Record<string, string | string[]>;
@@ -93,7 +94,9 @@ export class UpgradeDispatcher {
   /**
    * Starts `opts` (its `headers` normalised) for `origin`; `credentialsAllowed`: the agent's
    * credentials may answer a 401 and its certificate go in the handshake (S1, S6: the request is
-   * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity).
+   * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity);
+   * `cleartextRefused`: withheld because the origin is cleartext and not trusted explicitly (S4): a
+   * 401 the agent's credentials could answer fails the upgrade with CleartextCredentialsError.
    */
   dispatch(
     origin: string,
@@ -102,6 +105,7 @@ export class UpgradeDispatcher {
     handler: Dispatcher.DispatchHandler,
     credentialsAllowed: boolean,
     withJar = false,
+    cleartextRefused = false,
   ): boolean {
     const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
@@ -113,7 +117,8 @@ export class UpgradeDispatcher {
       if (jar) tellJar(jar, cookieUrl, headers);
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
-    this.#run(client, origin, opts, headers, sink, credentialsAllowed, onUpgrade, jar && { jar, url: cookieUrl })
+    const grant = { credentialsAllowed, cleartextRefused };
+    this.#run(client, origin, opts, headers, sink, grant, onUpgrade, jar && { jar, url: cookieUrl })
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
         this.#clients.delete(client);
@@ -181,7 +186,10 @@ export class UpgradeDispatcher {
     opts: Dispatcher.DispatchOptions,
     headers: HeaderMap,
     sink: UserSink,
-    credentialsAllowed: boolean,
+    {
+      credentialsAllowed,
+      cleartextRefused,
+    }: { readonly credentialsAllowed: boolean; readonly cleartextRefused: boolean },
     onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
     cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
   ): Promise<void> {
@@ -232,7 +240,7 @@ export class UpgradeDispatcher {
         }
         const authorization = auth?.header;
         /** What this leg's 401 asked, as the classifier below read it (its callback sets it). */
-        let asks = 'refused' as ReturnType<typeof challengeAsks>;
+        let asks = 'refused' as ReturnType<typeof challengeAsks> | 'cleartext';
         // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
         const cookie = cookies && jarCookie(cookies.jar, cookies.url);
         if (cookie instanceof CookieStoreError) throw cookie;
@@ -248,7 +256,13 @@ export class UpgradeDispatcher {
           sink,
           (status, h) => {
             if (cookies) tellJar(cookies.jar, cookies.url, h);
-            if (status !== 401 || !answering) return false;
+            if (status !== 401) return false;
+            // S4: swallowed (nothing of it reaches the caller), then refused with a typed error below.
+            if (cleartextRefused && mechanisms.choose(readChallenges(h, false))) {
+              asks = 'cleartext';
+              return true;
+            }
+            if (!answering) return false;
             // Refused here lately (R4): the caller gets the server's 401, as a request does.
             if (!auth && proofHere()?.refused) return false;
             if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
@@ -280,6 +294,7 @@ export class UpgradeDispatcher {
           }
           throw outcome.error;
         }
+        if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
           const here = proofHere();
