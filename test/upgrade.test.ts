@@ -710,6 +710,37 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
   });
 
+  it("H1/S4: undici's WebSocket through the agent to a ws:// origin trusted explicitly: NTLM on one connection, then open with the 101's headers (Upgrade, Sec-WebSocket-Accept) and its first message", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    // Before: every WebSocket through the agent failed (1006), authenticated or not: its 101 reached
+    // fetch with no raw headers, read as none ("Server did not set Upgrade header").
+    const ws = new WebSocket(`ws://localhost:${origin.port}/ws`, { dispatcher: agent });
+    const event = await new Promise<unknown>((resolve) => {
+      ws.onerror = resolve;
+      ws.onmessage = (m) => resolve(m.data);
+    });
+    ws.close();
+    expect(event).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
+    ]);
+  });
+
+  it("undici's WebSocket through the agent to an origin that does not challenge opens (no credentials)", async () => {
+    origin = await upgradeServer({ ntlm: false });
+    agent = new MultilegAgent({ proxy: false });
+    const ws = new WebSocket(`ws://localhost:${origin.port}/ws`, { dispatcher: agent });
+    const event = await new Promise<unknown>((resolve) => {
+      ws.onerror = resolve;
+      ws.onmessage = (m) => resolve(m.data);
+    });
+    ws.close();
+    expect(event).toBe('hello anonymous\n');
+  });
+
   it('H5: an upgrade goes through the configured proxy: CONNECT with Basic proxy authentication, then NTLM to the origin inside the tunnel', async () => {
     origin = await upgradeServer({ ntlm: true });
     proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });

@@ -113,8 +113,9 @@ export class UpgradeDispatcher {
     const client = this.#client(origin, credentialsAllowed);
     const jar = withJar ? this.#options.cookies : undefined;
     const cookieUrl = `${origin}${opts.path}`;
-    const onUpgrade = (status: number, headers: Headers, socket: Socket) => {
+    const onUpgrade = (leg: Controller, status: number, headers: Headers, socket: Socket) => {
       if (jar) tellJar(jar, cookieUrl, headers);
+      sink.upgrading(leg);
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
     const grant = { credentialsAllowed, cleartextRefused };
@@ -190,7 +191,7 @@ export class UpgradeDispatcher {
       credentialsAllowed,
       cleartextRefused,
     }: { readonly credentialsAllowed: boolean; readonly cleartextRefused: boolean },
-    onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+    onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
     cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
   ): Promise<void> {
     const { limits } = this.#options;
@@ -389,7 +390,7 @@ export class UpgradeDispatcher {
     sink: UserSink,
     answer: (status: number, headers: Headers) => boolean,
     verify: ((headers: Headers) => Promise<void>) | undefined,
-    onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+    onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
   ): Promise<LegOutcome> {
     const limits = this.#options.limits;
     return new Promise((resolve) => {
@@ -436,12 +437,12 @@ export class UpgradeDispatcher {
           // The caller aborted before undici started the request (nothing to abort then).
           if (sink.aborted) c.abort(sink.reason!);
         },
-        onRequestUpgrade(_c, upgradeStatus, h, socket) {
+        onRequestUpgrade(c, upgradeStatus, h, socket) {
           const done = () => {
             if (aborted) return;
             // The socket is the caller's now: a later abort of the request no longer applies.
             sink.onAbort(() => {});
-            onUpgrade(upgradeStatus, h as Headers, socket as Socket);
+            onUpgrade(c, upgradeStatus, h as Headers, socket as Socket);
             resolve({ kind: 'delivered', status: upgradeStatus });
           };
           if (!verify) return done();
