@@ -58,6 +58,11 @@ export async function upgradeServer(opts: {
   authenticationInfo?: string;
   /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
   setCookies?: boolean;
+  /**
+   * NTLM's CHALLENGE (the 401 to a NEGOTIATE) says `Connection: close`, and the connection closes
+   * after it: on every connection, or (`'first'`) on the first one only (a keep-alive limit met once).
+   */
+  closeOnChallenge?: boolean | 'first';
   /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
   holdChallenge?: () => Promise<void>;
 }): Promise<UpgradeServer> {
@@ -135,13 +140,18 @@ export async function upgradeServer(opts: {
             const legCookie: Record<string, string> = opts.setCookies
               ? { 'set-cookie': `leg=${seen.filter((x) => x.connection === connection).length}` }
               : {};
-            const answer = () =>
+            const closing =
+              result?.kind === 'challenge' &&
+              (opts.closeOnChallenge === true || (opts.closeOnChallenge === 'first' && connection === 1));
+            const answer = () => {
               respond(
                 401,
                 'Unauthorized',
-                { 'www-authenticate': offer, ...legCookie },
+                { 'www-authenticate': offer, ...legCookie, ...(closing ? { connection: 'close' } : {}) },
                 opts.challengeBody ?? 'who are you?',
               );
+              if (closing) socket.end();
+            };
             // (Nothing more comes on this connection before its answer: held, the order holds.)
             if (opts.holdChallenge && result?.kind === 'challenge') void opts.holdChallenge().then(answer);
             else answer();

@@ -13,6 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   BasicOverHttpError,
   CleartextCredentialsError,
+  ConnectionClosedError,
   HandshakeTimeoutError,
   InvalidTokenError,
   KerberosTicketExpiredError,
@@ -151,6 +152,45 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     if (own.kind === 'upgraded') sockets.push(own.socket);
     expect(origin.seen.at(-1)!.cookie).toBeUndefined();
     expect(told).toHaveLength(3);
+  });
+
+  it('H1: an origin that closes the connection with its NTLM CHALLENGE (a keep-alive limit): the AUTHENTICATE goes on no other connection; the handshake starts over on a new one and upgrades', async () => {
+    origin = await upgradeServer({ ntlm: true, closeOnChallenge: 'first' });
+    agent = ntlmAgent();
+    // Before: the AUTHENTICATE answering connection 1's CHALLENGE went on connection 2, whose server
+    // context never saw the handshake: a 401, taken as a refusal of the password (R4).
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 101],
+    ]);
+  });
+
+  it('H1/R4: an origin that closes the connection with every NTLM CHALLENGE: after one start-over a ConnectionClosedError saying so, no AUTHENTICATE written anywhere, and the password not held back as refused', async () => {
+    origin = await upgradeServer({ ntlm: true, closeOnChallenge: true });
+    agent = ntlmAgent();
+    for (let i = 0; i < 2; i++) {
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ConnectionClosedError);
+      expect((err as Error).message).toMatch(/NTLM challenge .*no credential was refused/);
+    }
+    // Each upgrade: the bare 401, then a NEGOTIATE on each of two connections; the second upgrade
+    // tries again (nothing refused), and never an AUTHENTICATE.
+    expect(origin.seen.map((s) => [s.connection, s.authorization])).toEqual([
+      [1, undefined],
+      [1, 'NTLM/1'],
+      [2, 'NTLM/1'],
+      [3, undefined],
+      [3, 'NTLM/1'],
+      [4, 'NTLM/1'],
+    ]);
   });
 
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {

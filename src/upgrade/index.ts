@@ -17,7 +17,14 @@ import type { Challenge } from '../challenge/types.ts';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
-import { CookieStoreError, HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import {
+  ConnectionClosedError,
+  CookieStoreError,
+  HandshakeTimeoutError,
+  InvalidTokenError,
+  LegLimitError,
+  MultilegError,
+} from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
@@ -71,6 +78,23 @@ type LegOutcome =
   /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
   | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
 
+/**
+ * The one connection an upgrade's Client holds at a time, as its connector made it: a connection-bound
+ * handshake's next leg answers the challenge of one connection and goes on no other (H1).
+ */
+interface Line {
+  /** tls-server-end-point of the current connection's certificate (M1, M5). */
+  channelBinding?: Buffer | undefined;
+  /** Connections made so far: the current one's number. */
+  connections: number;
+  socket?: Socket;
+  /** A leg bound to the current connection is being sent: a new connection must not carry it. */
+  bound: boolean;
+}
+
+/** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
+class BoundLegRefused extends Error {}
+
 /** A running authentication: the mechanism, its context and what it sent last. */
 interface Auth {
   readonly mechanism: Mechanism;
@@ -110,7 +134,7 @@ export class UpgradeDispatcher {
     const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
     if (sink.aborted) return true;
-    const client = this.#client(origin, credentialsAllowed);
+    const { client, line } = this.#client(origin, credentialsAllowed);
     const jar = withJar ? this.#options.cookies : undefined;
     const cookieUrl = `${origin}${opts.path}`;
     const onUpgrade = (leg: Controller, status: number, headers: Headers, socket: Socket) => {
@@ -119,7 +143,7 @@ export class UpgradeDispatcher {
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
     const grant = { credentialsAllowed, cleartextRefused };
-    this.#run(client, origin, opts, headers, sink, grant, onUpgrade, jar && { jar, url: cookieUrl })
+    this.#run(client, line, origin, opts, headers, sink, grant, onUpgrade, jar && { jar, url: cookieUrl })
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
         this.#clients.delete(client);
@@ -138,7 +162,7 @@ export class UpgradeDispatcher {
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
-  #client(origin: string, credentialsAllowed: boolean): Client & { channelBinding?: Buffer } {
+  #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
     const { connect, limits, handshakeCertificate } = this.#options;
     // The agent's certificate is a credential: only where credentials may go (T3, S1).
     const tls = credentialsAllowed && handshakeCertificate ? { ...connect, ...handshakeCertificate } : connect;
@@ -152,7 +176,7 @@ export class UpgradeDispatcher {
           { ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
           this.#options.connectTo,
         );
-    let client: Client & { channelBinding?: Buffer };
+    const line: Line = { connections: 0, bound: false };
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {
         callback(err, null);
@@ -160,10 +184,17 @@ export class UpgradeDispatcher {
       }
       // undici's connector gives a socket whenever it gives no error.
       const cert = (socket as Partial<TLSSocket>).getPeerX509Certificate?.();
-      client.channelBinding = tlsServerEndPoint(cert);
+      line.channelBinding = tlsServerEndPoint(cert);
+      line.connections += 1;
+      line.socket = socket!;
       callback(null, socket!);
     };
     const connector: buildConnector.connector = (opts, callback) => {
+      // H1: the connection whose challenge this leg answers closed as it was sent: not on another one.
+      if (line.bound) {
+        callback(new BoundLegRefused(), null);
+        return;
+      }
       if (base) {
         base(opts, connected(callback) as buildConnector.Callback);
         return;
@@ -176,13 +207,20 @@ export class UpgradeDispatcher {
       );
     };
     const { headersTimeout, bodyTimeout } = this.#options;
-    client = new Client(origin, { pipelining: 1, connect: connector, allowH2: false, headersTimeout, bodyTimeout });
+    const client = new Client(origin, {
+      pipelining: 1,
+      connect: connector,
+      allowH2: false,
+      headersTimeout,
+      bodyTimeout,
+    });
     this.#clients.add(client);
-    return client;
+    return { client, line };
   }
 
   async #run(
-    client: Client & { channelBinding?: Buffer },
+    client: Client,
+    line: Line,
     origin: string,
     opts: Dispatcher.DispatchOptions,
     headers: HeaderMap,
@@ -217,7 +255,7 @@ export class UpgradeDispatcher {
       port: portOf(url),
       method: opts.method,
       path: opts.path,
-      ...(client.channelBinding ? { channelBinding: client.channelBinding } : {}),
+      ...(line.channelBinding ? { channelBinding: line.channelBinding } : {}),
       proxy: false,
     });
     const excluded = new Set<string>();
@@ -226,6 +264,24 @@ export class UpgradeDispatcher {
     let opened: readonly Challenge[] = [];
     // R3: the handshake is bounded from the first answered 401 (the sink's abort reaches the leg).
     let clock: Deadline<HandshakeTimeoutError> | undefined;
+    /** The connection (its number, {@link Line}) whose challenge the next leg answers, if it answers one. */
+    let boundTo: number | undefined;
+    /** The connection the last swallowed challenge came on. */
+    let challengedOn = 0;
+    let startedOver = false;
+    /**
+     * H1: the connection whose challenge the next leg answers (an NTLM AUTHENTICATE) closed: that leg
+     * goes on no other connection, whose server context never saw the handshake (it would count the
+     * password as wrong, R4). The handshake starts over once on a new connection (a server's
+     * keep-alive limit met mid-handshake); a server that closes again ends it with a typed error.
+     */
+    const startOver = (a: Auth): Promise<Auth> => {
+      if (startedOver) throw new ConnectionClosedError(origin, opts.method, { afterChallenge: a.mechanism.scheme });
+      startedOver = true;
+      boundTo = undefined;
+      log.agent('%s upgrade: %s: the connection closed after its challenge: starting over', origin, a.mechanism.scheme);
+      return start(opened);
+    };
     const legs = async (): Promise<void> => {
       for (;;) {
         if (auth && this.#options.mechanisms !== mechanisms) {
@@ -239,6 +295,10 @@ export class UpgradeDispatcher {
           auth = undefined;
           excluded.clear();
         }
+        if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
+          auth = await startOver(auth);
+          continue;
+        }
         const authorization = auth?.header;
         /** What this leg's 401 asked, as the classifier below read it (its callback sets it). */
         let asks = 'refused' as ReturnType<typeof challengeAsks> | 'cleartext';
@@ -248,6 +308,7 @@ export class UpgradeDispatcher {
         // A leg with the agent's Authorization, its jar's Cookie or over its certificate's TLS
         // connection: the caller's answer is the agent's identity's, which a cache above does not see (S6).
         if (authorization !== undefined || cookie || certified) sink.asAgent = true;
+        line.bound = boundTo !== undefined;
         const outcome = await this.#leg(
           client,
           opts,
@@ -264,6 +325,7 @@ export class UpgradeDispatcher {
               return true;
             }
             if (!answering) return false;
+            challengedOn = line.connections;
             // Refused here lately (R4): the caller gets the server's 401, as a request does.
             if (!auth && proofHere()?.refused) return false;
             if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
@@ -277,6 +339,7 @@ export class UpgradeDispatcher {
           auth && ((h) => finish(auth!, h, legInfo())),
           onUpgrade,
         );
+        line.bound = false;
         if (outcome.kind === 'delivered') {
           if (auth) {
             proved = outcomeFor(auth, outcome.status);
@@ -288,6 +351,11 @@ export class UpgradeDispatcher {
           return;
         }
         if (outcome.kind === 'failed') {
+          // Refused by the connector before anything was written (H1, see startOver).
+          if (auth && outcome.error instanceof BoundLegRefused) {
+            auth = await startOver(auth);
+            continue;
+          }
           // R4: a leg carrying the password that the server never answered (the clock, a close; not
           // the caller's abort) may have been counted, as a request's handshake says.
           if (auth && outcome.unanswered && (clock?.timedOut || !sink.aborted) && carriesPassword(auth)) {
@@ -324,6 +392,8 @@ export class UpgradeDispatcher {
         const next = challenges.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
         auth.header = await step(auth, next);
         auth.legs += 1;
+        // A connection-bound mechanism's next leg answers this connection's challenge (H1).
+        if (auth.mechanism.level !== 'request') boundTo = challengedOn;
       }
     };
     try {
@@ -335,6 +405,8 @@ export class UpgradeDispatcher {
 
     /** The first leg with credentials: the strongest usable offered scheme (T2). */
     async function start(challenges: readonly Challenge[]): Promise<Auth> {
+      // A first leg answers no connection's challenge of ours: any connection may carry it.
+      boundTo = undefined;
       let unusable: MultilegError | undefined;
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
