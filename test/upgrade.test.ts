@@ -430,6 +430,61 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     await origin.closed(1);
   });
 
+  it("R1/R4: a caller that aborts an upgrade while its mechanism's first step runs (a slow KDC) gets its abort at once, and the leave to send the password is let go: the next upgrade does not wait for that step", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const ntlm = ntlmMechanism(ALICE);
+    let release!: () => void;
+    const slow = new Promise<void>((r) => {
+      release = r;
+    });
+    let first = true;
+    const slowFirst = {
+      ...ntlm,
+      createContext(leg: Parameters<typeof ntlm.createContext>[0]) {
+        const real = ntlm.createContext(leg);
+        const stalls = first;
+        first = false;
+        return {
+          get complete() {
+            return real.complete;
+          },
+          // The first upgrade's first step waits until released (a KDC that takes its time).
+          step: async (challenge: Parameters<typeof real.step>[0], l: Parameters<typeof real.step>[1]) => {
+            if (stalls) await slow;
+            return real.step(challenge, l);
+          },
+          finish: (challenge: Parameters<typeof real.finish>[0], l: Parameters<typeof real.finish>[1]) =>
+            real.finish(challenge, l),
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [slowFirst], limits: { handshakeTimeout: 10_000 } });
+    try {
+      const controller = new AbortController();
+      const aborted = upgrade(`${origin.origin}/ws`, {
+        dispatcher: agent,
+        protocol: 'websocket',
+        signal: controller.signal,
+      }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await until(() => origin!.seen.length === 1);
+      await new Promise((r) => setTimeout(r, 20));
+      controller.abort(new Error('caller gave up'));
+      expect((await aborted)?.message).toMatch(/caller gave up|aborted/i);
+      // Before: the aborted upgrade held the leave (one password handshake at a time after a quiet
+      // spell) until its step ended — here never, in life up to handshakeTimeout: this one waited.
+      const started = Date.now();
+      const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined, 'NTLM/1', 'NTLM/3']);
+    } finally {
+      release();
+    }
+  });
+
   it('R3: limits.handshakeTimeout bounds an upgrade whose handshake stalls on the server: HandshakeTimeoutError, the connection closed', async () => {
     origin = await upgradeServer({ ntlm: true, stallAt: 1 });
     agent = ntlmAgent({ limits: { handshakeTimeout: 200 } });

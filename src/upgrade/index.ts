@@ -440,9 +440,11 @@ export class UpgradeDispatcher {
     async function step(a: Auth, challenge: Challenge | undefined): Promise<string> {
       try {
         const stepped = a.context.step(challenge, legInfo());
-        return await (clock ? clock.race(stepped) : stepped);
+        // The caller's abort ends the wait too (R1): the leave held (R4) goes with it, not once the
+        // mechanism's own work (a slow KDC) ends.
+        return await sink.unlessAborted(clock ? clock.race(stepped) : stepped);
       } catch (err) {
-        if (err instanceof MultilegError) throw err;
+        if (err instanceof MultilegError || (sink.aborted && err === sink.reason)) throw err;
         throw new InvalidTokenError(`${a.mechanism.scheme} WWW-Authenticate challenge`);
       }
     }
