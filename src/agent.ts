@@ -533,6 +533,8 @@ export class MultilegAgent extends Dispatcher {
           },
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
           proofOf: (o) => this.#pool(o).memory.proof,
+          // And what it learnt of the origin's schemes (a silent KDC, a scheme that cannot run: R4).
+          schemesOf: (o) => this.#pool(o).memory,
           succeededAs: this.#succeededAs,
         });
         const named = namedOrigin(origin, headers);

@@ -18,6 +18,7 @@ import {
   InvalidTokenError,
   KerberosTicketExpiredError,
   LegLimitError,
+  type Mechanism,
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -483,6 +484,61 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     } finally {
       release();
     }
+  });
+
+  it('R4/R3: a mechanism step that waits out handshakeTimeout on a silent KDC is remembered for the origin, as for a request: the next upgrade fails at once with that error, not after another timeout', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    let steps = 0;
+    const kdcBound: Mechanism = {
+      ...testNtlm({
+        step: () => {
+          steps += 1;
+          return new Promise<string>(() => {});
+        },
+      }),
+      usesPassword: false,
+    };
+    // A context that says what its step waits on, as Negotiate's GSS-API calls do.
+    const waiting: Mechanism = {
+      ...kdcBound,
+      createContext: (leg) =>
+        Object.assign(kdcBound.createContext(leg), { waitingOn: 'GSS-API for HTTP@localhost (the KDC)' }),
+    };
+    agent = ntlmAgent({ mechanisms: [waiting], limits: { handshakeTimeout: 300 } });
+    const first = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(first).toBeInstanceOf(HandshakeTimeoutError);
+    expect((first as HandshakeTimeoutError).inMechanismStep).toBe(true);
+    // Before: each upgrade stepped again and waited the whole timeout on the same KDC.
+    const started = Date.now();
+    const second = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(Date.now() - started).toBeLessThan(250);
+    expect(second).toBeInstanceOf(HandshakeTimeoutError);
+    expect((second as Error).message).toMatch(/remembered for this origin/);
+    expect(steps).toBe(1);
+    // The second upgrade's bare request was answered by the 401; nothing more went.
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined]);
+  });
+
+  it('T2/R4: a scheme found unusable by an upgrade is remembered for the origin: the next upgrade does not try it again', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Negotiate' });
+    let created = 0;
+    const negotiate = unavailableScheme('Negotiate', () => {
+      created += 1;
+      return new MechanismUnavailableError('Negotiate', 'test: not on this machine');
+    });
+    agent = ntlmAgent({ mechanisms: [negotiate, ntlmMechanism(ALICE)] });
+    for (let i = 0; i < 2; i++) {
+      const r = await upgradeOrResponse(agent, origin.origin);
+      expect(r.kind).toBe('upgraded');
+      if (r.kind === 'upgraded') sockets.push(r.socket);
+    }
+    expect(created).toBe(1);
   });
 
   it('R3: limits.handshakeTimeout bounds an upgrade whose handshake stalls on the server: HandshakeTimeoutError, the connection closed', async () => {

@@ -24,6 +24,7 @@ import {
   InvalidTokenError,
   LegLimitError,
   MultilegError,
+  ownCopy,
 } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
@@ -36,6 +37,7 @@ import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
@@ -60,6 +62,11 @@ export interface UpgradeOptions {
    * handshake waits for another one proving them, and none runs while they are refused (R4).
    */
   readonly proofOf?: (origin: string) => CredentialProof;
+  /**
+   * What the agent learnt of an origin's schemes, shared with its requests (R4): schemes that could
+   * not run there lately (a silent KDC among them) are skipped, and an upgrade's findings kept.
+   */
+  readonly schemesOf?: (origin: string) => Pick<OriginMemory, 'unusable' | 'markUnusable'>;
   /** The agent's cookie jar: asked for each leg's Cookie, told each head's Set-Cookie (the 101's too). */
   readonly cookies?: CookieStore;
   /** The agent's `markPrivate`: a non-101 answer to the agent's identity gets `Cache-Control: private` (S6). */
@@ -259,6 +266,30 @@ export class UpgradeDispatcher {
       proxy: false,
     });
     const excluded = new Set<string>();
+    // What the origin's requests and upgrades found unusable lately (R4), read at the first 401 (as
+    // the proof: no memory for an upgrade no one challenges).
+    const schemesOf = this.#options.schemesOf;
+    let schemes: Pick<OriginMemory, 'unusable' | 'markUnusable'> | undefined;
+    const schemesHere = () => (schemes ??= schemesOf?.(origin));
+    /** Why the last scheme excluded here could not run (this upgrade's finding, or the origin's memory). */
+    let lastUnusable: Error | undefined;
+    let recalled = false;
+    const recall = () => {
+      if (recalled) return;
+      recalled = true;
+      for (const [scheme, error] of schemesHere()?.unusable() ?? []) {
+        excluded.add(scheme);
+        lastUnusable = error;
+      }
+    };
+    /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
+    const unusable = (schemeKey: string, error: Error) => {
+      excluded.add(schemeKey);
+      lastUnusable = error;
+      schemesHere()?.markUnusable(schemeKey, error);
+    };
+    /** The context whose step runs now: what it waits on names a timeout's cause (a silent KDC, R3). */
+    let stepping: MechanismContext | undefined;
     let auth: Auth | undefined;
     /** The challenges the running handshake started from. */
     let opened: readonly Challenge[] = [];
@@ -294,6 +325,7 @@ export class UpgradeDispatcher {
           ticket = undefined;
           auth = undefined;
           excluded.clear();
+          recalled = false;
         }
         if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
           auth = await startOver(auth);
@@ -301,7 +333,7 @@ export class UpgradeDispatcher {
         }
         const authorization = auth?.header;
         /** What this leg's 401 asked, as the classifier below read it (its callback sets it). */
-        let asks = 'refused' as ReturnType<typeof challengeAsks> | 'cleartext';
+        let asks = 'refused' as ReturnType<typeof challengeAsks> | 'cleartext' | 'unusable';
         // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
         const cookie = cookies && jarCookie(cookies.jar, cookies.url);
         if (cookie instanceof CookieStoreError) throw cookie;
@@ -328,7 +360,18 @@ export class UpgradeDispatcher {
             challengedOn = line.connections;
             // Refused here lately (R4): the caller gets the server's 401, as a request does.
             if (!auth && proofHere()?.refused) return false;
-            if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
+            if (!auth) {
+              recall();
+              const offered = readChallenges(h, false);
+              if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return true;
+              // Only schemes found unusable here lately are offered: the upgrade fails with why, at
+              // once, as a request does (R4), rather than trying them again.
+              if (lastUnusable && mechanisms.choose(offered)?.mechanism !== undefined) {
+                asks = 'unusable';
+                return true;
+              }
+              return false;
+            }
             const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
             // so is an SPNEGO reject (a token, but no next leg), as for a request — unless it refused
@@ -364,6 +407,7 @@ export class UpgradeDispatcher {
           throw outcome.error;
         }
         if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
+        if (asks === 'unusable') throw ownCopy(lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
           const here = proofHere();
@@ -407,14 +451,19 @@ export class UpgradeDispatcher {
     async function start(challenges: readonly Challenge[]): Promise<Auth> {
       // A first leg answers no connection's challenge of ours: any connection may carry it.
       boundTo = undefined;
-      let unusable: MultilegError | undefined;
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
         // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
-        if (!chosen?.mechanism) throw unusable!;
+        if (!chosen?.mechanism) throw lastUnusable!;
         const { mechanism, challenge } = chosen;
-        clock ??= handshakeClock(limits.handshakeTimeout, mechanism.scheme, (err) => sink.abort(err));
+        clock ??= handshakeClock(
+          limits.handshakeTimeout,
+          mechanism.scheme,
+          (err) => sink.abort(err),
+          undefined,
+          () => stepping?.waitingOn,
+        );
         try {
           const a: Auth = {
             mechanism,
@@ -428,8 +477,7 @@ export class UpgradeDispatcher {
           return a;
         } catch (err) {
           if (cannotRunHere(err)) {
-            excluded.add(challenge.schemeKey);
-            unusable = err;
+            unusable(challenge.schemeKey, err);
             continue;
           }
           throw err;
@@ -438,14 +486,20 @@ export class UpgradeDispatcher {
     }
 
     async function step(a: Auth, challenge: Challenge | undefined): Promise<string> {
+      stepping = a.context;
       try {
         const stepped = a.context.step(challenge, legInfo());
         // The caller's abort ends the wait too (R1): the leave held (R4) goes with it, not once the
         // mechanism's own work (a slow KDC) ends.
         return await sink.unlessAborted(clock ? clock.race(stepped) : stepped);
       } catch (err) {
+        // R4: a KDC that did not answer is remembered for the origin a few seconds, as a request's
+        // handshake does: the next upgrades fail at once rather than each wait out the timeout.
+        if (kdcSilent(err as Error)) unusable(a.mechanism.scheme.toLowerCase(), err as Error);
         if (err instanceof MultilegError || (sink.aborted && err === sink.reason)) throw err;
         throw new InvalidTokenError(`${a.mechanism.scheme} WWW-Authenticate challenge`);
+      } finally {
+        stepping = undefined;
       }
     }
   }
