@@ -5,9 +5,15 @@
  * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
  * switches protocols and echoes.
  */
+import { execFileSync } from 'node:child_process';
+import { createHash, X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createSecureContext, createServer as createTlsServer } from 'node:tls';
 import { connect, type Dispatcher, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -192,6 +198,107 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       [3, 'NTLM/1'],
       [4, 'NTLM/1'],
     ]);
+  });
+
+  it('M5/H1: a first token bound to the connection (Kerberos channel bindings) after a bare 401 that closes its connection carries the binding of the connection it goes on, not of the closed one', async () => {
+    // Two certificates for localhost, one per connection (a front end whose backends differ).
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-r71-'));
+    const pairs = [1, 2].map((n) => {
+      const [cert, key] = [join(dir, `c${n}.pem`), join(dir, `k${n}.pem`)];
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:prime256v1',
+          '-nodes',
+          '-subj',
+          '/CN=localhost',
+          '-addext',
+          'subjectAltName=DNS:localhost',
+          '-days',
+          '1',
+          '-keyout',
+          key,
+          '-out',
+          cert,
+        ],
+        { stdio: 'ignore' },
+      );
+      return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
+    });
+    rmSync(dir, { recursive: true, force: true });
+    const bindingOf = (pem: string) => createHash('sha256').update(new X509Certificate(pem).raw).digest('hex');
+    let connections = 0;
+    /** Per request: the connection, the binding of the certificate it presented, the Authorization. */
+    const seen: { connection: number; binding: string; authorization: string | undefined }[] = [];
+    const contexts = pairs.map((p) => createSecureContext(p));
+    const server = createTlsServer(
+      { ...pairs[0]!, SNICallback: (_name, cb) => cb(null, contexts[connections++ % 2]) },
+      (socket) => {
+        const connection = connections;
+        const binding = bindingOf(pairs[(connection - 1) % 2]!.cert);
+        socket.on('error', () => {});
+        socket.on('data', (d) => {
+          const authorization = /\r\nauthorization: ([^\r]*)/i.exec(d.toString('latin1'))?.[1];
+          seen.push({ connection, binding, authorization });
+          if (authorization === undefined) {
+            socket.end(
+              'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Negotiate\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+            );
+          } else {
+            socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+          }
+        });
+      },
+    );
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const bindings: (string | undefined)[] = [];
+      const kerberosLike: Mechanism = {
+        scheme: 'Negotiate',
+        level: 'either',
+        multileg: false,
+        proactive: false,
+        bindsFirstToken: true,
+        usesPassword: false,
+        createContext: () => {
+          let made = false;
+          return {
+            get complete() {
+              return made;
+            },
+            step: async (_challenge, leg) => {
+              made = true;
+              bindings.push(leg.channelBinding?.toString('hex'));
+              return 'Negotiate dGVzdA==';
+            },
+            finish: async () => {},
+          };
+        },
+      };
+      agent = new MultilegAgent({
+        mechanisms: [kerberosLike],
+        trustedOrigins: [`https://localhost:${port}`],
+        connect: { ca: pairs.map((p) => p.cert) },
+        proxy: false,
+      });
+      const r = await upgradeOrResponse(agent, `https://localhost:${port}`);
+      expect(r).toMatchObject({ kind: 'response', status: 403 });
+      expect(seen.map((s) => [s.connection, s.authorization])).toEqual([
+        [1, undefined],
+        [2, 'Negotiate dGVzdA=='],
+      ]);
+      // Before: the token carried connection 1's certificate's binding (a server checking it refuses).
+      expect(bindings).toEqual([seen[1]!.binding]);
+      expect(seen[0]!.binding).not.toBe(seen[1]!.binding);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {

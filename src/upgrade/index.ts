@@ -97,6 +97,13 @@ interface Line {
   socket?: Socket;
   /** A leg bound to the current connection is being sent: a new connection must not carry it. */
   bound: boolean;
+  /**
+   * Opens the next connection ahead of undici, which takes it for the next leg: a first token bound
+   * to the connection (Kerberos channel bindings, M5) is made with the certificate of the one it goes on.
+   */
+  open(): Promise<void>;
+  /** The connection {@link open} made, until undici takes it. */
+  spare?: Socket | undefined;
 }
 
 /** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
@@ -156,6 +163,7 @@ export class UpgradeDispatcher {
         this.#clients.delete(client);
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
+        line.spare?.destroy();
       });
     return true;
   }
@@ -183,7 +191,7 @@ export class UpgradeDispatcher {
           { ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
           this.#options.connectTo,
         );
-    const line: Line = { connections: 0, bound: false };
+    const line = { connections: 0, bound: false } as Line;
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {
         callback(err, null);
@@ -196,12 +204,7 @@ export class UpgradeDispatcher {
       line.socket = socket!;
       callback(null, socket!);
     };
-    const connector: buildConnector.connector = (opts, callback) => {
-      // H1: the connection whose challenge this leg answers closed as it was sent: not on another one.
-      if (line.bound) {
-        callback(new BoundLegRefused(), null);
-        return;
-      }
+    const dial: buildConnector.connector = (opts, callback) => {
       if (base) {
         base(opts, connected(callback) as buildConnector.Callback);
         return;
@@ -213,6 +216,35 @@ export class UpgradeDispatcher {
         (err: Error) => callback(err, null),
       );
     };
+    const connector: buildConnector.connector = (opts, callback) => {
+      // (Called back on a later tick, as a connection is: undici's Client, still in the loop that
+      // asked for it, ignores a connection given at once and never writes the request.)
+      // H1: the connection whose challenge this leg answers closed as it was sent: not on another one.
+      if (line.bound) {
+        process.nextTick(callback, new BoundLegRefused(), null);
+        return;
+      }
+      const spare = line.spare;
+      line.spare = undefined;
+      if (spare && !spare.destroyed) {
+        process.nextTick(callback, null, spare);
+        return;
+      }
+      dial(opts, callback);
+    };
+    const url = new URL(origin);
+    // What undici's Client gives its connector for this origin (its host unbracketed, as undici does).
+    const target = { hostname: unbracketed(url.hostname), host: url.host, protocol: url.protocol, port: url.port };
+    line.open = () =>
+      new Promise<void>((resolve, reject) =>
+        dial(target as buildConnector.Options, (err, socket) => {
+          if (err) reject(err);
+          else {
+            line.spare = socket!;
+            resolve();
+          }
+        }),
+      );
     const { headersTimeout, bodyTimeout } = this.#options;
     const client = new Client(origin, {
       pipelining: 1,
@@ -299,6 +331,8 @@ export class UpgradeDispatcher {
     let boundTo: number | undefined;
     /** The connection the last swallowed challenge came on. */
     let challengedOn = 0;
+    /** That challenge said `Connection: close`: the next leg goes on a new connection. */
+    let closing = false;
     let startedOver = false;
     /**
      * H1: the connection whose challenge the next leg answers (an NTLM AUTHENTICATE) closed: that leg
@@ -358,6 +392,7 @@ export class UpgradeDispatcher {
             }
             if (!answering) return false;
             challengedOn = line.connections;
+            closing = saysClose(h.connection);
             // Refused here lately (R4): the caller gets the server's 401, as a request does.
             if (!auth && proofHere()?.refused) return false;
             if (!auth) {
@@ -451,6 +486,12 @@ export class UpgradeDispatcher {
     async function start(challenges: readonly Challenge[]): Promise<Auth> {
       // A first leg answers no connection's challenge of ours: any connection may carry it.
       boundTo = undefined;
+      // But it may be bound to the connection itself (Kerberos channel bindings, M5): when the one
+      // the challenge came on is gone, the next is opened first, its certificate the binding.
+      if (closing || line.socket?.destroyed !== false) {
+        closing = false;
+        await sink.unlessAborted(line.open());
+      }
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
         // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
@@ -658,6 +699,14 @@ export class UpgradeDispatcher {
       );
     });
   }
+}
+
+/** Whether a `Connection` header value says the connection closes after this response. */
+function saysClose(value: string | string[] | undefined): boolean {
+  if (value === undefined) return false;
+  return (typeof value === 'string' ? value : value.join(','))
+    .split(',')
+    .some((t) => t.trim().toLowerCase() === 'close');
 }
 
 /** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
