@@ -104,6 +104,8 @@ interface Line {
   open(): Promise<void>;
   /** The connection {@link open} made, until undici takes it. */
   spare?: Socket | undefined;
+  /** The upgrade ended: a connection {@link open} makes later is closed at once. */
+  ended?: boolean;
 }
 
 /** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
@@ -163,6 +165,7 @@ export class UpgradeDispatcher {
         this.#clients.delete(client);
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
+        line.ended = true;
         line.spare?.destroy();
       });
     return true;
@@ -239,7 +242,11 @@ export class UpgradeDispatcher {
       new Promise<void>((resolve, reject) =>
         dial(target as buildConnector.Options, (err, socket) => {
           if (err) reject(err);
-          else {
+          else if (line.ended) {
+            // Its caller gave up meanwhile (an abort, the handshake's clock).
+            socket!.destroy();
+            reject(new Error('upgrade ended'));
+          } else {
             line.spare = socket!;
             resolve();
           }
@@ -486,12 +493,6 @@ export class UpgradeDispatcher {
     async function start(challenges: readonly Challenge[]): Promise<Auth> {
       // A first leg answers no connection's challenge of ours: any connection may carry it.
       boundTo = undefined;
-      // But it may be bound to the connection itself (Kerberos channel bindings, M5): when the one
-      // the challenge came on is gone, the next is opened first, its certificate the binding.
-      if (closing || line.socket?.destroyed !== false) {
-        closing = false;
-        await sink.unlessAborted(line.open());
-      }
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
         // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
@@ -505,6 +506,13 @@ export class UpgradeDispatcher {
           undefined,
           () => stepping?.waitingOn,
         );
+        // But it may be bound to the connection itself (Kerberos channel bindings, M5): when the one
+        // the challenge came on is gone, the next is opened first, its certificate the binding (R3:
+        // within the handshake's time).
+        if (closing || line.socket?.destroyed !== false) {
+          closing = false;
+          await sink.unlessAborted(clock.race(line.open()));
+        }
         try {
           const a: Auth = {
             mechanism,
