@@ -47,6 +47,8 @@ export async function upgradeServer(opts: {
   stallAt?: number;
   /** Never answer a request carrying an NTLM AUTHENTICATE (a server silent on the password's leg). */
   stallAuthenticate?: boolean;
+  /** Close the connection, unanswered, under the request with this index (0-based, across connections). */
+  dropAt?: number;
   /**
    * TLS with the reference server's certificate (`https://localhost`), and NTLM requires the
    * client's channel binding to be that certificate's tls-server-end-point hash.
@@ -115,6 +117,11 @@ export async function upgradeServer(opts: {
           (opts.stallAuthenticate && authenticate && Buffer.from(authenticate, 'base64').readUInt32LE(8) === 3)
         ) {
           seen.push({ connection, method, path, upgrade: undefined, authorization: 'stalled', status: 0 });
+          return;
+        }
+        if (seen.length === opts.dropAt) {
+          seen.push({ connection, method, path, upgrade: undefined, authorization: 'dropped', status: 0 });
+          socket.destroy();
           return;
         }
         const auth = headers.authorization;

@@ -301,6 +301,35 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     }
   });
 
+  it("R1: an origin that closes an upgrade's new connection under its first request: ConnectionClosedError (fresh), as for a request, not undici's bare SocketError", async () => {
+    origin = await upgradeServer({ ntlm: true, dropAt: 0 });
+    agent = ntlmAgent();
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true });
+  });
+
+  it("R1/R4: an origin that closes the connection under the upgrade's AUTHENTICATE: ConnectionClosedError saying the handshake's connection closed and that the password went unanswered (held back, R4)", async () => {
+    origin = await upgradeServer({ ntlm: true, dropAt: 2 });
+    agent = ntlmAgent();
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err).toMatchObject({ fresh: false });
+    expect((err as Error).message).toMatch(/handshake ran on.*carried credentials \(Authorization\)/);
+    expect((err as Error).message).not.toContain('alicepw');
+    expect(origin.seen.map((s) => [s.connection, s.authorization])).toEqual([
+      [1, undefined],
+      [1, 'NTLM/1'],
+      [1, 'dropped'],
+    ]);
+  });
+
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
     origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
     agent = ntlmAgent();

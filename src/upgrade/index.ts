@@ -20,6 +20,7 @@ import type { Deadline } from '../deadline.ts';
 import {
   ConnectionClosedError,
   CookieStoreError,
+  closedUnder,
   HandshakeTimeoutError,
   InvalidTokenError,
   LegLimitError,
@@ -443,8 +444,16 @@ export class UpgradeDispatcher {
           }
           // R4: a leg carrying the password that the server never answered (the clock, a close; not
           // the caller's abort) may have been counted, as a request's handshake says.
-          if (auth && outcome.unanswered && (clock?.timedOut || !sink.aborted) && carriesPassword(auth)) {
-            proved = 'unanswered';
+          const counted = auth !== undefined && carriesPassword(auth);
+          if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
+          // The server closed the connection under a written leg: typed, as for a request, saying
+          // whether it had answered this handshake's challenges on it and whether the password went.
+          if (outcome.unanswered && !sink.aborted && closedUnder(outcome.error)) {
+            throw new ConnectionClosedError(origin, opts.method, {
+              cause: outcome.error,
+              ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
+              ...(counted ? { unproved: 'Authorization' } : {}),
+            });
           }
           throw outcome.error;
         }
