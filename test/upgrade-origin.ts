@@ -47,6 +47,8 @@ export async function upgradeServer(opts: {
   stallAt?: number;
   /** Never answer a request carrying an NTLM AUTHENTICATE (a server silent on the password's leg). */
   stallAuthenticate?: boolean;
+  /** On this connection (1-based), switch protocols in answer to NTLM's NEGOTIATE, authenticating no one. */
+  upgradeNegotiateOn?: number;
   /** Close the connection, unanswered, under the request with this index (0-based, across connections). */
   dropAt?: number;
   /**
@@ -140,6 +142,9 @@ export async function upgradeServer(opts: {
           const result = token ? acceptor.step(Buffer.from(token, 'base64')) : undefined;
           if (result?.kind === 'accepted') {
             user = result.user;
+          } else if (result?.kind === 'challenge' && connection === opts.upgradeNegotiateOn) {
+            // Lets the NEGOTIATE through, no one authenticated (a misconfigured front end).
+            user = 'nobody';
           } else {
             const challenge = result?.kind === 'challenge' ? `NTLM ${result.token.toString('base64')}` : 'NTLM';
             record(401);

@@ -330,6 +330,25 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     ]);
   });
 
+  it("R4/S6: a 101 to NTLM's opening leg (the NEGOTIATE, no password in it) proves nothing of the password: a wrong one refused after it is held back at once, as when nothing was proved", async () => {
+    origin = await upgradeServer({ ntlm: true, upgradeNegotiateOn: 1 });
+    agent = ntlmAgent({ credentials: { ...ALICE, password: 'wrong' } });
+    const first = await upgradeOrResponse(agent, origin.origin);
+    expect(first.kind).toBe('upgraded');
+    if (first.kind === 'upgraded') sockets.push(first.socket);
+    for (let i = 0; i < 2; i++) expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401 });
+    // Before: the 101 counted as the password proved, so its first refusal was tried once more
+    // (a fourth and fifth NTLM message) before it was held back.
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 101],
+      [2, undefined, 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 401],
+      [3, undefined, 401],
+    ]);
+  });
+
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
     origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
     agent = ntlmAgent();

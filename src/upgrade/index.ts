@@ -422,7 +422,8 @@ export class UpgradeDispatcher {
             asks = challengeAsks(auth.context, next);
             return asks !== 'refused';
           },
-          auth && ((h) => finish(auth!, h, legInfo())),
+          // (Nothing to verify in an answer to the opening leg: no one was authenticated.)
+          auth && !opening(auth) ? (h) => finish(auth!, h, legInfo()) : undefined,
           onUpgrade,
         );
         line.bound = false;
@@ -732,16 +733,22 @@ function carriesPassword(auth: Auth): boolean {
 }
 
 /**
- * What the final answer to a leg with credentials says of them: a 401 refuses them (unless it
- * answered a multi-leg handshake's opening leg, which carries none), a 5xx says nothing.
+ * What the final answer to a leg with credentials says of them: a 401 refuses them, a 5xx says
+ * nothing, and so does any answer to a multi-leg handshake's opening leg (an NTLM NEGOTIATE carries
+ * no credential: a 101 to it let the upgrade through authenticating no one, as a request's 2xx does).
  */
 function outcomeFor(auth: Auth, status: number): ProofOutcome {
+  if (opening(auth)) return 'none';
   if (status === 401) {
-    if (atOpening(auth.mechanism, auth.context, auth.legs)) return 'none';
     // A refused Kerberos ticket is kept back 30 s each time; a refused password's wait doubles.
     return sentPassword(auth.mechanism, auth.context) ? 'refused' : 'refused-no-password';
   }
   return status >= 500 ? 'none' : 'success';
+}
+
+/** Whether `auth`'s last leg was a multi-leg handshake's opening one, which carries no credential. */
+function opening(auth: Auth): boolean {
+  return atOpening(auth.mechanism, auth.context, auth.legs) && !auth.context.complete;
 }
 
 /** Verifies the server's final token (or Authentication-Info), if it sent one, on the answer to our last leg. */
