@@ -456,6 +456,36 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', undefined, 'NTLM/1', 'NTLM/3']);
   });
 
+  it("S6/H1: setCredentials between an upgrade's NEGOTIATE and a CHALLENGE that closes its connection: the upgrade starts over bare on a new connection and upgrades with the new password", async () => {
+    origin = await upgradeServer({ ntlm: true, closeOnChallenge: 'first' });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
+    const a = agent;
+    const rotate = (message: unknown) => {
+      const { headers } = message as { headers: unknown };
+      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAB/i.test(headers)) {
+        unsubscribe('undici:client:sendHeaders', rotate);
+        a.setCredentials(ALICE);
+      }
+    };
+    subscribe('undici:client:sendHeaders', rotate);
+    try {
+      // Before: the bare request starting over was still taken as bound to the closed connection:
+      // refused a new one, the caller got an internal error.
+      const r = await upgradeOrResponse(agent, origin.origin);
+      expect(r.kind).toBe('upgraded');
+      if (r.kind === 'upgraded') sockets.push(r.socket);
+    } finally {
+      unsubscribe('undici:client:sendHeaders', rotate);
+    }
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [2, undefined, 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 101],
+    ]);
+  });
+
   it('S6/R4: an upgrade waiting for its leave (the first upgrade proves the old password) at setCredentials sends no AUTHENTICATE of the old password and upgrades with the new one', async () => {
     // The first NEGOTIATE's CHALLENGE waits for the other upgrade's bare 401 (on a loaded machine its
     // bare request may come later), so that both chose NTLM with the old password before the call.

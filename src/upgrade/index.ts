@@ -366,6 +366,7 @@ export class UpgradeDispatcher {
           if (ticket) proof!.settle(ticket, 'none');
           ticket = undefined;
           auth = undefined;
+          boundTo = undefined;
           excluded.clear();
           recalled = false;
         }
@@ -382,7 +383,7 @@ export class UpgradeDispatcher {
         // A leg with the agent's Authorization, its jar's Cookie or over its certificate's TLS
         // connection: the caller's answer is the agent's identity's, which a cache above does not see (S6).
         if (authorization !== undefined || cookie || certified) sink.asAgent = true;
-        line.bound = boundTo !== undefined;
+        line.bound = auth !== undefined && boundTo !== undefined;
         const outcome = await this.#leg(
           client,
           opts,
