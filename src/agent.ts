@@ -539,7 +539,8 @@ export class MultilegAgent extends Dispatcher {
         });
         const named = namedOrigin(origin, headers);
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
-        const elsewhere = elsewhereBy(origin, headers, opts, false) !== undefined;
+        const elsewhereWhy = elsewhereBy(origin, headers, opts, false);
+        const elsewhere = elsewhereWhy !== undefined;
         const grant = this.#grant(
           origin,
           elsewhere ? origin : named,
@@ -549,11 +550,15 @@ export class MultilegAgent extends Dispatcher {
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
-        // S4: a cleartext origin (http:, and so ws:, which undici's WebSocket sends as http:) not
-        // trusted explicitly: a challenge the agent could answer is refused with a typed error, as a
-        // request's is, not shown to the caller as a bare 401.
-        const cleartext = identity === 'anonymous' && !grant.allowed && grant.reason === 'cleartext';
-        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, cleartext);
+        // Why the agent's credentials are withheld, as for a request: its 401 is published so, and over
+        // cleartext (http:, and so ws:, which undici's WebSocket sends as http:) refused with a typed error (S4).
+        const withheld =
+          identity === 'anonymous' && !grant.allowed
+            ? grant.reason
+            : elsewhereWhy !== undefined && !('authorization' in headers)
+              ? elsewhereWhy
+              : undefined;
+        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld);
       }
       const headers = normalizeRequestHeaders(opts.headers);
       // (A Host header names the origin only where an interceptor may have put an address in it.)

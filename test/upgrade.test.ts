@@ -31,6 +31,8 @@ import {
   MutualAuthError,
   ntlmMechanism,
   type SchemeName,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import {
@@ -401,6 +403,30 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     // Before: five AUTHENTICATEs with the wrong password (one per upgrade); an account locks after a few.
     expect(origin.seen.filter((s) => s.authorization === 'NTLM/3')).toHaveLength(1);
     expect(origin.seen.slice(3).map((s) => s.authorization)).toEqual(Array(4).fill(undefined));
+  });
+
+  it("S1/R4: an upgrade's 401 that goes to the caller unanswered is published on multileg:withheld with why, as a request's is (undici's WebSocket keeps no other word of it): an untrusted origin, a password refused lately", async () => {
+    const events: WithheldEvent[] = [];
+    const listen = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, listen);
+    try {
+      origin = await upgradeServer({ ntlm: true, tls: true });
+      agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'], connect: { ca: CA_CERT } });
+      expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401 });
+      // Before: nothing published for upgrades.
+      expect(events).toMatchObject([
+        { origin: origin.origin, path: '/ws', reason: 'untrusted-origin', schemes: ['NTLM'] },
+      ]);
+      await agent.destroy();
+      events.length = 0;
+      agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' }, connect: { ca: CA_CERT } });
+      for (let i = 0; i < 2; i++) expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401 });
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ origin: origin.origin, reason: 'refused-lately', schemes: ['NTLM'] });
+      expect(events[0]!.heldBackFor).toBeGreaterThan(0);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, listen);
+    }
   });
 
   it('R4: an origin silent on the upgrade’s AUTHENTICATE (the password’s leg) is sent it twice in a row, then the password is held back as after a refusal, not sent once per upgrade (review r49)', async () => {

@@ -17,6 +17,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
+import { publishWithheld } from '../diagnostics.ts';
 import {
   ConnectionClosedError,
   CookieStoreError,
@@ -39,7 +40,7 @@ import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
-import { CleartextCredentialsError } from '../trust/policy.ts';
+import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
 type Headers = Record<string, string | string[]>;
@@ -136,8 +137,9 @@ export class UpgradeDispatcher {
    * Starts `opts` (its `headers` normalised) for `origin`; `credentialsAllowed`: the agent's
    * credentials may answer a 401 and its certificate go in the handshake (S1, S6: the request is
    * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity);
-   * `cleartextRefused`: withheld because the origin is cleartext and not trusted explicitly (S4): a
-   * 401 the agent's credentials could answer fails the upgrade with CleartextCredentialsError.
+   * `withheld`: why the agent's credentials are withheld (S1, S4, S5): a 401 they could answer is
+   * published on `multileg:withheld`, as a request's is, and over cleartext (S4) fails the upgrade
+   * with CleartextCredentialsError.
    */
   dispatch(
     origin: string,
@@ -146,7 +148,7 @@ export class UpgradeDispatcher {
     handler: Dispatcher.DispatchHandler,
     credentialsAllowed: boolean,
     withJar = false,
-    cleartextRefused = false,
+    withheld?: WithheldReason,
   ): boolean {
     const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
@@ -159,7 +161,7 @@ export class UpgradeDispatcher {
       sink.upgrading(leg);
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
-    const grant = { credentialsAllowed, cleartextRefused };
+    const grant = { credentialsAllowed, withheld };
     this.#run(client, line, origin, opts, headers, sink, grant, onUpgrade, jar && { jar, url: cookieUrl })
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
@@ -274,8 +276,11 @@ export class UpgradeDispatcher {
     sink: UserSink,
     {
       credentialsAllowed,
-      cleartextRefused,
-    }: { readonly credentialsAllowed: boolean; readonly cleartextRefused: boolean },
+      withheld,
+    }: {
+      readonly credentialsAllowed: boolean;
+      readonly withheld: WithheldReason | undefined;
+    },
     onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
     cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
   ): Promise<void> {
@@ -395,15 +400,38 @@ export class UpgradeDispatcher {
             if (cookies) tellJar(cookies.jar, cookies.url, h);
             if (status !== 401) return false;
             // S4: swallowed (nothing of it reaches the caller), then refused with a typed error below.
-            if (cleartextRefused && mechanisms.choose(readChallenges(h, false))) {
-              asks = 'cleartext';
-              return true;
+            if (withheld !== undefined && mechanisms.choose(readChallenges(h, false))) {
+              if (withheld === 'cleartext') {
+                asks = 'cleartext';
+                return true;
+              }
+              publishWithheld(() => ({
+                origin,
+                path: opts.path,
+                reason: withheld,
+                schemes: readChallenges(h, false).map((c) => c.scheme),
+                time: Date.now(),
+              }));
+              return false;
             }
             if (!answering) return false;
             challengedOn = line.connections;
             closing = saysClose(h.connection);
-            // Refused here lately (R4): the caller gets the server's 401, as a request does.
-            if (!auth && proofHere()?.refused) return false;
+            // Refused here lately (R4): the caller gets the server's 401, as a request does, told why.
+            if (!auth && proofHere()?.refused) {
+              if (mechanisms.choose(readChallenges(h, false))) {
+                const heldBackFor = proof!.refusedFor;
+                publishWithheld(() => ({
+                  origin,
+                  path: opts.path,
+                  reason: 'refused-lately',
+                  heldBackFor,
+                  schemes: readChallenges(h, false).map((c) => c.scheme),
+                  time: Date.now(),
+                }));
+              }
+              return false;
+            }
             if (!auth) {
               recall();
               const offered = readChallenges(h, false);
