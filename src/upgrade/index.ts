@@ -399,8 +399,11 @@ export class UpgradeDispatcher {
           (status, h) => {
             if (cookies) tellJar(cookies.jar, cookies.url, h);
             if (status !== 401) return false;
-            // S4: swallowed (nothing of it reaches the caller), then refused with a typed error below.
-            if (withheld !== undefined && mechanisms.choose(readChallenges(h, false))) {
+            const offered = readChallenges(h, false);
+            // Withheld from this upgrade (S1, S4, S5) a challenge they could answer: over cleartext
+            // swallowed (nothing of it reaches the caller) and refused with a typed error below (S4);
+            // otherwise the caller's, said why, as a request's is.
+            if (withheld !== undefined && mechanisms.choose(offered)) {
               if (withheld === 'cleartext') {
                 asks = 'cleartext';
                 return true;
@@ -409,7 +412,7 @@ export class UpgradeDispatcher {
                 origin,
                 path: opts.path,
                 reason: withheld,
-                schemes: readChallenges(h, false).map((c) => c.scheme),
+                schemes: offered.map((c) => c.scheme),
                 time: Date.now(),
               }));
               return false;
@@ -419,14 +422,14 @@ export class UpgradeDispatcher {
             closing = saysClose(h.connection);
             // Refused here lately (R4): the caller gets the server's 401, as a request does, told why.
             if (!auth && proofHere()?.refused) {
-              if (mechanisms.choose(readChallenges(h, false))) {
+              if (mechanisms.choose(offered)) {
                 const heldBackFor = proof!.refusedFor;
                 publishWithheld(() => ({
                   origin,
                   path: opts.path,
                   reason: 'refused-lately',
                   heldBackFor,
-                  schemes: readChallenges(h, false).map((c) => c.scheme),
+                  schemes: offered.map((c) => c.scheme),
                   time: Date.now(),
                 }));
               }
@@ -434,7 +437,6 @@ export class UpgradeDispatcher {
             }
             if (!auth) {
               recall();
-              const offered = readChallenges(h, false);
               if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return true;
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
               // once, as a request does (R4), rather than trying them again.
@@ -444,7 +446,7 @@ export class UpgradeDispatcher {
               }
               return false;
             }
-            const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
+            const next = offered.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
             // so is an SPNEGO reject (a token, but no next leg), as for a request — unless it refused
             // credentials the mechanism has renewed since (a ticket under a rotated key): run again.
