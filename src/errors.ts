@@ -347,6 +347,8 @@ export interface ConnectionClosedOptions {
    * next leg answers, twice: that leg was not sent, on it or on another (H1).
    */
   afterChallenge?: string;
+  /** An upgrade's (or CONNECT's) leg, which the agent never sends again, `idempotent` or not. */
+  upgrade?: boolean;
   /** Idempotent, but its one-shot body was read past limits.maxReplayBodyBytes (this many bytes). */
   oneShot?: number | undefined;
   /** Idempotent, but it carried credentials (this header) not proved where they go (R4). */
@@ -400,7 +402,9 @@ export class ConnectionClosedError extends MultilegError {
         ? `it carried credentials (${options.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4), so the agent holds its own back from there a while, as after a refusal. Send the request again once that is safe`
         : options?.oneShot !== undefined
           ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
-          : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
+          : options?.upgrade
+            ? `the ${via} may have received it (an upgrade is never sent again by the agent): send it again if that is safe`
+            : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
     const headBytes = options?.fresh && options.headBytes ? options.headBytes : 0;
     const how = reset ? 'ECONNRESET' : headBytes > 0 ? `after ${headBytes} bytes of a response head` : 'an empty reply';
     const fresh =

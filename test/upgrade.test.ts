@@ -314,6 +314,22 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true });
   });
 
+  it("R1: an origin that closes the connection under the upgrade's NEGOTIATE (no password in it): ConnectionClosedError naming the handshake's connection, nothing held back, and no advice about undici's idempotent option (an upgrade is never sent again)", async () => {
+    origin = await upgradeServer({ ntlm: true, dropAt: 1 });
+    agent = ntlmAgent();
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect((err as Error).message).toMatch(/handshake ran on.*never sent again by the agent/);
+    expect((err as Error).message).not.toMatch(/idempotent|carried credentials/);
+    // Nothing held back: the next upgrade authenticates.
+    const again = await upgradeOrResponse(agent, origin.origin);
+    expect(again.kind).toBe('upgraded');
+    if (again.kind === 'upgraded') sockets.push(again.socket);
+  });
+
   it("R1/R4: an origin that closes the connection under the upgrade's AUTHENTICATE: ConnectionClosedError saying the handshake's connection closed and that the password went unanswered (held back, R4)", async () => {
     origin = await upgradeServer({ ntlm: true, dropAt: 2 });
     agent = ntlmAgent();

@@ -483,6 +483,7 @@ export class UpgradeDispatcher {
           if (outcome.unanswered && !sink.aborted && closedUnder(outcome.error)) {
             throw new ConnectionClosedError(origin, opts.method, {
               cause: outcome.error,
+              upgrade: true,
               ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
               ...(counted ? { unproved: 'Authorization' } : {}),
             });
