@@ -14,7 +14,7 @@ import { type AddressInfo, createServer as createNetServer, type Socket } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createSecureContext, createServer as createTlsServer } from 'node:tls';
-import { connect, type Dispatcher, upgrade, WebSocket } from 'undici';
+import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   BasicOverHttpError,
@@ -822,6 +822,41 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(err).toBeInstanceOf(MechanismUnavailableError);
     expect(err!.message).toContain('test: not on this machine');
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it("S5/T3: an upgrade that undici's redirect interceptor takes to another origin is a cross-origin hop: the agent's client certificate is not presented there (it is to that origin asked directly)", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    const target = origin.origin;
+    // The first origin redirects the upgrade to the one that wants the certificate.
+    const redirecting = createNetServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () =>
+        socket.end(`HTTP/1.1 302 Found\r\nlocation: ${target}/ws\r\ncontent-length: 0\r\n\r\n`),
+      );
+    });
+    await new Promise<void>((r) => redirecting.listen(0, '127.0.0.1', r));
+    try {
+      agent = new MultilegAgent({
+        clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY },
+        connect: { ca: CA_CERT },
+      });
+      const following = agent.compose(interceptors.redirect({ maxRedirections: 2 }));
+      const hop = await upgrade(`http://127.0.0.1:${(redirecting.address() as AddressInfo).port}/ws`, {
+        dispatcher: following,
+        protocol: 'websocket',
+      }).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      // Without the certificate the origin refuses the TLS handshake: the hop failed, nothing greeted.
+      expect(hop).toBeInstanceOf(Error);
+      expect(origin.seen).toEqual([]);
+      const { socket } = await upgrade(`${target}/ws`, { dispatcher: following, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    } finally {
+      await new Promise<void>((r) => redirecting.close(() => r()));
+    }
   });
 
   it('T3: an upgrade to an origin that requires a client certificate in the TLS handshake presents the configured one', async () => {
