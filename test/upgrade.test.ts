@@ -17,6 +17,7 @@ import { createSecureContext, createServer as createTlsServer } from 'node:tls';
 import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  AgentClosedError,
   BasicOverHttpError,
   CleartextCredentialsError,
   ConnectionClosedError,
@@ -42,7 +43,7 @@ import {
   type ReferenceProxy,
   startReferenceProxy,
 } from '../src/reference-server/index.ts';
-import { ALICE, patchedNtlm, recordingPorts, testNtlm, unavailableScheme, until } from './helpers.ts';
+import { ALICE, deferred, patchedNtlm, recordingPorts, testNtlm, unavailableScheme, until } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -766,6 +767,69 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       if (r.kind === 'upgraded') sockets.push(r.socket);
     }
     expect(created).toBe(1);
+  });
+
+  /** An NTLM mechanism whose steps wait until `gate` settles (a slow KDC, say). */
+  function gatedNtlm(gate: Promise<void>): Mechanism {
+    const ntlm = ntlmMechanism(ALICE);
+    return {
+      ...ntlm,
+      createContext(leg) {
+        const real = ntlm.createContext(leg);
+        return {
+          get complete() {
+            return real.complete;
+          },
+          step: async (challenge, l) => {
+            await gate;
+            return real.step(challenge, l);
+          },
+          finish: (challenge, l) => real.finish(challenge, l),
+        };
+      },
+    };
+  }
+
+  it("R1: agent.close() while an upgrade's mechanism step runs waits for the upgrade to end, which still gets its socket (close's contract: those it has end first)", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const gate = deferred();
+    agent = ntlmAgent({ mechanisms: [gatedNtlm(gate.promise)] });
+    const upgraded = upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    await until(() => origin!.seen.length === 1);
+    let closed = false;
+    const closing = agent.close().then(() => {
+      closed = true;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    // Before: close resolved at once and the upgrade then failed with undici's ClientDestroyedError.
+    expect(closed).toBe(false);
+    gate.resolve();
+    const { socket } = await upgraded;
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    await closing;
+    expect(closed).toBe(true);
+  });
+
+  it("R1: agent.destroy() while an upgrade's mechanism step runs ends it at once with AgentClosedError; nothing more is written", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const gate = deferred();
+    agent = ntlmAgent({ mechanisms: [gatedNtlm(gate.promise)], limits: { handshakeTimeout: 10_000 } });
+    try {
+      const upgraded = upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await until(() => origin!.seen.length === 1);
+      const started = Date.now();
+      await agent.destroy();
+      // Before: undici's ClientDestroyedError, once the step ended.
+      expect(await upgraded).toBeInstanceOf(AgentClosedError);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(origin.seen).toHaveLength(1);
+    } finally {
+      gate.resolve();
+    }
   });
 
   it('R3: limits.handshakeTimeout bounds an upgrade whose handshake stalls on the server: HandshakeTimeoutError, the connection closed', async () => {

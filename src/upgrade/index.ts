@@ -128,6 +128,8 @@ interface Auth {
 export class UpgradeDispatcher {
   readonly #options: UpgradeOptions;
   readonly #clients = new Set<Client>();
+  /** The upgrades running, each until its caller has the socket or an answer (or an error). */
+  readonly #running = new Map<Promise<void>, UserSink>();
 
   constructor(options: UpgradeOptions) {
     this.#options = options;
@@ -162,24 +164,43 @@ export class UpgradeDispatcher {
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
     const grant = { credentialsAllowed, withheld };
-    this.#run(client, line, origin, opts, headers, sink, grant, onUpgrade, jar && { jar, url: cookieUrl })
+    const running: Promise<void> = this.#run(
+      client,
+      line,
+      origin,
+      opts,
+      headers,
+      sink,
+      grant,
+      onUpgrade,
+      jar && { jar, url: cookieUrl },
+    )
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
+        this.#running.delete(running);
         this.#clients.delete(client);
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
         line.ended = true;
         line.spare?.destroy();
       });
+    this.#running.set(running, sink);
     return true;
   }
 
+  /**
+   * Resolves once the running upgrades have ended (the agent's close: those it has end first, each
+   * bounded by its own limits); their Clients close as each ends.
+   */
   async close(): Promise<void> {
-    await Promise.all([...this.#clients].map((c) => c.close().catch(() => {})));
+    await Promise.all(this.#running.keys());
   }
 
+  /** Ends the running upgrades with `err`, a wait for a mechanism or a leave as much as a leg on the wire. */
   async destroy(err: Error): Promise<void> {
+    for (const sink of this.#running.values()) sink.abort(err);
     await Promise.all([...this.#clients].map((c) => c.destroy(err).catch(() => {})));
+    await Promise.all(this.#running.keys());
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
