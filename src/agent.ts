@@ -533,11 +533,14 @@ export class MultilegAgent extends Dispatcher {
           },
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
           proofOf: (o) => this.#pool(o).memory.proof,
+          // And what it learnt of the origin's schemes (a silent KDC, a scheme that cannot run: R4).
+          schemesOf: (o) => this.#pool(o).memory,
           succeededAs: this.#succeededAs,
         });
         const named = namedOrigin(origin, headers);
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
-        const elsewhere = elsewhereBy(origin, headers, opts, false) !== undefined;
+        const elsewhereWhy = elsewhereBy(origin, headers, opts, false);
+        const elsewhere = elsewhereWhy !== undefined;
         const grant = this.#grant(
           origin,
           elsewhere ? origin : named,
@@ -547,7 +550,15 @@ export class MultilegAgent extends Dispatcher {
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
-        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar);
+        // Why the agent's credentials are withheld, as for a request: its 401 is published so, and over
+        // cleartext (http:, and so ws:, which undici's WebSocket sends as http:) refused with a typed error (S4).
+        const withheld =
+          identity === 'anonymous' && !grant.allowed
+            ? grant.reason
+            : elsewhereWhy !== undefined && !('authorization' in headers)
+              ? elsewhereWhy
+              : undefined;
+        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld);
       }
       const headers = normalizeRequestHeaders(opts.headers);
       // (A Host header names the origin only where an interceptor may have put an address in it.)

@@ -8,7 +8,8 @@
  *   response head arrives, and when it fails;
  * - `multileg:withheld` — a {@link WithheldEvent} when a 401 the agent could have answered goes to
  *   the caller unanswered, because the trust policy withheld the credentials, or because the server
- *   refused them (or left a password unanswered) lately and they are held back (R4) — why that 401; not published for upgrades.
+ *   refused them (or left a password unanswered) lately and they are held back (R4) — why that 401;
+ *   upgrades' (WebSocket) too, whose undici `WebSocket` error event says nothing of it.
  * - `multileg:proxy-unanswered` — a {@link ProxyUnansweredEvent} when a forwarding proxy's 407 goes
  *   to the caller unanswered (`proxy.deliver407`): why no (further) credential went to the proxy.
  * - `multileg:unanswered` — an {@link UnansweredEvent} when an origin's 401 goes to the caller

@@ -342,6 +342,13 @@ export interface ConnectionClosedOptions {
    * was opened for it, no kept-alive connection reused — the server ended this request's handshake.
    */
   handshake?: boolean;
+  /**
+   * An upgrade's connection-bound handshake (this scheme) lost the connection whose challenge its
+   * next leg answers, twice: that leg was not sent, on it or on another (H1).
+   */
+  afterChallenge?: string;
+  /** An upgrade's (or CONNECT's) leg, which the agent never sends again, `idempotent` or not. */
+  upgrade?: boolean;
   /** Idempotent, but its one-shot body was read past limits.maxReplayBodyBytes (this many bytes). */
   oneShot?: number | undefined;
   /** Idempotent, but it carried credentials (this header) not proved where they go (R4). */
@@ -395,7 +402,9 @@ export class ConnectionClosedError extends MultilegError {
         ? `it carried credentials (${options.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4), so the agent holds its own back from there a while, as after a refusal. Send the request again once that is safe`
         : options?.oneShot !== undefined
           ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
-          : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
+          : options?.upgrade
+            ? `the ${via} may have received it (an upgrade is never sent again by the agent): send it again if that is safe`
+            : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
     const headBytes = options?.fresh && options.headBytes ? options.headBytes : 0;
     const how = reset ? 'ECONNRESET' : headBytes > 0 ? `after ${headBytes} bytes of a response head` : 'an empty reply';
     const fresh =
@@ -404,15 +413,18 @@ export class ConnectionClosedError extends MultilegError {
           `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
         : // A TLS port closes on a plain-HTTP request: the likelier fix than the server's logs.
           `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
+    const afterChallenge = `${who} closed the connection with its ${options?.afterChallenge} challenge to this ${method} (an upgrade), on a new connection again after the handshake started over: the next leg answers that connection's challenge and goes on no other (H1), so it was not sent and no credential was refused; check the ${via}'s keep-alive settings (a limit of requests per connection, keep-alive off) and its logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
-      options?.fresh
-        ? fresh
-        : options?.again
-          ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
-          : options?.goaway || options?.handshake
-            ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
-            : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
+      options?.afterChallenge !== undefined
+        ? afterChallenge
+        : options?.fresh
+          ? fresh
+          : options?.again
+            ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
+            : options?.goaway || options?.handshake
+              ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
+              : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
       options,
     );
     this.peer = peer;

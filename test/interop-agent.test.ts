@@ -238,6 +238,40 @@ describe.skipIf(!havePeers)('MultilegAgent against MIT Kerberos and Apache (real
     }
   });
 
+  it("H1/M1: an upgrade (WebSocket request) to real Apache /ntlm over TLS: every NTLM leg on the upgrade's one HTTP/1.1 connection; Apache answers the authenticated request itself (no WebSocket there), and the caller gets that", async () => {
+    const a = agent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      schemes: ['NTLM'],
+      negotiate: false,
+    });
+    const before = accessLog('/ntlm/').length;
+    const answer = await new Promise<{ status: number; user: unknown }>((resolve, reject) => {
+      let status = 0;
+      let user: unknown;
+      a.dispatch(
+        { origin: lab.apache!.origin, path: '/ntlm/', method: 'GET', upgrade: 'websocket' },
+        {
+          onRequestUpgrade: () => reject(new Error('upgraded')),
+          onResponseStart: (_c, s, h) => {
+            status = s;
+            user = h['x-remote-user'];
+          },
+          onResponseData: () => {},
+          onResponseEnd: () => resolve({ status, user }),
+          onResponseError: (_c, err) => reject(err),
+        },
+      );
+    });
+    expect(answer).toEqual({ status: 200, user: 'EXAMPLE\\alice' });
+    const wire = await logSettled('/ntlm/', before, 3);
+    expect(wire.map((w) => [w.status, w.proto])).toEqual([
+      [401, 'HTTP/1.1'],
+      [401, 'HTTP/1.1'],
+      [200, 'HTTP/1.1'],
+    ]);
+    expect(new Set(wire.map((w) => w.port)).size).toBe(1);
+  });
+
   it('M1/H1: our NTLM at Apache /ntlm: the legacy HTTP/2 failure falls back to one HTTP/1.1 connection, remembered', async () => {
     const a = agent({
       credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },

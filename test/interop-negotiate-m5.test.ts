@@ -6,11 +6,15 @@
  */
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { createSecureContext } from 'node:tls';
 import { promisify } from 'node:util';
-import { fetch } from 'undici';
+import { fetch, upgrade } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
@@ -212,6 +216,73 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
         // Only the very first request goes bare (nothing is known of the origin yet); on each new
         // connection the token, bound to it, goes with the request.
         expect(withToken).toEqual([false, true, true, true]);
+      } finally {
+        server.close();
+      }
+    });
+  });
+
+  describe('upgrades (WebSocket) with channel bindings', () => {
+    /**
+     * An HTTPS/1.1 origin that answers upgrades: a bare one gets `401 Negotiate` and `Connection:
+     * close` (Apache with KeepAlive off does so); one with a token is checked by a GSS acceptor that
+     * requires the bindings of the certificate its own connection presents. `certs`: per connection,
+     * in turn (a front end whose backends differ).
+     */
+    async function upgradeCbServer(certs: readonly { cert: string; key: string }[]) {
+      let handshakes = 0;
+      let connections = 0;
+      const contexts = certs.map((c) => createSecureContext(c));
+      const seen: { connection: number; token: boolean; answer: number; user?: string }[] = [];
+      const server = createHttpsServer({
+        ...certs[0]!,
+        SNICallback: (_name, cb) => cb(null, contexts[handshakes++ % certs.length]),
+      });
+      const numbers = new WeakMap<object, number>();
+      server.on('secureConnection', (tls) => numbers.set(tls, ++connections));
+      server.on('upgrade', async (req: IncomingMessage, socket: Duplex) => {
+        socket.on('error', () => {});
+        const connection = numbers.get(socket) ?? 0;
+        const auth = req.headers.authorization;
+        if (!auth?.startsWith('Negotiate ')) {
+          seen.push({ connection, token: false, answer: 401 });
+          socket.end(
+            'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Negotiate\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+          );
+          return;
+        }
+        const own = tlsServerEndPoint(certs[(connection - 1) % certs.length]!.cert);
+        await lab.acceptor!.reset('spnego', own, true); // Extended Protection "Required"
+        const r = await lab.acceptor!.step(auth.slice('Negotiate '.length));
+        if (r.kind === 'complete') {
+          seen.push({ connection, token: true, answer: 101, user: r.user });
+          socket.write(
+            `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nwww-authenticate: Negotiate ${r.token}\r\n\r\nhello ${r.user}\n`,
+          );
+        } else {
+          seen.push({ connection, token: true, answer: 401 });
+          socket.end('HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Negotiate\r\ncontent-length: 0\r\n\r\n');
+        }
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      return { server, seen, origin: `https://localhost:${(server.address() as AddressInfo).port}` };
+    }
+
+    it("M5/H1: a wss upgrade's Kerberos token carries the bindings of the connection it goes on: after a bare 401 that closes its connection, the next one's certificate (another here), accepted by an acceptor requiring them", async () => {
+      const { server, seen, origin } = await upgradeCbServer([certA, certB]);
+      try {
+        const a = agent({ negotiate: { ccache: aliceCc } });
+        // Before: the token carried certA's bindings (the closed connection's) and certB's acceptor refused it.
+        const { socket } = await upgrade(`${origin}/ws`, { dispatcher: a, protocol: 'websocket' });
+        const greeting = await new Promise<string>((resolve) =>
+          socket.once('data', (d: Buffer) => resolve(d.toString())),
+        );
+        socket.destroy();
+        expect(greeting).toBe('hello alice@EXAMPLE.TEST\n');
+        expect(seen).toEqual([
+          { connection: 1, token: false, answer: 401 },
+          { connection: 2, token: true, answer: 101, user: 'alice@EXAMPLE.TEST' },
+        ]);
       } finally {
         server.close();
       }

@@ -135,6 +135,20 @@ describe('S1: trusted origins are required with a password, and match exactly wh
     );
   });
 
+  it('S1: a WebSocket URL in trustedOrigins (wss://, ws://, a pattern too) is a ConfigError naming the origin to write, as the agent sees it (https://, http://), without user info', () => {
+    for (const [bad, fix] of [
+      ['wss://ws.example', "write 'https://ws.example'"],
+      ['WS://ws.example:8080', "write 'http://ws.example:8080'"],
+      ['wss://*.corp.example', "write 'https://*.corp.example'"],
+      ['wss://user:hunter2@ws.example', "write 'https://…@ws.example'"],
+    ] as const) {
+      expect(() => new TrustPolicy([bad]), bad).toThrow(ConfigError);
+      // Before: "is not http or https", which named no fix for a WebSocket's URL.
+      expect(() => new TrustPolicy([bad]), bad).toThrow(fix);
+      expect(() => new TrustPolicy([bad]), bad).not.toThrow(/hunter2/);
+    }
+  });
+
   it('S1: exact origins compare scheme, host and port (default ports included)', () => {
     const p = new TrustPolicy(['https://Intranet.Example.com', 'http://legacy.example:8080/']);
     expect(p.explicit('https://intranet.example.com')).toBe(true);

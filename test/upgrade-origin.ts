@@ -3,6 +3,7 @@
  * src/mechanisms/ntlm, a real NTLMv2 password check) when asked to, then switches protocols and
  * echoes. It records every request it reads.
  */
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer as createTcpServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
@@ -46,6 +47,10 @@ export async function upgradeServer(opts: {
   stallAt?: number;
   /** Never answer a request carrying an NTLM AUTHENTICATE (a server silent on the password's leg). */
   stallAuthenticate?: boolean;
+  /** On this connection (1-based), switch protocols in answer to NTLM's NEGOTIATE, authenticating no one. */
+  upgradeNegotiateOn?: number;
+  /** Close the connection, unanswered, under the request with this index (0-based, across connections). */
+  dropAt?: number;
   /**
    * TLS with the reference server's certificate (`https://localhost`), and NTLM requires the
    * client's channel binding to be that certificate's tls-server-end-point hash.
@@ -57,6 +62,11 @@ export async function upgradeServer(opts: {
   authenticationInfo?: string;
   /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
   setCookies?: boolean;
+  /**
+   * NTLM's CHALLENGE (the 401 to a NEGOTIATE) says `Connection: close`, and the connection closes
+   * after it: on every connection, or (`'first'`) on the first one only (a keep-alive limit met once).
+   */
+  closeOnChallenge?: boolean | 'first';
   /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
   holdChallenge?: () => Promise<void>;
 }): Promise<UpgradeServer> {
@@ -111,6 +121,11 @@ export async function upgradeServer(opts: {
           seen.push({ connection, method, path, upgrade: undefined, authorization: 'stalled', status: 0 });
           return;
         }
+        if (seen.length === opts.dropAt) {
+          seen.push({ connection, method, path, upgrade: undefined, authorization: 'dropped', status: 0 });
+          socket.destroy();
+          return;
+        }
         const auth = headers.authorization;
         const token = /^NTLM (\S+)$/.exec(auth ?? '')?.[1];
         const record = (status: number) =>
@@ -127,6 +142,9 @@ export async function upgradeServer(opts: {
           const result = token ? acceptor.step(Buffer.from(token, 'base64')) : undefined;
           if (result?.kind === 'accepted') {
             user = result.user;
+          } else if (result?.kind === 'challenge' && connection === opts.upgradeNegotiateOn) {
+            // Lets the NEGOTIATE through, no one authenticated (a misconfigured front end).
+            user = 'nobody';
           } else {
             const challenge = result?.kind === 'challenge' ? `NTLM ${result.token.toString('base64')}` : 'NTLM';
             record(401);
@@ -134,13 +152,18 @@ export async function upgradeServer(opts: {
             const legCookie: Record<string, string> = opts.setCookies
               ? { 'set-cookie': `leg=${seen.filter((x) => x.connection === connection).length}` }
               : {};
-            const answer = () =>
+            const closing =
+              result?.kind === 'challenge' &&
+              (opts.closeOnChallenge === true || (opts.closeOnChallenge === 'first' && connection === 1));
+            const answer = () => {
               respond(
                 401,
                 'Unauthorized',
-                { 'www-authenticate': offer, ...legCookie },
+                { 'www-authenticate': offer, ...legCookie, ...(closing ? { connection: 'close' } : {}) },
                 opts.challengeBody ?? 'who are you?',
               );
+              if (closing) socket.end();
+            };
             // (Nothing more comes on this connection before its answer: held, the order holds.)
             if (opts.holdChallenge && result?.kind === 'challenge') void opts.holdChallenge().then(answer);
             else answer();
@@ -162,7 +185,8 @@ export async function upgradeServer(opts: {
         socket.off('data', onData);
         // The greeting rides in the same write as the 101: it must reach the caller's socket.
         socket.write(
-          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}${opts.setCookies ? 'set-cookie: ws=1\r\n' : ''}`}\r\nhello ${user ?? 'anonymous'}\n`,
+          `${tunnel ? 'HTTP/1.1 200 Connection Established\r\n' : `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n${opts.authenticationInfo ? `authentication-info: ${opts.authenticationInfo}\r\n` : ''}${opts.setCookies ? 'set-cookie: ws=1\r\n' : ''}${webSocketAccept(headers['sec-websocket-key'])}`}\r\n${greeting(`hello ${user ?? 'anonymous'}\n`, headers['sec-websocket-key'])}`,
+          'latin1',
         );
         socket.on('data', (chunk: Buffer) => socket.write(chunk));
         if (buf.length) socket.write(buf);
@@ -193,6 +217,18 @@ export async function upgradeServer(opts: {
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+/** RFC 6455 §4.2.2's `Sec-WebSocket-Accept` line for a WebSocket client's key (undici's WebSocket checks it); none without a key. */
+function webSocketAccept(key: string | undefined): string {
+  if (key === undefined) return '';
+  const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  return `sec-websocket-accept: ${accept}\r\n`;
+}
+
+/** The greeting as written: to a WebSocket client (it sent a key) in one unmasked text frame (RFC 6455 §5.2). */
+function greeting(text: string, key: string | undefined): string {
+  return key === undefined ? text : `\x81${String.fromCharCode(text.length)}${text}`;
 }
 
 /** Reads from `socket` until `count` bytes arrived. */

@@ -5,23 +5,35 @@
  * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
  * switches protocols and echoes.
  */
+import { execFileSync } from 'node:child_process';
+import { createHash, X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
-import { connect, type Dispatcher, upgrade } from 'undici';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createSecureContext, createServer as createTlsServer } from 'node:tls';
+import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  AgentClosedError,
   BasicOverHttpError,
+  CleartextCredentialsError,
+  ConnectionClosedError,
   HandshakeTimeoutError,
   InvalidTokenError,
   KerberosTicketExpiredError,
   LegLimitError,
+  type Mechanism,
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
   MutualAuthError,
   ntlmMechanism,
   type SchemeName,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
 } from '../src/index.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import {
@@ -31,7 +43,7 @@ import {
   type ReferenceProxy,
   startReferenceProxy,
 } from '../src/reference-server/index.ts';
-import { ALICE, patchedNtlm, recordingPorts, testNtlm, unavailableScheme, until } from './helpers.ts';
+import { ALICE, deferred, patchedNtlm, recordingPorts, testNtlm, unavailableScheme, until } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -152,6 +164,210 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(told).toHaveLength(3);
   });
 
+  it('H1: an origin that closes the connection with its NTLM CHALLENGE (a keep-alive limit): the AUTHENTICATE goes on no other connection; the handshake starts over on a new one and upgrades', async () => {
+    origin = await upgradeServer({ ntlm: true, closeOnChallenge: 'first' });
+    agent = ntlmAgent();
+    // Before: the AUTHENTICATE answering connection 1's CHALLENGE went on connection 2, whose server
+    // context never saw the handshake: a 401, taken as a refusal of the password (R4).
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 101],
+    ]);
+  });
+
+  it('H1/R4: an origin that closes the connection with every NTLM CHALLENGE: after one start-over a ConnectionClosedError saying so, no AUTHENTICATE written anywhere, and the password not held back as refused', async () => {
+    origin = await upgradeServer({ ntlm: true, closeOnChallenge: true });
+    agent = ntlmAgent();
+    for (let i = 0; i < 2; i++) {
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ConnectionClosedError);
+      expect((err as Error).message).toMatch(/NTLM challenge .*no credential was refused/);
+    }
+    // Each upgrade: the bare 401, then a NEGOTIATE on each of two connections; the second upgrade
+    // tries again (nothing refused), and never an AUTHENTICATE.
+    expect(origin.seen.map((s) => [s.connection, s.authorization])).toEqual([
+      [1, undefined],
+      [1, 'NTLM/1'],
+      [2, 'NTLM/1'],
+      [3, undefined],
+      [3, 'NTLM/1'],
+      [4, 'NTLM/1'],
+    ]);
+  });
+
+  it('M5/H1: a first token bound to the connection (Kerberos channel bindings) after a bare 401 that closes its connection carries the binding of the connection it goes on, not of the closed one', async () => {
+    // Two certificates for localhost, one per connection (a front end whose backends differ).
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-r71-'));
+    const pairs = [1, 2].map((n) => {
+      const [cert, key] = [join(dir, `c${n}.pem`), join(dir, `k${n}.pem`)];
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:prime256v1',
+          '-nodes',
+          '-subj',
+          '/CN=localhost',
+          '-addext',
+          'subjectAltName=DNS:localhost',
+          '-days',
+          '1',
+          '-keyout',
+          key,
+          '-out',
+          cert,
+        ],
+        { stdio: 'ignore' },
+      );
+      return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
+    });
+    rmSync(dir, { recursive: true, force: true });
+    const bindingOf = (pem: string) => createHash('sha256').update(new X509Certificate(pem).raw).digest('hex');
+    let connections = 0;
+    /** Per request: the connection, the binding of the certificate it presented, the Authorization. */
+    const seen: { connection: number; binding: string; authorization: string | undefined }[] = [];
+    const contexts = pairs.map((p) => createSecureContext(p));
+    const server = createTlsServer(
+      { ...pairs[0]!, SNICallback: (_name, cb) => cb(null, contexts[connections++ % 2]) },
+      (socket) => {
+        const connection = connections;
+        const binding = bindingOf(pairs[(connection - 1) % 2]!.cert);
+        socket.on('error', () => {});
+        socket.on('data', (d) => {
+          const authorization = /\r\nauthorization: ([^\r]*)/i.exec(d.toString('latin1'))?.[1];
+          seen.push({ connection, binding, authorization });
+          if (authorization === undefined) {
+            socket.end(
+              'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Negotiate\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+            );
+          } else {
+            socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+          }
+        });
+      },
+    );
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const bindings: (string | undefined)[] = [];
+      const kerberosLike: Mechanism = {
+        scheme: 'Negotiate',
+        level: 'either',
+        multileg: false,
+        proactive: false,
+        bindsFirstToken: true,
+        usesPassword: false,
+        createContext: () => {
+          let made = false;
+          return {
+            get complete() {
+              return made;
+            },
+            step: async (_challenge, leg) => {
+              made = true;
+              bindings.push(leg.channelBinding?.toString('hex'));
+              return 'Negotiate dGVzdA==';
+            },
+            finish: async () => {},
+          };
+        },
+      };
+      agent = new MultilegAgent({
+        mechanisms: [kerberosLike],
+        trustedOrigins: [`https://localhost:${port}`],
+        connect: { ca: pairs.map((p) => p.cert) },
+        proxy: false,
+      });
+      const r = await upgradeOrResponse(agent, `https://localhost:${port}`);
+      expect(r).toMatchObject({ kind: 'response', status: 403 });
+      expect(seen.map((s) => [s.connection, s.authorization])).toEqual([
+        [1, undefined],
+        [2, 'Negotiate dGVzdA=='],
+      ]);
+      // Before: the token carried connection 1's certificate's binding (a server checking it refuses).
+      expect(bindings).toEqual([seen[1]!.binding]);
+      expect(seen[0]!.binding).not.toBe(seen[1]!.binding);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it("R1: an origin that closes an upgrade's new connection under its first request: ConnectionClosedError (fresh), as for a request, not undici's bare SocketError", async () => {
+    origin = await upgradeServer({ ntlm: true, dropAt: 0 });
+    agent = ntlmAgent();
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true });
+  });
+
+  it("R1: an origin that closes the connection under the upgrade's NEGOTIATE (no password in it): ConnectionClosedError naming the handshake's connection, nothing held back, and no advice about undici's idempotent option (an upgrade is never sent again)", async () => {
+    origin = await upgradeServer({ ntlm: true, dropAt: 1 });
+    agent = ntlmAgent();
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect((err as Error).message).toMatch(/handshake ran on.*never sent again by the agent/);
+    expect((err as Error).message).not.toMatch(/idempotent|carried credentials/);
+    // Nothing held back: the next upgrade authenticates.
+    const again = await upgradeOrResponse(agent, origin.origin);
+    expect(again.kind).toBe('upgraded');
+    if (again.kind === 'upgraded') sockets.push(again.socket);
+  });
+
+  it("R1/R4: an origin that closes the connection under the upgrade's AUTHENTICATE: ConnectionClosedError saying the handshake's connection closed and that the password went unanswered (held back, R4)", async () => {
+    origin = await upgradeServer({ ntlm: true, dropAt: 2 });
+    agent = ntlmAgent();
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err).toMatchObject({ fresh: false });
+    expect((err as Error).message).toMatch(/handshake ran on.*carried credentials \(Authorization\)/);
+    expect((err as Error).message).not.toContain('alicepw');
+    expect(origin.seen.map((s) => [s.connection, s.authorization])).toEqual([
+      [1, undefined],
+      [1, 'NTLM/1'],
+      [1, 'dropped'],
+    ]);
+  });
+
+  it("R4/S6: a 101 to NTLM's opening leg (the NEGOTIATE, no password in it) proves nothing of the password: a wrong one refused after it is held back at once, as when nothing was proved", async () => {
+    origin = await upgradeServer({ ntlm: true, upgradeNegotiateOn: 1 });
+    agent = ntlmAgent({ credentials: { ...ALICE, password: 'wrong' } });
+    const first = await upgradeOrResponse(agent, origin.origin);
+    expect(first.kind).toBe('upgraded');
+    if (first.kind === 'upgraded') sockets.push(first.socket);
+    for (let i = 0; i < 2; i++) expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401 });
+    // Before: the 101 counted as the password proved, so its first refusal was tried once more
+    // (a fourth and fifth NTLM message) before it was held back.
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 101],
+      [2, undefined, 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 401],
+      [3, undefined, 401],
+    ]);
+  });
+
   it('H1: a large intermediate 401 body is drained, not aborted: the legs stay on the one connection', async () => {
     origin = await upgradeServer({ ntlm: true, challengeBody: 'x'.repeat(40_000) });
     agent = ntlmAgent();
@@ -206,6 +422,30 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.slice(3).map((s) => s.authorization)).toEqual(Array(4).fill(undefined));
   });
 
+  it("S1/R4: an upgrade's 401 that goes to the caller unanswered is published on multileg:withheld with why, as a request's is (undici's WebSocket keeps no other word of it): an untrusted origin, a password refused lately", async () => {
+    const events: WithheldEvent[] = [];
+    const listen = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, listen);
+    try {
+      origin = await upgradeServer({ ntlm: true, tls: true });
+      agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'], connect: { ca: CA_CERT } });
+      expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401 });
+      // Before: nothing published for upgrades.
+      expect(events).toMatchObject([
+        { origin: origin.origin, path: '/ws', reason: 'untrusted-origin', schemes: ['NTLM'] },
+      ]);
+      await agent.destroy();
+      events.length = 0;
+      agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' }, connect: { ca: CA_CERT } });
+      for (let i = 0; i < 2; i++) expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401 });
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ origin: origin.origin, reason: 'refused-lately', schemes: ['NTLM'] });
+      expect(events[0]!.heldBackFor).toBeGreaterThan(0);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, listen);
+    }
+  });
+
   it('R4: an origin silent on the upgrade’s AUTHENTICATE (the password’s leg) is sent it twice in a row, then the password is held back as after a refusal, not sent once per upgrade (review r49)', async () => {
     origin = await upgradeServer({ ntlm: true, stallAuthenticate: true });
     agent = ntlmAgent({ limits: { handshakeTimeout: 300 } });
@@ -257,6 +497,36 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     // One AUTHENTICATE, the new password's, answered 101: the old one's was never written.
     expect(origin.seen.filter((s) => s.authorization === 'NTLM/3').map((s) => s.status)).toEqual([101]);
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', undefined, 'NTLM/1', 'NTLM/3']);
+  });
+
+  it("S6/H1: setCredentials between an upgrade's NEGOTIATE and a CHALLENGE that closes its connection: the upgrade starts over bare on a new connection and upgrades with the new password", async () => {
+    origin = await upgradeServer({ ntlm: true, closeOnChallenge: 'first' });
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
+    const a = agent;
+    const rotate = (message: unknown) => {
+      const { headers } = message as { headers: unknown };
+      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAB/i.test(headers)) {
+        unsubscribe('undici:client:sendHeaders', rotate);
+        a.setCredentials(ALICE);
+      }
+    };
+    subscribe('undici:client:sendHeaders', rotate);
+    try {
+      // Before: the bare request starting over was still taken as bound to the closed connection:
+      // refused a new one, the caller got an internal error.
+      const r = await upgradeOrResponse(agent, origin.origin);
+      expect(r.kind).toBe('upgraded');
+      if (r.kind === 'upgraded') sockets.push(r.socket);
+    } finally {
+      unsubscribe('undici:client:sendHeaders', rotate);
+    }
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [2, undefined, 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 101],
+    ]);
   });
 
   it('S6/R4: an upgrade waiting for its leave (the first upgrade proves the old password) at setCredentials sends no AUTHENTICATE of the old password and upgrades with the new one', async () => {
@@ -389,6 +659,179 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     await origin.closed(1);
   });
 
+  it("R1/R4: a caller that aborts an upgrade while its mechanism's first step runs (a slow KDC) gets its abort at once, and the leave to send the password is let go: the next upgrade does not wait for that step", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const ntlm = ntlmMechanism(ALICE);
+    let release!: () => void;
+    const slow = new Promise<void>((r) => {
+      release = r;
+    });
+    let first = true;
+    const slowFirst = {
+      ...ntlm,
+      createContext(leg: Parameters<typeof ntlm.createContext>[0]) {
+        const real = ntlm.createContext(leg);
+        const stalls = first;
+        first = false;
+        return {
+          get complete() {
+            return real.complete;
+          },
+          // The first upgrade's first step waits until released (a KDC that takes its time).
+          step: async (challenge: Parameters<typeof real.step>[0], l: Parameters<typeof real.step>[1]) => {
+            if (stalls) await slow;
+            return real.step(challenge, l);
+          },
+          finish: (challenge: Parameters<typeof real.finish>[0], l: Parameters<typeof real.finish>[1]) =>
+            real.finish(challenge, l),
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [slowFirst], limits: { handshakeTimeout: 10_000 } });
+    try {
+      const controller = new AbortController();
+      const aborted = upgrade(`${origin.origin}/ws`, {
+        dispatcher: agent,
+        protocol: 'websocket',
+        signal: controller.signal,
+      }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await until(() => origin!.seen.length === 1);
+      await new Promise((r) => setTimeout(r, 20));
+      controller.abort(new Error('caller gave up'));
+      expect((await aborted)?.message).toMatch(/caller gave up|aborted/i);
+      // Before: the aborted upgrade held the leave (one password handshake at a time after a quiet
+      // spell) until its step ended — here never, in life up to handshakeTimeout: this one waited.
+      const started = Date.now();
+      const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined, 'NTLM/1', 'NTLM/3']);
+    } finally {
+      release();
+    }
+  });
+
+  it('R4/R3: a mechanism step that waits out handshakeTimeout on a silent KDC is remembered for the origin, as for a request: the next upgrade fails at once with that error, not after another timeout', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    let steps = 0;
+    const kdcBound: Mechanism = {
+      ...testNtlm({
+        step: () => {
+          steps += 1;
+          return new Promise<string>(() => {});
+        },
+      }),
+      usesPassword: false,
+    };
+    // A context that says what its step waits on, as Negotiate's GSS-API calls do.
+    const waiting: Mechanism = {
+      ...kdcBound,
+      createContext: (leg) =>
+        Object.assign(kdcBound.createContext(leg), { waitingOn: 'GSS-API for HTTP@localhost (the KDC)' }),
+    };
+    agent = ntlmAgent({ mechanisms: [waiting], limits: { handshakeTimeout: 300 } });
+    const first = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(first).toBeInstanceOf(HandshakeTimeoutError);
+    expect((first as HandshakeTimeoutError).inMechanismStep).toBe(true);
+    // Before: each upgrade stepped again and waited the whole timeout on the same KDC.
+    const started = Date.now();
+    const second = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(Date.now() - started).toBeLessThan(250);
+    expect(second).toBeInstanceOf(HandshakeTimeoutError);
+    expect((second as Error).message).toMatch(/remembered for this origin/);
+    expect(steps).toBe(1);
+    // The second upgrade's bare request was answered by the 401; nothing more went.
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined]);
+  });
+
+  it('T2/R4: a scheme found unusable by an upgrade is remembered for the origin: the next upgrade does not try it again', async () => {
+    origin = await upgradeServer({ ntlm: true, alsoOffer: 'Negotiate' });
+    let created = 0;
+    const negotiate = unavailableScheme('Negotiate', () => {
+      created += 1;
+      return new MechanismUnavailableError('Negotiate', 'test: not on this machine');
+    });
+    agent = ntlmAgent({ mechanisms: [negotiate, ntlmMechanism(ALICE)] });
+    for (let i = 0; i < 2; i++) {
+      const r = await upgradeOrResponse(agent, origin.origin);
+      expect(r.kind).toBe('upgraded');
+      if (r.kind === 'upgraded') sockets.push(r.socket);
+    }
+    expect(created).toBe(1);
+  });
+
+  /** An NTLM mechanism whose steps wait until `gate` settles (a slow KDC, say). */
+  function gatedNtlm(gate: Promise<void>): Mechanism {
+    const ntlm = ntlmMechanism(ALICE);
+    return {
+      ...ntlm,
+      createContext(leg) {
+        const real = ntlm.createContext(leg);
+        return {
+          get complete() {
+            return real.complete;
+          },
+          step: async (challenge, l) => {
+            await gate;
+            return real.step(challenge, l);
+          },
+          finish: (challenge, l) => real.finish(challenge, l),
+        };
+      },
+    };
+  }
+
+  it("R1: agent.close() while an upgrade's mechanism step runs waits for the upgrade to end, which still gets its socket (close's contract: those it has end first)", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const gate = deferred();
+    agent = ntlmAgent({ mechanisms: [gatedNtlm(gate.promise)] });
+    const upgraded = upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    await until(() => origin!.seen.length === 1);
+    let closed = false;
+    const closing = agent.close().then(() => {
+      closed = true;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    // Before: close resolved at once and the upgrade then failed with undici's ClientDestroyedError.
+    expect(closed).toBe(false);
+    gate.resolve();
+    const { socket } = await upgraded;
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    await closing;
+    expect(closed).toBe(true);
+  });
+
+  it("R1: agent.destroy() while an upgrade's mechanism step runs ends it at once with AgentClosedError; nothing more is written", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const gate = deferred();
+    agent = ntlmAgent({ mechanisms: [gatedNtlm(gate.promise)], limits: { handshakeTimeout: 10_000 } });
+    try {
+      const upgraded = upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await until(() => origin!.seen.length === 1);
+      const started = Date.now();
+      await agent.destroy();
+      // Before: undici's ClientDestroyedError, once the step ended.
+      expect(await upgraded).toBeInstanceOf(AgentClosedError);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(origin.seen).toHaveLength(1);
+    } finally {
+      gate.resolve();
+    }
+  });
+
   it('R3: limits.handshakeTimeout bounds an upgrade whose handshake stalls on the server: HandshakeTimeoutError, the connection closed', async () => {
     origin = await upgradeServer({ ntlm: true, stallAt: 1 });
     agent = ntlmAgent({ limits: { handshakeTimeout: 200 } });
@@ -443,6 +886,41 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(err).toBeInstanceOf(MechanismUnavailableError);
     expect(err!.message).toContain('test: not on this machine');
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it("S5/T3: an upgrade that undici's redirect interceptor takes to another origin is a cross-origin hop: the agent's client certificate is not presented there (it is to that origin asked directly)", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    const target = origin.origin;
+    // The first origin redirects the upgrade to the one that wants the certificate.
+    const redirecting = createNetServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () =>
+        socket.end(`HTTP/1.1 302 Found\r\nlocation: ${target}/ws\r\ncontent-length: 0\r\n\r\n`),
+      );
+    });
+    await new Promise<void>((r) => redirecting.listen(0, '127.0.0.1', r));
+    try {
+      agent = new MultilegAgent({
+        clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY },
+        connect: { ca: CA_CERT },
+      });
+      const following = agent.compose(interceptors.redirect({ maxRedirections: 2 }));
+      const hop = await upgrade(`http://127.0.0.1:${(redirecting.address() as AddressInfo).port}/ws`, {
+        dispatcher: following,
+        protocol: 'websocket',
+      }).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      // Without the certificate the origin refuses the TLS handshake: the hop failed, nothing greeted.
+      expect(hop).toBeInstanceOf(Error);
+      expect(origin.seen).toEqual([]);
+      const { socket } = await upgrade(`${target}/ws`, { dispatcher: following, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    } finally {
+      await new Promise<void>((r) => redirecting.close(() => r()));
+    }
   });
 
   it('T3: an upgrade to an origin that requires a client certificate in the TLS handshake presents the configured one', async () => {
@@ -658,11 +1136,86 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   });
 
   it('S1: an upgrade to an origin that is not trusted gets no credentials: the 401 is the caller’s', async () => {
-    origin = await upgradeServer({ ntlm: true });
-    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    // (https: an untrusted http: origin is S4's CleartextCredentialsError, below.)
+    origin = await upgradeServer({ ntlm: true, tls: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'], connect: { ca: CA_CERT } });
     const r = await upgradeOrResponse(agent, origin.origin);
     expect(r).toMatchObject({ kind: 'response', status: 401 });
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('S4: an upgrade to an http: origin not trusted explicitly, challenged with a scheme the agent could answer: CleartextCredentialsError naming the origin, as for a request; nothing sent', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    // Before: the bare 401 was the caller's, with no word of why (a request got CleartextCredentialsError).
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(CleartextCredentialsError);
+    expect((err as Error).message).toContain(origin.origin);
+    expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([[undefined, 401]]);
+  });
+
+  it('S4: a ws:// WebSocket (undici sends it as http:) to an origin not trusted explicitly: its error carries CleartextCredentialsError; nothing sent, no socket', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });
+    // undici's WebSocket keeps no cause in its ErrorEvent: the agent's error is seen where undici gets it.
+    const errors: Error[] = [];
+    const dispatch = agent.dispatch.bind(agent);
+    agent.dispatch = (opts, handler) =>
+      dispatch(
+        opts,
+        new Proxy(handler, {
+          get: (target, key) =>
+            key === 'onResponseError'
+              ? (c: Dispatcher.DispatchController, err: Error) => {
+                  errors.push(err);
+                  target.onResponseError?.(c, err);
+                }
+              : Reflect.get(target, key),
+        }),
+      );
+    const ws = new WebSocket(`ws://localhost:${origin.port}/ws`, { dispatcher: agent });
+    const event = await new Promise<unknown>((resolve) => {
+      ws.onerror = resolve;
+      ws.onopen = () => resolve('open');
+    });
+    expect(event).toMatchObject({ type: 'error' });
+    expect(errors.length).toBeGreaterThan(0);
+    for (const err of errors) expect(err).toBeInstanceOf(CleartextCredentialsError);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it("H1/S4: undici's WebSocket through the agent to a ws:// origin trusted explicitly: NTLM on one connection, then open with the 101's headers (Upgrade, Sec-WebSocket-Accept) and its first message", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent();
+    // Before: every WebSocket through the agent failed (1006), authenticated or not: its 101 reached
+    // fetch with no raw headers, read as none ("Server did not set Upgrade header").
+    const ws = new WebSocket(`ws://localhost:${origin.port}/ws`, { dispatcher: agent });
+    const event = await new Promise<unknown>((resolve) => {
+      ws.onerror = resolve;
+      ws.onmessage = (m) => resolve(m.data);
+    });
+    ws.close();
+    expect(event).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
+    ]);
+  });
+
+  it("undici's WebSocket through the agent to an origin that does not challenge opens (no credentials)", async () => {
+    origin = await upgradeServer({ ntlm: false });
+    agent = new MultilegAgent({ proxy: false });
+    const ws = new WebSocket(`ws://localhost:${origin.port}/ws`, { dispatcher: agent });
+    const event = await new Promise<unknown>((resolve) => {
+      ws.onerror = resolve;
+      ws.onmessage = (m) => resolve(m.data);
+    });
+    ws.close();
+    expect(event).toBe('hello anonymous\n');
   });
 
   it('H5: an upgrade goes through the configured proxy: CONNECT with Basic proxy authentication, then NTLM to the origin inside the tunnel', async () => {

@@ -187,6 +187,15 @@ export class UserSink {
     else this.fail(reason);
   }
 
+  /**
+   * The leg whose 101 is about to be handed to the caller's `onRequestUpgrade`: the caller's
+   * controller reads that head's raw headers (undici's fetch, and so its WebSocket, builds the 101's
+   * header list from them alone, an absent list read as an empty one).
+   */
+  upgrading(leg: Controller): void {
+    this.#leg = leg;
+  }
+
   responseStart(leg: Controller, status: number, headers: Headers, message: string): void {
     if (this.#finished) return;
     this.#leg = leg;

@@ -113,6 +113,14 @@ function parseEntry(entry: string): Matcher {
     throw bad(
       "has '*' as the port of a single host: ':*' goes only with a host pattern ('https://*.corp.example.com:*'); for any port of one host, pass a predicate such as (origin) => new URL(origin).hostname === 'intranet.example.com'",
     );
+  // A WebSocket URL: undici sends wss:// as https:// and ws:// as http://, and so the agent sees it.
+  const ws = /^(wss?):\/\//i.exec(entry);
+  if (ws) {
+    const as = ws[1]!.toLowerCase() === 'wss' ? 'https' : 'http';
+    throw bad(
+      `is a WebSocket URL, which the agent sees as ${as}:// (undici sends ${ws[1]!.toLowerCase()}:// so): write '${redactUserinfo(`${as}://${entry.slice(ws[0].length)}`)}'`,
+    );
+  }
   if (entry.includes('*')) throw bad("uses '*' other than as the first label of the host");
   let url: URL;
   try {

@@ -17,7 +17,17 @@ import type { Challenge } from '../challenge/types.ts';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
-import { CookieStoreError, HandshakeTimeoutError, InvalidTokenError, LegLimitError, MultilegError } from '../errors.ts';
+import { publishWithheld } from '../diagnostics.ts';
+import {
+  ConnectionClosedError,
+  CookieStoreError,
+  closedUnder,
+  HandshakeTimeoutError,
+  InvalidTokenError,
+  LegLimitError,
+  MultilegError,
+  ownCopy,
+} from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
@@ -29,6 +39,8 @@ import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
+import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
 type Headers = Record<string, string | string[]>;
@@ -52,6 +64,11 @@ export interface UpgradeOptions {
    * handshake waits for another one proving them, and none runs while they are refused (R4).
    */
   readonly proofOf?: (origin: string) => CredentialProof;
+  /**
+   * What the agent learnt of an origin's schemes, shared with its requests (R4): schemes that could
+   * not run there lately (a silent KDC among them) are skipped, and an upgrade's findings kept.
+   */
+  readonly schemesOf?: (origin: string) => Pick<OriginMemory, 'unusable' | 'markUnusable'>;
   /** The agent's cookie jar: asked for each leg's Cookie, told each head's Set-Cookie (the 101's too). */
   readonly cookies?: CookieStore;
   /** The agent's `markPrivate`: a non-101 answer to the agent's identity gets `Cache-Control: private` (S6). */
@@ -70,6 +87,32 @@ type LegOutcome =
   /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
   | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
 
+/**
+ * The one connection an upgrade's Client holds at a time, as its connector made it: a connection-bound
+ * handshake's next leg answers the challenge of one connection and goes on no other (H1).
+ */
+interface Line {
+  /** tls-server-end-point of the current connection's certificate (M1, M5). */
+  channelBinding?: Buffer | undefined;
+  /** Connections made so far: the current one's number. */
+  connections: number;
+  socket?: Socket;
+  /** A leg bound to the current connection is being sent: a new connection must not carry it. */
+  bound: boolean;
+  /**
+   * Opens the next connection ahead of undici, which takes it for the next leg: a first token bound
+   * to the connection (Kerberos channel bindings, M5) is made with the certificate of the one it goes on.
+   */
+  open(): Promise<void>;
+  /** The connection {@link open} made, until undici takes it. */
+  spare?: Socket | undefined;
+  /** The upgrade ended: a connection {@link open} makes later is closed at once. */
+  ended?: boolean;
+}
+
+/** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
+class BoundLegRefused extends Error {}
+
 /** A running authentication: the mechanism, its context and what it sent last. */
 interface Auth {
   readonly mechanism: Mechanism;
@@ -85,6 +128,8 @@ interface Auth {
 export class UpgradeDispatcher {
   readonly #options: UpgradeOptions;
   readonly #clients = new Set<Client>();
+  /** The upgrades running, each until its caller has the socket or an answer (or an error). */
+  readonly #running = new Map<Promise<void>, UserSink>();
 
   constructor(options: UpgradeOptions) {
     this.#options = options;
@@ -93,7 +138,10 @@ export class UpgradeDispatcher {
   /**
    * Starts `opts` (its `headers` normalised) for `origin`; `credentialsAllowed`: the agent's
    * credentials may answer a 401 and its certificate go in the handshake (S1, S6: the request is
-   * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity).
+   * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity);
+   * `withheld`: why the agent's credentials are withheld (S1, S4, S5): a 401 they could answer is
+   * published on `multileg:withheld`, as a request's is, and over cleartext (S4) fails the upgrade
+   * with CleartextCredentialsError.
    */
   dispatch(
     origin: string,
@@ -102,37 +150,61 @@ export class UpgradeDispatcher {
     handler: Dispatcher.DispatchHandler,
     credentialsAllowed: boolean,
     withJar = false,
+    withheld?: WithheldReason,
   ): boolean {
     const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
     if (sink.aborted) return true;
-    const client = this.#client(origin, credentialsAllowed);
+    const { client, line } = this.#client(origin, credentialsAllowed);
     const jar = withJar ? this.#options.cookies : undefined;
     const cookieUrl = `${origin}${opts.path}`;
-    const onUpgrade = (status: number, headers: Headers, socket: Socket) => {
+    const onUpgrade = (leg: Controller, status: number, headers: Headers, socket: Socket) => {
       if (jar) tellJar(jar, cookieUrl, headers);
+      sink.upgrading(leg);
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
-    this.#run(client, origin, opts, headers, sink, credentialsAllowed, onUpgrade, jar && { jar, url: cookieUrl })
+    const grant = { credentialsAllowed, withheld };
+    const running: Promise<void> = this.#run(
+      client,
+      line,
+      origin,
+      opts,
+      headers,
+      sink,
+      grant,
+      onUpgrade,
+      jar && { jar, url: cookieUrl },
+    )
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
+        this.#running.delete(running);
         this.#clients.delete(client);
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
+        line.ended = true;
+        line.spare?.destroy();
       });
+    this.#running.set(running, sink);
     return true;
   }
 
+  /**
+   * Resolves once the running upgrades have ended (the agent's close: those it has end first, each
+   * bounded by its own limits); their Clients close as each ends.
+   */
   async close(): Promise<void> {
-    await Promise.all([...this.#clients].map((c) => c.close().catch(() => {})));
+    await Promise.all(this.#running.keys());
   }
 
+  /** Ends the running upgrades with `err`, a wait for a mechanism or a leave as much as a leg on the wire. */
   async destroy(err: Error): Promise<void> {
+    for (const sink of this.#running.values()) sink.abort(err);
     await Promise.all([...this.#clients].map((c) => c.destroy(err).catch(() => {})));
+    await Promise.all(this.#running.keys());
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
-  #client(origin: string, credentialsAllowed: boolean): Client & { channelBinding?: Buffer } {
+  #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
     const { connect, limits, handshakeCertificate } = this.#options;
     // The agent's certificate is a credential: only where credentials may go (T3, S1).
     const tls = credentialsAllowed && handshakeCertificate ? { ...connect, ...handshakeCertificate } : connect;
@@ -146,7 +218,7 @@ export class UpgradeDispatcher {
           { ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
           this.#options.connectTo,
         );
-    let client: Client & { channelBinding?: Buffer };
+    const line = { connections: 0, bound: false } as Line;
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {
         callback(err, null);
@@ -154,10 +226,12 @@ export class UpgradeDispatcher {
       }
       // undici's connector gives a socket whenever it gives no error.
       const cert = (socket as Partial<TLSSocket>).getPeerX509Certificate?.();
-      client.channelBinding = tlsServerEndPoint(cert);
+      line.channelBinding = tlsServerEndPoint(cert);
+      line.connections += 1;
+      line.socket = socket!;
       callback(null, socket!);
     };
-    const connector: buildConnector.connector = (opts, callback) => {
+    const dial: buildConnector.connector = (opts, callback) => {
       if (base) {
         base(opts, connected(callback) as buildConnector.Callback);
         return;
@@ -169,20 +243,66 @@ export class UpgradeDispatcher {
         (err: Error) => callback(err, null),
       );
     };
+    const connector: buildConnector.connector = (opts, callback) => {
+      // (Called back on a later tick, as a connection is: undici's Client, still in the loop that
+      // asked for it, ignores a connection given at once and never writes the request.)
+      // H1: the connection whose challenge this leg answers closed as it was sent: not on another one.
+      if (line.bound) {
+        process.nextTick(callback, new BoundLegRefused(), null);
+        return;
+      }
+      const spare = line.spare;
+      line.spare = undefined;
+      if (spare && !spare.destroyed) {
+        process.nextTick(callback, null, spare);
+        return;
+      }
+      dial(opts, callback);
+    };
+    const url = new URL(origin);
+    // What undici's Client gives its connector for this origin (its host unbracketed, as undici does).
+    const target = { hostname: unbracketed(url.hostname), host: url.host, protocol: url.protocol, port: url.port };
+    line.open = () =>
+      new Promise<void>((resolve, reject) =>
+        dial(target as buildConnector.Options, (err, socket) => {
+          if (err) reject(err);
+          else if (line.ended) {
+            // Its caller gave up meanwhile (an abort, the handshake's clock).
+            socket!.destroy();
+            reject(new Error('upgrade ended'));
+          } else {
+            line.spare = socket!;
+            resolve();
+          }
+        }),
+      );
     const { headersTimeout, bodyTimeout } = this.#options;
-    client = new Client(origin, { pipelining: 1, connect: connector, allowH2: false, headersTimeout, bodyTimeout });
+    const client = new Client(origin, {
+      pipelining: 1,
+      connect: connector,
+      allowH2: false,
+      headersTimeout,
+      bodyTimeout,
+    });
     this.#clients.add(client);
-    return client;
+    return { client, line };
   }
 
   async #run(
-    client: Client & { channelBinding?: Buffer },
+    client: Client,
+    line: Line,
     origin: string,
     opts: Dispatcher.DispatchOptions,
     headers: HeaderMap,
     sink: UserSink,
-    credentialsAllowed: boolean,
-    onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+    {
+      credentialsAllowed,
+      withheld,
+    }: {
+      readonly credentialsAllowed: boolean;
+      readonly withheld: WithheldReason | undefined;
+    },
+    onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
     cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
   ): Promise<void> {
     const { limits } = this.#options;
@@ -208,15 +328,59 @@ export class UpgradeDispatcher {
       port: portOf(url),
       method: opts.method,
       path: opts.path,
-      ...(client.channelBinding ? { channelBinding: client.channelBinding } : {}),
+      ...(line.channelBinding ? { channelBinding: line.channelBinding } : {}),
       proxy: false,
     });
     const excluded = new Set<string>();
+    // What the origin's requests and upgrades found unusable lately (R4), read at the first 401 (as
+    // the proof: no memory for an upgrade no one challenges).
+    const schemesOf = this.#options.schemesOf;
+    let schemes: Pick<OriginMemory, 'unusable' | 'markUnusable'> | undefined;
+    const schemesHere = () => (schemes ??= schemesOf?.(origin));
+    /** Why the last scheme excluded here could not run (this upgrade's finding, or the origin's memory). */
+    let lastUnusable: Error | undefined;
+    let recalled = false;
+    const recall = () => {
+      if (recalled) return;
+      recalled = true;
+      for (const [scheme, error] of schemesHere()?.unusable() ?? []) {
+        excluded.add(scheme);
+        lastUnusable = error;
+      }
+    };
+    /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
+    const unusable = (schemeKey: string, error: Error) => {
+      excluded.add(schemeKey);
+      lastUnusable = error;
+      schemesHere()?.markUnusable(schemeKey, error);
+    };
+    /** The context whose step runs now: what it waits on names a timeout's cause (a silent KDC, R3). */
+    let stepping: MechanismContext | undefined;
     let auth: Auth | undefined;
     /** The challenges the running handshake started from. */
     let opened: readonly Challenge[] = [];
     // R3: the handshake is bounded from the first answered 401 (the sink's abort reaches the leg).
     let clock: Deadline<HandshakeTimeoutError> | undefined;
+    /** The connection (its number, {@link Line}) whose challenge the next leg answers, if it answers one. */
+    let boundTo: number | undefined;
+    /** The connection the last swallowed challenge came on. */
+    let challengedOn = 0;
+    /** That challenge said `Connection: close`: the next leg goes on a new connection. */
+    let closing = false;
+    let startedOver = false;
+    /**
+     * H1: the connection whose challenge the next leg answers (an NTLM AUTHENTICATE) closed: that leg
+     * goes on no other connection, whose server context never saw the handshake (it would count the
+     * password as wrong, R4). The handshake starts over once on a new connection (a server's
+     * keep-alive limit met mid-handshake); a server that closes again ends it with a typed error.
+     */
+    const startOver = (a: Auth): Promise<Auth> => {
+      if (startedOver) throw new ConnectionClosedError(origin, opts.method, { afterChallenge: a.mechanism.scheme });
+      startedOver = true;
+      boundTo = undefined;
+      log.agent('%s upgrade: %s: the connection closed after its challenge: starting over', origin, a.mechanism.scheme);
+      return start(opened);
+    };
     const legs = async (): Promise<void> => {
       for (;;) {
         if (auth && this.#options.mechanisms !== mechanisms) {
@@ -228,17 +392,24 @@ export class UpgradeDispatcher {
           if (ticket) proof!.settle(ticket, 'none');
           ticket = undefined;
           auth = undefined;
+          boundTo = undefined;
           excluded.clear();
+          recalled = false;
+        }
+        if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
+          auth = await startOver(auth);
+          continue;
         }
         const authorization = auth?.header;
         /** What this leg's 401 asked, as the classifier below read it (its callback sets it). */
-        let asks = 'refused' as ReturnType<typeof challengeAsks>;
+        let asks = 'refused' as ReturnType<typeof challengeAsks> | 'cleartext' | 'unusable';
         // The jar is asked per leg: a cookie set on a challenge goes on the next leg.
         const cookie = cookies && jarCookie(cookies.jar, cookies.url);
         if (cookie instanceof CookieStoreError) throw cookie;
         // A leg with the agent's Authorization, its jar's Cookie or over its certificate's TLS
         // connection: the caller's answer is the agent's identity's, which a cache above does not see (S6).
         if (authorization !== undefined || cookie || certified) sink.asAgent = true;
+        line.bound = auth !== undefined && boundTo !== undefined;
         const outcome = await this.#leg(
           client,
           opts,
@@ -248,20 +419,66 @@ export class UpgradeDispatcher {
           sink,
           (status, h) => {
             if (cookies) tellJar(cookies.jar, cookies.url, h);
-            if (status !== 401 || !answering) return false;
-            // Refused here lately (R4): the caller gets the server's 401, as a request does.
-            if (!auth && proofHere()?.refused) return false;
-            if (!auth) return mechanisms.choose(readChallenges(h, false), excluded)?.mechanism !== undefined;
-            const next = readChallenges(h, false).find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
+            if (status !== 401) return false;
+            const offered = readChallenges(h, false);
+            // Withheld from this upgrade (S1, S4, S5) a challenge they could answer: over cleartext
+            // swallowed (nothing of it reaches the caller) and refused with a typed error below (S4);
+            // otherwise the caller's, said why, as a request's is.
+            if (withheld !== undefined && mechanisms.choose(offered)) {
+              if (withheld === 'cleartext') {
+                asks = 'cleartext';
+                return true;
+              }
+              publishWithheld(() => ({
+                origin,
+                path: opts.path,
+                reason: withheld,
+                schemes: offered.map((c) => c.scheme),
+                time: Date.now(),
+              }));
+              return false;
+            }
+            if (!answering) return false;
+            challengedOn = line.connections;
+            closing = saysClose(h.connection);
+            // Refused here lately (R4): the caller gets the server's 401, as a request does, told why.
+            if (!auth && proofHere()?.refused) {
+              if (mechanisms.choose(offered)) {
+                const heldBackFor = proof!.refusedFor;
+                publishWithheld(() => ({
+                  origin,
+                  path: opts.path,
+                  reason: 'refused-lately',
+                  heldBackFor,
+                  schemes: offered.map((c) => c.scheme),
+                  time: Date.now(),
+                }));
+              }
+              return false;
+            }
+            if (!auth) {
+              recall();
+              if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return true;
+              // Only schemes found unusable here lately are offered: the upgrade fails with why, at
+              // once, as a request does (R4), rather than trying them again.
+              if (lastUnusable && mechanisms.choose(offered)?.mechanism !== undefined) {
+                asks = 'unusable';
+                return true;
+              }
+              return false;
+            }
+            const next = offered.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
             // so is an SPNEGO reject (a token, but no next leg), as for a request — unless it refused
             // credentials the mechanism has renewed since (a ticket under a rotated key): run again.
             asks = challengeAsks(auth.context, next);
             return asks !== 'refused';
           },
-          auth && ((h) => finish(auth!, h, legInfo())),
+          // (Nothing to verify in an answer to the opening leg: no one was authenticated.)
+          auth && !opening(auth) ? (h) => finish(auth!, h, legInfo()) : undefined,
           onUpgrade,
         );
+        line.bound = false;
         if (outcome.kind === 'delivered') {
           if (auth) {
             proved = outcomeFor(auth, outcome.status);
@@ -273,13 +490,29 @@ export class UpgradeDispatcher {
           return;
         }
         if (outcome.kind === 'failed') {
+          // Refused by the connector before anything was written (H1, see startOver).
+          if (auth && outcome.error instanceof BoundLegRefused) {
+            auth = await startOver(auth);
+            continue;
+          }
           // R4: a leg carrying the password that the server never answered (the clock, a close; not
           // the caller's abort) may have been counted, as a request's handshake says.
-          if (auth && outcome.unanswered && (clock?.timedOut || !sink.aborted) && carriesPassword(auth)) {
-            proved = 'unanswered';
+          const counted = auth !== undefined && carriesPassword(auth);
+          if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
+          // The server closed the connection under a written leg: typed, as for a request, saying
+          // whether it had answered this handshake's challenges on it and whether the password went.
+          if (outcome.unanswered && !sink.aborted && closedUnder(outcome.error)) {
+            throw new ConnectionClosedError(origin, opts.method, {
+              cause: outcome.error,
+              upgrade: true,
+              ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
+              ...(counted ? { unproved: 'Authorization' } : {}),
+            });
           }
           throw outcome.error;
         }
+        if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
+        if (asks === 'unusable') throw ownCopy(lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
           const here = proofHere();
@@ -308,6 +541,8 @@ export class UpgradeDispatcher {
         const next = challenges.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
         auth.header = await step(auth, next);
         auth.legs += 1;
+        // A connection-bound mechanism's next leg answers this connection's challenge (H1).
+        if (auth.mechanism.level !== 'request') boundTo = challengedOn;
       }
     };
     try {
@@ -319,14 +554,28 @@ export class UpgradeDispatcher {
 
     /** The first leg with credentials: the strongest usable offered scheme (T2). */
     async function start(challenges: readonly Challenge[]): Promise<Auth> {
-      let unusable: MultilegError | undefined;
+      // A first leg answers no connection's challenge of ours: any connection may carry it.
+      boundTo = undefined;
       for (;;) {
         const chosen = mechanisms.choose(challenges, excluded);
         // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
-        if (!chosen?.mechanism) throw unusable!;
+        if (!chosen?.mechanism) throw lastUnusable!;
         const { mechanism, challenge } = chosen;
-        clock ??= handshakeClock(limits.handshakeTimeout, mechanism.scheme, (err) => sink.abort(err));
+        clock ??= handshakeClock(
+          limits.handshakeTimeout,
+          mechanism.scheme,
+          (err) => sink.abort(err),
+          undefined,
+          () => stepping?.waitingOn,
+        );
+        // But it may be bound to the connection itself (Kerberos channel bindings, M5): when the one
+        // the challenge came on is gone, the next is opened first, its certificate the binding (R3:
+        // within the handshake's time).
+        if (closing || line.socket?.destroyed !== false) {
+          closing = false;
+          await sink.unlessAborted(clock.race(line.open()));
+        }
         try {
           const a: Auth = {
             mechanism,
@@ -340,8 +589,7 @@ export class UpgradeDispatcher {
           return a;
         } catch (err) {
           if (cannotRunHere(err)) {
-            excluded.add(challenge.schemeKey);
-            unusable = err;
+            unusable(challenge.schemeKey, err);
             continue;
           }
           throw err;
@@ -350,12 +598,20 @@ export class UpgradeDispatcher {
     }
 
     async function step(a: Auth, challenge: Challenge | undefined): Promise<string> {
+      stepping = a.context;
       try {
         const stepped = a.context.step(challenge, legInfo());
-        return await (clock ? clock.race(stepped) : stepped);
+        // The caller's abort ends the wait too (R1): the leave held (R4) goes with it, not once the
+        // mechanism's own work (a slow KDC) ends.
+        return await sink.unlessAborted(clock ? clock.race(stepped) : stepped);
       } catch (err) {
-        if (err instanceof MultilegError) throw err;
+        // R4: a KDC that did not answer is remembered for the origin a few seconds, as a request's
+        // handshake does: the next upgrades fail at once rather than each wait out the timeout.
+        if (kdcSilent(err as Error)) unusable(a.mechanism.scheme.toLowerCase(), err as Error);
+        if (err instanceof MultilegError || (sink.aborted && err === sink.reason)) throw err;
         throw new InvalidTokenError(`${a.mechanism.scheme} WWW-Authenticate challenge`);
+      } finally {
+        stepping = undefined;
       }
     }
   }
@@ -374,7 +630,7 @@ export class UpgradeDispatcher {
     sink: UserSink,
     answer: (status: number, headers: Headers) => boolean,
     verify: ((headers: Headers) => Promise<void>) | undefined,
-    onUpgrade: (status: number, headers: Headers, socket: Socket) => void,
+    onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
   ): Promise<LegOutcome> {
     const limits = this.#options.limits;
     return new Promise((resolve) => {
@@ -421,12 +677,12 @@ export class UpgradeDispatcher {
           // The caller aborted before undici started the request (nothing to abort then).
           if (sink.aborted) c.abort(sink.reason!);
         },
-        onRequestUpgrade(_c, upgradeStatus, h, socket) {
+        onRequestUpgrade(c, upgradeStatus, h, socket) {
           const done = () => {
             if (aborted) return;
             // The socket is the caller's now: a later abort of the request no longer applies.
             sink.onAbort(() => {});
-            onUpgrade(upgradeStatus, h as Headers, socket as Socket);
+            onUpgrade(c, upgradeStatus, h as Headers, socket as Socket);
             resolve({ kind: 'delivered', status: upgradeStatus });
           };
           if (!verify) return done();
@@ -516,22 +772,36 @@ export class UpgradeDispatcher {
   }
 }
 
+/** Whether a `Connection` header value says the connection closes after this response. */
+function saysClose(value: string | string[] | undefined): boolean {
+  if (value === undefined) return false;
+  return (typeof value === 'string' ? value : value.join(','))
+    .split(',')
+    .some((t) => t.trim().toLowerCase() === 'close');
+}
+
 /** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
 function carriesPassword(auth: Auth): boolean {
   return !atOpening(auth.mechanism, auth.context, auth.legs) && sentPassword(auth.mechanism, auth.context);
 }
 
 /**
- * What the final answer to a leg with credentials says of them: a 401 refuses them (unless it
- * answered a multi-leg handshake's opening leg, which carries none), a 5xx says nothing.
+ * What the final answer to a leg with credentials says of them: a 401 refuses them, a 5xx says
+ * nothing, and so does any answer to a multi-leg handshake's opening leg (an NTLM NEGOTIATE carries
+ * no credential: a 101 to it let the upgrade through authenticating no one, as a request's 2xx does).
  */
 function outcomeFor(auth: Auth, status: number): ProofOutcome {
+  if (opening(auth)) return 'none';
   if (status === 401) {
-    if (atOpening(auth.mechanism, auth.context, auth.legs)) return 'none';
     // A refused Kerberos ticket is kept back 30 s each time; a refused password's wait doubles.
     return sentPassword(auth.mechanism, auth.context) ? 'refused' : 'refused-no-password';
   }
   return status >= 500 ? 'none' : 'success';
+}
+
+/** Whether `auth`'s last leg was a multi-leg handshake's opening one, which carries no credential. */
+function opening(auth: Auth): boolean {
+  return atOpening(auth.mechanism, auth.context, auth.legs) && !auth.context.complete;
 }
 
 /** Verifies the server's final token (or Authentication-Info), if it sent one, on the answer to our last leg. */
