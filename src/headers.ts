@@ -60,3 +60,9 @@ export function iterableHeaders(headers: unknown): headers is Iterable<[unknown,
     typeof (headers as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function'
   );
 }
+
+/** A `Connection` value (or several joined) says the connection ends after this head (`close`). */
+export function saysClose(value: string | readonly string[] | undefined): boolean {
+  if (value === undefined) return false;
+  return /(^|,)\s*close\s*(,|$)/i.test(typeof value === 'string' ? value : value.join(','));
+}

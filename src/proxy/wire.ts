@@ -3,6 +3,7 @@
  * head by {@link MAX_PROXY_HEAD_BYTES}, a body by the caller's limit.
  */
 import type { Duplex } from 'node:stream';
+import { saysClose as closes } from '../headers.ts';
 
 /** Largest response head (status line and headers) accepted from a proxy (S3). */
 export const MAX_PROXY_HEAD_BYTES = 64 * 1024;
@@ -202,5 +203,5 @@ function connectionTokens(headers: Readonly<Record<string, string | string[] | u
 
 /** The head says its connection ends after it (`Connection: close`, or an old proxy's `Proxy-Connection: close`). */
 export function saysClose(headers: Readonly<Record<string, string | string[] | undefined>>): boolean {
-  return /(^|,)\s*close\s*(,|$)/i.test(connectionTokens(headers));
+  return closes(connectionTokens(headers));
 }

@@ -30,7 +30,7 @@ import {
 } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
 import { UserSink } from '../handshake/user-sink.ts';
-import type { HeaderMap } from '../headers.ts';
+import { type HeaderMap, saysClose } from '../headers.ts';
 import { log } from '../log.ts';
 import { atOpening, cannotRunHere, challengeAsks, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
 import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
@@ -770,14 +770,6 @@ export class UpgradeDispatcher {
       );
     });
   }
-}
-
-/** Whether a `Connection` header value says the connection closes after this response. */
-function saysClose(value: string | string[] | undefined): boolean {
-  if (value === undefined) return false;
-  return (typeof value === 'string' ? value : value.join(','))
-    .split(',')
-    .some((t) => t.trim().toLowerCase() === 'close');
 }
 
 /** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
