@@ -569,12 +569,29 @@ export class ProxyAuth {
   }
 
   /**
-   * A 407 that goes to the caller unanswered (or a leg that failed) ends the running handshake: the
-   * next request starts anew. A handshake that sent credentials is reported as failed (`failure`:
-   * why, `error` unless told).
+   * A leg that failed (or a handshake no request leads any more) ends the running handshake: the
+   * next request starts anew. A handshake that sent credentials is reported as failed (`error`).
    */
-  giveUp(failure: 'refused' | 'error' = 'error'): void {
-    this.#leave(ended(this.#state), { outcome: 'failed', failure });
+  giveUp(): void {
+    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
+  }
+
+  /**
+   * The proxy's 407 refused the running handshake's last leg, and goes to the caller
+   * (`proxy.deliver407`) rather than end in {@link answer}'s error: the handshake ends as that
+   * refusal ends it there — reported failed (`opening` when that leg was an NTLM NEGOTIATE, which
+   * carried no password), and a refused connection-bound one marks the connection
+   * ({@link refusedBound}: it retires, H1/C8). Returns what the refusal says of the credentials
+   * ({@link refusal}, R4), undefined for a refused opening (no credential judged) or none running.
+   */
+  refusedDelivered(): 'refused' | 'refused-no-password' | undefined {
+    const state = this.#state;
+    if (state.kind !== 'handshaking') return undefined;
+    const refusal = this.refusal;
+    const opening = atOpening(state.mechanism, state.context, state.legs);
+    this.#refusedBound = !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
+    this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : 'refused' });
+    return opening ? undefined : refusal;
   }
 
   /**

@@ -22,6 +22,10 @@ type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 const SILENT_CLOSE =
   'the connection ended after its 407 without Connection: close: an HTTP/1.0 answer without keep-alive, or the proxy closed it';
 
+/** Why a connection is left after the proxy refused a connection-bound handshake on it, its 407 delivered. */
+const REFUSED_BOUND =
+  'the proxy refused the connection-bound handshake on it (its 407 went to the caller): the next one goes on a new connection';
+
 /** Why a connection is left after a scheme whose challenge could not be read (T2). */
 const FELL_THROUGH =
   "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
@@ -299,8 +303,13 @@ export class ForwardProxy {
                   return this.route.proxy.deliver407 && !others ? 'hold' : 'swallow';
                 }
                 // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
-                // In the middle of a handshake, that 407 is the proxy's refusal (canAnswer).
-                this.#auth.giveUp('refused');
+                // In the middle of a handshake, that 407 is the proxy's refusal (canAnswer): it counts
+                // as a thrown refusal does — the password is held back (R4), and a refused
+                // connection-bound handshake's connection retires (H1/C8: the proxy may keep the
+                // failed context on it), once the caller has this response.
+                const refusal = this.#auth.refusedDelivered();
+                if (refusal) outcome = refusal;
+                if (this.#auth.refusedBound) this.#onUnusable(new Error(REFUSED_BOUND));
                 deadline?.stop();
                 unanswered = headers;
                 return classify(status, headers);
@@ -359,7 +368,8 @@ export class ForwardProxy {
         // The request goes again on another connection (the session's relocation): so does the
         // handshake this request ran, where it is reported.
         if (result.kind === 'failed' && turn.state === 'leading' && relocated(result.error)) this.#auth.moved();
-        if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
+        if (unanswered && result.kind === 'delivered')
+          this.#unanswered(request, unanswered, credentials !== undefined ? 'refused' : undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
         if (answers >= this.#limits.maxLegs && !this.route.proxy.deliver407) {
           // C11: the proxy kept answering 407 (to this request's legs, or while it followed other
@@ -414,6 +424,13 @@ export class ForwardProxy {
               }
             }
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
+            // Refused here lately (R4): nothing is sent. proxy.deliver407: that 407 is the caller's,
+            // as its refusal was (not a typed error for the same 407 on the next request).
+            if (result.held && this.route.proxy.deliver407) {
+              log.proxy('%s: credentials refused lately: the 407 goes to the caller', this.route.proxy.origin);
+              this.#unanswered(request, result.held.headers, 'refused-lately');
+              return deliverHeld(result.held);
+            }
             throw refusedLately(this.route.proxy, offered);
           }
         }
@@ -449,7 +466,7 @@ export class ForwardProxy {
           ) {
             log.proxy('%s: no usable scheme for its 407: the 407 goes to the caller', this.route.proxy.origin);
             // Not a refusal: nothing here could answer it (#unanswered says `unusable`, with why).
-            this.#unanswered(request, result.held.headers, false);
+            this.#unanswered(request, result.held.headers);
             return deliverHeld(result.held);
           }
           throw err;
@@ -498,15 +515,22 @@ export class ForwardProxy {
     return verdict === 'deliver' ? proved : Promise.all([proved, verdict]).then(() => {});
   }
 
-  /** Publishes why a 407 goes to the caller unanswered; `sent`: this request carried credentials. */
-  #unanswered(request: { origin: string; path: string }, headers: ResponseHeaders, sent: boolean): void {
+  /**
+   * Publishes why a 407 goes to the caller unanswered; `refused`: the proxy refused the credentials
+   * this request carried, or (`refused-lately`) refused them lately, so that none went (R4).
+   */
+  #unanswered(
+    request: { origin: string; path: string },
+    headers: ResponseHeaders,
+    refused?: 'refused' | 'refused-lately',
+  ): void {
     publishProxyUnanswered(() => {
       const unusable = this.#auth.unusableIn(headers);
       return {
         proxy: this.route.proxy.origin,
         origin: request.origin,
         path: request.path,
-        reason: sent ? 'refused' : unusable.length > 0 ? 'unusable' : 'unconfigured',
+        reason: refused ?? (unusable.length > 0 ? 'unusable' : 'unconfigured'),
         schemes: offeredSchemes(readChallenges(headers, true)),
         unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
         time: Date.now(),

@@ -1,0 +1,129 @@
+/**
+ * A forwarding proxy's refusals under `proxy.deliver407` (review r72): the refused 407 is the
+ * caller's response, and what it says of the credentials holds as a thrown refusal's does — the
+ * password is held back (R4), a refused connection-bound handshake's connection retires (H1/S2).
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MultilegAgent, PROXY_UNANSWERED_CHANNEL, type ProxyUnansweredEvent } from '../src/index.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
+
+let server: ReferenceServer | undefined;
+let proxy: ReferenceProxy | undefined;
+let agent: MultilegAgent | undefined;
+const closers: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const close of closers.splice(0)) await close();
+  await agent?.destroy().catch(() => {});
+  await proxy?.close();
+  await server?.close();
+  agent = proxy = server = undefined;
+});
+
+const PROXY_ACCOUNT = { username: 'proxyuser', password: 'proxypw' };
+
+/** Status of a GET of `url` through the agent (its body read). */
+async function status(url: string): Promise<number> {
+  const res = await request(url, { dispatcher: agent! });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+describe('a refused proxy password delivered as the 407 (proxy.deliver407, reference proxy)', () => {
+  it('R4/H5: a Basic password the proxy refused, its 407 delivered, is held back: the next request goes bare and gets the 407, until forgetRefusals or setProxyCredentials', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        deliver407: true,
+        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
+      },
+    });
+    const p = proxy;
+    const base = `http://localhost:${server.port}`;
+    const wire = (from: number) => p.exchanges.slice(from).map((e) => [e.status, e.proxyAuthorization]);
+    const reasons: string[] = [];
+    const onEvent = (m: unknown) => reasons.push((m as ProxyUnansweredEvent).reason);
+    subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+    closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+    expect(await status(`${base}/public/one`)).toBe(407);
+    expect(wire(0)).toEqual([
+      [407, false],
+      [407, true],
+    ]);
+    // Refused: not sent again — the 407 is the caller's at once (was: the password went again
+    // with every request, as many times as the caller asked).
+    for (const path of ['two', 'three']) {
+      const from = p.exchanges.length;
+      expect(await status(`${base}/public/${path}`)).toBe(407);
+      expect(wire(from)).toEqual([[407, false]]);
+    }
+    // Why each went unanswered: the refusal, then the password held back for it.
+    expect(reasons).toEqual(['refused', 'refused-lately', 'refused-lately']);
+    // The caller says the password may work now: it is tried once more.
+    agent.setProxyCredentials({ ...PROXY_ACCOUNT, password: 'wrong' }, { forgetRefusals: true });
+    let from = p.exchanges.length;
+    expect(await status(`${base}/public/four`)).toBe(407);
+    expect(wire(from)).toEqual([
+      [407, false],
+      [407, true],
+    ]);
+    // New credentials are not held back by the old ones' refusal.
+    agent.setProxyCredentials(PROXY_ACCOUNT);
+    from = p.exchanges.length;
+    expect(await status(`${base}/public/five`)).toBe(200);
+    expect(wire(from).at(-1)).toEqual([200, true]);
+  });
+
+  it('H1/S2/R4: a refused NTLM handshake to the proxy, its 407 delivered, retires its proxy connection and holds the password back: the next request goes on a new connection', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        deliver407: true,
+        schemes: ['NTLM'],
+        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
+      },
+    });
+    const p = proxy;
+    const base = `http://localhost:${server.port}`;
+    const wire = (from: number) =>
+      p.exchanges
+        .slice(from)
+        .map((e) => [e.connectionId, e.proxyNtlm ?? (e.proxyAuthorization ? 'other' : '-'), e.status]);
+    expect(await status(`${base}/public/one`)).toBe(407);
+    expect(wire(0)).toEqual([
+      ['c1', 'negotiate', 407],
+      ['c1', 'authenticate', 407],
+    ]);
+    expect(agent.handshakes()).toEqual([
+      expect.objectContaining({ proxy: true, scheme: 'NTLM', outcome: 'failed', failure: 'refused' }),
+    ]);
+    // Held back (R4): no NEGOTIATE, no AUTHENTICATE; and not on the refused connection.
+    let from = p.exchanges.length;
+    expect(await status(`${base}/public/two`)).toBe(407);
+    expect(wire(from)).toEqual([['c2', '-', 407]]);
+    // The right password: authenticated on a connection of its own, never on the refused one.
+    agent.setProxyCredentials(PROXY_ACCOUNT);
+    from = p.exchanges.length;
+    expect(await status(`${base}/public/three`)).toBe(200);
+    const after = wire(from);
+    expect(after.map(([, message, code]) => [message, code])).toEqual([
+      ['negotiate', 407],
+      ['authenticate', 200],
+    ]);
+    expect(after.filter(([id]) => id === 'c1')).toEqual([]);
+  });
+});
