@@ -6,7 +6,13 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent, PROXY_UNANSWERED_CHANNEL, type ProxyUnansweredEvent } from '../src/index.ts';
+import {
+  MultilegAgent,
+  ntlmMechanism,
+  PROXY_UNANSWERED_CHANNEL,
+  type ProxyUnansweredEvent,
+  parseChallenges,
+} from '../src/index.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -125,5 +131,38 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
       ['authenticate', 200],
     ]);
     expect(after.filter(([id]) => id === 'c1')).toEqual([]);
+  });
+
+  it("S6/H1: a caller's own NTLM Proxy-Authorization whose AUTHENTICATE the proxy refuses retires that proxy connection: the caller's next login goes on a new one (review r72)", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({ negotiate: false, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const p = proxy;
+    const base = `http://localhost:${server.port}`;
+    const proxyLeg = { origin: p.origin, hostname: 'localhost', port: p.port, method: 'GET', path: '/', proxy: true };
+    /** The caller's own NTLM handshake with the proxy, as `password`: the status of its AUTHENTICATE. */
+    const login = async (password: string, path: string) => {
+      const ctx = ntlmMechanism({ username: 'proxyuser', password }).createContext(proxyLeg);
+      const first = await request(`${base}${path}`, {
+        dispatcher: agent!,
+        headers: { 'proxy-authorization': (await ctx.step(undefined, proxyLeg))! },
+      });
+      await first.body.dump();
+      expect(first.statusCode).toBe(407);
+      const challenge = parseChallenges(first.headers['proxy-authenticate'] as string).find((c) => c.token68);
+      const second = await request(`${base}${path}`, {
+        dispatcher: agent!,
+        headers: { 'proxy-authorization': (await ctx.step(challenge, proxyLeg))! },
+      });
+      await second.body.dump();
+      return second.statusCode;
+    };
+    const connections = (path: string) => p.exchanges.filter((e) => e.target.endsWith(path)).map((e) => e.connectionId);
+    expect(await login('wrong', '/public/wrong')).toBe(407);
+    expect(await login('proxypw', '/public/right')).toBe(200);
+    // Each login on one connection; before: the second on the first's refused one.
+    expect(new Set(connections('/public/wrong')).size).toBe(1);
+    expect(new Set(connections('/public/right')).size).toBe(1);
+    expect(connections('/public/right').some((id) => connections('/public/wrong').includes(id))).toBe(false);
   });
 });
