@@ -3,8 +3,14 @@
  * (no DNS query leaves the machine): an unknown host (curl's 6) and a bug of ours (1, one line,
  * no stack trace).
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createSecureServer } from 'node:http2';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { runCli } from './cli-helpers.ts';
 
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
@@ -23,5 +29,33 @@ describe('multileg command line: exit paths a test can only force', () => {
     });
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe('multileg: unexpected error: simulated internal bug');
+  });
+
+  it("C8: an HTTP/2 server that ends a new connection under the first stream, without a byte of an answer, is curl's 52 (empty reply), not 56: its SETTINGS are no response head (review r72)", async () => {
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+    const sockets: TLSSocket[] = [];
+    server.on('secureConnection', (socket: TLSSocket) => sockets.push(socket));
+    server.on('stream', (stream) => {
+      stream.on('error', () => {});
+      const socket = sockets.at(-1)!;
+      setTimeout(() => socket.destroy(), 100);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
+    try {
+      const ca = join(dir, 'ca.pem');
+      writeFileSync(ca, CA_CERT);
+      const host = `localhost:${(server.address() as { port: number }).port}`;
+      const r = await runCli(['--cacert', ca, `https://${host}/a`]);
+      // Before: 56, "closed the connection after 18 bytes of a response head".
+      expect(r.code).toBe(52);
+      expect(r.stderr).toBe(
+        `multileg: empty reply from ${host}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED)\n`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      for (const s of sockets) s.destroy();
+      server.close();
+    }
   });
 });
