@@ -165,4 +165,37 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
     expect(new Set(connections('/public/right')).size).toBe(1);
     expect(connections('/public/right').some((id) => connections('/public/wrong').includes(id))).toBe(false);
   });
+
+  it("H5/R4: with proxy.deliver407, the proxy's refusal of a password a new connection carried unasked (taken up from another's success) is the caller's 407 too, not ProxyAuthenticationError; then it is held back", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, deliver407: true, credentials: PROXY_ACCOUNT },
+    });
+    const p = proxy;
+    const wire = (from: number) => p.exchanges.slice(from).map((e) => [e.connectionId, e.status, e.proxyAuthorization]);
+    expect(await status(`http://localhost:${server.port}/public/one`)).toBe(200);
+    // The proxy's password changes; another origin's first request, on a new proxy connection,
+    // carries the proved password unasked.
+    p.options.basicUsers = { proxyuser: 'rotated' };
+    let from = p.exchanges.length;
+    // Before: ProxyAuthenticationError, where the caller asked for the proxy's 407.
+    expect(await status(`http://127.0.0.1:${server.port}/public/two`)).toBe(407);
+    expect(wire(from)).toEqual([['c2', 407, true]]);
+    // Refused: neither connection sends it again (R4); each request gets the proxy's 407.
+    from = p.exchanges.length;
+    for (const host of ['localhost', '127.0.0.1'])
+      expect(await status(`http://${host}:${server.port}/public/three`)).toBe(407);
+    expect(wire(from)).toEqual([
+      ['c1', 407, false],
+      ['c2', 407, false],
+    ]);
+    // Lifted: the first connection's request carries it again on its own, once, and its refusal
+    // is the caller's 407 as well (before: ProxyAuthenticationError).
+    agent.setProxyCredentials(PROXY_ACCOUNT, { forgetRefusals: true });
+    from = p.exchanges.length;
+    expect(await status(`http://localhost:${server.port}/public/four`)).toBe(407);
+    expect(wire(from)).toEqual([['c1', 407, true]]);
+  });
 });

@@ -246,6 +246,16 @@ export class ForwardProxy {
       ticket = admission;
       return true;
     };
+    /**
+     * proxy.deliver407: the proxy's refusal of the credentials this request sent (a per-request
+     * scheme's own, or taken up from another connection) is the caller's response, the 407 held
+     * from its leg — counted as a refusal all the same (R4: `outcome`, set by the caller).
+     */
+    const refusedHeld = (held: HeldResponse): LegResult => {
+      log.proxy('%s: the credentials refused: the 407 goes to the caller', this.route.proxy.origin);
+      this.#unanswered(request, held.headers, 'refused');
+      return deliverHeld(held);
+    };
     // This request's part in the connection's lead: it may run the handshake with the proxy (from
     // its opening, or from the 407 it answers with a new handshake) or wait for the one that does.
     const turn = this.#lead.turn();
@@ -412,6 +422,7 @@ export class ForwardProxy {
               if (!proof.again(ticket)) {
                 outcome = 'refused';
                 if (credentials.own) this.#auth.refusedOwn(credentials.own);
+                if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held);
                 throw proof.refused
                   ? refusedLately(this.route.proxy, offered)
                   : rejected(
@@ -452,6 +463,8 @@ export class ForwardProxy {
           // H1/C8: the refused connection-bound context may stay on this connection at the proxy:
           // it retires (the caller gets this error), and the next handshake opens another.
           if (this.#auth.refusedBound) this.#onUnusable(err as Error);
+          if (result.held && this.route.proxy.deliver407 && err instanceof ProxyAuthenticationError && err.refused)
+            return refusedHeld(result.held);
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
           // without a Kerberos ticket), which shows only once tried: the 407 held from the leg is
           // the caller's, with why, sent once as curl sends it (the scheme stays excluded on this
