@@ -19,6 +19,8 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { eachRequest, hostile } from './hostile-proxy.ts';
 
 let server: ReferenceServer | undefined;
 let proxy: ReferenceProxy | undefined;
@@ -197,5 +199,57 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
     from = p.exchanges.length;
     expect(await status(`http://localhost:${server.port}/public/four`)).toBe(407);
     expect(wire(from)).toEqual([['c1', 407, true]]);
+  });
+});
+
+describe('the NTLM opening through a forwarding proxy under proxy.deliver407 (scripted proxy)', () => {
+  it('H5: a bare NTLM 407 to the NEGOTIATE sent unasked (the proxy took no part in it) is answered as without deliver407 — the handshake starts — not handed to the caller as a refusal', async () => {
+    /** The NTLM message type a Proxy-Authorization carries (1, 3), 0 for none. */
+    const ntlmType = (head: string): number => {
+      const m = /\r\nproxy-authorization: NTLM (\S+)/i.exec(head);
+      return m ? Buffer.from(m[1]!, 'base64').readUInt32LE(8) : 0;
+    };
+    const seen: number[] = [];
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        const type = ntlmType(head);
+        seen.push(type);
+        const answer =
+          type === 3
+            ? 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+            : `HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM${type === 1 && seen.length > 1 ? ` ${SCRIPTED_NTLM_CHALLENGE}` : ''}\r\nContent-Length: 0\r\n\r\n`;
+        socket.write(answer);
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: `http://127.0.0.1:${h.port}`, schemes: ['NTLM'], credentials: PROXY_ACCOUNT, deliver407: true },
+    });
+    // Before: 407 (the bare NTLM 407 to the opening, delivered), the handshake never run.
+    expect(await status('http://origin.example/x')).toBe(200);
+    expect(seen).toEqual([1, 1, 3]);
+  });
+
+  it('H5: a Basic-only 407 to the NEGOTIATE sent unasked goes to the caller as unconfigured (proxy.schemes leaves Basic out), not as a refusal: no password went', async () => {
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, () => {
+        socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n');
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    const reasons: string[] = [];
+    const onEvent = (m: unknown) => reasons.push((m as ProxyUnansweredEvent).reason);
+    subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+    closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: `http://127.0.0.1:${h.port}`, schemes: ['NTLM'], credentials: PROXY_ACCOUNT, deliver407: true },
+    });
+    expect(await status('http://origin.example/x')).toBe(407);
+    // Before: 'refused' (its NEGOTIATE carries no password, and refused none).
+    expect(reasons).toEqual(['unconfigured']);
   });
 });

@@ -553,7 +553,10 @@ export class ProxyAuth {
     if (state.kind === 'handshaking') {
       const key = state.mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
-      return challengeAsks(state.context, next) !== 'refused';
+      if (challengeAsks(state.context, next) !== 'refused') return true;
+      // A 407 to the opening NEGOTIATE that takes no part in it refuses nothing: {@link answer}
+      // starts a new handshake for it, as for a bare request's 407.
+      if (!(this.opening && next?.token68 === undefined)) return false;
     }
     return this.#proxy.mechanisms.choose(offered, this.#skipped)?.mechanism !== undefined;
   }

@@ -288,6 +288,8 @@ export class ForwardProxy {
         let closes = false;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
+        /** That 407 refused the credentials this request sent (not an opening NEGOTIATE, which has none). */
+        let refusedHere = false;
         turn.sending();
         // (Not an NTLM NEGOTIATE, not a Kerberos ticket alone: those carry no password.)
         secretUnanswered =
@@ -319,6 +321,7 @@ export class ForwardProxy {
                 // failed context on it), once the caller has this response.
                 const refusal = this.#auth.refusedDelivered();
                 if (refusal) outcome = refusal;
+                refusedHere = refusal !== undefined;
                 if (this.#auth.refusedBound) this.#onUnusable(new Error(REFUSED_BOUND));
                 deadline?.stop();
                 unanswered = headers;
@@ -379,7 +382,7 @@ export class ForwardProxy {
         // handshake this request ran, where it is reported.
         if (result.kind === 'failed' && turn.state === 'leading' && relocated(result.error)) this.#auth.moved();
         if (unanswered && result.kind === 'delivered')
-          this.#unanswered(request, unanswered, credentials !== undefined ? 'refused' : undefined);
+          this.#unanswered(request, unanswered, refusedHere ? 'refused' : undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
         if (answers >= this.#limits.maxLegs && !this.route.proxy.deliver407) {
           // C11: the proxy kept answering 407 (to this request's legs, or while it followed other
