@@ -253,3 +253,46 @@ describe('the NTLM opening through a forwarding proxy under proxy.deliver407 (sc
     expect(reasons).toEqual(['unconfigured']);
   });
 });
+
+describe("a caller's own connection-bound Proxy-Authorization (S6, reference proxy with ntlmUsers)", () => {
+  it("S6: bob's own NTLM login to a forwarding proxy, aborted before its answer is read, retires the proxy connection: Mallory's next request never rides it (the proxy may have taken bob's AUTHENTICATE)", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { bob: 'bobpw' } });
+    agent = new MultilegAgent({ negotiate: false, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
+    const p = proxy;
+    const base = `http://localhost:${server.port}`;
+    const proxyLeg = { origin: p.origin, hostname: 'localhost', port: p.port, method: 'GET', path: '/', proxy: true };
+    const bob = ntlmMechanism({ username: 'bob', password: 'bobpw' }).createContext(proxyLeg);
+    const first = await request(`${base}/public/bob`, {
+      dispatcher: agent,
+      headers: { 'proxy-authorization': (await bob.step(undefined, proxyLeg))! },
+    });
+    await first.body.dump();
+    expect(first.statusCode).toBe(407);
+    const challenge = parseChallenges(first.headers['proxy-authenticate'] as string).find((c) => c.token68);
+    const authenticate = (await bob.step(challenge, proxyLeg))!;
+    // The proxy takes bob's AUTHENTICATE 300 ms after it arrives; bob goes away at 100 ms.
+    p.options.delayMs = (r) => (r.proxyAuthorization === authenticate ? 300 : 0);
+    const gone = new AbortController();
+    setTimeout(() => gone.abort(new Error('bob went away')), 100);
+    await expect(
+      request(`${base}/public/bob`, {
+        dispatcher: agent,
+        signal: gone.signal,
+        headers: { 'proxy-authorization': authenticate },
+      }),
+    ).rejects.toThrow('bob went away');
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    // Mallory: an NTLM NEGOTIATE of her own, no password.
+    const mallory = ntlmMechanism({ username: 'mallory', password: 'x' }).createContext(proxyLeg);
+    const res = await request(`${base}/public/mallory`, {
+      dispatcher: agent,
+      headers: { 'proxy-authorization': (await mallory.step(undefined, proxyLeg))! },
+    });
+    await res.body.dump();
+    const connections = (path: string) => p.exchanges.filter((e) => e.target.endsWith(path)).map((e) => e.connectionId);
+    // Before: 200, through the proxy as bob, on the connection his login took.
+    expect(res.statusCode).toBe(407);
+    expect(connections('/public/mallory').some((id) => connections('/public/bob').includes(id))).toBe(false);
+  });
+});
