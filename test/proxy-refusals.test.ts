@@ -296,3 +296,43 @@ describe("a caller's own connection-bound Proxy-Authorization (S6, reference pro
     expect(connections('/public/mallory').some((id) => connections('/public/bob').includes(id))).toBe(false);
   });
 });
+
+describe('a burst through a forwarding proxy right after its password changed (R4)', () => {
+  it.each([true, false])(
+    "R4: each request of the burst carries the changed password at most once (proxy.deliver407 %s): one sent again behind another's refused handshake goes bare — its leave, given before the refusal, no longer holds",
+    async (deliver407) => {
+      server = await startReferenceServer({ mode: 'session' });
+      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+      agent = new MultilegAgent({
+        negotiate: false,
+        proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, deliver407, credentials: PROXY_ACCOUNT },
+      });
+      const p = proxy;
+      const base = `http://localhost:${server.port}`;
+      const burst = (path: string, n: number) =>
+        Promise.all(
+          Array.from({ length: n }, (_, i) =>
+            status(`${base}/public/${path}/${i}`).catch((e: Error & { code?: string }) => e.code),
+          ),
+        );
+      expect(await burst('warm', 50)).toEqual(Array(50).fill(200));
+      p.options.basicUsers = { proxyuser: 'rotated' };
+      const from = p.exchanges.length;
+      // Right after a success the password runs side by side (PROOF_FRESH_MS): each request once.
+      expect(new Set(await burst('a', 100))).toEqual(new Set([deliver407 ? 407 : 'MULTILEG_PROXY_AUTH']));
+      const carried = new Map<string, number>();
+      for (const e of p.exchanges.slice(from))
+        if (e.proxyAuthorization) carried.set(e.target, (carried.get(e.target) ?? 0) + 1);
+      // Once more only for the one that tries it again after the first refusal (proved until then).
+      // Before: with deliver407 every request carried it twice (200 for 100 requests), once more
+      // when the connection's handshake for it came after its refusal.
+      expect([...carried.values()].filter((n) => n > 1).length).toBeLessThanOrEqual(1);
+      expect(Math.max(...carried.values())).toBeLessThanOrEqual(2);
+      expect([...carried.values()].reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(101);
+      // Refused: later requests carry it no more.
+      const later = p.exchanges.length;
+      await burst('b', 20);
+      expect(p.exchanges.slice(later).filter((e) => e.proxyAuthorization)).toEqual([]);
+    },
+  );
+});

@@ -240,7 +240,10 @@ export class ForwardProxy {
     const admit = async (password: boolean): Promise<boolean> => {
       // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
       // fall-through to one, review r39): that takes its own.
-      if (ticket?.covers(password)) return true;
+      if (ticket?.covers(password) && proof.holds(ticket)) return true;
+      // A leave that no longer holds (a refusal counted since, R4) is given back first: a probe's
+      // would otherwise keep the next leave waiting for itself.
+      if (ticket) proof.settle(ticket, 'none');
       const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
       if (admission === 'refused') return false;
       ticket = admission;
