@@ -336,3 +336,70 @@ describe('a burst through a forwarding proxy right after its password changed (R
     },
   );
 });
+
+describe('a forwarded request past limits.maxLegs (proxy.deliver407)', () => {
+  it("R4/C11: a refusal past limits.maxLegs of the NTLM handshake a request took over after following another's (aborted) is no success: the password is not taken as proved", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({
+      negotiate: false,
+      limits: { maxLegs: 2 },
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        deliver407: true,
+        schemes: ['NTLM', 'Basic'],
+        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
+      },
+    });
+    const p = proxy;
+    const base = `http://localhost:${server.port}`;
+    // The proxy connection is up (no authentication asked yet): the next two requests go at once.
+    const users = p.options.ntlmUsers;
+    p.options.ntlmUsers = undefined;
+    expect(await status(`${base}/public/warm`)).toBe(200);
+    p.options.ntlmUsers = users;
+    const callers = new Map(['a', 'b'].map((k) => [k, new AbortController()]));
+    // The first AUTHENTICATE (the leader's) is held at the proxy, and its caller gives up meanwhile.
+    let held: string | undefined;
+    p.options.delayMs = (r) => {
+      if (held !== undefined || !r.proxyAuthorization?.startsWith('NTLM TlRMTVNTUAAD')) return 0;
+      held = r.target.split('/').pop()!;
+      setTimeout(() => callers.get(held!)!.abort(new Error('the leader went away')), 100);
+      return 400;
+    };
+    const results = await Promise.all(
+      [...callers].map(([k, c]) =>
+        request(`${base}/public/${k}`, { dispatcher: agent!, signal: c.signal }).then(
+          async (res) => {
+            await res.body.dump();
+            return res.statusCode;
+          },
+          (e: Error) => e.message,
+        ),
+      ),
+    );
+    const follower = held === 'a' ? 'b' : 'a';
+    expect(results[held === 'a' ? 1 : 0]).toBe(407);
+    // The follower went again behind the leader's handshake, then ran its own: legs past maxLegs.
+    expect(
+      p.exchanges.filter((e) => e.target.endsWith(`/${follower}`)).map((e) => [e.proxyNtlm ?? '-', e.status]),
+    ).toEqual([
+      ['-', 407],
+      ['-', 407],
+      ['negotiate', 407],
+      ['authenticate', 407],
+    ]);
+    // Before: its refused handshake reported as a success ('session'), the wrong password proved.
+    expect(agent.handshakes().map((h) => [h.outcome, h.failure])).toEqual([
+      ['failed', 'error'],
+      ['failed', 'refused'],
+    ]);
+    // Refused, so held back: the next request carries nothing.
+    const from = p.exchanges.length;
+    expect(await status(`${base}/public/next`)).toBe(407);
+    expect(
+      p.exchanges.slice(from).map((e) => [e.proxyNtlm ?? (e.proxyAuthorization ? 'other' : '-'), e.status]),
+    ).toEqual([['-', 407]]);
+  });
+});

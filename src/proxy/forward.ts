@@ -304,10 +304,13 @@ export class ForwardProxy {
             (status, headers) => {
               secretUnanswered = false;
               this.#closing(headers);
-              // Past limits.maxLegs a 407 is the caller's only under proxy.deliver407; else the typed error below.
-              if (status === 407 && (answers <= this.#limits.maxLegs || !this.route.proxy.deliver407)) {
+              if (status === 407) {
                 const others = turn.answeredByAnother;
-                if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
+                // Past limits.maxLegs a 407 is the caller's under proxy.deliver407 (else the typed
+                // error below), unanswered: it ends the handshake its leg ran, never as a success.
+                const within = answers <= this.#limits.maxLegs || !this.route.proxy.deliver407;
+                const answerable = this.#auth.canAnswer(headers);
+                if (within && (others || !this.route.proxy.deliver407 || answerable)) {
                   challenged = headers;
                   closes = saysClose(headers);
                   clock().start();
@@ -322,7 +325,11 @@ export class ForwardProxy {
                 // as a thrown refusal does — the password is held back (R4), and a refused
                 // connection-bound handshake's connection retires (H1/C8: the proxy may keep the
                 // failed context on it), once the caller has this response.
-                const refusal = this.#auth.refusedDelivered();
+                // (Only the handshake this request leads: past limits.maxLegs another's may run. A
+                // 407 asking for its next leg there: it failed at the bound.)
+                const mine = turn.state === 'leading';
+                const refusal = mine && !answerable ? this.#auth.refusedDelivered() : undefined;
+                if (mine && answerable) this.#auth.giveUp();
                 if (refusal) outcome = refusal;
                 refusedHere = refusal !== undefined;
                 if (this.#auth.refusedBound) this.#onUnusable(new Error(REFUSED_BOUND));
@@ -330,9 +337,8 @@ export class ForwardProxy {
                 unanswered = headers;
                 return classify(status, headers);
               }
-              // The proxy let the request through (or its last 407 goes to the caller): the
-              // exchange with the proxy is over, but for its final token; the origin's answer is
-              // the origin's to bound.
+              // The proxy let the request through: the exchange with the proxy is over, but for its
+              // final token; the origin's answer is the origin's to bound.
               this.#note(status, headers, onHttp2);
               const verdict = classify(status, headers);
               if (credentials && this.#auth.opening) {
