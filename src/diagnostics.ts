@@ -89,6 +89,8 @@ export interface ProxyUnansweredEvent {
   readonly reason: 'unconfigured' | 'unusable' | 'refused' | 'refused-lately';
   /** The schemes the 407 offered (names only). */
   readonly schemes: readonly string[];
+  /** With `refused-lately`: how long (ms) the credentials are still held back from the proxy. */
+  readonly heldBackFor?: number;
   /**
    * The offered schemes found unusable on this proxy connection, with why: the error's code and
    * message (which name the fix, never a secret).

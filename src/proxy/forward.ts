@@ -556,6 +556,7 @@ export class ForwardProxy {
         origin: request.origin,
         path: request.path,
         reason: refused ?? (unusable.length > 0 ? 'unusable' : 'unconfigured'),
+        ...(refused === 'refused-lately' ? { heldBackFor: this.route.proxy.proof.refusedFor } : {}),
         schemes: offeredSchemes(readChallenges(headers, true)),
         unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
         time: Date.now(),
