@@ -334,7 +334,8 @@ export class ForwardProxy {
                 refusedHere = refusal !== undefined;
                 if (this.#auth.refusedBound) this.#onUnusable(new Error(REFUSED_BOUND));
                 deadline?.stop();
-                unanswered = headers;
+                // (Cut at the bound, not for a reason multileg:proxy-unanswered names: not published.)
+                if (!answerable) unanswered = headers;
                 return classify(status, headers);
               }
               // The proxy let the request through: the exchange with the proxy is over, but for its
