@@ -232,6 +232,38 @@ describe('the NTLM opening through a forwarding proxy under proxy.deliver407 (sc
     expect(seen).toEqual([1, 1, 3]);
   });
 
+  it("H1/R4: over an http:// (HTTP/1.1) proxy, the refused NTLM handshake's 407 reaches the caller whole, body included, and its connection retires: the next request opens another", async () => {
+    const ntlmType = (head: string): number => {
+      const m = /\r\nproxy-authorization: NTLM (\S+)/i.exec(head);
+      return m ? Buffer.from(m[1]!, 'base64').readUInt32LE(8) : 0;
+    };
+    const body = 'access denied by the proxy';
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        const type = ntlmType(head);
+        socket.write(
+          type === 1
+            ? `HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM ${SCRIPTED_NTLM_CHALLENGE}\r\nContent-Length: 0\r\n\r\n`
+            : `HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        );
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: `http://127.0.0.1:${h.port}`, schemes: ['NTLM'], credentials: PROXY_ACCOUNT, deliver407: true },
+    });
+    const res = await request('http://origin.example/x', { dispatcher: agent });
+    expect(res.statusCode).toBe(407);
+    expect(await res.body.text()).toBe(body);
+    expect(h.connections).toBe(1);
+    const again = await request('http://origin.example/y', { dispatcher: agent });
+    expect(again.statusCode).toBe(407);
+    await again.body.dump();
+    expect(h.connections).toBe(2);
+  });
+
   it('H5: a Basic-only 407 to the NEGOTIATE sent unasked goes to the caller as unconfigured (proxy.schemes leaves Basic out), not as a refusal: no password went', async () => {
     const h = await hostile((socket, received) =>
       eachRequest(socket, received, () => {
