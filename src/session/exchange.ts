@@ -20,7 +20,7 @@ import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../hands
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
-import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
+import { credentialScheme, type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import {
   type ClientCertificate,
@@ -734,9 +734,7 @@ function callerRefused({ job, session, env }: Run, status: 401 | 407, headers: R
   const own = job.headers[proxy ? 'proxy-authorization' : 'authorization'];
   if (!lane || !env.mechanisms.bindsConnection(own)) return;
   if ((proxy && own !== undefined ? callerNtlmLeg({ authorization: own }) : job.ntlm)?.kind === 'opening') return;
-  const schemes = new Set(
-    (typeof own === 'string' ? [own] : (own ?? [])).map((v) => /^[ \t]*([^ \t,]*)/.exec(v)![1]!.toLowerCase()),
-  );
+  const schemes = new Set((typeof own === 'string' ? [own] : (own ?? [])).map(credentialScheme));
   if (readChallenges(headers, proxy).some((c) => schemes.has(c.schemeKey) && c.token68 !== undefined)) return;
   log.agent(
     "%s job %d: the caller's own credentials refused (%d): %s may hold their failed or denied login; it retires",
