@@ -592,9 +592,27 @@ export class ProxyAuth {
     if (state.kind !== 'handshaking') return undefined;
     const refusal = this.refusal;
     const opening = atOpening(state.mechanism, state.context, state.legs);
-    this.#refusedBound = !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
-    this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : 'refused' });
+    this.#endRefused(state, opening);
     return opening ? undefined : refusal;
+  }
+
+  /**
+   * The proxy refused the running handshake `state`'s last leg (`opening`: its NTLM NEGOTIATE, which
+   * refused no password: said as an origin's is, review r38): it ends, reported failed (with `err`
+   * where one is thrown). H1/C8: a refused connection-bound context may stay on the connection,
+   * failed (Apache mod_auth_gssapi as a proxy refuses every later handshake there): it retires.
+   */
+  #endRefused(
+    state: Extract<AuthState, { kind: 'handshaking' }>,
+    opening: boolean,
+    err?: ProxyAuthenticationError,
+  ): void {
+    this.#refusedBound = !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
+    this.#leave(ended(state), {
+      outcome: 'failed',
+      failure: opening ? 'opening' : 'refused',
+      ...(err ? { error: err } : {}),
+    });
   }
 
   /**
@@ -716,12 +734,7 @@ export class ProxyAuth {
           !opening,
           this.kerberosSkipped(state.mechanism.scheme),
         );
-        // H1/C8: a refused connection-bound context may stay on the connection, failed (Apache
-        // mod_auth_gssapi as a proxy refuses every later handshake there): the connection retires.
-        this.#refusedBound =
-          !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
-        // A refused opening refused no password: said as an origin's is (review r38).
-        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err), error: err });
+        this.#endRefused(state, opening, err);
         throw err;
       }
     }
