@@ -252,11 +252,12 @@ export class ForwardProxy {
     /**
      * proxy.deliver407: the proxy's refusal of the credentials this request sent (a per-request
      * scheme's own, or taken up from another connection) is the caller's response, the 407 held
-     * from its leg — counted as a refusal all the same (R4: `outcome`, set by the caller).
+     * from its leg — counted as a refusal all the same (R4: `outcome`, set by the caller); so is a
+     * 407 no credentials went to, held back after a refusal (`refused-lately`).
      */
-    const refusedHeld = (held: HeldResponse): LegResult => {
-      log.proxy('%s: the credentials refused: the 407 goes to the caller', this.route.proxy.origin);
-      this.#unanswered(request, held.headers, 'refused');
+    const refusedHeld = (held: HeldResponse, why: 'refused' | 'refused-lately' = 'refused'): LegResult => {
+      log.proxy('%s: credentials %s: the 407 goes to the caller', this.route.proxy.origin, why);
+      this.#unanswered(request, held.headers, why);
       return deliverHeld(held);
     };
     // This request's part in the connection's lead: it may run the handshake with the proxy (from
@@ -450,11 +451,7 @@ export class ForwardProxy {
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
             // Refused here lately (R4): nothing is sent. proxy.deliver407: that 407 is the caller's,
             // as its refusal was (not a typed error for the same 407 on the next request).
-            if (result.held && this.route.proxy.deliver407) {
-              log.proxy('%s: credentials refused lately: the 407 goes to the caller', this.route.proxy.origin);
-              this.#unanswered(request, result.held.headers, 'refused-lately');
-              return deliverHeld(result.held);
-            }
+            if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, 'refused-lately');
             throw refusedLately(this.route.proxy, offered);
           }
         }
