@@ -4,14 +4,13 @@
  * no stack trace).
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createSecureServer } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CA_CERT } from '../src/reference-server/test-pki.ts';
 import { runCli } from './cli-helpers.ts';
+import { droppingH2Server, loopbackOrigin } from './helpers.ts';
 
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
 
@@ -32,21 +31,14 @@ describe('multileg command line: exit paths a test can only force', () => {
   });
 
   it("C8: an HTTP/2 server that ends a new connection under the first stream, without a byte of an answer, is curl's 52 (empty reply), not 56: its SETTINGS are no response head (review r72)", async () => {
-    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
-    const sockets: TLSSocket[] = [];
-    server.on('secureConnection', (socket: TLSSocket) => sockets.push(socket));
-    server.on('stream', (stream) => {
-      stream.on('error', () => {});
-      const socket = sockets.at(-1)!;
-      setTimeout(() => socket.destroy(), 100);
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const closers: Array<() => Promise<unknown>> = [];
+    const origin = await loopbackOrigin(droppingH2Server(), closers);
     const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
     try {
       const ca = join(dir, 'ca.pem');
       writeFileSync(ca, CA_CERT);
-      const host = `localhost:${(server.address() as { port: number }).port}`;
-      const r = await runCli(['--cacert', ca, `https://${host}/a`]);
+      const host = new URL(origin).host;
+      const r = await runCli(['--cacert', ca, `${origin}/a`]);
       // Before: 56, "closed the connection after 18 bytes of a response head".
       expect(r.code).toBe(52);
       expect(r.stderr).toBe(
@@ -54,8 +46,7 @@ describe('multileg command line: exit paths a test can only force', () => {
       );
     } finally {
       rmSync(dir, { recursive: true, force: true });
-      for (const s of sockets) s.destroy();
-      server.close();
+      for (const close of closers) await close();
     }
   });
 });

@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionClosedError, MultilegAgent, type MultilegAgentOptions, ProxyClosedError } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { MAX_RESENDS_AFTER_CLOSE } from '../src/session/session.ts';
-import { ALICE, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, droppingH2Server, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -444,16 +444,7 @@ describe('an origin that closes a NEW connection under its first request (C8)', 
   });
 
   it("C8: over HTTP/2 a new connection closed under its first stream is an empty reply (headBytes 0): the server's SETTINGS are no response head (review r72)", async () => {
-    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
-    const sockets: TLSSocket[] = [];
-    server.on('secureConnection', (socket: TLSSocket) => sockets.push(socket));
-    server.on('stream', (stream) => {
-      stream.on('error', () => {});
-      // Once the SETTINGS exchange is surely through: destroyed, no GOAWAY, no HEADERS.
-      const socket = sockets.at(-1)!;
-      setTimeout(() => socket.destroy(), 100);
-    });
-    const origin = await loopbackOrigin(server, closers);
+    const origin = await loopbackOrigin(droppingH2Server(), closers);
     const agent = agentFor(origin, { credentials: undefined, connect: { ca: CA_CERT } });
     const err = (await failure(send(agent, `${origin}/a`))) as ConnectionClosedError;
     // Before: headBytes 18, "after 18 bytes of a response head" (the command's 56, not 52).

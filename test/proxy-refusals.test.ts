@@ -8,13 +8,16 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   MultilegAgent,
+  type MultilegAgentOptions,
   ntlmMechanism,
   PROXY_UNANSWERED_CHANNEL,
+  type ProxyOptions,
   type ProxyUnansweredEvent,
   parseChallenges,
 } from '../src/index.ts';
 import {
   type ReferenceProxy,
+  type ReferenceProxyOptions,
   type ReferenceServer,
   startReferenceProxy,
   startReferenceServer,
@@ -43,21 +46,31 @@ async function status(url: string): Promise<number> {
   return res.statusCode;
 }
 
+/**
+ * The reference server (session mode) and proxy (`proxyOptions`), and the agent going through that
+ * proxy as `agentProxy` says (its URI and CA added), with `limits`: the proxy, and the plain-http base.
+ */
+async function throughProxy(
+  proxyOptions: ReferenceProxyOptions,
+  agentProxy: Omit<ProxyOptions, 'uri' | 'connect'> = {},
+  limits: MultilegAgentOptions['limits'] = {},
+): Promise<{ p: ReferenceProxy; base: string; a: MultilegAgent }> {
+  server = await startReferenceServer({ mode: 'session' });
+  proxy = await startReferenceProxy(proxyOptions);
+  agent = new MultilegAgent({
+    negotiate: false,
+    limits,
+    proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, ...agentProxy },
+  });
+  return { p: proxy, base: `http://localhost:${server.port}`, a: agent };
+}
+
 describe('a refused proxy password delivered as the 407 (proxy.deliver407, reference proxy)', () => {
   it('R4/H5: a Basic password the proxy refused, its 407 delivered, is held back: the next request goes bare and gets the 407, until forgetRefusals or setProxyCredentials', async () => {
-    server = await startReferenceServer({ mode: 'session' });
-    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-    agent = new MultilegAgent({
-      negotiate: false,
-      proxy: {
-        uri: proxy.origin,
-        connect: { ca: proxy.ca },
-        deliver407: true,
-        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
-      },
-    });
-    const p = proxy;
-    const base = `http://localhost:${server.port}`;
+    const { p, base, a } = await throughProxy(
+      { basicUsers: { proxyuser: 'proxypw' } },
+      { deliver407: true, credentials: { ...PROXY_ACCOUNT, password: 'wrong' } },
+    );
     const wire = (from: number) => p.exchanges.slice(from).map((e) => [e.status, e.proxyAuthorization]);
     const reasons: string[] = [];
     const onEvent = (m: unknown) => reasons.push((m as ProxyUnansweredEvent).reason);
@@ -78,7 +91,7 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
     // Why each went unanswered: the refusal, then the password held back for it.
     expect(reasons).toEqual(['refused', 'refused-lately', 'refused-lately']);
     // The caller says the password may work now: it is tried once more.
-    agent.setProxyCredentials({ ...PROXY_ACCOUNT, password: 'wrong' }, { forgetRefusals: true });
+    a.setProxyCredentials({ ...PROXY_ACCOUNT, password: 'wrong' }, { forgetRefusals: true });
     let from = p.exchanges.length;
     expect(await status(`${base}/public/four`)).toBe(407);
     expect(wire(from)).toEqual([
@@ -86,27 +99,17 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
       [407, true],
     ]);
     // New credentials are not held back by the old ones' refusal.
-    agent.setProxyCredentials(PROXY_ACCOUNT);
+    a.setProxyCredentials(PROXY_ACCOUNT);
     from = p.exchanges.length;
     expect(await status(`${base}/public/five`)).toBe(200);
     expect(wire(from).at(-1)).toEqual([200, true]);
   });
 
   it('H1/S2/R4: a refused NTLM handshake to the proxy, its 407 delivered, retires its proxy connection and holds the password back: the next request goes on a new connection', async () => {
-    server = await startReferenceServer({ mode: 'session' });
-    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
-    agent = new MultilegAgent({
-      negotiate: false,
-      proxy: {
-        uri: proxy.origin,
-        connect: { ca: proxy.ca },
-        deliver407: true,
-        schemes: ['NTLM'],
-        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
-      },
-    });
-    const p = proxy;
-    const base = `http://localhost:${server.port}`;
+    const { p, base, a } = await throughProxy(
+      { ntlmUsers: { proxyuser: 'proxypw' } },
+      { deliver407: true, schemes: ['NTLM'], credentials: { ...PROXY_ACCOUNT, password: 'wrong' } },
+    );
     const wire = (from: number) =>
       p.exchanges
         .slice(from)
@@ -116,7 +119,7 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
       ['c1', 'negotiate', 407],
       ['c1', 'authenticate', 407],
     ]);
-    expect(agent.handshakes()).toEqual([
+    expect(a.handshakes()).toEqual([
       expect.objectContaining({ proxy: true, scheme: 'NTLM', outcome: 'failed', failure: 'refused' }),
     ]);
     // Held back (R4): no NEGOTIATE, no AUTHENTICATE; and not on the refused connection.
@@ -124,7 +127,7 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
     expect(await status(`${base}/public/two`)).toBe(407);
     expect(wire(from)).toEqual([['c2', '-', 407]]);
     // The right password: authenticated on a connection of its own, never on the refused one.
-    agent.setProxyCredentials(PROXY_ACCOUNT);
+    a.setProxyCredentials(PROXY_ACCOUNT);
     from = p.exchanges.length;
     expect(await status(`${base}/public/three`)).toBe(200);
     const after = wire(from);
@@ -136,11 +139,7 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
   });
 
   it("S6/H1: a caller's own NTLM Proxy-Authorization whose AUTHENTICATE the proxy refuses retires that proxy connection: the caller's next login goes on a new one (review r72)", async () => {
-    server = await startReferenceServer({ mode: 'session' });
-    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
-    agent = new MultilegAgent({ negotiate: false, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
-    const p = proxy;
-    const base = `http://localhost:${server.port}`;
+    const { p, base } = await throughProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
     const proxyLeg = { origin: p.origin, hostname: 'localhost', port: p.port, method: 'GET', path: '/', proxy: true };
     /** The caller's own NTLM handshake with the proxy, as `password`: the status of its AUTHENTICATE. */
     const login = async (password: string, path: string) => {
@@ -169,35 +168,33 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
   });
 
   it("H5/R4: with proxy.deliver407, the proxy's refusal of a password a new connection carried unasked (taken up from another's success) is the caller's 407 too, not ProxyAuthenticationError; then it is held back", async () => {
-    server = await startReferenceServer({ mode: 'session' });
-    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-    agent = new MultilegAgent({
-      negotiate: false,
-      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, deliver407: true, credentials: PROXY_ACCOUNT },
-    });
-    const p = proxy;
+    const { p, base, a } = await throughProxy(
+      { basicUsers: { proxyuser: 'proxypw' } },
+      { deliver407: true, credentials: PROXY_ACCOUNT },
+    );
+    // Another origin (another proxy connection): the same server by its address.
+    const other = base.replace('localhost', '127.0.0.1');
     const wire = (from: number) => p.exchanges.slice(from).map((e) => [e.connectionId, e.status, e.proxyAuthorization]);
-    expect(await status(`http://localhost:${server.port}/public/one`)).toBe(200);
+    expect(await status(`${base}/public/one`)).toBe(200);
     // The proxy's password changes; another origin's first request, on a new proxy connection,
     // carries the proved password unasked.
     p.options.basicUsers = { proxyuser: 'rotated' };
     let from = p.exchanges.length;
     // Before: ProxyAuthenticationError, where the caller asked for the proxy's 407.
-    expect(await status(`http://127.0.0.1:${server.port}/public/two`)).toBe(407);
+    expect(await status(`${other}/public/two`)).toBe(407);
     expect(wire(from)).toEqual([['c2', 407, true]]);
     // Refused: neither connection sends it again (R4); each request gets the proxy's 407.
     from = p.exchanges.length;
-    for (const host of ['localhost', '127.0.0.1'])
-      expect(await status(`http://${host}:${server.port}/public/three`)).toBe(407);
+    for (const origin of [base, other]) expect(await status(`${origin}/public/three`)).toBe(407);
     expect(wire(from)).toEqual([
       ['c1', 407, false],
       ['c2', 407, false],
     ]);
     // Lifted: the first connection's request carries it again on its own, once, and its refusal
     // is the caller's 407 as well (before: ProxyAuthenticationError).
-    agent.setProxyCredentials(PROXY_ACCOUNT, { forgetRefusals: true });
+    a.setProxyCredentials(PROXY_ACCOUNT, { forgetRefusals: true });
     from = p.exchanges.length;
-    expect(await status(`http://localhost:${server.port}/public/four`)).toBe(407);
+    expect(await status(`${base}/public/four`)).toBe(407);
     expect(wire(from)).toEqual([['c1', 407, true]]);
   });
 });
@@ -288,15 +285,11 @@ describe('the NTLM opening through a forwarding proxy under proxy.deliver407 (sc
 
 describe("a caller's own connection-bound Proxy-Authorization (S6, reference proxy with ntlmUsers)", () => {
   it("S6: bob's own NTLM login to a forwarding proxy, aborted before its answer is read, retires the proxy connection: Mallory's next request never rides it (the proxy may have taken bob's AUTHENTICATE)", async () => {
-    server = await startReferenceServer({ mode: 'session' });
-    proxy = await startReferenceProxy({ ntlmUsers: { bob: 'bobpw' } });
-    agent = new MultilegAgent({ negotiate: false, proxy: { uri: proxy.origin, connect: { ca: proxy.ca } } });
-    const p = proxy;
-    const base = `http://localhost:${server.port}`;
+    const { p, base, a } = await throughProxy({ ntlmUsers: { bob: 'bobpw' } });
     const proxyLeg = { origin: p.origin, hostname: 'localhost', port: p.port, method: 'GET', path: '/', proxy: true };
     const bob = ntlmMechanism({ username: 'bob', password: 'bobpw' }).createContext(proxyLeg);
     const first = await request(`${base}/public/bob`, {
-      dispatcher: agent,
+      dispatcher: a,
       headers: { 'proxy-authorization': (await bob.step(undefined, proxyLeg))! },
     });
     await first.body.dump();
@@ -309,7 +302,7 @@ describe("a caller's own connection-bound Proxy-Authorization (S6, reference pro
     setTimeout(() => gone.abort(new Error('bob went away')), 100);
     await expect(
       request(`${base}/public/bob`, {
-        dispatcher: agent,
+        dispatcher: a,
         signal: gone.signal,
         headers: { 'proxy-authorization': authenticate },
       }),
@@ -318,7 +311,7 @@ describe("a caller's own connection-bound Proxy-Authorization (S6, reference pro
     // Mallory: an NTLM NEGOTIATE of her own, no password.
     const mallory = ntlmMechanism({ username: 'mallory', password: 'x' }).createContext(proxyLeg);
     const res = await request(`${base}/public/mallory`, {
-      dispatcher: agent,
+      dispatcher: a,
       headers: { 'proxy-authorization': (await mallory.step(undefined, proxyLeg))! },
     });
     await res.body.dump();
@@ -333,14 +326,10 @@ describe('a burst through a forwarding proxy right after its password changed (R
   it.each([true, false])(
     "R4: each request of the burst carries the changed password at most once (proxy.deliver407 %s): one sent again behind another's refused handshake goes bare — its leave, given before the refusal, no longer holds",
     async (deliver407) => {
-      server = await startReferenceServer({ mode: 'session' });
-      proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
-      agent = new MultilegAgent({
-        negotiate: false,
-        proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, deliver407, credentials: PROXY_ACCOUNT },
-      });
-      const p = proxy;
-      const base = `http://localhost:${server.port}`;
+      const { p, base } = await throughProxy(
+        { basicUsers: { proxyuser: 'proxypw' } },
+        { deliver407, credentials: PROXY_ACCOUNT },
+      );
       const burst = (path: string, n: number) =>
         Promise.all(
           Array.from({ length: n }, (_, i) =>
@@ -371,21 +360,12 @@ describe('a burst through a forwarding proxy right after its password changed (R
 
 describe('a forwarded request past limits.maxLegs (proxy.deliver407)', () => {
   it("R4/C11: a refusal past limits.maxLegs of the NTLM handshake a request took over after following another's (aborted) is no success: the password is not taken as proved", async () => {
-    server = await startReferenceServer({ mode: 'session' });
-    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
-    agent = new MultilegAgent({
-      negotiate: false,
-      limits: { maxLegs: 2 },
-      proxy: {
-        uri: proxy.origin,
-        connect: { ca: proxy.ca },
-        deliver407: true,
-        schemes: ['NTLM', 'Basic'],
-        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
-      },
-    });
-    const p = proxy;
-    const base = `http://localhost:${server.port}`;
+    const { p, base, a } = await throughProxy(
+      { ntlmUsers: { proxyuser: 'proxypw' } },
+      { deliver407: true, schemes: ['NTLM', 'Basic'], credentials: { ...PROXY_ACCOUNT, password: 'wrong' } },
+      // A low bound, so that a request that went again behind another's handshake passes it.
+      { maxLegs: 2 },
+    );
     // The proxy connection is up (no authentication asked yet): the next two requests go at once.
     const users = p.options.ntlmUsers;
     p.options.ntlmUsers = undefined;
@@ -423,7 +403,7 @@ describe('a forwarded request past limits.maxLegs (proxy.deliver407)', () => {
       ['authenticate', 407],
     ]);
     // Before: its refused handshake reported as a success ('session'), the wrong password proved.
-    expect(agent.handshakes().map((h) => [h.outcome, h.failure])).toEqual([
+    expect(a.handshakes().map((h) => [h.outcome, h.failure])).toEqual([
       ['failed', 'error'],
       ['failed', 'refused'],
     ]);
