@@ -77,7 +77,9 @@ export function publishWithheld(event: () => WithheldEvent): void {
  *   `proxy.schemes` leaves them out);
  * - `unusable`: the mechanisms for its schemes cannot run here — Negotiate without a Kerberos
  *   ticket — each with its error in `unusable`;
- * - `refused`: its answer to the credentials this request sent.
+ * - `refused`: its answer to the credentials this request sent;
+ * - `refused-lately`: the proxy refused the credentials lately, so none went with this request
+ *   (they are held back, R4, until the wait ends or `setProxyCredentials` / `forgetRefusals`).
  */
 export interface ProxyUnansweredEvent {
   /** The proxy, `http://host:port` (never its userinfo). */
@@ -85,9 +87,11 @@ export interface ProxyUnansweredEvent {
   /** The request's origin and path. */
   readonly origin: string;
   readonly path: string;
-  readonly reason: 'unconfigured' | 'unusable' | 'refused';
+  readonly reason: 'unconfigured' | 'unusable' | 'refused' | 'refused-lately';
   /** The schemes the 407 offered (names only). */
   readonly schemes: readonly string[];
+  /** With `refused-lately`: how long (ms) the credentials are still held back from the proxy. */
+  readonly heldBackFor?: number;
   /**
    * The offered schemes found unusable on this proxy connection, with why: the error's code and
    * message (which name the fix, never a secret).

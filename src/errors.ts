@@ -332,7 +332,8 @@ export interface ConnectionClosedOptions {
   fresh?: boolean;
   /**
    * With `fresh`, on a connection that had answered nothing: bytes of a response head it read
-   * before the close (HTTP/1.1's socket count, after TLS), a head cut short rather than no answer.
+   * before the close (HTTP/1.1's socket count, after TLS, less a CONNECT tunnel's proxy answers), a
+   * head cut short rather than no answer. 0 over HTTP/2 (its HEADERS come whole or not at all).
    */
   headBytes?: number | undefined;
   /** An HTTP/2 GOAWAY came first, its last-stream-id counting this stream processed. */
@@ -378,7 +379,10 @@ export class ConnectionClosedError extends MultilegError {
   readonly fresh: boolean;
   /** The server reset the connection (ECONNRESET; curl: "Connection reset by peer") rather than closing it. */
   readonly reset: boolean;
-  /** A new connection's close came partway through a response head, this many bytes of it (0: no answer at all). */
+  /**
+   * A new connection's close came partway through a response head, this many bytes of it (0: no
+   * answer at all): the origin's own (not a CONNECT tunnel's proxy answer); always 0 over HTTP/2.
+   */
   readonly headBytes: number;
   /**
    * `peer` closed under `method`; `options` says why it was not sent again. `via` (internal): which

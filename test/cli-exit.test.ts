@@ -3,9 +3,14 @@
  * (no DNS query leaves the machine): an unknown host (curl's 6) and a bug of ours (1, one line,
  * no stack trace).
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { CA_CERT } from '../src/reference-server/test-pki.ts';
 import { runCli } from './cli-helpers.ts';
+import { droppingH2Server, loopbackOrigin } from './helpers.ts';
 
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
 
@@ -23,5 +28,25 @@ describe('multileg command line: exit paths a test can only force', () => {
     });
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe('multileg: unexpected error: simulated internal bug');
+  });
+
+  it("C8: an HTTP/2 server that ends a new connection under the first stream, without a byte of an answer, is curl's 52 (empty reply), not 56: its SETTINGS are no response head (review r72)", async () => {
+    const closers: Array<() => Promise<unknown>> = [];
+    const origin = await loopbackOrigin(droppingH2Server(), closers);
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
+    try {
+      const ca = join(dir, 'ca.pem');
+      writeFileSync(ca, CA_CERT);
+      const host = new URL(origin).host;
+      const r = await runCli(['--cacert', ca, `${origin}/a`]);
+      // Before: 56, "closed the connection after 18 bytes of a response head".
+      expect(r.code).toBe(52);
+      expect(r.stderr).toBe(
+        `multileg: empty reply from ${host}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED)\n`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      for (const close of closers) await close();
+    }
   });
 });

@@ -7,7 +7,12 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import {
+  type ReferenceProxy,
+  type ReferenceServer,
+  startReferenceProxy,
+  startReferenceServer,
+} from '../src/reference-server/index.ts';
 import { runCli } from './cli-helpers.ts';
 
 describe('R4: refused passwords are held back across the command’s runs (state file)', () => {
@@ -146,5 +151,68 @@ describe('R4: refused passwords are held back across the command’s runs (state
     expect(burst.map((r) => r.code)).toEqual(Array(20).fill(22));
     expect(tries('/auth/burst')).toBe(1);
     expect(readdirSync(join(state, 'multileg')).filter((f) => f.includes('lock') || f.startsWith('.tmp'))).toEqual([]);
+  });
+});
+
+describe('R4: a forwarding proxy\u2019s refusal of --proxy-user is held back across runs (its 407 shown, as curl does)', () => {
+  let server: ReferenceServer;
+  let proxy: ReferenceProxy;
+  let dir: string;
+  let ca: string;
+  beforeAll(async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    dir = mkdtempSync(join(tmpdir(), 'multileg-proxy-refusals-'));
+    ca = join(dir, 'ca.pem');
+    writeFileSync(ca, proxy.ca);
+  });
+  afterAll(async () => {
+    await proxy.close();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('R4/H5: a wrong proxy password over 3 runs is sent once; the next runs say it is held back and how to try it now (not "give --proxy-user"), and --forget-refusals sends it', async () => {
+    const state = mkdtempSync(join(dir, 'state-'));
+    const run = (path: string, extra: string[] = []) =>
+      runCli(
+        [
+          '-f',
+          '-x',
+          proxy.origin,
+          '--proxy-cacert',
+          ca,
+          '-U',
+          'proxyuser:wrongpw',
+          ...extra,
+          `http://localhost:${server.port}${path}`,
+        ],
+        { env: { XDG_STATE_HOME: state } },
+      );
+    const tries = (path: string) =>
+      proxy.exchanges.filter((e) => e.target.endsWith(path) && e.proxyAuthorization).length;
+    const first = await run('/public/p0');
+    expect(first.code).toBe(22);
+    expect(first.stderr).toContain('it refused the credentials');
+    expect(tries('/public/p0')).toBe(1);
+    for (const path of ['/public/p1', '/public/p2']) {
+      const r = await run(path, path.endsWith('2') ? ['-v'] : []);
+      expect(r.code).toBe(22);
+      // Before: the password went again with each run (the delivered 407's refusal counted for nothing).
+      expect(tries(path)).toBe(0);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `multileg: proxy ${proxy.origin.replaceAll('.', '\\.')} answered 407 and offered Basic: no credentials were sent: the password for proxyuser, refused by it \\d+ s ago, is held back \\d+ s more so a wrong password does not lock the account; fix the password, or pass --forget-refusals to try it now\\n`,
+        ),
+      );
+      expect(r.stderr).not.toContain('give --proxy-user');
+      // -v says why the 407 went unanswered (before: "nothing configured for Basic").
+      if (path.endsWith('2'))
+        expect(r.stderr).toMatch(/its 407 goes unanswered: it refused the credentials lately: held back \d+ s more/);
+      expect(r.stderr).not.toContain('wrongpw');
+    }
+    const forced = await run('/public/p3', ['--forget-refusals']);
+    expect(forced.code).toBe(22);
+    expect(tries('/public/p3')).toBe(1);
   });
 });

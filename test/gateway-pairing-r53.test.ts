@@ -163,6 +163,23 @@ describe('S6: a callers\u2019 session one caller\u2019s login authenticated carr
     expect(user).toBeNull();
   });
 
+  it('S6/H1: over HTTP/1.1 (IIS mode) a caller\u2019s own AUTHENTICATE refused with a 401 retires its connection: alice\u2019s login after bob\u2019s refused one never goes on it (the server may hold it as bob, IIS\u2019s 401.3, or keep the failed context; review r72)', async () => {
+    const { s, context, negotiate, send, leg } = await rig('iis', false);
+    const bob = context('bob', 'not-bobs-password', '/auth/bob');
+    const b = await negotiate(bob, '/auth/bob');
+    const bobAuth = (await bob.step(b.challenge, leg('/auth/bob')))!;
+    expect(await send('/auth/bob', { authorization: bobAuth })).toMatch(/^401 /);
+    const alice = context('alice', 'alicepw', '/auth/alice');
+    const a1 = await negotiate(alice, '/auth/alice');
+    const aliceAuth = (await alice.step(a1.challenge, leg('/auth/alice')))!;
+    expect(await send('/auth/alice', { authorization: aliceAuth })).toBe('200 EXAMPLE\\alice');
+    const sessionOf = (path: string) => s.exchanges.filter((e) => e.path === path).map((e) => e.sessionId);
+    // Both of bob's legs on one connection (his handshake's), and none of alice's there.
+    expect(new Set(sessionOf('/auth/bob')).size).toBe(1);
+    // Before: alice's NEGOTIATE and AUTHENTICATE went on bob's refused connection.
+    expect(sessionOf('/auth/alice').some((id) => sessionOf('/auth/bob').includes(id))).toBe(false);
+  });
+
   it('R1/R4: a CHALLENGE given up as abandoned retires its HTTP/2 session (the server still holds that incomplete context there, and caps them); an HTTP/1.1 connection is reused, its next NEGOTIATE replacing the context (trial u13)', () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     try {

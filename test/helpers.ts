@@ -1,7 +1,9 @@
 import { X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
+import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { type Dispatcher, fetch, request } from 'undici';
 import {
   type Challenge,
@@ -21,6 +23,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 
 export const ALICE = { username: 'EXAMPLE\\alice', password: 'alicepw' } as const;
 
@@ -231,6 +234,22 @@ export async function loopbackOrigin(server: NetServer, cleanup: Array<() => Pro
       }),
   );
   return `https://localhost:${(server.address() as AddressInfo).port}`;
+}
+
+/**
+ * An HTTP/2 origin of the test certificate (for {@link loopbackOrigin}) that destroys the connection
+ * under its first stream once the SETTINGS exchange is surely through: no GOAWAY, no HEADERS.
+ */
+export function droppingH2Server(): Http2SecureServer {
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+  const sockets: TLSSocket[] = [];
+  server.on('secureConnection', (socket: TLSSocket) => sockets.push(socket));
+  server.on('stream', (stream) => {
+    stream.on('error', () => {});
+    const socket = sockets.at(-1)!;
+    setTimeout(() => socket.destroy(), 100);
+  });
+  return server;
 }
 
 /**

@@ -6,14 +6,14 @@
  * once more on a new connection, which authenticates (C8); anything else is ConnectionClosedError.
  */
 import { createSecureServer } from 'node:http2';
-import { createServer, type Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
+import { createServer, connect as netConnect, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionClosedError, MultilegAgent, type MultilegAgentOptions, ProxyClosedError } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { MAX_RESENDS_AFTER_CLOSE } from '../src/session/session.ts';
-import { ALICE, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, droppingH2Server, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -381,6 +381,75 @@ describe('an origin that closes a NEW connection under its first request (C8)', 
     expect(cut!.message).not.toContain('an empty reply');
     expect(empty).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true, reset: false, headBytes: 0 });
     expect(empty!.message).toContain('(an empty reply)');
+  });
+
+  it("C8: through a CONNECT tunnel, and over TLS, headBytes counts the origin's response head alone: an origin that closes a new tunnel without a byte is an empty reply (headBytes 0), not the proxy's `200 Connection established` (review r72)", async () => {
+    const reply = { now: '' };
+    const tlsServer = createTlsServer({ cert: SERVER_CERT, key: SERVER_KEY, ALPNProtocols: ['http/1.1'] }, (s) => {
+      s.on('error', () => {});
+      s.once('data', () => s.end(reply.now));
+    });
+    const tlsOrigin = await loopbackOrigin(tlsServer, closers);
+    const plainServer = createServer((s) => {
+      s.on('error', () => {});
+      s.once('data', () => s.end(reply.now));
+    });
+    const plainOrigin = (await loopbackOrigin(plainServer, closers)).replace('https://localhost', 'http://127.0.0.1');
+    // A proxy that opens every CONNECT (to the port it names) at once.
+    const proxy = createServer((s) => {
+      s.on('error', () => {});
+      s.once('data', (d: Buffer) => {
+        const port = Number(/^CONNECT [^ ]*:(\d+) /.exec(d.toString('latin1'))?.[1]);
+        const up = netConnect(port, '127.0.0.1', () => {
+          s.write('HTTP/1.1 200 Connection established\r\n\r\n');
+          s.pipe(up).pipe(s);
+        });
+        up.on('error', () => s.destroy());
+      });
+    });
+    const proxyOrigin = (await loopbackOrigin(proxy, closers)).replace('https://localhost', 'http://127.0.0.1');
+    const direct = agentFor(plainOrigin, { credentials: undefined, connect: { ca: CA_CERT } });
+    const tunnelled = agentFor(plainOrigin, {
+      credentials: undefined,
+      connect: { ca: CA_CERT },
+      proxy: { uri: proxyOrigin, http: 'tunnel' },
+    });
+    const seen: string[] = [];
+    for (const cut of ['', 'HTTP/1.1 200 OK\r\nContent-Le']) {
+      reply.now = cut;
+      for (const [name, agent, origin] of [
+        ['plain', direct, plainOrigin],
+        ['plain tunnel', tunnelled, plainOrigin],
+        ['tls', direct, tlsOrigin],
+        ['tls tunnel', tunnelled, tlsOrigin],
+      ] as const) {
+        const err = (await failure(send(agent, `${origin}/x`))) as ConnectionClosedError;
+        expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true, reset: false });
+        seen.push(
+          `${name} ${err.headBytes} ${err.headBytes > 0 ? 'cut' : /\(an empty reply\)/.test(err.message) ? 'empty' : '?'}`,
+        );
+      }
+    }
+    // Before: the plain tunnel's 39 bytes (the proxy's answer) and 66 (27 of them the origin's).
+    expect(seen).toEqual([
+      'plain 0 empty',
+      'plain tunnel 0 empty',
+      'tls 0 empty',
+      'tls tunnel 0 empty',
+      'plain 27 cut',
+      'plain tunnel 27 cut',
+      'tls 27 cut',
+      'tls tunnel 27 cut',
+    ]);
+  });
+
+  it("C8: over HTTP/2 a new connection closed under its first stream is an empty reply (headBytes 0): the server's SETTINGS are no response head (review r72)", async () => {
+    const origin = await loopbackOrigin(droppingH2Server(), closers);
+    const agent = agentFor(origin, { credentials: undefined, connect: { ca: CA_CERT } });
+    const err = (await failure(send(agent, `${origin}/a`))) as ConnectionClosedError;
+    // Before: headBytes 18, "after 18 bytes of a response head" (the command's 56, not 52).
+    expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', fresh: true, headBytes: 0 });
+    expect(err.message).toContain('(an empty reply)');
   });
 
   it.each(['GET', 'POST'])(

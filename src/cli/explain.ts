@@ -546,9 +546,20 @@ export function explain407(ctx: {
   readonly sent: boolean;
   readonly unusable: readonly { readonly code: string; readonly message: string }[];
   readonly schemes?: readonly string[] | undefined;
+  /**
+   * None went because the proxy refused them lately (R4): how long they are held back still, whose
+   * password (`user`), and when the refusal was (`at`, from the state file: another run's).
+   */
+  readonly heldBack?: { readonly ms: number; readonly user?: string | undefined; readonly at?: number | undefined };
 }): string {
   const head = `proxy ${ctx.proxy} answered 407 and offered ${ctx.offered.join(', ') || 'no scheme'}`;
   if (ctx.sent) return `${head}: it refused the credentials; check --proxy-user (DOMAIN\\user:password)`;
+  const held = ctx.heldBack;
+  if (held) {
+    const whose = held.user ? `the password for ${held.user}` : 'the --proxy-user password';
+    const when = held.at === undefined ? 'lately' : `${Math.max(0, Math.round((Date.now() - held.at) / 1000))} s ago`;
+    return `${head}: no credentials were sent: ${whose}, refused by it ${when}, is held back ${Math.ceil(held.ms / 1000)} s more so a wrong password does not lock the account; fix the password, or pass --forget-refusals to try it now`;
+  }
   const enabled = (pattern: RegExp) =>
     ctx.offered.some(
       (s) => pattern.test(s) && (!ctx.schemes || ctx.schemes.some((e) => e.toLowerCase() === s.toLowerCase())),

@@ -220,9 +220,11 @@ export class Trace {
     const why =
       e.reason === 'refused'
         ? 'it refused the credentials'
-        : e.reason === 'unusable'
-          ? e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ')
-          : `nothing configured for ${e.schemes.join(', ') || 'what it offers'}`;
+        : e.reason === 'refused-lately'
+          ? `it refused the credentials lately: held back ${Math.ceil((e.heldBackFor ?? 0) / 1000)} s more (R4)`
+          : e.reason === 'unusable'
+            ? e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ')
+            : `nothing configured for ${e.schemes.join(', ') || 'what it offers'}`;
     this.#say(`* proxy ${e.proxy}: its 407 goes unanswered: ${why}`);
   }
 

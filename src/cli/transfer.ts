@@ -277,12 +277,23 @@ async function whyStood(
   const proxy = await proxyFor(req, url);
   const sent = trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization');
   if (!proxy) return undefined;
+  const last = trace.unanswered407.at(-1);
+  // R4: none went, the proxy having refused the password lately (this run, or another: the state file).
+  const heldBack =
+    last?.reason === 'refused-lately' && last.heldBackFor !== undefined
+      ? {
+          ms: last.heldBackFor,
+          user: typeof req.agent.proxy === 'object' ? req.agent.proxy.credentials?.username : undefined,
+          at: command.refusals?.heldBack(proxy, true)?.at,
+        }
+      : undefined;
   return explain407({
     proxy,
     offered: challengeSchemes(headers, status),
     sent: sent === true,
-    unusable: trace.unanswered407.at(-1)?.unusable ?? [],
+    unusable: last?.unusable ?? [],
     schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
+    ...(heldBack ? { heldBack } : {}),
   });
 }
 

@@ -74,6 +74,9 @@ export const opensUnasked = (sole: Mechanism | undefined): sole is Mechanism =>
 /** The scheme key of the TLS list message's client-certificate challenge (T3). */
 export const TRANSPORT = 'transport';
 
+/** The scheme key (lower-case) of one `Authorization` / `Proxy-Authorization` value: its first word. */
+export const credentialScheme = (value: string): string => /^[ \t]*([^ \t,]*)/.exec(value)![1]!.toLowerCase();
+
 /**
  * Schemes whose credentials authenticate the one request that carries them (the IANA HTTP
  * Authentication Scheme Registry but Negotiate, and AWS's signatures), lower-case: a caller's own
@@ -137,7 +140,7 @@ export class MechanismSet {
   bindsConnection(authorization: string | readonly string[] | undefined): boolean {
     if (authorization === undefined) return false;
     for (const value of typeof authorization === 'string' ? [authorization] : authorization) {
-      const key = /^[ \t]*([^ \t,]*)/.exec(value)![1]!.toLowerCase();
+      const key = credentialScheme(value);
       const level = this.#byScheme.get(key)?.level;
       if (level === undefined ? !PER_REQUEST_SCHEMES.has(key) : level !== 'request') return true;
     }

@@ -553,7 +553,10 @@ export class ProxyAuth {
     if (state.kind === 'handshaking') {
       const key = state.mechanism.scheme.toLowerCase();
       const next = offered.find((c) => c.schemeKey === key);
-      return challengeAsks(state.context, next) !== 'refused';
+      if (challengeAsks(state.context, next) !== 'refused') return true;
+      // A 407 to the opening NEGOTIATE that takes no part in it refuses nothing: {@link answer}
+      // starts a new handshake for it, as for a bare request's 407.
+      if (!(this.opening && next?.token68 === undefined)) return false;
     }
     return this.#proxy.mechanisms.choose(offered, this.#skipped)?.mechanism !== undefined;
   }
@@ -569,12 +572,47 @@ export class ProxyAuth {
   }
 
   /**
-   * A 407 that goes to the caller unanswered (or a leg that failed) ends the running handshake: the
-   * next request starts anew. A handshake that sent credentials is reported as failed (`failure`:
-   * why, `error` unless told).
+   * A leg that failed (or a handshake no request leads any more) ends the running handshake: the
+   * next request starts anew. A handshake that sent credentials is reported as failed (`error`).
    */
-  giveUp(failure: 'refused' | 'error' = 'error'): void {
-    this.#leave(ended(this.#state), { outcome: 'failed', failure });
+  giveUp(): void {
+    this.#leave(ended(this.#state), { outcome: 'failed', failure: 'error' });
+  }
+
+  /**
+   * The proxy's 407 refused the running handshake's last leg, and goes to the caller
+   * (`proxy.deliver407`) rather than end in {@link answer}'s error: the handshake ends as that
+   * refusal ends it there — reported failed (`opening` when that leg was an NTLM NEGOTIATE, which
+   * carried no password), and a refused connection-bound one marks the connection
+   * ({@link refusedBound}: it retires, H1/C8). Returns what the refusal says of the credentials
+   * ({@link refusal}, R4), undefined for a refused opening (no credential judged) or none running.
+   */
+  refusedDelivered(): 'refused' | 'refused-no-password' | undefined {
+    const state = this.#state;
+    if (state.kind !== 'handshaking') return undefined;
+    const refusal = this.refusal;
+    const opening = atOpening(state.mechanism, state.context, state.legs);
+    this.#endRefused(state, opening);
+    return opening ? undefined : refusal;
+  }
+
+  /**
+   * The proxy refused the running handshake `state`'s last leg (`opening`: its NTLM NEGOTIATE, which
+   * refused no password: said as an origin's is, review r38): it ends, reported failed (with `err`
+   * where one is thrown). H1/C8: a refused connection-bound context may stay on the connection,
+   * failed (Apache mod_auth_gssapi as a proxy refuses every later handshake there): it retires.
+   */
+  #endRefused(
+    state: Extract<AuthState, { kind: 'handshaking' }>,
+    opening: boolean,
+    err?: ProxyAuthenticationError,
+  ): void {
+    this.#refusedBound = !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
+    this.#leave(ended(state), {
+      outcome: 'failed',
+      failure: opening ? 'opening' : 'refused',
+      ...(err ? { error: err } : {}),
+    });
   }
 
   /**
@@ -696,12 +734,7 @@ export class ProxyAuth {
           !opening,
           this.kerberosSkipped(state.mechanism.scheme),
         );
-        // H1/C8: a refused connection-bound context may stay on the connection, failed (Apache
-        // mod_auth_gssapi as a proxy refuses every later handshake there): the connection retires.
-        this.#refusedBound =
-          !opening && (state.mechanism.level === 'connection' || state.context.connectionBound === true);
-        // A refused opening refused no password: said as an origin's is (review r38).
-        this.#leave(ended(state), { outcome: 'failed', failure: opening ? 'opening' : proxyFailure(err), error: err });
+        this.#endRefused(state, opening, err);
         throw err;
       }
     }

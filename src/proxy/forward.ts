@@ -22,6 +22,10 @@ type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 const SILENT_CLOSE =
   'the connection ended after its 407 without Connection: close: an HTTP/1.0 answer without keep-alive, or the proxy closed it';
 
+/** Why a connection is left after the proxy refused a connection-bound handshake on it, its 407 delivered. */
+const REFUSED_BOUND =
+  'the proxy refused the connection-bound handshake on it (its 407 went to the caller): the next one goes on a new connection';
+
 /** Why a connection is left after a scheme whose challenge could not be read (T2). */
 const FELL_THROUGH =
   "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
@@ -236,11 +240,25 @@ export class ForwardProxy {
     const admit = async (password: boolean): Promise<boolean> => {
       // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
       // fall-through to one, review r39): that takes its own.
-      if (ticket?.covers(password)) return true;
+      if (ticket?.covers(password) && proof.holds(ticket)) return true;
+      // A leave that no longer holds (a refusal counted since, R4) is given back first: a probe's
+      // would otherwise keep the next leave waiting for itself.
+      if (ticket) proof.settle(ticket, 'none');
       const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
       if (admission === 'refused') return false;
       ticket = admission;
       return true;
+    };
+    /**
+     * proxy.deliver407: the proxy's refusal of the credentials this request sent (a per-request
+     * scheme's own, or taken up from another connection) is the caller's response, the 407 held
+     * from its leg — counted as a refusal all the same (R4: `outcome`, set by the caller); so is a
+     * 407 no credentials went to, held back after a refusal (`refused-lately`).
+     */
+    const refusedHeld = (held: HeldResponse, why: 'refused' | 'refused-lately' = 'refused'): LegResult => {
+      log.proxy('%s: credentials %s: the 407 goes to the caller', this.route.proxy.origin, why);
+      this.#unanswered(request, held.headers, why);
+      return deliverHeld(held);
     };
     // This request's part in the connection's lead: it may run the handshake with the proxy (from
     // its opening, or from the 407 it answers with a new handshake) or wait for the one that does.
@@ -274,6 +292,8 @@ export class ForwardProxy {
         let closes = false;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
         let unanswered: ResponseHeaders | undefined;
+        /** That 407 refused the credentials this request sent (not an opening NEGOTIATE, which has none). */
+        let refusedHere = false;
         turn.sending();
         // (Not an NTLM NEGOTIATE, not a Kerberos ticket alone: those carry no password.)
         secretUnanswered =
@@ -285,10 +305,13 @@ export class ForwardProxy {
             (status, headers) => {
               secretUnanswered = false;
               this.#closing(headers);
-              // Past limits.maxLegs a 407 is the caller's only under proxy.deliver407; else the typed error below.
-              if (status === 407 && (answers <= this.#limits.maxLegs || !this.route.proxy.deliver407)) {
+              if (status === 407) {
                 const others = turn.answeredByAnother;
-                if (others || !this.route.proxy.deliver407 || this.#auth.canAnswer(headers)) {
+                // Past limits.maxLegs a 407 is the caller's under proxy.deliver407 (else the typed
+                // error below), unanswered: it ends the handshake its leg ran, never as a success.
+                const within = answers <= this.#limits.maxLegs || !this.route.proxy.deliver407;
+                const answerable = this.#auth.canAnswer(headers);
+                if (within && (others || !this.route.proxy.deliver407 || answerable)) {
                   challenged = headers;
                   closes = saysClose(headers);
                   clock().start();
@@ -299,15 +322,25 @@ export class ForwardProxy {
                   return this.route.proxy.deliver407 && !others ? 'hold' : 'swallow';
                 }
                 // proxy.deliver407: the 407 nothing here can answer is the caller's response (curl's way).
-                // In the middle of a handshake, that 407 is the proxy's refusal (canAnswer).
-                this.#auth.giveUp('refused');
+                // In the middle of a handshake, that 407 is the proxy's refusal (canAnswer): it counts
+                // as a thrown refusal does — the password is held back (R4), and a refused
+                // connection-bound handshake's connection retires (H1/C8: the proxy may keep the
+                // failed context on it), once the caller has this response.
+                // (Only the handshake this request leads: past limits.maxLegs another's may run. A
+                // 407 asking for its next leg there: it failed at the bound.)
+                const mine = turn.state === 'leading';
+                const refusal = mine && !answerable ? this.#auth.refusedDelivered() : undefined;
+                if (mine && answerable) this.#auth.giveUp();
+                if (refusal) outcome = refusal;
+                refusedHere = refusal !== undefined;
+                if (this.#auth.refusedBound) this.#onUnusable(new Error(REFUSED_BOUND));
                 deadline?.stop();
-                unanswered = headers;
+                // (Cut at the bound, not for a reason multileg:proxy-unanswered names: not published.)
+                if (!answerable) unanswered = headers;
                 return classify(status, headers);
               }
-              // The proxy let the request through (or its last 407 goes to the caller): the
-              // exchange with the proxy is over, but for its final token; the origin's answer is
-              // the origin's to bound.
+              // The proxy let the request through: the exchange with the proxy is over, but for its
+              // final token; the origin's answer is the origin's to bound.
               this.#note(status, headers, onHttp2);
               const verdict = classify(status, headers);
               if (credentials && this.#auth.opening) {
@@ -359,7 +392,8 @@ export class ForwardProxy {
         // The request goes again on another connection (the session's relocation): so does the
         // handshake this request ran, where it is reported.
         if (result.kind === 'failed' && turn.state === 'leading' && relocated(result.error)) this.#auth.moved();
-        if (unanswered && result.kind === 'delivered') this.#unanswered(request, unanswered, credentials !== undefined);
+        if (unanswered && result.kind === 'delivered')
+          this.#unanswered(request, unanswered, refusedHere ? 'refused' : undefined);
         if (result.kind !== 'swallowed' || !challenged) return result;
         if (answers >= this.#limits.maxLegs && !this.route.proxy.deliver407) {
           // C11: the proxy kept answering 407 (to this request's legs, or while it followed other
@@ -402,6 +436,7 @@ export class ForwardProxy {
               if (!proof.again(ticket)) {
                 outcome = 'refused';
                 if (credentials.own) this.#auth.refusedOwn(credentials.own);
+                if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held);
                 throw proof.refused
                   ? refusedLately(this.route.proxy, offered)
                   : rejected(
@@ -414,6 +449,9 @@ export class ForwardProxy {
               }
             }
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
+            // Refused here lately (R4): nothing is sent. proxy.deliver407: that 407 is the caller's,
+            // as its refusal was (not a typed error for the same 407 on the next request).
+            if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, 'refused-lately');
             throw refusedLately(this.route.proxy, offered);
           }
         }
@@ -435,6 +473,8 @@ export class ForwardProxy {
           // H1/C8: the refused connection-bound context may stay on this connection at the proxy:
           // it retires (the caller gets this error), and the next handshake opens another.
           if (this.#auth.refusedBound) this.#onUnusable(err as Error);
+          if (result.held && this.route.proxy.deliver407 && err instanceof ProxyAuthenticationError && err.refused)
+            return refusedHeld(result.held);
           // proxy.deliver407: every mechanism for this 407 turned out unable to run here (Negotiate
           // without a Kerberos ticket), which shows only once tried: the 407 held from the leg is
           // the caller's, with why, sent once as curl sends it (the scheme stays excluded on this
@@ -449,7 +489,7 @@ export class ForwardProxy {
           ) {
             log.proxy('%s: no usable scheme for its 407: the 407 goes to the caller', this.route.proxy.origin);
             // Not a refusal: nothing here could answer it (#unanswered says `unusable`, with why).
-            this.#unanswered(request, result.held.headers, false);
+            this.#unanswered(request, result.held.headers);
             return deliverHeld(result.held);
           }
           throw err;
@@ -498,15 +538,23 @@ export class ForwardProxy {
     return verdict === 'deliver' ? proved : Promise.all([proved, verdict]).then(() => {});
   }
 
-  /** Publishes why a 407 goes to the caller unanswered; `sent`: this request carried credentials. */
-  #unanswered(request: { origin: string; path: string }, headers: ResponseHeaders, sent: boolean): void {
+  /**
+   * Publishes why a 407 goes to the caller unanswered; `refused`: the proxy refused the credentials
+   * this request carried, or (`refused-lately`) refused them lately, so that none went (R4).
+   */
+  #unanswered(
+    request: { origin: string; path: string },
+    headers: ResponseHeaders,
+    refused?: 'refused' | 'refused-lately',
+  ): void {
     publishProxyUnanswered(() => {
       const unusable = this.#auth.unusableIn(headers);
       return {
         proxy: this.route.proxy.origin,
         origin: request.origin,
         path: request.path,
-        reason: sent ? 'refused' : unusable.length > 0 ? 'unusable' : 'unconfigured',
+        reason: refused ?? (unusable.length > 0 ? 'unusable' : 'unconfigured'),
+        ...(refused === 'refused-lately' ? { heldBackFor: this.route.proxy.proof.refusedFor } : {}),
         schemes: offeredSchemes(readChallenges(headers, true)),
         unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
         time: Date.now(),

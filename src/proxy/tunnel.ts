@@ -190,6 +190,19 @@ function isIpLiteral(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
 }
 
+/** The bytes a tunnel's socket read from the proxy (its answers to the CONNECTs), by socket. */
+const proxyShare = new WeakMap<Socket, number>();
+
+/**
+ * How many of the bytes a tunnel's `socket` has read (`bytesRead`) were the proxy's: on a plain
+ * tunnel its answers to the CONNECTs (`HTTP/1.1 200 Connection established` …) came first on the
+ * socket the origin's answers come on, and are no part of a response head cut short
+ * (ConnectionClosedError.headBytes). 0 for a TLS socket inside the tunnel, which counts its own.
+ */
+export function proxyBytesRead(socket: Socket): number {
+  return proxyShare.get(socket) ?? 0;
+}
+
 /** Established tunnel: a socket whose next bytes are the origin's. */
 export interface Tunnel {
   readonly socket: Socket;
@@ -569,7 +582,8 @@ async function connectLegs(
           await auth.succeeded(head.headers, leg, leave(), expired);
           proved('success');
         }
-        reader.detach();
+        // What the socket read so far, the unread rest of it aside, was the proxy's: not the origin's.
+        proxyShare.set(socket, socket.bytesRead - reader.detach());
         return { socket, requests, connections, holder: credentials ? auth.holder : undefined };
       }
       if (head.status !== 407) {

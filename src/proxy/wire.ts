@@ -158,15 +158,20 @@ export class ResponseReader {
     }
   }
 
-  /** Stops reading; bytes read past the head go back into the socket for whoever reads next. */
-  detach(): void {
+  /**
+   * Stops reading; bytes read past the head go back into the socket for whoever reads next.
+   * Returns how many: the socket's `bytesRead` counts them already, as the next reader's.
+   */
+  detach(): number {
     this.#socket.off('data', this.#onData);
     this.#socket.off('end', this.#onEnd);
     this.#socket.off('close', this.#onEnd);
     this.#socket.off('error', this.#onError);
     this.#socket.pause();
-    if (this.#buf.length) this.#socket.unshift(this.#buf);
+    const back = this.#buf.length;
+    if (back) this.#socket.unshift(this.#buf);
     this.#buf = Buffer.alloc(0);
+    return back;
   }
 }
 

@@ -5,7 +5,7 @@ import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { alpnFor, type Limits, portOf, unbracketed } from '../options.ts';
 import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { connectThroughTunnel, connectToProxy } from '../proxy/tunnel.ts';
+import { connectThroughTunnel, connectToProxy, proxyBytesRead } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
 
 /** What the connector learned about one new connection: the only source of session identity. */
@@ -17,6 +17,11 @@ export interface ConnectionInfo {
   readonly channelBinding?: Buffer;
   /** Through a CONNECT tunnel: who its CONNECT authenticated as (S6, {@link AdmittedHolder}). */
   readonly proxyHolder?: AdmittedHolder;
+  /**
+   * Through a plain CONNECT tunnel: the bytes of the socket's `bytesRead` that were the proxy's
+   * answers to the CONNECTs, not the origin's (see proxyBytesRead).
+   */
+  readonly proxyBytes?: number;
   /**
    * Nothing has come from the origin on the connection since it was made (after TLS: on HTTP/2,
    * not even its SETTINGS). Not through a forwarding proxy, whose connection it is.
@@ -88,6 +93,7 @@ export function sessionConnector(
       protocol,
       channelBinding: tlsServerEndPoint(cert),
       ...(proxyHolder ? { proxyHolder } : {}),
+      ...(proxied === 'tunnel' ? { proxyBytes: proxyBytesRead(socket) } : {}),
       // A TLS socket counts the bytes it decrypted (the handshake's are its transport's).
       ...(proxied !== 'forward' ? { silent: () => socket.bytesRead === 0 } : {}),
     });

@@ -287,6 +287,16 @@ export class CredentialProof {
   }
 
   /**
+   * Whether `ticket`'s leave still holds for a new handshake of its request: not given back, for the
+   * current credentials, and no refusal counted here since it was given (R4: a request admitted
+   * before the refusal, sent again behind another's handshake, would carry the refused password
+   * once more — once per request of a burst).
+   */
+  holds(ticket: Ticket): boolean {
+    return !ticket.settled && ticket.generation === this.#generation && ticket.epoch === this.#epoch && !this.refused;
+  }
+
+  /**
    * A refusal of `ticket`'s handshake may run once more with the current credentials: they replaced
    * the ones it was admitted for ({@link reset}: the refusal says nothing of them), and are not
    * refused here lately (R4: they would not be sent). The caller bounds it to once.

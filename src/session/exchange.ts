@@ -20,7 +20,7 @@ import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../hands
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
-import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
+import { credentialScheme, type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
 import {
   type ClientCertificate,
@@ -46,7 +46,7 @@ import {
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
-import { type ChallengeRecords, challengeKey } from './ntlm-pairing.ts';
+import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import type { Session, WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
@@ -567,7 +567,11 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   if (status === 401) {
     env.memory.unchallenged = false;
     if (job.ntlm?.kind === 'opening' && pairChallenge(run, seen, headers)) return 'swallow';
-  } else if (job.identity !== 'agent') callerAnswered(run, status, headers);
+    if (job.identity !== 'agent') callerRefused(run, status, headers);
+  } else if (job.identity !== 'agent') {
+    if (status === 407) callerRefused(run, status, headers);
+    callerAnswered(run, status, headers);
+  }
   if (
     status === 400 &&
     mayAnswerCertificate(run) &&
@@ -706,6 +710,39 @@ function callerAnswered({ job, session, env }: Run, status: number, headers: Res
   );
   // Other callers' CHALLENGEs recorded on it are dropped: their AUTHENTICATEs would be served as
   // this caller there (review r53); they fail `connection-gone` (ntlm-pairing.ts `retired`).
+  env.pairing?.retired(session, job.paired);
+  session.retire();
+}
+
+/**
+ * S6/H1: a caller's own connection-bound credential (NTLM's AUTHENTICATE, a Negotiate token; at a
+ * forwarding proxy its own `Proxy-Authorization`) answered 401 (407) asking no next leg of it — no
+ * token of its scheme: a refusal — may leave the connection in a state of the server's: IIS answers
+ * a login it took with 401 where the resource's ACL denies that user (401.3), and holds the
+ * connection as that user; Apache mod_auth_gssapi (GssapiConnectionBound) keeps the failed context
+ * and refuses every later handshake there. The connection takes no one else's request (it retires,
+ * as after the agent's own refused connection-bound handshake). Not after an NTLM NEGOTIATE (no
+ * context was made), nor where the answer asks for the next leg, which goes on this connection.
+ */
+function callerRefused({ job, session, env }: Run, status: 401 | 407, headers: ResponseHeaders): void {
+  if (session.retiring || session.closed) return;
+  const identity = job.identity;
+  const proxy = status === 407;
+  const lane = proxy
+    ? identity === 'caller-proxy' || identity === 'caller-both'
+    : identity === 'caller-bound' || identity === 'caller-both';
+  const own = job.headers[proxy ? 'proxy-authorization' : 'authorization'];
+  if (!lane || !env.mechanisms.bindsConnection(own)) return;
+  if ((proxy && own !== undefined ? callerNtlmLeg({ authorization: own }) : job.ntlm)?.kind === 'opening') return;
+  const schemes = new Set((typeof own === 'string' ? [own] : (own ?? [])).map(credentialScheme));
+  if (readChallenges(headers, proxy).some((c) => schemes.has(c.schemeKey) && c.token68 !== undefined)) return;
+  log.agent(
+    "%s job %d: the caller's own credentials refused (%d): %s may hold their failed or denied login; it retires",
+    job.origin,
+    job.id,
+    status,
+    session.id,
+  );
   env.pairing?.retired(session, job.paired);
   session.retire();
 }

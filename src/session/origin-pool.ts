@@ -549,8 +549,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // S6: a caller's connection-bound request that ended with no answer read (aborted, timed out, reset
     // after the server took it) may have logged the session in all the same: it takes no one else's
     // (review r56: bob's aborted login left the session his, and Mallory's next request was served as
-    // bob). Only an answer read tells (callerAnswered).
-    if (callerBound(job.identity) && !job.sink.responseStarted && !session.closed) session.retire();
+    // bob). Only an answer read tells (callerAnswered). So may a caller's own connection-bound
+    // Proxy-Authorization at a forwarding proxy (review r72: Mallory went through the proxy as bob).
+    if (this.#mayBind(job) && !job.sink.responseStarted && !session.closed) session.retire();
     // An AUTHENTICATE answered (or failed) there: its CHALLENGE is forgotten, and a retiring session may close.
     if (job.paired && outcome.kind !== 'relocate') this.#challenges.settle(job.paired);
     if (job.openingOn === session) {
@@ -559,6 +560,17 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     }
     if (!this.#settle(session, job, outcome)) this.#next(job);
     else if (outcome.kind !== 'fast') this.#ended();
+  }
+
+  /**
+   * Whether the caller's own credentials `job` carries may authenticate the connection (S6): its
+   * `Authorization` on the callers' bound lane, or its own `Proxy-Authorization` of a scheme that
+   * binds the connection, at a forwarding proxy.
+   */
+  #mayBind(job: Job): boolean {
+    if (callerBound(job.identity)) return true;
+    const ownProxy = job.identity === 'caller-proxy' || job.identity === 'caller-both';
+    return ownProxy && this.#env.mechanisms.bindsConnection(job.headers['proxy-authorization']);
   }
 
   /** @internal FastHost: a fast-path request ended, or its steps reached `outcome`. */

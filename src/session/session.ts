@@ -857,11 +857,17 @@ export class Session {
         : new ConnectionClosedError(job.origin, method, options);
     // (A request sent again for an idle close already says so, whatever connection failed it now.)
     if (answered === 0 && own === 0 && again === 0) {
-      // Nothing answered on it before: what its socket read is this leg's response head, cut short.
-      const headBytes = (r.error as { socket?: { bytesRead?: unknown } }).socket?.bytesRead;
+      // Nothing answered on it before: what its socket read is this leg's response head, cut short
+      // (a CONNECT tunnel's proxy answers left out). Not over HTTP/2, whose bytes so far are the
+      // server's SETTINGS, and whose HEADERS come whole or not at all (review r72).
+      const read = (r.error as { socket?: { bytesRead?: unknown } }).socket?.bytesRead;
+      const headBytes =
+        typeof read === 'number' && this.#connection?.protocol !== 'h2'
+          ? Math.max(0, read - (this.#connection?.proxyBytes ?? 0))
+          : 0;
       return {
         kind: 'failed',
-        error: closedError({ cause: r.error, fresh: true, headBytes: typeof headBytes === 'number' ? headBytes : 0 }),
+        error: closedError({ cause: r.error, fresh: true, headBytes }),
       };
     }
     // Only a close on a reused connection is an idle close to send again after: one on a new
