@@ -106,7 +106,8 @@ export const hasAuth = (h: Readonly<Record<string, unknown>>) => h.authorization
 
 /** NTLM as alice, whose contexts behave as `patch` says on top of the real ones. */
 export function patchedNtlm(patch: {
-  step?: (challenge: Challenge | undefined) => void;
+  /** Runs before each step; a promise holds the step until it settles (a slow KDC, say). */
+  step?: (challenge: Challenge | undefined) => void | Promise<void>;
   finish?: MechanismContext['finish'];
 }): Mechanism {
   const ntlm = ntlmMechanism(ALICE);
@@ -119,7 +120,7 @@ export function patchedNtlm(patch: {
           return real.complete;
         },
         step: async (challenge, l) => {
-          patch.step?.(challenge);
+          await patch.step?.(challenge);
           return real.step(challenge, l);
         },
         finish: patch.finish ?? ((challenge, l) => real.finish(challenge, l)),

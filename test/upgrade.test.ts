@@ -97,6 +97,19 @@ function ntlmAgent(o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
   });
 }
 
+/** Runs `then` once, as the first request head matching `head` is written (undici's sendHeaders). */
+function whenSent(head: RegExp, then: () => void): { stop(): void } {
+  const seen = (message: unknown) => {
+    const { headers } = message as { headers: unknown };
+    if (typeof headers === 'string' && head.test(headers)) {
+      unsubscribe('undici:client:sendHeaders', seen);
+      then();
+    }
+  };
+  subscribe('undici:client:sendHeaders', seen);
+  return { stop: () => unsubscribe('undici:client:sendHeaders', seen) };
+}
+
 describe('upgrades to an origin that also speaks HTTP/2', () => {
   it('H1: an https upgrade through the agent, no proxy, goes over HTTP/1.1 even where the server offers h2 (ALPN)', async () => {
     const { rig } = await import('./helpers.ts');
@@ -479,20 +492,15 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
     const a = agent;
     // As the NEGOTIATE is written, before the CHALLENGE comes back: the vault hands over the new password.
-    const rotate = (message: unknown) => {
-      const { headers } = message as { headers: unknown };
-      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAB/i.test(headers)) {
-        unsubscribe('undici:client:sendHeaders', rotate);
-        a.setCredentials(ALICE);
-      }
-    };
-    subscribe('undici:client:sendHeaders', rotate);
+    const rotate = whenSent(/authorization: NTLM TlRMTVNTUAAB/i, () => {
+      a.setCredentials(ALICE);
+    });
     try {
       const r = await upgradeOrResponse(agent, origin.origin);
       expect(r.kind).toBe('upgraded');
       if (r.kind === 'upgraded') sockets.push(r.socket);
     } finally {
-      unsubscribe('undici:client:sendHeaders', rotate);
+      rotate.stop();
     }
     // One AUTHENTICATE, the new password's, answered 101: the old one's was never written.
     expect(origin.seen.filter((s) => s.authorization === 'NTLM/3').map((s) => s.status)).toEqual([101]);
@@ -503,14 +511,9 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     origin = await upgradeServer({ ntlm: true, closeOnChallenge: 'first' });
     agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
     const a = agent;
-    const rotate = (message: unknown) => {
-      const { headers } = message as { headers: unknown };
-      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAB/i.test(headers)) {
-        unsubscribe('undici:client:sendHeaders', rotate);
-        a.setCredentials(ALICE);
-      }
-    };
-    subscribe('undici:client:sendHeaders', rotate);
+    const rotate = whenSent(/authorization: NTLM TlRMTVNTUAAB/i, () => {
+      a.setCredentials(ALICE);
+    });
     try {
       // Before: the bare request starting over was still taken as bound to the closed connection:
       // refused a new one, the caller got an internal error.
@@ -518,7 +521,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       expect(r.kind).toBe('upgraded');
       if (r.kind === 'upgraded') sockets.push(r.socket);
     } finally {
-      unsubscribe('undici:client:sendHeaders', rotate);
+      rotate.stop();
     }
     expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
       [1, undefined, 401],
@@ -540,15 +543,10 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     // The first upgrade's AUTHENTICATE (old password) is written: the other, whose NTLM was chosen
     // with the old password at its 401, waits in the origin's proof queue for that one's outcome.
     let atCall: (string | undefined)[] = [];
-    const rotate = (message: unknown) => {
-      const { headers } = message as { headers: unknown };
-      if (typeof headers === 'string' && /authorization: NTLM TlRMTVNTUAAD/i.test(headers)) {
-        unsubscribe('undici:client:sendHeaders', rotate);
-        atCall = o.seen.map((s) => s.authorization);
-        a.setCredentials(ALICE);
-      }
-    };
-    subscribe('undici:client:sendHeaders', rotate);
+    const rotate = whenSent(/authorization: NTLM TlRMTVNTUAAD/i, () => {
+      atCall = o.seen.map((s) => s.authorization);
+      a.setCredentials(ALICE);
+    });
     let second: Awaited<ReturnType<typeof upgradeOrResponse>>;
     try {
       const both = await Promise.all([
@@ -558,7 +556,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       second = both.find((r) => r.kind === 'upgraded') ?? both[1]!;
       for (const r of both) if (r.kind === 'upgraded') sockets.push(r.socket);
     } finally {
-      unsubscribe('undici:client:sendHeaders', rotate);
+      rotate.stop();
     }
     // At the call: both had met their bare 401, only one had gone on (NEGOTIATE) — in whichever
     // order the server saw them (the second bare request may arrive after the first's NEGOTIATE).
@@ -769,31 +767,10 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(created).toBe(1);
   });
 
-  /** An NTLM mechanism whose steps wait until `gate` settles (a slow KDC, say). */
-  function gatedNtlm(gate: Promise<void>): Mechanism {
-    const ntlm = ntlmMechanism(ALICE);
-    return {
-      ...ntlm,
-      createContext(leg) {
-        const real = ntlm.createContext(leg);
-        return {
-          get complete() {
-            return real.complete;
-          },
-          step: async (challenge, l) => {
-            await gate;
-            return real.step(challenge, l);
-          },
-          finish: (challenge, l) => real.finish(challenge, l),
-        };
-      },
-    };
-  }
-
   it("R1: agent.close() while an upgrade's mechanism step runs waits for the upgrade to end, which still gets its socket (close's contract: those it has end first)", async () => {
     origin = await upgradeServer({ ntlm: true });
     const gate = deferred();
-    agent = ntlmAgent({ mechanisms: [gatedNtlm(gate.promise)] });
+    agent = ntlmAgent({ mechanisms: [patchedNtlm({ step: () => gate.promise })] });
     const upgraded = upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     await until(() => origin!.seen.length === 1);
     let closed = false;
@@ -814,7 +791,10 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it("R1: agent.destroy() while an upgrade's mechanism step runs ends it at once with AgentClosedError; nothing more is written", async () => {
     origin = await upgradeServer({ ntlm: true });
     const gate = deferred();
-    agent = ntlmAgent({ mechanisms: [gatedNtlm(gate.promise)], limits: { handshakeTimeout: 10_000 } });
+    agent = ntlmAgent({
+      mechanisms: [patchedNtlm({ step: () => gate.promise })],
+      limits: { handshakeTimeout: 10_000 },
+    });
     try {
       const upgraded = upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' }).then(
         () => undefined,
