@@ -1,8 +1,12 @@
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { type Dispatcher, fetch, request } from 'undici';
 import {
@@ -342,4 +346,21 @@ export function subjectDer(pem: string): Buffer {
   let at = tbs.start;
   for (let i = 0; i < 5; i++) at = read(at).end;
   return raw.subarray(at, read(at).end);
+}
+
+/** A new self-signed certificate for localhost, `/CN=localhost NAME` (another identity for channel-binding tests). */
+export function localhostCertificate(name: string): { cert: string; key: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'multileg-cert-'));
+  try {
+    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')];
+    // biome-ignore format: openssl's arguments, in pairs
+    execFileSync('/usr/bin/openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-keyout', key, '-out', cert, '-days', '2',
+      '-subj', `/CN=localhost ${name}`, '-addext', 'subjectAltName=DNS:localhost',
+    ], { stdio: 'ignore' });
+    return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

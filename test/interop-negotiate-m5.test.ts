@@ -18,37 +18,12 @@ import { fetch, upgrade } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
+import { localhostCertificate } from './helpers.ts';
 import { headerValues, labClient, legInfo, send, tlsServerEndPoint } from './lab/http.ts';
-import { applyEnv, CAROL, type Lab, requirePeer, runOk, startLab } from './lab/index.ts';
+import { applyEnv, CAROL, type Lab, requirePeer, startLab } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'apache', 'gssntlmssp', 'python-gssapi', 'openssl', 'gss-binding');
 const ALICE_NTLM = { username: 'alice', password: 'alicepw', domain: 'EXAMPLE' } as const;
-
-/** A self-signed certificate for localhost (a second identity for the channel-binding tests). */
-async function makeCert(dir: string, name: string): Promise<{ cert: string; key: string }> {
-  const cert = join(dir, `${name}.crt`);
-  const key = join(dir, `${name}.key`);
-  await runOk('/usr/bin/openssl', [
-    'req',
-    '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-nodes',
-    '-keyout',
-    key,
-    '-out',
-    cert,
-    '-days',
-    '2',
-    '-subj',
-    `/CN=localhost ${name}`,
-    '-addext',
-    'subjectAltName=DNS:localhost',
-  ]);
-  return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
-}
 
 describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apache, python3-gssapi)', () => {
   let lab: Lab;
@@ -87,8 +62,8 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
     bobCc = cc('bob');
     await realm.kinit({ ccache: aliceCc });
     await realm.kinit({ ccache: bobCc, principal: 'bob@EXAMPLE.TEST', password: 'bobpw' });
-    certA = await makeCert(lab.dir, 'a');
-    certB = await makeCert(lab.dir, 'b');
+    certA = localhostCertificate('a');
+    certB = localhostCertificate('b');
   });
   afterAll(async () => {
     await Promise.all(agents.map((a) => a.destroy()));

@@ -5,14 +5,10 @@
  * the NTLM acceptor of src/mechanisms/ntlm (a real NTLMv2 password check) and, once satisfied,
  * switches protocols and echoes.
  */
-import { execFileSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createSecureContext, createServer as createTlsServer } from 'node:tls';
 import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -43,7 +39,16 @@ import {
   type ReferenceProxy,
   startReferenceProxy,
 } from '../src/reference-server/index.ts';
-import { ALICE, deferred, patchedNtlm, recordingPorts, testNtlm, unavailableScheme, until } from './helpers.ts';
+import {
+  ALICE,
+  deferred,
+  localhostCertificate,
+  patchedNtlm,
+  recordingPorts,
+  testNtlm,
+  unavailableScheme,
+  until,
+} from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
@@ -218,35 +223,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('M5/H1: a first token bound to the connection (Kerberos channel bindings) after a bare 401 that closes its connection carries the binding of the connection it goes on, not of the closed one', async () => {
     // Two certificates for localhost, one per connection (a front end whose backends differ).
-    const dir = mkdtempSync(join(tmpdir(), 'multileg-r71-'));
-    const pairs = [1, 2].map((n) => {
-      const [cert, key] = [join(dir, `c${n}.pem`), join(dir, `k${n}.pem`)];
-      execFileSync(
-        'openssl',
-        [
-          'req',
-          '-x509',
-          '-newkey',
-          'ec',
-          '-pkeyopt',
-          'ec_paramgen_curve:prime256v1',
-          '-nodes',
-          '-subj',
-          '/CN=localhost',
-          '-addext',
-          'subjectAltName=DNS:localhost',
-          '-days',
-          '1',
-          '-keyout',
-          key,
-          '-out',
-          cert,
-        ],
-        { stdio: 'ignore' },
-      );
-      return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
-    });
-    rmSync(dir, { recursive: true, force: true });
+    const pairs = [1, 2].map((n) => localhostCertificate(`c${n}`));
     const bindingOf = (pem: string) => createHash('sha256').update(new X509Certificate(pem).raw).digest('hex');
     let connections = 0;
     /** Per request: the connection, the binding of the certificate it presented, the Authorization. */
