@@ -34,7 +34,7 @@ import { askHolds, OriginPool } from './session/origin-pool.ts';
 import { sameAccount as sameIdentity } from './session/proved-identity.ts';
 import type { Identity } from './session/session.ts';
 import { hostElsewhere, targetElsewhere } from './trust/host-header.ts';
-import { type Grant, TrustPolicy, TrustRequiredError } from './trust/policy.ts';
+import { type Grant, TrustPolicy, TrustRequiredError, type WithheldReason } from './trust/policy.ts';
 import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
 
@@ -552,12 +552,7 @@ export class MultilegAgent extends Dispatcher {
         const jar = opts.method !== 'CONNECT' && (identity === 'agent' || identity === 'anonymous');
         // Why the agent's credentials are withheld, as for a request: its 401 is published so, and over
         // cleartext (http:, and so ws:, which undici's WebSocket sends as http:) refused with a typed error (S4).
-        const withheld =
-          identity === 'anonymous' && !grant.allowed
-            ? grant.reason
-            : elsewhereWhy !== undefined && !('authorization' in headers)
-              ? elsewhereWhy
-              : undefined;
+        const withheld = withheldWhy(identity, grant, elsewhereWhy, headers);
         return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld);
       }
       const headers = normalizeRequestHeaders(opts.headers);
@@ -681,12 +676,7 @@ export class MultilegAgent extends Dispatcher {
     sink.hop = hop;
     const grant = this.#grant(origin, elsewhere !== undefined || forwarded ? origin : named, hop);
     const identity = identityOf(headers, grant.allowed, elsewhere !== undefined, this.#mechanisms);
-    const withheld =
-      identity === 'anonymous' && !grant.allowed
-        ? grant.reason
-        : elsewhere !== undefined && !('authorization' in headers)
-          ? elsewhere
-          : undefined;
+    const withheld = withheldWhy(identity, grant, elsewhere, headers);
     const limit = this.#options.limits.maxReplayBodyBytes;
     // A stream bound for an authenticated session, or an origin that does not challenge, goes as it
     // comes; elsewhere it is read first, for the handshake's legs (C10).
@@ -951,6 +941,21 @@ function elsewhereBy(
 ): 'request-target' | 'host-header' | undefined {
   if (typeof opts.path === 'string' && targetElsewhere(origin, opts.path)) return 'request-target';
   return !forwarded && hostElsewhere(origin, headers, opts) ? 'host-header' : undefined;
+}
+
+/**
+ * Why the agent's credentials are withheld from a request its identity leaves `anonymous` or sends
+ * `elsewhere` (undefined: not withheld, or the caller's own Authorization): its 401 is published
+ * so, and over cleartext refused with a typed error (S4).
+ */
+function withheldWhy(
+  identity: Identity,
+  grant: Grant,
+  elsewhere: WithheldReason | undefined,
+  headers: HeaderMap,
+): WithheldReason | undefined {
+  if (identity === 'anonymous' && !grant.allowed) return grant.reason;
+  return elsewhere !== undefined && !('authorization' in headers) ? elsewhere : undefined;
 }
 
 /**
