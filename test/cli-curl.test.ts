@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createSecureServer as createHttp2Server, type Http2SecureServer } from 'node:http2';
-import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
+import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -356,6 +356,31 @@ describe('multileg: curl options', () => {
       await proxy?.close();
     }
   });
+
+  it("R1: doctor -m bounds the whole run, as a request's -m does: a server that takes the connection and never answers (http://, and https:// where TLS never starts) ends doctor at -m with the check that ran out named and --max-time, the checks after it not run (it waited 300 s and then advised the -m it was given)", async () => {
+    const held: Socket[] = [];
+    const silent = createTcpServer((socket) => {
+      held.push(socket);
+    });
+    const port = await listen(silent);
+    try {
+      for (const url of [`http://127.0.0.1:${port}/x`, `https://127.0.0.1:${port}/x`]) {
+        const started = performance.now();
+        const r = await run(['doctor', '-u', ':', '--cacert', ca, '-m', '1.5', url]);
+        const took = performance.now() - started;
+        expect(took).toBeLessThan(6000);
+        expect(r.code).toBe(1);
+        expect(r.stdout).toMatch(/^FAIL {2}\S+: .*--max-time/m);
+        expect(r.stdout).not.toContain('300 s');
+        // The checks it left no time for are said to be not run, not failed as well.
+        expect(r.stdout).toMatch(/^skip {2}.*not run: -m \(--max-time\) ran out/m);
+        expect(r.stdout).toMatch(/^1 check\(s\) failed\n$/m);
+      }
+    } finally {
+      for (const socket of held) socket.destroy();
+      silent.close();
+    }
+  }, 30_000);
 
   it("H5: through a CONNECT tunnel the response's protocol is the server's, not the proxy's answer to CONNECT: -w %{http_version} 2 and -i's HTTP/2 (curl's), doctor's schemes check HTTP/2 as its authentication check (it said the server does not speak HTTP/2)", async () => {
     let proxy: ReferenceProxy | undefined;

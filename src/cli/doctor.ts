@@ -71,6 +71,25 @@ function print(c: Check): void {
   if (c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
 }
 
+/** What `within` gives for a check that -m (--max-time) ran out under. */
+const RAN_OUT = Symbol('ran out');
+
+/**
+ * `work`'s result, or RAN_OUT once `deadline` (-m) fires: a check waits no longer than the run
+ * may last (its own wait, a socket's or a KDC's, is left behind; the process ends at the end).
+ */
+function within<T>(work: () => Promise<T>, deadline: AbortSignal | undefined): Promise<T | typeof RAN_OUT> {
+  if (!deadline) return work();
+  if (deadline.aborted) return Promise.resolve(RAN_OUT);
+  return new Promise((resolve, reject) => {
+    const stop = () => resolve(RAN_OUT);
+    deadline.addEventListener('abort', stop, { once: true });
+    work()
+      .then(resolve, reject)
+      .finally(() => deadline.removeEventListener('abort', stop));
+  });
+}
+
 /**
  * `klist args`'s output, or the check to report: skipped where klist is not installed, else what
  * `failed` makes of klist's first line of complaint.
@@ -301,7 +320,7 @@ async function proxyCheck(route: ProxyRoute | undefined): Promise<Check> {
 }
 
 /** One request without credentials: the protocol, the offered schemes, the Date header. */
-async function probe(req: CliRequest, http1: boolean) {
+async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined) {
   const trace = new Trace();
   const agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: [req.url.origin] });
   try {
@@ -309,6 +328,7 @@ async function probe(req: CliRequest, http1: boolean) {
       dispatcher: agent,
       method: 'GET',
       ...(http1 ? { allowH2: false } : {}),
+      ...(deadline ? { signal: deadline } : {}),
     } as Parameters<typeof request>[1]);
     // T3: nginx (`ssl_verify_client on`) says "no certificate" with a 400 page of its own: its
     // head tells such a page (a few hundred bytes) from others, whose bodies are not kept.
@@ -553,6 +573,22 @@ export async function doctor(argv: string[]): Promise<number> {
     checks.push(c);
     print(c);
   };
+  // R1: -m bounds the whole run, as it bounds a request (a monitoring check's doctor -m 10 waited
+  // out a silent server's 300 s): the check it runs out under fails naming it, those after are not run.
+  const deadline = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
+  const ranOut = () => deadline?.aborted === true;
+  const notRun = (name: string): Check => ({ name, verdict: 'skip', detail: 'not run: -m (--max-time) ran out' });
+  const ranOutUnder = (name: string): Check => ({
+    name,
+    verdict: 'FAIL',
+    detail: `no answer within -m (--max-time: ${req.maxTime} ms)`,
+    fix: 'raise -m; without it this check waits as long as a request would',
+  });
+  const timed = async (name: string, work: () => Promise<Check>): Promise<Check> => {
+    if (ranOut()) return notRun(name);
+    const c = await within(work, deadline);
+    return c === RAN_OUT ? ranOutUnder(name) : c;
+  };
   const nodeProblem = unsupportedNode();
   add({ name: 'Node', verdict: nodeProblem ? 'FAIL' : 'ok', detail: `${process.versions.node} (needs >= 22.19)` });
 
@@ -582,9 +618,9 @@ export async function doctor(argv: string[]): Promise<number> {
   }
 
   const proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
-  add(await proxyCheck(proxy));
+  add(await timed('proxy', () => proxyCheck(proxy)));
 
-  const tls = req.url.protocol === 'https:' && !proxy ? await tlsTrust(req) : undefined;
+  const tls = req.url.protocol === 'https:' && !proxy ? await timed('TLS', () => tlsTrust(req)) : undefined;
   if (tls) add(tls);
 
   // T3: the client certificate given (--cert), and what the server's TLS handshake asks of one (the
@@ -604,18 +640,21 @@ export async function doctor(argv: string[]): Promise<number> {
           route: proxy,
           connectTo: req.agent.connectTo,
           limits: resolveLimits(req.agent.limits),
+          ...(deadline ? { signal: deadline } : {}),
         })
       : { told: false };
 
   let h2: Awaited<ReturnType<typeof probe>> | undefined;
   let h1: Awaited<ReturnType<typeof probe>> | undefined;
   let failure: unknown;
-  try {
-    h2 = await probe(req, false);
-    h1 = await probe(req, true);
-  } catch (err) {
-    failure = err;
-  }
+  const ranOutBefore = ranOut();
+  if (!ranOutBefore)
+    try {
+      h2 = await probe(req, false, deadline);
+      h1 = await probe(req, true, deadline);
+    } catch (err) {
+      failure = err;
+    }
   // Without --cert, the requests without one showed that the server requires one: it refused the
   // TLS handshake, answered nginx's 400 page, or asked for nothing but a certificate (Transport).
   const required = (() => {
@@ -668,7 +707,8 @@ export async function doctor(argv: string[]): Promise<number> {
         ...(abs > 60 ? { fix: 'synchronise the clocks (NTP): Kerberos refuses more than 5 minutes of skew' } : {}),
       });
     } else add({ name: 'clock', verdict: 'skip', detail: 'the server sends no Date header' });
-  } else {
+  } else if (ranOutBefore) add(notRun('schemes'));
+  else {
     // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
     const issuerRefused = server?.name === 'client CAs' && server.verdict === 'FAIL';
     add(
@@ -684,19 +724,31 @@ export async function doctor(argv: string[]): Promise<number> {
   let ticketWorks = false;
   let kerberosFailure: string | undefined;
   if (addon && negotiateOffered) {
-    const ticket = negotiate.keytab
-      ? await keytabTickets(negotiate.keytab, negotiate.principal)
-      : await klist(negotiate.ccache, req.user !== undefined);
-    add(ticket);
-    const k = await kerberos(req);
-    for (const c of k.checks) add(c);
-    ticketWorks = k.ticketWorks;
-    kerberosFailure = k.failure;
+    add(
+      await timed('ticket', () =>
+        negotiate.keytab
+          ? keytabTickets(negotiate.keytab, negotiate.principal)
+          : klist(negotiate.ccache, req.user !== undefined),
+      ),
+    );
+    // The KDC may be the one that does not answer.
+    const k = ranOut() ? undefined : await within(() => kerberos(req), deadline);
+    if (k === undefined) add(notRun('SPN'));
+    else if (k === RAN_OUT) add(ranOutUnder('SPN'));
+    else {
+      for (const c of k.checks) add(c);
+      ticketWorks = k.ticketWorks;
+      kerberosFailure = k.failure;
+    }
   }
 
   // A certificate required and none given: the client certificate check has said so and its fix.
   if (h2 && (h2.status === 401 || h2.offered.length > 0) && !required)
-    add(await authenticate(req, h2.protocol, ticketWorks, kerberosFailure, proxy?.kind === 'forward'));
+    add(
+      ranOut()
+        ? notRun('authentication')
+        : await authenticate(req, h2.protocol, ticketWorks, kerberosFailure, proxy?.kind === 'forward', deadline),
+    );
 
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
   process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
@@ -712,6 +764,8 @@ async function authenticate(
   kerberosFailure: string | undefined,
   /** Through a forwarding proxy: the protocol seen is the proxy's, not the server's. */
   forwarded: boolean,
+  /** -m's end of the run. */
+  deadline: AbortSignal | undefined,
 ): Promise<Check> {
   let credentials: Awaited<ReturnType<typeof credentialsFor>>;
   try {
@@ -750,6 +804,7 @@ async function authenticate(
       dispatcher: agent,
       method: 'GET',
       ...(req.http1 ? { allowH2: false } : {}),
+      ...(deadline ? { signal: deadline } : {}),
     } as Parameters<typeof request>[1]);
     await res.body.dump();
     // The origin's (a proxy's handshake, H5, is not this check's).
