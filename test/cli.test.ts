@@ -1766,6 +1766,40 @@ describe('multileg command line', () => {
     }
   });
 
+  it('--json says what stderr says and -s hides: `error`, the failure that set exitCode (-w %{errormsg}), and `reason`, why a final 401 stood — a monitoring check reading --json -s had only an exit code, or a 401 and no word of why (trial u18)', async () => {
+    const report = async (args: string[]) => {
+      const r = await run(['--json', ...args]);
+      return { code: r.code, stderr: r.stderr, json: JSON.parse(r.stdout) };
+    };
+    const ntlm = `${ntlmOnly.origin}/auth/why`;
+    // The 401 without -u: the reason stderr gives without -s, in the report with -s, stderr quiet.
+    const loud = await report(['--cacert', ca, ntlm]);
+    const quiet = await report(['-s', '--cacert', ca, ntlm]);
+    expect(loud.stderr).toMatch(/^multileg: .+\n$/);
+    expect(quiet.stderr).toBe('');
+    for (const r of [loud, quiet])
+      expect(r.json).toMatchObject({ status: 401, exitCode: 0, error: null, reason: loud.stderr.slice(10, -1) });
+    expect(quiet.json.reason).toContain('NTLM');
+    // -f: exit 22, its error beside the reason.
+    const failing = await report(['-s', '-f', '--cacert', ca, ntlm]);
+    expect(failing.json).toMatchObject({
+      status: 401,
+      exitCode: 22,
+      error: '(22) HTTP 401',
+      reason: quiet.json.reason,
+    });
+    // A failure without a response: its message, as -w %{errormsg} gives it.
+    const slow = await report(['-s', '-m', '0.3', `${plainOrigin}/hang`]);
+    expect(slow.json).toMatchObject({
+      status: 0,
+      exitCode: 28,
+      error: 'operation timed out after 300 ms (--max-time)',
+      reason: null,
+    });
+    // A success: neither.
+    const ok = await report(['-s', ...alice(), `${server.origin}/auth/why-ok`]);
+    expect(ok.json).toMatchObject({ status: 200, exitCode: 0, error: null, reason: null });
+  });
   it('several URLs: one after another through one agent, one handshake for three (session mode); -o pairs with the URLs in order, the rest to stdout; -i, -w and --json per transfer', async () => {
     const first = join(dir, 'multi-first.txt');
     server.exchanges.length = 0;

@@ -77,6 +77,8 @@ export interface TransferOutcome {
   readonly exit: number;
   /** The message of the failure that set the exit code (-w %{errormsg}). */
   readonly errormsg: string;
+  /** Why its final 401 or 407 was not answered (the line stderr gives, which -s hides): --json's `reason`. */
+  readonly reason: string | undefined;
   /** The body's bytes received. */
   readonly bytes: number;
   /** The final response's headers and protocol, once one came. */
@@ -516,6 +518,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
   /** The message of the failure that sets the exit code (-w %{errormsg}). */
   let errormsg = '';
+  let reason: string | undefined;
   const fail = (code: number, line: string) => {
     say(line);
     exit = code;
@@ -671,8 +674,10 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         const failing = (req.fail || req.failWithBody) && status >= 400;
         // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
         // run); -S brings it back only where -f makes the status an error.
-        const why = !req.silent || failing ? await whyStood(req, hop, status, res.headers, env) : undefined;
-        if (why !== undefined) say(why);
+        // --json reports it whatever -s says: a monitoring check reads it there, not on stderr.
+        const why = !req.silent || failing || req.json ? await whyStood(req, hop, status, res.headers, env) : undefined;
+        reason = why;
+        if (why !== undefined && (!req.silent || failing)) say(why);
         if (failing) {
           fail(EXIT.httpError, `(22) HTTP ${status}`);
         }
@@ -728,6 +733,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     bytes = 0;
     exit = EXIT.ok;
     errormsg = '';
+    reason = undefined;
     final = undefined;
     heads = '';
     reading = undefined;
@@ -740,6 +746,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     redirects,
     exit,
     errormsg,
+    reason,
     bytes,
     final,
     retries: retrier?.retries ?? 0,
