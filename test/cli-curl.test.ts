@@ -339,6 +339,54 @@ describe('multileg: curl options', () => {
     expect([lower.code, lower.stdout]).toEqual([7, '000']);
   });
 
+  it("H5: ALL_PROXY (all_proxy first) is the proxy where the URL's scheme has no variable of its own, as curl reads them (an empty one is none), NO_PROXY applying to it; doctor reads it too — multileg went straight to the server, past the proxy curl uses (trial u18)", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      const down = `http://127.0.0.1:${REFUSED_PORT}`;
+      const plainUrl = `${plainOrigin}/flaky/all-proxy?n=0`;
+      const args = [
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code} %{http_connect}',
+        '--proxy-cacert',
+        ca,
+        '--cacert',
+        ca,
+      ];
+      // An http:// URL through the proxy ALL_PROXY names (down: curl's 7), or all_proxy, which wins.
+      for (const env of [
+        { ALL_PROXY: down },
+        { all_proxy: down, ALL_PROXY: 'http://unused.invalid:1' },
+        { ALL_PROXY: down, http_proxy: '' },
+      ]) {
+        const r = await run([...args, plainUrl], { env });
+        expect([r.code, r.stdout], JSON.stringify(env)).toEqual([7, '000 000']);
+      }
+      // NO_PROXY holds for it, as for the others.
+      const bypass = await run([...args, plainUrl], { env: { ALL_PROXY: down, NO_PROXY: '127.0.0.1' } });
+      expect([bypass.code, bypass.stdout]).toEqual([0, '200 000']);
+      proxy = await startReferenceProxy({});
+      // An https:// URL tunnels through it; the scheme's own variable wins over it.
+      const url = `${server.origin}/public/`;
+      const tunnelled = await run([...args, url], { env: { ALL_PROXY: proxy.origin } });
+      expect([tunnelled.code, tunnelled.stdout]).toEqual([0, '200 200']);
+      const own = await run([...args, url], { env: { ALL_PROXY: down, HTTPS_PROXY: proxy.origin } });
+      expect([own.code, own.stdout]).toEqual([0, '200 200']);
+      // An empty https_proxy is none: HTTPS_PROXY is read (curl's getenv), where it hid it.
+      const empty = await run([...args, url], { env: { https_proxy: '', HTTPS_PROXY: proxy.origin } });
+      expect([empty.code, empty.stdout]).toEqual([0, '200 200']);
+      // -x "" is no proxy, the environment's neither.
+      const none = await run([...args, '-x', '', plainUrl], { env: { ALL_PROXY: down } });
+      expect([none.code, none.stdout]).toEqual([0, '200 000']);
+      const doctor = await run(['doctor', '--cacert', ca, url], { env: { ALL_PROXY: down } });
+      expect(doctor.stdout).toContain(`FAIL  proxy: ${down} (CONNECT tunnel): cannot connect to proxy ${down}`);
+    } finally {
+      await proxy?.close();
+    }
+  });
+
   it('H5: doctor checks that the proxy can be reached: a proxy that is down FAILs there with its fix (it said ok: only its address was read), a reachable one is ok', async () => {
     let proxy: ReferenceProxy | undefined;
     try {

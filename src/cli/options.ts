@@ -284,7 +284,10 @@ export function program(): Commander.Command {
       .option('--cert <file[:passphrase]>', 'client certificate (PEM or DER; with its key when --key is not given)')
       .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
-      .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / http_proxy; "" for none')
+      .option(
+        '-x, --proxy <url>',
+        'proxy (http://host:port); default HTTPS_PROXY / http_proxy, else ALL_PROXY; "" for none',
+      )
       .option(
         '--proxy-cacert <file>',
         "CA certificate(s) to trust for an https:// proxy (PEM; --cacert is the server's)",
