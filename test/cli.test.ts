@@ -1766,6 +1766,17 @@ describe('multileg command line', () => {
     }
   });
 
+  it("--json -o FILE: the report on stdout and the body in the file, as curl's -w '%{json}' -o does (the body was dropped without a word: a CI job's download and its report in one run got the report alone; trial u18)", async () => {
+    const body = join(dir, 'json-body.json');
+    const r = await run(['--json', '-o', body, ...alice(), `${server.origin}/auth/json-o`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ status: 200, exitCode: 0 });
+    expect(JSON.parse(readFileSync(body, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    // Without -o the report alone, as before: no body on stdout beside it.
+    const alone = await run(['--json', ...alice(), `${server.origin}/auth/json-alone`]);
+    expect(JSON.parse(alone.stdout)).toMatchObject({ status: 200 });
+  });
+
   it('--json says what stderr says and -s hides: `error`, the failure that set exitCode (-w %{errormsg}), and `reason`, why a final 401 stood — a monitoring check reading --json -s had only an exit code, or a 401 and no word of why (trial u18)', async () => {
     const report = async (args: string[]) => {
       const r = await run(['--json', ...args]);

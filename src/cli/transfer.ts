@@ -390,7 +390,7 @@ function byteCounter(progress: { received: number }, add: (n: number) => void): 
 /**
  * The final response's body, through `stages` (the byte counter, then --compressed's decoders): to
  * the -o file (after the heads -i keeps for it) or stdout; read and dropped for -I without -o,
- * --json (decoded all the same: its exit code is the transfer's), and -f's status >= 400. `opened`
+ * --json without -o (decoded all the same: its exit code is the transfer's), and -f's status >= 400. `opened`
  * is called before the -o file is written. Returns the line of a failure to write.
  */
 async function outputBody(
@@ -402,7 +402,8 @@ async function outputBody(
   stdout: Stdout,
   opened: () => void,
 ): Promise<string | undefined> {
-  if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
+  // --json takes stdout's place, not -o's: with -o the body goes to its file (curl's -w '%{json}' -o).
+  if ((req.head && !req.output) || (req.json && req.output === undefined) || (req.fail && status >= 400)) {
     await pipelineOf(res.body, ...stages, async (source) => {
       for await (const _ of source);
     });
