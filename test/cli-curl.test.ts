@@ -329,6 +329,22 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('doctor with -u user and no terminal (no password anywhere) is bad usage naming the fix, as a request is — it skipped the authentication check and said "no problem found", exit 0; MULTILEG_PASSWORD and --password-stdin give it, as they give a request theirs (trial u18)', async () => {
+    const target = `${server.origin}/auth/doctor-user`;
+    const args = ['doctor', '-u', 'EXAMPLE\\alice', '--cacert', ca, target];
+    const request = await run(args.slice(1));
+    const r = await run(args);
+    expect([r.code, r.stderr]).toEqual([request.code, `multileg doctor: ${request.stderr.slice('multileg: '.length)}`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('no password for EXAMPLE\\alice: write -u user:password');
+    expect(r.stdout).toBe('');
+    const env = await run(args, { env: { MULTILEG_PASSWORD: 'alicepw' } });
+    expect(env.code, env.stdout).toBe(0);
+    expect(env.stdout).toMatch(/^ok +authentication: .* as EXAMPLE\\alice .*→ 200$/m);
+    const stdin = await run([...args.slice(0, 3), '--password-stdin', ...args.slice(3)], { input: 'alicepw\n' });
+    expect(stdin.stdout).toMatch(/^ok +authentication: .* as EXAMPLE\\alice .*→ 200$/m);
+  });
+
   it("H5/S1: an upper-case HTTP_PROXY in the environment is not read for http:// URLs, as curl (httpoxy: under CGI a request's Proxy header sets it); the lower-case http_proxy is", async () => {
     const port = REFUSED_PORT;
     const args = ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${plainOrigin}/flaky/env?n=0`];

@@ -18,6 +18,7 @@ import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
+import type { Credentials } from '../mechanisms/types.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { alpnFor, type ClientCertificate, type DistinguishedName, portOf, resolveLimits } from '../options.ts';
 import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
@@ -49,7 +50,7 @@ import {
   withoutFallbackHint,
   wrongNameFix,
 } from './explain.ts';
-import { type CliRequest, parseCliOrExit, program } from './options.ts';
+import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
@@ -547,13 +548,18 @@ export async function doctor(argv: string[]): Promise<number> {
   if (typeof parsed === 'number') return parsed;
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
   // without it and say to give the -U that was given.
+  // -u user likewise, as a request reads it (asked for on a terminal, --password-stdin, netrc):
+  // without a terminal to ask on, bad usage naming the fix — not an authentication check skipped
+  // and "no problem found" where the command itself would stop there.
   let req: CliRequest;
+  let credentials: Credentials | undefined;
   try {
     req = { ...parsed, agent: await withProxyPassword(parsed) };
+    credentials = await credentialsFor(req);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`multileg doctor: ${err.message}\n`);
-    return EXIT.usage;
+    return err instanceof UsageError ? err.exit : EXIT.usage;
   }
   // The checks are about one origin's setup (its SPN, certificate, proxy): one URL, as before.
   if (req.transfers.length > 1) {
@@ -747,7 +753,15 @@ export async function doctor(argv: string[]): Promise<number> {
     add(
       ranOut()
         ? notRun('authentication')
-        : await authenticate(req, h2.protocol, ticketWorks, kerberosFailure, proxy?.kind === 'forward', deadline),
+        : await authenticate(
+            req,
+            credentials,
+            h2.protocol,
+            ticketWorks,
+            kerberosFailure,
+            proxy?.kind === 'forward',
+            deadline,
+          ),
     );
 
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
@@ -758,6 +772,8 @@ export async function doctor(argv: string[]): Promise<number> {
 /** A real authenticated request: which scheme won, and whether it had to move to HTTP/1.1. */
 async function authenticate(
   req: CliRequest,
+  /** -u's (or the netrc file's), resolved as the command resolves them. */
+  credentials: Credentials | undefined,
   probed: string | undefined,
   ticketWorks: boolean,
   /** The code of the SPN check's failure, when it failed. */
@@ -767,12 +783,6 @@ async function authenticate(
   /** -m's end of the run. */
   deadline: AbortSignal | undefined,
 ): Promise<Check> {
-  let credentials: Awaited<ReturnType<typeof credentialsFor>>;
-  try {
-    credentials = await credentialsFor(req);
-  } catch (err) {
-    return { name: 'authentication', verdict: 'skip', detail: (err as Error).message };
-  }
   // The server asks for authentication and nothing here can answer it: that is the problem.
   // A ticket is there, but no service ticket for this server: kinit would not help, the SPN check's fix does.
   if (!credentials && !ticketWorks && kerberosFailure && !ticketFixes(kerberosFailure))
