@@ -359,7 +359,22 @@ describe('multileg command line', () => {
     });
     expect(noTicket.code).toBe(0);
     expect(noTicket.stderr).toMatch(
-      /no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
+      /no Kerberos ticket: run kinit, give a client keytab with --keytab FILE, or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
+    );
+  });
+
+  it("M5: no Kerberos ticket names --keytab beside kinit — the fix where no one types kinit's password (a CI job, cron) — in the 401's explanation and in doctor's ticket and authentication fixes; they named kinit and --principal alone (trial u18)", async () => {
+    const env = { KRB5CCNAME: `FILE:${join(dir, 'no-ccache-ci')}` };
+    const url = `${server.origin}/auth/ci`;
+    const r = await run(['-s', '-S', '-f', '--negotiate', '-u', ':', '--cacert', ca, url], { env });
+    expect(r.code).toBe(22);
+    expect(r.stderr).toContain(
+      'no Kerberos ticket: run kinit, give a client keytab with --keytab FILE, or pass --principal',
+    );
+    const doctor = await run(['doctor', '--negotiate', '-u', ':', '--cacert', ca, url], { env });
+    expect(doctor.stdout).toMatch(/^ +fix: kinit user@REALM, or --keytab FILE where no one types a password/m);
+    expect(doctor.stdout).toMatch(
+      /^ +fix: kinit user@REALM \(or --keytab FILE where no one types a password\), or give -u DOMAIN\\user \(NTLM\)$/m,
     );
   });
 
@@ -490,6 +505,9 @@ describe('multileg command line', () => {
     expect(forCli('check proxy.credentials (user)')).toBe('check --proxy-user (user)');
     expect(forCli('run kinit or pass principal (or give credentials for the NTLM fallback)')).toBe(
       'run kinit or pass --principal (or give -u user:password for the NTLM fallback)',
+    );
+    expect(forCli('run kinit, give a client keytab (negotiate.keytab), or pass principal')).toBe(
+      'run kinit, give a client keytab with --keytab FILE, or pass --principal',
     );
   });
 

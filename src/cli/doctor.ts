@@ -114,7 +114,7 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
     detail: `no credential cache (${why})`,
     fix: password
       ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
-      : 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
+      : 'kinit user@REALM, or --keytab FILE where no one types a password (CI, cron); or give -u DOMAIN\\user for NTLM',
   }));
   if (typeof out !== 'string') return out;
   const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
@@ -734,7 +734,7 @@ export async function doctor(argv: string[]): Promise<number> {
       await timed('ticket', () =>
         negotiate.keytab
           ? keytabTickets(negotiate.keytab, negotiate.principal)
-          : klist(negotiate.ccache, req.user !== undefined),
+          : klist(negotiate.ccache, credentials !== undefined),
       ),
     );
     // The KDC may be the one that does not answer.
@@ -800,7 +800,7 @@ async function authenticate(
       name: 'authentication',
       verdict: 'FAIL',
       detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
-      fix: 'kinit user@REALM, or give -u DOMAIN\\user (NTLM)',
+      fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
     };
   const trace = new Trace();
   const agent = new MultilegAgent({
