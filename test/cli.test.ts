@@ -1809,14 +1809,20 @@ describe('multileg command line', () => {
     for (const r of [loud, quiet])
       expect(r.json).toMatchObject({ status: 401, exitCode: 0, error: null, reason: loud.stderr.slice(10, -1) });
     expect(quiet.json.reason).toContain('NTLM');
-    // -f: exit 22, its error beside the reason.
+    // -f: exit 22, its error beside the reason — curl's words, as its -w %{errormsg} (stderr keeps
+    // "(22) HTTP 401"; the code was in the message, where curl's errormsg has none).
     const failing = await report(['-s', '-f', '--cacert', ca, ntlm]);
     expect(failing.json).toMatchObject({
       status: 401,
       exitCode: 22,
-      error: '(22) HTTP 401',
+      error: 'The requested URL returned error: 401',
       reason: quiet.json.reason,
     });
+    const w = await run(['-s', '-S', '-f', '-o', '/dev/null', '-w', '%{exitcode} %{errormsg}', '--cacert', ca, ntlm]);
+    expect([w.stdout, w.stderr.split('\n').at(-2)]).toEqual([
+      '22 The requested URL returned error: 401',
+      'multileg: (22) HTTP 401',
+    ]);
     // A failure without a response: its message, as -w %{errormsg} gives it.
     const slow = await report(['-s', '-m', '0.3', `${plainOrigin}/hang`]);
     expect(slow.json).toMatchObject({

@@ -370,7 +370,10 @@ export function program(): Commander.Command {
         '-w, --write-out <format>',
         'print after the transfer: %{http_code} %{time_total} %{num_connects} …; @file reads the format from a file',
       )
-      .option('--json', 'print the outcome (status, error, reason, legs, handshakes, stats) as JSON instead of the body on stdout (-o still writes it)')
+      .option(
+        '--json',
+        'print the outcome (status, error, reason, legs, handshakes, stats) as JSON instead of the body on stdout (-o still writes it)',
+      )
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
       .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))

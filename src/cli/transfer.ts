@@ -520,11 +520,14 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   /** The message of the failure that sets the exit code (-w %{errormsg}). */
   let errormsg = '';
   let reason: string | undefined;
-  const fail = (code: number, line: string) => {
+  /** `message`: -w %{errormsg}'s words where they are not the line's (curl's for -f, without its code). */
+  const fail = (code: number, line: string, message = line) => {
     say(line);
     exit = code;
-    errormsg = line;
+    errormsg = message;
   };
+  const httpError = (status: number) =>
+    fail(EXIT.httpError, `(22) HTTP ${status}`, `The requested URL returned error: ${status}`);
   // --retry: curl's rules (retry.ts), loaded only when asked for.
   const retrier = req.retry ? new (await import('./retry.ts')).Retrier(req.retry) : undefined;
   const failOnError = req.fail || req.failWithBody;
@@ -640,7 +643,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             // Sent again: this answer's body is not output (curl writes it, then takes it back from
             // an -o file only: stdout would have it twice); its head was, as -D's.
             await res.body.dump().catch(() => {});
-            if (failOnError) fail(EXIT.httpError, `(22) HTTP ${status}`);
+            if (failOnError) httpError(status);
             break;
           }
         }
@@ -680,7 +683,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         reason = why;
         if (why !== undefined && (!req.silent || failing)) say(why);
         if (failing) {
-          fail(EXIT.httpError, `(22) HTTP ${status}`);
+          httpError(status);
         }
         break;
       }
