@@ -146,6 +146,34 @@ describe('R4/R1: the state file’s locks, as a container leaves them (RefusalFi
     },
   );
 
+  it.skipIf(process.platform !== 'linux')(
+    "R4: a lock whose holder is a zombie — killed, not yet reaped: `timeout -s KILL` kills itself too, and its orphan waits on a PID 1 that reaps late or never — is stale: taken at once, as a gone holder's (it was honoured until the zombie was reaped: forever under a PID 1 that reaps nothing, every run's password held back; trial u18)",
+    async () => {
+      // A child that exits at once under a parent that never reaps it (sh's exec'd sleep waits for nothing).
+      const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      try {
+        const [line] = (await once(parent.stdout!, 'data')) as [Buffer];
+        const zombie = Number(line.toString().trim());
+        const state = () => {
+          const stat = readFileSync(`/proc/${zombie}/stat`, 'utf8');
+          return stat[stat.lastIndexOf(')') + 2];
+        };
+        for (let i = 0; i < 100 && state() !== 'Z'; i++) await new Promise((r) => setTimeout(r, 20));
+        expect(state()).toBe('Z');
+        // kill(pid, 0) still answers for it: the check alone took it for a live run.
+        expect(() => process.kill(zombie, 0)).not.toThrow();
+        const file = new RefusalFile({ dir, warn: () => {} });
+        const lock = lockOf(file);
+        writeFileSync(lock, lockText(zombie));
+        expect(file.recall(place)).toBeUndefined();
+        expect(readFileSync(lock, 'utf8')).toBe(lockText(process.pid));
+        file.releaseAll();
+      } finally {
+        parent.kill('SIGKILL');
+      }
+    },
+  );
+
   describe('on a fake clock', () => {
     afterEach(() => {
       vi.useRealTimers();

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createSecureServer as createHttp2Server, type Http2SecureServer } from 'node:http2';
-import { createServer as createTcpServer, type Server as TcpServer } from 'node:net';
+import { createServer as createTcpServer, type Socket, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -329,6 +329,22 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('doctor with -u user and no terminal (no password anywhere) is bad usage naming the fix, as a request is — it skipped the authentication check and said "no problem found", exit 0; MULTILEG_PASSWORD and --password-stdin give it, as they give a request theirs (trial u18)', async () => {
+    const target = `${server.origin}/auth/doctor-user`;
+    const args = ['doctor', '-u', 'EXAMPLE\\alice', '--cacert', ca, target];
+    const request = await run(args.slice(1));
+    const r = await run(args);
+    expect([r.code, r.stderr]).toEqual([request.code, `multileg doctor: ${request.stderr.slice('multileg: '.length)}`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('no password for EXAMPLE\\alice: write -u user:password');
+    expect(r.stdout).toBe('');
+    const env = await run(args, { env: { MULTILEG_PASSWORD: 'alicepw' } });
+    expect(env.code, env.stdout).toBe(0);
+    expect(env.stdout).toMatch(/^ok +authentication: .* as EXAMPLE\\alice .*→ 200$/m);
+    const stdin = await run([...args.slice(0, 3), '--password-stdin', ...args.slice(3)], { input: 'alicepw\n' });
+    expect(stdin.stdout).toMatch(/^ok +authentication: .* as EXAMPLE\\alice .*→ 200$/m);
+  });
+
   it("H5/S1: an upper-case HTTP_PROXY in the environment is not read for http:// URLs, as curl (httpoxy: under CGI a request's Proxy header sets it); the lower-case http_proxy is", async () => {
     const port = REFUSED_PORT;
     const args = ['-s', '-o', '/dev/null', '-w', '%{http_code}', `${plainOrigin}/flaky/env?n=0`];
@@ -337,6 +353,54 @@ describe('multileg: curl options', () => {
     expect([upper.code, upper.stdout]).toEqual([0, '200']);
     const lower = await run(args, { env: { http_proxy: `http://127.0.0.1:${port}` } });
     expect([lower.code, lower.stdout]).toEqual([7, '000']);
+  });
+
+  it("H5: ALL_PROXY (all_proxy first) is the proxy where the URL's scheme has no variable of its own, as curl reads them (an empty one is none), NO_PROXY applying to it; doctor reads it too — multileg went straight to the server, past the proxy curl uses (trial u18)", async () => {
+    let proxy: ReferenceProxy | undefined;
+    try {
+      const down = `http://127.0.0.1:${REFUSED_PORT}`;
+      const plainUrl = `${plainOrigin}/flaky/all-proxy?n=0`;
+      const args = [
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code} %{http_connect}',
+        '--proxy-cacert',
+        ca,
+        '--cacert',
+        ca,
+      ];
+      // An http:// URL through the proxy ALL_PROXY names (down: curl's 7), or all_proxy, which wins.
+      for (const env of [
+        { ALL_PROXY: down },
+        { all_proxy: down, ALL_PROXY: 'http://unused.invalid:1' },
+        { ALL_PROXY: down, http_proxy: '' },
+      ]) {
+        const r = await run([...args, plainUrl], { env });
+        expect([r.code, r.stdout], JSON.stringify(env)).toEqual([7, '000 000']);
+      }
+      // NO_PROXY holds for it, as for the others.
+      const bypass = await run([...args, plainUrl], { env: { ALL_PROXY: down, NO_PROXY: '127.0.0.1' } });
+      expect([bypass.code, bypass.stdout]).toEqual([0, '200 000']);
+      proxy = await startReferenceProxy({});
+      // An https:// URL tunnels through it; the scheme's own variable wins over it.
+      const url = `${server.origin}/public/`;
+      const tunnelled = await run([...args, url], { env: { ALL_PROXY: proxy.origin } });
+      expect([tunnelled.code, tunnelled.stdout]).toEqual([0, '200 200']);
+      const own = await run([...args, url], { env: { ALL_PROXY: down, HTTPS_PROXY: proxy.origin } });
+      expect([own.code, own.stdout]).toEqual([0, '200 200']);
+      // An empty https_proxy is none: HTTPS_PROXY is read (curl's getenv), where it hid it.
+      const empty = await run([...args, url], { env: { https_proxy: '', HTTPS_PROXY: proxy.origin } });
+      expect([empty.code, empty.stdout]).toEqual([0, '200 200']);
+      // -x "" is no proxy, the environment's neither.
+      const none = await run([...args, '-x', '', plainUrl], { env: { ALL_PROXY: down } });
+      expect([none.code, none.stdout]).toEqual([0, '200 000']);
+      const doctor = await run(['doctor', '--cacert', ca, url], { env: { ALL_PROXY: down } });
+      expect(doctor.stdout).toContain(`FAIL  proxy: ${down} (CONNECT tunnel): cannot connect to proxy ${down}`);
+    } finally {
+      await proxy?.close();
+    }
   });
 
   it('H5: doctor checks that the proxy can be reached: a proxy that is down FAILs there with its fix (it said ok: only its address was read), a reachable one is ok', async () => {
@@ -356,6 +420,31 @@ describe('multileg: curl options', () => {
       await proxy?.close();
     }
   });
+
+  it("R1: doctor -m bounds the whole run, as a request's -m does: a server that takes the connection and never answers (http://, and https:// where TLS never starts) ends doctor at -m with the check that ran out named and --max-time, the checks after it not run (it waited 300 s and then advised the -m it was given)", async () => {
+    const held: Socket[] = [];
+    const silent = createTcpServer((socket) => {
+      held.push(socket);
+    });
+    const port = await listen(silent);
+    try {
+      for (const url of [`http://127.0.0.1:${port}/x`, `https://127.0.0.1:${port}/x`]) {
+        const started = performance.now();
+        const r = await run(['doctor', '-u', ':', '--cacert', ca, '-m', '1.5', url]);
+        const took = performance.now() - started;
+        expect(took).toBeLessThan(6000);
+        expect(r.code).toBe(1);
+        expect(r.stdout).toMatch(/^FAIL {2}\S+: .*--max-time/m);
+        expect(r.stdout).not.toContain('300 s');
+        // The checks it left no time for are said to be not run, not failed as well.
+        expect(r.stdout).toMatch(/^skip {2}.*not run: -m \(--max-time\) ran out/m);
+        expect(r.stdout).toMatch(/^1 check\(s\) failed\n$/m);
+      }
+    } finally {
+      for (const socket of held) socket.destroy();
+      silent.close();
+    }
+  }, 30_000);
 
   it("H5: through a CONNECT tunnel the response's protocol is the server's, not the proxy's answer to CONNECT: -w %{http_version} 2 and -i's HTTP/2 (curl's), doctor's schemes check HTTP/2 as its authentication check (it said the server does not speak HTTP/2)", async () => {
     let proxy: ReferenceProxy | undefined;

@@ -75,6 +75,8 @@ export function runCli(
     'http_proxy',
     'NO_PROXY',
     'no_proxy',
+    'ALL_PROXY',
+    'all_proxy',
     'MULTILEG_PASSWORD',
   ])
     delete env[k];

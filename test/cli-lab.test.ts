@@ -147,7 +147,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.code).toBe(0);
     expect(r.stdout.endsWith('401')).toBe(true);
     expect(r.stderr).toMatch(
-      /^multileg: Negotiate: no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
+      /^multileg: Negotiate: no Kerberos ticket: run kinit, give a client keytab with --keytab FILE, or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
     );
     const f = await run(['-f', '--cacert', ca, `${lab.apache!.origin}/protected/index.html`], { env: noTicket });
     expect(f.code).toBe(22);
@@ -208,7 +208,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       const url = `${lab.apache!.cleartextOrigin}/public/cli-407`;
       const base = ['-x', lab.negotiateSquid!.origin, '--proxy-negotiate', '-U', ':'];
       const why = new RegExp(
-        `^multileg: proxy ${lab.negotiateSquid!.origin} answered 407 and offered Negotiate: Negotiate: no Kerberos ticket: run kinit or pass --principal \\[GSS: [^\\]]*\\] \\(MULTILEG_KRB_NO_TICKET\\)\n$`,
+        `^multileg: proxy ${lab.negotiateSquid!.origin} answered 407 and offered Negotiate: Negotiate: no Kerberos ticket: run kinit, give a client keytab with --keytab FILE, or pass --principal \\[GSS: [^\\]]*\\] \\(MULTILEG_KRB_NO_TICKET\\)\n$`,
       );
       // With --proxy-negotiate -U : (curl's way to ask for it), and with -x alone (Negotiate is the
       // only proxy scheme there is without --proxy-user).
@@ -576,7 +576,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     const r = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/protected/`], { env: noTicket });
     expect(r.stdout).toMatch(/^warn +ticket: no credential cache/m);
     expect(r.stdout).toMatch(
-      /^FAIL +authentication: the server asks for authentication, and there is no usable Kerberos ticket and no password\n +fix: kinit user@REALM, or give -u DOMAIN\\user \(NTLM\)/m,
+      /^FAIL +authentication: the server asks for authentication, and there is no usable Kerberos ticket and no password\n +fix: kinit user@REALM \(or --keytab FILE where no one types a password\), or give -u DOMAIN\\user \(NTLM\)/m,
     );
     expect(r.code).toBe(1);
   });

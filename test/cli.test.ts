@@ -359,7 +359,22 @@ describe('multileg command line', () => {
     });
     expect(noTicket.code).toBe(0);
     expect(noTicket.stderr).toMatch(
-      /no Kerberos ticket: run kinit or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
+      /no Kerberos ticket: run kinit, give a client keytab with --keytab FILE, or pass --principal \(or give -u user:password for the NTLM fallback\).*\(MULTILEG_KRB_NO_TICKET\)/,
+    );
+  });
+
+  it("M5: no Kerberos ticket names --keytab beside kinit — the fix where no one types kinit's password (a CI job, cron) — in the 401's explanation and in doctor's ticket and authentication fixes; they named kinit and --principal alone (trial u18)", async () => {
+    const env = { KRB5CCNAME: `FILE:${join(dir, 'no-ccache-ci')}` };
+    const url = `${server.origin}/auth/ci`;
+    const r = await run(['-s', '-S', '-f', '--negotiate', '-u', ':', '--cacert', ca, url], { env });
+    expect(r.code).toBe(22);
+    expect(r.stderr).toContain(
+      'no Kerberos ticket: run kinit, give a client keytab with --keytab FILE, or pass --principal',
+    );
+    const doctor = await run(['doctor', '--negotiate', '-u', ':', '--cacert', ca, url], { env });
+    expect(doctor.stdout).toMatch(/^ +fix: kinit user@REALM, or --keytab FILE where no one types a password/m);
+    expect(doctor.stdout).toMatch(
+      /^ +fix: kinit user@REALM \(or --keytab FILE where no one types a password\), or give -u DOMAIN\\user \(NTLM\)$/m,
     );
   });
 
@@ -506,6 +521,9 @@ describe('multileg command line', () => {
     expect(forCli('check proxy.credentials (user)')).toBe('check --proxy-user (user)');
     expect(forCli('run kinit or pass principal (or give credentials for the NTLM fallback)')).toBe(
       'run kinit or pass --principal (or give -u user:password for the NTLM fallback)',
+    );
+    expect(forCli('run kinit, give a client keytab (negotiate.keytab), or pass principal')).toBe(
+      'run kinit, give a client keytab with --keytab FILE, or pass --principal',
     );
   });
 
@@ -1807,6 +1825,57 @@ describe('multileg command line', () => {
     }
   });
 
+  it("--json -o FILE: the report on stdout and the body in the file, as curl's -w '%{json}' -o does (the body was dropped without a word: a CI job's download and its report in one run got the report alone; trial u18)", async () => {
+    const body = join(dir, 'json-body.json');
+    const r = await run(['--json', '-o', body, ...alice(), `${server.origin}/auth/json-o`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ status: 200, exitCode: 0 });
+    expect(JSON.parse(readFileSync(body, 'utf8'))).toMatchObject({ user: 'EXAMPLE\\alice' });
+    // Without -o the report alone, as before: no body on stdout beside it.
+    const alone = await run(['--json', ...alice(), `${server.origin}/auth/json-alone`]);
+    expect(JSON.parse(alone.stdout)).toMatchObject({ status: 200 });
+  });
+
+  it('--json says what stderr says and -s hides: `error`, the failure that set exitCode (-w %{errormsg}), and `reason`, why a final 401 stood — a monitoring check reading --json -s had only an exit code, or a 401 and no word of why (trial u18)', async () => {
+    const report = async (args: string[]) => {
+      const r = await run(['--json', ...args]);
+      return { code: r.code, stderr: r.stderr, json: JSON.parse(r.stdout) };
+    };
+    const ntlm = `${ntlmOnly.origin}/auth/why`;
+    // The 401 without -u: the reason stderr gives without -s, in the report with -s, stderr quiet.
+    const loud = await report(['--cacert', ca, ntlm]);
+    const quiet = await report(['-s', '--cacert', ca, ntlm]);
+    expect(loud.stderr).toMatch(/^multileg: .+\n$/);
+    expect(quiet.stderr).toBe('');
+    for (const r of [loud, quiet])
+      expect(r.json).toMatchObject({ status: 401, exitCode: 0, error: null, reason: loud.stderr.slice(10, -1) });
+    expect(quiet.json.reason).toContain('NTLM');
+    // -f: exit 22, its error beside the reason — curl's words, as its -w %{errormsg} (stderr keeps
+    // "(22) HTTP 401"; the code was in the message, where curl's errormsg has none).
+    const failing = await report(['-s', '-f', '--cacert', ca, ntlm]);
+    expect(failing.json).toMatchObject({
+      status: 401,
+      exitCode: 22,
+      error: 'The requested URL returned error: 401',
+      reason: quiet.json.reason,
+    });
+    const w = await run(['-s', '-S', '-f', '-o', '/dev/null', '-w', '%{exitcode} %{errormsg}', '--cacert', ca, ntlm]);
+    expect([w.stdout, w.stderr.split('\n').at(-2)]).toEqual([
+      '22 The requested URL returned error: 401',
+      'multileg: (22) HTTP 401',
+    ]);
+    // A failure without a response: its message, as -w %{errormsg} gives it.
+    const slow = await report(['-s', '-m', '0.3', `${plainOrigin}/hang`]);
+    expect(slow.json).toMatchObject({
+      status: 0,
+      exitCode: 28,
+      error: 'operation timed out after 300 ms (--max-time)',
+      reason: null,
+    });
+    // A success: neither.
+    const ok = await report(['-s', ...alice(), `${server.origin}/auth/why-ok`]);
+    expect(ok.json).toMatchObject({ status: 200, exitCode: 0, error: null, reason: null });
+  });
   it('several URLs: one after another through one agent, one handshake for three (session mode); -o pairs with the URLs in order, the rest to stdout; -i, -w and --json per transfer', async () => {
     const first = join(dir, 'multi-first.txt');
     server.exchanges.length = 0;

@@ -203,7 +203,7 @@ describe.skipIf(!havePeers)('M2 Negotiate/Kerberos interop (MIT KDC, Apache mod_
     expect((err as KerberosUnknownServiceError).gssMessage).toContain('not found in Kerberos database');
   });
 
-  it('M2: no ticket (SPNEGO and raw krb5) → KerberosNoTicketError "run kinit or pass principal"', async () => {
+  it('M2: no ticket (SPNEGO and raw krb5) → KerberosNoTicketError "run kinit, give a client keytab (negotiate.keytab), or pass principal"', async () => {
     const leg = legInfo(lab.apache!.origin, '/protected/');
     for (const mech of ['spnego', 'kerberos'] as const) {
       const err = await withEnv({ KRB5CCNAME: missingCcache() }, () =>
@@ -214,7 +214,7 @@ describe.skipIf(!havePeers)('M2 Negotiate/Kerberos interop (MIT KDC, Apache mod_
       );
       expect(err, mech).toBeInstanceOf(KerberosNoTicketError);
       expect(err).toMatchObject({ code: 'MULTILEG_KRB_NO_TICKET' });
-      expect((err as Error).message).toContain('run kinit or pass principal');
+      expect((err as Error).message).toContain('run kinit, give a client keytab (negotiate.keytab), or pass principal');
     }
   });
 

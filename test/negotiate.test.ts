@@ -100,8 +100,18 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
   it('M2: each known MIT text maps to its error class, code and fix', () => {
     const spn = { spn: 'HTTP@nosuchhost' };
     const cases: Array<[string, new (...a: never[]) => MultilegError, string, RegExp]> = [
-      [GSS.noTicketSpnego, KerberosNoTicketError, 'MULTILEG_KRB_NO_TICKET', /run kinit or pass principal/],
-      [GSS.noTicketKrb5, KerberosNoTicketError, 'MULTILEG_KRB_NO_TICKET', /run kinit or pass principal/],
+      [
+        GSS.noTicketSpnego,
+        KerberosNoTicketError,
+        'MULTILEG_KRB_NO_TICKET',
+        /run kinit, give a client keytab \(negotiate\.keytab\), or pass principal/,
+      ],
+      [
+        GSS.noTicketKrb5,
+        KerberosNoTicketError,
+        'MULTILEG_KRB_NO_TICKET',
+        /run kinit, give a client keytab \(negotiate\.keytab\), or pass principal/,
+      ],
       [GSS.expired, KerberosTicketExpiredError, 'MULTILEG_KRB_TICKET_EXPIRED', /run kinit again/],
       [GSS.kdc, KerberosKdcUnreachableError, 'MULTILEG_KRB_KDC_UNREACHABLE', /krb5\.conf.*network/],
       [GSS.kdcFind, KerberosKdcUnreachableError, 'MULTILEG_KRB_KDC_UNREACHABLE', /krb5\.conf/],

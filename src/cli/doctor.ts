@@ -18,6 +18,7 @@ import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
 import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
+import type { Credentials } from '../mechanisms/types.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { alpnFor, type ClientCertificate, type DistinguishedName, portOf, resolveLimits } from '../options.ts';
 import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
@@ -49,7 +50,7 @@ import {
   withoutFallbackHint,
   wrongNameFix,
 } from './explain.ts';
-import { type CliRequest, parseCliOrExit, program } from './options.ts';
+import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
@@ -69,6 +70,25 @@ const MAX_SKEW_S = 300;
 function print(c: Check): void {
   process.stdout.write(`${c.verdict.padEnd(4)}  ${c.name}: ${c.detail}\n`);
   if (c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
+}
+
+/** What `within` gives for a check that -m (--max-time) ran out under. */
+const RAN_OUT = Symbol('ran out');
+
+/**
+ * `work`'s result, or RAN_OUT once `deadline` (-m) fires: a check waits no longer than the run
+ * may last (its own wait, a socket's or a KDC's, is left behind; the process ends at the end).
+ */
+function within<T>(work: () => Promise<T>, deadline: AbortSignal | undefined): Promise<T | typeof RAN_OUT> {
+  if (!deadline) return work();
+  if (deadline.aborted) return Promise.resolve(RAN_OUT);
+  return new Promise((resolve, reject) => {
+    const stop = () => resolve(RAN_OUT);
+    deadline.addEventListener('abort', stop, { once: true });
+    work()
+      .then(resolve, reject)
+      .finally(() => deadline.removeEventListener('abort', stop));
+  });
 }
 
 /**
@@ -94,7 +114,7 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
     detail: `no credential cache (${why})`,
     fix: password
       ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
-      : 'kinit user@REALM (or give -u DOMAIN\\user for NTLM)',
+      : 'kinit user@REALM, or --keytab FILE where no one types a password (CI, cron); or give -u DOMAIN\\user for NTLM',
   }));
   if (typeof out !== 'string') return out;
   const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
@@ -301,7 +321,7 @@ async function proxyCheck(route: ProxyRoute | undefined): Promise<Check> {
 }
 
 /** One request without credentials: the protocol, the offered schemes, the Date header. */
-async function probe(req: CliRequest, http1: boolean) {
+async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined) {
   const trace = new Trace();
   const agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: [req.url.origin] });
   try {
@@ -309,6 +329,7 @@ async function probe(req: CliRequest, http1: boolean) {
       dispatcher: agent,
       method: 'GET',
       ...(http1 ? { allowH2: false } : {}),
+      ...(deadline ? { signal: deadline } : {}),
     } as Parameters<typeof request>[1]);
     // T3: nginx (`ssl_verify_client on`) says "no certificate" with a 400 page of its own: its
     // head tells such a page (a few hundred bytes) from others, whose bodies are not kept.
@@ -527,13 +548,18 @@ export async function doctor(argv: string[]): Promise<number> {
   if (typeof parsed === 'number') return parsed;
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
   // without it and say to give the -U that was given.
+  // -u user likewise, as a request reads it (asked for on a terminal, --password-stdin, netrc):
+  // without a terminal to ask on, bad usage naming the fix — not an authentication check skipped
+  // and "no problem found" where the command itself would stop there.
   let req: CliRequest;
+  let credentials: Credentials | undefined;
   try {
     req = { ...parsed, agent: await withProxyPassword(parsed) };
+    credentials = await credentialsFor(req);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`multileg doctor: ${err.message}\n`);
-    return EXIT.usage;
+    return err instanceof UsageError ? err.exit : EXIT.usage;
   }
   // The checks are about one origin's setup (its SPN, certificate, proxy): one URL, as before.
   if (req.transfers.length > 1) {
@@ -552,6 +578,22 @@ export async function doctor(argv: string[]): Promise<number> {
   const add = (c: Check) => {
     checks.push(c);
     print(c);
+  };
+  // R1: -m bounds the whole run, as it bounds a request (a monitoring check's doctor -m 10 waited
+  // out a silent server's 300 s): the check it runs out under fails naming it, those after are not run.
+  const deadline = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
+  const ranOut = () => deadline?.aborted === true;
+  const notRun = (name: string): Check => ({ name, verdict: 'skip', detail: 'not run: -m (--max-time) ran out' });
+  const ranOutUnder = (name: string): Check => ({
+    name,
+    verdict: 'FAIL',
+    detail: `no answer within -m (--max-time: ${req.maxTime} ms)`,
+    fix: 'raise -m; without it this check waits as long as a request would',
+  });
+  const timed = async (name: string, work: () => Promise<Check>): Promise<Check> => {
+    if (ranOut()) return notRun(name);
+    const c = await within(work, deadline);
+    return c === RAN_OUT ? ranOutUnder(name) : c;
   };
   const nodeProblem = unsupportedNode();
   add({ name: 'Node', verdict: nodeProblem ? 'FAIL' : 'ok', detail: `${process.versions.node} (needs >= 22.19)` });
@@ -582,9 +624,9 @@ export async function doctor(argv: string[]): Promise<number> {
   }
 
   const proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
-  add(await proxyCheck(proxy));
+  add(await timed('proxy', () => proxyCheck(proxy)));
 
-  const tls = req.url.protocol === 'https:' && !proxy ? await tlsTrust(req) : undefined;
+  const tls = req.url.protocol === 'https:' && !proxy ? await timed('TLS', () => tlsTrust(req)) : undefined;
   if (tls) add(tls);
 
   // T3: the client certificate given (--cert), and what the server's TLS handshake asks of one (the
@@ -604,18 +646,21 @@ export async function doctor(argv: string[]): Promise<number> {
           route: proxy,
           connectTo: req.agent.connectTo,
           limits: resolveLimits(req.agent.limits),
+          ...(deadline ? { signal: deadline } : {}),
         })
       : { told: false };
 
   let h2: Awaited<ReturnType<typeof probe>> | undefined;
   let h1: Awaited<ReturnType<typeof probe>> | undefined;
   let failure: unknown;
-  try {
-    h2 = await probe(req, false);
-    h1 = await probe(req, true);
-  } catch (err) {
-    failure = err;
-  }
+  const ranOutBefore = ranOut();
+  if (!ranOutBefore)
+    try {
+      h2 = await probe(req, false, deadline);
+      h1 = await probe(req, true, deadline);
+    } catch (err) {
+      failure = err;
+    }
   // Without --cert, the requests without one showed that the server requires one: it refused the
   // TLS handshake, answered nginx's 400 page, or asked for nothing but a certificate (Transport).
   const required = (() => {
@@ -668,7 +713,8 @@ export async function doctor(argv: string[]): Promise<number> {
         ...(abs > 60 ? { fix: 'synchronise the clocks (NTP): Kerberos refuses more than 5 minutes of skew' } : {}),
       });
     } else add({ name: 'clock', verdict: 'skip', detail: 'the server sends no Date header' });
-  } else {
+  } else if (ranOutBefore) add(notRun('schemes'));
+  else {
     // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
     const issuerRefused = server?.name === 'client CAs' && server.verdict === 'FAIL';
     add(
@@ -684,19 +730,39 @@ export async function doctor(argv: string[]): Promise<number> {
   let ticketWorks = false;
   let kerberosFailure: string | undefined;
   if (addon && negotiateOffered) {
-    const ticket = negotiate.keytab
-      ? await keytabTickets(negotiate.keytab, negotiate.principal)
-      : await klist(negotiate.ccache, req.user !== undefined);
-    add(ticket);
-    const k = await kerberos(req);
-    for (const c of k.checks) add(c);
-    ticketWorks = k.ticketWorks;
-    kerberosFailure = k.failure;
+    add(
+      await timed('ticket', () =>
+        negotiate.keytab
+          ? keytabTickets(negotiate.keytab, negotiate.principal)
+          : klist(negotiate.ccache, credentials !== undefined),
+      ),
+    );
+    // The KDC may be the one that does not answer.
+    const k = ranOut() ? undefined : await within(() => kerberos(req), deadline);
+    if (k === undefined) add(notRun('SPN'));
+    else if (k === RAN_OUT) add(ranOutUnder('SPN'));
+    else {
+      for (const c of k.checks) add(c);
+      ticketWorks = k.ticketWorks;
+      kerberosFailure = k.failure;
+    }
   }
 
   // A certificate required and none given: the client certificate check has said so and its fix.
   if (h2 && (h2.status === 401 || h2.offered.length > 0) && !required)
-    add(await authenticate(req, h2.protocol, ticketWorks, kerberosFailure, proxy?.kind === 'forward'));
+    add(
+      ranOut()
+        ? notRun('authentication')
+        : await authenticate(
+            req,
+            credentials,
+            h2.protocol,
+            ticketWorks,
+            kerberosFailure,
+            proxy?.kind === 'forward',
+            deadline,
+          ),
+    );
 
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
   process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
@@ -706,19 +772,17 @@ export async function doctor(argv: string[]): Promise<number> {
 /** A real authenticated request: which scheme won, and whether it had to move to HTTP/1.1. */
 async function authenticate(
   req: CliRequest,
+  /** -u's (or the netrc file's), resolved as the command resolves them. */
+  credentials: Credentials | undefined,
   probed: string | undefined,
   ticketWorks: boolean,
   /** The code of the SPN check's failure, when it failed. */
   kerberosFailure: string | undefined,
   /** Through a forwarding proxy: the protocol seen is the proxy's, not the server's. */
   forwarded: boolean,
+  /** -m's end of the run. */
+  deadline: AbortSignal | undefined,
 ): Promise<Check> {
-  let credentials: Awaited<ReturnType<typeof credentialsFor>>;
-  try {
-    credentials = await credentialsFor(req);
-  } catch (err) {
-    return { name: 'authentication', verdict: 'skip', detail: (err as Error).message };
-  }
   // The server asks for authentication and nothing here can answer it: that is the problem.
   // A ticket is there, but no service ticket for this server: kinit would not help, the SPN check's fix does.
   if (!credentials && !ticketWorks && kerberosFailure && !ticketFixes(kerberosFailure))
@@ -736,7 +800,7 @@ async function authenticate(
       name: 'authentication',
       verdict: 'FAIL',
       detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
-      fix: 'kinit user@REALM, or give -u DOMAIN\\user (NTLM)',
+      fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
     };
   const trace = new Trace();
   const agent = new MultilegAgent({
@@ -750,6 +814,7 @@ async function authenticate(
       dispatcher: agent,
       method: 'GET',
       ...(req.http1 ? { allowH2: false } : {}),
+      ...(deadline ? { signal: deadline } : {}),
     } as Parameters<typeof request>[1]);
     await res.body.dump();
     // The origin's (a proxy's handshake, H5, is not this check's).

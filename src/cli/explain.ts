@@ -118,6 +118,7 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   [/\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
   [/\bnegotiate\.spn\b/g, '--spn'],
   [/\buse negotiate\.keytab\b/g, 'use --keytab'],
+  [/\bgive a client keytab \(negotiate\.keytab\)/g, 'give a client keytab with --keytab FILE'],
   [/\bnegotiate\.mutualAuth: 'optional'/g, '--no-mutual-auth'],
   [/\bthe password in proxy\.credentials\b/g, "--proxy-user's password"],
   [/\bproxy\.credentials\b/g, '--proxy-user'],

@@ -19,6 +19,7 @@ import { endOnSignals } from './exit.ts';
 import { describeFailure, EXIT, forCli } from './explain.ts';
 import { parseCliOrExit, program, shownArgv, UsageError } from './options.ts';
 import { createDirsFor, fileProblem, isEpipe, Stdout, writeProblem } from './output.ts';
+import { curlProxyEnvironment } from './proxy-env.ts';
 import { RefusalFile } from './refusals.ts';
 import { Remotes, report } from './report.ts';
 import { Trace } from './trace.ts';
@@ -46,9 +47,9 @@ async function main(argv: string[]): Promise<number> {
   // What `ps` shows other users: the arguments without their passwords (doctor's too).
   const shown = shownArgv(argv, cmd);
   if (shown) process.title = ['multileg', ...shown].join(' ');
-  // curl reads only the lower-case http_proxy: a CGI script's HTTP_PROXY is the request's `Proxy`
-  // header ("httpoxy"). The agent would read it (undici's rule); this process is the command's.
-  delete process.env.HTTP_PROXY;
+  // The proxy variables as curl reads them (the agent reads undici's): no HTTP_PROXY ("httpoxy"),
+  // and ALL_PROXY where the URL's scheme has none of its own. This process is the command's.
+  curlProxyEnvironment(process.env);
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
   const req = await parseCliOrExit(argv, 'multileg', cmd);
   if (typeof req === 'number') return req;

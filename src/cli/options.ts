@@ -288,7 +288,10 @@ export function program(): Commander.Command {
       .option('--cert <file[:passphrase]>', 'client certificate (PEM or DER; with its key when --key is not given)')
       .option('--key <file>', 'private key (PEM or DER) of --cert')
       .option('--pass <phrase>', 'passphrase of an encrypted key')
-      .option('-x, --proxy <url>', 'proxy (http://host:port); default HTTPS_PROXY / http_proxy; "" for none')
+      .option(
+        '-x, --proxy <url>',
+        'proxy (http://host:port); default HTTPS_PROXY / http_proxy, else ALL_PROXY; "" for none',
+      )
       .option(
         '--proxy-cacert <file>',
         "CA certificate(s) to trust for an https:// proxy (PEM; --cacert is the server's)",
@@ -371,7 +374,10 @@ export function program(): Commander.Command {
         '-w, --write-out <format>',
         'print after the transfer: %{http_code} %{time_total} %{num_connects} …; @file reads the format from a file',
       )
-      .option('--json', 'print the outcome (status, legs, handshakes, stats) as JSON instead of the body')
+      .option(
+        '--json',
+        'print the outcome (status, error, reason, legs, handshakes, stats) as JSON instead of the body on stdout (-o still writes it)',
+      )
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))
       .addOption(new Option('-m, --max-time <seconds>', 'maximum time for the whole transfer').argParser(seconds))

@@ -154,9 +154,26 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  return !zombie(pid);
+}
+
+/**
+ * Whether `pid` has exited and waits to be reaped: kill(pid, 0) still answers for it. A run killed
+ * under `timeout -s KILL` (which kills itself too) is such an orphan until PID 1 reaps it — late,
+ * or never under a PID 1 that reaps nothing — and its lock is no live run's. Linux's /proc tells.
+ */
+function zombie(pid: number): boolean {
+  if (process.platform !== 'linux') return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // `pid (comm) S …`: the state after the last ')' (a comm may hold one).
+    const state = stat[stat.lastIndexOf(')') + 2];
+    return state === 'Z' || state === 'X';
+  } catch {
+    return false;
   }
 }
 

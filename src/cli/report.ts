@@ -134,6 +134,10 @@ export async function report(
       httpVersion: final?.protocol === 'h2' ? '2' : final ? '1.1' : null,
       redirects,
       exitCode: exit,
+      // What stderr says, which -s hides: the failure that set exitCode (-w %{errormsg}), and why
+      // a final 401 or 407 stood (no ticket, a password held back, the credentials refused).
+      error: outcome.errormsg || null,
+      reason: outcome.reason ?? null,
       timeTotal,
       legs: outcome.legs.map((l) => ({
         session: l.request.sessionId,

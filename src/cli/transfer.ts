@@ -77,6 +77,8 @@ export interface TransferOutcome {
   readonly exit: number;
   /** The message of the failure that set the exit code (-w %{errormsg}). */
   readonly errormsg: string;
+  /** Why its final 401 or 407 was not answered (the line stderr gives, which -s hides): --json's `reason`. */
+  readonly reason: string | undefined;
   /** The body's bytes received. */
   readonly bytes: number;
   /** The final response's headers and protocol, once one came. */
@@ -399,7 +401,7 @@ function byteCounter(progress: { received: number }, add: (n: number) => void): 
 /**
  * The final response's body, through `stages` (the byte counter, then --compressed's decoders): to
  * the -o file (after the heads -i keeps for it) or stdout; read and dropped for -I without -o,
- * --json (decoded all the same: its exit code is the transfer's), and -f's status >= 400. `opened`
+ * --json without -o (decoded all the same: its exit code is the transfer's), and -f's status >= 400. `opened`
  * is called before the -o file is written. Returns the line of a failure to write.
  */
 async function outputBody(
@@ -411,7 +413,8 @@ async function outputBody(
   stdout: Stdout,
   opened: () => void,
 ): Promise<string | undefined> {
-  if ((req.head && !req.output) || req.json || (req.fail && status >= 400)) {
+  // --json takes stdout's place, not -o's: with -o the body goes to its file (curl's -w '%{json}' -o).
+  if ((req.head && !req.output) || (req.json && req.output === undefined) || (req.fail && status >= 400)) {
     await pipelineOf(res.body, ...stages, async (source) => {
       for await (const _ of source);
     });
@@ -527,11 +530,15 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   let final: { headers: Record<string, string | string[] | undefined>; protocol: string | undefined } | undefined;
   /** The message of the failure that sets the exit code (-w %{errormsg}). */
   let errormsg = '';
-  const fail = (code: number, line: string) => {
+  let reason: string | undefined;
+  /** `message`: -w %{errormsg}'s words where they are not the line's (curl's for -f, without its code). */
+  const fail = (code: number, line: string, message = line) => {
     say(line);
     exit = code;
-    errormsg = line;
+    errormsg = message;
   };
+  const httpError = (status: number) =>
+    fail(EXIT.httpError, `(22) HTTP ${status}`, `The requested URL returned error: ${status}`);
   // --retry: curl's rules (retry.ts), loaded only when asked for.
   const retrier = req.retry ? new (await import('./retry.ts')).Retrier(req.retry) : undefined;
   const failOnError = req.fail || req.failWithBody;
@@ -647,7 +654,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
             // Sent again: this answer's body is not output (curl writes it, then takes it back from
             // an -o file only: stdout would have it twice); its head was, as -D's.
             await res.body.dump().catch(() => {});
-            if (failOnError) fail(EXIT.httpError, `(22) HTTP ${status}`);
+            if (failOnError) httpError(status);
             break;
           }
         }
@@ -682,10 +689,12 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         const failing = (req.fail || req.failWithBody) && status >= 400;
         // Why a 401/407 stood: -s hides it, as curl says nothing there (a cron job's mail on every
         // run); -S brings it back only where -f makes the status an error.
-        const why = !req.silent || failing ? await whyStood(req, hop, status, res.headers, env) : undefined;
-        if (why !== undefined) say(why);
+        // --json reports it whatever -s says: a monitoring check reads it there, not on stderr.
+        const why = !req.silent || failing || req.json ? await whyStood(req, hop, status, res.headers, env) : undefined;
+        reason = why;
+        if (why !== undefined && (!req.silent || failing)) say(why);
         if (failing) {
-          fail(EXIT.httpError, `(22) HTTP ${status}`);
+          httpError(status);
         }
         break;
       }
@@ -739,6 +748,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     bytes = 0;
     exit = EXIT.ok;
     errormsg = '';
+    reason = undefined;
     final = undefined;
     heads = '';
     reading = undefined;
@@ -751,6 +761,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
     redirects,
     exit,
     errormsg,
+    reason,
     bytes,
     final,
     retries: retrier?.retries ?? 0,

@@ -33,7 +33,8 @@ export class KerberosNoTicketError extends KerberosError {
       ? ` from the client keytab ${options.envKeytab}: check the path, or get a ticket otherwise (kinit)`
       : principal
         ? ` for ${principal}: run kinit ${principal}`
-        : ': run kinit or pass principal';
+        : // A job with no one to type kinit's password (CI, cron) gets its tickets from a client keytab.
+          ': run kinit, give a client keytab (negotiate.keytab), or pass principal';
     super(
       'MULTILEG_KRB_NO_TICKET',
       // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
