@@ -32,6 +32,8 @@ import {
   MutualAuthError,
   ntlmMechanism,
   type SchemeName,
+  UNANSWERED_CHANNEL,
+  type UnansweredEvent,
   WITHHELD_CHANNEL,
   type WithheldEvent,
 } from '../src/index.ts';
@@ -886,6 +888,54 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(err).toBeInstanceOf(MechanismUnavailableError);
     expect(err!.message).toContain('test: not on this machine');
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('T2/R4: deliver401: an upgrade whose offered schemes cannot run here gets the origin’s 401 with its body, sent once, told why on multileg:unanswered; the next one too (remembered), as a request', async () => {
+    const events: UnansweredEvent[] = [];
+    const listen = (e: unknown) => events.push(e as UnansweredEvent);
+    subscribe(UNANSWERED_CHANNEL, listen);
+    try {
+      origin = await upgradeServer({ ntlm: true, challengeBody: 'sign in first' });
+      agent = ntlmAgent({ mechanisms: [unavailableScheme('NTLM')], deliver401: true });
+      // Before: MechanismUnavailableError, deliver401 or not.
+      expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+        kind: 'response',
+        status: 401,
+        body: 'sign in first',
+      });
+      expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([[undefined, 401]]);
+      const why = { scheme: 'NTLM', code: 'MULTILEG_MECHANISM_UNAVAILABLE', message: expect.stringContaining('NTLM') };
+      expect(events).toEqual([
+        expect.objectContaining({ origin: origin.origin, path: '/ws', schemes: ['NTLM'], unusable: [why] }),
+      ]);
+      // The origin remembers NTLM cannot run (R4): the next 401 is the caller's as it comes, told why.
+      expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401, body: 'sign in first' });
+      expect(origin.seen).toHaveLength(2);
+      expect(events).toHaveLength(2);
+      expect(events[1]).toMatchObject({ path: '/ws', unusable: [{ code: 'MULTILEG_MECHANISM_UNAVAILABLE' }] });
+      // undici's WebSocket fails its handshake on it (no socket), as on any 401; each 401 told why
+      // (undici's fetch sends the handshake a second time itself).
+      const ws = new WebSocket(`${origin.origin.replace('http:', 'ws:')}/ws`, { dispatcher: agent });
+      const [closed] = (await once(ws, 'close')) as [{ code: number }];
+      expect(closed.code).toBe(1006);
+      expect(origin.seen.length).toBeGreaterThan(2);
+      expect(events).toHaveLength(origin.seen.length);
+    } finally {
+      unsubscribe(UNANSWERED_CHANNEL, listen);
+    }
+  });
+
+  it('T2: without deliver401 an upgrade whose offered schemes cannot run here fails with the typed error, remembered for the next one too (the default)', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ mechanisms: [unavailableScheme('NTLM')] });
+    for (let i = 0; i < 2; i++) {
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(MechanismUnavailableError);
+    }
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined]);
   });
 
   it("S5/T3: an upgrade that undici's redirect interceptor takes to another origin is a cross-origin hop: the agent's client certificate is not presented there (it is to that origin asked directly)", async () => {

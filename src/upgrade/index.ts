@@ -29,6 +29,7 @@ import {
   ownCopy,
 } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
+import { type HeldResponse, replayHeld } from '../handshake/leg.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { type HeaderMap, saysClose } from '../headers.ts';
 import { log } from '../log.ts';
@@ -39,6 +40,7 @@ import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import { publishUnanswered401 } from '../session/exchange.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
@@ -74,6 +76,11 @@ export interface UpgradeOptions {
   /** The agent's `markPrivate`: a non-101 answer to the agent's identity gets `Cache-Control: private` (S6). */
   readonly markPrivate?: boolean;
   /**
+   * The agent's `deliver401`: a 401 whose offered schemes cannot run here (no Kerberos ticket…) is
+   * the caller's response, told why on `multileg:unanswered`, as a request's is; else the typed error.
+   */
+  readonly deliver401?: boolean;
+  /**
    * Told who an upgrade's handshake proved, where the credentials live outside the agent (a Kerberos
    * ticket): whose logins the cookie jar may then hold, as a request's handshake tells it (S6).
    */
@@ -82,7 +89,8 @@ export interface UpgradeOptions {
 
 /** One leg's outcome, as far as the handshake is concerned. */
 type LegOutcome =
-  | { readonly kind: 'challenged'; readonly headers: Headers }
+  /** `held`: the 401 in full, when the classifier asked to hold it (it may turn out the caller's). */
+  | { readonly kind: 'challenged'; readonly headers: Headers; readonly held?: HeldResponse }
   | { readonly kind: 'delivered'; readonly status: number }
   /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
   | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
@@ -339,21 +347,26 @@ export class UpgradeDispatcher {
     const schemesHere = () => (schemes ??= schemesOf?.(origin));
     /** Why the last scheme excluded here could not run (this upgrade's finding, or the origin's memory). */
     let lastUnusable: Error | undefined;
+    /** Why each scheme excluded here could not run, by scheme key (deliver401 publishes it). */
+    const unusableWhy = new Map<string, Error>();
     let recalled = false;
     const recall = () => {
       if (recalled) return;
       recalled = true;
       for (const [scheme, error] of schemesHere()?.unusable() ?? []) {
         excluded.add(scheme);
+        unusableWhy.set(scheme, error);
         lastUnusable = error;
       }
     };
     /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
     const unusable = (schemeKey: string, error: Error) => {
       excluded.add(schemeKey);
+      unusableWhy.set(schemeKey, error);
       lastUnusable = error;
       schemesHere()?.markUnusable(schemeKey, error);
     };
+    const deliver401 = this.#options.deliver401 === true;
     /** The context whose step runs now: what it waits on names a timeout's cause (a silent KDC, R3). */
     let stepping: MechanismContext | undefined;
     let auth: Auth | undefined;
@@ -394,6 +407,7 @@ export class UpgradeDispatcher {
           auth = undefined;
           boundTo = undefined;
           excluded.clear();
+          unusableWhy.clear();
           recalled = false;
         }
         if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
@@ -458,10 +472,17 @@ export class UpgradeDispatcher {
             }
             if (!auth) {
               recall();
-              if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return true;
+              // deliver401: held in full, to be the caller's if what it offers cannot run here (the
+              // upgrade is sent once, as a request is).
+              if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return deliver401 ? 'hold' : true;
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
-              // once, as a request does (R4), rather than trying them again.
+              // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
+              // the caller's, told why.
               if (lastUnusable && mechanisms.choose(offered)?.mechanism !== undefined) {
+                if (deliver401) {
+                  publishUnanswered401(origin, opts.path, h, unusableWhy);
+                  return false;
+                }
                 asks = 'unusable';
                 return true;
               }
@@ -527,7 +548,18 @@ export class UpgradeDispatcher {
             ticket = admission;
           }
           opened = challenges;
-          auth = await start(challenges);
+          try {
+            auth = await start(challenges);
+          } catch (err) {
+            // deliver401: no offered scheme can run here (start says the last one's reason): the
+            // 401 is the caller's, told why, as a request's (it is sent once).
+            if (deliver401 && outcome.held && err === lastUnusable) {
+              publishUnanswered401(origin, opts.path, outcome.held.headers, unusableWhy);
+              replayHeld(sink, outcome.held);
+              return;
+            }
+            throw err;
+          }
           continue;
         }
         if (asks === 'run-again') {
@@ -618,7 +650,8 @@ export class UpgradeDispatcher {
 
   /**
    * Sends one leg and waits for its outcome. `answer(status, headers)` says whether a response is a
-   * challenge to answer (drained and swallowed) rather than the caller's. `verify` runs before the
+   * challenge to answer (drained and swallowed) rather than the caller's; `'hold'`: one to answer
+   * whose body is kept too, in case it turns out the caller's after all. `verify` runs before the
    * caller sees the final answer of a leg that carried credentials (mutual authentication).
    */
   #leg(
@@ -628,7 +661,7 @@ export class UpgradeDispatcher {
     body: unknown,
     authorization: string | undefined,
     sink: UserSink,
-    answer: (status: number, headers: Headers) => boolean,
+    answer: (status: number, headers: Headers) => boolean | 'hold',
     verify: ((headers: Headers) => Promise<void>) | undefined,
     onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
   ): Promise<LegOutcome> {
@@ -636,6 +669,9 @@ export class UpgradeDispatcher {
     return new Promise((resolve) => {
       let controller: Controller | undefined;
       let swallowed: Headers | undefined;
+      /** A held challenge's body (`answer` said `'hold'`) and status message. */
+      let kept: Buffer[] | undefined;
+      let keptMessage = '';
       let status = 0;
       let drained = 0;
       /** Response events held while `verify` runs, replayed to the caller once it passes. */
@@ -698,8 +734,13 @@ export class UpgradeDispatcher {
         },
         onResponseStart(c, responseStatus, h, message) {
           status = responseStatus;
-          if (answer(status, h as Headers)) {
+          const verdict = answer(status, h as Headers);
+          if (verdict) {
             swallowed = h as Headers;
+            if (verdict === 'hold') {
+              kept = [];
+              keptMessage = message ?? '';
+            }
             drainTimer = setTimeout(
               () => fail(new HandshakeTimeoutError(limits.handshakeTimeout, 'Upgrade (a 401 body that never ended)')),
               limits.handshakeTimeout,
@@ -735,15 +776,25 @@ export class UpgradeDispatcher {
                   `a 401 to an upgrade request had a body over limits.maxChallengeBodyBytes (${limits.maxChallengeBodyBytes}); check the server or raise the limit`,
                 ),
               );
-            }
+            } else kept?.push(chunk);
             return;
           }
           deliver(() => sink.responseData(chunk));
         },
-        onResponseEnd(_c, trailers) {
+        onResponseEnd(c, trailers) {
           if (swallowed) {
             clearTimeout(drainTimer);
-            resolve({ kind: 'challenged', headers: swallowed });
+            const raw = c as { rawHeaders?: unknown; rawTrailers?: unknown };
+            const held: HeldResponse | undefined = kept && {
+              status,
+              headers: swallowed,
+              message: keptMessage,
+              body: kept,
+              trailers: trailers as Headers,
+              rawHeaders: raw.rawHeaders,
+              rawTrailers: raw.rawTrailers,
+            };
+            resolve({ kind: 'challenged', headers: swallowed, ...(held ? { held } : {}) });
             return;
           }
           deliver(() => {
