@@ -19,6 +19,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   AgentClosedError,
   BasicOverHttpError,
+  type CertificateRequestInfo,
+  type Challenge,
   CleartextCredentialsError,
   ConnectionClosedError,
   HandshakeTimeoutError,
@@ -968,6 +970,131 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       const { socket } = await upgrade(`${target}/ws`, { dispatcher: following, protocol: 'websocket' });
       sockets.push(socket as Socket);
       expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    } finally {
+      await new Promise<void>((r) => redirecting.close(() => r()));
+    }
+  });
+
+  /** A selector that records what it is asked and gives the test CA's certificate for `origin` (all of them: `'any'`), or none. */
+  function recordingSelector(origin: string | 'any' | 'none') {
+    const asked: { origin: string; challenge: Challenge; info: CertificateRequestInfo }[] = [];
+    const select = (o: string, challenge: Challenge, info: CertificateRequestInfo) => {
+      asked.push({ origin: o, challenge, info });
+      return origin === 'any' || o === origin ? { cert: CLIENT_CERT, key: CLIENT_KEY } : undefined;
+    };
+    return { asked, select };
+  }
+
+  it("T3: a Transport challenge to an upgrade is answered with the agent's selector, as a request's: told the server's CAs, its certificate presented on a new connection, which upgrades; the origin keeps it for the next upgrade", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const { asked, select } = recordingSelector(origin.origin);
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    // Before: the caller got the Transport 401 (undici's upgrade() failed), the selector never asked.
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([
+      [undefined, 401],
+      [undefined, 101],
+    ]);
+    expect(origin.seen[1]!.connection).not.toBe(origin.seen[0]!.connection);
+    expect(asked).toHaveLength(1);
+    expect(asked[0]!.origin).toBe(origin.origin);
+    expect(asked[0]!.challenge).toMatchObject({ scheme: 'Transport', params: { mode: 'tls-client-certificate' } });
+    expect(asked[0]!.info.acceptableIssuers?.map((n) => n.name)).toEqual([new X509Certificate(CA_CERT).subject]);
+    // The next upgrade presents it from the start, as the origin's requests do: no 401, no second ask.
+    const again = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(again.socket as Socket);
+    expect(await read(again.socket as Socket, 17)).toBe('hello cert:alice\n');
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101, 101]);
+    expect(asked).toHaveLength(1);
+  });
+
+  it('T3: a certificate given as such, Transport ranked after NTLM (not in the TLS handshake), is presented at an upgrade’s Transport challenge', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    agent = new MultilegAgent({
+      clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY },
+      schemes: ['NTLM', 'Transport'],
+      connect: { ca: CA_CERT },
+      proxy: false,
+    });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101]);
+  });
+
+  it("T3: a selector that declines an upgrade's Transport challenge leaves the caller the 401, body and all, from the one send", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true, challengeBody: 'bring a certificate' });
+    const { asked, select } = recordingSelector('none');
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+      kind: 'response',
+      status: 401,
+      body: 'bring a certificate',
+    });
+    expect(asked).toHaveLength(1);
+    expect(origin.seen.map((s) => s.status)).toEqual([401]);
+  });
+
+  it('T3/T2: a selector that declines an upgrade’s Transport challenge, NTLM offered too: NTLM answers it on the same connection (before, the 401 was the caller’s)', async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true, transport: true, alsoOffer: 'NTLM' });
+    const { asked, select } = recordingSelector('none');
+    agent = ntlmAgent({ clientCertificate: select, connect: { ca: CA_CERT } });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(asked).toHaveLength(1);
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
+    ]);
+  });
+
+  it('S1/T3: an upgrade to an origin not trusted: its Transport challenge asks no selector, no certificate goes, the 401 is the caller’s', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const { asked, select } = recordingSelector('any');
+    agent = new MultilegAgent({
+      clientCertificate: select,
+      trustedOrigins: ['https://elsewhere.example'],
+      connect: { ca: CA_CERT },
+      proxy: false,
+    });
+    expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ kind: 'response', status: 401 });
+    expect(asked).toEqual([]);
+    expect(origin.seen.map((s) => s.status)).toEqual([401]);
+  });
+
+  it("S5/T3: an upgrade undici's redirect interceptor takes to another origin asks no selector at that origin's Transport challenge", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const target = origin.origin;
+    const redirecting = createNetServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () =>
+        socket.end(`HTTP/1.1 302 Found\r\nlocation: ${target}/ws\r\ncontent-length: 0\r\n\r\n`),
+      );
+    });
+    await new Promise<void>((r) => redirecting.listen(0, '127.0.0.1', r));
+    try {
+      const { asked, select } = recordingSelector('any');
+      agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+      const following = agent.compose(interceptors.redirect({ maxRedirections: 2 }));
+      const hop = await upgrade(`http://127.0.0.1:${(redirecting.address() as AddressInfo).port}/ws`, {
+        dispatcher: following,
+        protocol: 'websocket',
+      }).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      expect(hop).toBeInstanceOf(Error);
+      expect(asked).toEqual([]);
+      expect(origin.seen.map((s) => s.status)).toEqual([401]);
+      // Asked directly, the same origin is the agent's own: the selector answers its challenge.
+      const { socket } = await upgrade(`${target}/ws`, { dispatcher: following, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+      expect(asked).toHaveLength(1);
     } finally {
       await new Promise<void>((r) => redirecting.close(() => r()));
     }

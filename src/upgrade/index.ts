@@ -8,6 +8,7 @@
  * limits.handshakeTimeout: the upgrade fails) — and the caller sees only the final answer: the
  * upgraded socket, or a response.
  */
+import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { type buildConnector, Client, type Dispatcher } from 'undici';
@@ -33,15 +34,31 @@ import { type HeldResponse, replayHeld } from '../handshake/leg.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { type HeaderMap, saysClose } from '../headers.ts';
 import { log } from '../log.ts';
-import { atOpening, cannotRunHere, challengeAsks, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
+import {
+  atOpening,
+  cannotRunHere,
+  challengeAsks,
+  type MechanismSet,
+  sentPassword,
+  TRANSPORT,
+} from '../mechanisms/registry.ts';
 import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
-import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
+import {
+  type ClientCertificate,
+  type ClientCertificateSelector,
+  type CookieStore,
+  type Limits,
+  portOf,
+  unbracketed,
+} from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
+import { selectCertificate } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import { publishUnanswered401 } from '../session/exchange.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
+import type { OriginPool } from '../session/origin-pool.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
@@ -61,6 +78,20 @@ export interface UpgradeOptions {
   readonly mechanisms: MechanismSet;
   /** Presented in the TLS handshake of upgrades that may carry credentials (T3). */
   readonly handshakeCertificate?: ClientCertificate;
+  /**
+   * The agent's certificate selector (a certificate given as such is one too): asked at a `Transport`
+   * challenge to an upgrade that may carry credentials (T3, S1), as for a request.
+   */
+  readonly clientCertificate?: ClientCertificateSelector;
+  /** The selector is the caller's: it is told the server's acceptable CAs (the origin's probe). */
+  readonly askAcceptableIssuers?: boolean;
+  /**
+   * The origin's certificate as its requests present it, and its acceptable-CAs probe, shared with
+   * its requests (T3): a certificate the selector chose, for a request or an upgrade, is the origin's.
+   */
+  readonly transportOf?: (origin: string) => Pick<OriginPool, 'memory' | 'certificateRequest'>;
+  /** The certificate the origin's requests present now (chosen by the selector), if the agent knows the origin. */
+  readonly certificateAt?: (origin: string) => ClientCertificate | undefined;
   /**
    * Whether the agent's credentials work at an origin, shared with its requests: an upgrade's
    * handshake waits for another one proving them, and none runs while they are refused (R4).
@@ -116,6 +147,8 @@ interface Line {
   spare?: Socket | undefined;
   /** The upgrade ended: a connection {@link open} makes later is closed at once. */
   ended?: boolean;
+  /** The client certificate the connections made from now present (T3), if any. */
+  certificate?: ClientCertificate | undefined;
 }
 
 /** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
@@ -211,22 +244,41 @@ export class UpgradeDispatcher {
     await Promise.all(this.#running.keys());
   }
 
+  /**
+   * T3: the agent's selector's certificate for `origin`'s Transport `challenge` (undefined: declined),
+   * the server's acceptable CAs told a selector of the caller's (the origin's probe, shared with its
+   * requests); the caller's abort, or the agent's destroy, ends the wait.
+   * @throws {HandshakeTimeoutError} when the probe and the selector do not answer within limits.handshakeTimeout.
+   * @throws {ClientCertificateError} when the selector throws or gives an unusable certificate.
+   */
+  #select(origin: string, challenge: Challenge, sink: UserSink): Promise<ClientCertificate | undefined> {
+    const { clientCertificate, askAcceptableIssuers, transportOf, limits } = this.#options;
+    const probe = askAcceptableIssuers && transportOf ? () => transportOf(origin).certificateRequest() : undefined;
+    return sink.unlessAborted(
+      selectCertificate(clientCertificate!, origin, challenge, limits.handshakeTimeout, probe, () =>
+        sink.aborted ? (sink.reason ?? undefined) : undefined,
+      ),
+    );
+  }
+
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
   #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
-    const { connect, limits, handshakeCertificate } = this.#options;
-    // The agent's certificate is a credential: only where credentials may go (T3, S1).
-    const tls = credentialsAllowed && handshakeCertificate ? { ...connect, ...handshakeCertificate } : connect;
+    const { connect, limits, handshakeCertificate, certificateAt } = this.#options;
+    const line = { connections: 0, bound: false } as Line;
+    // The agent's certificate is a credential: only where credentials may go (T3, S1). The one the
+    // origin's requests present (the selector's choice), else one given as such.
+    if (credentialsAllowed) line.certificate = certificateAt?.(origin) ?? handshakeCertificate;
+    // (Read at each connection: a Transport challenge moves the upgrade to one presenting a certificate.)
+    const tlsNow = (): ConnectionOptions => (line.certificate ? { ...connect, ...line.certificate } : connect);
     // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
     const route = this.#options.proxy.route(origin);
     // An upgrade is an HTTP/1.1 affair (undici speaks no extended CONNECT over HTTP/2): ALPN offers
     // only http/1.1, here as through a tunnel, or an h2 server would take the connection to HTTP/2.
-    const base = route
-      ? undefined
-      : routedConnector(
-          { ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
-          this.#options.connectTo,
-        );
-    const line = { connections: 0, bound: false } as Line;
+    const base = () =>
+      routedConnector(
+        { ...(tlsNow() as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
+        this.#options.connectTo,
+      );
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {
         callback(err, null);
@@ -240,12 +292,12 @@ export class UpgradeDispatcher {
       callback(null, socket!);
     };
     const dial: buildConnector.connector = (opts, callback) => {
-      if (base) {
-        base(opts, connected(callback) as buildConnector.Callback);
+      if (!route) {
+        base()(opts, connected(callback) as buildConnector.Callback);
         return;
       }
       const port = portOf(opts);
-      connectThroughTunnel(route!.proxy, { ...opts, port }, tls, ['http/1.1'], limits).then(
+      connectThroughTunnel(route.proxy, { ...opts, port }, tlsNow(), ['http/1.1'], limits).then(
         // (One upgrade's connection, the caller's once upgraded: no pool keeps it to retire it, S6.)
         ({ socket }) => connected(callback)(null, socket),
         (err: Error) => callback(err, null),
@@ -320,8 +372,9 @@ export class UpgradeDispatcher {
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
     let answering = credentialsAllowed && body.replayable;
-    const certified =
-      credentialsAllowed && this.#options.handshakeCertificate !== undefined && origin.startsWith('https:');
+    // Presenting the agent's certificate (T3): set where credentials may go (see #client), and once
+    // the selector chose one at a Transport challenge.
+    let certified = line.certificate !== undefined && origin.startsWith('https:');
     // Leave to send the agent's credentials at this origin, shared with its requests (R4); looked
     // up at the first 401 (an upgrade no one challenges leaves the agent no origin memory).
     const proofOf = this.#options.proofOf;
@@ -340,6 +393,16 @@ export class UpgradeDispatcher {
       proxy: false,
     });
     const excluded = new Set<string>();
+    // T3: a Transport challenge is answered by the selector, for an https upgrade that may carry
+    // credentials (S1: a trusted origin, no cross-origin hop); once, and not by a connection that
+    // presents a certificate already (as a request's session).
+    const maySelect =
+      credentialsAllowed && this.#options.clientCertificate !== undefined && origin.startsWith('https:');
+    let selected = false;
+    const keepOutTransport = () => {
+      if (!maySelect || selected || line.certificate !== undefined) excluded.add(TRANSPORT);
+    };
+    keepOutTransport();
     // What the origin's requests and upgrades found unusable lately (R4), read at the first 401 (as
     // the proof: no memory for an upgrade no one challenges).
     const schemesOf = this.#options.schemesOf;
@@ -408,6 +471,7 @@ export class UpgradeDispatcher {
           boundTo = undefined;
           excluded.clear();
           unusableWhy.clear();
+          keepOutTransport();
           recalled = false;
         }
         if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
@@ -474,11 +538,14 @@ export class UpgradeDispatcher {
               recall();
               // deliver401: held in full, to be the caller's if what it offers cannot run here (the
               // upgrade is sent once, as a request is).
-              if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return deliver401 ? 'hold' : true;
+              const chosen = mechanisms.choose(offered, excluded);
+              if (chosen?.mechanism !== undefined) return deliver401 ? 'hold' : true;
+              // T3: held too, the caller's as it came if the selector declines and nothing else answers.
+              if (chosen) return 'hold';
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
               // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
               // the caller's, told why.
-              if (lastUnusable && mechanisms.choose(offered)?.mechanism !== undefined) {
+              if (lastUnusable && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined) {
                 if (deliver401) {
                   publishUnanswered401(origin, opts.path, h, unusableWhy);
                   return false;
@@ -536,6 +603,35 @@ export class UpgradeDispatcher {
         if (asks === 'unusable') throw ownCopy(lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
+          const transport = mechanisms.choose(challenges, excluded);
+          if (transport && !transport.mechanism) {
+            // T3: the selector picks a certificate for this origin (as for its requests: told the
+            // server's acceptable CAs, within limits.handshakeTimeout), and the upgrade goes again on a
+            // new connection that presents it; declined, the next offered scheme answers, if any.
+            selected = true;
+            excluded.add(TRANSPORT);
+            const certificate = await this.#select(origin, transport.challenge, sink);
+            if (certificate) {
+              log.agent('%s upgrade: Transport: presenting the certificate chosen, on a new connection', origin);
+              // The origin's now, as after a request's Transport challenge: its requests present it too.
+              const memory = this.#options.transportOf?.(origin).memory;
+              if (memory) memory.clientCertificate = certificate;
+              line.certificate = certificate;
+              certified = true;
+              await sink.unlessAborted(closed(line.socket));
+              continue;
+            }
+            log.agent('%s upgrade: Transport: the selector declined', origin);
+            if (mechanisms.choose(challenges, excluded)?.mechanism === undefined) {
+              // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
+              // the typed error of a scheme that cannot run here without deliver401.
+              if (lastUnusable && !deliver401) throw ownCopy(lastUnusable);
+              if (lastUnusable) publishUnanswered401(origin, opts.path, outcome.headers, unusableWhy);
+              // (Held: the classifier holds a 401 it chose Transport for.)
+              replayHeld(sink, outcome.held!);
+              return;
+            }
+          }
           const here = proofHere();
           if (here && !ticket) {
             const chosen = mechanisms.choose(challenges, excluded)?.mechanism;
@@ -821,6 +917,20 @@ export class UpgradeDispatcher {
       );
     });
   }
+}
+
+/** Schemes excluded to ask whether a mechanism of the agent's is offered (Transport has none). */
+const NO_TRANSPORT: ReadonlySet<string> = new Set([TRANSPORT]);
+
+/**
+ * Closes `socket` (the connection a Transport challenge came on) and resolves once it has closed:
+ * undici's Client, told first, then opens the next leg's connection (presenting the certificate).
+ */
+function closed(socket: Socket | undefined): Promise<void> {
+  if (!socket || socket.closed) return Promise.resolve();
+  const done = once(socket, 'close').then(() => {});
+  socket.destroy();
+  return done;
 }
 
 /** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
