@@ -76,6 +76,11 @@ export async function upgradeServer(opts: {
   closeOnChallenge?: boolean | 'first';
   /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
   holdChallenge?: () => Promise<void>;
+  /**
+   * Told once NTLM's CHALLENGE is written on connection `n`, with `close`, which closes that
+   * connection at once (its FIN right behind the 401 on the wire), saying nothing of it before.
+   */
+  challengeWritten?: (n: number, close: () => void) => void;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
@@ -182,6 +187,7 @@ export async function upgradeServer(opts: {
                 opts.challengeBody ?? 'who are you?',
               );
               if (closing) socket.end();
+              if (result?.kind === 'challenge') opts.challengeWritten?.(connection, () => socket.destroy());
             };
             // (Nothing more comes on this connection before its answer: held, the order holds.)
             if (opts.holdChallenge && result?.kind === 'challenge') void opts.holdChallenge().then(answer);

@@ -184,6 +184,53 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     ]);
   });
 
+  it("H1: a connection that closes after the upgrade's check of it and before undici writes the AUTHENTICATE answering its CHALLENGE: undici asks for a new connection for it, which the connector refuses; the handshake starts over there and upgrades", async () => {
+    const stepped = deferred();
+    origin = await upgradeServer({
+      ntlm: true,
+      // In a timer: undici, which waits a turn before writing on an idle connection, reads the close
+      // in the poll phase that follows, after the agent's check saw the connection open.
+      challengeWritten: (n, close) =>
+        n === 1 &&
+        setTimeout(() => {
+          close();
+          stepped.resolve();
+        }, 20),
+    });
+    const ntlm = ntlmMechanism(ALICE);
+    let contexts = 0;
+    // NTLM whose AUTHENTICATE on the first connection is made once that connection is closing.
+    const held: Mechanism = {
+      ...ntlm,
+      createContext(leg) {
+        const real = ntlm.createContext(leg);
+        const first = ++contexts === 1;
+        return {
+          get complete() {
+            return real.complete;
+          },
+          step: async (challenge, l) => {
+            if (first && challenge?.token68 !== undefined) await stepped.promise;
+            return real.step(challenge, l);
+          },
+          finish: (challenge, l) => real.finish(challenge, l),
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [held] });
+    // Without the connector's refusal the AUTHENTICATE went on connection 2, whose server context
+    // never saw the handshake: a 401, taken as a refusal of the password (R4).
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 101],
+    ]);
+  });
+
   it('H1/R4: an origin that closes the connection with every NTLM CHALLENGE: after one start-over a ConnectionClosedError saying so, no AUTHENTICATE written anywhere, and the password not held back as refused', async () => {
     origin = await upgradeServer({ ntlm: true, closeOnChallenge: true });
     agent = ntlmAgent();
