@@ -1055,6 +1055,12 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(await read(again.socket as Socket, 17)).toBe('hello cert:alice\n');
     expect(origin.seen.map((s) => s.status)).toEqual([401, 101, 101]);
     expect(asked).toHaveLength(1);
+    // So do its requests (the origin answers a certified plain request 426: no Transport 401 first).
+    const res = await agent.request({ origin: origin.origin, path: '/plain', method: 'GET' });
+    await res.body.text();
+    expect(res.statusCode).toBe(426);
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101, 101, 426]);
+    expect(asked).toHaveLength(1);
   });
 
   it('T3: a certificate given as such, Transport ranked after NTLM (not in the TLS handshake), is presented at an upgrade’s Transport challenge', async () => {
