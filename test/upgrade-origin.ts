@@ -65,6 +65,8 @@ export async function upgradeServer(opts: {
    * request carrying NTLM goes to the NTLM handshake instead.
    */
   transport?: boolean;
+  /** With `transport`: a connection presenting a certificate the test CA does not verify is closed at once (as Node's https). */
+  refuseUnverified?: boolean;
   /** An `Authentication-Info` value on the 101. */
   authenticationInfo?: string;
   /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
@@ -98,6 +100,14 @@ export async function upgradeServer(opts: {
       domain: 'EXAMPLE',
       ...(opts.tls ? { channelBinding: serverEndPointHash() } : {}),
     });
+    if (
+      opts.refuseUnverified &&
+      !(socket as TLSSocket).authorized &&
+      (socket as TLSSocket).getPeerCertificate().subject
+    ) {
+      socket.destroy();
+      return;
+    }
     const certified = opts.transport ? (socket as TLSSocket).authorized : opts.requireClientCertificate;
     let user: string | undefined = certified
       ? `cert:${(socket as TLSSocket).getPeerCertificate().subject?.CN}`

@@ -22,6 +22,7 @@ import {
   type CertificateRequestInfo,
   type Challenge,
   CleartextCredentialsError,
+  ClientCertificateRefusedError,
   ConnectionClosedError,
   HandshakeTimeoutError,
   InvalidTokenError,
@@ -1160,6 +1161,50 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+  });
+
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it(`T3: an upgrade whose certificate the server refuses (${maxVersion}, a CA it does not accept) fails with ClientCertificateRefusedError, as a request does`, async () => {
+      origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+      const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+      agent = new MultilegAgent({
+        clientCertificate: { cert: fixture('client-b.pem'), key: fixture('client-b.key') },
+        connect: { ca: CA_CERT, maxVersion },
+        proxy: false,
+      });
+      // Before: ConnectionClosedError (TLS 1.3) or Node's bare ECONNRESET (TLS 1.2), untyped.
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+      expect((err as ClientCertificateRefusedError).code).toBe('MULTILEG_CLIENT_CERTIFICATE_REFUSED');
+      expect(err!.message).toContain('given as clientCertificate');
+      expect(origin.seen).toEqual([]);
+    });
+  }
+
+  it("T3: a certificate the selector chose at an upgrade's Transport challenge, refused on the new connection: ClientCertificateRefusedError, and the origin keeps it no longer (the next upgrade asks the selector again)", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true, refuseUnverified: true });
+    const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+    let asked = 0;
+    // CA B's certificate: not one the server's CA (the test CA) verifies.
+    const select = () => {
+      asked += 1;
+      return { cert: fixture('client-b.pem'), key: fixture('client-b.key') };
+    };
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    for (let i = 1; i <= 2; i++) {
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+      expect(err!.message).toContain('the selector chose');
+      // Kept, the next upgrade would have presented it at once, asking nothing (and refused again).
+      expect(asked).toBe(i);
+    }
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 401]);
   });
 
   it('R3: the first bare 401 to an upgrade whose body never ends is bounded by handshakeTimeout', async () => {

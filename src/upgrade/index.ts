@@ -54,7 +54,7 @@ import {
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
-import { selectCertificate } from '../session/client-certificate.ts';
+import { ClientCertificateRefusedError, certificateRefusal, selectCertificate } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import { publishUnanswered401 } from '../session/exchange.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
@@ -149,6 +149,8 @@ interface Line {
   ended?: boolean;
   /** The client certificate the connections made from now present (T3), if any. */
   certificate?: ClientCertificate | undefined;
+  /** The current connection has answered something (false once it closed, and before the next is made). */
+  answered: boolean;
 }
 
 /** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
@@ -261,10 +263,26 @@ export class UpgradeDispatcher {
     );
   }
 
+  /**
+   * T3: the server refused the certificate `line` presents (`refusal`: a TLS alert's code, or
+   * `'closed'`), as a request's error says it. One the selector chose is the origin's no longer (its
+   * requests and next upgrades present none until it is asked again); one given as such stays.
+   */
+  #refused(origin: string, line: Line, refusal: string, cause: Error): ClientCertificateRefusedError {
+    // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
+    const chosen = this.#options.askAcceptableIssuers === true;
+    if (chosen) {
+      const memory = this.#options.transportOf?.(origin).memory;
+      if (memory && memory.clientCertificate === line.certificate) memory.clientCertificate = undefined;
+    }
+    log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
+    return new ClientCertificateRefusedError(origin, refusal === 'closed' ? undefined : refusal, chosen, { cause });
+  }
+
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
   #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
     const { connect, limits, handshakeCertificate, certificateAt } = this.#options;
-    const line = { connections: 0, bound: false } as Line;
+    const line = { connections: 0, bound: false, answered: false } as Line;
     // The agent's certificate is a credential: only where credentials may go (T3, S1). The one the
     // origin's requests present (the selector's choice), else one given as such.
     if (credentialsAllowed) line.certificate = certificateAt?.(origin) ?? handshakeCertificate;
@@ -289,6 +307,10 @@ export class UpgradeDispatcher {
       line.channelBinding = tlsServerEndPoint(cert);
       line.connections += 1;
       line.socket = socket!;
+      line.answered = false;
+      socket!.once('close', () => {
+        if (line.socket === socket) line.answered = false;
+      });
       callback(null, socket!);
     };
     const dial: buildConnector.connector = (opts, callback) => {
@@ -496,6 +518,7 @@ export class UpgradeDispatcher {
           authorization,
           sink,
           (status, h) => {
+            line.answered = true;
             if (cookies) tellJar(cookies.jar, cookies.url, h);
             if (status !== 401) return false;
             const offered = readChallenges(h, false);
@@ -589,15 +612,20 @@ export class UpgradeDispatcher {
           if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
           // The server closed the connection under a written leg: typed, as for a request, saying
           // whether it had answered this handshake's challenges on it and whether the password went.
-          if (outcome.unanswered && !sink.aborted && closedUnder(outcome.error)) {
-            throw new ConnectionClosedError(origin, opts.method, {
-              cause: outcome.error,
-              upgrade: true,
-              ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
-              ...(counted ? { unproved: 'Authorization' } : {}),
-            });
-          }
-          throw outcome.error;
+          const error =
+            outcome.unanswered && !sink.aborted && closedUnder(outcome.error)
+              ? new ConnectionClosedError(origin, opts.method, {
+                  cause: outcome.error,
+                  upgrade: true,
+                  ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
+                  ...(counted ? { unproved: 'Authorization' } : {}),
+                })
+              : outcome.error;
+          // T3: a connection presenting the agent's certificate failed before answering anything, as
+          // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
+          const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
+          if (refusal !== undefined) throw this.#refused(origin, line, refusal, error);
+          throw error;
         }
         if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
         if (asks === 'unusable') throw ownCopy(lastUnusable!);
