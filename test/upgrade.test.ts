@@ -23,6 +23,7 @@ import {
   type Challenge,
   CleartextCredentialsError,
   ClientCertificateRefusedError,
+  ClientCertificateRequiredError,
   ConnectionClosedError,
   HandshakeTimeoutError,
   InvalidTokenError,
@@ -1205,6 +1206,59 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
       expect(asked).toBe(i);
     }
     expect(origin.seen.map((s) => s.status)).toEqual([401, 401]);
+  });
+
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it(`T3: an upgrade to an origin that requires a client certificate in TLS (${maxVersion}), the agent with a selector: as for a request, the selector is asked with the server's CAs and requiredInHandshake, and the upgrade goes again presenting its choice`, async () => {
+      origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+      const { asked, select } = recordingSelector(origin.origin);
+      agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT, maxVersion }, proxy: false });
+      // Before: ConnectionClosedError (TLS 1.3) or Node's bare ECONNRESET (TLS 1.2); the selector never asked.
+      const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+      expect(asked).toHaveLength(1);
+      expect(asked[0]!.challenge).toMatchObject({ scheme: 'Transport', params: { mode: 'tls-client-certificate' } });
+      expect(asked[0]!.info.requiredInHandshake).toBe(true);
+      expect(asked[0]!.info.acceptableIssuers?.map((n) => n.name)).toEqual([new X509Certificate(CA_CERT).subject]);
+      // The origin's now: the next upgrade presents it at once.
+      const again = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(again.socket as Socket);
+      expect(asked).toHaveLength(1);
+    });
+  }
+
+  it('T3: an upgrade to an origin that requires a client certificate in TLS, the selector declining: ClientCertificateRequiredError naming the server’s CAs, as for a request', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    const { asked, select } = recordingSelector('none');
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ClientCertificateRequiredError);
+    expect(err!.message).toContain('the selector returned none');
+    expect(asked).toHaveLength(1);
+    expect(origin.seen).toEqual([]);
+  });
+
+  it('S1/T3: an upgrade to an origin not trusted that requires a client certificate in TLS asks no selector and presents none', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    const { asked, select } = recordingSelector('any');
+    agent = new MultilegAgent({
+      clientCertificate: select,
+      trustedOrigins: ['https://elsewhere.example'],
+      connect: { ca: CA_CERT },
+      proxy: false,
+    });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
+    expect(err).not.toBeInstanceOf(ClientCertificateRequiredError);
+    expect(asked).toEqual([]);
+    expect(origin.seen).toEqual([]);
   });
 
   it('R3: the first bare 401 to an upgrade whose body never ends is bounded by handshakeTimeout', async () => {

@@ -54,7 +54,15 @@ import {
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
-import { ClientCertificateRefusedError, certificateRefusal, selectCertificate } from '../session/client-certificate.ts';
+import {
+  answerCertificateDemand,
+  type CertificateDemand,
+  ClientCertificateRefusedError,
+  ClientCertificateRequiredError,
+  certificateRefusal,
+  mayDemandCertificate,
+  selectCertificate,
+} from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import { publishUnanswered401 } from '../session/exchange.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
@@ -264,6 +272,24 @@ export class UpgradeDispatcher {
   }
 
   /**
+   * T3: a connection failed as one whose server requires a certificate in TLS: the origin's probe
+   * confirms it and the selector (if any) is asked, within limits.handshakeTimeout, as for a request;
+   * the caller's abort, or the agent's destroy, ends the wait.
+   */
+  #demand(origin: string, sink: UserSink): Promise<CertificateDemand> {
+    const { clientCertificate, transportOf, limits } = this.#options;
+    return sink.unlessAborted(
+      answerCertificateDemand(
+        clientCertificate,
+        origin,
+        limits.handshakeTimeout,
+        () => transportOf!(origin).certificateRequest(),
+        () => (sink.aborted ? (sink.reason ?? undefined) : undefined),
+      ),
+    );
+  }
+
+  /**
    * T3: the server refused the certificate `line` presents (`refusal`: a TLS alert's code, or
    * `'closed'`), as a request's error says it. One the selector chose is the origin's no longer (its
    * requests and next upgrades present none until it is asked again); one given as such stays.
@@ -421,6 +447,14 @@ export class UpgradeDispatcher {
     const maySelect =
       credentialsAllowed && this.#options.clientCertificate !== undefined && origin.startsWith('https:');
     let selected = false;
+    /** T3: the upgrade goes again on a new connection presenting `certificate`, the origin's now (its requests present it too). */
+    const present = async (certificate: ClientCertificate) => {
+      const memory = this.#options.transportOf?.(origin).memory;
+      if (memory) memory.clientCertificate = certificate;
+      line.certificate = certificate;
+      certified = true;
+      await sink.unlessAborted(closed(line.socket));
+    };
     const keepOutTransport = () => {
       if (!maySelect || selected || line.certificate !== undefined) excluded.add(TRANSPORT);
     };
@@ -625,6 +659,33 @@ export class UpgradeDispatcher {
           // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
           const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
           if (refusal !== undefined) throw this.#refused(origin, line, refusal, error);
+          // T3: a first connection presenting none failed as one whose server requires a certificate in
+          // TLS does: as for a request, the probe confirms it, the selector is asked (told the server's
+          // CAs), and the upgrade goes again on a new connection presenting its choice.
+          if (
+            !auth &&
+            answering &&
+            !certified &&
+            !selected &&
+            !line.answered &&
+            !sink.aborted &&
+            origin.startsWith('https:') &&
+            this.#options.transportOf !== undefined &&
+            mayDemandCertificate(error, true)
+          ) {
+            selected = true;
+            excluded.add(TRANSPORT);
+            const demand = await this.#demand(origin, sink);
+            if (demand.kind === 'chosen') {
+              log.agent('%s upgrade: the server requires a client certificate: presenting the one chosen', origin);
+              await present(demand.certificate);
+              continue;
+            }
+            if (demand.kind === 'declined') {
+              const selector = this.#options.clientCertificate !== undefined;
+              throw new ClientCertificateRequiredError(origin, selector, demand.issuers, { cause: error });
+            }
+          }
           throw error;
         }
         if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
@@ -641,12 +702,7 @@ export class UpgradeDispatcher {
             const certificate = await this.#select(origin, transport.challenge, sink);
             if (certificate) {
               log.agent('%s upgrade: Transport: presenting the certificate chosen, on a new connection', origin);
-              // The origin's now, as after a request's Transport challenge: its requests present it too.
-              const memory = this.#options.transportOf?.(origin).memory;
-              if (memory) memory.clientCertificate = certificate;
-              line.certificate = certificate;
-              certified = true;
-              await sink.unlessAborted(closed(line.socket));
+              await present(certificate);
               continue;
             }
             log.agent('%s upgrade: Transport: the selector declined', origin);
