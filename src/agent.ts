@@ -535,6 +535,9 @@ export class MultilegAgent extends Dispatcher {
           proofOf: (o) => this.#pool(o).memory.proof,
           // And what it learnt of the origin's schemes (a silent KDC, a scheme that cannot run: R4).
           schemesOf: (o) => this.#pool(o).memory,
+          // And its client certificate (T3): the one its requests present, the selector's choice kept, its probe.
+          transportOf: (o) => this.#pool(o),
+          certificateAt: (o) => this.#pools.get(o)?.memory.clientCertificate,
           succeededAs: this.#succeededAs,
         });
         const named = namedOrigin(origin, headers);

@@ -58,6 +58,15 @@ export async function upgradeServer(opts: {
   tls?: boolean;
   /** With `tls`: require a client certificate of the test CA in the handshake; the greeting names its CN. */
   requireClientCertificate?: boolean;
+  /**
+   * With `tls`: ask for a client certificate of the test CA in the handshake, take the connection
+   * without one, and answer `Transport mode="tls-client-certificate"` (401) on it (after `alsoOffer`'s
+   * challenge, if any, in the same header); with one, the greeting names its CN. With `ntlm`, a
+   * request carrying NTLM goes to the NTLM handshake instead.
+   */
+  transport?: boolean;
+  /** With `transport`: a connection presenting a certificate the test CA does not verify is closed at once (as Node's https). */
+  refuseUnverified?: boolean;
   /** An `Authentication-Info` value on the 101. */
   authenticationInfo?: string;
   /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
@@ -69,6 +78,11 @@ export async function upgradeServer(opts: {
   closeOnChallenge?: boolean | 'first';
   /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
   holdChallenge?: () => Promise<void>;
+  /**
+   * Told once NTLM's CHALLENGE is written on connection `n`, with `close`, which closes that
+   * connection at once (its FIN right behind the 401 on the wire), saying nothing of it before.
+   */
+  challengeWritten?: (n: number, close: () => void) => void;
 }): Promise<UpgradeServer> {
   const seen: Seen[] = [];
   const sockets = new Set<Socket>();
@@ -86,7 +100,16 @@ export async function upgradeServer(opts: {
       domain: 'EXAMPLE',
       ...(opts.tls ? { channelBinding: serverEndPointHash() } : {}),
     });
-    let user: string | undefined = opts.requireClientCertificate
+    if (
+      opts.refuseUnverified &&
+      !(socket as TLSSocket).authorized &&
+      (socket as TLSSocket).getPeerCertificate().subject
+    ) {
+      socket.destroy();
+      return;
+    }
+    const certified = opts.transport ? (socket as TLSSocket).authorized : opts.requireClientCertificate;
+    let user: string | undefined = certified
       ? `cert:${(socket as TLSSocket).getPeerCertificate().subject?.CN}`
       : undefined;
     let buf = Buffer.alloc(0);
@@ -138,6 +161,17 @@ export async function upgradeServer(opts: {
             status,
             ...(opts.setCookies ? { cookie: headers.cookie } : {}),
           });
+        if (opts.transport && !user && !(opts.ntlm && /^NTLM /.test(headers.authorization ?? ''))) {
+          record(401);
+          const transport = 'Transport mode="tls-client-certificate"';
+          respond(
+            401,
+            'Unauthorized',
+            { 'www-authenticate': opts.alsoOffer ? `${opts.alsoOffer}, ${transport}` : transport },
+            opts.challengeBody ?? 'who are you?',
+          );
+          continue;
+        }
         if (opts.ntlm && !user) {
           const result = token ? acceptor.step(Buffer.from(token, 'base64')) : undefined;
           if (result?.kind === 'accepted') {
@@ -163,6 +197,7 @@ export async function upgradeServer(opts: {
                 opts.challengeBody ?? 'who are you?',
               );
               if (closing) socket.end();
+              if (result?.kind === 'challenge') opts.challengeWritten?.(connection, () => socket.destroy());
             };
             // (Nothing more comes on this connection before its answer: held, the order holds.)
             if (opts.holdChallenge && result?.kind === 'challenge') void opts.holdChallenge().then(answer);
@@ -201,6 +236,7 @@ export async function upgradeServer(opts: {
           cert: SERVER_CERT,
           key: SERVER_KEY,
           ...(opts.requireClientCertificate ? { requestCert: true, rejectUnauthorized: true, ca: CA_CERT } : {}),
+          ...(opts.transport ? { requestCert: true, rejectUnauthorized: false, ca: CA_CERT } : {}),
         },
         onConnection,
       )

@@ -8,6 +8,7 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { createSecureContext, createServer as createTlsServer } from 'node:tls';
 import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
@@ -15,7 +16,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import {
   AgentClosedError,
   BasicOverHttpError,
+  type CertificateRequestInfo,
+  type Challenge,
   CleartextCredentialsError,
+  ClientCertificateRefusedError,
+  ClientCertificateRequiredError,
   ConnectionClosedError,
   HandshakeTimeoutError,
   InvalidTokenError,
@@ -28,6 +33,8 @@ import {
   MutualAuthError,
   ntlmMechanism,
   type SchemeName,
+  UNANSWERED_CHANNEL,
+  type UnansweredEvent,
   WITHHELD_CHANNEL,
   type WithheldEvent,
 } from '../src/index.ts';
@@ -187,6 +194,53 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     agent = ntlmAgent();
     // Before: the AUTHENTICATE answering connection 1's CHALLENGE went on connection 2, whose server
     // context never saw the handshake: a 401, taken as a refusal of the password (R4).
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [2, 'NTLM/1', 401],
+      [2, 'NTLM/3', 101],
+    ]);
+  });
+
+  it("H1: a connection that closes after the upgrade's check of it and before undici writes the AUTHENTICATE answering its CHALLENGE: undici asks for a new connection for it, which the connector refuses; the handshake starts over there and upgrades", async () => {
+    const stepped = deferred();
+    origin = await upgradeServer({
+      ntlm: true,
+      // In a timer: undici, which waits a turn before writing on an idle connection, reads the close
+      // in the poll phase that follows, after the agent's check saw the connection open.
+      challengeWritten: (n, close) =>
+        n === 1 &&
+        setTimeout(() => {
+          close();
+          stepped.resolve();
+        }, 20),
+    });
+    const ntlm = ntlmMechanism(ALICE);
+    let contexts = 0;
+    // NTLM whose AUTHENTICATE on the first connection is made once that connection is closing.
+    const held: Mechanism = {
+      ...ntlm,
+      createContext(leg) {
+        const real = ntlm.createContext(leg);
+        const first = ++contexts === 1;
+        return {
+          get complete() {
+            return real.complete;
+          },
+          step: async (challenge, l) => {
+            if (first && challenge?.token68 !== undefined) await stepped.promise;
+            return real.step(challenge, l);
+          },
+          finish: (challenge, l) => real.finish(challenge, l),
+        };
+      },
+    };
+    agent = ntlmAgent({ mechanisms: [held] });
+    // Without the connector's refusal the AUTHENTICATE went on connection 2, whose server context
+    // never saw the handshake: a 401, taken as a refusal of the password (R4).
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
@@ -845,6 +899,54 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
   });
 
+  it('T2/R4: deliver401: an upgrade whose offered schemes cannot run here gets the origin’s 401 with its body, sent once, told why on multileg:unanswered; the next one too (remembered), as a request', async () => {
+    const events: UnansweredEvent[] = [];
+    const listen = (e: unknown) => events.push(e as UnansweredEvent);
+    subscribe(UNANSWERED_CHANNEL, listen);
+    try {
+      origin = await upgradeServer({ ntlm: true, challengeBody: 'sign in first' });
+      agent = ntlmAgent({ mechanisms: [unavailableScheme('NTLM')], deliver401: true });
+      // Before: MechanismUnavailableError, deliver401 or not.
+      expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+        kind: 'response',
+        status: 401,
+        body: 'sign in first',
+      });
+      expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([[undefined, 401]]);
+      const why = { scheme: 'NTLM', code: 'MULTILEG_MECHANISM_UNAVAILABLE', message: expect.stringContaining('NTLM') };
+      expect(events).toEqual([
+        expect.objectContaining({ origin: origin.origin, path: '/ws', schemes: ['NTLM'], unusable: [why] }),
+      ]);
+      // The origin remembers NTLM cannot run (R4): the next 401 is the caller's as it comes, told why.
+      expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ status: 401, body: 'sign in first' });
+      expect(origin.seen).toHaveLength(2);
+      expect(events).toHaveLength(2);
+      expect(events[1]).toMatchObject({ path: '/ws', unusable: [{ code: 'MULTILEG_MECHANISM_UNAVAILABLE' }] });
+      // undici's WebSocket fails its handshake on it (no socket), as on any 401; each 401 told why
+      // (undici's fetch sends the handshake a second time itself).
+      const ws = new WebSocket(`${origin.origin.replace('http:', 'ws:')}/ws`, { dispatcher: agent });
+      const [closed] = (await once(ws, 'close')) as [{ code: number }];
+      expect(closed.code).toBe(1006);
+      expect(origin.seen.length).toBeGreaterThan(2);
+      expect(events).toHaveLength(origin.seen.length);
+    } finally {
+      unsubscribe(UNANSWERED_CHANNEL, listen);
+    }
+  });
+
+  it('T2: without deliver401 an upgrade whose offered schemes cannot run here fails with the typed error, remembered for the next one too (the default)', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    agent = ntlmAgent({ mechanisms: [unavailableScheme('NTLM')] });
+    for (let i = 0; i < 2; i++) {
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(MechanismUnavailableError);
+    }
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined]);
+  });
+
   it("S5/T3: an upgrade that undici's redirect interceptor takes to another origin is a cross-origin hop: the agent's client certificate is not presented there (it is to that origin asked directly)", async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
     const target = origin.origin;
@@ -880,6 +982,137 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     }
   });
 
+  /** A selector that records what it is asked and gives the test CA's certificate for `origin` (all of them: `'any'`), or none. */
+  function recordingSelector(origin: string | 'any' | 'none') {
+    const asked: { origin: string; challenge: Challenge; info: CertificateRequestInfo }[] = [];
+    const select = (o: string, challenge: Challenge, info: CertificateRequestInfo) => {
+      asked.push({ origin: o, challenge, info });
+      return origin === 'any' || o === origin ? { cert: CLIENT_CERT, key: CLIENT_KEY } : undefined;
+    };
+    return { asked, select };
+  }
+
+  it("T3: a Transport challenge to an upgrade is answered with the agent's selector, as a request's: told the server's CAs, its certificate presented on a new connection, which upgrades; the origin keeps it for the next upgrade", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const { asked, select } = recordingSelector(origin.origin);
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    // Before: the caller got the Transport 401 (undici's upgrade() failed), the selector never asked.
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([
+      [undefined, 401],
+      [undefined, 101],
+    ]);
+    expect(origin.seen[1]!.connection).not.toBe(origin.seen[0]!.connection);
+    expect(asked).toHaveLength(1);
+    expect(asked[0]!.origin).toBe(origin.origin);
+    expect(asked[0]!.challenge).toMatchObject({ scheme: 'Transport', params: { mode: 'tls-client-certificate' } });
+    expect(asked[0]!.info.acceptableIssuers?.map((n) => n.name)).toEqual([new X509Certificate(CA_CERT).subject]);
+    // The next upgrade presents it from the start, as the origin's requests do: no 401, no second ask.
+    const again = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(again.socket as Socket);
+    expect(await read(again.socket as Socket, 17)).toBe('hello cert:alice\n');
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101, 101]);
+    expect(asked).toHaveLength(1);
+    // So do its requests (the origin answers a certified plain request 426: no Transport 401 first).
+    const res = await agent.request({ origin: origin.origin, path: '/plain', method: 'GET' });
+    await res.body.text();
+    expect(res.statusCode).toBe(426);
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101, 101, 426]);
+    expect(asked).toHaveLength(1);
+  });
+
+  it('T3: a certificate given as such, Transport ranked after NTLM (not in the TLS handshake), is presented at an upgrade’s Transport challenge', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    agent = new MultilegAgent({
+      clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY },
+      schemes: ['NTLM', 'Transport'],
+      connect: { ca: CA_CERT },
+      proxy: false,
+    });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101]);
+  });
+
+  it("T3: a selector that declines an upgrade's Transport challenge leaves the caller the 401, body and all, from the one send", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true, challengeBody: 'bring a certificate' });
+    const { asked, select } = recordingSelector('none');
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+      kind: 'response',
+      status: 401,
+      body: 'bring a certificate',
+    });
+    expect(asked).toHaveLength(1);
+    expect(origin.seen.map((s) => s.status)).toEqual([401]);
+  });
+
+  it('T3/T2: a selector that declines an upgrade’s Transport challenge, NTLM offered too: NTLM answers it on the same connection (before, the 401 was the caller’s)', async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true, transport: true, alsoOffer: 'NTLM' });
+    const { asked, select } = recordingSelector('none');
+    agent = ntlmAgent({ clientCertificate: select, connect: { ca: CA_CERT } });
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 20)).toBe('hello EXAMPLE\\alice\n');
+    expect(asked).toHaveLength(1);
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
+    ]);
+  });
+
+  it('S1/T3: an upgrade to an origin not trusted: its Transport challenge asks no selector, no certificate goes, the 401 is the caller’s', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const { asked, select } = recordingSelector('any');
+    agent = new MultilegAgent({
+      clientCertificate: select,
+      trustedOrigins: ['https://elsewhere.example'],
+      connect: { ca: CA_CERT },
+      proxy: false,
+    });
+    expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ kind: 'response', status: 401 });
+    expect(asked).toEqual([]);
+    expect(origin.seen.map((s) => s.status)).toEqual([401]);
+  });
+
+  it("S5/T3: an upgrade undici's redirect interceptor takes to another origin asks no selector at that origin's Transport challenge", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const target = origin.origin;
+    const redirecting = createNetServer((socket) => {
+      socket.on('error', () => {});
+      socket.once('data', () =>
+        socket.end(`HTTP/1.1 302 Found\r\nlocation: ${target}/ws\r\ncontent-length: 0\r\n\r\n`),
+      );
+    });
+    await new Promise<void>((r) => redirecting.listen(0, '127.0.0.1', r));
+    try {
+      const { asked, select } = recordingSelector('any');
+      agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+      const following = agent.compose(interceptors.redirect({ maxRedirections: 2 }));
+      const hop = await upgrade(`http://127.0.0.1:${(redirecting.address() as AddressInfo).port}/ws`, {
+        dispatcher: following,
+        protocol: 'websocket',
+      }).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      expect(hop).toBeInstanceOf(Error);
+      expect(asked).toEqual([]);
+      expect(origin.seen.map((s) => s.status)).toEqual([401]);
+      // Asked directly, the same origin is the agent's own: the selector answers its challenge.
+      const { socket } = await upgrade(`${target}/ws`, { dispatcher: following, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+      expect(asked).toHaveLength(1);
+    } finally {
+      await new Promise<void>((r) => redirecting.close(() => r()));
+    }
+  });
+
   it('T3: an upgrade to an origin that requires a client certificate in the TLS handshake presents the configured one', async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
     agent = new MultilegAgent({ clientCertificate: { cert: CLIENT_CERT, key: CLIENT_KEY }, connect: { ca: CA_CERT } });
@@ -887,6 +1120,103 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+  });
+
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it(`T3: an upgrade whose certificate the server refuses (${maxVersion}, a CA it does not accept) fails with ClientCertificateRefusedError, as a request does`, async () => {
+      origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+      const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+      agent = new MultilegAgent({
+        clientCertificate: { cert: fixture('client-b.pem'), key: fixture('client-b.key') },
+        connect: { ca: CA_CERT, maxVersion },
+        proxy: false,
+      });
+      // Before: ConnectionClosedError (TLS 1.3) or Node's bare ECONNRESET (TLS 1.2), untyped.
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+      expect((err as ClientCertificateRefusedError).code).toBe('MULTILEG_CLIENT_CERTIFICATE_REFUSED');
+      expect(err!.message).toContain('given as clientCertificate');
+      expect(origin.seen).toEqual([]);
+    });
+  }
+
+  it("T3: a certificate the selector chose at an upgrade's Transport challenge, refused on the new connection: ClientCertificateRefusedError, and the origin keeps it no longer (the next upgrade asks the selector again)", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true, refuseUnverified: true });
+    const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+    let asked = 0;
+    // CA B's certificate: not one the server's CA (the test CA) verifies.
+    const select = () => {
+      asked += 1;
+      return { cert: fixture('client-b.pem'), key: fixture('client-b.key') };
+    };
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    for (let i = 1; i <= 2; i++) {
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toBeInstanceOf(ClientCertificateRefusedError);
+      expect(err!.message).toContain('the selector chose');
+      // Kept, the next upgrade would have presented it at once, asking nothing (and refused again).
+      expect(asked).toBe(i);
+    }
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 401]);
+  });
+
+  for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+    it(`T3: an upgrade to an origin that requires a client certificate in TLS (${maxVersion}), the agent with a selector: as for a request, the selector is asked with the server's CAs and requiredInHandshake, and the upgrade goes again presenting its choice`, async () => {
+      origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+      const { asked, select } = recordingSelector(origin.origin);
+      agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT, maxVersion }, proxy: false });
+      // Before: ConnectionClosedError (TLS 1.3) or Node's bare ECONNRESET (TLS 1.2); the selector never asked.
+      const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(socket as Socket);
+      expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+      expect(asked).toHaveLength(1);
+      expect(asked[0]!.challenge).toMatchObject({ scheme: 'Transport', params: { mode: 'tls-client-certificate' } });
+      expect(asked[0]!.info.requiredInHandshake).toBe(true);
+      expect(asked[0]!.info.acceptableIssuers?.map((n) => n.name)).toEqual([new X509Certificate(CA_CERT).subject]);
+      // The origin's now: the next upgrade presents it at once.
+      const again = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+      sockets.push(again.socket as Socket);
+      expect(asked).toHaveLength(1);
+    });
+  }
+
+  it('T3: an upgrade to an origin that requires a client certificate in TLS, the selector declining: ClientCertificateRequiredError naming the server’s CAs, as for a request', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    const { asked, select } = recordingSelector('none');
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ClientCertificateRequiredError);
+    expect(err!.message).toContain('the selector returned none');
+    expect(asked).toHaveLength(1);
+    expect(origin.seen).toEqual([]);
+  });
+
+  it('S1/T3: an upgrade to an origin not trusted that requires a client certificate in TLS asks no selector and presents none', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, requireClientCertificate: true });
+    const { asked, select } = recordingSelector('any');
+    agent = new MultilegAgent({
+      clientCertificate: select,
+      trustedOrigins: ['https://elsewhere.example'],
+      connect: { ca: CA_CERT },
+      proxy: false,
+    });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
+    expect(err).not.toBeInstanceOf(ClientCertificateRequiredError);
+    expect(asked).toEqual([]);
+    expect(origin.seen).toEqual([]);
   });
 
   it('R3: the first bare 401 to an upgrade whose body never ends is bounded by handshakeTimeout', async () => {

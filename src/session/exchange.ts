@@ -264,12 +264,25 @@ const failed = (job: Job, err: Error): Step => {
  * run here, with their errors), before the caller gets it.
  */
 function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): void {
+  publishUnanswered401(job.origin, job.dispatchOptions.path, headers, unusableWhy);
+}
+
+/**
+ * `deliver401`: publishes why the 401 in `headers` for `origin` + `path` goes to the caller: the
+ * offered schemes of `unusableWhy` (by scheme key: why each cannot run here). Requests' and upgrades'.
+ */
+export function publishUnanswered401(
+  origin: string,
+  path: string,
+  headers: ResponseHeaders,
+  unusableWhy: ReadonlyMap<string, Error> | undefined,
+): void {
   publishUnanswered(() => {
     const offered = readChallenges(headers);
     const byKey = new Map(offered.map((c) => [c.schemeKey, c.scheme]));
     return {
-      origin: job.origin,
-      path: job.dispatchOptions.path,
+      origin,
+      path,
       schemes: offered.map((c) => c.scheme),
       unusable: [...(unusableWhy ?? [])]
         .filter(([key]) => byKey.has(key))

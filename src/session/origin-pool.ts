@@ -189,7 +189,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       pairing: this.#challenges,
       ...(options.clientCertificate ? { selectCertificate: options.clientCertificate } : {}),
       ...(options.askAcceptableIssuers ? { askAcceptableIssuers: true } : {}),
-      certificateRequest: () => this.#certificateRequest(),
+      certificateRequest: () => this.certificateRequest(),
       // A probe that ends after destroy() (aborted by it) asks no selector of the caller's.
       destroyed: () => (this.#end?.kind === 'destroyed' ? ownCopy(this.#end.error) : undefined),
       report,
@@ -212,9 +212,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * its acceptable CAs, for the caller's selector and to confirm that a refused connection was a
    * demand for one. One probe per origin, made as this pool's sessions connect (its proxy route,
    * `connectTo`, the agent's TLS options), its answer kept in the origin's memory unless it could
-   * not tell.
+   * not tell. The origin's upgrades ask it too.
    */
-  #certificateRequest(): Promise<ProbeAnswer> {
+  certificateRequest(): Promise<ProbeAnswer> {
     const kept = this.memory.certificateRequest;
     if (kept) return kept;
     this.#probing ??= new AbortController();

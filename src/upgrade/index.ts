@@ -8,6 +8,7 @@
  * limits.handshakeTimeout: the upgrade fails) — and the caller sees only the final answer: the
  * upgraded socket, or a response.
  */
+import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { type buildConnector, Client, type Dispatcher } from 'undici';
@@ -29,17 +30,43 @@ import {
   ownCopy,
 } from '../errors.ts';
 import { handshakeClock } from '../handshake/handshake.ts';
+import { type HeldResponse, replayHeld } from '../handshake/leg.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { type HeaderMap, saysClose } from '../headers.ts';
 import { log } from '../log.ts';
-import { atOpening, cannotRunHere, challengeAsks, type MechanismSet, sentPassword } from '../mechanisms/registry.ts';
+import {
+  atOpening,
+  cannotRunHere,
+  challengeAsks,
+  type MechanismSet,
+  sentPassword,
+  TRANSPORT,
+} from '../mechanisms/registry.ts';
 import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
-import { type ClientCertificate, type CookieStore, type Limits, portOf, unbracketed } from '../options.ts';
+import {
+  type ClientCertificate,
+  type ClientCertificateSelector,
+  type CookieStore,
+  type Limits,
+  portOf,
+  unbracketed,
+} from '../options.ts';
 import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
+import {
+  answerCertificateDemand,
+  type CertificateDemand,
+  ClientCertificateRefusedError,
+  ClientCertificateRequiredError,
+  certificateRefusal,
+  mayDemandCertificate,
+  selectCertificate,
+} from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import { publishUnanswered401 } from '../session/exchange.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
+import type { OriginPool } from '../session/origin-pool.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
@@ -60,6 +87,20 @@ export interface UpgradeOptions {
   /** Presented in the TLS handshake of upgrades that may carry credentials (T3). */
   readonly handshakeCertificate?: ClientCertificate;
   /**
+   * The agent's certificate selector (a certificate given as such is one too): asked at a `Transport`
+   * challenge to an upgrade that may carry credentials (T3, S1), as for a request.
+   */
+  readonly clientCertificate?: ClientCertificateSelector;
+  /** The selector is the caller's: it is told the server's acceptable CAs (the origin's probe). */
+  readonly askAcceptableIssuers?: boolean;
+  /**
+   * The origin's certificate as its requests present it, and its acceptable-CAs probe, shared with
+   * its requests (T3): a certificate the selector chose, for a request or an upgrade, is the origin's.
+   */
+  readonly transportOf?: (origin: string) => Pick<OriginPool, 'memory' | 'certificateRequest'>;
+  /** The certificate the origin's requests present now (chosen by the selector), if the agent knows the origin. */
+  readonly certificateAt?: (origin: string) => ClientCertificate | undefined;
+  /**
    * Whether the agent's credentials work at an origin, shared with its requests: an upgrade's
    * handshake waits for another one proving them, and none runs while they are refused (R4).
    */
@@ -74,6 +115,11 @@ export interface UpgradeOptions {
   /** The agent's `markPrivate`: a non-101 answer to the agent's identity gets `Cache-Control: private` (S6). */
   readonly markPrivate?: boolean;
   /**
+   * The agent's `deliver401`: a 401 whose offered schemes cannot run here (no Kerberos ticket…) is
+   * the caller's response, told why on `multileg:unanswered`, as a request's is; else the typed error.
+   */
+  readonly deliver401?: boolean;
+  /**
    * Told who an upgrade's handshake proved, where the credentials live outside the agent (a Kerberos
    * ticket): whose logins the cookie jar may then hold, as a request's handshake tells it (S6).
    */
@@ -82,7 +128,8 @@ export interface UpgradeOptions {
 
 /** One leg's outcome, as far as the handshake is concerned. */
 type LegOutcome =
-  | { readonly kind: 'challenged'; readonly headers: Headers }
+  /** `held`: the 401 in full, when the classifier asked to hold it (it may turn out the caller's). */
+  | { readonly kind: 'challenged'; readonly headers: Headers; readonly held?: HeldResponse }
   | { readonly kind: 'delivered'; readonly status: number }
   /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
   | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
@@ -108,6 +155,10 @@ interface Line {
   spare?: Socket | undefined;
   /** The upgrade ended: a connection {@link open} makes later is closed at once. */
   ended?: boolean;
+  /** The client certificate the connections made from now present (T3), if any. */
+  certificate?: ClientCertificate | undefined;
+  /** The current connection has answered something (false once it closed, and before the next is made). */
+  answered: boolean;
 }
 
 /** The connector's refusal of a new connection for a leg bound to the one that closed (internal). */
@@ -203,22 +254,75 @@ export class UpgradeDispatcher {
     await Promise.all(this.#running.keys());
   }
 
+  /**
+   * T3: the agent's selector's certificate for `origin`'s Transport `challenge` (undefined: declined),
+   * the server's acceptable CAs told a selector of the caller's (the origin's probe, shared with its
+   * requests); the caller's abort, or the agent's destroy, ends the wait.
+   * @throws {HandshakeTimeoutError} when the probe and the selector do not answer within limits.handshakeTimeout.
+   * @throws {ClientCertificateError} when the selector throws or gives an unusable certificate.
+   */
+  #select(origin: string, challenge: Challenge, sink: UserSink): Promise<ClientCertificate | undefined> {
+    const { clientCertificate, askAcceptableIssuers, transportOf, limits } = this.#options;
+    const probe = askAcceptableIssuers && transportOf ? () => transportOf(origin).certificateRequest() : undefined;
+    return sink.unlessAborted(
+      selectCertificate(clientCertificate!, origin, challenge, limits.handshakeTimeout, probe, () =>
+        sink.aborted ? (sink.reason ?? undefined) : undefined,
+      ),
+    );
+  }
+
+  /**
+   * T3: a connection failed as one whose server requires a certificate in TLS: the origin's probe
+   * confirms it and the selector (if any) is asked, within limits.handshakeTimeout, as for a request;
+   * the caller's abort, or the agent's destroy, ends the wait.
+   */
+  #demand(origin: string, sink: UserSink): Promise<CertificateDemand> {
+    const { clientCertificate, transportOf, limits } = this.#options;
+    return sink.unlessAborted(
+      answerCertificateDemand(
+        clientCertificate,
+        origin,
+        limits.handshakeTimeout,
+        () => transportOf!(origin).certificateRequest(),
+        () => (sink.aborted ? (sink.reason ?? undefined) : undefined),
+      ),
+    );
+  }
+
+  /**
+   * T3: the server refused the certificate `line` presents (`refusal`: a TLS alert's code, or
+   * `'closed'`), as a request's error says it. One the selector chose is the origin's no longer (its
+   * requests and next upgrades present none until it is asked again); one given as such stays.
+   */
+  #refused(origin: string, line: Line, refusal: string, cause: Error): ClientCertificateRefusedError {
+    // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
+    const chosen = this.#options.askAcceptableIssuers === true;
+    if (chosen) {
+      const memory = this.#options.transportOf?.(origin).memory;
+      if (memory && memory.clientCertificate === line.certificate) memory.clientCertificate = undefined;
+    }
+    log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
+    return new ClientCertificateRefusedError(origin, refusal === 'closed' ? undefined : refusal, chosen, { cause });
+  }
+
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
   #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
-    const { connect, limits, handshakeCertificate } = this.#options;
-    // The agent's certificate is a credential: only where credentials may go (T3, S1).
-    const tls = credentialsAllowed && handshakeCertificate ? { ...connect, ...handshakeCertificate } : connect;
+    const { connect, limits, handshakeCertificate, certificateAt } = this.#options;
+    const line = { connections: 0, bound: false, answered: false } as Line;
+    // The agent's certificate is a credential: only where credentials may go (T3, S1). The one the
+    // origin's requests present (the selector's choice), else one given as such.
+    if (credentialsAllowed) line.certificate = certificateAt?.(origin) ?? handshakeCertificate;
+    // (Read at each connection: a Transport challenge moves the upgrade to one presenting a certificate.)
+    const tlsNow = (): ConnectionOptions => (line.certificate ? { ...connect, ...line.certificate } : connect);
     // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
     const route = this.#options.proxy.route(origin);
     // An upgrade is an HTTP/1.1 affair (undici speaks no extended CONNECT over HTTP/2): ALPN offers
     // only http/1.1, here as through a tunnel, or an h2 server would take the connection to HTTP/2.
-    const base = route
-      ? undefined
-      : routedConnector(
-          { ...(tls as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
-          this.#options.connectTo,
-        );
-    const line = { connections: 0, bound: false } as Line;
+    const base = () =>
+      routedConnector(
+        { ...(tlsNow() as buildConnector.BuildOptions), maxCachedSessions: 0, allowH2: false },
+        this.#options.connectTo,
+      );
     const connected = (callback: buildConnector.Callback) => (err: Error | null, socket: Socket | null) => {
       if (err) {
         callback(err, null);
@@ -229,15 +333,19 @@ export class UpgradeDispatcher {
       line.channelBinding = tlsServerEndPoint(cert);
       line.connections += 1;
       line.socket = socket!;
+      line.answered = false;
+      socket!.once('close', () => {
+        if (line.socket === socket) line.answered = false;
+      });
       callback(null, socket!);
     };
     const dial: buildConnector.connector = (opts, callback) => {
-      if (base) {
-        base(opts, connected(callback) as buildConnector.Callback);
+      if (!route) {
+        base()(opts, connected(callback) as buildConnector.Callback);
         return;
       }
       const port = portOf(opts);
-      connectThroughTunnel(route!.proxy, { ...opts, port }, tls, ['http/1.1'], limits).then(
+      connectThroughTunnel(route.proxy, { ...opts, port }, tlsNow(), ['http/1.1'], limits).then(
         // (One upgrade's connection, the caller's once upgraded: no pool keeps it to retire it, S6.)
         ({ socket }) => connected(callback)(null, socket),
         (err: Error) => callback(err, null),
@@ -312,8 +420,9 @@ export class UpgradeDispatcher {
     // (A body read ahead of time, e.g. a stream: undici's upgrade() and connect() send none.)
     const body = prepared instanceof Promise ? await preparedBody(prepared, sink, limits.queueTimeout) : prepared;
     let answering = credentialsAllowed && body.replayable;
-    const certified =
-      credentialsAllowed && this.#options.handshakeCertificate !== undefined && origin.startsWith('https:');
+    // Presenting the agent's certificate (T3): set where credentials may go (see #client), and once
+    // the selector chose one at a Transport challenge.
+    let certified = line.certificate !== undefined && origin.startsWith('https:');
     // Leave to send the agent's credentials at this origin, shared with its requests (R4); looked
     // up at the first 401 (an upgrade no one challenges leaves the agent no origin memory).
     const proofOf = this.#options.proofOf;
@@ -332,6 +441,24 @@ export class UpgradeDispatcher {
       proxy: false,
     });
     const excluded = new Set<string>();
+    // T3: a Transport challenge is answered by the selector, for an https upgrade that may carry
+    // credentials (S1: a trusted origin, no cross-origin hop); once, and not by a connection that
+    // presents a certificate already (as a request's session).
+    const maySelect =
+      credentialsAllowed && this.#options.clientCertificate !== undefined && origin.startsWith('https:');
+    let selected = false;
+    /** T3: the upgrade goes again on a new connection presenting `certificate`, the origin's now (its requests present it too). */
+    const present = async (certificate: ClientCertificate) => {
+      const memory = this.#options.transportOf?.(origin).memory;
+      if (memory) memory.clientCertificate = certificate;
+      line.certificate = certificate;
+      certified = true;
+      await sink.unlessAborted(closed(line.socket));
+    };
+    const keepOutTransport = () => {
+      if (!maySelect || selected || line.certificate !== undefined) excluded.add(TRANSPORT);
+    };
+    keepOutTransport();
     // What the origin's requests and upgrades found unusable lately (R4), read at the first 401 (as
     // the proof: no memory for an upgrade no one challenges).
     const schemesOf = this.#options.schemesOf;
@@ -339,21 +466,26 @@ export class UpgradeDispatcher {
     const schemesHere = () => (schemes ??= schemesOf?.(origin));
     /** Why the last scheme excluded here could not run (this upgrade's finding, or the origin's memory). */
     let lastUnusable: Error | undefined;
+    /** Why each scheme excluded here could not run, by scheme key (deliver401 publishes it). */
+    const unusableWhy = new Map<string, Error>();
     let recalled = false;
     const recall = () => {
       if (recalled) return;
       recalled = true;
       for (const [scheme, error] of schemesHere()?.unusable() ?? []) {
         excluded.add(scheme);
+        unusableWhy.set(scheme, error);
         lastUnusable = error;
       }
     };
     /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
     const unusable = (schemeKey: string, error: Error) => {
       excluded.add(schemeKey);
+      unusableWhy.set(schemeKey, error);
       lastUnusable = error;
       schemesHere()?.markUnusable(schemeKey, error);
     };
+    const deliver401 = this.#options.deliver401 === true;
     /** The context whose step runs now: what it waits on names a timeout's cause (a silent KDC, R3). */
     let stepping: MechanismContext | undefined;
     let auth: Auth | undefined;
@@ -394,6 +526,8 @@ export class UpgradeDispatcher {
           auth = undefined;
           boundTo = undefined;
           excluded.clear();
+          unusableWhy.clear();
+          keepOutTransport();
           recalled = false;
         }
         if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
@@ -418,6 +552,7 @@ export class UpgradeDispatcher {
           authorization,
           sink,
           (status, h) => {
+            line.answered = true;
             if (cookies) tellJar(cookies.jar, cookies.url, h);
             if (status !== 401) return false;
             const offered = readChallenges(h, false);
@@ -458,10 +593,20 @@ export class UpgradeDispatcher {
             }
             if (!auth) {
               recall();
-              if (mechanisms.choose(offered, excluded)?.mechanism !== undefined) return true;
+              // deliver401: held in full, to be the caller's if what it offers cannot run here (the
+              // upgrade is sent once, as a request is).
+              const chosen = mechanisms.choose(offered, excluded);
+              if (chosen?.mechanism !== undefined) return deliver401 ? 'hold' : true;
+              // T3: held too, the caller's as it came if the selector declines and nothing else answers.
+              if (chosen) return 'hold';
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
-              // once, as a request does (R4), rather than trying them again.
-              if (lastUnusable && mechanisms.choose(offered)?.mechanism !== undefined) {
+              // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
+              // the caller's, told why.
+              if (lastUnusable && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined) {
+                if (deliver401) {
+                  publishUnanswered401(origin, opts.path, h, unusableWhy);
+                  return false;
+                }
                 asks = 'unusable';
                 return true;
               }
@@ -501,20 +646,76 @@ export class UpgradeDispatcher {
           if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
           // The server closed the connection under a written leg: typed, as for a request, saying
           // whether it had answered this handshake's challenges on it and whether the password went.
-          if (outcome.unanswered && !sink.aborted && closedUnder(outcome.error)) {
-            throw new ConnectionClosedError(origin, opts.method, {
-              cause: outcome.error,
-              upgrade: true,
-              ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
-              ...(counted ? { unproved: 'Authorization' } : {}),
-            });
+          const error =
+            outcome.unanswered && !sink.aborted && closedUnder(outcome.error)
+              ? new ConnectionClosedError(origin, opts.method, {
+                  cause: outcome.error,
+                  upgrade: true,
+                  ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
+                  ...(counted ? { unproved: 'Authorization' } : {}),
+                })
+              : outcome.error;
+          // T3: a connection presenting the agent's certificate failed before answering anything, as
+          // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
+          const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
+          if (refusal !== undefined) throw this.#refused(origin, line, refusal, error);
+          // T3: a first connection presenting none failed as one whose server requires a certificate in
+          // TLS does: as for a request, the probe confirms it, the selector is asked (told the server's
+          // CAs), and the upgrade goes again on a new connection presenting its choice.
+          if (
+            !auth &&
+            answering &&
+            !certified &&
+            !selected &&
+            !line.answered &&
+            !sink.aborted &&
+            origin.startsWith('https:') &&
+            this.#options.transportOf !== undefined &&
+            mayDemandCertificate(error, true)
+          ) {
+            selected = true;
+            excluded.add(TRANSPORT);
+            const demand = await this.#demand(origin, sink);
+            if (demand.kind === 'chosen') {
+              log.agent('%s upgrade: the server requires a client certificate: presenting the one chosen', origin);
+              await present(demand.certificate);
+              continue;
+            }
+            if (demand.kind === 'declined') {
+              const selector = this.#options.clientCertificate !== undefined;
+              throw new ClientCertificateRequiredError(origin, selector, demand.issuers, { cause: error });
+            }
           }
-          throw outcome.error;
+          throw error;
         }
         if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
         if (asks === 'unusable') throw ownCopy(lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
+          const transport = mechanisms.choose(challenges, excluded);
+          if (transport && !transport.mechanism) {
+            // T3: the selector picks a certificate for this origin (as for its requests: told the
+            // server's acceptable CAs, within limits.handshakeTimeout), and the upgrade goes again on a
+            // new connection that presents it; declined, the next offered scheme answers, if any.
+            selected = true;
+            excluded.add(TRANSPORT);
+            const certificate = await this.#select(origin, transport.challenge, sink);
+            if (certificate) {
+              log.agent('%s upgrade: Transport: presenting the certificate chosen, on a new connection', origin);
+              await present(certificate);
+              continue;
+            }
+            log.agent('%s upgrade: Transport: the selector declined', origin);
+            if (mechanisms.choose(challenges, excluded)?.mechanism === undefined) {
+              // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
+              // the typed error of a scheme that cannot run here without deliver401.
+              if (lastUnusable && !deliver401) throw ownCopy(lastUnusable);
+              if (lastUnusable) publishUnanswered401(origin, opts.path, outcome.headers, unusableWhy);
+              // (Held: the classifier holds a 401 it chose Transport for.)
+              replayHeld(sink, outcome.held!);
+              return;
+            }
+          }
           const here = proofHere();
           if (here && !ticket) {
             const chosen = mechanisms.choose(challenges, excluded)?.mechanism;
@@ -527,7 +728,18 @@ export class UpgradeDispatcher {
             ticket = admission;
           }
           opened = challenges;
-          auth = await start(challenges);
+          try {
+            auth = await start(challenges);
+          } catch (err) {
+            // deliver401: no offered scheme can run here (start says the last one's reason): the
+            // 401 is the caller's, told why, as a request's (it is sent once).
+            if (deliver401 && outcome.held && err === lastUnusable) {
+              publishUnanswered401(origin, opts.path, outcome.held.headers, unusableWhy);
+              replayHeld(sink, outcome.held);
+              return;
+            }
+            throw err;
+          }
           continue;
         }
         if (asks === 'run-again') {
@@ -618,7 +830,8 @@ export class UpgradeDispatcher {
 
   /**
    * Sends one leg and waits for its outcome. `answer(status, headers)` says whether a response is a
-   * challenge to answer (drained and swallowed) rather than the caller's. `verify` runs before the
+   * challenge to answer (drained and swallowed) rather than the caller's; `'hold'`: one to answer
+   * whose body is kept too, in case it turns out the caller's after all. `verify` runs before the
    * caller sees the final answer of a leg that carried credentials (mutual authentication).
    */
   #leg(
@@ -628,7 +841,7 @@ export class UpgradeDispatcher {
     body: unknown,
     authorization: string | undefined,
     sink: UserSink,
-    answer: (status: number, headers: Headers) => boolean,
+    answer: (status: number, headers: Headers) => boolean | 'hold',
     verify: ((headers: Headers) => Promise<void>) | undefined,
     onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
   ): Promise<LegOutcome> {
@@ -636,6 +849,9 @@ export class UpgradeDispatcher {
     return new Promise((resolve) => {
       let controller: Controller | undefined;
       let swallowed: Headers | undefined;
+      /** A held challenge's body (`answer` said `'hold'`) and status message. */
+      let kept: Buffer[] | undefined;
+      let keptMessage = '';
       let status = 0;
       let drained = 0;
       /** Response events held while `verify` runs, replayed to the caller once it passes. */
@@ -698,8 +914,13 @@ export class UpgradeDispatcher {
         },
         onResponseStart(c, responseStatus, h, message) {
           status = responseStatus;
-          if (answer(status, h as Headers)) {
+          const verdict = answer(status, h as Headers);
+          if (verdict) {
             swallowed = h as Headers;
+            if (verdict === 'hold') {
+              kept = [];
+              keptMessage = message ?? '';
+            }
             drainTimer = setTimeout(
               () => fail(new HandshakeTimeoutError(limits.handshakeTimeout, 'Upgrade (a 401 body that never ended)')),
               limits.handshakeTimeout,
@@ -735,15 +956,25 @@ export class UpgradeDispatcher {
                   `a 401 to an upgrade request had a body over limits.maxChallengeBodyBytes (${limits.maxChallengeBodyBytes}); check the server or raise the limit`,
                 ),
               );
-            }
+            } else kept?.push(chunk);
             return;
           }
           deliver(() => sink.responseData(chunk));
         },
-        onResponseEnd(_c, trailers) {
+        onResponseEnd(c, trailers) {
           if (swallowed) {
             clearTimeout(drainTimer);
-            resolve({ kind: 'challenged', headers: swallowed });
+            const raw = c as { rawHeaders?: unknown; rawTrailers?: unknown };
+            const held: HeldResponse | undefined = kept && {
+              status,
+              headers: swallowed,
+              message: keptMessage,
+              body: kept,
+              trailers: trailers as Headers,
+              rawHeaders: raw.rawHeaders,
+              rawTrailers: raw.rawTrailers,
+            };
+            resolve({ kind: 'challenged', headers: swallowed, ...(held ? { held } : {}) });
             return;
           }
           deliver(() => {
@@ -770,6 +1001,20 @@ export class UpgradeDispatcher {
       );
     });
   }
+}
+
+/** Schemes excluded to ask whether a mechanism of the agent's is offered (Transport has none). */
+const NO_TRANSPORT: ReadonlySet<string> = new Set([TRANSPORT]);
+
+/**
+ * Closes `socket` (the connection a Transport challenge came on) and resolves once it has closed:
+ * undici's Client, told first, then opens the next leg's connection (presenting the certificate).
+ */
+function closed(socket: Socket | undefined): Promise<void> {
+  if (!socket || socket.closed) return Promise.resolve();
+  const done = once(socket, 'close').then(() => {});
+  socket.destroy();
+  return done;
 }
 
 /** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
