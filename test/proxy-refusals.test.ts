@@ -15,6 +15,7 @@ import {
   type ProxyUnansweredEvent,
   parseChallenges,
 } from '../src/index.ts';
+import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import {
   type ReferenceProxy,
   type ReferenceProxyOptions,
@@ -410,6 +411,64 @@ describe("callers' own NTLM logins to a forwarding proxy side by side (S6, H1; r
     expect((err as Error).message).toContain('407 with Proxy-Authenticate: NTLM');
     // Before: sent, on a connection that never had his NEGOTIATE.
     expect(p.exchanges.length).toBe(sent);
+  });
+
+  it("H1/R4: a scripted proxy giving two callers' NEGOTIATEs one CHALLENGE (one MsvAvTimestamp): the second NEGOTIATE goes again on its own connection, then neither AUTHENTICATE is sent (they cannot be told apart)", async () => {
+    // One CHALLENGE, its timestamp fixed: every NEGOTIATE gets the same pairing key.
+    const challenge = encodeChallenge({
+      flags: NegotiateFlags.UNICODE | NegotiateFlags.NTLM | NegotiateFlags.TARGET_INFO | NegotiateFlags.NEGOTIATE_128,
+      serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
+      targetName: 'EXAMPLE',
+      avPairs: [
+        { id: 2, value: Buffer.from('EXAMPLE', 'utf16le') },
+        { id: 7, value: Buffer.alloc(8, 1) },
+      ],
+      version: Buffer.alloc(8),
+    }).toString('base64');
+    /** The NTLM message type each connection's requests carried, by connection. */
+    const legs: number[][] = [];
+    const h = await hostile((socket, received) => {
+      const mine: number[] = [];
+      legs.push(mine);
+      eachRequest(socket, received, (head) => {
+        const m = /\r\nproxy-authorization: NTLM (\S+)/i.exec(head);
+        const type = m ? Buffer.from(m[1]!, 'base64').readUInt32LE(8) : 0;
+        mine.push(type);
+        socket.write(
+          type === 1
+            ? `HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM ${challenge}\r\nContent-Length: 0\r\n\r\n`
+            : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+        );
+        return undefined;
+      });
+    });
+    closers.push(() => h.close());
+    agent = new MultilegAgent({ negotiate: false, proxy: { uri: `http://127.0.0.1:${h.port}` } });
+    const leg = {
+      origin: `http://127.0.0.1:${h.port}`,
+      hostname: '127.0.0.1',
+      port: h.port,
+      method: 'GET',
+      path: '/',
+      proxy: true,
+    };
+    const login = (user: string) => ntlmMechanism({ username: user, password: 'pw' }).createContext(leg);
+    const bob = login('bob');
+    const mallory = login('mallory');
+    const bobs = await own('http://origin.example/bob', (await bob.step(undefined, leg))!);
+    const hers = await own('http://origin.example/mallory', (await mallory.step(undefined, leg))!);
+    expect([bobs.statusCode, hers.statusCode]).toEqual([407, 407]);
+    // Bob's CHALLENGE pending on the first connection: hers on a second, asked again (5 times) for another.
+    expect(legs.map((l) => l.join(''))).toEqual(['1', '111111']);
+    const parsed = parseChallenges(bobs.headers['proxy-authenticate'] as string).find((c) => c.token68);
+    const err = await own('http://origin.example/bob', (await bob.step(parsed, leg))!).catch(
+      (e: Error & { reason?: string }) => e,
+    );
+    expect([(err as { code?: string }).code, (err as { reason?: string }).reason]).toEqual([
+      'MULTILEG_NTLM_UNPAIRED',
+      'ambiguous',
+    ]);
+    expect(legs.flat().filter((t) => t === 3)).toEqual([]);
   });
 });
 
