@@ -975,7 +975,9 @@ function identityOf(headers: HeaderMap, allowed: boolean, elsewhere: boolean, me
   // sessions apart from per-request ones (a Bearer the server ignores there would run as that user).
   if (own)
     return ownProxy ? 'caller-both' : mechanisms.bindsConnection(headers.authorization) ? 'caller-bound' : 'caller';
-  if (ownProxy) return 'caller-proxy';
+  // So at a forwarding proxy (NTLM's login there authenticates the proxy connection, review r74).
+  if (ownProxy)
+    return mechanisms.bindsConnection(headers['proxy-authorization']) ? 'caller-proxy-bound' : 'caller-proxy';
   if (elsewhere) return 'elsewhere';
   return allowed ? 'agent' : 'anonymous';
 }

@@ -3,10 +3,12 @@
  * ($XDG_STATE_HOME/multileg), so that one process per run (cron) does not send a wrong password
  * once per run and lock the account.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { RefusalFile } from '../src/cli/refusals.ts';
+import { lockWaitBehind } from '../src/cli/transfer.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -214,5 +216,42 @@ describe('R4: a forwarding proxy\u2019s refusal of --proxy-user is held back acr
     const forced = await run('/public/p3', ['--forget-refusals']);
     expect(forced.code).toBe(22);
     expect(tries('/public/p3')).toBe(1);
+  });
+});
+
+describe('R1/R4: the wait for another run\u2019s lock behind a final 407 (review r74)', () => {
+  it('R1/R4: a 407\'s lock wait is looked up at the proxy, where its password\'s lock is kept: the "waited for another run" line shows for proxies', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-proxy-lock-'));
+    const proxy = 'https://proxy.example:3128';
+    const place = { origin: proxy, proxy: true, credentials: { username: 'proxyuser', password: 'pw' } };
+    const file = new RefusalFile({ dir, warn: () => {} });
+    try {
+      // The lock of this proxy password, then held by another live run (our parent).
+      expect(file.recall(place)).toBeUndefined();
+      const lock = join(dir, readdirSync(dir).find((f) => f.endsWith('.lock'))!);
+      file.release(place);
+      const read = (f: () => string) => {
+        try {
+          return f().trim() || '-';
+        } catch {
+          return '-';
+        }
+      };
+      const boot = read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8'));
+      writeFileSync(lock, `${process.ppid} ${boot} ${hostname()} ${read(() => readlinkSync('/proc/self/ns/pid'))}`);
+      const waiting = file.recall(place) as Promise<unknown>;
+      // Before: undefined, looked up by the URL's origin.
+      expect(lockWaitBehind(file, 407, 'http://intranet.example', proxy)?.holder).toBe(
+        `the run of pid ${process.ppid}`,
+      );
+      // A 401 at the origin waited for nothing here.
+      expect(lockWaitBehind(file, 401, 'http://intranet.example', proxy)).toBeUndefined();
+      rmSync(lock);
+      await waiting;
+      expect(lockWaitBehind(file, 407, 'http://intranet.example', proxy)).toBeUndefined();
+    } finally {
+      file.releaseAll();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

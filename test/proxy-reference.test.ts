@@ -1092,6 +1092,37 @@ describe('a proxy identity whose credentials live outside the agent (S6/H5, refe
     expect(watch.asked.length - asks).toBeLessThanOrEqual(2 * (1 + seconds));
   });
 
+  it("S6/H5: the agent's forwarding-proxy handshake whose caller aborted after its AUTHENTICATE went retires its connection (the proxy may hold it as that identity, unrecorded): once the credentials are gone no request rides it (review r74)", async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy({ ntlmUsers: { proxyuser: 'proxypw' } });
+    const { watch, wrapped } = holding(ntlmMechanism(PROXY_ACCOUNT));
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: ['NTLM'], mechanisms: [wrapped] },
+    });
+    const base = `http://localhost:${server.port}`;
+    const p = proxy;
+    // The proxy takes the AUTHENTICATE ("NTLMSSP\0" type 3) 300 ms after it comes; the caller goes at 100 ms.
+    p.options.delayMs = (r) => (r.proxyAuthorization?.startsWith('NTLM TlRMTVNTUAADAAAA') ? 300 : 0);
+    const gone = new AbortController();
+    setTimeout(() => gone.abort(new Error('went away')), 100);
+    await expect(fetch(`${base}/public/aborted`, { dispatcher: agent, signal: gone.signal })).rejects.toThrow();
+    await sleep(400);
+    p.options.delayMs = undefined;
+    // The proxy holds the connection as proxyuser now. Its credentials leave the ccache.
+    watch.held = false;
+    await sleep(TICKET_RECHECK_MS + 50);
+    const from = p.exchanges.length;
+    expect(await status(`${base}/public/after`)).toBe(200);
+    const after = p.exchanges.slice(from);
+    const first = p.exchanges[0]!.connectionId;
+    // Before: the request went bare on the aborted handshake's connection, let through as proxyuser.
+    expect(after.map((e) => [e.connectionId === first, e.proxyNtlm ?? '-', e.status])).toEqual([
+      [false, 'negotiate', 407],
+      [false, 'authenticate', 200],
+    ]);
+  });
+
   it('S6/H5: a CONNECT tunnel retires once the proxy identity it was made as no longer holds its credentials: the next request goes through a new CONNECT', async () => {
     server = await startReferenceServer({ mode: 'session' });
     proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });

@@ -15,6 +15,7 @@ import {
   type ProxyUnansweredEvent,
   parseChallenges,
 } from '../src/index.ts';
+import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import {
   type ReferenceProxy,
   type ReferenceProxyOptions,
@@ -54,12 +55,14 @@ async function throughProxy(
   proxyOptions: ReferenceProxyOptions,
   agentProxy: Omit<ProxyOptions, 'uri' | 'connect'> = {},
   limits: MultilegAgentOptions['limits'] = {},
+  allowH2 = true,
 ): Promise<{ p: ReferenceProxy; base: string; a: MultilegAgent }> {
   server = await startReferenceServer({ mode: 'session' });
   proxy = await startReferenceProxy(proxyOptions);
   agent = new MultilegAgent({
     negotiate: false,
     limits,
+    allowH2,
     proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, ...agentProxy },
   });
   return { p: proxy, base: `http://localhost:${server.port}`, a: agent };
@@ -319,6 +322,153 @@ describe("a caller's own connection-bound Proxy-Authorization (S6, reference pro
     // Before: 200, through the proxy as bob, on the connection his login took.
     expect(res.statusCode).toBe(407);
     expect(connections('/public/mallory').some((id) => connections('/public/bob').includes(id))).toBe(false);
+  });
+});
+
+describe("callers' own NTLM logins to a forwarding proxy side by side (S6, H1; review r74)", () => {
+  /** A caller's own NTLM handshake with the reference proxy `p` (its legs' Proxy-Authorization), as `user`. */
+  const caller = (p: ReferenceProxy, user: string, password: string) => {
+    const leg = { origin: p.origin, hostname: 'localhost', port: p.port, method: 'GET', path: '/', proxy: true };
+    const mechanism = ntlmMechanism({ username: user, password });
+    let ctx = mechanism.createContext(leg);
+    return {
+      /** A new handshake's NEGOTIATE. */
+      negotiate: async () => {
+        ctx = mechanism.createContext(leg);
+        return (await ctx.step(undefined, leg))!;
+      },
+      authenticate: async (res: { headers: Record<string, string | string[] | undefined> }) =>
+        (await ctx.step(
+          parseChallenges(res.headers['proxy-authenticate'] as string).find((c) => c.token68),
+          leg,
+        ))!,
+    };
+  };
+  /** A GET of `url` through the agent with its own `proxy-authorization`: status, headers, body read. */
+  const own = async (url: string, proxyAuthorization: string) => {
+    const res = await request(url, { dispatcher: agent!, headers: { 'proxy-authorization': proxyAuthorization } });
+    await res.body.dump();
+    return res;
+  };
+  /** The proxy connections the requests for `path` arrived on, and who each was let through as. */
+  const arrivals = (p: ReferenceProxy, path: string) =>
+    p.exchanges.filter((e) => e.target.endsWith(path)).map((e) => [e.connectionId, e.proxyUser ?? null]);
+
+  it("S6: over an HTTP/2 proxy connection, bob's NTLM login never authenticates Mallory's request in flight beside it: hers is not let through as bob", async () => {
+    const { p, base } = await throughProxy({ ntlmUsers: { bob: 'bobpw' } });
+    const bob = caller(p, 'bob', 'bobpw');
+    const mallory = caller(p, 'mallory', 'x');
+    // The proxy connection is up (an HTTP/2 session takes more than its first request once that is answered).
+    expect((await own(`${base}/public/warm`, await mallory.negotiate())).statusCode).toBe(407);
+    // The proxy holds Mallory's next request (a NEGOTIATE) 300 ms before it looks at the connection.
+    p.options.delayMs = (r) => (r.target.endsWith('/public/mallory') ? 300 : 0);
+    const hers = own(`${base}/public/mallory`, await mallory.negotiate());
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const first = await own(`${base}/public/bob`, await bob.negotiate());
+    expect(first.statusCode).toBe(407);
+    expect((await own(`${base}/public/bob`, await bob.authenticate(first))).statusCode).toBe(200);
+    // Before: 200, let through as bob on the HTTP/2 session bob's login authenticated under it.
+    expect((await hers).statusCode).toBe(407);
+    expect(p.exchanges.find((e) => e.target.endsWith('/public/bob'))?.protocol).toBe('h2');
+    const bobs = arrivals(p, '/public/bob');
+    expect(bobs.map(([, user]) => user)).toEqual([null, 'EXAMPLE\\bob']);
+    expect(arrivals(p, '/public/mallory')).toEqual([[expect.not.stringMatching(`^${bobs[0]![0]}$`), null]]);
+  });
+
+  it("H1: over HTTP/1.1, a caller's NEGOTIATE and AUTHENTICATE go on one proxy connection, whatever another caller's login takes meanwhile", async () => {
+    const { p, base } = await throughProxy({ ntlmUsers: { bob: 'bobpw' } }, {}, {}, false);
+    const bob = caller(p, 'bob', 'bobpw');
+    const mallory = caller(p, 'mallory', 'x');
+    const first = await own(`${base}/public/bob`, await bob.negotiate());
+    expect(first.statusCode).toBe(407);
+    // Mallory's NEGOTIATE, held 300 ms by the proxy, is on the wire when bob's AUTHENTICATE goes.
+    p.options.delayMs = (r) => (r.target.endsWith('/public/mallory') ? 300 : 0);
+    const hers = own(`${base}/public/mallory`, await mallory.negotiate());
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Before: 407, bob's AUTHENTICATE sent on a connection that never had his NEGOTIATE.
+    expect((await own(`${base}/public/bob`, await bob.authenticate(first))).statusCode).toBe(200);
+    expect((await hers).statusCode).toBe(407);
+    expect(p.exchanges.find((e) => e.target.endsWith('/public/bob'))?.protocol).toBe('http/1.1');
+    const bobs = arrivals(p, '/public/bob');
+    expect(bobs).toEqual([
+      [bobs[0]![0], null],
+      [bobs[0]![0], 'EXAMPLE\\bob'],
+    ]);
+    expect(arrivals(p, '/public/mallory')).toEqual([[expect.not.stringMatching(`^${bobs[0]![0]}$`), null]]);
+  });
+
+  it("H1/R4: a caller's own proxy AUTHENTICATE whose NEGOTIATE went through another agent is not sent (the proxy would read it against another context): MULTILEG_NTLM_UNPAIRED naming the proxy", async () => {
+    const { p, base, a } = await throughProxy({ ntlmUsers: { bob: 'bobpw' } });
+    const bob = caller(p, 'bob', 'bobpw');
+    const first = await own(`${base}/public/bob`, await bob.negotiate());
+    const authenticate = await bob.authenticate(first);
+    agent = new MultilegAgent({ negotiate: false, proxy: { uri: p.origin, connect: { ca: p.ca } } });
+    const sent = p.exchanges.length;
+    const err = await own(`${base}/public/bob`, authenticate).catch((e: Error & { code?: string }) => e);
+    await a.destroy();
+    expect((err as { code?: string }).code).toBe('MULTILEG_NTLM_UNPAIRED');
+    expect((err as Error).message).toContain(`to proxy ${p.origin} was not sent`);
+    expect((err as Error).message).toContain('407 with Proxy-Authenticate: NTLM');
+    // Before: sent, on a connection that never had his NEGOTIATE.
+    expect(p.exchanges.length).toBe(sent);
+  });
+
+  it("H1/R4: a scripted proxy giving two callers' NEGOTIATEs one CHALLENGE (one MsvAvTimestamp): the second NEGOTIATE goes again on its own connection, then neither AUTHENTICATE is sent (they cannot be told apart)", async () => {
+    // One CHALLENGE, its timestamp fixed: every NEGOTIATE gets the same pairing key.
+    const challenge = encodeChallenge({
+      flags: NegotiateFlags.UNICODE | NegotiateFlags.NTLM | NegotiateFlags.TARGET_INFO | NegotiateFlags.NEGOTIATE_128,
+      serverChallenge: Buffer.from('0123456789abcdef', 'hex'),
+      targetName: 'EXAMPLE',
+      avPairs: [
+        { id: 2, value: Buffer.from('EXAMPLE', 'utf16le') },
+        { id: 7, value: Buffer.alloc(8, 1) },
+      ],
+      version: Buffer.alloc(8),
+    }).toString('base64');
+    /** The NTLM message type each connection's requests carried, by connection. */
+    const legs: number[][] = [];
+    const h = await hostile((socket, received) => {
+      const mine: number[] = [];
+      legs.push(mine);
+      eachRequest(socket, received, (head) => {
+        const m = /\r\nproxy-authorization: NTLM (\S+)/i.exec(head);
+        const type = m ? Buffer.from(m[1]!, 'base64').readUInt32LE(8) : 0;
+        mine.push(type);
+        socket.write(
+          type === 1
+            ? `HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM ${challenge}\r\nContent-Length: 0\r\n\r\n`
+            : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+        );
+        return undefined;
+      });
+    });
+    closers.push(() => h.close());
+    agent = new MultilegAgent({ negotiate: false, proxy: { uri: `http://127.0.0.1:${h.port}` } });
+    const leg = {
+      origin: `http://127.0.0.1:${h.port}`,
+      hostname: '127.0.0.1',
+      port: h.port,
+      method: 'GET',
+      path: '/',
+      proxy: true,
+    };
+    const login = (user: string) => ntlmMechanism({ username: user, password: 'pw' }).createContext(leg);
+    const bob = login('bob');
+    const mallory = login('mallory');
+    const bobs = await own('http://origin.example/bob', (await bob.step(undefined, leg))!);
+    const hers = await own('http://origin.example/mallory', (await mallory.step(undefined, leg))!);
+    expect([bobs.statusCode, hers.statusCode]).toEqual([407, 407]);
+    // Bob's CHALLENGE pending on the first connection: hers on a second, asked again (5 times) for another.
+    expect(legs.map((l) => l.join(''))).toEqual(['1', '111111']);
+    const parsed = parseChallenges(bobs.headers['proxy-authenticate'] as string).find((c) => c.token68);
+    const err = await own('http://origin.example/bob', (await bob.step(parsed, leg))!).catch(
+      (e: Error & { reason?: string }) => e,
+    );
+    expect([(err as { code?: string }).code, (err as { reason?: string }).reason]).toEqual([
+      'MULTILEG_NTLM_UNPAIRED',
+      'ambiguous',
+    ]);
+    expect(legs.flat().filter((t) => t === 3)).toEqual([]);
   });
 });
 

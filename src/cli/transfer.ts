@@ -30,7 +30,7 @@ import {
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { headNames, pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
-import type { LockWait } from './refusals.ts';
+import type { LockWait, RefusalFile } from './refusals.ts';
 import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -235,6 +235,21 @@ function lockWaitNote(wait: LockWait): string {
 }
 
 /**
+ * R4, R1: the wait for another run's lock behind a final 401 (at `origin`) or 407 (at `proxy`, where
+ * a proxy password's lock is kept: review r74, looked up by the URL's origin it never showed) that
+ * the request gave up on, going without the password.
+ */
+export function lockWaitBehind(
+  refusals: Pick<RefusalFile, 'waitingFor'> | undefined,
+  status: number,
+  origin: string,
+  proxy: string | undefined,
+): LockWait | undefined {
+  if (status === 401) return refusals?.waitingFor(origin);
+  return status === 407 && proxy !== undefined ? refusals?.waitingFor(proxy, true) : undefined;
+}
+
+/**
  * Why a final 401 or 407 stood, in words, once its body is read: why what it offers could not run
  * here (no Kerberos ticket: the agent's deliver401 made it the answer), or explain.ts's account of the 401; a forwarding
  * proxy's 407 as curl shows it (proxy.deliver407).
@@ -253,8 +268,12 @@ async function whyStood(
     return unanswered.unusable.map((u) => `${forCli(u.message)} (${u.code})`).join('; ');
   // R4, R1: another run held this password's lock (trying it here) longer than the request waits:
   // it went without the password, for that reason and not for any of the scheme's.
-  const waiting =
-    status === 401 || status === 407 ? command.refusals?.waitingFor(url.origin, status === 407) : undefined;
+  const waiting = lockWaitBehind(
+    command.refusals,
+    status,
+    url.origin,
+    status === 407 ? await proxyFor(req, url) : undefined,
+  );
   if (waiting) return lockWaitLine(waiting);
   // R4: held back from the first because an earlier run's try of this password was refused there.
   const remembered = status === 401 ? command.refusals?.heldBack(url.origin) : undefined;

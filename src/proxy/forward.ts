@@ -26,6 +26,10 @@ const SILENT_CLOSE =
 const REFUSED_BOUND =
   'the proxy refused the connection-bound handshake on it (its 407 went to the caller): the next one goes on a new connection';
 
+/** Why a connection is left after the agent's credential leg of a connection-bound handshake went unanswered. */
+const UNANSWERED_BOUND =
+  "the agent's connection-bound handshake with the proxy ended with its credentials written and no answer read (the caller aborted, or a timeout): the proxy may hold the connection as that identity, unrecorded, so the next request goes on a new connection";
+
 /** Why a connection is left after a scheme whose challenge could not be read (T2). */
 const FELL_THROUGH =
   "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
@@ -228,6 +232,8 @@ export class ForwardProxy {
       onWire = l;
       lastLeg = l;
     };
+    /** The last leg went to the socket (read through a closure: `started` sets it meanwhile). */
+    const written = () => lastLeg?.written === true;
     // This request's leave to send the proxy credentials (account lockout: tried one at a time until
     // proved, not at all for a while after the proxy refused them), and what it learnt of them.
     const proof = this.route.proxy.proof;
@@ -383,6 +389,24 @@ export class ForwardProxy {
         );
         onWire = undefined;
         if (result.kind === 'failed') failure = result.error;
+        // S6: this handshake's credentials (not an NTLM NEGOTIATE: it proves nobody) went on the
+        // wire and its request ended with no answer read (the caller aborted): the proxy may have
+        // taken them and hold the connection as that identity — a holder nothing recorded, which the
+        // check for ambient Kerberos could never retire once its ticket is gone (review r74). It
+        // ends, reported failed, and the connection retires. (A lost connection is gone anyway.)
+        if (
+          result.kind === 'failed' &&
+          turn.state === 'leading' &&
+          this.#auth.state === 'handshaking' &&
+          this.#auth.connectionBound &&
+          credentials !== undefined &&
+          !carriesNoSecret(credentials.value) &&
+          written() &&
+          !connectionLost(result.error)
+        ) {
+          this.#auth.abandon(result.error);
+          this.#onUnusable(new Error(UNANSWERED_BOUND));
+        }
         // A leg answering this handshake's 407 lost its connection before any answer (the proxy
         // closed it after the 407 without saying so): a connection-bound handshake cannot go on
         // elsewhere — a new connection would start it bare again, and again. Named now.

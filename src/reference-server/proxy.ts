@@ -60,6 +60,8 @@ export interface ProxyExchange {
   readonly authorization: boolean;
   /** The NTLM message its Proxy-Authorization carried, if any (whether or not the proxy asks for NTLM). */
   readonly proxyNtlm?: 'negotiate' | 'authenticate';
+  /** Who the proxy let the request through as: the user its connection's NTLM login proved (`ntlmUsers`), if any. */
+  readonly proxyUser?: string;
   readonly status: number;
 }
 
@@ -214,6 +216,8 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
     });
     if (delay && delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
     const ntlm = ntlmMessage(headers['proxy-authorization']);
+    /** The NTLM user this connection is authenticated as, once it is. */
+    let proxyUser: string | undefined;
     const record = (status: number) =>
       exchanges.push({
         seq: ++seq,
@@ -225,6 +229,7 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
         authorization: headers.authorization !== undefined,
         ...(ntlm?.type === 1 ? { proxyNtlm: 'negotiate' as const } : {}),
         ...(ntlm?.type === 3 ? { proxyNtlm: 'authenticate' as const } : {}),
+        ...(proxyUser !== undefined ? { proxyUser } : {}),
         status,
       });
     const end = (status: number, extra: Record<string, string | string[]> = {}) => {
@@ -255,6 +260,7 @@ export async function startReferenceProxy(opts: ReferenceProxyOptions = {}): Pro
         if (step?.kind !== 'accepted') return challenge();
         state.user = step.user;
       }
+      proxyUser = state.user;
     } else if (!authorized(options, headers['proxy-authorization'])) {
       return challenge();
     }

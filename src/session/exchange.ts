@@ -48,7 +48,7 @@ import type { Admission, Ticket } from './credential-proof.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
-import type { Session, WaitOutcome } from './session.ts';
+import { ownProxy, type Session, type WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
 /**
@@ -579,9 +579,11 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   const { job, env } = run;
   if (status === 401) {
     env.memory.unchallenged = false;
-    if (job.ntlm?.kind === 'opening' && pairChallenge(run, seen, headers)) return 'swallow';
+    if (job.ntlm?.kind === 'opening' && !job.ntlmAtProxy && pairChallenge(run, seen, headers)) return 'swallow';
     if (job.identity !== 'agent') callerRefused(run, status, headers);
   } else if (job.identity !== 'agent') {
+    if (status === 407 && job.ntlm?.kind === 'opening' && job.ntlmAtProxy && pairChallenge(run, seen, headers, true))
+      return 'swallow';
     if (status === 407) callerRefused(run, status, headers);
     callerAnswered(run, status, headers);
   }
@@ -673,13 +675,14 @@ export const MAX_REASKS = 5;
  * (a server clock that ticked no further between the two MsvAvTimestamps) could not be told from it:
  * the NEGOTIATE, which holds no secret, goes again on the same session for another (true: the 401 is
  * swallowed; `seen.reask` the Auth-ID to send with it, so that the server replaces that context).
+ * `proxy`: its own `Proxy-Authorization`'s NEGOTIATE got a forwarding proxy's 407 (no Auth-ID there).
  */
-function pairChallenge(run: Run, seen: SendSeen, headers: ResponseHeaders): boolean {
+function pairChallenge(run: Run, seen: SendSeen, headers: ResponseHeaders, proxy = false): boolean {
   const { job, env, session } = run;
   const pairing = env.pairing;
   if (!pairing) return false;
-  const key = challengeKey(headers);
-  const reading = readAuthId(headers);
+  const key = challengeKey(headers, proxy);
+  const reading = proxy ? undefined : readAuthId(headers);
   const authId = reading?.ok ? reading.value : undefined;
   // (Not on a session that retired meanwhile: it takes nothing more, and its records are dropped.)
   if (!session.retiring && pairing.collides(key) && job.reasks < MAX_REASKS && job.body.replayable) {
@@ -710,10 +713,9 @@ function callerAnswered({ job, session, env }: Run, status: number, headers: Res
   const bound =
     identity === 'caller-bound' ||
     (identity === 'caller-both' && env.mechanisms.bindsConnection(own.authorization)) ||
-    ((identity === 'caller-proxy' || identity === 'caller-both') &&
-      status !== 407 &&
-      env.mechanisms.bindsConnection(own['proxy-authorization']));
-  if (!bound && (identity === 'caller-proxy' || !readPersistentAuth(headers))) return;
+    (ownProxy(identity) && status !== 407 && env.mechanisms.bindsConnection(own['proxy-authorization']));
+  if (!bound && (identity === 'caller-proxy' || identity === 'caller-proxy-bound' || !readPersistentAuth(headers)))
+    return;
   log.agent(
     "%s job %d: %s: the caller's own credentials may have authenticated %s; it retires",
     job.origin,
@@ -741,9 +743,7 @@ function callerRefused({ job, session, env }: Run, status: 401 | 407, headers: R
   if (session.retiring || session.closed) return;
   const identity = job.identity;
   const proxy = status === 407;
-  const lane = proxy
-    ? identity === 'caller-proxy' || identity === 'caller-both'
-    : identity === 'caller-bound' || identity === 'caller-both';
+  const lane = proxy ? ownProxy(identity) : identity === 'caller-bound' || identity === 'caller-both';
   const own = job.headers[proxy ? 'proxy-authorization' : 'authorization'];
   if (!lane || !env.mechanisms.bindsConnection(own)) return;
   if ((proxy && own !== undefined ? callerNtlmLeg({ authorization: own }) : job.ntlm)?.kind === 'opening') return;

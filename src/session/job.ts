@@ -74,6 +74,8 @@ export interface Job {
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
    */
   ntlm: CallerNtlmLeg | undefined;
+  /** That leg is its own `Proxy-Authorization`'s, to a forwarding proxy (its CHALLENGE comes in a 407). */
+  ntlmAtProxy: boolean;
   /** The CHALLENGE this AUTHENTICATE answers, taken for it (its session is where it goes). */
   paired: ChallengeRecord | undefined;
   /** The session its NEGOTIATE was given, counted there until it leaves (see Session.openingSent). */
@@ -128,6 +130,7 @@ export function newJob(
     challenges: undefined,
     held401: undefined,
     ntlm: undefined,
+    ntlmAtProxy: false,
     paired: undefined,
     openingOn: undefined,
     reasks: 0,

@@ -61,10 +61,12 @@ const WHY: Record<UnpairedReason, string> = {
  */
 export class NtlmUnpairedError extends MultilegError {
   readonly reason: UnpairedReason;
-  constructor(origin: string, reason: UnpairedReason) {
+  /** `at`: the origin, or `{ proxy }` for an AUTHENTICATE in a caller's own `Proxy-Authorization`. */
+  constructor(at: string | { readonly proxy: string }, reason: UnpairedReason) {
+    const proxy = typeof at !== 'string';
     super(
       'MULTILEG_NTLM_UNPAIRED',
-      `a caller's own NTLM AUTHENTICATE to ${origin} was not sent: ${WHY[reason]}; sent on another connection the server would check it against another handshake and count a wrong password toward the account's lockout. Have the client start its handshake again (answer it 401 with WWW-Authenticate: NTLM), keep each client's legs on one agent (no credentials of its own, negotiate: false), and relay the server's Auth-ID header both ways`,
+      `a caller's own NTLM AUTHENTICATE to ${proxy ? `proxy ${at.proxy}` : at} was not sent: ${WHY[reason]}; sent on another connection the ${proxy ? 'proxy' : 'server'} would check it against another handshake and count a wrong password toward the account's lockout. Have the client start its handshake again (answer it ${proxy ? '407 with Proxy-Authenticate' : '401 with WWW-Authenticate'}: NTLM), keep each client's legs on one agent (no credentials of its own, negotiate: false)${proxy ? '' : ", and relay the server's Auth-ID header both ways"}`,
     );
     this.reason = reason;
   }
@@ -99,7 +101,8 @@ let spnego: typeof import('../mechanisms/spnego/tokens.ts') | undefined;
 
 /** Whether `headers` carry a caller's own `Negotiate` credential whose SPNEGO is not readable yet. */
 export function needsSpnego(headers: HeaderMap): boolean {
-  return spnego === undefined && /^[ \t]*Negotiate[ \t]/i.test(headerValue(headers.authorization) ?? '');
+  const negotiate = (v: string | string[] | undefined) => /^[ \t]*Negotiate[ \t]/i.test(headerValue(v) ?? '');
+  return spnego === undefined && (negotiate(headers.authorization) || negotiate(headers['proxy-authorization']));
 }
 
 /** Loads SPNEGO's decoders (see {@link needsSpnego}). */
@@ -173,9 +176,9 @@ export function callerNtlmLeg(headers: HeaderMap, caller?: string | number | obj
   return { kind: 'continuation', key, authId, caller };
 }
 
-/** The key of the NTLM CHALLENGE a 401 carries (bare NTLM, or Negotiate, raw or in SPNEGO), if any. */
-export function challengeKey(headers: ResponseHeaders): string | undefined {
-  for (const c of readChallenges(headers)) {
+/** The key of the NTLM CHALLENGE a 401 (`proxy`: a 407) carries (bare NTLM, or Negotiate, raw or in SPNEGO), if any. */
+export function challengeKey(headers: ResponseHeaders, proxy = false): string | undefined {
+  for (const c of readChallenges(headers, proxy)) {
     if ((c.schemeKey !== 'ntlm' && c.schemeKey !== 'negotiate') || c.token68 === undefined) continue;
     const message = ntlmsspOf(c.schemeKey, Buffer.from(c.token68, 'base64'));
     if (!message) continue;

@@ -27,7 +27,7 @@ import {
 } from './ntlm-pairing.ts';
 import { OriginMemory, TICKET_RECHECK_MS } from './origin-memory.ts';
 import { ProvedIdentity, sameAccount } from './proved-identity.ts';
-import { type Identity, type Lane, Session } from './session.ts';
+import { type Identity, type Lane, ownProxy, Session } from './session.ts';
 import { type WaitConsumer, WaitQueue } from './wait-queue.ts';
 
 /** Relocations per request: enough for "HTTP/1.1 required" plus a lost connection or two. */
@@ -63,7 +63,7 @@ interface Survey {
  * proxy identity).
  */
 const carries = (identity: Identity, which: 'origin' | 'proxy'): boolean =>
-  which === 'origin' ? identity === 'agent' : identity !== 'caller-proxy' && identity !== 'caller-both';
+  which === 'origin' ? identity === 'agent' : !ownProxy(identity);
 
 /** A session spreading per-request handshakes takes this many times its handshake slots (see #room). */
 export const SPREAD_ROOM = 8;
@@ -89,6 +89,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
     caller: 'auto/caller',
     'caller-bound': 'auto/caller-bound',
     'caller-proxy': 'auto/caller-proxy',
+    'caller-proxy-bound': 'auto/caller-proxy-bound',
     'caller-both': 'auto/caller-both',
   },
   http1: {
@@ -98,6 +99,7 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
     caller: 'http1/caller',
     'caller-bound': 'http1/caller-bound',
     'caller-proxy': 'http1/caller-proxy',
+    'caller-proxy-bound': 'http1/caller-proxy-bound',
     'caller-both': 'http1/caller-both',
   },
 };
@@ -412,7 +414,16 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         );
         return;
       }
-      job.ntlm = callerNtlmLeg(job.headers, callerConnectionOf(job.dispatchOptions));
+      const caller = callerConnectionOf(job.dispatchOptions);
+      // A leg of a caller's own NTLM login to the forwarding proxy pairs as the origin's does (H1):
+      // the proxy answers it first, and its connection is what the login authenticates (review r74).
+      // (A tunnel refuses a caller's own Proxy-Authorization; without a proxy it is the origin's to ignore.)
+      const forwarded = this.#route?.kind === 'forward' && ownProxy(job.identity);
+      const proxyAuthorization = forwarded ? job.headers['proxy-authorization'] : undefined;
+      const atProxy =
+        proxyAuthorization === undefined ? undefined : callerNtlmLeg({ authorization: proxyAuthorization }, caller);
+      job.ntlmAtProxy = atProxy !== undefined;
+      job.ntlm = atProxy ?? callerNtlmLeg(job.headers, caller);
     }
     this.#next(job);
   }
@@ -428,7 +439,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (job.paired) {
       // Its connection ended before it was answered: the server context went with it.
       this.#challenges.settle(job.paired);
-      this.#fail(job, new NtlmUnpairedError(this.origin, 'connection-gone'));
+      this.#fail(job, new NtlmUnpairedError(this.#unpairedAt(job), 'connection-gone'));
       return true;
     }
     const record = this.#challenges.take(job.ntlm);
@@ -440,7 +451,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
           "%s: many AUTHENTICATEs paired with no CHALLENGE lately: a client may be guessing others' pairing keys (give callerConnection, docs/GATEWAYS.md)",
           this.origin,
         );
-      this.#fail(job, new NtlmUnpairedError(this.origin, record));
+      this.#fail(job, new NtlmUnpairedError(this.#unpairedAt(job), record));
       return true;
     }
     job.paired = record;
@@ -449,6 +460,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     session.acquire();
     this.#steps(session, job);
     return true;
+  }
+
+  /** Where an unpaired AUTHENTICATE was bound for: the origin, or (its own Proxy-Authorization's) the proxy. */
+  #unpairedAt(job: Job): string | { proxy: string } {
+    const proxy = job.ntlmAtProxy ? this.#route?.proxy.origin : undefined;
+    return proxy === undefined ? this.origin : { proxy };
   }
 
   #lane(job: Job): Lane {
@@ -569,8 +586,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    */
   #mayBind(job: Job): boolean {
     if (callerBound(job.identity)) return true;
-    const ownProxy = job.identity === 'caller-proxy' || job.identity === 'caller-both';
-    return ownProxy && this.#env.mechanisms.bindsConnection(job.headers['proxy-authorization']);
+    return ownProxy(job.identity) && this.#env.mechanisms.bindsConnection(job.headers['proxy-authorization']);
   }
 
   /** @internal FastHost: a fast-path request ended, or its steps reached `outcome`. */
@@ -951,7 +967,12 @@ export function askHolds(mechanism: Mechanism, identity: string): boolean | unde
   }
 }
 
-/** Callers' own connection-bound requests (S6): one at a time per session, each caller's alone. */
+/**
+ * Callers' own connection-bound requests (S6, H1): one at a time per session, each caller's alone —
+ * at the origin, and at a forwarding proxy (`caller-proxy-bound`, review r74: over HTTP/2 bob's NTLM
+ * login there let Mallory's request in flight beside it through as bob; over HTTP/1.1 his
+ * AUTHENTICATE went on whichever connection was free, not the one that had his NEGOTIATE).
+ */
 function callerBound(identity: Identity): boolean {
-  return identity === 'caller-bound' || identity === 'caller-both';
+  return identity === 'caller-bound' || identity === 'caller-proxy-bound' || identity === 'caller-both';
 }

@@ -75,12 +75,26 @@ export type Lane = 'auto' | 'http1';
  * `Authorization` only, of a scheme that may authenticate the connection: NTLM, Negotiate, one not
  * known per-request; such a session retires once one of them is answered, see the exchange's
  * `callerAnswered`), `caller-proxy` (their own `Proxy-Authorization` only: to the origin they
- * carry nothing, so they must not ride a connection a caller's own handshake authenticated) or
- * `caller-both` (both: a proxy that binds authentication to the connection must not serve the
- * others as them). So a request never rides on a connection that is authenticated, or being
+ * carry nothing, so they must not ride a connection a caller's own handshake authenticated),
+ * `caller-proxy-bound` (their own `Proxy-Authorization` only, of a scheme that may authenticate the
+ * proxy connection: one caller's handshake at a time per connection, as `caller-bound`'s at the
+ * origin) or `caller-both` (both: a proxy that binds authentication to the connection must not serve
+ * the others as them). So a request never rides on a connection that is authenticated, or being
  * authenticated, as someone else.
  */
-export type Identity = 'agent' | 'anonymous' | 'elsewhere' | 'caller' | 'caller-bound' | 'caller-proxy' | 'caller-both';
+export type Identity =
+  | 'agent'
+  | 'anonymous'
+  | 'elsewhere'
+  | 'caller'
+  | 'caller-bound'
+  | 'caller-proxy'
+  | 'caller-proxy-bound'
+  | 'caller-both';
+
+/** Requests of `identity` bring their own `Proxy-Authorization` (S6): none of the agent's proxy credentials. */
+export const ownProxy = (identity: Identity): boolean =>
+  identity === 'caller-proxy' || identity === 'caller-proxy-bound' || identity === 'caller-both';
 
 /**
  * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or
