@@ -152,6 +152,30 @@ describe('proxy selection', () => {
     expect(() => new MultilegAgent({ proxy: 'ftp://p:1' })).toThrow(/MULTILEG|proxy protocol/);
   });
 
+  it('H5: a proxy URL that cannot be used names where it came from: proxy.uri, or the environment variable (a SOCKS proxy in ALL_PROXY-style settings), with unsetting it as the other fix', () => {
+    const message = (f: () => unknown) => {
+      try {
+        f();
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        return (err as Error).message;
+      }
+      throw new Error('no ConfigError');
+    };
+    expect(message(() => new MultilegAgent({ proxy: 'socks5://p:1080' }))).toBe(
+      'proxy: unsupported proxy protocol socks5: in proxy.uri; use http:// or https://',
+    );
+    expect(message(() => new ProxyResolver(undefined, { https_proxy: 'socks5h://p:1080' }))).toBe(
+      'proxy: unsupported proxy protocol socks5h: in https_proxy; use http:// or https://, or unset https_proxy',
+    );
+    expect(message(() => new ProxyResolver(undefined, { HTTPS_PROXY: 'http://[x' }))).toBe(
+      'proxy: the proxy address in HTTPS_PROXY is not a URL; use http://host:port, or unset HTTPS_PROXY',
+    );
+    expect(
+      message(() => new ProxyResolver(undefined, { HTTPS_PROXY: 'socks5://p:1', http_proxy: 'socks5://p:1' })),
+    ).toMatch(/ in HTTPS_PROXY and http_proxy; use http:\/\/ or https:\/\/, or unset HTTPS_PROXY or http_proxy$/);
+  });
+
   it("S1/H5: a misspelt proxy option (url for uri, noproxy) is a ConfigError naming it: the proxy credentials beside it never go to the environment's proxy instead (review r68)", () => {
     const env = { HTTPS_PROXY: 'http://env-proxy.test:8080' };
     const credentials = { username: 'alice', password: 'corp-secret' };

@@ -319,14 +319,21 @@ function userinfoPart(encoded: string): string {
 /** How an error names proxy credentials that came from the proxy URL given as `where` (`proxy.uri`, `HTTPS_PROXY`). */
 const fromUrl = (where: string): string => `the user:password in the proxy URL (${where})`;
 
-/** A proxy URL as written (scheme-less is http://), normalised: two variables naming one proxy compare equal. */
-function proxyUrl(uri: string): URL {
+/**
+ * A proxy URL as written (scheme-less is http://), normalised: two variables naming one proxy
+ * compare equal. `where` gave it (`proxy.uri`, or an environment variable, named in the error).
+ */
+function proxyUrl(uri: string, where: string): URL {
   try {
     return new URL(uri.includes('://') ? uri : `http://${uri}`);
   } catch {
-    throw new ConfigError('proxy: the proxy address is not a URL; use http://host:port');
+    throw new ConfigError(`proxy: the proxy address in ${where} is not a URL; use http://host:port${unsetFix(where)}`);
   }
 }
+
+/** For a proxy from the environment: going without it is the other fix. */
+const unsetFix = (where: string): string =>
+  where === 'proxy.uri' ? '' : `, or unset ${where.replace(' and ', ' or ')}`;
 
 /** `where`: what gave `uri` (`proxy.uri`, or the environment variables), for errors naming its user:password. */
 function resolveProxy(
@@ -337,9 +344,12 @@ function resolveProxy(
   where = 'proxy.uri',
   memory?: RefusalMemory,
 ): ResolvedProxy {
-  const url = proxyUrl(uri);
+  const url = proxyUrl(uri, where);
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new ConfigError(`proxy: unsupported proxy protocol ${url.protocol}; use http:// or https://`);
+    // (A SOCKS proxy among them: curl speaks it, the agent does not.)
+    throw new ConfigError(
+      `proxy: unsupported proxy protocol ${url.protocol} in ${where}; use http:// or https://${unsetFix(where)}`,
+    );
   }
   // A copy, as the agent's own credentials and setProxyCredentials take: the caller's object
   // changing later does not change what is sent. Null is none, the URL's user:password included.
@@ -560,7 +570,7 @@ export class ProxyResolver {
       const httpsName = env.https_proxy !== undefined ? 'https_proxy' : 'HTTPS_PROXY';
       // One proxy URL in both variables is one proxy (R4): one proof of its credentials, so a wrong
       // password is refused once, not once per variable; one ProvedIdentity (S6).
-      const same = http && https && proxyUrl(http).href === proxyUrl(https).href;
+      const same = http && https && proxyUrl(http, httpName).href === proxyUrl(https, httpsName).href;
       if (http)
         this.#http = resolveProxy(
           http,
