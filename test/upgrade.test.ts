@@ -59,6 +59,21 @@ import {
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
 
+/**
+ * An upgrade to `origin` during which the vault hands over the new password (setCredentials(ALICE))
+ * as its NTLM NEGOTIATE is written, before the CHALLENGE comes back: how it ended.
+ */
+async function upgradeRotatedAtNegotiate(agent: MultilegAgent, origin: string): Promise<'upgraded' | 'response'> {
+  const rotate = whenSent(/authorization: NTLM TlRMTVNTUAAB/i, () => agent.setCredentials(ALICE));
+  try {
+    const r = await upgradeOrResponse(agent, origin);
+    if (r.kind === 'upgraded') sockets.push(r.socket);
+    return r.kind;
+  } finally {
+    rotate.stop();
+  }
+}
+
 /** An upgrade through `agent` that resolves with the response the caller got instead, if any. */
 function upgradeOrResponse(
   agent: Dispatcher,
@@ -521,18 +536,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it("S6/R4: setCredentials between an upgrade's NEGOTIATE and its AUTHENTICATE: nothing of the old password is sent, the upgrade starts over with the new one", async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
-    const a = agent;
-    // As the NEGOTIATE is written, before the CHALLENGE comes back: the vault hands over the new password.
-    const rotate = whenSent(/authorization: NTLM TlRMTVNTUAAB/i, () => {
-      a.setCredentials(ALICE);
-    });
-    try {
-      const r = await upgradeOrResponse(agent, origin.origin);
-      expect(r.kind).toBe('upgraded');
-      if (r.kind === 'upgraded') sockets.push(r.socket);
-    } finally {
-      rotate.stop();
-    }
+    expect(await upgradeRotatedAtNegotiate(agent, origin.origin)).toBe('upgraded');
     // One AUTHENTICATE, the new password's, answered 101: the old one's was never written.
     expect(origin.seen.filter((s) => s.authorization === 'NTLM/3').map((s) => s.status)).toEqual([101]);
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', undefined, 'NTLM/1', 'NTLM/3']);
@@ -541,19 +545,9 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
   it("S6/H1: setCredentials between an upgrade's NEGOTIATE and a CHALLENGE that closes its connection: the upgrade starts over bare on a new connection and upgrades with the new password", async () => {
     origin = await upgradeServer({ ntlm: true, closeOnChallenge: 'first' });
     agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'old' } });
-    const a = agent;
-    const rotate = whenSent(/authorization: NTLM TlRMTVNTUAAB/i, () => {
-      a.setCredentials(ALICE);
-    });
-    try {
-      // Before: the bare request starting over was still taken as bound to the closed connection:
-      // refused a new one, the caller got an internal error.
-      const r = await upgradeOrResponse(agent, origin.origin);
-      expect(r.kind).toBe('upgraded');
-      if (r.kind === 'upgraded') sockets.push(r.socket);
-    } finally {
-      rotate.stop();
-    }
+    // Before: the bare request starting over was still taken as bound to the closed connection:
+    // refused a new one, the caller got an internal error.
+    expect(await upgradeRotatedAtNegotiate(agent, origin.origin)).toBe('upgraded');
     expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
       [1, undefined, 401],
       [1, 'NTLM/1', 401],
