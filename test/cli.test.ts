@@ -2475,6 +2475,10 @@ describe('multileg command line', () => {
     expect(v.stdout).toMatch(
       /^multileg \d+\.\d+\.\d+ \(undici 8\.\d+\.\d+; Node 2\d\.\d+\.\d+; koffi \d+\.\d+\.\d+, kerberos \d/,
     );
+    // Among other options, -V is commander's to find (bin.ts answers only a lone --version/-V).
+    const withOthers = await run(['-s', '-V', 'https://unused.example/']);
+    expect(withOthers.code).toBe(0);
+    expect(withOthers.stdout).toBe(v.stdout);
     const h = await run(['--help']);
     expect(h.code).toBe(0);
     for (const flag of [

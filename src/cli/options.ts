@@ -399,7 +399,14 @@ export function program(): Commander.Command {
       .option('--retry-connrefused', 'with --retry, a refused connection is transient too')
       .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
       .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
-      .version(versionText(), '-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
+      // Not commander's .version(text): the text (four package.json files found and read) would be
+      // made for every run; it is made only when asked for.
+      .option('-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
+      .on('option:version', () => {
+        const text = versionText();
+        process.stdout.write(`${text}\n`);
+        throw new CommanderError(0, 'commander.version', text);
+      })
       // Usage errors in one line, as the command's own: "multileg: unknown option '--x' (…)".
       .configureOutput({
         outputError: (message, write) =>
