@@ -21,6 +21,7 @@ import {
   CredCache,
   GssCallError,
   GssClient,
+  gssHandshakesInFlight,
   SLOW_SYNC_CALL_MS,
   SYNC_TICKET_MARGIN_MS,
 } from '../src/mechanisms/gssapi/index.ts';
@@ -309,14 +310,40 @@ describe.skipIf(!haveBindingAndAcceptor)(
       ...more,
     });
 
+    /**
+     * One request's handshake, over before the next begins (the event loop runs GSS-API calls only
+     * while no other request's handshake is in flight): the first step, how it ran, and the server's
+     * AP-REP checked. Resolves with the first step's token and how it ran.
+     */
+    async function handshake(client: GssClient): Promise<{ token: string; call: GssClient['lastCall'] }> {
+      const token = (await client.step(''))!;
+      const call = client.lastCall;
+      await client.step(await accept(token));
+      expect(client.contextComplete).toBe(true);
+      return { token, call };
+    }
+
+    // Every test's contexts end (complete or fail): none counts as another request in flight later.
+    afterEach(() => expect(gssHandshakesInFlight()).toBe(0));
+
     it('M2: the server token is verified on the event loop; a first step runs on a worker until its ticket is known to be cached and such a step was quick, then on the event loop, then made ahead in a stream — every token accepted', async () => {
       const cache = new CredCache();
       const o = options(cache);
+      // All made before any step: none is handed a context made ahead.
       const clients: GssClient[] = [];
       for (let i = 0; i < 5; i++) clients.push(await GssClient.create('HTTP@localhost', o));
       const tokens: string[] = [];
-      for (const client of clients) tokens.push((await client.step(''))!);
-      const calls = clients.map((c) => c.lastCall);
+      const calls: Array<GssClient['lastCall']> = [];
+      for (const client of clients) {
+        const token = (await client.step(''))!;
+        calls.push(client.lastCall);
+        expect(carriesKerberosApReq(token)).toBe(true);
+        // M2: the AP-REP is processed (mutual authentication) synchronously: local crypto only.
+        await client.step(await accept(token));
+        expect(client.lastCall).toBe('sync');
+        expect(client.contextComplete).toBe(true);
+        tokens.push(token);
+      }
       // The first may need a TGS-REQ; the second, with the ticket cached, shows whether such a step
       // waits on anything (DNS): both on a worker. Once one was quick, the rest on the event loop (a
       // worker again only while such steps are slow, e.g. on a loaded machine).
@@ -327,21 +354,17 @@ describe.skipIf(!haveBindingAndAcceptor)(
       // First steps in a row: the next context's first step is made ahead, on a worker.
       await vi.waitFor(() => expect(cache.ahead).toBe(true));
       const ahead = await GssClient.create('HTTP@localhost', o);
-      tokens.push((await ahead.step(''))!);
+      const aheadToken = (await ahead.step(''))!;
       expect(ahead.lastCall).toBe('ahead');
-      clients.push(ahead);
-      expect(new Set(tokens).size).toBe(6);
+      expect(carriesKerberosApReq(aheadToken)).toBe(true);
+      await ahead.step(await accept(aheadToken));
+      expect(ahead.lastCall).toBe('sync');
+      expect(ahead.contextComplete).toBe(true);
+      expect(new Set([...tokens, aheadToken]).size).toBe(6);
       // One made ahead that no request takes is thrown away after AHEAD_MAX_AGE_MS.
       await vi.waitFor(() => expect(cache.ahead).toBe(true));
       await new Promise((resolve) => setTimeout(resolve, AHEAD_MAX_AGE_MS + 50));
       expect(cache.ahead).toBe(false);
-      for (const [i, client] of clients.entries()) {
-        expect(carriesKerberosApReq(tokens[i]!)).toBe(true);
-        // M2: the AP-REP is processed (mutual authentication) synchronously: local crypto only.
-        await client.step(await accept(tokens[i]!));
-        expect(client.lastCall).toBe('sync');
-        expect(client.contextComplete).toBe(true);
-      }
       // A reply that fails verification is an error on the synchronous path too.
       const d = await GssClient.create('HTTP@localhost', options(new CredCache()));
       const reply = Buffer.from(await accept((await d.step(''))!), 'base64');
@@ -351,16 +374,48 @@ describe.skipIf(!haveBindingAndAcceptor)(
       expect(d.contextComplete).toBe(false);
     });
 
+    it('C4: while another request’s handshake is in flight every step runs on a worker, beside the event loop they all wait for; alone again, on the event loop — every token accepted', async () => {
+      const cache = new CredCache();
+      const o = options(cache);
+      // All made before any step: none is handed a context made ahead.
+      const clients: GssClient[] = [];
+      for (let i = 0; i < 8; i++) clients.push(await GssClient.create('HTTP@localhost', o));
+      const [a, b, c] = clients.splice(5) as [GssClient, GssClient, GssClient];
+      // Requests one at a time until first steps run on the event loop (the ticket known and quick).
+      let call: GssClient['lastCall'];
+      for (const client of clients) if (call !== 'sync') call = (await handshake(client)).call;
+      expect(call).toBe('sync');
+      const tokenA = (await a.step(''))!;
+      expect(a.lastCall).toBe('sync'); // alone in flight
+      expect(gssHandshakesInFlight()).toBe(1);
+      const tokenB = (await b.step(''))!;
+      expect(gssHandshakesInFlight()).toBe(2);
+      // Two in flight: B's first step and A's AP-REP check on a worker.
+      expect(b.lastCall).toBe('async');
+      await a.step(await accept(tokenA));
+      expect([a.lastCall, a.contextComplete]).toEqual(['async', true]);
+      // A is over: B alone again, its AP-REP checked on the event loop.
+      expect(gssHandshakesInFlight()).toBe(1);
+      await b.step(await accept(tokenB));
+      expect([b.lastCall, b.contextComplete]).toEqual(['sync', true]);
+      expect(gssHandshakesInFlight()).toBe(0);
+      // A failed step ends its context too: no longer counted.
+      const reply = Buffer.from(await accept((await c.step(''))!), 'base64');
+      reply[reply.length - 3]! ^= 0xff;
+      await expect(c.step(reply.toString('base64'))).rejects.toThrow(GssCallError);
+      expect(gssHandshakesInFlight()).toBe(0);
+      for (const client of clients) client.dispose();
+    });
+
     it(`M5: a context made ahead serves only the same channel bindings; C4: a ticket lasting less than SYNC_TICKET_MARGIN_MS (${SYNC_TICKET_MARGIN_MS} ms) keeps first steps on a worker`, async () => {
       const cache = new CredCache();
       const o = options(cache);
-      for (let i = 0; i < 2; i++) await accept((await (await GssClient.create('HTTP@localhost', o)).step(''))!);
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
       await vi.waitFor(() => expect(cache.ahead).toBe(true));
       // Other bindings (a connection to another certificate): the context made ahead is not theirs.
       const other = await GssClient.create('HTTP@localhost', { ...o, channelBinding: Buffer.alloc(32, 8) });
       expect(cache.ahead).toBe(false);
-      await accept((await other.step(''))!);
-      expect(other.lastCall).not.toBe('ahead');
+      expect((await handshake(other)).call).not.toBe('ahead');
 
       // A ccache whose tickets end in 30 s: every first step stays off the event loop.
       const short = `FILE:${join(lab.dir, 'short-lived.ccache')}`;
@@ -368,8 +423,9 @@ describe.skipIf(!haveBindingAndAcceptor)(
       const shortOptions = options(new CredCache(), { ccache: short });
       const clients = [];
       for (let i = 0; i < 4; i++) clients.push(await GssClient.create('HTTP@localhost', shortOptions));
-      for (const client of clients) await accept((await client.step(''))!);
-      expect(clients.map((c) => c.lastCall)).toEqual(['async', 'async', 'async', 'async']);
+      const calls = [];
+      for (const client of clients) calls.push((await handshake(client)).call);
+      expect(calls).toEqual(['async', 'async', 'async', 'async']);
     });
 
     it('C4: a context made ahead and thrown away while its step runs on a worker is released only after that step (MIT: one thread per context)', async () => {
@@ -392,10 +448,9 @@ describe.skipIf(!haveBindingAndAcceptor)(
       await lab.realm!.kadmin(`ktadd -k ${keytab} -norandkey alice@EXAMPLE.TEST`);
       const cache = new CredCache();
       const o = options(cache, { keytab: `FILE:${keytab}`, ccache: `MEMORY:sync-test-${process.pid}` });
-      const [a, b] = [await GssClient.create('HTTP@localhost', o), await GssClient.create('HTTP@localhost', o)];
-      await accept((await a.step(''))!);
-      await accept((await b.step(''))!);
-      expect([a.lastCall, b.lastCall]).toEqual(['async', 'async']);
+      const a = await handshake(await GssClient.create('HTTP@localhost', o));
+      const b = await handshake(await GssClient.create('HTTP@localhost', o));
+      expect([a.call, b.call]).toEqual(['async', 'async']);
     });
 
     it(`C4: a first step on the event loop that took SLOW_SYNC_CALL_MS (${SLOW_SYNC_CALL_MS} ms) or more waited on the network: later ones for that SPN run on a worker`, async () => {
@@ -403,12 +458,14 @@ describe.skipIf(!haveBindingAndAcceptor)(
       const ccache = `FILE:${join(lab.dir, 'relay.ccache')}`;
       await realm.kinit({ ccache });
       const o = options(new CredCache(), { ccache });
+      // Made now, on the credential (and its known ticket) of this ccache as it is.
       const clients: GssClient[] = [];
       for (let i = 0; i < 8; i++) clients.push(await GssClient.create('HTTP@localhost', o));
       // Until a first step runs on the event loop (the ticket known, such steps seen to be quick).
       let next = 0;
-      while (next < 5 && clients[next - 1]?.lastCall !== 'sync') await accept((await clients[next++]!.step(''))!);
-      expect(clients[next - 1]!.lastCall).toBe('sync');
+      let last: GssClient['lastCall'];
+      while (next < 5 && last !== 'sync') last = (await handshake(clients[next++]!)).call;
+      expect(last).toBe('sync');
       // The ccache loses its service ticket (a new kinit) and the KDC becomes slow: the next first
       // step, believed safe, blocks on a TGS-REQ.
       await realm.kinit({ ccache });
@@ -419,12 +476,14 @@ describe.skipIf(!haveBindingAndAcceptor)(
       process.env.KRB5_CONFIG = conf;
       try {
         const [blocked, ...after] = clients.slice(next, next + 3);
-        await accept((await blocked!.step(''))!);
-        expect(blocked!.lastCall).toBe('sync');
+        expect((await handshake(blocked!)).call).toBe('sync');
         // For good, even when steps on a worker are quick again.
-        for (const client of after) await accept((await client.step(''))!);
-        expect(after.map((c) => c.lastCall)).toEqual(['async', 'async']);
+        const calls = [];
+        for (const client of after) calls.push((await handshake(client!)).call);
+        expect(calls).toEqual(['async', 'async']);
       } finally {
+        // The contexts no step took: their credential handles released now.
+        for (const client of clients) client.dispose();
         process.env.KRB5_CONFIG = previous;
         relay.stop();
       }

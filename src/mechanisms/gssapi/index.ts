@@ -338,9 +338,25 @@ interface Handles {
   /** `cred` belongs to a CredCache: let go of it instead of releasing it. */
   shared?: SharedCred;
   ctx: [GssHandle];
+  /** Counted in {@link handshakesInFlight} (a request stepped it) until released. */
+  inFlight?: boolean;
 }
 
+/**
+ * Contexts a request has stepped and that have not ended yet (complete, failed, disposed, or
+ * collected: an abandoned one is counted until the garbage collector frees it). More than one:
+ * other requests' handshakes are in flight, and the event loop has their work to do.
+ */
+let handshakesInFlight = 0;
+
+/** How many contexts a request has stepped and that have not ended (for tests and diagnostics). */
+export const gssHandshakesInFlight = (): number => handshakesInFlight;
+
 function release(g: GssFunctions, h: Handles): void {
+  if (h.inFlight) {
+    h.inFlight = false;
+    handshakesInFlight -= 1;
+  }
   if (h.ctx[0]) g.deleteSecContext([0], h.ctx, null);
   if (h.shared) letGo(g, h.shared);
   else if (h.cred) g.releaseCred([0], [h.cred]);
@@ -396,8 +412,18 @@ export class GssClient {
   /** Its caller's {@link GssClientOptions.onCall}: the request it now serves. */
   #onCall: ((state: GssCallState) => void) | undefined;
   readonly username: string;
+  /** Made on the credential its CredCache kept from an earlier context, not one acquired for it. */
+  readonly keptCredential: boolean;
 
-  private constructor(g: GssFunctions, h: Handles, o: GssClientOptions, username: string, spn: string) {
+  private constructor(
+    g: GssFunctions,
+    h: Handles,
+    o: GssClientOptions,
+    username: string,
+    spn: string,
+    keptCredential = false,
+  ) {
+    this.keptCredential = keptCredential;
     this.#g = g;
     this.#h = h;
     this.#spn = spn;
@@ -453,7 +479,7 @@ export class GssClient {
       }
       h.target = importName(g, spn, NT_HOSTBASED_SERVICE);
       if (o.principal) h.name = importName(g, o.principal, NT_USER_NAME);
-      if (kept) return new GssClient(g, h, o, kept.username, spn);
+      if (kept) return new GssClient(g, h, o, kept.username, spn, true);
       const store: Array<{ key: string; value: string }> = [];
       if (o.keytab) store.push({ key: 'client_keytab', value: o.keytab });
       if (o.ccache) store.push({ key: 'ccache', value: o.ccache });
@@ -541,10 +567,13 @@ export class GssClient {
    * Else a later step only processes the server's token (the AP-REP: local crypto). A first step
    * needs a TGS-REQ unless the service ticket is in the ccache (which a context on the same
    * credential found there), and may still wait on something else (a TGT renewal): so only after
-   * such a step, made on a worker, was seen to be quick.
+   * such a step, made on a worker, was seen to be quick. And none while other requests' handshakes
+   * are in flight: the event loop is then what they all wait for, and a call on a worker runs beside
+   * it (per-request Kerberos, 50 in flight against the lab's Apache: ~0.8 of the wall time, for two
+   * thread hops a call; docs/PERFORMANCE.md). One at a time, the event loop has nothing else to do.
    */
   #mayCallSync(input: Buffer | undefined, ticketKnown: boolean): boolean {
-    if (this.#nameMayWait) return false;
+    if (this.#nameMayWait || handshakesInFlight > 1) return false;
     if (input) return true;
     return ticketKnown && (this.#credCache?.isFast(this.#spn) ?? false);
   }
@@ -552,6 +581,10 @@ export class GssClient {
   /** Feeds the server's token (base64, '' for none) and returns the next one (null when there is none). */
   async step(challenge: string): Promise<string | null> {
     const input = challenge ? Buffer.from(challenge, 'base64') : undefined;
+    if (!this.#h.inFlight && !this.#disposed) {
+      this.#h.inFlight = true;
+      handshakesInFlight += 1;
+    }
     let token: string | null;
     if (!input && this.#ahead) {
       const ahead = this.#ahead;

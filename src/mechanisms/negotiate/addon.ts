@@ -35,6 +35,8 @@ export interface KerberosClientLike {
    * binding only): false after a kdestroy or a kinit as another principal; undefined: cannot tell.
    */
   stillHolds?(): boolean | undefined;
+  /** Made on a credential kept from an earlier context (the GSS-API binding's CredCache). */
+  readonly keptCredential?: boolean;
 }
 
 export interface KerberosModuleLike {

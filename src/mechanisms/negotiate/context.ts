@@ -236,7 +236,7 @@ export class NegotiateContext implements MechanismContext {
   }
 
   /** Kerberos's first token, from whichever backend loads. */
-  async #firstKerberosToken(leg: LegInfo, gaveUp: (() => boolean) | undefined): Promise<string | null> {
+  async #firstKerberosToken(leg: LegInfo, gaveUp: (() => boolean) | undefined, again = false): Promise<string | null> {
     const o = this.#o;
     // The backend loads once per mechanism (a failure is tried again by the next request).
     this.#memory.backend ??= await loadBackend(o);
@@ -265,7 +265,20 @@ export class NegotiateContext implements MechanismContext {
       this.#client = undefined;
       throw new KerberosOtherPrincipalError(ticket, o.credentials.username);
     }
-    const out = await this.#client.step('');
+    const client = this.#client;
+    let out: string | null;
+    try {
+      out = await client.step('');
+    } catch (e) {
+      // A credential kept from an earlier request (CredCache), whose cache has changed since (a
+      // kdestroy; kinit as another principal): the failure dropped it, and the cache says only now
+      // what it holds. Once more on a credential acquired now — as a request that started after
+      // the change does (S6: concurrent first steps on the old one all failed, and their requests
+      // went on on the old principal's sessions).
+      if (again || !client.keptCredential || client.stillHolds?.() !== false) throw e;
+      log.handshake('Negotiate: the kept credential of %s left its cache; acquired anew', client.username);
+      return this.#firstKerberosToken(leg, gaveUp, true);
+    }
     this.#channelBound = cb !== undefined;
     return out;
   }
