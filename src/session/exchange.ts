@@ -1,14 +1,7 @@
 import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
-import {
-  AuthIdInUseError,
-  BodyNotReplayableError,
-  HandshakeTimeoutError,
-  MultilegError,
-  type NoStream,
-  ownCopy,
-} from '../errors.ts';
+import { publishWithheld, tracingLegs } from '../diagnostics.ts';
+import { AuthIdInUseError, BodyNotReplayableError, HandshakeTimeoutError, type NoStream, ownCopy } from '../errors.ts';
 import {
   type AuthIdClaims,
   type HandshakeInput,
@@ -45,6 +38,7 @@ import {
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
+import { exclude, publishUnanswered401, type SchemeFindings, unusable } from './first-challenge.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
@@ -173,6 +167,9 @@ export type ExchangeOutcome =
   | { readonly kind: 'fast' }
   | { readonly kind: 'relocate'; readonly reason: RelocateReason };
 
+// (fast-exchange.ts imports it from here.)
+export { unusable };
+
 export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
 
@@ -267,37 +264,6 @@ function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): vo
   publishUnanswered401(job.origin, job.dispatchOptions.path, headers, unusableWhy);
 }
 
-/**
- * `deliver401`: publishes why the 401 in `headers` for `origin` + `path` goes to the caller: the
- * offered schemes of `unusableWhy` (by scheme key: why each cannot run here). Requests' and upgrades'.
- */
-export function publishUnanswered401(
-  origin: string,
-  path: string,
-  headers: ResponseHeaders,
-  unusableWhy: ReadonlyMap<string, Error> | undefined,
-): void {
-  publishUnanswered(() => {
-    const offered = readChallenges(headers);
-    const byKey = new Map(offered.map((c) => [c.schemeKey, c.scheme]));
-    return {
-      origin,
-      path,
-      schemes: offered.map((c) => c.scheme),
-      unusable: [...(unusableWhy ?? [])]
-        .filter(([key]) => byKey.has(key))
-        .map(([key, err]) => ({
-          scheme: byKey.get(key)!,
-          code: err instanceof MultilegError ? err.code : err.name,
-          message: err.message,
-          // The KDC's silence, not the server's word: a retry once it answers may authenticate.
-          ...(kdcSilent(err) ? { kdcSilent: true as const } : {}),
-        })),
-      time: Date.now(),
-    };
-  });
-}
-
 /** `deliver401`: the held 401 nothing here can answer is the caller's response (sent once, as curl does). */
 function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
@@ -307,18 +273,10 @@ function deliverHeld(run: Run, held: HeldResponse): Step {
 }
 
 /** What one request carries through its lifecycle on one session. */
-export interface Run {
+export interface Run extends SchemeFindings {
   readonly session: Session;
   readonly job: Job;
   readonly env: ExchangeEnv;
-  /** Schemes that cannot run here (no ticket, package missing), lower-case (T2); made when needed. */
-  excluded: Set<string> | undefined;
-  /** Why the last excluded scheme could not run: the caller's error when nothing else is left. */
-  lastUnusable: Error | undefined;
-  /** Why each scheme excluded as unusable could not run (lower-case keys); made when needed. */
-  unusableWhy?: Map<string, Error>;
-  /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
-  negotiateSkipped?: MultilegError;
   /** The session was asked to connect before a channel-bound first token (once per request). */
   connectTried?: boolean;
 }
@@ -420,23 +378,6 @@ export function fastPathReady(session: Session, env: ExchangeEnv): boolean {
     !env.memory.hasUnusable &&
     session.sendsDirect
   );
-}
-
-function exclude(run: Run, scheme: string): void {
-  run.excluded ??= new Set();
-  run.excluded.add(scheme);
-}
-
-/** Excludes a scheme that proved unusable here and keeps why (T2, M5). */
-export function unusable(run: Run, scheme: string, error: Error): void {
-  // What this request found itself stays its reason: `check` reads the origin's memory again, whose
-  // copy says "remembered".
-  if (run.unusableWhy?.has(scheme)) return;
-  exclude(run, scheme);
-  run.unusableWhy ??= new Map();
-  run.unusableWhy.set(scheme, error);
-  run.lastUnusable = error;
-  if (scheme === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
 }
 
 /**

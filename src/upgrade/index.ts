@@ -64,7 +64,7 @@ import {
   selectCertificate,
 } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
-import { publishUnanswered401 } from '../session/exchange.ts';
+import { unusable as foundUnusable, publishUnanswered401, type SchemeFindings } from '../session/first-challenge.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import type { OriginPool } from '../session/origin-pool.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
@@ -441,6 +441,8 @@ export class UpgradeDispatcher {
       proxy: false,
     });
     const excluded = new Set<string>();
+    /** The schemes this upgrade skips and why: its findings and the origin's, as a request keeps them. */
+    const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map() };
     // T3: a Transport challenge is answered by the selector, for an https upgrade that may carry
     // credentials (S1: a trusted origin, no cross-origin hop); once, and not by a connection that
     // presents a certificate already (as a request's session).
@@ -464,25 +466,15 @@ export class UpgradeDispatcher {
     const schemesOf = this.#options.schemesOf;
     let schemes: Pick<OriginMemory, 'unusable' | 'markUnusable'> | undefined;
     const schemesHere = () => (schemes ??= schemesOf?.(origin));
-    /** Why the last scheme excluded here could not run (this upgrade's finding, or the origin's memory). */
-    let lastUnusable: Error | undefined;
-    /** Why each scheme excluded here could not run, by scheme key (deliver401 publishes it). */
-    const unusableWhy = new Map<string, Error>();
     let recalled = false;
     const recall = () => {
       if (recalled) return;
       recalled = true;
-      for (const [scheme, error] of schemesHere()?.unusable() ?? []) {
-        excluded.add(scheme);
-        unusableWhy.set(scheme, error);
-        lastUnusable = error;
-      }
+      for (const [scheme, error] of schemesHere()?.unusable() ?? []) foundUnusable(found, scheme, error);
     };
     /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
     const unusable = (schemeKey: string, error: Error) => {
-      excluded.add(schemeKey);
-      unusableWhy.set(schemeKey, error);
-      lastUnusable = error;
+      foundUnusable(found, schemeKey, error);
       schemesHere()?.markUnusable(schemeKey, error);
     };
     const deliver401 = this.#options.deliver401 === true;
@@ -526,7 +518,7 @@ export class UpgradeDispatcher {
           auth = undefined;
           boundTo = undefined;
           excluded.clear();
-          unusableWhy.clear();
+          found.unusableWhy!.clear();
           keepOutTransport();
           recalled = false;
         }
@@ -602,9 +594,9 @@ export class UpgradeDispatcher {
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
               // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
               // the caller's, told why.
-              if (lastUnusable && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined) {
+              if (found.lastUnusable && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined) {
                 if (deliver401) {
-                  publishUnanswered401(origin, opts.path, h, unusableWhy);
+                  publishUnanswered401(origin, opts.path, h, found.unusableWhy);
                   return false;
                 }
                 asks = 'unusable';
@@ -689,7 +681,7 @@ export class UpgradeDispatcher {
           throw error;
         }
         if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
-        if (asks === 'unusable') throw ownCopy(lastUnusable!);
+        if (asks === 'unusable') throw ownCopy(found.lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
           const transport = mechanisms.choose(challenges, excluded);
@@ -709,8 +701,8 @@ export class UpgradeDispatcher {
             if (mechanisms.choose(challenges, excluded)?.mechanism === undefined) {
               // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
               // the typed error of a scheme that cannot run here without deliver401.
-              if (lastUnusable && !deliver401) throw ownCopy(lastUnusable);
-              if (lastUnusable) publishUnanswered401(origin, opts.path, outcome.headers, unusableWhy);
+              if (found.lastUnusable && !deliver401) throw ownCopy(found.lastUnusable);
+              if (found.lastUnusable) publishUnanswered401(origin, opts.path, outcome.headers, found.unusableWhy);
               // (Held: the classifier holds a 401 it chose Transport for.)
               replayHeld(sink, outcome.held!);
               return;
@@ -733,8 +725,8 @@ export class UpgradeDispatcher {
           } catch (err) {
             // deliver401: no offered scheme can run here (start says the last one's reason): the
             // 401 is the caller's, told why, as a request's (it is sent once).
-            if (deliver401 && outcome.held && err === lastUnusable) {
-              publishUnanswered401(origin, opts.path, outcome.held.headers, unusableWhy);
+            if (deliver401 && outcome.held && err === found.lastUnusable) {
+              publishUnanswered401(origin, opts.path, outcome.held.headers, found.unusableWhy);
               replayHeld(sink, outcome.held);
               return;
             }
@@ -772,7 +764,7 @@ export class UpgradeDispatcher {
         const chosen = mechanisms.choose(challenges, excluded);
         // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
-        if (!chosen?.mechanism) throw lastUnusable!;
+        if (!chosen?.mechanism) throw found.lastUnusable!;
         const { mechanism, challenge } = chosen;
         clock ??= handshakeClock(
           limits.handshakeTimeout,

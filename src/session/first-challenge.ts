@@ -1,0 +1,73 @@
+/**
+ * The rules a request (exchange.ts) and an upgrade (upgrade/index.ts) share for a 401 met without
+ * credentials, and for the schemes that cannot run at the origin: one decision, two callers. Pure
+ * or nearly (a diagnostics publication); no session, no connection.
+ */
+import { readChallenges } from '../challenge/index.ts';
+import { publishUnanswered } from '../diagnostics.ts';
+import { MultilegError } from '../errors.ts';
+import type { ResponseHeaders } from '../handshake/leg.ts';
+import { kdcSilent } from './origin-memory.ts';
+
+/**
+ * What one request or upgrade found of the schemes that cannot run here (T2, R4): its own findings
+ * and the origin's memory of them, read in. Fields made when first needed.
+ */
+export interface SchemeFindings {
+  /** Schemes not to answer (cannot run here, Transport declined or already presented), lower-case. */
+  excluded: Set<string> | undefined;
+  /** Why the last scheme found unusable could not run: the caller's error when nothing else is left. */
+  lastUnusable: Error | undefined;
+  /** Why each scheme excluded as unusable could not run (lower-case keys): deliver401 publishes it. */
+  unusableWhy?: Map<string, Error>;
+  /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
+  negotiateSkipped?: MultilegError;
+}
+
+/** Leaves `scheme` (lower-case) out of what `found` answers. */
+export function exclude(found: SchemeFindings, scheme: string): void {
+  found.excluded ??= new Set();
+  found.excluded.add(scheme);
+}
+
+/** Excludes a scheme that proved unusable here and keeps why (T2, M5). */
+export function unusable(found: SchemeFindings, scheme: string, error: Error): void {
+  // What this request found itself stays its reason: the origin's memory, read again, says "remembered".
+  if (found.unusableWhy?.has(scheme)) return;
+  exclude(found, scheme);
+  found.unusableWhy ??= new Map();
+  found.unusableWhy.set(scheme, error);
+  found.lastUnusable = error;
+  if (scheme === 'negotiate' && error instanceof MultilegError) found.negotiateSkipped = error;
+}
+
+/**
+ * `deliver401`: publishes why the 401 in `headers` for `origin` + `path` goes to the caller: the
+ * offered schemes of `unusableWhy` (by scheme key: why each cannot run here). Requests' and upgrades'.
+ */
+export function publishUnanswered401(
+  origin: string,
+  path: string,
+  headers: ResponseHeaders,
+  unusableWhy: ReadonlyMap<string, Error> | undefined,
+): void {
+  publishUnanswered(() => {
+    const offered = readChallenges(headers);
+    const byKey = new Map(offered.map((c) => [c.schemeKey, c.scheme]));
+    return {
+      origin,
+      path,
+      schemes: offered.map((c) => c.scheme),
+      unusable: [...(unusableWhy ?? [])]
+        .filter(([key]) => byKey.has(key))
+        .map(([key, err]) => ({
+          scheme: byKey.get(key)!,
+          code: err instanceof MultilegError ? err.code : err.name,
+          message: err.message,
+          // The KDC's silence, not the server's word: a retry once it answers may authenticate.
+          ...(kdcSilent(err) ? { kdcSilent: true as const } : {}),
+        })),
+      time: Date.now(),
+    };
+  });
+}
