@@ -38,7 +38,7 @@ import {
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
-import { exclude, publishUnanswered401, type SchemeFindings, unusable } from './first-challenge.ts';
+import { exclude, offersUnusable, publishUnanswered401, type SchemeFindings, unusable } from './first-challenge.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
@@ -551,7 +551,7 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     }
     // Only schemes already proved unusable here are offered: the caller gets why (R4, T2), or
     // with deliver401 this 401, told why.
-    if (run.lastUnusable && env.mechanisms.choose(offered)) {
+    if (offersUnusable(env.mechanisms, offered, run)) {
       if (env.deliver401) {
         tellUnanswered(run, headers);
         return 'deliver';
@@ -984,9 +984,10 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   const chosen = env.mechanisms.choose(step.challenges, run.excluded);
   if (!chosen) {
     // Every offered scheme we have proved unusable here: say why (deliver401: show the 401 itself,
-    // kept from its bare send); or, when nothing said why (a certificate selector declined), send
-    // the request again as it is and show the 401.
-    if (run.lastUnusable) return job.held401 ? deliverHeld(run, job.held401) : failed(job, ownCopy(run.lastUnusable));
+    // kept from its bare send); or, when none of them is (a certificate selector declined the only
+    // one), send the request again as it is and show the 401.
+    if (offersUnusable(env.mechanisms, step.challenges, run))
+      return job.held401 ? deliverHeld(run, job.held401) : failed(job, ownCopy(run.lastUnusable!));
     job.noAuth = true;
     return CHECK;
   }

@@ -4,9 +4,11 @@
  * or nearly (a diagnostics publication); no session, no connection.
  */
 import { readChallenges } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered } from '../diagnostics.ts';
 import { MultilegError } from '../errors.ts';
 import type { ResponseHeaders } from '../handshake/leg.ts';
+import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import { kdcSilent } from './origin-memory.ts';
 
 /**
@@ -39,6 +41,23 @@ export function unusable(found: SchemeFindings, scheme: string, error: Error): v
   found.unusableWhy.set(scheme, error);
   found.lastUnusable = error;
   if (scheme === 'negotiate' && error instanceof MultilegError) found.negotiateSkipped = error;
+}
+
+/** Schemes excluded to ask whether a mechanism of the agent's is offered (Transport has none). */
+const NO_TRANSPORT: ReadonlySet<string> = new Set([TRANSPORT]);
+
+/**
+ * Nothing left answers `offered` (none chosen past `found.excluded`): whether that is because a
+ * scheme of the agent's it offers cannot run here (T2, R4: the caller gets why, `found.lastUnusable`,
+ * or with deliver401 the 401 told why), rather than because it offers none, or only a Transport
+ * challenge declined or presented already (the caller's 401 as it came). Requests' and upgrades'.
+ */
+export function offersUnusable(
+  mechanisms: MechanismSet,
+  offered: readonly Challenge[],
+  found: SchemeFindings,
+): boolean {
+  return found.lastUnusable !== undefined && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined;
 }
 
 /**

@@ -64,7 +64,12 @@ import {
   selectCertificate,
 } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
-import { unusable as foundUnusable, publishUnanswered401, type SchemeFindings } from '../session/first-challenge.ts';
+import {
+  unusable as foundUnusable,
+  offersUnusable,
+  publishUnanswered401,
+  type SchemeFindings,
+} from '../session/first-challenge.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import type { OriginPool } from '../session/origin-pool.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
@@ -594,7 +599,7 @@ export class UpgradeDispatcher {
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
               // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
               // the caller's, told why.
-              if (found.lastUnusable && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined) {
+              if (offersUnusable(mechanisms, offered, found)) {
                 if (deliver401) {
                   publishUnanswered401(origin, opts.path, h, found.unusableWhy);
                   return false;
@@ -701,8 +706,9 @@ export class UpgradeDispatcher {
             if (mechanisms.choose(challenges, excluded)?.mechanism === undefined) {
               // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
               // the typed error of a scheme that cannot run here without deliver401.
-              if (found.lastUnusable && !deliver401) throw ownCopy(found.lastUnusable);
-              if (found.lastUnusable) publishUnanswered401(origin, opts.path, outcome.headers, found.unusableWhy);
+              const why = offersUnusable(mechanisms, challenges, found);
+              if (why && !deliver401) throw ownCopy(found.lastUnusable!);
+              if (why) publishUnanswered401(origin, opts.path, outcome.headers, found.unusableWhy);
               // (Held: the classifier holds a 401 it chose Transport for.)
               replayHeld(sink, outcome.held!);
               return;
@@ -994,9 +1000,6 @@ export class UpgradeDispatcher {
     });
   }
 }
-
-/** Schemes excluded to ask whether a mechanism of the agent's is offered (Transport has none). */
-const NO_TRANSPORT: ReadonlySet<string> = new Set([TRANSPORT]);
 
 /**
  * Closes `socket` (the connection a Transport challenge came on) and resolves once it has closed:
