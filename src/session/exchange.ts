@@ -1,6 +1,6 @@
 import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { publishWithheld, tracingLegs } from '../diagnostics.ts';
+import { tracingLegs } from '../diagnostics.ts';
 import { AuthIdInUseError, BodyNotReplayableError, HandshakeTimeoutError, type NoStream, ownCopy } from '../errors.ts';
 import {
   type AuthIdClaims,
@@ -38,7 +38,15 @@ import {
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
-import { exclude, offersUnusable, publishUnanswered401, type SchemeFindings, unusable } from './first-challenge.ts';
+import {
+  exclude,
+  firstChallenge,
+  offersUnusable,
+  publishUnanswered401,
+  type SchemeFindings,
+  unusable,
+  withheld401,
+} from './first-challenge.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
@@ -542,47 +550,39 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
   if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
     const offered = readChallenges(headers);
-    if (env.mechanisms.choose(offered, run.excluded)) {
+    const verdict = firstChallenge(env.mechanisms, offered, run, env.deliver401 === true, false);
+    if (verdict === 'answer' || verdict === 'hold') {
       seen.challenges = offered;
       const reading = readAuthId(headers);
       if (reading?.ok) seen.authId = reading.value;
       // deliver401: kept, to be the caller's if what it offers cannot run here (no second request).
-      return env.deliver401 ? 'hold' : 'swallow';
+      return verdict === 'hold' ? 'hold' : 'swallow';
     }
     // Only schemes already proved unusable here are offered: the caller gets why (R4, T2), or
     // with deliver401 this 401, told why.
-    if (offersUnusable(env.mechanisms, offered, run)) {
-      if (env.deliver401) {
-        tellUnanswered(run, headers);
-        return 'deliver';
-      }
+    if (verdict === 'tell') {
+      tellUnanswered(run, headers);
+      return 'deliver';
+    }
+    if (verdict === 'unusable') {
       seen.unusable = true;
       return 'swallow';
     }
   }
   if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
-    const reason = job.withheld;
-    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, reason);
+    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, job.withheld);
     // S4: a challenge over cleartext is refused with a typed error, not shown as a bare 401.
-    if (reason === 'cleartext') {
+    if (withheld401(job.origin, job.dispatchOptions.path, headers, job.withheld)) {
       seen.cleartextRefused = true;
       return 'swallow';
     }
-    publishWithheld(() => ({
-      origin: job.origin,
-      path: job.dispatchOptions.path,
-      reason,
-      schemes: readChallenges(headers).map((c) => c.scheme),
-      time: Date.now(),
-    }));
   } else if (
     status === 401 &&
     job.identity === 'agent' &&
     env.memory.credentialsRefused &&
     env.mechanisms.choose(readChallenges(headers))
   ) {
-    // R4: held back after the server refused them here (or left a password unanswered); without a word the caller could not tell
-    // this 401 from a refusal of what it sent (it sent nothing), nor when they go again.
+    // R4: held back after the server refused them here (or left a password unanswered).
     const heldBackFor = env.memory.proof.refusedFor;
     log.agent(
       '%s job %d: 401 not answered: refused or left unanswered here lately, held back %d ms more',
@@ -590,14 +590,7 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       job.id,
       heldBackFor,
     );
-    publishWithheld(() => ({
-      origin: job.origin,
-      path: job.dispatchOptions.path,
-      reason: 'refused-lately',
-      heldBackFor,
-      schemes: readChallenges(headers).map((c) => c.scheme),
-      time: Date.now(),
-    }));
+    withheld401(job.origin, job.dispatchOptions.path, headers, 'refused-lately', heldBackFor);
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
   if (status === 421 && job.relocations < 2) {

@@ -5,10 +5,11 @@
  */
 import { readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { publishUnanswered } from '../diagnostics.ts';
+import { publishUnanswered, publishWithheld } from '../diagnostics.ts';
 import { MultilegError } from '../errors.ts';
 import type { ResponseHeaders } from '../handshake/leg.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
+import type { WithheldReason } from '../trust/policy.ts';
 import { kdcSilent } from './origin-memory.ts';
 
 /**
@@ -58,6 +59,54 @@ export function offersUnusable(
   found: SchemeFindings,
 ): boolean {
   return found.lastUnusable !== undefined && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined;
+}
+
+/**
+ * What a 401 to a send without the agent's credentials, which they may answer, asks of the agent
+ * (T2, T3, R4), `found` what cannot run here: `answer`, a scheme of the agent's (or Transport, T3)
+ * answers it; `hold`, the same, the 401 kept in full in case it turns out the caller's — with
+ * `deliver401` (its scheme may fail to start), and for a Transport challenge where `sentOnce` (an
+ * upgrade: it goes no second time when the selector declines); `unusable`, it offers only schemes
+ * found unusable here: the caller gets why; `tell`, the same with `deliver401`: the 401 is the
+ * caller's, told why (the caller publishes it); undefined, nothing of the agent's is offered.
+ */
+export function firstChallenge(
+  mechanisms: MechanismSet,
+  offered: readonly Challenge[],
+  found: SchemeFindings,
+  deliver401: boolean,
+  sentOnce: boolean,
+): 'answer' | 'hold' | 'unusable' | 'tell' | undefined {
+  const chosen = mechanisms.choose(offered, found.excluded);
+  if (chosen) return deliver401 || (sentOnce && chosen.mechanism === undefined) ? 'hold' : 'answer';
+  if (offersUnusable(mechanisms, offered, found)) return deliver401 ? 'tell' : 'unusable';
+  return undefined;
+}
+
+/**
+ * S1, S4, S5, R4: a 401 offering a scheme of the agent's, met where its credentials are kept from
+ * it (`reason`; `refused-lately`: refused here lately, held back `heldBackFor` ms more), is the
+ * caller's, said why on `multileg:withheld` — the caller could not tell it from a refusal of what
+ * it sent. Over cleartext (S4) it is refused with CleartextCredentialsError instead: true (nothing
+ * published). Requests' and upgrades'.
+ */
+export function withheld401(
+  origin: string,
+  path: string,
+  headers: ResponseHeaders,
+  reason: WithheldReason | 'refused-lately',
+  heldBackFor?: number,
+): boolean {
+  if (reason === 'cleartext') return true;
+  publishWithheld(() => ({
+    origin,
+    path,
+    reason,
+    ...(heldBackFor !== undefined ? { heldBackFor } : {}),
+    schemes: readChallenges(headers).map((c) => c.scheme),
+    time: Date.now(),
+  }));
+  return false;
 }
 
 /**

@@ -18,7 +18,6 @@ import type { Challenge } from '../challenge/types.ts';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
-import { publishWithheld } from '../diagnostics.ts';
 import {
   ConnectionClosedError,
   CookieStoreError,
@@ -65,10 +64,12 @@ import {
 } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import {
+  firstChallenge,
   unusable as foundUnusable,
   offersUnusable,
   publishUnanswered401,
   type SchemeFindings,
+  withheld401,
 } from '../session/first-challenge.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import type { OriginPool } from '../session/origin-pool.ts';
@@ -557,57 +558,30 @@ export class UpgradeDispatcher {
             // swallowed (nothing of it reaches the caller) and refused with a typed error below (S4);
             // otherwise the caller's, said why, as a request's is.
             if (withheld !== undefined && mechanisms.choose(offered)) {
-              if (withheld === 'cleartext') {
-                asks = 'cleartext';
-                return true;
-              }
-              publishWithheld(() => ({
-                origin,
-                path: opts.path,
-                reason: withheld,
-                schemes: offered.map((c) => c.scheme),
-                time: Date.now(),
-              }));
-              return false;
+              if (!withheld401(origin, opts.path, h, withheld)) return false;
+              asks = 'cleartext';
+              return true;
             }
             if (!answering) return false;
             challengedOn = line.connections;
             closing = saysClose(h.connection);
             // Refused here lately (R4): the caller gets the server's 401, as a request does, told why.
             if (!auth && proofHere()?.refused) {
-              if (mechanisms.choose(offered)) {
-                const heldBackFor = proof!.refusedFor;
-                publishWithheld(() => ({
-                  origin,
-                  path: opts.path,
-                  reason: 'refused-lately',
-                  heldBackFor,
-                  schemes: offered.map((c) => c.scheme),
-                  time: Date.now(),
-                }));
-              }
+              if (mechanisms.choose(offered)) withheld401(origin, opts.path, h, 'refused-lately', proof!.refusedFor);
               return false;
             }
             if (!auth) {
               recall();
               // deliver401: held in full, to be the caller's if what it offers cannot run here (the
-              // upgrade is sent once, as a request is).
-              const chosen = mechanisms.choose(offered, excluded);
-              if (chosen?.mechanism !== undefined) return deliver401 ? 'hold' : true;
-              // T3: held too, the caller's as it came if the selector declines and nothing else answers.
-              if (chosen) return 'hold';
+              // upgrade is sent once, as a request is); a Transport challenge too, the caller's as it
+              // came if the selector declines and nothing else answers (sent once: no second send).
+              const verdict = firstChallenge(mechanisms, offered, found, deliver401, true);
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
               // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
               // the caller's, told why.
-              if (offersUnusable(mechanisms, offered, found)) {
-                if (deliver401) {
-                  publishUnanswered401(origin, opts.path, h, found.unusableWhy);
-                  return false;
-                }
-                asks = 'unusable';
-                return true;
-              }
-              return false;
+              if (verdict === 'tell') publishUnanswered401(origin, opts.path, h, found.unusableWhy);
+              if (verdict === 'unusable') asks = 'unusable';
+              return verdict === 'hold' ? 'hold' : verdict === 'answer' || verdict === 'unusable';
             }
             const next = offered.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
