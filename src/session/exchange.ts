@@ -32,8 +32,9 @@ import {
   ClientCertificateRequiredError,
   certificateAnswer,
   certificateRefusal,
+  certificateRefused,
+  demandsCertificate,
   mayBeCertificateAnswer,
-  mayDemandCertificate,
   sameCertificate,
   selectCertificate,
 } from './client-certificate.ts';
@@ -751,7 +752,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     if (reason) return end({ kind: 'relocate', reason });
     const refused = refusedCertificate(run, result.error);
     if (refused) return refused;
-    if (demandsCertificate(run, result.error)) return { kind: 'demand', error: result.error };
+    if (demandedCertificate(run, result.error)) return { kind: 'demand', error: result.error };
     return failed(job, result.error);
   }
   if (result.kind === 'delivered') {
@@ -811,14 +812,13 @@ function refuseCertificate(
   // (Only a selector is told the server's acceptable CAs: askAcceptableIssuers says the caller gave one.)
   const chosen = env.askAcceptableIssuers === true;
   const certificate = session.certificate!;
-  if (chosen && env.memory.clientCertificate === certificate) env.memory.clientCertificate = undefined;
   log.agent(
     '%s job %d: the server refused the client certificate (%s)',
     job.origin,
     job.id,
     how.alert ?? how.answered ?? 'closed',
   );
-  const refusal = new ClientCertificateRefusedError(job.origin, how.alert, chosen, { cause: how.cause }, how.answered);
+  const refusal = certificateRefused(job.origin, env.memory, certificate, chosen, how);
   if (chosen && (!how.closed || mayGoTwice(job)) && rerunWithNewCredentials(job))
     return { kind: 'demand', error: refusal, refused: certificate };
   return failed(job, refusal);
@@ -877,17 +877,16 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
  * connection that answered nothing and presented no certificate (one that did was refused for
  * other reasons, and a second is not asked for).
  */
-function demandsCertificate({ session, job, env, excluded }: Run, error: Error): boolean {
-  return (
-    job.identity === 'agent' &&
-    !job.noAuth &&
-    env.certificateRequest !== undefined &&
-    !session.certified &&
-    !excluded?.has(TRANSPORT) &&
-    job.origin.startsWith('https:') &&
-    !session.answered &&
-    mayDemandCertificate(error, mayGoTwice(job))
-  );
+function demandedCertificate({ session, job, env, excluded }: Run, error: Error): boolean {
+  return demandsCertificate(error, {
+    agentsOwn: job.identity === 'agent' && !job.noAuth,
+    origin: job.origin,
+    probes: env.certificateRequest !== undefined,
+    certified: session.certified,
+    answered: session.answered,
+    transportDone: excluded?.has(TRANSPORT) === true,
+    mayGoTwice: mayGoTwice(job),
+  });
 }
 
 /**

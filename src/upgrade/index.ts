@@ -56,10 +56,11 @@ import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import {
   answerCertificateDemand,
   type CertificateDemand,
-  ClientCertificateRefusedError,
+  type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateRefusal,
-  mayDemandCertificate,
+  certificateRefused,
+  demandsCertificate,
   selectCertificate,
 } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
@@ -303,12 +304,12 @@ export class UpgradeDispatcher {
   #refused(origin: string, line: Line, refusal: string, cause: Error): ClientCertificateRefusedError {
     // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
     const chosen = this.#options.askAcceptableIssuers === true;
-    if (chosen) {
-      const memory = this.#options.transportOf?.(origin).memory;
-      if (memory && memory.clientCertificate === line.certificate) memory.clientCertificate = undefined;
-    }
     log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
-    return new ClientCertificateRefusedError(origin, refusal === 'closed' ? undefined : refusal, chosen, { cause });
+    const memory = chosen ? this.#options.transportOf?.(origin).memory : undefined;
+    return certificateRefused(origin, memory, line.certificate, chosen, {
+      alert: refusal === 'closed' ? undefined : refusal,
+      cause,
+    });
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
@@ -635,14 +636,18 @@ export class UpgradeDispatcher {
           // CAs), and the upgrade goes again on a new connection presenting its choice.
           if (
             !auth &&
-            answering &&
-            !certified &&
-            !selected &&
-            !line.answered &&
             !sink.aborted &&
-            origin.startsWith('https:') &&
-            this.#options.transportOf !== undefined &&
-            mayDemandCertificate(error, true)
+            demandsCertificate(error, {
+              agentsOwn: answering,
+              origin,
+              probes: this.#options.transportOf !== undefined,
+              certified,
+              answered: line.answered,
+              // (The selector asked once already, at a Transport challenge or a demand.)
+              transportDone: selected,
+              // An upgrade goes as a GET (or CONNECT) with no body to lose: a close counts, as for a GET.
+              mayGoTwice: true,
+            })
           ) {
             selected = true;
             excluded.add(TRANSPORT);
