@@ -19,7 +19,7 @@ import {
   ResponseFramingError,
 } from '../errors.ts';
 import { log } from '../log.ts';
-import { atOpening, cannotRunHere, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, carriesPassword, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
@@ -418,8 +418,7 @@ class Handshake {
       result.kind === 'failed' &&
       result.unanswered === true &&
       (this.#clock.timedOut || closedUnder(result.error)) &&
-      !atOpening(this.#mechanism, this.#context, this.#legs) &&
-      sentPassword(this.#mechanism, this.#context)
+      carriesPassword(this.#mechanism, this.#context, this.#legs)
     );
   }
 

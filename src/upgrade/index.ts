@@ -36,6 +36,7 @@ import { log } from '../log.ts';
 import {
   atOpening,
   cannotRunHere,
+  carriesPassword,
   challengeAsks,
   type MechanismSet,
   sentPassword,
@@ -614,7 +615,7 @@ export class UpgradeDispatcher {
           }
           // R4: a leg carrying the password that the server never answered (the clock, a close; not
           // the caller's abort) may have been counted, as a request's handshake says.
-          const counted = auth !== undefined && carriesPassword(auth);
+          const counted = auth !== undefined && carriesPassword(auth.mechanism, auth.context, auth.legs);
           if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
           // The server closed the connection under a written leg: typed, as for a request, saying
           // whether it had answered this handshake's challenges on it and whether the password went.
@@ -989,11 +990,6 @@ function closed(socket: Socket | undefined): Promise<void> {
   const done = once(socket, 'close').then(() => {});
   socket.destroy();
   return done;
-}
-
-/** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
-function carriesPassword(auth: Auth): boolean {
-  return !atOpening(auth.mechanism, auth.context, auth.legs) && sentPassword(auth.mechanism, auth.context);
 }
 
 /**
