@@ -68,7 +68,6 @@ import type { CredentialProof, ProofOutcome, Ticket } from '../session/credentia
 import {
   firstChallenge,
   unusable as foundUnusable,
-  offersUnusable,
   publishUnanswered401,
   type SchemeFindings,
   withheld401,
@@ -683,12 +682,13 @@ export class UpgradeDispatcher {
               continue;
             }
             log.agent('%s upgrade: Transport: the selector declined', origin);
-            if (mechanisms.choose(challenges, excluded)?.mechanism === undefined) {
+            // The same 401 read again without Transport: the first leg's verdict (firstChallenge).
+            const verdict = firstChallenge(mechanisms, challenges, found, deliver401, true);
+            if (verdict !== 'answer' && verdict !== 'hold') {
               // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
               // the typed error of a scheme that cannot run here without deliver401.
-              const why = offersUnusable(mechanisms, challenges, found);
-              if (why && !deliver401) throw ownCopy(found.lastUnusable!);
-              if (why) publishUnanswered401(origin, opts.path, outcome.headers, found.unusableWhy);
+              if (verdict === 'unusable') throw ownCopy(found.lastUnusable!);
+              if (verdict === 'tell') publishUnanswered401(origin, opts.path, outcome.headers, found.unusableWhy);
               // (Held: the classifier holds a 401 it chose Transport for.)
               replayHeld(sink, outcome.held!);
               return;
