@@ -216,6 +216,17 @@ export type HandshakeResult =
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
 
+/**
+ * R4: whether a written leg that got no response head may have been counted by the server as a try
+ * of the credentials it carried: the handshake's clock ran out (`timedOut`), or undici's
+ * headersTimeout did (the agent's, which may be the shorter), or the connection closed under it —
+ * not the caller's abort, a stream the server reset, or a head that could not be read (an answer).
+ * Requests' and upgrades'.
+ */
+export function unansweredMayCount(timedOut: boolean, error: Error): boolean {
+  return timedOut || closedUnder(error) || (error as { code?: unknown }).code === 'UND_ERR_HEADERS_TIMEOUT';
+}
+
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
   const e = err as Error & { http2ErrorCode?: number; code?: string };
@@ -417,7 +428,7 @@ class Handshake {
     return (
       result.kind === 'failed' &&
       result.unanswered === true &&
-      (this.#clock.timedOut || closedUnder(result.error)) &&
+      unansweredMayCount(this.#clock.timedOut, result.error) &&
       carriesPassword(this.#mechanism, this.#context, this.#legs)
     );
   }

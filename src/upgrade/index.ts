@@ -28,7 +28,7 @@ import {
   MultilegError,
   ownCopy,
 } from '../errors.ts';
-import { handshakeClock } from '../handshake/handshake.ts';
+import { handshakeClock, unansweredMayCount } from '../handshake/handshake.ts';
 import { type HeldResponse, replayHeld } from '../handshake/leg.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { type HeaderMap, saysClose } from '../headers.ts';
@@ -612,10 +612,11 @@ export class UpgradeDispatcher {
             auth = await startOver(auth);
             continue;
           }
-          // R4: a leg carrying the password that the server never answered (the clock, a close; not
-          // the caller's abort) may have been counted, as a request's handshake says.
+          // R4: a leg carrying the password that the server never answered (the clock, undici's
+          // headersTimeout, a close; not the caller's abort) may have been counted, as a request's.
           const counted = auth !== undefined && carriesPassword(auth.mechanism, auth.context, auth.legs);
-          if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
+          if (counted && outcome.unanswered && unansweredMayCount(clock?.timedOut === true, outcome.error))
+            proved = 'unanswered';
           // The server closed the connection under a written leg: typed, as for a request, saying
           // whether it had answered this handshake's challenges on it and whether the password went.
           const error =
