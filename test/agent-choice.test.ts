@@ -40,6 +40,7 @@ import {
   rig,
   SCRIPTED_NTLM_CHALLENGE,
   subjectDer,
+  unavailableScheme,
 } from './helpers.ts';
 import { certificateApache, certificateNginx, freePort, requirePeer } from './lab/index.ts';
 
@@ -710,6 +711,28 @@ describe('choosing credentials: Transport (client certificates), 401 vs 403, tru
     // Nothing offered can be answered: the selector is never asked, and the 401 is shown after one request.
     expect(asked).toBe(0);
     expect(s.requests).toHaveLength(1);
+  });
+
+  it('T2/T3: a Transport 401 the selector declines, at an origin where Negotiate cannot run lately, is the caller’s 401 (the request’s second send, as without that memory), not the error of the scheme it does not offer', async () => {
+    const s = await scriptedOrigin((req, res) => {
+      const offer = req.url.startsWith('/neg') ? 'Negotiate' : 'Transport mode="tls-client-certificate"';
+      res.writeHead(401, { 'www-authenticate': offer }).end('who are you?');
+    });
+    let asked = 0;
+    const a = agentFor(s.origin, {
+      mechanisms: [unavailableScheme('Negotiate')],
+      clientCertificate: () => {
+        asked += 1;
+        return undefined;
+      },
+    });
+    // Negotiate cannot run here: the origin remembers it a while (R4).
+    await expect(fetch(`${s.origin}/neg`, { dispatcher: a })).rejects.toThrow();
+    // Before: MechanismUnavailableError ("remembered for this origin") for a 401 that offers no Negotiate.
+    const res = await fetch(`${s.origin}/cert`, { dispatcher: a });
+    expect(res.status).toBe(401);
+    expect(await res.text()).toBe('who are you?');
+    expect(asked).toBe(1);
   });
 });
 

@@ -117,6 +117,24 @@ describe('a handshake leg carrying the password that the server never answers (R
     expect(served!.legs.filter((t) => t === 3)).toHaveLength(2);
   });
 
+  it("R4: a server silent on the NTLM AUTHENTICATE past the agent's headersTimeout (shorter than handshakeTimeout) is sent it twice in a row too, as an upgrade's is: the next requests go without the credentials", async () => {
+    served = await serve('silent-authenticate');
+    const origin = served.origin;
+    agent = new MultilegAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
+      trustedOrigins: [origin],
+      negotiate: false,
+      headersTimeout: 300,
+      limits: { handshakeTimeout: 10_000 },
+    });
+    const results: string[] = [];
+    for (let i = 0; i < 5; i++) results.push(await outcome(agent, origin, `/x${i}`));
+    // Before: undici's headers timeout was no unanswered password leg on a request's handshake (the
+    // upgrade's counted it): 5 timeouts, 5 AUTHENTICATEs.
+    expect(results).toEqual(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', '401', '401', '401']);
+    expect(served.legs.filter((t) => t === 3)).toHaveLength(2);
+  });
+
   it('R4/C8: a new connection closed under the AUTHENTICATE keeps the unproved password back too, and its error names the handshake, not a kept-alive connection', async () => {
     const { origin, agent: a } = await setUp('close-after-challenge');
     const first = await a.request({ origin, path: '/x', method: 'GET' }).catch((e: Error & { code?: string }) => e);

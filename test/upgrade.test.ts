@@ -9,6 +9,7 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { createSecureContext, createServer as createTlsServer } from 'node:tls';
 import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
@@ -46,6 +47,7 @@ import {
   type ReferenceProxy,
   startReferenceProxy,
 } from '../src/reference-server/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import {
   ALICE,
   deferred,
@@ -519,6 +521,22 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     }
     expect(outcomes).toEqual(['MULTILEG_HANDSHAKE_TIMEOUT', 'MULTILEG_HANDSHAKE_TIMEOUT', '401', '401']);
     // Before: four AUTHENTICATEs, one per upgrade.
+    expect(origin.seen.filter((s) => s.authorization === 'stalled')).toHaveLength(2);
+  });
+
+  it("R4: an origin silent on the upgrade’s AUTHENTICATE past the agent's headersTimeout (shorter than handshakeTimeout) is sent it twice in a row too, by the rule a request's handshake asks (unansweredMayCount)", async () => {
+    origin = await upgradeServer({ ntlm: true, stallAuthenticate: true });
+    agent = ntlmAgent({ headersTimeout: 300, limits: { handshakeTimeout: 10_000 } });
+    const outcomes: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      outcomes.push(
+        await upgradeOrResponse(agent, origin.origin).then(
+          (r) => (r.kind === 'response' ? String(r.status) : r.kind),
+          (e: { code?: string }) => String(e.code),
+        ),
+      );
+    }
+    expect(outcomes).toEqual(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', '401', '401']);
     expect(origin.seen.filter((s) => s.authorization === 'stalled')).toHaveLength(2);
   });
 
@@ -1042,6 +1060,54 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     });
     expect(asked).toHaveLength(1);
     expect(origin.seen.map((s) => s.status)).toEqual([401]);
+  });
+
+  it('T2/T3: a Transport 401 the selector declines, at an origin where Negotiate cannot run lately, is the caller’s 401 from the one send (as without that memory), not the error of the scheme it does not offer', async () => {
+    // /neg offers Negotiate, the rest Transport (Node's https: an upgrade no one takes is a request).
+    const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      const offer = req.url?.startsWith('/neg') ? 'Negotiate' : 'Transport mode="tls-client-certificate"';
+      res.writeHead(401, { 'www-authenticate': offer }).end('bring a certificate');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const at = `https://localhost:${(server.address() as AddressInfo).port}`;
+      const { asked, select } = recordingSelector('none');
+      agent = new MultilegAgent({
+        credentials: ALICE,
+        mechanisms: [unavailableScheme('Negotiate')],
+        clientCertificate: select,
+        trustedOrigins: [at],
+        connect: { ca: CA_CERT },
+        proxy: false,
+      });
+      const to = (path: string) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) => {
+          let status = 0;
+          let body = '';
+          agent!.dispatch(
+            { origin: at, path, method: 'GET', upgrade: 'websocket' },
+            {
+              onRequestUpgrade: () => reject(new Error('upgraded')),
+              onResponseStart: (_c, st) => {
+                status = st;
+              },
+              onResponseData: (_c, chunk) => {
+                body += chunk.toString();
+              },
+              onResponseEnd: () => resolve({ status, body }),
+              onResponseError: (_c, err) => reject(err),
+            },
+          );
+        });
+      // Negotiate cannot run here: the origin remembers it a while (R4).
+      await expect(to('/neg')).rejects.toBeInstanceOf(MechanismUnavailableError);
+      // Before: MechanismUnavailableError ("remembered for this origin") for a 401 that offers no Negotiate.
+      expect(await to('/ws')).toEqual({ status: 401, body: 'bring a certificate' });
+      expect(asked).toHaveLength(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   it('T3/T2: a selector that declines an upgrade’s Transport challenge, NTLM offered too: NTLM answers it on the same connection (before, the 401 was the caller’s)', async () => {

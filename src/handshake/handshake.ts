@@ -19,7 +19,7 @@ import {
   ResponseFramingError,
 } from '../errors.ts';
 import { log } from '../log.ts';
-import { atOpening, cannotRunHere, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
+import { atOpening, cannotRunHere, carriesPassword, challengeAsks, sentPassword } from '../mechanisms/registry.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import type { LegResult, ResponseHeaders, Verdict } from './leg.ts';
 import type { UserSink } from './user-sink.ts';
@@ -215,6 +215,17 @@ export type HandshakeResult =
    * (with that 401's Auth-ID, C3).
    */
   | { readonly kind: 'declined'; readonly offered: readonly Challenge[]; readonly authId?: string };
+
+/**
+ * R4: whether a written leg that got no response head may have been counted by the server as a try
+ * of the credentials it carried: the handshake's clock ran out (`timedOut`), or undici's
+ * headersTimeout did (the agent's, which may be the shorter), or the connection closed under it —
+ * not the caller's abort, a stream the server reset, or a head that could not be read (an answer).
+ * Requests' and upgrades'.
+ */
+export function unansweredMayCount(timedOut: boolean, error: Error): boolean {
+  return timedOut || closedUnder(error) || (error as { code?: unknown }).code === 'UND_ERR_HEADERS_TIMEOUT';
+}
 
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
@@ -417,9 +428,8 @@ class Handshake {
     return (
       result.kind === 'failed' &&
       result.unanswered === true &&
-      (this.#clock.timedOut || closedUnder(result.error)) &&
-      !atOpening(this.#mechanism, this.#context, this.#legs) &&
-      sentPassword(this.#mechanism, this.#context)
+      unansweredMayCount(this.#clock.timedOut, result.error) &&
+      carriesPassword(this.#mechanism, this.#context, this.#legs)
     );
   }
 

@@ -46,6 +46,17 @@ export const atOpening = (
 ): boolean => legs === 1 && mechanism.multileg && !context.firstLegCompletes;
 
 /**
+ * Whether the last leg of a handshake that has sent `legs` legs carried the password, or what derives
+ * from it (R4: a server that never answered it may have counted it as a try): not the opening of a
+ * multi-leg handshake ({@link atOpening}), and {@link sentPassword}. Requests' and upgrades'.
+ */
+export const carriesPassword = (
+  mechanism: Pick<Mechanism, 'multileg' | 'usesPassword'>,
+  context: Pick<MechanismContext, 'firstLegCompletes' | 'sentPassword'>,
+  legs: number,
+): boolean => !atOpening(mechanism, context, legs) && sentPassword(mechanism, context);
+
+/**
  * What the server's (a proxy's) challenge for a running handshake's scheme asks of it, one rule for
  * origins, proxies and upgrades: `next-leg`, a token to answer; `run-again`, the refusal (an SPNEGO
  * reject) of credentials the mechanism has renewed since (Negotiate: a ticket sealed with a key the

@@ -559,3 +559,52 @@ export async function answerCertificateDemand(
     clock.stop();
   }
 }
+
+/**
+ * T3: the server refused `presented`, the certificate a connection to `origin` showed (`how.alert`:
+ * a TLS alert's code; none after a close; `how.answered`: nginx's page about it): the typed error.
+ * One the selector chose (`chosen`: the agent's selector is the caller's, as askAcceptableIssuers
+ * says) is the origin's no longer (`memory`: its requests and upgrades present none until the
+ * selector is asked again); one given as such stays, there is no other. Requests' and upgrades'.
+ */
+export function certificateRefused(
+  origin: string,
+  memory: { clientCertificate?: ClientCertificate | undefined } | undefined,
+  presented: ClientCertificate | undefined,
+  chosen: boolean,
+  how: { readonly alert?: string | undefined; readonly answered?: string | undefined; readonly cause: unknown },
+): ClientCertificateRefusedError {
+  if (chosen && memory && memory.clientCertificate === presented) memory.clientCertificate = undefined;
+  return new ClientCertificateRefusedError(origin, how.alert, chosen, { cause: how.cause }, how.answered);
+}
+
+/**
+ * T3: whether a connection's failure (`error`) may be the server refusing the TLS handshake for
+ * want of a client certificate, and the agent may answer that (the probe confirms, the selector is
+ * asked): where the agent's credentials may go (`agentsOwn`: S1, S5, as a Transport challenge is
+ * answered), to an https `origin` it can probe, on a connection that presented none and answered
+ * nothing, Transport not answered already; `mayGoTwice`: a close, which says less than an alert,
+ * counts only for what may be sent again ({@link mayDemandCertificate}). Requests' and upgrades'.
+ */
+export function demandsCertificate(
+  error: Error,
+  at: {
+    readonly agentsOwn: boolean;
+    readonly origin: string;
+    readonly probes: boolean;
+    readonly certified: boolean;
+    readonly answered: boolean;
+    readonly transportDone: boolean;
+    readonly mayGoTwice: boolean;
+  },
+): boolean {
+  return (
+    at.agentsOwn &&
+    at.probes &&
+    !at.certified &&
+    !at.transportDone &&
+    at.origin.startsWith('https:') &&
+    !at.answered &&
+    mayDemandCertificate(error, at.mayGoTwice)
+  );
+}

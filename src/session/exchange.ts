@@ -1,14 +1,7 @@
 import { readAuthId, readChallenges, readPersistentAuth } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
-import { publishUnanswered, publishWithheld, tracingLegs } from '../diagnostics.ts';
-import {
-  AuthIdInUseError,
-  BodyNotReplayableError,
-  HandshakeTimeoutError,
-  MultilegError,
-  type NoStream,
-  ownCopy,
-} from '../errors.ts';
+import { tracingLegs } from '../diagnostics.ts';
+import { AuthIdInUseError, BodyNotReplayableError, HandshakeTimeoutError, type NoStream, ownCopy } from '../errors.ts';
 import {
   type AuthIdClaims,
   type HandshakeInput,
@@ -39,12 +32,22 @@ import {
   ClientCertificateRequiredError,
   certificateAnswer,
   certificateRefusal,
+  certificateRefused,
+  demandsCertificate,
   mayBeCertificateAnswer,
-  mayDemandCertificate,
   sameCertificate,
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
+import {
+  exclude,
+  firstChallenge,
+  offersUnusable,
+  publishUnanswered401,
+  type SchemeFindings,
+  unusable,
+  withheld401,
+} from './first-challenge.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
 import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
@@ -173,6 +176,9 @@ export type ExchangeOutcome =
   | { readonly kind: 'fast' }
   | { readonly kind: 'relocate'; readonly reason: RelocateReason };
 
+// (fast-exchange.ts imports it from here.)
+export { unusable };
+
 export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
 
@@ -267,37 +273,6 @@ function tellUnanswered({ job, unusableWhy }: Run, headers: ResponseHeaders): vo
   publishUnanswered401(job.origin, job.dispatchOptions.path, headers, unusableWhy);
 }
 
-/**
- * `deliver401`: publishes why the 401 in `headers` for `origin` + `path` goes to the caller: the
- * offered schemes of `unusableWhy` (by scheme key: why each cannot run here). Requests' and upgrades'.
- */
-export function publishUnanswered401(
-  origin: string,
-  path: string,
-  headers: ResponseHeaders,
-  unusableWhy: ReadonlyMap<string, Error> | undefined,
-): void {
-  publishUnanswered(() => {
-    const offered = readChallenges(headers);
-    const byKey = new Map(offered.map((c) => [c.schemeKey, c.scheme]));
-    return {
-      origin,
-      path,
-      schemes: offered.map((c) => c.scheme),
-      unusable: [...(unusableWhy ?? [])]
-        .filter(([key]) => byKey.has(key))
-        .map(([key, err]) => ({
-          scheme: byKey.get(key)!,
-          code: err instanceof MultilegError ? err.code : err.name,
-          message: err.message,
-          // The KDC's silence, not the server's word: a retry once it answers may authenticate.
-          ...(kdcSilent(err) ? { kdcSilent: true as const } : {}),
-        })),
-      time: Date.now(),
-    };
-  });
-}
-
 /** `deliver401`: the held 401 nothing here can answer is the caller's response (sent once, as curl does). */
 function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
@@ -307,18 +282,10 @@ function deliverHeld(run: Run, held: HeldResponse): Step {
 }
 
 /** What one request carries through its lifecycle on one session. */
-export interface Run {
+export interface Run extends SchemeFindings {
   readonly session: Session;
   readonly job: Job;
   readonly env: ExchangeEnv;
-  /** Schemes that cannot run here (no ticket, package missing), lower-case (T2); made when needed. */
-  excluded: Set<string> | undefined;
-  /** Why the last excluded scheme could not run: the caller's error when nothing else is left. */
-  lastUnusable: Error | undefined;
-  /** Why each scheme excluded as unusable could not run (lower-case keys); made when needed. */
-  unusableWhy?: Map<string, Error>;
-  /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
-  negotiateSkipped?: MultilegError;
   /** The session was asked to connect before a channel-bound first token (once per request). */
   connectTried?: boolean;
 }
@@ -420,23 +387,6 @@ export function fastPathReady(session: Session, env: ExchangeEnv): boolean {
     !env.memory.hasUnusable &&
     session.sendsDirect
   );
-}
-
-function exclude(run: Run, scheme: string): void {
-  run.excluded ??= new Set();
-  run.excluded.add(scheme);
-}
-
-/** Excludes a scheme that proved unusable here and keeps why (T2, M5). */
-export function unusable(run: Run, scheme: string, error: Error): void {
-  // What this request found itself stays its reason: `check` reads the origin's memory again, whose
-  // copy says "remembered".
-  if (run.unusableWhy?.has(scheme)) return;
-  exclude(run, scheme);
-  run.unusableWhy ??= new Map();
-  run.unusableWhy.set(scheme, error);
-  run.lastUnusable = error;
-  if (scheme === 'negotiate' && error instanceof MultilegError) run.negotiateSkipped = error;
 }
 
 /**
@@ -601,47 +551,39 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
   if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
     const offered = readChallenges(headers);
-    if (env.mechanisms.choose(offered, run.excluded)) {
+    const verdict = firstChallenge(env.mechanisms, offered, run, env.deliver401 === true, false);
+    if (verdict === 'answer' || verdict === 'hold') {
       seen.challenges = offered;
       const reading = readAuthId(headers);
       if (reading?.ok) seen.authId = reading.value;
       // deliver401: kept, to be the caller's if what it offers cannot run here (no second request).
-      return env.deliver401 ? 'hold' : 'swallow';
+      return verdict === 'hold' ? 'hold' : 'swallow';
     }
     // Only schemes already proved unusable here are offered: the caller gets why (R4, T2), or
     // with deliver401 this 401, told why.
-    if (run.lastUnusable && env.mechanisms.choose(offered)) {
-      if (env.deliver401) {
-        tellUnanswered(run, headers);
-        return 'deliver';
-      }
+    if (verdict === 'tell') {
+      tellUnanswered(run, headers);
+      return 'deliver';
+    }
+    if (verdict === 'unusable') {
       seen.unusable = true;
       return 'swallow';
     }
   }
   if (status === 401 && job.withheld !== undefined && env.mechanisms.choose(readChallenges(headers))) {
-    const reason = job.withheld;
-    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, reason);
+    log.agent('%s job %d: 401 not answered: %s', job.origin, job.id, job.withheld);
     // S4: a challenge over cleartext is refused with a typed error, not shown as a bare 401.
-    if (reason === 'cleartext') {
+    if (withheld401(job.origin, job.dispatchOptions.path, headers, job.withheld)) {
       seen.cleartextRefused = true;
       return 'swallow';
     }
-    publishWithheld(() => ({
-      origin: job.origin,
-      path: job.dispatchOptions.path,
-      reason,
-      schemes: readChallenges(headers).map((c) => c.scheme),
-      time: Date.now(),
-    }));
   } else if (
     status === 401 &&
     job.identity === 'agent' &&
     env.memory.credentialsRefused &&
     env.mechanisms.choose(readChallenges(headers))
   ) {
-    // R4: held back after the server refused them here (or left a password unanswered); without a word the caller could not tell
-    // this 401 from a refusal of what it sent (it sent nothing), nor when they go again.
+    // R4: held back after the server refused them here (or left a password unanswered).
     const heldBackFor = env.memory.proof.refusedFor;
     log.agent(
       '%s job %d: 401 not answered: refused or left unanswered here lately, held back %d ms more',
@@ -649,14 +591,7 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       job.id,
       heldBackFor,
     );
-    publishWithheld(() => ({
-      origin: job.origin,
-      path: job.dispatchOptions.path,
-      reason: 'refused-lately',
-      heldBackFor,
-      schemes: readChallenges(headers).map((c) => c.scheme),
-      time: Date.now(),
-    }));
+    withheld401(job.origin, job.dispatchOptions.path, headers, 'refused-lately', heldBackFor);
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
   if (status === 421 && job.relocations < 2) {
@@ -817,7 +752,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     if (reason) return end({ kind: 'relocate', reason });
     const refused = refusedCertificate(run, result.error);
     if (refused) return refused;
-    if (demandsCertificate(run, result.error)) return { kind: 'demand', error: result.error };
+    if (demandedCertificate(run, result.error)) return { kind: 'demand', error: result.error };
     return failed(job, result.error);
   }
   if (result.kind === 'delivered') {
@@ -877,14 +812,13 @@ function refuseCertificate(
   // (Only a selector is told the server's acceptable CAs: askAcceptableIssuers says the caller gave one.)
   const chosen = env.askAcceptableIssuers === true;
   const certificate = session.certificate!;
-  if (chosen && env.memory.clientCertificate === certificate) env.memory.clientCertificate = undefined;
   log.agent(
     '%s job %d: the server refused the client certificate (%s)',
     job.origin,
     job.id,
     how.alert ?? how.answered ?? 'closed',
   );
-  const refusal = new ClientCertificateRefusedError(job.origin, how.alert, chosen, { cause: how.cause }, how.answered);
+  const refusal = certificateRefused(job.origin, env.memory, certificate, chosen, how);
   if (chosen && (!how.closed || mayGoTwice(job)) && rerunWithNewCredentials(job))
     return { kind: 'demand', error: refusal, refused: certificate };
   return failed(job, refusal);
@@ -943,17 +877,16 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
  * connection that answered nothing and presented no certificate (one that did was refused for
  * other reasons, and a second is not asked for).
  */
-function demandsCertificate({ session, job, env, excluded }: Run, error: Error): boolean {
-  return (
-    job.identity === 'agent' &&
-    !job.noAuth &&
-    env.certificateRequest !== undefined &&
-    !session.certified &&
-    !excluded?.has(TRANSPORT) &&
-    job.origin.startsWith('https:') &&
-    !session.answered &&
-    mayDemandCertificate(error, mayGoTwice(job))
-  );
+function demandedCertificate({ session, job, env, excluded }: Run, error: Error): boolean {
+  return demandsCertificate(error, {
+    agentsOwn: job.identity === 'agent' && !job.noAuth,
+    origin: job.origin,
+    probes: env.certificateRequest !== undefined,
+    certified: session.certified,
+    answered: session.answered,
+    transportDone: excluded?.has(TRANSPORT) === true,
+    mayGoTwice: mayGoTwice(job),
+  });
 }
 
 /**
@@ -1043,9 +976,10 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
   const chosen = env.mechanisms.choose(step.challenges, run.excluded);
   if (!chosen) {
     // Every offered scheme we have proved unusable here: say why (deliver401: show the 401 itself,
-    // kept from its bare send); or, when nothing said why (a certificate selector declined), send
-    // the request again as it is and show the 401.
-    if (run.lastUnusable) return job.held401 ? deliverHeld(run, job.held401) : failed(job, ownCopy(run.lastUnusable));
+    // kept from its bare send); or, when none of them is (a certificate selector declined the only
+    // one), send the request again as it is and show the 401.
+    if (offersUnusable(env.mechanisms, step.challenges, run))
+      return job.held401 ? deliverHeld(run, job.held401) : failed(job, ownCopy(run.lastUnusable!));
     job.noAuth = true;
     return CHECK;
   }

@@ -18,7 +18,6 @@ import type { Challenge } from '../challenge/types.ts';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { jarCookie, tellJar, withJarCookie } from '../cookie-jar.ts';
 import type { Deadline } from '../deadline.ts';
-import { publishWithheld } from '../diagnostics.ts';
 import {
   ConnectionClosedError,
   CookieStoreError,
@@ -29,7 +28,7 @@ import {
   MultilegError,
   ownCopy,
 } from '../errors.ts';
-import { handshakeClock } from '../handshake/handshake.ts';
+import { handshakeClock, unansweredMayCount } from '../handshake/handshake.ts';
 import { type HeldResponse, replayHeld } from '../handshake/leg.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { type HeaderMap, saysClose } from '../headers.ts';
@@ -37,6 +36,7 @@ import { log } from '../log.ts';
 import {
   atOpening,
   cannotRunHere,
+  carriesPassword,
   challengeAsks,
   type MechanismSet,
   sentPassword,
@@ -57,14 +57,21 @@ import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import {
   answerCertificateDemand,
   type CertificateDemand,
-  ClientCertificateRefusedError,
+  type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateRefusal,
-  mayDemandCertificate,
+  certificateRefused,
+  demandsCertificate,
   selectCertificate,
 } from '../session/client-certificate.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
-import { publishUnanswered401 } from '../session/exchange.ts';
+import {
+  firstChallenge,
+  unusable as foundUnusable,
+  publishUnanswered401,
+  type SchemeFindings,
+  withheld401,
+} from '../session/first-challenge.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import type { OriginPool } from '../session/origin-pool.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
@@ -297,12 +304,12 @@ export class UpgradeDispatcher {
   #refused(origin: string, line: Line, refusal: string, cause: Error): ClientCertificateRefusedError {
     // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
     const chosen = this.#options.askAcceptableIssuers === true;
-    if (chosen) {
-      const memory = this.#options.transportOf?.(origin).memory;
-      if (memory && memory.clientCertificate === line.certificate) memory.clientCertificate = undefined;
-    }
     log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
-    return new ClientCertificateRefusedError(origin, refusal === 'closed' ? undefined : refusal, chosen, { cause });
+    const memory = chosen ? this.#options.transportOf?.(origin).memory : undefined;
+    return certificateRefused(origin, memory, line.certificate, chosen, {
+      alert: refusal === 'closed' ? undefined : refusal,
+      cause,
+    });
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
@@ -441,6 +448,8 @@ export class UpgradeDispatcher {
       proxy: false,
     });
     const excluded = new Set<string>();
+    /** The schemes this upgrade skips and why: its findings and the origin's, as a request keeps them. */
+    const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map() };
     // T3: a Transport challenge is answered by the selector, for an https upgrade that may carry
     // credentials (S1: a trusted origin, no cross-origin hop); once, and not by a connection that
     // presents a certificate already (as a request's session).
@@ -464,25 +473,15 @@ export class UpgradeDispatcher {
     const schemesOf = this.#options.schemesOf;
     let schemes: Pick<OriginMemory, 'unusable' | 'markUnusable'> | undefined;
     const schemesHere = () => (schemes ??= schemesOf?.(origin));
-    /** Why the last scheme excluded here could not run (this upgrade's finding, or the origin's memory). */
-    let lastUnusable: Error | undefined;
-    /** Why each scheme excluded here could not run, by scheme key (deliver401 publishes it). */
-    const unusableWhy = new Map<string, Error>();
     let recalled = false;
     const recall = () => {
       if (recalled) return;
       recalled = true;
-      for (const [scheme, error] of schemesHere()?.unusable() ?? []) {
-        excluded.add(scheme);
-        unusableWhy.set(scheme, error);
-        lastUnusable = error;
-      }
+      for (const [scheme, error] of schemesHere()?.unusable() ?? []) foundUnusable(found, scheme, error);
     };
     /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
     const unusable = (schemeKey: string, error: Error) => {
-      excluded.add(schemeKey);
-      unusableWhy.set(schemeKey, error);
-      lastUnusable = error;
+      foundUnusable(found, schemeKey, error);
       schemesHere()?.markUnusable(schemeKey, error);
     };
     const deliver401 = this.#options.deliver401 === true;
@@ -526,7 +525,7 @@ export class UpgradeDispatcher {
           auth = undefined;
           boundTo = undefined;
           excluded.clear();
-          unusableWhy.clear();
+          found.unusableWhy!.clear();
           keepOutTransport();
           recalled = false;
         }
@@ -560,57 +559,30 @@ export class UpgradeDispatcher {
             // swallowed (nothing of it reaches the caller) and refused with a typed error below (S4);
             // otherwise the caller's, said why, as a request's is.
             if (withheld !== undefined && mechanisms.choose(offered)) {
-              if (withheld === 'cleartext') {
-                asks = 'cleartext';
-                return true;
-              }
-              publishWithheld(() => ({
-                origin,
-                path: opts.path,
-                reason: withheld,
-                schemes: offered.map((c) => c.scheme),
-                time: Date.now(),
-              }));
-              return false;
+              if (!withheld401(origin, opts.path, h, withheld)) return false;
+              asks = 'cleartext';
+              return true;
             }
             if (!answering) return false;
             challengedOn = line.connections;
             closing = saysClose(h.connection);
             // Refused here lately (R4): the caller gets the server's 401, as a request does, told why.
             if (!auth && proofHere()?.refused) {
-              if (mechanisms.choose(offered)) {
-                const heldBackFor = proof!.refusedFor;
-                publishWithheld(() => ({
-                  origin,
-                  path: opts.path,
-                  reason: 'refused-lately',
-                  heldBackFor,
-                  schemes: offered.map((c) => c.scheme),
-                  time: Date.now(),
-                }));
-              }
+              if (mechanisms.choose(offered)) withheld401(origin, opts.path, h, 'refused-lately', proof!.refusedFor);
               return false;
             }
             if (!auth) {
               recall();
               // deliver401: held in full, to be the caller's if what it offers cannot run here (the
-              // upgrade is sent once, as a request is).
-              const chosen = mechanisms.choose(offered, excluded);
-              if (chosen?.mechanism !== undefined) return deliver401 ? 'hold' : true;
-              // T3: held too, the caller's as it came if the selector declines and nothing else answers.
-              if (chosen) return 'hold';
+              // upgrade is sent once, as a request is); a Transport challenge too, the caller's as it
+              // came if the selector declines and nothing else answers (sent once: no second send).
+              const verdict = firstChallenge(mechanisms, offered, found, deliver401, true);
               // Only schemes found unusable here lately are offered: the upgrade fails with why, at
               // once, as a request does (R4), rather than trying them again; deliver401: this 401 is
               // the caller's, told why.
-              if (lastUnusable && mechanisms.choose(offered, NO_TRANSPORT)?.mechanism !== undefined) {
-                if (deliver401) {
-                  publishUnanswered401(origin, opts.path, h, unusableWhy);
-                  return false;
-                }
-                asks = 'unusable';
-                return true;
-              }
-              return false;
+              if (verdict === 'tell') publishUnanswered401(origin, opts.path, h, found.unusableWhy);
+              if (verdict === 'unusable') asks = 'unusable';
+              return verdict === 'hold' ? 'hold' : verdict === 'answer' || verdict === 'unusable';
             }
             const next = offered.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
             // A bare challenge after our credentials is the server's final "no": the caller gets it;
@@ -640,10 +612,11 @@ export class UpgradeDispatcher {
             auth = await startOver(auth);
             continue;
           }
-          // R4: a leg carrying the password that the server never answered (the clock, a close; not
-          // the caller's abort) may have been counted, as a request's handshake says.
-          const counted = auth !== undefined && carriesPassword(auth);
-          if (counted && outcome.unanswered && (clock?.timedOut || !sink.aborted)) proved = 'unanswered';
+          // R4: a leg carrying the password that the server never answered (the clock, undici's
+          // headersTimeout, a close; not the caller's abort) may have been counted, as a request's.
+          const counted = auth !== undefined && carriesPassword(auth.mechanism, auth.context, auth.legs);
+          if (counted && outcome.unanswered && unansweredMayCount(clock?.timedOut === true, outcome.error))
+            proved = 'unanswered';
           // The server closed the connection under a written leg: typed, as for a request, saying
           // whether it had answered this handshake's challenges on it and whether the password went.
           const error =
@@ -664,14 +637,18 @@ export class UpgradeDispatcher {
           // CAs), and the upgrade goes again on a new connection presenting its choice.
           if (
             !auth &&
-            answering &&
-            !certified &&
-            !selected &&
-            !line.answered &&
             !sink.aborted &&
-            origin.startsWith('https:') &&
-            this.#options.transportOf !== undefined &&
-            mayDemandCertificate(error, true)
+            demandsCertificate(error, {
+              agentsOwn: answering,
+              origin,
+              probes: this.#options.transportOf !== undefined,
+              certified,
+              answered: line.answered,
+              // (The selector asked once already, at a Transport challenge or a demand.)
+              transportDone: selected,
+              // An upgrade goes as a GET (or CONNECT) with no body to lose: a close counts, as for a GET.
+              mayGoTwice: true,
+            })
           ) {
             selected = true;
             excluded.add(TRANSPORT);
@@ -689,7 +666,7 @@ export class UpgradeDispatcher {
           throw error;
         }
         if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
-        if (asks === 'unusable') throw ownCopy(lastUnusable!);
+        if (asks === 'unusable') throw ownCopy(found.lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
           const transport = mechanisms.choose(challenges, excluded);
@@ -706,11 +683,13 @@ export class UpgradeDispatcher {
               continue;
             }
             log.agent('%s upgrade: Transport: the selector declined', origin);
-            if (mechanisms.choose(challenges, excluded)?.mechanism === undefined) {
+            // The same 401 read again without Transport: the first leg's verdict (firstChallenge).
+            const verdict = firstChallenge(mechanisms, challenges, found, deliver401, true);
+            if (verdict !== 'answer' && verdict !== 'hold') {
               // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
               // the typed error of a scheme that cannot run here without deliver401.
-              if (lastUnusable && !deliver401) throw ownCopy(lastUnusable);
-              if (lastUnusable) publishUnanswered401(origin, opts.path, outcome.headers, unusableWhy);
+              if (verdict === 'unusable') throw ownCopy(found.lastUnusable!);
+              if (verdict === 'tell') publishUnanswered401(origin, opts.path, outcome.headers, found.unusableWhy);
               // (Held: the classifier holds a 401 it chose Transport for.)
               replayHeld(sink, outcome.held!);
               return;
@@ -733,8 +712,8 @@ export class UpgradeDispatcher {
           } catch (err) {
             // deliver401: no offered scheme can run here (start says the last one's reason): the
             // 401 is the caller's, told why, as a request's (it is sent once).
-            if (deliver401 && outcome.held && err === lastUnusable) {
-              publishUnanswered401(origin, opts.path, outcome.held.headers, unusableWhy);
+            if (deliver401 && outcome.held && err === found.lastUnusable) {
+              publishUnanswered401(origin, opts.path, outcome.held.headers, found.unusableWhy);
               replayHeld(sink, outcome.held);
               return;
             }
@@ -772,7 +751,7 @@ export class UpgradeDispatcher {
         const chosen = mechanisms.choose(challenges, excluded);
         // Only after a pass that excluded a scheme: the 401 was answered because a mechanism was chosen for it
         // (see `answer` above). The last scheme's own reason names its fix (allowBasicOverHttp, kinit).
-        if (!chosen?.mechanism) throw lastUnusable!;
+        if (!chosen?.mechanism) throw found.lastUnusable!;
         const { mechanism, challenge } = chosen;
         clock ??= handshakeClock(
           limits.handshakeTimeout,
@@ -1003,9 +982,6 @@ export class UpgradeDispatcher {
   }
 }
 
-/** Schemes excluded to ask whether a mechanism of the agent's is offered (Transport has none). */
-const NO_TRANSPORT: ReadonlySet<string> = new Set([TRANSPORT]);
-
 /**
  * Closes `socket` (the connection a Transport challenge came on) and resolves once it has closed:
  * undici's Client, told first, then opens the next leg's connection (presenting the certificate).
@@ -1015,11 +991,6 @@ function closed(socket: Socket | undefined): Promise<void> {
   const done = once(socket, 'close').then(() => {});
   socket.destroy();
   return done;
-}
-
-/** Whether the last leg `auth` sent carried the password, or what derives from it (R4, `sentPassword`). */
-function carriesPassword(auth: Auth): boolean {
-  return !atOpening(auth.mechanism, auth.context, auth.legs) && sentPassword(auth.mechanism, auth.context);
 }
 
 /**
