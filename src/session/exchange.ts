@@ -46,7 +46,13 @@ import {
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
-import { type ChallengeRecord, type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
+import {
+  type ChallengeRecord,
+  type ChallengeRecords,
+  callerNtlmLeg,
+  challengeKey,
+  isSpnegoReject,
+} from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import { ownProxy, type Session, type WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
@@ -739,10 +745,10 @@ function callerAnswered({ job, session, env }: Run, status: number, headers: Res
 /**
  * S6/H1: a caller's own connection-bound credential (NTLM's AUTHENTICATE, a Negotiate token; at a
  * forwarding proxy its own `Proxy-Authorization`) answered 401 (407) asking no next leg of it — no
- * token of its scheme: a refusal — may leave the connection in a state of the server's: IIS answers
- * a login it took with 401 where the resource's ACL denies that user (401.3), and holds the
- * connection as that user; Apache mod_auth_gssapi (GssapiConnectionBound) keeps the failed context
- * and refuses every later handshake there. The connection takes no one else's request (it retires,
+ * token of its scheme, or an SPNEGO reject: a refusal — may leave the connection in a state of the
+ * server's: IIS answers a login it took with 401 where the resource's ACL denies that user (401.3),
+ * and holds the connection as that user; Apache mod_auth_gssapi (GssapiConnectionBound) keeps the
+ * failed context and refuses every later handshake there. The connection takes no one else's request (it retires,
  * as after the agent's own refused connection-bound handshake). Not after an NTLM NEGOTIATE (no
  * context was made), nor where the answer asks for the next leg, which goes on this connection.
  */
@@ -756,7 +762,10 @@ function callerRefused({ job, session, env }: Run, status: 401 | 407, headers: R
   if (proxy ? own !== undefined && callerNtlmLeg({ authorization: own })?.kind === 'opening' : job.originOpening)
     return;
   const schemes = new Set((typeof own === 'string' ? [own] : (own ?? [])).map(credentialScheme));
-  if (readChallenges(headers, proxy).some((c) => schemes.has(c.schemeKey) && c.token68 !== undefined)) return;
+  // An SPNEGO reject token asks for no next leg: it refuses, as a token-less challenge does.
+  const next = (c: Challenge) =>
+    schemes.has(c.schemeKey) && c.token68 !== undefined && !(c.schemeKey === 'negotiate' && isSpnegoReject(c.token68));
+  if (readChallenges(headers, proxy).some(next)) return;
   log.agent(
     "%s job %d: the caller's own credentials refused (%d): %s may hold their failed or denied login; it retires",
     job.origin,

@@ -118,6 +118,14 @@ export async function loadSpnego(): Promise<void> {
   spnego ??= await import('../mechanisms/spnego/tokens.ts');
 }
 
+/**
+ * Whether a `Negotiate` challenge token is an SPNEGO reject (negState `reject`): a refusal, not a next
+ * leg. Read with the decoders {@link loadSpnego} loaded for the caller whose own Negotiate it answers.
+ */
+export function isSpnegoReject(token68: string): boolean {
+  return spnego?.isNegTokenReject(token68) ?? false;
+}
+
 /** The NTLMSSP message in an `NTLM` or `Negotiate` credential or challenge token, bare or in SPNEGO. */
 function ntlmsspOf(scheme: string, token: Buffer): Buffer | undefined {
   if (token.subarray(0, 8).toString('latin1') === 'NTLMSSP\0') return token;

@@ -12,11 +12,14 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { eachRequest, hostile } from './hostile-proxy.ts';
 
 let server: ReferenceServer | undefined;
 let proxy: ReferenceProxy | undefined;
 let agent: MultilegAgent | undefined;
+const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
+  for (const close of closers.splice(0)) await close();
   await agent?.destroy().catch(() => {});
   await proxy?.close();
   await server?.close();
@@ -132,5 +135,54 @@ describe("a caller's own NTLM at a forwarding proxy and at the origin in one req
     expect(p.exchanges.filter((e) => e.target.endsWith('/public/mallory')).map((e) => e.proxyUser ?? null)).toEqual([
       null,
     ]);
+  });
+});
+
+/** An SPNEGO NegTokenResp whose negState is reject (mod_auth_gssapi's refusal of every offered mechanism). */
+const REJECT = 'oQcwBaADCgEC';
+/** A caller's own Negotiate credential (a Kerberos-looking token: no NTLM in it, nothing for the scripted peers to check). */
+const own = (who: string) => `Negotiate ${Buffer.from(`\x60\x0a${who}-kerberos-token`, 'latin1').toString('base64')}`;
+
+describe("a caller's own Negotiate refused with an SPNEGO reject token (S6, H1)", () => {
+  it("S6/H1: at the origin (HTTP/1.1), bob's own Negotiate answered 401 with a reject token retires its connection, as a token-less 401 does: alice's next request goes on another", async () => {
+    /** The path of each request, by connection. */
+    const paths: string[][] = [];
+    const h = await hostile((socket, received) => {
+      const mine: string[] = [];
+      paths.push(mine);
+      eachRequest(socket, received, (head) => {
+        mine.push(head.split(' ')[1]!);
+        socket.write(`HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate ${REJECT}\r\nContent-Length: 0\r\n\r\n`);
+        return undefined;
+      });
+    });
+    closers.push(() => h.close());
+    agent = new MultilegAgent({ negotiate: false });
+    const base = `http://127.0.0.1:${h.port}`;
+    expect((await get(`${base}/bob`, { authorization: own('bob') })).statusCode).toBe(401);
+    expect((await get(`${base}/alice`, { authorization: own('alice') })).statusCode).toBe(401);
+    // Before: ['/bob', '/alice'] on one connection, which the server may hold as bob's failed login.
+    expect(paths).toEqual([['/bob'], ['/alice']]);
+  });
+
+  it("S6/H1: at a forwarding proxy, bob's own Negotiate Proxy-Authorization answered 407 with a reject token retires its proxy connection: alice's next request goes on another", async () => {
+    const paths: string[][] = [];
+    const h = await hostile((socket, received) => {
+      const mine: string[] = [];
+      paths.push(mine);
+      eachRequest(socket, received, (head) => {
+        mine.push(new URL(head.split(' ')[1]!).pathname);
+        socket.write(
+          `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate ${REJECT}\r\nContent-Length: 0\r\n\r\n`,
+        );
+        return undefined;
+      });
+    });
+    closers.push(() => h.close());
+    agent = new MultilegAgent({ negotiate: false, proxy: { uri: `http://127.0.0.1:${h.port}` } });
+    const base = 'http://origin.example';
+    expect((await get(`${base}/bob`, { 'proxy-authorization': own('bob') })).statusCode).toBe(407);
+    expect((await get(`${base}/alice`, { 'proxy-authorization': own('alice') })).statusCode).toBe(407);
+    expect(paths).toEqual([['/bob'], ['/alice']]);
   });
 });
