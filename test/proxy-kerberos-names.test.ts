@@ -8,8 +8,10 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { forCli } from '../src/cli/explain.ts';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import type { KerberosClientLike, KerberosModuleLike } from '../src/mechanisms/negotiate/addon.ts';
 import { KerberosOtherPrincipalError, mapGssError } from '../src/mechanisms/negotiate/errors.ts';
 import { PROXY_KERBEROS_NAMES } from '../src/mechanisms/negotiate/mechanism.ts';
+import { proxyMechanisms } from '../src/proxy/options.ts';
 import { eachRequest, type Hostile, hostile } from './hostile-proxy.ts';
 
 const opened: Hostile[] = [];
@@ -87,5 +89,60 @@ describe("a proxy's Kerberos errors name the proxy's options (H5)", () => {
     expect(other).toContain("not alice's (proxy.credentials)");
     expect(other).toContain('or pass proxy.negotiate.principal');
     for (const m of [unknown, other]) expect(originOptions(m)).toBeNull();
+  });
+
+  it("H5: the proxy's mutual authentication and its ticket of another user name proxy.negotiate.mutualAuth, proxy.negotiate.principal and proxy.credentials; a bad proxy.negotiate value names that option (fake GSS)", async () => {
+    /** A GSS client whose ticket is `owner`'s and that gets no final token. */
+    const fake = (owner: string): KerberosModuleLike => ({
+      async initializeClient() {
+        const client: KerberosClientLike = {
+          async step() {
+            return 'AAAA';
+          },
+          get username() {
+            return owner;
+          },
+          get contextComplete() {
+            return false;
+          },
+        };
+        return client;
+      },
+    });
+    const leg = {
+      origin: 'http://proxy.example:3128',
+      hostname: 'proxy.example',
+      port: 3128,
+      method: 'CONNECT',
+      path: 'o:443',
+      proxy: true,
+    };
+    const negotiate = (owner: string, credentials?: { username: string; password: string }) =>
+      proxyMechanisms(
+        { uri: 'http://proxy.example:3128', negotiate: { kerberos: fake(owner), mutualAuth: 'required' } },
+        credentials,
+      )
+        .get('negotiate')!
+        .createContext(leg);
+    const mine = negotiate('alice@EXAMPLE.TEST');
+    await mine.step(undefined, leg);
+    const mutual = await mine.finish(undefined, leg).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    // Before: "pass negotiate.mutualAuth: 'optional'", the origin's option.
+    expect(mutual?.message).toContain("pass proxy.negotiate.mutualAuth: 'optional'");
+    const other = await negotiate('bob@EXAMPLE.TEST', { username: 'alice', password: 'x' })
+      .step(undefined, leg)
+      .then(
+        () => undefined,
+        (e: Error) => e,
+      );
+    expect((other as { code?: string }).code).toBe('MULTILEG_KRB_OTHER_PRINCIPAL');
+    expect(other?.message).toContain("not alice's (proxy.credentials)");
+    expect(other?.message).toContain('or pass proxy.negotiate.principal');
+    expect(() => proxyMechanisms({ uri: 'http://p:1', negotiate: { mech: 'bogus' as 'spnego' } }, undefined)).toThrow(
+      /^proxy\.negotiate\.mech must be one of/,
+    );
   });
 });

@@ -392,7 +392,11 @@ export class NegotiateContext implements MechanismContext {
       this.#mutualVerified = true;
     } else if (!client.contextComplete && (this.#o.mutualAuth ?? 'required') === 'required') {
       this.#state = 'done';
-      throw new MutualAuthError(`the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`);
+      // H5: a proxy's option is proxy.negotiate.mutualAuth.
+      throw new MutualAuthError(
+        `the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`,
+        `pass ${this.#memory.names.options}.mutualAuth: 'optional' if it never sends a final token`,
+      );
     }
     this.#state = 'done';
     this.#accepted = true;
