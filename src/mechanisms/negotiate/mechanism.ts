@@ -234,6 +234,8 @@ const CHOICES: ReadonlyArray<readonly [keyof NegotiateOptions, readonly unknown[
 /**
  * The Negotiate mechanism: scheme `Negotiate`, level `either` (Persistent-Auth decides), multileg (SPNEGO
  * may take several legs), proactive (a Kerberos token can go on the first request).
+ * @param names - How its errors name the options and credentials that fix them: the agent's own by
+ * default; a proxy's ({@link PROXY_KERBEROS_NAMES}) name `proxy.negotiate.*` (H5).
  */
 export function negotiateMechanism(
   options: NegotiateOptions = {},
