@@ -289,6 +289,36 @@ describe('CONNECT: a fall-through from a scheme without a password to one with (
 });
 
 describe('CONNECT: a 407 that refuses credentials never falls through (R4)', () => {
+  it("R4: after the fall-through, the password refused twice meanwhile at the proxy (other tunnels' handshakes): the tunnel's bare CONNECT's 407 takes leave anew and sends no Basic, not under the leave given before the refusals", async () => {
+    let proxy: ResolvedProxy | undefined;
+    const { proxy: p, seen } = await scripted((carried, before, head) => {
+      // The bare CONNECT after the fall-through, on a new connection: meanwhile two other tunnels'
+      // handshakes were refused (the proxy's password changed): the password is held back.
+      if (carried === 'bare' && before.length === 0 && seen.length > 1) {
+        for (let i = 0; i < 2; i++) proxy!.proof.settle(proxy!.proof.admit(true) as Ticket, 'refused');
+      }
+      return squidLike(CONNECTED)(carried, before, head);
+    });
+    proxy = resolved(uriOf(p));
+    // Proved just now: tunnels take leave side by side.
+    proxy.proof.settle(proxy.proof.admit(true) as Ticket, 'success');
+    const err = await tunnel(proxy).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(proxy.proof.refused).toBe(true);
+    // Before: [2, 'Basic'] too (and the tunnel opened): the password went a third time in a row,
+    // under the leave the NTLM attempt took before the refusals.
+    expect(pairs(seen)).toEqual([
+      [1, 'bare'],
+      [1, 'NTLM'],
+      [2, 'bare'],
+    ]);
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: true });
+    expect(err!.message).toContain('the proxy refused');
+  });
+
   it('R4/T2: after the fall-through the proxy refuses the Basic password: it went once, the refusal is the error (refused, not another scheme), and the next tunnel sends it not again', async () => {
     const { proxy: p, seen } = await scripted(squidLike(CONNECTED, () => false));
     const proxy = resolved(uriOf(p));

@@ -210,7 +210,7 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       // request on the connection goes once too.
       // A proxy's Negotiate has no NTLM fallback: the reason names kinit, not credentials for one.
       expect(events[0]!.unusable[0]!.message).toMatch(
-        /^Negotiate: no Kerberos ticket: run kinit, give a client keytab \(negotiate\.keytab\), or pass principal \[GSS: /,
+        /^Negotiate: no Kerberos ticket: run kinit, give a client keytab \(proxy\.negotiate\.keytab\), or pass proxy\.negotiate\.principal \[GSS: /,
       );
       const denied = () => squidLog('squid-negotiate').filter((l) => l.url === url);
       const lines = await settled(denied, 2);
@@ -228,7 +228,7 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
       expect(err).toMatchObject({ refused: false, offered: ['Negotiate'] });
       // It says why each offered scheme could not run, with its code (before: "negotiate unavailable").
       expect(err!.message).toContain(
-        'no offered scheme could be used (Negotiate: no Kerberos ticket: run kinit, give a client keytab (negotiate.keytab), or pass principal (MULTILEG_KRB_NO_TICKET)); give proxy.credentials or a Kerberos ticket',
+        'no offered scheme could be used (Negotiate: no Kerberos ticket: run kinit, give a client keytab (proxy.negotiate.keytab), or pass proxy.negotiate.principal (MULTILEG_KRB_NO_TICKET)); give proxy.credentials or a Kerberos ticket',
       );
       expect(events).toHaveLength(3);
       // The strict agent's request is the third 407 to `url` (a late line of the two above would make four).

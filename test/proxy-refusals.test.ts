@@ -202,6 +202,68 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
   });
 });
 
+describe("a refusal's handshake report says why, delivered as the 407 or thrown (proxy.deliver407; task r77)", () => {
+  /**
+   * The failed proxy handshakes' reports after `run` through the reference proxy (`proxyOptions`),
+   * the agent's proxy password wrong for `schemes`, with and without `deliver407`: [failure, failureReason] each.
+   */
+  const reportsOf = async (
+    proxyOptions: ReferenceProxyOptions,
+    schemes: ProxyOptions['schemes'],
+    run: (base: string, p: ReferenceProxy) => Promise<void>,
+  ) => {
+    const got: Record<string, unknown[]> = {};
+    for (const deliver407 of [false, true]) {
+      const { p, base, a } = await throughProxy(proxyOptions, { deliver407, schemes, credentials: PROXY_ACCOUNT });
+      await run(base, p);
+      got[String(deliver407)] = a
+        .handshakes()
+        .filter((h) => h.outcome === 'failed')
+        // (Each run's proxy has a port of its own.)
+        .map((h) => [h.scheme, h.failure, h.failureReason?.replace(p.origin, 'PROXY')]);
+      await a.destroy();
+      await p.close();
+      await server!.close();
+      agent = proxy = server = undefined;
+    }
+    return got;
+  };
+  /** A GET through the agent: its status, or the error's code. */
+  const outcome = (url: string) => status(url).catch((err: Error & { code?: string }) => err.code ?? err.message);
+
+  it("H5/S2: a refused NTLM handshake and a refused Basic password report failureReason with deliver407 as without: the refusal's code and message, no secret", async () => {
+    for (const [proxyOptions, schemes] of [
+      [{ ntlmUsers: { proxyuser: 'other' } }, ['NTLM']],
+      [{ basicUsers: { proxyuser: 'other' } }, ['Basic']],
+    ] as const) {
+      const got = await reportsOf(proxyOptions, [...schemes], async (base) => {
+        expect([407, 'MULTILEG_PROXY_AUTH']).toContain(await outcome(`${base}/public/one`));
+      });
+      const scheme = schemes[0];
+      const reason = `MULTILEG_PROXY_AUTH: proxy PROXY requires authentication (407; offers ${scheme}): the proxy rejected the ${scheme} credentials`;
+      expect(got.false).toEqual([[scheme, 'refused', expect.stringContaining(reason)]]);
+      // Before: [scheme, 'refused', undefined] under deliver407.
+      expect(got.true).toEqual(got.false);
+      expect(JSON.stringify(got)).not.toContain('proxypw');
+      expect(JSON.stringify(got)).not.toContain(Buffer.from('proxyuser:proxypw').toString('base64'));
+    }
+  });
+
+  it("H5/S2: a request's own Basic (taken up after a success) refused once the proxy's password changed reports failureReason too, delivered or thrown", async () => {
+    const got = await reportsOf({ basicUsers: { proxyuser: 'proxypw' } }, ['Basic'], async (base, p) => {
+      expect(await status(`${base}/public/one`)).toBe(200);
+      p.options.basicUsers = { proxyuser: 'changed' };
+      expect([407, 'MULTILEG_PROXY_AUTH']).toContain(await outcome(`${base}/public/two`));
+    });
+    // Before: ['Basic', 'refused', undefined] both ways.
+    for (const reports of [got.false!, got.true!]) {
+      expect(reports).toEqual([
+        ['Basic', 'refused', expect.stringMatching(/^MULTILEG_PROXY_AUTH: .*rejected the Basic/)],
+      ]);
+    }
+  });
+});
+
 describe('the NTLM opening through a forwarding proxy under proxy.deliver407 (scripted proxy)', () => {
   it('H5: a bare NTLM 407 to the NEGOTIATE sent unasked (the proxy took no part in it) is answered as without deliver407 — the handshake starts — not handed to the caller as a refusal', async () => {
     /** The NTLM message type a Proxy-Authorization carries (1, 3), 0 for none. */

@@ -587,12 +587,16 @@ export class ProxyAuth {
    * ({@link refusedBound}: it retires, H1/C8). Returns what the refusal says of the credentials
    * ({@link refusal}, R4), undefined for a refused opening (no credential judged) or none running.
    */
-  refusedDelivered(): 'refused' | 'refused-no-password' | undefined {
+  refusedDelivered(headers: Headers): 'refused' | 'refused-no-password' | undefined {
     const state = this.#state;
     if (state.kind !== 'handshaking') return undefined;
     const refusal = this.refusal;
     const opening = atOpening(state.mechanism, state.context, state.legs);
-    this.#endRefused(state, opening);
+    // Reported with the error the refusal would have thrown without deliver407 (its failureReason:
+    // the same report either way, S2: no secret in it).
+    const scheme = state.mechanism.scheme;
+    const offered = offeredSchemes(readChallenges(headers, true));
+    this.#endRefused(state, opening, rejected(this.#proxy, scheme, offered, !opening, this.kerberosSkipped(scheme)));
     return opening ? undefined : refusal;
   }
 
@@ -638,8 +642,8 @@ export class ProxyAuth {
    * context, after a success): that request's one-leg handshake failed, as an origin's per-request
    * one does.
    */
-  refusedOwn(own: MechanismContext): void {
-    this.#emit('failed', 1, this.#mechanism, own, { failure: 'refused' });
+  refusedOwn(own: MechanismContext, err: ProxyAuthenticationError): void {
+    this.#emit('failed', 1, this.#mechanism, own, { failure: 'refused', error: err });
   }
 
   /**
@@ -682,15 +686,16 @@ export class ProxyAuth {
       // (A 407 that no longer offers the scheme refused nothing: the proxy changed its schemes.)
       if (again !== undefined && again.params.stale?.toLowerCase() !== 'true') {
         this.#state = ended(state);
-        // One leg, a request's own: its per-request handshake was refused.
-        this.#emit('failed', 1, state.mechanism, undefined, { failure: 'refused' });
-        throw rejected(
+        const err = rejected(
           this.#proxy,
           state.mechanism.scheme,
           offeredSchemes(offered),
           true,
           this.kerberosSkipped(state.mechanism.scheme),
         );
+        // One leg, a request's own: its per-request handshake was refused.
+        this.#emit('failed', 1, state.mechanism, undefined, { failure: 'refused', error: err });
+        throw err;
       }
     }
     if (state.kind === 'handshaking') {

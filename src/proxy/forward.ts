@@ -335,7 +335,7 @@ export class ForwardProxy {
                 // (Only the handshake this request leads: past limits.maxLegs another's may run. A
                 // 407 asking for its next leg there: it failed at the bound.)
                 const mine = turn.state === 'leading';
-                const refusal = mine && !answerable ? this.#auth.refusedDelivered() : undefined;
+                const refusal = mine && !answerable ? this.#auth.refusedDelivered(headers) : undefined;
                 if (mine && answerable) this.#auth.giveUp();
                 if (refusal) outcome = refusal;
                 refusedHere = refusal !== undefined;
@@ -459,9 +459,7 @@ export class ForwardProxy {
               }
               if (!proof.again(ticket)) {
                 outcome = 'refused';
-                if (credentials.own) this.#auth.refusedOwn(credentials.own);
-                if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held);
-                throw proof.refused
+                const err = proof.refused
                   ? refusedLately(this.route.proxy, offered)
                   : rejected(
                       this.route.proxy,
@@ -470,6 +468,10 @@ export class ForwardProxy {
                       true,
                       this.#auth.kerberosSkipped(this.#auth.scheme),
                     );
+                // Its report says why, delivered or thrown (failureReason: the error's words).
+                if (credentials.own) this.#auth.refusedOwn(credentials.own, err);
+                if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held);
+                throw err;
               }
             }
           } else if (!(await admit(this.#auth.usesPassword(challenged)))) {

@@ -10,7 +10,7 @@ import { ConfigError, InvalidTokenError, type MultilegError } from '../errors.ts
 import { LapsingMap } from '../lapsing-map.ts';
 import { basicMechanism } from '../mechanisms/basic/index.ts';
 import { digestMechanism } from '../mechanisms/digest/index.ts';
-import { type NegotiateOptions, negotiateMechanism } from '../mechanisms/negotiate/mechanism.ts';
+import { type NegotiateOptions, negotiateMechanism, PROXY_KERBEROS_NAMES } from '../mechanisms/negotiate/mechanism.ts';
 import { ntlmMechanism } from '../mechanisms/ntlm/index.ts';
 import { MechanismSet } from '../mechanisms/registry.ts';
 import { type Credentials, type Mechanism, sameCredentials } from '../mechanisms/types.ts';
@@ -262,22 +262,27 @@ export function proxyMechanisms(
   o: ProxyOptions,
   credentials: Credentials | undefined,
   identity: KerberosIdentity = {},
+  credentialsFrom = 'proxy.credentials',
 ): MechanismSet {
   const list: Mechanism[] = [];
   if (o.negotiate !== false) {
     const own = kerberosIdentity(o.negotiate);
     list.push(
-      negotiateMechanism({
-        // Without a Kerberos ticket the next scheme the proxy offers (NTLM, Basic) answers, not NTLM
-        // inside Negotiate: Squid's Kerberos helper, the usual Negotiate proxy, refuses that (curl
-        // and browsers fall to the proxy's other schemes too).
-        ntlmFallback: false,
-        mutualAuth: 'optional',
-        ...(Object.keys(own).length ? {} : identity),
-        ...o.negotiate,
-        delegate: false,
-        ...(credentials ? { credentials } : {}),
-      }),
+      negotiateMechanism(
+        {
+          // Without a Kerberos ticket the next scheme the proxy offers (NTLM, Basic) answers, not NTLM
+          // inside Negotiate: Squid's Kerberos helper, the usual Negotiate proxy, refuses that (curl
+          // and browsers fall to the proxy's other schemes too).
+          ntlmFallback: false,
+          mutualAuth: 'optional',
+          ...(Object.keys(own).length ? {} : identity),
+          ...o.negotiate,
+          delegate: false,
+          ...(credentials ? { credentials } : {}),
+          // H5: its errors name the proxy's options (proxy.negotiate.*) and credentials, not the origin's.
+        },
+        PROXY_KERBEROS_NAMES(credentialsFrom),
+      ),
     );
   }
   // Proxy credentials are meant for the proxy at its configured address: Basic goes to it even over
@@ -357,6 +362,7 @@ function resolveProxy(
   if (o.credentials === undefined && url.username) {
     credentials = { username: userinfoPart(url.username), password: userinfoPart(url.password) };
   }
+  const credentialsFrom = credentials && !o.credentials ? fromUrl(where) : 'proxy.credentials';
   const tls = url.protocol === 'https:';
   const connectTimeout = positive(
     'proxy.connectTimeout',
@@ -370,7 +376,7 @@ function resolveProxy(
     port: portOf(url),
     tls,
     connect: o.connect ?? {},
-    mechanisms: proxyMechanisms(o, credentials, identity),
+    mechanisms: proxyMechanisms(o, credentials, identity, credentialsFrom),
     http: o.http === undefined || o.http === 'forward' || o.http === 'tunnel' ? (o.http ?? 'forward') : badHttp(o.http),
     deliver407: flag('proxy.deliver407', o.deliver407),
     connectTimeout,
@@ -388,7 +394,7 @@ function resolveProxy(
     ),
     proved: new ProvedIdentity(),
     account: credentials?.username,
-    credentialsFrom: credentials && !o.credentials ? fromUrl(where) : 'proxy.credentials',
+    credentialsFrom,
     openedInVain: false,
     perRequest: undefined,
     perRequestUntil: 0,
@@ -639,10 +645,10 @@ export class ProxyResolver {
         continue;
       }
       changed = true;
-      proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity);
+      proxy.credentialsFrom = 'the credentials given to setProxyCredentials';
+      proxy.mechanisms = proxyMechanisms(this.#option, own, this.#identity, proxy.credentialsFrom);
       proxy.account = own.username;
       heldCredentials.set(proxy, own);
-      proxy.credentialsFrom = 'the credentials given to setProxyCredentials';
       proxy.proof.reset();
       // What the old credentials could not do is tried again with the new ones (as an origin's,
       // OriginMemory.credentialsChanged); a challenge the proxy sent unreadable stays remembered.

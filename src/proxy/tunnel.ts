@@ -329,9 +329,17 @@ async function handshake(
         track,
         async (headers, offered) => {
           // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
-          // fall-through to one, review r39): that takes its own.
+          // fall-through to one, review r39): that takes its own. Nor does one given before a
+          // refusal counted since (another tunnel's, while this one fell through: R4, a refused
+          // password is not sent again unasked); it is given back first, so that a probe's does
+          // not keep the next leave waiting for itself (as forward.ts does).
           const password = auth.usesPassword(headers);
-          if (ticket?.covers(password)) return;
+          if (ticket?.covers(password) && proxy.proof.holds(ticket)) return;
+          if (ticket) {
+            proxy.proof.settle(ticket, outcome);
+            ticket = undefined;
+            outcome = 'none';
+          }
           const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
           if (admission === 'refused') throw refusedLately(proxy, offered);
           ticket = admission;

@@ -49,7 +49,13 @@ import {
   withheld401,
 } from './first-challenge.ts';
 import { type Job, mayGoTwice, rerunWithNewCredentials } from './job.ts';
-import { type ChallengeRecords, callerNtlmLeg, challengeKey } from './ntlm-pairing.ts';
+import {
+  type ChallengeRecord,
+  type ChallengeRecords,
+  callerNtlmLeg,
+  challengeKey,
+  isSpnegoReject,
+} from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
 import { ownProxy, type Session, type WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
@@ -518,6 +524,8 @@ export interface SendSeen {
   certificateAnswer: boolean;
   /** A caller's NEGOTIATE goes again, with this Auth-ID unless empty (its CHALLENGE collided: {@link pairChallenge}). */
   reask?: string;
+  /** The CHALLENGE a caller's origin NEGOTIATE got, remembered for its AUTHENTICATE ({@link pairChallenge}). */
+  recorded?: ChallengeRecord;
 }
 
 /**
@@ -529,8 +537,11 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   const { job, env } = run;
   if (status === 401) {
     env.memory.unchallenged = false;
-    if (job.ntlm?.kind === 'opening' && !job.ntlmAtProxy && pairChallenge(run, seen, headers)) return 'swallow';
-    if (job.identity !== 'agent') callerRefused(run, status, headers);
+    if (job.originOpening && pairChallenge(run, seen, headers)) return 'swallow';
+    if (job.identity !== 'agent') {
+      callerRefused(run, status, headers);
+      proxyLetThrough(run, seen.recorded);
+    }
   } else if (job.identity !== 'agent') {
     if (status === 407 && job.ntlm?.kind === 'opening' && job.ntlmAtProxy && pairChallenge(run, seen, headers, true))
       return 'swallow';
@@ -619,13 +630,15 @@ function pairChallenge(run: Run, seen: SendSeen, headers: ResponseHeaders, proxy
   const key = challengeKey(headers, proxy);
   const reading = proxy ? undefined : readAuthId(headers);
   const authId = reading?.ok ? reading.value : undefined;
-  // (Not on a session that retired meanwhile: it takes nothing more, and its records are dropped.)
-  if (!session.retiring && pairing.collides(key) && job.reasks < MAX_REASKS && job.body.replayable) {
+  // (Not on a session that retired meanwhile: it takes nothing more, and its records are dropped.
+  // Nor when the request carries its proxy AUTHENTICATE too: that would send the password again, R4.)
+  const again = !session.retiring && (proxy || !job.ntlmAtProxy);
+  if (again && pairing.collides(key) && job.reasks < MAX_REASKS && job.body.replayable) {
     job.reasks += 1;
     seen.reask = authId ?? '';
     return true;
   }
-  pairing.record(session, key, authId, job.ntlm?.caller);
+  seen.recorded = pairing.record(session, key, authId, job.ntlm?.caller);
   return false;
 }
 
@@ -667,10 +680,10 @@ function callerAnswered({ job, session, env }: Run, status: number, headers: Res
 /**
  * S6/H1: a caller's own connection-bound credential (NTLM's AUTHENTICATE, a Negotiate token; at a
  * forwarding proxy its own `Proxy-Authorization`) answered 401 (407) asking no next leg of it — no
- * token of its scheme: a refusal — may leave the connection in a state of the server's: IIS answers
- * a login it took with 401 where the resource's ACL denies that user (401.3), and holds the
- * connection as that user; Apache mod_auth_gssapi (GssapiConnectionBound) keeps the failed context
- * and refuses every later handshake there. The connection takes no one else's request (it retires,
+ * token of its scheme, or an SPNEGO reject: a refusal — may leave the connection in a state of the
+ * server's: IIS answers a login it took with 401 where the resource's ACL denies that user (401.3),
+ * and holds the connection as that user; Apache mod_auth_gssapi (GssapiConnectionBound) keeps the
+ * failed context and refuses every later handshake there. The connection takes no one else's request (it retires,
  * as after the agent's own refused connection-bound handshake). Not after an NTLM NEGOTIATE (no
  * context was made), nor where the answer asks for the next leg, which goes on this connection.
  */
@@ -681,9 +694,13 @@ function callerRefused({ job, session, env }: Run, status: 401 | 407, headers: R
   const lane = proxy ? ownProxy(identity) : identity === 'caller-bound' || identity === 'caller-both';
   const own = job.headers[proxy ? 'proxy-authorization' : 'authorization'];
   if (!lane || !env.mechanisms.bindsConnection(own)) return;
-  if ((proxy && own !== undefined ? callerNtlmLeg({ authorization: own }) : job.ntlm)?.kind === 'opening') return;
+  if (proxy ? own !== undefined && callerNtlmLeg({ authorization: own })?.kind === 'opening' : job.originOpening)
+    return;
   const schemes = new Set((typeof own === 'string' ? [own] : (own ?? [])).map(credentialScheme));
-  if (readChallenges(headers, proxy).some((c) => schemes.has(c.schemeKey) && c.token68 !== undefined)) return;
+  // An SPNEGO reject token asks for no next leg: it refuses, as a token-less challenge does.
+  const next = (c: Challenge) =>
+    schemes.has(c.schemeKey) && c.token68 !== undefined && !(c.schemeKey === 'negotiate' && isSpnegoReject(c.token68));
+  if (readChallenges(headers, proxy).some(next)) return;
   log.agent(
     "%s job %d: the caller's own credentials refused (%d): %s may hold their failed or denied login; it retires",
     job.origin,
@@ -692,6 +709,28 @@ function callerRefused({ job, session, env }: Run, status: 401 | 407, headers: R
     session.id,
   );
   env.pairing?.retired(session, job.paired);
+  session.retire();
+}
+
+/**
+ * S6: a 401 (the origin's) to a caller's own `Proxy-Authorization` of a scheme that binds the
+ * connection means the forwarding proxy let it through: the proxy connection may now be
+ * authenticated as that caller (an NTLM AUTHENTICATE it took), and would let the next caller's request
+ * through as them, whatever that one carries (the reference proxy and Squid look at no
+ * Proxy-Authorization on an authenticated connection). It retires as after any other answer
+ * ({@link callerAnswered}); the CHALLENGE this request's own origin NEGOTIATE got there (`kept`)
+ * stays, so that its AUTHENTICATE still goes there.
+ */
+function proxyLetThrough({ job, session, env }: Run, kept: ChallengeRecord | undefined): void {
+  if (session.retiring || session.closed || !ownProxy(job.identity)) return;
+  if (!env.mechanisms.bindsConnection(job.headers['proxy-authorization'])) return;
+  log.agent(
+    "%s job %d: the caller's own Proxy-Authorization was let through (401): %s may be logged in as them at the proxy; it retires",
+    job.origin,
+    job.id,
+    session.id,
+  );
+  env.pairing?.retired(session, job.paired, kept);
   session.retire();
 }
 

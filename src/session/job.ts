@@ -76,6 +76,11 @@ export interface Job {
   ntlm: CallerNtlmLeg | undefined;
   /** That leg is its own `Proxy-Authorization`'s, to a forwarding proxy (its CHALLENGE comes in a 407). */
   ntlmAtProxy: boolean;
+  /**
+   * Its own `Authorization` is an NTLM NEGOTIATE: the CHALLENGE of a 401 is remembered for its
+   * AUTHENTICATE, also when {@link ntlm} is its `Proxy-Authorization`'s leg (the proxy let it through).
+   */
+  originOpening: boolean;
   /** The CHALLENGE this AUTHENTICATE answers, taken for it (its session is where it goes). */
   paired: ChallengeRecord | undefined;
   /** The session its NEGOTIATE was given, counted there until it leaves (see Session.openingSent). */
@@ -131,6 +136,7 @@ export function newJob(
     held401: undefined,
     ntlm: undefined,
     ntlmAtProxy: false,
+    originOpening: false,
     paired: undefined,
     openingOn: undefined,
     reasks: 0,

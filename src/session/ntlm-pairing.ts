@@ -41,7 +41,7 @@ export function callerConnectionOf(opts: object): string | number | object | und
 }
 
 /** Why an AUTHENTICATE could not be paired with the CHALLENGE it answers. */
-export type UnpairedReason = 'no-timestamp' | 'no-record' | 'ambiguous' | 'connection-gone';
+export type UnpairedReason = 'no-timestamp' | 'no-record' | 'ambiguous' | 'connection-gone' | 'proxy-leg';
 
 const WHY: Record<UnpairedReason, string> = {
   'no-timestamp':
@@ -50,6 +50,8 @@ const WHY: Record<UnpairedReason, string> = {
     'no CHALLENGE this agent passed on matches it (its NEGOTIATE went through another agent or process, the CHALLENGE was older than limits.handshakeTimeout, or it was given up after ABANDONED_CHALLENGE_GRACE_MS because every connection was held by pending CHALLENGEs while other requests waited)',
   ambiguous: 'more than one CHALLENGE this agent passed on matches it (the server gave several the same TargetInfo)',
   'connection-gone': 'the connection that carried its CHALLENGE has ended, and the server context with it',
+  'proxy-leg':
+    "the request's own Proxy-Authorization carries an NTLM leg too, which decides its proxy connection (the proxy's handshake runs on it), not the connection that carried the origin's CHALLENGE",
 };
 
 /**
@@ -64,9 +66,15 @@ export class NtlmUnpairedError extends MultilegError {
   /** `at`: the origin, or `{ proxy }` for an AUTHENTICATE in a caller's own `Proxy-Authorization`. */
   constructor(at: string | { readonly proxy: string }, reason: UnpairedReason) {
     const proxy = typeof at !== 'string';
+    // S6/H1: the two handshakes run one after the other on one proxy connection, so the fix is to
+    // send the origin's AUTHENTICATE alone (the proxy's login, once answered, holds for it there).
+    const fix =
+      reason === 'proxy-leg'
+        ? "Send the origin's AUTHENTICATE without Proxy-Authorization: once the proxy answered its own NTLM AUTHENTICATE other than 407, its login holds for the connection that carried the origin's CHALLENGE, where the agent sends it"
+        : `Have the client start its handshake again (answer it ${proxy ? '407 with Proxy-Authenticate' : '401 with WWW-Authenticate'}: NTLM), keep each client's legs on one agent (no credentials of its own, negotiate: false)${proxy ? '' : ", and relay the server's Auth-ID header both ways"}`;
     super(
       'MULTILEG_NTLM_UNPAIRED',
-      `a caller's own NTLM AUTHENTICATE to ${proxy ? `proxy ${at.proxy}` : at} was not sent: ${WHY[reason]}; sent on another connection the ${proxy ? 'proxy' : 'server'} would check it against another handshake and count a wrong password toward the account's lockout. Have the client start its handshake again (answer it ${proxy ? '407 with Proxy-Authenticate' : '401 with WWW-Authenticate'}: NTLM), keep each client's legs on one agent (no credentials of its own, negotiate: false)${proxy ? '' : ", and relay the server's Auth-ID header both ways"}`,
+      `a caller's own NTLM AUTHENTICATE to ${proxy ? `proxy ${at.proxy}` : at} was not sent: ${WHY[reason]}; sent on another connection the ${proxy ? 'proxy' : 'server'} would check it against another handshake and count a wrong password toward the account's lockout. ${fix}`,
     );
     this.reason = reason;
   }
@@ -108,6 +116,14 @@ export function needsSpnego(headers: HeaderMap): boolean {
 /** Loads SPNEGO's decoders (see {@link needsSpnego}). */
 export async function loadSpnego(): Promise<void> {
   spnego ??= await import('../mechanisms/spnego/tokens.ts');
+}
+
+/**
+ * Whether a `Negotiate` challenge token is an SPNEGO reject (negState `reject`): a refusal, not a next
+ * leg. Read with the decoders {@link loadSpnego} loaded for the caller whose own Negotiate it answers.
+ */
+export function isSpnegoReject(token68: string): boolean {
+  return spnego?.isNegTokenReject(token68) ?? false;
 }
 
 /** The NTLMSSP message in an `NTLM` or `Negotiate` credential or challenge token, bare or in SPNEGO. */
@@ -288,8 +304,8 @@ export class ChallengeRecords {
     key: string | undefined,
     authId: string | undefined,
     caller?: string | number | object,
-  ): void {
-    if (this.#disposed || (key === undefined && authId === undefined)) return;
+  ): ChallengeRecord | undefined {
+    if (this.#disposed || (key === undefined && authId === undefined)) return undefined;
     this.#purge();
     const older = this.#records.findIndex((r) => r.session === session && !r.taken && !r.dropped);
     if (older >= 0) this.#remove(older);
@@ -300,7 +316,7 @@ export class ChallengeRecords {
     }
     const at = Date.now();
     const dropped = session.retiring;
-    this.#records.push({
+    const record: ChallengeRecord = {
       session,
       key,
       authId,
@@ -309,9 +325,11 @@ export class ChallengeRecords {
       expires: at + this.#limits.handshakeTimeout,
       taken: false,
       dropped,
-    });
+    };
+    this.#records.push(record);
     if (!dropped) session.challengesPending += 1;
     this.#arm();
+    return record;
   }
 
   /**
@@ -319,12 +337,13 @@ export class ChallengeRecords {
    * request) may have authenticated it as that caller, and the server would serve whatever else
    * comes on it as them. Every other caller's CHALLENGE recorded on it is dropped: its AUTHENTICATE
    * is never sent there (review r53: an AUTHENTICATE of made-up credentials, sent on a session
-   * another's login authenticated, was served as them) and fails `connection-gone`.
+   * another's login authenticated, was served as them) and fails `connection-gone`. `kept`: that
+   * caller's own records there (the CHALLENGE its request's origin NEGOTIATE just got), which stay.
    */
-  retired(session: PairedSession, answered: ChallengeRecord | undefined): void {
+  retired(session: PairedSession, ...kept: readonly (ChallengeRecord | undefined)[]): void {
     let dropped = 0;
     for (const r of this.#records) {
-      if (r.session !== session || r === answered || r.taken || r.dropped) continue;
+      if (r.session !== session || kept.includes(r) || r.taken || r.dropped) continue;
       r.dropped = true;
       session.challengesPending -= 1;
       dropped += 1;

@@ -422,8 +422,17 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       const proxyAuthorization = forwarded ? job.headers['proxy-authorization'] : undefined;
       const atProxy =
         proxyAuthorization === undefined ? undefined : callerNtlmLeg({ authorization: proxyAuthorization }, caller);
+      const atOrigin = callerNtlmLeg(job.headers, caller);
+      // S6/H1: the proxy leg decides the connection (its CHALLENGE's, or any for its NEGOTIATE), so an
+      // origin AUTHENTICATE beside it could not go where its own CHALLENGE came from: sent nowhere.
+      if (atProxy !== undefined && atOrigin?.kind === 'continuation') {
+        log.pool('%s job %d: origin AUTHENTICATE beside a proxy NTLM leg: not sent', this.origin, job.id);
+        this.#fail(job, new NtlmUnpairedError(this.origin, 'proxy-leg'));
+        return;
+      }
       job.ntlmAtProxy = atProxy !== undefined;
-      job.ntlm = atProxy ?? callerNtlmLeg(job.headers, caller);
+      job.ntlm = atProxy ?? atOrigin;
+      job.originOpening = atOrigin?.kind === 'opening';
     }
     this.#next(job);
   }

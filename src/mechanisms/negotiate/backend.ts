@@ -61,14 +61,19 @@ const ADDON_RAW_PRINCIPAL = "the kerberos addon's raw Kerberos may use the defau
  * does `principal` with `mech: 'kerberos'` (the addon may use another principal's ticket). An
  * injected `kerberos` module is taken as given.
  */
-export async function loadBackend(o: {
-  readonly backend?: BackendChoice;
-  readonly kerberos?: KerberosModuleLike;
-  readonly ccache?: string;
-  readonly keytab?: string;
-  readonly principal?: string;
-  readonly mech?: 'spnego' | 'kerberos';
-}): Promise<KerberosBackend> {
+export async function loadBackend(
+  o: {
+    readonly backend?: BackendChoice;
+    readonly kerberos?: KerberosModuleLike;
+    readonly ccache?: string;
+    readonly keytab?: string;
+    readonly principal?: string;
+    readonly mech?: 'spnego' | 'kerberos';
+  },
+  options = 'negotiate',
+): Promise<KerberosBackend> {
+  // The messages name the options as given: `negotiate`, or a proxy's `proxy.negotiate` (H5).
+  const n = options;
   if (o.kerberos) return addonBackend(o.kerberos);
   const choice = o.backend ?? 'auto';
   const needsStore = o.ccache !== undefined || o.keytab !== undefined;
@@ -77,16 +82,16 @@ export async function loadBackend(o: {
     if (needsStore) {
       throw new MechanismUnavailableError(
         'Negotiate',
-        "negotiate.ccache / negotiate.keytab need the GSS-API binding: drop negotiate.backend: 'kerberos'",
+        `${n}.ccache / ${n}.keytab need the GSS-API binding: drop ${n}.backend: 'kerberos'`,
       );
     }
     if (rawPrincipal) {
       throw new MechanismUnavailableError(
         'Negotiate',
-        `negotiate.principal with mech: 'kerberos' needs the GSS-API binding (${ADDON_RAW_PRINCIPAL}): drop negotiate.backend: 'kerberos', or use mech: 'spnego'`,
+        `${n}.principal with mech: 'kerberos' needs the GSS-API binding (${ADDON_RAW_PRINCIPAL}): drop ${n}.backend: 'kerberos', or use mech: 'spnego'`,
       );
     }
-    return addonFor(o);
+    return addonFor(o, n);
   }
   try {
     await loadGssFunctions();
@@ -94,18 +99,18 @@ export async function loadBackend(o: {
   } catch (e) {
     if (choice === 'gssapi' || needsStore || rawPrincipal || !(e instanceof GssapiUnavailableError)) {
       if (needsStore && e instanceof GssapiUnavailableError) {
-        throw new GssapiUnavailableError(`negotiate.ccache / negotiate.keytab need it: ${e.message}`, { cause: e });
+        throw new GssapiUnavailableError(`${n}.ccache / ${n}.keytab need it: ${e.message}`, { cause: e });
       }
       if (rawPrincipal && e instanceof GssapiUnavailableError) {
         throw new GssapiUnavailableError(
-          `negotiate.principal with mech: 'kerberos' needs it (${ADDON_RAW_PRINCIPAL}), or use mech: 'spnego': ${e.message}`,
+          `${n}.principal with mech: 'kerberos' needs it (${ADDON_RAW_PRINCIPAL}), or use mech: 'spnego': ${e.message}`,
           { cause: e },
         );
       }
       throw e;
     }
     log.handshake('GSS-API binding unavailable (%s); using the kerberos addon, without channel bindings', e.code);
-    return addonFor(o);
+    return addonFor(o, n);
   }
 }
 
@@ -114,11 +119,11 @@ export async function loadBackend(o: {
  * which reads only user, domain and password, never the principal — its tokens would be the
  * logged-on user's for an agent made as another.
  */
-async function addonFor(o: { readonly principal?: string }): Promise<KerberosBackend> {
+async function addonFor(o: { readonly principal?: string }, n: string): Promise<KerberosBackend> {
   if (o.principal !== undefined && process.platform === 'win32')
     throw new MechanismUnavailableError(
       'Negotiate',
-      "negotiate.principal on Windows: the kerberos addon (SSPI) ignores it and would use the logged-on user's credentials; drop negotiate.principal (the logged-on user is used), or run the process as that user",
+      `${n}.principal on Windows: the kerberos addon (SSPI) ignores it and would use the logged-on user's credentials; drop ${n}.principal (the logged-on user is used), or run the process as that user`,
     );
   return addonBackend(await loadKerberos());
 }

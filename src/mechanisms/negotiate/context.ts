@@ -232,6 +232,8 @@ export class NegotiateContext implements MechanismContext {
       ...(this.#o.spn ? { spnGiven: true } : {}),
       // No "give credentials for the NTLM fallback" where there is none (a proxy's Negotiate).
       ...(this.#o.ntlmFallback === false ? { fallback: false } : {}),
+      // H5: a proxy's names proxy.negotiate.* and its credentials, the options to set for it.
+      naming: this.#memory.names,
     });
   }
 
@@ -239,7 +241,7 @@ export class NegotiateContext implements MechanismContext {
   async #firstKerberosToken(leg: LegInfo, gaveUp: (() => boolean) | undefined, again = false): Promise<string | null> {
     const o = this.#o;
     // The backend loads once per mechanism (a failure is tried again by the next request).
-    this.#memory.backend ??= await loadBackend(o);
+    this.#memory.backend ??= await loadBackend(o, this.#memory.names.options);
     const backend = this.#memory.backend;
     this.#memory.bindsChannel = backend.bindsChannel;
     const cb = o.channelBindings !== false && backend.bindsChannel ? leg.channelBinding : undefined;
@@ -263,7 +265,7 @@ export class NegotiateContext implements MechanismContext {
     if (o.credentials && !o.principal && ticket && !sameUser(ticket, o.credentials.username)) {
       (this.#client as { dispose?: () => void }).dispose?.();
       this.#client = undefined;
-      throw new KerberosOtherPrincipalError(ticket, o.credentials.username);
+      throw new KerberosOtherPrincipalError(ticket, o.credentials.username, this.#memory.names);
     }
     const client = this.#client;
     let out: string | null;
@@ -403,7 +405,11 @@ export class NegotiateContext implements MechanismContext {
       this.#mutualVerified = true;
     } else if (!client.contextComplete && (this.#o.mutualAuth ?? 'required') === 'required') {
       this.#state = 'done';
-      throw new MutualAuthError(`the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`);
+      // H5: a proxy's option is proxy.negotiate.mutualAuth.
+      throw new MutualAuthError(
+        `the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`,
+        `pass ${this.#memory.names.options}.mutualAuth: 'optional' if it never sends a final token`,
+      );
     }
     this.#state = 'done';
     this.#accepted = true;

@@ -5,6 +5,7 @@
  */
 import { accessSync, constants } from 'node:fs';
 import { MechanismError, MultilegError, type MultilegErrorCode } from '../../errors.ts';
+import { type KerberosNames, ORIGIN_KERBEROS_NAMES } from './mechanism.ts';
 
 /** Base class of the typed Kerberos failures. */
 export class KerberosError extends MultilegError {
@@ -15,6 +16,10 @@ export class KerberosError extends MultilegError {
     this.gssMessage = gssMessage;
   }
 }
+
+/** The `cause` of a constructor's options, alone (the rest are the message's). */
+const causeOf = (options: { cause?: unknown } | undefined): { cause?: unknown } | undefined =>
+  options?.cause !== undefined ? { cause: options.cause } : undefined;
 
 /** No usable Kerberos credentials (no ccache / no TGT / principal not in the cache). */
 export class KerberosNoTicketError extends KerberosError {
@@ -27,20 +32,21 @@ export class KerberosNoTicketError extends KerberosError {
   constructor(
     gssMessage: string,
     principal?: string,
-    options?: { cause?: unknown; fallback?: boolean; envKeytab?: string },
+    options?: { cause?: unknown; fallback?: boolean; envKeytab?: string; names?: KerberosNames },
   ) {
+    const names = options?.names ?? ORIGIN_KERBEROS_NAMES;
     const fix = options?.envKeytab
       ? ` from the client keytab ${options.envKeytab}: check the path, or get a ticket otherwise (kinit)`
       : principal
         ? ` for ${principal}: run kinit ${principal}`
         : // A job with no one to type kinit's password (CI, cron) gets its tickets from a client keytab.
-          ': run kinit, give a client keytab (negotiate.keytab), or pass principal';
+          `: run kinit, give a client keytab (${names.options}.keytab), or pass ${names.principal}`;
     super(
       'MULTILEG_KRB_NO_TICKET',
       // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
-      `Negotiate: no Kerberos ticket${fix}${options?.fallback === false ? '' : ' (or give credentials for the NTLM fallback)'} [GSS: ${gssMessage}]`,
+      `Negotiate: no Kerberos ticket${fix}${options?.fallback === false ? '' : ` (or give ${names.credentials} for the NTLM fallback)`} [GSS: ${gssMessage}]`,
       gssMessage,
-      options,
+      causeOf(options),
     );
   }
 }
@@ -73,14 +79,15 @@ export class KerberosKdcUnreachableError extends KerberosError {
 export class KerberosUnknownServiceError extends KerberosError {
   readonly spn: string;
   /** `given`: the SPN is negotiate.spn's, not one made from the URL's host (the fix is then that option's value). */
-  constructor(gssMessage: string, spn: string, options?: { cause?: unknown; given?: boolean }) {
+  constructor(gssMessage: string, spn: string, options?: { cause?: unknown; given?: boolean; names?: KerberosNames }) {
+    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
     super(
       'MULTILEG_KRB_UNKNOWN_SPN',
       options?.given
-        ? `Negotiate: the KDC does not know the service principal ${spn}: check the SPN given in negotiate.spn against the server's keytab name (klist -k on the server) [GSS: ${gssMessage}]`
-        : `Negotiate: the KDC does not know the service principal for ${spn}: check the SPN (the server's keytab name; a CNAME may need negotiate.canonicalizeHost, a non-default port negotiate.includePort) or pass negotiate.spn [GSS: ${gssMessage}]`,
+        ? `Negotiate: the KDC does not know the service principal ${spn}: check the SPN given in ${o}.spn against the server's keytab name (klist -k on the server) [GSS: ${gssMessage}]`
+        : `Negotiate: the KDC does not know the service principal for ${spn}: check the SPN (the server's keytab name; a CNAME may need ${o}.canonicalizeHost, a non-default port ${o}.includePort) or pass ${o}.spn [GSS: ${gssMessage}]`,
       gssMessage,
-      options?.cause !== undefined ? { cause: options.cause } : undefined,
+      causeOf(options),
     );
     this.spn = spn;
   }
@@ -101,12 +108,13 @@ export class KerberosClockSkewError extends KerberosError {
 /** A client ticket from another realm than the server's, with no cross-realm trust to the server's realm. */
 export class KerberosWrongRealmError extends KerberosError {
   readonly spn: string;
-  constructor(gssMessage: string, spn: string, options?: { cause?: unknown }) {
+  constructor(gssMessage: string, spn: string, options?: { cause?: unknown; names?: KerberosNames }) {
+    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
     super(
       'MULTILEG_KRB_WRONG_REALM',
-      `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: kinit as a principal of the server's realm (or pass negotiate.principal / negotiate.ccache), or ask for a cross-realm trust [GSS: ${gssMessage}]`,
+      `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: kinit as a principal of the server's realm (or pass ${o}.principal / ${o}.ccache), or ask for a cross-realm trust [GSS: ${gssMessage}]`,
       gssMessage,
-      options,
+      causeOf(options),
     );
     this.spn = spn;
   }
@@ -117,10 +125,10 @@ export class KerberosWrongRealmError extends KerberosError {
  * run the request as someone else than the caller said (the ambient ticket of whoever ran kinit).
  */
 export class KerberosOtherPrincipalError extends KerberosError {
-  constructor(ticket: string, user: string) {
+  constructor(ticket: string, user: string, names: KerberosNames = ORIGIN_KERBEROS_NAMES) {
     super(
       'MULTILEG_KRB_OTHER_PRINCIPAL',
-      `Negotiate: the Kerberos ticket is ${ticket}'s, not ${user}'s (credentials): kinit as ${user}, or pass negotiate.principal to use this ticket on purpose`,
+      `Negotiate: the Kerberos ticket is ${ticket}'s, not ${user}'s (${names.credentials}): kinit as ${user}, or pass ${names.options}.principal to use this ticket on purpose`,
       '',
     );
   }
@@ -140,9 +148,16 @@ export class KerberosKeytabError extends KerberosError {
   constructor(
     gssMessage: string,
     keytab: string,
-    options?: { cause?: unknown; expired?: boolean; stale?: boolean; principal?: string | undefined },
+    options?: {
+      cause?: unknown;
+      expired?: boolean;
+      stale?: boolean;
+      principal?: string | undefined;
+      names?: KerberosNames | undefined;
+    },
   ) {
     const principal = options?.principal;
+    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
     const who = principal ?? '<the principal klist -k names>';
     super(
       'MULTILEG_KRB_KEYTAB',
@@ -152,9 +167,9 @@ export class KerberosKeytabError extends KerberosError {
         : options?.expired
           ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
             `Negotiate: the ticket${principal ? ` of ${principal}` : ''} expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
-          : `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k)${principal ? '' : ', or pass negotiate.principal'} [GSS: ${gssMessage}]`,
+          : `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k)${principal ? '' : `, or pass ${o}.principal`} [GSS: ${gssMessage}]`,
       gssMessage,
-      options?.cause !== undefined ? { cause: options.cause } : undefined,
+      causeOf(options),
     );
     this.stale = options?.stale === true;
   }
@@ -168,12 +183,13 @@ export class KerberosKeytabError extends KerberosError {
  * with the same words. `ccache`: which cache, as named (negotiate.ccache, else KRB5CCNAME), when known.
  */
 export class KerberosCcacheError extends KerberosError {
-  constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown }) {
+  constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown; names?: KerberosNames }) {
+    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
     super(
       'MULTILEG_KRB_CCACHE',
-      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use negotiate.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
+      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use ${o}.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
       gssMessage,
-      options,
+      causeOf(options),
     );
   }
 }
@@ -276,26 +292,37 @@ function acrossRealms(err: unknown): boolean {
  */
 export function mapGssError(
   err: unknown,
-  ctx: { spn: string; principal?: string; keytab?: string; ccache?: string; fallback?: boolean; spnGiven?: boolean },
+  ctx: {
+    spn: string;
+    principal?: string;
+    keytab?: string;
+    ccache?: string;
+    fallback?: boolean;
+    spnGiven?: boolean;
+    /** The options and credentials the messages name (a proxy's: H5); the agent's own by default. */
+    naming?: KerberosNames;
+  },
 ): MultilegError {
   if (err instanceof MultilegError) return err;
   const msg = messageOf(err).replace(/\s+/g, ' ').trim();
   const cause = { cause: err };
+  // Those whose fix is an option or the credentials name them as this Negotiate's (a proxy's: H5).
+  const named = ctx.naming ? { ...cause, names: ctx.naming } : cause;
   if (SKEW.test(msg)) return new KerberosClockSkewError(msg, cause);
   // With a client keytab the agent renews its tickets itself: an expired one means the keytab failed.
-  const keytabOf = { ...cause, principal: ctx.principal };
+  const keytabOf = { ...named, principal: ctx.principal };
   if (ctx.keytab && EXPIRED.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, expired: true });
   if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
   // Named as given (the agent's negotiate.ccache), else as the environment names it (a message only: never read to choose one).
-  if (CCACHE.test(msg)) return new KerberosCcacheError(msg, ctx.ccache ?? process.env.KRB5CCNAME, cause);
+  if (CCACHE.test(msg)) return new KerberosCcacheError(msg, ctx.ccache ?? process.env.KRB5CCNAME, named);
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
   if (WRONG_REALM.test(msg) || (UNKNOWN_SPN.test(msg) && acrossRealms(err)))
-    return new KerberosWrongRealmError(msg, ctx.spn, cause);
+    return new KerberosWrongRealmError(msg, ctx.spn, named);
   if (UNKNOWN_SPN.test(msg))
-    return new KerberosUnknownServiceError(msg, ctx.spn, ctx.spnGiven ? { ...cause, given: true } : cause);
+    return new KerberosUnknownServiceError(msg, ctx.spn, ctx.spnGiven ? { ...named, given: true } : named);
   if (ctx.keytab && STALE_KEY.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, stale: true });
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
-  const noTicket = { ...cause, ...(ctx.fallback === false ? { fallback: false } : {}) };
+  const noTicket = { ...named, ...(ctx.fallback === false ? { fallback: false } : {}) };
   // MIT tried the client keytab KRB5_CLIENT_KTNAME names, and got nothing from it: that file is the fix, not kinit.
   if (NO_TICKET.test(msg)) {
     const fromEnv = envKeytab();

@@ -17,6 +17,34 @@ import type { NegotiateFallbackReason } from './errors.ts';
 
 export const SCHEME = 'Negotiate';
 
+/**
+ * How a Negotiate mechanism's errors name the options and credentials that fix them (H5): the
+ * agent's own (`negotiate.*`, `credentials`), or a proxy's (`proxy.negotiate.*`, and where its
+ * credentials came from), so that the message names what the user has to set for that peer.
+ */
+export interface KerberosNames {
+  /** The options' prefix: `negotiate` or `proxy.negotiate`. */
+  readonly options: string;
+  /** The client principal option, as "pass …" names it. */
+  readonly principal: string;
+  /** Where the credentials were given: `credentials`, `proxy.credentials`, … */
+  readonly credentials: string;
+}
+
+/** The agent's own Negotiate (towards origins). */
+export const ORIGIN_KERBEROS_NAMES: KerberosNames = {
+  options: 'negotiate',
+  principal: 'principal',
+  credentials: 'credentials',
+};
+
+/** A proxy's Negotiate, its credentials given as `credentials` says (`proxy.credentials`, the proxy URL's user…). */
+export const PROXY_KERBEROS_NAMES = (credentials: string): KerberosNames => ({
+  options: 'proxy.negotiate',
+  principal: 'proxy.negotiate.principal',
+  credentials,
+});
+
 export interface NegotiateOptions {
   /** `spnego` (default, mechOID 6) or raw `kerberos` (mechOID 9). */
   readonly mech?: 'spnego' | 'kerberos';
@@ -76,6 +104,8 @@ export interface NegotiateOptions {
 /** Shared by one mechanism's contexts: when GSS-API last said it cannot help (no ticket, no addon), and why. */
 export interface KerberosMemory {
   unavailableUntil: number;
+  /** How its errors name the options and credentials to fix (a proxy's: H5). */
+  readonly names: KerberosNames;
   reason?: NegotiateFallbackReason;
   /** The acquired credential the GSS-API binding keeps for this mechanism's next contexts. */
   creds?: CredCache;
@@ -204,16 +234,21 @@ const CHOICES: ReadonlyArray<readonly [keyof NegotiateOptions, readonly unknown[
 /**
  * The Negotiate mechanism: scheme `Negotiate`, level `either` (Persistent-Auth decides), multileg (SPNEGO
  * may take several legs), proactive (a Kerberos token can go on the first request).
+ * @param names - How its errors name the options and credentials that fix them: the agent's own by
+ * default; a proxy's ({@link PROXY_KERBEROS_NAMES}) name `proxy.negotiate.*` (H5).
  */
-export function negotiateMechanism(options: NegotiateOptions = {}): Mechanism {
+export function negotiateMechanism(
+  options: NegotiateOptions = {},
+  names: KerberosNames = ORIGIN_KERBEROS_NAMES,
+): Mechanism {
   for (const [name, allowed] of CHOICES) {
     const value = options[name];
     if (value !== undefined && !allowed.includes(value))
       throw new ConfigError(
-        `negotiate.${name} must be one of ${allowed.map((v) => JSON.stringify(v)).join(', ')}, got ${JSON.stringify(value)}`,
+        `${names.options}.${name} must be one of ${allowed.map((v) => JSON.stringify(v)).join(', ')}, got ${JSON.stringify(value)}`,
       );
   }
-  const memory: KerberosMemory = { unavailableUntil: 0 };
+  const memory: KerberosMemory = { unavailableUntil: 0, names };
   // Tickets from a keytab go to a cache of this mechanism's own (MEMORY: names are process-global, so a
   // unique one): later handshakes reuse them and GSS-API renews them from the keytab when they expire.
   const opts: NegotiateOptions =
