@@ -623,7 +623,16 @@ export async function doctor(argv: string[]): Promise<number> {
     });
   }
 
-  const proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
+  let proxy: ProxyRoute | undefined;
+  try {
+    proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
+  } catch (err) {
+    // A proxy URL that cannot be used (socks5://, not a URL): every check after this one would
+    // go through it, so none is run; the message names the variable or -x and the fix.
+    if (!(err instanceof ConfigError)) throw err;
+    add({ name: 'proxy', verdict: 'FAIL', detail: `${forCli(err.message)} (${err.code})` });
+    return summary(checks);
+  }
   add(await timed('proxy', () => proxyCheck(proxy)));
 
   const tls = req.url.protocol === 'https:' && !proxy ? await timed('TLS', () => tlsTrust(req)) : undefined;
@@ -764,6 +773,11 @@ export async function doctor(argv: string[]): Promise<number> {
           ),
     );
 
+  return summary(checks);
+}
+
+/** The last line, and the exit code: 1 when a check failed. */
+function summary(checks: readonly Check[]): number {
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
   process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
   return failed ? EXIT.failure : EXIT.ok;
