@@ -566,8 +566,9 @@ export async function doctor(argv: string[]): Promise<number> {
     process.stderr.write(`multileg doctor: checks one URL (got ${req.transfers.length}): run it once per URL\n`);
     return EXIT.usage;
   }
-  // A reader that went away (`| head`) is not an error, as for a request: the checks run on and
-  // their verdict is the exit code. Any other write failure still ends the process as before.
+  // A reader that went away (`| head`) is not an error here (a request's body is curl's 23: doctor
+  // is no transfer): the checks run on and their verdict is the exit code. Any other write failure
+  // still ends the process as before.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code !== 'EPIPE') throw err;
   });

@@ -284,11 +284,13 @@ async function main(argv: string[]): Promise<number> {
       closeSync(har);
     }
   }
-  // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too. (Write
-  // errors arrive after the write returns.)
+  // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too; a reader
+  // gone (EPIPE) only where a head was lost, as curl ignores -w's. (Write errors arrive after the
+  // write returns.)
   await new Promise((resolve) => setImmediate(resolve));
-  if (stdout.error && exit === EXIT.ok) {
-    say(`stdout: ${writeProblem(stdout.error)}`);
+  const lost = stdout.error ?? stdout.headLost;
+  if (lost && exit === EXIT.ok) {
+    say(`stdout: ${writeProblem(lost)}`);
     exit = EXIT.write;
   }
   return exit;
