@@ -2559,6 +2559,53 @@ describe('multileg command line', () => {
     expect(usage.code).toBe(2);
   });
 
+  it('doctor --json: the checks as one JSON object on stdout (url, ok, failed; each check name, ok, verdict, detail, fix), the same verdicts as the lines, exit codes as without it: 1 when a check fails, 0 when none does, 2 for bad usage (trial u20: doctor had no --json)', async () => {
+    for (const [path, exit] of [
+      ['/skew', 1],
+      ['/hop/0', 0],
+    ] as const) {
+      const url = `${plainOrigin}${path}`;
+      const r = await run(['doctor', '--json', url]);
+      expect([r.code, r.stderr], path).toEqual([exit, '']);
+      const report = JSON.parse(r.stdout);
+      expect(Object.keys(report)).toEqual(['url', 'ok', 'failed', 'checks']);
+      expect(report).toMatchObject({ url, ok: exit === 0, failed: exit });
+      for (const c of report.checks) {
+        expect(Object.keys(c)).toEqual(['name', 'ok', 'verdict', 'detail', 'fix']);
+        expect(c.ok).toBe(c.verdict !== 'FAIL');
+        expect(['ok', 'warn', 'FAIL', 'skip']).toContain(c.verdict);
+        expect(typeof c.detail).toBe('string');
+        expect(c.fix === null || typeof c.fix === 'string').toBe(true);
+      }
+      // The lines say the same, check by check.
+      const text = await run(['doctor', url]);
+      expect(text.code).toBe(exit);
+      const lines = text.stdout
+        .split('\n')
+        .flatMap((l) => l.match(/^(ok|warn|FAIL|skip) +([^:]+):/)?.slice(1, 3) ?? []);
+      expect(report.checks.flatMap((c: { verdict: string; name: string }) => [c.verdict, c.name])).toEqual(lines);
+    }
+    const skew = JSON.parse((await run(['doctor', '--json', `${plainOrigin}/skew`])).stdout);
+    expect(skew.checks.find((c: { name: string }) => c.name === 'clock')).toMatchObject({
+      ok: false,
+      verdict: 'FAIL',
+      detail: expect.stringMatching(/^the server's Date is 3\d{3} s behind this machine$/),
+      fix: expect.stringMatching(/^synchronise the clocks \(NTP\)/),
+    });
+    // A proxy that cannot be used stops the checks there: its FAIL, in the JSON too.
+    const proxy = await run(['doctor', '--json', '-x', 'socks5://127.0.0.1:1', `${plainOrigin}/hop/0`]);
+    expect(proxy.code).toBe(1);
+    expect(JSON.parse(proxy.stdout).checks.at(-1)).toEqual({
+      name: 'proxy',
+      ok: false,
+      verdict: 'FAIL',
+      detail: 'proxy: unsupported proxy protocol socks5: in -x; use http:// or https:// (MULTILEG_CONFIG)',
+      fix: null,
+    });
+    const usage = await run(['doctor', '--json']);
+    expect([usage.code, usage.stdout]).toEqual([2, '']);
+  });
+
   it('S2: user:password@ in the URL is -u (percent-decoded; -u wins), taken out of the URL and never printed: --json, -w %{url_effective}, doctor, usage errors', async () => {
     const withUser = (userinfo: string, path: string) => `https://${userinfo}@localhost:${server.port}${path}`;
     // EXAMPLE%5Calice = EXAMPLE\alice; alicep%77 = alicepw.
