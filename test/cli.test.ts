@@ -2250,9 +2250,13 @@ describe('multileg command line', () => {
       expect(slow.stderr).toContain('within --connect-timeout (300 ms)');
       // An http:// proxy that takes the connection and never answers the CONNECT: curl's
       // --connect-timeout covers that too (it waited for the 30 s handshake limit, naming --timeout).
-      const mute = await run([...alice(), '--connect-timeout', '0.3', '-x', `http://127.0.0.1:${silentPort}`, url]);
+      // curl 7.88, side by side: 28, "Proxy CONNECT aborted due to timeout" (not 56; trial u20).
+      const muteArgs = ['--connect-timeout', '0.3', '-x', `http://127.0.0.1:${silentPort}`, url];
+      const mute = await run([...alice(), ...muteArgs]);
       expect(mute.code).toBe(28);
       expect(mute.stderr).toMatch(/did not answer CONNECT localhost:\d+ within --connect-timeout \(300 ms\)/);
+      const curl = await runCommand('curl', ['-sS', '-o', '/dev/null', ...muteArgs]);
+      expect([curl.code, curl.stderr]).toEqual([28, 'curl: (28) Proxy CONNECT aborted due to timeout\n']);
       proxy = await startReferenceProxy({});
       const untrusted = await run(['-u', 'EXAMPLE\\alice:alicepw', '-x', proxy.origin, url]);
       expect(untrusted.code).toBe(60);
