@@ -58,8 +58,19 @@ if (SKIP_UID)
 /** A UID no passwd entry names (OpenShift's range). */
 const POD_UID = '1000680000';
 
-/** A lock's text as the command writes it: pid, boot id, host name, PID namespace. */
-const lockText = (pid: number, boot = BOOT || '-', host = hostname(), ns = NS || '-') => `${pid} ${boot} ${host} ${ns}`;
+/** When `pid` started (/proc/PID/stat's field 22, clock ticks since boot); `-` where it cannot be read. */
+const startOf = (pid: number): string => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '-';
+  } catch {
+    return '-';
+  }
+};
+
+/** A lock's text as the command writes it: pid, boot id, host name, PID namespace, start time. */
+const lockText = (pid: number, boot = BOOT || '-', host = hostname(), ns = NS || '-', start = startOf(pid)) =>
+  `${pid} ${boot} ${host} ${ns} ${start}`;
 
 describe('R4/R1: the state file’s locks, as a container leaves them (RefusalFile)', () => {
   let dir: string;
@@ -170,6 +181,39 @@ describe('R4/R1: the state file’s locks, as a container leaves them (RefusalFi
         file.releaseAll();
       } finally {
         parent.kill('SIGKILL');
+      }
+    },
+  );
+
+  it.skipIf(process.platform !== 'linux' || BOOT === '' || NS === '')(
+    'R4: a lock whose pid a live unrelated process has now, started at another time than the lock says (the pid reused), is stale: taken at once; with the start time the lock names, or none (the previous version’s four words), it is honoured (trial u20: held as long as that process lived)',
+    async () => {
+      // Any process that is not a run of ours: its pid as a reused one.
+      const other = spawn('sleep', ['30'], { stdio: 'ignore' });
+      try {
+        await once(other, 'spawn');
+        const pid = other.pid!;
+        const start = startOf(pid);
+        expect(start).toMatch(/^\d+$/);
+        const file = new RefusalFile({ dir, warn: () => {} });
+        const lock = lockOf(file);
+        // The run that took it started at another time (one tick earlier) under this pid: gone.
+        writeFileSync(lock, lockText(pid, BOOT, hostname(), NS, String(Number(start) - 1)));
+        expect(file.recall(place)).toBeUndefined();
+        expect(readFileSync(lock, 'utf8')).toBe(lockText(process.pid));
+        file.releaseAll();
+        // That very process (its start time), or a lock that names none: a live holder, waited for.
+        for (const text of [lockText(pid, BOOT, hostname(), NS, start), `${pid} ${BOOT} ${hostname()} ${NS}`]) {
+          writeFileSync(lock, text);
+          const recalled = file.recall(place);
+          expect(recalled, text).toBeInstanceOf(Promise);
+          expect(file.waitingFor(place.origin)?.holder).toBe(`the run of pid ${pid}`);
+          rmSync(lock);
+          expect(await recalled).toBeUndefined();
+          file.releaseAll();
+        }
+      } finally {
+        other.kill('SIGKILL');
       }
     },
   );

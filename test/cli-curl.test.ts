@@ -403,6 +403,42 @@ describe('multileg: curl options', () => {
     }
   });
 
+  it('H5: with ALL_PROXY or all_proxy set, a proxy error names that variable, as the user set it, not https_proxy/http_proxy it is read through (trial u20); with -v and in doctor too, where an unusable one was an unexpected error', async () => {
+    const down = `http://127.0.0.1:${REFUSED_PORT}`;
+    const url = `${server.origin}/public/`;
+    // Down: curl's 7, as curl (7.88: "Failed to connect"); the fix names the variable that was set.
+    for (const name of ['ALL_PROXY', 'all_proxy']) {
+      for (const target of [url, `${plainOrigin}/public/`]) {
+        const r = await run(['-sS', '--cacert', ca, target], { env: { [name]: down } });
+        expect(r.code, `${name} ${target}`).toBe(7);
+        expect(r.stderr).toContain(`check the proxy address (-x, or ${name})`);
+        expect(r.stderr).not.toMatch(/\bhttps?_proxy\b|HTTPS_PROXY/);
+      }
+    }
+    // One of the scheme's own variables set: the other proxy is ALL_PROXY's, both named.
+    const mixed = await run(['-sS', '--cacert', ca, url], { env: { ALL_PROXY: down, https_proxy: down } });
+    expect([mixed.code, mixed.stderr]).toEqual([7, expect.stringContaining('(-x, or HTTPS_PROXY / ALL_PROXY)')]);
+    // Unusable (multileg speaks no SOCKS; not a URL): usage, 2, naming the variable and unsetting it.
+    const socks = `socks5://127.0.0.1:${REFUSED_PORT}`;
+    for (const args of [['-sS'], ['-sS', '-v']]) {
+      const r = await run([...args, url], { env: { ALL_PROXY: socks } });
+      expect([r.code, r.stderr.trim().split('\n').at(-1)], args.join(' ')).toEqual([
+        2,
+        'multileg: proxy: unsupported proxy protocol socks5: in ALL_PROXY; use http:// or https://, or unset ALL_PROXY (MULTILEG_CONFIG)',
+      ]);
+    }
+    const bad = await run(['-sS', url], { env: { all_proxy: 'http://[bad' } });
+    expect([bad.code, bad.stderr]).toEqual([
+      2,
+      'multileg: proxy: the proxy address in all_proxy is not a URL; use http://host:port, or unset all_proxy (MULTILEG_CONFIG)\n',
+    ]);
+    const doctor = await run(['doctor', url], { env: { ALL_PROXY: socks } });
+    expect([doctor.code, doctor.stderr]).toEqual([1, '']);
+    expect(doctor.stdout).toContain(
+      'FAIL  proxy: proxy: unsupported proxy protocol socks5: in ALL_PROXY; use http:// or https://, or unset ALL_PROXY (MULTILEG_CONFIG)\n1 check(s) failed\n',
+    );
+  });
+
   it('H5: doctor checks that the proxy can be reached: a proxy that is down FAILs there with its fix (it said ok: only its address was read), a reachable one is ok', async () => {
     let proxy: ReferenceProxy | undefined;
     try {

@@ -1682,17 +1682,42 @@ describe('multileg command line', () => {
     expect(JSON.parse(netrc.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
   });
 
-  it('piping into head is not an error (EPIPE)', async () => {
+  it('piping into head that goes away is curl\'s 23 (a write error: curl 7.88 exits 23, "Failure writing output to destination"), said once, no unhandled EPIPE; -s says nothing (trial u20: it exited 0)', async () => {
     const r = await runCommand('bash', [
       '-c',
       `set -o pipefail; ${process.execPath} ${BIN} ${plainOrigin}/big | head -c 10`,
     ]);
-    expect(r.stdout).toBe('xxxxxxxxxx');
-    expect(r.stderr).toBe('');
-    expect(r.code).toBe(0);
+    expect([r.code, r.stdout, r.stderr]).toEqual([
+      23,
+      'xxxxxxxxxx',
+      'multileg: stdout: its reader went away (EPIPE)\n',
+    ]);
+    const silent = await runCommand('bash', [
+      '-c',
+      `set -o pipefail; ${process.execPath} ${BIN} -s ${plainOrigin}/big | head -c 10`,
+    ]);
+    expect([silent.code, silent.stdout, silent.stderr]).toEqual([23, 'xxxxxxxxxx', '']);
   });
 
-  it('many URLs to stdout leave stderr empty, and piping them into head is no error either (u8: from the 11th URL Node warned of an EventEmitter leak on stdout; with three into head the command exited 13)', async () => {
+  it("a reader of stdout gone before anything is written: curl's 23 for a body and for -I's head, 0 where only -w or --json was lost (curl ignores -w's write errors), -f's 22 stays (trial u20)", async () => {
+    // The reader (`true`) is gone before the command writes: every write is EPIPE.
+    const gone = (args: string) =>
+      runCommand('bash', ['-c', `set -o pipefail; (sleep 0.3; ${process.execPath} ${BIN} -sS ${args}) | true`]);
+    const epipe = 'multileg: stdout: its reader went away (EPIPE)\n';
+    for (const [args, code, stderr] of [
+      [`${plainOrigin}/bearer`, 23, epipe],
+      [`-I ${plainOrigin}/bearer`, 23, epipe],
+      [`-i ${plainOrigin}/bearer`, 23, epipe],
+      [`-o /dev/null -w '%{http_code}' ${plainOrigin}/bearer`, 0, ''],
+      [`--json ${plainOrigin}/bearer`, 0, ''],
+      [`-f ${plainOrigin}/bearer`, 22, expect.stringMatching(/^(?![\s\S]*EPIPE)[\s\S]*multileg: \(22\) HTTP 401\n$/)],
+    ] as const) {
+      const r = await gone(args);
+      expect([r.code, r.stderr], `${args}: ${r.stderr}`).toEqual([code, stderr]);
+    }
+  });
+
+  it("many URLs to stdout leave stderr empty, and piping them into head is curl's 23 for each, not a crash (u8: from the 11th URL Node warned of an EventEmitter leak on stdout; with three into head the command exited 13; trial u20: 0 where curl says 23)", async () => {
     const urls = Array.from({ length: 12 }, () => `${plainOrigin}/bearer`);
     const r = await run(['-sS', ...urls]);
     expect([r.code, r.stdout, r.stderr]).toEqual([0, 'no'.repeat(12), '']);
@@ -1700,7 +1725,12 @@ describe('multileg command line', () => {
       '-c',
       `set -o pipefail; ${process.execPath} ${BIN} -sS ${plainOrigin}/big ${plainOrigin}/big ${plainOrigin}/big | head -c 10`,
     ]);
-    expect([piped.code, piped.stdout, piped.stderr]).toEqual([0, 'xxxxxxxxxx', '']);
+    // curl 7.88: "(23) Failure writing output to destination" once per URL, exit 23.
+    expect([piped.code, piped.stdout, piped.stderr]).toEqual([
+      23,
+      'xxxxxxxxxx',
+      'multileg: stdout: its reader went away (EPIPE)\n'.repeat(3),
+    ]);
   });
 
   it('piping doctor into head is not an error either (EPIPE): the checks run on, their verdict is the exit code', async () => {
@@ -2220,9 +2250,13 @@ describe('multileg command line', () => {
       expect(slow.stderr).toContain('within --connect-timeout (300 ms)');
       // An http:// proxy that takes the connection and never answers the CONNECT: curl's
       // --connect-timeout covers that too (it waited for the 30 s handshake limit, naming --timeout).
-      const mute = await run([...alice(), '--connect-timeout', '0.3', '-x', `http://127.0.0.1:${silentPort}`, url]);
+      // curl 7.88, side by side: 28, "Proxy CONNECT aborted due to timeout" (not 56; trial u20).
+      const muteArgs = ['--connect-timeout', '0.3', '-x', `http://127.0.0.1:${silentPort}`, url];
+      const mute = await run([...alice(), ...muteArgs]);
       expect(mute.code).toBe(28);
       expect(mute.stderr).toMatch(/did not answer CONNECT localhost:\d+ within --connect-timeout \(300 ms\)/);
+      const curl = await runCommand('curl', ['-sS', '-o', '/dev/null', ...muteArgs]);
+      expect([curl.code, curl.stderr]).toEqual([28, 'curl: (28) Proxy CONNECT aborted due to timeout\n']);
       proxy = await startReferenceProxy({});
       const untrusted = await run(['-u', 'EXAMPLE\\alice:alicepw', '-x', proxy.origin, url]);
       expect(untrusted.code).toBe(60);
@@ -2531,6 +2565,53 @@ describe('multileg command line', () => {
     expect(r.code).toBe(1);
     const usage = await run(['doctor']);
     expect(usage.code).toBe(2);
+  });
+
+  it('doctor --json: the checks as one JSON object on stdout (url, ok, failed; each check name, ok, verdict, detail, fix), the same verdicts as the lines, exit codes as without it: 1 when a check fails, 0 when none does, 2 for bad usage (trial u20: doctor had no --json)', async () => {
+    for (const [path, exit] of [
+      ['/skew', 1],
+      ['/hop/0', 0],
+    ] as const) {
+      const url = `${plainOrigin}${path}`;
+      const r = await run(['doctor', '--json', url]);
+      expect([r.code, r.stderr], path).toEqual([exit, '']);
+      const report = JSON.parse(r.stdout);
+      expect(Object.keys(report)).toEqual(['url', 'ok', 'failed', 'checks']);
+      expect(report).toMatchObject({ url, ok: exit === 0, failed: exit });
+      for (const c of report.checks) {
+        expect(Object.keys(c)).toEqual(['name', 'ok', 'verdict', 'detail', 'fix']);
+        expect(c.ok).toBe(c.verdict !== 'FAIL');
+        expect(['ok', 'warn', 'FAIL', 'skip']).toContain(c.verdict);
+        expect(typeof c.detail).toBe('string');
+        expect(c.fix === null || typeof c.fix === 'string').toBe(true);
+      }
+      // The lines say the same, check by check.
+      const text = await run(['doctor', url]);
+      expect(text.code).toBe(exit);
+      const lines = text.stdout
+        .split('\n')
+        .flatMap((l) => l.match(/^(ok|warn|FAIL|skip) +([^:]+):/)?.slice(1, 3) ?? []);
+      expect(report.checks.flatMap((c: { verdict: string; name: string }) => [c.verdict, c.name])).toEqual(lines);
+    }
+    const skew = JSON.parse((await run(['doctor', '--json', `${plainOrigin}/skew`])).stdout);
+    expect(skew.checks.find((c: { name: string }) => c.name === 'clock')).toMatchObject({
+      ok: false,
+      verdict: 'FAIL',
+      detail: expect.stringMatching(/^the server's Date is 3\d{3} s behind this machine$/),
+      fix: expect.stringMatching(/^synchronise the clocks \(NTP\)/),
+    });
+    // A proxy that cannot be used stops the checks there: its FAIL, in the JSON too.
+    const proxy = await run(['doctor', '--json', '-x', 'socks5://127.0.0.1:1', `${plainOrigin}/hop/0`]);
+    expect(proxy.code).toBe(1);
+    expect(JSON.parse(proxy.stdout).checks.at(-1)).toEqual({
+      name: 'proxy',
+      ok: false,
+      verdict: 'FAIL',
+      detail: 'proxy: unsupported proxy protocol socks5: in -x; use http:// or https:// (MULTILEG_CONFIG)',
+      fix: null,
+    });
+    const usage = await run(['doctor', '--json']);
+    expect([usage.code, usage.stdout]).toEqual([2, '']);
   });
 
   it('S2: user:password@ in the URL is -u (percent-decoded; -u wins), taken out of the URL and never printed: --json, -w %{url_effective}, doctor, usage errors', async () => {

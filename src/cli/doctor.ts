@@ -67,6 +67,25 @@ export interface Check {
 /** Kerberos' default tolerance (krb5.conf clockskew) is 5 minutes. */
 const MAX_SKEW_S = 300;
 
+/**
+ * `doctor --json`: the whole run as one JSON object on stdout, in place of the lines (a stable
+ * shape, README "doctor --json"): the URL, `ok` (no check failed, exit 0), `failed` (how many
+ * did), and each check in the order run with its `name`, `ok` (false exactly for a FAIL, what the
+ * exit code counts), `verdict` (`ok`, `warn`, `FAIL`, `skip`), `detail` and `fix` (null for none).
+ */
+export interface DoctorReport {
+  readonly url: string;
+  readonly ok: boolean;
+  readonly failed: number;
+  readonly checks: ReadonlyArray<{
+    readonly name: string;
+    readonly ok: boolean;
+    readonly verdict: Verdict;
+    readonly detail: string;
+    readonly fix: string | null;
+  }>;
+}
+
 function print(c: Check): void {
   process.stdout.write(`${c.verdict.padEnd(4)}  ${c.name}: ${c.detail}\n`);
   if (c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
@@ -542,7 +561,7 @@ export async function doctor(argv: string[]): Promise<number> {
     .name('multileg doctor')
     .usage('[options] <url>')
     .description(
-      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; exits 1 when a check fails",
+      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
     );
   const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
@@ -566,19 +585,23 @@ export async function doctor(argv: string[]): Promise<number> {
     process.stderr.write(`multileg doctor: checks one URL (got ${req.transfers.length}): run it once per URL\n`);
     return EXIT.usage;
   }
-  // A reader that went away (`| head`) is not an error, as for a request: the checks run on and
-  // their verdict is the exit code. Any other write failure still ends the process as before.
+  // A reader that went away (`| head`) is not an error here (a request's body is curl's 23: doctor
+  // is no transfer): the checks run on and their verdict is the exit code. Any other write failure
+  // still ends the process as before.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code !== 'EPIPE') throw err;
   });
   // Its modules are loaded; its probes may speak HTTP/1.1 (wasm.ts).
   await keepWasmOnBaseline();
-  process.stdout.write(`multileg doctor ${req.url.href}\n`);
+  // --json: the checks as one object at the end, nothing else on stdout.
+  const json = req.json === true;
+  if (!json) process.stdout.write(`multileg doctor ${req.url.href}\n`);
   const checks: Check[] = [];
   const add = (c: Check) => {
     checks.push(c);
-    print(c);
+    if (!json) print(c);
   };
+  const summary = () => summarize(req.url.href, checks, json);
   // R1: -m bounds the whole run, as it bounds a request (a monitoring check's doctor -m 10 waited
   // out a silent server's 300 s): the check it runs out under fails naming it, those after are not run.
   const deadline = req.maxTime !== undefined ? AbortSignal.timeout(req.maxTime) : undefined;
@@ -623,7 +646,16 @@ export async function doctor(argv: string[]): Promise<number> {
     });
   }
 
-  const proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
+  let proxy: ProxyRoute | undefined;
+  try {
+    proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
+  } catch (err) {
+    // A proxy URL that cannot be used (socks5://, not a URL): every check after this one would
+    // go through it, so none is run; the message names the variable or -x and the fix.
+    if (!(err instanceof ConfigError)) throw err;
+    add({ name: 'proxy', verdict: 'FAIL', detail: `${forCli(err.message)} (${err.code})` });
+    return summary();
+  }
   add(await timed('proxy', () => proxyCheck(proxy)));
 
   const tls = req.url.protocol === 'https:' && !proxy ? await timed('TLS', () => tlsTrust(req)) : undefined;
@@ -764,8 +796,27 @@ export async function doctor(argv: string[]): Promise<number> {
           ),
     );
 
+  return summary();
+}
+
+/** The last line (with `json`, the whole report: {@link DoctorReport}), and the exit code: 1 when a check failed. */
+function summarize(url: string, checks: readonly Check[], json: boolean): number {
   const failed = checks.filter((c) => c.verdict === 'FAIL').length;
-  process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
+  if (json) {
+    const report: DoctorReport = {
+      url,
+      ok: failed === 0,
+      failed,
+      checks: checks.map((c) => ({
+        name: c.name,
+        ok: c.verdict !== 'FAIL',
+        verdict: c.verdict,
+        detail: c.detail,
+        fix: c.fix ?? null,
+      })),
+    };
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  } else process.stdout.write(failed ? `${failed} check(s) failed\n` : 'no problem found\n');
   return failed ? EXIT.failure : EXIT.ok;
 }
 

@@ -28,6 +28,7 @@ import {
 import { ClientCertificateRefusedError, REFUSED_CERTIFICATE } from '../session/client-certificate.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import { NtlmUnpairedError } from '../session/ntlm-pairing.ts';
+import { realProxyVariables } from './proxy-env.ts';
 
 /** Exit codes (README "Command line"); the network ones are curl's. */
 export const EXIT = {
@@ -192,7 +193,7 @@ export function forCli(message: string): string {
   let out = message;
   for (const [pattern, flag] of FLAGS)
     out = typeof flag === 'string' ? out.replace(pattern, flag) : out.replace(pattern, flag);
-  return out;
+  return realProxyVariables(out);
 }
 
 /** The innermost MultilegError or coded system error in `err`'s cause chain (fetch wraps ours). */

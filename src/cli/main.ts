@@ -118,11 +118,20 @@ async function main(argv: string[]): Promise<number> {
     for (const line of req.routes?.added() ?? []) verbose(line);
     const { ProxyResolver } = await import('../proxy/options.ts');
     const o = agentOptions;
-    const proxies = new ProxyResolver(o.proxy, process.env, o.negotiate, o.connectTo);
-    connected = new (await import('./connections.ts')).ConnectedLines(verbose, (origin) => {
-      const route = proxies.route(origin);
-      return route && { origin: route.proxy.origin, hostname: route.proxy.hostname, kind: route.kind };
-    });
+    let proxies: InstanceType<typeof ProxyResolver> | undefined;
+    try {
+      proxies = new ProxyResolver(o.proxy, process.env, o.negotiate, o.connectTo);
+    } catch (err) {
+      // A proxy URL that cannot be used: the agent's construction below says so (exit 2).
+      if (!(err instanceof ConfigError)) throw err;
+    }
+    if (proxies) {
+      const resolver = proxies;
+      connected = new (await import('./connections.ts')).ConnectedLines(verbose, (origin) => {
+        const route = resolver.route(origin);
+        return route && { origin: route.proxy.origin, hostname: route.proxy.hostname, kind: route.kind };
+      });
+    }
   }
   // curl's rule: credentials go to the URL's origin; --trust and --location-trusted add others.
   // Each transfer has its own (set when it starts): a URL's origin is trusted in its own transfer
@@ -275,11 +284,13 @@ async function main(argv: string[]): Promise<number> {
       closeSync(har);
     }
   }
-  // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too. (Write
-  // errors arrive after the write returns.)
+  // A head (-I), a report (--json) or -w written to stdout that failed: curl's 23 too; a reader
+  // gone (EPIPE) only where a head was lost, as curl ignores -w's. (Write errors arrive after the
+  // write returns.)
   await new Promise((resolve) => setImmediate(resolve));
-  if (stdout.error && exit === EXIT.ok) {
-    say(`stdout: ${writeProblem(stdout.error)}`);
+  const lost = stdout.error ?? stdout.headLost;
+  if (lost && exit === EXIT.ok) {
+    say(`stdout: ${writeProblem(lost)}`);
     exit = EXIT.write;
   }
   return exit;

@@ -376,7 +376,7 @@ export function program(): Commander.Command {
       )
       .option(
         '--json',
-        'print the outcome (status, error, reason, legs, handshakes, stats) as JSON instead of the body on stdout (-o still writes it)',
+        'print the outcome (status, error, reason, legs, handshakes, stats) as JSON instead of the body on stdout (-o still writes it); with doctor, its checks (url, ok, failed, checks: name, ok, verdict, detail, fix)',
       )
       .option('--har <file>', 'write every leg to a HAR 1.2 file (tokens redacted)')
       .addOption(new Option('--connect-timeout <seconds>', 'maximum time to connect').argParser(seconds))

@@ -1,7 +1,7 @@
 /**
  * Where the command's bytes go, and what a failure to write them means: stdout (a reader that went
- * away is not an error, curl's rule), the -o file (its directories made with --create-dirs), and
- * the response heads `-i` and `-D` show.
+ * away before the body or a head was written is curl's 23, as a full disk is), the -o file (its
+ * directories made with --create-dirs), and the response heads `-i` and `-D` show.
  */
 import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -38,6 +38,8 @@ const WRITE_PROBLEMS: Readonly<Record<string, string>> = {
   ENOSPC: 'no space left on the device',
   EDQUOT: 'disk quota exceeded',
   EIO: 'input/output error',
+  // `| head -c1`: curl's "Failure writing output to destination" (23).
+  EPIPE: 'its reader went away',
 };
 
 /** Why a file could not be written, in words (the system code kept for a search). */
@@ -142,18 +144,31 @@ export function headerLines(
 }
 
 /**
- * The command's stdout: a reader that went away (`| head`) is not an error (stop writing, exit as
- * if done); any other failure to write (a full disk) is kept, for curl's 23 in one line. Watched
- * from before the first request to the exit.
+ * The command's stdout, watched from before the first request to the exit: a failure to write it
+ * (a full disk) is kept, for curl's 23 in one line. A reader that went away (`| head`, EPIPE) is
+ * curl's 23 where a body ({@link writeBody}) or a head (-i, -I: {@link Stdout.head}) was lost, as
+ * curl's; not where only -w or --json was (curl ignores -w's write errors). Either way the
+ * command stops writing and its error event is handled: no unhandled EPIPE.
  */
 export class Stdout {
   /** The first failure to write stdout, not EPIPE. */
   error: NodeJS.ErrnoException | undefined;
+  /** A head written to stdout that its reader, gone, did not take (EPIPE). */
+  headLost: NodeJS.ErrnoException | undefined;
 
   constructor() {
     process.stdout.on('error', (err: NodeJS.ErrnoException) => {
       if (!isEpipe(err)) this.error ??= err;
     });
+  }
+
+  /** Writes a response head (-i, -I) to stdout; its loss to a reader gone is kept (curl's 23). */
+  head(text: string): void {
+    if (process.stdout.destroyed) this.headLost ??= Object.assign(new Error('stdout closed'), { code: 'EPIPE' });
+    else
+      process.stdout.write(text, (err) => {
+        if (err && isEpipe(err)) this.headLost ??= err;
+      });
   }
 }
 
@@ -202,7 +217,8 @@ async function toStdout(source: AsyncIterable<Buffer>): Promise<void> {
  * stdout. A body cut short leaves what came of it written (in the -o file too, as curl), then
  * its error is thrown (18): it is kept aside meanwhile, so pipeline() ends the output instead of
  * destroying it. A failure to write is returned as the line curl's 23 says (the file, or stdout,
- * failed, not the transfer); a reader of stdout that went away ends the body quietly.
+ * failed, not the transfer), a reader of stdout that went away too (curl's "Failure writing
+ * output to destination"): the rest of the body is dropped.
  */
 export async function writeBody(
   body: Readable,
@@ -245,8 +261,11 @@ export async function writeBody(
     else await pipelineOf(received(), ...stages, toStdout);
   } catch (err) {
     if (fileError !== undefined && output !== undefined) return fileProblem('-o', output, fileError, createDirs);
-    const failed = stdout.error ?? (output === undefined && !isEpipe(err) ? (err as NodeJS.ErrnoException) : undefined);
-    if (failed?.code && failed.code in WRITE_PROBLEMS) return `stdout: ${writeProblem(failed)}`;
+    const failed = stdout.error ?? (output === undefined ? (err as NodeJS.ErrnoException) : undefined);
+    if (failed?.code && failed.code in WRITE_PROBLEMS) {
+      body.destroy();
+      return `stdout: ${writeProblem(failed)}`;
+    }
     if (!isEpipe(err)) throw err;
     body.destroy();
   }

@@ -9,14 +9,15 @@
  *   is known only by HMAC-SHA-256 under `key` (32 random bytes, 0600, made once): a different
  *   password has another record, and the file tells nothing of the password.
  * - Concurrency: a process about to send a password not proved there takes `<id>.lock` (made with
- *   O_EXCL; its pid, boot id, host name and PID namespace inside) until that handshake ends, and
- *   reads the record only then: of a burst of processes with one wrong password, one sends it and
- *   the others read its refusal. The holder rewrites its lock every {@link LOCK_REFRESH_MS}. A lock
- *   whose pid can be checked here (same host, boot and PID namespace) is broken only when that
- *   process is gone; any other only once it has gone unrewritten for {@link LOCK_WAIT_MS}, by the
- *   waiter's own clock or the file system's (never by comparing two hosts' clocks). The file is
- *   written whole to a temporary file renamed over it, under `refusals.json.lock` (held for the
- *   write only).
+ *   O_EXCL; its pid, boot id, host name, PID namespace and start time inside) until that handshake
+ *   ends, and reads the record only then: of a burst of processes with one wrong password, one
+ *   sends it and the others read its refusal. The holder rewrites its lock every
+ *   {@link LOCK_REFRESH_MS}. A lock whose pid can be checked here (same host, boot and PID
+ *   namespace) is broken only when that process is gone (no process has the pid, or the one that
+ *   has it started at another time: the pid reused); any other only once it has gone unrewritten
+ *   for {@link LOCK_WAIT_MS}, by the waiter's own clock or the file system's (never by comparing
+ *   two hosts' clocks). The file is written whole to a temporary file renamed over it, under
+ *   `refusals.json.lock` (held for the write only).
  * - A file that cannot be read or is not such a record is ignored with one warning; the next
  *   refusal writes it anew. Nothing here throws into a request.
  */
@@ -87,6 +88,12 @@ interface LockOwner {
   readonly host: string;
   /** `pid:[4026531836]` (readlink /proc/self/ns/pid); empty where there is no /proc. */
   readonly ns: string;
+  /**
+   * When the process started, in clock ticks since the boot (/proc/PID/stat's field 22): with the
+   * boot id, which process the pid named, so a pid reused by another process is told apart.
+   * Empty where unknown (no /proc; a lock of an older version).
+   */
+  readonly start: string;
 }
 
 /**
@@ -108,21 +115,32 @@ function lockOwner(): LockOwner {
     boot: read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8')),
     host: hostname().replace(/\s+/g, '') || '-',
     ns: read(() => readlinkSync('/proc/self/ns/pid')).replace(/\s+/g, ''),
+    start: procStat(process.pid)?.start ?? '',
   };
 }
 
-/** A lock's text: `pid boot host ns` (`-` for what is not known). */
+/** A lock's text: `pid boot host ns start` (`-` for what is not known). */
 function lockText(o: LockOwner): string {
-  return `${o.pid} ${o.boot || '-'} ${o.host || '-'} ${o.ns || '-'}`;
+  return `${o.pid} ${o.boot || '-'} ${o.host || '-'} ${o.ns || '-'} ${o.start || '-'}`;
 }
 
-/** The owner a lock's text names; undefined for any other text (an older version's, or one being written). */
+/**
+ * The owner a lock's text names; undefined for any other text (an older version's, or one being
+ * written). The previous version's four words (no start time) are read too: its pid is checked
+ * as it was, by whether a process has it.
+ */
 function parseOwner(text: string): LockOwner | undefined {
   const words = text.trim().split(' ');
-  if (words.length !== 4) return undefined;
-  const [pid, boot, host, ns] = words.map((w) => (w === '-' ? '' : w)) as [string, string, string, string];
+  if (words.length !== 4 && words.length !== 5) return undefined;
+  const [pid, boot, host, ns, start = ''] = words.map((w) => (w === '-' ? '' : w)) as [
+    string,
+    string,
+    string,
+    string,
+    string?,
+  ];
   const n = Number(pid);
-  return Number.isInteger(n) && n > 0 ? { pid: n, boot, host, ns } : undefined;
+  return Number.isInteger(n) && n > 0 && /^\d*$/.test(start) ? { pid: n, boot, host, ns, start } : undefined;
 }
 
 /** A lock this run holds: its file kept open, to rewrite it (and to tell it from another run's that replaced it). */
@@ -151,29 +169,38 @@ const PAUSE = new Int32Array(new SharedArrayBuffer(4));
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function alive(pid: number): boolean {
+/**
+ * Whether the process that took a lock as pid `pid`, started at `start` (empty: not known), still
+ * runs. Not when no process has the pid; nor when the one that has it started at another time:
+ * the pid was reused (a run killed, then its pid given to any process — a lock of a dead run was
+ * honoured for as long as that one lived). Nor for a zombie: kill(pid, 0) still answers for one,
+ * but a run killed under `timeout -s KILL` (which kills itself too) is such an orphan until PID 1
+ * reaps it — late, or never under a PID 1 that reaps nothing — and its lock is no live run's.
+ * Linux's /proc tells the last two; where it cannot be read the pid's answer stands.
+ */
+function alive(pid: number, start: string): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
-  return !zombie(pid);
+  const stat = procStat(pid);
+  if (stat === undefined) return true;
+  return stat.state !== 'Z' && stat.state !== 'X' && (start === '' || stat.start === start);
 }
 
-/**
- * Whether `pid` has exited and waits to be reaped: kill(pid, 0) still answers for it. A run killed
- * under `timeout -s KILL` (which kills itself too) is such an orphan until PID 1 reaps it — late,
- * or never under a PID 1 that reaps nothing — and its lock is no live run's. Linux's /proc tells.
- */
-function zombie(pid: number): boolean {
-  if (process.platform !== 'linux') return false;
+/** `pid`'s state and start time (clock ticks since boot) from /proc/PID/stat; undefined off Linux or unreadable. */
+function procStat(pid: number): { state: string; start: string } | undefined {
+  if (process.platform !== 'linux') return undefined;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // `pid (comm) S …`: the state after the last ')' (a comm may hold one).
-    const state = stat[stat.lastIndexOf(')') + 2];
-    return state === 'Z' || state === 'X';
+    // `pid (comm) S ppid …`: the fields after the last ')' (a comm may hold one) start at field 3,
+    // so field 22 (starttime) is the 20th of them.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const start = fields[19] ?? '';
+    return { state: fields[0] ?? '', start: /^\d+$/.test(start) ? start : '' };
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -583,7 +610,8 @@ export class RefusalFile implements RefusalMemory {
   /**
    * Whether the lock's holder is surely gone. A pid that can be checked here: our own pid in a lock
    * this run does not hold is an earlier process's with the same pid (a killed PID 1 before us), any
-   * other is gone when no process has it; a live one is never broken (its waiters' own bounds end
+   * other is gone when no process has it or the one that has it started at another time than the
+   * lock says (see {@link alive}); a live one is never broken (its waiters' own bounds end
    * their waits). Any other lock — another host's, another container's, another boot's (the same
    * host name on another machine; a PID namespace's number repeats across machines, so nothing
    * tells this machine rebooted from that), an unreadable or older text — by `#unrewritten`.
@@ -592,7 +620,7 @@ export class RefusalFile implements RefusalMemory {
     const { owner } = found;
     if (owner !== undefined && this.#checkable(owner)) {
       if (owner.pid === process.pid) return ![...this.#locks.values()].some((l) => l.path === path);
-      return !alive(owner.pid);
+      return !alive(owner.pid, owner.start);
     }
     return this.#unrewritten(path, found, watch);
   }

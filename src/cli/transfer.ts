@@ -319,13 +319,18 @@ async function whyStood(
 }
 
 /** -i and -I: every head -D shows, the handshake's too, as they come (curl's): to stdout, or with -o to `toFile`. */
-function showHeads(req: CliRequest, shownHeads: ResponseHeads | undefined, toFile: (text: string) => void): void {
+function showHeads(
+  req: CliRequest,
+  shownHeads: ResponseHeads | undefined,
+  stdout: Stdout,
+  toFile: (text: string) => void,
+): void {
   if (shownHeads)
     shownHeads.include =
       req.include && !req.json
         ? (text) => {
             if (req.output) toFile(text);
-            else process.stdout.write(text);
+            else stdout.head(text);
           }
         : undefined;
 }
@@ -563,7 +568,7 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
   const failOnError = req.fail || req.failWithBody;
   /** With -o, the heads -i shows, for the file (curl writes them there, not to stdout). */
   let heads = '';
-  showHeads(req, shownHeads, (text) => {
+  showHeads(req, shownHeads, stdout, (text) => {
     heads += text;
   });
   /** While the body is read: what came of it, and what the head announced (a failure then is curl's 18). */
