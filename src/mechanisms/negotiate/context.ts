@@ -277,7 +277,8 @@ export class NegotiateContext implements MechanismContext {
       // what it holds. Once more on a credential acquired now — as a request that started after
       // the change does (S6: concurrent first steps on the old one all failed, and their requests
       // went on on the old principal's sessions).
-      if (again || !client.keptCredential || client.stillHolds?.() !== false) throw e;
+      if (again || e instanceof GssCallAbandonedError || !client.keptCredential || client.stillHolds?.() !== false)
+        throw e;
       log.handshake('Negotiate: the kept credential of %s left its cache; acquired anew', client.username);
       return this.#firstKerberosToken(leg, gaveUp, true);
     }
