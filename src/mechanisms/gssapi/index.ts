@@ -569,8 +569,9 @@ export class GssClient {
    * credential found there), and may still wait on something else (a TGT renewal): so only after
    * such a step, made on a worker, was seen to be quick. And none while other requests' handshakes
    * are in flight: the event loop is then what they all wait for, and a call on a worker runs beside
-   * it (per-request Kerberos, 50 in flight against the lab's Apache: ~0.8 of the wall time, for two
-   * thread hops a call; docs/PERFORMANCE.md). One at a time, the event loop has nothing else to do.
+   * it (per-request Kerberos, 50 in flight against the lab's Apache on 2 cores: 0.96 of the wall time
+   * on a quiet machine, ~5% more CPU for the thread hops; docs/PERFORMANCE.md). One at a time, the
+   * event loop has nothing else to do.
    */
   #mayCallSync(input: Buffer | undefined, ticketKnown: boolean): boolean {
     if (this.#nameMayWait || handshakesInFlight > 1) return false;
