@@ -26,6 +26,8 @@ import {
   SYNC_TICKET_MARGIN_MS,
 } from '../src/mechanisms/gssapi/index.ts';
 import { carriesKerberosApReq, negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
+import { challengeAsks } from '../src/mechanisms/registry.ts';
+import { encodeNegTokenResp, NegState } from '../src/mechanisms/spnego/tokens.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { SPREAD_ROOM } from '../src/session/origin-pool.ts';
@@ -452,6 +454,15 @@ describe.skipIf(!haveBindingAndAcceptor)(
       await expect(refused.step({ scheme: 'Negotiate', schemeKey: 'negotiate', params: {} }, leg)).rejects.toThrow(
         /rejected/,
       );
+      expect(gssHandshakesInFlight()).toBe(0);
+      // A 401 with an SPNEGO reject token: refused too (challengeAsks reads it once per answer).
+      const rejected = mechanism.createContext(leg);
+      await rejected.step(undefined, leg);
+      expect(gssHandshakesInFlight()).toBe(1);
+      const reject = encodeNegTokenResp({ negState: NegState.REJECT }).toString('base64');
+      expect(
+        challengeAsks(rejected, { scheme: 'Negotiate', schemeKey: 'negotiate', token68: reject, params: {} }),
+      ).toBe('refused');
       expect(gssHandshakesInFlight()).toBe(0);
     });
 

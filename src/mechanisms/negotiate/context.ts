@@ -143,6 +143,8 @@ export class NegotiateContext implements MechanismContext {
         this.#renewed = this.#ticketEpoch < last.epoch;
       }
     }
+    // Refused: over (a run again is a new context's).
+    this.#over();
     return true;
   }
 
