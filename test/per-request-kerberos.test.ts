@@ -25,7 +25,9 @@ import {
   SLOW_SYNC_CALL_MS,
   SYNC_TICKET_MARGIN_MS,
 } from '../src/mechanisms/gssapi/index.ts';
-import { carriesKerberosApReq } from '../src/mechanisms/negotiate/index.ts';
+import { carriesKerberosApReq, negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
+import { challengeAsks } from '../src/mechanisms/registry.ts';
+import { encodeNegTokenResp, NegState } from '../src/mechanisms/spnego/tokens.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { SPREAD_ROOM } from '../src/session/origin-pool.ts';
@@ -426,6 +428,42 @@ describe.skipIf(!haveBindingAndAcceptor)(
       const calls = [];
       for (const client of clients) calls.push((await handshake(client)).call);
       expect(calls).toEqual(['async', 'async', 'async', 'async']);
+    });
+
+    it("C4: a Negotiate handshake taken without a final token (mutualAuth: 'optional', as proxies answer) or refused without one ends its context: it no longer counts as in flight (before: kept counted for as long as the mechanism remembered its principal, every later lone request's GSS-API calls went to a worker)", async () => {
+      const leg = {
+        origin: 'https://localhost:443',
+        hostname: 'localhost',
+        port: 443,
+        method: 'GET',
+        path: '/',
+        proxy: false,
+      };
+      const mechanism = negotiateMechanism({ backend: 'gssapi', mutualAuth: 'optional', spn: 'HTTP@localhost' });
+      const taken = mechanism.createContext(leg);
+      const token = await taken.step(undefined, leg);
+      expect(token).toMatch(/^Negotiate /);
+      expect(gssHandshakesInFlight()).toBe(1);
+      // The server's 200 carries no final token: accepted (mutual authentication optional).
+      await taken.finish(undefined, leg);
+      expect(gssHandshakesInFlight()).toBe(0);
+      // A 401 without a token after the AP-REQ: the handshake is over, refused.
+      const refused = mechanism.createContext(leg);
+      await refused.step(undefined, leg);
+      expect(gssHandshakesInFlight()).toBe(1);
+      await expect(refused.step({ scheme: 'Negotiate', schemeKey: 'negotiate', params: {} }, leg)).rejects.toThrow(
+        /rejected/,
+      );
+      expect(gssHandshakesInFlight()).toBe(0);
+      // A 401 with an SPNEGO reject token: refused too (challengeAsks reads it once per answer).
+      const rejected = mechanism.createContext(leg);
+      await rejected.step(undefined, leg);
+      expect(gssHandshakesInFlight()).toBe(1);
+      const reject = encodeNegTokenResp({ negState: NegState.REJECT }).toString('base64');
+      expect(
+        challengeAsks(rejected, { scheme: 'Negotiate', schemeKey: 'negotiate', token68: reject, params: {} }),
+      ).toBe('refused');
+      expect(gssHandshakesInFlight()).toBe(0);
     });
 
     it('C4: a context made ahead and thrown away while its step runs on a worker is released only after that step (MIT: one thread per context)', async () => {

@@ -37,6 +37,11 @@ export interface KerberosClientLike {
   stillHolds?(): boolean | undefined;
   /** Made on a credential kept from an earlier context (the GSS-API binding's CredCache). */
   readonly keptCredential?: boolean;
+  /**
+   * Frees the context now (the GSS-API binding; the addon has none): its handshake is over. Names
+   * and {@link stillHolds} still answer.
+   */
+  dispose?(): void;
 }
 
 export interface KerberosModuleLike {

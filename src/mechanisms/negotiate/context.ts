@@ -143,6 +143,8 @@ export class NegotiateContext implements MechanismContext {
         this.#renewed = this.#ticketEpoch < last.epoch;
       }
     }
+    // Refused: over (a run again is a new context's).
+    this.#over();
     return true;
   }
 
@@ -263,7 +265,7 @@ export class NegotiateContext implements MechanismContext {
     // backend names the ticket's owner only once the context is complete: not checked there.)
     const ticket = this.#client.username;
     if (o.credentials && !o.principal && ticket && !sameUser(ticket, o.credentials.username)) {
-      (this.#client as { dispose?: () => void }).dispose?.();
+      this.#client.dispose?.();
       this.#client = undefined;
       throw new KerberosOtherPrincipalError(ticket, o.credentials.username, this.#memory.names);
     }
@@ -356,7 +358,7 @@ export class NegotiateContext implements MechanismContext {
       throw new MechanismError(SCHEME, 'the Negotiate handshake is over; no further token can be produced');
     }
     if (token === undefined) {
-      this.#state = 'done';
+      this.#over();
       throw new MechanismError(
         SCHEME,
         `the server rejected the Negotiate token for ${this.#spn} (401 without a token); check that the server's keytab matches the SPN and the client's realm is trusted`,
@@ -372,11 +374,22 @@ export class NegotiateContext implements MechanismContext {
       throw this.#mapError(e);
     }
     if (!out) {
-      this.#state = 'done';
+      this.#over();
       throw new MechanismError(SCHEME, 'the server asked for another leg but GSS-API has nothing more to send');
     }
     this.#steppedOn = true;
     return `${SCHEME} ${out}`;
+  }
+
+  /**
+   * The handshake is over: its GSS-API context, complete or not, is freed now. An incomplete one (no
+   * final token taken, a refusal) would else count as a handshake in flight (C4: every lone request's
+   * calls then go to a worker) until collected — never, while the mechanism keeps it for its
+   * principal (S6 `holders`, which asks only its cache).
+   */
+  #over(): void {
+    this.#state = 'done';
+    this.#client?.dispose?.();
   }
 
   finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
@@ -400,19 +413,19 @@ export class NegotiateContext implements MechanismContext {
         );
       }
       if (!client.contextComplete) {
-        this.#state = 'done';
+        this.#over();
         throw new MutualAuthError(`the server's final Negotiate token for ${this.#spn} did not complete the context`);
       }
       this.#mutualVerified = true;
     } else if (!client.contextComplete && (this.#o.mutualAuth ?? 'required') === 'required') {
-      this.#state = 'done';
+      this.#over();
       // H5: a proxy's option is proxy.negotiate.mutualAuth.
       throw new MutualAuthError(
         `the server sent no final Negotiate token for ${this.#spn} (to ${leg.origin})`,
         `pass ${this.#memory.names.options}.mutualAuth: 'optional' if it never sends a final token`,
       );
     }
-    this.#state = 'done';
+    this.#over();
     this.#accepted = true;
     // Sessions authenticated as this principal ask later whether its tickets are still there (S6).
     if (client.stillHolds && client.username) {
