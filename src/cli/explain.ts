@@ -39,8 +39,10 @@ export const EXIT = {
   usage: 2,
   /** curl's CURLE_URL_MALFORMAT: an argument that is not a URL. */
   badUrl: 3,
+  /** curl's CURLE_COULDNT_RESOLVE_PROXY: a proxy whose name does not resolve, or a proxy URL that is not a URL. */
   resolveProxy: 5,
   resolve: 6,
+  /** curl's CURLE_COULDNT_CONNECT: refused, and a proxy URL of a scheme not spoken (curl's "Unsupported proxy scheme"). */
   connect: 7,
   /** curl's CURLE_WEIRD_SERVER_REPLY: a response head that is not HTTP (a header without a colon, a bad Content-Length). */
   weirdReply: 8,

@@ -1454,7 +1454,8 @@ function proxyOption(
     try {
       new URL(uri);
     } catch {
-      throw new ConfigError(`-x ${redactUserinfo(text)}: not a proxy URL (e.g. http://proxy:3128)`);
+      // curl's CURLE_COULDNT_RESOLVE_PROXY ("Unsupported proxy syntax"): 5, not bad usage.
+      throw new UsageError(`-x ${redactUserinfo(text)}: not a proxy URL (e.g. http://proxy:3128)`, EXIT.resolveProxy);
     }
   }
   let credentials: ProxyOptions['credentials'];
