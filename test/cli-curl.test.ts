@@ -1185,6 +1185,9 @@ describe('multileg: curl options', () => {
     expect(received.length).toBe(before);
     // Options stay bad usage with a bad proxy beside them (commander's check comes first).
     expect((await run(['--no-such-option', '-x', 'http://[bad', url])).code).toBe(2);
+    // --help says so.
+    const help = (await run(['--help'])).stdout.replace(/\s+/g, ' ');
+    expect(help).toContain('one that is not a URL exits 5, another scheme than http(s) (socks5://) 7, as curl');
   });
 
   it("curl's --http2 (HTTP/2 is already the default; the last of --http1.1 and --http2 wins), --no-progress-meter (no meter here) and --url URL (a URL in its place among the others, -o pairing with it) are taken as curl 7.88 takes them; they were bad usage (exit 2)", async () => {

@@ -494,6 +494,11 @@ describe('multileg command line', () => {
       1,
       `multileg: the Proxy-Authorization given with -H holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?): it was not sent, since proxy http://127.0.0.1:${REFUSED_PORT} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -U user:password with --proxy-ntlm (MULTILEG_NTLM_UNPAIRED)\n`,
     ]);
+    // --help says so at -H.
+    const help = (await run(['--help'])).stdout.replace(/\s+/g, ' ');
+    expect(help).toContain(
+      'a copied NTLM AUTHENTICATE in Authorization or Proxy-Authorization is not sent: give -u, -U',
+    );
   });
 
   it("S1: -H 'Host: …' naming another host than the URL's: a warning says at the start that -u's credentials are not sent there, and none go (the server's 401 is shown); -L drops that Host on a hop to another host, as curl does", async () => {
