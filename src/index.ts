@@ -69,6 +69,7 @@ export {
   ProxyResponseTimeoutError,
   ProxyTimeoutError,
   ProxyUnreachableError,
+  ProxyUrlError,
   RemoteHttp1Error,
 } from './proxy/errors.ts';
 export type { ProxyOptions } from './proxy/options.ts';

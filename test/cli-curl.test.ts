@@ -418,18 +418,20 @@ describe('multileg: curl options', () => {
     // One of the scheme's own variables set: the other proxy is ALL_PROXY's, both named.
     const mixed = await run(['-sS', '--cacert', ca, url], { env: { ALL_PROXY: down, https_proxy: down } });
     expect([mixed.code, mixed.stderr]).toEqual([7, expect.stringContaining('(-x, or HTTPS_PROXY / ALL_PROXY)')]);
-    // Unusable (multileg speaks no SOCKS; not a URL): usage, 2, naming the variable and unsetting it.
+    // Unusable (multileg speaks no SOCKS; not a URL), naming the variable and unsetting it: curl's
+    // 7 for a scheme not spoken ("Unsupported proxy scheme") and 5 for a URL that is not one
+    // ("Unsupported proxy syntax"); this asserted 2 (bad usage), which curl never exits for them.
     const socks = `socks5://127.0.0.1:${REFUSED_PORT}`;
     for (const args of [['-sS'], ['-sS', '-v']]) {
       const r = await run([...args, url], { env: { ALL_PROXY: socks } });
       expect([r.code, r.stderr.trim().split('\n').at(-1)], args.join(' ')).toEqual([
-        2,
+        7,
         'multileg: proxy: unsupported proxy protocol socks5: in ALL_PROXY; use http:// or https://, or unset ALL_PROXY (MULTILEG_CONFIG)',
       ]);
     }
     const bad = await run(['-sS', url], { env: { all_proxy: 'http://[bad' } });
     expect([bad.code, bad.stderr]).toEqual([
-      2,
+      5,
       'multileg: proxy: the proxy address in all_proxy is not a URL; use http://host:port, or unset all_proxy (MULTILEG_CONFIG)\n',
     ]);
     const doctor = await run(['doctor', url], { env: { ALL_PROXY: socks } });
@@ -1129,6 +1131,63 @@ describe('multileg: curl options', () => {
     expect(mixed.code).toBe(3);
     expect(received.length).toBe(before);
     expect((await run(['--no-such-option', `${plainOrigin}/headers`])).code).toBe(2);
+  });
+
+  it('H5: a proxy URL that cannot be used exits as curl 7.88 does, nothing sent, the message naming -x or the variable: not a URL is 5 (curl\'s "Unsupported proxy syntax"), a scheme other than http(s) 7 ("Unsupported proxy scheme"; SOCKS too, which multileg does not speak) — both were bad usage, 2', async () => {
+    const url = `${plainOrigin}/headers`;
+    const before = received.length;
+    // As curl 7.88.1 exits for each: `curl -x P URL`, and with the variable instead.
+    const cases: Array<[proxy: string, code: number]> = [
+      ['http://[bad', 5],
+      [':::', 5],
+      ['[bad', 5],
+      ['http://host:99999', 5],
+      ['http://', 5],
+      ['ftp://127.0.0.1:1', 7],
+      ['foo://127.0.0.1:1', 7],
+      [`socks5://127.0.0.1:${REFUSED_PORT}`, 7],
+      [`socks5h://127.0.0.1:${REFUSED_PORT}`, 7],
+    ];
+    for (const [proxy, code] of cases) {
+      const given = await run(['-sS', '-x', proxy, url]);
+      expect([given.code, given.stdout], `-x ${proxy}`).toEqual([code, '']);
+      expect(given.stderr, `-x ${proxy}`).toMatch(
+        code === 5
+          ? /^multileg: -x \S*: not a proxy URL \(e\.g\. http:\/\/proxy:3128\)\n$/
+          : /^multileg: proxy: unsupported proxy protocol [a-z0-9]+: in -x; use http:\/\/ or https:\/\/ \(MULTILEG_CONFIG\)\n$/,
+      );
+      for (const name of ['http_proxy', 'ALL_PROXY']) {
+        const env = await run(['-sS', url], { env: { [name]: proxy } });
+        expect([env.code, env.stdout, env.stderr], `${name}=${proxy}`).toEqual([
+          code,
+          '',
+          code === 5
+            ? `multileg: proxy: the proxy address in ${name} is not a URL; use http://host:port, or unset ${name} (MULTILEG_CONFIG)\n`
+            : `multileg: proxy: unsupported proxy protocol ${proxy.split('//')[0]} in ${name}; use http:// or https://, or unset ${name} (MULTILEG_CONFIG)\n`,
+        ]);
+      }
+    }
+    // HTTPS_PROXY for an https:// URL, with -v too (its trace reads the proxies first).
+    for (const args of [['-sS'], ['-sS', '-v']]) {
+      const bad = await run([...args, 'https://localhost:1/'], { env: { HTTPS_PROXY: 'http://[bad' } });
+      expect([bad.code, bad.stderr.trim().split('\n').at(-1)], args.join(' ')).toEqual([
+        5,
+        'multileg: proxy: the proxy address in HTTPS_PROXY is not a URL; use http://host:port, or unset HTTPS_PROXY (MULTILEG_CONFIG)',
+      ]);
+    }
+    // A name that does not resolve stays 5 (curl's "Could not resolve proxy"), for -x and HTTPS_PROXY.
+    for (const env of [{}, { HTTPS_PROXY: 'no-such-proxy.invalid' }]) {
+      const args = 'HTTPS_PROXY' in env ? [] : ['-x', 'no-such-proxy.invalid'];
+      const r = await run(['-sS', ...args, 'https://localhost:1/'], { env });
+      expect(r.code, JSON.stringify(env)).toBe(5);
+      expect(r.stderr).toContain('cannot resolve the host name of proxy http://no-such-proxy.invalid');
+    }
+    expect(received.length).toBe(before);
+    // Options stay bad usage with a bad proxy beside them (commander's check comes first).
+    expect((await run(['--no-such-option', '-x', 'http://[bad', url])).code).toBe(2);
+    // --help says so.
+    const help = (await run(['--help'])).stdout.replace(/\s+/g, ' ');
+    expect(help).toContain('one that is not a URL exits 5, another scheme than http(s) (socks5://) 7, as curl');
   });
 
   it("curl's --http2 (HTTP/2 is already the default; the last of --http1.1 and --http2 wins), --no-progress-meter (no meter here) and --url URL (a URL in its place among the others, -o pairing with it) are taken as curl 7.88 takes them; they were bad usage (exit 2)", async () => {

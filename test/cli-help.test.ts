@@ -20,7 +20,9 @@ describe('--help without commander', () => {
 
   it('shows no `(default: [])` on the repeatable options (-H, -d, --data-binary, --data-raw, --trust, -o)', () => {
     const help = commanderHelp(program(), 200);
-    expect(help).toMatch(/-H, --header <header> +extra request header "Name: value" \(repeatable\)\n/);
+    expect(help).toMatch(
+      /-H, --header <header> +extra request header "Name: value" \(repeatable\); a copied NTLM AUTHENTICATE in Authorization or Proxy-Authorization is not sent: give -u, -U\n/,
+    );
     expect(help).not.toContain('(default: [])');
   });
 

@@ -450,6 +450,57 @@ describe('multileg command line', () => {
     expect(ntlmOnly.exchanges.filter((e) => e.path === '/auth/copied-authenticate')).toEqual([]);
   });
 
+  it("S6/H1: -H 'Authorization: NTLM …' holding an AUTHENTICATE beside -H 'Proxy-Authorization: NTLM …' (reason proxy-leg): not sent, and the command says that the proxy's NTLM leg decides the proxy connection, not the one that carried the server's CHALLENGE, and what to give instead; an AUTHENTICATE in -H 'Proxy-Authorization' is named as the proxy's", async () => {
+    // A browser's AUTHENTICATE to the origin, answering a CHALLENGE it got on a connection of its own.
+    const origin = 'http://intranet.example';
+    const leg = { origin, hostname: 'intranet.example', port: 80, method: 'GET', path: '/', proxy: false };
+    const authenticate = async (toProxy: boolean) => {
+      const browser = ntlmMechanism({ username: 'EXAMPLE\\alice', password: 'alicepw' }).createContext({
+        ...leg,
+        proxy: toProxy,
+      });
+      const negotiate = (await browser.step(undefined, leg))!;
+      const step = new NtlmAcceptor({ users: { alice: 'alicepw' }, domain: 'EXAMPLE' }).step(
+        Buffer.from(negotiate.split(' ')[1]!, 'base64'),
+      );
+      if (step.kind !== 'challenge') throw new Error('no CHALLENGE');
+      const challenge = { scheme: 'NTLM', schemeKey: 'ntlm', token68: step.token.toString('base64'), params: {} };
+      return { negotiate, authenticate: (await browser.step(challenge, leg))! };
+    };
+    const atOrigin = await authenticate(false);
+    const atProxy = await authenticate(true);
+    // A forwarding proxy (http:// URL) that refuses connections: nothing may reach it either way.
+    const proxy = ['-x', `http://127.0.0.1:${REFUSED_PORT}`];
+    const url = `${origin}/copied`;
+    for (const proxyLeg of [atProxy.negotiate, atProxy.authenticate]) {
+      const r = await run([
+        ...proxy,
+        '-H',
+        `Proxy-Authorization: ${proxyLeg}`,
+        '-H',
+        `Authorization: ${atOrigin.authenticate}`,
+        url,
+      ]);
+      // Before: "the Authorization given with -H holds … drop the header and give -u" — silent on the
+      // Proxy-Authorization that kept it from its connection.
+      expect([r.code, r.stderr], proxyLeg.slice(0, 12)).toEqual([
+        1,
+        `multileg: the Authorization given with -H holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?), and the Proxy-Authorization given with -H beside it an NTLM leg for the proxy: that leg decides which proxy connection the request goes on (the proxy's handshake runs there), not the one that carried ${new URL(url).host}'s CHALLENGE, so the AUTHENTICATE was not sent (${new URL(url).host} would check it against no handshake and count a wrong password toward the account's lockout); drop both headers and give -u DOMAIN\\user with --ntlm or --negotiate for the server, -U user:password with --proxy-ntlm for the proxy (MULTILEG_NTLM_UNPAIRED)\n`,
+      ]);
+    }
+    // The proxy's AUTHENTICATE alone: the proxy's, named as such (it said the Authorization, -u).
+    const alone = await run([...proxy, '-H', `Proxy-Authorization: ${atProxy.authenticate}`, url]);
+    expect([alone.code, alone.stderr]).toEqual([
+      1,
+      `multileg: the Proxy-Authorization given with -H holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?): it was not sent, since proxy http://127.0.0.1:${REFUSED_PORT} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -U user:password with --proxy-ntlm (MULTILEG_NTLM_UNPAIRED)\n`,
+    ]);
+    // --help says so at -H.
+    const help = (await run(['--help'])).stdout.replace(/\s+/g, ' ');
+    expect(help).toContain(
+      'a copied NTLM AUTHENTICATE in Authorization or Proxy-Authorization is not sent: give -u, -U',
+    );
+  });
+
   it("S1: -H 'Host: …' naming another host than the URL's: a warning says at the start that -u's credentials are not sent there, and none go (the server's 401 is shown); -L drops that Host on a hop to another host, as curl does", async () => {
     const { port } = new URL(ntlmOnly.origin);
     const url = `${ntlmOnly.origin}/auth/host-header`;
@@ -827,23 +878,26 @@ describe('multileg command line', () => {
 
   it('S2: usage errors never repeat a secret: -H without a colon shows none of it, -x and --trust not their user:password@', async () => {
     const noColon = 'multileg: -H: a header must look like "Name: value" (one -H has no colon)\n';
-    const cases: Array<[string[], string]> = [
-      [['-H', 'Authorization Bearer eyJSECRET', 'https://localhost:1/'], noColon],
+    const cases: Array<[string[], number, string]> = [
+      [['-H', 'Authorization Bearer eyJSECRET', 'https://localhost:1/'], 2, noColon],
       // A raw key, or a key with '=': its first word is the secret itself.
-      [['-H', 'sk_live_123456', 'https://localhost:1/'], noColon],
-      [['-H', 'X-Api-Key=sk_live_123456', 'https://localhost:1/'], noColon],
+      [['-H', 'sk_live_123456', 'https://localhost:1/'], 2, noColon],
+      [['-H', 'X-Api-Key=sk_live_123456', 'https://localhost:1/'], 2, noColon],
+      // curl's 5 ("Unsupported proxy syntax"), not bad usage: this asserted 2, which curl never exits for it.
       [
         ['-x', 'http://proxyuser:proxyPa55@[bad', 'https://localhost:1/'],
+        5,
         'multileg: -x http://…@[bad: not a proxy URL (e.g. http://proxy:3128)\n',
       ],
       [
         ['--trust', 'https://u:trustPa55@host/path', 'https://localhost:1/'],
+        2,
         "multileg: --trust entry 'https://…@host/path' has user info (an '@') before its host; write an origin like 'https://intranet.example.com' or a pattern like 'https://*.corp.example.com'\n",
       ],
     ];
-    for (const [args, message] of cases) {
+    for (const [args, code, message] of cases) {
       const r = await run(args);
-      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.code, args.join(' ')).toBe(code);
       expect(r.stderr, args.join(' ')).toBe(message);
     }
   });

@@ -101,6 +101,7 @@ describe("a caller's own NTLM at a forwarding proxy and at the origin in one req
     expect(err).toBeInstanceOf(NtlmUnpairedError);
     expect((err as NtlmUnpairedError).code).toBe('MULTILEG_NTLM_UNPAIRED');
     expect((err as NtlmUnpairedError).reason).toBe('proxy-leg');
+    expect((err as NtlmUnpairedError).proxy).toBeUndefined();
     expect((err as Error).message).toContain('Proxy-Authorization');
     expect((err as Error).message).toContain('without Proxy-Authorization');
     // Before: sent with the proxy's AUTHENTICATE, on the second proxy connection, so the origin read

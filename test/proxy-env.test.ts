@@ -1,6 +1,6 @@
 /** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as undici reads them. */
 import { describe, expect, it } from 'vitest';
-import { ConfigError, MultilegAgent } from '../src/index.ts';
+import { ConfigError, MultilegAgent, ProxyUrlError } from '../src/index.ts';
 import { authority, ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
 
 const via = (r: ProxyResolver, origin: string) => {
@@ -174,6 +174,28 @@ describe('proxy selection', () => {
     expect(
       message(() => new ProxyResolver(undefined, { HTTPS_PROXY: 'socks5://p:1', http_proxy: 'socks5://p:1' })),
     ).toMatch(/ in HTTPS_PROXY and http_proxy; use http:\/\/ or https:\/\/, or unset HTTPS_PROXY or http_proxy$/);
+  });
+
+  it("H5: a proxy URL that cannot be used is a ProxyUrlError (a ConfigError, MULTILEG_CONFIG) saying which problem: 'syntax' for text that is not a URL, 'scheme' for one the agent does not speak to a proxy (the command's curl 5 and 7)", () => {
+    const problem = (f: () => unknown) => {
+      try {
+        f();
+      } catch (err) {
+        expect(err).toBeInstanceOf(ProxyUrlError);
+        expect(err).toBeInstanceOf(ConfigError);
+        expect((err as ProxyUrlError).code).toBe('MULTILEG_CONFIG');
+        expect((err as ProxyUrlError).option).toBe('proxy.uri');
+        return (err as ProxyUrlError).problem;
+      }
+      throw new Error('no ProxyUrlError');
+    };
+    expect(problem(() => new MultilegAgent({ proxy: 'http://[bad' }))).toBe('syntax');
+    expect(problem(() => new ProxyResolver(undefined, { https_proxy: ':::' }))).toBe('syntax');
+    expect(problem(() => new MultilegAgent({ proxy: 'ftp://p:1' }))).toBe('scheme');
+    expect(problem(() => new ProxyResolver(undefined, { http_proxy: 'socks5://p:1080' }))).toBe('scheme');
+    // Other proxy option errors stay plain ConfigErrors.
+    expect(() => new ProxyResolver({ uri: 'http://p:1', noProxy: 1 as never }, {})).toThrow(ConfigError);
+    expect(() => new ProxyResolver({ uri: 'http://p:1', noProxy: 1 as never }, {})).not.toThrow(ProxyUrlError);
   });
 
   it("S1/H5: a misspelt proxy option (url for uri, noproxy) is a ConfigError naming it: the proxy credentials beside it never go to the environment's proxy instead (review r68)", () => {

@@ -39,8 +39,10 @@ export const EXIT = {
   usage: 2,
   /** curl's CURLE_URL_MALFORMAT: an argument that is not a URL. */
   badUrl: 3,
+  /** curl's CURLE_COULDNT_RESOLVE_PROXY: a proxy whose name does not resolve, or a proxy URL that is not a URL. */
   resolveProxy: 5,
   resolve: 6,
+  /** curl's CURLE_COULDNT_CONNECT: refused, and a proxy URL of a scheme not spoken (curl's "Unsupported proxy scheme"). */
   connect: 7,
   /** curl's CURLE_WEIRD_SERVER_REPLY: a response head that is not HTTP (a header without a colon, a bad Content-Length). */
   weirdReply: 8,
@@ -326,12 +328,20 @@ export function describeFailure(
   // of a handshake another client ran on a connection of its own (a request copied from a
   // browser's developer tools): the command ran no NEGOTIATE for it, so it pairs with nothing and
   // went nowhere. The library's words are a gateway's (relay Auth-ID, one agent for both legs).
-  if (e instanceof NtlmUnpairedError)
-    return {
-      exit: EXIT.failure,
-      message: `the Authorization given with -H holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?): it was not sent, since ${host} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -u DOMAIN\\user with --ntlm or --negotiate (${e.code})`,
-      refused: true,
-    };
+  if (e instanceof NtlmUnpairedError) {
+    const copied =
+      'holds an NTLM AUTHENTICATE, the second leg of a handshake run on another connection (a request copied from a browser?)';
+    // S6/H1 (proxy-leg): -H 'Proxy-Authorization: NTLM …' beside it. A forwarding proxy's NTLM login
+    // holds for one proxy connection, so its leg picks the connection, and the origin's AUTHENTICATE
+    // cannot go where its CHALLENGE came from. No run of the command has that connection: -u and -U.
+    const message =
+      e.reason === 'proxy-leg'
+        ? `the Authorization given with -H ${copied}, and the Proxy-Authorization given with -H beside it an NTLM leg for the proxy: that leg decides which proxy connection the request goes on (the proxy's handshake runs there), not the one that carried ${host}'s CHALLENGE, so the AUTHENTICATE was not sent (${host} would check it against no handshake and count a wrong password toward the account's lockout); drop both headers and give -u DOMAIN\\user with --ntlm or --negotiate for the server, -U user:password with --proxy-ntlm for the proxy`
+        : e.proxy !== undefined
+          ? `the Proxy-Authorization given with -H ${copied}: it was not sent, since proxy ${e.proxy} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -U user:password with --proxy-ntlm`
+          : `the Authorization given with -H ${copied}: it was not sent, since ${host} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -u DOMAIN\\user with --ntlm or --negotiate`;
+    return { exit: EXIT.failure, message: `${message} (${e.code})`, refused: true };
+  }
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =

@@ -11,6 +11,7 @@
  */
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { ConfigError } from '../errors.ts';
+import { ProxyUrlError } from '../proxy/errors.ts';
 import { CommandAgent } from './command-agent.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
 import { stateDir } from './dirs.ts';
@@ -122,7 +123,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       proxies = new ProxyResolver(o.proxy, process.env, o.negotiate, o.connectTo);
     } catch (err) {
-      // A proxy URL that cannot be used: the agent's construction below says so (exit 2).
+      // A proxy URL that cannot be used: the agent's construction below says so (exit 5 or 7).
       if (!(err instanceof ConfigError)) throw err;
     }
     if (proxies) {
@@ -161,6 +162,9 @@ async function main(argv: string[]): Promise<number> {
       return EXIT.clientCertificate;
     }
     say(describeFailure(err, req).message);
+    // curl parses the proxy URL as a transfer starts: "Unsupported proxy syntax" is its 5,
+    // "Unsupported proxy scheme" (SOCKS too: the agent speaks none) its 7, not bad usage.
+    if (err instanceof ProxyUrlError) return err.problem === 'syntax' ? EXIT.resolveProxy : EXIT.connect;
     return EXIT.usage;
   }
   // -D and --har: opened (emptied) before the first request, as curl opens -D: a file that cannot

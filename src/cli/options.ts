@@ -222,7 +222,11 @@ export function program(): Commander.Command {
         collect,
       )
       .option('-X, --request <method>', 'request method')
-      .option('-H, --header <header>', 'extra request header "Name: value" (repeatable)', collect)
+      .option(
+        '-H, --header <header>',
+        'extra request header "Name: value" (repeatable); a copied NTLM AUTHENTICATE in Authorization or Proxy-Authorization is not sent: give -u, -U',
+        collect,
+      )
       .option(
         '-d, --data <data>',
         'request body, joined with & when repeated; @file reads a file without its line breaks, @- stdin (implies POST)',
@@ -290,7 +294,7 @@ export function program(): Commander.Command {
       .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option(
         '-x, --proxy <url>',
-        'proxy (http://host:port); default HTTPS_PROXY / http_proxy, else ALL_PROXY; "" for none',
+        'proxy (http://host:port); default HTTPS_PROXY / http_proxy, else ALL_PROXY; "" for none; one that is not a URL exits 5, another scheme than http(s) (socks5://) 7, as curl',
       )
       .option(
         '--proxy-cacert <file>',
@@ -1454,7 +1458,8 @@ function proxyOption(
     try {
       new URL(uri);
     } catch {
-      throw new ConfigError(`-x ${redactUserinfo(text)}: not a proxy URL (e.g. http://proxy:3128)`);
+      // curl's CURLE_COULDNT_RESOLVE_PROXY ("Unsupported proxy syntax"): 5, not bad usage.
+      throw new UsageError(`-x ${redactUserinfo(text)}: not a proxy URL (e.g. http://proxy:3128)`, EXIT.resolveProxy);
     }
   }
   let credentials: ProxyOptions['credentials'];

@@ -2,7 +2,23 @@
  * Proxy errors (H5). Messages name the proxy by its origin (never its userinfo), the cause and the
  * fix; they never carry a Proxy-Authorization value, a password or a token (S2).
  */
-import { ConnectionClosedError, type ConnectionClosedOptions, MultilegError } from '../errors.ts';
+import { ConfigError, ConnectionClosedError, type ConnectionClosedOptions, MultilegError } from '../errors.ts';
+
+/**
+ * A proxy URL that cannot be used, thrown by the agent's constructor before anything is sent: not a
+ * URL (`problem: 'syntax'`), or a scheme other than http:// and https:// (`'scheme'`; SOCKS among
+ * them). Its message names where the URL came from (`proxy.uri`, or the environment variable). A
+ * `ConfigError` (`MULTILEG_CONFIG`); the two problems are told apart for a caller that answers them
+ * differently (the command: curl's 5 and 7).
+ */
+export class ProxyUrlError extends ConfigError {
+  /** `syntax`: the text is not a URL; `scheme`: a URL of a scheme the agent does not speak to a proxy. */
+  readonly problem: 'syntax' | 'scheme';
+  constructor(problem: 'syntax' | 'scheme', detail: string) {
+    super(detail, 'proxy.uri');
+    this.problem = problem;
+  }
+}
 
 /** The proxy refused authentication: a final 407, or no usable scheme among those it offers. */
 export class ProxyAuthenticationError extends MultilegError {

@@ -27,6 +27,7 @@ import {
 import { CredentialProof } from '../session/credential-proof.ts';
 import { ProvedIdentity } from '../session/proved-identity.ts';
 import type { RefusalMemory } from '../session/refusal-memory.ts';
+import { ProxyUrlError } from './errors.ts';
 
 /** The `proxy` option of {@link MultilegAgent}. */
 export interface ProxyOptions {
@@ -332,7 +333,10 @@ function proxyUrl(uri: string, where: string): URL {
   try {
     return new URL(uri.includes('://') ? uri : `http://${uri}`);
   } catch {
-    throw new ConfigError(`proxy: the proxy address in ${where} is not a URL; use http://host:port${unsetFix(where)}`);
+    throw new ProxyUrlError(
+      'syntax',
+      `proxy: the proxy address in ${where} is not a URL; use http://host:port${unsetFix(where)}`,
+    );
   }
 }
 
@@ -352,7 +356,8 @@ function resolveProxy(
   const url = proxyUrl(uri, where);
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     // (A SOCKS proxy among them: curl speaks it, the agent does not.)
-    throw new ConfigError(
+    throw new ProxyUrlError(
+      'scheme',
       `proxy: unsupported proxy protocol ${url.protocol} in ${where}; use http:// or https://${unsetFix(where)}`,
     );
   }

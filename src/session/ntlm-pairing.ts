@@ -63,6 +63,12 @@ const WHY: Record<UnpairedReason, string> = {
  */
 export class NtlmUnpairedError extends MultilegError {
   readonly reason: UnpairedReason;
+  /**
+   * The proxy (`http://host:port`) when the AUTHENTICATE not sent was in the caller's own
+   * `Proxy-Authorization`; undefined for one in `Authorization` (`proxy-leg` included: the origin's,
+   * kept from its connection by an NTLM leg in `Proxy-Authorization` beside it).
+   */
+  readonly proxy: string | undefined;
   /** `at`: the origin, or `{ proxy }` for an AUTHENTICATE in a caller's own `Proxy-Authorization`. */
   constructor(at: string | { readonly proxy: string }, reason: UnpairedReason) {
     const proxy = typeof at !== 'string';
@@ -77,6 +83,7 @@ export class NtlmUnpairedError extends MultilegError {
       `a caller's own NTLM AUTHENTICATE to ${proxy ? `proxy ${at.proxy}` : at} was not sent: ${WHY[reason]}; sent on another connection the ${proxy ? 'proxy' : 'server'} would check it against another handshake and count a wrong password toward the account's lockout. ${fix}`,
     );
     this.reason = reason;
+    this.proxy = proxy ? at.proxy : undefined;
   }
 }
 
