@@ -182,9 +182,6 @@ export type ExchangeOutcome =
   | { readonly kind: 'fast' }
   | { readonly kind: 'relocate'; readonly reason: RelocateReason };
 
-// (fast-exchange.ts imports it from here.)
-export { unusable };
-
 export const DONE: ExchangeOutcome = { kind: 'done', done: Promise.resolve() };
 const FAST: ExchangeOutcome = { kind: 'fast' };
 

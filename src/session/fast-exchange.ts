@@ -16,8 +16,8 @@ import {
   type Run,
   runSteps,
   type SendSeen,
-  unusable,
 } from './exchange.ts';
+import { unusable } from './first-challenge.ts';
 import type { Job } from './job.ts';
 import { cookieUrlOf, type Session } from './session.ts';
 
