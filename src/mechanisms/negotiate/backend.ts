@@ -70,10 +70,9 @@ export async function loadBackend(
     readonly principal?: string;
     readonly mech?: 'spnego' | 'kerberos';
   },
-  options = 'negotiate',
-): Promise<KerberosBackend> {
   // The messages name the options as given: `negotiate`, or a proxy's `proxy.negotiate` (H5).
-  const n = options;
+  n = 'negotiate',
+): Promise<KerberosBackend> {
   if (o.kerberos) return addonBackend(o.kerberos);
   const choice = o.backend ?? 'auto';
   const needsStore = o.ccache !== undefined || o.keytab !== undefined;

@@ -17,6 +17,10 @@ export class KerberosError extends MultilegError {
   }
 }
 
+/** The options' prefix a constructor's message names (`negotiate`, or a proxy's: H5). */
+const optionsOf = (options: { names?: KerberosNames | undefined } | undefined): string =>
+  (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
+
 /** The `cause` of a constructor's options, alone (the rest are the message's). */
 const causeOf = (options: { cause?: unknown } | undefined): { cause?: unknown } | undefined =>
   options?.cause !== undefined ? { cause: options.cause } : undefined;
@@ -80,7 +84,7 @@ export class KerberosUnknownServiceError extends KerberosError {
   readonly spn: string;
   /** `given`: the SPN is negotiate.spn's, not one made from the URL's host (the fix is then that option's value). */
   constructor(gssMessage: string, spn: string, options?: { cause?: unknown; given?: boolean; names?: KerberosNames }) {
-    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
+    const o = optionsOf(options);
     super(
       'MULTILEG_KRB_UNKNOWN_SPN',
       options?.given
@@ -109,7 +113,7 @@ export class KerberosClockSkewError extends KerberosError {
 export class KerberosWrongRealmError extends KerberosError {
   readonly spn: string;
   constructor(gssMessage: string, spn: string, options?: { cause?: unknown; names?: KerberosNames }) {
-    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
+    const o = optionsOf(options);
     super(
       'MULTILEG_KRB_WRONG_REALM',
       `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: kinit as a principal of the server's realm (or pass ${o}.principal / ${o}.ccache), or ask for a cross-realm trust [GSS: ${gssMessage}]`,
@@ -157,7 +161,7 @@ export class KerberosKeytabError extends KerberosError {
     },
   ) {
     const principal = options?.principal;
-    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
+    const o = optionsOf(options);
     const who = principal ?? '<the principal klist -k names>';
     super(
       'MULTILEG_KRB_KEYTAB',
@@ -184,7 +188,7 @@ export class KerberosKeytabError extends KerberosError {
  */
 export class KerberosCcacheError extends KerberosError {
   constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown; names?: KerberosNames }) {
-    const o = (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
+    const o = optionsOf(options);
     super(
       'MULTILEG_KRB_CCACHE',
       `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use ${o}.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
