@@ -144,20 +144,28 @@ const REJECT = 'oQcwBaADCgEC';
 /** A caller's own Negotiate credential (a Kerberos-looking token: no NTLM in it, nothing for the scripted peers to check). */
 const own = (who: string) => `Negotiate ${Buffer.from(`\x60\x0a${who}-kerberos-token`, 'latin1').toString('base64')}`;
 
+/**
+ * A peer (an origin, or a forwarding proxy: absolute-form targets) that answers every request with
+ * `statusAndHeaders` and an empty body, keeping the path of each request by connection; closed after the test.
+ */
+async function refusingPeer(statusAndHeaders: string): Promise<{ h: { port: number }; paths: string[][] }> {
+  const paths: string[][] = [];
+  const h = await hostile((socket, received) => {
+    const mine: string[] = [];
+    paths.push(mine);
+    eachRequest(socket, received, (head) => {
+      mine.push(new URL(head.split(' ')[1]!, 'http://origin.example').pathname);
+      socket.write(`HTTP/1.1 ${statusAndHeaders}\r\nContent-Length: 0\r\n\r\n`);
+      return undefined;
+    });
+  });
+  closers.push(() => h.close());
+  return { h, paths };
+}
+
 describe("a caller's own Negotiate refused with an SPNEGO reject token (S6, H1)", () => {
   it("S6/H1: at the origin (HTTP/1.1), bob's own Negotiate answered 401 with a reject token retires its connection, as a token-less 401 does: alice's next request goes on another", async () => {
-    /** The path of each request, by connection. */
-    const paths: string[][] = [];
-    const h = await hostile((socket, received) => {
-      const mine: string[] = [];
-      paths.push(mine);
-      eachRequest(socket, received, (head) => {
-        mine.push(head.split(' ')[1]!);
-        socket.write(`HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate ${REJECT}\r\nContent-Length: 0\r\n\r\n`);
-        return undefined;
-      });
-    });
-    closers.push(() => h.close());
+    const { h, paths } = await refusingPeer(`401 Unauthorized\r\nWWW-Authenticate: Negotiate ${REJECT}`);
     agent = new MultilegAgent({ negotiate: false });
     const base = `http://127.0.0.1:${h.port}`;
     expect((await get(`${base}/bob`, { authorization: own('bob') })).statusCode).toBe(401);
@@ -167,19 +175,9 @@ describe("a caller's own Negotiate refused with an SPNEGO reject token (S6, H1)"
   });
 
   it("S6/H1: at a forwarding proxy, bob's own Negotiate Proxy-Authorization answered 407 with a reject token retires its proxy connection: alice's next request goes on another", async () => {
-    const paths: string[][] = [];
-    const h = await hostile((socket, received) => {
-      const mine: string[] = [];
-      paths.push(mine);
-      eachRequest(socket, received, (head) => {
-        mine.push(new URL(head.split(' ')[1]!).pathname);
-        socket.write(
-          `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate ${REJECT}\r\nContent-Length: 0\r\n\r\n`,
-        );
-        return undefined;
-      });
-    });
-    closers.push(() => h.close());
+    const { h, paths } = await refusingPeer(
+      `407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate ${REJECT}`,
+    );
     agent = new MultilegAgent({ negotiate: false, proxy: { uri: `http://127.0.0.1:${h.port}` } });
     const base = 'http://origin.example';
     expect((await get(`${base}/bob`, { 'proxy-authorization': own('bob') })).statusCode).toBe(407);
