@@ -89,7 +89,8 @@ writeFileSync(ca, server.ca);
 const negotiatingCa = join(dir, 'negotiating-ca.pem');
 writeFileSync(negotiatingCa, negotiating.ca);
 /**
- * A compile cache of its own (in `$TMPDIR/node-compile-cache`, where the command keeps it): a
+ * A compile cache of its own (in `$TMPDIR/node-compile-cache`, where the command keeps it, and the
+ * script's code cache in `$XDG_CACHE_HOME/multileg`): a
  * cache entry is keyed by the file, and one made under other V8 flags is rejected and rewritten.
  * Two builds that load the same undici files under different flags, sharing one cache, would
  * reject each other's entries every round.
@@ -97,7 +98,13 @@ writeFileSync(negotiatingCa, negotiating.ca);
 const cache = (name: string): NodeJS.ProcessEnv => {
   mkdirSync(join(dir, name));
   // No Kerberos ticket, whatever this machine has: the Negotiate row measures the attempt that finds none.
-  return { ...process.env, TMPDIR: join(dir, name), KRB5CCNAME: `FILE:${join(dir, 'no-ticket')}` };
+  // The script's code cache (src/cli/code-cache.ts) in the same directory: each build its own.
+  return {
+    ...process.env,
+    TMPDIR: join(dir, name),
+    XDG_CACHE_HOME: join(dir, name),
+    KRB5CCNAME: `FILE:${join(dir, 'no-ticket')}`,
+  };
 };
 try {
   /** One NTLM request to a reference server (the NTLM-only one unless `to` says), the output thrown away. */

@@ -18,6 +18,7 @@ import { fetch, upgrade } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
 import { type NegotiateOptions, negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
+import { BIN } from './cli-helpers.ts';
 import { localhostCertificate } from './helpers.ts';
 import { headerValues, labClient, legInfo, send, tlsServerEndPoint } from './lab/http.ts';
 import { applyEnv, CAROL, type Lab, requirePeer, startLab } from './lab/index.ts';
@@ -481,9 +482,8 @@ describe.skipIf(!havePeers)('M5 Kerberos as Windows clients do it (real KDC, Apa
     }
 
     it('M5: the CLI: -v says why Kerberos was skipped (never the password); --keytab authenticates as the service account', async () => {
-      const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
       const cli = (args: string[]) =>
-        promisify(execFile)(process.execPath, [main, ...args], { env: process.env }).then(
+        promisify(execFile)(process.execPath, [BIN, ...args], { env: process.env }).then(
           (r) => ({ code: 0, ...r }),
           (e: { code: number; stdout: string; stderr: string }) => e,
         );

@@ -3,7 +3,18 @@
  * installs it (dependencies linked from this checkout: the suite runs offline), then used through
  * ESM import, require, TypeScript types and the `multileg` executable.
  */
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -238,6 +249,65 @@ describe('the packed package in a fresh app', () => {
       expect(doctor.stdout).toMatch(/^ok +Node: /m);
     } finally {
       await Promise.all([ntlm.close(), negotiate.close()]);
+    }
+  });
+
+  it('S2: the command’s one script runs with a V8 code cache of its own (src/cli/code-cache.ts): made by the first run that ends with 0, read and not made again by the next, made anew when V8 rejects it or when it is not this user’s alone; it holds no password', async () => {
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const home = mkdtempSync(join(tmpdir(), 'multileg-cache-'));
+    const dir = join(home, 'multileg/code-cache');
+    try {
+      const ca = join(home, 'ca.pem');
+      writeFileSync(ca, server.ca);
+      const run = (args: string[]) =>
+        runCommand(process.execPath, [multileg, '--cacert', ca, ...args], '', { ...env, XDG_CACHE_HOME: home });
+      const request = async () => {
+        const r = await run(['-u', 'EXAMPLE\\alice:alicepw', `${server.origin}/auth/cached`]);
+        expect(r.code, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
+      };
+      const caches = () => (existsSync(dir) ? readdirSync(dir) : []);
+      // A run that fails (a usage error) makes none: the first request's compiled code is what goes in.
+      expect((await run(['--no-such-option'])).code).toBe(2);
+      expect(caches()).toEqual([]);
+      await request();
+      expect(caches()).toEqual([expect.stringMatching(/^main-\w+-v\d+\.\d+\.\d+-\w+\.v8$/)]);
+      const file = join(dir, caches()[0]!);
+      const made = statSync(file);
+      expect(made.mode & 0o777).toBe(0o600);
+      // V8's code cache holds compiled code and the source's literals, not what the run computed.
+      const bytes = readFileSync(file);
+      for (const secret of ['alicepw', Buffer.from('alicepw', 'utf16le').toString('latin1')])
+        expect(bytes.includes(Buffer.from(secret, 'latin1')), secret).toBe(false);
+      // Read, not made again: V8 accepted it (one it rejects is made anew, below).
+      await request();
+      expect(statSync(file)).toMatchObject({ ino: made.ino, mtimeMs: made.mtimeMs });
+      // Rejected by V8 (not a cache at all): made anew, and the run is unharmed.
+      writeFileSync(file, Buffer.alloc(made.size, 7), { mode: 0o600 });
+      await request();
+      expect(readFileSync(file).equals(Buffer.alloc(made.size, 7))).toBe(false);
+      // A valid cache that another user owns, or that others can write, is not read (cached code runs
+      // as this user): the run makes its own in its place.
+      const valid = readFileSync(file);
+      // (Another user's file: only root can make one here.)
+      const others: { uid?: number; mode?: number }[] = process.getuid?.() === 0 ? [{ uid: 65534 }] : [];
+      for (const planted of [...others, { mode: 0o666 }] as { uid?: number; mode?: number }[]) {
+        writeFileSync(file, valid);
+        chmodSync(file, planted.mode ?? 0o600);
+        if (planted.uid !== undefined) chownSync(file, planted.uid, planted.uid);
+        const before = statSync(file).ino;
+        await request();
+        const after = statSync(file);
+        expect(after.ino, JSON.stringify(planted)).not.toBe(before);
+        expect({ uid: after.uid, mode: after.mode & 0o777 }).toEqual({ uid: process.getuid!(), mode: 0o600 });
+      }
+      // A directory others can write is made this user's alone before anything in it is read.
+      chmodSync(dir, 0o777);
+      await request();
+      expect(statSync(dir).mode & 0o022).toBe(0);
+    } finally {
+      await server.close();
     }
   });
 

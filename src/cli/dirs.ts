@@ -1,6 +1,6 @@
 /**
- * Where the command finds the user's files: the home directory (`~/.netrc`) and the state
- * directory (the refusal file, refusals.ts). Both are looked up when a run needs them, never at
+ * Where the command finds the user's files: the home directory (`~/.netrc`), the state
+ * directory (the refusal file, refusals.ts) and the cache directory (V8's code cache, code-cache.ts). Both are looked up when a run needs them, never at
  * start: a container's arbitrary UID has neither, and only the runs that need one may fail for it.
  */
 import { userInfo } from 'node:os';
@@ -18,6 +18,17 @@ export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
   if (home === undefined)
     throw new Error('XDG_STATE_HOME is not set and there is no home directory (HOME unset, no passwd entry)');
   return join(home, '.local', 'state', 'multileg');
+}
+
+/**
+ * The command's cache directory: `$XDG_CACHE_HOME/multileg`, else `~/.cache/multileg` (XDG: a
+ * relative value is ignored); undefined when there is neither.
+ */
+export function cacheDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const xdg = env.XDG_CACHE_HOME;
+  if (xdg && isAbsolute(xdg)) return join(xdg, 'multileg');
+  const home = homeDir(env);
+  return home === undefined ? undefined : join(home, '.cache', 'multileg');
 }
 
 /**

@@ -26,7 +26,7 @@ import { Remotes, report } from './report.ts';
 import { Trace } from './trace.ts';
 import { transfer } from './transfer.ts';
 import { CliTrust } from './trust.ts';
-import { keepWasmOnBaseline } from './wasm.ts';
+import { keepWasmOnBaseline, restoreWasmTiering } from './wasm.ts';
 
 /** How long the process may outlive the command once stdout and stderr are flushed (see the end). */
 const EXIT_GRACE_MS = 200;
@@ -300,22 +300,33 @@ async function main(argv: string[]): Promise<number> {
   return exit;
 }
 
-process.exitCode = await main(process.argv.slice(2)).catch((err: unknown) => {
-  // A bug of ours still ends in one line and exit 1, not a stack trace (MULTILEG_DEBUG=1 shows it).
-  process.stderr.write(`multileg: unexpected error: ${(err as Error)?.message ?? String(err)}\n`);
-  if (process.env.MULTILEG_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
-  return EXIT.failure;
-});
-// All of the command's work is done and its files written (-o, -D, -c). What may still hold the
-// process is a GSS-API call on a worker thread that waits for a KDC that never answers: the thread
-// returns only when MIT gives up (27 s measured, review r43), long after -m's bound, and Node's exit
-// waits for it. Once stdout and stderr are flushed the command ends, as curl's -m bounds the whole
-// command; a process that nothing holds has exited long before the timer (which holds nothing).
-await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
-setTimeout(async () => {
-  const code = Number(process.exitCode ?? 0);
-  if (!(await (await import('./exit.ts')).exitNow(code))) process.exit(code);
-}, EXIT_GRACE_MS).unref();
+/**
+ * Runs the command line of this process and sets its exit code; resolves once stdout and stderr
+ * are flushed (bin.ts starts it, and code-cache.ts may then save what V8 compiled).
+ */
+export async function runCommand(): Promise<number> {
+  const code = await main(process.argv.slice(2)).catch((err: unknown) => {
+    // A bug of ours still ends in one line and exit 1, not a stack trace (MULTILEG_DEBUG=1 shows it).
+    process.stderr.write(`multileg: unexpected error: ${(err as Error)?.message ?? String(err)}\n`);
+    if (process.env.MULTILEG_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
+    return EXIT.failure;
+  });
+  process.exitCode = code;
+  // V8's flags as the process started: a code cache made from here on (code-cache.ts) is checked
+  // against the flags of the run that reads it, and is rejected if they differ.
+  restoreWasmTiering();
+  // All of the command's work is done and its files written (-o, -D, -c). What may still hold the
+  // process is a GSS-API call on a worker thread that waits for a KDC that never answers: the thread
+  // returns only when MIT gives up (27 s measured, review r43), long after -m's bound, and Node's exit
+  // waits for it. Once stdout and stderr are flushed the command ends, as curl's -m bounds the whole
+  // command; a process that nothing holds has exited long before the timer (which holds nothing).
+  await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+  setTimeout(async () => {
+    const code = Number(process.exitCode ?? 0);
+    if (!(await (await import('./exit.ts')).exitNow(code))) process.exit(code);
+  }, EXIT_GRACE_MS).unref();
+  return code;
+}
 
 /** Resolves once what was written to `stream` so far has been handed on (or the stream failed). */
 function flushed(stream: NodeJS.WriteStream): Promise<void> {

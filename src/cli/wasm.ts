@@ -19,5 +19,19 @@ export async function keepWasmOnBaseline(): Promise<void> {
   // The one module of Node's own a request loads once it runs (net, at its first host name
   // lookup): loaded first, it keeps its code cache too.
   await import('node:dns');
-  (await import('node:v8')).setFlagsFromString('--no-wasm-tier-up --no-wasm-dynamic-tiering');
+  changed = await import('node:v8');
+  changed.setFlagsFromString('--no-wasm-tier-up --no-wasm-dynamic-tiering');
+}
+
+/** node:v8, once {@link keepWasmOnBaseline} has changed V8's flags. */
+let changed: typeof import('node:v8') | undefined;
+
+/**
+ * Puts back the flags {@link keepWasmOnBaseline} changed (V8's defaults), once the requests are
+ * done: a code cache made after the run (code-cache.ts) carries the hash of the flags then, and the
+ * next run, which starts without them, would reject it.
+ */
+export function restoreWasmTiering(): void {
+  changed?.setFlagsFromString('--wasm-tier-up --wasm-dynamic-tiering');
+  changed = undefined;
 }

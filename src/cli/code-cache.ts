@@ -1,0 +1,116 @@
+/**
+ * Runs the installed command's one script (scripts/bundle-cli.ts) with a V8 code cache made after a
+ * run. Node's module compile cache is made right after a module compiles, before any of its
+ * functions runs, so it holds top-level code only and every function a request calls was compiled
+ * again at each start (~15% of a request's instructions). A cache V8 makes once the command has run
+ * holds those functions too (docs/PERFORMANCE.md "CLI start").
+ *
+ * The cache is `<cacheDir>/code-cache/<script>-<node>-<arch>.v8`: the script's name carries a hash
+ * of its content (V8 checks only the source's length), the rest what V8 checks anyway. It is made
+ * by the first run that ends with exit 0 where there is none or V8 rejected it (another Node, other
+ * flags), and read only from a directory and a file of this user's that others cannot write: cached
+ * code runs as this user.
+ */
+import {
+  chmodSync,
+  closeSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { createRequire } from 'node:module';
+import { basename, dirname, join } from 'node:path';
+import { Script } from 'node:vm';
+import { cacheDir } from './dirs.ts';
+
+/** The script run, and {@link save} once its run is over. */
+export interface CachedScript<T> {
+  readonly exports: T;
+  /** Writes the code cache if this run read none (or V8 rejected it). Never throws. */
+  save(): void;
+}
+
+/**
+ * Runs `file`, a CommonJS script (ASCII: read as Latin-1 without decoding), as Node runs a module
+ * (`require`, `module`, `__filename` of its own), with the code cache of an earlier run when there
+ * is one, and returns its exports.
+ */
+export function runCached<T>(file: string, env: NodeJS.ProcessEnv = process.env): CachedScript<T> {
+  const cache = env.NODE_DISABLE_COMPILE_CACHE ? undefined : cachePath(file, env);
+  const cachedData = cache === undefined ? undefined : readOwn(cache);
+  // The wrapper's line comes before the script's first: lineOffset keeps stack traces' lines.
+  const script = new Script(
+    `(function (exports, require, module, __filename, __dirname) {'use strict';\n${readFileSync(file, 'latin1')}\n})`,
+    { filename: file, lineOffset: -1, ...(cachedData ? { cachedData } : {}) },
+  );
+  const module = { exports: {} as T };
+  script.runInThisContext()(module.exports, createRequire(file), module, file, dirname(file));
+  return {
+    exports: module.exports,
+    save() {
+      if (cache === undefined || (cachedData && !script.cachedDataRejected)) return;
+      try {
+        write(cache, script.createCachedData());
+      } catch {
+        // A cache that cannot be written costs the next run its compile time, nothing else.
+      }
+    },
+  };
+}
+
+/** The cache file for `file`, in a directory of this user's only (made so); undefined when there is none. */
+function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
+  const home = cacheDir(env);
+  if (home === undefined) return undefined;
+  const dir = join(home, 'code-cache');
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = statSync(dir);
+    if (process.getuid && st.uid !== process.getuid()) return undefined;
+    if ((st.mode & 0o022) !== 0) chmodSync(dir, st.mode & ~0o022);
+  } catch {
+    return undefined;
+  }
+  return join(dir, `${basename(file, '.cjs')}-${process.version}-${process.arch}.v8`);
+}
+
+/** The file's bytes if this user owns it and others cannot write it; else undefined. */
+function readOwn(path: string): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if ((process.getuid && st.uid !== process.getuid()) || (st.mode & 0o022) !== 0) return undefined;
+    return readFileSync(fd);
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Caches not written for this long are removed when another is written: earlier installs' and Nodes'. */
+const STALE_MS = 30 * 24 * 3600 * 1000;
+
+/** Writes the cache aside and renames it in (of two runs at once, either's whole file); removes stale ones. */
+function write(path: string, data: Buffer): void {
+  const temp = `${path}.${process.pid}.tmp`;
+  writeFileSync(temp, data, { mode: 0o600 });
+  renameSync(temp, path);
+  const dir = dirname(path);
+  for (const name of readdirSync(dir)) {
+    const other = join(dir, name);
+    if (other !== path && name.endsWith('.v8') && Date.now() - statSync(other).mtimeMs > STALE_MS)
+      rmSync(other, { force: true });
+  }
+}
