@@ -44,6 +44,7 @@ import {
   firstChallenge,
   offersUnusable,
   publishUnanswered401,
+  renewFindings,
   type SchemeFindings,
   unusable,
   withheld401,
@@ -314,7 +315,7 @@ export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Prom
 }
 
 export function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
-  const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined };
+  const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined, foundWith: env.mechanisms };
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) exclude(run, TRANSPORT);
   return run;
@@ -559,6 +560,7 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
   if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
     const offered = readChallenges(headers);
+    renewFindings(run, env.mechanisms);
     const verdict = firstChallenge(env.mechanisms, offered, run, env.deliver401 === true, false);
     if (verdict === 'answer' || verdict === 'hold') {
       seen.challenges = offered;
@@ -1009,6 +1011,8 @@ function sharedDemand({ job, env }: Run): Promise<CertificateDemand> {
 
 async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promise<Step> {
   const { session, job, env } = run;
+  // Credentials replaced since this request found schemes unusable (a selector's wait): tried with the new ones (R4).
+  renewFindings(run, env.mechanisms);
   const chosen = env.mechanisms.choose(step.challenges, run.excluded);
   if (!chosen) {
     // Every offered scheme we have proved unusable here: say why (deliver401: show the 401 itself,

@@ -69,6 +69,7 @@ import {
   firstChallenge,
   unusable as foundUnusable,
   publishUnanswered401,
+  renewFindings,
   type SchemeFindings,
   withheld401,
 } from '../session/first-challenge.ts';
@@ -449,7 +450,7 @@ export class UpgradeDispatcher {
     });
     const excluded = new Set<string>();
     /** The schemes this upgrade skips and why: its findings and the origin's, as a request keeps them. */
-    const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map() };
+    const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map(), foundWith: mechanisms };
     // T3: a Transport challenge is answered by the selector, for an https upgrade that may carry
     // credentials (S1: a trusted origin, no cross-origin hop); once, and not by a connection that
     // presents a certificate already (as a request's session).
@@ -464,10 +465,7 @@ export class UpgradeDispatcher {
       certified = true;
       await sink.unlessAborted(closed(line.socket));
     };
-    const keepOutTransport = () => {
-      if (!maySelect || selected || line.certificate !== undefined) excluded.add(TRANSPORT);
-    };
-    keepOutTransport();
+    if (!maySelect || line.certificate !== undefined) excluded.add(TRANSPORT);
     // What the origin's requests and upgrades found unusable lately (R4), read at the first 401 (as
     // the proof: no memory for an upgrade no one challenges).
     const schemesOf = this.#options.schemesOf;
@@ -478,6 +476,18 @@ export class UpgradeDispatcher {
       if (recalled) return;
       recalled = true;
       for (const [scheme, error] of schemesHere()?.unusable() ?? []) foundUnusable(found, scheme, error);
+    };
+    /**
+     * setCredentials replaced the agent's credentials: the new ones answer from here, and what this
+     * upgrade found unusable with the old ones goes (R4), read again from the origin's memory; as a
+     * request's findings (renewFindings). Returns whether they were replaced.
+     */
+    const renew = (): boolean => {
+      if (this.#options.mechanisms === mechanisms) return false;
+      mechanisms = this.#options.mechanisms;
+      renewFindings(found, mechanisms);
+      recalled = false;
+      return true;
     };
     /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
     const unusable = (schemeKey: string, error: Error) => {
@@ -514,20 +524,15 @@ export class UpgradeDispatcher {
     };
     const legs = async (): Promise<void> => {
       for (;;) {
-        if (auth && this.#options.mechanisms !== mechanisms) {
+        if (renew() && auth) {
           // setCredentials replaced the credentials mid-handshake: nothing more of the old ones goes
           // (S6, their next token: an NTLM AUTHENTICATE of the old password). Start over, bare, with
           // the new ones and leave of their own (R4); the handshake's clock still bounds it (R3).
           log.agent('%s upgrade: credentials replaced mid-handshake: starting over', origin);
-          mechanisms = this.#options.mechanisms;
           if (ticket) proof!.settle(ticket, 'none');
           ticket = undefined;
           auth = undefined;
           boundTo = undefined;
-          excluded.clear();
-          found.unusableWhy!.clear();
-          keepOutTransport();
-          recalled = false;
         }
         if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
           auth = await startOver(auth);
@@ -572,6 +577,7 @@ export class UpgradeDispatcher {
               return false;
             }
             if (!auth) {
+              renew();
               recall();
               // deliver401: held in full, to be the caller's if what it offers cannot run here (the
               // upgrade is sent once, as a request is); a Transport challenge too, the caller's as it
@@ -683,7 +689,10 @@ export class UpgradeDispatcher {
               continue;
             }
             log.agent('%s upgrade: Transport: the selector declined', origin);
-            // The same 401 read again without Transport: the first leg's verdict (firstChallenge).
+            // The same 401 read again without Transport: the first leg's verdict (firstChallenge), with
+            // the credentials replaced meanwhile, if they were.
+            renew();
+            recall();
             const verdict = firstChallenge(mechanisms, challenges, found, deliver401, true);
             if (verdict !== 'answer' && verdict !== 'hold') {
               // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
