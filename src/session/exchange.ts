@@ -26,16 +26,17 @@ import type { ProxyHandshake } from '../proxy/auth.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { ProbeAnswer } from './acceptable-issuers.ts';
 import {
+  afterRefusal,
   answerCertificateDemand,
+  asksSelectorAgain,
   type CertificateDemand,
-  ClientCertificateRefusedError,
+  type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateAnswer,
   certificateRefusal,
   certificateRefused,
   demandsCertificate,
   mayBeCertificateAnswer,
-  sameCertificate,
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
@@ -857,7 +858,7 @@ function refuseCertificate(
     how.alert ?? how.answered ?? 'closed',
   );
   const refusal = certificateRefused(job.origin, env.memory, certificate, chosen, how);
-  if (chosen && (!how.closed || mayGoTwice(job)) && rerunWithNewCredentials(job))
+  if (asksSelectorAgain(chosen, how.closed === true, mayGoTwice(job), () => rerunWithNewCredentials(job)))
     return { kind: 'demand', error: refusal, refused: certificate };
   return failed(job, refusal);
 }
@@ -944,16 +945,18 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   } catch (err) {
     return failed(job, ownCopy(err as Error));
   }
+  // Asked again after a refusal: another certificate takes the request on, else the refusal stands.
+  const next = step.refused && afterRefusal(outcome, step.refused, step.error, env.memory);
+  if (next instanceof Error) return failed(job, next);
   switch (outcome.kind) {
     case 'unconfirmed':
-      if (step.held && !step.refused) {
+      if (step.held) {
         session.deliverHeld(job, step.held);
         return end(DONE);
       }
       return failed(job, step.error);
     case 'declined':
       exclude(run, TRANSPORT);
-      if (step.refused) return failed(job, refusedAgain(job, step.error, 'none'));
       return failed(
         job,
         new ClientCertificateRequiredError(
@@ -965,22 +968,10 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
         ),
       );
     case 'chosen':
-      // The selector gave the refused certificate again: the refusal stands, and the origin does not
-      // keep it for the next requests to be refused with (review r38).
-      if (step.refused && sameCertificate(outcome.certificate, step.refused)) {
-        if (env.memory.clientCertificate === outcome.certificate) env.memory.clientCertificate = undefined;
-        return failed(job, refusedAgain(job, step.error, 'again'));
-      }
       // The refused session serves nothing: its connection never came up, or the server ended it.
       session.apply({ type: 'closed' });
       return end({ kind: 'relocate', reason: 'client-certificate' });
   }
-}
-
-/** A refusal's error (`error`, {@link refuseCertificate}'s) once the selector, asked again at once, returned it `again` or `none`. */
-function refusedAgain(job: Job, error: Error, chosen: 'again' | 'none'): Error {
-  if (!(error instanceof ClientCertificateRefusedError)) return error;
-  return new ClientCertificateRefusedError(job.origin, error.alert, chosen, { cause: error.cause }, error.answered);
 }
 
 /** The origin's answer to the certificate demand (T3), asked once for the requests refused meanwhile. */

@@ -55,9 +55,10 @@ import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import {
+  afterRefusal,
   answerCertificateDemand,
+  asksSelectorAgain,
   type CertificateDemand,
-  type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateRefusal,
   certificateRefused,
@@ -300,17 +301,33 @@ export class UpgradeDispatcher {
   /**
    * T3: the server refused the certificate `line` presents (`refusal`: a TLS alert's code, or
    * `'closed'`), as a request's error says it. One the selector chose is the origin's no longer (its
-   * requests and next upgrades present none until it is asked again); one given as such stays.
+   * requests and next upgrades present none until it is asked again), and the selector is asked
+   * again at once, once per upgrade (`once`), as for a request: the other certificate it gives is
+   * returned, for the upgrade to present on a new connection. One given as such stays.
+   * @throws {ClientCertificateRefusedError} when the selector is not asked again, or gives none or the same.
    */
-  #refused(origin: string, line: Line, refusal: string, cause: Error): ClientCertificateRefusedError {
+  async #refused(
+    origin: string,
+    line: Line,
+    refusal: string,
+    cause: Error,
+    sink: UserSink,
+    once: () => boolean,
+  ): Promise<ClientCertificate> {
     // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
     const chosen = this.#options.askAcceptableIssuers === true;
     log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
     const memory = chosen ? this.#options.transportOf?.(origin).memory : undefined;
-    return certificateRefused(origin, memory, line.certificate, chosen, {
+    const refused = line.certificate!;
+    const error = certificateRefused(origin, memory, refused, chosen, {
       alert: refusal === 'closed' ? undefined : refusal,
       cause,
     });
+    // (An upgrade has no body to lose: after a close it may go again, as a GET.)
+    if (!this.#options.transportOf || !asksSelectorAgain(chosen, refusal === 'closed', true, once)) throw error;
+    const next = afterRefusal(await this.#demand(origin, sink), refused, error, memory);
+    if (next instanceof Error) throw next;
+    return next;
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
@@ -457,6 +474,13 @@ export class UpgradeDispatcher {
     const maySelect =
       credentialsAllowed && this.#options.clientCertificate !== undefined && origin.startsWith('https:');
     let selected = false;
+    /** T3: the selector may be asked again after the server refused its certificate: once per upgrade. */
+    let reasked = false;
+    const reaskOnce = () => {
+      if (reasked) return false;
+      reasked = true;
+      return true;
+    };
     /** T3: the upgrade goes again on a new connection presenting `certificate`, the origin's now (its requests present it too). */
     const present = async (certificate: ClientCertificate) => {
       const memory = this.#options.transportOf?.(origin).memory;
@@ -637,7 +661,12 @@ export class UpgradeDispatcher {
           // T3: a connection presenting the agent's certificate failed before answering anything, as
           // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
           const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
-          if (refusal !== undefined) throw this.#refused(origin, line, refusal, error);
+          if (refusal !== undefined) {
+            const other = await this.#refused(origin, line, refusal, error, sink, reaskOnce);
+            log.agent('%s upgrade: the selector chose another certificate: presenting it on a new connection', origin);
+            await present(other);
+            continue;
+          }
           // T3: a first connection presenting none failed as one whose server requires a certificate in
           // TLS does: as for a request, the probe confirms it, the selector is asked (told the server's
           // CAs), and the upgrade goes again on a new connection presenting its choice.
