@@ -12,11 +12,12 @@ import { createServer, type IncomingMessage } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { request, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClosedError, ConfigError, type CookieStore, MultilegAgent, MultilegError } from '../src/index.ts';
-import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { PROOF_FRESH_MS } from '../src/session/credential-proof.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { TrustRequiredError } from '../src/trust/policy.ts';
@@ -315,6 +316,114 @@ describe('R4: the old credentials’ record does not carry over to the new ones'
       expect(wrong).toBeLessThanOrEqual(2);
     },
   );
+
+  for (const [kind, when] of [
+    ['request', 'the certificate selector is asked'],
+    ['upgrade', 'the certificate selector is asked'],
+    ['request', 'its bare send is on the wire'],
+    ['upgrade', 'its send presenting the certificate chosen is on the wire'],
+  ] as const) {
+    it(`R4/T2: ${kind}: a scheme found unusable with the old credentials, which setCredentials replaces while ${when}, is tried with the new ones (as the origin's memory forgets it)`, async () => {
+      const atSelector = when === 'the certificate selector is asked';
+      const certified = when === 'its send presenting the certificate chosen is on the wire';
+      // A Kerberos stand-in: the old credentials name a principal with no ticket here, the new ones one with.
+      const state = { ticket: false };
+      const kerberosLike = {
+        scheme: 'Negotiate',
+        level: 'request' as const,
+        multileg: false,
+        proactive: false,
+        usesPassword: false,
+        createContext() {
+          if (!state.ticket) throw new MultilegError('MULTILEG_KRB_NO_TICKET', 'no ticket for the old name (stand-in)');
+          return {
+            complete: false,
+            async step() {
+              (this as { complete: boolean }).complete = true;
+              return 'Negotiate dGlja2V0';
+            },
+            async finish() {},
+          };
+        },
+      };
+      let rotated = 0;
+      // The vault hands over the new credentials.
+      const rotate = () => {
+        rotated += 1;
+        agent.setCredentials(BOB);
+        state.ticket = true;
+      };
+      // /neg offers Negotiate; the rest Negotiate, and Transport to a connection presenting no
+      // certificate where the selector is asked. Negotiate answered: 200, or 101 to an upgrade.
+      /** The answer to a request without Negotiate; the new credentials come as /ws is read, unless the selector brings them. */
+      const challenge = (req: IncomingMessage) => {
+        const presented = (req.socket as TLSSocket).getPeerCertificate().subject !== undefined;
+        if (req.url?.startsWith('/neg')) return 'Negotiate';
+        if (!atSelector && presented === certified) rotate();
+        return (atSelector || certified) && !presented
+          ? 'Negotiate, Transport mode="tls-client-certificate"'
+          : 'Negotiate';
+      };
+      const server = createHttpsServer(
+        { cert: SERVER_CERT, key: SERVER_KEY, requestCert: certified, rejectUnauthorized: false },
+        (req, res) => {
+          if (/^Negotiate /.test(req.headers.authorization ?? '')) res.end('in');
+          else res.writeHead(401, { 'www-authenticate': challenge(req) }).end('no');
+        },
+      );
+      server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+        socket.end(
+          /^Negotiate /.test(req.headers.authorization ?? '')
+            ? 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n'
+            : `HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: ${challenge(req)}\r\nContent-Length: 2\r\n\r\nno`,
+        );
+      });
+      const closers: Array<() => Promise<unknown>> = [];
+      const origin = await loopbackOrigin(server, closers);
+      const agent: MultilegAgent = new MultilegAgent({
+        credentials: ALICE,
+        mechanisms: [kerberosLike],
+        negotiate: false,
+        // The selector declines, the vault's new credentials coming meanwhile; or it gives a certificate.
+        ...(atSelector
+          ? {
+              clientCertificate: () => {
+                rotate();
+                return undefined;
+              },
+            }
+          : certified
+            ? { clientCertificate: () => ({ cert: CLIENT_CERT, key: CLIENT_KEY }) }
+            : {}),
+        trustedOrigins: [origin],
+        connect: { ca: CA_CERT },
+        proxy: false,
+      });
+      const go = (path: string) =>
+        kind === 'request'
+          ? request(origin + path, { dispatcher: agent }).then(
+              async (res) => `${res.statusCode} ${await res.body.text()}`,
+              (e: { code?: string }) => String(e.code),
+            )
+          : upgrade(origin + path, { dispatcher: agent, protocol: 'x' }).then(
+              (u) => {
+                u.socket.destroy();
+                return 'switched';
+              },
+              (e: { statusCode?: number; code?: string }) => String(e.statusCode ?? e.code),
+            );
+      try {
+        // Found unusable with the old credentials: the origin remembers it (R4).
+        expect(await go('/neg')).toBe('MULTILEG_KRB_NO_TICKET');
+        // Before: this one failed with the old credentials' reason, "remembered for this origin".
+        expect(await go('/ws')).toBe(kind === 'request' ? '200 in' : 'switched');
+        expect(rotated).toBeGreaterThan(0);
+      } finally {
+        await agent.destroy();
+        for (const c of closers) await c();
+      }
+    });
+  }
 });
 
 describe('S6/R4: setProxyCredentials', () => {

@@ -1201,7 +1201,7 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     });
   }
 
-  it("T3: a certificate the selector chose at an upgrade's Transport challenge, refused on the new connection: ClientCertificateRefusedError, and the origin keeps it no longer (the next upgrade asks the selector again)", async () => {
+  it("T3: a certificate the selector chose at an upgrade's Transport challenge, refused on the new connection: the selector is asked again at once; given the same one, ClientCertificateRefusedError, and the origin keeps it no longer (the next upgrade asks the selector again)", async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, transport: true, refuseUnverified: true });
     const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
     let asked = 0;
@@ -1217,11 +1217,38 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
         (e: Error) => e,
       );
       expect(err).toBeInstanceOf(ClientCertificateRefusedError);
-      expect(err!.message).toContain('the selector chose');
-      // Kept, the next upgrade would have presented it at once, asking nothing (and refused again).
-      expect(asked).toBe(i);
+      expect(err!.message).toContain('the selector, asked again, returned the same certificate: return another');
+      // Asked at the Transport challenge and again at the refusal. Kept, the next upgrade would have
+      // presented it at once, asking nothing (and refused again).
+      expect(asked).toBe(2 * i);
     }
     expect(origin.seen.map((s) => s.status)).toEqual([401, 401]);
+  });
+
+  it('T3: a certificate the selector chose for an upgrade, refused by the server: the selector is asked again at once, as for a request, and the upgrade goes on a new connection presenting its new one', async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true, refuseUnverified: true });
+    const fixture = (name: string) => readFileSync(new URL(`./fixtures/issuers/${name}`, import.meta.url), 'utf8');
+    const asked: (readonly string[] | undefined)[] = [];
+    // First CA B's certificate (not one the test CA verifies), then the test CA's: renewed meanwhile.
+    const select = (_o: string, _c: Challenge, info: CertificateRequestInfo) => {
+      asked.push(info.acceptableIssuers?.map((n) => n.name));
+      return asked.length === 1
+        ? { cert: fixture('client-b.pem'), key: fixture('client-b.key') }
+        : { cert: CLIENT_CERT, key: CLIENT_KEY };
+    };
+    agent = new MultilegAgent({ clientCertificate: select, connect: { ca: CA_CERT }, proxy: false });
+    // Before: ClientCertificateRefusedError, the selector asked once.
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 17)).toBe('hello cert:alice\n');
+    // Told the server's CAs each time.
+    expect(asked).toEqual([[new X509Certificate(CA_CERT).subject], [new X509Certificate(CA_CERT).subject]]);
+    // The refused connection answered nothing; the new one presented the new certificate.
+    expect(origin.seen.map((s) => s.status)).toEqual([401, 101]);
+    // The origin's now: the next upgrade presents it at once, asking nothing.
+    const next = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(next.socket as Socket);
+    expect(asked).toHaveLength(2);
   });
 
   for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {

@@ -9,7 +9,14 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
-import { atOpening, cannotRunHere, challengeAsks, opensUnasked, sentPassword } from '../mechanisms/registry.ts';
+import {
+  atOpening,
+  cannotRunHere,
+  carriesPassword,
+  challengeAsks,
+  opensUnasked,
+  sentPassword,
+} from '../mechanisms/registry.ts';
 import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
 import { type Ticket, UNUSABLE_MEMORY_MS } from '../session/credential-proof.ts';
 import { unusableUntil } from '../session/origin-memory.ts';
@@ -477,6 +484,20 @@ export class ProxyAuth {
   get refusal(): 'refused' | 'refused-no-password' {
     const state = this.#state;
     return state.kind !== 'fresh' && !sentPassword(state.mechanism, state.context) ? 'refused-no-password' : 'refused';
+  }
+
+  /**
+   * R4: whether `credentials`, {@link header}'s for the request on the wire, carry the password or
+   * what derives from it — not a multi-leg handshake's opening (an NTLM NEGOTIATE), not a Kerberos
+   * ticket alone: an origin's handshake's rule (carriesPassword). A proxy that leaves that leg
+   * unanswered may have counted it as a try (account lockout). Read before the proxy's answer.
+   */
+  carriesPasswordIn(credentials: ProxyCredentials | undefined): boolean {
+    const state = this.#state;
+    if (credentials === undefined || state.kind === 'fresh' || state.kind === 'idle') return false;
+    if (state.kind === 'handshaking') return carriesPassword(state.mechanism, state.context, state.legs);
+    // After a success, a per-request scheme's own header: its context's first leg.
+    return carriesPassword(state.mechanism, credentials.own ?? state.context ?? {}, 1);
   }
 
   /**

@@ -301,9 +301,7 @@ export class ForwardProxy {
         /** That 407 refused the credentials this request sent (not an opening NEGOTIATE, which has none). */
         let refusedHere = false;
         turn.sending();
-        // (Not an NTLM NEGOTIATE, not a Kerberos ticket alone: those carry no password.)
-        secretUnanswered =
-          credentials !== undefined && !carriesNoSecret(credentials.value) && this.#auth.refusal === 'refused';
+        secretUnanswered = this.#auth.carriesPasswordIn(credentials);
         lastLeg = undefined;
         const result = await race(
           sendOnProxy(

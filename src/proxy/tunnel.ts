@@ -13,7 +13,6 @@ import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
 import { CERTIFICATE_CODES, type MultilegError } from '../errors.ts';
 import { log } from '../log.ts';
-import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import {
   type Admission,
@@ -544,10 +543,9 @@ async function connectLegs(
         // one our own timer or the deadline destroyed (review r51: that looked the same).
         const idleClose =
           reused && !resent && reader.ended && reader.buffered === 0 && !unanswered && !deadline.timedOut;
-        // R4: the proxy never answered a CONNECT carrying the password (or what derives from it;
-        // not an NTLM NEGOTIATE, not a Kerberos ticket alone): it may have counted it.
-        const secret = credentials !== undefined && !carriesNoSecret(credentials.value) && auth.refusal === 'refused';
-        if (secret && !idleClose) proved('unanswered');
+        // R4: the proxy never answered a CONNECT carrying the password (or what derives from it): it
+        // may have counted it.
+        if (auth.carriesPasswordIn(credentials) && !idleClose) proved('unanswered');
         if (unanswered) {
           const e = new ProxyConnectTimeoutError(
             proxy.origin,

@@ -579,6 +579,45 @@ export function certificateRefused(
 }
 
 /**
+ * T3: whether the selector is asked again at once after the server refused the certificate it chose
+ * (`chosen`, as {@link certificateRefused}): a certificate renewed, or of the server's new CA, takes
+ * the request or upgrade on, as .NET asks its selector on each new connection. Only where it did not
+ * reach the server (an alert, nginx's page; after a close (`closed`), only what `mayGoTwice`), and
+ * once: `once()` says whether it may, and marks it. Requests' and upgrades'.
+ */
+export function asksSelectorAgain(chosen: boolean, closed: boolean, mayGoTwice: boolean, once: () => boolean): boolean {
+  return chosen && (!closed || mayGoTwice) && once();
+}
+
+/**
+ * T3: the selector's answer (`demand`), asked again at once ({@link asksSelectorAgain}) after the
+ * server refused `refused` (`refusal`, {@link certificateRefused}'s error): another certificate, to
+ * present on a new connection, or the caller's error — the refusal itself where the probe did not
+ * confirm the demand, saying the selector returned none, or the refused one again (then the origin,
+ * `memory`, does not keep it for the next ones to be refused with: review r38). Requests' and upgrades'.
+ */
+export function afterRefusal(
+  demand: CertificateDemand,
+  refused: ClientCertificate,
+  refusal: Error,
+  memory: { clientCertificate?: ClientCertificate | undefined } | undefined,
+): ClientCertificate | Error {
+  if (demand.kind === 'unconfirmed') return refusal;
+  if (demand.kind === 'chosen' && !sameCertificate(demand.certificate, refused)) return demand.certificate;
+  if (demand.kind === 'chosen' && memory?.clientCertificate === demand.certificate)
+    memory.clientCertificate = undefined;
+  if (!(refusal instanceof ClientCertificateRefusedError)) return refusal;
+  const chosen = demand.kind === 'chosen' ? 'again' : 'none';
+  return new ClientCertificateRefusedError(
+    refusal.origin,
+    refusal.alert,
+    chosen,
+    { cause: refusal.cause },
+    refusal.answered,
+  );
+}
+
+/**
  * T3: whether a connection's failure (`error`) may be the server refusing the TLS handshake for
  * want of a client certificate, and the agent may answer that (the probe confirms, the selector is
  * asked): where the agent's credentials may go (`agentsOwn`: S1, S5, as a Transport challenge is

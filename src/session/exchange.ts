@@ -26,16 +26,17 @@ import type { ProxyHandshake } from '../proxy/auth.ts';
 import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { ProbeAnswer } from './acceptable-issuers.ts';
 import {
+  afterRefusal,
   answerCertificateDemand,
+  asksSelectorAgain,
   type CertificateDemand,
-  ClientCertificateRefusedError,
+  type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateAnswer,
   certificateRefusal,
   certificateRefused,
   demandsCertificate,
   mayBeCertificateAnswer,
-  sameCertificate,
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
@@ -44,6 +45,7 @@ import {
   firstChallenge,
   offersUnusable,
   publishUnanswered401,
+  renewFindings,
   type SchemeFindings,
   unusable,
   withheld401,
@@ -314,7 +316,7 @@ export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Prom
 }
 
 export function newRun(session: Session, job: Job, env: ExchangeEnv): Run {
-  const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined };
+  const run: Run = { session, job, env, excluded: undefined, lastUnusable: undefined, foundWith: env.mechanisms };
   // A session that already presents the certificate cannot answer Transport again.
   if (env.memory.clientCertificate) exclude(run, TRANSPORT);
   return run;
@@ -559,6 +561,7 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
   // R4: a request that keeps meeting 401s after waiting is shown the 401 (no endless re-queueing).
   if (status === 401 && mayAuthenticate(run) && !(seen.reauth && job.reauthenticated) && job.waits < MAX_WAITS) {
     const offered = readChallenges(headers);
+    renewFindings(run, env.mechanisms);
     const verdict = firstChallenge(env.mechanisms, offered, run, env.deliver401 === true, false);
     if (verdict === 'answer' || verdict === 'hold') {
       seen.challenges = offered;
@@ -855,7 +858,7 @@ function refuseCertificate(
     how.alert ?? how.answered ?? 'closed',
   );
   const refusal = certificateRefused(job.origin, env.memory, certificate, chosen, how);
-  if (chosen && (!how.closed || mayGoTwice(job)) && rerunWithNewCredentials(job))
+  if (asksSelectorAgain(chosen, how.closed === true, mayGoTwice(job), () => rerunWithNewCredentials(job)))
     return { kind: 'demand', error: refusal, refused: certificate };
   return failed(job, refusal);
 }
@@ -942,16 +945,18 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   } catch (err) {
     return failed(job, ownCopy(err as Error));
   }
+  // Asked again after a refusal: another certificate takes the request on, else the refusal stands.
+  const next = step.refused && afterRefusal(outcome, step.refused, step.error, env.memory);
+  if (next instanceof Error) return failed(job, next);
   switch (outcome.kind) {
     case 'unconfirmed':
-      if (step.held && !step.refused) {
+      if (step.held) {
         session.deliverHeld(job, step.held);
         return end(DONE);
       }
       return failed(job, step.error);
     case 'declined':
       exclude(run, TRANSPORT);
-      if (step.refused) return failed(job, refusedAgain(job, step.error, 'none'));
       return failed(
         job,
         new ClientCertificateRequiredError(
@@ -963,22 +968,10 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
         ),
       );
     case 'chosen':
-      // The selector gave the refused certificate again: the refusal stands, and the origin does not
-      // keep it for the next requests to be refused with (review r38).
-      if (step.refused && sameCertificate(outcome.certificate, step.refused)) {
-        if (env.memory.clientCertificate === outcome.certificate) env.memory.clientCertificate = undefined;
-        return failed(job, refusedAgain(job, step.error, 'again'));
-      }
       // The refused session serves nothing: its connection never came up, or the server ended it.
       session.apply({ type: 'closed' });
       return end({ kind: 'relocate', reason: 'client-certificate' });
   }
-}
-
-/** A refusal's error (`error`, {@link refuseCertificate}'s) once the selector, asked again at once, returned it `again` or `none`. */
-function refusedAgain(job: Job, error: Error, chosen: 'again' | 'none'): Error {
-  if (!(error instanceof ClientCertificateRefusedError)) return error;
-  return new ClientCertificateRefusedError(job.origin, error.alert, chosen, { cause: error.cause }, error.answered);
 }
 
 /** The origin's answer to the certificate demand (T3), asked once for the requests refused meanwhile. */
@@ -1009,6 +1002,8 @@ function sharedDemand({ job, env }: Run): Promise<CertificateDemand> {
 
 async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promise<Step> {
   const { session, job, env } = run;
+  // Credentials replaced since this request found schemes unusable (a selector's wait): tried with the new ones (R4).
+  renewFindings(run, env.mechanisms);
   const chosen = env.mechanisms.choose(step.challenges, run.excluded);
   if (!chosen) {
     // Every offered scheme we have proved unusable here: say why (deliver401: show the 401 itself,

@@ -25,6 +25,26 @@ export interface SchemeFindings {
   unusableWhy?: Map<string, Error>;
   /** M5: why Negotiate could not run here, for the report of the scheme that runs instead. */
   negotiateSkipped?: MultilegError;
+  /** The agent's mechanisms (its credentials) when these were found: see {@link renewFindings}. */
+  foundWith?: MechanismSet;
+}
+
+/**
+ * R4: `found` as of the agent's `mechanisms` now. Found with credentials replaced since
+ * (setCredentials), what could not run (another user's Kerberos name, no ticket for it) says
+ * nothing of the new ones: forgotten, as the origin's memory forgets it (credentialsChanged), and
+ * tried with them; a Transport challenge declined or answered stays so. Returns whether it forgot.
+ * Requests' and upgrades', before they choose from `found`.
+ */
+export function renewFindings(found: SchemeFindings, mechanisms: MechanismSet): boolean {
+  const was = found.foundWith;
+  found.foundWith = mechanisms;
+  if (was === undefined || was === mechanisms) return false;
+  for (const scheme of found.unusableWhy?.keys() ?? []) found.excluded?.delete(scheme);
+  found.unusableWhy?.clear();
+  found.lastUnusable = undefined;
+  found.negotiateSkipped = undefined;
+  return true;
 }
 
 /** Leaves `scheme` (lower-case) out of what `found` answers. */

@@ -55,9 +55,10 @@ import type { ProxyResolver } from '../proxy/options.ts';
 import { connectThroughTunnel } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from '../session/channel-binding.ts';
 import {
+  afterRefusal,
   answerCertificateDemand,
+  asksSelectorAgain,
   type CertificateDemand,
-  type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateRefusal,
   certificateRefused,
@@ -69,6 +70,7 @@ import {
   firstChallenge,
   unusable as foundUnusable,
   publishUnanswered401,
+  renewFindings,
   type SchemeFindings,
   withheld401,
 } from '../session/first-challenge.ts';
@@ -299,17 +301,33 @@ export class UpgradeDispatcher {
   /**
    * T3: the server refused the certificate `line` presents (`refusal`: a TLS alert's code, or
    * `'closed'`), as a request's error says it. One the selector chose is the origin's no longer (its
-   * requests and next upgrades present none until it is asked again); one given as such stays.
+   * requests and next upgrades present none until it is asked again), and the selector is asked
+   * again at once, once per upgrade (`once`), as for a request: the other certificate it gives is
+   * returned, for the upgrade to present on a new connection. One given as such stays.
+   * @throws {ClientCertificateRefusedError} when the selector is not asked again, or gives none or the same.
    */
-  #refused(origin: string, line: Line, refusal: string, cause: Error): ClientCertificateRefusedError {
+  async #refused(
+    origin: string,
+    line: Line,
+    refusal: string,
+    cause: Error,
+    sink: UserSink,
+    once: () => boolean,
+  ): Promise<ClientCertificate> {
     // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
     const chosen = this.#options.askAcceptableIssuers === true;
     log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
     const memory = chosen ? this.#options.transportOf?.(origin).memory : undefined;
-    return certificateRefused(origin, memory, line.certificate, chosen, {
+    const refused = line.certificate!;
+    const error = certificateRefused(origin, memory, refused, chosen, {
       alert: refusal === 'closed' ? undefined : refusal,
       cause,
     });
+    // (An upgrade has no body to lose: after a close it may go again, as a GET.)
+    if (!this.#options.transportOf || !asksSelectorAgain(chosen, refusal === 'closed', true, once)) throw error;
+    const next = afterRefusal(await this.#demand(origin, sink), refused, error, memory);
+    if (next instanceof Error) throw next;
+    return next;
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
@@ -449,13 +467,20 @@ export class UpgradeDispatcher {
     });
     const excluded = new Set<string>();
     /** The schemes this upgrade skips and why: its findings and the origin's, as a request keeps them. */
-    const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map() };
+    const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map(), foundWith: mechanisms };
     // T3: a Transport challenge is answered by the selector, for an https upgrade that may carry
     // credentials (S1: a trusted origin, no cross-origin hop); once, and not by a connection that
     // presents a certificate already (as a request's session).
     const maySelect =
       credentialsAllowed && this.#options.clientCertificate !== undefined && origin.startsWith('https:');
     let selected = false;
+    /** T3: the selector may be asked again after the server refused its certificate: once per upgrade. */
+    let reasked = false;
+    const reaskOnce = () => {
+      if (reasked) return false;
+      reasked = true;
+      return true;
+    };
     /** T3: the upgrade goes again on a new connection presenting `certificate`, the origin's now (its requests present it too). */
     const present = async (certificate: ClientCertificate) => {
       const memory = this.#options.transportOf?.(origin).memory;
@@ -464,10 +489,7 @@ export class UpgradeDispatcher {
       certified = true;
       await sink.unlessAborted(closed(line.socket));
     };
-    const keepOutTransport = () => {
-      if (!maySelect || selected || line.certificate !== undefined) excluded.add(TRANSPORT);
-    };
-    keepOutTransport();
+    if (!maySelect || line.certificate !== undefined) excluded.add(TRANSPORT);
     // What the origin's requests and upgrades found unusable lately (R4), read at the first 401 (as
     // the proof: no memory for an upgrade no one challenges).
     const schemesOf = this.#options.schemesOf;
@@ -478,6 +500,18 @@ export class UpgradeDispatcher {
       if (recalled) return;
       recalled = true;
       for (const [scheme, error] of schemesHere()?.unusable() ?? []) foundUnusable(found, scheme, error);
+    };
+    /**
+     * setCredentials replaced the agent's credentials: the new ones answer from here, and what this
+     * upgrade found unusable with the old ones goes (R4), read again from the origin's memory; as a
+     * request's findings (renewFindings). Returns whether they were replaced.
+     */
+    const renew = (): boolean => {
+      if (this.#options.mechanisms === mechanisms) return false;
+      mechanisms = this.#options.mechanisms;
+      renewFindings(found, mechanisms);
+      recalled = false;
+      return true;
     };
     /** A scheme could not run here: skipped by this upgrade, and by the origin's requests and upgrades a while. */
     const unusable = (schemeKey: string, error: Error) => {
@@ -514,20 +548,15 @@ export class UpgradeDispatcher {
     };
     const legs = async (): Promise<void> => {
       for (;;) {
-        if (auth && this.#options.mechanisms !== mechanisms) {
+        if (renew() && auth) {
           // setCredentials replaced the credentials mid-handshake: nothing more of the old ones goes
           // (S6, their next token: an NTLM AUTHENTICATE of the old password). Start over, bare, with
           // the new ones and leave of their own (R4); the handshake's clock still bounds it (R3).
           log.agent('%s upgrade: credentials replaced mid-handshake: starting over', origin);
-          mechanisms = this.#options.mechanisms;
           if (ticket) proof!.settle(ticket, 'none');
           ticket = undefined;
           auth = undefined;
           boundTo = undefined;
-          excluded.clear();
-          found.unusableWhy!.clear();
-          keepOutTransport();
-          recalled = false;
         }
         if (auth && boundTo !== undefined && (boundTo !== line.connections || line.socket?.destroyed !== false)) {
           auth = await startOver(auth);
@@ -572,6 +601,7 @@ export class UpgradeDispatcher {
               return false;
             }
             if (!auth) {
+              renew();
               recall();
               // deliver401: held in full, to be the caller's if what it offers cannot run here (the
               // upgrade is sent once, as a request is); a Transport challenge too, the caller's as it
@@ -631,7 +661,12 @@ export class UpgradeDispatcher {
           // T3: a connection presenting the agent's certificate failed before answering anything, as
           // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
           const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
-          if (refusal !== undefined) throw this.#refused(origin, line, refusal, error);
+          if (refusal !== undefined) {
+            const other = await this.#refused(origin, line, refusal, error, sink, reaskOnce);
+            log.agent('%s upgrade: the selector chose another certificate: presenting it on a new connection', origin);
+            await present(other);
+            continue;
+          }
           // T3: a first connection presenting none failed as one whose server requires a certificate in
           // TLS does: as for a request, the probe confirms it, the selector is asked (told the server's
           // CAs), and the upgrade goes again on a new connection presenting its choice.
@@ -683,7 +718,10 @@ export class UpgradeDispatcher {
               continue;
             }
             log.agent('%s upgrade: Transport: the selector declined', origin);
-            // The same 401 read again without Transport: the first leg's verdict (firstChallenge).
+            // The same 401 read again without Transport: the first leg's verdict (firstChallenge), with
+            // the credentials replaced meanwhile, if they were.
+            renew();
+            recall();
             const verdict = firstChallenge(mechanisms, challenges, found, deliver401, true);
             if (verdict !== 'answer' && verdict !== 'hold') {
               // Nothing else answers here: the 401 is the caller's, as a request's (no second send);
