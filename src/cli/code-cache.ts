@@ -21,6 +21,7 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  type Stats,
   statSync,
   writeFileSync,
 } from 'node:fs';
@@ -64,6 +65,12 @@ export function runCached<T>(file: string, env: NodeJS.ProcessEnv = process.env)
   };
 }
 
+/** This user's id; undefined where there are none (Windows: the profile's folders are the user's). */
+const uid = process.getuid?.();
+
+/** Whether this user owns `st` and no one else may write it (always, where there are no user ids). */
+const ownedAlone = (st: Stats): boolean => uid === undefined || (st.uid === uid && (st.mode & 0o022) === 0);
+
 /** The cache file for `file`, in a directory of this user's only (made so); undefined when there is none. */
 function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
   const home = cacheDir(env);
@@ -72,8 +79,10 @@ function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = statSync(dir);
-    if (process.getuid && st.uid !== process.getuid()) return undefined;
-    if ((st.mode & 0o022) !== 0) chmodSync(dir, st.mode & ~0o022);
+    if (!ownedAlone(st)) {
+      if (st.uid !== uid) return undefined;
+      chmodSync(dir, st.mode & ~0o022);
+    }
   } catch {
     return undefined;
   }
@@ -90,7 +99,7 @@ function readOwn(path: string): Buffer | undefined {
   }
   try {
     const st = fstatSync(fd);
-    if ((process.getuid && st.uid !== process.getuid()) || (st.mode & 0o022) !== 0) return undefined;
+    if (!ownedAlone(st)) return undefined;
     return readFileSync(fd);
   } catch {
     return undefined;
