@@ -55,6 +55,8 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
   let origin: string;
   const stats = { requests: 0, bare: 0, inFlight: 0, maxInFlight: 0, firstTokensKerberos: 0 };
   const held: Array<() => void> = [];
+  /** Told when a `/hold/` request arrives (with its Kerberos token accepted), which is never answered. */
+  const hold = { onArrival: () => {} };
 
   beforeAll(async () => {
     lab = await startLab({ kdc: true });
@@ -82,6 +84,16 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
         user = ctx.username;
       } catch (err) {
         res.writeHead(403).end(String(err));
+        return;
+      }
+      // The answer to a proactive token that takes no part in it (C6): no final token, no Persistent-Auth.
+      if (req.url?.startsWith('/no-final-token/')) {
+        res.writeHead(200, { 'x-remote-user': user }).end('ok');
+        return;
+      }
+      // Never answered: the request is aborted (or times out) with its leg on the wire.
+      if (req.url?.startsWith('/hold/')) {
+        hold.onArrival();
         return;
       }
       // Hold a burst request's answer until HELD of them are in flight at once (or give up).
@@ -142,6 +154,67 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
       await agent.destroy();
     }
   });
+
+  /** An agent on the GSS-API binding (whose contexts gssHandshakesInFlight counts) that knows the origin wants Kerberos per request. */
+  async function perRequestAgent(limits: { handshakeTimeout?: number } = {}): Promise<MultilegAgent> {
+    const agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      trustedOrigins: [origin],
+      negotiate: { backend: 'gssapi' },
+      limits,
+    });
+    const first = await request(`${origin}/first`, { dispatcher: agent });
+    await first.body.dump();
+    expect(first.statusCode).toBe(200);
+    expect(agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    // The first handshake's context completed with the server's final token.
+    expect(gssHandshakesInFlight()).toBe(0);
+    return agent;
+  }
+
+  it.skipIf(!haveBinding)(
+    "C4: a proactive Kerberos token answered with a 200 that carries no final token (over TLS: the caller's answer, nothing proved) ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79: counted until collected, and every later lone request's calls went to a worker)",
+    async () => {
+      const agent = await perRequestAgent();
+      try {
+        const res = await request(`${origin}/no-final-token/1`, { dispatcher: agent });
+        expect([res.statusCode, res.headers['x-remote-user'], await res.body.text()]).toEqual([
+          200,
+          'alice@EXAMPLE.TEST',
+          'ok',
+        ]);
+        // The server took the token and sent nothing back: nothing proved, no handshake recorded (C6).
+        expect(agent.handshakes()).toHaveLength(1);
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+      }
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    'C4: a request aborted, or timed out, while its Kerberos leg waits for the answer ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79)',
+    async () => {
+      const agent = await perRequestAgent({ handshakeTimeout: 1000 });
+      try {
+        // The caller's abort, once the server has the proactive token.
+        const ac = new AbortController();
+        hold.onArrival = () => ac.abort(new Error('given up'));
+        await expect(request(`${origin}/hold/aborted`, { dispatcher: agent, signal: ac.signal })).rejects.toThrow(
+          'given up',
+        );
+        expect(gssHandshakesInFlight()).toBe(0);
+        // The handshake's clock (limits.handshakeTimeout), the server never answering.
+        hold.onArrival = () => {};
+        await expect(request(`${origin}/hold/timed-out`, { dispatcher: agent })).rejects.toMatchObject({
+          code: 'MULTILEG_HANDSHAKE_TIMEOUT',
+        });
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+      }
+    },
+  );
 });
 
 describe.skipIf(!haveBinding)('per-request Kerberos: one credential per burst (GSS-API binding, MIT KDC)', () => {
@@ -463,6 +536,41 @@ describe.skipIf(!haveBindingAndAcceptor)(
       expect(
         challengeAsks(rejected, { scheme: 'Negotiate', schemeKey: 'negotiate', token68: reject, params: {} }),
       ).toBe('refused');
+      expect(gssHandshakesInFlight()).toBe(0);
+    });
+
+    it('C4: a Negotiate context disposed while its first step runs (its handshake timed out or was aborted meanwhile) frees the GSS-API context that step makes, and makes no token; dispose again, or after the end, changes nothing', async () => {
+      const leg = {
+        origin: 'https://localhost:443',
+        hostname: 'localhost',
+        port: 443,
+        method: 'GET',
+        path: '/',
+        proxy: false,
+      };
+      const mechanism = negotiateMechanism({ backend: 'gssapi', spn: 'HTTP@localhost' });
+      // Disposed at once: the step is still loading its code, or making the GSS-API context.
+      for (let i = 0; i < 2; i++) {
+        const context = mechanism.createContext(leg);
+        const step = context.step(undefined, leg);
+        context.dispose!();
+        await expect(step).rejects.toThrow(/handshake is over/);
+        expect(gssHandshakesInFlight()).toBe(0);
+        context.dispose!();
+      }
+      // After a refusal ended it, dispose frees nothing twice (the count stays right).
+      const refused = mechanism.createContext(leg);
+      await refused.step(undefined, leg);
+      const other = mechanism.createContext(leg);
+      await other.step(undefined, leg);
+      expect(gssHandshakesInFlight()).toBe(2);
+      await expect(refused.step({ scheme: 'Negotiate', schemeKey: 'negotiate', params: {} }, leg)).rejects.toThrow(
+        /rejected/,
+      );
+      refused.dispose!();
+      refused.dispose!();
+      expect(gssHandshakesInFlight()).toBe(1);
+      other.dispose!();
       expect(gssHandshakesInFlight()).toBe(0);
     });
 
