@@ -8,10 +8,13 @@
  */
 import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { request } from 'undici';
+import type { Duplex } from 'node:stream';
+import { request, upgrade } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
 import { loadGssFunctions } from '../src/mechanisms/gssapi/ffi.ts';
@@ -32,6 +35,7 @@ import { DEFAULT_LIMITS } from '../src/options.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { SPREAD_ROOM } from '../src/session/origin-pool.ts';
 import { get, many, type Rig, rig } from './helpers.ts';
+import { eachRequest, hostile } from './hostile-proxy.ts';
 import { freePort, type Lab, PYTHON, requirePeer, startLab, waitForPort } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'kerberos-addon');
@@ -212,6 +216,74 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
         expect(gssHandshakesInFlight()).toBe(0);
       } finally {
         await agent.destroy();
+      }
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    'C4: an upgrade aborted while its Kerberos leg waits for the answer ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79)',
+    async () => {
+      // An HTTPS/1.1 origin that answers a bare upgrade `401 Negotiate` and never answers one with a token.
+      const ac = new AbortController();
+      const upgrades = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY });
+      upgrades.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+        socket.on('error', () => {});
+        if (req.headers.authorization?.startsWith('Negotiate ')) ac.abort(new Error('given up'));
+        else
+          socket.end(
+            'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Negotiate\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+          );
+      });
+      await new Promise<void>((resolve) => upgrades.listen(0, '127.0.0.1', resolve));
+      const at = `https://localhost:${(upgrades.address() as AddressInfo).port}`;
+      const agent = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        trustedOrigins: [at],
+        negotiate: { backend: 'gssapi' },
+      });
+      try {
+        expect(gssHandshakesInFlight()).toBe(0);
+        await expect(
+          upgrade(`${at}/ws`, { dispatcher: agent, protocol: 'websocket', signal: ac.signal }),
+        ).rejects.toThrow('given up');
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+        upgrades.closeAllConnections();
+        upgrades.close();
+      }
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    "C4/H5: a request aborted while the forwarding proxy's Kerberos leg waits for its answer ends the proxy handshake's GSS-API context — no longer counted as in flight, without a garbage collection (review r79)",
+    async () => {
+      // A forwarding proxy that answers a bare request `407 Negotiate` and never answers one with a token.
+      const ac = new AbortController();
+      const proxy = await hostile((socket, received) =>
+        eachRequest(socket, received, (head) => {
+          if (/\r\nproxy-authorization: negotiate /i.test(head)) {
+            ac.abort(new Error('given up'));
+            return 'stop';
+          }
+          socket.write(
+            'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n',
+          );
+          return undefined;
+        }),
+      );
+      const agent = new MultilegAgent({
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: { backend: 'gssapi', spn: 'HTTP@localhost' } },
+      });
+      try {
+        expect(gssHandshakesInFlight()).toBe(0);
+        await expect(request('http://origin.test/', { dispatcher: agent, signal: ac.signal })).rejects.toThrow(
+          'given up',
+        );
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+        await proxy.close();
       }
     },
   );
