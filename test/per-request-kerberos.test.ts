@@ -221,6 +221,29 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
   );
 
   it.skipIf(!haveBinding)(
+    "C4: multileg doctor's SPN check frees the Kerberos context it made for a service ticket: once the checks are done nothing counts as a handshake in flight, without a garbage collection (before: that context counted beside the check's authenticated request, and after, until collected)",
+    async () => {
+      const ca = join(lab.dir, 'doctor-ca.pem');
+      await writeFile(ca, CA_CERT);
+      const { doctor } = await import('../src/cli/doctor.ts');
+      let out = '';
+      const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => {
+        out += String(chunk);
+        return true;
+      });
+      try {
+        await doctor([`${origin}/first`, '--cacert', ca, '--json']);
+      } finally {
+        write.mockRestore();
+      }
+      const checks = (JSON.parse(out) as { checks: { name: string; verdict: string }[] }).checks;
+      expect(checks.find((c) => c.name === 'SPN')).toMatchObject({ verdict: 'ok' });
+      expect(checks.find((c) => c.name === 'authentication')).toMatchObject({ verdict: 'ok' });
+      expect(gssHandshakesInFlight()).toBe(0);
+    },
+  );
+
+  it.skipIf(!haveBinding)(
     'C4: an upgrade aborted while its Kerberos leg waits for the answer ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79)',
     async () => {
       // An HTTPS/1.1 origin that answers a bare upgrade `401 Negotiate` and never answers one with a token.
