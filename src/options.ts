@@ -201,7 +201,9 @@ export interface MultilegAgentOptions {
    * delegation, mutual authentication. When Kerberos cannot produce a token, `credentials`
    * authenticate through NTLM inside Negotiate (`ntlmFallback`, default `'raw'`: accepted by IIS,
    * MIT/Apache and the reference server; `'spnego'` wraps it with a mechListMIC). `false` disables
-   * Negotiate.
+   * Negotiate towards origins (requests and upgrades). Not towards a proxy: that is
+   * `proxy.negotiate`'s, and a proxy (the environment's too) that asks for Negotiate still gets the
+   * process's default Kerberos ticket unless `proxy.negotiate` is `false` as well.
    */
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /**

@@ -8,10 +8,13 @@
  */
 import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { request } from 'undici';
+import type { Duplex } from 'node:stream';
+import { request, upgrade } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MechanismUnavailableError, MultilegAgent } from '../src/index.ts';
 import { loadGssFunctions } from '../src/mechanisms/gssapi/ffi.ts';
@@ -32,6 +35,7 @@ import { DEFAULT_LIMITS } from '../src/options.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { SPREAD_ROOM } from '../src/session/origin-pool.ts';
 import { get, many, type Rig, rig } from './helpers.ts';
+import { eachRequest, hostile } from './hostile-proxy.ts';
 import { freePort, type Lab, PYTHON, requirePeer, startLab, waitForPort } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'kerberos-addon');
@@ -55,6 +59,8 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
   let origin: string;
   const stats = { requests: 0, bare: 0, inFlight: 0, maxInFlight: 0, firstTokensKerberos: 0 };
   const held: Array<() => void> = [];
+  /** Told when a `/hold/` request arrives (with its Kerberos token accepted), which is never answered. */
+  const hold = { onArrival: () => {} };
 
   beforeAll(async () => {
     lab = await startLab({ kdc: true });
@@ -82,6 +88,16 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
         user = ctx.username;
       } catch (err) {
         res.writeHead(403).end(String(err));
+        return;
+      }
+      // The answer to a proactive token that takes no part in it (C6): no final token, no Persistent-Auth.
+      if (req.url?.startsWith('/no-final-token/')) {
+        res.writeHead(200, { 'x-remote-user': user }).end('ok');
+        return;
+      }
+      // Never answered: the request is aborted (or times out) with its leg on the wire.
+      if (req.url?.startsWith('/hold/')) {
+        hold.onArrival();
         return;
       }
       // Hold a burst request's answer until HELD of them are in flight at once (or give up).
@@ -142,6 +158,158 @@ describe.skipIf(!havePeers)('C4: per-request Kerberos against an MIT acceptor', 
       await agent.destroy();
     }
   });
+
+  /** An agent on the GSS-API binding (whose contexts gssHandshakesInFlight counts) that knows the origin wants Kerberos per request. */
+  async function perRequestAgent(limits: { handshakeTimeout?: number } = {}): Promise<MultilegAgent> {
+    const agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      trustedOrigins: [origin],
+      negotiate: { backend: 'gssapi' },
+      limits,
+    });
+    const first = await request(`${origin}/first`, { dispatcher: agent });
+    await first.body.dump();
+    expect(first.statusCode).toBe(200);
+    expect(agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual([['Negotiate', 'per-request']]);
+    // The first handshake's context completed with the server's final token.
+    expect(gssHandshakesInFlight()).toBe(0);
+    return agent;
+  }
+
+  it.skipIf(!haveBinding)(
+    "C4: a proactive Kerberos token answered with a 200 that carries no final token (over TLS: the caller's answer, nothing proved) ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79: counted until collected, and every later lone request's calls went to a worker)",
+    async () => {
+      const agent = await perRequestAgent();
+      try {
+        const res = await request(`${origin}/no-final-token/1`, { dispatcher: agent });
+        expect([res.statusCode, res.headers['x-remote-user'], await res.body.text()]).toEqual([
+          200,
+          'alice@EXAMPLE.TEST',
+          'ok',
+        ]);
+        // The server took the token and sent nothing back: nothing proved, no handshake recorded (C6).
+        expect(agent.handshakes()).toHaveLength(1);
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+      }
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    'C4: a request aborted, or timed out, while its Kerberos leg waits for the answer ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79)',
+    async () => {
+      const agent = await perRequestAgent({ handshakeTimeout: 1000 });
+      try {
+        // The caller's abort, once the server has the proactive token.
+        const ac = new AbortController();
+        hold.onArrival = () => ac.abort(new Error('given up'));
+        await expect(request(`${origin}/hold/aborted`, { dispatcher: agent, signal: ac.signal })).rejects.toThrow(
+          'given up',
+        );
+        expect(gssHandshakesInFlight()).toBe(0);
+        // The handshake's clock (limits.handshakeTimeout), the server never answering.
+        hold.onArrival = () => {};
+        await expect(request(`${origin}/hold/timed-out`, { dispatcher: agent })).rejects.toMatchObject({
+          code: 'MULTILEG_HANDSHAKE_TIMEOUT',
+        });
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+      }
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    "C4: multileg doctor's SPN check frees the Kerberos context it made for a service ticket: once the checks are done nothing counts as a handshake in flight, without a garbage collection (before: that context counted beside the check's authenticated request, and after, until collected)",
+    async () => {
+      const ca = join(lab.dir, 'doctor-ca.pem');
+      await writeFile(ca, CA_CERT);
+      const { doctor } = await import('../src/cli/doctor.ts');
+      let out = '';
+      const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => {
+        out += String(chunk);
+        return true;
+      });
+      try {
+        await doctor([`${origin}/first`, '--cacert', ca, '--json']);
+      } finally {
+        write.mockRestore();
+      }
+      const checks = (JSON.parse(out) as { checks: { name: string; verdict: string }[] }).checks;
+      expect(checks.find((c) => c.name === 'SPN')).toMatchObject({ verdict: 'ok' });
+      expect(checks.find((c) => c.name === 'authentication')).toMatchObject({ verdict: 'ok' });
+      expect(gssHandshakesInFlight()).toBe(0);
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    'C4: an upgrade aborted while its Kerberos leg waits for the answer ends its GSS-API context — no longer counted as in flight, without a garbage collection (review r79)',
+    async () => {
+      // An HTTPS/1.1 origin that answers a bare upgrade `401 Negotiate` and never answers one with a token.
+      const ac = new AbortController();
+      const upgrades = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY });
+      upgrades.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+        socket.on('error', () => {});
+        if (req.headers.authorization?.startsWith('Negotiate ')) ac.abort(new Error('given up'));
+        else
+          socket.end(
+            'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Negotiate\r\nconnection: close\r\ncontent-length: 0\r\n\r\n',
+          );
+      });
+      await new Promise<void>((resolve) => upgrades.listen(0, '127.0.0.1', resolve));
+      const at = `https://localhost:${(upgrades.address() as AddressInfo).port}`;
+      const agent = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        trustedOrigins: [at],
+        negotiate: { backend: 'gssapi' },
+      });
+      try {
+        expect(gssHandshakesInFlight()).toBe(0);
+        await expect(
+          upgrade(`${at}/ws`, { dispatcher: agent, protocol: 'websocket', signal: ac.signal }),
+        ).rejects.toThrow('given up');
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+        upgrades.closeAllConnections();
+        upgrades.close();
+      }
+    },
+  );
+
+  it.skipIf(!haveBinding)(
+    "C4/H5: a request aborted while the forwarding proxy's Kerberos leg waits for its answer ends the proxy handshake's GSS-API context — no longer counted as in flight, without a garbage collection (review r79)",
+    async () => {
+      // A forwarding proxy that answers a bare request `407 Negotiate` and never answers one with a token.
+      const ac = new AbortController();
+      const proxy = await hostile((socket, received) =>
+        eachRequest(socket, received, (head) => {
+          if (/\r\nproxy-authorization: negotiate /i.test(head)) {
+            ac.abort(new Error('given up'));
+            return 'stop';
+          }
+          socket.write(
+            'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n',
+          );
+          return undefined;
+        }),
+      );
+      const agent = new MultilegAgent({
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: { backend: 'gssapi', spn: 'HTTP@localhost' } },
+      });
+      try {
+        expect(gssHandshakesInFlight()).toBe(0);
+        await expect(request('http://origin.test/', { dispatcher: agent, signal: ac.signal })).rejects.toThrow(
+          'given up',
+        );
+        expect(gssHandshakesInFlight()).toBe(0);
+      } finally {
+        await agent.destroy();
+        await proxy.close();
+      }
+    },
+  );
 });
 
 describe.skipIf(!haveBinding)('per-request Kerberos: one credential per burst (GSS-API binding, MIT KDC)', () => {
@@ -463,6 +631,41 @@ describe.skipIf(!haveBindingAndAcceptor)(
       expect(
         challengeAsks(rejected, { scheme: 'Negotiate', schemeKey: 'negotiate', token68: reject, params: {} }),
       ).toBe('refused');
+      expect(gssHandshakesInFlight()).toBe(0);
+    });
+
+    it('C4: a Negotiate context disposed while its first step runs (its handshake timed out or was aborted meanwhile) frees the GSS-API context that step makes, and makes no token; dispose again, or after the end, changes nothing', async () => {
+      const leg = {
+        origin: 'https://localhost:443',
+        hostname: 'localhost',
+        port: 443,
+        method: 'GET',
+        path: '/',
+        proxy: false,
+      };
+      const mechanism = negotiateMechanism({ backend: 'gssapi', spn: 'HTTP@localhost' });
+      // Disposed at once: the step is still loading its code, or making the GSS-API context.
+      for (let i = 0; i < 2; i++) {
+        const context = mechanism.createContext(leg);
+        const step = context.step(undefined, leg);
+        context.dispose!();
+        await expect(step).rejects.toThrow(/handshake is over/);
+        expect(gssHandshakesInFlight()).toBe(0);
+        context.dispose!();
+      }
+      // After a refusal ended it, dispose frees nothing twice (the count stays right).
+      const refused = mechanism.createContext(leg);
+      await refused.step(undefined, leg);
+      const other = mechanism.createContext(leg);
+      await other.step(undefined, leg);
+      expect(gssHandshakesInFlight()).toBe(2);
+      await expect(refused.step({ scheme: 'Negotiate', schemeKey: 'negotiate', params: {} }, leg)).rejects.toThrow(
+        /rejected/,
+      );
+      refused.dispose!();
+      refused.dispose!();
+      expect(gssHandshakesInFlight()).toBe(1);
+      other.dispose!();
       expect(gssHandshakesInFlight()).toBe(0);
     });
 

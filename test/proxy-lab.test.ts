@@ -507,6 +507,22 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     ]);
   });
 
+  it("H5: the agent's negotiate: false is the origins' alone: through Squid (Negotiate) the ambient Kerberos ticket still answers the proxy when proxy.negotiate sets nothing (as documented); proxy.negotiate: false stops it", async () => {
+    const url = `${lab.apache!.cleartextOrigin}/public/index.html?negotiate-false`;
+    const a = agent({ negotiate: false, proxy: { uri: lab.squid!.origin } });
+    const res = await fetch(url, { dispatcher: a });
+    expect(res.status).toBe(200);
+    await res.text();
+    expect(a.handshakes()).toEqual([
+      expect.objectContaining({ proxy: true, scheme: 'Negotiate', identity: 'alice@EXAMPLE.TEST', outcome: 'session' }),
+    ]);
+    const none = agent({ negotiate: false, proxy: { uri: lab.squid!.origin, negotiate: false } });
+    const err = await cause(fetch(`${url}-both`, { dispatcher: none }));
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err?.message).toContain('none of the offered schemes is configured');
+    expect(none.handshakes()).toEqual([]);
+  });
+
   it("H5: a plain-http target through a CONNECT tunnel (proxy.http = 'tunnel') with NTLM to the Apache proxy: NEGOTIATE on the first CONNECT", async () => {
     const target = `localhost:${lab.apache!.port}`;
     const before = apacheLog('CONNECT', target).length;

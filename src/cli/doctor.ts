@@ -206,8 +206,9 @@ async function kerberos(
     : `${spn}${options.spn ? ' (--spn)' : ''}`;
   const mechanism = negotiateMechanism({ ...options, mech: 'kerberos' });
   const leg = { origin: url.origin, hostname: url.hostname, port, method: 'GET', path: url.pathname, proxy: false };
+  const context = mechanism.createContext(leg);
   try {
-    await mechanism.createContext(leg).step(undefined, leg);
+    await context.step(undefined, leg);
     checks.push({ name: 'SPN', verdict: 'ok', detail: `${canonical}: the KDC issued a service ticket` });
     return { checks, ticketWorks: true };
   } catch (err) {
@@ -221,6 +222,10 @@ async function kerberos(
       fix: forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message)),
     });
     return { checks, ticketWorks: false, failure: e.code };
+  } finally {
+    // Only its first token was wanted: the context is freed now, so that it does not count as a
+    // handshake in flight (C4) while the authenticated request below runs.
+    context.dispose?.();
   }
 }
 

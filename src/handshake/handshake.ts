@@ -456,14 +456,19 @@ class Handshake {
   }
 
   /**
-   * Ends the handshake: what it holds (its clock, its Auth-ID claim, its slot) is let go first, then
-   * the caller hears `tell` (`abort`: as the caller's abort does, which R2's hand-over reads) and
-   * the session gets `r` (review r58: a throwing onResponseError left the claim held, and every
-   * later handshake on the session failed AuthIdInUseError; the sink now keeps such a throw).
+   * Ends the handshake: what it holds (its clock, its Auth-ID claim, its slot, its mechanism's
+   * context) is let go first, then the caller hears `tell` (`abort`: as the caller's abort does,
+   * which R2's hand-over reads) and the session gets `r` (review r58: a throwing onResponseError
+   * left the claim held, and every later handshake on the session failed AuthIdInUseError; the sink
+   * now keeps such a throw). The context is disposed whatever the end (C4, review r79: a Kerberos
+   * context left incomplete — an answer to a proactive token with no final token, an abort between
+   * legs — counted as a handshake in flight until collected, sending lone requests' GSS-API calls
+   * to a worker).
    */
   #end(r: HandshakeResult, tell?: Error, abort = false): void {
     this.#phase = 'over';
     this.#clock.stop();
+    this.#context.dispose?.();
     this.#letGoAuthId();
     const release = this.#release;
     this.#release = undefined;
@@ -577,6 +582,7 @@ class Handshake {
     // Nothing was sent: the caller decides (it may hand the handshake over, R2).
     this.#phase = 'over';
     this.#clock.stop();
+    this.#context.dispose?.();
     this.#noSlot(err);
   }
 

@@ -108,6 +108,15 @@ export interface MechanismContext {
    * connection went (`connectTo`).
    */
   readonly spn?: string;
+  /**
+   * The handshake is over, however it ended (a success, a refusal, an answer that took no part in
+   * it, the caller's abort, its timeout): free what the context holds outside the JavaScript heap
+   * now rather than when it is collected. Negotiate: its GSS-API context, which counts as a
+   * handshake in flight until freed (C4: while more than one is, every GSS-API call goes to a
+   * worker). Called once by whoever ran the handshake, possibly while a step still runs; must be
+   * idempotent and harmless after the context ended by itself. Absent: nothing to free.
+   */
+  dispose?(): void;
 }
 
 /** A mechanism: a factory of contexts plus fixed properties. Adding one touches one folder. */

@@ -901,6 +901,8 @@ export class ProxyAuth {
 
   /** The running handshake from its first leg again, with a new context. */
   #again(run: Run, leg: LegInfo): Promise<void> {
+    // The run being replaced ends here (C4: a Kerberos context is freed now, not when collected).
+    run.context.dispose?.();
     return this.#step({ ...run, context: run.mechanism.createContext(leg), legs: 0 }, leg, run.first);
   }
 
@@ -931,6 +933,9 @@ export class ProxyAuth {
     } catch (err) {
       this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
       throw err;
+    } finally {
+      // The handshake is over, its proof checked or not (C4, see #leave).
+      context.dispose?.();
     }
     this.#late(expired, sent, context);
     const identity = context.identity;
@@ -958,6 +963,9 @@ export class ProxyAuth {
   #leave(next: AuthState, report?: Report & { readonly outcome: ProxyHandshake['outcome'] }): void {
     const left = this.#state;
     this.#state = next;
+    // Its context is freed now, however the handshake ended (C4: a Kerberos one counts as a
+    // handshake in flight until freed); what it tells (sentPassword, spn) it still tells.
+    if (left.kind === 'handshaking') left.context.dispose?.();
     if (left.kind === 'handshaking' && report)
       this.#emit(report.outcome, left.sent, left.mechanism, left.context, report);
   }

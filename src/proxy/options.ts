@@ -55,7 +55,9 @@ export interface ProxyOptions {
    * `negotiate.ccache`, `negotiate.keytab` and `negotiate.principal` carry over, so the proxy sees
    * the same principal as the origins. Settings that belong to one target (`spn`, `serviceName`,
    * `includePort`, `canonicalizeHost`, `channelBindings`, `mech`, `mutualAuth`) and `backend` do
-   * not carry over; without an identity in either, the process's default ticket cache is used.
+   * not carry over; without an identity in either, the process's default ticket cache is used —
+   * also when the agent's `negotiate` is `false`, which is the origins' alone: only `false` here
+   * keeps GSS-API from being asked for a ticket for the proxy.
    */
   readonly negotiate?: Omit<NegotiateOptions, 'credentials' | 'delegate'> | false;
   /** Extra or replacement mechanisms towards the proxy, keyed by scheme. */

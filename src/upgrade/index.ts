@@ -543,6 +543,7 @@ export class UpgradeDispatcher {
       if (startedOver) throw new ConnectionClosedError(origin, opts.method, { afterChallenge: a.mechanism.scheme });
       startedOver = true;
       boundTo = undefined;
+      a.context.dispose?.();
       log.agent('%s upgrade: %s: the connection closed after its challenge: starting over', origin, a.mechanism.scheme);
       return start(opened);
     };
@@ -555,6 +556,7 @@ export class UpgradeDispatcher {
           log.agent('%s upgrade: credentials replaced mid-handshake: starting over', origin);
           if (ticket) proof!.settle(ticket, 'none');
           ticket = undefined;
+          auth.context.dispose?.();
           auth = undefined;
           boundTo = undefined;
         }
@@ -763,6 +765,7 @@ export class UpgradeDispatcher {
           // As a request's handshake: from its first leg again, with the renewed credentials, on
           // this connection and with the leave it has; the mechanism says so once (R4).
           log.agent('%s upgrade: %s: refused credentials renewed since: running again', origin, auth.mechanism.scheme);
+          auth.context.dispose?.();
           auth = await start(opened);
           continue;
         }
@@ -778,6 +781,9 @@ export class UpgradeDispatcher {
       await legs();
     } finally {
       clock?.stop();
+      // However it ended (a 101, a final answer, the caller's abort, the clock): its context is
+      // freed now, not when collected (C4: a Kerberos one counts as a handshake in flight till then).
+      auth?.context.dispose?.();
       if (ticket) proof!.settle(ticket, proved);
     }
 
@@ -805,18 +811,17 @@ export class UpgradeDispatcher {
           closing = false;
           await sink.unlessAborted(clock.race(line.open()));
         }
+        let context: MechanismContext | undefined;
         try {
-          const a: Auth = {
-            mechanism,
-            context: mechanism.createContext(legInfo()),
-            header: '',
-            legs: 0,
-          };
+          context = mechanism.createContext(legInfo());
+          const a: Auth = { mechanism, context, header: '', legs: 0 };
           a.header = await step(a, challenge);
           a.legs = 1;
           log.agent('%s upgrade: %s leg 1', origin, mechanism.scheme);
           return a;
         } catch (err) {
+          // Its first step failed (or was given up): this context's handshake ends here.
+          context?.dispose?.();
           if (cannotRunHere(err)) {
             unusable(challenge.schemeKey, err);
             continue;

@@ -343,8 +343,8 @@ interface Handles {
 }
 
 /**
- * Contexts a request has stepped and that have not ended yet (complete, failed, disposed, or
- * collected: an abandoned one is counted until the garbage collector frees it). More than one:
+ * Contexts a request has stepped and that have not ended yet (complete, failed, disposed — each
+ * handshake disposes its context at its end, whatever the end — or collected). More than one:
  * other requests' handshakes are in flight, and the event loop has their work to do.
  */
 let handshakesInFlight = 0;

@@ -100,6 +100,10 @@ export class NegotiateContext implements MechanismContext {
   readonly #onCall = (state: GssCallState): void => {
     this.#call = state;
   };
+  /** The client {@link #over} freed (a context that starts again after a kept credential failed makes another). */
+  #freed: KerberosClientLike | undefined;
+  /** {@link dispose} was called: no step makes a token any more. */
+  #disposed = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -348,6 +352,11 @@ export class NegotiateContext implements MechanismContext {
       } finally {
         this.#waiting = false;
       }
+      if (this.#disposed) {
+        // The handshake ended while GSS-API made the token (its clock, the caller's abort): unsent.
+        this.#over();
+        throw new MechanismError(SCHEME, 'the Negotiate handshake is over; no further token can be produced');
+      }
       this.#state = 'sent';
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
       this.#firstLegCompletes = carriesKerberosApReq(out);
@@ -389,7 +398,19 @@ export class NegotiateContext implements MechanismContext {
    */
   #over(): void {
     this.#state = 'done';
-    this.#client?.dispose?.();
+    const client = this.#client;
+    if (client === undefined || client === this.#freed) return;
+    this.#freed = client;
+    client.dispose?.();
+  }
+
+  /**
+   * Its handshake ended (see {@link MechanismContext.dispose}): the GSS-API context is freed now, once,
+   * whatever state it is in. A first step still running then frees what it makes when it returns.
+   */
+  dispose(): void {
+    this.#disposed = true;
+    this.#over();
   }
 
   finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {

@@ -140,6 +140,7 @@ class LazyNegotiateContext implements MechanismContext {
   readonly #o: NegotiateOptions;
   readonly #memory: KerberosMemory;
   #context: NegotiateContext | undefined;
+  #disposed = false;
 
   constructor(o: NegotiateOptions, memory: KerberosMemory) {
     this.#o = o;
@@ -214,7 +215,15 @@ class LazyNegotiateContext implements MechanismContext {
 
   #made(loaded: typeof import('./context.ts')): NegotiateContext {
     this.#context = new loaded.NegotiateContext(this.#o, this.#memory);
+    // Ended while its code loaded: its step says so, and no GSS-API context is made.
+    if (this.#disposed) this.#context.dispose();
     return this.#context;
+  }
+
+  /** The handshake is over: the GSS-API context, if one was made, is freed now (C4). */
+  dispose(): void {
+    this.#disposed = true;
+    this.#context?.dispose();
   }
 
   finish(challenge: Challenge | undefined, leg: LegInfo): Promise<void> {
