@@ -291,8 +291,9 @@ describe('the packed package in a fresh app', () => {
       // as this user): the run makes its own in its place.
       const valid = readFileSync(file);
       // (Another user's file: only root can make one here.)
-      const others: { uid?: number; mode?: number }[] = process.getuid?.() === 0 ? [{ uid: 65534 }] : [];
-      for (const planted of [...others, { mode: 0o666 }] as { uid?: number; mode?: number }[]) {
+      const planting: { uid?: number; mode?: number }[] = [{ mode: 0o666 }];
+      if (process.getuid?.() === 0) planting.push({ uid: 65534 });
+      for (const planted of planting) {
         writeFileSync(file, valid);
         chmodSync(file, planted.mode ?? 0o600);
         if (planted.uid !== undefined) chownSync(file, planted.uid, planted.uid);

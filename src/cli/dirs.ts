@@ -1,7 +1,8 @@
 /**
- * Where the command finds the user's files: the home directory (`~/.netrc`), the state
- * directory (the refusal file, refusals.ts) and the cache directory (V8's code cache, code-cache.ts). Both are looked up when a run needs them, never at
- * start: a container's arbitrary UID has neither, and only the runs that need one may fail for it.
+ * Where the command finds the user's files: the home directory (`~/.netrc`), the state directory
+ * (the refusal file, refusals.ts) and the cache directory (V8's code cache, code-cache.ts). They are
+ * looked up when a run needs them, never at start: a container's arbitrary UID has none, and only
+ * the runs that need one may fail for it (the cache is only skipped).
  */
 import { userInfo } from 'node:os';
 import { isAbsolute, join } from 'node:path';
