@@ -24,6 +24,7 @@ import {
   ProxyResponseTimeoutError,
   ProxyTimeoutError,
   ProxyUnreachableError,
+  ProxyUrlError,
 } from '../proxy/errors.ts';
 import { ClientCertificateRefusedError, REFUSED_CERTIFICATE } from '../session/client-certificate.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
@@ -377,7 +378,13 @@ export function describeFailure(
                     ? e.reset || e.headBytes > 0
                       ? EXIT.receive
                       : EXIT.emptyReply
-                    : EXIT.failure;
+                    : // curl's "Unsupported proxy syntax" (5) and "Unsupported proxy scheme" (7): a proxy
+                      // variable is read when a request would use it, as curl reads it per transfer.
+                      e instanceof ProxyUrlError
+                      ? e.problem === 'syntax'
+                        ? EXIT.resolveProxy
+                        : EXIT.connect
+                      : EXIT.failure;
     return {
       exit,
       message: `${forCli(e.message)} (${e.code})`,
