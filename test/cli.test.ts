@@ -31,6 +31,7 @@ import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/referen
 import { ClientCertificateRefusedError } from '../src/session/client-certificate.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT } from './helpers.ts';
+import { relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
@@ -2319,6 +2320,26 @@ describe('multileg command line', () => {
       );
     } finally {
       await proxy?.close();
+    }
+  });
+
+  it("R1/H5: --connect-timeout bounds the whole connection through a proxy, as curl 7.88's: a CONNECT answered 0.7 s late, then TLS with the server starting 0.7 s late — each within --connect-timeout 1, together past it — is 28 at TLS, as curl (it was 200: each step had the whole of it)", async () => {
+    // The server's TLS handshake starts 0.7 s after its ClientHello went into the tunnel.
+    const slowServer = await slowRelayTo(server.port, 700);
+    const proxy = await relayTo(slowServer.port, undefined, 700);
+    try {
+      const args = ['--connect-timeout', '1', '-x', `http://127.0.0.1:${proxy.port}`, `${server.origin}/public/`];
+      const ours = await run(['-sS', '--cacert', ca, ...args]);
+      expect([ours.code, ours.stdout]).toEqual([28, '']);
+      expect(ours.stderr).toMatch(
+        /^multileg: the TLS handshake with localhost:\d+ through proxy http:\/\/127\.0\.0\.1:\d+ did not finish within --connect-timeout \(1000 ms\)/,
+      );
+      const curl = await runCommand('curl', ['-sS', '-o', '/dev/null', '--cacert', ca, ...args]);
+      expect(curl.code).toBe(28);
+      expect(proxy.connections).toBe(2);
+    } finally {
+      await proxy.close();
+      await slowServer.close();
     }
   });
 

@@ -188,9 +188,10 @@ export class ProxyTimeoutError extends MultilegError {
 }
 
 /**
- * A step of connecting through the proxy took longer than `proxy.connectTimeout`: the connection to
- * the proxy (TCP, or TLS for an https:// proxy), or the TLS handshake with the origin inside the
- * tunnel (a proxy that says 200 and then relays nothing).
+ * Connecting through the proxy took longer than `proxy.connectTimeout`, one budget for a
+ * connection's steps; `stage` is the step it ran out in: the connection to the proxy (TCP, or TLS
+ * for an https:// proxy), the proxy's answer to a CONNECT, or the TLS handshake with the origin
+ * inside the tunnel (a proxy that says 200 and then relays nothing).
  */
 export class ProxyConnectTimeoutError extends MultilegError {
   readonly proxy: string;

@@ -91,11 +91,12 @@ export interface ProxyOptions {
    */
   readonly deliver407?: boolean;
   /**
-   * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
-   * TLS) connection to the proxy, the proxy's answer to each CONNECT (as curl's --connect-timeout),
-   * and the TLS handshake with the origin inside a CONNECT tunnel. The CONNECT exchange as a whole,
-   * and a forwarded request's 407 exchange, are bounded by `limits.handshakeTimeout`, the proxy
-   * mechanism's own steps included (`ProxyTimeoutError`).
+   * Bound in ms on connecting through the proxy, one budget for a connection's steps together (as
+   * curl's --connect-timeout): the TCP (and, for an `https://` proxy, TLS) connection to the proxy,
+   * the proxy's answer to each CONNECT, and the TLS handshake with the origin inside a CONNECT
+   * tunnel; waits for leave to send the credentials and the mechanism's steps do not count. The
+   * CONNECT exchange as a whole, and a forwarded request's 407 exchange, are bounded by
+   * `limits.handshakeTimeout`, the proxy mechanism's own steps included (`ProxyTimeoutError`).
    * Default 10 000 (undici's connect timeout).
    */
   readonly connectTimeout?: number;
