@@ -2578,6 +2578,39 @@ describe('multileg command line', () => {
     expect(() => parseSchemes('Bearer')).toThrow(ConfigError);
   });
 
+  it("H5: --proxy-spn, --proxy-service-name (curl's) and --proxy-canonicalize-host set the proxy's SPN options, apart from the server's; the proxy's Negotiate errors name them, not proxy.negotiate.* (review r77: no such flags)", () => {
+    const req = parseCli([
+      '--spn',
+      'HTTP@web',
+      '--proxy-spn',
+      'HTTP@proxy.corp.test',
+      '--proxy-service-name',
+      'PROXY',
+      '--proxy-canonicalize-host',
+      '-x',
+      'http://proxy:3128',
+      'h/p',
+    ]);
+    expect(req.agent.negotiate).toEqual({ spn: 'HTTP@web' });
+    expect(req.agent.proxy).toMatchObject({
+      uri: 'http://proxy:3128',
+      negotiate: { spn: 'HTTP@proxy.corp.test', serviceName: 'PROXY', canonicalizeHost: true },
+    });
+    // From the environment's proxy too (no -x).
+    expect(parseCli(['--proxy-spn', 'HTTP@p', 'h/']).agent.proxy).toMatchObject({ negotiate: { spn: 'HTTP@p' } });
+    expect(parseCli(['h/']).agent.proxy).not.toHaveProperty('negotiate');
+    expect(
+      forCli(
+        "check the SPN (the server's keytab name; a CNAME may need proxy.negotiate.canonicalizeHost, a non-default port proxy.negotiate.includePort) or pass proxy.negotiate.spn",
+      ),
+    ).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need --proxy-canonicalize-host, a non-default port --proxy-spn HTTP@host:port) or pass --proxy-spn",
+    );
+    expect(forCli('check the SPN given in proxy.negotiate.spn against')).toBe(
+      'check the SPN given in --proxy-spn against',
+    );
+  });
+
   it('--version and --help exit 0', async () => {
     const v = await run(['--version']);
     expect(v.code).toBe(0);
