@@ -424,7 +424,9 @@ describe('multileg: curl options', () => {
     const socks = `socks5://127.0.0.1:${REFUSED_PORT}`;
     for (const args of [['-sS'], ['-sS', '-v']]) {
       const r = await run([...args, url], { env: { ALL_PROXY: socks } });
-      expect([r.code, r.stderr.trim().split('\n').at(-1)], args.join(' ')).toEqual([
+      // (With -v the transfer's summary line follows: the variable is read when the transfer starts.)
+      const said = r.stderr.split('\n').filter((l) => l.startsWith('multileg: '));
+      expect([r.code, ...said], args.join(' ')).toEqual([
         7,
         'multileg: proxy: unsupported proxy protocol socks5: in ALL_PROXY; use http:// or https://, or unset ALL_PROXY (MULTILEG_CONFIG)',
       ]);
@@ -1167,10 +1169,12 @@ describe('multileg: curl options', () => {
         ]);
       }
     }
-    // HTTPS_PROXY for an https:// URL, with -v too (its trace reads the proxies first).
+    // HTTPS_PROXY for an https:// URL, with -v too (its trace reads the proxies first; the transfer
+    // fails, so -v's summary line follows).
     for (const args of [['-sS'], ['-sS', '-v']]) {
       const bad = await run([...args, 'https://localhost:1/'], { env: { HTTPS_PROXY: 'http://[bad' } });
-      expect([bad.code, bad.stderr.trim().split('\n').at(-1)], args.join(' ')).toEqual([
+      const said = bad.stderr.split('\n').filter((l) => l.startsWith('multileg: '));
+      expect([bad.code, ...said], args.join(' ')).toEqual([
         5,
         'multileg: proxy: the proxy address in HTTPS_PROXY is not a URL; use http://host:port, or unset HTTPS_PROXY (MULTILEG_CONFIG)',
       ]);
@@ -1188,6 +1192,38 @@ describe('multileg: curl options', () => {
     // --help says so.
     const help = (await run(['--help'])).stdout.replace(/\s+/g, ' ');
     expect(help).toContain('one that is not a URL exits 5, another scheme than http(s) (socks5://) 7, as curl');
+  });
+
+  it('H5: a proxy variable the transfer does not use is not read, as curl 7.88: a bad https_proxy for an http:// URL, or a bad http_proxy for a host NO_PROXY exempts, takes the URL directly (exit 0; it failed the command with 5 or 7); the transfer that uses it fails alone, the URLs before it done', async () => {
+    const url = `${plainOrigin}/headers`;
+    const host = new URL(plainOrigin).hostname;
+    const cases: Array<Record<string, string>> = [
+      { https_proxy: 'http://[bad' },
+      { HTTPS_PROXY: 'socks5://127.0.0.1:1' },
+      { http_proxy: ':::', no_proxy: host },
+      { http_proxy: 'socks5://127.0.0.1:1', NO_PROXY: host },
+    ];
+    for (const env of cases)
+      for (const args of [['-sS'], ['-sS', '-v']]) {
+        const before = received.length;
+        const r = await run([...args, '-o', '/dev/null', '-w', '%{http_code}', url], { env });
+        expect([r.code, r.stdout], `${JSON.stringify(env)} ${args.join(' ')}`).toEqual([0, '200']);
+        expect(received.length).toBe(before + 1);
+      }
+    // Two URLs: the http:// one goes, the https:// one through the bad variable is curl's 5, with its message.
+    const before = received.length;
+    const two = await run(
+      ['-sS', '-w', '%{http_code} ', '-o', '/dev/null', url, '-o', '/dev/null', 'https://localhost:1/'],
+      {
+        env: { https_proxy: 'http://[bad' },
+      },
+    );
+    expect([two.code, two.stdout, two.stderr]).toEqual([
+      5,
+      '200 000 ',
+      'multileg: proxy: the proxy address in https_proxy is not a URL; use http://host:port, or unset https_proxy (MULTILEG_CONFIG)\n',
+    ]);
+    expect(received.length).toBe(before + 1);
   });
 
   it("curl's --http2 (HTTP/2 is already the default; the last of --http1.1 and --http2 wins), --no-progress-meter (no meter here) and --url URL (a URL in its place among the others, -o pairing with it) are taken as curl 7.88 takes them; they were bad usage (exit 2)", async () => {

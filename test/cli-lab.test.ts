@@ -270,6 +270,34 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
+  it.skipIf(!haveSquid)(
+    "H5/M2: the proxy's SPN has flags of its own, as the server's: --proxy-spn HTTP@localhost reaches a Negotiate-only Squid named by its address (HTTP@127.0.0.1 is no principal), and the unknown SPN's message names --proxy-spn and --proxy-canonicalize-host, not proxy.negotiate.* (review r77: no such flags)",
+    async () => {
+      const byAddress = lab.negotiateSquid!.origin.replace('//localhost:', '//127.0.0.1:');
+      const base = ['-x', byAddress, '--proxy-negotiate', '-U', ':', '-w', '%{http_code}', '-o', '/dev/null'];
+      const url = `${lab.apache!.cleartextOrigin}/public/`;
+      const unknown = await run([...base, url], { env });
+      expect(unknown.code).toBe(0);
+      expect(unknown.stdout).toBe('407');
+      expect(unknown.stderr).toContain(
+        'a CNAME may need --proxy-canonicalize-host, a non-default port --proxy-spn HTTP@host:port) or pass --proxy-spn',
+      );
+      expect(unknown.stderr).toContain('MULTILEG_KRB_UNKNOWN_SPN');
+      expect(unknown.stderr).not.toContain('proxy.negotiate');
+      for (const spn of [
+        ['--proxy-spn', 'HTTP@localhost'],
+        ['--proxy-spn', 'HTTP/localhost'],
+      ]) {
+        const named = await run([...base, ...spn, url], { env });
+        expect(named, spn.join(' ')).toMatchObject({ code: 0, stdout: '200', stderr: '' });
+      }
+      // --proxy-service-name (curl's) changes the service part of the default SPN only.
+      const service = await run([...base, '--proxy-service-name', 'HTTPX', url], { env });
+      expect(service.stdout).toBe('407');
+      expect(service.stderr).toContain('the KDC does not know the service principal for HTTPX@127.0.0.1');
+    },
+  );
+
   it('M2: without a ticket, -u user:password at a Kerberos-only Negotiate server (Apache /protected): the 401 names kinit, since the server refused the NTLM opening inside Negotiate (no password went; it said the password went and was refused)', async () => {
     const url = `${lab.apache!.origin}/protected/`;
     const r = await run(

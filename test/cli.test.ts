@@ -31,6 +31,7 @@ import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/referen
 import { ClientCertificateRefusedError } from '../src/session/client-certificate.ts';
 import { BIN, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT } from './helpers.ts';
+import { relayTo, slowRelayTo } from './hostile-proxy.ts';
 
 /** NODE_OPTIONS that preload a test fixture into the CLI's process (test/fixtures). */
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
@@ -2322,6 +2323,26 @@ describe('multileg command line', () => {
     }
   });
 
+  it("R1/H5: --connect-timeout bounds the whole connection through a proxy, as curl 7.88's: a CONNECT answered 0.7 s late, then TLS with the server starting 0.7 s late — each within --connect-timeout 1, together past it — is 28 at TLS, as curl (it was 200: each step had the whole of it)", async () => {
+    // The server's TLS handshake starts 0.7 s after its ClientHello went into the tunnel.
+    const slowServer = await slowRelayTo(server.port, 700);
+    const proxy = await relayTo(slowServer.port, undefined, 700);
+    try {
+      const args = ['--connect-timeout', '1', '-x', `http://127.0.0.1:${proxy.port}`, `${server.origin}/public/`];
+      const ours = await run(['-sS', '--cacert', ca, ...args]);
+      expect([ours.code, ours.stdout]).toEqual([28, '']);
+      expect(ours.stderr).toMatch(
+        /^multileg: the TLS handshake with localhost:\d+ through proxy http:\/\/127\.0\.0\.1:\d+ did not finish within --connect-timeout \(1000 ms\)/,
+      );
+      const curl = await runCommand('curl', ['-sS', '-o', '/dev/null', '--cacert', ca, ...args]);
+      expect(curl.code).toBe(28);
+      expect(proxy.connections).toBe(2);
+    } finally {
+      await proxy.close();
+      await slowServer.close();
+    }
+  });
+
   it('--json prints legs, handshakes and stats; --har writes a valid HAR 1.2 file with tokens redacted', async () => {
     const har = join(dir, 'trace.har');
     const { code, stdout } = await run(['--json', '--har', har, ...alice(), `${server.origin}/auth/json`]);
@@ -2555,6 +2576,39 @@ describe('multileg command line', () => {
     });
     expect(parseSchemes('ntlm, negotiate')).toEqual(['NTLM', 'Negotiate']);
     expect(() => parseSchemes('Bearer')).toThrow(ConfigError);
+  });
+
+  it("H5: --proxy-spn, --proxy-service-name (curl's) and --proxy-canonicalize-host set the proxy's SPN options, apart from the server's; the proxy's Negotiate errors name them, not proxy.negotiate.* (review r77: no such flags)", () => {
+    const req = parseCli([
+      '--spn',
+      'HTTP@web',
+      '--proxy-spn',
+      'HTTP@proxy.corp.test',
+      '--proxy-service-name',
+      'PROXY',
+      '--proxy-canonicalize-host',
+      '-x',
+      'http://proxy:3128',
+      'h/p',
+    ]);
+    expect(req.agent.negotiate).toEqual({ spn: 'HTTP@web' });
+    expect(req.agent.proxy).toMatchObject({
+      uri: 'http://proxy:3128',
+      negotiate: { spn: 'HTTP@proxy.corp.test', serviceName: 'PROXY', canonicalizeHost: true },
+    });
+    // From the environment's proxy too (no -x).
+    expect(parseCli(['--proxy-spn', 'HTTP@p', 'h/']).agent.proxy).toMatchObject({ negotiate: { spn: 'HTTP@p' } });
+    expect(parseCli(['h/']).agent.proxy).not.toHaveProperty('negotiate');
+    expect(
+      forCli(
+        "check the SPN (the server's keytab name; a CNAME may need proxy.negotiate.canonicalizeHost, a non-default port proxy.negotiate.includePort) or pass proxy.negotiate.spn",
+      ),
+    ).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need --proxy-canonicalize-host, a non-default port --proxy-spn HTTP@host:port) or pass --proxy-spn",
+    );
+    expect(forCli('check the SPN given in proxy.negotiate.spn against')).toBe(
+      'check the SPN given in --proxy-spn against',
+    );
   });
 
   it('--version and --help exit 0', async () => {

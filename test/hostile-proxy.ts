@@ -74,11 +74,13 @@ export function eachRequest(
 
 /**
  * Answers the first CONNECT (whatever host:port it names) with 200 and relays the connection to
- * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it.
+ * 127.0.0.1:`port`, so an origin on a default port (443, 80) can be reached through it;
+ * `answerAfterMs` after the CONNECT came (a proxy slow to reach the origin).
  */
 export const relayTo = (
   port: number,
   answerTo: string | ((head: string) => string) = 'HTTP/1.1 200 Connection Established\r\n\r\n',
+  answerAfterMs = 0,
 ) =>
   hostile((socket, received) => {
     const onData = () => {
@@ -86,6 +88,12 @@ export const relayTo = (
       if (end < 0) return;
       socket.off('data', onData);
       socket.pause();
+      if (answerAfterMs > 0) {
+        const timer = setTimeout(() => respond(end), answerAfterMs);
+        socket.once('close', () => clearTimeout(timer));
+      } else respond(end);
+    };
+    const respond = (end: number) => {
       // A function answers each CONNECT by its head (e.g. 407 until it carries credentials).
       const answer = typeof answerTo === 'string' ? answerTo : answerTo(received().slice(0, end));
       if (!answer.includes(' 200 ')) return void socket.end(answer);

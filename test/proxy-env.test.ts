@@ -152,6 +152,25 @@ describe('proxy selection', () => {
     expect(() => new MultilegAgent({ proxy: 'ftp://p:1' })).toThrow(/MULTILEG|proxy protocol/);
   });
 
+  it('H5: a proxy variable that is no usable URL fails only the requests that would go through it, as curl reads only the proxy a transfer uses: not the agent, not http:// requests beside a bad https_proxy, not a host NO_PROXY exempts; proxy.uri still fails the agent', () => {
+    const bad = new ProxyResolver(undefined, {
+      https_proxy: 'http://[x',
+      http_proxy: 'http://corp:3128',
+      no_proxy: 'intra.test',
+    });
+    expect(via(bad, 'http://a.example')).toBe('forward http://corp:3128');
+    expect(via(bad, 'https://intra.test')).toBe('direct');
+    expect(() => bad.route('https://a.example')).toThrow(ProxyUrlError);
+    // https falls back to a bad http_proxy, as to a good one.
+    const fallback = new ProxyResolver(undefined, { http_proxy: 'socks5://p:1', NO_PROXY: '*.corp.test' });
+    expect(via(fallback, 'https://www.corp.test')).toBe('direct');
+    expect(() => fallback.route('https://a.example')).toThrow(ProxyUrlError);
+    expect(() => fallback.route('http://a.example')).toThrow(/unsupported proxy protocol socks5: in http_proxy/);
+    // Nothing to send credentials to: none configured.
+    expect(new ProxyResolver(undefined, { HTTPS_PROXY: ':::' }).configured).toBe(false);
+    expect(() => new ProxyResolver({ uri: 'http://[x' }, {})).toThrow(ProxyUrlError);
+  });
+
   it('H5: a proxy URL that cannot be used names where it came from: proxy.uri, or the environment variable (a SOCKS proxy in ALL_PROXY-style settings), with unsetting it as the other fix', () => {
     const message = (f: () => unknown) => {
       try {
@@ -165,14 +184,18 @@ describe('proxy selection', () => {
     expect(message(() => new MultilegAgent({ proxy: 'socks5://p:1080' }))).toBe(
       'proxy: unsupported proxy protocol socks5: in proxy.uri; use http:// or https://',
     );
-    expect(message(() => new ProxyResolver(undefined, { https_proxy: 'socks5h://p:1080' }))).toBe(
-      'proxy: unsupported proxy protocol socks5h: in https_proxy; use http:// or https://, or unset https_proxy',
-    );
-    expect(message(() => new ProxyResolver(undefined, { HTTPS_PROXY: 'http://[x' }))).toBe(
+    expect(
+      message(() => new ProxyResolver(undefined, { https_proxy: 'socks5h://p:1080' }).route('https://a.example')),
+    ).toBe('proxy: unsupported proxy protocol socks5h: in https_proxy; use http:// or https://, or unset https_proxy');
+    expect(message(() => new ProxyResolver(undefined, { HTTPS_PROXY: 'http://[x' }).route('https://a.example'))).toBe(
       'proxy: the proxy address in HTTPS_PROXY is not a URL; use http://host:port, or unset HTTPS_PROXY',
     );
     expect(
-      message(() => new ProxyResolver(undefined, { HTTPS_PROXY: 'socks5://p:1', http_proxy: 'socks5://p:1' })),
+      message(() =>
+        new ProxyResolver(undefined, { HTTPS_PROXY: 'socks5://p:1', http_proxy: 'socks5://p:1' }).route(
+          'http://a.example',
+        ),
+      ),
     ).toMatch(/ in HTTPS_PROXY and http_proxy; use http:\/\/ or https:\/\/, or unset HTTPS_PROXY or http_proxy$/);
   });
 
@@ -190,9 +213,13 @@ describe('proxy selection', () => {
       throw new Error('no ProxyUrlError');
     };
     expect(problem(() => new MultilegAgent({ proxy: 'http://[bad' }))).toBe('syntax');
-    expect(problem(() => new ProxyResolver(undefined, { https_proxy: ':::' }))).toBe('syntax');
+    expect(problem(() => new ProxyResolver(undefined, { https_proxy: ':::' }).route('https://a.example'))).toBe(
+      'syntax',
+    );
     expect(problem(() => new MultilegAgent({ proxy: 'ftp://p:1' }))).toBe('scheme');
-    expect(problem(() => new ProxyResolver(undefined, { http_proxy: 'socks5://p:1080' }))).toBe('scheme');
+    expect(
+      problem(() => new ProxyResolver(undefined, { http_proxy: 'socks5://p:1080' }).route('http://a.example')),
+    ).toBe('scheme');
     // Other proxy option errors stay plain ConfigErrors.
     expect(() => new ProxyResolver({ uri: 'http://p:1', noProxy: 1 as never }, {})).toThrow(ConfigError);
     expect(() => new ProxyResolver({ uri: 'http://p:1', noProxy: 1 as never }, {})).not.toThrow(ProxyUrlError);

@@ -256,6 +256,27 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     expect(proxy.received[0]).toMatch(/^CONNECT localhost:8443 HTTP\/1\.1\r\n[\s\S]*\r\n\r\n\x16/);
   }, 20_000);
 
+  it("R1: one proxy.connectTimeout bounds the whole connection through a proxy, as curl's --connect-timeout: a CONNECT answered 700 ms late, then TLS with the origin starting 700 ms late (each within 1000 ms, together past it) is ProxyConnectTimeoutError at TLS — each step had the whole of it", async () => {
+    server = await startReferenceServer({ mode: 'session', schemes: [] });
+    // The origin's TLS handshake starts 700 ms after its ClientHello went into the tunnel.
+    const slowOrigin = await slowRelayTo(server.port, 700);
+    try {
+      proxy = await relayTo(slowOrigin.port, undefined, 700);
+      agent = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, connectTimeout: 1000 },
+        limits: { handshakeTimeout: 60_000 },
+      });
+      const err = await cause(fetch(`https://localhost:${server.port}/public/`, { dispatcher: agent }));
+      expect(err).toBeInstanceOf(ProxyConnectTimeoutError);
+      expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT_TIMEOUT', stage: 'origin' });
+      expect((err as Error).message).toContain('proxy.connectTimeout (1000 ms)');
+      expect(proxy.connections).toBe(1);
+    } finally {
+      await slowOrigin.close();
+    }
+  }, 20_000);
+
   it('R1: proxy.connectTimeout must be a positive number (ConfigError naming it)', () => {
     expect(() => new MultilegAgent({ proxy: { uri: 'http://127.0.0.1:1', connectTimeout: 0 } })).toThrow(
       /proxy\.connectTimeout must be a positive number/,

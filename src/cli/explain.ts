@@ -24,6 +24,7 @@ import {
   ProxyResponseTimeoutError,
   ProxyTimeoutError,
   ProxyUnreachableError,
+  ProxyUrlError,
 } from '../proxy/errors.ts';
 import { ClientCertificateRefusedError, REFUSED_CERTIFICATE } from '../session/client-certificate.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
@@ -118,7 +119,12 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   [/\blimits\.handshakeTimeout\b/g, '--timeout'],
   [/\buse HTTP\/1\.1 \(allowH2: false\)/g, 'use HTTP/1.1 (--http1.1)'],
   // The proxy's Kerberos identity is the command's (--keytab, --principal, --ccache carry over, H5);
-  // its SPN is HTTP@ the -x host, which no flag changes: those options stay named (not the origin's --spn).
+  // its SPN has flags of its own (--proxy-spn, --proxy-canonicalize-host), never the origin's.
+  // (proxy.negotiate.mutualAuth stays named: the command leaves the proxy's at 'optional', where no
+  // message asks for it.)
+  [/\bproxy\.negotiate\.canonicalizeHost\b/g, '--proxy-canonicalize-host'],
+  [/\bproxy\.negotiate\.includePort\b/g, '--proxy-spn HTTP@host:port'],
+  [/\bproxy\.negotiate\.spn\b/g, '--proxy-spn'],
   [/\buse proxy\.negotiate\.keytab\b/g, 'use --keytab'],
   [/\bgive a client keytab \(proxy\.negotiate\.keytab\)/g, 'give a client keytab with --keytab FILE'],
   [/\bproxy\.negotiate\.principal\b/g, '--principal'],
@@ -377,7 +383,13 @@ export function describeFailure(
                     ? e.reset || e.headBytes > 0
                       ? EXIT.receive
                       : EXIT.emptyReply
-                    : EXIT.failure;
+                    : // curl's "Unsupported proxy syntax" (5) and "Unsupported proxy scheme" (7): a proxy
+                      // variable is read when a request would use it, as curl reads it per transfer.
+                      e instanceof ProxyUrlError
+                      ? e.problem === 'syntax'
+                        ? EXIT.resolveProxy
+                        : EXIT.connect
+                      : EXIT.failure;
     return {
       exit,
       message: `${forCli(e.message)} (${e.code})`,

@@ -129,7 +129,14 @@ async function main(argv: string[]): Promise<number> {
     if (proxies) {
       const resolver = proxies;
       connected = new (await import('./connections.ts')).ConnectedLines(verbose, (origin) => {
-        const route = resolver.route(origin);
+        let route: ReturnType<typeof resolver.route>;
+        try {
+          route = resolver.route(origin);
+        } catch (err) {
+          // A proxy variable that is no usable URL: the request fails with it, nothing connects.
+          if (err instanceof ProxyUrlError) return undefined;
+          throw err;
+        }
         return route && { origin: route.proxy.origin, hostname: route.proxy.hostname, kind: route.kind };
       });
     }

@@ -311,6 +311,9 @@ export function program(): Commander.Command {
       .option('--proxy-digest', 'use Digest only towards the proxy')
       .option('--proxy-basic', 'use Basic only towards the proxy')
       .option('--proxy-anyauth', 'the strongest scheme the proxy offers (the default)')
+      .option('--proxy-spn <spn>', "the proxy's Kerberos service principal (default HTTP@ the proxy's host)")
+      .option('--proxy-service-name <name>', "service part of the proxy's default SPN (default HTTP), as curl")
+      .option('--proxy-canonicalize-host', "build the proxy's SPN from the canonical DNS name of its host (CNAMEs)")
       .option('--noproxy <hosts>', 'hosts not to proxy (NO_PROXY syntax); "*" disables the proxy')
       .option(
         '--resolve <host:port:addr>',
@@ -1439,8 +1442,16 @@ function proxyOption(
           ...(family ? { family } : {}),
         }
       : undefined;
+  // The proxy's SPN, as --spn and --canonicalize-host set the server's (its Kerberos identity is
+  // the command's: --keytab, --principal, --ccache carry over).
+  const negotiate = {
+    ...(o.proxySpn ? { spn: o.proxySpn as string } : {}),
+    ...(o.proxyServiceName ? { serviceName: o.proxyServiceName as string } : {}),
+    ...(o.proxyCanonicalizeHost ? { canonicalizeHost: true } : {}),
+  };
   const common = {
     ...(connect ? { connect } : {}),
+    ...(Object.keys(negotiate).length > 0 ? { negotiate } : {}),
     ...(o.connectTimeout ? { connectTimeout: o.connectTimeout as number } : {}),
     // curl shows a forwarding proxy's final 407 (exit 0, -f 22), as it shows a 401.
     deliver407: true,

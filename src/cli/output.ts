@@ -149,6 +149,11 @@ export function headerLines(
  * curl's 23 where a body ({@link writeBody}) or a head (-i, -I: {@link Stdout.head}) was lost, as
  * curl's; not where only -w or --json was (curl ignores -w's write errors). Either way the
  * command stops writing and its error event is handled: no unhandled EPIPE.
+ *
+ * A stdout closed at the start (`>&-`, curl's 23) is not seen, on purpose: Node opens /dev/null
+ * read-write as fd 1 before any JS runs, and that fd (its /proc fdinfo flags, inode, position) is
+ * the same as the one Python's `subprocess.DEVNULL` or Node's `stdio: 'ignore'` give a child,
+ * where curl exits 0. Writes to it succeed, so the command exits 0.
  */
 export class Stdout {
   /** The first failure to write stdout, not EPIPE. */

@@ -115,8 +115,15 @@ export function redirectTarget(location: string, url: URL): URL {
  */
 async function proxyFor(req: CliRequest, url: URL): Promise<string | undefined> {
   const { ProxyResolver } = await import('../proxy/options.ts');
+  const { ProxyUrlError } = await import('../proxy/errors.ts');
   const { proxy, negotiate, connectTo } = req.agent;
-  return new ProxyResolver(proxy, process.env, negotiate, connectTo).route(url.origin)?.proxy.origin;
+  try {
+    return new ProxyResolver(proxy, process.env, negotiate, connectTo).route(url.origin)?.proxy.origin;
+  } catch (err) {
+    // A proxy variable that is no usable URL: the request itself fails with it (curl's 5 or 7).
+    if (err instanceof ProxyUrlError) return undefined;
+    throw err;
+  }
 }
 
 /**

@@ -5,9 +5,11 @@
 import { ConfigError, ConnectionClosedError, type ConnectionClosedOptions, MultilegError } from '../errors.ts';
 
 /**
- * A proxy URL that cannot be used, thrown by the agent's constructor before anything is sent: not a
- * URL (`problem: 'syntax'`), or a scheme other than http:// and https:// (`'scheme'`; SOCKS among
- * them). Its message names where the URL came from (`proxy.uri`, or the environment variable). A
+ * A proxy URL that cannot be used: not a URL (`problem: 'syntax'`), or a scheme other than http://
+ * and https:// (`'scheme'`; SOCKS among them). Thrown by the agent's constructor for `proxy.uri`;
+ * for an environment variable, the requests that would go through it fail with it, before anything
+ * is sent (as curl reads only the proxy a transfer uses: a bad `https_proxy` does not stop
+ * `http://` requests). Its message names where the URL came from (`proxy.uri`, or the variable). A
  * `ConfigError` (`MULTILEG_CONFIG`); the two problems are told apart for a caller that answers them
  * differently (the command: curl's 5 and 7).
  */
@@ -186,9 +188,10 @@ export class ProxyTimeoutError extends MultilegError {
 }
 
 /**
- * A step of connecting through the proxy took longer than `proxy.connectTimeout`: the connection to
- * the proxy (TCP, or TLS for an https:// proxy), or the TLS handshake with the origin inside the
- * tunnel (a proxy that says 200 and then relays nothing).
+ * Connecting through the proxy took longer than `proxy.connectTimeout`, one budget for a
+ * connection's steps; `stage` is the step it ran out in: the connection to the proxy (TCP, or TLS
+ * for an https:// proxy), the proxy's answer to a CONNECT, or the TLS handshake with the origin
+ * inside the tunnel (a proxy that says 200 and then relays nothing).
  */
 export class ProxyConnectTimeoutError extends MultilegError {
   readonly proxy: string;

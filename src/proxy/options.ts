@@ -93,11 +93,12 @@ export interface ProxyOptions {
    */
   readonly deliver407?: boolean;
   /**
-   * Bound in ms on each step of connecting through the proxy: the TCP (and, for an `https://` proxy,
-   * TLS) connection to the proxy, the proxy's answer to each CONNECT (as curl's --connect-timeout),
-   * and the TLS handshake with the origin inside a CONNECT tunnel. The CONNECT exchange as a whole,
-   * and a forwarded request's 407 exchange, are bounded by `limits.handshakeTimeout`, the proxy
-   * mechanism's own steps included (`ProxyTimeoutError`).
+   * Bound in ms on connecting through the proxy, one budget for a connection's steps together (as
+   * curl's --connect-timeout): the TCP (and, for an `https://` proxy, TLS) connection to the proxy,
+   * the proxy's answer to each CONNECT, and the TLS handshake with the origin inside a CONNECT
+   * tunnel; waits for leave to send the credentials and the mechanism's steps do not count. The
+   * CONNECT exchange as a whole, and a forwarded request's 407 exchange, are bounded by
+   * `limits.handshakeTimeout`, the proxy mechanism's own steps included (`ProxyTimeoutError`).
    * Default 10 000 (undici's connect timeout).
    */
   readonly connectTimeout?: number;
@@ -342,6 +343,15 @@ function proxyUrl(uri: string, where: string): URL {
   }
 }
 
+/** Whether two proxy URLs as written name one proxy; not when either is no URL (each is then its own error). */
+function sameUrl(a: string, b: string): boolean {
+  try {
+    return proxyUrl(a, '').href === proxyUrl(b, '').href;
+  } catch {
+    return false;
+  }
+}
+
 /** For a proxy from the environment: going without it is the other fix. */
 const unsetFix = (where: string): string =>
   where === 'proxy.uri' ? '' : `, or unset ${where.replace(' and ', ' or ')}`;
@@ -531,6 +541,9 @@ type Env = Readonly<Record<string, string | undefined>>;
 export class ProxyResolver {
   readonly #http: ResolvedProxy | undefined;
   readonly #https: ResolvedProxy | undefined;
+  /** A proxy variable that is no usable URL, thrown by the requests that would use it (see the constructor). */
+  readonly #unusableHttp: ProxyUrlError | undefined;
+  readonly #unusableHttps: ProxyUrlError | undefined;
   readonly #fixedNoProxy: string | undefined;
   readonly #env: Env;
   /** What the proxies were resolved from, to make their mechanisms again with new credentials. */
@@ -581,23 +594,24 @@ export class ProxyResolver {
       const https = env.https_proxy ?? env.HTTPS_PROXY;
       const httpName = env.http_proxy !== undefined ? 'http_proxy' : 'HTTP_PROXY';
       const httpsName = env.https_proxy !== undefined ? 'https_proxy' : 'HTTPS_PROXY';
+      // A variable whose URL cannot be used fails the requests that would go through it, not the
+      // agent: as curl reads only the proxy a transfer uses, a bad https_proxy does not stop
+      // http:// requests, nor one NO_PROXY exempts.
+      const fromEnv = (uri: string, where: string): ResolvedProxy | ProxyUrlError => {
+        try {
+          return resolveProxy(uri, o, identity, connectTo, where, memory);
+        } catch (err) {
+          if (err instanceof ProxyUrlError) return err;
+          throw err;
+        }
+      };
       // One proxy URL in both variables is one proxy (R4): one proof of its credentials, so a wrong
       // password is refused once, not once per variable; one ProvedIdentity (S6).
-      const same = http && https && proxyUrl(http, httpName).href === proxyUrl(https, httpsName).href;
-      if (http)
-        this.#http = resolveProxy(
-          http,
-          o,
-          identity,
-          connectTo,
-          same ? `${httpsName} and ${httpName}` : httpName,
-          memory,
-        );
-      this.#https = same
-        ? this.#http
-        : https
-          ? resolveProxy(https, o, identity, connectTo, httpsName, memory)
-          : this.#http;
+      const same = http && https && sameUrl(http, https);
+      const httpProxy = http ? fromEnv(http, same ? `${httpsName} and ${httpName}` : httpName) : undefined;
+      const httpsProxy = same ? httpProxy : https ? fromEnv(https, httpsName) : httpProxy;
+      [this.#http, this.#unusableHttp] = httpProxy instanceof ProxyUrlError ? [undefined, httpProxy] : [httpProxy];
+      [this.#https, this.#unusableHttps] = httpsProxy instanceof ProxyUrlError ? [undefined, httpsProxy] : [httpsProxy];
       this.#fixedNoProxy = o.noProxy;
     }
   }
@@ -665,18 +679,25 @@ export class ProxyResolver {
     return changed;
   }
 
-  /** The route for `origin` (`https://host:port`), or undefined to connect directly. */
+  /**
+   * The route for `origin` (`https://host:port`), or undefined to connect directly.
+   *
+   * @throws {ProxyUrlError} when the origin would go through a proxy variable that is no usable URL.
+   */
   route(origin: string): ProxyRoute | undefined {
     const url = new URL(origin);
-    const proxy = url.protocol === 'https:' ? this.#https : url.protocol === 'http:' ? this.#http : undefined;
-    if (!proxy) return undefined;
+    const https = url.protocol === 'https:';
+    const proxy = https ? this.#https : url.protocol === 'http:' ? this.#http : undefined;
+    const unusable = https ? this.#unusableHttps : url.protocol === 'http:' ? this.#unusableHttp : undefined;
+    if (!proxy && !unusable) return undefined;
     const noProxy = this.#fixedNoProxy ?? this.#env.no_proxy ?? this.#env.NO_PROXY ?? '';
     if (noProxy !== this.#noProxyValue) {
       this.#noProxyValue = noProxy;
       this.#noProxy = parseNoProxy(noProxy);
     }
     if (!shouldProxy(this.#noProxy, url)) return undefined;
-    return url.protocol === 'https:' || proxy.http === 'tunnel' || this.#routed(url)
+    if (!proxy) throw unusable;
+    return https || proxy.http === 'tunnel' || this.#routed(url)
       ? { kind: 'tunnel', proxy }
       : { kind: 'forward', proxy };
   }

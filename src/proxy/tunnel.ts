@@ -2,8 +2,9 @@
  * The CONNECT tunnel (H5): `CONNECT host:port` written by hand on one proxy socket, every leg of a
  * 407 `Proxy-Authenticate` handshake on that same socket, then the raw socket is handed back for TLS
  * to the origin. If the proxy closes the connection between legs, the handshake restarts once on a
- * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`; each connect (to the proxy,
- * each CONNECT's answer, and TLS with the origin inside the tunnel) by `proxy.connectTimeout`.
+ * new one. Bounded by `limits.maxLegs` and `limits.handshakeTimeout`; connecting (to the proxy,
+ * each CONNECT's answer, and TLS with the origin inside the tunnel) by `proxy.connectTimeout`, one
+ * budget for them all ({@link ConnectBudget}).
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
@@ -37,13 +38,46 @@ import { authority, type ResolvedProxy } from './options.ts';
 import { ResponseReader, WireError } from './wire.ts';
 
 /**
- * Opens a TCP (or, for an https:// proxy, TLS) connection to the proxy, within
- * `proxy.connectTimeout`: a proxy that accepts TCP and never completes TLS, or a blackholed address,
- * fails with {@link ProxyConnectTimeoutError} instead of waiting for the OS. A proxy that cannot be
- * reached fails with {@link ProxyUnreachableError}, an untrusted proxy certificate with
- * {@link ProxyCertificateError}.
+ * `proxy.connectTimeout` for one connection through the proxy, shared by its steps as curl's
+ * --connect-timeout bounds its whole connect phase: the connection to the proxy, each CONNECT's
+ * answer and TLS with the origin inside the tunnel together, not each anew. Only the time in those
+ * steps is spent: a wait for leave to send the credentials and the mechanism's own steps are the
+ * handshake's (`limits.handshakeTimeout`).
  */
-export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1']): Promise<Socket> {
+export class ConnectBudget {
+  readonly ms: number;
+  #left: number;
+  constructor(ms: number) {
+    this.ms = ms;
+    this.#left = ms;
+  }
+
+  /** Starts a step: `onTimeout` once the budget is spent; the returned stop spends its time (once). */
+  step(onTimeout: () => void): () => void {
+    const began = performance.now();
+    const timer = setTimeout(onTimeout, Math.max(0, this.#left));
+    let stopped = false;
+    return () => {
+      if (stopped) return;
+      stopped = true;
+      clearTimeout(timer);
+      this.#left -= performance.now() - began;
+    };
+  }
+}
+
+/**
+ * Opens a TCP (or, for an https:// proxy, TLS) connection to the proxy, within what is left of
+ * `budget` (`proxy.connectTimeout` for a connection of its own): a proxy that accepts TCP and never
+ * completes TLS, or a blackholed address, fails with {@link ProxyConnectTimeoutError} instead of
+ * waiting for the OS. A proxy that cannot be reached fails with {@link ProxyUnreachableError}, an
+ * untrusted proxy certificate with {@link ProxyCertificateError}.
+ */
+export function connectToProxy(
+  proxy: ResolvedProxy,
+  alpn: string[] = ['http/1.1'],
+  budget = new ConnectBudget(proxy.connectTimeout),
+): Promise<Socket> {
   return new Promise((resolve, reject) => {
     let dial: Dial;
     try {
@@ -72,15 +106,12 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       : netConnect(where);
     const ready = proxy.tls ? 'secureConnect' : 'connect';
     const fail = (err: Error) => {
-      clearTimeout(timer);
+      stop();
       socket.off(ready, onReady);
       socket.destroy();
       reject(err);
     };
-    const timer = setTimeout(
-      () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout)),
-      proxy.connectTimeout,
-    );
+    const stop = budget.step(() => fail(new ProxyConnectTimeoutError(proxy.origin, budget.ms)));
     let connected = false;
     // Stays for the socket's life, as undici's connector keeps its own: a forwarding proxy's
     // connection is opened before its first request is written (ForwardProxy), and that request may
@@ -93,7 +124,7 @@ export function connectToProxy(proxy: ResolvedProxy, alpn: string[] = ['http/1.1
       else fail(connectFailure(proxy, err));
     };
     const onReady = () => {
-      clearTimeout(timer);
+      stop();
       connected = true;
       socket.setNoDelay(true);
       resolve(socket);
@@ -120,8 +151,9 @@ export interface TunnelledConnection {
 
 /**
  * A connection to `target` through a CONNECT tunnel: {@link openTunnel}, then, for https, TLS with
- * the origin inside it (ALPN `alpn`, the caller's TLS options) within `proxy.connectTimeout` — a
- * proxy that answers 200 and then relays nothing fails with {@link ProxyConnectTimeoutError}.
+ * the origin inside it (ALPN `alpn`, the caller's TLS options), all within one
+ * `proxy.connectTimeout` ({@link ConnectBudget}) — a proxy that answers 200 and then relays nothing
+ * fails with {@link ProxyConnectTimeoutError}.
  * `onHandshake` is told of each handshake with the proxy that ends (see {@link openTunnel}).
  */
 export async function connectThroughTunnel(
@@ -136,7 +168,8 @@ export async function connectThroughTunnel(
   const hostname = unbracketed(target.hostname);
   // The agent's connectTo may send the CONNECT elsewhere; TLS inside is still the origin's.
   const dial = dialFor(proxy.connectTo, { hostname, port: target.port, via: 'tunnel' });
-  const { socket, holder } = await openTunnel(proxy, dial.hostname, dial.port, limits, signal, onHandshake);
+  const budget = new ConnectBudget(proxy.connectTimeout);
+  const { socket, holder } = await openTunnel(proxy, dial.hostname, dial.port, limits, signal, onHandshake, budget);
   if (target.protocol !== 'https:') return { socket, holder };
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
@@ -149,22 +182,21 @@ export async function connectThroughTunnel(
       checkServerIdentity: checkedAgainst(hostname, tls),
     });
     const fail = (err: Error) => {
-      clearTimeout(timer);
+      stop();
       signal?.removeEventListener('abort', aborted);
       secure.destroy();
       socket.destroy();
       reject(err);
     };
-    const timer = setTimeout(
-      () => fail(new ProxyConnectTimeoutError(proxy.origin, proxy.connectTimeout, authority(hostname, target.port))),
-      proxy.connectTimeout,
+    const stop = budget.step(() =>
+      fail(new ProxyConnectTimeoutError(proxy.origin, budget.ms, authority(hostname, target.port))),
     );
     const aborted = () => fail(signal!.reason as Error);
     if (signal?.aborted) return aborted();
     signal?.addEventListener('abort', aborted, { once: true });
     secure.once('error', fail);
     secure.once('secureConnect', () => {
-      clearTimeout(timer);
+      stop();
       signal?.removeEventListener('abort', aborted);
       secure.off('error', fail);
       resolve({ socket: secure, holder });
@@ -222,7 +254,8 @@ export interface Tunnel {
  * {@link ProxyTimeoutError}, {@link ProxyUnreachableError}, {@link ProxyCertificateError},
  * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}. `onHandshake` is told of each
  * handshake with the proxy that sent credentials and ended, succeeded or failed (H5: reported as an
- * origin's are).
+ * origin's are). `budget`: the connection's `proxy.connectTimeout`, which TLS inside the tunnel
+ * shares ({@link connectThroughTunnel}).
  */
 export async function openTunnel(
   proxy: ResolvedProxy,
@@ -231,6 +264,7 @@ export async function openTunnel(
   limits: Limits,
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
+  budget = new ConnectBudget(proxy.connectTimeout),
 ): Promise<Tunnel> {
   const target = authority(host, port);
   let socket: Socket | undefined;
@@ -253,6 +287,7 @@ export async function openTunnel(
     target,
     limits,
     deadline,
+    budget,
     given.signal,
     (s) => {
       socket = s;
@@ -297,6 +332,7 @@ async function handshake(
   target: string,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError>,
+  budget: ConnectBudget,
   given: AbortSignal,
   track: (s: Socket) => void,
   onHandshake: ((handshake: ProxyHandshake) => void) | undefined,
@@ -325,6 +361,7 @@ async function handshake(
         target,
         limits,
         deadline,
+        budget,
         track,
         async (headers, offered) => {
           // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
@@ -471,6 +508,7 @@ async function connectLegs(
   target: string,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError>,
+  budget: ConnectBudget,
   track: (s: Socket) => void,
   admit: (headers: Record<string, string | string[]>, offered: readonly string[]) => Promise<void>,
   lead: () => Promise<boolean>,
@@ -501,7 +539,7 @@ async function connectLegs(
       if (deadline.timedOut) throw deadline.error();
       if (!socket || !reader || reader.ended) {
         socket?.destroy();
-        socket = await connectToProxy(proxy);
+        socket = await connectToProxy(proxy, undefined, budget);
         track(socket);
         connections += 1;
         reader = new ResponseReader(socket);
@@ -530,10 +568,10 @@ async function connectLegs(
       // connection and never answers fails within proxy.connectTimeout, not the whole handshake's.
       let unanswered = false;
       const waiting = socket;
-      const answerTimer = setTimeout(() => {
+      const answered = budget.step(() => {
         unanswered = true;
         waiting.destroy();
-      }, proxy.connectTimeout);
+      });
       try {
         // Interim 1xx answers carry no body and precede the real one (RFC 9110 §15.2).
         do head = await reader.readHead();
@@ -549,7 +587,7 @@ async function connectLegs(
         if (unanswered) {
           const e = new ProxyConnectTimeoutError(
             proxy.origin,
-            proxy.connectTimeout,
+            budget.ms,
             target,
             'answer',
             credentials ? auth.scheme : undefined,
@@ -573,7 +611,7 @@ async function connectLegs(
         traced.error(e);
         throw e;
       } finally {
-        clearTimeout(answerTimer);
+        answered();
       }
       traced.response(head.status, head.headers, head.status !== 407);
       log.proxy('%s CONNECT %s -> %d (auth %s)', proxy.origin, target, head.status, credentials ? auth.scheme : 'none');
