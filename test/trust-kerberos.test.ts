@@ -6,11 +6,14 @@
  * alice, and that a server failing mutual authentication ends its session with nothing queued
  * behind it served.
  */
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
 import { type Dispatcher, fetch, interceptors, type Response, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CleartextCredentialsError, MultilegAgent, MutualAuthError } from '../src/index.ts';
 import type { AcceptorLike, AcceptorStep, ReferenceServer } from '../src/reference-server/index.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { hasAuth } from './helpers.ts';
 import { type Lab, type PyAcceptor, requirePeer, startLab } from './lab/index.ts';
 
@@ -393,5 +396,99 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     const next = await fetch(`${s.origin}/auth/b`, { dispatcher: a }).then(userOf);
     expect(next).toEqual(expect.objectContaining({ user: ALICE_PRINCIPAL }));
     expect(next.sessionId).not.toBe(first.sessionId);
+  });
+  /** An upgrade (WebSocket) through `a`: the response the caller got instead of a socket, or the error. */
+  const upgradeAnswer = (a: MultilegAgent, origin: string, path: string) =>
+    new Promise<{ status: number; body: string } | 'upgraded' | Error>((resolve) => {
+      let status = 0;
+      let body = '';
+      a.dispatch(
+        { origin, path, method: 'GET', upgrade: 'websocket' },
+        {
+          onRequestUpgrade: (_c, _s, _h, socket) => {
+            (socket as Socket).destroy();
+            resolve('upgraded');
+          },
+          onResponseStart: (_c, s) => {
+            status = s;
+          },
+          onResponseData: (_c, chunk) => {
+            body += chunk.toString();
+          },
+          onResponseEnd: () => resolve({ status, body }),
+          onResponseError: (_c, err) => resolve(err),
+        },
+      );
+    });
+
+  it("M2/S6: an upgrade whose Kerberos handshake ends in a 403 without the final token gets the 403 (not a MutualAuthError), as a request does, and proves nothing: the ticket's next refusal there holds it back at once", async () => {
+    let refusing = false;
+    const accept = kerberosAcceptors(lab.acceptor!);
+    const s = await kerberosServer({
+      faults: { finalToken: 'omit' },
+      acceptorFactory: () => {
+        const real = accept();
+        return { step: (token) => (refusing ? { kind: 'rejected', reason: 'test: refused' } : real.step(token)) };
+      },
+    });
+    const a = ambientAgent(s);
+    const answer = await upgradeAnswer(a, s.origin, '/status/403/ws');
+    expect(answer).toMatchObject({ status: 403 });
+    // The server took alice's ticket and sent no AP-REP of its own.
+    const forbidden = s.exchanges.find((e) => e.path === '/status/403/ws' && e.outcome === 'accepted')!;
+    expect(forbidden.status).toBe(403);
+    expect(forbidden.responseHeaders['www-authenticate']).toBeUndefined();
+    // The origin's leave never recorded the upgrade's 403 as the ticket proved (nor its identity): the
+    // first refusal after it holds the ticket back at once, as before any proof (R4). Had it been
+    // proved, that refusal would only unprove it, and the next request would carry the ticket again.
+    refusing = true;
+    expect(await statusOf(a, `${s.origin}/auth/refused`)).toBe(401);
+    expect(await statusOf(a, `${s.origin}/auth/held`)).toBe(401);
+    const carried = (path: string) =>
+      s.exchanges.filter((e) => e.path === path).map((e) => [hasAuth(e.requestHeaders), e.status]);
+    expect(carried('/auth/refused')).toEqual([
+      [false, 401],
+      [true, 401],
+    ]);
+    expect(carried('/auth/held')).toEqual([[false, 401]]);
+  });
+
+  it('M2: an upgrade whose Kerberos handshake ends in a 101 without the final token is a MutualAuthError: the socket never reaches the caller', async () => {
+    // A WebSocket origin that takes alice's ticket (the real acceptor) and switches protocols without its AP-REP.
+    const accept = kerberosAcceptors(lab.acceptor!);
+    const answered: number[] = [];
+    const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY });
+    server.on('upgrade', (req, socket: Socket) => {
+      const token = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      const answer = (status: number, head: string) => {
+        answered.push(status);
+        socket.write(head);
+      };
+      if (token === undefined) {
+        // Node reads no more requests on a socket handed to 'upgrade': the next leg comes on a new one.
+        answer(
+          401,
+          'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
+        );
+        socket.end();
+        return;
+      }
+      void Promise.resolve(accept().step(Buffer.from(token, 'base64'))).then((r) =>
+        r.kind === 'accepted'
+          ? answer(101, 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n')
+          : answer(403, 'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n'),
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const a = new MultilegAgent({ connect: { ca: CA_CERT } });
+      agents.push(a);
+      const origin = `https://localhost:${(server.address() as AddressInfo).port}`;
+      expect(await upgradeAnswer(a, origin, '/ws')).toBeInstanceOf(MutualAuthError);
+      expect(answered).toEqual([401, 101]);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 });

@@ -67,7 +67,7 @@ export async function upgradeServer(opts: {
   transport?: boolean;
   /** With `transport`: a connection presenting a certificate the test CA does not verify is closed at once (as Node's https). */
   refuseUnverified?: boolean;
-  /** An `Authentication-Info` value on the 101. */
+  /** An `Authentication-Info` value on the 101 (and on `refuse`'s 403). */
   authenticationInfo?: string;
   /** Set a cookie on each 401 (`leg=N`, its index on the connection) and on the 101 (`ws=1`). */
   setCookies?: boolean;
@@ -207,7 +207,10 @@ export async function upgradeServer(opts: {
         }
         if (opts.refuse) {
           record(403);
-          respond(403, 'Forbidden', {}, `not for ${user}`);
+          const info: Record<string, string> = opts.authenticationInfo
+            ? { 'authentication-info': opts.authenticationInfo }
+            : {};
+          respond(403, 'Forbidden', info, `not for ${user}`);
           continue;
         }
         const tunnel = method === 'CONNECT';

@@ -658,8 +658,9 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(info).toEqual({ rspauth: 'abc', nextnonce: 'n2' });
   });
 
-  it('M2: an authenticated final response whose mutual authentication fails is withheld too', async () => {
-    origin = await upgradeServer({ ntlm: true, refuse: true });
+  it("M2: an authenticated final response carrying the server's proof (Authentication-Info) whose check fails is withheld too, whatever its status", async () => {
+    // (A 403 without any proof is delivered unproved: the next test.)
+    origin = await upgradeServer({ ntlm: true, refuse: true, authenticationInfo: 'rspauth="forged"' });
     agent = ntlmAgent({ mechanisms: [patchedNtlm({ finish: () => Promise.reject(new MutualAuthError('test')) })] });
     const seenStatus: number[] = [];
     const err = await new Promise<Error>((resolve) =>
@@ -675,6 +676,25 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     );
     expect(err).toBeInstanceOf(MutualAuthError);
     expect(seenStatus).toEqual([]);
+  });
+
+  it("M2/S6: an authenticated 403 without the server's proof, which the mechanism still wants (Kerberos' AP-REP): the caller gets the 403, body and all, as a request does — not a MutualAuthError", async () => {
+    origin = await upgradeServer({ ntlm: true, refuse: true });
+    let checked: unknown[] | undefined;
+    const wanting = patchedNtlm({
+      finish: (final, _leg, info) => {
+        checked = [final, info];
+        return Promise.reject(new MutualAuthError('test: no final token'));
+      },
+    });
+    agent = ntlmAgent({ mechanisms: [wanting] });
+    expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+      kind: 'response',
+      status: 403,
+      body: 'not for EXAMPLE\\alice',
+    });
+    // Asked with nothing of the server's: no final token, no Authentication-Info.
+    expect(checked).toEqual([undefined, undefined]);
   });
 
   it('R1: a caller that aborts an upgrade while its handshake waits on the server gets its abort, and the connection is closed', async () => {

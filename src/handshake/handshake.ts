@@ -227,6 +227,22 @@ export function unansweredMayCount(timedOut: boolean, error: Error): boolean {
   return timedOut || closedUnder(error) || (error as { code?: unknown }).code === 'UND_ERR_HEADERS_TIMEOUT';
 }
 
+/**
+ * M2: whether a final answer (not a 401 or 407) to a leg with credentials must prove the server: the
+ * success the credentials bought (a 2xx; an upgrade's 101, a CONNECT's 2xx), or one that carries the
+ * scheme's final token or Authentication-Info (a forged token is no less forged on a 302: review
+ * r57). A failed check of it is the caller's MutualAuthError, the answer withheld. Any other answer (a
+ * redirect, a 403, a 5xx: no resource to withhold) is delivered without the proof the mechanism may
+ * still want, proving nothing (S6). Requests' and upgrades'.
+ */
+export function proofRequired(
+  status: number,
+  final: Challenge | undefined,
+  info: Readonly<Record<string, string>> | undefined,
+): boolean {
+  return status === 101 || (status >= 200 && status < 300) || info !== undefined || final?.token68 !== undefined;
+}
+
 /** Errors that mean "this connection is gone or refuses us", not "this request failed". */
 export function relocationReason(err: Error): 'http1' | 'connection-ended' | undefined {
   const e = err as Error & { http2ErrorCode?: number; code?: string };
@@ -724,9 +740,7 @@ class Handshake {
     // 7616 §3.5): a redirect or a 404 that carries the scheme's token (a Kerberos AP-REP) or
     // Authentication-Info (Digest's rspauth, its next nonce) is checked as a 2xx is — a bad one is
     // a MutualAuthError whatever the status (review r57: a forged token on a 302 passed unchecked).
-    if ((status >= 200 && status < 300) || info !== undefined || final?.token68 !== undefined) {
-      return this.#finish(final, info);
-    }
+    if (proofRequired(status, final, info)) return this.#finish(final, info);
     // A 3xx/4xx/5xx without them is delivered (an error page, a redirect: no resource to withhold).
     // While the mechanism still wants the server's proof (Kerberos' AP-REP) it is asked whether the
     // answer will do without it (negotiate.mutualAuth 'optional': then as on a 2xx; review r59: every

@@ -28,7 +28,7 @@ import {
   MultilegError,
   ownCopy,
 } from '../errors.ts';
-import { handshakeClock, unansweredMayCount } from '../handshake/handshake.ts';
+import { handshakeClock, proofRequired, unansweredMayCount } from '../handshake/handshake.ts';
 import { type HeldResponse, replayHeld } from '../handshake/leg.ts';
 import { UserSink } from '../handshake/user-sink.ts';
 import { type HeaderMap, saysClose } from '../headers.ts';
@@ -139,7 +139,8 @@ export interface UpgradeOptions {
 type LegOutcome =
   /** `held`: the 401 in full, when the classifier asked to hold it (it may turn out the caller's). */
   | { readonly kind: 'challenged'; readonly headers: Headers; readonly held?: HeldResponse }
-  | { readonly kind: 'delivered'; readonly status: number }
+  /** `unproved`: a final answer delivered without the proof the mechanism wants (M2): it proved nothing. */
+  | { readonly kind: 'delivered'; readonly status: number; readonly unproved?: true }
   /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
   | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
 
@@ -624,13 +625,15 @@ export class UpgradeDispatcher {
             return asks !== 'refused';
           },
           // (Nothing to verify in an answer to the opening leg: no one was authenticated.)
-          auth && !opening(auth) ? (h) => finish(auth!, h, legInfo()) : undefined,
+          auth && !opening(auth) ? (status, h) => verified(auth!, status, h, legInfo()) : undefined,
           onUpgrade,
         );
         line.bound = false;
         if (outcome.kind === 'delivered') {
           if (auth) {
-            proved = outcomeFor(auth, outcome.status);
+            // Delivered without the server's proof (a 403 with no AP-REP): nothing was proved, so
+            // neither the origin's leave nor the identity records it (M2, S6), as for a request.
+            proved = outcome.unproved ? 'none' : outcomeFor(auth, outcome.status);
             const { mechanism, context } = auth;
             if (proved === 'success' && context.identity !== undefined && mechanism.holdsCredentials) {
               this.#options.succeededAs?.({ mechanism, identity: context.identity });
@@ -854,7 +857,9 @@ export class UpgradeDispatcher {
    * Sends one leg and waits for its outcome. `answer(status, headers)` says whether a response is a
    * challenge to answer (drained and swallowed) rather than the caller's; `'hold'`: one to answer
    * whose body is kept too, in case it turns out the caller's after all. `verify` runs before the
-   * caller sees the final answer of a leg that carried credentials (mutual authentication).
+   * caller sees the final answer of a leg that carried credentials (mutual authentication): a
+   * rejection fails the leg (the socket destroyed, the answer withheld); `false`, the answer is
+   * delivered unproved.
    */
   #leg(
     client: Client,
@@ -864,7 +869,7 @@ export class UpgradeDispatcher {
     authorization: string | undefined,
     sink: UserSink,
     answer: (status: number, headers: Headers) => boolean | 'hold',
-    verify: ((headers: Headers) => Promise<void>) | undefined,
+    verify: ((status: number, headers: Headers) => Promise<boolean>) | undefined,
     onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
   ): Promise<LegOutcome> {
     const limits = this.#options.limits;
@@ -882,6 +887,8 @@ export class UpgradeDispatcher {
       let upgraded: Socket | undefined;
       /** Ended by the caller's abort or the handshake's clock: a `verify` that settles later changes nothing. */
       let aborted = false;
+      /** `verify` let the final answer through without the server's proof. */
+      let unproved = false;
       const deliver = (event: () => void) => (held ? held.push(event) : event());
       /** Bounds the wait for a swallowed challenge's body, the first bare 401's included (R3). */
       let drainTimer: NodeJS.Timeout | undefined;
@@ -916,18 +923,19 @@ export class UpgradeDispatcher {
           if (sink.aborted) c.abort(sink.reason!);
         },
         onRequestUpgrade(c, upgradeStatus, h, socket) {
-          const done = () => {
+          const done = (proved = true) => {
             if (aborted) return;
             // The socket is the caller's now: a later abort of the request no longer applies.
             sink.onAbort(() => {});
             onUpgrade(c, upgradeStatus, h as Headers, socket as Socket);
-            resolve({ kind: 'delivered', status: upgradeStatus });
+            resolve({ kind: 'delivered', status: upgradeStatus, ...(proved ? {} : { unproved: true }) });
           };
           if (!verify) return done();
           upgraded = socket as Socket;
-          // undici hands over the socket in paused mode: nothing is lost while we verify.
+          // undici hands over the socket in paused mode: nothing is lost while we verify (a 101
+          // must prove the server: proofRequired).
           // A caller handler that throws here fails the request, as undici does on the sync path.
-          verify(h as Headers)
+          verify(upgradeStatus, h as Headers)
             .then(done)
             .catch((err: Error) => {
               (socket as Socket).destroy();
@@ -953,9 +961,10 @@ export class UpgradeDispatcher {
           if (verify && status !== 401) {
             held = [];
             c.pause();
-            verify(h as Headers)
-              .then(() => {
+            verify(status, h as Headers)
+              .then((proved) => {
                 if (aborted) return;
+                unproved = !proved;
                 const events = held!;
                 held = undefined;
                 // As undici does for a handler that throws: the request fails with that error.
@@ -1001,7 +1010,7 @@ export class UpgradeDispatcher {
           }
           deliver(() => {
             sink.responseEnd(trailers as Headers);
-            resolve({ kind: 'delivered', status });
+            resolve({ kind: 'delivered', status, ...(unproved ? { unproved: true as const } : {}) });
           });
         },
         onResponseError(_c, err) {
@@ -1055,9 +1064,28 @@ function opening(auth: Auth): boolean {
   return atOpening(auth.mechanism, auth.context, auth.legs) && !auth.context.complete;
 }
 
-/** Verifies the server's final token (or Authentication-Info), if it sent one, on the answer to our last leg. */
-function finish(auth: Auth, headers: Headers, leg: LegInfo): Promise<void> {
+/**
+ * Verifies the server's final token (or Authentication-Info), if it sent one, on the answer to our
+ * last leg, by the requests' rule (proofRequired, M2): where the answer must prove the server (the
+ * 101, a CONNECT's 2xx, one carrying the proof) a failed check rejects; any other answer (a 403, a
+ * 5xx) is delivered either way, and resolves `false` when it proved nothing.
+ */
+function verified(auth: Auth, status: number, headers: Headers, leg: LegInfo): Promise<boolean> {
   const final = readChallenges(headers, false).find((c) => c.schemeKey === auth.mechanism.scheme.toLowerCase());
-  log.agent('%s upgrade authenticated with %s in %d legs', leg.origin, auth.mechanism.scheme, auth.legs);
-  return auth.context.finish(final, leg, readAuthenticationInfo(headers));
+  const info = readAuthenticationInfo(headers);
+  const proved = () => {
+    log.agent('%s upgrade authenticated with %s in %d legs', leg.origin, auth.mechanism.scheme, auth.legs);
+    return true;
+  };
+  const check = auth.context.finish(final, leg, info).then(proved);
+  if (proofRequired(status, final, info)) return check;
+  return check.catch(() => {
+    log.agent(
+      "%s upgrade: %s: a %d without the server's proof: delivered, nothing proved",
+      leg.origin,
+      auth.mechanism.scheme,
+      status,
+    );
+    return false;
+  });
 }
