@@ -1102,10 +1102,14 @@ describe('a proxy identity whose credentials live outside the agent (S6/H5, refe
     });
     const base = `http://localhost:${server.port}`;
     const p = proxy;
-    // The proxy takes the AUTHENTICATE ("NTLMSSP\0" type 3) 300 ms after it comes; the caller goes at 100 ms.
-    p.options.delayMs = (r) => (r.proxyAuthorization?.startsWith('NTLM TlRMTVNTUAADAAAA') ? 300 : 0);
+    // The proxy answers the AUTHENTICATE ("NTLMSSP\0" type 3) 300 ms after it comes; the caller goes
+    // as it comes (at a fixed 100 ms, a loaded machine had the caller gone before it was sent).
     const gone = new AbortController();
-    setTimeout(() => gone.abort(new Error('went away')), 100);
+    p.options.delayMs = (r) => {
+      if (!r.proxyAuthorization?.startsWith('NTLM TlRMTVNTUAADAAAA')) return 0;
+      setImmediate(() => gone.abort(new Error('went away')));
+      return 300;
+    };
     await expect(fetch(`${base}/public/aborted`, { dispatcher: agent, signal: gone.signal })).rejects.toThrow();
     await sleep(400);
     p.options.delayMs = undefined;
