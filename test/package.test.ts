@@ -312,6 +312,30 @@ describe('the packed package in a fresh app', () => {
     }
   });
 
+  it.skipIf(process.getuid?.() !== 0)(
+    'S2: root makes no directory for the code cache in another user’s tree (`sudo -E`, `su` keep the user’s HOME): the user’s ~/.cache stays the user’s',
+    async () => {
+      const multileg = join(app, 'node_modules/.bin/multileg');
+      const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+      const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));
+      try {
+        writeFileSync(join(home, 'ca.pem'), server.ca);
+        chownSync(home, 65534, 65534);
+        const r = await runCommand(
+          process.execPath,
+          [multileg, '--cacert', join(home, 'ca.pem'), '-u', 'EXAMPLE\\alice:alicepw', `${server.origin}/auth/root`],
+          '',
+          { ...env, HOME: home, XDG_CACHE_HOME: '' },
+        );
+        expect(r.code, r.stderr).toBe(0);
+        // Root's ~/.cache there would be the user's no more, for every program of theirs.
+        expect(existsSync(join(home, '.cache'))).toBe(false);
+      } finally {
+        await server.close();
+      }
+    },
+  );
+
   it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
     writeFileSync(
       join(app, 'old.mjs'),

@@ -28,7 +28,7 @@ import {
 import { createRequire } from 'node:module';
 import { basename, dirname, join } from 'node:path';
 import { Script } from 'node:vm';
-import { cacheDir } from './dirs.ts';
+import { cacheDir, mayMakeDir } from './dirs.ts';
 
 /** The script run, and {@link save} once its run is over. */
 export interface CachedScript<T> {
@@ -77,6 +77,7 @@ function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
   if (home === undefined) return undefined;
   const dir = join(home, 'code-cache');
   try {
+    if (!mayMakeDir(dir)) return undefined;
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = statSync(dir);
     if (!ownedAlone(st)) {
