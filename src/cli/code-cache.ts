@@ -43,6 +43,9 @@ export interface CachedScript<T> {
  * is one, and returns its exports.
  */
 export function runCached<T>(file: string, env: NodeJS.ProcessEnv = process.env): CachedScript<T> {
+  // Only Node's loader reads a script's source map, not vm.Script: with --enable-source-maps the
+  // stack traces lead back to src/, at the cost of the cache.
+  if (process.sourceMapsEnabled) return { exports: createRequire(file)(file) as T, save() {} };
   const cache = env.NODE_DISABLE_COMPILE_CACHE ? undefined : cachePath(file, env);
   const cachedData = cache === undefined ? undefined : readOwn(cache);
   // The wrapper's line comes before the script's first: lineOffset keeps stack traces' lines.
