@@ -312,6 +312,38 @@ describe('the packed package in a fresh app', () => {
     }
   });
 
+  it('S2: a code cache that cannot be written whole (a full disk, a quota: here a file size limit) leaves no part of it behind, run after run', async () => {
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const home = mkdtempSync(join(tmpdir(), 'multileg-full-'));
+    try {
+      writeFileSync(join(home, 'ca.pem'), server.ca);
+      for (let i = 0; i < 2; i++) {
+        // ulimit -f: a write past 100 KiB fails (EFBIG; Node ignores SIGXFSZ), as on a full disk.
+        const r = await runCommand(
+          'bash',
+          [
+            '-c',
+            'ulimit -f 100 && exec "$0" "$@"',
+            process.execPath,
+            multileg,
+            '--cacert',
+            join(home, 'ca.pem'),
+            '-u',
+            'EXAMPLE\\alice:alicepw',
+            `${server.origin}/auth/full`,
+          ],
+          '',
+          { ...env, XDG_CACHE_HOME: home },
+        );
+        expect(r.code, r.stderr).toBe(0);
+      }
+      expect(readdirSync(join(home, 'multileg/code-cache'))).toEqual([]);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('S2: an unexpected error’s stack trace (MULTILEG_DEBUG=1) points at the script’s line, and with --enable-source-maps at src/ (the script run without its code cache)', async () => {
     const multileg = join(app, 'node_modules/.bin/multileg');
     const home = mkdtempSync(join(tmpdir(), 'multileg-maps-'));

@@ -118,8 +118,14 @@ const STALE_MS = 30 * 24 * 3600 * 1000;
 /** Writes the cache aside and renames it in (of two runs at once, either's whole file); removes stale ones. */
 function write(path: string, data: Buffer): void {
   const temp = `${path}.${process.pid}.tmp`;
-  writeFileSync(temp, data, { mode: 0o600 });
-  renameSync(temp, path);
+  try {
+    writeFileSync(temp, data, { mode: 0o600 });
+    renameSync(temp, path);
+  } catch (err) {
+    // A full disk or a quota: what was written would stay, one more file at each run.
+    rmSync(temp, { force: true });
+    throw err;
+  }
   const dir = dirname(path);
   for (const name of readdirSync(dir)) {
     const other = join(dir, name);
