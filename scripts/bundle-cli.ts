@@ -64,7 +64,9 @@ const script = await build({
   // import() of a package or of Node's own modules: require, as in any CommonJS module.
   supported: { 'dynamic-import': false },
   define: { 'import.meta.url': '__multilegUrl' },
-  banner: { js: 'var __multilegUrl = require("node:url").pathToFileURL(__filename).href;' },
+  // Strict as the modules were, also where Node's loader runs it (code-cache.ts: source maps):
+  // esbuild's own "use strict" comes after the banner, where it is no directive.
+  banner: { js: '"use strict";var __multilegUrl = require("node:url").pathToFileURL(__filename).href;' },
   plugins: [undiciCore],
   metafile: true,
 });

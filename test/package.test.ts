@@ -312,6 +312,92 @@ describe('the packed package in a fresh app', () => {
     }
   });
 
+  it('S2: a code cache that cannot be written whole (a full disk, a quota: here a file size limit) leaves no part of it behind, run after run', async () => {
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const home = mkdtempSync(join(tmpdir(), 'multileg-full-'));
+    try {
+      writeFileSync(join(home, 'ca.pem'), server.ca);
+      for (let i = 0; i < 2; i++) {
+        // ulimit -f: a write past 100 KiB fails (EFBIG; Node ignores SIGXFSZ), as on a full disk.
+        const r = await runCommand(
+          'bash',
+          [
+            '-c',
+            'ulimit -f 100 && exec "$0" "$@"',
+            process.execPath,
+            multileg,
+            '--cacert',
+            join(home, 'ca.pem'),
+            '-u',
+            'EXAMPLE\\alice:alicepw',
+            `${server.origin}/auth/full`,
+          ],
+          '',
+          { ...env, XDG_CACHE_HOME: home },
+        );
+        expect(r.code, r.stderr).toBe(0);
+      }
+      expect(readdirSync(join(home, 'multileg/code-cache'))).toEqual([]);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('S2: an unexpected error’s stack trace (MULTILEG_DEBUG=1) points at the script’s line, and with --enable-source-maps at src/ (the script run without its code cache)', async () => {
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    const home = mkdtempSync(join(tmpdir(), 'multileg-maps-'));
+    // An error thrown inside the script: where main sets process.title (a password in the arguments).
+    const preload = join(home, 'title-throws.cjs');
+    writeFileSync(
+      preload,
+      "Object.defineProperty(process, 'title', { get: () => 'x', set() { throw new Error('title refused'); } });\n",
+    );
+    const run = (options: string) =>
+      runCommand(process.execPath, [multileg, '-u', 'alice:alicepw', 'http://127.0.0.1:9/'], '', {
+        ...env,
+        XDG_CACHE_HOME: home,
+        MULTILEG_DEBUG: '1',
+        NODE_OPTIONS: `--require ${preload} ${options}`,
+      });
+    const plain = await run('');
+    expect(plain.stderr).toContain('multileg: unexpected error: title refused');
+    const [, script, line, column] = /at main \((.+\.cjs):(\d+):(\d+)\)/.exec(plain.stderr) ?? [];
+    expect(script, plain.stderr).toBeDefined();
+    // V8 names the assignment's `=`.
+    const text = readFileSync(script!, 'latin1').split('\n')[Number(line) - 1]!;
+    expect(text.slice(0, Number(column))).toMatch(/process\.title=$/);
+    // Strict as its modules were, also where Node's loader runs it (below): its first statement.
+    expect(readFileSync(script!, 'latin1')).toMatch(/^"use strict";/);
+    const mapped = await run('--enable-source-maps');
+    expect(mapped.stderr, mapped.stderr).toMatch(/at main \(.*\/src\/cli\/main\.ts:\d+:\d+\)/);
+    expect(mapped.stderr).not.toContain('alicepw');
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'S2: root makes no directory for the code cache in another user’s tree (`sudo -E`, `su` keep the user’s HOME): the user’s ~/.cache stays the user’s',
+    async () => {
+      const multileg = join(app, 'node_modules/.bin/multileg');
+      const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+      const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));
+      try {
+        writeFileSync(join(home, 'ca.pem'), server.ca);
+        chownSync(home, 65534, 65534);
+        const r = await runCommand(
+          process.execPath,
+          [multileg, '--cacert', join(home, 'ca.pem'), '-u', 'EXAMPLE\\alice:alicepw', `${server.origin}/auth/root`],
+          '',
+          { ...env, HOME: home, XDG_CACHE_HOME: '' },
+        );
+        expect(r.code, r.stderr).toBe(0);
+        // Root's ~/.cache there would be the user's no more, for every program of theirs.
+        expect(existsSync(join(home, '.cache'))).toBe(false);
+      } finally {
+        await server.close();
+      }
+    },
+  );
+
   it.skipIf(!OLD_NODE)('on the system Node 20, `import "multileg"` says which Node it needs', async () => {
     writeFileSync(
       join(app, 'old.mjs'),

@@ -28,7 +28,7 @@ import {
 import { createRequire } from 'node:module';
 import { basename, dirname, join } from 'node:path';
 import { Script } from 'node:vm';
-import { cacheDir } from './dirs.ts';
+import { cacheDir, mayMakeDir } from './dirs.ts';
 
 /** The script run, and {@link save} once its run is over. */
 export interface CachedScript<T> {
@@ -43,6 +43,9 @@ export interface CachedScript<T> {
  * is one, and returns its exports.
  */
 export function runCached<T>(file: string, env: NodeJS.ProcessEnv = process.env): CachedScript<T> {
+  // Only Node's loader reads a script's source map, not vm.Script: with --enable-source-maps the
+  // stack traces lead back to src/, at the cost of the cache.
+  if (process.sourceMapsEnabled) return { exports: createRequire(file)(file) as T, save() {} };
   const cache = env.NODE_DISABLE_COMPILE_CACHE ? undefined : cachePath(file, env);
   const cachedData = cache === undefined ? undefined : readOwn(cache);
   // The wrapper's line comes before the script's first: lineOffset keeps stack traces' lines.
@@ -77,6 +80,7 @@ function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
   if (home === undefined) return undefined;
   const dir = join(home, 'code-cache');
   try {
+    if (!mayMakeDir(dir)) return undefined;
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = statSync(dir);
     if (!ownedAlone(st)) {
@@ -114,8 +118,14 @@ const STALE_MS = 30 * 24 * 3600 * 1000;
 /** Writes the cache aside and renames it in (of two runs at once, either's whole file); removes stale ones. */
 function write(path: string, data: Buffer): void {
   const temp = `${path}.${process.pid}.tmp`;
-  writeFileSync(temp, data, { mode: 0o600 });
-  renameSync(temp, path);
+  try {
+    writeFileSync(temp, data, { mode: 0o600 });
+    renameSync(temp, path);
+  } catch (err) {
+    // A full disk or a quota: what was written would stay, one more file at each run.
+    rmSync(temp, { force: true });
+    throw err;
+  }
   const dir = dirname(path);
   for (const name of readdirSync(dir)) {
     const other = join(dir, name);

@@ -4,8 +4,9 @@
  * looked up when a run needs them, never at start: a container's arbitrary UID has none, and only
  * the runs that need one may fail for it (the cache is only skipped).
  */
+import { statSync } from 'node:fs';
 import { userInfo } from 'node:os';
-import { isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 
 /**
  * The command's state directory: `$XDG_STATE_HOME/multileg`, else `~/.local/state/multileg` (XDG: a
@@ -45,5 +46,22 @@ export function homeDir(env: NodeJS.ProcessEnv = process.env): string | undefine
     return home && isAbsolute(home) ? home : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Whether this user may make what is missing of `dir` (mkdir -p): the nearest part there is is this
+ * user's or everyone's (/tmp). Root may write anywhere, and `sudo -E` or `su` keep the user's HOME: a
+ * ~/.cache made root's (0700) would be the user's no more, for any program of theirs.
+ */
+export function mayMakeDir(dir: string): boolean {
+  const uid = process.getuid?.();
+  for (let path = dir; ; path = dirname(path)) {
+    try {
+      const st = statSync(path);
+      return uid === undefined || st.uid === uid || (st.mode & 0o002) !== 0;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(path) === path) return false;
+    }
   }
 }
