@@ -375,7 +375,7 @@ describe('the packed package in a fresh app', () => {
   });
 
   it.skipIf(process.getuid?.() !== 0)(
-    'S2: root makes no directory for the code cache in another user’s tree (`sudo -E`, `su` keep the user’s HOME): the user’s ~/.cache stays the user’s',
+    'S2/R4: root makes no directory for the code cache or the state file in another user’s tree (`sudo -E`, `su` keep the user’s HOME): the user’s ~/.cache and ~/.local stay the user’s',
     async () => {
       const multileg = join(app, 'node_modules/.bin/multileg');
       const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
@@ -387,11 +387,14 @@ describe('the packed package in a fresh app', () => {
           process.execPath,
           [multileg, '--cacert', join(home, 'ca.pem'), '-u', 'EXAMPLE\\alice:alicepw', `${server.origin}/auth/root`],
           '',
-          { ...env, HOME: home, XDG_CACHE_HOME: '' },
+          { ...env, HOME: home, XDG_CACHE_HOME: '', XDG_STATE_HOME: '' },
         );
         expect(r.code, r.stderr).toBe(0);
-        // Root's ~/.cache there would be the user's no more, for every program of theirs.
+        // Root's ~/.cache there would be the user's no more, for every program of theirs; nor the
+        // state directory (refusals.ts: the password went unproved), which says so once instead.
         expect(existsSync(join(home, '.cache'))).toBe(false);
+        expect(existsSync(join(home, '.local'))).toBe(false);
+        expect(r.stderr).toMatch(/another user's tree; .* set XDG_STATE_HOME to a writable directory/);
       } finally {
         await server.close();
       }

@@ -41,6 +41,7 @@ import {
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { RefusalMemory, RefusalPlace, RememberedRefusal } from '../session/refusal-memory.ts';
+import { mayMakeDir } from './dirs.ts';
 
 /**
  * How long a lock whose holder cannot be checked from here (another host, boot or PID namespace)
@@ -429,6 +430,8 @@ export class RefusalFile implements RefusalMemory {
         this.#dir = dir;
         this.#file = join(dir, 'refusals.json');
       }
+      // Root with a user's HOME (sudo -E, su) makes nothing in that user's tree: it would be theirs no more.
+      if (!mayMakeDir(this.#dir)) throw new Error(`${this.#dir} is in another user's tree`);
       mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
       const st = statSync(this.#dir);
       if (process.getuid && st.uid !== process.getuid()) throw new Error(`${this.#dir} belongs to another user`);
