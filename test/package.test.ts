@@ -24,8 +24,13 @@ import { commanderHelp, OLD_NODE, runCommand } from './cli-helpers.ts';
 
 const root = new URL('..', import.meta.url).pathname;
 const bin = join(root, 'node_modules/.bin');
-/** This project's Node 22 first on PATH, as `npm run` does. */
-const env = { ...process.env, PATH: `${bin}:${dirname(process.execPath)}:${process.env.PATH}` };
+/**
+ * This project's Node 22 first on PATH, as `npm run` does; and the compile cache on: vitest's
+ * coverage (`npm test`) sets NODE_DISABLE_COMPILE_CACHE=1, which the command's own code cache obeys
+ * too (code-cache.ts, checked here), and the packed files are no src/ to cover.
+ */
+const { NODE_DISABLE_COMPILE_CACHE: _off, NODE_V8_COVERAGE: _coverage, ...ours } = process.env;
+const env = { ...ours, PATH: `${bin}:${dirname(process.execPath)}:${process.env.PATH}` };
 
 function walk(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
