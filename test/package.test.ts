@@ -13,10 +13,11 @@ import {
   readFileSync,
   statSync,
   symlinkSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { program } from '../src/cli/options.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
@@ -267,8 +268,13 @@ describe('the packed package in a fresh app', () => {
       writeFileSync(ca, server.ca);
       const run = (args: string[]) =>
         runCommand(process.execPath, [multileg, '--cacert', ca, ...args], '', { ...env, XDG_CACHE_HOME: home });
-      const request = async () => {
-        const r = await run(['-u', 'EXAMPLE\\alice:alicepw', `${server.origin}/auth/cached`]);
+      const request = async (more: NodeJS.ProcessEnv = {}) => {
+        const r = await runCommand(
+          process.execPath,
+          [multileg, '--cacert', ca, '-u', 'EXAMPLE\\alice:alicepw', `${server.origin}/auth/cached`],
+          '',
+          { ...env, XDG_CACHE_HOME: home, ...more },
+        );
         expect(r.code, r.stderr).toBe(0);
         expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice' });
       };
@@ -288,10 +294,33 @@ describe('the packed package in a fresh app', () => {
       // Read, not made again: V8 accepted it (one it rejects is made anew, below).
       await request();
       expect(statSync(file)).toMatchObject({ ino: made.ino, mtimeMs: made.mtimeMs });
-      // Rejected by V8 (not a cache at all): made anew, and the run is unharmed.
+      // Other Node options (V8 rejects a cache made under other flags): a file of their own, and
+      // neither is made again as runs switch between them (one file, rewritten at each switch, before).
+      const heap = { NODE_OPTIONS: '--max-old-space-size=200' };
+      await request(heap);
+      const [other] = caches().filter((name) => join(dir, name) !== file);
+      expect(other).toMatch(/^main-\w+-v[\d.]+-\w+-[0-9a-f]+\.v8$/);
+      const otherMade = statSync(join(dir, other!));
+      await request();
+      await request(heap);
+      expect(statSync(file)).toMatchObject({ ino: made.ino, mtimeMs: made.mtimeMs });
+      expect(statSync(join(dir, other!))).toMatchObject({ ino: otherMade.ino, mtimeMs: otherMade.mtimeMs });
+      // Rejected by V8 (not a cache at all): made anew, and the run is unharmed. Writing one removes a
+      // killed run's temporary file (an hour old) and a cache not written for a month; not a fresh one.
       writeFileSync(file, Buffer.alloc(made.size, 7), { mode: 0o600 });
+      const old = (name: string, hours: number) => {
+        writeFileSync(join(dir, name), 'x', { mode: 0o600 });
+        const then = new Date(Date.now() - hours * 3600_000);
+        utimesSync(join(dir, name), then, then);
+      };
+      old('main-killed.v8.1.tmp', 2);
+      old('main-writing.v8.2.tmp', 0);
+      old('main-OLDBUILD-v22.0.0-x64.v8', 31 * 24);
       await request();
       expect(readFileSync(file).equals(Buffer.alloc(made.size, 7))).toBe(false);
+      expect(caches().filter((name) => !name.startsWith(`main-${basename(file).split('-')[1]}-`))).toEqual([
+        'main-writing.v8.2.tmp',
+      ]);
       // A valid cache that another user owns, or that others can write, is not read (cached code runs
       // as this user): the run makes its own in its place.
       const valid = readFileSync(file);

@@ -5,8 +5,9 @@
  * again at each start (~15% of a request's instructions). A cache V8 makes once the command has run
  * holds those functions too (docs/PERFORMANCE.md "CLI start").
  *
- * The cache is `<cacheDir>/code-cache/<script>-<node>-<arch>.v8`: the script's name carries a hash
- * of its content (V8 checks only the source's length), the rest what V8 checks anyway. It is made
+ * The cache is `<cacheDir>/code-cache/<script>-<node>-<arch>[-<options>].v8`: the script's name
+ * carries a hash of its content (V8 checks only the source's length), the rest what V8 checks anyway
+ * (a tag of Node's options: see flagsTag). It is made
  * by the first run that ends with exit 0 where there is none or V8 rejected it (another Node, other
  * flags), and read only from a directory and a file of this user's that others cannot write: cached
  * code runs as this user.
@@ -90,7 +91,20 @@ function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
   } catch {
     return undefined;
   }
-  return join(dir, `${basename(file, '.cjs')}-${process.version}-${process.arch}.v8`);
+  return join(dir, `${basename(file, '.cjs')}-${process.version}-${process.arch}${flagsTag(env)}.v8`);
+}
+
+/**
+ * The options Node was started with, as a short tag (none without): V8 rejects a cache made under
+ * other flags (`NODE_OPTIONS=--max-old-space-size=…` in a cron job, none in a shell), so each set
+ * keeps a file of its own rather than both rewriting one at every switch.
+ */
+function flagsTag(env: NodeJS.ProcessEnv): string {
+  const options = [env.NODE_OPTIONS ?? '', ...process.execArgv].join(' ').trim();
+  if (options === '') return '';
+  let hash = 0x811c9dc5; // FNV-1a: a name, not a secret
+  for (let i = 0; i < options.length; i++) hash = Math.imul(hash ^ options.charCodeAt(i), 0x01000193) >>> 0;
+  return `-${hash.toString(16)}`;
 }
 
 /** The file's bytes if this user owns it and others cannot write it; else undefined. */
@@ -114,6 +128,8 @@ function readOwn(path: string): Buffer | undefined {
 
 /** Caches not written for this long are removed when another is written: earlier installs' and Nodes'. */
 const STALE_MS = 30 * 24 * 3600 * 1000;
+/** A temporary file this old is a killed run's (a write takes milliseconds). */
+const TEMP_STALE_MS = 3600 * 1000;
 
 /** Writes the cache aside and renames it in (of two runs at once, either's whole file); removes stale ones. */
 function write(path: string, data: Buffer): void {
@@ -129,7 +145,8 @@ function write(path: string, data: Buffer): void {
   const dir = dirname(path);
   for (const name of readdirSync(dir)) {
     const other = join(dir, name);
-    if (other !== path && name.endsWith('.v8') && Date.now() - statSync(other).mtimeMs > STALE_MS)
+    const stale = name.endsWith('.v8') ? STALE_MS : name.endsWith('.tmp') ? TEMP_STALE_MS : undefined;
+    if (other !== path && stale !== undefined && Date.now() - statSync(other).mtimeMs > stale)
       rmSync(other, { force: true });
   }
 }
