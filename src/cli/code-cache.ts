@@ -16,7 +16,6 @@ import {
   chmodSync,
   closeSync,
   fstatSync,
-  mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -29,7 +28,7 @@ import {
 import { createRequire } from 'node:module';
 import { basename, dirname, join } from 'node:path';
 import { Script } from 'node:vm';
-import { cacheDir, mayMakeDir } from './dirs.ts';
+import { cacheDir, ownDir } from './dirs.ts';
 
 /** The script run, and {@link save} once its run is over. */
 export interface CachedScript<T> {
@@ -81,13 +80,9 @@ function cachePath(file: string, env: NodeJS.ProcessEnv): string | undefined {
   if (home === undefined) return undefined;
   const dir = join(home, 'code-cache');
   try {
-    if (!mayMakeDir(dir)) return undefined;
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const st = statSync(dir);
-    if (!ownedAlone(st)) {
-      if (st.uid !== uid) return undefined;
-      chmodSync(dir, st.mode & ~0o022);
-    }
+    // Others' write taken away, whoever made it (ownDir: this user's, else none).
+    const st = ownDir(dir);
+    if (!ownedAlone(st)) chmodSync(dir, st.mode & ~0o022);
   } catch {
     return undefined;
   }

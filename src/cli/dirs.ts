@@ -4,7 +4,7 @@
  * looked up when a run needs them, never at start: a container's arbitrary UID has none, and only
  * the runs that need one may fail for it (the cache is only skipped).
  */
-import { statSync } from 'node:fs';
+import { mkdirSync, type Stats, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 
@@ -54,7 +54,7 @@ export function homeDir(env: NodeJS.ProcessEnv = process.env): string | undefine
  * user's or everyone's (/tmp). Root may write anywhere, and `sudo -E` or `su` keep the user's HOME: a
  * ~/.cache made root's (0700) would be the user's no more, for any program of theirs.
  */
-export function mayMakeDir(dir: string): boolean {
+function mayMakeDir(dir: string): boolean {
   const uid = process.getuid?.();
   for (let path = dir; ; path = dirname(path)) {
     try {
@@ -64,4 +64,17 @@ export function mayMakeDir(dir: string): boolean {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(path) === path) return false;
     }
   }
+}
+
+/**
+ * `dir`, made (0700, with what is missing above it) unless that would be in another user's tree
+ * ({@link mayMakeDir}), and checked to be this user's; its stat, for the caller's rule on its mode.
+ * @throws {Error} saying why it cannot be this user's directory.
+ */
+export function ownDir(dir: string): Stats {
+  if (!mayMakeDir(dir)) throw new Error(`${dir} is in another user's tree`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = statSync(dir);
+  if (process.getuid && st.uid !== process.getuid()) throw new Error(`${dir} belongs to another user`);
+  return st;
 }

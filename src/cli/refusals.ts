@@ -28,7 +28,6 @@ import {
   fstatSync,
   fsyncSync,
   linkSync,
-  mkdirSync,
   openSync,
   readFileSync,
   readlinkSync,
@@ -41,7 +40,7 @@ import {
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { RefusalMemory, RefusalPlace, RememberedRefusal } from '../session/refusal-memory.ts';
-import { mayMakeDir } from './dirs.ts';
+import { ownDir } from './dirs.ts';
 
 /**
  * How long a lock whose holder cannot be checked from here (another host, boot or PID namespace)
@@ -431,10 +430,7 @@ export class RefusalFile implements RefusalMemory {
         this.#file = join(dir, 'refusals.json');
       }
       // Root with a user's HOME (sudo -E, su) makes nothing in that user's tree: it would be theirs no more.
-      if (!mayMakeDir(this.#dir)) throw new Error(`${this.#dir} is in another user's tree`);
-      mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
-      const st = statSync(this.#dir);
-      if (process.getuid && st.uid !== process.getuid()) throw new Error(`${this.#dir} belongs to another user`);
+      const st = ownDir(this.#dir);
       // Never readable by others, whoever made it.
       if ((st.mode & 0o077) !== 0) chmodSync(this.#dir, 0o700);
       const path = join(this.#dir, 'key');
