@@ -11,14 +11,14 @@
  *     credentials: { username: 'CORP\\svc-report', password: process.env.SVC_PASSWORD! }, // for the service
  *     trustedOrigins: ['https://service.corp.example'], // ...and only for it
  *     proxy: { credentials: { username: 'CORP\\alice', password: process.env.PROXY_PASSWORD! } }, // for the proxy
- *   });                                  // proxy.uri defaults to HTTPS_PROXY / HTTP_PROXY; NO_PROXY honoured
+ *   });                // proxy.uri defaults to HTTPS_PROXY (https URLs) / HTTP_PROXY (http URLs); NO_PROXY honoured
  *   const res = await fetch('https://service.corp.example/api', { dispatcher: agent });
  *
  * Without an argument it runs self-contained on loopback: the reference server (NTLM, the
  * multilegged-auth draft) as the service, behind the reference proxy asking for Basic.
  *
  *   node examples/proxy.ts                 # self-contained
- *   node examples/proxy.ts <url>           # through HTTPS_PROXY/HTTP_PROXY, Kerberos ticket or PROXY_USER/PROXY_PASSWORD
+ *   node examples/proxy.ts <url>           # through HTTPS_PROXY (an http:// url: HTTP_PROXY), Kerberos ticket or PROXY_USER/PROXY_PASSWORD
  */
 import { fetch } from 'undici';
 import { MultilegAgent } from '../src/index.ts';

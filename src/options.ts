@@ -269,9 +269,13 @@ export interface MultilegAgentOptions {
   http1MemoryTtl?: number;
   /**
    * Proxy (H5): a URI, {@link ProxyOptions} (with its own credentials, never the origin's), or `false`
-   * to ignore the environment. Default: `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as undici's
-   * EnvHttpProxyAgent reads them (not `HTTP_PROXY` under CGI: "httpoxy"). https targets go through a CONNECT tunnel; http targets are
-   * forwarded (absolute-form) unless `http: 'tunnel'`.
+   * to ignore the environment. Default: `HTTPS_PROXY` for https targets, `HTTP_PROXY` for http ones,
+   * and `NO_PROXY` (not `HTTP_PROXY` under CGI: "httpoxy"). With `HTTP_PROXY` alone, https targets go
+   * directly, as with curl, .NET and Go — not through that proxy as with undici's EnvHttpProxyAgent
+   * (and this agent before): a proxy named for plain http gets no https host names, proxy
+   * credentials or Negotiate/NTLM unless asked; set `HTTPS_PROXY` too, or pass `proxy`, for that.
+   * https targets go through a CONNECT tunnel; http targets are forwarded (absolute-form) unless
+   * `http: 'tunnel'`.
    */
   proxy?: string | ProxyOptions | false;
   /**

@@ -23,7 +23,7 @@ import {
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { KDC_RECHECK_MS } from '../src/session/origin-memory.ts';
 import { runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
-import { REFUSED_PORT, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { countingRelay, REFUSED_PORT, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const listen = async (server: Server | TcpServer | Http2SecureServer) => {
   server.listen(0, '127.0.0.1');
@@ -353,6 +353,74 @@ describe('multileg: curl options', () => {
     expect([upper.code, upper.stdout]).toEqual([0, '200']);
     const lower = await run(args, { env: { http_proxy: `http://127.0.0.1:${port}` } });
     expect([lower.code, lower.stdout]).toEqual([7, '000']);
+  });
+
+  it("H5: with only http_proxy set, an https:// URL goes directly — the proxy sees no connection — and an http:// URL through it; with https_proxy too, each to its own: as curl, side by side (the command tunnelled https:// through http_proxy's proxy)", async () => {
+    const cleanup: Array<() => Promise<unknown>> = [];
+    const plainProxy = await startReferenceProxy({});
+    const secureProxy = await startReferenceProxy({});
+    cleanup.push(
+      () => plainProxy.close(),
+      () => secureProxy.close(),
+    );
+    try {
+      // Each proxy behind a relay that counts the TCP connections made to it.
+      const plainWire = await countingRelay(plainProxy.port, cleanup);
+      const secureWire = await countingRelay(secureProxy.port, cleanup);
+      const httpsUrl = `${server.origin}/public/h5-direct`;
+      // The reference proxy forwards an http:// URL to the reference server (over TLS).
+      const httpUrl = `http://localhost:${server.port}/public/h5-forwarded`;
+      const args = [
+        '-s',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code} %{http_connect}',
+        '--proxy-cacert',
+        ca,
+        '--cacert',
+        ca,
+      ];
+      const noProxies = Object.fromEntries(
+        Object.entries(process.env).filter(([k]) => !/^(https?|all|no)_proxy$/i.test(k)),
+      );
+      /** What multileg and then curl did with `url` under `env`, and what each proxy saw of each. */
+      const both = async (env: Record<string, string>, url: string) => {
+        const seen = () => [
+          plainWire.connections,
+          plainProxy.exchanges.length,
+          secureWire.connections,
+          secureProxy.exchanges.length,
+        ];
+        const before = seen();
+        const ours = await run([...args, url], { env });
+        const oursSeen = seen().map((n, i) => n - before[i]!);
+        const curl = await runCommand('curl', [...args, url], '', { ...noProxies, ...env });
+        const curlSeen = seen().map((n, i) => n - oursSeen[i]! - before[i]!);
+        return { ours: [ours.code, ours.stdout, ...oursSeen], curl: [curl.code, curl.stdout, ...curlSeen] };
+      };
+      // [exit code, http_code http_connect, connections and requests at http_proxy's, at https_proxy's]
+      const onlyHttp = { http_proxy: plainWire.url };
+      const direct = await both(onlyHttp, httpsUrl);
+      // Before: [0, '200 200', 1, 1, 0, 0], a CONNECT to the proxy named for http.
+      expect(direct.ours).toEqual([0, '200 000', 0, 0, 0, 0]);
+      expect(direct.curl).toEqual(direct.ours);
+      const forwarded = await both(onlyHttp, httpUrl);
+      expect(forwarded.ours).toEqual([0, '200 000', 1, 1, 0, 0]);
+      expect(forwarded.curl).toEqual(forwarded.ours);
+      const each = { http_proxy: plainWire.url, https_proxy: secureWire.url };
+      const tunnelled = await both(each, httpsUrl);
+      expect(tunnelled.ours).toEqual([0, '200 200', 0, 0, 1, 1]);
+      expect(tunnelled.curl).toEqual(tunnelled.ours);
+      const forwardedToo = await both(each, httpUrl);
+      expect(forwardedToo.ours).toEqual([0, '200 000', 1, 1, 0, 0]);
+      expect(forwardedToo.curl).toEqual(forwardedToo.ours);
+      // doctor names the route the request takes.
+      const doctor = await run(['doctor', '--cacert', ca, httpsUrl], { env: onlyHttp });
+      expect(doctor.stdout).toContain('ok    proxy: none: direct connection');
+    } finally {
+      for (const close of cleanup) await close();
+    }
   });
 
   it("H5: ALL_PROXY (all_proxy first) is the proxy where the URL's scheme has no variable of its own, as curl reads them (an empty one is none), NO_PROXY applying to it; doctor reads it too — multileg went straight to the server, past the proxy curl uses (trial u18)", async () => {

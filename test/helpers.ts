@@ -4,7 +4,13 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
-import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
+import {
+  type AddressInfo,
+  createServer as createNetServer,
+  type Server as NetServer,
+  connect as netConnect,
+  type Socket,
+} from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
@@ -217,6 +223,42 @@ export const SCRIPTED_NTLM_CHALLENGE = encodeChallenge({
   avPairs: [{ id: 2, value: Buffer.from('EXAMPLE', 'utf16le') }],
   version: Buffer.alloc(8),
 }).toString('base64');
+
+/**
+ * A TCP relay on loopback to `port` that counts the connections made to it: what reaches a proxy on
+ * the wire before TLS or HTTP (a request that never connects is proved by 0). `url` names it as
+ * `https://localhost:<port>` (the reference proxy's certificate is for localhost); `cleanup` gets
+ * what closes it.
+ */
+export async function countingRelay(
+  port: number,
+  cleanup: Array<() => Promise<unknown>>,
+): Promise<{ readonly url: string; readonly port: number; connections: number }> {
+  const sockets = new Set<Socket>();
+  const relay = createNetServer((client) => {
+    seen.connections++;
+    const upstream = netConnect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+    }
+    client.pipe(upstream).pipe(client);
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+  });
+  relay.listen(0, '127.0.0.1');
+  await once(relay, 'listening');
+  const own = (relay.address() as AddressInfo).port;
+  const seen = { url: `https://localhost:${own}`, port: own, connections: 0 };
+  cleanup.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        relay.close(() => resolve());
+      }),
+  );
+  return seen;
+}
 
 /**
  * Listens on loopback with `server` (a TLS origin of the test certificate) and returns its origin,

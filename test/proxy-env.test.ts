@@ -1,4 +1,4 @@
-/** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as undici reads them. */
+/** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as curl, .NET and Go read them. */
 import { describe, expect, it } from 'vitest';
 import { ConfigError, MultilegAgent, ProxyUrlError } from '../src/index.ts';
 import { authority, ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
@@ -9,19 +9,25 @@ const via = (r: ProxyResolver, origin: string) => {
 };
 
 describe('proxy selection', () => {
-  it('H5: HTTPS_PROXY for https targets, HTTP_PROXY for http ones; https falls back to HTTP_PROXY', () => {
+  it('H5: HTTPS_PROXY for https targets, HTTP_PROXY for http ones; with HTTP_PROXY (or http_proxy) alone https goes directly, as curl, .NET and Go (undici fell back to it)', () => {
     const both = new ProxyResolver(undefined, { HTTPS_PROXY: 'http://secure:3128', HTTP_PROXY: 'http://plain:8080' });
     expect(via(both, 'https://a.example')).toBe('tunnel http://secure:3128');
     expect(via(both, 'http://a.example')).toBe('forward http://plain:8080');
-    const onlyHttp = new ProxyResolver(undefined, { HTTP_PROXY: 'http://plain:8080' });
-    expect(via(onlyHttp, 'https://a.example')).toBe('tunnel http://plain:8080');
+    for (const name of ['HTTP_PROXY', 'http_proxy']) {
+      const onlyHttp = new ProxyResolver(undefined, { [name]: 'http://plain:8080' });
+      // Before: 'tunnel http://plain:8080', the https host name and proxy credentials to a proxy named for http.
+      expect(via(onlyHttp, 'https://a.example'), name).toBe('direct');
+      expect(via(onlyHttp, 'http://a.example'), name).toBe('forward http://plain:8080');
+      // Still a proxy, for setProxyCredentials.
+      expect(onlyHttp.configured).toBe(true);
+    }
     const lower = new ProxyResolver(undefined, { https_proxy: 'http://lower:1', HTTPS_PROXY: 'http://upper:2' });
     expect(via(lower, 'https://a.example')).toBe('tunnel http://lower:1');
     expect(via(new ProxyResolver(undefined, { HTTPS_PROXY: '' }), 'https://a.example')).toBe('direct');
     expect(via(new ProxyResolver(false, { HTTPS_PROXY: 'http://p:1' }), 'https://a.example')).toBe('direct');
   });
 
-  it("H5/S1: under CGI (REQUEST_METHOD set) HTTP_PROXY is ignored, for http targets and as https's fallback: a request's Proxy header sets it (httpoxy); http_proxy and HTTPS_PROXY still count", () => {
+  it("H5/S1: under CGI (REQUEST_METHOD set) HTTP_PROXY is ignored: a request's Proxy header sets it (httpoxy); http_proxy and HTTPS_PROXY still count", () => {
     const cgi = { REQUEST_METHOD: 'GET', HTTP_PROXY: 'http://attacker:8080' };
     expect(via(new ProxyResolver(undefined, cgi), 'http://a.example')).toBe('direct');
     expect(via(new ProxyResolver(undefined, cgi), 'https://a.example')).toBe('direct');
@@ -56,7 +62,8 @@ describe('proxy selection', () => {
   });
 
   it('H5: NO_PROXY: *, exact hosts, suffixes with and without a dot, *.suffix, host:port, case-insensitive', () => {
-    const r = (noProxy: string) => new ProxyResolver(undefined, { HTTP_PROXY: 'http://p:1', NO_PROXY: noProxy });
+    const r = (noProxy: string) =>
+      new ProxyResolver(undefined, { HTTPS_PROXY: 'http://p:1', HTTP_PROXY: 'http://p:1', NO_PROXY: noProxy });
     expect(via(r('*'), 'https://x.test')).toBe('direct');
     expect(via(r('Example.COM'), 'https://example.com')).toBe('direct');
     expect(via(r('example.com'), 'https://www.example.com')).toBe('direct');
@@ -161,11 +168,11 @@ describe('proxy selection', () => {
     expect(via(bad, 'http://a.example')).toBe('forward http://corp:3128');
     expect(via(bad, 'https://intra.test')).toBe('direct');
     expect(() => bad.route('https://a.example')).toThrow(ProxyUrlError);
-    // https falls back to a bad http_proxy, as to a good one.
-    const fallback = new ProxyResolver(undefined, { http_proxy: 'socks5://p:1', NO_PROXY: '*.corp.test' });
-    expect(via(fallback, 'https://www.corp.test')).toBe('direct');
-    expect(() => fallback.route('https://a.example')).toThrow(ProxyUrlError);
-    expect(() => fallback.route('http://a.example')).toThrow(/unsupported proxy protocol socks5: in http_proxy/);
+    // A bad http_proxy fails http:// requests alone: https ones do not read it.
+    const httpOnly = new ProxyResolver(undefined, { http_proxy: 'socks5://p:1', NO_PROXY: '*.corp.test' });
+    expect(via(httpOnly, 'http://www.corp.test')).toBe('direct');
+    expect(via(httpOnly, 'https://a.example')).toBe('direct');
+    expect(() => httpOnly.route('http://a.example')).toThrow(/unsupported proxy protocol socks5: in http_proxy/);
     // Nothing to send credentials to: none configured.
     expect(new ProxyResolver(undefined, { HTTPS_PROXY: ':::' }).configured).toBe(false);
     expect(() => new ProxyResolver({ uri: 'http://[x' }, {})).toThrow(ProxyUrlError);

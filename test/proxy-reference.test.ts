@@ -37,7 +37,7 @@ import {
 } from '../src/reference-server/index.ts';
 import { signalWaiter } from '../src/session/credential-proof.ts';
 import { TICKET_RECHECK_MS } from '../src/session/origin-memory.ts';
-import { ALICE, basic, sleep, until } from './helpers.ts';
+import { ALICE, basic, countingRelay, sleep, until } from './helpers.ts';
 
 /** NTLM that sends NEGOTIATE on the first leg once the origin is known to want it (as Negotiate does). */
 const proactiveNtlm: Mechanism = { ...ntlmMechanism(ALICE), proactive: true };
@@ -403,6 +403,70 @@ describe('authentication through a forward proxy (reference proxy)', () => {
       );
       // Before: two proxies, each its own proof: the wrong password went once for each.
       expect(proxy.exchanges.filter((e) => e.proxyAuthorization)).toHaveLength(1);
+    } finally {
+      for (const n of names) {
+        if (saved[n] === undefined) delete process.env[n];
+        else process.env[n] = saved[n];
+      }
+    }
+  });
+
+  it('H5: with only http_proxy set, an https URL goes directly — the proxy sees no connection, no host name, no credentials — and an http URL still goes through it; with both set, each scheme to its own proxy (as curl, .NET and Go; undici tunnelled https through http_proxy)', async () => {
+    server = await startReferenceServer({ mode: 'session' });
+    const plainProxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    const secureProxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    closers.push(
+      () => plainProxy.close(),
+      () => secureProxy.close(),
+    );
+    // What reaches each proxy on the wire: every TCP connection, before TLS or HTTP.
+    const wire = async (to: ReferenceProxy) => {
+      const seen = await countingRelay(to.port, closers);
+      const url = new URL(seen.url);
+      url.username = 'proxyuser';
+      url.password = 'proxypw';
+      return { seen, url: url.href };
+    };
+    const plain = await wire(plainProxy);
+    const secure = await wire(secureProxy);
+    const names = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'NO_PROXY', 'no_proxy'] as const;
+    const saved = Object.fromEntries(names.map((n) => [n, process.env[n]]));
+    const make = (env: Partial<Record<(typeof names)[number], string>>) => {
+      for (const n of names) delete process.env[n];
+      Object.assign(process.env, env);
+      return new MultilegAgent({ connect: { ca: CA_CERT }, proxy: { connect: { ca: plainProxy.ca } } });
+    };
+    const status = async (a: MultilegAgent, url: string) => {
+      const r = await request(url, { dispatcher: a });
+      await r.body.dump();
+      return r.statusCode;
+    };
+    const httpsUrl = `${server.origin}/public/h5-direct`;
+    const httpUrl = `http://localhost:${server.port}/public/h5-forwarded`;
+    try {
+      for (const name of ['http_proxy', 'HTTP_PROXY'] as const) {
+        agent = make({ [name]: plain.url });
+        // Before: CONNECT localhost:PORT through the http_proxy's proxy, with its Basic password.
+        expect(await status(agent, httpsUrl), name).toBe(200);
+        expect([plain.seen.connections, plainProxy.exchanges.length], name).toEqual([0, 0]);
+        expect(await status(agent, httpUrl), name).toBe(200);
+        // (Its 407 first: the agent's first request to a proxy goes without Basic credentials.)
+        expect(plainProxy.exchanges.map((e) => `${e.method} ${e.target} ${e.status}`)).toEqual([
+          `GET ${httpUrl} 407`,
+          `GET ${httpUrl} 200`,
+        ]);
+        await agent.destroy();
+        plainProxy.exchanges.length = 0;
+        plain.seen.connections = 0;
+      }
+      agent = make({ https_proxy: secure.url, http_proxy: plain.url });
+      expect(await status(agent, httpsUrl)).toBe(200);
+      expect(await status(agent, httpUrl)).toBe(200);
+      const seenBy = (p: ReferenceProxy) => [...new Set(p.exchanges.map((e) => `${e.method} ${e.target}`))];
+      expect(seenBy(secureProxy)).toEqual([`CONNECT localhost:${server.port}`]);
+      expect(seenBy(plainProxy)).toEqual([`GET ${httpUrl}`]);
+      expect(secure.seen.connections).toBeGreaterThan(0);
+      expect(plain.seen.connections).toBeGreaterThan(0);
     } finally {
       for (const n of names) {
         if (saved[n] === undefined) delete process.env[n];

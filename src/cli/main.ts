@@ -48,7 +48,7 @@ async function main(argv: string[]): Promise<number> {
   // What `ps` shows other users: the arguments without their passwords (doctor's too).
   const shown = shownArgv(argv, cmd);
   if (shown) process.title = ['multileg', ...shown].join(' ');
-  // The proxy variables as curl reads them (the agent reads undici's): no HTTP_PROXY ("httpoxy"),
+  // The proxy variables as curl reads them (the agent also reads HTTP_PROXY): no HTTP_PROXY ("httpoxy"),
   // and ALL_PROXY where the URL's scheme has none of its own. This process is the command's.
   curlProxyEnvironment(process.env);
   if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));

@@ -294,7 +294,7 @@ export function program(): Commander.Command {
       .option('--pass <phrase>', 'passphrase of an encrypted key')
       .option(
         '-x, --proxy <url>',
-        'proxy (http://host:port); default HTTPS_PROXY / http_proxy, else ALL_PROXY; "" for none; one that is not a URL exits 5, another scheme than http(s) (socks5://) 7, as curl',
+        'proxy (http://host:port); default https_proxy / HTTPS_PROXY for https:// URLs, http_proxy for http:// ones, else ALL_PROXY; "" for none; one that is not a URL exits 5, another scheme than http(s) (socks5://) 7, as curl',
       )
       .option(
         '--proxy-cacert <file>',

@@ -1,6 +1,6 @@
 /**
  * The proxy environment variables as curl reads them, written into this process's environment,
- * which the agent (undici's rules: HTTPS_PROXY / HTTP_PROXY / NO_PROXY) then reads.
+ * which the agent then reads (HTTPS_PROXY for https:// URLs alone, HTTP_PROXY for http://, NO_PROXY).
  */
 
 /** The variables curl reads for proxies (lib/url.c's detect_proxy, lib/noproxy.c). */
@@ -14,7 +14,7 @@ const PROXY_VARIABLES = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'all_proxy'
 let copied: { readonly from: string; readonly into: ReadonlySet<string> } | undefined;
 
 /**
- * curl's rules where they differ from undici's: no upper-case `HTTP_PROXY` (under CGI it is the
+ * curl's rules where they differ from the agent's: no upper-case `HTTP_PROXY` (under CGI it is the
  * request's own `Proxy` header, "httpoxy"); an empty variable is none (curl's getenv), so it does
  * not hide its other spelling; and `all_proxy`, then `ALL_PROXY`, for a URL scheme whose own
  * variables name no proxy. `NO_PROXY` applies to it as to the others.

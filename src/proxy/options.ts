@@ -1,6 +1,6 @@
 /**
  * Proxy options and where a request goes (H5): the `proxy` option, or `HTTPS_PROXY` / `HTTP_PROXY` /
- * `NO_PROXY` read the way undici's EnvHttpProxyAgent reads them.
+ * `NO_PROXY` read as curl, .NET and Go read them (https targets: `HTTPS_PROXY` alone).
  */
 import { BlockList, isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
@@ -34,8 +34,10 @@ export interface ProxyOptions {
   /**
    * `http://host:port` or `https://host:port` (TLS to the proxy). `user:password@` in it become
    * `credentials`. Default: `HTTPS_PROXY` for https targets, `HTTP_PROXY` for http ones (and
-   * `NO_PROXY`), as undici's EnvHttpProxyAgent reads them; not `HTTP_PROXY` under CGI
-   * (`REQUEST_METHOD` set), where a request's `Proxy` header sets it ("httpoxy").
+   * `NO_PROXY`); not `HTTP_PROXY` under CGI (`REQUEST_METHOD` set), where a request's `Proxy` header
+   * sets it ("httpoxy"). With `HTTP_PROXY` alone, https targets go directly, as with curl, .NET and
+   * Go (undici's EnvHttpProxyAgent sends them to `HTTP_PROXY`'s proxy, as this agent did): set
+   * `HTTPS_PROXY` too, or give `uri`, to send them through that proxy.
    */
   readonly uri?: string;
   /**
@@ -534,9 +536,10 @@ type Env = Readonly<Record<string, string | undefined>>;
 /**
  * Decides, per origin, whether and how to go through a proxy. With no `proxy` option the proxies come
  * from the environment when the agent is created (`https_proxy`/`HTTPS_PROXY` for https targets,
- * falling back to `http_proxy`/`HTTP_PROXY`; `http_proxy`/`HTTP_PROXY` for http), and `no_proxy`/
- * `NO_PROXY` is re-read when it changes — as undici's EnvHttpProxyAgent does; but not `HTTP_PROXY`
- * under CGI (`REQUEST_METHOD` set), where a request sets it ("httpoxy").
+ * none of them: directly, as curl, .NET and Go — undici falls back to `http_proxy`; `http_proxy`/
+ * `HTTP_PROXY` for http), and `no_proxy`/`NO_PROXY` is re-read when it changes, as undici's
+ * EnvHttpProxyAgent does; but not `HTTP_PROXY` under CGI (`REQUEST_METHOD` set), where a request
+ * sets it ("httpoxy").
  */
 export class ProxyResolver {
   readonly #http: ResolvedProxy | undefined;
@@ -609,7 +612,10 @@ export class ProxyResolver {
       // password is refused once, not once per variable; one ProvedIdentity (S6).
       const same = http && https && sameUrl(http, https);
       const httpProxy = http ? fromEnv(http, same ? `${httpsName} and ${httpName}` : httpName) : undefined;
-      const httpsProxy = same ? httpProxy : https ? fromEnv(https, httpsName) : httpProxy;
+      // An https target goes through https_proxy alone, else directly, as curl, .NET and Go read
+      // these (undici falls back to http_proxy): a proxy named for plain http is not given an https
+      // request's host name, nor the proxy credentials and Negotiate/NTLM that go with it.
+      const httpsProxy = same ? httpProxy : https ? fromEnv(https, httpsName) : undefined;
       [this.#http, this.#unusableHttp] = httpProxy instanceof ProxyUrlError ? [undefined, httpProxy] : [httpProxy];
       [this.#https, this.#unusableHttps] = httpsProxy instanceof ProxyUrlError ? [undefined, httpsProxy] : [httpsProxy];
       this.#fixedNoProxy = o.noProxy;
