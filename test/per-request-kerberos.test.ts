@@ -6,7 +6,7 @@
  * lab's KDC and keytab) behind a small HTTP/2 server that answers an authenticated request only
  * once HELD of them are in flight together: with the cap applied to them (4), it never would.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
@@ -24,6 +24,7 @@ import {
   CredCache,
   GssCallError,
   GssClient,
+  gssCacheCopies,
   gssHandshakesInFlight,
   SLOW_SYNC_CALL_MS,
   SYNC_TICKET_MARGIN_MS,
@@ -36,7 +37,7 @@ import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-p
 import { SPREAD_ROOM } from '../src/session/origin-pool.ts';
 import { get, many, type Rig, rig } from './helpers.ts';
 import { eachRequest, hostile } from './hostile-proxy.ts';
-import { freePort, type Lab, PYTHON, requirePeer, startLab, waitForPort } from './lab/index.ts';
+import { CAROL, freePort, type Lab, PYTHON, requirePeer, startLab, waitForPort } from './lab/index.ts';
 
 const havePeers = requirePeer('kdc', 'kerberos-addon');
 const haveBinding = requirePeer('kdc', 'gss-binding');
@@ -682,6 +683,54 @@ describe.skipIf(!haveBindingAndAcceptor)(
       // Still held while the worker has it; let go once its step is over.
       expect(cache.holders).toBe(2);
       await vi.waitFor(() => expect(cache.holders).toBe(1));
+    });
+
+    it('C4/S6: in a stream of first steps the kept credential moves to a MEMORY copy of its FILE ccache (MIT reads a file whole, under a lock, several times a step): tickets got meanwhile stay in the copy; a kinit as another principal, or a kdestroy, is seen by the very next context, and the retired copy is destroyed once unused', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'copied.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      // Two first steps in a row: a stream. Before the next context is made ahead, the copy.
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.ahead).toBe(true));
+      expect(cache.copied).toBe(true);
+      expect(gssCacheCopies()).toBe(copiesBefore + 1);
+      const fromCopy = await GssClient.create('HTTP@localhost', o);
+      expect(fromCopy.keptCredential).toBe(true);
+      expect((await handshake(fromCopy)).call).toBe('ahead');
+      // A service ticket the copy's credential gets (a TGS-REQ) goes to the copy, not the file: the
+      // token was made from the copy. (Made from the file, MIT stores the ticket there.)
+      const klist = () => execFileSync('klist', ['-c', `FILE:${path}`], { env: realm.toolEnv, encoding: 'utf8' });
+      expect(klist()).not.toContain('HTTP/intranet.example.test');
+      const intranet = await GssClient.create('HTTP@intranet.example.test', o);
+      expect(carriesKerberosApReq((await intranet.step(''))!)).toBe(true);
+      intranet.dispose();
+      expect(klist()).not.toContain('HTTP/intranet.example.test');
+      expect(cache.copied).toBe(true);
+
+      // S6: a kinit as another principal into the file retires the copy at the next context: that
+      // context is carol's, not one more of alice's from the copy.
+      await realm.kinit({ ccache: `FILE:${path}`, principal: CAROL.principal, password: CAROL.password });
+      const carol = await GssClient.create('HTTP@localhost', o);
+      expect(carol.username).toBe(CAROL.principal);
+      expect(cache.copied).toBe(false);
+      carol.dispose();
+      // Nothing uses alice's copy any more: destroyed (its tickets freed).
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+
+      // S6: a kdestroy is seen by the next context too: no token from a copy of what was destroyed.
+      // (A new CredCache: the one above keeps carol's credential, acquired from the file itself.)
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const again = new CredCache();
+      const o2 = options(again, { ccache: `FILE:${path}` });
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o2));
+      await vi.waitFor(() => expect(again.copied).toBe(true));
+      execFileSync('kdestroy', ['-c', `FILE:${path}`], { env: realm.toolEnv });
+      await expect(GssClient.create('HTTP@localhost', o2)).rejects.toThrow(GssCallError);
+      expect(again.copied).toBe(false);
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
     });
 
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {

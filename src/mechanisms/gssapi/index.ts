@@ -7,6 +7,7 @@
  * event loop, which is cheaper (see docs/ARCHITECTURE.md, "Blocking").
  */
 
+import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import {
   callAsync,
@@ -28,7 +29,16 @@ import {
   statusText,
   takeBuffer,
 } from './ffi.ts';
-import { cacheHolds, dropServiceTicket, type NameLookupProfile, nameLookupProfile, type TicketCache } from './krb5.ts';
+import {
+  type CacheCopy,
+  cacheHolds,
+  copyFileCache,
+  destroyCacheCopy,
+  dropServiceTicket,
+  type NameLookupProfile,
+  nameLookupProfile,
+  type TicketCache,
+} from './krb5.ts';
 
 export {
   GSS_WORKER_CALLS,
@@ -140,22 +150,68 @@ interface SharedCred {
    * Never filled for a keytab credential (MIT may renew its TGT inside `gss_init_sec_context`).
    */
   readonly tickets?: Map<string, number>;
+  /** The MEMORY copy it was acquired from, if it was (see CredCache's #adoptCopy). */
+  readonly copy?: Copy;
+}
+
+/**
+ * A CredCache's MEMORY copy of its FILE ccache ({@link copyFileCache}), and the file as it was when
+ * copied: any change to it (a kinit, a kdestroy, a ticket another process stored) retires the copy.
+ */
+interface Copy extends CacheCopy {
+  /** Credentials acquired from it and not released yet. */
+  users: number;
+  /** No longer used for new credentials: destroyed once the last user lets go. */
+  retired: boolean;
+}
+
+/** The file's identity, size and modification time (ns), or undefined when it is gone. */
+function fileStamp(path: string): string | undefined {
+  const st = statSync(path, { bigint: true, throwIfNoEntry: false });
+  return st && `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/** MEMORY copies made and not destroyed yet, process-wide. */
+let liveCopies = 0;
+
+/** How many MEMORY ccache copies exist (for tests and diagnostics): each is destroyed once retired and unused. */
+export const gssCacheCopies = (): number => liveCopies;
+
+function destroyCopy(g: GssFunctions, copy: Copy): void {
+  liveCopies -= 1;
+  destroyCacheCopy(g, copy.name);
+}
+
+function retire(g: GssFunctions, copy: Copy): void {
+  copy.retired = true;
+  if (copy.users === 0) destroyCopy(g, copy);
+}
+
+/** A credential acquired from `copy` is released. */
+function unuse(g: GssFunctions, copy: Copy): void {
+  copy.users -= 1;
+  if (copy.retired && copy.users === 0) destroyCopy(g, copy);
 }
 
 function letGo(g: GssFunctions, shared: SharedCred): void {
   shared.holders -= 1;
-  if (shared.holders === 0) g.releaseCred([0], [shared.handle]);
+  if (shared.holders > 0) return;
+  g.releaseCred([0], [shared.handle]);
+  if (shared.copy) unuse(g, shared.copy);
 }
 
 /** What a CredCache holds, apart from the cache itself (so that its finalizer can free it). */
 interface CredSlot {
   g?: GssFunctions;
   shared?: SharedCred;
+  /** The copy new credentials are acquired from while its file stays as it was. */
+  copy?: Copy;
   until: number;
 }
 
 const credCaches = new FinalizationRegistry<CredSlot>((slot) => {
   if (slot.g && slot.shared) letGo(slot.g, slot.shared);
+  if (slot.g && slot.copy) retire(slot.g, slot.copy);
 });
 
 /**
@@ -188,7 +244,7 @@ export class CredCache {
   take(now: number): SharedCred | undefined {
     const slot = this.#slot;
     if (!slot.shared || now >= slot.until) {
-      this.drop();
+      this.#release();
       return undefined;
     }
     slot.shared.holders += 1;
@@ -197,7 +253,7 @@ export class CredCache {
 
   /** Keeps `shared` for CRED_REUSE_MS, or `lifetimeMs` if that is shorter. */
   keep(g: GssFunctions, shared: SharedCred, now: number, lifetimeMs: number): void {
-    this.drop();
+    this.#release();
     shared.holders += 1;
     Object.assign(this.#slot, { g, shared, until: now + Math.min(CRED_REUSE_MS, lifetimeMs) });
     this.#heldUntil = now + HOLDER_RECHECK_MS;
@@ -209,6 +265,9 @@ export class CredCache {
    * once every HOLDER_RECHECK_MS; never for a keytab credential (it is the keytab's principal's).
    */
   recheck(now: number, g: GssFunctions, o: GssClientOptions): void {
+    // A copy's file changed (a kinit, a kdestroy, a ticket stored): at once, one stat a context.
+    const copy = this.#slot.copy;
+    if (copy && fileStamp(copy.path) !== copy.stamp) this.drop();
     const shared = this.#slot.shared;
     if (!shared || now < this.#heldUntil || o.keytab) return;
     this.#heldUntil = now + HOLDER_RECHECK_MS;
@@ -220,12 +279,56 @@ export class CredCache {
     if (this.#slot.shared?.username === username) this.drop();
   }
 
+  /** Drops the kept credential, a context made ahead, and the copy they came from (the next are acquired from the ccache). */
   drop(): void {
+    this.#release();
+    const slot = this.#slot;
+    if (slot.g && slot.copy) retire(slot.g, slot.copy);
+    slot.copy = undefined;
+  }
+
+  /** Lets go of the kept credential and a context made ahead; the copy stays for the next credential. */
+  #release(): void {
     const slot = this.#slot;
     if (slot.g && slot.shared) letGo(slot.g, slot.shared);
     slot.shared = undefined;
     this.#ahead?.client.dispose();
     this.#ahead = undefined;
+  }
+
+  /** The copy a new credential is acquired from (see #adoptCopy); undefined when none or its file changed. */
+  currentCopy(): Copy | undefined {
+    const copy = this.#slot.copy;
+    if (copy && fileStamp(copy.path) !== copy.stamp) this.drop();
+    return this.#slot.copy;
+  }
+
+  /**
+   * Moves the kept credential, acquired from a FILE ccache, onto a MEMORY copy of that file (in a
+   * stream of first steps, before the next is made ahead): MIT reads a FILE ccache whole, under a
+   * lock, several times in every `gss_init_sec_context`, the copy in place (docs/PERFORMANCE.md). New credentials come from the copy while the file stays as it was;
+   * any change to it retires the copy at the next context (recheck), so a kinit, kdestroy or
+   * kswitch is seen at once (S6). Tickets GSS-API gets meanwhile go to the copy alone. Not for a
+   * keytab credential, nor a cache that is no file (a keyring, KCM, a DIR collection's).
+   */
+  #adoptCopy(o: GssClientOptions, now: number): void {
+    const { g, shared } = this.#slot;
+    if (!g || !shared?.tickets || shared.copy || o.keytab) return;
+    const made = copyFileCache(g, cacheOf(o, shared.username), fileStamp);
+    if (!made) return;
+    liveCopies += 1;
+    const copy: Copy = { ...made, users: 0, retired: false };
+    const held = acquireSync(g, o, copy.name);
+    if (!held || held.username !== shared.username || held.lifetime <= 1) {
+      if (held) g.releaseCred([0], [held.cred]);
+      destroyCopy(g, copy);
+      return;
+    }
+    copy.users = 1;
+    if (this.#slot.copy) retire(g, this.#slot.copy);
+    const next = { handle: held.cred, username: held.username, holders: 0, tickets: new Map(shared.tickets), copy };
+    this.keep(g, next, now, (held.lifetime - 1) * 1000);
+    this.#slot.copy = copy;
   }
 
   /** Whether first steps for `spn` with its ticket cached were seen to be quick (never blocked). */
@@ -240,6 +343,11 @@ export class CredCache {
     } else if (!this.#speed.has(spn)) {
       this.#speed.set(spn, 'fast');
     }
+  }
+
+  /** Whether new credentials come from a MEMORY copy of the ccache (see #adoptCopy). */
+  get copied(): boolean {
+    return this.#slot.copy !== undefined;
   }
 
   /** Whether a context made ahead is waiting. */
@@ -265,6 +373,7 @@ export class CredCache {
     this.#making = true;
     // After the current request has been written.
     setImmediate(() => {
+      this.#adoptCopy(o, Date.now());
       GssClient.create(spn, o, { keptOnly: true })
         .then((client) => {
           if (!client) return;
@@ -480,51 +589,47 @@ export class GssClient {
       h.target = importName(g, spn, NT_HOSTBASED_SERVICE);
       if (o.principal) h.name = importName(g, o.principal, NT_USER_NAME);
       if (kept) return new GssClient(g, h, o, kept.username, spn, true);
-      const store: Array<{ key: string; value: string }> = [];
-      if (o.keytab) store.push({ key: 'client_keytab', value: o.keytab });
-      if (o.ccache) store.push({ key: 'ccache', value: o.ccache });
+      // The copy of the ccache the credential cache keeps in a stream, while its file is unchanged.
+      // Held from here (not destroyed if retired meanwhile); a credential from it is shared even when
+      // not kept, so that the copy is destroyed only once its users let go.
+      const copy = o.keytab ? undefined : o.credCache?.currentCopy();
+      if (copy) copy.users += 1;
       const minor = [0];
       const cred: [GssHandle] = [null];
-      // Raw Kerberos acquires for Kerberos alone (S6): for every mechanism, a principal without a
-      // ticket still gets a credential (gss-ntlmssp's), and MIT's Kerberos context on a credential
-      // without a Kerberos element takes the default ticket — another principal's.
-      const mechs = o.mech === 'kerberos' ? { count: 1, elements: [MECH_KRB5] } : null;
-      // A keytab acquire may send an AS-REQ to the KDC: off the event loop.
-      const major = await callAsync(
-        g.acquireCredFrom,
-        [
-          minor,
-          h.name ?? null,
-          GSS_C_INDEFINITE,
-          mechs,
-          GSS_C_INITIATE,
-          store.length ? { count: store.length, elements: store } : null,
-          cred,
-          null,
-          [0],
-        ],
-        only ? undefined : o.gaveUp,
-        only ? undefined : o.onCall,
-      );
-      if (isGssError(major)) {
-        throw new GssCallError('gss_acquire_cred_from', major, minor[0]!, statusText(g, major, minor[0]!, MECH_KRB5));
+      let major: number;
+      try {
+        // A keytab acquire may send an AS-REQ to the KDC: off the event loop.
+        major = await callAsync(
+          g.acquireCredFrom,
+          acquireArgs(o, h.name, copy?.name ?? o.ccache, cred, minor),
+          only ? undefined : o.gaveUp,
+          only ? undefined : o.onCall,
+        );
+        if (isGssError(major)) {
+          throw new GssCallError('gss_acquire_cred_from', major, minor[0]!, statusText(g, major, minor[0]!, MECH_KRB5));
+        }
+      } catch (e) {
+        if (copy) {
+          unuse(g, copy);
+          // The next context acquires from the ccache itself.
+          if (!copy.retired) o.credCache?.drop();
+        }
+        throw e;
       }
       h.cred = cred[0];
-      // SPNEGO would otherwise offer every installed mech (gss-ntlmssp would answer with NTLM from
-      // NTLM_USER_FILE); NTLM is ours, in TypeScript, so SPNEGO here negotiates Kerberos only. (A
-      // Kerberos-only credential has no SPNEGO element to tell.)
-      if (!mechs) {
-        const negMajor = g.setNegMechs(minor, h.cred, { count: 1, elements: [MECH_KRB5] }) as number;
-        if (isGssError(negMajor)) {
-          throw new GssCallError('gss_set_neg_mechs', negMajor, minor[0]!, statusText(g, negMajor, minor[0]!, null));
-        }
-      }
       const { name: username, lifetime } = inquireCredential(g, h.cred);
       // Kept no longer than its tickets last (a keytab credential is then acquired anew, with a new ticket).
-      if (o.credCache && lifetime > 1) {
-        h.shared = { handle: h.cred, username, holders: 1, ...(o.keytab ? {} : { tickets: new Map() }) };
-        o.credCache.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
+      if (o.credCache && (lifetime > 1 || copy)) {
+        h.shared = {
+          handle: h.cred,
+          username,
+          holders: 1,
+          ...(o.keytab ? {} : { tickets: new Map() }),
+          ...(copy ? { copy } : {}),
+        };
       }
+      kerberosOnly(g, o, h.cred);
+      if (h.shared && lifetime > 1) o.credCache?.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
       return new GssClient(g, h, o, username, spn);
     } catch (e) {
       release(g, h);
@@ -760,6 +865,65 @@ function kerberosName(g: GssFunctions, name: GssHandle): string {
  */
 /** MIT SPNEGO's text when none of its mechanisms (here: Kerberos alone) had a credential. */
 const SPNEGO_NO_MECHANISM = /SPNEGO cannot find mechanisms to negotiate/;
+
+/**
+ * `gss_acquire_cred_from`'s arguments: from `ccache` (or the default cache) and `o.keytab`. Raw
+ * Kerberos acquires for Kerberos alone (S6): for every mechanism, a principal without a ticket still
+ * gets a credential (gss-ntlmssp's), and MIT's Kerberos context on a credential without a Kerberos
+ * element takes the default ticket — another principal's.
+ */
+function acquireArgs(
+  o: GssClientOptions,
+  name: GssHandle | undefined,
+  ccache: string | undefined,
+  cred: [GssHandle],
+  minor: number[],
+): unknown[] {
+  const store: Array<{ key: string; value: string }> = [];
+  if (o.keytab) store.push({ key: 'client_keytab', value: o.keytab });
+  if (ccache) store.push({ key: 'ccache', value: ccache });
+  const mechs = o.mech === 'kerberos' ? { count: 1, elements: [MECH_KRB5] } : null;
+  const from = store.length ? { count: store.length, elements: store } : null;
+  return [minor, name ?? null, GSS_C_INDEFINITE, mechs, GSS_C_INITIATE, from, cred, null, [0]];
+}
+
+/**
+ * SPNEGO would otherwise offer every installed mech (gss-ntlmssp would answer with NTLM from
+ * NTLM_USER_FILE); NTLM is ours, in TypeScript, so SPNEGO here negotiates Kerberos only. (A
+ * Kerberos-only credential has no SPNEGO element to tell.)
+ */
+function kerberosOnly(g: GssFunctions, o: GssClientOptions, cred: GssHandle): void {
+  if (o.mech === 'kerberos') return;
+  const minor = [0];
+  const major = g.setNegMechs(minor, cred, { count: 1, elements: [MECH_KRB5] }) as number;
+  if (isGssError(major)) {
+    throw new GssCallError('gss_set_neg_mechs', major, minor[0]!, statusText(g, major, minor[0]!, null));
+  }
+}
+
+/**
+ * A credential from the MEMORY ccache `ccache` (see CredCache's #adoptCopy), acquired on the
+ * event loop: it reads memory, never a KDC. Undefined where it fails (the caller keeps what it has).
+ */
+function acquireSync(
+  g: GssFunctions,
+  o: GssClientOptions,
+  ccache: string,
+): { cred: GssHandle; username: string; lifetime: number } | undefined {
+  const name = o.principal ? importName(g, o.principal, NT_USER_NAME) : undefined;
+  const cred: [GssHandle] = [null];
+  try {
+    if (isGssError(g.acquireCredFrom(...acquireArgs(o, name, ccache, cred, [0])) as number)) return undefined;
+    kerberosOnly(g, o, cred[0]);
+    const { name: username, lifetime } = inquireCredential(g, cred[0]);
+    return { cred: cred[0], username, lifetime };
+  } catch {
+    if (cred[0]) g.releaseCred([0], cred);
+    return undefined;
+  } finally {
+    if (name) g.releaseName([0], [name]);
+  }
+}
 
 /**
  * Why a client keytab gave SPNEGO no Kerberos credential. Under SPNEGO the credential is acquired

@@ -20,6 +20,12 @@ interface Krb5Functions {
   ccClose: (...a: unknown[]) => unknown;
   ccGetPrincipal: (...a: unknown[]) => unknown;
   ccRemoveCred: (...a: unknown[]) => unknown;
+  ccGetType: (...a: unknown[]) => unknown;
+  ccGetName: (...a: unknown[]) => unknown;
+  ccNewUnique: (...a: unknown[]) => unknown;
+  ccInitialize: (...a: unknown[]) => unknown;
+  ccCopyCreds: (...a: unknown[]) => unknown;
+  ccDestroy: (...a: unknown[]) => unknown;
   parseName: (...a: unknown[]) => unknown;
   principalCompare: (...a: unknown[]) => unknown;
   freePrincipal: (...a: unknown[]) => unknown;
@@ -69,6 +75,14 @@ function load(g: GssFunctions): Krb5Functions | null {
       ccRemoveCred: f(
         'int32_t krb5_cc_remove_cred(krb5_context ctx, krb5_ccache cc, int32_t flags, const krb5_creds_match *creds)',
       ),
+      ccGetType: f('const char *krb5_cc_get_type(krb5_context ctx, krb5_ccache cc)'),
+      ccGetName: f('const char *krb5_cc_get_name(krb5_context ctx, krb5_ccache cc)'),
+      ccNewUnique: f(
+        'int32_t krb5_cc_new_unique(krb5_context ctx, const char *type, const char *hint, _Out_ krb5_ccache *cc)',
+      ),
+      ccInitialize: f('int32_t krb5_cc_initialize(krb5_context ctx, krb5_ccache cc, krb5_principal p)'),
+      ccCopyCreds: f('int32_t krb5_cc_copy_creds(krb5_context ctx, krb5_ccache from, krb5_ccache to)'),
+      ccDestroy: f('int32_t krb5_cc_destroy(krb5_context ctx, krb5_ccache cc)'),
       parseName: f('int32_t krb5_parse_name(krb5_context ctx, const char *name, _Out_ krb5_principal *p)'),
       principalCompare: f('uint32_t krb5_principal_compare(krb5_context ctx, krb5_principal a, krb5_principal b)'),
       freePrincipal: f('void krb5_free_principal(krb5_context ctx, krb5_principal p)'),
@@ -174,6 +188,64 @@ export function dropServiceTicket(g: GssFunctions, where: TicketCache, service: 
       return dropped;
     }) ?? false
   );
+}
+
+/** A private in-memory copy of a FILE ccache (see {@link copyFileCache}). */
+export interface CacheCopy {
+  /** `MEMORY:…`: what `gss_acquire_cred_from` is given instead of the file. */
+  readonly name: string;
+  /** The file it was copied from. */
+  readonly path: string;
+  /** The file's state (its `stampOf`) just before it was copied. */
+  readonly stamp: string;
+}
+
+/**
+ * Copies `where.client`'s FILE ccache into a new MEMORY ccache of this process, with the file's
+ * `stampOf` taken just before. MIT reads a FILE
+ * ccache whole, under a lock, several times in every `gss_init_sec_context` (~60 system calls for a
+ * first step); a MEMORY one is read in place. Undefined when the cache is not a FILE one (a
+ * keyring, KCM, a DIR collection: left as they are), is not `where.client`'s, or cannot be copied.
+ * Never throws.
+ */
+export function copyFileCache(
+  g: GssFunctions,
+  where: TicketCache,
+  stampOf: (path: string) => string | undefined,
+): CacheCopy | undefined {
+  return inClientCache(g, where, undefined, (k, ctx, cc, client) => {
+    if (k.ccGetType(ctx, cc) !== 'FILE') return undefined;
+    const path = k.ccGetName(ctx, cc) as string;
+    // Before the copy: a change made while it is copied is then seen as one.
+    const stamp = stampOf(path);
+    if (stamp === undefined) return undefined;
+    const mem: [unknown] = [null];
+    if (k.ccNewUnique(ctx, 'MEMORY', null, mem) !== 0 || !mem[0]) return undefined;
+    const name = `MEMORY:${k.ccGetName(ctx, mem[0]) as string}`;
+    if (k.ccInitialize(ctx, mem[0], client) !== 0 || k.ccCopyCreds(ctx, cc, mem[0]) !== 0) {
+      k.ccDestroy(ctx, mem[0]);
+      return undefined;
+    }
+    // Closing a MEMORY handle keeps the cache (and its tickets) until it is destroyed.
+    k.ccClose(ctx, mem[0]);
+    return { name, path, stamp };
+  });
+}
+
+/** Destroys a MEMORY ccache {@link copyFileCache} made (its tickets freed). Never throws. */
+export function destroyCacheCopy(g: GssFunctions, name: string): void {
+  const k = load(g);
+  if (!k) return;
+  const ctx: [unknown] = [null];
+  if (k.initContext(ctx) !== 0) return;
+  try {
+    const cc: [unknown] = [null];
+    if (k.ccResolve(ctx[0], name, cc) === 0 && cc[0]) k.ccDestroy(ctx[0], cc[0]);
+  } catch {
+    // nothing to free
+  } finally {
+    k.freeContext(ctx[0]);
+  }
 }
 
 /**
