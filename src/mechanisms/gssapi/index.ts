@@ -228,6 +228,8 @@ export class CredCache {
   #lastFirst = Number.NEGATIVE_INFINITY;
   /** Until when the kept credential's cache is known to hold its principal (see {@link recheck}). */
   #heldUntil = 0;
+  /** The ccache could not be copied (see #adoptCopy): its credentials come from it as they are. */
+  #noCopy = false;
   /** SPN → whether a first step with its ticket cached was seen to be quick (`fast`) or to block. */
   readonly #speed = new Map<string, 'fast' | 'slow'>();
 
@@ -313,9 +315,13 @@ export class CredCache {
    */
   #adoptCopy(o: GssClientOptions, now: number): void {
     const { g, shared } = this.#slot;
-    if (!g || !shared?.tickets || shared.copy || o.keytab) return;
+    if (!g || !shared?.tickets || shared.copy || o.keytab || this.#noCopy) return;
     const made = copyFileCache(g, cacheOf(o, shared.username), fileStamp);
-    if (!made) return;
+    // Not a FILE ccache (a keyring, KCM): not asked again at every first step (KCM: a socket round trip).
+    if (!made) {
+      this.#noCopy = true;
+      return;
+    }
     liveCopies += 1;
     const copy: Copy = { ...made, users: 0, retired: false };
     const held = acquireSync(g, o, copy.name);
