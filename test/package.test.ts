@@ -321,6 +321,14 @@ describe('the packed package in a fresh app', () => {
       expect(caches().filter((name) => !name.startsWith(`main-${basename(file).split('-')[1]}-`))).toEqual([
         'main-writing.v8.2.tmp',
       ]);
+      // Its first line kept (what the runs that made it exercised, this run's too) and V8's part
+      // rejected: made anew all the same, as the names say nothing of code V8 did not take.
+      const named = readFileSync(file);
+      const line = named.indexOf(0x0a) + 1;
+      const garbled = Buffer.concat([named.subarray(0, line), Buffer.alloc(named.length - line, 7)]);
+      writeFileSync(file, garbled, { mode: 0o600 });
+      await request();
+      expect(readFileSync(file).equals(garbled)).toBe(false);
       // A valid cache that another user owns, or that others can write, is not read (cached code runs
       // as this user): the run makes its own in its place.
       const valid = readFileSync(file);
@@ -341,6 +349,59 @@ describe('the packed package in a fresh app', () => {
       chmodSync(dir, 0o777);
       await request();
       expect(statSync(dir).mode & 0o022).toBe(0);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('S2: the code cache follows what the runs use: one made by an unauthenticated request is made again, once, by an NTLM request (whose functions it lacked), then neither further NTLM nor unauthenticated requests make it again; runs that alternate (HTTP/1.1, HTTP/2) make it again once, not at each switch', async () => {
+    const multileg = join(app, 'node_modules/.bin/multileg');
+    const server = await startReferenceServer({ mode: 'session', schemes: ['NTLM'] });
+    const home = mkdtempSync(join(tmpdir(), 'multileg-grow-'));
+    const dir = join(home, 'multileg/code-cache');
+    try {
+      const ca = join(home, 'ca.pem');
+      writeFileSync(ca, server.ca);
+      const request = async (auth: string[], path: string) => {
+        const r = await runCommand(
+          process.execPath,
+          [multileg, '--cacert', ca, ...auth, `${server.origin}${path}`],
+          '',
+          {
+            ...env,
+            XDG_CACHE_HOME: home,
+          },
+        );
+        expect(r.code, r.stderr).toBe(0);
+      };
+      const unauthenticated = () => request([], '/public/grow');
+      const ntlm = () => request(['-u', 'EXAMPLE\\alice:alicepw'], '/auth/grow');
+      const cache = () => {
+        const names = readdirSync(dir);
+        expect(names).toEqual([expect.stringMatching(/^main-\w+-v\d+\.\d+\.\d+-\w+\.v8$/)]);
+        return statSync(join(dir, names[0]!));
+      };
+      await unauthenticated();
+      const first = cache();
+      await ntlm();
+      // Written anew (renamed in: another inode), with the NTLM request's functions beside the first's.
+      const grown = cache();
+      expect(grown.ino).not.toBe(first.ino);
+      expect(grown.size).toBeGreaterThan(first.size);
+      for (const next of [ntlm, unauthenticated, ntlm, unauthenticated]) {
+        await next();
+        expect(cache()).toMatchObject({ ino: grown.ino, mtimeMs: grown.mtimeMs, size: grown.size });
+      }
+      // Runs that each do what the other does not (HTTP/1.1, HTTP/2): the one new to the cache makes
+      // it again, once; it keeps both, so they can alternate without making it again at each switch.
+      const http1 = () => request(['--http1.1', '-u', 'EXAMPLE\\alice:alicepw'], '/auth/grow');
+      await http1();
+      const both = cache();
+      expect(both.ino).not.toBe(grown.ino);
+      for (const next of [ntlm, http1, unauthenticated, http1, ntlm]) {
+        await next();
+        expect(cache()).toMatchObject({ ino: both.ino, mtimeMs: both.mtimeMs, size: both.size });
+      }
     } finally {
       await server.close();
     }

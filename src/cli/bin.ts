@@ -36,5 +36,5 @@ async function runCommand(): Promise<void> {
   }
   const { runCached } = await import('./code-cache.ts');
   const command = runCached<typeof import('./main.ts')>(fileURLToPath(new URL(script, import.meta.url)));
-  if ((await command.exports.runCommand()) === 0) command.save();
+  if ((await command.exports.runCommand()) === 0) command.save(command.exports.exercised());
 }

@@ -34,6 +34,19 @@ const EXIT_GRACE_MS = 200;
 /** The run's state file, once made: its locks are taken away when a signal ends the command. */
 let refusalFile: RefusalFile | undefined;
 
+/** What the run exercised so far: see {@link exercised}. */
+const ran = new Set<string>();
+
+/**
+ * What this run exercised, as names (the long options given; `doctor`; each handshake's scheme,
+ * the proxy's apart and whether Kerberos fell back; each leg's target, protocol and status class),
+ * each a stand-in for code it ran: the code cache is made again when a run exercised what the runs
+ * that made it did not (code-cache.ts). Names only, never a value (no URL, user or file).
+ */
+export function exercised(): readonly string[] {
+  return [...ran];
+}
+
 async function main(argv: string[]): Promise<number> {
   // SIGTERM (a container's stop: PID 1 has no default action), SIGINT, SIGHUP: locks released, then
   // the command dies by the signal, as curl does (exit.ts).
@@ -51,9 +64,14 @@ async function main(argv: string[]): Promise<number> {
   // The proxy variables as curl reads them (the agent also reads HTTP_PROXY): no HTTP_PROXY ("httpoxy"),
   // and ALL_PROXY where the URL's scheme has none of its own. This process is the command's.
   curlProxyEnvironment(process.env);
-  if (argv[0] === 'doctor') return (await import('./doctor.ts')).doctor(argv.slice(1));
+  if (argv[0] === 'doctor') {
+    ran.add('doctor');
+    return (await import('./doctor.ts')).doctor(argv.slice(1));
+  }
   const req = await parseCliOrExit(argv, 'multileg', cmd);
   if (typeof req === 'number') return req;
+  for (const option of cmd.options)
+    if (cmd.getOptionValueSource(option.attributeName()) === 'cli') ran.add(`-${option.name()}`);
   // Loaded once a request will be made: usage errors start without them. Of undici, only what a
   // request uses (undici-core.ts).
   (await import('./undici-core.ts')).useUndiciCore();
@@ -260,6 +278,12 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     // Also after an error of ours (exit 1 below): no agent, subscription or -D file left open.
     trace.stop();
+    for (const h of trace.handshakes)
+      ran.add(`auth:${h.scheme}${h.proxy ? '@proxy' : ''}${h.fallbackReason === undefined ? '' : '+fallback'}`);
+    for (const { request, response } of trace.legs)
+      ran.add(
+        `${request.target}:${request.protocol ?? response?.protocol ?? 'none'}:${response ? `${Math.floor(response.status / 100)}xx` : 'error'}`,
+      );
     await command.destroy();
     connected?.stop();
     remotes?.stop();
