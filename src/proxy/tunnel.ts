@@ -8,7 +8,7 @@
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
-import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
+import { readChallenges } from '../challenge/index.ts';
 import { checkedAgainst, type Dial, dialFor } from '../connect-to.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
@@ -620,10 +620,11 @@ async function connectLegs(
         if (credentials && auth.opening) auth.notNeeded();
         else if (credentials?.own) {
           // A per-request scheme taken up from another tunnel (auth.adopt): its answer proves itself.
-          await auth.verify(credentials.own, head.headers, leg, leave(), expired);
+          await auth.verify(credentials.own, head.status, head.headers, leg, leave(), expired);
           proved('success');
         } else if (credentials) {
-          await auth.succeeded(head.headers, leg, leave(), expired);
+          // A 2xx must prove the proxy (M2, proofRequired): a failed check is the error, no tunnel.
+          await auth.succeeded(head.status, head.headers, leg, leave(), expired);
           proved('success');
         }
         // What the socket read so far, the unread rest of it aside, was the proxy's: not the origin's.
@@ -633,9 +634,11 @@ async function connectLegs(
       if (head.status !== 407) {
         socket.destroy();
         // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
-        // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
-        if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
-          await auth.succeeded(head.headers, leg, leave(), expired);
+        // answer them with its final token or Proxy-Authentication-Info (RFC 7616 §3.5): checked by the
+        // requests' rule (M2, proofRequired), a forged one is the error then. Without them the
+        // handshake ends with this error, unproved.
+        if (credentials && !auth.opening && auth.mustProve(head.status, head.headers)) {
+          await auth.succeeded(head.status, head.headers, leg, leave(), expired);
         }
         throw new ProxyConnectError(proxy.origin, target, head.status);
       }
