@@ -9,8 +9,11 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Challenge } from '../src/challenge/types.ts';
 import { type HandshakeReport, MultilegAgent } from '../src/index.ts';
 import { gssHandshakesInFlight } from '../src/mechanisms/gssapi/index.ts';
+import { negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
+import type { LegInfo, Mechanism, MechanismContext } from '../src/mechanisms/types.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { eachRequest, type Hostile, hostile } from './hostile-proxy.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
@@ -52,6 +55,45 @@ function negotiateProxy(answer: (head: string) => string | { relay: number } | u
       return 'stop';
     }),
   );
+}
+
+/**
+ * A Negotiate mechanism for the proxy whose context steps are GSS-API's own (a real context, counted
+ * in flight) but return only once `release` is called: a step still running, as one that waits on a
+ * KDC is. `stepping` resolves when the first such step has made its token.
+ */
+function slowNegotiate(): { mechanism: Mechanism; stepping: Promise<void>; release: () => void } {
+  const real = negotiateMechanism({ backend: 'gssapi', spn: 'HTTP@localhost' });
+  let stepping!: () => void;
+  const inStep = new Promise<void>((resolve) => {
+    stepping = resolve;
+  });
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const bound = <T extends object>(target: T, own: Record<PropertyKey, unknown>): T =>
+    new Proxy(target, {
+      get(t, p) {
+        if (p in own) return own[p];
+        const v = Reflect.get(t, p, t);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+  const mechanism = bound(real, {
+    createContext: (leg: LegInfo): MechanismContext => {
+      const context = real.createContext(leg);
+      return bound(context, {
+        step: async (challenge: Challenge | undefined, l: LegInfo) => {
+          const token = await context.step(challenge, l);
+          stepping();
+          await released;
+          return token;
+        },
+      });
+    },
+  });
+  return { mechanism, stepping: inStep, release };
 }
 
 describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, MIT KDC, scripted proxies)", () => {
@@ -169,4 +211,76 @@ describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, 
     expect(report).toEqual(expect.objectContaining({ scheme: 'Negotiate', outcome: 'failed' }));
     expect(report).not.toHaveProperty('identity');
   });
+
+  it("C4/H5: an agent destroyed while the CONNECT's Kerberos leg waits for the proxy's answer ends the tunnel handshake's GSS-API context — no longer counted as in flight, without a garbage collection", async () => {
+    let arrived!: () => void;
+    const there = new Promise<void>((resolve) => {
+      arrived = resolve;
+    });
+    const proxy = await negotiateProxy(() => {
+      arrived();
+      return undefined; // never answered
+    });
+    const agent = through(proxy);
+    expect(gssHandshakesInFlight()).toBe(0);
+    const failed = request(`https://localhost:${originPort}/`, { dispatcher: agent }).catch((err: Error) => err);
+    await there;
+    expect(gssHandshakesInFlight()).toBe(1);
+    await agent.destroy();
+    expect(await failed).toMatchObject({ code: 'MULTILEG_CLOSED' });
+    expect(gssHandshakesInFlight()).toBe(0);
+  });
+
+  it("C4/H5: the agent closed while the CONNECT's Kerberos leg waits for an answer that never comes: close() resolves once the tunnel's deadline ended the handshake, its GSS-API context freed by then (before: still counted when close() resolved)", async () => {
+    let arrived!: () => void;
+    const there = new Promise<void>((resolve) => {
+      arrived = resolve;
+    });
+    const proxy = await negotiateProxy(() => {
+      arrived();
+      return undefined; // never answered
+    });
+    opened.push(proxy);
+    const agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      limits: { handshakeTimeout: 1000 },
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: { backend: 'gssapi', spn: 'HTTP@localhost' } },
+    });
+    agents.push(agent);
+    const failed = request(`https://localhost:${originPort}/`, { dispatcher: agent }).catch((err: Error) => err);
+    await there;
+    expect(gssHandshakesInFlight()).toBe(1);
+    await agent.close();
+    expect(gssHandshakesInFlight()).toBe(0);
+    expect(await failed).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT' });
+    // Its report says why: the deadline, not the socket the deadline destroyed.
+    expect(proxyReports(agent)).toEqual([
+      expect.objectContaining({ outcome: 'failed', failureReason: expect.stringMatching(/^MULTILEG_PROXY_TIMEOUT: /) }),
+    ]);
+  });
+
+  for (const target of ['forwarded', 'CONNECT'] as const)
+    it(`C4/H5: the agent destroyed while a proxy's Negotiate step still runs (${target}) ends that handshake at once: its GSS-API context is freed without waiting for the step, and nothing more is sent`, async () => {
+      const slow = slowNegotiate();
+      const proxy = await negotiateProxy(() => 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      opened.push(proxy);
+      // (The proxy's Negotiate is the slow one: proxy.mechanisms gives it by scheme.)
+      const slowAgent = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [slow.mechanism] },
+      });
+      agents.push(slowAgent);
+      const url = target === 'forwarded' ? 'http://origin.test/' : `https://localhost:${originPort}/`;
+      const failed = request(url, { dispatcher: slowAgent }).catch((err: Error) => err);
+      await slow.stepping;
+      expect(gssHandshakesInFlight()).toBe(1);
+      await slowAgent.destroy();
+      // Before: counted until the step returned (a KDC that never answers: ~27 s), or until collected.
+      expect(gssHandshakesInFlight()).toBe(0);
+      slow.release();
+      expect(await failed).toMatchObject({ code: 'MULTILEG_CLOSED' });
+      expect(gssHandshakesInFlight()).toBe(0);
+      // The token made after the end never went.
+      expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
+    });
 });

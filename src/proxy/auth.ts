@@ -271,6 +271,11 @@ export class ProxyAuth {
   /** The proxy refused a connection-bound handshake here past its opening (see {@link refusedBound}). */
   #refusedBound = false;
   readonly #onHandshake: ProxyHandshakeListener | undefined;
+  /** The connection ended for good ({@link end}): why. No handshake runs on it any more. */
+  #over: Error | undefined;
+  /** The context whose step runs now (a new handshake's first is in no state until it returns). */
+  #stepping: MechanismContext | undefined;
+
   /** `onHandshake` is told of each handshake that ends (success or failure), once. */
   constructor(proxy: ResolvedProxy, maxLegs: number, onHandshake?: ProxyHandshakeListener) {
     this.#proxy = proxy;
@@ -677,6 +682,19 @@ export class ProxyAuth {
   }
 
   /**
+   * The connection this runs on is given up for good, with `err` (its session destroyed: the agent's
+   * destroy(); a tunnel past its deadline): the running handshake ends now, reported failed, and its
+   * context is freed — one whose step still runs too, that step's token then going nowhere (C4: a
+   * Kerberos context, whose step may wait on a KDC, is left neither to the garbage collector nor to
+   * that step's return). No step runs here after it.
+   */
+  end(err: Error): void {
+    this.#over ??= err;
+    this.#stepping?.dispose?.();
+    this.abandon(err);
+  }
+
+  /**
    * The connection ended under the running handshake's leg and the request goes again on another
    * (a per-request scheme's next leg, a proxy that closes after its 407): the handshake goes on
    * there, with that connection's own report, and is not reported here (as an origin's relocated one).
@@ -1064,14 +1082,25 @@ export class ProxyAuth {
       this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err), error: err });
       throw err;
     }
+    if (this.#over) throw this.#over;
     let pending: string;
+    this.#stepping = context;
     try {
       pending = await context.step(challenge, leg);
+      // The connection ended while the step ran ({@link end} freed its context): its token goes nowhere.
+      if (this.#over) throw this.#over;
     } catch (err) {
+      // (Whatever the step says once its context was freed under it: the end's error, not a bad token.)
+      if (this.#over) {
+        context.dispose?.();
+        throw this.#over;
+      }
       // The mechanism's own words for a bad token say "server": this one came from the proxy.
       if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.what, this.#proxy.origin);
       if (err instanceof MultilegError) throw err;
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
+    } finally {
+      this.#stepping = undefined;
     }
     const legs = run.legs + 1;
     const { first, offered } = run;

@@ -166,6 +166,16 @@ export class ForwardProxy {
   }
 
   /**
+   * The session this connection serves was destroyed (C4: the agent's destroy()): the handshake with
+   * the proxy on it ends now with `err`, its context freed, whoever runs it (its legs fail with the
+   * connection anyway). (A closed session's ends with the request that runs it, which closing waits
+   * for, as an origin's: its lead's end gives it up, {@link ProxyLead}.)
+   */
+  end(err: Error): void {
+    this.#auth.end(err);
+  }
+
+  /**
    * Sends one leg of a request for `origin` through the proxy, answering its 407s. A request that
    * carries its own `Proxy-Authorization` (S6) goes with exactly that header, and its 407 is the
    * caller's to answer: the agent's proxy credentials are neither added nor used for it. With

@@ -343,6 +343,11 @@ async function handshake(
   const report = onHandshake && ((h: Omit<ProxyHandshake, 'protocol'>) => onHandshake({ ...h, protocol: 'http/1.1' }));
   for (;;) {
     const auth = new ProxyAuth(proxy, limits.maxLegs, report);
+    // C4: the tunnel given up (its session destroyed: the agent's destroy(); or past its deadline),
+    // the handshake ends at once, its context freed, not when a step still running returns.
+    const stop = () => auth.end(given.reason instanceof Error ? given.reason : new Error('the tunnel was given up'));
+    if (given.aborted) stop();
+    else given.addEventListener('abort', stop, { once: true });
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
@@ -413,6 +418,7 @@ async function handshake(
       if (err !== REPLACED) throw err;
       log.proxy('%s CONNECT %s: credentials replaced mid-handshake: starting over', proxy.origin, target);
     } finally {
+      given.removeEventListener('abort', stop);
       if (ticket) proxy.proof.settle(ticket, outcome);
     }
   }
@@ -548,6 +554,8 @@ async function connectLegs(
       const credentials = await auth.header(leg);
       // S6: nothing of replaced credentials goes after the call (the old password's AUTHENTICATE).
       if (auth.replaced) throw REPLACED;
+      // R4: read before the answer (the handshake may end meanwhile: the tunnel given up, auth.end).
+      const carriesPassword = auth.carriesPasswordIn(credentials);
       const traced = publishLeg(
         { target: 'proxy', origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
         {
@@ -583,7 +591,7 @@ async function connectLegs(
           reused && !resent && reader.ended && reader.buffered === 0 && !unanswered && !deadline.timedOut;
         // R4: the proxy never answered a CONNECT carrying the password (or what derives from it): it
         // may have counted it.
-        if (auth.carriesPasswordIn(credentials) && !idleClose) proved('unanswered');
+        if (carriesPassword && !idleClose) proved('unanswered');
         if (unanswered) {
           const e = new ProxyConnectTimeoutError(
             proxy.origin,
