@@ -212,6 +212,53 @@ describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, 
     expect(report).not.toHaveProperty('identity');
   });
 
+  it("M2/H5: a CONNECT carrying a Digest password taken up from another tunnel, answered 403 with a wrong Proxy-Authentication-Info rspauth, is a MutualAuthError (before: a ProxyConnectError, the rspauth never checked: only a handshake's answer was)", async () => {
+    const challenge =
+      'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest realm="p", nonce="n1", qop="auth", algorithm=SHA-256\r\nContent-Length: 0\r\n\r\n';
+    let tunnels = 0;
+    const proxy = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        if (!/\r\nproxy-authorization: digest /i.test(head)) {
+          socket.write(challenge);
+          return undefined;
+        }
+        tunnels += 1;
+        if (tunnels === 1) {
+          socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
+          const up: Socket = netConnect(originPort, '127.0.0.1');
+          up.on('error', () => socket.destroy());
+          socket.on('close', () => up.destroy());
+          socket.pipe(up);
+          up.pipe(socket);
+          return 'stop';
+        }
+        socket.write(
+          'HTTP/1.1 403 Forbidden\r\nProxy-Authentication-Info: rspauth="0000000000000000000000000000000000000000000000000000000000000000", qop=auth\r\nContent-Length: 0\r\n\r\n',
+        );
+        return 'stop';
+      }),
+    );
+    opened.push(proxy);
+    const agent = new MultilegAgent({
+      connect: { ca: CA_CERT },
+      proxy: {
+        uri: `http://127.0.0.1:${proxy.port}`,
+        negotiate: false,
+        schemes: ['Digest'],
+        credentials: { username: 'u', password: 'p' },
+      },
+    });
+    agents.push(agent);
+    const res = await request(`https://localhost:${originPort}/`, { dispatcher: agent });
+    expect([res.statusCode, await res.body.text()]).toEqual([200, 'tunnelled']);
+    // Another origin: another tunnel, whose CONNECT carries the Digest password unasked.
+    await expect(request(`https://127.0.0.1:${originPort}/`, { dispatcher: agent })).rejects.toMatchObject({
+      code: 'MULTILEG_MUTUAL_AUTH',
+    });
+    expect(proxy.connections).toBe(2);
+    expect(proxy.received[1]!.match(/^CONNECT /gm)).toHaveLength(1);
+  });
+
   it("C4/H5: an agent destroyed while the CONNECT's Kerberos leg waits for the proxy's answer ends the tunnel handshake's GSS-API context — no longer counted as in flight, without a garbage collection", async () => {
     let arrived!: () => void;
     const there = new Promise<void>((resolve) => {

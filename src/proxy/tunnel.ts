@@ -644,9 +644,11 @@ async function connectLegs(
         // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
         // answer them with its final token or Proxy-Authentication-Info (RFC 7616 §3.5): checked by the
         // requests' rule (M2, proofRequired), a forged one is the error then. Without them the
-        // handshake ends with this error, unproved.
+        // handshake ends with this error, unproved. (Credentials taken up from another tunnel are
+        // checked as on a 2xx: their own context's.)
         if (credentials && !auth.opening && auth.mustProve(head.status, head.headers)) {
-          await auth.succeeded(head.status, head.headers, leg, leave(), expired);
+          if (credentials.own) await auth.verify(credentials.own, head.status, head.headers, leg, leave(), expired);
+          else await auth.succeeded(head.status, head.headers, leg, leave(), expired);
         }
         throw new ProxyConnectError(proxy.origin, target, head.status);
       }
