@@ -330,4 +330,24 @@ describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, 
       // The token made after the end never went.
       expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
     });
+
+  it("C4/H5: a forwarded request whose proxy handshake times out (limits.handshakeTimeout) while its Negotiate step still runs frees that step's GSS-API context at once, as an origin's does; the token made later is sent nowhere", async () => {
+    const slow = slowNegotiate();
+    const proxy = await negotiateProxy(() => 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    opened.push(proxy);
+    const agent = new MultilegAgent({
+      limits: { handshakeTimeout: 300 },
+      proxy: { uri: `http://127.0.0.1:${proxy.port}`, negotiate: false, mechanisms: [slow.mechanism] },
+    });
+    agents.push(agent);
+    const failed = request('http://origin.test/', { dispatcher: agent }).catch((err: Error) => err);
+    await slow.stepping;
+    expect(await failed).toMatchObject({ code: 'MULTILEG_PROXY_TIMEOUT' });
+    // Before: counted until the step returned (a KDC that never answers: ~27 s), or until collected.
+    expect(gssHandshakesInFlight()).toBe(0);
+    slow.release();
+    await agent.close();
+    expect(gssHandshakesInFlight()).toBe(0);
+    expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
+  });
 });

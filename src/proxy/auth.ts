@@ -273,8 +273,11 @@ export class ProxyAuth {
   readonly #onHandshake: ProxyHandshakeListener | undefined;
   /** The connection ended for good ({@link end}): why. No handshake runs on it any more. */
   #over: Error | undefined;
-  /** The context whose step runs now (a new handshake's first is in no state until it returns). */
-  #stepping: MechanismContext | undefined;
+  /**
+   * The step running now (a new handshake's first context is in no state until it returns), and
+   * `gaveUp`: its handshake was given up meanwhile ({@link abandon}), with that error.
+   */
+  #stepping: { readonly context: MechanismContext; gaveUp?: unknown } | undefined;
 
   /** `onHandshake` is told of each handshake that ends (success or failure), once. */
   constructor(proxy: ResolvedProxy, maxLegs: number, onHandshake?: ProxyHandshakeListener) {
@@ -674,9 +677,16 @@ export class ProxyAuth {
 
   /**
    * The running handshake ended with `err`, thrown by the caller or here (a timeout, a lost
-   * connection, the proxy's refusal): reported as failed, once. Nothing when none is running.
+   * connection, the proxy's refusal): reported as failed, once. Nothing when none is running. A step
+   * still running (its caller's deadline passed while GSS-API waited on a KDC) is given up too: its
+   * context freed now (C4), its token, when it comes, going nowhere.
    */
   abandon(err: unknown): void {
+    const step = this.#stepping;
+    if (step && step.gaveUp === undefined) {
+      step.gaveUp = err ?? new Error('the handshake was given up');
+      step.context.dispose?.();
+    }
     if (this.#state.kind === 'handshaking')
       this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err), error: err });
   }
@@ -690,7 +700,6 @@ export class ProxyAuth {
    */
   end(err: Error): void {
     this.#over ??= err;
-    this.#stepping?.dispose?.();
     this.abandon(err);
   }
 
@@ -1084,23 +1093,21 @@ export class ProxyAuth {
     }
     if (this.#over) throw this.#over;
     let pending: string;
-    this.#stepping = context;
+    const step: { readonly context: MechanismContext; gaveUp?: unknown } = { context };
+    this.#stepping = step;
     try {
       pending = await context.step(challenge, leg);
-      // The connection ended while the step ran ({@link end} freed its context): its token goes nowhere.
-      if (this.#over) throw this.#over;
+      // Given up while the step ran ({@link abandon} freed its context): its token goes nowhere.
+      if (step.gaveUp !== undefined) throw step.gaveUp;
     } catch (err) {
       // (Whatever the step says once its context was freed under it: the end's error, not a bad token.)
-      if (this.#over) {
-        context.dispose?.();
-        throw this.#over;
-      }
+      if (step.gaveUp !== undefined) throw step.gaveUp;
       // The mechanism's own words for a bad token say "server": this one came from the proxy.
       if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.what, this.#proxy.origin);
       if (err instanceof MultilegError) throw err;
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
     } finally {
-      this.#stepping = undefined;
+      if (this.#stepping === step) this.#stepping = undefined;
     }
     const legs = run.legs + 1;
     const { first, offered } = run;
