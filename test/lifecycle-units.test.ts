@@ -199,7 +199,7 @@ describe('ProxyAuth: a per-request scheme taken up from another connection (H5, 
     const through = new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs);
     through.adopt();
     const sent = await through.header(leg);
-    await through.verify(sent!.own!, {}, leg, undefined);
+    await through.verify(sent!.own!, 200, {}, leg, undefined);
     // Was: still taken for a refusal of the credentials sent unasked.
     await expect(through.answer(basic407, leg)).resolves.toBeUndefined();
   });

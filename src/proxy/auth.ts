@@ -7,6 +7,7 @@
 import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
 import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
+import { proofRequired } from '../handshake/handshake.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import {
@@ -270,6 +271,13 @@ export class ProxyAuth {
   /** The proxy refused a connection-bound handshake here past its opening (see {@link refusedBound}). */
   #refusedBound = false;
   readonly #onHandshake: ProxyHandshakeListener | undefined;
+  /** The connection ended for good ({@link end}): why. No handshake runs on it any more. */
+  #over: Error | undefined;
+  /**
+   * The step running now (a new handshake's first context is in no state until it returns), and
+   * `gaveUp`: its handshake was given up meanwhile ({@link abandon}), with that error.
+   */
+  #stepping: { readonly context: MechanismContext; gaveUp?: unknown } | undefined;
 
   /** `onHandshake` is told of each handshake that ends (success or failure), once. */
   constructor(proxy: ResolvedProxy, maxLegs: number, onHandshake?: ProxyHandshakeListener) {
@@ -524,23 +532,31 @@ export class ProxyAuth {
 
   /**
    * The proxy let through a request that carried credentials of its own ({@link header} after a
-   * success): its answer is checked as a handshake's last is (Digest: Proxy-Authentication-Info's
-   * rspauth and nextnonce). Throws {@link MutualAuthError} when the proxy fails the proof. True when
+   * success): its answer `status` is checked as a handshake's last is (Digest:
+   * Proxy-Authentication-Info's rspauth and nextnonce), by {@link mustProve}'s rule. Throws
+   * {@link MutualAuthError} when the proxy fails the proof. `proved`: false when the answer was
+   * delivered without the proof the mechanism wants (reported failed, nothing recorded); `held`:
    * it made the connection's {@link holder} another identity (`leave`: the request's leave, R4/S6).
    * `expired`: the caller's deadline, as {@link succeeded} takes it.
    */
   async verify(
     own: MechanismContext,
+    status: number,
     headers: Headers,
     leg: LegInfo,
     leave: Ticket | undefined,
     expired?: () => Error | undefined,
-  ): Promise<boolean> {
+  ): Promise<{ readonly proved: boolean; readonly held: boolean }> {
+    let proved: boolean;
     try {
-      await this.#finish(own, headers, leg);
+      proved = await this.#finish(own, status, headers, leg);
     } catch (err) {
       this.#emit('failed', 1, this.#mechanism, own, { failure: 'proof' });
       throw err;
+    }
+    if (!proved) {
+      this.#emit('failed', 1, this.#mechanism, own, { failure: 'proof' });
+      return { proved, held: false };
     }
     this.#late(expired, 1, own);
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
@@ -551,16 +567,35 @@ export class ProxyAuth {
     // per-request scheme ({@link adopt}) has no handshake of its own to say it (S6).
     const identity = own.identity;
     const mechanism = this.#mechanism;
-    if (identity === undefined || mechanism === undefined || this.#holder?.identity === identity) return false;
+    if (identity === undefined || mechanism === undefined || this.#holder?.identity === identity)
+      return { proved, held: false };
     this.#holder = { mechanism, identity, admitted: leave?.admitted ?? 0 };
-    return true;
+    return { proved, held: true };
   }
 
-  /** `context`'s check of the proxy's answer: its scheme's last Proxy-Authenticate and Proxy-Authentication-Info. */
-  #finish(context: MechanismContext, headers: Headers, leg: LegInfo): Promise<void> {
+  /** The proof an answer carries: the connection's scheme's last Proxy-Authenticate, and Proxy-Authentication-Info. */
+  #proof(headers: Headers): { final: Challenge | undefined; info: Readonly<Record<string, string>> | undefined } {
     const key = this.#mechanism?.scheme.toLowerCase();
     const final = readChallenges(headers, true).find((c) => c.schemeKey === key);
-    return context.finish(final, leg, readAuthenticationInfo(headers, true));
+    return { final, info: readAuthenticationInfo(headers, true) };
+  }
+
+  /**
+   * `context`'s check of the proxy's answer `status` (M2, {@link mustProve}): rejects where that
+   * answer must prove the proxy and does not; elsewhere resolves whether it proved it (false: the
+   * mechanism would not do without the final token it lacks).
+   */
+  async #finish(context: MechanismContext, status: number, headers: Headers, leg: LegInfo): Promise<boolean> {
+    const { final, info } = this.#proof(headers);
+    const check = context.finish(final, leg, info);
+    if (proofRequired(status, final, info)) {
+      await check;
+      return true;
+    }
+    return check.then(
+      () => true,
+      () => false,
+    );
   }
 
   /**
@@ -642,11 +677,30 @@ export class ProxyAuth {
 
   /**
    * The running handshake ended with `err`, thrown by the caller or here (a timeout, a lost
-   * connection, the proxy's refusal): reported as failed, once. Nothing when none is running.
+   * connection, the proxy's refusal): reported as failed, once. Nothing when none is running. A step
+   * still running (its caller's deadline passed while GSS-API waited on a KDC) is given up too: its
+   * context freed now (C4), its token, when it comes, going nowhere.
    */
   abandon(err: unknown): void {
+    const step = this.#stepping;
+    if (step && step.gaveUp === undefined) {
+      step.gaveUp = err ?? new Error('the handshake was given up');
+      step.context.dispose?.();
+    }
     if (this.#state.kind === 'handshaking')
       this.#leave(ended(this.#state), { outcome: 'failed', failure: proxyFailure(err), error: err });
+  }
+
+  /**
+   * The connection this runs on is given up for good, with `err` (its session destroyed: the agent's
+   * destroy(); a tunnel past its deadline): the running handshake ends now, reported failed, and its
+   * context is freed — one whose step still runs too, that step's token then going nowhere (C4: a
+   * Kerberos context, whose step may wait on a KDC, is left neither to the garbage collector nor to
+   * that step's return). No step runs here after it.
+   */
+  end(err: Error): void {
+    this.#over ??= err;
+    this.abandon(err);
   }
 
   /**
@@ -907,29 +961,46 @@ export class ProxyAuth {
   }
 
   /**
-   * A non-407 answer to a request that carried credentials: the handshake succeeded; verify a final
-   * token. `leave`: the leave to send the credentials it ran under (credentials go only with leave:
-   * the callers always have one; without, the identity counts as the oldest), whose place orders the
-   * identity it proved. `expired`: the caller's deadline, asked once the proof is in (a GSS-API
-   * check on a worker may return after it): a handshake its caller gave up on meanwhile failed
-   * with the caller's request, and proves nobody.
+   * M2: whether the proxy's final answer `status` (not a 407) to this connection's credentials must
+   * prove the proxy — the requests' and upgrades' rule, {@link proofRequired}: a 2xx, or one that
+   * carries the scheme's final `Proxy-Authenticate` token or `Proxy-Authentication-Info`. Any other
+   * (a 403, a 5xx) is the caller's without the proof the mechanism may still want.
+   */
+  mustProve(status: number, headers: Headers): boolean {
+    const { final, info } = this.#proof(headers);
+    return proofRequired(status, final, info);
+  }
+
+  /**
+   * The proxy's final answer `status` (not a 407) to a request that carried credentials: the
+   * handshake ended; its final token is checked by {@link mustProve}'s rule (M2). Where the answer
+   * must prove the proxy, a failed check throws {@link MutualAuthError}; any other answer that does
+   * not prove it (a 403 or a 5xx without the final token, the mechanism wanting one) resolves
+   * `false`: delivered unproved, the handshake reported failed (`proof`), no identity recorded
+   * (S6). Resolves `true` when the handshake succeeded. `leave`: the leave to send the credentials
+   * it ran under (credentials go only with leave: the callers always have one; without, the
+   * identity counts as the oldest), whose place orders the identity it proved. `expired`: the
+   * caller's deadline, asked once the proof is in (a GSS-API check on a worker may return after
+   * it): a handshake its caller gave up on meanwhile failed with the caller's request, and proves
+   * nobody.
    */
   async succeeded(
+    status: number,
     headers: Headers,
     leg: LegInfo,
     leave: Ticket | undefined,
     expired?: () => Error | undefined,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const state = this.#state;
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
-    if (state.kind !== 'handshaking') return;
+    if (state.kind !== 'handshaking') return false;
     const { mechanism, context, sent } = state;
     // Out of handshaking here, so nothing else reports it: it is reported below, once its proof is in.
     this.#state = { kind: 'done', mechanism, context, adopted: false };
-    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, mechanism.scheme, state.legs);
+    let proved: boolean;
     try {
-      await this.#finish(context, headers, leg);
+      proved = await this.#finish(context, status, headers, leg);
     } catch (err) {
       this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
       throw err;
@@ -937,11 +1008,25 @@ export class ProxyAuth {
       // The handshake is over, its proof checked or not (C4, see #leave).
       context.dispose?.();
     }
+    if (!proved) {
+      log.proxy(
+        "%s %s: a %d without the proxy's proof: delivered, nothing proved",
+        this.#proxy.origin,
+        mechanism.scheme,
+        status,
+      );
+      // Nothing proved: the connection is not taken as authenticated, and no identity recorded.
+      this.#state = ended(this.#state);
+      this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
+      return false;
+    }
+    log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, mechanism.scheme, state.legs);
     this.#late(expired, sent, context);
     const identity = context.identity;
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
     const outcome = mechanism.level === 'request' ? 'per-request' : 'session';
     this.#emit(outcome, sent, mechanism, context, identity === undefined ? {} : { identity });
+    return true;
   }
 
   /**
@@ -1006,14 +1091,23 @@ export class ProxyAuth {
       this.#leave({ kind: 'idle', mechanism, context }, { outcome: 'failed', failure: proxyFailure(err), error: err });
       throw err;
     }
+    if (this.#over) throw this.#over;
     let pending: string;
+    const step: { readonly context: MechanismContext; gaveUp?: unknown } = { context };
+    this.#stepping = step;
     try {
       pending = await context.step(challenge, leg);
+      // Given up while the step ran ({@link abandon} freed its context): its token goes nowhere.
+      if (step.gaveUp !== undefined) throw step.gaveUp;
     } catch (err) {
+      // (Whatever the step says once its context was freed under it: the end's error, not a bad token.)
+      if (step.gaveUp !== undefined) throw step.gaveUp;
       // The mechanism's own words for a bad token say "server": this one came from the proxy.
       if (err instanceof InvalidTokenError) throw new InvalidTokenError(err.what, this.#proxy.origin);
       if (err instanceof MultilegError) throw err;
       throw new InvalidTokenError(`${mechanism.scheme} Proxy-Authenticate challenge`, this.#proxy.origin);
+    } finally {
+      if (this.#stepping === step) this.#stepping = undefined;
     }
     const legs = run.legs + 1;
     const { first, offered } = run;

@@ -30,6 +30,10 @@ const REFUSED_BOUND =
 const UNANSWERED_BOUND =
   "the agent's connection-bound handshake with the proxy ended with its credentials written and no answer read (the caller aborted, or a timeout): the proxy may hold the connection as that identity, unrecorded, so the next request goes on a new connection";
 
+/** Why a connection is left after the proxy's final answer to its handshake proved nothing (M2). */
+const UNPROVED =
+  "the proxy's final answer to the agent's handshake did not prove the proxy (no final token where the mechanism wants one): the proxy may hold the connection as that identity, unrecorded, so the next request goes on a new connection";
+
 /** Why a connection is left after a scheme whose challenge could not be read (T2). */
 const FELL_THROUGH =
   "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
@@ -159,6 +163,16 @@ export class ForwardProxy {
   /** The proxy's last answer carried `Proxy-support: Session-Based-Authentication` (H4). */
   get vouched(): boolean {
     return this.#vouched;
+  }
+
+  /**
+   * The session this connection serves was destroyed (C4: the agent's destroy()): the handshake with
+   * the proxy on it ends now with `err`, its context freed, whoever runs it (its legs fail with the
+   * connection anyway). (A closed session's ends with the request that runs it, which closing waits
+   * for, as an origin's: its lead's end gives it up, {@link ProxyLead}.)
+   */
+  end(err: Error): void {
+    this.#auth.end(err);
   }
 
   /**
@@ -361,10 +375,13 @@ export class ForwardProxy {
               if (ownContext && status !== 407) {
                 // This request's own credentials (Digest): the proxy's answer proves itself as a
                 // handshake's last does (rspauth), and may name the next nonce.
-                const verified = this.#auth.verify(ownContext, headers, leg, ticket, expired).then((held) => {
-                  outcome = 'success';
-                  if (held) this.#onHolder();
-                });
+                const verified = this.#auth
+                  .verify(ownContext, status, headers, leg, ticket, expired)
+                  .then(({ proved, held }) => {
+                    // Delivered without the proof its mechanism wants (M2): it proved nothing (R4, S6).
+                    if (proved) outcome = 'success';
+                    if (held) this.#onHolder();
+                  });
                 return this.#proved(verified, clock().start(), verdict);
               }
               if (!(credentials && this.#auth.state === 'handshaking')) {
@@ -372,7 +389,14 @@ export class ForwardProxy {
                 if (credentials && status !== 407) outcome = 'success';
                 return verdict;
               }
-              const succeeded = this.#auth.succeeded(headers, leg, ticket, expired).then(() => {
+              const succeeded = this.#auth.succeeded(status, headers, leg, ticket, expired).then((proved) => {
+                if (!proved) {
+                  // M2/S6: a 403 or 5xx without the proxy's final token where the mechanism wants it is
+                  // the caller's, unproved: nothing recorded, and the connection, which the proxy may
+                  // hold as an identity nothing here proved, takes nothing more.
+                  this.#onUnusable(new Error(UNPROVED));
+                  return;
+                }
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);

@@ -50,7 +50,10 @@ export interface ProxyOptions {
   /**
    * Negotiate to the proxy: SPN `HTTP@<proxy host>` unless `spn` is given; credentials are never
    * delegated to a proxy. Mutual authentication defaults to `optional` (proxies rarely send a final
-   * token; one that is sent is verified). `false` disables Negotiate towards the proxy.
+   * token; one that is sent is verified, whatever the status). With `mutualAuth: 'required'` a 2xx
+   * without it (a CONNECT's too) is a `MutualAuthError`; another answer without it (a forwarded 403,
+   * a 5xx) is the caller's, proving nothing — the origins' rule (M2). `false` disables Negotiate
+   * towards the proxy.
    *
    * Whose Kerberos identity: the agent's. Unless these options name one of their own (any of
    * `ccache`, `keytab`, `principal`: then those, and nothing of the agent's), the agent's

@@ -8,7 +8,7 @@
  */
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
-import { readAuthenticationInfo, readChallenges } from '../challenge/index.ts';
+import { readChallenges } from '../challenge/index.ts';
 import { checkedAgainst, type Dial, dialFor } from '../connect-to.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
@@ -343,6 +343,11 @@ async function handshake(
   const report = onHandshake && ((h: Omit<ProxyHandshake, 'protocol'>) => onHandshake({ ...h, protocol: 'http/1.1' }));
   for (;;) {
     const auth = new ProxyAuth(proxy, limits.maxLegs, report);
+    // C4: the tunnel given up (its session destroyed: the agent's destroy(); or past its deadline),
+    // the handshake ends at once, its context freed, not when a step still running returns.
+    const stop = () => auth.end(given.reason instanceof Error ? given.reason : new Error('the tunnel was given up'));
+    if (given.aborted) stop();
+    else given.addEventListener('abort', stop, { once: true });
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
@@ -413,6 +418,7 @@ async function handshake(
       if (err !== REPLACED) throw err;
       log.proxy('%s CONNECT %s: credentials replaced mid-handshake: starting over', proxy.origin, target);
     } finally {
+      given.removeEventListener('abort', stop);
       if (ticket) proxy.proof.settle(ticket, outcome);
     }
   }
@@ -548,6 +554,8 @@ async function connectLegs(
       const credentials = await auth.header(leg);
       // S6: nothing of replaced credentials goes after the call (the old password's AUTHENTICATE).
       if (auth.replaced) throw REPLACED;
+      // R4: read before the answer (the handshake may end meanwhile: the tunnel given up, auth.end).
+      const carriesPassword = auth.carriesPasswordIn(credentials);
       const traced = publishLeg(
         { target: 'proxy', origin: proxy.origin, sessionId: `proxy-${connections}`, protocol: () => 'http/1.1' },
         {
@@ -583,7 +591,7 @@ async function connectLegs(
           reused && !resent && reader.ended && reader.buffered === 0 && !unanswered && !deadline.timedOut;
         // R4: the proxy never answered a CONNECT carrying the password (or what derives from it): it
         // may have counted it.
-        if (auth.carriesPasswordIn(credentials) && !idleClose) proved('unanswered');
+        if (carriesPassword && !idleClose) proved('unanswered');
         if (unanswered) {
           const e = new ProxyConnectTimeoutError(
             proxy.origin,
@@ -620,10 +628,11 @@ async function connectLegs(
         if (credentials && auth.opening) auth.notNeeded();
         else if (credentials?.own) {
           // A per-request scheme taken up from another tunnel (auth.adopt): its answer proves itself.
-          await auth.verify(credentials.own, head.headers, leg, leave(), expired);
+          await auth.verify(credentials.own, head.status, head.headers, leg, leave(), expired);
           proved('success');
         } else if (credentials) {
-          await auth.succeeded(head.headers, leg, leave(), expired);
+          // A 2xx must prove the proxy (M2, proofRequired): a failed check is the error, no tunnel.
+          await auth.succeeded(head.status, head.headers, leg, leave(), expired);
           proved('success');
         }
         // What the socket read so far, the unread rest of it aside, was the proxy's: not the origin's.
@@ -633,9 +642,13 @@ async function connectLegs(
       if (head.status !== 407) {
         socket.destroy();
         // A proxy that took the credentials but not the tunnel (a 403 for the port, a 502) may still
-        // answer them with Proxy-Authentication-Info (RFC 7616 §3.5): a wrong rspauth is the error then.
-        if (credentials && !auth.opening && readAuthenticationInfo(head.headers, true)) {
-          await auth.succeeded(head.headers, leg, leave(), expired);
+        // answer them with its final token or Proxy-Authentication-Info (RFC 7616 §3.5): checked by the
+        // requests' rule (M2, proofRequired), a forged one is the error then. Without them the
+        // handshake ends with this error, unproved. (Credentials taken up from another tunnel are
+        // checked as on a 2xx: their own context's.)
+        if (credentials && !auth.opening && auth.mustProve(head.status, head.headers)) {
+          if (credentials.own) await auth.verify(credentials.own, head.status, head.headers, leg, leave(), expired);
+          else await auth.succeeded(head.status, head.headers, leg, leave(), expired);
         }
         throw new ProxyConnectError(proxy.origin, target, head.status);
       }

@@ -516,6 +516,8 @@ export class Session {
     this.#state = transition(this.#state, { type: 'closed' });
     this.#connector.dispose();
     this.#connector.abortDials();
+    // C4: the forwarding proxy's handshake ends now, its context freed (a tunnel's ends with its dial).
+    this.#forward?.end(err);
     return this.client.destroy(err).catch(() => {});
   }
 
