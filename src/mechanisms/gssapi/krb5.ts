@@ -202,11 +202,10 @@ export interface CacheCopy {
 
 /**
  * Copies `where.client`'s FILE ccache into a new MEMORY ccache of this process, with the file's
- * `stampOf` taken just before. MIT reads a FILE
- * ccache whole, under a lock, several times in every `gss_init_sec_context` (~60 system calls for a
- * first step); a MEMORY one is read in place. Undefined when the cache is not a FILE one (a
- * keyring, KCM, a DIR collection: left as they are), is not `where.client`'s, or cannot be copied.
- * Never throws.
+ * `stampOf` taken just before. MIT reads a FILE ccache whole, under a lock, several times in every
+ * `gss_init_sec_context` (~60 system calls for a first step); a MEMORY one is read in place.
+ * Undefined when the cache is not a FILE one (a keyring, KCM, a DIR collection: left as they are),
+ * is not `where.client`'s, or cannot be copied. Never throws.
  */
 export function copyFileCache(
   g: GssFunctions,
