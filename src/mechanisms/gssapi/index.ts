@@ -635,7 +635,9 @@ export class GssClient {
         };
       }
       kerberosOnly(g, o, h.cred);
-      if (h.shared && lifetime > 1) o.credCache?.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
+      // Not kept when its copy was retired while it was acquired (the file changed meanwhile: S6):
+      // this context, begun before the change, uses it; the next acquire from the file.
+      if (h.shared && lifetime > 1 && !copy?.retired) o.credCache?.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
       return new GssClient(g, h, o, username, spn);
     } catch (e) {
       release(g, h);
