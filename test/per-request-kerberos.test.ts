@@ -797,6 +797,39 @@ describe.skipIf(!haveBindingAndAcceptor)(
       expect(klist()).toContain('HTTP/intranet.example.test');
     });
 
+    it('C4: a FILE ccache that could not be copied once (it held another principal for a moment: a kinit under way) is copied at a later stream: only a cache that is no file (a keyring, KCM) is never asked again (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'copy-later.ccache');
+      const alicePath = join(lab.dir, 'copy-later-alice.ccache');
+      const carolPath = join(lab.dir, 'copy-later-carol.ccache');
+      await realm.kinit({ ccache: `FILE:${alicePath}` });
+      await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
+      const put = (from: string) => {
+        copyFileSync(from, `${path}.new`);
+        renameSync(`${path}.new`, path);
+      };
+      put(alicePath);
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      await handshake(await GssClient.create('HTTP@localhost', o));
+      // The second first step of a stream: the copy is made after it (setImmediate). Before that,
+      // the file holds carol's tickets for a moment: alice's credential is not copied from it.
+      const second = await GssClient.create('HTTP@localhost', o);
+      const token = (await second.step(''))!;
+      put(carolPath);
+      await new Promise((resolve) => setImmediate(resolve)); // after the stream's (queued first)
+      expect(cache.copied).toBe(false);
+      put(alicePath);
+      await second.step(await accept(token));
+      // The file holds alice's again: a later stream copies it.
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.ahead).toBe(true));
+      expect(cache.copied).toBe(true);
+      cache.drop();
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+    });
+
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {
       const keytab = join(lab.dir, 'alice-sync.keytab');
       await lab.realm!.kadmin(`ktadd -k ${keytab} -norandkey alice@EXAMPLE.TEST`);

@@ -317,11 +317,11 @@ export class CredCache {
     const { g, shared } = this.#slot;
     if (!g || !shared?.tickets || shared.copy || o.keytab || this.#noCopy) return;
     const made = copyFileCache(g, cacheOf(o, shared.username), fileStamp);
-    // Not a FILE ccache (a keyring, KCM): not asked again at every first step (KCM: a socket round trip).
-    if (!made) {
-      this.#noCopy = true;
-      return;
-    }
+    // Not a FILE ccache (a keyring, KCM): not asked again at every first step (KCM: a socket round
+    // trip). A FILE one that could not be copied now (another principal's, being rewritten by a
+    // kinit) is asked again at the stream's next first step: not given up for good.
+    if (made === 'not-file') this.#noCopy = true;
+    if (made === undefined || made === 'not-file') return;
     liveCopies += 1;
     const copy: Copy = { ...made, users: 0, retired: false };
     const held = acquireSync(g, o, copy.name);
