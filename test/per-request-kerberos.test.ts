@@ -830,6 +830,32 @@ describe.skipIf(!haveBindingAndAcceptor)(
       await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
     });
 
+    it('S6: a MEMORY copy lives no longer than its stream: once no first step came for CRED_REUSE_MS it is retired and destroyed, so an idle (or closed) agent keeps no copy of the tickets in memory, after a kdestroy neither (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'idle-copy.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+      try {
+        const cache = new CredCache();
+        const o = options(cache, { ccache: `FILE:${path}` });
+        for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+        await vi.waitFor(() => expect(cache.ahead).toBe(true));
+        expect(cache.copied).toBe(true);
+        // The stream goes on: the copy stays.
+        vi.advanceTimersByTime(CRED_REUSE_MS - 1_000);
+        await handshake(await GssClient.create('HTTP@localhost', o));
+        vi.advanceTimersByTime(1_000);
+        expect(cache.copied).toBe(true);
+        // It has ended (no first step for CRED_REUSE_MS): retired, destroyed once unused.
+        vi.advanceTimersByTime(CRED_REUSE_MS);
+        expect(cache.copied).toBe(false);
+        await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {
       const keytab = join(lab.dir, 'alice-sync.keytab');
       await lab.realm!.kadmin(`ktadd -k ${keytab} -norandkey alice@EXAMPLE.TEST`);

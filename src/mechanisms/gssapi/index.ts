@@ -232,6 +232,8 @@ export class CredCache {
   #noCopy = false;
   /** SPN → whether a first step with its ticket cached was seen to be quick (`fast`) or to block. */
   readonly #speed = new Map<string, 'fast' | 'slow'>();
+  /** Retires the copy once its stream has ended (see {@link #watchStream}). */
+  #streamWatch: ReturnType<typeof setTimeout> | undefined;
 
   constructor() {
     credCaches.register(this, this.#slot, this);
@@ -335,6 +337,26 @@ export class CredCache {
     const next = { handle: held.cred, username: held.username, holders: 0, tickets: new Map(shared.tickets), copy };
     this.keep(g, next, now, (held.lifetime - 1) * 1000);
     this.#slot.copy = copy;
+    this.#watchStream();
+  }
+
+  /**
+   * The copy lives no longer than its stream: once no first step came for CRED_REUSE_MS, it is
+   * retired (destroyed once unused). Else its tickets stayed in this process's memory for as long as
+   * the agent was idle, or closed and not yet collected — after a `kdestroy` too, until a next
+   * context looked at the file. The timer holds the cache weakly (its finalizer still runs).
+   */
+  #watchStream(): void {
+    if (this.#streamWatch) return;
+    const cache = new WeakRef(this);
+    this.#streamWatch = setTimeout(() => {
+      const self = cache.deref();
+      if (!self) return;
+      self.#streamWatch = undefined;
+      if (!self.#slot.copy) return;
+      if (Date.now() - self.#lastFirst >= CRED_REUSE_MS) self.drop();
+      else self.#watchStream();
+    }, CRED_REUSE_MS).unref();
   }
 
   /** Whether first steps for `spn` with its ticket cached were seen to be quick (never blocked). */
