@@ -23,6 +23,7 @@ import {
   AHEAD_MAX_AGE_MS,
   CRED_REUSE_MS,
   CredCache,
+  GssCallAbandonedError,
   GssCallError,
   type GssCallState,
   GssClient,
@@ -854,6 +855,28 @@ describe.skipIf(!haveBindingAndAcceptor)(
       } finally {
         vi.useRealTimers();
       }
+    });
+
+    it('C4: an acquire from the MEMORY copy given up before it started (its request aborted or timed out while queued) leaves the copy in use: a call never started says nothing of the cache (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'abandoned-acquire.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      expect(cache.take(Date.now() + 60_000)).toBeUndefined(); // the next context acquires from the copy
+      await expect(GssClient.create('HTTP@localhost', { ...o, gaveUp: () => true })).rejects.toThrow(
+        GssCallAbandonedError,
+      );
+      expect(cache.copied).toBe(true);
+      const next = await GssClient.create('HTTP@localhost', o);
+      expect(next.keptCredential).toBe(false);
+      await handshake(next);
+      expect(cache.copied).toBe(true);
+      cache.drop();
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
     });
 
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {

@@ -639,8 +639,9 @@ export class GssClient {
       } catch (e) {
         if (copy) {
           unuse(g, copy);
-          // The next context acquires from the ccache itself.
-          if (!copy.retired) o.credCache?.drop();
+          // The next context acquires from the ccache itself — unless the call never started (its
+          // caller gave up while it queued), which says nothing of the copy.
+          if (!copy.retired && !(e instanceof GssCallAbandonedError)) o.credCache?.drop();
         }
         throw e;
       }
