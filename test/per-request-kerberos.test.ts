@@ -879,6 +879,30 @@ describe.skipIf(!haveBindingAndAcceptor)(
       await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
     });
 
+    it('S6: in a stream, a ccache found to hold another principal when it was to be copied (kinit carol since alice’s credential was kept) drops alice’s credential there: no context is made ahead on it, the next is carol’s (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'switched-before-copy.ccache');
+      const carolPath = join(lab.dir, 'switched-before-copy-carol.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      await handshake(await GssClient.create('HTTP@localhost', o));
+      // The second first step of a stream; before its copy is made (setImmediate), kinit carol.
+      const second = await GssClient.create('HTTP@localhost', o);
+      const token = (await second.step(''))!;
+      copyFileSync(carolPath, `${path}.new`);
+      renameSync(`${path}.new`, path);
+      await new Promise((resolve) => setImmediate(resolve)); // after the stream's (queued first)
+      expect(cache.copied).toBe(false);
+      expect(cache.ahead).toBe(false);
+      expect(cache.holders).toBe(0); // none kept
+      await second.step(await accept(token));
+      const next = await GssClient.create('HTTP@localhost', o);
+      expect(next.username).toBe(CAROL.principal);
+      next.dispose();
+    });
+
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {
       const keytab = join(lab.dir, 'alice-sync.keytab');
       await lab.realm!.kadmin(`ktadd -k ${keytab} -norandkey alice@EXAMPLE.TEST`);

@@ -323,7 +323,13 @@ export class CredCache {
     // trip). A FILE one that could not be copied now (another principal's, being rewritten by a
     // kinit) is asked again at the stream's next first step: not given up for good.
     if (made === 'not-file') this.#noCopy = true;
-    if (made === undefined || made === 'not-file') return;
+    if (made === 'not-file') return;
+    if (made === undefined) {
+      // It now holds another principal's tickets, or none (a kinit or kdestroy since the credential
+      // was kept): not one more context on it, made ahead here next (S6), as the recheck would, later.
+      if (cacheHolds(g, cacheOf(o, shared.username)) === false) this.drop();
+      return;
+    }
     liveCopies += 1;
     const copy: Copy = { ...made, users: 0, retired: false };
     const held = acquireSync(g, o, copy.name);
