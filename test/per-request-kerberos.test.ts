@@ -7,6 +7,7 @@
  * once HELD of them are in flight together: with the cap applied to them (4), it never would.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import { copyFileSync, renameSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { createSecureServer, type Http2SecureServer } from 'node:http2';
@@ -22,7 +23,9 @@ import {
   AHEAD_MAX_AGE_MS,
   CRED_REUSE_MS,
   CredCache,
+  GssCallAbandonedError,
   GssCallError,
+  type GssCallState,
   GssClient,
   gssCacheCopies,
   gssHandshakesInFlight,
@@ -731,6 +734,173 @@ describe.skipIf(!haveBindingAndAcceptor)(
       await expect(GssClient.create('HTTP@localhost', o2)).rejects.toThrow(GssCallError);
       expect(again.copied).toBe(false);
       await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+    });
+
+    it('S6: a credential acquired from the MEMORY copy while a change to the file (kinit carol) retired the copy is not kept: the next context is carol’s, from the file, not one more of alice’s (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'retired-while-acquired.ccache');
+      const carolPath = join(lab.dir, 'retired-while-acquired-carol.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      let onCall: ((state: GssCallState) => void) | undefined;
+      const o = { ...options(cache, { ccache: `FILE:${path}` }), onCall: (s: GssCallState) => onCall?.(s) };
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      // The kept credential has had its time (the copy stays): the next context acquires from the copy.
+      expect(cache.take(Date.now() + 60_000)).toBeUndefined();
+      expect(cache.copied).toBe(true);
+      // While that acquire runs on a worker, carol's tickets replace the file (kinit carol) and a
+      // context made meanwhile sees it: the copy is retired.
+      onCall = (state) => {
+        if (state !== 'running') return;
+        onCall = undefined;
+        copyFileSync(carolPath, `${path}.new`);
+        renameSync(`${path}.new`, path);
+        expect(cache.currentCopy()).toBeUndefined();
+      };
+      const alice = await GssClient.create('HTTP@localhost', o);
+      expect(onCall).toBeUndefined();
+      expect(alice.username).not.toBe(CAROL.principal); // begun before the change: alice's
+      alice.dispose();
+      // Not kept: the next context acquires from the file, carol's.
+      const next = await GssClient.create('HTTP@localhost', o);
+      expect(next.username).toBe(CAROL.principal);
+      next.dispose();
+      cache.drop();
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+    });
+
+    it('M2/R4: a service ticket got while the credential came from the MEMORY copy (so in the copy alone) and refused under an old key is not used again: forgetServiceTicket retires the copy, the next context asks the KDC from the file (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'rotated-in-copy.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      const klist = () => execFileSync('klist', ['-c', `FILE:${path}`], { env: realm.toolEnv, encoding: 'utf8' });
+      const refused = await GssClient.create('HTTP@intranet.example.test', o);
+      expect(carriesKerberosApReq((await refused.step(''))!)).toBe(true);
+      expect(klist()).not.toContain('HTTP/intranet.example.test'); // in the copy alone
+      // The server refused it (its key rotated).
+      refused.forgetServiceTicket();
+      refused.dispose();
+      expect(cache.copied).toBe(false);
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+      // The next context is made from the file: its ticket is a new one, stored there.
+      const next = await GssClient.create('HTTP@intranet.example.test', o);
+      expect(next.keptCredential).toBe(false);
+      expect(carriesKerberosApReq((await next.step(''))!)).toBe(true);
+      next.dispose();
+      expect(klist()).toContain('HTTP/intranet.example.test');
+    });
+
+    it('C4: a FILE ccache that could not be copied once (it held another principal for a moment: a kinit under way) is copied at a later stream: only a cache that is no file (a keyring, KCM) is never asked again (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'copy-later.ccache');
+      const alicePath = join(lab.dir, 'copy-later-alice.ccache');
+      const carolPath = join(lab.dir, 'copy-later-carol.ccache');
+      await realm.kinit({ ccache: `FILE:${alicePath}` });
+      await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
+      const put = (from: string) => {
+        copyFileSync(from, `${path}.new`);
+        renameSync(`${path}.new`, path);
+      };
+      put(alicePath);
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      await handshake(await GssClient.create('HTTP@localhost', o));
+      // The second first step of a stream: the copy is made after it (setImmediate). Before that,
+      // the file holds carol's tickets for a moment: alice's credential is not copied from it.
+      const second = await GssClient.create('HTTP@localhost', o);
+      const token = (await second.step(''))!;
+      put(carolPath);
+      await new Promise((resolve) => setImmediate(resolve)); // after the stream's (queued first)
+      expect(cache.copied).toBe(false);
+      put(alicePath);
+      await second.step(await accept(token));
+      // The file holds alice's again: a later stream copies it.
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.ahead).toBe(true));
+      expect(cache.copied).toBe(true);
+      cache.drop();
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+    });
+
+    it('S6: a MEMORY copy lives no longer than its stream: once no first step came for CRED_REUSE_MS it is retired and destroyed, so an idle (or closed) agent keeps no copy of the tickets in memory, after a kdestroy neither (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'idle-copy.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+      try {
+        const cache = new CredCache();
+        const o = options(cache, { ccache: `FILE:${path}` });
+        for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+        await vi.waitFor(() => expect(cache.ahead).toBe(true));
+        expect(cache.copied).toBe(true);
+        // The stream goes on: the copy stays.
+        vi.advanceTimersByTime(CRED_REUSE_MS - 1_000);
+        await handshake(await GssClient.create('HTTP@localhost', o));
+        vi.advanceTimersByTime(1_000);
+        expect(cache.copied).toBe(true);
+        // It has ended (no first step for CRED_REUSE_MS): retired, destroyed once unused.
+        vi.advanceTimersByTime(CRED_REUSE_MS);
+        expect(cache.copied).toBe(false);
+        await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
+    it('C4: an acquire from the MEMORY copy given up before it started (its request aborted or timed out while queued) leaves the copy in use: a call never started says nothing of the cache (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'abandoned-acquire.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      expect(cache.take(Date.now() + 60_000)).toBeUndefined(); // the next context acquires from the copy
+      await expect(GssClient.create('HTTP@localhost', { ...o, gaveUp: () => true })).rejects.toThrow(
+        GssCallAbandonedError,
+      );
+      expect(cache.copied).toBe(true);
+      const next = await GssClient.create('HTTP@localhost', o);
+      expect(next.keptCredential).toBe(false);
+      await handshake(next);
+      expect(cache.copied).toBe(true);
+      cache.drop();
+      await vi.waitFor(() => expect(gssCacheCopies()).toBe(copiesBefore));
+    });
+
+    it('S6: in a stream, a ccache found to hold another principal when it was to be copied (kinit carol since alice’s credential was kept) drops alice’s credential there: no context is made ahead on it, the next is carol’s (review r1)', async () => {
+      const realm = lab.realm!;
+      const path = join(lab.dir, 'switched-before-copy.ccache');
+      const carolPath = join(lab.dir, 'switched-before-copy-carol.ccache');
+      await realm.kinit({ ccache: `FILE:${path}` });
+      await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
+      const cache = new CredCache();
+      const o = options(cache, { ccache: `FILE:${path}` });
+      await handshake(await GssClient.create('HTTP@localhost', o));
+      // The second first step of a stream; before its copy is made (setImmediate), kinit carol.
+      const second = await GssClient.create('HTTP@localhost', o);
+      const token = (await second.step(''))!;
+      copyFileSync(carolPath, `${path}.new`);
+      renameSync(`${path}.new`, path);
+      await new Promise((resolve) => setImmediate(resolve)); // after the stream's (queued first)
+      expect(cache.copied).toBe(false);
+      expect(cache.ahead).toBe(false);
+      expect(cache.holders).toBe(0); // none kept
+      await second.step(await accept(token));
+      const next = await GssClient.create('HTTP@localhost', o);
+      expect(next.username).toBe(CAROL.principal);
+      next.dispose();
     });
 
     it('C4: a keytab credential keeps its first steps on a worker (MIT may renew its TGT inside gss_init_sec_context)', async () => {

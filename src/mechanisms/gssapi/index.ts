@@ -232,6 +232,8 @@ export class CredCache {
   #noCopy = false;
   /** SPN → whether a first step with its ticket cached was seen to be quick (`fast`) or to block. */
   readonly #speed = new Map<string, 'fast' | 'slow'>();
+  /** Retires the copy once its stream has ended (see {@link #watchStream}). */
+  #streamWatch: ReturnType<typeof setTimeout> | undefined;
 
   constructor() {
     credCaches.register(this, this.#slot, this);
@@ -317,9 +319,15 @@ export class CredCache {
     const { g, shared } = this.#slot;
     if (!g || !shared?.tickets || shared.copy || o.keytab || this.#noCopy) return;
     const made = copyFileCache(g, cacheOf(o, shared.username), fileStamp);
-    // Not a FILE ccache (a keyring, KCM): not asked again at every first step (KCM: a socket round trip).
-    if (!made) {
-      this.#noCopy = true;
+    // Not a FILE ccache (a keyring, KCM): not asked again at every first step (KCM: a socket round
+    // trip). A FILE one that could not be copied now (another principal's, being rewritten by a
+    // kinit) is asked again at the stream's next first step: not given up for good.
+    if (made === 'not-file') this.#noCopy = true;
+    if (made === 'not-file') return;
+    if (made === undefined) {
+      // It now holds another principal's tickets, or none (a kinit or kdestroy since the credential
+      // was kept): not one more context on it, made ahead here next (S6), as the recheck would, later.
+      if (cacheHolds(g, cacheOf(o, shared.username)) === false) this.drop();
       return;
     }
     liveCopies += 1;
@@ -335,6 +343,26 @@ export class CredCache {
     const next = { handle: held.cred, username: held.username, holders: 0, tickets: new Map(shared.tickets), copy };
     this.keep(g, next, now, (held.lifetime - 1) * 1000);
     this.#slot.copy = copy;
+    this.#watchStream();
+  }
+
+  /**
+   * The copy lives no longer than its stream: once no first step came for CRED_REUSE_MS, it is
+   * retired (destroyed once unused). Else its tickets stayed in this process's memory for as long as
+   * the agent was idle, or closed and not yet collected — after a `kdestroy` too, until a next
+   * context looked at the file. The timer holds the cache weakly (its finalizer still runs).
+   */
+  #watchStream(): void {
+    if (this.#streamWatch) return;
+    const cache = new WeakRef(this);
+    this.#streamWatch = setTimeout(() => {
+      const self = cache.deref();
+      if (!self) return;
+      self.#streamWatch = undefined;
+      if (!self.#slot.copy) return;
+      if (Date.now() - self.#lastFirst >= CRED_REUSE_MS) self.drop();
+      else self.#watchStream();
+    }, CRED_REUSE_MS).unref();
   }
 
   /** Whether first steps for `spn` with its ticket cached were seen to be quick (never blocked). */
@@ -617,8 +645,9 @@ export class GssClient {
       } catch (e) {
         if (copy) {
           unuse(g, copy);
-          // The next context acquires from the ccache itself.
-          if (!copy.retired) o.credCache?.drop();
+          // The next context acquires from the ccache itself — unless the call never started (its
+          // caller gave up while it queued), which says nothing of the copy.
+          if (!copy.retired && !(e instanceof GssCallAbandonedError)) o.credCache?.drop();
         }
         throw e;
       }
@@ -635,7 +664,9 @@ export class GssClient {
         };
       }
       kerberosOnly(g, o, h.cred);
-      if (h.shared && lifetime > 1) o.credCache?.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
+      // Not kept when its copy was retired while it was acquired (the file changed meanwhile: S6):
+      // this context, begun before the change, uses it; the next acquire from the file.
+      if (h.shared && lifetime > 1 && !copy?.retired) o.credCache?.keep(g, h.shared, Date.now(), (lifetime - 1) * 1000);
       return new GssClient(g, h, o, username, spn);
     } catch (e) {
       release(g, h);

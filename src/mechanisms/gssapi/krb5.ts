@@ -204,16 +204,17 @@ export interface CacheCopy {
  * Copies `where.client`'s FILE ccache into a new MEMORY ccache of this process, with the file's
  * `stampOf` taken just before. MIT reads a FILE ccache whole, under a lock, several times in every
  * `gss_init_sec_context` (~60 system calls for a first step); a MEMORY one is read in place.
- * Undefined when the cache is not a FILE one (a keyring, KCM, a DIR collection: left as they are),
- * is not `where.client`'s, or cannot be copied. Never throws.
+ * `'not-file'` when the cache is not a FILE one (a keyring, KCM, a DIR collection: left as they
+ * are, never copied); undefined when it is not `where.client`'s now, or cannot be copied now (a
+ * kinit under way: it may be later). Never throws.
  */
 export function copyFileCache(
   g: GssFunctions,
   where: TicketCache,
   stampOf: (path: string) => string | undefined,
-): CacheCopy | undefined {
-  return inClientCache(g, where, undefined, (k, ctx, cc, client) => {
-    if (k.ccGetType(ctx, cc) !== 'FILE') return undefined;
+): CacheCopy | 'not-file' | undefined {
+  return inClientCache<CacheCopy | 'not-file' | undefined>(g, where, undefined, (k, ctx, cc, client) => {
+    if (k.ccGetType(ctx, cc) !== 'FILE') return 'not-file';
     const path = k.ccGetName(ctx, cc) as string;
     // Before the copy: a change made while it is copied is then seen as one.
     const stamp = stampOf(path);
