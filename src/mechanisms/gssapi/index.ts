@@ -315,7 +315,7 @@ export class CredCache {
    * kswitch is seen at once (S6). Tickets GSS-API gets meanwhile go to the copy alone. Not for a
    * keytab credential, nor a cache that is no file (a keyring, KCM, a DIR collection's).
    */
-  #adoptCopy(o: GssClientOptions, now: number): void {
+  async #adoptCopy(o: GssClientOptions): Promise<void> {
     const { g, shared } = this.#slot;
     if (!g || !shared?.tickets || shared.copy || o.keytab || this.#noCopy) return;
     const made = copyFileCache(g, cacheOf(o, shared.username), fileStamp);
@@ -331,17 +331,25 @@ export class CredCache {
       return;
     }
     liveCopies += 1;
-    const copy: Copy = { ...made, users: 0, retired: false };
-    const held = acquireSync(g, o, copy.name);
-    if (!held || held.username !== shared.username || held.lifetime <= 1) {
+    // Its user while the acquire runs: the credential acquired, once kept.
+    const copy: Copy = { ...made, users: 1, retired: false };
+    const held = await acquireFromCopy(g, o, copy.name);
+    // Meanwhile the kept credential may have gone (dropped, expired) or the file changed: not adopted then.
+    if (
+      !held ||
+      held.username !== shared.username ||
+      held.lifetime <= 1 ||
+      this.#slot.shared !== shared ||
+      fileStamp(copy.path) !== copy.stamp
+    ) {
       if (held) g.releaseCred([0], [held.cred]);
-      destroyCopy(g, copy);
+      retire(g, copy);
+      unuse(g, copy);
       return;
     }
-    copy.users = 1;
     if (this.#slot.copy) retire(g, this.#slot.copy);
     const next = { handle: held.cred, username: held.username, holders: 0, tickets: new Map(shared.tickets), copy };
-    this.keep(g, next, now, (held.lifetime - 1) * 1000);
+    this.keep(g, next, Date.now(), (held.lifetime - 1) * 1000);
     this.#slot.copy = copy;
     this.#watchStream();
   }
@@ -407,8 +415,9 @@ export class CredCache {
     this.#making = true;
     // After the current request has been written.
     setImmediate(() => {
-      this.#adoptCopy(o, Date.now());
-      GssClient.create(spn, o, { keptOnly: true })
+      this.#adoptCopy(o)
+        .catch(() => {}) // the kept credential stays as it is
+        .then(() => GssClient.create(spn, o, { keptOnly: true }))
         .then((client) => {
           if (!client) return;
           client.stepAhead();
@@ -939,18 +948,21 @@ function kerberosOnly(g: GssFunctions, o: GssClientOptions, cred: GssHandle): vo
 }
 
 /**
- * A credential from the MEMORY ccache `ccache` (see CredCache's #adoptCopy), acquired on the
- * event loop: it reads memory, never a KDC. Undefined where it fails (the caller keeps what it has).
+ * A credential from the MEMORY ccache `ccache` (see CredCache's #adoptCopy). On a worker: a copy
+ * whose tickets MIT thinks due for a refresh (a `refresh_time` entry, with a default client keytab
+ * holding the principal) is refreshed inside the acquire, an AS-REQ to the KDC. Undefined where it
+ * fails (the caller keeps what it has).
  */
-function acquireSync(
+async function acquireFromCopy(
   g: GssFunctions,
   o: GssClientOptions,
   ccache: string,
-): { cred: GssHandle; username: string; lifetime: number } | undefined {
+): Promise<{ cred: GssHandle; username: string; lifetime: number } | undefined> {
   const name = o.principal ? importName(g, o.principal, NT_USER_NAME) : undefined;
   const cred: [GssHandle] = [null];
   try {
-    if (isGssError(g.acquireCredFrom(...acquireArgs(o, name, ccache, cred, [0])) as number)) return undefined;
+    const major = await callAsync(g.acquireCredFrom, acquireArgs(o, name, ccache, cred, [0]));
+    if (isGssError(major)) return undefined;
     kerberosOnly(g, o, cred[0]);
     const { name: username, lifetime } = inquireCredential(g, cred[0]);
     return { cred: cred[0], username, lifetime };
