@@ -558,6 +558,55 @@ describe('M2: no ticket is remembered for a while', () => {
   });
 });
 
+describe('M2: a remembered "no ticket" is asked again by one handshake', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it('M2: once "no ticket" runs out, one handshake asks GSS-API again; those started before its answer go to NTLM, and a ticket found is used by the next ones', async () => {
+    let now = 1_000_000;
+    vi.spyOn(Date, 'now').mockImplementation(() => now);
+    let asked = 0;
+    let answer: (() => Promise<KerberosClientLike>) | undefined;
+    const ticket = fakeKerberos({ steps: [() => 'AAAA'], username: 'alice@R' });
+    const k: KerberosModuleLike = {
+      initializeClient: (spn, o) => {
+        asked += 1;
+        return answer ? answer() : ticket.initializeClient(spn, o);
+      },
+    };
+    const creds = { username: 'alice', password: 'pw', domain: 'EXAMPLE' };
+    const mech = negotiateMechanism({ kerberos: k, credentials: creds, ntlmFallback: 'raw' });
+    const isNtlm = (header: string) =>
+      Buffer.from(header.slice('Negotiate '.length), 'base64').subarray(0, 8).toString('latin1') === 'NTLMSSP\0';
+    answer = async () => {
+      throw new Error(GSS.noTicketSpnego);
+    };
+    expect(isNtlm(await mech.createContext(leg).step(undefined, leg))).toBe(true);
+    expect(asked).toBe(1);
+    // The memory runs out; the recheck's answer is held while more handshakes start.
+    now += 60_000;
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    answer = async () => {
+      await held;
+      throw new Error(GSS.noTicketSpnego);
+    };
+    const recheck = mech.createContext(leg).step(undefined, leg);
+    const others = Array.from({ length: 4 }, () => mech.createContext(leg).step(undefined, leg));
+    release();
+    expect((await Promise.all(others)).every(isNtlm)).toBe(true);
+    expect(isNtlm(await recheck)).toBe(true);
+    expect(asked).toBe(2);
+    // Out again, and a kinit meanwhile: the recheck gets a ticket, and so do the handshakes after it.
+    now += 60_000;
+    answer = undefined;
+    expect(isNtlm(await mech.createContext(leg).step(undefined, leg))).toBe(false);
+    expect(isNtlm(await mech.createContext(leg).step(undefined, leg))).toBe(false);
+    expect(asked).toBe(4);
+  });
+});
+
 describe('M2/M5: missing kerberos addon, koffi or system GSS-API library', () => {
   async function withMissing<T>(
     pkg: string,

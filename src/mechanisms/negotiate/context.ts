@@ -37,7 +37,7 @@ import {
   TICKET_RECHECK_MS,
   ticketFixes,
 } from './errors.ts';
-import { type KerberosMemory, type NegotiateOptions, SCHEME } from './mechanism.ts';
+import { type KerberosMemory, kerberosRemembered, type NegotiateOptions, SCHEME } from './mechanism.ts';
 import { spnFor, spnWithoutLookup } from './spn.ts';
 
 /** Largest base64 token accepted from a server (S3). */
@@ -310,10 +310,8 @@ export class NegotiateContext implements MechanismContext {
     if (this.#state === 'initial' && challenge?.token68 === undefined) {
       // Per-request mode asks for a token per request: don't ask GSS-API again and again when it
       // just said it has no usable credentials — answer as that failure would, straight away.
-      const remembered = this.#memory.reason;
-      if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
-        return this.#fallBack(remembered, leg);
-      }
+      const memory = this.#memory;
+      if (kerberosRemembered(memory) && this.#canFallBack(leg)) return this.#fallBack(memory.reason!, leg);
     }
     return this.#step(challenge, leg, gaveUp);
   }
@@ -321,18 +319,27 @@ export class NegotiateContext implements MechanismContext {
   async #step(challenge: Challenge | undefined, leg: LegInfo, gaveUp?: () => boolean): Promise<string> {
     const token = challenge?.token68 !== undefined ? checkToken(challenge.token68) : undefined;
     if (this.#state === 'initial') {
-      const remembered = this.#memory.reason;
-      if (remembered && Date.now() < this.#memory.unavailableUntil && this.#canFallBack(leg)) {
-        return await this.#fallBack(remembered, leg);
+      const memory = this.#memory;
+      if (kerberosRemembered(memory) && this.#canFallBack(leg)) return await this.#fallBack(memory.reason!, leg);
+      // Kerberos was remembered unusable and its time ran out: this context asks again, the others
+      // falling back until it knows (kerberosRemembered).
+      const recheck = memory.reason !== undefined && this.#canFallBack(leg);
+      if (recheck) memory.rechecking = true;
+      try {
+        // A token in the first challenge is not meaningful to an initiator with no context: ignored.
+        this.#spn =
+          spnWithoutLookup(this.#o, leg.hostname, leg.port) ??
+          (await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname));
+      } catch (e) {
+        if (recheck) memory.rechecking = false;
+        throw e;
       }
-      // A token in the first challenge is not meaningful to an initiator with no context: ignored.
-      this.#spn =
-        spnWithoutLookup(this.#o, leg.hostname, leg.port) ??
-        (await spnFor(this.#o, leg.hostname, leg.port, this.#o.resolveCname));
       let out: string | null;
       try {
         this.#waiting = true;
         out = await this.#firstKerberosToken(leg, gaveUp);
+        // Kerberos made a token: nothing to remember any more.
+        if (recheck) memory.reason = undefined;
       } catch (e) {
         this.#waiting = false;
         // Its handshake gave up while the call waited for a worker: no NTLM for a dead handshake.
@@ -351,6 +358,7 @@ export class NegotiateContext implements MechanismContext {
         throw err;
       } finally {
         this.#waiting = false;
+        if (recheck) memory.rechecking = false;
       }
       if (this.#disposed) {
         // The handshake ended while GSS-API made the token (its clock, the caller's abort): unsent.

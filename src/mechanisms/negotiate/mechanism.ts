@@ -107,6 +107,12 @@ export interface KerberosMemory {
   /** How its errors name the options and credentials to fix (a proxy's: H5). */
   readonly names: KerberosNames;
   reason?: NegotiateFallbackReason;
+  /**
+   * A context is asking GSS-API again after `reason`'s time ran out: the others go on falling back
+   * meanwhile, or every handshake starting before its answer would ask too (a per-request stream:
+   * ~30% of its requests each paid a failing `gss_init_sec_context`).
+   */
+  rechecking?: boolean;
   /** The acquired credential the GSS-API binding keeps for this mechanism's next contexts. */
   creds?: CredCache;
   /** Whether the backend in use binds tokens to the channel (unknown until the first handshake). */
@@ -275,8 +281,7 @@ export function negotiateMechanism(
     // nor need NTLM's first message, while Kerberos is remembered unusable and the password falls back.
     get bindsFirstToken() {
       const ntlmFirst =
-        memory.reason !== undefined &&
-        Date.now() < memory.unavailableUntil &&
+        kerberosRemembered(memory) &&
         opts.credentials !== undefined &&
         opts.ntlmFallback !== false &&
         opts.mech !== 'kerberos';
@@ -293,3 +298,8 @@ export function negotiateMechanism(
 }
 
 let keytabCaches = 0;
+
+/** Kerberos is remembered unusable (see {@link KerberosMemory}): its time has not run out, or its recheck runs. */
+export function kerberosRemembered(memory: KerberosMemory): boolean {
+  return memory.reason !== undefined && (memory.rechecking === true || Date.now() < memory.unavailableUntil);
+}
