@@ -270,8 +270,7 @@ export class CredCache {
    */
   recheck(now: number, g: GssFunctions, o: GssClientOptions): void {
     // A copy's file changed (a kinit, a kdestroy, a ticket stored): at once, one stat a context.
-    const copy = this.#slot.copy;
-    if (copy && fileStamp(copy.path) !== copy.stamp) this.drop();
+    this.currentCopy();
     const shared = this.#slot.shared;
     if (!shared || now < this.#heldUntil || o.keytab) return;
     this.#heldUntil = now + HOLDER_RECHECK_MS;
@@ -310,10 +309,11 @@ export class CredCache {
   /**
    * Moves the kept credential, acquired from a FILE ccache, onto a MEMORY copy of that file (in a
    * stream of first steps, before the next is made ahead): MIT reads a FILE ccache whole, under a
-   * lock, several times in every `gss_init_sec_context`, the copy in place (docs/PERFORMANCE.md). New credentials come from the copy while the file stays as it was;
-   * any change to it retires the copy at the next context (recheck), so a kinit, kdestroy or
-   * kswitch is seen at once (S6). Tickets GSS-API gets meanwhile go to the copy alone. Not for a
-   * keytab credential, nor a cache that is no file (a keyring, KCM, a DIR collection's).
+   * lock, several times in every `gss_init_sec_context`, the copy in place (docs/PERFORMANCE.md).
+   * New credentials come from the copy (acquired on a worker) while the file stays as it was; any
+   * change to it retires the copy at the next context (recheck), so a kinit or kdestroy is seen at
+   * once (S6). Tickets GSS-API gets meanwhile go to the copy alone. Not for a keytab credential,
+   * nor a cache that is no file (a keyring, KCM, a DIR collection's).
    */
   async #adoptCopy(o: GssClientOptions): Promise<void> {
     const { g, shared } = this.#slot;
@@ -322,8 +322,10 @@ export class CredCache {
     // Not a FILE ccache (a keyring, KCM): not asked again at every first step (KCM: a socket round
     // trip). A FILE one that could not be copied now (another principal's, being rewritten by a
     // kinit) is asked again at the stream's next first step: not given up for good.
-    if (made === 'not-file') this.#noCopy = true;
-    if (made === 'not-file') return;
+    if (made === 'not-file') {
+      this.#noCopy = true;
+      return;
+    }
     if (made === undefined) {
       // It now holds another principal's tickets, or none (a kinit or kdestroy since the credential
       // was kept): not one more context on it, made ahead here next (S6), as the recheck would, later.
