@@ -326,12 +326,13 @@ export class CredCache {
       this.#noCopy = true;
       return;
     }
-    if (made === undefined) {
+    if (made === 'not-held') {
       // It now holds another principal's tickets, or none (a kinit or kdestroy since the credential
       // was kept): not one more context on it, made ahead here next (S6), as the recheck would, later.
-      if (cacheHolds(g, cacheOf(o, shared.username)) === false) this.drop();
+      this.drop();
       return;
     }
+    if (made === undefined) return;
     liveCopies += 1;
     // Its user while the acquire runs: the credential acquired, once kept.
     const copy: Copy = { ...made, users: 1, retired: false };

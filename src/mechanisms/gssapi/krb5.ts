@@ -205,30 +205,36 @@ export interface CacheCopy {
  * `stampOf` taken just before. MIT reads a FILE ccache whole, under a lock, several times in every
  * `gss_init_sec_context` (~60 system calls for a first step); a MEMORY one is read in place.
  * `'not-file'` when the cache is not a FILE one (a keyring, KCM, a DIR collection: left as they
- * are, never copied); undefined when it is not `where.client`'s now, or cannot be copied now (a
- * kinit under way: it may be later). Never throws.
+ * are, never copied); `'not-held'` when it does not hold `where.client`'s tickets now (another
+ * principal's, none, or gone: a kinit or kdestroy since, as {@link cacheHolds} would say);
+ * undefined when it cannot be copied now, or libkrb5 is not there. Never throws.
  */
 export function copyFileCache(
   g: GssFunctions,
   where: TicketCache,
   stampOf: (path: string) => string | undefined,
-): CacheCopy | 'not-file' | undefined {
-  return inClientCache<CacheCopy | 'not-file' | undefined>(g, where, undefined, (k, ctx, cc, client) => {
-    if (k.ccGetType(ctx, cc) !== 'FILE') return 'not-file';
-    const path = k.ccGetName(ctx, cc) as string;
-    // Before the copy: a change made while it is copied is then seen as one.
-    const stamp = stampOf(path);
-    if (stamp === undefined) return undefined;
-    const mem: [unknown] = [null];
-    if (k.ccNewUnique(ctx, 'MEMORY', null, mem) !== 0 || !mem[0]) return undefined;
-    const name = `MEMORY:${k.ccGetName(ctx, mem[0]) as string}`;
-    if (k.ccInitialize(ctx, mem[0], client) !== 0 || k.ccCopyCreds(ctx, cc, mem[0]) !== 0) {
-      k.ccDestroy(ctx, mem[0]);
-      return undefined;
+): CacheCopy | 'not-file' | 'not-held' | undefined {
+  type Copied = CacheCopy | 'not-file' | 'not-held' | undefined;
+  return inClientCache<Copied>(g, where, 'not-held', (k, ctx, cc, client) => {
+    try {
+      if (k.ccGetType(ctx, cc) !== 'FILE') return 'not-file';
+      const path = k.ccGetName(ctx, cc) as string;
+      // Before the copy: a change made while it is copied is then seen as one.
+      const stamp = stampOf(path);
+      if (stamp === undefined) return 'not-held';
+      const mem: [unknown] = [null];
+      if (k.ccNewUnique(ctx, 'MEMORY', null, mem) !== 0 || !mem[0]) return undefined;
+      const name = `MEMORY:${k.ccGetName(ctx, mem[0]) as string}`;
+      if (k.ccInitialize(ctx, mem[0], client) !== 0 || k.ccCopyCreds(ctx, cc, mem[0]) !== 0) {
+        k.ccDestroy(ctx, mem[0]);
+        return undefined;
+      }
+      // Closing a MEMORY handle keeps the cache (and its tickets) until it is destroyed.
+      k.ccClose(ctx, mem[0]);
+      return { name, path, stamp };
+    } catch {
+      return undefined; // the copy failed; whose the cache is was checked already
     }
-    // Closing a MEMORY handle keeps the cache (and its tickets) until it is destroyed.
-    k.ccClose(ctx, mem[0]);
-    return { name, path, stamp };
   });
 }
 
