@@ -497,6 +497,27 @@ describe.skipIf(!haveBindingAndAcceptor)(
       return { token, call };
     }
 
+    /**
+     * alice's tickets in a FILE ccache of its own (`name` in the lab's directory), and a CredCache whose
+     * stream (two first steps in a row) has moved its credential onto a MEMORY copy of that file.
+     */
+    async function streamOnCopy(name: string, more: { onCall?: (state: GssCallState) => void } = {}) {
+      const path = join(lab.dir, `${name}.ccache`);
+      await lab.realm!.kinit({ ccache: `FILE:${path}` });
+      const copiesBefore = gssCacheCopies();
+      const cache = new CredCache();
+      const o = { ...options(cache, { ccache: `FILE:${path}` }), ...more };
+      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
+      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      return { path, cache, o, copiesBefore };
+    }
+
+    /** `path` replaced at once by a copy of the ccache `from`, as kinit writes one. */
+    function replaceCache(path: string, from: string): void {
+      copyFileSync(from, `${path}.new`);
+      renameSync(`${path}.new`, path);
+    }
+
     // Every test's contexts end (complete or fail): none counts as another request in flight later.
     afterEach(() => expect(gssHandshakesInFlight()).toBe(0));
 
@@ -737,17 +758,12 @@ describe.skipIf(!haveBindingAndAcceptor)(
     });
 
     it('S6: a credential acquired from the MEMORY copy while a change to the file (kinit carol) retired the copy is not kept: the next context is carol’s, from the file, not one more of alice’s (review r1)', async () => {
-      const realm = lab.realm!;
-      const path = join(lab.dir, 'retired-while-acquired.ccache');
       const carolPath = join(lab.dir, 'retired-while-acquired-carol.ccache');
-      await realm.kinit({ ccache: `FILE:${path}` });
-      await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
-      const copiesBefore = gssCacheCopies();
-      const cache = new CredCache();
+      await lab.realm!.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
       let onCall: ((state: GssCallState) => void) | undefined;
-      const o = { ...options(cache, { ccache: `FILE:${path}` }), onCall: (s: GssCallState) => onCall?.(s) };
-      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
-      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      const { path, cache, o, copiesBefore } = await streamOnCopy('retired-while-acquired', {
+        onCall: (state) => onCall?.(state),
+      });
       // The kept credential has had its time (the copy stays): the next context acquires from the copy.
       expect(cache.take(Date.now() + 60_000)).toBeUndefined();
       expect(cache.copied).toBe(true);
@@ -756,8 +772,7 @@ describe.skipIf(!haveBindingAndAcceptor)(
       onCall = (state) => {
         if (state !== 'running') return;
         onCall = undefined;
-        copyFileSync(carolPath, `${path}.new`);
-        renameSync(`${path}.new`, path);
+        replaceCache(path, carolPath);
         expect(cache.currentCopy()).toBeUndefined();
       };
       const alice = await GssClient.create('HTTP@localhost', o);
@@ -773,15 +788,8 @@ describe.skipIf(!haveBindingAndAcceptor)(
     });
 
     it('M2/R4: a service ticket got while the credential came from the MEMORY copy (so in the copy alone) and refused under an old key is not used again: forgetServiceTicket retires the copy, the next context asks the KDC from the file (review r1)', async () => {
-      const realm = lab.realm!;
-      const path = join(lab.dir, 'rotated-in-copy.ccache');
-      await realm.kinit({ ccache: `FILE:${path}` });
-      const copiesBefore = gssCacheCopies();
-      const cache = new CredCache();
-      const o = options(cache, { ccache: `FILE:${path}` });
-      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
-      await vi.waitFor(() => expect(cache.copied).toBe(true));
-      const klist = () => execFileSync('klist', ['-c', `FILE:${path}`], { env: realm.toolEnv, encoding: 'utf8' });
+      const { path, cache, o, copiesBefore } = await streamOnCopy('rotated-in-copy');
+      const klist = () => execFileSync('klist', ['-c', `FILE:${path}`], { env: lab.realm!.toolEnv, encoding: 'utf8' });
       const refused = await GssClient.create('HTTP@intranet.example.test', o);
       expect(carriesKerberosApReq((await refused.step(''))!)).toBe(true);
       expect(klist()).not.toContain('HTTP/intranet.example.test'); // in the copy alone
@@ -805,10 +813,7 @@ describe.skipIf(!haveBindingAndAcceptor)(
       const carolPath = join(lab.dir, 'copy-later-carol.ccache');
       await realm.kinit({ ccache: `FILE:${alicePath}` });
       await realm.kinit({ ccache: `FILE:${carolPath}`, principal: CAROL.principal, password: CAROL.password });
-      const put = (from: string) => {
-        copyFileSync(from, `${path}.new`);
-        renameSync(`${path}.new`, path);
-      };
+      const put = (from: string) => replaceCache(path, from);
       put(alicePath);
       const copiesBefore = gssCacheCopies();
       const cache = new CredCache();
@@ -858,14 +863,7 @@ describe.skipIf(!haveBindingAndAcceptor)(
     });
 
     it('C4: an acquire from the MEMORY copy given up before it started (its request aborted or timed out while queued) leaves the copy in use: a call never started says nothing of the cache (review r1)', async () => {
-      const realm = lab.realm!;
-      const path = join(lab.dir, 'abandoned-acquire.ccache');
-      await realm.kinit({ ccache: `FILE:${path}` });
-      const copiesBefore = gssCacheCopies();
-      const cache = new CredCache();
-      const o = options(cache, { ccache: `FILE:${path}` });
-      for (let i = 0; i < 2; i++) await handshake(await GssClient.create('HTTP@localhost', o));
-      await vi.waitFor(() => expect(cache.copied).toBe(true));
+      const { cache, o, copiesBefore } = await streamOnCopy('abandoned-acquire');
       expect(cache.take(Date.now() + 60_000)).toBeUndefined(); // the next context acquires from the copy
       await expect(GssClient.create('HTTP@localhost', { ...o, gaveUp: () => true })).rejects.toThrow(
         GssCallAbandonedError,
@@ -891,8 +889,7 @@ describe.skipIf(!haveBindingAndAcceptor)(
       // The second first step of a stream; before its copy is made (setImmediate), kinit carol.
       const second = await GssClient.create('HTTP@localhost', o);
       const token = (await second.step(''))!;
-      copyFileSync(carolPath, `${path}.new`);
-      renameSync(`${path}.new`, path);
+      replaceCache(path, carolPath);
       await new Promise((resolve) => setImmediate(resolve)); // after the stream's (queued first)
       expect(cache.copied).toBe(false);
       expect(cache.ahead).toBe(false);

@@ -57,6 +57,19 @@ function negotiateProxy(answer: (head: string) => string | { relay: number } | u
   );
 }
 
+/** A Negotiate proxy that never answers a request with a token, and when the first such request has arrived. */
+async function silentNegotiateProxy(): Promise<{ proxy: Hostile; there: Promise<void> }> {
+  let arrived!: () => void;
+  const there = new Promise<void>((resolve) => {
+    arrived = resolve;
+  });
+  const proxy = await negotiateProxy(() => {
+    arrived();
+    return undefined; // never answered
+  });
+  return { proxy, there };
+}
+
 /**
  * A Negotiate mechanism for the proxy whose context steps are GSS-API's own (a real context, counted
  * in flight) but return only once `release` is called: a step still running, as one that waits on a
@@ -260,14 +273,7 @@ describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, 
   });
 
   it("C4/H5: an agent destroyed while the CONNECT's Kerberos leg waits for the proxy's answer ends the tunnel handshake's GSS-API context — no longer counted as in flight, without a garbage collection", async () => {
-    let arrived!: () => void;
-    const there = new Promise<void>((resolve) => {
-      arrived = resolve;
-    });
-    const proxy = await negotiateProxy(() => {
-      arrived();
-      return undefined; // never answered
-    });
+    const { proxy, there } = await silentNegotiateProxy();
     const agent = through(proxy);
     expect(gssHandshakesInFlight()).toBe(0);
     const failed = request(`https://localhost:${originPort}/`, { dispatcher: agent }).catch((err: Error) => err);
@@ -279,14 +285,7 @@ describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, 
   });
 
   it("C4/H5: the agent closed while the CONNECT's Kerberos leg waits for an answer that never comes: close() resolves once the tunnel's deadline ended the handshake, its GSS-API context freed by then (before: still counted when close() resolved)", async () => {
-    let arrived!: () => void;
-    const there = new Promise<void>((resolve) => {
-      arrived = resolve;
-    });
-    const proxy = await negotiateProxy(() => {
-      arrived();
-      return undefined; // never answered
-    });
+    const { proxy, there } = await silentNegotiateProxy();
     opened.push(proxy);
     const agent = new MultilegAgent({
       connect: { ca: CA_CERT },
