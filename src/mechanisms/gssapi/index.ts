@@ -721,15 +721,18 @@ export class GssClient {
    * Else a later step only processes the server's token (the AP-REP: local crypto). A first step
    * needs a TGS-REQ unless the service ticket is in the ccache (which a context on the same
    * credential found there), and may still wait on something else (a TGT renewal): so only after
-   * such a step, made on a worker, was seen to be quick. And none while other requests' handshakes
-   * are in flight: the event loop is then what they all wait for, and a call on a worker runs beside
-   * it (per-request Kerberos, 50 in flight against the lab's Apache on 2 cores: 0.96 of the wall time
-   * on a quiet machine, ~5% more CPU for the thread hops; docs/PERFORMANCE.md). One at a time, the
-   * event loop has nothing else to do.
+   * such a step, made on a worker, was seen to be quick; and never while other requests' handshakes
+   * are in flight: the event loop is then what they all wait for, and the first step (the AP-REQ,
+   * the dearer call) runs beside it on a worker. The server token's check stays on the event loop
+   * even then: starting a call on a worker cost the loop more than the check itself (per-request
+   * Kerberos, 50 in flight against the lab's Apache on 2 cores: ~89 µs a start, the thread hand-off
+   * and the core the woken worker takes; the check on the loop, 0.91 of the wall time;
+   * docs/PERFORMANCE.md).
    */
   #mayCallSync(input: Buffer | undefined, ticketKnown: boolean): boolean {
-    if (this.#nameMayWait || handshakesInFlight > 1) return false;
+    if (this.#nameMayWait) return false;
     if (input) return true;
+    if (handshakesInFlight > 1) return false;
     return ticketKnown && (this.#credCache?.isFast(this.#spn) ?? false);
   }
 
