@@ -115,7 +115,7 @@ describe.runIf(process.platform === 'linux')(
     it('R4/R1: behind a stopped holder a run ends at -m (exit 28, the process exits), sends no password, and says the holder is stopped and to resume it with fg or end it', async () => {
       try {
         const pid = await stoppedHolder('/auth/stop-m-holder');
-        const waiter = await runCli(args('/auth/stop-m-waiter', ['-m', '3']), { env: { XDG_STATE_HOME: state } });
+        const waiter = await runCli(args('/auth/stop-m-waiter', ['-m', '5']), { env: { XDG_STATE_HOME: state } });
         expect(waiter.code).toBe(28);
         // The holder is alive: its lock stands, and its password is not sent a second time.
         expect(tries('/auth/stop-m-waiter')).toBe(0);
@@ -123,7 +123,7 @@ describe.runIf(process.platform === 'linux')(
         expect(waiter.stderr).toContain(`Warning: the run of pid ${pid}, which holds `);
         expect(waiter.stderr).toMatch(
           new RegExp(
-            `operation timed out after 3000 ms \\(--max-time\\); the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
+            `operation timed out after 5000 ms \\(--max-time\\); the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
           ),
         );
         // Not the advice for a run that is gone: deleting a live run's lock lets its password go twice.
