@@ -765,6 +765,49 @@ describe('origin memory and session state', () => {
     expect(next.probe).toBe(true);
   });
 
+  it('R1/R4: a recall that waits is told when the agent gives up on it (its signal, at queueTimeout or the caller\u2019s abort): the memory\u2019s own wait (a poll of another run\u2019s lock) ends with the request\u2019s', async () => {
+    vi.useFakeTimers();
+    const signals: AbortSignal[] = [];
+    const released: string[] = [];
+    const memory = {
+      recall: (_place: unknown, signal?: AbortSignal) => {
+        signals.push(signal!);
+        // Settles once told (as the command's file does: its poll ends), holding nothing.
+        return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+      },
+      refused: () => {},
+      proved: () => {},
+      release: () => {
+        released.push('release');
+      },
+    };
+    const place = { origin: 'https://o.example', proxy: false, credentials: { username: 'u', password: 'p' } };
+    const proof = new CredentialProof('the proof', { memory, place: () => place });
+    const bounds = { maxQueue: 10, queueTimeout: 500 };
+    const timedOut = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(signals[0]?.aborted).toBe(false);
+    vi.advanceTimersByTime(500);
+    expect(await timedOut).toBe('refused');
+    // Before: never told; the memory went on waiting for a request that had gone on without it.
+    expect(signals[0]?.aborted).toBe(true);
+    await Promise.resolve();
+    expect(released).toEqual(['release']);
+    // The caller's abort (-m) ends the wait too, with its reason, and gives the probe back.
+    const caller = new AbortController();
+    const aborted = proof.enter(true, signalWaiter(caller.signal), bounds);
+    const reason = new Error('caller gone');
+    caller.abort(reason);
+    await expect(aborted).rejects.toBe(reason);
+    expect(signals[1]?.aborted).toBe(true);
+    await Promise.resolve();
+    expect(released).toEqual(['release', 'release']);
+    const next = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(next).toBeInstanceOf(Promise);
+    expect(signals).toHaveLength(3);
+    vi.advanceTimersByTime(500);
+    expect(await next).toBe('refused');
+  });
+
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {
     vi.useFakeTimers();
     const proof = new CredentialProof('the proof');

@@ -14,7 +14,8 @@
  *   sends it and the others read its refusal. The holder rewrites its lock every
  *   {@link LOCK_REFRESH_MS}. A lock whose pid can be checked here (same host, boot and PID
  *   namespace) is broken only when that process is gone (no process has the pid, or the one that
- *   has it started at another time: the pid reused); any other only once it has gone unrewritten
+ *   has it started at another time: the pid reused; one stopped with Ctrl-Z lives, and its waiters
+ *   say it is stopped); any other only once it has gone unrewritten
  *   for {@link LOCK_WAIT_MS}, by the waiter's own clock or the file system's (never by comparing
  *   two hosts' clocks). The file is written whole to a temporary file renamed over it, under
  *   `refusals.json.lock` (held for the write only).
@@ -69,6 +70,9 @@ interface StateFile {
   readonly refusals: { [id: string]: Record_ };
 }
 
+/** How long a lock's holder must be seen stopped, look after look, before a waiter says it is. */
+const STOPPED_SURE_MS = 1_000;
+
 /** A wait for another run's lock this long or longer is a warning, not only a -v line. */
 const LONG_WAIT_S = 5;
 
@@ -79,6 +83,21 @@ export interface LockWait {
   readonly holder: string;
   /** When the wait began (`Date.now()`). */
   readonly since: number;
+  /**
+   * The holder, a process of this host, was last seen stopped (Ctrl-Z: /proc state `T`; `t`, by
+   * a debugger): alive, so its lock stands, but it makes no progress until resumed.
+   */
+  readonly stopped?: 'T' | 't' | undefined;
+}
+
+/**
+ * What to do about a holder seen stopped, in words: `the run of pid 42 is stopped (Ctrl-Z): resume
+ * it with fg, or end it`.
+ */
+export function stoppedNote(holder: string, stopped: 'T' | 't'): string {
+  return stopped === 'T'
+    ? `${holder} is stopped (Ctrl-Z): resume it with fg, or end it`
+    : `${holder} is stopped by a debugger (traced): resume it there, or end it`;
 }
 
 /** Who holds a lock: a pid, and the host, boot and PID namespace that pid means something in. */
@@ -160,6 +179,10 @@ interface LockWatch {
   probed: number;
   /** It was broken (and said so). */
   broken?: boolean;
+  /** Its holder, checked here, was stopped when last looked at (see {@link LockWait.stopped}). */
+  stopped?: 'T' | 't' | undefined;
+  /** Since when (the waiter's clock) it has been seen stopped at every look. */
+  stoppedSince?: number | undefined;
 }
 
 const newWatch = (): LockWatch => ({ seen: '', since: 0, probed: Number.NEGATIVE_INFINITY });
@@ -167,7 +190,21 @@ const newWatch = (): LockWatch => ({ seen: '', since: 0, probed: Number.NEGATIVE
 /** What a synchronous wait for the write lock waits on (nothing wakes it: it times out). */
 const PAUSE = new Int32Array(new SharedArrayBuffer(4));
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Waits `ms`, or until `signal` aborts. Unref'd: a poll never holds the process by itself; the
+ * request that waits on it is held by the agent's own bound (limits.queueTimeout).
+ */
+const sleep = (ms: number, signal: AbortSignal | undefined) =>
+  new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, signal?.aborted ? 0 : ms);
+    timer.unref();
+    signal?.addEventListener('abort', done, { once: true });
+  });
 
 /**
  * Whether the process that took a lock as pid `pid`, started at `start` (empty: not known), still
@@ -176,9 +213,10 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * honoured for as long as that one lived). Nor for a zombie: kill(pid, 0) still answers for one,
  * but a run killed under `timeout -s KILL` (which kills itself too) is such an orphan until PID 1
  * reaps it — late, or never under a PID 1 that reaps nothing — and its lock is no live run's.
- * Linux's /proc tells the last two; where it cannot be read the pid's answer stands.
+ * Linux's /proc tells the last two; where it cannot be read the pid's answer stands. A stopped
+ * process (Ctrl-Z) is alive: noted in `watch`, for the words of the run waiting for it.
  */
-function alive(pid: number, start: string): boolean {
+function alive(pid: number, start: string, watch?: LockWatch): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {
@@ -186,7 +224,10 @@ function alive(pid: number, start: string): boolean {
   }
   const stat = procStat(pid);
   if (stat === undefined) return true;
-  return stat.state !== 'Z' && stat.state !== 'X' && (start === '' || stat.start === start);
+  const live = stat.state !== 'Z' && stat.state !== 'X' && (start === '' || stat.start === start);
+  // Stopped is alive (it may be resumed; its try of the password may yet go out): only noted, for the waiter's words.
+  if (live && watch && (stat.state === 'T' || stat.state === 't')) watch.stopped = stat.state;
+  return live;
 }
 
 /** `pid`'s state and start time (clock ticks since boot) from /proc/PID/stat; undefined off Linux or unreadable. */
@@ -243,6 +284,11 @@ export class RefusalFile implements RefusalMemory {
   #refresher: NodeJS.Timeout | undefined;
   /** What held a password back in this run, by place: for the message that says so. */
   readonly #held = new Map<string, RememberedRefusal>();
+  /**
+   * Recalls given up (their signal aborted) that ended holding no lock, by id: the one release
+   * the agent still makes for each lets nothing go (another request of this run may hold the lock).
+   */
+  readonly #givenUp = new Map<string, number>();
 
   /**
    * `dir`: the state directory, or a function that finds it (called once, when the file is first
@@ -275,16 +321,23 @@ export class RefusalFile implements RefusalMemory {
   }
 
   /**
-   * The wait for another run's lock at `origin` (a proxy's with `proxy`) still going on: the agent
-   * gave up on it (limits.queueTimeout) and its request went without the password.
+   * The wait for another run's lock at `origin` (a proxy's with `proxy`) that the agent gave up on
+   * (limits.queueTimeout, or the request's abort: -m), its request going without the password; or
+   * one still going on. Kept until the next recall there.
    */
   waitingFor(origin: string, proxy = false): LockWait | undefined {
     return this.#waiting.get(`${proxy ? 'proxy' : 'origin'} ${origin}`);
   }
 
-  recall(place: RefusalPlace): RememberedRefusal | undefined | Promise<RememberedRefusal | undefined> {
+  recall(
+    place: RefusalPlace,
+    signal?: AbortSignal,
+  ): RememberedRefusal | undefined | Promise<RememberedRefusal | undefined> {
     const id = this.#id(place);
     if (id === undefined) return undefined;
+    const key = `${place.proxy ? 'proxy' : 'origin'} ${place.origin}`;
+    // A wait given up before is no reason for this request's outcome.
+    this.#waiting.delete(key);
     const lock = join(this.#dir, `${id.slice(0, 32)}.lock`);
     const watch = newWatch();
     const taken = this.#tryLock(lock, { watch });
@@ -294,22 +347,28 @@ export class RefusalFile implements RefusalMemory {
     }
     // Another run (or another request of this one) is trying this password here: its outcome is
     // read once it ends. Said (-v), since the wait may be long and nothing else shows it. A holder
-    // whose pid is checked and alive is waited for as long as it lives: this wait is bounded by
-    // the agent's (limits.queueTimeout, -m), past which the request goes without the password (R1).
-    const key = `${place.proxy ? 'proxy' : 'origin'} ${place.origin}`;
+    // whose pid is checked and alive is waited for as long as it lives, stopped (Ctrl-Z) too: its
+    // try may yet go out. This wait is bounded by the agent's (limits.queueTimeout, or -m), past
+    // which the request goes without the password (R1) and `signal` ends the poll.
     const holder = this.#describe(this.#look(lock)?.owner);
-    const wait: LockWait = { lock, holder, since: Date.now() };
+    const wait: { -readonly [K in keyof LockWait]: LockWait[K] } = { lock, holder, since: Date.now() };
     this.#waiting.set(key, wait);
     this.#verbose?.(`* waiting for ${lock}: ${holder}, trying the same password at ${place.origin}, holds it`);
     return (async () => {
       let pause = 10;
       let held = this.#tryLock(lock, { watch });
       while (held === undefined) {
-        await sleep(pause);
+        this.#noteStopped(wait, watch, place.origin);
+        await sleep(pause, signal);
+        if (signal?.aborted) {
+          // Given up: the request went without the password. Its wait stays, for the message that says why.
+          this.#givenUp.set(id, (this.#givenUp.get(id) ?? 0) + 1);
+          return undefined;
+        }
         pause = Math.min(pause * 2, 100);
         held = this.#tryLock(lock, { watch });
       }
-      this.#waiting.delete(key);
+      if (this.#waiting.get(key) === wait) this.#waiting.delete(key);
       const waited = Math.round((Date.now() - wait.since) / 1000);
       // A lock broken was said when it was.
       if (!watch.broken && waited >= LONG_WAIT_S)
@@ -347,11 +406,41 @@ export class RefusalFile implements RefusalMemory {
 
   release(place: RefusalPlace): void {
     const id = this.#id(place);
+    const givenUp = id === undefined ? 0 : (this.#givenUp.get(id) ?? 0);
+    if (givenUp > 0) {
+      // The release of a recall given up, which took no lock.
+      if (givenUp === 1) this.#givenUp.delete(id!);
+      else this.#givenUp.set(id!, givenUp - 1);
+      return;
+    }
     const lock = id === undefined ? undefined : this.#locks.get(id);
     if (lock === undefined) return;
     this.#locks.delete(id!);
     this.#let(lock);
     if (this.#locks.size === 0) this.#stopRefresher();
+  }
+
+  /**
+   * Says once per stop when the holder of the lock waited for is seen stopped (Ctrl-Z): alive, so
+   * nothing breaks its lock, but nothing comes of the wait until it is resumed or ended, which only
+   * the user can do (a warning: the wait is otherwise silent, up to its bound).
+   */
+  #noteStopped(
+    wait: { stopped?: 'T' | 't' | undefined; holder: string; lock: string },
+    watch: LockWatch,
+    origin: string,
+  ) {
+    const now = Date.now();
+    if (watch.stopped === undefined) watch.stoppedSince = undefined;
+    else watch.stoppedSince ??= now;
+    const was = wait.stopped;
+    // Seen so for STOPPED_SURE_MS on end: a traced run is `t` a moment at each of its tracer's stops.
+    wait.stopped =
+      watch.stoppedSince !== undefined && now - watch.stoppedSince >= STOPPED_SURE_MS ? watch.stopped : undefined;
+    if (wait.stopped === undefined || was !== undefined) return;
+    this.#warn(
+      `${stoppedNote(`${wait.holder}, which holds ${wait.lock} while it tries the same password at ${origin},`, wait.stopped)}; this run waits for it no longer than its own bound, then goes without the password`,
+    );
   }
 
   /** Keeps `lock` as the one of `id`, rewritten every LOCK_REFRESH_MS until released. */
@@ -617,9 +706,10 @@ export class RefusalFile implements RefusalMemory {
    */
   #stale(path: string, found: { owner: LockOwner | undefined; seen: string; mtimeMs: number }, watch: LockWatch) {
     const { owner } = found;
+    watch.stopped = undefined;
     if (owner !== undefined && this.#checkable(owner)) {
       if (owner.pid === process.pid) return ![...this.#locks.values()].some((l) => l.path === path);
-      return !alive(owner.pid, owner.start);
+      return !alive(owner.pid, owner.start, watch);
     }
     return this.#unrewritten(path, found, watch);
   }

@@ -30,7 +30,7 @@ import {
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { headNames, pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
-import type { LockWait, RefusalFile } from './refusals.ts';
+import { type LockWait, type RefusalFile, stoppedNote } from './refusals.ts';
 import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -238,7 +238,11 @@ function lockWaitLine(wait: LockWait): string {
 /** Whose lock the request waited for, how long, and what to do. */
 function lockWaitNote(wait: LockWait): string {
   const waited = Math.round((Date.now() - wait.since) / 1000);
-  return `the request waited ${waited} s for ${wait.lock}, held by ${wait.holder} while it tries the same password there (R4: one try at a time); run again once that run has ended, or delete the lock if no such run is alive`;
+  const what = wait.stopped
+    ? // Alive, so its lock stands (R4); deleting it would let its password go twice.
+      `${stoppedNote(wait.holder, wait.stopped)}, then run again`
+    : 'run again once that run has ended, or delete the lock if no such run is alive';
+  return `the request waited ${waited} s for ${wait.lock}, held by ${wait.holder} while it tries the same password there (R4: one try at a time); ${what}`;
 }
 
 /**

@@ -199,43 +199,62 @@ export class CredentialProof {
     if (!place) return admission;
     const memory = this.#keeping.memory;
     let recalled: RememberedRefusal | undefined | Promise<RememberedRefusal | undefined>;
+    // Aborted when this request gives up on a recall that waits: the memory's wait ends with it.
+    const givenUp = new AbortController();
     try {
-      recalled = memory.recall(place);
+      recalled = memory.recall(place, givenUp.signal);
     } catch (err) {
       log.agent('refusal memory: recall failed: %s', (err as Error).message);
       return admission;
     }
     admission.recalled = place;
     if (!(recalled instanceof Promise)) return this.#recalled(admission, recalled);
-    return this.#awaitRecall(admission, recalled, bounds.queueTimeout);
+    return this.#awaitRecall(admission, recalled, bounds.queueTimeout, waiter, givenUp);
   }
 
   /**
    * A recall that waits (another process's try of the password, say) is bounded like every wait
-   * (R1: queueTimeout): past it the probe is given back unused and its request goes without the
-   * password — when in doubt, none is sent — while the next request asks again. A recall that
-   * settles later is released then (one release per recall).
+   * (R1: queueTimeout, and the caller's abort): past it the probe is given back unused and its
+   * request goes without the password — when in doubt, none is sent — while the next request asks
+   * again. The memory is told (`givenUp`), so that its own wait ends too (a poll of another run's
+   * lock went on for good behind a stopped run); a recall that settles later is released then (one
+   * release per recall).
    */
-  #awaitRecall(ticket: Ticket, recalled: Promise<RememberedRefusal | undefined>, timeout: number): Promise<Admission> {
+  #awaitRecall(
+    ticket: Ticket,
+    recalled: Promise<RememberedRefusal | undefined>,
+    timeout: number,
+    waiter: Waiter,
+    givenUp: AbortController,
+  ): Promise<Admission> {
     const place = ticket.recalled!;
-    return new Promise<Admission>((resolve) => {
+    return new Promise<Admission>((resolve, reject) => {
       let late = false;
-      const timer = setTimeout(() => {
+      const giveUp = (end: () => void) => {
         late = true;
+        clearTimeout(timer);
+        waiter.sink.onAbort(undefined);
+        ticket.recalled = undefined;
+        this.settle(ticket, 'none');
+        givenUp.abort();
+        end();
+      };
+      const timer = setTimeout(() => {
         log.agent(
           'refusal memory: no answer within %d ms (limits.queueTimeout): this request goes without the password',
           timeout,
         );
-        ticket.recalled = undefined;
-        this.settle(ticket, 'none');
-        resolve('refused');
+        giveUp(() => resolve('refused'));
       }, timeout);
+      // The caller's abort ends this wait as it ends a queued one (R1).
+      waiter.sink.onAbort((reason) => giveUp(() => reject(reason)));
       const settled = (admission: () => Admission) => {
         if (late) {
           this.#tell((m) => m.release(place));
           return;
         }
         clearTimeout(timer);
+        waiter.sink.onAbort(undefined);
         resolve(admission());
       };
       recalled.then(

@@ -41,8 +41,14 @@ export interface RefusalMemory {
    * what is remembered of its refusals there. A refusal still in force holds the password back until
    * its `until`, as one met by this agent would; its `times` make the next wait double. Each call
    * is followed by exactly one {@link release} for the same place, once that handshake has ended.
+   * `signal` is aborted when the agent gives up on a recall that waits (limits.queueTimeout, or the
+   * request's abort: it goes without the password): such a recall should stop waiting then and
+   * settle (its release comes once it has), not go on for a request that no longer waits for it.
    */
-  recall(place: RefusalPlace): RememberedRefusal | undefined | Promise<RememberedRefusal | undefined>;
+  recall(
+    place: RefusalPlace,
+    signal?: AbortSignal,
+  ): RememberedRefusal | undefined | Promise<RememberedRefusal | undefined>;
   /** The password was refused at `place` (or its legs left unanswered twice): held back as `refusal` says. */
   refused(place: RefusalPlace, refusal: RememberedRefusal): void;
   /** The password succeeded at `place` after not being proved there: what was remembered of it goes. */
