@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { credentialsFor, parseNetrc } from '../src/cli/credentials.ts';
 import { describeFailure, explain401, explain407, forCli } from '../src/cli/explain.ts';
-import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
+import { parseCli, parseSchemes, program, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
@@ -1340,6 +1340,21 @@ describe('multileg command line', () => {
       expect([failure.exit, failure.refused]).toEqual([28, false]);
       expect(failure.message).toContain(`(${err.code})`);
     }
+  });
+
+  it("R3: a --timeout under a second (curl's timeouts count seconds: --timeout 30 is 30 ms) says it counts milliseconds, not only that GSS-API was slow", () => {
+    const gss = 'waiting on GSS-API for HTTP@intranet.example.com (the KDC or DNS: check krb5.conf)';
+    expect(forCli(new HandshakeTimeoutError(30, 'Negotiate', gss, undefined, true).message)).toBe(
+      `Negotiate handshake did not finish within --timeout (30 ms; it counts milliseconds: --timeout 30000 is 30 s): ${gss}`,
+    );
+    // A timeout of a second or more is told as before.
+    expect(forCli(new HandshakeTimeoutError(30_000, 'NTLM').message)).toBe(
+      'NTLM handshake did not finish within --timeout (30000 ms); check the server or raise --timeout',
+    );
+    const help = program().options.find((o) => o.long === '--timeout')?.description;
+    expect(help).toBe(
+      `handshake timeout in milliseconds, unlike curl's seconds (default ${DEFAULT_LIMITS.handshakeTimeout})`,
+    );
   });
 
   it('C8/H5: a forwarding proxy that closed under a POST it may have read (ProxyClosedError) is curl\'s 52, "Empty reply from server", which only --retry-all-errors retries', () => {

@@ -9,7 +9,13 @@ import { createRequire } from 'node:module';
 import { getCACertificates } from 'node:tls';
 import type * as Commander from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
-import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
+import {
+  type ClientCertificate,
+  DEFAULT_LIMITS,
+  type MultilegAgentOptions,
+  SCHEME_NAMES,
+  type SchemeName,
+} from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { hostElsewhere } from '../trust/host-header.ts';
 import { EXIT } from './explain.ts';
@@ -404,8 +410,17 @@ export function program(): Commander.Command {
       )
       .option('--retry-all-errors', 'with --retry, retry any failure but refused credentials')
       .option('--retry-connrefused', 'with --retry, a refused connection is transient too')
-      .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
-      .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
+      .addOption(
+        new Option('--max-legs <n>', `maximum legs per handshake (default ${DEFAULT_LIMITS.maxLegs})`).argParser(
+          positiveInt,
+        ),
+      )
+      .addOption(
+        new Option(
+          '--timeout <ms>',
+          `handshake timeout in milliseconds, unlike curl's seconds (default ${DEFAULT_LIMITS.handshakeTimeout})`,
+        ).argParser(positiveInt),
+      )
       // Not commander's .version(text): the text (four package.json files found and read) would be
       // made for every run; it is made only when asked for.
       .option('-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
