@@ -123,6 +123,33 @@ describe('R4: refused passwords are held back across the command’s runs (state
     expect(r!.until - r!.at).toBe(60_000);
   });
 
+  it('R4: multileg doctor keeps the same state file: a password the command was refused is held back there (said, with the fix), and its own refusal holds the command back', async () => {
+    const doctor = (password: string, extra: string[] = []) =>
+      runCli(['doctor', '-u', `EXAMPLE\\alice:${password}`, '--cacert', ca, ...extra, `${server.origin}/auth/doc`], {
+        env: { XDG_STATE_HOME: state },
+      });
+    expect((await run('wrongpw', '/auth/doc')).code).toBe(22);
+    expect(tries('/auth/doc')).toBe(1);
+    // Before, doctor sent the held-back password on every run: a help desk's retries locked the account.
+    const held = await doctor('wrongpw');
+    expect(held.code).toBe(1);
+    expect(tries('/auth/doc')).toBe(1);
+    expect(held.stdout).toMatch(
+      /FAIL {2}authentication: 401: no credentials were sent: the password for EXAMPLE\\alice, refused by \S+ \d+ s ago, is held back \d+ s more so a wrong password does not lock the account\n {6}fix: fix the password \(-u DOMAIN\\user:password\), or pass --forget-refusals to try it now\n/,
+    );
+    expect(held.stdout + held.stderr).not.toContain('wrongpw');
+    // --forget-refusals tries it now; refused again, it is kept for the command's next run.
+    expect((await doctor('wrongpw', ['--forget-refusals'])).code).toBe(1);
+    expect(tries('/auth/doc')).toBe(2);
+    const after = await run('wrongpw', '/auth/doc');
+    expect(after.stderr).toContain('is held back');
+    expect(tries('/auth/doc')).toBe(2);
+    // Another password is not held back.
+    const right = await doctor('alicepw');
+    expect(right.stdout).toMatch(/ok {4}authentication: NTLM, 2 leg\(s\), session as EXAMPLE\\alice/);
+    expect(right.code).toBe(0);
+  });
+
   it('R4: --forget-refusals is in --help', async () => {
     const help = await runCli(['--help']);
     expect(help.stdout).toMatch(/--forget-refusals\s+send a password refused lately now/);

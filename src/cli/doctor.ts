@@ -35,6 +35,7 @@ import {
   usableCertificate,
 } from '../session/client-certificate.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
+import { stateDir } from './dirs.ts';
 import {
   certificateNames,
   challengeSchemes,
@@ -51,6 +52,7 @@ import {
   wrongNameFix,
 } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
+import { RefusalFile } from './refusals.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
@@ -859,10 +861,20 @@ async function authenticate(
       fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
     };
   const trace = new Trace();
+  // R4: the command's state file (refusals.ts), as a request's run keeps it: a password refused
+  // lately (by a run of the command, or of doctor) is held back here too, and a refusal met here is
+  // kept for the runs after it. Without it a help desk's doctor, run again and again with a wrong
+  // password, sent it each time (an account lockout), even while the command held it back.
+  const refusals = new RefusalFile({
+    dir: () => stateDir(),
+    forget: req.forgetRefusals,
+    warn: (line) => process.stderr.write(`multileg doctor: Warning: ${line}\n`),
+  });
   const agent = new MultilegAgent({
     ...req.agent,
     ...(credentials ? { credentials } : {}),
     trustedOrigins: [req.url.origin],
+    refusalMemory: refusals,
   });
   try {
     // --http1.1: the request goes as the command's would (transfer.ts), never tried over HTTP/2.
@@ -875,6 +887,14 @@ async function authenticate(
     await res.body.dump();
     // The origin's (a proxy's handshake, H5, is not this check's).
     const h = trace.handshakes.findLast((r) => !r.proxy);
+    const held = res.statusCode === 401 && credentials ? refusals.heldBack(req.url.origin) : undefined;
+    if (!h && held && credentials)
+      return {
+        name: 'authentication',
+        verdict: 'FAIL',
+        detail: `401: no credentials were sent: the password for ${credentials.domain ? `${credentials.domain}\\` : ''}${credentials.username}, refused by ${req.url.origin} ${Math.max(0, Math.round((Date.now() - held.at) / 1000))} s ago, is held back ${Math.ceil(Math.max(0, held.until - Date.now()) / 1000)} s more so a wrong password does not lock the account`,
+        fix: 'fix the password (-u DOMAIN\\user:password), or pass --forget-refusals to try it now',
+      };
     if (!h)
       return {
         name: 'authentication',
