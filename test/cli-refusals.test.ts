@@ -244,6 +244,33 @@ describe('R4: a forwarding proxy\u2019s refusal of --proxy-user is held back acr
     expect(forced.code).toBe(22);
     expect(tries('/public/p3')).toBe(1);
   });
+  it('R4/H5: multileg doctor through a proxy sends a wrong --proxy-user once in a run (each check made its own agent: it went with each) and not at all while it is held back; --forget-refusals sends it once', async () => {
+    const state = mkdtempSync(join(dir, 'state-'));
+    const tries = () => proxy.exchanges.filter((e) => e.proxyAuthorization).length;
+    const doctor = async (target: string, extra: string[] = []) => {
+      const before = tries();
+      const r = await runCli(
+        ['doctor', '-x', proxy.origin, '--proxy-cacert', ca, '-k', '-U', 'proxyuser:wrongpw', ...extra, target],
+        { env: { XDG_STATE_HOME: state } },
+      );
+      expect(r.code).toBe(1);
+      expect(r.stdout + r.stderr).not.toContain('wrongpw');
+      return tries() - before;
+    };
+    // A CONNECT tunnel (the client certificate probe's, then the schemes probes'), and a forwarded request.
+    const tunnelled = `https://localhost:${server.port}/public/doc`;
+    expect(await doctor(tunnelled)).toBe(1);
+    expect(await doctor(tunnelled)).toBe(0);
+    expect(await doctor(`http://localhost:${server.port}/public/doc`)).toBe(0);
+    expect(await doctor(tunnelled, ['--forget-refusals'])).toBe(1);
+    // The command's run after them holds it back too.
+    const before = tries();
+    const run = await runCli(['-x', proxy.origin, '--proxy-cacert', ca, '-k', '-U', 'proxyuser:wrongpw', tunnelled], {
+      env: { XDG_STATE_HOME: state },
+    });
+    expect(run.code).toBe(7);
+    expect(tries() - before).toBe(0);
+  });
 });
 
 describe('R1/R4: the wait for another run\u2019s lock behind a final 407 (review r74)', () => {

@@ -346,10 +346,31 @@ async function proxyCheck(route: ProxyRoute | undefined): Promise<Check> {
   }
 }
 
-/** One request without credentials: the protocol, the offered schemes, the Date header. */
-async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined) {
+/**
+ * R4: the command's state file (refusals.ts), one for the run, as a request's run keeps it. Each
+ * check makes an agent of its own, and each would send a password anew (a probe through a proxy
+ * sends -U's): with the file a password refused lately — by a run of the command, of doctor, or an
+ * earlier check of this run — is held back, and a refusal met here is kept for the runs after it.
+ * Without it a help desk's doctor, run again and again with a wrong password, sent it each time (an
+ * account lockout), even while the command held it back.
+ */
+function runRefusals(req: CliRequest): RefusalFile {
+  return new RefusalFile({
+    dir: () => stateDir(),
+    forget: req.forgetRefusals,
+    warn: (line) => process.stderr.write(`multileg doctor: Warning: ${line}\n`),
+  });
+}
+
+/** One request without the origin's credentials (a proxy's go: -U): the protocol, the offered schemes, the Date header. */
+async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined, refusals: RefusalFile) {
   const trace = new Trace();
-  const agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: [req.url.origin] });
+  const agent = new MultilegAgent({
+    ...req.agent,
+    negotiate: false,
+    trustedOrigins: [req.url.origin],
+    refusalMemory: refusals,
+  });
   try {
     const res = await request(req.url, {
       dispatcher: agent,
@@ -600,6 +621,7 @@ export async function doctor(argv: string[]): Promise<number> {
   });
   // Its modules are loaded; its probes may speak HTTP/1.1 (wasm.ts).
   await keepWasmOnBaseline();
+  const refusals = runRefusals(req);
   // --json: the checks as one object at the end, nothing else on stdout.
   const json = req.json === true;
   if (!json) process.stdout.write(`multileg doctor ${req.url.href}\n`);
@@ -655,7 +677,10 @@ export async function doctor(argv: string[]): Promise<number> {
 
   let proxy: ProxyRoute | undefined;
   try {
-    proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
+    // (With the run's state file: the client certificate probe's CONNECT sends -U's password, R4.)
+    proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo, refusals).route(
+      req.url.origin,
+    );
   } catch (err) {
     // A proxy URL that cannot be used (socks5://, not a URL): every check after this one would
     // go through it, so none is run; the message names the variable or -x and the fix.
@@ -695,8 +720,8 @@ export async function doctor(argv: string[]): Promise<number> {
   const ranOutBefore = ranOut();
   if (!ranOutBefore)
     try {
-      h2 = await probe(req, false, deadline);
-      h1 = await probe(req, true, deadline);
+      h2 = await probe(req, false, deadline, refusals);
+      h1 = await probe(req, true, deadline, refusals);
     } catch (err) {
       failure = err;
     }
@@ -800,6 +825,7 @@ export async function doctor(argv: string[]): Promise<number> {
             kerberosFailure,
             proxy?.kind === 'forward',
             deadline,
+            refusals,
           ),
     );
 
@@ -840,6 +866,8 @@ async function authenticate(
   forwarded: boolean,
   /** -m's end of the run. */
   deadline: AbortSignal | undefined,
+  /** The run's state file ({@link runRefusals}). */
+  refusals: RefusalFile,
 ): Promise<Check> {
   // The server asks for authentication and nothing here can answer it: that is the problem.
   // A ticket is there, but no service ticket for this server: kinit would not help, the SPN check's fix does.
@@ -861,15 +889,6 @@ async function authenticate(
       fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
     };
   const trace = new Trace();
-  // R4: the command's state file (refusals.ts), as a request's run keeps it: a password refused
-  // lately (by a run of the command, or of doctor) is held back here too, and a refusal met here is
-  // kept for the runs after it. Without it a help desk's doctor, run again and again with a wrong
-  // password, sent it each time (an account lockout), even while the command held it back.
-  const refusals = new RefusalFile({
-    dir: () => stateDir(),
-    forget: req.forgetRefusals,
-    warn: (line) => process.stderr.write(`multileg doctor: Warning: ${line}\n`),
-  });
   const agent = new MultilegAgent({
     ...req.agent,
     ...(credentials ? { credentials } : {}),
