@@ -271,6 +271,29 @@ describe('R4: a forwarding proxy\u2019s refusal of --proxy-user is held back acr
     expect(run.code).toBe(7);
     expect(tries() - before).toBe(0);
   });
+  it('H5/R4: multileg doctor through a forwarding proxy that stood at 407 says so, refused, held back or no -U given (it said the server asks for authentication and there is no password)', async () => {
+    const state = mkdtempSync(join(dir, 'state-'));
+    const doctor = async (user: string[]) => {
+      const r = await runCli(
+        ['doctor', '-x', proxy.origin, '--proxy-cacert', ca, ...user, `http://localhost:${server.port}/public/d407`],
+        { env: { XDG_STATE_HOME: state } },
+      );
+      expect(r.code).toBe(1);
+      expect(r.stdout).not.toContain('authentication: the server asks for authentication');
+      expect(r.stdout).not.toContain('no authentication asked for at this URL');
+      return r.stdout.split('\n').find((l) => l.startsWith('FAIL'));
+    };
+    const head = `FAIL  proxy authentication: proxy ${proxy.origin} answered 407 and offered Basic: `;
+    expect(await doctor(['-U', 'proxyuser:wrongpw'])).toBe(
+      `${head}it refused the credentials; check --proxy-user (DOMAIN\\user:password)`,
+    );
+    expect(await doctor(['-U', 'proxyuser:wrongpw'])).toMatch(
+      new RegExp(
+        `^${head.replaceAll('.', '\\.')}no credentials were sent: the password for proxyuser, refused by it \\d+ s ago, is held back \\d+ s more so a wrong password does not lock the account; fix the password, or pass --forget-refusals to try it now$`,
+      ),
+    );
+    expect(await doctor([])).toBe(`${head}give --proxy-user user:password`);
+  });
 });
 
 describe('R1/R4: the wait for another run\u2019s lock behind a final 407 (review r74)', () => {

@@ -41,6 +41,7 @@ import {
   challengeSchemes,
   describeFailure,
   EXIT,
+  explain407,
   forCli,
   netrcFileOf,
   openingRefusal,
@@ -392,6 +393,14 @@ async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | un
       date: [res.headers.date].flat()[0],
       /** nginx's 400 page about the client certificate: none sent (`missing`), or the one sent refused. */
       nginx,
+      /** H5: a forwarding proxy's final 407: whether -U's credentials went with it, and why it stood. */
+      proxy407:
+        res.statusCode === 407
+          ? {
+              sent: trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization') === true,
+              last: trace.unanswered407.at(-1),
+            }
+          : undefined,
     };
   } finally {
     trace.stop();
@@ -753,7 +762,8 @@ export async function doctor(argv: string[]): Promise<number> {
   if (h2 && h1) {
     const show = (p: Awaited<ReturnType<typeof probe>>) =>
       `${p.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} ${p.status}${p.offered.length ? ` offers ${p.offered.join(', ')}` : ''}`;
-    const none = h2.status !== 401 && h1.status !== 401;
+    // (A forwarding proxy's 407 is the proxy's asking: the proxy authentication check below.)
+    const none = h2.status !== 401 && h1.status !== 401 && h2.status !== 407;
     // Only a TLS connection to the server itself (direct or through a CONNECT tunnel) shows whether
     // it speaks HTTP/2: a forwarding proxy answers for it, and over http:// no h2c is tried.
     const unseen =
@@ -812,8 +822,29 @@ export async function doctor(argv: string[]): Promise<number> {
     }
   }
 
+  // H5: a forwarding proxy's final 407 stopped the requests before the server: the command's words
+  // for it (refused, held back, or none given), not the server's "asks for authentication".
+  const stood407 = h2?.proxy407 && proxy ? h2.proxy407 : undefined;
+  if (stood407 && proxy) {
+    const user = typeof req.agent.proxy === 'object' ? req.agent.proxy.credentials?.username : undefined;
+    const last = stood407.last;
+    add({
+      name: 'proxy authentication',
+      verdict: 'FAIL',
+      detail: explain407({
+        proxy: proxy.proxy.origin,
+        offered: h2?.offered ?? [],
+        sent: stood407.sent,
+        unusable: last?.unusable ?? [],
+        schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
+        ...(last?.reason === 'refused-lately' && last.heldBackFor !== undefined
+          ? { heldBack: { ms: last.heldBackFor, user, at: refusals.heldBack(proxy.proxy.origin, true)?.at } }
+          : {}),
+      }),
+    });
+  }
   // A certificate required and none given: the client certificate check has said so and its fix.
-  if (h2 && (h2.status === 401 || h2.offered.length > 0) && !required)
+  if (h2 && !stood407 && (h2.status === 401 || h2.offered.length > 0) && !required)
     add(
       ranOut()
         ? notRun('authentication')
