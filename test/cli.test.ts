@@ -2543,6 +2543,25 @@ describe('multileg command line', () => {
     expect(r.code).toBe(0);
   });
 
+  it("-u 'EXAMPLE\\\\alice' (two backslashes: a JSON or JavaScript spelling kept by a shell's single quotes) is bad usage naming the one-backslash spelling, before a wrong account is sent a password; -U too", async () => {
+    const fix = (flag: string, given: string, one: string) =>
+      new ConfigError(
+        `${flag}: the user name ${given} holds two backslashes in a row, where DOMAIN\\user has one (a shell's single quotes keep both): write ${flag} '${one}'`,
+      );
+    expect(() => parseCli(['-u', 'EXAMPLE\\\\alice:pw', 'h/'])).toThrow(
+      fix('-u', 'EXAMPLE\\\\alice', 'EXAMPLE\\alice'),
+    );
+    expect(() => parseCli(['-x', 'http://p:3128', '-U', 'CORP\\\\proxyuser:pw', 'h/'])).toThrow(
+      fix('-U', 'CORP\\\\proxyuser', 'CORP\\proxyuser'),
+    );
+    expect(parseCli(['-u', 'EXAMPLE\\alice:pw', 'h/']).user).toEqual({ username: 'EXAMPLE\\alice', password: 'pw' });
+    const r = await run(['-u', 'EXAMPLE\\\\alice:s3cret', `https://localhost:${REFUSED_PORT}/`]);
+    expect([r.code, r.stderr]).toEqual([
+      2,
+      "multileg: -u: the user name EXAMPLE\\\\alice holds two backslashes in a row, where DOMAIN\\user has one (a shell's single quotes keep both): write -u 'EXAMPLE\\alice'\n",
+    ]);
+  });
+
   it('H5: -U : is curl\'s "no user, the Kerberos ticket" for the proxy: no proxy credentials; a user name missing before a password is bad usage', async () => {
     const ticket = parseCli(['-x', 'http://p:3128', '--proxy-negotiate', '-U', ':', 'h/']);
     expect(ticket.agent.proxy).toEqual({ uri: 'http://p:3128', schemes: ['Negotiate'], deliver407: true });

@@ -542,6 +542,20 @@ export function parseSchemes(list: string): SchemeName[] {
     });
 }
 
+/**
+ * A user name never holds two backslashes in a row (`DOMAIN\user` has one): a shell's single quotes
+ * keep both of `'EXAMPLE\\alice'` (how a JSON or JavaScript string spells one), and the server would
+ * refuse an account that does not exist while the command could only say "check -u". Bad usage,
+ * before anything is sent. `flag`: `-u` or `-U`.
+ */
+function checkBackslashes(flag: string, username: string): void {
+  if (!username.includes('\\\\')) return;
+  const one = username.replace(/\\{2,}/g, '\\');
+  throw new ConfigError(
+    `${flag}: the user name ${username} holds two backslashes in a row, where DOMAIN\\user has one (a shell's single quotes keep both): write ${flag} '${one}'`,
+  );
+}
+
 /** Splits `DOMAIN\user:password` at the first colon. */
 export function parseUser(user: string): UserArg {
   const colon = user.indexOf(':');
@@ -1320,6 +1334,7 @@ export function parseCli(
   };
   const proxy = proxyOption(o, proxyCa, family);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
+  if (o.user !== undefined && user) checkBackslashes('-u', user.username);
   // netrc holds credentials per host; the agent has one set for all the URLs.
   const netrc = o.netrcFile !== undefined || o.netrc || o.netrcOptional;
   // `https://bob@host/` with --netrc: bob's password is the file's (curl's); `-u bob` asks for it.
@@ -1491,6 +1506,7 @@ function proxyOption(
   let credentials: ProxyOptions['credentials'];
   if (o.proxyUser !== undefined) {
     const u = parseUser(o.proxyUser as string);
+    checkBackslashes('-U', u.username);
     if (u.username === '' && u.password !== '')
       throw new ConfigError(
         '--proxy-user: no user name before the colon; give user:password, or -U : for the Kerberos ticket',
