@@ -1037,6 +1037,8 @@ describe('multileg command line', () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^Usage: multileg doctor \[options\] <url>\n\nchecks one URL's setup/);
     expect(help.stdout).toContain('--cacert');
+    // Its argument is one URL (it said "the URLs to request, one after another", the request's).
+    expect(help.stdout).toMatch(/\n {2}url {2,}the URL whose setup to check \(no scheme\s+means https:\/\/\)\n/);
   });
 
   it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {

@@ -600,6 +600,9 @@ export async function doctor(argv: string[]): Promise<number> {
     .description(
       "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
     );
+  // Its one URL: the request's argument says "the URLs to request, one after another".
+  const url = cmd.registeredArguments[0];
+  if (url) url.description = 'the URL whose setup to check (no scheme means https://)';
   const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
