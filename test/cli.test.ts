@@ -2545,6 +2545,28 @@ describe('multileg command line', () => {
     expect(r.code).toBe(0);
   });
 
+  it('a scheme with one slash (https:/host/, a slash lost in typing) is that scheme\'s URL, as curl 7.88 reads it (it went to host "https": could not resolve host https); name:/path is an unsupported protocol (1), as curl\'s', async () => {
+    expect(parseCli(['https:/intranet.example.com:8443/x']).url.href).toBe('https://intranet.example.com:8443/x');
+    expect(parseCli(['HTTP:/intranet.example.com/x']).url.href).toBe('http://intranet.example.com/x');
+    // Its user:password as with two slashes (taken out of the URL).
+    const withUser = parseCli(['https:/bob:s3cret@intranet.example.com/x']);
+    expect([withUser.url.href, withUser.user]).toEqual([
+      'https://intranet.example.com/x',
+      { username: 'bob', password: 's3cret' },
+    ]);
+    expect(parseCli(['intranet.example.com:8443/x']).url.href).toBe('https://intranet.example.com:8443/x');
+    const r = await run([`https:/localhost:${REFUSED_PORT}/x`]);
+    expect([r.code, r.stderr]).toEqual([
+      7,
+      `multileg: could not connect to localhost:${REFUSED_PORT} at 127.0.0.1 port ${REFUSED_PORT} (ECONNREFUSED)\n`,
+    ]);
+    const scheme = await run(['localhost:/x']);
+    expect([scheme.code, scheme.stderr]).toEqual([
+      1,
+      'multileg: unsupported protocol localhost: in localhost:/x: use https:// or http://\n',
+    ]);
+  });
+
   it("-u 'EXAMPLE\\\\alice' (two backslashes: a JSON or JavaScript spelling kept by a shell's single quotes) is bad usage naming the one-backslash spelling, before a wrong account is sent a password; -U too", async () => {
     const fix = (flag: string, given: string, one: string) =>
       new ConfigError(

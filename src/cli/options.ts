@@ -468,7 +468,10 @@ function percentDecoded(text: string): string {
  * (curl's way; `-u` wins over it), so the URL that is requested, printed and reported carries none.
  */
 export function parseUrl(text: string): { url: URL; user: UserArg | undefined } {
-  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
+  // A scheme is a name, a colon and a slash, as curl 7.88 reads one: `https:/host/` (a slash lost
+  // in typing) is https://host/, where it was taken as schemeless, https://https:/host/, "could not
+  // resolve host https"; `name:/path` is a scheme curl does not support (1), as here.
+  const withScheme = /^[a-z][a-z0-9+.-]*:\//i.test(text) ? text : `https://${text}`;
   let url: URL;
   try {
     url = new URL(withScheme);
@@ -486,7 +489,7 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   if (url.username || url.password) {
     // `user@`, without a colon, is `-u user`: the password is asked for (MULTILEG_PASSWORD, stdin, a
     // prompt). The URL parser gives '' for both `user@` and `user:@`, so look at the text.
-    const authority = withScheme.slice(withScheme.indexOf('//') + 2).split(/[/?#\\]/, 1)[0]!;
+    const authority = withScheme.replace(/^[a-z][a-z0-9+.-]*:[/\\]*/i, '').split(/[/?#\\]/, 1)[0]!;
     const colon = authority.slice(0, authority.lastIndexOf('@')).includes(':');
     user = { username: percentDecoded(url.username), password: colon ? percentDecoded(url.password) : undefined };
   }
