@@ -595,9 +595,9 @@ export class MultilegAgent extends Dispatcher {
    * through untouched. And the agent's own methods (`close`, `destroy`, `stats`, `setCredentials`,
    * …) called on the composed dispatcher run on the agent. Its `compose` does the same again.
    */
-  override compose(dispatchers: Dispatcher.DispatcherComposeInterceptor[]): Dispatcher.ComposedDispatcher;
-  override compose(...dispatchers: Dispatcher.DispatcherComposeInterceptor[]): Dispatcher.ComposedDispatcher;
-  override compose(...args: unknown[]): Dispatcher.ComposedDispatcher {
+  override compose(dispatchers: Dispatcher.DispatcherComposeInterceptor[]): ComposedMultilegAgent;
+  override compose(...dispatchers: Dispatcher.DispatcherComposeInterceptor[]): ComposedMultilegAgent;
+  override compose(...args: unknown[]): ComposedMultilegAgent {
     return legacyFirst(this, this, args);
   }
 
@@ -859,6 +859,16 @@ export class MultilegAgent extends Dispatcher {
   }
 }
 
+/**
+ * What {@link MultilegAgent.compose} returns: undici's composed dispatcher, on which the agent's own
+ * methods (`stats()`, `setCredentials()`, …) run on the agent. Typed so that a caller of
+ * `agent.compose(...).stats()` needs no cast (undici's type has none of them).
+ */
+export interface ComposedMultilegAgent extends Dispatcher.ComposedDispatcher, Omit<MultilegAgent, keyof Dispatcher> {
+  compose(dispatchers: Dispatcher.DispatcherComposeInterceptor[]): ComposedMultilegAgent;
+  compose(...dispatchers: Dispatcher.DispatcherComposeInterceptor[]): ComposedMultilegAgent;
+}
+
 /** The agent's own methods: on a composed dispatcher they run on the agent (they read its private state). */
 const AGENT_METHODS: ReadonlySet<PropertyKey> = new Set(
   Object.getOwnPropertyNames(MultilegAgent.prototype).filter(
@@ -871,7 +881,7 @@ const AGENT_METHODS: ReadonlySet<PropertyKey> = new Set(
  * {@link MultilegAgent.compose} says: a handler of undici's first API is wrapped before the first
  * interceptor; the agent's methods run on `agent`; `compose` again composes the same way.
  */
-function legacyFirst(agent: MultilegAgent, base: Dispatcher, interceptors: unknown[]): Dispatcher.ComposedDispatcher {
+function legacyFirst(agent: MultilegAgent, base: Dispatcher, interceptors: unknown[]): ComposedMultilegAgent {
   const chained = (Dispatcher.prototype.compose as (...a: unknown[]) => Dispatcher.ComposedDispatcher).apply(
     base,
     interceptors,
@@ -899,8 +909,9 @@ function legacyFirst(agent: MultilegAgent, base: Dispatcher, interceptors: unkno
       return method;
     },
   });
-  const compose = (...more: unknown[]): Dispatcher.ComposedDispatcher => legacyFirst(agent, composed, more);
-  return composed;
+  const compose = (...more: unknown[]): ComposedMultilegAgent => legacyFirst(agent, composed, more);
+  // The proxy answers the agent's methods from the agent (AGENT_METHODS), and compose as above.
+  return composed as ComposedMultilegAgent;
 }
 
 /**

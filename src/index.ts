@@ -2,6 +2,7 @@
 import './runtime-check.ts';
 
 export {
+  type ComposedMultilegAgent,
   MAX_REPORTS,
   MultilegAgent,
   type MultilegStats,

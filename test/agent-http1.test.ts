@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fetch, getGlobalDispatcher, interceptors, request, setGlobalDispatcher } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { MultilegAgent } from '../src/index.ts';
+import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
+import type { ComposedMultilegAgent, MultilegAgent, MultilegStats } from '../src/index.ts';
 import { get, hasAuth, many, type Rig, rig } from './helpers.ts';
 
 let r: Rig | undefined;
@@ -304,6 +304,24 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     await composed.close();
     const err = await request(`${r.server.origin}/auth/after-close`, { dispatcher: r.agent }).catch((e: Error) => e);
     expect((err as { code?: string }).code).toBe('MULTILEG_CLOSED');
+  });
+
+  it("a composed dispatcher's type has the agent's own methods, so README's agent.compose(...).stats() type-checks with no cast", async () => {
+    // Before, compose was typed as undici's ComposedDispatcher: `composed.stats()` was TS2339 for a
+    // TypeScript caller, though it runs (the test above). `npm run typecheck` proves this one.
+    r = await rig({ mode: 'session' });
+    const composed = r.agent.compose(interceptors.retry()).compose(interceptors.decompress());
+    expectTypeOf(composed).toEqualTypeOf<ComposedMultilegAgent>();
+    expectTypeOf(composed.stats).returns.toEqualTypeOf<MultilegStats>();
+    const res = await fetch(`${r.server.origin}/auth/typed`, { dispatcher: composed });
+    await res.text();
+    expect([res.status, composed.stats().requests, composed.sessions().length, composed.handshakes().length]).toEqual([
+      200, 1, 1, 1,
+    ]);
+    composed.setCredentials({ username: 'EXAMPLE\\bob', password: 'bobpw' });
+    const again = await fetch(`${r.server.origin}/auth/typed-bob`, { dispatcher: composed });
+    expect(((await again.json()) as { user: string }).user).toBe('EXAMPLE\\bob');
+    await composed.close();
   });
 
   it('a handler of the second API that also has an onError (and no onResponseError) is served as it is, not wrapped again and again', async () => {

@@ -123,6 +123,33 @@ describe('R4: refused passwords are held back across the command’s runs (state
     expect(r!.until - r!.at).toBe(60_000);
   });
 
+  it('R4: multileg doctor keeps the same state file: a password the command was refused is held back there (said, with the fix), and its own refusal holds the command back', async () => {
+    const doctor = (password: string, extra: string[] = []) =>
+      runCli(['doctor', '-u', `EXAMPLE\\alice:${password}`, '--cacert', ca, ...extra, `${server.origin}/auth/doc`], {
+        env: { XDG_STATE_HOME: state },
+      });
+    expect((await run('wrongpw', '/auth/doc')).code).toBe(22);
+    expect(tries('/auth/doc')).toBe(1);
+    // Before, doctor sent the held-back password on every run: a help desk's retries locked the account.
+    const held = await doctor('wrongpw');
+    expect(held.code).toBe(1);
+    expect(tries('/auth/doc')).toBe(1);
+    expect(held.stdout).toMatch(
+      /FAIL {2}authentication: 401: no credentials were sent: the password for EXAMPLE\\alice, refused by \S+ \d+ s ago, is held back \d+ s more so a wrong password does not lock the account\n {6}fix: fix the password \(-u DOMAIN\\user:password\), or pass --forget-refusals to try it now\n/,
+    );
+    expect(held.stdout + held.stderr).not.toContain('wrongpw');
+    // --forget-refusals tries it now; refused again, it is kept for the command's next run.
+    expect((await doctor('wrongpw', ['--forget-refusals'])).code).toBe(1);
+    expect(tries('/auth/doc')).toBe(2);
+    const after = await run('wrongpw', '/auth/doc');
+    expect(after.stderr).toContain('is held back');
+    expect(tries('/auth/doc')).toBe(2);
+    // Another password is not held back.
+    const right = await doctor('alicepw');
+    expect(right.stdout).toMatch(/ok {4}authentication: NTLM, 2 leg\(s\), session as EXAMPLE\\alice/);
+    expect(right.code).toBe(0);
+  });
+
   it('R4: --forget-refusals is in --help', async () => {
     const help = await runCli(['--help']);
     expect(help.stdout).toMatch(/--forget-refusals\s+send a password refused lately now/);
@@ -216,6 +243,56 @@ describe('R4: a forwarding proxy\u2019s refusal of --proxy-user is held back acr
     const forced = await run('/public/p3', ['--forget-refusals']);
     expect(forced.code).toBe(22);
     expect(tries('/public/p3')).toBe(1);
+  });
+  it('R4/H5: multileg doctor through a proxy sends a wrong --proxy-user once in a run (each check made its own agent: it went with each) and not at all while it is held back; --forget-refusals sends it once', async () => {
+    const state = mkdtempSync(join(dir, 'state-'));
+    const tries = () => proxy.exchanges.filter((e) => e.proxyAuthorization).length;
+    const doctor = async (target: string, extra: string[] = []) => {
+      const before = tries();
+      const r = await runCli(
+        ['doctor', '-x', proxy.origin, '--proxy-cacert', ca, '-k', '-U', 'proxyuser:wrongpw', ...extra, target],
+        { env: { XDG_STATE_HOME: state } },
+      );
+      expect(r.code).toBe(1);
+      expect(r.stdout + r.stderr).not.toContain('wrongpw');
+      return tries() - before;
+    };
+    // A CONNECT tunnel (the client certificate probe's, then the schemes probes'), and a forwarded request.
+    const tunnelled = `https://localhost:${server.port}/public/doc`;
+    expect(await doctor(tunnelled)).toBe(1);
+    expect(await doctor(tunnelled)).toBe(0);
+    expect(await doctor(`http://localhost:${server.port}/public/doc`)).toBe(0);
+    expect(await doctor(tunnelled, ['--forget-refusals'])).toBe(1);
+    // The command's run after them holds it back too.
+    const before = tries();
+    const run = await runCli(['-x', proxy.origin, '--proxy-cacert', ca, '-k', '-U', 'proxyuser:wrongpw', tunnelled], {
+      env: { XDG_STATE_HOME: state },
+    });
+    expect(run.code).toBe(7);
+    expect(tries() - before).toBe(0);
+  });
+  it('H5/R4: multileg doctor through a forwarding proxy that stood at 407 says so, refused, held back or no -U given (it said the server asks for authentication and there is no password)', async () => {
+    const state = mkdtempSync(join(dir, 'state-'));
+    const doctor = async (user: string[]) => {
+      const r = await runCli(
+        ['doctor', '-x', proxy.origin, '--proxy-cacert', ca, ...user, `http://localhost:${server.port}/public/d407`],
+        { env: { XDG_STATE_HOME: state } },
+      );
+      expect(r.code).toBe(1);
+      expect(r.stdout).not.toContain('authentication: the server asks for authentication');
+      expect(r.stdout).not.toContain('no authentication asked for at this URL');
+      return r.stdout.split('\n').find((l) => l.startsWith('FAIL'));
+    };
+    const head = `FAIL  proxy authentication: proxy ${proxy.origin} answered 407 and offered Basic: `;
+    expect(await doctor(['-U', 'proxyuser:wrongpw'])).toBe(
+      `${head}it refused the credentials; check --proxy-user (DOMAIN\\user:password)`,
+    );
+    expect(await doctor(['-U', 'proxyuser:wrongpw'])).toMatch(
+      new RegExp(
+        `^${head.replaceAll('.', '\\.')}no credentials were sent: the password for proxyuser, refused by it \\d+ s ago, is held back \\d+ s more so a wrong password does not lock the account; fix the password, or pass --forget-refusals to try it now$`,
+      ),
+    );
+    expect(await doctor([])).toBe(`${head}give --proxy-user user:password`);
   });
 });
 

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { credentialsFor, parseNetrc } from '../src/cli/credentials.ts';
 import { describeFailure, explain401, explain407, forCli } from '../src/cli/explain.ts';
-import { parseCli, parseSchemes, shownArgv } from '../src/cli/options.ts';
+import { parseCli, parseSchemes, program, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
@@ -1037,6 +1037,8 @@ describe('multileg command line', () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^Usage: multileg doctor \[options\] <url>\n\nchecks one URL's setup/);
     expect(help.stdout).toContain('--cacert');
+    // Its argument is one URL (it said "the URLs to request, one after another", the request's).
+    expect(help.stdout).toMatch(/\n {2}url {2,}the URL whose setup to check \(no scheme\s+means https:\/\/\)\n/);
   });
 
   it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {
@@ -1340,6 +1342,21 @@ describe('multileg command line', () => {
       expect([failure.exit, failure.refused]).toEqual([28, false]);
       expect(failure.message).toContain(`(${err.code})`);
     }
+  });
+
+  it("R3: a --timeout under a second (curl's timeouts count seconds: --timeout 30 is 30 ms) says it counts milliseconds, not only that GSS-API was slow", () => {
+    const gss = 'waiting on GSS-API for HTTP@intranet.example.com (the KDC or DNS: check krb5.conf)';
+    expect(forCli(new HandshakeTimeoutError(30, 'Negotiate', gss, undefined, true).message)).toBe(
+      `Negotiate handshake did not finish within --timeout (30 ms; it counts milliseconds: --timeout 30000 is 30 s): ${gss}`,
+    );
+    // A timeout of a second or more is told as before.
+    expect(forCli(new HandshakeTimeoutError(30_000, 'NTLM').message)).toBe(
+      'NTLM handshake did not finish within --timeout (30000 ms); check the server or raise --timeout',
+    );
+    const help = program().options.find((o) => o.long === '--timeout')?.description;
+    expect(help).toBe(
+      `handshake timeout in milliseconds, unlike curl's seconds (default ${DEFAULT_LIMITS.handshakeTimeout})`,
+    );
   });
 
   it('C8/H5: a forwarding proxy that closed under a POST it may have read (ProxyClosedError) is curl\'s 52, "Empty reply from server", which only --retry-all-errors retries', () => {
@@ -2526,6 +2543,47 @@ describe('multileg command line', () => {
     });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
+  });
+
+  it('a scheme with one slash (https:/host/, a slash lost in typing) is that scheme\'s URL, as curl 7.88 reads it (it went to host "https": could not resolve host https); name:/path is an unsupported protocol (1), as curl\'s', async () => {
+    expect(parseCli(['https:/intranet.example.com:8443/x']).url.href).toBe('https://intranet.example.com:8443/x');
+    expect(parseCli(['HTTP:/intranet.example.com/x']).url.href).toBe('http://intranet.example.com/x');
+    // Its user:password as with two slashes (taken out of the URL).
+    const withUser = parseCli(['https:/bob:s3cret@intranet.example.com/x']);
+    expect([withUser.url.href, withUser.user]).toEqual([
+      'https://intranet.example.com/x',
+      { username: 'bob', password: 's3cret' },
+    ]);
+    expect(parseCli(['intranet.example.com:8443/x']).url.href).toBe('https://intranet.example.com:8443/x');
+    const r = await run([`https:/localhost:${REFUSED_PORT}/x`]);
+    expect([r.code, r.stderr]).toEqual([
+      7,
+      `multileg: could not connect to localhost:${REFUSED_PORT} at 127.0.0.1 port ${REFUSED_PORT} (ECONNREFUSED)\n`,
+    ]);
+    const scheme = await run(['localhost:/x']);
+    expect([scheme.code, scheme.stderr]).toEqual([
+      1,
+      'multileg: unsupported protocol localhost: in localhost:/x: use https:// or http://\n',
+    ]);
+  });
+
+  it("-u 'EXAMPLE\\\\alice' (two backslashes: a JSON or JavaScript spelling kept by a shell's single quotes) is bad usage naming the one-backslash spelling, before a wrong account is sent a password; -U too", async () => {
+    const fix = (flag: string, given: string, one: string) =>
+      new ConfigError(
+        `${flag}: the user name ${given} holds two backslashes in a row, where DOMAIN\\user has one (a shell's single quotes keep both): write ${flag} '${one}'`,
+      );
+    expect(() => parseCli(['-u', 'EXAMPLE\\\\alice:pw', 'h/'])).toThrow(
+      fix('-u', 'EXAMPLE\\\\alice', 'EXAMPLE\\alice'),
+    );
+    expect(() => parseCli(['-x', 'http://p:3128', '-U', 'CORP\\\\proxyuser:pw', 'h/'])).toThrow(
+      fix('-U', 'CORP\\\\proxyuser', 'CORP\\proxyuser'),
+    );
+    expect(parseCli(['-u', 'EXAMPLE\\alice:pw', 'h/']).user).toEqual({ username: 'EXAMPLE\\alice', password: 'pw' });
+    const r = await run(['-u', 'EXAMPLE\\\\alice:s3cret', `https://localhost:${REFUSED_PORT}/`]);
+    expect([r.code, r.stderr]).toEqual([
+      2,
+      "multileg: -u: the user name EXAMPLE\\\\alice holds two backslashes in a row, where DOMAIN\\user has one (a shell's single quotes keep both): write -u 'EXAMPLE\\alice'\n",
+    ]);
   });
 
   it('H5: -U : is curl\'s "no user, the Kerberos ticket" for the proxy: no proxy credentials; a user name missing before a password is bad usage', async () => {

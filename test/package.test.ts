@@ -115,6 +115,8 @@ describe('the packed package in a fresh app', () => {
         "const options: MultilegAgentOptions = { trustedOrigins: ['https://intranet.example'], schemes: ['Negotiate', 'NTLM'] };",
         'const agent = new MultilegAgent(options);',
         'agent.onHandshake((r: HandshakeReport) => console.log(r.scheme, LEG_CHANNEL));',
+        // README: the agent's own methods on a composed dispatcher, with no cast.
+        'console.log(agent.compose((dispatch) => dispatch).stats().requests);',
         '',
       ].join('\n'),
     );

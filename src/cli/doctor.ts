@@ -35,11 +35,13 @@ import {
   usableCertificate,
 } from '../session/client-certificate.ts';
 import { credentialsFor, withProxyPassword } from './credentials.ts';
+import { stateDir } from './dirs.ts';
 import {
   certificateNames,
   challengeSchemes,
   describeFailure,
   EXIT,
+  explain407,
   forCli,
   netrcFileOf,
   openingRefusal,
@@ -51,6 +53,7 @@ import {
   wrongNameFix,
 } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
+import { RefusalFile } from './refusals.ts';
 import { Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
@@ -344,10 +347,31 @@ async function proxyCheck(route: ProxyRoute | undefined): Promise<Check> {
   }
 }
 
-/** One request without credentials: the protocol, the offered schemes, the Date header. */
-async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined) {
+/**
+ * R4: the command's state file (refusals.ts), one for the run, as a request's run keeps it. Each
+ * check makes an agent of its own, and each would send a password anew (a probe through a proxy
+ * sends -U's): with the file a password refused lately — by a run of the command, of doctor, or an
+ * earlier check of this run — is held back, and a refusal met here is kept for the runs after it.
+ * Without it a help desk's doctor, run again and again with a wrong password, sent it each time (an
+ * account lockout), even while the command held it back.
+ */
+function runRefusals(req: CliRequest): RefusalFile {
+  return new RefusalFile({
+    dir: () => stateDir(),
+    forget: req.forgetRefusals,
+    warn: (line) => process.stderr.write(`multileg doctor: Warning: ${line}\n`),
+  });
+}
+
+/** One request without the origin's credentials (a proxy's go: -U): the protocol, the offered schemes, the Date header. */
+async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined, refusals: RefusalFile) {
   const trace = new Trace();
-  const agent = new MultilegAgent({ ...req.agent, negotiate: false, trustedOrigins: [req.url.origin] });
+  const agent = new MultilegAgent({
+    ...req.agent,
+    negotiate: false,
+    trustedOrigins: [req.url.origin],
+    refusalMemory: refusals,
+  });
   try {
     const res = await request(req.url, {
       dispatcher: agent,
@@ -369,6 +393,14 @@ async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | un
       date: [res.headers.date].flat()[0],
       /** nginx's 400 page about the client certificate: none sent (`missing`), or the one sent refused. */
       nginx,
+      /** H5: a forwarding proxy's final 407: whether -U's credentials went with it, and why it stood. */
+      proxy407:
+        res.statusCode === 407
+          ? {
+              sent: trace.lastDelivered?.request.headers.some(([name]) => name === 'proxy-authorization') === true,
+              last: trace.unanswered407.at(-1),
+            }
+          : undefined,
     };
   } finally {
     trace.stop();
@@ -568,6 +600,9 @@ export async function doctor(argv: string[]): Promise<number> {
     .description(
       "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
     );
+  // Its one URL: the request's argument says "the URLs to request, one after another".
+  const url = cmd.registeredArguments[0];
+  if (url) url.description = 'the URL whose setup to check (no scheme means https://)';
   const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
@@ -598,6 +633,7 @@ export async function doctor(argv: string[]): Promise<number> {
   });
   // Its modules are loaded; its probes may speak HTTP/1.1 (wasm.ts).
   await keepWasmOnBaseline();
+  const refusals = runRefusals(req);
   // --json: the checks as one object at the end, nothing else on stdout.
   const json = req.json === true;
   if (!json) process.stdout.write(`multileg doctor ${req.url.href}\n`);
@@ -653,7 +689,10 @@ export async function doctor(argv: string[]): Promise<number> {
 
   let proxy: ProxyRoute | undefined;
   try {
-    proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo).route(req.url.origin);
+    // (With the run's state file: the client certificate probe's CONNECT sends -U's password, R4.)
+    proxy = new ProxyResolver(req.agent.proxy, process.env, undefined, req.agent.connectTo, refusals).route(
+      req.url.origin,
+    );
   } catch (err) {
     // A proxy URL that cannot be used (socks5://, not a URL): every check after this one would
     // go through it, so none is run; the message names the variable or -x and the fix.
@@ -693,8 +732,8 @@ export async function doctor(argv: string[]): Promise<number> {
   const ranOutBefore = ranOut();
   if (!ranOutBefore)
     try {
-      h2 = await probe(req, false, deadline);
-      h1 = await probe(req, true, deadline);
+      h2 = await probe(req, false, deadline, refusals);
+      h1 = await probe(req, true, deadline, refusals);
     } catch (err) {
       failure = err;
     }
@@ -726,7 +765,8 @@ export async function doctor(argv: string[]): Promise<number> {
   if (h2 && h1) {
     const show = (p: Awaited<ReturnType<typeof probe>>) =>
       `${p.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'} ${p.status}${p.offered.length ? ` offers ${p.offered.join(', ')}` : ''}`;
-    const none = h2.status !== 401 && h1.status !== 401;
+    // (A forwarding proxy's 407 is the proxy's asking: the proxy authentication check below.)
+    const none = h2.status !== 401 && h1.status !== 401 && h2.status !== 407;
     // Only a TLS connection to the server itself (direct or through a CONNECT tunnel) shows whether
     // it speaks HTTP/2: a forwarding proxy answers for it, and over http:// no h2c is tried.
     const unseen =
@@ -785,8 +825,29 @@ export async function doctor(argv: string[]): Promise<number> {
     }
   }
 
+  // H5: a forwarding proxy's final 407 stopped the requests before the server: the command's words
+  // for it (refused, held back, or none given), not the server's "asks for authentication".
+  const stood407 = h2?.proxy407 && proxy ? h2.proxy407 : undefined;
+  if (stood407 && proxy) {
+    const user = typeof req.agent.proxy === 'object' ? req.agent.proxy.credentials?.username : undefined;
+    const last = stood407.last;
+    add({
+      name: 'proxy authentication',
+      verdict: 'FAIL',
+      detail: explain407({
+        proxy: proxy.proxy.origin,
+        offered: h2?.offered ?? [],
+        sent: stood407.sent,
+        unusable: last?.unusable ?? [],
+        schemes: typeof req.agent.proxy === 'object' ? req.agent.proxy.schemes : undefined,
+        ...(last?.reason === 'refused-lately' && last.heldBackFor !== undefined
+          ? { heldBack: { ms: last.heldBackFor, user, at: refusals.heldBack(proxy.proxy.origin, true)?.at } }
+          : {}),
+      }),
+    });
+  }
   // A certificate required and none given: the client certificate check has said so and its fix.
-  if (h2 && (h2.status === 401 || h2.offered.length > 0) && !required)
+  if (h2 && !stood407 && (h2.status === 401 || h2.offered.length > 0) && !required)
     add(
       ranOut()
         ? notRun('authentication')
@@ -798,6 +859,7 @@ export async function doctor(argv: string[]): Promise<number> {
             kerberosFailure,
             proxy?.kind === 'forward',
             deadline,
+            refusals,
           ),
     );
 
@@ -838,6 +900,8 @@ async function authenticate(
   forwarded: boolean,
   /** -m's end of the run. */
   deadline: AbortSignal | undefined,
+  /** The run's state file ({@link runRefusals}). */
+  refusals: RefusalFile,
 ): Promise<Check> {
   // The server asks for authentication and nothing here can answer it: that is the problem.
   // A ticket is there, but no service ticket for this server: kinit would not help, the SPN check's fix does.
@@ -863,6 +927,7 @@ async function authenticate(
     ...req.agent,
     ...(credentials ? { credentials } : {}),
     trustedOrigins: [req.url.origin],
+    refusalMemory: refusals,
   });
   try {
     // --http1.1: the request goes as the command's would (transfer.ts), never tried over HTTP/2.
@@ -875,6 +940,14 @@ async function authenticate(
     await res.body.dump();
     // The origin's (a proxy's handshake, H5, is not this check's).
     const h = trace.handshakes.findLast((r) => !r.proxy);
+    const held = res.statusCode === 401 && credentials ? refusals.heldBack(req.url.origin) : undefined;
+    if (!h && held && credentials)
+      return {
+        name: 'authentication',
+        verdict: 'FAIL',
+        detail: `401: no credentials were sent: the password for ${credentials.domain ? `${credentials.domain}\\` : ''}${credentials.username}, refused by ${req.url.origin} ${Math.max(0, Math.round((Date.now() - held.at) / 1000))} s ago, is held back ${Math.ceil(Math.max(0, held.until - Date.now()) / 1000)} s more so a wrong password does not lock the account`,
+        fix: 'fix the password (-u DOMAIN\\user:password), or pass --forget-refusals to try it now',
+      };
     if (!h)
       return {
         name: 'authentication',

@@ -117,6 +117,12 @@ const PROXY_FLAGS: Readonly<Record<string, string>> = {
 const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups: string[]) => string)]> = [
   [/\blimits\.maxLegs\b/g, '--max-legs'],
   [/\blimits\.handshakeTimeout\b/g, '--timeout'],
+  // R3: --timeout counts milliseconds where curl's timeouts count seconds: `--timeout 30` is 30 ms,
+  // which a handshake waiting on GSS-API blames on the KDC. Under a second, the unit is said.
+  [
+    /\bwithin --timeout \((\d{1,3}) ms\)/g,
+    (_all: string, ms: string) => `within --timeout (${ms} ms; it counts milliseconds: --timeout ${ms}000 is ${ms} s)`,
+  ],
   [/\buse HTTP\/1\.1 \(allowH2: false\)/g, 'use HTTP/1.1 (--http1.1)'],
   // The proxy's Kerberos identity is the command's (--keytab, --principal, --ccache carry over, H5);
   // its SPN has flags of its own (--proxy-spn, --proxy-canonicalize-host), never the origin's.

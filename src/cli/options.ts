@@ -9,7 +9,13 @@ import { createRequire } from 'node:module';
 import { getCACertificates } from 'node:tls';
 import type * as Commander from 'commander';
 import { ConfigError, redactUserinfo } from '../errors.ts';
-import { type ClientCertificate, type MultilegAgentOptions, SCHEME_NAMES, type SchemeName } from '../options.ts';
+import {
+  type ClientCertificate,
+  DEFAULT_LIMITS,
+  type MultilegAgentOptions,
+  SCHEME_NAMES,
+  type SchemeName,
+} from '../options.ts';
 import type { ProxyOptions } from '../proxy/options.ts';
 import { hostElsewhere } from '../trust/host-header.ts';
 import { EXIT } from './explain.ts';
@@ -404,8 +410,17 @@ export function program(): Commander.Command {
       )
       .option('--retry-all-errors', 'with --retry, retry any failure but refused credentials')
       .option('--retry-connrefused', 'with --retry, a refused connection is transient too')
-      .addOption(new Option('--max-legs <n>', 'maximum legs per handshake').argParser(positiveInt))
-      .addOption(new Option('--timeout <ms>', 'handshake timeout in ms').argParser(positiveInt))
+      .addOption(
+        new Option('--max-legs <n>', `maximum legs per handshake (default ${DEFAULT_LIMITS.maxLegs})`).argParser(
+          positiveInt,
+        ),
+      )
+      .addOption(
+        new Option(
+          '--timeout <ms>',
+          `handshake timeout in milliseconds, unlike curl's seconds (default ${DEFAULT_LIMITS.handshakeTimeout})`,
+        ).argParser(positiveInt),
+      )
       // Not commander's .version(text): the text (four package.json files found and read) would be
       // made for every run; it is made only when asked for.
       .option('-V, --version', 'print the versions of multileg, undici, Node and the Kerberos backends')
@@ -453,7 +468,10 @@ function percentDecoded(text: string): string {
  * (curl's way; `-u` wins over it), so the URL that is requested, printed and reported carries none.
  */
 export function parseUrl(text: string): { url: URL; user: UserArg | undefined } {
-  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
+  // A scheme is a name, a colon and a slash, as curl 7.88 reads one: `https:/host/` (a slash lost
+  // in typing) is https://host/, where it was taken as schemeless, https://https:/host/, "could not
+  // resolve host https"; `name:/path` is a scheme curl does not support (1), as here.
+  const withScheme = /^[a-z][a-z0-9+.-]*:\//i.test(text) ? text : `https://${text}`;
   let url: URL;
   try {
     url = new URL(withScheme);
@@ -471,7 +489,7 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
   if (url.username || url.password) {
     // `user@`, without a colon, is `-u user`: the password is asked for (MULTILEG_PASSWORD, stdin, a
     // prompt). The URL parser gives '' for both `user@` and `user:@`, so look at the text.
-    const authority = withScheme.slice(withScheme.indexOf('//') + 2).split(/[/?#\\]/, 1)[0]!;
+    const authority = withScheme.replace(/^[a-z][a-z0-9+.-]*:[/\\]*/i, '').split(/[/?#\\]/, 1)[0]!;
     const colon = authority.slice(0, authority.lastIndexOf('@')).includes(':');
     user = { username: percentDecoded(url.username), password: colon ? percentDecoded(url.password) : undefined };
   }
@@ -525,6 +543,20 @@ export function parseSchemes(list: string): SchemeName[] {
         throw new ConfigError(`--schemes: unknown scheme ${JSON.stringify(name)}; use ${SCHEME_NAMES.join(', ')}`);
       return known;
     });
+}
+
+/**
+ * A user name never holds two backslashes in a row (`DOMAIN\user` has one): a shell's single quotes
+ * keep both of `'EXAMPLE\\alice'` (how a JSON or JavaScript string spells one), and the server would
+ * refuse an account that does not exist while the command could only say "check -u". Bad usage,
+ * before anything is sent. `flag`: `-u` or `-U`.
+ */
+function checkBackslashes(flag: string, username: string): void {
+  if (!username.includes('\\\\')) return;
+  const one = username.replace(/\\{2,}/g, '\\');
+  throw new ConfigError(
+    `${flag}: the user name ${username} holds two backslashes in a row, where DOMAIN\\user has one (a shell's single quotes keep both): write ${flag} '${one}'`,
+  );
 }
 
 /** Splits `DOMAIN\user:password` at the first colon. */
@@ -1305,6 +1337,7 @@ export function parseCli(
   };
   const proxy = proxyOption(o, proxyCa, family);
   const user = o.user !== undefined ? parseUser(o.user as string) : urlUser;
+  if (o.user !== undefined && user) checkBackslashes('-u', user.username);
   // netrc holds credentials per host; the agent has one set for all the URLs.
   const netrc = o.netrcFile !== undefined || o.netrc || o.netrcOptional;
   // `https://bob@host/` with --netrc: bob's password is the file's (curl's); `-u bob` asks for it.
@@ -1476,6 +1509,7 @@ function proxyOption(
   let credentials: ProxyOptions['credentials'];
   if (o.proxyUser !== undefined) {
     const u = parseUser(o.proxyUser as string);
+    checkBackslashes('-U', u.username);
     if (u.username === '' && u.password !== '')
       throw new ConfigError(
         '--proxy-user: no user name before the colon; give user:password, or -U : for the Kerberos ticket',

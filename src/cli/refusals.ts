@@ -267,6 +267,11 @@ export class RefusalFile implements RefusalMemory {
   #file = '';
   /** --forget-refusals: a password held back goes now (its count stays: a refusal again waits longer). */
   readonly #forget: boolean;
+  /**
+   * When this run began: --forget-refusals forgets the refusals of earlier runs, not one met in this
+   * run (doctor's checks each make an agent, which would otherwise each send a password just refused).
+   */
+  readonly #started = Date.now();
   readonly #warn: (line: string) => void;
   /** -v: lines about waiting for another run's lock. */
   readonly #verbose: ((line: string) => void) | undefined;
@@ -493,7 +498,7 @@ export class RefusalFile implements RefusalMemory {
     const r = this.#load()?.refusals[id];
     if (r === undefined) return undefined;
     const now = Date.now();
-    if (this.#forget || r.until <= now) return { at: r.at, until: 0, times: r.times };
+    if ((this.#forget && r.at < this.#started) || r.until <= now) return { at: r.at, until: 0, times: r.times };
     this.#held.set(`${place.proxy ? 'proxy' : 'origin'} ${place.origin}`, r);
     return { at: r.at, until: r.until, times: r.times };
   }
