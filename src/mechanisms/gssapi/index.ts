@@ -163,6 +163,8 @@ interface Copy extends CacheCopy {
   users: number;
   /** No longer used for new credentials: destroyed once the last user lets go. */
   retired: boolean;
+  /** Its place in the order copies were made, process-wide (see {@link gssCacheCopies}). */
+  readonly serial: number;
 }
 
 /** The file's identity, size and modification time (ns), or undefined when it is gone. */
@@ -171,14 +173,27 @@ function fileStamp(path: string): string | undefined {
   return st && `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
-/** MEMORY copies made and not destroyed yet, process-wide. */
-let liveCopies = 0;
+/** MEMORY copies made and not destroyed yet, process-wide, by serial. */
+const liveCopies = new Set<number>();
+/** MEMORY copies made so far, process-wide: the next one's serial. */
+let copiesMade = 0;
 
-/** How many MEMORY ccache copies exist (for tests and diagnostics): each is destroyed once retired and unused. */
-export const gssCacheCopies = (): number => liveCopies;
+/**
+ * How many MEMORY ccache copies exist (for tests and diagnostics): each is destroyed once retired and
+ * unused. `since` (a {@link gssCacheCopiesMade} read earlier): only those made since then, so that
+ * one test's count is not moved by an earlier test's copy ending meanwhile (its stream's idle end).
+ */
+export function gssCacheCopies(since = 0): number {
+  let n = 0;
+  for (const serial of liveCopies) if (serial >= since) n += 1;
+  return n;
+}
+
+/** How many MEMORY ccache copies have been made so far: a mark for {@link gssCacheCopies}. */
+export const gssCacheCopiesMade = (): number => copiesMade;
 
 function destroyCopy(g: GssFunctions, copy: Copy): void {
-  liveCopies -= 1;
+  liveCopies.delete(copy.serial);
   destroyCacheCopy(g, copy.name);
 }
 
@@ -333,9 +348,10 @@ export class CredCache {
       return;
     }
     if (made === undefined) return;
-    liveCopies += 1;
+    const serial = copiesMade++;
+    liveCopies.add(serial);
     // Its user while the acquire runs: the credential acquired, once kept.
-    const copy: Copy = { ...made, users: 1, retired: false };
+    const copy: Copy = { ...made, users: 1, retired: false, serial };
     const held = await acquireFromCopy(g, o, copy.name);
     // Meanwhile the kept credential may have gone (dropped, expired) or the file changed: not adopted then.
     if (
