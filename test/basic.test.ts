@@ -130,6 +130,53 @@ describe('Basic (RFC 7617)', () => {
       undefined,
     ]);
   });
+
+  it('R4: a password a refusalMemory holds back: the 401 that asked for it is the answer, in full and said why — the request (and its body) sent once, as with a refusal met in memory', async () => {
+    const until = Date.now() + 60_000;
+    const recalled: string[] = [];
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request' },
+      {
+        negotiate: false,
+        credentials: { username: 'alice', password: 'wrong' },
+        refusalMemory: {
+          recall: (place) => {
+            recalled.push(place.origin);
+            return { at: Date.now() - 1_000, until, times: 1 };
+          },
+          refused: () => {},
+          proved: () => {},
+          release: () => {},
+        },
+      },
+    );
+    const events: WithheldEvent[] = [];
+    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onWithheld);
+    let res: Awaited<ReturnType<typeof fetch>>;
+    let body: string;
+    try {
+      res = await fetch(`${r.server.origin}/auth/held`, { dispatcher: r.agent, method: 'POST', body: 'name=value' });
+      body = await res.text();
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onWithheld);
+    }
+    expect(recalled).toEqual([r.server.origin]);
+    // Before: the first 401 was drained, the memory then held the password back, and the request
+    // went again bare for a 401 to show — two requests, the body twice.
+    const sent = r.server.exchanges.filter((e) => e.path === '/auth/held');
+    expect(sent.map((e) => [e.method, e.bodyLength, e.requestHeaders.authorization])).toEqual([
+      ['POST', 10, undefined],
+    ]);
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toMatch(/^Basic /);
+    // That 401's own body, as it came (the reference server describes the request it answers).
+    expect(JSON.parse(body)).toMatchObject({ method: 'POST', path: '/auth/held', bodyLength: 10, user: null });
+    expect(events).toEqual([
+      expect.objectContaining({ path: '/auth/held', reason: 'refused-lately', schemes: ['Basic'] }),
+    ]);
+    expect(events[0]!.heldBackFor).toBeGreaterThan(50_000);
+  });
 });
 
 async function basicServer() {

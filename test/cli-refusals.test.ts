@@ -85,6 +85,34 @@ describe('R4: refused passwords are held back across the command’s runs (state
     expect(tries('/auth/seq-again')).toBe(0);
   });
 
+  it('R4: a password the state file holds back sends the request once, its first 401 the answer (a -d body once too), said as before', async () => {
+    const requests = (path: string) => server.exchanges.filter((e) => e.path === path);
+    const heldBack = new RegExp(
+      `the password for EXAMPLE\\\\alice, refused by ${server.origin.replaceAll('.', '\\.')} \\d+ s ago, is held back \\d+ s more so a wrong password does not lock the account; no credentials were sent: fix the password, or pass --forget-refusals to try it now`,
+    );
+    expect((await run('wrongpw', '/auth/once0')).code).toBe(22);
+    expect(tries('/auth/once0')).toBe(1);
+    // Before, the 401 that asked for the password was drained, the state file then held it back,
+    // and the request went again bare to get a 401 to show: two requests where the library sends one.
+    const get = await run('wrongpw', '/auth/once1', ['-v']);
+    expect(get.code).toBe(22);
+    expect(get.stderr).toMatch(heldBack);
+    expect(requests('/auth/once1')).toHaveLength(1);
+    // -v: that 401 is the answer, shown once, not as an intermediate one.
+    expect(get.stderr.match(/^< 401 .*$/gm)).toEqual([expect.not.stringContaining('intermediate')]);
+    expect(get.stderr).toContain('its 401 is the answer: the credentials, refused or left unanswered here lately');
+    const post = await run('wrongpw', '/auth/once2', ['-i', '-d', 'name=value']);
+    expect(post.code).toBe(22);
+    expect(post.stderr).toMatch(heldBack);
+    // -i: its head once.
+    expect(post.stdout.match(/^HTTP\/\S+ 401\b/gm)).toHaveLength(1);
+    const posted = requests('/auth/once2');
+    expect(posted.map((e) => [e.method, e.bodyLength, e.requestHeaders.authorization])).toEqual([
+      ['POST', 10, undefined],
+    ]);
+    expect(tries('/auth/once')).toBe(1);
+  });
+
   it('R4: --forget-refusals sends a held-back password now; a success clears its record, and the next run sends it at once', async () => {
     const users = server.options.users;
     // The account's password was changed on the server: alicepw is refused, recorded, held back.

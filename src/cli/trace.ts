@@ -249,11 +249,23 @@ export class Trace {
     this.#say(`* its 401 is the answer: ${why || 'nothing offered can run here'}`);
   }
 
-  /** A 401 to the origin's last leg, which went without the credentials because they are held back (R4). */
+  /**
+   * A 401 is the answer because the credentials are held back (R4): the origin's last leg, whose
+   * head comes next (delivered), or whose 401 was read while the agent meant to answer it (reported
+   * intermediate) and the refusal memory then held the password back: now the answer.
+   */
   #withheld(e: WithheldEvent): void {
     if (e.reason !== 'refused-lately' || e.heldBackFor === undefined) return;
     const record = this.legs.findLast((l) => l.request.origin === e.origin);
-    if (record) record.heldBackFor = e.heldBackFor;
+    if (record) {
+      record.heldBackFor = e.heldBackFor;
+      const r = record.response;
+      if (r && !r.delivered && r.status === 401) {
+        record.response = { ...r, delivered: true };
+        this.#onHeld?.();
+        this.#answer(record);
+      }
+    }
     this.#say(
       `* its 401 is the answer: the credentials, refused or left unanswered here lately, are held back for another ${Math.ceil(e.heldBackFor / 1000)} s`,
     );

@@ -149,6 +149,17 @@ export class CredentialProof {
     return this.#refusedUntil !== 0 && Date.now() < this.#refusedUntil;
   }
 
+  /**
+   * A handshake sending the password here now would ask the refusal memory first ({@link enter}):
+   * the agent has one with a say for these credentials, and they are not proved lately (a probe).
+   * What it recalls may hold the password back: the 401 that asked for it is then the answer.
+   */
+  get mayRecall(): boolean {
+    if (!this.#keeping || this.refused) return false;
+    if (this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS) return false;
+    return this.#keeping.place() !== undefined;
+  }
+
   /** How long (ms) the credentials are still kept back here; 0 when they are not. */
   get refusedFor(): number {
     return Math.max(0, this.#refusedUntil - Date.now());

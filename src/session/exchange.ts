@@ -219,8 +219,16 @@ type Step =
   | { readonly kind: 'connect' }
   /** Send without credentials (C2, or the origin's first request). */
   | { readonly kind: 'send' }
-  /** A 401 whose challenges we may answer: choose the scheme (T2, T3). */
-  | { readonly kind: 'answer'; readonly challenges: readonly Challenge[]; readonly authId?: string }
+  /**
+   * A 401 whose challenges we may answer: choose the scheme (T2, T3). `held`: that 401 in full,
+   * the answer if the refusal memory holds the password back ({@link SendSeen.kept}).
+   */
+  | {
+      readonly kind: 'answer';
+      readonly challenges: readonly Challenge[];
+      readonly authId?: string;
+      readonly held?: HeldResponse;
+    }
   /**
    * The connection failed as a server that requires a client certificate in TLS fails it, or
    * (`held`) the server answered that none was sent: nginx's 400, shown as it came where the probe
@@ -254,6 +262,8 @@ type Step =
       readonly opening?: boolean;
       /** Led before any 401 inside a protection space where its scheme succeeded (OriginMemory.spaceScheme). */
       readonly spaced?: boolean;
+      /** The 401 it answers, held: the answer if the password is held back ({@link SendSeen.kept}). */
+      readonly held?: HeldResponse;
     }
   | { readonly kind: 'end'; readonly outcome: ExchangeOutcome };
 
@@ -262,9 +272,13 @@ const SEND: Step = { kind: 'send' };
 const WAIT: Step = { kind: 'wait' };
 const CONNECT: Step = { kind: 'connect' };
 const end = (outcome: ExchangeOutcome): Step => ({ kind: 'end', outcome });
-/** Answer a 401's challenges, with its Auth-ID when it gave one (C3). */
-const answerStep = (challenges: readonly Challenge[], authId: string | undefined): Step =>
-  authId === undefined ? { kind: 'answer', challenges } : { kind: 'answer', challenges, authId };
+/** Answer a 401's challenges, with its Auth-ID when it gave one (C3), and the 401 itself when held. */
+const answerStep = (challenges: readonly Challenge[], authId: string | undefined, held?: HeldResponse): Step => ({
+  kind: 'answer',
+  challenges,
+  ...(authId !== undefined ? { authId } : {}),
+  ...(held ? { held } : {}),
+});
 const failed = (job: Job, err: Error): Step => {
   job.sink.fail(err);
   return end(DONE);
@@ -283,6 +297,25 @@ function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
   tellUnanswered(run, held.headers);
   run.session.deliverHeld(run.job, held);
+  return end(DONE);
+}
+
+/**
+ * R4: the 401 a bare send met, held because the refusal memory might hold the password back
+ * ({@link SendSeen.kept}), is the caller's now that it did: said why as a held-back 401 is
+ * ({@link classifySend}), and delivered as it came — not got again by a second bare request, which
+ * sent the request (and its body) twice where an in-memory refusal sends it once.
+ */
+function heldBack({ job, env, session }: Run, held: HeldResponse): Step {
+  const heldBackFor = env.memory.proof.refusedFor;
+  log.agent(
+    '%s job %d: 401 not answered: refused here lately (the refusal memory), held back %d ms more',
+    job.origin,
+    job.id,
+    heldBackFor,
+  );
+  withheld401(job.origin, job.dispatchOptions.path, held.headers, 'refused-lately', heldBackFor);
+  session.deliverHeld(job, held);
   return end(DONE);
 }
 
@@ -525,6 +558,12 @@ export interface SendSeen {
   reask?: string;
   /** The CHALLENGE a caller's origin NEGOTIATE got, remembered for its AUTHENTICATE ({@link pairChallenge}). */
   recorded?: ChallengeRecord;
+  /**
+   * R4: the 401 is held, not drained: the handshake answering it asks the refusal memory first
+   * (CredentialProof.mayRecall), which may hold the password back; this 401 is then the answer,
+   * not one got by sending the request again bare (its body twice).
+   */
+  kept?: boolean;
 }
 
 /**
@@ -567,8 +606,10 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       seen.challenges = offered;
       const reading = readAuthId(headers);
       if (reading?.ok) seen.authId = reading.value;
-      // deliver401: kept, to be the caller's if what it offers cannot run here (no second request).
-      return verdict === 'hold' ? 'hold' : 'swallow';
+      seen.kept = env.memory.proof.mayRecall;
+      // deliver401: kept, to be the caller's if what it offers cannot run here (no second request);
+      // so too where the refusal memory may hold the password back (`kept`).
+      return verdict === 'hold' || seen.kept ? 'hold' : 'swallow';
     }
     // Only schemes already proved unusable here are offered: the caller gets why (R4, T2), or
     // with deliver401 this 401, told why.
@@ -817,7 +858,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     job.reauthenticated = true;
     session.noteAuthenticationLost();
   }
-  return answerStep(seen.challenges, seen.authId);
+  return answerStep(seen.challenges, seen.authId, seen.kept ? result.held : undefined);
 }
 
 /**
@@ -1062,6 +1103,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
     challenge: chosen.challenge,
     offered: step.challenges,
     ...(step.authId !== undefined ? { authId: step.authId } : {}),
+    ...(step.held ? { held: step.held } : {}),
     blocking,
   };
 }
@@ -1202,6 +1244,14 @@ class Lead implements HandshakeInput, LegInfo {
       // As when a refusal comes before any proof: this request and those queued behind it go without
       // the credentials and get the server's own answer (C7, R4).
       if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id });
+      // R4: the 401 that asked for them, held (the refusal memory held them back), is that answer.
+      // One whose body was cut (too large or slow to hold: not the server's response, leg.ts), or
+      // a recall given up at queueTimeout (nothing held back: no reason to say), goes again bare.
+      const held = this.#step.held;
+      if (held && env.memory.credentialsRefused) {
+        this.#done(heldBack(this.#run, held));
+        return;
+      }
       job.noAuth = true;
       this.#done(CHECK);
       return;
@@ -1492,8 +1542,8 @@ class Lead implements HandshakeInput, LegInfo {
         env.memory.markUnusable(schemeKey, result.error);
         if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, retry: true });
         unusable(run, schemeKey, result.error);
-        // The next scheme answers the same 401, with its Auth-ID (C3).
-        return step.offered ? answerStep(step.offered, step.authId) : CHECK;
+        // The next scheme answers the same 401, with its Auth-ID (C3), and it held (R4: `kept`).
+        return step.offered ? answerStep(step.offered, step.authId, step.held) : CHECK;
       }
     }
   }
