@@ -43,6 +43,7 @@ import {
   EXIT,
   explain407,
   forCli,
+  heldBackWhy,
   netrcFileOf,
   openingRefusal,
   outOfDatesFix,
@@ -945,7 +946,7 @@ async function authenticate(
       return {
         name: 'authentication',
         verdict: 'FAIL',
-        detail: `401: no credentials were sent: the password for ${credentials.domain ? `${credentials.domain}\\` : ''}${credentials.username}, refused by ${req.url.origin} ${Math.max(0, Math.round((Date.now() - held.at) / 1000))} s ago, is held back ${Math.ceil(Math.max(0, held.until - Date.now()) / 1000)} s more so a wrong password does not lock the account`,
+        detail: `401: no credentials were sent: ${heldBackWhy(req.url.origin, credentials, held.at, Math.max(0, held.until - Date.now()))}`,
         fix: 'fix the password (-u DOMAIN\\user:password), or pass --forget-refusals to try it now',
       };
     if (!h)

@@ -13,6 +13,7 @@ import {
   QueueTimeoutError,
 } from '../errors.ts';
 import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
+import type { Credentials } from '../mechanisms/types.ts';
 import { portOf } from '../options.ts';
 import {
   ProxyAuthenticationError,
@@ -112,6 +113,17 @@ const PROXY_FLAGS: Readonly<Record<string, string>> = {
   digest: '--proxy-digest',
   basic: '--proxy-basic',
 };
+
+/**
+ * R4, the state file (refusals.ts): why no credentials went — the password for `credentials`'
+ * user was refused at `place` by an earlier run (`refusedAt`), and is held back `heldBackMs` more.
+ * The command's line (transfer.ts) and doctor's check say it in these words.
+ */
+export function heldBackWhy(place: string, credentials: Credentials, refusedAt: number, heldBackMs: number): string {
+  const user = credentials.domain ? `${credentials.domain}\\${credentials.username}` : credentials.username;
+  const ago = Math.max(0, Math.round((Date.now() - refusedAt) / 1000));
+  return `the password for ${user}, refused by ${place} ${ago} s ago, is held back ${Math.ceil(heldBackMs / 1000)} s more so a wrong password does not lock the account`;
+}
 
 /** Library option names → the CLI flags that set them. Longest first, so prefixes do not win. */
 const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups: string[]) => string)]> = [

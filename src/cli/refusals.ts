@@ -85,9 +85,10 @@ export interface LockWait {
   readonly since: number;
   /**
    * The holder, a process of this host, was last seen stopped (Ctrl-Z: /proc state `T`; `t`, by
-   * a debugger): alive, so its lock stands, but it makes no progress until resumed.
+   * a debugger): alive, so its lock stands, but it makes no progress until resumed. Updated as the
+   * wait goes on.
    */
-  readonly stopped?: 'T' | 't' | undefined;
+  stopped?: 'T' | 't' | undefined;
 }
 
 /**
@@ -356,7 +357,7 @@ export class RefusalFile implements RefusalMemory {
     // try may yet go out. This wait is bounded by the agent's (limits.queueTimeout, or -m), past
     // which the request goes without the password (R1) and `signal` ends the poll.
     const holder = this.#describe(this.#look(lock)?.owner);
-    const wait: { -readonly [K in keyof LockWait]: LockWait[K] } = { lock, holder, since: Date.now() };
+    const wait: LockWait = { lock, holder, since: Date.now() };
     this.#waiting.set(key, wait);
     this.#verbose?.(`* waiting for ${lock}: ${holder}, trying the same password at ${place.origin}, holds it`);
     return (async () => {
@@ -430,11 +431,7 @@ export class RefusalFile implements RefusalMemory {
    * nothing breaks its lock, but nothing comes of the wait until it is resumed or ended, which only
    * the user can do (a warning: the wait is otherwise silent, up to its bound).
    */
-  #noteStopped(
-    wait: { stopped?: 'T' | 't' | undefined; holder: string; lock: string },
-    watch: LockWatch,
-    origin: string,
-  ) {
+  #noteStopped(wait: LockWait, watch: LockWatch, origin: string) {
     const now = Date.now();
     if (watch.stopped === undefined) watch.stoppedSince = undefined;
     else watch.stoppedSince ??= now;

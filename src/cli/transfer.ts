@@ -24,6 +24,7 @@ import {
   explain407,
   type Failure,
   forCli,
+  heldBackWhy,
   netrcFileOf,
   netrcOtherHost,
 } from './explain.ts';
@@ -225,9 +226,7 @@ function heldBackLine(
   refusal: { readonly at: number },
   heldBackMs: number,
 ): string {
-  const user = credentials.domain ? `${credentials.domain}\\${credentials.username}` : credentials.username;
-  const ago = Math.max(0, Math.round((Date.now() - refusal.at) / 1000));
-  return `the password for ${user}, refused by ${place} ${ago} s ago, is held back ${Math.ceil(heldBackMs / 1000)} s more so a wrong password does not lock the account; no credentials were sent: fix the password, or pass --forget-refusals to try it now`;
+  return `${heldBackWhy(place, credentials, refusal.at, heldBackMs)}; no credentials were sent: fix the password, or pass --forget-refusals to try it now`;
 }
 
 /** R4, R1: the request went without the password because another run's try of it held its lock (refusals.ts). */
