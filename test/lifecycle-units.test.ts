@@ -35,6 +35,7 @@ import {
 } from '../src/session/credential-proof.ts';
 import { type Job, newJob } from '../src/session/job.ts';
 import { OriginMemory, TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
+import type { RefusalMemory } from '../src/session/refusal-memory.ts';
 import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
 import { WaitQueue } from '../src/session/wait-queue.ts';
@@ -725,6 +726,22 @@ describe('origin memory and session state', () => {
     expect(memory.unusable()).toEqual([]);
   });
 
+  /** A CredentialProof whose refusal memory answers with `recall` and notes each release in `released`. */
+  const recallingProof = (recall: RefusalMemory['recall'], released: string[]) => {
+    const place = { origin: 'https://o.example', proxy: false, credentials: { username: 'u', password: 'p' } };
+    return new CredentialProof('the proof', {
+      memory: {
+        recall,
+        refused: () => {},
+        proved: () => {},
+        release: () => {
+          released.push('release');
+        },
+      },
+      place: () => place,
+    });
+  };
+
   it('R1/R4: a refusal memory whose recall never answers holds a probe no longer than queueTimeout: that request goes without the password, the next asks again; one that answers late is released (review r55)', async () => {
     vi.useFakeTimers();
     const released: string[] = [];
@@ -737,16 +754,7 @@ describe('origin memory and session state', () => {
         }),
       () => undefined,
     ];
-    const memory = {
-      recall: () => recalls.shift()!(),
-      refused: () => {},
-      proved: () => {},
-      release: () => {
-        released.push('release');
-      },
-    };
-    const place = { origin: 'https://o.example', proxy: false, credentials: { username: 'u', password: 'p' } };
-    const proof = new CredentialProof('the proof', { memory, place: () => place });
+    const proof = recallingProof(() => recalls.shift()!(), released);
     const bounds = { maxQueue: 10, queueTimeout: 500 };
     const hung = proof.enter(true, signalWaiter(undefined), bounds);
     expect(hung).toBeInstanceOf(Promise);
@@ -769,20 +777,11 @@ describe('origin memory and session state', () => {
     vi.useFakeTimers();
     const signals: AbortSignal[] = [];
     const released: string[] = [];
-    const memory = {
-      recall: (_place: unknown, signal?: AbortSignal) => {
-        signals.push(signal!);
-        // Settles once told (as the command's file does: its poll ends), holding nothing.
-        return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
-      },
-      refused: () => {},
-      proved: () => {},
-      release: () => {
-        released.push('release');
-      },
-    };
-    const place = { origin: 'https://o.example', proxy: false, credentials: { username: 'u', password: 'p' } };
-    const proof = new CredentialProof('the proof', { memory, place: () => place });
+    const proof = recallingProof((_place, signal) => {
+      signals.push(signal!);
+      // Settles once told (as the command's file does: its poll ends), holding nothing.
+      return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+    }, released);
     const bounds = { maxQueue: 10, queueTimeout: 500 };
     const timedOut = proof.enter(true, signalWaiter(undefined), bounds);
     expect(signals[0]?.aborted).toBe(false);
