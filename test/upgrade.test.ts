@@ -483,6 +483,48 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.slice(3).map((s) => s.authorization)).toEqual(Array(4).fill(undefined));
   });
 
+  it('R4: a password a refusalMemory holds back: the 401 that asked for it is the upgrade’s answer, body and all, said why — the upgrade sent once, as a request is', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const until = Date.now() + 60_000;
+    const recalled: string[] = [];
+    const released: string[] = [];
+    agent = ntlmAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'wrong' },
+      refusalMemory: {
+        recall: (place) => {
+          recalled.push(place.origin);
+          return { at: Date.now() - 1_000, until, times: 1 };
+        },
+        refused: () => {},
+        proved: () => {},
+        release: (place) => released.push(place.origin),
+      },
+    });
+    const events: WithheldEvent[] = [];
+    const listen = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, listen);
+    try {
+      expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+        kind: 'response',
+        status: 401,
+        body: 'who are you?',
+      });
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, listen);
+    }
+    expect(recalled).toEqual([origin.origin]);
+    expect(released).toEqual([origin.origin]);
+    // Before: the first 401 was drained, the memory then held the password back, and the upgrade
+    // went again bare for a 401 to show — two requests.
+    expect(origin.seen.map((s) => [s.method, s.upgrade, s.authorization, s.status])).toEqual([
+      ['GET', 'websocket', undefined, 401],
+    ]);
+    expect(events).toEqual([
+      expect.objectContaining({ origin: origin.origin, path: '/ws', reason: 'refused-lately', schemes: ['NTLM'] }),
+    ]);
+    expect(events[0]!.heldBackFor).toBeGreaterThan(50_000);
+  });
+
   it("S1/R4: an upgrade's 401 that goes to the caller unanswered is published on multileg:withheld with why, as a request's is (undici's WebSocket keeps no other word of it): an untrusted origin, a password refused lately", async () => {
     const events: WithheldEvent[] = [];
     const listen = (e: unknown) => events.push(e as WithheldEvent);

@@ -43,6 +43,7 @@ import type { Admission, Ticket } from './credential-proof.ts';
 import {
   exclude,
   firstChallenge,
+  heldBackAnswer,
   offersUnusable,
   publishUnanswered401,
   renewFindings,
@@ -297,25 +298,6 @@ function deliverHeld(run: Run, held: HeldResponse): Step {
   run.job.held401 = undefined;
   tellUnanswered(run, held.headers);
   run.session.deliverHeld(run.job, held);
-  return end(DONE);
-}
-
-/**
- * R4: the 401 a bare send met, held because the refusal memory might hold the password back
- * ({@link SendSeen.kept}), is the caller's now that it did: said why as a held-back 401 is
- * ({@link classifySend}), and delivered as it came — not got again by a second bare request, which
- * sent the request (and its body) twice where an in-memory refusal sends it once.
- */
-function heldBack({ job, env, session }: Run, held: HeldResponse): Step {
-  const heldBackFor = env.memory.proof.refusedFor;
-  log.agent(
-    '%s job %d: 401 not answered: refused here lately (the refusal memory), held back %d ms more',
-    job.origin,
-    job.id,
-    heldBackFor,
-  );
-  withheld401(job.origin, job.dispatchOptions.path, held.headers, 'refused-lately', heldBackFor);
-  session.deliverHeld(job, held);
   return end(DONE);
 }
 
@@ -1248,8 +1230,9 @@ class Lead implements HandshakeInput, LegInfo {
       // One whose body was cut (too large or slow to hold: not the server's response, leg.ts), or
       // a recall given up at queueTimeout (nothing held back: no reason to say), goes again bare.
       const held = this.#step.held;
-      if (held && env.memory.credentialsRefused) {
-        this.#done(heldBack(this.#run, held));
+      if (held && heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers)) {
+        session.deliverHeld(job, held);
+        this.#done(end(DONE));
         return;
       }
       job.noAuth = true;

@@ -8,8 +8,10 @@ import type { Challenge } from '../challenge/types.ts';
 import { publishUnanswered, publishWithheld } from '../diagnostics.ts';
 import { MultilegError } from '../errors.ts';
 import type { ResponseHeaders } from '../handshake/leg.ts';
+import { log } from '../log.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { WithheldReason } from '../trust/policy.ts';
+import type { CredentialProof } from './credential-proof.ts';
 import { kdcSilent } from './origin-memory.ts';
 
 /**
@@ -127,6 +129,33 @@ export function withheld401(
     time: Date.now(),
   }));
   return false;
+}
+
+/**
+ * R4: leave to send the password here was refused (CredentialProof.enter said `'refused'`) where a
+ * 401 met without it was kept for that (CredentialProof.mayRecall: the refusal memory might hold
+ * the password back). Whether that 401 is now the caller's answer: the password is held back (a
+ * refusal the memory recalled, or one met meanwhile), said why as any held-back 401 is
+ * (`multileg:withheld`, refused-lately) — rather than sending the request (its body) again bare
+ * for a 401 to show. False for a recall given up at limits.queueTimeout: nothing was held back, no
+ * reason to say; the request goes on without the password as before. Requests' and upgrades'.
+ */
+export function heldBackAnswer(
+  origin: string,
+  path: string,
+  proof: CredentialProof,
+  headers: ResponseHeaders,
+): boolean {
+  if (!proof.refused) return false;
+  const heldBackFor = proof.refusedFor;
+  log.agent(
+    '%s %s: 401 not answered: the refusal memory holds the password back %d ms more; that 401 is the answer',
+    origin,
+    path,
+    heldBackFor,
+  );
+  withheld401(origin, path, headers, 'refused-lately', heldBackFor);
+  return true;
 }
 
 /**

@@ -69,6 +69,7 @@ import type { CredentialProof, ProofOutcome, Ticket } from '../session/credentia
 import {
   firstChallenge,
   unusable as foundUnusable,
+  heldBackAnswer,
   publishUnanswered401,
   renewFindings,
   type SchemeFindings,
@@ -615,6 +616,9 @@ export class UpgradeDispatcher {
               // the caller's, told why.
               if (verdict === 'tell') publishUnanswered401(origin, opts.path, h, found.unusableWhy);
               if (verdict === 'unusable') asks = 'unusable';
+              // R4: held too where the refusal memory may hold the password back (mayRecall): this
+              // 401 is then the answer, as a request's is (the upgrade sent once, not again bare).
+              if (verdict === 'answer' && proofHere()?.mayRecall) return 'hold';
               return verdict === 'hold' ? 'hold' : verdict === 'answer' || verdict === 'unusable';
             }
             const next = offered.find((c) => c.schemeKey === auth!.mechanism.scheme.toLowerCase());
@@ -743,7 +747,13 @@ export class UpgradeDispatcher {
             const chosen = mechanisms.choose(challenges, excluded)?.mechanism;
             const admission = await here.enter(chosen?.usesPassword !== false, { sink }, limits);
             if (admission === 'refused') {
-              // Refused meanwhile: sent again without them, the caller gets the server's 401.
+              // R4: held back by the refusal memory (or refused meanwhile): the 401 that asked is the
+              // answer, as a request's (heldBackAnswer), said why; without it held, or with nothing
+              // held back (a recall given up at queueTimeout), sent again without them.
+              if (outcome.held && heldBackAnswer(origin, opts.path, here, outcome.held.headers)) {
+                replayHeld(sink, outcome.held);
+                return;
+              }
               answering = false;
               continue;
             }
