@@ -177,6 +177,127 @@ describe('Basic (RFC 7617)', () => {
     ]);
     expect(events[0]!.heldBackFor).toBeGreaterThan(50_000);
   });
+
+  /** A refusalMemory that holds the password back (`holds`) or remembers nothing, counting its calls. */
+  const memory = (holds: boolean) => {
+    const calls: string[] = [];
+    const until = Date.now() + 60_000;
+    return {
+      calls,
+      refusalMemory: {
+        recall: () => {
+          calls.push('recall');
+          return holds ? { at: Date.now() - 1_000, until, times: 1 } : undefined;
+        },
+        refused: () => calls.push('refused'),
+        proved: () => calls.push('proved'),
+        release: () => calls.push('release'),
+      },
+    };
+  };
+  const PAD = 100_000;
+
+  for (const cleartext of [false, true])
+    it(`R4/C10: a password a refusalMemory holds back, the 401 that asked for it over limits.maxChallengeBodyBytes (${cleartext ? 'HTTP/1.1' : 'HTTP/2'}): that 401 is the answer, its whole body as it came, and the request (its POST body) is sent once`, async () => {
+      const m = memory(true);
+      r = await rig(
+        {
+          schemes: ['Basic'],
+          mode: 'per-request',
+          cleartext,
+          faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) },
+        },
+        {
+          negotiate: false,
+          allowBasicOverHttp: cleartext,
+          credentials: { username: 'alice', password: 'wrong' },
+          refusalMemory: m.refusalMemory,
+        },
+      );
+      const events: WithheldEvent[] = [];
+      const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+      subscribe(WITHHELD_CHANNEL, onWithheld);
+      let res: Awaited<ReturnType<typeof fetch>>;
+      let body: string;
+      try {
+        res = await fetch(`${r.server.origin}/auth/big`, { dispatcher: r.agent, method: 'POST', body: 'name=value' });
+        body = await res.text();
+      } finally {
+        unsubscribe(WITHHELD_CHANNEL, onWithheld);
+      }
+      // Before: the 401's body was cut at 64 KiB, so not held, and the request went again bare for
+      // a 401 to show once the memory held the password back — the POST body twice.
+      expect(r.server.exchanges.map((e) => [e.method, e.path, e.bodyLength, e.requestHeaders.authorization])).toEqual([
+        ['POST', '/auth/big', 10, undefined],
+      ]);
+      expect(res.status).toBe(401);
+      expect(res.headers.get('www-authenticate')).toMatch(/^Basic /);
+      expect(body.length).toBeGreaterThan(PAD);
+      expect(JSON.parse(body)).toMatchObject({ method: 'POST', path: '/auth/big', bodyLength: 10, user: null });
+      expect(events).toEqual([
+        expect.objectContaining({ path: '/auth/big', reason: 'refused-lately', schemes: ['Basic'] }),
+      ]);
+      expect(m.calls).toEqual(['recall', 'release']);
+    });
+
+  it('R4/C10: a 401 over limits.maxChallengeBodyBytes while a refusalMemory is asked, the password not held back: its body is cut as before and the handshake goes on — the password sent once, leave asked and given back in pairs', async () => {
+    const m = memory(false);
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) } },
+      { negotiate: false, refusalMemory: m.refusalMemory },
+    );
+    const res = await fetch(`${r.server.origin}/auth/big`, { dispatcher: r.agent, method: 'POST', body: 'name=value' });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(await res.text())).toMatchObject({ user: 'EXAMPLE\\alice', bodyLength: 10 });
+    expect(
+      r.server.exchanges.map((e) => [
+        e.status,
+        e.bodyLength,
+        String(e.requestHeaders.authorization ?? '').split(' ')[0],
+      ]),
+    ).toEqual([
+      [401, 10, ''],
+      [200, 10, 'Basic'],
+    ]);
+    // Asked once when the 401 outgrew its bound (to know whether it is the answer), and again by the
+    // handshake that sends the password; each recall released.
+    expect(m.calls).toEqual(['recall', 'release', 'recall', 'proved', 'release']);
+  });
+
+  it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
+    const m = memory(true);
+    const seen: Array<[string | undefined, string | undefined]> = [];
+    const server = createServer((req, res) => {
+      let got = '';
+      req.on('data', (c: Buffer) => {
+        got += c.toString();
+      });
+      req.on('end', () => {
+        seen.push([req.headers.authorization, got]);
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="slow"', 'content-type': 'text/plain' });
+        res.write('who are ');
+        setTimeout(() => res.end('you?'), 600);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    servers.push(server);
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const a = new MultilegAgent({
+      credentials: { username: 'alice', password: 'wrong' },
+      negotiate: false,
+      allowBasicOverHttp: true,
+      trustedOrigins: [origin],
+      limits: { handshakeTimeout: 200 },
+      refusalMemory: m.refusalMemory,
+    });
+    agents.push(a);
+    const res = await fetch(`${origin}/slow`, { dispatcher: a, method: 'POST', body: 'name=value' });
+    expect(res.status).toBe(401);
+    expect(await res.text()).toBe('who are you?');
+    // Before: cut at handshakeTimeout, then the request went again bare (its body twice).
+    expect(seen).toEqual([[undefined, 'name=value']]);
+    expect(m.calls).toEqual(['recall', 'release']);
+  });
 });
 
 async function basicServer() {

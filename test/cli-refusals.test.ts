@@ -132,6 +132,31 @@ describe('R4: refused passwords are held back across the command’s runs (state
     expect(tries('/auth/once')).toBe(1);
   });
 
+  it('R4/C10: a password the state file holds back, the 401 that asked for it over 64 KiB (limits.maxChallengeBodyBytes): that 401 is the answer, its body in full, and the request (a -d body) sent once', async () => {
+    const PAD = 100_000;
+    server.setFaults({
+      padBody: ({ status, request }) => (status === 401 && request.path.startsWith('/auth/big') ? PAD : 0),
+    });
+    try {
+      const requests = (path: string) => server.exchanges.filter((e) => e.path === path);
+      expect((await run('wrongpw', '/auth/big0')).code).toBe(22);
+      expect(tries('/auth/big0')).toBe(1);
+      // Before: that 401's body was cut at its bound, so not held, and once the state file held the
+      // password back the request went again bare for a 401 to show — the -d body twice.
+      const post = await run('wrongpw', '/auth/big1', ['--fail-with-body', '-d', 'name=value']);
+      expect(post.code).toBe(22);
+      expect(post.stderr).toMatch(/is held back \d+ s more so a wrong password does not lock the account/);
+      expect(requests('/auth/big1').map((e) => [e.method, e.bodyLength, e.requestHeaders.authorization])).toEqual([
+        ['POST', 10, undefined],
+      ]);
+      expect(post.stdout.length).toBeGreaterThan(PAD);
+      expect(JSON.parse(post.stdout)).toMatchObject({ method: 'POST', path: '/auth/big1', bodyLength: 10, user: null });
+      expect(tries('/auth/big')).toBe(1);
+    } finally {
+      server.setFaults({});
+    }
+  });
+
   it('R4: --forget-refusals sends a held-back password now; a success clears its record, and the next run sends it at once', async () => {
     const users = server.options.users;
     // The account's password was changed on the server: alicepw is refused, recorded, held back.

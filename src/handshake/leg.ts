@@ -11,11 +11,15 @@ export type ResponseHeaders = Record<string, string | string[]>;
  *   `swallow` but kept ({@link HeldResponse}, bounded as a drained body is): the caller's response
  *   if it turns out nothing can answer it (`deliver401`), so that the request is not sent again to
  *   show it;
+ * - `keep`: as `hold`, but past those bounds (too large, too slow) the response is not cut: it is
+ *   paused, unread, and handed over open ({@link OpenResponse}), to be either the caller's after all
+ *   — streamed as it comes — or cut then (R4: a 401 that is the answer if the refusal memory holds
+ *   the password back, which is asked only once it has been read);
  * - `deliver`: the caller's response;
  * - a promise: deliver once it settles — used to verify the server's final token (mutual
  *   authentication) before the caller sees a byte; a rejection becomes the caller's error.
  */
-export type Verdict = 'swallow' | 'hold' | 'deliver' | Promise<void>;
+export type Verdict = 'swallow' | 'hold' | 'keep' | 'deliver' | Promise<void>;
 
 /** A response read in full and kept, not yet shown to the caller (a `hold` verdict's). */
 export interface HeldResponse {
@@ -27,6 +31,23 @@ export interface HeldResponse {
   /** undici's raw header and trailer lists (the controller's), which fetch reads the headers from. */
   readonly rawHeaders: unknown;
   readonly rawTrailers: unknown;
+}
+
+/**
+ * A response a `keep` verdict kept past its bounds: paused with what was read of it so far, its
+ * connection (HTTP/1.1) or stream (HTTP/2) held by flow control, nothing more buffered. Whoever has
+ * it ends it, once, by one of its two methods, and soon: it holds its connection meanwhile.
+ */
+export interface OpenResponse {
+  readonly status: number;
+  readonly headers: ResponseHeaders;
+  /**
+   * It is the caller's: what was read so far at once, then the rest as it comes (resumed), the
+   * caller's abort reaching it; settles when it has ended or failed.
+   */
+  deliver(): Promise<void>;
+  /** It is not: cut, as a body past the bounds is (on HTTP/1.1 its connection with it). */
+  cut(): void;
 }
 
 /**
@@ -48,6 +69,8 @@ export type LegResult =
       readonly held?: HeldResponse;
       /** Its body did not end within `maxDrainMs`: it was cut (on HTTP/1.1, its connection with it). */
       readonly slow?: true;
+      /** With `keep`, past the bounds: not cut yet, but paused and handed over ({@link OpenResponse}). */
+      readonly open?: OpenResponse;
     }
   /** The response reached the caller; `done` settles when its body has ended or failed. */
   | {
@@ -111,13 +134,19 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #done: Promise<void> | undefined;
   #doneResolve: (() => void) | undefined;
   #doneSettled = false;
-  #mode: 'head' | 'drain' | 'deliver' | 'gated' | 'over' = 'head';
+  #mode: 'head' | 'drain' | 'open' | 'deliver' | 'gated' | 'over' = 'head';
   #status = 0;
   #headers: ResponseHeaders = NO_HEADERS;
   #drained = 0;
   /** With `hold`: the body's chunks as they came, and the status line's message. */
   #held: Buffer[] | undefined;
   #message = '';
+  /** The verdict was `keep`: past the bounds the response is handed over open, not cut. */
+  #keep = false;
+  /** While open: how it ended meanwhile (its trailers, or its error), if it did. */
+  #openEnd: { readonly trailers: ResponseHeaders } | { readonly error: Error } | undefined;
+  /** While open: why it would be cut (past which bound). */
+  #openWhy: 'challenge body too large' | 'challenge body too slow' = 'challenge body too large';
   /** A gated response's callbacks, made when one is held (most legs never are). */
   #buffered: Array<() => void> | undefined;
   #bufferedBytes = 0;
@@ -261,11 +290,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       controller.abort(err as Error);
       return;
     }
-    if (verdict === 'swallow' || verdict === 'hold') {
+    if (verdict === 'swallow' || verdict === 'hold' || verdict === 'keep') {
       this.#mode = 'drain';
-      if (verdict === 'hold') {
+      if (verdict !== 'swallow') {
         this.#held = [];
         this.#message = message;
+        this.#keep = verdict === 'keep';
       }
       if (this.#maxDrainMs !== undefined)
         this.#drainTimer = setTimeout(
@@ -330,8 +360,14 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     switch (this.#mode) {
       case 'drain':
         this.#drained += chunk.length;
-        if (this.#drained > this.#maxDrain) this.#stopDraining(controller, 'challenge body too large');
-        else this.#held?.push(chunk);
+        if (this.#drained > this.#maxDrain) {
+          if (this.#keep) this.#held!.push(chunk);
+          this.#stopDraining(controller, 'challenge body too large');
+        } else this.#held?.push(chunk);
+        return;
+      case 'open':
+        // What undici had read before the pause took hold (one read at most): kept for the caller.
+        this.#held!.push(chunk);
         return;
       case 'deliver':
         this.#sink.responseData(chunk);
@@ -358,12 +394,66 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #stopDraining(controller: Controller, why: 'challenge body too large' | 'challenge body too slow'): void {
     if (this.#mode !== 'drain') return;
     clearTimeout(this.#drainTimer);
+    if (this.#keep) {
+      this.#keepOpen(controller, why);
+      return;
+    }
     this.#mode = 'over';
     // A body cut short is not the server's response: nothing is held.
     this.#held = undefined;
     const slow = why === 'challenge body too slow' ? { slow: true as const } : {};
     this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers, ...slow });
     controller.abort(new Error(why));
+  }
+
+  /**
+   * `keep` past a bound: rather than cut, the response is paused (flow control holds the rest on
+   * the wire, nothing more is buffered) and handed over open: {@link OpenResponse}.
+   */
+  #keepOpen(controller: Controller, why: 'challenge body too large' | 'challenge body too slow'): void {
+    this.#mode = 'open';
+    this.#openWhy = why;
+    controller.pause();
+    const slow = why === 'challenge body too slow' ? { slow: true as const } : {};
+    const open: OpenResponse = {
+      status: this.#status,
+      headers: this.#headers,
+      deliver: () => this.#deliverOpen(controller),
+      cut: () => this.#cutOpen(controller),
+    };
+    this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers, ...slow, open });
+  }
+
+  #deliverOpen(controller: Controller): Promise<void> {
+    if (this.#mode !== 'open') return Promise.resolve();
+    const sink = this.#sink;
+    const read = this.#held!;
+    const ended = this.#openEnd;
+    this.#held = undefined;
+    this.#openEnd = undefined;
+    this.#mode = 'deliver';
+    // The caller's abort reaches the leg again (settleLeg took it off as the leg was swallowed),
+    // until the response has ended.
+    sink.onAbort(this);
+    const done = this.#delivered();
+    const off = () => sink.onAbort(undefined);
+    done.then(off, off);
+    sink.responseStart(controller, this.#status, this.#headers, this.#message);
+    for (const chunk of read) sink.responseData(chunk);
+    if (ended && 'error' in ended) this.onResponseError(controller, ended.error);
+    else if (ended) this.onResponseEnd(controller, ended.trailers);
+    // (The caller may have paused meanwhile: its pause stays, as sink.resume will lift it.)
+    else if (!sink.paused) controller.resume();
+    return done;
+  }
+
+  #cutOpen(controller: Controller): void {
+    if (this.#mode !== 'open') return;
+    this.#mode = 'over';
+    this.#held = undefined;
+    // Ended meanwhile: nothing on the wire to cut (an HTTP/1.1 connection stays, its body read).
+    if (this.#openEnd === undefined) controller.abort(new Error(this.#openWhy));
+    this.#openEnd = undefined;
   }
 
   onResponseEnd(controller: Controller, trailers: ResponseHeaders): void {
@@ -387,6 +477,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
         );
         return;
       }
+      case 'open':
+        this.#openEnd = { trailers };
+        return;
       case 'deliver':
         this.#mode = 'over';
         this.#sink.responseEnd(trailers);
@@ -405,6 +498,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     // (Given up: its result is known; undici aborted it as it started it, or failed it unstarted.)
     if (this.#givenUp) return;
     const mode = this.#mode;
+    if (mode === 'open') {
+      this.#openEnd = { error: err };
+      return;
+    }
     this.#unanswered = mode === 'head' && this.#controller !== undefined;
     if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';

@@ -578,7 +578,7 @@ export class ForwardProxy {
         throw err;
       },
     );
-    if (verdict === 'swallow' || verdict === 'hold') {
+    if (verdict === 'swallow' || verdict === 'hold' || verdict === 'keep') {
       // An origin's challenge goes on to its next leg; a failed check closes the connection under it.
       proved.catch(() => {});
       return verdict;

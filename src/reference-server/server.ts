@@ -410,6 +410,8 @@ export class ReferenceServer extends EventEmitter<ReferenceServerEvents> {
       ...decision.headers,
     };
     let payload: string | Buffer = JSON.stringify(out);
+    const pad = this.options.faults.padBody?.({ status, request: info }) ?? 0;
+    if (pad > 0) payload += ' '.repeat(pad);
     const coding = this.options.faults.contentEncoding?.({ status, request: info });
     if (coding !== undefined) {
       responseHeaders['content-encoding'] = coding === 'corrupt-gzip' ? 'gzip' : coding;

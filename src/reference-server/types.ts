@@ -103,6 +103,12 @@ export interface ReferenceServerFaults {
     readonly status: number;
     readonly request: IncomingRequestInfo;
   }) => 'gzip' | 'deflate' | 'br' | 'corrupt-gzip' | undefined;
+  /**
+   * Test hook for bodies past a client's bounds (limits.maxChallengeBodyBytes): this many spaces
+   * after the JSON body of each response, chosen by its status and request (JSON.parse still reads
+   * it). Undefined or 0: none (the default).
+   */
+  padBody?: (response: { readonly status: number; readonly request: IncomingRequestInfo }) => number | undefined;
 }
 
 /** Told on the `request` event (and to `faults.delayMs`) as soon as a request's headers arrive. */

@@ -9,7 +9,7 @@ import {
   relocationReason,
   runHandshake,
 } from '../handshake/handshake.ts';
-import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../handshake/leg.ts';
+import type { HeldResponse, LegResult, OpenResponse, ResponseHeaders, Verdict } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
@@ -266,7 +266,14 @@ type Step =
       /** The 401 it answers, held: the answer if the password is held back ({@link SendSeen.kept}). */
       readonly held?: HeldResponse;
     }
+  /**
+   * R4: the 401 a bare send met, kept for the refusal memory ({@link SendSeen.kept}), outgrew its
+   * bounds: paused while the memory is asked ({@link recallOpen}).
+   */
+  | { readonly kind: 'recall'; readonly seen: SendSeen; readonly result: Swallowed; readonly open: OpenResponse }
   | { readonly kind: 'end'; readonly outcome: ExchangeOutcome };
+
+type Swallowed = Extract<LegResult, { kind: 'swallowed' }>;
 
 const CHECK: Step = { kind: 'check' };
 const SEND: Step = { kind: 'send' };
@@ -375,6 +382,9 @@ export async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> 
         break;
       case 'lead':
         step = await lead(run, step);
+        break;
+      case 'recall':
+        step = await recallOpen(run, step);
         break;
     }
   }
@@ -590,8 +600,9 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       if (reading?.ok) seen.authId = reading.value;
       seen.kept = env.memory.proof.mayRecall;
       // deliver401: kept, to be the caller's if what it offers cannot run here (no second request);
-      // so too where the refusal memory may hold the password back (`kept`).
-      return verdict === 'hold' || seen.kept ? 'hold' : 'swallow';
+      // so too where the refusal memory may hold the password back (`kept`), and then past the
+      // bounds of a held body too, paused (leg.ts `keep`: a 401 too large or slow to hold).
+      return seen.kept ? 'keep' : verdict === 'hold' ? 'hold' : 'swallow';
     }
     // Only schemes already proved unusable here are offered: the caller gets why (R4, T2), or
     // with deliver401 this 401, told why.
@@ -821,6 +832,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     if (result.status !== 401 && job.identity === 'agent') env.memory.unchallenged = true;
     return end({ kind: 'done', done: result.done });
   }
+  if (result.open) return { kind: 'recall', seen, result, open: result.open };
   if (seen.certificateAnswer) return certificateAnswered(run, result);
   if (env.deliver401) job.held401 = result.held;
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
@@ -841,6 +853,54 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
     session.noteAuthenticationLost();
   }
   return answerStep(seen.challenges, seen.authId, seen.kept ? result.held : undefined);
+}
+
+/**
+ * R4: a 401 kept for the refusal memory ({@link SendSeen.kept}) outgrew its bounds — a body over
+ * limits.maxChallengeBodyBytes, or not ended within handshakeTimeout — so it cannot be held whole
+ * until the handshake asks the memory. Paused instead (flow control: nothing more read or
+ * buffered), and the memory is asked now, as the handshake would, bounded as its ask is
+ * (queueTimeout, the caller's abort). Held back: that 401 is the answer, streamed as it comes — the
+ * request (its body) sent once. Not: its leave is given back and the 401 cut, as a body past the
+ * bounds always was, and all goes on as before; the handshake asks again (a second recall, on this
+ * rare path, rather than a leave carried across steps that may wait behind another handshake, which
+ * would wait for it). A recall given up at queueTimeout: the request goes on without the password
+ * at once, as the handshake's own ask would have had it, not after a second wait.
+ */
+async function recallOpen(run: Run, { seen, result, open }: Extract<Step, { kind: 'recall' }>): Promise<Step> {
+  const { session, job, env } = run;
+  const cut = (): Swallowed => {
+    open.cut();
+    const { open: _, ...rest } = result;
+    return rest;
+  };
+  const proof = env.memory.proof;
+  // (The scheme the handshake would run: a Transport challenge has no memory to ask, and for a
+  // Kerberos ticket alone enter asks none.)
+  const mechanism = env.mechanisms.choose(seen.challenges, run.excluded)?.mechanism;
+  if (!mechanism) return afterSend(run, seen, cut());
+  let admission: Admission;
+  try {
+    admission = await proof.enter(mechanism.usesPassword !== false, job, env.limits);
+  } catch (err) {
+    // Full, timed out or aborted (R1): nothing more is sent.
+    cut();
+    return failed(job, err as Error);
+  }
+  if (admission === 'refused' && !job.sink.aborted) {
+    if (heldBackAnswer(job.origin, job.dispatchOptions.path, proof, open.headers))
+      return end({ kind: 'done', done: session.deliverOpen(open) });
+    cut();
+    job.noAuth = true;
+    return CHECK;
+  }
+  if (admission !== 'refused') proof.settle(admission, 'none');
+  // (Aborted meanwhile, with no wait to hear it: the caller was told; nothing more goes.)
+  if (job.sink.aborted) {
+    cut();
+    return end(DONE);
+  }
+  return afterSend(run, seen, cut());
 }
 
 /**
@@ -1227,8 +1287,8 @@ class Lead implements HandshakeInput, LegInfo {
       // the credentials and get the server's own answer (C7, R4).
       if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id });
       // R4: the 401 that asked for them, held (the refusal memory held them back), is that answer.
-      // One whose body was cut (too large or slow to hold: not the server's response, leg.ts), or
-      // a recall given up at queueTimeout (nothing held back: no reason to say), goes again bare.
+      // (One too large or slow to hold was asked about before: recallOpen.) A recall given up at
+      // queueTimeout (nothing held back: no reason to say) goes again bare.
       const held = this.#step.held;
       if (held && heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers)) {
         session.deliverHeld(job, held);

@@ -17,6 +17,7 @@ import {
   type HeldResponse,
   LegHandler,
   type LegResult,
+  type OpenResponse,
   type ResponseHeaders,
   replayHeld,
   type Verdict,
@@ -702,6 +703,13 @@ export class Session {
     this.#markProbed();
   }
 
+  /** As {@link deliverHeld}, for a response kept open past its bounds (a `keep` verdict's): streamed on. */
+  deliverOpen(open: OpenResponse): Promise<void> {
+    const done = open.deliver();
+    this.#markProbed();
+    return done;
+  }
+
   #send(
     job: Job,
     extra: Record<string, string>,
@@ -785,7 +793,7 @@ export class Session {
         if (cookieUrl !== undefined) this.tellCookies(cookieUrl, h);
         const verdict = classify(status, h);
         // (A held response may still go to the caller: deliverHeld; the trace has called it intermediate.)
-        const intermediate = verdict === 'swallow' || verdict === 'hold';
+        const intermediate = verdict === 'swallow' || verdict === 'hold' || verdict === 'keep';
         traced?.response(status, h, !intermediate);
         // A challenge is not the end of the probe: the leader's handshake-start opens the session.
         if (!intermediate) this.#markProbed();
