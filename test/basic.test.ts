@@ -264,6 +264,52 @@ describe('Basic (RFC 7617)', () => {
     expect(m.calls).toEqual(['recall', 'release', 'recall', 'proved', 'release']);
   });
 
+  it('R1/R4: a 401 over limits.maxChallengeBodyBytes paused while a refusalMemory that never answers is asked: queueTimeout ends the wait (the request goes without the password, as before), and the caller’s abort ends it at once; the paused 401 is cut either way', async () => {
+    const recalls: AbortSignal[] = [];
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) } },
+      {
+        negotiate: false,
+        limits: { queueTimeout: 300 },
+        refusalMemory: {
+          recall: (_place, signal) => {
+            recalls.push(signal!);
+            return new Promise(() => {});
+          },
+          refused: () => {},
+          proved: () => {},
+          release: () => {},
+        },
+      },
+    );
+    const started = Date.now();
+    const res = await fetch(`${r.server.origin}/auth/stuck`, { dispatcher: r.agent, method: 'POST', body: 'a=1' });
+    expect(res.status).toBe(401);
+    expect((await res.text()).length).toBeGreaterThan(PAD);
+    // One wait of queueTimeout, not one per ask; then bare again, as a recall given up always went.
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(recalls).toHaveLength(1);
+    expect(recalls[0]!.aborted).toBe(true);
+    expect(r.server.exchanges.map((e) => e.requestHeaders.authorization)).toEqual([undefined, undefined]);
+    const abort = new AbortController();
+    setTimeout(() => abort.abort(new Error('caller gave up')), 100);
+    const err = await fetch(`${r.server.origin}/auth/stuck2`, {
+      dispatcher: r.agent,
+      method: 'POST',
+      body: 'a=1',
+      signal: abort.signal,
+    }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).toBe('caller gave up');
+    expect(recalls).toHaveLength(2);
+    expect(recalls[1]!.aborted).toBe(true);
+    expect(r.server.exchanges.filter((e) => e.path === '/auth/stuck2')).toHaveLength(1);
+    // Nothing left paused holding the agent: close() ends.
+    await r.agent.close();
+  });
+
   it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
     const m = memory(true);
     const seen: Array<[string | undefined, string | undefined]> = [];
