@@ -148,10 +148,10 @@ export function heldBackAnswer(
 ): boolean {
   if (!proof.refused) return false;
   const heldBackFor = proof.refusedFor;
+  // (The path stays out of the log: a query may carry a secret.)
   log.agent(
-    '%s %s: 401 not answered: the refusal memory holds the password back %d ms more; that 401 is the answer',
+    '%s: 401 not answered: the refusal memory holds the password back %d ms more; that 401 is the answer',
     origin,
-    path,
     heldBackFor,
   );
   withheld401(origin, path, headers, 'refused-lately', heldBackFor);
