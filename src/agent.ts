@@ -33,7 +33,7 @@ import { TICKET_RECHECK_MS } from './session/origin-memory.ts';
 import { askHolds, OriginPool } from './session/origin-pool.ts';
 import { sameAccount as sameIdentity } from './session/proved-identity.ts';
 import type { Identity } from './session/session.ts';
-import { hostElsewhere, targetElsewhere } from './trust/host-header.ts';
+import { hostElsewhere, servernameElsewhere, targetElsewhere } from './trust/host-header.ts';
 import { type Grant, TrustPolicy, TrustRequiredError, type WithheldReason } from './trust/policy.ts';
 import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
@@ -944,17 +944,20 @@ function secureContextCertificate(connect: object): boolean {
 /**
  * Why the request goes to another authority than `origin`, if it does (S1, S6): an absolute-form
  * request target naming another (see targetElsewhere; a forwarding proxy's too, which would take
- * it as the URL to fetch), or the caller's Host header naming another (see hostElsewhere; not
- * through a forwarding proxy, which is sent the origin's own).
+ * it as the URL to fetch), or the caller's Host header or TLS `servername` naming another (see
+ * hostElsewhere, servernameElsewhere; not through a forwarding proxy, which is sent the origin's own
+ * and carries no TLS of the origin's).
  */
 function elsewhereBy(
   origin: string,
   headers: HeaderMap,
   opts: Dispatcher.DispatchOptions,
   forwarded: boolean,
-): 'request-target' | 'host-header' | undefined {
+): 'request-target' | 'host-header' | 'servername' | undefined {
   if (typeof opts.path === 'string' && targetElsewhere(origin, opts.path)) return 'request-target';
-  return !forwarded && hostElsewhere(origin, headers, opts) ? 'host-header' : undefined;
+  if (forwarded) return undefined;
+  if (hostElsewhere(origin, headers, opts)) return 'host-header';
+  return servernameElsewhere(origin, headers, opts) ? 'servername' : undefined;
 }
 
 /**
