@@ -97,6 +97,8 @@ const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean =>
   typeof h.onRequestStart !== 'function' && typeof (h as { onError?: unknown }).onError === 'function';
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
 const POOL_SWEEP_THRESHOLD = 64;
+/** Past this many, idle pools that remember a refusal of the credentials (R4) are dropped too, oldest first. */
+const MAX_REMEMBERING_POOLS = 1024;
 
 /** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
 export const MAX_REPORTS = 1000;
@@ -761,7 +763,9 @@ export class MultilegAgent extends Dispatcher {
       // A process that talks to many origins over time must not keep a pool for each forever.
       if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
         for (const [o, p] of this.#pools) {
-          if (!p.idle) continue;
+          // One that remembers a refusal stays (R4): made anew, it would send the refused password
+          // at once (with 64 other origins in use, once per sweep) and forget the wait's doubling.
+          if (!p.idle || (p.memory.proof.remembersRefusal && this.#pools.size < MAX_REMEMBERING_POOLS)) continue;
           this.#droppedSessions += p.sessionsCreated;
           this.#pools.delete(o);
         }

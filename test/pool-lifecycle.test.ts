@@ -117,6 +117,39 @@ describe('HTTP/1.1 origins and idle pools', () => {
   });
 });
 
+describe('R4: idle pools and refusals', () => {
+  it('R4: past 64 origins, an idle pool that remembers a refusal of the password stays: the refused password is not sent again before its wait ends (task hd: the sweep sent it at once, once per sweep)', async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Basic'] });
+    const a = agent({
+      credentials: { username: ALICE.username, password: 'wrong' },
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin],
+    });
+    const sent = () => s.exchanges.filter((e) => hasAuth(e.requestHeaders)).length;
+    const status = async (url: string) => {
+      const res = await fetch(url, { dispatcher: a });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    expect(await status(`${s.origin}/auth/1`)).toBe(401);
+    expect(sent()).toBe(1);
+    // Held back 30 s: the next request goes bare.
+    expect(await status(`${s.origin}/auth/2`)).toBe(401);
+    expect(sent()).toBe(1);
+    s.endSessions();
+    // 64 other origins, each closing its connection after answering: the 65th pool sweeps the idle ones.
+    for (let i = 0; i < 64; i++) {
+      const o = createHttpServer((_req, res) => res.writeHead(204, { connection: 'close' }).end());
+      await new Promise<void>((r) => o.listen(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise((r) => o.close(r)));
+      expect(await status(`http://127.0.0.1:${(o.address() as AddressInfo).port}/`)).toBe(204);
+    }
+    // Before: the swept pool was made anew, unproved and unrefused: the wrong password went again.
+    expect(await status(`${s.origin}/auth/3`)).toBe(401);
+    expect(sent()).toBe(1);
+  });
+});
+
 describe('a caller abort before the request reached the wire', () => {
   it('C8: aborted while its connection is still being made, the request is never sent', async () => {
     const s = await reference({ mode: 'session' });
