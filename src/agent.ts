@@ -27,6 +27,7 @@ import {
 import { ProxyAuthorizationHeaderError } from './proxy/errors.ts';
 import { ProxyResolver, type ProxyRoute } from './proxy/options.ts';
 import { configuredCertificate } from './session/client-certificate.ts';
+import type { CredentialProof } from './session/credential-proof.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { http1Only, newJob } from './session/job.ts';
 import { TICKET_RECHECK_MS } from './session/origin-memory.ts';
@@ -239,6 +240,11 @@ export class MultilegAgent extends Dispatcher {
   #jarCheckedUntil = 0;
   /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
   #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
+  /**
+   * The proof of the credentials of each name whose addresses have pools (undici's dns interceptor),
+   * shared by them (R4); dropped with the last pool that holds it.
+   */
+  readonly #namedProofs = new Map<string, CredentialProof>();
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
   #droppedSessions = 0;
   /** Requests dispatched and not yet ended. */
@@ -667,7 +673,13 @@ export class MultilegAgent extends Dispatcher {
     handler: Dispatcher.DispatchHandler,
   ): void {
     this.#checkJarHolder();
-    const pool = this.#pool(origin);
+    // Behind undici's dns interceptor (an address in `origin`, the name in Host: `named`) the
+    // name's addresses share one proof of the credentials (R4: a wrong password went once per
+    // address of a round-robin name).
+    const pool = this.#pool(
+      origin,
+      named !== origin && elsewhereBy(origin, headers, opts, false) === undefined ? named : undefined,
+    );
     // Refused before anything is counted or a pending redirect hop is used up; by the route the
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
     refuseTunnelledProxyAuthorization(origin, headers, pool.route, 'tunnel');
@@ -757,7 +769,12 @@ export class MultilegAgent extends Dispatcher {
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
-  #pool(origin: string): OriginPool {
+  /**
+   * `origin`'s pool, made if need be. `name`: the origin the request names when `origin` holds an
+   * address undici's dns interceptor resolved it to; a new pool then shares the proof of that name's
+   * credentials with its other addresses (R4).
+   */
+  #pool(origin: string, name?: string): OriginPool {
     let pool = this.#pools.get(origin);
     if (!pool) {
       // A process that talks to many origins over time must not keep a pool for each forever.
@@ -769,7 +786,14 @@ export class MultilegAgent extends Dispatcher {
           this.#droppedSessions += p.sessionsCreated;
           this.#pools.delete(o);
         }
+        if (this.#namedProofs.size > 0) {
+          const used = new Set([...this.#pools.values()].map((p) => p.memory.proof));
+          for (const [n, proof] of this.#namedProofs) if (!used.has(proof)) this.#namedProofs.delete(n);
+        }
       }
+      // (A direct pool for a name made after its addresses' takes their proof too.)
+      const shared =
+        this.#namedProofs.get(name ?? origin) ?? (name === undefined ? undefined : this.#pools.get(name)?.memory.proof);
       pool = new OriginPool(
         origin,
         this.#options,
@@ -779,8 +803,10 @@ export class MultilegAgent extends Dispatcher {
         this.#succeededAs,
         // Read when asked: setCredentials replaces them (R4: a new password is not the refused one).
         () => this.#credentials,
+        shared,
       );
       this.#pools.set(origin, pool);
+      if (name !== undefined) this.#namedProofs.set(name, pool.memory.proof);
     }
     return pool;
   }
