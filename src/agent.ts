@@ -27,13 +27,14 @@ import {
 import { ProxyAuthorizationHeaderError } from './proxy/errors.ts';
 import { ProxyResolver, type ProxyRoute } from './proxy/options.ts';
 import { configuredCertificate } from './session/client-certificate.ts';
+import type { CredentialProof } from './session/credential-proof.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { http1Only, newJob } from './session/job.ts';
 import { TICKET_RECHECK_MS } from './session/origin-memory.ts';
 import { askHolds, OriginPool } from './session/origin-pool.ts';
 import { sameAccount as sameIdentity } from './session/proved-identity.ts';
 import type { Identity } from './session/session.ts';
-import { hostElsewhere, targetElsewhere } from './trust/host-header.ts';
+import { hostElsewhere, servernameElsewhere, targetElsewhere } from './trust/host-header.ts';
 import { type Grant, TrustPolicy, TrustRequiredError, type WithheldReason } from './trust/policy.ts';
 import { mayBeAddress, namedOrigin, RedirectHops } from './trust/redirects.ts';
 import { UpgradeDispatcher } from './upgrade/index.ts';
@@ -97,6 +98,8 @@ const isLegacyHandler = (h: Dispatcher.DispatchHandler): boolean =>
   typeof h.onRequestStart !== 'function' && typeof (h as { onError?: unknown }).onError === 'function';
 /** Past this many origin pools, idle ones (no open connection, nothing waiting) are dropped. */
 const POOL_SWEEP_THRESHOLD = 64;
+/** Past this many, idle pools that remember a refusal of the credentials (R4) are dropped too, oldest first. */
+const MAX_REMEMBERING_POOLS = 1024;
 
 /** How many handshake reports {@link MultilegAgent.handshakes} keeps. */
 export const MAX_REPORTS = 1000;
@@ -237,6 +240,11 @@ export class MultilegAgent extends Dispatcher {
   #jarCheckedUntil = 0;
   /** The last origin string dispatched and its normalised form (most dispatches repeat it). */
   #lastOrigin: [string | URL | undefined, string] = [undefined, ''];
+  /**
+   * The proof of the credentials of each name whose addresses have pools (undici's dns interceptor),
+   * shared by them (R4); dropped with the last pool that holds it.
+   */
+  readonly #namedProofs = new Map<string, CredentialProof>();
   /** Sessions of pools dropped while idle, so `stats()` still counts them. */
   #droppedSessions = 0;
   /** Requests dispatched and not yet ended. */
@@ -665,7 +673,13 @@ export class MultilegAgent extends Dispatcher {
     handler: Dispatcher.DispatchHandler,
   ): void {
     this.#checkJarHolder();
-    const pool = this.#pool(origin);
+    // Behind undici's dns interceptor (an address in `origin`, the name in Host: `named`) the
+    // name's addresses share one proof of the credentials (R4: a wrong password went once per
+    // address of a round-robin name).
+    const pool = this.#pool(
+      origin,
+      named !== origin && elsewhereBy(origin, headers, opts, false) === undefined ? named : undefined,
+    );
     // Refused before anything is counted or a pending redirect hop is used up; by the route the
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
     refuseTunnelledProxyAuthorization(origin, headers, pool.route, 'tunnel');
@@ -755,17 +769,31 @@ export class MultilegAgent extends Dispatcher {
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
-  #pool(origin: string): OriginPool {
+  /**
+   * `origin`'s pool, made if need be. `name`: the origin the request names when `origin` holds an
+   * address undici's dns interceptor resolved it to; a new pool then shares the proof of that name's
+   * credentials with its other addresses (R4).
+   */
+  #pool(origin: string, name?: string): OriginPool {
     let pool = this.#pools.get(origin);
     if (!pool) {
       // A process that talks to many origins over time must not keep a pool for each forever.
       if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
         for (const [o, p] of this.#pools) {
-          if (!p.idle) continue;
+          // One that remembers a refusal stays (R4): made anew, it would send the refused password
+          // at once (with 64 other origins in use, once per sweep) and forget the wait's doubling.
+          if (!p.idle || (p.memory.proof.remembersRefusal && this.#pools.size < MAX_REMEMBERING_POOLS)) continue;
           this.#droppedSessions += p.sessionsCreated;
           this.#pools.delete(o);
         }
+        if (this.#namedProofs.size > 0) {
+          const used = new Set([...this.#pools.values()].map((p) => p.memory.proof));
+          for (const [n, proof] of this.#namedProofs) if (!used.has(proof)) this.#namedProofs.delete(n);
+        }
       }
+      // (A direct pool for a name made after its addresses' takes their proof too.)
+      const shared =
+        this.#namedProofs.get(name ?? origin) ?? (name === undefined ? undefined : this.#pools.get(name)?.memory.proof);
       pool = new OriginPool(
         origin,
         this.#options,
@@ -775,8 +803,10 @@ export class MultilegAgent extends Dispatcher {
         this.#succeededAs,
         // Read when asked: setCredentials replaces them (R4: a new password is not the refused one).
         () => this.#credentials,
+        shared,
       );
       this.#pools.set(origin, pool);
+      if (name !== undefined) this.#namedProofs.set(name, pool.memory.proof);
     }
     return pool;
   }
@@ -944,17 +974,20 @@ function secureContextCertificate(connect: object): boolean {
 /**
  * Why the request goes to another authority than `origin`, if it does (S1, S6): an absolute-form
  * request target naming another (see targetElsewhere; a forwarding proxy's too, which would take
- * it as the URL to fetch), or the caller's Host header naming another (see hostElsewhere; not
- * through a forwarding proxy, which is sent the origin's own).
+ * it as the URL to fetch), or the caller's Host header or TLS `servername` naming another (see
+ * hostElsewhere, servernameElsewhere; not through a forwarding proxy, which is sent the origin's own
+ * and carries no TLS of the origin's).
  */
 function elsewhereBy(
   origin: string,
   headers: HeaderMap,
   opts: Dispatcher.DispatchOptions,
   forwarded: boolean,
-): 'request-target' | 'host-header' | undefined {
+): 'request-target' | 'host-header' | 'servername' | undefined {
   if (typeof opts.path === 'string' && targetElsewhere(origin, opts.path)) return 'request-target';
-  return !forwarded && hostElsewhere(origin, headers, opts) ? 'host-header' : undefined;
+  if (forwarded) return undefined;
+  if (hostElsewhere(origin, headers, opts)) return 'host-header';
+  return servernameElsewhere(origin, headers, opts) ? 'servername' : undefined;
 }
 
 /**

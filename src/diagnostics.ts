@@ -49,7 +49,8 @@ const unansweredChannel = channel(UNANSWERED_CHANNEL);
  * A 401 the agent could have answered reached the caller unanswered: its credentials are withheld
  * from this request (S1, S4, S5) — the origin is not trusted, the request is a cross-origin
  * redirect hop (over cleartext the caller gets `CleartextCredentialsError` instead), or its Host
- * header (`host-header`) or its absolute-form target (`request-target`) names another origin — or, reason
+ * header (`host-header`), its TLS `servername` dispatch option (`servername`) or its absolute-form
+ * target (`request-target`) names another origin — or, reason
  * `refused-lately`, the server refused them here lately, or left a leg carrying the password
  * unanswered (a timeout, a close) before they were proved, and they are held back for a while (R4:
  * account lockout; a wrong password is not tried by every request), `heldBackFor` ms more.

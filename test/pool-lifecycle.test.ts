@@ -6,7 +6,7 @@
  */
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { type AddressInfo, createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
-import { fetch, request } from 'undici';
+import { fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions, type MultilegError } from '../src/index.ts';
 import {
@@ -114,6 +114,72 @@ describe('HTTP/1.1 origins and idle pools', () => {
     expect(a.stats().sessions).toBe(sessionsBefore + 1);
     // The first origin's pool was dropped, and with it the remembered scheme: a 401 first again.
     expect(await statuses('/auth/3')).toEqual([401, 200]);
+  });
+});
+
+describe('R4: idle pools and refusals', () => {
+  it('R4: past 64 origins, an idle pool that remembers a refusal of the password stays: the refused password is not sent again before its wait ends (task hd: the sweep sent it at once, once per sweep)', async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Basic'] });
+    const a = agent({
+      credentials: { username: ALICE.username, password: 'wrong' },
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin],
+    });
+    const sent = () => s.exchanges.filter((e) => hasAuth(e.requestHeaders)).length;
+    const status = async (url: string) => {
+      const res = await fetch(url, { dispatcher: a });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    expect(await status(`${s.origin}/auth/1`)).toBe(401);
+    expect(sent()).toBe(1);
+    // Held back 30 s: the next request goes bare.
+    expect(await status(`${s.origin}/auth/2`)).toBe(401);
+    expect(sent()).toBe(1);
+    s.endSessions();
+    // 64 other origins, each closing its connection after answering: the 65th pool sweeps the idle ones.
+    for (let i = 0; i < 64; i++) {
+      const o = createHttpServer((_req, res) => res.writeHead(204, { connection: 'close' }).end());
+      await new Promise<void>((r) => o.listen(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise((r) => o.close(r)));
+      expect(await status(`http://127.0.0.1:${(o.address() as AddressInfo).port}/`)).toBe(204);
+    }
+    // Before: the swept pool was made anew, unproved and unrefused: the wrong password went again.
+    expect(await status(`${s.origin}/auth/3`)).toBe(401);
+    expect(sent()).toBe(1);
+  });
+
+  it("R4: behind undici's dns interceptor, the addresses of one name share the proof of the credentials: a wrong password goes once, not once per address of a round-robin name (task hd)", async () => {
+    // Listening on every address: 127.0.0.1–4 are the name's four A records.
+    const s = await reference({ mode: 'per-request', schemes: ['Basic'], host: '0.0.0.0' });
+    const a = agent({
+      credentials: { username: ALICE.username, password: 'wrong' },
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin],
+    });
+    const viaDns = a.compose(
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) =>
+          cb(
+            null,
+            [1, 2, 3, 4].map((i) => ({ address: `127.0.0.${i}`, family: 4 as const, ttl: 60_000 })),
+          ),
+      }),
+    );
+    for (let i = 0; i < 8; i++) {
+      const res = await request(`${s.origin}/auth/${i}`, { dispatcher: viaDns });
+      await res.body.arrayBuffer();
+      expect(res.statusCode).toBe(401);
+    }
+    // Every address was dialled (a pool each), and the password went once: held back at the others.
+    expect(a.stats().origins).toBe(4);
+    // Before: 4, one refusal per address.
+    expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(1);
+    // The name's own pool, made after its addresses', holds it back too.
+    const direct = await request(`${s.origin}/auth/direct`, { dispatcher: a });
+    await direct.body.arrayBuffer();
+    expect(direct.statusCode).toBe(401);
+    expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(1);
   });
 });
 

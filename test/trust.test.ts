@@ -34,7 +34,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { hostElsewhere } from '../src/trust/host-header.ts';
+import { hostElsewhere, servernameElsewhere } from '../src/trust/host-header.ts';
 import { TrustPolicy } from '../src/trust/policy.ts';
 import { RedirectHops, replayableFor } from '../src/trust/redirects.ts';
 import { ALICE, hasAuth, loopbackOrigin } from './helpers.ts';
@@ -943,6 +943,66 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(elsewhere('intranet.example:9443', 'https://10.0.0.5:8443')).toBe(true);
     expect(elsewhere('10.0.0.6:8443', 'https://10.0.0.5:8443')).toBe(true);
     expect(elsewhere('intranet.example:8443', 'https://name.example:8443', 'intranet.example')).toBe(true);
+  });
+
+  it("S1/S6: a servername dispatch option naming another host than the one the request goes to (undici's TLS server name, which a front end may route by) gets no credentials (connections of its own): multileg:withheld says servername; the origin's own name (any case) changes nothing", async () => {
+    const o = 'https://intranet.example';
+    const sni = (servername: unknown, host?: string, origin = o) =>
+      servernameElsewhere(origin, host === undefined ? {} : { host }, {
+        path: '/',
+        method: 'GET',
+        servername,
+      } as never);
+    expect([sni(undefined), sni(null), sni(''), sni('intranet.example'), sni('INTRANET.example')]).toEqual([
+      false,
+      false,
+      false,
+      false,
+      false,
+    ]);
+    expect([sni('other.example'), sni('intranet.example.'), sni(42)]).toEqual([true, true, true]);
+    // undici's dns interceptor's shape: the name in Host and servername alike.
+    expect(sni('intranet.example', 'intranet.example:8443', 'https://10.0.0.5:8443')).toBe(false);
+    expect(sni('other.example', undefined, 'https://10.0.0.5:8443')).toBe(true);
+    expect(sni('::1', undefined, 'https://[::1]:8443')).toBe(false);
+    // No TLS over http: undici uses no server name there.
+    expect(sni('other.example', undefined, 'http://intranet.example')).toBe(false);
+
+    const seenSni: Array<{ sni: string | false | null; sent: boolean }> = [];
+    const origin = await rawServer((req, res) => {
+      seenSni.push({ sni: (req.socket as TLSSocket).servername, sent: req.headers.authorization !== undefined });
+      if (req.headers.authorization) return void res.end('ok');
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="x"', 'content-length': '0' }).end();
+    });
+    const { port } = new URL(origin);
+    // Trusted by address; the caller names a server (a tenant of the front end at that address).
+    const byAddress = agent({
+      credentials: ALICE,
+      connect: { ca: CA_CERT },
+      trustedOrigins: [`https://127.0.0.1:${port}`],
+    });
+    const events: WithheldEvent[] = [];
+    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, onWithheld);
+    try {
+      const res = await request(`https://127.0.0.1:${port}/named`, {
+        dispatcher: byAddress,
+        servername: 'localhost',
+      } as never);
+      await res.body.arrayBuffer();
+      // Before: 200, the password sent over TLS to the server named localhost, which no entry trusts.
+      expect(res.statusCode).toBe(401);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, onWithheld);
+    }
+    expect(seenSni).toEqual([{ sni: 'localhost', sent: false }]);
+    expect(events).toEqual([expect.objectContaining({ path: '/named', reason: 'servername' })]);
+    // The name trusted and named as the servername (any case): the agent's request.
+    const byName = agent({ credentials: ALICE, connect: { ca: CA_CERT }, trustedOrigins: [origin] });
+    for (const servername of ['localhost', 'LOCALHOST']) {
+      const res = await request(`${origin}/own`, { dispatcher: byName, servername } as never);
+      expect([servername, res.statusCode, await res.body.text()]).toEqual([servername, 200, 'ok']);
+    }
   });
 
   it("S1/S6: the Host is read as undici reads it, in every form it takes headers: null (an empty Host on HTTP/1.1), a flat array whose name is an array, an iterable that yields other pairs a second time — none rides alice's session (review r42)", async () => {

@@ -160,6 +160,15 @@ export class CredentialProof {
     return this.#keeping.place() !== undefined;
   }
 
+  /**
+   * What an idle origin pool must not forget (R4): a refusal still holding the credentials back,
+   * one a later refusal doubles from, or a leg carrying the password left unanswered, none followed
+   * by a success. A pool made anew would send a refused password at once, and wait 30 s again.
+   */
+  get remembersRefusal(): boolean {
+    return this.#refusedTimes > 0 || this.#unansweredBefore || this.refused;
+  }
+
   /** How long (ms) the credentials are still kept back here; 0 when they are not. */
   get refusedFor(): number {
     return Math.max(0, this.#refusedUntil - Date.now());

@@ -92,13 +92,18 @@ export class OriginMemory {
   /** Schemes (lower-case) that could not run for this origin, why, and until when (R4). */
   readonly #unusable = new LapsingMap<string, Error>();
 
-  /** `keeping`: where refusals of the agent's password here are kept beyond it (AgentOptions.refusalMemory). */
-  constructor(http1Ttl: number, origin = 'the origin', keeping?: RefusalKeeping) {
+  /**
+   * `keeping`: where refusals of the agent's password here are kept beyond it (AgentOptions.refusalMemory).
+   * `proof`: another origin's, shared (the addresses of one name behind undici's `dns` interceptor).
+   */
+  constructor(http1Ttl: number, origin = 'the origin', keeping?: RefusalKeeping, proof?: CredentialProof) {
     this.#ttl = http1Ttl;
-    this.proof = new CredentialProof(
-      `the outcome of another request's handshake with the agent's credentials at ${origin} (they are tried there one at a time until proved: a wrong password locks accounts)`,
-      keeping,
-    );
+    this.proof =
+      proof ??
+      new CredentialProof(
+        `the outcome of another request's handshake with the agent's credentials at ${origin} (they are tried there one at a time until proved: a wrong password locks accounts)`,
+        keeping,
+      );
   }
 
   get requiresHttp1(): boolean {

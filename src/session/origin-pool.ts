@@ -5,6 +5,7 @@ import type { Credentials, Holder, Mechanism } from '../mechanisms/types.ts';
 import { alpnFor, type ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
+import type { CredentialProof } from './credential-proof.ts';
 import {
   DONE,
   type ExchangeEnv,
@@ -161,6 +162,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     ended: () => void,
     succeededAs?: (held: Holder) => void,
     credentials: () => Credentials | undefined = () => undefined,
+    /** The proof of the credentials to share (R4): that of the name this address was resolved for. */
+    proof?: CredentialProof,
   ) {
     this.origin = origin;
     this.#ended = ended;
@@ -176,6 +179,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
           return c?.password ? { origin, proxy: false, credentials: c } : undefined;
         },
       },
+      proof,
     );
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.

@@ -51,6 +51,27 @@ export function hostElsewhere(origin: string, headers: HeaderMap, opts?: Dispatc
 }
 
 /**
+ * Whether the dispatch option `servername` names another host than the one the request goes to (S1,
+ * S6): undici makes it the TLS server name (SNI) and checks the certificate against it, so a shared
+ * front end that routes by SNI (a TLS pass-through balancer, a CDN) hands the connection to the
+ * tenant it names, whose certificate passes, whatever the origin or Host say: an agent trusting
+ * `https://10.0.0.5` sent its password there, as a copied Host did before review r48. The host
+ * expected: the Host header's where one is given (its `dns` interceptor shape, or the origin's own;
+ * {@link hostElsewhere} decides the rest), else the origin's. Only over https: undici uses no
+ * server name for http. An empty or absent `servername` is undici's default (the Host's or the
+ * origin's name); one that is no string counts as elsewhere (fail safe).
+ */
+export function servernameElsewhere(origin: string, headers: HeaderMap, opts?: Dispatcher.DispatchOptions): boolean {
+  // (undici reads `servername` from the dispatch options; its types do not declare it.)
+  const servername = (opts as { servername?: unknown } | undefined)?.servername;
+  if (servername == null || servername === '' || !origin.startsWith('https:')) return false;
+  if (typeof servername !== 'string') return true;
+  const host = headers.host;
+  const named = (typeof host === 'string' ? hostUrl(origin, host) : undefined) ?? new URL(origin);
+  return servername.toLowerCase() !== unbracketed(named.hostname);
+}
+
+/**
  * Whether the request target `path` is in absolute form (`https://other.example/x`, which undici
  * takes and writes as is) naming another origin than `origin`, or one that cannot be read (S1, S6).
  * A server routes such a request by the target's host, not the Host header (RFC 9112 §3.2.2): the

@@ -20,6 +20,7 @@ export type WithheldReason =
   | 'cleartext'
   | 'cross-origin-redirect'
   | 'host-header'
+  | 'servername'
   | 'request-target';
 
 /** The decision for one request: may the agent's credentials be used, and if not, why. */
