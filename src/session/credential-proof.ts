@@ -156,7 +156,8 @@ export class CredentialProof {
    */
   get mayRecall(): boolean {
     if (!this.#keeping || this.refused) return false;
-    if (this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS) return false;
+    // (What #admit asks of a password: refused or freshly proved, no probe, no recall.)
+    if (this.#freshlyProved()) return false;
     return this.#keeping.place() !== undefined;
   }
 
@@ -167,6 +168,11 @@ export class CredentialProof {
    */
   get remembersRefusal(): boolean {
     return this.#refusedTimes > 0 || this.#unansweredBefore || this.refused;
+  }
+
+  /** Proved within {@link PROOF_FRESH_MS}: a password may go side by side with others, no probe. */
+  #freshlyProved(): boolean {
+    return this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS;
   }
 
   /** How long (ms) the credentials are still kept back here; 0 when they are not. */
@@ -192,8 +198,9 @@ export class CredentialProof {
 
   #admit(password: boolean): Admission | undefined {
     if (this.refused) return 'refused';
-    if (this.#proved && (!password || Date.now() - this.#provedAt < PROOF_FRESH_MS)) {
-      return new Ticket(false, this.#epoch, this.#generation, Date.now() - this.#provedAt < PROOF_FRESH_MS);
+    const fresh = this.#freshlyProved();
+    if (this.#proved && (!password || fresh)) {
+      return new Ticket(false, this.#epoch, this.#generation, fresh);
     }
     if (this.#probing) return undefined;
     this.#probing = true;
@@ -466,7 +473,7 @@ export class CredentialProof {
     const queue = this.#queue;
     if (!queue || queue.length === 0) return;
     if (this.refused) queue.settleAll('refused');
-    else if (this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS) {
+    else if (this.#freshlyProved()) {
       while (queue.length > 0) queue.shift(new Ticket(false, this.#epoch, this.#generation));
     } else if (!this.#probing) {
       this.#probing = queue.shift(new Ticket(true, this.#epoch, this.#generation)) !== undefined;
