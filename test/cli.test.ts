@@ -2563,7 +2563,7 @@ describe('multileg command line', () => {
     const scheme = await run(['localhost:/x']);
     expect([scheme.code, scheme.stderr]).toEqual([
       1,
-      'multileg: unsupported protocol localhost: in localhost:/x: use https:// or http://\n',
+      'multileg: unsupported protocol "localhost" in localhost:/x: use https:// or http://\n',
     ]);
   });
 
@@ -2827,7 +2827,7 @@ describe('multileg command line', () => {
     const ftp = await run(['ftp://alice:s3cretpw@host/']);
     expect(ftp).toMatchObject({
       code: 1,
-      stderr: 'multileg: unsupported protocol ftp: in ftp://…@host/: use https:// or http://\n',
+      stderr: 'multileg: unsupported protocol "ftp" in ftp://…@host/: use https:// or http://\n',
     });
     const bad = await run(['https://alice:s3cretpw@[bad/']);
     expect(bad).toMatchObject({ code: 3, stderr: 'multileg: not a URL: https://…@[bad/\n' });

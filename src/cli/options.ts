@@ -480,9 +480,10 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
     throw new UsageError(`not a URL: ${redactUserinfo(text)}`, EXIT.badUrl);
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:')
-    // curl's 1 (CURLE_UNSUPPORTED_PROTOCOL).
+    // curl's 1 (CURLE_UNSUPPORTED_PROTOCOL); named without the URL's colon, as curl's `Protocol
+    // "htps" not supported` names it (`htps:` read as a typo of its own).
     throw new UsageError(
-      `unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`,
+      `unsupported protocol ${JSON.stringify(url.protocol.slice(0, -1))} in ${redactUserinfo(text)}: use https:// or http://`,
       EXIT.unsupportedProtocol,
     );
   let user: UserArg | undefined;
