@@ -787,6 +787,26 @@ describe('multileg command line', () => {
     expect(isDir.stderr).toBe(`multileg: -o ${dir}: is a directory (EISDIR)\n`);
   });
 
+  it("T2: --schemes naming no scheme ('' from an unset variable, or ',') is bad usage, exit 2, nothing sent, saying to omit it or name one ('' was taken as no --schemes, ',' turned every scheme off: the 401 stood unanswered)", async () => {
+    for (const list of ['', ',', ' , '])
+      expect(() => parseCli(['--schemes', list, 'https://h/']), JSON.stringify(list)).toThrow(
+        new ConfigError(
+          `--schemes ${JSON.stringify(list)} names no scheme: omit --schemes for the default order, or name at least one, e.g. --schemes Negotiate,NTLM`,
+        ),
+      );
+    // With --ntlm, '' is a --schemes given too.
+    expect(() => parseCli(['--ntlm', '--schemes', '', 'https://h/'])).toThrow('--ntlm and --schemes: give one of them');
+    const before = server.exchanges.length;
+    const r = await run(['--schemes', ',', ...alice(), `${server.origin}/auth/x`]);
+    expect(r).toMatchObject({
+      code: 2,
+      stdout: '',
+      stderr:
+        'multileg: --schemes "," names no scheme: omit --schemes for the default order, or name at least one, e.g. --schemes Negotiate,NTLM\n',
+    });
+    expect(server.exchanges.length).toBe(before);
+  });
+
   it('bad usage: one line, exit 2, no stack trace', async () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /^multileg: missing required argument 'url' \(multileg --help lists the options\)\n$/],
