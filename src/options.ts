@@ -72,8 +72,8 @@ export const SCHEME_NAMES: readonly SchemeName[] = ['Negotiate', 'NTLM', 'Digest
 
 /**
  * Rejects a `schemes` that is not an array (plain JavaScript: `schemes: 'NTLM'` would be read letter
- * by letter) and an entry that names no scheme multileg implements and no given mechanism: a typo
- * would otherwise silently turn a scheme off.
+ * by letter), an empty one, and an entry that names no scheme multileg implements and no given
+ * mechanism: a typo would otherwise silently turn a scheme off (an empty list, all of them).
  */
 export function checkSchemes(
   name: string,
@@ -84,6 +84,12 @@ export function checkSchemes(
   if (!Array.isArray(schemes))
     throw new ConfigError(
       `${name} must be an array of scheme names, in order of preference, e.g. ${name}: ['NTLM'] (got ${typeof schemes === 'string' ? 'a string' : typeof schemes})`,
+    );
+  // An empty list turns every scheme off: each challenge would end as an unanswered 401, unexplained.
+  if (schemes.length === 0)
+    throw new ConfigError(
+      `${name}: [] names no scheme, so no challenge could ever be answered (each 401 or 407 would stand, unexplained); omit ${name} for the default order (Negotiate, NTLM, Digest, Basic) or name at least one, e.g. ${name}: ['Negotiate', 'NTLM']`,
+      name,
     );
   const known = new Set([...SCHEME_NAMES, ...mechanisms.map((m) => m.scheme)].map((s) => s.toLowerCase()));
   for (const s of schemes as readonly unknown[]) {

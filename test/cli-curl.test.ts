@@ -1193,7 +1193,7 @@ describe('multileg: curl options', () => {
     const gopher = await run(['-sS', 'gopher://localhost/']);
     expect(gopher.code).toBe(1);
     expect(gopher.stderr).toBe(
-      'multileg: unsupported protocol gopher: in gopher://localhost/: use https:// or http://\n',
+      'multileg: unsupported protocol "gopher" in gopher://localhost/: use https:// or http://\n',
     );
     // Checked before anything is sent: the good URL before the bad one is not requested.
     const before = received.length;
@@ -1201,6 +1201,19 @@ describe('multileg: curl options', () => {
     expect(mixed.code).toBe(3);
     expect(received.length).toBe(before);
     expect((await run(['--no-such-option', `${plainOrigin}/headers`])).code).toBe(2);
+  });
+
+  it('CLI usage: a mistyped scheme (htps://) is named as curl names it (Protocol "htps" not supported), in quotes and without the URL\'s colon (it read "htps: in htps://host/", a stray colon), exit 1, with the fix; userinfo stays hidden', async () => {
+    const typo = await run(['-sS', 'htps://localhost/x']);
+    expect(typo).toMatchObject({
+      code: 1,
+      stdout: '',
+      stderr: 'multileg: unsupported protocol "htps" in htps://localhost/x: use https:// or http://\n',
+    });
+    const withUser = await run(['-sS', 'htps://alice:s3cretpw@localhost/']);
+    expect(withUser.stderr).toBe(
+      'multileg: unsupported protocol "htps" in htps://…@localhost/: use https:// or http://\n',
+    );
   });
 
   it('H5: a proxy URL that cannot be used exits as curl 7.88 does, nothing sent, the message naming -x or the variable: not a URL is 5 (curl\'s "Unsupported proxy syntax"), a scheme other than http(s) 7 ("Unsupported proxy scheme"; SOCKS too, which multileg does not speak) — both were bad usage, 2', async () => {

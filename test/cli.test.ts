@@ -334,7 +334,9 @@ describe('multileg command line', () => {
     expect(heads.stdout.match(/^HTTP\/\S+ \d{3}/gm)).toEqual(['HTTP/2 401', 'HTTP/2 401', 'HTTP/2 401']);
     expect(heads.stdout).toMatch(/\r\n\r\n$/);
     expect(failed.stderr).toContain('multileg: (22) HTTP 401');
-    expect(failed.stderr).toMatch(/offered Negotiate, NTLM; the server refused our Negotiate credentials after \d leg/);
+    expect(failed.stderr).toMatch(
+      /offered Negotiate, NTLM; the server refused the password, sent as NTLM inside Negotiate \(Kerberos was skipped: MULTILEG_KRB_\w+\), after \d leg/,
+    );
     // NTLM inside Negotiate (no ticket here) refused: the password is at fault, not a ticket.
     expect(failed.stderr).toContain('check -u user:password');
     expect(failed.stderr).not.toContain('klist');
@@ -785,6 +787,26 @@ describe('multileg command line', () => {
     const isDir = await run(['-o', dir, `${plainOrigin}/skew`]);
     expect(isDir.code).toBe(23);
     expect(isDir.stderr).toBe(`multileg: -o ${dir}: is a directory (EISDIR)\n`);
+  });
+
+  it("T2: --schemes naming no scheme ('' from an unset variable, or ',') is bad usage, exit 2, nothing sent, saying to omit it or name one ('' was taken as no --schemes, ',' turned every scheme off: the 401 stood unanswered)", async () => {
+    for (const list of ['', ',', ' , '])
+      expect(() => parseCli(['--schemes', list, 'https://h/']), JSON.stringify(list)).toThrow(
+        new ConfigError(
+          `--schemes ${JSON.stringify(list)} names no scheme: omit --schemes for the default order, or name at least one, e.g. --schemes Negotiate,NTLM`,
+        ),
+      );
+    // With --ntlm, '' is a --schemes given too.
+    expect(() => parseCli(['--ntlm', '--schemes', '', 'https://h/'])).toThrow('--ntlm and --schemes: give one of them');
+    const before = server.exchanges.length;
+    const r = await run(['--schemes', ',', ...alice(), `${server.origin}/auth/x`]);
+    expect(r).toMatchObject({
+      code: 2,
+      stdout: '',
+      stderr:
+        'multileg: --schemes "," names no scheme: omit --schemes for the default order, or name at least one, e.g. --schemes Negotiate,NTLM\n',
+    });
+    expect(server.exchanges.length).toBe(before);
   });
 
   it('bad usage: one line, exit 2, no stack trace', async () => {
@@ -2078,6 +2100,58 @@ describe('multileg command line', () => {
     ).toEqual([null]);
   });
 
+  it('M5/R4: a wrong password that went as NTLM inside Negotiate (no Kerberos ticket) is said to be the password refused, with why Kerberos was skipped, the fix -u, never kinit; held back for the next URL, it is named so (it said "the server refused our Negotiate credentials", which reads as a Kerberos ticket)', async () => {
+    const r = await run(
+      [
+        '-o',
+        '/dev/null',
+        '-o',
+        '/dev/null',
+        '-u',
+        'EXAMPLE\\alice:wrong',
+        '--cacert',
+        ca,
+        `${server.origin}/auth/inside-1`,
+        `${server.origin}/auth/inside-2`,
+      ],
+      { env: { KRB5CCNAME: `FILE:${join(dir, 'no-such-ccache')}` } },
+    );
+    expect(r.code).toBe(0);
+    const said = r.stderr.split('\n').filter((l) => l.startsWith('multileg: '));
+    expect(said).toEqual([
+      `multileg: ${server.origin} answered 401 and offered Negotiate, NTLM; the server refused the password, sent as NTLM inside Negotiate (Kerberos was skipped: MULTILEG_KRB_NO_TICKET), after 2 leg(s): check -u user:password (DOMAIN\\user)`,
+      expect.stringMatching(
+        new RegExp(
+          `^multileg: ${server.origin.replaceAll('.', '\\.')} answered 401 and offered Negotiate, NTLM; no credentials were sent: the server refused them or left them unanswered lately \\(the password as NTLM inside Negotiate, for an earlier request\\), so they are held back from it for another \\d+ s \\(a wrong password tried again and again locks the account\\): check -u user:password \\(DOMAIN\\\\user\\)$`,
+        ),
+      ),
+    ]);
+    expect(r.stderr).not.toMatch(/kinit|klist|Negotiate credentials|:wrong/);
+    // A server that offers no NTLM of its own may take Kerberos only: the note that says so names why
+    // Kerberos was skipped, said once.
+    const handshakes = [
+      {
+        origin: 'https://h',
+        scheme: 'Negotiate',
+        outcome: 'failed',
+        legs: 2,
+        fallbackReason: 'MULTILEG_KRB_NO_TICKET: no Kerberos ticket',
+      },
+    ] as never;
+    expect(
+      explain401({
+        origin: 'https://h',
+        offered: ['Negotiate'],
+        trusted: true,
+        hasPassword: true,
+        schemes: undefined,
+        handshakes,
+      }),
+    ).toBe(
+      'https://h answered 401 and offered Negotiate; the server refused the password, sent as NTLM inside Negotiate, after 2 leg(s): check -u user:password (DOMAIN\\user); or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (MULTILEG_KRB_NO_TICKET) and the password went as NTLM inside Negotiate',
+    );
+  });
+
   it("S1: with several URLs, each URL's origin gets credentials in its own transfer only, never because another URL names it", async () => {
     // The first URL redirects (-L) to the second URL's origin: that hop goes without credentials, as
     // it would alone; the second URL, on that origin, is sent them.
@@ -2563,7 +2637,7 @@ describe('multileg command line', () => {
     const scheme = await run(['localhost:/x']);
     expect([scheme.code, scheme.stderr]).toEqual([
       1,
-      'multileg: unsupported protocol localhost: in localhost:/x: use https:// or http://\n',
+      'multileg: unsupported protocol "localhost" in localhost:/x: use https:// or http://\n',
     ]);
   });
 
@@ -2827,7 +2901,7 @@ describe('multileg command line', () => {
     const ftp = await run(['ftp://alice:s3cretpw@host/']);
     expect(ftp).toMatchObject({
       code: 1,
-      stderr: 'multileg: unsupported protocol ftp: in ftp://…@host/: use https:// or http://\n',
+      stderr: 'multileg: unsupported protocol "ftp" in ftp://…@host/: use https:// or http://\n',
     });
     const bad = await run(['https://alice:s3cretpw@[bad/']);
     expect(bad).toMatchObject({ code: 3, stderr: 'multileg: not a URL: https://…@[bad/\n' });

@@ -11,6 +11,7 @@ import {
   type MultilegAgentOptions,
   ntlmMechanism,
   PROXY_UNANSWERED_CHANNEL,
+  ProxyAuthenticationError,
   type ProxyOptions,
   type ProxyUnansweredEvent,
   parseChallenges,
@@ -625,5 +626,68 @@ describe('a forwarded request past limits.maxLegs (proxy.deliver407)', () => {
     expect(
       p.exchanges.slice(from).map((e) => [e.proxyNtlm ?? (e.proxyAuthorization ? 'other' : '-'), e.status]),
     ).toEqual([['-', 407]]);
+  });
+});
+
+describe('a proxy Negotiate that carried the password as NTLM inside it (proxy.negotiate.ntlmFallback, no Kerberos ticket; scripted proxy)', () => {
+  /**
+   * A forwarding proxy offering Negotiate alone that answers raw NTLM inside it: the NEGOTIATE with
+   * its CHALLENGE (or, `refuseOpening`, a bare 407), any AUTHENTICATE with a bare 407 (a wrong password).
+   */
+  const negotiateNtlmProxy = async (refuseOpening: boolean) => {
+    const seen: number[] = [];
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        const m = /\r\nproxy-authorization: Negotiate (\S+)/i.exec(head);
+        const type = m ? Buffer.from(m[1]!, 'base64').readUInt32LE(8) : 0;
+        seen.push(type);
+        const token = type === 1 && !refuseOpening ? ` ${SCRIPTED_NTLM_CHALLENGE}` : '';
+        socket.write(`HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate${token}\r\nContent-Length: 0\r\n\r\n`);
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    agent = new MultilegAgent({
+      negotiate: false,
+      proxy: {
+        uri: `http://127.0.0.1:${h.port}`,
+        credentials: { ...PROXY_ACCOUNT, password: 'wrong' },
+        negotiate: { ccache: 'FILE:/nonexistent/multileg-ha-no-ticket', ntlmFallback: 'raw' },
+      },
+    });
+    const err = await request('http://origin.example/x', { dispatcher: agent }).then(
+      () => undefined,
+      (e: unknown) => e as ProxyAuthenticationError,
+    );
+    return { err, seen };
+  };
+
+  it('H5/M5: the proxy\'s refusal of the password sent as NTLM inside Negotiate says the password was refused and why Kerberos was skipped, the fix proxy.credentials (it said "rejected the Negotiate credentials; check the Kerberos ticket")', async () => {
+    const { err, seen } = await negotiateNtlmProxy(false);
+    expect(seen).toEqual([0, 1, 3]);
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_AUTH', refused: true });
+    expect(err!.message).toMatch(
+      /: the proxy rejected the password, sent as NTLM inside Negotiate \(Kerberos was skipped: MULTILEG_KRB_NO_TICKET: [^)]*\); check proxy\.credentials \(user, domain, password\)$/,
+    );
+    expect(err!.message).not.toMatch(/Kerberos ticket for|wrong/);
+    // The handshake's report says the same of it (failureReason: the error's words).
+    expect(agent!.handshakes().at(-1)).toMatchObject({
+      proxy: true,
+      scheme: 'Negotiate',
+      failure: 'refused',
+      fallbackReason: expect.stringMatching(/^MULTILEG_KRB_NO_TICKET/),
+      failureReason: expect.stringContaining('the proxy rejected the password, sent as NTLM inside Negotiate'),
+    });
+  });
+
+  it('H5/M5: a bare 407 to the NTLM opening inside Negotiate (no password in it) says no password went and that the proxy wants Kerberos, the fix a ticket', async () => {
+    const { err, seen } = await negotiateNtlmProxy(true);
+    expect(seen).toEqual([0, 1]);
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: false });
+    expect(err!.message).toMatch(
+      /: the proxy refused the NTLM opening inside Negotiate, before any password was sent \(Kerberos was skipped: MULTILEG_KRB_NO_TICKET: [^)]*\): it takes Kerberos only; check the Kerberos ticket for HTTP@127\.0\.0\.1$/,
+    );
   });
 });

@@ -40,4 +40,33 @@ describe('schemes', () => {
       new ConfigError("schemes entries must be scheme names (strings), e.g. schemes: ['NTLM']"),
     );
   });
+
+  it('T2: schemes: [] (every scheme off: each challenge would end as a 401 nothing answers, unexplained) is a ConfigError saying to omit it for the default order or name one, agent and proxy alike', () => {
+    const agent = () => new MultilegAgent({ schemes: [] });
+    expect(agent).toThrow(ConfigError);
+    expect(agent).toThrow(
+      "schemes: [] names no scheme, so no challenge could ever be answered (each 401 or 407 would stand, unexplained); omit schemes for the default order (Negotiate, NTLM, Digest, Basic) or name at least one, e.g. schemes: ['Negotiate', 'NTLM']",
+    );
+    expect(catchError(agent)).toMatchObject({ code: 'MULTILEG_CONFIG', option: 'schemes' });
+    const proxy = () => new MultilegAgent({ proxy: { uri: 'http://127.0.0.1:3128', schemes: [] } });
+    expect(proxy).toThrow(ConfigError);
+    expect(proxy).toThrow(
+      "proxy.schemes: [] names no scheme, so no challenge could ever be answered (each 401 or 407 would stand, unexplained); omit proxy.schemes for the default order (Negotiate, NTLM, Digest, Basic) or name at least one, e.g. proxy.schemes: ['Negotiate', 'NTLM']",
+    );
+    expect(catchError(proxy)).toMatchObject({ code: 'MULTILEG_CONFIG', option: 'proxy.schemes' });
+    // One scheme is enough.
+    expect(
+      () => new MultilegAgent({ schemes: ['Negotiate'], proxy: { uri: 'http://127.0.0.1:3128', schemes: ['Basic'] } }),
+    ).not.toThrow();
+  });
 });
+
+/** The error `f` throws. */
+function catchError(f: () => unknown): unknown {
+  try {
+    f();
+  } catch (err) {
+    return err;
+  }
+  throw new Error('did not throw');
+}

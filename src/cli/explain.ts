@@ -691,19 +691,42 @@ export function refusalFix(
     : netrcFile !== undefined
       ? `check the login and password for this host in ${netrcFile} (DOMAIN\\user)`
       : 'check -u user:password (DOMAIN\\user)';
-  // The password went through NTLM inside Negotiate because Kerberos could not run: a server that
-  // offers no NTLM of its own may take Kerberos only, and refuse a right password there too.
-  // A ticket (kinit) is the fix only when the want of one skipped Kerberos: with an unknown SPN,
-  // an unreachable KDC or a skewed clock the user may well have one, so the cause is named instead.
+  return `${fix}${kerberosOnlyNote(h, offered)}`;
+}
+
+/**
+ * The password went through NTLM inside Negotiate because Kerberos could not run: a server that
+ * offers no NTLM of its own may take Kerberos only, and refuse a right password there too. Says so,
+ * with why Kerberos was skipped; '' where the server offers NTLM too (or Kerberos ran).
+ * A ticket (kinit) is the fix only when the want of one skipped Kerberos: with an unknown SPN,
+ * an unreachable KDC or a skewed clock the user may well have one, so the cause is named instead.
+ */
+function kerberosOnlyNote(h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'>, offered: readonly string[]): string {
   const reason = h.fallbackReason;
-  const noTicket = ticketFixes(reason?.replace(/:.*/, ''));
-  const skipped =
-    h.scheme.toLowerCase() === 'negotiate' && reason !== undefined && !offered.some((s) => s.toLowerCase() === 'ntlm')
-      ? noTicket
-        ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${reason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
-        : `; or, if it takes Kerberos only, make Kerberos work here (multileg doctor URL names the fix): Kerberos was skipped (${forCli(reason)}) and the password went as NTLM inside Negotiate`
-      : '';
-  return `${fix}${skipped}`;
+  if (!passwordInsideNegotiate(h) || reason === undefined || offered.some((s) => s.toLowerCase() === 'ntlm')) return '';
+  return ticketFixes(reason.replace(/:.*/, ''))
+    ? `; or, if it takes Kerberos only, get a ticket (kinit): Kerberos was skipped (${reason.replace(/:.*/, '')}) and the password went as NTLM inside Negotiate`
+    : `; or, if it takes Kerberos only, make Kerberos work here (multileg doctor URL names the fix): Kerberos was skipped (${forCli(reason)}) and the password went as NTLM inside Negotiate`;
+}
+
+/** Negotiate carried the password as NTLM inside it (Kerberos was skipped, M5), not a Kerberos ticket. */
+function passwordInsideNegotiate(h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'>): boolean {
+  return h.scheme.toLowerCase() === 'negotiate' && h.fallbackReason !== undefined;
+}
+
+/**
+ * What the server refused in handshake `h`, for the 401's explanation: the password where it went as
+ * NTLM inside Negotiate, so that the user checks the password, not a Kerberos ticket (it said "our
+ * Negotiate credentials"). Why Kerberos was skipped is said here unless the fix's note says it.
+ */
+function refusedCredentials(h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'>, offered: readonly string[]): string {
+  const reason = h.fallbackReason;
+  if (!passwordInsideNegotiate(h) || reason === undefined) return `our ${h.scheme} credentials`;
+  const code = reason.replace(/:.*/, '');
+  const why = kerberosOnlyNote(h, offered)
+    ? ''
+    : ` (Kerberos was skipped: ${ticketFixes(code) ? code : forCli(reason)})`;
+  return `the password, sent as NTLM inside Negotiate${why},`;
 }
 
 /** Why the CLI sent no credentials that the server accepted, in one or two lines. */
@@ -745,7 +768,9 @@ export function explain401(ctx: {
   const failed = ctx.handshakes.filter((h) => !h.proxy && h.origin === ctx.origin && h.outcome === 'failed');
   if (ctx.keptBackMs !== undefined) {
     const h = failed.at(-1);
-    const refused = h ? ` (${h.scheme}, for an earlier request)` : '';
+    const refused = h
+      ? ` (${passwordInsideNegotiate(h) ? 'the password as NTLM inside Negotiate' : h.scheme}, for an earlier request)`
+      : '';
     const fix = h ? `: ${refusalFix(h, ctx.offered, ctx.netrcFile)}` : '';
     return `${head}; no credentials were sent: the server refused them or left them unanswered lately${refused}, so they are held back from it for another ${Math.ceil(ctx.keptBackMs / 1000)} s (a wrong password tried again and again locks the account)${fix}`;
   }
@@ -755,7 +780,7 @@ export function explain401(ctx: {
       const { what, why, fix } = openingRefusal(h);
       return `${head}; ${what}${why ? ` (${why})` : ''}; ${fix}`;
     }
-    return `${head}; the server refused our ${h.scheme} credentials after ${h.legs} leg(s): ${refusalFix(h, ctx.offered, ctx.netrcFile)}`;
+    return `${head}; the server refused ${refusedCredentials(h, ctx.offered)} after ${h.legs} leg(s): ${refusalFix(h, ctx.offered, ctx.netrcFile)}`;
   }
   if (ctx.offered.length === 0) return `${head}: nothing to answer`;
   if (!ctx.trusted && ctx.netrcNamesOther)

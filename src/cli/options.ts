@@ -480,9 +480,10 @@ export function parseUrl(text: string): { url: URL; user: UserArg | undefined } 
     throw new UsageError(`not a URL: ${redactUserinfo(text)}`, EXIT.badUrl);
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:')
-    // curl's 1 (CURLE_UNSUPPORTED_PROTOCOL).
+    // curl's 1 (CURLE_UNSUPPORTED_PROTOCOL); named without the URL's colon, as curl's `Protocol
+    // "htps" not supported` names it (`htps:` read as a typo of its own).
     throw new UsageError(
-      `unsupported protocol ${url.protocol} in ${redactUserinfo(text)}: use https:// or http://`,
+      `unsupported protocol ${JSON.stringify(url.protocol.slice(0, -1))} in ${redactUserinfo(text)}: use https:// or http://`,
       EXIT.unsupportedProtocol,
     );
   let user: UserArg | undefined;
@@ -531,9 +532,9 @@ function notAUrl(arg: string, json: boolean): void {
   );
 }
 
-/** `--schemes a,b`: every name must be one multileg implements. */
+/** `--schemes a,b`: every name must be one multileg implements, and one at least. */
 export function parseSchemes(list: string): SchemeName[] {
-  return list
+  const names = list
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean)
@@ -543,6 +544,12 @@ export function parseSchemes(list: string): SchemeName[] {
         throw new ConfigError(`--schemes: unknown scheme ${JSON.stringify(name)}; use ${SCHEME_NAMES.join(', ')}`);
       return known;
     });
+  // `--schemes ''` (an unset variable in a script) or `,` would turn every scheme off.
+  if (names.length === 0)
+    throw new ConfigError(
+      `--schemes ${JSON.stringify(list)} names no scheme: omit --schemes for the default order, or name at least one, e.g. --schemes Negotiate,NTLM`,
+    );
+  return names;
 }
 
 /**
@@ -1307,12 +1314,14 @@ export function parseCli(
     throw new ConfigError('--pass is the passphrase of the --cert / --key key: give --cert');
   const certificate = o.cert !== undefined ? clientCertificate(o) : undefined;
   const only = (['negotiate', 'ntlm', 'digest', 'basic'] as const).filter((k) => o[k]);
-  if (only.length > 0 && o.schemes) throw new ConfigError(`--${only[0]} and --schemes: give one of them`);
-  const schemes: SchemeName[] | undefined = o.schemes
-    ? parseSchemes(o.schemes as string)
-    : only.length > 0
-      ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
-      : undefined;
+  if (only.length > 0 && o.schemes !== undefined) throw new ConfigError(`--${only[0]} and --schemes: give one of them`);
+  // `--schemes ''` is read (and refused), not taken as no --schemes.
+  const schemes: SchemeName[] | undefined =
+    o.schemes !== undefined
+      ? parseSchemes(o.schemes as string)
+      : only.length > 0
+        ? only.map((k) => SCHEME_NAMES.find((s) => s.toLowerCase() === k)!)
+        : undefined;
   const cacert = o.cacert ? caFile(o.cacert as string, '--cacert') : undefined;
   const ca = trustedCas(cacert, Boolean(o.caNative));
   // curl's proxy trust is its own: --cacert, --ca-native and -k are the origin's only.

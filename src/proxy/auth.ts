@@ -125,7 +125,11 @@ export function proxyLeg(proxy: ResolvedProxy, method: string, path: string): Le
   return { origin: proxy.origin, hostname: proxy.hostname, port: proxy.port, method, path, proxy: true };
 }
 
-/** The proxy's final 407 to `scheme`'s credentials. */
+/**
+ * The proxy's final 407 to `scheme`'s credentials. `kerberosSkipped`: why Kerberos could not run
+ * (`CODE: cause`) — for another scheme, why it answered instead of Negotiate; for Negotiate itself,
+ * that its context carried the password as NTLM inside it (`proxy.negotiate.ntlmFallback`).
+ */
 export function rejected(
   proxy: ResolvedProxy,
   scheme: string | undefined,
@@ -136,8 +140,19 @@ export function rejected(
   // What went: a ticket with Negotiate (a proxy's Negotiate has no NTLM fallback unless asked), else the password.
   const ticket = `the Kerberos ticket for HTTP@${proxy.hostname}`;
   const password = `${proxy.credentialsFrom} (user, domain, password)`;
-  const check =
-    scheme === undefined ? `${password} or ${ticket}` : scheme.toLowerCase() === 'negotiate' ? ticket : password;
+  const negotiate = scheme?.toLowerCase() === 'negotiate';
+  // Negotiate carried the password, as NTLM inside it: the password is what to check, not a ticket;
+  // or its opening (the NTLM NEGOTIATE, no password in it) was refused: the proxy wants Kerberos.
+  if (negotiate && kerberosSkipped)
+    return new ProxyAuthenticationError(
+      proxy.origin,
+      refused
+        ? `the proxy rejected the password, sent as NTLM inside Negotiate (Kerberos was skipped: ${kerberosSkipped}); check ${password}`
+        : `the proxy refused the NTLM opening inside Negotiate, before any password was sent (Kerberos was skipped: ${kerberosSkipped}): it takes Kerberos only; check ${ticket}`,
+      offered,
+      refused,
+    );
+  const check = scheme === undefined ? `${password} or ${ticket}` : negotiate ? ticket : password;
   // The scheme answered only because Negotiate could not run: why, or the caller asks why not Kerberos.
   const skipped = kerberosSkipped ? ` (Negotiate was not used: ${kerberosSkipped})` : '';
   return new ProxyAuthenticationError(
@@ -652,7 +667,11 @@ export class ProxyAuth {
     // the same report either way, S2: no secret in it).
     const scheme = state.mechanism.scheme;
     const offered = offeredSchemes(readChallenges(headers, true));
-    this.#endRefused(state, opening, rejected(this.#proxy, scheme, offered, !opening, this.kerberosSkipped(scheme)));
+    this.#endRefused(
+      state,
+      opening,
+      rejected(this.#proxy, scheme, offered, !opening, this.kerberosSkipped(scheme) ?? state.context.fallbackReason),
+    );
     return opening ? undefined : refusal;
   }
 
@@ -812,7 +831,8 @@ export class ProxyAuth {
           state.mechanism.scheme,
           offeredSchemes(offered),
           !opening,
-          this.kerberosSkipped(state.mechanism.scheme),
+          // Negotiate's own: its context sent the password as NTLM inside it.
+          this.kerberosSkipped(state.mechanism.scheme) ?? state.context.fallbackReason,
         );
         this.#endRefused(state, opening, err);
         throw err;
