@@ -34,6 +34,10 @@ const UNANSWERED_BOUND =
 const UNPROVED =
   "the proxy's final answer to the agent's handshake did not prove the proxy (no final token where the mechanism wants one): the proxy may hold the connection as that identity, unrecorded, so the next request goes on a new connection";
 
+/** Why a connection is left after a 5xx ended the agent's Kerberos handshake with the proxy (M2, S6). */
+const UNRECORDED =
+  "the proxy answered the agent's handshake with a 5xx, which proves nothing: the proxy may hold the connection as the Kerberos identity, unrecorded, so the next request goes on a new connection";
+
 /** Why a connection is left after a scheme whose challenge could not be read (T2). */
 const FELL_THROUGH =
   "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
@@ -389,14 +393,13 @@ export class ForwardProxy {
                 if (credentials && status !== 407) outcome = 'success';
                 return verdict;
               }
-              const succeeded = this.#auth.succeeded(status, headers, leg, ticket, expired).then((proved) => {
-                if (!proved) {
-                  // M2/S6: a 403 or 5xx without the proxy's final token where the mechanism wants it is
-                  // the caller's, unproved: nothing recorded, and the connection, which the proxy may
-                  // hold as an identity nothing here proved, takes nothing more.
-                  this.#onUnusable(new Error(UNPROVED));
-                  return;
-                }
+              const succeeded = this.#auth.succeeded(status, headers, leg, ticket, expired).then((end) => {
+                // M2/S6: a 403 or 5xx without the proxy's final token where the mechanism wants it is
+                // the caller's, unproved: nothing recorded, and the connection, which the proxy may
+                // hold as an identity nothing here proved, takes nothing more. So is a 5xx (nothing
+                // proved whatever its proof), the connection kept unless a Kerberos identity holds it.
+                if (end.retire) this.#onUnusable(new Error(end.outcome === 'unproved' ? UNPROVED : UNRECORDED));
+                if (end.outcome !== 'success') return;
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);
