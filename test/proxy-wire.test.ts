@@ -32,7 +32,14 @@ import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/pro
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
-import { ALICE, digestOfAnswer, SCRIPTED_NTLM_CHALLENGE, spoiledDigest } from './helpers.ts';
+import {
+  ALICE,
+  digestOfAnswer,
+  SCRIPTED_NTLM_CHALLENGE,
+  spoiledDigest,
+  until,
+  waitingRefusalMemory,
+} from './helpers.ts';
 
 interface Seen {
   readonly connection: number;
@@ -868,6 +875,64 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 3]);
     expect(await first).toBeInstanceOf(ProxyTimeoutError);
   });
+});
+
+describe('CONNECT while the refusal memory is asked (R1/R4)', () => {
+  const schemes = [
+    ['Basic (asked by its 407)', 'Basic', `${CHALLENGE}Content-Length: 0\r\n\r\n`],
+    ["NTLM, the proxy's only scheme (asked before its opening)", 'NTLM', NTLM_407()],
+  ] as const;
+  const through = async (scheme: string, challenge: string) => {
+    const { uri, seen } = await scripted(({ socket }) => socket.write(challenge));
+    const held = waitingRefusalMemory();
+    const proxy = new ProxyResolver(
+      { uri, negotiate: false, credentials: { username: 'u', password: 'p' }, schemes: [scheme as SchemeName] },
+      {},
+      undefined,
+      undefined,
+      held.memory,
+    ).route('https://localhost:8443')!.proxy;
+    return { proxy, seen, ...held };
+  };
+
+  it.each(schemes)(
+    "R1/R4: %s: the caller's abort while the recall waits ends the CONNECT at once with its reason; the recall is told (its signal aborted) and released, no credentials sent",
+    async (_what, scheme, challenge) => {
+      const { proxy, seen, signals, released } = await through(scheme, challenge);
+      const caller = new AbortController();
+      const pending = failure(
+        openTunnel(proxy, 'localhost', 8443, { ...DEFAULT_LIMITS, queueTimeout: 30_000 }, caller.signal),
+      );
+      await until(() => signals.length === 1);
+      expect(signals[0]!.aborted).toBe(false);
+      const reason = new Error('caller gone');
+      caller.abort(reason);
+      expect(await pending).toBe(reason);
+      expect(signals[0]!.aborted).toBe(true);
+      await until(() => released.length === 1);
+      expect(seen.every((x) => x.proxyAuthorization === undefined)).toBe(true);
+    },
+  );
+
+  it.each(schemes)(
+    "R1/R4: %s: limits.queueTimeout bounds the recall: the CONNECT's 407 goes unanswered (ProxyAuthenticationError saying the refusal memory did not answer, not that the proxy refused anything), after one recall, told and released",
+    async (_what, scheme, challenge) => {
+      const { proxy, seen, signals, released } = await through(scheme, challenge);
+      const err = await failure(tunnel(proxy, { queueTimeout: 150 }));
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err).toMatchObject({ refused: false });
+      // Before: "the proxy refused proxy.credentials lately … for another 0 s".
+      expect(err.message).toMatch(
+        /proxy\.credentials were not sent: the refusal memory did not answer within 150 ms \(limits\.queueTimeout/,
+      );
+      // Before, NTLM's asked again at the 407 after its opening's recall: two waits of queueTimeout.
+      expect(signals).toHaveLength(1);
+      expect(signals[0]!.aborted).toBe(true);
+      await until(() => released.length === 1);
+      expect(seen.map((x) => x.proxyAuthorization)).toEqual([undefined]);
+      expect(proxy.proof.refused).toBe(false);
+    },
+  );
 });
 
 describe("the proxy's NTLM opening through the agent (S2)", () => {

@@ -259,6 +259,8 @@ export class ForwardProxy {
     let outcome: ProofOutcome = 'none';
     /** A stale nonce was answered once already. */
     let renewed = false;
+    /** The opening was refused leave ({@link openingLeave}): it went bare, and its 407 asks no more. */
+    let heldBack = false;
     /** A scheme whose challenge could not be read fell through to the next (once per request, T2). */
     let fellThrough = false;
     const admit = async (password: boolean): Promise<boolean> => {
@@ -295,7 +297,11 @@ export class ForwardProxy {
         // CONNECT's opening goes (2 requests rather than 3); this request then leads.
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-          ticket ??= await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
+          if (ticket === undefined) {
+            const opening = await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
+            heldBack = opening === 'refused';
+            ticket = opening === 'refused' ? undefined : opening;
+          }
           if (ticket && this.#auth.opens) {
             clock().start();
             await race(this.#auth.open(leg));
@@ -499,11 +505,13 @@ export class ForwardProxy {
                 throw err;
               }
             }
-          } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
-            // Refused here lately (R4): nothing is sent. proxy.deliver407: that 407 is the caller's,
-            // as its refusal was (not a typed error for the same 407 on the next request).
+          } else if (heldBack || !(await admit(this.#auth.usesPassword(challenged)))) {
+            // Refused here lately (R4), or the refusal memory's recall given up at queueTimeout (R1;
+            // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
+            // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
+            // the next request).
             if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, 'refused-lately');
-            throw refusedLately(this.route.proxy, offered);
+            throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout);
           }
         }
         try {
