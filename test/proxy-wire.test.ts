@@ -448,6 +448,35 @@ describe('CONNECT answered 5xx after a proof that checks out (H5/M2/M3)', () => 
     expect(err).toBeInstanceOf(MutualAuthError);
     expect(reports).toEqual([expect.objectContaining({ scheme: 'Final', outcome: 'failed', failure: 'proof' })]);
   });
+
+  it.each([
+    ['wants it (mutualAuth required)', 'proof', false],
+    ['does without it (mutualAuth optional)', 'error', true],
+  ] as const)(
+    'H5/M2: a CONNECT answered 502 without the final token, the mechanism %s, is the ProxyConnectError, its handshake failed (%s), no identity',
+    async (_what, failure_, optional) => {
+      const { uri } = await scripted(({ socket, proxyAuthorization }) =>
+        socket.write(
+          proxyAuthorization
+            ? 'HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n'
+            : 'HTTP/1.1 407 x\r\nProxy-Authenticate: Final\r\nContent-Length: 0\r\n\r\n',
+        ),
+      );
+      const lenient: Mechanism = {
+        ...final,
+        createContext: (leg) => ({ ...final.createContext(leg), complete: true, finish: async () => {} }),
+      };
+      const reports: ProxyHandshake[] = [];
+      const proxy = resolved(uri, { mechanisms: [optional ? lenient : final], schemes: ['Final' as SchemeName] });
+      const err = await failure(
+        openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)),
+      );
+      expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT', statusCode: 502 });
+      // Before, unproved was 'error' too: a 5xx is 'proof' when it came unproved (docs/SECURITY.md).
+      expect(reports).toEqual([expect.objectContaining({ scheme: 'Final', outcome: 'failed', failure: failure_ })]);
+      expect(reports[0]!.identity).toBeUndefined();
+    },
+  );
 });
 
 describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable schemes (C11, T2)', () => {

@@ -665,8 +665,9 @@ async function connectLegs(
         // answer them with its final token or Proxy-Authentication-Info (RFC 7616 §3.5): checked by the
         // requests' rule (M2, proofRequired), a forged one is the error then. Without them the
         // handshake ends with this error, unproved. (Credentials taken up from another tunnel are
-        // checked as on a 2xx: their own context's.)
-        if (credentials && !auth.opening && auth.mustProve(head.status, head.headers)) {
+        // checked as on a 2xx: their own context's.) A 5xx ends it by that rule in any case: never a
+        // success, and `proof` where it came without the final token the mechanism wants (M2).
+        if (credentials && !auth.opening && (head.status >= 500 || auth.mustProve(head.status, head.headers))) {
           if (credentials.own) await auth.verify(credentials.own, head.status, head.headers, leg, leave(), expired);
           else await auth.succeeded(head.status, head.headers, leg, leave(), expired);
         }
