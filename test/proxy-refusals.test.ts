@@ -673,6 +673,29 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
     },
   );
 
+  it("R1/C4: agent.destroy() while a CONNECT tunnel's recall waits ends it at once: the recall is told (its signal aborted) and released, the request fails, no credentials sent", async () => {
+    const { uri, carried } = await asking('Basic');
+    const held = waitingRefusalMemory();
+    agent = new MultilegAgent({
+      negotiate: false,
+      refusalMemory: held.memory,
+      limits: { queueTimeout: 30_000 },
+      proxy: { uri, negotiate: false, credentials: PROXY_ACCOUNT },
+    });
+    const pending = request('https://origin.example/x', { dispatcher: agent }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    await until(() => held.signals.length === 1);
+    const destroyedAt = Date.now();
+    await agent.destroy();
+    expect(await pending).toBeInstanceOf(Error);
+    await until(() => held.released.length === 1);
+    expect(held.signals[0]!.aborted).toBe(true);
+    expect(Date.now() - destroyedAt).toBeLessThan(2_000);
+    expect(carried).toEqual([false]);
+  });
+
   it.each(schemes)(
     'R1/R4: %s: limits.queueTimeout bounds the recall: ProxyAuthenticationError saying the refusal memory did not answer (nothing refused), after one recall, told and released',
     async (_what, scheme) => {

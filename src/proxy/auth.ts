@@ -1015,7 +1015,7 @@ export class ProxyAuth {
     const state = this.#state;
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
-    if (state.kind !== 'handshaking') return { outcome: 'unproved', retire: false };
+    if (state.kind !== 'handshaking') return { outcome: 'unproved', retire: true };
     const { mechanism, context, sent } = state;
     // Out of handshaking here, so nothing else reports it: it is reported below, once its proof is in.
     this.#state = { kind: 'done', mechanism, context, adopted: false };
