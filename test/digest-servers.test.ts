@@ -204,8 +204,10 @@ describe('Digest towards a forward proxy', () => {
       const proof = rspauth() === 'wrong' ? spoiledDigest(right) : right;
       // `/moved/x`: the origin's 302 to `/x`; the proxy's answer to the credentials comes on it all the same.
       const moved = /^http:\/\/[^/]+\/moved(\/.*)$/.exec(req.url!)?.[1];
+      // `/down/x`: the proxy could not reach the origin (502); its answer to the credentials comes on it too.
+      const down = /^http:\/\/[^/]+\/down\//.test(req.url!);
       res
-        .writeHead(moved ? 302 : 200, {
+        .writeHead(moved ? 302 : down ? 502 : 200, {
           'proxy-authentication-info': `rspauth="${proof}", cnonce="${p.cnonce}", nc=${p.nc}, qop=auth, nextnonce="${nonce}"`,
           ...(moved ? { location: moved } : {}),
         })
@@ -223,7 +225,7 @@ describe('Digest towards a forward proxy', () => {
         async (res) => `${res.status} ${await res.text()}`,
         (e: Error) => (e.cause ?? e) as Error,
       );
-    return { get, proxied, refused };
+    return { get, proxied, refused, agent };
   }
 
   it("H5/M3: a proxy's nextnonce (Proxy-Authentication-Info) is used by the next request with nc=00000001: no 407 after the first", async () => {
@@ -255,6 +257,27 @@ describe('Digest towards a forward proxy', () => {
     mode = 'wrong';
     expect(await proxy.get('/moved/d')).toBeInstanceOf(MutualAuthError);
     expect(proxy.proxied).toHaveLength(4);
+  });
+
+  it("H5/M2/M3: a proxy's 502 with a right rspauth is the caller's 502 and proves nothing — the handshake's answer and a request's own credentials reported failed (error), no identity — its nextnonce followed all the same", async () => {
+    const proxy = await oneTimeNonceProxy(() => 'right');
+    const reports = () => proxy.agent.handshakes().filter((h) => h.proxy);
+    expect(await proxy.get('/down/a')).toBe('502 proxied http://target.invalid:8080/down/a');
+    // Before: reported `per-request` as Mufasa, the password taken as proved (R4).
+    expect(reports().map((h) => [h.outcome, h.failure, h.identity])).toEqual([['failed', 'error', undefined]]);
+    expect(await proxy.get('/b')).toBe('200 proxied http://target.invalid:8080/b');
+    expect(await proxy.get('/down/c')).toBe('502 proxied http://target.invalid:8080/down/c');
+    expect(await proxy.get('/d')).toBe('200 proxied http://target.invalid:8080/d');
+    expect(reports().map((h) => [h.outcome, h.failure, h.identity])).toEqual([
+      ['failed', 'error', undefined],
+      ['per-request', undefined, 'Mufasa'],
+      ['failed', 'error', undefined],
+      ['per-request', undefined, 'Mufasa'],
+    ]);
+    // The handshake's 502 proved nothing: /b authenticated afresh (bare, a 407); /c's own credentials
+    // carried /b's nextnonce, and /d /c's — no 407 after a checked 502.
+    expect(proxy.refused).toEqual(['http://target.invalid:8080/down/a', 'http://target.invalid:8080/b']);
+    expect(proxy.proxied.map((p) => p.nonce)).toEqual(['pn-0', 'pn-1', 'pn-2', 'pn-3']);
   });
 
   it("H5/M3: a proxy's wrong rspauth is a MutualAuthError, to the handshake's answer and to a request's own credentials; the connection is not used again", async () => {

@@ -34,6 +34,7 @@ import {
   startReferenceServer,
 } from '../src/reference-server/index.ts';
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import type { RefusalMemory, RefusalPlace } from '../src/session/refusal-memory.ts';
 
 export const ALICE = { username: 'EXAMPLE\\alice', password: 'alicepw' } as const;
 
@@ -334,6 +335,30 @@ export const sleep = (ms: number): Promise<void> => new Promise((resolve) => set
 export async function until(check: () => boolean): Promise<void> {
   const end = Date.now() + 3000;
   while (!check() && Date.now() < end) await sleep(5);
+}
+
+/**
+ * A refusal memory whose recall waits until its signal aborts (another run's try of the same
+ * password that never ends, as the command's lock held by a stopped run), then holds nothing back;
+ * the signals it was given and its releases, in order.
+ */
+export function waitingRefusalMemory(): {
+  readonly memory: RefusalMemory;
+  readonly signals: AbortSignal[];
+  readonly released: RefusalPlace[];
+} {
+  const signals: AbortSignal[] = [];
+  const released: RefusalPlace[] = [];
+  const memory: RefusalMemory = {
+    recall: (_place, signal) => {
+      signals.push(signal!);
+      return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+    },
+    refused: () => {},
+    proved: () => {},
+    release: (place) => void released.push(place),
+  };
+  return { memory, signals, released };
 }
 
 /** The `Basic` credentials header value of `c`. */

@@ -554,6 +554,38 @@ describe.skipIf(!havePeers)('authenticating proxies: Squid and Apache (real peer
     expect(lines.slice(1).every((l) => l.user === 'EXAMPLE\\\\alice')).toBe(true);
   });
 
+  it.each([
+    ['Squid, Negotiate (Kerberos)', 'squid', 'Negotiate', 'alice@EXAMPLE.TEST'],
+    ['the Apache proxy, NTLM (real password check)', 'apache', 'NTLM', 'EXAMPLE\\alice'],
+  ] as const)(
+    'M2/H5: through %s, a forwarded request answered 503 (the origin is down) right after the proxy handshake: the caller gets that 503, the handshake is reported failed (error), no identity; the next request authenticates afresh',
+    async (_what, which, scheme, identity) => {
+      const a = agent({
+        proxy:
+          which === 'squid'
+            ? { uri: lab.squid!.origin, schemes: ['Negotiate'] }
+            : { uri: lab.apache!.proxyOrigin!, credentials: ALICE_NTLM, schemes: ['NTLM'] },
+      });
+      const heard: HandshakeReport[] = [];
+      a.onHandshake((r) => heard.push(r));
+      // Nothing listens on port 1: the proxy authenticates the request, then cannot reach it.
+      const down = await request('http://127.0.0.1:1/hc', { dispatcher: a });
+      await down.body.text();
+      expect(down.statusCode).toBe(503);
+      // Before: reported a session as alice, the proxy having said nothing of the credentials.
+      expect(heard.map((h) => [h.scheme, h.outcome, h.failure, h.identity])).toEqual([
+        [scheme, 'failed', 'error', undefined],
+      ]);
+      const up = await request(`${lab.apache!.cleartextOrigin}/public/?hc`, { dispatcher: a });
+      await up.body.text();
+      expect(up.statusCode).toBe(200);
+      expect(heard.map((h) => [h.outcome, h.identity])).toEqual([
+        ['failed', undefined],
+        ['session', identity],
+      ]);
+    },
+  );
+
   /** bob, a second principal, kinit'ed into a ccache of his own (alice holds the process's default). */
   let bobCache: string | undefined;
   async function bob(): Promise<string> {

@@ -10,7 +10,7 @@ import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Challenge } from '../src/challenge/types.ts';
-import { type HandshakeReport, MultilegAgent } from '../src/index.ts';
+import { type HandshakeReport, MultilegAgent, type SchemeName } from '../src/index.ts';
 import { gssHandshakesInFlight } from '../src/mechanisms/gssapi/index.ts';
 import { negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../src/mechanisms/types.ts';
@@ -349,4 +349,100 @@ describe.skipIf(!haveBinding)("a proxy's Negotiate proof and end (real GSS-API, 
     expect(gssHandshakesInFlight()).toBe(0);
     expect(proxy.received.join('')).not.toMatch(/proxy-authorization/i);
   });
+});
+
+describe("a forwarding proxy's 5xx after a proof that checks out (M2/H5/S6, scripted; no KDC)", () => {
+  const opened: Hostile[] = [];
+  const agents: MultilegAgent[] = [];
+  afterEach(async () => {
+    await Promise.all(agents.splice(0).map((a) => a.destroy()));
+    await Promise.all(opened.splice(0).map((p) => p.close()));
+  });
+
+  /**
+   * A connection-bound scheme whose last token must come back as `Final proved` and which names who
+   * it authenticated: Negotiate's part with no KDC. `outside`: its identity lives outside the agent,
+   * as a Kerberos ticket's (`holdsCredentials`), or it is the agent's own password's, as NTLM's.
+   */
+  const standIn = (outside: boolean): Mechanism => ({
+    scheme: 'Final',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    ...(outside ? { holdsCredentials: () => true } : {}),
+    createContext: () => {
+      let steps = 0;
+      return {
+        get complete() {
+          return steps > 0;
+        },
+        identity: 'fin@EXAMPLE',
+        step: async () => {
+          steps += 1;
+          return 'Final t';
+        },
+        finish: async (challenge) => {
+          if (challenge?.token68 !== 'proved') throw new Error('not proved');
+        },
+      };
+    },
+  });
+
+  it.each([
+    ['a Kerberos-like identity (held outside the agent): the connection goes', true, 2],
+    ["the agent's own password's (NTLM-like): the connection stays (review r60)", false, 1],
+  ])(
+    "M2/H5/S6: a forwarded 502 that ends the proxy handshake with a valid final token is the caller's 502, the handshake failed (error), no identity; %s",
+    async (_what, outside, connections) => {
+      const proxy = await hostile((socket, received) =>
+        eachRequest(socket, received, (head) => {
+          if (!/\r\nproxy-authorization: final /i.test(head))
+            socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Final\r\nContent-Length: 0\r\n\r\n');
+          else if (head.startsWith('GET http://origin.test/down'))
+            socket.write(
+              'HTTP/1.1 502 Bad Gateway\r\nProxy-Authenticate: Final proved\r\nContent-Length: 4\r\n\r\ndown',
+            );
+          else socket.write('HTTP/1.1 200 OK\r\nProxy-Authenticate: Final proved\r\nContent-Length: 2\r\n\r\nok');
+          return undefined;
+        }),
+      );
+      opened.push(proxy);
+      const agent = new MultilegAgent({
+        negotiate: false,
+        proxy: {
+          uri: `http://127.0.0.1:${proxy.port}`,
+          negotiate: false,
+          mechanisms: [standIn(outside)],
+          schemes: ['Final' as SchemeName],
+        },
+      });
+      agents.push(agent);
+      const reports = () => agent.handshakes().filter((h) => h.proxy);
+      const down = await request('http://origin.test/down', { dispatcher: agent });
+      expect([down.statusCode, await down.body.text()]).toEqual([502, 'down']);
+      // Before: reported a session, as fin@EXAMPLE (the connection recorded as held by that identity).
+      expect(reports()).toEqual([expect.objectContaining({ scheme: 'Final', outcome: 'failed', failure: 'error' })]);
+      expect(reports()[0]).not.toHaveProperty('identity');
+      // The next request authenticates afresh (a bare request, the proxy's 407, a handshake): on a new
+      // connection where the proxy may hold the old one as an identity nothing records.
+      const ok = await request('http://origin.test/ok', { dispatcher: agent });
+      expect([ok.statusCode, await ok.body.text()]).toEqual([200, 'ok']);
+      expect(reports().map((h) => [h.outcome, h.identity])).toEqual([
+        ['failed', undefined],
+        ['session', 'fin@EXAMPLE'],
+      ]);
+      expect(proxy.connections).toBe(connections);
+      const sent = proxy.received
+        .join('')
+        .split('\r\n\r\n')
+        .filter((h) => h.startsWith('GET '))
+        .map((h) => `${h.split(' ')[1]} ${/\r\nproxy-authorization: /i.test(h) ? 'Final' : 'bare'}`);
+      expect(sent).toEqual([
+        'http://origin.test/down bare',
+        'http://origin.test/down Final',
+        'http://origin.test/ok bare',
+        'http://origin.test/ok Final',
+      ]);
+    },
+  );
 });

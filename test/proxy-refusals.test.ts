@@ -24,7 +24,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { SCRIPTED_NTLM_CHALLENGE, until, waitingRefusalMemory } from './helpers.ts';
 import { eachRequest, hostile } from './hostile-proxy.ts';
 
 let server: ReferenceServer | undefined;
@@ -690,4 +690,99 @@ describe('a proxy Negotiate that carried the password as NTLM inside it (proxy.n
       /: the proxy refused the NTLM opening inside Negotiate, before any password was sent \(Kerberos was skipped: MULTILEG_KRB_NO_TICKET: [^)]*\): it takes Kerberos only; check the Kerberos ticket for HTTP@127\.0\.0\.1$/,
     );
   });
+});
+
+describe('a forwarded request while the refusal memory is asked (R1/R4, scripted proxy)', () => {
+  /** A forwarding proxy that asks every request for `scheme` (407), and what each carried. */
+  const asking = async (scheme: 'Basic' | 'NTLM') => {
+    const carried: boolean[] = [];
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        carried.push(/\r\nproxy-authorization: /i.test(head));
+        socket.write(`HTTP/1.1 407 x\r\nProxy-Authenticate: ${scheme}\r\nContent-Length: 0\r\n\r\n`);
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    return { uri: `http://127.0.0.1:${h.port}`, carried };
+  };
+  const schemes = [
+    ['Basic (asked by its 407)', 'Basic'],
+    ["NTLM, the proxy's only scheme (asked before its opening)", 'NTLM'],
+  ] as const;
+
+  it.each(schemes)(
+    "R1/R4: %s: the caller's abort while the recall waits ends the request at once with its reason; the recall is told (its signal aborted) and released, no credentials sent",
+    async (_what, scheme) => {
+      const { uri, carried } = await asking(scheme);
+      const held = waitingRefusalMemory();
+      agent = new MultilegAgent({
+        negotiate: false,
+        refusalMemory: held.memory,
+        limits: { queueTimeout: 30_000 },
+        proxy: { uri, negotiate: false, schemes: [scheme], credentials: PROXY_ACCOUNT },
+      });
+      const caller = new AbortController();
+      const pending = request('http://origin.example/x', { dispatcher: agent, signal: caller.signal }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await until(() => held.signals.length === 1);
+      const reason = new Error('caller gone');
+      caller.abort(reason);
+      expect(await pending).toBe(reason);
+      expect(held.signals[0]!.aborted).toBe(true);
+      await until(() => held.released.length === 1);
+      expect(carried.every((c) => !c)).toBe(true);
+    },
+  );
+
+  it("R1/C4: agent.destroy() while a CONNECT tunnel's recall waits ends it at once: the recall is told (its signal aborted) and released, the request fails, no credentials sent", async () => {
+    const { uri, carried } = await asking('Basic');
+    const held = waitingRefusalMemory();
+    agent = new MultilegAgent({
+      negotiate: false,
+      refusalMemory: held.memory,
+      limits: { queueTimeout: 30_000 },
+      proxy: { uri, negotiate: false, credentials: PROXY_ACCOUNT },
+    });
+    const pending = request('https://origin.example/x', { dispatcher: agent }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    await until(() => held.signals.length === 1);
+    const destroyedAt = Date.now();
+    await agent.destroy();
+    expect(await pending).toBeInstanceOf(Error);
+    await until(() => held.released.length === 1);
+    expect(held.signals[0]!.aborted).toBe(true);
+    expect(Date.now() - destroyedAt).toBeLessThan(2_000);
+    expect(carried).toEqual([false]);
+  });
+
+  it.each(schemes)(
+    'R1/R4: %s: limits.queueTimeout bounds the recall: ProxyAuthenticationError saying the refusal memory did not answer (nothing refused), after one recall, told and released',
+    async (_what, scheme) => {
+      const { uri, carried } = await asking(scheme);
+      const held = waitingRefusalMemory();
+      agent = new MultilegAgent({
+        negotiate: false,
+        refusalMemory: held.memory,
+        limits: { queueTimeout: 150 },
+        proxy: { uri, negotiate: false, schemes: [scheme], credentials: PROXY_ACCOUNT },
+      });
+      const err = await request('http://origin.example/x', { dispatcher: agent }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err).toMatchObject({ code: 'MULTILEG_PROXY_AUTH', refused: false });
+      // Before: "the proxy refused proxy.credentials lately … for another 0 s".
+      expect(err?.message).toMatch(/were not sent: the refusal memory did not answer within 150 ms/);
+      // Before, NTLM's asked again at the 407 after its opening's recall: two waits of queueTimeout.
+      expect(held.signals).toHaveLength(1);
+      expect(held.signals[0]!.aborted).toBe(true);
+      await until(() => held.released.length === 1);
+      expect(carried).toEqual([false]);
+    },
+  );
 });

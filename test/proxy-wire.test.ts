@@ -32,7 +32,14 @@ import { type ProxyOptions, ProxyResolver, type ResolvedProxy } from '../src/pro
 import { openTunnel } from '../src/proxy/tunnel.ts';
 import { MAX_PROXY_HEAD_BYTES } from '../src/proxy/wire.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
-import { ALICE, digestOfAnswer, SCRIPTED_NTLM_CHALLENGE, spoiledDigest } from './helpers.ts';
+import {
+  ALICE,
+  digestOfAnswer,
+  SCRIPTED_NTLM_CHALLENGE,
+  spoiledDigest,
+  until,
+  waitingRefusalMemory,
+} from './helpers.ts';
 
 interface Seen {
   readonly connection: number;
@@ -322,6 +329,154 @@ describe('CONNECT refused after Digest (H5/M3)', () => {
     expect(err).toBeInstanceOf(ProxyConnectError);
     expect(err).toMatchObject({ statusCode: 403 });
   });
+});
+
+describe('CONNECT answered 5xx after a proof that checks out (H5/M2/M3)', () => {
+  /**
+   * A connection-bound scheme whose last token must come back as `Final proved` (a Kerberos AP-REP's
+   * part), and which names who it authenticated: a Negotiate stand-in with no KDC.
+   */
+  const final: Mechanism = {
+    scheme: 'Final',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    createContext: () => {
+      let steps = 0;
+      return {
+        get complete() {
+          return steps > 0;
+        },
+        identity: 'fin@EXAMPLE',
+        step: async () => {
+          steps += 1;
+          return 'Final t';
+        },
+        finish: async (challenge) => {
+          if (challenge?.token68 !== 'proved') throw new MutualAuthError('the proxy did not prove itself');
+        },
+      };
+    },
+  };
+  const cases = [
+    {
+      scheme: 'Digest',
+      options: {},
+      challenge: 'Digest realm="p", qop="auth", nonce="n1"',
+      /** Proxy-Authentication-Info with the right rspauth for this CONNECT's Digest answer. */
+      proof: (authorization: string) => {
+        const p = parseChallenges(authorization)[0]!.params;
+        const rspauth = digestOfAnswer(p, { username: 'u', password: 'p' }, 'p', '');
+        return `Proxy-Authentication-Info: rspauth="${rspauth}", cnonce="${p.cnonce}", nc=${p.nc}, qop=auth`;
+      },
+      identity: 'u',
+      success: 'per-request',
+    },
+    {
+      scheme: 'Final',
+      options: { mechanisms: [final], schemes: ['Final' as SchemeName] },
+      challenge: 'Final',
+      proof: () => 'Proxy-Authenticate: Final proved',
+      identity: 'fin@EXAMPLE',
+      success: 'session',
+    },
+  ] as const;
+
+  it.each(cases.flatMap((c) => [502, 503].map((status) => [c.scheme, status, c] as const)))(
+    'H5/M2/M3: %s, a CONNECT answered %d with a valid proof is the ProxyConnectError it is, a failed handshake (error), no identity; the next CONNECT authenticates afresh',
+    async (scheme, status, c) => {
+      let refuse = true;
+      const { uri, seen } = await scripted(({ socket, proxyAuthorization }) => {
+        if (!proxyAuthorization?.startsWith(scheme))
+          return void socket.write(`HTTP/1.1 407 x\r\nProxy-Authenticate: ${c.challenge}\r\nContent-Length: 0\r\n\r\n`);
+        const answer = refuse ? `${status} Unavailable` : '200 Connection Established';
+        socket.write(`HTTP/1.1 ${answer}\r\n${c.proof(proxyAuthorization)}\r\nContent-Length: 0\r\n\r\n`);
+      });
+      const proxy = resolved(uri, c.options);
+      const reports: ProxyHandshake[] = [];
+      const err = await failure(
+        openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)),
+      );
+      expect(err).toBeInstanceOf(ProxyConnectError);
+      expect(err).toMatchObject({ statusCode: status });
+      // Before: reported as a success (per-request/session) with the identity, as if the proxy took them.
+      expect(reports).toEqual([expect.objectContaining({ scheme, outcome: 'failed', failure: 'error' })]);
+      expect(reports[0]!.identity).toBeUndefined();
+      expect(proxy.proof.proved).toBe(false);
+      // The next CONNECT sends credentials of its own and its answer is checked: it proves them.
+      refuse = false;
+      reports.length = 0;
+      const t = await openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h));
+      t.socket.destroy();
+      expect(reports).toEqual([expect.objectContaining({ scheme, outcome: c.success, identity: c.identity })]);
+      expect(t.holder?.identity).toBe(c.identity);
+      expect(proxy.proof.proved).toBe(true);
+      // Digest: the scheme the proxy asked for goes on the next CONNECT at once (with leave of its own,
+      // R4), a new nc and cnonce; the connection-bound one starts bare again.
+      const schemes = seen.map((x) => x.proxyAuthorization?.split(' ')[0]);
+      expect(schemes).toEqual(
+        scheme === 'Digest' ? [undefined, scheme, scheme] : [undefined, scheme, undefined, scheme],
+      );
+      if (scheme === 'Digest')
+        expect(parseChallenges(seen[2]!.proxyAuthorization!)[0]!.params.cnonce).not.toBe(
+          parseChallenges(seen[1]!.proxyAuthorization!)[0]!.params.cnonce,
+        );
+      // After a success too (Digest: credentials of the CONNECT's own, taken up from the last tunnel):
+      // a 5xx proves nothing, whatever the proof.
+      refuse = true;
+      reports.length = 0;
+      const again = await failure(
+        openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)),
+      );
+      expect(again).toMatchObject({ statusCode: status });
+      expect(reports).toEqual([expect.objectContaining({ scheme, outcome: 'failed', failure: 'error' })]);
+      expect(reports[0]!.identity).toBeUndefined();
+    },
+  );
+
+  it('H5/M2: a CONNECT answered 502 with a forged final token is still a MutualAuthError (the proof is checked whatever the status)', async () => {
+    const { uri } = await scripted(({ socket, proxyAuthorization }) =>
+      socket.write(
+        proxyAuthorization
+          ? 'HTTP/1.1 502 Bad Gateway\r\nProxy-Authenticate: Final forged\r\nContent-Length: 0\r\n\r\n'
+          : 'HTTP/1.1 407 x\r\nProxy-Authenticate: Final\r\nContent-Length: 0\r\n\r\n',
+      ),
+    );
+    const reports: ProxyHandshake[] = [];
+    const proxy = resolved(uri, { mechanisms: [final], schemes: ['Final' as SchemeName] });
+    const err = await failure(openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)));
+    expect(err).toBeInstanceOf(MutualAuthError);
+    expect(reports).toEqual([expect.objectContaining({ scheme: 'Final', outcome: 'failed', failure: 'proof' })]);
+  });
+
+  it.each([
+    ['wants it (mutualAuth required)', 'proof', false],
+    ['does without it (mutualAuth optional)', 'error', true],
+  ] as const)(
+    'H5/M2: a CONNECT answered 502 without the final token, the mechanism %s, is the ProxyConnectError, its handshake failed (%s), no identity',
+    async (_what, failure_, optional) => {
+      const { uri } = await scripted(({ socket, proxyAuthorization }) =>
+        socket.write(
+          proxyAuthorization
+            ? 'HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n'
+            : 'HTTP/1.1 407 x\r\nProxy-Authenticate: Final\r\nContent-Length: 0\r\n\r\n',
+        ),
+      );
+      const lenient: Mechanism = {
+        ...final,
+        createContext: (leg) => ({ ...final.createContext(leg), complete: true, finish: async () => {} }),
+      };
+      const reports: ProxyHandshake[] = [];
+      const proxy = resolved(uri, { mechanisms: [optional ? lenient : final], schemes: ['Final' as SchemeName] });
+      const err = await failure(
+        openTunnel(proxy, 'localhost', 8443, DEFAULT_LIMITS, undefined, (h) => reports.push(h)),
+      );
+      expect(err).toMatchObject({ code: 'MULTILEG_PROXY_CONNECT', statusCode: 502 });
+      // Before, unproved was 'error' too: a 5xx is 'proof' when it came unproved (docs/SECURITY.md).
+      expect(reports).toEqual([expect.objectContaining({ scheme: 'Final', outcome: 'failed', failure: failure_ })]);
+      expect(reports[0]!.identity).toBeUndefined();
+    },
+  );
 });
 
 describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable schemes (C11, T2)', () => {
@@ -749,6 +904,64 @@ describe("CONNECT with NTLM the proxy's only scheme: NEGOTIATE on the first CONN
     expect(seen.map((s) => ntlmType(s.proxyAuthorization))).toEqual([1, 3]);
     expect(await first).toBeInstanceOf(ProxyTimeoutError);
   });
+});
+
+describe('CONNECT while the refusal memory is asked (R1/R4)', () => {
+  const schemes = [
+    ['Basic (asked by its 407)', 'Basic', `${CHALLENGE}Content-Length: 0\r\n\r\n`],
+    ["NTLM, the proxy's only scheme (asked before its opening)", 'NTLM', NTLM_407()],
+  ] as const;
+  const through = async (scheme: string, challenge: string) => {
+    const { uri, seen } = await scripted(({ socket }) => socket.write(challenge));
+    const held = waitingRefusalMemory();
+    const proxy = new ProxyResolver(
+      { uri, negotiate: false, credentials: { username: 'u', password: 'p' }, schemes: [scheme as SchemeName] },
+      {},
+      undefined,
+      undefined,
+      held.memory,
+    ).route('https://localhost:8443')!.proxy;
+    return { proxy, seen, ...held };
+  };
+
+  it.each(schemes)(
+    "R1/R4: %s: the caller's abort while the recall waits ends the CONNECT at once with its reason; the recall is told (its signal aborted) and released, no credentials sent",
+    async (_what, scheme, challenge) => {
+      const { proxy, seen, signals, released } = await through(scheme, challenge);
+      const caller = new AbortController();
+      const pending = failure(
+        openTunnel(proxy, 'localhost', 8443, { ...DEFAULT_LIMITS, queueTimeout: 30_000 }, caller.signal),
+      );
+      await until(() => signals.length === 1);
+      expect(signals[0]!.aborted).toBe(false);
+      const reason = new Error('caller gone');
+      caller.abort(reason);
+      expect(await pending).toBe(reason);
+      expect(signals[0]!.aborted).toBe(true);
+      await until(() => released.length === 1);
+      expect(seen.every((x) => x.proxyAuthorization === undefined)).toBe(true);
+    },
+  );
+
+  it.each(schemes)(
+    "R1/R4: %s: limits.queueTimeout bounds the recall: the CONNECT's 407 goes unanswered (ProxyAuthenticationError saying the refusal memory did not answer, not that the proxy refused anything), after one recall, told and released",
+    async (_what, scheme, challenge) => {
+      const { proxy, seen, signals, released } = await through(scheme, challenge);
+      const err = await failure(tunnel(proxy, { queueTimeout: 150 }));
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err).toMatchObject({ refused: false });
+      // Before: "the proxy refused proxy.credentials lately … for another 0 s".
+      expect(err.message).toMatch(
+        /proxy\.credentials were not sent: the refusal memory did not answer within 150 ms \(limits\.queueTimeout/,
+      );
+      // Before, NTLM's asked again at the 407 after its opening's recall: two waits of queueTimeout.
+      expect(signals).toHaveLength(1);
+      expect(signals[0]!.aborted).toBe(true);
+      await until(() => released.length === 1);
+      expect(seen.map((x) => x.proxyAuthorization)).toEqual([undefined]);
+      expect(proxy.proof.refused).toBe(false);
+    },
+  );
 });
 
 describe("the proxy's NTLM opening through the agent (S2)", () => {

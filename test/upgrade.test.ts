@@ -33,6 +33,7 @@ import {
   type MultilegAgentOptions,
   MutualAuthError,
   ntlmMechanism,
+  type RefusalMemory,
   type SchemeName,
   UNANSWERED_CHANNEL,
   type UnansweredEvent,
@@ -57,6 +58,7 @@ import {
   testNtlm,
   unavailableScheme,
   until,
+  waitingRefusalMemory,
 } from './helpers.ts';
 import { type Hostile, relayTo, slowRelayTo } from './hostile-proxy.ts';
 import { read, type UpgradeServer, upgradeServer } from './upgrade-origin.ts';
@@ -1754,5 +1756,93 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     sockets.push(socket as Socket);
     expect(await read(socket as Socket, 16)).toBe('hello anonymous\n');
     expect(proxy.exchanges.map((e) => [e.method, e.status])).toEqual([['CONNECT', 200]]);
+  });
+});
+
+describe('an upgrade while the refusal memory is asked (R1/R4)', () => {
+  /** An upgrade with `signal` that settles with its socket, the response the caller got, or the error. */
+  const settled = (a: MultilegAgent, url: string, signal?: AbortSignal) =>
+    upgrade(url, { dispatcher: a, protocol: 'websocket', ...(signal ? { signal } : {}) }).then(
+      ({ socket }) => {
+        sockets.push(socket as Socket);
+        return 'upgraded';
+      },
+      (e: Error) => e,
+    );
+
+  it("R1/R4: at the origin (its NTLM 401): the caller's abort while the recall waits ends the upgrade at once with its reason; the recall is told (its signal aborted) and released, no password sent", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const held = waitingRefusalMemory();
+    agent = ntlmAgent({ refusalMemory: held.memory, limits: { queueTimeout: 30_000 } });
+    const caller = new AbortController();
+    const pending = settled(agent, `${origin.origin}/ws`, caller.signal);
+    await until(() => held.signals.length === 1);
+    const reason = new Error('caller gone');
+    caller.abort(reason);
+    expect(await pending).toBe(reason);
+    expect(held.signals[0]!.aborted).toBe(true);
+    await until(() => held.released.length === 1);
+    expect(held.released[0]).toMatchObject({ origin: origin.origin, proxy: false });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+  });
+
+  it('R1/R4: at the origin: limits.queueTimeout bounds the recall: the upgrade goes without the password and the caller gets the origin’s 401, as a request does; the recall told and released', async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const held = waitingRefusalMemory();
+    agent = ntlmAgent({ refusalMemory: held.memory, limits: { queueTimeout: 150 } });
+    const r = await upgradeOrResponse(agent, origin.origin);
+    expect(r).toMatchObject({ kind: 'response', status: 401 });
+    expect(held.signals).toHaveLength(1);
+    expect(held.signals[0]!.aborted).toBe(true);
+    await until(() => held.released.length === 1);
+    expect(origin.seen.every((s) => s.authorization === undefined)).toBe(true);
+  });
+
+  /** An agent whose upgrades tunnel through a Basic proxy (the reference proxy) with proxy credentials and `memory`. */
+  const throughProxy = async (memory: RefusalMemory, queueTimeout: number) => {
+    origin = await upgradeServer({ ntlm: false });
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    return ntlmAgent({
+      refusalMemory: memory,
+      limits: { queueTimeout },
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+      },
+    });
+  };
+
+  it("R1/R4: through a proxy (its CONNECT's 407): the caller's abort while the recall waits ends the upgrade at once with its reason, and the recall is told (its signal aborted) and released, no proxy password sent", async () => {
+    const held = waitingRefusalMemory();
+    agent = await throughProxy(held.memory, 30_000);
+    const caller = new AbortController();
+    const pending = settled(agent, `${origin!.origin}/ws`, caller.signal);
+    await until(() => held.signals.length === 1);
+    const reason = new Error('caller gone');
+    const abortedAt = Date.now();
+    caller.abort(reason);
+    expect(await pending).toBe(reason);
+    // Before: the CONNECT went on without the upgrade, its recall waiting until queueTimeout (30 s).
+    await until(() => held.signals[0]!.aborted);
+    expect(held.signals[0]!.aborted).toBe(true);
+    expect(Date.now() - abortedAt).toBeLessThan(2_000);
+    await until(() => held.released.length === 1);
+    expect(held.released[0]).toMatchObject({ origin: proxy!.origin, proxy: true });
+    expect(proxy!.exchanges.map((e) => [e.method, e.status, e.proxyAuthorization])).toEqual([['CONNECT', 407, false]]);
+    expect(origin!.seen).toEqual([]);
+  });
+
+  it('R1/R4: through a proxy: limits.queueTimeout bounds the recall: a ProxyAuthenticationError saying the refusal memory did not answer (nothing refused), the recall told and released', async () => {
+    const held = waitingRefusalMemory();
+    agent = await throughProxy(held.memory, 150);
+    const err = await settled(agent, `${origin!.origin}/ws`);
+    expect(err).toBeInstanceOf(ProxyAuthenticationError);
+    expect(err).toMatchObject({ refused: false });
+    expect((err as Error).message).toMatch(/were not sent: the refusal memory did not answer within 150 ms/);
+    expect(held.signals).toHaveLength(1);
+    expect(held.signals[0]!.aborted).toBe(true);
+    await until(() => held.released.length === 1);
+    expect(origin!.seen).toEqual([]);
   });
 });

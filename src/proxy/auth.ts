@@ -258,6 +258,18 @@ type AuthState =
       readonly adopted: boolean;
     };
 
+/**
+ * How the proxy's final answer (not a 407) ended a handshake ({@link ProxyAuth.succeeded}): `success`;
+ * `unproved`, delivered without the final token the mechanism wants (M2); `error`, a 5xx, which says
+ * nothing of the credentials whatever proof came with it (as an origin's, handshake.ts). `retire`:
+ * the proxy may hold the connection as an identity nothing here records and no check could retire
+ * (S6), so it takes nothing more.
+ */
+export interface ProxyHandshakeEnd {
+  readonly outcome: 'success' | 'unproved' | 'error';
+  readonly retire: boolean;
+}
+
 /** How a handshake ended, for its report: a failure's cause, or the identity a success proved. */
 interface Report {
   readonly failure?: ProxyHandshake['failure'];
@@ -552,6 +564,7 @@ export class ProxyAuth {
    * {@link MutualAuthError} when the proxy fails the proof. `proved`: false when the answer was
    * delivered without the proof the mechanism wants (reported failed, nothing recorded); `held`:
    * it made the connection's {@link holder} another identity (`leave`: the request's leave, R4/S6).
+   * A 5xx proves nothing either (`proved` false: reported failed, `error`), its proof checked all the same.
    * `expired`: the caller's deadline, as {@link succeeded} takes it.
    */
   async verify(
@@ -572,6 +585,12 @@ export class ProxyAuth {
     if (!proved) {
       this.#emit('failed', 1, this.#mechanism, own, { failure: 'proof' });
       return { proved, held: false };
+    }
+    // A 5xx is never a success (M2, one rule with origins'), its proof checked or not: the proxy said
+    // nothing of the credentials. They stay as they were here (adopted or own), and nothing is recorded.
+    if (status >= 500) {
+      this.#emit('failed', 1, this.#mechanism, own, { failure: 'error' });
+      return { proved: false, held: false };
     }
     this.#late(expired, 1, own);
     // Let through: they are this connection's now, and a later 407 is answered as after a handshake.
@@ -996,8 +1015,10 @@ export class ProxyAuth {
    * handshake ended; its final token is checked by {@link mustProve}'s rule (M2). Where the answer
    * must prove the proxy, a failed check throws {@link MutualAuthError}; any other answer that does
    * not prove it (a 403 or a 5xx without the final token, the mechanism wanting one) resolves
-   * `false`: delivered unproved, the handshake reported failed (`proof`), no identity recorded
-   * (S6). Resolves `true` when the handshake succeeded. `leave`: the leave to send the credentials
+   * `unproved`: delivered unproved, the handshake reported failed (`proof`), no identity recorded
+   * (S6). Else a 5xx, whatever proof it carried (checked all the same), says nothing of the credentials:
+   * `error`, reported failed (`error`), nothing recorded (M2: never a success, as an origin's).
+   * Resolves `success` when the handshake succeeded. `leave`: the leave to send the credentials
    * it ran under (credentials go only with leave: the callers always have one; without, the
    * identity counts as the oldest), whose place orders the identity it proved. `expired`: the
    * caller's deadline, asked once the proof is in (a GSS-API check on a worker may return after
@@ -1010,11 +1031,11 @@ export class ProxyAuth {
     leg: LegInfo,
     leave: Ticket | undefined,
     expired?: () => Error | undefined,
-  ): Promise<boolean> {
+  ): Promise<ProxyHandshakeEnd> {
     const state = this.#state;
     // Both callers (tunnel, forward) call this only after a leg with credentials, i.e. mid-handshake;
     // the guard keeps a stray call from finishing a context twice and is not reached by them.
-    if (state.kind !== 'handshaking') return false;
+    if (state.kind !== 'handshaking') return { outcome: 'unproved', retire: true };
     const { mechanism, context, sent } = state;
     // Out of handshaking here, so nothing else reports it: it is reported below, once its proof is in.
     this.#state = { kind: 'done', mechanism, context, adopted: false };
@@ -1038,7 +1059,21 @@ export class ProxyAuth {
       // Nothing proved: the connection is not taken as authenticated, and no identity recorded.
       this.#state = ended(this.#state);
       this.#emit('failed', sent, mechanism, context, { failure: 'proof' });
-      return false;
+      return { outcome: 'unproved', retire: true };
+    }
+    if (status >= 500) {
+      // M2: a 5xx is never a success, its final token verified or not (the proxy's own failure, or
+      // the origin's behind it): reported failed, no identity, the credentials not proved (R4).
+      log.proxy('%s %s: a %d: nothing proved', this.#proxy.origin, mechanism.scheme, status);
+      this.#state = ended(this.#state);
+      this.#emit('failed', sent, mechanism, context, { failure: 'error' });
+      // The proxy may hold a connection-bound context's connection as its identity: where that lives
+      // outside the agent (a Kerberos ticket), no check could retire it, so the connection goes (S6);
+      // the agent's own password (NTLM) keeps it, as an origin's does (review r60: a new connection
+      // and handshake per 5xx otherwise).
+      const bound = mechanism.level !== 'request' || context.connectionBound === true;
+      const outside = mechanism.holdsCredentials !== undefined && context.fallbackReason === undefined;
+      return { outcome: 'error', retire: bound && outside };
     }
     log.proxy('%s authenticated with %s in %d legs', this.#proxy.origin, mechanism.scheme, state.legs);
     this.#late(expired, sent, context);
@@ -1046,7 +1081,7 @@ export class ProxyAuth {
     this.#holder = identity !== undefined ? { mechanism, identity, admitted: leave?.admitted ?? 0 } : undefined;
     const outcome = mechanism.level === 'request' ? 'per-request' : 'session';
     this.#emit(outcome, sent, mechanism, context, identity === undefined ? {} : { identity });
-    return true;
+    return { outcome: 'success', retire: false };
   }
 
   /**

@@ -34,6 +34,10 @@ const UNANSWERED_BOUND =
 const UNPROVED =
   "the proxy's final answer to the agent's handshake did not prove the proxy (no final token where the mechanism wants one): the proxy may hold the connection as that identity, unrecorded, so the next request goes on a new connection";
 
+/** Why a connection is left after a 5xx ended the agent's Kerberos handshake with the proxy (M2, S6). */
+const UNRECORDED =
+  "the proxy answered the agent's handshake with a 5xx, which proves nothing: the proxy may hold the connection as the Kerberos identity, unrecorded, so the next request goes on a new connection";
+
 /** Why a connection is left after a scheme whose challenge could not be read (T2). */
 const FELL_THROUGH =
   "the proxy's answer to a scheme's first leg could not be read: the request goes again bare, on a new connection";
@@ -255,6 +259,8 @@ export class ForwardProxy {
     let outcome: ProofOutcome = 'none';
     /** A stale nonce was answered once already. */
     let renewed = false;
+    /** The opening was refused leave ({@link openingLeave}): it went bare, and its 407 asks no more. */
+    let heldBack = false;
     /** A scheme whose challenge could not be read fell through to the next (once per request, T2). */
     let fellThrough = false;
     const admit = async (password: boolean): Promise<boolean> => {
@@ -291,7 +297,11 @@ export class ForwardProxy {
         // CONNECT's opening goes (2 requests rather than 3); this request then leads.
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-          ticket ??= await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
+          if (ticket === undefined) {
+            const opening = await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
+            heldBack = opening === 'refused';
+            ticket = opening === 'refused' ? undefined : opening;
+          }
           if (ticket && this.#auth.opens) {
             clock().start();
             await race(this.#auth.open(leg));
@@ -389,14 +399,13 @@ export class ForwardProxy {
                 if (credentials && status !== 407) outcome = 'success';
                 return verdict;
               }
-              const succeeded = this.#auth.succeeded(status, headers, leg, ticket, expired).then((proved) => {
-                if (!proved) {
-                  // M2/S6: a 403 or 5xx without the proxy's final token where the mechanism wants it is
-                  // the caller's, unproved: nothing recorded, and the connection, which the proxy may
-                  // hold as an identity nothing here proved, takes nothing more.
-                  this.#onUnusable(new Error(UNPROVED));
-                  return;
-                }
+              const succeeded = this.#auth.succeeded(status, headers, leg, ticket, expired).then((end) => {
+                // M2/S6: a 403 or 5xx without the proxy's final token where the mechanism wants it is
+                // the caller's, unproved: nothing recorded, and the connection, which the proxy may
+                // hold as an identity nothing here proved, takes nothing more. So is a 5xx (nothing
+                // proved whatever its proof), the connection kept unless a Kerberos identity holds it.
+                if (end.retire) this.#onUnusable(new Error(end.outcome === 'unproved' ? UNPROVED : UNRECORDED));
+                if (end.outcome !== 'success') return;
                 outcome = 'success';
                 // The connection is authenticated: the requests waiting for it go now.
                 if (ticket) proof.settle(ticket, outcome);
@@ -496,11 +505,13 @@ export class ForwardProxy {
                 throw err;
               }
             }
-          } else if (!(await admit(this.#auth.usesPassword(challenged)))) {
-            // Refused here lately (R4): nothing is sent. proxy.deliver407: that 407 is the caller's,
-            // as its refusal was (not a typed error for the same 407 on the next request).
+          } else if (heldBack || !(await admit(this.#auth.usesPassword(challenged)))) {
+            // Refused here lately (R4), or the refusal memory's recall given up at queueTimeout (R1;
+            // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
+            // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
+            // the next request).
             if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, 'refused-lately');
-            throw refusedLately(this.route.proxy, offered);
+            throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout);
           }
         }
         try {

@@ -351,6 +351,8 @@ async function handshake(
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
+    /** The opening was refused leave ({@link openingLeave}): its CONNECT went bare. */
+    let heldBack = false;
     // The per-request scheme (Basic, Digest) the proxy's 407 asked for on another tunnel goes on
     // this one's first CONNECT, as curl -U sends it (one CONNECT, not a 407 first) — with leave
     // given now only (R4: proved lately, or this tunnel the one to prove them); else it goes bare.
@@ -381,12 +383,17 @@ async function handshake(
             ticket = undefined;
             outcome = 'none';
           }
+          // No leave for the opening (refused lately, or the refusal memory's recall given up at
+          // queueTimeout): not asked again for the 407 after it (R1: one wait of queueTimeout).
+          if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout);
           const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
-          if (admission === 'refused') throw refusedLately(proxy, offered);
+          if (admission === 'refused') throw refusedLately(proxy, offered, limits.queueTimeout);
           ticket = admission;
         },
         async () => {
-          ticket = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline);
+          const admission = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline);
+          heldBack = admission === 'refused';
+          ticket = admission === 'refused' ? undefined : admission;
           return ticket !== undefined;
         },
         (o) => {
@@ -450,10 +457,11 @@ export async function proxyLeave(
 /**
  * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
  * (R4): the AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
- * no connection waits for it halfway through a handshake the proxy may expire meanwhile. Undefined:
- * the request goes bare — refused lately (its 407 meets {@link refusedLately}), or another
- * connection found meanwhile that the proxy takes no part in openings (`auth.opens` no longer
- * holds: the leave is given back at once, so that no one waits for this one).
+ * no connection waits for it halfway through a handshake the proxy may expire meanwhile. `refused`:
+ * the request goes bare, refused lately or the refusal memory's recall given up at queueTimeout (its
+ * 407 meets {@link refusedLately}: the memory is not asked twice for one request). Undefined: it goes
+ * bare as another connection found meanwhile that the proxy takes no part in openings (`auth.opens`
+ * no longer holds: the leave is given back at once, so that no one waits for this one).
  */
 export async function openingLeave(
   proxy: ResolvedProxy,
@@ -461,10 +469,10 @@ export async function openingLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
-): Promise<Ticket | undefined> {
+): Promise<Ticket | 'refused' | undefined> {
   const password = proxy.mechanisms.sole?.usesPassword !== false;
   const admission = await proxyLeave(proxy, password, waiter, limits, deadline);
-  if (admission === 'refused') return undefined;
+  if (admission === 'refused') return admission;
   if (!auth.opens) {
     proxy.proof.settle(admission, 'none');
     return undefined;
@@ -477,7 +485,19 @@ export async function openingLeave(
  * leg carrying the password unanswered before they were proved: a 407 is
  * not answered with them again until that has passed.
  */
-export function refusedLately(proxy: ResolvedProxy, offered: readonly string[]): ProxyAuthenticationError {
+export function refusedLately(
+  proxy: ResolvedProxy,
+  offered: readonly string[],
+  queueTimeout?: number,
+): ProxyAuthenticationError {
+  // Nothing held back, yet no leave: the refusal memory's recall was given up at queueTimeout (R1:
+  // when in doubt none is sent). It refused nothing, and names no wait that does not stand.
+  if (queueTimeout !== undefined && !proxy.proof.refused)
+    return new ProxyAuthenticationError(
+      proxy.origin,
+      `${proxy.credentialsFrom} were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
+      offered,
+    );
   return new ProxyAuthenticationError(
     proxy.origin,
     `the proxy refused ${proxy.credentialsFrom} lately (or left a leg carrying the password unanswered), so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check ${proxy.credentialsFrom}`,
@@ -645,8 +665,9 @@ async function connectLegs(
         // answer them with its final token or Proxy-Authentication-Info (RFC 7616 §3.5): checked by the
         // requests' rule (M2, proofRequired), a forged one is the error then. Without them the
         // handshake ends with this error, unproved. (Credentials taken up from another tunnel are
-        // checked as on a 2xx: their own context's.)
-        if (credentials && !auth.opening && auth.mustProve(head.status, head.headers)) {
+        // checked as on a 2xx: their own context's.) A 5xx ends it by that rule in any case: never a
+        // success, and `proof` where it came without the final token the mechanism wants (M2).
+        if (credentials && !auth.opening && (head.status >= 500 || auth.mustProve(head.status, head.headers))) {
           if (credentials.own) await auth.verify(credentials.own, head.status, head.headers, leg, leave(), expired);
           else await auth.succeeded(head.status, head.headers, leg, leave(), expired);
         }

@@ -166,6 +166,11 @@ interface Line {
   spare?: Socket | undefined;
   /** The upgrade ended: a connection {@link open} makes later is closed at once. */
   ended?: boolean;
+  /**
+   * Aborted when the upgrade ends (the caller's abort, the agent's destroy, or done): a CONNECT
+   * still being made for it through the proxy ends then, its waits too (R1: a refusal memory's recall).
+   */
+  readonly given: AbortController;
   /** The client certificate the connections made from now present (T3), if any. */
   certificate?: ClientCertificate | undefined;
   /** The current connection has answered something (false once it closed, and before the next is made). */
@@ -244,6 +249,7 @@ export class UpgradeDispatcher {
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
         line.ended = true;
+        line.given.abort(new Error('the upgrade ended'));
         line.spare?.destroy();
       });
     this.#running.set(running, sink);
@@ -335,7 +341,7 @@ export class UpgradeDispatcher {
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
   #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
     const { connect, limits, handshakeCertificate, certificateAt } = this.#options;
-    const line = { connections: 0, bound: false, answered: false } as Line;
+    const line = { connections: 0, bound: false, answered: false, given: new AbortController() } as Line;
     // The agent's certificate is a credential: only where credentials may go (T3, S1). The one the
     // origin's requests present (the selector's choice), else one given as such.
     if (credentialsAllowed) line.certificate = certificateAt?.(origin) ?? handshakeCertificate;
@@ -372,7 +378,7 @@ export class UpgradeDispatcher {
         return;
       }
       const port = portOf(opts);
-      connectThroughTunnel(route.proxy, { ...opts, port }, tlsNow(), ['http/1.1'], limits).then(
+      connectThroughTunnel(route.proxy, { ...opts, port }, tlsNow(), ['http/1.1'], limits, line.given.signal).then(
         // (One upgrade's connection, the caller's once upgraded: no pool keeps it to retire it, S6.)
         ({ socket }) => connected(callback)(null, socket),
         (err: Error) => callback(err, null),
