@@ -2,10 +2,9 @@
  * Basic (RFC 7617): UTF-8 credentials, proactive after the first success, and refusal over
  * cleartext unless the caller allows it — against the reference server and a hand-made http server.
  */
-import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { fetch } from 'undici';
+import { fetch, type Response } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   CleartextCredentialsError,
@@ -17,7 +16,7 @@ import {
 } from '../src/index.ts';
 import { BasicOverHttpError, basicAuthorization, basicMechanism } from '../src/mechanisms/basic/index.ts';
 import type { LegInfo } from '../src/mechanisms/types.ts';
-import { get, type Rig, rig } from './helpers.ts';
+import { answeringRefusalMemory, get, publishedDuring, type Rig, rig } from './helpers.ts';
 
 const leg = (origin: string): LegInfo => {
   const u = new URL(origin);
@@ -113,14 +112,12 @@ describe('Basic (RFC 7617)', () => {
       { negotiate: false, credentials: { username: 'alice', password: 'wrong' } },
     );
     expect((await get(r, '/auth/x')).status).toBe(401);
-    const events: WithheldEvent[] = [];
-    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
-    subscribe(WITHHELD_CHANNEL, onWithheld);
-    try {
-      expect((await get(r, '/auth/y')).status).toBe(401);
-    } finally {
-      unsubscribe(WITHHELD_CHANNEL, onWithheld);
-    }
+    const rigged = r;
+    const { result, events } = await publishedDuring<WithheldEvent, Awaited<ReturnType<typeof get>>>(
+      WITHHELD_CHANNEL,
+      () => get(rigged, '/auth/y'),
+    );
+    expect(result.status).toBe(401);
     // Was: nothing said why, and the 401 looked like a refusal of what it sent (it sent nothing).
     expect(events).toEqual([
       expect.objectContaining({ path: '/auth/y', reason: 'refused-lately', schemes: ['Basic'] }),
@@ -131,37 +128,32 @@ describe('Basic (RFC 7617)', () => {
     ]);
   });
 
+  /** A POST of a 10-byte body to `path`, read whole, and what multileg:withheld said meanwhile. */
+  const postedWithheld = (rigged: Rig, path: string) =>
+    publishedDuring<WithheldEvent, [Response, string]>(WITHHELD_CHANNEL, async () => {
+      const res = await fetch(`${rigged.server.origin}${path}`, {
+        dispatcher: rigged.agent,
+        method: 'POST',
+        body: 'name=value',
+      });
+      return [res, await res.text()];
+    });
+
   it('R4: a password a refusalMemory holds back: the 401 that asked for it is the answer, in full and said why — the request (and its body) sent once, as with a refusal met in memory', async () => {
-    const until = Date.now() + 60_000;
-    const recalled: string[] = [];
+    const held = answeringRefusalMemory();
     r = await rig(
       { schemes: ['Basic'], mode: 'per-request' },
       {
         negotiate: false,
         credentials: { username: 'alice', password: 'wrong' },
-        refusalMemory: {
-          recall: (place) => {
-            recalled.push(place.origin);
-            return { at: Date.now() - 1_000, until, times: 1 };
-          },
-          refused: () => {},
-          proved: () => {},
-          release: () => {},
-        },
+        refusalMemory: held.memory,
       },
     );
-    const events: WithheldEvent[] = [];
-    const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
-    subscribe(WITHHELD_CHANNEL, onWithheld);
-    let res: Awaited<ReturnType<typeof fetch>>;
-    let body: string;
-    try {
-      res = await fetch(`${r.server.origin}/auth/held`, { dispatcher: r.agent, method: 'POST', body: 'name=value' });
-      body = await res.text();
-    } finally {
-      unsubscribe(WITHHELD_CHANNEL, onWithheld);
-    }
-    expect(recalled).toEqual([r.server.origin]);
+    const {
+      result: [res, body],
+      events,
+    } = await postedWithheld(r, '/auth/held');
+    expect(held.recalled.map((p) => p.origin)).toEqual([r.server.origin]);
     // Before: the first 401 was drained, the memory then held the password back, and the request
     // went again bare for a 401 to show — two requests, the body twice.
     const sent = r.server.exchanges.filter((e) => e.path === '/auth/held');
@@ -178,28 +170,11 @@ describe('Basic (RFC 7617)', () => {
     expect(events[0]!.heldBackFor).toBeGreaterThan(50_000);
   });
 
-  /** A refusalMemory that holds the password back (`holds`) or remembers nothing, counting its calls. */
-  const memory = (holds: boolean) => {
-    const calls: string[] = [];
-    const until = Date.now() + 60_000;
-    return {
-      calls,
-      refusalMemory: {
-        recall: () => {
-          calls.push('recall');
-          return holds ? { at: Date.now() - 1_000, until, times: 1 } : undefined;
-        },
-        refused: () => calls.push('refused'),
-        proved: () => calls.push('proved'),
-        release: () => calls.push('release'),
-      },
-    };
-  };
   const PAD = 100_000;
 
   for (const cleartext of [false, true])
     it(`R4/C10: a password a refusalMemory holds back, the 401 that asked for it over limits.maxChallengeBodyBytes (${cleartext ? 'HTTP/1.1' : 'HTTP/2'}): that 401 is the answer, its whole body as it came, and the request (its POST body) is sent once`, async () => {
-      const m = memory(true);
+      const m = answeringRefusalMemory(true);
       r = await rig(
         {
           schemes: ['Basic'],
@@ -211,20 +186,13 @@ describe('Basic (RFC 7617)', () => {
           negotiate: false,
           allowBasicOverHttp: cleartext,
           credentials: { username: 'alice', password: 'wrong' },
-          refusalMemory: m.refusalMemory,
+          refusalMemory: m.memory,
         },
       );
-      const events: WithheldEvent[] = [];
-      const onWithheld = (e: unknown) => events.push(e as WithheldEvent);
-      subscribe(WITHHELD_CHANNEL, onWithheld);
-      let res: Awaited<ReturnType<typeof fetch>>;
-      let body: string;
-      try {
-        res = await fetch(`${r.server.origin}/auth/big`, { dispatcher: r.agent, method: 'POST', body: 'name=value' });
-        body = await res.text();
-      } finally {
-        unsubscribe(WITHHELD_CHANNEL, onWithheld);
-      }
+      const {
+        result: [res, body],
+        events,
+      } = await postedWithheld(r, '/auth/big');
       // Before: the 401's body was cut at 64 KiB, so not held, and the request went again bare for
       // a 401 to show once the memory held the password back — the POST body twice.
       expect(r.server.exchanges.map((e) => [e.method, e.path, e.bodyLength, e.requestHeaders.authorization])).toEqual([
@@ -241,10 +209,10 @@ describe('Basic (RFC 7617)', () => {
     });
 
   it('R4/C10: a 401 over limits.maxChallengeBodyBytes while a refusalMemory is asked, the password not held back: its body is cut as before and the handshake goes on — the password sent once, leave asked and given back in pairs', async () => {
-    const m = memory(false);
+    const m = answeringRefusalMemory(false);
     r = await rig(
       { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) } },
-      { negotiate: false, refusalMemory: m.refusalMemory },
+      { negotiate: false, refusalMemory: m.memory },
     );
     const res = await fetch(`${r.server.origin}/auth/big`, { dispatcher: r.agent, method: 'POST', body: 'name=value' });
     expect(res.status).toBe(200);
@@ -311,7 +279,7 @@ describe('Basic (RFC 7617)', () => {
   });
 
   it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
-    const m = memory(true);
+    const m = answeringRefusalMemory(true);
     const seen: Array<[string | undefined, string | undefined]> = [];
     const server = createServer((req, res) => {
       let got = '';
@@ -334,7 +302,7 @@ describe('Basic (RFC 7617)', () => {
       allowBasicOverHttp: true,
       trustedOrigins: [origin],
       limits: { handshakeTimeout: 200 },
-      refusalMemory: m.refusalMemory,
+      refusalMemory: m.memory,
     });
     agents.push(a);
     const res = await fetch(`${origin}/slow`, { dispatcher: a, method: 'POST', body: 'name=value' });

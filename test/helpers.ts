@@ -22,6 +22,7 @@ import {
   MechanismUnavailableError,
   MultilegAgent,
   type MultilegAgentOptions,
+  MutualAuthError,
   ntlmMechanism,
 } from '../src/index.ts';
 import { digestResponse, parseDigestAlgorithm } from '../src/mechanisms/digest/index.ts';
@@ -167,6 +168,38 @@ export function testNtlm(
           return step(challenge, leg);
         },
         finish,
+      };
+    },
+  };
+}
+
+/**
+ * A connection-bound test scheme `Final` whose one token (`Final t`) must be answered `Final proved`
+ * (a Kerberos AP-REP's part: `finish` throws MutualAuthError else), and which names who it
+ * authenticated (`fin@EXAMPLE`): Negotiate's part with no KDC. `holdsCredentials`: its identity lives
+ * outside the agent, as a Kerberos ticket's; else it is the agent's own password's, as NTLM's.
+ */
+export function finalProofMechanism(holdsCredentials = false): Mechanism {
+  return {
+    scheme: 'Final',
+    level: 'connection',
+    multileg: true,
+    proactive: false,
+    ...(holdsCredentials ? { holdsCredentials: () => true } : {}),
+    createContext: () => {
+      let steps = 0;
+      return {
+        get complete() {
+          return steps > 0;
+        },
+        identity: 'fin@EXAMPLE',
+        step: async () => {
+          steps += 1;
+          return 'Final t';
+        },
+        finish: async (challenge) => {
+          if (challenge?.token68 !== 'proved') throw new MutualAuthError('the proxy did not prove itself');
+        },
       };
     },
   };
@@ -359,6 +392,68 @@ export function waitingRefusalMemory(): {
     release: (place) => void released.push(place),
   };
   return { memory, signals, released };
+}
+
+/**
+ * A refusalMemory that answers at once: it holds the password back for another minute (`holds`), as
+ * a refusal remembered a second ago, or remembers nothing. It notes each call in `calls` (`recall`,
+ * `refused`, `proved`, `release`) and the places recalled and released.
+ */
+export function answeringRefusalMemory(holds = true): {
+  readonly memory: RefusalMemory;
+  readonly calls: string[];
+  readonly recalled: RefusalPlace[];
+  readonly released: RefusalPlace[];
+} {
+  const calls: string[] = [];
+  const recalled: RefusalPlace[] = [];
+  const released: RefusalPlace[] = [];
+  const until = Date.now() + 60_000;
+  const memory: RefusalMemory = {
+    recall: (place) => {
+      calls.push('recall');
+      recalled.push(place);
+      return holds ? { at: Date.now() - 1_000, until, times: 1 } : undefined;
+    },
+    refused: () => void calls.push('refused'),
+    proved: () => void calls.push('proved'),
+    release: (place) => {
+      calls.push('release');
+      released.push(place);
+    },
+  };
+  return { memory, calls, recalled, released };
+}
+
+/**
+ * Starts `go` with a caller's signal and, once `held`'s recall waits, aborts it with a reason of its
+ * own: what `go` settled with (its value, or its error), and that reason.
+ */
+export async function abortedWhileRecalling(
+  held: { readonly signals: readonly AbortSignal[] },
+  go: (signal: AbortSignal) => Promise<unknown>,
+): Promise<{ readonly settled: unknown; readonly reason: Error }> {
+  const caller = new AbortController();
+  const pending = go(caller.signal).catch((e: unknown) => e);
+  await until(() => held.signals.length === 1);
+  const reason = new Error('caller gone');
+  caller.abort(reason);
+  return { settled: await pending, reason };
+}
+
+/** What `fn` gives, and the messages published on the diagnostics `channel` while it ran. */
+export async function publishedDuring<E, T>(
+  channel: string,
+  fn: () => Promise<T>,
+): Promise<{ readonly result: T; readonly events: E[] }> {
+  const events: E[] = [];
+  const listen = (e: unknown) => void events.push(e as E);
+  subscribe(channel, listen);
+  try {
+    return { result: await fn(), events };
+  } finally {
+    unsubscribe(channel, listen);
+  }
 }
 
 /** The `Basic` credentials header value of `c`. */

@@ -15,6 +15,7 @@ import { gssHandshakesInFlight } from '../src/mechanisms/gssapi/index.ts';
 import { negotiateMechanism } from '../src/mechanisms/negotiate/index.ts';
 import type { LegInfo, Mechanism, MechanismContext } from '../src/mechanisms/types.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { finalProofMechanism } from './helpers.ts';
 import { eachRequest, type Hostile, hostile } from './hostile-proxy.ts';
 import { type Lab, requirePeer, startLab } from './lab/index.ts';
 
@@ -359,35 +360,6 @@ describe("a forwarding proxy's 5xx after a proof that checks out (M2/H5/S6, scri
     await Promise.all(opened.splice(0).map((p) => p.close()));
   });
 
-  /**
-   * A connection-bound scheme whose last token must come back as `Final proved` and which names who
-   * it authenticated: Negotiate's part with no KDC. `outside`: its identity lives outside the agent,
-   * as a Kerberos ticket's (`holdsCredentials`), or it is the agent's own password's, as NTLM's.
-   */
-  const standIn = (outside: boolean): Mechanism => ({
-    scheme: 'Final',
-    level: 'connection',
-    multileg: true,
-    proactive: false,
-    ...(outside ? { holdsCredentials: () => true } : {}),
-    createContext: () => {
-      let steps = 0;
-      return {
-        get complete() {
-          return steps > 0;
-        },
-        identity: 'fin@EXAMPLE',
-        step: async () => {
-          steps += 1;
-          return 'Final t';
-        },
-        finish: async (challenge) => {
-          if (challenge?.token68 !== 'proved') throw new Error('not proved');
-        },
-      };
-    },
-  });
-
   it.each([
     ['a Kerberos-like identity (held outside the agent): the connection goes', true, 2],
     ["the agent's own password's (NTLM-like): the connection stays (review r60)", false, 1],
@@ -412,7 +384,7 @@ describe("a forwarding proxy's 5xx after a proof that checks out (M2/H5/S6, scri
         proxy: {
           uri: `http://127.0.0.1:${proxy.port}`,
           negotiate: false,
-          mechanisms: [standIn(outside)],
+          mechanisms: [finalProofMechanism(outside)],
           schemes: ['Final' as SchemeName],
         },
       });

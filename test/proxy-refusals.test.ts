@@ -15,6 +15,8 @@ import {
   type ProxyOptions,
   type ProxyUnansweredEvent,
   parseChallenges,
+  type RefusalMemory,
+  type SchemeName,
 } from '../src/index.ts';
 import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
 import {
@@ -24,7 +26,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { SCRIPTED_NTLM_CHALLENGE, until, waitingRefusalMemory } from './helpers.ts';
+import { abortedWhileRecalling, SCRIPTED_NTLM_CHALLENGE, until, waitingRefusalMemory } from './helpers.ts';
 import { eachRequest, hostile } from './hostile-proxy.ts';
 
 let server: ReferenceServer | undefined;
@@ -706,6 +708,14 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
     closers.push(() => h.close());
     return { uri: `http://127.0.0.1:${h.port}`, carried };
   };
+  /** An agent whose proxy asks for `scheme` alone, and whose refusal memory is `memory`. */
+  const recallingAgent = (uri: string, scheme: SchemeName, memory: RefusalMemory, queueTimeout: number) =>
+    new MultilegAgent({
+      negotiate: false,
+      refusalMemory: memory,
+      limits: { queueTimeout },
+      proxy: { uri, negotiate: false, schemes: [scheme], credentials: PROXY_ACCOUNT },
+    });
   const schemes = [
     ['Basic (asked by its 407)', 'Basic'],
     ["NTLM, the proxy's only scheme (asked before its opening)", 'NTLM'],
@@ -716,21 +726,11 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
     async (_what, scheme) => {
       const { uri, carried } = await asking(scheme);
       const held = waitingRefusalMemory();
-      agent = new MultilegAgent({
-        negotiate: false,
-        refusalMemory: held.memory,
-        limits: { queueTimeout: 30_000 },
-        proxy: { uri, negotiate: false, schemes: [scheme], credentials: PROXY_ACCOUNT },
-      });
-      const caller = new AbortController();
-      const pending = request('http://origin.example/x', { dispatcher: agent, signal: caller.signal }).then(
-        () => undefined,
-        (e: Error) => e,
+      agent = recallingAgent(uri, scheme, held.memory, 30_000);
+      const { settled, reason } = await abortedWhileRecalling(held, (signal) =>
+        request('http://origin.example/x', { dispatcher: agent, signal }),
       );
-      await until(() => held.signals.length === 1);
-      const reason = new Error('caller gone');
-      caller.abort(reason);
-      expect(await pending).toBe(reason);
+      expect(settled).toBe(reason);
       expect(held.signals[0]!.aborted).toBe(true);
       await until(() => held.released.length === 1);
       expect(carried.every((c) => !c)).toBe(true);
@@ -765,12 +765,7 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
     async (_what, scheme) => {
       const { uri, carried } = await asking(scheme);
       const held = waitingRefusalMemory();
-      agent = new MultilegAgent({
-        negotiate: false,
-        refusalMemory: held.memory,
-        limits: { queueTimeout: 150 },
-        proxy: { uri, negotiate: false, schemes: [scheme], credentials: PROXY_ACCOUNT },
-      });
+      agent = recallingAgent(uri, scheme, held.memory, 150);
       const err = await request('http://origin.example/x', { dispatcher: agent }).then(
         () => undefined,
         (e: Error) => e,

@@ -35,6 +35,7 @@ import { startReferenceServer } from '../src/reference-server/index.ts';
 import {
   ALICE,
   digestOfAnswer,
+  finalProofMechanism,
   SCRIPTED_NTLM_CHALLENGE,
   spoiledDigest,
   until,
@@ -332,32 +333,7 @@ describe('CONNECT refused after Digest (H5/M3)', () => {
 });
 
 describe('CONNECT answered 5xx after a proof that checks out (H5/M2/M3)', () => {
-  /**
-   * A connection-bound scheme whose last token must come back as `Final proved` (a Kerberos AP-REP's
-   * part), and which names who it authenticated: a Negotiate stand-in with no KDC.
-   */
-  const final: Mechanism = {
-    scheme: 'Final',
-    level: 'connection',
-    multileg: true,
-    proactive: false,
-    createContext: () => {
-      let steps = 0;
-      return {
-        get complete() {
-          return steps > 0;
-        },
-        identity: 'fin@EXAMPLE',
-        step: async () => {
-          steps += 1;
-          return 'Final t';
-        },
-        finish: async (challenge) => {
-          if (challenge?.token68 !== 'proved') throw new MutualAuthError('the proxy did not prove itself');
-        },
-      };
-    },
-  };
+  const final = finalProofMechanism();
   const cases = [
     {
       scheme: 'Digest',

@@ -51,6 +51,8 @@ import {
 import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import {
   ALICE,
+  abortedWhileRecalling,
+  answeringRefusalMemory,
   deferred,
   localhostCertificate,
   patchedNtlm,
@@ -487,21 +489,8 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
 
   it('R4: a password a refusalMemory holds back: the 401 that asked for it is the upgrade’s answer, body and all, said why — the upgrade sent once, as a request is', async () => {
     origin = await upgradeServer({ ntlm: true });
-    const until = Date.now() + 60_000;
-    const recalled: string[] = [];
-    const released: string[] = [];
-    agent = ntlmAgent({
-      credentials: { username: 'EXAMPLE\\alice', password: 'wrong' },
-      refusalMemory: {
-        recall: (place) => {
-          recalled.push(place.origin);
-          return { at: Date.now() - 1_000, until, times: 1 };
-        },
-        refused: () => {},
-        proved: () => {},
-        release: (place) => released.push(place.origin),
-      },
-    });
+    const held = answeringRefusalMemory();
+    agent = ntlmAgent({ credentials: { username: 'EXAMPLE\\alice', password: 'wrong' }, refusalMemory: held.memory });
     const events: WithheldEvent[] = [];
     const listen = (e: unknown) => events.push(e as WithheldEvent);
     subscribe(WITHHELD_CHANNEL, listen);
@@ -514,8 +503,9 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     } finally {
       unsubscribe(WITHHELD_CHANNEL, listen);
     }
-    expect(recalled).toEqual([origin.origin]);
-    expect(released).toEqual([origin.origin]);
+    expect(held.calls).toEqual(['recall', 'release']);
+    expect(held.recalled.map((p) => p.origin)).toEqual([origin.origin]);
+    expect(held.released.map((p) => p.origin)).toEqual([origin.origin]);
     // Before: the first 401 was drained, the memory then held the password back, and the upgrade
     // went again bare for a 401 to show — two requests.
     expect(origin.seen.map((s) => [s.method, s.upgrade, s.authorization, s.status])).toEqual([
@@ -1773,13 +1763,11 @@ describe('an upgrade while the refusal memory is asked (R1/R4)', () => {
   it("R1/R4: at the origin (its NTLM 401): the caller's abort while the recall waits ends the upgrade at once with its reason; the recall is told (its signal aborted) and released, no password sent", async () => {
     origin = await upgradeServer({ ntlm: true });
     const held = waitingRefusalMemory();
-    agent = ntlmAgent({ refusalMemory: held.memory, limits: { queueTimeout: 30_000 } });
-    const caller = new AbortController();
-    const pending = settled(agent, `${origin.origin}/ws`, caller.signal);
-    await until(() => held.signals.length === 1);
-    const reason = new Error('caller gone');
-    caller.abort(reason);
-    expect(await pending).toBe(reason);
+    const a = ntlmAgent({ refusalMemory: held.memory, limits: { queueTimeout: 30_000 } });
+    agent = a;
+    const url = `${origin.origin}/ws`;
+    const { settled: result, reason } = await abortedWhileRecalling(held, (signal) => settled(a, url, signal));
+    expect(result).toBe(reason);
     expect(held.signals[0]!.aborted).toBe(true);
     await until(() => held.released.length === 1);
     expect(held.released[0]).toMatchObject({ origin: origin.origin, proxy: false });
