@@ -803,7 +803,7 @@ export class MultilegAgent extends Dispatcher {
         this.#succeededAs,
         // Read when asked: setCredentials replaces them (R4: a new password is not the refused one).
         () => this.#credentials,
-        shared,
+        { name: name ?? origin, proof: shared },
       );
       this.#pools.set(origin, pool);
       if (name !== undefined) this.#namedProofs.set(name, pool.memory.proof);

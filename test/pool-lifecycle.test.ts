@@ -181,6 +181,41 @@ describe('R4: idle pools and refusals', () => {
     expect(direct.statusCode).toBe(401);
     expect(s.exchanges.filter((e) => hasAuth(e.requestHeaders))).toHaveLength(1);
   });
+
+  it("R4: behind undici's dns interceptor the refusal memory is told and asked about the name, not the address dialled first (the next run may dial another first: its recall would miss the refusal)", async () => {
+    const s = await reference({ mode: 'per-request', schemes: ['Basic'], host: '0.0.0.0' });
+    const refused: string[] = [];
+    const recalled: string[] = [];
+    const a = agent({
+      credentials: { username: ALICE.username, password: 'wrong' },
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin],
+      refusalMemory: {
+        recall: (place) => void recalled.push(place.origin),
+        refused: (place) => void refused.push(place.origin),
+        proved: () => {},
+        release: () => {},
+      },
+    });
+    const viaDns = a.compose(
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) =>
+          cb(
+            null,
+            [1, 2].map((i) => ({ address: `127.0.0.${i}`, family: 4 as const, ttl: 60_000 })),
+          ),
+      }),
+    );
+    for (let i = 0; i < 2; i++) {
+      const res = await request(`${s.origin}/auth/${i}`, { dispatcher: viaDns });
+      await res.body.arrayBuffer();
+      expect(res.statusCode).toBe(401);
+    }
+    expect(a.stats().origins).toBe(2);
+    // Before: https://127.0.0.1:<port>, whichever address the first request dialled.
+    expect(recalled).toEqual([s.origin]);
+    expect(refused).toEqual([s.origin]);
+  });
 });
 
 describe('a caller abort before the request reached the wire', () => {

@@ -162,8 +162,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     ended: () => void,
     succeededAs?: (held: Holder) => void,
     credentials: () => Credentials | undefined = () => undefined,
-    /** The proof of the credentials to share (R4): that of the name this address was resolved for. */
-    proof?: CredentialProof,
+    /**
+     * The name `origin` is (or, its address, undici's dns interceptor resolved) and that name's proof
+     * of the credentials if one was made yet (R4: its addresses share it); the refusal memory keeps
+     * the credentials under the name (another run may dial another address first).
+     */
+    named?: { readonly name: string; readonly proof: CredentialProof | undefined },
   ) {
     this.origin = origin;
     this.#ended = ended;
@@ -176,10 +180,10 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
         memory,
         place: () => {
           const c = credentials();
-          return c?.password ? { origin, proxy: false, credentials: c } : undefined;
+          return c?.password ? { origin: named?.name ?? origin, proxy: false, credentials: c } : undefined;
         },
       },
-      proof,
+      named?.proof,
     );
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
