@@ -780,9 +780,11 @@ export class MultilegAgent extends Dispatcher {
       // A process that talks to many origins over time must not keep a pool for each forever.
       if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
         for (const [o, p] of this.#pools) {
-          // One that remembers a refusal stays (R4): made anew, it would send the refused password
-          // at once (with 64 other origins in use, once per sweep) and forget the wait's doubling.
-          if (!p.idle || (p.memory.proof.remembersRefusal && this.#pools.size < MAX_REMEMBERING_POOLS)) continue;
+          // Not one an upgrade still runs for: the origin's pool made anew would not share its proof (R4).
+          if (!p.idle || this.#upgrades?.runningAt(o)) continue;
+          // Nor one that remembers a refusal (R4): made anew, it would send the refused password at
+          // once (with 64 other origins in use, once per sweep) and forget the wait's doubling.
+          if (p.memory.proof.remembersRefusal && this.#pools.size < MAX_REMEMBERING_POOLS) continue;
           this.#droppedSessions += p.sessionsCreated;
           this.#pools.delete(o);
         }

@@ -773,6 +773,31 @@ describe('origin memory and session state', () => {
     expect(next.probe).toBe(true);
   });
 
+  it('R4: a request waiting behind a probe whose recall was given up (queueTimeout) asks the refusal memory in turn when woken as the next probe: it does not send the password unasked', async () => {
+    vi.useFakeTimers();
+    const released: string[] = [];
+    const recalls: Array<() => Promise<undefined> | { at: number; until: number; times: number }> = [
+      () => new Promise<undefined>(() => {}),
+      () => ({ at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 }),
+    ];
+    let asked = 0;
+    const proof = recallingProof(() => {
+      asked += 1;
+      return recalls.shift()!();
+    }, released);
+    const bounds = { maxQueue: 10, queueTimeout: 500 };
+    const first = proof.enter(true, signalWaiter(undefined), bounds);
+    // Behind the first's probe (its recall pending): waits.
+    vi.advanceTimersByTime(100);
+    const second = proof.enter(true, signalWaiter(undefined), bounds);
+    vi.advanceTimersByTime(400);
+    expect(await first).toBe('refused');
+    // Before: woken with the probe, unasked (a Ticket: the password went).
+    expect(await second).toBe('refused');
+    expect(asked).toBe(2);
+    expect(proof.refused).toBe(true);
+  });
+
   it('R1/R4: a recall that waits is told when the agent gives up on it (its signal, at queueTimeout or the caller\u2019s abort): the memory\u2019s own wait (a poll of another run\u2019s lock) ends with the request\u2019s', async () => {
     vi.useFakeTimers();
     const signals: AbortSignal[] = [];

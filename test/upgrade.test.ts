@@ -9,10 +9,11 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { createSecureContext, createServer as createTlsServer } from 'node:tls';
-import { connect, type Dispatcher, interceptors, upgrade, WebSocket } from 'undici';
+import { connect, type Dispatcher, interceptors, request, upgrade, WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   AgentClosedError,
@@ -1832,5 +1833,56 @@ describe('an upgrade while the refusal memory is asked (R1/R4)', () => {
     expect(held.signals[0]!.aborted).toBe(true);
     await until(() => held.released.length === 1);
     expect(origin!.seen).toEqual([]);
+  });
+
+  it("R4: past 64 origins the pool of an origin an upgrade still runs for is not swept: a request there meanwhile shares the upgrade's proof of the password (one handshake at a time until proved), and, woken as the next probe when the upgrade's ended unproved, asks the refusal memory too", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const held = waitingRefusalMemory();
+    // At each recall: whether every earlier one had ended by then.
+    const afterOthers: boolean[] = [];
+    const memory: RefusalMemory = {
+      ...held.memory,
+      recall: (place, signal) => {
+        afterOthers.push(held.signals.every((s) => s.aborted));
+        return held.memory.recall(place, signal);
+      },
+    };
+    const a = ntlmAgent({ refusalMemory: memory, limits: { queueTimeout: 30_000 } });
+    agent = a;
+    const upgrader = new AbortController();
+    const upgrading = settled(a, `${origin.origin}/ws`, upgrader.signal);
+    await until(() => held.signals.length === 1);
+    // 64 other origins, each closing its connection after answering: the 65th pool sweeps the idle ones.
+    const others: HttpServer[] = [];
+    try {
+      for (let i = 0; i < 64; i++) {
+        const o = createHttpServer((_req, res) => res.writeHead(204, { connection: 'close' }).end());
+        await new Promise<void>((r) => o.listen(0, '127.0.0.1', r));
+        others.push(o);
+        const res = await request(`http://127.0.0.1:${(o.address() as AddressInfo).port}/`, { dispatcher: a });
+        await res.body.arrayBuffer();
+        expect(res.statusCode).toBe(204);
+      }
+    } finally {
+      await Promise.all(others.map((o) => new Promise((r) => o.close(r))));
+    }
+    const requester = new AbortController();
+    const requesting = request(`${origin.origin}/after`, { dispatcher: a, signal: requester.signal }).catch(
+      (e: Error) => e,
+    );
+    // Its 401 (the server answered it), and a moment for a recall of its own, which it must not make.
+    await until(() => origin!.seen.length === 2);
+    await new Promise((r) => setTimeout(r, 100));
+    upgrader.abort(new Error('upgrade given up'));
+    expect(await upgrading).toBeInstanceOf(Error);
+    // Woken as the next probe, the request asks the memory before the password goes.
+    await until(() => held.signals.length === 2);
+    requester.abort(new Error('request given up'));
+    expect(await requesting).toBeInstanceOf(Error);
+    // Before: [true, false] — the upgrade's origin was swept while its recall waited, and the
+    // request made a pool and a proof of its own, asking beside the upgrade's handshake; and, the
+    // proof shared, woken as the next probe it sent the password unasked (one recall, NTLM legs).
+    expect(afterOthers).toEqual([true, true]);
+    expect(origin.seen.map((x) => x.authorization?.split(' ')[0])).toEqual([undefined, undefined]);
   });
 });

@@ -216,11 +216,24 @@ export class CredentialProof {
   /**
    * {@link admit}, or else {@link wait}. A probe sending the password asks the refusal memory first
    * (when the agent has one): what it remembers may hold the password back here, as a refusal met
-   * here would (R4: refusals met by other processes).
+   * here would (R4: refusals met by other processes) — a request woken from the wait as the next
+   * probe too (the running one ended with nothing proved: its recall given up, say), which sent the
+   * password unasked. Its recall is bounded afresh: the wait and the recall one queueTimeout each.
    */
   enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
     const admission = this.#admit(password);
-    if (admission === undefined) return this.wait(waiter, bounds);
+    if (admission === undefined)
+      return this.wait(waiter, bounds).then((woken) => this.#recall(woken, password, waiter, bounds));
+    return this.#recall(admission, password, waiter, bounds);
+  }
+
+  /** `admission`, or, for a probe sending the password, what the refusal memory recalls of it first. */
+  #recall(
+    admission: Admission,
+    password: boolean,
+    waiter: Waiter,
+    bounds: WaitBounds,
+  ): Admission | Promise<Admission> {
     if (admission === 'refused' || !admission.probe || !password || !this.#keeping) return admission;
     const place = this.#keeping.place();
     if (!place) return admission;

@@ -197,6 +197,8 @@ export class UpgradeDispatcher {
   readonly #clients = new Set<Client>();
   /** The upgrades running, each until its caller has the socket or an answer (or an error). */
   readonly #running = new Map<Promise<void>, UserSink>();
+  /** How many of them run for each origin (its pool is then not idle: R4, one proof per origin). */
+  readonly #runningAt = new Map<string, number>();
 
   constructor(options: UpgradeOptions) {
     this.#options = options;
@@ -245,6 +247,9 @@ export class UpgradeDispatcher {
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
         this.#running.delete(running);
+        const left = (this.#runningAt.get(origin) ?? 1) - 1;
+        if (left > 0) this.#runningAt.set(origin, left);
+        else this.#runningAt.delete(origin);
         this.#clients.delete(client);
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
@@ -253,7 +258,13 @@ export class UpgradeDispatcher {
         line.spare?.destroy();
       });
     this.#running.set(running, sink);
+    this.#runningAt.set(origin, (this.#runningAt.get(origin) ?? 0) + 1);
     return true;
+  }
+
+  /** Whether an upgrade to `origin` is running (it may hold the proof of the credentials there). */
+  runningAt(origin: string): boolean {
+    return this.#runningAt.has(origin);
   }
 
   /**
