@@ -228,12 +228,7 @@ export class CredentialProof {
   }
 
   /** `admission`, or, for a probe sending the password, what the refusal memory recalls of it first. */
-  #recall(
-    admission: Admission,
-    password: boolean,
-    waiter: Waiter,
-    bounds: WaitBounds,
-  ): Admission | Promise<Admission> {
+  #recall(admission: Admission, password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
     if (admission === 'refused' || !admission.probe || !password || !this.#keeping) return admission;
     const place = this.#keeping.place();
     if (!place) return admission;
