@@ -679,11 +679,16 @@ export class Session {
     if (r.kind !== 'failed') return r;
     const proxy = this.#forward!.route.proxy.origin;
     if ((r.error as { code?: unknown }).code === 'UND_ERR_HEADERS_TIMEOUT') {
-      const ms = job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
+      const ms = this.headersTimeoutOf(job);
       return { ...r, error: new ProxyResponseTimeoutError(proxy, job.origin, ms, { cause: r.error }) };
     }
     if (isFramingError(r.error)) return { ...r, error: forwardedFraming(proxy, job.origin, r.error) };
     return r;
+  }
+
+  /** undici's headersTimeout for `job`'s legs on this session: the request's own, else the agent's. */
+  headersTimeoutOf(job: Job): number {
+    return job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
   }
 
   /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
@@ -802,6 +807,7 @@ export class Session {
       beforeStart: (controller) => this.checkStart(job, controller),
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
+      headersTimeout: this.headersTimeoutOf(job),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
