@@ -75,7 +75,7 @@ export function interimBound(controller: Controller, ms: number | null | undefin
         ),
       ),
     ms,
-  );
+  ).unref(); // as undici's own: the connection, not this timer, keeps a process alive
 }
 
 /** A leg's headers before its response head: one shared object, never written (not one per leg). */
