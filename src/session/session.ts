@@ -47,6 +47,16 @@ import { WaitQueue } from './wait-queue.ts';
  */
 export const MAX_RESENDS_AFTER_CLOSE = 4;
 
+/**
+ * How long before the end of a server's `Keep-Alive: timeout=N` an idle HTTP/1.1 connection is no
+ * longer reused, in ms (undici's `keepAliveTimeoutThreshold`). undici's 2 s closes the connection
+ * after every response of a server whose timeout is 2 s or less (Apache tuned with
+ * `KeepAliveTimeout 2`): an NTLM challenge's connection was gone before its AUTHENTICATE (H1), and
+ * every handshake ended in RelocationLimitError. The next leg goes within milliseconds of its 401;
+ * an idle close that still races a reuse is answered as any other (C8: sent again on a new one).
+ */
+export const KEEP_ALIVE_THRESHOLD_MS = 500;
+
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
   constructor() {
@@ -278,6 +288,7 @@ export class Session {
       bodyTimeout: opts.bodyTimeout,
       h2Options: { maxConcurrentStreams: opts.maxConcurrentStreams },
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
+      keepAliveTimeoutThreshold: KEEP_ALIVE_THRESHOLD_MS,
     });
     this.client.on('disconnect', (_origin, _targets, error) => {
       log.session('%s disconnected (%s)', this.id, error.message);
