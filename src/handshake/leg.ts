@@ -61,12 +61,18 @@ const GATE_BUFFER_BYTES = 64 * 1024;
  * R1: the bound on a response head once an interim (1xx) response came. undici's HTTP/1.1 parser
  * starts its headersTimeout again at each interim response, so a server sending `102 Processing`
  * forever held a request, and `agent.close()`, for good. From the first one the final head must
- * come within `ms` (a request's own headersTimeout, else the agent's): one timer, armed only then;
- * 0 (a caller's "no timeout" for undici) arms none. Its error is undici's headers timeout, which
- * the agent already reads as such (a forwarding proxy's, R2's leader, R4's unanswered leg).
+ * come within `ms` (a request's own headersTimeout, else the agent's): one timer, armed only then
+ * (not by 100 Continue); 0 (a caller's "no timeout" for undici) arms none. Its error is undici's
+ * headers timeout, which the agent already reads as such (a forwarding proxy's, R2's leader, R4's
+ * unanswered leg).
  */
-export function interimBound(controller: Controller, ms: number | null | undefined): NodeJS.Timeout | undefined {
-  if (!ms) return undefined;
+export function interimBound(
+  controller: Controller,
+  status: number,
+  ms: number | null | undefined,
+): NodeJS.Timeout | undefined {
+  // 100 Continue is the go-ahead for an expectContinue body (HTTP/2), which may take its time.
+  if (!ms || status === 100) return undefined;
   return setTimeout(
     () =>
       controller.abort(
@@ -307,7 +313,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   onResponseStart(controller: Controller, status: number, headers: ResponseHeaders, message: string): void {
     // 1xx: informational, not a leg result; the final head is bounded from the first one.
     if (status < 200) {
-      this.#interimTimer ??= interimBound(controller, this.#headersTimeout);
+      this.#interimTimer ??= interimBound(controller, status, this.#headersTimeout);
       return;
     }
     clearTimeout(this.#interimTimer);

@@ -118,7 +118,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       return;
     }
     if (status < 200) {
-      this.#interimTimer ??= interimBound(controller, this.session.headersTimeoutOf(this.job));
+      this.#interimTimer ??= interimBound(controller, status, this.session.headersTimeoutOf(this.job));
       return;
     }
     clearTimeout(this.#interimTimer);
