@@ -262,8 +262,10 @@ export interface MultilegAgentOptions {
   /**
    * undici's `headersTimeout` for every request and leg of the agent's connections, in ms: how long
    * a response head may take once the request went (the first request on a new connection is
-   * bounded by it alone; those queued behind it by `limits.queueTimeout`). A request's own
-   * `headersTimeout` dispatch option still wins. Default 300 000, undici's. No 0: every wait has a bound.
+   * bounded by it alone; those queued behind it by `limits.queueTimeout`); after an interim (1xx)
+   * response, the final head within it of the first one (undici would start it again at each). A
+   * request's own `headersTimeout` dispatch option still wins. Default 300 000, undici's. No 0:
+   * every wait has a bound.
    */
   headersTimeout?: number;
   /**

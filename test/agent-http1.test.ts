@@ -39,6 +39,25 @@ describe('HTTP/1.1, downgrade and the ways callers reach the agent', () => {
     expectOneBoundConnection(r, 2);
   });
 
+  it.each([1, 2])(
+    "H1: a server whose answers say Keep-Alive: timeout=%i (Apache's KeepAliveTimeout tuned down) keeps every NTLM leg on one connection, as curl does (undici's 2 s margin closed it after each 401: RelocationLimitError)",
+    async (seconds) => {
+      r = await rig(
+        {
+          mode: 'legacy',
+          schemes: ['NTLM'],
+          faults: { responseHeaders: () => ({ 'keep-alive': `timeout=${seconds}` }) },
+        },
+        { allowH2: false },
+      );
+      for (let i = 0; i < 2; i++) {
+        const res = await get(r, `/auth/${i}`);
+        expect(res).toMatchObject({ status: 200, body: { user: 'EXAMPLE\\alice', protocol: 'http/1.1' } });
+      }
+      expectOneBoundConnection(r, 1);
+    },
+  );
+
   it("H1: the agent's allowH2: false (undici's Agent option) puts every request on HTTP/1.1, with no per-request option", async () => {
     r = await rig({ mode: 'session', schemes: ['NTLM'] }, { allowH2: false });
     for (let i = 0; i < 2; i++) {

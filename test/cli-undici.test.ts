@@ -23,10 +23,11 @@ describe('undici-core', () => {
   });
   afterAll(() => server.close());
 
-  it('exports the very Dispatcher, Client and buildConnector of undici’s index, with its request API', () => {
+  it('exports the very Dispatcher, Client, buildConnector and errors of undici’s index, with its request API', () => {
     expect(core.Dispatcher).toBe(undici.Dispatcher);
     expect(core.Client).toBe(undici.Client);
     expect(core.buildConnector).toBe(undici.buildConnector);
+    expect(core.errors.HeadersTimeoutError).toBe(undici.errors.HeadersTimeoutError);
     for (const method of ['request', 'stream', 'pipeline', 'upgrade', 'connect'] as const)
       expect(typeof core.Dispatcher.prototype[method], method).toBe('function');
   });

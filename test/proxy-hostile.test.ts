@@ -145,6 +145,23 @@ describe('hostile proxies: bounded connects (R1, H5)', () => {
     expect(own).toMatchObject({ code: 'MULTILEG_PROXY_RESPONSE_TIMEOUT', timeout: 200 });
   }, 20_000);
 
+  it("R1/H5: a forwarding proxy that sends 102 Processing forever, never a final answer (undici starts its headersTimeout again at each): ProxyResponseTimeoutError within headersTimeout of the first, undici's headers timeout naming the interim responses its cause", async () => {
+    proxy = await hostile((socket) => {
+      socket.once('data', () => {
+        const timer = setInterval(() => socket.write('HTTP/1.1 102 Processing\r\n\r\n'), 50);
+        socket.once('close', () => clearInterval(timer));
+      });
+    });
+    agent = new MultilegAgent({ proxy: `http://127.0.0.1:${proxy.port}`, headersTimeout: 300 });
+    // Before: it waited for good (the test's own signal ended it).
+    const err = await cause(
+      fetch('http://localhost:8443/x', { dispatcher: agent, signal: AbortSignal.timeout(10_000) }),
+    );
+    expect(err).toBeInstanceOf(ProxyResponseTimeoutError);
+    expect(err).toMatchObject({ code: 'MULTILEG_PROXY_RESPONSE_TIMEOUT', timeout: 300 });
+    expect((err as Error & { cause?: Error }).cause?.message).toMatch(/of the first interim \(1xx\) response/);
+  }, 20_000);
+
   for (const [what, answer] of [
     ['a line that is not HTTP', 'XYZ\r\n\r\n'],
     [

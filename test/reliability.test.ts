@@ -11,6 +11,7 @@ import {
   type IncomingHttpHeaders,
   type ServerHttp2Session,
 } from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { createServer as createTlsServer } from 'node:tls';
@@ -973,6 +974,71 @@ describe('R1/R3: an HTTP/2 server that gives no stream (SETTINGS_MAX_CONCURRENT_
     expect(e.noStream).toBeUndefined();
     expect(e.message).toMatch(/; check the server or raise limits\.handshakeTimeout$/);
     expect(s.requests()).toBe(2);
+  }, 30_000);
+});
+
+describe('R1: interim (1xx) responses hold no request past headersTimeout', () => {
+  /**
+   * An HTTP/1.1 origin: NTLM authenticates the connection; a request for /drip gets `102
+   * Processing` every 50 ms and never a final answer (`drips`: how many were sent).
+   */
+  async function dripping(): Promise<{ origin: string; drips: () => number }> {
+    let drips = 0;
+    const sockets = new Set<import('node:net').Socket>();
+    const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      req.resume();
+      const socket = req.socket as import('node:net').Socket & { authenticated?: boolean };
+      const type = ntlmType(req.headers);
+      if (type === 1) return void res.writeHead(401, { 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }).end();
+      if (type === 3) socket.authenticated = true;
+      if (req.url?.startsWith('/drip')) {
+        const timer = setInterval(() => {
+          drips += 1;
+          res.writeProcessing();
+        }, 50);
+        res.on('close', () => clearInterval(timer));
+        return;
+      }
+      if (!socket.authenticated) return void res.writeHead(401, { 'www-authenticate': 'NTLM' }).end();
+      res.writeHead(200).end('ok');
+    });
+    server.on('connection', (s: import('node:net').Socket) => {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    });
+    await listenClosingWith(server, sockets);
+    return { origin: `https://localhost:${(server.address() as AddressInfo).port}`, drips: () => drips };
+  }
+
+  it('R1: an HTTP/1.1 server that sends 102 Processing forever, never a final answer (undici starts its headersTimeout again at each): a bare request, and one on the fast path of an authenticated connection, end with a headers timeout naming the interim responses; agent.close() resolves', async () => {
+    const s = await dripping();
+    const bare = agent({ headersTimeout: 400 });
+    const signal = AbortSignal.timeout(BOUND);
+    const r = await settle(request(`${s.origin}/drip/bare`, { dispatcher: bare, signal }));
+    // Before: the request (and close()) waited for good, undici's timer started again at each 102.
+    expect(r.ok === false && r.e).toMatchObject({ code: 'UND_ERR_HEADERS_TIMEOUT' });
+    expect(r.ok === false && r.e.message).toMatch(/of the first interim \(1xx\) response/);
+    expect(s.drips()).toBeGreaterThan(1);
+    await within(bare.close(), 'agent.close()');
+
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [s.origin],
+      schemes: ['NTLM'],
+      headersTimeout: 400,
+      maxHttp1Connections: 1,
+    });
+    const first = await request(`${s.origin}/auth`, { dispatcher: a, signal });
+    expect(first.statusCode).toBe(200);
+    await first.body.dump();
+    const fast = await settle(request(`${s.origin}/drip/fast`, { dispatcher: a, signal }));
+    expect(fast.ok === false && fast.e).toMatchObject({ code: 'UND_ERR_HEADERS_TIMEOUT' });
+    expect(a.handshakes()).toHaveLength(1); // it went bare, on the authenticated connection
+    // A request's own headersTimeout is the bound there.
+    const own = await settle(request(`${s.origin}/drip/own`, { dispatcher: a, signal, headersTimeout: 200 }));
+    expect(own.ok === false && own.e.message).toMatch(/within headersTimeout \(200 ms\)/);
+    await within(a.close(), 'agent.close()');
   }, 30_000);
 });
 

@@ -76,6 +76,8 @@ export async function upgradeServer(opts: {
    * after it: on every connection, or (`'first'`) on the first one only (a keep-alive limit met once).
    */
   closeOnChallenge?: boolean | 'first';
+  /** A `Keep-Alive` header on every 401 (e.g. `timeout=2`: Apache's KeepAliveTimeout 2). */
+  keepAlive?: string;
   /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
   holdChallenge?: () => Promise<void>;
   /**
@@ -117,6 +119,7 @@ export async function upgradeServer(opts: {
       socket.write(
         `HTTP/1.1 ${status} ${text}\r\n${Object.entries({
           ...headers,
+          ...(status === 401 && opts.keepAlive ? { 'keep-alive': opts.keepAlive } : {}),
           'content-length': String(Buffer.byteLength(body)),
         })
           .map(([k, v]) => `${k}: ${v}\r\n`)

@@ -180,6 +180,19 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     ]);
   });
 
+  it("H1: an upgrade the origin challenges with NTLM under Keep-Alive: timeout=2 (Apache's KeepAliveTimeout 2): every leg on one connection (undici's 2 s margin closed it after each 401)", async () => {
+    origin = await upgradeServer({ ntlm: true, keepAlive: 'timeout=2' });
+    agent = ntlmAgent();
+    const { socket } = await upgrade(`${origin.origin}/ws`, { dispatcher: agent, protocol: 'websocket' });
+    sockets.push(socket as Socket);
+    expect(await read(socket as Socket, 'hello EXAMPLE\\alice\n'.length)).toBe('hello EXAMPLE\\alice\n');
+    expect(origin.seen.map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [1, undefined, 401],
+      [1, 'NTLM/1', 401],
+      [1, 'NTLM/3', 101],
+    ]);
+  });
+
   it("an upgrade asks the agent's cookie jar for each leg and tells it each head, the 101's too: a cookie set on a challenge goes on the next leg; S6: not for an upgrade with its own Authorization", async () => {
     origin = await upgradeServer({ ntlm: true, setCookies: true });
     const jar = new Map<string, string>();

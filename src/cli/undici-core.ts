@@ -1,6 +1,6 @@
 /**
  * The parts of undici a `multileg` request uses — `Dispatcher` with its request API, `Client`,
- * `buildConnector`, and `Dispatcher1Wrapper` (which the agent imports) — loaded from their own files. undici's index also loads fetch, WebSocket,
+ * `buildConnector`, `errors`, and `Dispatcher1Wrapper` (which the agent imports) — loaded from their own files. undici's index also loads fetch, WebSocket,
  * EventSource, the caches, the interceptors and the mocks, and makes a global Agent: about 90 of
  * the 110 modules a request loaded, a third of the command's start (docs/PERFORMANCE.md "CLI
  * start"). undici has no `exports` map, so its files are the package's to import; they are the
@@ -13,7 +13,7 @@ import type * as Undici from 'undici';
 
 const require = createRequire(import.meta.url);
 
-function load(): Pick<typeof Undici, 'Dispatcher' | 'Dispatcher1Wrapper' | 'Client' | 'buildConnector'> {
+function load(): Pick<typeof Undici, 'Dispatcher' | 'Dispatcher1Wrapper' | 'Client' | 'buildConnector' | 'errors'> {
   // The files of the undici that `require('undici')` finds, by their path in it: a bare
   // 'undici/lib/…' missing there would be looked for in the node_modules of parent folders, and
   // could come from another undici.
@@ -28,6 +28,8 @@ function load(): Pick<typeof Undici, 'Dispatcher' | 'Dispatcher1Wrapper' | 'Clie
       Dispatcher1Wrapper: file('lib/dispatcher/dispatcher1-wrapper.js') as typeof Undici.Dispatcher1Wrapper,
       Client: file('lib/dispatcher/client.js') as typeof Undici.Client,
       buildConnector: file('lib/core/connect.js') as typeof Undici.buildConnector,
+      // (Loaded by the Client already: no module more. The agent makes undici's HeadersTimeoutError.)
+      errors: file('lib/core/errors.js') as typeof Undici.errors,
     };
   } catch (err) {
     // A later undici that moved its files: the whole package, as the library loads it.
@@ -36,7 +38,7 @@ function load(): Pick<typeof Undici, 'Dispatcher' | 'Dispatcher1Wrapper' | 'Clie
   }
 }
 
-export const { Dispatcher, Dispatcher1Wrapper, Client, buildConnector } = load();
+export const { Dispatcher, Dispatcher1Wrapper, Client, buildConnector, errors } = load();
 
 /** multileg's own modules (dist/ or src/): theirs are the imports of 'undici' this module answers. */
 const OWN = new URL('../', import.meta.url).href;

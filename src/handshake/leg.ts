@@ -1,4 +1,4 @@
-import type { Dispatcher } from 'undici';
+import { type Dispatcher, errors } from 'undici';
 import type { UserSink } from './user-sink.ts';
 
 type Controller = Dispatcher.DispatchController;
@@ -56,6 +56,33 @@ export interface OpenResponse {
  * simply held; pausing the stream at once cost a pause and a resume per per-request handshake.
  */
 const GATE_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * R1: the bound on a response head once an interim (1xx) response came. undici's HTTP/1.1 parser
+ * starts its headersTimeout again at each interim response, so a server sending `102 Processing`
+ * forever held a request, and `agent.close()`, for good. From the first one the final head must
+ * come within `ms` (a request's own headersTimeout, else the agent's): one timer, armed only then
+ * (not by 100 Continue); 0 (a caller's "no timeout" for undici) arms none. Its error is undici's
+ * headers timeout, which the agent already reads as such (a forwarding proxy's, R2's leader, R4's
+ * unanswered leg).
+ */
+export function interimBound(
+  controller: Controller,
+  status: number,
+  ms: number | null | undefined,
+): NodeJS.Timeout | undefined {
+  // 100 Continue is the go-ahead for an expectContinue body (HTTP/2), which may take its time.
+  if (!ms || status === 100) return undefined;
+  return setTimeout(
+    () =>
+      controller.abort(
+        new errors.HeadersTimeoutError(
+          `no final response within headersTimeout (${ms} ms) of the first interim (1xx) response: the server sends only interim responses; check the server or raise headersTimeout`,
+        ),
+      ),
+    ms,
+  ).unref(); // as undici's own: the connection, not this timer, keeps a process alive
+}
 
 /** A leg's headers before its response head: one shared object, never written (not one per leg). */
 const NO_HEADERS: ResponseHeaders = Object.freeze({});
@@ -165,6 +192,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   readonly #maxDrainMs: number | undefined;
   readonly #expectContinue: boolean;
   #drainTimer: NodeJS.Timeout | undefined;
+  readonly #headersTimeout: number | null | undefined;
+  /** Armed by the first interim (1xx) response ({@link interimBound}); cleared by the final head. */
+  #interimTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: {
     sink: UserSink;
@@ -190,7 +220,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     onAbort?: () => void;
     /** The leg is sent with `expectContinue` (see onResponseError). */
     expectContinue?: boolean;
+    /** The leg's headersTimeout (its request's own, else the agent's): see {@link interimBound}. */
+    headersTimeout?: number | null;
   }) {
+    this.#headersTimeout = opts.headersTimeout;
     this.#sink = opts.sink;
     this.#onAbort = opts.onAbort;
     this.#expectContinue = opts.expectContinue === true;
@@ -278,7 +311,12 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Controller, status: number, headers: ResponseHeaders, message: string): void {
-    if (status < 200) return; // 1xx: informational, not a leg result
+    // 1xx: informational, not a leg result; the final head is bounded from the first one.
+    if (status < 200) {
+      this.#interimTimer ??= interimBound(controller, status, this.#headersTimeout);
+      return;
+    }
+    clearTimeout(this.#interimTimer);
     this.#status = status;
     this.#headers = headers;
     let verdict: Verdict;
@@ -503,6 +541,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       return;
     }
     this.#unanswered = mode === 'head' && this.#controller !== undefined;
+    clearTimeout(this.#interimTimer);
     if (mode === 'drain') clearTimeout(this.#drainTimer);
     this.#mode = 'over';
     if (mode === 'drain' && this.#expectContinue && this.#held === undefined && protocolReset(err)) {

@@ -4,7 +4,7 @@
  * Which requests may come here is the steps' decision (`fastPathEligible`, exchange.ts).
  */
 import type { Dispatcher } from 'undici';
-import { LegHandler, type LegResult, type ResponseHeaders } from '../handshake/leg.ts';
+import { interimBound, LegHandler, type LegResult, type ResponseHeaders } from '../handshake/leg.ts';
 import {
   afterSend,
   classifySend,
@@ -56,6 +56,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   #slow: LegHandler | undefined;
   /** In `givenUp`: why; undici aborts the request with it when it starts it. */
   #givenUp: Error | undefined;
+  /** Armed by the first interim (1xx) response (R1, {@link interimBound}); cleared by the final head. */
+  #interimTimer: NodeJS.Timeout | undefined;
 
   constructor(session: Session, job: Job, host: FastHost) {
     this.session = session;
@@ -115,7 +117,11 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       this.#slow?.onResponseStart(controller, status, headers, message);
       return;
     }
-    if (status < 200) return;
+    if (status < 200) {
+      this.#interimTimer ??= interimBound(controller, status, this.session.headersTimeoutOf(this.job));
+      return;
+    }
+    clearTimeout(this.#interimTimer);
     // The jar is told every head, as #send tells it (a 401's cookie goes on the next leg).
     if (this.session.cookies) this.session.tellCookies(cookieUrlOf(this.job), headers);
     if (status === 401 || status === 421) {
@@ -163,6 +169,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(controller: Dispatcher.DispatchController | null, err: Error): void {
+    clearTimeout(this.#interimTimer);
     const phase = this.#phase;
     // Ended for the caller already; failed by undici without being started (or aborted as it was).
     if (phase === 'givenUp') return;

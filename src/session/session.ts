@@ -47,6 +47,16 @@ import { WaitQueue } from './wait-queue.ts';
  */
 export const MAX_RESENDS_AFTER_CLOSE = 4;
 
+/**
+ * How long before the end of a server's `Keep-Alive: timeout=N` an idle HTTP/1.1 connection is no
+ * longer reused, in ms (undici's `keepAliveTimeoutThreshold`). undici's 2 s closes the connection
+ * after every response of a server whose timeout is 2 s or less (Apache tuned with
+ * `KeepAliveTimeout 2`): an NTLM challenge's connection was gone before its AUTHENTICATE (H1), and
+ * every handshake ended in RelocationLimitError. The next leg goes within milliseconds of its 401;
+ * an idle close that still races a reuse is answered as any other (C8: sent again on a new one).
+ */
+export const KEEP_ALIVE_THRESHOLD_MS = 500;
+
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
   constructor() {
@@ -278,6 +288,7 @@ export class Session {
       bodyTimeout: opts.bodyTimeout,
       h2Options: { maxConcurrentStreams: opts.maxConcurrentStreams },
       keepAliveMaxTimeout: Math.max(opts.keepAliveTimeout, 600_000),
+      keepAliveTimeoutThreshold: KEEP_ALIVE_THRESHOLD_MS,
     });
     this.client.on('disconnect', (_origin, _targets, error) => {
       log.session('%s disconnected (%s)', this.id, error.message);
@@ -679,11 +690,16 @@ export class Session {
     if (r.kind !== 'failed') return r;
     const proxy = this.#forward!.route.proxy.origin;
     if ((r.error as { code?: unknown }).code === 'UND_ERR_HEADERS_TIMEOUT') {
-      const ms = job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
+      const ms = this.headersTimeoutOf(job);
       return { ...r, error: new ProxyResponseTimeoutError(proxy, job.origin, ms, { cause: r.error }) };
     }
     if (isFramingError(r.error)) return { ...r, error: forwardedFraming(proxy, job.origin, r.error) };
     return r;
+  }
+
+  /** undici's headersTimeout for `job`'s legs on this session: the request's own, else the agent's. */
+  headersTimeoutOf(job: Job): number {
+    return job.dispatchOptions.headersTimeout ?? this.#headersTimeout;
   }
 
   /** A proxy's 407 held from a forwarded leg (proxy.deliver407) is the caller's response, all at once. */
@@ -802,6 +818,7 @@ export class Session {
       beforeStart: (controller) => this.checkStart(job, controller),
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
+      headersTimeout: this.headersTimeoutOf(job),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {

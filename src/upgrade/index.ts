@@ -77,6 +77,7 @@ import {
 } from '../session/first-challenge.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import type { OriginPool } from '../session/origin-pool.ts';
+import { KEEP_ALIVE_THRESHOLD_MS } from '../session/session.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
 type Controller = Dispatcher.DispatchController;
@@ -435,6 +436,8 @@ export class UpgradeDispatcher {
       allowH2: false,
       headersTimeout,
       bodyTimeout,
+      // A challenge's connection kept for the next leg under a short Keep-Alive timeout (H1).
+      keepAliveTimeoutThreshold: KEEP_ALIVE_THRESHOLD_MS,
     });
     this.#clients.add(client);
     return { client, line };
