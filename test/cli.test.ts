@@ -161,6 +161,29 @@ describe('multileg command line', () => {
     }
   });
 
+  it("H2: an IIS-style HTTP_1_1_REQUIRED, by RST_STREAM or by GOAWAY: -v says it is the switch to HTTP/1.1 (a GOAWAY's was '! ERR_HTTP2_SESSION_ERROR: Session closed with error code 13'), and doctor's schemes check says HTTP/2 was refused, not that the server does not speak HTTP/2, and its authentication check that it needs HTTP/1.1", async () => {
+    for (const iisVia of ['rst', 'goaway'] as const) {
+      const iis = await startReferenceServer({ mode: 'iis', iisVia });
+      try {
+        const verbose = await run(['-v', ...alice(), `${iis.origin}/auth/iis`]);
+        expect(verbose.code).toBe(0);
+        expect(verbose.stderr).toContain('* the server wants this request over HTTP/1.1 (HTTP_1_1_REQUIRED)');
+        expect(verbose.stderr).not.toMatch(/^! /m);
+        const doctor = await run(['doctor', ...alice(), `${iis.origin}/auth/iis`]);
+        expect(doctor.stdout).not.toContain('does not speak HTTP/2');
+        expect(doctor.stdout).toMatch(
+          /^ok +schemes: HTTP\/2 refused with HTTP_1_1_REQUIRED \(the server wants HTTP\/1\.1 here\); over HTTP\/1\.1: HTTP\/1\.1 401 offers Negotiate, NTLM$/m,
+        );
+        expect(doctor.stdout).toMatch(
+          /^warn +authentication: Negotiate, 2 leg\(s\), session as EXAMPLE\\alice over HTTP\/1\.1 → 200; needs HTTP\/1\.1 for authentication/m,
+        );
+        expect(doctor.code).toBe(0);
+      } finally {
+        await iis.close();
+      }
+    }
+  });
+
   it("sends a body with -d and -d @file, over HTTP/1.1 with --http1.1; -i prints curl's status lines (the handshake's 401s, then the answer and its body)", async () => {
     const h1 = await run(
       ['-i', '--http1.1', '-d', 'hello', '-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/post`],

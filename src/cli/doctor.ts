@@ -55,7 +55,7 @@ import {
 } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
 import { RefusalFile } from './refusals.ts';
-import { Trace } from './trace.ts';
+import { http1Required, Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
 
@@ -390,6 +390,11 @@ async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | un
     return {
       status: res.statusCode,
       protocol: trace.lastDelivered?.response?.protocol,
+      /**
+       * H2: the server spoke HTTP/2 but refused this request there with HTTP_1_1_REQUIRED (IIS), and
+       * the answer came over HTTP/1.1: the server does speak HTTP/2.
+       */
+      http1Required: trace.legs.some((l) => l.request.target !== 'proxy' && l.error && http1Required(l.error.error)),
       offered: challengeSchemes(res.headers, res.statusCode),
       date: [res.headers.date].flat()[0],
       /** nginx's 400 page about the client certificate: none sent (`missing`), or the one sent refused. */
@@ -779,7 +784,11 @@ export async function doctor(argv: string[]): Promise<number> {
     add({
       name: 'schemes',
       verdict: 'ok',
-      detail: `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}${none ? (required ? ' (a client certificate is asked for first)' : ' (no authentication asked for at this URL)') : ''}`,
+      detail: `${
+        h2.protocol !== 'h2' && h2.http1Required
+          ? `HTTP/2 refused with HTTP_1_1_REQUIRED (the server wants HTTP/1.1 here); over HTTP/1.1: ${show(h1)}`
+          : `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}`
+      }${none ? (required ? ' (a client certificate is asked for first)' : ' (no authentication asked for at this URL)') : ''}`,
     });
     if (h2.date) {
       const skew = Math.round((Date.parse(h2.date) - Date.now()) / 1000);
@@ -855,7 +864,8 @@ export async function doctor(argv: string[]): Promise<number> {
         : await authenticate(
             req,
             credentials,
-            h2.protocol,
+            // Refused there with HTTP_1_1_REQUIRED, the server spoke HTTP/2: a move to HTTP/1.1 is news.
+            h2.http1Required ? 'h2' : h2.protocol,
             ticketWorks,
             kerberosFailure,
             proxy?.kind === 'forward',
