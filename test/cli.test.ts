@@ -1086,6 +1086,26 @@ describe('multileg command line', () => {
     expect(help.stdout).toMatch(/\n {2}url {2,}the URL whose setup to check \(no scheme\s+means https:\/\/\)\n/);
   });
 
+  it('doctor names the request options it takes but does not use (-X, -d, -H, -o, -v, -w, --retry: its requests are GETs, its checks its output) in one warning, which -s hides; its --help says so, and its --url is the one URL (it took them silently: "doctor -X POST -d @body" read as a check of that POST)', async () => {
+    const out = join(dir, 'doctor-out.txt');
+    const url = `${server.origin}/auth/doctor`;
+    const given = ['-X', 'POST', '-d', 'x', '-H', 'X-A: b', '-o', out, '-v', '-w', '%{http_code}', '--retry', '2'];
+    const r = await run(['doctor', ...alice(), ...given, url]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(
+      "multileg doctor: Warning: -X, -H, -d, -v, -o, -w, --retry: not used here (doctor's requests are GETs of the URL, and its checks are its output); run the request itself without doctor for them\n",
+    );
+    expect(existsSync(out)).toBe(false);
+    expect((await run(['doctor', '-s', ...alice(), '-d', 'x', url])).stderr).toBe('');
+    // The options it uses say nothing.
+    expect((await run(['doctor', ...alice(), '--http1.1', '-m', '20', url])).stderr).toBe('');
+    const help = await run(['doctor', '--help']);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain(
+      'its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -v, -o, -w, --retry and the like are not used (a warning names them)',
+    );
+    expect(help.stdout).toMatch(/--url <url> +the URL whose setup to check, as given\s+without a flag\n/);
+  });
+
   it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {
     const url = `${server.origin}/auth/netrc`;
     const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));

@@ -598,19 +598,75 @@ function certificateFailure(err: unknown, given: boolean, issuerRefused: boolean
   };
 }
 
+/**
+ * The request's options that doctor takes (they parse as the request's, so a command line can be
+ * copied) but does not use: its requests are GETs of the URL, without a body, headers of the
+ * user's or redirects, and its checks are its only output. Given, they are named in a warning:
+ * silently dropped, `doctor -X POST -d @body.json` read as if it had checked that POST.
+ */
+const NOT_DOCTORS = new Set([
+  '--request',
+  '--header',
+  '--data',
+  '--data-binary',
+  '--data-raw',
+  '--data-urlencode',
+  '--get',
+  '--form',
+  '--upload-file',
+  '--user-agent',
+  '--referer',
+  '--compressed',
+  '--location',
+  '--location-trusted',
+  '--post301',
+  '--post302',
+  '--post303',
+  '--max-redirs',
+  '--include',
+  '--head',
+  '--verbose',
+  '--fail',
+  '--fail-early',
+  '--fail-with-body',
+  '--output',
+  '--remote-name',
+  '--remote-name-all',
+  '--create-dirs',
+  '--dump-header',
+  '--write-out',
+  '--har',
+  '--cookie-jar',
+  '--retry',
+  '--retry-delay',
+  '--retry-max-time',
+  '--retry-all-errors',
+  '--retry-connrefused',
+]);
+
 export async function doctor(argv: string[]): Promise<number> {
   // Its own usage line and description under --help; the options are the request's.
   const cmd = program()
     .name('multileg doctor')
     .usage('[options] <url>')
     .description(
-      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
+      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options, but its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -v, -o, -w, --retry and the like are not used (a warning names them); --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
     );
   // Its one URL: the request's argument says "the URLs to request, one after another".
   const url = cmd.registeredArguments[0];
   if (url) url.description = 'the URL whose setup to check (no scheme means https://)';
+  const urlOption = cmd.options.find((o) => o.long === '--url');
+  if (urlOption) urlOption.description = 'the URL whose setup to check, as given without a flag';
   const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
+  const unused = cmd.options.filter(
+    (o) => o.long && NOT_DOCTORS.has(o.long) && cmd.getOptionValueSource(o.attributeName()) === 'cli',
+  );
+  // -s hides it as the command's warnings (-sS shows it).
+  if (unused.length > 0 && (!parsed.silent || parsed.showError))
+    process.stderr.write(
+      `multileg doctor: Warning: ${unused.map((o) => o.short ?? o.long).join(', ')}: not used here (doctor's requests are GETs of the URL, and its checks are its output); run the request itself without doctor for them\n`,
+    );
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
   // without it and say to give the -U that was given.
   // -u user likewise, as a request reads it (asked for on a terminal, --password-stdin, netrc):
