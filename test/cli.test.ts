@@ -1106,6 +1106,21 @@ describe('multileg command line', () => {
     expect(help.stdout).toMatch(/--url <url> +the URL whose setup to check, as given\s+without a flag\n/);
   });
 
+  it("doctor's usage errors name doctor and its --help, not the request's (they said 'multileg: missing required argument … (multileg --help lists the options)')", async () => {
+    expect(await run(['doctor'])).toMatchObject({
+      code: 2,
+      stderr: "multileg doctor: missing required argument 'url' (multileg doctor --help lists the options)\n",
+    });
+    expect(await run(['doctor', '--bogus', `${server.origin}/`])).toMatchObject({
+      code: 2,
+      stderr: "multileg doctor: unknown option '--bogus' (multileg doctor --help lists the options)\n",
+    });
+    // The request's own are as before.
+    expect((await run(['--bogus', `${server.origin}/`])).stderr).toBe(
+      "multileg: unknown option '--bogus' (multileg --help lists the options)\n",
+    );
+  });
+
   it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {
     const url = `${server.origin}/auth/netrc`;
     const home = mkdtempSync(join(tmpdir(), 'multileg-home-'));

@@ -646,7 +646,7 @@ const NOT_DOCTORS = new Set([
 
 export async function doctor(argv: string[]): Promise<number> {
   // Its own usage line and description under --help; the options are the request's.
-  const cmd = program()
+  const cmd = program('multileg doctor')
     .name('multileg doctor')
     .usage('[options] <url>')
     .description(

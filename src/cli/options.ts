@@ -206,7 +206,8 @@ const wholeNumber = (v: string) => {
 // No default ([]): commander would print `(default: [])` in --help; absent means none given.
 const collect = (v: string, acc: string[] = []) => [...acc, v];
 
-export function program(): Commander.Command {
+/** `name`: the command its usage errors name (`multileg doctor` for doctor's, whose --help is its own). */
+export function program(name = 'multileg'): Commander.Command {
   return (
     new Command('multileg')
       .description(
@@ -433,10 +434,10 @@ export function program(): Commander.Command {
       .configureOutput({
         outputError: (message, write) =>
           write(
-            `multileg: ${unsupportedCurlOption(message)
+            `${name}: ${unsupportedCurlOption(message)
               .replace(/^error: /, '')
               .trimEnd()
-              .replace(/\s*\n\s*/g, ' ')} (multileg --help lists the options)\n`,
+              .replace(/\s*\n\s*/g, ' ')} (${name} --help lists the options)\n`,
           ),
       })
       .exitOverride()
