@@ -398,7 +398,7 @@ export function program(name = 'multileg'): Commander.Command {
       .addOption(
         new Option(
           '--retry <num>',
-          'retry a transient failure (a timeout; HTTP 408, 429, 500, 502, 503, 504, 522, 524) this many times. Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
+          'retry a transient failure (a timeout, a host or proxy name not resolved, HTTP 408, 429, 500, 502, 503, 504, 522, 524) this many times. Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
         ).argParser(wholeNumber),
       )
       .addOption(
