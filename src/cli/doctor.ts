@@ -922,6 +922,7 @@ export async function doctor(argv: string[]): Promise<number> {
             credentials,
             // Refused there with HTTP_1_1_REQUIRED, the server spoke HTTP/2: a move to HTTP/1.1 is news.
             h2.http1Required ? 'h2' : h2.protocol,
+            h2.http1Required,
             ticketWorks,
             kerberosFailure,
             proxy?.kind === 'forward',
@@ -959,7 +960,10 @@ async function authenticate(
   req: CliRequest,
   /** -u's (or the netrc file's), resolved as the command resolves them. */
   credentials: Credentials | undefined,
+  /** The protocol the server spoke to the probe: `h2` too where it refused it there with HTTP_1_1_REQUIRED. */
   probed: string | undefined,
+  /** The probe's HTTP/2 request was refused with HTTP_1_1_REQUIRED (IIS), not answered. */
+  refusedH2: boolean,
   ticketWorks: boolean,
   /** The code of the SPN check's failure, when it failed. */
   kerberosFailure: string | undefined,
@@ -1042,7 +1046,9 @@ async function authenticate(
         ? { fix: refused }
         : moved
           ? {
-              fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
+              fix: refusedH2
+                ? 'nothing to do; the server refuses authentication over HTTP/2 (HTTP_1_1_REQUIRED, as IIS does for Windows authentication)'
+                : 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
             }
           : {}),
     };
