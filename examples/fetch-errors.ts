@@ -3,9 +3,11 @@
  * typed error (a `MultilegError` with a stable `code` and a message naming the fix) is its `cause`.
  * `undici.request` throws the typed error itself.
  *
- *   node examples/fetch-errors.ts          # self-contained, on loopback
+ *   node_modules/.bin/node examples/fetch-errors.ts   # self-contained, on loopback (the project's
+ *                                                     # Node 22: a system Node 20 cannot run .ts)
  *
- * Here the reference server keeps challenging and `limits.maxLegs: 1` stops the handshake.
+ * Here `limits.maxLegs: 1` stops the reference server's NTLM handshake, which takes 2 legs
+ * (NEGOTIATE, then AUTHENTICATE in answer to the server's CHALLENGE).
  */
 import { fetch, request } from 'undici';
 import { MultilegAgent, MultilegError } from '../src/index.ts';

@@ -5,7 +5,7 @@
  * the ticket cache, SPN `HTTP@proxy.corp.example`) or NTLM, and the intranet service wants Windows
  * authentication too — with its own credentials:
  *
- *   HTTPS_PROXY=http://proxy.corp.example:8080 NO_PROXY=.internal node examples/proxy.ts https://service.corp.example/api
+ *   HTTPS_PROXY=http://proxy.corp.example:8080 NO_PROXY=.internal node_modules/.bin/node examples/proxy.ts https://service.corp.example/api
  *
  *   const agent = new MultilegAgent({
  *     credentials: { username: 'CORP\\svc-report', password: process.env.SVC_PASSWORD! }, // for the service
@@ -17,8 +17,8 @@
  * Without an argument it runs self-contained on loopback: the reference server (NTLM, the
  * multilegged-auth draft) as the service, behind the reference proxy asking for Basic.
  *
- *   node examples/proxy.ts                 # self-contained
- *   node examples/proxy.ts <url>           # through HTTPS_PROXY (an http:// url: HTTP_PROXY), Kerberos ticket or PROXY_USER/PROXY_PASSWORD
+ *   node_modules/.bin/node examples/proxy.ts         # self-contained (the project's Node 22)
+ *   node_modules/.bin/node examples/proxy.ts <url>   # through HTTPS_PROXY (an http:// url: HTTP_PROXY), Kerberos ticket or PROXY_USER/PROXY_PASSWORD
  */
 import { fetch } from 'undici';
 import { MultilegAgent } from '../src/index.ts';

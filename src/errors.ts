@@ -120,7 +120,11 @@ export class LegLimitError extends MultilegError {
   constructor(limit: number, scheme: string) {
     super(
       'MULTILEG_LEG_LIMIT',
-      `${scheme} handshake exceeded limits.maxLegs (${limit}): the server keeps challenging; check credentials or raise limits.maxLegs`,
+      // One leg is no bound on a server that keeps challenging: NTLM's second leg (its
+      // AUTHENTICATE) always comes after a challenge, so the limit itself is what stopped it.
+      limit < 2
+        ? `${scheme} handshake exceeded limits.maxLegs (${limit}): the scheme takes more legs than that (NTLM, alone or inside Negotiate, takes 2); raise limits.maxLegs (default 6)`
+        : `${scheme} handshake exceeded limits.maxLegs (${limit}): the server keeps challenging; check credentials or raise limits.maxLegs`,
     );
   }
 }

@@ -232,8 +232,9 @@ export interface MultilegAgentOptions {
   connect?: ConnectionOptions;
   /**
    * Offer HTTP/2 to origins (ALPN), as undici's `Agent` does. Default true; `false`: every request
-   * goes over HTTP/1.1 (IIS's NTLM, a server whose HTTP/2 misbehaves). A request's own dispatch
-   * option `allowH2: false` does the same for that request alone.
+   * goes over HTTP/1.1 (a server whose HTTP/2 misbehaves; IIS's NTLM needs no such setting: its
+   * `HTTP_1_1_REQUIRED` is followed, H2). A request's own dispatch option `allowH2: false` does the
+   * same for that request alone.
    */
   allowH2?: boolean;
   /**
@@ -410,7 +411,7 @@ const OPTION_NAMES: Record<keyof MultilegAgentOptions, true> = {
 
 /**
  * A ConfigError for a name `given` has and `known` does not: from plain JavaScript a misspelt option
- * (`limits: { handshakeTimout }`, undici's `allowH2`) would otherwise be ignored without a word.
+ * (`limits: { handshakeTimout }`, undici's `connections`) would otherwise be ignored without a word.
  */
 export function checkNames(what: string, given: unknown, known: object): void {
   if (given === null || typeof given !== 'object' || Array.isArray(given))

@@ -685,6 +685,15 @@ describe('MultilegAgent on one HTTP/2 session (reference server)', () => {
     expect((err as LegLimitError).message).toContain('limits.maxLegs');
   });
 
+  it('C11: maxLegs 1 stops NTLM at its own second leg: the message says so, not that the server keeps challenging (check credentials), which the fetch-errors example printed', async () => {
+    r = await rig({ mode: 'session', schemes: ['NTLM'] }, { limits: { maxLegs: 1 } });
+    const err = await get(r, '/auth/x').catch((e: { cause?: unknown }) => e.cause);
+    expect(err).toBeInstanceOf(LegLimitError);
+    expect((err as LegLimitError).message).toBe(
+      'NTLM handshake exceeded limits.maxLegs (1): the scheme takes more legs than that (NTLM, alone or inside Negotiate, takes 2); raise limits.maxLegs (default 6)',
+    );
+  });
+
   it('C11: maxQueue bounds the wait for a new session', async () => {
     r = await rig(
       { mode: 'session', faults: { delayMs: (q) => (q.headers.authorization ? 100 : 0) } },

@@ -893,6 +893,16 @@ describe('multileg: curl options', () => {
     );
   });
 
+  it("--retry takes a host name that did not resolve as transient (curl's 6, counted a timeout), and --help says so beside the timeouts and the HTTP statuses (it named those alone)", async () => {
+    const r = await run(['--retry', '1', '--retry-delay', '0.05', 'https://nothing-here.invalid/']);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toContain('Warning: Problem : timeout. Retrying in 0.050 seconds. 1 retry left.');
+    const help = await run(['--help']);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain(
+      'retry a transient failure (a timeout, a host or proxy name not resolved, HTTP 408, 429, 500, 502, 503, 504, 522, 524)',
+    );
+  });
+
   it("R4: --retry-all-errors does not send credentials again after an attempt that failed once they went out (a connection cut at the credentials' leg), and --retry does retry a library timeout that sent none (curl's 28)", async () => {
     const cut = await run([
       '-u',

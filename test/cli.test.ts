@@ -161,6 +161,29 @@ describe('multileg command line', () => {
     }
   });
 
+  it("H2: an IIS-style HTTP_1_1_REQUIRED, by RST_STREAM or by GOAWAY: -v says it is the switch to HTTP/1.1 (a GOAWAY's was '! ERR_HTTP2_SESSION_ERROR: Session closed with error code 13'), and doctor's schemes check says HTTP/2 was refused, not that the server does not speak HTTP/2, and its authentication check that it needs HTTP/1.1", async () => {
+    for (const iisVia of ['rst', 'goaway'] as const) {
+      const iis = await startReferenceServer({ mode: 'iis', iisVia });
+      try {
+        const verbose = await run(['-v', ...alice(), `${iis.origin}/auth/iis`]);
+        expect(verbose.code).toBe(0);
+        expect(verbose.stderr).toContain('* the server wants this request over HTTP/1.1 (HTTP_1_1_REQUIRED)');
+        expect(verbose.stderr).not.toMatch(/^! /m);
+        const doctor = await run(['doctor', ...alice(), `${iis.origin}/auth/iis`]);
+        expect(doctor.stdout).not.toContain('does not speak HTTP/2');
+        expect(doctor.stdout).toMatch(
+          /^ok +schemes: HTTP\/2 refused with HTTP_1_1_REQUIRED \(the server wants HTTP\/1\.1 here\); over HTTP\/1\.1: HTTP\/1\.1 401 offers Negotiate, NTLM$/m,
+        );
+        expect(doctor.stdout).toMatch(
+          /^warn +authentication: Negotiate, 2 leg\(s\), session as EXAMPLE\\alice over HTTP\/1\.1 → 200; needs HTTP\/1\.1 for authentication.*\n +fix: nothing to do; the server refuses authentication over HTTP\/2 \(HTTP_1_1_REQUIRED, as IIS does for Windows authentication\)\n/m,
+        );
+        expect(doctor.code).toBe(0);
+      } finally {
+        await iis.close();
+      }
+    }
+  });
+
   it("sends a body with -d and -d @file, over HTTP/1.1 with --http1.1; -i prints curl's status lines (the handshake's 401s, then the answer and its body)", async () => {
     const h1 = await run(
       ['-i', '--http1.1', '-d', 'hello', '-u', 'EXAMPLE\\alice', '--cacert', ca, `${server.origin}/auth/post`],
@@ -1061,6 +1084,41 @@ describe('multileg command line', () => {
     expect(help.stdout).toContain('--cacert');
     // Its argument is one URL (it said "the URLs to request, one after another", the request's).
     expect(help.stdout).toMatch(/\n {2}url {2,}the URL whose setup to check \(no scheme\s+means https:\/\/\)\n/);
+  });
+
+  it('doctor names the request options it takes but does not use (-X, -d, -H, -o, -v, -w, --retry: its requests are GETs, its checks its output) in one warning, which -s hides; its --help says so, and its --url is the one URL (it took them silently: "doctor -X POST -d @body" read as a check of that POST)', async () => {
+    const out = join(dir, 'doctor-out.txt');
+    const url = `${server.origin}/auth/doctor`;
+    const given = ['-X', 'POST', '-d', 'x', '-H', 'X-A: b', '-o', out, '-v', '-w', '%{http_code}', '--retry', '2'];
+    const r = await run(['doctor', ...alice(), ...given, url]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(
+      "multileg doctor: Warning: -X, -H, -d, -v, -o, -w, --retry: not used here (doctor's requests are GETs of the URL, and its checks are its output); run the request itself without doctor for them\n",
+    );
+    expect(existsSync(out)).toBe(false);
+    expect((await run(['doctor', '-s', ...alice(), '-d', 'x', url])).stderr).toBe('');
+    // The options it uses say nothing.
+    expect((await run(['doctor', ...alice(), '--http1.1', '-m', '20', url])).stderr).toBe('');
+    const help = await run(['doctor', '--help']);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain(
+      'its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -v, -o, -w, --retry and the like are not used (a warning names them)',
+    );
+    expect(help.stdout).toMatch(/--url <url> +the URL whose setup to check, as given\s+without a flag\n/);
+  });
+
+  it("doctor's usage errors name doctor and its --help, not the request's (they said 'multileg: missing required argument … (multileg --help lists the options)')", async () => {
+    expect(await run(['doctor'])).toMatchObject({
+      code: 2,
+      stderr: "multileg doctor: missing required argument 'url' (multileg doctor --help lists the options)\n",
+    });
+    expect(await run(['doctor', '--bogus', `${server.origin}/`])).toMatchObject({
+      code: 2,
+      stderr: "multileg doctor: unknown option '--bogus' (multileg doctor --help lists the options)\n",
+    });
+    // The request's own are as before.
+    expect((await run(['--bogus', `${server.origin}/`])).stderr).toBe(
+      "multileg: unknown option '--bogus' (multileg --help lists the options)\n",
+    );
   });
 
   it("netrc files as curl 8.21: --netrc without one is curl's 26 (8.12.1+), --netrc-optional goes on, $NETRC names it; --netrc-file not there is bad usage (2), unreadable 26", async () => {

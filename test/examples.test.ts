@@ -21,7 +21,7 @@ describe('examples', () => {
     const r = await runExample('fetch-errors.ts');
     expect(r.stderr).toBe('');
     expect(r.stdout).toBe(
-      'fetch: fetch failed; cause MULTILEG_LEG_LIMIT: NTLM handshake exceeded limits.maxLegs (1): the server keeps challenging; check credentials or raise limits.maxLegs\n' +
+      'fetch: fetch failed; cause MULTILEG_LEG_LIMIT: NTLM handshake exceeded limits.maxLegs (1): the scheme takes more legs than that (NTLM, alone or inside Negotiate, takes 2); raise limits.maxLegs (default 6)\n' +
         'request: MULTILEG_LEG_LIMIT\n',
     );
     expect(r.code).toBe(0);

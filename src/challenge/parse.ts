@@ -45,7 +45,7 @@ interface Scan {
  *
  * @param header - The header value(s).
  * @param opts - Size bounds; see {@link ParseChallengesOptions}.
- * @returns The challenges in the order sent, frozen.
+ * @returns The challenges in the order sent, each frozen (the array is a new one per call).
  */
 export function parseChallenges(
   header: string | readonly string[] | undefined,

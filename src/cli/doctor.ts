@@ -55,7 +55,7 @@ import {
 } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
 import { RefusalFile } from './refusals.ts';
-import { Trace } from './trace.ts';
+import { http1Required, Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
 
@@ -390,6 +390,11 @@ async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | un
     return {
       status: res.statusCode,
       protocol: trace.lastDelivered?.response?.protocol,
+      /**
+       * H2: the server spoke HTTP/2 but refused this request there with HTTP_1_1_REQUIRED (IIS), and
+       * the answer came over HTTP/1.1: the server does speak HTTP/2.
+       */
+      http1Required: trace.legs.some((l) => l.request.target !== 'proxy' && l.error && http1Required(l.error.error)),
       offered: challengeSchemes(res.headers, res.statusCode),
       date: [res.headers.date].flat()[0],
       /** nginx's 400 page about the client certificate: none sent (`missing`), or the one sent refused. */
@@ -593,19 +598,75 @@ function certificateFailure(err: unknown, given: boolean, issuerRefused: boolean
   };
 }
 
+/**
+ * The request's options that doctor takes (they parse as the request's, so a command line can be
+ * copied) but does not use: its requests are GETs of the URL, without a body, headers of the
+ * user's or redirects, and its checks are its only output. Given, they are named in a warning:
+ * silently dropped, `doctor -X POST -d @body.json` read as if it had checked that POST.
+ */
+const NOT_DOCTORS = new Set([
+  '--request',
+  '--header',
+  '--data',
+  '--data-binary',
+  '--data-raw',
+  '--data-urlencode',
+  '--get',
+  '--form',
+  '--upload-file',
+  '--user-agent',
+  '--referer',
+  '--compressed',
+  '--location',
+  '--location-trusted',
+  '--post301',
+  '--post302',
+  '--post303',
+  '--max-redirs',
+  '--include',
+  '--head',
+  '--verbose',
+  '--fail',
+  '--fail-early',
+  '--fail-with-body',
+  '--output',
+  '--remote-name',
+  '--remote-name-all',
+  '--create-dirs',
+  '--dump-header',
+  '--write-out',
+  '--har',
+  '--cookie-jar',
+  '--retry',
+  '--retry-delay',
+  '--retry-max-time',
+  '--retry-all-errors',
+  '--retry-connrefused',
+]);
+
 export async function doctor(argv: string[]): Promise<number> {
   // Its own usage line and description under --help; the options are the request's.
-  const cmd = program()
+  const cmd = program('multileg doctor')
     .name('multileg doctor')
     .usage('[options] <url>')
     .description(
-      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options; --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
+      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options, but its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -v, -o, -w, --retry and the like are not used (a warning names them); --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
     );
   // Its one URL: the request's argument says "the URLs to request, one after another".
   const url = cmd.registeredArguments[0];
   if (url) url.description = 'the URL whose setup to check (no scheme means https://)';
+  const urlOption = cmd.options.find((o) => o.long === '--url');
+  if (urlOption) urlOption.description = 'the URL whose setup to check, as given without a flag';
   const parsed = await parseCliOrExit(argv, 'multileg doctor', cmd);
   if (typeof parsed === 'number') return parsed;
+  const unused = cmd.options.filter(
+    (o) => o.long && NOT_DOCTORS.has(o.long) && cmd.getOptionValueSource(o.attributeName()) === 'cli',
+  );
+  // -s hides it as the command's warnings (-sS shows it).
+  if (unused.length > 0 && (!parsed.silent || parsed.showError))
+    process.stderr.write(
+      `multileg doctor: Warning: ${unused.map((o) => o.short ?? o.long).join(', ')}: not used here (doctor's requests are GETs of the URL, and its checks are its output); run the request itself without doctor for them\n`,
+    );
   // `-U user`: its password is asked for as a request's is; the proxy checks would otherwise run
   // without it and say to give the -U that was given.
   // -u user likewise, as a request reads it (asked for on a terminal, --password-stdin, netrc):
@@ -779,7 +840,11 @@ export async function doctor(argv: string[]): Promise<number> {
     add({
       name: 'schemes',
       verdict: 'ok',
-      detail: `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}${none ? (required ? ' (a client certificate is asked for first)' : ' (no authentication asked for at this URL)') : ''}`,
+      detail: `${
+        h2.protocol !== 'h2' && h2.http1Required
+          ? `HTTP/2 refused with HTTP_1_1_REQUIRED (the server wants HTTP/1.1 here); over HTTP/1.1: ${show(h1)}`
+          : `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}`
+      }${none ? (required ? ' (a client certificate is asked for first)' : ' (no authentication asked for at this URL)') : ''}`,
     });
     if (h2.date) {
       const skew = Math.round((Date.parse(h2.date) - Date.now()) / 1000);
@@ -855,7 +920,9 @@ export async function doctor(argv: string[]): Promise<number> {
         : await authenticate(
             req,
             credentials,
-            h2.protocol,
+            // Refused there with HTTP_1_1_REQUIRED, the server spoke HTTP/2: a move to HTTP/1.1 is news.
+            h2.http1Required ? 'h2' : h2.protocol,
+            h2.http1Required,
             ticketWorks,
             kerberosFailure,
             proxy?.kind === 'forward',
@@ -893,7 +960,10 @@ async function authenticate(
   req: CliRequest,
   /** -u's (or the netrc file's), resolved as the command resolves them. */
   credentials: Credentials | undefined,
+  /** The protocol the server spoke to the probe: `h2` too where it refused it there with HTTP_1_1_REQUIRED. */
   probed: string | undefined,
+  /** The probe's HTTP/2 request was refused with HTTP_1_1_REQUIRED (IIS), not answered. */
+  refusedH2: boolean,
   ticketWorks: boolean,
   /** The code of the SPN check's failure, when it failed. */
   kerberosFailure: string | undefined,
@@ -976,7 +1046,9 @@ async function authenticate(
         ? { fix: refused }
         : moved
           ? {
-              fix: 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
+              fix: refusedH2
+                ? 'nothing to do; the server refuses authentication over HTTP/2 (HTTP_1_1_REQUIRED, as IIS does for Windows authentication)'
+                : 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
             }
           : {}),
     };

@@ -206,7 +206,8 @@ const wholeNumber = (v: string) => {
 // No default ([]): commander would print `(default: [])` in --help; absent means none given.
 const collect = (v: string, acc: string[] = []) => [...acc, v];
 
-export function program(): Commander.Command {
+/** `name`: the command its usage errors name (`multileg doctor` for doctor's, whose --help is its own). */
+export function program(name = 'multileg'): Commander.Command {
   return (
     new Command('multileg')
       .description(
@@ -397,7 +398,7 @@ export function program(): Commander.Command {
       .addOption(
         new Option(
           '--retry <num>',
-          'retry a transient failure (a timeout; HTTP 408, 429, 500, 502, 503, 504, 522, 524) this many times. Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
+          'retry a transient failure (a timeout, a host or proxy name not resolved, HTTP 408, 429, 500, 502, 503, 504, 522, 524) this many times. Never after refused credentials (a 401 or 407, an authentication error): that could lock the account',
         ).argParser(wholeNumber),
       )
       .addOption(
@@ -433,10 +434,10 @@ export function program(): Commander.Command {
       .configureOutput({
         outputError: (message, write) =>
           write(
-            `multileg: ${unsupportedCurlOption(message)
+            `${name}: ${unsupportedCurlOption(message)
               .replace(/^error: /, '')
               .trimEnd()
-              .replace(/\s*\n\s*/g, ' ')} (multileg --help lists the options)\n`,
+              .replace(/\s*\n\s*/g, ' ')} (${name} --help lists the options)\n`,
           ),
       })
       .exitOverride()

@@ -38,6 +38,20 @@ export interface LegRecord {
   heldBackFor?: number;
 }
 
+/**
+ * H2: a leg the server refused with HTTP_1_1_REQUIRED (0xd), which the agent answers by sending it
+ * again over HTTP/1.1. Node words it by the stream's code name on a RST_STREAM ("Stream closed with
+ * error code NGHTTP2_HTTP_1_1_REQUIRED") but by its number on a GOAWAY ("Session closed with error
+ * code 13"); the agent's own error for a GOAWAY names it too (MULTILEG_HTTP1_REQUIRED).
+ */
+export function http1Required(error: LegErrorEvent['error']): boolean {
+  return (
+    error.code === 'MULTILEG_HTTP1_REQUIRED' ||
+    /HTTP_1_1_REQUIRED/.test(error.message) ||
+    (error.code === 'ERR_HTTP2_SESSION_ERROR' && /error code 13$/.test(error.message))
+  );
+}
+
 export class Trace {
   readonly legs: LegRecord[] = [];
   readonly handshakes: HandshakeReport[] = [];
@@ -162,9 +176,9 @@ export class Trace {
       this.#onResponse?.(record);
     } else {
       record.error = e;
-      // IIS refuses NTLM over HTTP/2 with RST_STREAM HTTP_1_1_REQUIRED: the agent sends the request
-      // again over HTTP/1.1, so this is news, not a failure.
-      if (/HTTP_1_1_REQUIRED/.test(e.error.message))
+      // IIS refuses NTLM over HTTP/2 with HTTP_1_1_REQUIRED: the agent sends the request again
+      // over HTTP/1.1, so this is news, not a failure.
+      if (http1Required(e.error))
         this.#say('* the server wants this request over HTTP/1.1 (HTTP_1_1_REQUIRED): sending it again there');
       // The library's message names its options (proxy.credentials): here, the flags that set them.
       else this.#say(`! ${e.error.code ?? e.error.name}: ${forCli(e.error.message)}`);

@@ -74,7 +74,8 @@ export interface ProxyOptions {
    */
   readonly connect?: ConnectionOptions;
   /**
-   * Hosts not to proxy, in NO_PROXY syntax (`*`, `host`, `.suffix`, `*.suffix`, `host:port`). Default:
+   * Hosts not to proxy, in NO_PROXY syntax (`*`, `host`, `.suffix`, `*.suffix`, `host:port`, and
+   * `address/bits` ranges such as `10.0.0.0/8` for hosts written as IP addresses, as curl 7.86+). Default:
    * the `NO_PROXY` environment variable when the proxy comes from the environment, none otherwise.
    */
   readonly noProxy?: string;

@@ -1,6 +1,6 @@
 /**
  * Runs the reference server standalone, for the demo and manual poking:
- *   node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port 8443]
+ *   node_modules/.bin/node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port 8443]
  *     [--host 127.0.0.1] [--iis-via rst|goaway] [--schemes Negotiate,NTLM] [--max-contexts 8]
  *     [--channel-binding] [--log] [--ca-file ca.pem]
  * Prints its origin on the first line of stdout (scripts read it), then runs until SIGINT/SIGTERM;
@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     process.stdout.write(
-      'usage: node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port N] [--host H]\n' +
+      'usage: node_modules/.bin/node src/reference-server/main.ts [--mode session|none|per-request|iis|legacy] [--port N] [--host H]\n' +
         '         [--iis-via rst|goaway] [--schemes Negotiate,NTLM] [--max-contexts N] [--channel-binding] [--log]\n' +
         '         [--ca-file FILE]   (writes the test CA there, for --cacert)\n' +
         'users: EXAMPLE\\alice / alicepw, EXAMPLE\\bob / bobpw; CA: src/reference-server/test-pki.ts (CA_CERT)\n',
