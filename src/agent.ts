@@ -884,6 +884,7 @@ export class MultilegAgent extends Dispatcher {
     const err = (typeof errOrCb === 'function' ? null : errOrCb) ?? new AgentClosedError();
     this.#closed = true;
     const done = (async () => {
+      this.#options.proxy.end(err);
       await Promise.all([...this.#pools.values()].map((p) => p.destroy(err)));
       await this.#upgrades?.destroy(err);
     })();
