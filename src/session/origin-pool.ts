@@ -175,7 +175,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     const memory = options.refusalMemory;
     this.memory = new OriginMemory(
       options.http1MemoryTtl,
-      origin,
+      // (The proof's errors name where the credentials are tried: the name its addresses share.)
+      named?.name ?? origin,
       memory && {
         memory,
         place: () => {
