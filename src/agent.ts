@@ -552,6 +552,10 @@ export class MultilegAgent extends Dispatcher {
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
         const elsewhereWhy = elsewhereBy(origin, headers, opts, false);
         const elsewhere = elsewhereWhy !== undefined;
+        // Behind undici's dns interceptor the address's pool is made now, with the name: its proof is
+        // the name's, shared with its other addresses and its requests (R4), as a request's pool is
+        // (proofOf, below, finds the pool by the address alone).
+        if (named !== origin && !elsewhere) this.#pool(origin, named);
         const grant = this.#grant(
           origin,
           elsewhere ? origin : named,
@@ -880,6 +884,7 @@ export class MultilegAgent extends Dispatcher {
     const err = (typeof errOrCb === 'function' ? null : errOrCb) ?? new AgentClosedError();
     this.#closed = true;
     const done = (async () => {
+      this.#options.proxy.end(err);
       await Promise.all([...this.#pools.values()].map((p) => p.destroy(err)));
       await this.#upgrades?.destroy(err);
     })();

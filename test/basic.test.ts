@@ -312,6 +312,48 @@ describe('Basic (RFC 7617)', () => {
     expect(seen).toEqual([[undefined, 'name=value']]);
     expect(m.calls).toEqual(['recall', 'release']);
   });
+
+  for (const pad of [0, PAD])
+    it(`R1/R4: agent.destroy() while a refusalMemory's recall waits (the 401 ${pad ? 'too large to hold, paused' : 'held'}) ends that request, and one waiting behind it for leave, at once with AgentClosedError — not at limits.queueTimeout; the recall told`, async () => {
+      const recalls: AbortSignal[] = [];
+      r = await rig(
+        { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? pad : 0) } },
+        {
+          negotiate: false,
+          limits: { queueTimeout: 30_000 },
+          refusalMemory: {
+            recall: (_place, signal) => {
+              recalls.push(signal!);
+              return new Promise(() => {});
+            },
+            refused: () => {},
+            proved: () => {},
+            release: () => {},
+          },
+        },
+      );
+      const ended = (path: string) =>
+        fetch(`${r!.server.origin}${path}`, { dispatcher: r!.agent, method: 'POST', body: 'a=1' }).then(
+          () => undefined,
+          (e: Error) => e.cause as MultilegError,
+        );
+      // The session learnt first (a public path): both requests below go on it at once.
+      expect((await fetch(`${r.server.origin}/public/first`, { dispatcher: r.agent })).status).toBe(200);
+      const first = ended('/auth/recalling');
+      const second = ended('/auth/behind');
+      // Both 401s came: one request asks the memory before it tries the password, the other waits behind it.
+      while (recalls.length === 0 || r.server.exchanges.length < 3) await new Promise((res) => setTimeout(res, 5));
+      await new Promise((res) => setTimeout(res, 50));
+      const started = Date.now();
+      await r.agent.destroy();
+      // Before: each waited out queueTimeout (30 s) after the agent was gone.
+      expect(await first).toMatchObject({ code: 'MULTILEG_CLOSED' });
+      expect(await second).toMatchObject({ code: 'MULTILEG_CLOSED' });
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(recalls).toHaveLength(1);
+      expect(recalls[0]!.aborted).toBe(true);
+      expect(r.server.exchanges.map((e) => e.requestHeaders.authorization)).toEqual([undefined, undefined, undefined]);
+    });
 });
 
 async function basicServer() {

@@ -216,6 +216,51 @@ describe('R4: idle pools and refusals', () => {
     expect(recalled).toEqual([s.origin]);
     expect(refused).toEqual([s.origin]);
   });
+
+  it("R1/R4: behind undici's dns interceptor, a request that waits past limits.queueTimeout for the try of the password its name's addresses share is told the name, not the address whose pool was made first", async () => {
+    // The Authorization legs take longer than the queue allows.
+    const s = await reference({
+      mode: 'per-request',
+      schemes: ['Basic'],
+      host: '0.0.0.0',
+      faults: { delayMs: (r) => (hasAuth(r.headers) ? 1_500 : 0) },
+    });
+    const a = agent({
+      credentials: ALICE,
+      connect: { ca: s.ca },
+      trustedOrigins: [s.origin],
+      limits: { queueTimeout: 300 },
+    });
+    const viaDns = a.compose(
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) =>
+          cb(
+            null,
+            [1, 2].map((i) => ({ address: `127.0.0.${i}`, family: 4 as const, ttl: 60_000 })),
+          ),
+      }),
+    );
+    const go = (path: string) =>
+      request(`${s.origin}${path}`, { dispatcher: viaDns }).then(
+        async (res) => {
+          await res.body.arrayBuffer();
+          return res.statusCode;
+        },
+        (e: MultilegError) => e,
+      );
+    // Both addresses get a pool, each its session learnt (unchallenged).
+    for (let i = 0; i < 20 && a.stats().origins < 2; i++) expect(await go(`/public/${i}`)).toBe(200);
+    expect(a.stats().origins).toBe(2);
+    // One tries the password (slowly); the others wait for its outcome, past queueTimeout.
+    const results = await Promise.all([0, 1, 2, 3].map((i) => go(`/auth/${i}`)));
+    const timedOut = results.filter((r): r is MultilegError => typeof r !== 'number');
+    expect(timedOut.length).toBeGreaterThan(0);
+    for (const err of timedOut) {
+      expect(err).toMatchObject({ code: 'MULTILEG_QUEUE_TIMEOUT' });
+      // Before: "… at https://127.0.0.1:<port> (…", whichever address's pool was made first.
+      expect(err.message).toContain(`with the agent's credentials at ${s.origin} (`);
+    }
+  });
 });
 
 describe('a caller abort before the request reached the wire', () => {

@@ -761,6 +761,27 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
   });
 
   it.each(schemes)(
+    "R1: %s: agent.destroy() while a forwarded request's recall waits ends it at once (not at limits.queueTimeout): the recall told (its signal aborted) and released, no credentials sent",
+    async (_what, scheme) => {
+      const { uri, carried } = await asking(scheme);
+      const held = waitingRefusalMemory();
+      agent = recallingAgent(uri, scheme, held.memory, 30_000);
+      const pending = request('http://origin.example/x', { dispatcher: agent }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      await until(() => held.signals.length === 1);
+      const destroyedAt = Date.now();
+      await agent.destroy();
+      expect(await pending).toMatchObject({ code: 'MULTILEG_CLOSED' });
+      expect(Date.now() - destroyedAt).toBeLessThan(2_000);
+      expect(held.signals[0]!.aborted).toBe(true);
+      await until(() => held.released.length === 1);
+      expect(carried.every((c) => !c)).toBe(true);
+    },
+  );
+
+  it.each(schemes)(
     'R1/R4: %s: limits.queueTimeout bounds the recall: ProxyAuthenticationError saying the refusal memory did not answer (nothing refused), after one recall, told and released',
     async (_what, scheme) => {
       const { uri, carried } = await asking(scheme);

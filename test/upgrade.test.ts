@@ -1898,4 +1898,36 @@ describe('an upgrade while the refusal memory is asked (R1/R4)', () => {
     expect(afterOthers).toEqual([true, true]);
     expect(origin.seen.map((x) => x.authorization?.split(' ')[0])).toEqual([undefined, undefined]);
   });
+
+  it("R4: behind undici's dns interceptor an upgrade shares the name's proof of the password too: a wrong password refused at the address an upgrade dialled is held back at the name (the refusal memory told the name, not the address)", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const { port } = new URL(origin.origin);
+    const held = answeringRefusalMemory(false);
+    // Over http both the address and the name must be trusted (review r50).
+    agent = ntlmAgent({
+      credentials: { username: 'EXAMPLE\\alice', password: 'wrong' },
+      trustedOrigins: [origin.origin, `http://127.0.0.1:${port}`],
+      refusalMemory: held.memory,
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4 as const, ttl: 60_000 }]),
+      }),
+    );
+    expect(await upgradeOrResponse(viaDns, origin.origin)).toEqual({
+      kind: 'response',
+      status: 401,
+      body: 'who are you?',
+    });
+    expect(origin.seen.filter((s) => s.authorization === 'NTLM/3')).toHaveLength(1);
+    // The name's own pool (made after the address's) holds the refused password back.
+    expect(await upgradeOrResponse(agent, origin.origin)).toEqual({
+      kind: 'response',
+      status: 401,
+      body: 'who are you?',
+    });
+    // Before: 2 — the upgrade's pool had a proof of its own, not the name's; and the memory heard of the address.
+    expect(origin.seen.filter((s) => s.authorization === 'NTLM/3')).toHaveLength(1);
+    expect(new Set(held.recalled.map((p) => p.origin))).toEqual(new Set([origin.origin]));
+  });
 });

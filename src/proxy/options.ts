@@ -626,6 +626,15 @@ export class ProxyResolver {
     }
   }
 
+  /**
+   * The agent was destroyed: requests waiting for leave to send a proxy's credentials, or for the
+   * refusal memory's recall of them, fail with `err` at once (R1), not at limits.queueTimeout
+   * (a CONNECT's dial ends them too; a forwarded request's nothing else did).
+   */
+  end(err: Error): void {
+    for (const proxy of new Set([this.#http, this.#https])) proxy?.proof.end(err);
+  }
+
   /** Whether a proxy is configured (given, or from the environment), whatever NO_PROXY says. */
   get configured(): boolean {
     return this.#http !== undefined || this.#https !== undefined;

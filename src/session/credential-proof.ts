@@ -133,6 +133,10 @@ export class CredentialProof {
   readonly #what: string;
   /** Where refusals are kept beyond this agent (AgentOptions.refusalMemory), bound to this place. */
   readonly #keeping: RefusalKeeping | undefined;
+  /** Why the agent ended ({@link end}): every wait here fails with it at once. */
+  #ended: Error | undefined;
+  /** The recalls waiting now ({@link awaitRecall}): each ends its wait with the error given. */
+  #recalling: Set<(err: Error) => void> | undefined;
 
   constructor(what: string, keeping?: RefusalKeeping) {
     this.#what = what;
@@ -209,6 +213,7 @@ export class CredentialProof {
 
   /** Waits for the running probe's outcome (bounded by `bounds`, abortable through `waiter`, R1). */
   wait(waiter: Waiter, bounds: WaitBounds): Promise<Admission> {
+    if (this.#ended) return Promise.reject(this.#ended);
     this.#queue ??= new WaitQueue<Admission, Waiter>(bounds, this.#what);
     return this.#queue.wait(waiter);
   }
@@ -221,6 +226,7 @@ export class CredentialProof {
    * password unasked. Its recall is bounded afresh: the wait and the recall one queueTimeout each.
    */
   enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
+    if (this.#ended) return Promise.reject(this.#ended);
     const admission = this.#admit(password);
     if (admission === undefined)
       return this.wait(waiter, bounds).then((woken) => this.#recall(woken, password, waiter, bounds));
@@ -267,6 +273,7 @@ export class CredentialProof {
       let late = false;
       const giveUp = (end: () => void) => {
         late = true;
+        this.#recalling?.delete(stop);
         clearTimeout(timer);
         waiter.sink.onAbort(undefined);
         ticket.recalled = undefined;
@@ -274,6 +281,10 @@ export class CredentialProof {
         givenUp.abort();
         end();
       };
+      // The agent's destroy ends it too (R1): nothing else would before queueTimeout.
+      const stop = (err: Error) => giveUp(() => reject(err));
+      this.#recalling ??= new Set();
+      this.#recalling.add(stop);
       const timer = setTimeout(() => {
         log.agent(
           'refusal memory: no answer within %d ms (limits.queueTimeout): this request goes without the password',
@@ -283,12 +294,15 @@ export class CredentialProof {
       }, timeout);
       // The caller's abort ends this wait as it ends a queued one (R1).
       waiter.sink.onAbort((reason) => giveUp(() => reject(reason)));
+      // (Ended as a waiter was woken, a microtask before this recall began.)
+      if (this.#ended) stop(this.#ended);
       const settled = (admission: () => Admission) => {
         if (late) {
           this.#tell((m) => m.release(place));
           return;
         }
         clearTimeout(timer);
+        this.#recalling?.delete(stop);
         waiter.sink.onAbort(undefined);
         resolve(admission());
       };
@@ -432,6 +446,17 @@ export class CredentialProof {
     this.#lifted = false;
     this.#probing = false;
     this.#wake();
+  }
+
+  /**
+   * The agent was destroyed (its pools with it): requests waiting here for leave, or for the refusal
+   * memory's recall, fail with `err` at once rather than at queueTimeout (R1), and none waits anew.
+   */
+  end(err: Error): void {
+    if (this.#ended) return;
+    this.#ended = err;
+    this.#queue?.settleAll(undefined, err);
+    if (this.#recalling) for (const stop of [...this.#recalling]) stop(err);
   }
 
   /** `password`: what was refused derives from one (only then does the wait double). */

@@ -175,7 +175,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     const memory = options.refusalMemory;
     this.memory = new OriginMemory(
       options.http1MemoryTtl,
-      origin,
+      // (The proof's errors name where the credentials are tried: the name its addresses share.)
+      named?.name ?? origin,
       memory && {
         memory,
         place: () => {
@@ -956,6 +957,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   async destroy(err: Error): Promise<void> {
     if (this.#end?.kind !== 'destroyed') this.#end = { kind: 'destroyed', error: err };
     this.#probing?.abort(err);
+    // (Shared by a name's addresses: the first of their pools ends it.)
+    this.memory.proof.end(err);
     this.#challenges.dispose();
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, err);
     await Promise.all(this.#sessions.map((s) => s.destroy(err)));
