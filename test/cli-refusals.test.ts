@@ -331,12 +331,23 @@ describe('R4: refused passwords are held back across the command’s runs (state
         }
       }, 120_000);
 
-      it('R1/R4: behind a stopped holder a run without -m ends at limits.queueTimeout (60 s): its request goes without the password, exit 22 on the 401, and the line says the holder is stopped', async () => {
+      it('R1/R4: behind a stopped holder a run without -m ends at limits.queueTimeout (60 s): its request goes without the password — sent once, its first 401 the answer (-v says so) — exit 22 on the 401, and the line says the holder is stopped', async () => {
         try {
           const pid = await stoppedHolder('/auth/stop-q-holder');
-          const waiter = await runCli(args('/auth/stop-q-waiter', ['-v']), { env: { XDG_STATE_HOME: state } });
+          const waiter = await runCli(args('/auth/stop-q-waiter', ['-v', '-d', 'name=value']), {
+            env: { XDG_STATE_HOME: state },
+          });
           expect(waiter.code).toBe(22);
           expect(tries('/auth/stop-q-waiter')).toBe(0);
+          // Before: its first 401 was dropped at queueTimeout and the request (its -d body) went again bare.
+          expect(
+            server.exchanges.filter((e) => e.path === '/auth/stop-q-waiter').map((e) => [e.method, e.bodyLength]),
+          ).toEqual([['POST', 10]]);
+          // One 401 in the trace (labelled intermediate while the lock wait was said), then why it stood.
+          expect(waiter.stderr.match(/^< 401 /gm)).toHaveLength(1);
+          expect(waiter.stderr).toContain(
+            "* its 401 is the answer: no credentials were sent: another run's try of the same password did not end within 60 s (limits.queueTimeout)",
+          );
           // -v says the wait, then (as a warning) that its holder is stopped.
           expect(waiter.stderr).toMatch(
             new RegExp(`\\* waiting for \\S+\\.lock: the run of pid ${pid}, trying the same password`),

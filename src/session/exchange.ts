@@ -860,12 +860,12 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
  * limits.maxChallengeBodyBytes, or not ended within handshakeTimeout — so it cannot be held whole
  * until the handshake asks the memory. Paused instead (flow control: nothing more read or
  * buffered), and the memory is asked now, as the handshake would, bounded as its ask is
- * (queueTimeout, the caller's abort). Held back: that 401 is the answer, streamed as it comes — the
- * request (its body) sent once. Not: its leave is given back and the 401 cut, as a body past the
- * bounds always was, and all goes on as before; the handshake asks again (a second recall, on this
- * rare path, rather than a leave carried across steps that may wait behind another handshake, which
- * would wait for it). A recall given up at queueTimeout: the request goes on without the password
- * at once, as the handshake's own ask would have had it, not after a second wait.
+ * (queueTimeout, the caller's abort). Held back, or the recall given up at queueTimeout (the
+ * password not sent, as the handshake's own ask would have had it, not after a second wait): that
+ * 401 is the answer, streamed as it comes — the request (its body) sent once, as a held 401 is in
+ * #admitted. Not: its leave is given back and the 401 cut, as a body past the bounds always was,
+ * and all goes on as before; the handshake asks again (a second recall, on this rare path, rather
+ * than a leave carried across steps that may wait behind another handshake, which would wait for it).
  */
 async function recallOpen(run: Run, { seen, result, open }: Extract<Step, { kind: 'recall' }>): Promise<Step> {
   const { session, job, env } = run;
@@ -888,11 +888,8 @@ async function recallOpen(run: Run, { seen, result, open }: Extract<Step, { kind
     return failed(job, err as Error);
   }
   if (admission === 'refused' && !job.sink.aborted) {
-    if (heldBackAnswer(job.origin, job.dispatchOptions.path, proof, open.headers))
-      return end({ kind: 'done', done: session.deliverOpen(open) });
-    cut();
-    job.noAuth = true;
-    return CHECK;
+    heldBackAnswer(job.origin, job.dispatchOptions.path, proof, open.headers, env.limits.queueTimeout);
+    return end({ kind: 'done', done: session.deliverOpen(open) });
   }
   if (admission !== 'refused') proof.settle(admission, 'none');
   // (Aborted meanwhile, with no wait to hear it: the caller was told; nothing more goes.)
@@ -1286,11 +1283,12 @@ class Lead implements HandshakeInput, LegInfo {
       // As when a refusal comes before any proof: this request and those queued behind it go without
       // the credentials and get the server's own answer (C7, R4).
       if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id });
-      // R4: the 401 that asked for them, held (the refusal memory held them back), is that answer.
-      // (One too large or slow to hold was asked about before: recallOpen.) A recall given up at
-      // queueTimeout (nothing held back: no reason to say) goes again bare.
+      // R4: the 401 that asked for them, held (the refusal memory held them back, or did not answer
+      // within queueTimeout), is that answer: the request (its body) is sent once. (One too large or
+      // slow to hold was asked about before: recallOpen.)
       const held = this.#step.held;
-      if (held && heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers)) {
+      if (held) {
+        heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers, env.limits.queueTimeout);
         session.deliverHeld(job, held);
         this.#done(end(DONE));
         return;
