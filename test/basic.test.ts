@@ -401,6 +401,96 @@ describe('Basic (RFC 7617)', () => {
         expect(r.server.exchanges.filter((e) => e.path === `/auth/burst${i}`).length).toBeLessThanOrEqual(1);
     });
 
+  /** Three POSTs at once, on a session the agent has open (a public GET first): each one's status or error code. */
+  const warmBurst = async (rg: Rig, signal0?: AbortSignal) => {
+    await (await fetch(`${rg.server.origin}/public/warm`, { dispatcher: rg.agent })).text();
+    return Promise.all(
+      [0, 1, 2].map((i) =>
+        fetch(`${rg.server.origin}/auth/w${i}`, {
+          dispatcher: rg.agent,
+          method: 'POST',
+          body: 'name=value',
+          ...(i === 0 && signal0 ? { signal: signal0 } : {}),
+        }).then(
+          async (res) => {
+            await res.text();
+            return res.status;
+          },
+          (e: Error) => ((e.cause ?? e) as MultilegError).code ?? e.message,
+        ),
+      ),
+    );
+  };
+  const sentTo = (rg: Rig) =>
+    rg.server.exchanges
+      .filter((e) => e.path.startsWith('/auth/'))
+      .map((e) => [e.path, e.requestHeaders.authorization === undefined ? 'bare' : 'password']);
+
+  for (const [what, server] of [
+    ['Basic: waiting for its probe', { schemes: ['Basic'], mode: 'per-request' }],
+    ['NTLM over HTTP/2: waiting behind its handshake', { schemes: ['NTLM'], mode: 'session' }],
+  ] as const)
+    it(`R4/R1/C10: requests started with one whose refusalMemory does not answer within limits.queueTimeout (${what}) send no password either: each one’s own 401 is the answer (recall-timeout), each request (its POST body) sent once`, async () => {
+      const held = waitingRefusalMemory();
+      r = await rig(
+        { ...server, schemes: [...server.schemes] },
+        { negotiate: false, limits: { queueTimeout: 200 }, refusalMemory: held.memory },
+      );
+      const { result, events } = await withheldWhile(() => warmBurst(r!));
+      expect(result).toEqual([401, 401, 401]);
+      // Before — Basic: the probe given back went to the next request, which sent the password
+      // unasked (the memory silent: another process may be trying it), and the third waited out its
+      // queueTimeout; NTLM: the waiting requests, their 401s dropped, went again bare (bodies twice).
+      expect(sentTo(r).sort()).toEqual([
+        ['/auth/w0', 'bare'],
+        ['/auth/w1', 'bare'],
+        ['/auth/w2', 'bare'],
+      ]);
+      expect(events.map((e) => [e.path, e.reason]).sort()).toEqual([
+        ['/auth/w0', 'recall-timeout'],
+        ['/auth/w1', 'recall-timeout'],
+        ['/auth/w2', 'recall-timeout'],
+      ]);
+      expect(held.signals).toHaveLength(1);
+    });
+
+  it('R4: a probe given back when its caller aborts during the recall goes to the next request waiting, which asks the refusalMemory itself before sending the password (held back: its 401 is the answer)', async () => {
+    const signals: AbortSignal[] = [];
+    const until = Date.now() + 60_000;
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request' },
+      {
+        negotiate: false,
+        limits: { queueTimeout: 5_000 },
+        refusalMemory: {
+          // The first recall waits (another process trying the password), until given up; the next
+          // finds that process's refusal.
+          recall: (_place, signal) => {
+            signals.push(signal!);
+            if (signals.length > 1) return { at: Date.now() - 1_000, until, times: 1 };
+            return new Promise((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+          },
+          refused: () => {},
+          proved: () => {},
+          release: () => {},
+        },
+      },
+    );
+    const caller = new AbortController();
+    const burst = withheldWhile(() => warmBurst(r!, caller.signal));
+    await new Promise<void>((resolve) => {
+      const poll = () => (signals.length > 0 ? resolve() : setTimeout(poll, 10));
+      poll();
+    });
+    caller.abort(new Error('caller gone'));
+    const { result, events } = await burst;
+    expect(result).toEqual(['caller gone', 401, 401]);
+    // Before: the next request sent the password without asking the memory (one recall).
+    expect(signals).toHaveLength(2);
+    expect(sentTo(r).every(([, how]) => how === 'bare')).toBe(true);
+    expect(events.map((e) => e.reason)).toEqual(['refused-lately', 'refused-lately']);
+  });
+
   it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
     const m = memory(true);
     const seen: Array<[string | undefined, string | undefined]> = [];

@@ -103,7 +103,7 @@ export const ownProxy = (identity: Identity): boolean =>
  * `closed` (move to another session, C8), `lead` (the leader gave up for its own reasons: this
  * request takes the handshake over, R2).
  */
-export type WaitOutcome = 'released' | 'bare' | 'failed' | 'closed' | 'lead';
+export type WaitOutcome = 'released' | 'bare' | 'failed' | 'withheld' | 'closed' | 'lead';
 
 let nextSessionSeq = 0;
 
@@ -563,7 +563,15 @@ export class Session {
       else this.close();
     } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
       const failure = event.type === 'handshake-failure';
-      this.#queue.settleAll(failure && !event.retry ? 'failed' : failure && event.bare ? 'bare' : 'released');
+      this.#queue.settleAll(
+        failure && !event.retry
+          ? event.withheld
+            ? 'withheld'
+            : 'failed'
+          : failure && event.bare
+            ? 'bare'
+            : 'released',
+      );
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();
