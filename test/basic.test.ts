@@ -454,42 +454,56 @@ describe('Basic (RFC 7617)', () => {
       expect(held.signals).toHaveLength(1);
     });
 
-  it('R4: a probe given back when its caller aborts during the recall goes to the next request waiting, which asks the refusalMemory itself before sending the password (held back: its 401 is the answer)', async () => {
-    const signals: AbortSignal[] = [];
-    const until = Date.now() + 60_000;
-    r = await rig(
-      { schemes: ['Basic'], mode: 'per-request' },
-      {
-        negotiate: false,
-        limits: { queueTimeout: 5_000 },
-        refusalMemory: {
-          // The first recall waits (another process trying the password), until given up; the next
-          // finds that process's refusal.
-          recall: (_place, signal) => {
-            signals.push(signal!);
-            if (signals.length > 1) return { at: Date.now() - 1_000, until, times: 1 };
-            return new Promise((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+  for (const [what, server] of [
+    ['Basic: its probe handed on', { schemes: ['Basic'], mode: 'per-request' }],
+    ['NTLM over HTTP/2: its handshake taken over', { schemes: ['NTLM'], mode: 'session' }],
+  ] as const)
+    it(`R4/R2: a first request’s caller aborting while its refusalMemory recall waits (${what}): the next request waiting asks the memory itself before sending the password — held back, its own 401 is the answer, and the one behind it gets its own too, each request sent once`, async () => {
+      const signals: AbortSignal[] = [];
+      const until = Date.now() + 60_000;
+      r = await rig(
+        { ...server, schemes: [...server.schemes] },
+        {
+          negotiate: false,
+          limits: { queueTimeout: 5_000 },
+          refusalMemory: {
+            // The first recall waits (another process trying the password), until given up; the
+            // next finds that process's refusal.
+            recall: (_place, signal) => {
+              signals.push(signal!);
+              if (signals.length > 1) return { at: Date.now() - 1_000, until, times: 1 };
+              return new Promise((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+            },
+            refused: () => {},
+            proved: () => {},
+            release: () => {},
           },
-          refused: () => {},
-          proved: () => {},
-          release: () => {},
         },
-      },
-    );
-    const caller = new AbortController();
-    const burst = withheldWhile(() => warmBurst(r!, caller.signal));
-    await new Promise<void>((resolve) => {
-      const poll = () => (signals.length > 0 ? resolve() : setTimeout(poll, 10));
-      poll();
+      );
+      const caller = new AbortController();
+      const burst = withheldWhile(() => warmBurst(r!, caller.signal));
+      // The first asks the memory; the others have met their 401s and wait behind it.
+      await new Promise<void>((resolve) => {
+        const poll = () => (signals.length > 0 && sentTo(r!).length === 3 ? resolve() : setTimeout(poll, 10));
+        poll();
+      });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      caller.abort(new Error('caller gone'));
+      const { result, events } = await burst;
+      expect(result).toEqual(['caller gone', 401, 401]);
+      // Before — Basic: the next request sent the password without asking the memory (one recall);
+      // NTLM: the request that took the handshake over, and the one behind it, went again bare.
+      expect(signals).toHaveLength(2);
+      expect(sentTo(r).sort()).toEqual([
+        ['/auth/w0', 'bare'],
+        ['/auth/w1', 'bare'],
+        ['/auth/w2', 'bare'],
+      ]);
+      expect(events.map((e) => [e.path, e.reason]).sort()).toEqual([
+        ['/auth/w1', 'refused-lately'],
+        ['/auth/w2', 'refused-lately'],
+      ]);
     });
-    caller.abort(new Error('caller gone'));
-    const { result, events } = await burst;
-    expect(result).toEqual(['caller gone', 401, 401]);
-    // Before: the next request sent the password without asking the memory (one recall).
-    expect(signals).toHaveLength(2);
-    expect(sentTo(r).every(([, how]) => how === 'bare')).toBe(true);
-    expect(events.map((e) => e.reason)).toEqual(['refused-lately', 'refused-lately']);
-  });
 
   it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
     const m = memory(true);
