@@ -367,6 +367,37 @@ describe('R4: refused passwords are held back across the command’s runs (state
         }
       }, 180_000);
 
+      it('R1/R4: multileg doctor behind a stopped holder: its authentication check ends at limits.queueTimeout (60 s), FAIL naming the lock wait and the stopped holder (it said "401 without a handshake"), its request sent once without the password', async () => {
+        try {
+          const pid = await stoppedHolder('/auth/stop-doc-holder');
+          const doctor = await runCli(
+            ['doctor', '-u', 'EXAMPLE\\alice:wrongpw', '--cacert', ca, `${server.origin}/auth/stop-doc-waiter`],
+            { env: { XDG_STATE_HOME: state } },
+          );
+          expect(doctor.code).toBe(1);
+          expect(tries('/auth/stop-doc-waiter')).toBe(0);
+          // The schemes check's two probes (HTTP/2, HTTP/1.1), then the authentication check's
+          // request, once (before: sent again bare for a 401 to show), none carrying anything.
+          expect(
+            server.exchanges
+              .filter((e) => e.path === '/auth/stop-doc-waiter')
+              .map((e) => [e.protocol, e.requestHeaders.authorization]),
+          ).toEqual([
+            ['h2', undefined],
+            ['http/1.1', undefined],
+            ['h2', undefined],
+          ]);
+          expect(doctor.stdout).toMatch(
+            new RegExp(
+              `FAIL {2}authentication: 401: no credentials were sent: the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
+            ),
+          );
+          expect(doctor.stdout + doctor.stderr).not.toContain('wrongpw');
+        } finally {
+          await endHolder();
+        }
+      }, 180_000);
+
       it('R1/R4: a wait given up (its signal aborted) ends its poll of a stopped holder\u2019s lock at once: it settles, and takes no lock once the holder is gone', async () => {
         const file = new RefusalFile({ dir: join(state, 'multileg'), warn: () => {} });
         const place = {
