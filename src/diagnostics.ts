@@ -53,14 +53,20 @@ const unansweredChannel = channel(UNANSWERED_CHANNEL);
  * target (`request-target`) names another origin — or, reason
  * `refused-lately`, the server refused them here lately, or left a leg carrying the password
  * unanswered (a timeout, a close) before they were proved, and they are held back for a while (R4:
- * account lockout; a wrong password is not tried by every request), `heldBackFor` ms more.
+ * account lockout; a wrong password is not tried by every request), `heldBackFor` ms more — or,
+ * reason `recall-timeout`, the agent's `refusalMemory` did not answer within `queueTimeout` ms
+ * (limits.queueTimeout; another process may be trying the same password there), so the password
+ * was not sent (R1, R4: when in doubt, none is): nothing was refused; once the memory answers, or
+ * with a larger limits.queueTimeout, the request may authenticate.
  */
 export interface WithheldEvent {
   readonly origin: string;
   readonly path: string;
-  readonly reason: WithheldReason | 'refused-lately';
+  readonly reason: WithheldReason | 'refused-lately' | 'recall-timeout';
   /** With `refused-lately`: how long (ms) the credentials are still held back here. */
   readonly heldBackFor?: number;
+  /** With `recall-timeout`: how long (ms, limits.queueTimeout) the refusal memory was waited for. */
+  readonly queueTimeout?: number;
   /** The schemes the 401 offered (names only). */
   readonly schemes: readonly string[];
   /** Date.now() when the event was published. */

@@ -16,7 +16,8 @@ import {
 } from '../src/index.ts';
 import { BasicOverHttpError, basicAuthorization, basicMechanism } from '../src/mechanisms/basic/index.ts';
 import type { LegInfo } from '../src/mechanisms/types.ts';
-import { answeringRefusalMemory, get, publishedDuring, type Rig, rig } from './helpers.ts';
+import type { ReferenceServerOptions } from '../src/reference-server/types.ts';
+import { answeringRefusalMemory, get, publishedDuring, type Rig, rig, waitingRefusalMemory } from './helpers.ts';
 
 const leg = (origin: string): LegInfo => {
   const u = new URL(origin);
@@ -128,9 +129,12 @@ describe('Basic (RFC 7617)', () => {
     ]);
   });
 
+  /** The multileg:withheld events published while `run` runs. */
+  const withheldWhile = <T>(run: () => Promise<T>) => publishedDuring<WithheldEvent, T>(WITHHELD_CHANNEL, run);
+
   /** A POST of a 10-byte body to `path`, read whole, and what multileg:withheld said meanwhile. */
   const postedWithheld = (rigged: Rig, path: string) =>
-    publishedDuring<WithheldEvent, [Response, string]>(WITHHELD_CHANNEL, async () => {
+    withheldWhile<[Response, string]>(async () => {
       const res = await fetch(`${rigged.server.origin}${path}`, {
         dispatcher: rigged.agent,
         method: 'POST',
@@ -171,7 +175,6 @@ describe('Basic (RFC 7617)', () => {
   });
 
   const PAD = 100_000;
-
   for (const cleartext of [false, true])
     it(`R4/C10: a password a refusalMemory holds back, the 401 that asked for it over limits.maxChallengeBodyBytes (${cleartext ? 'HTTP/1.1' : 'HTTP/2'}): that 401 is the answer, its whole body as it came, and the request (its POST body) is sent once`, async () => {
       const m = answeringRefusalMemory(true);
@@ -232,7 +235,7 @@ describe('Basic (RFC 7617)', () => {
     expect(m.calls).toEqual(['recall', 'release', 'recall', 'proved', 'release']);
   });
 
-  it('R1/R4: a 401 over limits.maxChallengeBodyBytes paused while a refusalMemory that never answers is asked: queueTimeout ends the wait (the request goes without the password, as before), and the caller’s abort ends it at once; the paused 401 is cut either way', async () => {
+  it('R1/R4/C10: a 401 over limits.maxChallengeBodyBytes paused while a refusalMemory that never answers is asked: queueTimeout ends the wait — the password not sent, the paused 401 the answer (its whole body, said why: recall-timeout), the request (its POST body) sent once — and the caller’s abort ends it at once, the paused 401 cut', async () => {
     const recalls: AbortSignal[] = [];
     r = await rig(
       { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) } },
@@ -251,14 +254,22 @@ describe('Basic (RFC 7617)', () => {
       },
     );
     const started = Date.now();
-    const res = await fetch(`${r.server.origin}/auth/stuck`, { dispatcher: r.agent, method: 'POST', body: 'a=1' });
-    expect(res.status).toBe(401);
-    expect((await res.text()).length).toBeGreaterThan(PAD);
-    // One wait of queueTimeout, not one per ask; then bare again, as a recall given up always went.
+    const { result: body, events } = await withheldWhile(async () => {
+      const res = await fetch(`${r!.server.origin}/auth/stuck`, { dispatcher: r!.agent, method: 'POST', body: 'a=1' });
+      expect(res.status).toBe(401);
+      return res.text();
+    });
+    expect(body.length).toBeGreaterThan(PAD);
+    expect(JSON.parse(body)).toMatchObject({ method: 'POST', path: '/auth/stuck', bodyLength: 3, user: null });
+    // One wait of queueTimeout, not one per ask.
     expect(Date.now() - started).toBeLessThan(2_000);
     expect(recalls).toHaveLength(1);
     expect(recalls[0]!.aborted).toBe(true);
-    expect(r.server.exchanges.map((e) => e.requestHeaders.authorization)).toEqual([undefined, undefined]);
+    // Before: the paused 401 was cut and the request went again bare for another — the POST body twice.
+    expect(r.server.exchanges.map((e) => [e.bodyLength, e.requestHeaders.authorization])).toEqual([[3, undefined]]);
+    expect(events).toEqual([
+      expect.objectContaining({ path: '/auth/stuck', reason: 'recall-timeout', queueTimeout: 300, schemes: ['Basic'] }),
+    ]);
     const abort = new AbortController();
     setTimeout(() => abort.abort(new Error('caller gave up')), 100);
     const err = await fetch(`${r.server.origin}/auth/stuck2`, {
@@ -277,6 +288,181 @@ describe('Basic (RFC 7617)', () => {
     // Nothing left paused holding the agent: close() ends.
     await r.agent.close();
   });
+
+  /** A per-request handshake, and a connection-bound one over each protocol. */
+  const SILENT_MEMORY_SERVERS: ReadonlyArray<readonly [string, ReferenceServerOptions]> = [
+    ['Basic, HTTP/2', { schemes: ['Basic'], mode: 'per-request' }],
+    ['NTLM, HTTP/2', { schemes: ['NTLM'], mode: 'session' }],
+    ['NTLM, HTTP/1.1', { schemes: ['NTLM'], mode: 'session', cleartext: true }],
+  ];
+  for (const [what, server] of SILENT_MEMORY_SERVERS)
+    it(`R4/R1/C10: a refusalMemory that does not answer within limits.queueTimeout (${what}): the password is not sent, and the 401 that asked for it (held) is the answer, said why (recall-timeout) — the request (its POST body) sent once`, async () => {
+      const held = waitingRefusalMemory();
+      r = await rig(server, { negotiate: false, limits: { queueTimeout: 150 }, refusalMemory: held.memory });
+      const { result, events } = await withheldWhile(async () => {
+        const res = await fetch(`${r!.server.origin}/auth/silent`, {
+          dispatcher: r!.agent,
+          method: 'POST',
+          body: 'name=value',
+        });
+        return { status: res.status, body: await res.text() };
+      });
+      // Before: the held 401 was dropped and the request went again bare for another — the POST body twice.
+      expect(r.server.exchanges.map((e) => [e.method, e.path, e.bodyLength, e.requestHeaders.authorization])).toEqual([
+        ['POST', '/auth/silent', 10, undefined],
+      ]);
+      expect(result.status).toBe(401);
+      // That 401's own body (the reference server describes the request it answers).
+      expect(JSON.parse(result.body)).toMatchObject({
+        method: 'POST',
+        path: '/auth/silent',
+        bodyLength: 10,
+        user: null,
+      });
+      // Said why: not "refused lately" (nothing was refused), the memory's silence, and the bound to raise.
+      expect(events).toEqual([
+        expect.objectContaining({ path: '/auth/silent', reason: 'recall-timeout', queueTimeout: 150 }),
+      ]);
+      expect(events[0]!.heldBackFor).toBeUndefined();
+      expect(held.signals).toHaveLength(1);
+      expect(held.signals[0]!.aborted).toBe(true);
+      expect(held.released).toHaveLength(1);
+    });
+
+  for (const [what, server] of SILENT_MEMORY_SERVERS)
+    it(`R1/R4: requests started together while a refusalMemory does not answer within limits.queueTimeout (${what}): each settles within its bounds, none sends the password, and the first is sent once`, async () => {
+      const held = waitingRefusalMemory();
+      r = await rig(server, { negotiate: false, limits: { queueTimeout: 150 }, refusalMemory: held.memory });
+      const started = Date.now();
+      const outcomes = await Promise.all(
+        [0, 1, 2].map((i) =>
+          fetch(`${r!.server.origin}/auth/burst${i}`, {
+            dispatcher: r!.agent,
+            method: 'POST',
+            body: 'name=value',
+          }).then(
+            async (res) => {
+              await res.text();
+              return res.status;
+            },
+            (e: Error) => ((e.cause ?? e) as MultilegError).code,
+          ),
+        ),
+      );
+      expect(Date.now() - started).toBeLessThan(5_000);
+      // Each an answer: its own 401, or (queued behind the first's new session, which the recall
+      // holds) the bounded wait's QueueTimeoutError, as before.
+      for (const o of outcomes) expect([401, 'MULTILEG_QUEUE_TIMEOUT']).toContain(o);
+      expect(outcomes[0]).toBe(401);
+      expect(r.server.exchanges.every((e) => e.requestHeaders.authorization === undefined)).toBe(true);
+      expect(r.server.exchanges.filter((e) => e.path === '/auth/burst0')).toHaveLength(1);
+      for (const i of [1, 2])
+        expect(r.server.exchanges.filter((e) => e.path === `/auth/burst${i}`).length).toBeLessThanOrEqual(1);
+    });
+
+  /** Three POSTs at once, on a session the agent has open (a public GET first): each one's status or error code. */
+  const warmBurst = async (rg: Rig, signal0?: AbortSignal) => {
+    await (await fetch(`${rg.server.origin}/public/warm`, { dispatcher: rg.agent })).text();
+    return Promise.all(
+      [0, 1, 2].map((i) =>
+        fetch(`${rg.server.origin}/auth/w${i}`, {
+          dispatcher: rg.agent,
+          method: 'POST',
+          body: 'name=value',
+          ...(i === 0 && signal0 ? { signal: signal0 } : {}),
+        }).then(
+          async (res) => {
+            await res.text();
+            return res.status;
+          },
+          (e: Error) => ((e.cause ?? e) as MultilegError).code ?? e.message,
+        ),
+      ),
+    );
+  };
+  const sentTo = (rg: Rig) =>
+    rg.server.exchanges
+      .filter((e) => e.path.startsWith('/auth/'))
+      .map((e) => [e.path, e.requestHeaders.authorization === undefined ? 'bare' : 'password']);
+
+  for (const [what, server] of [
+    ['Basic: waiting for its probe', { schemes: ['Basic'], mode: 'per-request' }],
+    ['NTLM over HTTP/2: waiting behind its handshake', { schemes: ['NTLM'], mode: 'session' }],
+  ] as const)
+    it(`R4/R1/C10: requests started with one whose refusalMemory does not answer within limits.queueTimeout (${what}) send no password either: each one’s own 401 is the answer (recall-timeout), each request (its POST body) sent once`, async () => {
+      const held = waitingRefusalMemory();
+      r = await rig(
+        { ...server, schemes: [...server.schemes] },
+        { negotiate: false, limits: { queueTimeout: 200 }, refusalMemory: held.memory },
+      );
+      const { result, events } = await withheldWhile(() => warmBurst(r!));
+      expect(result).toEqual([401, 401, 401]);
+      // Before — Basic: the probe given back went to the next request, which sent the password
+      // unasked (the memory silent: another process may be trying it), and the third waited out its
+      // queueTimeout; NTLM: the waiting requests, their 401s dropped, went again bare (bodies twice).
+      expect(sentTo(r).sort()).toEqual([
+        ['/auth/w0', 'bare'],
+        ['/auth/w1', 'bare'],
+        ['/auth/w2', 'bare'],
+      ]);
+      expect(events.map((e) => [e.path, e.reason]).sort()).toEqual([
+        ['/auth/w0', 'recall-timeout'],
+        ['/auth/w1', 'recall-timeout'],
+        ['/auth/w2', 'recall-timeout'],
+      ]);
+      expect(held.signals).toHaveLength(1);
+    });
+
+  for (const [what, server] of [
+    ['Basic: its probe handed on', { schemes: ['Basic'], mode: 'per-request' }],
+    ['NTLM over HTTP/2: its handshake taken over', { schemes: ['NTLM'], mode: 'session' }],
+  ] as const)
+    it(`R4/R2: a first request’s caller aborting while its refusalMemory recall waits (${what}): the next request waiting asks the memory itself before sending the password — held back, its own 401 is the answer, and the one behind it gets its own too, each request sent once`, async () => {
+      const signals: AbortSignal[] = [];
+      const until = Date.now() + 60_000;
+      r = await rig(
+        { ...server, schemes: [...server.schemes] },
+        {
+          negotiate: false,
+          limits: { queueTimeout: 5_000 },
+          refusalMemory: {
+            // The first recall waits (another process trying the password), until given up; the
+            // next finds that process's refusal.
+            recall: (_place, signal) => {
+              signals.push(signal!);
+              if (signals.length > 1) return { at: Date.now() - 1_000, until, times: 1 };
+              return new Promise((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+            },
+            refused: () => {},
+            proved: () => {},
+            release: () => {},
+          },
+        },
+      );
+      const caller = new AbortController();
+      const burst = withheldWhile(() => warmBurst(r!, caller.signal));
+      // The first asks the memory; the others have met their 401s and wait behind it.
+      await new Promise<void>((resolve) => {
+        const poll = () => (signals.length > 0 && sentTo(r!).length === 3 ? resolve() : setTimeout(poll, 10));
+        poll();
+      });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      caller.abort(new Error('caller gone'));
+      const { result, events } = await burst;
+      expect(result).toEqual(['caller gone', 401, 401]);
+      // Before — Basic: the next request sent the password without asking the memory (one recall);
+      // NTLM: the request that took the handshake over, and the one behind it, went again bare.
+      expect(signals).toHaveLength(2);
+      expect(sentTo(r).sort()).toEqual([
+        ['/auth/w0', 'bare'],
+        ['/auth/w1', 'bare'],
+        ['/auth/w2', 'bare'],
+      ]);
+      expect(events.map((e) => [e.path, e.reason]).sort()).toEqual([
+        ['/auth/w1', 'refused-lately'],
+        ['/auth/w2', 'refused-lately'],
+      ]);
+    });
 
   it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
     const m = answeringRefusalMemory(true);

@@ -773,7 +773,7 @@ describe('origin memory and session state', () => {
     expect(next.probe).toBe(true);
   });
 
-  it('R4: a request waiting behind a probe whose recall was given up (queueTimeout) asks the refusal memory in turn when woken as the next probe: it does not send the password unasked', async () => {
+  it('R4: a request waiting behind a probe whose caller gave up while its recall waited asks the refusal memory in turn when woken as the next probe: it does not send the password unasked; a recall given up at queueTimeout sends the waiters on without it', async () => {
     vi.useFakeTimers();
     const released: string[] = [];
     const recalls: Array<() => Promise<undefined> | { at: number; until: number; times: number }> = [
@@ -786,16 +786,27 @@ describe('origin memory and session state', () => {
       return recalls.shift()!();
     }, released);
     const bounds = { maxQueue: 10, queueTimeout: 500 };
-    const first = proof.enter(true, signalWaiter(undefined), bounds);
+    const caller = new AbortController();
+    const first = proof.enter(true, signalWaiter(caller.signal), bounds);
     // Behind the first's probe (its recall pending): waits.
-    vi.advanceTimersByTime(100);
     const second = proof.enter(true, signalWaiter(undefined), bounds);
-    vi.advanceTimersByTime(400);
-    expect(await first).toBe('refused');
+    const reason = new Error('caller gone');
+    caller.abort(reason);
+    await expect(first).rejects.toBe(reason);
     // Before: woken with the probe, unasked (a Ticket: the password went).
     expect(await second).toBe('refused');
     expect(asked).toBe(2);
     expect(proof.refused).toBe(true);
+    // Given up at queueTimeout instead, the memory silent: the waiters go without it, unasked.
+    const silent = recallingProof(() => {
+      asked += 1;
+      return new Promise<undefined>(() => {});
+    }, released);
+    const a = silent.enter(true, signalWaiter(undefined), bounds);
+    const b = silent.enter(true, signalWaiter(undefined), bounds);
+    vi.advanceTimersByTime(500);
+    expect([await a, await b]).toEqual(['refused', 'refused']);
+    expect(asked).toBe(3);
   });
 
   it('R1/R4: a recall that waits is told when the agent gives up on it (its signal, at queueTimeout or the caller\u2019s abort): the memory\u2019s own wait (a poll of another run\u2019s lock) ends with the request\u2019s', async () => {

@@ -1788,16 +1788,28 @@ describe('an upgrade while the refusal memory is asked (R1/R4)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
   });
 
-  it('R1/R4: at the origin: limits.queueTimeout bounds the recall: the upgrade goes without the password and the caller gets the origin’s 401, as a request does; the recall told and released', async () => {
+  it('R1/R4: at the origin: limits.queueTimeout bounds the recall: the upgrade goes without the password and the caller gets the origin’s 401 — the one that asked, the upgrade sent once, said why (recall-timeout) — as a request does; the recall told and released', async () => {
     origin = await upgradeServer({ ntlm: true });
     const held = waitingRefusalMemory();
     agent = ntlmAgent({ refusalMemory: held.memory, limits: { queueTimeout: 150 } });
-    const r = await upgradeOrResponse(agent, origin.origin);
+    const events: WithheldEvent[] = [];
+    const listen = (e: unknown) => events.push(e as WithheldEvent);
+    subscribe(WITHHELD_CHANNEL, listen);
+    let r: Awaited<ReturnType<typeof upgradeOrResponse>>;
+    try {
+      r = await upgradeOrResponse(agent, origin.origin);
+    } finally {
+      unsubscribe(WITHHELD_CHANNEL, listen);
+    }
     expect(r).toMatchObject({ kind: 'response', status: 401 });
     expect(held.signals).toHaveLength(1);
     expect(held.signals[0]!.aborted).toBe(true);
     await until(() => held.released.length === 1);
-    expect(origin.seen.every((s) => s.authorization === undefined)).toBe(true);
+    // Before: the held 401 was dropped and the upgrade went again bare for another.
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+    expect(events).toEqual([
+      expect.objectContaining({ path: '/ws', reason: 'recall-timeout', queueTimeout: 150, schemes: ['NTLM'] }),
+    ]);
   });
 
   /** An agent whose upgrades tunnel through a Basic proxy (the reference proxy) with proxy credentials and `memory`. */

@@ -54,7 +54,7 @@ import {
   wrongNameFix,
 } from './explain.ts';
 import { type CliRequest, parseCliOrExit, program, UsageError } from './options.ts';
-import { RefusalFile } from './refusals.ts';
+import { lockWaitLine, RefusalFile } from './refusals.ts';
 import { http1Required, Trace } from './trace.ts';
 import { kerberosInstalled } from './version.ts';
 import { keepWasmOnBaseline } from './wasm.ts';
@@ -1012,6 +1012,10 @@ async function authenticate(
     // The origin's (a proxy's handshake, H5, is not this check's).
     const h = trace.handshakes.findLast((r) => !r.proxy);
     const held = res.statusCode === 401 && credentials ? refusals.heldBack(req.url.origin) : undefined;
+    // R1/R4: it gave up waiting for another run's try of this password (its lock), at
+    // limits.queueTimeout: none went, and its 401 is the answer — said so, not "without a handshake".
+    const waiting = res.statusCode === 401 && credentials && !h ? refusals.waitingFor(req.url.origin) : undefined;
+    if (waiting) return { name: 'authentication', verdict: 'FAIL', detail: `401: ${lockWaitLine(waiting)}` };
     if (!h && held && credentials)
       return {
         name: 'authentication',

@@ -73,6 +73,21 @@ interface StateFile {
 /** How long a lock's holder must be seen stopped, look after look, before a waiter says it is. */
 const STOPPED_SURE_MS = 1_000;
 
+/** R4, R1: the request went without the password because another run's try of it held its lock. */
+export function lockWaitLine(wait: LockWait): string {
+  return `no credentials were sent: ${lockWaitNote(wait)}`;
+}
+
+/** Whose lock the request waited for, how long, and what to do. */
+export function lockWaitNote(wait: LockWait): string {
+  const waited = Math.round((Date.now() - wait.since) / 1000);
+  const what = wait.stopped
+    ? // Alive, so its lock stands (R4); deleting it would let its password go twice.
+      `${stoppedNote(wait.holder, wait.stopped)}, then run again`
+    : 'run again once that run has ended, or delete the lock if no such run is alive';
+  return `the request waited ${waited} s for ${wait.lock}, held by ${wait.holder} while it tries the same password there (R4: one try at a time); ${what}`;
+}
+
 /** A wait for another run's lock this long or longer is a warning, not only a -v line. */
 const LONG_WAIT_S = 5;
 

@@ -266,13 +266,21 @@ export class Trace {
   /**
    * A 401 is the answer because the credentials are held back (R4): the origin's last leg, whose
    * head comes next (delivered), or whose 401 was read while the agent meant to answer it (reported
-   * intermediate) and the refusal memory then held the password back: now the answer.
+   * intermediate) and the refusal memory then held the password back — or did not answer within
+   * limits.queueTimeout (R1: another run's try of the password held its lock): now the answer.
    */
   #withheld(e: WithheldEvent): void {
-    if (e.reason !== 'refused-lately' || e.heldBackFor === undefined) return;
+    const why =
+      e.reason === 'refused-lately' && e.heldBackFor !== undefined
+        ? `the credentials, refused or left unanswered here lately, are held back for another ${Math.ceil(e.heldBackFor / 1000)} s`
+        : e.reason === 'recall-timeout' && e.queueTimeout !== undefined
+          ? // (The final line names whose lock it waited for: lockWaitLine.)
+            `no credentials were sent: another run's try of the same password did not end within ${Math.ceil(e.queueTimeout / 1000)} s (limits.queueTimeout)`
+          : undefined;
+    if (why === undefined) return;
     const record = this.legs.findLast((l) => l.request.origin === e.origin);
     if (record) {
-      record.heldBackFor = e.heldBackFor;
+      if (e.reason === 'refused-lately') record.heldBackFor = e.heldBackFor;
       const r = record.response;
       if (r && !r.delivered && r.status === 401) {
         record.response = { ...r, delivered: true };
@@ -280,9 +288,7 @@ export class Trace {
         this.#answer(record);
       }
     }
-    this.#say(
-      `* its 401 is the answer: the credentials, refused or left unanswered here lately, are held back for another ${Math.ceil(e.heldBackFor / 1000)} s`,
-    );
+    this.#say(`* its 401 is the answer: ${why}`);
   }
 
   /** -v: the held line of `record`'s response is the answer: written without "intermediate". */

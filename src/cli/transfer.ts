@@ -31,7 +31,7 @@ import {
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
 import { headNames, pipelineOf, type Stdout, writeBody, writeHeadsFile } from './output.ts';
-import { type LockWait, type RefusalFile, stoppedNote } from './refusals.ts';
+import { type LockWait, lockWaitLine, lockWaitNote, type RefusalFile } from './refusals.ts';
 import type { Retrier, RetryDecision } from './retry.ts';
 import type { LegRecord, Trace } from './trace.ts';
 import type { CliTrust } from './trust.ts';
@@ -227,21 +227,6 @@ function heldBackLine(
   heldBackMs: number,
 ): string {
   return `${heldBackWhy(place, credentials, refusal.at, heldBackMs)}; no credentials were sent: fix the password, or pass --forget-refusals to try it now`;
-}
-
-/** R4, R1: the request went without the password because another run's try of it held its lock (refusals.ts). */
-function lockWaitLine(wait: LockWait): string {
-  return `no credentials were sent: ${lockWaitNote(wait)}`;
-}
-
-/** Whose lock the request waited for, how long, and what to do. */
-function lockWaitNote(wait: LockWait): string {
-  const waited = Math.round((Date.now() - wait.since) / 1000);
-  const what = wait.stopped
-    ? // Alive, so its lock stands (R4); deleting it would let its password go twice.
-      `${stoppedNote(wait.holder, wait.stopped)}, then run again`
-    : 'run again once that run has ended, or delete the lock if no such run is alive';
-  return `the request waited ${waited} s for ${wait.lock}, held by ${wait.holder} while it tries the same password there (R4: one try at a time); ${what}`;
 }
 
 /**

@@ -222,8 +222,8 @@ export class CredentialProof {
    * {@link admit}, or else {@link wait}. A probe sending the password asks the refusal memory first
    * (when the agent has one): what it remembers may hold the password back here, as a refusal met
    * here would (R4: refusals met by other processes) — a request woken from the wait as the next
-   * probe too (the running one ended with nothing proved: its recall given up, say), which sent the
-   * password unasked. Its recall is bounded afresh: the wait and the recall one queueTimeout each.
+   * probe too (the running one given back unused: its caller gone, say), which sent the password
+   * unasked. Its recall is bounded afresh: the wait and the recall one queueTimeout each.
    */
   enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
     if (this.#ended) return Promise.reject(this.#ended);
@@ -256,10 +256,13 @@ export class CredentialProof {
   /**
    * A recall that waits (another process's try of the password, say) is bounded like every wait
    * (R1: queueTimeout, and the caller's abort): past it the probe is given back unused and its
-   * request goes without the password — when in doubt, none is sent — while the next request asks
-   * again. The memory is told (`givenUp`), so that its own wait ends too (a poll of another run's
-   * lock went on for good behind a stopped run); a recall that settles later is released then (one
-   * release per recall).
+   * request goes without the password — when in doubt, none is sent — and so do the requests
+   * waiting for its outcome, which waited as long for a memory still silent (another process may be
+   * trying the password: one of them sending it unasked would be a second try, and each asking in
+   * turn a second wait); a later request asks again. Given up at the caller's abort, the probe goes
+   * to the next waiter, which asks the memory itself ({@link enter}). The memory is told
+   * (`givenUp`), so that its own wait ends too (a poll of another run's lock went on for good behind
+   * a stopped run); a recall that settles later is released then (one release per recall).
    */
   #awaitRecall(
     ticket: Ticket,
@@ -290,6 +293,8 @@ export class CredentialProof {
           'refusal memory: no answer within %d ms (limits.queueTimeout): this request goes without the password',
           timeout,
         );
+        // (Before the probe is given back: #wake would hand it to the first of them.)
+        this.#queue?.settleAll('refused');
         giveUp(() => resolve('refused'));
       }, timeout);
       // The caller's abort ends this wait as it ends a queued one (R1).

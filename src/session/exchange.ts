@@ -519,9 +519,18 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
   // reset) is not one of them (moves between connections have their own bound, MAX_RELOCATIONS),
   // nor a leader's request that needed no authentication (C6: it goes bare, and a 401 there starts
   // a handshake from the server's challenge, which cannot go unanswered again).
-  if (outcome === 'released' || outcome === 'failed') job.waits += 1;
-  if (outcome === 'failed') job.noAuth = true;
+  if (outcome === 'released' || outcome === 'failed' || outcome === 'withheld') job.waits += 1;
+  if (outcome === 'failed' || outcome === 'withheld') job.noAuth = true;
   if (outcome === 'bare') job.bare = true;
+  const held = job.heldForRecall;
+  job.heldForRecall = undefined;
+  // R4: the handshake waited for held its password back: this request's own 401, held, is its
+  // answer, said why as the leader's is — the request (its body) sent once.
+  if (outcome === 'withheld' && held) {
+    heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers, env.limits.queueTimeout);
+    session.deliverHeld(job, held);
+    return end(DONE);
+  }
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
   // The hand-over made it the leader just now; the state has moved on only if the session closed
@@ -529,7 +538,8 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
   const state = session.state;
   const mechanism = state.kind === 'handshaking' ? env.mechanisms.get(state.scheme) : undefined;
   if (!mechanism) return CHECK;
-  return { kind: 'lead', mechanism, challenge: undefined, blocking: true, handedOver: true };
+  // (Its 401, held, is its answer if its own ask of the memory holds the password back: #admitted.)
+  return { kind: 'lead', mechanism, challenge: undefined, blocking: true, handedOver: true, ...(held ? { held } : {}) };
 }
 
 /** What the classifier of a bare send saw in the response head, for {@link afterSend}. */
@@ -797,6 +807,8 @@ export const newSeen = (reauth: boolean): SendSeen => ({
 
 async function send(run: Run): Promise<Step> {
   const { job } = run;
+  // (A 401 held from an earlier send is not this send's answer.)
+  job.heldForRecall = undefined;
   // A caller's AUTHENTICATE carries the Auth-ID of the CHALLENGE it answers (C3), in place of a
   // stale one the caller relayed (ntlm-pairing.ts `take`: its echoed TargetInfo named the CHALLENGE).
   const authId = job.paired?.authId;
@@ -846,6 +858,9 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   // if the connection closed with it, the next one answers it.
   const now = session.state.kind;
   if (now === 'closed') job.challenges = seen.challenges;
+  // R4: behind a handshake whose password may be held back, this 401 (held for it) waits with the
+  // request: its answer then (afterWait), not a second bare send.
+  if (now === 'handshaking' && seen.kept) job.heldForRecall = result.held;
   if (now === 'handshaking' || now === 'closed') return CHECK;
   if (seen.reauth) {
     // T4: an authenticated session re-authenticates once per request; R4: twice lost, it never held.
@@ -860,12 +875,12 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
  * limits.maxChallengeBodyBytes, or not ended within handshakeTimeout — so it cannot be held whole
  * until the handshake asks the memory. Paused instead (flow control: nothing more read or
  * buffered), and the memory is asked now, as the handshake would, bounded as its ask is
- * (queueTimeout, the caller's abort). Held back: that 401 is the answer, streamed as it comes — the
- * request (its body) sent once. Not: its leave is given back and the 401 cut, as a body past the
- * bounds always was, and all goes on as before; the handshake asks again (a second recall, on this
- * rare path, rather than a leave carried across steps that may wait behind another handshake, which
- * would wait for it). A recall given up at queueTimeout: the request goes on without the password
- * at once, as the handshake's own ask would have had it, not after a second wait.
+ * (queueTimeout, the caller's abort). Held back, or the recall given up at queueTimeout (the
+ * password not sent, as the handshake's own ask would have had it, not after a second wait): that
+ * 401 is the answer, streamed as it comes — the request (its body) sent once, as a held 401 is in
+ * #admitted. Not: its leave is given back and the 401 cut, as a body past the bounds always was,
+ * and all goes on as before; the handshake asks again (a second recall, on this rare path, rather
+ * than a leave carried across steps that may wait behind another handshake, which would wait for it).
  */
 async function recallOpen(run: Run, { seen, result, open }: Extract<Step, { kind: 'recall' }>): Promise<Step> {
   const { session, job, env } = run;
@@ -888,11 +903,8 @@ async function recallOpen(run: Run, { seen, result, open }: Extract<Step, { kind
     return failed(job, err as Error);
   }
   if (admission === 'refused' && !job.sink.aborted) {
-    if (heldBackAnswer(job.origin, job.dispatchOptions.path, proof, open.headers))
-      return end({ kind: 'done', done: session.deliverOpen(open) });
-    cut();
-    job.noAuth = true;
-    return CHECK;
+    heldBackAnswer(job.origin, job.dispatchOptions.path, proof, open.headers, env.limits.queueTimeout);
+    return end({ kind: 'done', done: session.deliverOpen(open) });
   }
   if (admission !== 'refused') proof.settle(admission, 'none');
   // (Aborted meanwhile, with no wait to hear it: the caller was told; nothing more goes.)
@@ -1285,12 +1297,13 @@ class Lead implements HandshakeInput, LegInfo {
     if (admission === 'refused') {
       // As when a refusal comes before any proof: this request and those queued behind it go without
       // the credentials and get the server's own answer (C7, R4).
-      if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id });
-      // R4: the 401 that asked for them, held (the refusal memory held them back), is that answer.
-      // (One too large or slow to hold was asked about before: recallOpen.) A recall given up at
-      // queueTimeout (nothing held back: no reason to say) goes again bare.
+      if (this.#leading()) session.apply({ type: 'handshake-failure', leader: job.id, withheld: true });
+      // R4: the 401 that asked for them, held (the refusal memory held them back, or did not answer
+      // within queueTimeout), is that answer: the request (its body) is sent once. (One too large or
+      // slow to hold was asked about before: recallOpen.)
       const held = this.#step.held;
-      if (held && heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers)) {
+      if (held) {
+        heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, held.headers, env.limits.queueTimeout);
         session.deliverHeld(job, held);
         this.#done(end(DONE));
         return;

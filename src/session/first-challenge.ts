@@ -107,17 +107,19 @@ export function firstChallenge(
 
 /**
  * S1, S4, S5, R4: a 401 offering a scheme of the agent's, met where its credentials are kept from
- * it (`reason`; `refused-lately`: refused here lately, held back `heldBackFor` ms more), is the
- * caller's, said why on `multileg:withheld` — the caller could not tell it from a refusal of what
- * it sent. Over cleartext (S4) it is refused with CleartextCredentialsError instead: true (nothing
+ * it (`reason`; `refused-lately`: refused here lately, held back `heldBackFor` ms more;
+ * `recall-timeout`: the refusal memory did not answer within `queueTimeout` ms), is the caller's,
+ * said why on `multileg:withheld` — the caller could not tell it from a refusal of what it sent.
+ * Over cleartext (S4) it is refused with CleartextCredentialsError instead: true (nothing
  * published). Requests' and upgrades'.
  */
 export function withheld401(
   origin: string,
   path: string,
   headers: ResponseHeaders,
-  reason: WithheldReason | 'refused-lately',
+  reason: WithheldReason | 'refused-lately' | 'recall-timeout',
   heldBackFor?: number,
+  queueTimeout?: number,
 ): boolean {
   if (reason === 'cleartext') return true;
   publishWithheld(() => ({
@@ -125,6 +127,7 @@ export function withheld401(
     path,
     reason,
     ...(heldBackFor !== undefined ? { heldBackFor } : {}),
+    ...(queueTimeout !== undefined ? { queueTimeout } : {}),
     schemes: readChallenges(headers).map((c) => c.scheme),
     time: Date.now(),
   }));
@@ -134,28 +137,37 @@ export function withheld401(
 /**
  * R4: leave to send the password here was refused (CredentialProof.enter said `'refused'`) where a
  * 401 met without it was kept for that (CredentialProof.mayRecall: the refusal memory might hold
- * the password back). Whether that 401 is now the caller's answer: the password is held back (a
- * refusal the memory recalled, or one met meanwhile), said why as any held-back 401 is
- * (`multileg:withheld`, refused-lately) — rather than sending the request (its body) again bare
- * for a 401 to show. False for a recall given up at limits.queueTimeout: nothing was held back, no
- * reason to say; the request goes on without the password as before. Requests' and upgrades'.
+ * the password back): that 401 is the caller's answer — rather than sending the request (its body)
+ * again bare for another 401 to show — said why on `multileg:withheld`: `refused-lately`, the
+ * password held back (a refusal the memory recalled, or one met meanwhile); else `recall-timeout`,
+ * the memory's recall given up at limits.queueTimeout (R1: when in doubt none is sent; it refused
+ * nothing, and the caller's fix is to wait for it or raise the bound, as the proxy's error says).
+ * Requests' and upgrades'.
  */
 export function heldBackAnswer(
   origin: string,
   path: string,
   proof: CredentialProof,
   headers: ResponseHeaders,
-): boolean {
-  if (!proof.refused) return false;
-  const heldBackFor = proof.refusedFor;
+  queueTimeout: number,
+): void {
   // (The path stays out of the log: a query may carry a secret.)
+  if (!proof.refused) {
+    log.agent(
+      '%s: 401 not answered: the refusal memory did not answer within %d ms (limits.queueTimeout); that 401 is the answer',
+      origin,
+      queueTimeout,
+    );
+    withheld401(origin, path, headers, 'recall-timeout', undefined, queueTimeout);
+    return;
+  }
+  const heldBackFor = proof.refusedFor;
   log.agent(
     '%s: 401 not answered: the refusal memory holds the password back %d ms more; that 401 is the answer',
     origin,
     heldBackFor,
   );
   withheld401(origin, path, headers, 'refused-lately', heldBackFor);
-  return true;
 }
 
 /**

@@ -70,6 +70,12 @@ export interface Job {
    */
   held401: HeldResponse | undefined;
   /**
+   * R4: the 401 a bare send of it met, held for the refusal memory (SendSeen.kept), while it waits
+   * behind another request's handshake (C1): the answer if that handshake's password is held back
+   * (WaitOutcome `withheld`), rather than a second bare send. Dropped when the wait ends.
+   */
+  heldForRecall: HeldResponse | undefined;
+  /**
    * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
    */
@@ -134,6 +140,7 @@ export function newJob(
     answeredHere: 0,
     challenges: undefined,
     held401: undefined,
+    heldForRecall: undefined,
     ntlm: undefined,
     ntlmAtProxy: false,
     originOpening: false,

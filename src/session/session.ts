@@ -110,10 +110,11 @@ export const ownProxy = (identity: Identity): boolean =>
 /**
  * How a wait for the session's handshake ended: `released` (go on: authenticated, per-request, or
  * try again), `failed` (the handshake failed: send without credentials and show the 401, C7),
- * `closed` (move to another session, C8), `lead` (the leader gave up for its own reasons: this
- * request takes the handshake over, R2).
+ * `withheld` (as `failed`, the leader's password held back before anything was sent: a 401 the
+ * request holds for that is its answer, R4), `closed` (move to another session, C8), `lead` (the
+ * leader gave up for its own reasons: this request takes the handshake over, R2).
  */
-export type WaitOutcome = 'released' | 'bare' | 'failed' | 'closed' | 'lead';
+export type WaitOutcome = 'released' | 'bare' | 'failed' | 'withheld' | 'closed' | 'lead';
 
 let nextSessionSeq = 0;
 
@@ -574,7 +575,15 @@ export class Session {
       else this.close();
     } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
       const failure = event.type === 'handshake-failure';
-      this.#queue.settleAll(failure && !event.retry ? 'failed' : failure && event.bare ? 'bare' : 'released');
+      this.#queue.settleAll(
+        failure && !event.retry
+          ? event.withheld
+            ? 'withheld'
+            : 'failed'
+          : failure && event.bare
+            ? 'bare'
+            : 'released',
+      );
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();

@@ -55,6 +55,12 @@ export type SessionEvent =
       readonly retry?: boolean;
       /** With `retry`: the leader's proactive first leg went unanswered (C6), so the waiters go bare once. */
       readonly bare?: boolean;
+      /**
+       * Without `retry`: the leader's password was held back (refused lately, or the refusal memory's
+       * recall given up at queueTimeout), nothing sent: a waiter holding its first 401 for that
+       * (Job.heldForRecall) takes it as its answer (R4).
+       */
+      readonly withheld?: boolean;
     }
   /**
    * The connection ended: GOAWAY, reset, idle close, error (C8); or the server wants HTTP/1.1 (H2);

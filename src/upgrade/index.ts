@@ -767,10 +767,11 @@ export class UpgradeDispatcher {
             const chosen = mechanisms.choose(challenges, excluded)?.mechanism;
             const admission = await here.enter(chosen?.usesPassword !== false, { sink }, limits);
             if (admission === 'refused') {
-              // R4: held back by the refusal memory (or refused meanwhile): the 401 that asked is the
-              // answer, as a request's (heldBackAnswer), said why; without it held, or with nothing
-              // held back (a recall given up at queueTimeout), sent again without them.
-              if (outcome.held && heldBackAnswer(origin, opts.path, here, outcome.held.headers)) {
+              // R4: held back by the refusal memory (or refused meanwhile), or its recall given up at
+              // queueTimeout: the 401 that asked is the answer, as a request's (heldBackAnswer), said
+              // why — the upgrade sent once; without it held, sent again without them.
+              if (outcome.held) {
+                heldBackAnswer(origin, opts.path, here, outcome.held.headers, limits.queueTimeout);
                 replayHeld(sink, outcome.held);
                 return;
               }
