@@ -22,6 +22,40 @@ describe('multileg command line: exit paths a test can only force', () => {
     expect(r.stdout).toBe('');
   });
 
+  it("cli: `multileg help` (the bare word help as the URL, a name that does not resolve) keeps curl's exit 6 and line, with \"did you mean multileg --help?\"; `help doctor` names doctor's --help; -w %{errormsg} keeps curl's words; a URL with a scheme, dot or port gets no hint", async () => {
+    const env = { NODE_OPTIONS: preload('dns-fails.mjs') };
+    const help = await runCli(['help'], { env });
+    expect([help.code, help.stderr, help.stdout]).toEqual([
+      6,
+      'multileg: could not resolve host help; did you mean multileg --help?\n',
+      '',
+    ]);
+    const doctor = await runCli(['help', 'doctor'], { env });
+    expect([doctor.code, doctor.stderr]).toEqual([
+      6,
+      'multileg: could not resolve host help; did you mean multileg doctor --help?\nmultileg: could not resolve host doctor\n',
+    ]);
+    const errormsg = await runCli(['-s', '-w', '[%{errormsg}]', 'help'], { env });
+    expect([errormsg.code, errormsg.stdout]).toEqual([6, '[could not resolve host help]']);
+    for (const url of ['https://help/', 'help.', 'help:443', 'helpdesk'])
+      expect((await runCli([url], { env })).stderr, url).toMatch(/^multileg: could not resolve host help(\.|desk)?\n$/);
+  });
+
+  it('cli: `multileg doctor help`: its schemes check fails as before (could not resolve host help, exit 1) with the fix "did you mean multileg doctor --help?"; another host gets no such fix', async () => {
+    const env = { NODE_OPTIONS: preload('dns-fails.mjs') };
+    const schemes = async (url: string) => {
+      const r = await runCli(['doctor', '--json', url], { env });
+      expect(r.code).toBe(1);
+      return JSON.parse(r.stdout).checks.find((c: { name: string }) => c.name === 'schemes');
+    };
+    expect(await schemes('help')).toMatchObject({
+      verdict: 'FAIL',
+      detail: 'the server could not be reached: could not resolve host help',
+      fix: 'did you mean multileg doctor --help?',
+    });
+    expect(await schemes('nowhere.test')).toMatchObject({ verdict: 'FAIL', fix: null });
+  });
+
   it('exits 1 with one line and no stack trace when something of ours breaks', async () => {
     const r = await runCli(['--max-time', '5000', 'https://localhost:1/x'], {
       env: { NODE_OPTIONS: preload('crash-on-request.mjs') },

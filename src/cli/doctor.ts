@@ -860,11 +860,14 @@ export async function doctor(argv: string[]): Promise<number> {
   else {
     // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
     const issuerRefused = server?.name === 'client CAs' && server.verdict === 'FAIL';
+    const unreached = describeFailure(failure, req);
     add(
       certificateFailure(failure, given !== undefined, issuerRefused) ?? {
         name: 'schemes',
         verdict: 'FAIL',
-        detail: `the server could not be reached: ${describeFailure(failure, req).message}`,
+        detail: `the server could not be reached: ${unreached.message}`,
+        // `multileg doctor help`: the host `help` does not resolve; its --help was likely meant.
+        ...(req.helpMeant && unreached.exit === EXIT.resolve ? { fix: `did you mean ${req.helpMeant}?` } : {}),
       },
     );
   }

@@ -63,6 +63,12 @@ export interface CliRequest {
   /** More -o than URLs: curl's warning, the extra ones unused. */
   readonly unusedOutputs: boolean;
   /**
+   * The first URL is the bare word `help` (`multileg help`, `multileg help doctor`, `multileg doctor
+   * help`): the --help meant (`multileg --help`, `multileg doctor --help`), which the error for a
+   * host `help` that does not resolve names. curl too reads the word as a host; only the hint is ours.
+   */
+  readonly helpMeant: string | undefined;
+  /**
    * The flag whose credentials a `-H 'Authorization: …'` keeps from every request (`-u`, the URL's
    * user:password, `--netrc`, `--negotiate`): the caller's own header is the request's identity (S6),
    * so they are never used. Undefined without such a header, or without such a flag.
@@ -1391,6 +1397,10 @@ export function parseCli(
     url,
     transfers,
     unusedOutputs: outputs.length > transfers.length,
+    helpMeant:
+      cmd.args[0] === 'help'
+        ? `${cmd.name() === 'multileg' && cmd.args[1] === 'doctor' ? 'multileg doctor' : cmd.name()} --help`
+        : undefined,
     authorizationReplaces: 'authorization' in headers ? credentialsFlag(o, user, only) : undefined,
     hostReplaces: transfers.some((t) => hostElsewhere(t.url.origin, headers))
       ? credentialsFlag(o, user, only)

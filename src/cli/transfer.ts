@@ -727,7 +727,11 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
       });
       // R1: -m ran out while the request waited for another run's try of the password: said, with whose.
       const waiting = command.refusals?.waitingFor(hop.url.origin);
-      fail(failure.exit, waiting ? `${failure.message}; ${lockWaitNote(waiting)}` : failure.message);
+      const message = waiting ? `${failure.message}; ${lockWaitNote(waiting)}` : failure.message;
+      // `multileg help`: curl's line, and what was likely meant (the line only: -w and --json keep curl's errormsg).
+      const meant =
+        req.helpMeant && failure.exit === EXIT.resolve && hop.url.hostname === 'help' ? req.helpMeant : undefined;
+      fail(failure.exit, meant ? `${message}; did you mean ${meant}?` : message, message);
     }
     // A head that came before the attempt failed (a 401 whose next leg was cut): shown now.
     shownHeads?.flush();
