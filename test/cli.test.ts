@@ -1086,24 +1086,70 @@ describe('multileg command line', () => {
     expect(help.stdout).toMatch(/\n {2}url {2,}the URL whose setup to check \(no scheme\s+means https:\/\/\)\n/);
   });
 
-  it('doctor names the request options it takes but does not use (-X, -d, -H, -o, -v, -w, --retry: its requests are GETs, its checks its output) in one warning, which -s hides; its --help says so, and its --url is the one URL (it took them silently: "doctor -X POST -d @body" read as a check of that POST)', async () => {
+  it('doctor names the request options it takes but does not use (-X, -d, -H, -o, -w, --har, --retry: its requests are GETs, its checks its output) in one warning, which -s hides; its --help says so, and its --url is the one URL (it took them silently: "doctor -X POST -d @body" read as a check of that POST)', async () => {
     const out = join(dir, 'doctor-out.txt');
+    const har = join(dir, 'doctor.har');
     const url = `${server.origin}/auth/doctor`;
-    const given = ['-X', 'POST', '-d', 'x', '-H', 'X-A: b', '-o', out, '-v', '-w', '%{http_code}', '--retry', '2'];
+    const given = [
+      '-X',
+      'POST',
+      '-d',
+      'x',
+      '-H',
+      'X-A: b',
+      '-o',
+      out,
+      '-w',
+      '%{http_code}',
+      '--har',
+      har,
+      '--retry',
+      '2',
+    ];
     const r = await run(['doctor', ...alice(), ...given, url]);
     expect(r.code).toBe(0);
     expect(r.stderr).toBe(
-      "multileg doctor: Warning: -X, -H, -d, -v, -o, -w, --retry: not used here (doctor's requests are GETs of the URL, and its checks are its output); run the request itself without doctor for them\n",
+      "multileg doctor: Warning: -X, -H, -d, -o, -w, --har, --retry: not used here (doctor's requests are GETs of the URL, and its checks are its output); run the request itself without doctor for them\n",
     );
     expect(existsSync(out)).toBe(false);
+    expect(existsSync(har)).toBe(false);
     expect((await run(['doctor', '-s', ...alice(), '-d', 'x', url])).stderr).toBe('');
     // The options it uses say nothing.
     expect((await run(['doctor', ...alice(), '--http1.1', '-m', '20', url])).stderr).toBe('');
     const help = await run(['doctor', '--help']);
     expect(help.stdout.replace(/\s+/g, ' ')).toContain(
-      'its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -v, -o, -w, --retry and the like are not used (a warning names them)',
+      'its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -o, -w, --har, --retry and the like are not used (a warning names them); -v shows its requests on stderr',
     );
     expect(help.stdout).toMatch(/--url <url> +the URL whose setup to check, as given\s+without a flag\n/);
+  });
+
+  it("cli: doctor -v shows its own requests on stderr as the command's -v shows a request's legs (credentials redacted), each request named; stdout keeps the checks alone (-v printed nothing but the warning that it was not used)", async () => {
+    const url = `${server.origin}/auth/doctor-v`;
+    const r = await run(['doctor', '-v', ...alice(), url]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^ok +authentication: /m);
+    expect(r.stdout).not.toMatch(/^[*<>] /m);
+    expect(r.stderr).not.toContain('not used here');
+    expect(r.stderr).not.toContain('alicepw');
+    const lines = r.stderr.split('\n');
+    const starts = [
+      "* doctor: a GET without the server's credentials",
+      "* doctor: a GET without the server's credentials, HTTP/1.1 only",
+      '* doctor: the authenticated GET',
+    ].map((line) => lines.indexOf(line));
+    expect(
+      starts.every((i, n) => i >= 0 && (n === 0 || i > starts[n - 1]!)),
+      r.stderr,
+    ).toBe(true);
+    // Each request's legs under its line: the probes' 401, then the handshake and its 200.
+    expect(lines[starts[0]! + 1]).toBe('> GET /auth/doctor-v (no credentials) [session s1]');
+    expect(lines[starts[0]! + 2]).toBe('< 401 offers Negotiate, NTLM [HTTP/2]');
+    expect(lines[starts[1]! + 2]).toBe('< 401 offers Negotiate, NTLM [HTTP/1.1]');
+    const handshake = lines.slice(starts[2]!);
+    expect(handshake).toContain('> GET /auth/doctor-v (Authorization: Negotiate …, Auth-ID: yes) [session s3, HTTP/2]');
+    expect(handshake).toContain('< 200 (Persistent-Auth: true) [HTTP/2]');
+    // Without -v, none of it.
+    expect((await run(['doctor', ...alice(), url])).stderr).toBe('');
   });
 
   it("doctor's usage errors name doctor and its --help, not the request's (they said 'multileg: missing required argument … (multileg --help lists the options)')", async () => {
@@ -1807,6 +1853,18 @@ describe('multileg command line', () => {
       expect([r.code, r.stderr, r.stdout], args.join(' ')).toEqual([
         2,
         `multileg: ${option} is not supported: -v shows each leg's request and response (credentials redacted), --har FILE writes them all (multileg --help lists the options)\n`,
+        '',
+      ]);
+    }
+  });
+
+  it('cli: doctor --trace and --trace-ascii are bad usage that points to -v alone, which doctor uses; not to --har, which its warning names as not used (it pointed to both)', async () => {
+    for (const args of [['--trace', 'dump.txt'], ['--trace-ascii', '-'], ['--trace-ascii=dump.txt']]) {
+      const r = await run(['doctor', ...args, `${plainOrigin}/hop/0`]);
+      const option = args[0]!.replace(/=.*/, '');
+      expect([r.code, r.stderr, r.stdout], args.join(' ')).toEqual([
+        2,
+        `multileg doctor: ${option} is not supported: -v shows each leg's request and response (credentials redacted) (multileg doctor --help lists the options)\n`,
         '',
       ]);
     }

@@ -364,9 +364,19 @@ function runRefusals(req: CliRequest): RefusalFile {
   });
 }
 
+/**
+ * The legs of one of doctor's requests; with -v, each written to stderr as it happens, the command's
+ * -v lines (credentials redacted), after `what` says which request they are.
+ */
+function traceOf(req: CliRequest, what: string): Trace {
+  if (!req.verbose) return new Trace();
+  process.stderr.write(`* doctor: ${what}\n`);
+  return new Trace((line) => process.stderr.write(`${line}\n`));
+}
+
 /** One request without the origin's credentials (a proxy's go: -U): the protocol, the offered schemes, the Date header. */
 async function probe(req: CliRequest, http1: boolean, deadline: AbortSignal | undefined, refusals: RefusalFile) {
-  const trace = new Trace();
+  const trace = traceOf(req, `a GET without the server's credentials${http1 ? ', HTTP/1.1 only' : ''}`);
   const agent = new MultilegAgent({
     ...req.agent,
     negotiate: false,
@@ -602,7 +612,8 @@ function certificateFailure(err: unknown, given: boolean, issuerRefused: boolean
  * The request's options that doctor takes (they parse as the request's, so a command line can be
  * copied) but does not use: its requests are GETs of the URL, without a body, headers of the
  * user's or redirects, and its checks are its only output. Given, they are named in a warning:
- * silently dropped, `doctor -X POST -d @body.json` read as if it had checked that POST.
+ * silently dropped, `doctor -X POST -d @body.json` read as if it had checked that POST. (-v is
+ * used: it shows doctor's own requests, as it shows the command's.)
  */
 const NOT_DOCTORS = new Set([
   '--request',
@@ -625,7 +636,6 @@ const NOT_DOCTORS = new Set([
   '--max-redirs',
   '--include',
   '--head',
-  '--verbose',
   '--fail',
   '--fail-early',
   '--fail-with-body',
@@ -650,7 +660,7 @@ export async function doctor(argv: string[]): Promise<number> {
     .name('multileg doctor')
     .usage('[options] <url>')
     .description(
-      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options, but its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -v, -o, -w, --retry and the like are not used (a warning names them); --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
+      "checks one URL's setup, each check with a verdict and the fix: Node, Kerberos (ticket, expiry, SPN), TLS trust, the client certificate (--cert's and the CAs the server accepts), the schemes offered over HTTP/2 and HTTP/1.1, clock skew, the proxy, and an authenticated request; takes the request's options, but its requests are GETs of the URL and its checks its only output: -X, -H, -d, -F, -T, -L, -i, -o, -w, --har, --retry and the like are not used (a warning names them); -v shows its requests on stderr; --json prints the checks as one JSON object (url, ok, failed, checks: name, ok, verdict, detail, fix); exits 1 when a check fails",
     );
   // Its one URL: the request's argument says "the URLs to request, one after another".
   const url = cmd.registeredArguments[0];
@@ -996,7 +1006,7 @@ async function authenticate(
       detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
       fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
     };
-  const trace = new Trace();
+  const trace = traceOf(req, 'the authenticated GET');
   const agent = new MultilegAgent({
     ...req.agent,
     ...(credentials ? { credentials } : {}),

@@ -440,7 +440,7 @@ export function program(name = 'multileg'): Commander.Command {
       .configureOutput({
         outputError: (message, write) =>
           write(
-            `${name}: ${unsupportedCurlOption(message)
+            `${name}: ${unsupportedCurlOption(message, name)
               .replace(/^error: /, '')
               .trimEnd()
               .replace(/\s*\n\s*/g, ' ')} (${name} --help lists the options)\n`,
@@ -455,10 +455,11 @@ export function program(name = 'multileg'): Commander.Command {
  * would suggest a flag by its spelling (`--trace`: "Did you mean --ccache?"); a curl user is told
  * what shows the exchange here instead.
  */
-function unsupportedCurlOption(message: string): string {
+function unsupportedCurlOption(message: string, name: string): string {
   const trace = /^error: unknown option '(--trace(?:-ascii)?)(?:=[^']*)?'/.exec(message);
   if (!trace) return message;
-  return `error: ${trace[1]} is not supported: -v shows each leg's request and response (credentials redacted), --har FILE writes them all`;
+  // doctor shows its requests with -v too, but writes no --har (its checks are its output).
+  return `error: ${trace[1]} is not supported: -v shows each leg's request and response (credentials redacted)${name === 'multileg' ? ', --har FILE writes them all' : ''}`;
 }
 
 /** Percent-decoded, as curl decodes URL userinfo; text that is not valid percent-encoding stays as it is. */
