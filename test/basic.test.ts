@@ -17,7 +17,15 @@ import {
 import { BasicOverHttpError, basicAuthorization, basicMechanism } from '../src/mechanisms/basic/index.ts';
 import type { LegInfo } from '../src/mechanisms/types.ts';
 import type { ReferenceServerOptions } from '../src/reference-server/types.ts';
-import { answeringRefusalMemory, get, publishedDuring, type Rig, rig, waitingRefusalMemory } from './helpers.ts';
+import {
+  answeringRefusalMemory,
+  get,
+  publishedDuring,
+  type Rig,
+  rig,
+  silentRefusalMemory,
+  waitingRefusalMemory,
+} from './helpers.ts';
 
 const leg = (origin: string): LegInfo => {
   const u = new URL(origin);
@@ -236,21 +244,13 @@ describe('Basic (RFC 7617)', () => {
   });
 
   it('R1/R4/C10: a 401 over limits.maxChallengeBodyBytes paused while a refusalMemory that never answers is asked: queueTimeout ends the wait — the password not sent, the paused 401 the answer (its whole body, said why: recall-timeout), the request (its POST body) sent once — and the caller’s abort ends it at once, the paused 401 cut', async () => {
-    const recalls: AbortSignal[] = [];
+    const { memory, signals: recalls } = silentRefusalMemory();
     r = await rig(
       { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) } },
       {
         negotiate: false,
         limits: { queueTimeout: 300 },
-        refusalMemory: {
-          recall: (_place, signal) => {
-            recalls.push(signal!);
-            return new Promise(() => {});
-          },
-          refused: () => {},
-          proved: () => {},
-          release: () => {},
-        },
+        refusalMemory: memory,
       },
     );
     const started = Date.now();
@@ -501,21 +501,13 @@ describe('Basic (RFC 7617)', () => {
 
   for (const pad of [0, PAD])
     it(`R1/R4: agent.destroy() while a refusalMemory's recall waits (the 401 ${pad ? 'too large to hold, paused' : 'held'}) ends that request, and one waiting behind it for leave, at once with AgentClosedError — not at limits.queueTimeout; the recall told`, async () => {
-      const recalls: AbortSignal[] = [];
+      const { memory, signals: recalls } = silentRefusalMemory();
       r = await rig(
         { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? pad : 0) } },
         {
           negotiate: false,
           limits: { queueTimeout: 30_000 },
-          refusalMemory: {
-            recall: (_place, signal) => {
-              recalls.push(signal!);
-              return new Promise(() => {});
-            },
-            refused: () => {},
-            proved: () => {},
-            release: () => {},
-          },
+          refusalMemory: memory,
         },
       );
       const ended = (path: string) =>

@@ -425,6 +425,21 @@ export function answeringRefusalMemory(holds = true): {
   return { memory, calls, recalled, released };
 }
 
+/** A refusalMemory whose recall never settles, not even when told the agent gave up (`signals`: each recall's). */
+export function silentRefusalMemory(): { readonly memory: RefusalMemory; readonly signals: AbortSignal[] } {
+  const signals: AbortSignal[] = [];
+  const memory: RefusalMemory = {
+    recall: (_place, signal) => {
+      signals.push(signal!);
+      return new Promise<undefined>(() => {});
+    },
+    refused: () => {},
+    proved: () => {},
+    release: () => {},
+  };
+  return { memory, signals };
+}
+
 /**
  * Starts `go` with a caller's signal and, once `held`'s recall waits, aborts it with a reason of its
  * own: what `go` settled with (its value, or its error), and that reason.

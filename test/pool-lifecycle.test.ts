@@ -27,6 +27,18 @@ async function reference(opts: Parameters<typeof startReferenceServer>[0]): Prom
   cleanups.push(() => s.close());
   return s;
 }
+/** `a` behind undici's dns interceptor, resolving every name to 127.0.0.1 … 127.0.0.`n` in turn. */
+const roundRobin = (a: MultilegAgent, n: number) =>
+  a.compose(
+    interceptors.dns({
+      lookup: (_origin, _opts, cb) =>
+        cb(
+          null,
+          Array.from({ length: n }, (_, i) => ({ address: `127.0.0.${i + 1}`, family: 4 as const, ttl: 60_000 })),
+        ),
+    }),
+  );
+
 function agent(opts: MultilegAgentOptions): MultilegAgent {
   const a = new MultilegAgent(opts);
   cleanups.push(() => a.destroy());
@@ -157,15 +169,7 @@ describe('R4: idle pools and refusals', () => {
       connect: { ca: s.ca },
       trustedOrigins: [s.origin],
     });
-    const viaDns = a.compose(
-      interceptors.dns({
-        lookup: (_origin, _opts, cb) =>
-          cb(
-            null,
-            [1, 2, 3, 4].map((i) => ({ address: `127.0.0.${i}`, family: 4 as const, ttl: 60_000 })),
-          ),
-      }),
-    );
+    const viaDns = roundRobin(a, 4);
     for (let i = 0; i < 8; i++) {
       const res = await request(`${s.origin}/auth/${i}`, { dispatcher: viaDns });
       await res.body.arrayBuffer();
@@ -197,15 +201,7 @@ describe('R4: idle pools and refusals', () => {
         release: () => {},
       },
     });
-    const viaDns = a.compose(
-      interceptors.dns({
-        lookup: (_origin, _opts, cb) =>
-          cb(
-            null,
-            [1, 2].map((i) => ({ address: `127.0.0.${i}`, family: 4 as const, ttl: 60_000 })),
-          ),
-      }),
-    );
+    const viaDns = roundRobin(a, 2);
     for (let i = 0; i < 2; i++) {
       const res = await request(`${s.origin}/auth/${i}`, { dispatcher: viaDns });
       await res.body.arrayBuffer();
@@ -231,15 +227,7 @@ describe('R4: idle pools and refusals', () => {
       trustedOrigins: [s.origin],
       limits: { queueTimeout: 300 },
     });
-    const viaDns = a.compose(
-      interceptors.dns({
-        lookup: (_origin, _opts, cb) =>
-          cb(
-            null,
-            [1, 2].map((i) => ({ address: `127.0.0.${i}`, family: 4 as const, ttl: 60_000 })),
-          ),
-      }),
-    );
+    const viaDns = roundRobin(a, 2);
     const go = (path: string) =>
       request(`${s.origin}${path}`, { dispatcher: viaDns }).then(
         async (res) => {
