@@ -10,6 +10,7 @@ import {
   CleartextCredentialsError,
   MechanismError,
   MultilegAgent,
+  type MultilegAgentOptions,
   type MultilegError,
   WITHHELD_CHANNEL,
   type WithheldEvent,
@@ -350,15 +351,104 @@ describe('Basic (RFC 7617)', () => {
         ),
       );
       expect(Date.now() - started).toBeLessThan(5_000);
-      // Each an answer: its own 401, or (queued behind the first's new session, which the recall
-      // holds) the bounded wait's QueueTimeoutError, as before.
-      for (const o of outcomes) expect([401, 'MULTILEG_QUEUE_TIMEOUT']).toContain(o);
-      expect(outcomes[0]).toBe(401);
+      // Each its own 401 (before: those queued behind the first's new session, which the recall
+      // held, got the bounded wait's QueueTimeoutError).
+      expect(outcomes).toEqual([401, 401, 401]);
       expect(r.server.exchanges.every((e) => e.requestHeaders.authorization === undefined)).toBe(true);
       expect(r.server.exchanges.filter((e) => e.path === '/auth/burst0')).toHaveLength(1);
       for (const i of [1, 2])
         expect(r.server.exchanges.filter((e) => e.path === `/auth/burst${i}`).length).toBeLessThanOrEqual(1);
     });
+
+  const NEW_SESSION_SERVERS: ReadonlyArray<readonly [string, ReferenceServerOptions, MultilegAgentOptions?]> = [
+    ['Basic, HTTP/2', { schemes: ['Basic'], mode: 'per-request' }],
+    ['Digest, HTTP/2', { schemes: ['Digest'], mode: 'per-request' }],
+    ['NTLM per request, HTTP/2', { schemes: ['NTLM'], mode: 'per-request' }],
+    ['NTLM, HTTP/2', { schemes: ['NTLM'], mode: 'session' }],
+    [
+      'Basic, HTTP/2, each 401 over limits.maxChallengeBodyBytes: paused',
+      { schemes: ['Basic'], mode: 'per-request', faults: { padBody: ({ status }) => (status === 401 ? PAD : 0) } },
+    ],
+    ['Basic, HTTP/1.1', { schemes: ['Basic'], mode: 'per-request', cleartext: true }, { allowBasicOverHttp: true }],
+    ['NTLM, HTTP/1.1', { schemes: ['NTLM'], mode: 'session', cleartext: true }],
+  ];
+  for (const [what, server, agent] of NEW_SESSION_SERVERS)
+    it(`R1/R4/C8: five requests started together on a new session (${what}) while a refusalMemory does not answer within limits.queueTimeout: each gets its own 401, said why (recall-timeout) — none waits out its queueTimeout for a connection, none sends the password, each request (its POST body) sent once, all within about one queueTimeout`, async () => {
+      const held = waitingRefusalMemory();
+      const queueTimeout = 500;
+      r = await rig(server, { negotiate: false, limits: { queueTimeout }, refusalMemory: held.memory, ...agent });
+      const started = Date.now();
+      const took: number[] = [];
+      const { result, events } = await withheldWhile(() =>
+        Promise.all(
+          [0, 1, 2, 3, 4].map((i) =>
+            fetch(`${r!.server.origin}/auth/n${i}`, { dispatcher: r!.agent, method: 'POST', body: 'name=value' }).then(
+              async (res) => {
+                const body = JSON.parse(await res.text()) as { path: string };
+                took[i] = Date.now() - started;
+                return [res.status, body.path];
+              },
+              (e: Error) => ((e.cause ?? e) as MultilegError).code ?? e.message,
+            ),
+          ),
+        ),
+      );
+      // Before — Basic, Digest: the first's 401 kept for the memory left the new session probing one
+      // stream at a time, and the four others' wait for it ran out (QueueTimeoutError, "fetch failed")
+      // a round trip before the first's recall gave up; HTTP/1.1: so did their wait for the one
+      // connection allowed until the password is proved; NTLM over HTTP/2: their 401s came unexplained.
+      expect(result).toEqual([0, 1, 2, 3, 4].map((i) => [401, `/auth/n${i}`]));
+      expect(
+        r.server.exchanges.map((e) => [e.method, e.path, e.bodyLength, e.requestHeaders.authorization]).sort(),
+      ).toEqual([0, 1, 2, 3, 4].map((i) => ['POST', `/auth/n${i}`, 10, undefined]));
+      expect(events.map((e) => [e.path, e.reason, e.queueTimeout]).sort()).toEqual(
+        [0, 1, 2, 3, 4].map((i) => [`/auth/n${i}`, 'recall-timeout', queueTimeout]),
+      );
+      // One wait each, not two (the memory was asked once, by the first; the others waited on its outcome).
+      for (const t of took) expect(t).toBeLessThan(2 * queueTimeout);
+      expect(held.signals).toHaveLength(1);
+      expect(held.signals[0]!.aborted).toBe(true);
+    });
+
+  it('R4: a refusalMemory that answers after a wait (nothing remembered) while five requests start on a new session with a wrong password: the others, gone on to the session meanwhile, wait on the first’s try — the password sent once, each request’s own 401 its answer (refused-lately), each sent once', async () => {
+    const calls: string[] = [];
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request' },
+      {
+        negotiate: false,
+        credentials: { username: 'alice', password: 'wrong' },
+        refusalMemory: {
+          recall: () => {
+            calls.push('recall');
+            return new Promise((resolve) => setTimeout(() => resolve(undefined), 100));
+          },
+          refused: () => void calls.push('refused'),
+          proved: () => void calls.push('proved'),
+          release: () => void calls.push('release'),
+        },
+      },
+    );
+    const { result, events } = await withheldWhile(() =>
+      Promise.all(
+        [0, 1, 2, 3, 4].map(async (i) => {
+          const res = await fetch(`${r!.server.origin}/auth/m${i}`, {
+            dispatcher: r!.agent,
+            method: 'POST',
+            body: 'name=value',
+          });
+          await res.text();
+          return res.status;
+        }),
+      ),
+    );
+    expect(result).toEqual([401, 401, 401, 401, 401]);
+    expect(r.server.exchanges.filter((e) => e.requestHeaders.authorization !== undefined)).toHaveLength(1);
+    for (let i = 1; i < 5; i++) expect(r.server.exchanges.filter((e) => e.path === `/auth/m${i}`)).toHaveLength(1);
+    expect(events.map((e) => [e.path, e.reason]).sort()).toEqual(
+      [1, 2, 3, 4].map((i) => [`/auth/m${i}`, 'refused-lately']),
+    );
+    expect(calls).toEqual(['recall', 'refused', 'release']);
+  });
 
   /** Three POSTs at once, on a session the agent has open (a public GET first): each one's status or error code. */
   const warmBurst = async (rg: Rig, signal0?: AbortSignal) => {

@@ -174,6 +174,16 @@ export class CredentialProof {
     return this.#refusedTimes > 0 || this.#unansweredBefore || this.refused;
   }
 
+  /**
+   * A handshake's recall of the refusal memory waits now (another process trying the password, say):
+   * no password goes here until it ends, at most queueTimeout (R1). Meanwhile one HTTP/1.1
+   * connection at a time (OriginPool: #maxSessions) would keep the requests started with it from
+   * meeting their own 401s within their own bound; the proof keeps the password to one try.
+   */
+  get recalling(): boolean {
+    return this.#recalling !== undefined && this.#recalling.size > 0;
+  }
+
   /** Proved within {@link PROOF_FRESH_MS}: a password may go side by side with others, no probe. */
   #freshlyProved(): boolean {
     return this.#proved && Date.now() - this.#provedAt < PROOF_FRESH_MS;

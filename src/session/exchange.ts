@@ -531,6 +531,8 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
     session.deliverHeld(job, held);
     return end(DONE);
   }
+  // (It met no 401 yet, waiting from the start: the one it meets now, bare, is said why: classifySend.)
+  if (outcome === 'withheld') job.heldBack = true;
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
   // The hand-over made it the leader just now; the state has moved on only if the session closed
@@ -647,6 +649,10 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
       heldBackFor,
     );
     withheld401(job.origin, job.dispatchOptions.path, headers, 'refused-lately', heldBackFor);
+  } else if (status === 401 && job.heldBack && env.mechanisms.choose(readChallenges(headers))) {
+    // R4: the handshake it waited for had its password held back (the memory silent past
+    // queueTimeout; a refusal is said above): so is this request's, whose own 401 this is.
+    heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, headers, env.limits.queueTimeout);
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
   if (status === 421 && job.relocations < 2) {
@@ -896,7 +902,10 @@ async function recallOpen(run: Run, { seen, result, open }: Extract<Step, { kind
   if (!mechanism) return afterSend(run, seen, cut());
   let admission: Admission;
   try {
-    admission = await proof.enter(mechanism.usesPassword !== false, job, env.limits);
+    const entering = proof.enter(mechanism.usesPassword !== false, job, env.limits);
+    // R1/R4: as Lead.start's: the others go on to the session meanwhile (Session.answeredWhileWaiting).
+    if (entering instanceof Promise) session.answeredWhileWaiting();
+    admission = await entering;
   } catch (err) {
     // Full, timed out or aborted (R1): nothing more is sent.
     cut();
@@ -1282,6 +1291,9 @@ class Lead implements HandshakeInput, LegInfo {
       this.#admitted(admission);
       return;
     }
+    // R1/R4: its 401, kept for the memory, came here and its leave waits: the others go on to the
+    // session now, rather than wait for it past their own bound (Session.answeredWhileWaiting).
+    if (step.held) session.answeredWhileWaiting();
     admission.then(
       (a) => this.#admitted(a),
       (err: Error) => {

@@ -76,6 +76,12 @@ export interface Job {
    */
   heldForRecall: HeldResponse | undefined;
   /**
+   * R4: it waited behind a handshake whose password was held back (WaitOutcome `withheld`) before it
+   * met a 401 of its own: the 401 its bare send meets is its answer, said why as the leader's is
+   * (multileg:withheld, recall-timeout) — not an unexplained 401.
+   */
+  heldBack: boolean;
+  /**
    * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
    */
@@ -141,6 +147,7 @@ export function newJob(
     challenges: undefined,
     held401: undefined,
     heldForRecall: undefined,
+    heldBack: false,
     ntlm: undefined,
     ntlmAtProxy: false,
     originOpening: false,

@@ -655,7 +655,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (lane === 'http1' || survey.http1) {
       // Until the credentials are proved here, one HTTP/1.1 connection (and so one handshake) at a
       // time: a wrong password is tried once per burst, not once per connection (account lockout).
-      const proving = identity === 'agent' && this.memory.unproven && !this.memory.credentialsRefused;
+      // Not while a recall of the refusal memory waits (R1/R4): the requests started with it go on
+      // to connections of their own, meet their own 401s and wait on the proof, which keeps the
+      // password to one try; held here, their wait ran out before the recall's (QueueTimeoutError).
+      const proving =
+        identity === 'agent' && this.memory.unproven && !this.memory.credentialsRefused && !this.memory.proof.recalling;
       return proving ? 1 : this.#options.maxHttp1Connections;
     }
     if (this.#spreads(identity)) return this.#options.limits.maxPerRequestSessions;
