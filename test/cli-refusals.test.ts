@@ -16,7 +16,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { BIN, runCli } from './cli-helpers.ts';
+import { BIN, type CliResult, runCli } from './cli-helpers.ts';
 
 /** /proc/PID/stat's state letter; undefined once the process is gone. */
 function procState(pid: number): string | undefined {
@@ -309,6 +309,29 @@ describe('R4: refused passwords are held back across the command’s runs (state
 
       const stoppedWords = (pid: number) => `the run of pid ${pid} is stopped (Ctrl-Z): resume it with fg, or end it`;
 
+      /**
+       * A run without -m and `multileg doctor`, started together behind one stopped holder of the same
+       * password's lock: each waits out limits.queueTimeout (60 s) — once for both, not once each.
+       */
+      let behindStopped: Promise<{ pid: number; waiter: CliResult; doctor: CliResult }> | undefined;
+      const bothBehindStopped = () =>
+        (behindStopped ??= (async () => {
+          try {
+            const pid = await stoppedHolder('/auth/stop-q-holder');
+            const env = { env: { XDG_STATE_HOME: state } };
+            const [waiter, doctor] = await Promise.all([
+              runCli(args('/auth/stop-q-waiter', ['-v', '-d', 'name=value']), env),
+              runCli(
+                ['doctor', '-u', 'EXAMPLE\\alice:wrongpw', '--cacert', ca, `${server.origin}/auth/stop-doc-waiter`],
+                env,
+              ),
+            ]);
+            return { pid, waiter, doctor };
+          } finally {
+            await endHolder();
+          }
+        })());
+
       it('R4/R1: behind a stopped holder a run ends at -m (exit 28, the process exits), sends no password, and says the holder is stopped and to resume it with fg or end it', async () => {
         try {
           const pid = await stoppedHolder('/auth/stop-m-holder');
@@ -332,70 +355,55 @@ describe('R4: refused passwords are held back across the command’s runs (state
       }, 120_000);
 
       it('R1/R4: behind a stopped holder a run without -m ends at limits.queueTimeout (60 s): its request goes without the password — sent once, its first 401 the answer (-v says so) — exit 22 on the 401, and the line says the holder is stopped', async () => {
-        try {
-          const pid = await stoppedHolder('/auth/stop-q-holder');
-          const waiter = await runCli(args('/auth/stop-q-waiter', ['-v', '-d', 'name=value']), {
-            env: { XDG_STATE_HOME: state },
-          });
-          expect(waiter.code).toBe(22);
-          expect(tries('/auth/stop-q-waiter')).toBe(0);
-          // Before: its first 401 was dropped at queueTimeout and the request (its -d body) went again bare.
-          expect(
-            server.exchanges.filter((e) => e.path === '/auth/stop-q-waiter').map((e) => [e.method, e.bodyLength]),
-          ).toEqual([['POST', 10]]);
-          // One 401 in the trace (labelled intermediate while the lock wait was said), then why it stood.
-          expect(waiter.stderr.match(/^< 401 /gm)).toHaveLength(1);
-          expect(waiter.stderr).toContain(
-            "* its 401 is the answer: no credentials were sent: another run's try of the same password did not end within 60 s (limits.queueTimeout)",
-          );
-          // -v says the wait, then (as a warning) that its holder is stopped.
-          expect(waiter.stderr).toMatch(
-            new RegExp(`\\* waiting for \\S+\\.lock: the run of pid ${pid}, trying the same password`),
-          );
-          expect(waiter.stderr).toContain(`Warning: the run of pid ${pid}, which holds `);
-          expect(waiter.stderr).toMatch(
-            /is stopped \(Ctrl-Z\): resume it with fg, or end it; this run waits for it no longer than its own bound/,
-          );
-          expect(waiter.stderr).toMatch(
-            new RegExp(
-              `multileg: no credentials were sent: the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
-            ),
-          );
-          expect(waiter.stderr).not.toContain('wrongpw');
-        } finally {
-          await endHolder();
-        }
+        const { pid, waiter } = await bothBehindStopped();
+        expect(waiter.code).toBe(22);
+        expect(tries('/auth/stop-q-waiter')).toBe(0);
+        // Before: its first 401 was dropped at queueTimeout and the request (its -d body) went again bare.
+        expect(
+          server.exchanges.filter((e) => e.path === '/auth/stop-q-waiter').map((e) => [e.method, e.bodyLength]),
+        ).toEqual([['POST', 10]]);
+        // One 401 in the trace (labelled intermediate while the lock wait was said), then why it stood.
+        expect(waiter.stderr.match(/^< 401 /gm)).toHaveLength(1);
+        expect(waiter.stderr).toContain(
+          "* its 401 is the answer: no credentials were sent: another run's try of the same password did not end within 60 s (limits.queueTimeout)",
+        );
+        // -v says the wait, then (as a warning) that its holder is stopped.
+        expect(waiter.stderr).toMatch(
+          new RegExp(`\\* waiting for \\S+\\.lock: the run of pid ${pid}, trying the same password`),
+        );
+        expect(waiter.stderr).toContain(`Warning: the run of pid ${pid}, which holds `);
+        expect(waiter.stderr).toMatch(
+          /is stopped \(Ctrl-Z\): resume it with fg, or end it; this run waits for it no longer than its own bound/,
+        );
+        expect(waiter.stderr).toMatch(
+          new RegExp(
+            `multileg: no credentials were sent: the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
+          ),
+        );
+        expect(waiter.stderr).not.toContain('wrongpw');
       }, 180_000);
 
       it('R1/R4: multileg doctor behind a stopped holder: its authentication check ends at limits.queueTimeout (60 s), FAIL naming the lock wait and the stopped holder (it said "401 without a handshake"), its request sent once without the password', async () => {
-        try {
-          const pid = await stoppedHolder('/auth/stop-doc-holder');
-          const doctor = await runCli(
-            ['doctor', '-u', 'EXAMPLE\\alice:wrongpw', '--cacert', ca, `${server.origin}/auth/stop-doc-waiter`],
-            { env: { XDG_STATE_HOME: state } },
-          );
-          expect(doctor.code).toBe(1);
-          expect(tries('/auth/stop-doc-waiter')).toBe(0);
-          // The schemes check's two probes (HTTP/2, HTTP/1.1), then the authentication check's
-          // request, once (before: sent again bare for a 401 to show), none carrying anything.
-          expect(
-            server.exchanges
-              .filter((e) => e.path === '/auth/stop-doc-waiter')
-              .map((e) => [e.protocol, e.requestHeaders.authorization]),
-          ).toEqual([
-            ['h2', undefined],
-            ['http/1.1', undefined],
-            ['h2', undefined],
-          ]);
-          expect(doctor.stdout).toMatch(
-            new RegExp(
-              `FAIL {2}authentication: 401: no credentials were sent: the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
-            ),
-          );
-          expect(doctor.stdout + doctor.stderr).not.toContain('wrongpw');
-        } finally {
-          await endHolder();
-        }
+        const { pid, doctor } = await bothBehindStopped();
+        expect(doctor.code).toBe(1);
+        expect(tries('/auth/stop-doc-waiter')).toBe(0);
+        // The schemes check's two probes (HTTP/2, HTTP/1.1), then the authentication check's
+        // request, once (before: sent again bare for a 401 to show), none carrying anything.
+        expect(
+          server.exchanges
+            .filter((e) => e.path === '/auth/stop-doc-waiter')
+            .map((e) => [e.protocol, e.requestHeaders.authorization]),
+        ).toEqual([
+          ['h2', undefined],
+          ['http/1.1', undefined],
+          ['h2', undefined],
+        ]);
+        expect(doctor.stdout).toMatch(
+          new RegExp(
+            `FAIL {2}authentication: 401: no credentials were sent: the request waited \\d+ s for \\S+\\.lock, held by the run of pid ${pid} while it tries the same password there \\(R4: one try at a time\\); ${stoppedWords(pid).replaceAll('(', '\\(').replaceAll(')', '\\)')}, then run again\\n`,
+          ),
+        );
+        expect(doctor.stdout + doctor.stderr).not.toContain('wrongpw');
       }, 180_000);
 
       it('R1/R4: a wait given up (its signal aborted) ends its poll of a stopped holder\u2019s lock at once: it settles, and takes no lock once the holder is gone', async () => {
