@@ -636,22 +636,12 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     }
   } else if (
     status === 401 &&
-    job.identity === 'agent' &&
-    env.memory.credentialsRefused &&
+    ((job.identity === 'agent' && env.memory.credentialsRefused) || job.heldBack) &&
     env.mechanisms.choose(readChallenges(headers))
   ) {
-    // R4: held back after the server refused them here (or left a password unanswered).
-    const heldBackFor = env.memory.proof.refusedFor;
-    log.agent(
-      '%s job %d: 401 not answered: refused or left unanswered here lately, held back %d ms more',
-      job.origin,
-      job.id,
-      heldBackFor,
-    );
-    withheld401(job.origin, job.dispatchOptions.path, headers, 'refused-lately', heldBackFor);
-  } else if (status === 401 && job.heldBack && env.mechanisms.choose(readChallenges(headers))) {
-    // R4: the handshake it waited for had its password held back (the memory silent past
-    // queueTimeout; a refusal is said above): so is this request's, whose own 401 this is.
+    // R4: held back after the server refused them here (or left a password unanswered), or the
+    // handshake it waited for had its password held back (the memory silent past queueTimeout): so
+    // is this request's, whose own 401 this is.
     heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, headers, env.limits.queueTimeout);
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.

@@ -163,7 +163,7 @@ export function heldBackAnswer(
   }
   const heldBackFor = proof.refusedFor;
   log.agent(
-    '%s: 401 not answered: the refusal memory holds the password back %d ms more; that 401 is the answer',
+    '%s: 401 not answered: the password is held back %d ms more (refused or left unanswered here lately); that 401 is the answer',
     origin,
     heldBackFor,
   );
