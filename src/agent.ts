@@ -783,9 +783,10 @@ export class MultilegAgent extends Dispatcher {
     if (!pool) {
       // A process that talks to many origins over time must not keep a pool for each forever.
       if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
+        const upgrading = this.#upgrades?.runningOrigins();
         for (const [o, p] of this.#pools) {
           // Not one an upgrade still runs for: the origin's pool made anew would not share its proof (R4).
-          if (!p.idle || this.#upgrades?.runningAt(o)) continue;
+          if (!p.idle || upgrading?.has(o)) continue;
           // Nor one that remembers a refusal (R4): made anew, it would send the refused password at
           // once (with 64 other origins in use, once per sweep) and forget the wait's doubling.
           if (p.memory.proof.remembersRefusal && this.#pools.size < MAX_REMEMBERING_POOLS) continue;

@@ -197,9 +197,7 @@ export class UpgradeDispatcher {
   readonly #options: UpgradeOptions;
   readonly #clients = new Set<Client>();
   /** The upgrades running, each until its caller has the socket or an answer (or an error). */
-  readonly #running = new Map<Promise<void>, UserSink>();
-  /** How many of them run for each origin (its pool is then not idle: R4, one proof per origin). */
-  readonly #runningAt = new Map<string, number>();
+  readonly #running = new Map<Promise<void>, { readonly sink: UserSink; readonly origin: string }>();
 
   constructor(options: UpgradeOptions) {
     this.#options = options;
@@ -248,9 +246,6 @@ export class UpgradeDispatcher {
       .catch((err: Error) => sink.fail(err))
       .finally(() => {
         this.#running.delete(running);
-        const left = (this.#runningAt.get(origin) ?? 1) - 1;
-        if (left > 0) this.#runningAt.set(origin, left);
-        else this.#runningAt.delete(origin);
         this.#clients.delete(client);
         // After an upgrade the socket is the caller's: undici has detached it from the Client.
         client.close().catch(() => {});
@@ -258,14 +253,13 @@ export class UpgradeDispatcher {
         line.given.abort(new Error('the upgrade ended'));
         line.spare?.destroy();
       });
-    this.#running.set(running, sink);
-    this.#runningAt.set(origin, (this.#runningAt.get(origin) ?? 0) + 1);
+    this.#running.set(running, { sink, origin });
     return true;
   }
 
-  /** Whether an upgrade to `origin` is running (it may hold the proof of the credentials there). */
-  runningAt(origin: string): boolean {
-    return this.#runningAt.has(origin);
+  /** The origins upgrades are running for (each may hold the proof of the credentials there: R4). */
+  runningOrigins(): Set<string> {
+    return new Set([...this.#running.values()].map((r) => r.origin));
   }
 
   /**
@@ -278,7 +272,7 @@ export class UpgradeDispatcher {
 
   /** Ends the running upgrades with `err`, a wait for a mechanism or a leave as much as a leg on the wire. */
   async destroy(err: Error): Promise<void> {
-    for (const sink of this.#running.values()) sink.abort(err);
+    for (const { sink } of this.#running.values()) sink.abort(err);
     await Promise.all([...this.#clients].map((c) => c.destroy(err).catch(() => {})));
     await Promise.all(this.#running.keys());
   }
