@@ -591,16 +591,12 @@ export class Session {
       if (failure) this.destroy(failure);
       else this.close();
     } else if (before.kind === 'handshaking' && this.#state.kind !== 'handshaking') {
-      const failure = event.type === 'handshake-failure';
-      this.#queue.settleAll(
-        failure && !event.retry
-          ? event.withheld
-            ? 'withheld'
-            : 'failed'
-          : failure && event.bare
-            ? 'bare'
-            : 'released',
-      );
+      let outcome: WaitOutcome = 'released';
+      if (event.type === 'handshake-failure') {
+        if (!event.retry) outcome = event.withheld ? 'withheld' : 'failed';
+        else if (event.bare) outcome = 'bare';
+      }
+      this.#queue.settleAll(outcome);
     }
     // Capacity depends on the state (see capacity): let the pool hand it out.
     this.#onChange();
