@@ -40,6 +40,7 @@ export const MULTILEG_ERROR_CODES = [
   'MULTILEG_CLIENT_CERTIFICATE_REFUSED',
   'MULTILEG_COOKIE_STORE',
   'MULTILEG_CONNECTION_CLOSED',
+  'MULTILEG_STREAM_REFUSED',
   'MULTILEG_RESPONSE_FRAMING',
   'MULTILEG_AUTH_ID_IN_USE',
   'MULTILEG_RELOCATION_LIMIT',
@@ -308,6 +309,43 @@ export class AuthIdInUseError extends MultilegError {
       `${origin} gave one Auth-ID to two ${scheme} handshakes at once on one connection, which the multilegged-auth draft forbids a client to send on two requests in flight (D2§3.1): nothing was sent under it and this request's handshake was given up, no credentials refused; the request may be sent again — the server should give each handshake its own Auth-ID, or set limits.maxConcurrentHandshakes to 1 to run one handshake at a time per connection`,
     );
     this.origin = origin;
+  }
+}
+
+/**
+ * An HTTP/2 origin (or HTTP/2 forwarding proxy) reset this request's stream with REFUSED_STREAM
+ * before any response, on every try: undici's one retry on the same connection, then once more on a
+ * new connection (the agent's, as curl's "REFUSED_STREAM, retrying a fresh connect"). REFUSED_STREAM
+ * says the server did not process the request (RFC 9113 §8.7: a server that sheds load, or caps its
+ * concurrent streams), so it may be sent again whatever its method; the agent stops here so a server
+ * that refuses everything costs a few streams, not a loop (R1, R4). undici's error is `cause`.
+ */
+export class StreamRefusedError extends MultilegError {
+  /** The server that refused, as `https://host:port`: the origin, or the forwarding proxy. */
+  readonly peer: string;
+  /** The streams of this request the server refused (each one a try). */
+  readonly refusals: number;
+  /** The connections those tries went on. */
+  readonly connections: number;
+  /** `via`: which server `peer` is. */
+  constructor(
+    peer: string,
+    method: string,
+    refusals: number,
+    connections: number,
+    options?: { cause?: unknown },
+    via: 'origin' | 'proxy' = 'origin',
+  ) {
+    const times = refusals === 1 ? 'once' : `${refusals} times`;
+    const on = connections === 1 ? 'on one connection' : `on ${connections} connections`;
+    super(
+      'MULTILEG_STREAM_REFUSED',
+      `${via === 'proxy' ? `proxy ${peer}` : peer} refused the HTTP/2 stream of the ${method} ${times} ${on} before any response (RST_STREAM REFUSED_STREAM: the server sheds load or caps its concurrent streams); the request was not processed (RFC 9113 §8.7), so it is safe to send again, whatever its method: retry later, check the server's load and its stream limit, or use HTTP/1.1 (allowH2: false)`,
+      options,
+    );
+    this.peer = peer;
+    this.refusals = refusals;
+    this.connections = connections;
   }
 }
 

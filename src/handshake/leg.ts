@@ -182,6 +182,8 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #controller: Controller | undefined;
   /** undici wrote the leg, and it failed before any response head came (see {@link unanswered}). */
   #unanswered = false;
+  /** Times undici started it (see {@link starts}). */
+  #starts = 0;
   /** Why the leg was given up before undici started it (see {@link abort}); undici aborts it when it does. */
   #givenUp: Error | undefined;
   readonly #onAbort: (() => void) | undefined;
@@ -289,6 +291,14 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     return this.#unanswered;
   }
 
+  /**
+   * How many times undici started the leg: more than once when it sent it again on the same
+   * connection after the server refused its stream (REFUSED_STREAM, before any response).
+   */
+  get starts(): number {
+    return this.#starts;
+  }
+
   /** undici started the leg (it went to the socket) and did not abort it as it did: the peer may have read it. */
   get written(): boolean {
     return this.#controller !== undefined && this.#givenUp === undefined;
@@ -306,6 +316,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       controller.abort(this.#givenUp);
       return;
     }
+    this.#starts += 1;
     this.#mode = 'head';
     this.#beforeStart(controller);
   }

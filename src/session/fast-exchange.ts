@@ -56,6 +56,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
   #slow: LegHandler | undefined;
   /** In `givenUp`: why; undici aborts the request with it when it starts it. */
   #givenUp: Error | undefined;
+  /** Times undici started it: more than once after the server refused its stream (REFUSED_STREAM). */
+  #starts = 0;
   /** Armed by the first interim (1xx) response (R1, {@link interimBound}); cleared by the final head. */
   #interimTimer: NodeJS.Timeout | undefined;
 
@@ -104,6 +106,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       return;
     }
     this.#phase = 'started';
+    this.#starts += 1;
     this.session.checkStart(this.job, controller);
   }
 
@@ -188,7 +191,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
     // Written, then the connection closed unanswered: an idle close racing the write goes once more
     // on a new connection, as on the slow path (C8). An authenticated session's connection has
     // answered before (its handshake, or the response that opened it): a reused one, so `1`.
-    if (this.#controller !== undefined) r = this.session.unanswered(this.job, r, 1, this.job.headers);
+    if (this.#controller !== undefined) r = this.session.unanswered(this.job, r, 1, this.job.headers, 0, this.#starts);
     this.#toSteps(undefined, Promise.resolve(r));
   }
 

@@ -54,6 +54,13 @@ export interface Job {
    */
   resendsAfterClose: number;
   /**
+   * Its HTTP/2 streams an origin reset with REFUSED_STREAM before any response (undici's retries on
+   * one connection included), and the times it moved to a new connection for that (Session.unanswered:
+   * at most MAX_MOVES_AFTER_REFUSAL): what its StreamRefusedError says.
+   */
+  streamsRefused: number;
+  movesAfterRefusal: number;
+  /**
    * The session whose connection answered this request's own legs last (a handshake's 401s), and
    * how many: answers to its own legs make no connection a kept-alive one for it (Session.unanswered).
    */
@@ -142,6 +149,8 @@ export function newJob(
     rerunWithNewCredentials: false,
     relocations: 0,
     resendsAfterClose: 0,
+    streamsRefused: 0,
+    movesAfterRefusal: 0,
     answeredOn: undefined,
     answeredHere: 0,
     challenges: undefined,

@@ -11,6 +11,7 @@ import {
   isFramingError,
   MultilegError,
   type NoStream,
+  StreamRefusedError,
 } from '../errors.ts';
 import { goawayCode, relocationReason } from '../handshake/handshake.ts';
 import {
@@ -56,6 +57,17 @@ export const MAX_RESENDS_AFTER_CLOSE = 4;
  * an idle close that still races a reuse is answered as any other (C8: sent again on a new one).
  */
 export const KEEP_ALIVE_THRESHOLD_MS = 500;
+
+/**
+ * How many times a request whose HTTP/2 stream the origin refused (RST_STREAM REFUSED_STREAM, before
+ * any response) moves to a new connection, after undici's own one retry on the same connection.
+ * RFC 9113 §8.7 makes a refused request safe to send again on another connection, whatever its
+ * method; clients bound it: Chromium retries twice, curl on up to 5 fresh connections, Go and
+ * Firefox 6 times with a backoff, undici once on the same connection. 1: a second connection, which
+ * a load balancer may give another server; so at most 4 streams over 2 connections per request (R4)
+ * before StreamRefusedError, with no wait added (R1).
+ */
+export const MAX_MOVES_AFTER_REFUSAL = 1;
 
 /** undici's GOAWAY/REFUSED_STREAM replay re-sends old headers on a new connection; we refuse it. */
 export class StaleConnectionError extends MultilegError {
@@ -847,7 +859,7 @@ export class Session {
         if (r.kind === 'failed') traced?.error(r.error);
         const settled = this.settleLeg(
           job,
-          r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers, own) : r,
+          r.kind === 'failed' && leg.unanswered ? this.unanswered(job, r, answered, headers, own, leg.starts) : r,
         );
         // R4: what the handshake tells the proof: its credentials went out and got no answer.
         onResult(settled.kind === 'failed' && leg.unanswered ? { ...settled, unanswered: true } : settled);
@@ -906,7 +918,15 @@ export class Session {
    * kept-alive connection: a server that closes under every handshake's last leg gets no resend
    * loop (R4).
    */
-  unanswered(job: Job, r: LegResult & { kind: 'failed' }, answered: number, headers: HeaderMap, own = 0): LegResult {
+  unanswered(
+    job: Job,
+    r: LegResult & { kind: 'failed' },
+    answered: number,
+    headers: HeaderMap,
+    own = 0,
+    starts = 1,
+  ): LegResult {
+    if (refusedStream(r.error)) return this.#refused(job, r.error, starts);
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
@@ -964,6 +984,37 @@ export class Session {
         oneShot,
         unproved,
       }),
+    };
+  }
+
+  /**
+   * A leg the server reset with REFUSED_STREAM before any response, on each of its `starts` on this
+   * connection (undici sends a refused request once more on the same one when its body allows).
+   * The server did not process it (RFC 9113 §8.7): no credential was counted (R4), and it may go
+   * again whatever its method. The connection takes no new request (curl's "REFUSED_STREAM, try
+   * again on a new connection"; the streams on it finish), so a request moved from it meets a new
+   * one, where a handshake starts over (a leg's token is this connection's: H1, C8). Moved
+   * MAX_MOVES_AFTER_REFUSAL times, or with a one-shot body read already (C10): StreamRefusedError.
+   */
+  #refused(job: Job, error: Error, starts: number): LegResult {
+    job.streamsRefused += starts;
+    log.session('%s server refused the stream %d time(s) (REFUSED_STREAM): closing', this.id, starts);
+    this.apply({ type: 'closed' });
+    if (job.movesAfterRefusal < MAX_MOVES_AFTER_REFUSAL && job.body.replayable) {
+      job.movesAfterRefusal += 1;
+      return { kind: 'failed', error: new StaleConnectionError() };
+    }
+    const { method } = job.dispatchOptions;
+    const connections = job.movesAfterRefusal + 1;
+    // Through a forwarding proxy, the proxy's HTTP/2 connection refused it, not the origin.
+    const proxy = this.#forward?.route.proxy.origin;
+    const cause = { cause: error };
+    return {
+      kind: 'failed',
+      error:
+        proxy === undefined
+          ? new StreamRefusedError(job.origin, method, job.streamsRefused, connections, cause)
+          : new StreamRefusedError(proxy, method, job.streamsRefused, connections, cause, 'proxy'),
     };
   }
 
@@ -1073,6 +1124,12 @@ export class Session {
     }
     return undefined;
   }
+}
+
+/** undici's error for an HTTP/2 stream the server reset with REFUSED_STREAM (RFC 9113 §7: 0x7). */
+function refusedStream(err: Error): boolean {
+  const e = err as { code?: unknown; http2ErrorCode?: unknown };
+  return e.code === 'ERR_HTTP2_STREAM_ERROR' && e.http2ErrorCode === 7;
 }
 
 /** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
