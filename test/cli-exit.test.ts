@@ -4,11 +4,12 @@
  * no stack trace).
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createSecureServer, constants as h2 } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { CA_CERT } from '../src/reference-server/test-pki.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { runCli } from './cli-helpers.ts';
 import { droppingH2Server, loopbackOrigin } from './helpers.ts';
 
@@ -78,6 +79,46 @@ describe('multileg command line: exit paths a test can only force', () => {
       expect(r.stderr).toBe(
         `multileg: empty reply from ${host}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED)\n`,
       );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      for (const close of closers) await close();
+    }
+  });
+
+  it("R1: an HTTP/2 server that refuses every stream (REFUSED_STREAM) is curl's 56, one line with the typed message — not processed, safe to send again — not undici's raw stream error; --retry-all-errors sends it again", async () => {
+    const closers: Array<() => Promise<unknown>> = [];
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+    let streams = 0;
+    server.on('stream', (stream) => {
+      streams++;
+      stream.on('error', () => {});
+      stream.close(h2.NGHTTP2_REFUSED_STREAM);
+    });
+    const origin = await loopbackOrigin(server, closers);
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
+    try {
+      const ca = join(dir, 'ca.pem');
+      writeFileSync(ca, CA_CERT);
+      const r = await runCli(['--cacert', ca, '-d', 'x=1', `${origin}/a`]);
+      // Before: 1, "multileg: Stream closed with error code NGHTTP2_REFUSED_STREAM (ERR_HTTP2_STREAM_ERROR)".
+      expect(r.code).toBe(56);
+      expect(r.stderr).toBe(
+        `multileg: ${origin} refused the HTTP/2 stream of the POST 4 times on 2 connections before any response (RST_STREAM REFUSED_STREAM: the server sheds load or caps its concurrent streams); the request was not processed (RFC 9113 §8.7), so it is safe to send again, whatever its method: retry later, check the server's load and its stream limit, or use HTTP/1.1 (--http1.1) (MULTILEG_STREAM_REFUSED)\n`,
+      );
+      expect([r.stdout, streams]).toEqual(['', 4]);
+      // Nothing of the credentials: --retry-all-errors sends it again, as curl does its 56.
+      const again = await runCli([
+        '--cacert',
+        ca,
+        '--retry',
+        '1',
+        '--retry-all-errors',
+        '--retry-delay',
+        '1',
+        `${origin}/b`,
+      ]);
+      expect([again.code, streams]).toEqual([56, 12]);
+      expect(again.stderr).toContain('(retrying all errors)');
     } finally {
       rmSync(dir, { recursive: true, force: true });
       for (const close of closers) await close();

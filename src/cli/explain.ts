@@ -11,6 +11,7 @@ import {
   isFramingError,
   MultilegError,
   QueueTimeoutError,
+  StreamRefusedError,
 } from '../errors.ts';
 import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
@@ -296,6 +297,8 @@ const TRANSIENT_CODES: ReadonlySet<string> = new Set([
   'MULTILEG_KRB_KDC_UNREACHABLE',
   'MULTILEG_STALE_CONNECTION',
   'MULTILEG_RELOCATION_LIMIT',
+  // Refused unprocessed (RFC 9113 §8.7): no credential was counted, and the request may go again.
+  'MULTILEG_STREAM_REFUSED',
 ]);
 
 /** What to tell the user about a failed transfer, and the exit code. */
@@ -401,13 +404,17 @@ export function describeFailure(
                     ? e.reset || e.headBytes > 0
                       ? EXIT.receive
                       : EXIT.emptyReply
-                    : // curl's "Unsupported proxy syntax" (5) and "Unsupported proxy scheme" (7): a proxy
-                      // variable is read when a request would use it, as curl reads it per transfer.
-                      e instanceof ProxyUrlError
-                      ? e.problem === 'syntax'
-                        ? EXIT.resolveProxy
-                        : EXIT.connect
-                      : EXIT.failure;
+                    : // curl's 56 for a server that refuses every stream ("Connection died, tried 5
+                      // times before giving up", after its own fresh connections).
+                      e instanceof StreamRefusedError
+                      ? EXIT.receive
+                      : // curl's "Unsupported proxy syntax" (5) and "Unsupported proxy scheme" (7): a proxy
+                        // variable is read when a request would use it, as curl reads it per transfer.
+                        e instanceof ProxyUrlError
+                        ? e.problem === 'syntax'
+                          ? EXIT.resolveProxy
+                          : EXIT.connect
+                        : EXIT.failure;
     return {
       exit,
       message: `${forCli(e.message)} (${e.code})`,
