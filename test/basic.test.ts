@@ -19,12 +19,14 @@ import { BasicOverHttpError, basicAuthorization, basicMechanism } from '../src/m
 import type { LegInfo } from '../src/mechanisms/types.ts';
 import type { ReferenceServerOptions } from '../src/reference-server/types.ts';
 import {
+  ALICE,
   answeringRefusalMemory,
   get,
   publishedDuring,
   type Rig,
   rig,
   silentRefusalMemory,
+  until,
   waitingRefusalMemory,
 } from './helpers.ts';
 
@@ -553,6 +555,105 @@ describe('Basic (RFC 7617)', () => {
         ['/auth/w2', 'refused-lately'],
       ]);
     });
+
+  describe('R4: a request that waited from the start behind a handshake whose password was held back (Job.heldBack) says why as it was decided when the wait ended, not as the proof stands once its own 401 comes back a round trip later', () => {
+    /**
+     * NTLM over HTTP/2 on an open session: the first POST's recall of the memory waits (a promise
+     * the test settles, or queueTimeout); a second POST, started once it waits, finds the session
+     * handshaking and waits behind it before it is sent (no 401 of its own yet); its bare send's 401
+     * comes `delay` ms late. Later recalls answer with `next()`.
+     */
+    const heldBehind = async (
+      queueTimeout: number,
+      next: () => { at: number; until: number; times: number } | undefined,
+    ) => {
+      let answerFirst: ((r: { at: number; until: number; times: number } | undefined) => void) | undefined;
+      const recalled: AbortSignal[] = [];
+      r = await rig(
+        { schemes: ['NTLM'], mode: 'session' },
+        {
+          negotiate: false,
+          limits: { queueTimeout },
+          refusalMemory: {
+            recall: (_place, signal) => {
+              recalled.push(signal!);
+              if (recalled.length > 1) return next();
+              return new Promise((resolve) => {
+                answerFirst = resolve;
+                signal?.addEventListener('abort', () => resolve(undefined));
+              });
+            },
+            refused: () => {},
+            proved: () => {},
+            release: () => {},
+          },
+        },
+      );
+      await (await fetch(`${r.server.origin}/public/warm`, { dispatcher: r.agent })).text();
+      const post = (path: string) =>
+        fetch(`${r!.server.origin}${path}`, { dispatcher: r!.agent, method: 'POST', body: 'name=value' }).then(
+          async (res) => {
+            await res.text();
+            return res.status;
+          },
+        );
+      const leader = post('/auth/lead');
+      await until(() => recalled.length === 1);
+      const waiter = post('/auth/behind?delay=400');
+      // (Queued behind the handshake, unsent.)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(r.server.exchanges.filter((e) => e.path.startsWith('/auth/behind'))).toHaveLength(0);
+      return {
+        leader,
+        waiter,
+        recalled,
+        answerFirst: (a: Parameters<NonNullable<typeof answerFirst>>[0]) => answerFirst!(a),
+      };
+    };
+
+    it('R4: held back by the memory, lifted (setCredentials … forgetRefusals) before its 401 comes: refused-lately, not recall-timeout (the memory did answer)', async () => {
+      const { result: statuses, events } = await withheldWhile(async () => {
+        const { leader, waiter, answerFirst } = await heldBehind(5_000, () => undefined);
+        answerFirst({ at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 });
+        const led = await leader;
+        // The waiter's bare send is on the wire (its 401 comes 400 ms late): the caller lifts the
+        // hold-back now (the same credentials given again, forgetRefusals).
+        r!.agent.setCredentials(ALICE, { forgetRefusals: true });
+        return [led, await waiter];
+      });
+      expect(statuses).toEqual([401, 401]);
+      expect(r!.server.exchanges.every((e) => e.requestHeaders.authorization === undefined)).toBe(true);
+      // Before: the waiter's said recall-timeout (the proof no longer refused when its 401 came).
+      expect(events.map((e) => [e.path, e.reason])).toEqual([
+        ['/auth/lead', 'refused-lately'],
+        ['/auth/behind?delay=400', 'refused-lately'],
+      ]);
+    });
+
+    it('R4/R1: its recall given up at queueTimeout, the memory then holding the password back for another request before its 401 comes: recall-timeout, not refused-lately (nothing was refused when it went without)', async () => {
+      const { result: statuses, events } = await withheldWhile(async () => {
+        const { leader, waiter, recalled } = await heldBehind(300, () => ({
+          at: Date.now() - 1_000,
+          until: Date.now() + 60_000,
+          times: 1,
+        }));
+        const led = await leader;
+        // Another request now: its recall finds the password held back, while the waiter's 401 is on its way.
+        const other = await fetch(`${r!.server.origin}/auth/other`, { dispatcher: r!.agent });
+        await other.text();
+        expect(recalled).toHaveLength(2);
+        return [led, other.status, await waiter];
+      });
+      expect(statuses).toEqual([401, 401, 401]);
+      expect(r!.server.exchanges.every((e) => e.requestHeaders.authorization === undefined)).toBe(true);
+      // Before: the waiter's said refused-lately (the proof refused by then), with a wait it never had.
+      expect(events.map((e) => [e.path, e.reason]).sort()).toEqual([
+        ['/auth/behind?delay=400', 'recall-timeout'],
+        ['/auth/lead', 'recall-timeout'],
+        ['/auth/other', 'refused-lately'],
+      ]);
+    });
+  });
 
   it('R4: a password a refusalMemory holds back, the 401 that asked for it too slow to hold (its body past limits.handshakeTimeout): that 401 is the answer, its body as it comes, the request sent once', async () => {
     const m = answeringRefusalMemory(true);

@@ -132,6 +132,34 @@ describe('R4: refused passwords are held back across the command’s runs (state
     expect(tries('/auth/once')).toBe(1);
   });
 
+  it('R4: -v: while a run waits for another run’s lock on the same password, its held 401 is not labelled intermediate before its fate is known: written as held, then said to be the answer once that run’s refusal holds the password back', async () => {
+    const lockIn = join(state, 'multileg');
+    const locked = () => {
+      try {
+        return readdirSync(lockIn).some((f) => f.endsWith('.lock') && !f.startsWith('refusals'));
+      } catch {
+        return false;
+      }
+    };
+    // The holder's legs come 1.5 s late: it holds the password's lock a few seconds, then is refused.
+    const holder = run('wrongpw', '/auth/aside-holder?delay=1500');
+    await until('the holder to take its lock', locked);
+    const waiter = await run('wrongpw', '/auth/aside-waiter', ['-v']);
+    expect((await holder).code).toBe(22);
+    expect(waiter.code).toBe(22);
+    expect(tries('/auth/aside')).toBe(1);
+    const lines = waiter.stderr.split('\n');
+    const shown = lines.filter((l) => l.startsWith('< 401 '));
+    // Before: `< 401 offers NTLM [HTTP/2, intermediate]`, written as the wait was said, then "its 401 is the answer".
+    expect(shown).toEqual(['< 401 offers NTLM [HTTP/2, held]']);
+    const at = (start: string) => lines.findIndex((l) => l.startsWith(start));
+    expect(at('< 401 ')).toBeLessThan(at('* waiting for '));
+    expect(at('* waiting for ')).toBeLessThan(
+      at('* its 401 is the answer: the credentials, refused or left unanswered here lately'),
+    );
+    expect(waiter.stderr).not.toContain('intermediate');
+  });
+
   it('R4/C10: a password the state file holds back, the 401 that asked for it over 64 KiB (limits.maxChallengeBodyBytes): that 401 is the answer, its body in full, and the request (a -d body) sent once', async () => {
     const PAD = 100_000;
     server.setFaults({
@@ -362,7 +390,7 @@ describe('R4: refused passwords are held back across the command’s runs (state
         expect(
           server.exchanges.filter((e) => e.path === '/auth/stop-q-waiter').map((e) => [e.method, e.bodyLength]),
         ).toEqual([['POST', 10]]);
-        // One 401 in the trace (labelled intermediate while the lock wait was said), then why it stood.
+        // One 401 in the trace (labelled held while the lock wait was said), then why it stood.
         expect(waiter.stderr.match(/^< 401 /gm)).toHaveLength(1);
         expect(waiter.stderr).toContain(
           "* its 401 is the answer: no credentials were sent: another run's try of the same password did not end within 60 s (limits.queueTimeout)",

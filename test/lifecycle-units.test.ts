@@ -17,7 +17,13 @@ import { type HandshakeInput, type HandshakeResult, runHandshake } from '../src/
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
 import { normalizeRequestHeaders } from '../src/headers.ts';
-import { AuthIdInUseError, type Mechanism, QueueTimeoutError } from '../src/index.ts';
+import {
+  AuthIdInUseError,
+  type Mechanism,
+  QueueTimeoutError,
+  WITHHELD_CHANNEL,
+  type WithheldEvent,
+} from '../src/index.ts';
 import { KerberosTicketExpiredError, KerberosUnknownServiceError } from '../src/mechanisms/negotiate/errors.ts';
 import { DEFAULT_LIMITS } from '../src/options.ts';
 import { ProxyAuth, proxyLeg } from '../src/proxy/auth.ts';
@@ -33,6 +39,7 @@ import {
   signalWaiter,
   Ticket,
 } from '../src/session/credential-proof.ts';
+import { heldBackAnswer } from '../src/session/first-challenge.ts';
 import { type Job, newJob } from '../src/session/job.ts';
 import { OriginMemory, TICKET_RECHECK_MS, UNUSABLE_MEMORY_MS } from '../src/session/origin-memory.ts';
 import type { RefusalMemory } from '../src/session/refusal-memory.ts';
@@ -40,7 +47,7 @@ import { Session, StaleConnectionError } from '../src/session/session.ts';
 import { FRESH, transition } from '../src/session/state.ts';
 import { WaitQueue } from '../src/session/wait-queue.ts';
 import { RedirectHops } from '../src/trust/redirects.ts';
-import { ALICE, deferred } from './helpers.ts';
+import { ALICE, deferred, publishedDuring } from './helpers.ts';
 import { findBin } from './lab/peers.ts';
 
 afterEach(() => {
@@ -841,6 +848,54 @@ describe('origin memory and session state', () => {
     expect(signals).toHaveLength(3);
     vi.advanceTimersByTime(500);
     expect(await next).toBe('refused');
+  });
+
+  it('R4/R1: a refusal memory that answers at the very instant its recall’s queueTimeout fires: one outcome, whichever is seen first — the timer (the answer only released, the request and its waiters going without the password, recall-timeout) or the answer (the request goes on, its waiters still wait for it, nothing published) — never the one for the request and the other for its waiters (a guard)', async () => {
+    vi.useFakeTimers();
+    const bounds = { maxQueue: 10, queueTimeout: 500 };
+    const headers = { 'www-authenticate': 'Basic realm="r"' };
+    /** A probe and a waiter behind it; the memory's own wait ends as the agent's bound does. */
+    const atTheBound = () => {
+      const released: string[] = [];
+      const proof = recallingProof(
+        () => new Promise((resolve) => setTimeout(() => resolve(undefined), bounds.queueTimeout)),
+        released,
+      );
+      const probe = proof.enter(true, signalWaiter(undefined), bounds) as Promise<unknown>;
+      // (A moment later, so that its own wait does not run out with the recall's.)
+      vi.advanceTimersByTime(1);
+      const waiter = proof.enter(true, signalWaiter(undefined), bounds) as Promise<unknown>;
+      return { proof, released, probe, waiter };
+    };
+    const publishing = (proof: CredentialProof, a: Promise<unknown>) =>
+      publishedDuring<WithheldEvent, unknown>(WITHHELD_CHANNEL, async () => {
+        const admission = await a;
+        if (admission === 'refused') heldBackAnswer('https://o.example', '/x', proof, headers, bounds.queueTimeout);
+        return admission;
+      });
+    // Both run in one turn (the answer's reaction not yet run): the timer's outcome, for both.
+    const timer = atTheBound();
+    vi.advanceTimersByTime(bounds.queueTimeout - 1);
+    const timedOut = await publishing(timer.proof, timer.probe);
+    expect(timedOut.result).toBe('refused');
+    expect(await timer.waiter).toBe('refused');
+    expect(timedOut.events).toEqual([expect.objectContaining({ reason: 'recall-timeout', queueTimeout: 500 })]);
+    expect(timer.released).toEqual(['release']);
+    // The answer's reaction runs before the timer (as between Node's timers): the answer's, for both.
+    const answer = atTheBound();
+    await vi.advanceTimersByTimeAsync(bounds.queueTimeout - 1);
+    const went = await publishing(answer.proof, answer.probe);
+    expect(went.result).toBeInstanceOf(Ticket);
+    expect(went.events).toEqual([]);
+    let waited: unknown = 'waiting';
+    void answer.waiter.then((w) => {
+      waited = w;
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(waited).toBe('waiting');
+    answer.proof.settle(went.result as Ticket, 'success');
+    expect(await answer.waiter).toBeInstanceOf(Ticket);
+    expect(answer.released).toEqual(['release']);
   });
 
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {

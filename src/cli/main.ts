@@ -165,11 +165,21 @@ async function main(argv: string[]): Promise<number> {
   // R4: a password refused by an earlier run is held back here too (account lockout). The file is
   // read only when a password would be sent where it is not proved in this run; its directory is
   // found then too: a container's UID without a home runs without it.
+  // Its lines (a wait for another run's lock) come while a 401 is held for it: they say nothing of
+  // that 401's fate, so -v writes it as held, not intermediate (trace.ts aside).
   refusalFile = new RefusalFile({
     dir: () => stateDir(),
     forget: req.forgetRefusals,
-    warn: (line) => say(`Warning: ${line}`),
-    verbose,
+    warn: (line) => {
+      tracing?.aside();
+      say(`Warning: ${line}`);
+    },
+    verbose:
+      verbose &&
+      ((line) => {
+        tracing?.aside();
+        verbose(line);
+      }),
   });
   let command: CommandAgent;
   try {

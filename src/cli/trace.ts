@@ -71,9 +71,10 @@ export class Trace {
    * -v: the line of a response not passed to the caller as it came (a 401 or 407 the agent read
    * while trying to answer it), written once its fate is known: intermediate when anything else is
    * said (the next leg goes), the answer when nothing offered can run here (the unanswered events).
-   * Written at once, a 401 that turned out to be the answer was labelled intermediate.
+   * Written at once, a 401 that turned out to be the answer was labelled intermediate. Written
+   * before a line that says nothing of its fate ({@link aside}), it is labelled held.
    */
-  #pending: { readonly record: LegRecord; readonly line: (delivered: boolean) => string } | undefined;
+  #pending: { readonly record: LegRecord; readonly line: (label: LineLabel) => string } | undefined;
 
   /**
    * `verbose` receives -v lines as they happen; `onResponse` each leg whose response head came (-D,
@@ -118,7 +119,20 @@ export class Trace {
     const pending = this.#pending;
     if (!pending) return;
     this.#pending = undefined;
-    this.#verbose?.(pending.line(false));
+    this.#verbose?.(pending.line('intermediate'));
+  }
+
+  /**
+   * -v: writes the line of a response held back, labelled held, before a line that says nothing of
+   * its fate: a wait for another run's lock on the password (R4), which may end with this 401 the
+   * answer or with the handshake going on. Its fate is said once known ("its 401 is the answer", or
+   * the next leg); labelled intermediate here, an answer was said to be both.
+   */
+  aside(): void {
+    const pending = this.#pending;
+    if (!pending) return;
+    this.#pending = undefined;
+    this.#verbose?.(pending.line('held'));
   }
 
   /**
@@ -166,9 +180,9 @@ export class Trace {
       const offers = e.status === 401 || e.status === 407 ? challengeSchemes(e.headers, e.status) : [];
       const authId = e.headers.some(([n]) => n === 'auth-id');
       const persistent = e.headers.find(([n]) => /^persist(ent|ed)-auth$/.test(n))?.[1];
-      const line = (delivered: boolean) =>
-        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${delivered ? '' : ', intermediate'}]`;
-      if (e.delivered || !this.#verbose) this.#say(line(e.delivered));
+      const line = (label: LineLabel) =>
+        `< ${e.status}${offers.length ? ` offers ${offers.join(', ')}` : ''}${authId ? ' (Auth-ID)' : ''}${persistent !== undefined ? ` (Persistent-Auth: ${persistent})` : ''} [${proto(e.protocol)}${label === 'answer' ? '' : `, ${label}`}]`;
+      if (e.delivered || !this.#verbose) this.#say(line(e.delivered ? 'answer' : 'intermediate'));
       else {
         this.flush();
         this.#pending = { record, line };
@@ -296,7 +310,7 @@ export class Trace {
     const pending = this.#pending;
     if (pending?.record !== record) return;
     this.#pending = undefined;
-    this.#verbose?.(pending.line(true));
+    this.#verbose?.(pending.line('answer'));
   }
 
   #say(line: string): void {
@@ -304,6 +318,9 @@ export class Trace {
     this.#verbose?.(line);
   }
 }
+
+/** How -v labels a response's line: the answer (unlabelled), intermediate, or held while its fate is not known. */
+type LineLabel = 'answer' | 'intermediate' | 'held';
 
 function proto(p: string | undefined): string {
   return p === 'h2' ? 'HTTP/2' : p === 'http/1.1' ? 'HTTP/1.1' : '?';

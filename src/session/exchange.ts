@@ -44,6 +44,7 @@ import {
   exclude,
   firstChallenge,
   heldBackAnswer,
+  heldBackWhy,
   offersUnusable,
   publishUnanswered401,
   renewFindings,
@@ -531,8 +532,9 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
     session.deliverHeld(job, held);
     return end(DONE);
   }
-  // (It met no 401 yet, waiting from the start: the one it meets now, bare, is said why: classifySend.)
-  if (outcome === 'withheld') job.heldBack = true;
+  // (It met no 401 yet, waiting from the start: the one it meets now, bare, is said why: classifySend,
+  // as the leader's was, now: the proof may say otherwise once that 401 comes.)
+  if (outcome === 'withheld') job.heldBack = heldBackWhy(env.memory.proof);
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
   // The hand-over made it the leader just now; the state has moved on only if the session closed
@@ -636,13 +638,20 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     }
   } else if (
     status === 401 &&
-    ((job.identity === 'agent' && env.memory.credentialsRefused) || job.heldBack) &&
+    ((job.identity === 'agent' && env.memory.credentialsRefused) || job.heldBack !== undefined) &&
     env.mechanisms.choose(readChallenges(headers))
   ) {
     // R4: held back after the server refused them here (or left a password unanswered), or the
-    // handshake it waited for had its password held back (the memory silent past queueTimeout): so
-    // is this request's, whose own 401 this is.
-    heldBackAnswer(job.origin, job.dispatchOptions.path, env.memory.proof, headers, env.limits.queueTimeout);
+    // handshake it waited for had its password held back (or its recall given up at queueTimeout):
+    // so is this request's, whose own 401 this is — said why as it was when its wait ended.
+    heldBackAnswer(
+      job.origin,
+      job.dispatchOptions.path,
+      env.memory.proof,
+      headers,
+      env.limits.queueTimeout,
+      job.heldBack ?? 'refused-lately',
+    );
   }
   // C9: a 421 means this connection does not serve the origin; retry on a fresh one.
   if (status === 421 && job.relocations < 2) {

@@ -134,14 +134,27 @@ export function withheld401(
   return false;
 }
 
+/** Why a 401 met without the password is the answer (R4): see {@link heldBackAnswer}. */
+export type HeldBackWhy = 'refused-lately' | 'recall-timeout';
+
+/**
+ * Why leave to send the password was refused just now (CredentialProof.enter said `'refused'`, or a
+ * handshake waited for had it said so): `refused-lately`, the password is held back (a refusal the
+ * memory recalled, or one met meanwhile); else `recall-timeout`, the memory's recall given up at
+ * limits.queueTimeout. Read when that was decided: the proof may say otherwise a round trip later
+ * (a refusal lifted or lapsed, another request's recall holding the password back).
+ */
+export const heldBackWhy = (proof: CredentialProof): HeldBackWhy =>
+  proof.refused ? 'refused-lately' : 'recall-timeout';
+
 /**
  * R4: leave to send the password here was refused (CredentialProof.enter said `'refused'`) where a
  * 401 met without it was kept for that (CredentialProof.mayRecall: the refusal memory might hold
  * the password back): that 401 is the caller's answer — rather than sending the request (its body)
- * again bare for another 401 to show — said why on `multileg:withheld`: `refused-lately`, the
- * password held back (a refusal the memory recalled, or one met meanwhile); else `recall-timeout`,
- * the memory's recall given up at limits.queueTimeout (R1: when in doubt none is sent; it refused
- * nothing, and the caller's fix is to wait for it or raise the bound, as the proxy's error says).
+ * again bare for another 401 to show — said why on `multileg:withheld` (`why`, as decided:
+ * {@link heldBackWhy}): `refused-lately`, the password held back; `recall-timeout`, the memory's
+ * recall given up at limits.queueTimeout (R1: when in doubt none is sent; it refused nothing, and
+ * the caller's fix is to wait for it or raise the bound, as the proxy's error says).
  * Requests' and upgrades'.
  */
 export function heldBackAnswer(
@@ -150,9 +163,10 @@ export function heldBackAnswer(
   proof: CredentialProof,
   headers: ResponseHeaders,
   queueTimeout: number,
+  why: HeldBackWhy = heldBackWhy(proof),
 ): void {
   // (The path stays out of the log: a query may carry a secret.)
-  if (!proof.refused) {
+  if (why === 'recall-timeout') {
     log.agent(
       '%s: 401 not answered: the refusal memory did not answer within %d ms (limits.queueTimeout); that 401 is the answer',
       origin,
@@ -161,6 +175,7 @@ export function heldBackAnswer(
     withheld401(origin, path, headers, 'recall-timeout', undefined, queueTimeout);
     return;
   }
+  // (How long it is held back now: 0 when lifted since.)
   const heldBackFor = proof.refusedFor;
   log.agent(
     '%s: 401 not answered: the password is held back %d ms more (refused or left unanswered here lately); that 401 is the answer',

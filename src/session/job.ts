@@ -5,6 +5,7 @@ import type { HeldResponse } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import type { WithheldReason } from '../trust/policy.ts';
+import type { HeldBackWhy } from './first-challenge.ts';
 import type { CallerNtlmLeg, ChallengeRecord } from './ntlm-pairing.ts';
 import type { Identity } from './session.ts';
 
@@ -85,9 +86,10 @@ export interface Job {
   /**
    * R4: it waited behind a handshake whose password was held back (WaitOutcome `withheld`) before it
    * met a 401 of its own: the 401 its bare send meets is its answer, said why as the leader's is
-   * (multileg:withheld, recall-timeout) — not an unexplained 401.
+   * (multileg:withheld) — not an unexplained 401. Why, as decided when the wait ended: a round trip
+   * later the proof may say otherwise (a refusal lifted, or one recalled for another request).
    */
-  heldBack: boolean;
+  heldBack: HeldBackWhy | undefined;
   /**
    * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
@@ -156,7 +158,7 @@ export function newJob(
     challenges: undefined,
     held401: undefined,
     heldForRecall: undefined,
-    heldBack: false,
+    heldBack: undefined,
     ntlm: undefined,
     ntlmAtProxy: false,
     originOpening: false,
