@@ -828,7 +828,7 @@ describe('requests started together through a proxy while the refusal memory is 
   ] as const;
 
   it.each(cases)(
-    'R1/R4: five requests started together through %s while a refusalMemory never answers: each ends the same typed, explained way within about one limits.queueTimeout — ProxyAuthenticationError saying the memory did not answer and nothing was sent (the 407 with proxy.deliver407), none a QueueTimeoutError — no password sent, each request sent once, the memory asked once',
+    'R1/R4: five requests started together through %s while a refusalMemory never answers: each ends the same typed, explained way within about one limits.queueTimeout — ProxyAuthenticationError saying the memory did not answer and nothing was sent (with proxy.deliver407 the 407, said why: recall-timeout), none a QueueTimeoutError — no password sent, each request sent once, the memory asked once',
     async (_what, https, scheme, allowH2, deliver407) => {
       server = await startReferenceServer({ mode: 'session' });
       // CONNECT goes by basicUsers alone (the reference proxy's NTLM is for forwarded requests).
@@ -853,6 +853,10 @@ describe('requests started together through a proxy while the refusal memory is 
       const base = `${https ? 'https' : 'http'}://localhost:${server.port}`;
       const started = Date.now();
       const took: number[] = [];
+      const events: ProxyUnansweredEvent[] = [];
+      const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
       const outcomes = await Promise.all(
         [0, 1, 2, 3, 4].map((i) =>
           request(`${base}/public/n${i}`, { dispatcher: agent! }).then(
@@ -887,6 +891,11 @@ describe('requests started together through a proxy while the refusal memory is 
         expect(proxy.exchanges.map((e) => new URL(e.target, base).pathname).sort()).toEqual(
           [0, 1, 2, 3, 4].map((i) => `/public/n${i}`),
         );
+      // proxy.deliver407: each 407 said why, as an origin's 401 does on multileg:withheld (before:
+      // `refused-lately`, "held back 0 s more", where nothing was refused).
+      expect(events.map((e) => [e.path, e.reason, e.queueTimeout, e.heldBackFor]).sort()).toEqual(
+        deliver407 ? [0, 1, 2, 3, 4].map((i) => [`/public/n${i}`, 'recall-timeout', queueTimeout, undefined]) : [],
+      );
       // The memory was asked once (the others waited on that recall's outcome), and told it was given up.
       expect(held.signals).toHaveLength(1);
       expect(held.signals[0]!.aborted).toBe(true);

@@ -25,6 +25,9 @@ import { saysClose } from './wire.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 
+/** Why a 407 goes to the caller with no credentials of this request answering it (ProxyUnansweredEvent.reason). */
+type Withheld = 'refused' | 'refused-lately' | 'recall-timeout';
+
 /** Why a connection-bound handshake ended when the proxy closed without a header saying so. */
 const SILENT_CLOSE =
   'the connection ended after its 407 without Connection: close: an HTTP/1.0 answer without keep-alive, or the proxy closed it';
@@ -297,9 +300,10 @@ export class ForwardProxy {
      * proxy.deliver407: the proxy's refusal of the credentials this request sent (a per-request
      * scheme's own, or taken up from another connection) is the caller's response, the 407 held
      * from its leg — counted as a refusal all the same (R4: `outcome`, set by the caller); so is a
-     * 407 no credentials went to, held back after a refusal (`refused-lately`).
+     * 407 no credentials went to, held back after a refusal (`refused-lately`) or while the refusal
+     * memory did not answer within queueTimeout (`recall-timeout`, R1: it refused nothing).
      */
-    const refusedHeld = (held: HeldResponse, why: 'refused' | 'refused-lately' = 'refused'): LegResult => {
+    const refusedHeld = (held: HeldResponse, why: Withheld = 'refused'): LegResult => {
       log.proxy('%s: credentials %s: the 407 goes to the caller', this.route.proxy.origin, why);
       this.#unanswered(request, held.headers, why);
       return deliverHeld(held);
@@ -535,7 +539,8 @@ export class ForwardProxy {
             // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
             // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
             // the next request).
-            if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, 'refused-lately');
+            if (result.held && this.route.proxy.deliver407)
+              return refusedHeld(result.held, proof.refused ? 'refused-lately' : 'recall-timeout');
             throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout);
           }
         }
@@ -624,13 +629,10 @@ export class ForwardProxy {
 
   /**
    * Publishes why a 407 goes to the caller unanswered; `refused`: the proxy refused the credentials
-   * this request carried, or (`refused-lately`) refused them lately, so that none went (R4).
+   * this request carried, or (`refused-lately`) refused them lately, so that none went (R4), or
+   * (`recall-timeout`) none went as the refusal memory did not answer within queueTimeout (R1).
    */
-  #unanswered(
-    request: { origin: string; path: string },
-    headers: ResponseHeaders,
-    refused?: 'refused' | 'refused-lately',
-  ): void {
+  #unanswered(request: { origin: string; path: string }, headers: ResponseHeaders, refused?: Withheld): void {
     publishProxyUnanswered(() => {
       const unusable = this.#auth.unusableIn(headers);
       return {
@@ -639,6 +641,7 @@ export class ForwardProxy {
         path: request.path,
         reason: refused ?? (unusable.length > 0 ? 'unusable' : 'unconfigured'),
         ...(refused === 'refused-lately' ? { heldBackFor: this.route.proxy.proof.refusedFor } : {}),
+        ...(refused === 'recall-timeout' ? { queueTimeout: this.#limits.queueTimeout } : {}),
         schemes: offeredSchemes(readChallenges(headers, true)),
         unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
         time: Date.now(),
