@@ -319,18 +319,15 @@ export class ForwardProxy {
         // CONNECT's opening goes (2 requests rather than 3); this request then leads.
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-          if (ticket === undefined) {
-            const opening = await openingLeave(
+          if (ticket === undefined)
+            ({ ticket, heldBack } = await openingLeave(
               this.route.proxy,
               this.#auth,
               waiter,
               this.#limits,
               deadline,
               this.#onLeaveWaits,
-            );
-            heldBack = opening === 'refused';
-            ticket = opening === 'refused' ? undefined : opening;
-          }
+            ));
           if (ticket && this.#auth.opens) {
             clock().start();
             await race(this.#auth.open(leg));

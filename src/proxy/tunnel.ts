@@ -405,9 +405,7 @@ async function handshake(
           ticket = admission;
         },
         async () => {
-          const admission = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline, onLeaveWaits);
-          heldBack = admission === 'refused';
-          ticket = admission === 'refused' ? undefined : admission;
+          ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline, onLeaveWaits));
           return ticket !== undefined;
         },
         (o) => {
@@ -484,11 +482,12 @@ export type ProxyLeaveWaits = () => void;
 /**
  * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
  * (R4): the AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
- * no connection waits for it halfway through a handshake the proxy may expire meanwhile. `refused`:
+ * no connection waits for it halfway through a handshake the proxy may expire meanwhile. `heldBack`:
  * the request goes bare, refused lately or the refusal memory's recall given up at queueTimeout (its
- * 407 meets {@link refusedLately}: the memory is not asked twice for one request). Undefined: it goes
- * bare as another connection found meanwhile that the proxy takes no part in openings (`auth.opens`
- * no longer holds: the leave is given back at once, so that no one waits for this one).
+ * 407 meets {@link refusedLately}: the memory is not asked twice for one request). No `ticket` and
+ * not `heldBack`: it goes bare as another connection found meanwhile that the proxy takes no part in
+ * openings (`auth.opens` no longer holds: the leave is given back at once, so that no one waits for
+ * this one).
  */
 export async function openingLeave(
   proxy: ResolvedProxy,
@@ -497,15 +496,15 @@ export async function openingLeave(
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
   onWait?: ProxyLeaveWaits,
-): Promise<Ticket | 'refused' | undefined> {
+): Promise<{ ticket: Ticket | undefined; heldBack: boolean }> {
   const password = proxy.mechanisms.sole?.usesPassword !== false;
   const admission = await proxyLeave(proxy, password, waiter, limits, deadline, onWait);
-  if (admission === 'refused') return admission;
+  if (admission === 'refused') return { ticket: undefined, heldBack: true };
   if (!auth.opens) {
     proxy.proof.settle(admission, 'none');
-    return undefined;
+    return { ticket: undefined, heldBack: false };
   }
-  return admission;
+  return { ticket: admission, heldBack: false };
 }
 
 /**
