@@ -86,7 +86,10 @@ export function publishWithheld(event: () => WithheldEvent): void {
  *   ticket — each with its error in `unusable`;
  * - `refused`: its answer to the credentials this request sent;
  * - `refused-lately`: the proxy refused the credentials lately, so none went with this request
- *   (they are held back, R4, until the wait ends or `setProxyCredentials` / `forgetRefusals`).
+ *   (they are held back, R4, until the wait ends or `setProxyCredentials` / `forgetRefusals`);
+ * - `recall-timeout`: the agent's `refusalMemory` did not answer within `queueTimeout` ms
+ *   (limits.queueTimeout; another process may be trying the same password at the proxy), so none
+ *   went (R1, R4: when in doubt, none is): nothing was refused.
  */
 export interface ProxyUnansweredEvent {
   /** The proxy, `http://host:port` (never its userinfo). */
@@ -94,11 +97,13 @@ export interface ProxyUnansweredEvent {
   /** The request's origin and path. */
   readonly origin: string;
   readonly path: string;
-  readonly reason: 'unconfigured' | 'unusable' | 'refused' | 'refused-lately';
+  readonly reason: 'unconfigured' | 'unusable' | 'refused' | 'refused-lately' | 'recall-timeout';
   /** The schemes the 407 offered (names only). */
   readonly schemes: readonly string[];
   /** With `refused-lately`: how long (ms) the credentials are still held back from the proxy. */
   readonly heldBackFor?: number;
+  /** With `recall-timeout`: how long (ms, limits.queueTimeout) the refusal memory was waited for. */
+  readonly queueTimeout?: number;
   /**
    * The offered schemes found unusable on this proxy connection, with why: the error's code and
    * message (which name the fix, never a secret).

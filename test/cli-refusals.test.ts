@@ -4,12 +4,15 @@
  * once per run and lock the account.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { channel } from 'node:diagnostics_channel';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RefusalFile } from '../src/cli/refusals.ts';
+import { Trace } from '../src/cli/trace.ts';
 import { lockWaitBehind } from '../src/cli/transfer.ts';
+import { PROXY_UNANSWERED_CHANNEL, type ProxyUnansweredEvent } from '../src/index.ts';
 import {
   type ReferenceProxy,
   type ReferenceServer,
@@ -651,5 +654,32 @@ describe('R1/R4: the wait for another run\u2019s lock behind a final 407 (review
       file.releaseAll();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('R1/R4: -v on a forwarding proxy\u2019s 407 delivered while the refusal memory did not answer', () => {
+  it("R1/R4: -v says a proxy's 407 went unanswered because another run's try of the password did not end within limits.queueTimeout (recall-timeout), not that the proxy refused it", () => {
+    const lines: string[] = [];
+    const trace = new Trace((line) => lines.push(line));
+    const event: ProxyUnansweredEvent = {
+      proxy: 'http://proxy.example:3128',
+      origin: 'http://intranet.example',
+      path: '/',
+      reason: 'recall-timeout',
+      queueTimeout: 60_000,
+      schemes: ['NTLM'],
+      unusable: [],
+      time: Date.now(),
+    };
+    try {
+      channel(PROXY_UNANSWERED_CHANNEL).publish(event);
+    } finally {
+      trace.stop();
+    }
+    // Before: the agent published `refused-lately` with heldBackFor 0 ("it refused the credentials
+    // lately: held back 0 s more"), and this reason fell through to "nothing configured for NTLM".
+    expect(lines).toEqual([
+      "* proxy http://proxy.example:3128: its 407 goes unanswered: no credentials were sent: another run's try of the same password did not end within 60 s (limits.queueTimeout)",
+    ]);
   });
 });

@@ -26,7 +26,13 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { abortedWhileRecalling, SCRIPTED_NTLM_CHALLENGE, until, waitingRefusalMemory } from './helpers.ts';
+import {
+  abortedWhileRecalling,
+  SCRIPTED_NTLM_CHALLENGE,
+  silentRefusalMemory,
+  until,
+  waitingRefusalMemory,
+} from './helpers.ts';
 import { eachRequest, hostile } from './hostile-proxy.ts';
 
 let server: ReferenceServer | undefined;
@@ -799,6 +805,100 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
       expect(held.signals[0]!.aborted).toBe(true);
       await until(() => held.released.length === 1);
       expect(carried).toEqual([false]);
+    },
+  );
+});
+
+describe('requests started together through a proxy while the refusal memory is silent (R1/R4, reference proxy)', () => {
+  const queueTimeout = 300;
+  const cases = [
+    // [what, https target (a CONNECT tunnel), agent's proxy schemes, HTTP/2 to the proxy, deliver407]
+    [
+      'a forwarding proxy whose only scheme is NTLM, over HTTP/2 (asked before its opening)',
+      false,
+      'NTLM',
+      true,
+      false,
+    ],
+    // (A guard: held before, a proxy connection each.)
+    ['a forwarding proxy whose only scheme is NTLM, over HTTP/1.1', false, 'NTLM', false, false],
+    ['a forwarding proxy whose only scheme is NTLM, over HTTP/2, proxy.deliver407', false, 'NTLM', true, true],
+    ['a CONNECT tunnel, Basic (asked at its 407)', true, 'Basic', true, false],
+    ["a CONNECT tunnel, NTLM the agent's only scheme (asked before its opening)", true, 'NTLM', true, false],
+  ] as const;
+
+  it.each(cases)(
+    'R1/R4: five requests started together through %s while a refusalMemory never answers: each ends the same typed, explained way within about one limits.queueTimeout — ProxyAuthenticationError saying the memory did not answer and nothing was sent (with proxy.deliver407 the 407, said why: recall-timeout), none a QueueTimeoutError — no password sent, each request sent once, the memory asked once',
+    async (_what, https, scheme, allowH2, deliver407) => {
+      server = await startReferenceServer({ mode: 'session' });
+      // CONNECT goes by basicUsers alone (the reference proxy's NTLM is for forwarded requests).
+      proxy = await startReferenceProxy(
+        https ? { basicUsers: { proxyuser: 'proxypw' } } : { ntlmUsers: { proxyuser: 'proxypw' } },
+      );
+      const held = silentRefusalMemory();
+      agent = new MultilegAgent({
+        negotiate: false,
+        allowH2,
+        refusalMemory: held.memory,
+        limits: { queueTimeout },
+        proxy: {
+          uri: proxy.origin,
+          connect: { ca: proxy.ca },
+          schemes: [scheme],
+          credentials: PROXY_ACCOUNT,
+          deliver407,
+        },
+        ...(https ? { connect: { ca: server.ca } } : {}),
+      });
+      const base = `${https ? 'https' : 'http'}://localhost:${server.port}`;
+      const started = Date.now();
+      const took: number[] = [];
+      const events: ProxyUnansweredEvent[] = [];
+      const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      const outcomes = await Promise.all(
+        [0, 1, 2, 3, 4].map((i) =>
+          request(`${base}/public/n${i}`, { dispatcher: agent! }).then(
+            async (res) => {
+              await res.body.dump();
+              took[i] = Date.now() - started;
+              return res.statusCode;
+            },
+            (e: Error & { code?: string; refused?: boolean }) => {
+              took[i] = Date.now() - started;
+              return [e.code, e.refused, e.message.replace(/^.*: proxy\.credentials /, '')];
+            },
+          ),
+        ),
+      );
+      // Before (HTTP/2 to a forwarding proxy; a tunnel): the first got ProxyAuthenticationError, the
+      // four others QueueTimeoutError — they waited for the first session's first response, which
+      // its recall held, and their wait ran out a round trip before the recall's.
+      const typed = [
+        'MULTILEG_PROXY_AUTH',
+        false,
+        `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
+      ];
+      expect(outcomes).toEqual([0, 1, 2, 3, 4].map(() => (deliver407 ? 407 : typed)));
+      // One wait each, not two.
+      for (const t of took) expect(t).toBeLessThan(2 * queueTimeout);
+      // Nothing sent with credentials; each request went to the proxy once (a CONNECT each through a tunnel).
+      expect(proxy.exchanges.every((e) => !e.proxyAuthorization && e.status === 407)).toBe(true);
+      if (https)
+        expect(proxy.exchanges.map((e) => e.method)).toEqual(['CONNECT', 'CONNECT', 'CONNECT', 'CONNECT', 'CONNECT']);
+      else
+        expect(proxy.exchanges.map((e) => new URL(e.target, base).pathname).sort()).toEqual(
+          [0, 1, 2, 3, 4].map((i) => `/public/n${i}`),
+        );
+      // proxy.deliver407: each 407 said why, as an origin's 401 does on multileg:withheld (before:
+      // `refused-lately`, "held back 0 s more", where nothing was refused).
+      expect(events.map((e) => [e.path, e.reason, e.queueTimeout, e.heldBackFor]).sort()).toEqual(
+        deliver407 ? [0, 1, 2, 3, 4].map((i) => [`/public/n${i}`, 'recall-timeout', queueTimeout, undefined]) : [],
+      );
+      // The memory was asked once (the others waited on that recall's outcome), and told it was given up.
+      expect(held.signals).toHaveLength(1);
+      expect(held.signals[0]!.aborted).toBe(true);
     },
   );
 });

@@ -245,15 +245,7 @@ export class Trace {
       this.#onHeld?.();
       this.#answer(record);
     }
-    const why =
-      e.reason === 'refused'
-        ? 'it refused the credentials'
-        : e.reason === 'refused-lately'
-          ? `it refused the credentials lately: held back ${Math.ceil((e.heldBackFor ?? 0) / 1000)} s more (R4)`
-          : e.reason === 'unusable'
-            ? e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ')
-            : `nothing configured for ${e.schemes.join(', ') || 'what it offers'}`;
-    this.#say(`* proxy ${e.proxy}: its 407 goes unanswered: ${why}`);
+    this.#say(`* proxy ${e.proxy}: its 407 goes unanswered: ${unansweredWhy(e)}`);
   }
 
   /**
@@ -324,4 +316,21 @@ type LineLabel = 'answer' | 'intermediate' | 'held';
 
 function proto(p: string | undefined): string {
   return p === 'h2' ? 'HTTP/2' : p === 'http/1.1' ? 'HTTP/1.1' : '?';
+}
+
+/** -v: why a forwarding proxy's 407 went to the caller unanswered, in words. */
+function unansweredWhy(e: ProxyUnansweredEvent): string {
+  switch (e.reason) {
+    case 'refused':
+      return 'it refused the credentials';
+    case 'refused-lately':
+      return `it refused the credentials lately: held back ${Math.ceil((e.heldBackFor ?? 0) / 1000)} s more (R4)`;
+    case 'recall-timeout':
+      // (The final line names whose lock it waited for: lockWaitLine.)
+      return `no credentials were sent: another run's try of the same password did not end within ${Math.ceil((e.queueTimeout ?? 0) / 1000)} s (limits.queueTimeout)`;
+    case 'unusable':
+      return e.unusable.map((u) => `${u.scheme} cannot run here (${u.code})`).join(', ');
+    case 'unconfigured':
+      return `nothing configured for ${e.schemes.join(', ') || 'what it offers'}`;
+  }
 }

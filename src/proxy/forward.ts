@@ -13,10 +13,20 @@ import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, pr
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
-import { closedBetweenLegs, connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
+import {
+  closedBetweenLegs,
+  connectToProxy,
+  openingLeave,
+  type ProxyLeaveWaits,
+  proxyLeave,
+  refusedLately,
+} from './tunnel.ts';
 import { saysClose } from './wire.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
+
+/** Why a 407 goes to the caller with no credentials of this request answering it (ProxyUnansweredEvent.reason). */
+type Withheld = 'refused' | 'refused-lately' | 'recall-timeout';
 
 /** Why a connection-bound handshake ended when the proxy closed without a header saying so. */
 const SILENT_CLOSE =
@@ -93,6 +103,7 @@ export class ForwardProxy {
   readonly #onUnusable: (err: Error) => void;
   readonly #onClosing: () => void;
   readonly #onHolder: () => void;
+  readonly #onLeaveWaits: ProxyLeaveWaits | undefined;
   #vouched = false;
   /** The proxy connection once open (the session's only one: a reconnect is a new session). */
   #wire: Socket | undefined;
@@ -121,6 +132,8 @@ export class ForwardProxy {
     onHolder?: () => void;
     /** Each handshake with the proxy on this connection that sent credentials and ended (H5). */
     onHandshake?: (handshake: ProxyHandshake) => void;
+    /** A request's leave to send the proxy credentials waits (R1/R4: {@link ProxyLeaveWaits}). */
+    onLeaveWaits?: ProxyLeaveWaits;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
@@ -128,6 +141,7 @@ export class ForwardProxy {
     this.#onUnusable = opts.onUnusable;
     this.#onClosing = opts.onClosing;
     this.#onHolder = opts.onHolder ?? (() => {});
+    this.#onLeaveWaits = opts.onLeaveWaits;
     const onHandshake = opts.onHandshake;
     this.#auth = new ProxyAuth(
       opts.route.proxy,
@@ -270,7 +284,14 @@ export class ForwardProxy {
       // A leave that no longer holds (a refusal counted since, R4) is given back first: a probe's
       // would otherwise keep the next leave waiting for itself.
       if (ticket) proof.settle(ticket, 'none');
-      const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
+      const admission = await proxyLeave(
+        this.route.proxy,
+        password,
+        waiter,
+        this.#limits,
+        deadline,
+        this.#onLeaveWaits,
+      );
       if (admission === 'refused') return false;
       ticket = admission;
       return true;
@@ -279,9 +300,10 @@ export class ForwardProxy {
      * proxy.deliver407: the proxy's refusal of the credentials this request sent (a per-request
      * scheme's own, or taken up from another connection) is the caller's response, the 407 held
      * from its leg — counted as a refusal all the same (R4: `outcome`, set by the caller); so is a
-     * 407 no credentials went to, held back after a refusal (`refused-lately`).
+     * 407 no credentials went to, held back after a refusal (`refused-lately`) or while the refusal
+     * memory did not answer within queueTimeout (`recall-timeout`, R1: it refused nothing).
      */
-    const refusedHeld = (held: HeldResponse, why: 'refused' | 'refused-lately' = 'refused'): LegResult => {
+    const refusedHeld = (held: HeldResponse, why: Withheld = 'refused'): LegResult => {
       log.proxy('%s: credentials %s: the 407 goes to the caller', this.route.proxy.origin, why);
       this.#unanswered(request, held.headers, why);
       return deliverHeld(held);
@@ -297,11 +319,15 @@ export class ForwardProxy {
         // CONNECT's opening goes (2 requests rather than 3); this request then leads.
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-          if (ticket === undefined) {
-            const opening = await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline);
-            heldBack = opening === 'refused';
-            ticket = opening === 'refused' ? undefined : opening;
-          }
+          if (ticket === undefined)
+            ({ ticket, heldBack } = await openingLeave(
+              this.route.proxy,
+              this.#auth,
+              waiter,
+              this.#limits,
+              deadline,
+              this.#onLeaveWaits,
+            ));
           if (ticket && this.#auth.opens) {
             clock().start();
             await race(this.#auth.open(leg));
@@ -510,7 +536,8 @@ export class ForwardProxy {
             // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
             // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
             // the next request).
-            if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, 'refused-lately');
+            if (result.held && this.route.proxy.deliver407)
+              return refusedHeld(result.held, proof.refused ? 'refused-lately' : 'recall-timeout');
             throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout);
           }
         }
@@ -599,13 +626,10 @@ export class ForwardProxy {
 
   /**
    * Publishes why a 407 goes to the caller unanswered; `refused`: the proxy refused the credentials
-   * this request carried, or (`refused-lately`) refused them lately, so that none went (R4).
+   * this request carried, or (`refused-lately`) refused them lately, so that none went (R4), or
+   * (`recall-timeout`) none went as the refusal memory did not answer within queueTimeout (R1).
    */
-  #unanswered(
-    request: { origin: string; path: string },
-    headers: ResponseHeaders,
-    refused?: 'refused' | 'refused-lately',
-  ): void {
+  #unanswered(request: { origin: string; path: string }, headers: ResponseHeaders, refused?: Withheld): void {
     publishProxyUnanswered(() => {
       const unusable = this.#auth.unusableIn(headers);
       return {
@@ -614,6 +638,7 @@ export class ForwardProxy {
         path: request.path,
         reason: refused ?? (unusable.length > 0 ? 'unusable' : 'unconfigured'),
         ...(refused === 'refused-lately' ? { heldBackFor: this.route.proxy.proof.refusedFor } : {}),
+        ...(refused === 'recall-timeout' ? { queueTimeout: this.#limits.queueTimeout } : {}),
         schemes: offeredSchemes(readChallenges(headers, true)),
         unusable: unusable.map(({ scheme, error }) => ({ scheme, code: error.code, message: error.message })),
         time: Date.now(),

@@ -154,7 +154,8 @@ export interface TunnelledConnection {
  * the origin inside it (ALPN `alpn`, the caller's TLS options), all within one
  * `proxy.connectTimeout` ({@link ConnectBudget}) — a proxy that answers 200 and then relays nothing
  * fails with {@link ProxyConnectTimeoutError}.
- * `onHandshake` is told of each handshake with the proxy that ends (see {@link openTunnel}).
+ * `onHandshake` is told of each handshake with the proxy that ends, `onLeaveWaits` when its leave to
+ * send the credentials waits (see {@link openTunnel}).
  */
 export async function connectThroughTunnel(
   proxy: ResolvedProxy,
@@ -164,12 +165,22 @@ export async function connectThroughTunnel(
   limits: Limits,
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
+  onLeaveWaits?: ProxyLeaveWaits,
 ): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
   // The agent's connectTo may send the CONNECT elsewhere; TLS inside is still the origin's.
   const dial = dialFor(proxy.connectTo, { hostname, port: target.port, via: 'tunnel' });
   const budget = new ConnectBudget(proxy.connectTimeout);
-  const { socket, holder } = await openTunnel(proxy, dial.hostname, dial.port, limits, signal, onHandshake, budget);
+  const { socket, holder } = await openTunnel(
+    proxy,
+    dial.hostname,
+    dial.port,
+    limits,
+    signal,
+    onHandshake,
+    budget,
+    onLeaveWaits,
+  );
   if (target.protocol !== 'https:') return { socket, holder };
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
   return new Promise((resolve, reject) => {
@@ -255,7 +266,7 @@ export interface Tunnel {
  * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}. `onHandshake` is told of each
  * handshake with the proxy that sent credentials and ended, succeeded or failed (H5: reported as an
  * origin's are). `budget`: the connection's `proxy.connectTimeout`, which TLS inside the tunnel
- * shares ({@link connectThroughTunnel}).
+ * shares ({@link connectThroughTunnel}). `onLeaveWaits`: see {@link ProxyLeaveWaits}.
  */
 export async function openTunnel(
   proxy: ResolvedProxy,
@@ -265,6 +276,7 @@ export async function openTunnel(
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
   budget = new ConnectBudget(proxy.connectTimeout),
+  onLeaveWaits?: ProxyLeaveWaits,
 ): Promise<Tunnel> {
   const target = authority(host, port);
   let socket: Socket | undefined;
@@ -294,6 +306,7 @@ export async function openTunnel(
       if (ended()) s.destroy();
     },
     onHandshake,
+    onLeaveWaits,
   );
   // A tunnel that opens after that (a mechanism step that returned late) is not kept.
   running.then(
@@ -336,6 +349,7 @@ async function handshake(
   given: AbortSignal,
   track: (s: Socket) => void,
   onHandshake: ((handshake: ProxyHandshake) => void) | undefined,
+  onLeaveWaits: ProxyLeaveWaits | undefined,
 ): Promise<Tunnel> {
   /** The tunnel already started over after a refusal of replaced credentials (once per tunnel, R4). */
   let rerun = false;
@@ -386,14 +400,12 @@ async function handshake(
           // No leave for the opening (refused lately, or the refusal memory's recall given up at
           // queueTimeout): not asked again for the 407 after it (R1: one wait of queueTimeout).
           if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout);
-          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
+          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline, onLeaveWaits);
           if (admission === 'refused') throw refusedLately(proxy, offered, limits.queueTimeout);
           ticket = admission;
         },
         async () => {
-          const admission = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline);
-          heldBack = admission === 'refused';
-          ticket = admission === 'refused' ? undefined : admission;
+          ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline, onLeaveWaits));
           return ticket !== undefined;
         },
         (o) => {
@@ -437,7 +449,8 @@ const REPLACED = new Error('proxy credentials replaced');
 /**
  * Leave to send the proxy credentials (account lockout: one connection at a time until proved, none
  * for a while after the proxy refused them). The wait has its own bounds (R1): the exchange's clock
- * stops meanwhile and runs again after it, as for a handshake slot.
+ * stops meanwhile and runs again after it, as for a handshake slot. `onWait` is told when it waits
+ * (the refusal memory's recall, or another handshake's proof): see ProxyLeaveWaits.
  */
 export async function proxyLeave(
   proxy: ResolvedProxy,
@@ -445,23 +458,36 @@ export async function proxyLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
+  onWait?: ProxyLeaveWaits,
 ): Promise<Admission> {
   deadline?.pause();
   try {
-    return await proxy.proof.enter(password, waiter, limits);
+    const entering = proxy.proof.enter(password, waiter, limits);
+    if (entering instanceof Promise) onWait?.();
+    return await entering;
   } finally {
     deadline?.start();
   }
 }
 
 /**
+ * R1/R4: told when a connection's leave to send the proxy credentials waits — the refusal memory's
+ * recall among them (CredentialProof.recalling), which may take up to limits.queueTimeout before
+ * anything goes on that connection. The session tells its pool, which opens connections for the
+ * requests started with it meanwhile (OriginPool #maxSessions), rather than hold them for this
+ * connection's first answer past their own bound.
+ */
+export type ProxyLeaveWaits = () => void;
+
+/**
  * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
  * (R4): the AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
- * no connection waits for it halfway through a handshake the proxy may expire meanwhile. `refused`:
+ * no connection waits for it halfway through a handshake the proxy may expire meanwhile. `heldBack`:
  * the request goes bare, refused lately or the refusal memory's recall given up at queueTimeout (its
- * 407 meets {@link refusedLately}: the memory is not asked twice for one request). Undefined: it goes
- * bare as another connection found meanwhile that the proxy takes no part in openings (`auth.opens`
- * no longer holds: the leave is given back at once, so that no one waits for this one).
+ * 407 meets {@link refusedLately}: the memory is not asked twice for one request). No `ticket` and
+ * not `heldBack`: it goes bare as another connection found meanwhile that the proxy takes no part in
+ * openings (`auth.opens` no longer holds: the leave is given back at once, so that no one waits for
+ * this one).
  */
 export async function openingLeave(
   proxy: ResolvedProxy,
@@ -469,15 +495,16 @@ export async function openingLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
-): Promise<Ticket | 'refused' | undefined> {
+  onWait?: ProxyLeaveWaits,
+): Promise<{ ticket: Ticket | undefined; heldBack: boolean }> {
   const password = proxy.mechanisms.sole?.usesPassword !== false;
-  const admission = await proxyLeave(proxy, password, waiter, limits, deadline);
-  if (admission === 'refused') return admission;
+  const admission = await proxyLeave(proxy, password, waiter, limits, deadline, onWait);
+  if (admission === 'refused') return { ticket: undefined, heldBack: true };
   if (!auth.opens) {
     proxy.proof.settle(admission, 'none');
-    return undefined;
+    return { ticket: undefined, heldBack: false };
   }
-  return admission;
+  return { ticket: admission, heldBack: false };
 }
 
 /**

@@ -652,6 +652,14 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * per extra session.
    */
   #maxSessions(lane: Lane, identity: Identity, survey: Survey): number {
+    // R1/R4: a recall of the refusal memory for the proxy credentials waits (a session's first
+    // request, before its handshake with the proxy sends the password: Session #proxyLeaveWaits), and
+    // nothing goes on that connection meanwhile. The requests started with it go on to proxy
+    // connections of their own (a forwarding proxy's, or a tunnel each), as HTTP/1.1 requests do at
+    // an origin below: each waits on the proxy credentials' proof beside it and ends as it does —
+    // the proxy's 407 or its typed error, no password sent; held here for that first answer, their
+    // wait ran out before the recall's (QueueTimeoutError).
+    if (this.#route?.proxy.proof.recalling) return this.#options.maxHttp1Connections;
     if (lane === 'http1' || survey.http1) {
       // Until the credentials are proved here, one HTTP/1.1 connection (and so one handshake) at a
       // time: a wrong password is tried once per burst, not once per connection (account lockout).

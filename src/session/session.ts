@@ -268,6 +268,7 @@ export class Session {
         },
         ...(opts.onProxyHolder ? { onHolder: () => opts.onProxyHolder?.(this) } : {}),
         ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
+        onLeaveWaits: this.#proxyLeaveWaits,
       });
     }
     const route = opts.route
@@ -276,6 +277,7 @@ export class Session {
           limits: opts.limits,
           ...(this.#forward ? { preopened: this.#forward.socket } : {}),
           ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
+          onLeaveWaits: this.#proxyLeaveWaits,
         }
       : undefined;
     this.#connector = sessionConnector(
@@ -473,6 +475,15 @@ export class Session {
     // (Each time, not once: the pool's count of connections is read anew, #maxSessions.)
     this.#onChange();
   }
+
+  /**
+   * R1/R4: a request's leave to send the proxy credentials waits here (a forwarded request's, or its
+   * CONNECT's) — for the refusal memory's recall, say: nothing goes on this connection meanwhile, so
+   * the pool is told, and opens connections of their own for the requests waiting for this one's
+   * first answer while the recall waits (OriginPool #maxSessions). Each meets the proxy's gate and
+   * waits on the credentials' proof beside it, answered as it is.
+   */
+  readonly #proxyLeaveWaits = (): void => this.#onChange();
 
   #markProbed(): void {
     if (!this.#probed) {
