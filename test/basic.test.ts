@@ -26,6 +26,7 @@ import {
   type Rig,
   rig,
   silentRefusalMemory,
+  slowRefusalMemory,
   until,
   waitingRefusalMemory,
 } from './helpers.ts';
@@ -450,6 +451,96 @@ describe('Basic (RFC 7617)', () => {
       [1, 2, 3, 4].map((i) => [`/auth/m${i}`, 'refused-lately']),
     );
     expect(calls).toEqual(['recall', 'refused', 'release']);
+  });
+
+  /** Ten GETs at once through `rg`'s agent: their statuses, and each one's legs as the server saw them (`bare`, or the scheme). */
+  const tenAtOnce = async (rg: Rig) => {
+    const statuses = await Promise.all(
+      Array.from({ length: 10 }, async (_, i) => {
+        const res = await fetch(`${rg.server.origin}/auth/p${i}`, { dispatcher: rg.agent });
+        await res.text();
+        return res.status;
+      }),
+    );
+    const legs = Array.from({ length: 10 }, (_, i) =>
+      rg.server.exchanges
+        .filter((e) => e.path === `/auth/p${i}`)
+        .map((e) => (e.requestHeaders.authorization === undefined ? 'bare' : e.scheme)),
+    );
+    return { statuses, legs };
+  };
+
+  /** A server that authenticates each request (or each connection, HTTP/1.1), and the legs of one request's handshake. */
+  const PER_REQUEST_SERVERS: ReadonlyArray<
+    readonly [string, ReferenceServerOptions, MultilegAgentOptions, readonly (string | undefined)[]]
+  > = [
+    [
+      'NTLM, HTTP/1.1',
+      { schemes: ['NTLM'], mode: 'per-request' },
+      { negotiate: false, allowH2: false },
+      ['NTLM', 'NTLM'],
+    ],
+    [
+      'NTLM inside Negotiate, HTTP/1.1',
+      { schemes: ['Negotiate'], mode: 'per-request' },
+      { allowH2: false },
+      ['Negotiate', 'Negotiate'],
+    ],
+    ['Basic, HTTP/2', { schemes: ['Basic'], mode: 'per-request' }, { negotiate: false }, ['Basic']],
+  ];
+  for (const [what, server, agent, handshake] of PER_REQUEST_SERVERS)
+    it(`R4: a refusalMemory that answers after a wait (nothing remembered) while ten requests start at a new origin (${what}): the others wait for its answer and the first's handshake once, then each runs its own handshake alone — its legs only, no bare leg (not one bare leg more each), the memory asked once`, async () => {
+      const slow = slowRefusalMemory(30);
+      r = await rig(server, { ...agent, refusalMemory: slow.memory });
+      const { statuses, legs } = await tenAtOnce(r);
+      expect(statuses).toEqual(Array(10).fill(200));
+      // The first request probes (bare, then its handshake); each other one sends its handshake's
+      // legs only. Before: each went bare on a connection of its own while the memory was asked,
+      // then waited for the first's outcome and ran its handshake (NTLM: 30 wire requests, not 21).
+      const probes = legs.filter((l) => l[0] === 'bare');
+      expect(probes).toEqual([['bare', ...handshake]]);
+      expect(legs.filter((l) => l[0] !== 'bare')).toEqual(Array(9).fill(handshake));
+      expect(r.server.exchanges).toHaveLength(1 + 10 * handshake.length);
+      expect(slow.calls).toEqual(['recall', 'proved', 'release']);
+    });
+
+  it('R4: a refusalMemory that answers after a wait while ten requests start at a new origin (NTLM, HTTP/1.1): the connections of those waiting for its answer are made meanwhile — the wait costs them no round trip of their own', async () => {
+    let connectionsWhenAnswered = -1;
+    const slow = slowRefusalMemory(400);
+    const recall = slow.memory.recall;
+    r = await rig(
+      { schemes: ['NTLM'], mode: 'per-request' },
+      {
+        negotiate: false,
+        allowH2: false,
+        refusalMemory: {
+          ...slow.memory,
+          recall: (place, signal) =>
+            (recall(place, signal) as Promise<undefined>).then((answer) => {
+              connectionsWhenAnswered = r!.server.stats.h1Connections;
+              return answer;
+            }),
+        },
+      },
+    );
+    const { statuses, legs } = await tenAtOnce(r);
+    expect(statuses).toEqual(Array(10).fill(200));
+    expect(legs.flat()).toHaveLength(21);
+    // Before: 1 — the first's; the others connected only once the first's handshake had succeeded.
+    expect(connectionsWhenAnswered).toBe(10);
+  });
+
+  it('R4: a refusalMemory that holds the password back after a wait while ten requests start at a new origin (NTLM, HTTP/1.1): no password is sent, each request is sent once and its own 401 is its answer (a guard: held before)', async () => {
+    const slow = slowRefusalMemory(30, true);
+    r = await rig(
+      { schemes: ['NTLM'], mode: 'per-request' },
+      { negotiate: false, allowH2: false, refusalMemory: slow.memory },
+    );
+    const { result, events } = await withheldWhile(() => tenAtOnce(r!));
+    expect(result.statuses).toEqual(Array(10).fill(401));
+    expect(result.legs).toEqual(Array(10).fill(['bare']));
+    expect(events.map((e) => e.reason)).toEqual(Array(10).fill('refused-lately'));
+    expect(slow.calls).toEqual(['recall', 'release']);
   });
 
   /** Three POSTs at once, on a session the agent has open (a public GET first): each one's status or error code. */

@@ -425,6 +425,31 @@ export function answeringRefusalMemory(holds = true): {
   return { memory, calls, recalled, released };
 }
 
+/**
+ * A refusalMemory whose recall answers after `ms` (a timer: another process's state read, a lock
+ * polled), as {@link answeringRefusalMemory} answers at once: it holds the password back for another
+ * minute (`holds`), or remembers nothing. Notes each call in `calls`.
+ */
+export function slowRefusalMemory(
+  ms: number,
+  holds = false,
+): { readonly memory: RefusalMemory; readonly calls: string[] } {
+  const calls: string[] = [];
+  const until = Date.now() + 60_000;
+  const memory: RefusalMemory = {
+    recall: () => {
+      calls.push('recall');
+      return new Promise((resolve) =>
+        setTimeout(() => resolve(holds ? { at: Date.now() - 1_000, until, times: 1 } : undefined), ms),
+      );
+    },
+    refused: () => void calls.push('refused'),
+    proved: () => void calls.push('proved'),
+    release: () => void calls.push('release'),
+  };
+  return { memory, calls };
+}
+
 /** A refusalMemory whose recall never settles, not even when told the agent gave up (`signals`: each recall's). */
 export function silentRefusalMemory(): { readonly memory: RefusalMemory; readonly signals: AbortSignal[] } {
   const signals: AbortSignal[] = [];

@@ -898,6 +898,89 @@ describe('origin memory and session state', () => {
     expect(answer.released).toEqual(['release']);
   });
 
+  it('R1/R4: a request that would go bare while a recall waits is held (CredentialProof.watch) until nothing is being proved: decided once the probe it let go ends (proved) or the memory holds the password back, withheld when the recall gives up at queueTimeout (before the watch\u2019s own bound), and the caller\u2019s abort or the agent\u2019s end ends it at once', async () => {
+    vi.useFakeTimers();
+    const released: string[] = [];
+    const bounds = { maxQueue: 10, queueTimeout: 500 };
+    const watching = (proof: CredentialProof, signal?: AbortSignal) => {
+      const seen: { value?: unknown } = {};
+      const done = proof.watch(signalWaiter(signal), bounds).then(
+        (w) => {
+          seen.value = w;
+        },
+        (err: unknown) => {
+          seen.value = err;
+        },
+      );
+      return { seen, done };
+    };
+    // Nothing being proved: it goes on at once.
+    expect(await new CredentialProof('the proof').watch(signalWaiter(undefined), bounds)).toBe('decided');
+    // The memory answers after 50 ms, remembering nothing: held through the probe's handshake too.
+    const later = (answer: { at: number; until: number; times: number } | undefined) =>
+      recallingProof(() => new Promise((resolve) => setTimeout(() => resolve(answer), 50)), released);
+    const proof = later(undefined);
+    const probe = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(proof.recalling).toBe(true);
+    const w = watching(proof);
+    await vi.advanceTimersByTimeAsync(50);
+    const ticket = (await probe) as Ticket;
+    expect(ticket.probe).toBe(true);
+    expect(w.seen.value).toBeUndefined();
+    proof.settle(ticket, 'success');
+    await w.done;
+    expect(w.seen.value).toBe('decided');
+    expect(proof.proved).toBe(true);
+    // Held back by the memory: decided (a request then goes without the password: refused here).
+    const held = later({ at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 });
+    const heldProbe = held.enter(true, signalWaiter(undefined), bounds);
+    const h = watching(held);
+    await vi.advanceTimersByTimeAsync(50);
+    expect(await heldProbe).toBe('refused');
+    await h.done;
+    expect(h.seen.value).toBe('decided');
+    expect(held.refused).toBe(true);
+    // The memory silent: the recall gives up at queueTimeout and the watcher goes without the
+    // password (withheld), not failed by its own bound, which began after the recall's.
+    const silent = recallingProof(() => new Promise<undefined>(() => {}), released);
+    const silentProbe = silent.enter(true, signalWaiter(undefined), bounds);
+    const s = watching(silent);
+    await vi.advanceTimersByTimeAsync(500);
+    expect(await silentProbe).toBe('refused');
+    await s.done;
+    expect(s.seen.value).toBe('withheld');
+    // The caller's abort ends the watch with its reason; the agent's end with its error (R1).
+    const ended = recallingProof(() => new Promise<undefined>(() => {}), released);
+    void (ended.enter(true, signalWaiter(undefined), bounds) as Promise<unknown>).catch(() => {});
+    const caller = new AbortController();
+    const a = watching(ended, caller.signal);
+    const e = watching(ended);
+    const reason = new Error('caller gone');
+    caller.abort(reason);
+    await a.done;
+    expect(a.seen.value).toBe(reason);
+    const closed = new Error('agent closed');
+    ended.end(closed);
+    await e.done;
+    expect(e.seen.value).toBe(closed);
+    await expect(ended.watch(signalWaiter(undefined), bounds)).rejects.toBe(closed);
+    // The probe's caller gone while its recall waits, the probe handed on to a request waiting for
+    // leave (which asks the memory anew): the watcher goes on now, once, not through a second recall
+    // begun past its own bound.
+    const handed = recallingProof(() => new Promise<undefined>(() => {}), released);
+    const gone = new AbortController();
+    const first = handed.enter(true, signalWaiter(gone.signal), bounds) as Promise<unknown>;
+    const waiting = handed.enter(true, signalWaiter(undefined), bounds) as Promise<unknown>;
+    const x = watching(handed);
+    gone.abort(reason);
+    await expect(first).rejects.toBe(reason);
+    await x.done;
+    expect(x.seen.value).toBe('decided');
+    expect(handed.recalling).toBe(true);
+    await vi.advanceTimersByTimeAsync(500);
+    expect(await waiting).toBe('refused');
+  });
+
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {
     vi.useFakeTimers();
     const proof = new CredentialProof('the proof');

@@ -29,6 +29,13 @@ export const PROOF_FRESH_MS = 1_000;
 /** What a handshake may do with the credentials: run ({@link Ticket}), or go without them. */
 export type Admission = Ticket | 'refused';
 
+/**
+ * How a request's wait of {@link CredentialProof.watch} ended: `decided`, nothing is being proved
+ * here any more (it goes on as the outcome says); `withheld`, the refusal memory did not answer
+ * within queueTimeout, and the request goes without the password, as the probe's did.
+ */
+export type Watched = 'decided' | 'withheld';
+
 /** Leave given so far, at every place: see {@link Ticket.admitted}. */
 let given = 0;
 
@@ -137,6 +144,8 @@ export class CredentialProof {
   #ended: Error | undefined;
   /** The recalls waiting now ({@link awaitRecall}): each ends its wait with the error given. */
   #recalling: Set<(err: Error) => void> | undefined;
+  /** Requests that would have gone bare while a recall waited, waiting for the outcome ({@link watch}). */
+  #watchers: WaitQueue<Watched, Waiter> | undefined;
 
   constructor(what: string, keeping?: RefusalKeeping) {
     this.#what = what;
@@ -229,6 +238,24 @@ export class CredentialProof {
   }
 
   /**
+   * R4: a request that would go bare now, while a probe here waits for the refusal memory's recall
+   * ({@link recalling}), waits instead until nothing is being proved here: the recall held the
+   * password back, gave up, or let the probe go and it ended. Going bare at once, it would meet its
+   * own 401, wait for that same outcome anyway, then run its handshake: a bare leg more per request
+   * than without a memory, where HTTP/1.1 holds such requests for a connection until the proof
+   * (OriginPool #maxSessions, which lets them go while a recall waits). Afterwards a scheme the
+   * probe proved leads at once. Bounded like every wait (R1: maxQueue, queueTimeout, the caller's
+   * abort); begun after the recall, its bound ends after the recall's, which wakes it `withheld`
+   * when it gives up.
+   */
+  watch(waiter: Waiter, bounds: WaitBounds): Promise<Watched> {
+    if (this.#ended) return Promise.reject(this.#ended);
+    if (!this.#probing) return Promise.resolve('decided');
+    this.#watchers ??= new WaitQueue<Watched, Waiter>(bounds, this.#what);
+    return this.#watchers.wait(waiter);
+  }
+
+  /**
    * {@link admit}, or else {@link wait}. A probe sending the password asks the refusal memory first
    * (when the agent has one): what it remembers may hold the password back here, as a refusal met
    * here would (R4: refusals met by other processes) — a request woken from the wait as the next
@@ -305,6 +332,7 @@ export class CredentialProof {
         );
         // (Before the probe is given back: #wake would hand it to the first of them.)
         this.#queue?.settleAll('refused');
+        this.#watchers?.settleAll('withheld');
         giveUp(() => resolve('refused'));
       }, timeout);
       // The caller's abort ends this wait as it ends a queued one (R1).
@@ -471,6 +499,7 @@ export class CredentialProof {
     if (this.#ended) return;
     this.#ended = err;
     this.#queue?.settleAll(undefined, err);
+    this.#watchers?.settleAll(undefined, err);
     if (this.#recalling) for (const stop of [...this.#recalling]) stop(err);
   }
 
@@ -519,13 +548,19 @@ export class CredentialProof {
   /** Hands the waiting handshakes what they may do now: all go, all go without, or one probes next. */
   #wake(): void {
     const queue = this.#queue;
-    if (!queue || queue.length === 0) return;
-    if (this.refused) queue.settleAll('refused');
-    else if (this.#freshlyProved()) {
-      while (queue.length > 0) queue.shift(new Ticket(false, this.#epoch, this.#generation));
-    } else if (!this.#probing) {
-      this.#probing = queue.shift(new Ticket(true, this.#epoch, this.#generation)) !== undefined;
+    let handedOn = false;
+    if (queue && queue.length > 0) {
+      if (this.refused) queue.settleAll('refused');
+      else if (this.#freshlyProved()) {
+        while (queue.length > 0) queue.shift(new Ticket(false, this.#epoch, this.#generation));
+      } else if (!this.#probing) {
+        handedOn = this.#probing = queue.shift(new Ticket(true, this.#epoch, this.#generation)) !== undefined;
+      }
     }
+    // The probe the watchers waited for ended (watch): they go on, once — behind a probe handed on to
+    // a waiter (its recall begins now, past their bound) as any request that meets a 401 waits.
+    if ((!this.#probing || handedOn) && this.#watchers && this.#watchers.length > 0)
+      this.#watchers.settleAll('decided');
   }
 }
 

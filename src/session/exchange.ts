@@ -219,6 +219,8 @@ type Step =
   | { readonly kind: 'wait' }
   /** Waiting for a new session's connection, to bind a proactive first token to it (M5). */
   | { readonly kind: 'connect' }
+  /** R4: held from a bare send while another request's probe waits for the refusal memory (CredentialProof.watch). */
+  | { readonly kind: 'watch' }
   /** Send without credentials (C2, or the origin's first request). */
   | { readonly kind: 'send' }
   /**
@@ -280,6 +282,7 @@ const CHECK: Step = { kind: 'check' };
 const SEND: Step = { kind: 'send' };
 const WAIT: Step = { kind: 'wait' };
 const CONNECT: Step = { kind: 'connect' };
+const WATCH: Step = { kind: 'watch' };
 const end = (outcome: ExchangeOutcome): Step => ({ kind: 'end', outcome });
 /** Answer a 401's challenges, with its Auth-ID when it gave one (C3), and the 401 itself when held. */
 const answerStep = (challenges: readonly Challenge[], authId: string | undefined, held?: HeldResponse): Step => ({
@@ -369,6 +372,9 @@ export async function runSteps(run: Run, first: Step): Promise<ExchangeOutcome> 
         run.connectTried = true;
         await session.connectEarly();
         step = CHECK;
+        break;
+      case 'watch':
+        step = await watch(run);
         break;
       case 'send':
         // Released from a wait onto an authenticated session, like most of a burst: the fast path.
@@ -510,8 +516,35 @@ function check(run: Run): Step {
       }
       if (!run.connectTried && session.connectsEarly) return CONNECT;
     }
+    // R4: another request's probe of the password waits for the refusal memory: this one waits for
+    // its outcome once rather than go bare now, meet a 401 and wait for the same outcome (watch).
+    if (mayLead && !run.job.watched && env.memory.proof.recalling) return WATCH;
   }
   return SEND;
+}
+
+/**
+ * R4: waits for the outcome of the probe whose recall of the refusal memory made the request
+ * {@link check} holds (CredentialProof.watch), then looks again: a scheme the probe proved leads
+ * at once (a request's handshake its only legs), a refusal sends it bare to meet the server's
+ * 401 as its answer. The recall given up at queueTimeout: it goes without the password, its 401
+ * the answer, said why (recall-timeout), as a request that waited behind that probe's handshake.
+ */
+async function watch(run: Run): Promise<Step> {
+  const { session, job, env } = run;
+  job.watched = true;
+  // Its connection is made meanwhile (a direct one): the wait costs no round trips of its own.
+  if (session.connectsEarly) void session.connectEarly();
+  try {
+    if ((await env.memory.proof.watch(job, env.limits)) === 'withheld') {
+      job.noAuth = true;
+      job.heldBack = 'recall-timeout';
+    }
+  } catch (err) {
+    // Full, timed out or aborted (R1), or the agent destroyed: nothing was sent.
+    return failed(job, err as Error);
+  }
+  return CHECK;
 }
 
 function afterWait(run: Run, outcome: WaitOutcome): Step {

@@ -91,6 +91,11 @@ export interface Job {
    */
   heldBack: HeldBackWhy | undefined;
   /**
+   * R4: it waited once for the outcome of a probe whose refusal memory was asked, rather than go
+   * bare meanwhile (CredentialProof.watch): not again, so its waits stay bounded in number.
+   */
+  watched: boolean;
+  /**
    * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
    */
@@ -159,6 +164,7 @@ export function newJob(
     held401: undefined,
     heldForRecall: undefined,
     heldBack: undefined,
+    watched: false,
     ntlm: undefined,
     ntlmAtProxy: false,
     originOpening: false,

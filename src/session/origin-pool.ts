@@ -664,8 +664,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       // Until the credentials are proved here, one HTTP/1.1 connection (and so one handshake) at a
       // time: a wrong password is tried once per burst, not once per connection (account lockout).
       // Not while a recall of the refusal memory waits (R1/R4): the requests started with it go on
-      // to connections of their own, meet their own 401s and wait on the proof, which keeps the
-      // password to one try; held here, their wait ran out before the recall's (QueueTimeoutError).
+      // to connections of their own and wait there for its outcome (CredentialProof.watch: begun
+      // after the recall, their bound ends after its own), which keeps the password to one try;
+      // held here, their wait ran out before the recall's (QueueTimeoutError).
       const proving =
         identity === 'agent' && this.memory.unproven && !this.memory.credentialsRefused && !this.memory.proof.recalling;
       return proving ? 1 : this.#options.maxHttp1Connections;

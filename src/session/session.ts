@@ -463,10 +463,11 @@ export class Session {
    * R1/R4: a 401 kept for the refusal memory came on this session, and its request now waits for
    * leave to send the password (the memory's recall, which may wait on another process, or another
    * request's probe): the session has answered for the pool's purposes — the protocol is known, and
-   * that the origin wants authentication — and takes requests side by side (see capacity). They meet
-   * their own 401s and wait on the credentials' proof beside it, each then answered as it is; held
-   * to one stream, their wait for the session ran out before the recall's (QueueTimeoutError). The
-   * probe is kept past the 401 only to spare a burst bare legs when the leader goes on at once.
+   * that the origin wants authentication — and takes requests side by side (see capacity). They wait
+   * for the outcome beside it (CredentialProof.watch; those behind a blocking handshake, C1, in its
+   * queue), each then answered as it is; held to one stream, their wait for the session ran out
+   * before the recall's (QueueTimeoutError). The probe is kept past the 401 only to spare a burst
+   * bare legs when the leader goes on at once.
    * On HTTP/1.1 (one request at a time) the pool is told as well: it opens connections for them
    * while the memory's recall waits (OriginPool #maxSessions).
    */
