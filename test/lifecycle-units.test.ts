@@ -185,6 +185,30 @@ describe('WaitQueue.enqueue: the callback form of the wait (the pool waits for a
   });
 });
 
+describe('WaitQueue.take: requests moved to another bounded wait (the pool, while the proxy credentials are recalled)', () => {
+  it('R1/R4: the requests picked leave the queue untold, their abort no longer its own; the others keep their places and their deadline', async () => {
+    vi.useFakeTimers();
+    const queue = new WaitQueue<string>({ maxQueue: 10, queueTimeout: 1000 }, 'a test');
+    const told: string[] = [];
+    const consumer = {
+      granted: (j: Job, v: string) => told.push(`${j.id} granted ${v}`),
+      refused: (j: Job, e: Error) =>
+        told.push(`${j.id} refused ${e instanceof QueueTimeoutError ? 'timeout' : e.message}`),
+    };
+    const [a, b, c, d] = [1, 2, 3, 4].map(job);
+    for (const j of [a, b, c, d]) queue.enqueue(j!, consumer);
+    expect(queue.take((j) => j.id % 2 === 0).map((j) => j.id)).toEqual([2, 4]);
+    expect(queue.length).toBe(2);
+    // A request taken out: its caller's abort is no longer the queue's to tell.
+    b!.sink.abort(new Error('caller'));
+    expect(queue.shift('s1')?.id).toBe(1);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(told).toEqual(['1 granted s1', '3 refused timeout']);
+    expect(queue.length).toBe(0);
+    expect(queue.take(() => true)).toEqual([]);
+  });
+});
+
 describe('ProxyAuth: a per-request scheme taken up from another connection (H5, R4)', () => {
   it('H5/R4: a 407 to the credentials it sent unasked is their refusal; once the proxy let them through, a later 407 is answered as after a handshake (review r35)', async () => {
     const proxy = new ProxyResolver(

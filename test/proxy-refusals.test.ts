@@ -30,6 +30,7 @@ import {
   abortedWhileRecalling,
   SCRIPTED_NTLM_CHALLENGE,
   silentRefusalMemory,
+  slowRefusalMemory,
   until,
   waitingRefusalMemory,
 } from './helpers.ts';
@@ -899,6 +900,145 @@ describe('requests started together through a proxy while the refusal memory is 
       // The memory was asked once (the others waited on that recall's outcome), and told it was given up.
       expect(held.signals).toHaveLength(1);
       expect(held.signals[0]!.aborted).toBe(true);
+    },
+  );
+});
+
+describe('requests started together through a proxy while its refusal memory is asked (R1/R4, reference proxy)', () => {
+  const queueTimeout = 500;
+  const account = { username: 'proxyuser', password: 'proxypw' };
+
+  /** The reference server (session mode), the proxy, and an agent through it asking `memory`: the origin's base URL. */
+  async function burstAgent(
+    https: boolean,
+    scheme: SchemeName,
+    allowH2: boolean,
+    memory: RefusalMemory,
+    proxyOptions: ReferenceProxyOptions,
+  ): Promise<string> {
+    server = await startReferenceServer({ mode: 'session' });
+    proxy = await startReferenceProxy(proxyOptions);
+    agent = new MultilegAgent({
+      negotiate: false,
+      allowH2,
+      refusalMemory: memory,
+      limits: { queueTimeout },
+      proxy: { uri: proxy.origin, connect: { ca: proxy.ca }, schemes: [scheme], credentials: account },
+      ...(https ? { connect: { ca: server.ca } } : {}),
+    });
+    return `${https ? 'https' : 'http'}://localhost:${server.port}`;
+  }
+
+  /** `n` GETs started together: each one's status, or its error's code and message; and when each ended. */
+  async function burst(base: string, n: number): Promise<{ outcomes: unknown[]; took: number[] }> {
+    const started = Date.now();
+    const took: number[] = [];
+    const outcomes = await Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        request(`${base}/public/n${i}`, { dispatcher: agent! }).then(
+          async (res) => {
+            await res.body.dump();
+            took[i] = Date.now() - started;
+            return res.statusCode;
+          },
+          (e: Error & { code?: string }) => {
+            took[i] = Date.now() - started;
+            return [e.code, e.message.replace(/^.*: proxy\.credentials /, '')];
+          },
+        ),
+      ),
+    );
+    return { outcomes, took };
+  }
+
+  // [what, https target (a CONNECT tunnel), scheme, HTTP/2 to the proxy, proxy options, proxy
+  //  connections, exchanges, with credentials, NTLM NEGOTIATEs] — the counts as without a memory.
+  const slow = [
+    [
+      'a forwarding proxy whose only scheme is NTLM, over HTTP/2 (asked before its opening)',
+      false,
+      'NTLM',
+      true,
+      { ntlmUsers: { proxyuser: 'proxypw' } },
+      // One handshake (its 407, NEGOTIATE, AUTHENTICATE), then four ride the connection it authenticated.
+      { connections: 1, exchanges: 6, credentials: 2, negotiates: 1 },
+    ],
+    [
+      'a forwarding proxy, Basic over HTTP/2 (asked at its 407)',
+      false,
+      'Basic',
+      true,
+      { basicUsers: { proxyuser: 'proxypw' } },
+      { connections: 1, exchanges: 6, credentials: 5, negotiates: 0 },
+    ],
+    [
+      'a CONNECT tunnel, Basic (asked at its 407)',
+      true,
+      'Basic',
+      true,
+      { basicUsers: { proxyuser: 'proxypw' } },
+      // The 407 (Connection: close), then one CONNECT with the password: the five ride its HTTP/2.
+      { connections: 2, exchanges: 2, credentials: 1, negotiates: 0 },
+    ],
+  ] as const;
+
+  it.each(slow)(
+    'R1/R4: five requests started together through %s while the refusalMemory answers after 100 ms (nothing remembered, the right password) wait for that outcome and then ride the authenticated proxy connection: as many proxy connections, handshakes and passwords sent as without a memory, the memory asked once',
+    async (_what, https, scheme, allowH2, proxyOptions, expected) => {
+      const slowMemory = slowRefusalMemory(100);
+      const base = await burstAgent(https, scheme, allowH2, slowMemory.memory, proxyOptions);
+      const { outcomes } = await burst(base, 5);
+      expect(outcomes).toEqual([200, 200, 200, 200, 200]);
+      // Before: a proxy connection each (the others opened theirs while the recall waited), and a
+      // handshake each on it once proved: 5 connections and 5 NTLM handshakes (10 exchanges, 10
+      // with credentials), 5 Basic connections, 10 CONNECTs with the password sent on 5 tunnels.
+      const exchanges = proxy!.exchanges;
+      expect({
+        connections: new Set(exchanges.map((e) => e.connectionId)).size,
+        exchanges: exchanges.length,
+        credentials: exchanges.filter((e) => e.proxyAuthorization).length,
+        negotiates: exchanges.filter((e) => e.proxyNtlm === 'negotiate').length,
+      }).toEqual(expected);
+      expect(slowMemory.calls.filter((c) => c === 'recall')).toEqual(['recall']);
+    },
+  );
+
+  const silent = [
+    // [what, requests, https target (a CONNECT tunnel), scheme]
+    ['a forwarding proxy whose only scheme is NTLM, over HTTP/2 (asked before its opening)', 20, false, 'NTLM'],
+    ['a forwarding proxy whose only scheme is NTLM, over HTTP/2 (asked before its opening)', 50, false, 'NTLM'],
+    ['a CONNECT tunnel, Basic (asked at its 407)', 20, true, 'Basic'],
+    ['a CONNECT tunnel, Basic (asked at its 407)', 50, true, 'Basic'],
+  ] as const;
+
+  it.each(silent)(
+    'R1/R4: through %s, %i requests started together while a refusalMemory never answers each end typed within about one limits.queueTimeout (ProxyAuthenticationError: the memory did not answer, nothing sent), none a QueueTimeoutError past maxHttp1Connections — each sent to the proxy once without the password, the memory asked once',
+    async (_what, n, https, scheme) => {
+      const held = silentRefusalMemory();
+      const base = await burstAgent(
+        https,
+        scheme,
+        true,
+        held.memory,
+        https ? { basicUsers: { proxyuser: 'proxypw' } } : { ntlmUsers: { proxyuser: 'proxypw' } },
+      );
+      const { outcomes, took } = await burst(base, n);
+      // Before: those past maxHttp1Connections (16) waited in the pool for a proxy connection, and
+      // their wait ran out before the recall's (QueueTimeoutError).
+      const typed = [
+        'MULTILEG_PROXY_AUTH',
+        `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
+      ];
+      expect(outcomes).toEqual(outcomes.map(() => typed));
+      for (const t of took) expect(t).toBeLessThan(2 * queueTimeout);
+      const exchanges = proxy!.exchanges;
+      expect(exchanges.every((e) => !e.proxyAuthorization && e.status === 407)).toBe(true);
+      if (https) expect(exchanges.filter((e) => e.method === 'CONNECT')).toHaveLength(n);
+      else
+        expect(exchanges.map((e) => new URL(e.target, base).pathname).sort()).toEqual(
+          Array.from({ length: n }, (_, i) => `/public/n${i}`).sort(),
+        );
+      expect(held.signals).toHaveLength(1);
     },
   );
 });

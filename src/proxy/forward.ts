@@ -211,6 +211,11 @@ export class ForwardProxy {
        * credentials replaced since it left (and marks it so); undefined when it may not.
        */
       rerun?: () => Error | undefined;
+      /**
+       * R1/R4: the refusal memory's recall for the proxy credentials that the request waited for was
+       * given up at queueTimeout (OriginPool #watchProxy): it goes without them, not asking again.
+       */
+      withheld?: boolean;
     },
     extra: Record<string, string>,
     classify: Classify,
@@ -273,8 +278,11 @@ export class ForwardProxy {
     let outcome: ProofOutcome = 'none';
     /** A stale nonce was answered once already. */
     let renewed = false;
-    /** The opening was refused leave ({@link openingLeave}): it went bare, and its 407 asks no more. */
-    let heldBack = false;
+    /**
+     * The opening was refused leave ({@link openingLeave}), or the recall it waited for was given up
+     * (`request.withheld`): it goes bare, and its 407 asks no more.
+     */
+    let heldBack = request.withheld === true;
     /** A scheme whose challenge could not be read fell through to the next (once per request, T2). */
     let fellThrough = false;
     const admit = async (password: boolean): Promise<boolean> => {
@@ -319,7 +327,7 @@ export class ForwardProxy {
         // CONNECT's opening goes (2 requests rather than 3); this request then leads.
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
-          if (ticket === undefined)
+          if (ticket === undefined && !heldBack)
             ({ ticket, heldBack } = await openingLeave(
               this.route.proxy,
               this.#auth,
@@ -339,7 +347,7 @@ export class ForwardProxy {
         // leave only; without, the request goes bare and a 407 ends it with why.
         if (first) this.#auth.adopt();
         const own = first && this.#auth.proactive;
-        const allowed = !own || (await admit(this.#auth.usesPassword()));
+        const allowed = !own || (!heldBack && (await admit(this.#auth.usesPassword())));
         if (own && allowed) clock().start();
         const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
         if (own && allowed) deadline?.stop();

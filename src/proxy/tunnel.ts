@@ -166,6 +166,7 @@ export async function connectThroughTunnel(
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
   onLeaveWaits?: ProxyLeaveWaits,
+  withheld = false,
 ): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
   // The agent's connectTo may send the CONNECT elsewhere; TLS inside is still the origin's.
@@ -180,6 +181,7 @@ export async function connectThroughTunnel(
     onHandshake,
     budget,
     onLeaveWaits,
+    withheld,
   );
   if (target.protocol !== 'https:') return { socket, holder };
   const servername = target.servername ?? (isIP(hostname) ? undefined : hostname);
@@ -277,6 +279,7 @@ export async function openTunnel(
   onHandshake?: (handshake: ProxyHandshake) => void,
   budget = new ConnectBudget(proxy.connectTimeout),
   onLeaveWaits?: ProxyLeaveWaits,
+  withheld = false,
 ): Promise<Tunnel> {
   const target = authority(host, port);
   let socket: Socket | undefined;
@@ -307,6 +310,7 @@ export async function openTunnel(
     },
     onHandshake,
     onLeaveWaits,
+    withheld,
   );
   // A tunnel that opens after that (a mechanism step that returned late) is not kept.
   running.then(
@@ -350,6 +354,7 @@ async function handshake(
   track: (s: Socket) => void,
   onHandshake: ((handshake: ProxyHandshake) => void) | undefined,
   onLeaveWaits: ProxyLeaveWaits | undefined,
+  withheld: boolean,
 ): Promise<Tunnel> {
   /** The tunnel already started over after a refusal of replaced credentials (once per tunnel, R4). */
   let rerun = false;
@@ -365,12 +370,17 @@ async function handshake(
     // Leave to send the proxy credentials (account lockout: one connection at a time until proved).
     let ticket: Ticket | undefined;
     let outcome: ProofOutcome = 'none';
-    /** The opening was refused leave ({@link openingLeave}): its CONNECT went bare. */
-    let heldBack = false;
+    /**
+     * The opening was refused leave ({@link openingLeave}), or (`withheld`) the refusal memory's
+     * recall this tunnel's request waited for was given up at queueTimeout: its CONNECT goes bare,
+     * and its 407 asks no more (R1/R4: the memory is not asked twice for one request).
+     */
+    let heldBack = withheld;
     // The per-request scheme (Basic, Digest) the proxy's 407 asked for on another tunnel goes on
     // this one's first CONNECT, as curl -U sends it (one CONNECT, not a 407 first) — with leave
     // given now only (R4: proved lately, or this tunnel the one to prove them); else it goes bare.
     auth.adopt((password) => {
+      if (heldBack) return false;
       const admission = proxy.proof.admit(password);
       if (admission instanceof Ticket) ticket = admission;
       return ticket !== undefined;
@@ -405,6 +415,7 @@ async function handshake(
           ticket = admission;
         },
         async () => {
+          if (heldBack) return false;
           ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline, onLeaveWaits));
           return ticket !== undefined;
         },
@@ -473,9 +484,9 @@ export async function proxyLeave(
 /**
  * R1/R4: told when a connection's leave to send the proxy credentials waits — the refusal memory's
  * recall among them (CredentialProof.recalling), which may take up to limits.queueTimeout before
- * anything goes on that connection. The session tells its pool, which opens connections for the
- * requests started with it meanwhile (OriginPool #maxSessions), rather than hold them for this
- * connection's first answer past their own bound.
+ * anything goes on that connection. The session tells its pool, whose requests waiting for this
+ * connection's first answer wait for the recall's outcome instead (OriginPool #watchProxy), rather
+ * than past their own bound, begun before the recall's.
  */
 export type ProxyLeaveWaits = () => void;
 

@@ -71,6 +71,8 @@ export function sessionConnector(
     readonly onHandshake?: (handshake: ProxyHandshake) => void;
     /** tunnel: told when a CONNECT's leave to send the proxy credentials waits (R1/R4, ProxyLeaveWaits). */
     readonly onLeaveWaits?: ProxyLeaveWaits;
+    /** tunnel: the CONNECT goes without the proxy credentials (R1/R4: Session.withholdProxyCredentials). */
+    readonly withheld?: () => boolean;
   },
   /** Told of a connection that could not be made, before undici fails the request that asked for it. */
   onFailure?: (err: Error) => void,
@@ -157,6 +159,7 @@ export function sessionConnector(
           dial.signal,
           route.onHandshake,
           route.onLeaveWaits,
+          route.withheld?.() === true,
         );
         void opening.finally(() => tunnelling.delete(dial)).catch(() => {});
         handOver(

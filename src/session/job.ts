@@ -96,6 +96,17 @@ export interface Job {
    */
   watched: boolean;
   /**
+   * R1/R4: it waited once for the outcome of the proxy credentials' probe whose refusal memory was
+   * asked, rather than for a session held by that recall (OriginPool #watchProxy): not again.
+   */
+  proxyWatched: boolean;
+  /**
+   * R1/R4: that recall was given up at queueTimeout while it waited: it goes to the proxy without
+   * the proxy credentials, the memory not asked again for it, and its 407 is the answer
+   * (recall-timeout), as for the requests that waited on the probe's proof.
+   */
+  proxyWithheld: boolean;
+  /**
    * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
    */
@@ -165,6 +176,8 @@ export function newJob(
     heldForRecall: undefined,
     heldBack: undefined,
     watched: false,
+    proxyWatched: false,
+    proxyWithheld: false,
     ntlm: undefined,
     ntlmAtProxy: false,
     originOpening: false,

@@ -517,6 +517,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return;
     }
     if (!session) {
+      if (this.#watchProxy(job)) return;
       const queue = this.#queueOf(lane, job.identity);
       queue.enqueue(job, this);
       this.#relieve(lane, job.identity, queue.length);
@@ -524,6 +525,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // Handed an authenticated session: straight to the fast path, no steps.
     else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
     else {
+      if (job.proxyWithheld) session.withholdProxyCredentials();
       this.#opening(session, job);
       this.#steps(session, job);
     }
@@ -541,6 +543,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
+    if (job.proxyWithheld) session.withholdProxyCredentials();
     this.#opening(session, job);
     if (fastPathEligible(session, job, this.#env)) {
       new FastExchange(session, job, this).start();
@@ -555,6 +558,32 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   refused(job: Job, err: Error): void {
     // A microtask later, as when the pool awaited its queue: not inside the caller's abort().
     queueMicrotask(() => this.#fail(job, err));
+  }
+
+  /**
+   * R1/R4: a request that would wait here for a session while a recall of the refusal memory for the
+   * proxy credentials waits (a session's first request, before its handshake with the proxy sends
+   * the password: Session #proxyLeaveWaits) waits for that recall's outcome instead, once
+   * (CredentialProof.watch) — no session gets further than the proxy's gate before it, and this
+   * wait, begun after the recall, ends after its bound, where the pool's, begun before it, ran out
+   * first (QueueTimeoutError). Then it comes back here as any request does: proved, it rides the
+   * authenticated proxy connection, or opens more as without a memory; held back, it meets the
+   * refusal; the recall given up, it goes to the proxy once without the credentials
+   * (`proxyWithheld`: not asking again), its 407 the answer. True when it waits there.
+   */
+  #watchProxy(job: Job): boolean {
+    const proof = this.#route?.proxy.proof;
+    if (!proof?.recalling || job.proxyWatched || !carries(job.identity, 'proxy')) return false;
+    job.proxyWatched = true;
+    log.pool("%s job %d: waits for the proxy credentials' recall", this.origin, job.id);
+    proof.watch(job, this.#options.limits).then(
+      (watched) => {
+        if (watched === 'withheld') job.proxyWithheld = true;
+        this.#next(job);
+      },
+      (err: Error) => this.#fail(job, err),
+    );
+    return true;
   }
 
   #fail(job: Job, err: Error): void {
@@ -652,14 +681,6 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * per extra session.
    */
   #maxSessions(lane: Lane, identity: Identity, survey: Survey): number {
-    // R1/R4: a recall of the refusal memory for the proxy credentials waits (a session's first
-    // request, before its handshake with the proxy sends the password: Session #proxyLeaveWaits), and
-    // nothing goes on that connection meanwhile. The requests started with it go on to proxy
-    // connections of their own (a forwarding proxy's, or a tunnel each), as HTTP/1.1 requests do at
-    // an origin below: each waits on the proxy credentials' proof beside it and ends as it does —
-    // the proxy's 407 or its typed error, no password sent; held here for that first answer, their
-    // wait ran out before the recall's (QueueTimeoutError).
-    if (this.#route?.proxy.proof.recalling) return this.#options.maxHttp1Connections;
     if (lane === 'http1' || survey.http1) {
       // Until the credentials are proved here, one HTTP/1.1 connection (and so one handshake) at a
       // time: a wrong password is tried once per burst, not once per connection (account lockout).
@@ -881,6 +902,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       if (s.closed && s.inflight === 0) this.#sessions.splice(i, 1);
     }
     if (this.#end) return;
+    // R1/R4: the requests already waiting for a session held by the proxy credentials' recall wait
+    // for its outcome instead (#watchProxy).
+    if (this.#route?.proxy.proof.recalling)
+      for (const { identity, queue } of this.#waiting.values())
+        if (queue.length > 0 && carries(identity, 'proxy'))
+          for (const job of queue.take((j) => !j.proxyWatched)) this.#watchProxy(job);
     for (const { lane, identity, queue } of this.#waiting.values()) {
       // H2: requests that waited for an "auto" session go on HTTP/1.1 once the origin asked for it
       // (GOAWAY HTTP_1_1_REQUIRED): not on a new HTTP/2 session that meets the same refusal.

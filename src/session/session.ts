@@ -278,6 +278,7 @@ export class Session {
           ...(this.#forward ? { preopened: this.#forward.socket } : {}),
           ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
           onLeaveWaits: this.#proxyLeaveWaits,
+          withheld: () => this.#proxyWithheld,
         }
       : undefined;
     this.#connector = sessionConnector(
@@ -480,11 +481,24 @@ export class Session {
   /**
    * R1/R4: a request's leave to send the proxy credentials waits here (a forwarded request's, or its
    * CONNECT's) — for the refusal memory's recall, say: nothing goes on this connection meanwhile, so
-   * the pool is told, and opens connections of their own for the requests waiting for this one's
-   * first answer while the recall waits (OriginPool #maxSessions). Each meets the proxy's gate and
-   * waits on the credentials' proof beside it, answered as it is.
+   * the pool is told, and the requests waiting for this one's first answer wait for the recall's
+   * outcome instead (OriginPool #watchProxy): proved, they ride this connection once it answers, as
+   * without a memory; the recall given up, each goes to the proxy once without the credentials.
    */
   readonly #proxyLeaveWaits = (): void => this.#onChange();
+
+  /** R1/R4: this session's tunnel goes without the proxy credentials ({@link withholdProxyCredentials}). */
+  #proxyWithheld = false;
+
+  /**
+   * R1/R4: a request whose wait for the proxy credentials' recall ended with it given up at
+   * queueTimeout (Job.proxyWithheld) was given this session: a tunnel not yet made goes without the
+   * credentials, its 407 that request's answer (recall-timeout), the memory not asked again. (A
+   * forwarded request goes bare by its own flag: see sendLeg.) A session already connected rides on.
+   */
+  withholdProxyCredentials(): void {
+    if (!this.#connection) this.#proxyWithheld = true;
+  }
 
   #markProbed(): void {
     if (!this.#probed) {
@@ -710,6 +724,8 @@ export class Session {
       ownProxyAuthorization: 'proxy-authorization' in job.headers,
       // R4/S6: a refusal of replaced proxy credentials moves the request to a new connection, once.
       rerun: () => (rerunWithNewCredentials(job) ? new StaleConnectionError() : undefined),
+      // R1/R4: the proxy credentials' recall it waited for was given up: it goes without them.
+      withheld: job.proxyWithheld,
     };
     this.#forward
       .send(

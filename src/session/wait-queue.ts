@@ -168,6 +168,22 @@ export class WaitQueue<T, W extends Waiter = Job> {
     }
   }
 
+  /**
+   * Takes the waiting requests `which` picks out, settled without a value (their abort hooks given
+   * back), in arrival order: for a consumer that moves them to another bounded wait of its own
+   * (OriginPool: the proxy credentials' recall, R1/R4). The others keep their places.
+   */
+  take(which: (job: W) => boolean): W[] {
+    const jobs: W[] = [];
+    // (A copy: the last settle empties the array.)
+    for (const entry of this.#entries.slice(this.#head)) {
+      if (entry.settled || !which(entry.job)) continue;
+      this.#settle(entry);
+      jobs.push(entry.job);
+    }
+    return jobs;
+  }
+
   /** The oldest entry still waiting, dropping settled ones from the front. */
   #next(): Entry<T, W> | undefined {
     while (this.#head < this.#entries.length) {
