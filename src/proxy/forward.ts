@@ -7,7 +7,7 @@ import type { HeldResponse, LegResult, ResponseHeaders, Verdict } from '../hands
 import { log } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
 import { alpnFor, type Limits } from '../options.ts';
-import type { ProofOutcome, Ticket } from '../session/credential-proof.ts';
+import type { HeldBackWhy, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import type { Waiter } from '../session/wait-queue.ts';
 import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, proxyLeg, rejected } from './auth.ts';
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
@@ -26,7 +26,7 @@ import { saysClose } from './wire.ts';
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
 
 /** Why a 407 goes to the caller with no credentials of this request answering it (ProxyUnansweredEvent.reason). */
-type Withheld = 'refused' | 'refused-lately' | 'recall-timeout';
+type Withheld = 'refused' | HeldBackWhy;
 
 /** Why a connection-bound handshake ended when the proxy closed without a header saying so. */
 const SILENT_CLOSE =
@@ -544,8 +544,7 @@ export class ForwardProxy {
             // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
             // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
             // the next request).
-            if (result.held && this.route.proxy.deliver407)
-              return refusedHeld(result.held, proof.refused ? 'refused-lately' : 'recall-timeout');
+            if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, proof.heldBackWhy);
             throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout);
           }
         }

@@ -530,7 +530,7 @@ export function refusedLately(
 ): ProxyAuthenticationError {
   // Nothing held back, yet no leave: the refusal memory's recall was given up at queueTimeout (R1:
   // when in doubt none is sent). It refused nothing, and names no wait that does not stand.
-  if (queueTimeout !== undefined && !proxy.proof.refused)
+  if (queueTimeout !== undefined && proxy.proof.heldBackWhy === 'recall-timeout')
     return new ProxyAuthenticationError(
       proxy.origin,
       `${proxy.credentialsFrom} were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,

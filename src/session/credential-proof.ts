@@ -36,6 +36,9 @@ export type Admission = Ticket | 'refused';
  */
 export type Watched = 'decided' | 'withheld';
 
+/** Why credentials met a challenge unsent (R4, R1): see {@link CredentialProof.heldBackWhy}. */
+export type HeldBackWhy = 'refused-lately' | 'recall-timeout';
+
 /** Leave given so far, at every place: see {@link Ticket.admitted}. */
 let given = 0;
 
@@ -160,6 +163,17 @@ export class CredentialProof {
   /** The credentials were refused here lately: nothing sends them until UNUSABLE_MEMORY_MS has passed. */
   get refused(): boolean {
     return this.#refusedUntil !== 0 && Date.now() < this.#refusedUntil;
+  }
+
+  /**
+   * Why leave to send the credentials was refused just now ({@link enter} said `'refused'`, or a
+   * handshake waited for had it said so): `refused-lately`, they are held back (a refusal the memory
+   * recalled, or one met meanwhile); else `recall-timeout`, the memory's recall given up at
+   * queueTimeout (R1: it refused nothing). Read when that was decided: a round trip later it may say
+   * otherwise (a refusal lifted or lapsed, another request's recall holding them back).
+   */
+  get heldBackWhy(): HeldBackWhy {
+    return this.refused ? 'refused-lately' : 'recall-timeout';
   }
 
   /**

@@ -44,7 +44,6 @@ import {
   exclude,
   firstChallenge,
   heldBackAnswer,
-  heldBackWhy,
   offersUnusable,
   publishUnanswered401,
   renewFindings,
@@ -567,7 +566,7 @@ function afterWait(run: Run, outcome: WaitOutcome): Step {
   }
   // (It met no 401 yet, waiting from the start: the one it meets now, bare, is said why: classifySend,
   // as the leader's was, now: the proof may say otherwise once that 401 comes.)
-  if (outcome === 'withheld') job.heldBack = heldBackWhy(env.memory.proof);
+  if (outcome === 'withheld') job.heldBack = env.memory.proof.heldBackWhy;
   if (outcome !== 'lead') return CHECK;
   // R2: the leader gave up for its own reasons and this request takes its handshake over.
   // The hand-over made it the leader just now; the state has moved on only if the session closed

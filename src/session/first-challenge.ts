@@ -11,7 +11,7 @@ import type { ResponseHeaders } from '../handshake/leg.ts';
 import { log } from '../log.ts';
 import { type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
 import type { WithheldReason } from '../trust/policy.ts';
-import type { CredentialProof } from './credential-proof.ts';
+import type { CredentialProof, HeldBackWhy } from './credential-proof.ts';
 import { kdcSilent } from './origin-memory.ts';
 
 /**
@@ -134,25 +134,12 @@ export function withheld401(
   return false;
 }
 
-/** Why a 401 met without the password is the answer (R4): see {@link heldBackAnswer}. */
-export type HeldBackWhy = 'refused-lately' | 'recall-timeout';
-
-/**
- * Why leave to send the password was refused just now (CredentialProof.enter said `'refused'`, or a
- * handshake waited for had it said so): `refused-lately`, the password is held back (a refusal the
- * memory recalled, or one met meanwhile); else `recall-timeout`, the memory's recall given up at
- * limits.queueTimeout. Read when that was decided: the proof may say otherwise a round trip later
- * (a refusal lifted or lapsed, another request's recall holding the password back).
- */
-export const heldBackWhy = (proof: CredentialProof): HeldBackWhy =>
-  proof.refused ? 'refused-lately' : 'recall-timeout';
-
 /**
  * R4: leave to send the password here was refused (CredentialProof.enter said `'refused'`) where a
  * 401 met without it was kept for that (CredentialProof.mayRecall: the refusal memory might hold
  * the password back): that 401 is the caller's answer — rather than sending the request (its body)
  * again bare for another 401 to show — said why on `multileg:withheld` (`why`, as decided:
- * {@link heldBackWhy}): `refused-lately`, the password held back; `recall-timeout`, the memory's
+ * CredentialProof.heldBackWhy): `refused-lately`, the password held back; `recall-timeout`, the memory's
  * recall given up at limits.queueTimeout (R1: when in doubt none is sent; it refused nothing, and
  * the caller's fix is to wait for it or raise the bound, as the proxy's error says).
  * Requests' and upgrades'.
@@ -163,7 +150,7 @@ export function heldBackAnswer(
   proof: CredentialProof,
   headers: ResponseHeaders,
   queueTimeout: number,
-  why: HeldBackWhy = heldBackWhy(proof),
+  why: HeldBackWhy = proof.heldBackWhy,
 ): void {
   // (The path stays out of the log: a query may carry a secret.)
   if (why === 'recall-timeout') {

@@ -5,7 +5,7 @@ import type { HeldResponse } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import type { WithheldReason } from '../trust/policy.ts';
-import type { HeldBackWhy } from './first-challenge.ts';
+import type { HeldBackWhy } from './credential-proof.ts';
 import type { CallerNtlmLeg, ChallengeRecord } from './ntlm-pairing.ts';
 import type { Identity } from './session.ts';
 
