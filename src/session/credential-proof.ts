@@ -36,6 +36,13 @@ export type Admission = Ticket | 'refused';
  */
 export type Watched = 'decided' | 'withheld';
 
+/**
+ * Where a request stands with one proof's {@link CredentialProof.watch}, which it waits on once at
+ * most (so its waits stay bounded in number): not yet; `watched` (waiting, or woken `decided`); or
+ * woken `withheld`: it goes without the credentials, the refusal memory not asked again for it.
+ */
+export type WatchStage = 'unwatched' | 'watched' | 'withheld';
+
 /** Why credentials met a challenge unsent (R4, R1): see {@link CredentialProof.heldBackWhy}. */
 export type HeldBackWhy = 'refused-lately' | 'recall-timeout';
 

@@ -517,7 +517,7 @@ function check(run: Run): Step {
     }
     // R4: another request's probe of the password waits for the refusal memory: this one waits for
     // its outcome once rather than go bare now, meet a 401 and wait for the same outcome (watch).
-    if (mayLead && !run.job.watched && env.memory.proof.recalling) return WATCH;
+    if (mayLead && run.job.watch === 'unwatched' && env.memory.proof.recalling) return WATCH;
   }
   return SEND;
 }
@@ -531,11 +531,12 @@ function check(run: Run): Step {
  */
 async function watch(run: Run): Promise<Step> {
   const { session, job, env } = run;
-  job.watched = true;
+  job.watch = 'watched';
   // Its connection is made meanwhile (a direct one): the wait costs no round trips of its own.
   if (session.connectsEarly) void session.connectEarly();
   try {
     if ((await env.memory.proof.watch(job, env.limits)) === 'withheld') {
+      job.watch = 'withheld';
       job.noAuth = true;
       job.heldBack = 'recall-timeout';
     }

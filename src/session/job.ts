@@ -5,7 +5,7 @@ import type { HeldResponse } from '../handshake/leg.ts';
 import type { UserSink } from '../handshake/user-sink.ts';
 import type { HeaderMap } from '../headers.ts';
 import type { WithheldReason } from '../trust/policy.ts';
-import type { HeldBackWhy } from './credential-proof.ts';
+import type { HeldBackWhy, WatchStage } from './credential-proof.ts';
 import type { CallerNtlmLeg, ChallengeRecord } from './ntlm-pairing.ts';
 import type { Identity } from './session.ts';
 
@@ -91,21 +91,18 @@ export interface Job {
    */
   heldBack: HeldBackWhy | undefined;
   /**
-   * R4: it waited once for the outcome of a probe whose refusal memory was asked, rather than go
-   * bare meanwhile (CredentialProof.watch): not again, so its waits stay bounded in number.
+   * R4: its wait for the outcome of a probe whose refusal memory was asked, rather than go bare
+   * meanwhile (CredentialProof.watch, exchange.ts `watch`). `withheld` says no more than `heldBack`
+   * (`recall-timeout`) and `noAuth`, set with it.
    */
-  watched: boolean;
+  watch: WatchStage;
   /**
-   * R1/R4: it waited once for the outcome of the proxy credentials' probe whose refusal memory was
-   * asked, rather than for a session held by that recall (OriginPool #watchProxy): not again.
+   * R1/R4: its wait for the outcome of the proxy credentials' probe whose refusal memory was asked,
+   * rather than for a session held by that recall (OriginPool #watchProxy). `withheld`: it goes to
+   * the proxy without the proxy credentials, and its 407 is the answer (recall-timeout), as for the
+   * requests that waited on the probe's proof.
    */
-  proxyWatched: boolean;
-  /**
-   * R1/R4: that recall was given up at queueTimeout while it waited: it goes to the proxy without
-   * the proxy credentials, the memory not asked again for it, and its 407 is the answer
-   * (recall-timeout), as for the requests that waited on the probe's proof.
-   */
-  proxyWithheld: boolean;
+  proxyWatch: WatchStage;
   /**
    * A callers' connection-bound request's own NTLM leg (ntlm-pairing.ts): a NEGOTIATE whose
    * CHALLENGE is remembered, or an AUTHENTICATE that goes only where its CHALLENGE came from.
@@ -175,9 +172,8 @@ export function newJob(
     held401: undefined,
     heldForRecall: undefined,
     heldBack: undefined,
-    watched: false,
-    proxyWatched: false,
-    proxyWithheld: false,
+    watch: 'unwatched',
+    proxyWatch: 'unwatched',
     ntlm: undefined,
     ntlmAtProxy: false,
     originOpening: false,

@@ -525,7 +525,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // Handed an authenticated session: straight to the fast path, no steps.
     else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
     else {
-      if (job.proxyWithheld) session.withholdProxyCredentials();
+      if (job.proxyWatch === 'withheld') session.withholdProxyCredentials();
       this.#opening(session, job);
       this.#steps(session, job);
     }
@@ -543,7 +543,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
-    if (job.proxyWithheld) session.withholdProxyCredentials();
+    if (job.proxyWatch === 'withheld') session.withholdProxyCredentials();
     this.#opening(session, job);
     if (fastPathEligible(session, job, this.#env)) {
       new FastExchange(session, job, this).start();
@@ -569,16 +569,16 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * first (QueueTimeoutError). Then it comes back here as any request does: proved, it rides the
    * authenticated proxy connection, or opens more as without a memory; held back, it meets the
    * refusal; the recall given up, it goes to the proxy once without the credentials
-   * (`proxyWithheld`: not asking again), its 407 the answer. True when it waits there.
+   * (`proxyWatch` withheld: not asking again), its 407 the answer. True when it waits there.
    */
   #watchProxy(job: Job): boolean {
     const proof = this.#route?.proxy.proof;
-    if (!proof?.recalling || job.proxyWatched || !carries(job.identity, 'proxy')) return false;
-    job.proxyWatched = true;
+    if (!proof?.recalling || job.proxyWatch !== 'unwatched' || !carries(job.identity, 'proxy')) return false;
+    job.proxyWatch = 'watched';
     log.pool("%s job %d: waits for the proxy credentials' recall", this.origin, job.id);
     proof.watch(job, this.#options.limits).then(
       (watched) => {
-        if (watched === 'withheld') job.proxyWithheld = true;
+        if (watched === 'withheld') job.proxyWatch = 'withheld';
         this.#next(job);
       },
       (err: Error) => this.#fail(job, err),
@@ -907,7 +907,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     if (this.#route?.proxy.proof.recalling)
       for (const { identity, queue } of this.#waiting.values())
         if (queue.length > 0 && carries(identity, 'proxy'))
-          for (const job of queue.take((j) => !j.proxyWatched)) this.#watchProxy(job);
+          for (const job of queue.take((j) => j.proxyWatch === 'unwatched')) this.#watchProxy(job);
     for (const { lane, identity, queue } of this.#waiting.values()) {
       // H2: requests that waited for an "auto" session go on HTTP/1.1 once the origin asked for it
       // (GOAWAY HTTP_1_1_REQUIRED): not on a new HTTP/2 session that meets the same refusal.

@@ -492,9 +492,10 @@ export class Session {
 
   /**
    * R1/R4: a request whose wait for the proxy credentials' recall ended with it given up at
-   * queueTimeout (Job.proxyWithheld) was given this session: a tunnel not yet made goes without the
-   * credentials, its 407 that request's answer (recall-timeout), the memory not asked again. (A
-   * forwarded request goes bare by its own flag: see sendLeg.) A session already connected rides on.
+   * queueTimeout (Job.proxyWatch `withheld`) was given this session: a tunnel not yet made goes
+   * without the credentials, its 407 that request's answer (recall-timeout), the memory not asked
+   * again. (A forwarded request goes bare by its own stage: see sendLeg.) A session already
+   * connected rides on.
    */
   withholdProxyCredentials(): void {
     if (!this.#connection) this.#proxyWithheld = true;
@@ -725,7 +726,7 @@ export class Session {
       // R4/S6: a refusal of replaced proxy credentials moves the request to a new connection, once.
       rerun: () => (rerunWithNewCredentials(job) ? new StaleConnectionError() : undefined),
       // R1/R4: the proxy credentials' recall it waited for was given up: it goes without them.
-      withheld: job.proxyWithheld,
+      withheld: job.proxyWatch === 'withheld',
     };
     this.#forward
       .send(
