@@ -525,17 +525,20 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // Handed an authenticated session: straight to the fast path, no steps.
     else if (fastPathEligible(session, job, this.#env)) new FastExchange(session, job, this).start();
     else {
-      if (job.proxyWatch === 'withheld') session.withholdProxyCredentials();
-      this.#opening(session, job);
+      this.#given(session, job);
       this.#steps(session, job);
     }
   }
 
   /**
-   * A caller's NEGOTIATE was given `session`: counted with its CHALLENGEs at once (the next request
-   * the pump hands out sees it), until it leaves the session (#after; its CHALLENGE counts by then).
+   * `job` was given `session` for its steps (or, from the queue, for either path). A request whose
+   * wait for the proxy credentials' recall ended with it given up (#watchProxy) has a tunnel not yet
+   * made go without them (R1/R4). A caller's NEGOTIATE is counted with its CHALLENGEs at once (the
+   * next request the pump hands out sees it), until it leaves the session (#after; its CHALLENGE
+   * counts by then).
    */
-  #opening(session: Session, job: Job): void {
+  #given(session: Session, job: Job): void {
+    if (job.proxyWatch === 'withheld') session.withholdProxyCredentials();
     if (job.ntlm?.kind !== 'opening') return;
     session.openingSent();
     job.openingOn = session;
@@ -543,8 +546,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   /** @internal WaitConsumer: the lane's queue hands the request `session` (acquired). */
   granted(job: Job, session: Session): void {
-    if (job.proxyWatch === 'withheld') session.withholdProxyCredentials();
-    this.#opening(session, job);
+    this.#given(session, job);
     if (fastPathEligible(session, job, this.#env)) {
       new FastExchange(session, job, this).start();
       return;
