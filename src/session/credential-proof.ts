@@ -206,9 +206,10 @@ export class CredentialProof {
 
   /**
    * A handshake's recall of the refusal memory waits now (another process trying the password, say):
-   * no password goes here until it ends, at most queueTimeout (R1). Meanwhile one HTTP/1.1
-   * connection at a time (OriginPool: #maxSessions) would keep the requests started with it from
-   * meeting their own 401s within their own bound; the proof keeps the password to one try.
+   * no password goes here until it ends, at most queueTimeout (R1). Requests that would go bare
+   * meanwhile wait for its outcome instead ({@link watch}: their bound begins after the recall's),
+   * not for a connection (OriginPool #maxSessions, #watchProxy), whose wait, begun before the recall,
+   * ran out first (QueueTimeoutError); the proof keeps the password to one try.
    */
   get recalling(): boolean {
     return this.#recalling !== undefined && this.#recalling.size > 0;
