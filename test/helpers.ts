@@ -114,6 +114,12 @@ export function many(r: Rig, n: number, path = '/auth', init: Parameters<typeof 
  */
 export const REFUSED_PORT = 1;
 
+/** Which NTLM message a request carries: 0 none, 1 NEGOTIATE, 3 AUTHENTICATE. */
+export function ntlmLeg(authorization: string | undefined): 0 | 1 | 3 {
+  if (!authorization) return 0;
+  return Buffer.from(authorization.split(' ')[1] ?? '', 'base64').readUInt32LE(8) === 1 ? 1 : 3;
+}
+
 export const hasAuth = (h: Readonly<Record<string, unknown>>) => h.authorization !== undefined;
 
 /** NTLM as alice, whose contexts behave as `patch` says on top of the real ones. */

@@ -15,18 +15,12 @@ import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ntlmMessageType, parseAuthorization } from '../src/reference-server/wire.ts';
 import { MAX_WAITS } from '../src/session/exchange.ts';
-import { ALICE, loopbackOrigin, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ALICE, loopbackOrigin, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
 });
-
-/** Which NTLM message a request carries: 0 none, 1 NEGOTIATE, 3 AUTHENTICATE. */
-function ntlmLeg(authorization: string | undefined): 0 | 1 | 3 {
-  if (!authorization) return 0;
-  return Buffer.from(authorization.split(' ')[1] ?? '', 'base64').readUInt32LE(8) === 1 ? 1 : 3;
-}
 
 /** An HTTP/2-only origin: NTLM authenticates the session; `onAuthenticate` answers each AUTHENTICATE leg, `open` paths need none. */
 async function h2Origin(
