@@ -250,6 +250,22 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   );
 
   it.skipIf(!haveSquid)(
+    'H5/M2: with a ticket, a Negotiate-only Squid whose SPN the KDC does not know (--proxy-spn HTTP@nope): the CONNECT error ends with mending what the SPN reason says, not "give --proxy-user or a Kerberos ticket" (alice has one)',
+    async () => {
+      const r = await run(
+        ['-x', lab.negotiateSquid!.origin, '--proxy-spn', 'HTTP@nope', '--cacert', ca, `${lab.apache!.origin}/public/`],
+        { env },
+      );
+      expect(r.code).toBe(7);
+      expect(r.stderr).toContain('check the SPN given in --proxy-spn');
+      expect(r.stderr).toContain(
+        '(MULTILEG_KRB_UNKNOWN_SPN)); mend what it says, or give --proxy-user (MULTILEG_PROXY_AUTH)\n',
+      );
+      expect(r.stderr).not.toContain('or a Kerberos ticket');
+    },
+  );
+
+  it.skipIf(!haveSquid)(
     "H5: --proxy-negotiate -U : (curl's way) authenticates to a Negotiate-only Squid with the Kerberos ticket, through a CONNECT and forwarded",
     async () => {
       const base = [

@@ -182,6 +182,15 @@ function withCredentials(
 }
 
 /**
+ * Whether every scheme in `unusable` failed on a Kerberos problem a ticket does not mend (an unknown
+ * SPN, a KDC out of reach, a skewed clock): its reason names the fix, and "give a Kerberos ticket"
+ * would send a user who has one to kinit for nothing.
+ */
+function kerberosNamesItsFix(unusable: Iterable<{ readonly error: MultilegError }>): boolean {
+  return [...unusable].every((u) => u.error.code.startsWith('MULTILEG_KRB_') && !ticketFixes(u.error.code));
+}
+
+/**
  * The fix when the proxy's challenge of `unreadable` schemes could not be read (T2): not the
  * credentials, but another scheme, of those it offers (`others`) where it named some. (The command
  * names its flags for them: cli/explain.ts.)
@@ -962,7 +971,11 @@ export class ProxyAuth {
     // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
     if (cannotRun.length)
       fixes.push(
-        given ? withCredentials(cannotRun, this.#proxy.credentialsFrom) : 'give proxy.credentials or a Kerberos ticket',
+        given
+          ? withCredentials(cannotRun, this.#proxy.credentialsFrom)
+          : kerberosNamesItsFix(cannotRun)
+            ? 'mend what it says, or give proxy.credentials'
+            : 'give proxy.credentials or a Kerberos ticket',
       );
     if (unreadable.length) {
       const skipped = this.#skipped;
