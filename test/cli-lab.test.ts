@@ -790,6 +790,29 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
+  it.skipIf(!haveSquid)(
+    'H5: doctor through a CONNECT proxy whose 407 stood (a Negotiate-only Squid, no ticket; a ticket but a wrong --proxy-spn): a proxy authentication check fails with why and the fix, as for a forwarding proxy, not "schemes: the server could not be reached"',
+    async () => {
+      const url = `${lab.apache!.origin}/protected/`;
+      const proxy = lab.negotiateSquid!.origin;
+      for (const [args, env_, why] of [
+        [[], noTicket, '(MULTILEG_KRB_NO_TICKET)); give --proxy-user or a Kerberos ticket (MULTILEG_PROXY_AUTH)'],
+        [['--proxy-spn', 'HTTP@nope'], env, '(MULTILEG_KRB_UNKNOWN_SPN)); mend what it says, or give --proxy-user'],
+      ] as const) {
+        const r = await run(['doctor', '-x', proxy, ...args, '--cacert', ca, url], { env: env_ });
+        expect(r.code).toBe(1);
+        expect(r.stdout).not.toContain('could not be reached');
+        expect(r.stdout).toMatch(/^skip +schemes: not seen: the proxy's 407 to CONNECT stood/m);
+        const failed = r.stdout.split('\n').filter((l) => l.startsWith('FAIL'));
+        expect(failed).toHaveLength(1);
+        expect(failed[0]).toContain(
+          `FAIL  proxy authentication: proxy ${proxy} requires authentication (407; offers Negotiate): no offered scheme could be used (Negotiate: `,
+        );
+        expect(failed[0]).toContain(why);
+      }
+    },
+  );
+
   it('doctor without the CA: TLS fails and says --cacert', async () => {
     const r = await run(['doctor', `${lab.apache!.origin}/protected/`], { env });
     expect(r.stdout).toMatch(/^FAIL +TLS: certificate not trusted: \S+ .*\n +fix: give its CA with --cacert FILE/m);

@@ -21,6 +21,7 @@ import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { alpnFor, type ClientCertificate, type DistinguishedName, portOf, resolveLimits } from '../options.ts';
+import { ProxyAuthenticationError } from '../proxy/errors.ts';
 import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
 import { connectToProxy } from '../proxy/tunnel.ts';
 import { issuedByOneOf, type ProbeAnswer, probeAcceptableIssuers } from '../session/acceptable-issuers.ts';
@@ -801,6 +802,8 @@ export async function doctor(argv: string[]): Promise<number> {
   let h2: Awaited<ReturnType<typeof probe>> | undefined;
   let h1: Awaited<ReturnType<typeof probe>> | undefined;
   let failure: unknown;
+  /** H5: why the proxy's final 407 to the CONNECT stood, in the command's words. */
+  let tunnel407: string | undefined;
   const ranOutBefore = ranOut();
   if (!ranOutBefore)
     try {
@@ -871,14 +874,24 @@ export async function doctor(argv: string[]): Promise<number> {
     // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
     const issuerRefused = server?.name === 'client CAs' && server.verdict === 'FAIL';
     const unreached = describeFailure(failure, req);
+    // H5: the proxy's final 407 to CONNECT stopped it before the server: the proxy authentication
+    // check below says why, as for a forwarding proxy's 407 (not "the server could not be reached").
+    if (multilegCause(failure) instanceof ProxyAuthenticationError) tunnel407 = unreached.message;
     add(
-      certificateFailure(failure, given !== undefined, issuerRefused) ?? {
-        name: 'schemes',
-        verdict: 'FAIL',
-        detail: `the server could not be reached: ${unreached.message}`,
-        // `multileg doctor help`: the host `help` does not resolve; its --help was likely meant.
-        ...(req.helpMeant && unreached.exit === EXIT.resolve ? { fix: `did you mean ${req.helpMeant}?` } : {}),
-      },
+      certificateFailure(failure, given !== undefined, issuerRefused) ??
+        (tunnel407 !== undefined
+          ? {
+              name: 'schemes',
+              verdict: 'skip',
+              detail: "not seen: the proxy's 407 to CONNECT stood (the proxy authentication check says why)",
+            }
+          : undefined) ?? {
+          name: 'schemes',
+          verdict: 'FAIL',
+          detail: `the server could not be reached: ${unreached.message}`,
+          // `multileg doctor help`: the host `help` does not resolve; its --help was likely meant.
+          ...(req.helpMeant && unreached.exit === EXIT.resolve ? { fix: `did you mean ${req.helpMeant}?` } : {}),
+        },
     );
   }
 
@@ -925,6 +938,7 @@ export async function doctor(argv: string[]): Promise<number> {
       }),
     });
   }
+  if (tunnel407 !== undefined) add({ name: 'proxy authentication', verdict: 'FAIL', detail: tunnel407 });
   // A certificate required and none given: the client certificate check has said so and its fix.
   if (h2 && !stood407 && (h2.status === 401 || h2.offered.length > 0) && !required)
     add(
