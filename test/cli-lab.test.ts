@@ -790,6 +790,26 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     },
   );
 
+  it("M2: no ticket, NTLM_USER_FILE set (gss-ntlmssp's credentials, which curl --negotiate -u : uses at Apache /spnego2): the 401's line says multileg's Negotiate does not take them and to give -u; without the variable, no such note", async () => {
+    const url = `${lab.apache!.origin}/spnego2/`;
+    const args = ['--http1.1', '--negotiate', '-u', ':', '-f', '--cacert', ca, url];
+    const note =
+      "(MULTILEG_KRB_NO_TICKET); NTLM_USER_FILE is set, but multileg's Negotiate does not take gss-ntlmssp's NTLM credentials from it (curl --negotiate does): give -u DOMAIN\\user for NTLM\n";
+    const withFile = await run(args, { env: { ...noTicket, NTLM_USER_FILE: lab.ntlmUserFile } });
+    expect(withFile.code).toBe(22);
+    expect(withFile.stderr).toContain(note);
+    const without = await run(args, { env: noTicket });
+    expect(without.code).toBe(22);
+    expect(without.stderr).toContain('(MULTILEG_KRB_NO_TICKET)\n');
+    expect(without.stderr).not.toContain('NTLM_USER_FILE');
+    if (haveCurl) {
+      // What the note stands for: curl's SPNEGO takes gss-ntlmssp's NTLM and gets in.
+      const curlEnv = { ...process.env, ...noTicket, NTLM_USER_FILE: lab.ntlmUserFile };
+      const curl = await runCommand('/usr/bin/curl', ['-sS', ...args], '', curlEnv);
+      expect(curl.stdout).toContain('hello from /spnego2');
+    }
+  });
+
   it.skipIf(!haveSquid)(
     'H5: doctor through a CONNECT proxy whose 407 stood (a Negotiate-only Squid, no ticket; a ticket but a wrong --proxy-spn): a proxy authentication check fails with why and the fix, as for a forwarding proxy, not "schemes: the server could not be reached"',
     async () => {
