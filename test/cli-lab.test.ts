@@ -810,6 +810,32 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     }
   });
 
+  it('M2: KRB5_CONFIG naming a file that does not exist (a typo; MIT then reads no krb5.conf): the 401 line and doctor\'s SPN fix say so beside "cannot reach a KDC"; a krb5.conf whose KDC is down gets no such note', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    // A TGT and no service ticket yet: the request must ask the KDC.
+    const ccache = `FILE:${join(lab.dir, 'tgt-typo')}`;
+    await lab.realm!.kinit({ ccache });
+    const typo = join(lab.dir, 'krb5.conf-typo');
+    const note = `; KRB5_CONFIG=${typo} names no file that exists, so no krb5.conf was read: correct it, or unset it for /etc/krb5.conf`;
+    const typoEnv = { ...env, KRB5_CONFIG: typo, KRB5CCNAME: ccache };
+    const r = await run(['--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env: typoEnv });
+    expect(r.code).toBe(22);
+    expect(r.stderr).toContain(`(MULTILEG_KRB_KDC_UNREACHABLE)${note}\n`);
+    const doctor = await run(['doctor', '--cacert', ca, url], { env: typoEnv });
+    expect(doctor.code).toBe(1);
+    expect(doctor.stdout).toMatch(/^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_KDC_UNREACHABLE\)\n/m);
+    expect(doctor.stdout).toContain(`${note}\n`);
+    // A krb5.conf there, its KDC down: the kdc entries are the thing to check, nothing about the variable.
+    const down = join(lab.dir, 'krb5.conf-kdc-down');
+    await lab.realm!.writeKrb5Conf(down, await freePort());
+    const downRun = await run(['--negotiate', '-u', ':', '-f', '--cacert', ca, url], {
+      env: { ...typoEnv, KRB5_CONFIG: down },
+    });
+    expect(downRun.code).toBe(22);
+    expect(downRun.stderr).toContain('(MULTILEG_KRB_KDC_UNREACHABLE)\n');
+    expect(downRun.stderr).not.toContain('names no file');
+  });
+
   it.skipIf(!haveSquid)(
     'H5: doctor through a CONNECT proxy whose 407 stood (a Negotiate-only Squid, no ticket; a ticket but a wrong --proxy-spn): a proxy authentication check fails with why and the fix, as for a forwarding proxy, not "schemes: the server could not be reached"',
     async () => {

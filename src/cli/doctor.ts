@@ -45,6 +45,7 @@ import {
   explain407,
   forCli,
   heldBackWhy,
+  missingKrb5Config,
   netrcFileOf,
   openingRefusal,
   outOfDatesFix,
@@ -224,7 +225,7 @@ async function kerberos(
       verdict: unknown ? 'FAIL' : 'warn',
       detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket (${e.code})`}`,
       // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
-      fix: forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message)),
+      fix: `${forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message))}${missingKrb5Config(e.code)}`,
     });
     return { checks, ticketWorks: false, failure: e.code };
   } finally {

@@ -25,6 +25,7 @@ import {
   type Failure,
   forCli,
   heldBackWhy,
+  missingKrb5Config,
   netrcFileOf,
   netrcOtherHost,
 } from './explain.ts';
@@ -266,7 +267,7 @@ async function whyStood(
       process.env.NTLM_USER_FILE && unanswered.unusable.some((u) => u.code === 'MULTILEG_KRB_NO_TICKET')
         ? "; NTLM_USER_FILE is set, but multileg's Negotiate does not take gss-ntlmssp's NTLM credentials from it (curl --negotiate does): give -u DOMAIN\\user for NTLM"
         : ''
-    }`;
+    }${unanswered.unusable.map((u) => missingKrb5Config(u.code)).find((note) => note !== '') ?? ''}`;
   // R4, R1: another run held this password's lock (trying it here) longer than the request waits:
   // it went without the password, for that reason and not for any of the scheme's.
   const waiting = lockWaitBehind(
