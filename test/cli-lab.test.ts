@@ -836,6 +836,38 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(downRun.stderr).not.toContain('names no file');
   });
 
+  it('M2: --ccache naming a cache with no ticket, or an expired one: the command and doctor say kinit -c CCACHE (a plain kinit fills the default cache, which --ccache leaves unread)', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const missing = `FILE:${join(lab.dir, 'no-such-ccache-hq')}`;
+    const none = await run(['--ccache', missing, '--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env });
+    expect(none.code).toBe(22);
+    expect(none.stderr).toMatch(
+      new RegExp(`^multileg: Negotiate: no Kerberos ticket: run kinit -c ${missing}, give a client keytab`),
+    );
+    const doctor = await run(['doctor', '--ccache', missing, '--cacert', ca, url], { env });
+    expect(doctor.code).toBe(1);
+    expect(doctor.stdout).toMatch(
+      new RegExp(`^warn +ticket: no credential cache .*\\n +fix: kinit -c ${missing} user@REALM`, 'm'),
+    );
+    expect(doctor.stdout).toMatch(new RegExp(`^FAIL +authentication: .*\\n +fix: kinit -c ${missing} user@REALM`, 'm'));
+    // An expired ticket (a 1 s lifetime, waited out) in the cache --ccache names.
+    const short = `FILE:${join(lab.dir, 'short-hq')}`;
+    await lab.realm!.kinit({ ccache: short, lifetime: '1s' });
+    await new Promise((r) => setTimeout(r, 2_100));
+    const expired = await run(['--ccache', short, '--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env });
+    expect(expired.code).toBe(22);
+    expect(expired.stderr).toContain(
+      `Negotiate: the Kerberos ticket has expired: run kinit -c ${short} again (or renew it with kinit -R -c ${short})`,
+    );
+    const expiredDoctor = await run(['doctor', '--ccache', short, '--cacert', ca, url], { env });
+    expect(expiredDoctor.stdout).toMatch(
+      new RegExp(
+        `^FAIL +ticket: alice@EXAMPLE\\.TEST: the ticket expired at .*\\n +fix: kinit -c ${short} alice@EXAMPLE\\.TEST\\n`,
+        'm',
+      ),
+    );
+  });
+
   it.skipIf(!haveSquid)(
     'H5: doctor through a CONNECT proxy whose 407 stood (a Negotiate-only Squid, no ticket; a ticket but a wrong --proxy-spn): a proxy authentication check fails with why and the fix, as for a forwarding proxy, not "schemes: the server could not be reached"',
     async () => {

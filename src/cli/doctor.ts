@@ -132,14 +132,19 @@ async function klistOutput(args: string[], failed: (why: string) => Check): Prom
 }
 
 /** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
+/** The credential cache --ccache gives the command, if any. */
+const ccacheOf = (req: CliRequest): string | undefined => (req.agent.negotiate || undefined)?.ccache;
+
 async function klist(ccache: string | undefined, password: boolean): Promise<Check> {
+  // --ccache: a plain kinit fills the default cache, not the one the command reads.
+  const kinit = ccache ? `kinit -c ${ccache}` : 'kinit';
   const out = await klistOutput(ccache ? ['-c', ccache] : [], (why) => ({
     name: 'ticket',
     verdict: 'warn',
     detail: `no credential cache (${why})`,
     fix: password
-      ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
-      : 'kinit user@REALM, or --keytab FILE where no one types a password (CI, cron); or give -u DOMAIN\\user for NTLM',
+      ? `${kinit} user@REALM (-u authenticates with NTLM meanwhile)`
+      : `${kinit} user@REALM, or --keytab FILE where no one types a password (CI, cron); or give -u DOMAIN\\user for NTLM`,
   }));
   if (typeof out !== 'string') return out;
   const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
@@ -153,13 +158,13 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
         name: 'ticket',
         verdict: 'FAIL',
         detail: `${principal}: the ticket expired at ${fields[1]}`,
-        fix: `kinit ${principal}`,
+        fix: `${kinit} ${principal}`,
       };
     return {
       name: 'ticket',
       verdict: left < 30 ? 'warn' : 'ok',
       detail: `${principal}, expires ${fields[1]} (in ${left} min)`,
-      ...(left < 30 ? { fix: `kinit -R, or kinit ${principal}` } : {}),
+      ...(left < 30 ? { fix: `${ccache ? `kinit -R -c ${ccache}` : 'kinit -R'}, or ${kinit} ${principal}` } : {}),
     };
   }
   return { name: 'ticket', verdict: 'ok', detail: `${principal}${tgt ? `: ${tgt.trim()}` : ''}` };
@@ -1019,7 +1024,7 @@ async function authenticate(
       name: 'authentication',
       verdict: 'FAIL',
       detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
-      fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
+      fix: `${ccacheOf(req) ? `kinit -c ${ccacheOf(req)}` : 'kinit'} user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)`,
     };
   const trace = traceOf(req, 'the authenticated GET');
   const agent = new MultilegAgent({
