@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { proofRequired } from '../handshake/handshake.ts';
 import { log } from '../log.ts';
-import { fallbackReasonOf, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import { fallbackReasonOf, KerberosError, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import {
   atOpening,
   cannotRunHere,
@@ -187,7 +187,7 @@ function withCredentials(
  * would send a user who has one to kinit for nothing.
  */
 function kerberosNamesItsFix(unusable: Iterable<{ readonly error: MultilegError }>): boolean {
-  return [...unusable].every((u) => u.error.code.startsWith('MULTILEG_KRB_') && !ticketFixes(u.error.code));
+  return [...unusable].every((u) => u.error instanceof KerberosError && !ticketFixes(u.error.code));
 }
 
 /**
