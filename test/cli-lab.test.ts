@@ -250,6 +250,22 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   );
 
   it.skipIf(!haveSquid)(
+    'H5/M2: with a ticket, a Negotiate-only Squid whose SPN the KDC does not know (--proxy-spn HTTP@nope): the CONNECT error ends with mending what the SPN reason says, not "give --proxy-user or a Kerberos ticket" (alice has one)',
+    async () => {
+      const r = await run(
+        ['-x', lab.negotiateSquid!.origin, '--proxy-spn', 'HTTP@nope', '--cacert', ca, `${lab.apache!.origin}/public/`],
+        { env },
+      );
+      expect(r.code).toBe(7);
+      expect(r.stderr).toContain('check the SPN given in --proxy-spn');
+      expect(r.stderr).toContain(
+        '(MULTILEG_KRB_UNKNOWN_SPN)); mend what it says, or give --proxy-user (MULTILEG_PROXY_AUTH)\n',
+      );
+      expect(r.stderr).not.toContain('or a Kerberos ticket');
+    },
+  );
+
+  it.skipIf(!haveSquid)(
     "H5: --proxy-negotiate -U : (curl's way) authenticates to a Negotiate-only Squid with the Kerberos ticket, through a CONNECT and forwarded",
     async () => {
       const base = [
@@ -771,6 +787,107 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       expect(forwarded.stdout).toMatch(/^ok +authentication: Negotiate, .* over HTTP\/1\.1 to the proxy → 200\n/m);
       expect(forwarded.stdout).not.toContain('does not speak HTTP/2');
       expect(forwarded.code).toBe(0);
+    },
+  );
+
+  it("M2: no ticket, NTLM_USER_FILE set (gss-ntlmssp's credentials, which curl --negotiate -u : uses at Apache /spnego2): the 401's line says multileg's Negotiate does not take them and to give -u; without the variable, no such note", async () => {
+    const url = `${lab.apache!.origin}/spnego2/`;
+    const args = ['--http1.1', '--negotiate', '-u', ':', '-f', '--cacert', ca, url];
+    const note =
+      "(MULTILEG_KRB_NO_TICKET); NTLM_USER_FILE is set, but multileg's Negotiate does not take gss-ntlmssp's NTLM credentials from it (curl --negotiate does): give -u DOMAIN\\user for NTLM\n";
+    const withFile = await run(args, { env: { ...noTicket, NTLM_USER_FILE: lab.ntlmUserFile } });
+    expect(withFile.code).toBe(22);
+    expect(withFile.stderr).toContain(note);
+    const without = await run(args, { env: noTicket });
+    expect(without.code).toBe(22);
+    expect(without.stderr).toContain('(MULTILEG_KRB_NO_TICKET)\n');
+    expect(without.stderr).not.toContain('NTLM_USER_FILE');
+    if (haveCurl) {
+      // What the note stands for: curl's SPNEGO takes gss-ntlmssp's NTLM and gets in.
+      const curlEnv = { ...process.env, ...noTicket, NTLM_USER_FILE: lab.ntlmUserFile };
+      const curl = await runCommand('/usr/bin/curl', ['-sS', ...args], '', curlEnv);
+      expect(curl.stdout).toContain('hello from /spnego2');
+    }
+  });
+
+  it('M2: KRB5_CONFIG naming a file that does not exist (a typo; MIT then reads no krb5.conf): the 401 line and doctor\'s SPN fix say so beside "cannot reach a KDC"; a krb5.conf whose KDC is down gets no such note', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    // A TGT and no service ticket yet: the request must ask the KDC.
+    const ccache = `FILE:${join(lab.dir, 'tgt-typo')}`;
+    await lab.realm!.kinit({ ccache });
+    const typo = join(lab.dir, 'krb5.conf-typo');
+    const note = `; KRB5_CONFIG=${typo} names no file that exists, so no krb5.conf was read: correct it, or unset it for /etc/krb5.conf`;
+    const typoEnv = { ...env, KRB5_CONFIG: typo, KRB5CCNAME: ccache };
+    const r = await run(['--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env: typoEnv });
+    expect(r.code).toBe(22);
+    expect(r.stderr).toContain(`(MULTILEG_KRB_KDC_UNREACHABLE)${note}\n`);
+    const doctor = await run(['doctor', '--cacert', ca, url], { env: typoEnv });
+    expect(doctor.code).toBe(1);
+    expect(doctor.stdout).toMatch(/^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_KDC_UNREACHABLE\)\n/m);
+    expect(doctor.stdout).toContain(`${note}\n`);
+    // A krb5.conf there, its KDC down: the kdc entries are the thing to check, nothing about the variable.
+    const down = join(lab.dir, 'krb5.conf-kdc-down');
+    await lab.realm!.writeKrb5Conf(down, await freePort());
+    const downRun = await run(['--negotiate', '-u', ':', '-f', '--cacert', ca, url], {
+      env: { ...typoEnv, KRB5_CONFIG: down },
+    });
+    expect(downRun.code).toBe(22);
+    expect(downRun.stderr).toContain('(MULTILEG_KRB_KDC_UNREACHABLE)\n');
+    expect(downRun.stderr).not.toContain('names no file');
+  });
+
+  it('M2: --ccache naming a cache with no ticket, or an expired one: the command and doctor say kinit -c CCACHE (a plain kinit fills the default cache, which --ccache leaves unread)', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const missing = `FILE:${join(lab.dir, 'no-such-ccache-hq')}`;
+    const none = await run(['--ccache', missing, '--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env });
+    expect(none.code).toBe(22);
+    expect(none.stderr).toMatch(
+      new RegExp(`^multileg: Negotiate: no Kerberos ticket: run kinit -c ${missing}, give a client keytab`),
+    );
+    const doctor = await run(['doctor', '--ccache', missing, '--cacert', ca, url], { env });
+    expect(doctor.code).toBe(1);
+    expect(doctor.stdout).toMatch(
+      new RegExp(`^warn +ticket: no credential cache .*\\n +fix: kinit -c ${missing} user@REALM`, 'm'),
+    );
+    expect(doctor.stdout).toMatch(new RegExp(`^FAIL +authentication: .*\\n +fix: kinit -c ${missing} user@REALM`, 'm'));
+    // An expired ticket (a 1 s lifetime, waited out) in the cache --ccache names.
+    const short = `FILE:${join(lab.dir, 'short-hq')}`;
+    await lab.realm!.kinit({ ccache: short, lifetime: '1s' });
+    await new Promise((r) => setTimeout(r, 2_100));
+    const expired = await run(['--ccache', short, '--negotiate', '-u', ':', '-f', '--cacert', ca, url], { env });
+    expect(expired.code).toBe(22);
+    expect(expired.stderr).toContain(
+      `Negotiate: the Kerberos ticket has expired: run kinit -c ${short} again (or renew it with kinit -R -c ${short})`,
+    );
+    const expiredDoctor = await run(['doctor', '--ccache', short, '--cacert', ca, url], { env });
+    expect(expiredDoctor.stdout).toMatch(
+      new RegExp(
+        `^FAIL +ticket: alice@EXAMPLE\\.TEST: the ticket expired at .*\\n +fix: kinit -c ${short} alice@EXAMPLE\\.TEST\\n`,
+        'm',
+      ),
+    );
+  });
+
+  it.skipIf(!haveSquid)(
+    'H5: doctor through a CONNECT proxy whose 407 stood (a Negotiate-only Squid, no ticket; a ticket but a wrong --proxy-spn): a proxy authentication check fails with why and the fix, as for a forwarding proxy, not "schemes: the server could not be reached"',
+    async () => {
+      const url = `${lab.apache!.origin}/protected/`;
+      const proxy = lab.negotiateSquid!.origin;
+      for (const [args, env_, why] of [
+        [[], noTicket, '(MULTILEG_KRB_NO_TICKET)); give --proxy-user or a Kerberos ticket (MULTILEG_PROXY_AUTH)'],
+        [['--proxy-spn', 'HTTP@nope'], env, '(MULTILEG_KRB_UNKNOWN_SPN)); mend what it says, or give --proxy-user'],
+      ] as const) {
+        const r = await run(['doctor', '-x', proxy, ...args, '--cacert', ca, url], { env: env_ });
+        expect(r.code).toBe(1);
+        expect(r.stdout).not.toContain('could not be reached');
+        expect(r.stdout).toMatch(/^skip +schemes: not seen: the proxy's 407 to CONNECT stood/m);
+        const failed = r.stdout.split('\n').filter((l) => l.startsWith('FAIL'));
+        expect(failed).toHaveLength(1);
+        expect(failed[0]).toContain(
+          `FAIL  proxy authentication: proxy ${proxy} requires authentication (407; offers Negotiate): no offered scheme could be used (Negotiate: `,
+        );
+        expect(failed[0]).toContain(why);
+      }
     },
   );
 

@@ -868,6 +868,22 @@ describe('multileg command line', () => {
     }
   });
 
+  it('M2: --negotiate -u user with no password and no terminal (curl asks, then uses the ticket whatever is typed): bad usage that also names -u : for the ticket alone; without --negotiate, not', async () => {
+    const hint = '; or, for the Kerberos ticket alone, -u : (no user, no password)';
+    const negotiate = await run(['--negotiate', '-u', 'alice', 'https://localhost:1/']);
+    expect(negotiate.code).toBe(2);
+    expect(negotiate.stderr).toMatch(/^multileg: no password for alice: .*MULTILEG_PASSWORD; or, for the Kerberos/);
+    expect(negotiate.stderr).toContain(`${hint}\n`);
+    const doctor = await run(['doctor', '--negotiate', '-u', 'alice', 'https://localhost:1/']);
+    expect(doctor.code).toBe(2);
+    expect(doctor.stderr).toContain(`${hint}\n`);
+    for (const args of [[], ['--ntlm'], ['--schemes', 'Negotiate,NTLM']]) {
+      const other = await run([...args, '-u', 'alice', 'https://localhost:1/']);
+      expect(other.code, args.join(' ')).toBe(2);
+      expect(other.stderr, args.join(' ')).not.toContain('-u :');
+    }
+  });
+
   it("--cacert: not there is bad usage (2, curl 8.18+); no PEM certificate in it is curl's 77 once a TLS connection needs it (https, a redirect there), nothing for plain http://, with -k, or for an https proxy (--proxy-cacert's)", async () => {
     const missing = join(dir, 'missing.pem');
     for (const url of [`${server.origin}/public/`, `${plainOrigin}/hop/0`]) {

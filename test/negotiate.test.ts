@@ -130,6 +130,30 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     expect(other.message).toContain('Invalid token was supplied');
   });
 
+  it('M2: with negotiate.ccache given, "no ticket" and "expired" name kinit -c CCACHE (a plain kinit fills the default cache, which the agent does not read); with a principal too, plain kinit PRINCIPAL (kinit -c into a FILE cache would replace the tickets there)', () => {
+    const ccache = 'FILE:/tmp/svc-cc';
+    const none = mapGssError(new Error(GSS.noTicketKrb5), { spn: 'HTTP@h', ccache });
+    expect(none).toBeInstanceOf(KerberosNoTicketError);
+    expect(none.message).toMatch(
+      /^Negotiate: no Kerberos ticket: run kinit -c FILE:\/tmp\/svc-cc, give a client keytab/,
+    );
+    const expired = mapGssError(new Error(GSS.expired), { spn: 'HTTP@h', ccache });
+    expect(expired).toBeInstanceOf(KerberosTicketExpiredError);
+    expect(expired.message).toMatch(
+      /^Negotiate: the Kerberos ticket has expired: run kinit -c FILE:\/tmp\/svc-cc again \(or renew it with kinit -R -c FILE:\/tmp\/svc-cc\) \[GSS: /,
+    );
+    expect(expired.cause).toBeInstanceOf(Error);
+    const bob = mapGssError(new Error(GSS.noTicketSpnego), { spn: 'HTTP@h', principal: 'bob@R', ccache });
+    expect(bob.message).toMatch(/^Negotiate: no Kerberos ticket for bob@R: run kinit bob@R \(/);
+    // Without a ccache option: as before.
+    expect(mapGssError(new Error(GSS.noTicketKrb5), { spn: 'HTTP@h' }).message).toMatch(
+      /: run kinit, give a client keytab/,
+    );
+    expect(mapGssError(new Error(GSS.expired), { spn: 'HTTP@h' }).message).toContain(
+      'run kinit again (or renew it with kinit -R)',
+    );
+  });
+
   it('M2: a principal or an SPN given as such is what the fix names: "run kinit bob@R" (it said "or pass principal", passed already), the given SPN to check against the keytab (it said "or pass negotiate.spn")', () => {
     const noTicket = mapGssError(new Error(GSS.noTicketSpnego), { spn: 'HTTP@h', principal: 'bob@R' });
     expect(noTicket).toBeInstanceOf(KerberosNoTicketError);

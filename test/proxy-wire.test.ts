@@ -563,6 +563,39 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     },
   );
 
+  it.each([
+    ['no ticket', new KerberosNoTicketError('no creds'), true],
+    ['an unknown SPN', new KerberosUnknownServiceError('not found', 'HTTP@proxy'), false],
+  ] as const)(
+    'H5/M2: without proxy.credentials, a Negotiate proxy whose Kerberos cannot run (%s) names a ticket as the fix only when there was none; else mending what the reason says',
+    async (_, error, namesTicket) => {
+      const { uri } = await scripted(({ socket }) =>
+        socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n'),
+      );
+      const kerberosFails: Mechanism = {
+        ...endless,
+        scheme: 'Negotiate',
+        createContext: () => ({
+          complete: false,
+          step: async () => {
+            throw error;
+          },
+          finish: async () => {},
+        }),
+      };
+      const route = new ProxyResolver({ uri, mechanisms: [kerberosFails], schemes: ['Negotiate'] }, {}).route(
+        'https://localhost:8443',
+      )!;
+      const err = await failure(tunnel(route.proxy));
+      expect(err).toBeInstanceOf(ProxyAuthenticationError);
+      expect(err.message).toMatch(
+        namesTicket
+          ? /\(MULTILEG_KRB_NO_TICKET\)\); give proxy\.credentials or a Kerberos ticket$/
+          : /\(MULTILEG_KRB_UNKNOWN_SPN\)\); mend what it says, or give proxy\.credentials$/,
+      );
+    },
+  );
+
   it('T2: with proxy.credentials given but none of the offered schemes configured, the error does not ask to give them', async () => {
     const { uri } = await scripted(({ socket }) =>
       socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Bearer realm="x"\r\nContent-Length: 0\r\n\r\n'),

@@ -23,6 +23,8 @@ export interface CredentialSources {
   readonly stderr: NodeJS.WriteStream;
   /** Told when the credentials come from a netrc entry: what that file says of other hosts. */
   readonly fromNetrc?: ((found: NetrcFound) => void) | undefined;
+  /** --negotiate alone: a ticket needs no password, so a missing one names `-u :` too. */
+  readonly negotiateOnly?: boolean | undefined;
 }
 
 /**
@@ -215,7 +217,10 @@ export async function resolveCredentials(s: CredentialSources): Promise<Credenti
   throw new ConfigError(
     netrcFile !== undefined
       ? `no password for ${user.username}: ${netrcFile}'s entry for ${s.host} has a login and no password; add 'password …' to it, pipe it with --password-stdin, or set MULTILEG_PASSWORD`
-      : `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, put it in a -K file (user = "user:password") or a --netrc-file, or set MULTILEG_PASSWORD`,
+      : `no password for ${user.username}: write -u user:password, pipe it with --password-stdin, put it in a -K file (user = "user:password") or a --netrc-file, or set MULTILEG_PASSWORD${
+          // curl --negotiate -u alice asks, then uses the ticket whatever is typed: here -u : says that.
+          s.negotiateOnly ? '; or, for the Kerberos ticket alone, -u : (no user, no password)' : ''
+        }`,
   );
 }
 
@@ -231,6 +236,7 @@ export function credentialsFor(
     fromNetrc,
     user: req.user,
     passwordStdin: req.passwordStdin,
+    negotiateOnly: req.agent.schemes?.length === 1 && req.agent.schemes[0] === 'Negotiate',
     netrc: req.netrc,
     host: req.url.hostname,
     env: process.env,

@@ -21,6 +21,7 @@ import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import { unsupportedNode } from '../node-version.ts';
 import { alpnFor, type ClientCertificate, type DistinguishedName, portOf, resolveLimits } from '../options.ts';
+import { ProxyAuthenticationError } from '../proxy/errors.ts';
 import { ProxyResolver, type ProxyRoute } from '../proxy/options.ts';
 import { connectToProxy } from '../proxy/tunnel.ts';
 import { issuedByOneOf, type ProbeAnswer, probeAcceptableIssuers } from '../session/acceptable-issuers.ts';
@@ -44,6 +45,7 @@ import {
   explain407,
   forCli,
   heldBackWhy,
+  missingKrb5Config,
   netrcFileOf,
   openingRefusal,
   outOfDatesFix,
@@ -130,14 +132,19 @@ async function klistOutput(args: string[], failed: (why: string) => Check): Prom
 }
 
 /** `klist`'s view of the credential cache: the default principal and the TGT's expiry. */
+/** The credential cache --ccache gives the command, if any. */
+const ccacheOf = (req: CliRequest): string | undefined => (req.agent.negotiate || undefined)?.ccache;
+
 async function klist(ccache: string | undefined, password: boolean): Promise<Check> {
+  // --ccache: a plain kinit fills the default cache, not the one the command reads.
+  const kinit = ccache ? `kinit -c ${ccache}` : 'kinit';
   const out = await klistOutput(ccache ? ['-c', ccache] : [], (why) => ({
     name: 'ticket',
     verdict: 'warn',
     detail: `no credential cache (${why})`,
     fix: password
-      ? 'kinit user@REALM (-u authenticates with NTLM meanwhile)'
-      : 'kinit user@REALM, or --keytab FILE where no one types a password (CI, cron); or give -u DOMAIN\\user for NTLM',
+      ? `${kinit} user@REALM (-u authenticates with NTLM meanwhile)`
+      : `${kinit} user@REALM, or --keytab FILE where no one types a password (CI, cron); or give -u DOMAIN\\user for NTLM`,
   }));
   if (typeof out !== 'string') return out;
   const principal = /Default principal:\s*(\S+)/.exec(out)?.[1] ?? 'unknown';
@@ -151,13 +158,13 @@ async function klist(ccache: string | undefined, password: boolean): Promise<Che
         name: 'ticket',
         verdict: 'FAIL',
         detail: `${principal}: the ticket expired at ${fields[1]}`,
-        fix: `kinit ${principal}`,
+        fix: `${kinit} ${principal}`,
       };
     return {
       name: 'ticket',
       verdict: left < 30 ? 'warn' : 'ok',
       detail: `${principal}, expires ${fields[1]} (in ${left} min)`,
-      ...(left < 30 ? { fix: `kinit -R, or kinit ${principal}` } : {}),
+      ...(left < 30 ? { fix: `${ccache ? `kinit -R -c ${ccache}` : 'kinit -R'}, or ${kinit} ${principal}` } : {}),
     };
   }
   return { name: 'ticket', verdict: 'ok', detail: `${principal}${tgt ? `: ${tgt.trim()}` : ''}` };
@@ -223,7 +230,7 @@ async function kerberos(
       verdict: unknown ? 'FAIL' : 'warn',
       detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket (${e.code})`}`,
       // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
-      fix: forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message)),
+      fix: `${forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message))}${missingKrb5Config(e.code)}`,
     });
     return { checks, ticketWorks: false, failure: e.code };
   } finally {
@@ -801,6 +808,8 @@ export async function doctor(argv: string[]): Promise<number> {
   let h2: Awaited<ReturnType<typeof probe>> | undefined;
   let h1: Awaited<ReturnType<typeof probe>> | undefined;
   let failure: unknown;
+  /** H5: why the proxy's final 407 to the CONNECT stood, in the command's words. */
+  let tunnel407: string | undefined;
   const ranOutBefore = ranOut();
   if (!ranOutBefore)
     try {
@@ -871,14 +880,24 @@ export async function doctor(argv: string[]): Promise<number> {
     // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
     const issuerRefused = server?.name === 'client CAs' && server.verdict === 'FAIL';
     const unreached = describeFailure(failure, req);
+    // H5: the proxy's final 407 to CONNECT stopped it before the server: the proxy authentication
+    // check below says why, as for a forwarding proxy's 407 (not "the server could not be reached").
+    if (multilegCause(failure) instanceof ProxyAuthenticationError) tunnel407 = unreached.message;
     add(
-      certificateFailure(failure, given !== undefined, issuerRefused) ?? {
-        name: 'schemes',
-        verdict: 'FAIL',
-        detail: `the server could not be reached: ${unreached.message}`,
-        // `multileg doctor help`: the host `help` does not resolve; its --help was likely meant.
-        ...(req.helpMeant && unreached.exit === EXIT.resolve ? { fix: `did you mean ${req.helpMeant}?` } : {}),
-      },
+      certificateFailure(failure, given !== undefined, issuerRefused) ??
+        (tunnel407 !== undefined
+          ? {
+              name: 'schemes',
+              verdict: 'skip',
+              detail: "not seen: the proxy's 407 to CONNECT stood (the proxy authentication check says why)",
+            }
+          : undefined) ?? {
+          name: 'schemes',
+          verdict: 'FAIL',
+          detail: `the server could not be reached: ${unreached.message}`,
+          // `multileg doctor help`: the host `help` does not resolve; its --help was likely meant.
+          ...(req.helpMeant && unreached.exit === EXIT.resolve ? { fix: `did you mean ${req.helpMeant}?` } : {}),
+        },
     );
   }
 
@@ -925,6 +944,7 @@ export async function doctor(argv: string[]): Promise<number> {
       }),
     });
   }
+  if (tunnel407 !== undefined) add({ name: 'proxy authentication', verdict: 'FAIL', detail: tunnel407 });
   // A certificate required and none given: the client certificate check has said so and its fix.
   if (h2 && !stood407 && (h2.status === 401 || h2.offered.length > 0) && !required)
     add(
@@ -1004,7 +1024,7 @@ async function authenticate(
       name: 'authentication',
       verdict: 'FAIL',
       detail: 'the server asks for authentication, and there is no usable Kerberos ticket and no password',
-      fix: 'kinit user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)',
+      fix: `${ccacheOf(req) ? `kinit -c ${ccacheOf(req)}` : 'kinit'} user@REALM (or --keytab FILE where no one types a password), or give -u DOMAIN\\user (NTLM)`,
     };
   const trace = traceOf(req, 'the authenticated GET');
   const agent = new MultilegAgent({

@@ -2,6 +2,7 @@
  * Failures a CLI user can act on: exit codes like curl's, library messages rewritten to name CLI
  * flags, help for untrusted certificates, and why a 401 was not answered.
  */
+import { existsSync } from 'node:fs';
 import { parseChallenges } from '../challenge/index.ts';
 import type { RedactedHeader } from '../diagnostics.ts';
 import {
@@ -221,6 +222,17 @@ export function forCli(message: string): string {
   for (const [pattern, flag] of FLAGS)
     out = typeof flag === 'string' ? out.replace(pattern, flag) : out.replace(pattern, flag);
   return realProxyVariables(out);
+}
+
+/**
+ * M2: why no KDC could be found, when KRB5_CONFIG names no file that exists: MIT then reads no
+ * krb5.conf at all (not /etc/krb5.conf either), so it knows no KDC — a typo in the variable, which
+ * "check the realm's kdc entries in krb5.conf" does not point at. Empty otherwise.
+ */
+export function missingKrb5Config(code: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  const files = env.KRB5_CONFIG?.split(':').filter((f) => f !== '') ?? [];
+  if (code !== 'MULTILEG_KRB_KDC_UNREACHABLE' || files.length === 0 || files.some((f) => existsSync(f))) return '';
+  return `; KRB5_CONFIG=${env.KRB5_CONFIG} names no file that exists, so no krb5.conf was read: correct it, or unset it for /etc/krb5.conf`;
 }
 
 /** The innermost MultilegError or coded system error in `err`'s cause chain (fetch wraps ours). */

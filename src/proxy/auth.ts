@@ -9,7 +9,7 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { proofRequired } from '../handshake/handshake.ts';
 import { log } from '../log.ts';
-import { fallbackReasonOf, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import { fallbackReasonOf, KerberosError, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import {
   atOpening,
   cannotRunHere,
@@ -179,6 +179,15 @@ function withCredentials(
   const ticket = list.some((u) => ticketFixes(u.error.code)) ? 'get a Kerberos ticket for the proxy, or ' : '';
   const where = from.replace(/^the user:password in /, '');
   return `the password in ${where} cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
+}
+
+/**
+ * Whether every scheme in `unusable` failed on a Kerberos problem a ticket does not mend (an unknown
+ * SPN, a KDC out of reach, a skewed clock): its reason names the fix, and "give a Kerberos ticket"
+ * would send a user who has one to kinit for nothing.
+ */
+function kerberosNamesItsFix(unusable: Iterable<{ readonly error: MultilegError }>): boolean {
+  return [...unusable].every((u) => u.error instanceof KerberosError && !ticketFixes(u.error.code));
 }
 
 /**
@@ -962,7 +971,11 @@ export class ProxyAuth {
     // Given credentials are there: what is missing is a ticket, or a scheme their password answers.
     if (cannotRun.length)
       fixes.push(
-        given ? withCredentials(cannotRun, this.#proxy.credentialsFrom) : 'give proxy.credentials or a Kerberos ticket',
+        given
+          ? withCredentials(cannotRun, this.#proxy.credentialsFrom)
+          : kerberosNamesItsFix(cannotRun)
+            ? 'mend what it says, or give proxy.credentials'
+            : 'give proxy.credentials or a Kerberos ticket',
       );
     if (unreadable.length) {
       const skipped = this.#skipped;

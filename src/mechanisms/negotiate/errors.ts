@@ -36,15 +36,18 @@ export class KerberosNoTicketError extends KerberosError {
   constructor(
     gssMessage: string,
     principal?: string,
-    options?: { cause?: unknown; fallback?: boolean; envKeytab?: string; names?: KerberosNames },
+    options?: { cause?: unknown; fallback?: boolean; envKeytab?: string; names?: KerberosNames; ccache?: string },
   ) {
     const names = options?.names ?? ORIGIN_KERBEROS_NAMES;
+    // A cache given in the options (negotiate.ccache): a plain kinit fills the default one, not it.
+    // (Not with a principal: kinit -c into a FILE cache would replace the tickets of the one there.)
+    const kinit = options?.ccache ? `kinit -c ${options.ccache}` : 'kinit';
     const fix = options?.envKeytab
       ? ` from the client keytab ${options.envKeytab}: check the path, or get a ticket otherwise (kinit)`
       : principal
         ? ` for ${principal}: run kinit ${principal}`
         : // A job with no one to type kinit's password (CI, cron) gets its tickets from a client keytab.
-          `: run kinit, give a client keytab (${names.options}.keytab), or pass ${names.principal}`;
+          `: run ${kinit}, give a client keytab (${names.options}.keytab), or pass ${names.principal}`;
     super(
       'MULTILEG_KRB_NO_TICKET',
       // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
@@ -57,12 +60,14 @@ export class KerberosNoTicketError extends KerberosError {
 
 /** The TGT (or the service ticket) has expired. */
 export class KerberosTicketExpiredError extends KerberosError {
-  constructor(gssMessage: string, options?: { cause?: unknown }) {
+  /** `ccache`: the cache given in the options (negotiate.ccache), which a plain kinit does not fill. */
+  constructor(gssMessage: string, options?: { cause?: unknown; ccache?: string }) {
+    const c = options?.ccache ? ` -c ${options.ccache}` : '';
     super(
       'MULTILEG_KRB_TICKET_EXPIRED',
-      `Negotiate: the Kerberos ticket has expired: run kinit again (or renew it with kinit -R) [GSS: ${gssMessage}]`,
+      `Negotiate: the Kerberos ticket has expired: run kinit${c} again (or renew it with kinit -R${c}) [GSS: ${gssMessage}]`,
       gssMessage,
-      options,
+      causeOf(options),
     );
   }
 }
@@ -316,7 +321,8 @@ export function mapGssError(
   // With a client keytab the agent renews its tickets itself: an expired one means the keytab failed.
   const keytabOf = { ...named, principal: ctx.principal };
   if (ctx.keytab && EXPIRED.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, expired: true });
-  if (EXPIRED.test(msg)) return new KerberosTicketExpiredError(msg, cause);
+  if (EXPIRED.test(msg))
+    return new KerberosTicketExpiredError(msg, ctx.ccache ? { ...cause, ccache: ctx.ccache } : cause);
   // Named as given (the agent's negotiate.ccache), else as the environment names it (a message only: never read to choose one).
   if (CCACHE.test(msg)) return new KerberosCcacheError(msg, ctx.ccache ?? process.env.KRB5CCNAME, named);
   if (KDC.test(msg)) return new KerberosKdcUnreachableError(msg, cause);
@@ -326,7 +332,11 @@ export function mapGssError(
     return new KerberosUnknownServiceError(msg, ctx.spn, ctx.spnGiven ? { ...named, given: true } : named);
   if (ctx.keytab && STALE_KEY.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, { ...keytabOf, stale: true });
   if (ctx.keytab && NO_TICKET.test(msg)) return new KerberosKeytabError(msg, ctx.keytab, keytabOf);
-  const noTicket = { ...named, ...(ctx.fallback === false ? { fallback: false } : {}) };
+  const noTicket = {
+    ...named,
+    ...(ctx.fallback === false ? { fallback: false } : {}),
+    ...(ctx.ccache ? { ccache: ctx.ccache } : {}),
+  };
   // MIT tried the client keytab KRB5_CLIENT_KTNAME names, and got nothing from it: that file is the fix, not kinit.
   if (NO_TICKET.test(msg)) {
     const fromEnv = envKeytab();
