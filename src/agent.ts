@@ -556,11 +556,9 @@ export class MultilegAgent extends Dispatcher {
         // the name's, shared with its other addresses and its requests (R4), as a request's pool is
         // (proofOf, below, finds the pool by the address alone).
         if (named !== origin && !elsewhere) this.#pool(origin, named);
-        const grant = this.#grant(
-          origin,
-          elsewhere ? origin : named,
-          this.#crossOriginHop(origin, named, opts.path, handler),
-        );
+        // What trust is decided for, and whose cookies the jar gives (the name, not the address: S1/S6).
+        const site = elsewhere ? origin : named;
+        const grant = this.#grant(origin, site, this.#crossOriginHop(origin, named, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
@@ -568,7 +566,7 @@ export class MultilegAgent extends Dispatcher {
         // Why the agent's credentials are withheld, as for a request: its 401 is published so, and over
         // cleartext (http:, and so ws:, which undici's WebSocket sends as http:) refused with a typed error (S4).
         const withheld = withheldWhy(identity, grant, elsewhereWhy, headers);
-        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld);
+        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld, site);
       }
       const headers = normalizeRequestHeaders(opts.headers);
       // (A Host header names the origin only where an interceptor may have put an address in it.)
@@ -695,7 +693,10 @@ export class MultilegAgent extends Dispatcher {
     // A hop's own redirects are hops too, same origin or not (S5: the chain stays marked).
     const hop = this.#crossOriginHop(origin, named, opts.path, handler);
     sink.hop = hop;
-    const grant = this.#grant(origin, elsewhere !== undefined || forwarded ? origin : named, hop);
+    // The origin the request is for, as the caller named it: what trust is decided for, and whose
+    // cookies the jar gives (behind undici's dns interceptor the name, not the address: S1/S6).
+    const site = elsewhere !== undefined || forwarded ? origin : named;
+    const grant = this.#grant(origin, site, hop);
     const identity = identityOf(headers, grant.allowed, elsewhere !== undefined, this.#mechanisms);
     const withheld = withheldWhy(identity, grant, elsewhere, headers);
     const limit = this.#options.limits.maxReplayBodyBytes;
@@ -707,7 +708,7 @@ export class MultilegAgent extends Dispatcher {
         : prepareBody(opts.body, limit);
     if (prepared instanceof Promise) {
       preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(
-        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld)),
+        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld, site)),
         (err: Error) => {
           sink.fail(err);
           this.#finished();
@@ -716,7 +717,7 @@ export class MultilegAgent extends Dispatcher {
       return;
     }
     // (No closure for the common body, read or not: one less allocation per request.)
-    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld));
+    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld, site));
   }
 
   readonly #finished = (): void => {

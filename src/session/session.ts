@@ -1132,8 +1132,8 @@ function refusedStream(err: Error): boolean {
   return e.code === 'ERR_HTTP2_STREAM_ERROR' && e.http2ErrorCode === 7;
 }
 
-/** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
-export const cookieUrlOf = (job: Job): string => `${job.origin}${job.dispatchOptions.path}`;
+/** The URL a cookie jar is asked and told for `job`: its origin as named (Job.site), path and query. */
+export const cookieUrlOf = (job: Job): string => `${job.site}${job.dispatchOptions.path}`;
 
 /**
  * H5: what a forwarding proxy answered, undici could not read as HTTP/1.1 (its parser's error, or

@@ -209,7 +209,8 @@ export class UpgradeDispatcher {
    * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity);
    * `withheld`: why the agent's credentials are withheld (S1, S4, S5): a 401 they could answer is
    * published on `multileg:withheld`, as a request's is, and over cleartext (S4) fails the upgrade
-   * with CleartextCredentialsError.
+   * with CleartextCredentialsError. `site`: the origin as the caller named it, whose cookies the
+   * jar gives (behind undici's dns interceptor the name, `origin` the address: S1/S6).
    */
   dispatch(
     origin: string,
@@ -219,13 +220,14 @@ export class UpgradeDispatcher {
     credentialsAllowed: boolean,
     withJar = false,
     withheld?: WithheldReason,
+    site = origin,
   ): boolean {
     const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
     if (sink.aborted) return true;
     const { client, line } = this.#client(origin, credentialsAllowed);
     const jar = withJar ? this.#options.cookies : undefined;
-    const cookieUrl = `${origin}${opts.path}`;
+    const cookieUrl = `${site}${opts.path}`;
     const onUpgrade = (leg: Controller, status: number, headers: Headers, socket: Socket) => {
       if (jar) tellJar(jar, cookieUrl, headers);
       sink.upgrading(leg);
