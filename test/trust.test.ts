@@ -1167,6 +1167,46 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(((await named.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
 
+  it("S1/T3: behind undici's dns interceptor the certificate selector decides for the name the caller gave, not the address, and its choice for one name is not presented to another served from that address", async () => {
+    // One server for every name (a CDN, a shared front end); listening on 127.0.0.1 and 127.0.0.2.
+    const s = await server({ schemes: [], clientCertificate: 'offer', host: '0.0.0.0' });
+    const { port } = new URL(s.origin);
+    for (const name of ['a.test', 'b.test', 'evil.test']) s.options.authorities.push(`${name}:${port}`);
+    const asked: string[] = [];
+    const certified = (decide: (hostname: string) => boolean) =>
+      agent({
+        // (The test certificate names localhost: the names' certificate is taken as checked.)
+        connect: { ca: s.ca, checkServerIdentity: () => undefined },
+        clientCertificate: (origin) => {
+          asked.push(origin);
+          return decide(new URL(origin).hostname) ? { cert: CLIENT_CERT, key: CLIENT_KEY } : undefined;
+        },
+      }).compose(
+        interceptors.dns({
+          lookup: (o, _opts, cb) =>
+            cb(null, [{ address: o.hostname === 'evil.test' ? '127.0.0.2' : '127.0.0.1', family: 4, ttl: 60_000 }]),
+        }),
+      );
+    const userAt = async (d: Dispatcher, host: string) => {
+      const res = await request(`https://${host}:${port}/auth/${host}`, { dispatcher: d });
+      return ((await res.body.json()) as { user: string | null }).user;
+    };
+    // A selector that keeps the certificate from one site: it was asked for https://127.0.0.2:PORT
+    // and said yes (before: cert:alice at evil.test).
+    const denying = certified((hostname) => hostname !== 'evil.test');
+    expect(await userAt(denying, 'evil.test')).toBe(null);
+    expect(await userAt(denying, 'a.test')).toBe('cert:alice');
+    expect(asked).toEqual([`https://evil.test:${port}`, `https://a.test:${port}`]);
+    // A selector for one site: its choice for a.test is not presented to b.test at the same address
+    // (the address's pool kept it for every name there), and it is asked for b.test.
+    asked.length = 0;
+    const allowing = certified((hostname) => hostname === 'a.test');
+    expect(await userAt(allowing, 'a.test')).toBe('cert:alice');
+    expect(await userAt(allowing, 'b.test')).toBe(null);
+    expect(asked).toEqual([`https://a.test:${port}`, `https://b.test:${port}`]);
+    expect(s.exchanges.filter((e) => e.outcome === 'certificate' && !e.path.endsWith('a.test'))).toEqual([]);
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);

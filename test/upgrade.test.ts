@@ -1115,6 +1115,32 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.status)).toEqual([401, 101]);
   });
 
+  it("S1/T3: behind undici's dns interceptor an upgrade's selector is asked for the name, and the certificate chosen for one name is not presented to another at that address", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const a = `https://a.test:${origin.port}`;
+    const b = `https://b.test:${origin.port}`;
+    const { asked, select } = recordingSelector(a);
+    // (The test certificate names localhost: the names' certificate is taken as checked.)
+    agent = new MultilegAgent({
+      clientCertificate: select,
+      connect: { ca: CA_CERT, checkServerIdentity: () => undefined },
+      proxy: false,
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    // Before: asked for https://127.0.0.1:PORT, the selector declined a.test's own upgrade.
+    const atA = await upgradeOrResponse(viaDns, a);
+    expect(atA.kind).toBe('upgraded');
+    if (atA.kind === 'upgraded') {
+      sockets.push(atA.socket);
+      expect(await read(atA.socket, 17)).toBe('hello cert:alice\n');
+    }
+    // b.test, at the same address: asked, declined (before: a.test's certificate presented, 101).
+    expect(await upgradeOrResponse(viaDns, b)).toMatchObject({ kind: 'response', status: 401 });
+    expect(asked.map((x) => x.origin)).toEqual([a, b]);
+  });
+
   it("T3: a selector that declines an upgrade's Transport challenge leaves the caller the 401, body and all, from the one send", async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, transport: true, challengeBody: 'bring a certificate' });
     const { asked, select } = recordingSelector('none');

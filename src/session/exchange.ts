@@ -1074,9 +1074,10 @@ function sharedDemand({ job, env }: Run): Promise<CertificateDemand> {
   const pending = memory.certificateDemand;
   if (pending) return pending;
   log.agent('%s job %d: the connection failed as one that wants a client certificate: asking', job.origin, job.id);
+  // The selector decides for the origin the caller named (the name behind undici's dns interceptor, S1).
   const asking = answerCertificateDemand(
     env.selectCertificate,
-    job.origin,
+    job.site,
     env.limits.handshakeTimeout,
     env.certificateRequest!,
     env.destroyed,
@@ -1116,7 +1117,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
         const ms = env.limits.handshakeTimeout;
         certificate = await selectCertificate(
           env.selectCertificate,
-          job.origin,
+          job.site,
           chosen.challenge,
           ms,
           env.askAcceptableIssuers ? env.certificateRequest : undefined,

@@ -106,6 +106,18 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
 };
 
 /**
+ * The agent's key for the pool of `origin` dialled for `site`, the origin as the caller named it:
+ * behind undici's `dns` interceptor `origin` holds the address it resolved and `site` the name, and
+ * each name at an address has a pool of its own (S1): its sessions (TLS checked against that name),
+ * the client certificate its selector chose for it, its protection spaces and schemes are that
+ * site's, not every name's served from the address (a CDN, a shared front end). The proof of the
+ * credentials is the name's, shared by its addresses (R4).
+ */
+export function poolKey(origin: string, site: string): string {
+  return site === origin ? origin : `${origin} ${site}`;
+}
+
+/**
  * The sessions of one origin: an HTTP/2-capable lane (normally one multiplexed session) and an
  * HTTP/1.1 lane (several connections, each bound to its handshake, H1). It knows what the agent
  * learnt about the origin and moves requests between sessions when one ends or refuses them.
