@@ -1207,6 +1207,53 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(s.exchanges.filter((e) => e.outcome === 'certificate' && !e.path.endsWith('a.test'))).toEqual([]);
   });
 
+  it("S1/M2: behind undici's dns interceptor the mechanisms are told the name, not the address: negotiate.passwordAllowed decides the NTLM fallback for the name, and Kerberos asks for HTTP@name", async () => {
+    const s = await server({ schemes: ['Negotiate'] });
+    const { port } = new URL(s.origin);
+    for (const name of ['a.corp.test', 'evil.corp.test']) s.options.authorities.push(`${name}:${port}`);
+    // No Kerberos ticket: Negotiate falls back to NTLM with the password where passwordAllowed says.
+    const services: string[] = [];
+    const noTicket = {
+      initializeClient: async (service: string) => {
+        services.push(service);
+        throw new Error(
+          'No credentials were supplied, or the credentials were unavailable or inaccessible: No Kerberos credentials available (default cache: FILE:/tmp/x/none)',
+        );
+      },
+    };
+    const allowed: string[] = [];
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [`https://*.corp.test:${port}`],
+      // (The test certificate names localhost: the names' certificate is taken as checked.)
+      connect: { ca: s.ca, checkServerIdentity: () => undefined },
+      negotiate: {
+        kerberos: noTicket,
+        passwordAllowed: (origin) => {
+          allowed.push(origin);
+          return !origin.startsWith('https://evil.');
+        },
+      },
+    });
+    const viaDns = a.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    // Before: passwordAllowed was asked for https://127.0.0.1:PORT, said yes, and evil got alice's NTLM.
+    const evil = await request(`https://evil.corp.test:${port}/auth/evil`, { dispatcher: viaDns }).then(
+      async (res) => ((await res.body.json()) as { user: string | null }).user,
+      (e: Error) => e,
+    );
+    expect(evil).toMatchObject({ code: 'MULTILEG_KRB_NO_TICKET' });
+    // Nothing went there but the bare request.
+    expect(withAuth(s, '/auth/evil')).toEqual([]);
+    const ok = await request(`https://a.corp.test:${port}/auth/ok`, { dispatcher: viaDns });
+    expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    expect(allowed).toEqual([`https://evil.corp.test:${port}`, `https://a.corp.test:${port}`]);
+    // Kerberos was asked for the names' service, not HTTP@127.0.0.1.
+    expect(services.length).toBeGreaterThan(0);
+    expect(services.every((x) => /^HTTP@(evil|a)\.corp\.test$/.test(x))).toBe(true);
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);

@@ -1115,6 +1115,35 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.status)).toEqual([401, 101]);
   });
 
+  it("S1/M1: behind undici's dns interceptor an upgrade's mechanisms are told the name, not the address (the SPN's host, NTLM's target name, negotiate.passwordAllowed)", async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true });
+    const named = `https://a.corp.test:${origin.port}`;
+    const told: string[] = [];
+    const ntlm = ntlmMechanism(ALICE);
+    agent = ntlmAgent({
+      trustedOrigins: [named],
+      // (The test certificate names localhost: the name's certificate is taken as checked.)
+      connect: { ca: CA_CERT, checkServerIdentity: () => undefined },
+      mechanisms: [
+        {
+          ...ntlm,
+          createContext: (leg) => {
+            told.push(`${leg.origin} ${leg.hostname}`);
+            return ntlm.createContext(leg);
+          },
+        },
+      ],
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    const up = await upgradeOrResponse(viaDns, named);
+    expect(up.kind).toBe('upgraded');
+    if (up.kind === 'upgraded') sockets.push(up.socket);
+    // Before: https://127.0.0.1:PORT 127.0.0.1 (NTLM's target name HTTP/127.0.0.1).
+    expect(told).toEqual([`${named} a.corp.test`]);
+  });
+
   it("S1/T3: behind undici's dns interceptor an upgrade's selector is asked for the name, and the certificate chosen for one name is not presented to another at that address", async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
     const a = `https://a.test:${origin.port}`;

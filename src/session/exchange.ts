@@ -1235,8 +1235,10 @@ class Lead implements HandshakeInput, LegInfo {
     this.sink = job.sink;
     this.maxLegs = env.limits.maxLegs;
     this.timeout = env.limits.handshakeTimeout;
-    const { hostname, port } = hostAndPort(job.origin);
-    this.origin = job.origin;
+    // What the mechanism is told (the SPN's host, NTLM's target name, the caller's passwordAllowed):
+    // the origin as the caller named it, behind undici's dns interceptor the name, not the address (S1).
+    const { hostname, port } = hostAndPort(job.site);
+    this.origin = job.site;
     this.hostname = hostname;
     this.port = port;
     this.method = job.dispatchOptions.method;

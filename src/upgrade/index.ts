@@ -482,9 +482,11 @@ export class UpgradeDispatcher {
     const proofHere = () => (proof ??= proofOf?.(origin, site));
     let ticket: Ticket | undefined;
     let proved: ProofOutcome = 'none';
-    const url = new URL(origin);
+    // What the mechanisms are told (the SPN's host, NTLM's target name, the caller's passwordAllowed):
+    // the origin as the caller named it, behind undici's dns interceptor the name (S1).
+    const url = new URL(site);
     const legInfo = (): LegInfo => ({
-      origin,
+      origin: site,
       hostname: unbracketed(url.hostname),
       port: portOf(url),
       method: opts.method,
