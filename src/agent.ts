@@ -526,9 +526,7 @@ export class MultilegAgent extends Dispatcher {
       if (opts.upgrade || opts.method === 'CONNECT') {
         // A jar whose principal left the ccache is dropped before an upgrade reads it too (S6, review r55).
         this.#checkJarHolder();
-        // Upgrades always tunnel through a proxy that applies.
         const headers = normalizeRequestHeaders(opts.headers);
-        refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin), 'any');
         const agent = this;
         this.#upgrades ??= new UpgradeDispatcher({
           ...this.#options,
@@ -556,6 +554,8 @@ export class MultilegAgent extends Dispatcher {
         // certificate the upgrade shares (behind undici's dns interceptor the name, not the address:
         // S1/S6; its proof is the name's, shared with its other addresses and its requests: R4).
         const site = elsewhere ? origin : named;
+        // Upgrades always tunnel through a proxy that applies.
+        refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin, site), 'any');
         const grant = this.#grant(origin, site, this.#crossOriginHop(origin, named, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).

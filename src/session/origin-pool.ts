@@ -202,7 +202,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;
     this.#challenges = new ChallengeRecords(options.limits, () => this.#pump());
-    this.#route = options.proxy.route(origin);
+    this.#route = options.proxy.route(origin, named?.name);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
     this.#env = {
       memory: this.memory,

@@ -362,7 +362,7 @@ export class UpgradeDispatcher {
     // (Read at each connection: a Transport challenge moves the upgrade to one presenting a certificate.)
     const tlsNow = (): ConnectionOptions => (line.certificate ? { ...connect, ...line.certificate } : connect);
     // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
-    const route = this.#options.proxy.route(origin);
+    const route = this.#options.proxy.route(origin, site);
     // An upgrade is an HTTP/1.1 affair (undici speaks no extended CONNECT over HTTP/2): ALPN offers
     // only http/1.1, here as through a tunnel, or an h2 server would take the connection to HTTP/2.
     const base = () =>
