@@ -1254,6 +1254,33 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(services.every((x) => /^HTTP@(evil|a)\.corp\.test$/.test(x))).toBe(true);
   });
 
+  it("S1/M5: behind undici's dns interceptor a connection opened early for a channel-bound first token is checked under the name, not the address: a name the certificate does not cover gets no request, no credentials", async () => {
+    // The test certificate names localhost and 127.0.0.1; a.test is not in it.
+    const s = await server({ schemes: ['NTLM'] });
+    const { port } = new URL(s.origin);
+    s.options.authorities.push(`a.test:${port}`);
+    const a = agent({
+      credentials: ALICE,
+      negotiate: false,
+      schemes: ['NTLM'],
+      // A first token bound to the connection's certificate (as Negotiate's, M5): the connection is
+      // opened before the first request.
+      mechanisms: [{ ...ntlmMechanism(ALICE), bindsFirstToken: true }],
+      trustedOrigins: [`https://a.test:${port}`, s.origin],
+      connect: { ca: s.ca },
+    });
+    const viaDns = a.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    // Before: the early connection was checked against 127.0.0.1, and a.test got alice's NTLM (200).
+    const err = await cause(request(`https://a.test:${port}/auth/early`, { dispatcher: viaDns }));
+    expect(err).toMatchObject({ code: 'ERR_TLS_CERT_ALTNAME_INVALID' });
+    expect(s.exchanges.filter((e) => e.path === '/auth/early')).toEqual([]);
+    // A name the certificate covers: the early connection under it, the first token bound to it.
+    const ok = await request(`${s.origin}/auth/named`, { dispatcher: viaDns });
+    expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);

@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
@@ -74,6 +74,8 @@ export function sessionConnector(
   onFailure?: (err: Error) => void,
   /** The agent's `connectTo`, for direct connections (a proxy route's carries it for its own). */
   connectTo?: ConnectTo,
+  /** The TLS server name the session's requests name, where it is not the origin's host (an early connection's). */
+  servername?: string,
 ): SessionConnector {
   let generation = 0;
   const describe = (
@@ -182,23 +184,45 @@ export function sessionConnector(
       }) as Socket | undefined;
       if (socket && !done) dialling.add(socket);
     });
+  // The server name a connection is checked under, as undici's connector reads it: the one asked
+  // for, else `connect.servername`, else the origin's host name (none for an address).
+  const own = unbracketed(new URL(origin).hostname);
+  const nameOf = (asked: string | null | undefined) =>
+    (asked || tls.servername || (isIP(own) === 0 ? own : '')).toLowerCase();
   // The early connection, until undici takes it (a failed one too: undici is handed its error).
   let early: Promise<Socket> | undefined;
   let earlySocket: Socket | undefined;
   let disposed = false;
   return {
     connect: (opts, callback) => {
-      const opening = early ?? dial(opts);
+      // S1: the early connection was checked under `servername`; one undici asks for under another
+      // name (its request's Host: behind undici's dns interceptor, the name whose address the origin
+      // holds) is dialled anew, or the request would go over TLS never checked for its name.
+      const taken = early !== undefined && nameOf(opts.servername) === nameOf(servername) ? early : undefined;
+      if (early !== undefined && taken === undefined) {
+        early.then(
+          (socket) => socket.destroy(),
+          () => {},
+        );
+      }
+      const opening = taken ?? dial(opts);
       early = undefined;
       earlySocket = undefined;
       handOver(opening, callback);
     },
     open: () => {
       if (!early) {
-        // What undici's Client would pass for this origin (an IPv6 literal without its brackets).
+        // What undici's Client would pass for this origin (an IPv6 literal without its brackets),
+        // under the server name its requests name.
         const url = new URL(origin);
         const hostname = unbracketed(url.hostname);
-        const opening = dial({ host: url.host, hostname, protocol: url.protocol, port: url.port });
+        const opening = dial({
+          host: url.host,
+          hostname,
+          protocol: url.protocol,
+          port: url.port,
+          ...(servername ? { servername } : {}),
+        });
         early = opening;
         opening.then(
           (socket) => {

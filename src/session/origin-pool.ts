@@ -1,8 +1,9 @@
+import { isIP } from 'node:net';
 import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Holder, Mechanism } from '../mechanisms/types.ts';
-import { alpnFor, type ResolvedOptions } from '../options.ts';
+import { alpnFor, type ResolvedOptions, unbracketed } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
 import type { CredentialProof } from './credential-proof.ts';
@@ -152,6 +153,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #ended: () => void;
   /** Through a proxy (H5), decided once for the origin. */
   readonly #route: ProxyRoute | undefined;
+  /**
+   * The TLS server name its requests name where the origin holds an address undici's dns interceptor
+   * resolved a name to: the name (an early connection is checked under it, S1).
+   */
+  readonly #servername: string | undefined;
 
   /** The proxy this origin's connections go through, fixed when the pool is made (NO_PROXY may change later). */
   get route(): ProxyRoute | undefined {
@@ -198,6 +204,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       },
       named?.proof,
     );
+    const site = named && named.name !== origin ? unbracketed(new URL(named.name).hostname) : undefined;
+    this.#servername = site !== undefined && isIP(site) === 0 ? site : undefined;
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;
@@ -827,6 +835,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       identity,
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
       ...(this.#options.connectTo ? { connectTo: this.#options.connectTo } : {}),
+      ...(this.#servername ? { servername: this.#servername } : {}),
       ...(certificate ? { certificate } : {}),
       keepAliveTimeout: this.#options.keepAliveTimeout,
       headersTimeout: this.#options.headersTimeout,

@@ -201,6 +201,11 @@ export class Session {
     tls: ConnectionOptions;
     /** The agent's `connectTo` (where a direct connection goes). */
     connectTo?: ConnectTo;
+    /**
+     * The TLS server name the pool's requests name (behind undici's dns interceptor the name, the
+     * origin holding its address): an early connection is made and checked under it (S1).
+     */
+    servername?: string;
     certificate?: ClientCertificate;
     keepAliveTimeout: number;
     /** undici's, for every request and leg on this session's connections. */
@@ -291,6 +296,7 @@ export class Session {
         if (!this.#connection) opts.onConnectFailed?.(this, err);
       },
       opts.connectTo,
+      opts.servername,
     );
     this.client = new Client(origin, {
       connect: this.#connector.connect,
