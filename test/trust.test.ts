@@ -1281,6 +1281,40 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
 
+  it("S1: behind undici's dns interceptor the origin's certificate is checked against the name inside a CONNECT tunnel and on a connectTo route, as on a direct connection: a name it does not cover gets no request, no credentials", async () => {
+    // The test certificate names localhost and 127.0.0.1; a.test is not in it.
+    const s = await server({ schemes: ['NTLM'] });
+    const { port } = new URL(s.origin);
+    s.options.authorities.push(`a.test:${port}`);
+    const p = await startReferenceProxy({});
+    closers.push(() => p.close());
+    const dns = () =>
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) });
+    const common = {
+      credentials: ALICE,
+      negotiate: false as const,
+      trustedOrigins: [`https://a.test:${port}`, s.origin],
+    };
+    const tunnelled = agent({ ...common, connect: { ca: s.ca }, proxy: { uri: p.origin, connect: { ca: p.ca } } });
+    // connectTo sends the address's connection to the same server: a route of its own.
+    const routed = agent({
+      ...common,
+      connect: { ca: s.ca },
+      proxy: false,
+      connectTo: () => ({ addresses: ['127.0.0.1'] }),
+    });
+    for (const via of [tunnelled, routed]) {
+      // Before: checked against 127.0.0.1, and a.test got alice's NTLM (200).
+      const err = await cause(request(`https://a.test:${port}/auth/checked`, { dispatcher: via.compose(dns()) }));
+      expect(err).toMatchObject({ code: 'ERR_TLS_CERT_ALTNAME_INVALID' });
+      // A name the certificate covers goes (localhost).
+      const ok = await request(`${s.origin}/auth/named`, { dispatcher: via.compose(dns()) });
+      expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    }
+    expect(s.exchanges.filter((e) => e.path === '/auth/checked')).toEqual([]);
+    expect(p.exchanges.map((e) => e.method)).toEqual(['CONNECT', 'CONNECT']);
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);
