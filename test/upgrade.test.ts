@@ -1144,6 +1144,33 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(told).toEqual([`${named} a.corp.test`]);
   });
 
+  it("S1: behind undici's dns interceptor the connection an upgrade opens itself for its next first leg (the challenge's closed) is checked under the name, as undici's are, not the address", async () => {
+    // NTLM's first CHALLENGE closes its connection: the handshake starts over on one the upgrade opens.
+    origin = await upgradeServer({ ntlm: true, tls: true, closeOnChallenge: 'first' });
+    const named = `https://a.corp.test:${origin.port}`;
+    const checked: string[] = [];
+    agent = ntlmAgent({
+      trustedOrigins: [named],
+      // Records the name each connection's certificate is checked for (and takes the test certificate for it).
+      connect: {
+        ca: CA_CERT,
+        checkServerIdentity: (host) => {
+          checked.push(host);
+          return undefined;
+        },
+      },
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    const up = await upgradeOrResponse(viaDns, named);
+    expect(up.kind).toBe('upgraded');
+    if (up.kind === 'upgraded') sockets.push(up.socket);
+    expect(origin.seen.map((x) => x.connection)).toContain(2);
+    // Before: [a.corp.test, 127.0.0.1]: the upgrade's own connection was checked for the address.
+    expect(new Set(checked)).toEqual(new Set(['a.corp.test']));
+  });
+
   it("S1/T3: behind undici's dns interceptor an upgrade's selector is asked for the name, and the certificate chosen for one name is not presented to another at that address", async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
     const a = `https://a.test:${origin.port}`;

@@ -48,6 +48,28 @@ export interface SessionConnector {
 }
 
 /**
+ * The server name a connection to `origin` is checked under, as undici's connector reads it: the one
+ * asked for (a request's Host, or its dispatch option `servername`), else `connect.servername`, else
+ * the origin's host name (none for an address). A connection opened ahead of undici's ask is handed
+ * over only under the name undici asks for (S1: behind undici's dns interceptor the origin holds the
+ * address, the request the name).
+ */
+export function serverNameOf(origin: string, tls: ConnectionOptions): (asked: string | null | undefined) => string {
+  const own = unbracketed(new URL(origin).hostname);
+  return (asked) => (asked || tls.servername || (isIP(own) === 0 ? own : '')).toLowerCase();
+}
+
+/**
+ * The server name the requests of `site` name where `origin` holds an address undici's dns
+ * interceptor resolved a name to (the name; undefined otherwise, and for an address).
+ */
+export function siteServername(origin: string, site: string): string | undefined {
+  if (site === origin) return undefined;
+  const name = unbracketed(new URL(site).hostname);
+  return isIP(name) === 0 ? name : undefined;
+}
+
+/**
  * Builds the connect function for one session's Client. It honours the lane's `allowH2` itself —
  * undici's connector ignores the per-call flag — and turns off TLS session resumption, because a
  * resumed session has no peer certificate to derive channel bindings from.
@@ -184,11 +206,7 @@ export function sessionConnector(
       }) as Socket | undefined;
       if (socket && !done) dialling.add(socket);
     });
-  // The server name a connection is checked under, as undici's connector reads it: the one asked
-  // for, else `connect.servername`, else the origin's host name (none for an address).
-  const own = unbracketed(new URL(origin).hostname);
-  const nameOf = (asked: string | null | undefined) =>
-    (asked || tls.servername || (isIP(own) === 0 ? own : '')).toLowerCase();
+  const nameOf = serverNameOf(origin, tls);
   // The early connection, until undici takes it (a failed one too: undici is handed its error).
   let early: Promise<Socket> | undefined;
   let earlySocket: Socket | undefined;

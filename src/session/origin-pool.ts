@@ -1,11 +1,11 @@
-import { isIP } from 'node:net';
 import { AgentClosedError, MultilegError, ownCopy } from '../errors.ts';
 import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Holder, Mechanism } from '../mechanisms/types.ts';
-import { alpnFor, type ResolvedOptions, unbracketed } from '../options.ts';
+import { alpnFor, type ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
+import { siteServername } from './connector.ts';
 import type { CredentialProof } from './credential-proof.ts';
 import {
   DONE,
@@ -204,8 +204,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       },
       named?.proof,
     );
-    const site = named && named.name !== origin ? unbracketed(new URL(named.name).hostname) : undefined;
-    this.#servername = site !== undefined && isIP(site) === 0 ? site : undefined;
+    this.#servername = named ? siteServername(origin, named.name) : undefined;
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;

@@ -65,6 +65,7 @@ import {
   demandsCertificate,
   selectCertificate,
 } from '../session/client-certificate.ts';
+import { serverNameOf, siteServername } from '../session/connector.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import {
   firstChallenge,
@@ -408,15 +409,26 @@ export class UpgradeDispatcher {
       }
       const spare = line.spare;
       line.spare = undefined;
-      if (spare && !spare.destroyed) {
+      // S1: opened under the site's name; undici asking under another gets a connection of its own.
+      if (spare && !spare.destroyed && nameOf(opts.servername) === nameOf(servername)) {
         process.nextTick(callback, null, spare);
         return;
       }
+      spare?.destroy();
       dial(opts, callback);
     };
     const url = new URL(origin);
-    // What undici's Client gives its connector for this origin (its host unbracketed, as undici does).
-    const target = { hostname: unbracketed(url.hostname), host: url.host, protocol: url.protocol, port: url.port };
+    // What undici's Client gives its connector for this origin (its host unbracketed, as undici does),
+    // under the server name the upgrade's request names (behind undici's dns interceptor the name).
+    const servername = siteServername(origin, site);
+    const nameOf = serverNameOf(origin, connect);
+    const target = {
+      hostname: unbracketed(url.hostname),
+      host: url.host,
+      protocol: url.protocol,
+      port: url.port,
+      ...(servername ? { servername } : {}),
+    };
     line.open = () =>
       new Promise<void>((resolve, reject) =>
         dial(target as buildConnector.Options, (err, socket) => {
