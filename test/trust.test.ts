@@ -1173,10 +1173,18 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     const { port } = new URL(s.origin);
     for (const name of ['a.test', 'b.test', 'evil.test']) s.options.authorities.push(`${name}:${port}`);
     const asked: string[] = [];
+    const checked = new Set<string>();
     const certified = (decide: (hostname: string) => boolean) =>
       agent({
-        // (The test certificate names localhost: the names' certificate is taken as checked.)
-        connect: { ca: s.ca, checkServerIdentity: () => undefined },
+        // (The test certificate names localhost: the names' certificate is taken as checked; the
+        // names it is checked for are recorded.)
+        connect: {
+          ca: s.ca,
+          checkServerIdentity: (host) => {
+            checked.add(host);
+            return undefined;
+          },
+        },
         clientCertificate: (origin) => {
           asked.push(origin);
           return decide(new URL(origin).hostname) ? { cert: CLIENT_CERT, key: CLIENT_KEY } : undefined;
@@ -1205,6 +1213,9 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(await userAt(allowing, 'b.test')).toBe(null);
     expect(asked).toEqual([`https://a.test:${port}`, `https://b.test:${port}`]);
     expect(s.exchanges.filter((e) => e.outcome === 'certificate' && !e.path.endsWith('a.test'))).toEqual([]);
+    // Every connection, the selector's probe of the server's acceptable CAs included, was checked
+    // for a name, never for the address (before: the probe's was checked for 127.0.0.1).
+    expect([...checked].sort()).toEqual(['a.test', 'b.test', 'evil.test']);
   });
 
   it("S1/M2: behind undici's dns interceptor the mechanisms are told the name, not the address: negotiate.passwordAllowed decides the NTLM fallback for the name, and Kerberos asks for HTTP@name", async () => {

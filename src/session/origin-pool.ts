@@ -255,6 +255,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       route: this.#route,
       connectTo: this.#options.connectTo,
       limits: this.#options.limits,
+      ...(this.#servername ? { servername: this.#servername } : {}),
       signal: this.#probing.signal,
     }).then((answer) => {
       // Could not tell (no handshake in time, a failed one): the next asks again.
