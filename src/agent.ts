@@ -31,7 +31,7 @@ import type { CredentialProof } from './session/credential-proof.ts';
 import type { HandshakeReport } from './session/exchange.ts';
 import { http1Only, newJob } from './session/job.ts';
 import { TICKET_RECHECK_MS } from './session/origin-memory.ts';
-import { askHolds, OriginPool } from './session/origin-pool.ts';
+import { askHolds, OriginPool, poolKey } from './session/origin-pool.ts';
 import { sameAccount as sameIdentity } from './session/proved-identity.ts';
 import type { Identity } from './session/session.ts';
 import { hostElsewhere, servernameElsewhere, targetElsewhere } from './trust/host-header.ts';
@@ -526,9 +526,7 @@ export class MultilegAgent extends Dispatcher {
       if (opts.upgrade || opts.method === 'CONNECT') {
         // A jar whose principal left the ccache is dropped before an upgrade reads it too (S6, review r55).
         this.#checkJarHolder();
-        // Upgrades always tunnel through a proxy that applies.
         const headers = normalizeRequestHeaders(opts.headers);
-        refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin), 'any');
         const agent = this;
         this.#upgrades ??= new UpgradeDispatcher({
           ...this.#options,
@@ -540,27 +538,25 @@ export class MultilegAgent extends Dispatcher {
             return agent.#options.cookies;
           },
           // One proof of the credentials per origin, for its requests and upgrades alike (R4).
-          proofOf: (o) => this.#pool(o).memory.proof,
+          proofOf: (o, site) => this.#pool(o, site).memory.proof,
           // And what it learnt of the origin's schemes (a silent KDC, a scheme that cannot run: R4).
-          schemesOf: (o) => this.#pool(o).memory,
+          schemesOf: (o, site) => this.#pool(o, site).memory,
           // And its client certificate (T3): the one its requests present, the selector's choice kept, its probe.
-          transportOf: (o) => this.#pool(o),
-          certificateAt: (o) => this.#pools.get(o)?.memory.clientCertificate,
+          transportOf: (o, site) => this.#pool(o, site),
+          certificateAt: (o, site) => this.#pools.get(poolKey(o, site))?.memory.clientCertificate,
           succeededAs: this.#succeededAs,
         });
         const named = namedOrigin(origin, headers);
         // (An upgrade never goes through a forwarding proxy, so its Host is always what is sent.)
         const elsewhereWhy = elsewhereBy(origin, headers, opts, false);
         const elsewhere = elsewhereWhy !== undefined;
-        // Behind undici's dns interceptor the address's pool is made now, with the name: its proof is
-        // the name's, shared with its other addresses and its requests (R4), as a request's pool is
-        // (proofOf, below, finds the pool by the address alone).
-        if (named !== origin && !elsewhere) this.#pool(origin, named);
-        const grant = this.#grant(
-          origin,
-          elsewhere ? origin : named,
-          this.#crossOriginHop(origin, named, opts.path, handler),
-        );
+        // What trust is decided for, whose cookies the jar gives and whose pool's proof, schemes and
+        // certificate the upgrade shares (behind undici's dns interceptor the name, not the address:
+        // S1/S6; its proof is the name's, shared with its other addresses and its requests: R4).
+        const site = elsewhere ? origin : named;
+        // Upgrades always tunnel through a proxy that applies.
+        refuseTunnelledProxyAuthorization(origin, headers, this.#options.proxy.route(origin, site), 'any');
+        const grant = this.#grant(origin, site, this.#crossOriginHop(origin, named, opts.path, handler));
         // The agent's credentials (a 401's answer, its certificate) only for its own identity (S1, S6);
         // its cookie jar not for a caller's own credentials either, nor for CONNECT (no cookies there).
         const identity = identityOf(headers, grant.allowed, elsewhere, this.#mechanisms);
@@ -568,7 +564,7 @@ export class MultilegAgent extends Dispatcher {
         // Why the agent's credentials are withheld, as for a request: its 401 is published so, and over
         // cleartext (http:, and so ws:, which undici's WebSocket sends as http:) refused with a typed error (S4).
         const withheld = withheldWhy(identity, grant, elsewhereWhy, headers);
-        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld);
+        return this.#upgrades.dispatch(origin, opts, headers, handler, identity === 'agent', jar, withheld, site);
       }
       const headers = normalizeRequestHeaders(opts.headers);
       // (A Host header names the origin only where an interceptor may have put an address in it.)
@@ -682,7 +678,7 @@ export class MultilegAgent extends Dispatcher {
     // address of a round-robin name).
     const pool = this.#pool(
       origin,
-      named !== origin && elsewhereBy(origin, headers, opts, false) === undefined ? named : undefined,
+      named !== origin && elsewhereBy(origin, headers, opts, false) === undefined ? named : origin,
     );
     // Refused before anything is counted or a pending redirect hop is used up; by the route the
     // origin's connections take (fixed with its pool), not by NO_PROXY as it reads now.
@@ -695,7 +691,10 @@ export class MultilegAgent extends Dispatcher {
     // A hop's own redirects are hops too, same origin or not (S5: the chain stays marked).
     const hop = this.#crossOriginHop(origin, named, opts.path, handler);
     sink.hop = hop;
-    const grant = this.#grant(origin, elsewhere !== undefined || forwarded ? origin : named, hop);
+    // The origin the request is for, as the caller named it: what trust is decided for, and whose
+    // cookies the jar gives (behind undici's dns interceptor the name, not the address: S1/S6).
+    const site = elsewhere !== undefined || forwarded ? origin : named;
+    const grant = this.#grant(origin, site, hop);
     const identity = identityOf(headers, grant.allowed, elsewhere !== undefined, this.#mechanisms);
     const withheld = withheldWhy(identity, grant, elsewhere, headers);
     const limit = this.#options.limits.maxReplayBodyBytes;
@@ -707,7 +706,7 @@ export class MultilegAgent extends Dispatcher {
         : prepareBody(opts.body, limit);
     if (prepared instanceof Promise) {
       preparedBody(prepared, sink, this.#options.limits.queueTimeout).then(
-        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld)),
+        (body) => pool.run(newJob(origin, opts, headers, body, sink, identity, withheld, site)),
         (err: Error) => {
           sink.fail(err);
           this.#finished();
@@ -716,7 +715,7 @@ export class MultilegAgent extends Dispatcher {
       return;
     }
     // (No closure for the common body, read or not: one less allocation per request.)
-    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld));
+    pool.run(newJob(origin, opts, headers, prepared, sink, identity, withheld, site));
   }
 
   readonly #finished = (): void => {
@@ -774,12 +773,14 @@ export class MultilegAgent extends Dispatcher {
   }
 
   /**
-   * `origin`'s pool, made if need be. `name`: the origin the request names when `origin` holds an
-   * address undici's dns interceptor resolved it to; a new pool then shares the proof of that name's
-   * credentials with its other addresses (R4).
+   * `origin`'s pool for `site`, made if need be. `site`: the origin the request names, a name when
+   * `origin` holds an address undici's dns interceptor resolved it to: each name at an address has a
+   * pool of its own (poolKey, S1), and a new one shares the proof of that name's credentials with
+   * its other addresses (R4).
    */
-  #pool(origin: string, name?: string): OriginPool {
-    let pool = this.#pools.get(origin);
+  #pool(origin: string, site = origin): OriginPool {
+    const key = poolKey(origin, site);
+    let pool = this.#pools.get(key);
     if (!pool) {
       // A process that talks to many origins over time must not keep a pool for each forever.
       if (this.#pools.size >= POOL_SWEEP_THRESHOLD) {
@@ -798,9 +799,10 @@ export class MultilegAgent extends Dispatcher {
           for (const [n, proof] of this.#namedProofs) if (!used.has(proof)) this.#namedProofs.delete(n);
         }
       }
+      const name = site === origin ? undefined : site;
       // (A direct pool for a name made after its addresses' takes their proof too.)
       const shared =
-        this.#namedProofs.get(name ?? origin) ?? (name === undefined ? undefined : this.#pools.get(name)?.memory.proof);
+        this.#namedProofs.get(site) ?? (name === undefined ? undefined : this.#pools.get(name)?.memory.proof);
       pool = new OriginPool(
         origin,
         this.#options,
@@ -810,9 +812,9 @@ export class MultilegAgent extends Dispatcher {
         this.#succeededAs,
         // Read when asked: setCredentials replaces them (R4: a new password is not the refused one).
         () => this.#credentials,
-        { name: name ?? origin, proof: shared },
+        { name: site, proof: shared },
       );
-      this.#pools.set(origin, pool);
+      this.#pools.set(key, pool);
       if (name !== undefined) this.#namedProofs.set(name, pool.memory.proof);
     }
     return pool;

@@ -160,7 +160,12 @@ export function routedConnector(
     const routed = buildConnector({
       ...options,
       ...(dial.lookup ? { lookup: dial.lookup } : {}),
-      checkServerIdentity: checkedAgainst(unbracketed(opts.hostname), options as ConnectionOptions),
+      // Against the name TLS is for, as undici's connector has Node check it (S1: behind undici's dns
+      // interceptor `opts.hostname` is the address, `opts.servername` the name), else the URL's host.
+      checkServerIdentity: checkedAgainst(
+        opts.servername || (options as ConnectionOptions).servername || unbracketed(opts.hostname),
+        options as ConnectionOptions,
+      ),
     } as buildConnector.BuildOptions);
     return routed({ ...opts, hostname: dial.hostname, port: String(dial.port) }, callback);
   };

@@ -5,12 +5,15 @@
  * that requests to the authenticated session take the fast path (C2), which must ask and tell it too.
  */
 import { once } from 'node:events';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer, type Socket } from 'node:net';
-import { request } from 'undici';
+import { CookieJar } from 'tough-cookie';
+import { interceptors, request, upgrade } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, type CookieStore, CookieStoreError, MultilegAgent } from '../src/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { type CookieServer, c, pairs, SID, startCookieServer } from './cookie-server.ts';
-import { ALICE } from './helpers.ts';
+import { ALICE, loopbackOrigin } from './helpers.ts';
 
 /** A jar that holds cookies by name for any URL, and records what it was asked and told. */
 class RecordingStore implements CookieStore {
@@ -190,5 +193,58 @@ describe('MultilegAgent cookies option', () => {
     for (const cookies of [{}, { cookieHeader: () => undefined }, 'jar', null])
       expect(() => new MultilegAgent({ cookies: cookies as unknown as CookieStore })).toThrow(ConfigError);
     expect(() => new MultilegAgent({ cookies: {} as unknown as CookieStore })).toThrow(/cookieHeader\(url\)/);
+  });
+});
+
+describe("the jar behind undici's dns interceptor", () => {
+  it("S1/S6: behind undici's dns interceptor the jar is asked and told for the name the caller gave, not the address it resolved: one site's session cookie does not go to another name at that address (a shared front end), for requests and upgrades", async () => {
+    // One https server answering for two names at one address (a CDN, virtual hosts): a.test logs in.
+    const seen: string[] = [];
+    const https = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      seen.push(`${req.headers.host?.split(':')[0]} ${req.headers.cookie ?? '-'}`);
+      const login = req.headers.host?.startsWith('a.test') ? { 'set-cookie': 'sid=alice-S3CRET; Secure; Path=/' } : {};
+      res.writeHead(200, { 'content-length': '0', ...login }).end();
+    });
+    https.on('upgrade', (req, socket: Socket) => {
+      seen.push(`${req.headers.host?.split(':')[0]} upgrade ${req.headers.cookie ?? '-'}`);
+      socket.end('HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n');
+    });
+    const closers: Array<() => Promise<unknown>> = [];
+    const port = new URL(await loopbackOrigin(https, closers)).port;
+    const jar = new CookieJar();
+    const store: CookieStore = {
+      cookieHeader: (url) => jar.getCookieStringSync(url) || undefined,
+      setCookies: (url, values) => {
+        for (const v of values) jar.setCookieSync(v, url);
+      },
+    };
+    // (The test certificate names localhost: the names' certificate is taken as checked.)
+    agent = new MultilegAgent({ connect: { ca: CA_CERT, checkServerIdentity: () => undefined }, cookies: store });
+    const viaDns = agent.compose(
+      interceptors.dns({
+        lookup: (_origin, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]),
+      }),
+    );
+    try {
+      for (const host of ['a.test', 'b.test', 'a.test']) {
+        const res = await request(`https://${host}:${port}/x`, { dispatcher: viaDns });
+        await res.body.dump();
+      }
+      for (const host of ['b.test', 'a.test']) {
+        const { socket } = await upgrade(`https://${host}:${port}/ws`, { dispatcher: viaDns, protocol: 'x' });
+        socket.destroy();
+      }
+      // Before: the jar was asked for https://127.0.0.1:PORT/x, and b.test got a.test's sid.
+      expect(seen).toEqual([
+        'a.test -',
+        'b.test -',
+        'a.test sid=alice-S3CRET',
+        'b.test upgrade -',
+        'a.test upgrade sid=alice-S3CRET',
+      ]);
+      expect(jar.getCookieStringSync(`https://a.test:${port}/`)).toBe('sid=alice-S3CRET');
+    } finally {
+      for (const close of closers) await close();
+    }
   });
 });

@@ -5,7 +5,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { connect as h2Connect } from 'node:http2';
-import { fetch, request } from 'undici';
+import { fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { QueueTimeoutError } from '../src/errors.ts';
 import type { LegResult, ResponseHeaders } from '../src/handshake/leg.ts';
@@ -409,6 +409,36 @@ describe('authentication through a forward proxy (reference proxy)', () => {
         else process.env[n] = saved[n];
       }
     }
+  });
+
+  it("H5/S1: behind undici's dns interceptor NO_PROXY is read for the name the caller gave, not only the address: a host kept from the proxy gets no CONNECT there and the proxy no password (requests and upgrades' route alike)", async () => {
+    server = await startReferenceServer({ mode: 'none' });
+    const { port } = new URL(server.origin);
+    server.options.authorities.push(`a.test:${port}`);
+    proxy = await startReferenceProxy({ basicUsers: { proxyuser: 'proxypw' } });
+    agent = new MultilegAgent({
+      // (The test certificate names localhost: the name's certificate is taken as checked.)
+      connect: { ca: server.ca, checkServerIdentity: () => undefined },
+      proxy: {
+        uri: proxy.origin,
+        connect: { ca: proxy.ca },
+        credentials: { username: 'proxyuser', password: 'proxypw' },
+        noProxy: 'a.test',
+      },
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    const res = await request(`https://a.test:${port}/public/x`, { dispatcher: viaDns });
+    await res.body.dump();
+    expect(res.statusCode).toBe(200);
+    // Before: CONNECT 127.0.0.1:PORT, 407, then again with the proxy's password.
+    expect(proxy.exchanges).toEqual([]);
+    // The route upgrades take (ProxyResolver.route): the name's NO_PROXY entry counts, as the address's.
+    const resolver = new ProxyResolver({ uri: proxy.origin, noProxy: 'a.test,127.0.0.2' }, {});
+    expect(resolver.route(`https://127.0.0.1:${port}`, `https://a.test:${port}`)).toBeUndefined();
+    expect(resolver.route(`https://127.0.0.2:${port}`, `https://b.test:${port}`)).toBeUndefined();
+    expect(resolver.route(`https://127.0.0.1:${port}`, `https://b.test:${port}`)?.kind).toBe('tunnel');
   });
 
   it('H5: with only http_proxy set, an https URL goes directly — the proxy sees no connection, no host name, no credentials — and an http URL still goes through it; with both set, each scheme to its own proxy (as curl, .NET and Go; undici tunnelled https through http_proxy)', async () => {

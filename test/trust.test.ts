@@ -1167,6 +1167,165 @@ describe("S1/S6: a caller's Host header naming another origin (review r40)", () 
     expect(((await named.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
   });
 
+  it("S1/T3: behind undici's dns interceptor the certificate selector decides for the name the caller gave, not the address, and its choice for one name is not presented to another served from that address", async () => {
+    // One server for every name (a CDN, a shared front end); listening on 127.0.0.1 and 127.0.0.2.
+    const s = await server({ schemes: [], clientCertificate: 'offer', host: '0.0.0.0' });
+    const { port } = new URL(s.origin);
+    for (const name of ['a.test', 'b.test', 'evil.test']) s.options.authorities.push(`${name}:${port}`);
+    const asked: string[] = [];
+    const checked = new Set<string>();
+    const certified = (decide: (hostname: string) => boolean) =>
+      agent({
+        // (The test certificate names localhost: the names' certificate is taken as checked; the
+        // names it is checked for are recorded.)
+        connect: {
+          ca: s.ca,
+          checkServerIdentity: (host) => {
+            checked.add(host);
+            return undefined;
+          },
+        },
+        clientCertificate: (origin) => {
+          asked.push(origin);
+          return decide(new URL(origin).hostname) ? { cert: CLIENT_CERT, key: CLIENT_KEY } : undefined;
+        },
+      }).compose(
+        interceptors.dns({
+          lookup: (o, _opts, cb) =>
+            cb(null, [{ address: o.hostname === 'evil.test' ? '127.0.0.2' : '127.0.0.1', family: 4, ttl: 60_000 }]),
+        }),
+      );
+    const userAt = async (d: Dispatcher, host: string) => {
+      const res = await request(`https://${host}:${port}/auth/${host}`, { dispatcher: d });
+      return ((await res.body.json()) as { user: string | null }).user;
+    };
+    // A selector that keeps the certificate from one site: it was asked for https://127.0.0.2:PORT
+    // and said yes (before: cert:alice at evil.test).
+    const denying = certified((hostname) => hostname !== 'evil.test');
+    expect(await userAt(denying, 'evil.test')).toBe(null);
+    expect(await userAt(denying, 'a.test')).toBe('cert:alice');
+    expect(asked).toEqual([`https://evil.test:${port}`, `https://a.test:${port}`]);
+    // A selector for one site: its choice for a.test is not presented to b.test at the same address
+    // (the address's pool kept it for every name there), and it is asked for b.test.
+    asked.length = 0;
+    const allowing = certified((hostname) => hostname === 'a.test');
+    expect(await userAt(allowing, 'a.test')).toBe('cert:alice');
+    expect(await userAt(allowing, 'b.test')).toBe(null);
+    expect(asked).toEqual([`https://a.test:${port}`, `https://b.test:${port}`]);
+    expect(s.exchanges.filter((e) => e.outcome === 'certificate' && !e.path.endsWith('a.test'))).toEqual([]);
+    // Every connection, the selector's probe of the server's acceptable CAs included, was checked
+    // for a name, never for the address (before: the probe's was checked for 127.0.0.1).
+    expect([...checked].sort()).toEqual(['a.test', 'b.test', 'evil.test']);
+  });
+
+  it("S1/M2: behind undici's dns interceptor the mechanisms are told the name, not the address: negotiate.passwordAllowed decides the NTLM fallback for the name, and Kerberos asks for HTTP@name", async () => {
+    const s = await server({ schemes: ['Negotiate'] });
+    const { port } = new URL(s.origin);
+    for (const name of ['a.corp.test', 'evil.corp.test']) s.options.authorities.push(`${name}:${port}`);
+    // No Kerberos ticket: Negotiate falls back to NTLM with the password where passwordAllowed says.
+    const services: string[] = [];
+    const noTicket = {
+      initializeClient: async (service: string) => {
+        services.push(service);
+        throw new Error(
+          'No credentials were supplied, or the credentials were unavailable or inaccessible: No Kerberos credentials available (default cache: FILE:/tmp/x/none)',
+        );
+      },
+    };
+    const allowed: string[] = [];
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [`https://*.corp.test:${port}`],
+      // (The test certificate names localhost: the names' certificate is taken as checked.)
+      connect: { ca: s.ca, checkServerIdentity: () => undefined },
+      negotiate: {
+        kerberos: noTicket,
+        passwordAllowed: (origin) => {
+          allowed.push(origin);
+          return !origin.startsWith('https://evil.');
+        },
+      },
+    });
+    const viaDns = a.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    // Before: passwordAllowed was asked for https://127.0.0.1:PORT, said yes, and evil got alice's NTLM.
+    const evil = await request(`https://evil.corp.test:${port}/auth/evil`, { dispatcher: viaDns }).then(
+      async (res) => ((await res.body.json()) as { user: string | null }).user,
+      (e: Error) => e,
+    );
+    expect(evil).toMatchObject({ code: 'MULTILEG_KRB_NO_TICKET' });
+    // Nothing went there but the bare request.
+    expect(withAuth(s, '/auth/evil')).toEqual([]);
+    const ok = await request(`https://a.corp.test:${port}/auth/ok`, { dispatcher: viaDns });
+    expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    expect(allowed).toEqual([`https://evil.corp.test:${port}`, `https://a.corp.test:${port}`]);
+    // Kerberos was asked for the names' service, not HTTP@127.0.0.1.
+    expect(services.length).toBeGreaterThan(0);
+    expect(services.every((x) => /^HTTP@(evil|a)\.corp\.test$/.test(x))).toBe(true);
+  });
+
+  it("S1/M5: behind undici's dns interceptor a connection opened early for a channel-bound first token is checked under the name, not the address: a name the certificate does not cover gets no request, no credentials", async () => {
+    // The test certificate names localhost and 127.0.0.1; a.test is not in it.
+    const s = await server({ schemes: ['NTLM'] });
+    const { port } = new URL(s.origin);
+    s.options.authorities.push(`a.test:${port}`);
+    const a = agent({
+      credentials: ALICE,
+      negotiate: false,
+      schemes: ['NTLM'],
+      // A first token bound to the connection's certificate (as Negotiate's, M5): the connection is
+      // opened before the first request.
+      mechanisms: [{ ...ntlmMechanism(ALICE), bindsFirstToken: true }],
+      trustedOrigins: [`https://a.test:${port}`, s.origin],
+      connect: { ca: s.ca },
+    });
+    const viaDns = a.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    // Before: the early connection was checked against 127.0.0.1, and a.test got alice's NTLM (200).
+    const err = await cause(request(`https://a.test:${port}/auth/early`, { dispatcher: viaDns }));
+    expect(err).toMatchObject({ code: 'ERR_TLS_CERT_ALTNAME_INVALID' });
+    expect(s.exchanges.filter((e) => e.path === '/auth/early')).toEqual([]);
+    // A name the certificate covers: the early connection under it, the first token bound to it.
+    const ok = await request(`${s.origin}/auth/named`, { dispatcher: viaDns });
+    expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+  });
+
+  it("S1: behind undici's dns interceptor the origin's certificate is checked against the name inside a CONNECT tunnel and on a connectTo route, as on a direct connection: a name it does not cover gets no request, no credentials", async () => {
+    // The test certificate names localhost and 127.0.0.1; a.test is not in it.
+    const s = await server({ schemes: ['NTLM'] });
+    const { port } = new URL(s.origin);
+    s.options.authorities.push(`a.test:${port}`);
+    const p = await startReferenceProxy({});
+    closers.push(() => p.close());
+    const dns = () =>
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) });
+    const common = {
+      credentials: ALICE,
+      negotiate: false as const,
+      trustedOrigins: [`https://a.test:${port}`, s.origin],
+    };
+    const tunnelled = agent({ ...common, connect: { ca: s.ca }, proxy: { uri: p.origin, connect: { ca: p.ca } } });
+    // connectTo sends the address's connection to the same server: a route of its own.
+    const routed = agent({
+      ...common,
+      connect: { ca: s.ca },
+      proxy: false,
+      connectTo: () => ({ addresses: ['127.0.0.1'] }),
+    });
+    for (const via of [tunnelled, routed]) {
+      // Before: checked against 127.0.0.1, and a.test got alice's NTLM (200).
+      const err = await cause(request(`https://a.test:${port}/auth/checked`, { dispatcher: via.compose(dns()) }));
+      expect(err).toMatchObject({ code: 'ERR_TLS_CERT_ALTNAME_INVALID' });
+      // A name the certificate covers goes (localhost).
+      const ok = await request(`${s.origin}/auth/named`, { dispatcher: via.compose(dns()) });
+      expect(((await ok.body.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    }
+    expect(s.exchanges.filter((e) => e.path === '/auth/checked')).toEqual([]);
+    expect(p.exchanges.map((e) => e.method)).toEqual(['CONNECT', 'CONNECT']);
+  });
+
   it("S1/S6: a caller's Host naming another origin gets no credentials and no authenticated session: NTLM session mode and a Basic password; multileg:withheld says host-header; a Host naming the origin itself changes nothing", async () => {
     const s = await server({ schemes: ['NTLM', 'Basic'] });
     const { port } = new URL(s.origin);

@@ -1115,6 +1115,88 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.status)).toEqual([401, 101]);
   });
 
+  it("S1/M1: behind undici's dns interceptor an upgrade's mechanisms are told the name, not the address (the SPN's host, NTLM's target name, negotiate.passwordAllowed)", async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true });
+    const named = `https://a.corp.test:${origin.port}`;
+    const told: string[] = [];
+    const ntlm = ntlmMechanism(ALICE);
+    agent = ntlmAgent({
+      trustedOrigins: [named],
+      // (The test certificate names localhost: the name's certificate is taken as checked.)
+      connect: { ca: CA_CERT, checkServerIdentity: () => undefined },
+      mechanisms: [
+        {
+          ...ntlm,
+          createContext: (leg) => {
+            told.push(`${leg.origin} ${leg.hostname}`);
+            return ntlm.createContext(leg);
+          },
+        },
+      ],
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    const up = await upgradeOrResponse(viaDns, named);
+    expect(up.kind).toBe('upgraded');
+    if (up.kind === 'upgraded') sockets.push(up.socket);
+    // Before: https://127.0.0.1:PORT 127.0.0.1 (NTLM's target name HTTP/127.0.0.1).
+    expect(told).toEqual([`${named} a.corp.test`]);
+  });
+
+  it("S1: behind undici's dns interceptor the connection an upgrade opens itself for its next first leg (the challenge's closed) is checked under the name, as undici's are, not the address", async () => {
+    // NTLM's first CHALLENGE closes its connection: the handshake starts over on one the upgrade opens.
+    origin = await upgradeServer({ ntlm: true, tls: true, closeOnChallenge: 'first' });
+    const named = `https://a.corp.test:${origin.port}`;
+    const checked: string[] = [];
+    agent = ntlmAgent({
+      trustedOrigins: [named],
+      // Records the name each connection's certificate is checked for (and takes the test certificate for it).
+      connect: {
+        ca: CA_CERT,
+        checkServerIdentity: (host) => {
+          checked.push(host);
+          return undefined;
+        },
+      },
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    const up = await upgradeOrResponse(viaDns, named);
+    expect(up.kind).toBe('upgraded');
+    if (up.kind === 'upgraded') sockets.push(up.socket);
+    expect(origin.seen.map((x) => x.connection)).toContain(2);
+    // Before: [a.corp.test, 127.0.0.1]: the upgrade's own connection was checked for the address.
+    expect(new Set(checked)).toEqual(new Set(['a.corp.test']));
+  });
+
+  it("S1/T3: behind undici's dns interceptor an upgrade's selector is asked for the name, and the certificate chosen for one name is not presented to another at that address", async () => {
+    origin = await upgradeServer({ ntlm: false, tls: true, transport: true });
+    const a = `https://a.test:${origin.port}`;
+    const b = `https://b.test:${origin.port}`;
+    const { asked, select } = recordingSelector(a);
+    // (The test certificate names localhost: the names' certificate is taken as checked.)
+    agent = new MultilegAgent({
+      clientCertificate: select,
+      connect: { ca: CA_CERT, checkServerIdentity: () => undefined },
+      proxy: false,
+    });
+    const viaDns = agent.compose(
+      interceptors.dns({ lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]) }),
+    );
+    // Before: asked for https://127.0.0.1:PORT, the selector declined a.test's own upgrade.
+    const atA = await upgradeOrResponse(viaDns, a);
+    expect(atA.kind).toBe('upgraded');
+    if (atA.kind === 'upgraded') {
+      sockets.push(atA.socket);
+      expect(await read(atA.socket, 17)).toBe('hello cert:alice\n');
+    }
+    // b.test, at the same address: asked, declined (before: a.test's certificate presented, 101).
+    expect(await upgradeOrResponse(viaDns, b)).toMatchObject({ kind: 'response', status: 401 });
+    expect(asked.map((x) => x.origin)).toEqual([a, b]);
+  });
+
   it("T3: a selector that declines an upgrade's Transport challenge leaves the caller the 401, body and all, from the one send", async () => {
     origin = await upgradeServer({ ntlm: false, tls: true, transport: true, challengeBody: 'bring a certificate' });
     const { asked, select } = recordingSelector('none');

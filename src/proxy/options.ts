@@ -699,11 +699,14 @@ export class ProxyResolver {
   }
 
   /**
-   * The route for `origin` (`https://host:port`), or undefined to connect directly.
+   * The route for `origin` (`https://host:port`), or undefined to connect directly. `site`: the
+   * origin as the caller named it, where `origin` holds the address undici's dns interceptor resolved
+   * it to: NO_PROXY is read for the name too (the user kept that host from the proxy: its traffic,
+   * and the proxy's credentials, went there before task hp), and for the address as before.
    *
    * @throws {ProxyUrlError} when the origin would go through a proxy variable that is no usable URL.
    */
-  route(origin: string): ProxyRoute | undefined {
+  route(origin: string, site = origin): ProxyRoute | undefined {
     const url = new URL(origin);
     const https = url.protocol === 'https:';
     const proxy = https ? this.#https : url.protocol === 'http:' ? this.#http : undefined;
@@ -715,6 +718,7 @@ export class ProxyResolver {
       this.#noProxy = parseNoProxy(noProxy);
     }
     if (!shouldProxy(this.#noProxy, url)) return undefined;
+    if (site !== origin && !shouldProxy(this.#noProxy, new URL(site))) return undefined;
     if (!proxy) throw unusable;
     return https || proxy.http === 'tunnel' || this.#routed(url)
       ? { kind: 'tunnel', proxy }

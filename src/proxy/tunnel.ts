@@ -191,8 +191,11 @@ export async function connectThroughTunnel(
       socket,
       ...(servername ? { servername } : {}),
       ALPNProtocols: alpn,
-      // Without it an address in the URL (no SNI) is checked against the proxy socket's host.
-      checkServerIdentity: checkedAgainst(hostname, tls),
+      // Against the name the request names, as Node checks a direct connection (S1: behind undici's
+      // dns interceptor `hostname` is the address it resolved, and the name's certificate was
+      // checked against that address); an address in the URL (no SNI) against itself, not the
+      // proxy socket's host.
+      checkServerIdentity: checkedAgainst(servername ?? tls.servername ?? hostname, tls),
     });
     const fail = (err: Error) => {
       stop();

@@ -315,6 +315,12 @@ export interface ProbeTarget {
   readonly route: ProxyRoute | undefined;
   readonly connectTo: ConnectTo | undefined;
   readonly limits: Limits;
+  /**
+   * The server name the origin's requests name where `origin` holds the address undici's dns
+   * interceptor resolved a name to: the server is named and checked as that name, as the sessions
+   * are (S1; it was the address's).
+   */
+  readonly servername?: string;
   /** Ends the probe at once (its pool closed: nothing may keep the process open after `destroy()`). */
   readonly signal?: AbortSignal;
 }
@@ -408,9 +414,9 @@ function handshake(
   // host (tunnel.ts); undici's connector by `connect.servername` where given, the URL's host else,
   // and, with `connectTo` (routedConnector), checked against the URL's host. No SNI for an address.
   const tunnelled = target.route?.kind === 'tunnel';
-  const named = tunnelled ? undefined : target.tls.servername || undefined;
+  const named = target.servername ?? (tunnelled ? undefined : target.tls.servername || undefined);
   const servername = named ?? (isIP(hostname) ? undefined : hostname);
-  const checked = tunnelled || target.connectTo ? hostname : (named ?? hostname);
+  const checked = target.servername ?? (tunnelled || target.connectTo ? hostname : (named ?? hostname));
   const secure = tlsConnect({
     ...target.tls,
     socket: copy,

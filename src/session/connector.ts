@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { buildConnector } from 'undici';
 import { type ConnectTo, routedConnector } from '../connect-to.ts';
@@ -48,6 +48,28 @@ export interface SessionConnector {
 }
 
 /**
+ * The server name a connection to `origin` is checked under, as undici's connector reads it: the one
+ * asked for (a request's Host, or its dispatch option `servername`), else `connect.servername`, else
+ * the origin's host name (none for an address). A connection opened ahead of undici's ask is handed
+ * over only under the name undici asks for (S1: behind undici's dns interceptor the origin holds the
+ * address, the request the name).
+ */
+export function serverNameOf(origin: string, tls: ConnectionOptions): (asked: string | null | undefined) => string {
+  const own = unbracketed(new URL(origin).hostname);
+  return (asked) => (asked || tls.servername || (isIP(own) === 0 ? own : '')).toLowerCase();
+}
+
+/**
+ * The server name the requests of `site` name where `origin` holds an address undici's dns
+ * interceptor resolved a name to (the name; undefined otherwise, and for an address).
+ */
+export function siteServername(origin: string, site: string): string | undefined {
+  if (site === origin) return undefined;
+  const name = unbracketed(new URL(site).hostname);
+  return isIP(name) === 0 ? name : undefined;
+}
+
+/**
  * Builds the connect function for one session's Client. It honours the lane's `allowH2` itself —
  * undici's connector ignores the per-call flag — and turns off TLS session resumption, because a
  * resumed session has no peer certificate to derive channel bindings from.
@@ -78,6 +100,8 @@ export function sessionConnector(
   onFailure?: (err: Error) => void,
   /** The agent's `connectTo`, for direct connections (a proxy route's carries it for its own). */
   connectTo?: ConnectTo,
+  /** The TLS server name the session's requests name, where it is not the origin's host (an early connection's). */
+  servername?: string,
 ): SessionConnector {
   let generation = 0;
   const describe = (
@@ -188,23 +212,41 @@ export function sessionConnector(
       }) as Socket | undefined;
       if (socket && !done) dialling.add(socket);
     });
+  const nameOf = serverNameOf(origin, tls);
   // The early connection, until undici takes it (a failed one too: undici is handed its error).
   let early: Promise<Socket> | undefined;
   let earlySocket: Socket | undefined;
   let disposed = false;
   return {
     connect: (opts, callback) => {
-      const opening = early ?? dial(opts);
+      // S1: the early connection was checked under `servername`; one undici asks for under another
+      // name (its request's Host: behind undici's dns interceptor, the name whose address the origin
+      // holds) is dialled anew, or the request would go over TLS never checked for its name.
+      const taken = early !== undefined && nameOf(opts.servername) === nameOf(servername) ? early : undefined;
+      if (early !== undefined && taken === undefined) {
+        early.then(
+          (socket) => socket.destroy(),
+          () => {},
+        );
+      }
+      const opening = taken ?? dial(opts);
       early = undefined;
       earlySocket = undefined;
       handOver(opening, callback);
     },
     open: () => {
       if (!early) {
-        // What undici's Client would pass for this origin (an IPv6 literal without its brackets).
+        // What undici's Client would pass for this origin (an IPv6 literal without its brackets),
+        // under the server name its requests name.
         const url = new URL(origin);
         const hostname = unbracketed(url.hostname);
-        const opening = dial({ host: url.host, hostname, protocol: url.protocol, port: url.port });
+        const opening = dial({
+          host: url.host,
+          hostname,
+          protocol: url.protocol,
+          port: url.port,
+          ...(servername ? { servername } : {}),
+        });
         early = opening;
         opening.then(
           (socket) => {

@@ -1116,9 +1116,10 @@ function sharedDemand({ job, env }: Run): Promise<CertificateDemand> {
   const pending = memory.certificateDemand;
   if (pending) return pending;
   log.agent('%s job %d: the connection failed as one that wants a client certificate: asking', job.origin, job.id);
+  // The selector decides for the origin the caller named (the name behind undici's dns interceptor, S1).
   const asking = answerCertificateDemand(
     env.selectCertificate,
-    job.origin,
+    job.site,
     env.limits.handshakeTimeout,
     env.certificateRequest!,
     env.destroyed,
@@ -1158,7 +1159,7 @@ async function answer(run: Run, step: Extract<Step, { kind: 'answer' }>): Promis
         const ms = env.limits.handshakeTimeout;
         certificate = await selectCertificate(
           env.selectCertificate,
-          job.origin,
+          job.site,
           chosen.challenge,
           ms,
           env.askAcceptableIssuers ? env.certificateRequest : undefined,
@@ -1276,8 +1277,10 @@ class Lead implements HandshakeInput, LegInfo {
     this.sink = job.sink;
     this.maxLegs = env.limits.maxLegs;
     this.timeout = env.limits.handshakeTimeout;
-    const { hostname, port } = hostAndPort(job.origin);
-    this.origin = job.origin;
+    // What the mechanism is told (the SPN's host, NTLM's target name, the caller's passwordAllowed):
+    // the origin as the caller named it, behind undici's dns interceptor the name, not the address (S1).
+    const { hostname, port } = hostAndPort(job.site);
+    this.origin = job.site;
     this.hostname = hostname;
     this.port = port;
     this.method = job.dispatchOptions.method;

@@ -15,6 +15,13 @@ let nextJobId = 0;
 export interface Job {
   readonly id: number;
   readonly origin: string;
+  /**
+   * The origin as the caller named it, whose cookies the jar gives and keeps (S1, S6): behind
+   * undici's `dns` interceptor `origin` holds the address it resolved and this the name, as the trust
+   * policy reads it; the address's cookies would be every name's there (another site on a shared
+   * front end got this one's session cookie). `origin` itself otherwise.
+   */
+  readonly site: string;
   /** The caller's dispatch options; legs put their own headers and body over them (the Client ignores `origin`). */
   readonly dispatchOptions: Dispatcher.DispatchOptions;
   /** Caller headers, lower-cased; legs add `authorization` and `auth-id` on top. */
@@ -143,11 +150,13 @@ export function newJob(
   sink: UserSink,
   identity: Identity,
   withheld: Job['withheld'],
+  site = origin,
 ): Job {
   nextJobId += 1;
   return {
     id: nextJobId,
     origin,
+    site,
     // The caller's own options, not a copy: legs put their headers and body over them, and the
     // fast path sends them as they are (the Client ignores their origin).
     dispatchOptions: opts,

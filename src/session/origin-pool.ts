@@ -5,6 +5,7 @@ import type { Credentials, Holder, Mechanism } from '../mechanisms/types.ts';
 import { alpnFor, type ResolvedOptions } from '../options.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
+import { siteServername } from './connector.ts';
 import type { CredentialProof } from './credential-proof.ts';
 import {
   DONE,
@@ -106,6 +107,18 @@ const WAIT_KEYS: Record<Lane, Record<Identity, string>> = {
 };
 
 /**
+ * The agent's key for the pool of `origin` dialled for `site`, the origin as the caller named it:
+ * behind undici's `dns` interceptor `origin` holds the address it resolved and `site` the name, and
+ * each name at an address has a pool of its own (S1): its sessions (TLS checked against that name),
+ * the client certificate its selector chose for it, its protection spaces and schemes are that
+ * site's, not every name's served from the address (a CDN, a shared front end). The proof of the
+ * credentials is the name's, shared by its addresses (R4).
+ */
+export function poolKey(origin: string, site: string): string {
+  return site === origin ? origin : `${origin} ${site}`;
+}
+
+/**
  * The sessions of one origin: an HTTP/2-capable lane (normally one multiplexed session) and an
  * HTTP/1.1 lane (several connections, each bound to its handshake, H1). It knows what the agent
  * learnt about the origin and moves requests between sessions when one ends or refuses them.
@@ -140,6 +153,11 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #ended: () => void;
   /** Through a proxy (H5), decided once for the origin. */
   readonly #route: ProxyRoute | undefined;
+  /**
+   * The TLS server name its requests name where the origin holds an address undici's dns interceptor
+   * resolved a name to: the name (an early connection is checked under it, S1).
+   */
+  readonly #servername: string | undefined;
 
   /** The proxy this origin's connections go through, fixed when the pool is made (NO_PROXY may change later). */
   get route(): ProxyRoute | undefined {
@@ -186,11 +204,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       },
       named?.proof,
     );
+    this.#servername = named ? siteServername(origin, named.name) : undefined;
     // A certificate given as such goes in the TLS handshake, where servers ask for one (T3); a
     // selector is asked when a Transport challenge comes.
     this.memory.clientCertificate = options.handshakeCertificate;
     this.#challenges = new ChallengeRecords(options.limits, () => this.#pump());
-    this.#route = options.proxy.route(origin);
+    this.#route = options.proxy.route(origin, named?.name);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
     this.#env = {
       memory: this.memory,
@@ -236,6 +255,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       route: this.#route,
       connectTo: this.#options.connectTo,
       limits: this.#options.limits,
+      ...(this.#servername ? { servername: this.#servername } : {}),
       signal: this.#probing.signal,
     }).then((answer) => {
       // Could not tell (no handshake in time, a failed one): the next asks again.
@@ -847,6 +867,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       identity,
       tls: certificate ? { ...this.#options.connect, ...certificate } : this.#options.connect,
       ...(this.#options.connectTo ? { connectTo: this.#options.connectTo } : {}),
+      ...(this.#servername ? { servername: this.#servername } : {}),
       ...(certificate ? { certificate } : {}),
       keepAliveTimeout: this.#options.keepAliveTimeout,
       headersTimeout: this.#options.headersTimeout,

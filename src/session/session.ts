@@ -201,6 +201,11 @@ export class Session {
     tls: ConnectionOptions;
     /** The agent's `connectTo` (where a direct connection goes). */
     connectTo?: ConnectTo;
+    /**
+     * The TLS server name the pool's requests name (behind undici's dns interceptor the name, the
+     * origin holding its address): an early connection is made and checked under it (S1).
+     */
+    servername?: string;
     certificate?: ClientCertificate;
     keepAliveTimeout: number;
     /** undici's, for every request and leg on this session's connections. */
@@ -294,6 +299,7 @@ export class Session {
         if (!this.#connection) opts.onConnectFailed?.(this, err);
       },
       opts.connectTo,
+      opts.servername,
     );
     this.client = new Client(origin, {
       connect: this.#connector.connect,
@@ -1161,8 +1167,8 @@ function refusedStream(err: Error): boolean {
   return e.code === 'ERR_HTTP2_STREAM_ERROR' && e.http2ErrorCode === 7;
 }
 
-/** The URL a cookie jar is asked and told for `job`: its origin, path and query. */
-export const cookieUrlOf = (job: Job): string => `${job.origin}${job.dispatchOptions.path}`;
+/** The URL a cookie jar is asked and told for `job`: its origin as named (Job.site), path and query. */
+export const cookieUrlOf = (job: Job): string => `${job.site}${job.dispatchOptions.path}`;
 
 /**
  * H5: what a forwarding proxy answered, undici could not read as HTTP/1.1 (its parser's error, or

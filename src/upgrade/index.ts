@@ -65,6 +65,7 @@ import {
   demandsCertificate,
   selectCertificate,
 } from '../session/client-certificate.ts';
+import { serverNameOf, siteServername } from '../session/connector.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import {
   firstChallenge,
@@ -76,7 +77,7 @@ import {
   withheld401,
 } from '../session/first-challenge.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
-import type { OriginPool } from '../session/origin-pool.ts';
+import { type OriginPool, poolKey } from '../session/origin-pool.ts';
 import { KEEP_ALIVE_THRESHOLD_MS } from '../session/session.ts';
 import { CleartextCredentialsError, type WithheldReason } from '../trust/policy.ts';
 
@@ -108,19 +109,19 @@ export interface UpgradeOptions {
    * The origin's certificate as its requests present it, and its acceptable-CAs probe, shared with
    * its requests (T3): a certificate the selector chose, for a request or an upgrade, is the origin's.
    */
-  readonly transportOf?: (origin: string) => Pick<OriginPool, 'memory' | 'certificateRequest'>;
+  readonly transportOf?: (origin: string, site: string) => Pick<OriginPool, 'memory' | 'certificateRequest'>;
   /** The certificate the origin's requests present now (chosen by the selector), if the agent knows the origin. */
-  readonly certificateAt?: (origin: string) => ClientCertificate | undefined;
+  readonly certificateAt?: (origin: string, site: string) => ClientCertificate | undefined;
   /**
    * Whether the agent's credentials work at an origin, shared with its requests: an upgrade's
    * handshake waits for another one proving them, and none runs while they are refused (R4).
    */
-  readonly proofOf?: (origin: string) => CredentialProof;
+  readonly proofOf?: (origin: string, site: string) => CredentialProof;
   /**
    * What the agent learnt of an origin's schemes, shared with its requests (R4): schemes that could
    * not run there lately (a silent KDC among them) are skipped, and an upgrade's findings kept.
    */
-  readonly schemesOf?: (origin: string) => Pick<OriginMemory, 'unusable' | 'markUnusable'>;
+  readonly schemesOf?: (origin: string, site: string) => Pick<OriginMemory, 'unusable' | 'markUnusable'>;
   /** The agent's cookie jar: asked for each leg's Cookie, told each head's Set-Cookie (the 101's too). */
   readonly cookies?: CookieStore;
   /** The agent's `markPrivate`: a non-101 answer to the agent's identity gets `Cache-Control: private` (S6). */
@@ -197,7 +198,10 @@ export class UpgradeDispatcher {
   readonly #options: UpgradeOptions;
   readonly #clients = new Set<Client>();
   /** The upgrades running, each until its caller has the socket or an answer (or an error). */
-  readonly #running = new Map<Promise<void>, { readonly sink: UserSink; readonly origin: string }>();
+  readonly #running = new Map<
+    Promise<void>,
+    { readonly sink: UserSink; readonly origin: string; readonly site: string }
+  >();
 
   constructor(options: UpgradeOptions) {
     this.#options = options;
@@ -209,7 +213,8 @@ export class UpgradeDispatcher {
    * the agent's own); `withJar`: the agent's cookie jar goes with it (not a caller's own identity);
    * `withheld`: why the agent's credentials are withheld (S1, S4, S5): a 401 they could answer is
    * published on `multileg:withheld`, as a request's is, and over cleartext (S4) fails the upgrade
-   * with CleartextCredentialsError.
+   * with CleartextCredentialsError. `site`: the origin as the caller named it, whose cookies the
+   * jar gives (behind undici's dns interceptor the name, `origin` the address: S1/S6).
    */
   dispatch(
     origin: string,
@@ -219,19 +224,20 @@ export class UpgradeDispatcher {
     credentialsAllowed: boolean,
     withJar = false,
     withheld?: WithheldReason,
+    site = origin,
   ): boolean {
     const sink = new UserSink(handler, undefined, '', '', this.#options.markPrivate !== false);
     sink.begin();
     if (sink.aborted) return true;
-    const { client, line } = this.#client(origin, credentialsAllowed);
+    const { client, line } = this.#client(origin, site, credentialsAllowed);
     const jar = withJar ? this.#options.cookies : undefined;
-    const cookieUrl = `${origin}${opts.path}`;
+    const cookieUrl = `${site}${opts.path}`;
     const onUpgrade = (leg: Controller, status: number, headers: Headers, socket: Socket) => {
       if (jar) tellJar(jar, cookieUrl, headers);
       sink.upgrading(leg);
       handler.onRequestUpgrade?.(sink.controller, status, headers, socket);
     };
-    const grant = { credentialsAllowed, withheld };
+    const grant = { credentialsAllowed, withheld, site };
     const running: Promise<void> = this.#run(
       client,
       line,
@@ -253,13 +259,13 @@ export class UpgradeDispatcher {
         line.given.abort(new Error('the upgrade ended'));
         line.spare?.destroy();
       });
-    this.#running.set(running, { sink, origin });
+    this.#running.set(running, { sink, origin, site });
     return true;
   }
 
-  /** The origins upgrades are running for (each may hold the proof of the credentials there: R4). */
+  /** The pools (poolKey) upgrades are running for (each may hold the proof of the credentials there: R4). */
   runningOrigins(): Set<string> {
-    return new Set([...this.#running.values()].map((r) => r.origin));
+    return new Set([...this.#running.values()].map((r) => poolKey(r.origin, r.site)));
   }
 
   /**
@@ -284,11 +290,13 @@ export class UpgradeDispatcher {
    * @throws {HandshakeTimeoutError} when the probe and the selector do not answer within limits.handshakeTimeout.
    * @throws {ClientCertificateError} when the selector throws or gives an unusable certificate.
    */
-  #select(origin: string, challenge: Challenge, sink: UserSink): Promise<ClientCertificate | undefined> {
+  #select(origin: string, site: string, challenge: Challenge, sink: UserSink): Promise<ClientCertificate | undefined> {
     const { clientCertificate, askAcceptableIssuers, transportOf, limits } = this.#options;
-    const probe = askAcceptableIssuers && transportOf ? () => transportOf(origin).certificateRequest() : undefined;
+    const probe =
+      askAcceptableIssuers && transportOf ? () => transportOf(origin, site).certificateRequest() : undefined;
+    // The selector decides for the origin the caller named (the name behind undici's dns interceptor, S1).
     return sink.unlessAborted(
-      selectCertificate(clientCertificate!, origin, challenge, limits.handshakeTimeout, probe, () =>
+      selectCertificate(clientCertificate!, site, challenge, limits.handshakeTimeout, probe, () =>
         sink.aborted ? (sink.reason ?? undefined) : undefined,
       ),
     );
@@ -299,14 +307,14 @@ export class UpgradeDispatcher {
    * confirms it and the selector (if any) is asked, within limits.handshakeTimeout, as for a request;
    * the caller's abort, or the agent's destroy, ends the wait.
    */
-  #demand(origin: string, sink: UserSink): Promise<CertificateDemand> {
+  #demand(origin: string, site: string, sink: UserSink): Promise<CertificateDemand> {
     const { clientCertificate, transportOf, limits } = this.#options;
     return sink.unlessAborted(
       answerCertificateDemand(
         clientCertificate,
-        origin,
+        site,
         limits.handshakeTimeout,
-        () => transportOf!(origin).certificateRequest(),
+        () => transportOf!(origin, site).certificateRequest(),
         () => (sink.aborted ? (sink.reason ?? undefined) : undefined),
       ),
     );
@@ -322,6 +330,7 @@ export class UpgradeDispatcher {
    */
   async #refused(
     origin: string,
+    site: string,
     line: Line,
     refusal: string,
     cause: Error,
@@ -331,7 +340,7 @@ export class UpgradeDispatcher {
     // (Only a selector of the caller's is told the server's CAs: askAcceptableIssuers says it is one.)
     const chosen = this.#options.askAcceptableIssuers === true;
     log.agent('%s upgrade: the server refused the client certificate (%s)', origin, refusal);
-    const memory = chosen ? this.#options.transportOf?.(origin).memory : undefined;
+    const memory = chosen ? this.#options.transportOf?.(origin, site).memory : undefined;
     const refused = line.certificate!;
     const error = certificateRefused(origin, memory, refused, chosen, {
       alert: refusal === 'closed' ? undefined : refusal,
@@ -339,22 +348,22 @@ export class UpgradeDispatcher {
     });
     // (An upgrade has no body to lose: after a close it may go again, as a GET.)
     if (!this.#options.transportOf || !asksSelectorAgain(chosen, refusal === 'closed', true, once)) throw error;
-    const next = afterRefusal(await this.#demand(origin, sink), refused, error, memory);
+    const next = afterRefusal(await this.#demand(origin, site, sink), refused, error, memory);
     if (next instanceof Error) throw next;
     return next;
   }
 
   /** A one-connection Client to `origin`, through the proxy's CONNECT tunnel when one applies. */
-  #client(origin: string, credentialsAllowed: boolean): { client: Client; line: Line } {
+  #client(origin: string, site: string, credentialsAllowed: boolean): { client: Client; line: Line } {
     const { connect, limits, handshakeCertificate, certificateAt } = this.#options;
     const line = { connections: 0, bound: false, answered: false, given: new AbortController() } as Line;
     // The agent's certificate is a credential: only where credentials may go (T3, S1). The one the
     // origin's requests present (the selector's choice), else one given as such.
-    if (credentialsAllowed) line.certificate = certificateAt?.(origin) ?? handshakeCertificate;
+    if (credentialsAllowed) line.certificate = certificateAt?.(origin, site) ?? handshakeCertificate;
     // (Read at each connection: a Transport challenge moves the upgrade to one presenting a certificate.)
     const tlsNow = (): ConnectionOptions => (line.certificate ? { ...connect, ...line.certificate } : connect);
     // A forwarding proxy cannot carry an upgraded byte stream reliably: upgrades always tunnel.
-    const route = this.#options.proxy.route(origin);
+    const route = this.#options.proxy.route(origin, site);
     // An upgrade is an HTTP/1.1 affair (undici speaks no extended CONNECT over HTTP/2): ALPN offers
     // only http/1.1, here as through a tunnel, or an h2 server would take the connection to HTTP/2.
     const base = () =>
@@ -400,15 +409,26 @@ export class UpgradeDispatcher {
       }
       const spare = line.spare;
       line.spare = undefined;
-      if (spare && !spare.destroyed) {
+      // S1: opened under the site's name; undici asking under another gets a connection of its own.
+      if (spare && !spare.destroyed && nameOf(opts.servername) === nameOf(servername)) {
         process.nextTick(callback, null, spare);
         return;
       }
+      spare?.destroy();
       dial(opts, callback);
     };
     const url = new URL(origin);
-    // What undici's Client gives its connector for this origin (its host unbracketed, as undici does).
-    const target = { hostname: unbracketed(url.hostname), host: url.host, protocol: url.protocol, port: url.port };
+    // What undici's Client gives its connector for this origin (its host unbracketed, as undici does),
+    // under the server name the upgrade's request names (behind undici's dns interceptor the name).
+    const servername = siteServername(origin, site);
+    const nameOf = serverNameOf(origin, connect);
+    const target = {
+      hostname: unbracketed(url.hostname),
+      host: url.host,
+      protocol: url.protocol,
+      port: url.port,
+      ...(servername ? { servername } : {}),
+    };
     line.open = () =>
       new Promise<void>((resolve, reject) =>
         dial(target as buildConnector.Options, (err, socket) => {
@@ -447,9 +467,12 @@ export class UpgradeDispatcher {
     {
       credentialsAllowed,
       withheld,
+      site,
     }: {
       readonly credentialsAllowed: boolean;
       readonly withheld: WithheldReason | undefined;
+      /** The origin as the caller named it: its pool's proof, schemes and certificate (see dispatch). */
+      readonly site: string;
     },
     onUpgrade: (leg: Controller, status: number, headers: Headers, socket: Socket) => void,
     cookies: { readonly jar: CookieStore; readonly url: string } | undefined,
@@ -468,12 +491,14 @@ export class UpgradeDispatcher {
     // up at the first 401 (an upgrade no one challenges leaves the agent no origin memory).
     const proofOf = this.#options.proofOf;
     let proof: CredentialProof | undefined;
-    const proofHere = () => (proof ??= proofOf?.(origin));
+    const proofHere = () => (proof ??= proofOf?.(origin, site));
     let ticket: Ticket | undefined;
     let proved: ProofOutcome = 'none';
-    const url = new URL(origin);
+    // What the mechanisms are told (the SPN's host, NTLM's target name, the caller's passwordAllowed):
+    // the origin as the caller named it, behind undici's dns interceptor the name (S1).
+    const url = new URL(site);
     const legInfo = (): LegInfo => ({
-      origin,
+      origin: site,
       hostname: unbracketed(url.hostname),
       port: portOf(url),
       method: opts.method,
@@ -499,7 +524,7 @@ export class UpgradeDispatcher {
     };
     /** T3: the upgrade goes again on a new connection presenting `certificate`, the origin's now (its requests present it too). */
     const present = async (certificate: ClientCertificate) => {
-      const memory = this.#options.transportOf?.(origin).memory;
+      const memory = this.#options.transportOf?.(origin, site).memory;
       if (memory) memory.clientCertificate = certificate;
       line.certificate = certificate;
       certified = true;
@@ -510,7 +535,7 @@ export class UpgradeDispatcher {
     // the proof: no memory for an upgrade no one challenges).
     const schemesOf = this.#options.schemesOf;
     let schemes: Pick<OriginMemory, 'unusable' | 'markUnusable'> | undefined;
-    const schemesHere = () => (schemes ??= schemesOf?.(origin));
+    const schemesHere = () => (schemes ??= schemesOf?.(origin, site));
     let recalled = false;
     const recall = () => {
       if (recalled) return;
@@ -685,7 +710,7 @@ export class UpgradeDispatcher {
           // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
           const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
           if (refusal !== undefined) {
-            const other = await this.#refused(origin, line, refusal, error, sink, reaskOnce);
+            const other = await this.#refused(origin, site, line, refusal, error, sink, reaskOnce);
             log.agent('%s upgrade: the selector chose another certificate: presenting it on a new connection', origin);
             await present(other);
             continue;
@@ -710,7 +735,7 @@ export class UpgradeDispatcher {
           ) {
             selected = true;
             excluded.add(TRANSPORT);
-            const demand = await this.#demand(origin, sink);
+            const demand = await this.#demand(origin, site, sink);
             if (demand.kind === 'chosen') {
               log.agent('%s upgrade: the server requires a client certificate: presenting the one chosen', origin);
               await present(demand.certificate);
@@ -734,7 +759,7 @@ export class UpgradeDispatcher {
             // new connection that presents it; declined, the next offered scheme answers, if any.
             selected = true;
             excluded.add(TRANSPORT);
-            const certificate = await this.#select(origin, transport.challenge, sink);
+            const certificate = await this.#select(origin, site, transport.challenge, sink);
             if (certificate) {
               log.agent('%s upgrade: Transport: presenting the certificate chosen, on a new connection', origin);
               await present(certificate);
