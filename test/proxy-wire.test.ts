@@ -535,6 +535,19 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
     expect(none.message).toMatch(/\(MULTILEG_MECHANISM_UNAVAILABLE\)\); give proxy\.credentials or a Kerberos ticket$/);
   });
 
+  /** A Negotiate mechanism whose every first step fails with `error` (Kerberos cannot run). */
+  const negotiateFailing = (error: Error): Mechanism => ({
+    ...endless,
+    scheme: 'Negotiate',
+    createContext: () => ({
+      complete: false,
+      step: async () => {
+        throw error;
+      },
+      finish: async () => {},
+    }),
+  });
+
   it.each([
     ['no ticket', new KerberosNoTicketError('no creds'), true],
     // The KDC does not know HTTP@proxy: a ticket would not help, and the reason already says what would.
@@ -545,17 +558,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
       const { uri } = await scripted(({ socket }) =>
         socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n'),
       );
-      const kerberosFails: Mechanism = {
-        ...endless,
-        scheme: 'Negotiate',
-        createContext: () => ({
-          complete: false,
-          step: async () => {
-            throw error;
-          },
-          finish: async () => {},
-        }),
-      };
+      const kerberosFails = negotiateFailing(error);
       const err = await failure(tunnel(resolved(uri, { mechanisms: [kerberosFails], schemes: ['Negotiate'] })));
       expect(err).toBeInstanceOf(ProxyAuthenticationError);
       expect(err.message).toContain(`(${error.code})); the password in proxy.credentials cannot answer Negotiate: `);
@@ -572,17 +575,7 @@ describe('CONNECT through scripted proxies: 407 loops, leg limits, unusable sche
       const { uri } = await scripted(({ socket }) =>
         socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Negotiate\r\nContent-Length: 0\r\n\r\n'),
       );
-      const kerberosFails: Mechanism = {
-        ...endless,
-        scheme: 'Negotiate',
-        createContext: () => ({
-          complete: false,
-          step: async () => {
-            throw error;
-          },
-          finish: async () => {},
-        }),
-      };
+      const kerberosFails = negotiateFailing(error);
       const route = new ProxyResolver({ uri, mechanisms: [kerberosFails], schemes: ['Negotiate'] }, {}).route(
         'https://localhost:8443',
       )!;
