@@ -28,6 +28,7 @@ import {
 } from '../src/reference-server/index.ts';
 import {
   abortedWhileRecalling,
+  answeringRefusalMemory,
   SCRIPTED_NTLM_CHALLENGE,
   silentRefusalMemory,
   slowRefusalMemory,
@@ -899,6 +900,70 @@ describe('a request whose recall was given up, its 407 coming after another requ
         'MULTILEG_PROXY_AUTH',
         true,
         expect.stringMatching(/the proxy refused proxy\.credentials lately .* for another 60 s/),
+      ]);
+    },
+  );
+
+  it.each(cases)(
+    'R4: %s: NTLM the only scheme, the password held back by the refusal memory before its opening, the hold-back lifted (setProxyCredentials … forgetRefusals) before its (slow) 407 comes: it says refused-lately, as decided when it went bare — not that the memory did not answer',
+    async (_what, https, deliver407) => {
+      const h = await hostile((socket, received) =>
+        eachRequest(socket, received, (head) => {
+          setTimeout(
+            () =>
+              socket.destroyed ||
+              socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n'),
+            400,
+          );
+          void head;
+          return undefined;
+        }),
+      );
+      closers.push(() => h.close());
+      const m = answeringRefusalMemory(true);
+      agent = new MultilegAgent({
+        negotiate: false,
+        refusalMemory: m.memory,
+        limits: { queueTimeout },
+        proxy: {
+          uri: `http://127.0.0.1:${h.port}`,
+          negotiate: false,
+          schemes: ['NTLM'],
+          credentials: PROXY_ACCOUNT,
+          deliver407,
+        },
+      });
+      const events: ProxyUnansweredEvent[] = [];
+      const onEvent = (e: unknown) => events.push(e as ProxyUnansweredEvent);
+      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      const pending = request(`${https ? 'https' : 'http'}://slow.example/x`, { dispatcher: agent }).then(
+        async (res) => {
+          await res.body.dump();
+          return res.statusCode;
+        },
+        (e: ProxyAuthenticationError) => [e.code, e.refused, e.message.replace(/^.*: proxy\.credentials /, '')],
+      );
+      // Held back: it went bare, its 407 on its way; the caller lifts the hold-back now.
+      await until(() => h.received.some((r) => r.includes('slow.example')));
+      expect(m.recalled).toHaveLength(1);
+      agent.setProxyCredentials(PROXY_ACCOUNT, { forgetRefusals: true });
+      const outcome = await pending;
+      expect(h.received.every((r) => !/\r\nproxy-authorization: /i.test(r))).toBe(true);
+      if (deliver407) {
+        expect(outcome).toBe(407);
+        // Before: recall-timeout (the proof no longer held anything back when the 407 came).
+        expect(events.map((e) => [e.origin, e.reason])).toEqual([['http://slow.example', 'refused-lately']]);
+        return;
+      }
+      // Before: "were not sent: the refusal memory did not answer within 150 ms", refused: false,
+      // though the memory had answered at once.
+      expect(outcome).toEqual([
+        'MULTILEG_PROXY_AUTH',
+        true,
+        expect.stringMatching(
+          /the proxy refused proxy\.credentials lately .*, so they were not sent \(that hold-back has ended since: send the request again\)/,
+        ),
       ]);
     },
   );

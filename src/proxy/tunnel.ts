@@ -542,9 +542,15 @@ export function refusedLately(
       `${proxy.credentialsFrom} were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
       offered,
     );
+  // Held back when it went, lifted (forgetRefusals) or lapsed by its 407: no wait is left to name.
+  const left = proxy.proof.refusedFor;
+  const wait =
+    left > 0
+      ? `so they are not sent to it for another ${Math.ceil(left / 1000)} s`
+      : 'so they were not sent (that hold-back has ended since: send the request again)';
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy refused ${proxy.credentialsFrom} lately (or left a leg carrying the password unanswered), so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check ${proxy.credentialsFrom}`,
+    `the proxy refused ${proxy.credentialsFrom} lately (or left a leg carrying the password unanswered), ${wait} (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check ${proxy.credentialsFrom}`,
     offered,
     true,
   );
