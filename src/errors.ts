@@ -325,7 +325,12 @@ export class StreamRefusedError extends MultilegError {
   readonly peer: string;
   /** The streams of this request the server refused (each one a try). */
   readonly refusals: number;
-  /** The connections those tries went on. */
+  /**
+   * The streams of another request's handshake legs this request waited behind that the server
+   * refused, closing the connections it waited on (0 when it waited behind none).
+   */
+  readonly handshakeRefusals: number;
+  /** The connections those tries went on (and those it waited on). */
   readonly connections: number;
   /** `via`: which server `peer` is. */
   constructor(
@@ -335,16 +340,25 @@ export class StreamRefusedError extends MultilegError {
     connections: number,
     options?: { cause?: unknown },
     via: 'origin' | 'proxy' = 'origin',
+    handshakeRefusals = 0,
   ) {
-    const times = refusals === 1 ? 'once' : `${refusals} times`;
+    const times = (n: number) => (n === 1 ? 'once' : `${n} times`);
     const on = connections === 1 ? 'on one connection' : `on ${connections} connections`;
+    const ahead = `the handshake the ${method} waited behind`;
+    const what =
+      handshakeRefusals === 0
+        ? `the HTTP/2 stream of the ${method} ${times(refusals)}`
+        : refusals === 0
+          ? `the HTTP/2 streams of ${ahead} ${times(handshakeRefusals)}`
+          : `the HTTP/2 stream of the ${method} ${times(refusals)} and those of ${ahead} ${times(handshakeRefusals)}`;
     super(
       'MULTILEG_STREAM_REFUSED',
-      `${via === 'proxy' ? `proxy ${peer}` : peer} refused the HTTP/2 stream of the ${method} ${times} ${on} before any response (RST_STREAM REFUSED_STREAM: the server sheds load or caps its concurrent streams); the request was not processed (RFC 9113 §8.7), so it is safe to send again, whatever its method: retry later, check the server's load and its stream limit, or use HTTP/1.1 (allowH2: false)`,
+      `${via === 'proxy' ? `proxy ${peer}` : peer} refused ${what} ${on} before any response (RST_STREAM REFUSED_STREAM: the server sheds load or caps its concurrent streams); the request was not processed (RFC 9113 §8.7), so it is safe to send again, whatever its method: retry later, check the server's load and its stream limit, or use HTTP/1.1 (allowH2: false)`,
       options,
     );
     this.peer = peer;
     this.refusals = refusals;
+    this.handshakeRefusals = handshakeRefusals;
     this.connections = connections;
   }
 }

@@ -28,6 +28,7 @@ import {
 } from '../src/reference-server/index.ts';
 import {
   abortedWhileRecalling,
+  answeringRefusalMemory,
   SCRIPTED_NTLM_CHALLENGE,
   silentRefusalMemory,
   slowRefusalMemory,
@@ -806,6 +807,164 @@ describe('a forwarded request while the refusal memory is asked (R1/R4, scripted
       expect(held.signals[0]!.aborted).toBe(true);
       await until(() => held.released.length === 1);
       expect(carried).toEqual([false]);
+    },
+  );
+});
+
+describe('a request whose recall was given up, its 407 coming after another request found the password held back (R4, scripted proxy)', () => {
+  const queueTimeout = 150;
+  const cases = [
+    // [what, https target (a CONNECT tunnel), proxy.deliver407]
+    ['a forwarded request', false, false],
+    ['a forwarded request, proxy.deliver407', false, true],
+    ['a CONNECT tunnel', true, false],
+  ] as const;
+
+  it.each(cases)(
+    "R4/R1: %s: NTLM the only scheme, its recall given up at limits.queueTimeout, then another request's recall finding the password held back before its (slow) 407 comes: it says recall-timeout (nothing refused, no wait named), as decided when it went bare — not refused-lately",
+    async (_what, https, deliver407) => {
+      // Asks every request (CONNECT or forwarded) for NTLM; those to slow.example 400 ms late.
+      const h = await hostile((socket, received) =>
+        eachRequest(socket, received, (head) => {
+          const answer = () =>
+            socket.destroyed || socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n');
+          if (/slow\.example/.test(head.split('\r\n')[0]!)) setTimeout(answer, 400);
+          else answer();
+          return undefined;
+        }),
+      );
+      closers.push(() => h.close());
+      // The first recall waits until given up; every later one holds the password back (a refusal
+      // another process met meanwhile).
+      const signals: AbortSignal[] = [];
+      const memory: RefusalMemory = {
+        recall: (_place, signal) => {
+          signals.push(signal!);
+          if (signals.length > 1) return { at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 };
+          return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+        },
+        refused: () => {},
+        proved: () => {},
+        release: () => {},
+      };
+      agent = new MultilegAgent({
+        negotiate: false,
+        refusalMemory: memory,
+        limits: { queueTimeout },
+        proxy: {
+          uri: `http://127.0.0.1:${h.port}`,
+          negotiate: false,
+          schemes: ['NTLM'],
+          credentials: PROXY_ACCOUNT,
+          deliver407,
+        },
+      });
+      const events: ProxyUnansweredEvent[] = [];
+      const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      const scheme = https ? 'https' : 'http';
+      const outcome = (url: string) =>
+        request(url, { dispatcher: agent! }).then(
+          async (res) => {
+            await res.body.dump();
+            return res.statusCode;
+          },
+          (e: ProxyAuthenticationError) => [e.code, e.refused, e.message.replace(/^.*: proxy\.credentials /, '')],
+        );
+      const slow = outcome(`${scheme}://slow.example/x`);
+      // Its recall given up: it went bare, its 407 on its way.
+      await until(() => signals[0]?.aborted === true);
+      await until(() => h.received.some((r) => r.includes('slow.example')));
+      // Meanwhile another request's recall finds the password held back.
+      const other = await outcome(`${scheme}://other.example/y`);
+      const first = await slow;
+      expect(signals).toHaveLength(2);
+      expect(h.received.every((r) => !/\r\nproxy-authorization: /i.test(r))).toBe(true);
+      if (deliver407) {
+        expect([first, other]).toEqual([407, 407]);
+        // Before: the slow one's said refused-lately, held back 60 s more (a wait it never had).
+        expect(events.map((e) => [e.origin, e.reason, e.queueTimeout]).sort()).toEqual([
+          ['http://other.example', 'refused-lately', undefined],
+          ['http://slow.example', 'recall-timeout', queueTimeout],
+        ]);
+        return;
+      }
+      // Before: "the proxy refused proxy.credentials lately … for another 60 s", refused: true.
+      expect(first).toEqual([
+        'MULTILEG_PROXY_AUTH',
+        false,
+        `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
+      ]);
+      expect(other).toEqual([
+        'MULTILEG_PROXY_AUTH',
+        true,
+        expect.stringMatching(/the proxy refused proxy\.credentials lately .* for another 60 s/),
+      ]);
+    },
+  );
+
+  it.each(cases)(
+    'R4: %s: NTLM the only scheme, the password held back by the refusal memory before its opening, the hold-back lifted (setProxyCredentials … forgetRefusals) before its (slow) 407 comes: it says refused-lately, as decided when it went bare — not that the memory did not answer',
+    async (_what, https, deliver407) => {
+      const h = await hostile((socket, received) =>
+        eachRequest(socket, received, (head) => {
+          setTimeout(
+            () =>
+              socket.destroyed ||
+              socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n'),
+            400,
+          );
+          void head;
+          return undefined;
+        }),
+      );
+      closers.push(() => h.close());
+      const m = answeringRefusalMemory(true);
+      agent = new MultilegAgent({
+        negotiate: false,
+        refusalMemory: m.memory,
+        limits: { queueTimeout },
+        proxy: {
+          uri: `http://127.0.0.1:${h.port}`,
+          negotiate: false,
+          schemes: ['NTLM'],
+          credentials: PROXY_ACCOUNT,
+          deliver407,
+        },
+      });
+      const events: ProxyUnansweredEvent[] = [];
+      const onEvent = (e: unknown) => events.push(e as ProxyUnansweredEvent);
+      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      const pending = request(`${https ? 'https' : 'http'}://slow.example/x`, { dispatcher: agent }).then(
+        async (res) => {
+          await res.body.dump();
+          return res.statusCode;
+        },
+        (e: ProxyAuthenticationError) => [e.code, e.refused, e.message.replace(/^.*: proxy\.credentials /, '')],
+      );
+      // Held back: it went bare, its 407 on its way; the caller lifts the hold-back now.
+      await until(() => h.received.some((r) => r.includes('slow.example')));
+      expect(m.recalled).toHaveLength(1);
+      agent.setProxyCredentials(PROXY_ACCOUNT, { forgetRefusals: true });
+      const outcome = await pending;
+      expect(h.received.every((r) => !/\r\nproxy-authorization: /i.test(r))).toBe(true);
+      if (deliver407) {
+        expect(outcome).toBe(407);
+        // Before: recall-timeout (the proof no longer held anything back when the 407 came).
+        expect(events.map((e) => [e.origin, e.reason])).toEqual([['http://slow.example', 'refused-lately']]);
+        return;
+      }
+      // Before: "were not sent: the refusal memory did not answer within 150 ms", refused: false,
+      // though the memory had answered at once.
+      expect(outcome).toEqual([
+        'MULTILEG_PROXY_AUTH',
+        true,
+        expect.stringMatching(
+          /the proxy refused proxy\.credentials lately .*, so they were not sent \(that hold-back has ended since: send the request again\)/,
+        ),
+      ]);
     },
   );
 });

@@ -202,6 +202,37 @@ describe('REFUSED_STREAM before any response', () => {
     expect(seen.streams).toBeLessThanOrEqual(3 * seen.sessions);
   }, 30_000);
 
+  it('R1/C8: a burst of 6 NTLM requests whose every AUTHENTICATE the origin refuses: each ends in StreamRefusedError — the leader counting its own refusals, the others those of the handshake they waited behind — none in RelocationLimitError, on 2 connections and 6 streams (were 5 and 15)', async () => {
+    const { origin, seen } = await refusingOrigin((leg) => leg === 3, true);
+    const agent = agentFor(origin, { limits: { queueTimeout: 5_000 } });
+    const results = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => settle(`${origin}/r/${i}`, { dispatcher: agent })),
+    );
+    // Before: 2 StreamRefusedError and 4 RelocationLimitError ("connections keep ending or refusing
+    // it"): the requests behind the refused handshake moved to a connection each time, and led
+    // handshakes of their own until the relocation limit.
+    const errors = results.map((r) => r.error as StreamRefusedError);
+    for (const e of errors) expect(e).toBeInstanceOf(StreamRefusedError);
+    // The leader: its AUTHENTICATE refused twice on each of 2 connections. Each other request: its
+    // own streams never sent, the handshake it waited behind refused 4 times on the same 2.
+    const counts = errors.map((e) => [e.refusals, e.handshakeRefusals, e.connections]);
+    expect(counts.filter(([own]) => own! > 0)).toEqual([[4, 0, 2]]);
+    expect(counts.filter(([own]) => own === 0)).toEqual(Array(5).fill([0, 4, 2]));
+    const waiter = errors.find((e) => e.refusals === 0)!;
+    expect(waiter.message).toContain(
+      `${origin} refused the HTTP/2 streams of the handshake the GET waited behind 4 times on 2 connections before any response`,
+    );
+    expect(waiter.message).toContain('so it is safe to send again');
+    expect(waiter.cause).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: h2.NGHTTP2_REFUSED_STREAM });
+    // Bounded, below what it cost before (5 connections, 15 streams): a NEGOTIATE and the
+    // AUTHENTICATE twice (undici's retry) on each of 2 connections.
+    expect([seen.sessions, seen.streams]).toEqual([2, 6]);
+    expect(seen.legs).toEqual([
+      [1, 3, 3],
+      [1, 3, 3],
+    ]);
+  }, 30_000);
+
   it("C8/H1: an AUTHENTICATE refused as its connection ends (GOAWAY, or a close): undici's retry of it on the Client's new connection is stopped, and the handshake starts over there with a NEGOTIATE", async () => {
     for (const end of ['goaway', 'destroy'] as const) {
       let authenticates = 0;

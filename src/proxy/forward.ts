@@ -280,9 +280,11 @@ export class ForwardProxy {
     let renewed = false;
     /**
      * The opening was refused leave ({@link openingLeave}), or the recall it waited for was given up
-     * (`request.withheld`): it goes bare, and its 407 asks no more.
+     * (`request.withheld`): it goes bare, and its 407 asks no more. Why, as decided then: by its 407
+     * the proof may say otherwise (another request's recall holding the password back, or a
+     * refusal lifted).
      */
-    let heldBack = request.withheld === true;
+    let heldBack: HeldBackWhy | undefined = request.withheld === true ? 'recall-timeout' : undefined;
     /** A scheme whose challenge could not be read fell through to the next (once per request, T2). */
     let fellThrough = false;
     const admit = async (password: boolean): Promise<boolean> => {
@@ -539,13 +541,17 @@ export class ForwardProxy {
                 throw err;
               }
             }
-          } else if (heldBack || !(await admit(this.#auth.usesPassword(challenged)))) {
+          } else {
             // Refused here lately (R4), or the refusal memory's recall given up at queueTimeout (R1;
             // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
             // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
-            // the next request).
-            if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, proof.heldBackWhy);
-            throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout);
+            // the next request). Why: as decided when leave was refused.
+            const why =
+              heldBack ?? ((await admit(this.#auth.usesPassword(challenged))) ? undefined : proof.heldBackWhy);
+            if (why) {
+              if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, why);
+              throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout, why);
+            }
           }
         }
         try {

@@ -17,6 +17,7 @@ import { log } from '../log.ts';
 import { type Limits, unbracketed } from '../options.ts';
 import {
   type Admission,
+  type HeldBackWhy,
   MAX_REFUSED_MEMORY_MS,
   type ProofOutcome,
   signalWaiter,
@@ -376,9 +377,11 @@ async function handshake(
     /**
      * The opening was refused leave ({@link openingLeave}), or (`withheld`) the refusal memory's
      * recall this tunnel's request waited for was given up at queueTimeout: its CONNECT goes bare,
-     * and its 407 asks no more (R1/R4: the memory is not asked twice for one request).
+     * and its 407 asks no more (R1/R4: the memory is not asked twice for one request). Why, as
+     * decided then: by its 407 the proof may say otherwise (another request's recall holding the
+     * password back, or a refusal lifted).
      */
-    let heldBack = withheld;
+    let heldBack: HeldBackWhy | undefined = withheld ? 'recall-timeout' : undefined;
     // The per-request scheme (Basic, Digest) the proxy's 407 asked for on another tunnel goes on
     // this one's first CONNECT, as curl -U sends it (one CONNECT, not a 407 first) — with leave
     // given now only (R4: proved lately, or this tunnel the one to prove them); else it goes bare.
@@ -412,7 +415,7 @@ async function handshake(
           }
           // No leave for the opening (refused lately, or the refusal memory's recall given up at
           // queueTimeout): not asked again for the 407 after it (R1: one wait of queueTimeout).
-          if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout);
+          if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout, heldBack);
           const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline, onLeaveWaits);
           if (admission === 'refused') throw refusedLately(proxy, offered, limits.queueTimeout);
           ticket = admission;
@@ -497,8 +500,9 @@ export type ProxyLeaveWaits = () => void;
  * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
  * (R4): the AUTHENTICATE that follows goes through the same gate as a 407-started handshake's, and
  * no connection waits for it halfway through a handshake the proxy may expire meanwhile. `heldBack`:
- * the request goes bare, refused lately or the refusal memory's recall given up at queueTimeout (its
- * 407 meets {@link refusedLately}: the memory is not asked twice for one request). No `ticket` and
+ * the request goes bare, and why, read as leave is refused — refused lately, or the refusal memory's
+ * recall given up at queueTimeout; its 407 a round trip later says that ({@link refusedLately}),
+ * whatever the proof says by then (the memory is not asked twice for one request). No `ticket` and
  * not `heldBack`: it goes bare as another connection found meanwhile that the proxy takes no part in
  * openings (`auth.opens` no longer holds: the leave is given back at once, so that no one waits for
  * this one).
@@ -510,38 +514,46 @@ export async function openingLeave(
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
   onWait?: ProxyLeaveWaits,
-): Promise<{ ticket: Ticket | undefined; heldBack: boolean }> {
+): Promise<{ ticket: Ticket | undefined; heldBack: HeldBackWhy | undefined }> {
   const password = proxy.mechanisms.sole?.usesPassword !== false;
   const admission = await proxyLeave(proxy, password, waiter, limits, deadline, onWait);
-  if (admission === 'refused') return { ticket: undefined, heldBack: true };
+  if (admission === 'refused') return { ticket: undefined, heldBack: proxy.proof.heldBackWhy };
   if (!auth.opens) {
     proxy.proof.settle(admission, 'none');
-    return { ticket: undefined, heldBack: false };
+    return { ticket: undefined, heldBack: undefined };
   }
-  return { ticket: admission, heldBack: false };
+  return { ticket: admission, heldBack: undefined };
 }
 
 /**
  * The proxy refused its credentials lately (twice in a row, or before they ever worked), or left a
  * leg carrying the password unanswered before they were proved: a 407 is
- * not answered with them again until that has passed.
+ * not answered with them again until that has passed. With `queueTimeout`, leave was refused, `why`
+ * as decided then (by default now: a leave refused a round trip before passes its own).
  */
 export function refusedLately(
   proxy: ResolvedProxy,
   offered: readonly string[],
   queueTimeout?: number,
+  why: HeldBackWhy = proxy.proof.heldBackWhy,
 ): ProxyAuthenticationError {
   // Nothing held back, yet no leave: the refusal memory's recall was given up at queueTimeout (R1:
   // when in doubt none is sent). It refused nothing, and names no wait that does not stand.
-  if (queueTimeout !== undefined && proxy.proof.heldBackWhy === 'recall-timeout')
+  if (queueTimeout !== undefined && why === 'recall-timeout')
     return new ProxyAuthenticationError(
       proxy.origin,
       `${proxy.credentialsFrom} were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
       offered,
     );
+  // Held back when it went, lifted (forgetRefusals) or lapsed by its 407: no wait is left to name.
+  const left = proxy.proof.refusedFor;
+  const wait =
+    left > 0
+      ? `so they are not sent to it for another ${Math.ceil(left / 1000)} s`
+      : 'so they were not sent (that hold-back has ended since: send the request again)';
   return new ProxyAuthenticationError(
     proxy.origin,
-    `the proxy refused ${proxy.credentialsFrom} lately (or left a leg carrying the password unanswered), so they are not sent to it for another ${Math.ceil(proxy.proof.refusedFor / 1000)} s (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check ${proxy.credentialsFrom}`,
+    `the proxy refused ${proxy.credentialsFrom} lately (or left a leg carrying the password unanswered), ${wait} (each refusal of a password in a row doubles that wait, up to ${MAX_REFUSED_MEMORY_MS / 60_000} min: a wrong or changed password tried again and again locks the account); check ${proxy.credentialsFrom}`,
     offered,
     true,
   );

@@ -453,6 +453,9 @@ function check(run: Run): Step {
     // it), or, with http1Required, when a GOAWAY HTTP_1_1_REQUIRED ends a running handshake (IIS
     // refuses the first unauthenticated request instead).
     if (state.failure) return failed(run.job, state.failure);
+    // C8/R1: closed as the server refused the handshake it waited behind: that refusal is its too.
+    const refused = session.behindRefusal(run.job);
+    if (refused) return failed(run.job, refused);
     return end({ kind: 'relocate', reason: state.http1Required ? 'http1' : 'connection-ended' });
   }
   if (mustQueue(state)) return WAIT;

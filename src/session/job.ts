@@ -69,6 +69,13 @@ export interface Job {
   streamsRefused: number;
   movesAfterRefusal: number;
   /**
+   * C8/R1: streams of another request's handshake leg that this request waited behind (C1) and the
+   * server refused, closing the connection under it: each such move counts as one after a refusal
+   * of its own (Session.behindRefusal), so a burst behind a handshake every connection refuses ends
+   * as its leader does, not in RelocationLimitError, on no more connections.
+   */
+  streamsRefusedAhead: number;
+  /**
    * The session whose connection answered this request's own legs last (a handshake's 401s), and
    * how many: answers to its own legs make no connection a kept-alive one for it (Session.unanswered).
    */
@@ -175,6 +182,7 @@ export function newJob(
     resendsAfterClose: 0,
     streamsRefused: 0,
     movesAfterRefusal: 0,
+    streamsRefusedAhead: 0,
     answeredOn: undefined,
     answeredHere: 0,
     challenges: undefined,

@@ -142,6 +142,11 @@ export class Session {
   readonly identity: Identity;
   readonly client: Client;
   #state: SessionState = FRESH;
+  /** Streams of its handshake's legs the server refused (REFUSED_STREAM), closing it: see {@link behindRefusal}. */
+  #handshakeRefused: { readonly streams: number; readonly error: Error | undefined } = {
+    streams: 0,
+    error: undefined,
+  };
   #connection: ConnectionInfo | undefined;
   #connections = 0;
   /** Response heads this session's connection gave (a forwarding proxy's leg it closed under after one was reused). */
@@ -1034,23 +1039,49 @@ export class Session {
   #refused(job: Job, error: Error, starts: number): LegResult {
     job.streamsRefused += starts;
     log.session('%s server refused the stream %d time(s) (REFUSED_STREAM): closing', this.id, starts);
+    // A leg of the handshake that blocks the session (C1): its waiters move for this refusal too.
+    if (this.#state.kind === 'handshaking' && this.#state.leader === job.id) {
+      this.#handshakeRefused = { streams: this.#handshakeRefused.streams + starts, error };
+    }
     this.apply({ type: 'closed' });
     if (job.movesAfterRefusal < MAX_MOVES_AFTER_REFUSAL && job.body.replayable) {
       job.movesAfterRefusal += 1;
       return { kind: 'failed', error: new StaleConnectionError() };
     }
+    return { kind: 'failed', error: this.#streamRefused(job, error) };
+  }
+
+  /**
+   * C8/R1: `job` waited behind this session's handshake (C1), whose leg the server refused
+   * (REFUSED_STREAM), closing the connection: it moves as the leader does, the move counted as one
+   * after a refusal of its own — once (MAX_MOVES_AFTER_REFUSAL); after that, StreamRefusedError
+   * counting its own refusals and the handshake's it waited behind. Without this it moved on, led
+   * a handshake of its own on two more connections and, past MAX_RELOCATIONS, ended in
+   * RelocationLimitError: a burst of 6 cost 5 connections. Undefined: it moves (or nothing was refused).
+   */
+  behindRefusal(job: Job): StreamRefusedError | undefined {
+    const { streams, error } = this.#handshakeRefused;
+    if (streams === 0) return undefined;
+    job.streamsRefusedAhead += streams;
+    // (Its body was never taken here: it may go again whatever it is.)
+    if (job.movesAfterRefusal < MAX_MOVES_AFTER_REFUSAL) {
+      job.movesAfterRefusal += 1;
+      return undefined;
+    }
+    return this.#streamRefused(job, error);
+  }
+
+  /** What a request the server refused on `job.movesAfterRefusal + 1` connections ends with. */
+  #streamRefused(job: Job, error: Error | undefined): StreamRefusedError {
     const { method } = job.dispatchOptions;
     const connections = job.movesAfterRefusal + 1;
     // Through a forwarding proxy, the proxy's HTTP/2 connection refused it, not the origin.
     const proxy = this.#forward?.route.proxy.origin;
     const cause = { cause: error };
-    return {
-      kind: 'failed',
-      error:
-        proxy === undefined
-          ? new StreamRefusedError(job.origin, method, job.streamsRefused, connections, cause)
-          : new StreamRefusedError(proxy, method, job.streamsRefused, connections, cause, 'proxy'),
-    };
+    const ahead = job.streamsRefusedAhead;
+    return proxy === undefined
+      ? new StreamRefusedError(job.origin, method, job.streamsRefused, connections, cause, 'origin', ahead)
+      : new StreamRefusedError(proxy, method, job.streamsRefused, connections, cause, 'proxy', ahead);
   }
 
   /**
