@@ -667,7 +667,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     );
     // The Apache answered with a Date close to ours: the KDC's clock is the suspect, and the line says what it compared.
     expect(r.stdout).toMatch(
-      /^FAIL +clock: the KDC refused this machine's time as further than its tolerance from its own \(KRB5KRB_AP_ERR_SKEW, MULTILEG_KRB_CLOCK_SKEW\); the server's Date is within \d+ s of this machine's, so the KDC's clock is likely the one that is off\n {6}fix: kinit again \(the ticket cache keeps the KDC's time offset from the last kinit\); if it stays, set the clock that is off by NTP \(here: chronyc tracking, timedatectl; .*\); the tolerance is clockskew in krb5\.conf \[libdefaults\] \(MIT's default 300 s\)\n/m,
+      /^FAIL +clock: the KDC refused this machine's time as further than its tolerance from its own \(KRB5KRB_AP_ERR_SKEW, MULTILEG_KRB_CLOCK_SKEW\); the server's Date is within \d+ s of this machine's, so the KDC's clock is likely off, or the KDC time offset the ticket cache keeps from the last kinit\n {6}fix: kinit again \(the ticket cache keeps the KDC's time offset from the last kinit\); if it stays, set the clock that is off by NTP \(here: chronyc tracking, timedatectl; .*\); the tolerance is clockskew in krb5\.conf \[libdefaults\] \(MIT's default 300 s\)\n/m,
     );
     expect(r.stdout).toMatch(
       /^FAIL +authentication: .*\(MULTILEG_KRB_CLOCK_SKEW\).*\n +fix: the clock check above says what to change/m,

@@ -279,7 +279,7 @@ function clockCheck(date: string | undefined, kdcSkew: boolean): Check {
         server === undefined
           ? "the KDC's clock or this machine's is off"
           : abs! <= 60
-            ? `${server}, so the KDC's clock is likely the one that is off`
+            ? `${server}, so the KDC's clock is likely off, or the KDC time offset the ticket cache keeps from the last kinit`
             : `${server} too, so this machine's clock is likely the one that is off`
       }`,
       // MIT keeps the KDC's offset from the last kinit in the ticket cache (kdc_timesync): a clock
