@@ -25,7 +25,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   let env: Record<string, string | undefined>;
   let noTicket: Record<string, string | undefined>;
   beforeAll(async () => {
-    lab = await startLab({ apache: true, negotiateSquid: haveSquid });
+    lab = await startLab({ apache: true, squid: haveSquid, negotiateSquid: haveSquid });
     ca = join(lab.dir, 'apache-ca.pem');
     writeFileSync(ca, lab.apache!.ca);
     env = { ...lab.env, NTLM_USER_FILE: undefined };
@@ -234,7 +234,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   );
 
   it.skipIf(!haveSquid)(
-    'H5: -U user:password and no ticket at a Negotiate-only Squid: the CONNECT error says the password cannot answer Negotiate and to get a ticket, not to give the -U that was given',
+    'H5: -U user:password and no ticket at a Negotiate-only Squid: the CONNECT error says the password cannot answer Negotiate and to get a ticket, not to give the -U that was given, nor to check --proxy-negotiate (the one scheme it offers)',
     async () => {
       const r = await run(
         ['-x', lab.negotiateSquid!.origin, '-U', 'alice:alicepw', '--cacert', ca, `${lab.apache!.origin}/public/`],
@@ -242,9 +242,60 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       );
       expect(r.code).toBe(7);
       expect(r.stderr).toContain(
-        "(MULTILEG_KRB_NO_TICKET)); --proxy-user's password cannot answer Negotiate: get a Kerberos ticket for the proxy, or check --proxy-negotiate (the proxy's; default --proxy-anyauth)",
+        "(MULTILEG_KRB_NO_TICKET)); --proxy-user's password cannot answer Negotiate: get a Kerberos ticket for the proxy (MULTILEG_PROXY_AUTH)\n",
       );
       expect(r.stderr).not.toContain('give --proxy-user');
+      expect(r.stderr).not.toContain('--proxy-negotiate');
+      expect(r.stderr).not.toContain('alicepw');
+    },
+  );
+
+  it.skipIf(!haveSquid)(
+    'H5/S6: -U bob:pw with alice\'s ticket at a Negotiate-only Squid (--proxy-negotiate given): the error says alice\'s ticket is not used for bob and a password makes no ticket, and the fix (kinit as bob, or no -U to go as alice, which works), not "check --proxy-negotiate"',
+    async () => {
+      const args = ['-x', lab.negotiateSquid!.origin, '--proxy-negotiate', '--cacert', ca, '-o', '/dev/null'];
+      const url = `${lab.apache!.origin}/public/`;
+      const r = await run([...args, '-U', 'bob:bobpw', url], { env });
+      expect(r.code).toBe(7);
+      expect(r.stderr).toContain('(MULTILEG_KRB_OTHER_PRINCIPAL))');
+      expect(r.stderr).toContain(
+        "; --proxy-user's password cannot answer Negotiate (it sends a Kerberos ticket, and none is made from a password), and alice@EXAMPLE.TEST's ticket is not used for bob: kinit as bob, or give no --proxy-user to go as alice@EXAMPLE.TEST (MULTILEG_PROXY_AUTH)\n",
+      );
+      expect(r.stderr).not.toContain('check --proxy-negotiate');
+      expect(r.stderr).not.toContain('bobpw');
+      // The fix it names: without -U, alice's ticket answers the proxy.
+      const fixed = await run([...args, '-w', '%{http_code}', url], { env });
+      expect(fixed).toMatchObject({ code: 0, stdout: '200', stderr: '' });
+    },
+  );
+
+  it.skipIf(!haveSquid)(
+    "H5/M5: -v through Squid (Negotiate, NTLM, Basic) with no ticket: why Negotiate was not used is a line of its own, once, not appended to the NTLM and Basic handshakes' lines",
+    async () => {
+      const r = await run(
+        [
+          '-v',
+          '-x',
+          lab.squid!.origin,
+          '-U',
+          'alice:alicepw',
+          '-o',
+          '/dev/null',
+          `${lab.apache!.cleartextOrigin}/public/`,
+        ],
+        { env: noTicket },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const proxy = lab.squid!.origin;
+      const lines = r.stderr.split('\n');
+      expect(lines.filter((l) => l.includes('Negotiate not used'))).toEqual([
+        `* proxy ${proxy}: Negotiate not used: MULTILEG_KRB_NO_TICKET: no Kerberos ticket`,
+      ]);
+      const handshakes = lines.filter(
+        (l) => l.startsWith(`* proxy ${proxy}: `) && l.includes(' handshake for session '),
+      );
+      expect(handshakes.map((l) => /: (\w+) handshake/.exec(l)?.[1])).toEqual(['NTLM', 'Basic']);
+      for (const l of handshakes) expect(l).not.toContain('Kerberos skipped');
       expect(r.stderr).not.toContain('alicepw');
     },
   );
@@ -579,7 +630,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
         env: noTicket,
       });
       expect(bad.stdout).toMatch(
-        /^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_KEYTAB\)\n +fix: .*its key is older than the KDC's.*compare the kvno of `klist -k /m,
+        /^warn +SPN: HTTP@localhost: no service ticket: .*its key is older than the KDC's.* \(MULTILEG_KRB_KEYTAB\)\n +fix: compare the kvno of `klist -k /m,
       );
       expect(bad.stdout).not.toMatch(/fix: .*GSS-API failure/);
       expect(bad.code).toBe(1);
@@ -596,12 +647,101 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.stdout).toMatch(
       /^ok +schemes: HTTP\/2 401 offers Negotiate; over HTTP\/1\.1: HTTP\/1\.1 401 offers Negotiate/m,
     );
-    expect(r.stdout).toMatch(/^ok +clock: /m);
+    expect(r.stdout).toMatch(/^ok +clock: the server's Date is within \d+ s of this machine's\n/m);
     expect(r.stdout).toMatch(/^ok +ticket: alice@EXAMPLE\.TEST, expires .* \(in \d+ min\)/m);
     expect(r.stdout).toMatch(/^ok +SPN: HTTP@localhost: the KDC issued a service ticket/m);
     expect(r.stdout).toMatch(/^ok +authentication: Negotiate, 1 leg\(s\), per-request .*over HTTP\/2 → 200/m);
     expect(r.stdout).toMatch(/no problem found\n$/);
     expect(r.code).toBe(0);
+  });
+
+  it("M2: doctor where the KDC refuses this machine's time (KRB5KRB_AP_ERR_SKEW: a ticket cache whose KDC time offset is 15 min off): the clock check FAILs saying the KDC's clock or this machine's is off and how to fix it, not \"ok\" beside the SPN check's skew; the fix it names first (kinit again) mends it", async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const path = join(lab.dir, 'doctor-skewed.ccache');
+    const skewed = { ...env, KRB5CCNAME: await lab.realm!.writeSkewedCcache(path, 900) };
+    const r = await run(['doctor', '--cacert', ca, url], { env: skewed });
+    expect(r.code).toBe(1);
+    expect(r.stdout).not.toMatch(/^ok +clock/m);
+    expect(r.stdout).toMatch(
+      /^warn +SPN: HTTP@localhost: no service ticket: the KDC refused this machine's time \(MULTILEG_KRB_CLOCK_SKEW; the clock check says what to change\)\n(?! +fix)/m,
+    );
+    // The Apache answered with a Date close to ours: the KDC's clock is the suspect, and the line says what it compared.
+    expect(r.stdout).toMatch(
+      /^FAIL +clock: the KDC refused this machine's time as further than its tolerance from its own \(KRB5KRB_AP_ERR_SKEW, MULTILEG_KRB_CLOCK_SKEW\); the server's Date is within \d+ s of this machine's, so the KDC's clock is likely off, or the KDC time offset the ticket cache keeps from the last kinit\n {6}fix: kinit again \(the ticket cache keeps the KDC's time offset from the last kinit\); if it stays, set the clock that is off by NTP \(here: chronyc tracking, timedatectl; .*\); the tolerance is clockskew in krb5\.conf \[libdefaults\] \(MIT's default 300 s\)\n/m,
+    );
+    expect(r.stdout).toMatch(
+      /^FAIL +authentication: .*\(MULTILEG_KRB_CLOCK_SKEW\).*\n +fix: the clock check above says what to change/m,
+    );
+    // kinit again (the lab's password for alice) into that cache: the offset is measured anew.
+    await lab.realm!.kinit({ ccache: skewed.KRB5CCNAME });
+    const mended = await run(['doctor', '--cacert', ca, url], { env: skewed });
+    expect(mended.stdout).toMatch(/^ok +clock: the server's Date is within \d+ s of this machine's\n/m);
+    expect(mended.code).toBe(0);
+  });
+
+  it('M2/M4: doctor\'s fix lines are actions (what to run or pass), never the verdict again ("fix: Negotiate: …"): no ticket, a wrong SPN, the KDC down, a wrong NTLM password, Basic over http:// (no password: -u, not kinit; with one: a cleartext warning)', async () => {
+    const url = `${lab.apache!.origin}/protected/`;
+    const tgt = `FILE:${join(lab.dir, 'doctor-fix-tgt')}`;
+    await lab.realm!.kinit({ ccache: tgt });
+    const kdcDown = join(lab.dir, 'krb5.conf-doctor-fix-down');
+    await lab.realm!.writeKrb5Conf(kdcDown, await freePort());
+    const basic = `${lab.apache!.cleartextOrigin}/basic/`;
+    const cases: Array<[string, string[], Record<string, string | undefined>]> = [
+      ['no ticket', ['--cacert', ca, url], noTicket],
+      ['wrong SPN', ['--spn', 'HTTP@wrong.example.test', '--cacert', ca, url], env],
+      ['KDC down', ['--cacert', ca, url], { ...env, KRB5CCNAME: tgt, KRB5_CONFIG: kdcDown }],
+      [
+        'wrong NTLM password',
+        ['--ntlm', '-u', 'EXAMPLE\\alice:wrong', '--cacert', ca, `${lab.apache!.origin}/ntlm/`],
+        env,
+      ],
+      ['Basic over http, no password', [basic], env],
+      ['Basic over http', ['-u', 'alice:alicepw', basic], env],
+    ];
+    const reports: Record<string, { checks: { name: string; verdict: string; detail: string; fix: string | null }[] }> =
+      {};
+    for (const [name, args, env_] of cases) {
+      const r = await run(['doctor', '--json', ...args], { env: env_ });
+      const report = JSON.parse(r.stdout);
+      reports[name] = report;
+      for (const c of report.checks) {
+        if (c.fix === null) continue;
+        expect(c.fix, `${name}: ${c.name}`).not.toMatch(/^Negotiate: /);
+        expect(c.fix, `${name}: ${c.name}`).toMatch(
+          /^(run|kinit|check|give|pass|use|compare|make|set|synchronise|the (SPN|clock) check above says what to change)\b/,
+        );
+        expect(c.detail, `${name}: ${c.name}`).not.toContain(c.fix);
+      }
+    }
+    const check = (name: string, check: string) => reports[name]!.checks.find((c) => c.name === check);
+    expect(check('no ticket', 'SPN')).toMatchObject({
+      detail: 'HTTP@localhost: no service ticket: no Kerberos ticket (MULTILEG_KRB_NO_TICKET)',
+      fix: expect.stringMatching(/^run kinit, give a client keytab with --keytab FILE, or pass --principal/),
+    });
+    expect(check('KDC down', 'SPN')).toMatchObject({
+      detail: 'HTTP@localhost: no service ticket: cannot reach a Kerberos KDC (MULTILEG_KRB_KDC_UNREACHABLE)',
+      fix: expect.stringMatching(/^check the realm's kdc entries in krb5\.conf/),
+    });
+    expect(check('wrong SPN', 'SPN')?.fix).toMatch(/^check the SPN given in --spn/);
+    expect(check('wrong NTLM password', 'authentication')).toMatchObject({
+      verdict: 'FAIL',
+      fix: 'check -u user:password (DOMAIN\\user)',
+    });
+    // A Basic-only server: a ticket does not answer it (it said "kinit user@REALM … (NTLM)").
+    expect(check('Basic over http, no password', 'authentication')).toEqual({
+      name: 'authentication',
+      ok: false,
+      verdict: 'FAIL',
+      detail: 'the server asks for authentication (Basic), and no password was given',
+      fix: 'give -u user (the password is asked for on a terminal, or comes from --password-stdin / MULTILEG_PASSWORD)',
+    });
+    expect(check('Basic over http', 'authentication')).toMatchObject({
+      verdict: 'warn',
+      detail: expect.stringMatching(
+        /^Basic, 1 leg\(s\), .* → 200; the password went in cleartext \(Basic over http:\/\/: anyone on the way reads it\)$/,
+      ),
+      fix: 'use the https:// URL, if the server has one',
+    });
   });
 
   it('doctor sees that NTLM at Apache needs HTTP/1.1 (and that multileg handles it)', async () => {
@@ -632,11 +772,11 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       env: noTicket,
     });
     expect(r.stdout).toMatch(
-      /^warn +SPN: .*no service ticket \(MULTILEG_KRB_NO_TICKET\)\n +fix: Negotiate: no Kerberos ticket: run kinit/m,
+      /^warn +SPN: .*no service ticket: no Kerberos ticket \(MULTILEG_KRB_NO_TICKET\)\n +fix: run kinit/m,
     );
     expect(r.stdout).not.toContain('NTLM fallback');
     const without = await run(['doctor', '--cacert', ca, `${lab.apache!.origin}/spnego2/`], { env: noTicket });
-    expect(without.stdout).toMatch(/^ +fix: Negotiate: no Kerberos ticket: .*NTLM fallback/m);
+    expect(without.stdout).toMatch(/^ +fix: run kinit, .*NTLM fallback/m);
   });
 
   it("S6/M2: doctor --principal bob with only alice's ticket: the SPN check (raw Kerberos) says there is no ticket for bob, not ok as alice; the authentication check fails", async () => {
@@ -645,7 +785,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       { env },
     );
     expect(r.stdout).toMatch(
-      /^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_NO_TICKET\)\n +fix: Negotiate: no Kerberos ticket for bob@EXAMPLE\.TEST: run kinit bob@EXAMPLE\.TEST/m,
+      /^warn +SPN: HTTP@localhost: no service ticket: no Kerberos ticket for bob@EXAMPLE\.TEST \(MULTILEG_KRB_NO_TICKET\)\n +fix: run kinit bob@EXAMPLE\.TEST/m,
     );
     expect(r.stdout).not.toMatch(/^ok +SPN/m);
     expect(r.code).toBe(1);
@@ -746,7 +886,7 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
       { env },
     );
     expect(r.stdout).toMatch(
-      /^FAIL +SPN: HTTP@wrong\.example\.test \(--spn\): the KDC does not know this service principal\n {6}fix: Negotiate: the KDC does not know the service principal HTTP@wrong\.example\.test: check the SPN given in --spn against the server's keytab name \(klist -k on the server\)\n/m,
+      /^FAIL +SPN: HTTP@wrong\.example\.test \(--spn\): the KDC does not know this service principal\n {6}fix: check the SPN given in --spn against the server's keytab name \(klist -k on the server\)\n/m,
     );
     expect(r.stdout).not.toContain('pass --spn');
     const bob = await run(
@@ -823,7 +963,9 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
     expect(r.stderr).toContain(`(MULTILEG_KRB_KDC_UNREACHABLE)${note}\n`);
     const doctor = await run(['doctor', '--cacert', ca, url], { env: typoEnv });
     expect(doctor.code).toBe(1);
-    expect(doctor.stdout).toMatch(/^warn +SPN: HTTP@localhost: no service ticket \(MULTILEG_KRB_KDC_UNREACHABLE\)\n/m);
+    expect(doctor.stdout).toMatch(
+      /^warn +SPN: HTTP@localhost: no service ticket: cannot reach a Kerberos KDC \(MULTILEG_KRB_KDC_UNREACHABLE\)\n {6}fix: check the realm's kdc entries/m,
+    );
     expect(doctor.stdout).toContain(`${note}\n`);
     // A krb5.conf there, its KDC down: the kdc entries are the thing to check, nothing about the variable.
     const down = join(lab.dir, 'krb5.conf-kdc-down');

@@ -16,7 +16,7 @@ import { dialFor } from '../connect-to.ts';
 import { ConfigError, MultilegError } from '../errors.ts';
 import { gssLibraryName } from '../mechanisms/gssapi/index.ts';
 import { loadBackend } from '../mechanisms/negotiate/backend.ts';
-import { ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import { KerberosError, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
 import { negotiateMechanism, spnFor } from '../mechanisms/negotiate/index.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import { unsupportedNode } from '../node-version.ts';
@@ -225,19 +225,74 @@ async function kerberos(
   } catch (err) {
     const e = err instanceof MultilegError ? err : new MultilegError('MULTILEG_MECHANISM', (err as Error).message);
     const unknown = e.code === 'MULTILEG_KRB_UNKNOWN_SPN';
-    checks.push({
-      name: 'SPN',
-      verdict: unknown ? 'FAIL' : 'warn',
-      detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket (${e.code})`}`,
-      // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
-      fix: `${forCli(withoutGssDetail(req.user ? withoutFallbackHint(e.message) : e.message))}${missingKrb5Config(e.code)}`,
-    });
+    // The cause on the detail, the fix alone on its line: the message whole there repeated the verdict.
+    const text = withoutGssDetail(e.message).replace(/^Negotiate: /, '');
+    const known = e instanceof KerberosError ? e.fix : undefined;
+    const fix = known && text.endsWith(`: ${known}`) ? known : undefined;
+    const cause = fix ? text.slice(0, -fix.length - 2) : text;
+    // A skewed clock is the clock check's to say and mend (it owns the comparison of clocks).
+    if (e.code === 'MULTILEG_KRB_CLOCK_SKEW')
+      checks.push({
+        name: 'SPN',
+        verdict: 'warn',
+        detail: `${canonical}: no service ticket: the KDC refused this machine's time (${e.code}; the clock check says what to change)`,
+      });
+    else
+      checks.push({
+        name: 'SPN',
+        verdict: unknown ? 'FAIL' : 'warn',
+        detail: `${canonical}: ${unknown ? 'the KDC does not know this service principal' : `no service ticket: ${forCli(cause)} (${e.code})`}`,
+        // With -u given, "or give -u user:password for the NTLM fallback" would name what is there.
+        fix: `${
+          fix
+            ? forCli(req.user ? withoutFallbackHint(fix) : fix)
+            : "run it with -v, and with KRB5_TRACE=/dev/stderr for GSS-API's own steps"
+        }${missingKrb5Config(e.code)}`,
+      });
     return { checks, ticketWorks: false, failure: e.code };
   } finally {
     // Only its first token was wanted: the context is freed now, so that it does not count as a
     // handshake in flight (C4) while the authenticated request below runs.
     context.dispose?.();
   }
+}
+
+/**
+ * The clock check: the server's Date (`date`) against this machine's clock, and (`kdcSkew`) a KDC
+ * that refused this machine's time (KRB5KRB_AP_ERR_SKEW), which a server's Date cannot show: the
+ * KDC's clock is another's. Says what it compared, and which clock is likely off.
+ */
+function clockCheck(date: string | undefined, kdcSkew: boolean): Check {
+  const skew = date ? Math.round((Date.parse(date) - Date.now()) / 1000) : undefined;
+  const abs = skew === undefined || Number.isNaN(skew) ? undefined : Math.abs(skew);
+  const server =
+    abs === undefined
+      ? undefined
+      : abs <= 60
+        ? `the server's Date is within ${Math.max(abs, 1)} s of this machine's`
+        : `the server's Date is ${abs} s ${skew! >= 0 ? 'ahead of' : 'behind'} this machine`;
+  if (kdcSkew)
+    return {
+      name: 'clock',
+      verdict: 'FAIL',
+      detail: `the KDC refused this machine's time as further than its tolerance from its own (KRB5KRB_AP_ERR_SKEW, MULTILEG_KRB_CLOCK_SKEW); ${
+        server === undefined
+          ? "the KDC's clock or this machine's is off"
+          : abs! <= 60
+            ? `${server}, so the KDC's clock is likely off, or the KDC time offset the ticket cache keeps from the last kinit`
+            : `${server} too, so this machine's clock is likely the one that is off`
+      }`,
+      // MIT keeps the KDC's offset from the last kinit in the ticket cache (kdc_timesync): a clock
+      // set since makes it wrong, and a kinit alone mends that.
+      fix: `kinit again (the ticket cache keeps the KDC's time offset from the last kinit); if it stays, set the clock that is off by NTP (here: chronyc tracking, timedatectl; a Windows domain controller: w32tm /resync); the tolerance is clockskew in krb5.conf [libdefaults] (MIT's default ${MAX_SKEW_S} s)`,
+    };
+  if (server === undefined) return { name: 'clock', verdict: 'skip', detail: 'the server sends no Date header' };
+  return {
+    name: 'clock',
+    verdict: abs! > MAX_SKEW_S ? 'FAIL' : abs! > 60 ? 'warn' : 'ok',
+    detail: server,
+    ...(abs! > 60 ? { fix: 'synchronise the clocks (NTP): Kerberos refuses more than 5 minutes of skew' } : {}),
+  };
 }
 
 /** Whether the server's certificate chain is trusted with the given CAs, and whether the OS store would. */
@@ -865,16 +920,6 @@ export async function doctor(argv: string[]): Promise<number> {
           : `${show(h2)}; ${unseen ?? (h2.protocol === 'h2' ? `over HTTP/1.1: ${show(h1)}` : 'the server does not speak HTTP/2')}`
       }${none ? (required ? ' (a client certificate is asked for first)' : ' (no authentication asked for at this URL)') : ''}`,
     });
-    if (h2.date) {
-      const skew = Math.round((Date.parse(h2.date) - Date.now()) / 1000);
-      const abs = Math.abs(skew);
-      add({
-        name: 'clock',
-        verdict: abs > MAX_SKEW_S ? 'FAIL' : abs > 60 ? 'warn' : 'ok',
-        detail: `the server's Date is ${abs} s ${skew >= 0 ? 'ahead of' : 'behind'} this machine`,
-        ...(abs > 60 ? { fix: 'synchronise the clocks (NTP): Kerberos refuses more than 5 minutes of skew' } : {}),
-      });
-    } else add({ name: 'clock', verdict: 'skip', detail: 'the server sends no Date header' });
   } else if (ranOutBefore) add(notRun('schemes'));
   else {
     // It was reached where it refused the certificate, or required one: say that, not "could not be reached".
@@ -923,6 +968,11 @@ export async function doctor(argv: string[]): Promise<number> {
     }
   }
 
+  // After the Kerberos checks: a KDC that refused this machine's time is this check's to say (the
+  // SPN check's "clock skew" beside an "ok" here read as a contradiction).
+  if (h2 && h1) add(clockCheck(h2.date, kerberosFailure === 'MULTILEG_KRB_CLOCK_SKEW'));
+  else if (kerberosFailure === 'MULTILEG_KRB_CLOCK_SKEW') add(clockCheck(undefined, true));
+
   // H5: a forwarding proxy's final 407 stopped the requests before the server: the command's words
   // for it (refused, held back, or none given), not the server's "asks for authentication".
   const stood407 = h2?.proxy407 && proxy ? h2.proxy407 : undefined;
@@ -956,6 +1006,7 @@ export async function doctor(argv: string[]): Promise<number> {
             // Refused there with HTTP_1_1_REQUIRED, the server spoke HTTP/2: a move to HTTP/1.1 is news.
             h2.http1Required ? 'h2' : h2.protocol,
             h2.http1Required,
+            h2.offered,
             ticketWorks,
             kerberosFailure,
             proxy?.kind === 'forward',
@@ -997,6 +1048,8 @@ async function authenticate(
   probed: string | undefined,
   /** The probe's HTTP/2 request was refused with HTTP_1_1_REQUIRED (IIS), not answered. */
   refusedH2: boolean,
+  /** The schemes the server's 401 offered. */
+  offered: readonly string[],
   ticketWorks: boolean,
   /** The code of the SPN check's failure, when it failed. */
   kerberosFailure: string | undefined,
@@ -1017,7 +1070,16 @@ async function authenticate(
         kerberosFailure === 'MULTILEG_KRB_KEYTAB'
           ? `the server asks for authentication; the client keytab gives no Kerberos ticket (${kerberosFailure}), and there is no password`
           : `the server asks for authentication; the Kerberos ticket gets no service ticket for it (${kerberosFailure}), and there is no password`,
-      fix: 'the SPN check above says what to change; or give -u DOMAIN\\user (NTLM)',
+      fix: `the ${kerberosFailure === 'MULTILEG_KRB_CLOCK_SKEW' ? 'clock' : 'SPN'} check above says what to change; or give -u DOMAIN\\user (NTLM)`,
+    };
+  // A server that offers no Negotiate: no ticket answers it, only a password (kinit was no fix).
+  const scheme = offered.find((s) => /^(ntlm|digest|basic)$/i.test(s));
+  if (!credentials && scheme && !offered.some((s) => /^negotiate$/i.test(s)))
+    return {
+      name: 'authentication',
+      verdict: 'FAIL',
+      detail: `the server asks for authentication (${offered.join(', ')}), and no password was given`,
+      fix: `give -u ${/^ntlm$/i.test(scheme) ? 'DOMAIN\\user' : 'user'} (the password is asked for on a terminal, or comes from --password-stdin / MULTILEG_PASSWORD)`,
     };
   if (!credentials && !ticketWorks)
     return {
@@ -1074,20 +1136,24 @@ async function authenticate(
     const outcome = opening ? 'failed at its opening' : h.outcome;
     const why = opening && `: ${opening.what.replace(/^it /, 'the server ')}${opening.why ? ` (${opening.why})` : ''}`;
     const over = `${h.protocol === 'h2' ? 'HTTP/2' : 'HTTP/1.1'}${forwarded ? ' to the proxy' : ''}`;
+    // Basic to an http:// URL: the password went as readable as typed (curl sends it so too).
+    const cleartext = /^basic$/i.test(h.scheme) && req.url.protocol === 'http:';
     return {
       name: 'authentication',
-      verdict: failed ? 'FAIL' : moved ? 'warn' : 'ok',
-      detail: `${h.scheme}, ${h.legs} leg(s), ${outcome}${h.identity ? ` as ${h.identity}` : ''} over ${over} → ${res.statusCode}${why ?? ''}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}`,
+      verdict: failed ? 'FAIL' : moved || cleartext ? 'warn' : 'ok',
+      detail: `${h.scheme}, ${h.legs} leg(s), ${outcome}${h.identity ? ` as ${h.identity}` : ''} over ${over} → ${res.statusCode}${why ?? ''}${moved ? '; needs HTTP/1.1 for authentication (multileg moves there by itself)' : ''}${cleartext ? '; the password went in cleartext (Basic over http://: anyone on the way reads it)' : ''}`,
       // A refusal's fix wins: the move to HTTP/1.1 is then a note in the detail, nothing to do.
       ...(failed
         ? { fix: refused }
-        : moved
-          ? {
-              fix: refusedH2
-                ? 'nothing to do; the server refuses authentication over HTTP/2 (HTTP_1_1_REQUIRED, as IIS does for Windows authentication)'
-                : 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
-            }
-          : {}),
+        : cleartext
+          ? { fix: 'use the https:// URL, if the server has one' }
+          : moved
+            ? {
+                fix: refusedH2
+                  ? 'nothing to do; the server refuses authentication over HTTP/2 (HTTP_1_1_REQUIRED, as IIS does for Windows authentication)'
+                  : 'nothing to do; the server cannot keep a handshake across HTTP/2 streams (IIS, Apache mod_auth_gssapi)',
+              }
+            : {}),
     };
   } catch (err) {
     return { name: 'authentication', verdict: 'FAIL', detail: describeFailure(err, req).message };

@@ -58,6 +58,8 @@ export class Trace {
   /** Forwarding proxies' 407s that went to the caller unanswered, with why. */
   readonly unanswered407: ProxyUnansweredEvent[] = [];
   readonly #byId = new Map<number, LegRecord>();
+  /** -v lines said once per run (why Negotiate was not used at a place). */
+  readonly #said = new Set<string>();
   readonly #verbose: ((line: string) => void) | undefined;
   readonly #onResponse: ((leg: LegRecord) => void) | undefined;
   #lastProtocol: string | undefined;
@@ -212,7 +214,19 @@ export class Trace {
               !r.proxy && r.failureReason
               ? `failed (${forCli(r.failureReason)})`
               : 'failed';
-    const detail = `${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${r.fallbackReason ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`;
+    // Kerberos skipped inside Negotiate (NTLM in SPNEGO) is that handshake's own news; for another
+    // scheme (the proxy's NTLM, Basic…) it is why Negotiate was not used: a line of its own, once
+    // (appended, it read as that scheme's, and again on each of its handshakes).
+    const inside = r.fallbackReason !== undefined && /^negotiate$/i.test(r.scheme);
+    if (r.fallbackReason !== undefined && !inside) {
+      const where = r.proxy ? `proxy ${r.origin}` : r.origin;
+      const line = `* ${where}: Negotiate not used: ${r.fallbackReason}`;
+      if (!this.#said.has(line)) {
+        this.#said.add(line);
+        this.#say(line);
+      }
+    }
+    const detail = `${r.identity ? ` as ${r.identity}` : ''}${r.spn ? ` (SPN ${r.spn})` : ''}${inside ? `; Kerberos skipped: ${r.fallbackReason}` : ''}`;
     if (r.proxy) {
       // H5: the proxy's own handshake (no Auth-ID there); a refusal says so.
       const failed =

@@ -9,7 +9,13 @@ import type { Challenge } from '../challenge/types.ts';
 import { InvalidTokenError, LegLimitError, MultilegError, MutualAuthError } from '../errors.ts';
 import { proofRequired } from '../handshake/handshake.ts';
 import { log } from '../log.ts';
-import { fallbackReasonOf, KerberosError, ticketFixes, withoutGssDetail } from '../mechanisms/negotiate/errors.ts';
+import {
+  fallbackReasonOf,
+  KerberosError,
+  KerberosOtherPrincipalError,
+  ticketFixes,
+  withoutGssDetail,
+} from '../mechanisms/negotiate/errors.ts';
 import {
   atOpening,
   cannotRunHere,
@@ -171,14 +177,31 @@ export function rejected(
 function withCredentials(
   unusable: Iterable<{ readonly scheme: string; readonly error: MultilegError }>,
   from: string,
+  /** The schemes the proxy's 407 offered. */
+  offered: readonly string[],
 ): string {
   const list = [...unusable];
   const schemes = list.map((u) => u.scheme);
+  const where = from.replace(/^the user:password in /, '');
+  // The ticket at hand is another user's than the credentials name (S6): nothing went, and it is
+  // not that the proxy refused it. The two ways out: that user's ticket, or this one on purpose.
+  const other = list.find((u) => u.error instanceof KerberosOtherPrincipalError)?.error as
+    | KerberosOtherPrincipalError
+    | undefined;
+  if (other)
+    return `the password in ${where} cannot answer ${schemes.join(', ')} (it sends a Kerberos ticket, and none is made from a password), and ${other.ticket}'s ticket is not used for ${other.user}: kinit as ${other.user}, or give no ${where} to go as ${other.ticket}`;
   // A ticket is the fix where there was none (or it expired); an unknown SPN, a KDC out of reach or
   // a skewed clock are named in the reason before this, and a ticket does not mend them.
-  const ticket = list.some((u) => ticketFixes(u.error.code)) ? 'get a Kerberos ticket for the proxy, or ' : '';
-  const where = from.replace(/^the user:password in /, '');
-  return `the password in ${where} cannot answer ${schemes.join(', ')}: ${ticket}check proxy.schemes`;
+  const ticket = list.some((u) => ticketFixes(u.error.code));
+  // Allowing other schemes helps only where the proxy offers one that did not run: where its
+  // Kerberos was all it offered, "check proxy.schemes" named what was given (--proxy-negotiate).
+  const tried = new Set(schemes.map((s) => s.toLowerCase()));
+  const others =
+    offered.some((s) => !tried.has(s.toLowerCase())) || !list.every((u) => u.error instanceof KerberosError);
+  const fix = [ticket ? 'get a Kerberos ticket for the proxy' : '', others ? 'check proxy.schemes' : '']
+    .filter(Boolean)
+    .join(', or ');
+  return `the password in ${where} cannot answer ${schemes.join(', ')}: ${fix || 'mend what it says'}`;
 }
 
 /**
@@ -972,7 +995,7 @@ export class ProxyAuth {
     if (cannotRun.length)
       fixes.push(
         given
-          ? withCredentials(cannotRun, this.#proxy.credentialsFrom)
+          ? withCredentials(cannotRun, this.#proxy.credentialsFrom, schemes)
           : kerberosNamesItsFix(cannotRun)
             ? 'mend what it says, or give proxy.credentials'
             : 'give proxy.credentials or a Kerberos ticket',

@@ -11,9 +11,21 @@ import { type KerberosNames, ORIGIN_KERBEROS_NAMES } from './mechanism.ts';
 export class KerberosError extends MultilegError {
   /** The GSS-API message as reported (major: minor), for diagnostics. */
   readonly gssMessage: string;
-  constructor(code: MultilegErrorCode, message: string, gssMessage: string, options?: { cause?: unknown }) {
+  /**
+   * The fix alone, as the message words it after the cause (`run kinit …`): for a line that says
+   * the cause already (doctor's check) and wants only what to do. Undefined where the message names none.
+   */
+  readonly fix: string | undefined;
+  constructor(
+    code: MultilegErrorCode,
+    message: string,
+    gssMessage: string,
+    options?: { cause?: unknown },
+    fix?: string,
+  ) {
     super(code, message, options);
     this.gssMessage = gssMessage;
+    this.fix = fix;
   }
 }
 
@@ -42,18 +54,26 @@ export class KerberosNoTicketError extends KerberosError {
     // A cache given in the options (negotiate.ccache): a plain kinit fills the default one, not it.
     // (Not with a principal: kinit -c into a FILE cache would replace the tickets of the one there.)
     const kinit = options?.ccache ? `kinit -c ${options.ccache}` : 'kinit';
-    const fix = options?.envKeytab
-      ? ` from the client keytab ${options.envKeytab}: check the path, or get a ticket otherwise (kinit)`
+    const what = options?.envKeytab
+      ? ` from the client keytab ${options.envKeytab}`
       : principal
-        ? ` for ${principal}: run kinit ${principal}`
-        : // A job with no one to type kinit's password (CI, cron) gets its tickets from a client keytab.
-          `: run ${kinit}, give a client keytab (${names.options}.keytab), or pass ${names.principal}`;
+        ? ` for ${principal}`
+        : '';
+    const fix = `${
+      options?.envKeytab
+        ? 'check the path, or get a ticket otherwise (kinit)'
+        : principal
+          ? `run kinit ${principal}`
+          : // A job with no one to type kinit's password (CI, cron) gets its tickets from a client keytab.
+            `run ${kinit}, give a client keytab (${names.options}.keytab), or pass ${names.principal}`
+    }${options?.fallback === false ? '' : ` (or give ${names.credentials} for the NTLM fallback)`}`;
     super(
       'MULTILEG_KRB_NO_TICKET',
       // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
-      `Negotiate: no Kerberos ticket${fix}${options?.fallback === false ? '' : ` (or give ${names.credentials} for the NTLM fallback)`} [GSS: ${gssMessage}]`,
+      `Negotiate: no Kerberos ticket${what}: ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       causeOf(options),
+      fix,
     );
   }
 }
@@ -63,11 +83,13 @@ export class KerberosTicketExpiredError extends KerberosError {
   /** `ccache`: the cache given in the options (negotiate.ccache), which a plain kinit does not fill. */
   constructor(gssMessage: string, options?: { cause?: unknown; ccache?: string }) {
     const c = options?.ccache ? ` -c ${options.ccache}` : '';
+    const fix = `run kinit${c} again (or renew it with kinit -R${c})`;
     super(
       'MULTILEG_KRB_TICKET_EXPIRED',
-      `Negotiate: the Kerberos ticket has expired: run kinit${c} again (or renew it with kinit -R${c}) [GSS: ${gssMessage}]`,
+      `Negotiate: the Kerberos ticket has expired: ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       causeOf(options),
+      fix,
     );
   }
 }
@@ -75,11 +97,13 @@ export class KerberosTicketExpiredError extends KerberosError {
 /** No KDC of the realm answered (or none is configured). */
 export class KerberosKdcUnreachableError extends KerberosError {
   constructor(gssMessage: string, options?: { cause?: unknown }) {
+    const fix = "check the realm's kdc entries in krb5.conf (KRB5_CONFIG), DNS, and the network/firewall to the KDC";
     super(
       'MULTILEG_KRB_KDC_UNREACHABLE',
-      `Negotiate: cannot reach a Kerberos KDC: check the realm's kdc entries in krb5.conf (KRB5_CONFIG), DNS, and the network/firewall to the KDC [GSS: ${gssMessage}]`,
+      `Negotiate: cannot reach a Kerberos KDC: ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       options,
+      fix,
     );
   }
 }
@@ -90,13 +114,15 @@ export class KerberosUnknownServiceError extends KerberosError {
   /** `given`: the SPN is negotiate.spn's, not one made from the URL's host (the fix is then that option's value). */
   constructor(gssMessage: string, spn: string, options?: { cause?: unknown; given?: boolean; names?: KerberosNames }) {
     const o = optionsOf(options);
+    const fix = options?.given
+      ? `check the SPN given in ${o}.spn against the server's keytab name (klist -k on the server)`
+      : `check the SPN (the server's keytab name; a CNAME may need ${o}.canonicalizeHost, a non-default port ${o}.includePort) or pass ${o}.spn`;
     super(
       'MULTILEG_KRB_UNKNOWN_SPN',
-      options?.given
-        ? `Negotiate: the KDC does not know the service principal ${spn}: check the SPN given in ${o}.spn against the server's keytab name (klist -k on the server) [GSS: ${gssMessage}]`
-        : `Negotiate: the KDC does not know the service principal for ${spn}: check the SPN (the server's keytab name; a CNAME may need ${o}.canonicalizeHost, a non-default port ${o}.includePort) or pass ${o}.spn [GSS: ${gssMessage}]`,
+      `Negotiate: the KDC does not know the service principal ${options?.given ? '' : 'for '}${spn}: ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       causeOf(options),
+      fix,
     );
     this.spn = spn;
   }
@@ -105,11 +131,13 @@ export class KerberosUnknownServiceError extends KerberosError {
 /** Client and KDC/server clocks differ by more than the allowed skew (5 minutes by default). */
 export class KerberosClockSkewError extends KerberosError {
   constructor(gssMessage: string, options?: { cause?: unknown }) {
+    const fix = "sync this machine's clock with the KDC (NTP)";
     super(
       'MULTILEG_KRB_CLOCK_SKEW',
-      `Negotiate: Kerberos clock skew too great: sync this machine's clock with the KDC (NTP) [GSS: ${gssMessage}]`,
+      `Negotiate: Kerberos clock skew too great: ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       options,
+      fix,
     );
   }
 }
@@ -119,11 +147,13 @@ export class KerberosWrongRealmError extends KerberosError {
   readonly spn: string;
   constructor(gssMessage: string, spn: string, options?: { cause?: unknown; names?: KerberosNames }) {
     const o = optionsOf(options);
+    const fix = `kinit as a principal of the server's realm (or pass ${o}.principal / ${o}.ccache), or ask for a cross-realm trust`;
     super(
       'MULTILEG_KRB_WRONG_REALM',
-      `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: kinit as a principal of the server's realm (or pass ${o}.principal / ${o}.ccache), or ask for a cross-realm trust [GSS: ${gssMessage}]`,
+      `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       causeOf(options),
+      fix,
     );
     this.spn = spn;
   }
@@ -134,12 +164,21 @@ export class KerberosWrongRealmError extends KerberosError {
  * run the request as someone else than the caller said (the ambient ticket of whoever ran kinit).
  */
 export class KerberosOtherPrincipalError extends KerberosError {
+  /** The principal whose ticket is at hand. */
+  readonly ticket: string;
+  /** The user the credentials name. */
+  readonly user: string;
   constructor(ticket: string, user: string, names: KerberosNames = ORIGIN_KERBEROS_NAMES) {
+    const fix = `kinit as ${user}, or pass ${names.options}.principal to use this ticket on purpose`;
     super(
       'MULTILEG_KRB_OTHER_PRINCIPAL',
-      `Negotiate: the Kerberos ticket is ${ticket}'s, not ${user}'s (${names.credentials}): kinit as ${user}, or pass ${names.options}.principal to use this ticket on purpose`,
+      `Negotiate: the Kerberos ticket is ${ticket}'s, not ${user}'s (${names.credentials}): ${fix}`,
       '',
+      undefined,
+      fix,
     );
+    this.ticket = ticket;
+    this.user = user;
   }
 }
 
@@ -168,18 +207,23 @@ export class KerberosKeytabError extends KerberosError {
     const principal = options?.principal;
     const o = optionsOf(options);
     const who = principal ?? '<the principal klist -k names>';
-    super(
-      'MULTILEG_KRB_KEYTAB',
-      options?.stale
-        ? // The same words with or without a principal given: the cause is the key, not the name.
-          `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: its key is older than the KDC's (the key changed in the KDC since the keytab was made): compare the kvno of \`klist -k ${keytab.replace(/^FILE:/, '')}\` with \`kvno ${who}\`, then export the key again (kadmin ktadd; ktpass on Windows) [GSS: ${gssMessage}]`
-        : options?.expired
-          ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
-            `Negotiate: the ticket${principal ? ` of ${principal}` : ''} expired and no new one came from the client keytab ${keytab}: check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable [GSS: ${gssMessage}]`
-          : `Negotiate: no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: check the path and that it holds the principal's keys (klist -k)${principal ? '' : `, or pass ${o}.principal`} [GSS: ${gssMessage}]`,
-      gssMessage,
-      causeOf(options),
-    );
+    const [what, fix] = options?.stale
+      ? // The same words with or without a principal given: the cause is the key, not the name.
+        [
+          `no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}: its key is older than the KDC's (the key changed in the KDC since the keytab was made)`,
+          `compare the kvno of \`klist -k ${keytab.replace(/^FILE:/, '')}\` with \`kvno ${who}\`, then export the key again (kadmin ktadd; ktpass on Windows)`,
+        ]
+      : options?.expired
+        ? // GSS-API says only "Ticket expired": kinit is no fix here, the keytab renews the ticket.
+          [
+            `the ticket${principal ? ` of ${principal}` : ''} expired and no new one came from the client keytab ${keytab}`,
+            "check the path, that it holds the principal's current keys (klist -k; a key changed in the KDC needs a new keytab) and that the KDC is reachable",
+          ]
+        : [
+            `no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}`,
+            `check the path and that it holds the principal's keys (klist -k)${principal ? '' : `, or pass ${o}.principal`}`,
+          ];
+    super('MULTILEG_KRB_KEYTAB', `Negotiate: ${what}: ${fix} [GSS: ${gssMessage}]`, gssMessage, causeOf(options), fix);
     this.stale = options?.stale === true;
   }
 }
@@ -194,11 +238,13 @@ export class KerberosKeytabError extends KerberosError {
 export class KerberosCcacheError extends KerberosError {
   constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown; names?: KerberosNames }) {
     const o = optionsOf(options);
+    const fix = `make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use ${o}.keytab, which keeps its tickets in memory`;
     super(
       'MULTILEG_KRB_CCACHE',
-      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use ${o}.keytab, which keeps its tickets in memory [GSS: ${gssMessage}]`,
+      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): ${fix} [GSS: ${gssMessage}]`,
       gssMessage,
       causeOf(options),
+      fix,
     );
   }
 }
