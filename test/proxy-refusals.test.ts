@@ -1043,10 +1043,11 @@ describe('requests started together through a proxy while the refusal memory is 
       expect(outcomes).toEqual([0, 1, 2, 3, 4].map(() => (deliver407 ? 407 : typed)));
       // One wait each, not two.
       for (const t of took) expect(t).toBeLessThan(2 * queueTimeout);
-      // Nothing sent with credentials; each request went to the proxy once (a CONNECT each through a tunnel).
+      // Nothing sent with credentials; each request went to the proxy once at most: through a tunnel,
+      // the probe's CONNECT and one withheld bare CONNECT, whose 407 answers the other withheld
+      // requests at once (each would have sent that same CONNECT: before, one each).
       expect(proxy.exchanges.every((e) => !e.proxyAuthorization && e.status === 407)).toBe(true);
-      if (https)
-        expect(proxy.exchanges.map((e) => e.method)).toEqual(['CONNECT', 'CONNECT', 'CONNECT', 'CONNECT', 'CONNECT']);
+      if (https) expect(proxy.exchanges.map((e) => e.method)).toEqual(['CONNECT', 'CONNECT']);
       else
         expect(proxy.exchanges.map((e) => new URL(e.target, base).pathname).sort()).toEqual(
           [0, 1, 2, 3, 4].map((i) => `/public/n${i}`),
@@ -1197,7 +1198,10 @@ describe('requests started together through a proxy while its refusal memory is 
       for (const t of took) expect(t).toBeLessThan(2 * bound);
       const exchanges = proxy!.exchanges;
       expect(exchanges.every((e) => !e.proxyAuthorization && e.status === 407)).toBe(true);
-      if (https) expect(exchanges.filter((e) => e.method === 'CONNECT')).toHaveLength(n);
+      // The probe's CONNECT (its 407 asked for the password), then one withheld CONNECT: its 407
+      // answers the other withheld requests at once (each would send the same bare CONNECT). Before:
+      // one CONNECT each, one tunnel after another.
+      if (https) expect(exchanges.filter((e) => e.method === 'CONNECT')).toHaveLength(2);
       else
         expect(exchanges.map((e) => new URL(e.target, base).pathname).sort()).toEqual(
           Array.from({ length: n }, (_, i) => `/public/n${i}`).sort(),
@@ -1205,4 +1209,23 @@ describe('requests started together through a proxy while its refusal memory is 
       expect(held.signals).toHaveLength(1);
     },
   );
+
+  it("R1/R4: through a CONNECT tunnel (Basic, asked at its 407), 50 requests started together while a refusalMemory never answers, limits.queueTimeout 300: none a QueueTimeoutError — the first withheld bare CONNECT's 407 answers the other withheld requests at once (ProxyAuthenticationError, recall-timeout, nothing sent), not a tunnel each in turn in its own pool wait", async () => {
+    const held = silentRefusalMemory();
+    const bound = 300;
+    const base = await burstAgent(true, 'Basic', true, held.memory, { basicUsers: { proxyuser: 'proxypw' } }, bound);
+    const { outcomes, took } = await burst(base, 50);
+    // Before: 50 bare CONNECTs one after another, each in a fresh wait of 300 ms: most QueueTimeoutError.
+    const typed = [
+      'MULTILEG_PROXY_AUTH',
+      `were not sent: the refusal memory did not answer within ${bound} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
+    ];
+    expect(outcomes).toEqual(outcomes.map(() => typed));
+    // The burst's time does not grow with its size: about one queueTimeout (the recall's), then one round trip.
+    for (const t of took) expect(t).toBeLessThan(4 * bound);
+    const exchanges = proxy!.exchanges;
+    expect(exchanges.every((e) => !e.proxyAuthorization && e.status === 407)).toBe(true);
+    expect(exchanges.filter((e) => e.method === 'CONNECT').length).toBeLessThanOrEqual(2);
+    expect(held.signals).toHaveLength(1);
+  });
 });

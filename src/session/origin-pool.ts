@@ -3,6 +3,7 @@ import { log } from '../log.ts';
 import type { MechanismSet } from '../mechanisms/registry.ts';
 import type { Credentials, Holder, Mechanism } from '../mechanisms/types.ts';
 import { alpnFor, type ResolvedOptions } from '../options.ts';
+import { ProxyAuthenticationError } from '../proxy/errors.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
 import { type ProbeAnswer, probeAcceptableIssuers } from './acceptable-issuers.ts';
 import { siteServername } from './connector.ts';
@@ -911,11 +912,35 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * DNS): the next waiter's own attempt costs little there and may succeed.
    */
   #connectFailed(failed: Session, err: Error): void {
+    if (failed.proxyCredentialsWithheld && err instanceof ProxyAuthenticationError) this.#withheldAnswered(err);
     if (!CONNECT_TIMEOUTS.has((err as { code?: unknown }).code as string)) return;
     if (this.#sessions.some((s) => s !== failed && !s.closed && s.connection !== undefined)) return;
     log.pool('%s connection timed out (%s): failing the requests waiting for one', this.origin, err.message);
     // Each its own copy (same class, code and message): one caller's annotations stay its own.
     for (const { queue } of this.#waiting.values()) queue.settleAll(undefined, () => ownCopy(err));
+  }
+
+  /**
+   * R1/R4: a tunnel whose CONNECT went without the proxy credentials (the refusal memory's recall
+   * given up at queueTimeout: Job.proxyWatch `withheld`) got the proxy's 407, `err`. The other
+   * withheld requests waiting here for a connection end with it at once, each its own copy, rather
+   * than each open a tunnel in turn in a fresh pool wait (20–50 of them one after another ran past
+   * queueTimeout: QueueTimeoutError). That is their answer too: each would send the same bare CONNECT
+   * (nothing of the credentials; the memory not asked again for it) to the same proxy, and the
+   * proxy's answer to that is known now. A withheld request of any recall given up is such a request.
+   */
+  #withheldAnswered(err: ProxyAuthenticationError): void {
+    for (const { identity, queue } of this.#waiting.values()) {
+      if (queue.length === 0 || !carries(identity, 'proxy')) continue;
+      const answered = queue.take((j) => j.proxyWatch === 'withheld');
+      if (answered.length > 0)
+        log.pool(
+          "%s %d requests the proxy's credentials were withheld for: its 407 answers them",
+          this.origin,
+          answered.length,
+        );
+      for (const job of answered) this.#fail(job, ownCopy(err));
+    }
   }
 
   /** Hands freed capacity to waiting requests, in arrival order per lane and identity. */

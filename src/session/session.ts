@@ -512,6 +512,11 @@ export class Session {
     if (!this.#connection) this.#proxyWithheld = true;
   }
 
+  /** Its tunnel was made without the proxy credentials ({@link withholdProxyCredentials}). */
+  get proxyCredentialsWithheld(): boolean {
+    return this.#proxyWithheld;
+  }
+
   #markProbed(): void {
     if (!this.#probed) {
       this.#probed = true;
