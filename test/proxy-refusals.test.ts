@@ -1164,6 +1164,26 @@ describe('requests started together through a proxy while its refusal memory is 
     },
   );
 
+  it.each([5, 20])(
+    "R1/R4: %i requests started together through a CONNECT proxy that refuses the agent's only scheme (NTLM tunnels refused) while the refusalMemory answers after 100 ms: each ends in the proxy's ProxyAuthenticationError (none of the offered schemes is configured), none a QueueTimeoutError — the memory asked once, for the opening: a 407 that no configured scheme answers takes no leave, so no tunnel after it waits for a recall",
+    async (n) => {
+      const slowMemory = slowRefusalMemory(100);
+      const base = await burstAgent(true, 'NTLM', true, slowMemory.memory, { basicUsers: { proxyuser: 'proxypw' } });
+      const { outcomes } = await burst(base, n);
+      // Before: each bare CONNECT's 407 (Basic only) took leave, as if to answer it: a probe each,
+      // which asked the memory again (nothing was proved or refused), one tunnel after another,
+      // 100 ms each: 1 of 5 and 16 of 20 QueueTimeoutError, the memory asked once per tunnel.
+      expect(outcomes.map((o) => (Array.isArray(o) ? o[0] : o))).toEqual(outcomes.map(() => 'MULTILEG_PROXY_AUTH'));
+      expect(outcomes).toEqual(outcomes.map(() => outcomes[0]));
+      // No password went: the first CONNECT carried the opening's NEGOTIATE (no 407 asked for it;
+      // the proxy's, Basic only, ended the handshake), every other one nothing.
+      expect(proxy!.exchanges.map((e) => [e.method, e.proxyAuthorization, e.status])).toEqual(
+        proxy!.exchanges.map((_, i) => ['CONNECT', i === 0, 407]),
+      );
+      expect(slowMemory.calls.filter((c) => c === 'recall')).toEqual(['recall']);
+    },
+  );
+
   const silent = [
     // [what, requests, https target (a CONNECT tunnel), scheme]
     ['a forwarding proxy whose only scheme is NTLM, over HTTP/2 (asked before its opening)', 20, false, 'NTLM'],

@@ -544,6 +544,11 @@ export class ProxyAuth {
     return mechanism?.usesPassword !== false;
   }
 
+  /** Whether a scheme configured here would answer the 407 of `headers` (else it sends nothing: {@link answer} says why). */
+  answers(headers: Headers): boolean {
+    return this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#skipped) !== undefined;
+  }
+
   /**
    * What the proxy's refusal of the last handshake says of the credentials (R4): `'refused'` when it
    * sent a password (or may have), `'refused-no-password'` for a Kerberos ticket only.

@@ -416,6 +416,10 @@ async function handshake(
           // No leave for the opening (refused lately, or the refusal memory's recall given up at
           // queueTimeout): not asked again for the 407 after it (R1: one wait of queueTimeout).
           if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout, heldBack);
+          // A 407 that no configured scheme answers sends nothing: no leave is taken (R1/R4: a burst
+          // whose every tunnel meets it, the proxy refusing the agent's only scheme, asked the
+          // refusal memory once per tunnel, one after another, and ran past queueTimeout).
+          if (!auth.answers(headers)) return;
           const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline, onLeaveWaits);
           if (admission === 'refused') throw refusedLately(proxy, offered, limits.queueTimeout);
           ticket = admission;
