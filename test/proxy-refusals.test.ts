@@ -1165,6 +1165,19 @@ describe('requests started together through a proxy while its refusal memory is 
   );
 
   it.each([5, 20])(
+    "R1/R4: %i requests started together through a forwarding proxy that offers Basic only, NTLM the agent's only scheme, while the refusalMemory answers after 100 ms: each ends in the proxy's ProxyAuthenticationError (none of the offered schemes is configured), none a QueueTimeoutError — the memory asked once, for the opening: a 407 that no configured scheme answers takes no leave",
+    async (n) => {
+      const slowMemory = slowRefusalMemory(100);
+      const base = await burstAgent(false, 'NTLM', true, slowMemory.memory, { basicUsers: { proxyuser: 'proxypw' } });
+      const { outcomes } = await burst(base, n);
+      expect(outcomes.map((o) => (Array.isArray(o) ? o[0] : o))).toEqual(outcomes.map(() => 'MULTILEG_PROXY_AUTH'));
+      expect(outcomes).toEqual(outcomes.map(() => outcomes[0]));
+      expect(proxy!.exchanges.every((e) => !e.proxyAuthorization || e.proxyNtlm === 'negotiate')).toBe(true);
+      expect(slowMemory.calls.filter((c) => c === 'recall')).toEqual(['recall']);
+    },
+  );
+
+  it.each([5, 20])(
     "R1/R4: %i requests started together through a CONNECT proxy that refuses the agent's only scheme (NTLM tunnels refused) while the refusalMemory answers after 100 ms: each ends in the proxy's ProxyAuthenticationError (none of the offered schemes is configured), none a QueueTimeoutError — the memory asked once, for the opening: a 407 that no configured scheme answers takes no leave, so no tunnel after it waits for a recall",
     async (n) => {
       const slowMemory = slowRefusalMemory(100);

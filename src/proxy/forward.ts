@@ -546,8 +546,13 @@ export class ForwardProxy {
             // for the opening: not asked twice for one request): nothing is sent. proxy.deliver407:
             // that 407 is the caller's, as its refusal was (not a typed error for the same 407 on
             // the next request). Why: as decided when leave was refused.
+            // A 407 that no configured scheme answers sends nothing: it takes no leave (R1/R4: else a
+            // probe each, each asking the refusal memory again, one request after another).
             const why =
-              heldBack ?? ((await admit(this.#auth.usesPassword(challenged))) ? undefined : proof.heldBackWhy);
+              heldBack ??
+              (!this.#auth.answers(challenged) || (await admit(this.#auth.usesPassword(challenged)))
+                ? undefined
+                : proof.heldBackWhy);
             if (why) {
               if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, why);
               throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout, why);
