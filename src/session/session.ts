@@ -893,6 +893,7 @@ export class Session {
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
       headersTimeout: this.headersTimeoutOf(job),
+      cutShort: (err) => this.cutShort(job, err),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
@@ -1154,6 +1155,22 @@ export class Session {
       return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
     }
     return r;
+  }
+
+  /**
+   * R1: undici's error for an HTTP/2 stream the server reset (RST_STREAM) after the response head
+   * reached the caller, as a ConnectionClosedError (ProxyClosedError through a forwarding proxy)
+   * naming the code, the cut response and the fix, undici's error its cause; any other error as is.
+   * Never sent again: the server began to answer, so it may have acted on the request.
+   */
+  cutShort(job: Job, err: Error): Error {
+    const code = (err as { http2ErrorCode?: unknown }).http2ErrorCode;
+    if ((err as { code?: unknown }).code !== 'ERR_HTTP2_STREAM_ERROR' || typeof code !== 'number') return err;
+    const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job) } };
+    const { method } = job.dispatchOptions;
+    return this.#forward
+      ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
+      : new ConnectionClosedError(job.origin, method, options);
   }
 
   /** Requests go straight to the origin's connection (not rewritten for a forwarding proxy). */
