@@ -376,7 +376,13 @@ export function isFramingError(err: Error): boolean {
 /** The connection closed under a written leg (the session's typed error for it, or undici's own). */
 export function closedUnder(err: Error): boolean {
   const code = (err as { code?: unknown }).code;
-  return err instanceof ConnectionClosedError || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+  // (A stream the server reset is no close: the connection lives on, and the server answered.)
+  return (
+    (err instanceof ConnectionClosedError && err.streamReset === undefined) ||
+    code === 'UND_ERR_SOCKET' ||
+    code === 'ECONNRESET' ||
+    code === 'EPIPE'
+  );
 }
 
 /** What a {@link ConnectionClosedError} knows of the close, and why the request was not sent again. */
@@ -411,10 +417,11 @@ export interface ConnectionClosedOptions {
   /** Idempotent, but it carried credentials (this header) not proved where they go (R4). */
   unproved?: string | undefined;
   /**
-   * HTTP/2: the server reset the request's stream (RST_STREAM, this error code) after the response
-   * head reached the caller, cutting the response short; `idempotent`: undici's rule for the request.
+   * HTTP/2: the server reset the request's stream (RST_STREAM, this error code) before any response,
+   * or (`afterHead`) after the response head reached the caller, cutting the response short;
+   * `idempotent`: undici's rule for the request.
    */
-  streamReset?: { code: number; idempotent: boolean } | undefined;
+  streamReset?: { code: number; idempotent: boolean; afterHead: boolean } | undefined;
 }
 
 /** RFC 9113 §7's error code names, for messages (RST_STREAM, GOAWAY). */
@@ -439,8 +446,12 @@ const HTTP2_ERROR_NAMES = [
  * R1: what a {@link ConnectionClosedError} says of an HTTP/2 stream `who` reset under `method` after
  * its response head: the code, what it means for this response, and what to do.
  */
-function streamResetMessage(who: string, method: string, reset: { code: number; idempotent: boolean }): string {
-  const { code, idempotent } = reset;
+function streamResetMessage(
+  who: string,
+  method: string,
+  reset: { code: number; idempotent: boolean; afterHead: boolean },
+): string {
+  const { code, idempotent, afterHead } = reset;
   const name = `RST_STREAM ${HTTP2_ERROR_NAMES[code] ?? 'code'} (0x${code.toString(16)})`;
   const meaning =
     code === 7
@@ -451,6 +462,9 @@ function streamResetMessage(who: string, method: string, reset: { code: number; 
         : code === 13
           ? 'the server wants this request over HTTP/1.1: use HTTP/1.1 (allowH2: false)'
           : "the server failed or gave up the response: check the server's logs";
+  if (!afterHead)
+    // Only REFUSED_STREAM says a request was not processed (StreamRefusedError): any other may have been.
+    return `${who} reset the HTTP/2 stream of the ${method} with ${name} before any response, ${meaning}; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not)${idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}`;
   const again = idempotent
     ? 'the request is idempotent: it may be sent again'
     : `not safe to send again unless the ${method} is idempotent, as the server began to answer it and may have acted on it`;
@@ -487,8 +501,10 @@ export class ConnectionClosedError extends MultilegError {
    * answer at all): the origin's own (not a CONNECT tunnel's proxy answer); always 0 over HTTP/2.
    */
   readonly headBytes: number;
-  /** HTTP/2: the RST_STREAM error code the server reset the stream with after the response head. */
+  /** HTTP/2: the RST_STREAM error code the server reset the stream with (see {@link responseCut}). */
   readonly streamReset: number | undefined;
+  /** The reset came after the response head reached the caller: its body ends with this error. */
+  readonly responseCut: boolean;
   /**
    * `peer` closed under `method`; `options` says why it was not sent again. `via` (internal): which
    * server it is, `'proxy'` for {@link ProxyClosedError}.
@@ -544,5 +560,6 @@ export class ConnectionClosedError extends MultilegError {
     this.reset = reset;
     this.headBytes = headBytes;
     this.streamReset = options?.streamReset?.code;
+    this.responseCut = options?.streamReset?.afterHead === true;
   }
 }

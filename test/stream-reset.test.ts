@@ -33,12 +33,20 @@ async function resettingOrigin() {
       stream.respond({ ':status': 401, 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }, { endStream: true });
       return;
     }
+    const path = String(headers[':path']);
+    const before = /^\/before\/(\d+)/.exec(path);
+    // `/before/<code>`: reset before any response — the handshake's last leg, or a request on an
+    // authenticated connection.
+    if (before && (leg === 3 || (leg === 0 && authenticated.has(session)))) {
+      stream.close(Number(before[1]));
+      return;
+    }
     if (leg === 3) authenticated.add(session);
     if (!authenticated.has(session)) {
       stream.respond({ ':status': 401, 'www-authenticate': 'NTLM' }, { endStream: true });
       return;
     }
-    const m = /^\/reset\/(\d+)/.exec(String(headers[':path']));
+    const m = /^\/reset\/(\d+)/.exec(path);
     if (!m) {
       stream.respond({ ':status': 200 });
       stream.end('ok');
@@ -113,6 +121,43 @@ describe('RST_STREAM after the response head', () => {
           expect(e.message, label).toContain(
             method === 'GET' ? 'the request is idempotent' : 'not safe to send again unless',
           );
+        }
+      }
+    }, 60_000);
+  }
+});
+
+describe('RST_STREAM before any response (other than REFUSED_STREAM)', () => {
+  const before = CODES.filter((c) => c.name !== 'REFUSED_STREAM' && c.name !== 'HTTP_1_1_REQUIRED');
+  for (const where of ['fast path', 'handshake leg'] as const) {
+    it(`R1: on the ${where}, PROTOCOL_ERROR, INTERNAL_ERROR and ENHANCE_YOUR_CALM before any response end in ConnectionClosedError naming the code and the fix, not sent again (the server may have processed it) — undici's error its cause`, async () => {
+      for (const c of before) {
+        for (const method of ['GET', 'POST']) {
+          const origin = await resettingOrigin();
+          const agent = agentFor(origin);
+          if (where === 'fast path') expect((await request(`${origin}/`, { dispatcher: agent })).statusCode).toBe(200);
+          const label = `${c.name} ${method}`;
+          let error: (Error & { code?: string }) | undefined;
+          try {
+            await request(`${origin}/before/${c.code}`, {
+              dispatcher: agent,
+              method,
+              body: method === 'GET' ? undefined : 'payload',
+              signal: AbortSignal.timeout(10_000),
+            });
+          } catch (err) {
+            error = err as Error & { code?: string };
+          }
+          // Before: undici's raw "Stream closed with error code NGHTTP2_…" (ERR_HTTP2_STREAM_ERROR).
+          expect([label, error?.code]).toEqual([label, 'MULTILEG_CONNECTION_CLOSED']);
+          const e = error as ConnectionClosedError;
+          expect([label, e.streamReset, e.responseCut, e.fresh]).toEqual([label, c.code, false, false]);
+          expect(e.cause, label).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: c.code });
+          expect(e.message, label).toContain(
+            `${origin} reset the HTTP/2 stream of the ${method} with RST_STREAM ${c.name} (0x${c.code.toString(16)}) before any response`,
+          );
+          expect(e.message, label).toContain(c.hint);
+          expect(e.message, label).toContain('not sent again, as the server may have processed it');
         }
       }
     }, 60_000);

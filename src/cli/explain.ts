@@ -413,9 +413,12 @@ export function describeFailure(
                   : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
                     // answer; reset or a head cut short, curl 7.88's 56 ("Recv failure").
                     e instanceof ConnectionClosedError
-                    ? // An HTTP/2 stream reset after the head: curl's 18, the body stopped short (R1).
+                    ? // An HTTP/2 stream reset (R1): after the head, curl's 18, the body stopped short;
+                      // before any response, 56, as a refused stream's.
                       e.streamReset !== undefined
-                      ? EXIT.partial
+                      ? e.responseCut
+                        ? EXIT.partial
+                        : EXIT.receive
                       : e.reset || e.headBytes > 0
                         ? EXIT.receive
                         : EXIT.emptyReply
