@@ -376,7 +376,13 @@ export function isFramingError(err: Error): boolean {
 /** The connection closed under a written leg (the session's typed error for it, or undici's own). */
 export function closedUnder(err: Error): boolean {
   const code = (err as { code?: unknown }).code;
-  return err instanceof ConnectionClosedError || code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+  // (A stream the server reset is no close: the connection lives on, and the server answered.)
+  return (
+    (err instanceof ConnectionClosedError && err.streamReset === undefined) ||
+    code === 'UND_ERR_SOCKET' ||
+    code === 'ECONNRESET' ||
+    code === 'EPIPE'
+  );
 }
 
 /** What a {@link ConnectionClosedError} knows of the close, and why the request was not sent again. */
@@ -410,6 +416,59 @@ export interface ConnectionClosedOptions {
   oneShot?: number | undefined;
   /** Idempotent, but it carried credentials (this header) not proved where they go (R4). */
   unproved?: string | undefined;
+  /**
+   * HTTP/2: the server reset the request's stream (RST_STREAM, this error code) before any response,
+   * or (`afterHead`) after the response head reached the caller, cutting the response short;
+   * `idempotent`: undici's rule for the request.
+   */
+  streamReset?: { code: number; idempotent: boolean; afterHead: boolean } | undefined;
+}
+
+/** RFC 9113 §7's error code names, for messages (RST_STREAM, GOAWAY). */
+const HTTP2_ERROR_NAMES = [
+  'NO_ERROR',
+  'PROTOCOL_ERROR',
+  'INTERNAL_ERROR',
+  'FLOW_CONTROL_ERROR',
+  'SETTINGS_TIMEOUT',
+  'STREAM_CLOSED',
+  'FRAME_SIZE_ERROR',
+  'REFUSED_STREAM',
+  'CANCEL',
+  'COMPRESSION_ERROR',
+  'CONNECT_ERROR',
+  'ENHANCE_YOUR_CALM',
+  'INADEQUATE_SECURITY',
+  'HTTP_1_1_REQUIRED',
+];
+
+/**
+ * R1: what a {@link ConnectionClosedError} says of an HTTP/2 stream `who` reset under `method` after
+ * its response head: the code, what it means for this response, and what to do.
+ */
+function streamResetMessage(
+  who: string,
+  method: string,
+  reset: { code: number; idempotent: boolean; afterHead: boolean },
+): string {
+  const { code, idempotent, afterHead } = reset;
+  const name = `RST_STREAM ${HTTP2_ERROR_NAMES[code] ?? 'code'} (0x${code.toString(16)})`;
+  const meaning =
+    code === 7
+      ? // A refusal says the request was not processed; a server that began to answer processed it.
+        "which RFC 9113 §8.7 forbids once a server has begun to answer (REFUSED_STREAM says a request was not processed), so take it as the server failing the response: check the server's logs"
+      : code === 11
+        ? 'the server thinks the client misbehaves (too many requests or streams at once): slow down, send fewer requests at once (lower connections or limits), then send it again'
+        : code === 13
+          ? 'the server wants this request over HTTP/1.1: use HTTP/1.1 (allowH2: false)'
+          : "the server failed or gave up the response: check the server's logs";
+  if (!afterHead)
+    // Only REFUSED_STREAM says a request was not processed (StreamRefusedError): any other may have been.
+    return `${who} reset the HTTP/2 stream of the ${method} with ${name} before any response, ${meaning}; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not)${idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}`;
+  const again = idempotent
+    ? 'the request is idempotent: it may be sent again'
+    : `not safe to send again unless the ${method} is idempotent, as the server began to answer it and may have acted on it`;
+  return `${who} reset the HTTP/2 stream of the ${method} with ${name} after its response head: the response was cut short (its head and part of its body delivered), ${meaning}; ${again}`;
 }
 
 /**
@@ -423,7 +482,9 @@ export interface ConnectionClosedOptions {
  * on the new connection, a one-shot body past the replay limit (C10), credentials the server may
  * have counted unanswered. A close under the first request on a NEW connection is this error at
  * once with `fresh: true`, idempotent or not (a server refusing or failing the request, or a
- * plain request to a TLS port: not an idle close). `MULTILEG_CONNECTION_CLOSED` for the origin's connection;
+ * plain request to a TLS port: not an idle close). Over HTTP/2, also a stream the server reset
+ * (RST_STREAM) after the response head reached the caller (`streamReset`, R1): the body ends with it.
+ * `MULTILEG_CONNECTION_CLOSED` for the origin's connection;
  * {@link ProxyClosedError} (`MULTILEG_PROXY_CLOSED`) for a forwarding proxy's. undici's own error
  * is `cause`.
  */
@@ -440,6 +501,10 @@ export class ConnectionClosedError extends MultilegError {
    * answer at all): the origin's own (not a CONNECT tunnel's proxy answer); always 0 over HTTP/2.
    */
   readonly headBytes: number;
+  /** HTTP/2: the RST_STREAM error code the server reset the stream with (see {@link responseCut}). */
+  readonly streamReset: number | undefined;
+  /** The reset came after the response head reached the caller: its body ends with this error. */
+  readonly responseCut: boolean;
   /**
    * `peer` closed under `method`; `options` says why it was not sent again. `via` (internal): which
    * server it is, `'proxy'` for {@link ProxyClosedError}.
@@ -476,15 +541,17 @@ export class ConnectionClosedError extends MultilegError {
     const afterChallenge = `${who} closed the connection with its ${options?.afterChallenge} challenge to this ${method} (an upgrade), on a new connection again after the handshake started over: the next leg answers that connection's challenge and goes on no other (H1), so it was not sent and no credential was refused; check the ${via}'s keep-alive settings (a limit of requests per connection, keep-alive off) and its logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
-      options?.afterChallenge !== undefined
-        ? afterChallenge
-        : options?.fresh
-          ? fresh
-          : options?.again
-            ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
-            : options?.goaway || options?.handshake
-              ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
-              : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
+      options?.streamReset !== undefined
+        ? streamResetMessage(who, method, options.streamReset)
+        : options?.afterChallenge !== undefined
+          ? afterChallenge
+          : options?.fresh
+            ? fresh
+            : options?.again
+              ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
+              : options?.goaway || options?.handshake
+                ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
+                : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
       options,
     );
     this.peer = peer;
@@ -492,5 +559,7 @@ export class ConnectionClosedError extends MultilegError {
     this.fresh = options?.fresh === true;
     this.reset = reset;
     this.headBytes = headBytes;
+    this.streamReset = options?.streamReset?.code;
+    this.responseCut = options?.streamReset?.afterHead === true;
   }
 }

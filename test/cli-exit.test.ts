@@ -85,6 +85,56 @@ describe('multileg command line: exit paths a test can only force', () => {
     }
   });
 
+  it("R1: an HTTP/2 server that resets the stream (INTERNAL_ERROR) after the response head is curl's 18, one line with the typed message naming the code, the cut response and the fix", async () => {
+    const closers: Array<() => Promise<unknown>> = [];
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+    server.on('stream', (stream) => {
+      stream.on('error', () => {});
+      // waitForTrailers: no END_STREAM with the data, so the reset comes mid-response.
+      stream.respond({ ':status': 200 }, { waitForTrailers: true });
+      stream.write('partial', () => setTimeout(() => stream.close(h2.NGHTTP2_INTERNAL_ERROR), 20));
+    });
+    const origin = await loopbackOrigin(server, closers);
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
+    try {
+      const ca = join(dir, 'ca.pem');
+      writeFileSync(ca, CA_CERT);
+      const r = await runCli(['--cacert', ca, `${origin}/a`]);
+      // Before: 18, "closed the connection before the end of the body (ERR_HTTP2_STREAM_ERROR)".
+      expect([r.code, r.stdout]).toEqual([18, 'partial']);
+      expect(r.stderr).toBe(
+        `multileg: origin ${origin} reset the HTTP/2 stream of the GET with RST_STREAM INTERNAL_ERROR (0x2) after its response head: the response was cut short (its head and part of its body delivered), the server failed or gave up the response: check the server's logs; the request is idempotent: it may be sent again (MULTILEG_CONNECTION_CLOSED)\n`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      for (const close of closers) await close();
+    }
+  });
+
+  it("R1: an HTTP/2 server that resets the stream with ENHANCE_YOUR_CALM before any response is curl's 56, one line with the typed message saying to slow down", async () => {
+    const closers: Array<() => Promise<unknown>> = [];
+    const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+    server.on('stream', (stream) => {
+      stream.on('error', () => {});
+      stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
+    });
+    const origin = await loopbackOrigin(server, closers);
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
+    try {
+      const ca = join(dir, 'ca.pem');
+      writeFileSync(ca, CA_CERT);
+      const r = await runCli(['--cacert', ca, '-d', 'x=1', `${origin}/a`]);
+      // Before: 1, "multileg: Stream closed with error code NGHTTP2_ENHANCE_YOUR_CALM (ERR_HTTP2_STREAM_ERROR)".
+      expect([r.code, r.stdout]).toEqual([56, '']);
+      expect(r.stderr).toBe(
+        `multileg: origin ${origin} reset the HTTP/2 stream of the POST with RST_STREAM ENHANCE_YOUR_CALM (0xb) before any response, the server thinks the client misbehaves (too many requests or streams at once): slow down, send fewer requests at once (lower connections or limits), then send it again; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not): send the POST again only if that is safe (MULTILEG_CONNECTION_CLOSED)\n`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      for (const close of closers) await close();
+    }
+  });
+
   it("R1: an HTTP/2 server that refuses every stream (REFUSED_STREAM) is curl's 56, one line with the typed message — not processed, safe to send again — not undici's raw stream error; --retry-all-errors sends it again", async () => {
     const closers: Array<() => Promise<unknown>> = [];
     const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });

@@ -413,9 +413,15 @@ export function describeFailure(
                   : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
                     // answer; reset or a head cut short, curl 7.88's 56 ("Recv failure").
                     e instanceof ConnectionClosedError
-                    ? e.reset || e.headBytes > 0
-                      ? EXIT.receive
-                      : EXIT.emptyReply
+                    ? // An HTTP/2 stream reset (R1): after the head, curl's 18, the body stopped short;
+                      // before any response, 56, as a refused stream's.
+                      e.streamReset !== undefined
+                      ? e.responseCut
+                        ? EXIT.partial
+                        : EXIT.receive
+                      : e.reset || e.headBytes > 0
+                        ? EXIT.receive
+                        : EXIT.emptyReply
                     : // curl's 56 for a server that refuses every stream ("Connection died, tried 5
                       // times before giving up", after its own fresh connections).
                       e instanceof StreamRefusedError

@@ -155,6 +155,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #outcome: LegResult | undefined;
   /** Told the result as soon as it is known (a handshake's next leg: no promise per leg). */
   readonly #onResult: ((r: LegResult) => void) | undefined;
+  readonly #cutShort: ((err: Error) => Error) | undefined;
   #result: Promise<LegResult> | undefined;
   #resolveResult: ((r: LegResult) => void) | undefined;
   /** Made when the leg delivers (a swallowed challenge needs none): settles when the body ends. */
@@ -224,7 +225,10 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     expectContinue?: boolean;
     /** The leg's headersTimeout (its request's own, else the agent's): see {@link interimBound}. */
     headersTimeout?: number | null;
+    /** What the caller gets for an error after the response head reached it (Session.cutShort, R1). */
+    cutShort?: (err: Error) => Error;
   }) {
+    this.#cutShort = opts.cutShort;
     this.#headersTimeout = opts.headersTimeout;
     this.#sink = opts.sink;
     this.#onAbort = opts.onAbort;
@@ -565,7 +569,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       return;
     }
     if (mode === 'deliver' || mode === 'gated') {
-      this.#sink.fail(err);
+      this.#sink.fail(this.#cutShort ? this.#cutShort(err) : err);
       this.#settleDone();
       if (mode === 'gated')
         this.#resolve({ kind: 'delivered', status: this.#status, headers: this.#headers, done: this.#delivered() });

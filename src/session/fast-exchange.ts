@@ -140,6 +140,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
         beforeStart: () => {},
         onAbort: this.session.noteAborted,
         expectContinue: this.job.dispatchOptions.expectContinue === true,
+        cutShort: (err) => this.session.cutShort(this.job, err),
         maxDrainBytes: env.limits.maxChallengeBodyBytes,
         maxDrainMs: env.limits.handshakeTimeout,
       });
@@ -181,7 +182,8 @@ export class FastExchange implements Dispatcher.DispatchHandler {
       return;
     }
     if (phase === 'delivering') {
-      this.job.sink.fail(err);
+      // R1: an HTTP/2 reset after the head, typed (the response was cut short).
+      this.job.sink.fail(this.session.cutShort(this.job, err));
       this.#ended();
       return;
     }

@@ -898,6 +898,7 @@ export class Session {
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
       headersTimeout: this.headersTimeoutOf(job),
+      cutShort: (err) => this.cutShort(job, err),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
@@ -972,6 +973,13 @@ export class Session {
     starts = 1,
   ): LegResult {
     if (refusedStream(r.error)) return this.#refused(job, r.error, starts);
+    // R1: any other reset before a response, typed; HTTP_1_1_REQUIRED (0xd) stays undici's, which
+    // relocationReason reads to go on over HTTP/1.1 (H2). Not a close: the connection lives on.
+    const reset = (r.error as { http2ErrorCode?: unknown }).http2ErrorCode;
+    if (typeof reset === 'number' && reset !== 0xd) {
+      const typed = this.cutShort(job, r.error, false);
+      if (typed !== r.error) return { kind: 'failed', error: typed };
+    }
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
@@ -1159,6 +1167,22 @@ export class Session {
       return { kind: 'failed', error: http1 ? new Http1RequiredError() : new StaleConnectionError() };
     }
     return r;
+  }
+
+  /**
+   * R1: undici's error for an HTTP/2 stream the server reset (RST_STREAM) after the response head
+   * reached the caller (`afterHead`; else before any response), as a ConnectionClosedError (ProxyClosedError through a forwarding proxy)
+   * naming the code, the cut response and the fix, undici's error its cause; any other error as is.
+   * Never sent again: the server may have acted on the request (only REFUSED_STREAM says it did not).
+   */
+  cutShort(job: Job, err: Error, afterHead = true): Error {
+    const code = (err as { http2ErrorCode?: unknown }).http2ErrorCode;
+    if ((err as { code?: unknown }).code !== 'ERR_HTTP2_STREAM_ERROR' || typeof code !== 'number') return err;
+    const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead } };
+    const { method } = job.dispatchOptions;
+    return this.#forward
+      ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
+      : new ConnectionClosedError(job.origin, method, options);
   }
 
   /** Requests go straight to the origin's connection (not rewritten for a forwarding proxy). */

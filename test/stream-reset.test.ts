@@ -1,0 +1,165 @@
+/**
+ * HTTP/2 origins that reset a stream (RST_STREAM) after its response head, partway through the body:
+ * on an authenticated session's fast path and on a handshake's last leg, the caller's body ends in a
+ * typed ConnectionClosedError naming the HTTP/2 error code and what to do, undici's error its cause
+ * (R1, C8, H1). REFUSED_STREAM there breaks RFC 9113 §8.7: the server began to answer, so it did
+ * process the request.
+ */
+import { createSecureServer, constants as h2, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ConnectionClosedError, MultilegAgent } from '../src/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ALICE, loopbackOrigin, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+
+const closers: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const close of closers.splice(0).reverse()) await close().catch(() => {});
+});
+
+/**
+ * An HTTP/2 NTLM origin (a scripted CHALLENGE; the AUTHENTICATE authenticates the connection) that
+ * answers `/reset/<code>` with a 200 head and a first body chunk, then resets the stream with `code`.
+ */
+async function resettingOrigin() {
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+  const authenticated = new WeakSet<object>();
+  server.on('stream', (stream: ServerHttp2Stream, headers) => {
+    stream.on('error', () => {});
+    stream.resume();
+    const session = stream.session as ServerHttp2Session;
+    const leg = ntlmLeg(headers.authorization);
+    if (leg === 1) {
+      stream.respond({ ':status': 401, 'www-authenticate': `NTLM ${SCRIPTED_NTLM_CHALLENGE}` }, { endStream: true });
+      return;
+    }
+    const path = String(headers[':path']);
+    const before = /^\/before\/(\d+)/.exec(path);
+    // `/before/<code>`: reset before any response — the handshake's last leg, or a request on an
+    // authenticated connection.
+    if (before && (leg === 3 || (leg === 0 && authenticated.has(session)))) {
+      stream.close(Number(before[1]));
+      return;
+    }
+    if (leg === 3) authenticated.add(session);
+    if (!authenticated.has(session)) {
+      stream.respond({ ':status': 401, 'www-authenticate': 'NTLM' }, { endStream: true });
+      return;
+    }
+    const m = /^\/reset\/(\d+)/.exec(path);
+    if (!m) {
+      stream.respond({ ':status': 200 });
+      stream.end('ok');
+      return;
+    }
+    // waitForTrailers: no END_STREAM goes with the data, so the reset comes mid-response (close()
+    // alone ends the stream first, and the client sees a whole response).
+    stream.respond({ ':status': 200 }, { waitForTrailers: true });
+    stream.write('partial', () => setTimeout(() => stream.close(Number(m[1])), 20));
+  });
+  return loopbackOrigin(server, closers);
+}
+
+function agentFor(origin: string): MultilegAgent {
+  const agent = new MultilegAgent({
+    credentials: ALICE,
+    trustedOrigins: [origin],
+    connect: { ca: CA_CERT },
+    negotiate: false,
+    schemes: ['NTLM'],
+  });
+  closers.push(() => agent.destroy());
+  return agent;
+}
+
+/** The request's head status and its body's error (it must fail: the stream is reset mid-body). */
+async function bodyError(url: string, agent: MultilegAgent, method: string) {
+  const res = await request(url, {
+    dispatcher: agent,
+    method,
+    body: method === 'GET' ? undefined : 'payload',
+    signal: AbortSignal.timeout(10_000),
+  });
+  try {
+    await res.body.text();
+  } catch (err) {
+    return { status: res.statusCode, error: err as Error & { code?: string } };
+  }
+  return { status: res.statusCode, error: undefined };
+}
+
+// (Not CANCEL: Node's client stream ends without an error on it, rstCode 8 only on the stream, so
+// undici 8.13.1 completes the response as if whole — undici's own behaviour, no handler sees it.)
+const CODES = [
+  { name: 'REFUSED_STREAM', code: h2.NGHTTP2_REFUSED_STREAM, hint: 'RFC 9113 §8.7 forbids' },
+  { name: 'INTERNAL_ERROR', code: h2.NGHTTP2_INTERNAL_ERROR, hint: "check the server's logs" },
+  { name: 'ENHANCE_YOUR_CALM', code: h2.NGHTTP2_ENHANCE_YOUR_CALM, hint: 'fewer requests at once' },
+  { name: 'HTTP_1_1_REQUIRED', code: h2.NGHTTP2_HTTP_1_1_REQUIRED, hint: 'allowH2: false' },
+  { name: 'PROTOCOL_ERROR', code: h2.NGHTTP2_PROTOCOL_ERROR, hint: "check the server's logs" },
+] as const;
+
+describe('RST_STREAM after the response head', () => {
+  for (const where of ['fast path', 'handshake leg'] as const) {
+    it(`R1/C8: on the ${where}, each RST_STREAM code after a 200 head ends the body in ConnectionClosedError (MULTILEG_CONNECTION_CLOSED) naming the code, the cut response and the fix — undici's ERR_HTTP2_STREAM_ERROR its cause`, async () => {
+      for (const c of CODES) {
+        for (const method of ['GET', 'POST']) {
+          const origin = await resettingOrigin();
+          const agent = agentFor(origin);
+          // The fast path: a session authenticated by a request before.
+          if (where === 'fast path') expect((await request(`${origin}/`, { dispatcher: agent })).statusCode).toBe(200);
+          const r = await bodyError(`${origin}/reset/${c.code}`, agent, method);
+          const label = `${c.name} ${method}`;
+          // Before: undici's raw "Stream closed with error code NGHTTP2_…" (ERR_HTTP2_STREAM_ERROR).
+          expect([label, r.status, r.error?.code]).toEqual([label, 200, 'MULTILEG_CONNECTION_CLOSED']);
+          const e = r.error as ConnectionClosedError;
+          expect(e, label).toBeInstanceOf(ConnectionClosedError);
+          expect(e.cause, label).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: c.code });
+          expect(e.message, label).toContain(
+            `${origin} reset the HTTP/2 stream of the ${method} with RST_STREAM ${c.name} (0x${c.code.toString(16)}) after its response head`,
+          );
+          expect(e.message, label).toContain(c.hint);
+          expect(e.message, label).toContain(
+            method === 'GET' ? 'the request is idempotent' : 'not safe to send again unless',
+          );
+        }
+      }
+    }, 60_000);
+  }
+});
+
+describe('RST_STREAM before any response (other than REFUSED_STREAM)', () => {
+  const before = CODES.filter((c) => c.name !== 'REFUSED_STREAM' && c.name !== 'HTTP_1_1_REQUIRED');
+  for (const where of ['fast path', 'handshake leg'] as const) {
+    it(`R1: on the ${where}, PROTOCOL_ERROR, INTERNAL_ERROR and ENHANCE_YOUR_CALM before any response end in ConnectionClosedError naming the code and the fix, not sent again (the server may have processed it) — undici's error its cause`, async () => {
+      for (const c of before) {
+        for (const method of ['GET', 'POST']) {
+          const origin = await resettingOrigin();
+          const agent = agentFor(origin);
+          if (where === 'fast path') expect((await request(`${origin}/`, { dispatcher: agent })).statusCode).toBe(200);
+          const label = `${c.name} ${method}`;
+          let error: (Error & { code?: string }) | undefined;
+          try {
+            await request(`${origin}/before/${c.code}`, {
+              dispatcher: agent,
+              method,
+              body: method === 'GET' ? undefined : 'payload',
+              signal: AbortSignal.timeout(10_000),
+            });
+          } catch (err) {
+            error = err as Error & { code?: string };
+          }
+          // Before: undici's raw "Stream closed with error code NGHTTP2_…" (ERR_HTTP2_STREAM_ERROR).
+          expect([label, error?.code]).toEqual([label, 'MULTILEG_CONNECTION_CLOSED']);
+          const e = error as ConnectionClosedError;
+          expect([label, e.streamReset, e.responseCut, e.fresh]).toEqual([label, c.code, false, false]);
+          expect(e.cause, label).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: c.code });
+          expect(e.message, label).toContain(
+            `${origin} reset the HTTP/2 stream of the ${method} with RST_STREAM ${c.name} (0x${c.code.toString(16)}) before any response`,
+          );
+          expect(e.message, label).toContain(c.hint);
+          expect(e.message, label).toContain('not sent again, as the server may have processed it');
+        }
+      }
+    }, 60_000);
+  }
+});
