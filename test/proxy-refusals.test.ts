@@ -970,7 +970,10 @@ describe('a request whose recall was given up, its 407 coming after another requ
 });
 
 describe('requests started together through a proxy while the refusal memory is silent (R1/R4, reference proxy)', () => {
-  const queueTimeout = 300;
+  // Not smaller: the four others' pool wait for the new proxy session's first response begins with
+  // them, before the first's connection and 407 (its recall only then); on a loaded 2-core CI
+  // (load 5–7) that round trip alone outlasted 300 ms, and they ended in QueueTimeoutError.
+  const queueTimeout = 2_000;
   const cases = [
     // [what, https target (a CONNECT tunnel), agent's proxy schemes, HTTP/2 to the proxy, deliver407]
     [
