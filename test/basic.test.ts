@@ -275,8 +275,7 @@ describe('Basic (RFC 7617)', () => {
       expect.objectContaining({ path: '/auth/stuck', reason: 'recall-timeout', queueTimeout: 300, schemes: ['Basic'] }),
     ]);
     const abort = new AbortController();
-    setTimeout(() => abort.abort(new Error('caller gave up')), 100);
-    const err = await fetch(`${r.server.origin}/auth/stuck2`, {
+    const pending = fetch(`${r.server.origin}/auth/stuck2`, {
       dispatcher: r.agent,
       method: 'POST',
       body: 'a=1',
@@ -285,6 +284,11 @@ describe('Basic (RFC 7617)', () => {
       () => undefined,
       (e: Error) => e,
     );
+    // The caller gives up once its recall waits (a 100 ms timer instead lost the race to a 401 late
+    // under CI load: aborted before the memory was asked).
+    await until(() => recalls.length === 2);
+    abort.abort(new Error('caller gave up'));
+    const err = await pending;
     expect(err?.message).toBe('caller gave up');
     expect(recalls).toHaveLength(2);
     expect(recalls[1]!.aborted).toBe(true);
