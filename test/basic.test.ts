@@ -275,8 +275,7 @@ describe('Basic (RFC 7617)', () => {
       expect.objectContaining({ path: '/auth/stuck', reason: 'recall-timeout', queueTimeout: 300, schemes: ['Basic'] }),
     ]);
     const abort = new AbortController();
-    setTimeout(() => abort.abort(new Error('caller gave up')), 100);
-    const err = await fetch(`${r.server.origin}/auth/stuck2`, {
+    const pending = fetch(`${r.server.origin}/auth/stuck2`, {
       dispatcher: r.agent,
       method: 'POST',
       body: 'a=1',
@@ -285,6 +284,11 @@ describe('Basic (RFC 7617)', () => {
       () => undefined,
       (e: Error) => e,
     );
+    // The caller gives up once its recall waits (a 100 ms timer instead lost the race to a 401 late
+    // under CI load: aborted before the memory was asked).
+    await until(() => recalls.length === 2);
+    abort.abort(new Error('caller gave up'));
+    const err = await pending;
     expect(err?.message).toBe('caller gave up');
     expect(recalls).toHaveLength(2);
     expect(recalls[1]!.aborted).toBe(true);
@@ -378,7 +382,10 @@ describe('Basic (RFC 7617)', () => {
   for (const [what, server, agent] of NEW_SESSION_SERVERS)
     it(`R1/R4/C8: five requests started together on a new session (${what}) while a refusalMemory does not answer within limits.queueTimeout: each gets its own 401, said why (recall-timeout) — none waits out its queueTimeout for a connection, none sends the password, each request (its POST body) sent once, all within about one queueTimeout`, async () => {
       const held = waitingRefusalMemory();
-      const queueTimeout = 500;
+      // Not smaller: the four others' pool wait for the new session's first response begins with
+      // them, before the first's connection, TLS and 401 (its recall only then); on a loaded 2-core
+      // CI (load 5–7) that round trip alone outlasted 500 ms, and they ended in QueueTimeoutError.
+      const queueTimeout = 2_000;
       r = await rig(server, { negotiate: false, limits: { queueTimeout }, refusalMemory: held.memory, ...agent });
       const started = Date.now();
       const took: number[] = [];
