@@ -584,8 +584,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   }
 }
 
-/** An HTTP/2 stream reset with PROTOCOL_ERROR (undici's `http2ErrorCode`, RFC 9113 §7: 0x1). */
-function protocolReset(err: Error): boolean {
+/** The RST_STREAM code (RFC 9113 §7) of undici's error for an HTTP/2 stream the peer reset; else undefined. */
+export function streamResetCode(err: Error): number | undefined {
   const e = err as { code?: unknown; http2ErrorCode?: unknown };
-  return e.code === 'ERR_HTTP2_STREAM_ERROR' && e.http2ErrorCode === 1;
+  return e.code === 'ERR_HTTP2_STREAM_ERROR' && typeof e.http2ErrorCode === 'number' ? e.http2ErrorCode : undefined;
 }
+
+/** An HTTP/2 stream reset with PROTOCOL_ERROR (0x1). */
+const protocolReset = (err: Error): boolean => streamResetCode(err) === 0x1;

@@ -21,6 +21,7 @@ import {
   type OpenResponse,
   type ResponseHeaders,
   replayHeld,
+  streamResetCode,
   type Verdict,
 } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
@@ -972,14 +973,12 @@ export class Session {
     own = 0,
     starts = 1,
   ): LegResult {
-    if (refusedStream(r.error)) return this.#refused(job, r.error, starts);
+    const reset = streamResetCode(r.error);
+    // REFUSED_STREAM (0x7): not processed, so it may go again (RFC 9113 §8.7).
+    if (reset === 0x7) return this.#refused(job, r.error, starts);
     // R1: any other reset before a response, typed; HTTP_1_1_REQUIRED (0xd) stays undici's, which
     // relocationReason reads to go on over HTTP/1.1 (H2). Not a close: the connection lives on.
-    const reset = (r.error as { http2ErrorCode?: unknown }).http2ErrorCode;
-    if (typeof reset === 'number' && reset !== 0xd) {
-      const typed = this.cutShort(job, r.error, false);
-      if (typed !== r.error) return { kind: 'failed', error: typed };
-    }
+    if (reset !== undefined && reset !== 0xd) return { kind: 'failed', error: this.cutShort(job, r.error, false) };
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
@@ -1176,8 +1175,8 @@ export class Session {
    * Never sent again: the server may have acted on the request (only REFUSED_STREAM says it did not).
    */
   cutShort(job: Job, err: Error, afterHead = true): Error {
-    const code = (err as { http2ErrorCode?: unknown }).http2ErrorCode;
-    if ((err as { code?: unknown }).code !== 'ERR_HTTP2_STREAM_ERROR' || typeof code !== 'number') return err;
+    const code = streamResetCode(err);
+    if (code === undefined) return err;
     const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead } };
     const { method } = job.dispatchOptions;
     return this.#forward
@@ -1219,12 +1218,6 @@ export class Session {
     }
     return undefined;
   }
-}
-
-/** undici's error for an HTTP/2 stream the server reset with REFUSED_STREAM (RFC 9113 §7: 0x7). */
-function refusedStream(err: Error): boolean {
-  const e = err as { code?: unknown; http2ErrorCode?: unknown };
-  return e.code === 'ERR_HTTP2_STREAM_ERROR' && e.http2ErrorCode === 7;
 }
 
 /** The URL a cookie jar is asked and told for `job`: its origin as named (Job.site), path and query. */
