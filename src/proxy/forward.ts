@@ -548,11 +548,9 @@ export class ForwardProxy {
             // the next request). Why: as decided when leave was refused.
             // A 407 that no configured scheme answers sends nothing: it takes no leave (R1/R4: else a
             // probe each, each asking the refusal memory again, one request after another).
-            const why =
-              heldBack ??
-              (!this.#auth.answers(challenged) || (await admit(this.#auth.usesPassword(challenged)))
-                ? undefined
-                : proof.heldBackWhy);
+            let why = heldBack;
+            if (!why && this.#auth.answers(challenged) && !(await admit(this.#auth.usesPassword(challenged))))
+              why = proof.heldBackWhy;
             if (why) {
               if (result.held && this.route.proxy.deliver407) return refusedHeld(result.held, why);
               throw refusedLately(this.route.proxy, offered, this.#limits.queueTimeout, why);
