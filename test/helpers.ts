@@ -34,7 +34,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import type { RefusalMemory, RefusalPlace } from '../src/session/refusal-memory.ts';
 
 export const ALICE = { username: 'EXAMPLE\\alice', password: 'alicepw' } as const;
@@ -321,6 +321,27 @@ export async function loopbackOrigin(server: NetServer, cleanup: Array<() => Pro
       }),
   );
   return `https://localhost:${(server.address() as AddressInfo).port}`;
+}
+
+/**
+ * An agent with alice's credentials, NTLM alone, trusting `origin` (one of {@link loopbackOrigin}'s,
+ * the test certificate's); `cleanup` gets what destroys it.
+ */
+export function ntlmAgentAt(
+  origin: string,
+  cleanup: Array<() => Promise<unknown>>,
+  o: Partial<MultilegAgentOptions> = {},
+): MultilegAgent {
+  const agent = new MultilegAgent({
+    credentials: ALICE,
+    trustedOrigins: [origin],
+    connect: { ca: CA_CERT },
+    negotiate: false,
+    schemes: ['NTLM'],
+    ...o,
+  });
+  cleanup.push(() => agent.destroy());
+  return agent;
 }
 
 /**

@@ -9,13 +9,13 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import { type Dispatcher, fetch } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MechanismUnavailableError, MultilegAgent, type MultilegAgentOptions } from '../src/index.ts';
+import { MechanismUnavailableError } from '../src/index.ts';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
-import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ntlmMessageType, parseAuthorization } from '../src/reference-server/wire.ts';
 import { MAX_WAITS } from '../src/session/exchange.ts';
-import { ALICE, loopbackOrigin, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -55,19 +55,6 @@ async function h2Origin(
   return { origin, endSessions };
 }
 
-function agentFor(origin: string, o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
-  const agent = new MultilegAgent({
-    credentials: ALICE,
-    trustedOrigins: [origin],
-    connect: { ca: CA_CERT },
-    negotiate: false,
-    schemes: ['NTLM'],
-    ...o,
-  });
-  closers.push(() => agent.destroy());
-  return agent;
-}
-
 /** `n` requests dispatched at once; each resolves with its status, or its error's code. */
 function dispatchMany(agent: Dispatcher, origin: string, n: number, prefix = '/r'): Promise<Array<number | string>> {
   return Promise.all(
@@ -105,7 +92,7 @@ describe('a final answer to the NTLM NEGOTIATE (review r50)', () => {
         res.writeHead(200, headers).end('let through');
       });
       const origin = await loopbackOrigin(server, closers);
-      const agent = agentFor(origin);
+      const agent = ntlmAgentAt(origin, closers);
       for (const path of ['/a', '/b']) {
         const res = await fetch(`${origin}${path}`, { dispatcher: agent });
         expect([res.status, await res.text()]).toEqual([200, 'let through']);
@@ -137,7 +124,10 @@ describe('HTTP/1.1: a 401 whose connection closes before it is answered', () => 
       });
       const origin = await loopbackOrigin(server, closers);
       // Basic too, never offered here: with NTLM alone NEGOTIATE would go on the first request, not bare.
-      const agent = agentFor(origin, { limits: { maxChallengeBodyBytes: 1024 }, schemes: ['NTLM', 'Basic'] });
+      const agent = ntlmAgentAt(origin, closers, {
+        limits: { maxChallengeBodyBytes: 1024 },
+        schemes: ['NTLM', 'Basic'],
+      });
       const res = await fetch(`${origin}/x`, { dispatcher: agent });
       expect(res.status).toBe(200);
       await res.arrayBuffer();
@@ -154,7 +144,7 @@ describe('the requests queued behind a handshake that ends without the server re
       setTimeout(() => req.stream.close(h2.NGHTTP2_INTERNAL_ERROR), 100);
       return true;
     });
-    const agent = agentFor(origin);
+    const agent = ntlmAgentAt(origin, closers);
     const results = await dispatchMany(agent, origin, 10);
     // The leader hears of its reset stream; the others are served as the server would serve them.
     expect(results.filter((r) => r === 200)).toHaveLength(9);
@@ -168,7 +158,7 @@ describe('the requests queued behind a handshake that ends without the server re
       setTimeout(() => res.writeHead(500).end('server error'), 100);
       return true;
     });
-    const agent = agentFor(origin);
+    const agent = ntlmAgentAt(origin, closers);
     const results = await dispatchMany(agent, origin, 10);
     expect(results.slice(1)).toEqual(Array.from({ length: 9 }, () => 200));
     expect(results[0]).toBe(500);
@@ -182,7 +172,7 @@ describe('the requests queued behind a handshake that ends without the server re
       setTimeout(() => req.stream.close(h2.NGHTTP2_INTERNAL_ERROR), 50);
       return true;
     });
-    const agent = agentFor(origin);
+    const agent = ntlmAgentAt(origin, closers);
     expect(await dispatchMany(agent, origin, 1, '/warm')).toEqual([200]);
     await endSessions();
     failing = true;
@@ -196,7 +186,7 @@ describe('the requests queued behind a handshake that ends without the server re
   for (const status of [404, 403]) {
     it(`C6: a new session's proactive NTLM NEGOTIATE answered ${status} by a resource that needs no authentication authenticates nothing`, async () => {
       const { origin, endSessions } = await h2Origin(() => false, { prefix: '/open', status });
-      const agent = agentFor(origin);
+      const agent = ntlmAgentAt(origin, closers);
       expect(await dispatchMany(agent, origin, 1, '/warm')).toEqual([200]);
       await endSessions();
       expect(await dispatchMany(agent, origin, 1, '/open')).toEqual([status]);
@@ -223,7 +213,7 @@ describe('the requests queued behind a handshake that ends without the server re
         server.options.faults.goawayAfterChallenge = false;
       return 0;
     };
-    const agent = agentFor(server.origin);
+    const agent = ntlmAgentAt(server.origin, closers);
     const results = await dispatchMany(agent, server.origin, 50, '/auth');
     expect(results.filter((r) => r !== 200)).toEqual([]);
   });
@@ -260,7 +250,7 @@ describe('a server that gives its Auth-ID on the first 401 (D§3: as soon as it 
       res.writeHead(step.kind === 'accepted' ? 200 : 401, { 'persistent-auth': 'true' }).end();
     });
     const origin = await loopbackOrigin(server, closers);
-    const agent = agentFor(origin, {
+    const agent = ntlmAgentAt(origin, closers, {
       schemes: ['Negotiate', 'NTLM'],
       // No Kerberos here and no NTLM inside Negotiate: Negotiate cannot run, NTLM answers.
       negotiate: {

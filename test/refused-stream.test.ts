@@ -8,9 +8,9 @@ import { createSecureServer, constants as h2, type ServerHttp2Session, type Serv
 import { Readable } from 'node:stream';
 import { type Dispatcher, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MultilegAgent, type MultilegAgentOptions, type MultilegError, StreamRefusedError } from '../src/index.ts';
+import { MultilegAgent, type MultilegError, StreamRefusedError } from '../src/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, loopbackOrigin, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -74,19 +74,6 @@ async function refusingOrigin(
   return { origin, seen };
 }
 
-function agentFor(origin: string, o: Partial<MultilegAgentOptions> = {}): MultilegAgent {
-  const agent = new MultilegAgent({
-    credentials: ALICE,
-    trustedOrigins: [origin],
-    connect: { ca: CA_CERT },
-    negotiate: false,
-    schemes: ['NTLM'],
-    ...o,
-  });
-  closers.push(() => agent.destroy());
-  return agent;
-}
-
 /** The request's status and body, or its error. */
 async function settle(
   url: string,
@@ -103,7 +90,7 @@ async function settle(
 describe('REFUSED_STREAM before any response', () => {
   it("R1/R4: an HTTP/2 origin that refuses every stream: GET, POST and a streamed PUT end in StreamRefusedError (MULTILEG_STREAM_REFUSED) — not processed, safe to send again, undici's error its cause — after at most 4 streams on 2 connections each", async () => {
     const { origin, seen } = await refusingOrigin(() => true);
-    const agent = agentFor(origin);
+    const agent = ntlmAgentAt(origin, closers);
     const cases = [
       { method: 'GET', body: undefined, streams: 4 },
       { method: 'POST', body: 'payload', streams: 4 },
@@ -140,7 +127,7 @@ describe('REFUSED_STREAM before any response', () => {
   it('C8/R5: an origin that refuses only its first N streams: after undici\'s one retry on the connection, the request goes once more on a new one (curl\'s "retrying a fresh connect") and is answered; a fourth refusal ends it typed', async () => {
     for (const n of [1, 2, 3, 4]) {
       const { origin, seen } = await refusingOrigin((_leg, s) => s.streams <= n);
-      const agent = agentFor(origin);
+      const agent = ntlmAgentAt(origin, closers);
       const r = await settle(`${origin}/x`, { dispatcher: agent, method: 'POST', body: 'payload' });
       if (n < 4) {
         // Before: N = 2 and 3 failed with undici's raw stream error, on one connection.
@@ -164,7 +151,7 @@ describe('REFUSED_STREAM before any response', () => {
   it("C8/H1: REFUSED_STREAM on the NTLM AUTHENTICATE (twice: undici's retry too): the handshake starts over with a NEGOTIATE on a new connection — no AUTHENTICATE made for the old one goes there — and every request queued behind it is answered, none lost or shown a 401", async () => {
     let authenticates = 0;
     const { origin, seen } = await refusingOrigin((leg) => leg === 3 && ++authenticates <= 2, true);
-    const agent = agentFor(origin);
+    const agent = ntlmAgentAt(origin, closers);
     const results = await Promise.all(
       Array.from({ length: 6 }, (_, i) => settle(`${origin}/r/${i}`, { dispatcher: agent })),
     );
@@ -184,7 +171,7 @@ describe('REFUSED_STREAM before any response', () => {
 
   it('R1/R4/C8: an NTLM origin that refuses every AUTHENTICATE: every request queued behind the handshake ends typed and bounded (none hangs, none gets a raw stream error), and no connection gets an AUTHENTICATE before its own NEGOTIATE', async () => {
     const { origin, seen } = await refusingOrigin((leg) => leg === 3, true);
-    const agent = agentFor(origin, { limits: { queueTimeout: 5_000 } });
+    const agent = ntlmAgentAt(origin, closers, { limits: { queueTimeout: 5_000 } });
     const n = 6;
     const started = Date.now();
     const results = await Promise.all(
@@ -204,7 +191,7 @@ describe('REFUSED_STREAM before any response', () => {
 
   it('R1/C8: a burst of 6 NTLM requests whose every AUTHENTICATE the origin refuses: each ends in StreamRefusedError — the leader counting its own refusals, the others those of the handshake they waited behind — none in RelocationLimitError, on 2 connections and 6 streams (were 5 and 15)', async () => {
     const { origin, seen } = await refusingOrigin((leg) => leg === 3, true);
-    const agent = agentFor(origin, { limits: { queueTimeout: 5_000 } });
+    const agent = ntlmAgentAt(origin, closers, { limits: { queueTimeout: 5_000 } });
     const results = await Promise.all(
       Array.from({ length: 6 }, (_, i) => settle(`${origin}/r/${i}`, { dispatcher: agent })),
     );
@@ -241,7 +228,7 @@ describe('REFUSED_STREAM before any response', () => {
         true,
         (session) => setImmediate(() => (end === 'goaway' ? session.close() : session.destroy())),
       );
-      const agent = agentFor(origin);
+      const agent = ntlmAgentAt(origin, closers);
       const results = await Promise.all(
         Array.from({ length: 3 }, (_, i) => settle(`${origin}/r/${i}`, { dispatcher: agent })),
       );

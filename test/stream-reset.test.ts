@@ -8,9 +8,9 @@
 import { createSecureServer, constants as h2, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConnectionClosedError, MultilegAgent } from '../src/index.ts';
-import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { ALICE, loopbackOrigin, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ConnectionClosedError, type MultilegAgent } from '../src/index.ts';
+import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -60,18 +60,6 @@ async function resettingOrigin() {
   return loopbackOrigin(server, closers);
 }
 
-function agentFor(origin: string): MultilegAgent {
-  const agent = new MultilegAgent({
-    credentials: ALICE,
-    trustedOrigins: [origin],
-    connect: { ca: CA_CERT },
-    negotiate: false,
-    schemes: ['NTLM'],
-  });
-  closers.push(() => agent.destroy());
-  return agent;
-}
-
 /** The request's head status and its body's error (it must fail: the stream is reset mid-body). */
 async function bodyError(url: string, agent: MultilegAgent, method: string) {
   const res = await request(url, {
@@ -104,7 +92,7 @@ describe('RST_STREAM after the response head', () => {
       for (const c of CODES) {
         for (const method of ['GET', 'POST']) {
           const origin = await resettingOrigin();
-          const agent = agentFor(origin);
+          const agent = ntlmAgentAt(origin, closers);
           // The fast path: a session authenticated by a request before.
           if (where === 'fast path') expect((await request(`${origin}/`, { dispatcher: agent })).statusCode).toBe(200);
           const r = await bodyError(`${origin}/reset/${c.code}`, agent, method);
@@ -134,7 +122,7 @@ describe('RST_STREAM before any response (other than REFUSED_STREAM)', () => {
       for (const c of before) {
         for (const method of ['GET', 'POST']) {
           const origin = await resettingOrigin();
-          const agent = agentFor(origin);
+          const agent = ntlmAgentAt(origin, closers);
           if (where === 'fast path') expect((await request(`${origin}/`, { dispatcher: agent })).statusCode).toBe(200);
           const label = `${c.name} ${method}`;
           let error: (Error & { code?: string }) | undefined;
