@@ -15,6 +15,19 @@ import { droppingH2Server, loopbackOrigin } from './helpers.ts';
 
 const preload = (name: string) => `--import ${fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url))}`;
 
+/** Runs `body` with the test CA in a file (for --cacert), then removes it and closes what `closers` holds. */
+async function withCaFile(closers: Array<() => Promise<unknown>>, body: (ca: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
+  try {
+    const ca = join(dir, 'ca.pem');
+    writeFileSync(ca, CA_CERT);
+    await body(ca);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    for (const close of closers) await close();
+  }
+}
+
 describe('multileg command line: exit paths a test can only force', () => {
   it('exits 6 like curl when the host name does not resolve, with one line naming it', async () => {
     const r = await runCli(['https://nowhere.test/x'], { env: { NODE_OPTIONS: preload('dns-fails.mjs') } });
@@ -68,10 +81,7 @@ describe('multileg command line: exit paths a test can only force', () => {
   it("C8: an HTTP/2 server that ends a new connection under the first stream, without a byte of an answer, is curl's 52 (empty reply), not 56: its SETTINGS are no response head (review r72)", async () => {
     const closers: Array<() => Promise<unknown>> = [];
     const origin = await loopbackOrigin(droppingH2Server(), closers);
-    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
-    try {
-      const ca = join(dir, 'ca.pem');
-      writeFileSync(ca, CA_CERT);
+    await withCaFile(closers, async (ca) => {
       const host = new URL(origin).host;
       const r = await runCli(['--cacert', ca, `${origin}/a`]);
       // Before: 56, "closed the connection after 18 bytes of a response head".
@@ -79,10 +89,7 @@ describe('multileg command line: exit paths a test can only force', () => {
       expect(r.stderr).toBe(
         `multileg: empty reply from ${host}: it closed the connection without answering (MULTILEG_CONNECTION_CLOSED)\n`,
       );
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      for (const close of closers) await close();
-    }
+    });
   });
 
   it("R1: an HTTP/2 server that resets the stream (INTERNAL_ERROR) after the response head is curl's 18, one line with the typed message naming the code, the cut response and the fix", async () => {
@@ -95,20 +102,14 @@ describe('multileg command line: exit paths a test can only force', () => {
       stream.write('partial', () => setTimeout(() => stream.close(h2.NGHTTP2_INTERNAL_ERROR), 20));
     });
     const origin = await loopbackOrigin(server, closers);
-    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
-    try {
-      const ca = join(dir, 'ca.pem');
-      writeFileSync(ca, CA_CERT);
+    await withCaFile(closers, async (ca) => {
       const r = await runCli(['--cacert', ca, `${origin}/a`]);
       // Before: 18, "closed the connection before the end of the body (ERR_HTTP2_STREAM_ERROR)".
       expect([r.code, r.stdout]).toEqual([18, 'partial']);
       expect(r.stderr).toBe(
         `multileg: origin ${origin} reset the HTTP/2 stream of the GET with RST_STREAM INTERNAL_ERROR (0x2) after its response head: the response was cut short (its head and part of its body delivered), the server failed or gave up the response: check the server's logs; the request is idempotent: it may be sent again (MULTILEG_CONNECTION_CLOSED)\n`,
       );
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      for (const close of closers) await close();
-    }
+    });
   });
 
   it("R1: an HTTP/2 server that resets the stream with ENHANCE_YOUR_CALM before any response is curl's 56, one line with the typed message saying to slow down", async () => {
@@ -119,20 +120,14 @@ describe('multileg command line: exit paths a test can only force', () => {
       stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
     });
     const origin = await loopbackOrigin(server, closers);
-    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
-    try {
-      const ca = join(dir, 'ca.pem');
-      writeFileSync(ca, CA_CERT);
+    await withCaFile(closers, async (ca) => {
       const r = await runCli(['--cacert', ca, '-d', 'x=1', `${origin}/a`]);
       // Before: 1, "multileg: Stream closed with error code NGHTTP2_ENHANCE_YOUR_CALM (ERR_HTTP2_STREAM_ERROR)".
       expect([r.code, r.stdout]).toEqual([56, '']);
       expect(r.stderr).toBe(
         `multileg: origin ${origin} reset the HTTP/2 stream of the POST with RST_STREAM ENHANCE_YOUR_CALM (0xb) before any response, the server thinks the client misbehaves (too many requests or streams at once): slow down, send fewer requests at once (lower connections or limits), then send it again; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not): send the POST again only if that is safe (MULTILEG_CONNECTION_CLOSED)\n`,
       );
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      for (const close of closers) await close();
-    }
+    });
   });
 
   it("R1: an HTTP/2 server that refuses every stream (REFUSED_STREAM) is curl's 56, one line with the typed message — not processed, safe to send again — not undici's raw stream error; --retry-all-errors sends it again", async () => {
@@ -145,10 +140,7 @@ describe('multileg command line: exit paths a test can only force', () => {
       stream.close(h2.NGHTTP2_REFUSED_STREAM);
     });
     const origin = await loopbackOrigin(server, closers);
-    const dir = mkdtempSync(join(tmpdir(), 'multileg-ca-'));
-    try {
-      const ca = join(dir, 'ca.pem');
-      writeFileSync(ca, CA_CERT);
+    await withCaFile(closers, async (ca) => {
       const r = await runCli(['--cacert', ca, '-d', 'x=1', `${origin}/a`]);
       // Before: 1, "multileg: Stream closed with error code NGHTTP2_REFUSED_STREAM (ERR_HTTP2_STREAM_ERROR)".
       expect(r.code).toBe(56);
@@ -169,9 +161,6 @@ describe('multileg command line: exit paths a test can only force', () => {
       ]);
       expect([again.code, streams]).toEqual([56, 12]);
       expect(again.stderr).toContain('(retrying all errors)');
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      for (const close of closers) await close();
-    }
+    });
   });
 });
