@@ -419,9 +419,11 @@ export interface ConnectionClosedOptions {
   /**
    * HTTP/2: the server reset the request's stream (RST_STREAM, this error code) before any response,
    * or (`afterHead`) after the response head reached the caller, cutting the response short;
-   * `idempotent`: undici's rule for the request.
+   * `idempotent`: undici's rule for the request. `challenge`: before any response of the caller's, but
+   * after the head of one the agent was to answer (this status: a 401 or 407 challenge), partway
+   * through its body, between a handshake's legs.
    */
-  streamReset?: { code: number; idempotent: boolean; afterHead: boolean } | undefined;
+  streamReset?: { code: number; idempotent: boolean; afterHead: boolean; challenge?: number } | undefined;
 }
 
 /** RFC 9113 §7's error code names, for messages (RST_STREAM, GOAWAY). */
@@ -449,9 +451,9 @@ const HTTP2_ERROR_NAMES = [
 function streamResetMessage(
   who: string,
   method: string,
-  reset: { code: number; idempotent: boolean; afterHead: boolean },
+  reset: { code: number; idempotent: boolean; afterHead: boolean; challenge?: number },
 ): string {
-  const { code, idempotent, afterHead } = reset;
+  const { code, idempotent, afterHead, challenge } = reset;
   const name = `RST_STREAM ${HTTP2_ERROR_NAMES[code] ?? 'code'} (0x${code.toString(16)})`;
   const meaning =
     code === 7
@@ -462,6 +464,10 @@ function streamResetMessage(
         : code === 13
           ? 'the server wants this request over HTTP/1.1: use HTTP/1.1 (allowH2: false)'
           : "the server failed or gave up the response: check the server's logs";
+  if (challenge !== undefined)
+    // R1/C8: the challenge's head was whole, but the server failed the exchange it began: the
+    // handshake does not answer it (curl fails the transfer too: "stream was not closed cleanly").
+    return `${who} reset the HTTP/2 stream of the ${method} with ${name} after the head of its ${challenge} challenge, partway through that challenge's body (the agent's to answer, never the caller's), ${meaning}; the handshake did not go on and the ${method} was not sent again${idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}`;
   if (!afterHead)
     // Only REFUSED_STREAM says a request was not processed (StreamRefusedError): any other may have been.
     return `${who} reset the HTTP/2 stream of the ${method} with ${name} before any response, ${meaning}; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not)${idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}`;

@@ -151,3 +151,105 @@ describe('RST_STREAM before any response (other than REFUSED_STREAM)', () => {
     }, 60_000);
   }
 });
+
+type ChallengeCase = 'NTLM challenge leg' | 'NTLM re-authentication' | 'Basic' | 'Digest';
+
+/**
+ * An HTTP/2 origin (NTLM, Basic or Digest, checking no password) whose first challenge of `where`
+ * comes as a 401 head and part of its body, then a reset with `code`; every other answer whole.
+ * `wire`: what each stream carried (`bare`, `NTLM1`, `NTLM3`, `Basic`, `Digest`).
+ */
+async function challengeResettingOrigin(where: ChallengeCase, code: number, wire: string[]) {
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+  const authenticated = new WeakSet<object>();
+  let cut = false;
+  server.on('stream', (stream: ServerHttp2Stream, headers) => {
+    stream.on('error', () => {});
+    stream.resume();
+    const session = stream.session as ServerHttp2Session;
+    const auth = headers.authorization;
+    const scheme = auth?.split(' ', 1)[0];
+    const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
+    wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
+    const reauth = where === 'NTLM re-authentication' && String(headers[':path']) === '/again';
+    const challenge = (h: string, cutHere: boolean) => {
+      if (!cutHere || cut) {
+        stream.respond({ ':status': 401, 'www-authenticate': h }, { endStream: true });
+        return;
+      }
+      cut = true;
+      // The 401's head and part of its body, then the reset (no END_STREAM: waitForTrailers).
+      stream.respond({ ':status': 401, 'www-authenticate': h, 'content-type': 'text/html' }, { waitForTrailers: true });
+      stream.write('<html>401: log in', () => setTimeout(() => stream.close(code), 20));
+    };
+    if (where === 'Basic' || where === 'Digest') {
+      if (scheme !== where)
+        return challenge(where === 'Basic' ? 'Basic realm="r"' : 'Digest realm="r", nonce="n0", qop="auth"', true);
+    } else if (leg === 1) return challenge(`NTLM ${SCRIPTED_NTLM_CHALLENGE}`, where === 'NTLM challenge leg');
+    else if (leg === 3) authenticated.add(session);
+    else if (!authenticated.has(session) || reauth) return challenge('NTLM', reauth);
+    stream.respond({ ':status': 200 });
+    stream.end('ok');
+  });
+  return loopbackOrigin(server, closers);
+}
+
+describe("RST_STREAM partway through a 401's body the agent drains between a handshake's legs", () => {
+  const RESETS = CODES.filter((c) => c.name !== 'HTTP_1_1_REQUIRED');
+  const CASES: ChallengeCase[] = ['NTLM challenge leg', 'NTLM re-authentication', 'Basic', 'Digest'];
+  const agentFor = (where: ChallengeCase, origin: string) =>
+    where === 'Basic' || where === 'Digest'
+      ? ntlmAgentAt(origin, closers, { schemes: [where] })
+      : ntlmAgentAt(origin, closers);
+  const settle = (origin: string, agent: MultilegAgent, path = '/x') =>
+    request(`${origin}${path}`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+      async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  it('R1/C8: an NTLM challenge leg, an NTLM re-authentication 401, a Basic and a Digest 401 reset mid-body (INTERNAL_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM, PROTOCOL_ERROR) end that request in ConnectionClosedError naming the code and the challenge (not sent again), the request queued behind it and the next one 200', async () => {
+    for (const where of CASES) {
+      for (const c of RESETS) {
+        const label = `${where} ${c.name}`;
+        const wire: string[] = [];
+        const origin = await challengeResettingOrigin(where, c.code, wire);
+        const agent = agentFor(where, origin);
+        const path = where === 'NTLM re-authentication' ? '/again' : '/x';
+        if (where === 'NTLM re-authentication')
+          expect(await settle(origin, agent), label).toEqual({ status: 200, body: 'ok' });
+        const sent = wire.length;
+        // Two at once: the second waits behind the first's handshake (C1) or goes on its own.
+        const [first, queued] = await Promise.all([settle(origin, agent, path), settle(origin, agent, path)]);
+        // The reset request's challenge went unanswered: the only credentials sent are the other's.
+        const answers = wire.slice(sent).filter((w) => w === 'NTLM3' || w === 'Basic' || w === 'Digest');
+        expect([label, answers.length]).toEqual([label, 1]);
+        // Before: undici's raw "Stream closed with error code NGHTTP2_…" (ERR_HTTP2_STREAM_ERROR).
+        const e = [first, queued].find((r) => r instanceof Error) as ConnectionClosedError | undefined;
+        expect([label, e?.code]).toEqual([label, 'MULTILEG_CONNECTION_CLOSED']);
+        expect(e, label).toBeInstanceOf(ConnectionClosedError);
+        expect([label, e!.streamReset, e!.responseCut]).toEqual([label, c.code, false]);
+        expect(e!.cause, label).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: c.code });
+        expect(e!.message, label).toContain(
+          `${origin} reset the HTTP/2 stream of the GET with RST_STREAM ${c.name} (0x${c.code.toString(16)}) after the head of its 401 challenge`,
+        );
+        expect(e!.message, label).toContain('the handshake did not go on and the GET was not sent again');
+        expect(e!.message, label).toContain(c.hint);
+        // Nothing queued lost; the session goes on.
+        expect([label, first === e ? queued : first]).toEqual([label, { status: 200, body: 'ok' }]);
+        expect([label, await settle(origin, agent, path)]).toEqual([label, { status: 200, body: 'ok' }]);
+      }
+    }
+  }, 120_000);
+
+  it("R1/C8: CANCEL partway through such a 401's body: undici ends it as if whole, and the handshake goes on (200)", async () => {
+    for (const where of CASES) {
+      const wire: string[] = [];
+      const origin = await challengeResettingOrigin(where, h2.NGHTTP2_CANCEL, wire);
+      const agent = agentFor(where, origin);
+      const path = where === 'NTLM re-authentication' ? '/again' : '/x';
+      if (where === 'NTLM re-authentication')
+        expect(await settle(origin, agent), where).toEqual({ status: 200, body: 'ok' });
+      expect([where, await settle(origin, agent, path)]).toEqual([where, { status: 200, body: 'ok' }]);
+    }
+  }, 60_000);
+});

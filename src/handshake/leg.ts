@@ -155,7 +155,7 @@ export class LegHandler implements Dispatcher.DispatchHandler {
   #outcome: LegResult | undefined;
   /** Told the result as soon as it is known (a handshake's next leg: no promise per leg). */
   readonly #onResult: ((r: LegResult) => void) | undefined;
-  readonly #cutShort: ((err: Error) => Error) | undefined;
+  readonly #cutShort: ((err: Error, challenge?: number) => Error) | undefined;
   #result: Promise<LegResult> | undefined;
   #resolveResult: ((r: LegResult) => void) | undefined;
   /** Made when the leg delivers (a swallowed challenge needs none): settles when the body ends. */
@@ -225,8 +225,11 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     expectContinue?: boolean;
     /** The leg's headersTimeout (its request's own, else the agent's): see {@link interimBound}. */
     headersTimeout?: number | null;
-    /** What the caller gets for an error after the response head reached it (Session.cutShort, R1). */
-    cutShort?: (err: Error) => Error;
+    /**
+     * What the caller gets for an error after the response head reached it (Session.cutShort, R1),
+     * or (`challenge`: its status) after the head of a response being drained (a handshake's 401).
+     */
+    cutShort?: (err: Error, challenge?: number) => Error;
   }) {
     this.#cutShort = opts.cutShort;
     this.#headersTimeout = opts.headersTimeout;
@@ -566,6 +569,17 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       // connection lives on (as for a body cut, see #stopDraining). Any other reset (REFUSED_STREAM,
       // INTERNAL_ERROR: the server's own failure), or of a held response, stays the error (r44).
       this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
+      return;
+    }
+    const reset = mode === 'drain' && this.#cutShort ? streamResetCode(err) : undefined;
+    // R1/C8: any other reset of a challenge being drained (INTERNAL_ERROR, REFUSED_STREAM,
+    // ENHANCE_YOUR_CALM…) is the server failing the exchange: the leg fails typed, naming the code
+    // (undici's raw stream error before). Not HTTP_1_1_REQUIRED, whose raw error relocationReason
+    // reads to go on over HTTP/1.1 (H2); CANCEL and NO_ERROR never get here (undici ends the
+    // response as if whole: the handshake goes on).
+    if (reset !== undefined && reset !== 0xd) {
+      this.#held = undefined;
+      this.#resolve({ kind: 'failed', error: this.#cutShort!(err, this.#status) });
       return;
     }
     if (mode === 'deliver' || mode === 'gated') {

@@ -899,7 +899,7 @@ export class Session {
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
       headersTimeout: this.headersTimeoutOf(job),
-      cutShort: (err) => this.cutShort(job, err),
+      cutShort: (err, challenge) => this.cutShort(job, err, challenge === undefined, challenge),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
@@ -1170,14 +1170,16 @@ export class Session {
 
   /**
    * R1: undici's error for an HTTP/2 stream the server reset (RST_STREAM) after the response head
-   * reached the caller (`afterHead`; else before any response), as a ConnectionClosedError (ProxyClosedError through a forwarding proxy)
+   * reached the caller (`afterHead`; else before any response — `challenge`: after the head of the
+   * agent's own 401/407 leg, drained between a handshake's legs), as a ConnectionClosedError (ProxyClosedError through a forwarding proxy)
    * naming the code, the cut response and the fix, undici's error its cause; any other error as is.
    * Never sent again: the server may have acted on the request (only REFUSED_STREAM says it did not).
    */
-  cutShort(job: Job, err: Error, afterHead = true): Error {
+  cutShort(job: Job, err: Error, afterHead = true, challenge?: number): Error {
     const code = streamResetCode(err);
     if (code === undefined) return err;
-    const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead } };
+    const at = challenge === undefined ? {} : { challenge };
+    const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead, ...at } };
     const { method } = job.dispatchOptions;
     return this.#forward
       ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
