@@ -1005,6 +1005,21 @@ describe('origin memory and session state', () => {
     expect(await waiting).toBe('refused');
   });
 
+  it("R1/R4: a watcher whose own bound ends while the recall it watches still waits (in practice the same millisecond: the queue's deadline is Date.now()'s) goes withheld, not QueueTimeoutError", async () => {
+    vi.useFakeTimers();
+    const proof = recallingProof(() => new Promise<undefined>(() => {}), []);
+    const probe = proof.enter(true, signalWaiter(undefined), { maxQueue: 10, queueTimeout: 500 });
+    expect(proof.recalling).toBe(true);
+    // A shorter bound stands for the one that fires a millisecond before the recall's.
+    const watched = proof.watch(signalWaiter(undefined), { maxQueue: 10, queueTimeout: 100 }).catch((e: Error) => e);
+    await vi.advanceTimersByTimeAsync(100);
+    // Before: QueueTimeoutError ("the outcome of another connection's authentication").
+    expect(await watched).toBe('withheld');
+    expect(proof.recalling).toBe(true);
+    await vi.advanceTimersByTimeAsync(400);
+    expect(await probe).toBe('refused');
+  });
+
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {
     vi.useFakeTimers();
     const proof = new CredentialProof('the proof');
