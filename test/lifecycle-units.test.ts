@@ -1020,6 +1020,41 @@ describe('origin memory and session state', () => {
     expect(await probe).toBe('refused');
   });
 
+  it('R1/R4: the answer a withheld request got (CredentialProof.withheldAnswer) is kept for the others, the first one standing, and forgotten when the credentials are replaced, a refusal is lifted or met, they succeed, or after UNUSABLE_MEMORY_MS', async () => {
+    vi.useFakeTimers();
+    const proof = new CredentialProof('the proof');
+    const first = new Error('407 one');
+    const keep = () => {
+      proof.answerWithheld(first);
+      proof.answerWithheld(new Error('407 two'));
+      expect(proof.withheldAnswer).toBe(first);
+    };
+    expect(proof.withheldAnswer).toBeUndefined();
+    keep();
+    proof.reset();
+    expect(proof.withheldAnswer).toBeUndefined();
+    keep();
+    const ticket = proof.admit(true) as Ticket;
+    proof.settle(ticket, 'success');
+    expect(proof.withheldAnswer).toBeUndefined();
+    keep();
+    // Proved, then refused: one more handshake decides (again); refused again: held back.
+    const again = proof.admit(true) as Ticket;
+    proof.settle(again, 'refused');
+    expect(proof.withheldAnswer).toBeUndefined();
+    const last = proof.admit(true) as Ticket;
+    proof.settle(last, 'refused');
+    expect(proof.refused).toBe(true);
+    keep();
+    expect(proof.liftRefusal()).toBe(true);
+    expect(proof.withheldAnswer).toBeUndefined();
+    keep();
+    vi.advanceTimersByTime(UNUSABLE_MEMORY_MS - 1);
+    expect(proof.withheldAnswer).toBe(first);
+    vi.advanceTimersByTime(1);
+    expect(proof.withheldAnswer).toBeUndefined();
+  });
+
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {
     vi.useFakeTimers();
     const proof = new CredentialProof('the proof');

@@ -1270,3 +1270,78 @@ describe('requests started together through a proxy while its refusal memory is 
     expect(held.signals).toHaveLength(1);
   });
 });
+
+describe("withheld requests reaching the pool after the proxy's answer to a withheld bare CONNECT (R1/R4, scripted proxy)", () => {
+  it("R1/R4: past a silent refusalMemory's recall, withheld requests that reach the pool after the first withheld bare CONNECT's 407 — another origin's through the same proxy, its first CONNECT answered late — get that answer (ProxyAuthenticationError, recall-timeout) rather than one more bare CONNECT; no password sent", async () => {
+    const queueTimeout = 300;
+    // Asks every CONNECT for Basic (407): the first one to slow.example 400 ms late.
+    const connects: string[] = [];
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        const host = /^CONNECT ([^:]+)/.exec(head)?.[1] ?? '?';
+        connects.push(host);
+        const answer = () =>
+          socket.destroyed ||
+          socket.write('HTTP/1.1 407 x\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 0\r\n\r\n');
+        if (host === 'slow.example' && connects.filter((c) => c === host).length === 1) setTimeout(answer, 400);
+        else answer();
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    // The first recall never answers (given up at queueTimeout); a later one finds the password held
+    // back (a refusal another process met meanwhile), at once.
+    const signals: AbortSignal[] = [];
+    const memory: RefusalMemory = {
+      recall: (_place, signal) => {
+        signals.push(signal!);
+        if (signals.length > 1) return { at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 };
+        return new Promise<undefined>(() => {});
+      },
+      refused: () => {},
+      proved: () => {},
+      release: () => {},
+    };
+    agent = new MultilegAgent({
+      negotiate: false,
+      refusalMemory: memory,
+      limits: { queueTimeout },
+      proxy: { uri: `http://127.0.0.1:${h.port}`, negotiate: false, schemes: ['Basic'], credentials: PROXY_ACCOUNT },
+    });
+    const outcome = (url: string) =>
+      request(url, { dispatcher: agent! }).then(
+        (res) => res.statusCode,
+        (e: ProxyAuthenticationError) => [e.code, e.refused, e.message.replace(/^.*: proxy\.credentials /, '')],
+      );
+    // fast.example: the first request's CONNECT gets a 407 asking for the password and the memory is
+    // asked; the two others wait for that recall.
+    const fast = [0, 1, 2].map((i) => outcome(`https://fast.example/${i}`));
+    await until(() => signals.length === 1);
+    // slow.example meanwhile: its first request's CONNECT is answered 400 ms late; the two others
+    // wait for the same recall. Given up at queueTimeout, the four waiting are withheld: fast.example's
+    // first withheld bare CONNECT's 407 answers its other at once; slow.example's two wait for its
+    // connection, which its first request holds until its 407 comes, after that answer.
+    const slow = [0, 1, 2].map((i) => outcome(`https://slow.example/${i}`));
+    const recallTimeout = [
+      'MULTILEG_PROXY_AUTH',
+      false,
+      `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
+    ];
+    expect(await Promise.all(fast)).toEqual([recallTimeout, recallTimeout, recallTimeout]);
+    const [first, ...withheld] = await Promise.all(slow);
+    // Its own recall (the second) found the password held back.
+    expect(first).toEqual([
+      'MULTILEG_PROXY_AUTH',
+      true,
+      expect.stringMatching(/the proxy refused proxy\.credentials lately .* for another 60 s/),
+    ]);
+    expect(withheld).toEqual([recallTimeout, recallTimeout]);
+    expect(h.received.every((r) => !/\r\nproxy-authorization: /i.test(r))).toBe(true);
+    // fast.example: its first request's CONNECT and one withheld; slow.example: its first request's
+    // alone. Before: one withheld bare CONNECT more to slow.example, whose 407 answered the other.
+    expect(connects.filter((c) => c === 'fast.example')).toHaveLength(2);
+    expect(connects.filter((c) => c === 'slow.example')).toHaveLength(1);
+    // Each request waited for a recall once at most: fast.example's first and slow.example's first asked.
+    expect(signals).toHaveLength(2);
+  }, 30_000);
+});

@@ -157,6 +157,8 @@ export class CredentialProof {
   #recalling: Set<(err: Error) => void> | undefined;
   /** Requests that would have gone bare while a recall waited, waiting for the outcome ({@link watch}). */
   #watchers: WaitQueue<Watched, Waiter> | undefined;
+  /** What a request sent without the credentials after its recall was given up got, and when ({@link withheldAnswer}). */
+  #withheld: { readonly answer: Error; readonly at: number } | undefined;
 
   constructor(what: string, keeping?: RefusalKeeping) {
     this.#what = what;
@@ -214,6 +216,25 @@ export class CredentialProof {
    */
   get recalling(): boolean {
     return this.#recalling !== undefined && this.#recalling.size > 0;
+  }
+
+  /**
+   * R1/R4: the answer a request got that went without the credentials because the refusal memory's
+   * recall it waited for was given up (a proxy's 407 to a bare CONNECT, recall-timeout): every other
+   * request withheld so would send the same bare request and get the same, so it is theirs at once —
+   * a request waits for a recall at most once, and meets its answer at most once on the wire.
+   * Forgotten when what would be sent changes (credentials replaced, a refusal lifted or met, a
+   * success) or after {@link UNUSABLE_MEMORY_MS}, as an unusable scheme is.
+   */
+  get withheldAnswer(): Error | undefined {
+    const w = this.#withheld;
+    if (w && Date.now() - w.at >= UNUSABLE_MEMORY_MS) this.#withheld = undefined;
+    return this.#withheld?.answer;
+  }
+
+  /** Keeps `answer` as the {@link withheldAnswer} (the first one stands until forgotten). */
+  answerWithheld(answer: Error): void {
+    if (this.withheldAnswer === undefined) this.#withheld = { answer, at: Date.now() };
   }
 
   /** Proved within {@link PROOF_FRESH_MS}: a password may go side by side with others, no probe. */
@@ -470,6 +491,7 @@ export class CredentialProof {
       this.#refusedTimes = 0;
       this.#unansweredBefore = false;
       this.#lifted = false;
+      this.#withheld = undefined;
       if (proving) this.#tellPlace((m, place) => m.proved(place));
     } else if (outcome === 'unanswered') {
       // The first such leg in a row may be a slow server's: one more handshake may try (R2: a waiter
@@ -497,6 +519,7 @@ export class CredentialProof {
     if (this.#refusedUntil === 0 || this.#lifted) return false;
     this.#lifted = true;
     this.#refusedUntil = 0;
+    this.#withheld = undefined;
     this.#wake();
     return true;
   }
@@ -517,6 +540,7 @@ export class CredentialProof {
     this.#unansweredBefore = false;
     this.#lifted = false;
     this.#probing = false;
+    this.#withheld = undefined;
     this.#wake();
   }
 
@@ -535,6 +559,7 @@ export class CredentialProof {
   /** `password`: what was refused derives from one (only then does the wait double). */
   #refuse(password = true): void {
     this.#epoch += 1;
+    this.#withheld = undefined;
     // Proved until now: this may be one resource's refusal (an ACL), so one more handshake decides.
     if (this.#proved) this.#proved = false;
     // Handshakes already in flight when they were refused add nothing: the wait grows only when the

@@ -526,6 +526,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       return;
     }
     if (this.#watchHolders) this.#checkHolders();
+    // R1/R4: withheld, and the proxy's answer to that bare CONNECT is known already: it is this one's.
+    const answer = this.#withheldAnswer(job);
+    if (answer) {
+      this.#fail(job, answer);
+      return;
+    }
     const proved = this.#route?.proxy.proved;
     if (proved && proved.version !== this.#proxySeen) this.#followProxy(proved);
     if (job.ntlm !== undefined && this.#paired(job)) return;
@@ -930,6 +936,13 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * proxy's answer to that is known now. A withheld request of any recall given up is such a request.
    */
   #withheldAnswered(err: ProxyAuthenticationError): void {
+    // Kept on the proxy's proof (all the agent's pools share it) for withheld requests still to come.
+    this.#route?.proxy.proof.answerWithheld(err);
+    this.#answerWithheld(err);
+  }
+
+  /** The withheld requests waiting here for a connection end with `err`, each its own copy. */
+  #answerWithheld(err: Error): void {
     for (const { identity, queue } of this.#waiting.values()) {
       if (queue.length === 0 || !carries(identity, 'proxy')) continue;
       const answered = queue.take((j) => j.proxyWatch === 'withheld');
@@ -943,6 +956,24 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     }
   }
 
+  /**
+   * R1/R4: a withheld request (Job.proxyWatch `withheld`: its wait for the proxy credentials' recall
+   * ended with it given up) reaching the pool, or still waiting in it, once the proxy's answer to such
+   * a bare CONNECT is known (CredentialProof.withheldAnswer: this pool's, or another's through the
+   * same proxy): it gets that answer, its own copy, rather than one more bare CONNECT to the proxy.
+   * Undefined while none is known (or it was forgotten) or the request is not withheld.
+   */
+  #withheldAnswer(job: Job): Error | undefined {
+    if (job.proxyWatch !== 'withheld' || !carries(job.identity, 'proxy')) return undefined;
+    const answer = this.#tunnelAnswer();
+    return answer && ownCopy(answer);
+  }
+
+  /** The proxy's known answer to a withheld bare CONNECT, for a pool that tunnels (a forwarded request's 407 is its own). */
+  #tunnelAnswer(): Error | undefined {
+    return this.#route?.kind === 'tunnel' ? this.#route.proxy.proof.withheldAnswer : undefined;
+  }
+
   /** Hands freed capacity to waiting requests, in arrival order per lane and identity. */
   #pump(): void {
     for (let i = this.#sessions.length - 1; i >= 0; i--) {
@@ -950,6 +981,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       if (s.closed && s.inflight === 0) this.#sessions.splice(i, 1);
     }
     if (this.#end) return;
+    // R1/R4: withheld requests waiting here meet the proxy's answer already known (#withheldAnswer).
+    const answer = this.#tunnelAnswer();
+    if (answer) this.#answerWithheld(answer);
     // R1/R4: the requests already waiting for a session held by the proxy credentials' recall wait
     // for its outcome instead (#watchProxy).
     if (this.#route?.proxy.proof.recalling)
