@@ -13,6 +13,7 @@ import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type PreparedBody, prepareBody } from '../src/body/replayable.ts';
+import { readChallenges } from '../src/challenge/index.ts';
 import { type HandshakeInput, type HandshakeResult, runHandshake } from '../src/handshake/handshake.ts';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
@@ -216,7 +217,8 @@ describe('ProxyAuth: a per-request scheme taken up from another connection (H5, 
       {},
     ).route('http://origin.example')!.proxy;
     const leg = proxyLeg(proxy, 'GET', 'http://origin.example/');
-    const basic407 = { 'proxy-authenticate': 'Basic realm="p"' };
+    // (answer() takes the 407's challenges, as its callers read them.)
+    const basic407 = readChallenges({ 'proxy-authenticate': 'Basic realm="p"' }, true);
     // The proxy's 407 answered with Basic on one connection: what new ones take up.
     const first = new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs);
     await first.answer(basic407, leg);

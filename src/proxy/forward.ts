@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { publishProxyUnanswered } from '../diagnostics.ts';
 import { closedUnder, LegLimitError } from '../errors.ts';
@@ -353,7 +354,8 @@ export class ForwardProxy {
         if (own && allowed) clock().start();
         const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
         if (own && allowed) deadline?.stop();
-        let challenged: ResponseHeaders | undefined;
+        /** The challenges of the 407 this request answers (read once, for the leave and the answer). */
+        let challenged: Challenge[] | undefined;
         /** The proxy said it closes the connection after its 407 (`Connection: close`). */
         let closes = false;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
@@ -374,9 +376,10 @@ export class ForwardProxy {
                 // Past limits.maxLegs a 407 is the caller's under proxy.deliver407 (else the typed
                 // error below), unanswered: it ends the handshake its leg ran, never as a success.
                 const within = answers <= this.#limits.maxLegs || !this.route.proxy.deliver407;
-                const answerable = this.#auth.canAnswer(headers);
+                const challenges = readChallenges(headers, true);
+                const answerable = this.#auth.canAnswer(challenges);
                 if (within && (others || !this.route.proxy.deliver407 || answerable)) {
-                  challenged = headers;
+                  challenged = challenges;
                   closes = saysClose(headers);
                   clock().start();
                   // proxy.deliver407: kept (its body bounded by limits.maxChallengeBodyBytes), to be
@@ -393,7 +396,7 @@ export class ForwardProxy {
                 // (Only the handshake this request leads: past limits.maxLegs another's may run. A
                 // 407 asking for its next leg there: it failed at the bound.)
                 const mine = turn.state === 'leading';
-                const refusal = mine && !answerable ? this.#auth.refusedDelivered(headers) : undefined;
+                const refusal = mine && !answerable ? this.#auth.refusedDelivered(challenges) : undefined;
                 if (mine && answerable) this.#auth.giveUp();
                 if (refusal) outcome = refusal;
                 refusedHere = refusal !== undefined;
@@ -490,7 +493,7 @@ export class ForwardProxy {
           // C11: the proxy kept answering 407 (to this request's legs, or while it followed other
           // requests' exchanges): a typed error, never the bare 407 (fetch would make it a network error).
           throw this.route.proxy.proof.refused
-            ? refusedLately(this.route.proxy, offeredSchemes(readChallenges(challenged, true)))
+            ? refusedLately(this.route.proxy, offeredSchemes(challenged))
             : new LegLimitError(this.#limits.maxLegs, `proxy ${this.#auth.scheme ?? 'authentication'}`);
         }
         if (turn.answeredByAnother) {
@@ -503,11 +506,10 @@ export class ForwardProxy {
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
-          const challenges = readChallenges(challenged, true);
-          const offered = offeredSchemes(challenges);
+          const offered = offeredSchemes(challenged);
           if (credentials && ticket) {
             const key = this.#auth.scheme?.toLowerCase();
-            const again = challenges.find((c) => c.schemeKey === key);
+            const again = challenged.find((c) => c.schemeKey === key);
             // A nonce the proxy no longer takes (Digest's stale=true) refused no password: answered
             // once more, as an origin's is; any other 407 to them is a refusal.
             if (credentials.own && !renewed && again?.params.stale?.toLowerCase() === 'true') renewed = true;

@@ -9,6 +9,7 @@
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
 import { checkedAgainst, type Dial, dialFor } from '../connect-to.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
@@ -400,13 +401,13 @@ async function handshake(
         deadline,
         budget,
         track,
-        async (headers, offered) => {
+        async (challenges) => {
           // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
           // fall-through to one, review r39): that takes its own. Nor does one given before a
           // refusal counted since (another tunnel's, while this one fell through: R4, a refused
           // password is not sent again unasked); it is given back first, so that a probe's does
           // not keep the next leave waiting for itself (as forward.ts does).
-          const password = auth.usesPassword(headers);
+          const password = auth.usesPassword(challenges);
           if (ticket?.covers(password) && proxy.proof.holds(ticket)) return;
           if (ticket) {
             proxy.proof.settle(ticket, outcome);
@@ -415,13 +416,13 @@ async function handshake(
           }
           // No leave for the opening (refused lately, or the refusal memory's recall given up at
           // queueTimeout): not asked again for the 407 after it (R1: one wait of queueTimeout).
-          if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout, heldBack);
+          if (heldBack) throw refusedLately(proxy, offeredSchemes(challenges), limits.queueTimeout, heldBack);
           // A 407 that no configured scheme answers sends nothing: no leave is taken (R1/R4: a burst
           // whose every tunnel meets it, the proxy refusing the agent's only scheme, asked the
           // refusal memory once per tunnel, one after another, and ran past queueTimeout).
-          if (!auth.answers(headers)) return;
+          if (!auth.answers(challenges)) return;
           const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline, onLeaveWaits);
-          if (admission === 'refused') throw refusedLately(proxy, offered, limits.queueTimeout);
+          if (admission === 'refused') throw refusedLately(proxy, offeredSchemes(challenges), limits.queueTimeout);
           ticket = admission;
         },
         async () => {
@@ -580,8 +581,8 @@ export function closedBetweenLegs(
 }
 
 /**
- * The CONNECT legs of one tunnel; `admit` is called before a 407 is answered by a new handshake
- * (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
+ * The CONNECT legs of one tunnel; `admit` is called with a 407's challenges before a new handshake
+ * answers them (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
  * (it may wait; false: go bare), `proved` with what the handshake said of the credentials; `leave`
  * gives the leave to send them that the handshake runs under.
  */
@@ -593,7 +594,7 @@ async function connectLegs(
   deadline: Deadline<ProxyTimeoutError>,
   budget: ConnectBudget,
   track: (s: Socket) => void,
-  admit: (headers: Record<string, string | string[]>, offered: readonly string[]) => Promise<void>,
+  admit: (challenges: readonly Challenge[]) => Promise<void>,
   lead: () => Promise<boolean>,
   proved: (outcome: ProofOutcome) => void,
   leave: () => Ticket | undefined,
@@ -738,9 +739,9 @@ async function connectLegs(
       }
       let closing = head.close || !drained || reader.ended;
       const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
-      const challenged = readChallenges(head.headers, true).some(
-        (c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined,
-      );
+      // Read once: for the checks here, the leave (`admit`) and the answer.
+      const challenges = readChallenges(head.headers, true);
+      const challenged = challenges.some((c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined);
       if (closing && midHandshake && challenged) {
         // The proxy dropped the connection that holds the handshake's state: start over, once.
         socket.destroy();
@@ -751,12 +752,12 @@ async function connectLegs(
         continue;
       }
       if (auth.state !== 'handshaking') {
-        await admit(head.headers, offeredSchemes(readChallenges(head.headers, true)));
+        await admit(challenges);
       }
       try {
         // T2: a scheme whose challenge could not be read falls through to the next one, once per
         // tunnel; where this 407 offers no other, the next CONNECT goes bare on a new connection.
-        const fell = await auth.answer(head.headers, leg, !fellThrough);
+        const fell = await auth.answer(challenges, leg, !fellThrough);
         if (fell) fellThrough = true;
         if (fell === 'bare') closing = true;
       } catch (err) {
