@@ -14,14 +14,7 @@ import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, pr
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
-import {
-  closedBetweenLegs,
-  connectToProxy,
-  openingLeave,
-  type ProxyLeaveWaits,
-  proxyLeave,
-  refusedLately,
-} from './tunnel.ts';
+import { closedBetweenLegs, connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
 import { saysClose } from './wire.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
@@ -104,7 +97,6 @@ export class ForwardProxy {
   readonly #onUnusable: (err: Error) => void;
   readonly #onClosing: () => void;
   readonly #onHolder: () => void;
-  readonly #onLeaveWaits: ProxyLeaveWaits | undefined;
   #vouched = false;
   /** The proxy connection once open (the session's only one: a reconnect is a new session). */
   #wire: Socket | undefined;
@@ -133,8 +125,6 @@ export class ForwardProxy {
     onHolder?: () => void;
     /** Each handshake with the proxy on this connection that sent credentials and ended (H5). */
     onHandshake?: (handshake: ProxyHandshake) => void;
-    /** A request's leave to send the proxy credentials waits (R1/R4: {@link ProxyLeaveWaits}). */
-    onLeaveWaits?: ProxyLeaveWaits;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
@@ -142,7 +132,6 @@ export class ForwardProxy {
     this.#onUnusable = opts.onUnusable;
     this.#onClosing = opts.onClosing;
     this.#onHolder = opts.onHolder ?? (() => {});
-    this.#onLeaveWaits = opts.onLeaveWaits;
     const onHandshake = opts.onHandshake;
     this.#auth = new ProxyAuth(
       opts.route.proxy,
@@ -295,14 +284,7 @@ export class ForwardProxy {
       // A leave that no longer holds (a refusal counted since, R4) is given back first: a probe's
       // would otherwise keep the next leave waiting for itself.
       if (ticket) proof.settle(ticket, 'none');
-      const admission = await proxyLeave(
-        this.route.proxy,
-        password,
-        waiter,
-        this.#limits,
-        deadline,
-        this.#onLeaveWaits,
-      );
+      const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
       if (admission === 'refused') return false;
       ticket = admission;
       return true;
@@ -331,14 +313,7 @@ export class ForwardProxy {
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
           if (ticket === undefined && !heldBack)
-            ({ ticket, heldBack } = await openingLeave(
-              this.route.proxy,
-              this.#auth,
-              waiter,
-              this.#limits,
-              deadline,
-              this.#onLeaveWaits,
-            ));
+            ({ ticket, heldBack } = await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline));
           if (ticket && this.#auth.opens) {
             clock().start();
             await race(this.#auth.open(leg));

@@ -156,8 +156,7 @@ export interface TunnelledConnection {
  * the origin inside it (ALPN `alpn`, the caller's TLS options), all within one
  * `proxy.connectTimeout` ({@link ConnectBudget}) — a proxy that answers 200 and then relays nothing
  * fails with {@link ProxyConnectTimeoutError}.
- * `onHandshake` is told of each handshake with the proxy that ends, `onLeaveWaits` when its leave to
- * send the credentials waits (see {@link openTunnel}).
+ * `onHandshake` is told of each handshake with the proxy that ends (see {@link openTunnel}).
  */
 export async function connectThroughTunnel(
   proxy: ResolvedProxy,
@@ -167,7 +166,6 @@ export async function connectThroughTunnel(
   limits: Limits,
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
-  onLeaveWaits?: ProxyLeaveWaits,
   withheld = false,
 ): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
@@ -182,7 +180,6 @@ export async function connectThroughTunnel(
     signal,
     onHandshake,
     budget,
-    onLeaveWaits,
     withheld,
   );
   if (target.protocol !== 'https:') return { socket, holder };
@@ -273,7 +270,7 @@ export interface Tunnel {
  * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}. `onHandshake` is told of each
  * handshake with the proxy that sent credentials and ended, succeeded or failed (H5: reported as an
  * origin's are). `budget`: the connection's `proxy.connectTimeout`, which TLS inside the tunnel
- * shares ({@link connectThroughTunnel}). `onLeaveWaits`: see {@link ProxyLeaveWaits}.
+ * shares ({@link connectThroughTunnel}).
  */
 export async function openTunnel(
   proxy: ResolvedProxy,
@@ -283,7 +280,6 @@ export async function openTunnel(
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
   budget = new ConnectBudget(proxy.connectTimeout),
-  onLeaveWaits?: ProxyLeaveWaits,
   withheld = false,
 ): Promise<Tunnel> {
   const target = authority(host, port);
@@ -314,7 +310,6 @@ export async function openTunnel(
       if (ended()) s.destroy();
     },
     onHandshake,
-    onLeaveWaits,
     withheld,
   );
   // A tunnel that opens after that (a mechanism step that returned late) is not kept.
@@ -358,7 +353,6 @@ async function handshake(
   given: AbortSignal,
   track: (s: Socket) => void,
   onHandshake: ((handshake: ProxyHandshake) => void) | undefined,
-  onLeaveWaits: ProxyLeaveWaits | undefined,
   withheld: boolean,
 ): Promise<Tunnel> {
   /** The tunnel already started over after a refusal of replaced credentials (once per tunnel, R4). */
@@ -421,13 +415,13 @@ async function handshake(
           // whose every tunnel meets it, the proxy refusing the agent's only scheme, asked the
           // refusal memory once per tunnel, one after another, and ran past queueTimeout).
           if (!auth.answers(challenges)) return;
-          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline, onLeaveWaits);
+          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
           if (admission === 'refused') throw refusedLately(proxy, offeredSchemes(challenges), limits.queueTimeout);
           ticket = admission;
         },
         async () => {
           if (heldBack) return false;
-          ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline, onLeaveWaits));
+          ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline));
           return ticket !== undefined;
         },
         (o) => {
@@ -471,8 +465,8 @@ const REPLACED = new Error('proxy credentials replaced');
 /**
  * Leave to send the proxy credentials (account lockout: one connection at a time until proved, none
  * for a while after the proxy refused them). The wait has its own bounds (R1): the exchange's clock
- * stops meanwhile and runs again after it, as for a handshake slot. `onWait` is told when it waits
- * (the refusal memory's recall, or another handshake's proof): see ProxyLeaveWaits.
+ * stops meanwhile and runs again after it, as for a handshake slot. The proof tells those listening
+ * when it waits (the refusal memory's recall, or another handshake's proof: CredentialProof.onWait).
  */
 export async function proxyLeave(
   proxy: ResolvedProxy,
@@ -480,26 +474,14 @@ export async function proxyLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
-  onWait?: ProxyLeaveWaits,
 ): Promise<Admission> {
   deadline?.pause();
   try {
-    const entering = proxy.proof.enter(password, waiter, limits);
-    if (entering instanceof Promise) onWait?.();
-    return await entering;
+    return await proxy.proof.enter(password, waiter, limits);
   } finally {
     deadline?.start();
   }
 }
-
-/**
- * R1/R4: told when a connection's leave to send the proxy credentials waits — the refusal memory's
- * recall among them (CredentialProof.recalling), which may take up to limits.queueTimeout before
- * anything goes on that connection. The session tells its pool, whose requests waiting for this
- * connection's first answer wait for the recall's outcome instead (OriginPool #watchProxy), rather
- * than past their own bound, begun before the recall's.
- */
-export type ProxyLeaveWaits = () => void;
 
 /**
  * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
@@ -518,10 +500,9 @@ export async function openingLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
-  onWait?: ProxyLeaveWaits,
 ): Promise<{ ticket: Ticket | undefined; heldBack: HeldBackWhy | undefined }> {
   const password = proxy.mechanisms.sole?.usesPassword !== false;
-  const admission = await proxyLeave(proxy, password, waiter, limits, deadline, onWait);
+  const admission = await proxyLeave(proxy, password, waiter, limits, deadline);
   if (admission === 'refused') return { ticket: undefined, heldBack: proxy.proof.heldBackWhy };
   if (!auth.opens) {
     proxy.proof.settle(admission, 'none');

@@ -5,7 +5,7 @@ import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { alpnFor, type Limits, portOf, unbracketed } from '../options.ts';
 import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { connectThroughTunnel, connectToProxy, type ProxyLeaveWaits, proxyBytesRead } from '../proxy/tunnel.ts';
+import { connectThroughTunnel, connectToProxy, proxyBytesRead } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
 
 /** What the connector learned about one new connection: the only source of session identity. */
@@ -99,8 +99,6 @@ export function sessionConnector(
     readonly preopened?: Promise<Socket>;
     /** tunnel: told of each CONNECT's handshake with the proxy that ends (H5). */
     readonly onHandshake?: (handshake: ProxyHandshake) => void;
-    /** tunnel: told when a CONNECT's leave to send the proxy credentials waits (R1/R4, ProxyLeaveWaits). */
-    readonly onLeaveWaits?: ProxyLeaveWaits;
     /** tunnel: the CONNECT goes without the proxy credentials (R1/R4: Session.withholdProxyCredentials). */
     readonly withheld?: () => boolean;
   },
@@ -190,7 +188,6 @@ export function sessionConnector(
           route.limits,
           dial.signal,
           route.onHandshake,
-          route.onLeaveWaits,
           route.withheld?.() === true,
         );
         void opening.finally(() => tunnelling.delete(dial)).catch(() => {});
