@@ -792,6 +792,7 @@ export class MultilegAgent extends Dispatcher {
           // once (with 64 other origins in use, once per sweep) and forget the wait's doubling.
           if (p.memory.proof.remembersRefusal && this.#pools.size < MAX_REMEMBERING_POOLS) continue;
           this.#droppedSessions += p.sessionsCreated;
+          p.forget();
           this.#pools.delete(o);
         }
         if (this.#namedProofs.size > 0) {

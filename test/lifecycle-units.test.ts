@@ -13,6 +13,7 @@ import { runInNewContext } from 'node:vm';
 import type { Dispatcher } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type PreparedBody, prepareBody } from '../src/body/replayable.ts';
+import { readChallenges } from '../src/challenge/index.ts';
 import { type HandshakeInput, type HandshakeResult, runHandshake } from '../src/handshake/handshake.ts';
 import { LegHandler, type LegResult, type Verdict } from '../src/handshake/leg.ts';
 import { UserSink } from '../src/handshake/user-sink.ts';
@@ -216,7 +217,8 @@ describe('ProxyAuth: a per-request scheme taken up from another connection (H5, 
       {},
     ).route('http://origin.example')!.proxy;
     const leg = proxyLeg(proxy, 'GET', 'http://origin.example/');
-    const basic407 = { 'proxy-authenticate': 'Basic realm="p"' };
+    // (answer() takes the 407's challenges, as its callers read them.)
+    const basic407 = readChallenges({ 'proxy-authenticate': 'Basic realm="p"' }, true);
     // The proxy's 407 answered with Basic on one connection: what new ones take up.
     const first = new ProxyAuth(proxy, DEFAULT_LIMITS.maxLegs);
     await first.answer(basic407, leg);
@@ -1053,6 +1055,33 @@ describe('origin memory and session state', () => {
     expect(proof.withheldAnswer).toBe(first);
     vi.advanceTimersByTime(1);
     expect(proof.withheldAnswer).toBeUndefined();
+  });
+
+  it("R1/R4: CredentialProof.onWait tells its listeners (a proxy's pools) each time a handshake's leave waits — the refusal memory's recall already running when told, another handshake's probe — not for leave given at once, nor once stopped", async () => {
+    vi.useFakeTimers();
+    const bounds = { maxQueue: 10, queueTimeout: 500 };
+    const proof = recallingProof(() => new Promise((resolve) => setTimeout(() => resolve(undefined), 50)), []);
+    const told: boolean[] = [];
+    const stop = proof.onWait(() => told.push(proof.recalling));
+    // The probe asks the memory, which answers 50 ms later: it waits, and the recall runs as it is told.
+    const probe = proof.enter(true, signalWaiter(undefined), bounds);
+    // Another password behind it waits for its outcome.
+    const behind = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(told).toEqual([true, true]);
+    await vi.advanceTimersByTimeAsync(50);
+    const ticket = (await probe) as Ticket;
+    proof.settle(ticket, 'success');
+    proof.settle((await behind) as Ticket, 'success');
+    // Proved lately: leave at once, nothing to tell.
+    expect(proof.enter(true, signalWaiter(undefined), bounds)).toBeInstanceOf(Ticket);
+    expect(told).toHaveLength(2);
+    stop();
+    vi.advanceTimersByTime(PROOF_FRESH_MS);
+    const next = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(next).toBeInstanceOf(Promise);
+    expect(told).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(50);
+    await next;
   });
 
   it('R4: credentials are tried one handshake at a time until proved; then side by side while the proof is fresh', async () => {

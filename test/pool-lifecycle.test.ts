@@ -7,14 +7,17 @@
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { type AddressInfo, createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
 import { fetch, interceptors, request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MultilegAgent, type MultilegAgentOptions, type MultilegError } from '../src/index.ts';
 import {
   type Exchange,
   type IncomingRequestInfo,
   type ReferenceServer,
+  startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { CA_CERT } from '../src/reference-server/test-pki.ts';
+import { CredentialProof } from '../src/session/credential-proof.ts';
 import { ALICE, hasAuth } from './helpers.ts';
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -126,6 +129,41 @@ describe('HTTP/1.1 origins and idle pools', () => {
     expect(a.stats().sessions).toBe(sessionsBefore + 1);
     // The first origin's pool was dropped, and with it the remembered scheme: a 401 first again.
     expect(await statuses('/auth/3')).toEqual([401, 200]);
+  });
+});
+
+describe('R1/R4: idle pools through a proxy', () => {
+  it("R1/R4: past 64 origins through a proxy, each idle pool the agent drops stops listening to the proxy credentials' proof (CredentialProof.onWait, which outlives it): an agent talking to many origins over time keeps no listener for each it ever used", async () => {
+    const proxy = await startReferenceProxy({});
+    cleanups.push(() => proxy.close());
+    let stopped = 0;
+    const onWait = CredentialProof.prototype.onWait;
+    const listens = vi.spyOn(CredentialProof.prototype, 'onWait').mockImplementation(function (
+      this: CredentialProof,
+      listener: () => void,
+    ) {
+      const stop = onWait.call(this, listener);
+      return () => {
+        stopped += 1;
+        stop();
+      };
+    });
+    cleanups.push(async () => listens.mockRestore());
+    // CONNECT tunnels: an origin that closes its connection after answering closes its pool's only one.
+    const a = agent({ proxy: { uri: proxy.origin, http: 'tunnel', connect: { ca: CA_CERT } } });
+    for (let i = 0; i < 65; i++) {
+      const o = createHttpServer((_req, res) => res.writeHead(204, { connection: 'close' }).end());
+      await new Promise<void>((r) => o.listen(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise((r) => o.close(r)));
+      const res = await fetch(`http://127.0.0.1:${(o.address() as AddressInfo).port}/`, { dispatcher: a });
+      expect(res.status).toBe(204);
+    }
+    // A pool each, listening; the 65th swept the idle ones (those whose tunnel had closed by then).
+    expect(listens).toHaveBeenCalledTimes(65);
+    const dropped = 65 - a.stats().origins;
+    expect(dropped).toBeGreaterThan(0);
+    // Before: none stopped (the proof kept every dropped pool, and pumped it at each wait).
+    expect(stopped).toBe(dropped);
   });
 });
 

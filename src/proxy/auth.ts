@@ -535,18 +535,17 @@ export class ProxyAuth {
 
   /**
    * Whether the credentials this connection sends next derive from a password: the proactive
-   * scheme's, or (`headers`: a 407 about to be answered by a new handshake) the scheme it would choose.
+   * scheme's, or (`offered`: the challenges of a 407 about to be answered by a new handshake) the
+   * scheme it would choose.
    */
-  usesPassword(headers?: Headers): boolean {
-    const mechanism = headers
-      ? this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#skipped)?.mechanism
-      : this.#mechanism;
+  usesPassword(offered?: readonly Challenge[]): boolean {
+    const mechanism = offered ? this.#proxy.mechanisms.choose(offered, this.#skipped)?.mechanism : this.#mechanism;
     return mechanism?.usesPassword !== false;
   }
 
-  /** Whether a scheme configured here would answer the 407 of `headers` (else it sends nothing: {@link answer} says why). */
-  answers(headers: Headers): boolean {
-    return this.#proxy.mechanisms.choose(readChallenges(headers, true), this.#skipped) !== undefined;
+  /** Whether a scheme configured here would answer a 407 offering `offered` (else it sends nothing: {@link answer} says why). */
+  answers(offered: readonly Challenge[]): boolean {
+    return this.#proxy.mechanisms.choose(offered, this.#skipped) !== undefined;
   }
 
   /**
@@ -670,12 +669,11 @@ export class ProxyAuth {
   }
 
   /**
-   * Whether {@link answer} would answer this 407 rather than throw, as far as can be told before a
-   * mechanism runs (one that turns out unusable when tried is not seen): the running handshake's
-   * next token, or a configured mechanism for an offered scheme.
+   * Whether {@link answer} would answer a 407 offering `offered` rather than throw, as far as can be
+   * told before a mechanism runs (one that turns out unusable when tried is not seen): the running
+   * handshake's next token, or a configured mechanism for an offered scheme.
    */
-  canAnswer(headers: Headers): boolean {
-    const offered = readChallenges(headers, true);
+  canAnswer(offered: readonly Challenge[]): boolean {
     const state = this.#state;
     if (state.kind === 'handshaking') {
       const key = state.mechanism.scheme.toLowerCase();
@@ -714,7 +712,7 @@ export class ProxyAuth {
    * ({@link refusedBound}: it retires, H1/C8). Returns what the refusal says of the credentials
    * ({@link refusal}, R4), undefined for a refused opening (no credential judged) or none running.
    */
-  refusedDelivered(headers: Headers): 'refused' | 'refused-no-password' | undefined {
+  refusedDelivered(challenges: readonly Challenge[]): 'refused' | 'refused-no-password' | undefined {
     const state = this.#state;
     if (state.kind !== 'handshaking') return undefined;
     const refusal = this.refusal;
@@ -722,7 +720,7 @@ export class ProxyAuth {
     // Reported with the error the refusal would have thrown without deliver407 (its failureReason:
     // the same report either way, S2: no secret in it).
     const scheme = state.mechanism.scheme;
-    const offered = offeredSchemes(readChallenges(headers, true));
+    const offered = offeredSchemes(challenges);
     this.#endRefused(
       state,
       opening,
@@ -797,17 +795,18 @@ export class ProxyAuth {
   }
 
   /**
-   * Answers a 407: the first leg of a new handshake, or the next leg of the running one. Throws when
-   * it cannot. When the proxy's answer to a scheme's first leg cannot be read (T2: an NTLM
-   * CHALLENGE that is no NTLM message), that scheme is unusable with this proxy for a while
+   * Answers a 407 whose challenges are `offered` (read once by the caller, which took leave by them:
+   * {@link answers}, {@link usesPassword}): the first leg of a new handshake, or the next leg of the
+   * running one. Throws when it cannot. When the proxy's answer to a scheme's first leg cannot be
+   * read (T2: an NTLM CHALLENGE that is no NTLM message), that scheme is unusable with this proxy for a while
    * ({@link ResolvedProxy.unusable}) and, with `fallThrough` (the caller's once per request), the
    * next scheme the proxy offers answers, as the {@link FellThrough} it resolves to says (undefined:
    * it did not fall through). Never after a refusal: a 407 that refuses credentials is no
    * unreadable challenge (R4).
    */
-  async answer(headers: Headers, leg: LegInfo, fallThrough = false): Promise<FellThrough | undefined> {
+  async answer(offered: readonly Challenge[], leg: LegInfo, fallThrough = false): Promise<FellThrough | undefined> {
     try {
-      return await this.#answer(headers, leg, fallThrough);
+      return await this.#answer(offered, leg, fallThrough);
     } catch (err) {
       // The running handshake ends here (refused, a bad token, past limits.maxLegs); one whose first
       // leg could not be made sent nothing, and is no handshake to report.
@@ -816,8 +815,7 @@ export class ProxyAuth {
     }
   }
 
-  async #answer(headers: Headers, leg: LegInfo, fallThrough: boolean): Promise<FellThrough | undefined> {
-    const offered = readChallenges(headers, true);
+  async #answer(offered: readonly Challenge[], leg: LegInfo, fallThrough: boolean): Promise<FellThrough | undefined> {
     const state = this.#state;
     /**
      * The running handshake's scheme proved unreadable here: the next offered scheme answers. (What

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { readChallenges, readProxySupport, readRemoteHttpVersion } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
 import { Deadline } from '../deadline.ts';
 import { publishProxyUnanswered } from '../diagnostics.ts';
 import { closedUnder, LegLimitError } from '../errors.ts';
@@ -13,14 +14,7 @@ import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, pr
 import { ProxyAuthenticationError, ProxyClosedError, ProxyTimeoutError, RemoteHttp1Error } from './errors.ts';
 import { ProxyLead } from './lead.ts';
 import type { ProxyRoute } from './options.ts';
-import {
-  closedBetweenLegs,
-  connectToProxy,
-  openingLeave,
-  type ProxyLeaveWaits,
-  proxyLeave,
-  refusedLately,
-} from './tunnel.ts';
+import { closedBetweenLegs, connectToProxy, openingLeave, proxyLeave, refusedLately } from './tunnel.ts';
 import { saysClose } from './wire.ts';
 
 type Classify = (status: number, headers: ResponseHeaders) => Verdict;
@@ -103,7 +97,6 @@ export class ForwardProxy {
   readonly #onUnusable: (err: Error) => void;
   readonly #onClosing: () => void;
   readonly #onHolder: () => void;
-  readonly #onLeaveWaits: ProxyLeaveWaits | undefined;
   #vouched = false;
   /** The proxy connection once open (the session's only one: a reconnect is a new session). */
   #wire: Socket | undefined;
@@ -132,8 +125,6 @@ export class ForwardProxy {
     onHolder?: () => void;
     /** Each handshake with the proxy on this connection that sent credentials and ended (H5). */
     onHandshake?: (handshake: ProxyHandshake) => void;
-    /** A request's leave to send the proxy credentials waits (R1/R4: {@link ProxyLeaveWaits}). */
-    onLeaveWaits?: ProxyLeaveWaits;
   }) {
     this.route = opts.route;
     this.#limits = opts.limits;
@@ -141,7 +132,6 @@ export class ForwardProxy {
     this.#onUnusable = opts.onUnusable;
     this.#onClosing = opts.onClosing;
     this.#onHolder = opts.onHolder ?? (() => {});
-    this.#onLeaveWaits = opts.onLeaveWaits;
     const onHandshake = opts.onHandshake;
     this.#auth = new ProxyAuth(
       opts.route.proxy,
@@ -294,14 +284,7 @@ export class ForwardProxy {
       // A leave that no longer holds (a refusal counted since, R4) is given back first: a probe's
       // would otherwise keep the next leave waiting for itself.
       if (ticket) proof.settle(ticket, 'none');
-      const admission = await proxyLeave(
-        this.route.proxy,
-        password,
-        waiter,
-        this.#limits,
-        deadline,
-        this.#onLeaveWaits,
-      );
+      const admission = await proxyLeave(this.route.proxy, password, waiter, this.#limits, deadline);
       if (admission === 'refused') return false;
       ticket = admission;
       return true;
@@ -330,14 +313,7 @@ export class ForwardProxy {
         if (first && (await turn.follow(waiter, deadline, () => this.#auth.opens))) {
           // Leave first (R4), as for a 407: the AUTHENTICATE after it passes the same gate.
           if (ticket === undefined && !heldBack)
-            ({ ticket, heldBack } = await openingLeave(
-              this.route.proxy,
-              this.#auth,
-              waiter,
-              this.#limits,
-              deadline,
-              this.#onLeaveWaits,
-            ));
+            ({ ticket, heldBack } = await openingLeave(this.route.proxy, this.#auth, waiter, this.#limits, deadline));
           if (ticket && this.#auth.opens) {
             clock().start();
             await race(this.#auth.open(leg));
@@ -353,7 +329,8 @@ export class ForwardProxy {
         if (own && allowed) clock().start();
         const credentials = allowed ? await race(this.#auth.header(leg)) : undefined;
         if (own && allowed) deadline?.stop();
-        let challenged: ResponseHeaders | undefined;
+        /** The challenges of the 407 this request answers (read once, for the leave and the answer). */
+        let challenged: Challenge[] | undefined;
         /** The proxy said it closes the connection after its 407 (`Connection: close`). */
         let closes = false;
         /** A 407 that goes to the caller unanswered (proxy.deliver407): published once delivered. */
@@ -374,9 +351,10 @@ export class ForwardProxy {
                 // Past limits.maxLegs a 407 is the caller's under proxy.deliver407 (else the typed
                 // error below), unanswered: it ends the handshake its leg ran, never as a success.
                 const within = answers <= this.#limits.maxLegs || !this.route.proxy.deliver407;
-                const answerable = this.#auth.canAnswer(headers);
+                const challenges = readChallenges(headers, true);
+                const answerable = this.#auth.canAnswer(challenges);
                 if (within && (others || !this.route.proxy.deliver407 || answerable)) {
-                  challenged = headers;
+                  challenged = challenges;
                   closes = saysClose(headers);
                   clock().start();
                   // proxy.deliver407: kept (its body bounded by limits.maxChallengeBodyBytes), to be
@@ -393,7 +371,7 @@ export class ForwardProxy {
                 // (Only the handshake this request leads: past limits.maxLegs another's may run. A
                 // 407 asking for its next leg there: it failed at the bound.)
                 const mine = turn.state === 'leading';
-                const refusal = mine && !answerable ? this.#auth.refusedDelivered(headers) : undefined;
+                const refusal = mine && !answerable ? this.#auth.refusedDelivered(challenges) : undefined;
                 if (mine && answerable) this.#auth.giveUp();
                 if (refusal) outcome = refusal;
                 refusedHere = refusal !== undefined;
@@ -490,7 +468,7 @@ export class ForwardProxy {
           // C11: the proxy kept answering 407 (to this request's legs, or while it followed other
           // requests' exchanges): a typed error, never the bare 407 (fetch would make it a network error).
           throw this.route.proxy.proof.refused
-            ? refusedLately(this.route.proxy, offeredSchemes(readChallenges(challenged, true)))
+            ? refusedLately(this.route.proxy, offeredSchemes(challenged))
             : new LegLimitError(this.#limits.maxLegs, `proxy ${this.#auth.scheme ?? 'authentication'}`);
         }
         if (turn.answeredByAnother) {
@@ -503,11 +481,10 @@ export class ForwardProxy {
         if (this.#auth.state !== 'handshaking') {
           // A new handshake would answer this 407. Credentials this request sent on their own (a
           // per-request scheme's) were just refused: tried once more only while that may go.
-          const challenges = readChallenges(challenged, true);
-          const offered = offeredSchemes(challenges);
+          const offered = offeredSchemes(challenged);
           if (credentials && ticket) {
             const key = this.#auth.scheme?.toLowerCase();
-            const again = challenges.find((c) => c.schemeKey === key);
+            const again = challenged.find((c) => c.schemeKey === key);
             // A nonce the proxy no longer takes (Digest's stale=true) refused no password: answered
             // once more, as an origin's is; any other 407 to them is a refusal.
             if (credentials.own && !renewed && again?.params.stale?.toLowerCase() === 'true') renewed = true;

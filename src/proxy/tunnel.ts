@@ -9,6 +9,7 @@
 import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { readChallenges } from '../challenge/index.ts';
+import type { Challenge } from '../challenge/types.ts';
 import { checkedAgainst, type Dial, dialFor } from '../connect-to.ts';
 import { Deadline } from '../deadline.ts';
 import { publishLeg } from '../diagnostics.ts';
@@ -155,8 +156,7 @@ export interface TunnelledConnection {
  * the origin inside it (ALPN `alpn`, the caller's TLS options), all within one
  * `proxy.connectTimeout` ({@link ConnectBudget}) — a proxy that answers 200 and then relays nothing
  * fails with {@link ProxyConnectTimeoutError}.
- * `onHandshake` is told of each handshake with the proxy that ends, `onLeaveWaits` when its leave to
- * send the credentials waits (see {@link openTunnel}).
+ * `onHandshake` is told of each handshake with the proxy that ends (see {@link openTunnel}).
  */
 export async function connectThroughTunnel(
   proxy: ResolvedProxy,
@@ -166,7 +166,6 @@ export async function connectThroughTunnel(
   limits: Limits,
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
-  onLeaveWaits?: ProxyLeaveWaits,
   withheld = false,
 ): Promise<TunnelledConnection> {
   const hostname = unbracketed(target.hostname);
@@ -181,7 +180,6 @@ export async function connectThroughTunnel(
     signal,
     onHandshake,
     budget,
-    onLeaveWaits,
     withheld,
   );
   if (target.protocol !== 'https:') return { socket, holder };
@@ -272,7 +270,7 @@ export interface Tunnel {
  * {@link ProxyConnectTimeoutError} or {@link ProxyProtocolError}. `onHandshake` is told of each
  * handshake with the proxy that sent credentials and ended, succeeded or failed (H5: reported as an
  * origin's are). `budget`: the connection's `proxy.connectTimeout`, which TLS inside the tunnel
- * shares ({@link connectThroughTunnel}). `onLeaveWaits`: see {@link ProxyLeaveWaits}.
+ * shares ({@link connectThroughTunnel}).
  */
 export async function openTunnel(
   proxy: ResolvedProxy,
@@ -282,7 +280,6 @@ export async function openTunnel(
   signal?: AbortSignal,
   onHandshake?: (handshake: ProxyHandshake) => void,
   budget = new ConnectBudget(proxy.connectTimeout),
-  onLeaveWaits?: ProxyLeaveWaits,
   withheld = false,
 ): Promise<Tunnel> {
   const target = authority(host, port);
@@ -313,7 +310,6 @@ export async function openTunnel(
       if (ended()) s.destroy();
     },
     onHandshake,
-    onLeaveWaits,
     withheld,
   );
   // A tunnel that opens after that (a mechanism step that returned late) is not kept.
@@ -357,7 +353,6 @@ async function handshake(
   given: AbortSignal,
   track: (s: Socket) => void,
   onHandshake: ((handshake: ProxyHandshake) => void) | undefined,
-  onLeaveWaits: ProxyLeaveWaits | undefined,
   withheld: boolean,
 ): Promise<Tunnel> {
   /** The tunnel already started over after a refusal of replaced credentials (once per tunnel, R4). */
@@ -400,13 +395,13 @@ async function handshake(
         deadline,
         budget,
         track,
-        async (headers, offered) => {
+        async (challenges) => {
           // A leave taken for no password (a Kerberos ticket) covers no password (R4: after a
           // fall-through to one, review r39): that takes its own. Nor does one given before a
           // refusal counted since (another tunnel's, while this one fell through: R4, a refused
           // password is not sent again unasked); it is given back first, so that a probe's does
           // not keep the next leave waiting for itself (as forward.ts does).
-          const password = auth.usesPassword(headers);
+          const password = auth.usesPassword(challenges);
           if (ticket?.covers(password) && proxy.proof.holds(ticket)) return;
           if (ticket) {
             proxy.proof.settle(ticket, outcome);
@@ -415,18 +410,18 @@ async function handshake(
           }
           // No leave for the opening (refused lately, or the refusal memory's recall given up at
           // queueTimeout): not asked again for the 407 after it (R1: one wait of queueTimeout).
-          if (heldBack) throw refusedLately(proxy, offered, limits.queueTimeout, heldBack);
+          if (heldBack) throw refusedLately(proxy, offeredSchemes(challenges), limits.queueTimeout, heldBack);
           // A 407 that no configured scheme answers sends nothing: no leave is taken (R1/R4: a burst
           // whose every tunnel meets it, the proxy refusing the agent's only scheme, asked the
           // refusal memory once per tunnel, one after another, and ran past queueTimeout).
-          if (!auth.answers(headers)) return;
-          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline, onLeaveWaits);
-          if (admission === 'refused') throw refusedLately(proxy, offered, limits.queueTimeout);
+          if (!auth.answers(challenges)) return;
+          const admission = await proxyLeave(proxy, password, signalWaiter(given), limits, deadline);
+          if (admission === 'refused') throw refusedLately(proxy, offeredSchemes(challenges), limits.queueTimeout);
           ticket = admission;
         },
         async () => {
           if (heldBack) return false;
-          ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline, onLeaveWaits));
+          ({ ticket, heldBack } = await openingLeave(proxy, auth, signalWaiter(given), limits, deadline));
           return ticket !== undefined;
         },
         (o) => {
@@ -470,8 +465,8 @@ const REPLACED = new Error('proxy credentials replaced');
 /**
  * Leave to send the proxy credentials (account lockout: one connection at a time until proved, none
  * for a while after the proxy refused them). The wait has its own bounds (R1): the exchange's clock
- * stops meanwhile and runs again after it, as for a handshake slot. `onWait` is told when it waits
- * (the refusal memory's recall, or another handshake's proof): see ProxyLeaveWaits.
+ * stops meanwhile and runs again after it, as for a handshake slot. The proof tells those listening
+ * when it waits (the refusal memory's recall, or another handshake's proof: CredentialProof.onWait).
  */
 export async function proxyLeave(
   proxy: ResolvedProxy,
@@ -479,26 +474,14 @@ export async function proxyLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
-  onWait?: ProxyLeaveWaits,
 ): Promise<Admission> {
   deadline?.pause();
   try {
-    const entering = proxy.proof.enter(password, waiter, limits);
-    if (entering instanceof Promise) onWait?.();
-    return await entering;
+    return await proxy.proof.enter(password, waiter, limits);
   } finally {
     deadline?.start();
   }
 }
-
-/**
- * R1/R4: told when a connection's leave to send the proxy credentials waits — the refusal memory's
- * recall among them (CredentialProof.recalling), which may take up to limits.queueTimeout before
- * anything goes on that connection. The session tells its pool, whose requests waiting for this
- * connection's first answer wait for the recall's outcome instead (OriginPool #watchProxy), rather
- * than past their own bound, begun before the recall's.
- */
-export type ProxyLeaveWaits = () => void;
 
 /**
  * Leave for the sole scheme's opening NEGOTIATE, taken before it as an origin's leader takes it
@@ -517,10 +500,9 @@ export async function openingLeave(
   waiter: Waiter,
   limits: Limits,
   deadline: Deadline<ProxyTimeoutError> | undefined,
-  onWait?: ProxyLeaveWaits,
 ): Promise<{ ticket: Ticket | undefined; heldBack: HeldBackWhy | undefined }> {
   const password = proxy.mechanisms.sole?.usesPassword !== false;
-  const admission = await proxyLeave(proxy, password, waiter, limits, deadline, onWait);
+  const admission = await proxyLeave(proxy, password, waiter, limits, deadline);
   if (admission === 'refused') return { ticket: undefined, heldBack: proxy.proof.heldBackWhy };
   if (!auth.opens) {
     proxy.proof.settle(admission, 'none');
@@ -580,8 +562,8 @@ export function closedBetweenLegs(
 }
 
 /**
- * The CONNECT legs of one tunnel; `admit` is called before a 407 is answered by a new handshake
- * (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
+ * The CONNECT legs of one tunnel; `admit` is called with a 407's challenges before a new handshake
+ * answers them (it may wait, or throw), `lead` before the first CONNECT carries the sole scheme's opening
  * (it may wait; false: go bare), `proved` with what the handshake said of the credentials; `leave`
  * gives the leave to send them that the handshake runs under.
  */
@@ -593,7 +575,7 @@ async function connectLegs(
   deadline: Deadline<ProxyTimeoutError>,
   budget: ConnectBudget,
   track: (s: Socket) => void,
-  admit: (headers: Record<string, string | string[]>, offered: readonly string[]) => Promise<void>,
+  admit: (challenges: readonly Challenge[]) => Promise<void>,
   lead: () => Promise<boolean>,
   proved: (outcome: ProofOutcome) => void,
   leave: () => Ticket | undefined,
@@ -738,9 +720,9 @@ async function connectLegs(
       }
       let closing = head.close || !drained || reader.ended;
       const midHandshake = auth.state === 'handshaking' && credentials !== undefined;
-      const challenged = readChallenges(head.headers, true).some(
-        (c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined,
-      );
+      // Read once: for the checks here, the leave (`admit`) and the answer.
+      const challenges = readChallenges(head.headers, true);
+      const challenged = challenges.some((c) => c.schemeKey === auth.scheme?.toLowerCase() && c.token68 !== undefined);
       if (closing && midHandshake && challenged) {
         // The proxy dropped the connection that holds the handshake's state: start over, once.
         socket.destroy();
@@ -751,12 +733,12 @@ async function connectLegs(
         continue;
       }
       if (auth.state !== 'handshaking') {
-        await admit(head.headers, offeredSchemes(readChallenges(head.headers, true)));
+        await admit(challenges);
       }
       try {
         // T2: a scheme whose challenge could not be read falls through to the next one, once per
         // tunnel; where this 407 offers no other, the next CONNECT goes bare on a new connection.
-        const fell = await auth.answer(head.headers, leg, !fellThrough);
+        const fell = await auth.answer(challenges, leg, !fellThrough);
         if (fell) fellThrough = true;
         if (fell === 'bare') closing = true;
       } catch (err) {

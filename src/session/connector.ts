@@ -5,7 +5,7 @@ import { type ConnectTo, routedConnector } from '../connect-to.ts';
 import { alpnFor, type Limits, portOf, unbracketed } from '../options.ts';
 import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import type { ProxyRoute } from '../proxy/options.ts';
-import { connectThroughTunnel, connectToProxy, type ProxyLeaveWaits, proxyBytesRead } from '../proxy/tunnel.ts';
+import { connectThroughTunnel, connectToProxy, proxyBytesRead } from '../proxy/tunnel.ts';
 import { tlsServerEndPoint } from './channel-binding.ts';
 
 /** What the connector learned about one new connection: the only source of session identity. */
@@ -48,15 +48,23 @@ export interface SessionConnector {
 }
 
 /**
- * The server name a connection to `origin` is checked under, as undici's connector reads it: the one
- * asked for (a request's Host, or its dispatch option `servername`), else `connect.servername`, else
- * the origin's host name (none for an address). A connection opened ahead of undici's ask is handed
- * over only under the name undici asks for (S1: behind undici's dns interceptor the origin holds the
- * address, the request the name).
+ * Whether a connection to `origin` opened ahead of undici's ask, under `servername`, may be handed
+ * over when undici asks for one under `asked` (S1: behind undici's dns interceptor the origin holds
+ * the address, the request the name; a connection checked under another name is no answer to it).
+ * Each name as undici's connector reads it: the one asked for (a request's Host, or its dispatch
+ * option `servername`), else `tls.servername`, else the origin's host name (none for an address).
+ * (The session's early connection, the upgrade's spare.)
  */
-export function serverNameOf(origin: string, tls: ConnectionOptions): (asked: string | null | undefined) => string {
+export function openedUnder(
+  origin: string,
+  tls: ConnectionOptions,
+  servername: string | undefined,
+): (asked: string | null | undefined) => boolean {
   const own = unbracketed(new URL(origin).hostname);
-  return (asked) => (asked || tls.servername || (isIP(own) === 0 ? own : '')).toLowerCase();
+  const nameOf = (name: string | null | undefined) =>
+    (name || tls.servername || (isIP(own) === 0 ? own : '')).toLowerCase();
+  const opened = nameOf(servername);
+  return (asked) => nameOf(asked) === opened;
 }
 
 /**
@@ -91,8 +99,6 @@ export function sessionConnector(
     readonly preopened?: Promise<Socket>;
     /** tunnel: told of each CONNECT's handshake with the proxy that ends (H5). */
     readonly onHandshake?: (handshake: ProxyHandshake) => void;
-    /** tunnel: told when a CONNECT's leave to send the proxy credentials waits (R1/R4, ProxyLeaveWaits). */
-    readonly onLeaveWaits?: ProxyLeaveWaits;
     /** tunnel: the CONNECT goes without the proxy credentials (R1/R4: Session.withholdProxyCredentials). */
     readonly withheld?: () => boolean;
   },
@@ -182,7 +188,6 @@ export function sessionConnector(
           route.limits,
           dial.signal,
           route.onHandshake,
-          route.onLeaveWaits,
           route.withheld?.() === true,
         );
         void opening.finally(() => tunnelling.delete(dial)).catch(() => {});
@@ -212,7 +217,7 @@ export function sessionConnector(
       }) as Socket | undefined;
       if (socket && !done) dialling.add(socket);
     });
-  const nameOf = serverNameOf(origin, tls);
+  const handsOver = openedUnder(origin, tls, servername);
   // The early connection, until undici takes it (a failed one too: undici is handed its error).
   let early: Promise<Socket> | undefined;
   let earlySocket: Socket | undefined;
@@ -222,7 +227,7 @@ export function sessionConnector(
       // S1: the early connection was checked under `servername`; one undici asks for under another
       // name (its request's Host: behind undici's dns interceptor, the name whose address the origin
       // holds) is dialled anew, or the request would go over TLS never checked for its name.
-      const taken = early !== undefined && nameOf(opts.servername) === nameOf(servername) ? early : undefined;
+      const taken = early !== undefined && handsOver(opts.servername) ? early : undefined;
       if (early !== undefined && taken === undefined) {
         early.then(
           (socket) => socket.destroy(),

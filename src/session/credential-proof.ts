@@ -159,6 +159,8 @@ export class CredentialProof {
   #watchers: WaitQueue<Watched, Waiter> | undefined;
   /** What a request sent without the credentials after its recall was given up got, and when ({@link withheldAnswer}). */
   #withheld: { readonly answer: Error; readonly at: number } | undefined;
+  /** Told when a handshake's leave to send the credentials waits here ({@link onWait}). */
+  readonly #waitListeners = new Set<() => void>();
 
   constructor(what: string, keeping?: RefusalKeeping) {
     this.#what = what;
@@ -315,9 +317,27 @@ export class CredentialProof {
   enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
     if (this.#ended) return Promise.reject(this.#ended);
     const admission = this.#admit(password);
-    if (admission === undefined)
-      return this.wait(waiter, bounds).then((woken) => this.#recall(woken, password, waiter, bounds));
-    return this.#recall(admission, password, waiter, bounds);
+    const entering =
+      admission === undefined
+        ? this.wait(waiter, bounds).then((woken) => this.#recall(woken, password, waiter, bounds))
+        : this.#recall(admission, password, waiter, bounds);
+    // (Once the wait is set up: a listener reading {@link recalling} sees this one's recall.)
+    if (entering instanceof Promise) for (const listener of [...this.#waitListeners]) listener();
+    return entering;
+  }
+
+  /**
+   * R1/R4: `listener` is told each time a handshake's leave to send the credentials waits here
+   * ({@link enter}) — the refusal memory's recall among them ({@link recalling}), which may take up
+   * to limits.queueTimeout before anything goes on that connection. A proxy's origin pools listen:
+   * their requests waiting for a connection wait for the recall's outcome instead (OriginPool
+   * #watchProxy), rather than past their own bound, begun before the recall's. Returns what stops it.
+   */
+  onWait(listener: () => void): () => void {
+    this.#waitListeners.add(listener);
+    return () => {
+      this.#waitListeners.delete(listener);
+    };
   }
 
   /** `admission`, or, for a probe sending the password, what the refusal memory recalls of it first. */

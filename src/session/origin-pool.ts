@@ -154,6 +154,8 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   readonly #ended: () => void;
   /** Through a proxy (H5), decided once for the origin. */
   readonly #route: ProxyRoute | undefined;
+  /** Stops listening to the proxy's proof ({@link forget}). */
+  readonly #unlisten: (() => void) | undefined;
   /**
    * The TLS server name its requests name where the origin holds an address undici's dns interceptor
    * resolved a name to: the name (an early connection is checked under it, S1).
@@ -212,6 +214,12 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     this.#challenges = new ChallengeRecords(options.limits, () => this.#pump());
     this.#route = options.proxy.route(origin, named?.name);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
+    // R1/R4: a connection's leave to send the proxy credentials waits (a forwarded request's, or a
+    // CONNECT's) — for the refusal memory's recall, say: nothing goes on it meanwhile, and the
+    // requests waiting here for a connection wait for the recall's outcome instead (#pump,
+    // #watchProxy): proved, they ride the authenticated connection, as without a memory; the recall
+    // given up, each goes to the proxy once without the credentials.
+    this.#unlisten = this.#route?.proxy.proof.onWait(() => this.#pump());
     this.#env = {
       memory: this.memory,
       mechanisms,
@@ -592,7 +600,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   /**
    * R1/R4: a request that would wait here for a session while a recall of the refusal memory for the
    * proxy credentials waits (a session's first request, before its handshake with the proxy sends
-   * the password: Session #proxyLeaveWaits) waits for that recall's outcome instead, once
+   * the password: CredentialProof.onWait) waits for that recall's outcome instead, once
    * (CredentialProof.watch) — no session gets further than the proxy's gate before it, and this
    * wait, begun after the recall, ends after its bound, where the pool's, begun before it, ran out
    * first (QueueTimeoutError). Then it comes back here as any request does: proved, it rides the
@@ -1070,14 +1078,24 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     return retired;
   }
 
+  /**
+   * Dropped by the agent while idle (nothing waiting, no connection): it no longer listens to the
+   * proxy's proof, which outlives it.
+   */
+  forget(): void {
+    this.#unlisten?.();
+  }
+
   async close(): Promise<void> {
     this.#end ??= { kind: 'closed' };
+    this.#unlisten?.();
     this.#challenges.dispose();
     await Promise.all(this.#sessions.map((s) => s.close()));
   }
 
   async destroy(err: Error): Promise<void> {
     if (this.#end?.kind !== 'destroyed') this.#end = { kind: 'destroyed', error: err };
+    this.#unlisten?.();
     this.#probing?.abort(err);
     // (Shared by a name's addresses: the first of their pools ends it.)
     this.memory.proof.end(err);

@@ -279,7 +279,6 @@ export class Session {
         },
         ...(opts.onProxyHolder ? { onHolder: () => opts.onProxyHolder?.(this) } : {}),
         ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
-        onLeaveWaits: this.#proxyLeaveWaits,
       });
     }
     const route = opts.route
@@ -288,7 +287,6 @@ export class Session {
           limits: opts.limits,
           ...(this.#forward ? { preopened: this.#forward.socket } : {}),
           ...(onProxyHandshake ? { onHandshake: onProxyHandshake } : {}),
-          onLeaveWaits: this.#proxyLeaveWaits,
           withheld: () => this.#proxyWithheld,
         }
       : undefined;
@@ -489,15 +487,6 @@ export class Session {
     // (Each time, not once: the pool's count of connections is read anew, #maxSessions.)
     this.#onChange();
   }
-
-  /**
-   * R1/R4: a request's leave to send the proxy credentials waits here (a forwarded request's, or its
-   * CONNECT's) — for the refusal memory's recall, say: nothing goes on this connection meanwhile, so
-   * the pool is told, and the requests waiting for this one's first answer wait for the recall's
-   * outcome instead (OriginPool #watchProxy): proved, they ride this connection once it answers, as
-   * without a memory; the recall given up, each goes to the proxy once without the credentials.
-   */
-  readonly #proxyLeaveWaits = (): void => this.#onChange();
 
   /** R1/R4: this session's tunnel goes without the proxy credentials ({@link withholdProxyCredentials}). */
   #proxyWithheld = false;

@@ -65,7 +65,7 @@ import {
   demandsCertificate,
   selectCertificate,
 } from '../session/client-certificate.ts';
-import { serverNameOf, siteServername } from '../session/connector.ts';
+import { openedUnder, siteServername } from '../session/connector.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import {
   firstChallenge,
@@ -410,7 +410,7 @@ export class UpgradeDispatcher {
       const spare = line.spare;
       line.spare = undefined;
       // S1: opened under the site's name; undici asking under another gets a connection of its own.
-      if (spare && !spare.destroyed && nameOf(opts.servername) === nameOf(servername)) {
+      if (spare && !spare.destroyed && handsOver(opts.servername)) {
         process.nextTick(callback, null, spare);
         return;
       }
@@ -421,7 +421,7 @@ export class UpgradeDispatcher {
     // What undici's Client gives its connector for this origin (its host unbracketed, as undici does),
     // under the server name the upgrade's request names (behind undici's dns interceptor the name).
     const servername = siteServername(origin, site);
-    const nameOf = serverNameOf(origin, connect);
+    const handsOver = openedUnder(origin, connect, servername);
     const target = {
       hostname: unbracketed(url.hostname),
       host: url.host,

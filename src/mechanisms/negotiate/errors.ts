@@ -9,22 +9,32 @@ import { type KerberosNames, ORIGIN_KERBEROS_NAMES } from './mechanism.ts';
 
 /** Base class of the typed Kerberos failures. */
 export class KerberosError extends MultilegError {
-  /** The GSS-API message as reported (major: minor), for diagnostics. */
+  /** The GSS-API message as reported (major: minor), for diagnostics; '' where GSS-API said nothing. */
   readonly gssMessage: string;
   /**
    * The fix alone, as the message words it after the cause (`run kinit …`): for a line that says
-   * the cause already (doctor's check) and wants only what to do. Undefined where the message names none.
+   * the cause already (doctor's check) and wants only what to do.
    */
-  readonly fix: string | undefined;
+  readonly fix: string;
+  /**
+   * The message is `Negotiate: <what>: <fix> [GSS: <gssMessage>]`, composed here once: doctor reads
+   * `fix`, and {@link fallbackReasonOf} / {@link withoutGssDetail} split the message on that shape.
+   * No GSS text (undefined): no `[GSS: …]`.
+   */
   constructor(
     code: MultilegErrorCode,
-    message: string,
-    gssMessage: string,
+    what: string,
+    fix: string,
+    gssMessage: string | undefined,
     options?: { cause?: unknown },
-    fix?: string,
   ) {
-    super(code, message, options);
-    this.gssMessage = gssMessage;
+    super(
+      code,
+      `Negotiate: ${what}: ${fix}${gssMessage === undefined ? '' : ` [GSS: ${gssMessage}]`}`,
+      // Only the cause: the subclasses' other options (names, ccache, …) are the message's.
+      options?.cause !== undefined ? { cause: options.cause } : undefined,
+    );
+    this.gssMessage = gssMessage ?? '';
     this.fix = fix;
   }
 }
@@ -32,10 +42,6 @@ export class KerberosError extends MultilegError {
 /** The options' prefix a constructor's message names (`negotiate`, or a proxy's: H5). */
 const optionsOf = (options: { names?: KerberosNames | undefined } | undefined): string =>
   (options?.names ?? ORIGIN_KERBEROS_NAMES).options;
-
-/** The `cause` of a constructor's options, alone (the rest are the message's). */
-const causeOf = (options: { cause?: unknown } | undefined): { cause?: unknown } | undefined =>
-  options?.cause !== undefined ? { cause: options.cause } : undefined;
 
 /** No usable Kerberos credentials (no ccache / no TGT / principal not in the cache). */
 export class KerberosNoTicketError extends KerberosError {
@@ -59,6 +65,7 @@ export class KerberosNoTicketError extends KerberosError {
       : principal
         ? ` for ${principal}`
         : '';
+    // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
     const fix = `${
       options?.envKeytab
         ? 'check the path, or get a ticket otherwise (kinit)'
@@ -67,14 +74,7 @@ export class KerberosNoTicketError extends KerberosError {
           : // A job with no one to type kinit's password (CI, cron) gets its tickets from a client keytab.
             `run ${kinit}, give a client keytab (${names.options}.keytab), or pass ${names.principal}`
     }${options?.fallback === false ? '' : ` (or give ${names.credentials} for the NTLM fallback)`}`;
-    super(
-      'MULTILEG_KRB_NO_TICKET',
-      // With a principal chosen, "or pass principal" would name what was done: its kinit is the fix.
-      `Negotiate: no Kerberos ticket${what}: ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      causeOf(options),
-      fix,
-    );
+    super('MULTILEG_KRB_NO_TICKET', `no Kerberos ticket${what}`, fix, gssMessage, options);
   }
 }
 
@@ -84,13 +84,7 @@ export class KerberosTicketExpiredError extends KerberosError {
   constructor(gssMessage: string, options?: { cause?: unknown; ccache?: string }) {
     const c = options?.ccache ? ` -c ${options.ccache}` : '';
     const fix = `run kinit${c} again (or renew it with kinit -R${c})`;
-    super(
-      'MULTILEG_KRB_TICKET_EXPIRED',
-      `Negotiate: the Kerberos ticket has expired: ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      causeOf(options),
-      fix,
-    );
+    super('MULTILEG_KRB_TICKET_EXPIRED', 'the Kerberos ticket has expired', fix, gssMessage, options);
   }
 }
 
@@ -98,13 +92,7 @@ export class KerberosTicketExpiredError extends KerberosError {
 export class KerberosKdcUnreachableError extends KerberosError {
   constructor(gssMessage: string, options?: { cause?: unknown }) {
     const fix = "check the realm's kdc entries in krb5.conf (KRB5_CONFIG), DNS, and the network/firewall to the KDC";
-    super(
-      'MULTILEG_KRB_KDC_UNREACHABLE',
-      `Negotiate: cannot reach a Kerberos KDC: ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      options,
-      fix,
-    );
+    super('MULTILEG_KRB_KDC_UNREACHABLE', 'cannot reach a Kerberos KDC', fix, gssMessage, options);
   }
 }
 
@@ -117,13 +105,8 @@ export class KerberosUnknownServiceError extends KerberosError {
     const fix = options?.given
       ? `check the SPN given in ${o}.spn against the server's keytab name (klist -k on the server)`
       : `check the SPN (the server's keytab name; a CNAME may need ${o}.canonicalizeHost, a non-default port ${o}.includePort) or pass ${o}.spn`;
-    super(
-      'MULTILEG_KRB_UNKNOWN_SPN',
-      `Negotiate: the KDC does not know the service principal ${options?.given ? '' : 'for '}${spn}: ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      causeOf(options),
-      fix,
-    );
+    const what = `the KDC does not know the service principal ${options?.given ? '' : 'for '}${spn}`;
+    super('MULTILEG_KRB_UNKNOWN_SPN', what, fix, gssMessage, options);
     this.spn = spn;
   }
 }
@@ -132,13 +115,7 @@ export class KerberosUnknownServiceError extends KerberosError {
 export class KerberosClockSkewError extends KerberosError {
   constructor(gssMessage: string, options?: { cause?: unknown }) {
     const fix = "sync this machine's clock with the KDC (NTP)";
-    super(
-      'MULTILEG_KRB_CLOCK_SKEW',
-      `Negotiate: Kerberos clock skew too great: ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      options,
-      fix,
-    );
+    super('MULTILEG_KRB_CLOCK_SKEW', 'Kerberos clock skew too great', fix, gssMessage, options);
   }
 }
 
@@ -148,13 +125,8 @@ export class KerberosWrongRealmError extends KerberosError {
   constructor(gssMessage: string, spn: string, options?: { cause?: unknown; names?: KerberosNames }) {
     const o = optionsOf(options);
     const fix = `kinit as a principal of the server's realm (or pass ${o}.principal / ${o}.ccache), or ask for a cross-realm trust`;
-    super(
-      'MULTILEG_KRB_WRONG_REALM',
-      `Negotiate: the ticket is for another realm than ${spn}'s, and that realm does not trust it: ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      causeOf(options),
-      fix,
-    );
+    const what = `the ticket is for another realm than ${spn}'s, and that realm does not trust it`;
+    super('MULTILEG_KRB_WRONG_REALM', what, fix, gssMessage, options);
     this.spn = spn;
   }
 }
@@ -170,12 +142,12 @@ export class KerberosOtherPrincipalError extends KerberosError {
   readonly user: string;
   constructor(ticket: string, user: string, names: KerberosNames = ORIGIN_KERBEROS_NAMES) {
     const fix = `kinit as ${user}, or pass ${names.options}.principal to use this ticket on purpose`;
+    // No GSS-API failure: the ticket was fine, its owner is not the one named.
     super(
       'MULTILEG_KRB_OTHER_PRINCIPAL',
-      `Negotiate: the Kerberos ticket is ${ticket}'s, not ${user}'s (${names.credentials}): ${fix}`,
-      '',
-      undefined,
+      `the Kerberos ticket is ${ticket}'s, not ${user}'s (${names.credentials})`,
       fix,
+      undefined,
     );
     this.ticket = ticket;
     this.user = user;
@@ -223,7 +195,7 @@ export class KerberosKeytabError extends KerberosError {
             `no ticket${principal ? ` for ${principal}` : ''} from the client keytab ${keytab}`,
             `check the path and that it holds the principal's keys (klist -k)${principal ? '' : `, or pass ${o}.principal`}`,
           ];
-    super('MULTILEG_KRB_KEYTAB', `Negotiate: ${what}: ${fix} [GSS: ${gssMessage}]`, gssMessage, causeOf(options), fix);
+    super('MULTILEG_KRB_KEYTAB', what, fix, gssMessage, options);
     this.stale = options?.stale === true;
   }
 }
@@ -239,13 +211,8 @@ export class KerberosCcacheError extends KerberosError {
   constructor(gssMessage: string, ccache?: string, options?: { cause?: unknown; names?: KerberosNames }) {
     const o = optionsOf(options);
     const fix = `make KRB5CCNAME name a file this user can read and write (in a container, on an emptyDir or tmpfs), or use ${o}.keytab, which keeps its tickets in memory`;
-    super(
-      'MULTILEG_KRB_CCACHE',
-      `Negotiate: the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it): ${fix} [GSS: ${gssMessage}]`,
-      gssMessage,
-      causeOf(options),
-      fix,
-    );
+    const what = `the Kerberos credentials cache${ccache ? ` ${ccache}` : ''} cannot be used (read or written) by this user (a read-only place, another user's file, a directory, or a KCM daemon that refuses it)`;
+    super('MULTILEG_KRB_CCACHE', what, fix, gssMessage, options);
   }
 }
 
