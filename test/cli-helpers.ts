@@ -7,6 +7,12 @@ import type { Command } from 'commander';
 
 export const BIN = new URL('../src/cli/bin.ts', import.meta.url).pathname;
 
+/**
+ * Node arguments for a run of BIN: the source's stripped TypeScript cached across runs
+ * (fixtures/strip-cache.mjs), about half of each run's CPU on Node 22, which strips anew each time.
+ */
+export const NODE_ARGS = ['--import', new URL('./fixtures/strip-cache.mjs', import.meta.url).pathname] as const;
+
 export interface CliResult {
   readonly code: number | null;
   readonly stdout: string;
@@ -44,7 +50,7 @@ export function runCommand(
  * once `asked` appears (the terminal is then in no-echo mode); resolves with all it wrote.
  */
 export async function runOnTerminal(args: readonly string[], asked: string, answer: string): Promise<string> {
-  const quoted = [process.execPath, BIN, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+  const quoted = [process.execPath, ...NODE_ARGS, BIN, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
   const child = spawn('script', ['-qec', quoted, '/dev/null'], { stdio: 'pipe' });
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => {
@@ -91,7 +97,7 @@ export function runCli(
   }
   const ran = runCommand(
     opts.node ?? process.execPath,
-    [...(opts.nodeArgs ?? []), BIN, ...args],
+    [...NODE_ARGS, ...(opts.nodeArgs ?? []), BIN, ...args],
     opts.input,
     env,
     opts.cwd,

@@ -19,7 +19,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
-import { BIN, type CliResult, runCli } from './cli-helpers.ts';
+import { BIN, type CliResult, NODE_ARGS, runCli } from './cli-helpers.ts';
 
 /** /proc/PID/stat's state letter; undefined once the process is gone. */
 function procState(pid: number): string | undefined {
@@ -309,7 +309,10 @@ describe('R4: refused passwords are held back across the command’s runs (state
         const env: NodeJS.ProcessEnv = { ...process.env, XDG_STATE_HOME: state };
         for (const k of ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy'])
           delete env[k];
-        const child = spawn(process.execPath, [BIN, ...args(`${path}?delay=2000`)], { env, stdio: 'ignore' });
+        const child = spawn(process.execPath, [...NODE_ARGS, BIN, ...args(`${path}?delay=2000`)], {
+          env,
+          stdio: 'ignore',
+        });
         holder = child;
         const files = join(state, 'multileg');
         const locked = () => {

@@ -29,7 +29,7 @@ import {
 } from '../src/reference-server/index.ts';
 import { CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ClientCertificateRefusedError } from '../src/session/client-certificate.ts';
-import { BIN, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
+import { BIN, NODE_ARGS, OLD_NODE, runCli as run, runCommand, runOnTerminal } from './cli-helpers.ts';
 import { REFUSED_PORT } from './helpers.ts';
 import { relayTo, slowRelayTo } from './hostile-proxy.ts';
 
@@ -752,7 +752,7 @@ describe('multileg command line', () => {
       'https://u:***@h/',
     ]);
     // In the running command, /proc/<pid>/cmdline no longer holds the password.
-    const child = spawn(process.execPath, [BIN, ...alice(), `${server.origin}/auth/ps?delay=1500`], {
+    const child = spawn(process.execPath, [...NODE_ARGS, BIN, ...alice(), `${server.origin}/auth/ps?delay=1500`], {
       stdio: 'ignore',
     });
     const closed = once(child, 'close');
@@ -779,7 +779,7 @@ describe('multileg command line', () => {
     const full = openSync('/dev/full', 'w');
     try {
       for (const extra of [[], ['-I'], ['--json'], ['-o', '/dev/null', '-w', '%{http_code}']]) {
-        const child = spawn(process.execPath, [BIN, ...extra, ...alice(), `${server.origin}/auth/full`], {
+        const child = spawn(process.execPath, [...NODE_ARGS, BIN, ...extra, ...alice(), `${server.origin}/auth/full`], {
           stdio: ['ignore', full, 'pipe'],
         });
         let stderr = '';
@@ -1911,7 +1911,7 @@ describe('multileg command line', () => {
   it('piping into head that goes away is curl\'s 23 (a write error: curl 7.88 exits 23, "Failure writing output to destination"), said once, no unhandled EPIPE; -s says nothing (trial u20: it exited 0)', async () => {
     const r = await runCommand('bash', [
       '-c',
-      `set -o pipefail; ${process.execPath} ${BIN} ${plainOrigin}/big | head -c 10`,
+      `set -o pipefail; ${process.execPath} ${NODE_ARGS.join(' ')} ${BIN} ${plainOrigin}/big | head -c 10`,
     ]);
     expect([r.code, r.stdout, r.stderr]).toEqual([
       23,
@@ -1920,7 +1920,7 @@ describe('multileg command line', () => {
     ]);
     const silent = await runCommand('bash', [
       '-c',
-      `set -o pipefail; ${process.execPath} ${BIN} -s ${plainOrigin}/big | head -c 10`,
+      `set -o pipefail; ${process.execPath} ${NODE_ARGS.join(' ')} ${BIN} -s ${plainOrigin}/big | head -c 10`,
     ]);
     expect([silent.code, silent.stdout, silent.stderr]).toEqual([23, 'xxxxxxxxxx', '']);
   });
@@ -1928,7 +1928,10 @@ describe('multileg command line', () => {
   it("a reader of stdout gone before anything is written: curl's 23 for a body and for -I's head, 0 where only -w or --json was lost (curl ignores -w's write errors), -f's 22 stays (trial u20)", async () => {
     // The reader (`true`) is gone before the command writes: every write is EPIPE.
     const gone = (args: string) =>
-      runCommand('bash', ['-c', `set -o pipefail; (sleep 0.3; ${process.execPath} ${BIN} -sS ${args}) | true`]);
+      runCommand('bash', [
+        '-c',
+        `set -o pipefail; (sleep 0.3; ${process.execPath} ${NODE_ARGS.join(' ')} ${BIN} -sS ${args}) | true`,
+      ]);
     const epipe = 'multileg: stdout: its reader went away (EPIPE)\n';
     for (const [args, code, stderr] of [
       [`${plainOrigin}/bearer`, 23, epipe],
@@ -1949,7 +1952,7 @@ describe('multileg command line', () => {
     expect([r.code, r.stdout, r.stderr]).toEqual([0, 'no'.repeat(12), '']);
     const piped = await runCommand('bash', [
       '-c',
-      `set -o pipefail; ${process.execPath} ${BIN} -sS ${plainOrigin}/big ${plainOrigin}/big ${plainOrigin}/big | head -c 10`,
+      `set -o pipefail; ${process.execPath} ${NODE_ARGS.join(' ')} ${BIN} -sS ${plainOrigin}/big ${plainOrigin}/big ${plainOrigin}/big | head -c 10`,
     ]);
     // curl 7.88: "(23) Failure writing output to destination" once per URL, exit 23.
     expect([piped.code, piped.stdout, piped.stderr]).toEqual([
@@ -1962,7 +1965,7 @@ describe('multileg command line', () => {
   it('piping doctor into head is not an error either (EPIPE): the checks run on, their verdict is the exit code', async () => {
     const r = await runCommand('bash', [
       '-c',
-      `set -o pipefail; ${process.execPath} ${BIN} doctor ${plainOrigin}/hop/0 | head -n 1`,
+      `set -o pipefail; ${process.execPath} ${NODE_ARGS.join(' ')} ${BIN} doctor ${plainOrigin}/hop/0 | head -n 1`,
     ]);
     expect(r.stdout).toBe(`multileg doctor ${plainOrigin}/hop/0\n`);
     expect(r.stderr).toBe('');
@@ -1973,7 +1976,7 @@ describe('multileg command line', () => {
     const out = join(dir, 'verbose-epipe.json');
     const r = await runCommand('bash', [
       '-c',
-      `set -o pipefail; ${process.execPath} ${BIN} -v -u 'EXAMPLE\\alice:alicepw' --cacert ${ca} ${server.origin}/auth/v-head 2>&1 >${out} | head -n 1`,
+      `set -o pipefail; ${process.execPath} ${NODE_ARGS.join(' ')} ${BIN} -v -u 'EXAMPLE\\alice:alicepw' --cacert ${ca} ${server.origin}/auth/v-head 2>&1 >${out} | head -n 1`,
     ]);
     expect(r.stdout).toBe('> GET /auth/v-head (no credentials) [session s1]\n');
     expect(r.code).toBe(0);
