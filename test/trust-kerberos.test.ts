@@ -10,7 +10,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { type Dispatcher, fetch, interceptors, type Response, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CleartextCredentialsError, MultilegAgent, MutualAuthError } from '../src/index.ts';
+import { CleartextCredentialsError, MultilegAgent, MutualAuthError, TrustRequiredError } from '../src/index.ts';
 import type { AcceptorLike, AcceptorStep, ReferenceServer } from '../src/reference-server/index.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
@@ -489,6 +489,34 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     } finally {
       server.closeAllConnections();
       server.close();
+    }
+  });
+
+  it("S1: a ticket for a fixed negotiate.spn, or for the name negotiate.canonicalizeHost takes from a CNAME, goes to listed origins only: without a list the agent is a TrustRequiredError (it sent alice's ticket for HTTP@localhost to any https origin offering Negotiate, and that ticket authenticated as her at HTTP@localhost: task id); with a list an unlisted origin gets none, the listed one authenticates", async () => {
+    const real = await kerberosServer();
+    const taken: string[] = [];
+    const elsewhere = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      if (req.headers.authorization !== undefined) taken.push(req.headers.authorization);
+      res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    try {
+      const unlisted = `https://127.0.0.1:${(elsewhere.address() as AddressInfo).port}`;
+      // An attacker's DNS answering the CNAME lookup with the service it wants a ticket for.
+      const cname = { canonicalizeHost: true, resolveCname: async () => ['localhost'] };
+      for (const negotiate of [{ spn: 'HTTP@localhost' }, cname]) {
+        expect(() => new MultilegAgent({ connect: { ca: CA_CERT }, negotiate })).toThrow(TrustRequiredError);
+        const a = new MultilegAgent({ connect: { ca: CA_CERT }, negotiate, trustedOrigins: [real.origin] });
+        agents.push(a);
+        const bare = await fetch(`${unlisted}/`, { dispatcher: a });
+        await bare.arrayBuffer();
+        expect(bare.status).toBe(401);
+        expect(taken).toEqual([]);
+        expect((await fetch(`${real.origin}/auth/spn`, { dispatcher: a }).then(userOf)).user).toBe(ALICE_PRINCIPAL);
+      }
+    } finally {
+      elsewhere.closeAllConnections();
+      elsewhere.close();
     }
   });
 });

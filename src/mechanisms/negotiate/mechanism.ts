@@ -48,11 +48,17 @@ export const PROXY_KERBEROS_NAMES = (credentials: string): KerberosNames => ({
 export interface NegotiateOptions {
   /** `spnego` (default, mechOID 6) or raw `kerberos` (mechOID 9). */
   readonly mech?: 'spnego' | 'kerberos';
-  /** Service principal, `HTTP@host` (also `HTTP/host[@REALM]`). Default `<serviceName>@<hostname>`. */
+  /**
+   * Service principal, `HTTP@host` (also `HTTP/host[@REALM]`). Default `<serviceName>@<hostname>`.
+   * On an agent it needs `trustedOrigins` (S1): every origin would otherwise receive this ticket.
+   */
   readonly spn?: string;
   /** Service part of the default SPN (default `HTTP`). */
   readonly serviceName?: string;
-  /** Opt-in: follow CNAMEs of the host (node:dns) before building the SPN. */
+  /**
+   * Opt-in: follow CNAMEs of the host (node:dns) before building the SPN. On an agent it needs
+   * `trustedOrigins` (S1): an origin's own DNS would otherwise choose whose ticket it receives.
+   */
   readonly canonicalizeHost?: boolean;
   /** Append `:port` to the host in the default SPN. */
   readonly includePort?: boolean;
