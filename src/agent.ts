@@ -198,7 +198,10 @@ export class MultilegAgent extends Dispatcher {
    */
   #credentials: Credentials | undefined;
   /** What the mechanisms were made from, to make them again with new credentials. */
-  readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
+  readonly #mechanismOptions: Pick<
+    MultilegAgentOptions,
+    'negotiate' | 'allowBasicOverHttp' | 'mechanisms' | 'trustedOrigins'
+  >;
   readonly #transport: boolean;
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: Omit<MultilegStats, 'origins'> = {
@@ -357,6 +360,8 @@ export class MultilegAgent extends Dispatcher {
       ...(options.negotiate !== undefined ? { negotiate: options.negotiate } : {}),
       ...(options.allowBasicOverHttp !== undefined ? { allowBasicOverHttp: options.allowBasicOverHttp } : {}),
       mechanisms: this.#options.mechanisms,
+      // (Whether there is a list: without one the system's NTLM may go nowhere, S1.)
+      ...(options.trustedOrigins !== undefined ? { trustedOrigins: options.trustedOrigins } : {}),
     };
     this.#transport = selectCertificate !== undefined;
     this.#mechanisms = this.#mechanismSet(options.credentials);

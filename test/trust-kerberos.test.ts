@@ -519,4 +519,50 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
       elsewhere.close();
     }
   });
+
+  it("S1: NTLM that the system's SPNEGO chooses (the kerberos addon: SSPI, here gss-ntlmssp with NTLM_USER_FILE, no ticket) goes to listed origins only: without a list nothing is sent and the error names trustedOrigins (it answered any https origin offering Negotiate, which relayed it and was logged in as EXAMPLE\\alice: task id)", async () => {
+    const relayed: string[] = [];
+    let fresh = true;
+    // Takes whatever the client sends and relays it to a real acceptor, as an attacker's origin would.
+    const relay = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, async (req, res) => {
+      const token = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      if (token === undefined) {
+        res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+        return;
+      }
+      if (fresh) await lab.acceptor!.reset('spnego');
+      fresh = false;
+      const r = await lab.acceptor!.step(token);
+      relayed.push(r.kind === 'complete' ? `complete ${r.user}` : r.kind);
+      if (r.kind === 'continue') res.writeHead(401, { 'www-authenticate': `Negotiate ${r.token}` }).end();
+      else res.writeHead(r.kind === 'complete' ? 200 : 403).end();
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    // No ticket; gss-ntlmssp's user file (alice's NTLM password) in reach of the system's SPNEGO.
+    const restore = lab.applyEnv({ KRB5CCNAME: `FILE:${lab.dir}/no-such-ccache` });
+    try {
+      const origin = `https://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+      const ambient = new MultilegAgent({ connect: { ca: CA_CERT }, negotiate: { backend: 'kerberos' } });
+      agents.push(ambient);
+      const refused = await fetch(`${origin}/`, { dispatcher: ambient }).catch((e: { cause?: Error }) => e.cause);
+      expect((refused as { code?: string }).code).toBe('MULTILEG_MECHANISM');
+      expect((refused as Error).message).toContain(`List ${origin} in trustedOrigins`);
+      expect(relayed).toEqual([]);
+      // Listed, the origin is meant to have it: the system's NTLM goes there as before.
+      const listed = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        negotiate: { backend: 'kerberos', mutualAuth: 'optional' },
+        trustedOrigins: [origin],
+      });
+      agents.push(listed);
+      await fetch(`${origin}/`, { dispatcher: listed })
+        .then((r) => r.arrayBuffer())
+        .catch(() => undefined);
+      expect(relayed).toEqual(['continue', 'complete EXAMPLE\\alice']);
+    } finally {
+      restore();
+      relay.closeAllConnections();
+      relay.close();
+    }
+  });
 });

@@ -92,7 +92,8 @@ export interface NegotiateOptions {
   readonly credentials?: Credentials;
   /**
    * Whether the password may go to this origin (S1: the agent's trust rules decide); default: always.
-   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM.
+   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM — nor
+   * the NTLM the system's SPNEGO may choose itself (SSPI, gss-ntlmssp): a `MechanismError`.
    */
   readonly passwordAllowed?: (origin: string) => boolean;
   /**
