@@ -198,7 +198,10 @@ export class MultilegAgent extends Dispatcher {
    */
   #credentials: Credentials | undefined;
   /** What the mechanisms were made from, to make them again with new credentials. */
-  readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
+  readonly #mechanismOptions: Pick<
+    MultilegAgentOptions,
+    'negotiate' | 'allowBasicOverHttp' | 'mechanisms' | 'trustedOrigins'
+  >;
   readonly #transport: boolean;
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: Omit<MultilegStats, 'origins'> = {
@@ -252,8 +255,8 @@ export class MultilegAgent extends Dispatcher {
   readonly #idleWaiters: Array<() => void> = [];
 
   /**
-   * @throws {TrustRequiredError} when given a password (`credentials`), `negotiate.delegate` or custom
-   * `mechanisms` without `trustedOrigins` (S1).
+   * @throws {TrustRequiredError} when given a password (`credentials`), `negotiate.delegate`,
+   * `negotiate.spn`, `negotiate.canonicalizeHost` or custom `mechanisms` without `trustedOrigins` (S1).
    * @throws {ConfigError} on an invalid option (a malformed `trustedOrigins` entry, a non-positive limit).
    */
   constructor(options: MultilegAgentOptions = {}) {
@@ -272,6 +275,19 @@ export class MultilegAgent extends Dispatcher {
       // Password-derived credentials (and delegated tickets) only go where the caller said (S1).
       if (options.credentials) throw new TrustRequiredError('an agent with a password (credentials)');
       if (options.negotiate && options.negotiate.delegate === true) throw new TrustRequiredError('negotiate.delegate');
+      // Without a list the ambient ticket goes to any https origin named, which is safe only while
+      // it is that origin's own (HTTP@its host): a ticket for a fixed SPN, or for the name a DNS
+      // CNAME answer chose, would reach every such origin, which could relay it to that service
+      // (task id: one taken so authenticated as alice there).
+      const negotiate = options.negotiate || undefined;
+      if (negotiate?.spn)
+        throw new TrustRequiredError(
+          `negotiate.spn (a ticket for ${JSON.stringify(negotiate.spn)}, which every https origin offering Negotiate would otherwise receive)`,
+        );
+      if (negotiate?.canonicalizeHost === true)
+        throw new TrustRequiredError(
+          "negotiate.canonicalizeHost (a ticket for the name a DNS CNAME answer chooses, which the origin's own DNS could point at any service)",
+        );
       if (options.mechanisms?.length) throw new TrustRequiredError('an agent with custom mechanisms');
     }
     const certificate = options.clientCertificate;
@@ -344,6 +360,8 @@ export class MultilegAgent extends Dispatcher {
       ...(options.negotiate !== undefined ? { negotiate: options.negotiate } : {}),
       ...(options.allowBasicOverHttp !== undefined ? { allowBasicOverHttp: options.allowBasicOverHttp } : {}),
       mechanisms: this.#options.mechanisms,
+      // (Whether there is a list: without one the system's NTLM may go nowhere, S1.)
+      ...(options.trustedOrigins !== undefined ? { trustedOrigins: options.trustedOrigins } : {}),
     };
     this.#transport = selectCertificate !== undefined;
     this.#mechanisms = this.#mechanismSet(options.credentials);

@@ -194,7 +194,8 @@ export interface MultilegAgentOptions {
    * Origins that may receive credentials (S1, S4, S5; docs/SECURITY.md): exact origins
    * (`https://intranet.example.com`), wildcard host patterns (`https://*.corp.example.com`, with a
    * port or `:*` for any), or a predicate given each origin. Required with `credentials` (a
-   * password), `negotiate.delegate` or custom `mechanisms`: without it the constructor throws
+   * password), `negotiate.delegate`, `negotiate.spn`, `negotiate.canonicalizeHost` (a ticket that is
+   * not each origin's own) or custom `mechanisms`: without it the constructor throws
    * `TrustRequiredError`. Without it (ambient Kerberos, a client certificate), credentials go to the
    * https origins the caller names itself, never to `http:` origins or across a redirect.
    */

@@ -3,16 +3,20 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createServer } from 'node:http';
 import { createSecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import { inspect } from 'node:util';
 import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authScheme, type LegRequestEvent, publishLeg, redactHeaders } from '../src/diagnostics.ts';
 import type { HeaderMap } from '../src/headers.ts';
 import {
+  basicMechanism,
+  digestMechanism,
   HANDSHAKE_CHANNEL,
   type HandshakeReport,
   LEG_CHANNEL,
   type LegEvent,
   MultilegAgent,
+  ntlmMechanism,
   WITHHELD_CHANNEL,
   type WithheldEvent,
 } from '../src/index.ts';
@@ -472,6 +476,77 @@ describe('sessions(): what each session holds', () => {
       expect(agent.sessions()).toEqual([{ ...first, held: 0 }]);
     } finally {
       await agent.destroy();
+      server.close();
+    }
+  });
+});
+
+describe('S2: what util.inspect and JSON.stringify show of the agent, its mechanisms and its errors (task id)', () => {
+  // A service logs what it holds (`console.log(agent)`, a logger that serialises an error with its
+  // causes): the password must be in none of it.
+  const PASSWORD = 'inspect-me-not-pw';
+  const PROXY_PASSWORD = 'inspect-me-not-proxypw';
+  const shown = (value: unknown): string => {
+    let json = '';
+    try {
+      json = JSON.stringify(value) ?? '';
+    } catch {
+      // (a cycle: inspect below still shows everything)
+    }
+    return `${inspect(value, { depth: 50, showHidden: true, getters: true })}\n${json}`;
+  };
+  const secrets = (text: string): string[] =>
+    [PASSWORD, PROXY_PASSWORD, Buffer.from(`alice:${PASSWORD}`).toString('base64')].filter((s) => text.includes(s));
+
+  it('S2: an agent made with a password, a proxy URL with user:password and proxy.credentials shows none of them; nor do basicMechanism, digestMechanism and ntlmMechanism', async () => {
+    const credentials = { username: 'EXAMPLE\\alice', password: PASSWORD };
+    const agent = new MultilegAgent({
+      credentials,
+      trustedOrigins: ['https://intranet.example.com'],
+      proxy: {
+        uri: `http://pu:${PROXY_PASSWORD}@127.0.0.1:9`,
+        credentials: { username: 'pu', password: PROXY_PASSWORD },
+      },
+    });
+    try {
+      expect(secrets(shown(agent))).toEqual([]);
+      for (const mechanism of [basicMechanism(credentials), digestMechanism(credentials), ntlmMechanism(credentials)])
+        expect(secrets(shown(mechanism))).toEqual([]);
+    } finally {
+      await agent.destroy();
+    }
+  });
+
+  it('S2: the errors of a refused Basic password and of an unreachable proxy (with their causes) show no password', async () => {
+    const server = createServer((_req, res) => {
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
+    });
+    server.listen(0, '127.0.0.1');
+    await new Promise((resolve) => server.once('listening', resolve));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const direct = new MultilegAgent({
+      credentials: { username: 'alice', password: PASSWORD },
+      trustedOrigins: [origin],
+      allowBasicOverHttp: true,
+    });
+    const proxied = new MultilegAgent({
+      credentials: { username: 'alice', password: PASSWORD },
+      trustedOrigins: ['https://intranet.example.com'],
+      proxy: `http://pu:${PROXY_PASSWORD}@127.0.0.1:9`,
+    });
+    try {
+      // The refusal is the server's 401 (delivered), the proxy's an error: both, and fetch's wrapping.
+      const refused = await fetch(`${origin}/x`, { dispatcher: direct });
+      expect(refused.status).toBe(401);
+      expect(secrets(shown(refused))).toEqual([]);
+      const failed = await fetch('https://intranet.example.com/', { dispatcher: proxied }).catch((e: unknown) => e);
+      expect(failed).toBeInstanceOf(Error);
+      expect(((failed as Error).cause as { code?: string }).code).toBe('MULTILEG_PROXY_UNREACHABLE');
+      expect(secrets(shown(failed))).toEqual([]);
+      expect(secrets(String((failed as Error).cause))).toEqual([]);
+    } finally {
+      await direct.destroy();
+      await proxied.destroy();
       server.close();
     }
   });

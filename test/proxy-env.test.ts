@@ -1,4 +1,8 @@
 /** H5: which requests go through which proxy — the `proxy` option and HTTP(S)_PROXY / NO_PROXY as curl, .NET and Go read them. */
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, MultilegAgent, ProxyUrlError } from '../src/index.ts';
 import { authority, ProxyResolver, parseNoProxy, shouldProxy } from '../src/proxy/options.ts';
@@ -274,5 +278,46 @@ describe('proxy selection', () => {
     for (const bad of [5, true, null, ['http://p:1']]) expect(config(bad)).toThrow(/^proxy must be a proxy URL/);
     for (const good of [undefined, false, 'http://p:1', {}, { uri: 'http://p:1', noProxy: 'a.test' }])
       expect(config(good)).not.toThrow();
+  });
+});
+
+describe('S1/H5: proxy credentials go to their own proxy only (task id)', () => {
+  it("S1/H5: HTTPS_PROXY's user:password are that proxy's: the route through HTTP_PROXY's proxy (none of its own) carries no credentials", () => {
+    const r = new ProxyResolver(undefined, {
+      HTTPS_PROXY: 'http://pu:only-for-a@a.proxy.test:3128',
+      HTTP_PROXY: 'http://b.proxy.test:3128',
+    });
+    const a = r.route('https://o.test')!.proxy;
+    const b = r.route('http://o.test')!.proxy;
+    expect([a.origin, b.origin]).toEqual(['http://a.proxy.test:3128', 'http://b.proxy.test:3128']);
+    expect(a.mechanisms.get('Basic')).toBeDefined();
+    expect(b.mechanisms.get('Basic')).toBeUndefined();
+    expect(b.mechanisms.get('NTLM')).toBeUndefined();
+  });
+
+  it("S1/H5: an origin reached directly (noProxy) that answers 407 gets neither the proxy's credentials nor the agent's: the caller gets the 407", async () => {
+    const seen: { proxyAuthorization?: string; authorization?: string }[] = [];
+    const server = createServer((req, res) => {
+      seen.push({ proxyAuthorization: req.headers['proxy-authorization'], authorization: req.headers.authorization });
+      res.writeHead(407, { 'proxy-authenticate': ['Basic realm="p"', 'NTLM'] }).end();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const agent = new MultilegAgent({
+      credentials: { username: 'alice', password: 'alicepw' },
+      trustedOrigins: [origin],
+      allowBasicOverHttp: true,
+      proxy: { uri: 'http://127.0.0.1:9', credentials: { username: 'pu', password: 'proxypw' }, noProxy: '127.0.0.1' },
+    });
+    try {
+      const res = await request(`${origin}/x`, { dispatcher: agent });
+      await res.body.dump();
+      expect(res.statusCode).toBe(407);
+      expect(seen).toEqual([{}]);
+    } finally {
+      await agent.destroy();
+      server.close();
+    }
   });
 });

@@ -10,7 +10,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { type Dispatcher, fetch, interceptors, type Response, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CleartextCredentialsError, MultilegAgent, MutualAuthError } from '../src/index.ts';
+import { CleartextCredentialsError, MultilegAgent, MutualAuthError, TrustRequiredError } from '../src/index.ts';
 import type { AcceptorLike, AcceptorStep, ReferenceServer } from '../src/reference-server/index.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
@@ -489,6 +489,80 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     } finally {
       server.closeAllConnections();
       server.close();
+    }
+  });
+
+  it("S1: a ticket for a fixed negotiate.spn, or for the name negotiate.canonicalizeHost takes from a CNAME, goes to listed origins only: without a list the agent is a TrustRequiredError (it sent alice's ticket for HTTP@localhost to any https origin offering Negotiate, and that ticket authenticated as her at HTTP@localhost: task id); with a list an unlisted origin gets none, the listed one authenticates", async () => {
+    const real = await kerberosServer();
+    const taken: string[] = [];
+    const elsewhere = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      if (req.headers.authorization !== undefined) taken.push(req.headers.authorization);
+      res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    try {
+      const unlisted = `https://127.0.0.1:${(elsewhere.address() as AddressInfo).port}`;
+      // An attacker's DNS answering the CNAME lookup with the service it wants a ticket for.
+      const cname = { canonicalizeHost: true, resolveCname: async () => ['localhost'] };
+      for (const negotiate of [{ spn: 'HTTP@localhost' }, cname]) {
+        expect(() => new MultilegAgent({ connect: { ca: CA_CERT }, negotiate })).toThrow(TrustRequiredError);
+        const a = new MultilegAgent({ connect: { ca: CA_CERT }, negotiate, trustedOrigins: [real.origin] });
+        agents.push(a);
+        const bare = await fetch(`${unlisted}/`, { dispatcher: a });
+        await bare.arrayBuffer();
+        expect(bare.status).toBe(401);
+        expect(taken).toEqual([]);
+        expect((await fetch(`${real.origin}/auth/spn`, { dispatcher: a }).then(userOf)).user).toBe(ALICE_PRINCIPAL);
+      }
+    } finally {
+      elsewhere.closeAllConnections();
+      elsewhere.close();
+    }
+  });
+
+  it("S1: NTLM that the system's SPNEGO chooses (the kerberos addon: SSPI, here gss-ntlmssp with NTLM_USER_FILE, no ticket) goes to listed origins only: without a list nothing is sent and the error names trustedOrigins (it answered any https origin offering Negotiate, which relayed it and was logged in as EXAMPLE\\alice: task id)", async () => {
+    const relayed: string[] = [];
+    let fresh = true;
+    // Takes whatever the client sends and relays it to a real acceptor, as an attacker's origin would.
+    const relay = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, async (req, res) => {
+      const token = /^Negotiate (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+      if (token === undefined) {
+        res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+        return;
+      }
+      if (fresh) await lab.acceptor!.reset('spnego');
+      fresh = false;
+      const r = await lab.acceptor!.step(token);
+      relayed.push(r.kind === 'complete' ? `complete ${r.user}` : r.kind);
+      if (r.kind === 'continue') res.writeHead(401, { 'www-authenticate': `Negotiate ${r.token}` }).end();
+      else res.writeHead(r.kind === 'complete' ? 200 : 403).end();
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    // No ticket; gss-ntlmssp's user file (alice's NTLM password) in reach of the system's SPNEGO.
+    const restore = lab.applyEnv({ KRB5CCNAME: `FILE:${lab.dir}/no-such-ccache` });
+    try {
+      const origin = `https://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+      const ambient = new MultilegAgent({ connect: { ca: CA_CERT }, negotiate: { backend: 'kerberos' } });
+      agents.push(ambient);
+      const refused = await fetch(`${origin}/`, { dispatcher: ambient }).catch((e: { cause?: Error }) => e.cause);
+      expect((refused as { code?: string }).code).toBe('MULTILEG_MECHANISM');
+      expect((refused as Error).message).toContain(`List ${origin} in trustedOrigins`);
+      expect(relayed).toEqual([]);
+      // Listed, the origin is meant to have it: the system's NTLM goes there as before.
+      const listed = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        negotiate: { backend: 'kerberos', mutualAuth: 'optional' },
+        trustedOrigins: [origin],
+      });
+      agents.push(listed);
+      await fetch(`${origin}/`, { dispatcher: listed })
+        .then((r) => r.arrayBuffer())
+        .catch(() => undefined);
+      expect(relayed).toEqual(['continue', 'complete EXAMPLE\\alice']);
+    } finally {
+      restore();
+      relay.closeAllConnections();
+      relay.close();
     }
   });
 });

@@ -105,6 +105,32 @@ describe('S1: trusted origins are required with a password, and match exactly wh
     ).not.toThrow();
   });
 
+  it("S1: a ticket that is not the origin's own — a fixed negotiate.spn, or the name negotiate.canonicalizeHost takes from DNS — needs the list too, the error naming the option and the fix (task id)", () => {
+    const made: MultilegAgent[] = [];
+    const refusal = (negotiate: NonNullable<ConstructorParameters<typeof MultilegAgent>[0]>['negotiate']) => {
+      try {
+        made.push(new MultilegAgent({ negotiate }));
+        return undefined;
+      } catch (err) {
+        return err;
+      }
+    };
+    const spn = refusal({ spn: 'HTTP@intranet.example.com' });
+    expect(spn).toBeInstanceOf(TrustRequiredError);
+    expect((spn as Error).message).toMatch(
+      /^negotiate\.spn \(a ticket for "HTTP@intranet\.example\.com".* needs trustedOrigins/,
+    );
+    const canonical = refusal({ canonicalizeHost: true });
+    expect(canonical).toBeInstanceOf(TrustRequiredError);
+    expect((canonical as Error).message).toMatch(/^negotiate\.canonicalizeHost .*CNAME.* needs trustedOrigins/);
+    // What stays the origin's own needs no list: the default SPN, another service name, the port.
+    for (const ok of [{}, { spn: '' }, { canonicalizeHost: false }, { serviceName: 'host', includePort: true }])
+      expect(refusal(ok)).toBeUndefined();
+    for (const listed of [{ spn: 'HTTP@intranet.example.com' }, { canonicalizeHost: true }])
+      made.push(new MultilegAgent({ negotiate: listed, trustedOrigins: ['https://intranet.example.com'] }));
+    return Promise.all(made.map((a) => a.destroy()));
+  });
+
   it('S1: malformed entries are typed configuration errors naming the entry', () => {
     for (const bad of [
       'https://a.example/path',

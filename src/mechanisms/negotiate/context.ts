@@ -169,6 +169,22 @@ export class NegotiateContext implements MechanismContext {
     return u || undefined;
   }
 
+  /**
+   * S1: NTLM that the system's SPNEGO runs (SSPI's fallback, gss-ntlmssp with NTLM_USER_FILE) answers
+   * with the logged-on user's password, which goes only where a password may (`passwordAllowed`; an
+   * agent without trustedOrigins allows it nowhere). Before, an agent with no password and no list
+   * (the `kerberos` addon, Windows' and macOS' only backend) sent it to any https origin offering
+   * Negotiate, which could relay it and log in as that user (task id). Nothing more is sent.
+   */
+  #refuseSystemNtlm(leg: LegInfo): void {
+    if (this.#o.passwordAllowed?.(leg.origin) ?? true) return;
+    this.#over();
+    throw new MechanismError(
+      SCHEME,
+      `the system's Negotiate (SSPI or gss-ntlmssp) answered ${leg.origin} with NTLM, not a Kerberos ticket: NTLM proves the logged-on user's password, which goes only to origins listed in trustedOrigins; nothing was sent with it. List ${leg.origin} in trustedOrigins if it is meant to have it, or get a Kerberos ticket it takes (kinit, its SPN)`,
+    );
+  }
+
   #canFallBack(leg: LegInfo): boolean {
     const o = this.#o;
     return (
@@ -369,6 +385,9 @@ export class NegotiateContext implements MechanismContext {
       if (!out) throw new MechanismError(SCHEME, 'GSS-API produced no initial token');
       this.#firstLegCompletes = carriesKerberosApReq(out);
       this.#systemNtlm = isRawNtlmssp(out);
+      // S1: a first token that is no Kerberos ticket is the system's NTLM (SSPI, gss-ntlmssp), which
+      // answers with a password where the password may not go (task id).
+      if (!this.#firstLegCompletes) this.#refuseSystemNtlm(leg);
       return `${SCHEME} ${out}`;
     }
     if (this.#state === 'done' || !this.#client) {
@@ -383,6 +402,7 @@ export class NegotiateContext implements MechanismContext {
     }
     // The server's first reply names the mechanism it chose (RFC 4178 §4.2.2 supportedMech).
     if (!this.#steppedOn && !this.#systemNtlm) this.#systemNtlm = ntlmsspChosen(token);
+    if (this.#systemNtlm) this.#refuseSystemNtlm(leg);
     let out: string | null;
     try {
       out = await this.#client.step(token);

@@ -48,11 +48,17 @@ export const PROXY_KERBEROS_NAMES = (credentials: string): KerberosNames => ({
 export interface NegotiateOptions {
   /** `spnego` (default, mechOID 6) or raw `kerberos` (mechOID 9). */
   readonly mech?: 'spnego' | 'kerberos';
-  /** Service principal, `HTTP@host` (also `HTTP/host[@REALM]`). Default `<serviceName>@<hostname>`. */
+  /**
+   * Service principal, `HTTP@host` (also `HTTP/host[@REALM]`). Default `<serviceName>@<hostname>`.
+   * On an agent it needs `trustedOrigins` (S1): every origin would otherwise receive this ticket.
+   */
   readonly spn?: string;
   /** Service part of the default SPN (default `HTTP`). */
   readonly serviceName?: string;
-  /** Opt-in: follow CNAMEs of the host (node:dns) before building the SPN. */
+  /**
+   * Opt-in: follow CNAMEs of the host (node:dns) before building the SPN. On an agent it needs
+   * `trustedOrigins` (S1): an origin's own DNS would otherwise choose whose ticket it receives.
+   */
   readonly canonicalizeHost?: boolean;
   /** Append `:port` to the host in the default SPN. */
   readonly includePort?: boolean;
@@ -86,7 +92,8 @@ export interface NegotiateOptions {
   readonly credentials?: Credentials;
   /**
    * Whether the password may go to this origin (S1: the agent's trust rules decide); default: always.
-   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM.
+   * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM — nor
+   * the NTLM the system's SPNEGO may choose itself (SSPI, gss-ntlmssp): a `MechanismError`.
    */
   readonly passwordAllowed?: (origin: string) => boolean;
   /**
