@@ -8,6 +8,8 @@ import { fetch, type Response } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   CleartextCredentialsError,
+  type HandshakeReport,
+  MAX_REPORTS,
   MechanismError,
   MultilegAgent,
   type MultilegAgentOptions,
@@ -105,6 +107,27 @@ describe('Basic (RFC 7617)', () => {
     ]);
     expect(ex.every((e) => e.protocol === 'h2')).toBe(true);
     expect(r.agent.handshakes().map((h) => [h.scheme, h.outcome])).toEqual(Array(3).fill(['Basic', 'per-request']));
+  });
+
+  it('handshakes() keeps the last MAX_REPORTS handshakes, oldest first, as a long-lived per-request agent moves past them', async () => {
+    r = await rig(
+      { schemes: ['Basic'], mode: 'per-request', users: { test: '123£' } },
+      { negotiate: false, credentials: { username: 'test', password: '123£' } },
+    );
+    const all: HandshakeReport[] = [];
+    r.agent.onHandshake((h) => all.push(h));
+    for (let batch = 0; batch < 11; batch++) {
+      await Promise.all(
+        Array.from({ length: 100 }, async (_, i) =>
+          expect(await get(r!, `/auth/${batch}-${i}`)).toMatchObject({ status: 200 }),
+        ),
+      );
+    }
+    expect(all.length).toBe(1100);
+    const kept = r.agent.handshakes();
+    expect(kept.length).toBe(MAX_REPORTS);
+    // The very report objects the event carried, the newest MAX_REPORTS of them in order.
+    expect(kept.every((h, i) => h === all[all.length - MAX_REPORTS + i])).toBe(true);
   });
 
   it("M4: a wrong password gets the server's 401, once", async () => {
