@@ -888,7 +888,7 @@ export class Session {
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
       headersTimeout: this.headersTimeoutOf(job),
-      cutShort: (err, challenge) => this.cutShort(job, err, challenge === undefined, challenge),
+      cutShort: (err, challenge) => this.cutShort(job, err, challenge),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
@@ -967,7 +967,7 @@ export class Session {
     if (reset === 0x7) return this.#refused(job, r.error, starts);
     // R1: any other reset before a response, typed; HTTP_1_1_REQUIRED (0xd) stays undici's, which
     // relocationReason reads to go on over HTTP/1.1 (H2). Not a close: the connection lives on.
-    if (reset !== undefined && reset !== 0xd) return { kind: 'failed', error: this.cutShort(job, r.error, false) };
+    if (reset !== undefined && reset !== 0xd) return { kind: 'failed', error: this.cutShort(job, r.error, 'before') };
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
@@ -1159,16 +1159,18 @@ export class Session {
 
   /**
    * R1: undici's error for an HTTP/2 stream the server reset (RST_STREAM) after the response head
-   * reached the caller (`afterHead`; else before any response — `challenge`: after the head of the
-   * agent's own 401/407 leg, drained between a handshake's legs), as a ConnectionClosedError (ProxyClosedError through a forwarding proxy)
-   * naming the code, the cut response and the fix, undici's error its cause; any other error as is.
-   * Never sent again: the server may have acted on the request (only REFUSED_STREAM says it did not).
+   * reached the caller (`at` undefined), before any response (`'before'`), or after the head of the
+   * agent's own 401/407 leg of this status, drained between a handshake's legs (`at` the status),
+   * as a ConnectionClosedError (ProxyClosedError through a forwarding proxy) naming the code, the cut
+   * response and the fix, undici's error its cause; any other error as is. Never sent again: the
+   * server may have acted on the request (only REFUSED_STREAM says it did not).
    */
-  cutShort(job: Job, err: Error, afterHead = true, challenge?: number): Error {
+  cutShort(job: Job, err: Error, at?: 'before' | number): Error {
     const code = streamResetCode(err);
     if (code === undefined) return err;
-    const at = challenge === undefined ? {} : { challenge };
-    const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead, ...at } };
+    const challenge = typeof at === 'number' ? { challenge: at } : {};
+    const streamReset = { code, idempotent: mayGoTwice(job), afterHead: at === undefined, ...challenge };
+    const options = { cause: err, streamReset };
     const { method } = job.dispatchOptions;
     return this.#forward
       ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
