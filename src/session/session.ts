@@ -22,6 +22,7 @@ import {
   type ResponseHeaders,
   replayHeld,
   streamResetCode,
+  typedResetCode,
   type Verdict,
 } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
@@ -962,12 +963,12 @@ export class Session {
     own = 0,
     starts = 1,
   ): LegResult {
-    const reset = streamResetCode(r.error);
+    const reset = typedResetCode(r.error);
     // REFUSED_STREAM (0x7): not processed, so it may go again (RFC 9113 §8.7).
     if (reset === 0x7) return this.#refused(job, r.error, starts);
-    // R1: any other reset before a response, typed; HTTP_1_1_REQUIRED (0xd) stays undici's, which
-    // relocationReason reads to go on over HTTP/1.1 (H2). Not a close: the connection lives on.
-    if (reset !== undefined && reset !== 0xd) return { kind: 'failed', error: this.cutShort(job, r.error, 'before') };
+    // R1: any other reset before a response, typed (HTTP_1_1_REQUIRED stays undici's: typedResetCode).
+    // Not a close: the connection lives on.
+    if (reset !== undefined) return { kind: 'failed', error: this.cutShort(job, r.error, 'before') };
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
