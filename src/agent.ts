@@ -198,10 +198,7 @@ export class MultilegAgent extends Dispatcher {
    */
   #credentials: Credentials | undefined;
   /** What the mechanisms were made from, to make them again with new credentials. */
-  readonly #mechanismOptions: Pick<
-    MultilegAgentOptions,
-    'negotiate' | 'allowBasicOverHttp' | 'mechanisms' | 'trustedOrigins'
-  >;
+  readonly #mechanismOptions: Pick<MultilegAgentOptions, 'negotiate' | 'allowBasicOverHttp' | 'mechanisms'>;
   readonly #transport: boolean;
   readonly #pools = new Map<string, OriginPool>();
   readonly #stats: Omit<MultilegStats, 'origins'> = {
@@ -356,12 +353,16 @@ export class MultilegAgent extends Dispatcher {
       markPrivate: options.markPrivate !== false,
       ...(options.refusalMemory ? { refusalMemory: options.refusalMemory } : {}),
     };
+    // S1: without trustedOrigins no origin may have a password, so none may have the system's own
+    // NTLM (SSPI, gss-ntlmssp) that its SPNEGO may choose in Kerberos' place either (task id).
+    const negotiate =
+      options.trustedOrigins === undefined && options.negotiate !== false
+        ? { ...options.negotiate, passwordAllowed: () => false }
+        : options.negotiate;
     this.#mechanismOptions = {
-      ...(options.negotiate !== undefined ? { negotiate: options.negotiate } : {}),
+      ...(negotiate !== undefined ? { negotiate } : {}),
       ...(options.allowBasicOverHttp !== undefined ? { allowBasicOverHttp: options.allowBasicOverHttp } : {}),
       mechanisms: this.#options.mechanisms,
-      // (Whether there is a list: without one the system's NTLM may go nowhere, S1.)
-      ...(options.trustedOrigins !== undefined ? { trustedOrigins: options.trustedOrigins } : {}),
     };
     this.#transport = selectCertificate !== undefined;
     this.#mechanisms = this.#mechanismSet(options.credentials);

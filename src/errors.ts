@@ -451,7 +451,7 @@ const HTTP2_ERROR_NAMES = [
 function streamResetMessage(
   who: string,
   method: string,
-  reset: { code: number; idempotent: boolean; afterHead: boolean; challenge?: number },
+  reset: NonNullable<ConnectionClosedOptions['streamReset']>,
 ): string {
   const { code, idempotent, afterHead, challenge } = reset;
   const name = `RST_STREAM ${HTTP2_ERROR_NAMES[code] ?? 'code'} (0x${code.toString(16)})`;
@@ -464,13 +464,17 @@ function streamResetMessage(
         : code === 13
           ? 'the server wants this request over HTTP/1.1: use HTTP/1.1 (allowH2: false)'
           : "the server failed or gave up the response: check the server's logs";
+  /** Before the caller's response: whether it may go again is the caller's to judge. */
+  const resend = idempotent
+    ? ': the request is idempotent, so it may be sent again'
+    : `: send the ${method} again only if that is safe`;
   if (challenge !== undefined)
     // R1/C8: the challenge's head was whole, but the server failed the exchange it began: the
     // handshake does not answer it (curl fails the transfer too: "stream was not closed cleanly").
-    return `${who} reset the HTTP/2 stream of the ${method} with ${name} after the head of its ${challenge} challenge, partway through that challenge's body (the agent's to answer, never the caller's), ${meaning}; the handshake did not go on and the ${method} was not sent again${idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}`;
+    return `${who} reset the HTTP/2 stream of the ${method} with ${name} after the head of its ${challenge} challenge, partway through that challenge's body (the agent's to answer, never the caller's), ${meaning}; the handshake did not go on and the ${method} was not sent again${resend}`;
   if (!afterHead)
     // Only REFUSED_STREAM says a request was not processed (StreamRefusedError): any other may have been.
-    return `${who} reset the HTTP/2 stream of the ${method} with ${name} before any response, ${meaning}; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not)${idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}`;
+    return `${who} reset the HTTP/2 stream of the ${method} with ${name} before any response, ${meaning}; not sent again, as the server may have processed it (only REFUSED_STREAM says it did not)${resend}`;
   const again = idempotent
     ? 'the request is idempotent: it may be sent again'
     : `not safe to send again unless the ${method} is idempotent, as the server began to answer it and may have acted on it`;

@@ -24,6 +24,7 @@ import {
   ALICE,
   answeringRefusalMemory,
   get,
+  heldBackAfterFirstRecall,
   publishedDuring,
   type Rig,
   rig,
@@ -631,26 +632,12 @@ describe('Basic (RFC 7617)', () => {
     ['NTLM over HTTP/2: its handshake taken over', { schemes: ['NTLM'], mode: 'session' }],
   ] as const)
     it(`R4/R2: a first request’s caller aborting while its refusalMemory recall waits (${what}): the next request waiting asks the memory itself before sending the password — held back, its own 401 is the answer, and the one behind it gets its own too, each request sent once`, async () => {
-      const signals: AbortSignal[] = [];
-      const until = Date.now() + 60_000;
+      // The first recall waits (another process trying the password), until given up; the next
+      // finds that process's refusal.
+      const { memory, signals } = heldBackAfterFirstRecall(true);
       r = await rig(
         { ...server, schemes: [...server.schemes] },
-        {
-          negotiate: false,
-          limits: { queueTimeout: 5_000 },
-          refusalMemory: {
-            // The first recall waits (another process trying the password), until given up; the
-            // next finds that process's refusal.
-            recall: (_place, signal) => {
-              signals.push(signal!);
-              if (signals.length > 1) return { at: Date.now() - 1_000, until, times: 1 };
-              return new Promise((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
-            },
-            refused: () => {},
-            proved: () => {},
-            release: () => {},
-          },
-        },
+        { negotiate: false, limits: { queueTimeout: 5_000 }, refusalMemory: memory },
       );
       const caller = new AbortController();
       const burst = withheldWhile(() => warmBurst(r!, caller.signal));

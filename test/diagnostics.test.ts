@@ -517,7 +517,7 @@ describe('S2: what util.inspect and JSON.stringify show of the agent, its mechan
     }
   });
 
-  it('S2: the errors of a refused Basic password and of an unreachable proxy (with their causes) show no password', async () => {
+  it("S2: a refused Basic password's 401 (the Response fetch delivers) and an unreachable proxy's error (with its causes) show no password", async () => {
     const server = createServer((_req, res) => {
       res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' }).end();
     });

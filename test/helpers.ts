@@ -477,6 +477,32 @@ export function slowRefusalMemory(
   return { memory, calls };
 }
 
+/**
+ * A refusalMemory whose first recall waits (another process trying the password) — until told the
+ * agent gave up (`untilAborted`: then it remembers nothing), else never settling — and whose every
+ * later one finds that process's refusal at once, holding the password back for another minute
+ * (`signals`: each recall's).
+ */
+export function heldBackAfterFirstRecall(untilAborted: boolean): {
+  readonly memory: RefusalMemory;
+  readonly signals: AbortSignal[];
+} {
+  const signals: AbortSignal[] = [];
+  const memory: RefusalMemory = {
+    recall: (_place, signal) => {
+      signals.push(signal!);
+      if (signals.length > 1) return { at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 };
+      return new Promise<undefined>((resolve) => {
+        if (untilAborted) signal?.addEventListener('abort', () => resolve(undefined));
+      });
+    },
+    refused: () => {},
+    proved: () => {},
+    release: () => {},
+  };
+  return { memory, signals };
+}
+
 /** A refusalMemory whose recall never settles, not even when told the agent gave up (`signals`: each recall's). */
 export function silentRefusalMemory(): { readonly memory: RefusalMemory; readonly signals: AbortSignal[] } {
   const signals: AbortSignal[] = [];

@@ -5,6 +5,7 @@
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { request } from 'undici';
@@ -50,6 +51,7 @@ import {
 import { isNegTokenReject, OID_MS_KRB5 } from '../src/mechanisms/spnego/tokens.ts';
 import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
 import { ALICE } from './helpers.ts';
 
@@ -1054,6 +1056,67 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(await run(ntlmInit, authenticate, ['oQMwAQ=='])).toEqual([false, false]);
     // Only the first reply names the mechanism: a later supportedMech (not SPNEGO) changes nothing.
     expect(await run(FIRST, authenticate, [krb, challenge])).toEqual([false, false, false]);
+  });
+
+  it("S1: where passwordAllowed refuses the origin (an agent without trustedOrigins), NTLM the system's SPNEGO chooses never goes: a first token that is NTLM (in SPNEGO, or bare as SSPI sends it) is not returned, and after a Kerberos token a server's first reply choosing NTLMSSP gets no next step from GSS-API — MechanismError naming trustedOrigins; Kerberos taking another leg goes on", async () => {
+    const ntlm = (type: number) => Buffer.from(`NTLMSSP\0${String.fromCharCode(type)}\0\0\0`, 'latin1');
+    const resp = (r: Parameters<typeof encodeNegTokenResp>[0]) => encodeNegTokenResp(r).toString('base64');
+    const reply = (mech: string) =>
+      resp({ negState: NegState.ACCEPT_INCOMPLETE, supportedMech: mech, responseToken: ntlm(2) });
+    /** Each step's header (or error code) for `first`, then `replies`, and how many steps GSS-API took. */
+    const run = async (first: string, replies: string[]) => {
+      const kerberos = fakeKerberos({ steps: [() => first, ...replies.map(() => () => 'TkVYVA==')] });
+      const ctx = negotiateMechanism({ kerberos, passwordAllowed: () => false }).createContext(leg);
+      const got: string[] = [];
+      for (const r of [undefined, ...replies]) {
+        const out = await ctx.step(r === undefined ? undefined : ch(r), leg).catch((e: MultilegError) => e);
+        if (out instanceof MechanismError) expect(out.message).toContain(`List ${leg.origin} in trustedOrigins`);
+        got.push(typeof out === 'string' ? out : (out as MultilegError).code);
+        if (typeof out !== 'string') break;
+      }
+      return [got, kerberos.calls.length];
+    };
+    const refused = 'MULTILEG_MECHANISM';
+    // gss-ntlmssp chosen by MIT's SPNEGO (no ticket, NTLM_USER_FILE), and SSPI's bare NTLM.
+    expect(await run(encodeNegTokenInit([OID_NTLMSSP], ntlm(1)).toString('base64'), [])).toEqual([[refused], 1]);
+    expect(await run(ntlm(1).toString('base64'), [])).toEqual([[refused], 1]);
+    // The server took SPNEGO's NTLMSSP over the Kerberos token: GSS-API is not asked for the AUTHENTICATE.
+    expect(await run(FIRST, [reply(OID_NTLMSSP)])).toEqual([[`Negotiate ${FIRST}`, refused], 1]);
+    // Kerberos taking another leg is no NTLM.
+    expect(await run(FIRST, [reply(OID_KRB5)])).toEqual([[`Negotiate ${FIRST}`, 'Negotiate TkVYVA=='], 2]);
+  });
+
+  it("S1: an agent without trustedOrigins refuses the system's NTLM (SSPI's bare NTLM first token, a fake addon here) at an https origin it names: MechanismError, no Authorization sent; with the origin listed it goes (the agent's passwordAllowed, no peers needed)", async () => {
+    const bareNtlm = Buffer.from('NTLMSSP\0\x01\0\0\0', 'latin1').toString('base64');
+    const seen: string[] = [];
+    const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      seen.push(req.headers.authorization ?? '');
+      res.writeHead(401, { 'www-authenticate': 'Negotiate' }).end();
+    });
+    servers.push(server as unknown as Server);
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const origin = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const agentWith = (trustedOrigins?: string[]) => {
+      const kerberos = fakeKerberos({ steps: [() => bareNtlm] });
+      const a = new MultilegAgent({
+        connect: { ca: CA_CERT },
+        negotiate: { kerberos },
+        ...(trustedOrigins ? { trustedOrigins } : {}),
+      });
+      agents.push(a);
+      return a;
+    };
+    const refused = await request(`${origin}/`, { dispatcher: agentWith() }).catch((e: MultilegError) => e);
+    expect(refused).toBeInstanceOf(MechanismError);
+    expect((refused as Error).message).toContain(`List ${origin} in trustedOrigins`);
+    expect(seen.filter((a) => a !== '')).toEqual([]);
+    const listed = await request(`${origin}/`, { dispatcher: agentWith([origin]) }).then(
+      (r) => r.body.dump().then(() => r.statusCode),
+      (e: Error) => e,
+    );
+    expect(listed).toBe(401);
+    expect(seen).toContain(`Negotiate ${bareNtlm}`);
   });
 
   it('R4: a Kerberos ticket a forwarding proxy rejects three times in a row is kept back 30 s each time (was 30 s, 1 min, 2 min)', async () => {

@@ -29,6 +29,7 @@ import {
 import {
   abortedWhileRecalling,
   answeringRefusalMemory,
+  heldBackAfterFirstRecall,
   SCRIPTED_NTLM_CHALLENGE,
   silentRefusalMemory,
   slowRefusalMemory,
@@ -836,17 +837,7 @@ describe('a request whose recall was given up, its 407 coming after another requ
       closers.push(() => h.close());
       // The first recall waits until given up; every later one holds the password back (a refusal
       // another process met meanwhile).
-      const signals: AbortSignal[] = [];
-      const memory: RefusalMemory = {
-        recall: (_place, signal) => {
-          signals.push(signal!);
-          if (signals.length > 1) return { at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 };
-          return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
-        },
-        refused: () => {},
-        proved: () => {},
-        release: () => {},
-      };
+      const { memory, signals } = heldBackAfterFirstRecall(true);
       agent = new MultilegAgent({
         negotiate: false,
         refusalMemory: memory,
@@ -1300,17 +1291,7 @@ describe("withheld requests reaching the pool after the proxy's answer to a with
     closers.push(() => h.close());
     // The first recall never answers (given up at queueTimeout); a later one finds the password held
     // back (a refusal another process met meanwhile), at once.
-    const signals: AbortSignal[] = [];
-    const memory: RefusalMemory = {
-      recall: (_place, signal) => {
-        signals.push(signal!);
-        if (signals.length > 1) return { at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 };
-        return new Promise<undefined>(() => {});
-      },
-      refused: () => {},
-      proved: () => {},
-      release: () => {},
-    };
+    const { memory, signals } = heldBackAfterFirstRecall(false);
     agent = new MultilegAgent({
       negotiate: false,
       refusalMemory: memory,

@@ -206,17 +206,22 @@ describe("RST_STREAM partway through a 401's body the agent drains between a han
       async (r) => ({ status: r.statusCode, body: await r.body.text() }),
       (e: Error & { code?: string }) => e,
     );
+  /** `where`'s origin resetting with `code`, its agent (a re-authentication's authenticated first), and the path to ask. */
+  const primed = async (where: ChallengeCase, code: number, wire: string[], label: string) => {
+    const origin = await challengeResettingOrigin(where, code, wire);
+    const agent = agentFor(where, origin);
+    const path = where === 'NTLM re-authentication' ? '/again' : '/x';
+    if (where === 'NTLM re-authentication')
+      expect(await settle(origin, agent), label).toEqual({ status: 200, body: 'ok' });
+    return { origin, agent, path };
+  };
 
   it('R1/C8: an NTLM challenge leg, an NTLM re-authentication 401, a Basic and a Digest 401 reset mid-body (INTERNAL_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM, PROTOCOL_ERROR) end that request in ConnectionClosedError naming the code and the challenge (not sent again), the request queued behind it and the next one 200', async () => {
     for (const where of CASES) {
       for (const c of RESETS) {
         const label = `${where} ${c.name}`;
         const wire: string[] = [];
-        const origin = await challengeResettingOrigin(where, c.code, wire);
-        const agent = agentFor(where, origin);
-        const path = where === 'NTLM re-authentication' ? '/again' : '/x';
-        if (where === 'NTLM re-authentication')
-          expect(await settle(origin, agent), label).toEqual({ status: 200, body: 'ok' });
+        const { origin, agent, path } = await primed(where, c.code, wire, label);
         const sent = wire.length;
         // Two at once: the second waits behind the first's handshake (C1) or goes on its own.
         const [first, queued] = await Promise.all([settle(origin, agent, path), settle(origin, agent, path)]);
@@ -243,12 +248,7 @@ describe("RST_STREAM partway through a 401's body the agent drains between a han
 
   it("R1/C8: CANCEL partway through such a 401's body: undici ends it as if whole, and the handshake goes on (200)", async () => {
     for (const where of CASES) {
-      const wire: string[] = [];
-      const origin = await challengeResettingOrigin(where, h2.NGHTTP2_CANCEL, wire);
-      const agent = agentFor(where, origin);
-      const path = where === 'NTLM re-authentication' ? '/again' : '/x';
-      if (where === 'NTLM re-authentication')
-        expect(await settle(origin, agent), where).toEqual({ status: 200, body: 'ok' });
+      const { agent, origin, path } = await primed(where, h2.NGHTTP2_CANCEL, [], where);
       expect([where, await settle(origin, agent, path)]).toEqual([where, { status: 200, body: 'ok' }]);
     }
   }, 60_000);

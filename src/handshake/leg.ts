@@ -571,15 +571,13 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       this.#resolve({ kind: 'swallowed', status: this.#status, headers: this.#headers });
       return;
     }
-    const reset = mode === 'drain' && this.#cutShort ? streamResetCode(err) : undefined;
     // R1/C8: any other reset of a challenge being drained (INTERNAL_ERROR, REFUSED_STREAM,
     // ENHANCE_YOUR_CALM…) is the server failing the exchange: the leg fails typed, naming the code
-    // (undici's raw stream error before). Not HTTP_1_1_REQUIRED, whose raw error relocationReason
-    // reads to go on over HTTP/1.1 (H2); CANCEL and NO_ERROR never get here (undici ends the
+    // (undici's raw stream error before). CANCEL and NO_ERROR never get here (undici ends the
     // response as if whole: the handshake goes on).
-    if (reset !== undefined && reset !== 0xd) {
+    if (mode === 'drain' && this.#cutShort && typedResetCode(err) !== undefined) {
       this.#held = undefined;
-      this.#resolve({ kind: 'failed', error: this.#cutShort!(err, this.#status) });
+      this.#resolve({ kind: 'failed', error: this.#cutShort(err, this.#status) });
       return;
     }
     if (mode === 'deliver' || mode === 'gated') {
@@ -602,6 +600,15 @@ export class LegHandler implements Dispatcher.DispatchHandler {
 export function streamResetCode(err: Error): number | undefined {
   const e = err as { code?: unknown; http2ErrorCode?: unknown };
   return e.code === 'ERR_HTTP2_STREAM_ERROR' && typeof e.http2ErrorCode === 'number' ? e.http2ErrorCode : undefined;
+}
+
+/**
+ * R1: the code of a reset the agent reports typed (Session.cutShort), before the caller's response:
+ * any but HTTP_1_1_REQUIRED (0xd), whose raw error relocationReason reads to go on over HTTP/1.1 (H2).
+ */
+export function typedResetCode(err: Error): number | undefined {
+  const code = streamResetCode(err);
+  return code === 0xd ? undefined : code;
 }
 
 /** An HTTP/2 stream reset with PROTOCOL_ERROR (0x1). */

@@ -19,9 +19,6 @@ export function defaultMechanisms(options: MultilegAgentOptions): Mechanism[] {
         ntlmFallback: 'raw',
         ...options.negotiate,
         ...(options.credentials ? { credentials: options.credentials } : {}),
-        // S1: without trustedOrigins no origin is trusted with a password, so neither is the system's
-        // own NTLM (SSPI, gss-ntlmssp) that its SPNEGO may choose (task id).
-        ...(options.trustedOrigins === undefined ? { passwordAllowed: () => false } : {}),
       }),
     );
   }

@@ -140,7 +140,7 @@ export class FastExchange implements Dispatcher.DispatchHandler {
         beforeStart: () => {},
         onAbort: this.session.noteAborted,
         expectContinue: this.job.dispatchOptions.expectContinue === true,
-        cutShort: (err, challenge) => this.session.cutShort(this.job, err, challenge === undefined, challenge),
+        cutShort: (err, challenge) => this.session.cutShort(this.job, err, challenge),
         maxDrainBytes: env.limits.maxChallengeBodyBytes,
         maxDrainMs: env.limits.handshakeTimeout,
       });

@@ -22,6 +22,7 @@ import {
   type ResponseHeaders,
   replayHeld,
   streamResetCode,
+  typedResetCode,
   type Verdict,
 } from '../handshake/leg.ts';
 import type { HeaderMap } from '../headers.ts';
@@ -888,7 +889,7 @@ export class Session {
       onAbort: this.noteAborted,
       expectContinue: job.dispatchOptions.expectContinue === true,
       headersTimeout: this.headersTimeoutOf(job),
-      cutShort: (err, challenge) => this.cutShort(job, err, challenge === undefined, challenge),
+      cutShort: (err, challenge) => this.cutShort(job, err, challenge),
       maxDrainBytes: this.#limits.maxChallengeBodyBytes,
       maxDrainMs: clocked ? undefined : this.#limits.handshakeTimeout,
       onResult: (r) => {
@@ -962,12 +963,12 @@ export class Session {
     own = 0,
     starts = 1,
   ): LegResult {
-    const reset = streamResetCode(r.error);
+    const reset = typedResetCode(r.error);
     // REFUSED_STREAM (0x7): not processed, so it may go again (RFC 9113 §8.7).
     if (reset === 0x7) return this.#refused(job, r.error, starts);
-    // R1: any other reset before a response, typed; HTTP_1_1_REQUIRED (0xd) stays undici's, which
-    // relocationReason reads to go on over HTTP/1.1 (H2). Not a close: the connection lives on.
-    if (reset !== undefined && reset !== 0xd) return { kind: 'failed', error: this.cutShort(job, r.error, false) };
+    // R1: any other reset before a response, typed (HTTP_1_1_REQUIRED stays undici's: typedResetCode).
+    // Not a close: the connection lives on.
+    if (reset !== undefined) return { kind: 'failed', error: this.cutShort(job, r.error, 'before') };
     const code = (r.error as { code?: unknown }).code;
     const again = job.resendsAfterClose;
     if (!(code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE')) return r;
@@ -1159,16 +1160,18 @@ export class Session {
 
   /**
    * R1: undici's error for an HTTP/2 stream the server reset (RST_STREAM) after the response head
-   * reached the caller (`afterHead`; else before any response — `challenge`: after the head of the
-   * agent's own 401/407 leg, drained between a handshake's legs), as a ConnectionClosedError (ProxyClosedError through a forwarding proxy)
-   * naming the code, the cut response and the fix, undici's error its cause; any other error as is.
-   * Never sent again: the server may have acted on the request (only REFUSED_STREAM says it did not).
+   * reached the caller (`at` undefined), before any response (`'before'`), or after the head of the
+   * agent's own 401/407 leg of this status, drained between a handshake's legs (`at` the status),
+   * as a ConnectionClosedError (ProxyClosedError through a forwarding proxy) naming the code, the cut
+   * response and the fix, undici's error its cause; any other error as is. Never sent again: the
+   * server may have acted on the request (only REFUSED_STREAM says it did not).
    */
-  cutShort(job: Job, err: Error, afterHead = true, challenge?: number): Error {
+  cutShort(job: Job, err: Error, at?: 'before' | number): Error {
     const code = streamResetCode(err);
     if (code === undefined) return err;
-    const at = challenge === undefined ? {} : { challenge };
-    const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead, ...at } };
+    const challenge = typeof at === 'number' ? { challenge: at } : {};
+    const streamReset = { code, idempotent: mayGoTwice(job), afterHead: at === undefined, ...challenge };
+    const options = { cause: err, streamReset };
     const { method } = job.dispatchOptions;
     return this.#forward
       ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
