@@ -181,7 +181,7 @@ export class NegotiateContext implements MechanismContext {
     this.#over();
     throw new MechanismError(
       SCHEME,
-      `the system's Negotiate (SSPI or gss-ntlmssp) answered ${leg.origin} with NTLM, not a Kerberos ticket: NTLM proves the logged-on user's password, which goes only to origins listed in trustedOrigins; nothing was sent with it. List ${leg.origin} in trustedOrigins if it is meant to have it, or get a Kerberos ticket it takes (kinit, its SPN)`,
+      `the system's Negotiate (SSPI or gss-ntlmssp) answered ${leg.origin} with NTLM, not a Kerberos ticket: NTLM proves the logged-on user's password, which goes only where a password may (an origin listed in trustedOrigins, and allowed by negotiate.passwordAllowed where one is given); nothing was sent with it. List ${leg.origin} in trustedOrigins if it is meant to have it, or get a Kerberos ticket it takes (kinit, its SPN)`,
     );
   }
 
