@@ -5,6 +5,7 @@
  * (R1, C8, H1). REFUSED_STREAM there breaks RFC 9113 §8.7: the server began to answer, so it did
  * process the request.
  */
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import {
   type ClientHttp2Session,
   createSecureServer,
@@ -13,6 +14,7 @@ import {
   type ServerHttp2Session,
   type ServerHttp2Stream,
 } from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionClosedError, MultilegAgent } from '../src/index.ts';
@@ -449,6 +451,107 @@ describe("RST_STREAM partway through a Negotiate 401's body (R1, C8)", () => {
           const alice = { status: 200, user: 'EXAMPLE\\alice' };
           expect([label, first === e ? queued : first]).toEqual([label, alice]);
           expect([label, await settle(origin, agent, '/auth/c')]).toEqual([label, alice]);
+        }
+      }
+    }, 120_000);
+  }
+});
+
+type Http1Case = 'NTLM challenge leg' | 'Basic' | 'Digest';
+
+/**
+ * An HTTP/1.1 origin (https, the test certificate) or forwarding proxy (http) — NTLM, Basic or
+ * Digest, checking no password, NTLM authenticating the connection — whose first challenge of
+ * `where` comes as its head and part of its body (Content-Length: 100), then the connection closed;
+ * every other answer whole. `wire`: what each request carried.
+ */
+async function http1ClosingPeer(peer: 'origin' | 'proxy', where: Http1Case, wire: string[]) {
+  const status = peer === 'origin' ? 401 : 407;
+  const asked = peer === 'origin' ? 'authorization' : 'proxy-authorization';
+  const offer = peer === 'origin' ? 'www-authenticate' : 'proxy-authenticate';
+  const authenticated = new WeakSet<object>();
+  let cut = false;
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
+    req.resume();
+    req.on('end', () => {
+      const auth = req.headers[asked];
+      const scheme = auth?.split(' ', 1)[0];
+      const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
+      wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
+      const challenge = (h: string, cutHere: boolean) => {
+        if (!cutHere || cut) {
+          res.writeHead(status, { [offer]: h, 'content-length': 0 }).end();
+          return;
+        }
+        cut = true;
+        res.writeHead(status, { [offer]: h, 'content-type': 'text/html', 'content-length': 100 });
+        res.write(`<html>${status}: log in`, () => setTimeout(() => req.socket.destroy(), 20));
+      };
+      if (where === 'Basic' || where === 'Digest') {
+        if (scheme !== where)
+          return challenge(where === 'Basic' ? 'Basic realm="r"' : 'Digest realm="r", nonce="n0", qop="auth"', true);
+      } else if (leg === 1) return challenge(`NTLM ${SCRIPTED_NTLM_CHALLENGE}`, true);
+      else if (leg === 3) authenticated.add(req.socket);
+      else if (!authenticated.has(req.socket)) return challenge('NTLM', false);
+      res.writeHead(200, { 'content-length': 2 }).end('ok');
+    });
+  };
+  const server =
+    peer === 'origin' ? createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, handle) : createHttpServer(handle);
+  const origin = await loopbackOrigin(server, closers);
+  return peer === 'origin' ? origin : origin.replace('https://localhost', 'http://127.0.0.1');
+}
+
+describe("the connection closed partway through a challenge's body over HTTP/1.1 (R1, C8, H5)", () => {
+  const settle = (url: string, agent: MultilegAgent, method: string) =>
+    request(url, {
+      dispatcher: agent,
+      method,
+      body: method === 'GET' ? undefined : 'payload',
+      signal: AbortSignal.timeout(10_000),
+    }).then(
+      async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  for (const peer of ['origin', 'proxy'] as const) {
+    const cases: Http1Case[] =
+      peer === 'origin' ? ['NTLM challenge leg', 'Basic', 'Digest'] : ['NTLM challenge leg', 'Basic'];
+    const status = peer === 'origin' ? 401 : 407;
+    it(`R1/C8: HTTP/1.1 ${peer === 'origin' ? "an origin's NTLM challenge 401, Basic and Digest 401" : "a forwarding proxy's NTLM challenge 407 and Basic 407"} cut by the connection closing partway through the body end that request (GET, POST) in ${peer === 'origin' ? 'ConnectionClosedError' : 'ProxyClosedError'} naming the ${peer} and the challenge (not sent again), the request queued behind it and the next one 200`, async () => {
+      for (const where of cases) {
+        for (const method of ['GET', 'POST']) {
+          const label = `${where} ${method}`;
+          const wire: string[] = [];
+          const at = await http1ClosingPeer(peer, where, wire);
+          const schemes = [where === 'NTLM challenge leg' ? 'NTLM' : where] as const;
+          const agent =
+            peer === 'origin'
+              ? ntlmAgentAt(at, closers, { schemes: [...schemes] })
+              : new MultilegAgent({ proxy: { uri: at, credentials: ALICE, negotiate: false, schemes: [...schemes] } });
+          if (peer === 'proxy') closers.push(() => agent.destroy());
+          const url = peer === 'origin' ? `${at}/x` : 'http://origin.test/x';
+          const [first, queued] = await Promise.all([settle(url, agent, method), settle(url, agent, method)]);
+          // The cut request's challenge went unanswered: the only credentials sent are the other's.
+          const answers = wire.filter((w) => w === 'NTLM3' || w === 'Basic' || w === 'Digest');
+          expect([label, answers.length]).toEqual([label, 1]);
+          // Before: undici's raw SocketError "other side closed" (UND_ERR_SOCKET).
+          const e = [first, queued].find((r) => r instanceof Error) as ConnectionClosedError | undefined;
+          const code = peer === 'origin' ? 'MULTILEG_CONNECTION_CLOSED' : 'MULTILEG_PROXY_CLOSED';
+          expect([label, e?.code]).toEqual([label, code]);
+          expect(e, label).toBeInstanceOf(peer === 'origin' ? ConnectionClosedError : ProxyClosedError);
+          expect([label, e!.peer, e!.streamReset, e!.responseCut]).toEqual([label, at, undefined, false]);
+          expect(e!.cause, label).toMatchObject({ code: 'UND_ERR_SOCKET' });
+          expect(e!.message, label).toContain(
+            `${peer} ${at} closed the connection partway through the body of its ${status} challenge to the ${method}`,
+          );
+          expect(e!.message, label).toContain(`the handshake did not go on and the ${method} was not sent again`);
+          expect(e!.message, label).toContain(
+            method === 'GET' ? 'the request is idempotent' : `send the ${method} again only if that is safe`,
+          );
+          // Nothing queued lost; the next request goes on.
+          expect([label, first === e ? queued : first]).toEqual([label, { status: 200, body: 'ok' }]);
+          expect([label, await settle(url, agent, 'GET')]).toEqual([label, { status: 200, body: 'ok' }]);
         }
       }
     }, 120_000);

@@ -582,6 +582,13 @@ export class LegHandler implements Dispatcher.DispatchHandler {
       this.#resolve({ kind: 'failed', error: this.#cutShort!(err, this.#status) });
       return;
     }
+    // R1/C8: its HTTP/1.1 twin, the connection closed partway through that body: typed as well
+    // (undici's raw "other side closed" before), naming the challenge.
+    if (mode === 'drain' && this.#cutShort && socketClosed(err)) {
+      this.#held = undefined;
+      this.#resolve({ kind: 'failed', error: this.#cutShort(err, this.#status) });
+      return;
+    }
     if (mode === 'deliver' || mode === 'gated') {
       this.#sink.fail(this.#cutShort ? this.#cutShort(err) : err);
       this.#settleDone();
@@ -603,6 +610,12 @@ export function streamResetCode(err: Error): number | undefined {
   const e = err as { code?: unknown; http2ErrorCode?: unknown };
   return e.code === 'ERR_HTTP2_STREAM_ERROR' && typeof e.http2ErrorCode === 'number' ? e.http2ErrorCode : undefined;
 }
+
+/** undici's own error for a connection the peer closed or reset (not an error of the agent's). */
+const socketClosed = (err: Error): boolean => {
+  const code = (err as { code?: unknown }).code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+};
 
 /** An HTTP/2 stream reset with PROTOCOL_ERROR (0x1). */
 const protocolReset = (err: Error): boolean => streamResetCode(err) === 0x1;

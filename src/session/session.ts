@@ -1166,10 +1166,17 @@ export class Session {
    */
   cutShort(job: Job, err: Error, afterHead = true, challenge?: number): Error {
     const code = streamResetCode(err);
-    if (code === undefined) return err;
+    const { method } = job.dispatchOptions;
+    if (code === undefined) {
+      // HTTP/1.1: the connection closed partway through a challenge's body (LegHandler: socketClosed).
+      if (challenge === undefined) return err;
+      const closed = { cause: err, challengeCut: { status: challenge, idempotent: mayGoTwice(job) } };
+      return this.#forward
+        ? new ProxyClosedError(this.#forward.route.proxy.origin, method, closed)
+        : new ConnectionClosedError(job.origin, method, closed);
+    }
     const at = challenge === undefined ? {} : { challenge };
     const options = { cause: err, streamReset: { code, idempotent: mayGoTwice(job), afterHead, ...at } };
-    const { method } = job.dispatchOptions;
     return this.#forward
       ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
       : new ConnectionClosedError(job.origin, method, options);
