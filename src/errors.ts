@@ -424,6 +424,11 @@ export interface ConnectionClosedOptions {
    * through its body, between a handshake's legs.
    */
   streamReset?: { code: number; idempotent: boolean; afterHead: boolean; challenge?: number } | undefined;
+  /**
+   * HTTP/1.1: the connection closed after the head of a response the agent was to answer (this
+   * status: a 401 or 407 challenge), partway through its body, between a handshake's legs.
+   */
+  challengeCut?: { status: number; idempotent: boolean } | undefined;
 }
 
 /** RFC 9113 §7's error code names, for messages (RST_STREAM, GOAWAY). */
@@ -515,6 +520,8 @@ export class ConnectionClosedError extends MultilegError {
   readonly streamReset: number | undefined;
   /** The reset came after the response head reached the caller: its body ends with this error. */
   readonly responseCut: boolean;
+  /** HTTP/1.1: the close came partway through the body of the agent's own challenge, this status (401, 407). */
+  readonly challengeCut: number | undefined;
   /**
    * `peer` closed under `method`; `options` says why it was not sent again. `via` (internal): which
    * server it is, `'proxy'` for {@link ProxyClosedError}.
@@ -549,19 +556,26 @@ export class ConnectionClosedError extends MultilegError {
         : // A TLS port closes on a plain-HTTP request: the likelier fix than the server's logs.
           `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
     const afterChallenge = `${who} closed the connection with its ${options?.afterChallenge} challenge to this ${method} (an upgrade), on a new connection again after the handshake started over: the next leg answers that connection's challenge and goes on no other (H1), so it was not sent and no credential was refused; check the ${via}'s keep-alive settings (a limit of requests per connection, keep-alive off) and its logs`;
+    const cut = options?.challengeCut;
+    // R1/C8: the challenge's head was whole, the rest of it never came: the handshake does not answer it.
+    const challengeCut =
+      cut &&
+      `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${cut.idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}; check the ${via}'s logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
       options?.streamReset !== undefined
         ? streamResetMessage(who, method, options.streamReset)
-        : options?.afterChallenge !== undefined
-          ? afterChallenge
-          : options?.fresh
-            ? fresh
-            : options?.again
-              ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
-              : options?.goaway || options?.handshake
-                ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
-                : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
+        : challengeCut
+          ? challengeCut
+          : options?.afterChallenge !== undefined
+            ? afterChallenge
+            : options?.fresh
+              ? fresh
+              : options?.again
+                ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
+                : options?.goaway || options?.handshake
+                  ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
+                  : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
       options,
     );
     this.peer = peer;
@@ -571,5 +585,6 @@ export class ConnectionClosedError extends MultilegError {
     this.headBytes = headBytes;
     this.streamReset = options?.streamReset?.code;
     this.responseCut = options?.streamReset?.afterHead === true;
+    this.challengeCut = options?.challengeCut?.status;
   }
 }

@@ -1510,6 +1510,29 @@ describe('multileg command line', () => {
     );
   });
 
+  it('R1/C8: an origin or proxy that closed the connection partway through a challenge\'s body (ConnectionClosedError challengeCut) is curl\'s 56, "Recv failure" (something came, then the end), not 52', () => {
+    const url = new URL('http://intranet.example.com/form');
+    const cause = Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET' });
+    const challengeCut = { status: 401, idempotent: false };
+    const origin = describeFailure(
+      new ConnectionClosedError('http://intranet.example.com', 'POST', { cause, challengeCut }),
+      {
+        url,
+        maxTime: undefined,
+      },
+    );
+    expect([origin.exit, origin.refused]).toEqual([56, false]);
+    expect(origin.message).toContain('closed the connection partway through the body of its 401 challenge to the POST');
+    const proxy = describeFailure(
+      new ProxyClosedError('http://proxy:3128', 'POST', { cause, challengeCut: { ...challengeCut, status: 407 } }),
+      { url, maxTime: undefined },
+    );
+    expect([proxy.exit, proxy.refused]).toEqual([56, false]);
+    expect(proxy.message).toContain(
+      'proxy http://proxy:3128 closed the connection partway through the body of its 407 challenge',
+    );
+  });
+
   it('C8: an origin that closed a kept-alive connection under a POST it may have read (ConnectionClosedError) is curl\'s 52, "Empty reply from server"; reset, 56; only --retry-all-errors retries either', () => {
     const url = new URL('http://intranet.example.com/form');
     const closed = describeFailure(new ConnectionClosedError('http://intranet.example.com', 'POST'), {

@@ -5,12 +5,23 @@
  * (R1, C8, H1). REFUSED_STREAM there breaks RFC 9113 §8.7: the server began to answer, so it did
  * process the request.
  */
-import { createSecureServer, constants as h2, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import {
+  type ClientHttp2Session,
+  createSecureServer,
+  constants as h2,
+  connect as http2Connect,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ConnectionClosedError, type MultilegAgent } from '../src/index.ts';
-import { SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
-import { loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { ConnectionClosedError, MultilegAgent } from '../src/index.ts';
+import { ProxyClosedError } from '../src/proxy/errors.ts';
+import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
+import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
+import { ALICE, loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -252,4 +263,297 @@ describe("RST_STREAM partway through a 401's body the agent drains between a han
       expect([where, await settle(origin, agent, path)]).toEqual([where, { status: 200, body: 'ok' }]);
     }
   }, 60_000);
+});
+
+type ProxyCase = 'NTLM challenge leg' | 'Basic' | 'Digest';
+
+/**
+ * An https:// forwarding proxy speaking HTTP/2 (NTLM, Basic or Digest, checking no password) whose
+ * first 407 of `where` comes as a head and part of its body, then a reset with `code`; every other
+ * answer whole, a request it lets through answered 200 `ok` itself. `wire`: what each stream carried.
+ */
+async function proxyResetting407(where: ProxyCase, code: number, wire: string[]) {
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+  const authenticated = new WeakSet<object>();
+  let cut = false;
+  server.on('stream', (stream: ServerHttp2Stream, headers) => {
+    stream.on('error', () => {});
+    stream.resume();
+    const session = stream.session as ServerHttp2Session;
+    const auth = headers['proxy-authorization'];
+    const scheme = auth?.split(' ', 1)[0];
+    const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
+    wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
+    const challenge = (h: string, cutHere: boolean) => {
+      if (!cutHere || cut) {
+        stream.respond({ ':status': 407, 'proxy-authenticate': h }, { endStream: true });
+        return;
+      }
+      cut = true;
+      stream.respond(
+        { ':status': 407, 'proxy-authenticate': h, 'content-type': 'text/html' },
+        { waitForTrailers: true },
+      );
+      stream.write('<html>407: log in', () => setTimeout(() => stream.close(code), 20));
+    };
+    if (where === 'Basic' || where === 'Digest') {
+      if (scheme !== where)
+        return challenge(where === 'Basic' ? 'Basic realm="p"' : 'Digest realm="p", nonce="n0", qop="auth"', true);
+    } else if (leg === 1) return challenge(`NTLM ${SCRIPTED_NTLM_CHALLENGE}`, true);
+    else if (leg === 3) authenticated.add(session);
+    else if (!authenticated.has(session)) return challenge('NTLM', false);
+    stream.respond({ ':status': 200 });
+    stream.end('ok');
+  });
+  const origin = await loopbackOrigin(server, closers);
+  return origin.replace('localhost', '127.0.0.1');
+}
+
+describe("RST_STREAM partway through a forwarding proxy's 407 body over HTTP/2 (R1, C8, H5)", () => {
+  const RESETS = CODES.filter((c) => c.name !== 'HTTP_1_1_REQUIRED');
+  const CASES: ProxyCase[] = ['NTLM challenge leg', 'Basic', 'Digest'];
+  const settle = (agent: MultilegAgent, path = '/x') =>
+    request(`http://origin.test${path}`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+      async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  it("R1/C8: an HTTP/2 forwarding proxy's NTLM challenge 407, Basic and Digest 407 reset mid-body (INTERNAL_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM, PROTOCOL_ERROR) end that request in ProxyClosedError naming the proxy, the code and the 407 (not sent again), the request queued behind it and the next one 200", async () => {
+    for (const where of CASES) {
+      for (const c of RESETS) {
+        const label = `${where} ${c.name}`;
+        const wire: string[] = [];
+        const proxy = await proxyResetting407(where, c.code, wire);
+        const agent = new MultilegAgent({
+          proxy: {
+            uri: proxy,
+            connect: { ca: CA_CERT },
+            credentials: ALICE,
+            negotiate: false,
+            schemes: [where === 'NTLM challenge leg' ? 'NTLM' : where],
+          },
+        });
+        closers.push(() => agent.destroy());
+        const [first, queued] = await Promise.all([settle(agent), settle(agent)]);
+        // The reset request's 407 went unanswered: the only credentials sent are the other's.
+        const answers = wire.filter((w) => w === 'NTLM3' || w === 'Basic' || w === 'Digest');
+        expect([label, answers.length]).toEqual([label, 1]);
+        const e = [first, queued].find((r) => r instanceof Error) as ProxyClosedError | undefined;
+        expect([label, e?.code]).toEqual([label, 'MULTILEG_PROXY_CLOSED']);
+        expect(e, label).toBeInstanceOf(ProxyClosedError);
+        expect([label, e!.proxy, e!.streamReset, e!.responseCut]).toEqual([label, proxy, c.code, false]);
+        expect(e!.cause, label).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: c.code });
+        expect(e!.message, label).toContain(
+          `reset the HTTP/2 stream of the GET with RST_STREAM ${c.name} (0x${c.code.toString(16)}) after the head of its 407 challenge`,
+        );
+        expect(e!.message, label).toContain(proxy);
+        expect(e!.message, label).toContain('the handshake did not go on and the GET was not sent again');
+        // Nothing queued lost; the proxy connection goes on.
+        expect([label, first === e ? queued : first]).toEqual([label, { status: 200, body: 'ok' }]);
+        expect([label, await settle(agent)]).toEqual([label, { status: 200, body: 'ok' }]);
+      }
+    }
+  }, 120_000);
+});
+
+type NegotiateCut = 'first 401' | 'challenge 401';
+
+/**
+ * An HTTP/2 front (the test certificate) before the reference server (Negotiate, `mode`): each
+ * front connection gets a connection of its own to the server, each stream is passed on as it came,
+ * and the server's first 401 of `where` — the bare `Negotiate` one, or the one carrying the
+ * acceptor's SPNEGO token — goes on as its head and part of a body, then a reset with `code`.
+ */
+async function negotiateResettingFront(
+  where: NegotiateCut,
+  code: number,
+  mode: 'per-request' | 'session',
+): Promise<{ origin: string; server: ReferenceServer }> {
+  const backend = await startReferenceServer({ mode, schemes: ['Negotiate'] });
+  closers.push(() => backend.close());
+  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
+  const upstream = new WeakMap<object, ClientHttp2Session>();
+  let cut = false;
+  server.on('session', (session: ServerHttp2Session) => {
+    const up = http2Connect(backend.origin, { ca: CA_CERT });
+    up.on('error', () => {});
+    session.on('close', () => up.close());
+    upstream.set(session, up);
+  });
+  server.on('stream', (stream: ServerHttp2Stream, headers) => {
+    stream.on('error', () => {});
+    const out: Record<string, string | string[] | undefined> = {};
+    for (const [k, v] of Object.entries(headers))
+      if (!k.startsWith(':') || k === ':method' || k === ':path') out[k] = v;
+    const req = upstream.get(stream.session as ServerHttp2Session)!.request(out);
+    req.on('error', () => stream.close(h2.NGHTTP2_INTERNAL_ERROR));
+    stream.pipe(req);
+    req.on('response', (head) => {
+      const challenge = String(head['www-authenticate'] ?? '');
+      const cutHere =
+        head[':status'] === 401 &&
+        !cut &&
+        (where === 'first 401' ? challenge === 'Negotiate' : challenge.startsWith('Negotiate '));
+      if (!cutHere) {
+        stream.respond(head);
+        req.pipe(stream);
+        return;
+      }
+      cut = true;
+      req.resume();
+      const { 'content-length': _, ...rest } = head;
+      // The 401's head and part of its body, then the reset (no END_STREAM: waitForTrailers).
+      stream.respond({ ...rest, 'content-type': 'text/html' }, { waitForTrailers: true });
+      stream.write('<html>401: log in', () => setTimeout(() => stream.close(code), 20));
+    });
+  });
+  return { origin: await loopbackOrigin(server, closers), server: backend };
+}
+
+describe("RST_STREAM partway through a Negotiate 401's body (R1, C8)", () => {
+  const RESETS = CODES.filter((c) => c.name !== 'HTTP_1_1_REQUIRED');
+  const settle = (origin: string, agent: MultilegAgent, path: string) =>
+    request(`${origin}${path}`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+      async (r) => ({ status: r.statusCode, user: ((await r.body.json()) as { user: string | null }).user }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  for (const mode of ['per-request', 'session'] as const) {
+    it(`R1/C8: (${mode}) the bare Negotiate 401 and the 401 carrying the acceptor's SPNEGO token (NTLM inside Negotiate) reset mid-body (INTERNAL_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM, PROTOCOL_ERROR) end that request in ConnectionClosedError naming the code and the challenge (not sent again), the request queued behind it and the next one 200 as alice`, async () => {
+      for (const where of ['first 401', 'challenge 401'] as const) {
+        for (const c of RESETS) {
+          const label = `${where} ${c.name}`;
+          const { origin, server } = await negotiateResettingFront(where, c.code, mode);
+          const agent = new MultilegAgent({
+            credentials: ALICE,
+            trustedOrigins: [origin],
+            connect: { ca: CA_CERT },
+            schemes: ['Negotiate'],
+          });
+          closers.push(() => agent.destroy());
+          const [first, queued] = await Promise.all([
+            settle(origin, agent, '/auth/a'),
+            settle(origin, agent, '/auth/b'),
+          ]);
+          // The reset request's handshake went no further: one handshake accepted, the other's.
+          expect([label, server.exchanges.filter((x) => x.outcome === 'accepted').length]).toEqual([label, 1]);
+          // Before: undici's raw "Stream closed with error code NGHTTP2_…" (ERR_HTTP2_STREAM_ERROR).
+          const e = [first, queued].find((r) => r instanceof Error) as ConnectionClosedError | undefined;
+          expect([label, e?.code]).toEqual([label, 'MULTILEG_CONNECTION_CLOSED']);
+          expect(e, label).toBeInstanceOf(ConnectionClosedError);
+          expect([label, e!.streamReset, e!.responseCut]).toEqual([label, c.code, false]);
+          expect(e!.cause, label).toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR', http2ErrorCode: c.code });
+          expect(e!.message, label).toContain(
+            `${origin} reset the HTTP/2 stream of the GET with RST_STREAM ${c.name} (0x${c.code.toString(16)}) after the head of its 401 challenge`,
+          );
+          expect(e!.message, label).toContain('the handshake did not go on and the GET was not sent again');
+          // Nothing queued lost; the session goes on.
+          const alice = { status: 200, user: 'EXAMPLE\\alice' };
+          expect([label, first === e ? queued : first]).toEqual([label, alice]);
+          expect([label, await settle(origin, agent, '/auth/c')]).toEqual([label, alice]);
+        }
+      }
+    }, 120_000);
+  }
+});
+
+type Http1Case = 'NTLM challenge leg' | 'Basic' | 'Digest';
+
+/**
+ * An HTTP/1.1 origin (https, the test certificate) or forwarding proxy (http) — NTLM, Basic or
+ * Digest, checking no password, NTLM authenticating the connection — whose first challenge of
+ * `where` comes as its head and part of its body (Content-Length: 100), then the connection closed;
+ * every other answer whole. `wire`: what each request carried.
+ */
+async function http1ClosingPeer(peer: 'origin' | 'proxy', where: Http1Case, wire: string[]) {
+  const status = peer === 'origin' ? 401 : 407;
+  const asked = peer === 'origin' ? 'authorization' : 'proxy-authorization';
+  const offer = peer === 'origin' ? 'www-authenticate' : 'proxy-authenticate';
+  const authenticated = new WeakSet<object>();
+  let cut = false;
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
+    req.resume();
+    req.on('end', () => {
+      const auth = req.headers[asked];
+      const scheme = auth?.split(' ', 1)[0];
+      const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
+      wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
+      const challenge = (h: string, cutHere: boolean) => {
+        if (!cutHere || cut) {
+          res.writeHead(status, { [offer]: h, 'content-length': 0 }).end();
+          return;
+        }
+        cut = true;
+        res.writeHead(status, { [offer]: h, 'content-type': 'text/html', 'content-length': 100 });
+        res.write(`<html>${status}: log in`, () => setTimeout(() => req.socket.destroy(), 20));
+      };
+      if (where === 'Basic' || where === 'Digest') {
+        if (scheme !== where)
+          return challenge(where === 'Basic' ? 'Basic realm="r"' : 'Digest realm="r", nonce="n0", qop="auth"', true);
+      } else if (leg === 1) return challenge(`NTLM ${SCRIPTED_NTLM_CHALLENGE}`, true);
+      else if (leg === 3) authenticated.add(req.socket);
+      else if (!authenticated.has(req.socket)) return challenge('NTLM', false);
+      res.writeHead(200, { 'content-length': 2 }).end('ok');
+    });
+  };
+  const server =
+    peer === 'origin' ? createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, handle) : createHttpServer(handle);
+  const origin = await loopbackOrigin(server, closers);
+  return peer === 'origin' ? origin : origin.replace('https://localhost', 'http://127.0.0.1');
+}
+
+describe("the connection closed partway through a challenge's body over HTTP/1.1 (R1, C8, H5)", () => {
+  const settle = (url: string, agent: MultilegAgent, method: string) =>
+    request(url, {
+      dispatcher: agent,
+      method,
+      body: method === 'GET' ? undefined : 'payload',
+      signal: AbortSignal.timeout(10_000),
+    }).then(
+      async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  for (const peer of ['origin', 'proxy'] as const) {
+    const cases: Http1Case[] =
+      peer === 'origin' ? ['NTLM challenge leg', 'Basic', 'Digest'] : ['NTLM challenge leg', 'Basic'];
+    const status = peer === 'origin' ? 401 : 407;
+    it(`R1/C8: HTTP/1.1 ${peer === 'origin' ? "an origin's NTLM challenge 401, Basic and Digest 401" : "a forwarding proxy's NTLM challenge 407 and Basic 407"} cut by the connection closing partway through the body end that request (GET, POST) in ${peer === 'origin' ? 'ConnectionClosedError' : 'ProxyClosedError'} naming the ${peer} and the challenge (not sent again), the request queued behind it and the next one 200`, async () => {
+      for (const where of cases) {
+        for (const method of ['GET', 'POST']) {
+          const label = `${where} ${method}`;
+          const wire: string[] = [];
+          const at = await http1ClosingPeer(peer, where, wire);
+          const schemes = [where === 'NTLM challenge leg' ? 'NTLM' : where] as const;
+          const agent =
+            peer === 'origin'
+              ? ntlmAgentAt(at, closers, { schemes: [...schemes] })
+              : new MultilegAgent({ proxy: { uri: at, credentials: ALICE, negotiate: false, schemes: [...schemes] } });
+          if (peer === 'proxy') closers.push(() => agent.destroy());
+          const url = peer === 'origin' ? `${at}/x` : 'http://origin.test/x';
+          const [first, queued] = await Promise.all([settle(url, agent, method), settle(url, agent, method)]);
+          // The cut request's challenge went unanswered: the only credentials sent are the other's.
+          const answers = wire.filter((w) => w === 'NTLM3' || w === 'Basic' || w === 'Digest');
+          expect([label, answers.length]).toEqual([label, 1]);
+          // Before: undici's raw SocketError "other side closed" (UND_ERR_SOCKET).
+          const e = [first, queued].find((r) => r instanceof Error) as ConnectionClosedError | undefined;
+          const code = peer === 'origin' ? 'MULTILEG_CONNECTION_CLOSED' : 'MULTILEG_PROXY_CLOSED';
+          expect([label, e?.code]).toEqual([label, code]);
+          expect(e, label).toBeInstanceOf(peer === 'origin' ? ConnectionClosedError : ProxyClosedError);
+          expect([label, e!.peer, e!.streamReset, e!.responseCut]).toEqual([label, at, undefined, false]);
+          expect(e!.cause, label).toMatchObject({ code: 'UND_ERR_SOCKET' });
+          expect(e!.message, label).toContain(
+            `${peer} ${at} closed the connection partway through the body of its ${status} challenge to the ${method}`,
+          );
+          expect(e!.message, label).toContain(`the handshake did not go on and the ${method} was not sent again`);
+          expect(e!.message, label).toContain(
+            method === 'GET' ? 'the request is idempotent' : `send the ${method} again only if that is safe`,
+          );
+          // Nothing queued lost; the next request goes on.
+          expect([label, first === e ? queued : first]).toEqual([label, { status: 200, body: 'ok' }]);
+          expect([label, await settle(url, agent, 'GET')]).toEqual([label, { status: 200, body: 'ok' }]);
+        }
+      }
+    }, 120_000);
+  }
 });

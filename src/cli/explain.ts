@@ -419,7 +419,8 @@ export function describeFailure(
                       ? e.responseCut
                         ? EXIT.partial
                         : EXIT.receive
-                      : e.reset || e.headBytes > 0
+                      : // (A challenge's body cut by the close: something came, then the end.)
+                        e.reset || e.headBytes > 0 || e.challengeCut !== undefined
                         ? EXIT.receive
                         : EXIT.emptyReply
                     : // curl's 56 for a server that refuses every stream ("Connection died, tried 5

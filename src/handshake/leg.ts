@@ -575,7 +575,9 @@ export class LegHandler implements Dispatcher.DispatchHandler {
     // ENHANCE_YOUR_CALM…) is the server failing the exchange: the leg fails typed, naming the code
     // (undici's raw stream error before). CANCEL and NO_ERROR never get here (undici ends the
     // response as if whole: the handshake goes on).
-    if (mode === 'drain' && this.#cutShort && typedResetCode(err) !== undefined) {
+    // Its HTTP/1.1 twin, the connection closed partway through that body, alike (undici's raw "other
+    // side closed" before).
+    if (mode === 'drain' && this.#cutShort && (typedResetCode(err) !== undefined || socketClosed(err))) {
       this.#held = undefined;
       this.#resolve({ kind: 'failed', error: this.#cutShort(err, this.#status) });
       return;
@@ -610,6 +612,12 @@ export function typedResetCode(err: Error): number | undefined {
   const code = streamResetCode(err);
   return code === 0xd ? undefined : code;
 }
+
+/** undici's own error for a connection the peer closed or reset (not an error of the agent's). */
+const socketClosed = (err: Error): boolean => {
+  const code = (err as { code?: unknown }).code;
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE';
+};
 
 /** An HTTP/2 stream reset with PROTOCOL_ERROR (0x1). */
 const protocolReset = (err: Error): boolean => streamResetCode(err) === 0x1;

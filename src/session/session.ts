@@ -1163,16 +1163,22 @@ export class Session {
    * reached the caller (`at` undefined), before any response (`'before'`), or after the head of the
    * agent's own 401/407 leg of this status, drained between a handshake's legs (`at` the status),
    * as a ConnectionClosedError (ProxyClosedError through a forwarding proxy) naming the code, the cut
-   * response and the fix, undici's error its cause; any other error as is. Never sent again: the
+   * response and the fix, undici's error its cause; so too, over HTTP/1.1, a connection closed
+   * partway through such a 401/407 (`at` the status); any other error as is. Never sent again: the
    * server may have acted on the request (only REFUSED_STREAM says it did not).
    */
   cutShort(job: Job, err: Error, at?: 'before' | number): Error {
     const code = streamResetCode(err);
-    if (code === undefined) return err;
-    const challenge = typeof at === 'number' ? { challenge: at } : {};
-    const streamReset = { code, idempotent: mayGoTwice(job), afterHead: at === undefined, ...challenge };
-    const options = { cause: err, streamReset };
     const { method } = job.dispatchOptions;
+    let options: ConnectionClosedOptions;
+    if (code !== undefined) {
+      const challenge = typeof at === 'number' ? { challenge: at } : {};
+      const streamReset = { code, idempotent: mayGoTwice(job), afterHead: at === undefined, ...challenge };
+      options = { cause: err, streamReset };
+    } else if (typeof at === 'number') {
+      // HTTP/1.1: the connection closed partway through a challenge's body (LegHandler: socketClosed).
+      options = { cause: err, challengeCut: { status: at, idempotent: mayGoTwice(job) } };
+    } else return err;
     return this.#forward
       ? new ProxyClosedError(this.#forward.route.proxy.origin, method, options)
       : new ConnectionClosedError(job.origin, method, options);
