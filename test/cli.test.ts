@@ -16,6 +16,7 @@ import { parseCli, parseSchemes, program, shownArgv } from '../src/cli/options.t
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
 import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
+import { type KerberosUnknownServiceError, mapGssError } from '../src/mechanisms/negotiate/errors.ts';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { ntlmMechanism } from '../src/mechanisms/ntlm/index.ts';
 import { unsupportedNode } from '../src/node-version.ts';
@@ -2875,6 +2876,16 @@ describe('multileg command line', () => {
     );
     expect(forCli('check the SPN given in proxy.negotiate.spn against')).toBe(
       'check the SPN given in --proxy-spn against',
+    );
+  });
+
+  it("S1/M2: an unknown SPN's fix on the command line names --canonicalize-host and --spn without the library's \"need trustedOrigins\": the command trusts the URL's origin with them", () => {
+    const unknown = mapGssError(new Error('Server HTTP/nosuchhost@EXAMPLE.TEST not found in Kerberos database'), {
+      spn: 'HTTP@nosuchhost',
+    }) as KerberosUnknownServiceError;
+    expect(unknown.fix).toContain('need trustedOrigins');
+    expect(forCli(unknown.fix)).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need --canonicalize-host, a non-default port --spn HTTP@host:port) or pass --spn",
     );
   });
 

@@ -34,6 +34,7 @@ import {
   normalizeSpn,
   spnFor,
 } from '../src/mechanisms/negotiate/index.ts';
+import { PROXY_KERBEROS_NAMES } from '../src/mechanisms/negotiate/mechanism.ts';
 import { cannotRunHere } from '../src/mechanisms/registry.ts';
 import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
 import {
@@ -53,6 +54,7 @@ import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
+import { TrustRequiredError } from '../src/trust/policy.ts';
 import { ALICE } from './helpers.ts';
 
 const leg: LegInfo = {
@@ -171,6 +173,26 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     );
     expect(given.message).not.toContain('pass negotiate.spn');
     expect(given.cause).toBeInstanceOf(Error);
+  });
+
+  it("S1/M2: an unknown SPN made from the host: the fix naming negotiate.canonicalizeHost and negotiate.spn says they need trustedOrigins (one step: without it each is a TrustRequiredError at construction); a proxy's, which need none, does not say so", () => {
+    const origin = mapGssError(new Error(GSS.spn), { spn: 'HTTP@nosuchhost' });
+    expect(origin).toBeInstanceOf(KerberosUnknownServiceError);
+    expect((origin as KerberosUnknownServiceError).fix).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need negotiate.canonicalizeHost, a non-default port negotiate.includePort) or pass negotiate.spn (negotiate.canonicalizeHost and negotiate.spn need trustedOrigins, the origins their ticket may go to)",
+    );
+    // What the fix asks for is what the constructor takes with trustedOrigins, and refuses without.
+    for (const negotiate of [{ spn: 'HTTP@web.example.com' }, { canonicalizeHost: true }]) {
+      expect(() => new MultilegAgent({ negotiate })).toThrow(TrustRequiredError);
+      void new MultilegAgent({ negotiate, trustedOrigins: ['https://web.example.com'] }).close();
+    }
+    const proxy = mapGssError(new Error(GSS.spn), {
+      spn: 'HTTP@nosuchhost',
+      naming: PROXY_KERBEROS_NAMES('proxy.credentials'),
+    });
+    expect((proxy as KerberosUnknownServiceError).fix).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need proxy.negotiate.canonicalizeHost, a non-default port proxy.negotiate.includePort) or pass proxy.negotiate.spn",
+    );
   });
 
   it("M5: a client keytab whose key is older than the KDC's (MIT: the AS-REP does not decrypt; AD: pre-authentication failed) is MULTILEG_KRB_KEYTAB naming the kvno check and a new export, the same words with or without a principal (it was a bare GSS-API failure, exit 1) (trial u12)", () => {

@@ -149,6 +149,8 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   [/\bgive a client keytab \(proxy\.negotiate\.keytab\)/g, 'give a client keytab with --keytab FILE'],
   [/\bproxy\.negotiate\.principal\b/g, '--principal'],
   [/\bproxy\.negotiate\.ccache\b/g, '--ccache'],
+  // The command's --spn and --canonicalize-host come with the URL's origin trusted: no --trust needed.
+  [/ \(negotiate\.canonicalizeHost and negotiate\.spn need trustedOrigins, [^)]*\)/g, ''],
   [/(?<!proxy\.)\bnegotiate\.canonicalizeHost\b/g, '--canonicalize-host'],
   [/(?<!proxy\.)\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
   [/(?<!proxy\.)\bnegotiate\.spn\b/g, '--spn'],
