@@ -15,7 +15,13 @@ import { describeFailure, explain401, explain407, forCli } from '../src/cli/expl
 import { parseCli, parseSchemes, program, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
-import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
+import {
+  ConfigError,
+  ConnectionClosedError,
+  HandshakeTimeoutError,
+  QueueTimeoutError,
+  SystemNtlmRefusedError,
+} from '../src/errors.ts';
 import { type KerberosUnknownServiceError, mapGssError } from '../src/mechanisms/negotiate/errors.ts';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { ntlmMechanism } from '../src/mechanisms/ntlm/index.ts';
@@ -1499,6 +1505,18 @@ describe('multileg command line', () => {
     const help = program().options.find((o) => o.long === '--timeout')?.description;
     expect(help).toBe(
       `handshake timeout in milliseconds, unlike curl's seconds (default ${DEFAULT_LIMITS.handshakeTimeout})`,
+    );
+  });
+
+  it("S1: the system's NTLM refused for an origin no password may go to (SystemNtlmRefusedError) is curl's 22 for a login it did not make, never retried, and its fix is --trust ORIGIN (it was a bare 1 as MULTILEG_MECHANISM)", () => {
+    const url = new URL('https://intranet.example.com/report');
+    const failure = describeFailure(new SystemNtlmRefusedError('https://intranet.example.com'), {
+      url,
+      maxTime: undefined,
+    });
+    expect([failure.exit, failure.refused]).toEqual([22, true]);
+    expect(failure.message).toBe(
+      "intranet.example.com offered Negotiate, and the system's Negotiate (SSPI or gss-ntlmssp) answered with NTLM, which proves the logged-on user's password, not with a Kerberos ticket: not sent, as https://intranet.example.com may have no password; give --trust https://intranet.example.com if it is meant to have it, or get a Kerberos ticket it takes (kinit; multileg doctor URL checks the SPN) (MULTILEG_SYSTEM_NTLM_REFUSED)",
     );
   });
 

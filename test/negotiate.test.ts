@@ -12,7 +12,13 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MultilegAgent } from '../src/agent.ts';
 import type { Challenge } from '../src/challenge/types.ts';
-import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../src/errors.ts';
+import {
+  InvalidTokenError,
+  MechanismError,
+  type MultilegError,
+  MutualAuthError,
+  SystemNtlmRefusedError,
+} from '../src/errors.ts';
 import {
   carriesKerberosApReq,
   GSS_C_DELEG_FLAG,
@@ -1080,7 +1086,7 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(await run(FIRST, authenticate, [krb, challenge])).toEqual([false, false, false]);
   });
 
-  it("S1: where passwordAllowed refuses the origin (an agent without trustedOrigins), NTLM the system's SPNEGO chooses never goes: a first token that is NTLM (in SPNEGO, or bare as SSPI sends it) is not returned, and after a Kerberos token a server's first reply choosing NTLMSSP gets no next step from GSS-API — MechanismError naming trustedOrigins; Kerberos taking another leg goes on", async () => {
+  it("S1: where passwordAllowed refuses the origin (an agent without trustedOrigins), NTLM the system's SPNEGO chooses never goes: a first token that is NTLM (in SPNEGO, or bare as SSPI sends it) is not returned, and after a Kerberos token a server's first reply choosing NTLMSSP gets no next step from GSS-API — SystemNtlmRefusedError (MULTILEG_SYSTEM_NTLM_REFUSED, its origin) naming trustedOrigins; Kerberos taking another leg goes on", async () => {
     const ntlm = (type: number) => Buffer.from(`NTLMSSP\0${String.fromCharCode(type)}\0\0\0`, 'latin1');
     const resp = (r: Parameters<typeof encodeNegTokenResp>[0]) => encodeNegTokenResp(r).toString('base64');
     const reply = (mech: string) =>
@@ -1092,13 +1098,16 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
       const got: string[] = [];
       for (const r of [undefined, ...replies]) {
         const out = await ctx.step(r === undefined ? undefined : ch(r), leg).catch((e: MultilegError) => e);
-        if (out instanceof MechanismError) expect(out.message).toContain(`List ${leg.origin} in trustedOrigins`);
+        if (out instanceof SystemNtlmRefusedError) {
+          expect(out.origin).toBe(leg.origin);
+          expect(out.message).toContain(`List ${leg.origin} in trustedOrigins`);
+        }
         got.push(typeof out === 'string' ? out : (out as MultilegError).code);
         if (typeof out !== 'string') break;
       }
       return [got, kerberos.calls.length];
     };
-    const refused = 'MULTILEG_MECHANISM';
+    const refused = 'MULTILEG_SYSTEM_NTLM_REFUSED';
     // gss-ntlmssp chosen by MIT's SPNEGO (no ticket, NTLM_USER_FILE), and SSPI's bare NTLM.
     expect(await run(encodeNegTokenInit([OID_NTLMSSP], ntlm(1)).toString('base64'), [])).toEqual([[refused], 1]);
     expect(await run(ntlm(1).toString('base64'), [])).toEqual([[refused], 1]);
@@ -1108,7 +1117,7 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(await run(FIRST, [reply(OID_KRB5)])).toEqual([[`Negotiate ${FIRST}`, 'Negotiate TkVYVA=='], 2]);
   });
 
-  it("S1: an agent without trustedOrigins refuses the system's NTLM (SSPI's bare NTLM first token, a fake addon here) at an https origin it names: MechanismError, no Authorization sent; with the origin listed it goes (the agent's passwordAllowed, no peers needed)", async () => {
+  it("S1: an agent without trustedOrigins refuses the system's NTLM (SSPI's bare NTLM first token, a fake addon here) at an https origin it names: SystemNtlmRefusedError with its origin, no Authorization sent; with the origin listed it goes (the agent's passwordAllowed, no peers needed)", async () => {
     const bareNtlm = Buffer.from('NTLMSSP\0\x01\0\0\0', 'latin1').toString('base64');
     const seen: string[] = [];
     const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
@@ -1130,7 +1139,9 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
       return a;
     };
     const refused = await request(`${origin}/`, { dispatcher: agentWith() }).catch((e: MultilegError) => e);
-    expect(refused).toBeInstanceOf(MechanismError);
+    expect(refused).toBeInstanceOf(SystemNtlmRefusedError);
+    expect(refused).not.toBeInstanceOf(MechanismError);
+    expect(refused).toMatchObject({ code: 'MULTILEG_SYSTEM_NTLM_REFUSED', origin });
     expect((refused as Error).message).toContain(`List ${origin} in trustedOrigins`);
     expect(seen.filter((a) => a !== '')).toEqual([]);
     const listed = await request(`${origin}/`, { dispatcher: agentWith([origin]) }).then(

@@ -13,6 +13,7 @@ import {
   MultilegError,
   QueueTimeoutError,
   StreamRefusedError,
+  SystemNtlmRefusedError,
 } from '../errors.ts';
 import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
@@ -383,6 +384,17 @@ export function describeFailure(
           : `the Authorization given with -H ${copied}: it was not sent, since ${host} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -u DOMAIN\\user with --ntlm or --negotiate`;
     return { exit: EXIT.failure, message: `${message} (${e.code})`, refused: true };
   }
+  // S1: no login was made for the origin's 401 (the system's SPNEGO chose NTLM, the logged-on user's
+  // password, where none may go). curl ends a login it does not make with the server's 401: 22 with
+  // -f, else 0 with the page shown (http.c, authproblem). No page comes with this error, and 0 would
+  // tell a script the transfer worked: 22. (The command's agent always has trustedOrigins, so its own
+  // runs do not raise it today: this keeps the error from ending as a bare 1 if one ever does.)
+  if (e instanceof SystemNtlmRefusedError)
+    return {
+      exit: EXIT.httpError,
+      message: `${host} offered Negotiate, and the system's Negotiate (SSPI or gss-ntlmssp) answered with NTLM, which proves the logged-on user's password, not with a Kerberos ticket: not sent, as ${e.origin} may have no password; give --trust ${e.origin} if it is meant to have it, or get a Kerberos ticket it takes (kinit; multileg doctor URL checks the SPN) (${e.code})`,
+      refused: true,
+    };
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =
