@@ -16,6 +16,7 @@ export const MULTILEG_ERROR_CODES = [
   'MULTILEG_INVALID_CHALLENGE',
   'MULTILEG_NODE_VERSION',
   'MULTILEG_CLEARTEXT',
+  'MULTILEG_SYSTEM_NTLM_REFUSED',
   'MULTILEG_LEG_LIMIT',
   'MULTILEG_QUEUE_FULL',
   'MULTILEG_QUEUE_TIMEOUT',
@@ -238,6 +239,25 @@ export class MechanismUnavailableError extends MultilegError {
 export class MechanismError extends MultilegError {
   constructor(scheme: string, detail: string, options?: { cause?: unknown }) {
     super('MULTILEG_MECHANISM', `${scheme}: ${detail}`, options);
+  }
+}
+
+/**
+ * S1: the system's SPNEGO (SSPI's fallback, gss-ntlmssp with NTLM_USER_FILE) chose NTLM, which proves
+ * the logged-on user's password, for an origin no password may go to (an agent without
+ * `trustedOrigins`, or `negotiate.passwordAllowed` refusing it): nothing was sent with it. A trust
+ * decision, not a protocol failure: a code of its own (not `MechanismError`'s), so that a caller
+ * tells it apart from a mechanism that failed.
+ */
+export class SystemNtlmRefusedError extends MultilegError {
+  /** The origin the NTLM was refused for. */
+  readonly origin: string;
+  constructor(origin: string) {
+    super(
+      'MULTILEG_SYSTEM_NTLM_REFUSED',
+      `Negotiate: the system's Negotiate (SSPI or gss-ntlmssp) answered ${origin} with NTLM, not a Kerberos ticket: NTLM proves the logged-on user's password, which goes only where a password may (an origin listed in trustedOrigins, and allowed by negotiate.passwordAllowed where one is given); nothing was sent with it. List ${origin} in trustedOrigins if it is meant to have it, or get a Kerberos ticket it takes (kinit, its SPN)`,
+    );
+    this.origin = origin;
   }
 }
 

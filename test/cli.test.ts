@@ -15,7 +15,14 @@ import { describeFailure, explain401, explain407, forCli } from '../src/cli/expl
 import { parseCli, parseSchemes, program, shownArgv } from '../src/cli/options.ts';
 import { CliTrust, parseTrust } from '../src/cli/trust.ts';
 import { writeOut } from '../src/cli/write-out.ts';
-import { ConfigError, ConnectionClosedError, HandshakeTimeoutError, QueueTimeoutError } from '../src/errors.ts';
+import {
+  ConfigError,
+  ConnectionClosedError,
+  HandshakeTimeoutError,
+  QueueTimeoutError,
+  SystemNtlmRefusedError,
+} from '../src/errors.ts';
+import { type KerberosUnknownServiceError, mapGssError } from '../src/mechanisms/negotiate/errors.ts';
 import { NtlmAcceptor } from '../src/mechanisms/ntlm/acceptor.ts';
 import { ntlmMechanism } from '../src/mechanisms/ntlm/index.ts';
 import { unsupportedNode } from '../src/node-version.ts';
@@ -1501,6 +1508,18 @@ describe('multileg command line', () => {
     );
   });
 
+  it("S1: the system's NTLM refused for an origin no password may go to (SystemNtlmRefusedError) is curl's 22 for a login it did not make, never retried, and its fix is --trust ORIGIN (it was a bare 1 as MULTILEG_MECHANISM)", () => {
+    const url = new URL('https://intranet.example.com/report');
+    const failure = describeFailure(new SystemNtlmRefusedError('https://intranet.example.com'), {
+      url,
+      maxTime: undefined,
+    });
+    expect([failure.exit, failure.refused]).toEqual([22, true]);
+    expect(failure.message).toBe(
+      "intranet.example.com offered Negotiate, and the system's Negotiate (SSPI or gss-ntlmssp) answered with NTLM, which proves the logged-on user's password, not with a Kerberos ticket: not sent, as https://intranet.example.com may have no password; give --trust https://intranet.example.com if it is meant to have it, or get a Kerberos ticket it takes (kinit; multileg doctor URL checks the SPN) (MULTILEG_SYSTEM_NTLM_REFUSED)",
+    );
+  });
+
   it('C8/H5: a forwarding proxy that closed under a POST it may have read (ProxyClosedError) is curl\'s 52, "Empty reply from server", which only --retry-all-errors retries', () => {
     const url = new URL('http://intranet.example.com/form');
     const failure = describeFailure(new ProxyClosedError('http://proxy:3128', 'POST'), { url, maxTime: undefined });
@@ -2898,6 +2917,16 @@ describe('multileg command line', () => {
     );
     expect(forCli('check the SPN given in proxy.negotiate.spn against')).toBe(
       'check the SPN given in --proxy-spn against',
+    );
+  });
+
+  it("S1/M2: an unknown SPN's fix on the command line names --canonicalize-host and --spn without the library's \"need trustedOrigins\": the command trusts the URL's origin with them", () => {
+    const unknown = mapGssError(new Error('Server HTTP/nosuchhost@EXAMPLE.TEST not found in Kerberos database'), {
+      spn: 'HTTP@nosuchhost',
+    }) as KerberosUnknownServiceError;
+    expect(unknown.fix).toContain('need trustedOrigins');
+    expect(forCli(unknown.fix)).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need --canonicalize-host, a non-default port --spn HTTP@host:port) or pass --spn",
     );
   });
 

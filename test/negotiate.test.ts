@@ -12,7 +12,13 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MultilegAgent } from '../src/agent.ts';
 import type { Challenge } from '../src/challenge/types.ts';
-import { InvalidTokenError, MechanismError, type MultilegError, MutualAuthError } from '../src/errors.ts';
+import {
+  InvalidTokenError,
+  MechanismError,
+  type MultilegError,
+  MutualAuthError,
+  SystemNtlmRefusedError,
+} from '../src/errors.ts';
 import {
   carriesKerberosApReq,
   GSS_C_DELEG_FLAG,
@@ -34,6 +40,7 @@ import {
   normalizeSpn,
   spnFor,
 } from '../src/mechanisms/negotiate/index.ts';
+import { PROXY_KERBEROS_NAMES } from '../src/mechanisms/negotiate/mechanism.ts';
 import { cannotRunHere } from '../src/mechanisms/registry.ts';
 import { encodeOid, tlv } from '../src/mechanisms/spnego/der.ts';
 import {
@@ -53,6 +60,7 @@ import type { LegInfo, Mechanism } from '../src/mechanisms/types.ts';
 import { ProxyAuthenticationError } from '../src/proxy/errors.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { UNUSABLE_MEMORY_MS } from '../src/session/credential-proof.ts';
+import { TrustRequiredError } from '../src/trust/policy.ts';
 import { ALICE } from './helpers.ts';
 
 const leg: LegInfo = {
@@ -171,6 +179,26 @@ describe('M2: GSS-API errors map to actionable typed errors', () => {
     );
     expect(given.message).not.toContain('pass negotiate.spn');
     expect(given.cause).toBeInstanceOf(Error);
+  });
+
+  it("S1/M2: an unknown SPN made from the host: the fix naming negotiate.canonicalizeHost and negotiate.spn says they need trustedOrigins (one step: without it each is a TrustRequiredError at construction); a proxy's, which need none, does not say so", () => {
+    const origin = mapGssError(new Error(GSS.spn), { spn: 'HTTP@nosuchhost' });
+    expect(origin).toBeInstanceOf(KerberosUnknownServiceError);
+    expect((origin as KerberosUnknownServiceError).fix).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need negotiate.canonicalizeHost, a non-default port negotiate.includePort) or pass negotiate.spn (negotiate.canonicalizeHost and negotiate.spn need trustedOrigins, the origins their ticket may go to)",
+    );
+    // What the fix asks for is what the constructor takes with trustedOrigins, and refuses without.
+    for (const negotiate of [{ spn: 'HTTP@web.example.com' }, { canonicalizeHost: true }]) {
+      expect(() => new MultilegAgent({ negotiate })).toThrow(TrustRequiredError);
+      void new MultilegAgent({ negotiate, trustedOrigins: ['https://web.example.com'] }).close();
+    }
+    const proxy = mapGssError(new Error(GSS.spn), {
+      spn: 'HTTP@nosuchhost',
+      naming: PROXY_KERBEROS_NAMES('proxy.credentials'),
+    });
+    expect((proxy as KerberosUnknownServiceError).fix).toBe(
+      "check the SPN (the server's keytab name; a CNAME may need proxy.negotiate.canonicalizeHost, a non-default port proxy.negotiate.includePort) or pass proxy.negotiate.spn",
+    );
   });
 
   it("M5: a client keytab whose key is older than the KDC's (MIT: the AS-REP does not decrypt; AD: pre-authentication failed) is MULTILEG_KRB_KEYTAB naming the kvno check and a new export, the same words with or without a principal (it was a bare GSS-API failure, exit 1) (trial u12)", () => {
@@ -1058,7 +1086,7 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(await run(FIRST, authenticate, [krb, challenge])).toEqual([false, false, false]);
   });
 
-  it("S1: where passwordAllowed refuses the origin (an agent without trustedOrigins), NTLM the system's SPNEGO chooses never goes: a first token that is NTLM (in SPNEGO, or bare as SSPI sends it) is not returned, and after a Kerberos token a server's first reply choosing NTLMSSP gets no next step from GSS-API — MechanismError naming trustedOrigins; Kerberos taking another leg goes on", async () => {
+  it("S1: where passwordAllowed refuses the origin (an agent without trustedOrigins), NTLM the system's SPNEGO chooses never goes: a first token that is NTLM (in SPNEGO, or bare as SSPI sends it) is not returned, and after a Kerberos token a server's first reply choosing NTLMSSP gets no next step from GSS-API — SystemNtlmRefusedError (MULTILEG_SYSTEM_NTLM_REFUSED, its origin) naming trustedOrigins; Kerberos taking another leg goes on", async () => {
     const ntlm = (type: number) => Buffer.from(`NTLMSSP\0${String.fromCharCode(type)}\0\0\0`, 'latin1');
     const resp = (r: Parameters<typeof encodeNegTokenResp>[0]) => encodeNegTokenResp(r).toString('base64');
     const reply = (mech: string) =>
@@ -1070,13 +1098,16 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
       const got: string[] = [];
       for (const r of [undefined, ...replies]) {
         const out = await ctx.step(r === undefined ? undefined : ch(r), leg).catch((e: MultilegError) => e);
-        if (out instanceof MechanismError) expect(out.message).toContain(`List ${leg.origin} in trustedOrigins`);
+        if (out instanceof SystemNtlmRefusedError) {
+          expect(out.origin).toBe(leg.origin);
+          expect(out.message).toContain(`List ${leg.origin} in trustedOrigins`);
+        }
         got.push(typeof out === 'string' ? out : (out as MultilegError).code);
         if (typeof out !== 'string') break;
       }
       return [got, kerberos.calls.length];
     };
-    const refused = 'MULTILEG_MECHANISM';
+    const refused = 'MULTILEG_SYSTEM_NTLM_REFUSED';
     // gss-ntlmssp chosen by MIT's SPNEGO (no ticket, NTLM_USER_FILE), and SSPI's bare NTLM.
     expect(await run(encodeNegTokenInit([OID_NTLMSSP], ntlm(1)).toString('base64'), [])).toEqual([[refused], 1]);
     expect(await run(ntlm(1).toString('base64'), [])).toEqual([[refused], 1]);
@@ -1086,7 +1117,7 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
     expect(await run(FIRST, [reply(OID_KRB5)])).toEqual([[`Negotiate ${FIRST}`, 'Negotiate TkVYVA=='], 2]);
   });
 
-  it("S1: an agent without trustedOrigins refuses the system's NTLM (SSPI's bare NTLM first token, a fake addon here) at an https origin it names: MechanismError, no Authorization sent; with the origin listed it goes (the agent's passwordAllowed, no peers needed)", async () => {
+  it("S1: an agent without trustedOrigins refuses the system's NTLM (SSPI's bare NTLM first token, a fake addon here) at an https origin it names: SystemNtlmRefusedError with its origin, no Authorization sent; with the origin listed it goes (the agent's passwordAllowed, no peers needed)", async () => {
     const bareNtlm = Buffer.from('NTLMSSP\0\x01\0\0\0', 'latin1').toString('base64');
     const seen: string[] = [];
     const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
@@ -1108,7 +1139,9 @@ describe("M2: an SPNEGO reject (negState reject) is the server's refusal, not a 
       return a;
     };
     const refused = await request(`${origin}/`, { dispatcher: agentWith() }).catch((e: MultilegError) => e);
-    expect(refused).toBeInstanceOf(MechanismError);
+    expect(refused).toBeInstanceOf(SystemNtlmRefusedError);
+    expect(refused).not.toBeInstanceOf(MechanismError);
+    expect(refused).toMatchObject({ code: 'MULTILEG_SYSTEM_NTLM_REFUSED', origin });
     expect((refused as Error).message).toContain(`List ${origin} in trustedOrigins`);
     expect(seen.filter((a) => a !== '')).toEqual([]);
     const listed = await request(`${origin}/`, { dispatcher: agentWith([origin]) }).then(

@@ -10,7 +10,13 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { type Dispatcher, fetch, interceptors, type Response, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CleartextCredentialsError, MultilegAgent, MutualAuthError, TrustRequiredError } from '../src/index.ts';
+import {
+  CleartextCredentialsError,
+  MultilegAgent,
+  MutualAuthError,
+  SystemNtlmRefusedError,
+  TrustRequiredError,
+} from '../src/index.ts';
 import type { AcceptorLike, AcceptorStep, ReferenceServer } from '../src/reference-server/index.ts';
 import { startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
@@ -520,7 +526,7 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
     }
   });
 
-  it("S1: NTLM that the system's SPNEGO chooses (the kerberos addon: SSPI, here gss-ntlmssp with NTLM_USER_FILE, no ticket) goes to listed origins only: without a list nothing is sent and the error names trustedOrigins (it answered any https origin offering Negotiate, which relayed it and was logged in as EXAMPLE\\alice: task id)", async () => {
+  it("S1: NTLM that the system's SPNEGO chooses (the kerberos addon: SSPI, here gss-ntlmssp with NTLM_USER_FILE, no ticket) goes to listed origins only: without a list nothing is sent and the error (SystemNtlmRefusedError) names trustedOrigins (it answered any https origin offering Negotiate, which relayed it and was logged in as EXAMPLE\\alice: task id)", async () => {
     const relayed: string[] = [];
     let fresh = true;
     // Takes whatever the client sends and relays it to a real acceptor, as an attacker's origin would.
@@ -545,7 +551,8 @@ describe.skipIf(!havePeers)('trust with an ambient Kerberos ticket (real MIT KDC
       const ambient = new MultilegAgent({ connect: { ca: CA_CERT }, negotiate: { backend: 'kerberos' } });
       agents.push(ambient);
       const refused = await fetch(`${origin}/`, { dispatcher: ambient }).catch((e: { cause?: Error }) => e.cause);
-      expect((refused as { code?: string }).code).toBe('MULTILEG_MECHANISM');
+      expect(refused).toBeInstanceOf(SystemNtlmRefusedError);
+      expect(refused).toMatchObject({ code: 'MULTILEG_SYSTEM_NTLM_REFUSED', origin });
       expect((refused as Error).message).toContain(`List ${origin} in trustedOrigins`);
       expect(relayed).toEqual([]);
       // Listed, the origin is meant to have it: the system's NTLM goes there as before.

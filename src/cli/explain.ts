@@ -13,6 +13,7 @@ import {
   MultilegError,
   QueueTimeoutError,
   StreamRefusedError,
+  SystemNtlmRefusedError,
 } from '../errors.ts';
 import { ticketFixes } from '../mechanisms/negotiate/errors.ts';
 import type { Credentials } from '../mechanisms/types.ts';
@@ -149,6 +150,8 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   [/\bgive a client keytab \(proxy\.negotiate\.keytab\)/g, 'give a client keytab with --keytab FILE'],
   [/\bproxy\.negotiate\.principal\b/g, '--principal'],
   [/\bproxy\.negotiate\.ccache\b/g, '--ccache'],
+  // The command's --spn and --canonicalize-host come with the URL's origin trusted: no --trust needed.
+  [/ \(negotiate\.canonicalizeHost and negotiate\.spn need trustedOrigins, [^)]*\)/g, ''],
   [/(?<!proxy\.)\bnegotiate\.canonicalizeHost\b/g, '--canonicalize-host'],
   [/(?<!proxy\.)\bnegotiate\.includePort\b/g, '--spn HTTP@host:port'],
   [/(?<!proxy\.)\bnegotiate\.spn\b/g, '--spn'],
@@ -381,6 +384,17 @@ export function describeFailure(
           : `the Authorization given with -H ${copied}: it was not sent, since ${host} would check it against no handshake of this command's and count a wrong password toward the account's lockout; drop the header and give -u DOMAIN\\user with --ntlm or --negotiate`;
     return { exit: EXIT.failure, message: `${message} (${e.code})`, refused: true };
   }
+  // S1: no login was made for the origin's 401 (the system's SPNEGO chose NTLM, the logged-on user's
+  // password, where none may go). curl ends a login it does not make with the server's 401: 22 with
+  // -f, else 0 with the page shown (http.c, authproblem). No page comes with this error, and 0 would
+  // tell a script the transfer worked: 22. (The command's agent always has trustedOrigins, so its own
+  // runs do not raise it today: this keeps the error from ending as a bare 1 if one ever does.)
+  if (e instanceof SystemNtlmRefusedError)
+    return {
+      exit: EXIT.httpError,
+      message: `${host} offered Negotiate, and the system's Negotiate (SSPI or gss-ntlmssp) answered with NTLM, which proves the logged-on user's password, not with a Kerberos ticket: not sent, as ${e.origin} may have no password; give --trust ${e.origin} if it is meant to have it, or get a Kerberos ticket it takes (kinit; multileg doctor URL checks the SPN) (${e.code})`,
+      refused: true,
+    };
   if (e instanceof MultilegError) {
     // The proxy's failures exit as curl 8.21's do for the proxy: 5, 7, 60, 28, 56.
     const exit =

@@ -705,14 +705,14 @@ export class ProxyAuth {
   }
 
   /**
-   * The proxy's 407 refused the running handshake's last leg, and goes to the caller
-   * (`proxy.deliver407`) rather than end in {@link answer}'s error: the handshake ends as that
-   * refusal ends it there — reported failed (`opening` when that leg was an NTLM NEGOTIATE, which
-   * carried no password), and a refused connection-bound one marks the connection
+   * The proxy's 407 (its challenges `offered`) refused the running handshake's last leg, and goes to
+   * the caller (`proxy.deliver407`) rather than end in {@link answer}'s error: the handshake ends as
+   * that refusal ends it there — reported failed (`opening` when that leg was an NTLM NEGOTIATE,
+   * which carried no password), and a refused connection-bound one marks the connection
    * ({@link refusedBound}: it retires, H1/C8). Returns what the refusal says of the credentials
    * ({@link refusal}, R4), undefined for a refused opening (no credential judged) or none running.
    */
-  refusedDelivered(challenges: readonly Challenge[]): 'refused' | 'refused-no-password' | undefined {
+  refusedDelivered(offered: readonly Challenge[]): 'refused' | 'refused-no-password' | undefined {
     const state = this.#state;
     if (state.kind !== 'handshaking') return undefined;
     const refusal = this.refusal;
@@ -720,11 +720,11 @@ export class ProxyAuth {
     // Reported with the error the refusal would have thrown without deliver407 (its failureReason:
     // the same report either way, S2: no secret in it).
     const scheme = state.mechanism.scheme;
-    const offered = offeredSchemes(challenges);
+    const schemes = offeredSchemes(offered);
     this.#endRefused(
       state,
       opening,
-      rejected(this.#proxy, scheme, offered, !opening, this.kerberosSkipped(scheme) ?? state.context.fallbackReason),
+      rejected(this.#proxy, scheme, schemes, !opening, this.kerberosSkipped(scheme) ?? state.context.fallbackReason),
     );
     return opening ? undefined : refusal;
   }

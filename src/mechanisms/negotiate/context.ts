@@ -9,7 +9,13 @@
  * and says why in `fallbackReason`. Loaded by a context's first step (mechanism.ts).
  */
 import type { Challenge } from '../../challenge/types.ts';
-import { InvalidTokenError, MechanismError, MultilegError, MutualAuthError } from '../../errors.ts';
+import {
+  InvalidTokenError,
+  MechanismError,
+  MultilegError,
+  MutualAuthError,
+  SystemNtlmRefusedError,
+} from '../../errors.ts';
 import { log } from '../../log.ts';
 import { CredCache, GssCallAbandonedError, type GssCallState } from '../gssapi/index.ts';
 import { decodeOidContent, readTlv } from '../spnego/der.ts';
@@ -179,10 +185,7 @@ export class NegotiateContext implements MechanismContext {
   #refuseSystemNtlm(leg: LegInfo): void {
     if (this.#o.passwordAllowed?.(leg.origin) ?? true) return;
     this.#over();
-    throw new MechanismError(
-      SCHEME,
-      `the system's Negotiate (SSPI or gss-ntlmssp) answered ${leg.origin} with NTLM, not a Kerberos ticket: NTLM proves the logged-on user's password, which goes only where a password may (an origin listed in trustedOrigins, and allowed by negotiate.passwordAllowed where one is given); nothing was sent with it. List ${leg.origin} in trustedOrigins if it is meant to have it, or get a Kerberos ticket it takes (kinit, its SPN)`,
-    );
+    throw new SystemNtlmRefusedError(leg.origin);
   }
 
   #canFallBack(leg: LegInfo): boolean {

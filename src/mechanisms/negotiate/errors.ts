@@ -102,9 +102,15 @@ export class KerberosUnknownServiceError extends KerberosError {
   /** `given`: the SPN is negotiate.spn's, not one made from the URL's host (the fix is then that option's value). */
   constructor(gssMessage: string, spn: string, options?: { cause?: unknown; given?: boolean; names?: KerberosNames }) {
     const o = optionsOf(options);
+    // S1: an agent's negotiate.spn and canonicalizeHost need trustedOrigins (a TrustRequiredError
+    // without it): said here, so that the fix is one step, not a second error. A proxy's need none.
+    const trust =
+      o === ORIGIN_KERBEROS_NAMES.options
+        ? ` (${o}.canonicalizeHost and ${o}.spn need trustedOrigins, the origins their ticket may go to)`
+        : '';
     const fix = options?.given
       ? `check the SPN given in ${o}.spn against the server's keytab name (klist -k on the server)`
-      : `check the SPN (the server's keytab name; a CNAME may need ${o}.canonicalizeHost, a non-default port ${o}.includePort) or pass ${o}.spn`;
+      : `check the SPN (the server's keytab name; a CNAME may need ${o}.canonicalizeHost, a non-default port ${o}.includePort) or pass ${o}.spn${trust}`;
     const what = `the KDC does not know the service principal ${options?.given ? '' : 'for '}${spn}`;
     super('MULTILEG_KRB_UNKNOWN_SPN', what, fix, gssMessage, options);
     this.spn = spn;

@@ -93,7 +93,7 @@ export interface NegotiateOptions {
   /**
    * Whether the password may go to this origin (S1: the agent's trust rules decide); default: always.
    * Without it for an origin, a Kerberos failure there is the typed Kerberos error, never NTLM — nor
-   * the NTLM the system's SPNEGO may choose itself (SSPI, gss-ntlmssp): a `MechanismError`.
+   * the NTLM the system's SPNEGO may choose itself (SSPI, gss-ntlmssp): a `SystemNtlmRefusedError`.
    */
   readonly passwordAllowed?: (origin: string) => boolean;
   /**
