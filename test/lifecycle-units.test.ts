@@ -1027,8 +1027,8 @@ describe('origin memory and session state', () => {
     const proof = new CredentialProof('the proof');
     const first = new Error('407 one');
     const keep = () => {
-      proof.answerWithheld(first);
-      proof.answerWithheld(new Error('407 two'));
+      proof.keepWithheldAnswer(first);
+      proof.keepWithheldAnswer(new Error('407 two'));
       expect(proof.withheldAnswer).toBe(first);
     };
     expect(proof.withheldAnswer).toBeUndefined();
@@ -1057,24 +1057,36 @@ describe('origin memory and session state', () => {
     expect(proof.withheldAnswer).toBeUndefined();
   });
 
-  it("R1/R4: CredentialProof.onWait tells its listeners (a proxy's pools) each time a handshake's leave waits — the refusal memory's recall already running when told, another handshake's probe — not for leave given at once, nor once stopped", async () => {
+  it("R1/R4: CredentialProof.onRecall tells its listeners (a proxy's pools) once each time a recall of the refusal memory begins to wait — the probe's, and that of a waiter handed the probe — the recall running when told; not for a handshake waiting behind it (a burst's every tunnel told every pool: task ih), nor for leave given at once, a recall answered at once, nor once stopped", async () => {
     vi.useFakeTimers();
     const bounds = { maxQueue: 10, queueTimeout: 500 };
-    const proof = recallingProof(() => new Promise((resolve) => setTimeout(() => resolve(undefined), 50)), []);
+    const later = () => new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 50));
+    const recalls: Array<() => Promise<undefined> | undefined> = [later, later, () => undefined, later];
+    const proof = recallingProof(() => recalls.shift()!(), []);
     const told: boolean[] = [];
-    const stop = proof.onWait(() => told.push(proof.recalling));
+    const stop = proof.onRecall(() => told.push(proof.recalling));
     // The probe asks the memory, which answers 50 ms later: it waits, and the recall runs as it is told.
-    const probe = proof.enter(true, signalWaiter(undefined), bounds);
-    // Another password behind it waits for its outcome.
+    const caller = new AbortController();
+    const probe = proof.enter(true, signalWaiter(caller.signal), bounds);
+    expect(told).toEqual([true]);
+    // Another password behind it waits for its outcome: no recall of its own begins.
     const behind = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(behind).toBeInstanceOf(Promise);
+    expect(told).toEqual([true]);
+    // The probe's caller gives up: the one behind is handed the probe and asks the memory in turn.
+    caller.abort(new Error('caller gone'));
+    await expect(probe).rejects.toThrow('caller gone');
     expect(told).toEqual([true, true]);
     await vi.advanceTimersByTimeAsync(50);
-    const ticket = (await probe) as Ticket;
-    proof.settle(ticket, 'success');
     proof.settle((await behind) as Ticket, 'success');
     // Proved lately: leave at once, nothing to tell.
     expect(proof.enter(true, signalWaiter(undefined), bounds)).toBeInstanceOf(Ticket);
+    // Stale: the next probe asks again; the memory answers at once, so no recall waits.
+    vi.advanceTimersByTime(PROOF_FRESH_MS);
+    const atOnce = proof.enter(true, signalWaiter(undefined), bounds);
+    expect(atOnce).toBeInstanceOf(Ticket);
     expect(told).toHaveLength(2);
+    proof.settle(atOnce as Ticket, 'success');
     stop();
     vi.advanceTimersByTime(PROOF_FRESH_MS);
     const next = proof.enter(true, signalWaiter(undefined), bounds);

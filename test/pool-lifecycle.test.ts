@@ -133,16 +133,16 @@ describe('HTTP/1.1 origins and idle pools', () => {
 });
 
 describe('R1/R4: idle pools through a proxy', () => {
-  it("R1/R4: past 64 origins through a proxy, each idle pool the agent drops stops listening to the proxy credentials' proof (CredentialProof.onWait, which outlives it): an agent talking to many origins over time keeps no listener for each it ever used", async () => {
+  it("R1/R4: past 64 origins through a proxy, each idle pool the agent drops stops listening to the proxy credentials' proof (CredentialProof.onRecall, which outlives it): an agent talking to many origins over time keeps no listener for each it ever used", async () => {
     const proxy = await startReferenceProxy({});
     cleanups.push(() => proxy.close());
     let stopped = 0;
-    const onWait = CredentialProof.prototype.onWait;
-    const listens = vi.spyOn(CredentialProof.prototype, 'onWait').mockImplementation(function (
+    const onRecall = CredentialProof.prototype.onRecall;
+    const listens = vi.spyOn(CredentialProof.prototype, 'onRecall').mockImplementation(function (
       this: CredentialProof,
       listener: () => void,
     ) {
-      const stop = onWait.call(this, listener);
+      const stop = onRecall.call(this, listener);
       return () => {
         stopped += 1;
         stop();

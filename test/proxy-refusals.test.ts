@@ -5,7 +5,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   MultilegAgent,
   type MultilegAgentOptions,
@@ -26,6 +26,7 @@ import {
   startReferenceProxy,
   startReferenceServer,
 } from '../src/reference-server/index.ts';
+import { CredentialProof } from '../src/session/credential-proof.ts';
 import {
   abortedWhileRecalling,
   answeringRefusalMemory,
@@ -1160,6 +1161,42 @@ describe('requests started together through a proxy while its refusal memory is 
       expect(slowMemory.calls.filter((c) => c === 'recall')).toEqual(['recall']);
     },
   );
+
+  it('R1/R4: ten requests started together at two origins through one forwarding proxy (NTLM its only scheme, over HTTP/2) while the refusalMemory answers after 100 ms: each pool through the proxy is told once of the recall (CredentialProof.onRecall), not once per connection whose leave waits behind it — every one 200, the memory asked once', async () => {
+    const slowMemory = slowRefusalMemory(100);
+    // Each call of a pool's listener, of any proof (only the proxy's has listeners).
+    let told = 0;
+    let listening = 0;
+    const onRecall = CredentialProof.prototype.onRecall;
+    const listens = vi.spyOn(CredentialProof.prototype, 'onRecall').mockImplementation(function (
+      this: CredentialProof,
+      listener: () => void,
+    ) {
+      listening += 1;
+      return onRecall.call(this, () => {
+        told += 1;
+        listener();
+      });
+    });
+    closers.push(async () => listens.mockRestore());
+    const base = await burstAgent(
+      false,
+      'NTLM',
+      true,
+      slowMemory.memory,
+      { ntlmUsers: { proxyuser: 'proxypw' } },
+      2_000,
+    );
+    // The same server by two names: two pools through the proxy, a proxy connection each.
+    const other = base.replace('localhost', '127.0.0.1');
+    const [a, b] = await Promise.all([burst(base, 5), burst(other, 5)]);
+    expect([...a.outcomes, ...b.outcomes]).toEqual(Array(10).fill(200));
+    expect(slowMemory.calls.filter((c) => c === 'recall')).toEqual(['recall']);
+    expect(listening).toBe(2);
+    // Before (task ih): each connection's leave waiting here told every pool (its opening's NEGOTIATE
+    // behind the probe's recall: 2 connections × 2 pools), and each pool pumped anew at each.
+    expect(told).toBe(2);
+  });
 
   it.each([5, 20])(
     "R1/R4: %i requests started together through a forwarding proxy that offers Basic only, NTLM the agent's only scheme, while the refusalMemory answers after 100 ms: each ends in the proxy's ProxyAuthenticationError (none of the offered schemes is configured), none a QueueTimeoutError — the memory asked once, for the opening: a 407 that no configured scheme answers takes no leave",

@@ -466,7 +466,7 @@ const REPLACED = new Error('proxy credentials replaced');
  * Leave to send the proxy credentials (account lockout: one connection at a time until proved, none
  * for a while after the proxy refused them). The wait has its own bounds (R1): the exchange's clock
  * stops meanwhile and runs again after it, as for a handshake slot. The proof tells those listening
- * when it waits (the refusal memory's recall, or another handshake's proof: CredentialProof.onWait).
+ * when the refusal memory's recall begins to wait (CredentialProof.onRecall).
  */
 export async function proxyLeave(
   proxy: ResolvedProxy,

@@ -159,8 +159,8 @@ export class CredentialProof {
   #watchers: WaitQueue<Watched, Waiter> | undefined;
   /** What a request sent without the credentials after its recall was given up got, and when ({@link withheldAnswer}). */
   #withheld: { readonly answer: Error; readonly at: number } | undefined;
-  /** Told when a handshake's leave to send the credentials waits here ({@link onWait}). */
-  readonly #waitListeners = new Set<() => void>();
+  /** Told when a recall of the refusal memory begins to wait here ({@link onRecall}). */
+  readonly #recallListeners = new Set<() => void>();
 
   constructor(what: string, keeping?: RefusalKeeping) {
     this.#what = what;
@@ -235,7 +235,7 @@ export class CredentialProof {
   }
 
   /** Keeps `answer` as the {@link withheldAnswer} (the first one stands until forgotten). */
-  answerWithheld(answer: Error): void {
+  keepWithheldAnswer(answer: Error): void {
     if (this.withheldAnswer === undefined) this.#withheld = { answer, at: Date.now() };
   }
 
@@ -317,26 +317,25 @@ export class CredentialProof {
   enter(password: boolean, waiter: Waiter, bounds: WaitBounds): Admission | Promise<Admission> {
     if (this.#ended) return Promise.reject(this.#ended);
     const admission = this.#admit(password);
-    const entering =
-      admission === undefined
-        ? this.wait(waiter, bounds).then((woken) => this.#recall(woken, password, waiter, bounds))
-        : this.#recall(admission, password, waiter, bounds);
-    // (Once the wait is set up: a listener reading {@link recalling} sees this one's recall.)
-    if (entering instanceof Promise) for (const listener of [...this.#waitListeners]) listener();
-    return entering;
+    if (admission === undefined)
+      return this.wait(waiter, bounds).then((woken) => this.#recall(woken, password, waiter, bounds));
+    return this.#recall(admission, password, waiter, bounds);
   }
 
   /**
-   * R1/R4: `listener` is told each time a handshake's leave to send the credentials waits here
-   * ({@link enter}) — the refusal memory's recall among them ({@link recalling}), which may take up
-   * to limits.queueTimeout before anything goes on that connection. A proxy's origin pools listen:
+   * R1/R4: `listener` is told each time a recall of the refusal memory begins to wait here
+   * ({@link recalling}: a probe's, or that of a waiter handed the probe), which may take up to
+   * limits.queueTimeout before anything goes on that connection. A proxy's origin pools listen:
    * their requests waiting for a connection wait for the recall's outcome instead (OriginPool
-   * #watchProxy), rather than past their own bound, begun before the recall's. Returns what stops it.
+   * #watchWaiting), rather than past their own bound, begun before the recall's. Once per recall,
+   * not per handshake waiting behind it (a burst's every tunnel): nothing else a pool's requests
+   * waiting there would do differently. Told synchronously, so a listener must not enter this proof
+   * (the pools' only move waiting requests to {@link watch}). Returns what stops it.
    */
-  onWait(listener: () => void): () => void {
-    this.#waitListeners.add(listener);
+  onRecall(listener: () => void): () => void {
+    this.#recallListeners.add(listener);
     return () => {
-      this.#waitListeners.delete(listener);
+      this.#recallListeners.delete(listener);
     };
   }
 
@@ -357,7 +356,11 @@ export class CredentialProof {
     }
     admission.recalled = place;
     if (!(recalled instanceof Promise)) return this.#recalled(admission, recalled);
-    return this.#awaitRecall(admission, recalled, bounds.queueTimeout, waiter, givenUp);
+    const waiting = this.#awaitRecall(admission, recalled, bounds.queueTimeout, waiter, givenUp);
+    // (Once the wait is set up: a listener reading {@link recalling} sees this one's recall, unless
+    // the agent's end or the caller's abort already gave it up.)
+    if (this.recalling) for (const listener of [...this.#recallListeners]) listener();
+    return waiting;
   }
 
   /**

@@ -214,12 +214,13 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     this.#challenges = new ChallengeRecords(options.limits, () => this.#pump());
     this.#route = options.proxy.route(origin, named?.name);
     if (this.#route) log.pool('%s via %s proxy %s', origin, this.#route.kind, this.#route.proxy.origin);
-    // R1/R4: a connection's leave to send the proxy credentials waits (a forwarded request's, or a
-    // CONNECT's) — for the refusal memory's recall, say: nothing goes on it meanwhile, and the
-    // requests waiting here for a connection wait for the recall's outcome instead (#pump,
-    // #watchProxy): proved, they ride the authenticated connection, as without a memory; the recall
-    // given up, each goes to the proxy once without the credentials.
-    this.#unlisten = this.#route?.proxy.proof.onWait(() => this.#pump());
+    // R1/R4: a recall of the refusal memory for the proxy credentials begins to wait (a forwarded
+    // request's, or a CONNECT's): nothing goes on that connection meanwhile, and the requests waiting
+    // here for a connection wait for the recall's outcome instead (#watchWaiting): proved, they ride
+    // the authenticated connection, as without a memory; the recall given up, each goes to the proxy
+    // once without the credentials. That move alone, not a pump: told synchronously by whichever
+    // pool's request began the recall, it calls into no session, proof or caller (no re-entrancy).
+    this.#unlisten = this.#route?.proxy.proof.onRecall(() => this.#watchWaiting());
     this.#env = {
       memory: this.memory,
       mechanisms,
@@ -535,9 +536,9 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
     }
     if (this.#watchHolders) this.#checkHolders();
     // R1/R4: withheld, and the proxy's answer to that bare CONNECT is known already: it is this one's.
-    const answer = this.#withheldAnswer(job);
+    const answer = job.proxyWatch === 'withheld' && carries(job.identity, 'proxy') ? this.#withheldAnswer : undefined;
     if (answer) {
-      this.#fail(job, answer);
+      this.#fail(job, ownCopy(answer));
       return;
     }
     const proved = this.#route?.proxy.proved;
@@ -600,7 +601,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   /**
    * R1/R4: a request that would wait here for a session while a recall of the refusal memory for the
    * proxy credentials waits (a session's first request, before its handshake with the proxy sends
-   * the password: CredentialProof.onWait) waits for that recall's outcome instead, once
+   * the password: CredentialProof.onRecall) waits for that recall's outcome instead, once
    * (CredentialProof.watch) — no session gets further than the proxy's gate before it, and this
    * wait, begun after the recall, ends after its bound, where the pool's, begun before it, ran out
    * first (QueueTimeoutError). Then it comes back here as any request does: proved, it rides the
@@ -926,7 +927,13 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    * DNS): the next waiter's own attempt costs little there and may succeed.
    */
   #connectFailed(failed: Session, err: Error): void {
-    if (failed.proxyCredentialsWithheld && err instanceof ProxyAuthenticationError) this.#withheldAnswered(err);
+    if (failed.proxyCredentialsWithheld && err instanceof ProxyAuthenticationError) {
+      // Kept on the proxy's proof (all the agent's pools share it) for withheld requests still to
+      // come: through a tunnel only, where it is read (#withheldAnswer; a forwarded request's 407 is
+      // its own, and only a tunnel's CONNECT fails a connection with it).
+      if (this.#route?.kind === 'tunnel') this.#route.proxy.proof.keepWithheldAnswer(err);
+      this.#answerWithheld(err);
+    }
     if (!CONNECT_TIMEOUTS.has((err as { code?: unknown }).code as string)) return;
     if (this.#sessions.some((s) => s !== failed && !s.closed && s.connection !== undefined)) return;
     log.pool('%s connection timed out (%s): failing the requests waiting for one', this.origin, err.message);
@@ -936,20 +943,13 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
 
   /**
    * R1/R4: a tunnel whose CONNECT went without the proxy credentials (the refusal memory's recall
-   * given up at queueTimeout: Job.proxyWatch `withheld`) got the proxy's 407, `err`. The other
-   * withheld requests waiting here for a connection end with it at once, each its own copy, rather
-   * than each open a tunnel in turn in a fresh pool wait (20–50 of them one after another ran past
-   * queueTimeout: QueueTimeoutError). That is their answer too: each would send the same bare CONNECT
-   * (nothing of the credentials; the memory not asked again for it) to the same proxy, and the
-   * proxy's answer to that is known now. A withheld request of any recall given up is such a request.
+   * given up at queueTimeout: Job.proxyWatch `withheld`) got the proxy's 407, `err` (or it is known
+   * already: {@link #withheldAnswer}). The withheld requests waiting here for a connection end with
+   * it at once, each its own copy, rather than each open a tunnel in turn in a fresh pool wait (20–50
+   * of them one after another ran past queueTimeout: QueueTimeoutError). That is their answer too:
+   * each would send the same bare CONNECT (nothing of the credentials; the memory not asked again
+   * for it) to the same proxy. A withheld request of any recall given up is such a request.
    */
-  #withheldAnswered(err: ProxyAuthenticationError): void {
-    // Kept on the proxy's proof (all the agent's pools share it) for withheld requests still to come.
-    this.#route?.proxy.proof.answerWithheld(err);
-    this.#answerWithheld(err);
-  }
-
-  /** The withheld requests waiting here for a connection end with `err`, each its own copy. */
   #answerWithheld(err: Error): void {
     for (const { identity, queue } of this.#waiting.values()) {
       if (queue.length === 0 || !carries(identity, 'proxy')) continue;
@@ -965,21 +965,25 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
   }
 
   /**
-   * R1/R4: a withheld request (Job.proxyWatch `withheld`: its wait for the proxy credentials' recall
-   * ended with it given up) reaching the pool, or still waiting in it, once the proxy's answer to such
-   * a bare CONNECT is known (CredentialProof.withheldAnswer: this pool's, or another's through the
-   * same proxy): it gets that answer, its own copy, rather than one more bare CONNECT to the proxy.
-   * Undefined while none is known (or it was forgotten) or the request is not withheld.
+   * R1/R4: the proxy's answer to a withheld bare CONNECT, once known (CredentialProof.withheldAnswer:
+   * this pool's, or another's through the same proxy), for a pool that tunnels; undefined while none
+   * is known (or it was forgotten). A withheld request reaching the pool, or still waiting in it,
+   * gets it, its own copy, rather than one more bare CONNECT to the proxy.
    */
-  #withheldAnswer(job: Job): Error | undefined {
-    if (job.proxyWatch !== 'withheld' || !carries(job.identity, 'proxy')) return undefined;
-    const answer = this.#tunnelAnswer();
-    return answer && ownCopy(answer);
+  get #withheldAnswer(): Error | undefined {
+    return this.#route?.kind === 'tunnel' ? this.#route.proxy.proof.withheldAnswer : undefined;
   }
 
-  /** The proxy's known answer to a withheld bare CONNECT, for a pool that tunnels (a forwarded request's 407 is its own). */
-  #tunnelAnswer(): Error | undefined {
-    return this.#route?.kind === 'tunnel' ? this.#route.proxy.proof.withheldAnswer : undefined;
+  /**
+   * R1/R4: while a recall of the refusal memory for the proxy credentials waits, the requests
+   * already waiting here for a session wait for its outcome instead (#watchProxy). Calls into no
+   * session, proof (but its watch) or caller: the proof's onRecall runs it synchronously.
+   */
+  #watchWaiting(): void {
+    if (this.#end || !this.#route?.proxy.proof.recalling) return;
+    for (const { identity, queue } of this.#waiting.values())
+      if (queue.length > 0 && carries(identity, 'proxy'))
+        for (const job of queue.take((j) => j.proxyWatch === 'unwatched')) this.#watchProxy(job);
   }
 
   /** Hands freed capacity to waiting requests, in arrival order per lane and identity. */
@@ -989,15 +993,10 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
       if (s.closed && s.inflight === 0) this.#sessions.splice(i, 1);
     }
     if (this.#end) return;
-    // R1/R4: withheld requests waiting here meet the proxy's answer already known (#withheldAnswer).
-    const answer = this.#tunnelAnswer();
+    // R1/R4: withheld requests waiting here meet the proxy's answer already known.
+    const answer = this.#withheldAnswer;
     if (answer) this.#answerWithheld(answer);
-    // R1/R4: the requests already waiting for a session held by the proxy credentials' recall wait
-    // for its outcome instead (#watchProxy).
-    if (this.#route?.proxy.proof.recalling)
-      for (const { identity, queue } of this.#waiting.values())
-        if (queue.length > 0 && carries(identity, 'proxy'))
-          for (const job of queue.take((j) => j.proxyWatch === 'unwatched')) this.#watchProxy(job);
+    this.#watchWaiting();
     for (const { lane, identity, queue } of this.#waiting.values()) {
       // H2: requests that waited for an "auto" session go on HTTP/1.1 once the origin asked for it
       // (GOAWAY HTTP_1_1_REQUIRED): not on a new HTTP/2 session that meets the same refusal.
