@@ -469,6 +469,13 @@ const HTTP2_ERROR_NAMES = [
   'HTTP_1_1_REQUIRED',
 ];
 
+/** Before the caller's response, not sent again: whether it may go again is the caller's to judge. */
+function resendAdvice(method: string, idempotent: boolean): string {
+  return idempotent
+    ? ': the request is idempotent, so it may be sent again'
+    : `: send the ${method} again only if that is safe`;
+}
+
 /**
  * R1: what a {@link ConnectionClosedError} says of an HTTP/2 stream `who` reset under `method` after
  * its response head: the code, what it means for this response, and what to do.
@@ -489,10 +496,7 @@ function streamResetMessage(
         : code === 13
           ? 'the server wants this request over HTTP/1.1: use HTTP/1.1 (allowH2: false)'
           : "the server failed or gave up the response: check the server's logs";
-  /** Before the caller's response: whether it may go again is the caller's to judge. */
-  const resend = idempotent
-    ? ': the request is idempotent, so it may be sent again'
-    : `: send the ${method} again only if that is safe`;
+  const resend = resendAdvice(method, idempotent);
   if (challenge !== undefined)
     // R1/C8: the challenge's head was whole, but the server failed the exchange it began: the
     // handshake does not answer it (curl fails the transfer too: "stream was not closed cleanly").
@@ -580,7 +584,7 @@ export class ConnectionClosedError extends MultilegError {
     // R1/C8: the challenge's head was whole, the rest of it never came: the handshake does not answer it.
     const challengeCut =
       cut &&
-      `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${cut.idempotent ? ': the request is idempotent, so it may be sent again' : `: send the ${method} again only if that is safe`}; check the ${via}'s logs`;
+      `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${resendAdvice(method, cut.idempotent)}; check the ${via}'s logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
       options?.streamReset !== undefined
