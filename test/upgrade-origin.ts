@@ -78,6 +78,11 @@ export async function upgradeServer(opts: {
   closeOnChallenge?: boolean | 'first';
   /** A `Keep-Alive` header on every 401 (e.g. `timeout=2`: Apache's KeepAliveTimeout 2). */
   keepAlive?: string;
+  /**
+   * The NTLM 401 answering the request with this index (0-based, across connections) comes with its
+   * head whole and a few bytes of its body, then the connection closes (a challenge's body cut short).
+   */
+  cutChallengeAt?: number;
   /** NTLM's CHALLENGE (the 401 to a NEGOTIATE) is written once this settles. */
   holdChallenge?: () => Promise<void>;
   /**
@@ -115,15 +120,17 @@ export async function upgradeServer(opts: {
       ? `cert:${(socket as TLSSocket).getPeerCertificate().subject?.CN}`
       : undefined;
     let buf = Buffer.alloc(0);
-    const respond = (status: number, text: string, headers: Record<string, string>, body = '') => {
+    const respond = (status: number, text: string, headers: Record<string, string>, body = '', cut = false) => {
       socket.write(
         `HTTP/1.1 ${status} ${text}\r\n${Object.entries({
           ...headers,
           ...(status === 401 && opts.keepAlive ? { 'keep-alive': opts.keepAlive } : {}),
-          'content-length': String(Buffer.byteLength(body)),
+          'content-length': String(Buffer.byteLength(body) + (cut ? 100 : 0)),
         })
           .map(([k, v]) => `${k}: ${v}\r\n`)
           .join('')}\r\n${body}`,
+        // (Written first, then closed: the head and those bytes reach the client before the close.)
+        cut ? () => setTimeout(() => socket.destroy(), 20) : undefined,
       );
     };
     const onData = (d: Buffer) => {
@@ -192,12 +199,14 @@ export async function upgradeServer(opts: {
             const closing =
               result?.kind === 'challenge' &&
               (opts.closeOnChallenge === true || (opts.closeOnChallenge === 'first' && connection === 1));
+            const cut = seen.length - 1 === opts.cutChallengeAt;
             const answer = () => {
               respond(
                 401,
                 'Unauthorized',
                 { 'www-authenticate': offer, ...legCookie, ...(closing ? { connection: 'close' } : {}) },
                 opts.challengeBody ?? 'who are you?',
+                cut,
               );
               if (closing) socket.end();
               if (result?.kind === 'challenge') opts.challengeWritten?.(connection, () => socket.destroy());

@@ -468,6 +468,37 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen).toHaveLength(1);
   });
 
+  for (const [at, which] of [
+    [0, 'the bare first 401'],
+    [1, "NTLM's CHALLENGE (the 401 to the NEGOTIATE)"],
+  ] as const) {
+    it(`R1/C8: an origin that closes the connection partway through the body of ${which} to an upgrade (its head whole): ConnectionClosedError naming the origin and the challenge (challengeCut), undici's SocketError its cause, nothing more written; the next upgrade authenticates`, async () => {
+      origin = await upgradeServer({ ntlm: true, cutChallengeAt: at });
+      agent = ntlmAgent();
+      const err = await upgradeOrResponse(agent, origin.origin).then(
+        (r) => r,
+        (e: Error) => e,
+      );
+      // Before: undici's bare SocketError ('other side closed').
+      expect(err).toBeInstanceOf(ConnectionClosedError);
+      expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', peer: origin.origin, challengeCut: 401 });
+      expect((err as Error).message).toContain(
+        `origin ${origin.origin} closed the connection partway through the body of its 401 challenge to the GET`,
+      );
+      expect((err as Error).message).not.toContain('alicepw');
+      expect(((err as Error).cause as { code?: string }).code).toBe('UND_ERR_SOCKET');
+      expect(origin.seen).toHaveLength(at + 1);
+      const again = await upgradeOrResponse(agent, origin.origin);
+      expect(again.kind).toBe('upgraded');
+      if (again.kind === 'upgraded') sockets.push(again.socket);
+      expect(origin.seen.slice(at + 1).map((s) => [s.connection, s.authorization, s.status])).toEqual([
+        [2, undefined, 401],
+        [2, 'NTLM/1', 401],
+        [2, 'NTLM/3', 101],
+      ]);
+    });
+  }
+
   it("S1/S6: an upgrade whose Host header names another origin goes as the caller's own: no NTLM of the agent's, the origin's 401 to the caller", async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent();

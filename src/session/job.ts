@@ -145,8 +145,11 @@ export const http1Only = (opts: Dispatcher.DispatchOptions): boolean =>
  * Whether `job` may go to the server twice: its `idempotent` dispatch option, else undici's own rule
  * (GET and HEAD), as undici decides whether to retry a request on a connection that closed.
  */
-export const mayGoTwice = (job: Job): boolean =>
-  job.dispatchOptions.idempotent ?? (job.dispatchOptions.method === 'GET' || job.dispatchOptions.method === 'HEAD');
+export const mayGoTwice = (job: Job): boolean => optionsMayGoTwice(job.dispatchOptions);
+
+/** {@link mayGoTwice} of a request's dispatch options (an upgrade's, which is no Job). */
+export const optionsMayGoTwice = (opts: Dispatcher.DispatchOptions): boolean =>
+  opts.idempotent ?? (opts.method === 'GET' || opts.method === 'HEAD');
 
 /** A request as the agent takes it in, before any session: nothing tried, nothing learnt yet. */
 export function newJob(

@@ -76,6 +76,7 @@ import {
   type SchemeFindings,
   withheld401,
 } from '../session/first-challenge.ts';
+import { optionsMayGoTwice } from '../session/job.ts';
 import { kdcSilent, type OriginMemory } from '../session/origin-memory.ts';
 import { type OriginPool, poolKey } from '../session/origin-pool.ts';
 import { KEEP_ALIVE_THRESHOLD_MS } from '../session/session.ts';
@@ -144,8 +145,11 @@ type LegOutcome =
   | { readonly kind: 'challenged'; readonly headers: Headers; readonly held?: HeldResponse }
   /** `unproved`: a final answer delivered without the proof the mechanism wants (M2): it proved nothing. */
   | { readonly kind: 'delivered'; readonly status: number; readonly unproved?: true }
-  /** `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. */
-  | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true };
+  /**
+   * `unanswered`: written, and no response head came (a timeout, a close): R4 may count it. `cut`:
+   * the connection closed partway through the body of a challenge the agent was to answer (its status).
+   */
+  | { readonly kind: 'failed'; readonly error: Error; readonly unanswered?: true; readonly cut?: number };
 
 /**
  * The one connection an upgrade's Client holds at a time, as its connector made it: a connection-bound
@@ -697,15 +701,23 @@ export class UpgradeDispatcher {
             proved = 'unanswered';
           // The server closed the connection under a written leg: typed, as for a request, saying
           // whether it had answered this handshake's challenges on it and whether the password went.
+          // R1/C8: one partway through a challenge's body (its head whole) is typed as a request's is
+          // (Session.cutShort's challengeCut): by the connection's peer, the origin (a tunnel's too).
           const error =
-            outcome.unanswered && !sink.aborted && closedUnder(outcome.error)
+            outcome.cut !== undefined && !sink.aborted
               ? new ConnectionClosedError(origin, opts.method, {
                   cause: outcome.error,
                   upgrade: true,
-                  ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
-                  ...(counted ? { unproved: 'Authorization' } : {}),
+                  challengeCut: { status: outcome.cut, idempotent: optionsMayGoTwice(opts) },
                 })
-              : outcome.error;
+              : outcome.unanswered && !sink.aborted && closedUnder(outcome.error)
+                ? new ConnectionClosedError(origin, opts.method, {
+                    cause: outcome.error,
+                    upgrade: true,
+                    ...(challengedOn === line.connections ? { handshake: true } : { fresh: true }),
+                    ...(counted ? { unproved: 'Authorization' } : {}),
+                  })
+                : outcome.error;
           // T3: a connection presenting the agent's certificate failed before answering anything, as
           // one whose server refuses it does (an alert, or a close): typed as a request's refusal.
           const refusal = certified && !line.answered && !sink.aborted ? certificateRefusal(error) : undefined;
@@ -1066,7 +1078,10 @@ export class UpgradeDispatcher {
         onResponseError(_c, err) {
           clearTimeout(drainTimer);
           if (held) held = undefined;
-          resolve({ kind: 'failed', error: err, ...unanswered() });
+          // R1/C8: a close partway through a swallowed challenge's body (its head whole): the caller's
+          // handler saw nothing of it, so the handshake's caller types it (challengeCut), as a request's.
+          const cut = swallowed && !aborted && closedUnder(err) ? { cut: status } : {};
+          resolve({ kind: 'failed', error: err, ...unanswered(), ...cut });
         },
       };
       client.dispatch(
