@@ -3359,3 +3359,110 @@ function validateHar(doc: unknown): string[] {
   });
   return errors;
 }
+
+describe('S4: an http:// origin the command does not trust challenges (CleartextCredentialsError)', () => {
+  const seen: { port: number; path: string; authorization: string | null }[] = [];
+  let a: Server;
+  let b: Server;
+  let aPort = 0;
+  let bPort = 0;
+  const challenge = (path: string) =>
+    path.includes('ntlm')
+      ? 'NTLM'
+      : path.includes('digest')
+        ? 'Digest realm="r", nonce="abc", qop="auth"'
+        : path.includes('nego')
+          ? 'Negotiate'
+          : 'Basic realm="r"';
+  const listen = async (handler: import('node:http').RequestListener) => {
+    const server = createHttpServer(handler);
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return server;
+  };
+  beforeAll(async () => {
+    const answer =
+      (port: () => number) => (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => {
+        seen.push({ port: port(), path: req.url ?? '', authorization: req.headers.authorization ?? null });
+        const to = /^\/to-(b|host)(\/.*)$/.exec(req.url ?? '');
+        if (to) {
+          res.writeHead(302, {
+            location: to[1] === 'b' ? `http://127.0.0.1:${bPort}${to[2]}` : `http://localhost:${aPort}${to[2]}`,
+          });
+          res.end();
+          return;
+        }
+        if (req.headers.authorization) {
+          res.end('ok\n');
+          return;
+        }
+        res.writeHead(401, { 'www-authenticate': challenge(req.url ?? ''), 'content-type': 'text/plain' });
+        res.end('denied\n');
+      };
+    a = await listen(answer(() => aPort));
+    b = await listen(answer(() => bPort));
+    aPort = (a.address() as { port: number }).port;
+    bPort = (b.address() as { port: number }).port;
+  });
+  afterAll(() => {
+    a.close();
+    b.close();
+  });
+
+  it("S4 (exit 22): -L to another http:// origin that challenges Basic, NTLM, Digest (-u) or Negotiate (no -u): nothing sent there, curl's 22 with or without -f (it was a bare 1), -w http_code 401, the line names the origin, --trust and --location-trusted; with --location-trusted the password goes", async () => {
+    const bOrigin = `http://127.0.0.1:${bPort}`;
+    for (const [flags, path, scheme] of [
+      [['-u', 'u:p'], '/basic', 'Basic'],
+      [['--ntlm', '-u', 'u:p'], '/ntlm', 'NTLM'],
+      [['--digest', '-u', 'u:p', '-f'], '/digest', 'Digest'],
+      [['--negotiate'], '/nego', 'Negotiate'],
+    ] as const) {
+      const before = seen.length;
+      const out = await run([...flags, '-L', '-w', '%{http_code}', `http://127.0.0.1:${aPort}/to-b${path}`]);
+      expect([out.code, out.stdout]).toEqual([22, '401']);
+      expect(out.stderr).toBe(
+        `multileg: ${bOrigin} answered 401 and offered ${scheme}; no credentials were sent over cleartext http://: ${bOrigin} is not the URL's origin (a redirect led here); add --trust ${bOrigin} or use --location-trusted if it is meant to have them in the clear, or have the redirect lead to https:// (MULTILEG_CLEARTEXT)\n`,
+      );
+      expect(seen.slice(before).filter((s) => s.port === bPort)).toEqual([{ port: bPort, path, authorization: null }]);
+    }
+    const trusted = await run(['-u', 'u:p', '-L', '--location-trusted', `http://127.0.0.1:${aPort}/to-b/basic`]);
+    expect([trusted.code, trusted.stdout]).toEqual([0, 'ok\n']);
+  });
+
+  it("S4 (exit 22): --location-trusted to an http:// host the netrc file gives credentials of its own: its 401 is curl's 22 (it was a bare 1), the line names the netrc file", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-s4-'));
+    const netrc = join(dir, 'netrc');
+    writeFileSync(netrc, 'machine 127.0.0.1 login u password p\nmachine localhost login v password q\n', {
+      mode: 0o600,
+    });
+    const before = seen.length;
+    const out = await run([
+      '--netrc-file',
+      netrc,
+      '-L',
+      '--location-trusted',
+      `http://127.0.0.1:${aPort}/to-host/basic`,
+    ]);
+    expect(out.code).toBe(22);
+    const origin = `http://localhost:${aPort}`;
+    expect(out.stderr).toContain(
+      `multileg: ${origin} answered 401 and offered Basic; no credentials were sent over cleartext http://: ${netrc} gives localhost credentials of its own (its entry, or the default one), and netrc credentials go to their own host only, whatever --trust or --location-trusted say: request ${origin} in a command of its own, or give -u (MULTILEG_CLEARTEXT)\n`,
+    );
+    expect(
+      seen
+        .slice(before)
+        .filter((s) => s.path === '/basic')
+        .map((s) => s.authorization),
+    ).toEqual([null]);
+  });
+
+  it("S4 (exit 22): an http:// address URL with -H 'Host: NAME:same port' (the agent decides trust for the name): curl's 22 (it was a bare 1 naming the address, already trusted, as the fix), the line names the Host", async () => {
+    const before = seen.length;
+    const out = await run(['-u', 'u:p', '-H', `Host: other.example:${bPort}`, `http://127.0.0.1:${bPort}/basic`]);
+    expect(out.code).toBe(22);
+    expect(out.stderr).toContain(
+      `multileg: http://127.0.0.1:${bPort} answered 401 and offered Basic; no credentials were sent over cleartext http://: -H 'Host: …' names http://other.example:${bPort}, not the URL's host, and credentials go to the URL's origin only; drop the header, or use --resolve or --connect-to to reach another address under the URL's name (MULTILEG_CLEARTEXT)\n`,
+    );
+    expect(seen.slice(before).map((s) => s.authorization)).toEqual([null]);
+  });
+});

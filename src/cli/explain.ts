@@ -769,6 +769,29 @@ function refusedCredentials(h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'
   return `the password, sent as NTLM inside Negotiate${why},`;
 }
 
+/**
+ * S4: an http:// origin the command does not trust (a redirect led there, the netrc file gives its
+ * host credentials of its own, or a Host header names it) challenged, and the agent sent nothing
+ * (CleartextCredentialsError): what explain401 says of such a 401 over https, naming the origin
+ * and the fix, and that the fix sends the credentials unencrypted. `named`: the origin a -H Host
+ * names in place of the URL's address (the agent decides trust for it), when it is another.
+ */
+export function explainCleartext(ctx: {
+  readonly origin: string;
+  readonly named?: string | undefined;
+  readonly offered: readonly string[];
+  readonly netrcNamesOther: boolean;
+  readonly netrcFile: string | undefined;
+}): string {
+  const offered = ctx.offered.length > 0 ? ctx.offered.join(', ') : 'a scheme of the command';
+  const head = `${ctx.origin} answered 401 and offered ${offered}; no credentials were sent over cleartext http://`;
+  if (ctx.named !== undefined && ctx.named !== ctx.origin)
+    return `${head}: -H 'Host: …' names ${ctx.named}, not the URL's host, and credentials go to the URL's origin only; drop the header, or use --resolve or --connect-to to reach another address under the URL's name`;
+  if (ctx.netrcNamesOther)
+    return `${head}: ${netrcOtherHost(ctx.origin, ctx.netrcFile)}, whatever --trust or --location-trusted say: request ${ctx.origin} in a command of its own, or give -u`;
+  return `${head}: ${ctx.origin} is not the URL's origin (a redirect led here); add --trust ${ctx.origin} or use --location-trusted if it is meant to have them in the clear, or have the redirect lead to https://`;
+}
+
 /** Why the CLI sent no credentials that the server accepted, in one or two lines. */
 export function explain401(ctx: {
   readonly origin: string;

@@ -14,6 +14,7 @@ import type { Dispatcher } from 'undici';
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
+import { namedOrigin } from '../trust/redirects.ts';
 import type { CommandAgent } from './command-agent.ts';
 import type { BodyDecoding } from './decode.ts';
 import {
@@ -22,12 +23,14 @@ import {
   EXIT,
   explain401,
   explain407,
+  explainCleartext,
   type Failure,
   forCli,
   heldBackWhy,
   missingKrb5Config,
   netrcFileOf,
   netrcOtherHost,
+  rootCause,
 } from './explain.ts';
 import type { ResponseHeads } from './heads.ts';
 import type { CliRequest } from './options.ts';
@@ -732,6 +735,29 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
         cacert: req.cacert,
         clientCertificate: req.agent.clientCertificate !== undefined,
       });
+      // S4: the agent answered no 401 over cleartext where the command does not trust the origin
+      // (CleartextCredentialsError). curl sends nothing there either (a redirect to another host,
+      // port or scheme): its 401 is the answer, -w's http_code 401 and 22 with -f, else 0 with the
+      // page. The agent keeps no page (S4's typed error), and 0 without one would tell a script
+      // the transfer worked: 22 (as for SystemNtlmRefusedError), said as explain401 says it over https.
+      if (rootCause(err).code === 'MULTILEG_CLEARTEXT') {
+        const origin = hop.url.origin;
+        const leg = trace.legs
+          .slice(legsBefore)
+          .findLast((l) => l.response?.status === 401 && l.request.origin === origin);
+        status = 401;
+        failure = {
+          exit: EXIT.httpError,
+          message: `${explainCleartext({
+            origin,
+            named: namedOrigin(origin, hop.headers),
+            offered: leg?.response ? challengeSchemes(leg.response.headers, 401) : [],
+            netrcNamesOther: command.trusted.namesOther(origin),
+            netrcFile: netrcFileOf(req),
+          })} (MULTILEG_CLEARTEXT)`,
+          refused: true,
+        };
+      }
       // R1: -m ran out while the request waited for another run's try of the password: said, with whose.
       const waiting = command.refusals?.waitingFor(hop.url.origin);
       const message = waiting ? `${failure.message}; ${lockWaitNote(waiting)}` : failure.message;
