@@ -43,6 +43,16 @@ let server: ReferenceServer | undefined;
 let proxy: ReferenceProxy | undefined;
 let agent: MultilegAgent | undefined;
 const closers: Array<() => Promise<unknown>> = [];
+
+/** The `multileg:proxy-unanswered` events published from now until the test's cleanup. */
+function proxyUnanswered(): ProxyUnansweredEvent[] {
+  const events: ProxyUnansweredEvent[] = [];
+  const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
+  subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
+  closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+  return events;
+}
+
 afterEach(async () => {
   for (const close of closers.splice(0)) await close();
   await agent?.destroy().catch(() => {});
@@ -88,10 +98,7 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
       { deliver407: true, credentials: { ...PROXY_ACCOUNT, password: 'wrong' } },
     );
     const wire = (from: number) => p.exchanges.slice(from).map((e) => [e.status, e.proxyAuthorization]);
-    const reasons: string[] = [];
-    const onEvent = (m: unknown) => reasons.push((m as ProxyUnansweredEvent).reason);
-    subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
-    closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+    const events = proxyUnanswered();
     expect(await status(`${base}/public/one`)).toBe(407);
     expect(wire(0)).toEqual([
       [407, false],
@@ -105,7 +112,7 @@ describe('a refused proxy password delivered as the 407 (proxy.deliver407, refer
       expect(wire(from)).toEqual([[407, false]]);
     }
     // Why each went unanswered: the refusal, then the password held back for it.
-    expect(reasons).toEqual(['refused', 'refused-lately', 'refused-lately']);
+    expect(events.map((e) => e.reason)).toEqual(['refused', 'refused-lately', 'refused-lately']);
     // The caller says the password may work now: it is tried once more.
     a.setProxyCredentials({ ...PROXY_ACCOUNT, password: 'wrong' }, { forgetRefusals: true });
     let from = p.exchanges.length;
@@ -347,17 +354,14 @@ describe('the NTLM opening through a forwarding proxy under proxy.deliver407 (sc
       }),
     );
     closers.push(() => h.close());
-    const reasons: string[] = [];
-    const onEvent = (m: unknown) => reasons.push((m as ProxyUnansweredEvent).reason);
-    subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
-    closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+    const events = proxyUnanswered();
     agent = new MultilegAgent({
       negotiate: false,
       proxy: { uri: `http://127.0.0.1:${h.port}`, schemes: ['NTLM'], credentials: PROXY_ACCOUNT, deliver407: true },
     });
     expect(await status('http://origin.example/x')).toBe(407);
     // Before: 'refused' (its NEGOTIATE carries no password, and refused none).
-    expect(reasons).toEqual(['unconfigured']);
+    expect(events.map((e) => e.reason)).toEqual(['unconfigured']);
   });
 });
 
@@ -822,6 +826,21 @@ describe('a request whose recall was given up, its 407 coming after another requ
     ['a CONNECT tunnel', true, false],
   ] as const;
 
+  /** An agent whose proxy (the scripted one on `port`) asks for NTLM alone, `memory` its refusal memory. */
+  const ntlmProxyAgent = (port: number, memory: RefusalMemory, deliver407: boolean) =>
+    new MultilegAgent({
+      negotiate: false,
+      refusalMemory: memory,
+      limits: { queueTimeout },
+      proxy: {
+        uri: `http://127.0.0.1:${port}`,
+        negotiate: false,
+        schemes: ['NTLM'],
+        credentials: PROXY_ACCOUNT,
+        deliver407,
+      },
+    });
+
   it.each(cases)(
     "R4/R1: %s: NTLM the only scheme, its recall given up at limits.queueTimeout, then another request's recall finding the password held back before its (slow) 407 comes: it says recall-timeout (nothing refused, no wait named), as decided when it went bare — not refused-lately",
     async (_what, https, deliver407) => {
@@ -839,22 +858,8 @@ describe('a request whose recall was given up, its 407 coming after another requ
       // The first recall waits until given up; every later one holds the password back (a refusal
       // another process met meanwhile).
       const { memory, signals } = heldBackAfterFirstRecall(true);
-      agent = new MultilegAgent({
-        negotiate: false,
-        refusalMemory: memory,
-        limits: { queueTimeout },
-        proxy: {
-          uri: `http://127.0.0.1:${h.port}`,
-          negotiate: false,
-          schemes: ['NTLM'],
-          credentials: PROXY_ACCOUNT,
-          deliver407,
-        },
-      });
-      const events: ProxyUnansweredEvent[] = [];
-      const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
-      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
-      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      agent = ntlmProxyAgent(h.port, memory, deliver407);
+      const events = proxyUnanswered();
       const scheme = https ? 'https' : 'http';
       const outcome = (url: string) =>
         request(url, { dispatcher: agent! }).then(
@@ -913,22 +918,8 @@ describe('a request whose recall was given up, its 407 coming after another requ
       );
       closers.push(() => h.close());
       const m = answeringRefusalMemory(true);
-      agent = new MultilegAgent({
-        negotiate: false,
-        refusalMemory: m.memory,
-        limits: { queueTimeout },
-        proxy: {
-          uri: `http://127.0.0.1:${h.port}`,
-          negotiate: false,
-          schemes: ['NTLM'],
-          credentials: PROXY_ACCOUNT,
-          deliver407,
-        },
-      });
-      const events: ProxyUnansweredEvent[] = [];
-      const onEvent = (e: unknown) => events.push(e as ProxyUnansweredEvent);
-      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
-      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      agent = ntlmProxyAgent(h.port, m.memory, deliver407);
+      const events = proxyUnanswered();
       const pending = request(`${https ? 'https' : 'http'}://slow.example/x`, { dispatcher: agent }).then(
         async (res) => {
           await res.body.dump();
@@ -1008,10 +999,7 @@ describe('requests started together through a proxy while the refusal memory is 
       const base = `${https ? 'https' : 'http'}://localhost:${server.port}`;
       const started = Date.now();
       const took: number[] = [];
-      const events: ProxyUnansweredEvent[] = [];
-      const onEvent = (m: unknown) => events.push(m as ProxyUnansweredEvent);
-      subscribe(PROXY_UNANSWERED_CHANNEL, onEvent);
-      closers.push(async () => unsubscribe(PROXY_UNANSWERED_CHANNEL, onEvent));
+      const events = proxyUnanswered();
       const outcomes = await Promise.all(
         [0, 1, 2, 3, 4].map((i) =>
           request(`${base}/public/n${i}`, { dispatcher: agent! }).then(
