@@ -44,6 +44,10 @@ let proxy: ReferenceProxy | undefined;
 let agent: MultilegAgent | undefined;
 const closers: Array<() => Promise<unknown>> = [];
 
+/** The end of a ProxyAuthenticationError's message when the refusal memory's recall was given up at `bound` ms. */
+const recallGivenUp = (bound: number) =>
+  `were not sent: the refusal memory did not answer within ${bound} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`;
+
 /** The `multileg:proxy-unanswered` events published from now until the test's cleanup. */
 function proxyUnanswered(): ProxyUnansweredEvent[] {
   const events: ProxyUnansweredEvent[] = [];
@@ -888,11 +892,7 @@ describe('a request whose recall was given up, its 407 coming after another requ
         return;
       }
       // Before: "the proxy refused proxy.credentials lately … for another 60 s", refused: true.
-      expect(first).toEqual([
-        'MULTILEG_PROXY_AUTH',
-        false,
-        `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
-      ]);
+      expect(first).toEqual(['MULTILEG_PROXY_AUTH', false, recallGivenUp(queueTimeout)]);
       expect(other).toEqual([
         'MULTILEG_PROXY_AUTH',
         true,
@@ -1018,11 +1018,7 @@ describe('requests started together through a proxy while the refusal memory is 
       // Before (HTTP/2 to a forwarding proxy; a tunnel): the first got ProxyAuthenticationError, the
       // four others QueueTimeoutError — they waited for the first session's first response, which
       // its recall held, and their wait ran out a round trip before the recall's.
-      const typed = [
-        'MULTILEG_PROXY_AUTH',
-        false,
-        `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
-      ];
+      const typed = ['MULTILEG_PROXY_AUTH', false, recallGivenUp(queueTimeout)];
       expect(outcomes).toEqual([0, 1, 2, 3, 4].map(() => (deliver407 ? 407 : typed)));
       // One wait each, not two.
       for (const t of took) expect(t).toBeLessThan(2 * queueTimeout);
@@ -1254,10 +1250,7 @@ describe('requests started together through a proxy while its refusal memory is 
       const { outcomes, took } = await burst(base, n);
       // Before: those past maxHttp1Connections (16) waited in the pool for a proxy connection, and
       // their wait ran out before the recall's (QueueTimeoutError).
-      const typed = [
-        'MULTILEG_PROXY_AUTH',
-        `were not sent: the refusal memory did not answer within ${bound} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
-      ];
+      const typed = ['MULTILEG_PROXY_AUTH', recallGivenUp(bound)];
       expect(outcomes).toEqual(outcomes.map(() => typed));
       for (const t of took) expect(t).toBeLessThan(2 * bound);
       const exchanges = proxy!.exchanges;
@@ -1282,10 +1275,7 @@ describe('requests started together through a proxy while its refusal memory is 
     const base = await burstAgent(true, 'Basic', true, held.memory, { basicUsers: { proxyuser: 'proxypw' } }, bound);
     const { outcomes, took } = await burst(base, 50);
     // Before: 50 bare CONNECTs one after another, each in a fresh pool wait (with 300 ms: most QueueTimeoutError).
-    const typed = [
-      'MULTILEG_PROXY_AUTH',
-      `were not sent: the refusal memory did not answer within ${bound} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
-    ];
+    const typed = ['MULTILEG_PROXY_AUTH', recallGivenUp(bound)];
     expect(outcomes).toEqual(outcomes.map(() => typed));
     // The burst's time does not grow with its size: about one queueTimeout (the recall's), then one round trip.
     for (const t of took) expect(t).toBeLessThan(4 * bound);
@@ -1337,11 +1327,7 @@ describe("withheld requests reaching the pool after the proxy's answer to a with
     // first withheld bare CONNECT's 407 answers its other at once; slow.example's two wait for its
     // connection, which its first request holds until its 407 comes, after that answer.
     const slow = [0, 1, 2].map((i) => outcome(`https://slow.example/${i}`));
-    const recallTimeout = [
-      'MULTILEG_PROXY_AUTH',
-      false,
-      `were not sent: the refusal memory did not answer within ${queueTimeout} ms (limits.queueTimeout; another process may be trying the same password at the proxy); run again once it has, or raise limits.queueTimeout`,
-    ];
+    const recallTimeout = ['MULTILEG_PROXY_AUTH', false, recallGivenUp(queueTimeout)];
     expect(await Promise.all(fast)).toEqual([recallTimeout, recallTimeout, recallTimeout]);
     const [first, ...withheld] = await Promise.all(slow);
     // Its own recall (the second) found the password held back.
