@@ -190,11 +190,16 @@ describe('RST_STREAM before any response (other than REFUSED_STREAM)', () => {
 type ChallengeCase = 'NTLM challenge leg' | 'NTLM re-authentication' | 'Basic' | 'Digest';
 
 /**
- * An HTTP/2 origin (NTLM, Basic or Digest, checking no password) whose first challenge of `where`
- * comes as a 401 head and part of its body, then a reset with `code`; every other answer whole.
- * `wire`: what each stream carried (`bare`, `NTLM1`, `NTLM3`, `Basic`, `Digest`).
+ * An HTTP/2 origin (401s) or https:// forwarding proxy (407s) — NTLM, Basic or Digest, checking no
+ * password — whose first challenge of `where` comes as a head and part of its body, then a reset with
+ * `code`; every other answer whole, a request it lets through answered 200 `ok`. `wire`: what each
+ * stream carried (`bare`, `NTLM1`, `NTLM3`, `Basic`, `Digest`).
  */
-async function challengeResettingOrigin(where: ChallengeCase, code: number, wire: string[]) {
+async function challengeResetting(peer: 'origin' | 'proxy', where: ChallengeCase, code: number, wire: string[]) {
+  const [status, asks, answer, realm] =
+    peer === 'origin'
+      ? ([401, 'www-authenticate', 'authorization', 'r'] as const)
+      : ([407, 'proxy-authenticate', 'proxy-authorization', 'p'] as const);
   const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
   const authenticated = new WeakSet<object>();
   let cut = false;
@@ -202,31 +207,35 @@ async function challengeResettingOrigin(where: ChallengeCase, code: number, wire
     stream.on('error', () => {});
     stream.resume();
     const session = stream.session as ServerHttp2Session;
-    const auth = headers.authorization;
+    const auth = headers[answer];
     const scheme = auth?.split(' ', 1)[0];
     const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
     wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
     const reauth = where === 'NTLM re-authentication' && String(headers[':path']) === '/again';
     const challenge = (h: string, cutHere: boolean) => {
       if (!cutHere || cut) {
-        stream.respond({ ':status': 401, 'www-authenticate': h }, { endStream: true });
+        stream.respond({ ':status': status, [asks]: h }, { endStream: true });
         return;
       }
       cut = true;
-      // The 401's head and part of its body, then the reset (no END_STREAM: waitForTrailers).
-      stream.respond({ ':status': 401, 'www-authenticate': h, 'content-type': 'text/html' }, { waitForTrailers: true });
-      stream.write('<html>401: log in', () => setTimeout(() => stream.close(code), 20));
+      // The challenge's head and part of its body, then the reset (no END_STREAM: waitForTrailers).
+      stream.respond({ ':status': status, [asks]: h, 'content-type': 'text/html' }, { waitForTrailers: true });
+      stream.write(`<html>${status}: log in`, () => setTimeout(() => stream.close(code), 20));
     };
     if (where === 'Basic' || where === 'Digest') {
       if (scheme !== where)
-        return challenge(where === 'Basic' ? 'Basic realm="r"' : 'Digest realm="r", nonce="n0", qop="auth"', true);
+        return challenge(
+          where === 'Basic' ? `Basic realm="${realm}"` : `Digest realm="${realm}", nonce="n0", qop="auth"`,
+          true,
+        );
     } else if (leg === 1) return challenge(`NTLM ${SCRIPTED_NTLM_CHALLENGE}`, where === 'NTLM challenge leg');
     else if (leg === 3) authenticated.add(session);
     else if (!authenticated.has(session) || reauth) return challenge('NTLM', reauth);
     stream.respond({ ':status': 200 });
     stream.end('ok');
   });
-  return loopbackOrigin(server, closers);
+  const origin = await loopbackOrigin(server, closers);
+  return peer === 'proxy' ? origin.replace('localhost', '127.0.0.1') : origin;
 }
 
 describe("RST_STREAM partway through a 401's body the agent drains between a handshake's legs", () => {
@@ -243,7 +252,7 @@ describe("RST_STREAM partway through a 401's body the agent drains between a han
     );
   /** `where`'s origin resetting with `code`, its agent (a re-authentication's authenticated first), and the path to ask. */
   const primed = async (where: ChallengeCase, code: number, wire: string[], label: string) => {
-    const origin = await challengeResettingOrigin(where, code, wire);
+    const origin = await challengeResetting('origin', where, code, wire);
     const agent = agentFor(where, origin);
     const path = where === 'NTLM re-authentication' ? '/again' : '/x';
     if (where === 'NTLM re-authentication')
@@ -282,48 +291,6 @@ describe("RST_STREAM partway through a 401's body the agent drains between a han
 
 type ProxyCase = 'NTLM challenge leg' | 'Basic' | 'Digest';
 
-/**
- * An https:// forwarding proxy speaking HTTP/2 (NTLM, Basic or Digest, checking no password) whose
- * first 407 of `where` comes as a head and part of its body, then a reset with `code`; every other
- * answer whole, a request it lets through answered 200 `ok` itself. `wire`: what each stream carried.
- */
-async function proxyResetting407(where: ProxyCase, code: number, wire: string[]) {
-  const server = createSecureServer({ cert: SERVER_CERT, key: SERVER_KEY, allowHTTP1: false });
-  const authenticated = new WeakSet<object>();
-  let cut = false;
-  server.on('stream', (stream: ServerHttp2Stream, headers) => {
-    stream.on('error', () => {});
-    stream.resume();
-    const session = stream.session as ServerHttp2Session;
-    const auth = headers['proxy-authorization'];
-    const scheme = auth?.split(' ', 1)[0];
-    const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
-    wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
-    const challenge = (h: string, cutHere: boolean) => {
-      if (!cutHere || cut) {
-        stream.respond({ ':status': 407, 'proxy-authenticate': h }, { endStream: true });
-        return;
-      }
-      cut = true;
-      stream.respond(
-        { ':status': 407, 'proxy-authenticate': h, 'content-type': 'text/html' },
-        { waitForTrailers: true },
-      );
-      stream.write('<html>407: log in', () => setTimeout(() => stream.close(code), 20));
-    };
-    if (where === 'Basic' || where === 'Digest') {
-      if (scheme !== where)
-        return challenge(where === 'Basic' ? 'Basic realm="p"' : 'Digest realm="p", nonce="n0", qop="auth"', true);
-    } else if (leg === 1) return challenge(`NTLM ${SCRIPTED_NTLM_CHALLENGE}`, true);
-    else if (leg === 3) authenticated.add(session);
-    else if (!authenticated.has(session)) return challenge('NTLM', false);
-    stream.respond({ ':status': 200 });
-    stream.end('ok');
-  });
-  const origin = await loopbackOrigin(server, closers);
-  return origin.replace('localhost', '127.0.0.1');
-}
-
 describe("RST_STREAM partway through a forwarding proxy's 407 body over HTTP/2 (R1, C8, H5)", () => {
   const RESETS = CODES.filter((c) => c.name !== 'HTTP_1_1_REQUIRED');
   const CASES: ProxyCase[] = ['NTLM challenge leg', 'Basic', 'Digest'];
@@ -338,7 +305,7 @@ describe("RST_STREAM partway through a forwarding proxy's 407 body over HTTP/2 (
       for (const c of RESETS) {
         const label = `${where} ${c.name}`;
         const wire: string[] = [];
-        const proxy = await proxyResetting407(where, c.code, wire);
+        const proxy = await challengeResetting('proxy', where, c.code, wire);
         const agent = new MultilegAgent({
           proxy: {
             uri: proxy,
