@@ -8,6 +8,7 @@
  *
  *   node bench/per-request.ts          BENCH_N=1000 BENCH_ROUNDS=20
  *   BENCH_KINDS=multileg               only these contenders (comma-separated; e.g. for a CPU profile)
+ *   BENCH_SESSIONS=16                  the agent's limits.maxPerRequestSessions (default: the agent's, 8)
  */
 import { readFileSync } from 'node:fs';
 import { Agent, type Dispatcher, request } from 'undici';
@@ -17,6 +18,7 @@ import { median, startServer } from './server.ts';
 
 const N = Number(process.env.BENCH_N ?? 1000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 20);
+const SESSIONS = process.env.BENCH_SESSIONS ? Number(process.env.BENCH_SESSIONS) : undefined;
 // `Negotiate ` and a base64 AUTHENTICATE with channel bindings and target name: about 560 characters.
 const AUTHORIZATION = `Negotiate ${'A'.repeat(560)}`;
 
@@ -46,6 +48,7 @@ async function burst(kind: Kind): Promise<Round> {
           credentials: { username: 'EXAMPLE\\alice', password: 'alicepw' },
           connect: { ca: CA_CERT },
           trustedOrigins: [server.origin],
+          ...(SESSIONS ? { limits: { maxPerRequestSessions: SESSIONS } } : {}),
         })
       : new Agent({ connect: { ca: CA_CERT } });
   const path = kind === 'multileg' ? '/auth' : '/public';
