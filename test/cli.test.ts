@@ -3461,8 +3461,52 @@ describe('S4: an http:// origin the command does not trust challenges (Cleartext
     const out = await run(['-u', 'u:p', '-H', `Host: other.example:${bPort}`, `http://127.0.0.1:${bPort}/basic`]);
     expect(out.code).toBe(22);
     expect(out.stderr).toContain(
-      `multileg: http://127.0.0.1:${bPort} answered 401 and offered Basic; no credentials were sent over cleartext http://: -H 'Host: …' names http://other.example:${bPort}, not the URL's host, and credentials go to the URL's origin only; drop the header, or use --resolve or --connect-to to reach another address under the URL's name (MULTILEG_CLEARTEXT)\n`,
+      `multileg: http://127.0.0.1:${bPort} answered 401 and offered Basic; no credentials were sent over cleartext http:// to http://other.example:${bPort}, which -H 'Host: …' names`,
     );
     expect(seen.slice(before).map((s) => s.authorization)).toEqual([null]);
+  });
+
+  it("S4: an address URL with -H 'Host: NAME:same port' refused over cleartext: the line names NAME's origin as the one refused and only fixes that apply (--trust that origin; the name in the URL with --resolve), each of which then sends the credentials; with netrc credentials, the netrc file's entry for NAME", async () => {
+    const named = `http://other.example:${bPort}`;
+    const inUrl = `--resolve other.example:${bPort}:127.0.0.1 ${named}/…`;
+    const host = ['-H', `Host: other.example:${bPort}`];
+    const before = seen.length;
+    const out = await run(['-u', 'u:p', ...host, `http://127.0.0.1:${bPort}/basic`]);
+    expect(out.code).toBe(22);
+    // Before: "credentials go to the URL's origin only; drop the header, or use --resolve or
+    // --connect-to to reach another address under the URL's name" (the URL names an address; --trust
+    // of the name, which works, went unsaid).
+    expect(out.stderr).toBe(
+      `multileg: http://127.0.0.1:${bPort} answered 401 and offered Basic; no credentials were sent over cleartext http:// to ${named}, which -H 'Host: …' names (credentials go by the name, not the address): add --trust ${named} to send them in the clear, or put the name in the URL in place of the header (${inUrl}; https:// keeps them encrypted where the server has it) (MULTILEG_CLEARTEXT)\n`,
+    );
+    // Each fix said works.
+    const trusted = await run(['-u', 'u:p', ...host, '--trust', named, `http://127.0.0.1:${bPort}/basic`]);
+    expect([trusted.code, trusted.stdout]).toEqual([0, 'ok\n']);
+    const resolved = await run(['-u', 'u:p', '--resolve', `other.example:${bPort}:127.0.0.1`, `${named}/basic`]);
+    expect([resolved.code, resolved.stdout]).toEqual([0, 'ok\n']);
+    // Credentials from a netrc file that gives the name its own: --trust cannot send the address's
+    // there; the name in the URL takes the name's entry.
+    const dir = mkdtempSync(join(tmpdir(), 'multileg-s4-'));
+    const netrc = join(dir, 'netrc');
+    writeFileSync(netrc, 'machine 127.0.0.1 login u password p\nmachine other.example login v password q\n', {
+      mode: 0o600,
+    });
+    const fromNetrc = await run(['--netrc-file', netrc, ...host, `http://127.0.0.1:${bPort}/basic`]);
+    expect(fromNetrc.code).toBe(22);
+    expect(fromNetrc.stderr).toBe(
+      `multileg: http://127.0.0.1:${bPort} answered 401 and offered Basic; no credentials were sent over cleartext http:// to ${named}, which -H 'Host: …' names (credentials go by the name, not the address): ${netrc} gives other.example credentials of its own (its entry, or the default one), and netrc credentials go to their own host only, whatever --trust says: put the name in the URL in place of the header (${inUrl}) for its own, or give -u and --trust ${named} (MULTILEG_CLEARTEXT)\n`,
+    );
+    const own = await run(['--netrc-file', netrc, '--resolve', `other.example:${bPort}:127.0.0.1`, `${named}/basic`]);
+    expect([own.code, own.stdout]).toEqual([0, 'ok\n']);
+    expect(seen.slice(before).map((s) => s.authorization)).toEqual([
+      null,
+      null,
+      `Basic ${Buffer.from('u:p').toString('base64')}`,
+      null,
+      `Basic ${Buffer.from('u:p').toString('base64')}`,
+      null,
+      null,
+      `Basic ${Buffer.from('v:q').toString('base64')}`,
+    ]);
   });
 });

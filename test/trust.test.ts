@@ -396,6 +396,62 @@ describe('S4: no credential of any scheme over cleartext unless the origin is tr
   });
 });
 
+describe('S4: CleartextCredentialsError names the origin it refused', () => {
+  it("S4: CleartextCredentialsError names the origin on each route that throws it: the http:// origin itself, one reached through a forwarding proxy (the origin's, not the proxy's), a redirect hop's to http://, and behind undici's dns interceptor the name (its message naming the address too)", async () => {
+    const refused = async (p: Promise<unknown>) => {
+      const err = await cause(p);
+      expect(err).toBeInstanceOf(CleartextCredentialsError);
+      return err as CleartextCredentialsError;
+    };
+    // The origin itself.
+    const plain = await server({ cleartext: true, schemes: ['NTLM'] });
+    const httpsOnly = [plain.origin.replace('http:', 'https:')];
+    const direct = await refused(
+      fetch(`${plain.origin}/auth/direct`, { dispatcher: agent({ credentials: ALICE, trustedOrigins: httpsOnly }) }),
+    );
+    expect(direct.origin).toBe(plain.origin);
+
+    // Through a forwarding proxy (which forwards http:// targets to the reference server over TLS).
+    const s = await server({ schemes: ['NTLM'] });
+    const p = await startReferenceProxy({});
+    closers.push(() => p.close());
+    const target = `http://localhost:${s.port}`;
+    const proxied = await refused(
+      fetch(`${target}/auth/proxied`, {
+        dispatcher: agent({
+          credentials: ALICE,
+          negotiate: false,
+          trustedOrigins: [s.origin],
+          proxy: { uri: p.origin, connect: { ca: p.ca } },
+        }),
+      }),
+    );
+    expect([proxied.origin, proxied.message.includes(p.origin)]).toEqual([target, false]);
+
+    // A redirect hop from a trusted https origin to http://.
+    const hop = await refused(
+      fetch(`${s.origin}/public/redirect?to=${encodeURIComponent(`${plain.origin}/auth/hop`)}`, {
+        dispatcher: agent({ credentials: ALICE, connect: { ca: s.ca }, trustedOrigins: [s.origin] }),
+      }),
+    );
+    expect(hop.origin).toBe(plain.origin);
+
+    // Behind undici's dns interceptor: the address dialled, trust decided for the name in Host.
+    const address = plain.origin.replace('localhost', '127.0.0.1');
+    const dns = interceptors.dns({
+      lookup: (_o, _opts, cb) => cb(null, [{ address: '127.0.0.1', family: 4, ttl: 60_000 }]),
+    });
+    const named = await refused(
+      request(`${plain.origin}/auth/named`, {
+        dispatcher: agent({ credentials: ALICE, trustedOrigins: [address] }).compose(dns),
+      }),
+    );
+    expect(named.origin).toBe(plain.origin);
+    expect(named.message).toContain(`trustedOrigins: ['${plain.origin}', '${address}']`);
+    expect(withAuth(plain, '/auth/')).toEqual([]);
+  });
+});
+
 describe('S5: a redirect hop to another origin carries no credentials unless that origin is trusted explicitly', () => {
   for (const status of [302, 307, 308]) {
     it(`S5: fetch follows a ${status} to another port: the hop gets no credentials, the caller gets its 401`, async () => {

@@ -1710,6 +1710,25 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => [s.authorization, s.status])).toEqual([[undefined, 401]]);
   });
 
+  it("S4: CleartextCredentialsError names the origin on an upgrade: the http:// origin's, and with an address dialled and the name in Host (undici's dns interceptor's shape) the name, its message naming the address too", async () => {
+    origin = await upgradeServer({ ntlm: true });
+    const address = origin.origin.replace('localhost', '127.0.0.1');
+    agent = ntlmAgent({ trustedOrigins: [address] });
+    const refused = (target: string, headers?: Record<string, string>) =>
+      upgradeOrResponse(agent!, target, headers).then(
+        (r) => r,
+        (e: Error) => e as CleartextCredentialsError,
+      );
+    const direct = await refused(origin.origin);
+    expect(direct).toBeInstanceOf(CleartextCredentialsError);
+    expect((direct as CleartextCredentialsError).origin).toBe(origin.origin);
+    const named = await refused(address, { host: `localhost:${origin.port}` });
+    expect(named).toBeInstanceOf(CleartextCredentialsError);
+    expect((named as CleartextCredentialsError).origin).toBe(origin.origin);
+    expect((named as Error).message).toContain(`trustedOrigins: ['${origin.origin}', '${address}']`);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, undefined]);
+  });
+
   it('S4: a ws:// WebSocket (undici sends it as http:) to an origin not trusted explicitly: its error carries CleartextCredentialsError; nothing sent, no socket', async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent({ trustedOrigins: ['https://elsewhere.example'] });

@@ -773,20 +773,29 @@ function refusedCredentials(h: Pick<HandshakeReport, 'scheme' | 'fallbackReason'
  * S4: an http:// origin the command does not trust (a redirect led there, the netrc file gives its
  * host credentials of its own, or a Host header names it) challenged, and the agent sent nothing
  * (CleartextCredentialsError): what explain401 says of such a 401 over https, naming the origin
- * and the fix, and that the fix sends the credentials unencrypted. `named`: the origin a -H Host
- * names in place of the URL's address (the agent decides trust for it), when it is another.
+ * and the fix, and that the fix sends the credentials unencrypted. `origin`: the one that answered;
+ * `refused`: the error's, which is the name a -H Host gives an address URL (behind it the agent
+ * decides trust for the name), when it is another; `netrcNamesOther` is said of `refused`.
  */
 export function explainCleartext(ctx: {
   readonly origin: string;
-  readonly named?: string | undefined;
+  readonly refused?: string | undefined;
   readonly offered: readonly string[];
   readonly netrcNamesOther: boolean;
   readonly netrcFile: string | undefined;
 }): string {
   const offered = ctx.offered.length > 0 ? ctx.offered.join(', ') : 'a scheme of the command';
   const head = `${ctx.origin} answered 401 and offered ${offered}; no credentials were sent over cleartext http://`;
-  if (ctx.named !== undefined && ctx.named !== ctx.origin)
-    return `${head}: -H 'Host: …' names ${ctx.named}, not the URL's host, and credentials go to the URL's origin only; drop the header, or use --resolve or --connect-to to reach another address under the URL's name`;
+  const named = ctx.refused;
+  if (named !== undefined && named !== ctx.origin) {
+    // The address answered for the name: the URL with the name in it, reaching that address.
+    const dialled = new URL(ctx.origin);
+    const inUrl = `--resolve ${new URL(named).hostname}:${dialled.port || '80'}:${dialled.hostname} ${named}/…`;
+    const why = `${head} to ${named}, which -H 'Host: …' names (credentials go by the name, not the address)`;
+    if (ctx.netrcNamesOther)
+      return `${why}: ${netrcOtherHost(named, ctx.netrcFile)}, whatever --trust says: put the name in the URL in place of the header (${inUrl}) for its own, or give -u and --trust ${named}`;
+    return `${why}: add --trust ${named} to send them in the clear, or put the name in the URL in place of the header (${inUrl}; https:// keeps them encrypted where the server has it)`;
+  }
   if (ctx.netrcNamesOther)
     return `${head}: ${netrcOtherHost(ctx.origin, ctx.netrcFile)}, whatever --trust or --location-trusted say: request ${ctx.origin} in a command of its own, or give -u`;
   return `${head}: ${ctx.origin} is not the URL's origin (a redirect led here); add --trust ${ctx.origin} or use --location-trusted if it is meant to have them in the clear, or have the redirect lead to https://`;

@@ -14,7 +14,7 @@ import type { Dispatcher } from 'undici';
 import type { MultilegAgent, MultilegStats } from '../agent.ts';
 import type { Credentials } from '../mechanisms/types.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
-import { namedOrigin } from '../trust/redirects.ts';
+import { CleartextCredentialsError } from '../trust/policy.ts';
 import type { CommandAgent } from './command-agent.ts';
 import type { BodyDecoding } from './decode.ts';
 import {
@@ -740,8 +740,11 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
       // port or scheme): its 401 is the answer, -w's http_code 401 and 22 with -f, else 0 with the
       // page. The agent keeps no page (S4's typed error), and 0 without one would tell a script
       // the transfer worked: 22 (as for SystemNtlmRefusedError), said as explain401 says it over https.
-      if (rootCause(err).code === 'MULTILEG_CLEARTEXT') {
+      const cleartext = rootCause(err);
+      if (cleartext instanceof CleartextCredentialsError) {
         const origin = hop.url.origin;
+        // The origin refused: behind an address URL with -H 'Host: NAME:same port', the name.
+        const refused = cleartext.origin;
         const leg = trace.legs
           .slice(legsBefore)
           .findLast((l) => l.response?.status === 401 && l.request.origin === origin);
@@ -750,9 +753,9 @@ export async function transfer(req: CliRequest, env: TransferEnv): Promise<Trans
           exit: EXIT.httpError,
           message: `${explainCleartext({
             origin,
-            named: namedOrigin(origin, hop.headers),
+            refused,
             offered: leg?.response ? challengeSchemes(leg.response.headers, 401) : [],
-            netrcNamesOther: command.trusted.namesOther(origin),
+            netrcNamesOther: command.trusted.namesOther(refused),
             netrcFile: netrcFileOf(req),
           })} (MULTILEG_CLEARTEXT)`,
           refused: true,

@@ -888,7 +888,8 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   if (result.open) return { kind: 'recall', seen, result, open: result.open };
   if (seen.certificateAnswer) return certificateAnswered(run, result);
   if (env.deliver401) job.held401 = result.held;
-  if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.origin));
+  // S4: trust was decided for `site` (the name behind undici's dns interceptor), so it is named.
+  if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.site, job.origin));
   if (seen.unusable && run.lastUnusable) return failed(job, ownCopy(run.lastUnusable));
   if (seen.misdirected) return end({ kind: 'relocate', reason: 'misdirected' });
   // R1: a bare 401 whose body stalls costs each bare request here limits.handshakeTimeout: new

@@ -42,14 +42,30 @@ export class TrustRequiredError extends MultilegError {
 
 /**
  * A server challenged a cleartext `http:` origin that is not trusted explicitly (S4): nothing was
- * sent, since any credential there can be read or relayed by whoever is on the path.
+ * sent, since any credential there can be read or relayed by whoever is on the path. Thrown for a
+ * request (direct, through a forwarding proxy, or a redirect hop to `http:`) and for an upgrade;
+ * never for a proxy, whose credentials go to its configured address even over `http:` (as curl
+ * sends them).
  */
 export class CleartextCredentialsError extends MultilegError {
-  constructor(origin: string) {
+  /**
+   * The `http:` origin the credentials were refused for, as the caller named it: the request's
+   * origin (not the forwarding proxy's), or a redirect hop's; behind undici's `dns` interceptor (an
+   * address dialled, the name in Host) the name, which over `http:` must be trusted as well as the
+   * address (both are named in the message).
+   */
+  readonly origin: string;
+  /** `dialled`: the address undici's `dns` interceptor put in place of `origin`'s name, when it did. */
+  constructor(origin: string, dialled?: string) {
+    const fix =
+      dialled === undefined || dialled === origin
+        ? { at: '', list: `'${origin}'` }
+        : { at: ` (at ${dialled}, which over http must be trusted too)`, list: `'${origin}', '${dialled}'` };
     super(
       'MULTILEG_CLEARTEXT',
-      `refusing to send credentials in cleartext to ${origin}; use https, or trust it explicitly with trustedOrigins: ['${origin}'] to accept the risk`,
+      `refusing to send credentials in cleartext to ${origin}${fix.at}; use https, or trust it explicitly with trustedOrigins: [${fix.list}] to accept the risk`,
     );
+    this.origin = origin;
   }
 }
 

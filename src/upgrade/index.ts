@@ -760,7 +760,8 @@ export class UpgradeDispatcher {
           }
           throw error;
         }
-        if (asks === 'cleartext') throw new CleartextCredentialsError(origin);
+        // S4: trust was decided for `site` (the name behind undici's dns interceptor), so it is named.
+        if (asks === 'cleartext') throw new CleartextCredentialsError(site, origin);
         if (asks === 'unusable') throw ownCopy(found.lastUnusable!);
         const challenges = readChallenges(outcome.headers, false);
         if (!auth) {
