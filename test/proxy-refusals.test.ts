@@ -16,6 +16,8 @@ import {
   type ProxyUnansweredEvent,
   parseChallenges,
   type RefusalMemory,
+  type RefusalPlace,
+  type RememberedRefusal,
   type SchemeName,
 } from '../src/index.ts';
 import { encodeChallenge, NegotiateFlags } from '../src/mechanisms/ntlm/messages.ts';
@@ -30,7 +32,9 @@ import { CredentialProof } from '../src/session/credential-proof.ts';
 import {
   abortedWhileRecalling,
   answeringRefusalMemory,
+  basic,
   heldBackAfterFirstRecall,
+  ntlmLeg,
   SCRIPTED_NTLM_CHALLENGE,
   silentRefusalMemory,
   slowRefusalMemory,
@@ -1345,4 +1349,158 @@ describe("withheld requests reaching the pool after the proxy's answer to a with
     // Each request waited for a recall once at most: fast.example's first and slow.example's first asked.
     expect(signals).toHaveLength(2);
   }, 30_000);
+});
+
+describe('a recall of the refusal memory handed on: the request holding it aborted, the request waiting on its probe asks the memory itself (R1/R4, scripted proxy)', () => {
+  const queueTimeout = 2_000;
+
+  /**
+   * A refusal memory whose first recall waits until its signal aborts (another process's try of the
+   * password, never ending), then remembers nothing; every later one answers at once with `later`
+   * (a refusal that process met, or nothing). Each recall's signal and each release, in order.
+   */
+  const firstRecallWaits = (later: RememberedRefusal | undefined) => {
+    const signals: AbortSignal[] = [];
+    const released: RefusalPlace[] = [];
+    const memory: RefusalMemory = {
+      recall: (_place, signal) => {
+        signals.push(signal!);
+        if (signals.length > 1) return later;
+        return new Promise<undefined>((resolve) => signal?.addEventListener('abort', () => resolve(undefined)));
+      },
+      refused: () => {},
+      proved: () => {},
+      release: (place) => void released.push(place),
+    };
+    return { memory, signals, released };
+  };
+
+  /**
+   * A forwarding proxy asking every request for `scheme` (407) and taking PROXY_ACCOUNT (Basic), or
+   * any AUTHENTICATE after its CHALLENGE (NTLM): 200 `ok`. What went to it, in order: each request's
+   * path and what it carried — `bare`, `negotiate` (NTLM's NEGOTIATE), `password` (Basic; NTLM's
+   * AUTHENTICATE).
+   */
+  const forwardingProxy = async (scheme: 'Basic' | 'NTLM') => {
+    const sent: string[] = [];
+    const accepted = basic(PROXY_ACCOUNT);
+    const h = await hostile((socket, received) =>
+      eachRequest(socket, received, (head) => {
+        const path = new URL(head.split(' ')[1]!).pathname;
+        const auth = /\r\nproxy-authorization:[ \t]*(.*?)[ \t]*(?:\r\n|$)/i.exec(head)?.[1];
+        const leg = auth === undefined ? 0 : scheme === 'Basic' ? (auth === accepted ? 3 : -1) : ntlmLeg(auth);
+        sent.push(`${path} ${['bare', 'negotiate', '?', 'password'][leg] ?? 'a wrong password'}`);
+        if (leg === 3) socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+        else {
+          const asks = leg === 1 ? `NTLM ${SCRIPTED_NTLM_CHALLENGE}` : scheme === 'Basic' ? 'Basic realm="p"' : 'NTLM';
+          socket.write(`HTTP/1.1 407 x\r\nProxy-Authenticate: ${asks}\r\nContent-Length: 0\r\n\r\n`);
+        }
+        return undefined;
+      }),
+    );
+    closers.push(() => h.close());
+    return { uri: `http://127.0.0.1:${h.port}`, sent };
+  };
+
+  const cases = [
+    // [what, scheme, the later recall holds the password back, how the waiter waited on the holder's
+    //  probe (CredentialProof: for leave, wait; for a connection, watch), what went to the proxy]
+    [
+      'a forwarding proxy, Basic (asked at its 407), the memory remembering nothing',
+      'Basic',
+      false,
+      'wait',
+      ['/holder bare', '/waiter bare', '/waiter password'],
+    ],
+    [
+      'a forwarding proxy, Basic (asked at its 407), the memory remembering a refusal another process met',
+      'Basic',
+      true,
+      'wait',
+      ['/holder bare', '/waiter bare'],
+    ],
+    [
+      'a forwarding proxy, NTLM its only scheme (asked before its opening), the memory remembering nothing',
+      'NTLM',
+      false,
+      'watch',
+      ['/waiter negotiate', '/waiter password'],
+    ],
+    [
+      'a forwarding proxy, NTLM its only scheme (asked before its opening), the memory remembering a refusal another process met',
+      'NTLM',
+      true,
+      'watch',
+      ['/waiter bare'],
+    ],
+  ] as const;
+
+  it.each(cases)(
+    'R1/R4: %s: the request holding the recall aborted while it waits, the request waiting on its outcome goes on at once (not at limits.queueTimeout), asks the memory itself and decides: the password sent once and 200, or the refusal recalled and nothing sent; the memory asked twice, each recall released',
+    async (_what, scheme, holds, waitedBy, expectedSent) => {
+      const p = await forwardingProxy(scheme);
+      const m = firstRecallWaits(holds ? { at: Date.now() - 1_000, until: Date.now() + 60_000, times: 1 } : undefined);
+      agent = new MultilegAgent({
+        negotiate: false,
+        refusalMemory: m.memory,
+        limits: { queueTimeout },
+        proxy: { uri: p.uri, negotiate: false, schemes: [scheme], credentials: PROXY_ACCOUNT },
+      });
+      // Each wait on the holder's probe, at any proof (only the proxy's is waited on here): for leave
+      // to send the password (wait: at the 407 that asked for it), or for the recall's outcome before
+      // a connection (watch: NTLM, whose opening the holder's recall holds before its connection).
+      const waited: string[] = [];
+      for (const name of ['wait', 'watch'] as const) {
+        const original = CredentialProof.prototype[name] as (...args: unknown[]) => unknown;
+        const spy = vi.spyOn(CredentialProof.prototype, name).mockImplementation(function (
+          this: CredentialProof,
+          ...args: unknown[]
+        ) {
+          waited.push(name);
+          return original.apply(this, args);
+        } as never);
+        closers.push(async () => spy.mockRestore());
+      }
+      const outcome = (path: string, signal?: AbortSignal) =>
+        request(`http://origin.example${path}`, { dispatcher: agent!, signal }).then(
+          async (res) => [res.statusCode, await res.body.text()],
+          (e: Error & { code?: string; refused?: boolean }) =>
+            e.code === undefined ? e : [e.code, e.refused, e.message.replace(/^.*: proxy\.credentials /, '')],
+        );
+      // The holder's recall waits; the waiter then waits on its probe (CredentialProof: the proof
+      // hands the probe on, or wakes the watchers, once the holder gives it back undecided).
+      const caller = new AbortController();
+      const holder = outcome('/holder', caller.signal);
+      await until(() => m.signals.length === 1);
+      const started = Date.now();
+      const waiter = outcome('/waiter');
+      await until(() => waited.length === 1);
+      expect(waited).toEqual([waitedBy]);
+      const reason = new Error('caller gone');
+      const abortedAt = Date.now();
+      caller.abort(reason);
+      expect(await holder).toBe(reason);
+      const decided = await waiter;
+      const tookAfterAbort = Date.now() - abortedAt;
+      if (holds)
+        expect(decided).toEqual([
+          'MULTILEG_PROXY_AUTH',
+          true,
+          expect.stringMatching(/the proxy refused proxy\.credentials lately .* for another 60 s/),
+        ]);
+      else expect(decided).toEqual([200, 'ok']);
+      // Not handed on (the probe kept, or given back to no one), the waiter's wait ran out at
+      // limits.queueTimeout (QueueTimeoutError); given up as at the recall's timeout, it went bare,
+      // told the memory did not answer, though it had not been asked again.
+      expect(tookAfterAbort).toBeLessThan(queueTimeout / 2);
+      expect(Date.now() - started).toBeLessThan(queueTimeout);
+      // Each request's legs once: the holder's bare request at most (its recall held the rest), the
+      // waiter's password once, or nothing of it.
+      expect(p.sent).toEqual(expectedSent);
+      expect(m.signals).toHaveLength(2);
+      expect(m.signals.map((s) => s.aborted)).toEqual([true, false]);
+      await until(() => m.released.length === 2);
+      expect(m.released).toHaveLength(2);
+    },
+  );
 });

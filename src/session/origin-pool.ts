@@ -611,7 +611,7 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    */
   #watchProxy(job: Job): boolean {
     const proof = this.#route?.proxy.proof;
-    if (!proof?.recalling || job.proxyWatch !== 'unwatched' || !carries(job.identity, 'proxy')) return false;
+    if (!proof || !this.#waitsOnProxyRecall(job)) return false;
     job.proxyWatch = 'watched';
     log.pool("%s job %d: waits for the proxy credentials' recall", this.origin, job.id);
     proof.watch(job, this.#options.limits).then(
@@ -981,9 +981,21 @@ export class OriginPool implements FastHost, WaitConsumer<Session, Job> {
    */
   #watchWaiting(): void {
     if (this.#end || !this.#route?.proxy.proof.recalling) return;
-    for (const { identity, queue } of this.#waiting.values())
-      if (queue.length > 0 && carries(identity, 'proxy'))
-        for (const job of queue.take((j) => j.proxyWatch === 'unwatched')) this.#watchProxy(job);
+    for (const { queue } of this.#waiting.values())
+      if (queue.length > 0) for (const job of queue.take((j) => this.#waitsOnProxyRecall(j))) this.#watchProxy(job);
+  }
+
+  /**
+   * R1/R4: whether `job`, waiting for a session (or about to), waits for the proxy credentials'
+   * recall instead (#watchProxy): one is waiting now, `job` has not waited for one (once at most),
+   * and it goes with the agent's proxy credentials. The one test of both #watchProxy and
+   * #watchWaiting: a request #watchWaiting left in the queue would wait past its bound, begun
+   * before the recall's; one it took that #watchProxy refused would be lost from the queue.
+   */
+  #waitsOnProxyRecall(job: Job): boolean {
+    return (
+      this.#route?.proxy.proof.recalling === true && job.proxyWatch === 'unwatched' && carries(job.identity, 'proxy')
+    );
   }
 
   /** Hands freed capacity to waiting requests, in arrival order per lane and identity. */
