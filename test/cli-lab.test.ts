@@ -234,6 +234,27 @@ describe.skipIf(!havePeers)('multileg CLI and doctor against MIT Kerberos and Ap
   );
 
   it.skipIf(!haveSquid)(
+    "M2/H5: a Negotiate-only Squid's 407 line says what the environment says, as the 401's does: NTLM_USER_FILE not taken (no ticket; the fix a ticket, since the proxy offers no password scheme), and KRB5_CONFIG naming no file (a TGT, no KDC found)",
+    async () => {
+      const url = `${lab.apache!.cleartextOrigin}/public/cli-407-env`;
+      const args = ['-x', lab.negotiateSquid!.origin, '--proxy-negotiate', '-U', ':', '-o', '/dev/null', url];
+      const withFile = await run(args, { env: { ...noTicket, NTLM_USER_FILE: lab.ntlmUserFile } });
+      expect(withFile.code).toBe(0);
+      expect(withFile.stderr).toMatch(
+        /\(MULTILEG_KRB_NO_TICKET\); NTLM_USER_FILE is set, but multileg's Negotiate does not take gss-ntlmssp's NTLM credentials from it \(curl --proxy-negotiate does\): get a Kerberos ticket for the proxy \(kinit\)\n$/,
+      );
+      const ccache = `FILE:${join(lab.dir, 'tgt-proxy-typo')}`;
+      await lab.realm!.kinit({ ccache });
+      const typo = join(lab.dir, 'krb5.conf-proxy-typo');
+      const typoRun = await run(args, { env: { ...env, KRB5_CONFIG: typo, KRB5CCNAME: ccache } });
+      expect(typoRun.code).toBe(0);
+      expect(typoRun.stderr).toContain(
+        `(MULTILEG_KRB_KDC_UNREACHABLE); KRB5_CONFIG=${typo} names no file that exists, so no krb5.conf was read: correct it, or unset it for /etc/krb5.conf\n`,
+      );
+    },
+  );
+
+  it.skipIf(!haveSquid)(
     'H5: -U user:password and no ticket at a Negotiate-only Squid: the CONNECT error says the password cannot answer Negotiate and to get a ticket, not to give the -U that was given, nor to check --proxy-negotiate (the one scheme it offers)',
     async () => {
       const r = await run(

@@ -238,6 +238,23 @@ export function missingKrb5Config(code: string | undefined, env: NodeJS.ProcessE
   return `; KRB5_CONFIG=${env.KRB5_CONFIG} names no file that exists, so no krb5.conf was read: correct it, or unset it for /etc/krb5.conf`;
 }
 
+/**
+ * M2: what the environment says of why Negotiate could not run, after the reasons (`unusable`): that
+ * gss-ntlmssp's NTLM_USER_FILE is not taken (`curl`'s SPNEGO takes it, with no ticket) and what to do
+ * `instead`, and a KRB5_CONFIG naming no file. For an origin's 401 and a proxy's 407 alike.
+ */
+export function negotiateEnvNotes(
+  unusable: readonly { readonly code: string }[],
+  fix: { readonly curl: string; readonly instead: string },
+  env: NodeJS.ProcessEnv = process.env,
+): string {
+  const ntlmUserFile =
+    env.NTLM_USER_FILE && unusable.some((u) => u.code === 'MULTILEG_KRB_NO_TICKET')
+      ? `; NTLM_USER_FILE is set, but multileg's Negotiate does not take gss-ntlmssp's NTLM credentials from it (${fix.curl} does): ${fix.instead}`
+      : '';
+  return `${ntlmUserFile}${unusable.map((u) => missingKrb5Config(u.code, env)).find((note) => note !== '') ?? ''}`;
+}
+
 /** The innermost MultilegError or coded system error in `err`'s cause chain (fetch wraps ours). */
 export function rootCause(err: unknown): Error & { code?: string } {
   let e = err as (Error & { code?: string; cause?: unknown }) | undefined;
@@ -657,7 +674,13 @@ export function explain407(ctx: {
   if (ctx.unusable.length === 0)
     return `${head}: give --proxy-user user:password${enabled(/^negotiate$/i) || !password ? ' (or a Kerberos ticket for the proxy)' : ''}`;
   const why = ctx.unusable.map((u) => `${forCli(u.message)} (${u.code})`);
-  return `${head}: ${why.join('; ')}${password ? '; or give --proxy-user user:password' : ''}`;
+  const notes = negotiateEnvNotes(ctx.unusable, {
+    curl: 'curl --proxy-negotiate',
+    instead: password
+      ? 'give --proxy-user DOMAIN\\user:password for NTLM'
+      : 'get a Kerberos ticket for the proxy (kinit)',
+  });
+  return `${head}: ${why.join('; ')}${notes}${password ? '; or give --proxy-user user:password' : ''}`;
 }
 
 /**

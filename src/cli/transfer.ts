@@ -27,7 +27,7 @@ import {
   type Failure,
   forCli,
   heldBackWhy,
-  missingKrb5Config,
+  negotiateEnvNotes,
   netrcFileOf,
   netrcOtherHost,
   rootCause,
@@ -264,13 +264,12 @@ async function whyStood(
   // The 401 came as the answer because what it offers cannot run here (deliver401): why (kinit…).
   const unanswered = trace.lastDelivered?.unanswered;
   if (status === 401 && unanswered && unanswered.unusable.length > 0)
-    return `${unanswered.unusable.map((u) => `${forCli(u.message)} (${u.code})`).join('; ')}${
-      // M2: gss-ntlmssp's user file answers curl --negotiate without a ticket; SPNEGO here offers
-      // Kerberos alone (NTLM is ours): say why the same command that works with curl does not here.
-      process.env.NTLM_USER_FILE && unanswered.unusable.some((u) => u.code === 'MULTILEG_KRB_NO_TICKET')
-        ? "; NTLM_USER_FILE is set, but multileg's Negotiate does not take gss-ntlmssp's NTLM credentials from it (curl --negotiate does): give -u DOMAIN\\user for NTLM"
-        : ''
-    }${unanswered.unusable.map((u) => missingKrb5Config(u.code)).find((note) => note !== '') ?? ''}`;
+    // M2: gss-ntlmssp's user file answers curl --negotiate without a ticket; SPNEGO here offers
+    // Kerberos alone (NTLM is ours): say why the same command that works with curl does not here.
+    return `${unanswered.unusable.map((u) => `${forCli(u.message)} (${u.code})`).join('; ')}${negotiateEnvNotes(
+      unanswered.unusable,
+      { curl: 'curl --negotiate', instead: 'give -u DOMAIN\\user for NTLM' },
+    )}`;
   // R4, R1: another run held this password's lock (trying it here) longer than the request waits:
   // it went without the password, for that reason and not for any of the scheme's.
   const waiting = lockWaitBehind(
