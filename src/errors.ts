@@ -446,9 +446,11 @@ export interface ConnectionClosedOptions {
   streamReset?: { code: number; idempotent: boolean; afterHead: boolean; challenge?: number } | undefined;
   /**
    * HTTP/1.1: the connection closed after the head of a response the agent was to answer (this
-   * status: a 401 or 407 challenge), partway through its body, between a handshake's legs.
+   * status: a 401 or 407 challenge), partway through its body, between a handshake's legs. `tunnel`:
+   * the cut answer was a proxy's 407 to the CONNECT to this target (`host:port`), so the caller's
+   * request itself was never sent (H5).
    */
-  challengeCut?: { status: number; idempotent: boolean } | undefined;
+  challengeCut?: { status: number; idempotent: boolean } | { status: number; tunnel: string } | undefined;
 }
 
 /** RFC 9113 §7's error code names, for messages (RST_STREAM, GOAWAY). */
@@ -584,7 +586,7 @@ export class ConnectionClosedError extends MultilegError {
     // R1/C8: the challenge's head was whole, the rest of it never came: the handshake does not answer it.
     const challengeCut =
       cut &&
-      `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${resendAdvice(method, cut.idempotent)}; check the ${via}'s logs`;
+      `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method}${'tunnel' in cut ? ` ${cut.tunnel}` : ''} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${'tunnel' in cut ? `: no tunnel was opened, so the request did not reach ${cut.tunnel} and may be sent again` : resendAdvice(method, cut.idempotent)}; check the ${via}'s logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
       options?.streamReset !== undefined

@@ -15,6 +15,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
+import { connect as netConnect } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionClosedError, MultilegAgent } from '../src/index.ts';
@@ -22,6 +23,7 @@ import { ProxyClosedError } from '../src/proxy/errors.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { eachRequest, hostile } from './hostile-proxy.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -529,4 +531,103 @@ describe("the connection closed partway through a challenge's body over HTTP/1.1
       }
     }, 120_000);
   }
+});
+
+type TunnelCase = 'NTLM challenge leg' | 'Basic';
+
+/**
+ * A scripted CONNECT proxy (HTTP/1.1) — NTLM (a scripted CHALLENGE) or Basic, checking no password —
+ * whose first 407 of `where` (NTLM: the one carrying its CHALLENGE) comes as its head and part of its
+ * body (Content-Length: 100), then the connection closed (`how`: FIN, or a reset); every other 407
+ * whole, and a CONNECT it lets through answered 200 and relayed to 127.0.0.1:`port`. `wire`: what
+ * each CONNECT carried (`bare`, `NTLM1`, `NTLM3`, `Basic`).
+ */
+async function cuttingTunnelProxy(where: TunnelCase, how: 'close' | 'reset', port: number, wire: string[]) {
+  let cut = false;
+  const proxy = await hostile((socket, received) =>
+    eachRequest(socket, received, (head) => {
+      const auth = /^proxy-authorization:[ \t]*(.*?)[ \t]*$/im.exec(head)?.[1];
+      const scheme = auth?.split(' ', 1)[0];
+      const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
+      wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
+      if (where === 'Basic' ? scheme === 'Basic' : leg === 3) {
+        const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+          socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+          socket.pipe(upstream).pipe(socket);
+        });
+        upstream.on('error', () => socket.destroy());
+        socket.once('close', () => upstream.destroy());
+        return 'stop';
+      }
+      const offer = where === 'Basic' ? 'Basic realm="p"' : leg === 1 ? `NTLM ${SCRIPTED_NTLM_CHALLENGE}` : 'NTLM';
+      const status = 'HTTP/1.1 407 Proxy Authentication Required';
+      if (cut || (where !== 'Basic' && leg !== 1)) {
+        socket.write(`${status}\r\nProxy-Authenticate: ${offer}\r\nContent-Length: 0\r\n\r\n`);
+        return undefined;
+      }
+      cut = true;
+      socket.write(
+        `${status}\r\nProxy-Authenticate: ${offer}\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n<html>407: log in`,
+        () => setTimeout(() => (how === 'reset' ? socket.resetAndDestroy() : socket.end()), 20),
+      );
+      return 'stop';
+    }),
+  );
+  closers.push(() => proxy.close());
+  return `http://127.0.0.1:${proxy.port}`;
+}
+
+describe("the connection closed partway through a CONNECT's 407 body (R1, C8, H5)", () => {
+  it('R1/C8/H5: a proxy closing or resetting the connection partway through the body of its NTLM challenge 407 or Basic 407 to a CONNECT ends that request in ProxyClosedError naming the proxy, the CONNECT and the 407 (challengeCut; not sent again), not ProxyProtocolError; the request beside it and the next one open tunnels of their own and get 200', async () => {
+    const origin = await loopbackOrigin(
+      createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (_req, res) => res.end('ok')),
+      closers,
+    );
+    const { port } = new URL(origin);
+    const target = `localhost:${port}`;
+    const settle = (agent: MultilegAgent) =>
+      request(`${origin}/x`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+        async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+        (e: Error & { code?: string }) => e,
+      );
+    for (const where of ['NTLM challenge leg', 'Basic'] as const) {
+      for (const how of ['close', 'reset'] as const) {
+        const label = `${where} ${how}`;
+        const wire: string[] = [];
+        const proxy = await cuttingTunnelProxy(where, how, Number(port), wire);
+        const agent = new MultilegAgent({
+          connect: { ca: CA_CERT },
+          proxy: { uri: proxy, credentials: ALICE, negotiate: false, schemes: [where === 'Basic' ? 'Basic' : 'NTLM'] },
+        });
+        closers.push(() => agent.destroy());
+        // Two at once: each opens a tunnel of its own; the first CONNECT's 407 is cut.
+        const [first, other] = await Promise.all([settle(agent), settle(agent)]);
+        const e = [first, other].find((r) => r instanceof Error) as ProxyClosedError | undefined;
+        // Before: ProxyProtocolError "the proxy closed the connection" / "connection failed (read
+        // ECONNRESET)" (MULTILEG_PROXY_PROTOCOL), which named no 407.
+        expect([label, e?.code]).toEqual([label, 'MULTILEG_PROXY_CLOSED']);
+        expect(e, label).toBeInstanceOf(ProxyClosedError);
+        expect([label, e!.proxy, e!.method, e!.challengeCut, e!.streamReset, e!.reset]).toEqual([
+          label,
+          proxy,
+          'CONNECT',
+          407,
+          undefined,
+          how === 'reset',
+        ]);
+        expect(e!.message, label).toContain(
+          `proxy ${proxy} ${how === 'reset' ? 'reset' : 'closed'} the connection partway through the body of its 407 challenge to the CONNECT ${target}`,
+        );
+        expect(e!.message, label).toContain(
+          `the handshake did not go on and the CONNECT was not sent again: no tunnel was opened, so the request did not reach ${target} and may be sent again`,
+        );
+        // The cut 407 went unanswered: the only credentials sent are the other tunnel's.
+        const answers = wire.filter((w) => w === 'NTLM3' || w === 'Basic');
+        expect([label, answers.length]).toEqual([label, 1]);
+        // The other request's tunnel and the next one's open (the proxy's 407s whole now): 200.
+        expect([label, first === e ? other : first]).toEqual([label, { status: 200, body: 'ok' }]);
+        expect([label, await settle(agent)]).toEqual([label, { status: 200, body: 'ok' }]);
+      }
+    }
+  }, 60_000);
 });
