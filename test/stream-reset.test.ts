@@ -533,6 +533,97 @@ describe("the connection closed partway through a challenge's body over HTTP/1.1
   }
 });
 
+/**
+ * An HTTP/1.1 front (https, the test certificate) before the reference server (Negotiate, `mode`):
+ * each front connection gets an HTTP/2 connection of its own to the server, each request passed on
+ * as it came, and the server's first 401 of `where` — the bare `Negotiate` one, or the one carrying
+ * the acceptor's SPNEGO token — goes on as its head and part of a body (Content-Length: 100), then
+ * the front connection closed.
+ */
+async function negotiateClosingFront(
+  where: NegotiateCut,
+  mode: 'per-request' | 'session',
+): Promise<{ origin: string; server: ReferenceServer }> {
+  const backend = await startReferenceServer({ mode, schemes: ['Negotiate'] });
+  closers.push(() => backend.close());
+  const upstream = new WeakMap<object, ClientHttp2Session>();
+  let cut = false;
+  const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+    const socket = req.socket;
+    let up = upstream.get(socket);
+    if (!up) {
+      up = http2Connect(backend.origin, { ca: CA_CERT });
+      up.on('error', () => {});
+      socket.once('close', () => up!.close());
+      upstream.set(socket, up);
+    }
+    const out: Record<string, string | string[] | undefined> = { ':method': req.method, ':path': req.url };
+    for (const [k, v] of Object.entries(req.headers))
+      if (!['host', 'connection', 'keep-alive', 'transfer-encoding'].includes(k)) out[k] = v;
+    const ask = up.request(out);
+    ask.on('error', () => socket.destroy());
+    req.pipe(ask);
+    ask.on('response', (head) => {
+      const { ':status': status, 'content-length': length, ...rest } = head;
+      const challenge = String(head['www-authenticate'] ?? '');
+      const cutHere =
+        status === 401 &&
+        !cut &&
+        (where === 'first 401' ? challenge === 'Negotiate' : challenge.startsWith('Negotiate '));
+      if (!cutHere) {
+        res.writeHead(Number(status), { ...rest, ...(length !== undefined ? { 'content-length': length } : {}) });
+        ask.pipe(res);
+        return;
+      }
+      cut = true;
+      ask.resume();
+      // The 401's head and part of its body, then the close.
+      res.writeHead(401, { ...rest, 'content-type': 'text/html', 'content-length': 100 });
+      res.write('<html>401: log in', () => setTimeout(() => socket.destroy(), 20));
+    });
+  });
+  return { origin: await loopbackOrigin(server, closers), server: backend };
+}
+
+describe("the connection closed partway through a Negotiate 401's body over HTTP/1.1 (R1, C8)", () => {
+  const settle = (origin: string, agent: MultilegAgent, path: string) =>
+    request(`${origin}${path}`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+      async (r) => ({ status: r.statusCode, user: ((await r.body.json()) as { user: string | null }).user }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  for (const mode of ['per-request', 'session'] as const) {
+    it(`R1/C8: (${mode}) HTTP/1.1: the bare Negotiate 401 and the 401 carrying the acceptor's SPNEGO token (NTLM inside Negotiate) cut by the connection closing partway through the body end that request in ConnectionClosedError naming the origin and the challenge (challengeCut, not sent again), as NTLM's; the request beside it and the next one 200 as alice`, async () => {
+      for (const where of ['first 401', 'challenge 401'] as const) {
+        const { origin, server } = await negotiateClosingFront(where, mode);
+        const agent = new MultilegAgent({
+          credentials: ALICE,
+          trustedOrigins: [origin],
+          connect: { ca: CA_CERT },
+          schemes: ['Negotiate'],
+        });
+        closers.push(() => agent.destroy());
+        const [first, other] = await Promise.all([settle(origin, agent, '/auth/a'), settle(origin, agent, '/auth/b')]);
+        // The cut request's handshake went no further: one handshake accepted, the other's.
+        expect([where, server.exchanges.filter((x) => x.outcome === 'accepted').length]).toEqual([where, 1]);
+        const e = [first, other].find((r) => r instanceof Error) as ConnectionClosedError | undefined;
+        expect([where, e?.code]).toEqual([where, 'MULTILEG_CONNECTION_CLOSED']);
+        expect(e, where).toBeInstanceOf(ConnectionClosedError);
+        expect([where, e!.peer, e!.challengeCut, e!.streamReset]).toEqual([where, origin, 401, undefined]);
+        expect(e!.cause, where).toMatchObject({ code: 'UND_ERR_SOCKET' });
+        expect(e!.message, where).toContain(
+          `origin ${origin} closed the connection partway through the body of its 401 challenge to the GET`,
+        );
+        expect(e!.message, where).toContain('the handshake did not go on and the GET was not sent again');
+        // Nothing beside it lost; the next one authenticates.
+        const alice = { status: 200, user: 'EXAMPLE\\alice' };
+        expect([where, first === e ? other : first]).toEqual([where, alice]);
+        expect([where, await settle(origin, agent, '/auth/c')]).toEqual([where, alice]);
+      }
+    }, 60_000);
+  }
+});
+
 type TunnelCase = 'NTLM challenge leg' | 'Basic';
 
 /**
