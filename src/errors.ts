@@ -446,9 +446,11 @@ export interface ConnectionClosedOptions {
   streamReset?: { code: number; idempotent: boolean; afterHead: boolean; challenge?: number } | undefined;
   /**
    * HTTP/1.1: the connection closed after the head of a response the agent was to answer (this
-   * status: a 401 or 407 challenge), partway through its body, between a handshake's legs.
+   * status: a 401 or 407 challenge), partway through its body, between a handshake's legs. `tunnel`:
+   * the cut answer was a proxy's 407 to the CONNECT to this target (`host:port`), so the caller's
+   * request itself was never sent (H5).
    */
-  challengeCut?: { status: number; idempotent: boolean } | undefined;
+  challengeCut?: { status: number; idempotent: boolean } | { status: number; tunnel: string } | undefined;
 }
 
 /** RFC 9113 §7's error code names, for messages (RST_STREAM, GOAWAY). */
@@ -510,6 +512,91 @@ function streamResetMessage(
   return `${who} reset the HTTP/2 stream of the ${method} with ${name} after its response head: the response was cut short (its head and part of its body delivered), ${meaning}; ${again}`;
 }
 
+/** Who closed under which request, as a {@link ConnectionClosedError}'s message names them. */
+interface Closer {
+  /** `origin http://host:port` or `proxy http://host:port`. */
+  readonly who: string;
+  readonly peer: string;
+  readonly via: 'origin' | 'proxy';
+  readonly method: string;
+  /** ECONNRESET rather than a close. */
+  readonly reset: boolean;
+}
+
+/**
+ * A {@link ConnectionClosedError}'s message: one cause, the first that `o` says of these — a stream
+ * reset, a challenge's body cut, an upgrade's bound leg with nowhere to go, a new connection's
+ * close, else a close under a request on a connection that had answered.
+ */
+function closedMessage(c: Closer, o: ConnectionClosedOptions, headBytes: number): string {
+  if (o.streamReset !== undefined) return streamResetMessage(c.who, c.method, o.streamReset);
+  if (o.challengeCut) return challengeCutMessage(c, o.challengeCut);
+  if (o.afterChallenge !== undefined) return afterChallengeMessage(c, o.afterChallenge);
+  if (o.fresh) return freshMessage(c, headBytes);
+  return closedUnderMessage(c, o);
+}
+
+/** R1/C8: the challenge's head was whole, the rest of it never came: the handshake does not answer it. */
+function challengeCutMessage(
+  { who, via, method, reset }: Closer,
+  cut: NonNullable<ConnectionClosedOptions['challengeCut']>,
+): string {
+  // A CONNECT's 407 (H5): the caller's request never left, whatever its method.
+  const [target, resend] =
+    'tunnel' in cut
+      ? [` ${cut.tunnel}`, `: no tunnel was opened, so the request did not reach ${cut.tunnel} and may be sent again`]
+      : ['', resendAdvice(method, cut.idempotent)];
+  return `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method}${target} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${resend}; check the ${via}'s logs`;
+}
+
+/** H1: an upgrade's connection-bound handshake lost the connection its next leg answers, twice. */
+function afterChallengeMessage({ who, via, method }: Closer, scheme: string): string {
+  return `${who} closed the connection with its ${scheme} challenge to this ${method} (an upgrade), on a new connection again after the handshake started over: the next leg answers that connection's challenge and goes on no other (H1), so it was not sent and no credential was refused; check the ${via}'s keep-alive settings (a limit of requests per connection, keep-alive off) and its logs`;
+}
+
+/** A close under the first request on a new connection: no idle close, the peer refusing or failing it. */
+function freshMessage({ who, peer, via, method, reset }: Closer, headBytes: number): string {
+  const how = reset ? 'ECONNRESET' : headBytes > 0 ? `after ${headBytes} bytes of a response head` : 'an empty reply';
+  const closed = `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as`;
+  return via === 'proxy'
+    ? // A proxy that drops a new connection under its first request would drop the next one too.
+      `${closed} a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
+    : // A TLS port closes on a plain-HTTP request: the likelier fix than the server's logs.
+      `${closed} a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
+}
+
+/** A close under a request on a connection that had answered before (kept alive, or its own handshake's legs). */
+function closedUnderMessage({ who, via, method }: Closer, o: ConnectionClosedOptions): string {
+  // Over HTTP/2 the server's GOAWAY said which streams it processed: this one among them.
+  const closed = o.goaway
+    ? `${who} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
+    : o.handshake
+      ? `${who} closed the connection this ${method}'s handshake ran on, after answering its challenge, without answering the next leg written on it`
+      : `${who} closed its kept-alive connection without answering the ${method} written on it`;
+  if (o.again)
+    return `${closed}, again after it was sent ${o.again === true || o.again === 1 ? 'once more on a new connection' : `${o.again} more times`}; check the ${via}'s keep-alive settings and logs`;
+  const why = notSentWhy(via, o);
+  return o.goaway || o.handshake
+    ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
+    : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`;
+}
+
+/** Why a request the peer may have received was not sent again, and when it may be. */
+function notSentWhy(via: 'origin' | 'proxy', o: ConnectionClosedOptions): string {
+  if (o.unproved !== undefined) {
+    const counted =
+      o.unproved === 'Authorization'
+        ? `the origin has not accepted yet and may have counted${via === 'proxy' ? ' (the proxy may have passed it on)' : ''}`
+        : `this ${via} has not accepted yet and may have counted`;
+    return `it carried credentials (${o.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4), so the agent holds its own back from there a while, as after a refusal. Send the request again once that is safe`;
+  }
+  if (o.oneShot !== undefined)
+    return `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${o.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`;
+  return o.upgrade
+    ? `the ${via} may have received it (an upgrade is never sent again by the agent): send it again if that is safe`
+    : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
+}
+
 /**
  * A server closed (or reset) a connection after a request was written on it, before a byte of an
  * answer to it, and the request was not sent again. A request written on a kept-alive connection
@@ -552,54 +639,10 @@ export class ConnectionClosedError extends MultilegError {
    */
   constructor(peer: string, method: string, options?: ConnectionClosedOptions, via: 'origin' | 'proxy' = 'origin') {
     const reset = (options?.cause as { code?: unknown } | undefined)?.code === 'ECONNRESET';
-    const who = `${via} ${peer}`;
-    // Over HTTP/2 the server's GOAWAY said which streams it processed: this one among them.
-    const closed = options?.goaway
-      ? `${who} closed its HTTP/2 connection without answering the ${method} written on it, which its GOAWAY counted as processed (last-stream-id, RFC 9113 §6.8)`
-      : options?.handshake
-        ? `${who} closed the connection this ${method}'s handshake ran on, after answering its challenge, without answering the next leg written on it`
-        : `${who} closed its kept-alive connection without answering the ${method} written on it`;
-    const counted =
-      options?.unproved === 'Authorization'
-        ? `the origin has not accepted yet and may have counted${via === 'proxy' ? ' (the proxy may have passed it on)' : ''}`
-        : `this ${via} has not accepted yet and may have counted`;
-    const why =
-      options?.unproved !== undefined
-        ? `it carried credentials (${options.unproved}) ${counted}: a password tried twice unanswered counts twice toward an account lockout (R4), so the agent holds its own back from there a while, as after a refusal. Send the request again once that is safe`
-        : options?.oneShot !== undefined
-          ? `its body was a one-shot stream larger than limits.maxReplayBodyBytes (${options.oneShot} bytes), read once already: pass a Buffer/string body or raise limits.maxReplayBodyBytes`
-          : options?.upgrade
-            ? `the ${via} may have received it (an upgrade is never sent again by the agent): send it again if that is safe`
-            : `the ${via} may have received it: send it again if that is safe (or give the dispatch option idempotent: true)`;
     const headBytes = options?.fresh && options.headBytes ? options.headBytes : 0;
-    const how = reset ? 'ECONNRESET' : headBytes > 0 ? `after ${headBytes} bytes of a response head` : 'an empty reply';
-    const fresh =
-      via === 'proxy'
-        ? // A proxy that drops a new connection under its first request would drop the next one too.
-          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a proxy that closes before answering anything is refusing or failing the request, not closing an idle connection: check the proxy's logs and its access rules for this client and this origin`
-        : // A TLS port closes on a plain-HTTP request: the likelier fix than the server's logs.
-          `${who} ${reset ? 'reset' : 'closed'} a new connection without answering the ${method} written on it, the first on it (${how}); not sent again, as a server that closes before answering another request (a handshake's challenges are this one's) is refusing or failing the request, not closing an idle connection: ${peer.startsWith('http:') ? 'is it an https:// port? If not, ' : ''}check the server's logs`;
-    const afterChallenge = `${who} closed the connection with its ${options?.afterChallenge} challenge to this ${method} (an upgrade), on a new connection again after the handshake started over: the next leg answers that connection's challenge and goes on no other (H1), so it was not sent and no credential was refused; check the ${via}'s keep-alive settings (a limit of requests per connection, keep-alive off) and its logs`;
-    const cut = options?.challengeCut;
-    // R1/C8: the challenge's head was whole, the rest of it never came: the handshake does not answer it.
-    const challengeCut =
-      cut &&
-      `${who} ${reset ? 'reset' : 'closed'} the connection partway through the body of its ${cut.status} challenge to the ${method} (the agent's to answer, never the caller's); the handshake did not go on and the ${method} was not sent again${resendAdvice(method, cut.idempotent)}; check the ${via}'s logs`;
     super(
       via === 'proxy' ? 'MULTILEG_PROXY_CLOSED' : 'MULTILEG_CONNECTION_CLOSED',
-      options?.streamReset !== undefined
-        ? streamResetMessage(who, method, options.streamReset)
-        : challengeCut
-          ? challengeCut
-          : options?.afterChallenge !== undefined
-            ? afterChallenge
-            : options?.fresh
-              ? fresh
-              : options?.again
-                ? `${closed}, again after it was sent ${options.again === true || options.again === 1 ? 'once more on a new connection' : `${options.again} more times`}; check the ${via}'s keep-alive settings and logs`
-                : options?.goaway || options?.handshake
-                  ? `${closed}; not sent again, as ${why}, and check the ${via}'s logs`
-                  : `${closed}, and did not say it would (no Connection: close); not sent again, as ${why}, and check the ${via}'s keep-alive settings`,
+      closedMessage({ who: `${via} ${peer}`, peer, via, method, reset }, options ?? {}, headBytes),
       options,
     );
     this.peer = peer;

@@ -1730,6 +1730,35 @@ describe('multileg command line', () => {
     }
   });
 
+  it("R1/C8/H5: a proxy that closes the connection partway through the body of its 407 to a CONNECT is curl's 56, as a forwarding proxy's cut 407 is, the proxy, the CONNECT and the 407 named (MULTILEG_PROXY_CLOSED)", async () => {
+    const peers: Socket[] = [];
+    // A 407 head (Basic) and part of its body, then the close.
+    const cutting = createTcpServer((s) => {
+      peers.push(s);
+      s.on('error', () => {});
+      s.once('data', () =>
+        s.end(
+          'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\nContent-Length: 100\r\n\r\n<html>407',
+        ),
+      );
+    });
+    try {
+      const proxy = `http://127.0.0.1:${await listen(cutting)}`;
+      const r = await run(['-x', proxy, '-U', 'u:pw', '--proxy-basic', 'https://origin.example:8443/x']);
+      // Before: "proxy …: the proxy closed the connection; check the proxy address and that it is an
+      // HTTP proxy (MULTILEG_PROXY_PROTOCOL)", which named no 407.
+      expect(r.code).toBe(56);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `^multileg: proxy ${proxy} closed the connection partway through the body of its 407 challenge to the CONNECT origin\\.example:8443 .*\\(MULTILEG_PROXY_CLOSED\\)\n$`,
+        ),
+      );
+    } finally {
+      for (const p of peers) p.destroy();
+      cutting.close();
+    }
+  });
+
   it('a plain http:// request to a port that answers in TLS (an alert record) is curl 7.88\'s 1 ("Received HTTP/0.9"), with the https:// port hint', async () => {
     const peers: Socket[] = [];
     // What a TLS server may send back for a plain request: an alert record (fatal, protocol_version).

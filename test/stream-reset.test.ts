@@ -15,6 +15,7 @@ import {
   type ServerHttp2Stream,
 } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
+import { connect as netConnect } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConnectionClosedError, MultilegAgent } from '../src/index.ts';
@@ -22,6 +23,7 @@ import { ProxyClosedError } from '../src/proxy/errors.ts';
 import { type ReferenceServer, startReferenceServer } from '../src/reference-server/index.ts';
 import { CA_CERT, SERVER_CERT, SERVER_KEY } from '../src/reference-server/test-pki.ts';
 import { ALICE, loopbackOrigin, ntlmAgentAt, ntlmLeg, SCRIPTED_NTLM_CHALLENGE } from './helpers.ts';
+import { eachRequest, hostile } from './hostile-proxy.ts';
 
 const closers: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -529,4 +531,194 @@ describe("the connection closed partway through a challenge's body over HTTP/1.1
       }
     }, 120_000);
   }
+});
+
+/**
+ * An HTTP/1.1 front (https, the test certificate) before the reference server (Negotiate, `mode`):
+ * each front connection gets an HTTP/2 connection of its own to the server, each request passed on
+ * as it came, and the server's first 401 of `where` — the bare `Negotiate` one, or the one carrying
+ * the acceptor's SPNEGO token — goes on as its head and part of a body (Content-Length: 100), then
+ * the front connection closed.
+ */
+async function negotiateClosingFront(
+  where: NegotiateCut,
+  mode: 'per-request' | 'session',
+): Promise<{ origin: string; server: ReferenceServer }> {
+  const backend = await startReferenceServer({ mode, schemes: ['Negotiate'] });
+  closers.push(() => backend.close());
+  const upstream = new WeakMap<object, ClientHttp2Session>();
+  let cut = false;
+  const server = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+    const socket = req.socket;
+    let up = upstream.get(socket);
+    if (!up) {
+      up = http2Connect(backend.origin, { ca: CA_CERT });
+      up.on('error', () => {});
+      socket.once('close', () => up!.close());
+      upstream.set(socket, up);
+    }
+    const out: Record<string, string | string[] | undefined> = { ':method': req.method, ':path': req.url };
+    for (const [k, v] of Object.entries(req.headers))
+      if (!['host', 'connection', 'keep-alive', 'transfer-encoding'].includes(k)) out[k] = v;
+    const ask = up.request(out);
+    ask.on('error', () => socket.destroy());
+    req.pipe(ask);
+    ask.on('response', (head) => {
+      const { ':status': status, 'content-length': length, ...rest } = head;
+      const challenge = String(head['www-authenticate'] ?? '');
+      const cutHere =
+        status === 401 &&
+        !cut &&
+        (where === 'first 401' ? challenge === 'Negotiate' : challenge.startsWith('Negotiate '));
+      if (!cutHere) {
+        res.writeHead(Number(status), { ...rest, ...(length !== undefined ? { 'content-length': length } : {}) });
+        ask.pipe(res);
+        return;
+      }
+      cut = true;
+      ask.resume();
+      // The 401's head and part of its body, then the close.
+      res.writeHead(401, { ...rest, 'content-type': 'text/html', 'content-length': 100 });
+      res.write('<html>401: log in', () => setTimeout(() => socket.destroy(), 20));
+    });
+  });
+  return { origin: await loopbackOrigin(server, closers), server: backend };
+}
+
+describe("the connection closed partway through a Negotiate 401's body over HTTP/1.1 (R1, C8)", () => {
+  const settle = (origin: string, agent: MultilegAgent, path: string) =>
+    request(`${origin}${path}`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+      async (r) => ({ status: r.statusCode, user: ((await r.body.json()) as { user: string | null }).user }),
+      (e: Error & { code?: string }) => e,
+    );
+
+  for (const mode of ['per-request', 'session'] as const) {
+    it(`R1/C8: (${mode}) HTTP/1.1: the bare Negotiate 401 and the 401 carrying the acceptor's SPNEGO token (NTLM inside Negotiate) cut by the connection closing partway through the body end that request in ConnectionClosedError naming the origin and the challenge (challengeCut, not sent again), as NTLM's; the request beside it and the next one 200 as alice`, async () => {
+      for (const where of ['first 401', 'challenge 401'] as const) {
+        const { origin, server } = await negotiateClosingFront(where, mode);
+        const agent = new MultilegAgent({
+          credentials: ALICE,
+          trustedOrigins: [origin],
+          connect: { ca: CA_CERT },
+          schemes: ['Negotiate'],
+        });
+        closers.push(() => agent.destroy());
+        const [first, other] = await Promise.all([settle(origin, agent, '/auth/a'), settle(origin, agent, '/auth/b')]);
+        // The cut request's handshake went no further: one handshake accepted, the other's.
+        expect([where, server.exchanges.filter((x) => x.outcome === 'accepted').length]).toEqual([where, 1]);
+        const e = [first, other].find((r) => r instanceof Error) as ConnectionClosedError | undefined;
+        expect([where, e?.code]).toEqual([where, 'MULTILEG_CONNECTION_CLOSED']);
+        expect(e, where).toBeInstanceOf(ConnectionClosedError);
+        expect([where, e!.peer, e!.challengeCut, e!.streamReset]).toEqual([where, origin, 401, undefined]);
+        expect(e!.cause, where).toMatchObject({ code: 'UND_ERR_SOCKET' });
+        expect(e!.message, where).toContain(
+          `origin ${origin} closed the connection partway through the body of its 401 challenge to the GET`,
+        );
+        expect(e!.message, where).toContain('the handshake did not go on and the GET was not sent again');
+        // Nothing beside it lost; the next one authenticates.
+        const alice = { status: 200, user: 'EXAMPLE\\alice' };
+        expect([where, first === e ? other : first]).toEqual([where, alice]);
+        expect([where, await settle(origin, agent, '/auth/c')]).toEqual([where, alice]);
+      }
+    }, 60_000);
+  }
+});
+
+type TunnelCase = 'NTLM challenge leg' | 'Basic';
+
+/**
+ * A scripted CONNECT proxy (HTTP/1.1) — NTLM (a scripted CHALLENGE) or Basic, checking no password —
+ * whose first 407 of `where` (NTLM: the one carrying its CHALLENGE) comes as its head and part of its
+ * body (Content-Length: 100), then the connection closed (`how`: FIN, or a reset); every other 407
+ * whole, and a CONNECT it lets through answered 200 and relayed to 127.0.0.1:`port`. `wire`: what
+ * each CONNECT carried (`bare`, `NTLM1`, `NTLM3`, `Basic`).
+ */
+async function cuttingTunnelProxy(where: TunnelCase, how: 'close' | 'reset', port: number, wire: string[]) {
+  let cut = false;
+  const proxy = await hostile((socket, received) =>
+    eachRequest(socket, received, (head) => {
+      const auth = /^proxy-authorization:[ \t]*(.*?)[ \t]*$/im.exec(head)?.[1];
+      const scheme = auth?.split(' ', 1)[0];
+      const leg = scheme === 'NTLM' ? ntlmLeg(auth) : 0;
+      wire.push(scheme === undefined ? 'bare' : scheme === 'NTLM' ? `NTLM${leg}` : scheme);
+      if (where === 'Basic' ? scheme === 'Basic' : leg === 3) {
+        const upstream = netConnect({ host: '127.0.0.1', port }, () => {
+          socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+          socket.pipe(upstream).pipe(socket);
+        });
+        upstream.on('error', () => socket.destroy());
+        socket.once('close', () => upstream.destroy());
+        return 'stop';
+      }
+      const offer = where === 'Basic' ? 'Basic realm="p"' : leg === 1 ? `NTLM ${SCRIPTED_NTLM_CHALLENGE}` : 'NTLM';
+      const status = 'HTTP/1.1 407 Proxy Authentication Required';
+      if (cut || (where !== 'Basic' && leg !== 1)) {
+        socket.write(`${status}\r\nProxy-Authenticate: ${offer}\r\nContent-Length: 0\r\n\r\n`);
+        return undefined;
+      }
+      cut = true;
+      socket.write(
+        `${status}\r\nProxy-Authenticate: ${offer}\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n<html>407: log in`,
+        () => setTimeout(() => (how === 'reset' ? socket.resetAndDestroy() : socket.end()), 20),
+      );
+      return 'stop';
+    }),
+  );
+  closers.push(() => proxy.close());
+  return `http://127.0.0.1:${proxy.port}`;
+}
+
+describe("the connection closed partway through a CONNECT's 407 body (R1, C8, H5)", () => {
+  it('R1/C8/H5: a proxy closing or resetting the connection partway through the body of its NTLM challenge 407 or Basic 407 to a CONNECT ends that request in ProxyClosedError naming the proxy, the CONNECT and the 407 (challengeCut; not sent again), not ProxyProtocolError; the request beside it and the next one open tunnels of their own and get 200', async () => {
+    const origin = await loopbackOrigin(
+      createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (_req, res) => res.end('ok')),
+      closers,
+    );
+    const { port } = new URL(origin);
+    const target = `localhost:${port}`;
+    const settle = (agent: MultilegAgent) =>
+      request(`${origin}/x`, { dispatcher: agent, signal: AbortSignal.timeout(10_000) }).then(
+        async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+        (e: Error & { code?: string }) => e,
+      );
+    for (const where of ['NTLM challenge leg', 'Basic'] as const) {
+      for (const how of ['close', 'reset'] as const) {
+        const label = `${where} ${how}`;
+        const wire: string[] = [];
+        const proxy = await cuttingTunnelProxy(where, how, Number(port), wire);
+        const agent = new MultilegAgent({
+          connect: { ca: CA_CERT },
+          proxy: { uri: proxy, credentials: ALICE, negotiate: false, schemes: [where === 'Basic' ? 'Basic' : 'NTLM'] },
+        });
+        closers.push(() => agent.destroy());
+        // Two at once: each opens a tunnel of its own; the first CONNECT's 407 is cut.
+        const [first, other] = await Promise.all([settle(agent), settle(agent)]);
+        const e = [first, other].find((r) => r instanceof Error) as ProxyClosedError | undefined;
+        // Before: ProxyProtocolError "the proxy closed the connection" / "connection failed (read
+        // ECONNRESET)" (MULTILEG_PROXY_PROTOCOL), which named no 407.
+        expect([label, e?.code]).toEqual([label, 'MULTILEG_PROXY_CLOSED']);
+        expect(e, label).toBeInstanceOf(ProxyClosedError);
+        expect([label, e!.proxy, e!.method, e!.challengeCut, e!.streamReset, e!.reset]).toEqual([
+          label,
+          proxy,
+          'CONNECT',
+          407,
+          undefined,
+          how === 'reset',
+        ]);
+        expect(e!.message, label).toContain(
+          `proxy ${proxy} ${how === 'reset' ? 'reset' : 'closed'} the connection partway through the body of its 407 challenge to the CONNECT ${target}`,
+        );
+        expect(e!.message, label).toContain(
+          `the handshake did not go on and the CONNECT was not sent again: no tunnel was opened, so the request did not reach ${target} and may be sent again`,
+        );
+        // The cut 407 went unanswered: the only credentials sent are the other tunnel's.
+        const answers = wire.filter((w) => w === 'NTLM3' || w === 'Basic');
+        expect([label, answers.length]).toEqual([label, 1]);
+        // The other request's tunnel and the next one's open (the proxy's 407s whole now): 200.
+        expect([label, first === e ? other : first]).toEqual([label, { status: 200, body: 'ok' }]);
+        expect([label, await settle(agent)]).toEqual([label, { status: 200, body: 'ok' }]);
+      }
+    }
+  }, 60_000);
 });

@@ -38,6 +38,8 @@ export interface UpgradeServer {
  */
 export async function upgradeServer(opts: {
   ntlm: boolean;
+  /** Wants Basic (alice's password) instead; `cutChallengeAt` cuts its 401 as NTLM's. */
+  basic?: boolean;
   challengeBody?: string;
   /** Authenticate, then refuse the upgrade with 403. */
   refuse?: boolean;
@@ -79,7 +81,7 @@ export async function upgradeServer(opts: {
   /** A `Keep-Alive` header on every 401 (e.g. `timeout=2`: Apache's KeepAliveTimeout 2). */
   keepAlive?: string;
   /**
-   * The NTLM 401 answering the request with this index (0-based, across connections) comes with its
+   * The NTLM (or Basic) 401 answering the request with this index (0-based, across connections) comes with its
    * head whole and a few bytes of its body, then the connection closes (a challenge's body cut short).
    */
   cutChallengeAt?: number;
@@ -171,6 +173,16 @@ export async function upgradeServer(opts: {
             status,
             ...(opts.setCookies ? { cookie: headers.cookie } : {}),
           });
+        if (opts.basic && !user) {
+          const given = /^Basic (\S+)$/.exec(auth ?? '')?.[1];
+          if (given && Buffer.from(given, 'base64').toString() === 'EXAMPLE\\alice:alicepw') user = 'EXAMPLE\\alice';
+          else {
+            record(401);
+            const cut = seen.length - 1 === opts.cutChallengeAt;
+            respond(401, 'Unauthorized', { 'www-authenticate': 'Basic realm="u"' }, 'who are you?', cut);
+            continue;
+          }
+        }
         if (opts.transport && !user && !(opts.ntlm && /^NTLM /.test(headers.authorization ?? ''))) {
           record(401);
           const transport = 'Transport mode="tls-client-certificate"';

@@ -499,6 +499,30 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     });
   }
 
+  it("R1/C8: an origin that closes the connection partway through the body of its Basic 401 to an upgrade (its head whole): ConnectionClosedError naming the origin and the challenge (challengeCut), undici's SocketError its cause, no credentials sent; the next upgrade authenticates with Basic", async () => {
+    origin = await upgradeServer({ ntlm: false, basic: true, cutChallengeAt: 0 });
+    agent = ntlmAgent({ schemes: ['Basic'], allowBasicOverHttp: true });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      (r) => r,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(ConnectionClosedError);
+    expect(err).toMatchObject({ code: 'MULTILEG_CONNECTION_CLOSED', peer: origin.origin, challengeCut: 401 });
+    expect((err as Error).message).toContain(
+      `origin ${origin.origin} closed the connection partway through the body of its 401 challenge to the GET`,
+    );
+    expect((err as Error).message).not.toContain('alicepw');
+    expect(((err as Error).cause as { code?: string }).code).toBe('UND_ERR_SOCKET');
+    expect(origin.seen).toHaveLength(1);
+    const again = await upgradeOrResponse(agent, origin.origin);
+    expect(again.kind).toBe('upgraded');
+    if (again.kind === 'upgraded') sockets.push(again.socket);
+    expect(origin.seen.slice(1).map((s) => [s.connection, s.authorization, s.status])).toEqual([
+      [2, undefined, 401],
+      [2, 'Basic', 101],
+    ]);
+  });
+
   it("S1/S6: an upgrade whose Host header names another origin goes as the caller's own: no NTLM of the agent's, the origin's 401 to the caller", async () => {
     origin = await upgradeServer({ ntlm: true });
     agent = ntlmAgent();

@@ -100,7 +100,9 @@ export class ProxyProtocolError extends MultilegError {
  * proxy), with its own stable code `MULTILEG_PROXY_CLOSED`. On a new connection (`fresh`, curl's 52
  * "Empty reply from server") the request is not sent again, idempotent or not: that is the proxy
  * refusing or failing it, not an idle close. `Authorization` in `unproved`: the origin's credentials,
- * which the proxy may have passed on.
+ * which the proxy may have passed on. Also a proxy that closed (or reset) the connection partway
+ * through the body of its 407 to a CONNECT (`challengeCut` 407, `method` `CONNECT`): not answered,
+ * no tunnel opened, so the caller's request was never sent.
  */
 export class ProxyClosedError extends ConnectionClosedError {
   /** The proxy, as `http://host:port` (also {@link ConnectionClosedError.peer}). */

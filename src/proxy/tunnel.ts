@@ -29,6 +29,7 @@ import { type AdmittedHolder, offeredSchemes, ProxyAuth, type ProxyHandshake, pr
 import {
   ProxyAuthenticationError,
   ProxyCertificateError,
+  ProxyClosedError,
   ProxyConnectError,
   ProxyConnectTimeoutError,
   ProxyProtocolError,
@@ -37,7 +38,7 @@ import {
   UNREACHABLE_CODES,
 } from './errors.ts';
 import { authority, type ResolvedProxy } from './options.ts';
-import { ResponseReader, WireError } from './wire.ts';
+import { ResponseReader, WireClosedError, WireError } from './wire.ts';
 
 /**
  * `proxy.connectTimeout` for one connection through the proxy, shared by its steps as curl's
@@ -716,6 +717,14 @@ async function connectLegs(
       try {
         drained = await reader.drainBody(head, limits.maxChallengeBodyBytes);
       } catch (err) {
+        // R1/C8: the 407's head was whole, the rest of it never came (the proxy closed or reset the
+        // connection): not a broken answer but a cut challenge, typed as a forwarding proxy's is; the
+        // handshake does not answer it, and no CONNECT goes again for it.
+        if (cutBy(err))
+          throw new ProxyClosedError(proxy.origin, 'CONNECT', {
+            cause: err,
+            challengeCut: { status: 407, tunnel: target },
+          });
         throw wireError(proxy, err, true);
       }
       let closing = head.close || !drained || reader.ended;
@@ -757,6 +766,12 @@ async function connectLegs(
     if (err !== REPLACED) auth.abandon(err);
     throw err;
   }
+}
+
+/** The reader's error is the proxy ending the connection (a close, or a reset), not a broken answer. */
+function cutBy(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return err instanceof WireClosedError || code === 'ECONNRESET' || code === 'EPIPE';
 }
 
 /**

@@ -19,6 +19,13 @@ export interface ResponseHead {
 
 export class WireError extends Error {}
 
+/** The proxy ended the connection before the answer being read was whole (a head, or a body, cut). */
+export class WireClosedError extends WireError {
+  constructor() {
+    super('the proxy closed the connection');
+  }
+}
+
 /** Pull-style reader over a socket's 'data' events. */
 export class ResponseReader {
   readonly #socket: Duplex;
@@ -73,7 +80,7 @@ export class ResponseReader {
     // Not reached by the CONNECT handshake, which checks `ended` before it reads again; kept so that
     // a reader used after its socket failed reports why rather than "closed".
     if (this.#error) throw this.#error;
-    if (this.#ended) throw new WireError('the proxy closed the connection');
+    if (this.#ended) throw new WireClosedError();
     await new Promise<void>((resolve) => {
       this.#wake = resolve;
     });
