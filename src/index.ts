@@ -76,6 +76,7 @@ export {
 export type { ProxyOptions } from './proxy/options.ts';
 export { issuedByOneOf } from './session/acceptable-issuers.ts';
 export {
+  ClientCertificateAfterHandshakeError,
   ClientCertificateError,
   ClientCertificateRefusedError,
   ClientCertificateRequiredError,

@@ -146,6 +146,15 @@ export interface CertificateRequestInfo {
    * challenge needs no change. Absent for a challenge the server sent.
    */
   readonly requiredInHandshake?: true;
+  /**
+   * `true` when the server asked for a certificate after the TLS handshake, for the request's path
+   * only (Apache's per-directory `SSLVerifyClient`, an IIS folder's client certificates while its
+   * binding does not negotiate them): it renegotiated the TLS 1.2 connection and closed it when none
+   * came. The certificate chosen is presented on the renegotiation of a new connection.
+   * `acceptableIssuers` is then undefined (the renegotiation is encrypted), the challenge the
+   * synthetic `Transport` one.
+   */
+  readonly requiredAfterHandshake?: true;
 }
 
 /**

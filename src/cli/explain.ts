@@ -30,7 +30,11 @@ import {
   ProxyUnreachableError,
   ProxyUrlError,
 } from '../proxy/errors.ts';
-import { ClientCertificateRefusedError, REFUSED_CERTIFICATE } from '../session/client-certificate.ts';
+import {
+  ClientCertificateRefusedError,
+  type ClientCertificateRequiredError,
+  REFUSED_CERTIFICATE,
+} from '../session/client-certificate.ts';
 import type { HandshakeReport } from '../session/exchange.ts';
 import { NtlmUnpairedError } from '../session/ntlm-pairing.ts';
 import { realProxyVariables } from './proxy-env.ts';
@@ -211,7 +215,12 @@ const FLAGS: ReadonlyArray<readonly [RegExp, string | ((match: string, ...groups
   [/\bcheck the credentials\b/g, 'check -u user:password'],
   [/\btrustedOrigins\b/g, '--trust'],
   // T3: the command has no selector; a certificate is --cert's.
-  [/\bclientCertificate for (\S+): the server requires\b/g, '$1: the server requires'],
+  [/\bclientCertificate for (\S+): the server (requires|asks)\b/g, '$1: the server $2'],
+  // (The command has no TLS version option: connect.maxVersion is the library's.)
+  [
+    /, or connect to this server with TLS 1\.2 \(connect: \{ maxVersion: 'TLSv1\.2' \}\), where it asks by renegotiation and the certificate is presented/g,
+    " (this command's TLS is Node's; curl's offers post-handshake authentication)",
+  ],
   [
     /\bgive clientCertificate: \{ cert, key \}, or a selector that returns one for \S+/g,
     'give one with --cert and --key',
@@ -438,33 +447,39 @@ export function describeFailure(
                 ? e.cause instanceof Error && isFramingError(e.cause)
                   ? EXIT.failure
                   : EXIT.receive
-                : // T3: the server refused the TLS handshake without a client certificate (curl's 35).
+                : // T3: the server refused the TLS handshake without a client certificate (curl's 35);
+                  // one asked for after it, by a renegotiation it then failed, is curl's 56 (SSL_read).
                   e.code === 'MULTILEG_CLIENT_CERTIFICATE_REQUIRED'
-                  ? EXIT.tls
-                  : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
-                    // answer; reset or a head cut short, curl 7.88's 56 ("Recv failure").
-                    e instanceof ConnectionClosedError
-                    ? // An HTTP/2 stream reset (R1): after the head, curl's 18, the body stopped short;
-                      // before any response, 56, as a refused stream's.
-                      e.streamReset !== undefined
-                      ? e.responseCut
-                        ? EXIT.partial
-                        : EXIT.receive
-                      : // (A challenge's body cut by the close: something came, then the end.)
-                        e.reset || e.headBytes > 0 || e.challengeCut !== undefined
+                  ? (e as ClientCertificateRequiredError).afterHandshake
+                    ? EXIT.receive
+                    : EXIT.tls
+                  : // T3: asked for after the TLS 1.3 handshake, which Node's TLS cannot answer (curl can).
+                    e.code === 'MULTILEG_CLIENT_CERTIFICATE_AFTER_HANDSHAKE'
+                    ? EXIT.tls
+                    : // curl's 52, "Empty reply from server": the origin or proxy closed without a byte of an
+                      // answer; reset or a head cut short, curl 7.88's 56 ("Recv failure").
+                      e instanceof ConnectionClosedError
+                      ? // An HTTP/2 stream reset (R1): after the head, curl's 18, the body stopped short;
+                        // before any response, 56, as a refused stream's.
+                        e.streamReset !== undefined
+                        ? e.responseCut
+                          ? EXIT.partial
+                          : EXIT.receive
+                        : // (A challenge's body cut by the close: something came, then the end.)
+                          e.reset || e.headBytes > 0 || e.challengeCut !== undefined
+                          ? EXIT.receive
+                          : EXIT.emptyReply
+                      : // curl's 56 for a server that refuses every stream ("Connection died, tried 5
+                        // times before giving up", after its own fresh connections).
+                        e instanceof StreamRefusedError
                         ? EXIT.receive
-                        : EXIT.emptyReply
-                    : // curl's 56 for a server that refuses every stream ("Connection died, tried 5
-                      // times before giving up", after its own fresh connections).
-                      e instanceof StreamRefusedError
-                      ? EXIT.receive
-                      : // curl's "Unsupported proxy syntax" (5) and "Unsupported proxy scheme" (7): a proxy
-                        // variable is read when a request would use it, as curl reads it per transfer.
-                        e instanceof ProxyUrlError
-                        ? e.problem === 'syntax'
-                          ? EXIT.resolveProxy
-                          : EXIT.connect
-                        : EXIT.failure;
+                        : // curl's "Unsupported proxy syntax" (5) and "Unsupported proxy scheme" (7): a proxy
+                          // variable is read when a request would use it, as curl reads it per transfer.
+                          e instanceof ProxyUrlError
+                          ? e.problem === 'syntax'
+                            ? EXIT.resolveProxy
+                            : EXIT.connect
+                          : EXIT.failure;
     return {
       exit,
       message: `${forCli(e.message)} (${e.code})`,

@@ -42,8 +42,13 @@ export class ClientCertificateError extends MultilegError {
 export class ClientCertificateRequiredError extends ClientCertificateError {
   /** The origin whose server refused the handshake. */
   readonly origin: string;
-  /** The CAs the server's CertificateRequest named (`[]`: none named, any may do). */
+  /** The CAs the server's CertificateRequest named (`[]`: none named, any may do; or not known, {@link afterHandshake}). */
   readonly acceptableIssuers: readonly DistinguishedName[];
+  /**
+   * The server asked after the TLS handshake, for the request's path only, by renegotiating the
+   * connection (TLS 1.2), and closed it when none came; its CAs are not known.
+   */
+  readonly afterHandshake: boolean;
   /** `how`: how the server refused the request without one (default: the TLS handshake; nginx: its 400). */
   constructor(
     origin: string,
@@ -51,6 +56,7 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
     acceptableIssuers: readonly DistinguishedName[],
     options?: { cause?: unknown },
     how = 'it refused the TLS handshake without one',
+    afterHandshake = false,
   ) {
     const issuers =
       acceptableIssuers.length > 0 ? ` (it accepts certificates issued by ${caNames(acceptableIssuers, 3)})` : '';
@@ -65,6 +71,7 @@ export class ClientCertificateRequiredError extends ClientCertificateError {
     );
     this.origin = origin;
     this.acceptableIssuers = acceptableIssuers;
+    this.afterHandshake = afterHandshake;
   }
 }
 
@@ -128,6 +135,64 @@ export class ClientCertificateRefusedError extends ClientCertificateError {
     this.alert = alert;
     this.answered = answered;
   }
+}
+
+/**
+ * The server asked for a client certificate after the TLS 1.3 handshake, for the request's path only
+ * (T3: post-handshake authentication, RFC 8446 §4.6.2: Apache's per-directory `SSLVerifyClient`, an
+ * IIS folder's client certificates), and Node's TLS client, which does not offer it, cannot answer:
+ * Apache says so in its 403 (`answered`). The agent has a certificate for the origin; only a TLS 1.2
+ * connection (renegotiation) or a server that asks in its handshake can take it.
+ */
+export class ClientCertificateAfterHandshakeError extends ClientCertificateError {
+  /** The origin whose server asked. */
+  readonly origin: string;
+  /** What the server answered: `403 "Cannot perform Post-Handshake Authentication" (Apache)`. */
+  readonly answered: string;
+  constructor(origin: string, answered: string, options?: { cause?: unknown }) {
+    super(
+      origin,
+      `the server asks for a client certificate after the TLS 1.3 handshake, for this path only (post-handshake authentication: a per-directory SSLVerifyClient, an IIS folder's client certificates), which Node's TLS client cannot do (it answered ${answered}); the certificate can go only in a TLS handshake the server asks in: ask the server's admin to ask for it there (SSLVerifyClient in the virtual host; IIS: negotiate client certificates on the binding), or connect to this server with TLS 1.2 (connect: { maxVersion: 'TLSv1.2' }), where it asks by renegotiation and the certificate is presented`,
+      options,
+      'MULTILEG_CLIENT_CERTIFICATE_AFTER_HANDSHAKE',
+    );
+    this.origin = origin;
+    this.answered = answered;
+  }
+}
+
+/**
+ * Apache's words in the 403 it answers a request for a path that asks for a client certificate
+ * after a TLS 1.3 handshake (mod_ssl, ssl_engine_kernel.c), when the client did not offer
+ * post-handshake authentication, as Node's does not.
+ */
+const POST_HANDSHAKE_REASON = 'Cannot perform Post-Handshake Authentication';
+/** At most this long: a 403 page that may hold {@link POST_HANDSHAKE_REASON} (Apache's is under 400 bytes). */
+const POST_HANDSHAKE_PAGE_MAX = 4096;
+
+/**
+ * Whether a 403's head, on a TLS 1.3 connection that presents no certificate, may be Apache's refusal
+ * for want of post-handshake authentication (T3): a short HTML page, read whole
+ * ({@link postHandshakeAnswer}) before it goes to the caller. (Not by its Server header: a reverse
+ * proxy may set its own.)
+ */
+export function mayBePostHandshakeRefusal(headers: ResponseHeaders, maxBody: number): boolean {
+  const type = headers['content-type'];
+  const length = Number(headers['content-length']);
+  return (
+    typeof type === 'string' &&
+    type.startsWith('text/html') &&
+    length > 0 &&
+    length <= Math.min(maxBody, POST_HANDSHAKE_PAGE_MAX)
+  );
+}
+
+/** What a held 403 says of post-handshake authentication: Apache's words (the whole answer, for the error), or undefined. */
+export function postHandshakeAnswer(held: Pick<HeldResponse, 'headers' | 'body'>): string | undefined {
+  const page = Buffer.concat(held.body).toString('latin1');
+  if (!page.includes(`Reason: ${POST_HANDSHAKE_REASON}.`)) return undefined;
+  const server = held.headers.server;
+  return `403 "${POST_HANDSHAKE_REASON}"${typeof server === 'string' && server.startsWith('Apache') ? ' (Apache)' : ''}`;
 }
 
 /** A name as Node's X509Certificate writes it (an attribute a line) on one line; a comma in a value is escaped `\,`. */
@@ -555,6 +620,33 @@ export async function answerCertificateDemand(
     const info: CertificateRequestInfo = Object.freeze({ acceptableIssuers, requiredInHandshake: true });
     const certificate = await ask(select, origin, HANDSHAKE_CHALLENGE, info, ms, clock);
     return certificate ? { kind: 'chosen', certificate } : { kind: 'declined', issuers: acceptableIssuers };
+  } finally {
+    clock.stop();
+  }
+}
+
+/**
+ * A server that renegotiated a connection presenting no certificate and closed it (T3,
+ * `requiredAfterHandshake`): `select` (when the agent has one) is asked within `ms` (R3), with
+ * {@link HANDSHAKE_CHALLENGE}; the server's CAs are not known (its CertificateRequest came
+ * encrypted, in the renegotiation), so `declined` names none. `ended` as {@link answerCertificateDemand}'s.
+ * @throws {HandshakeTimeoutError} when the selector does not answer within `ms`.
+ * @throws {ClientCertificateError} when it throws or gives an unusable certificate.
+ */
+export async function answerRenegotiationDemand(
+  select: ClientCertificateSelector | undefined,
+  origin: string,
+  ms: number,
+  ended?: () => Error | undefined,
+): Promise<CertificateDemand> {
+  const gone = ended?.();
+  if (gone) throw gone;
+  if (!select) return { kind: 'declined', issuers: [] };
+  const clock = handshakeClock(ms, 'Transport', () => {});
+  try {
+    const info: CertificateRequestInfo = Object.freeze({ requiredAfterHandshake: true });
+    const certificate = await ask(select, origin, HANDSHAKE_CHALLENGE, info, ms, clock);
+    return certificate ? { kind: 'chosen', certificate } : { kind: 'declined', issuers: [] };
   } finally {
     clock.stop();
   }

@@ -27,6 +27,34 @@ export interface ConnectionInfo {
    * not even its SETTINGS). Not through a forwarding proxy, whose connection it is.
    */
   readonly silent?: () => boolean;
+  /** The TLS version of the connection to the origin (`TLSv1.3`, …); not through a forwarding proxy. */
+  readonly tlsVersion?: string;
+  /**
+   * TLS 1.2 and below: the server renegotiated the connection after its handshake and that
+   * handshake did not complete (T3: how a server asks for a client certificate for one path only and
+   * fails the connection without one, {@link watchRenegotiation}).
+   */
+  readonly renegotiationFailed?: () => boolean;
+}
+
+/**
+ * T3: whether a renegotiation of `socket` (TLS 1.2 and below) begins from now on and does not
+ * complete: how Apache's per-directory `SSLVerifyClient` (IIS: a folder's client certificates, the
+ * binding not negotiating them) asks for a certificate mid-connection and fails it when none comes
+ * (handshake_failure). Node's client has no event for a renegotiation; each handshake logs its
+ * master secret (`keylog`) as the client's part of it is sent — the first before this is called —
+ * and emits `secure` once it completes. (TLS 1.3 has no renegotiation: a server asks there by
+ * post-handshake authentication, which Node's client does not offer.)
+ */
+function watchRenegotiation(socket: TLSSocket): () => boolean {
+  let unfinished = false;
+  socket.on('keylog', () => {
+    unfinished = true;
+  });
+  socket.on('secure', () => {
+    unfinished = false;
+  });
+  return () => unfinished;
 }
 
 /** One session's connect function for its Client, and its early connection. */
@@ -121,6 +149,7 @@ export function sessionConnector(
       proxied !== 'forward' && typeof tlsSocket.getPeerX509Certificate === 'function'
         ? tlsSocket.getPeerX509Certificate()
         : undefined;
+    const tlsVersion = proxied !== 'forward' ? tlsSocket.getProtocol?.() : undefined;
     generation += 1;
     onConnection({
       generation,
@@ -130,6 +159,10 @@ export function sessionConnector(
       ...(proxied === 'tunnel' ? { proxyBytes: proxyBytesRead(socket) } : {}),
       // A TLS socket counts the bytes it decrypted (the handshake's are its transport's).
       ...(proxied !== 'forward' ? { silent: () => socket.bytesRead === 0 } : {}),
+      ...(tlsVersion ? { tlsVersion } : {}),
+      ...(tlsVersion && tlsVersion !== 'TLSv1.3'
+        ? { renegotiationFailed: watchRenegotiation(socket as TLSSocket) }
+        : {}),
     });
     return socket;
   };

@@ -28,8 +28,10 @@ import type { ProbeAnswer } from './acceptable-issuers.ts';
 import {
   afterRefusal,
   answerCertificateDemand,
+  answerRenegotiationDemand,
   asksSelectorAgain,
   type CertificateDemand,
+  ClientCertificateAfterHandshakeError,
   type ClientCertificateRefusedError,
   ClientCertificateRequiredError,
   certificateAnswer,
@@ -37,6 +39,8 @@ import {
   certificateRefused,
   demandsCertificate,
   mayBeCertificateAnswer,
+  mayBePostHandshakeRefusal,
+  postHandshakeAnswer,
   selectCertificate,
 } from './client-certificate.ts';
 import type { Admission, Ticket } from './credential-proof.ts';
@@ -60,7 +64,7 @@ import {
   isSpnegoReject,
 } from './ntlm-pairing.ts';
 import { kdcSilent, type OriginMemory, protectionSpaces } from './origin-memory.ts';
-import { ownProxy, type Session, type WaitOutcome } from './session.ts';
+import { ownProxy, type Session, StaleConnectionError, type WaitOutcome } from './session.ts';
 import { mustQueue } from './state.ts';
 
 /**
@@ -242,6 +246,8 @@ type Step =
       readonly error: Error;
       readonly held?: HeldResponse;
       readonly answered?: string;
+      /** The server asked after the handshake, by renegotiating the connection ({@link renegotiationDemanded}). */
+      readonly renegotiated?: true;
       /**
        * The certificate the server refused, which the selector chose ({@link refuseCertificate}):
        * the request goes again only with another (`error` is then the refusal).
@@ -596,6 +602,8 @@ export interface SendSeen {
   unusable: boolean;
   /** A 400 held as possibly nginx's answer about the client certificate (T3, {@link mayBeCertificateAnswer}). */
   certificateAnswer: boolean;
+  /** A 403 held as possibly Apache's refusal for want of post-handshake authentication (T3, {@link mayBePostHandshakeRefusal}). */
+  postHandshake?: boolean;
   /** A caller's NEGOTIATE goes again, with this Auth-ID unless empty (its CHALLENGE collided: {@link pairChallenge}). */
   reask?: string;
   /** The CHALLENGE a caller's origin NEGOTIATE got, remembered for its AUTHENTICATE ({@link pairChallenge}). */
@@ -635,6 +643,14 @@ export function classifySend(run: Run, seen: SendSeen, status: number, headers: 
     Number(headers['content-length']) <= env.limits.maxChallengeBodyBytes
   ) {
     seen.certificateAnswer = true;
+    return 'hold';
+  }
+  if (
+    status === 403 &&
+    mayAskAfterHandshake(run) &&
+    mayBePostHandshakeRefusal(headers, env.limits.maxChallengeBodyBytes)
+  ) {
+    seen.postHandshake = true;
     return 'hold';
   }
   if (status !== 401 && status !== 421) return 'deliver';
@@ -869,6 +885,14 @@ async function send(run: Run): Promise<Step> {
 export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   const { session, job, env } = run;
   if (result.kind === 'failed') {
+    if (renegotiationDemanded(run)) {
+      // (A request bound to a kept-alive connection fails as stale, which says nothing of why.)
+      const error =
+        result.error instanceof StaleConnectionError
+          ? new Error('the server renegotiated the TLS connection and closed it before answering')
+          : result.error;
+      return { kind: 'demand', error, renegotiated: true };
+    }
     const reason = relocationReason(result.error);
     // A stale replay after the session ended: it goes where the session's end says (a GOAWAY
     // HTTP_1_1_REQUIRED racing a leg; the H2 tests see the refusal on the leg itself).
@@ -887,6 +911,7 @@ export function afterSend(run: Run, seen: SendSeen, result: LegResult): Step {
   }
   if (result.open) return { kind: 'recall', seen, result, open: result.open };
   if (seen.certificateAnswer) return certificateAnswered(run, result);
+  if (seen.postHandshake) return postHandshakeAnswered(run, result);
   if (env.deliver401) job.held401 = result.held;
   // S4: trust was decided for `site` (the name behind undici's dns interceptor), so it is named.
   if (seen.cleartextRefused) return failed(job, new CleartextCredentialsError(job.site, job.origin));
@@ -1050,6 +1075,42 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
 }
 
 /**
+ * T3: whether a 403 to this request may be a server's refusal for want of TLS 1.3 post-handshake
+ * authentication that the caller should hear of as such: the agent's own request on a TLS 1.3
+ * connection, the agent having a certificate or selector for the origin (without one, the 403 is
+ * the caller's as it came, as a 400 of nginx's is).
+ */
+function mayAskAfterHandshake({ session, job, env }: Run): boolean {
+  return job.identity === 'agent' && !job.noAuth && env.selectCertificate !== undefined && session.tls13;
+}
+
+/**
+ * T3: a 403 held as possibly Apache's refusal for want of post-handshake authentication: when its
+ * page says so, {@link ClientCertificateAfterHandshakeError} (the certificate the agent has cannot
+ * reach that path over TLS 1.3 from Node); any other 403 is the caller's, as it came.
+ */
+function postHandshakeAnswered(run: Run, result: Extract<LegResult, { kind: 'swallowed' }>): Step {
+  const { session, job, env } = run;
+  const held = result.held;
+  if (!held)
+    return failed(
+      job,
+      new HandshakeTimeoutError(
+        env.limits.handshakeTimeout,
+        'Transport',
+        "the body of the server's 403 (a page about a client certificate, by its head) did not arrive in time",
+      ),
+    );
+  const answered = postHandshakeAnswer(held);
+  if (answered) {
+    log.agent('%s job %d: the server asked for a client certificate after the TLS 1.3 handshake', job.origin, job.id);
+    return failed(job, new ClientCertificateAfterHandshakeError(job.origin, answered));
+  }
+  session.deliverHeld(job, held);
+  return end(DONE);
+}
+
+/**
  * T3: whether the failure of a bare send may be the server refusing the TLS handshake for want of a
  * client certificate, and the agent may answer that: the agent's own request (S1, S5: trusted, no
  * credentials of the caller's; as the Transport challenge is answered), to an https origin, on a
@@ -1069,6 +1130,26 @@ function demandedCertificate({ session, job, env, excluded }: Run, error: Error)
 }
 
 /**
+ * T3: the server renegotiated this session's TLS 1.2 connection, which presented no certificate,
+ * that renegotiation did not complete, and the request failed unanswered: the server asked for a client certificate after
+ * the handshake, for this path only (Apache's per-directory `SSLVerifyClient`: a renegotiation,
+ * then handshake_failure and a close; IIS's folder setting alike) — handled as a certificate
+ * demand ({@link demand}, no probe: the agent's own handshake is never asked). Whatever the
+ * request's method: the server asks before it runs the request. The agent's own request to an
+ * https origin (S1, S5, as {@link demandedCertificate}), Transport not declined already.
+ */
+function renegotiationDemanded({ session, job, excluded }: Run): boolean {
+  return (
+    session.renegotiationFailed &&
+    !session.certified &&
+    job.identity === 'agent' &&
+    !job.noAuth &&
+    excluded?.has(TRANSPORT) !== true &&
+    job.origin.startsWith('https:')
+  );
+}
+
+/**
  * T3: the server refused the connection as one that requires a client certificate does. The probe
  * confirms it asks for one, the selector is asked (once for the requests refused meanwhile: they
  * share the answer), and on a certificate the request moves to a new session presenting it, as
@@ -1081,7 +1162,7 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   let outcome: CertificateDemand;
   try {
     // Chosen meanwhile, for another request: this session's connection was made before.
-    outcome = chosen ? { kind: 'chosen', certificate: chosen } : await sharedDemand(run);
+    outcome = chosen ? { kind: 'chosen', certificate: chosen } : await sharedDemand(run, step.renegotiated === true);
   } catch (err) {
     return failed(job, ownCopy(err as Error));
   }
@@ -1104,7 +1185,10 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
           env.selectCertificate !== undefined,
           outcome.issuers,
           { cause: step.error },
-          step.answered && `it answered ${step.answered} without one`,
+          step.renegotiated
+            ? `it asked for one after the TLS handshake, for this path only, renegotiating the connection (a per-directory SSLVerifyClient, an IIS folder's client certificates), and closed it when none came; one given is presented on that renegotiation`
+            : step.answered && `it answered ${step.answered} without one`,
+          step.renegotiated === true,
         ),
       );
     case 'chosen':
@@ -1114,19 +1198,26 @@ async function demand(run: Run, step: Extract<Step, { kind: 'demand' }>): Promis
   }
 }
 
-/** The origin's answer to the certificate demand (T3), asked once for the requests refused meanwhile. */
-function sharedDemand({ job, env }: Run): Promise<CertificateDemand> {
+/**
+ * The origin's answer to the certificate demand (T3), asked once for the requests refused meanwhile;
+ * `renegotiated`: one made after the handshake ({@link renegotiationDemanded}), which no probe confirms.
+ */
+function sharedDemand({ job, env }: Run, renegotiated: boolean): Promise<CertificateDemand> {
   const memory = env.memory;
   const pending = memory.certificateDemand;
   if (pending) return pending;
   log.agent('%s job %d: the connection failed as one that wants a client certificate: asking', job.origin, job.id);
   // The selector decides for the origin the caller named (the name behind undici's dns interceptor, S1).
-  const asking = answerCertificateDemand(
-    env.selectCertificate,
-    job.site,
-    env.limits.handshakeTimeout,
-    env.certificateRequest!,
-    env.destroyed,
+  const asking = (
+    renegotiated
+      ? answerRenegotiationDemand(env.selectCertificate, job.site, env.limits.handshakeTimeout, env.destroyed)
+      : answerCertificateDemand(
+          env.selectCertificate,
+          job.site,
+          env.limits.handshakeTimeout,
+          env.certificateRequest!,
+          env.destroyed,
+        )
   ).then((o) => {
     // Chosen: the origin's sessions present it from now on (before any request moves there).
     if (o.kind === 'chosen') memory.clientCertificate ??= o.certificate;

@@ -371,6 +371,14 @@ export class Session {
       (state.kind === 'handshaking' && state.previous.kind === 'authenticated')
     );
   }
+  /** A renegotiation of its TLS 1.2 connection did not complete (T3: a client certificate asked for one path, {@link ConnectionInfo.renegotiationFailed}). */
+  get renegotiationFailed(): boolean {
+    return this.#connection?.renegotiationFailed?.() === true;
+  }
+  /** Its connection is TLS 1.3 (T3: where a server asks for a certificate mid-connection by post-handshake authentication). */
+  get tls13(): boolean {
+    return this.#connection?.tlsVersion === 'TLSv1.3';
+  }
   /** It presents a client certificate (T3). */
   get certified(): boolean {
     return this.certificate !== undefined;

@@ -301,21 +301,28 @@ export interface CertificateServerOptions {
  * in its CertificateRequest) and answers `Transport mode="tls-client-certificate"` 401 until one it
  * verifies is presented; then 200 with the text `certificate`. `cert`/`key`: its server certificate.
  * `maxVersion` `TLSv1.2` keeps it to TLS 1.2 (`SSLProtocol`). `verify` `require`: `SSLVerifyClient
- * require` instead (a handshake without a certificate fails). `runAs` as {@link ApacheOptions.runAs}.
+ * require` instead (a handshake without a certificate fails). `location` `/cert`: the vhost asks for
+ * none in its handshake and `verify` holds for `<Location /cert>` alone (IIS's "Require SSL" + client
+ * certificates on a folder whose binding does not negotiate them up front): Apache asks for it mid-
+ * connection then — a TLS 1.2 renegotiation, TLS 1.3 post-handshake authentication (403 "Cannot
+ * perform Post-Handshake Authentication" to a client that does not offer it), and over h2 it resets
+ * the stream HTTP_1_1_REQUIRED; `/` (index.html `public`) needs none. `runAs` as {@link ApacheOptions.runAs}.
  */
 export async function startCertificateApache(
   o: CertificateServerOptions & {
     readonly verify?: 'optional' | 'require';
+    readonly location?: '/cert';
     readonly runAs?: { uid: number; gid: number };
   },
 ): Promise<CertificateApache> {
   const A = join(o.dir, 'apache-cert');
-  for (const d of ['conf', 'logs', 'run', 'htdocs']) await mkdir(join(A, d), { recursive: true });
+  for (const d of ['conf', 'logs', 'run', 'htdocs/cert']) await mkdir(join(A, d), { recursive: true });
   if (o.runAs) await chown(join(A, 'logs'), o.runAs.uid, o.runAs.gid);
   await writeFile(join(A, 'conf/server.crt'), o.cert);
   await writeFile(join(A, 'conf/server.key'), o.key);
   await writeFile(join(A, 'conf/client-cas.pem'), o.clientCas.join(''));
-  await writeFile(join(A, 'htdocs/index.html'), 'certificate');
+  await writeFile(join(A, 'htdocs/index.html'), o.location ? 'public' : 'certificate');
+  await writeFile(join(A, 'htdocs/cert/index.html'), 'certificate');
   const tlsPort = await freePort();
   const M = APACHE_MODULES;
   const mods = ['mpm_event', 'authz_core', 'socache_shmcb', 'ssl', 'http2', 'headers', 'rewrite', 'mime', 'dir'];
@@ -344,14 +351,16 @@ DocumentRoot ${A}/htdocs
     SSLCertificateFile ${A}/conf/server.crt
     SSLCertificateKeyFile ${A}/conf/server.key
     ${o.maxVersion === 'TLSv1.2' ? 'SSLProtocol -all +TLSv1.2' : ''}
-    SSLVerifyClient ${o.verify ?? 'optional'}
     SSLVerifyDepth 2
     SSLCACertificateFile ${A}/conf/client-cas.pem
     Protocols h2 http/1.1
+    Header always set WWW-Authenticate "Transport mode=\\"tls-client-certificate\\"" "expr=%{REQUEST_STATUS} == 401"
+    ${o.location ? `<Location ${o.location}>` : ''}
+    SSLVerifyClient ${o.verify ?? 'optional'}
     RewriteEngine on
     RewriteCond %{SSL:SSL_CLIENT_VERIFY} !=SUCCESS
     RewriteRule ^ - [R=401]
-    Header always set WWW-Authenticate "Transport mode=\\"tls-client-certificate\\"" "expr=%{REQUEST_STATUS} == 401"
+    ${o.location ? '</Location>' : ''}
 </VirtualHost>
 `;
   const confFile = join(A, 'conf/httpd.conf');
