@@ -223,7 +223,8 @@ export interface MultilegAgentOptions {
    */
   negotiate?: Omit<NegotiateOptions, 'credentials'> | false;
   /**
-   * Let Basic send the password to cleartext `http:` origins (M4). Default false: such a Basic
+   * Let Basic send the password to cleartext `http:` origins (M4), and over TLS whose server was not
+   * verified (`connect.rejectUnauthorized: false` let a failing certificate through). Default false: such a Basic
    * challenge is refused with a `BasicOverHttpError` (or another offered scheme is used). An `http:`
    * origin must also be trusted explicitly (S4). Not for proxies: `proxy.credentials` answer the
    * proxy configured, Basic included over an `http://` proxy URL, as curl and browsers do (use an
@@ -233,7 +234,8 @@ export interface MultilegAgentOptions {
   /** Extra or replacement mechanisms, keyed by scheme (tests, custom schemes). */
   mechanisms?: readonly Mechanism[];
   /**
-   * TLS options for connections to origins (ca, rejectUnauthorized, ...). Not `ALPNProtocols`: the
+   * TLS options for connections to origins (ca, rejectUnauthorized, ...). With `rejectUnauthorized:
+   * false`, Basic refuses a server whose certificate did not verify (see `allowBasicOverHttp`). Not `ALPNProtocols`: the
    * agent offers `h2` and `http/1.1` itself, or `http/1.1` alone where it must (`allowH2`). Not a
    * client certificate (`cert`, `key`, `pfx`): these options go to every origin, so it is
    * {@link MultilegAgentOptions.clientCertificate} (a `ConfigError` says so), nor a `secureContext`

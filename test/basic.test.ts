@@ -90,6 +90,37 @@ describe('Basic (RFC 7617)', () => {
     expect(() => basicMechanism(creds).createContext(leg('https://intranet'))).not.toThrow();
   });
 
+  it('S4/M4: refused over https whose TLS proved no server (LegInfo.unverifiedTls: a certificate rejectUnauthorized: false let through, or no connection yet) unless allowHttp; the error names the cause and the fix, no secret', () => {
+    const creds = { username: 'alice', password: 'top-secret' };
+    const unverified = (why: string): LegInfo => ({ ...leg('https://intranet'), unverifiedTls: why });
+    const refusal = (l: LegInfo) => {
+      try {
+        basicMechanism(creds).createContext(l);
+      } catch (e) {
+        return e as BasicOverHttpError;
+      }
+      return undefined;
+    };
+    const selfSigned = refusal(unverified('DEPTH_ZERO_SELF_SIGNED_CERT'));
+    expect(selfSigned).toBeInstanceOf(BasicOverHttpError);
+    expect(selfSigned!.code).toBe('MULTILEG_MECHANISM_UNAVAILABLE');
+    expect(selfSigned!.certificateError).toBe('DEPTH_ZERO_SELF_SIGNED_CERT');
+    expect(selfSigned!.message).toBe(
+      'Basic is not available: refusing to send a Basic password to https://intranet: its certificate was not verified (rejectUnauthorized: false; DEPTH_ZERO_SELF_SIGNED_CERT), so whoever answered could read it; give the CA that issued its certificate in connect.ca, or set allowBasicOverHttp: true in the MultilegAgent options to accept the risk',
+    );
+    expect(refusal(unverified('ERR_TLS_CERT_ALTNAME_INVALID'))!.message).toContain(
+      '(rejectUnauthorized: false; ERR_TLS_CERT_ALTNAME_INVALID), so whoever answered could read it; use the host name its certificate names, or set allowBasicOverHttp: true',
+    );
+    expect(refusal(unverified('NOT_YET_CONNECTED'))!.message).toBe(
+      'Basic is not available: refusing to send a Basic password to https://intranet before its certificate is checked (rejectUnauthorized: false, no connection yet); give the CA that issued its certificate in connect.ca and drop rejectUnauthorized: false, or set allowBasicOverHttp: true in the MultilegAgent options to accept the risk',
+    );
+    for (const why of ['DEPTH_ZERO_SELF_SIGNED_CERT', 'NOT_YET_CONNECTED']) {
+      expect(refusal(unverified(why))!.message).not.toContain('top-secret');
+      expect(() => basicMechanism(creds, { allowHttp: true }).createContext(unverified(why))).not.toThrow();
+    }
+    expect(refusal(leg('https://intranet'))).toBeUndefined();
+  });
+
   it('M4: through the agent over HTTP/2: UTF-8 credentials, then proactive (one request per user request)', async () => {
     r = await rig(
       { schemes: ['Basic'], mode: 'per-request', users: { test: '123£' } },

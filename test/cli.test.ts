@@ -1364,6 +1364,20 @@ describe('multileg command line', () => {
     );
   });
 
+  it("S4/M4: -k -u keeps curl's behaviour: Basic goes to a server whose certificate was not verified (the command sets allowBasicOverHttp: true, which the agent now needs for it)", async () => {
+    const basic = await startReferenceServer({ mode: 'per-request', schemes: ['Basic'] });
+    try {
+      const r = await run(['-k', '-u', 'EXAMPLE\\alice:alicepw', `${basic.origin}/auth/insecure-basic`]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ user: 'EXAMPLE\\alice', path: '/auth/insecure-basic' });
+      expect(basic.exchanges.map((e) => (e.requestHeaders.authorization as string | undefined)?.split(' ')[0])).toEqual(
+        [undefined, 'Basic'],
+      );
+    } finally {
+      await basic.close();
+    }
+  });
+
   it('a certificate for other names: exit 60 naming the names it is for and the fix (another name in the URL, not a CA); doctor says the same', async () => {
     // The reference certificate is for localhost and 127.0.0.1; 127.0.0.2 is loopback too, not in it.
     const tls = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (_req, res) => res.end('ok'));

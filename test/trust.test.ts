@@ -5,6 +5,7 @@
  * KDC in trust-kerberos.test.ts.
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer as createHttpServer } from 'node:http';
 import { createSecureServer } from 'node:http2';
@@ -14,6 +15,7 @@ import fc from 'fast-check';
 import { type Dispatcher, fetch, interceptors, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  BasicOverHttpError,
   CleartextCredentialsError,
   ConfigError,
   MultilegAgent,
@@ -449,6 +451,101 @@ describe('S4: CleartextCredentialsError names the origin it refused', () => {
     expect(named.origin).toBe(plain.origin);
     expect(named.message).toContain(`trustedOrigins: ['${plain.origin}', '${address}']`);
     expect(withAuth(plain, '/auth/')).toEqual([]);
+  });
+});
+
+describe('S4/M4: a Basic password goes only to a server its TLS connection verified (rejectUnauthorized: false proves none)', () => {
+  const EXPIRED_CERT = readFileSync(new URL('./fixtures/expired-localhost-cert.pem', import.meta.url), 'utf8');
+  const EXPIRED_KEY = readFileSync(new URL('./fixtures/expired-localhost-key.pem', import.meta.url), 'utf8');
+  const insecure = (s: ReferenceServer, o: Partial<MultilegAgentOptions> = {}) =>
+    agent({ credentials: ALICE, trustedOrigins: [s.origin], connect: { rejectUnauthorized: false }, ...o });
+
+  it('S4/M4: Basic over https whose certificate was not verified (rejectUnauthorized: false): nothing sent; BasicOverHttpError naming the origin, the certificate error and the fix — the next request too', async () => {
+    const s = await server({ mode: 'per-request', schemes: ['Basic'] });
+    const a = insecure(s);
+    for (const path of ['/auth/first', '/auth/again']) {
+      const err = await cause(fetch(`${s.origin}${path}`, { dispatcher: a }));
+      expect(err).toBeInstanceOf(BasicOverHttpError);
+      expect((err as BasicOverHttpError).code).toBe('MULTILEG_MECHANISM_UNAVAILABLE');
+      // The test CA is not given: Node's own reason, said in the message.
+      const why = (err as BasicOverHttpError).certificateError;
+      expect(why).toMatch(/^[A-Z_]+$/);
+      expect(why).not.toBe('NOT_YET_CONNECTED');
+      // (The second as remembered for the origin a while, R4: said after it.)
+      expect(
+        err!.message.startsWith(
+          `Basic is not available: refusing to send a Basic password to ${s.origin}: its certificate was not verified (rejectUnauthorized: false; ${why}), so whoever answered could read it; give the CA that issued its certificate in connect.ca, or set allowBasicOverHttp: true in the MultilegAgent options to accept the risk`,
+        ),
+      ).toBe(true);
+      expect(err!.message).not.toContain('alicepw');
+    }
+    expect(s.exchanges.map((e) => e.requestHeaders.authorization)).toEqual([undefined, undefined]);
+  });
+
+  it('S4/M4: Basic over https whose certificate was not verified (rejectUnauthorized: false), NTLM offered beside it: NTLM answers (it proves the password without sending it)', async () => {
+    const s = await server({ mode: 'per-request', schemes: ['Basic', 'NTLM'] });
+    const res = await fetch(`${s.origin}/auth/x`, {
+      dispatcher: insecure(s, { negotiate: false, schemes: ['Basic', 'NTLM'] }),
+    });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    const sent = s.exchanges.map((e) => (e.requestHeaders.authorization as string | undefined)?.split(' ')[0]);
+    expect(sent).not.toContain('Basic');
+    expect(sent).toContain('NTLM');
+  });
+
+  it('S4/M4: Basic over https whose certificate was not verified (rejectUnauthorized: false) goes with allowBasicOverHttp: true (the risk accepted)', async () => {
+    const s = await server({ mode: 'per-request', schemes: ['Basic'] });
+    const res = await fetch(`${s.origin}/auth/x`, { dispatcher: insecure(s, { allowBasicOverHttp: true }) });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { user: string }).user).toBe('EXAMPLE\\alice');
+    expect(s.exchanges.map((e) => (e.requestHeaders.authorization as string | undefined)?.split(' ')[0])).toEqual([
+      undefined,
+      'Basic',
+    ]);
+  });
+
+  it('S4/M4: under rejectUnauthorized: false a certificate that does verify (connect.ca) gets Basic, proactively inside its protection space; once the server presents one that does not, on a new connection, no Basic goes there — proactive or asked — before its verification is known', async () => {
+    const basic = `Basic ${Buffer.from('EXAMPLE\\alice:alicepw').toString('base64')}`;
+    const seen: Array<[string, string | undefined]> = [];
+    const srv = createHttpsServer({ cert: SERVER_CERT, key: SERVER_KEY }, (req, res) => {
+      seen.push([req.url!, req.headers.authorization]);
+      if (req.headers.authorization === basic) res.end('ok');
+      else res.writeHead(401, { 'www-authenticate': 'Basic realm="app"' }).end();
+    });
+    const origin = await loopbackOrigin(srv, closers);
+    const a = agent({
+      credentials: ALICE,
+      trustedOrigins: [origin],
+      negotiate: false,
+      connect: { ca: CA_CERT, rejectUnauthorized: false },
+    });
+    for (const path of ['/app/1', '/app/2']) {
+      const res = await fetch(`${origin}${path}`, { dispatcher: a });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    }
+    // Asked once, then proactive inside the protection space.
+    expect(seen).toEqual([
+      ['/app/1', undefined],
+      ['/app/1', basic],
+      ['/app/2', basic],
+    ]);
+    // A new connection, the same certificate: made before the proactive leg, which then goes (no bare round trip).
+    srv.closeAllConnections();
+    seen.length = 0;
+    const again = await fetch(`${origin}/app/3`, { dispatcher: a });
+    expect(again.status).toBe(200);
+    await again.arrayBuffer();
+    expect(seen).toEqual([['/app/3', basic]]);
+    // New connections get a certificate no CA given vouches for (expired, self-signed); the old one ends.
+    srv.setSecureContext({ cert: EXPIRED_CERT, key: EXPIRED_KEY });
+    srv.closeAllConnections();
+    seen.length = 0;
+    const err = await cause(fetch(`${origin}/app/4`, { dispatcher: a }));
+    expect(err).toBeInstanceOf(BasicOverHttpError);
+    expect((err as BasicOverHttpError).certificateError).toMatch(/^[A-Z_]+$/);
+    expect(seen).toEqual([['/app/4', undefined]]);
   });
 });
 

@@ -1699,6 +1699,37 @@ describe('upgrade and CONNECT requests (H5, H1)', () => {
     expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
   });
 
+  it('S4/M4: an upgrade over https whose certificate was not verified (rejectUnauthorized: false), challenged with Basic only: BasicOverHttpError naming the certificate error, the password unsent; NTLM offered beside it answers instead; allowBasicOverHttp: true sends it', async () => {
+    origin = await upgradeServer({ ntlm: true, tls: true, alsoOffer: 'Basic realm="ws"' });
+    const insecure = { connect: { rejectUnauthorized: false } };
+    agent = ntlmAgent({ ...insecure, schemes: ['Basic'] });
+    const err = await upgradeOrResponse(agent, origin.origin).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(BasicOverHttpError);
+    expect((err as BasicOverHttpError).certificateError).toMatch(/^[A-Z_]+$/);
+    expect(err!.message).toContain(
+      `refusing to send a Basic password to ${origin.origin}: its certificate was not verified`,
+    );
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined]);
+
+    await agent.destroy();
+    origin.seen.length = 0;
+    agent = ntlmAgent({ ...insecure, schemes: ['Basic', 'NTLM'] });
+    const upgraded = await upgradeOrResponse(agent, origin.origin);
+    expect(upgraded.kind).toBe('upgraded');
+    if (upgraded.kind === 'upgraded') sockets.push(upgraded.socket);
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'NTLM/1', 'NTLM/3']);
+
+    await agent.destroy();
+    origin.seen.length = 0;
+    agent = ntlmAgent({ ...insecure, schemes: ['Basic'], allowBasicOverHttp: true });
+    // (This origin takes NTLM only: its answer to the Basic password is a 401.)
+    expect(await upgradeOrResponse(agent, origin.origin)).toMatchObject({ kind: 'response', status: 401 });
+    expect(origin.seen.map((s) => s.authorization)).toEqual([undefined, 'Basic']);
+  });
+
   it('R1: an upgrade to a port nobody listens on fails with the connect error', async () => {
     origin = await upgradeServer({ ntlm: false });
     const dead = origin.origin;

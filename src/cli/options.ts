@@ -1383,7 +1383,8 @@ export function parseCli(
   const agent: MultilegAgentOptions = {
     connect,
     ...(routes ? { connectTo: routes.connectTo } : {}),
-    // curl sends Basic to an http:// URL the user named; S4 still keeps it to the trusted origins.
+    // curl sends Basic to an http:// URL the user named, and with -k to a server it did not verify;
+    // S4 still keeps it to the trusted origins.
     allowBasicOverHttp: true,
     ...(schemes ? { schemes } : {}),
     ...(Object.keys(negotiate).length > 0 ? { negotiate } : {}),

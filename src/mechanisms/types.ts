@@ -20,9 +20,21 @@ export interface LegInfo {
   readonly path: string;
   /** `tls-server-end-point` channel binding data (RFC 5929: hash of the server certificate), when TLS. */
   readonly channelBinding?: Buffer;
+  /**
+   * Over `https:`, when the leg's TLS connection did not prove its server (S4/M4): why — Node's
+   * `authorizationError` for a certificate `connect.rejectUnauthorized: false` let through although
+   * it failed verification (`DEPTH_ZERO_SELF_SIGNED_CERT`, `ERR_TLS_CERT_ALTNAME_INVALID`, …), or
+   * `NOT_YET_CONNECTED` for a leg made before its connection exists under `rejectUnauthorized:
+   * false` (when in doubt, unverified). Whoever answered on such a connection reads what it carries,
+   * as on cleartext: Basic refuses it. Absent: verified, or no TLS (see `origin`).
+   */
+  readonly unverifiedTls?: string | undefined;
   /** True when authenticating to a proxy (407 / Proxy-Authenticate). */
   readonly proxy: boolean;
 }
+
+/** {@link LegInfo.unverifiedTls} of a leg made before its connection exists, under `rejectUnauthorized: false`. */
+export const NOT_YET_CONNECTED = 'NOT_YET_CONNECTED';
 
 /**
  * One authentication exchange in progress — the pyspnego-style context proxy. A context is used

@@ -15,6 +15,12 @@ export interface ConnectionInfo {
   readonly protocol: 'h2' | 'http/1.1';
   /** tls-server-end-point channel binding of this connection's server certificate. */
   readonly channelBinding?: Buffer;
+  /**
+   * Over TLS whose server certificate did not verify (accepted only under `rejectUnauthorized:
+   * false`): Node's `authorizationError` (e.g. `DEPTH_ZERO_SELF_SIGNED_CERT`). Absent: verified, or
+   * no TLS to the origin (a forwarding proxy's connection).
+   */
+  readonly unverifiedTls?: string;
   /** Through a CONNECT tunnel: who its CONNECT authenticated as (S6, {@link AdmittedHolder}). */
   readonly proxyHolder?: AdmittedHolder;
   /**
@@ -73,6 +79,21 @@ export interface SessionConnector {
    * destroyed, would leave them to its connect timeout (10 s), keeping the process alive.
    */
   abortDials(): void;
+}
+
+/**
+ * Why the server of a TLS `socket` was not verified — Node's `authorizationError` (the certificate
+ * failed its check, or named another host) on a connection `rejectUnauthorized: false` let through —
+ * or undefined when it was verified, or `socket` is no TLS socket (S4/M4: Basic goes only where it was).
+ */
+export function unverifiedTls(socket: Socket): string | undefined {
+  const tls = socket as Socket & Partial<TLSSocket>;
+  if (tls.encrypted !== true || tls.authorized !== false) return undefined;
+  // Node sets a string (the OpenSSL code, or ERR_TLS_CERT_ALTNAME_INVALID), typed as an Error.
+  const why = tls.authorizationError as Error | string | null | undefined;
+  const code =
+    typeof why === 'string' ? why : ((why as NodeJS.ErrnoException | null | undefined)?.code ?? why?.message);
+  return code || 'UNVERIFIED';
 }
 
 /**
@@ -150,11 +171,13 @@ export function sessionConnector(
         ? tlsSocket.getPeerX509Certificate()
         : undefined;
     const tlsVersion = proxied !== 'forward' ? tlsSocket.getProtocol?.() : undefined;
+    const unverified = proxied !== 'forward' ? unverifiedTls(socket) : undefined;
     generation += 1;
     onConnection({
       generation,
       protocol,
       channelBinding: tlsServerEndPoint(cert),
+      ...(unverified !== undefined ? { unverifiedTls: unverified } : {}),
       ...(proxyHolder ? { proxyHolder } : {}),
       ...(proxied === 'tunnel' ? { proxyBytes: proxyBytesRead(socket) } : {}),
       // A TLS socket counts the bytes it decrypted (the handshake's are its transport's).

@@ -14,7 +14,7 @@ import type { UserSink } from '../handshake/user-sink.ts';
 import { log } from '../log.ts';
 import { fallbackReasonOf } from '../mechanisms/negotiate/errors.ts';
 import { credentialScheme, type MechanismSet, TRANSPORT } from '../mechanisms/registry.ts';
-import type { LegInfo, Mechanism } from '../mechanisms/types.ts';
+import { type LegInfo, type Mechanism, NOT_YET_CONNECTED } from '../mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -335,7 +335,8 @@ export interface Run extends SchemeFindings {
 export function runOnSession(session: Session, job: Job, env: ExchangeEnv): Promise<ExchangeOutcome> {
   const run = newRun(session, job, env);
   const first = check(run);
-  if (first.kind !== 'lead') return runSteps(run, first);
+  // (A connection to make first, S4/M4: through the steps, which wait for it.)
+  if (first.kind !== 'lead' || session.unverifiedTls === NOT_YET_CONNECTED) return runSteps(run, first);
   // Per-request mode's usual path: the request leads its own handshake at once, and its end is the
   // request's end here — one promise, no step loop, unless the handshake leaves more to do.
   return new Promise((resolve, reject) =>
@@ -1328,7 +1329,11 @@ function leaderGaveUp(job: Job, error: Error | undefined): boolean {
 type LeadStep = Extract<Step, { kind: 'lead' }>;
 
 /** Runs the handshake of a `lead` step; resolves with the step after it. */
-function lead(run: Run, step: LeadStep): Promise<Step> {
+async function lead(run: Run, step: LeadStep): Promise<Step> {
+  // S4/M4: under rejectUnauthorized: false a connection may prove no server, which Basic refuses:
+  // it is made first where it can be (a direct one), so the leg knows (else it counts as unproved).
+  const { session } = run;
+  if (session.unverifiedTls === NOT_YET_CONNECTED && session.connectsEarly) await session.connectEarly();
   return new Promise((resolve) => new Lead(run, step, resolve).start());
 }
 
@@ -1395,6 +1400,11 @@ class Lead implements HandshakeInput, LegInfo {
   /** Read late: a proactive first token is made before the connection (and its certificate) exists. */
   get channelBinding(): Buffer | undefined {
     return this.#run.session.connection?.channelBinding;
+  }
+
+  /** Read late, as the channel binding (S4/M4: Basic refuses a connection that proved no server). */
+  get unverifiedTls(): string | undefined {
+    return this.#run.session.unverifiedTls;
   }
 
   start(): void {

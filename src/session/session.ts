@@ -28,6 +28,7 @@ import {
 import type { HeaderMap } from '../headers.ts';
 import { log, logging } from '../log.ts';
 import { carriesNoSecret } from '../mechanisms/no-secret.ts';
+import { NOT_YET_CONNECTED } from '../mechanisms/types.ts';
 import type { ClientCertificate, CookieStore, Limits } from '../options.ts';
 import type { AdmittedHolder, ProxyHandshake } from '../proxy/auth.ts';
 import { ProxyClosedError, ProxyProtocolError, ProxyResponseTimeoutError } from '../proxy/errors.ts';
@@ -175,6 +176,8 @@ export class Session {
   /** Handshakes waiting for a slot (maxConcurrentHandshakes). */
   readonly #slots: WaitQueue<void>;
   readonly #limits: Limits;
+  /** https under `rejectUnauthorized: false`: its connection, once made, may prove no server (S4/M4). */
+  readonly #mayGoUnverified: boolean;
   /** undici's, for this session's legs (a request's own dispatch option wins): a proxy's silence names it. */
   readonly #headersTimeout: number;
   readonly #onChange: () => void;
@@ -250,6 +253,7 @@ export class Session {
     this.certificate = opts.certificate;
     this.cookies = opts.cookies;
     this.#limits = opts.limits;
+    this.#mayGoUnverified = opts.origin.startsWith('https:') && opts.tls.rejectUnauthorized === false;
     this.#headersTimeout = opts.headersTimeout;
     this.#originProof = opts.originProof;
     this.#handshakeCap = Math.min(opts.handshakeCap ?? Number.POSITIVE_INFINITY, opts.limits.maxConcurrentHandshakes);
@@ -331,6 +335,14 @@ export class Session {
   }
   get connection(): ConnectionInfo | undefined {
     return this.#connection;
+  }
+  /**
+   * S4/M4: why this session's TLS connection proved no server ({@link ConnectionInfo.unverifiedTls});
+   * before it is made, `NOT_YET_CONNECTED` where `rejectUnauthorized: false` may let such a one through.
+   */
+  get unverifiedTls(): string | undefined {
+    if (this.#connection) return this.#connection.unverifiedTls;
+    return this.#mayGoUnverified ? NOT_YET_CONNECTED : undefined;
   }
   /**
    * Who the proxy holds this session's connection as (a forwarding proxy's, or the CONNECT tunnel's),

@@ -42,7 +42,13 @@ import {
   sentPassword,
   TRANSPORT,
 } from '../mechanisms/registry.ts';
-import type { Holder, LegInfo, Mechanism, MechanismContext } from '../mechanisms/types.ts';
+import {
+  type Holder,
+  type LegInfo,
+  type Mechanism,
+  type MechanismContext,
+  NOT_YET_CONNECTED,
+} from '../mechanisms/types.ts';
 import {
   type ClientCertificate,
   type ClientCertificateSelector,
@@ -65,7 +71,7 @@ import {
   demandsCertificate,
   selectCertificate,
 } from '../session/client-certificate.ts';
-import { openedUnder, siteServername } from '../session/connector.ts';
+import { openedUnder, siteServername, unverifiedTls } from '../session/connector.ts';
 import type { CredentialProof, ProofOutcome, Ticket } from '../session/credential-proof.ts';
 import {
   firstChallenge,
@@ -158,6 +164,8 @@ type LegOutcome =
 interface Line {
   /** tls-server-end-point of the current connection's certificate (M1, M5). */
   channelBinding?: Buffer | undefined;
+  /** Why the current connection's TLS proved no server (S4/M4: ConnectionInfo.unverifiedTls). */
+  unverifiedTls?: string | undefined;
   /** Connections made so far: the current one's number. */
   connections: number;
   socket?: Socket;
@@ -383,6 +391,7 @@ export class UpgradeDispatcher {
       // undici's connector gives a socket whenever it gives no error.
       const cert = (socket as Partial<TLSSocket>).getPeerX509Certificate?.();
       line.channelBinding = tlsServerEndPoint(cert);
+      line.unverifiedTls = unverifiedTls(socket!);
       line.connections += 1;
       line.socket = socket!;
       line.answered = false;
@@ -501,15 +510,21 @@ export class UpgradeDispatcher {
     // What the mechanisms are told (the SPN's host, NTLM's target name, the caller's passwordAllowed):
     // the origin as the caller named it, behind undici's dns interceptor the name (S1).
     const url = new URL(site);
-    const legInfo = (): LegInfo => ({
-      origin: site,
-      hostname: unbracketed(url.hostname),
-      port: portOf(url),
-      method: opts.method,
-      path: opts.path,
-      ...(line.channelBinding ? { channelBinding: line.channelBinding } : {}),
-      proxy: false,
-    });
+    const unsure = origin.startsWith('https:') && this.#options.connect.rejectUnauthorized === false;
+    const legInfo = (): LegInfo => {
+      // S4/M4: no connection yet under rejectUnauthorized: false counts as one that proved no server.
+      const unverified = line.connections > 0 ? line.unverifiedTls : unsure ? NOT_YET_CONNECTED : undefined;
+      return {
+        origin: site,
+        hostname: unbracketed(url.hostname),
+        port: portOf(url),
+        method: opts.method,
+        path: opts.path,
+        ...(line.channelBinding ? { channelBinding: line.channelBinding } : {}),
+        ...(unverified !== undefined ? { unverifiedTls: unverified } : {}),
+        proxy: false,
+      };
+    };
     const excluded = new Set<string>();
     /** The schemes this upgrade skips and why: its findings and the origin's, as a request keeps them. */
     const found: SchemeFindings = { excluded, lastUnusable: undefined, unusableWhy: new Map(), foundWith: mechanisms };
