@@ -1055,15 +1055,7 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
   const { session, job, env } = run;
   const held = result.held;
   // (Cut: only as slow, as a page of nginx's length was held only within limits.maxChallengeBodyBytes.)
-  if (!held)
-    return failed(
-      job,
-      new HandshakeTimeoutError(
-        env.limits.handshakeTimeout,
-        'Transport',
-        "the body of the server's 400 (nginx's page about a client certificate, by its head) did not arrive in time",
-      ),
-    );
+  if (!held) return failed(job, pageLate(env, "400 (nginx's page about a client certificate, by its head)"));
   const answer = certificateAnswer(held);
   const cause = () => new Error(`the server answered ${answer!.words}`);
   if (answer?.said === 'missing' && !session.certified)
@@ -1073,6 +1065,15 @@ function certificateAnswered(run: Run, result: Extract<LegResult, { kind: 'swall
   if (job.identity === 'agent') env.memory.unchallenged = true;
   session.deliverHeld(job, held);
   return end(DONE);
+}
+
+/** T3: a page held as possibly about the client certificate (`page`: its status and why) was cut or late. */
+function pageLate(env: Run['env'], page: string): HandshakeTimeoutError {
+  return new HandshakeTimeoutError(
+    env.limits.handshakeTimeout,
+    'Transport',
+    `the body of the server's ${page} did not arrive in time`,
+  );
 }
 
 /**
@@ -1093,15 +1094,7 @@ function mayAskAfterHandshake({ session, job, env }: Run): boolean {
 function postHandshakeAnswered(run: Run, result: Extract<LegResult, { kind: 'swallowed' }>): Step {
   const { session, job, env } = run;
   const held = result.held;
-  if (!held)
-    return failed(
-      job,
-      new HandshakeTimeoutError(
-        env.limits.handshakeTimeout,
-        'Transport',
-        "the body of the server's 403 (a page about a client certificate, by its head) did not arrive in time",
-      ),
-    );
+  if (!held) return failed(job, pageLate(env, '403 (a page about a client certificate, by its head)'));
   const answered = postHandshakeAnswer(held);
   if (answered) {
     log.agent('%s job %d: the server asked for a client certificate after the TLS 1.3 handshake', job.origin, job.id);
